@@ -1,0 +1,1 @@
+"""Shelfcast web app: serves the production model bundle."""

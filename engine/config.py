@@ -1,0 +1,48 @@
+"""Numba cache location and the thread policy, decided once for the whole engine.
+
+Imported first by ``engine/__init__.py`` so that its environment defaults are in
+place before numba (or numpy's BLAS) reads them.
+
+Thread policy: one level of parallelism at a time. The executor runs one kernel
+at a time, so a parallel Numba kernel never runs concurrently with a BLAS call;
+both pools get the same size (``NUMBA_NUM_THREADS``, default: the cores this
+process may use), so neither oversubscribes the machine. Users override with
+the usual variables (``NUMBA_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``,
+``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``) set before ``import engine``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not every platform has affinity
+        return max(1, os.cpu_count() or 1)
+
+
+def default_cache_dir() -> str:
+    """Numba's on-disk kernel cache: shared by every clone, so a fresh process does not compile again."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "shelfcast", "numba")
+
+
+def _apply_environment_defaults() -> None:
+    os.environ.setdefault("NUMBA_CACHE_DIR", default_cache_dir())
+    threads = os.environ.setdefault("NUMBA_NUM_THREADS", str(_available_cores()))
+    if "numpy" not in sys.modules:  # BLAS reads these once, when numpy loads it
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, threads)
+
+
+_apply_environment_defaults()
+
+NUM_THREADS: int = int(os.environ["NUMBA_NUM_THREADS"])
+CACHE_DIR: str = os.environ["NUMBA_CACHE_DIR"]
+
+# Elementwise/reduction kernels go parallel only above this many elements:
+# below it, waking Numba's thread pool costs more than it saves.
+PARALLEL_MIN_ELEMENTS: int = int(os.environ.get("SHELFCAST_PARALLEL_MIN_ELEMENTS", 1 << 15))

@@ -1,0 +1,1 @@
+"""Shelfcast monitoring: drift analysis and the Fluentd/Elasticsearch/Kibana configuration."""
