@@ -1,0 +1,123 @@
+"""Reverse-mode differentiation by extending the graph (whitepaper section 4.1).
+
+``gradients(ys, xs)`` finds the ops on paths from ``xs`` to ``ys``, then visits them from
+the last created to the first (a reverse topological order: every consumer of an op's output
+is created after it, so its gradient contributions are all pending-free by then), calling each
+op's registered gradient function. Contributions meeting at a tensor are summed with one
+``add_n``; sparse contributions (from ``gather``) stay IndexedSlices while all of them are
+sparse, so optimizers can update only the touched rows.
+"""
+
+from __future__ import annotations
+
+from engine.graph import IndexedSlices, Tensor, convert_to_tensor
+from engine.ops import array as A
+from engine.ops import math as M
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _aggregate(grads):
+    grads = [g for g in grads if g is not None]
+    if not grads:
+        return None
+    if len(grads) == 1:
+        return grads[0]
+    if all(isinstance(g, IndexedSlices) for g in grads):
+        return IndexedSlices(A.concat([g.values for g in grads], 0), A.concat([g.indices for g in grads], 0),
+                             grads[0].dense_shape)
+    dense = [A.densify(g) if isinstance(g, IndexedSlices) else g for g in grads]
+    return M.add_n(dense)
+
+
+def _dense(g, like):
+    if isinstance(g, IndexedSlices):
+        return A.reshape_like(A.densify(g), like)
+    return g
+
+
+def gradients(ys, xs, grad_ys=None, name="gradients"):
+    """Symbolic d(sum of ys)/d(x) for each x: a list aligned with ``xs``; None for an unconnected x.
+
+    ``grad_ys`` weights each y (default: ones). A gather's parameters get an IndexedSlices.
+    """
+    ys = [convert_to_tensor(y) for y in _as_list(ys)]
+    xs = [convert_to_tensor(x) for x in _as_list(xs)]
+    if grad_ys is None:
+        grad_ys = [None] * len(ys)
+    grad_ys = _as_list(grad_ys)
+    if len(grad_ys) != len(ys):
+        raise ValueError(f"{len(grad_ys)} grad_ys for {len(ys)} ys")
+    graph = ys[0].graph
+    for y in ys:
+        if not y.dtype.is_floating:
+            raise TypeError(f"gradients: y {y.name} has dtype {y.dtype.name}; only float tensors can be differentiated")
+
+    # Ops that ys depend on (through data edges) ...
+    to_y = set()
+    stack = [y.op for y in ys]
+    while stack:
+        op = stack.pop()
+        if op in to_y:
+            continue
+        to_y.add(op)
+        stack.extend(t.op for t in op.inputs)
+    # ... restricted to those reachable from xs: the ops gradients must flow through.
+    consumers: dict[Tensor, list] = {}
+    for op in to_y:
+        for t in op.inputs:
+            consumers.setdefault(t, []).append(op)
+    between = set()
+    stack = [c for x in xs for c in consumers.get(x, ())]
+    while stack:
+        op = stack.pop()
+        if op in between:
+            continue
+        between.add(op)
+        for t in op.outputs:
+            stack.extend(consumers.get(t, ()))
+
+    pending: dict[Tensor, list] = {}
+    with graph.name_scope(name):
+        for y, gy in zip(ys, grad_ys):
+            gy = A.ones_like(y) if gy is None else convert_to_tensor(gy, dtype=y.dtype)
+            pending.setdefault(y, []).append(gy)
+        aggregated: dict[Tensor, object] = {}
+        wanted = set(xs)
+        for op in sorted(between, key=lambda o: o.id, reverse=True):
+            out_grads = []
+            for t in op.outputs:
+                g = _aggregate(pending.pop(t, []))
+                aggregated[t] = g
+                out_grads.append(g)
+            if all(g is None for g in out_grads):
+                continue
+            op_def = op.op_def
+            if op_def.grad is None:
+                if op_def.differentiable and any(t.dtype.is_floating for t in op.inputs):
+                    raise LookupError(f"No gradient defined for op '{op.name}' of type {op.type}")
+                continue
+            with graph.name_scope(op.name.replace("/", "_") + "_grad"):
+                dy = out_grads[0] if len(out_grads) == 1 else out_grads
+                if isinstance(dy, IndexedSlices) and op.type != "Identity":
+                    dy = _dense(dy, op.outputs[0])
+                in_grads = op_def.grad(op, dy)
+            if len(in_grads) != len(op.inputs):
+                raise RuntimeError(f"gradient of {op.type} returned {len(in_grads)} values for {len(op.inputs)} inputs")
+            for t, g in zip(op.inputs, in_grads):
+                if g is None or not t.dtype.is_floating:
+                    continue
+                if t.op in between or t in wanted:
+                    pending.setdefault(t, []).append(g)
+        result = []
+        for x in xs:
+            if x in aggregated:
+                result.append(aggregated[x])
+            else:
+                g = _aggregate(pending.get(x, []))
+                if g is not None:
+                    pending[x] = [g]
+                result.append(g)
+    return result

@@ -1,0 +1,37 @@
+"""Run-time errors of the engine, named like TensorFlow's ``tf.errors`` so users know what each means.
+
+Graph-construction mistakes (bad shapes, bad dtypes) raise ``ValueError``/``TypeError``
+naming the op and its inputs; these classes are for what goes wrong when a graph runs
+or a checkpoint/export is read.
+"""
+
+from __future__ import annotations
+
+
+class OpError(Exception):
+    """Base of every run-time engine error; ``op_name`` names the failing op when there is one."""
+
+    def __init__(self, message: str, op_name: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.op_name = op_name
+
+
+class InvalidArgumentError(OpError):
+    """A value is wrong for the op (bad feed, bad shape at run time, NaN caught by check_numerics)."""
+
+
+class FailedPreconditionError(OpError):
+    """The graph ran before something it needs exists (an uninitialized variable)."""
+
+
+class NotFoundError(OpError):
+    """A named thing (variable in a checkpoint, file, tensor name) does not exist."""
+
+
+class DataLossError(OpError):
+    """A file on disk is corrupt or does not match its checksum."""
+
+
+class UnimplementedError(OpError):
+    """The op or feature exists in TensorFlow but not (yet) in this engine."""

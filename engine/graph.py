@@ -1,0 +1,461 @@
+"""Graph, Operation and Tensor: the dataflow graph a Session runs (whitepaper section 2).
+
+A Graph holds its operations in creation order. Every input and control input of an op
+exists before the op does, so creation order is a topological order; executors and
+``gradients`` rely on that (no sorting needed, deterministic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+
+import numpy as np
+
+from engine import dtypes as _dt
+from engine import shapes as _sh
+
+GLOBAL_VARIABLES = "variables"
+TRAINABLE_VARIABLES = "trainable_variables"
+
+_VALID_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")
+
+
+class _OperatorsMixin:
+    """Python operators for Tensor and Variable, building graph ops (NumPy broadcasting).
+
+    ``==`` and ``!=`` keep Python identity semantics (as in TensorFlow 1.x) so tensors can be
+    dict keys and list members; use ``en.equal`` for elementwise equality.
+    """
+
+    __array_priority__ = 100  # numpy defers to our operators: ndarray + tensor -> tensor
+
+    def __add__(self, other):
+        return _math().add(self, other)
+
+    def __radd__(self, other):
+        return _math().add(other, self)
+
+    def __sub__(self, other):
+        return _math().subtract(self, other)
+
+    def __rsub__(self, other):
+        return _math().subtract(other, self)
+
+    def __mul__(self, other):
+        return _math().multiply(self, other)
+
+    def __rmul__(self, other):
+        return _math().multiply(other, self)
+
+    def __truediv__(self, other):
+        return _math().divide(self, other)
+
+    def __rtruediv__(self, other):
+        return _math().divide(other, self)
+
+    def __matmul__(self, other):
+        return _math().matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return _math().matmul(other, self)
+
+    def __pow__(self, other):
+        return _math().pow(self, other)
+
+    def __rpow__(self, other):
+        return _math().pow(other, self)
+
+    def __neg__(self):
+        return _math().negative(self)
+
+    def __abs__(self):
+        return _math().abs(self)
+
+    def __gt__(self, other):
+        return _math().greater(self, other)
+
+    def __lt__(self, other):
+        return _math().less(self, other)
+
+    def __ge__(self, other):
+        return _math().greater_equal(self, other)
+
+    def __le__(self, other):
+        return _math().less_equal(self, other)
+
+    def __getitem__(self, key):
+        raise TypeError("tensor slicing is not supported; use en.gather or en.reshape")
+
+    def __bool__(self):
+        raise TypeError("a symbolic tensor has no truth value; run it in a Session or use en.where")
+
+    def __iter__(self):
+        raise TypeError("a symbolic tensor is not iterable")
+
+    __hash__ = object.__hash__
+
+
+def _math():
+    from engine.ops import math as m  # late: ops build on this module
+
+    return m
+
+
+class Tensor(_OperatorsMixin):
+    """One output of an operation: a symbolic handle with dtype and static shape."""
+
+    __slots__ = ("op", "value_index", "dtype", "shape")
+
+    def __init__(self, op: "Operation", value_index: int, dtype: _dt.DType, shape: _sh.Shape):
+        self.op = op
+        self.value_index = value_index
+        self.dtype = dtype
+        self.shape = shape
+
+    @property
+    def name(self) -> str:
+        return f"{self.op.name}:{self.value_index}"
+
+    @property
+    def graph(self) -> "Graph":
+        return self.op.graph
+
+    @property
+    def ndim(self):
+        return None if self.shape is None else len(self.shape)
+
+    def get_shape(self):
+        return self.shape
+
+    def eval(self, feed_dict=None, session=None):
+        from engine.session import get_default_session
+
+        return (session or get_default_session()).run(self, feed_dict)
+
+    def __repr__(self) -> str:
+        return f"<en.Tensor '{self.name}' shape={self.shape} dtype={self.dtype.name}>"
+
+
+class Operation:
+    """A node: a type from the registry, named inputs/outputs, attributes and control inputs."""
+
+    def __init__(self, graph, op_type, name, inputs, control_inputs, attrs, op_def, output_specs):
+        self.graph = graph
+        self.type = op_type
+        self.name = name
+        self.inputs = tuple(inputs)
+        self.control_inputs = tuple(control_inputs)
+        self.attrs = attrs
+        self.op_def = op_def
+        self.id = len(graph._ops)
+        self.outputs = tuple(Tensor(self, i, d, s) for i, (d, s) in enumerate(output_specs))
+
+    def run(self, feed_dict=None, session=None):
+        from engine.session import get_default_session
+
+        (session or get_default_session()).run(self, feed_dict)
+
+    def __repr__(self) -> str:
+        return f"<en.Operation '{self.name}' type={self.type}>"
+
+
+class Graph:
+    """A dataflow graph: ops in creation order, unique names, scopes, control deps, collections."""
+
+    def __init__(self):
+        self._ops: list[Operation] = []
+        self._by_name: dict[str, Operation] = {}
+        self._name_counts: dict[str, int] = {}
+        self._scope = ""
+        self._control_stack: list[list[Operation]] = []
+        self._collections: dict[str, list] = {}
+        self.version = 0
+        self.seed: int | None = None
+        self._finalized = False
+
+    # --- default-graph handling -------------------------------------------------
+    @contextlib.contextmanager
+    def as_default(self):
+        _stack().append(self)
+        try:
+            yield self
+        finally:
+            _stack().pop()
+
+    # --- names --------------------------------------------------------------------
+    def unique_name(self, name: str, mark_as_used: bool = True) -> str:
+        """``scope/name``, suffixed ``_1``, ``_2`` ... when already taken (TensorFlow's rule)."""
+        if not _VALID_NAME.match(name):
+            raise ValueError(f"invalid op name {name!r}")
+        full = f"{self._scope}/{name}" if self._scope else name
+        key = full.lower()
+        i = self._name_counts.get(key, 0)
+        if mark_as_used:
+            self._name_counts[key] = i + 1
+        if i == 0:
+            return full
+        base_key, candidate = key, key
+        while candidate in self._name_counts:
+            candidate = f"{base_key}_{i}"
+            i += 1
+        if mark_as_used:
+            self._name_counts[candidate] = 1
+        return f"{full}_{i - 1}"
+
+    @contextlib.contextmanager
+    def name_scope(self, name: str | None):
+        """Prefix op names with ``name/``; re-entering a used scope name gets ``name_1/``."""
+        old = self._scope
+        if name is None or name == "":
+            self._scope = ""
+        elif name.endswith("/"):
+            self._scope = name[:-1]
+        else:
+            self._scope = self.unique_name(name)
+        try:
+            yield self._scope + "/" if self._scope else ""
+        finally:
+            self._scope = old
+
+    # --- control dependencies ----------------------------------------------------------
+    @contextlib.contextmanager
+    def control_dependencies(self, control_inputs):
+        """Ops created inside run only after ``control_inputs`` (ops or tensors); None clears."""
+        if control_inputs is None:
+            saved, self._control_stack = self._control_stack, []
+            try:
+                yield
+            finally:
+                self._control_stack = saved
+            return
+        ops = []
+        for c in control_inputs:
+            c = _as_op(c)
+            if c.graph is not self:
+                raise ValueError(f"control input {c.name!r} is from another graph")
+            ops.append(c)
+        self._control_stack.append(ops)
+        try:
+            yield
+        finally:
+            self._control_stack.pop()
+
+    # --- op creation --------------------------------------------------------------
+    def create_op(self, op_type: str, inputs=(), attrs=None, name: str | None = None, control_inputs=(),
+                  exact_name: bool = False):
+        """Add an op, inferring and checking its output dtypes/shapes with the registry's rule.
+
+        ``exact_name`` takes ``name`` verbatim (the caller reserved it with ``unique_name``).
+        """
+        from engine.registry import get_op_def
+
+        if self._finalized:
+            raise RuntimeError("graph is finalized and cannot be modified")
+        op_def = get_op_def(op_type)
+        attrs = dict(attrs or {})
+        inputs = list(inputs)
+        for t in inputs:
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{op_type}: input {t!r} is not a Tensor")
+            if t.graph is not self:
+                raise ValueError(f"{op_type}: input {t.name!r} is from another graph")
+        if exact_name:
+            if name in self._by_name:
+                raise ValueError(f"an op named {name!r} already exists")
+            op_name = name
+        else:
+            op_name = self.unique_name(name or op_def.default_name)
+        try:
+            specs = op_def.infer(inputs, attrs)
+        except (ValueError, TypeError) as e:
+            described = ", ".join(f"{t.name} {t.dtype.name} {t.shape}" for t in inputs) or "none"
+            raise type(e)(f"{op_type} op '{op_name}': {e} (inputs: {described})") from None
+        controls = []
+        seen = set()
+        for group in self._control_stack:
+            for c in group:
+                if id(c) not in seen:
+                    seen.add(id(c))
+                    controls.append(c)
+        for c in control_inputs:
+            c = _as_op(c)
+            if id(c) not in seen:
+                seen.add(id(c))
+                controls.append(c)
+        op = Operation(self, op_type, op_name, inputs, controls, attrs, op_def, specs)
+        self._ops.append(op)
+        self._by_name[op_name] = op
+        self.version += 1
+        return op
+
+    # --- lookup -------------------------------------------------------------------------
+    def get_operations(self) -> list[Operation]:
+        return list(self._ops)
+
+    def get_operation_by_name(self, name: str) -> Operation:
+        from engine.errors import NotFoundError
+
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise NotFoundError(f"no operation named {name!r} in the graph") from None
+
+    def get_tensor_by_name(self, name: str) -> Tensor:
+        from engine.errors import NotFoundError
+
+        op_name, _, index = name.rpartition(":")
+        if not op_name or not index.isdigit():
+            raise ValueError(f"tensor names look like 'op:0', got {name!r}")
+        op = self.get_operation_by_name(op_name)
+        if int(index) >= len(op.outputs):
+            raise NotFoundError(f"operation {op_name!r} has no output {index}")
+        return op.outputs[int(index)]
+
+    def as_graph_element(self, obj):
+        """Resolve a name ("op" or "op:0"), Tensor, Operation or Variable to a graph element."""
+        if isinstance(obj, str):
+            return self.get_tensor_by_name(obj) if ":" in obj else self.get_operation_by_name(obj)
+        return obj
+
+    # --- collections ------------------------------------------------------------------------
+    def add_to_collection(self, key: str, value) -> None:
+        self._collections.setdefault(key, []).append(value)
+
+    def get_collection(self, key: str) -> list:
+        return list(self._collections.get(key, ()))
+
+    def finalize(self) -> None:
+        self._finalized = True
+
+    @property
+    def finalized(self) -> bool:
+        return self._finalized
+
+
+def _as_op(x) -> Operation:
+    if isinstance(x, Operation):
+        return x
+    if isinstance(x, Tensor):
+        return x.op
+    if hasattr(x, "op") and isinstance(x.op, Operation):  # Variable
+        return x.op
+    raise TypeError(f"{x!r} is not an operation or tensor")
+
+
+_local = threading.local()
+_global_default: list[Graph] = [Graph()]
+
+
+def _stack() -> list[Graph]:
+    if not hasattr(_local, "stack"):
+        _local.stack = []
+    return _local.stack
+
+
+def get_default_graph() -> Graph:
+    """The innermost ``graph.as_default()`` graph, else the process-wide default graph."""
+    stack = _stack()
+    return stack[-1] if stack else _global_default[0]
+
+
+def reset_default_graph() -> None:
+    """Replace the process-wide default graph by an empty one (not inside ``as_default``)."""
+    if _stack():
+        raise AssertionError("reset_default_graph called inside a graph.as_default() block")
+    _global_default[0] = Graph()
+
+
+def set_random_seed(seed: int) -> None:
+    """The graph-level seed of the default graph (``tf.set_random_seed``)."""
+    get_default_graph().seed = int(seed)
+
+
+def name_scope(name: str | None):
+    return get_default_graph().name_scope(name)
+
+
+def control_dependencies(control_inputs):
+    return get_default_graph().control_dependencies(control_inputs)
+
+
+def convert_to_tensor(value, dtype=None, name: str | None = None) -> Tensor:
+    """A Tensor from a Tensor, Variable or Python/NumPy value (Python numbers take ``dtype``).
+
+    A Tensor or NumPy array of another dtype is an error, never silently cast.
+    """
+    if dtype is not None:
+        dtype = _dt.as_dtype(dtype)
+    if isinstance(value, Tensor):
+        if dtype is not None and value.dtype != dtype:
+            raise TypeError(f"expected a {dtype.name} tensor, got {value.name} of dtype {value.dtype.name}")
+        return value
+    if hasattr(value, "_as_tensor"):
+        t = value._as_tensor()
+        if dtype is not None and t.dtype != dtype:
+            raise TypeError(f"expected a {dtype.name} tensor, got variable {t.op.name} of dtype {t.dtype.name}")
+        return t
+    from engine.ops.array import constant
+
+    return constant(value, dtype=dtype, name=name or "Const")
+
+
+def is_tensor_like(x) -> bool:
+    return isinstance(x, Tensor) or hasattr(x, "_as_tensor")
+
+
+def python_value_to_array(value, dtype: _dt.DType | None, what: str = "value") -> np.ndarray:
+    """Python/NumPy value as an array of ``dtype``, refusing lossy or kind-changing conversions."""
+    if isinstance(value, np.ndarray) or isinstance(value, np.generic):
+        arr = np.asarray(value)
+        if dtype is None:
+            return arr.astype(_dt.as_dtype(arr.dtype).np, copy=False)
+        if arr.dtype == dtype.np:
+            return arr
+        if np.can_cast(arr.dtype, dtype.np, "safe"):
+            return arr.astype(dtype.np)
+        raise TypeError(f"{what}: array of dtype {arr.dtype} cannot be used as {dtype.name} without an explicit cast")
+    arr = np.asarray(value)
+    if arr.dtype == object:
+        raise TypeError(f"{what}: {value!r} is not a rectangular numeric value")
+    if dtype is None:
+        if arr.dtype.kind == "f":
+            return arr.astype(np.float32)
+        if arr.dtype.kind in "iu":
+            return arr.astype(np.int32)
+        if arr.dtype.kind == "b":
+            return arr
+        raise TypeError(f"{what}: unsupported value {value!r}")
+    if dtype.is_bool and arr.dtype.kind != "b":
+        raise TypeError(f"{what}: {value!r} is not boolean")
+    if dtype.is_integer and arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise TypeError(f"{what}: {value!r} is not integral, cannot be {dtype.name}")
+    if arr.dtype.kind == "b" and not dtype.is_bool:
+        raise TypeError(f"{what}: boolean {value!r} cannot be {dtype.name}")
+    return arr.astype(dtype.np)
+
+
+class IndexedSlices:
+    """A sparse gradient: rows ``indices`` of a tensor of shape ``dense_shape`` hold ``values``.
+
+    ``gather``'s gradient stays in this form so optimizers touch only the gathered rows;
+    ``Session.run`` returns it densified.
+    """
+
+    def __init__(self, values: Tensor, indices: Tensor, dense_shape: Tensor):
+        self.values = values
+        self.indices = indices
+        self.dense_shape = dense_shape
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+    @property
+    def graph(self):
+        return self.values.graph
+
+    def __repr__(self) -> str:
+        return f"<en.IndexedSlices values={self.values.name} indices={self.indices.name}>"

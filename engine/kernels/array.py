@@ -1,0 +1,72 @@
+"""Indexing kernels: gather rows, scatter-add rows (densify sparse gradients), segment sums.
+
+Pure data movement (reshape, transpose, concat, cast) uses NumPy directly in ``ops/array.py``:
+it is a memory copy that Numba would not make faster.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def gather_rows(params, idx, out):
+    v = params.shape[0]
+    for i in range(idx.size):
+        j = idx[i]
+        if j < 0 or j >= v:
+            return i  # position of the first bad index
+        out[i, :] = params[j, :]
+    return -1
+
+
+@njit(cache=True)
+def scatter_add_rows(out, values, idx):
+    for i in range(idx.size):
+        out[idx[i], :] += values[i, :]
+
+
+@njit(cache=True)
+def segment_sum_rows(values, segment, n_segments, out):
+    out[:, :] = 0
+    for i in range(segment.size):
+        out[segment[i], :] += values[i, :]
+
+
+def gather(params: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """``params[indices]`` along axis 0; an out-of-range index is a ValueError naming it."""
+    rows = params.shape[0]
+    p2 = np.ascontiguousarray(params).reshape(rows, -1) if params.size else params.reshape(rows, -1)
+    idx = np.ascontiguousarray(indices).reshape(-1)
+    out = np.empty((idx.size, p2.shape[1]), dtype=params.dtype)
+    if idx.size:
+        bad = gather_rows(p2, idx, out)
+        if bad >= 0:
+            raise ValueError(f"index {int(idx[bad])} at position {bad} is out of range [0, {rows})")
+    return out.reshape(indices.shape + params.shape[1:])
+
+
+def scatter_add_dense(values: np.ndarray, indices: np.ndarray, dense_shape) -> np.ndarray:
+    """The dense tensor of ``dense_shape`` that a sparse (values, indices) gradient stands for."""
+    dense_shape = tuple(int(d) for d in dense_shape)
+    out = np.zeros(dense_shape, dtype=values.dtype)
+    idx = np.ascontiguousarray(indices).reshape(-1)
+    if idx.size:
+        if idx.min() < 0 or idx.max() >= dense_shape[0]:
+            raise ValueError(f"sparse indices out of range [0, {dense_shape[0]})")
+        scatter_add_rows(out.reshape(dense_shape[0], -1), np.ascontiguousarray(values).reshape(idx.size, -1), idx)
+    return out
+
+
+def unique_rows_sum(values: np.ndarray, indices: np.ndarray):
+    """Merge duplicate indices of a sparse gradient (summing their rows): (unique_indices, values2d)."""
+    idx = np.ascontiguousarray(indices).reshape(-1)
+    v2 = np.ascontiguousarray(values).reshape(idx.size, -1)
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    if uniq.size == idx.size:
+        order = np.argsort(idx, kind="stable")
+        return idx[order], v2[order]
+    out = np.empty((uniq.size, v2.shape[1]), dtype=v2.dtype)
+    segment_sum_rows(v2, inverse.reshape(-1).astype(np.int64), uniq.size, out)
+    return uniq, out

@@ -1,0 +1,96 @@
+"""Reductions (sum, max) over any axes, via two 2-D kernels: over rows' tails or over leading rows.
+
+The wrapper reshapes so the reduced axes are either trailing (``(M, R)`` -> row kernel) or
+leading (``(R, M)`` -> column kernel, the bias-gradient case); anything else is transposed once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def sum_rows(x, out, zero):
+    m, r = x.shape
+    for i in range(m):
+        acc = zero
+        for j in range(r):
+            acc += x[i, j]
+        out[i] = acc
+
+
+@njit(cache=True)
+def sum_cols(x, out):
+    r, m = x.shape
+    for j in range(m):
+        out[j] = 0
+    for i in range(r):
+        for j in range(m):
+            out[j] += x[i, j]
+
+
+@njit(cache=True)
+def max_rows(x, out):
+    m, r = x.shape
+    for i in range(m):
+        best = x[i, 0]
+        for j in range(1, r):
+            v = x[i, j]
+            if v > best or v != v:
+                best = v
+        out[i] = best
+
+
+@njit(cache=True)
+def max_cols(x, out):
+    r, m = x.shape
+    for j in range(m):
+        out[j] = x[0, j]
+    for i in range(1, r):
+        for j in range(m):
+            v = x[i, j]
+            if v > out[j] or v != v:
+                out[j] = v
+
+
+def _zero(dtype):
+    return np.float64(0.0) if dtype.kind == "f" else np.int64(0)
+
+
+def reduce(x: np.ndarray, axes: tuple, keepdims: bool, kind: str) -> np.ndarray:
+    """``kind`` in sum/max/mean over ``axes`` (normalized, sorted, non-negative)."""
+    rank = x.ndim
+    kept = [d for d in range(rank) if d not in axes]
+    out_shape = tuple(1 if d in axes else x.shape[d] for d in range(rank)) if keepdims else tuple(x.shape[d] for d in kept)
+    m = int(np.prod([x.shape[d] for d in kept], dtype=np.int64))
+    r = int(np.prod([x.shape[d] for d in axes], dtype=np.int64))
+    if kind == "max" and r == 0:
+        raise ValueError(f"reduce_max over an empty axis of an array of shape {x.shape}")
+    acc_dtype = x.dtype
+    out = np.empty(m, dtype=acc_dtype)
+    if m == 0:
+        return out.reshape(out_shape)
+    if r == 0:
+        out[:] = 0
+    elif tuple(axes) == tuple(range(rank - len(axes), rank)):
+        x2 = np.ascontiguousarray(x).reshape(m, r)
+        sum_rows(x2, out, _zero(x.dtype)) if kind != "max" else max_rows(x2, out)
+    elif tuple(axes) == tuple(range(len(axes))):
+        x2 = np.ascontiguousarray(x).reshape(r, m)
+        sum_cols(x2, out) if kind != "max" else max_cols(x2, out)
+    else:
+        x2 = np.ascontiguousarray(np.transpose(x, kept + list(axes))).reshape(m, r)
+        sum_rows(x2, out, _zero(x.dtype)) if kind != "max" else max_rows(x2, out)
+    if kind == "mean":
+        out /= r
+    return out.reshape(out_shape)
+
+
+def sum_to_shape(g: np.ndarray, shape: tuple) -> np.ndarray:
+    """Sum a broadcast result back to ``shape`` (the inverse of NumPy broadcasting)."""
+    if g.shape == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    axes = list(range(lead)) + [lead + i for i, d in enumerate(shape) if d == 1 and g.shape[lead + i] != 1]
+    return reduce(g, tuple(axes), False, "sum").reshape(shape)

@@ -1,0 +1,101 @@
+"""Seeded random ops (TensorFlow 1.x seeding: graph-level seed + op-level seed).
+
+An op's stream is fixed by (graph seed, op seed); with no op seed the op's creation index is
+used. Unlike TensorFlow, a graph with no seed at all is deterministic too (graph seed 0), so
+every run of the project is reproducible. Each run of a random op draws the next values of
+its stream; a new Session starts the streams again.
+"""
+
+from __future__ import annotations
+
+from engine import dtypes, shapes
+from engine.graph import convert_to_tensor, get_default_graph
+from engine.ops._util import create
+from engine.registry import register
+
+
+def op_seeds(graph, seed):
+    """(graph seed, op seed) for a random op created now in ``graph``."""
+    graph_seed = 0 if graph.seed is None else int(graph.seed)
+    op_seed = len(graph._ops) if seed is None else int(seed)
+    return graph_seed, op_seed
+
+
+def _random_infer(inputs, attrs):
+    shape = inputs[0].shape if inputs else attrs["shape"]
+    return [(attrs["dtype"], shape)]
+
+
+def _normal_kernel(op, ctx):
+    rng = ctx.rng(op)
+    dtype, mean, stddev = op.attrs["dtype"].np, op.attrs["mean"], op.attrs["stddev"]
+    static = op.attrs["shape"]
+
+    def draw(*like):
+        shape = like[0].shape if like else static
+        out = rng.standard_normal(shape, dtype=dtype)
+        if stddev != 1.0:
+            out *= dtype.type(stddev)
+        if mean != 0.0:
+            out += dtype.type(mean)
+        return out
+
+    return draw
+
+
+def _uniform_kernel(op, ctx):
+    rng = ctx.rng(op)
+    dtype, lo, hi = op.attrs["dtype"], op.attrs["minval"], op.attrs["maxval"]
+    static = op.attrs["shape"]
+
+    def draw(*like):
+        shape = like[0].shape if like else static
+        if dtype.is_integer:
+            return rng.integers(int(lo), int(hi), size=shape, dtype=dtype.np)
+        out = rng.random(shape, dtype=dtype.np)
+        if (lo, hi) != (0.0, 1.0):
+            out *= dtype.np.type(hi - lo)
+            out += dtype.np.type(lo)
+        return out
+
+    return draw
+
+
+register("RandomNormal", infer=_random_infer, kernel=_normal_kernel, random=True, stateful=True,
+         differentiable=False)
+register("RandomUniform", infer=_random_infer, kernel=_uniform_kernel, random=True, stateful=True,
+         differentiable=False)
+
+
+def _static_shape(shape):
+    s = shapes.as_shape(tuple(shape))
+    if not shapes.is_fully_defined(s):
+        raise ValueError(f"random op shape must be fully defined, got {shape}")
+    return s
+
+
+def random_normal(shape, mean=0.0, stddev=1.0, dtype=dtypes.float32, seed=None, name=None):
+    dtype = dtypes.as_dtype(dtype)
+    if not dtype.is_floating:
+        raise TypeError(f"random_normal dtype must be float, got {dtype.name}")
+    g = get_default_graph()
+    return create("RandomNormal", (), {"shape": _static_shape(shape), "dtype": dtype, "mean": float(mean),
+                                       "stddev": float(stddev), "seed": op_seeds(g, seed)}, name)
+
+
+def random_uniform(shape, minval=0.0, maxval=1.0, dtype=dtypes.float32, seed=None, name=None):
+    dtype = dtypes.as_dtype(dtype)
+    if dtype.is_bool:
+        raise TypeError("random_uniform cannot produce bool")
+    if not maxval > minval:
+        raise ValueError(f"random_uniform needs maxval > minval, got [{minval}, {maxval})")
+    g = get_default_graph()
+    return create("RandomUniform", (), {"shape": _static_shape(shape), "dtype": dtype, "minval": float(minval),
+                                        "maxval": float(maxval), "seed": op_seeds(g, seed)}, name)
+
+
+def random_uniform_like(x, seed=None, name=None):
+    """Uniform [0, 1) values with the run-time shape of ``x`` (dropout's mask source)."""
+    x = convert_to_tensor(x)
+    return create("RandomUniform", [x], {"shape": x.shape, "dtype": x.dtype, "minval": 0.0, "maxval": 1.0,
+                                         "seed": op_seeds(x.graph, seed)}, name)

@@ -1,0 +1,231 @@
+"""Variables: named state that lives in a Session and survives across runs (whitepaper section 2).
+
+Reads have TensorFlow 1.x reference semantics: an op consuming a variable sees its value at
+the time that op runs (assignments and optimizer updates write in place), so order side
+effects with ``control_dependencies``; ``read_value()`` takes a snapshot copy.
+
+A ``VariableV2`` op reads the session's value; ``Assign``/``AssignAdd``/``AssignSub`` name the
+variable by attribute (not by a data input), so assigning never needs the old value to exist
+and reading never runs an assignment (partial execution stays exact).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine import shapes
+from engine.errors import FailedPreconditionError, InvalidArgumentError
+from engine.graph import (GLOBAL_VARIABLES, TRAINABLE_VARIABLES, _OperatorsMixin, convert_to_tensor,
+                          get_default_graph)
+from engine.kernels import math as K
+from engine.registry import register
+
+
+def read_state(ctx, name):
+    """The session's array for variable ``name``; FailedPreconditionError when never initialized."""
+    try:
+        return ctx.state[name]
+    except KeyError:
+        raise FailedPreconditionError(f"Attempting to use uninitialized value {name}", name) from None
+
+
+def _variable_kernel(op, ctx):
+    state, name = ctx.state, op.name
+
+    def read():
+        try:
+            return state[name]
+        except KeyError:
+            raise FailedPreconditionError(f"Attempting to use uninitialized value {name}", name) from None
+
+    return read
+
+
+register("VariableV2", infer=lambda inputs, attrs: [(attrs["dtype"], attrs["shape"])], kernel=_variable_kernel,
+         stateful=True, differentiable=False)
+
+
+def _assign_infer(inputs, attrs):
+    value = inputs[0]
+    if value.dtype != attrs["dtype"]:
+        raise TypeError(f"value dtype {value.dtype.name} differs from variable {attrs['var']} ({attrs['dtype'].name})")
+    if value.shape is not None and not _static_fits(value.shape, attrs["shape"]):
+        raise ValueError(f"value shape {value.shape} differs from variable {attrs['var']} shape {attrs['shape']}")
+    return [(attrs["dtype"], attrs["shape"])]
+
+
+def _static_fits(a, b):
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
+def _check_runtime_shape(op, value):
+    if value.shape != op.attrs["shape"]:
+        raise InvalidArgumentError(
+            f"{op.type} '{op.name}': value of shape {value.shape} cannot be assigned to variable "
+            f"{op.attrs['var']} of shape {op.attrs['shape']}", op.name)
+
+
+def _assign_kernel(op, ctx):
+    state, name, npd = ctx.state, op.attrs["var"], op.attrs["dtype"].np
+
+    def assign(value):
+        _check_runtime_shape(op, value)
+        current = state.get(name)
+        if current is not None and current.shape == value.shape and current.flags.writeable:
+            np.copyto(current, value)  # in place: every read of the variable sees the new value
+            return current
+        stored = np.array(value, dtype=npd, copy=True, order="C")
+        state[name] = stored
+        return stored
+
+    return assign
+
+
+def _assign_update_kernel(kern):
+    def make(op, ctx):
+        name = op.attrs["var"]
+
+        def update(value):
+            current = read_state(ctx, name)
+            _check_runtime_shape(op, value)
+            flat = current.reshape(-1)
+            kern(flat, np.ascontiguousarray(value).reshape(-1), flat)
+            return current
+
+        return update
+
+    return make
+
+
+def _read_kernel(op, ctx):
+    name = op.attrs["var"]
+    return lambda: read_state(ctx, name).copy()
+
+
+register("ReadVariable", infer=lambda inputs, attrs: [(attrs["dtype"], attrs["shape"])], kernel=_read_kernel,
+         stateful=True, differentiable=False)
+register("Assign", infer=_assign_infer, kernel=_assign_kernel, stateful=True, differentiable=False)
+register("AssignAdd", infer=_assign_infer, kernel=_assign_update_kernel(K.add), stateful=True, differentiable=False)
+register("AssignSub", infer=_assign_infer, kernel=_assign_update_kernel(K.subtract), stateful=True,
+         differentiable=False)
+
+
+class Variable(_OperatorsMixin):
+    """A trainable (or not) tensor whose value persists in the Session between runs.
+
+    Use it wherever a tensor is expected; ``.initializer`` (or
+    ``en.global_variables_initializer()``) gives it its initial value.
+    """
+
+    def __init__(self, initial_value, name=None, trainable=True, dtype=None, collections=None):
+        graph = get_default_graph()
+        var_name = graph.unique_name(name or "Variable")
+        with graph.name_scope(var_name + "/"):
+            value = initial_value() if callable(initial_value) else initial_value
+            init = convert_to_tensor(value, dtype=dtype, name="initial_value")
+        if not shapes.is_fully_defined(init.shape):
+            raise ValueError(f"Variable {var_name}: initial value shape {init.shape} must be fully defined")
+        self._dtype = init.dtype
+        self._shape = tuple(init.shape)
+        self.op = graph.create_op("VariableV2", (), {"dtype": init.dtype, "shape": self._shape},
+                                  name=var_name, exact_name=True)
+        self._value = self.op.outputs[0]
+        self._initial_value = init
+        self.trainable = bool(trainable)
+        with graph.name_scope(var_name + "/"):
+            self.initializer = self._state_op("Assign", init, "Assign").op
+        for key in collections or ([GLOBAL_VARIABLES] + ([TRAINABLE_VARIABLES] if trainable else [])):
+            graph.add_to_collection(key, self)
+
+    def _state_op(self, op_type, value, name=None):
+        value = convert_to_tensor(value, dtype=self._dtype)
+        return self.op.graph.create_op(op_type, [value], {"var": self.op.name, "dtype": self._dtype,
+                                                          "shape": self._shape}, name=name).outputs[0]
+
+    # --- TensorFlow 1.x Variable surface ---------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.op.name + ":0"
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def shape(self):
+        return self._shape
+
+    def get_shape(self):
+        return self._shape
+
+    @property
+    def graph(self):
+        return self.op.graph
+
+    @property
+    def initial_value(self):
+        return self._initial_value
+
+    def value(self):
+        return self._value
+
+    def read_value(self, name=None):
+        """A snapshot of the value, read when this op runs (after the current control dependencies)."""
+        return self.op.graph.create_op("ReadVariable", (), {"var": self.op.name, "dtype": self._dtype,
+                                                             "shape": self._shape}, name=name).outputs[0]
+
+    def _as_tensor(self):
+        return self._value
+
+    def assign(self, value, name=None):
+        """Op setting the variable to ``value`` (same shape and dtype); its output is the new value."""
+        return self._state_op("Assign", value, name)
+
+    def assign_add(self, delta, name=None):
+        return self._state_op("AssignAdd", delta, name)
+
+    def assign_sub(self, delta, name=None):
+        return self._state_op("AssignSub", delta, name)
+
+    def load(self, value, session):
+        """Set the value directly in ``session`` (no graph op), checked against shape and dtype."""
+        session._load_variable(self, value)
+
+    def eval(self, session=None):
+        return self._value.eval(session=session)
+
+    def __repr__(self) -> str:
+        return f"<en.Variable '{self.name}' shape={self._shape} dtype={self._dtype.name}>"
+
+
+def global_variables(graph=None):
+    return (graph or get_default_graph()).get_collection(GLOBAL_VARIABLES)
+
+
+def trainable_variables(graph=None):
+    return (graph or get_default_graph()).get_collection(TRAINABLE_VARIABLES)
+
+
+def variables_initializer(var_list, name="init"):
+    from engine.ops.control import group
+
+    return group(*[v.initializer for v in var_list], name=name)
+
+
+def global_variables_initializer():
+    """One op that initializes every variable created so far in the default graph."""
+    return variables_initializer(global_variables(), name="init")
+
+
+def assign(ref, value, name=None):
+    return ref.assign(value, name=name)
+
+
+def assign_add(ref, value, name=None):
+    return ref.assign_add(value, name=name)
+
+
+def assign_sub(ref, value, name=None):
+    return ref.assign_sub(value, name=name)
+
+

@@ -1,0 +1,164 @@
+"""Optimizer update ops: each updates one variable (and its slots) in place with ONE fused kernel.
+
+Variables and slots are named by attribute (like ``Assign``); inputs are the gradient (dense,
+or the ``values``/``indices`` of an IndexedSlices for the ``Sparse*`` forms) and the learning
+rate (a scalar tensor, so schedules can feed it). Sparse forms merge duplicate indices first
+and touch only those rows of the variable and of its slots ("lazy" updates).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engine.kernels import array as KA
+from engine.kernels import train as KT
+from engine.ops.state import read_state
+from engine.registry import register
+
+
+def _check(inputs, attrs, sparse):
+    var_shape, dtype = attrs["shape"], attrs["dtype"]
+    grad = inputs[0]
+    if grad.dtype != dtype:
+        raise TypeError(f"gradient dtype {grad.dtype.name} differs from variable {attrs['var']} ({dtype.name})")
+    if not sparse and grad.shape is not None and (
+            len(grad.shape) != len(var_shape) or any(a is not None and a != b for a, b in zip(grad.shape, var_shape))):
+        raise ValueError(f"gradient shape {grad.shape} differs from variable {attrs['var']} shape {var_shape}")
+    if sparse and not inputs[1].dtype.is_integer:
+        raise TypeError("sparse update indices must be integers")
+    return []
+
+
+def _dense_infer(inputs, attrs):
+    return _check(inputs, attrs, sparse=False)
+
+
+def _sparse_infer(inputs, attrs):
+    return _check(inputs, attrs, sparse=True)
+
+
+def _rows(var):
+    return var.reshape(var.shape[0], -1)
+
+
+def _flat(x):
+    return np.ascontiguousarray(x).reshape(-1)
+
+
+def _sparse_grad(values, indices, var):
+    idx, vals = KA.unique_rows_sum(values, indices)
+    if idx.size and (idx[0] < 0 or idx[-1] >= var.shape[0]):
+        raise ValueError(f"sparse gradient index out of range [0, {var.shape[0]})")
+    return idx.astype(np.int64, copy=False), vals
+
+
+# --- gradient descent ------------------------------------------------------------------------
+
+
+def _sgd(op, ctx):
+    name = op.attrs["var"]
+
+    def apply(grad, lr):
+        var = read_state(ctx, name)
+        KT.sgd_dense(var.reshape(-1), _flat(grad), float(lr))
+
+    return apply
+
+
+def _sgd_sparse(op, ctx):
+    name = op.attrs["var"]
+
+    def apply(values, indices, lr):
+        var = read_state(ctx, name)
+        idx, vals = _sparse_grad(values, indices, var)
+        KT.sgd_sparse(_rows(var), vals, idx, float(lr))
+
+    return apply
+
+
+# --- momentum ---------------------------------------------------------------------------------
+
+
+def _momentum(op, ctx):
+    name, accum, mom, nesterov = op.attrs["var"], op.attrs["accum"], op.attrs["momentum"], op.attrs["nesterov"]
+
+    def apply(grad, lr):
+        var, acc = read_state(ctx, name), read_state(ctx, accum)
+        KT.momentum_dense(var.reshape(-1), acc.reshape(-1), _flat(grad), float(lr), mom, nesterov)
+
+    return apply
+
+
+def _momentum_sparse(op, ctx):
+    name, accum, mom, nesterov = op.attrs["var"], op.attrs["accum"], op.attrs["momentum"], op.attrs["nesterov"]
+
+    def apply(values, indices, lr):
+        var, acc = read_state(ctx, name), read_state(ctx, accum)
+        idx, vals = _sparse_grad(values, indices, var)
+        KT.momentum_sparse(_rows(var), _rows(acc), vals, idx, float(lr), mom, nesterov)
+
+    return apply
+
+
+# --- Adam -----------------------------------------------------------------------------------------
+
+
+def _adam_lr(op, ctx, lr):
+    t = int(read_state(ctx, op.attrs["step"])) + 1
+    b1, b2 = op.attrs["beta1"], op.attrs["beta2"]
+    return float(lr) * math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+
+
+def _adam(op, ctx):
+    a = op.attrs
+
+    def apply(grad, lr):
+        var, m, v = read_state(ctx, a["var"]), read_state(ctx, a["m"]), read_state(ctx, a["v"])
+        KT.adam_dense(var.reshape(-1), m.reshape(-1), v.reshape(-1), _flat(grad), _adam_lr(op, ctx, lr),
+                      a["beta1"], a["beta2"], a["epsilon"])
+
+    return apply
+
+
+def _adam_sparse(op, ctx):
+    a = op.attrs
+
+    def apply(values, indices, lr):
+        var, m, v = read_state(ctx, a["var"]), read_state(ctx, a["m"]), read_state(ctx, a["v"])
+        idx, vals = _sparse_grad(values, indices, var)
+        KT.adam_sparse(_rows(var), _rows(m), _rows(v), vals, idx, _adam_lr(op, ctx, lr),
+                       a["beta1"], a["beta2"], a["epsilon"])
+
+    return apply
+
+
+# --- Adagrad ----------------------------------------------------------------------------------------
+
+
+def _adagrad(op, ctx):
+    name, accum = op.attrs["var"], op.attrs["accum"]
+
+    def apply(grad, lr):
+        var, acc = read_state(ctx, name), read_state(ctx, accum)
+        KT.adagrad_dense(var.reshape(-1), acc.reshape(-1), _flat(grad), float(lr))
+
+    return apply
+
+
+def _adagrad_sparse(op, ctx):
+    name, accum = op.attrs["var"], op.attrs["accum"]
+
+    def apply(values, indices, lr):
+        var, acc = read_state(ctx, name), read_state(ctx, accum)
+        idx, vals = _sparse_grad(values, indices, var)
+        KT.adagrad_sparse(_rows(var), _rows(acc), vals, idx, float(lr))
+
+    return apply
+
+
+for _name, _dense, _sparse in (("GradientDescent", _sgd, _sgd_sparse), ("Momentum", _momentum, _momentum_sparse),
+                               ("Adam", _adam, _adam_sparse), ("Adagrad", _adagrad, _adagrad_sparse)):
+    register(f"Apply{_name}", infer=_dense_infer, kernel=_dense, stateful=True, differentiable=False)
+    register(f"SparseApply{_name}", infer=_sparse_infer, kernel=_sparse, stateful=True, differentiable=False)

@@ -1,0 +1,331 @@
+"""Checkpoints (``Saver``) and the frozen inference-graph export the model bundle ships.
+
+Checkpoint: ``<prefix>.npz`` (variables as arrays, no pickle) + ``<prefix>.json`` manifest::
+
+    {"format": "shelfcast-engine-checkpoint", "version": 1, "data_file": "<prefix>.npz",
+     "data_sha256": "...", "variables": [{"name": "dense/kernel", "key": "v0", "dtype": "float32",
+                                           "shape": [20, 256], "sha256": "..."}]}
+
+Inference graph export (format ``shelfcast-engine-graph``, version 1): a directory with
+``weights.npz`` and ``graph.json``::
+
+    {"format": "shelfcast-engine-graph", "version": 1,
+     "inputs":  {"<input name>": "<tensor name, e.g. features:0>"},
+     "outputs": {"<output name>": "<tensor name>"},
+     "weights": {"file": "weights.npz", "sha256": "<hex of the file>"},
+     "ops": [{"name": "dense/MatMul", "type": "MatMul", "inputs": ["features:0", "dense/kernel:0"],
+              "control_inputs": [], "attrs": {"transpose_a": false, "transpose_b": false}}, ...]}
+
+``ops`` are in execution (creation) order; every input names an earlier op's output.
+Attribute values are JSON scalars, lists (read back as tuples), ``{"dtype": "float32"}`` for
+element types and ``{"tensor": "<key in weights.npz>"}`` for constant arrays. Variables are
+frozen into ``Const`` ops of the same name, the graph is pruned to what the outputs need
+(inputs become placeholders), and stateful or random ops are refused. Loading needs only
+``engine``: op types are looked up in the registry, so the code that built the graph is not
+needed, and the same kernels on the same constants give bit-identical outputs.
+
+Every file is written to a temporary name and renamed into place (``os.replace``); the JSON
+manifest is written last, so a reader never sees a manifest whose data is incomplete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from engine import dtypes
+from engine.errors import DataLossError, InvalidArgumentError, NotFoundError
+from engine.graph import Graph, Operation, Tensor, convert_to_tensor
+from engine.ops.state import global_variables
+
+CHECKPOINT_FORMAT = "shelfcast-engine-checkpoint"
+GRAPH_FORMAT = "shelfcast-engine-graph"
+FORMAT_VERSION = 1
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _npz_bytes(arrays: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _load_npz(path: str, what: str) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise NotFoundError(f"{what} file {path} does not exist") from None
+    except Exception as e:  # zip/npy format errors
+        raise DataLossError(f"{what} file {path} is unreadable: {e}") from None
+
+
+def _load_json(path: str, what: str, fmt: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise NotFoundError(f"{what} manifest {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataLossError(f"{what} manifest {path} is not valid JSON: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise DataLossError(f"{path} is not a {fmt} file")
+    if doc.get("version") != FORMAT_VERSION:
+        raise DataLossError(f"{path} has {fmt} version {doc.get('version')}; this engine reads version {FORMAT_VERSION}")
+    return doc
+
+
+def _array_sha(arr: np.ndarray) -> str:
+    return _sha256_bytes(np.asarray(arr, order="C").tobytes())
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+class Saver:
+    """Saves and restores variables' values (all global variables by default)."""
+
+    def __init__(self, var_list=None):
+        if var_list is None:
+            var_list = global_variables()
+        if isinstance(var_list, dict):
+            self._vars = dict(var_list)
+        else:
+            self._vars = {v.op.name: v for v in var_list}
+        if not self._vars:
+            raise ValueError("Saver: no variables to save")
+
+    def save(self, sess, save_path: str, global_step=None) -> str:
+        """Write the checkpoint; returns its prefix (``save_path`` or ``save_path-<step>``)."""
+        prefix = str(save_path) if global_step is None else f"{save_path}-{int(_step_value(sess, global_step))}"
+        arrays, entries = {}, []
+        for i, (name, var) in enumerate(sorted(self._vars.items())):
+            if var.op.name not in sess.state:
+                raise InvalidArgumentError(f"cannot save uninitialized variable {var.op.name}", var.op.name)
+            arr = np.asarray(sess.state[var.op.name], order="C")
+            key = f"v{i}"
+            arrays[key] = arr
+            entries.append({"name": name, "key": key, "dtype": str(arr.dtype), "shape": list(arr.shape),
+                            "sha256": _array_sha(arr)})
+        data = _npz_bytes(arrays)
+        data_file = prefix + ".npz"
+        atomic_write_bytes(data_file, data)
+        manifest = {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION,
+                    "data_file": os.path.basename(data_file), "data_sha256": _sha256_bytes(data),
+                    "variables": entries}
+        atomic_write_bytes(prefix + ".json", json.dumps(manifest, indent=1).encode())
+        return prefix
+
+    def restore(self, sess, save_path: str) -> None:
+        """Load every saver variable from the checkpoint, verifying checksums, names and shapes."""
+        manifest_path = str(save_path) + ".json"
+        manifest = _load_json(manifest_path, "checkpoint", CHECKPOINT_FORMAT)
+        data_file = os.path.join(os.path.dirname(os.path.abspath(manifest_path)), manifest["data_file"])
+        if not os.path.exists(data_file):
+            raise NotFoundError(f"checkpoint data file {data_file} does not exist")
+        if sha256_file(data_file) != manifest["data_sha256"]:
+            raise DataLossError(f"checkpoint data file {data_file} is corrupt (sha256 does not match {manifest_path})")
+        arrays = _load_npz(data_file, "checkpoint data")
+        entries = {e["name"]: e for e in manifest["variables"]}
+        loaded = {}
+        for name, var in self._vars.items():
+            entry = entries.get(name)
+            if entry is None:
+                raise NotFoundError(f"variable {name} not found in checkpoint {manifest_path}")
+            arr = arrays.get(entry["key"])
+            if arr is None or _array_sha(arr) != entry["sha256"]:
+                raise DataLossError(f"variable {name} in checkpoint {data_file} is corrupt")
+            if tuple(arr.shape) != tuple(var.shape):
+                raise InvalidArgumentError(f"variable {name}: checkpoint {manifest_path} has shape {tuple(arr.shape)},"
+                                           f" the graph expects {tuple(var.shape)}", var.op.name)
+            if arr.dtype != var.dtype.np:
+                raise InvalidArgumentError(f"variable {name}: checkpoint {manifest_path} has dtype {arr.dtype},"
+                                           f" the graph expects {var.dtype.name}", var.op.name)
+            loaded[var.op.name] = np.array(arr, copy=True, order="C")
+        sess.state.update(loaded)  # all or nothing: nothing is changed when any variable fails
+
+
+def _step_value(sess, global_step):
+    if isinstance(global_step, (int, np.integer)):
+        return global_step
+    return sess.run(global_step)
+
+
+# --- inference graph export ----------------------------------------------------------------------
+
+
+def _encode_attr(value, weights: dict, owner: str):
+    if isinstance(value, dtypes.DType):
+        return {"dtype": value.name}
+    if isinstance(value, np.ndarray):
+        key = f"c{len(weights)}"
+        weights[key] = np.asarray(value, order="C")
+        return {"tensor": key}
+    if isinstance(value, (tuple, list)):
+        return [_encode_attr(v, weights, owner) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    raise TypeError(f"op {owner}: attribute value {value!r} cannot be exported")
+
+
+def _decode_attr(value, weights: dict):
+    if isinstance(value, dict):
+        if "dtype" in value:
+            return dtypes.as_dtype(value["dtype"])
+        if "tensor" in value:
+            arr = np.array(weights[value["tensor"]], copy=True, order="C")
+            arr.flags.writeable = False
+            return arr
+        raise DataLossError(f"unknown attribute encoding {value!r}")
+    if isinstance(value, list):
+        return tuple(_decode_attr(v, weights) for v in value)
+    return value
+
+
+def _as_named(tensors, what) -> dict:
+    if isinstance(tensors, dict):
+        return {str(k): convert_to_tensor(v) for k, v in tensors.items()}
+    out = {}
+    for t in (tensors if isinstance(tensors, (list, tuple)) else [tensors]):
+        t = convert_to_tensor(t)
+        out[t.op.name] = t
+    return out
+
+
+def export_inference_graph(sess, export_dir: str, inputs, outputs) -> dict:
+    """Freeze and prune the graph of ``sess`` to ``outputs`` and write it to ``export_dir``.
+
+    ``inputs``/``outputs``: dicts {name: tensor} (or lists, named by op). Returns
+    ``{"graph": path, "weights": path, "weights_sha256": hex}``.
+    """
+    inputs, outputs = _as_named(inputs, "inputs"), _as_named(outputs, "outputs")
+    fed = set(inputs.values())
+    needed: set[Operation] = set()
+    stack = [t.op for t in outputs.values() if t not in fed]
+    while stack:
+        op = stack.pop()
+        if op in needed:
+            continue
+        needed.add(op)
+        stack.extend(t.op for t in op.inputs if t not in fed)
+        stack.extend(op.control_inputs)
+    weights: dict = {}
+    records = []
+    for t in sorted(fed, key=lambda t: t.op.id):
+        if t.value_index != 0:
+            raise ValueError(f"input {t.name} must be the first output of its op")
+        records.append({"name": t.op.name, "type": "Placeholder", "inputs": [], "control_inputs": [],
+                        "attrs": {"dtype": {"dtype": t.dtype.name}, "shape": _encode_attr(t.shape, weights, t.op.name)}})
+    for op in sorted(needed, key=lambda o: o.id):
+        if op.type == "VariableV2":
+            if op.name not in sess.state:
+                raise InvalidArgumentError(f"cannot freeze uninitialized variable {op.name}", op.name)
+            attrs = {"value": np.array(sess.state[op.name], copy=True)}
+            op_type = "Const"
+        elif op.type == "Placeholder":
+            raise ValueError(f"placeholder {op.name} is needed by the outputs but is not among the inputs")
+        elif op.op_def.stateful or op.op_def.random:
+            raise ValueError(f"cannot export op {op.name} ({op.type}): stateful or random ops have no place in an "
+                             "inference graph (build it with training=False)")
+        else:
+            attrs, op_type = op.attrs, op.type
+        records.append({"name": op.name, "type": op_type, "inputs": [t.name for t in op.inputs],
+                        "control_inputs": [c.name for c in op.control_inputs],
+                        "attrs": {k: _encode_attr(v, weights, op.name) for k, v in attrs.items()}})
+    data = _npz_bytes(weights)
+    os.makedirs(export_dir, exist_ok=True)
+    weights_path = os.path.join(export_dir, "weights.npz")
+    graph_path = os.path.join(export_dir, "graph.json")
+    atomic_write_bytes(weights_path, data)
+    doc = {"format": GRAPH_FORMAT, "version": FORMAT_VERSION,
+           "inputs": {k: v.name for k, v in inputs.items()}, "outputs": {k: v.name for k, v in outputs.items()},
+           "weights": {"file": "weights.npz", "sha256": _sha256_bytes(data)}, "ops": records}
+    atomic_write_bytes(graph_path, json.dumps(doc, indent=1).encode())
+    return {"graph": graph_path, "weights": weights_path, "weights_sha256": doc["weights"]["sha256"]}
+
+
+class InferenceModel:
+    """A loaded inference graph: ``run({input name: array}) -> {output name: array}``."""
+
+    def __init__(self, graph: Graph, inputs: dict, outputs: dict):
+        from engine.session import Session
+
+        self.graph = graph
+        self.inputs: dict[str, Tensor] = inputs
+        self.outputs: dict[str, Tensor] = outputs
+        self.session = Session(graph)
+        self._input_names = list(inputs)
+        self._call = self.session.make_callable(dict(outputs), [inputs[k] for k in self._input_names])
+
+    def run(self, feed: dict) -> dict:
+        missing = [k for k in self._input_names if k not in feed]
+        unknown = [k for k in feed if k not in self.inputs]
+        if missing or unknown:
+            raise InvalidArgumentError(f"inference feed: missing inputs {missing}, unknown inputs {unknown}; "
+                                       f"expected {self._input_names}")
+        return self._call(*[feed[k] for k in self._input_names])
+
+
+def import_inference_graph(export_dir: str) -> InferenceModel:
+    """Load a directory written by :func:`export_inference_graph` (verifying its weights' checksum)."""
+    graph_path = os.path.join(export_dir, "graph.json")
+    doc = _load_json(graph_path, "inference graph", GRAPH_FORMAT)
+    weights_path = os.path.join(export_dir, doc["weights"]["file"])
+    if not os.path.exists(weights_path):
+        raise NotFoundError(f"weights file {weights_path} does not exist")
+    if sha256_file(weights_path) != doc["weights"]["sha256"]:
+        raise DataLossError(f"weights file {weights_path} is corrupt (sha256 does not match {graph_path})")
+    weights = _load_npz(weights_path, "weights")
+    graph = Graph()
+    ops: dict[str, Operation] = {}
+    for rec in doc["ops"]:
+        try:
+            ins = [graph.get_tensor_by_name(n) for n in rec["inputs"]]
+            controls = [ops[c] for c in rec["control_inputs"]]
+            attrs = {k: _decode_attr(v, weights) for k, v in rec["attrs"].items()}
+            ops[rec["name"]] = graph.create_op(rec["type"], ins, attrs, name=rec["name"], control_inputs=controls,
+                                               exact_name=True)
+            graph.unique_name(rec["name"])  # reserve it, as building the graph would have
+        except (KeyError, NotFoundError, ValueError, TypeError) as e:
+            raise DataLossError(f"{graph_path}: op {rec.get('name')!r} cannot be rebuilt: {e}") from None
+    inputs = {k: graph.get_tensor_by_name(v) for k, v in doc["inputs"].items()}
+    outputs = {k: graph.get_tensor_by_name(v) for k, v in doc["outputs"].items()}
+    return InferenceModel(graph, inputs, outputs)

@@ -1,0 +1,93 @@
+"""Static shapes: a tuple of ints with ``None`` for unknown dimensions, or ``None`` for unknown rank."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+Shape = Optional[Tuple[Optional[int], ...]]
+
+
+def as_shape(shape) -> Shape:
+    """Normalize a user shape (None, int, list, tuple) to the static-shape form."""
+    if shape is None:
+        return None
+    if isinstance(shape, int):
+        shape = (shape,)
+    out = []
+    for d in shape:
+        if d is None:
+            out.append(None)
+        elif isinstance(d, (int,)) or hasattr(d, "__index__"):
+            d = int(d)
+            if d < 0:
+                raise ValueError(f"negative dimension {d} in shape {tuple(shape)}")
+            out.append(d)
+        else:
+            raise TypeError(f"bad dimension {d!r} in shape {shape!r}")
+    return tuple(out)
+
+
+def is_fully_defined(shape: Shape) -> bool:
+    return shape is not None and all(d is not None for d in shape)
+
+
+def broadcast(a: Shape, b: Shape) -> Shape:
+    """NumPy broadcasting of two static shapes; raises ValueError when they cannot broadcast."""
+    if a is None or b is None:
+        return None
+    n = max(len(a), len(b))
+    a = (1,) * (n - len(a)) + tuple(a)
+    b = (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for da, db in zip(a, b):
+        if da == 1:
+            out.append(db)
+        elif db == 1:
+            out.append(da)
+        elif da is None:
+            out.append(db)
+        elif db is None or da == db:
+            out.append(da)
+        else:
+            raise ValueError(f"shapes {a} and {b} cannot broadcast")
+    return tuple(out)
+
+
+def compatible(static: Shape, actual: tuple) -> bool:
+    """Whether a concrete shape fits a static shape (None matches anything)."""
+    if static is None:
+        return True
+    if len(static) != len(actual):
+        return False
+    return all(s is None or s == a for s, a in zip(static, actual))
+
+
+def merge(a: Shape, b: Shape) -> Shape:
+    """The most specific shape compatible with both; ValueError when they contradict."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if len(a) != len(b):
+        raise ValueError(f"shapes {a} and {b} have different ranks")
+    out = []
+    for da, db in zip(a, b):
+        if da is not None and db is not None and da != db:
+            raise ValueError(f"shapes {a} and {b} are incompatible")
+        out.append(da if da is not None else db)
+    return tuple(out)
+
+
+def normalize_axes(axis, rank: int, what: str = "axis") -> tuple:
+    """Axis (None, int or sequence; negatives allowed) as a sorted tuple of non-negative ints."""
+    if axis is None:
+        return tuple(range(rank))
+    if isinstance(axis, int):
+        axis = (axis,)
+    out = set()
+    for a in axis:
+        a = int(a)
+        if not -rank <= a < rank:
+            raise ValueError(f"{what} {a} is out of range for rank {rank}")
+        out.add(a % rank)
+    return tuple(sorted(out))

@@ -1,0 +1,208 @@
+"""Optimizers (TensorFlow 1.x ``tf.train`` names): each variable's step is one fused-kernel op.
+
+Slots (momentum accumulators, Adam's m and v, Adagrad's accumulators) are non-trainable
+variables named ``<variable>/<Optimizer>`` (``/<Optimizer>_1`` for a second slot), so
+``Saver`` checkpoints them and ``global_variables_initializer`` (run after the optimizer is
+built) initializes them.
+
+Sparse gradients (from ``gather``) update only the gathered rows: for Adam this is *lazy
+Adam* (as ``tf.contrib.opt.LazyAdamOptimizer``): rows not in the batch keep their value and
+their m and v untouched (no decay); the bias correction uses the optimizer's global step count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+from engine.autodiff import gradients
+from engine.graph import IndexedSlices, convert_to_tensor, is_tensor_like
+from engine.ops.array import cast
+from engine.ops.control import group
+from engine.ops.state import Variable, trainable_variables
+from engine.saver import Saver, export_inference_graph, import_inference_graph, InferenceModel  # noqa: F401
+
+GLOBAL_STEP = "global_step"
+
+
+class Optimizer:
+    """Base: compute_gradients / apply_gradients / minimize, as in TensorFlow 1.x."""
+
+    def __init__(self, learning_rate, name):
+        self._lr = learning_rate
+        self._name = name
+        self._slots: dict[tuple[str, str], Variable] = {}
+
+    def compute_gradients(self, loss, var_list=None):
+        """[(gradient, variable)] for the trainable variables (gradient None when unconnected)."""
+        loss = convert_to_tensor(loss)
+        var_list = list(var_list) if var_list is not None else trainable_variables(loss.graph)
+        if not var_list:
+            raise ValueError("no variables to optimize")
+        grads = gradients(loss, [v._as_tensor() for v in var_list])
+        return list(zip(grads, var_list))
+
+    def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+        """One op applying every (gradient, variable) update, then incrementing ``global_step``."""
+        pairs = [(g, v) for g, v in grads_and_vars if g is not None]
+        if not pairs:
+            names = [v.name for _, v in grads_and_vars]
+            raise ValueError(f"No gradients provided for any variable: {names}")
+        graph = pairs[0][1].graph
+        with graph.as_default():
+            for _, v in pairs:
+                self._create_slots(v)
+            with graph.name_scope(name or self._name):
+                rates: dict = {}
+                self._prepare()
+                updates = [self._apply(g, v, self._rate_for(v, rates)) for g, v in pairs]
+                done = self._finish(updates)
+                if global_step is None:
+                    return done
+                with graph.control_dependencies([done]):
+                    return global_step.assign_add(np.ones((), global_step.dtype.np)).op
+
+    def minimize(self, loss, var_list=None, global_step=None, name=None):
+        """compute_gradients then apply_gradients: the training-step op."""
+        return self.apply_gradients(self.compute_gradients(loss, var_list), global_step=global_step, name=name)
+
+    def _rate_for(self, var, rates):
+        """The learning rate as a scalar tensor of ``var``'s dtype (a tensor rate may be fed or scheduled)."""
+        if var.dtype not in rates:
+            if is_tensor_like(self._lr):
+                t = convert_to_tensor(self._lr)
+                rates[var.dtype] = t if t.dtype == var.dtype else cast(t, var.dtype)
+            else:
+                rates[var.dtype] = convert_to_tensor(float(self._lr), dtype=var.dtype, name="learning_rate")
+        return rates[var.dtype]
+
+    # --- slots -----------------------------------------------------------------------------------
+    def _slot(self, var, slot: str, init: float) -> Variable:
+        key = (var.op.name, slot)
+        if key not in self._slots:
+            graph = var.graph
+            with graph.name_scope(""):
+                self._slots[key] = Variable(np.full(var.shape, init, dtype=var.dtype.np),
+                                            name=f"{var.op.name}/{slot}", trainable=False)
+        return self._slots[key]
+
+    def get_slot(self, var, name):
+        return self._slots.get((var.op.name, name))
+
+    def get_slot_names(self):
+        return sorted({s for _, s in self._slots})
+
+    def _create_slots(self, var):
+        pass
+
+    def _prepare(self):
+        pass
+
+    def _finish(self, updates):
+        return group(*updates, name="update")
+
+    def _update_op(self, kind, grad, var, lr, attrs):
+        attrs = {"var": var.op.name, "dtype": var.dtype, "shape": var.shape, **attrs}
+        graph = var.graph
+        if isinstance(grad, IndexedSlices):
+            return graph.create_op(f"SparseApply{kind}", [grad.values, grad.indices, lr], attrs,
+                                   name=f"update_{var.op.name.replace('/', '_')}")
+        return graph.create_op(f"Apply{kind}", [convert_to_tensor(grad), lr], attrs,
+                               name=f"update_{var.op.name.replace('/', '_')}")
+
+
+class GradientDescentOptimizer(Optimizer):
+    """var -= lr * grad."""
+
+    def __init__(self, learning_rate, name="GradientDescent"):
+        super().__init__(learning_rate, name)
+
+    def _apply(self, grad, var, lr):
+        return self._update_op("GradientDescent", grad, var, lr, {})
+
+
+class MomentumOptimizer(Optimizer):
+    """accum = momentum * accum + grad; var -= lr * accum (Nesterov: lr * (grad + momentum * accum))."""
+
+    def __init__(self, learning_rate, momentum, use_nesterov=False, name="Momentum"):
+        super().__init__(learning_rate, name)
+        self._momentum = float(momentum)
+        self._nesterov = bool(use_nesterov)
+
+    def _create_slots(self, var):
+        self._slot(var, self._name, 0.0)
+
+    def _apply(self, grad, var, lr):
+        accum = self._slot(var, self._name, 0.0)
+        return self._update_op("Momentum", grad, var, lr, {"accum": accum.op.name, "momentum": self._momentum,
+                                                            "nesterov": self._nesterov})
+
+
+class AdagradOptimizer(Optimizer):
+    """accum += grad^2; var -= lr * grad / sqrt(accum)."""
+
+    def __init__(self, learning_rate, initial_accumulator_value=0.1, name="Adagrad"):
+        super().__init__(learning_rate, name)
+        if initial_accumulator_value <= 0:
+            raise ValueError("initial_accumulator_value must be positive")
+        self._init = float(initial_accumulator_value)
+
+    def _create_slots(self, var):
+        self._slot(var, self._name, self._init)
+
+    def _apply(self, grad, var, lr):
+        accum = self._slot(var, self._name, self._init)
+        return self._update_op("Adagrad", grad, var, lr, {"accum": accum.op.name})
+
+
+class AdamOptimizer(Optimizer):
+    """Adam (Kingma & Ba) with TensorFlow's epsilon placement; lazy on sparse gradients."""
+
+    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8, name="Adam"):
+        super().__init__(learning_rate, name)
+        self._beta1, self._beta2, self._epsilon = float(beta1), float(beta2), float(epsilon)
+        self._step = None
+
+    def _create_slots(self, var):
+        self._slot(var, self._name, 0.0)
+        self._slot(var, self._name + "_1", 0.0)
+        if self._step is None:
+            with var.graph.name_scope(""):
+                self._step = Variable(np.zeros((), np.int64), name=f"{self._name}_step", trainable=False)
+
+    def _apply(self, grad, var, lr):
+        m, v = self._slot(var, self._name, 0.0), self._slot(var, self._name + "_1", 0.0)
+        return self._update_op("Adam", grad, var, lr, {"m": m.op.name, "v": v.op.name, "step": self._step.op.name,
+                                                        "beta1": self._beta1, "beta2": self._beta2,
+                                                        "epsilon": self._epsilon})
+
+    def _finish(self, updates):
+        graph = self._step.graph
+        with graph.control_dependencies(updates):
+            return self._step.assign_add(np.ones((), np.int64), name="update_step").op
+
+
+def create_global_step(graph=None):
+    """The int64 step counter ``minimize(..., global_step=)`` increments."""
+    from engine.graph import get_default_graph
+
+    graph = graph or get_default_graph()
+    if graph.get_collection(GLOBAL_STEP):
+        raise ValueError("global step already exists")
+    with graph.as_default(), graph.name_scope(""):
+        step = Variable(np.zeros((), np.int64), name="global_step", trainable=False)
+    graph.add_to_collection(GLOBAL_STEP, step)
+    return step
+
+
+def get_global_step(graph=None):
+    from engine.graph import get_default_graph
+
+    found = (graph or get_default_graph()).get_collection(GLOBAL_STEP)
+    return found[0] if found else None
+
+
+def get_or_create_global_step(graph=None):
+    return get_global_step(graph) or create_global_step(graph)
+
+

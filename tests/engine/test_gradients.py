@@ -1,0 +1,171 @@
+"""Every differentiable op against central finite differences in float64 (broadcasting included)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import engine as en
+from engine.testing import check_gradients, rand
+
+BROADCAST_PAIRS = [((3, 4), (3, 4)), ((3, 4), (4,)), ((3, 1), (1, 4)), ((2, 3, 4), (3, 1)), ((), (2, 3)),
+                   ((5, 1), (5, 3))]
+
+
+@pytest.mark.parametrize("shapes", BROADCAST_PAIRS, ids=str)
+@pytest.mark.parametrize("op", [en.add, en.subtract, en.multiply, en.divide, en.maximum, en.minimum],
+                         ids=lambda f: f.__name__)
+def test_binary_ops(op, shapes):
+    a = rand(shapes[0], seed=1)
+    b = rand(shapes[1], seed=2)
+    if op is en.divide:
+        b = np.sign(b) * (np.abs(b) + 0.5)
+    check_gradients(op, a, b)
+    check_gradients(op, b, a)
+
+
+@pytest.mark.parametrize("shapes", BROADCAST_PAIRS[:4], ids=str)
+def test_pow(shapes):
+    check_gradients(en.pow, rand(shapes[0], 0.5, 2.0, seed=3), rand(shapes[1], -1.5, 1.5, seed=4))
+
+
+def test_python_operators():
+    check_gradients(lambda x, y: (x + 2.0) * y - x / (y * y + 1.0) + (-x) ** 2.0 + x @ en.transpose(y),
+                    rand((3, 3), seed=5), rand((3, 3), seed=6))
+
+
+UNARY = [
+    (en.negative, -2, 2), (en.exp, -2, 2), (en.log, 0.2, 3), (en.log1p, -0.5, 3), (en.expm1, -2, 2),
+    (en.sqrt, 0.2, 3), (en.square, -2, 2), (en.abs, -2, 2), (en.relu, -2, 2), (en.sigmoid, -4, 4),
+    (en.tanh, -2, 2), (en.softplus, -4, 4), (en.identity, -2, 2), (lambda x: en.check_numerics(x, "bad"), -1, 1),
+]
+
+
+@pytest.mark.parametrize("op,low,high", UNARY, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_unary_ops(op, low, high):
+    x = rand((3, 4), low, high, seed=7)
+    if op in (en.abs, en.relu):
+        x = np.sign(x) * (np.abs(x) + 0.1)  # keep away from the kink
+    check_gradients(op, x)
+
+
+def test_unknown_batch_dimension_broadcast():
+    # the bias gradient must be reduced at run time when the batch size is unknown statically
+    check_gradients(lambda x, b: en.tanh(x + b), rand((5, 3), seed=8), rand((3,), seed=9),
+                    static_shapes=[(None, 3), (3,)])
+
+
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_matmul(ta, tb):
+    a = rand((4, 3) if ta else (3, 4), seed=10)
+    b = rand((5, 4) if tb else (4, 5), seed=11)
+    check_gradients(lambda x, y: en.matmul(x, y, transpose_a=ta, transpose_b=tb), a, b)
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, -1, (0, 2), (1, 2)])
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("op", [en.reduce_sum, en.reduce_mean, en.reduce_max], ids=lambda f: f.__name__)
+def test_reductions(op, axis, keepdims):
+    x = rand((2, 3, 4), seed=12)
+    check_gradients(lambda t: op(t, axis=axis, keepdims=keepdims), x)
+
+
+def test_softmax():
+    check_gradients(en.softmax, rand((3, 5), seed=13))
+    check_gradients(lambda x: en.softmax(x, axis=0), rand((4, 2), seed=14))
+
+
+def test_shape_ops():
+    x = rand((2, 3, 4), seed=15)
+    check_gradients(lambda t: en.reshape(t, (6, -1)), x)
+    check_gradients(lambda t: en.transpose(t, (2, 0, 1)), x)
+    check_gradients(lambda t: en.transpose(t), x)
+    check_gradients(lambda t: en.expand_dims(t, 1), x)
+    check_gradients(lambda t: en.squeeze(t, axis=1), rand((3, 1, 2), seed=16))
+    check_gradients(lambda t: en.placeholder_with_default(t, (2, 3, 4)), x)
+
+
+def test_concat():
+    check_gradients(lambda a, b, c: en.concat([a, b, c], axis=1), rand((2, 3), seed=17), rand((2, 1), seed=18),
+                    rand((2, 4), seed=19))
+    check_gradients(lambda a, b: en.concat([a, b], axis=0), rand((2, 3), seed=20), rand((4, 3), seed=21),
+                    static_shapes=[(None, 3), (None, 3)])
+
+
+def test_gather_with_repeated_indices():
+    idx = np.array([[0, 2], [2, 3]], dtype=np.int64)
+    check_gradients(lambda p: en.gather(p, idx), rand((5, 3), seed=22))
+    # the same parameter used densely and sparsely: contributions are summed
+    check_gradients(lambda p: en.gather(p, np.array([1, 1, 4])) * 2.0 + en.reduce_sum(p * p, axis=0), rand((5, 3)))
+
+
+def test_where():
+    cond = np.array([[True, False, True, False]])
+    check_gradients(lambda x, y: en.where(cond, x, y), rand((3, 4), seed=23), rand((4,), seed=24))
+
+
+def test_cast_add_n():
+    check_gradients(lambda x: en.cast(en.cast(x, en.float32), en.float64) * 0 + en.add_n([x, x * x, en.exp(x)]),
+                    rand((2, 3), seed=25))
+
+
+def test_stop_gradient_blocks_flow():
+    x = en.placeholder(en.float64, (2,))
+    y = en.placeholder(en.float64, (2,))
+    gx, gy = en.gradients(en.reduce_sum(en.stop_gradient(x * y) + 3.0 * x), [x, y])
+    assert gy is None
+    with en.Session() as s:
+        np.testing.assert_array_equal(s.run(gx, {x: [1.0, 2.0], y: [3.0, 4.0]}), [3.0, 3.0])
+    x = en.placeholder(en.float32, (2,))
+    assert en.gradients(en.reduce_sum(en.stop_gradient(x)), [x]) == [None]
+
+
+def test_unconnected_and_integer_inputs_get_none():
+    x = en.placeholder(en.float32, (2,))
+    z = en.placeholder(en.float32, (2,))
+    i = en.placeholder(en.int32, (2,))
+    y = en.reduce_sum(x * en.cast(i, en.float32))
+    gx, gz, gi = en.gradients(y, [x, z, i])
+    assert gx is not None and gz is None and gi is None
+
+
+def test_paths_join_and_grad_ys():
+    x = en.placeholder(en.float64, (3,))
+    y = x * x + en.exp(x) + x  # three paths from x
+    w = np.array([1.0, 2.0, 3.0])
+    (g,) = en.gradients(y, [x], grad_ys=[en.constant(w, en.float64)])
+    xv = np.array([0.1, 0.2, 0.3])
+    with en.Session() as s:
+        np.testing.assert_allclose(s.run(g, {x: xv}), w * (2 * xv + np.exp(xv) + 1))
+
+
+def test_dropout_gradient_is_mask_over_keep_probability():
+    x = en.placeholder(en.float64, (50, 4))
+    y = en.dropout(x, rate=0.25, seed=3)
+    (g,) = en.gradients(en.reduce_sum(y), [x])
+    xv = rand((50, 4), 1.0, 2.0)
+    with en.Session() as s:
+        yv, gv = s.run([y, g], {x: xv})
+    kept = yv != 0
+    np.testing.assert_allclose(gv, kept / 0.75)
+    np.testing.assert_allclose(yv[kept], xv[kept] / 0.75)
+    assert 0.5 < kept.mean() < 0.95
+
+
+def test_gradient_of_gather_is_sparse_but_fetched_dense():
+    p = en.Variable(np.arange(12.0).reshape(4, 3), name="p")
+    y = en.reduce_sum(en.gather(p, np.array([3, 0, 3])))
+    (g,) = en.gradients(y, [p])
+    assert isinstance(g, en.IndexedSlices)
+    with en.Session() as s:
+        s.run(en.global_variables_initializer())
+        np.testing.assert_array_equal(s.run(g), [[1, 1, 1], [0, 0, 0], [0, 0, 0], [2, 2, 2]])
+
+
+def test_missing_gradient_is_a_clear_error():
+    x = en.placeholder(en.float64, (2,))
+    y = en.reduce_sum(en.nn.relu(x))
+    (g,) = en.gradients(y, [x])
+    with pytest.raises(LookupError, match="No gradient defined for op .*ReluGrad"):
+        en.gradients(en.reduce_sum(g), [x])

@@ -1,0 +1,121 @@
+"""Graph construction: names, scopes, control dependencies, static shape/dtype inference and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import engine as en
+
+
+def test_unique_names_and_scopes():
+    a = en.constant(1.0, name="c")
+    b = en.constant(2.0, name="c")
+    assert (a.name, b.name) == ("c:0", "c_1:0")
+    with en.name_scope("layer"):
+        c = en.add(a, b)
+        with en.name_scope("inner"):
+            d = en.multiply(c, c, name="prod")
+    with en.name_scope("layer"):
+        e = en.add(a, b)
+    assert c.op.name == "layer/Add"
+    assert d.op.name == "layer/inner/prod"
+    assert e.op.name == "layer_1/Add"
+    v = None
+    with en.name_scope("dense"):
+        v = en.Variable(np.zeros((2, 2), np.float32), name="kernel")
+    assert v.name == "dense/kernel:0" and v.op.name == "dense/kernel"
+    assert en.get_default_graph().get_tensor_by_name("layer/inner/prod:0") is d
+
+
+def test_graph_as_default_and_isolation():
+    g = en.Graph()
+    with g.as_default():
+        x = en.constant(1.0)
+        assert en.get_default_graph() is g
+    assert en.get_default_graph() is not g
+    assert x.graph is g
+    with pytest.raises(ValueError, match="another graph"):
+        en.add(x, en.constant(2.0))
+
+
+def test_static_shapes_and_dtypes():
+    x = en.placeholder(en.float32, (None, 3))
+    w = en.Variable(np.ones((3, 4), np.float32))
+    y = en.matmul(x, w) + en.constant(np.zeros(4, np.float32))
+    assert y.shape == (None, 4) and y.dtype == en.float32
+    assert en.reduce_sum(y, axis=1).shape == (None,)
+    assert en.reduce_mean(y, axis=0, keepdims=True).shape == (1, 4)
+    assert en.reshape(y, (-1, 2)).shape == (None, 2)
+    assert en.concat([y, y], axis=1).shape == (None, 8)
+    assert en.gather(w, np.array([[0, 1]])).shape == (1, 2, 4)
+    assert en.transpose(y).shape == (4, None)
+    assert (x > 0.0).dtype == en.bool
+    assert en.placeholder(en.int64).shape is None
+    assert en.shape(x).dtype == en.int64
+
+
+def test_shape_error_names_op_and_inputs():
+    a = en.placeholder(en.float32, (3, 4), name="a")
+    b = en.placeholder(en.float32, (5,), name="b")
+    with pytest.raises(ValueError, match=r"Add op 'Add'.*a:0 float32 \(3, 4\).*b:0 float32 \(5,\)"):
+        en.add(a, b)
+    with pytest.raises(ValueError, match=r"MatMul op .*inner dimensions differ: 4 vs 5"):
+        en.matmul(a, en.placeholder(en.float32, (5, 2)))
+
+
+def test_dtype_errors_are_not_silent():
+    f = en.placeholder(en.float32, (2,), name="f")
+    i = en.placeholder(en.int32, (2,), name="i")
+    with pytest.raises(TypeError, match=r"dtypes differ \(float32 vs int32\).*f:0"):
+        en.add(f, i)
+    with pytest.raises(TypeError, match="not integral"):
+        i * 1.5
+    with pytest.raises(TypeError, match="cannot be used as float32"):
+        f + np.array([1.0, 2.0])  # float64 array into a float32 op
+    with pytest.raises(TypeError, match=r"RealDiv op .*dtype int32 is not supported \(needs float\)"):
+        en.divide(i, i)
+    assert (f * 2).dtype == en.float32 and (i * 2).dtype == en.int32
+
+
+def test_operators_build_the_expected_ops():
+    x = en.placeholder(en.float32, (2,))
+    types = [t.op.type for t in (x + 1, 1 - x, x * x, x / 2, x @ en.reshape(x, (2, 1)) if False else x ** 2, -x,
+                                 x < 1, x >= 1, abs(x))]
+    assert types == ["Add", "Sub", "Mul", "RealDiv", "Pow", "Neg", "Less", "GreaterEqual", "Abs"]
+    m = en.placeholder(en.float32, (2, 2))
+    assert (m @ m).op.type == "MatMul"
+    assert len({x, x}) == 1 and x == x  # identity semantics: hashable, usable as dict keys
+    with pytest.raises(TypeError, match="truth value"):
+        bool(x > 0)
+
+
+def test_control_dependencies_and_group():
+    a = en.no_op(name="a")
+    b = en.constant(1.0)
+    with en.control_dependencies([a, b]):
+        c = en.constant(2.0)
+        with en.control_dependencies(None):
+            d = en.constant(3.0)
+    assert c.op.control_inputs == (a, b.op)
+    assert d.op.control_inputs == ()
+    g = en.group(a, [c, d])
+    assert g.type == "NoOp" and set(g.control_inputs) == {a, c.op, d.op}
+
+
+def test_variable_requires_known_shape_and_checks_assign():
+    with pytest.raises(ValueError, match="fully defined"):
+        en.Variable(en.placeholder(en.float32, (None,)))
+    v = en.Variable(np.zeros(3, np.float32), name="v")
+    with pytest.raises(ValueError, match=r"shape \(2,\) differs from variable v"):
+        v.assign(np.zeros(2, np.float32))
+    assert v in en.trainable_variables() and v in en.global_variables()
+    w = en.Variable(1.0, trainable=False)
+    assert w not in en.trainable_variables()
+
+
+def test_graph_version_counts_ops():
+    g = en.get_default_graph()
+    v0 = g.version
+    en.constant(1.0)
+    assert g.version == v0 + 1

@@ -1,0 +1,131 @@
+"""Checkpoints and inference-graph export: bit-identical round trips and clear failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import engine as en
+
+
+def _model(seed=0):
+    ids = en.placeholder(en.int64, (None,), name="ids")
+    dense = en.placeholder(en.float32, (None, 3), name="dense")
+    emb = en.layers.Embedding(10, 4, seed=seed, name="emb")(ids)
+    h = en.layers.Dense(8, activation="relu", seed=seed + 1, name="hidden")(en.concat([emb, dense], axis=1))
+    h = en.dropout(h, 0.5, training=False)
+    out = en.squeeze(en.layers.Dense(1, seed=seed + 2, name="out")(h), axis=1)
+    return ids, dense, out
+
+
+def _feed(ids, dense):
+    rng = np.random.default_rng(3)
+    return {ids: rng.integers(0, 10, size=7), dense: rng.normal(size=(7, 3)).astype(np.float32)}
+
+
+def test_save_restore_is_bit_identical(tmp_path):
+    ids, dense, out = _model()
+    loss = en.reduce_mean(en.square(out))
+    step = en.train.AdamOptimizer(0.1).minimize(loss)
+    feed = _feed(ids, dense)
+    saver = en.train.Saver()
+    with en.Session() as s:
+        s.run(en.global_variables_initializer())
+        s.run(step, feed)
+        prefix = saver.save(s, str(tmp_path / "ckpt"), global_step=1)
+        expected = s.run(out, feed)
+        values = {v.op.name: s.run(v) for v in en.global_variables()}
+    assert prefix.endswith("ckpt-1") and os.path.exists(prefix + ".npz") and os.path.exists(prefix + ".json")
+    with en.Session() as s2:
+        saver.restore(s2, prefix)
+        np.testing.assert_array_equal(s2.run(out, feed), expected)
+        for v in en.global_variables():  # slots and Adam's step too
+            np.testing.assert_array_equal(s2.run(v), values[v.op.name])
+    leftovers = [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+    assert leftovers == []
+
+
+def test_restore_refuses_corrupt_missing_and_mismatched(tmp_path):
+    v = en.Variable(np.arange(4, dtype=np.float32), name="v")
+    with en.Session() as s:
+        s.run(v.initializer)
+        prefix = en.train.Saver().save(s, str(tmp_path / "model"))
+    data = bytearray(open(prefix + ".npz", "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(tmp_path / "bad.npz", "wb").write(bytes(data))
+    manifest = json.load(open(prefix + ".json"))
+    manifest["data_file"] = "bad.npz"
+    json.dump(manifest, open(tmp_path / "bad.json", "w"))
+    with en.Session() as s, pytest.raises(en.errors.DataLossError, match=r"bad.npz is corrupt"):
+        en.train.Saver().restore(s, str(tmp_path / "bad"))
+
+    g = en.Graph()
+    with g.as_default():
+        other = en.Variable(np.zeros(4, np.float32), name="other")
+        with en.Session() as s, pytest.raises(en.errors.NotFoundError, match=r"variable other not found in checkpoint .*model.json"):
+            en.train.Saver().restore(s, prefix)
+        wrong = en.Variable(np.zeros(5, np.float32), name="v")
+        with en.Session() as s, pytest.raises(en.errors.InvalidArgumentError,
+                                              match=r"variable v: checkpoint .*model.json has shape \(4,\), the graph expects \(5,\)"):
+            en.train.Saver([wrong]).restore(s, prefix)
+        with en.Session() as s, pytest.raises(en.errors.NotFoundError, match="does not exist"):
+            en.train.Saver([other]).restore(s, str(tmp_path / "absent"))
+    open(tmp_path / "junk.json", "w").write("{not json")
+    with en.Session() as s, pytest.raises(en.errors.DataLossError, match="not valid JSON"):
+        en.train.Saver([v]).restore(s, str(tmp_path / "junk"))
+
+
+def test_export_round_trip_is_bit_identical_in_a_fresh_process(tmp_path):
+    ids, dense, out = _model(seed=5)
+    feed = _feed(ids, dense)
+    with en.Session() as s:
+        s.run(en.global_variables_initializer())
+        expected = s.run(out, feed)
+        info = en.train.export_inference_graph(s, str(tmp_path / "export"), {"ids": ids, "dense": dense},
+                                               {"prediction": out})
+    doc = json.load(open(info["graph"]))
+    assert doc["format"] == "shelfcast-engine-graph" and doc["version"] == 1
+    types = {op["type"] for op in doc["ops"]}
+    assert "VariableV2" not in types and "Assign" not in types and "RandomUniform" not in types
+    # in this process
+    model = en.train.import_inference_graph(str(tmp_path / "export"))
+    got = model.run({"ids": feed[ids], "dense": feed[dense]})["prediction"]
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+    # in a fresh process that has never seen the building code
+    np.savez(tmp_path / "feed.npz", ids=feed[ids], dense=feed[dense])
+    script = textwrap.dedent(f"""
+        import numpy as np, engine as en
+        model = en.train.import_inference_graph({str(tmp_path / 'export')!r})
+        feed = dict(np.load({str(tmp_path / 'feed.npz')!r}))
+        np.save({str(tmp_path / 'out.npy')!r}, model.run(feed)["prediction"])
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=os.getcwd())
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+def test_export_refuses_stateful_graphs_and_import_refuses_corruption(tmp_path):
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    noisy = en.dropout(x, 0.5, training=True)
+    with en.Session() as s:
+        with pytest.raises(ValueError, match="RandomUniform"):
+            en.train.export_inference_graph(s, str(tmp_path / "e1"), {"x": x}, {"y": noisy})
+        with pytest.raises(ValueError, match="placeholder x is needed"):
+            en.train.export_inference_graph(s, str(tmp_path / "e2"), {}, {"y": x * 2.0})
+        en.train.export_inference_graph(s, str(tmp_path / "ok"), {"x": x}, {"y": x * 2.0})
+    with open(tmp_path / "ok" / "weights.npz", "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(en.errors.DataLossError, match="weights.npz is corrupt"):
+        en.train.import_inference_graph(str(tmp_path / "ok"))
+    model_dir = tmp_path / "ok"
+    with en.Session() as s:
+        en.train.export_inference_graph(s, str(model_dir), {"x": x}, {"y": x * 2.0})
+    model = en.train.import_inference_graph(str(model_dir))
+    with pytest.raises(en.errors.InvalidArgumentError, match=r"missing inputs \['x'\]"):
+        model.run({})

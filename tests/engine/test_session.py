@@ -1,0 +1,189 @@
+"""Session semantics: partial execution, control dependencies, feeds, nested fetches, errors."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+import engine as en
+
+
+def test_pruning_does_not_run_unneeded_stateful_ops():
+    counter = en.Variable(0, name="counter")
+    bump = counter.assign_add(1)
+    x = en.constant(2.0)
+    y = x * 3.0
+    total = en.add(y, en.cast(bump, en.float32))  # needs bump
+    with en.Session() as s:
+        s.run(en.global_variables_initializer())
+        assert s.run(y) == 6.0
+        assert s.run(counter) == 0  # bump exists in the graph but y does not need it
+        s.run(total)
+        s.run(total)
+        assert s.run(counter) == 2
+
+
+def test_control_dependencies_order_side_effects():
+    v = en.Variable(1.0, name="v")
+    double = v.assign(v * 2.0)
+    with en.control_dependencies([double]):
+        after = en.identity(v.value() + 0.0)  # reads v only after the assignment ran
+    plus_one = v.assign_add(1.0)
+    with en.control_dependencies([plus_one]):
+        then_double = v.assign(v * 2.0)  # reads v's value in the op after plus_one
+    with en.Session() as s:
+        s.run(v.initializer)
+        assert s.run(after) == 2.0
+        s.run(then_double)
+        assert s.run(v) == 6.0  # (2 + 1) * 2
+        assert s.run(v) == 6.0  # reading does not re-run assignments
+        snapshot = v.read_value()
+        with en.control_dependencies([snapshot]):
+            bump = v.assign_add(1.0)
+        assert s.run([snapshot, bump])[0] == 6.0  # the snapshot was taken before the bump
+        assert s.run(v) == 7.0
+
+
+def test_feeds_override_any_tensor_and_skip_its_producers():
+    counter = en.Variable(0, name="counter")
+    bumped = en.cast(counter.assign_add(1), en.float32)
+    y = bumped * 10.0
+    with en.Session() as s:
+        s.run(counter.initializer)
+        assert s.run(y, {bumped: 5.0}) == 50.0
+        assert s.run(counter) == 0  # the fed tensor's producer (the assign_add) did not run
+        assert s.run(y) == 10.0
+        assert s.run(y, {"Cast:0": np.float32(7.0)}) == 70.0  # fed by name
+
+
+def test_nested_fetches_and_ops_as_fetches():
+    Pair = collections.namedtuple("Pair", "a b")
+    a, b = en.constant(1.0), en.constant(2.0)
+    noop = en.no_op()
+    with en.Session() as s:
+        out = s.run({"x": [a, (b, noop)], "p": Pair(a, b)})
+        assert out["x"][0] == 1.0 and out["x"][1][0] == 2.0 and out["x"][1][1] is None
+        assert isinstance(out["p"], Pair) and out["p"].b == 2.0
+        assert s.run(noop) is None
+        assert s.run("Const:0") == 1.0
+
+
+def test_plans_are_cached_per_fetches_and_feeds():
+    x = en.placeholder(en.float32, (None,))
+    y = x * 2.0
+    with en.Session() as s:
+        s.run(y, {x: [1.0]})
+        s.run(y, {x: [1.0, 2.0]})
+        assert len(s._plans) == 1
+        s.run([y], {x: [1.0]})  # same leaves, another structure: same plan
+        assert len(s._plans) == 1
+        s.run([y, x], {x: [1.0]})
+        assert len(s._plans) == 2
+        f = s.make_callable(y, [x])
+        np.testing.assert_array_equal(f(np.array([1.0, 3.0], np.float32)), [2.0, 6.0])
+
+
+def test_fetched_variable_is_a_copy_not_the_state():
+    v = en.Variable(np.zeros(3, np.float32))
+    with en.Session() as s:
+        s.run(v.initializer)
+        got = s.run(v)
+        got[0] = 99.0
+        assert s.run(v)[0] == 0.0
+        c = s.run(en.constant([1.0, 2.0]))
+        c[0] = 5.0  # a fetched constant is writable and independent
+
+
+def test_missing_feed_names_the_placeholder():
+    x = en.placeholder(en.float32, (None, 3), name="features")
+    with en.Session() as s:
+        with pytest.raises(en.errors.InvalidArgumentError,
+                           match=r"must feed a value for placeholder tensor 'features' with dtype float32 and shape"
+                                 r" \(None, 3\)"):
+            s.run(x * 2.0)
+
+
+def test_wrong_feed_shape_and_dtype_name_the_tensor():
+    x = en.placeholder(en.float32, (None, 3), name="features")
+    y = x * 2.0
+    with en.Session() as s:
+        with pytest.raises(en.errors.InvalidArgumentError,
+                           match=r"Cannot feed value of shape \(2, 4\) for tensor 'features:0', which has shape"
+                                 r" \(None, 3\)"):
+            s.run(y, {x: np.zeros((2, 4), np.float32)})
+        with pytest.raises(en.errors.InvalidArgumentError,
+                           match=r"Cannot feed value of dtype float64 for tensor 'features:0', which has dtype float32"):
+            s.run(y, {x: np.zeros((2, 3), np.float64)})
+        # Python values and safe casts are accepted
+        assert s.run(y, {x: [[1, 2, 3]]}).dtype == np.float32
+
+
+def test_uninitialized_variable_names_the_variable():
+    with en.name_scope("dense"):
+        v = en.Variable(np.zeros(2, np.float32), name="kernel")
+    with en.Session() as s:
+        with pytest.raises(en.errors.FailedPreconditionError, match="uninitialized value dense/kernel"):
+            s.run(v + 1.0)
+
+
+def test_check_numerics_raises_with_message_and_op_name():
+    x = en.placeholder(en.float32, (2,))
+    y = en.check_numerics(en.log(x), "log of the input", name="checked")
+    with en.Session() as s:
+        np.testing.assert_allclose(s.run(y, {x: [1.0, np.e]}), [0.0, 1.0], rtol=1e-6)
+        with pytest.raises(en.errors.InvalidArgumentError, match=r"log of the input : Tensor had NaN values \(op 'checked'\)"):
+            s.run(y, {x: [1.0, -1.0]})
+
+
+def test_kernel_failure_names_the_op():
+    p = en.Variable(np.zeros((3, 2), np.float32), name="table")
+    ids = en.placeholder(en.int64, (None,), name="ids")
+    rows = en.gather(p, ids, name="lookup")
+    with en.Session() as s:
+        s.run(p.initializer)
+        with pytest.raises(en.errors.InvalidArgumentError, match=r"GatherV2 op 'lookup' failed: index 7 .*range \[0, 3\)"):
+            s.run(rows, {ids: [0, 7]})
+
+
+def test_random_ops_are_seeded_and_advance_per_run():
+    def draws():
+        g = en.Graph()
+        with g.as_default():
+            en.set_random_seed(42)
+            r = en.random_normal((3,))
+            u = en.random_uniform((2,), 1.0, 2.0, seed=7)
+            with en.Session() as s:
+                return [s.run([r, u]) for _ in range(2)]
+
+    first, second = draws(), draws()
+    for (r1, u1), (r2, u2) in zip(first, second):
+        np.testing.assert_array_equal(r1, r2)
+        np.testing.assert_array_equal(u1, u2)
+        assert ((u1 >= 1.0) & (u1 < 2.0)).all()
+    assert not np.array_equal(first[0][0], first[1][0])  # the stream advances between runs
+
+
+def test_dropout_inference_and_training_flag():
+    x = en.placeholder(en.float32, (4, 5))
+    assert en.dropout(x, 0.5, training=False) is x
+    training = en.placeholder_with_default(False, ())
+    y = en.dropout(x, 0.5, training=training, seed=1)
+    xv = np.ones((4, 5), np.float32)
+    with en.Session() as s:
+        np.testing.assert_array_equal(s.run(y, {x: xv}), xv)
+        yt = s.run(y, {x: xv, training: True})
+        assert set(np.unique(yt)) <= {0.0, 2.0} and (yt == 0).any()
+
+
+def test_variable_load_and_closed_session():
+    v = en.Variable(np.zeros(2, np.float32))
+    s = en.Session()
+    v.load([1.0, 2.0], s)
+    np.testing.assert_array_equal(s.run(v), [1.0, 2.0])
+    with pytest.raises(en.errors.InvalidArgumentError, match="cannot be loaded"):
+        v.load([1.0], s)
+    s.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        s.run(v)
