@@ -1,0 +1,311 @@
+"""Stage ``download``: put the Favorita raw files into data/raw/.
+
+``data.source`` is ``synthetic`` (generated offline by ``pipeline.synthetic``),
+a local directory, or an http(s):// / file:// URL of a directory or of a .zip
+archive (Kaggle's download is a zip of .7z files). For each raw file the first
+of ``NAME.csv.gz``, ``NAME.csv``, ``NAME.csv.7z`` that exists is fetched.
+
+Fetching is restartable: bytes go to ``data/.downloads/*.part`` and an
+interrupted transfer resumes from there (an HTTP Range request, guarded by
+If-Range so a changed file restarts from zero). A finished file is checked
+against its expected size (Content-Length / the source file) and, when
+``data.sha256`` lists it, its SHA-256, before it is unpacked into a staging
+directory; data/raw/ is replaced only when every file is there, so it never
+holds a partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import http.client
+import json
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.io import atomic_directory
+from pipeline.params import DataParams, data_params
+from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
+from pipeline.stage import StageError, run_stage
+from pipeline.synthetic import generate
+
+RAW_DIR = Path("data/raw")
+PARTIAL_DIR = Path("data/.downloads")
+CANDIDATE_SUFFIXES = (".csv.gz", ".csv", ".csv.7z")
+CHUNK = 1 << 20
+
+
+class DownloadError(StageError):
+    """A source that cannot be fetched or does not verify."""
+
+
+# ---------------------------------------------------------------- fetching one file
+
+
+def _part_path(partial_dir: Path, url: str) -> Path:
+    tag = hashlib.sha256(url.encode("utf-8")).hexdigest()[:12]
+    name = Path(urllib.parse.urlparse(url).path).name or "download"
+    return partial_dir / f"{tag}-{name}.part"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _copy_resuming(source: Path, part: Path, progress: bool) -> int:
+    """Copy a local file into ``part``, continuing after the bytes already there."""
+    total = source.stat().st_size
+    done = part.stat().st_size if part.exists() else 0
+    if done > total:
+        part.unlink()
+        done = 0
+    with open(source, "rb") as src, open(part, "ab") as dst, \
+            tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=f"download: {source.name}",
+                 disable=not progress) as bar:
+        src.seek(done)
+        for block in iter(lambda: src.read(CHUNK), b""):
+            dst.write(block)
+            bar.update(len(block))
+    return total
+
+
+class _Missing(Exception):
+    """The server says there is no such file (HTTP 404/410)."""
+
+
+def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> int | None:
+    """GET ``url`` into ``part``, resuming with Range/If-Range; returns the expected size if known."""
+    meta_path = part.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() and part.exists() else {}
+    done = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "shelfcast-download"})
+    validator = meta.get("etag") or meta.get("last_modified")
+    if done and validator:
+        request.add_header("Range", f"bytes={done}-")
+        request.add_header("If-Range", validator)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout_s)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (404, 410):
+            raise _Missing(url) from None
+        if exc.code == 416 and done:  # asked beyond the end: start again
+            part.unlink()
+            return _http_resuming(url, part, timeout_s, progress)
+        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    with response:
+        status = response.status
+        length = response.headers.get("Content-Length")
+        if status == 206:
+            content_range = response.headers.get("Content-Range", "")
+            start = int(content_range.split(" ")[1].split("-")[0]) if content_range.startswith("bytes ") else -1
+            if start != done:
+                raise DownloadError(f"{url}: server resumed at byte {start}, expected {done}")
+            total = int(content_range.rsplit("/", 1)[1]) if "/" in content_range and not content_range.endswith("*") else None
+            mode = "ab"
+        else:
+            done = 0
+            total = int(length) if length is not None else None
+            mode = "wb"
+        meta = {"etag": response.headers.get("ETag"), "last_modified": response.headers.get("Last-Modified"), "total": total}
+        meta_path.write_text(json.dumps(meta))
+        with open(part, mode) as out, tqdm(total=total, initial=done, unit="B", unit_scale=True,
+                                           desc=f"download: {Path(url).name}", disable=not progress) as bar:
+            for block in iter(lambda: response.read(CHUNK), b""):
+                out.write(block)
+                bar.update(len(block))
+    return total
+
+
+def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> Path:
+    """A complete, verified local copy of ``url`` (an http(s)/file URL or a path)."""
+    partial_dir.mkdir(parents=True, exist_ok=True)
+    part = _part_path(partial_dir, url)
+    name = Path(urllib.parse.urlparse(url).path).name
+    parsed = urllib.parse.urlparse(url)
+    last_error: Exception | None = None
+    for _attempt in range(params.download.retries):
+        try:
+            if parsed.scheme in ("http", "https"):
+                expected = _http_resuming(url, part, params.download.timeout_s, progress)
+            else:
+                expected = _copy_resuming(_local_path(url), part, progress)
+        except _Missing:
+            raise
+        except (OSError, urllib.error.URLError, TimeoutError, http.client.HTTPException) as exc:  # interrupted: retry, resuming
+            last_error = exc
+            continue
+        size = part.stat().st_size
+        if expected is not None and size != expected:
+            last_error = DownloadError(f"{name}: got {size} bytes, expected {expected}")
+            if size > expected:
+                part.unlink()
+            continue
+        wanted = params.sha256.get(name)
+        if wanted is not None:
+            actual = _sha256(part)
+            if actual != wanted:
+                part.unlink()
+                part.with_suffix(".json").unlink(missing_ok=True)
+                raise DownloadError(f"{name}: sha256 {actual} does not match data.sha256.{name} = {wanted}")
+        part.with_suffix(".json").unlink(missing_ok=True)
+        return part
+    raise DownloadError(f"{url}: failed after {params.download.retries} attempt(s): {last_error} "
+                        f"(partial data kept in {part} for the next run)")
+
+
+def _local_path(url: str) -> Path:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    return Path(url)
+
+
+def _exists(url: str) -> bool:
+    return _local_path(url).is_file()
+
+
+# ---------------------------------------------------------------- unpacking into data/raw
+
+
+def _extract_7z(archive: Path, into: Path) -> list[Path]:
+    try:
+        import py7zr
+    except ImportError:
+        raise DownloadError(
+            f"{archive.name}: .7z archives need the py7zr package (pip install py7zr==1.1.4), "
+            "or extract them yourself and point data.source at the directory"
+        ) from None
+    try:
+        with py7zr.SevenZipFile(archive, "r") as seven:
+            names = seven.getnames()
+            seven.extractall(path=into)
+    except (py7zr.Bad7zFile, OSError, EOFError) as exc:
+        raise DownloadError(f"{archive.name}: not a readable .7z archive: {exc}") from None
+    return [into / n for n in names]
+
+
+def install(fetched: Path, file_name: str, staging: Path) -> None:
+    """Place a fetched NAME.csv / NAME.csv.gz / NAME.csv.7z into the staging directory."""
+    if file_name.endswith(".7z"):
+        unpack = staging / ".unpack"
+        unpack.mkdir(exist_ok=True)
+        for member in _extract_7z(fetched, unpack):
+            if member.name.endswith((".csv", ".csv.gz")):
+                shutil.move(str(member), staging / member.name)
+        shutil.rmtree(unpack)
+        fetched.unlink()
+        return
+    if file_name.endswith(".gz"):
+        _check_gzip_complete(fetched, file_name)
+    shutil.move(str(fetched), staging / file_name)
+
+
+def _check_gzip_complete(path: Path, file_name: str) -> None:
+    """A truncated .gz must be caught here, not as a half-read file in prepare."""
+    try:
+        with gzip.open(path, "rb") as handle:
+            while handle.read(CHUNK):
+                pass
+    except (OSError, EOFError) as exc:
+        path.unlink()
+        raise DownloadError(f"{file_name}: corrupt or truncated gzip ({exc})") from None
+
+
+def _wanted(file_name: str) -> str | None:
+    for base in RAW_FILES + OPTIONAL_RAW_FILES:
+        if file_name in (f"{base}{s}" for s in CANDIDATE_SUFFIXES):
+            return base
+    return None
+
+
+def install_zip(archive: Path, staging: Path, partial_dir: Path) -> set[str]:
+    """Kaggle's archive: a zip whose members are NAME.csv.7z (or plain/gzip CSV)."""
+    found: set[str] = set()
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            for member in zipped.infolist():
+                file_name = Path(member.filename).name
+                base = _wanted(file_name)
+                if base is None or base in found:
+                    continue
+                target = partial_dir / f"unzipped-{file_name}"
+                with zipped.open(member) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+                install(target, file_name, staging)
+                found.add(base)
+    except zipfile.BadZipFile as exc:
+        raise DownloadError(f"{archive.name}: not a readable zip archive: {exc}") from None
+    archive.unlink()
+    return found
+
+
+def _join(base: str, name: str) -> str:
+    parsed = urllib.parse.urlparse(base)
+    if parsed.scheme in ("http", "https", "file"):
+        return base.rstrip("/") + "/" + urllib.parse.quote(name)
+    return str(Path(base) / name)
+
+
+def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataParams, progress: bool) -> list[str]:
+    """Fetch every raw file from a directory/URL (or one archive) into ``staging``."""
+    parsed = urllib.parse.urlparse(source)
+    remote = parsed.scheme in ("http", "https")
+    if parsed.scheme not in ("", "file", "http", "https"):
+        raise DownloadError(f"data.source: unsupported URL scheme {parsed.scheme!r} (use http, https or file)")
+    if not remote and not _local_path(source).exists():
+        raise DownloadError(f"data.source: {source} does not exist")
+    if source.endswith(".zip") or (not remote and _local_path(source).is_file()):
+        found = install_zip(fetch(source, partial_dir, params, progress), staging, partial_dir)
+    else:
+        found = set()
+        for base in RAW_FILES + OPTIONAL_RAW_FILES:
+            for suffix in CANDIDATE_SUFFIXES:
+                url = _join(source, f"{base}{suffix}")
+                if not remote and not _exists(url):
+                    continue
+                try:
+                    fetched = fetch(url, partial_dir, params, progress)
+                except _Missing:
+                    continue
+                install(fetched, f"{base}{suffix}", staging)
+                found.add(base)
+                break
+    missing = [name for name in RAW_FILES if name not in found]
+    if missing:
+        raise DownloadError(f"data.source: {source} has no {', '.join(missing)} "
+                            f"(looked for NAME{', NAME'.join(CANDIDATE_SUFFIXES)})")
+    return sorted(found)
+
+
+def download(params: DataParams, raw_dir: Path = RAW_DIR, partial_dir: Path = PARTIAL_DIR, progress: bool = True) -> str:
+    with atomic_directory(raw_dir) as staging:
+        if params.source == "synthetic":
+            counts = generate(params.synthetic, staging, progress=progress)
+            syn = params.synthetic
+            return (f"synthetic: {counts['train']:,} train rows, {syn.stores} stores x {counts['items']:,} items, "
+                    f"{syn.start_date} .. {syn.end_date} (seed {syn.seed}) in {raw_dir}")
+        found = fetch_source(params.source, staging, Path(partial_dir), params, progress)
+    return f"{len(found)} files ({', '.join(found)}) from {params.source} in {raw_dir}"
+
+
+def _main(raw_params: dict, args: argparse.Namespace) -> str:
+    return download(data_params(raw_params), progress=not args.quiet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("download", _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Atomic file and directory writes, and the CSV/Parquet helpers stages share.
+
+A stage that fails must leave no half-written output: every file is written
+under a temporary name next to its target and renamed into place only when
+complete; a stage's output directory is built aside and swapped in at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+PARQUET_COMPRESSION = "zstd"
+
+
+@contextlib.contextmanager
+def atomic_file(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it over ``target`` on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)  # mkstemp's 0600 would make outputs private
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path | str) -> Iterator[Path]:
+    """Yield an empty sibling directory; on success it replaces ``target`` as a whole."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o755)
+        previous = None
+        if target.exists():
+            previous = target.with_name(f".{target.name}.old-{os.getpid()}")
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(target, previous)
+        os.replace(staging, target)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def open_csv_sink(path: Path, compression: str, level: int = 1):
+    """A binary sink for CSV bytes: plain, or gzip (fast level: the raw files are big)."""
+    if compression == "gzip":
+        return gzip.open(path, "wb", compresslevel=level)
+    if compression == "none":
+        return open(path, "wb")
+    raise ValueError(f"compression: expected gzip or none, got {compression!r}")
+
+
+def kaggle_bool_strings(values: pa.Array) -> pa.Array:
+    """Booleans as Kaggle writes them: True / False, and an empty field for null."""
+    import pyarrow.compute as pc
+
+    return pc.if_else(values, pa.scalar("True"), pa.scalar("False"))
+
+
+class CsvTableWriter:
+    """Streams Arrow tables to one CSV file in Kaggle's layout (bare header once, no quoting)."""
+
+    def __init__(self, sink, schema: pa.Schema):
+        sink.write((",".join(schema.names) + "\n").encode("utf-8"))
+        options = pacsv.WriteOptions(include_header=False, quoting_style="none")
+        self._writer = pacsv.CSVWriter(sink, schema, write_options=options)
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def write_csv(table: pa.Table, path: Path, compression: str = "none") -> None:
+    """Write one whole table as CSV, atomically."""
+    with atomic_file(path) as tmp, open_csv_sink(tmp, compression) as sink:
+        writer = CsvTableWriter(sink, table.schema)
+        writer.write(table)
+        writer.close()
+
+
+def write_frame_csv(frame, path: Path, compression: str = "none") -> None:
+    """Write a small table as CSV the way Kaggle's files are: quotes only where needed."""
+    with atomic_file(path) as tmp, open_csv_sink(tmp, compression) as sink:
+        sink.write(frame.to_csv(index=False, lineterminator="\n", date_format="%Y-%m-%d").encode("utf-8"))
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    """Write one whole table as Parquet, atomically."""
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp, compression=PARQUET_COMPRESSION)
+
+
+def parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    """A Parquet writer for data written in row groups (the caller makes it atomic)."""
+    return pq.ParquetWriter(path, schema, compression=PARQUET_COMPRESSION)

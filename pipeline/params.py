@@ -1,0 +1,184 @@
+"""params.yaml as typed, validated settings: a bad value names its key.
+
+Each stage reads only its own section (``data``, ``prepare``, ``split``), so the
+DVC ``params:`` declared per stage in dvc.yaml are exactly what it depends on.
+Unknown keys in these sections are errors: a typo must not silently fall back
+to a default.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """A missing, unknown or invalid value in params.yaml."""
+
+
+def load_yaml(path: Path | str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return loaded
+
+
+class _Section:
+    """Reads one mapping, remembering the dotted key for error messages."""
+
+    def __init__(self, values: Any, key: str, known: tuple[str, ...]):
+        if values is None:
+            raise ParamsError(f"{key}: missing (a section of params.yaml)")
+        if not isinstance(values, Mapping):
+            raise ParamsError(f"{key}: expected a mapping, got {type(values).__name__}")
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ParamsError(f"{key}.{unknown[0]}: unknown key (known: {', '.join(known)})")
+        self.values, self.key = values, key
+
+    def _get(self, name: str) -> Any:
+        if name not in self.values:
+            raise ParamsError(f"{self.key}.{name}: missing")
+        return self.values[name]
+
+    def sub(self, name: str, known: tuple[str, ...]) -> "_Section":
+        return _Section(self._get(name), f"{self.key}.{name}", known)
+
+    def integer(self, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+        value = self._get(name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{self.key}.{name}: expected an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise ParamsError(f"{self.key}.{name}: must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ParamsError(f"{self.key}.{name}: must be <= {maximum}, got {value}")
+        return value
+
+    def number(self, name: str, minimum: float | None = None) -> float:
+        value = self._get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{self.key}.{name}: expected a number, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise ParamsError(f"{self.key}.{name}: must be >= {minimum}, got {value}")
+        return float(value)
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+        value = self._get(name)
+        if value not in choices:
+            raise ParamsError(f"{self.key}.{name}: must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def text(self, name: str) -> str:
+        value = self._get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise ParamsError(f"{self.key}.{name}: expected a non-empty string, got {value!r}")
+        return value.strip()
+
+    def date(self, name: str) -> dt.date:
+        value = self._get(name)
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return value
+        try:
+            return dt.date.fromisoformat(str(value))
+        except ValueError:
+            raise ParamsError(f"{self.key}.{name}: expected a date YYYY-MM-DD, got {value!r}") from None
+
+    def hex_digests(self, name: str) -> dict[str, str]:
+        value = self._get(name) or {}
+        if not isinstance(value, Mapping):
+            raise ParamsError(f"{self.key}.{name}: expected a mapping of file name -> sha256")
+        digests = {}
+        for file_name, digest in value.items():
+            text = str(digest).lower()
+            if len(text) != 64 or any(ch not in "0123456789abcdef" for ch in text):
+                raise ParamsError(f"{self.key}.{name}.{file_name}: not a sha256 hex digest: {digest!r}")
+            digests[str(file_name)] = text
+        return digests
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    seed: int
+    stores: int
+    items: int
+    start_date: dt.date
+    end_date: dt.date
+    test_days: int
+    compression: str  # "gzip" | "none"
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    retries: int
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str
+    sha256: dict[str, str]
+    download: DownloadParams
+    synthetic: SyntheticParams
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    returns: str  # "zero" | "keep"
+    grid: str  # "from_first_sale" | "full"
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    validation_days: int
+
+
+def data_params(raw: Mapping[str, Any]) -> DataParams:
+    section = _Section(raw.get("data"), "data", ("source", "sha256", "download", "synthetic"))
+    dl = section.sub("download", ("retries", "timeout_s"))
+    syn = section.sub("synthetic", ("seed", "stores", "items", "start_date", "end_date", "test_days", "compression"))
+    synthetic = SyntheticParams(
+        seed=syn.integer("seed", 0, 2**63 - 1),
+        stores=syn.integer("stores", 1, 54),
+        items=syn.integer("items", 33, 100_000),
+        start_date=syn.date("start_date"),
+        end_date=syn.date("end_date"),
+        test_days=syn.integer("test_days", 0, 366),
+        compression=syn.choice("compression", ("gzip", "none")),
+    )
+    if synthetic.end_date < synthetic.start_date:
+        raise ParamsError(f"data.synthetic.end_date: {synthetic.end_date} is before start_date {synthetic.start_date}")
+    if synthetic.start_date < dt.date(2012, 1, 1) or synthetic.end_date > dt.date(2030, 12, 31):
+        raise ParamsError("data.synthetic.start_date/end_date: must lie within 2012-01-01 ... 2030-12-31")
+    return DataParams(
+        source=section.text("source"),
+        sha256=section.hex_digests("sha256"),
+        download=DownloadParams(retries=dl.integer("retries", 1, 100), timeout_s=dl.number("timeout_s", 1)),
+        synthetic=synthetic,
+    )
+
+
+def prepare_params(raw: Mapping[str, Any]) -> PrepareParams:
+    section = _Section(raw.get("prepare"), "prepare", ("returns", "grid"))
+    return PrepareParams(
+        returns=section.choice("returns", ("zero", "keep")),
+        grid=section.choice("grid", ("from_first_sale", "full")),
+    )
+
+
+def split_params(raw: Mapping[str, Any]) -> SplitParams:
+    section = _Section(raw.get("split"), "split", ("validation_days",))
+    return SplitParams(validation_days=section.integer("validation_days", 1, 3650))

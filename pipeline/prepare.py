@@ -1,0 +1,323 @@
+"""Stage ``prepare``: validate the raw files, clean, zero-fill the grid, denormalize -> Parquet.
+
+Works store by store so the full data set (~125 M train rows, a ~250 M-row
+grid) never has to fit in memory: pass 1 streams train.csv, validating every
+block and appending each store's rows to its own temporary Parquet file; pass 2
+takes one store at a time, checks its keys, builds its zero-filled grid and
+writes it as row groups of data/prepared/sales.parquet.
+
+The grid (``prepare.grid``): its dates are the days present in train.csv (a
+day with no sales in any store, e.g. Christmas when every store is closed, is
+not a sales day). ``from_first_sale`` (default, Kaggle practice) starts each
+store×item at its first row in train.csv, so items not yet launched or stores
+not yet open get no zero rows; ``full`` starts every store×item that ever sold
+at the first date. Either way it ends at the last date of train.csv.
+
+Everything is written into a staging directory that replaces data/prepared
+only when complete; a validation error leaves the previous output untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from pipeline.holidays import store_day_flags
+from pipeline.io import atomic_directory, parquet_writer, write_parquet
+from pipeline.params import PrepareParams, prepare_params
+from pipeline.schema import HOLIDAY_FLAGS, PREPARED_SALES_SCHEMA, RAW_SCHEMAS
+from pipeline.stage import StageError, run_stage
+from pipeline.validate import (
+    DataValidationError, check_references, check_unique, fail, find_raw_file, read_batches, read_small,
+    require_raw_file,
+)
+
+RAW_DIR = Path("data/raw")
+PREPARED_DIR = Path("data/prepared")
+PARTITION_COLUMNS = ("row", "date", "item_nbr", "unit_sales", "onpromotion")  # row: data row number in train.csv
+ROW_GROUP_ROWS = 2_000_000
+
+
+@dataclass
+class Reference:
+    """The small files, validated and indexed for denormalizing."""
+
+    items: pd.DataFrame
+    stores: pd.DataFrame
+    holidays: pd.DataFrame
+    oil: pd.DataFrame
+    transactions: pd.DataFrame
+
+
+def read_reference(raw_dir: Path) -> Reference:
+    items = read_small(raw_dir, "items").sort_values("item_nbr", kind="stable").reset_index(drop=True)
+    stores = read_small(raw_dir, "stores").sort_values("store_nbr", kind="stable").reset_index(drop=True)
+    known_stores = pa.array(stores["store_nbr"].to_numpy(dtype=np.int32))
+    holidays = read_small(raw_dir, "holidays_events")
+    oil = read_small(raw_dir, "oil").sort_values("date").reset_index(drop=True)
+    if oil["dcoilwtico"].notna().sum() == 0:
+        raise DataValidationError(f"{require_raw_file(raw_dir, 'oil').name}: column 'dcoilwtico': no price at all")
+    transactions = read_small(raw_dir, "transactions", references={"stores": known_stores})
+    return Reference(items, stores, holidays, oil, transactions)
+
+
+class StorePartitions:
+    """Pass 1: train.csv split into one temporary Parquet file per store."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.writers: dict[int, pq.ParquetWriter] = {}
+        self.rows: dict[int, int] = {}
+
+    def path(self, store: int) -> Path:
+        return self.directory / f"store={store}.parquet"
+
+    def add(self, batch: pa.RecordBatch, offset: int) -> None:
+        stores = batch.column("store_nbr").to_numpy(zero_copy_only=False)
+        order = np.argsort(stores, kind="stable")
+        sorted_stores = stores[order]
+        bounds = np.flatnonzero(np.diff(sorted_stores)) + 1
+        table = pa.Table.from_batches([batch]).append_column("row", pa.array(np.arange(offset, offset + batch.num_rows)))
+        table = table.select(list(PARTITION_COLUMNS))
+        for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(order)]])):
+            store = int(sorted_stores[lo])
+            part = table.take(pa.array(order[lo:hi]))
+            if store not in self.writers:
+                self.writers[store] = parquet_writer(self.path(store), part.schema)
+                self.rows[store] = 0
+            self.writers[store].write_table(part)
+            self.rows[store] += hi - lo
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+
+class IdTracker:
+    """train.csv ids must be unique: a bitmap over the ids seen (Kaggle ids are 0..N-1)."""
+
+    def __init__(self):
+        self.seen = np.zeros(1 << 20, dtype=bool)
+
+    def add(self, path: Path, ids: np.ndarray, offset: int) -> None:
+        top = int(ids.max()) if len(ids) else 0
+        if top >= len(self.seen):
+            grown = np.zeros(max(top + 1, 2 * len(self.seen)), dtype=bool)
+            grown[: len(self.seen)] = self.seen
+            self.seen = grown
+        repeated = self.seen[ids]
+        unique, first = np.unique(ids, return_index=True)
+        within = np.ones(len(ids), dtype=bool)
+        within[first] = False
+        bad = np.flatnonzero(repeated | within)
+        if len(bad):
+            fail(path, "id", "duplicate id", bad + offset, ids[bad[:5]].tolist())
+        self.seen[unique] = True
+
+
+def split_train_by_store(raw_dir: Path, reference: Reference, workdir: Path, progress: bool) -> tuple[StorePartitions, np.ndarray]:
+    """Pass 1: validate train.csv block by block; returns the partitions and the sales dates."""
+    path = require_raw_file(raw_dir, "train")
+    spec = RAW_SCHEMAS["train"]
+    known_stores = pa.array(reference.stores["store_nbr"].to_numpy(dtype=np.int32))
+    known_items = pa.array(reference.items["item_nbr"].to_numpy(dtype=np.int32))
+    partitions = StorePartitions(workdir)
+    ids = IdTracker()
+    dates_seen: set[int] = set()
+    try:
+        with tqdm(unit="rows", unit_scale=True, desc=f"prepare: read {path.name}", disable=not progress) as bar:
+            for offset, batch in read_batches(path, spec):
+                check_references(path, batch, offset, "store_nbr", known_stores, "stores")
+                check_references(path, batch, offset, "item_nbr", known_items, "items")
+                ids.add(path, batch.column("id").to_numpy(zero_copy_only=False), offset)
+                days = batch.column("date").cast(pa.int32()).to_numpy(zero_copy_only=False)
+                dates_seen.update(np.unique(days).tolist())
+                partitions.add(batch, offset)
+                bar.update(batch.num_rows)
+    finally:
+        partitions.close()
+    calendar = np.array(sorted(dates_seen), dtype="datetime64[D]")
+    return partitions, calendar
+
+
+def _category(values: np.ndarray, codes: np.ndarray, dictionary: list[str]) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(pa.array(codes[values], type=pa.int32()), pa.array(dictionary, pa.string()))
+
+
+class GridBuilder:
+    """Pass 2: one store's zero-filled, denormalized rows."""
+
+    def __init__(self, reference: Reference, calendar: np.ndarray, params: PrepareParams):
+        self.params, self.calendar = params, calendar
+        items, stores = reference.items, reference.stores
+        self.item_nbr = items["item_nbr"].to_numpy(dtype=np.int32)
+        self.families = sorted(items["family"].unique().tolist())
+        self.family_code = pd.Categorical(items["family"], categories=self.families).codes.astype(np.int32)
+        self.item_class = items["class"].to_numpy(dtype=np.int32)
+        self.perishable = items["perishable"].to_numpy().astype(bool)
+        self.stores = stores
+        self.store_dicts = {col: sorted(stores[col].astype(str).unique().tolist()) for col in ("city", "state", "type")}
+        n_days = int((calendar[-1] - calendar[0]).astype(int)) + 1
+        every_day = np.arange(calendar[0], calendar[0] + n_days, dtype="datetime64[D]")
+        flags = store_day_flags(reference.holidays, every_day, stores)
+        day_pos = (calendar - calendar[0]).astype(np.int64)
+        self.flags = {name: flags[name][day_pos] for name in HOLIDAY_FLAGS}  # [calendar, stores]
+        self.oil = daily_oil(reference.oil, every_day)[day_pos].astype(np.float32)
+        tx = reference.transactions
+        self.tx = np.zeros((len(calendar), len(stores)), dtype=np.int32)
+        self.tx_known = np.zeros((len(calendar), len(stores)), dtype=bool)
+        t_pos = np.searchsorted(calendar, tx["date"].to_numpy(dtype="datetime64[D]"))
+        inside = (t_pos < len(calendar))
+        inside[inside] = calendar[t_pos[inside]] == tx["date"].to_numpy(dtype="datetime64[D]")[inside]
+        s_pos = np.searchsorted(stores["store_nbr"].to_numpy(), tx["store_nbr"].to_numpy())
+        self.tx[t_pos[inside], s_pos[inside]] = tx["transactions"].to_numpy()[inside]
+        self.tx_known[t_pos[inside], s_pos[inside]] = True
+        self.calendar_ns = calendar.astype("datetime64[ns]")
+
+    def build(self, store: int, rows: pa.Table, path: Path) -> pa.Table:
+        store_pos = int(np.searchsorted(self.stores["store_nbr"].to_numpy(), store))
+        n_cal = len(self.calendar)
+        days = np.searchsorted(self.calendar, rows.column("date").to_numpy().astype("datetime64[D]"))
+        items = np.searchsorted(self.item_nbr, rows.column("item_nbr").to_numpy())
+        key = items.astype(np.int64) * n_cal + days
+        order = np.argsort(key, kind="stable")
+        sorted_key = key[order]
+        repeated = np.flatnonzero(sorted_key[1:] == sorted_key[:-1])
+        if len(repeated):
+            row_numbers = rows.column("row").to_numpy()
+            culprits = np.sort(np.concatenate([order[repeated], order[repeated + 1]]))
+            sample = [f"{self.calendar[days[r]]}/{store}/{self.item_nbr[items[r]]}" for r in culprits[:5]]
+            fail(path, "date+store_nbr+item_nbr", "duplicate key", row_numbers[culprits], sample)
+        first = np.full(len(self.item_nbr), n_cal, dtype=np.int64)
+        np.minimum.at(first, items, days)
+        if self.params.grid == "full":
+            first[first < n_cal] = 0
+        lengths = n_cal - first
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        total = int(lengths.sum())
+        item_of_row = np.repeat(np.arange(len(self.item_nbr)), lengths)
+        day_of_row = np.arange(total) - np.repeat(starts - first, lengths)
+        position = starts[items] + days - first[items]
+        sales = np.zeros(total, dtype=np.float32)
+        sales[position] = rows.column("unit_sales").to_numpy().astype(np.float32)
+        if self.params.returns == "zero":
+            np.maximum(sales, 0, out=sales)
+        promo_column = rows.column("onpromotion")
+        promo = np.zeros(total, dtype=bool)
+        promo_known = np.zeros(total, dtype=bool)
+        promo[position] = promo_column.fill_null(False).to_numpy(zero_copy_only=False)
+        promo_known[position] = promo_column.is_valid().to_numpy(zero_copy_only=False)
+        store_row = self.stores.iloc[store_pos]
+        constant = np.zeros(total, dtype=np.int64)
+        columns = {
+            "date": pa.array(self.calendar_ns[day_of_row]),
+            "store_nbr": pa.array(np.full(total, store, dtype=np.int16)),
+            "item_nbr": pa.array(self.item_nbr[item_of_row]),
+            "unit_sales": pa.array(sales),
+            "onpromotion": pa.array(promo),
+            "onpromotion_known": pa.array(promo_known),
+            "family": _category(item_of_row, self.family_code, self.families),
+            "class": pa.array(self.item_class[item_of_row]),
+            "perishable": pa.array(self.perishable[item_of_row]),
+        }
+        for column, name in (("city", "city"), ("state", "state"), ("type", "store_type")):
+            code = np.array([self.store_dicts[column].index(str(store_row[column]))], dtype=np.int32)
+            columns[name] = _category(constant, code, self.store_dicts[column])
+        columns["cluster"] = pa.array(np.full(total, int(store_row["cluster"]), dtype=np.int16))
+        for name in HOLIDAY_FLAGS:
+            columns[name] = pa.array(self.flags[name][day_of_row, store_pos])
+        columns["dcoilwtico"] = pa.array(self.oil[day_of_row])
+        columns["transactions"] = pa.array(self.tx[day_of_row, store_pos])
+        columns["transactions_known"] = pa.array(self.tx_known[day_of_row, store_pos])
+        return pa.table(columns, schema=PREPARED_SALES_SCHEMA)
+
+
+def daily_oil(oil: pd.DataFrame, days: np.ndarray) -> np.ndarray:
+    """The oil price on every day: forward-filled, then back-filled before the first price."""
+    series = pd.Series(oil["dcoilwtico"].to_numpy(dtype=np.float64), index=oil["date"].to_numpy(dtype="datetime64[D]"))
+    full_index = np.union1d(series.index.to_numpy(dtype="datetime64[D]"), days)
+    filled = series.reindex(full_index).ffill().bfill()
+    return filled.reindex(days).to_numpy()
+
+
+def side_tables(reference: Reference, calendar: np.ndarray, test: pd.DataFrame | None) -> dict[str, pa.Table]:
+    """Items, stores and the per-store holiday calendar (through the test period) for features and serving."""
+    items = reference.items.assign(perishable=reference.items["perishable"].astype(bool))
+    stores = reference.stores.rename(columns={"type": "store_type"})
+    last = max(reference.holidays["date"].max() if len(reference.holidays) else pd.Timestamp(calendar[-1]),
+               test["date"].max() if test is not None and len(test) else pd.Timestamp(calendar[-1]))
+    days = np.arange(calendar[0], np.datetime64(pd.Timestamp(last).date()) + 1, dtype="datetime64[D]")
+    flags = store_day_flags(reference.holidays, days, reference.stores)
+    n_days, n_stores = len(days), len(reference.stores)
+    holidays = {"date": np.repeat(days.astype("datetime64[ns]"), n_stores),
+                "store_nbr": np.tile(reference.stores["store_nbr"].to_numpy(dtype=np.int16), n_days)}
+    holidays.update({name: flags[name].ravel() for name in HOLIDAY_FLAGS})
+    tables = {
+        "items": pa.Table.from_pandas(items, preserve_index=False),
+        "stores": pa.Table.from_pandas(stores, preserve_index=False),
+        "holidays": pa.table(holidays),
+    }
+    if test is not None:
+        tables["test"] = pa.Table.from_pandas(test.assign(onpromotion=test["onpromotion"].fillna(False).astype(bool)),
+                                              preserve_index=False)
+    return tables
+
+
+def read_test(raw_dir: Path, reference: Reference) -> pd.DataFrame | None:
+    if find_raw_file(raw_dir, "test") is None:
+        return None
+    known = {"stores": pa.array(reference.stores["store_nbr"].to_numpy(dtype=np.int32)),
+             "items": pa.array(reference.items["item_nbr"].to_numpy(dtype=np.int32))}
+    return read_small(raw_dir, "test", references=known)
+
+
+def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool = True) -> str:
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    if not raw_dir.is_dir():
+        raise StageError(f"{raw_dir}: no raw data directory (run the download stage first)")
+    reference = read_reference(raw_dir)
+    test = read_test(raw_dir, reference)
+    train_path = require_raw_file(raw_dir, "train")
+    total_rows = 0
+    with atomic_directory(out_dir) as staging:
+        workdir = staging / ".by_store"
+        partitions, calendar = split_train_by_store(raw_dir, reference, workdir, progress)
+        builder = GridBuilder(reference, calendar, params)
+        sales_path = staging / "sales.parquet"
+        writer = parquet_writer(sales_path, PREPARED_SALES_SCHEMA)
+        try:
+            for store in tqdm(sorted(partitions.rows), desc="prepare: stores", unit="store", disable=not progress):
+                rows = pq.read_table(partitions.path(store))
+                grid = builder.build(store, rows, train_path)
+                writer.write_table(grid, row_group_size=ROW_GROUP_ROWS)
+                total_rows += grid.num_rows
+                partitions.path(store).unlink()
+        finally:
+            writer.close()
+        shutil.rmtree(workdir)
+        for name, table in side_tables(reference, calendar, test).items():
+            write_parquet(table, staging / f"{name}.parquet")
+    n_sales = sum(partitions.rows.values())
+    return (f"{n_sales:,} train rows of {len(partitions.rows)} stores -> {total_rows:,} grid rows "
+            f"({calendar[0]} .. {calendar[-1]}, grid={params.grid}, returns={params.returns}) in {out_dir}")
+
+
+def _main(raw_params: dict, args: argparse.Namespace) -> str:
+    return prepare(RAW_DIR, PREPARED_DIR, prepare_params(raw_params), progress=not args.quiet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("prepare", _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""Shared fixtures: a small data set written by hand in Kaggle's exact CSV layout."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+STORES_CSV = """store_nbr,city,state,type,cluster
+1,Quito,Pichincha,D,13
+2,Guayaquil,Guayas,A,5
+3,Cuenca,Azuay,B,6
+"""
+
+ITEMS_CSV = """item_nbr,family,class,perishable
+96995,GROCERY I,1093,0
+103665,BREAD/BAKERY,2712,1
+105574,"LIQUOR,WINE,BEER",1045,0
+108079,PRODUCE,2014,1
+114790,CLEANING,3024,0
+"""
+
+# National Holiday; a national holiday transferred (the Transfer row is the day off);
+# a regional day off in Pichincha (Quito), a local one in Guayaquil; a Bridge + Work Day; an Event.
+HOLIDAYS_CSV = """date,type,locale,locale_name,description,transferred
+2014-03-28,Holiday,Regional,Pichincha,Provincializacion de Pichincha,False
+2014-04-01,Holiday,National,Ecuador,Dia de prueba,True
+2014-04-04,Transfer,National,Ecuador,Traslado Dia de prueba,False
+2014-04-08,Holiday,Local,Guayaquil,Fundacion de Guayaquil,False
+2014-04-10,Holiday,Local,Cuenca,Fundacion de Cuenca,True
+2014-04-11,Transfer,Local,Cuenca,Traslado Fundacion de Cuenca,False
+2014-04-12,Work Day,National,Ecuador,Recupero puente,False
+2014-04-14,Bridge,National,Ecuador,Puente,False
+2014-04-18,Holiday,National,Ecuador,Viernes Santo,False
+2014-04-20,Event,National,Ecuador,Dia de prueba evento,False
+"""
+
+START = dt.date(2014, 3, 25)
+N_DAYS = 27  # 2014-03-25 .. 2014-04-20: onpromotion is empty before 2014-04-01
+STORES = (1, 2, 3)
+ITEMS = (96995, 103665, 105574, 108079, 114790)
+
+
+def _train_rows() -> list[str]:
+    """Deterministic sales: some store-item-days are absent (zero sales), one is a return."""
+    rows, next_id = [], 0
+    for d in range(N_DAYS):
+        day = START + dt.timedelta(days=d)
+        for s in STORES:
+            for k, item in enumerate(ITEMS):
+                if item == 114790 and d < 5:  # first sold on day 5 everywhere
+                    continue
+                if (d * 7 + s * 3 + k * 5) % 4 == 0:  # a zero-sales day: no row
+                    continue
+                units = 1 + (d + s + k) % 6
+                if (s, item, d) == (2, 96995, 11):
+                    units = -2  # a return
+                value = f"{units * 0.5 + 0.125:.3f}" if item == 108079 else f"{float(units):.1f}"
+                promo = "" if day < dt.date(2014, 4, 1) else ("True" if (d + k) % 5 == 0 else "False")
+                rows.append(f"{next_id},{day.isoformat()},{s},{item},{value},{promo}")
+                next_id += 1
+    return rows
+
+
+def _oil_rows() -> list[str]:
+    rows = []
+    for d in range(-3, N_DAYS + 5):
+        day = START + dt.timedelta(days=d)
+        if day.weekday() >= 5:
+            continue
+        value = "" if d in (-3, 6) else f"{100 + d * 0.5:.2f}"  # first price missing, and one gap
+        rows.append(f"{day.isoformat()},{value}")
+    return rows
+
+
+def _transactions_rows() -> list[str]:
+    rows = []
+    for d in range(N_DAYS):
+        day = START + dt.timedelta(days=d)
+        for s in STORES:
+            if (s, d) == (3, 4):
+                continue  # a store-day without a transactions row
+            rows.append(f"{day.isoformat()},{s},{1000 + 10 * d + s}")
+    return rows
+
+
+def _test_rows(first_id: int) -> list[str]:
+    rows, next_id = [], first_id
+    for d in range(N_DAYS, N_DAYS + 2):
+        day = START + dt.timedelta(days=d)
+        for s in STORES:
+            for item in ITEMS:
+                rows.append(f"{next_id},{day.isoformat()},{s},{item},{'True' if item == 96995 else 'False'}")
+                next_id += 1
+    return rows
+
+
+def kaggle_sample_files() -> dict[str, str]:
+    train = _train_rows()
+    return {
+        "train": "id,date,store_nbr,item_nbr,unit_sales,onpromotion\n" + "\n".join(train) + "\n",
+        "test": "id,date,store_nbr,item_nbr,onpromotion\n" + "\n".join(_test_rows(len(train))) + "\n",
+        "items": ITEMS_CSV,
+        "stores": STORES_CSV,
+        "holidays_events": HOLIDAYS_CSV,
+        "oil": "date,dcoilwtico\n" + "\n".join(_oil_rows()) + "\n",
+        "transactions": "date,store_nbr,transactions\n" + "\n".join(_transactions_rows()) + "\n",
+    }
+
+
+def write_kaggle_sample(directory: Path, compress: tuple[str, ...] = ()) -> Path:
+    """Write the sample; files named in ``compress`` are gzipped (NAME.csv.gz)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in kaggle_sample_files().items():
+        if name in compress:
+            with gzip.open(directory / f"{name}.csv.gz", "wb") as handle:
+                handle.write(text.encode("utf-8"))
+        else:
+            (directory / f"{name}.csv").write_text(text, encoding="utf-8")
+    return directory
+
+
+@pytest.fixture
+def kaggle_sample(tmp_path: Path) -> Path:
+    return write_kaggle_sample(tmp_path / "kaggle", compress=("train",))
+
+
+def default_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def tiny_params(**synthetic) -> dict:
+    """params.yaml at a tiny synthetic scale for fast tests."""
+    params = default_params()
+    params["data"]["synthetic"].update(dict(stores=2, items=120, start_date="2014-02-01", end_date="2014-06-30",
+                                            test_days=3, compression="gzip"), **synthetic)
+    return params

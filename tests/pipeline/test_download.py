@@ -1,0 +1,198 @@
+"""download from a directory, file:// and http:// (a real local server), resuming, verifying, archives."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pipeline.download import DownloadError, download, fetch
+from pipeline.params import data_params
+from pipeline.prepare import prepare
+from pipeline.params import PrepareParams
+
+from .conftest import default_params, write_kaggle_sample
+
+RAW_NAMES = {"train", "test", "items", "stores", "holidays_events", "oil", "transactions"}
+
+
+def _params(source: str, **extra):
+    raw = default_params()
+    raw["data"]["source"] = source
+    raw["data"].update(extra)
+    return data_params(raw)
+
+
+def _raw_names(raw_dir: Path) -> set[str]:
+    return {p.name.split(".")[0] for p in raw_dir.iterdir()}
+
+
+def _prepares(raw_dir: Path, tmp_path: Path) -> None:
+    prepare(raw_dir, tmp_path / "prepared", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    assert (tmp_path / "prepared" / "sales.parquet").exists()
+
+
+def test_from_directory_then_prepare(kaggle_sample, tmp_path):
+    raw = tmp_path / "raw"
+    summary = download(_params(str(kaggle_sample)), raw, tmp_path / "partial", progress=False)
+    assert _raw_names(raw) == RAW_NAMES
+    assert (raw / "train.csv.gz").read_bytes() == (kaggle_sample / "train.csv.gz").read_bytes()
+    assert (raw / "items.csv").read_bytes() == (kaggle_sample / "items.csv").read_bytes()
+    assert "7 files" in summary
+    _prepares(raw, tmp_path)
+
+
+def test_from_file_url_then_prepare(kaggle_sample, tmp_path):
+    raw = tmp_path / "raw"
+    download(_params(kaggle_sample.as_uri()), raw, tmp_path / "partial", progress=False)
+    assert _raw_names(raw) == RAW_NAMES
+    _prepares(raw, tmp_path)
+
+
+def test_missing_files_fail_without_touching_raw(tmp_path):
+    source = write_kaggle_sample(tmp_path / "src")
+    (source / "oil.csv").unlink()
+    raw = tmp_path / "raw"
+    with pytest.raises(DownloadError, match="has no oil"):
+        download(_params(str(source)), raw, tmp_path / "partial", progress=False)
+    assert not raw.exists()
+
+
+def test_sha256_is_verified(kaggle_sample, tmp_path):
+    good = hashlib.sha256((kaggle_sample / "items.csv").read_bytes()).hexdigest()
+    raw = tmp_path / "raw"
+    download(_params(str(kaggle_sample), sha256={"items.csv": good}), raw, tmp_path / "p", progress=False)
+    with pytest.raises(DownloadError, match="sha256 .* does not match data.sha256.items.csv"):
+        download(_params(str(kaggle_sample), sha256={"items.csv": "0" * 64}), tmp_path / "raw2", tmp_path / "p",
+                 progress=False)
+    assert not (tmp_path / "raw2").exists()
+
+
+def test_truncated_gzip_source_is_rejected(tmp_path):
+    source = write_kaggle_sample(tmp_path / "src", compress=("train",))
+    data = (source / "train.csv.gz").read_bytes()
+    (source / "train.csv.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DownloadError, match="train.csv.gz: corrupt or truncated gzip"):
+        download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    assert not (tmp_path / "raw").exists()
+
+
+def test_kaggle_zip_of_7z_archives(tmp_path):
+    py7zr = pytest.importorskip("py7zr")
+    plain = write_kaggle_sample(tmp_path / "plain")
+    archive = tmp_path / "favorita-grocery-sales-forecasting.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for csv in plain.iterdir():
+            seven = tmp_path / f"{csv.name}.7z"
+            with py7zr.SevenZipFile(seven, "w") as writer:
+                writer.write(csv, arcname=csv.name)
+            zipped.write(seven, arcname=seven.name)
+    raw = tmp_path / "raw"
+    download(_params(archive.as_uri()), raw, tmp_path / "partial", progress=False)
+    assert {p.name for p in raw.iterdir()} == {f"{n}.csv" for n in RAW_NAMES}
+    assert (raw / "train.csv").read_bytes() == (plain / "train.csv").read_bytes()
+    _prepares(raw, tmp_path)
+
+
+# ---------------------------------------------------------------- http
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a directory with ETag and Range support; can cut the first response short."""
+
+    cut_after: dict[str, int] = {}
+    requests: list[tuple[str, str | None]] = []
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        path = Path(self.translate_path(self.path))
+        self.requests.append((Path(self.path).name, self.headers.get("Range")))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+        start = 0
+        ranged = self.headers.get("Range")
+        if ranged and self.headers.get("If-Range") == etag:
+            start = int(ranged.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.send_header("ETag", etag)
+        self.end_headers()
+        body = data[start:]
+        cut = self.cut_after.pop(path.name, None)
+        if cut is not None:
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def http_server(kaggle_sample):
+    _RangeHandler.requests = []
+    _RangeHandler.cut_after = {}
+
+    def handler(*args, **kwargs):
+        return _RangeHandler(*args, directory=str(kaggle_sample), **kwargs)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_from_http(http_server, kaggle_sample, tmp_path):
+    raw = tmp_path / "raw"
+    download(_params(http_server), raw, tmp_path / "partial", progress=False)
+    assert _raw_names(raw) == RAW_NAMES
+    assert (raw / "train.csv.gz").read_bytes() == (kaggle_sample / "train.csv.gz").read_bytes()
+    assert list((tmp_path / "partial").iterdir()) == []
+    _prepares(raw, tmp_path)
+
+
+def test_interrupted_http_download_resumes(http_server, kaggle_sample, tmp_path):
+    _RangeHandler.cut_after["train.csv.gz"] = 700
+    raw = tmp_path / "raw"
+    download(_params(http_server), raw, tmp_path / "partial", progress=False)
+    assert (raw / "train.csv.gz").read_bytes() == (kaggle_sample / "train.csv.gz").read_bytes()
+    train_requests = [r for r in _RangeHandler.requests if r[0] == "train.csv.gz"]
+    assert train_requests == [("train.csv.gz", None), ("train.csv.gz", "bytes=700-")]
+
+
+def test_partial_file_survives_a_failed_run_and_is_resumed(http_server, kaggle_sample, tmp_path):
+    partial = tmp_path / "partial"
+    params = _params(http_server)
+    params = type(params)(params.source, params.sha256, type(params.download)(retries=1, timeout_s=10), params.synthetic)
+    _RangeHandler.cut_after["train.csv.gz"] = 500
+    with pytest.raises(DownloadError, match="partial data kept"):
+        fetch(http_server + "train.csv.gz", partial, params, progress=False)
+    assert [p.stat().st_size for p in partial.glob("*.part")] == [500]
+    fetched = fetch(http_server + "train.csv.gz", partial, params, progress=False)
+    assert fetched.read_bytes() == (kaggle_sample / "train.csv.gz").read_bytes()
+    assert _RangeHandler.requests[-1] == ("train.csv.gz", "bytes=500-")
+
+
+def test_changed_remote_file_restarts_from_zero(http_server, kaggle_sample, tmp_path):
+    partial = tmp_path / "partial"
+    params = _params(http_server)
+    params = type(params)(params.source, params.sha256, type(params.download)(retries=1, timeout_s=10), params.synthetic)
+    _RangeHandler.cut_after["items.csv"] = 40
+    with pytest.raises(DownloadError):
+        fetch(http_server + "items.csv", partial, params, progress=False)
+    (kaggle_sample / "items.csv").write_text((kaggle_sample / "items.csv").read_text() + "999999,BOOKS,9999,0\n")
+    fetched = fetch(http_server + "items.csv", partial, params, progress=False)
+    assert fetched.read_bytes() == (kaggle_sample / "items.csv").read_bytes()

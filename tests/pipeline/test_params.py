@@ -1,0 +1,68 @@
+"""params.yaml loads into typed settings; a bad value names its key."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from pipeline.params import ParamsError, data_params, load_yaml, prepare_params, split_params
+
+from .conftest import REPO, default_params
+
+
+def test_default_params_load():
+    raw = load_yaml(REPO / "params.yaml")
+    data = data_params(raw)
+    assert data.source == "synthetic"
+    assert data.synthetic.end_date == dt.date(2017, 8, 15)
+    assert (data.synthetic.end_date - data.synthetic.start_date).days > 365
+    assert prepare_params(raw).grid == "from_first_sale"
+    assert split_params(raw).validation_days == 16
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("split", "validation_days", 0, "split.validation_days: must be >= 1"),
+        ("split", "validation_days", "16", "split.validation_days: expected an integer"),
+        ("prepare", "returns", "clip", "prepare.returns: must be one of zero, keep"),
+        ("prepare", "grid", None, "prepare.grid: must be one of"),
+        ("synthetic", "stores", 55, "data.synthetic.stores: must be <= 54"),
+        ("synthetic", "start_date", "2016-02-30", "data.synthetic.start_date: expected a date"),
+        ("synthetic", "end_date", "2012-06-01", "data.synthetic.end_date: 2012-06-01 is before start_date"),
+        ("synthetic", "compression", "zip", "data.synthetic.compression: must be one of gzip, none"),
+        ("synthetic", "seed", True, "data.synthetic.seed: expected an integer"),
+        ("data", "sha256", {"train.csv": "abc"}, "data.sha256.train.csv: not a sha256"),
+        ("data", "source", "", "data.source: expected a non-empty string"),
+    ],
+)
+def test_bad_value_names_its_key(section, key, value, message):
+    raw = default_params()
+    target = raw["data"]["synthetic"] if section == "synthetic" else raw[section]
+    target[key] = value
+    loader = {"split": split_params, "prepare": prepare_params}.get(section, data_params)
+    with pytest.raises(ParamsError) as error:
+        loader(raw)
+    assert str(error.value).startswith(message)
+
+
+def test_unknown_and_missing_keys_are_errors():
+    raw = default_params()
+    raw["split"]["validaton_days"] = 3
+    with pytest.raises(ParamsError, match=r"split.validaton_days: unknown key"):
+        split_params(raw)
+    raw = default_params()
+    del raw["prepare"]["grid"]
+    with pytest.raises(ParamsError, match=r"prepare.grid: missing"):
+        prepare_params(raw)
+    with pytest.raises(ParamsError, match=r"^split: missing"):
+        split_params({})
+
+
+def test_unreadable_params_file(tmp_path):
+    (tmp_path / "params.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_yaml(tmp_path / "params.yaml")
+    with pytest.raises(ParamsError, match="not found"):
+        load_yaml(tmp_path / "missing.yaml")

@@ -1,0 +1,151 @@
+"""prepare on the hand-written Kaggle-format sample: grid, cleaning, denormalization."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.params import PrepareParams
+from pipeline.prepare import daily_oil, prepare
+from pipeline.schema import PREPARED_SALES_SCHEMA
+
+from .conftest import ITEMS, N_DAYS, START, STORES, kaggle_sample_files
+
+
+@pytest.fixture
+def prepared(kaggle_sample, tmp_path):
+    out = tmp_path / "prepared"
+    summary = prepare(kaggle_sample, out, PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    return out, summary
+
+
+def _sales(out) -> pd.DataFrame:
+    return pd.read_parquet(out / "sales.parquet")
+
+
+def test_writes_the_prepared_schema_and_side_tables(prepared):
+    out, summary = prepared
+    assert pq.read_schema(out / "sales.parquet").remove_metadata() == PREPARED_SALES_SCHEMA
+    assert {p.name for p in out.iterdir()} == {"sales.parquet", "items.parquet", "stores.parquet", "holidays.parquet", "test.parquet"}
+    assert "grid rows" in summary
+    sales = _sales(out)
+    assert sales["date"].dtype == "datetime64[ns]"
+    assert not sales.isna().any().any()
+    assert not sales.duplicated(["date", "store_nbr", "item_nbr"]).any()
+    assert list(sales.columns) == PREPARED_SALES_SCHEMA.names
+
+
+def test_grid_is_zero_filled_from_each_items_first_sale(prepared):
+    sales = _sales(prepared[0])
+    per_pair = sales.groupby(["store_nbr", "item_nbr"], observed=True)["date"].agg(["min", "max", "count"])
+    assert len(per_pair) == len(STORES) * len(ITEMS)
+    last = pd.Timestamp(START + dt.timedelta(days=N_DAYS - 1))
+    assert (per_pair["max"] == last).all()
+    raw = pd.read_csv(pd.io.common.StringIO(kaggle_sample_files()["train"]), parse_dates=["date"])
+    first_sale = raw.groupby(["store_nbr", "item_nbr"])["date"].min()
+    pd.testing.assert_series_equal(per_pair["min"], first_sale, check_names=False, check_index_type=False, check_dtype=False)
+    assert (per_pair["count"] == (last - first_sale).dt.days + 1).all()
+    assert (first_sale.xs(114790, level="item_nbr") >= pd.Timestamp(START + dt.timedelta(days=5))).all()
+    assert len(sales) > len(raw)
+    filled = sales.merge(raw[["date", "store_nbr", "item_nbr"]], how="left", indicator=True)
+    zero_days = filled[filled["_merge"] == "left_only"]
+    assert len(zero_days) > 50
+    assert (zero_days["unit_sales"] == 0).all()
+    assert not zero_days["onpromotion_known"].any()
+
+
+def test_values_and_promotions_match_the_raw_rows(prepared):
+    sales = _sales(prepared[0]).set_index(["date", "store_nbr", "item_nbr"])
+    raw = pd.read_csv(pd.io.common.StringIO(kaggle_sample_files()["train"]), parse_dates=["date"])
+    raw = raw.set_index(["date", "store_nbr", "item_nbr"])
+    joined = raw.merge(sales, left_index=True, right_index=True, how="left", suffixes=("", "_prepared"))
+    expected = joined["unit_sales"].clip(lower=0).astype(np.float32)
+    np.testing.assert_allclose(joined["unit_sales_prepared"], expected)
+    np.testing.assert_array_equal(joined["onpromotion_known"], raw["onpromotion"].notna())
+    np.testing.assert_array_equal(joined["onpromotion_prepared"], raw["onpromotion"].fillna(False).astype(bool))
+    weighed = joined.xs(108079, level="item_nbr")["unit_sales_prepared"]
+    assert (weighed % 1 != 0).any()  # fractional units survive
+
+
+def test_returns_zeroed_or_kept(kaggle_sample, tmp_path):
+    key = (pd.Timestamp(START + dt.timedelta(days=11)), 2, 96995)
+    for returns, expected in (("zero", 0.0), ("keep", -2.0)):
+        out = tmp_path / returns
+        prepare(kaggle_sample, out, PrepareParams(returns=returns, grid="from_first_sale"), progress=False)
+        sales = _sales(out).set_index(["date", "store_nbr", "item_nbr"])
+        assert sales.loc[key, "unit_sales"] == expected
+
+
+def test_full_grid_starts_every_pair_at_the_first_date(kaggle_sample, tmp_path):
+    out = tmp_path / "full"
+    prepare(kaggle_sample, out, PrepareParams(returns="zero", grid="full"), progress=False)
+    sales = _sales(out)
+    assert len(sales) == len(STORES) * len(ITEMS) * N_DAYS
+    assert (sales.groupby("item_nbr")["date"].min() == pd.Timestamp(START)).all()
+
+
+def test_attributes_are_denormalized(prepared):
+    sales = _sales(prepared[0])
+    row = sales[(sales["store_nbr"] == 2) & (sales["item_nbr"] == 105574)].iloc[0]
+    assert (row["family"], row["class"], row["perishable"]) == ("LIQUOR,WINE,BEER", 1045, False)
+    assert (row["city"], row["state"], row["store_type"], row["cluster"]) == ("Guayaquil", "Guayas", "A", 5)
+    assert isinstance(sales["family"].dtype, pd.CategoricalDtype)
+
+
+def _flags(sales, day, store):
+    rows = sales[(sales["date"] == pd.Timestamp(day)) & (sales["store_nbr"] == store)]
+    assert len(rows)
+    return rows.iloc[0]
+
+
+@pytest.mark.parametrize(
+    "day, store, flag, expected",
+    [
+        ("2014-04-01", 1, "is_national_holiday", False),  # transferred away ...
+        ("2014-04-04", 1, "is_national_holiday", True),  # ... to its Transfer day
+        ("2014-04-04", 3, "is_national_holiday", True),
+        ("2014-03-28", 1, "is_regional_holiday", True),  # Pichincha: Quito's store only
+        ("2014-03-28", 2, "is_regional_holiday", False),
+        ("2014-04-08", 2, "is_local_holiday", True),  # Guayaquil only
+        ("2014-04-08", 1, "is_local_holiday", False),
+        ("2014-04-10", 3, "is_local_holiday", False),  # Cuenca's transferred local holiday
+        ("2014-04-11", 3, "is_local_holiday", True),
+        ("2014-04-14", 2, "is_national_holiday", True),  # Bridge
+        ("2014-04-12", 2, "is_work_day", True),
+        ("2014-04-12", 2, "is_national_holiday", False),
+        ("2014-04-20", 3, "is_event", True),
+        ("2014-04-20", 3, "is_national_holiday", False),
+        ("2014-04-02", 1, "is_national_holiday", False),
+    ],
+)
+def test_holidays_match_by_locale_with_transfers(prepared, day, store, flag, expected):
+    assert bool(_flags(_sales(prepared[0]), day, store)[flag]) is expected
+
+
+def test_oil_is_filled_and_transactions_joined(prepared):
+    sales = _sales(prepared[0])
+    assert _flags(sales, "2014-03-25", 1)["dcoilwtico"] == pytest.approx(100.0)
+    assert _flags(sales, "2014-03-29", 1)["dcoilwtico"] == pytest.approx(101.5)  # Saturday: Friday's price
+    assert _flags(sales, "2014-03-31", 1)["dcoilwtico"] == pytest.approx(101.5)  # a gap
+    assert _flags(sales, "2014-03-26", 2)["transactions"] == 1000 + 10 + 2
+    missing = _flags(sales, START + dt.timedelta(days=4), 3)
+    assert (missing["transactions"], missing["transactions_known"]) == (0, False)
+
+
+def test_oil_is_back_filled_before_the_first_price():
+    oil = pd.DataFrame({"date": pd.to_datetime(["2014-01-02", "2014-01-03", "2014-01-06"]),
+                        "dcoilwtico": [np.nan, 95.0, 96.0]})
+    days = np.arange(np.datetime64("2014-01-01"), np.datetime64("2014-01-08"))
+    np.testing.assert_allclose(daily_oil(oil, days), [95, 95, 95, 95, 95, 96, 96])
+
+
+def test_holiday_side_table_covers_the_test_period(prepared):
+    holidays = pd.read_parquet(prepared[0] / "holidays.parquet")
+    test = pd.read_parquet(prepared[0] / "test.parquet")
+    assert holidays["date"].max() >= test["date"].max()
+    assert len(holidays) == holidays["date"].nunique() * len(STORES)
+    assert test["onpromotion"].dtype == bool

@@ -1,0 +1,134 @@
+"""Every validation rule, each with a broken file: the stage stops, names the problem, writes nothing."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.params import PrepareParams
+from pipeline.prepare import prepare
+from pipeline.validate import DataValidationError
+
+from .conftest import REPO, kaggle_sample_files, write_kaggle_sample
+
+PARAMS = PrepareParams(returns="zero", grid="from_first_sale")
+
+
+def _edit(directory, name, change):
+    path = directory / f"{name}.csv"
+    path.write_text(change(path.read_text(encoding="utf-8")), encoding="utf-8")
+
+
+def _replace_line(text: str, number: int, new: str) -> str:
+    lines = text.splitlines()
+    lines[number - 1] = new
+    return "\n".join(lines) + "\n"
+
+
+def _train_line(number: int) -> str:
+    return kaggle_sample_files()["train"].splitlines()[number - 1]
+
+
+def _with_field(line: str, index: int, value: str) -> str:
+    fields = line.split(",")
+    fields[index] = value
+    return ",".join(fields)
+
+
+CASES = {
+    "missing column": ("train", lambda t: "\n".join(",".join(l.split(",")[:5]) for l in t.splitlines()) + "\n",
+                       ["train.csv", "'onpromotion'", "missing"]),
+    "unknown column": ("stores", lambda t: t.replace("cluster\n", "cluster,extra\n").replace(",13\n", ",13,x\n")
+                       .replace(",5\n", ",5,x\n").replace(",6\n", ",6,x\n"), ["stores.csv", "'extra'"]),
+    "bad date": ("train", lambda t: _replace_line(t, 40, _train_line(40).replace("2014-03-", "2014-02-3", 1)),
+                 ["train.csv", "'date'", "line 40"]),
+    "impossible date": ("oil", lambda t: _replace_line(t, 3, "2014-13-01,99.0"), ["oil.csv", "'date'", "line 3", "2014-13-01"]),
+    "not an integer": ("train", lambda t: _replace_line(t, 7, _with_field(_train_line(7), 2, "one")),
+                       ["train.csv", "'store_nbr'", "line 7", "one"]),
+    "duplicate key": ("train", lambda t: t + _train_line(20).replace(_train_line(20).split(",")[0], "999999", 1) + "\n",
+                      ["train.csv", "date+store_nbr+item_nbr", "duplicate key", "line 20 ("]),
+    "duplicate id": ("train", lambda t: t + _with_field(_train_line(20), 1, "2014-04-21") + "\n",
+                     ["train.csv", "'id'", "duplicate id"]),
+    "duplicate store": ("stores", lambda t: t + "3,Cuenca,Azuay,B,6\n", ["stores.csv", "store_nbr", "duplicate key", "line 4", "line 5"]),
+    "unknown store": ("train", lambda t: t + "999998,2014-04-20,99,96995,1.0,False\n", ["train.csv", "'store_nbr'", "not found in stores", "99"]),
+    "unknown item": ("train", lambda t: t + "999998,2014-04-20,1,4242,1.0,False\n", ["train.csv", "'item_nbr'", "not found in items", "4242"]),
+    "unknown store in transactions": ("transactions", lambda t: t + "2014-04-20,77,5\n", ["transactions.csv", "'store_nbr'", "77"]),
+    "empty file": ("items", lambda t: "", ["items.csv", "empty"]),
+    "header only": ("train", lambda t: t.splitlines()[0] + "\n", ["train.csv", "no data rows"]),
+    "missing value": ("transactions", lambda t: _replace_line(t, 5, ",1,1000"), ["transactions.csv", "'date'", "line 5"]),
+    "out of range": ("transactions", lambda t: _replace_line(t, 4, "2014-03-25,3,-5"), ["transactions.csv", "'transactions'", "line 4", "-5"]),
+    "not allowed": ("holidays_events", lambda t: t.replace("Work Day", "Party Day"), ["holidays_events.csv", "'type'", "Party Day"]),
+    "perishable not 0/1": ("items", lambda t: t.replace("2712,1", "2712,2"), ["items.csv", "'perishable'", "line 3"]),
+    "non-finite sales": ("train", lambda t: _replace_line(t, 9, ",".join(_train_line(9).split(",")[:4] + ["inf", ""])),
+                         ["train.csv", "'unit_sales'", "line 9"]),
+    "wrong field count": ("stores", lambda t: t + "4,Loja,Loja,B\n", ["stores.csv", "fields"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_broken_file_stops_prepare_and_writes_nothing(tmp_path, case):
+    name, change, expected = CASES[case]
+    raw = write_kaggle_sample(tmp_path / "raw")
+    _edit(raw, name, change)
+    out = tmp_path / "prepared"
+    with pytest.raises(DataValidationError) as error:
+        prepare(raw, out, PARAMS, progress=False)
+    message = str(error.value)
+    for part in expected:
+        assert part in message, f"{part!r} not in {message!r}"
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name != "raw"] == []  # no staging left behind
+
+
+def test_non_utf8_bytes_are_located(tmp_path):
+    raw = write_kaggle_sample(tmp_path / "raw")
+    path = raw / "stores.csv"
+    path.write_bytes(path.read_bytes().replace(b"Cuenca", b"Cu\xe9nca"))
+    with pytest.raises(DataValidationError, match=r"stores.csv: line 4: not UTF-8"):
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
+
+
+def test_truncated_gzip_is_reported(tmp_path):
+    raw = write_kaggle_sample(tmp_path / "raw", compress=("train",))
+    path = raw / "train.csv.gz"
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(DataValidationError, match=r"train.csv.gz: .*(truncated|corrupt)"):
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_file_is_named(tmp_path):
+    raw = write_kaggle_sample(tmp_path / "raw")
+    (raw / "oil.csv").unlink()
+    with pytest.raises(DataValidationError, match=r"oil: no oil.csv or oil.csv.gz"):
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
+
+
+def test_failure_keeps_the_previous_output(tmp_path):
+    raw = write_kaggle_sample(tmp_path / "raw")
+    out = tmp_path / "prepared"
+    prepare(raw, out, PARAMS, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with gzip.open(raw / "train.csv.gz", "wb") as handle:  # now both train files exist: .csv is preferred
+        handle.write(b"")
+    _edit(raw, "train", lambda t: t + "999998,2014-04-20,99,96995,1.0,False\n")
+    with pytest.raises(DataValidationError):
+        prepare(raw, out, PARAMS, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_stage_cli_reports_without_traceback(tmp_path):
+    write_kaggle_sample(tmp_path / "data" / "raw")
+    _edit(tmp_path / "data" / "raw", "train", lambda t: t + "999998,2014-04-20,99,96995,1.0,False\n")
+    (tmp_path / "params.yaml").write_text("prepare:\n  returns: zero\n  grid: from_first_sale\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-m", "pipeline.prepare", "--quiet"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.startswith("prepare: error: train.csv: column 'store_nbr': value not found in stores")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data" / "prepared").exists()
