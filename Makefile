@@ -35,9 +35,11 @@ run: $(STAMP)
 repro: run
 
 test: $(STAMP)
+	scripts/install_test_services.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
+	scripts/install_test_services.sh
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -1,0 +1,170 @@
+"""Fixtures for the app tests: a real Fluentd forward-protocol receiver, and peers that fail.
+
+The receiver is @fluent-org/logger's FluentServer (tests/fluentd_receiver, installed by
+scripts/install_test_services.sh), run with Node.js on 127.0.0.1 only. Tests that need it
+skip when Node.js is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+RECEIVER_DIR = Path(__file__).resolve().parents[1] / "fluentd_receiver"
+INSTALL_COMMAND = "scripts/install_test_services.sh"
+
+
+def receiver_command() -> list[str]:
+    """`node receiver.js`, or a skip (no Node.js) / failure (not installed) that says why."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node not found on PATH: the Fluentd forward-protocol receiver tests need Node.js >= 18")
+    if not (RECEIVER_DIR / "node_modules" / "@fluent-org" / "logger").is_dir():
+        if shutil.which("npm") is None:
+            pytest.skip(f"@fluent-org/logger is not installed in {RECEIVER_DIR} and npm is not found to install it")
+        pytest.fail(f"@fluent-org/logger is not installed in {RECEIVER_DIR}: run {INSTALL_COMMAND}")
+    return [node, str(RECEIVER_DIR / "receiver.js")]
+
+
+class FluentdReceiver:
+    """A receiver process that can be stopped and started again on the same port."""
+
+    def __init__(self, command: list[str], output: Path):
+        self.command = command
+        self.output = output
+        self.port = 0  # 0 until the first start picks a free one
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        assert self.process is None, "receiver already running"
+        self.process = subprocess.Popen(
+            [*self.command, "--port", str(self.port), "--output", str(self.output)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        line = read_line(self.process, timeout_s)
+        if not line.startswith("ready "):
+            self.kill()
+            raise RuntimeError(f"Fluentd test receiver did not start (port {self.port}): {line!r}")
+        self.port = int(line.split()[1])
+
+    def stop(self) -> None:
+        """SIGTERM: the receiver exits between messages, having written all it acknowledged."""
+        assert self.process is not None, "receiver not running"
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=10)
+        stderr = self.process.stderr.read() if self.process.stderr else ""
+        self.process = None
+        assert code == 0, f"receiver exited with {code}: {stderr}"
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def events(self) -> list[dict[str, Any]]:
+        """Everything received, as {tag, time, record}; call it while the receiver is stopped.
+
+        FluentServer writes a message's acknowledgement before it hands the entries to
+        our listener, so a client can hold an ack for an entry not yet written; a stopped
+        receiver has written everything it acknowledged.
+        """
+        assert self.process is None, "stop() the receiver before reading what it received"
+        if not self.output.exists():
+            return []
+        with open(self.output, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle]
+
+
+def read_line(process: subprocess.Popen[str], timeout_s: float) -> str:
+    """The first stdout line, or the process's stderr if it exits or stays silent."""
+    box: list[str] = []
+    reader = threading.Thread(target=lambda: box.append(process.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    if box and box[0]:
+        return box[0].strip()
+    process.kill()
+    process.wait(timeout=10)
+    return f"no 'ready' line within {timeout_s} s; stderr: {process.stderr.read() if process.stderr else ''}"
+
+
+@pytest.fixture
+def fluentd_receiver(tmp_path: Path) -> Iterator[FluentdReceiver]:
+    receiver = FluentdReceiver(receiver_command(), tmp_path / "received.jsonl")
+    receiver.start()
+    try:
+        yield receiver
+    finally:
+        receiver.kill()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port with nothing listening: Fluentd is down."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class SilentPeer:
+    """A TCP server that accepts and reads everything but never answers: a hung Fluentd."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self.bytes_received = 0
+        self._connections: list[socket.socket] = []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        self._server.settimeout(0.1)
+        while not self._stopped.is_set():
+            try:
+                connection, _ = self._server.accept()
+            except (TimeoutError, OSError):
+                continue
+            self._connections.append(connection)
+            threading.Thread(target=self._swallow, args=(connection,), daemon=True).start()
+
+    def _swallow(self, connection: socket.socket) -> None:
+        with connection:
+            while True:
+                try:
+                    data = connection.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                self.bytes_received += len(data)
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+        self._server.close()
+        for connection in self._connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def silent_peer() -> Iterator[SilentPeer]:
+    peer = SilentPeer()
+    try:
+        yield peer
+    finally:
+        peer.close()

@@ -1,0 +1,315 @@
+"""The prediction event sink: content, the local JSON-lines default, and Fluentd being down or hung.
+
+Tests against a real Fluentd-protocol receiver are in test_events_fluentd.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fluent.sender import FluentSender
+
+from app.events import (
+    TAG,
+    AcknowledgedFluentSender,
+    FluentDeliveryError,
+    PredictionEventSink,
+    SinkSettings,
+    prediction_event,
+)
+from app.spool import Spool
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def spooled_records(spool_root: Path) -> list[dict[str, Any]]:
+    spool = Spool.claim(spool_root)
+    records = []
+    while spool.has_pending():
+        batch = spool.read(1000)
+        records.extend(batch.records)
+        spool.commit(batch.end)
+    spool.close()
+    return records
+
+
+def local_sink(tmp_path: Path, **overrides: Any) -> PredictionEventSink:
+    return PredictionEventSink.from_environment({"SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl")}, **overrides)
+
+
+# --- the local JSON-lines default --------------------------------------------------------------
+
+
+def test_without_fluentd_host_a_prediction_goes_to_the_log_named_by_the_environment(tmp_path: Path) -> None:
+    sink = local_sink(tmp_path)
+    event_id = sink.emit(
+        prediction_event(
+            request_id="req-1",
+            model_name="shelfcast-mlp",
+            model_version="7",
+            inputs={"store_nbr": np.int64(44), "item_nbr": 1047679, "date": dt.date(2017, 8, 16), "onpromotion": np.bool_(True)},
+            features=np.array([0.5, 1.25], dtype=np.float32),
+            output=np.float32(3.5),
+            latency_ms=np.float64(1.75),
+        )
+    )
+    sink.close()
+
+    (row,) = read_jsonl(tmp_path / "p.jsonl")
+    timestamp = dt.datetime.fromisoformat(row.pop("timestamp"))
+    assert abs(dt.datetime.now(dt.timezone.utc) - timestamp) < dt.timedelta(seconds=60)
+    assert row == {
+        "event_id": event_id,
+        "request_id": "req-1",
+        "model_name": "shelfcast-mlp",
+        "model_version": "7",
+        "inputs": {"store_nbr": 44, "item_nbr": 1047679, "date": "2017-08-16", "onpromotion": True},
+        "features": [0.5, 1.25],
+        "output": 3.5,
+        "latency_ms": 1.75,
+    }
+    assert sink.stats.snapshot()["delivered"] == 1
+    assert "local log" in sink.destination
+
+
+@pytest.mark.parametrize("environ", [{}, {"FLUENTD_HOST": ""}, {"FLUENTD_HOST": "  "}])
+def test_the_embedded_default_is_logs_predictions_jsonl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, environ: dict) -> None:
+    monkeypatch.chdir(tmp_path)
+    with PredictionEventSink.from_environment(environ) as sink:
+        ids = [sink.emit({"output": i}) for i in range(3)]
+    assert [row["event_id"] for row in read_jsonl(tmp_path / "logs" / "predictions.jsonl")] == ids
+    assert not (tmp_path / "logs" / "spool").exists()
+
+
+def test_ids_and_time_given_by_the_caller_are_kept_and_missing_ones_are_unique(tmp_path: Path) -> None:
+    given = {"event_id": "ev-1", "request_id": "req-1", "timestamp": "2017-08-16T10:00:00+02:00", "output": 1}
+    with local_sink(tmp_path) as sink:
+        sink.emit(given)
+        sink.emit(dict(given, event_id="ev-2", timestamp=dt.datetime(2017, 8, 16, 8, tzinfo=dt.timezone.utc)))
+        generated = [sink.emit({"output": i}) for i in range(100)]
+    rows = read_jsonl(tmp_path / "p.jsonl")
+    assert rows[0] == given
+    assert rows[1]["timestamp"] == "2017-08-16T08:00:00+00:00"
+    assert len(set(generated)) == 100 and len({row["request_id"] for row in rows[2:]}) == 100
+
+
+def test_numpy_values_dates_and_subclasses_are_serialised_without_losing_meaning(tmp_path: Path) -> None:
+    class Family(enum.IntEnum):
+        GROCERY = 12
+
+    event = {
+        "scalars": [np.float32(0.25), np.int8(-3), np.uint64(2**63), np.bool_(False), np.str_("BREAD")],
+        "matrix": np.arange(6, dtype=np.int32).reshape(2, 3),
+        "days": np.array(["2017-08-16", "2017-08-17"], dtype="datetime64[D]"),
+        "day": np.datetime64("2017-08-16T10:30"),
+        "words": np.array(["a", "b"]),
+        "objects": np.array([1, "x", None], dtype=object),
+        "when": dt.datetime(2017, 8, 16, 10, 30, tzinfo=dt.timezone.utc),
+        "family": Family.GROCERY,
+        "not_a_number": float("nan"),
+        "nested": ({"k": (1, 2)},),
+    }
+    with local_sink(tmp_path) as sink:
+        sink.emit(event)
+    (row,) = read_jsonl(tmp_path / "p.jsonl")
+    assert row["scalars"] == [0.25, -3, 2**63, False, "BREAD"]
+    assert row["matrix"] == [[0, 1, 2], [3, 4, 5]]
+    assert row["days"] == ["2017-08-16", "2017-08-17"] and row["day"] == "2017-08-16T10:30"
+    assert row["words"] == ["a", "b"] and row["objects"] == [1, "x", None]
+    assert row["when"] == "2017-08-16T10:30:00+00:00" and row["family"] == 12
+    assert np.isnan(row["not_a_number"]) and row["nested"] == [{"k": [1, 2]}]
+
+
+def test_the_event_is_copied_when_emitted(tmp_path: Path) -> None:
+    inputs = {"store_nbr": 1}
+    with local_sink(tmp_path) as sink:
+        sink.emit({"inputs": inputs})
+        inputs["store_nbr"] = 2  # the app reuses its objects after emitting
+    assert read_jsonl(tmp_path / "p.jsonl")[0]["inputs"] == {"store_nbr": 1}
+
+
+def cyclic() -> dict:
+    loop: dict = {}
+    loop["self"] = loop
+    return {"inputs": loop}
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ({"inputs": {"x": object()}}, "event.inputs.x: a object cannot be logged"),
+        ({"features": {1: 0.5}}, "event.features: key 1 is a int"),
+        ({"output": 2**70}, "event.output: integer"),
+        ({"features": np.array([1 + 2j])}, "event.features: a numpy array of dtype complex128"),
+        ({"inputs": {"ids": {1, 2}}}, "event.inputs.ids: a set"),
+        ({"inputs": "\ud800"}, "event.inputs: not valid UTF-8"),
+        ({"inputs": b"raw"}, "event.inputs: a bytes"),
+        ({"timestamp": "yesterday"}, "event.timestamp: expected an ISO-8601 time"),
+        ({"timestamp": "2017-08-16T10:00:00"}, "event.timestamp: expected an ISO-8601 time"),
+        ({"timestamp": dt.datetime(2017, 8, 16)}, "event.timestamp: expected an ISO-8601 time"),
+        ({"event_id": ""}, "event.event_id: expected a non-empty string"),
+        ({"request_id": 7}, "event.request_id: expected a non-empty string"),
+        (cyclic(), "nested more than"),
+        ([("output", 1)], "event: expected a mapping"),
+    ],
+)
+def test_an_event_that_cannot_be_logged_is_rejected_naming_the_field_without_raising(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, event: Any, message: str
+) -> None:
+    with local_sink(tmp_path) as sink:
+        assert sink.emit(event) is None
+        assert sink.emit({"output": 1}) is not None  # the sink carries on
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(message in e for e in errors), errors
+    assert sink.stats.snapshot()["rejected"] == 1
+    assert len(read_jsonl(tmp_path / "p.jsonl")) == 1
+
+
+def test_emit_after_close_is_reported_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sink = local_sink(tmp_path)
+    sink.close()
+    sink.close()  # idempotent
+    assert sink.emit({"output": 1}) is None
+    assert any("closed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_full_queue_spills_to_the_log_instead_of_dropping(tmp_path: Path) -> None:
+    sink = local_sink(tmp_path, queue_size=1, batch_size=1)
+    ids = []
+    workers = [threading.Thread(target=lambda: ids.extend(sink.emit({"n": n}) for n in range(500))) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    sink.close()
+    assert sorted(row["event_id"] for row in read_jsonl(tmp_path / "p.jsonl")) == sorted(ids)
+    stats = sink.stats.snapshot()
+    assert len(ids) == 2000 and stats["overflowed"] > 0 and stats["lost"] == 0
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"FLUENTD_HOST": "h", "FLUENTD_PORT": "abc"}, "FLUENTD_PORT: expected an integer 1..65535, got 'abc'"),
+        ({"FLUENTD_HOST": "h", "FLUENTD_PORT": "70000"}, "FLUENTD_PORT: expected an integer 1..65535"),
+        ({"FLUENTD_HOST": "h", "FLUENTD_TIMEOUT": "0"}, "FLUENTD_TIMEOUT: expected a number > 0"),
+    ],
+)
+def test_a_bad_environment_is_named(environ: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SinkSettings.from_environment(environ)
+
+
+def test_settings_read_from_the_environment_and_overrides_are_checked() -> None:
+    settings = SinkSettings.from_environment(
+        {"FLUENTD_HOST": "fluentd", "FLUENTD_PORT": "24225", "FLUENTD_TIMEOUT": "1.5",
+         "SHELFCAST_PREDICTION_LOG": "/var/log/p.jsonl", "SHELFCAST_EVENT_SPOOL": "/var/spool/shelfcast"},
+        batch_size=50,
+    )
+    assert (settings.fluentd_host, settings.fluentd_port, settings.fluentd_timeout_s) == ("fluentd", 24225, 1.5)
+    assert (settings.log_path, settings.spool_root, settings.batch_size) == (Path("/var/log/p.jsonl"), Path("/var/spool/shelfcast"), 50)
+    assert SinkSettings.from_environment({}).fluentd_host is None
+    with pytest.raises(ValueError, match="batch_size: must be an integer >= 1"):
+        SinkSettings.from_environment({}, batch_size=0)
+    with pytest.raises(TypeError, match="batchsize: unknown sink setting"):
+        SinkSettings.from_environment({}, batchsize=5)
+
+
+# --- Fluentd down or hung ------------------------------------------------------------------------
+
+
+def fluent_environ(port: int, spool_root: Path) -> dict[str, str]:
+    return {"FLUENTD_HOST": "127.0.0.1", "FLUENTD_PORT": str(port), "SHELFCAST_EVENT_SPOOL": str(spool_root)}
+
+
+def emit_from_threads(sink: PredictionEventSink, threads: int, per_thread: int) -> tuple[list[str], list[float]]:
+    """Emit from several request threads; (event ids, seconds each emit() took)."""
+    ids: list[str] = []
+    durations: list[float] = []
+    lock = threading.Lock()
+
+    def request_thread(thread: int) -> None:
+        for n in range(per_thread):
+            started = time.perf_counter()
+            event_id = sink.emit({"request_id": f"t{thread}-{n}", "output": float(n)})
+            took = time.perf_counter() - started
+            with lock:
+                ids.append(event_id)
+                durations.append(took)
+
+    workers = [threading.Thread(target=request_thread, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return ids, durations
+
+
+def test_with_fluentd_down_every_event_is_spooled_and_left_for_the_next_start(tmp_path: Path, closed_port: int) -> None:
+    sink = PredictionEventSink.from_environment(fluent_environ(closed_port, tmp_path / "spool"), retry_max_s=0.2)
+    ids, _ = emit_from_threads(sink, threads=4, per_thread=250)
+    sink.close()
+
+    stats = sink.stats.snapshot()
+    assert stats["delivered"] == 0 and stats["send_failures"] >= 1 and stats["spooled"] == 1000
+    records = spooled_records(tmp_path / "spool")
+    assert sorted(r["event_id"] for r in records) == sorted(ids)
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_a_hung_fluentd_neither_slows_emit_nor_loses_events(tmp_path: Path, silent_peer) -> None:
+    # The peer reads every byte and never acknowledges: the sender waits on it while
+    # request threads and the writer carry on, and nothing counts as delivered.
+    sink = PredictionEventSink.from_environment(
+        fluent_environ(silent_peer.port, tmp_path / "spool"), fluentd_timeout_s=1.0, close_timeout_s=0.5
+    )
+    ids, durations = emit_from_threads(sink, threads=4, per_thread=150)
+    wait_until(lambda: silent_peer.bytes_received > 0)
+    sink.close()
+
+    stats = sink.stats.snapshot()
+    assert stats["delivered"] == 0 and stats["spooled"] == 600 and stats["send_failures"] >= 1
+    assert max(durations) < 0.5, f"an emit() took {max(durations):.3f} s while Fluentd hung"
+    records = spooled_records(tmp_path / "spool")
+    assert sorted(r["event_id"] for r in records) == sorted(ids)
+
+
+def test_a_full_queue_spills_to_the_spool_instead_of_dropping(tmp_path: Path, closed_port: int) -> None:
+    sink = PredictionEventSink.from_environment(fluent_environ(closed_port, tmp_path / "spool"), queue_size=1, batch_size=1)
+    ids, _ = emit_from_threads(sink, threads=4, per_thread=500)
+    sink.close()
+    stats = sink.stats.snapshot()
+    assert stats["overflowed"] > 0 and stats["spooled"] == 2000 and stats["lost"] == 0
+    assert sorted(r["event_id"] for r in spooled_records(tmp_path / "spool")) == sorted(ids)
+
+
+def wait_until(condition, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.005)
+
+
+def test_sent_means_acknowledged_unlike_fluent_loggers_own_emit(silent_peer) -> None:
+    plain = FluentSender(TAG, host="127.0.0.1", port=silent_peer.port, timeout=0.5)
+    assert plain.emit(None, {"output": 1}) is True  # reported sent; no one acknowledged it
+    plain.close()
+
+    acknowledged = AcknowledgedFluentSender(TAG, host="127.0.0.1", port=silent_peer.port, timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(FluentDeliveryError, match=f"127.0.0.1:{silent_peer.port}"):
+        acknowledged.send_batch([{"event_id": "e1", "timestamp": "2017-08-16T10:00:00+00:00", "output": 1}])
+    assert 0.4 < time.monotonic() - started < 5
+    acknowledged.close()
