@@ -1,0 +1,57 @@
+"""Smoke runs of benchmarks/engine_vs_torch.py with --quick (figures here mean nothing; the plumbing does)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+def test_engine_side_trains_the_reference_model(engine_api, bench, run_script):
+    status, stdout, stderr = run_script("--side", "engine", "--quick", "--workloads", "W1,W2,W3")
+    assert status == 0, stderr
+    figures = json.loads(stdout.splitlines()[-1])
+    assert figures["initial_max_abs_error"] < 1e-4, "engine forward differs from the numpy reference"
+    weights, batch = bench.initial_weights(0), bench.workload_data(0).training[0]
+    expected_loss = np.mean((bench.reference_forward(weights, batch) - batch.target) ** 2)
+    losses = figures["W1"]["losses"]
+    assert losses[0] == pytest.approx(expected_loss, rel=1e-4)
+    assert len(losses) == 7 and all(np.isfinite(losses))
+    assert figures["W1"]["samples_per_s"] > 0 and figures["W2"]["median_s"] > 0 and figures["W3"]["rows_per_s"] > 0
+    assert figures["threads"]["NUMBA_NUM_THREADS"] is None or int(figures["threads"]["NUMBA_NUM_THREADS"]) >= 1
+
+
+def test_engine_only_run_prints_a_json_line_per_workload(engine_api, run_script, json_lines):
+    status, stdout, stderr = run_script("--sides", "engine", "--quick", "--json", "--threads", "1",
+                                        "--only", "W1,W2,W3,E1")
+    assert status == 0, stderr
+    records = json_lines(stdout)
+    assert [r["id"] for r in records] == ["W1", "W2", "W3", "E1"]
+    assert all(r["engine"] > 0 and r["peer"] is None and r["ratio"] is None for r in records[:3])
+    e1 = records[3]
+    assert e1["peer"] > 0 and 0 < e1["ratio"] == pytest.approx(e1["engine"] / e1["peer"], rel=1e-3)
+    assert "NUMBA_NUM_THREADS': '1'" in stderr  # the child's pools were pinned to --threads
+
+
+def test_torch_side_quick_table(run_script):
+    pytest.importorskip("torch")
+    status, stdout, stderr = run_script("--sides", "torch", "--quick", "--threads", "1", "--only", "W1,W2")
+    assert status == 0, stderr
+    rows = [line for line in stdout.splitlines() if line.startswith("| W")]
+    assert [row.split("|")[1].strip() for row in rows] == ["W1", "W2"]
+    assert "'torch_threads': 1" in stdout and "'OMP_NUM_THREADS': '1'" in stdout
+
+
+def test_unknown_workload_is_a_clear_error(run_script):
+    status, _, stderr = run_script("--only", "W1,W7", "--quick")
+    assert status == 1 and "unknown id(s) W7" in stderr
+
+
+@pytest.mark.slow
+def test_w4_times_fresh_engine_processes_warm_and_cold(engine_api, run_script, json_lines):
+    status, stdout, stderr = run_script("--sides", "engine", "--only", "W4", "--json", timeout=900)
+    assert status == 0, stderr
+    warm, cold = json_lines(stdout)
+    assert (warm["id"], cold["id"]) == ("W4.warm", "W4.cold")
+    assert 0 < warm["engine"] < cold["engine"]  # an empty Numba cache means compiling every kernel
