@@ -1,0 +1,133 @@
+"""Accuracy table (BENCHMARKS.md "Accuracy"): NWRMSLE on the default validation window, same features for all.
+
+Learners: the weekday moving-average baseline (no training), the engine's
+linear model and MLP (trained exactly as ``pipeline.train`` trains them, from
+params.yaml), and LightGBM as a benchmark-only peer on the same dense
+features and categorical ids, with the same weights and the same early
+stopping data. Targets: the MLP beats the baseline by >= 10 % (ratio <= 0.90)
+and is no worse than LightGBM (ratio <= 1.0).
+
+    python benchmarks/accuracy.py [--root .] [--json] [--skip-lightgbm]
+
+Needs the data stages' outputs (``dvc repro split``) and, for the peer,
+``pip install lightgbm==4.7.0`` (never a runtime dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import common
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pipeline import train  # noqa: E402
+from pipeline.features import CATEGORICAL_FIELDS, build_features  # noqa: E402
+from pipeline.history import build_history, read_sales, rows_at_origin  # noqa: E402
+from pipeline.metrics import nwrmsle, perishable_weights, rmse  # noqa: E402
+from pipeline.model_params import feature_params, train_params  # noqa: E402
+from pipeline.models import baseline_predict  # noqa: E402
+from pipeline.params import load_yaml  # noqa: E402
+
+
+def validation_set(root: Path, data, fparams, weeks: int):
+    """Validation rows (every grid row of the window) with their features, via the training path.
+
+    Equal to what evaluate computes through the bundle (tests/pipeline/models/test_features.py proves
+    the two paths identical); the vocabularies are the training ones.
+    """
+    full = build_history(read_sales([root / train.TRAIN_DATA, root / "data/split/validation.parquet"]),
+                         first_day=data.history.first_day)
+    rows, units, perishable, _ = rows_at_origin(full, data.validation_origin, fparams.spec.history_days,
+                                                fparams.spec.horizon)
+    return build_features(fparams.spec, data.vocab, rows), units, perishable_weights(perishable), \
+        baseline_predict(rows, weeks)
+
+
+def fit_engine(kind: str, tparams, data, spec, matrix):
+    params = dataclasses.replace(tparams, model=kind)
+    started = time.perf_counter()
+    config, result = train.fit(params, data, spec)
+    seconds = time.perf_counter() - started
+    return train._predict_weights(config, result.weights, matrix), seconds, result.epochs_run
+
+
+def fit_lightgbm(tparams, data, matrix, threads: int):
+    import lightgbm as lgb
+
+    def table(m):
+        return np.concatenate([m.dense, m.categorical.astype(np.float32)], axis=1)
+
+    dense_size = data.train.matrix.dense.shape[1]
+    categorical = list(range(dense_size, dense_size + len(CATEGORICAL_FIELDS)))
+    started = time.perf_counter()
+    train_set = lgb.Dataset(table(data.train.matrix), np.log1p(data.train.units), weight=data.train.weights,
+                            categorical_feature=categorical, free_raw_data=True)
+    inner_set = lgb.Dataset(table(data.inner.matrix), np.log1p(data.inner.units), weight=data.inner.weights,
+                            reference=train_set)
+    booster = lgb.train(
+        {"objective": "regression", "learning_rate": 0.1, "num_leaves": 63, "min_data_in_leaf": 200,
+         "feature_fraction": 0.9, "bagging_fraction": 0.8, "bagging_freq": 1, "seed": tparams.seed,
+         "num_threads": threads, "verbose": -1, "deterministic": True, "force_row_wise": True},
+        train_set, num_boost_round=400, valid_sets=[inner_set],
+        callbacks=[lgb.early_stopping(20, verbose=False)])
+    seconds = time.perf_counter() - started
+    predicted = np.expm1(np.clip(booster.predict(table(matrix), num_iteration=booster.best_iteration), 0, None))
+    return predicted, seconds, booster.best_iteration
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=REPO, help="project root with data/ and params.yaml")
+    parser.add_argument("--json", action="store_true", help="JSON lines instead of the table")
+    parser.add_argument("--skip-lightgbm", action="store_true", help="leave the LightGBM peer out")
+    parser.add_argument("--threads", type=int, default=common.available_cores())
+    args = parser.parse_args(argv)
+
+    raw = load_yaml(args.root / "params.yaml")
+    fparams, tparams = feature_params(raw), train_params(raw)
+    history = build_history(read_sales([args.root / train.TRAIN_DATA]))
+    data = train.prepare_training(history, fparams, tparams.baseline_weeks)
+    matrix, actual, weights, baseline = validation_set(args.root, data, fparams, tparams.baseline_weeks)
+
+    learners = [("baseline (weekday moving average, %d weeks)" % tparams.baseline_weeks, baseline, 0.0, "-")]
+    for kind in ("linear", "mlp"):
+        predicted, seconds, epochs = fit_engine(kind, tparams, data, fparams.spec, matrix)
+        learners.append((f"engine {kind}", predicted, seconds, f"{epochs} epochs"))
+    if not args.skip_lightgbm:
+        predicted, seconds, rounds = fit_lightgbm(tparams, data, matrix, args.threads)
+        learners.append(("LightGBM 4.7 (peer)", predicted, seconds, f"{rounds} trees"))
+
+    scores = {name: nwrmsle(actual, p, weights) for name, p, _, _ in learners}
+    base = scores[learners[0][0]]
+    mlp = scores["engine mlp"]
+    results = [
+        common.Result("A1", "engine MLP vs baseline", "NWRMSLE", mlp, base, common.Target("<=", 0.90)),
+        common.Result("A2", "engine linear vs baseline", "NWRMSLE", scores["engine linear"], base),
+    ]
+    if not args.skip_lightgbm:
+        results.append(common.Result("A3", "engine MLP vs LightGBM", "NWRMSLE", mlp, scores["LightGBM 4.7 (peer)"],
+                                     common.Target("<=", 1.0)))
+    if args.json:
+        common.write_json_lines(results)
+        return 0
+    rows = [[name, f"{scores[name]:.4f}", f"{rmse(actual, p):.3f}", f"{1 - scores[name] / base:+.1%}",
+             f"{seconds:.1f}", note] for name, p, seconds, note in learners]
+    print(f"Validation window: {actual.size:,} store×item×day rows, origin "
+          f"{np.datetime64(history.first_day + data.validation_origin, 'D')}; training: "
+          f"{data.train.units.size:,} examples from {len(data.train_origins)} origins; threads {args.threads}")
+    print(common.format_table(["learner", "NWRMSLE", "RMSE", "vs baseline", "fit s", "fit"], rows))
+    print()
+    print(common.results_table(results, peer_name="reference"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

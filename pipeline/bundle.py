@@ -1,0 +1,266 @@
+"""The model bundle: the one contract between training and serving.
+
+A directory, no pickle anywhere (every ``.npz`` is loaded with
+``allow_pickle=False``)::
+
+    graph.json            frozen inference graph (engine export; inputs "dense" and
+                          "categorical_<field>", output "prediction" in units)
+    weights.npz           its constants (engine export)
+    bundle.json           name, version, created, code/data versions, params, metrics,
+                          input schema, feature spec, vocabularies, forecast origin, horizon
+    history.npz           per store×item sales/promotion window up to the origin,
+                          item and store attributes
+    calendar.npz          holiday flags per store for the horizon days
+    training_stats.json   training-data statistics for drift checks
+    checksums.json        sha256 of every file above
+
+``load_bundle`` verifies every checksum (and that no file is missing or
+unlisted) before reading anything, and refuses a bundle it cannot trust.
+Bundles are written into a temporary sibling directory and renamed into
+place, so a reader never sees half a bundle. Imports numpy, the engine and
+the standard library only: this is the serving code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from pipeline.features import (
+    CATEGORICAL_FIELDS,
+    HOLIDAY_FLAGS,
+    ITEM_FIELDS,
+    STORE_FIELDS,
+    FeatureMatrix,
+    FeatureRows,
+    FeatureSpec,
+    HistorySnapshot,
+    Vocabularies,
+    build_features,
+    dense_feature_names,
+    rows_from_snapshot,
+)
+
+BUNDLE_FORMAT = 1
+GRAPH_FILES = ("graph.json", "weights.npz")
+DATA_FILES = ("bundle.json", "history.npz", "calendar.npz", "training_stats.json")
+CHECKSUMS_FILE = "checksums.json"
+DENSE_INPUT, CATEGORICAL_INPUT, PREDICTION_OUTPUT = "dense", "categorical", "prediction"
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, incomplete, tampered with or of an unknown format."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n", encoding="utf-8")
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _snapshot_arrays(snapshot: HistorySnapshot) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    history = {"store_nbr": snapshot.store_nbr.astype(np.int32), "item_nbr": snapshot.item_nbr.astype(np.int32),
+               "sales": snapshot.sales.astype(np.float32), "promo": snapshot.promo.astype(np.uint8),
+               "origin_day": np.asarray(snapshot.origin_day, np.int64)}
+    history.update({f"items.{k}": np.asarray(v) for k, v in snapshot.items.items()})
+    history.update({f"stores.{k}": np.asarray(v) for k, v in snapshot.stores.items()})
+    calendar = {"days": snapshot.calendar_days.astype(np.int64), "holidays": snapshot.calendar_holidays.astype(np.uint8),
+                "store_nbr": np.asarray(snapshot.stores["store_nbr"], np.int32)}
+    for name, array in list(history.items()) + list(calendar.items()):
+        if array.dtype.kind == "O":
+            raise BundleError(f"snapshot array {name}: object dtype cannot be stored without pickle")
+    return history, calendar
+
+
+def write_bundle(target: Path | str, *, write_graph: Callable[[Path], None], metadata: Mapping[str, Any],
+                 snapshot: HistorySnapshot, training_stats: Mapping[str, Any]) -> str:
+    """Write a complete bundle to ``target`` atomically; returns its digest (sha256 of checksums.json)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        write_graph(staging)
+        for name in GRAPH_FILES:
+            if not (staging / name).is_file():
+                raise BundleError(f"the graph export did not write {name}")
+        history, calendar = _snapshot_arrays(snapshot)
+        np.savez(staging / "history.npz", **history)
+        np.savez(staging / "calendar.npz", **calendar)
+        meta = dict(metadata)
+        meta["format"] = BUNDLE_FORMAT
+        meta["forecast_origin"] = str(np.datetime64(int(snapshot.origin_day), "D"))
+        _write_json(staging / "bundle.json", meta)
+        _write_json(staging / "training_stats.json", training_stats)
+        listed = GRAPH_FILES + DATA_FILES
+        extra = sorted(p.name for p in staging.iterdir() if p.name not in listed)
+        if extra:
+            raise BundleError(f"unexpected file(s) in the bundle: {', '.join(extra)}")
+        _write_json(staging / CHECKSUMS_FILE, {"files": {name: sha256_file(staging / name) for name in listed}})
+        digest = sha256_file(staging / CHECKSUMS_FILE)
+        _swap_in(staging, target)
+        return digest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    previous = None
+    if target.exists():
+        previous = target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(target, previous)
+    os.replace(staging, target)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def copy_bundle(source: Path | str, target: Path | str) -> str:
+    """Install a verified copy of a bundle at ``target`` atomically (promotion); returns its digest."""
+    source, target = Path(source), Path(target)
+    digest = verify_bundle(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        for name in GRAPH_FILES + DATA_FILES + (CHECKSUMS_FILE,):
+            shutil.copy2(source / name, staging / name)
+        if verify_bundle(staging) != digest:
+            raise BundleError(f"{target}: copy does not match {source}")
+        _swap_in(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return digest
+
+
+def verify_bundle(path: Path | str) -> str:
+    """Check every file against checksums.json; returns the bundle digest or raises BundleError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path}: no model bundle here (run the train stage, or promote a model)")
+    manifest_path = path / CHECKSUMS_FILE
+    if not manifest_path.is_file():
+        raise BundleError(f"{path}: {CHECKSUMS_FILE} is missing; refusing a bundle that cannot be verified")
+    try:
+        files = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{manifest_path}: unreadable manifest ({exc})") from None
+    expected = set(GRAPH_FILES + DATA_FILES)
+    if set(files) != expected:
+        raise BundleError(f"{manifest_path}: lists {sorted(files)}, expected {sorted(expected)}")
+    present = {p.name for p in path.iterdir() if not p.name.startswith(".")} - {CHECKSUMS_FILE}
+    if present != expected:
+        odd = sorted(present ^ expected)
+        raise BundleError(f"{path}: missing or unlisted file(s): {', '.join(odd)}")
+    for name, want in files.items():
+        got = sha256_file(path / name)
+        if got != want:
+            raise BundleError(f"{path / name}: checksum mismatch (expected sha256 {want[:12]}…, got {got[:12]}…); "
+                              "the bundle was modified or corrupted")
+    return sha256_file(manifest_path)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (ValueError, OSError) as exc:
+        raise BundleError(f"{path}: unreadable ({exc})") from None
+
+
+@dataclass
+class ModelBundle:
+    """A verified bundle, ready to compute features and predict (the app's predictor wraps this)."""
+
+    path: Path
+    digest: str
+    metadata: dict
+    spec: FeatureSpec
+    vocab: Vocabularies
+    snapshot: HistorySnapshot
+    training_stats: dict
+    model: Any  # the engine's imported inference graph
+
+    def features(self, rows: FeatureRows) -> FeatureMatrix:
+        return build_features(self.spec, self.vocab, rows)
+
+    def predict_features(self, matrix: FeatureMatrix) -> np.ndarray:
+        """Units sold (>= 0) for feature rows, via the frozen graph."""
+        if matrix.dense.shape[0] == 0:
+            return np.zeros(0, np.float32)
+        feed = {DENSE_INPUT: np.ascontiguousarray(matrix.dense, np.float32)}
+        for j, name in enumerate(CATEGORICAL_FIELDS):
+            feed[f"{CATEGORICAL_INPUT}_{name}"] = np.ascontiguousarray(matrix.categorical[:, j], np.int32)
+        return np.asarray(self.model.run(feed)[PREDICTION_OUTPUT], np.float32).reshape(-1)
+
+    def predict(self, store_nbr, item_nbr, date, onpromotion) -> np.ndarray:
+        """Forecast units for requests (arrays or scalars) of store, item, target date, promotion."""
+        rows = rows_from_snapshot(self.snapshot, store_nbr, item_nbr, date, onpromotion)
+        return self.predict_features(self.features(rows))
+
+
+def load_bundle(path: Path | str) -> ModelBundle:
+    """Verify, then load a bundle; any doubt is a BundleError naming the file."""
+    path = Path(path)
+    digest = verify_bundle(path)
+    try:
+        metadata = json.loads((path / "bundle.json").read_text(encoding="utf-8"))
+        stats = json.loads((path / "training_stats.json").read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise BundleError(f"{path}: bundle.json/training_stats.json is not valid JSON ({exc})") from None
+    if metadata.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path / 'bundle.json'}: format {metadata.get('format')!r}, this code reads {BUNDLE_FORMAT}")
+    try:
+        spec = FeatureSpec.from_json(metadata["features"])
+        vocab = Vocabularies.from_json(metadata["vocabularies"])
+        if metadata["input_schema"]["dense"] != dense_feature_names(spec):
+            raise BundleError(f"{path / 'bundle.json'}: dense feature names differ from this code's features")
+        if tuple(metadata["input_schema"]["categorical"]) != CATEGORICAL_FIELDS:
+            raise BundleError(f"{path / 'bundle.json'}: categorical fields differ from this code's features")
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{path / 'bundle.json'}: missing or malformed field {exc}") from None
+    history = _load_npz(path / "history.npz")
+    calendar = _load_npz(path / "calendar.npz")
+    try:
+        snapshot = HistorySnapshot(
+            origin_day=int(history["origin_day"]), store_nbr=history["store_nbr"], item_nbr=history["item_nbr"],
+            sales=history["sales"], promo=history["promo"],
+            items={k: history[f"items.{k}"] for k in ("item_nbr",) + ITEM_FIELDS},
+            stores={k: history[f"stores.{k}"] for k in ("store_nbr",) + STORE_FIELDS},
+            calendar_days=calendar["days"], calendar_holidays=calendar["holidays"],
+        )
+    except KeyError as exc:
+        raise BundleError(f"{path}: history.npz/calendar.npz lacks array {exc}") from None
+    if snapshot.sales.shape[1] != spec.history_days or snapshot.calendar_holidays.shape[2] != len(HOLIDAY_FLAGS):
+        raise BundleError(f"{path / 'history.npz'}: window shape {snapshot.sales.shape} does not match the feature spec")
+    return ModelBundle(path=path, digest=digest, metadata=metadata, spec=spec, vocab=vocab, snapshot=snapshot,
+                       training_stats=stats, model=_import_graph(path))
+
+
+def _import_graph(path: Path):
+    from engine import saver  # the engine has no pandas/MLflow; importing it late keeps `import pipeline.bundle` cheap
+
+    try:
+        return saver.import_inference_graph(str(path))
+    except Exception as exc:  # the engine's own errors name the file; wrap them as one bundle error
+        raise BundleError(f"{path}: the inference graph cannot be loaded ({exc})") from exc

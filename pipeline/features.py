@@ -1,0 +1,340 @@
+"""Forecast features, computed the same way at training and at serving time.
+
+Training-serving skew is the classic CD4ML failure, so there is exactly one
+feature function, ``build_features``: training calls it on many rows at once
+(``pipeline.history`` gathers the rows), the app calls it on one request
+(``rows_from_snapshot`` gathers that row from a model bundle's history
+snapshot). This module imports numpy and the standard library only: serving
+must not need pandas, pyarrow or MLflow.
+
+Everything is relative to a forecast *origin* (the last day whose sales are
+known) and a target day ``origin + horizon`` (horizon 1..16):
+
+* history of the store×item over the ``history_days`` days ending at the
+  origin: mean log1p sales over several windows, the share of days with a
+  sale, day-of-week means (the target's weekday over the last k weeks),
+  days since the last sale, promotion history;
+* the target day: its promotion flag, the horizon, its calendar (day of week,
+  day of month, paydays on the 15th and the last day of the month) and its
+  holidays by locale;
+* categorical ids (store, item, family, class, perishable, city, type,
+  cluster) mapped through vocabularies saved in the bundle; id 0 is reserved
+  for a value the model has never seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+# Same names and order as pipeline.schema.HOLIDAY_FLAGS (a test keeps them equal;
+# schema imports pyarrow, which serving must not need).
+HOLIDAY_FLAGS = ("is_national_holiday", "is_regional_holiday", "is_local_holiday", "is_work_day", "is_event")
+
+# The categorical inputs, in the column order of the categorical matrix.
+CATEGORICAL_FIELDS = ("store_nbr", "item_nbr", "family", "class", "perishable", "city", "store_type", "cluster")
+ITEM_FIELDS = ("family", "class", "perishable")
+STORE_FIELDS = ("city", "store_type", "cluster")
+UNKNOWN_ID = 0
+MAX_HORIZON = 16
+
+
+class FeatureInputError(ValueError):
+    """Inputs the features cannot be computed from; the message names the field and row."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The feature settings (params.yaml ``features:``), stored in every bundle."""
+
+    history_days: int = 112
+    mean_windows: tuple[int, ...] = (3, 7, 14, 28, 56, 112)
+    dow_weeks: tuple[int, ...] = (4, 8, 16)
+    promo_windows: tuple[int, ...] = (14, 56)
+    horizon: int = MAX_HORIZON
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean_windows", tuple(int(w) for w in self.mean_windows))
+        object.__setattr__(self, "dow_weeks", tuple(int(w) for w in self.dow_weeks))
+        object.__setattr__(self, "promo_windows", tuple(int(w) for w in self.promo_windows))
+        longest = max(self.mean_windows + self.promo_windows + tuple(7 * k for k in self.dow_weeks))
+        if self.history_days < longest:
+            raise FeatureInputError(f"features.history_days: {self.history_days} is shorter than the longest window ({longest} days)")
+        if not 1 <= self.horizon <= MAX_HORIZON:
+            raise FeatureInputError(f"features.horizon: must be 1..{MAX_HORIZON}, got {self.horizon}")
+        if min(self.mean_windows + self.promo_windows + self.dow_weeks) < 1:
+            raise FeatureInputError("features: every window must be at least 1")
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "FeatureSpec":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def dense_feature_names(spec: FeatureSpec) -> list[str]:
+    """Column names of the dense matrix, in order (drift statistics are keyed by them)."""
+    names = [f"mean_log1p_{w}d" for w in spec.mean_windows]
+    names += [f"sale_days_share_{w}d" for w in spec.mean_windows]
+    names += [f"dow_mean_log1p_{k}w" for k in spec.dow_weeks]
+    names += ["days_since_last_sale", "days_since_first_sale"]
+    names += [f"promo_share_{w}d" for w in spec.promo_windows]
+    names += ["mean_log1p_on_promo", "promo_uplift_log1p"]
+    names += ["target_onpromotion", "horizon"]
+    names += [f"target_dow_{d}" for d in range(7)]
+    names += ["target_day_of_month", "target_is_payday", "target_is_day_after_payday", "target_days_to_payday"]
+    names += [f"target_{flag}" for flag in HOLIDAY_FLAGS]
+    return names
+
+
+@dataclass
+class FeatureRows:
+    """Everything the features of N rows are computed from (one row per store×item×target day).
+
+    ``sales``/``promo`` hold the ``history_days`` days ending at each row's origin
+    (last column = the origin). ``categorical`` maps each of CATEGORICAL_FIELDS to
+    N raw values (ints or strings; None/'' for unknown).
+    """
+
+    sales: np.ndarray  # [N, W] float, units sold (>= 0)
+    promo: np.ndarray  # [N, W] 0/1
+    origin_day: np.ndarray  # [N] int64 days since 1970-01-01
+    horizon: np.ndarray  # [N] int 1..spec.horizon
+    target_promo: np.ndarray  # [N] 0/1
+    holidays: np.ndarray  # [N, len(HOLIDAY_FLAGS)] 0/1 flags of the target day
+    categorical: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(np.asarray(self.horizon).shape[0])
+
+
+@dataclass
+class FeatureMatrix:
+    dense: np.ndarray  # [N, F] float32
+    categorical: np.ndarray  # [N, C] int32 vocabulary ids
+
+
+class Vocabularies:
+    """Category value -> id maps; id 0 is reserved for values unseen in training."""
+
+    def __init__(self, values: Mapping[str, Sequence[str]]):
+        missing = [f for f in CATEGORICAL_FIELDS if f not in values]
+        if missing:
+            raise FeatureInputError(f"vocabularies: missing field(s) {', '.join(missing)}")
+        self.values = {f: sorted({str(v) for v in values[f]}) for f in CATEGORICAL_FIELDS}
+        self._sorted = {f: np.asarray(v, dtype=str) for f, v in self.values.items()}
+
+    @classmethod
+    def fit(cls, categorical: Mapping[str, np.ndarray]) -> "Vocabularies":
+        return cls({f: np.unique(_as_text(categorical[f])) for f in CATEGORICAL_FIELDS})
+
+    def size(self, field_name: str) -> int:
+        """Number of ids including the reserved unknown id."""
+        return len(self.values[field_name]) + 1
+
+    def encode(self, field_name: str, raw) -> np.ndarray:
+        text = _as_text(raw)
+        table = self._sorted[field_name]
+        if table.size == 0:
+            return np.zeros(text.shape, dtype=np.int32)
+        pos = np.searchsorted(table, text)
+        pos_clipped = np.minimum(pos, table.size - 1)
+        found = table[pos_clipped] == text
+        return np.where(found, pos_clipped + 1, UNKNOWN_ID).astype(np.int32)
+
+    def to_json(self) -> dict:
+        return {f: list(v) for f, v in self.values.items()}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "Vocabularies":
+        return cls(data)
+
+
+def _as_text(raw) -> np.ndarray:
+    """Category values as text: ints as decimal, missing (None) as the empty string."""
+    array = np.asarray(raw)
+    if array.dtype.kind in "iub":
+        return array.astype(np.int64).astype(str)
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise FeatureInputError("categorical value: expected whole numbers, got a fractional or missing float")
+        return array.astype(np.int64).astype(str)
+    return np.asarray(["" if v is None else str(v) for v in array.ravel()], dtype=str).reshape(array.shape)
+
+
+def calendar_of(days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(day of week Monday=0, day of month, is payday, days to next payday) of day numbers."""
+    days = np.asarray(days, dtype=np.int64)
+    dates = days.astype("datetime64[D]")
+    month = dates.astype("datetime64[M]")
+    first = month.astype("datetime64[D]").astype(np.int64)
+    next_first = (month + 1).astype("datetime64[D]").astype(np.int64)
+    day_of_month = days - first + 1
+    last_day = next_first - 1
+    dow = (days + 3) % 7  # 1970-01-01 was a Thursday
+    is_payday = (day_of_month == 15) | (days == last_day)
+    to_payday = np.where(day_of_month <= 15, 15 - day_of_month, last_day - days)
+    return dow, day_of_month, is_payday, to_payday
+
+
+def _check_rows(spec: FeatureSpec, rows: FeatureRows) -> int:
+    n = len(rows)
+    for name, shape in (("sales", (n, spec.history_days)), ("promo", (n, spec.history_days)),
+                        ("origin_day", (n,)), ("target_promo", (n,)), ("holidays", (n, len(HOLIDAY_FLAGS)))):
+        got = np.shape(getattr(rows, name))
+        if got != shape:
+            raise FeatureInputError(f"{name}: expected shape {shape}, got {got}")
+    sales = np.asarray(rows.sales)
+    bad = ~np.isfinite(sales) | (sales < 0)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise FeatureInputError(f"sales: row {r}, day {c}: expected finite non-negative units, got {sales[r, c]!r}")
+    horizon = np.asarray(rows.horizon)
+    out = (horizon < 1) | (horizon > spec.horizon)
+    if out.any():
+        r = int(np.flatnonzero(out)[0])
+        raise FeatureInputError(f"horizon: row {r}: must be 1..{spec.horizon} days after the origin, got {horizon[r]}")
+    for name in CATEGORICAL_FIELDS:
+        if name not in rows.categorical:
+            raise FeatureInputError(f"categorical.{name}: missing")
+        if np.shape(rows.categorical[name]) != (n,):
+            raise FeatureInputError(f"categorical.{name}: expected shape {(n,)}, got {np.shape(rows.categorical[name])}")
+    return n
+
+
+def build_features(spec: FeatureSpec, vocab: Vocabularies, rows: FeatureRows) -> FeatureMatrix:
+    """The one feature function (training: many rows; serving: one)."""
+    n = _check_rows(spec, rows)
+    w = spec.history_days
+    log_sales = np.log1p(np.asarray(rows.sales, dtype=np.float64))
+    promo = np.asarray(rows.promo, dtype=np.float64)
+    sold = log_sales > 0
+    horizon = np.asarray(rows.horizon, dtype=np.int64)
+    origin = np.asarray(rows.origin_day, dtype=np.int64)
+    target_day = origin + horizon
+
+    columns: list[np.ndarray] = []
+    columns += [log_sales[:, w - k:].mean(axis=1) for k in spec.mean_windows]
+    columns += [sold[:, w - k:].mean(axis=1) for k in spec.mean_windows]
+
+    # Same weekday as the target day, over the last k weeks of the window.
+    origin_dow = (origin + 3) % 7
+    target_dow = (target_day + 3) % 7
+    last_same_dow = (w - 1) - ((origin_dow - target_dow) % 7)  # column of the latest such day
+    row_index = np.arange(n)[:, None]
+    for k in spec.dow_weeks:
+        cols = last_same_dow[:, None] - 7 * np.arange(k)[None, :]
+        columns.append(log_sales[row_index, cols].mean(axis=1))
+
+    any_sale = sold.any(axis=1)
+    last_sale = np.where(any_sale, (w - 1) - np.argmax(sold[:, ::-1], axis=1), -1)
+    first_sale = np.where(any_sale, np.argmax(sold, axis=1), w)
+    columns.append(np.where(any_sale, (w - 1 - last_sale), w) / w)
+    columns.append(np.where(any_sale, (w - 1 - first_sale), 0) / w)
+    columns += [promo[:, w - k:].mean(axis=1) for k in spec.promo_windows]
+    # The series' own promotion response: mean log1p on promotion days, and its lift over the other days.
+    promo_days = promo.sum(axis=1)
+    on_promo = np.divide((log_sales * promo).sum(axis=1), promo_days, out=np.zeros(n), where=promo_days > 0)
+    off_days = w - promo_days
+    off_promo = np.divide((log_sales * (1 - promo)).sum(axis=1), off_days, out=np.zeros(n), where=off_days > 0)
+    columns += [on_promo, np.where((promo_days > 0) & (off_days > 0), on_promo - off_promo, 0.0)]
+
+    columns.append(np.asarray(rows.target_promo, dtype=np.float64))
+    columns.append(horizon / spec.horizon)
+    dow, day_of_month, is_payday, to_payday = calendar_of(target_day)
+    columns += [(dow == d).astype(np.float64) for d in range(7)]
+    after_payday = (day_of_month == 1) | (day_of_month == 16)
+    columns += [day_of_month / 31.0, is_payday.astype(np.float64), after_payday.astype(np.float64), to_payday / 16.0]
+    holidays = np.asarray(rows.holidays, dtype=np.float64)
+    columns += [holidays[:, j] for j in range(len(HOLIDAY_FLAGS))]
+
+    dense = np.stack(columns, axis=1).astype(np.float32) if n else np.zeros((0, len(dense_feature_names(spec))), np.float32)
+    categorical = np.stack([vocab.encode(f, rows.categorical[f]) for f in CATEGORICAL_FIELDS], axis=1) if n \
+        else np.zeros((0, len(CATEGORICAL_FIELDS)), np.int32)
+    return FeatureMatrix(dense=np.ascontiguousarray(dense), categorical=np.ascontiguousarray(categorical, dtype=np.int32))
+
+
+def day_number(value) -> np.ndarray:
+    """Dates (ISO strings, datetime64, date objects) as int64 days since 1970-01-01."""
+    try:
+        return np.asarray(value, dtype="datetime64[D]").astype(np.int64)
+    except (ValueError, TypeError) as exc:
+        raise FeatureInputError(f"date: not a date: {value!r} ({exc})") from None
+
+
+@dataclass
+class HistorySnapshot:
+    """The history a bundle ships: each store×item's last ``history_days`` days up to the origin,
+    item and store attributes, and the calendar facts (holiday flags per store) of the horizon days."""
+
+    origin_day: int
+    store_nbr: np.ndarray  # [S] int32, sorted with item_nbr (lexicographic)
+    item_nbr: np.ndarray  # [S] int32
+    sales: np.ndarray  # [S, W] float32
+    promo: np.ndarray  # [S, W] uint8
+    items: dict[str, np.ndarray]  # item_nbr [I] + ITEM_FIELDS
+    stores: dict[str, np.ndarray]  # store_nbr [K] + STORE_FIELDS
+    calendar_days: np.ndarray  # [H] int64 days: origin+1..origin+H
+    calendar_holidays: np.ndarray  # [K, H, len(HOLIDAY_FLAGS)] uint8 (stores in stores['store_nbr'] order)
+
+
+def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if sorted_keys.size == 0:
+        return np.zeros(keys.shape, np.int64), np.zeros(keys.shape, bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
+    return pos, sorted_keys[pos] == keys
+
+
+def rows_from_snapshot(snapshot: HistorySnapshot, store_nbr, item_nbr, date, onpromotion) -> FeatureRows:
+    """Feature inputs for requests (store, item, target date, promotion) from a bundle's snapshot.
+
+    A store×item without history gets an all-zero history; an item the model never
+    saw gets the reserved unknown ids; a store without calendar facts, or a date
+    outside the bundle's horizon, is an error that names the request row.
+    """
+    stores = np.atleast_1d(np.asarray(store_nbr)).astype(np.int64)
+    items = np.atleast_1d(np.asarray(item_nbr)).astype(np.int64)
+    days = np.atleast_1d(day_number(date))
+    promo_flag = np.atleast_1d(np.asarray(onpromotion))
+    n = stores.shape[0]
+    if not (items.shape == days.shape == promo_flag.shape == (n,)):
+        raise FeatureInputError("store_nbr, item_nbr, date and onpromotion must have the same length")
+    if promo_flag.dtype.kind not in "biu" or np.any((promo_flag != 0) & (promo_flag != 1)):
+        raise FeatureInputError("onpromotion: expected true/false (or 0/1)")
+
+    horizon = days - snapshot.origin_day
+    outside = (horizon < 1) | (horizon > snapshot.calendar_days.size)
+    if outside.any():
+        r = int(np.flatnonzero(outside)[0])
+        first, last = (np.asarray([snapshot.calendar_days[0], snapshot.calendar_days[-1]]).astype("datetime64[D]"))
+        raise FeatureInputError(f"date: row {r}: {days[r].astype('datetime64[D]')} is outside the model's forecast "
+                                f"window {first} .. {last}")
+
+    store_pos, store_known = _lookup(np.asarray(snapshot.stores["store_nbr"], np.int64), stores)
+    if not store_known.all():
+        r = int(np.flatnonzero(~store_known)[0])
+        raise FeatureInputError(f"store_nbr: row {r}: store {stores[r]} is not one the model was trained on")
+
+    series_key = np.asarray(snapshot.store_nbr, np.int64) * (1 << 32) + np.asarray(snapshot.item_nbr, np.int64)
+    series_pos, series_known = _lookup(series_key, stores * (1 << 32) + items)
+    w = snapshot.sales.shape[1]
+    sales = np.where(series_known[:, None], snapshot.sales[series_pos], 0).astype(np.float32)
+    promo = np.where(series_known[:, None], snapshot.promo[series_pos], 0).astype(np.uint8)
+    assert sales.shape == (n, w)
+
+    item_pos, item_known = _lookup(np.asarray(snapshot.items["item_nbr"], np.int64), items)
+    categorical: dict[str, np.ndarray] = {"store_nbr": stores, "item_nbr": items}
+    for name in ITEM_FIELDS:
+        values = _as_text(snapshot.items[name])
+        categorical[name] = np.where(item_known, values[item_pos] if values.size else "", "")
+    for name in STORE_FIELDS:
+        categorical[name] = _as_text(snapshot.stores[name])[store_pos]
+    holidays = snapshot.calendar_holidays[store_pos, horizon - 1, :]
+    return FeatureRows(
+        sales=sales, promo=promo, origin_day=np.full(n, snapshot.origin_day, np.int64), horizon=horizon,
+        target_promo=promo_flag.astype(np.uint8), holidays=holidays, categorical=categorical,
+    )
+

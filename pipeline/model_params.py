@@ -1,0 +1,105 @@
+"""params.yaml sections of the model stages (``features``, ``train``, ``evaluate``, ``promote``), typed and validated.
+
+Same rules as ``pipeline.params`` (whose helpers this reuses): a bad or unknown
+key is an error that names it; nothing falls back silently to a default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from pipeline.features import CATEGORICAL_FIELDS, FeatureInputError, FeatureSpec
+from pipeline.params import ParamsError, _Section
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    spec: FeatureSpec
+    train_origins: int
+    origin_stride_days: int
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    model: str  # mlp | linear
+    seed: int
+    epochs: int
+    patience: int
+    batch_size: int
+    learning_rate: float
+    hidden_units: tuple[int, ...]
+    embedding_dims: dict[str, int]
+    baseline_weeks: int
+
+
+@dataclass(frozen=True)
+class SliceBound:
+    max_nwrmsle: float
+    min_rows: int
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    max_nwrmsle: float
+    min_improvement: float
+    slice_bound: SliceBound
+    plot_rows: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class PromoteParams:
+    model_name: str
+    alias: str
+
+
+def _int_list(section: _Section, name: str, minimum: int = 1) -> tuple[int, ...]:
+    value = section._get(name)
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ParamsError(f"{section.key}.{name}: expected a list of integers, got {value!r}")
+    if any(v < minimum for v in value):
+        raise ParamsError(f"{section.key}.{name}: every value must be >= {minimum}, got {value!r}")
+    return tuple(value)
+
+
+def feature_params(raw: Mapping[str, Any]) -> FeatureParams:
+    s = _Section(raw.get("features"), "features", ("history_days", "mean_windows", "dow_weeks", "promo_windows",
+                                                    "horizon", "train_origins", "origin_stride_days"))
+    try:
+        spec = FeatureSpec(history_days=s.integer("history_days", 7, 3650), mean_windows=_int_list(s, "mean_windows"),
+                           dow_weeks=_int_list(s, "dow_weeks"), promo_windows=_int_list(s, "promo_windows"),
+                           horizon=s.integer("horizon", 1, 16))
+    except FeatureInputError as exc:
+        raise ParamsError(str(exc)) from None
+    return FeatureParams(spec=spec, train_origins=s.integer("train_origins", 1, 1000),
+                         origin_stride_days=s.integer("origin_stride_days", 1, 365))
+
+
+def train_params(raw: Mapping[str, Any]) -> TrainParams:
+    s = _Section(raw.get("train"), "train", ("model", "seed", "epochs", "patience", "batch_size", "learning_rate",
+                                             "hidden_units", "embedding_dims", "baseline_weeks"))
+    dims = s.sub("embedding_dims", CATEGORICAL_FIELDS)
+    return TrainParams(
+        model=s.choice("model", ("mlp", "linear")), seed=s.integer("seed", 0, 2**31 - 1),
+        epochs=s.integer("epochs", 1, 1000), patience=s.integer("patience", 1, 1000),
+        batch_size=s.integer("batch_size", 1, 1 << 20), learning_rate=s.number("learning_rate", 1e-9),
+        hidden_units=_int_list(s, "hidden_units"),
+        embedding_dims={f: dims.integer(f, 1, 512) for f in CATEGORICAL_FIELDS},
+        baseline_weeks=s.integer("baseline_weeks", 1, 52),
+    )
+
+
+def evaluate_params(raw: Mapping[str, Any]) -> EvaluateParams:
+    s = _Section(raw.get("evaluate"), "evaluate", ("max_nwrmsle", "min_improvement", "slice", "plot_rows", "seed"))
+    sl = s.sub("slice", ("max_nwrmsle", "min_rows"))
+    return EvaluateParams(
+        max_nwrmsle=s.number("max_nwrmsle", 0.0), min_improvement=s.number("min_improvement", 0.0),
+        slice_bound=SliceBound(max_nwrmsle=sl.number("max_nwrmsle", 0.0), min_rows=sl.integer("min_rows", 1)),
+        plot_rows=s.integer("plot_rows", 10, 1_000_000), seed=s.integer("seed", 0, 2**31 - 1),
+    )
+
+
+def promote_params(raw: Mapping[str, Any]) -> PromoteParams:
+    s = _Section(raw.get("promote"), "promote", ("model_name", "alias"))
+    return PromoteParams(model_name=s.text("model_name"), alias=s.text("alias"))

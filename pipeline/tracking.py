@@ -1,0 +1,161 @@
+"""MLflow: every train is a run; promotion registers a model version and moves an alias.
+
+The embedded default is a local, database-backed store inside the project
+(``sqlite:///<project>/mlflow.db``, artifacts under ``<project>/mlartifacts``);
+the model registry needs a database-backed store, which is why it is not
+``./mlruns``. ``MLFLOW_TRACKING_URI`` points everything at a server instead.
+Training-only: serving code never imports this module (nor MLflow).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+EXPERIMENT_NAME = "shelfcast"
+REGISTERED_MODEL = "shelfcast-forecaster"
+PRODUCTION_ALIAS = "production"
+BUNDLE_ARTIFACT_PATH = "bundle"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store or registry refused an operation (the message says which and where)."""
+
+
+def tracking_uri(project_root: Path | str = ".") -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    return f"sqlite:///{(Path(project_root).resolve() / 'mlflow.db').as_posix()}"
+
+
+def artifact_root(project_root: Path | str = ".") -> str:
+    return (Path(project_root).resolve() / "mlartifacts").as_uri()
+
+
+def client(project_root: Path | str = "."):
+    """An MlflowClient on the project's store (imported here, never at module import)."""
+    import logging
+
+    from mlflow import MlflowClient
+
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    uri = tracking_uri(project_root)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(mlflow_client, project_root: Path | str = ".", name: str = EXPERIMENT_NAME) -> str:
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None if os.environ.get("MLFLOW_TRACKING_URI") else artifact_root(project_root)
+    return mlflow_client.create_experiment(name, artifact_location=location)
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params as MLflow's flat ``section.key`` strings."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(list(value) if isinstance(value, tuple) else value)
+    return out
+
+
+class TrainingRun:
+    """One MLflow run for one ``train``: ``with TrainingRun(root, tags) as run: run.log_epoch(...)``."""
+
+    def __init__(self, project_root: Path | str, run_name: str, tags: Mapping[str, str]):
+        self.project_root = Path(project_root)
+        self.client = client(project_root)
+        self.experiment_id = ensure_experiment(self.client, project_root)
+        self.run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
+        self.run_id = self.run.info.run_id
+
+    def __enter__(self) -> "TrainingRun":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.client.set_terminated(self.run_id, status="FINISHED" if exc_type is None else "FAILED")
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = flatten(params)
+        items = [Param(k, v[:6000]) for k, v in sorted(flat.items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in sorted(metrics.items())]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def log_bundle(self, bundle_dir: Path | str) -> str:
+        self.client.log_artifacts(self.run_id, str(bundle_dir), BUNDLE_ARTIFACT_PATH)
+        return f"runs:/{self.run_id}/{BUNDLE_ARTIFACT_PATH}"
+
+
+def run_data(project_root: Path | str, run_id: str):
+    """(params, metrics, tags) of a run, e.g. for tests and reports."""
+    data = client(project_root).get_run(run_id).data
+    return data.params, data.metrics, data.tags
+
+
+def metric_history(project_root: Path | str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in client(project_root).get_metric_history(run_id, key)]
+
+
+def production_version(project_root: Path | str, name: str = REGISTERED_MODEL, alias: str = PRODUCTION_ALIAS):
+    """The model version the alias (``production``) points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(project_root)
+    try:
+        return mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def register_production(project_root: Path | str, run_id: str, bundle_digest: str, tags: Mapping[str, str],
+                        name: str = REGISTERED_MODEL, alias: str = PRODUCTION_ALIAS):
+    """Register the run's bundle as a model version and point the alias (``production``) at it.
+
+    Idempotent: a version of this bundle (same digest) is reused, not registered twice.
+    Returns (version, created: bool).
+    """
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(project_root)
+    try:
+        try:
+            mlflow_client.get_registered_model(name)
+        except MlflowException:
+            mlflow_client.create_registered_model(name, description="Shelfcast daily unit-sales forecaster (bundle)")
+        existing = [v for v in mlflow_client.search_model_versions(f"name='{name}'")
+                    if v.tags.get("bundle_digest") == bundle_digest]
+        created = not existing
+        if existing:
+            version = max(existing, key=lambda v: int(v.version))
+        else:
+            version = mlflow_client.create_model_version(
+                name, f"runs:/{run_id}/{BUNDLE_ARTIFACT_PATH}", run_id=run_id,
+                tags={"bundle_digest": bundle_digest, **tags},
+            )
+        mlflow_client.set_registered_model_alias(name, alias, version.version)
+    except MlflowException as exc:
+        raise TrackingError(f"model registry at {tracking_uri(project_root)}: {exc.message}") from None
+    return version, created

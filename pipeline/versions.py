@@ -1,0 +1,74 @@
+"""Code and data versions: what train records in the bundle, evaluate records next to its verdict, and promote checks.
+
+A candidate may be promoted only for the data, code and params it was
+evaluated on; these hashes are how promote tells.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Iterable, Mapping
+
+# The code a model and its evaluation depend on: exactly the train + evaluate deps in dvc.yaml,
+# so that any change here reruns evaluate (and a promote never waits on an evaluation DVC would not rerun).
+MODEL_CODE = ("engine", "pipeline/features.py", "pipeline/history.py", "pipeline/models.py", "pipeline/bundle.py",
+              "pipeline/train.py", "pipeline/evaluate.py", "pipeline/metrics.py", "pipeline/model_params.py",
+              "pipeline/drift_stats.py", "pipeline/tracking.py", "pipeline/versions.py", "pipeline/params.py",
+              "pipeline/io.py")
+
+
+def md5_file(path: Path) -> str:
+    """MD5 of a file's bytes (what DVC records for a file output)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_version(root: Path, relative_paths: Iterable[str]) -> dict[str, str]:
+    """md5 of each input file, keyed by its path relative to the project."""
+    out = {}
+    for rel in relative_paths:
+        path = root / rel
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found (run the data stages first: dvc repro)")
+        out[rel] = md5_file(path)
+    return out
+
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def code_version(root: Path | None = None) -> str:
+    """sha256 over the model code (MODEL_CODE) that is running, independent of git state."""
+    root = PACKAGE_ROOT if root is None else Path(root)
+    digest = hashlib.sha256()
+    for entry in MODEL_CODE:
+        path = root / entry
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            digest.update(file.relative_to(root).as_posix().encode())
+            digest.update(b"\0")
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def params_version(params: Mapping) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def git_commit(root: Path) -> str:
+    """HEAD's commit, with ``-dirty`` when the work tree differs; ``unknown`` outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=20)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=20)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

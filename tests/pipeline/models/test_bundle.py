@@ -1,0 +1,108 @@
+"""The model bundle: round trip (serving loader == training process), checksums, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline import train
+from pipeline.bundle import BundleError, copy_bundle, load_bundle, verify_bundle, write_bundle
+from pipeline.history import build_history, read_sales
+from pipeline.model_params import feature_params, train_params
+from pipeline.params import load_yaml
+
+
+def test_the_loader_reproduces_the_training_process(trained_project):
+    root, _ = trained_project
+    raw = load_yaml(root / "params.yaml")
+    fparams, tparams = feature_params(raw), train_params(raw)
+    history = build_history(read_sales([root / train.TRAIN_DATA]))
+    data = train.prepare_training(history, fparams, tparams.baseline_weeks)
+    config, result = train.fit(tparams, data, fparams.spec)
+    in_training = train._predict_weights(config, result.weights, data.inner.matrix)
+    bundle = load_bundle(root / train.CANDIDATE_DIR)  # trained by pipeline.train with the same params and data
+    np.testing.assert_array_equal(bundle.predict_features(data.inner.matrix), in_training)
+
+
+def test_bundle_contents_and_a_request(trained_project):
+    root, summary = trained_project
+    bundle = load_bundle(root / train.CANDIDATE_DIR)
+    meta = bundle.metadata
+    for key in ("name", "version", "created", "git_commit", "code_version", "data_version", "params", "metrics",
+                "input_schema", "vocabularies", "forecast_origin", "horizon", "mlflow_run_id"):
+        assert key in meta, key
+    assert meta["mlflow_run_id"] == summary["run_id"] and bundle.digest == summary["digest"]
+    assert set(meta["data_version"]) == {"data/split/train.parquet", "data/prepared/holidays.parquet"}
+    origin = np.datetime64(meta["forecast_origin"])
+    units = bundle.predict(1, 1007, str(origin + 3), True)
+    assert units.shape == (1,) and np.isfinite(units).all() and units[0] >= 0
+    stats = bundle.training_stats
+    assert set(stats["dense"]) == set(meta["input_schema"]["dense"])
+    assert stats["categorical"]["family"]["distinct"] >= 4 and "quantiles" in stats["prediction_units"]
+
+
+def test_a_fresh_process_loads_the_bundle_and_predicts_the_same(trained_project):
+    root, _ = trained_project
+    code = (f"from pipeline.bundle import load_bundle; b = load_bundle({str(root / 'models/candidate')!r}); "
+            "import numpy as np, sys; o = np.datetime64(b.metadata['forecast_origin']); "
+            "sys.stdout.write(repr(b.predict([1, 2], [1007, 1014], [o + 1, o + 16], [0, 1]).tolist()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    bundle = load_bundle(root / "models/candidate")
+    origin = np.datetime64(bundle.metadata["forecast_origin"])
+    here = bundle.predict([1, 2], [1007, 1014], [origin + 1, origin + 16], [0, 1]).tolist()
+    assert eval(out) == here
+
+
+@pytest.mark.parametrize("damage", ["flip_weights_byte", "delete_history", "extra_file", "edit_metadata",
+                                    "no_manifest"])
+def test_a_bundle_that_cannot_be_trusted_is_refused(trained_project, damage):
+    root, _ = trained_project
+    bundle_dir = root / "models/candidate"
+    if damage == "flip_weights_byte":
+        data = bytearray((bundle_dir / "weights.npz").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (bundle_dir / "weights.npz").write_bytes(bytes(data))
+        match = "weights.npz: checksum mismatch"
+    elif damage == "delete_history":
+        (bundle_dir / "history.npz").unlink()
+        match = "missing or unlisted file"
+    elif damage == "extra_file":
+        (bundle_dir / "model.pkl").write_bytes(b"\x80\x04")
+        match = "missing or unlisted file.*model.pkl"
+    elif damage == "edit_metadata":
+        meta = json.loads((bundle_dir / "bundle.json").read_text())
+        meta["forecast_origin"] = "2030-01-01"
+        (bundle_dir / "bundle.json").write_text(json.dumps(meta))
+        match = "bundle.json: checksum mismatch"
+    else:
+        (bundle_dir / "checksums.json").unlink()
+        match = "checksums.json is missing"
+    with pytest.raises(BundleError, match=match):
+        load_bundle(bundle_dir)
+
+
+def test_writing_is_atomic(trained_project):
+    root, _ = trained_project
+    target = root / "models/candidate"
+    before = verify_bundle(target)
+    bundle = load_bundle(target)
+
+    def failing_export(directory):
+        (directory / "graph.json").write_text("{half")
+        raise RuntimeError("export interrupted")
+
+    with pytest.raises(RuntimeError, match="export interrupted"):
+        write_bundle(target, write_graph=failing_export, metadata=bundle.metadata, snapshot=bundle.snapshot,
+                     training_stats=bundle.training_stats)
+    assert verify_bundle(target) == before
+    assert sorted(p.name for p in target.parent.iterdir()) == ["candidate"]
+
+
+def test_copy_installs_a_verified_identical_bundle(trained_project):
+    root, _ = trained_project
+    digest = copy_bundle(root / "models/candidate", root / "models/production")
+    assert verify_bundle(root / "models/production") == digest == verify_bundle(root / "models/candidate")
