@@ -193,6 +193,18 @@ class ChildRun:
         return f"exit status {self.returncode}; last stderr lines:\n{tail}"
 
 
+# A fork copies the parent's resident pages into the child's high-water mark, and Linux keeps
+# that mark across exec: measured directly, a child of a big parent (pytest, a benchmark driver)
+# would inherit the parent's size. So a small launcher process forks the real child and reports
+# that grandchild's own peak through os.wait4.
+_LAUNCHER = (
+    "import json, os, subprocess, sys\n"
+    "proc = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(proc.pid, 0)\n"
+    "with open(sys.argv[1], 'w') as f: json.dump({'status': os.waitstatus_to_exitcode(status), 'maxrss': usage.ru_maxrss}, f)\n"
+)
+
+
 def run_child(
     cmd: Sequence[str],
     env: dict[str, str] | None = None,
@@ -201,31 +213,27 @@ def run_child(
 ) -> ChildRun:
     """Run cmd to completion; measure its wall time and the peak RSS of that child alone.
 
-    Uses os.wait4 for the child's own rusage (RUSAGE_CHILDREN would mix in
-    every earlier child). Output goes through temporary files, so a chatty
-    child cannot block on a full pipe.
+    Output goes through temporary files, so a chatty child cannot block on a full pipe.
     """
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".json") as report:
         started_at = time.time()
         start = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env, cwd=cwd)
-        timer = threading.Timer(timeout_s, proc.kill) if timeout_s else None
-        if timer:
-            timer.start()
+        proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, report.name, *cmd],
+                                stdout=out, stderr=err, env=env, cwd=cwd)
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            if timer:
-                timer.cancel()
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        measured = json.loads(report.read() or '{"status": -9, "maxrss": 0}')
         out.seek(0)
         err.seek(0)
-        kib = usage.ru_maxrss
         return ChildRun(
-            returncode=proc.returncode,
+            returncode=measured["status"],
             wall_s=wall,
-            peak_rss_bytes=int(kib) * (1 if sys.platform == "darwin" else 1024),
+            peak_rss_bytes=int(measured["maxrss"]) * (1 if sys.platform == "darwin" else 1024),
             stdout=out.read(),
             stderr=err.read(),
             started_at=started_at,

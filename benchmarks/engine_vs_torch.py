@@ -335,7 +335,8 @@ def build_engine_model(weights: dict[str, np.ndarray], build: str = "auto") -> S
         sess.run(load_ops)
     feeds = [*ids, dense]
     step, hot_path = _engine_callable(sess, [loss, train_op], [*feeds, target])
-    predict, _ = _engine_callable(sess, prediction, feeds)
+    # The serving path: small batches run as one compiled function, large ones through the BLAS plan.
+    predict = en.compiler.compile_callable(sess, prediction, feeds)
     return SideModel(
         train_step=lambda b: float(step(b.store, b.item, b.family, b.dense, b.target)[0]),
         predict=lambda inputs: predict(*inputs),

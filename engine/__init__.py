@@ -21,10 +21,10 @@ from engine.ops.nn import dropout, relu, sigmoid, softmax, softplus, tanh  # noq
 from engine.ops.random import random_normal, random_uniform  # noqa: E402
 from engine.ops.state import (Variable, assign, assign_add, assign_sub, global_variables,  # noqa: E402
                               global_variables_initializer, trainable_variables, variables_initializer)
-from engine.session import Session, get_default_session  # noqa: E402
+from engine.session import Session, SessionConfig, get_default_session  # noqa: E402
 
 __all__ = [
-    "DType", "Graph", "IndexedSlices", "Operation", "Session", "Tensor", "Variable", "abs", "add", "add_n",
+    "DType", "Graph", "IndexedSlices", "Operation", "Session", "SessionConfig", "Tensor", "Variable", "abs", "add", "add_n",
     "as_dtype", "assign", "assign_add", "assign_sub", "bool", "cast", "check_numerics", "concat", "constant",
     "control_dependencies", "convert_to_tensor", "divide", "dropout", "equal", "errors", "exp", "expand_dims",
     "expm1", "float32", "float64", "gather", "get_default_graph", "get_default_session", "global_variables",
@@ -36,3 +36,8 @@ __all__ = [
     "softmax", "softplus", "sqrt", "square", "squeeze", "stop_gradient", "subtract", "tanh", "train",
     "trainable_variables", "transpose", "variables_initializer", "where", "zeros", "zeros_like",
 ]
+
+# Serving and observability tools (issue 3): whole-plan compilation, per-op profiles, Graphviz export.
+from engine import compiler, graphviz, profiler  # noqa: E402
+
+__all__ += ["compiler", "graphviz", "profiler"]

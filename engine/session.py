@@ -4,8 +4,10 @@ Partial execution (whitepaper section 4.2): a run prunes the graph to the ops it
 depend on (data and control edges), stopping at fed tensors, whose producers do not run.
 The result is an execution *plan* cached per (fetches, fed tensors): the op order, each
 op's kernel (resolved once by its factory) and integer slots for every value, so a run is a
-flat loop over ``(kernel, input slots, output slot)``. Issue 3's buffer reuse, fusion and
-whole-plan compilation plug in at plan construction; ``make_callable`` is the hot-path entry.
+flat loop of step closures. At plan time the pruned ops become a small IR that the passes in
+``engine/passes`` rewrite (CSE, constant folding, dead-node pruning, elementwise fusion; see
+``SessionConfig``), and steps whose kernels can write into ``out`` get buffers kept across
+runs, shared by steps whose values are dead (liveness). ``make_callable`` is the hot path.
 
 Variables live in ``session.state`` (name -> array); random ops keep one NumPy Generator
 per op in the session, seeded from the op's (graph seed, op seed).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +25,9 @@ from engine import shapes
 from engine.errors import InvalidArgumentError, OpError
 from engine.graph import IndexedSlices, Operation, Tensor, get_default_graph, python_value_to_array
 from engine.kernels import array as KA
+from engine.passes import PASS_NAMES, PlanIR, node_from_op, optimize
+from engine.passes.lowering import OUT_KERNELS
+from engine.passes.liveness import assign_buffer_groups
 
 # Ops whose output can be the session's own storage (a variable or a constant) or a view of
 # their input: a fetched value reached through them is copied so the caller cannot alias state.
@@ -30,18 +36,99 @@ _PASS_THROUGH = {"Identity", "Reshape", "ReshapeLike", "StopGradient", "ExpandDi
 _OWNS_STORAGE = {"VariableV2", "Assign", "AssignAdd", "AssignSub", "Const"}
 
 
+@dataclass(frozen=True)
+class SessionConfig:
+    """How a Session builds plans: which graph rewrites run and whether buffers are reused.
+
+    ``optimize=False`` turns every pass off (the plan runs the graph's ops as written);
+    ``passes`` picks some of ``PASS_NAMES`` ("cse", "constant_folding", "pruning", "fusion").
+    """
+
+    optimize: bool = True
+    passes: frozenset = frozenset(PASS_NAMES)
+    reuse_buffers: bool = True
+
+    def __post_init__(self):
+        unknown = set(self.passes) - set(PASS_NAMES)
+        if unknown:
+            raise ValueError(f"SessionConfig.passes: unknown pass(es) {sorted(unknown)}; known: {list(PASS_NAMES)}")
+        object.__setattr__(self, "passes", frozenset(self.passes))
+
+    @property
+    def enabled_passes(self) -> frozenset:
+        return self.passes if self.optimize else frozenset()
+
+
 class _Plan:
-    """Everything a run needs, computed once per (fetches, feeds)."""
+    """Everything a run needs, computed once per (fetches, feeds).
 
-    __slots__ = ("feed_tensors", "feed_slots", "steps", "step_ops", "getters", "n_slots")
+    ``steps`` / ``step_ops`` are the plain view (``kernel(*inputs) -> value``, input slots,
+    output slot) that tools such as the profiler time; ``runners`` are the same steps as
+    closures over slots and reused buffers, which is what ``Session`` executes.
+    """
 
-    def __init__(self, feed_tensors, feed_slots, steps, step_ops, getters, n_slots):
+    __slots__ = ("feed_tensors", "feed_slots", "steps", "step_ops", "getters", "n_slots", "runners", "labels",
+                 "n_buffers", "buffers", "lock", "nodes", "groups")
+
+    def __init__(self, feed_tensors, feed_slots, steps, step_ops, getters, n_slots, runners=None, labels=None,
+                 n_buffers=0, nodes=None, groups=None):
         self.feed_tensors = feed_tensors
         self.feed_slots = feed_slots
         self.steps = steps
         self.step_ops = step_ops
         self.getters = getters
         self.n_slots = n_slots
+        self.runners = runners
+        self.labels = labels
+        self.n_buffers = n_buffers
+        self.buffers = [None] * n_buffers
+        self.lock = threading.Lock()
+        self.nodes = nodes
+        self.groups = groups or {}  # node id -> index of the kept buffer it writes
+
+
+def _runner(fn, ins, out, group, out_kernel):
+    """A closure running one step on the slot list ``vals`` (and the plan's buffers ``bufs``)."""
+    n = len(ins)
+    if out_kernel and group is not None:
+        if n == 1:
+            (a,) = ins
+
+            def run(vals, bufs):
+                vals[out] = bufs[group] = fn(bufs[group], vals[a])
+        elif n == 2:
+            a, b = ins
+
+            def run(vals, bufs):
+                vals[out] = bufs[group] = fn(bufs[group], vals[a], vals[b])
+        else:
+            def run(vals, bufs):
+                vals[out] = bufs[group] = fn(bufs[group], *[vals[j] for j in ins])
+        return run
+    if out_kernel:
+        def run(vals, bufs):
+            vals[out] = fn(None, *[vals[j] for j in ins])
+        return run
+    if out < 0:
+        def run(vals, bufs):
+            fn(*[vals[j] for j in ins])
+    elif n == 0:
+        def run(vals, bufs):
+            vals[out] = fn()
+    elif n == 1:
+        (a,) = ins
+
+        def run(vals, bufs):
+            vals[out] = fn(vals[a])
+    elif n == 2:
+        a, b = ins
+
+        def run(vals, bufs):
+            vals[out] = fn(vals[a], vals[b])
+    else:
+        def run(vals, bufs):
+            vals[out] = fn(*[vals[j] for j in ins])
+    return run
 
 
 def _flatten(fetches, leaves):
@@ -77,6 +164,11 @@ class Session:
 
     def __init__(self, graph=None, config=None):
         self.graph = graph or get_default_graph()
+        if config is None:
+            config = SessionConfig()
+        elif not isinstance(config, SessionConfig):
+            raise TypeError(f"Session(config=...) takes an en.SessionConfig, got {type(config).__name__}")
+        self.config = config
         self.state: dict[str, np.ndarray] = {}
         self._rngs: dict[str, np.random.Generator] = {}
         self._plans: dict = {}
@@ -147,41 +239,67 @@ class Session:
         return build(results)
 
     def make_callable(self, fetches, feed_list=None):
-        """A function of the ``feed_list`` values returning the fetches: the plan is built once."""
+        """A function of the ``feed_list`` values returning the fetches: the hot path.
+
+        The plan is built once; a call only checks each feed's type, dtype, contiguity and known
+        dimensions (anything else goes through the full conversion and its clear errors).
+        """
         leaves = []
         build = _flatten(fetches, leaves)
         feed_tensors = [self._feed_key(k) for k in (feed_list or [])]
         plan = self._plan(tuple(leaves), feed_tensors)
-        order = [feed_tensors.index(t) for t in plan.feed_tensors]
+        slot_of = dict(zip(plan.feed_tensors, plan.feed_slots))
+        feeds = [(slot_of[t], t, t.dtype.np, -1 if t.shape is None else len(t.shape),
+                  tuple((i, d) for i, d in enumerate(t.shape or ()) if d is not None)) for t in feed_tensors]
+        n_feeds, n_slots, ndarray = len(feeds), plan.n_slots, np.ndarray
+        feed_value, execute = self._feed_value, self._run_plan
 
         def call(*feed_values):
-            if len(feed_values) != len(feed_tensors):
-                raise TypeError(f"expected {len(feed_tensors)} feed values, got {len(feed_values)}")
-            values = [self._feed_value(t, v) for t, v in zip(feed_tensors, feed_values)]
-            return build(self._execute(plan, [values[i] for i in order]))
+            if len(feed_values) != n_feeds:
+                raise TypeError(f"expected {n_feeds} feed values, got {len(feed_values)}")
+            vals = [None] * n_slots
+            for (slot, t, dtype, rank, known), v in zip(feeds, feed_values):
+                if not (v.__class__ is ndarray and v.dtype == dtype and v.ndim == rank and v.flags.c_contiguous
+                        and all(v.shape[i] == d for i, d in known)):
+                    v = feed_value(t, v)
+                vals[slot] = v
+            return build(execute(plan, vals))
 
         return call
 
     def _execute(self, plan: _Plan, feed_values):
-        if self._closed:
-            raise RuntimeError("Attempted to use a closed Session")
         vals = [None] * plan.n_slots
         for slot, v in zip(plan.feed_slots, feed_values):
             vals[slot] = v
-        for i, (fn, ins, out) in enumerate(plan.steps):
+        return self._run_plan(plan, vals)
+
+    def _run_plan(self, plan: _Plan, vals):
+        if self._closed:
+            raise RuntimeError("Attempted to use a closed Session")
+        if plan.lock.acquire(False):  # one run at a time uses the plan's kept buffers ...
             try:
-                r = fn(*[vals[j] for j in ins])
-            except OpError:
-                raise
-            except Exception as e:  # a kernel's own check (shape mismatch, bad index ...)
-                op = plan.step_ops[i]
-                described = ", ".join(
-                    f"{t.name} {vals[j].dtype}{tuple(vals[j].shape)}" for t, j in zip(op.inputs, ins)) or "none"
-                raise InvalidArgumentError(f"{op.type} op '{op.name}' failed: {e} (inputs: {described})",
-                                           op.name) from e
-            if out >= 0:
-                vals[out] = r
+                self._run_steps(plan, vals, plan.buffers)
+            finally:
+                plan.lock.release()
+        else:  # ... a concurrent run (threads serving requests) allocates its own
+            self._run_steps(plan, vals, [None] * plan.n_buffers)
         return [g(vals) for g in plan.getters]
+
+    @staticmethod
+    def _run_steps(plan: _Plan, vals, bufs):
+        i = 0
+        try:
+            for run in plan.runners:
+                run(vals, bufs)
+                i += 1
+        except OpError:
+            raise
+        except Exception as e:  # a kernel's own check (shape mismatch, bad index ...)
+            node = plan.nodes[i]
+            names = plan.labels
+            described = ", ".join(f"{names[j]} {vals[j].dtype}{tuple(vals[j].shape)}"
+                                  for j in node.inputs if vals[j] is not None) or "none"
+            raise InvalidArgumentError(f"{node.label} failed: {e} (inputs: {described})", node.op.name) from e
 
     # --- feeds ---------------------------------------------------------------------------------
     def _feed_key(self, key) -> Tensor:
@@ -268,7 +386,7 @@ class Session:
             slots[t] = len(slots)
             feed_slots.append(slots[t])
         order = sorted(needed, key=lambda o: o.id)  # creation order is a topological order
-        steps, step_ops = [], []
+        nodes, node_of = [], {}
         for op in order:
             if op.type == "Placeholder" and not all(t in fed for t in op.outputs):
                 raise InvalidArgumentError(
@@ -281,8 +399,27 @@ class Session:
                 slots[op.outputs[0]] = out
             elif op.outputs:
                 continue  # its only output is fed: the op does not run
-            steps.append((op.op_def.kernel(op, self), ins, out))
-            step_ops.append(op)
+            controls = [node_of[c].id for c in op.control_inputs if c in node_of]
+            node = node_from_op(op, ins, out, controls, OUT_KERNELS if self.config.reuse_buffers else {})
+            node_of[op] = node
+            nodes.append(node)
+
+        fetch_slots = set()
+        for t in targets:
+            if isinstance(t, Tensor):
+                fetch_slots.add(slots[t])
+        fetch_ops = {node_of[t].id for t in targets if isinstance(t, Operation) and t in node_of}
+        ir = PlanIR(nodes, feed_slots, fetch_slots, fetch_ops, len(slots), {j: t for t, j in slots.items()})
+        ir = optimize(ir, self.config.enabled_passes, self)
+        groups, n_buffers = assign_buffer_groups(ir) if self.config.reuse_buffers else ({}, 0)
+
+        steps, step_ops, runners = [], [], []
+        for node in ir.nodes:
+            fn = node.make_kernel(self)
+            plain = (lambda *xs, fn=fn: fn(None, *xs)) if node.out_kernel else fn
+            steps.append((plain, tuple(node.inputs), node.output))
+            step_ops.append(node.op)
+            runners.append(_runner(fn, tuple(node.inputs), node.output, groups.get(node.id), node.out_kernel))
 
         getters = []
         for r in resolved:
@@ -295,9 +432,11 @@ class Session:
                 j = slots[r]
                 if self._may_alias_state(r, fed):
                     getters.append(lambda vals, j=j: np.array(vals[j], copy=True))
-                else:
-                    getters.append(lambda vals, j=j: vals[j])
-        return _Plan(list(feed_tensors), feed_slots, steps, step_ops, getters, len(slots))
+                else:  # a folded constant is read-only storage of the plan: hand out a copy
+                    getters.append(lambda vals, j=j: vals[j] if vals[j].flags.writeable else np.array(vals[j]))
+        labels = {j: t.name for t, j in slots.items()}
+        return _Plan(list(feed_tensors), feed_slots, steps, step_ops, getters, len(slots), runners, labels,
+                     n_buffers, ir.nodes, groups)
 
     @staticmethod
     def _may_alias_state(t: Tensor, fed) -> bool:

@@ -70,3 +70,49 @@ def unique_rows_sum(values: np.ndarray, indices: np.ndarray):
     out = np.empty((uniq.size, v2.shape[1]), dtype=v2.dtype)
     segment_sum_rows(v2, inverse.reshape(-1).astype(np.int64), uniq.size, out)
     return uniq, out
+
+
+@njit(cache=True)
+def merge_duplicate_rows(values, idx, pos, uniq, merged):
+    """Sum the rows of a sparse gradient that share an index, without sorting or densifying.
+
+    ``pos`` (one entry per variable row, all -1) maps a row to its place in ``uniq``/``merged``
+    and is restored to -1 before returning. Rows are summed in occurrence order (as
+    ``segment_sum_rows``). Returns the number of distinct rows, or -(k+1) when ``idx[k]`` is
+    out of range.
+    """
+    u = 0
+    n_rows = pos.size
+    result = 0
+    for k in range(idx.size):
+        r = idx[k]
+        if r < 0 or r >= n_rows:
+            result = -(k + 1)
+            break
+        p = pos[r]
+        if p < 0:
+            pos[r] = u
+            uniq[u] = r
+            merged[u, :] = values[k, :]
+            u += 1
+        else:
+            merged[p, :] += values[k, :]
+    for q in range(u):
+        pos[uniq[q]] = -1
+    return result if result < 0 else u
+
+
+def merge_sparse_rows(values: np.ndarray, indices: np.ndarray, n_rows: int):
+    """(distinct row indices, their summed gradient rows) of a sparse gradient; ValueError on a bad index."""
+    idx = np.ascontiguousarray(indices).reshape(-1)
+    v2 = np.ascontiguousarray(values).reshape(idx.size, -1)
+    uniq = np.empty(idx.size, np.int64)
+    merged = np.empty_like(v2)
+    if idx.size == 0:
+        return uniq, merged
+    pos = np.full(n_rows, -1, np.int64)
+    count = merge_duplicate_rows(v2, idx, pos, uniq, merged)
+    if count < 0:
+        bad = -count - 1
+        raise ValueError(f"sparse gradient index {int(idx[bad])} at position {bad} out of range [0, {n_rows})")
+    return uniq[:count], merged[:count]

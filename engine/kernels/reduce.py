@@ -7,7 +7,9 @@ leading (``(R, M)`` -> column kernel, the bias-gradient case); anything else is 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
+
+from engine import config
 
 
 @njit(cache=True)
@@ -28,6 +30,32 @@ def sum_cols(x, out):
     for i in range(r):
         for j in range(m):
             out[j] += x[i, j]
+
+
+@njit(cache=True, parallel=True)
+def sum_rows_parallel(x, out, zero):
+    """``sum_rows`` with rows split across threads (for arrays above PARALLEL_MIN_ELEMENTS)."""
+    m, r = x.shape
+    for i in prange(m):
+        acc = zero
+        for j in range(r):
+            acc += x[i, j]
+        out[i] = acc
+
+
+@njit(cache=True, parallel=True)
+def sum_cols_parallel(x, out):
+    """``sum_cols`` with columns split across threads; each column still sums rows in order."""
+    r, m = x.shape
+    blocks = (m + 63) // 64
+    for b in prange(blocks):
+        lo = b * 64
+        hi = min(m, lo + 64)
+        for j in range(lo, hi):
+            out[j] = 0
+        for i in range(r):
+            for j in range(lo, hi):
+                out[j] += x[i, j]
 
 
 @njit(cache=True)
@@ -75,10 +103,17 @@ def reduce(x: np.ndarray, axes: tuple, keepdims: bool, kind: str) -> np.ndarray:
         out[:] = 0
     elif tuple(axes) == tuple(range(rank - len(axes), rank)):
         x2 = np.ascontiguousarray(x).reshape(m, r)
-        sum_rows(x2, out, _zero(x.dtype)) if kind != "max" else max_rows(x2, out)
+        if kind == "max":
+            max_rows(x2, out)
+        else:
+            (sum_rows_parallel if x.size >= config.PARALLEL_MIN_ELEMENTS and m > 1 else sum_rows)(
+                x2, out, _zero(x.dtype))
     elif tuple(axes) == tuple(range(len(axes))):
         x2 = np.ascontiguousarray(x).reshape(r, m)
-        sum_cols(x2, out) if kind != "max" else max_cols(x2, out)
+        if kind == "max":
+            max_cols(x2, out)
+        else:
+            (sum_cols_parallel if x.size >= config.PARALLEL_MIN_ELEMENTS and m > 64 else sum_cols)(x2, out)
     else:
         x2 = np.ascontiguousarray(np.transpose(x, kept + list(axes))).reshape(m, r)
         sum_rows(x2, out, _zero(x.dtype)) if kind != "max" else max_rows(x2, out)

@@ -1,5 +1,9 @@
 """Fused optimizer updates: one pass over a variable (and its slots) per step, in place.
 
+Adam's scalars (``c1 = 1 - beta1``, ``c2 = 1 - beta2``, the rate) come in the variable's
+dtype, so a float32 variable is updated in float32 arithmetic throughout (as PyTorch's fused
+Adam does) and a float64 one in float64.
+
 Dense variants take flattened views of the variable, its slots and the gradient; sparse
 variants take 2-D row views and the unique row indices a gather's gradient touched, and
 leave every other row (and its slots) untouched.
@@ -8,7 +12,7 @@ leave every other row (and its slots) untouched.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 
 @njit(cache=True)
@@ -51,24 +55,36 @@ def momentum_sparse(var, accum, values, idx, lr, momentum, nesterov):
 
 
 @njit(cache=True)
-def adam_dense(var, m, v, grad, lr_t, beta1, beta2, epsilon):
+def adam_dense(var, m, v, grad, lr_t, beta1, c1, beta2, c2, epsilon):
     for i in range(var.size):
         g = grad[i]
-        mi = beta1 * m[i] + (1.0 - beta1) * g
-        vi = beta2 * v[i] + (1.0 - beta2) * g * g
+        mi = beta1 * m[i] + c1 * g
+        vi = beta2 * v[i] + c2 * g * g
+        m[i] = mi
+        v[i] = vi
+        var[i] -= lr_t * mi / (np.sqrt(vi) + epsilon)
+
+
+@njit(cache=True, parallel=True)
+def adam_dense_parallel(var, m, v, grad, lr_t, beta1, c1, beta2, c2, epsilon):
+    """``adam_dense`` split across threads, for variables above PARALLEL_MIN_ELEMENTS."""
+    for i in prange(var.size):
+        g = grad[i]
+        mi = beta1 * m[i] + c1 * g
+        vi = beta2 * v[i] + c2 * g * g
         m[i] = mi
         v[i] = vi
         var[i] -= lr_t * mi / (np.sqrt(vi) + epsilon)
 
 
 @njit(cache=True)
-def adam_sparse(var, m, v, values, idx, lr_t, beta1, beta2, epsilon):
+def adam_sparse(var, m, v, values, idx, lr_t, beta1, c1, beta2, c2, epsilon):
     for k in range(idx.size):
         r = idx[k]
         for j in range(var.shape[1]):
             g = values[k, j]
-            mi = beta1 * m[r, j] + (1.0 - beta1) * g
-            vi = beta2 * v[r, j] + (1.0 - beta2) * g * g
+            mi = beta1 * m[r, j] + c1 * g
+            vi = beta2 * v[r, j] + c2 * g * g
             m[r, j] = mi
             v[r, j] = vi
             var[r, j] -= lr_t * mi / (np.sqrt(vi) + epsilon)

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from engine.config import PARALLEL_MIN_ELEMENTS
 from engine.kernels import array as KA
 from engine.kernels import train as KT
 from engine.ops.state import read_state
@@ -48,10 +49,8 @@ def _flat(x):
 
 
 def _sparse_grad(values, indices, var):
-    idx, vals = KA.unique_rows_sum(values, indices)
-    if idx.size and (idx[0] < 0 or idx[-1] >= var.shape[0]):
-        raise ValueError(f"sparse gradient index out of range [0, {var.shape[0]})")
-    return idx.astype(np.int64, copy=False), vals
+    """Distinct rows and their summed gradients (duplicates merged in one pass, no sort)."""
+    return KA.merge_sparse_rows(values, indices, var.shape[0])
 
 
 # --- gradient descent ------------------------------------------------------------------------
@@ -111,13 +110,21 @@ def _adam_lr(op, ctx, lr):
     return float(lr) * math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
 
 
+def _adam_scalars(op, ctx, lr, dtype):
+    """(lr_t, beta1, 1 - beta1, beta2, 1 - beta2, epsilon) in the variable's dtype."""
+    b1, b2 = op.attrs["beta1"], op.attrs["beta2"]
+    cast = dtype.type
+    return (cast(_adam_lr(op, ctx, lr)), cast(b1), cast(1.0 - b1), cast(b2), cast(1.0 - b2),
+            cast(op.attrs["epsilon"]))
+
+
 def _adam(op, ctx):
     a = op.attrs
 
     def apply(grad, lr):
         var, m, v = read_state(ctx, a["var"]), read_state(ctx, a["m"]), read_state(ctx, a["v"])
-        KT.adam_dense(var.reshape(-1), m.reshape(-1), v.reshape(-1), _flat(grad), _adam_lr(op, ctx, lr),
-                      a["beta1"], a["beta2"], a["epsilon"])
+        kernel = KT.adam_dense_parallel if var.size >= PARALLEL_MIN_ELEMENTS else KT.adam_dense
+        kernel(var.reshape(-1), m.reshape(-1), v.reshape(-1), _flat(grad), *_adam_scalars(op, ctx, lr, var.dtype))
 
     return apply
 
@@ -128,8 +135,7 @@ def _adam_sparse(op, ctx):
     def apply(values, indices, lr):
         var, m, v = read_state(ctx, a["var"]), read_state(ctx, a["m"]), read_state(ctx, a["v"])
         idx, vals = _sparse_grad(values, indices, var)
-        KT.adam_sparse(_rows(var), _rows(m), _rows(v), vals, idx, _adam_lr(op, ctx, lr),
-                       a["beta1"], a["beta2"], a["epsilon"])
+        KT.adam_sparse(_rows(var), _rows(m), _rows(v), vals, idx, *_adam_scalars(op, ctx, lr, var.dtype))
 
     return apply
 

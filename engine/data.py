@@ -1,0 +1,143 @@
+"""Feeding a training loop: batches of aligned arrays, a streaming shuffle buffer, background prefetch.
+
+``batches`` slices in-memory arrays (a tuple or dict of arrays sharing their first dimension)
+into contiguous batches, optionally in a seeded random order per epoch; ``shuffle_buffer``
+shuffles a stream that does not fit in memory (as ``tf.data``'s buffer); ``prefetch`` builds
+the next items on a background thread while the session runs the current step.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+
+import numpy as np
+
+
+def _rows(arrays) -> int:
+    values = list(arrays.values()) if isinstance(arrays, Mapping) else list(arrays)
+    if not values:
+        raise ValueError("batches: no arrays given")
+    counts = {np.shape(v)[0] if np.ndim(v) else None for v in values}
+    if None in counts:
+        raise ValueError("batches: every array needs a first (row) dimension")
+    if len(counts) != 1:
+        names = list(arrays.keys()) if isinstance(arrays, Mapping) else list(range(len(values)))
+        sizes = {str(n): np.shape(v)[0] for n, v in zip(names, values)}
+        raise ValueError(f"batches: arrays have different numbers of rows {sizes}")
+    return counts.pop()
+
+
+def batches(arrays, batch_size: int, *, shuffle: bool = False, seed: int | None = None, epochs: int = 1,
+            drop_remainder: bool = False) -> Iterator:
+    """Yield batches (same structure as ``arrays``: tuple or dict) of ``batch_size`` rows, C-contiguous.
+
+    With ``shuffle``, each epoch visits the rows in a new order drawn from ``seed`` (required,
+    so runs are reproducible); the last short batch is kept unless ``drop_remainder``.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batches: batch_size must be at least 1, got {batch_size}")
+    if shuffle and seed is None:
+        raise ValueError("batches: shuffle=True needs a seed (runs must be reproducible)")
+    batch_size = int(batch_size)
+    n = _rows(arrays)
+    is_map = isinstance(arrays, Mapping)
+    keys = list(arrays.keys()) if is_map else None
+    values = [np.asarray(v) for v in (arrays.values() if is_map else arrays)]
+    rng = np.random.default_rng(seed) if shuffle else None
+    for _ in range(int(epochs)):
+        order = rng.permutation(n) if shuffle else None
+        stop = n - n % batch_size if drop_remainder else n
+        for start in range(0, stop, batch_size):
+            end = min(start + batch_size, n)
+            if order is None:
+                parts = [np.ascontiguousarray(v[start:end]) for v in values]
+            else:
+                pick = order[start:end]
+                parts = [np.ascontiguousarray(v[pick]) for v in values]
+            yield dict(zip(keys, parts)) if is_map else tuple(parts)
+
+
+def shuffle_buffer(items: Iterable, buffer_size: int, seed: int) -> Iterator:
+    """Items of a stream in a random order, keeping at most ``buffer_size`` of them in memory."""
+    if int(buffer_size) < 1:
+        raise ValueError(f"shuffle_buffer: buffer_size must be at least 1, got {buffer_size}")
+    rng = np.random.default_rng(seed)
+    buffer = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        k = int(rng.integers(len(buffer)))
+        buffer[k], item = item, buffer[k]
+        yield item
+    while buffer:
+        k = int(rng.integers(len(buffer)))
+        buffer[k], buffer[-1] = buffer[-1], buffer[k]
+        yield buffer.pop()
+
+
+_DONE = object()
+
+
+class prefetch(Iterator):  # noqa: N801  (used like a function: for batch in prefetch(batches(...)))
+    """Iterate ``items`` while a background thread produces up to ``depth`` items ahead.
+
+    An exception in the producer is re-raised in the consumer; ``close()`` (or leaving a
+    ``with`` block, or garbage collection of an abandoned loop) stops the thread.
+    """
+
+    def __init__(self, items: Iterable, depth: int = 2):
+        if int(depth) < 1:
+            raise ValueError(f"prefetch: depth must be at least 1, got {depth}")
+        self._queue: queue.Queue = queue.Queue(maxsize=int(depth))
+        self._stop = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(target=self._produce, args=(iter(items),), daemon=True,
+                                        name="engine-prefetch")
+        self._thread.start()
+
+    def _produce(self, source):
+        try:
+            for item in source:
+                if not self._put((True, item)):
+                    return
+            self._put((True, _DONE))
+        except BaseException as error:  # noqa: BLE001  (handed to the consumer, not lost)
+            self._put((False, error))
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __next__(self):
+        if self._finished:
+            raise StopIteration
+        ok, item = self._queue.get()
+        if not ok:
+            self._finished = True
+            raise item
+        if item is _DONE:
+            self._finished = True
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._finished = True
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self._stop.set()

@@ -1,0 +1,31 @@
+"""Graph rewrites applied to a pruned execution plan (never to the user's Graph).
+
+Each pass is a function ``PlanIR -> PlanIR`` in its own module; :func:`optimize` runs the
+enabled ones in a fixed order. ``SessionConfig`` (engine/session.py) chooses which.
+"""
+
+from __future__ import annotations
+
+from engine.passes.constant_folding import fold_constants
+from engine.passes.cse import eliminate_common_subexpressions
+from engine.passes.fusion import fuse_elementwise
+from engine.passes.ir import Node, PlanIR, node_from_op
+from engine.passes.pruning import prune
+
+PASS_NAMES = ("cse", "constant_folding", "pruning", "fusion")
+
+
+def optimize(ir: PlanIR, passes, ctx) -> PlanIR:
+    """Run the enabled passes: CSE, then folding (which CSE may have enabled), pruning, fusion."""
+    if "cse" in passes:
+        ir = eliminate_common_subexpressions(ir)
+    if "constant_folding" in passes:
+        ir = fold_constants(ir, ctx)
+    if "pruning" in passes:
+        ir = prune(ir)
+    if "fusion" in passes:
+        ir = fuse_elementwise(ir)
+    return ir
+
+
+__all__ = ["Node", "PASS_NAMES", "PlanIR", "node_from_op", "optimize"]

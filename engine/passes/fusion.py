@@ -1,0 +1,195 @@
+"""Elementwise fusion: a tree of elementwise ops becomes ONE generated Numba kernel.
+
+A producer joins its consumer's group when its value is read by that consumer only, is not
+fetched, has the same static shape and dtype as the group's output, and no state-writing
+node runs in between (variable reads are by reference). Operands of the group ("leaves")
+must be the output's shape, a fully known suffix of it (a bias row) or a scalar; the fused
+kernel checks that at run time and otherwise runs the member ops one by one, so results never
+depend on the pass. Groups of one op are lowered too: they gain the row-broadcast loop, the
+output buffer and the parallel loop.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from engine import config, shapes
+from engine.passes import codegen
+from engine.passes.ir import Node, PlanIR
+
+FUSIBLE = set(codegen.EXPRESSIONS)
+
+
+def _static(node):
+    t = node.op.outputs[0]
+    return t.shape, t.dtype
+
+
+def _eligible(node) -> bool:
+    if node.type not in FUSIBLE or node.output < 0 or node.members or node.out_kernel:
+        return False
+    shape, dtype = _static(node)
+    return shape is not None and dtype.is_floating
+
+
+def fuse_elementwise(ir: PlanIR) -> PlanIR:
+    users = ir.consumers()
+    control_targets = ir.control_targets()
+    position = {n.id: i for i, n in enumerate(ir.nodes)}
+    writes_before = []  # writes_before[i]: state-writing nodes among nodes[:i]
+    count = 0
+    for n in ir.nodes:
+        writes_before.append(count)
+        count += n.writes_state
+    producer = {n.output: n for n in ir.nodes if n.output >= 0}
+    group_of: dict[int, list] = {}  # node id -> member nodes (in order) of the group it roots
+    absorbed: set = set()
+    for node in ir.nodes:
+        if not _eligible(node):
+            continue
+        members = [node]
+        shape, dtype = _static(node)
+        for s in dict.fromkeys(node.inputs):
+            p = producer.get(s)
+            if (p is None or p.id not in group_of or s in ir.fetch_slots or p.id in control_targets
+                    or len(users.get(s, ())) != 1 or _static(p) != (shape, dtype)):
+                continue
+            first = group_of[p.id][0]
+            if writes_before[position[node.id]] != writes_before[position[first.id]]:
+                continue
+            members = group_of.pop(p.id) + members
+            absorbed.add(p.id)
+        members.sort(key=lambda n: position[n.id])
+        group_of[node.id] = members
+    fused_at = {}
+    for root_id, members in group_of.items():
+        fused = _fused_node(members, ir)
+        if fused is not None:
+            fused_at[root_id] = fused
+        else:  # not expressible as one kernel: its members stay as they are
+            absorbed.difference_update(m.id for m in members)
+    out = []
+    for node in ir.nodes:
+        if node.id not in absorbed:
+            out.append(fused_at.get(node.id, node))
+    ir.nodes = out
+    return ir
+
+
+def _leaf_kind(leaf_shape, out_shape):
+    """'full', 'row', 'scalar' or None (not expressible) for a leaf's static shape."""
+    if leaf_shape is None:
+        return None, 0
+    if leaf_shape == out_shape:
+        return "full", 0
+    if shapes.is_fully_defined(leaf_shape) and int(np.prod(leaf_shape, dtype=np.int64)) == 1:
+        return "scalar", 0
+    core = tuple(leaf_shape)
+    while core and core[0] == 1:
+        core = core[1:]
+    if (shapes.is_fully_defined(core) and len(core) <= len(out_shape) and len(leaf_shape) <= len(out_shape)
+            and tuple(out_shape[len(out_shape) - len(core):]) == core):
+        return "row", int(np.prod(core, dtype=np.int64))
+    return None, 0
+
+
+def _fused_node(members, ir):
+    inside = {m.output: j for j, m in enumerate(members)}
+    leaves: list[int] = []
+    steps = []
+    for m in members:
+        refs = []
+        for s in m.inputs:
+            if s in inside and inside[s] < len(steps):
+                refs.append(("step", inside[s]))
+            else:
+                if s not in leaves:
+                    leaves.append(s)
+                refs.append(("leaf", leaves.index(s)))
+        steps.append((m.type, refs))
+    last = members[-1]
+    out_shape, dtype = _static(last)
+    kinds, inner = [], 1
+    for s in leaves:
+        kind, size = _leaf_kind(ir.slot_tensors[s].shape, out_shape)
+        if kind is None or (kind == "row" and inner > 1 and size != inner):
+            return None
+        if kind == "row":
+            inner = size
+        kinds.append(kind)
+    if "full" not in kinds:
+        return None
+    source = codegen.kernel_source(steps, kinds, dtype.name, inner)
+    ops = tuple(m.op for m in members)
+    fallback = [(m, refs) for m, (_, refs) in zip(members, steps)]
+    ir_shapes = {s: ir.slot_tensors[s].shape for s in leaves}
+
+    def make_kernel(ctx):
+        member_kernels = [(m.make_kernel(ctx), refs) for m, refs in fallback]
+        try:
+            serial, parallel = codegen.load_kernels(source)
+        except OSError as error:  # cache dir not writable: run the members, and say why once
+            warnings.warn(f"elementwise fusion disabled for {last.op.name}: cannot write the generated kernel "
+                          f"under {config.CACHE_DIR} ({error})", RuntimeWarning, stacklevel=2)
+            return lambda out, *xs: _run_members(member_kernels, xs)
+        return _runner(serial, parallel, kinds, inner, dtype.np, member_kernels,
+                       [tuple(ir_shapes[s]) if ir_shapes[s] is not None else None for s in leaves])
+
+    node = Node(last.op, "FusedElementwise", list(leaves), last.output, make_kernel,
+                frozenset().union(*(m.controls for m in members)), out_kernel=True, members=ops)
+    return node
+
+
+def _run_members(member_kernels, xs):
+    """The group's ops one by one with their own kernels (the reference the fused kernel matches)."""
+    vals = []
+    for kernel, refs in member_kernels:
+        vals.append(kernel(*[vals[k] if kind == "step" else xs[k] for kind, k in refs]))
+    return vals[-1]
+
+
+def _runner(serial, parallel, kinds, inner, npdtype, member_kernels, leaf_shapes):
+    """The fused step: cheap shape checks, then one kernel call (or the members, if checks fail)."""
+    full = kinds.index("full")
+    other_full = [k for k, kind in enumerate(kinds) if kind == "full" and k != full]
+    rows = [(k, leaf_shapes[k], _core(leaf_shapes[k])) for k, kind in enumerate(kinds) if kind == "row"]
+    scalars = [k for k, kind in enumerate(kinds) if kind == "scalar"]
+    threshold = config.PARALLEL_MIN_ELEMENTS
+
+    def unfused(xs):
+        return _run_members(member_kernels, xs)
+
+    def run(out, *xs):
+        x0 = xs[full]
+        shape = x0.shape
+        if x0.dtype != npdtype:
+            return unfused(xs)
+        for k in other_full:
+            if xs[k].shape != shape:
+                return unfused(xs)
+        for k, static, core in rows:  # a row leaf's static shape is fully known: it must match exactly
+            if xs[k].shape != static or len(core) > len(shape) or shape[len(shape) - len(core):] != core:
+                return unfused(xs)
+        for k in scalars:
+            if xs[k].size != 1:
+                return unfused(xs)
+        n = x0.size
+        if n % inner:
+            return unfused(xs)
+        if out is None or out.shape != shape:
+            out = np.empty(shape, npdtype)
+        if n:
+            (parallel if n >= threshold else serial)(out.reshape(-1), *[x.reshape(-1) for x in xs])
+        return out
+
+    return run
+
+
+def _core(shape):
+    """``shape`` without its leading 1s: the part a row leaf repeats along."""
+    k = 0
+    while k < len(shape) and shape[k] == 1:
+        k += 1
+    return tuple(shape[k:])

@@ -1,0 +1,96 @@
+"""A small IR of a pruned execution plan: the thing graph rewrites transform.
+
+A plan is a list of :class:`Node` in a valid execution order; each produces at most one
+value (an integer slot) from input slots. Passes build new node lists and never touch the
+user's Graph: a node keeps the :class:`~engine.graph.Operation` it came from (for names in
+errors and for its kernel factory) but its inputs are slots, so rewiring is just integers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+# Ops that write session state (anything stateful except plain reads): passes never move pure
+# work across them, because a variable read is by reference (see engine/ops/state.py).
+_STATE_READS = {"VariableV2", "ReadVariable"}
+
+
+@dataclass
+class Node:
+    """One step: ``make_kernel(ctx)`` returns the callable run on the input slots' values."""
+
+    op: object  # the Operation it came from (for a fused node: the last op of the chain)
+    type: str
+    inputs: list
+    output: int  # slot, or -1 for ops without outputs
+    make_kernel: Callable
+    controls: frozenset = frozenset()  # ids of nodes that must run before this one
+    out_kernel: bool = False  # kernel signature is f(out_or_None, *inputs) -> array
+    const_value: Optional[np.ndarray] = None  # set for Const nodes and folded constants
+    members: tuple = ()  # ops a fused node stands for
+    id: int = field(default_factory=lambda: next(_ids))
+
+    @property
+    def stateful(self) -> bool:
+        return bool(getattr(self.op.op_def, "stateful", False)) if self.op is not None else False
+
+    @property
+    def random(self) -> bool:
+        return bool(getattr(self.op.op_def, "random", False)) if self.op is not None else False
+
+    @property
+    def writes_state(self) -> bool:
+        return self.stateful and not self.random and self.type not in _STATE_READS
+
+    @property
+    def label(self) -> str:
+        if self.members:
+            return f"fused op '{self.op.name}' ({' -> '.join(m.type for m in self.members)})"
+        return f"{self.type} op '{self.op.name}'"
+
+
+def _counter():
+    i = 0
+    while True:
+        i += 1
+        yield i
+
+
+_ids = _counter()
+
+
+@dataclass
+class PlanIR:
+    """Nodes in execution order, the fed slots, and the slots/ops the caller fetches."""
+
+    nodes: list
+    feed_slots: list
+    fetch_slots: set  # slots whose values leave the run
+    fetch_ops: set  # node ids fetched as operations (must run)
+    n_slots: int
+    slot_tensors: dict  # slot -> original Tensor (shapes, dtypes, names)
+
+    def consumers(self) -> dict:
+        """slot -> list of nodes reading it (a node reading a slot twice appears once)."""
+        users: dict = {}
+        for n in self.nodes:
+            for s in set(n.inputs):
+                users.setdefault(s, []).append(n)
+        return users
+
+    def control_targets(self) -> set:
+        return {c for n in self.nodes for c in n.controls}
+
+
+def node_from_op(op, ins, out, controls, out_kernels) -> Node:
+    """The node for one graph op; its kernel writes into a buffer when ``out_kernels`` knows it."""
+    const = op.attrs["value"] if op.type == "Const" else None
+    factory = out_kernels.get(op.type)
+    if factory is not None and out >= 0:
+        return Node(op, op.type, list(ins), out, lambda ctx, op=op, f=factory: f(op, ctx), frozenset(controls),
+                    out_kernel=True, const_value=const)
+    return Node(op, op.type, list(ins), out, lambda ctx, op=op: op.op_def.kernel(op, ctx), frozenset(controls),
+                const_value=const)

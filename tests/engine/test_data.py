@@ -1,0 +1,80 @@
+"""engine.data: batching, shuffle buffer and background prefetch."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from engine import data
+
+
+def test_batches_cover_every_row_in_order_with_a_short_last_batch():
+    x = np.arange(10).reshape(10, 1)
+    y = np.arange(10) * 2
+    out = list(data.batches((x, y), 4))
+    assert [len(b[0]) for b in out] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in out]), x)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in out]), y)
+    assert all(b[0].flags.c_contiguous for b in out)
+
+
+def test_batches_drop_remainder_and_dicts_keep_structure():
+    out = list(data.batches({"a": np.arange(10), "b": np.arange(10.0)}, 4, drop_remainder=True))
+    assert len(out) == 2 and set(out[0]) == {"a", "b"}
+    np.testing.assert_array_equal(out[1]["a"], [4, 5, 6, 7])
+
+
+def test_shuffled_batches_are_a_seeded_permutation_per_epoch():
+    x = np.arange(100)
+    first = [b[0] for b in data.batches((x, x * 3), 32, shuffle=True, seed=7, epochs=2)]
+    again = [b[0] for b in data.batches((x, x * 3), 32, shuffle=True, seed=7, epochs=2)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    epoch1, epoch2 = np.concatenate(first[:4]), np.concatenate(first[4:])
+    assert sorted(epoch1) == list(x) and sorted(epoch2) == list(x)
+    assert not np.array_equal(epoch1, x) and not np.array_equal(epoch1, epoch2)
+    pairs = list(data.batches((x, x * 3), 32, shuffle=True, seed=7))
+    assert all(np.array_equal(b[1], b[0] * 3) for b in pairs)  # rows stay aligned
+
+
+def test_batches_reject_bad_input_with_clear_errors():
+    with pytest.raises(ValueError, match="different numbers of rows"):
+        list(data.batches({"a": np.zeros(3), "b": np.zeros(4)}, 2))
+    with pytest.raises(ValueError, match="batch_size"):
+        list(data.batches((np.zeros(3),), 0))
+    with pytest.raises(ValueError, match="needs a seed"):
+        list(data.batches((np.zeros(3),), 2, shuffle=True))
+
+
+def test_shuffle_buffer_is_a_seeded_permutation():
+    out = list(data.shuffle_buffer(range(50), buffer_size=8, seed=3))
+    assert sorted(out) == list(range(50)) and out != list(range(50))
+    assert out == list(data.shuffle_buffer(range(50), buffer_size=8, seed=3))
+
+
+def test_prefetch_yields_everything_in_order_from_another_thread():
+    seen_threads = []
+
+    def produce():
+        for i in range(20):
+            seen_threads.append(threading.current_thread().name)
+            yield i
+
+    assert list(data.prefetch(produce(), depth=3)) == list(range(20))
+    assert set(seen_threads) == {"engine-prefetch"}
+
+
+def test_prefetch_reraises_the_producers_error_and_close_stops_it():
+    def broken():
+        yield 1
+        raise RuntimeError("bad row 2")
+
+    it = data.prefetch(broken())
+    assert next(it) == 1
+    with pytest.raises(RuntimeError, match="bad row 2"):
+        next(it)
+    endless = data.prefetch(iter(int, 1), depth=2)  # never ends on its own
+    assert next(endless) == 0
+    endless.close()
+    assert not endless._thread.is_alive()

@@ -1,0 +1,147 @@
+"""Elementwise fusion: chains become one generated, disk-cached Numba kernel with identical results."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import engine as en
+from engine import config
+from engine.passes import codegen
+
+ONLY_FUSION = en.SessionConfig(passes={"fusion"})
+OFF = en.SessionConfig(optimize=False)
+
+
+def _nodes(sess, fetches, feeds):
+    return sess._plan(tuple(fetches), list(feeds)).nodes
+
+
+@pytest.mark.parametrize("dtype", [en.float32, en.float64])
+def test_bias_relu_chain_is_one_kernel_with_identical_results(dtype):
+    x = en.placeholder(dtype, (None, 5), name="x")
+    b = en.constant(np.linspace(-1, 1, 5).astype(dtype.np), dtype)
+    y = en.relu(x + b) * 2.0
+    on, off = en.Session(config=ONLY_FUSION), en.Session(config=OFF)
+    for rows in (1, 7, 300):
+        feed = {x: np.random.default_rng(rows).standard_normal((rows, 5)).astype(dtype.np)}
+        np.testing.assert_array_equal(on.run(y, feed), off.run(y, feed))
+    fused = [n for n in _nodes(on, [y], [x]) if n.type == "FusedElementwise"]
+    assert len(fused) == 1 and [op.type for op in fused[0].members] == ["Add", "Relu", "Mul"]
+
+
+UNARY = [en.negative, en.exp, en.log1p, en.expm1, en.square, en.abs, en.relu, en.sigmoid, en.tanh, en.softplus]
+
+
+def test_every_fusible_op_matches_its_unfused_kernel_including_nan():
+    x = en.placeholder(en.float32, (64,), name="x")
+    y = en.placeholder(en.float32, (64,), name="y")
+    values = np.random.default_rng(0).uniform(-3, 3, 64).astype(np.float32)
+    values[::9] = np.nan
+    other = np.random.default_rng(1).uniform(0.5, 3, 64).astype(np.float32)
+    outs = [f(en.abs(x) * 0.5) for f in UNARY]
+    outs += [en.maximum(x, y), en.minimum(x, y) - y, en.sqrt(en.abs(x)) / y, en.log(y + 1.0)]
+    feed = {x: values, y: other}
+    on, off = en.Session(config=ONLY_FUSION), en.Session(config=OFF)
+    for a, b in zip(on.run(outs, feed), off.run(outs, feed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_gradients_of_fused_ops_match():
+    x = en.placeholder(en.float64, (None, 4), name="x")
+    w = en.constant(np.random.default_rng(2).standard_normal((4,)))
+    loss = en.reduce_sum(en.tanh(en.sigmoid(x * w) - 0.5) ** 2.0)
+    grads = en.gradients(loss, [x])
+    feed = {x: np.random.default_rng(3).standard_normal((6, 4))}
+    a = en.Session(config=ONLY_FUSION).run(grads, feed)[0]
+    b = en.Session(config=OFF).run(grads, feed)[0]
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_a_run_time_broadcast_it_cannot_express_falls_back_to_the_member_ops():
+    x = en.placeholder(en.float32, (None, 1), name="x")
+    y = en.placeholder(en.float32, (None, 1), name="y")
+    z = en.relu(x - y)
+    feed = {x: np.array([[1.0], [-2.0], [3.0]], np.float32), y: np.array([[0.5]], np.float32)}
+    got = en.Session(config=ONLY_FUSION).run(z, feed)
+    np.testing.assert_array_equal(got, np.maximum(feed[x] - feed[y], 0))
+
+
+def test_fetched_intermediates_and_reads_across_state_writes_are_not_fused():
+    x = en.placeholder(en.float32, (3,), name="x")
+    inner = x + 1.0
+    outer = en.relu(inner)
+    sess = en.Session(config=ONLY_FUSION)
+    types = [n.type for n in _nodes(sess, [inner, outer], [x])]
+    assert "Relu" in types or types.count("FusedElementwise") == 2
+    a, b = sess.run([inner, outer], {x: np.array([-3.0, 0.0, 3.0], np.float32)})
+    np.testing.assert_array_equal(a, [-2.0, 1.0, 4.0])
+    np.testing.assert_array_equal(b, [0.0, 1.0, 4.0])
+
+    v = en.Variable(np.ones(3, np.float32), name="v")
+    first = v * 2.0
+    with en.control_dependencies([first]):
+        write = v.assign(np.full(3, 10.0, np.float32))
+    with en.control_dependencies([write]):
+        total = first + v
+    sess = en.Session(config=ONLY_FUSION)
+    sess.run(v.initializer)
+    np.testing.assert_array_equal(sess.run(total), [12.0, 12.0, 12.0])
+
+
+def test_generated_kernels_are_files_in_the_numba_cache_named_by_their_source_hash():
+    source = codegen.kernel_source([("Add", [("leaf", 0), ("leaf", 1)]), ("Relu", [("step", 0)])],
+                                   ["full", "row"], "float32", 3)
+    serial, _ = codegen.load_kernels(source)
+    assert codegen.load_kernels(source)[0] is serial  # loaded once per process
+    directory = os.path.join(config.CACHE_DIR, "shelfcast_fused")
+    files = [f for f in os.listdir(directory) if f.endswith(".py")]
+    matching = [f for f in files if open(os.path.join(directory, f)).read() == source]
+    assert len(matching) == 1 and matching[0].startswith("fused_")
+    out = np.empty(6, np.float32)
+    serial(out, np.arange(-3, 3, dtype=np.float32), np.array([1, 0, -1], np.float32))
+    np.testing.assert_array_equal(out, [0, 0, 0, 1, 1, 1])
+    cached = [f for _, _, names in os.walk(config.CACHE_DIR) for f in names
+              if f.startswith(matching[0][:-3]) and f.endswith(".nbi")]
+    assert cached, "numba wrote no on-disk cache index for the generated module"
+
+
+def test_training_the_same_model_with_and_without_passes_gives_the_same_losses():
+    def train(config_):
+        graph = en.Graph()
+        with graph.as_default():
+            en.set_random_seed(0)
+            x = en.placeholder(en.float32, (None, 6), name="x")
+            ids = en.placeholder(en.int64, (None,), name="ids")
+            t = en.placeholder(en.float32, (None, 1), name="t")
+            h = en.concat([x, en.layers.Embedding(10, 3, seed=1)(ids)], 1)
+            h = en.layers.Dense(16, activation="relu", seed=2)(h)
+            pred = en.layers.Dense(1, seed=3)(h)
+            loss = en.reduce_mean(en.square(pred - t))
+            step = en.train.AdamOptimizer(0.01).minimize(loss)
+            sess = en.Session(config=config_)
+            sess.run(en.global_variables_initializer())
+            run = sess.make_callable([loss, step], [x, ids, t])
+            rng = np.random.default_rng(5)
+            losses = []
+            for _ in range(15):
+                xs = rng.standard_normal((32, 6)).astype(np.float32)
+                idv = rng.integers(0, 10, 32)
+                losses.append(float(run(xs, idv, xs[:, :1] * 2 + 1)[0]))
+            return losses
+
+    np.testing.assert_allclose(train(en.SessionConfig()), train(OFF), rtol=1e-5)
+
+
+def test_an_unwritable_cache_dir_runs_the_members_unfused_with_a_warning(monkeypatch):
+    def refuse(source):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(codegen, "load_kernels", refuse)
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    y = en.relu(x - 1.0)
+    with pytest.warns(RuntimeWarning, match="fusion disabled"):
+        got = en.Session(config=ONLY_FUSION).run(y, {x: np.array([[0.0, 3.0]], np.float32)})
+    np.testing.assert_array_equal(got, [[0.0, 2.0]])

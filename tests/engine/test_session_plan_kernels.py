@@ -1,0 +1,46 @@
+"""Kernels the fast plans rely on: sparse-gradient row merging, float32 Adam, outer-product matmul."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import engine as en
+from engine.kernels import array as KA
+
+
+def test_merge_sparse_rows_sums_duplicates_in_occurrence_order_without_densifying():
+    values = np.arange(12, dtype=np.float32).reshape(6, 2)
+    idx = np.array([3, 1, 3, 0, 1, 3])
+    uniq, merged = KA.merge_sparse_rows(values, idx, 5)
+    assert list(uniq) == [3, 1, 0]
+    np.testing.assert_array_equal(merged, [values[0] + values[2] + values[5], values[1] + values[4], values[3]])
+    uniq2, _ = KA.merge_sparse_rows(values, idx, 5)  # the scratch map was restored
+    assert list(uniq2) == [3, 1, 0]
+
+
+def test_merge_sparse_rows_names_an_out_of_range_index():
+    with pytest.raises(ValueError, match=r"index 9 at position 1 out of range \[0, 4\)"):
+        KA.merge_sparse_rows(np.ones((2, 3)), np.array([0, 9]), 4)
+
+
+def test_float32_adam_with_duplicate_sparse_rows_matches_a_float32_reference():
+    table0 = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
+    table = en.Variable(table0.copy(), name="table")
+    ids = en.placeholder(en.int64, (None,), name="ids")
+    loss = en.reduce_sum(en.square(en.gather(table, ids)))
+    step = en.train.AdamOptimizer(0.1).minimize(loss)
+    sess = en.Session()
+    sess.run(en.global_variables_initializer())
+    batch = np.array([1, 4, 1])
+    sess.run(step, {ids: batch})
+    w = table0.copy()
+    g = np.zeros_like(w)
+    np.add.at(g, batch, 2 * w[batch])
+    rows = np.unique(batch)
+    f = np.float32
+    m = f(0.1) * g[rows]
+    v = f(0.001) * g[rows] * g[rows]
+    lr_t = f(0.1 * np.sqrt(1 - 0.999) / (1 - 0.9))
+    w[rows] -= lr_t * m / (np.sqrt(v) + f(1e-8))
+    np.testing.assert_allclose(sess.run(table), w, rtol=1e-6, atol=1e-7)
