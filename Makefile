@@ -12,10 +12,16 @@ export NUMBA_CACHE_DIR ?= $(HOME)/.cache/shelfcast/numba
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 export DVC_NO_ANALYTICS = 1
 
-.PHONY: venv run repro test test-slow bench clean help
+.DEFAULT_GOAL := help
+
+# CI/CD steps (ml-pipeline, promote, build-image, deploy, drift ...): one make target each.
+include monitoring/delivery.mk
+
+.PHONY: venv run serve test test-slow bench clean help
 
 help:
-	@echo "make run        set up, then run the pipeline (dvc repro) on embedded defaults"
+	@echo "make run        set up, run the pipeline (dvc repro), promote the model, serve the app on :5005"
+	@echo "make serve      serve models/production with gunicorn on http://localhost:5005"
 	@echo "make test       set up, then run the default test suite"
 	@echo "make test-slow  the long suites (marker: slow)"
 	@echo "make bench      benchmarks (installs the PyTorch CPU peer)"
@@ -31,11 +37,15 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(BIN)/python -m pipeline.promote
+	$(MAKE) serve
 
-repro: run
+serve: $(STAMP)
+	$(BIN)/gunicorn --config app/gunicorn_conf.py app.wsgi:app
 
 test: $(STAMP)
 	scripts/install_test_services.sh
+	scripts/install_browser.sh || echo "make test: Chromium could not be installed; the browser test will skip"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-slow: $(STAMP)

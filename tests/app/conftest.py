@@ -168,3 +168,87 @@ def silent_peer() -> Iterator[SilentPeer]:
         yield peer
     finally:
         peer.close()
+
+
+# --- the web app (app/): a real tiny model bundle, the app serving it, its event log ------------
+
+import importlib.util as _importlib_util  # noqa: E402
+
+
+def _tiny_bundle_module():
+    """tests/app/tiny_bundle.py by path (pytest runs with --import-mode=importlib: no package imports)."""
+    path = Path(__file__).with_name("tiny_bundle.py")
+    spec = _importlib_util.spec_from_file_location("shelfcast_tests_tiny_bundle", path)
+    module = _importlib_util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def app_bundles(tmp_path_factory) -> tuple[Path, Path]:
+    """Two real bundles trained by the real pipeline at a tiny scale (seeds 3 and 4), once per session."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return _tiny_bundle_module().tiny_bundles(tmp_path_factory.getbasetemp() / "app-bundles")
+
+
+@pytest.fixture
+def production_dir(app_bundles, tmp_path) -> Path:
+    """models/production/ of a private project, installed the way promote installs it."""
+    from pipeline.bundle import copy_bundle
+
+    target = tmp_path / "models" / "production"
+    copy_bundle(app_bundles[0], target)
+    return target
+
+
+class AppUnderTest:
+    """A created app with its client, settings and a JSON-lines event log of its own."""
+
+    def __init__(self, app, events_path: Path):
+        self.app = app
+        self.client = app.test_client()
+        self.events_path = events_path
+
+    @property
+    def state(self):
+        return self.app.extensions["shelfcast"]
+
+    @property
+    def model(self):
+        return self.state.predictor.model
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every prediction event logged so far (closes the sink so all are written)."""
+        self.state.sink.close()
+        if not self.events_path.exists():
+            return []
+        return [json.loads(line) for line in self.events_path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture
+def make_app(tmp_path):
+    """Build apps for a model directory with chosen settings; closes their sinks afterwards."""
+    from app import create_app
+    from app.config import AppSettings
+    from app.events import PredictionEventSink
+
+    made: list[AppUnderTest] = []
+
+    def build(model_dir: Path, **settings: Any) -> AppUnderTest:
+        events_path = tmp_path / f"events-{len(made)}" / "predictions.jsonl"
+        sink = PredictionEventSink.from_environment({}, log_path=events_path,
+                                                    spool_root=events_path.parent / "spool")
+        settings.setdefault("reload_interval_s", 3600.0)
+        made.append(AppUnderTest(create_app(AppSettings(model_dir=model_dir, **settings), sink=sink), events_path))
+        return made[-1]
+
+    yield build
+    for under_test in made:
+        under_test.state.sink.close()
+
+
+@pytest.fixture
+def served(make_app, production_dir) -> AppUnderTest:
+    """The app serving the tiny production bundle (no background reloads)."""
+    return make_app(production_dir)

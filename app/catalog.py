@@ -1,0 +1,86 @@
+"""What the served model knows about stores and items, for validating requests and for the form.
+
+Built once per loaded bundle from its history snapshot (so the app never needs the
+training data): the stores and items the model was trained on, items with their
+family and class, and a search over thousands of items by number, family or class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.features import HistorySnapshot
+
+
+@dataclass(frozen=True)
+class Item:
+    item_nbr: int
+    family: str
+    item_class: int
+    perishable: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.family.title()} · class {self.item_class}{' · perishable' if self.perishable else ''}"
+
+    def to_json(self) -> dict:
+        return {"item_nbr": self.item_nbr, "family": self.family, "class": self.item_class,
+                "perishable": self.perishable, "label": self.label}
+
+
+@dataclass(frozen=True)
+class Store:
+    store_nbr: int
+    city: str
+    store_type: str
+    cluster: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.store_nbr} — {self.city} (type {self.store_type}, cluster {self.cluster})"
+
+    def to_json(self) -> dict:
+        return {"store_nbr": self.store_nbr, "city": self.city, "type": self.store_type, "cluster": self.cluster,
+                "label": self.label}
+
+
+class Catalog:
+    """Stores and items of one model bundle."""
+
+    def __init__(self, snapshot: HistorySnapshot):
+        items = snapshot.items
+        self.items: dict[int, Item] = {
+            int(n): Item(int(n), str(f), int(c), bool(p))
+            for n, f, c, p in zip(items["item_nbr"], items["family"], items["class"], items["perishable"])
+        }
+        stores = snapshot.stores
+        self.stores: dict[int, Store] = {
+            int(n): Store(int(n), str(c), str(t), int(k))
+            for n, c, t, k in zip(stores["store_nbr"], stores["city"], stores["store_type"], stores["cluster"])
+        }
+        self._item_order = sorted(self.items)
+        self._search_text = [self._text(self.items[n]) for n in self._item_order]
+        self._series = {(int(s), int(i)): row for row, (s, i) in enumerate(zip(snapshot.store_nbr, snapshot.item_nbr))}
+        self._snapshot = snapshot
+
+    @staticmethod
+    def _text(item: Item) -> str:
+        return f"{item.item_nbr} {item.family} class {item.item_class}{' perishable' if item.perishable else ''}".lower()
+
+    def search(self, query: str, limit: int) -> tuple[list[Item], int]:
+        """Items whose number, family or class contain every word of ``query``; (first ``limit``, total)."""
+        words = query.lower().split()
+        hits = [n for n, text in zip(self._item_order, self._search_text) if all(w in text for w in words)]
+        if words and words[0].isdigit():  # a number typed: items starting with it first
+            hits.sort(key=lambda n: (not str(n).startswith(words[0]), n))
+        return [self.items[n] for n in hits[:limit]], len(hits)
+
+    def recent_sales(self, store_nbr: int, item_nbr: int, days: int) -> np.ndarray:
+        """The last ``days`` days of units sold up to the origin (zeros for a store×item without history)."""
+        row = self._series.get((store_nbr, item_nbr))
+        window = self._snapshot.sales.shape[1]
+        if row is None:
+            return np.zeros(min(days, window), np.float32)
+        return np.asarray(self._snapshot.sales[row, -days:], np.float32)

@@ -1,0 +1,68 @@
+"""The app's settings: embedded defaults that work on a laptop, overridable by environment variables.
+
+Read once, when the app is created, so a bad value stops start-up with a message naming the
+variable instead of failing some later request.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+ENV_MODEL_DIR = "SHELFCAST_MODEL_DIR"
+ENV_RELOAD_INTERVAL = "SHELFCAST_RELOAD_INTERVAL_S"
+ENV_MAX_BATCH = "SHELFCAST_MAX_BATCH"
+ENV_MAX_BODY = "SHELFCAST_MAX_BODY_BYTES"
+
+DEFAULT_MODEL_DIR = Path("models/production")
+DEFAULT_RELOAD_INTERVAL_S = 5.0
+DEFAULT_MAX_BATCH = 1000  # instances per POST /api/v1/predict (documented in the OpenAPI document)
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # larger request bodies get 413 before they are parsed
+
+
+class SettingsError(ValueError):
+    """An environment variable the app cannot start with; the message names it."""
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    model_dir: Path = DEFAULT_MODEL_DIR
+    reload_interval_s: float = DEFAULT_RELOAD_INTERVAL_S  # how often a newly promoted bundle is looked for
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        if not self.reload_interval_s >= 0:
+            raise SettingsError(f"reload_interval_s: must be >= 0, got {self.reload_interval_s!r}")
+        for name in ("max_batch", "max_body_bytes"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise SettingsError(f"{name}: must be an integer >= 1, got {value!r}")
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> "AppSettings":
+        env = os.environ if environ is None else environ
+        values: dict = {}
+        if env.get(ENV_MODEL_DIR, "").strip():
+            values["model_dir"] = Path(env[ENV_MODEL_DIR].strip())
+        if env.get(ENV_RELOAD_INTERVAL, "").strip():
+            values["reload_interval_s"] = _number(env, ENV_RELOAD_INTERVAL, float, 0)
+        if env.get(ENV_MAX_BATCH, "").strip():
+            values["max_batch"] = _number(env, ENV_MAX_BATCH, int, 1)
+        if env.get(ENV_MAX_BODY, "").strip():
+            values["max_body_bytes"] = _number(env, ENV_MAX_BODY, int, 1)
+        return cls(**values)
+
+
+def _number(env: Mapping[str, str], name: str, kind: type, minimum: float):
+    text = env[name].strip()
+    try:
+        value = kind(text)
+    except ValueError:
+        raise SettingsError(f"{name}: expected {'an integer' if kind is int else 'a number'} >= {minimum}, "
+                            f"got {text!r}") from None
+    if not value >= minimum:
+        raise SettingsError(f"{name}: expected a value >= {minimum}, got {text!r}")
+    return value

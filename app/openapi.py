@@ -1,0 +1,153 @@
+"""The OpenAPI 3 document of the JSON API, built from the same limits the code enforces.
+
+Served at GET /api/v1/openapi.json; the fuzz test (tests/app/test_api_fuzz.py) generates
+requests from it and checks every response against it, so it cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from app.validation import MAX_ID
+
+ERROR_CODES = {
+    "invalid_request": "the body or a field is malformed (400)",
+    "not_forecastable": "a store/item the model was not trained on, or a date outside its horizon (422)",
+}
+
+
+def _json(schema_ref: str, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": schema_ref}}}}
+
+
+def _error(description: str) -> dict:
+    return _json("#/components/schemas/Error", description)
+
+
+def openapi_document(max_batch: int, max_body_bytes: int) -> dict:
+    instance = {
+        "type": "object", "additionalProperties": False,
+        "required": ["store_nbr", "item_nbr", "date", "onpromotion"],
+        "properties": {
+            "store_nbr": {"type": "integer", "minimum": 1, "maximum": MAX_ID, "example": 1},
+            "item_nbr": {"type": "integer", "minimum": 1, "maximum": MAX_ID, "example": 103665},
+            "date": {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+                     "description": "target day; must lie in the model's horizon (GET /api/v1/model)"},
+            "onpromotion": {"type": "boolean"},
+        },
+    }
+    prediction = {
+        "type": "object", "additionalProperties": False,
+        "required": ["store_nbr", "item_nbr", "date", "onpromotion", "unit_sales"],
+        "properties": {**instance["properties"],
+                       "unit_sales": {"type": "number", "minimum": 0, "description": "forecast units sold"}},
+    }
+    model_ref = {"type": "object", "required": ["name", "version"],
+                 "properties": {"name": {"type": "string"}, "version": {"type": "string"}}}
+    schemas = {
+        "Instance": instance,
+        "PredictRequest": {
+            "type": "object", "additionalProperties": False, "required": ["instances"],
+            "properties": {"instances": {"type": "array", "minItems": 1, "maxItems": max_batch,
+                                         "items": {"$ref": "#/components/schemas/Instance"}}},
+        },
+        "Prediction": prediction,
+        "PredictResponse": {
+            "type": "object", "required": ["model", "predictions", "request_id"],
+            "properties": {"model": model_ref, "request_id": {"type": "string"},
+                           "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}},
+        },
+        "Model": {
+            "type": "object", "required": ["name", "version", "metrics", "origin", "horizon"],
+            "properties": {
+                "name": {"type": "string"}, "version": {"type": "string"}, "created": {"type": "string", "nullable": True},
+                "digest": {"type": "string"}, "loaded_at": {"type": "string"},
+                "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+                "origin": {"type": "string", "format": "date", "description": "last day with known sales"},
+                "horizon": {"type": "object", "required": ["days", "first_date", "last_date"], "properties": {
+                    "days": {"type": "integer"}, "first_date": {"type": "string", "format": "date"},
+                    "last_date": {"type": "string", "format": "date"}}},
+                "stores": {"type": "array", "items": {"$ref": "#/components/schemas/Store"}},
+                "items": {"type": "integer", "description": "how many items the model knows (search: /api/v1/items)"},
+            },
+        },
+        "Store": {"type": "object", "required": ["store_nbr", "city", "type", "cluster", "label"],
+                  "properties": {"store_nbr": {"type": "integer"}, "city": {"type": "string"},
+                                 "type": {"type": "string"}, "cluster": {"type": "integer"},
+                                 "label": {"type": "string"}}},
+        "Item": {"type": "object", "required": ["item_nbr", "family", "class", "perishable", "label"],
+                 "properties": {"item_nbr": {"type": "integer"}, "family": {"type": "string"},
+                                "class": {"type": "integer"}, "perishable": {"type": "boolean"},
+                                "label": {"type": "string"}}},
+        "ItemSearch": {"type": "object", "required": ["items", "total"],
+                       "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}},
+                                      "total": {"type": "integer", "minimum": 0}}},
+        "Status": {"type": "object", "required": ["status"],
+                   "properties": {"status": {"type": "string"}, "model": {"type": "object"},
+                                  "reason": {"type": "string"}}},
+        "Error": {
+            "type": "object", "required": ["code", "message", "errors"],
+            "properties": {
+                "code": {"type": "string", "description": "; ".join(f"{k}: {v}" for k, v in ERROR_CODES.items())},
+                "message": {"type": "string"}, "request_id": {"type": "string"},
+                "errors": {"type": "array", "items": {
+                    "type": "object", "required": ["field", "message"],
+                    "properties": {"field": {"type": "string", "description": "e.g. instances[0].date"},
+                                   "message": {"type": "string"}}}},
+            },
+        },
+    }
+    unavailable = _error("no model is loaded yet (see GET /readyz)")
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Shelfcast forecasting API", "version": "1",
+            "description": (f"Daily unit-sales forecasts for Favorita store×item pairs. At most {max_batch} instances "
+                            f"per request and {max_body_bytes} bytes per body (413 beyond). Every prediction is "
+                            "logged as an event (Fluentd when FLUENTD_HOST is set, else logs/predictions.jsonl)."),
+        },
+        "paths": {
+            "/api/v1/predict": {"post": {
+                "summary": "Forecast units sold for a batch of store, item, date, promotion",
+                "operationId": "predict",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/PredictRequest"},
+                    "example": {"instances": [{"store_nbr": 1, "item_nbr": 103665, "date": "2017-08-20",
+                                               "onpromotion": False}]}}}},
+                "responses": {
+                    "200": _json("#/components/schemas/PredictResponse", "one prediction per instance, in order"),
+                    "400": _error("malformed JSON or an invalid field (each named in errors[].field)"),
+                    "413": _error(f"body larger than {max_body_bytes} bytes"),
+                    "415": _error("the body is not application/json"),
+                    "422": _error("unknown store or item, or a date outside the model's horizon"),
+                    "503": unavailable,
+                },
+            }},
+            "/api/v1/model": {"get": {
+                "summary": "The served model: name, version, metrics, origin, horizon", "operationId": "model",
+                "responses": {"200": _json("#/components/schemas/Model", "the model now serving"),
+                              "503": unavailable}}},
+            "/api/v1/items": {"get": {
+                "summary": "Search the model's items by number, family or class", "operationId": "searchItems",
+                "parameters": [
+                    {"name": "q", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 100},
+                     "description": "words that must all appear (e.g. 'bread 27')"},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 20}}],
+                "responses": {"200": _json("#/components/schemas/ItemSearch", "matching items, by number"),
+                              "400": _error("an invalid query parameter"), "503": unavailable}}},
+            "/api/v1/openapi.json": {"get": {
+                "summary": "This document", "operationId": "openapi",
+                "responses": {"200": {"description": "OpenAPI 3 document",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/api/v1/monitoring": {"get": {
+                "summary": "Recent prediction statistics and the latest drift report's summary",
+                "operationId": "monitoring",
+                "responses": {"200": {"description": "statistics of logs/predictions.jsonl and logs/drift/drift.json",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/healthz": {"get": {"summary": "The process is alive", "operationId": "healthz",
+                                 "responses": {"200": _json("#/components/schemas/Status", "alive")}}},
+            "/readyz": {"get": {"summary": "A model is loaded and requests can be served", "operationId": "readyz",
+                                "responses": {"200": _json("#/components/schemas/Status", "ready"),
+                                              "503": _json("#/components/schemas/Status", "no model loaded yet")}}},
+        },
+        "components": {"schemas": schemas},
+    }

@@ -1,0 +1,88 @@
+"""The JSON API: POST /api/v1/predict, GET /api/v1/model, /api/v1/items, /api/v1/openapi.json."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, g, jsonify, request
+
+from app.errors import error_response
+from app.openapi import openapi_document
+from app.service import predict_and_log
+from app.state import serving_state
+from app.validation import FieldError, InputError, check_forecastable, parse_instances
+
+api = Blueprint("api", __name__, url_prefix="/api/v1")
+MAX_QUERY = 100
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_body() -> object:
+    """The body as JSON, strictly (no NaN/Infinity); 415/400 InputErrors say what is wrong."""
+    if request.mimetype != "application/json":
+        raise InputError(415, "unsupported_media_type", "send the body as application/json",
+                         [FieldError("Content-Type", f"expected application/json, got {request.mimetype or 'none'!r}")])
+    raw = request.get_data(cache=False)  # beyond MAX_CONTENT_LENGTH this raises 413
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        detail = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        raise InputError(400, "invalid_request", "the body is not valid JSON",
+                         [FieldError("body", f"not valid JSON: {detail[:200]}")]) from None
+
+
+def model_or_503():
+    model = serving_state().predictor.model
+    if model is None:
+        return None, error_response(503, "model_unavailable", "no model is loaded yet; see GET /readyz")
+    return model, None
+
+
+@api.post("/predict")
+def predict():
+    state = serving_state()
+    payload = parse_json_body()
+    instances = parse_instances(payload, state.settings.max_batch)
+    model, unavailable = model_or_503()
+    if unavailable is not None:
+        return unavailable
+    check_forecastable(instances, model)
+    predictions = predict_and_log(model, instances, state.sink, g.request_id, g.started, source="api")
+    return jsonify({"model": {"name": model.name, "version": model.version}, "predictions": predictions,
+                    "request_id": g.request_id})
+
+
+@api.get("/model")
+def model_info():
+    model, unavailable = model_or_503()
+    if unavailable is not None:
+        return unavailable
+    return jsonify(model.describe())
+
+
+@api.get("/items")
+def search_items():
+    query = request.args.get("q", "")
+    errors = []
+    if len(query) > MAX_QUERY:
+        errors.append(FieldError("q", f"at most {MAX_QUERY} characters"))
+    limit_text = request.args.get("limit", "20")
+    limit = int(limit_text) if limit_text.isascii() and limit_text.isdigit() else 0
+    if not 1 <= limit <= 50:
+        errors.append(FieldError("limit", f"expected an integer 1..50, got {limit_text[:20]!r}"))
+    if errors:
+        raise InputError(400, "invalid_request", "invalid query parameter(s)", errors)
+    model, unavailable = model_or_503()
+    if unavailable is not None:
+        return unavailable
+    items, total = model.catalog.search(query, limit)
+    return jsonify({"items": [item.to_json() for item in items], "total": total})
+
+
+@api.get("/openapi.json")
+def openapi():
+    settings = serving_state().settings
+    return jsonify(openapi_document(settings.max_batch, settings.max_body_bytes))

@@ -1,0 +1,64 @@
+"""The page for people: GET / shows the form, POST / checks it and shows the forecast with a chart."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from flask import Blueprint, g, render_template, request
+
+from app.chart import sales_chart_svg
+from app.predictor import LoadedModel
+from app.service import day_numbers, forecast_instances, predict_and_log
+from app.state import serving_state
+from app.validation import FormInput, Instance, parse_form
+
+web = Blueprint("web", __name__)
+CHART_HISTORY_DAYS = 56
+
+
+def _page(model: LoadedModel | None, form: FormInput | None = None, result: dict | None = None, status: int = 200):
+    values = form.values if form else {"store": "", "item": "", "date": "", "onpromotion": ""}
+    return render_template("index.html", model=model, values=values, errors=form.errors if form else {},
+                           result=result), status
+
+
+@web.get("/")
+def index():
+    model = serving_state().predictor.model
+    return _page(model, status=200 if model else 503)
+
+
+@web.post("/")
+def submit():
+    state = serving_state()
+    model = state.predictor.model
+    if model is None:
+        return _page(None, status=503)
+    form = parse_form(request.form, model)
+    if form.instance is None:
+        return _page(model, form, status=400)
+    instance = form.instance
+    [prediction] = predict_and_log(model, [instance], state.sink, g.request_id, g.started, source="web")
+    return _page(model, form, result=_result(model, instance, prediction["unit_sales"]))
+
+
+def _result(model: LoadedModel, instance: Instance, units: float) -> dict:
+    """What the page shows: the number, what it is for, and the chart of history + horizon."""
+    horizon = model.horizon_days
+    over_horizon = [Instance(instance.store_nbr, instance.item_nbr, day, instance.onpromotion)
+                    for day in _dates(horizon)]
+    horizon_units = forecast_instances(model, over_horizon).units
+    history = model.catalog.recent_sales(instance.store_nbr, instance.item_nbr, CHART_HISTORY_DAYS)
+    origin = int(model.bundle.snapshot.origin_day)
+    history_days = list(range(origin - history.size + 1, origin + 1))
+    chosen = int(day_numbers([instance.date])[0])
+    return {
+        "units": units, "instance": instance,
+        "item": model.catalog.items[instance.item_nbr], "store": model.catalog.stores[instance.store_nbr],
+        "chart": sales_chart_svg(history_days, history.tolist(), horizon.tolist(), horizon_units.tolist(), chosen),
+        "history_days": history.size,
+    }
+
+
+def _dates(days) -> list[dt.date]:
+    return [dt.date(1970, 1, 1) + dt.timedelta(days=int(d)) for d in days]

@@ -1,0 +1,44 @@
+"""Forecast validated instances with the served model and record one prediction event for each.
+
+Shared by the JSON API and the form, so both log the same events (inputs, features, output,
+model name/version, latency, request id) through the same sink.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+
+from app.events import PredictionEventSink, prediction_event
+from app.predictor import Forecast, LoadedModel
+from app.validation import Instance
+
+
+def day_numbers(dates) -> np.ndarray:
+    return np.asarray([d.toordinal() - 719163 for d in dates], np.int64)  # 719163 = date(1970, 1, 1).toordinal()
+
+
+def forecast_instances(model: LoadedModel, instances: Sequence[Instance]) -> Forecast:
+    return model.forecast([i.store_nbr for i in instances], [i.item_nbr for i in instances],
+                          day_numbers(i.date for i in instances), [int(i.onpromotion) for i in instances])
+
+
+def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: PredictionEventSink, request_id: str,
+                    started: float, source: str) -> list[dict]:
+    """Predictions as JSON-ready dicts; emits one event per instance (never raises for logging)."""
+    result = forecast_instances(model, instances)
+    units = [round(float(u), 4) for u in result.units]
+    latency_ms = (time.perf_counter() - started) * 1000.0
+    predictions = []
+    for index, (instance, value) in enumerate(zip(instances, units)):
+        inputs = instance.to_json()
+        sink.emit(prediction_event(
+            request_id=request_id, model_name=model.name, model_version=model.version, inputs=inputs,
+            features=model.feature_record(result.features, index), output={"unit_sales": value},
+            latency_ms=round(latency_ms, 3), source=source, instance_index=index, batch_size=len(instances),
+            model_digest=model.bundle.digest,
+        ))
+        predictions.append({**inputs, "unit_sales": value})
+    return predictions

@@ -1,0 +1,203 @@
+"""Request checking for the API and the form: every bad field named, nothing silently coerced.
+
+Two steps, two status codes: ``parse_instances`` checks the request's shape and types
+(400: the client sent something malformed), ``check_forecastable`` checks the values against
+the served model — a store or item it was not trained on, or a date outside its forecast
+horizon (422: well-formed, but not something this model can forecast).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from app.predictor import LoadedModel
+
+INSTANCE_FIELDS = ("store_nbr", "item_nbr", "date", "onpromotion")
+MAX_ID = 2**31 - 1
+DATE_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+    def to_json(self) -> dict:
+        return {"field": self.field, "message": self.message}
+
+
+class InputError(ValueError):
+    """Input that cannot be served; carries the HTTP status and one error per bad field."""
+
+    def __init__(self, status: int, code: str, message: str, errors: list[FieldError]):
+        super().__init__(message)
+        self.status, self.code, self.message, self.errors = status, code, message, errors
+
+    def to_json(self) -> dict:
+        return {"code": self.code, "message": self.message, "errors": [e.to_json() for e in self.errors]}
+
+
+@dataclass(frozen=True)
+class Instance:
+    store_nbr: int
+    item_nbr: int
+    date: dt.date
+    onpromotion: bool
+
+    def to_json(self) -> dict:
+        return {"store_nbr": self.store_nbr, "item_nbr": self.item_nbr, "date": self.date.isoformat(),
+                "onpromotion": self.onpromotion}
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_id(value: Any, field: str, errors: list[FieldError]) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        errors.append(FieldError(field, f"expected an integer, got {_describe(value)}"))
+        return None
+    if not 1 <= value <= MAX_ID:
+        errors.append(FieldError(field, f"expected an integer 1..{MAX_ID}, got {value}"))
+        return None
+    return value
+
+
+def check_date(value: Any, field: str, errors: list[FieldError]) -> dt.date | None:
+    if not isinstance(value, str) or not DATE_PATTERN.fullmatch(value):
+        errors.append(FieldError(field, f"expected a date as YYYY-MM-DD, got {_describe(value)}"))
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        errors.append(FieldError(field, f"not a calendar date: {value!r}"))
+        return None
+
+
+def check_flag(value: Any, field: str, errors: list[FieldError]) -> bool | None:
+    if not isinstance(value, bool):
+        errors.append(FieldError(field, f"expected true or false, got {_describe(value)}"))
+        return None
+    return value
+
+
+def parse_instances(payload: Any, max_batch: int) -> list[Instance]:
+    """The instances of a predict request body, or InputError(400) naming every bad field."""
+    if not isinstance(payload, dict):
+        raise InputError(400, "invalid_request", "the body must be a JSON object",
+                         [FieldError("body", f'expected an object {{"instances": [...]}}, got {type(payload).__name__}')])
+    errors = [FieldError(k, "unknown field (expected only 'instances')") for k in payload if k != "instances"]
+    instances = payload.get("instances")
+    if "instances" not in payload:
+        errors.append(FieldError("instances", "required"))
+    elif not isinstance(instances, list):
+        errors.append(FieldError("instances", f"expected a list of instances, got {type(instances).__name__}"))
+    elif not instances:
+        errors.append(FieldError("instances", "expected at least one instance"))
+    elif len(instances) > max_batch:
+        errors.append(FieldError("instances", f"at most {max_batch} instances per request, got {len(instances)}"))
+    if errors:
+        raise InputError(400, "invalid_request", "the request is malformed", errors)
+    parsed = [_parse_instance(item, f"instances[{i}]", errors) for i, item in enumerate(instances)]
+    if errors:
+        raise InputError(400, "invalid_request", f"{len(errors)} invalid field(s)", errors)
+    return parsed  # type: ignore[return-value]
+
+
+def _parse_instance(item: Any, where: str, errors: list[FieldError]) -> Instance | None:
+    if not isinstance(item, dict):
+        errors.append(FieldError(where, f"expected an object with {', '.join(INSTANCE_FIELDS)}, "
+                                        f"got {type(item).__name__}"))
+        return None
+    before = len(errors)
+    errors.extend(FieldError(f"{where}.{k}", "unknown field") for k in item if k not in INSTANCE_FIELDS)
+    errors.extend(FieldError(f"{where}.{k}", "required") for k in INSTANCE_FIELDS if k not in item)
+    store = check_id(item["store_nbr"], f"{where}.store_nbr", errors) if "store_nbr" in item else None
+    product = check_id(item["item_nbr"], f"{where}.item_nbr", errors) if "item_nbr" in item else None
+    date = check_date(item["date"], f"{where}.date", errors) if "date" in item else None
+    promo = check_flag(item["onpromotion"], f"{where}.onpromotion", errors) if "onpromotion" in item else None
+    if len(errors) > before:
+        return None
+    return Instance(store, product, date, promo)  # type: ignore[arg-type]
+
+
+def forecastable_errors(instance: Instance, model: LoadedModel, where: str) -> list[FieldError]:
+    """Why the model cannot forecast this instance (empty when it can)."""
+    errors = []
+    if instance.store_nbr not in model.catalog.stores:
+        errors.append(FieldError(f"{where}store_nbr", f"store {instance.store_nbr} is not one the model was trained on "
+                                                      f"(known: {len(model.catalog.stores)} stores, see GET /)"))
+    if instance.item_nbr not in model.catalog.items:
+        errors.append(FieldError(f"{where}item_nbr", f"item {instance.item_nbr} is not one the model was trained on "
+                                                     "(search items with GET /api/v1/items?q=...)"))
+    if not model.first_date <= instance.date <= model.last_date:
+        errors.append(FieldError(f"{where}date", f"{instance.date.isoformat()} is outside the model's forecast horizon "
+                                                 f"{model.first_date.isoformat()} .. {model.last_date.isoformat()}"))
+    return errors
+
+
+def check_forecastable(instances: list[Instance], model: LoadedModel) -> None:
+    """InputError(422) naming every instance field the served model cannot forecast."""
+    errors = [e for i, inst in enumerate(instances) for e in forecastable_errors(inst, model, f"instances[{i}].")]
+    if errors:
+        raise InputError(422, "not_forecastable", f"{len(errors)} value(s) the model cannot forecast", errors)
+
+
+# --- the form ---------------------------------------------------------------------------------
+
+FORM_FIELDS = ("store", "item", "date", "onpromotion")
+LEADING_NUMBER = re.compile(r"\s*([0-9]{1,10})(?:[^0-9].*)?", re.S)
+
+
+@dataclass
+class FormInput:
+    """What the person typed (kept to show back) and, when valid, the instance to forecast."""
+
+    values: dict[str, str]
+    errors: dict[str, str]
+    instance: Instance | None = None
+
+
+def parse_form(form: Mapping[str, str], model: LoadedModel) -> FormInput:
+    """Check the form fields one by one; errors are keyed by field so the page shows them beside it."""
+    values = {name: str(form.get(name, "")).strip()[:200] for name in FORM_FIELDS}
+    errors: dict[str, str] = {}
+    store = _form_number(values["store"], "Choose a store.", "That is not a store number.", errors, "store")
+    item = _form_number(values["item"], "Type a product and pick it from the list.",
+                        "Pick a product from the list (type part of its family or class), or type its item number.", errors, "item")
+    date = None
+    if not values["date"]:
+        errors["date"] = "Choose a date."
+    else:
+        field_errors: list[FieldError] = []
+        date = check_date(values["date"], "date", field_errors)
+        if date is None:
+            errors["date"] = "Use the date picker, or type the date as YYYY-MM-DD."
+    onpromotion = values["onpromotion"] in ("on", "1", "true", "yes")
+    if values["onpromotion"] not in ("", "on", "1", "true", "yes", "0", "false", "no", "off"):
+        errors["onpromotion"] = "Tick the box if the item is on promotion that day."
+    if store is not None and store not in model.catalog.stores:
+        errors["store"] = f"Store {store} is not one this model knows; choose one from the list."
+    if item is not None and item not in model.catalog.items:
+        errors["item"] = f"Item {item} is not one this model knows; type part of its name and pick it from the list."
+    if date is not None and not model.first_date <= date <= model.last_date:
+        errors["date"] = (f"The model forecasts {model.first_date.isoformat()} to {model.last_date.isoformat()} only; "
+                          "choose a date in that range.")
+    if errors:
+        return FormInput(values, errors)
+    return FormInput(values, errors, Instance(store, item, date, onpromotion))  # type: ignore[arg-type]
+
+
+def _form_number(text: str, missing: str, malformed: str, errors: dict[str, str], field: str) -> int | None:
+    if not text:
+        errors[field] = missing
+        return None
+    match = LEADING_NUMBER.fullmatch(text)
+    if match is None or not 1 <= int(match.group(1)) <= MAX_ID:
+        errors[field] = malformed
+        return None
+    return int(match.group(1))

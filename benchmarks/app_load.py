@@ -1,0 +1,266 @@
+"""S1 of BENCHMARKS.md: POST /api/v1/predict (one row), 8 concurrent clients on loopback, 30 s,
+the app logging every prediction to a real Fluentd forward-protocol receiver.
+
+What runs, all on 127.0.0.1:
+  * the receiver: tests/fluentd_receiver (@fluent-org/logger's FluentServer under Node.js),
+    writing every event it acknowledges to a JSON-lines file;
+  * the app exactly as `make serve` runs it: gunicorn with app/gunicorn_conf.py, the bundle
+    from --bundle (default models/production), FLUENTD_HOST/FLUENTD_PORT pointing at the receiver;
+  * N client processes, each one keep-alive connection sending one-row requests back to back.
+
+After the timed run the app is stopped (SIGTERM: workers flush their events), then the
+receiver; the events carrying this run's request ids are counted. Figures: requests/s, p50
+and p99 latency as the clients see it, errors (non-200 or connection failures), and events
+received versus requests answered (target: p99 <= 20 ms, 0 errors, events = requests).
+
+    python benchmarks/app_load.py [--bundle DIR] [--clients 8] [--seconds 30] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import common
+
+REPO = Path(__file__).resolve().parents[1]
+RECEIVER = REPO / "tests" / "fluentd_receiver" / "receiver.js"
+TAG = "shelfcast.prediction"
+TARGET_P99_MS = 20.0
+
+
+class BenchmarkError(RuntimeError):
+    """The benchmark cannot run; the message says what is missing."""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_receiver(output: Path) -> tuple[subprocess.Popen, int]:
+    node = subprocess.run(["which", "node"], capture_output=True, text=True).stdout.strip()
+    if not node:
+        raise BenchmarkError("node not found: S1 logs to the Node.js Fluentd receiver (tests/fluentd_receiver)")
+    if not (RECEIVER.parent / "node_modules" / "@fluent-org" / "logger").is_dir():
+        raise BenchmarkError("the Fluentd receiver is not installed: run scripts/install_test_services.sh")
+    process = subprocess.Popen([node, str(RECEIVER), "--port", "0", "--output", str(output)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline().strip()
+    if not line.startswith("ready "):
+        process.kill()
+        raise BenchmarkError(f"the Fluentd receiver did not start: {line!r} {process.stderr.read()[:500]}")
+    return process, int(line.split()[1])
+
+
+def start_app(bundle: Path, fluentd_port: int, workdir: Path, workers: int, threads: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "FLASK_DEBUG"}
+    env.update(SHELFCAST_MODEL_DIR=str(bundle), FLUENTD_HOST="127.0.0.1", FLUENTD_PORT=str(fluentd_port),
+               SHELFCAST_EVENT_SPOOL=str(workdir / "spool"), SHELFCAST_PREDICTION_LOG=str(workdir / "predictions.jsonl"),
+               SHELFCAST_BIND=f"127.0.0.1:{port}", SHELFCAST_WORKERS=str(workers), SHELFCAST_THREADS=str(threads),
+               SHELFCAST_LOG_LEVEL="warning")
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    log = open(workdir / "gunicorn.log", "w", encoding="utf-8")
+    process = subprocess.Popen([str(gunicorn), "--config", "app/gunicorn_conf.py", "app.wsgi:app"], cwd=REPO, env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            raise BenchmarkError(f"gunicorn exited ({process.returncode}); see {workdir / 'gunicorn.log'}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise BenchmarkError(f"the app did not become ready in 120 s; see {workdir / 'gunicorn.log'}")
+        time.sleep(0.2)
+
+
+def request_bodies(url: str, count: int = 256) -> list[bytes]:
+    """One-row bodies over the model's stores, items and horizon days (deterministic)."""
+    with urllib.request.urlopen(f"{url}/api/v1/model", timeout=10) as response:
+        model = json.loads(response.read())
+    with urllib.request.urlopen(f"{url}/api/v1/items?limit=50", timeout=10) as response:
+        items = [i["item_nbr"] for i in json.loads(response.read())["items"]]
+    stores = [store["store_nbr"] for store in model["stores"]]
+    start = dt.date.fromisoformat(model["horizon"]["first_date"])
+    days = [(start + dt.timedelta(days=k)).isoformat() for k in range(model["horizon"]["days"])]
+    return [json.dumps({"instances": [{"store_nbr": stores[k % len(stores)], "item_nbr": items[(k * 7) % len(items)],
+                                       "date": days[k % len(days)], "onpromotion": k % 5 == 0}]}).encode()
+            for k in range(count)]
+
+
+def client(index: int, host: str, port: int, bodies: list[bytes], start_at: float, stop_at: float, prefix: str,
+           results) -> None:
+    """One client: a keep-alive connection, requests back to back until stop_at; latencies in seconds."""
+    latencies: list[float] = []
+    errors = 0
+    answered: list[str] = []
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    n = 0
+    while time.time() < start_at:
+        time.sleep(0.001)
+    while time.time() < stop_at:
+        request_id = f"{prefix}{index}-{n}"
+        body = bodies[(index * 31 + n) % len(bodies)]
+        n += 1
+        began = time.perf_counter()
+        try:
+            connection.request("POST", "/api/v1/predict", body=body,
+                               headers={"Content-Type": "application/json", "X-Request-ID": request_id})
+            response = connection.getresponse()
+            response.read()
+            ok = response.status == 200
+        except (OSError, http.client.HTTPException):
+            ok = False
+            connection.close()
+            connection = http.client.HTTPConnection(host, port, timeout=30)
+        latencies.append(time.perf_counter() - began)
+        if ok:
+            answered.append(request_id)
+        else:
+            errors += 1
+    connection.close()
+    results.put((latencies, errors, answered))
+
+
+def run_clients(url: str, bodies: list[bytes], clients: int, seconds: float,
+                prefix: str) -> tuple[list[float], int, set[str], float]:
+    host, port = url.removeprefix("http://").split(":")
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    start_at = time.time() + 1.0
+    stop_at = start_at + seconds
+    processes = [context.Process(target=client, args=(k, host, int(port), bodies, start_at, stop_at, prefix, results))
+                 for k in range(clients)]
+    for process in processes:
+        process.start()
+    collected = [results.get(timeout=seconds + 120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    latencies = [x for c in collected for x in c[0]]
+    return latencies, sum(c[1] for c in collected), {r for c in collected for r in c[2]}, seconds
+
+
+def stop(process: subprocess.Popen, timeout_s: float) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def received_events(output: Path, prefix: str = "s1-") -> tuple[int, int, set[str]]:
+    """(events of this run, duplicated event ids, request ids seen) from the receiver's file."""
+    count, seen_ids, request_ids = 0, set(), set()
+    duplicates = 0
+    if output.exists():
+        for line in output.read_text(encoding="utf-8").splitlines():
+            event = json.loads(line)
+            record = event.get("record", {})
+            if event.get("tag") != TAG or not str(record.get("request_id", "")).startswith(prefix):
+                continue
+            count += 1
+            duplicates += record.get("event_id") in seen_ids
+            seen_ids.add(record.get("event_id"))
+            request_ids.add(record["request_id"])
+    return count, duplicates, request_ids
+
+
+def measure(bundle: Path, clients: int, seconds: float, workers: int, threads: int, warm_up_s: float = 2.0) -> dict:
+    from pipeline.bundle import BundleError, verify_bundle
+
+    try:
+        verify_bundle(bundle)
+    except BundleError as exc:
+        raise BenchmarkError(f"{exc} (train and promote a model: `dvc repro` then `python -m pipeline.promote`, "
+                             "or pass --bundle)") from None
+    with tempfile.TemporaryDirectory(prefix="shelfcast-s1-") as tmp:
+        workdir = Path(tmp)
+        receiver, fluentd_port = start_receiver(workdir / "received.jsonl")
+        try:
+            app, url = start_app(bundle, fluentd_port, workdir, workers, threads)
+            try:
+                bodies = request_bodies(url)
+                warm_up = run_clients(url, bodies, clients, warm_up_s, "s1-warm-")  # not timed: fills caches, opens connections
+                latencies, errors, answered, _ = run_clients(url, bodies, clients, seconds, "s1-run-")
+            finally:
+                stop(app, timeout_s=60)  # workers flush their events to the receiver on exit
+            log_tail = (workdir / "gunicorn.log").read_text(encoding="utf-8")[-2000:]
+        finally:
+            stop(receiver, timeout_s=10)
+        events, duplicates, event_requests = received_events(workdir / "received.jsonl")
+    all_answered = answered | warm_up[2]
+    return {
+        "requests": len(latencies), "seconds": seconds, "requests_per_s": len(latencies) / seconds,
+        "p50_ms": common.percentile(latencies, 50) * 1e3, "p99_ms": common.percentile(latencies, 99) * 1e3,
+        "errors": errors, "answered_incl_warm_up": len(all_answered), "events_received": events,
+        "duplicate_events": duplicates, "missing_events": len(all_answered - event_requests),
+        "events_equal_requests": events == len(all_answered) and duplicates == 0 and event_requests == all_answered,
+        "clients": clients, "workers": workers, "threads": threads, "log_tail": log_tail if errors else "",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=REPO / "models" / "production", help="model bundle to serve")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                        help="gunicorn workers (default: cores, as `make serve`)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per worker (default 1, as `make serve`)")
+    parser.add_argument("--warm-up", type=float, default=2.0, help="untimed seconds of load first (default 2)")
+    parser.add_argument("--json", action="store_true", help="print one JSON line (BENCHMARKS.md format)")
+    args = parser.parse_args(argv)
+    note = common.busy_machine_note(2)
+    try:
+        figures = measure(args.bundle, args.clients, args.seconds, args.workers, args.threads, args.warm_up)
+    except BenchmarkError as exc:
+        print(f"app_load: error: {exc}", file=sys.stderr)
+        return 1
+    met = figures["p99_ms"] <= TARGET_P99_MS and figures["errors"] == 0 and figures["events_equal_requests"]
+    result = common.Result(
+        id="S1", workload=f"POST /api/v1/predict, 1 row, {args.clients} clients, {args.seconds:g} s, Fluentd logging",
+        unit="ms", engine=figures["p99_ms"], peer=None, target=common.Target("<=", TARGET_P99_MS, applies_to="engine"),
+        extra={k: (round(v, 3) if isinstance(v, float) else v) for k, v in figures.items() if k != "log_tail"})
+    if args.json:
+        record = result.as_json()
+        record["met"] = met
+        print(json.dumps(record))
+    else:
+        rows = [["requests/s", f"{figures['requests_per_s']:.0f}"], ["p50", f"{figures['p50_ms']:.2f} ms"],
+                ["p99", f"{figures['p99_ms']:.2f} ms (target <= {TARGET_P99_MS:g} ms)"],
+                ["errors", str(figures["errors"])],
+                ["events received / requests answered",
+                 f"{figures['events_received']} / {figures['answered_incl_warm_up']} (incl. warm-up; duplicates "
+                 f"{figures['duplicate_events']}, missing {figures['missing_events']})"],
+                ["S1 met", "yes" if met else "NO"]]
+        print(common.format_table(["S1", "figure"], rows))
+    if note:
+        print(note, file=sys.stderr)
+    if figures["log_tail"]:
+        print(figures["log_tail"], file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""GET /api/v1/model, /api/v1/items, /api/v1/openapi.json, /healthz, /readyz, and unknown paths."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_model_describes_name_version_metrics_origin_and_horizon(served):
+    body = served.client.get("/api/v1/model").json
+    meta = served.model.bundle.metadata
+    assert body["name"] == meta["name"] and body["version"] == meta["version"]
+    assert body["metrics"] == meta["metrics"]
+    assert body["horizon"] == {"days": 16, "first_date": meta["horizon_dates"][0], "last_date": meta["horizon_dates"][1]}
+    assert body["origin"] == meta["forecast_origin"]
+    assert body["digest"] == served.model.bundle.digest
+    assert [s["store_nbr"] for s in body["stores"]] == sorted(served.model.catalog.stores)
+    assert {"city", "type", "cluster", "label"} <= set(body["stores"][0])
+    assert body["items"] == len(served.model.catalog.items)
+
+
+def test_model_without_a_bundle_is_503(make_app, tmp_path):
+    response = make_app(tmp_path / "nothing").client.get("/api/v1/model")
+    assert response.status_code == 503 and response.json["code"] == "model_unavailable"
+
+
+def test_healthz_is_alive_with_or_without_a_model(served, make_app, tmp_path):
+    assert served.client.get("/healthz").json == {"status": "ok"}
+    assert make_app(tmp_path / "nothing").client.get("/healthz").status_code == 200
+
+
+def test_readyz_is_503_until_a_model_is_loaded(make_app, tmp_path, app_bundles):
+    from pipeline.bundle import copy_bundle
+
+    target = tmp_path / "models" / "production"
+    served = make_app(target)
+    response = served.client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json["status"] == "unavailable" and str(target) in response.json["reason"]
+    copy_bundle(app_bundles[0], target)
+    assert served.state.predictor.check_now()
+    response = served.client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json["model"]["version"] == served.model.version
+
+
+def test_items_search_by_family_words_and_number(served):
+    catalog = served.model.catalog
+    some = next(iter(catalog.items.values()))
+    word = some.family.split()[0].lower()
+    body = served.client.get("/api/v1/items", query_string={"q": word, "limit": 50}).json
+    assert body["total"] == sum(word in i.family.lower() for i in catalog.items.values())
+    assert all(word in item["family"].lower() for item in body["items"])
+    by_number = served.client.get("/api/v1/items", query_string={"q": str(some.item_nbr)[:3]}).json
+    assert by_number["items"][0]["item_nbr"] == min(n for n in catalog.items if str(n).startswith(str(some.item_nbr)[:3]))
+    exact = served.client.get("/api/v1/items", query_string={"q": f"{some.item_nbr} class {some.item_class}"}).json
+    assert [i["item_nbr"] for i in exact["items"]] == [some.item_nbr]
+    assert exact["items"][0]["label"].startswith(some.family.title())
+
+
+def test_items_search_limits(served):
+    everything = served.client.get("/api/v1/items", query_string={"limit": 2}).json
+    assert len(everything["items"]) == 2 and everything["total"] == len(served.model.catalog.items)
+    for params, field in (({"limit": 0}, "limit"), ({"limit": 51}, "limit"), ({"limit": "x"}, "limit"),
+                          ({"q": "a" * 101}, "q")):
+        response = served.client.get("/api/v1/items", query_string=params)
+        assert response.status_code == 400 and [e["field"] for e in response.json["errors"]] == [field]
+    assert served.client.get("/api/v1/items", query_string={"q": "no such thing"}).json == {"items": [], "total": 0}
+
+
+def test_openapi_document_lists_exactly_the_served_api(served):
+    document = served.client.get("/api/v1/openapi.json").json
+    assert document["openapi"].startswith("3.")
+    batch = document["components"]["schemas"]["PredictRequest"]["properties"]["instances"]
+    assert batch["maxItems"] == served.state.settings.max_batch
+    served_paths = {rule.rule for rule in served.app.url_map.iter_rules()
+                    if rule.rule.startswith(("/api/", "/healthz", "/readyz"))}
+    assert set(document["paths"]) == served_paths
+    for path, operations in document["paths"].items():
+        for method in operations:
+            assert served.client.open(path, method=method.upper()).status_code != 405, (method, path)
+
+
+def test_openapi_example_is_a_request_the_api_accepts_in_shape(served):
+    document = served.client.get("/api/v1/openapi.json").json
+    example = document["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    response = served.client.post("/api/v1/predict", data=json.dumps(example), content_type="application/json")
+    assert response.status_code in (200, 422)  # its store/item/date may not be in this tiny model
+
+
+def test_unknown_paths_are_404_json_under_api_and_a_page_elsewhere(served):
+    api = served.client.get("/api/v1/nothing")
+    assert api.status_code == 404 and api.json["code"] == "not_found"
+    page = served.client.get("/nothing")
+    assert page.status_code == 404 and page.mimetype == "text/html" and b"Back to the form" in page.data

@@ -1,0 +1,177 @@
+"""POST /api/v1/predict: predictions with the model's name and version, one event each, and every error."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+def an_instance(served, **changes) -> dict:
+    model = served.model
+    instance = {"store_nbr": next(iter(model.catalog.stores)), "item_nbr": next(iter(model.catalog.items)),
+                "date": model.first_date.isoformat(), "onpromotion": False}
+    instance.update(changes)
+    return instance
+
+
+def test_one_instance_gets_the_bundles_own_prediction(served):
+    instance = an_instance(served, onpromotion=True)
+    response = served.client.post("/api/v1/predict", json={"instances": [instance]})
+    assert response.status_code == 200, response.json
+    body = response.json
+    assert body["model"] == {"name": served.model.name, "version": served.model.version}
+    [prediction] = body["predictions"]
+    expected = served.model.bundle.predict(instance["store_nbr"], instance["item_nbr"], instance["date"], 1)
+    assert prediction == {**instance, "unit_sales": pytest.approx(float(expected[0]), abs=1e-4)}
+    assert prediction["unit_sales"] >= 0
+    assert response.headers["X-Request-ID"] == body["request_id"]
+
+
+def test_a_batch_keeps_its_order_and_logs_one_event_per_prediction(served):
+    model = served.model
+    stores, items = list(model.catalog.stores), list(model.catalog.items)
+    days = [model.first_date.isoformat(), model.last_date.isoformat()]
+    instances = [{"store_nbr": stores[k % len(stores)], "item_nbr": items[k % len(items)], "date": days[k % 2],
+                  "onpromotion": k % 3 == 0} for k in range(7)]
+    response = served.client.post("/api/v1/predict", json={"instances": instances},
+                                  headers={"X-Request-ID": "batch-42"})
+    assert response.status_code == 200, response.json
+    predictions = response.json["predictions"]
+    assert [{k: p[k] for k in instances[0]} for p in predictions] == instances
+    expected = model.bundle.predict([i["store_nbr"] for i in instances], [i["item_nbr"] for i in instances],
+                                    [i["date"] for i in instances], [int(i["onpromotion"]) for i in instances])
+    np.testing.assert_allclose([p["unit_sales"] for p in predictions], expected, atol=1e-4)
+
+    events = served.events()
+    assert len(events) == len(instances)
+    assert len({e["event_id"] for e in events}) == len(events)
+    for index, event in enumerate(sorted(events, key=lambda e: e["instance_index"])):
+        assert event["request_id"] == "batch-42"
+        assert event["model_name"] == model.name and event["model_version"] == model.version
+        assert event["inputs"] == instances[index]
+        assert event["output"]["unit_sales"] == predictions[index]["unit_sales"]
+        assert event["latency_ms"] > 0
+        assert event["source"] == "api" and event["batch_size"] == len(instances)
+        assert list(event["features"]["dense"]) == model.dense_names
+        assert set(event["features"]["categorical"]) == {"store_nbr", "item_nbr", "family", "class", "perishable",
+                                                        "city", "store_type", "cluster"}
+
+
+def test_the_batch_limit_is_enforced_and_named(make_app, production_dir):
+    served = make_app(production_dir, max_batch=3)
+    ok = served.client.post("/api/v1/predict", json={"instances": [an_instance(served)] * 3})
+    assert ok.status_code == 200
+    too_many = served.client.post("/api/v1/predict", json={"instances": [an_instance(served)] * 4})
+    assert too_many.status_code == 400
+    assert too_many.json["errors"] == [{"field": "instances", "message": "at most 3 instances per request, got 4"}]
+
+
+def fields_of(response) -> list[str]:
+    return [e["field"] for e in response.json["errors"]]
+
+
+@pytest.mark.parametrize("body, fields", [
+    ([], ["body"]),
+    ("instances", ["body"]),
+    ({}, ["instances"]),
+    ({"instances": {}}, ["instances"]),
+    ({"instances": []}, ["instances"]),
+    ({"instances": [], "extra": 1}, ["extra", "instances"]),
+    ({"instances": [7]}, ["instances[0]"]),
+    ({"instances": [{}]}, ["instances[0].store_nbr", "instances[0].item_nbr", "instances[0].date",
+                          "instances[0].onpromotion"]),
+])
+def test_malformed_bodies_are_400_naming_the_field(served, body, fields):
+    response = served.client.post("/api/v1/predict", json=body)
+    assert response.status_code == 400
+    assert response.json["code"] == "invalid_request"
+    assert fields_of(response) == fields
+    assert all(e["message"] for e in response.json["errors"])
+
+
+@pytest.mark.parametrize("field, value", [
+    ("store_nbr", "1"), ("store_nbr", 1.0), ("store_nbr", True), ("store_nbr", 0), ("store_nbr", -3),
+    ("store_nbr", 2**31), ("store_nbr", None), ("item_nbr", [1]), ("item_nbr", 1.5),
+    ("date", "2017/08/01"), ("date", "2017-02-30"), ("date", 20170801), ("date", "2017-8-1"), ("date", "١٢٣٤-٠١-٠١"),
+    ("onpromotion", 1), ("onpromotion", "true"), ("onpromotion", None),
+])
+def test_each_bad_field_is_named_and_never_coerced(served, field, value):
+    good = an_instance(served)
+    response = served.client.post("/api/v1/predict", json={"instances": [good, {**good, field: value}]})
+    assert response.status_code == 400
+    assert fields_of(response) == [f"instances[1].{field}"]
+
+
+def test_every_bad_field_of_every_instance_is_reported(served):
+    good = an_instance(served)
+    bad = [{**good, "store_nbr": "x"}, good, {**good, "date": "soon", "onpromotion": "no", "color": "red"}]
+    response = served.client.post("/api/v1/predict", json={"instances": bad})
+    assert response.status_code == 400
+    assert sorted(fields_of(response)) == sorted(["instances[0].store_nbr", "instances[2].color",
+                                                  "instances[2].date", "instances[2].onpromotion"])
+
+
+@pytest.mark.parametrize("data", [b"{", b'{"instances": [}', b"\xff\xfe\xfa", b'{"instances": NaN}',
+                                  b"[" * 100_000 + b"]" * 100_000, b""])
+def test_invalid_json_is_400(served, data):
+    response = served.client.post("/api/v1/predict", data=data, content_type="application/json")
+    assert response.status_code == 400
+    assert fields_of(response) == ["body"]
+
+
+def test_a_body_that_is_not_json_is_415(served):
+    response = served.client.post("/api/v1/predict", data="store=1", content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 415
+    assert fields_of(response) == ["Content-Type"]
+
+
+def test_an_oversized_body_is_413(make_app, production_dir):
+    served = make_app(production_dir, max_body_bytes=2000)
+    body = json.dumps({"instances": [an_instance(served)] * 100})
+    assert len(body) > 2000
+    response = served.client.post("/api/v1/predict", data=body, content_type="application/json")
+    assert response.status_code == 413
+    assert response.json["code"] == "body_too_large" and "2000 bytes" in response.json["message"]
+
+
+def test_unknown_store_item_and_dates_outside_the_horizon_are_422_naming_each(served):
+    model = served.model
+    before = (model.first_date.toordinal() - 1)
+    import datetime as dt
+
+    instances = [an_instance(served, store_nbr=max(model.catalog.stores) + 1),
+                 an_instance(served, item_nbr=max(model.catalog.items) + 1),
+                 an_instance(served, date=dt.date.fromordinal(before).isoformat()),
+                 an_instance(served, date=dt.date.fromordinal(model.last_date.toordinal() + 1).isoformat())]
+    response = served.client.post("/api/v1/predict", json={"instances": instances})
+    assert response.status_code == 422
+    assert response.json["code"] == "not_forecastable"
+    assert fields_of(response) == ["instances[0].store_nbr", "instances[1].item_nbr", "instances[2].date",
+                                   "instances[3].date"]
+    assert model.first_date.isoformat() in response.json["errors"][2]["message"]
+    assert served.events() == []  # nothing was predicted, nothing logged
+
+
+def test_no_model_loaded_is_503_not_500(make_app, tmp_path):
+    served = make_app(tmp_path / "models" / "production")
+    response = served.client.post("/api/v1/predict", json={"instances": [
+        {"store_nbr": 1, "item_nbr": 1, "date": "2017-08-16", "onpromotion": False}]})
+    assert response.status_code == 503
+    assert response.json["code"] == "model_unavailable"
+
+
+def test_other_methods_are_405_json(served):
+    response = served.client.get("/api/v1/predict")
+    assert response.status_code == 405
+    assert response.json["code"] == "method_not_allowed"
+    assert "POST" in response.headers["Allow"]
+
+
+def test_a_sane_request_id_is_kept_and_an_odd_one_replaced(served):
+    body = {"instances": [an_instance(served)]}
+    kept = served.client.post("/api/v1/predict", json=body, headers={"X-Request-ID": "abc-123"})
+    assert kept.json["request_id"] == "abc-123"
+    replaced = served.client.post("/api/v1/predict", json=body, headers={"X-Request-ID": "<script>" + "x" * 100})
+    assert replaced.json["request_id"] != "<script>" + "x" * 100 and len(replaced.json["request_id"]) == 32

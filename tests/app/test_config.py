@@ -1,0 +1,63 @@
+"""Settings from the environment, and production defaults: debug is never on, limits are enforced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.config import AppSettings, SettingsError
+
+
+def test_defaults_work_on_a_laptop():
+    settings = AppSettings.from_environment({})
+    assert settings.model_dir == Path("models/production")
+    assert settings.max_batch == 1000 and settings.max_body_bytes == 1024 * 1024 and settings.reload_interval_s == 5.0
+
+
+def test_the_environment_overrides_each_setting():
+    settings = AppSettings.from_environment({"SHELFCAST_MODEL_DIR": "/srv/model", "SHELFCAST_RELOAD_INTERVAL_S": "0.5",
+                                             "SHELFCAST_MAX_BATCH": "10", "SHELFCAST_MAX_BODY_BYTES": "4096"})
+    assert settings == AppSettings(Path("/srv/model"), 0.5, 10, 4096)
+
+
+@pytest.mark.parametrize("name, value", [("SHELFCAST_RELOAD_INTERVAL_S", "soon"), ("SHELFCAST_RELOAD_INTERVAL_S", "-1"),
+                                         ("SHELFCAST_MAX_BATCH", "0"), ("SHELFCAST_MAX_BATCH", "2.5"),
+                                         ("SHELFCAST_MAX_BODY_BYTES", "1MB")])
+def test_a_bad_value_names_the_variable(name, value):
+    with pytest.raises(SettingsError, match=name):
+        AppSettings.from_environment({name: value})
+
+
+def test_debug_is_off_even_when_flask_debug_is_set(monkeypatch, make_app, production_dir):
+    monkeypatch.setenv("FLASK_DEBUG", "1")
+    served = make_app(production_dir)
+    assert served.app.debug is False and served.app.config["DEBUG"] is False
+
+
+def test_an_unexpected_error_is_a_clean_500_without_a_traceback(served, monkeypatch):
+    import app.routes_api as routes_api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(routes_api, "predict_and_log", broken)
+    model = served.model
+    response = served.client.post("/api/v1/predict", json={"instances": [{
+        "store_nbr": next(iter(model.catalog.stores)), "item_nbr": next(iter(model.catalog.items)),
+        "date": model.first_date.isoformat(), "onpromotion": False}]})
+    assert response.status_code == 500
+    assert response.json["code"] == "internal_error" and response.json["request_id"]
+    assert b"secret internals" not in response.data and b"Traceback" not in response.data
+
+
+def test_gunicorn_settings_are_production_ones(monkeypatch):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "app" / "gunicorn_conf.py"
+    monkeypatch.delenv("SHELFCAST_BIND", raising=False)
+    spec = importlib.util.spec_from_file_location("gunicorn_conf_under_test", path)
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    assert conf.bind.endswith(":5005") and conf.preload_app is False and conf.worker_class == "gthread"
+    assert "FLASK_DEBUG=0" in conf.raw_env

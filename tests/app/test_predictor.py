@@ -1,0 +1,166 @@
+"""Hot reload: a newly promoted bundle is served without a restart or a failed request; a corrupt one is refused."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import pytest
+
+from pipeline.bundle import copy_bundle, sha256_file
+
+
+def predict_body(model) -> dict:
+    return {"instances": [{"store_nbr": next(iter(model.catalog.stores)), "item_nbr": next(iter(model.catalog.items)),
+                           "date": model.first_date.isoformat(), "onpromotion": False}]}
+
+
+def test_a_newly_promoted_bundle_is_served_without_a_restart(served, production_dir, app_bundles):
+    old = served.model
+    assert served.state.predictor.check_now() is False  # nothing changed yet
+    copy_bundle(app_bundles[1], production_dir)
+    assert served.state.predictor.check_now() is True
+    new = served.model
+    assert new.version != old.version and new.bundle.digest != old.bundle.digest
+    response = served.client.post("/api/v1/predict", json=predict_body(new))
+    assert response.json["model"]["version"] == new.version
+    assert served.client.get("/api/v1/model").json["version"] == new.version
+
+
+def test_requests_notice_a_new_bundle_by_themselves(make_app, production_dir, app_bundles):
+    served = make_app(production_dir, reload_interval_s=0.05)
+    old_version = served.model.version
+    copy_bundle(app_bundles[1], production_dir)
+    deadline = time.monotonic() + 30
+    while served.client.get("/api/v1/model").json["version"] == old_version:
+        assert time.monotonic() < deadline, "the new bundle was not picked up within 30 s"
+        time.sleep(0.05)
+
+
+def corrupt_weights(bundle_dir) -> None:
+    path = bundle_dir / "weights.npz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_bundle_is_refused_and_the_old_model_keeps_serving(served, production_dir, caplog):
+    old = served.model
+    corrupt_weights(production_dir)
+    with caplog.at_level(logging.ERROR, logger="app.predictor"):
+        assert served.state.predictor.check_now() is False
+        assert served.state.predictor.check_now() is False  # the same broken state is not retried
+    assert served.model is old
+    refusals = [r for r in caplog.records if "refusing model bundle" in r.getMessage()]
+    assert len(refusals) == 1 and "checksum mismatch" in refusals[0].getMessage()
+    assert old.version in refusals[0].getMessage()
+    response = served.client.post("/api/v1/predict", json=predict_body(old))
+    assert response.status_code == 200 and response.json["model"]["version"] == old.version
+    assert served.client.get("/readyz").status_code == 200
+
+
+def test_a_bundle_with_valid_checksums_but_a_broken_graph_is_refused(served, production_dir, app_bundles, tmp_path):
+    old = served.model
+    broken = tmp_path / "broken"
+    copy_bundle(app_bundles[1], broken)
+    graph = json.loads((broken / "graph.json").read_text())
+    graph["ops"] = graph["ops"][: len(graph["ops"]) // 2]  # outputs now name tensors that do not exist
+    (broken / "graph.json").write_text(json.dumps(graph))
+    manifest = json.loads((broken / "checksums.json").read_text())
+    manifest["files"]["graph.json"] = sha256_file(broken / "graph.json")
+    (broken / "checksums.json").write_text(json.dumps(manifest))
+    copy_bundle(broken, production_dir)  # passes verification: the checksums match
+    assert served.state.predictor.check_now() is False
+    assert served.model is old
+    assert "graph" in served.state.predictor.last_error
+    copy_bundle(app_bundles[1], production_dir)  # a good bundle afterwards is taken
+    assert served.state.predictor.check_now() is True
+    assert served.state.predictor.last_error is None
+
+
+def test_an_app_started_on_a_corrupt_bundle_is_not_ready_and_says_why(make_app, production_dir):
+    corrupt_weights(production_dir)
+    served = make_app(production_dir)
+    response = served.client.get("/readyz")
+    assert response.status_code == 503 and "checksum mismatch" in response.json["reason"]
+
+
+def test_reinstalling_the_same_bundle_keeps_the_loaded_model(served, production_dir, app_bundles):
+    old = served.model
+    copy_bundle(app_bundles[0], production_dir)  # a new directory, the same bundle
+    assert served.state.predictor.check_now() is False
+    assert served.model is old
+
+
+def test_no_request_fails_while_bundles_are_swapped_under_load(make_app, production_dir, app_bundles):
+    served = make_app(production_dir, reload_interval_s=0.0)
+    versions_seen: set[str] = set()
+    failures: list[str] = []
+    stop = threading.Event()
+    body = predict_body(served.model)
+
+    def hammer() -> None:
+        client = served.app.test_client()
+        while not stop.is_set():
+            response = client.post("/api/v1/predict", json=body)
+            if response.status_code != 200:
+                failures.append(f"{response.status_code} {response.get_data(as_text=True)[:200]}")
+            else:
+                versions_seen.add(response.json["model"]["version"])
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for swap in range(6):
+            copy_bundle(app_bundles[(swap + 1) % 2], production_dir)
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert failures == []
+    assert len(versions_seen) == 2, versions_seen
+
+
+def test_a_new_bundle_is_looked_for_only_once_the_interval_has_passed(production_dir, app_bundles):
+    from app.predictor import Predictor
+
+    now = [100.0]
+    predictor = Predictor(production_dir, reload_interval_s=60.0, clock=lambda: now[0])
+    assert predictor.check_now() is True
+    old = predictor.model
+    copy_bundle(app_bundles[1], production_dir)
+    now[0] += 59.0
+    for _ in range(20):
+        assert predictor.model is old  # not due yet: no check, the old model
+        time.sleep(0.01)
+    now[0] += 1.0
+    deadline = time.monotonic() + 30
+    while predictor.model is old:  # due: the next request starts a background check
+        assert time.monotonic() < deadline, "no reload within 30 s of the interval passing"
+        time.sleep(0.02)
+    assert predictor.model.version != old.version
+
+
+def test_served_forecasts_equal_the_bundles_own_for_every_store_and_item(served):
+    """The app's faster row gathering (item table cut to the request) changes no feature and no prediction."""
+    import numpy as np
+
+    from pipeline.features import rows_from_snapshot
+
+    model = served.model
+    stores, items = np.meshgrid(sorted(model.catalog.stores), sorted(model.catalog.items), indexing="ij")
+    stores, items = stores.ravel(), items.ravel()
+    days = model.horizon_days[np.arange(stores.size) % model.horizon_days.size]
+    promo = (np.arange(stores.size) % 3 == 0).astype(np.uint8)
+    ours = model.forecast(stores, items, days, promo)
+    full = model.bundle.features(rows_from_snapshot(model.bundle.snapshot, stores, items,
+                                                    days.astype("datetime64[D]"), promo))
+    np.testing.assert_array_equal(ours.features.dense, full.dense)
+    np.testing.assert_array_equal(ours.features.categorical, full.categorical)
+    np.testing.assert_array_equal(ours.units, model.bundle.predict_features(full))
+    one = model.forecast(stores[-1:], items[-1:], days[-1:], promo[-1:])
+    np.testing.assert_allclose(one.units, ours.units[-1:], rtol=1e-5)  # one row runs the engine's compiled path

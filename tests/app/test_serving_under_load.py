@@ -1,0 +1,32 @@
+"""The served app under load, as S1 measures it: gunicorn, concurrent clients, a real Fluentd receiver.
+
+A short run of benchmarks/app_load.py against a tiny real bundle: every request must be
+answered 200, and the receiver must get exactly one event per answered request.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_request_is_answered_and_logged_to_fluentd_exactly_once(app_bundles):
+    if shutil.which("node") is None:
+        pytest.skip("node not found on PATH: the Fluentd forward-protocol receiver needs Node.js >= 18")
+    run = subprocess.run([sys.executable, "benchmarks/app_load.py", "--bundle", str(app_bundles[0]), "--clients", "4",
+                          "--seconds", "2", "--warm-up", "0.5", "--workers", "2", "--json"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert figures["id"] == "S1" and figures["requests"] > 0
+    assert figures["errors"] == 0, run.stderr[-2000:]
+    assert figures["events_received"] == figures["answered_incl_warm_up"]
+    assert figures["duplicate_events"] == 0 and figures["missing_events"] == 0
+    assert figures["events_equal_requests"] is True

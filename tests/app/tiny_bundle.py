@@ -1,0 +1,75 @@
+"""A small real model bundle for the app tests, made by the real pipeline at a tiny scale.
+
+Synthetic Favorita files (download) -> prepare -> split -> train -> promote's verified
+copy into models/production/: the same code paths `dvc repro` runs, only with 2 stores,
+a few dozen items and a short history, so the whole thing takes seconds. No fake model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+TINY_APP_PARAMS = {
+    "data": {
+        "source": "synthetic",
+        "sha256": {},
+        "download": {"retries": 1, "timeout_s": 10},
+        "synthetic": {"seed": 11, "stores": 2, "items": 40, "start_date": "2017-02-01", "end_date": "2017-08-15",
+                      "test_days": 0, "compression": "none"},
+    },
+    "prepare": {"returns": "zero", "grid": "from_first_sale"},
+    "split": {"validation_days": 16},
+    "features": {"history_days": 56, "mean_windows": [3, 7, 14, 28, 56], "dow_weeks": [4, 8], "promo_windows": [14],
+                 "horizon": 16, "train_origins": 3, "origin_stride_days": 7},
+    "train": {"model": "mlp", "seed": 3, "epochs": 3, "patience": 2, "batch_size": 256, "learning_rate": 0.01,
+              "hidden_units": [16, 8],
+              "embedding_dims": {"store_nbr": 2, "item_nbr": 4, "family": 2, "class": 2, "perishable": 1,
+                                 "city": 1, "store_type": 1, "cluster": 1},
+              "baseline_weeks": 4},
+    "evaluate": {"max_nwrmsle": 5.0, "min_improvement": -10.0, "slice": {"max_nwrmsle": 10.0, "min_rows": 20},
+                 "plot_rows": 100, "seed": 0},
+    "promote": {"model_name": "shelfcast-forecaster", "alias": "production"},
+}
+
+
+def build_tiny_project(root: Path, params: dict | None = None) -> Path:
+    """Run download, prepare, split and train under ``root``; returns the candidate bundle directory."""
+    from pipeline import download, prepare, split, train
+    from pipeline.params import data_params, prepare_params, split_params
+
+    params = TINY_APP_PARAMS if params is None else params
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    data = root / "data"
+    download.download(data_params(params), raw_dir=data / "raw", partial_dir=data / ".downloads", progress=False)
+    prepare.prepare(data / "raw", data / "prepared", prepare_params(params), progress=False)
+    split.split(data / "prepared" / "sales.parquet", data / "split", split_params(params), progress=False)
+    summary = train.run(root, quiet=True)
+    return Path(summary["bundle"])
+
+
+def retrain(root: Path, seed: int) -> Path:
+    """Train again in a built tiny project with another seed: a second, different real bundle."""
+    from pipeline import train
+
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    params["train"]["seed"] = seed
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return Path(train.run(root, quiet=True)["bundle"])
+
+
+def tiny_bundles(base: Path) -> tuple[Path, Path]:
+    """Two real bundles (seeds 3 and 4) under ``base``, built once and reused by later callers."""
+    import shutil
+
+    first, second = base / "bundle-a", base / "bundle-b"
+    if not (first.is_dir() and second.is_dir()):
+        project = base / "project"
+        shutil.rmtree(project, ignore_errors=True)
+        shutil.copytree(build_tiny_project(project), base / "bundle-a.tmp")
+        shutil.copytree(retrain(project, seed=4), base / "bundle-b.tmp")
+        (base / "bundle-b.tmp").rename(second)
+        (base / "bundle-a.tmp").rename(first)
+    return first, second
