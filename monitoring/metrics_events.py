@@ -1,0 +1,83 @@
+"""The evaluate stage's validation metrics as a `shelfcast.metrics` event, so Kibana shows model quality.
+
+    python -m monitoring.metrics_events [--metrics results/metrics.json] [--evaluation results/evaluation.json]
+
+Call `emit_validation_metrics()` at the end of evaluate, or run the command after it
+(`make metrics-event`). Goes to Fluentd when FLUENTD_HOST is set, else to logs/monitoring.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+from monitoring.monitoring_events import emit_monitoring_event
+
+TAG = "shelfcast.metrics"
+DEFAULT_METRICS = Path("results/metrics.json")
+DEFAULT_EVALUATION = Path("results/evaluation.json")
+
+
+class MetricsFileError(ValueError):
+    """results/metrics.json missing or not as evaluate writes it; names the file and field."""
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise MetricsFileError(f"{path}: not found (run the evaluate stage: dvc repro evaluate)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise MetricsFileError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise MetricsFileError(f"{path}: expected a JSON object")
+    return data
+
+
+def metrics_event(metrics: Mapping[str, Any], evaluation: Mapping[str, Any] | None, source: str = "") -> dict:
+    """The event body: the overall scores (slices stay in MLflow and results/metrics.json)."""
+    try:
+        candidate, baseline = metrics["candidate"], metrics["baseline"]
+        body = {
+            "rows": int(metrics["rows"]),
+            "candidate_nwrmsle": float(candidate["nwrmsle"]), "candidate_rmse": float(candidate["rmse"]),
+            "baseline_nwrmsle": float(baseline["nwrmsle"]), "baseline_rmse": float(baseline["rmse"]),
+            "improvement_over_baseline": float(metrics["improvement_over_baseline"]),
+            "threshold_test_passed": bool(metrics["threshold_test_passed"]),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MetricsFileError(f"{source or 'metrics'}: missing or malformed field {exc}") from None
+    evaluation = evaluation or {}
+    return {"kind": "validation_metrics", "model_name": "shelfcast-forecaster",
+            "model_version": evaluation.get("bundle_version") or "unknown", "metrics": body}
+
+
+def emit_validation_metrics(metrics_path: Path | str = DEFAULT_METRICS,
+                            evaluation_path: Path | str | None = DEFAULT_EVALUATION) -> str:
+    """Emit the metrics file as one event; returns where it went."""
+    metrics_path = Path(metrics_path)
+    evaluation = None
+    if evaluation_path is not None and Path(evaluation_path).is_file():
+        evaluation = _read_json(Path(evaluation_path))
+    return emit_monitoring_event(TAG, metrics_event(_read_json(metrics_path), evaluation, str(metrics_path)))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m monitoring.metrics_events", description=__doc__.splitlines()[0])
+    parser.add_argument("--metrics", type=Path, default=DEFAULT_METRICS)
+    parser.add_argument("--evaluation", type=Path, default=DEFAULT_EVALUATION)
+    args = parser.parse_args(argv)
+    try:
+        where = emit_validation_metrics(args.metrics, args.evaluation)
+    except MetricsFileError as exc:
+        print(f"metrics-event: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"metrics-event: {TAG} sent to {where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

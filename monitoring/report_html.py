@@ -1,0 +1,96 @@
+"""The drift report as one self-contained HTML page: tables plus inline SVG bar charts, no scripts, no CDN."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any, Mapping, Sequence
+
+CHART_WIDTH, CHART_HEIGHT = 360, 120
+TRAIN_COLOUR, LIVE_COLOUR = "#8aa4c8", "#e07b39"
+
+
+def share_chart_svg(title: str, labels: Sequence[str], train: Sequence[float], live: Sequence[float]) -> str:
+    """Paired bars per bin: training share vs live share."""
+    count = max(len(labels), 1)
+    top = max([*train, *live, 1e-9])
+    slot = CHART_WIDTH / count
+    bar = max(slot / 2 - 1, 1)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{CHART_WIDTH}" height="{CHART_HEIGHT + 16}" '
+             f'role="img" aria-label="{escape(title)}"><title>{escape(title)}</title>']
+    for i, label in enumerate(labels):
+        for j, (value, colour) in enumerate(((train[i], TRAIN_COLOUR), (live[i], LIVE_COLOUR))):
+            height = CHART_HEIGHT * value / top
+            x = i * slot + j * bar
+            parts.append(f'<rect x="{x:.1f}" y="{CHART_HEIGHT - height:.1f}" width="{bar:.1f}" height="{height:.1f}" '
+                         f'fill="{colour}"><title>{escape(str(label))}: {"train" if j == 0 else "live"} '
+                         f'{value:.3f}</title></rect>')
+    parts.append(f'<line x1="0" y1="{CHART_HEIGHT}" x2="{CHART_WIDTH}" y2="{CHART_HEIGHT}" stroke="#555"/>')
+    parts.append(f'<text x="0" y="{CHART_HEIGHT + 13}" font-size="10">{escape(str(labels[0]) if labels else "")}</text>')
+    if len(labels) > 1:
+        parts.append(f'<text x="{CHART_WIDTH}" y="{CHART_HEIGHT + 13}" font-size="10" text-anchor="end">'
+                     f'{escape(str(labels[-1]))}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return escape(str(value))
+
+
+def _shift_rows(records: Mapping[str, Mapping[str, Any]], unseen: Mapping[str, float] | None = None) -> str:
+    rows = []
+    for name, record in sorted(records.items(), key=lambda item: -item[1]["psi"]):
+        bins = record["bins"]
+        flag = '<b class="bad">drift</b>' if record["drifted"] else "ok"
+        extra = f"<td>{unseen.get(name, 0.0):.1%}</td>" if unseen is not None else ""
+        rows.append(f"<tr><td>{escape(name)}</td><td>{record['psi']:.3f}</td><td>{record['test']}</td>"
+                    f"<td>{record['statistic']:.3g}</td><td>{record['p_value']:.3g}</td>{extra}<td>{flag}</td>"
+                    f"<td>{share_chart_svg(name, bins['labels'], bins['train'], bins['live'])}</td></tr>")
+    return "".join(rows)
+
+
+def render_report(report: Mapping[str, Any]) -> str:
+    status = report["status"]
+    banner = {"drift": "Drift alarm", "ok": "No drift above the thresholds",
+              "insufficient_data": "Too few events for a verdict"}[status]
+    reasons = "".join(f"<li>{escape(r)}</li>" for r in report["reasons"]) or "<li>none</li>"
+    model = report["model"]
+    prediction = ""
+    if report.get("prediction"):
+        prediction = ("<h2>Forecast distribution</h2><table><tr><th>output</th><th>PSI</th><th>test</th>"
+                      "<th>statistic</th><th>p-value</th><th>verdict</th><th>train ▮ vs live ▮</th></tr>"
+                      + _shift_rows({"forecast units": report["prediction"]}) + "</table>")
+    live = report.get("live")
+    live_html = ""
+    if live is not None:
+        live_html = (f"<h2>Live accuracy</h2><p>NWRMSLE {_number(live['nwrmsle'])} over {live['rows']} forecasts "
+                     "with known sales.</p>")
+    versions = ", ".join(f"{escape(k)} ({v})" for k, v in sorted(report["served_model_versions"].items())) or "–"
+    head = ("<tr><th>feature</th><th>PSI</th><th>test</th><th>statistic</th><th>p-value</th>{}<th>verdict</th>"
+            f"<th><span style='color:{TRAIN_COLOUR}'>train</span> vs <span style='color:{LIVE_COLOUR}'>live</span>"
+            "</th></tr>")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Shelfcast drift report</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}} table{{border-collapse:collapse;margin-bottom:1.5rem}}
+td,th{{border-bottom:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:middle}}
+.status{{padding:.5rem 1rem;border-radius:4px;display:inline-block}} .drift{{background:#fbd5d5}}
+.ok{{background:#d5f5dd}} .insufficient_data{{background:#eee}} .bad{{color:#b00}}
+</style></head><body>
+<h1>Shelfcast drift report</h1>
+<p class="status {status}" id="drift-status">{banner}</p>
+<p>Model {escape(str(model.get('name')))} {escape(str(model.get('version')))}
+(training rows {_number(model.get('training_rows'))}); {report['events']} events from
+{escape(str(report['source']))}, {escape(str(report['window']['first']))} … {escape(str(report['window']['last']))};
+served versions: {versions}. Generated {escape(report['generated_at'])}.</p>
+<h2>Reasons</h2><ul>{reasons}</ul>
+<p>Requests with any category unseen in training: {report['unseen'].get('any', 0.0):.1%}.</p>
+{prediction}{live_html}
+<h2>Categorical inputs</h2><table>{head.format('<th>unseen</th>')}{_shift_rows(report['categorical'], report['unseen'])}</table>
+<h2>Dense features</h2><table>{head.format('')}{_shift_rows(report['features'])}</table>
+</body></html>
+"""

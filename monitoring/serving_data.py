@@ -1,0 +1,100 @@
+"""Prediction events turned into the arrays drift checks compare: features, categories, forecasts.
+
+An event (app/events.py, app/predictor.py's feature_record) carries
+`features = {"dense": {name: value}, "categorical": {field: vocabulary id}}`,
+`inputs = {"store_nbr", "item_nbr", "date", "onpromotion"}` and `output`, the
+forecast in units: `{"unit_sales": x}` as app/service.py logs it (or a bare number).
+Categorical ids are turned back into the training labels through the bundle's
+vocabularies (id 0 = a value never seen in training).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+UNKNOWN_LABEL = "<unknown>"
+OUTPUT_KEYS = ("unit_sales", "units", "forecast", "prediction")
+
+
+class EventShapeError(ValueError):
+    """An event that lacks a field drift needs, or holds the wrong type; names the event and field."""
+
+
+@dataclass
+class ServingData:
+    dense: dict[str, np.ndarray] = field(default_factory=dict)
+    categorical: dict[str, list[str]] = field(default_factory=dict)
+    unknown_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # any categorical id 0
+    predictions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    keys: list[tuple[str, str, str]] = field(default_factory=list)  # (store_nbr, item_nbr, date) per row
+    model_versions: dict[str, int] = field(default_factory=dict)
+    first_timestamp: str | None = None
+    last_timestamp: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return int(self.predictions.size)
+
+
+def _where(event: Mapping[str, Any], index: int) -> str:
+    return f"event {index} (event_id {event.get('event_id', '?')})"
+
+
+def forecast_units(event: Mapping[str, Any], index: int) -> float:
+    output = event.get("output")
+    if isinstance(output, Mapping):
+        for key in OUTPUT_KEYS:
+            if key in output:
+                output = output[key]
+                break
+        else:
+            raise EventShapeError(f"{_where(event, index)}: output: expected a number or a mapping with one of "
+                                  f"{', '.join(OUTPUT_KEYS)}, got keys {sorted(output)}")
+    if isinstance(output, list) and len(output) == 1:
+        output = output[0]
+    if isinstance(output, bool) or not isinstance(output, (int, float)) or not math.isfinite(output):
+        raise EventShapeError(f"{_where(event, index)}: output: expected a finite number of units, got {output!r}")
+    return float(output)
+
+
+def collect(events: Sequence[Mapping[str, Any]], dense_names: Sequence[str],
+            vocabularies: Mapping[str, Sequence[str]]) -> ServingData:
+    """Arrays of every feature the bundle has statistics for; an event without them is an error."""
+    n = len(events)
+    dense = {name: np.empty(n, np.float64) for name in dense_names}
+    labels = {name: sorted(str(v) for v in values) for name, values in vocabularies.items()}
+    categorical: dict[str, list[str]] = {name: [] for name in labels}
+    unknown = np.zeros(n, bool)
+    predictions = np.empty(n, np.float64)
+    keys: list[tuple[str, str, str]] = []
+    versions: dict[str, int] = {}
+    for i, event in enumerate(events):
+        features = event.get("features")
+        if not isinstance(features, Mapping) or not isinstance(features.get("dense"), Mapping) \
+                or not isinstance(features.get("categorical"), Mapping):
+            raise EventShapeError(f"{_where(event, i)}: features: expected {{'dense': {{...}}, 'categorical': {{...}}}}")
+        for name in dense_names:
+            value = features["dense"].get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise EventShapeError(f"{_where(event, i)}: features.dense.{name}: expected a number, got {value!r}")
+            dense[name][i] = value
+        for name, vocabulary in labels.items():
+            code = features["categorical"].get(name)
+            if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= len(vocabulary):
+                raise EventShapeError(f"{_where(event, i)}: features.categorical.{name}: expected a vocabulary id "
+                                      f"0..{len(vocabulary)}, got {code!r}")
+            categorical[name].append(UNKNOWN_LABEL if code == 0 else vocabulary[code - 1])
+            unknown[i] |= code == 0
+        predictions[i] = forecast_units(event, i)
+        inputs = event.get("inputs") if isinstance(event.get("inputs"), Mapping) else {}
+        keys.append((str(inputs.get("store_nbr")), str(inputs.get("item_nbr")), str(inputs.get("date"))))
+        version = str(event.get("model_version", "unknown"))
+        versions[version] = versions.get(version, 0) + 1
+    stamps = sorted(str(e["timestamp"]) for e in events if e.get("timestamp"))
+    return ServingData(dense=dense, categorical=categorical, unknown_rows=unknown, predictions=predictions, keys=keys,
+                       model_versions=versions, first_timestamp=stamps[0] if stamps else None,
+                       last_timestamp=stamps[-1] if stamps else None)

@@ -1,0 +1,114 @@
+"""One-shot setup of the monitoring stack: index templates into Elasticsearch, saved objects into Kibana.
+
+    python -m monitoring.setup_stack [--elasticsearch URL] [--kibana URL] [--wait-s 300]
+
+Waits until each service answers healthy, then installs; re-running replaces the
+templates and overwrites the saved objects (idempotent). docker-compose runs it as
+the `setup` service; without Docker, point it at any Elasticsearch/OpenSearch + Kibana.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from monitoring.event_sources import ElasticsearchEvents, EventSourceError
+
+HERE = Path(__file__).resolve().parent
+TEMPLATE_DIR = HERE / "elasticsearch"
+SAVED_OBJECTS = HERE / "kibana" / "shelfcast.ndjson"
+TEMPLATE_SUFFIX = ".index-template.json"
+
+
+class SetupError(RuntimeError):
+    """A service that did not become healthy or refused what we installed; names it."""
+
+
+def index_templates() -> dict[str, dict]:
+    """Template name -> body, from monitoring/elasticsearch/<name>.index-template.json."""
+    return {p.name[: -len(TEMPLATE_SUFFIX)]: json.loads(p.read_text(encoding="utf-8"))
+            for p in sorted(TEMPLATE_DIR.glob(f"*{TEMPLATE_SUFFIX}"))}
+
+
+def wait_until(check, what: str, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    last = ""
+    while True:
+        try:
+            if check():
+                return
+            last = "not ready yet"
+        except (EventSourceError, OSError, ValueError) as exc:
+            last = str(exc)
+        if time.monotonic() >= deadline:
+            raise SetupError(f"{what} did not become healthy within {wait_s:.0f} s ({last})")
+        time.sleep(2)
+
+
+def install_index_templates(elasticsearch: ElasticsearchEvents) -> list[str]:
+    installed = []
+    for name, body in index_templates().items():
+        answer = elasticsearch.request("PUT", f"/_index_template/{name}", body)
+        if not answer.get("acknowledged"):
+            raise SetupError(f"{elasticsearch.url}: index template {name} not acknowledged: {answer}")
+        installed.append(name)
+    return installed
+
+
+def import_saved_objects(kibana_url: str, path: Path = SAVED_OBJECTS, timeout_s: float = 60.0) -> dict:
+    """POST the .ndjson to Kibana's saved-objects import API (multipart, overwrite)."""
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
+            "Content-Type: application/ndjson\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        f"{kibana_url.rstrip('/')}/api/saved_objects/_import?overwrite=true", data=body, method="POST",
+        headers={"kbn-xsrf": "shelfcast-setup", "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            answer = json.loads(response.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        raise SetupError(f"{kibana_url}: saved-objects import: HTTP {exc.code}: {exc.read()[:300]!r}") from None
+    if not answer.get("success"):
+        raise SetupError(f"{kibana_url}: saved-objects import failed: {answer.get('errors')}")
+    return answer
+
+
+def kibana_available(kibana_url: str) -> bool:
+    with urllib.request.urlopen(f"{kibana_url.rstrip('/')}/api/status", timeout=10) as response:
+        status = json.loads(response.read().decode("utf-8"))
+    return status.get("status", {}).get("overall", {}).get("level") == "available"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m monitoring.setup_stack", description=__doc__.splitlines()[0])
+    parser.add_argument("--elasticsearch", default=os.environ.get("ELASTICSEARCH_URL", "http://localhost:9200"))
+    parser.add_argument("--kibana", default=os.environ.get("KIBANA_URL", "http://localhost:5601"),
+                        help="Kibana URL; 'none' skips the saved objects")
+    parser.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for each service")
+    args = parser.parse_args(argv)
+    try:
+        elasticsearch = ElasticsearchEvents(args.elasticsearch)
+        wait_until(lambda: elasticsearch.request("GET", "/_cluster/health").get("status") in ("green", "yellow"),
+                   f"Elasticsearch at {args.elasticsearch}", args.wait_s)
+        names = install_index_templates(elasticsearch)
+        print(f"setup: index templates {', '.join(names)} installed in {args.elasticsearch}")
+        if args.kibana.lower() != "none":
+            wait_until(lambda: kibana_available(args.kibana), f"Kibana at {args.kibana}", args.wait_s)
+            answer = import_saved_objects(args.kibana)
+            print(f"setup: {answer.get('successCount')} saved objects imported into {args.kibana} "
+                  "(dashboard: Shelfcast monitoring)")
+    except (SetupError, EventSourceError) as exc:
+        print(f"setup: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

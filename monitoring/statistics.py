@@ -1,0 +1,166 @@
+"""Distribution-shift statistics against training histograms, in numpy and the standard library.
+
+The bundle stores training data as histograms and category shares, not rows, so
+every test here compares live values with a binned reference:
+
+* PSI (population stability index) over the training bins, an effect size;
+* KS statistic at the training bin edges (both CDFs are exact there) with the
+  asymptotic Kolmogorov p-value for two samples of sizes n (live) and m (training);
+* Pearson's chi-square test of live category counts against training shares.
+
+scipy is not a dependency, so the two p-value functions are written out here
+(Numerical Recipes' formulas) and tested against known values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+PSI_FLOOR = 1e-4  # a share of 0 would make PSI infinite; empty bins count as this share
+MIN_EXPECTED = 5.0  # chi-square cells with fewer expected counts are pooled
+
+
+@dataclass(frozen=True)
+class ShiftTest:
+    psi: float
+    statistic: float  # KS D or chi-square
+    p_value: float
+    test: str  # "ks" | "chi2"
+    live_shares: list[float]
+    train_shares: list[float]
+    labels: list[str]
+
+
+def population_stability_index(live_shares: np.ndarray, train_shares: np.ndarray) -> float:
+    live = np.maximum(np.asarray(live_shares, np.float64), PSI_FLOOR)
+    train = np.maximum(np.asarray(train_shares, np.float64), PSI_FLOOR)
+    live, train = live / live.sum(), train / train.sum()
+    return float(np.sum((live - train) * np.log(live / train)))
+
+
+def bin_counts(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """Counts of `values` in the training bins; the outer bins are open-ended (out-of-range values count)."""
+    edges = np.asarray(edges, np.float64)
+    inner = edges[1:-1]
+    index = np.searchsorted(inner, np.asarray(values, np.float64), side="right")
+    return np.bincount(index, minlength=edges.size - 1)
+
+
+def kolmogorov_p_value(statistic: float, n: int, m: int) -> float:
+    """P(D >= statistic) for a two-sample KS test, asymptotic (Numerical Recipes, probks)."""
+    if n <= 0 or m <= 0:
+        return 1.0
+    effective = n * m / (n + m)
+    root = math.sqrt(effective)
+    lam = (root + 0.12 + 0.11 / root) * statistic
+    if lam < 1e-3:
+        return 1.0
+    total, sign, previous = 0.0, 1.0, 0.0
+    for k in range(1, 101):
+        term = sign * math.exp(-2.0 * k * k * lam * lam)
+        total += term
+        if abs(term) <= 1e-10 * abs(previous) or abs(term) <= 1e-12 * abs(total):
+            return float(min(1.0, max(0.0, 2.0 * total)))
+        sign, previous = -sign, term
+    return 1.0  # the series did not converge: only for lam near 0, where p is 1
+
+
+def chi_square_p_value(statistic: float, dof: int) -> float:
+    """P(X >= statistic) for X ~ chi-square(dof): the regularized upper incomplete gamma Q(dof/2, stat/2)."""
+    if dof <= 0:
+        return 1.0
+    if statistic <= 0:
+        return 1.0
+    return _upper_regularized_gamma(dof / 2.0, statistic / 2.0)
+
+
+def _upper_regularized_gamma(a: float, x: float) -> float:
+    log_prefix = -x + a * math.log(x) - math.lgamma(a)
+    if x < a + 1.0:  # series for P, then Q = 1 - P
+        term = total = 1.0 / a
+        denominator = a
+        for _ in range(10_000):
+            denominator += 1.0
+            term *= x / denominator
+            total += term
+            if abs(term) < abs(total) * 1e-15:
+                break
+        return float(max(0.0, 1.0 - total * math.exp(log_prefix)))
+    tiny = 1e-300  # continued fraction for Q (modified Lentz)
+    b = x + 1.0 - a
+    c = 1.0 / tiny
+    d = 1.0 / b
+    h = d
+    for i in range(1, 10_000):
+        an = -i * (i - a)
+        b += 2.0
+        d = an * d + b
+        d = tiny if abs(d) < tiny else d
+        c = b + an / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return float(min(1.0, math.exp(log_prefix) * h))
+
+
+def numeric_shift(values: np.ndarray, reference: Mapping) -> ShiftTest:
+    """Live numeric values against a training `distribution()` record (histogram edges + counts)."""
+    edges = reference["histogram"]["edges"]
+    train_counts = np.asarray(reference["histogram"]["counts"], np.float64)
+    live_counts = bin_counts(values, edges).astype(np.float64)
+    n, m = int(live_counts.sum()), int(train_counts.sum())
+    live_shares = live_counts / max(n, 1)
+    train_shares = train_counts / max(m, 1)
+    statistic = float(np.max(np.abs(np.cumsum(live_shares) - np.cumsum(train_shares)))) if n else 0.0
+    labels = [f"[{edges[i]:.4g}, {edges[i + 1]:.4g})" for i in range(len(edges) - 1)]
+    return ShiftTest(psi=population_stability_index(live_shares, train_shares) if n else 0.0,
+                     statistic=statistic, p_value=kolmogorov_p_value(statistic, n, m), test="ks",
+                     live_shares=live_shares.tolist(), train_shares=train_shares.tolist(), labels=labels)
+
+
+def categorical_shift(live_labels: Sequence[str], reference: Mapping) -> ShiftTest:
+    """Live category labels against a training `category_frequencies()` record (top shares + other)."""
+    top: Mapping[str, float] = reference["top"]
+    labels = list(top) + ["<other>"]
+    if "<unknown>" not in top:
+        labels.insert(len(labels) - 1, "<unknown>")
+    train_shares = np.asarray([top.get(label, 0.0) for label in labels[:-1]] + [reference.get("other", 0.0)],
+                              np.float64)
+    position = {label: i for i, label in enumerate(labels)}
+    other = len(labels) - 1
+    counts = np.zeros(len(labels), np.float64)
+    for label in live_labels:
+        counts[position.get(label, other)] += 1
+    n = int(counts.sum())
+    live_shares = counts / max(n, 1)
+    statistic, dof = _pooled_chi_square(counts, train_shares, n)
+    return ShiftTest(psi=population_stability_index(live_shares, train_shares) if n else 0.0,
+                     statistic=statistic, p_value=chi_square_p_value(statistic, dof) if n else 1.0, test="chi2",
+                     live_shares=live_shares.tolist(), train_shares=train_shares.tolist(), labels=labels)
+
+
+def _pooled_chi_square(observed: np.ndarray, train_shares: np.ndarray, n: int) -> tuple[float, int]:
+    """Pearson's statistic after pooling cells expected to hold < MIN_EXPECTED rows.
+
+    A category never seen in training (share 0) is pooled with the other rare cells,
+    whose small but non-zero floor keeps a flood of such rows from going unnoticed.
+    """
+    if n == 0:
+        return 0.0, 0
+    expected = np.maximum(train_shares, 0.0) * n
+    big = expected >= MIN_EXPECTED
+    cells_observed = list(observed[big])
+    cells_expected = list(expected[big])
+    if (~big).any() and (expected[~big].sum() > 0 or observed[~big].sum() > 0):
+        cells_observed.append(observed[~big].sum())
+        cells_expected.append(max(expected[~big].sum(), PSI_FLOOR * n))
+    obs, exp = np.asarray(cells_observed), np.asarray(cells_expected)
+    exp = exp * (n / exp.sum())  # shares that do not sum to 1 (rounding) must not look like drift
+    return float(np.sum((obs - exp) ** 2 / exp)), max(len(obs) - 1, 0)

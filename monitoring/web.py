@@ -1,0 +1,85 @@
+"""The app's monitoring page: the latest drift report and recent prediction statistics.
+
+The embedded default for people without Kibana. Register it in the app factory:
+
+    from monitoring.web import monitoring_blueprint
+    app.register_blueprint(monitoring_blueprint)
+
+Routes: GET /monitoring (HTML), GET /monitoring/drift-report (the full HTML report
+`python -m monitoring.drift` wrote), GET /api/v1/monitoring (the same data as JSON).
+Where to read: SHELFCAST_PREDICTION_LOG (default logs/predictions.jsonl) and
+SHELFCAST_DRIFT_DIR (default logs/drift).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, abort, jsonify, render_template, send_file
+
+from monitoring.drift import DEFAULT_EVENTS, DEFAULT_OUTPUT_DIR, REPORT_HTML, REPORT_JSON
+from monitoring.recent_predictions import recent_statistics
+
+ENV_DRIFT_DIR = "SHELFCAST_DRIFT_DIR"
+ENV_PREDICTION_LOG = "SHELFCAST_PREDICTION_LOG"  # the same variable app/events.py reads
+
+monitoring_blueprint = Blueprint("monitoring", __name__, template_folder="templates")
+
+
+def _drift_dir() -> Path:
+    return Path(os.environ.get(ENV_DRIFT_DIR, "").strip() or DEFAULT_OUTPUT_DIR)
+
+
+def _prediction_log() -> Path:
+    return Path(os.environ.get(ENV_PREDICTION_LOG, "").strip() or DEFAULT_EVENTS)
+
+
+def latest_drift_report() -> dict[str, Any] | None:
+    """The last drift.json, or None (not run yet); an unreadable one is reported, not raised."""
+    path = _drift_dir() / REPORT_JSON
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        return {"status": "unreadable", "reasons": [f"{path}: not valid JSON ({exc})"], "events": 0}
+    return report
+
+
+def page_data() -> dict[str, Any]:
+    drift = latest_drift_report()
+    summary = None
+    if drift is not None:
+        features = {**drift.get("features", {}), **{f"category {k}": v for k, v in drift.get("categorical", {}).items()}}
+        worst = sorted(features.items(), key=lambda item: -item[1].get("psi", 0.0))[:8]
+        summary = {"status": drift.get("status"), "alarm": drift.get("alarm", False),
+                   "generated_at": drift.get("generated_at"), "events": drift.get("events"),
+                   "reasons": drift.get("reasons", []), "model": drift.get("model", {}),
+                   "unseen_share": drift.get("unseen", {}).get("any"),
+                   "prediction_psi": (drift.get("prediction") or {}).get("psi"),
+                   "live": drift.get("live"),
+                   "top_features": [{"name": name, "psi": record.get("psi"), "p_value": record.get("p_value"),
+                                     "drifted": record.get("drifted")} for name, record in worst]}
+    return {"recent": recent_statistics(_prediction_log()), "drift": summary,
+            "drift_report_available": (_drift_dir() / REPORT_HTML).is_file()}
+
+
+@monitoring_blueprint.get("/monitoring")
+def monitoring_page():
+    return render_template("monitoring.html", **page_data())
+
+
+@monitoring_blueprint.get("/monitoring/drift-report")
+def drift_report_page():
+    path = _drift_dir() / REPORT_HTML
+    if not path.is_file():
+        abort(404, description="no drift report yet: run `python -m monitoring.drift`")
+    return send_file(path.resolve(), mimetype="text/html", max_age=0)
+
+
+@monitoring_blueprint.get("/api/v1/monitoring")
+def monitoring_json():
+    return jsonify(page_data())

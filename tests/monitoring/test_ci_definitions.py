@@ -1,0 +1,62 @@
+"""The CI/CD definitions: two GitHub Actions pipelines whose every step is a make target that exists here."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+ML_ORDER = ["test", "ml-pipeline", "threshold-test", "promote", "dvc-push"]
+APP_ORDER = ["test", "fetch-model", "build-image", "publish-image", "deploy"]
+
+
+def workflow(repo_root, name: str) -> dict:
+    return yaml.safe_load((repo_root / ".github" / "workflows" / name).read_text(encoding="utf-8"))
+
+
+def make_targets_in(data: dict) -> list[str]:
+    targets = []
+    for job in data["jobs"].values():
+        for step in job["steps"]:
+            if "run" in step:
+                match = re.fullmatch(r"make ([a-z-]+)", step["run"].strip())
+                assert match, f"step {step.get('name')!r} runs {step['run']!r}, not a single make target"
+                targets.append(match.group(1))
+            else:
+                assert re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+", step["uses"]), f"unpinned action {step['uses']}"
+    return targets
+
+
+def in_order(wanted: list[str], got: list[str]) -> bool:
+    positions = [got.index(t) for t in wanted if t in got]
+    return len(positions) == len(wanted) and positions == sorted(positions)
+
+
+@pytest.mark.parametrize("name, order", [("ml-pipeline.yml", ML_ORDER), ("app-pipeline.yml", APP_ORDER)])
+def test_each_pipeline_runs_make_targets_in_the_lecture_order(repo_root, name, order):
+    data = workflow(repo_root, name)
+    targets = make_targets_in(data)
+    assert in_order(order, targets), targets
+    jobs = list(data["jobs"].values())
+    assert all(job.get("timeout-minutes") for job in jobs)
+    assert jobs[1]["needs"] == "test"
+
+
+def test_the_app_pipeline_follows_a_successful_ml_pipeline(repo_root):
+    data = workflow(repo_root, "app-pipeline.yml")
+    triggers = data.get("on") or data.get(True)  # YAML 1.1 reads a bare `on` as true
+    assert triggers["workflow_run"]["workflows"] == ["ml-pipeline"]
+    assert "conclusion == 'success'" in data["jobs"]["test"]["if"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not found on PATH")
+def test_every_ci_step_is_a_make_target_defined_here(repo_root):
+    targets = sorted({t for name in ("ml-pipeline.yml", "app-pipeline.yml")
+                      for t in make_targets_in(workflow(repo_root, name))})
+    result = subprocess.run(["make", "-n", "-f", "Makefile", "-f", "monitoring/delivery.mk", *targets],
+                            cwd=repo_root, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "No rule to make target" not in result.stderr

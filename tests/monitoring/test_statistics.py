@@ -1,0 +1,65 @@
+"""The hand-written p-values and PSI against textbook values (scipy is not a dependency)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from monitoring.statistics import (
+    bin_counts,
+    categorical_shift,
+    chi_square_p_value,
+    kolmogorov_p_value,
+    numeric_shift,
+    population_stability_index,
+)
+
+
+@pytest.mark.parametrize("statistic, dof, expected", [
+    (3.841458820694124, 1, 0.05), (6.6348966010212145, 1, 0.01), (18.307038053275146, 10, 0.05),
+    (0.5, 3, 0.9188914117), (124.3421134, 100, 0.05), (1.0, 2, math.exp(-0.5)),
+])
+def test_chi_square_p_value_matches_tables(statistic, dof, expected):
+    assert chi_square_p_value(statistic, dof) == pytest.approx(expected, rel=1e-6)
+
+
+def test_kolmogorov_p_value_matches_the_asymptotic_critical_values():
+    n = m = 10**8  # effectively the asymptotic distribution: D * sqrt(n m / (n + m)) = lambda
+    scale = math.sqrt(n * m / (n + m))
+    assert kolmogorov_p_value(1.3580986393225505 / scale, n, m) == pytest.approx(0.05, rel=1e-3)
+    assert kolmogorov_p_value(1.6276236115189502 / scale, n, m) == pytest.approx(0.01, rel=1e-3)
+    assert kolmogorov_p_value(0.0, 100, 100) == 1.0
+
+
+def test_psi_is_zero_for_equal_shares_and_grows_with_the_shift():
+    base = np.asarray([0.25, 0.25, 0.25, 0.25])
+    assert population_stability_index(base, base) == 0.0
+    small = population_stability_index(np.asarray([0.3, 0.25, 0.25, 0.2]), base)
+    large = population_stability_index(np.asarray([0.7, 0.1, 0.1, 0.1]), base)
+    assert 0 < small < 0.1 < large
+
+
+def test_values_outside_the_training_range_fall_in_the_outer_bins():
+    assert bin_counts([-5.0, 0.0, 0.5, 0.99, 1.0, 7.0], [0.0, 0.5, 1.0]).tolist() == [2, 4]
+
+
+def test_numeric_shift_detects_a_moved_distribution():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=20_000)
+    counts, edges = np.histogram(train, bins=20)
+    reference = {"histogram": {"edges": edges.tolist(), "counts": counts.tolist()}}
+    same = numeric_shift(rng.normal(size=2_000), reference)
+    moved = numeric_shift(rng.normal(loc=1.0, size=2_000), reference)
+    assert same.psi < 0.05 and same.p_value > 0.01
+    assert moved.psi > 0.25 and moved.p_value < 1e-10
+
+
+def test_categorical_shift_counts_unseen_and_rare_values():
+    reference = {"top": {"a": 0.5, "b": 0.3, "c": 0.2}, "other": 0.0}
+    same = categorical_shift(["a"] * 50 + ["b"] * 30 + ["c"] * 20, reference)
+    assert same.statistic == pytest.approx(0.0, abs=1e-9) and same.p_value == pytest.approx(1.0)
+    unseen = categorical_shift(["a"] * 50 + ["<unknown>"] * 50, reference)
+    assert unseen.p_value < 1e-10 and unseen.psi > 1.0
+    assert unseen.labels[unseen.live_shares.index(0.5, 1)] == "<unknown>"
