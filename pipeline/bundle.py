@@ -23,9 +23,7 @@ the standard library only: this is the serving code path.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -33,6 +31,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from pipeline.atomic import file_digest, swap_in_directory
 
 from pipeline.features import (
     CATEGORICAL_FIELDS,
@@ -58,14 +58,6 @@ DENSE_INPUT, CATEGORICAL_INPUT, PREDICTION_OUTPUT = "dense", "categorical", "pre
 
 class BundleError(ValueError):
     """A bundle that is missing, incomplete, tampered with or of an unknown format."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -117,23 +109,12 @@ def write_bundle(target: Path | str, *, write_graph: Callable[[Path], None], met
         extra = sorted(p.name for p in staging.iterdir() if p.name not in listed)
         if extra:
             raise BundleError(f"unexpected file(s) in the bundle: {', '.join(extra)}")
-        _write_json(staging / CHECKSUMS_FILE, {"files": {name: sha256_file(staging / name) for name in listed}})
-        digest = sha256_file(staging / CHECKSUMS_FILE)
-        _swap_in(staging, target)
+        _write_json(staging / CHECKSUMS_FILE, {"files": {name: file_digest(staging / name) for name in listed}})
+        digest = file_digest(staging / CHECKSUMS_FILE)
+        swap_in_directory(staging, target)
         return digest
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    previous = None
-    if target.exists():
-        previous = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(target, previous)
-    os.replace(staging, target)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 def copy_bundle(source: Path | str, target: Path | str) -> str:
@@ -147,7 +128,7 @@ def copy_bundle(source: Path | str, target: Path | str) -> str:
             shutil.copy2(source / name, staging / name)
         if verify_bundle(staging) != digest:
             raise BundleError(f"{target}: copy does not match {source}")
-        _swap_in(staging, target)
+        swap_in_directory(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return digest
@@ -173,11 +154,11 @@ def verify_bundle(path: Path | str) -> str:
         odd = sorted(present ^ expected)
         raise BundleError(f"{path}: missing or unlisted file(s): {', '.join(odd)}")
     for name, want in files.items():
-        got = sha256_file(path / name)
+        got = file_digest(path / name)
         if got != want:
             raise BundleError(f"{path / name}: checksum mismatch (expected sha256 {want[:12]}…, got {got[:12]}…); "
                               "the bundle was modified or corrupted")
-    return sha256_file(manifest_path)
+    return file_digest(manifest_path)
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:

@@ -1,62 +1,17 @@
-"""Atomic file and directory writes, and the CSV/Parquet helpers stages share.
-
-A stage that fails must leave no half-written output: every file is written
-under a temporary name next to its target and renamed into place only when
-complete; a stage's output directory is built aside and swapped in at the end.
-"""
+"""The CSV/Parquet helpers stages share (atomic writes live in pipeline/atomic.py, re-exported here)."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from pipeline.atomic import atomic_directory, atomic_file  # noqa: F401  (stages import them from here)
+
 PARQUET_COMPRESSION = "zstd"
-
-
-@contextlib.contextmanager
-def atomic_file(target: Path | str) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; rename it over ``target`` on success."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o644)  # mkstemp's 0600 would make outputs private
-        os.replace(tmp_path, target)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_directory(target: Path | str) -> Iterator[Path]:
-    """Yield an empty sibling directory; on success it replaces ``target`` as a whole."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield staging
-        os.chmod(staging, 0o755)
-        previous = None
-        if target.exists():
-            previous = target.with_name(f".{target.name}.old-{os.getpid()}")
-            shutil.rmtree(previous, ignore_errors=True)
-            os.replace(target, previous)
-        os.replace(staging, target)
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def open_csv_sink(path: Path, compression: str, level: int = 1):

@@ -12,21 +12,14 @@ import subprocess
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from pipeline.atomic import file_digest
+
 # The code a model and its evaluation depend on: exactly the train + evaluate deps in dvc.yaml,
 # so that any change here reruns evaluate (and a promote never waits on an evaluation DVC would not rerun).
 MODEL_CODE = ("engine", "pipeline/features.py", "pipeline/history.py", "pipeline/models.py", "pipeline/bundle.py",
               "pipeline/train.py", "pipeline/evaluate.py", "pipeline/metrics.py", "pipeline/model_params.py",
               "pipeline/drift_stats.py", "pipeline/tracking.py", "pipeline/versions.py", "pipeline/params.py",
-              "pipeline/io.py")
-
-
-def md5_file(path: Path) -> str:
-    """MD5 of a file's bytes (what DVC records for a file output)."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+              "pipeline/io.py", "pipeline/atomic.py")
 
 
 def data_version(root: Path, relative_paths: Iterable[str]) -> dict[str, str]:
@@ -36,7 +29,7 @@ def data_version(root: Path, relative_paths: Iterable[str]) -> dict[str, str]:
         path = root / rel
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found (run the data stages first: dvc repro)")
-        out[rel] = md5_file(path)
+        out[rel] = file_digest(path, "md5")
     return out
 
 

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from pipeline.bundle import copy_bundle, sha256_file
+from pipeline.atomic import file_digest
+from pipeline.bundle import copy_bundle
 
 
 def predict_body(model) -> dict:
@@ -69,7 +70,7 @@ def test_a_bundle_with_valid_checksums_but_a_broken_graph_is_refused(served, pro
     graph["ops"] = graph["ops"][: len(graph["ops"]) // 2]  # outputs now name tensors that do not exist
     (broken / "graph.json").write_text(json.dumps(graph))
     manifest = json.loads((broken / "checksums.json").read_text())
-    manifest["files"]["graph.json"] = sha256_file(broken / "graph.json")
+    manifest["files"]["graph.json"] = file_digest(broken / "graph.json")
     (broken / "checksums.json").write_text(json.dumps(manifest))
     copy_bundle(broken, production_dir)  # passes verification: the checksums match
     assert served.state.predictor.check_now() is False
