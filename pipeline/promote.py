@@ -4,7 +4,9 @@ Promotes only a candidate whose evaluation passed *for the current bundle,
 code, data and params* (the hashes ``evaluate`` recorded in
 results/evaluation.json are recomputed and compared). Then:
 
-1. installs the bundle at ``models/production/`` atomically (verified copy);
+1. installs the bundle at ``models/production/`` atomically: the evaluated model with its
+   history rolled forward to the last known day, so it forecasts the days after the data
+   (pipeline/serving_bundle.py);
 2. in a DVC project, ``dvc add models/production`` and, when a DVC remote is
    configured, ``dvc push`` of it;
 3. registers the bundle of the candidate's MLflow run as a model version
@@ -25,10 +27,11 @@ import sys
 from pathlib import Path
 
 from pipeline import tracking
-from pipeline.bundle import BundleError, copy_bundle, verify_bundle
+from pipeline.bundle import BundleError, verify_bundle
 from pipeline.evaluate import CANDIDATE_DIR, EVALUATION_FILE, current_versions
 from pipeline.model_params import promote_params
 from pipeline.params import ParamsError, load_yaml
+from pipeline.serving_bundle import roll_forward, source_digest
 
 PRODUCTION_DIR = "models/production"
 REFUSED = 3
@@ -101,12 +104,9 @@ def run(root: Path, quiet: bool = False) -> dict:
     tags = {"bundle_version": str(evaluation.get("bundle_version")), "code_version": evaluation["code_version"][:16],
             "validation_nwrmsle": f"{evaluation['candidate_nwrmsle']:.6f}"}
     production = root / PRODUCTION_DIR
-    try:
-        installed = verify_bundle(production) == digest
-    except BundleError:
-        installed = False
+    installed = source_digest(production) == digest
     if not installed:
-        copy_bundle(root / CANDIDATE_DIR, production)
+        roll_forward(root, root / CANDIDATE_DIR, production, digest)
     dvc_note = track_with_dvc(root, say)
     # The alias moves last: it is what says "this is production" to everyone reading the registry.
     version, created = tracking.register_production(root, evaluation["mlflow_run_id"], digest, tags,

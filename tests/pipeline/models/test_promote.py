@@ -7,7 +7,10 @@ import subprocess
 import pytest
 
 from pipeline import evaluate, promote, tracking, train
-from pipeline.bundle import verify_bundle
+import numpy as np
+import pandas as pd
+
+from pipeline.bundle import load_bundle, verify_bundle
 
 
 def test_a_passing_candidate_is_promoted_once(trained_project, capsys):
@@ -18,10 +21,31 @@ def test_a_passing_candidate_is_promoted_once(trained_project, capsys):
     version = tracking.production_version(root)
     assert str(version.version) == "1" and version.tags["bundle_digest"] == summary["digest"]
     assert version.run_id == summary["run_id"]
-    assert verify_bundle(root / "models/production") == summary["digest"]
+    production = load_bundle(root / "models/production")
+    assert production.metadata["source_bundle_digest"] == summary["digest"]
     again = promote.run(root, quiet=True)  # harmless to repeat
     assert not again["registered"] and not again["installed"] and again["version"] == "1"
     assert len(tracking.client(root).search_model_versions("name='shelfcast-forecaster'")) == 1
+
+
+def test_production_forecasts_the_days_after_the_data_with_the_evaluated_model(trained_project):
+    """Same graph and weights as the evaluated candidate; history rolled forward to the last known day."""
+    root, summary = trained_project
+    assert evaluate.main(["--root", str(root)]) == 0
+    promote.run(root, quiet=True)
+    candidate, production = load_bundle(root / "models/candidate"), load_bundle(root / "models/production")
+    for name in ("graph.json", "weights.npz"):
+        assert (root / "models/candidate" / name).read_bytes() == (root / "models/production" / name).read_bytes()
+    last_day = pd.read_parquet(root / "data/split/validation.parquet", columns=["date"])["date"].max()
+    first, last = production.metadata["horizon_dates"]
+    assert np.datetime64(first) == np.datetime64(last_day.date()) + 1
+    assert np.datetime64(last) - np.datetime64(first) == production.spec.horizon - 1
+    assert production.metadata["evaluated_horizon_dates"] == candidate.metadata["horizon_dates"]
+    assert np.datetime64(candidate.metadata["horizon_dates"][1]) == np.datetime64(last_day.date())
+    assert verify_bundle(root / "models/production") != summary["digest"]  # its own checksums, new history
+    store, item = int(production.snapshot.store_nbr[0]), int(production.snapshot.item_nbr[0])
+    forecast = production.predict([store], [item], [first], [False])
+    assert forecast.shape == (1,) and np.isfinite(forecast).all() and forecast[0] >= 0
 
 
 def test_a_deliberately_broken_model_is_refused(trained_project, tiny_params, set_params, capsys):

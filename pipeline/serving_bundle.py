@@ -1,0 +1,60 @@
+"""The production bundle: the evaluated model, with its history moved forward to the latest known day.
+
+The candidate's history snapshot ends at the validation origin, so that ``evaluate``
+scores it on the validation window. Features are relative to a forecast origin, so the
+same frozen graph and weights forecast the days after *all* known data once the
+snapshot ends on the last known day: that is what production must serve (the days
+nobody knows yet), as a forecasting team does when it rolls the origin forward.
+Nothing is retrained: graph, weights, vocabularies and training statistics are the
+evaluated candidate's, byte for byte; only history.npz, calendar.npz and the dates in
+bundle.json change, and ``source_bundle_digest`` names the candidate it came from.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.bundle import GRAPH_FILES, load_bundle, write_bundle
+from pipeline.history import build_history, future_calendar, read_sales, snapshot_at
+
+SALES_DATA = ("data/split/train.parquet", "data/split/validation.parquet")
+HOLIDAYS_DATA = "data/prepared/holidays.parquet"
+
+
+def _day(day_number) -> str:
+    return str(np.datetime64(int(day_number), "D"))
+
+
+def roll_forward(root: Path, candidate_dir: Path, target_dir: Path, candidate_digest: str) -> str:
+    """Write ``target_dir`` from the candidate with its origin at the last day of the data; returns its digest."""
+    candidate = load_bundle(candidate_dir)
+    spec = candidate.spec
+    history = build_history(read_sales([root / path for path in SALES_DATA]))
+    calendar = future_calendar(root / HOLIDAYS_DATA, history.stores["store_nbr"], history.last_day + 1, spec.horizon)
+    snapshot = snapshot_at(history, history.days - 1, spec.history_days, calendar)
+
+    metadata = dict(candidate.metadata)
+    metadata.update({
+        "evaluated_forecast_origin": candidate.metadata["forecast_origin"],
+        "evaluated_horizon_dates": candidate.metadata["horizon_dates"],
+        "horizon_dates": [_day(snapshot.calendar_days[0]), _day(snapshot.calendar_days[-1])],
+        "source_bundle_digest": candidate_digest,
+    })
+
+    def copy_graph(directory: Path) -> None:
+        for name in GRAPH_FILES:
+            shutil.copy2(candidate_dir / name, directory / name)
+
+    return write_bundle(target_dir, write_graph=copy_graph, metadata=metadata, snapshot=snapshot,
+                        training_stats=candidate.training_stats)
+
+
+def source_digest(bundle_dir: Path) -> str | None:
+    """The candidate a production bundle was rolled forward from (None when it is not one, or unreadable)."""
+    try:
+        return load_bundle(bundle_dir).metadata.get("source_bundle_digest")
+    except Exception:  # a missing or untrustworthy production bundle is simply replaced
+        return None
