@@ -9,6 +9,11 @@ and is no worse than LightGBM (ratio <= 1.0).
 
     python benchmarks/accuracy.py [--root .] [--json] [--skip-lightgbm]
 
+On synthetic data a last row gives the noise floor (``noise_floor.py``): the
+forecast made from the generator's true expected demand, the best NWRMSLE any
+learner could reach, so the table shows how much of the reachable gain each
+learner takes.
+
 Needs the data stages' outputs (``dvc repro split``) and, for the peer,
 ``pip install lightgbm==4.7.0`` (never a runtime dependency).
 """
@@ -34,7 +39,11 @@ from pipeline.history import build_history, read_sales, rows_at_origin  # noqa: 
 from pipeline.metrics import nwrmsle, perishable_weights, rmse  # noqa: E402
 from pipeline.model_params import feature_params, train_params  # noqa: E402
 from pipeline.models import baseline_predict  # noqa: E402
-from pipeline.params import load_yaml  # noqa: E402
+from pipeline.params import data_params, load_yaml  # noqa: E402
+
+import noise_floor  # noqa: E402  (benchmarks/ is on sys.path, as for common)
+
+FLOOR = "noise floor (synthetic data's true demand)"
 
 
 def validation_set(root: Path, data, fparams, weeks: int):
@@ -45,10 +54,11 @@ def validation_set(root: Path, data, fparams, weeks: int):
     """
     full = build_history(read_sales([root / train.TRAIN_DATA, root / "data/split/validation.parquet"]),
                          first_day=data.history.first_day)
-    rows, units, perishable, _ = rows_at_origin(full, data.validation_origin, fparams.spec.history_days,
-                                                fparams.spec.horizon)
+    rows, units, perishable, series = rows_at_origin(full, data.validation_origin, fparams.spec.history_days,
+                                                     fparams.spec.horizon)
+    keys = (full.store_nbr[series], full.item_nbr[series], rows.origin_day + rows.horizon)
     return build_features(fparams.spec, data.vocab, rows), units, perishable_weights(perishable), \
-        baseline_predict(rows, weeks)
+        baseline_predict(rows, weeks), keys
 
 
 def fit_engine(kind: str, tparams, data, spec, matrix):
@@ -88,6 +98,7 @@ def main(argv=None) -> int:
     parser.add_argument("--root", type=Path, default=REPO, help="project root with data/ and params.yaml")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of the table")
     parser.add_argument("--skip-lightgbm", action="store_true", help="leave the LightGBM peer out")
+    parser.add_argument("--skip-floor", action="store_true", help="leave the noise-floor row out (synthetic data)")
     parser.add_argument("--threads", type=int, default=common.available_cores())
     args = parser.parse_args(argv)
 
@@ -95,7 +106,7 @@ def main(argv=None) -> int:
     fparams, tparams = feature_params(raw), train_params(raw)
     history = build_history(read_sales([args.root / train.TRAIN_DATA]))
     data = train.prepare_training(history, fparams, tparams.baseline_weeks)
-    matrix, actual, weights, baseline = validation_set(args.root, data, fparams, tparams.baseline_weeks)
+    matrix, actual, weights, baseline, keys = validation_set(args.root, data, fparams, tparams.baseline_weeks)
 
     learners = [("baseline (weekday moving average, %d weeks)" % tparams.baseline_weeks, baseline, 0.0, "-")]
     for kind in ("linear", "mlp"):
@@ -104,6 +115,11 @@ def main(argv=None) -> int:
     if not args.skip_lightgbm:
         predicted, seconds, rounds = fit_lightgbm(tparams, data, matrix, args.threads)
         learners.append(("LightGBM 4.7 (peer)", predicted, seconds, f"{rounds} trees"))
+    data_source = data_params(raw)
+    if data_source.source == "synthetic" and not args.skip_floor:
+        started = time.perf_counter()
+        floor = noise_floor.floor_forecast(data_source.synthetic, *keys)
+        learners.append((FLOOR, floor, time.perf_counter() - started, "knows the true demand"))
 
     scores = {name: nwrmsle(actual, p, weights) for name, p, _, _ in learners}
     base = scores[learners[0][0]]
@@ -115,6 +131,9 @@ def main(argv=None) -> int:
     if not args.skip_lightgbm:
         results.append(common.Result("A3", "engine MLP vs LightGBM", "NWRMSLE", mlp, scores["LightGBM 4.7 (peer)"],
                                      common.Target("<=", 1.0)))
+    if FLOOR in scores:
+        results.append(common.Result("A4", "noise floor vs baseline", "NWRMSLE", scores[FLOOR], base))
+        results.append(common.Result("A5", "engine MLP vs noise floor", "NWRMSLE", mlp, scores[FLOOR]))
     if args.json:
         common.write_json_lines(results)
         return 0

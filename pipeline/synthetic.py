@@ -471,18 +471,28 @@ class SalesProcess:
     def draw(self, lo: int, hi: int, rng: np.random.Generator):
         """Sampled unit sales [T, S, I] (0 = no row), promotion flags and expected demand."""
         mu, promo = self.expected(lo, hi)
-        rate = rng.gamma(GAMMA_SHAPE, 1.0 / GAMMA_SHAPE, size=mu.shape).astype(np.float32)
-        rate *= mu
-        counts = rng.poisson(rate).astype(np.float32)
-        weight = self.catalog.item_weight_kg
-        weighed = weight > 0
-        if weighed.any():
-            per_unit = rng.lognormal(0.0, 0.25, size=counts[:, :, weighed].shape).astype(np.float32)
-            grams = np.round(counts[:, :, weighed] * weight[weighed] * per_unit, 3)
-            counts[:, :, weighed] = np.where(counts[:, :, weighed] > 0, np.maximum(grams, 0.05), 0.0)
-        returns = (counts == 0) & (mu > 0.05) & (rng.random(counts.shape, dtype=np.float32) < RETURN_PROBABILITY)
-        counts[returns] = -(1.0 + rng.poisson(0.5, size=int(returns.sum())))
-        return counts, promo, mu
+        return sample_sales(mu, self.catalog.item_weight_kg, rng), promo, mu
+
+
+def sample_sales(mu: np.ndarray, weight_kg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unit sales drawn around the expected demand ``mu`` (any shape; ``weight_kg`` broadcasts to it).
+
+    Gamma-Poisson counts; items sold by weight (``weight_kg`` > 0) become kilograms;
+    rare zero days record a return (negative units). One function for the generator
+    and for the noise-floor oracle of ``benchmarks/accuracy.py``.
+    """
+    rate = rng.gamma(GAMMA_SHAPE, 1.0 / GAMMA_SHAPE, size=mu.shape).astype(np.float32)
+    rate *= mu
+    counts = rng.poisson(rate).astype(np.float32)
+    weight = np.broadcast_to(weight_kg, mu.shape)
+    weighed = weight > 0
+    if weighed.any():
+        per_unit = rng.lognormal(0.0, 0.25, size=int(weighed.sum())).astype(np.float32)
+        grams = np.round(counts[weighed] * weight[weighed] * per_unit, 3)
+        counts[weighed] = np.where(counts[weighed] > 0, np.maximum(grams, 0.05), 0.0)
+    returns = (counts == 0) & (mu > 0.05) & (rng.random(counts.shape, dtype=np.float32) < RETURN_PROBABILITY)
+    counts[returns] = -(1.0 + rng.poisson(0.5, size=int(returns.sum())))
+    return counts
 
 
 def _months(days: np.ndarray) -> list[tuple[int, int]]:

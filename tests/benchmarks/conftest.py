@@ -33,6 +33,11 @@ def bench():
     return _benchmark_module("engine_vs_torch")
 
 
+@pytest.fixture(scope="session")
+def noise_floor():
+    return _benchmark_module("noise_floor")
+
+
 def engine_unavailable_reason() -> str | None:
     """Why the engine's public API cannot be used yet (None when it can)."""
     try:
