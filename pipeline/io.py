@@ -14,10 +14,27 @@ from pipeline.atomic import atomic_directory, atomic_file  # noqa: F401  (stages
 PARQUET_COMPRESSION = "zstd"
 
 
+class _ReproducibleGzip(gzip.GzipFile):
+    """gzip with no file name and time in its header: the same bytes give the same file, run after run."""
+
+    def __init__(self, path: Path, level: int):
+        self._raw = open(path, "wb")
+        super().__init__(filename="", mode="wb", compresslevel=level, fileobj=self._raw, mtime=0)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw.close()
+
+
 def open_csv_sink(path: Path, compression: str, level: int = 1):
-    """A binary sink for CSV bytes: plain, or gzip (fast level: the raw files are big)."""
+    """A binary sink for CSV bytes: plain, or gzip (fast level: the raw files are big).
+
+    Seeded synthetic data hash the same on every run, so DVC sees an unchanged output.
+    """
     if compression == "gzip":
-        return gzip.open(path, "wb", compresslevel=level)
+        return _ReproducibleGzip(path, level)
     if compression == "none":
         return open(path, "wb")
     raise ValueError(f"compression: expected gzip or none, got {compression!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import time
 
 import numpy as np
 import pandas as pd
@@ -122,6 +123,18 @@ def test_deterministic_for_a_seed(tmp_path):
     for path in (tmp_path / "a").iterdir():
         assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
     assert (tmp_path / "a" / "train.csv").read_bytes() != (tmp_path / "c" / "train.csv").read_bytes()
+
+
+def test_gzip_files_are_byte_identical_for_a_seed(tmp_path):
+    """DVC hashes the compressed bytes: no time stamp or file name in the gzip header may change them."""
+    small = SyntheticParams(**{**PARAMS.__dict__, "items": 40, "start_date": dt.date(2016, 3, 1)})
+    generate(small, tmp_path / "a", progress=False)
+    time.sleep(1.1)  # a header time stamp would now differ
+    generate(small, tmp_path / "b", progress=False)
+    names = sorted(path.name for path in (tmp_path / "a").iterdir())
+    assert names and all(name.endswith(".csv.gz") for name in names)
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
 @pytest.fixture(scope="module")
