@@ -23,18 +23,14 @@ compiler does not know is refused with :class:`UnsupportedGraphError` naming the
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
-import sys
-import tempfile
-import threading
 
 import numpy as np
 
-from engine import config
+from engine import generated
 from engine.errors import FailedPreconditionError
-from engine.graph import IndexedSlices, Operation, Tensor
+from engine.graph import IndexedSlices, Operation, Tensor, ops_needed
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +67,7 @@ def _fetch_tensors(fetches) -> list:
 
 def _needed_ops(fetch_tensors, feed_tensors) -> list:
     """Ops the fetches depend on (data and control edges), stopping at feeds; creation order."""
-    fed = set(feed_tensors)
-    needed, stack = set(), [t.op for t in fetch_tensors if t not in fed]
-    while stack:
-        op = stack.pop()
-        if op in needed:
-            continue
-        needed.add(op)
-        stack.extend(t.op for t in op.inputs if t not in fed)
-        stack.extend(op.control_inputs)
+    needed = ops_needed(fetch_tensors, feed_tensors)
     return sorted(needed, key=lambda o: o.id)
 
 
@@ -305,10 +293,6 @@ def generate(fetch_tensors, feed_tensors):
 
 # --- loading through the on-disk cache -------------------------------------------------------------
 
-_lock = threading.Lock()
-_modules: dict = {}
-
-
 def cache_key(source: str) -> str:
     """The module's stable name: sha256 of its source (ops, attrs, shapes, dtypes; never weights)."""
     return hashlib.sha256(source.encode()).hexdigest()[:24]
@@ -317,32 +301,8 @@ def cache_key(source: str) -> str:
 def load_plan_function(source: str):
     """``plan`` of ``source``: written once under the cache directory, imported, memoized per process."""
     key = cache_key(source)
-    with _lock:
-        module = _modules.get(key)
-        if module is None:
-            directory = os.path.join(config.CACHE_DIR, CACHE_SUBDIR)
-            os.makedirs(directory, exist_ok=True)
-            path = os.path.join(directory, f"plan_{key}.py")
-            if not _file_holds(path, source):
-                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".plan_", suffix=".py")
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(source)
-                os.replace(tmp, path)
-            name = f"shelfcast_compiled_plan_{key}"
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-            _modules[key] = module
-    return module.plan, os.path.join(config.CACHE_DIR, CACHE_SUBDIR, f"plan_{key}.py")
-
-
-def _file_holds(path: str, source: str) -> bool:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read() == source
-    except OSError:
-        return False
+    module = generated.import_generated(source, key, CACHE_SUBDIR, "plan", "shelfcast_compiled_plan_")
+    return module.plan, generated.module_path(CACHE_SUBDIR, "plan", key)
 
 
 # --- the compiled plan and the small-batch dispatcher ----------------------------------------------

@@ -348,6 +348,26 @@ _local = threading.local()
 _global_default: list[Graph] = [Graph()]
 
 
+def ops_needed(targets, fed=()) -> set[Operation]:
+    """Every op that computing ``targets`` (tensors or ops) runs: data and control edges, stopping at ``fed`` tensors.
+
+    The pruning rule of partial execution; sessions, the compiler and the inference-graph
+    exporter all cut a graph with it.
+    """
+    fed = set(fed)
+    needed: set[Operation] = set()
+    stack = [t if isinstance(t, Operation) else t.op for t in targets
+             if isinstance(t, Operation) or t not in fed]
+    while stack:
+        op = stack.pop()
+        if op in needed:
+            continue
+        needed.add(op)
+        stack.extend(t.op for t in op.inputs if t not in fed)
+        stack.extend(op.control_inputs)
+    return needed
+
+
 def _stack() -> list[Graph]:
     if not hasattr(_local, "stack"):
         _local.stack = []

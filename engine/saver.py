@@ -40,7 +40,7 @@ import numpy as np
 
 from engine import dtypes
 from engine.errors import DataLossError, InvalidArgumentError, NotFoundError
-from engine.graph import Graph, Operation, Tensor, convert_to_tensor
+from engine.graph import Graph, Operation, Tensor, convert_to_tensor, ops_needed
 from engine.ops.state import global_variables
 
 CHECKPOINT_FORMAT = "shelfcast-engine-checkpoint"
@@ -238,15 +238,7 @@ def export_inference_graph(sess, export_dir: str, inputs, outputs) -> dict:
     """
     inputs, outputs = _as_named(inputs, "inputs"), _as_named(outputs, "outputs")
     fed = set(inputs.values())
-    needed: set[Operation] = set()
-    stack = [t.op for t in outputs.values() if t not in fed]
-    while stack:
-        op = stack.pop()
-        if op in needed:
-            continue
-        needed.add(op)
-        stack.extend(t.op for t in op.inputs if t not in fed)
-        stack.extend(op.control_inputs)
+    needed = ops_needed(outputs.values(), fed)
     weights: dict = {}
     records = []
     for t in sorted(fed, key=lambda t: t.op.id):

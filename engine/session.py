@@ -23,7 +23,7 @@ import numpy as np
 
 from engine import shapes
 from engine.errors import InvalidArgumentError, OpError
-from engine.graph import IndexedSlices, Operation, Tensor, get_default_graph, python_value_to_array
+from engine.graph import IndexedSlices, Operation, Tensor, get_default_graph, ops_needed, python_value_to_array
 from engine.kernels import array as KA
 from engine.passes import PASS_NAMES, PlanIR, node_from_op, optimize
 from engine.passes.lowering import OUT_KERNELS
@@ -363,22 +363,7 @@ class Session:
             else:
                 targets.append(r)
 
-        needed: set[Operation] = set()
-        stack = []
-        for t in targets:
-            if isinstance(t, Operation):
-                stack.append(t)
-            elif t not in fed:
-                stack.append(t.op)
-        while stack:
-            op = stack.pop()
-            if op in needed:
-                continue
-            needed.add(op)
-            for t in op.inputs:
-                if t not in fed:
-                    stack.append(t.op)
-            stack.extend(op.control_inputs)
+        needed = ops_needed(targets, fed)
 
         slots: dict[Tensor, int] = {}
         feed_slots = []

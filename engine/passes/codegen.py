@@ -9,13 +9,8 @@ process finds both the module and its compiled code.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
-import sys
-import tempfile
-import threading
 
-from engine import config
+from engine import generated
 
 # Statement templates, one per elementwise op: {a}, {b} are loaded operands, {T} the dtype
 # constructor. They mirror engine/kernels/math.py exactly, so fused == unfused bit for bit.
@@ -43,8 +38,6 @@ EXPRESSIONS = {
     "Softplus": "({a} if {a} > 0 else {T}(0)) + np.log1p(np.exp(-abs({a})))",
 }
 
-_lock = threading.Lock()
-_loaded: dict = {}
 
 
 def kernel_source(steps, leaf_kinds, dtype: str, inner: int) -> str:
@@ -99,31 +92,5 @@ def kernel_source(steps, leaf_kinds, dtype: str, inner: int) -> str:
 def load_kernels(source: str):
     """(serial, parallel) functions of ``source``, written to and imported from the cache dir."""
     digest = hashlib.sha1(source.encode()).hexdigest()[:20]
-    with _lock:
-        found = _loaded.get(digest)
-        if found is not None:
-            return found
-        directory = os.path.join(config.CACHE_DIR, "shelfcast_fused")
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, f"fused_{digest}.py")
-        if not _same_file(path, source):
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fused_", suffix=".py")
-            with os.fdopen(fd, "w") as handle:
-                handle.write(source)
-            os.replace(tmp, path)
-        name = f"shelfcast_fused_{digest}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        found = (module.serial, module.parallel)
-        _loaded[digest] = found
-        return found
-
-
-def _same_file(path, source) -> bool:
-    try:
-        with open(path) as handle:
-            return handle.read() == source
-    except OSError:
-        return False
+    module = generated.import_generated(source, digest, "shelfcast_fused", "fused", "shelfcast_fused_")
+    return module.serial, module.parallel
