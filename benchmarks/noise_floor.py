@@ -11,12 +11,21 @@ default data allows. Only meaningful when ``data.source`` is ``synthetic``.
 
 from __future__ import annotations
 
-import datetime as dt
-
 import numpy as np
 
 from pipeline.params import SyntheticParams
-from pipeline.synthetic import SalesProcess, make_catalog, make_holidays, sample_sales
+from pipeline.synthetic import sales_process, sample_sales
+
+
+def _positions(known: np.ndarray, wanted, what: str) -> np.ndarray:
+    """Index of each ``wanted`` value in the sorted ``known`` ones; ValueError naming the first unknown one."""
+    wanted = np.asarray(wanted, dtype=np.int64)
+    found = np.minimum(np.searchsorted(known, wanted), known.size - 1)
+    missing = known[found] != wanted
+    if missing.any():
+        raise ValueError(f"noise floor: {what} {int(wanted[missing.argmax()])} is not one the synthetic "
+                         "parameters generate (was params.yaml changed after `dvc repro`?)")
+    return found
 
 
 def expected_demand(params: SyntheticParams, store_nbr, item_nbr, day) -> tuple[np.ndarray, np.ndarray]:
@@ -24,24 +33,17 @@ def expected_demand(params: SyntheticParams, store_nbr, item_nbr, day) -> tuple[
 
     ``day`` holds days since 1970-01-01 (numpy ``datetime64[D]`` as integers).
     """
-    catalog = make_catalog(params)
-    last = params.end_date + dt.timedelta(params.test_days)
-    process = SalesProcess(params, catalog, make_holidays(min(params.start_date.year, 2012), last.year))
-    day = np.asarray(day, dtype=np.int64)
-    col = day - process.start.astype(np.int64)
-    if col.size and (col.min() < 0 or col.max() >= len(process.days)):
-        raise ValueError("noise floor: rows outside the synthetic date range "
-                         f"{params.start_date} .. {last}")
-    lo, hi = int(col.min()), int(col.max()) + 1
-    stores = process.stores["store_nbr"].to_numpy()
-    items = catalog.items["item_nbr"].to_numpy()
-    s = np.searchsorted(stores, store_nbr)
-    i = np.searchsorted(items, item_nbr)
-    if (s >= len(stores)).any() or (stores[np.minimum(s, len(stores) - 1)] != store_nbr).any() \
-            or (i >= len(items)).any() or (items[np.minimum(i, len(items) - 1)] != item_nbr).any():
-        raise ValueError("noise floor: rows name stores or items the synthetic parameters do not generate")
-    mu, _ = process.expected(lo, hi)
-    return mu[col - lo, s, i].astype(np.float32), catalog.item_weight_kg[i]
+    process = sales_process(params)
+    col = np.asarray(day, dtype=np.int64) - process.start.astype(np.int64)
+    if col.size == 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    if col.min() < 0 or col.max() >= len(process.days):
+        raise ValueError(f"noise floor: rows outside the synthetic date range {process.days[0]} .. {process.days[-1]}")
+    s = _positions(process.stores["store_nbr"].to_numpy(), store_nbr, "store")
+    i = _positions(process.catalog.items["item_nbr"].to_numpy(), item_nbr, "item")
+    lo = int(col.min())
+    mu, _ = process.expected(lo, int(col.max()) + 1)
+    return mu[col - lo, s, i].astype(np.float32), process.catalog.item_weight_kg[i]
 
 
 def optimal_forecast(mu: np.ndarray, weight_kg: np.ndarray, samples: int = 400, seed: int = 0) -> np.ndarray:

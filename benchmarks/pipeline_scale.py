@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     total_wall = sum(r[1] for r in results)
     peak = max(r[2] for r in results)
-    print(f"\n| stage | wall s | peak RSS GB |\n|---|---|---|")
+    print("\n| stage | wall s | peak RSS GB |\n|---|---|---|")
     for stage, wall, rss in results:
         print(f"| {stage} | {wall:.1f} | {rss:.2f} |")
     print(f"| **total** | **{total_wall:.1f}** (target <= {target_wall_s}) | **{peak:.2f}** (target <= {target_rss_gb:g}) |")

@@ -19,7 +19,11 @@ class _ReproducibleGzip(gzip.GzipFile):
 
     def __init__(self, path: Path, level: int):
         self._raw = open(path, "wb")
-        super().__init__(filename="", mode="wb", compresslevel=level, fileobj=self._raw, mtime=0)
+        try:
+            super().__init__(filename="", mode="wb", compresslevel=level, fileobj=self._raw, mtime=0)
+        except BaseException:
+            self._raw.close()
+            raise
 
     def close(self) -> None:
         try:

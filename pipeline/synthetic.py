@@ -369,7 +369,7 @@ class SalesProcess:
     """Expected demand and its draws for a block of days, over the chosen stores × all items."""
 
     def __init__(self, params: SyntheticParams, catalog: Catalog, holidays: pd.DataFrame):
-        self.params, self.catalog = params, catalog
+        self.params, self.catalog, self.holidays = params, catalog, holidays
         self.stores = catalog.stores.iloc[: params.stores].reset_index(drop=True)
         self.start = np.datetime64(params.start_date)
         self.end = np.datetime64(params.end_date)
@@ -514,14 +514,19 @@ def _promo_strings(promo: np.ndarray, known: np.ndarray) -> pa.Array:
     return kaggle_bool_strings(pa.array(promo, mask=~known))
 
 
+def sales_process(params: SyntheticParams) -> SalesProcess:
+    """The generator's demand model for ``params``: its catalog, holiday calendar and store effects."""
+    last_day = params.end_date + dt.timedelta(params.test_days)
+    return SalesProcess(params, make_catalog(params), make_holidays(min(params.start_date.year, 2012), last_day.year))
+
+
 def generate(params: SyntheticParams, out_dir: Path, progress: bool = True) -> dict[str, int]:
     """Write the Favorita files into ``out_dir``; returns row counts per file."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = ".csv.gz" if params.compression == "gzip" else ".csv"
-    catalog = make_catalog(params)
-    holidays = make_holidays(min(params.start_date.year, 2012), (params.end_date + dt.timedelta(params.test_days)).year)
-    process = SalesProcess(params, catalog, holidays)
+    process = sales_process(params)
+    catalog, holidays = process.catalog, process.holidays
     stores, items = process.stores, catalog.items
     store_nbr = stores["store_nbr"].to_numpy(dtype=np.int32)
     item_nbr = items["item_nbr"].to_numpy(dtype=np.int32)

@@ -39,7 +39,6 @@ EXPRESSIONS = {
 }
 
 
-
 def kernel_source(steps, leaf_kinds, dtype: str, inner: int) -> str:
     """Source of ``serial(out, x0, x1, ...)`` and ``parallel(...)`` for one chain.
 

@@ -34,9 +34,9 @@ def test_rows_outside_the_generated_data_are_refused(noise_floor):
     late = np.datetime64("2016-07-01").astype(np.int64)
     with pytest.raises(ValueError, match="date range"):
         noise_floor.expected_demand(PARAMS, np.array([1]), items[:1], np.array([late]))
-    with pytest.raises(ValueError, match="stores or items"):
+    with pytest.raises(ValueError, match="is not one the synthetic parameters generate"):
         noise_floor.expected_demand(PARAMS, np.array([1]), np.array([items.max() + 1]), np.array([late - 5]))
-    with pytest.raises(ValueError, match="stores or items"):
+    with pytest.raises(ValueError, match="is not one the synthetic parameters generate"):
         noise_floor.expected_demand(PARAMS, np.array([54]), items[:1], np.array([late - 5]))
 
 
@@ -52,4 +52,5 @@ def test_the_optimal_forecast_beats_every_other_forecast_of_the_same_demand(nois
         assert floor < nwrmsle(actual, best * scale)
     by_unit = weight == 0
     assert np.median(best[by_unit] / mu[by_unit]) < 1  # Jensen: E log1p(Y) <= log1p(E Y)
+    assert noise_floor.expected_demand(PARAMS, [], [], [])[0].size == 0
     assert noise_floor.optimal_forecast(np.zeros(4, np.float32), np.zeros(4, np.float32), samples=5).max() == 0.0
