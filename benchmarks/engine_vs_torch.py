@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/engine_vs_torch.py            # full run, human table
     .venv/bin/python benchmarks/engine_vs_torch.py --json     # one JSON object per workload per line
     .venv/bin/python benchmarks/engine_vs_torch.py --quick --only W1,W2
+    .venv/bin/python benchmarks/engine_vs_torch.py --profile  # where the engine's W1 step spends its time
 
 Why subprocesses: thread-pool sizes (NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS,
 OMP_NUM_THREADS) are read once, when numba / numpy / torch load, so each side
@@ -203,6 +204,7 @@ class SideModel:
     prepare: Callable[[Batch], tuple]  # numpy batch -> the side's native inputs (done outside timing)
     to_numpy: Callable[[Any], np.ndarray]
     notes: dict[str, Any]
+    profile: Callable[[Batch, int], str] | None = None  # per-op table of a training step over N runs (engine)
 
 
 def measure_side(model: SideModel, data: Workload, settings: Settings, workloads: Sequence[str]) -> dict:
@@ -337,12 +339,18 @@ def build_engine_model(weights: dict[str, np.ndarray], build: str = "auto") -> S
     step, hot_path = _engine_callable(sess, [loss, train_op], [*feeds, target])
     # The serving path: small batches run as one compiled function, large ones through the BLAS plan.
     predict = en.compiler.compile_callable(sess, prediction, feeds)
+
+    def profile(b: Batch, runs: int) -> str:
+        feed = dict(zip([*feeds, target], (b.store, b.item, b.family, b.dense, b.target)))
+        return en.profiler.profile(sess, [loss, train_op], feed, runs=runs).table()
+
     return SideModel(
         train_step=lambda b: float(step(b.store, b.item, b.family, b.dense, b.target)[0]),
         predict=lambda inputs: predict(*inputs),
         prepare=lambda b: b.inputs(),
         to_numpy=np.asarray,
         notes={"build": "en.layers" if use_layers else "en.Variable", "hot_path": hot_path},
+        profile=profile,
     )
 
 
@@ -457,6 +465,11 @@ def side_main(args) -> int:
             done_at = time.time()
             print(json.dumps({"side": args.side, "first_step_done_at": done_at, "loss": loss}))
             return 0
+        if args.profile:  # the engine's W1 step, per op, after the usual warm-up
+            for k in range(settings.warmup_steps):
+                model.train_step(data.training[k % len(data.training)])
+            print(model.profile(data.training[0], settings.timed_steps // 2))
+            return 0
     except SideUnavailable as error:
         print(f"{args.side}: {error}", file=sys.stderr)
         return EXIT_SIDE_UNAVAILABLE
@@ -481,6 +494,8 @@ def side_command(side: str, args, workloads: Sequence[str], first_step: bool = F
         command.append("--quick")
     if first_step:
         command.append("--first-step")
+    if args.profile:
+        command.append("--profile")
     return command
 
 
@@ -594,6 +609,17 @@ def side_notes(runs: dict[str, list[dict]], child_runs: dict[str, list[common.Ch
     return lines
 
 
+def profile_main(args) -> int:
+    """--profile: the engine's W1 training step per op, in a child pinned to --threads like a measured run."""
+    run = common.run_child(side_command("engine", args, ["W1"]), env=common.thread_env(args.threads),
+                           timeout_s=args.timeout)
+    if run.returncode != 0:
+        raise RuntimeError(f"the engine side failed (--profile): {run.failure_tail()}")
+    print(f"engine, W1 training step (batch {TRAIN_BATCH:,}), threads {args.threads}:")
+    print(run.stdout.rstrip())
+    return 0
+
+
 def parent_main(args) -> int:
     selected = common.parse_id_list(args.only, WORKLOAD_IDS)
     sides = common.parse_id_list(args.sides.upper(), [s.upper() for s in SIDES], "--sides")
@@ -651,6 +677,8 @@ def parse_args(argv: Sequence[str] | None = None):
                         help="the peer's Adam: torch.optim.Adam's default, foreach or fused (the default: its "
                              "fastest here) implementation, or lazy (SparseAdam on sparse embedding gradients: "
                              "the engine's update rule, so losses track step by step)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print where the engine's W1 training step spends its time, per op (no peer, no ratios)")
     parser.add_argument("--timeout", type=float, default=1_800, help="seconds allowed to each side's process")
     # internal: a measured child process
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
@@ -665,7 +693,9 @@ def parse_args(argv: Sequence[str] | None = None):
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return side_main(args) if args.side else parent_main(args)
+        if args.side:
+            return side_main(args)
+        return profile_main(args) if args.profile else parent_main(args)
     except (ValueError, RuntimeError) as error:
         print(f"engine_vs_torch: {error}", file=sys.stderr)
         return 1

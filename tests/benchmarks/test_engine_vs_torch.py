@@ -34,6 +34,16 @@ def test_engine_only_run_prints_a_json_line_per_workload(engine_api, run_script,
     assert "NUMBA_NUM_THREADS': '1'" in stderr  # the child's pools were pinned to --threads
 
 
+def test_profile_shows_where_a_training_step_spends_its_time(engine_api, run_script):
+    """The README's W1 breakdown comes from this command: every op of the step, matmuls by name."""
+    status, stdout, stderr = run_script("--profile", "--quick", "--threads", "1")
+    assert status == 0, stderr
+    assert "W1 training step (batch 1,024), threads 1" in stdout
+    by_type = stdout[stdout.index("op type"):]
+    assert "MatMul" in by_type and "SparseApplyAdam" in by_type and "ApplyAdam" in by_type
+    assert "gradients/dense1_MatMul_grad/MatMul" in stdout
+
+
 def test_torch_side_quick_table(run_script):
     pytest.importorskip("torch")
     status, stdout, stderr = run_script("--sides", "torch", "--quick", "--threads", "1", "--only", "W1,W2")
