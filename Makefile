@@ -17,16 +17,14 @@ export DVC_NO_ANALYTICS = 1
 # CI/CD steps (ml-pipeline, promote, build-image, deploy, drift ...): one make target each.
 include monitoring/delivery.mk
 
-.PHONY: venv run serve test test-slow bench clean help
+.PHONY: venv run serve test test-slow bench clean help dag status metrics plots mlflow-ui
 
-help:
-	@echo "make run        set up, run the pipeline (dvc repro), promote the model, serve the app on :5005"
-	@echo "make serve      serve models/production with gunicorn on http://localhost:5005"
-	@echo "make test       set up, then run the default test suite"
-	@echo "make test-slow  the long suites (marker: slow)"
-	@echo "make bench      benchmarks (installs the PyTorch CPU peer)"
+# `make help` is generated from the `## ` comment after each target in every Makefile read
+# (this one and monitoring/delivery.mk), so it cannot fall behind; a test checks every target has one.
+help:                 ## this list
+	@awk -F ':[^#]*## ' '/^[A-Za-z][A-Za-z0-9_-]*:[^=]*## / { printf "  make %-17s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-venv: $(STAMP)
+venv: $(STAMP)        ## create .venv and install Shelfcast with its test extras (every target does this first)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,26 +33,43 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import engine, numba, pandas, mlflow, dvc"
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP)         ## set up, run the pipeline (dvc repro), promote the model, serve the app on :5005
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	$(BIN)/python -m pipeline.promote
 	$(MAKE) serve
 
-serve: $(STAMP)
+serve: $(STAMP)       ## serve models/production with gunicorn on http://localhost:5005
 	$(BIN)/gunicorn --config app/gunicorn_conf.py app.wsgi:app
 
-test: $(STAMP)
+test: $(STAMP)        ## set up, then run the default test suite
 	scripts/install_test_services.sh
 	scripts/install_browser.sh || echo "make test: Chromium could not be installed; the browser test will skip"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-slow: $(STAMP)
+test-slow: $(STAMP)   ## the long suites (marker: slow), the README walkthrough among them
 	scripts/install_test_services.sh
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP)       ## benchmarks (installs the PyTorch CPU and LightGBM peers)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/engine_vs_torch.py
 
-clean:
+dag: $(STAMP)         ## the pipeline's stages and how they connect (dvc dag)
+	$(DVC) dag
+
+status: $(STAMP)      ## which stages are out of date, and why (dvc status)
+	$(DVC) status
+
+metrics: $(STAMP)     ## the evaluation's metrics, and how they differ from the last commit (dvc metrics)
+	$(DVC) metrics show
+	$(DVC) metrics diff
+
+plots: $(STAMP)       ## the evaluation's plots as HTML in dvc_plots/index.html (dvc plots show)
+	$(DVC) plots show
+
+MLFLOW_PORT ?= 5000
+mlflow-ui: $(STAMP)   ## MLflow's web UI on http://127.0.0.1:5000: runs, curves, registered models (Ctrl-C stops it)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+clean:                ## remove .venv and pytest's cache (data, models and MLflow runs stay)
 	rm -rf $(VENV) .pytest_cache

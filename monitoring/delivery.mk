@@ -56,5 +56,5 @@ drift: $(STAMP)                       ## drift report from logs/predictions.json
 monitoring-setup: $(STAMP)            ## index templates + Kibana objects into a running stack
 	$(BIN)/python -m monitoring.setup_stack
 
-test-monitoring: $(STAMP)
+test-monitoring: $(STAMP)             ## the monitoring tests only (tests/monitoring)
 	$(BIN)/python -m pytest -q tests/monitoring
