@@ -112,7 +112,7 @@ def build_history(frame: pd.DataFrame, first_day: int | None = None, last_day: i
         flat = int(np.flatnonzero(duplicate)[0])
         s, d = divmod(flat, n_days)
         raise HistoryError(f"sales: duplicate row for store {keys[s] >> 32}, item {keys[s] & 0xFFFFFFFF}, "
-                           f"date {np.datetime64(first_day + d, 'D')}")
+                           f"date {np.datetime64(int(first_day + d), 'D')}")
     units = frame["unit_sales"].to_numpy(np.float32)
     if not np.isfinite(units).all():
         raise HistoryError("sales.unit_sales: non-finite value")
@@ -167,7 +167,7 @@ def future_calendar(holidays_path: Path | str, store_nbr: np.ndarray, first_day:
     covered[np.searchsorted(store_nbr, table["store_nbr"].to_numpy(np.int64)), day - first_day] = True
     if not covered.all():
         s, d = np.argwhere(~covered)[0]
-        raise HistoryError(f"{path}: no calendar row for store {store_nbr[s]} on {np.datetime64(first_day + d, 'D')}")
+        raise HistoryError(f"{path}: no calendar row for store {store_nbr[s]} on {np.datetime64(int(first_day + d), 'D')}")
     return flags
 
 

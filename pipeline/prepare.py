@@ -44,6 +44,10 @@ RAW_DIR = Path("data/raw")
 PREPARED_DIR = Path("data/prepared")
 PARTITION_COLUMNS = ("row", "date", "item_nbr", "unit_sales", "onpromotion")  # row: data row number in train.csv
 ROW_GROUP_ROWS = 2_000_000
+# The holiday calendar reaches this far past the last sales day (or to the last day that
+# holidays_events/test list, if later): a day holidays_events does not list is an ordinary
+# day, so forecasts of the next year never stop for want of a calendar row.
+HOLIDAY_LOOKAHEAD_DAYS = 366
 
 
 @dataclass
@@ -58,14 +62,15 @@ class Reference:
 
 
 def read_reference(raw_dir: Path) -> Reference:
+    """items and stores (required); holidays_events, oil, transactions (optional: absent = no rows)."""
     items = read_small(raw_dir, "items").sort_values("item_nbr", kind="stable").reset_index(drop=True)
     stores = read_small(raw_dir, "stores").sort_values("store_nbr", kind="stable").reset_index(drop=True)
     known_stores = pa.array(stores["store_nbr"].to_numpy(dtype=np.int32))
-    holidays = read_small(raw_dir, "holidays_events")
-    oil = read_small(raw_dir, "oil").sort_values("date").reset_index(drop=True)
-    if oil["dcoilwtico"].notna().sum() == 0:
+    holidays = read_small(raw_dir, "holidays_events", optional=True)
+    oil = read_small(raw_dir, "oil", optional=True).sort_values("date").reset_index(drop=True)
+    if len(oil) and oil["dcoilwtico"].notna().sum() == 0:
         raise DataValidationError(f"{require_raw_file(raw_dir, 'oil').name}: column 'dcoilwtico': no price at all")
-    transactions = read_small(raw_dir, "transactions", references={"stores": known_stores})
+    transactions = read_small(raw_dir, "transactions", references={"stores": known_stores}, optional=True)
     return Reference(items, stores, holidays, oil, transactions)
 
 
@@ -103,25 +108,62 @@ class StorePartitions:
 
 
 class IdTracker:
-    """train.csv ids must be unique: a bitmap over the ids seen (Kaggle ids are 0..N-1)."""
+    """train.csv ids must be unique, whatever their range: any non-negative int64, dense or sparse.
 
-    def __init__(self):
-        self.seen = np.zeros(1 << 20, dtype=bool)
+    Memory does not grow with the largest id: (id, row) pairs are spilled to
+    ``BUCKETS`` files by ``id % BUCKETS`` and each bucket is checked on its own at
+    the end. Kaggle's ids (0..N-1 in file order) are strictly increasing, which
+    already proves them unique; then the buckets are never read back.
+    """
 
-    def add(self, path: Path, ids: np.ndarray, offset: int) -> None:
-        top = int(ids.max()) if len(ids) else 0
-        if top >= len(self.seen):
-            grown = np.zeros(max(top + 1, 2 * len(self.seen)), dtype=bool)
-            grown[: len(self.seen)] = self.seen
-            self.seen = grown
-        repeated = self.seen[ids]
-        unique, first = np.unique(ids, return_index=True)
-        within = np.ones(len(ids), dtype=bool)
-        within[first] = False
-        bad = np.flatnonzero(repeated | within)
-        if len(bad):
-            fail(path, "id", "duplicate id", bad + offset, ids[bad[:5]].tolist())
-        self.seen[unique] = True
+    BUCKETS = 16
+
+    def __init__(self, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.paths = [directory / f"ids-{k}.bin" for k in range(self.BUCKETS)]
+        self.handles = [open(p, "wb") for p in self.paths]
+        self.last = -1
+        self.increasing = True
+
+    def add(self, ids: np.ndarray, offset: int) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(ids):
+            return
+        if self.increasing:
+            self.increasing = bool(ids[0] > self.last and np.all(ids[1:] > ids[:-1]))
+            self.last = int(ids[-1])
+        pairs = np.stack([ids, np.arange(offset, offset + len(ids), dtype=np.int64)], axis=1)
+        bucket = ids % self.BUCKETS
+        for k, handle in enumerate(self.handles):
+            pairs[bucket == k].tofile(handle)
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.close()
+
+    def check(self, path: Path) -> None:
+        """Fail naming the lines of repeated ids (all of them, in file order); removes the spill files."""
+        self.close()
+        try:
+            if self.increasing:
+                return
+            rows, values = [], []
+            for bucket in self.paths:
+                pairs = np.fromfile(bucket, dtype=np.int64).reshape(-1, 2)
+                order = np.argsort(pairs[:, 0], kind="stable")
+                ids = pairs[order, 0]
+                repeated = np.flatnonzero(ids[1:] == ids[:-1])
+                if len(repeated):
+                    culprits = order[np.union1d(repeated, repeated + 1)]
+                    rows.append(pairs[culprits, 1])
+                    values.append(pairs[culprits, 0])
+            if rows:
+                rows_all, values_all = np.concatenate(rows), np.concatenate(values)
+                first = np.argsort(rows_all, kind="stable")
+                fail(path, "id", "duplicate id", rows_all[first], values_all[first[:5]].tolist())
+        finally:
+            for bucket in self.paths:
+                bucket.unlink(missing_ok=True)
 
 
 def split_train_by_store(raw_dir: Path, reference: Reference, workdir: Path, progress: bool) -> tuple[StorePartitions, np.ndarray]:
@@ -131,20 +173,22 @@ def split_train_by_store(raw_dir: Path, reference: Reference, workdir: Path, pro
     known_stores = pa.array(reference.stores["store_nbr"].to_numpy(dtype=np.int32))
     known_items = pa.array(reference.items["item_nbr"].to_numpy(dtype=np.int32))
     partitions = StorePartitions(workdir)
-    ids = IdTracker()
+    ids = IdTracker(workdir / "ids")
     dates_seen: set[int] = set()
     try:
         with tqdm(unit="rows", unit_scale=True, desc=f"prepare: read {path.name}", disable=not progress) as bar:
             for offset, batch in read_batches(path, spec):
                 check_references(path, batch, offset, "store_nbr", known_stores, "stores")
                 check_references(path, batch, offset, "item_nbr", known_items, "items")
-                ids.add(path, batch.column("id").to_numpy(zero_copy_only=False), offset)
+                ids.add(batch.column("id").to_numpy(zero_copy_only=False), offset)
                 days = batch.column("date").cast(pa.int32()).to_numpy(zero_copy_only=False)
                 dates_seen.update(np.unique(days).tolist())
                 partitions.add(batch, offset)
                 bar.update(batch.num_rows)
     finally:
         partitions.close()
+        ids.close()
+    ids.check(path)
     calendar = np.array(sorted(dates_seen), dtype="datetime64[D]")
     return partitions, calendar
 
@@ -253,9 +297,11 @@ def side_tables(reference: Reference, calendar: np.ndarray, test: pd.DataFrame |
     """Items, stores and the per-store holiday calendar (through the test period) for features and serving."""
     items = reference.items.assign(perishable=reference.items["perishable"].astype(bool))
     stores = reference.stores.rename(columns={"type": "store_type"})
-    last = max(reference.holidays["date"].max() if len(reference.holidays) else pd.Timestamp(calendar[-1]),
-               test["date"].max() if test is not None and len(test) else pd.Timestamp(calendar[-1]))
-    days = np.arange(calendar[0], np.datetime64(pd.Timestamp(last).date()) + 1, dtype="datetime64[D]")
+    last = calendar[-1] + HOLIDAY_LOOKAHEAD_DAYS
+    for listed in (reference.holidays["date"], test["date"] if test is not None else pd.Series([], dtype=object)):
+        if len(listed):
+            last = max(last, np.datetime64(pd.Timestamp(listed.max()).date(), "D"))
+    days = np.arange(calendar[0], last + 1, dtype="datetime64[D]")
     flags = store_day_flags(reference.holidays, days, reference.stores)
     n_days, n_stores = len(days), len(reference.stores)
     holidays = {"date": np.repeat(days.astype("datetime64[ns]"), n_stores),

@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-RAW_FILES = ("train", "items", "stores", "holidays_events", "oil", "transactions")
-OPTIONAL_RAW_FILES = ("test",)
+# Required: without these there is nothing to forecast. Optional: used when present, never
+# required (an absent holidays_events means no holidays, an absent oil no price, an absent
+# transactions no counts; test.csv only adds the days it lists to the holiday calendar).
+RAW_FILES = ("train", "items", "stores")
+OPTIONAL_RAW_FILES = ("holidays_events", "oil", "transactions", "test")
 RAW_SUFFIXES = (".csv", ".csv.gz")
 
 HOLIDAY_TYPES = ("Holiday", "Transfer", "Additional", "Bridge", "Work Day", "Event")
@@ -186,7 +189,7 @@ PREPARED_SALES: tuple[PreparedColumn, ...] = (
     PreparedColumn("is_local_holiday", pa.bool_(), "day off in the store's city"),
     PreparedColumn("is_work_day", pa.bool_(), "a weekend day worked to make up for a bridge"),
     PreparedColumn("is_event", pa.bool_(), "a national event (Mother's day, earthquake, World Cup, ...)"),
-    PreparedColumn("dcoilwtico", pa.float32(), "oil price, forward-filled then back-filled over every day"),
+    PreparedColumn("dcoilwtico", pa.float32(), "oil price, forward-filled then back-filled over every day; NaN without oil.csv"),
     PreparedColumn("transactions", pa.int32(), "store transactions that day; 0 where the file has none"),
     PreparedColumn("transactions_known", pa.bool_(), "False where transactions.csv has no row for the store-day"),
 )

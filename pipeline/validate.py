@@ -8,6 +8,7 @@ blocks so the full ~5 GB train.csv never sits in memory.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import gzip
 import zlib
@@ -50,6 +51,7 @@ def fail(path: Path, column: str | None, problem: str, rows: np.ndarray | None =
 
 
 def find_raw_file(raw_dir: Path, name: str) -> Path | None:
+    """NAME.csv or NAME.csv.gz in ``raw_dir``, or None (optional files may be absent)."""
     for suffix in RAW_SUFFIXES:
         candidate = Path(raw_dir) / f"{name}{suffix}"
         if candidate.exists():
@@ -102,10 +104,64 @@ def _convert_options(spec: RawFile, as_text: bool = False) -> pacsv.ConvertOptio
                                 null_values=[""], strings_can_be_null=not as_text)
 
 
+class _TailTracking:
+    """A read-only stream that remembers its last bytes, so a cut last line can be seen after parsing.
+
+    A file cut inside its last line (say right after a comma, or inside a number) is
+    still valid CSV with a plausible last row; only the missing end-of-line gives it
+    away. Decompression (.gz) stays in Arrow; this only watches the bytes go by.
+    """
+
+    KEEP = 4096
+
+    def __init__(self, path: Path):
+        self._raw = pa.input_stream(str(path), compression="detect")
+        self.tail = b""
+        self.closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        if data:
+            self.tail = (self.tail + bytes(data))[-self.KEEP:]
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self._raw.close()
+        self.closed = True
+
+
+def _check_complete_last_line(path: Path, spec: RawFile, tail: bytes, rows_read: int) -> None:
+    """Every complete CSV file ends with an end-of-line; one that does not was cut short."""
+    if not tail or tail.endswith(b"\n"):
+        return
+    last = tail.rsplit(b"\n", 1)[-1].decode("utf-8", errors="replace")
+    index = min(last.count(","), len(spec.columns) - 1)
+    raise DataValidationError(
+        f"{path.name}: line {rows_read + 1}, column '{spec.columns[index].name}': the file ends inside this line "
+        f"({last[-60:]!r}, no end-of-line after it): it looks truncated; re-copy it "
+        "(if the file is complete, add a newline at its end)"
+    )
+
+
 def _batches(path: Path, spec: RawFile, as_text: bool = False, block_size: int = BLOCK_SIZE) -> Iterator[pa.RecordBatch]:
-    reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block_size),
-                            convert_options=_convert_options(spec, as_text))
-    yield from reader
+    stream = _TailTracking(path)
+    try:
+        reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block_size),
+                                convert_options=_convert_options(spec, as_text))
+        rows = 0
+        for batch in reader:
+            rows += batch.num_rows
+            yield batch
+        if not as_text:
+            _check_complete_last_line(path, spec, stream.tail, rows)
+    finally:
+        stream.close()
 
 
 def _pattern_for(column: Column) -> str | None:
@@ -137,10 +193,41 @@ def _explain_conversion_failure(path: Path, spec: RawFile, error: Exception) -> 
                 if len(rows):
                     kind = "date YYYY-MM-DD" if column.type == pa.date32() else str(column.type)
                     fail(path, column.name, f"not a valid {kind}", rows + offset, values.take(rows[:MAX_SHOWN]).to_pylist())
+                if pa.types.is_integer(column.type):
+                    _fail_on_integer_overflow(path, column, values, offset)
             offset += batch.num_rows
     except pa.ArrowInvalid as text_error:
         _explain_unreadable(path, text_error)
     _explain_unreadable(path, error)
+
+
+def _fail_on_integer_overflow(path: Path, column: Column, values: pa.Array, offset: int) -> None:
+    """Whole numbers too large (or too negative) for the column's integer type."""
+    info = np.iinfo(column.type.to_pandas_dtype())
+    digits = pc.utf8_trim_whitespace(pc.if_else(pc.equal(values, ""), "0", values))
+    magnitude = pc.utf8_ltrim(digits, characters="+-0")
+    negative = pc.starts_with(digits, "-")
+    limit = pc.if_else(negative, str(-int(info.min)), str(int(info.max)))
+    length, limit_length = pc.utf8_length(magnitude), pc.utf8_length(limit)
+    longer = pc.greater(length, limit_length)
+    same_but_larger = pc.and_(pc.equal(length, limit_length), pc.greater(magnitude, limit))
+    rows = np.flatnonzero(pc.fill_null(pc.or_(longer, same_but_larger), False).to_numpy(zero_copy_only=False))
+    if len(rows):
+        fail(path, column.name, f"whole number out of range for {column.type} ({int(info.min)} .. {int(info.max)})",
+             rows + offset, values.take(rows[:MAX_SHOWN]).to_pylist())
+
+
+def _locate_wrong_field_count(path: Path, expected: int) -> None:
+    """Name the first line whose field count differs from the header's (Arrow's message has no line)."""
+    with _open_binary(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            if not line:
+                continue
+            fields = next(csv.reader([line]))
+            if len(fields) != expected:
+                raise DataValidationError(f"{path.name}: line {number}: has {len(fields)} fields, the header has "
+                                          f"{expected} ({line[:80]!r})")
 
 
 def _explain_unreadable(path: Path, error: Exception) -> None:
@@ -158,6 +245,10 @@ def _explain_unreadable(path: Path, error: Exception) -> None:
     if "Empty CSV file" in message:
         raise DataValidationError(f"{path.name}: file is empty") from None
     if "Expected" in message and "columns" in message:
+        try:
+            _locate_wrong_field_count(path, len(_header(path)))
+        except (OSError, EOFError, zlib.error):
+            pass
         raise DataValidationError(f"{path.name}: a line has the wrong number of fields: {message}") from None
     raise DataValidationError(f"{path.name}: cannot parse: {message}") from None
 
@@ -203,25 +294,36 @@ def check_values(path: Path, spec: RawFile, batch: pa.RecordBatch, offset: int) 
             if not pc.all(finite).as_py():
                 rows = np.flatnonzero(~finite.to_numpy(zero_copy_only=False))
                 fail(path, column.name, "not a finite number", rows + offset, values.take(rows[:MAX_SHOWN]).to_pylist())
-        bounds = []
-        if column.min is not None:
-            bounds.append(pc.less(values, pa.scalar(column.min).cast(column.type)))
-        if column.max is not None:
-            bounds.append(pc.greater(values, pa.scalar(column.max).cast(column.type)))
-        if column.type == pa.date32():
-            bounds.append(pc.less(values, pa.scalar(dt.date.fromisoformat(EARLIEST_DATE), pa.date32())))
-            bounds.append(pc.greater(values, pa.scalar(dt.date.fromisoformat(LATEST_DATE), pa.date32())))
-        if column.allowed is not None:
-            bounds.append(pc.invert(pc.is_in(values, value_set=pa.array(column.allowed))))
-        for outside in bounds:
+        for outside, expected in _bounds(column, values):
             outside = pc.fill_null(outside, False)
             if pc.any(outside).as_py():
                 rows = np.flatnonzero(outside.to_numpy(zero_copy_only=False))
-                allowed = (f"one of {', '.join(column.allowed)}" if column.allowed is not None
-                           else f"within [{column.min if column.min is not None else EARLIEST_DATE}, "
-                                f"{column.max if column.max is not None else LATEST_DATE}]")
-                fail(path, column.name, f"value out of range (expected {allowed})", rows + offset,
+                fail(path, column.name, f"value out of range (expected {expected})", rows + offset,
                      values.take(rows[:MAX_SHOWN]).to_pylist())
+
+
+def _number(value: float, column: Column) -> str:
+    return str(int(value)) if pa.types.is_integer(column.type) else f"{value:g}"
+
+
+def _bounds(column: Column, values: pa.Array) -> list[tuple[pa.Array, str]]:
+    """(mask of values outside, what was expected) for each limit the column has."""
+    if column.type == pa.date32():
+        low, high = (pa.scalar(dt.date.fromisoformat(day), pa.date32()) for day in (EARLIEST_DATE, LATEST_DATE))
+        return [(pc.or_(pc.less(values, low), pc.greater(values, high)),
+                 f"a date within [{EARLIEST_DATE}, {LATEST_DATE}]")]
+    if column.allowed is not None:
+        return [(pc.invert(pc.is_in(values, value_set=pa.array(column.allowed))), f"one of {', '.join(column.allowed)}")]
+    low = pa.scalar(column.min).cast(column.type) if column.min is not None else None
+    high = pa.scalar(column.max).cast(column.type) if column.max is not None else None
+    if low is not None and high is not None:
+        return [(pc.or_(pc.less(values, low), pc.greater(values, high)),
+                 f"within [{_number(column.min, column)}, {_number(column.max, column)}]")]
+    if low is not None:
+        return [(pc.less(values, low), f">= {_number(column.min, column)}")]
+    if high is not None:
+        return [(pc.greater(values, high), f"<= {_number(column.max, column)}")]
+    return []
 
 
 def check_references(path: Path, batch: pa.RecordBatch, offset: int, column: str, known: pa.Array, target: str) -> None:
@@ -243,25 +345,29 @@ def check_unique(path: Path, frame: pd.DataFrame, key: tuple[str, ...], row_numb
         fail(path, "+".join(key), "duplicate key", numbers, sample)
 
 
-def read_small(raw_dir: Path, name: str, references: dict[str, pa.Array] | None = None) -> pd.DataFrame:
-    """A whole small raw file, validated (types, values, key, references), as a DataFrame."""
+def read_small(raw_dir: Path, name: str, references: dict[str, pa.Array] | None = None,
+               optional: bool = False) -> pd.DataFrame:
+    """A whole small raw file, validated (types, values, key, references), as a DataFrame.
+
+    With ``optional``, an absent file reads as no rows (the typed, empty frame).
+    """
     spec = RAW_SCHEMAS[name]
-    path = require_raw_file(raw_dir, name)
+    path = find_raw_file(raw_dir, name) if optional else require_raw_file(raw_dir, name)
     batches = []
-    for offset, batch in read_batches(path, spec):
-        for column, (target, _) in spec.references.items():
-            if references and target in references:
-                check_references(path, batch, offset, column, references[target], f"{target}")
-        batches.append(batch)
-    table = pa.Table.from_batches(batches, schema=batches[0].schema) if batches else None
-    if table is None:
-        frame = pd.DataFrame({c: pd.Series(dtype=object) for c in spec.column_names})
+    if path is not None:
+        for offset, batch in read_batches(path, spec):
+            for column, (target, _) in spec.references.items():
+                if references and target in references:
+                    check_references(path, batch, offset, column, references[target], f"{target}")
+            batches.append(batch)
+    if batches:
+        table = pa.Table.from_batches(batches, schema=batches[0].schema).select(list(spec.column_names))
     else:
-        frame = table.select(list(spec.column_names)).to_pandas()
+        table = pa.schema([pa.field(c.name, c.type) for c in spec.columns]).empty_table()
+    frame = table.to_pandas()
     if spec.key and len(frame):
         check_unique(path, frame, spec.key)
     for column in spec.columns:
-        if column.type == pa.date32() and len(frame):
+        if column.type == pa.date32():
             frame[column.name] = pd.to_datetime(frame[column.name])
     return frame
-

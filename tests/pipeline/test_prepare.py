@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.params import PrepareParams
-from pipeline.prepare import daily_oil, prepare
-from pipeline.schema import PREPARED_SALES_SCHEMA
+from pipeline.prepare import HOLIDAY_LOOKAHEAD_DAYS, IdTracker, daily_oil, prepare
+from pipeline.schema import HOLIDAY_FLAGS, PREPARED_SALES_SCHEMA
+from pipeline.validate import DataValidationError
 
 from .conftest import ITEMS, N_DAYS, START, STORES, kaggle_sample_files
 
@@ -149,3 +151,67 @@ def test_holiday_side_table_covers_the_test_period(prepared):
     assert holidays["date"].max() >= test["date"].max()
     assert len(holidays) == holidays["date"].nunique() * len(STORES)
     assert test["onpromotion"].dtype == bool
+
+
+def test_holidays_oil_and_transactions_are_optional(tmp_path):
+    """Absent: no holidays (every flag False), no oil price (NaN), no transactions (0, unknown)."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    files = kaggle_sample_files()
+    for name in ("train", "items", "stores"):
+        (raw / f"{name}.csv").write_text(files[name])
+    out = tmp_path / "prepared"
+    prepare(raw, out, PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    sales = _sales(out)
+    assert len(sales) and not sales[list(HOLIDAY_FLAGS)].to_numpy().any()
+    assert sales["dcoilwtico"].isna().all()
+    assert (sales["transactions"] == 0).all() and not sales["transactions_known"].any()
+    holidays = pd.read_parquet(out / "holidays.parquet")
+    assert holidays["date"].max() == sales["date"].max() + pd.Timedelta(days=HOLIDAY_LOOKAHEAD_DAYS)
+    assert not (out / "test.parquet").exists()
+
+
+def test_holiday_calendar_reaches_past_a_holiday_file_that_ends_early(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    files = kaggle_sample_files()
+    files["holidays_events"] = "\n".join(files["holidays_events"].splitlines()[:3]) + "\n"  # ends 2014-04-01
+    for name in ("train", "items", "stores", "holidays_events"):
+        (raw / f"{name}.csv").write_text(files[name])
+    prepare(raw, tmp_path / "out", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    holidays = pd.read_parquet(tmp_path / "out" / "holidays.parquet")
+    last_sale = START + dt.timedelta(days=N_DAYS - 1)
+    assert holidays["date"].max() == pd.Timestamp(last_sale) + pd.Timedelta(days=HOLIDAY_LOOKAHEAD_DAYS)
+    assert holidays.loc[holidays["date"] == "2014-03-28", "is_regional_holiday"].any()
+
+
+def test_sparse_huge_ids_are_accepted_without_an_id_sized_allocation(tmp_path):
+    """Ids up to 2**63-1 in any order: uniqueness is checked in memory bounded by the row count."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    files = kaggle_sample_files()
+    lines = files["train"].splitlines()
+    rng = np.random.default_rng(0)
+    ids = rng.choice(np.arange(1, 10_000), size=len(lines) - 1, replace=False) * 922_337_203_685_477
+    ids[0], ids[1] = 10**12, 2**63 - 1
+    lines[1:] = [f"{i}," + line.split(",", 1)[1] for i, line in zip(ids, lines[1:])]
+    files["train"] = "\n".join(lines) + "\n"
+    for name, text in files.items():
+        (raw / f"{name}.csv").write_text(text)
+    prepare(raw, tmp_path / "out", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    assert len(_sales(tmp_path / "out"))
+
+
+def test_duplicate_ids_across_blocks_are_found_in_any_order(tmp_path):
+    tracker = IdTracker(tmp_path / "ids")
+    tracker.add(np.array([5 * 10**15, 7, 2**62]), 0)
+    tracker.add(np.array([3, 2**62, 11]), 3)
+    with pytest.raises(DataValidationError, match=r"train.csv: column 'id': duplicate id; first offending: "
+                                                  r"line 4 \(4611686018427387904\), line 6"):
+        tracker.check(Path("train.csv"))
+    assert not any((tmp_path / "ids").iterdir())
+
+    increasing = IdTracker(tmp_path / "ids2")
+    increasing.add(np.array([0, 10**12]), 0)
+    increasing.add(np.array([10**12 + 1, 2**63 - 1]), 2)
+    increasing.check(Path("train.csv"))

@@ -101,10 +101,50 @@ def test_truncated_gzip_is_reported(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_file_is_named(tmp_path):
+@pytest.mark.parametrize("name", ["train", "items", "stores"])
+def test_missing_required_file_is_named(tmp_path, name):
     raw = write_kaggle_sample(tmp_path / "raw")
-    (raw / "oil.csv").unlink()
-    with pytest.raises(DataValidationError, match=r"oil: no oil.csv or oil.csv.gz"):
+    (raw / f"{name}.csv").unlink()
+    with pytest.raises(DataValidationError, match=rf"{name}: no {name}.csv or {name}.csv.gz"):
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
+
+
+def test_negative_id_message_names_the_bound(tmp_path):
+    raw = write_kaggle_sample(tmp_path / "raw")
+    _edit(raw, "train", lambda t: _replace_line(t, 12, _with_field(_train_line(12), 0, "-7")))
+    with pytest.raises(DataValidationError) as error:
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
+    assert str(error.value) == ("train.csv: column 'id': value out of range (expected >= 0); "
+                                "first offending: line 12 (-7)")
+
+
+def test_id_beyond_int64_is_located(tmp_path):
+    raw = write_kaggle_sample(tmp_path / "raw")
+    _edit(raw, "train", lambda t: _replace_line(t, 6, _with_field(_train_line(6), 0, "99999999999999999999")))
+    with pytest.raises(DataValidationError, match=r"train.csv: column 'id': whole number out of range for int64 "
+                                                  r".*line 6 \('99999999999999999999'\)"):
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
+
+
+@pytest.mark.parametrize("cut", ["after a comma", "inside a number"])
+def test_file_cut_inside_its_last_line_is_an_error(tmp_path, cut):
+    """A cut last line still parses (an empty promotion, a shorter price): only the missing newline tells."""
+    raw = write_kaggle_sample(tmp_path / "raw")
+    name, keep = ("train", lambda t: t[: t.rstrip("\n").rindex(",") + 1]) if cut == "after a comma" else \
+        ("oil", lambda t: t.rstrip("\n")[:-3])
+    _edit(raw, name, keep)
+    lines = (raw / f"{name}.csv").read_text().count("\n") + 1
+    column = "onpromotion" if name == "train" else "dcoilwtico"
+    with pytest.raises(DataValidationError, match=rf"{name}.csv: line {lines}, column '{column}': the file ends "
+                                                  r"inside this line .*truncated"):
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_field_count_names_the_line(tmp_path):
+    raw = write_kaggle_sample(tmp_path / "raw")
+    _edit(raw, "train", lambda t: _replace_line(t, 30, _train_line(30) + ",extra"))
+    with pytest.raises(DataValidationError, match=r"train.csv: line 30: has 7 fields, the header has 6"):
         prepare(raw, tmp_path / "out", PARAMS, progress=False)
 
 
