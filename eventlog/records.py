@@ -1,0 +1,142 @@
+"""Event records: a deep copy in plain JSON types, with event_id, request_id and timestamp.
+
+Shared by the app's prediction events and monitoring's one-shot events, so both carry the
+same ids (event_id is the Elasticsearch document id downstream) and never hand a value the
+delivery thread cannot serialise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from typing import Any, Mapping
+
+import numpy as np
+
+MAX_NESTING = 32
+INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
+
+
+class EventContentError(ValueError):
+    """An event value that cannot be logged; the message names the field path."""
+
+
+def prepare_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of `event` in plain JSON types, with ids and time filled in.
+
+    Copying at emit time means the caller may reuse or mutate its objects afterwards;
+    converting numpy scalars and arrays here means the delivery thread never meets a
+    value it cannot serialise.
+    """
+    if not isinstance(event, Mapping):
+        raise EventContentError(f"event: expected a mapping, got {type(event).__name__}")
+    content = to_plain(event, "event")
+    record: dict[str, Any] = {}
+    for key in ("event_id", "request_id"):
+        value = content.pop(key, None)
+        if value is None:
+            value = uuid.uuid4().hex
+        elif not isinstance(value, str) or not value:
+            raise EventContentError(f"event.{key}: expected a non-empty string, got {value!r}")
+        record[key] = value
+    timestamp = content.pop("timestamp", None)
+    record["timestamp"] = utc_now_iso() if timestamp is None else checked_timestamp(timestamp)
+    record.update(content)
+    return record
+
+
+def utc_now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def checked_timestamp(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return value
+    raise EventContentError(
+        f"event.timestamp: expected an ISO-8601 time with a UTC offset "
+        f"(e.g. 2017-08-16T10:00:00+00:00) or an aware datetime, got {value!r}"
+    )
+
+
+def to_plain(value: Any, path: str, depth: int = 0) -> Any:
+    """`value` as None/bool/int/float/str/list/dict (str keys), or EventContentError naming `path`."""
+    if depth > MAX_NESTING:
+        raise EventContentError(f"{path}: nested more than {MAX_NESTING} levels deep (a cycle?)")
+    kind = type(value)
+    if value is None or kind is bool or kind is float:
+        return value
+    if kind is int:
+        return checked_int(value, path)
+    if kind is str:
+        return checked_str(value, path)
+    if isinstance(value, Mapping):
+        plain: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise EventContentError(f"{path}: key {key!r} is a {type(key).__name__}; keys must be strings")
+            plain[str(key)] = to_plain(item, f"{path}.{key}", depth + 1)
+        return plain
+    if isinstance(value, (list, tuple)):
+        return [to_plain(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+    if isinstance(value, np.ndarray):
+        return array_to_plain(value, path, depth)
+    if isinstance(value, np.datetime64):
+        return str(np.datetime_as_string(value))
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return to_plain(value.item(), path, depth)
+    if isinstance(value, np.str_):
+        return checked_str(str(value), path)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    for base in (int, float, str):
+        if isinstance(value, base):  # a subclass such as IntEnum keeps its value
+            return to_plain(base(value), path, depth)
+    raise EventContentError(
+        f"{path}: a {type(value).__name__} cannot be logged; "
+        "pass numbers, strings, booleans, None, lists, dicts, dates or numpy values"
+    )
+
+
+def array_to_plain(array: np.ndarray, path: str, depth: int) -> Any:
+    kind = array.dtype.kind
+    if kind in "biuf":
+        return array.tolist()
+    if kind == "M":
+        return np.datetime_as_string(array).tolist()
+    if kind in "UO":
+        return to_plain(array.tolist(), path, depth)
+    raise EventContentError(f"{path}: a numpy array of dtype {array.dtype} cannot be logged")
+
+
+def checked_int(value: int, path: str) -> int:
+    if not INT64_MIN <= value <= UINT64_MAX:
+        raise EventContentError(f"{path}: integer {value} does not fit in 64 bits")
+    return value
+
+
+def checked_str(value: str, path: str) -> str:
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise EventContentError(f"{path}: not valid UTF-8 text ({exc.reason} at {exc.start})") from None
+    return value
+
+
+def encode_line(record: Mapping[str, Any]) -> bytes:
+    """One JSON line; NaN and infinities are written as JSON's common NaN/Infinity tokens."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def event_seconds(record: Mapping[str, Any]) -> float:
+    try:
+        return dt.datetime.fromisoformat(record["timestamp"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return time.time()  # only a hand-edited spool line can get here

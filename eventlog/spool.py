@@ -1,0 +1,246 @@
+"""A bounded on-disk spool of event segments, written and replayed by any number of processes.
+
+Why this shape (the contract is in README.md, "Prediction logging"):
+- Each process appends JSON lines to its own open segment with one write() per event, so
+  an event is in the kernel's page cache before the request is answered: a killed process
+  loses nothing; a power cut loses at most what was written since the last fsync (one
+  sync interval of the caller's thread).
+- A segment is locked (flock) by whoever holds it: its writer while it is open, then the
+  one process that claims it to send it. A process that dies releases its locks, so its
+  segments are claimed by whichever process runs next, whatever the number of workers.
+- The spool is bounded: `enforce_limit()` deletes the oldest unclaimed segments, counting
+  their events as dropped, until the directory is under `max_bytes`. A failed write (a
+  full disk) drops that one event, counted, and the oldest segment goes at the next check.
+  Replay never writes to disk, so a full disk cannot stop delivery.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".jsonl"
+OPENING_SUFFIX = ".new"  # created and locked under this name, then renamed: never claimed empty
+Count = Callable[[str, int], None]  # ("spooled" | "dropped", how many)
+
+
+@dataclass
+class Segment:
+    """A sealed segment this process holds the lock of (to send it, or to drop it)."""
+
+    path: Path
+    fd: int
+    sent_at: float | None = None  # monotonic time of the last complete send; None: (re)send it
+    lines: int = field(default=0)
+
+    def records(self, on_bad_line: Callable[[str], None]) -> list[dict[str, Any]]:
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        with os.fdopen(os.dup(self.fd), "rb") as handle:
+            data = handle.read()
+        records = []
+        for number, line in enumerate(data.splitlines(), 1):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+                records.append(record)
+            except ValueError as exc:  # a line torn by a full disk, or edited by hand
+                on_bad_line(f"{self.path.name} line {number}: {exc}")
+        self.lines = len(records)
+        return records
+
+    def release(self, delete: bool) -> None:
+        if delete:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+        os.close(self.fd)  # closing the last descriptor releases the flock
+
+
+class Spool:
+    """One process's writer into a shared spool directory, and its claims on sealed segments."""
+
+    def __init__(self, root: Path, max_bytes: int, segment_max_bytes: int, count: Count):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.segment_max_bytes = segment_max_bytes
+        self._count = count
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._size = 0
+        self._opened_at = 0.0
+        self._unsynced = False
+        self._sealed: list[int] = []  # descriptors to fsync and close outside the lock
+        self._names = itertools.count()
+        self._write_failed = False
+        self._last_warning = 0.0
+
+    # --- writing (request threads) ---------------------------------------------------
+
+    def append(self, line: bytes) -> bool:
+        """Write one complete line with one write(); False (counted as dropped) if the disk refused."""
+        with self._lock:
+            try:
+                if self._fd < 0:
+                    self._open_segment()
+                written = os.write(self._fd, line)
+                if written != len(line):
+                    raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)")
+            except OSError as exc:
+                self._seal_locked()  # a torn line stays the last line of its segment
+                self._write_failed = True
+                self._warn(f"event spool {self.root}: write failed ({exc}); the event is dropped")
+                self._count("dropped", 1)
+                return False
+            self._size += written
+            self._unsynced = True
+            if self._size >= self.segment_max_bytes:
+                self._seal_locked()
+        self._count("spooled", 1)
+        return True
+
+    def _open_segment(self) -> None:
+        name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._names)}"
+        opening = self.root / (name + OPENING_SUFFIX)
+        fd = os.open(opening, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(opening, self.root / (name + SUFFIX))
+        except OSError:
+            os.close(fd)
+            opening.unlink(missing_ok=True)
+            raise
+        self._fd, self._size, self._opened_at = fd, 0, time.monotonic()
+
+    def _seal_locked(self) -> None:
+        if self._fd >= 0:
+            self._sealed.append(self._fd)
+            self._fd, self._size, self._unsynced = -1, 0, False
+
+    # --- upkeep (the delivery thread) ------------------------------------------------
+
+    def sync(self, seal_older_than_s: float | None = None) -> None:
+        """fsync what was written; seal the open segment if it is older than the given age."""
+        with self._lock:
+            if self._fd >= 0 and seal_older_than_s is not None and time.monotonic() - self._opened_at >= seal_older_than_s:
+                self._seal_locked()
+            sealed, self._sealed = self._sealed, []
+            current = os.dup(self._fd) if self._fd >= 0 and self._unsynced else -1
+            self._unsynced = False
+        for fd in sealed + ([current] if current >= 0 else []):
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                self._warn(f"event spool {self.root}: fsync failed ({exc})")
+            finally:
+                os.close(fd)  # for a sealed segment this releases the writer's lock
+
+    def close(self) -> None:
+        with self._lock:
+            self._seal_locked()
+        self.sync()
+
+    def claim_next(self, held: set[Path]) -> Segment | None:
+        """The oldest sealed segment no process holds, locked for this process; None if none."""
+        for path in self.segment_paths():
+            if path not in held:
+                segment = self._try_claim(path)
+                if segment is not None:
+                    return segment
+        return None
+
+    def enforce_limit(self) -> int:
+        """Drop the oldest unclaimed segments while the spool is over max_bytes (or a write failed)."""
+        paths = self.segment_paths()
+        sizes = {}
+        for path in paths:
+            try:
+                sizes[path] = path.stat().st_size
+            except FileNotFoundError:
+                pass
+        total, dropped = sum(sizes.values()), 0
+        must_free = self._write_failed
+        self._write_failed = False
+        for path in sizes:
+            if total <= self.max_bytes and not must_free:
+                break
+            segment = self._try_claim(path)
+            if segment is None:
+                continue
+            lines = len(segment.records(lambda _: None))
+            segment.release(delete=True)
+            total -= sizes[path]
+            dropped += lines
+            must_free = False
+        if dropped:
+            self._count("dropped", dropped)
+            self._warn(f"event spool {self.root}: over its limit of {self.max_bytes} bytes or out of disk; "
+                       f"dropped the {dropped} oldest events")
+        self._remove_orphans()
+        return dropped
+
+    def segment_paths(self) -> list[Path]:
+        """Sealed and open segments, oldest first (names start with the creation time)."""
+        try:
+            names = sorted(name for name in os.listdir(self.root) if name.endswith(SUFFIX))
+        except FileNotFoundError:
+            return []
+        return [self.root / name for name in names]
+
+    def pending_bytes(self) -> int:
+        total = 0
+        for path in self.segment_paths():
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def _try_claim(self, path: Path) -> Segment | None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:  # replaced or deleted after we opened it
+                raise FileNotFoundError(path)
+        except OSError:  # BlockingIOError: someone holds it
+            os.close(fd)
+            return None
+        return Segment(path, fd)
+
+    def _remove_orphans(self) -> None:
+        """`.new` files left by a process that died between creating and naming a segment (empty)."""
+        for name in os.listdir(self.root):
+            path = self.root / name
+            if name.endswith(OPENING_SUFFIX) and time.time() - _mtime(path) > 60:
+                segment = self._try_claim(path)
+                if segment is not None:
+                    segment.release(delete=True)
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= 10.0:  # a full disk must not flood the log as well
+            self._last_warning = now
+            log.error(message)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()
