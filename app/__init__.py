@@ -29,6 +29,7 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
     """The app, with the model loaded now if one is there (else /readyz answers 503 until it appears)."""
     from app.errors import register_error_handlers
     from app.routes_api import api
+    from app.routes_docs import docs
     from app.routes_health import health
     from app.routes_web import web
     from monitoring.web import monitoring_blueprint
@@ -65,5 +66,6 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
     app.register_blueprint(web)
     app.register_blueprint(api)
     app.register_blueprint(health)
+    app.register_blueprint(docs)  # /docs: Swagger UI on the OpenAPI document
     app.register_blueprint(monitoring_blueprint)  # /monitoring: drift report + recent predictions
     return app

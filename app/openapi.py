@@ -6,6 +6,7 @@ requests from it and checks every response against it, so it cannot drift from t
 
 from __future__ import annotations
 
+from app.examples import DEFAULT_DATA_EXAMPLE, Example
 from app.validation import MAX_ID
 
 ERROR_CODES = {
@@ -22,23 +23,34 @@ def _error(description: str) -> dict:
     return _json("#/components/schemas/Error", description)
 
 
-def openapi_document(max_batch: int, max_body_bytes: int) -> dict:
+UNIT_SALES_MEANING = ("forecast units sold, median-like: expm1 of the predicted log1p(units), the value the "
+                      "log-error metric (NWRMSLE) scores; about half of the days sell more, so sums of it fall "
+                      "short of total sales")
+EXPECTED_UNITS_MEANING = ("expected units sold (the bias-corrected mean: unit_sales + 1 times a factor fitted on "
+                          "the model's inner validation, minus 1): sum these for orders and totals; absent when "
+                          "the served model predates them")
+
+
+def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEFAULT_DATA_EXAMPLE) -> dict:
+    """The document; ``example`` (app/examples.py, from the served model) fills every example value."""
     instance = {
         "type": "object", "additionalProperties": False,
         "required": ["store_nbr", "item_nbr", "date", "onpromotion"],
         "properties": {
-            "store_nbr": {"type": "integer", "minimum": 1, "maximum": MAX_ID, "example": 1},
-            "item_nbr": {"type": "integer", "minimum": 1, "maximum": MAX_ID, "example": 103665},
+            "store_nbr": {"type": "integer", "minimum": 1, "maximum": MAX_ID, "example": example.store_nbr},
+            "item_nbr": {"type": "integer", "minimum": 1, "maximum": MAX_ID, "example": example.item_nbr},
             "date": {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
-                     "description": "target day; must lie in the model's horizon (GET /api/v1/model)"},
-            "onpromotion": {"type": "boolean"},
+                     "description": "target day; must lie in the model's horizon (GET /api/v1/model)",
+                     "example": example.date},
+            "onpromotion": {"type": "boolean", "example": False},
         },
     }
     prediction = {
         "type": "object", "additionalProperties": False,
         "required": ["store_nbr", "item_nbr", "date", "onpromotion", "unit_sales"],
         "properties": {**instance["properties"],
-                       "unit_sales": {"type": "number", "minimum": 0, "description": "forecast units sold"}},
+                       "unit_sales": {"type": "number", "minimum": 0, "description": UNIT_SALES_MEANING},
+                       "expected_units": {"type": "number", "minimum": 0, "description": EXPECTED_UNITS_MEANING}},
     }
     model_ref = {"type": "object", "required": ["name", "version"],
                  "properties": {"name": {"type": "string"}, "version": {"type": "string"}}}
@@ -110,8 +122,7 @@ def openapi_document(max_batch: int, max_body_bytes: int) -> dict:
                 "operationId": "predict",
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/PredictRequest"},
-                    "example": {"instances": [{"store_nbr": 1, "item_nbr": 103665, "date": "2017-08-20",
-                                               "onpromotion": False}]}}}},
+                    "example": {"instances": [example.instance()]}}}},
                 "responses": {
                     "200": _json("#/components/schemas/PredictResponse", "one prediction per instance, in order"),
                     "400": _error("malformed JSON or an invalid field (each named in errors[].field)"),
@@ -129,7 +140,7 @@ def openapi_document(max_batch: int, max_body_bytes: int) -> dict:
                 "summary": "Search the model's items by number, family or class", "operationId": "searchItems",
                 "parameters": [
                     {"name": "q", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 100},
-                     "description": "words that must all appear (e.g. 'bread 27')"},
+                     "example": example.search, "description": "words that must all appear (e.g. a family and a class)"},
                     {"name": "limit", "in": "query", "required": False,
                      "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 20}}],
                 "responses": {"200": _json("#/components/schemas/ItemSearch", "matching items, by number"),

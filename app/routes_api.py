@@ -7,6 +7,7 @@ import json
 from flask import Blueprint, g, jsonify, request
 
 from app.errors import error_response
+from app.examples import example_for
 from app.openapi import openapi_document
 from app.service import predict_and_log
 from app.state import serving_state
@@ -84,5 +85,6 @@ def search_items():
 
 @api.get("/openapi.json")
 def openapi():
-    settings = serving_state().settings
-    return jsonify(openapi_document(settings.max_batch, settings.max_body_bytes))
+    state = serving_state()
+    example = example_for(state.predictor.model)  # examples that work on the model being served
+    return jsonify(openapi_document(state.settings.max_batch, state.settings.max_body_bytes, example))

@@ -6,7 +6,8 @@ import datetime as dt
 
 from flask import Blueprint, g, render_template, request
 
-from app.chart import sales_chart_svg
+from app.chart import SIZES, format_units, sales_chart_svg
+from app.examples import example_for
 from app.predictor import LoadedModel
 from app.service import day_numbers, forecast_instances, predict_and_log
 from app.state import serving_state
@@ -19,7 +20,7 @@ CHART_HISTORY_DAYS = 56
 def _page(model: LoadedModel | None, form: FormInput | None = None, result: dict | None = None, status: int = 200):
     values = form.values if form else {"store": "", "item": "", "date": "", "onpromotion": ""}
     return render_template("index.html", model=model, values=values, errors=form.errors if form else {},
-                           result=result), status
+                           result=result, example=example_for(model) if model else None), status
 
 
 @web.get("/")
@@ -39,7 +40,9 @@ def submit():
         return _page(model, form, status=400)
     instance = form.instance
     [prediction] = predict_and_log(model, [instance], state.sink, g.request_id, g.started, source="web")
-    return _page(model, form, result=_result(model, instance, prediction["unit_sales"]))
+    result = _result(model, instance, prediction["unit_sales"])
+    result["expected_units"] = prediction.get("expected_units")  # None for a bundle trained before them
+    return _page(model, form, result=result)
 
 
 def _result(model: LoadedModel, instance: Instance, units: float) -> dict:
@@ -52,11 +55,14 @@ def _result(model: LoadedModel, instance: Instance, units: float) -> dict:
     origin = int(model.bundle.snapshot.origin_day)
     history_days = list(range(origin - history.size + 1, origin + 1))
     chosen = int(day_numbers([instance.date])[0])
+    charts = [sales_chart_svg(history_days, history.tolist(), horizon.tolist(), horizon_units.tolist(), chosen, size)
+              for size in SIZES]
+    days = [{"date": date, "units": format_units(u), "chosen": int(d) == chosen}
+            for d, date, u in zip(horizon, _dates(horizon), horizon_units.tolist())]
     return {
         "units": units, "instance": instance,
         "item": model.catalog.items[instance.item_nbr], "store": model.catalog.stores[instance.store_nbr],
-        "chart": sales_chart_svg(history_days, history.tolist(), horizon.tolist(), horizon_units.tolist(), chosen),
-        "history_days": history.size,
+        "charts": charts, "days": days, "history_days": history.size,
     }
 
 

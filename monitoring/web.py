@@ -13,12 +13,14 @@ SHELFCAST_DRIFT_DIR (default logs/drift).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, abort, jsonify, render_template, send_file
+from flask import Blueprint, abort, current_app, jsonify, render_template, send_file
+from markupsafe import Markup
 
 from monitoring.drift import DEFAULT_EVENTS, DEFAULT_OUTPUT_DIR, REPORT_HTML, REPORT_JSON
 from monitoring.recent_predictions import recent_statistics
@@ -27,6 +29,21 @@ ENV_DRIFT_DIR = "SHELFCAST_DRIFT_DIR"
 ENV_PREDICTION_LOG = "SHELFCAST_PREDICTION_LOG"  # the same variable app/events.py reads
 
 monitoring_blueprint = Blueprint("monitoring", __name__, template_folder="templates")
+
+
+@monitoring_blueprint.app_template_filter("readable_time")
+def readable_time(value: object) -> Markup | str:
+    """An ISO timestamp as ``<time>``: "1 Dec 2026, 11:31 UTC", shown in local time by app/static/local_time.js."""
+    if not value:
+        return "–"
+    try:
+        when = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return str(value)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    utc = when.astimezone(dt.timezone.utc)
+    return Markup('<time datetime="{}">{}</time>').format(utc.isoformat(), f"{utc.day} {utc:%b %Y, %H:%M} UTC")
 
 
 def _drift_dir() -> Path:
@@ -69,7 +86,9 @@ def page_data() -> dict[str, Any]:
 
 @monitoring_blueprint.get("/monitoring")
 def monitoring_page():
-    return render_template("monitoring.html", **page_data())
+    # The host app's layout ("base.html": Shelfcast's header and navigation), else a bare one of our own.
+    layout = current_app.jinja_env.select_template(["base.html", "monitoring_layout.html"])
+    return render_template("monitoring.html", layout=layout, **page_data())
 
 
 @monitoring_blueprint.get("/monitoring/drift-report")

@@ -1,0 +1,47 @@
+"""The one example request the app shows: the form's placeholder, the OpenAPI document and /docs.
+
+Taken from the served model, so every example works on whatever bundle is served (an example
+naming an item the model does not know is a dead end for a newcomer). Without a model, the
+README's example on the default data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.predictor import LoadedModel
+
+RECENT_DAYS = 28  # "best-selling" over the last four weeks, so the example forecast is not 0
+
+
+@dataclass(frozen=True)
+class Example:
+    store_nbr: int
+    item_nbr: int
+    date: str  # ISO day: the first day of the model's horizon
+    search: str  # a word of the item's family, for GET /api/v1/items?q=
+
+    def instance(self) -> dict:
+        return {"store_nbr": self.store_nbr, "item_nbr": self.item_nbr, "date": self.date, "onpromotion": False}
+
+
+DEFAULT_DATA_EXAMPLE = Example(store_nbr=1, item_nbr=97040, date="2017-08-16", search="grocery")
+
+
+def example_for(model: LoadedModel | None) -> Example:
+    """The first store's best-selling item over the last four weeks, on the horizon's first day."""
+    if model is None:
+        return DEFAULT_DATA_EXAMPLE
+    snapshot = model.bundle.snapshot
+    store = min(model.catalog.stores)
+    rows = np.flatnonzero(np.asarray(snapshot.store_nbr) == store)
+    known = [r for r in rows if int(snapshot.item_nbr[r]) in model.catalog.items]
+    if known:
+        recent = np.asarray(snapshot.sales)[known, -RECENT_DAYS:].sum(axis=1)
+        item = int(snapshot.item_nbr[known[int(np.argmax(recent))]])  # argmax: the first (lowest number) on ties
+    else:
+        item = min(model.catalog.items)
+    family = model.catalog.items[item].family.split()[0].lower()
+    return Example(store_nbr=store, item_nbr=item, date=model.first_date.isoformat(), search=family)

@@ -1,0 +1,126 @@
+"""The pages people read: one layout and navigation, the API docs page, working examples, the forecast table.
+
+Every example the app shows (the form's placeholder, the OpenAPI document's examples, so also
+/docs' "Try it out") is executed here against the served model.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import json
+import re
+
+import pytest
+
+PAGES = {"/": "Forecast", "/monitoring": "Monitoring", "/docs": "API docs"}
+
+
+def page(served, path: str, method: str = "get", **kwargs) -> str:
+    response = getattr(served.client, method)(path, **kwargs)
+    assert response.status_code == 200, (path, response.status_code)
+    return response.get_data(as_text=True)
+
+
+def forecast_page(served, **changes) -> str:
+    model = served.model
+    values = {"store": str(min(model.catalog.stores)), "item": str(min(model.catalog.items)),
+              "date": model.first_date.isoformat(), **changes}
+    return page(served, "/", "post", data=values)
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_has_the_same_header_and_navigation(served, path):
+    html = page(served, path)
+    nav = re.search(r'<nav aria-label="Main">(.*?)</nav>', html, re.S).group(1)
+    assert re.findall(r'<a href="([^"]+)"', nav) == ["/", "/monitoring", "/docs"]
+    assert re.findall(r'aria-current="page">([^<]+)<', nav) == [PAGES[path]]
+    assert '/static/style.css' in html and '/static/local_time.js' in html
+
+
+def test_pages_have_no_inline_script_or_style(served):
+    """All JS and CSS are files under /static (or Swagger UI's): the pages work under `default-src 'self'`."""
+    pages = {path: page(served, path) for path in PAGES}
+    pages["forecast"] = forecast_page(served)
+    for name, html in pages.items():
+        assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), name
+        assert "<style" not in html and not re.search(r"\sstyle=", html), name
+        assert not re.search(r"\son[a-z]+=", html), name
+        for url in re.findall(r'(?:src|href)="([^"]+)"', html):
+            assert url.startswith("/"), (name, url)  # nothing from another origin (no CDN)
+
+
+def test_the_docs_page_serves_swagger_ui_from_the_app(served):
+    html = page(served, "/docs")
+    assets = re.findall(r'(?:src|href)="(/(?:docs|static)/[^"]+)"', html)
+    assert "/docs/swagger-ui/swagger-ui-bundle.js" in assets and "/static/api_docs.js" in assets
+    for asset in assets:
+        response = served.client.get(asset)
+        assert response.status_code == 200 and len(response.data) > 100, asset
+    assert 'data-spec-url="/api/v1/openapi.json"' in html
+    initializer = served.client.get("/static/api_docs.js").get_data(as_text=True)
+    assert "validatorUrl: null" in initializer  # no badge fetched from validator.swagger.io
+    assert served.client.get("/docs/swagger-ui/index.html").status_code == 404  # only the files the page needs
+    assert served.client.get("/docs/swagger-ui/..%2Fswagger-ui.css").status_code == 404
+
+
+def test_every_openapi_example_works_on_the_served_model(served):
+    document = served.client.get("/api/v1/openapi.json").get_json()
+    body = document["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    response = served.client.post("/api/v1/predict", json=body)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["predictions"][0]["unit_sales"] > 0  # a best-selling item: not a zero forecast
+    properties = document["components"]["schemas"]["Instance"]["properties"]
+    single = {name: spec["example"] for name, spec in properties.items()}
+    assert served.client.post("/api/v1/predict", json={"instances": [single]}).status_code == 200
+    [query] = [p for p in document["paths"]["/api/v1/items"]["get"]["parameters"] if p["name"] == "q"]
+    found = served.client.get("/api/v1/items", query_string={"q": query["example"], "limit": 50}).get_json()
+    assert found["total"] > 0 and all(query["example"] in item["family"].lower() for item in found["items"])
+
+
+def test_the_forms_placeholder_names_a_product_the_model_knows(served):
+    html = page(served, "/")
+    placeholder = html_lib.unescape(re.search(r'id="item"[^>]*placeholder="([^"]+)"', html, re.S).group(1))
+    word, number = re.search(r"e\.g\. (\S+), (\d+)$", placeholder).groups()
+    assert int(number) in served.model.catalog.items
+    assert served.client.get("/api/v1/items", query_string={"q": word}).get_json()["total"] > 0
+    assert 'id="forecast-units"' in forecast_page(served, item=number)
+
+
+def test_the_forecast_shows_every_day_of_the_horizon_as_a_table(served):
+    model = served.model
+    store, item = min(model.catalog.stores), min(model.catalog.items)
+    chosen = model.last_date.isoformat()
+    html = forecast_page(served, store=str(store), item=str(item), date=chosen, onpromotion="on")
+    rows = re.findall(r'<tr( class="chosen" aria-current="date")?><th scope="row"><time datetime="([0-9-]+)">[^<]+</time>'
+                      r'</th><td>([0-9.,]+)</td></tr>', html)
+    days = [d.isoformat() for d in (model.first_date + __import__("datetime").timedelta(days=k) for k in range(16))]
+    assert [date for _, date, _ in rows] == days
+    assert [date for marked, date, _ in rows if marked] == [chosen]
+    api = served.client.post("/api/v1/predict", json={"instances": [
+        {"store_nbr": store, "item_nbr": item, "date": day, "onpromotion": True} for day in days]}).get_json()
+    assert [float(units) for _, _, units in rows] == [round(p["unit_sales"], 1) for p in api["predictions"]]
+
+
+def test_the_chart_has_units_dated_ticks_and_a_readable_value_for_every_day(served):
+    html = forecast_page(served)
+    charts = re.findall(r'<svg[^>]*class="chart (chart-\w+)".*?</svg>', html, re.S)
+    assert charts == ["chart-wide", "chart-narrow"]
+    for svg in re.findall(r"<svg.*?</svg>", html, re.S):
+        assert "units / day" in svg and "date (ticks on Mondays)" in svg
+        ticks = re.findall(r'<text class="tick"[^>]*>(\d{1,2} [A-Z][a-z]{2})</text>', svg)
+        assert len(ticks) >= 4, ticks  # Mondays, every week or fortnight, over 72 days
+        focusable = re.findall(r'<g class="day forecast" tabindex="0" role="img" aria-label="([^"]+)">', svg)
+        assert len(focusable) == 16 and all(re.search(r"forecast [0-9.,]+ units$", label) for label in focusable)
+        assert len(re.findall(r'<g class="day sold" role="img"', svg)) == min(56, served.model.bundle.spec.history_days)
+
+
+def test_monitoring_times_are_readable_and_marked_for_local_time(served, tmp_path, monkeypatch):
+    log = tmp_path / "predictions.jsonl"
+    monkeypatch.setenv("SHELFCAST_PREDICTION_LOG", str(log))
+    forecast_page(served)
+    [event] = served.events()
+    log.write_text(json.dumps(event) + "\n", encoding="utf-8")
+    html = page(served, "/monitoring")
+    stamps = re.findall(r'<time datetime="([^"]+)">([^<]+)</time>', html)
+    assert stamps and all(re.fullmatch(r"\d{1,2} [A-Z][a-z]{2} \d{4}, \d\d:\d\d UTC", text) for _, text in stamps)
+    assert event["timestamp"] not in re.sub(r'datetime="[^"]*"', "", html)  # no raw microsecond stamps to read
