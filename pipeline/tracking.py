@@ -1,4 +1,4 @@
-"""MLflow: every train is a run; promotion registers a model version and moves an alias.
+"""MLflow: every train is a run, every evaluation a run nested under it; promotion registers a model version.
 
 The embedded default is a local, database-backed store inside the project
 (``sqlite:///<project>/mlflow.db``, artifacts under ``<project>/mlartifacts``);
@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 EXPERIMENT_NAME = "shelfcast"
 REGISTERED_MODEL = "shelfcast-forecaster"
 PRODUCTION_ALIAS = "production"
 BUNDLE_ARTIFACT_PATH = "bundle"
+# MLflow 3's UI reads this experiment tag to choose its view; "custom_model_development" is its
+# "Machine learning" (model training) kind, "genai_development" the GenAI one (mlflow/server/js).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+# Held-out scores (evaluate) are named apart from the training curves a train run logs per step.
+HELDOUT_PREFIX = "heldout_"
+VERDICT_TAG = "threshold_test"
 
 
 class TrackingError(RuntimeError):
@@ -47,11 +55,20 @@ def client(project_root: Path | str = "."):
 
 
 def ensure_experiment(mlflow_client, project_root: Path | str = ".", name: str = EXPERIMENT_NAME) -> str:
+    """The experiment's id (created on first use), marked as model training for MLflow 3's UI.
+
+    MLflow 3 opens an experiment without the ``mlflow.experimentKind`` tag in its GenAI
+    (traces) view; the tag is set when absent, never over a kind a user chose.
+    """
     experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else artifact_root(project_root)
-    return mlflow_client.create_experiment(name, artifact_location=location)
+    if experiment is None:
+        location = None if os.environ.get("MLFLOW_TRACKING_URI") else artifact_root(project_root)
+        experiment_id = mlflow_client.create_experiment(name, artifact_location=location,
+                                                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+        return experiment_id
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return experiment.experiment_id
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -107,6 +124,61 @@ class TrainingRun:
     def log_bundle(self, bundle_dir: Path | str) -> str:
         self.client.log_artifacts(self.run_id, str(bundle_dir), BUNDLE_ARTIFACT_PATH)
         return f"runs:/{self.run_id}/{BUNDLE_ARTIFACT_PATH}"
+
+
+class EvaluationRecord(NamedTuple):
+    run_id: str  # the evaluation's own run
+    training_run_updated: bool  # False: the candidate's run backs a registered version and was left as it was
+
+
+def is_registered(mlflow_client, run_id: str) -> bool:
+    """Whether a registered model version was made from this run (its verdict is then history)."""
+    return bool(mlflow_client.search_model_versions(f"run_id='{run_id}'"))
+
+
+def log_evaluation(project_root: Path | str, training_run_id: str, *, passed: bool, headline: Mapping[str, Any],
+                   windows: list[Mapping[str, Any]], params: Mapping[str, Any], artifacts: list[Path]
+                   ) -> EvaluationRecord:
+    """Record one evaluation: a run of its own, nested under the candidate's training run.
+
+    The evaluation run holds the held-out metrics (``heldout_*``; per backtest window as steps),
+    the params, the verdict tag and the result files. The training run gets the same held-out
+    metrics and verdict too, so its row in the experiment shows them — unless a registered model
+    version was made from it: a promoted model's verdict is what it was promoted on, and a later
+    evaluation (other params, other data) never rewrites it.
+    """
+    verdict = "passed" if passed else "failed"
+    flat = {f"{HELDOUT_PREFIX}{k.replace('.', '_')}": float(v) for k, v in flatten(headline).items()
+            if _is_number(v)}
+    with TrainingRun(project_root, "evaluate", {PARENT_RUN_TAG: training_run_id, "stage": "evaluate",
+                                                VERDICT_TAG: verdict}) as run:
+        run.log_params(params)
+        run.log_metrics(flat)
+        for window in windows:
+            run.log_metrics({f"{HELDOUT_PREFIX}window_{k}": float(v) for k, v in window.items()
+                             if k in ("candidate_nwrmsle", "baseline_nwrmsle", "improvement", "improvement_low",
+                                      "improvement_high")}, step=int(window["window"]))
+        for path in artifacts:
+            run.client.log_artifact(run.run_id, str(path), "results")
+        update = not is_registered(run.client, training_run_id)
+        if update:
+            import time
+
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            run.client.log_batch(training_run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(flat.items())])
+            run.client.set_tag(training_run_id, VERDICT_TAG, verdict)
+            run.client.set_tag(training_run_id, "evaluation_run_id", run.run_id)
+    return EvaluationRecord(run.run_id, update)
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def run_data(project_root: Path | str, run_id: str):

@@ -64,3 +64,45 @@ def test_registering_is_idempotent_and_moves_the_alias(store):
     current = tracking.production_version(store)
     assert str(current.version) == "2" and current.tags["bundle_digest"] == "digest-2"
     assert current.source == f"runs:/{second.run_id}/bundle"
+
+
+def test_the_experiment_opens_as_model_training_in_mlflow_3(store):
+    """MLflow 3's UI shows an experiment without a kind in its GenAI (traces) view."""
+    client = tracking.client(store)
+    experiment_id = tracking.ensure_experiment(client, store)
+    kind = client.get_experiment(experiment_id).tags[tracking.EXPERIMENT_KIND_TAG]
+    assert kind == tracking.MODEL_TRAINING_KIND == "custom_model_development"
+
+
+def test_an_existing_experiment_gets_the_kind_but_a_users_choice_is_kept(store):
+    client = tracking.client(store)
+    old = client.create_experiment(tracking.EXPERIMENT_NAME)  # as made before the tag existed
+    assert tracking.ensure_experiment(client, store) == old
+    assert client.get_experiment(old).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    other = client.create_experiment("chosen", tags={tracking.EXPERIMENT_KIND_TAG: "forecasting"})
+    tracking.ensure_experiment(client, store, name="chosen")
+    assert client.get_experiment(other).tags[tracking.EXPERIMENT_KIND_TAG] == "forecasting"
+
+
+def test_an_evaluation_is_nested_and_writes_the_verdict_only_on_an_unregistered_run(store):
+    with tracking.TrainingRun(store, "train-mlp", {}) as train_run:
+        train_run.log_metrics({"validation_nwrmsle": 0.7}, step=0)
+    headline = {"threshold_test_passed": 1, "backtest": {"improvement_low": 0.02, "windows": 3}}
+    windows = [{"window": 0, "improvement": 0.05, "model": "candidate"}, {"window": 1, "improvement": 0.04}]
+    first = tracking.log_evaluation(store, train_run.run_id, passed=True, headline=headline, windows=windows,
+                                    params={"evaluate": {"confidence": 0.95}}, artifacts=[])
+    assert first.training_run_updated
+    _, metrics, tags = tracking.run_data(store, first.run_id)
+    assert tags["mlflow.parentRunId"] == train_run.run_id and tags["threshold_test"] == "passed"
+    assert metrics["heldout_backtest_improvement_low"] == 0.02 and metrics["heldout_threshold_test_passed"] == 1
+    assert tracking.metric_history(store, first.run_id, "heldout_window_improvement") == [(0, 0.05), (1, 0.04)]
+    _, train_metrics, train_tags = tracking.run_data(store, train_run.run_id)
+    assert train_tags["threshold_test"] == "passed" and train_metrics["validation_nwrmsle"] == 0.7
+    assert tracking.metric_history(store, train_run.run_id, "validation_nwrmsle") == [(0, 0.7)]  # curve untouched
+
+    tracking.register_production(store, train_run.run_id, "digest", {})
+    second = tracking.log_evaluation(store, train_run.run_id, passed=False, headline={"threshold_test_passed": 0},
+                                     windows=[], params={}, artifacts=[])
+    assert not second.training_run_updated
+    assert tracking.run_data(store, train_run.run_id)[2]["threshold_test"] == "passed"
+    assert tracking.run_data(store, second.run_id)[2]["threshold_test"] == "failed"
