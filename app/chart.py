@@ -121,7 +121,7 @@ def sales_chart_svg(history_days: Sequence[int], history_units: Sequence[float],
             box_x = min(max(x(day) - text_width / 2, plot_left), plot_right - text_width)
             box_y = max(y(amount) - font * 2.4, plot_top - font * 1.6)
             parts.append(
-                f'<g class="day {kind}"{focus} role="img" aria-label="{spoken}">'
+                f'<g class="day day-{kind}"{focus} role="img" aria-label="{spoken}">'
                 f'<rect class="hit" x="{x(day) - day_width / 2:.1f}" y="{plot_top}" width="{day_width:.1f}" '
                 f'height="{plot_bottom - plot_top}"/>'
                 f'<circle class="marker" cx="{x(day):.1f}" cy="{y(amount):.1f}" r="4"/>'

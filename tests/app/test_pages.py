@@ -109,9 +109,9 @@ def test_the_chart_has_units_dated_ticks_and_a_readable_value_for_every_day(serv
         assert "units / day" in svg and "date (ticks on Mondays)" in svg
         ticks = re.findall(r'<text class="tick"[^>]*>(\d{1,2} [A-Z][a-z]{2})</text>', svg)
         assert len(ticks) >= 4, ticks  # Mondays, every week or fortnight, over 72 days
-        focusable = re.findall(r'<g class="day forecast" tabindex="0" role="img" aria-label="([^"]+)">', svg)
+        focusable = re.findall(r'<g class="day day-forecast" tabindex="0" role="img" aria-label="([^"]+)">', svg)
         assert len(focusable) == 16 and all(re.search(r"forecast [0-9.,]+ units$", label) for label in focusable)
-        assert len(re.findall(r'<g class="day sold" role="img"', svg)) == min(56, served.model.bundle.spec.history_days)
+        assert len(re.findall(r'<g class="day day-sold" role="img"', svg)) == min(56, served.model.bundle.spec.history_days)
 
 
 def test_monitoring_times_are_readable_and_marked_for_local_time(served, tmp_path, monkeypatch):

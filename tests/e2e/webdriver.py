@@ -7,6 +7,7 @@ by Debian), not on a Python package whose releases track browser versions.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import subprocess
@@ -91,6 +92,14 @@ class Session:
     def find_all(self, css: str) -> list[Element]:
         found = self.command("POST", "/elements", {"using": "css selector", "value": css})
         return [Element(self, e[ELEMENT_KEY]) for e in found]
+
+    def set_window_size(self, width: int, height: int) -> None:
+        self.command("POST", "/window/rect", {"width": width, "height": height})
+
+    def screenshot(self, path: Path) -> Path:
+        """The viewport as a PNG file (the W3C command returns it base64-encoded)."""
+        path.write_bytes(base64.b64decode(self.command("GET", "/screenshot")))
+        return path
 
     def execute(self, script: str, *args: Any) -> Any:
         return self.command("POST", "/execute/sync", {"script": script, "args": list(args)})
