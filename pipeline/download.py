@@ -1,13 +1,18 @@
 """Stage ``download``: put the Favorita raw files into data/raw/.
 
-``data.source`` is ``synthetic`` (generated offline by ``pipeline.synthetic``),
+The source (``data.source``, or ``$SHELFCAST_DATA_SOURCE`` when set: see
+``pipeline.source``) is ``synthetic`` (generated offline by ``pipeline.synthetic``),
 a local directory, or an http(s):// / file:// URL of a directory or of a .zip
 archive (Kaggle's download is a zip of .7z files). For each raw file the first
-of ``NAME.csv.gz``, ``NAME.csv``, ``NAME.csv.7z`` that exists is fetched.
+of ``NAME.csv.gz``, ``NAME.csv``, ``NAME.csv.7z`` that exists is fetched;
+train, items and stores are required, the others optional.
 
 Fetching is restartable: bytes go to ``data/.downloads/*.part`` and an
 interrupted transfer resumes from there (an HTTP Range request, guarded by
-If-Range so a changed file restarts from zero). A finished file is checked
+If-Range so a changed file restarts from zero; a local copy resumes only while
+the source file's size and mtime are those recorded when it started). A file
+whose content turns out corrupt (bad gzip, zip or 7z data) is deleted, so the
+next run fetches it afresh instead of resuming a broken copy. A finished file is checked
 against its expected size (Content-Length / the source file) and, when
 ``data.sha256`` lists it, its SHA-256, before it is unpacked into a staging
 directory; data/raw/ is replaced only when every file is there, so it never
@@ -26,6 +31,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 from tqdm import tqdm
@@ -33,13 +39,15 @@ from tqdm import tqdm
 from pipeline.io import atomic_directory
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
-from pipeline.stage import StageError, run_stage
+from pipeline.source import CANDIDATE_SUFFIXES, data_source, join, local_path
+from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.synthetic import generate
 
 RAW_DIR = Path("data/raw")
 PARTIAL_DIR = Path("data/.downloads")
-CANDIDATE_SUFFIXES = (".csv.gz", ".csv", ".csv.7z")
 CHUNK = 1 << 20
+# What makes unpacking fail on a corrupt archive (the file is then deleted, not resumed).
+CORRUPT_ARCHIVE = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
 
 
 class DownloadError(StageError):
@@ -64,12 +72,24 @@ def _sha256(path: Path) -> str:
 
 
 def _copy_resuming(source: Path, part: Path, progress: bool) -> int:
-    """Copy a local file into ``part``, continuing after the bytes already there."""
-    total = source.stat().st_size
+    """Copy a local file into ``part``, continuing after the bytes already there.
+
+    Resumes only while the source is the file the part was started from (same size
+    and mtime, recorded next to the part): a replaced source restarts from zero.
+    """
+    stat = source.stat()
+    total = stat.st_size
+    identity = {"size": total, "mtime_ns": stat.st_mtime_ns}
+    meta_path = part.with_suffix(".json")
+    try:
+        recorded = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    except ValueError:
+        recorded = None
     done = part.stat().st_size if part.exists() else 0
-    if done > total:
+    if done and (recorded != identity or done > total):
         part.unlink()
         done = 0
+    meta_path.write_text(json.dumps(identity))
     with open(source, "rb") as src, open(part, "ab") as dst, \
             tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=f"download: {source.name}",
                  disable=not progress) as bar:
@@ -139,7 +159,7 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> Pa
             if parsed.scheme in ("http", "https"):
                 expected = _http_resuming(url, part, params.download.timeout_s, progress)
             else:
-                expected = _copy_resuming(_local_path(url), part, progress)
+                expected = _copy_resuming(local_path(url), part, progress)
         except _Missing:
             raise
         except (OSError, urllib.error.URLError, TimeoutError, http.client.HTTPException) as exc:  # interrupted: retry, resuming
@@ -155,8 +175,7 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> Pa
         if wanted is not None:
             actual = _sha256(part)
             if actual != wanted:
-                part.unlink()
-                part.with_suffix(".json").unlink(missing_ok=True)
+                discard(part)
                 raise DownloadError(f"{name}: sha256 {actual} does not match data.sha256.{name} = {wanted}")
         part.with_suffix(".json").unlink(missing_ok=True)
         return part
@@ -164,15 +183,10 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> Pa
                         f"(partial data kept in {part} for the next run)")
 
 
-def _local_path(url: str) -> Path:
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "file":
-        return Path(urllib.request.url2pathname(parsed.path))
-    return Path(url)
-
-
-def _exists(url: str) -> bool:
-    return _local_path(url).is_file()
+def discard(part: Path) -> None:
+    """Forget a fetched file and its resume record: the next run fetches it from zero."""
+    part.unlink(missing_ok=True)
+    part.with_suffix(".json").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- unpacking into data/raw
@@ -190,7 +204,8 @@ def _extract_7z(archive: Path, into: Path) -> list[Path]:
         with py7zr.SevenZipFile(archive, "r") as seven:
             names = seven.getnames()
             seven.extractall(path=into)
-    except (py7zr.Bad7zFile, OSError, EOFError) as exc:
+    except (py7zr.Bad7zFile, OSError, EOFError, zlib.error, ValueError) as exc:
+        discard(archive)
         raise DownloadError(f"{archive.name}: not a readable .7z archive: {exc}") from None
     return [into / n for n in names]
 
@@ -217,8 +232,8 @@ def _check_gzip_complete(path: Path, file_name: str) -> None:
         with gzip.open(path, "rb") as handle:
             while handle.read(CHUNK):
                 pass
-    except (OSError, EOFError) as exc:
-        path.unlink()
+    except (OSError, EOFError, zlib.error) as exc:
+        discard(path)
         raise DownloadError(f"{file_name}: corrupt or truncated gzip ({exc})") from None
 
 
@@ -229,9 +244,16 @@ def _wanted(file_name: str) -> str | None:
     return None
 
 
-def install_zip(archive: Path, staging: Path, partial_dir: Path) -> set[str]:
-    """Kaggle's archive: a zip whose members are NAME.csv.7z (or plain/gzip CSV)."""
+def install_zip(archive: Path, staging: Path, partial_dir: Path, name: str) -> set[str]:
+    """Kaggle's archive: a zip whose members are NAME.csv.7z (or plain/gzip CSV).
+
+    A corrupt archive (bad zip structure, deflate data or CRC) is an error naming
+    the member, and leaves nothing in ``partial_dir``: neither the unpacked member
+    nor the archive, which a later run then fetches afresh.
+    """
     found: set[str] = set()
+    target = None
+    member_name = None
     try:
         with zipfile.ZipFile(archive) as zipped:
             for member in zipped.infolist():
@@ -239,22 +261,21 @@ def install_zip(archive: Path, staging: Path, partial_dir: Path) -> set[str]:
                 base = _wanted(file_name)
                 if base is None or base in found:
                     continue
+                member_name = member.filename
                 target = partial_dir / f"unzipped-{file_name}"
                 with zipped.open(member) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst, CHUNK)
                 install(target, file_name, staging)
                 found.add(base)
-    except zipfile.BadZipFile as exc:
-        raise DownloadError(f"{archive.name}: not a readable zip archive: {exc}") from None
-    archive.unlink()
+    except CORRUPT_ARCHIVE as exc:
+        where = f" (member {member_name})" if member_name else ""
+        raise DownloadError(f"{name}: corrupt zip archive{where}: {exc}; deleted, the next run fetches it "
+                            "again") from None
+    finally:
+        if target is not None:
+            discard(target)
+    discard(archive)
     return found
-
-
-def _join(base: str, name: str) -> str:
-    parsed = urllib.parse.urlparse(base)
-    if parsed.scheme in ("http", "https", "file"):
-        return base.rstrip("/") + "/" + urllib.parse.quote(name)
-    return str(Path(base) / name)
 
 
 def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataParams, progress: bool) -> list[str]:
@@ -263,16 +284,22 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
     remote = parsed.scheme in ("http", "https")
     if parsed.scheme not in ("", "file", "http", "https"):
         raise DownloadError(f"data.source: unsupported URL scheme {parsed.scheme!r} (use http, https or file)")
-    if not remote and not _local_path(source).exists():
+    if not remote and not local_path(source).exists():
         raise DownloadError(f"data.source: {source} does not exist")
-    if source.endswith(".zip") or (not remote and _local_path(source).is_file()):
-        found = install_zip(fetch(source, partial_dir, params, progress), staging, partial_dir)
+    if source.endswith(".zip") or (not remote and local_path(source).is_file()):
+        archive = fetch(source, partial_dir, params, progress)
+        name = Path(parsed.path).name
+        try:
+            found = install_zip(archive, staging, partial_dir, name)
+        except DownloadError:
+            discard(archive)
+            raise
     else:
         found = set()
         for base in RAW_FILES + OPTIONAL_RAW_FILES:
             for suffix in CANDIDATE_SUFFIXES:
-                url = _join(source, f"{base}{suffix}")
-                if not remote and not _exists(url):
+                url = join(source, f"{base}{suffix}")
+                if not remote and not local_path(url).is_file():
                     continue
                 try:
                     fetched = fetch(url, partial_dir, params, progress)
@@ -288,19 +315,24 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
     return sorted(found)
 
 
-def download(params: DataParams, raw_dir: Path = RAW_DIR, partial_dir: Path = PARTIAL_DIR, progress: bool = True) -> str:
+def download(params: DataParams, raw_dir: Path = RAW_DIR, partial_dir: Path = PARTIAL_DIR, progress: bool = True,
+             source: str | None = None) -> str:
+    """Fill ``raw_dir`` from ``source`` (default: ``params.source``), all files or none."""
+    source = params.source if source is None else source
     with atomic_directory(raw_dir) as staging:
-        if params.source == "synthetic":
+        if source == "synthetic":
             counts = generate(params.synthetic, staging, progress=progress)
             syn = params.synthetic
             return (f"synthetic: {counts['train']:,} train rows, {syn.stores} stores x {counts['items']:,} items, "
                     f"{syn.start_date} .. {syn.end_date} (seed {syn.seed}) in {raw_dir}")
-        found = fetch_source(params.source, staging, Path(partial_dir), params, progress)
-    return f"{len(found)} files ({', '.join(found)}) from {params.source} in {raw_dir}"
+        found = fetch_source(source, staging, Path(partial_dir), params, progress)
+    return f"{len(found)} files ({', '.join(found)}) from {source} in {raw_dir}"
 
 
-def _main(raw_params: dict, args: argparse.Namespace) -> str:
-    return download(data_params(raw_params), progress=not args.quiet)
+def _main(args: argparse.Namespace) -> str:
+    params = data_params(stage_params(args))
+    return download(params, args.root / RAW_DIR, args.root / PARTIAL_DIR, progress=not args.quiet,
+                    source=data_source(params))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,9 +34,9 @@ from pipeline.holidays import store_day_flags
 from pipeline.io import atomic_directory, parquet_writer, write_parquet
 from pipeline.params import PrepareParams, prepare_params
 from pipeline.schema import HOLIDAY_FLAGS, PREPARED_SALES_SCHEMA, RAW_SCHEMAS
-from pipeline.stage import StageError, run_stage
+from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.validate import (
-    DataValidationError, check_references, check_unique, fail, find_raw_file, read_batches, read_small,
+    DataValidationError, check_references, fail, find_raw_file, read_batches, read_small,
     require_raw_file,
 )
 
@@ -357,8 +357,9 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool 
             f"({calendar[0]} .. {calendar[-1]}, grid={params.grid}, returns={params.returns}) in {out_dir}")
 
 
-def _main(raw_params: dict, args: argparse.Namespace) -> str:
-    return prepare(RAW_DIR, PREPARED_DIR, prepare_params(raw_params), progress=not args.quiet)
+def _main(args: argparse.Namespace) -> str:
+    return prepare(args.root / RAW_DIR, args.root / PREPARED_DIR, prepare_params(stage_params(args)),
+                   progress=not args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:

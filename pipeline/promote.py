@@ -20,7 +20,6 @@ Re-running is harmless: nothing is registered or copied twice.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -30,8 +29,9 @@ from pipeline import tracking
 from pipeline.bundle import BundleError, verify_bundle
 from pipeline.evaluate import CANDIDATE_DIR, EVALUATION_FILE, current_versions
 from pipeline.model_params import promote_params
-from pipeline.params import ParamsError, load_yaml
+from pipeline.params import load_yaml
 from pipeline.serving_bundle import roll_forward, source_digest
+from pipeline.stage import run_stage
 
 PRODUCTION_DIR = "models/production"
 REFUSED = 3
@@ -120,18 +120,16 @@ def run(root: Path, quiet: bool = False) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
-    args = parser.parse_args(argv)
-    try:
-        run(args.root)
-    except PromotionRefused as exc:
-        print(f"promote: refused: {exc}", file=sys.stderr)
-        return REFUSED
-    except (ParamsError, BundleError, tracking.TrackingError) as exc:
-        print(f"promote: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    def body(args) -> int | None:
+        try:
+            run(args.root)  # prints its own summary
+        except PromotionRefused as exc:
+            print(f"promote: refused: {exc}", file=sys.stderr)
+            return REFUSED
+        return None
+
+    return run_stage("promote", body, argv, errors=(BundleError, tracking.TrackingError),
+                     description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pipeline.io import atomic_directory, parquet_writer
 from pipeline.params import SplitParams, split_params
-from pipeline.stage import StageError, run_stage
+from pipeline.stage import StageError, run_stage, stage_params
 
 SALES_PATH = Path("data/prepared/sales.parquet")
 SPLIT_DIR = Path("data/split")
@@ -79,8 +79,9 @@ def split(sales_path: Path, out_dir: Path, params: SplitParams, progress: bool =
             f"({cutoff} .. {last_day}) in {out_dir}")
 
 
-def _main(raw_params: dict, args: argparse.Namespace) -> str:
-    return split(SALES_PATH, SPLIT_DIR, split_params(raw_params), progress=not args.quiet)
+def _main(args: argparse.Namespace) -> str:
+    return split(args.root / SALES_PATH, args.root / SPLIT_DIR, split_params(stage_params(args)),
+                 progress=not args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,37 +1,71 @@
-"""What every stage's ``main`` shares: params, clear errors instead of tracebacks, a summary line."""
+"""The one way a stage's ``main`` is written: common options, clear errors instead of tracebacks, a summary line.
+
+Every ``python -m pipeline.<stage>`` (download, prepare, split, source, train,
+evaluate, promote) runs through ``run_stage``. It gives each the same options
+(``--root`` project directory, ``--quiet``), turns the errors a user can fix
+into one line ``<stage>: error: ...`` (exit 1, or the error's own
+``exit_code``), and prints the body's summary with the time it took.
+
+This module imports only params.py, so depending on it costs a stage nothing
+(the dvc.yaml deps test checks every stage's imports).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 from pipeline.params import ParamsError, load_yaml
-from pipeline.validate import DataValidationError
 
 
 class StageError(RuntimeError):
-    """A stage cannot do its job for a reason the user can fix (message says which)."""
+    """A stage cannot do its job for a reason the user can fix (message says which).
+
+    ``exit_code`` and ``label`` let a stage say more than "error": promote's
+    refusal exits 3 with ``promote: refused: ...``.
+    """
+
+    exit_code = 1
+    label = "error"
 
 
-USER_ERRORS = (ParamsError, DataValidationError, StageError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError, StageError)
+
+Body = Callable[[argparse.Namespace], "str | int | None"]
 
 
-def run_stage(name: str, body: Callable[[dict, argparse.Namespace], str], argv: list[str] | None = None) -> int:
-    """Run ``body(params, args)``; print its summary, or ``<stage>: error: ...`` and exit 1."""
-    parser = argparse.ArgumentParser(prog=f"python -m pipeline.{name}")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+def stage_params(args: argparse.Namespace) -> dict:
+    """params.yaml of the project root the stage runs in (what DVC tracks for it)."""
+    return load_yaml(Path(args.root) / "params.yaml")
+
+
+def run_stage(name: str, body: Body, argv: list[str] | None = None,
+              errors: tuple[type[BaseException], ...] = (), description: str | None = None) -> int:
+    """Run ``body(args)`` and return the process exit status.
+
+    The body returns its summary (printed as ``<stage>: <summary> in N s``, exit 0),
+    None (it printed its own report, exit 0), or an int exit status (it printed why).
+    ``errors`` are further exception types that mean bad input rather than a bug.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m pipeline.{name}", description=description)
+    parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
-        summary = body(load_yaml(args.params), args)
-    except USER_ERRORS as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        return 1
+        outcome = body(args)
+    except USER_ERRORS + tuple(errors) as exc:
+        label, code = getattr(exc, "label", "error"), getattr(exc, "exit_code", 1)
+        print(f"{name}: {label}: {exc}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print(f"{name}: interrupted; no output was written", file=sys.stderr)
         return 130
-    print(f"{name}: {summary} in {time.perf_counter() - started:.1f} s", flush=True)
+    if isinstance(outcome, int) and not isinstance(outcome, bool):
+        return outcome
+    if outcome is not None:
+        print(f"{name}: {outcome} in {time.perf_counter() - started:.1f} s", flush=True)
     return 0

@@ -13,7 +13,6 @@ origin, so it forecasts exactly the validation window.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import sys
 import time
@@ -36,7 +35,8 @@ from pipeline.features import (
 from pipeline.history import SalesHistory, build_history, future_calendar, read_sales, rows_at_origin, snapshot_at
 from pipeline.metrics import nwrmsle, perishable_weights
 from pipeline.model_params import FeatureParams, TrainParams, feature_params, train_params
-from pipeline.params import ParamsError, load_yaml
+from pipeline.params import load_yaml
+from pipeline.stage import StageError, run_stage
 from pipeline.versions import code_version, data_version, git_commit
 
 TRAIN_DATA = "data/split/train.parquet"
@@ -238,20 +238,16 @@ def _predict_weights(config, weights, matrix: FeatureMatrix) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
-    args = parser.parse_args(argv)
-    try:
-        run(args.root)
-    except (ParamsError, TrainError, FileNotFoundError, ValueError) as exc:
-        print(f"train: error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # the tracking server refused or is unreachable: say where, no traceback
-        if type(exc).__module__.startswith("mlflow"):
-            print(f"train: error: MLflow at {tracking.tracking_uri(args.root)}: {exc}", file=sys.stderr)
-            return 1
-        raise
-    return 0
+    def body(args) -> None:
+        try:
+            run(args.root)  # prints its own summary
+        except Exception as exc:  # the tracking server refused or is unreachable: say where, no traceback
+            if type(exc).__module__.startswith("mlflow"):
+                raise StageError(f"MLflow at {tracking.tracking_uri(args.root)}: {exc}") from None
+            raise
+
+    return run_stage("train", body, argv, errors=(TrainError, FileNotFoundError, ValueError),
+                     description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

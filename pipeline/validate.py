@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from pipeline.stage import StageError
 from pipeline.schema import EARLIEST_DATE, LATEST_DATE, RAW_SCHEMAS, RAW_SUFFIXES, Column, RawFile
 
 BLOCK_SIZE = 64 << 20
@@ -29,7 +30,7 @@ TRUE_VALUES = ["True", "true", "TRUE", "1"]
 FALSE_VALUES = ["False", "false", "FALSE", "0"]
 
 
-class DataValidationError(ValueError):
+class DataValidationError(StageError, ValueError):
     """A raw file that breaks the schema; the message names file, column and lines."""
 
 

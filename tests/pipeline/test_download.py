@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
 import threading
 import zipfile
 from pathlib import Path
@@ -53,13 +54,87 @@ def test_from_file_url_then_prepare(kaggle_sample, tmp_path):
     _prepares(raw, tmp_path)
 
 
-def test_missing_files_fail_without_touching_raw(tmp_path):
+def test_missing_required_file_fails_without_touching_raw(tmp_path):
     source = write_kaggle_sample(tmp_path / "src")
-    (source / "oil.csv").unlink()
+    (source / "items.csv").unlink()
     raw = tmp_path / "raw"
-    with pytest.raises(DownloadError, match="has no oil"):
+    with pytest.raises(DownloadError, match="has no items"):
         download(_params(str(source)), raw, tmp_path / "partial", progress=False)
     assert not raw.exists()
+
+
+def test_optional_files_may_be_absent(tmp_path):
+    source = write_kaggle_sample(tmp_path / "src")
+    for name in ("oil", "transactions", "holidays_events", "test"):
+        (source / f"{name}.csv").unlink()
+    raw = tmp_path / "raw"
+    summary = download(_params(str(source)), raw, tmp_path / "partial", progress=False)
+    assert _raw_names(raw) == {"train", "items", "stores"} and "3 files" in summary
+    _prepares(raw, tmp_path)
+
+
+def _zip_of(directory: Path, archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        for csv in sorted(directory.iterdir()):
+            zipped.write(csv, arcname=csv.name)
+    return archive
+
+
+def _corrupt_member_data(archive: Path, member: str) -> None:
+    """Flip bytes inside one member's deflate stream (the zip directory stays readable)."""
+    with zipfile.ZipFile(archive) as zipped:
+        info = zipped.getinfo(member)
+    data = bytearray(archive.read_bytes())
+    header = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    for k in range(header + 5, header + min(info.compress_size, 60)):
+        data[k] ^= 0x5A
+    archive.write_bytes(bytes(data))
+
+
+def test_corrupt_zip_is_a_clean_error_and_leaves_nothing_behind(tmp_path):
+    plain = write_kaggle_sample(tmp_path / "plain")
+    archive = _zip_of(plain, tmp_path / "data.zip")
+    _corrupt_member_data(archive, "train.csv")
+    partial = tmp_path / "partial"
+    with pytest.raises(DownloadError, match=r"data.zip: corrupt zip archive \(member train.csv\)"):
+        download(_params(str(archive)), tmp_path / "raw", partial, progress=False)
+    assert list(partial.iterdir()) == []
+    assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize("bad", ["truncated", "bad CRC"])
+def test_a_bad_zip_does_not_poison_the_next_run(tmp_path, bad):
+    """After a corrupt zip (same size as the good one, or cut short) the fixed file downloads cleanly."""
+    plain = write_kaggle_sample(tmp_path / "plain")
+    good = _zip_of(plain, tmp_path / "good.zip").read_bytes()
+    archive = tmp_path / "data.zip"
+    if bad == "truncated":
+        archive.write_bytes(good[: len(good) // 2])
+    else:
+        archive.write_bytes(good)
+        _corrupt_member_data(archive, "items.csv")
+    partial = tmp_path / "partial"
+    with pytest.raises(DownloadError, match="data.zip"):
+        download(_params(str(archive)), tmp_path / "raw", partial, progress=False)
+    assert list(partial.iterdir()) == []
+    archive.write_bytes(good)
+    download(_params(str(archive)), tmp_path / "raw", partial, progress=False)
+    assert (tmp_path / "raw" / "train.csv").read_bytes() == (plain / "train.csv").read_bytes()
+
+
+def test_interrupted_local_copy_resumes_only_from_the_same_file(tmp_path):
+    source = tmp_path / "items.csv"
+    source.write_bytes(b"x" * 5000)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    params = _params(str(tmp_path))
+    part = fetch(str(source), partial, params, progress=False)
+    part.write_bytes(part.read_bytes()[:1000])  # as if interrupted after 1000 bytes
+    assert fetch(str(source), partial, params, progress=False).read_bytes() == b"x" * 5000  # resumed
+    part.write_bytes(part.read_bytes()[:1000])
+    source.write_bytes(b"y" * 6000)  # replaced meanwhile: same prefix length must not be trusted
+    os.utime(source, ns=(1, 1))
+    assert fetch(str(source), partial, params, progress=False).read_bytes() == b"y" * 6000
 
 
 def test_sha256_is_verified(kaggle_sample, tmp_path):

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
-from .conftest import REPO, tiny_params
+from .conftest import REPO, tiny_params, write_kaggle_sample
 
 DATA_STAGES = ("download", "prepare", "split")
+STAGES = ("source",) + DATA_STAGES  # source runs on every repro (always_changed); it is cheap
 DVC = Path(sys.executable).with_name("dvc")
 
 
-def _run(args, cwd: Path) -> str:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+def _run(args, cwd: Path, **env_extra: str) -> str:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@localhost", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@localhost", **env_extra)
+    env.pop("SHELFCAST_DATA_SOURCE", None) if "SHELFCAST_DATA_SOURCE" not in env_extra else None
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
@@ -42,7 +49,7 @@ def repo(tmp_path: Path) -> Path:
     repo.mkdir()
     shutil.copytree(REPO / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    pipeline["stages"] = {name: pipeline["stages"][name] for name in DATA_STAGES}  # later stages are not ours
+    pipeline["stages"] = {name: pipeline["stages"][name] for name in STAGES}  # later stages are not ours
     (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     (repo / ".gitignore").write_text("/data/\n__pycache__/\n")
@@ -71,7 +78,56 @@ def test_repro_is_incremental_and_param_changes_rerun_exactly_their_stages(repo)
     assert _stages_run(_run([DVC, "repro"], repo)) == list(DATA_STAGES)
 
     status = _run([DVC, "status"], repo)
-    assert "up to date" in status
+    assert "always changed" in status and "download" not in status  # only the source fingerprint is rechecked
     dag = _run([DVC, "dag"], repo)
     for stage in DATA_STAGES:
         assert stage in dag
+
+
+def _own_data(repo: Path, name: str = "own") -> Path:
+    return write_kaggle_sample(repo.parent / name, compress=("train",))
+
+
+def test_new_content_in_the_source_directory_reruns_download(repo):
+    """The source is outside the project: its content fingerprint (data/source.json) is what DVC compares."""
+    source = _own_data(repo)
+    _set_params(repo, lambda p: p["data"].update(source=str(source)))
+    assert _stages_run(_run([DVC, "repro"], repo)) == list(DATA_STAGES)
+    assert _stages_run(_run([DVC, "repro"], repo)) == []
+
+    os.utime(source / "items.csv")  # touched, same bytes: nothing to redo
+    assert _stages_run(_run([DVC, "repro"], repo)) == []
+
+    train = source / "train.csv.gz"
+    text = gzip.decompress(train.read_bytes()).decode()
+    last = text.splitlines()[-1].split(",")
+    extra = ",".join([str(int(last[0]) + 1), "2014-04-21"] + last[2:]) + "\n"
+    train.write_bytes(gzip.compress((text + extra).encode()))  # one more day of sales
+    assert _stages_run(_run([DVC, "repro"], repo)) == list(DATA_STAGES)
+    assert str(pd.read_parquet(repo / "data/split/validation.parquet")["date"].max().date()) == "2014-04-21"
+
+
+@pytest.mark.slow
+def test_source_from_the_environment_without_editing_params(repo):
+    _run([DVC, "repro"], repo)  # synthetic, from params.yaml
+    source = _own_data(repo)
+    output = _run([DVC, "repro"], repo, SHELFCAST_DATA_SOURCE=str(source))
+    assert _stages_run(output) == list(DATA_STAGES)
+    assert "(from $SHELFCAST_DATA_SOURCE)" in output
+    assert json.loads((repo / "data/source.json").read_text())["source"] == str(source)
+    assert (repo / "data/raw/train.csv.gz").read_bytes() == (source / "train.csv.gz").read_bytes()
+    assert _stages_run(_run([DVC, "repro"], repo, SHELFCAST_DATA_SOURCE=str(source))) == []
+    _run([DVC, "repro"], repo)  # unset: back to params.yaml's (DVC may restore it from its run cache)
+    assert json.loads((repo / "data/source.json").read_text())["source"] == "synthetic"
+    assert (repo / "data/raw/train.csv.gz").read_bytes() != (source / "train.csv.gz").read_bytes()
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_set_param_chooses_the_source(repo):
+    source = _own_data(repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-q", "-m", "tiny project"], repo)
+    output = _run([DVC, "exp", "run", "-S", f"data.source={source}"], repo)
+    assert _stages_run(output) == list(DATA_STAGES)
+    assert (repo / "data/raw/items.csv").read_bytes() == (source / "items.csv").read_bytes()
+    assert yaml.safe_load((repo / "params.yaml").read_text())["data"]["source"] == str(source)

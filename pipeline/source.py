@@ -1,0 +1,170 @@
+"""Stage ``source``: which data source is in effect, and a fingerprint of its content.
+
+DVC reruns a stage when a dependency's *content* changes, but a source outside
+the project (a directory of CSV files, a URL) is no file DVC tracks. This stage
+runs on every ``dvc repro`` (``always_changed`` in dvc.yaml) and writes
+data/source.json: the source in effect and, per raw file, its SHA-256 (local
+files) or its HTTP validators (ETag / Last-Modified / Content-Length). The
+download stage depends on that file, so it reruns exactly when the source's
+content, or the choice of source, changed; otherwise DVC skips it.
+
+The source is ``data.source`` of params.yaml, unless the environment variable
+``SHELFCAST_DATA_SOURCE`` is set: then that wins, so a user can point the
+pipeline at their own data without editing a tracked file
+(``dvc exp run -S data.source=...`` is the DVC-native way to do the same).
+
+Hashing a large local file is done once: a cache next to the fingerprint
+remembers each file's hash with its size, inode, mtime and ctime (ctime cannot
+be set back by copying tools), so an unchanged file is not read again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from pipeline.atomic import atomic_file, file_digest
+from pipeline.params import DataParams, data_params
+from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
+from pipeline.stage import StageError, run_stage, stage_params
+
+ENV_VAR = "SHELFCAST_DATA_SOURCE"
+FINGERPRINT_PATH = Path("data/source.json")
+HASH_CACHE_PATH = Path("data/.source-hashes.json")
+# For each raw file the first of these that exists is the one fetched (pipeline.download).
+CANDIDATE_SUFFIXES = (".csv.gz", ".csv", ".csv.7z")
+RAW_NAMES = RAW_FILES + OPTIONAL_RAW_FILES
+
+
+class SourceError(StageError):
+    """A data source that cannot be reached or read to fingerprint it."""
+
+
+def data_source(params: DataParams) -> str:
+    """The source in effect: $SHELFCAST_DATA_SOURCE when set, else params.yaml's data.source."""
+    chosen = os.environ.get(ENV_VAR, "").strip()
+    return chosen or params.source
+
+
+def is_remote(source: str) -> bool:
+    return urllib.parse.urlparse(source).scheme in ("http", "https")
+
+
+def local_path(source: str) -> Path:
+    parsed = urllib.parse.urlparse(source)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    return Path(source)
+
+
+def join(base: str, name: str) -> str:
+    """``name`` inside the directory ``base`` (a path or a URL)."""
+    if urllib.parse.urlparse(base).scheme in ("http", "https", "file"):
+        return base.rstrip("/") + "/" + urllib.parse.quote(name)
+    return str(Path(base) / name)
+
+
+def candidate_names() -> list[str]:
+    return [f"{base}{suffix}" for base in RAW_NAMES for suffix in CANDIDATE_SUFFIXES]
+
+
+class HashCache:
+    """sha256 of local files, reused while a file's size, inode, mtime and ctime are unchanged."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.entries = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.entries = {}
+
+    def sha256(self, file: Path) -> str:
+        stat = file.stat()
+        key = str(file.resolve())
+        identity = [stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns]
+        known = self.entries.get(key)
+        if known and known[:4] == identity:
+            return known[4]
+        digest = file_digest(file)
+        self.entries[key] = identity + [digest]
+        return digest
+
+    def save(self) -> None:
+        with atomic_file(self.path) as tmp:
+            tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True), encoding="utf-8")
+
+
+def _http_validators(url: str, timeout_s: float) -> dict | None:
+    """ETag / Last-Modified / Content-Length of a URL, or None when the server says it does not exist."""
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "shelfcast-download"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            headers = response.headers
+    except urllib.error.HTTPError as exc:
+        if exc.code in (404, 410):
+            return None
+        raise SourceError(f"{url}: HTTP {exc.code} {exc.reason} (checking the source for changes)") from None
+    except (OSError, urllib.error.URLError) as exc:
+        raise SourceError(f"{url}: cannot reach it to check for changes: {exc}") from None
+    return {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"),
+            "size": headers.get("Content-Length")}
+
+
+def fingerprint(source: str, params: DataParams, cache: HashCache) -> dict:
+    """What identifies the content of ``source``: per raw file its hash (local) or HTTP validators."""
+    if source == "synthetic":
+        return {"source": source}  # generated from data.synthetic, which download declares as params
+    scheme = urllib.parse.urlparse(source).scheme
+    if scheme not in ("", "file", "http", "https"):
+        raise SourceError(f"data.source: unsupported URL scheme {scheme!r} (use http, https or file)")
+    files: dict[str, dict] = {}
+    if is_remote(source):
+        urls = [source] if source.endswith(".zip") else [join(source, name) for name in candidate_names()]
+        for url in urls:
+            validators = _http_validators(url, params.download.timeout_s)
+            if validators is not None:
+                files[Path(urllib.parse.urlparse(url).path).name] = validators
+    else:
+        path = local_path(source)
+        if not path.exists():
+            raise SourceError(f"data.source: {source} does not exist")
+        found = [path] if path.is_file() else [path / name for name in candidate_names() if (path / name).is_file()]
+        for file in found:
+            try:
+                files[file.name] = {"sha256": cache.sha256(file), "size": file.stat().st_size}
+            except OSError as exc:
+                raise SourceError(f"{file}: cannot read it: {exc}") from None
+    return {"source": source, "files": files}
+
+
+def write_fingerprint(params: DataParams, out: Path = FINGERPRINT_PATH, cache_path: Path = HASH_CACHE_PATH) -> str:
+    source = data_source(params)
+    cache = HashCache(cache_path)
+    content = fingerprint(source, params, cache)
+    if source != "synthetic" and not is_remote(source):
+        cache.save()
+    text = json.dumps(content, indent=2, sort_keys=True) + "\n"
+    with atomic_file(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    via = f" (from ${ENV_VAR})" if os.environ.get(ENV_VAR, "").strip() else ""
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    return f"{source}{via}: {len(content.get('files', {}))} file(s), fingerprint {digest} in {out}"
+
+
+def _main(args: argparse.Namespace) -> str:
+    return write_fingerprint(data_params(stage_params(args)), args.root / FINGERPRINT_PATH,
+                             args.root / HASH_CACHE_PATH)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("source", _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
