@@ -1,19 +1,23 @@
 """Atomic file and directory writes, and file digests: stdlib only, so serving code can use them.
 
-A stage that fails must leave no half-written output: every file is written
-under a temporary name next to its target and renamed into place only when
-complete; an output directory is built aside and swapped in as a whole.
+The one atomic-write helper of pipeline, app and monitoring (the engine, which
+imports only numpy and numba, keeps its own in engine/saver.py). A stage that
+fails must leave no half-written output, and a reader (the app, a dashboard)
+must never see half a report: every file is written under a temporary name next
+to its target, flushed to disk, and renamed into place only when complete; an
+output directory is built aside and swapped in as a whole.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 
 @contextlib.contextmanager
@@ -27,9 +31,29 @@ def atomic_file(target: Path | str) -> Iterator[Path]:
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o644)  # mkstemp's 0600 would make outputs private
+        _fsync(tmp_path)  # the bytes are on disk before the name points at them (a power cut leaves old or new)
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path | str, text: str) -> None:
+    """Replace ``path`` by ``text`` (UTF-8) in one step: readers see the old content or the new."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: Path | str, data: Any) -> None:
+    """``data`` as indented, key-sorted JSON (NaN refused: not JSON), written atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from pipeline.atomic import atomic_file, file_digest
+from pipeline.atomic import file_digest, write_json_atomic
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
 from pipeline.stage import StageError, run_stage, stage_params
@@ -96,8 +96,7 @@ class HashCache:
         return digest
 
     def save(self) -> None:
-        with atomic_file(self.path) as tmp:
-            tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True), encoding="utf-8")
+        write_json_atomic(self.path, self.entries)
 
 
 def _http_validators(url: str, timeout_s: float) -> dict | None:
@@ -149,9 +148,8 @@ def write_fingerprint(params: DataParams, out: Path = FINGERPRINT_PATH, cache_pa
     content = fingerprint(source, params, cache)
     if source != "synthetic" and not is_remote(source):
         cache.save()
-    text = json.dumps(content, indent=2, sort_keys=True) + "\n"
-    with atomic_file(out) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    write_json_atomic(out, content)
+    text = out.read_text(encoding="utf-8")
     via = f" (from ${ENV_VAR})" if os.environ.get(ENV_VAR, "").strip() else ""
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
     return f"{source}{via}: {len(content.get('files', {}))} file(s), fingerprint {digest} in {out}"

@@ -19,7 +19,7 @@ from pipeline.atomic import file_digest
 MODEL_CODE = ("engine", "pipeline/features.py", "pipeline/history.py", "pipeline/models.py", "pipeline/bundle.py",
               "pipeline/train.py", "pipeline/evaluate.py", "pipeline/metrics.py", "pipeline/model_params.py",
               "pipeline/drift_stats.py", "pipeline/tracking.py", "pipeline/versions.py", "pipeline/params.py",
-              "pipeline/io.py", "pipeline/atomic.py")
+              "pipeline/io.py", "pipeline/atomic.py", "pipeline/stage.py")
 
 
 def data_version(root: Path, relative_paths: Iterable[str]) -> dict[str, str]:
