@@ -4,7 +4,9 @@
                                | --elasticsearch http://localhost:9200 [--index shelfcast-prediction-*]]
                                [--actuals sales.csv] [--params params.yaml] [--output-dir logs/drift]
 
-Writes drift.json and drift.html (inline SVG charts) and exits 1 when a `drift:`
+Compares the requests with the bundle's served-horizon reference (features at its own
+origin and horizon days; pipeline/drift_stats.py). Writes drift.json and drift.html
+(a verdict and its reason per feature, inline SVG charts) and exits 1 when a `drift:`
 threshold of params.yaml is crossed, so a scheduler (cron, CI) can alert;
 0 when nothing is, 2 when the inputs cannot be read.
 """
@@ -21,9 +23,9 @@ from typing import Any, Mapping, Sequence
 from monitoring.drift_analysis import ActualsError, analyse, read_actuals
 from monitoring.drift_params import DriftParamsError, load_drift_params
 from monitoring.event_sources import DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, read_jsonl_events
+from monitoring.files import write_json_atomic, write_text_atomic
 from monitoring.report_html import render_report
 from monitoring.serving_data import EventShapeError
-from pipeline.atomic import write_json_atomic, write_text_atomic
 from pipeline.bundle import BundleError, verify_bundle
 
 DEFAULT_BUNDLE = Path("models/production")
@@ -58,10 +60,16 @@ def write_report(report: Mapping[str, Any], output_dir: Path | str) -> tuple[Pat
 DRIFT_TAG = "shelfcast.drift"
 
 
+def _alarmable(report: Mapping[str, Any]) -> dict[str, float]:
+    """PSI of every feature that can raise the alarm (calendar features are shown, not alarmed)."""
+    psi = {name: record["psi"] for name, record in report["features"].items() if record.get("role") != "calendar"}
+    psi.update({f"category {name}": record["psi"] for name, record in report["categorical"].items()})
+    return psi
+
+
 def drift_summary_event(report: Mapping[str, Any]) -> dict[str, Any]:
     """The few numbers the Kibana drift panels plot (the full report stays in drift.json)."""
-    psi = {name: record["psi"] for name, record in report["features"].items()}
-    psi.update({f"category {name}": record["psi"] for name, record in report["categorical"].items()})
+    psi = _alarmable(report)
     worst = max(psi, key=psi.get) if psi else None
     drifted = sum(r["drifted"] for r in report["features"].values()) + \
         sum(r["drifted"] for r in report["categorical"].values())
@@ -74,6 +82,22 @@ def drift_summary_event(report: Mapping[str, Any]) -> dict[str, Any]:
         summary["live_nwrmsle"] = report["live"]["nwrmsle"]
     return {"kind": "drift", "model_name": report["model"]["name"], "model_version": report["model"]["version"],
             "drift": summary}
+
+
+def summary_line(report: Mapping[str, Any], html_path: Path) -> str:
+    """One line for the terminal or a cron mail: the verdict first, then what it rests on."""
+    dense = sum(r["drifted"] for r in report["features"].values())
+    categorical = sum(r["drifted"] for r in report["categorical"].values())
+    calendar = len(report.get("not_alarmed", {}).get("features", []))
+    shown = f"; {calendar} calendar feature(s) shown, not alarmed" if calendar else ""
+    if report["status"] == "insufficient_data":
+        verdict = f"no verdict: {report['events']} events are too few"
+    elif report["alarm"]:
+        verdict = (f"ALARM: {len(report['reasons'])} reason(s) over {report['events']} events, "
+                   f"{dense} feature(s) and {categorical} categorical input(s) drifted")
+    else:
+        verdict = f"ok: {report['events']} events, no feature drifted"
+    return f"drift: {verdict}{shown}; report {html_path}"
 
 
 def run(bundle: Path, events_path: Path | None, elasticsearch: str | None, index: str, since: str | None,
@@ -126,10 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"drift: {DRIFT_TAG} summary sent to {emit_monitoring_event(DRIFT_TAG, drift_summary_event(report))}")
     for reason in report["reasons"]:
         print(f"drift: {reason}")
-    print(f"drift: {report['status']}: {report['events']} events, "
-          f"{sum(r['drifted'] for r in report['features'].values())} dense / "
-          f"{sum(r['drifted'] for r in report['categorical'].values())} categorical feature(s) drifted; "
-          f"report {args.output_dir / REPORT_HTML}")
+    print(summary_line(report, args.output_dir / REPORT_HTML))
     return EXIT_ALARM if report["alarm"] else EXIT_OK
 
 

@@ -1,4 +1,19 @@
-"""Compare served requests and forecasts with the bundle's training statistics; decide whether to alarm."""
+"""Compare served requests and forecasts with the bundle's reference statistics; decide whether to alarm.
+
+The reference is the bundle's `served` statistics (pipeline/drift_stats.py): the features
+of the requests the bundle can serve, at its own origin and horizon days. Every feature
+gets a verdict the report shows with its reason:
+
+* drift  -- PSI above drift.psi_alert and the KS / chi-square p-value below drift.p_value_alert;
+* inconclusive -- PSI above the threshold, but too few events for the test to tell it from chance;
+* not alarmed -- a calendar feature (the horizon, the target day's calendar and holidays): the
+  requested date sets it and the app refuses dates outside the window, so its shift says which
+  days clients ask for, not that the data changed;
+* ok.
+
+Bundles made before `served` existed are compared with their training rows, and the
+report says so (history features may then differ for reasons of age, not drift).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +27,7 @@ import numpy as np
 from monitoring.drift_params import DriftParams
 from monitoring.serving_data import UNKNOWN_LABEL, ServingData, collect
 from monitoring.statistics import ShiftTest, categorical_shift, numeric_shift
+from pipeline.drift_stats import ROLE_CALENDAR, ROLE_HISTORY, feature_role
 from pipeline.metrics import MetricInputError, nwrmsle, perishable_weights
 
 ACTUALS_COLUMNS = ("store_nbr", "item_nbr", "date", "unit_sales")
@@ -45,10 +61,42 @@ def read_actuals(path: Path | str) -> dict[tuple[str, str, str], float]:
     return actual
 
 
-def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float) -> dict[str, Any]:
-    drifted = test.psi > psi_alert and test.p_value < params.p_value_alert
+CALENDAR_REASON = ("set by the requested date (and the store's holidays), which the app keeps inside the "
+                   "bundle's forecast window: a shift here says which days clients ask for, not that the data "
+                   "changed; shown, not alarmed")
+TRAINING_REFERENCE_NOTE = ("this bundle has no served-horizon reference (made before it existed): requests are "
+                           "compared with the training rows, from earlier origins; retrain for a like-for-like reference")
+VERDICT_DRIFT, VERDICT_OK, VERDICT_INCONCLUSIVE, VERDICT_NOT_ALARMED = "drift", "ok", "inconclusive", "not alarmed"
+
+
+def reference_statistics(training_stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The statistics requests are compared with: the served-horizon reference, else the training rows."""
+    served = training_stats.get("served")
+    if isinstance(served, Mapping) and served.get("dense"):
+        return {"kind": "served", "dense": served["dense"], "categorical": served.get("categorical", {}),
+                "roles": served.get("roles", {}), "rows": served.get("rows"), "origin": served.get("origin"),
+                "horizon_dates": served.get("horizon_dates"), "note": ""}
+    dense = training_stats.get("dense", {})
+    return {"kind": "training", "dense": dense, "categorical": training_stats.get("categorical", {}),
+            "roles": {name: feature_role(name) for name in dense}, "rows": training_stats.get("rows"),
+            "origin": None, "horizon_dates": None, "note": TRAINING_REFERENCE_NOTE}
+
+
+def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: str = ROLE_HISTORY,
+                  events: int = 0) -> dict[str, Any]:
+    shifted = test.psi > psi_alert and test.p_value < params.p_value_alert
+    test_name = "KS" if test.test == "ks" else "chi-square"
+    if role == ROLE_CALENDAR:
+        verdict, note = VERDICT_NOT_ALARMED, CALENDAR_REASON
+    elif shifted:
+        verdict, note = VERDICT_DRIFT, f"PSI {test.psi:.3f} > {psi_alert} and {test_name} p={test.p_value:.2g}"
+    elif test.psi > psi_alert:
+        verdict, note = VERDICT_INCONCLUSIVE, (f"PSI {test.psi:.3f} > {psi_alert}, but at {events} events the "
+                                               f"{test_name} test cannot tell it from chance (p={test.p_value:.2g})")
+    else:
+        verdict, note = VERDICT_OK, ""
     return {"psi": test.psi, "test": test.test, "statistic": test.statistic, "p_value": test.p_value,
-            "drifted": bool(drifted),
+            "role": role, "verdict": verdict, "note": note, "drifted": verdict == VERDICT_DRIFT,
             "bins": {"labels": test.labels, "live": test.live_shares, "train": test.train_shares}}
 
 
@@ -70,8 +118,9 @@ def live_accuracy(data: ServingData, actuals: Mapping[tuple[str, str, str], floa
 def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, Any], training_stats: Mapping[str, Any],
             params: DriftParams, actuals: Mapping[tuple[str, str, str], float] | None = None,
             source: str = "") -> dict[str, Any]:
-    """The drift report (a JSON-ready dict) with `alarm` and the reasons for it."""
-    dense_names = list(training_stats.get("dense", {}))
+    """The drift report (a JSON-ready dict) with `alarm`, the reasons for it and a verdict per feature."""
+    reference = reference_statistics(training_stats)
+    dense_names = list(reference["dense"])
     data = collect(events, dense_names, bundle_metadata["vocabularies"])
     report: dict[str, Any] = {
         "generated_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
@@ -79,9 +128,11 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
         "window": {"first": data.first_timestamp, "last": data.last_timestamp},
         "model": {"name": bundle_metadata.get("name"), "version": bundle_metadata.get("version"),
                   "training_rows": training_stats.get("rows")},
+        "reference": {key: reference[key] for key in ("kind", "rows", "origin", "horizon_dates", "note")},
         "served_model_versions": data.model_versions,
         "thresholds": params.__dict__.copy(),
         "features": {}, "categorical": {}, "unseen": {}, "prediction": None, "live": None,
+        "not_alarmed": {"features": [], "reason": CALENDAR_REASON},
         "alarm": False, "reasons": [], "status": "ok",
     }
     if data.rows < params.min_events:
@@ -89,38 +140,39 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
         report["reasons"].append(f"only {data.rows} event(s), fewer than drift.min_events={params.min_events}: no verdict")
     reasons: list[str] = []
     for name in dense_names:
-        reference = training_stats["dense"][name]
-        if reference.get("count", 0) == 0:
+        expected = reference["dense"][name]
+        if expected.get("count", 0) == 0:
             continue
-        record = _shift_record(numeric_shift(data.dense[name], reference), params, params.psi_alert)
+        role = reference["roles"].get(name, feature_role(name))
+        record = _shift_record(numeric_shift(data.dense[name], expected), params, params.psi_alert, role, data.rows)
         record["live_mean"] = float(np.mean(data.dense[name])) if data.rows else None
-        record["train_mean"] = reference.get("mean")
+        record["train_mean"] = expected.get("mean")
         report["features"][name] = record
+        if role == ROLE_CALENDAR:
+            report["not_alarmed"]["features"].append(name)
         if record["drifted"]:
-            reasons.append(f"feature {name}: PSI {record['psi']:.3f} > {params.psi_alert} "
-                           f"(KS p={record['p_value']:.2g})")
-    for name, reference in training_stats.get("categorical", {}).items():
+            reasons.append(f"feature {name}: {record['note']}")
+    for name, expected in reference["categorical"].items():
         labels = data.categorical.get(name, [])
-        record = _shift_record(categorical_shift(labels, reference), params, params.psi_alert)
+        record = _shift_record(categorical_shift(labels, expected), params, params.psi_alert, "category", data.rows)
         report["categorical"][name] = record
         unseen = (sum(label == UNKNOWN_LABEL for label in labels) / len(labels)) if labels else 0.0
         report["unseen"][name] = unseen
         if record["drifted"]:
-            reasons.append(f"category {name}: PSI {record['psi']:.3f} > {params.psi_alert} "
-                           f"(chi-square p={record['p_value']:.2g})")
+            reasons.append(f"category {name}: {record['note']}")
         if unseen > params.unseen_share_alert:
             reasons.append(f"category {name}: {unseen:.1%} of requests have a value unseen in training "
                            f"(> {params.unseen_share_alert:.1%})")
     report["unseen"]["any"] = float(data.unknown_rows.mean()) if data.rows else 0.0
-    reference = training_stats.get("prediction_units", {})
-    if reference.get("count", 0):
-        record = _shift_record(numeric_shift(data.predictions, reference), params, params.prediction_psi_alert)
+    expected = training_stats.get("prediction_units", {})
+    if expected.get("count", 0):
+        record = _shift_record(numeric_shift(data.predictions, expected), params, params.prediction_psi_alert,
+                               "output", data.rows)
         record["live_mean"] = float(np.mean(data.predictions)) if data.rows else None
-        record["train_mean"] = reference.get("mean")
+        record["train_mean"] = expected.get("mean")
         report["prediction"] = record
         if record["drifted"]:
-            reasons.append(f"predictions: PSI {record['psi']:.3f} > {params.prediction_psi_alert} "
-                           f"(KS p={record['p_value']:.2g})")
+            reasons.append(f"predictions: {record['note']}")
     if actuals is not None:
         live = live_accuracy(data, actuals)
         report["live"] = live

@@ -10,7 +10,7 @@ TRAIN_COLOUR, LIVE_COLOUR = "#8aa4c8", "#e07b39"
 
 
 def share_chart_svg(title: str, labels: Sequence[str], train: Sequence[float], live: Sequence[float]) -> str:
-    """Paired bars per bin: training share vs live share."""
+    """Paired bars per bin: reference share vs live share."""
     count = max(len(labels), 1)
     top = max([*train, *live, 1e-9])
     slot = CHART_WIDTH / count
@@ -41,16 +41,36 @@ def _number(value: Any, digits: int = 4) -> str:
     return escape(str(value))
 
 
+VERDICT_HTML = {"drift": '<b class="bad">drift</b>', "inconclusive": "<i>inconclusive</i>",
+                "not alarmed": "not alarmed", "ok": "ok"}
+
+
 def _shift_rows(records: Mapping[str, Mapping[str, Any]], unseen: Mapping[str, float] | None = None) -> str:
     rows = []
     for name, record in sorted(records.items(), key=lambda item: -item[1]["psi"]):
         bins = record["bins"]
-        flag = '<b class="bad">drift</b>' if record["drifted"] else "ok"
+        verdict = record.get("verdict", "drift" if record["drifted"] else "ok")
+        flag = VERDICT_HTML.get(verdict, escape(verdict))
+        if record.get("note") and verdict != "not alarmed":
+            flag += f"<br><small>{escape(record['note'])}</small>"
         extra = f"<td>{unseen.get(name, 0.0):.1%}</td>" if unseen is not None else ""
         rows.append(f"<tr><td>{escape(name)}</td><td>{record['psi']:.3f}</td><td>{record['test']}</td>"
                     f"<td>{record['statistic']:.3g}</td><td>{record['p_value']:.3g}</td>{extra}<td>{flag}</td>"
                     f"<td>{share_chart_svg(name, bins['labels'], bins['train'], bins['live'])}</td></tr>")
     return "".join(rows)
+
+
+def _reference_html(report: Mapping[str, Any]) -> str:
+    reference = report.get("reference") or {}
+    if reference.get("kind") == "served":
+        dates = reference.get("horizon_dates") or ["?", "?"]
+        text = (f"Reference: the features of the requests this bundle serves — every store × item of its snapshot at "
+                f"origin {escape(str(reference.get('origin')))}, on each day {escape(str(dates[0]))} … "
+                f"{escape(str(dates[-1]))} ({_number(reference.get('rows'))} rows sampled); the promotion flag "
+                "as in training.")
+    else:
+        text = f"Reference: the training rows. {escape(str(reference.get('note', '')))}"
+    return f'<p id="drift-reference">{text}</p>'
 
 
 def render_report(report: Mapping[str, Any]) -> str:
@@ -62,16 +82,18 @@ def render_report(report: Mapping[str, Any]) -> str:
     prediction = ""
     if report.get("prediction"):
         prediction = ("<h2>Forecast distribution</h2><table><tr><th>output</th><th>PSI</th><th>test</th>"
-                      "<th>statistic</th><th>p-value</th><th>verdict</th><th>train ▮ vs live ▮</th></tr>"
+                      "<th>statistic</th><th>p-value</th><th>verdict</th><th>reference ▮ vs live ▮</th></tr>"
                       + _shift_rows({"forecast units": report["prediction"]}) + "</table>")
     live = report.get("live")
     live_html = ""
     if live is not None:
         live_html = (f"<h2>Live accuracy</h2><p>NWRMSLE {_number(live['nwrmsle'])} over {live['rows']} forecasts "
                      "with known sales.</p>")
+    calendar = {n: r for n, r in report["features"].items() if r.get("role") == "calendar"}
+    alarmable = {n: r for n, r in report["features"].items() if r.get("role") != "calendar"}
     versions = ", ".join(f"{escape(k)} ({v})" for k, v in sorted(report["served_model_versions"].items())) or "–"
     head = ("<tr><th>feature</th><th>PSI</th><th>test</th><th>statistic</th><th>p-value</th>{}<th>verdict</th>"
-            f"<th><span style='color:{TRAIN_COLOUR}'>train</span> vs <span style='color:{LIVE_COLOUR}'>live</span>"
+            f"<th><span style='color:{TRAIN_COLOUR}'>reference</span> vs <span style='color:{LIVE_COLOUR}'>live</span>"
             "</th></tr>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Shelfcast drift report</title>
@@ -87,10 +109,13 @@ td,th{{border-bottom:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertica
 (training rows {_number(model.get('training_rows'))}); {report['events']} events from
 {escape(str(report['source']))}, {escape(str(report['window']['first']))} … {escape(str(report['window']['last']))};
 served versions: {versions}. Generated {escape(report['generated_at'])}.</p>
+{_reference_html(report)}
 <h2>Reasons</h2><ul>{reasons}</ul>
 <p>Requests with any category unseen in training: {report['unseen'].get('any', 0.0):.1%}.</p>
 {prediction}{live_html}
 <h2>Categorical inputs</h2><table>{head.format('<th>unseen</th>')}{_shift_rows(report['categorical'], report['unseen'])}</table>
-<h2>Dense features</h2><table>{head.format('')}{_shift_rows(report['features'])}</table>
+<h2>Dense features</h2><table>{head.format('')}{_shift_rows(alarmable)}</table>
+<h2>Calendar features (not alarmed)</h2><p id="calendar-reason">{escape(str(report.get('not_alarmed', {}).get('reason', '')))}.</p>
+<table>{head.format('')}{_shift_rows(calendar)}</table>
 </body></html>
 """

@@ -7,6 +7,10 @@ every test here compares live values with a binned reference:
 * KS statistic at the training bin edges (both CDFs are exact there) with the
   asymptotic Kolmogorov p-value for two samples of sizes n (live) and m (training);
 * Pearson's chi-square test of live category counts against training shares.
+  Categories expected to hold fewer than MIN_EXPECTED live rows are pooled into
+  one cell, and the categorical PSI is computed over those same cells: over
+  hundreds of sparse categories a few hundred requests give a large PSI by chance
+  alone (about (cells - 1) / n), which is noise, not drift.
 
 scipy is not a dependency, so the two p-value functions are written out here
 (Numerical Recipes' formulas) and tested against known values.
@@ -126,7 +130,11 @@ def numeric_shift(values: np.ndarray, reference: Mapping) -> ShiftTest:
 
 
 def categorical_shift(live_labels: Sequence[str], reference: Mapping) -> ShiftTest:
-    """Live category labels against a training `category_frequencies()` record (top shares + other)."""
+    """Live category labels against a training `category_frequencies()` record (top shares + other).
+
+    `psi`, the statistic and the p-value all use the pooled cells; `live_shares` and
+    `train_shares` stay per label for the report's chart.
+    """
     top: Mapping[str, float] = reference["top"]
     labels = list(top) + ["<other>"]
     if "<unknown>" not in top:
@@ -140,20 +148,22 @@ def categorical_shift(live_labels: Sequence[str], reference: Mapping) -> ShiftTe
         counts[position.get(label, other)] += 1
     n = int(counts.sum())
     live_shares = counts / max(n, 1)
-    statistic, dof = _pooled_chi_square(counts, train_shares, n)
-    return ShiftTest(psi=population_stability_index(live_shares, train_shares) if n else 0.0,
-                     statistic=statistic, p_value=chi_square_p_value(statistic, dof) if n else 1.0, test="chi2",
-                     live_shares=live_shares.tolist(), train_shares=train_shares.tolist(), labels=labels)
+    observed, expected = _pooled_cells(counts, train_shares, n)
+    statistic = float(np.sum((observed - expected) ** 2 / expected)) if n else 0.0
+    dof = max(observed.size - 1, 0)
+    psi = population_stability_index(observed / n, expected / n) if n else 0.0
+    return ShiftTest(psi=psi, statistic=statistic, p_value=chi_square_p_value(statistic, dof) if n else 1.0,
+                     test="chi2", live_shares=live_shares.tolist(), train_shares=train_shares.tolist(), labels=labels)
 
 
-def _pooled_chi_square(observed: np.ndarray, train_shares: np.ndarray, n: int) -> tuple[float, int]:
-    """Pearson's statistic after pooling cells expected to hold < MIN_EXPECTED rows.
+def _pooled_cells(observed: np.ndarray, train_shares: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(observed, expected) counts after pooling cells expected to hold < MIN_EXPECTED rows.
 
     A category never seen in training (share 0) is pooled with the other rare cells,
     whose small but non-zero floor keeps a flood of such rows from going unnoticed.
     """
     if n == 0:
-        return 0.0, 0
+        return np.zeros(0), np.zeros(0)
     expected = np.maximum(train_shares, 0.0) * n
     big = expected >= MIN_EXPECTED
     cells_observed = list(observed[big])
@@ -161,6 +171,5 @@ def _pooled_chi_square(observed: np.ndarray, train_shares: np.ndarray, n: int) -
     if (~big).any() and (expected[~big].sum() > 0 or observed[~big].sum() > 0):
         cells_observed.append(observed[~big].sum())
         cells_expected.append(max(expected[~big].sum(), PSI_FLOOR * n))
-    obs, exp = np.asarray(cells_observed), np.asarray(cells_expected)
-    exp = exp * (n / exp.sum())  # shares that do not sum to 1 (rounding) must not look like drift
-    return float(np.sum((obs - exp) ** 2 / exp)), max(len(obs) - 1, 0)
+    obs, exp = np.asarray(cells_observed, np.float64), np.asarray(cells_expected, np.float64)
+    return obs, exp * (n / exp.sum())  # shares that do not sum to 1 (rounding) must not look like drift

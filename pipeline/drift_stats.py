@@ -1,8 +1,22 @@
-"""Training-data statistics stored in the bundle, so drift reports can compare requests with training.
+"""Reference statistics stored in the bundle, so drift reports compare requests with what the model expects.
 
-Per dense feature: quantiles and a histogram; per categorical field: value
-frequencies (top values + the rest); the distributions of the target and of
-the model's predictions. Plain JSON, numpy only.
+Two references, both plain JSON (numpy only):
+
+* ``served`` -- the reference drift checks use. Features *of the requests the bundle
+  can serve*: every store x item of its history snapshot at every day of its forecast
+  window (origin+1 .. origin+horizon), sampled uniformly, computed by the one feature
+  function. That is the shape of served traffic: one origin, the served horizons, the
+  calendar of those days. Training rows come from many earlier origins and targets all
+  over the month, so comparing requests with them alarms on day one (a target day of
+  month the window never reaches, series that have aged since). The one request input
+  the snapshot cannot know, the target day's promotion flag, keeps the training rows'
+  distribution. Each dense feature carries a role: ``history`` (the series' past at the
+  origin), ``request`` (given by the caller) or ``calendar`` (set by the requested date
+  and the store's holidays; the app refuses dates outside the window, so these say which
+  days clients ask for, not that the data changed -- reports show them, never alarm).
+* the training rows' own distributions (``dense``, ``categorical``, ``target_units``,
+  ``prediction_units``: the inner-validation forecasts, one origin at every horizon),
+  kept for the model card and for bundles made before ``served`` existed.
 """
 
 from __future__ import annotations
@@ -11,9 +25,22 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from pipeline.features import (
+    CATEGORICAL_FIELDS,
+    FeatureSpec,
+    HistorySnapshot,
+    Vocabularies,
+    build_features,
+    dense_feature_names,
+    rows_from_snapshot,
+)
+
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
 HISTOGRAM_BINS = 20
 TOP_CATEGORIES = 200
+SERVED_REFERENCE_ROWS = 20_000  # store x item x day rows sampled for the served reference (bounded memory)
+REQUEST_FEATURES = ("target_onpromotion",)  # dense features the caller gives (the request's promotion flag)
+ROLE_HISTORY, ROLE_REQUEST, ROLE_CALENDAR = "history", "request", "calendar"
 
 
 def distribution(values: np.ndarray) -> dict:
@@ -44,10 +71,49 @@ def category_frequencies(ids: np.ndarray, vocabulary: Sequence[str]) -> dict:
     return {"rows": int(counts.sum()), "distinct": int((counts > 0).sum()), "top": top, "other": rest}
 
 
+def feature_role(name: str) -> str:
+    """history | request | calendar: the horizon and the target day's calendar and holiday flags are calendar."""
+    if name in REQUEST_FEATURES:
+        return ROLE_REQUEST
+    if name == "horizon" or name.startswith("target_"):
+        return ROLE_CALENDAR
+    return ROLE_HISTORY
+
+
+def served_reference(spec: FeatureSpec, vocab: Vocabularies, snapshot: HistorySnapshot,
+                     train_onpromotion: np.ndarray, seed: int = 0,
+                     max_rows: int = SERVED_REFERENCE_ROWS) -> dict:
+    """Feature distributions of the requests `snapshot` can serve (see the module docstring)."""
+    series, days = snapshot.store_nbr.size, snapshot.calendar_days.size
+    total = series * days
+    if total == 0:
+        return {"rows": 0, "dense": {}, "categorical": {}, "roles": {}}
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(total, size=max_rows, replace=False)) if total > max_rows else np.arange(total)
+    row, day = np.divmod(picked, days)
+    rows = rows_from_snapshot(snapshot, snapshot.store_nbr[row], snapshot.item_nbr[row],
+                              snapshot.calendar_days[day].astype("datetime64[D]"), np.zeros(picked.size, np.uint8))
+    matrix = build_features(spec, vocab, rows)
+    names = dense_feature_names(spec)
+    dense = {name: distribution(matrix.dense[:, j]) for j, name in enumerate(names)}
+    for name in REQUEST_FEATURES:
+        dense[name] = distribution(train_onpromotion)
+    first, last = (str(np.datetime64(int(d), "D")) for d in (snapshot.calendar_days[0], snapshot.calendar_days[-1]))
+    return {
+        "rows": int(picked.size), "series": int(series), "origin": str(np.datetime64(int(snapshot.origin_day), "D")),
+        "horizon_dates": [first, last],
+        "dense": dense,
+        "categorical": {name: category_frequencies(matrix.categorical[:, j], vocab.values[name])
+                        for j, name in enumerate(CATEGORICAL_FIELDS)},
+        "roles": {name: feature_role(name) for name in names},
+    }
+
+
 def training_statistics(dense: np.ndarray, dense_names: Sequence[str], categorical: np.ndarray,
                         categorical_fields: Sequence[str], vocabularies: Mapping[str, Sequence[str]],
-                        target: np.ndarray, predictions: np.ndarray) -> dict:
-    return {
+                        target: np.ndarray, predictions: np.ndarray, served: Mapping | None = None) -> dict:
+    """training_stats.json: the training rows' distributions, plus the `served` reference when given."""
+    stats = {
         "rows": int(dense.shape[0]),
         "dense": {name: distribution(dense[:, j]) for j, name in enumerate(dense_names)},
         "categorical": {name: category_frequencies(categorical[:, j], vocabularies[name])
@@ -55,3 +121,6 @@ def training_statistics(dense: np.ndarray, dense_names: Sequence[str], categoric
         "target_units": distribution(target),
         "prediction_units": distribution(predictions),
     }
+    if served is not None:
+        stats["served"] = dict(served)
+    return stats

@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline import tracking
 from pipeline.bundle import load_bundle, write_bundle
-from pipeline.drift_stats import training_statistics
+from pipeline.drift_stats import served_reference, training_statistics
 from pipeline.features import (
     CATEGORICAL_FIELDS,
     FeatureMatrix,
@@ -178,9 +178,12 @@ def run(root: Path, quiet: bool = False) -> dict:
             "best_epoch": float(result.best_epoch + 1), "epochs_run": float(result.epochs_run),
             "train_examples": float(data.train.units.size),
         }
-        stats = training_statistics(data.train.matrix.dense, dense_feature_names(spec), data.train.matrix.categorical,
-                                    CATEGORICAL_FIELDS, data.vocab.values, data.train.units, inner_pred)
         snapshot = snapshot_at(history, data.validation_origin, spec.history_days, calendar)
+        names = dense_feature_names(spec)
+        served = served_reference(spec, data.vocab, snapshot,
+                                  data.train.matrix.dense[:, names.index("target_onpromotion")])
+        stats = training_statistics(data.train.matrix.dense, names, data.train.matrix.categorical,
+                                    CATEGORICAL_FIELDS, data.vocab.values, data.train.units, inner_pred, served)
         created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         graph_io: dict = {}
 

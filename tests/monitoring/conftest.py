@@ -2,8 +2,9 @@
 
 The bundle comes from tests/app/tiny_bundle.py (the real download -> prepare -> split ->
 train code at a tiny scale, ~15 s, once per session). Streams are sampled from the
-bundle's own training histograms and category shares, so an unshifted stream is
-what the model was trained on and a shifted one differs in a known way.
+bundle's own reference histograms and category shares (the served-horizon reference,
+pipeline/drift_stats.py), so an unshifted stream is what the bundle expects to serve and
+a shifted one differs in a known way.
 """
 
 from __future__ import annotations
@@ -64,14 +65,15 @@ def sample_categories(rng: np.random.Generator, reference: dict, vocabulary: lis
 def make_stream(metadata: dict, stats: dict, n: int, seed: int,
                 shift: Callable[[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray], Any] | None = None
                 ) -> list[dict[str, Any]]:
-    """`n` prediction events shaped as the app emits them, drawn from the training statistics.
+    """`n` prediction events shaped as the app emits them, drawn from the bundle's reference statistics.
 
     `shift(dense, categorical, predictions)` may change the arrays in place first.
     """
     rng = np.random.default_rng(seed)
-    dense = {name: sample_histogram(rng, ref, n) for name, ref in stats["dense"].items() if ref.get("count")}
+    reference = stats.get("served") or stats  # what the bundle serves (older bundles: the training rows)
+    dense = {name: sample_histogram(rng, ref, n) for name, ref in reference["dense"].items() if ref.get("count")}
     categorical = {name: sample_categories(rng, ref, metadata["vocabularies"][name], n)
-                   for name, ref in stats["categorical"].items()}
+                   for name, ref in reference["categorical"].items()}
     predictions = sample_histogram(rng, stats["prediction_units"], n)
     if shift is not None:
         shift(dense, categorical, predictions)

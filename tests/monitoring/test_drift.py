@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 
@@ -139,3 +140,134 @@ def test_drift_params_come_from_params_yaml(tmp_path):
 def test_the_repository_params_yaml_has_valid_drift_thresholds(repo_root):
     params = load_drift_params(repo_root / "params.yaml")
     assert 0 < params.p_value_alert < 1 and params.psi_alert > 0
+
+
+# --- the reference has the shape of served traffic -------------------------------------------------------------
+
+VALIDATION_REPLAY_ROWS = 600
+
+
+@pytest.fixture(scope="module")
+def validation_requests(tiny_bundle) -> list[dict]:
+    """Requests for the validation window (the days the bundle forecasts): its real rows, a random 600."""
+    import pandas as pd
+
+    rows = pd.read_parquet(tiny_bundle.parents[1] / "data" / "split" / "validation.parquet")
+    known = set(json.loads((tiny_bundle / "bundle.json").read_text())["vocabularies"]["item_nbr"])
+    rows = rows[rows["item_nbr"].astype(str).isin(known)].sample(n=VALIDATION_REPLAY_ROWS, random_state=0)
+    return [{"store_nbr": int(r.store_nbr), "item_nbr": int(r.item_nbr), "date": r.date.date().isoformat(),
+             "onpromotion": bool(r.onpromotion)} for r in rows.itertuples()]
+
+
+def replay(bundle, requests, log_path):
+    """Serve `requests` through the real app (events logged to `log_path`, as the app's default sink does)."""
+    from app import create_app
+    from app.config import AppSettings
+    from app.events import PredictionEventSink
+
+    sink = PredictionEventSink.from_environment({"SHELFCAST_PREDICTION_LOG": str(log_path)})
+    client = create_app(AppSettings(model_dir=bundle, reload_interval_s=0), sink=sink).test_client()
+    for start in range(0, len(requests), 100):
+        answer = client.post("/api/v1/predict", json={"instances": requests[start:start + 100]})
+        assert answer.status_code == 200, answer.get_json()
+    sink.close()
+    return log_path
+
+
+def test_validation_window_traffic_raises_no_alarm_and_shifted_traffic_does(
+        production_bundle, validation_requests, tmp_path, capsys):
+    log = replay(production_bundle, validation_requests, tmp_path / "validation.jsonl")
+    code, report, html = run_cli(tmp_path, production_bundle, log)
+    assert code == drift.EXIT_OK and report["reasons"] == [], report["reasons"]
+    assert report["events"] == VALIDATION_REPLAY_ROWS and report["reference"]["kind"] == "served"
+    calendar = report["not_alarmed"]["features"]
+    assert {"horizon", "target_day_of_month", "target_dow_0", "target_is_payday"} <= set(calendar)
+    assert all(report["features"][name]["verdict"] == "not alarmed" for name in calendar)
+    assert "set by the requested date" in report["not_alarmed"]["reason"] and "set by the requested date" in html
+    history = [r for r in report["features"].values() if r["role"] == "history"]
+    assert history and max(r["psi"] for r in history) < 0.1
+
+    shifted = [{**r, "onpromotion": True} for r in validation_requests if r["store_nbr"] == validation_requests[0]["store_nbr"]]
+    log = replay(production_bundle, shifted, tmp_path / "shifted.jsonl")
+    code, report, html = run_cli(tmp_path, production_bundle, log)
+    assert code == drift.EXIT_ALARM, report["reasons"]
+    alarmed = " ".join(report["reasons"])
+    assert "feature target_onpromotion: PSI" in alarmed and "category store_nbr: PSI" in alarmed
+    assert not any("target_day_of_month" in reason or "horizon" in reason for reason in report["reasons"])
+
+
+def test_requests_for_one_day_of_the_window_alarm_on_no_calendar_feature(bundle_parts, stream, jsonl,
+                                                                          production_bundle, tmp_path):
+    metadata, stats = bundle_parts
+    calendar = [n for n, role in stats["served"]["roles"].items() if role == "calendar"]
+
+    def first_day_only(dense, categorical, predictions):
+        for name in calendar:
+            dense[name][:] = dense[name][0]  # every request for the same target day
+
+    events = jsonl(tmp_path / "p.jsonl", stream(STREAM_EVENTS, seed=8, shift=first_day_only))
+    code, report, html = run_cli(tmp_path, production_bundle, events)
+    assert code == drift.EXIT_OK, report["reasons"]
+    assert any(report["features"][n]["psi"] > 1.0 for n in calendar)  # shown: clients ask for one day
+    assert sorted(report["not_alarmed"]["features"]) == sorted(calendar)
+
+
+def test_the_served_reference_covers_the_bundle_window_only(bundle_parts):
+    metadata, stats = bundle_parts
+    served = stats["served"]
+    assert served["horizon_dates"] == metadata["horizon_dates"]
+    days = [dt.date.fromisoformat(metadata["horizon_dates"][0]) + dt.timedelta(days=d) for d in range(metadata["horizon"])]
+    quantiles = served["dense"]["target_day_of_month"]["quantiles"]
+    assert min(d.day for d in days) / 31.0 == pytest.approx(quantiles["0.0"], abs=1e-6)
+    assert max(d.day for d in days) / 31.0 == pytest.approx(quantiles["1.0"], abs=1e-6)
+    assert served["rows"] == served["series"] * metadata["horizon"]  # tiny: every store x item at every day
+    assert served["roles"]["mean_log1p_7d"] == "history" and served["roles"]["target_onpromotion"] == "request"
+    assert served["dense"]["target_onpromotion"] == stats["dense"]["target_onpromotion"]
+
+
+def test_a_bundle_without_the_served_reference_says_what_it_compares_with(bundle_parts, stream):
+    metadata, stats = bundle_parts
+    old = {k: v for k, v in stats.items() if k != "served"}
+    report = analyse(stream(200, seed=9), metadata, old, DriftParams())
+    assert report["reference"]["kind"] == "training" and "made before it existed" in report["reference"]["note"]
+    assert report["features"]["target_day_of_month"]["verdict"] == "not alarmed"
+
+
+# --- categorical inputs: PSI and verdict agree ---------------------------------------------------------------
+
+def test_no_categorical_psi_above_the_threshold_is_judged_ok(bundle_parts, stream):
+    """Few events over many categories: PSI per category is noise (~(categories-1)/events), never an 'ok' 0.76."""
+    metadata, stats = bundle_parts
+    params = DriftParams()
+    for seed in range(5):
+        report = analyse(stream(120, seed=20 + seed), metadata, stats, params)
+        for name, record in report["categorical"].items():
+            assert record["psi"] <= params.psi_alert or record["drifted"], \
+                f"seed {seed}: category {name} PSI {record['psi']:.3f} > {params.psi_alert} judged ok"
+        assert not report["alarm"], report["reasons"]
+
+
+def test_a_real_shift_between_classes_raises_the_alarm(bundle_parts, stream, jsonl, production_bundle, tmp_path):
+    metadata, stats = bundle_parts
+    reference = stats["served"]["categorical"]["class"]["top"]
+    rare = sorted(reference, key=reference.get)[:3]
+    ids = [sorted(metadata["vocabularies"]["class"]).index(label) + 1 for label in rare]
+
+    def rare_classes(dense, categorical, predictions):
+        categorical["class"][:] = np.resize(ids, predictions.size)
+
+    events = jsonl(tmp_path / "p.jsonl", stream(400, seed=10, shift=rare_classes))
+    code, report, _ = run_cli(tmp_path, production_bundle, events)
+    assert code == drift.EXIT_ALARM and report["categorical"]["class"]["verdict"] == "drift"
+    assert any(reason.startswith("category class: PSI") for reason in report["reasons"])
+
+
+# --- the summary line ------------------------------------------------------------------------------------------
+
+def test_the_summary_line_states_the_verdict_once(stream, jsonl, production_bundle, tmp_path, capsys):
+    events = jsonl(tmp_path / "p.jsonl", stream(STREAM_EVENTS, seed=11, shift=promotion_everywhere))
+    code, report, _ = run_cli(tmp_path, production_bundle, events)
+    lines = capsys.readouterr().out.splitlines()
+    assert code == drift.EXIT_ALARM and "drift: drift" not in "\n".join(lines)
+    assert lines[-1].startswith(f"drift: ALARM: {len(report['reasons'])} reason(s) over {STREAM_EVENTS} events")
+    assert "calendar feature(s) shown, not alarmed" in lines[-1]
