@@ -1,7 +1,8 @@
 """Forecast validated instances with the served model and record one prediction event for each.
 
 Shared by the JSON API and the form, so both log the same events (inputs, features, output,
-model name/version, latency, request id) through the same sink.
+model name/version, latency, request id, and the readable family, store, horizon in days
+and model variant that dashboards group by) through the same sink.
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ def forecast_instances(model: LoadedModel, instances: Sequence[Instance]) -> For
                           day_numbers(i.date for i in instances), [int(i.onpromotion) for i in instances])
 
 
+def readable_fields(model: LoadedModel, instance: Instance, variant: str) -> dict:
+    """What dashboards group by, in words and days (the features carry vocabulary codes and 0..1 scales):
+    the item's family name, the store's label, days after the forecast origin, the model kind."""
+    item = model.catalog.items.get(instance.item_nbr)
+    store = model.catalog.stores.get(instance.store_nbr)
+    return {"family": item.family if item else "unknown", "store": store.label if store else str(instance.store_nbr),
+            "horizon_days": (instance.date - model.origin_date).days, "model_variant": variant}
+
+
 def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: PredictionEventSink, request_id: str,
                     started: float, source: str) -> list[dict]:
     """Predictions as JSON-ready dicts; emits one event per instance (never raises for logging)."""
@@ -32,13 +42,14 @@ def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: Pre
     units = [round(float(u), 4) for u in result.units]
     latency_ms = (time.perf_counter() - started) * 1000.0
     predictions = []
+    variant = str((model.bundle.metadata.get("model") or {}).get("kind", "unknown"))
     for index, (instance, value) in enumerate(zip(instances, units)):
         inputs = instance.to_json()
         sink.emit(prediction_event(
             request_id=request_id, model_name=model.name, model_version=model.version, inputs=inputs,
             features=model.feature_record(result.features, index), output={"unit_sales": value},
             latency_ms=round(latency_ms, 3), source=source, instance_index=index, batch_size=len(instances),
-            model_digest=model.bundle.digest,
+            model_digest=model.bundle.digest, **readable_fields(model, instance, variant),
         ))
         predictions.append({**inputs, "unit_sales": value})
     return predictions

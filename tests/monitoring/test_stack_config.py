@@ -50,8 +50,9 @@ def test_prediction_template_maps_every_event_field_explicitly(templates, repo_r
     fields = mapped_fields(templates["shelfcast-prediction"]["template"]["mappings"]["properties"])
     for name in ("@timestamp", "tag", "timestamp", "event_id", "request_id", "model_name", "model_version",
                  "latency_ms", "inputs.store_nbr", "inputs.item_nbr", "inputs.date", "inputs.onpromotion",
-                 "output.unit_sales"):
+                 "output.unit_sales", "family", "store", "horizon_days", "model_variant"):
         assert name in fields, name
+    assert {fields[n] for n in ("family", "store", "model_variant")} == {"keyword"} and fields["horizon_days"] == "integer"
     assert {fields[n] for n in ("event_id", "request_id", "model_version", "inputs.store_nbr")} == {"keyword"}
     assert fields["timestamp"] == fields["@timestamp"] == fields["inputs.date"] == "date"
     assert fields["latency_ms"] == fields["output.unit_sales"] == "float"
@@ -118,9 +119,8 @@ def test_every_field_a_panel_uses_is_mapped(saved_objects, templates):
                 assert field in fields, f"{obj['id']}: field {field} is not mapped for {view['attributes']['title']}"
                 used.add(field)
     # the dashboard covers what the issue asks for
-    for field in ("@timestamp", "output.unit_sales", "features.categorical.family", "inputs.store_nbr",
-                  "inputs.onpromotion", "features.dense.horizon", "latency_ms", "model_version",
-                  "drift.max_feature_psi", "metrics.candidate_nwrmsle"):
+    for field in ("@timestamp", "output.unit_sales", "family", "store", "inputs.onpromotion", "horizon_days",
+                  "latency_ms", "model_version", "model_variant", "drift.max_feature_psi", "metrics.candidate_nwrmsle"):
         assert field in used, field
 
 

@@ -1,0 +1,219 @@
+"""Every Kibana panel's query, run against events the app really logged, returns data a reader can use.
+
+The saved objects (monitoring/kibana/shelfcast.ndjson) are loaded as Kibana would read
+them; each visualization's aggregations become the search request Kibana's legacy
+visualizations send (`kibana_request` below: metric aggregations inside the bucket
+aggregations, in order, the dashboard's time range as a filter). The requests run on
+osmem-server (an in-memory server with the Elasticsearch/OpenSearch REST API) holding
+our real index templates and documents indexed as Fluentd's elasticsearch output writes
+them: the prediction events the Flask app logged for real requests, and the drift and
+validation-metrics events built by the functions `--emit` sends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from monitoring.drift import drift_summary_event
+from monitoring.drift_analysis import analyse
+from monitoring.drift_params import DriftParams
+from monitoring.event_sources import ElasticsearchEvents
+from monitoring.metrics_events import metrics_event
+from monitoring.setup_stack import SAVED_OBJECTS, install_index_templates
+
+PREFIX = {"shelfcast.prediction": "shelfcast-prediction", "shelfcast.metrics": "shelfcast-monitoring",
+          "shelfcast.drift": "shelfcast-monitoring"}
+XY_TYPES = {"line", "histogram", "area", "horizontal_bar"}
+METRIC_TYPES = {"avg", "max", "min", "sum", "percentiles", "cardinality"}
+AUTO_INTERVAL = "3h"  # what Kibana's "auto" picks for the dashboard's 7-day range
+
+
+def saved_objects() -> list[dict]:
+    return [json.loads(line) for line in SAVED_OBJECTS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _bucket_agg(agg: dict, metrics: dict[str, str]) -> dict:
+    params, kind = agg["params"], agg["type"]
+    if kind == "terms":
+        key = params.get("orderBy", "_count")
+        if key not in ("_key", "_count"):
+            if key not in metrics:
+                raise AssertionError(f"terms on {params['field']} is ordered by metric {key!r}, not in the panel")
+            key = "_count" if metrics[key] == "count" else key  # Kibana orders by a count metric as _count
+        body = {"field": params["field"], "size": params["size"], "order": {key: params.get("order", "desc")}}
+    elif kind == "date_histogram":
+        interval = params.get("interval", "auto")
+        body = {"field": params["field"], "fixed_interval": AUTO_INTERVAL if interval == "auto" else interval,
+                "min_doc_count": int(params.get("min_doc_count", 1))}
+    elif kind == "histogram":
+        body = {"field": params["field"], "interval": params["interval"],
+                "min_doc_count": 0 if params.get("min_doc_count") else 1}
+    else:
+        raise AssertionError(f"bucket aggregation {kind!r} is not translated here: extend kibana_request()")
+    return {kind: body}
+
+
+def _metric_agg(agg: dict) -> dict:
+    params = agg["params"]
+    body = {"field": params["field"]}
+    if agg["type"] == "percentiles":
+        body["percents"] = params["percents"]
+    return {agg["type"]: body}
+
+
+def kibana_request(visualization: dict, time_from: str, time_to: str) -> dict:
+    """The search body a legacy Kibana visualization sends: buckets nested in order, metrics innermost."""
+    state = json.loads(visualization["attributes"]["visState"])
+    source = json.loads(visualization["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
+    assert source["query"]["query"] == "" and source["filter"] == [], \
+        f"{visualization['id']}: panel queries/filters are not translated here: extend kibana_request()"
+    aggs = [a for a in state["aggs"] if a.get("enabled", True)]
+    metrics = [a for a in aggs if a["schema"] == "metric"]
+    buckets = [a for a in aggs if a["schema"] != "metric"]
+    unknown = [a["type"] for a in metrics if a["type"] != "count" and a["type"] not in METRIC_TYPES]
+    assert not unknown, f"{visualization['id']}: metric aggregation(s) {unknown} not translated here"
+    inner = {a["id"]: _metric_agg(a) for a in metrics if a["type"] != "count"}
+    kinds = {a["id"]: a["type"] for a in metrics}
+    for bucket in reversed(buckets):
+        node = _bucket_agg(bucket, kinds)
+        if inner:
+            node["aggs"] = inner
+        inner = {bucket["id"]: node}
+    return {"size": 0, "aggs": inner,
+            "query": {"bool": {"must": [{"match_all": {}}], "filter": [{"range": {"@timestamp": {
+                "gte": time_from, "lte": time_to, "format": "strict_date_optional_time"}}}]}}}
+
+
+def innermost_buckets(answer: dict, buckets: list[dict]) -> list[dict]:
+    level = [answer["aggregations"]] if buckets else [{"doc_count": answer["hits"]["total"]["value"],
+                                                       **answer.get("aggregations", {})}]
+    for bucket in buckets:
+        level = [b for node in level for b in node[bucket["id"]]["buckets"]]
+    return level
+
+
+def metric_value(bucket: dict, metric: dict):
+    if metric["type"] == "count":
+        return bucket["doc_count"] or None
+    value = bucket[metric["id"]]
+    if metric["type"] == "percentiles":
+        values = [v for v in value["values"].values() if v is not None]
+        return values or None
+    return value.get("value")
+
+
+def bulk_as_fluentd(search: ElasticsearchEvents, documents: list[tuple[str, dict]]) -> None:
+    """What fluent.conf's elasticsearch outputs write: daily index by event time, @timestamp, tag, _id."""
+    lines = []
+    for tag, record in documents:
+        moment = dt.datetime.fromisoformat(record["timestamp"])
+        document = {**record, "@timestamp": moment.isoformat(timespec="milliseconds"), "tag": tag}
+        lines.append(json.dumps({"index": {"_index": f"{PREFIX[tag]}-{moment:%Y.%m.%d}", "_id": record["event_id"]}}))
+        lines.append(json.dumps(document))
+    answer = search.request("POST", "/_bulk?refresh=true", ndjson="\n".join(lines) + "\n")
+    assert not answer["errors"], [i for i in answer["items"] if i["index"].get("error")][:3]
+
+
+@pytest.fixture(scope="module")
+def logged_events(tiny_bundle, tmp_path_factory) -> list[dict]:
+    """Prediction events the app logged for real requests: several stores, items, days and promotions."""
+    from app import create_app
+    from app.config import AppSettings
+    from app.events import PredictionEventSink
+
+    log = tmp_path_factory.mktemp("kibana") / "predictions.jsonl"
+    sink = PredictionEventSink.from_environment({"SHELFCAST_PREDICTION_LOG": str(log)})
+    client = create_app(AppSettings(model_dir=tiny_bundle, reload_interval_s=0), sink=sink).test_client()
+    model = client.get("/api/v1/model").get_json()
+    stores = [s["store_nbr"] for s in model["stores"]]
+    items = client.get("/api/v1/items?q=").get_json()
+    item_ids = [i["item_nbr"] for i in (items.get("items") if isinstance(items, dict) else items)][:8]
+    first = dt.date.fromisoformat(model["horizon"]["first_date"])
+    days = [(first + dt.timedelta(days=d)).isoformat() for d in range(model["horizon"]["days"])]
+    instances = [{"store_nbr": stores[k % len(stores)], "item_nbr": item_ids[k % len(item_ids)],
+                  "date": days[(k * 5) % len(days)], "onpromotion": k % 4 == 0} for k in range(48)]
+    for start in range(0, len(instances), 12):
+        answer = client.post("/api/v1/predict", json={"instances": instances[start:start + 12]})
+        assert answer.status_code == 200, answer.get_json()
+    sink.close()
+    return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def search_with_events(logged_events, bundle_parts):
+    from osmem_server import OsmemServer
+
+    metadata, stats = bundle_parts
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    report = analyse(logged_events, metadata, stats, DriftParams(min_events=10))
+    quality = {"rows": 100, "candidate": {"nwrmsle": 0.5, "rmse": 3.0}, "baseline": {"nwrmsle": 0.6, "rmse": 3.5},
+               "improvement_over_baseline": 0.17, "threshold_test_passed": 1}
+    monitoring = [("shelfcast.drift", drift_summary_event(report)),
+                  ("shelfcast.metrics", metrics_event(quality, {"bundle_version": metadata["version"]}))]
+    documents = [("shelfcast.prediction", event) for event in logged_events]
+    documents += [(tag, {**event, "event_id": f"{tag}-1", "timestamp": now}) for tag, event in monitoring]
+    with OsmemServer.start(japanese=False, addr="127.0.0.1:0") as server:
+        search = ElasticsearchEvents(server.url)
+        install_index_templates(search)
+        bulk_as_fluentd(search, documents)
+        yield search
+
+
+VISUALIZATIONS = [o for o in saved_objects() if o["type"] == "visualization"]
+
+
+@pytest.mark.parametrize("visualization", VISUALIZATIONS, ids=[v["id"] for v in VISUALIZATIONS])
+def test_every_panel_returns_data_for_every_series(visualization, search_with_events):
+    objects = {(o["type"], o["id"]): o for o in saved_objects()}
+    view = objects[("index-pattern", visualization["references"][0]["id"])]["attributes"]["title"]
+    dashboard = next(o for o in objects.values() if o["type"] == "dashboard")["attributes"]
+    assert (dashboard["timeFrom"], dashboard["timeTo"]) == ("now-7d", "now")
+    now = dt.datetime.now(dt.timezone.utc)
+    body = kibana_request(visualization, (now - dt.timedelta(days=7)).isoformat(), (now + dt.timedelta(minutes=1)).isoformat())
+    answer = search_with_events.request("POST", f"/{view}/_search", body)
+    state = json.loads(visualization["attributes"]["visState"])
+    metrics = [a for a in state["aggs"] if a["schema"] == "metric"]
+    buckets = innermost_buckets(answer, [a for a in state["aggs"] if a["schema"] != "metric"])
+    assert buckets and any(b["doc_count"] for b in buckets), f"{visualization['id']}: no data in {view}"
+    for metric in metrics:
+        assert any(metric_value(b, metric) is not None for b in buckets), \
+            f"{visualization['id']}: metric {metric['id']} ({metric['type']}) has no value in any bucket"
+
+
+@pytest.mark.parametrize("visualization", [v for v in VISUALIZATIONS
+                                           if json.loads(v["attributes"]["visState"])["type"] in XY_TYPES],
+                         ids=lambda v: v["id"])
+def test_every_metric_of_a_chart_is_drawn_as_a_series(visualization):
+    """Legacy XY charts draw the metrics listed in seriesParams, on a value axis that exists."""
+    state = json.loads(visualization["attributes"]["visState"])
+    params = state["params"]
+    axes = {axis["id"] for axis in params.get("valueAxes", [])}
+    drawn = {series["data"]["id"]: series for series in params.get("seriesParams", [])}
+    for metric in (a for a in state["aggs"] if a["schema"] == "metric"):
+        assert metric["id"] in drawn, f"{visualization['id']}: metric {metric['id']} has no series"
+        assert drawn[metric["id"]]["show"] and drawn[metric["id"]]["valueAxis"] in axes
+        assert metric["params"].get("customLabel"), f"{visualization['id']}: metric {metric['id']} has no label"
+    assert params.get("categoryAxes") and all(axis.get("title", {}).get("text") for axis in params["valueAxes"])
+
+
+def test_panels_group_by_readable_values(search_with_events, bundle_parts):
+    """Family names (not vocabulary codes), store labels, horizon in whole days, model variants."""
+    metadata, _ = bundle_parts
+
+    def keys(field: str, size: int = 100) -> list:
+        answer = search_with_events.request("POST", "/shelfcast-prediction-*/_search", {
+            "size": 0, "aggs": {"k": {"terms": {"field": field, "size": size}}}})
+        return [b["key"] for b in answer["aggregations"]["k"]["buckets"]]
+
+    families = keys("family")
+    assert families and set(families) <= set(metadata["vocabularies"]["family"])
+    assert all(not str(f).isdigit() for f in families)
+    cities = set(metadata["vocabularies"]["city"])
+    assert all(any(city in store for city in cities) for store in keys("store"))
+    horizon = sorted(keys("horizon_days"))
+    assert horizon[0] >= 1 and horizon[-1] <= metadata["horizon"] and len(horizon) > 1
+    assert all(float(h).is_integer() for h in horizon)
+    assert keys("model_variant") == [metadata["model"]["kind"]]
