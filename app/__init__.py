@@ -14,13 +14,24 @@ import re
 import time
 
 from flask import Flask, g, request
+from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 
 from app.config import AppSettings
 from app.events import PredictionEventSink
+from app.metrics import REQUEST_DURATION, count_event, metrics_blueprint, observe_model
 from app.predictor import Predictor
+from app.request_buffer import BODY_TIMED_OUT, BODY_TOO_LARGE, BufferedRequests
 from app.state import EXTENSION_KEY, ServingState
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# Sent with every response unless a route set its own (a report page may need other sources).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                               "base-uri 'self'; form-action 'self'; object-src 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
 log = logging.getLogger(__name__)
 
 
@@ -44,7 +55,8 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
     predictor.check_now()
     if predictor.model is None:
         log.warning("no model served yet: %s", predictor.last_error or f"nothing at {settings.model_dir}")
-    sink = sink or PredictionEventSink.from_environment()
+    sink = sink or PredictionEventSink.from_environment(count=count_event)
+    observe_model(predictor.model)
     app.extensions[EXTENSION_KEY] = ServingState(settings=settings, predictor=predictor, sink=sink)
 
     # Request ids from a generator seeded once per process (create_app runs after gunicorn's fork):
@@ -56,16 +68,28 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
         g.started = time.perf_counter()
         given = request.headers.get("X-Request-ID", "")
         g.request_id = given if REQUEST_ID.fullmatch(given) else f"{ids.getrandbits(128):032x}"
+        if request.environ.get(BODY_TOO_LARGE):
+            raise RequestEntityTooLarge()
+        if request.environ.get(BODY_TIMED_OUT):
+            raise RequestTimeout(f"the request body did not arrive within {settings.body_timeout_s} s")
 
     @app.after_request
     def tag_response(response):
         response.headers["X-Request-ID"] = getattr(g, "request_id", "")
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        REQUEST_DURATION.labels(rule).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        observe_model(predictor.model)
         return response
 
     register_error_handlers(app, settings.max_body_bytes)
     app.register_blueprint(web)
     app.register_blueprint(api)
     app.register_blueprint(health)
+    app.register_blueprint(metrics_blueprint)  # /metrics: Prometheus text format
     app.register_blueprint(docs)  # /docs: Swagger UI on the OpenAPI document
     app.register_blueprint(monitoring_blueprint)  # /monitoring: drift report + recent predictions
+    # The body is read in full (size and time limits) before Flask runs; see app/request_buffer.py.
+    app.wsgi_app = BufferedRequests(app.wsgi_app, settings.max_body_bytes, settings.body_timeout_s)
     return app

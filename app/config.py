@@ -15,11 +15,13 @@ ENV_MODEL_DIR = "SHELFCAST_MODEL_DIR"
 ENV_RELOAD_INTERVAL = "SHELFCAST_RELOAD_INTERVAL_S"
 ENV_MAX_BATCH = "SHELFCAST_MAX_BATCH"
 ENV_MAX_BODY = "SHELFCAST_MAX_BODY_BYTES"
+ENV_BODY_TIMEOUT = "SHELFCAST_BODY_TIMEOUT_S"
 
 DEFAULT_MODEL_DIR = Path("models/production")
 DEFAULT_RELOAD_INTERVAL_S = 5.0
 DEFAULT_MAX_BATCH = 1000  # instances per POST /api/v1/predict (documented in the OpenAPI document)
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # larger request bodies get 413 before they are parsed
+DEFAULT_BODY_TIMEOUT_S = 10.0  # a body that stalls longer gets 408 (app/request_buffer.py)
 
 
 class SettingsError(ValueError):
@@ -32,8 +34,11 @@ class AppSettings:
     reload_interval_s: float = DEFAULT_RELOAD_INTERVAL_S  # how often a newly promoted bundle is looked for
     max_batch: int = DEFAULT_MAX_BATCH
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
     def __post_init__(self) -> None:
+        if not self.body_timeout_s > 0:
+            raise SettingsError(f"body_timeout_s: must be > 0, got {self.body_timeout_s!r}")
         if not self.reload_interval_s >= 0:
             raise SettingsError(f"reload_interval_s: must be >= 0, got {self.reload_interval_s!r}")
         for name in ("max_batch", "max_body_bytes"):
@@ -53,6 +58,8 @@ class AppSettings:
             values["max_batch"] = _number(env, ENV_MAX_BATCH, int, 1)
         if env.get(ENV_MAX_BODY, "").strip():
             values["max_body_bytes"] = _number(env, ENV_MAX_BODY, int, 1)
+        if env.get(ENV_BODY_TIMEOUT, "").strip():
+            values["body_timeout_s"] = _number(env, ENV_BODY_TIMEOUT, float, 0.001)
         return cls(**values)
 
 

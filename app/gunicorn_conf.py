@@ -1,22 +1,33 @@
 """gunicorn settings for serving Shelfcast in production (`make serve`).
 
-One worker process per core, each with one thread: predictions are CPU-bound Python, so
-more threads per worker only queue on the GIL (measured with benchmarks/app_load.py: p99
-about 2.5x worse with 4 threads). gthread workers keep client connections alive while idle.
-The app is created in each worker after the fork (no preload),
-so every worker owns its model reference and event sink, and closes the sink on exit so
-queued prediction events reach Fluentd or the spool.
+One worker process per core. Each worker has SHELFCAST_THREADS threads (default 8) for
+connections, but runs the app one request at a time (app/request_buffer.py): a thread
+first reads the whole body, with a size and a time limit, so clients that stall hold a
+connection thread, never the forecast; forecasts (CPU-bound Python) never compete for
+the GIL. gthread workers keep idle client connections alive in a poller.
+The app is created in each worker after the fork (no preload), so every worker owns its
+model reference and event sink, and closes the sink on exit so its prediction events are
+sent or left in the shared spool for the other workers.
+
+/metrics is summed over the workers with prometheus_client's multiprocess mode: the
+directory PROMETHEUS_MULTIPROC_DIR (default: a new temporary one) is emptied at start and
+a dead worker's files are marked as such.
 
 Environment: SHELFCAST_BIND (default 127.0.0.1:5005; 0.0.0.0:5005 in a container),
-SHELFCAST_WORKERS (default: the cores this process may use), SHELFCAST_THREADS (default 1), SHELFCAST_ACCESS_LOG ("-" for stdout).
+SHELFCAST_WORKERS (default: the cores this process may use), SHELFCAST_THREADS (default 8),
+SHELFCAST_ACCESS_LOG ("-" for stdout), PROMETHEUS_MULTIPROC_DIR.
 """
 
 import os
+import tempfile
+from pathlib import Path
+
+import gunicorn.http.wsgi
 
 bind = os.environ.get("SHELFCAST_BIND", "127.0.0.1:5005")
 workers = int(os.environ.get("SHELFCAST_WORKERS", "0")) or len(os.sched_getaffinity(0))
 worker_class = "gthread"
-threads = int(os.environ.get("SHELFCAST_THREADS", "1"))
+threads = int(os.environ.get("SHELFCAST_THREADS", "8"))
 keepalive = 5
 timeout = 60  # a worker loads and warms up the bundle before it serves
 graceful_timeout = 30  # time to flush prediction events on shutdown
@@ -25,6 +36,24 @@ accesslog = os.environ.get("SHELFCAST_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("SHELFCAST_LOG_LEVEL", "info")
 raw_env = ["FLASK_DEBUG=0"]
+
+# Set before any worker imports prometheus_client, which reads it at import.
+METRICS_DIR = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="shelfcast-metrics-")))
+# gunicorn has no setting for its Server header; this is the value it writes ("gunicorn" otherwise).
+gunicorn.http.wsgi.SERVER = "shelfcast"
+
+
+def on_starting(server):
+    """Counts from an earlier run must not be added to this one's."""
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in METRICS_DIR.glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def worker_exit(server, worker):

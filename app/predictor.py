@@ -137,6 +137,37 @@ class LoadedModel:
 
 def _as_date(day_number) -> dt.date:
     return dt.date(1970, 1, 1) + dt.timedelta(days=int(day_number))
+MAX_ABS_WEIGHT = 1e6  # trained weights are O(1..100); a larger one is a broken training run or a damaged file
+MAX_UNITS = 1e6  # units of one item in one store on one day; Favorita's largest day is below 1e5
+PLAUSIBILITY_ROWS = 256
+
+
+def check_plausible(model: LoadedModel, path: Path) -> None:
+    """BundleError unless every weight is finite and moderate and forecasts over a spread of
+    stores, items and horizon days are finite, >= 0 and <= MAX_UNITS: such a bundle passes its
+    checksums yet would serve NaN or absurd numbers."""
+    for op in model.bundle.model.graph.get_operations():
+        for name, value in op.attrs.items():
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size:
+                if not np.all(np.isfinite(value)):
+                    raise BundleError(f"{path}: weight {op.name}.{name} has non-finite values")
+                largest = float(np.max(np.abs(value)))
+                if largest > MAX_ABS_WEIGHT:
+                    raise BundleError(f"{path}: weight {op.name}.{name} has |value| {largest:.3g} > {MAX_ABS_WEIGHT:g}")
+    stores, items = sorted(model.catalog.stores), sorted(model.catalog.items)
+    rows = min(PLAUSIBILITY_ROWS, max(len(items), len(stores)))
+    pick = lambda values: [values[i * len(values) // rows] for i in range(rows)]  # noqa: E731 spread over all
+    days = model.horizon_days
+    forecast = model.forecast(pick(stores), pick(items), [days[i % days.size] for i in range(rows)], [i % 2 for i in range(rows)])
+    for name, units in (("units", forecast.units), ("expected units", getattr(forecast, "expected_units", None))):
+        if units is None:
+            continue
+        bad = ~np.isfinite(units) | (units < 0) | (units > MAX_UNITS)
+        if bad.any():
+            raise BundleError(f"{path}: {int(bad.sum())} of {units.size} sample forecasts give implausible {name} "
+                              f"(e.g. {units[bad][0]!r}; expected finite, 0..{MAX_UNITS:g})")
+
+
 
 
 def load_model(path: Path) -> LoadedModel:
@@ -156,6 +187,7 @@ def load_model(path: Path) -> LoadedModel:
         units = model.forecast([store], [item], [model.horizon_days[0]], [0]).units
     except Exception as exc:  # anything a request would have hit: refuse the bundle instead
         raise BundleError(f"{path}: a warm-up prediction failed ({type(exc).__name__}: {exc})") from exc
+    check_plausible(model, path)
     if units.shape != (1,) or not np.all(np.isfinite(units)):
         raise BundleError(f"{path}: a warm-up prediction gave {units!r}, expected one finite number")
     if directory_signature(path) != before:

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from app.events import PredictionEventSink, prediction_event
+from app.metrics import PREDICTIONS
 from app.predictor import Forecast, LoadedModel
 from app.validation import Instance
 
@@ -40,6 +41,7 @@ def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: Pre
     """Predictions as JSON-ready dicts; emits one event per instance (never raises for logging)."""
     result = forecast_instances(model, instances)
     units = [round(float(u), 4) for u in result.units]
+    PREDICTIONS.labels(source).inc(len(units))
     latency_ms = (time.perf_counter() - started) * 1000.0
     predictions = []
     variant = str((model.bundle.metadata.get("model") or {}).get("kind", "unknown"))

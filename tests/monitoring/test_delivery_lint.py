@@ -83,7 +83,7 @@ def test_the_schema_rejects_a_broken_compose_file(compose):
 
 def test_compose_services_are_pinned_healthchecked_and_wired(compose):
     services = compose["services"]
-    assert set(services) == {"app", "mlflow", "fluentd", "elasticsearch", "kibana", "setup"}
+    assert set(services) == {"app", "proxy", "mlflow", "fluentd", "elasticsearch", "kibana", "setup"}
     for name, service in services.items():
         image = service.get("image", "")
         if "build" not in service:

@@ -1,0 +1,73 @@
+"""GET /metrics: the app's Prometheus metrics (prometheus_client), summed over gunicorn's workers.
+
+Each gunicorn worker is its own process with its own counters. app/gunicorn_conf.py points
+PROMETHEUS_MULTIPROC_DIR at an emptied directory before the workers start, so every
+metric here is kept in a memory-mapped file per process and /metrics, whichever worker
+answers it, reads them all (prometheus_client's multiprocess mode; gunicorn_conf also
+marks a dead worker's files). Without that variable (`python -m app`, tests) the
+process-local registry is served.
+
+Metrics: shelfcast_predictions_total{source}, shelfcast_request_duration_seconds{endpoint}
+(histogram), shelfcast_prediction_events_total{outcome} (emitted, rejected, spooled, sent,
+dropped, send_failures; see README "Prediction logging"), shelfcast_model_info{version,variant}
+(1 for the model a live worker serves).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from flask import Blueprint, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+PREDICTIONS = Counter("shelfcast_predictions", "Forecasts served, one per instance", ["source"])
+REQUEST_DURATION = Histogram(
+    "shelfcast_request_duration_seconds", "Time from the request's arrival to its response, by route",
+    ["endpoint"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0))
+EVENTS = Counter("shelfcast_prediction_events", "Prediction events by outcome (emitted, spooled, sent, dropped, ...)",
+                 ["outcome"])
+MODEL = Gauge("shelfcast_model_info", "1 for the model version and variant a live worker serves",
+              ["version", "variant"], multiprocess_mode="livemax")
+
+metrics_blueprint = Blueprint("metrics", __name__)
+_served = {"labels": None}
+_served_lock = threading.Lock()
+
+
+def count_event(outcome: str, count: int) -> None:
+    """The event sink's counts (app/events.py SinkStats), as Prometheus counters."""
+    EVENTS.labels(outcome).inc(count)
+
+
+def model_variant(model) -> str:
+    return str((model.bundle.metadata.get("model") or {}).get("kind", "unknown"))
+
+
+def observe_model(model) -> None:
+    """Mark the model this process serves (cheap when unchanged: called after every request)."""
+    labels = None if model is None else (model.version, model_variant(model))
+    if labels == _served["labels"]:
+        return
+    with _served_lock:
+        if _served["labels"] is not None:
+            MODEL.labels(*_served["labels"]).set(0)
+        if labels is not None:
+            MODEL.labels(*labels).set(1)
+        _served["labels"] = labels
+
+
+def exposition() -> bytes:
+    if os.environ.get(ENV_MULTIPROC_DIR):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+@metrics_blueprint.get("/metrics")
+def metrics() -> Response:
+    return Response(exposition(), mimetype=None, content_type=CONTENT_TYPE_LATEST)

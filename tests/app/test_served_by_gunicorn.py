@@ -1,0 +1,167 @@
+"""The app as `make serve` runs it (gunicorn, app/gunicorn_conf.py, 2 workers), from the outside.
+
+Slow clients, body limits for sized and chunked bodies, security headers, and /metrics
+summed over the workers. One server for the module; every socket on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MIB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(app_bundles, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("gunicorn")
+    port = free_port()
+    env = {**os.environ, "SHELFCAST_BIND": f"127.0.0.1:{port}", "SHELFCAST_WORKERS": "2",
+           "SHELFCAST_MODEL_DIR": str(app_bundles[0]), "SHELFCAST_PREDICTION_LOG": str(workdir / "p.jsonl"),
+           "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"), "SHELFCAST_BODY_TIMEOUT_S": "10"}
+    env.pop("FLUENTD_HOST", None)
+    log = open(workdir / "gunicorn.log", "w", encoding="utf-8")
+    process = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "--config", "app/gunicorn_conf.py",
+                                "app.wsgi:app"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, (workdir / "gunicorn.log").read_text()[-3000:]
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "gunicorn did not become ready"
+        time.sleep(0.2)
+    try:
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+
+
+def predict_body(port: int) -> bytes:
+    model = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/model", timeout=5).read())
+    items = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/items?limit=1", timeout=5).read())
+    instance = {"store_nbr": model["stores"][0]["store_nbr"], "item_nbr": items["items"][0]["item_nbr"],
+                "date": model["horizon"]["first_date"], "onpromotion": False}
+    return json.dumps({"instances": [instance]}).encode()
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+            timeout: float = 5.0) -> http.client.HTTPResponse:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    headers = headers or {}
+    connection.request(method, path, body=body, headers=headers,
+                       encode_chunked=headers.get("Transfer-Encoding") == "chunked")
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response
+
+
+def test_stalled_bodies_do_not_delay_other_clients(server):
+    """5 clients send headers and 1 byte of a 100-byte body, then stall; 20 others are served meanwhile."""
+    stalled = []
+    for _ in range(5):
+        client = socket.create_connection(("127.0.0.1", server))
+        client.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 100\r\n\r\n{")
+        stalled.append(client)
+    time.sleep(0.3)  # they now hold connection threads
+    body = predict_body(server)
+
+    def timed(_: int) -> tuple[int, float]:
+        started = time.perf_counter()
+        try:
+            status = request(server, "POST", "/api/v1/predict", body, {"Content-Type": "application/json"},
+                             timeout=3.0).status
+        except OSError:
+            status = 0
+        return status, time.perf_counter() - started
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(timed, range(20)))
+    for client in stalled:
+        client.close()
+    answered = [took for status, took in results if status == 200]
+    print(f"slow clients: {len(answered)}/20 answered 200 during 5 stalled bodies, slowest {max(answered) * 1000:.0f} ms")
+    assert len(answered) == 20, results
+    assert max(answered) < 1.0
+
+
+def test_sized_and_chunked_bodies_over_the_limit_get_413(server):
+    headers = {"Content-Type": "application/json"}
+    big = b"[" + b"0," * (MIB // 2) + b"0]"
+    assert request(server, "POST", "/api/v1/predict", big, headers).status == 413
+
+    def chunks(total: int):
+        for _ in range(total // 65536):
+            yield b" " * 65536
+
+    chunked = request(server, "POST", "/api/v1/predict", chunks(MIB + 2 * 65536),
+                      {**headers, "Transfer-Encoding": "chunked"})
+    assert chunked.status == 413
+    small = request(server, "POST", "/api/v1/predict", iter([predict_body(server)]),
+                    {**headers, "Transfer-Encoding": "chunked"})
+    assert small.status == 200  # a chunked body under the limit is read whole
+
+
+def test_security_headers_on_pages_api_and_errors(server):
+    for path in ("/", "/api/v1/model", "/no-such-page", "/metrics"):
+        response = request(server, "GET", path)
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        assert "default-src 'self'" in headers["content-security-policy"], path
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
+        assert "gunicorn" not in headers.get("server", "").lower(), headers.get("server")
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = re.escape(name) + (r"\{" + labels + r"\}" if labels else r"(\{[^}]*\})?") + r" ([0-9.e+-]+)"
+    values = [float(m.group(m.lastindex)) for m in re.finditer(pattern, text)]
+    assert values, f"{name}{{{labels}}} not in /metrics"
+    return sum(values)
+
+
+def test_metrics_sum_every_worker(server):
+    before = urllib.request.urlopen(f"http://127.0.0.1:{server}/metrics", timeout=5).read().decode()
+    body = predict_body(server)
+    for _ in range(12):  # new connections: gunicorn spreads them over both workers
+        assert request(server, "POST", "/api/v1/predict", body, {"Content-Type": "application/json"}).status == 200
+    response = urllib.request.urlopen(f"http://127.0.0.1:{server}/metrics", timeout=5)
+    text = response.read().decode()
+    assert response.headers["Content-Type"].startswith("text/plain")
+    served = 'source="api"'
+    assert metric(text, "shelfcast_predictions_total", served) - _or0(before, "shelfcast_predictions_total", served) == 12
+    assert metric(text, "shelfcast_prediction_events_total", 'outcome="emitted"') >= 12
+    assert metric(text, "shelfcast_prediction_events_total", 'outcome="sent"') >= 12
+    assert metric(text, "shelfcast_request_duration_seconds_count", 'endpoint="/api/v1/predict"') >= 12
+    assert re.search(r'shelfcast_model_info\{[^}]*variant="[^"]+"[^}]*version="[^"]+"[^}]*\} 1\.0', text) or \
+        re.search(r'shelfcast_model_info\{[^}]*version="[^"]+"[^}]*\} 1\.0', text), text[-2000:]
+
+
+def _or0(text: str, name: str, labels: str) -> float:
+    try:
+        return metric(text, name, labels)
+    except AssertionError:
+        return 0.0
