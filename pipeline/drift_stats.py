@@ -109,6 +109,15 @@ def served_reference(spec: FeatureSpec, vocab: Vocabularies, snapshot: HistorySn
     }
 
 
+def roll_served_reference(served: Mapping, spec: FeatureSpec, vocab: Vocabularies, snapshot: HistorySnapshot) -> dict:
+    """`served` recomputed for a snapshot moved to a later origin (the production bundle, pipeline/serving_bundle.py):
+    its own origin and horizon days; the request features keep their training distribution."""
+    rolled = served_reference(spec, vocab, snapshot, np.zeros(0))
+    for name in REQUEST_FEATURES:
+        rolled["dense"][name] = served["dense"][name]
+    return rolled
+
+
 def training_statistics(dense: np.ndarray, dense_names: Sequence[str], categorical: np.ndarray,
                         categorical_fields: Sequence[str], vocabularies: Mapping[str, Sequence[str]],
                         target: np.ndarray, predictions: np.ndarray, served: Mapping | None = None) -> dict:

@@ -6,8 +6,10 @@ same frozen graph and weights forecast the days after *all* known data once the
 snapshot ends on the last known day: that is what production must serve (the days
 nobody knows yet), as a forecasting team does when it rolls the origin forward.
 Nothing is retrained: graph, weights, vocabularies and training statistics are the
-evaluated candidate's, byte for byte; only history.npz, calendar.npz and the dates in
-bundle.json change, and ``source_bundle_digest`` names the candidate it came from.
+evaluated candidate's, byte for byte; only history.npz, calendar.npz, the dates in
+bundle.json and drift's served-horizon reference (training_stats.json ``served``,
+recomputed for the new origin) change, and ``source_bundle_digest`` names the candidate
+it came from.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.bundle import GRAPH_FILES, load_bundle, write_bundle
+from pipeline.drift_stats import roll_served_reference
 from pipeline.history import build_history, future_calendar, read_sales, snapshot_at
 
 SALES_DATA = ("data/split/train.parquet", "data/split/validation.parquet")
@@ -48,8 +51,11 @@ def roll_forward(root: Path, candidate_dir: Path, target_dir: Path, candidate_di
         for name in GRAPH_FILES:
             shutil.copy2(candidate_dir / name, directory / name)
 
+    stats = dict(candidate.training_stats)
+    if "served" in stats:  # drift compares production's requests with its own origin and horizon days
+        stats["served"] = roll_served_reference(stats["served"], spec, candidate.vocab, snapshot)
     return write_bundle(target_dir, write_graph=copy_graph, metadata=metadata, snapshot=snapshot,
-                        training_stats=candidate.training_stats)
+                        training_stats=stats)
 
 
 def source_digest(bundle_dir: Path) -> str | None:

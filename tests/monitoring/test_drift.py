@@ -271,3 +271,18 @@ def test_the_summary_line_states_the_verdict_once(stream, jsonl, production_bund
     assert code == drift.EXIT_ALARM and "drift: drift" not in "\n".join(lines)
     assert lines[-1].startswith(f"drift: ALARM: {len(report['reasons'])} reason(s) over {STREAM_EVENTS} events")
     assert "calendar feature(s) shown, not alarmed" in lines[-1]
+
+
+def test_the_production_bundle_reference_moves_with_its_origin(tiny_bundle, bundle_parts, tmp_path):
+    """promote rolls the snapshot forward to the last known day; the reference follows it."""
+    from pipeline.bundle import verify_bundle
+    from pipeline.serving_bundle import roll_forward
+
+    metadata, stats = bundle_parts
+    target = tmp_path / "production"
+    roll_forward(tiny_bundle.parents[1], tiny_bundle, target, verify_bundle(tiny_bundle))
+    rolled = json.loads((target / "training_stats.json").read_text())["served"]
+    production = json.loads((target / "bundle.json").read_text())
+    assert rolled["horizon_dates"] == production["horizon_dates"] != metadata["horizon_dates"]
+    assert rolled["origin"] > stats["served"]["origin"]
+    assert rolled["dense"]["target_onpromotion"] == stats["served"]["dense"]["target_onpromotion"]
