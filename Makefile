@@ -27,11 +27,13 @@ help:                 ## this list
 venv: $(STAMP)        ## create .venv and install Shelfcast with its test extras (every target does this first)
 
 $(STAMP): pyproject.toml
+	@echo "venv: installing Shelfcast and its pinned dependencies into $(VENV) (the first time: a few minutes)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	bash -o pipefail -c "$(BIN)/python -m pip install --progress-bar off -e '.[test]' | grep --line-buffered -E '^(Collecting|Installing|Successfully)'"
 	$(BIN)/python -c "import engine, numba, pandas, mlflow, dvc"
 	touch $(STAMP)
+	@echo "venv: ready ($(VENV)); use it with \`source $(VENV)/bin/activate\` or through the make targets"
 
 run: $(STAMP)         ## set up, run the pipeline (dvc repro), promote the model, serve the app on :5005
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

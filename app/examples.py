@@ -27,7 +27,7 @@ class Example:
         return {"store_nbr": self.store_nbr, "item_nbr": self.item_nbr, "date": self.date, "onpromotion": False}
 
 
-DEFAULT_DATA_EXAMPLE = Example(store_nbr=1, item_nbr=97040, date="2017-08-16", search="grocery")
+DEFAULT_DATA_EXAMPLE = Example(store_nbr=1, item_nbr=1838989, date="2017-08-16", search="dairy")  # as README.md
 
 
 def example_for(model: LoadedModel | None) -> Example:

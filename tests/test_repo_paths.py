@@ -1,0 +1,72 @@
+"""Every repository path named in the docs and in comments exists, and every make target is in `make help`.
+
+Cheap checks that keep the text honest: a renamed or deleted file (monitoring/setup.sh, say) must
+not live on in a README line, a docstring or a config comment, and `make help` cannot fall behind
+the Makefiles.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE_DIRS = ("engine", "pipeline", "app", "monitoring", "benchmarks", "tests", "scripts", ".ci", ".github")
+ROOT_FILES = ("README.md", "ARCHITECTURE.md", "BENCHMARKS.md", "Makefile", "dvc.yaml", "params.yaml", "pyproject.toml",
+              "Dockerfile", "docker-compose.yml", ".dvcignore", ".dockerignore")
+# Text that names paths: the docs, and the comments/docstrings of code and configuration.
+SCANNED_SUFFIXES = {".md", ".py", ".yaml", ".yml", ".toml", ".mk", ".conf", ".sh", ".js", ".html", ".css"}
+PATH_PATTERN = re.compile(
+    r"(?<![\w./-])((?:" + "|".join(re.escape(d) for d in SOURCE_DIRS) + r")/[\w./*{},-]*[\w/*}])")
+IGNORED_PARTS = ("node_modules", "__pycache__")
+
+
+def scanned_files() -> list[Path]:
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    files = [REPO / name for name in listed if name]
+    return sorted(p for p in files if p.is_file() and (p.suffix in SCANNED_SUFFIXES or p.name in ROOT_FILES)
+                  and not any(part in IGNORED_PARTS for part in p.parts) and p.name != Path(__file__).name)
+
+
+def exists(named: str) -> bool:
+    named = named.rstrip("/.")
+    if "{" in named:  # a{b,c}d: every alternative must exist
+        head, alternatives, tail = re.match(r"([^{]*)\{([^}]*)\}(.*)", named).groups()
+        return all(exists(head + option + tail) for option in alternatives.split(","))
+    if "*" in named:
+        return any(REPO.glob(named))
+    return (REPO / named).exists()
+
+
+def test_every_path_named_in_docs_and_comments_exists():
+    missing = []
+    for path in scanned_files():
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            for named in PATH_PATTERN.findall(line):
+                named = re.sub(r":\d+(?:-\d+)?$", "", named)  # file.py:18-240 names lines of a file
+                if not exists(named):
+                    missing.append(f"{path.relative_to(REPO)}:{number}: {named}")
+    assert not missing, "paths named but not in the repository:\n" + "\n".join(missing)
+
+
+def test_make_help_lists_every_target_of_every_makefile():
+    makefiles = [REPO / "Makefile", REPO / "monitoring" / "delivery.mk"]
+    defined = set()
+    for makefile in makefiles:
+        defined |= set(re.findall(r"^([a-z][a-z0-9_-]*):(?!=)", makefile.read_text(encoding="utf-8"), re.M))
+    result = subprocess.run(["make", "--no-print-directory", "-s", "help"], cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    listed = re.findall(r"^  make (\S+)\s+\S", result.stdout, re.M)
+    assert sorted(listed) == sorted(defined), f"make help lists {sorted(listed)}, the Makefiles define {sorted(defined)}"
+    assert len(listed) == len(set(listed))
+
+
+@pytest.mark.parametrize("named, real", [("pipeline/{train,evaluate}.py", True), ("app/templates/*.html", True),
+                                          ("monitoring/setup.sh", False), ("engine/ops/nn.py", True)])
+def test_the_path_check_understands_braces_and_globs(named, real):
+    assert exists(named) is real
