@@ -16,8 +16,9 @@ from engine.ops.array import (cast, concat, constant, expand_dims, gather, ident
 from engine.ops.control import check_numerics, group, no_op  # noqa: E402
 from engine.ops.math import (abs, add, add_n, divide, equal, exp, expm1, greater, greater_equal,  # noqa: E402,A004
                              less, less_equal, log, log1p, matmul, maximum, minimum, multiply, negative,
-                             not_equal, pow, reduce_max, reduce_mean, reduce_sum, sign, sqrt, square, subtract)
-from engine.ops.nn import dropout, relu, sigmoid, softmax, softplus, tanh  # noqa: E402
+                             not_equal, pow, reduce_max, reduce_mean, reduce_sum, sign, sin, sqrt, square,
+                             subtract)
+from engine.ops.nn import dropout, leaky_relu, relu, sigmoid, softmax, softplus, tanh  # noqa: E402
 from engine.ops.random import random_normal, random_uniform  # noqa: E402
 from engine.ops.state import (Variable, assign, assign_add, assign_sub, global_variables,  # noqa: E402
                               global_variables_initializer, trainable_variables, variables_initializer)
@@ -29,10 +30,10 @@ __all__ = [
     "control_dependencies", "convert_to_tensor", "divide", "dropout", "equal", "errors", "exp", "expand_dims",
     "expm1", "float32", "float64", "gather", "get_default_graph", "get_default_session", "global_variables",
     "global_variables_initializer", "gradients", "greater", "greater_equal", "group", "identity", "int32",
-    "int64", "layers", "less", "less_equal", "log", "log1p", "matmul", "maximum", "minimum", "multiply",
+    "int64", "layers", "leaky_relu", "less", "less_equal", "log", "log1p", "matmul", "maximum", "minimum", "multiply",
     "name_scope", "negative", "nn", "no_op", "not_equal", "ones", "ones_like", "placeholder",
     "placeholder_with_default", "pow", "random_normal", "random_uniform", "reduce_max", "reduce_mean",
-    "reduce_sum", "relu", "reset_default_graph", "reshape", "set_random_seed", "shape", "sigmoid", "sign",
+    "reduce_sum", "relu", "reset_default_graph", "reshape", "set_random_seed", "shape", "sigmoid", "sign", "sin",
     "softmax", "softplus", "sqrt", "square", "squeeze", "stop_gradient", "subtract", "tanh", "train",
     "trainable_variables", "transpose", "variables_initializer", "where", "zeros", "zeros_like",
 ]

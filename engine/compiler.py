@@ -8,15 +8,16 @@ weights are *arguments*, never baked in. It is written once, atomically, to
 there with ``@njit(cache=True)``, so a fresh process loads the machine code from Numba's
 cache instead of compiling.
 
-Semantics: element formulas are the fused-kernel templates (``engine/passes/codegen.py``),
-which mirror ``engine/kernels/math.py``; gathers, concatenations and casts copy exactly.
+Semantics: every op is emitted from its OpDef: an elementwise op from its one scalar function
+(the same source its interpreted and fused kernels are generated from, ``kernels/elementwise.py``),
+any other op by its ``emit``; gathers, concatenations and casts copy exactly.
 Matrix products are plain loops (no BLAS), so they may differ from the interpreted plan in
 the last bits: results agree within ``rtol=1e-5, atol=1e-6`` for float32 (exact for
 everything else). Whenever a run-time check in the compiled code fails (a shape that static
 inference allowed but the compiled code does not handle, an index out of range, a division
 by zero) the call is re-run by the interpreted plan, which computes the result or raises
 the engine's usual error: results never depend on the compiler. A graph with an op the
-compiler does not know is refused with :class:`UnsupportedGraphError` naming the ops, and
+compiler does not know (no scalar function, no ``emit``) is refused with :class:`UnsupportedGraphError` naming the ops, and
 :class:`SmallBatchCallable` then uses the interpreted plan for every batch.
 """
 
@@ -31,6 +32,7 @@ import numpy as np
 from engine import generated
 from engine.errors import FailedPreconditionError
 from engine.graph import IndexedSlices, Operation, Tensor, ops_needed
+from engine.kernels import elementwise as EW
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +41,16 @@ DEFAULT_MAX_ROWS = int(os.environ.get("SHELFCAST_COMPILED_MAX_ROWS", 16))
 plan (BLAS matmuls win there). Measured crossover of the reference MLP on 2 cores: see README."""
 
 CACHE_SUBDIR = "shelfcast_compiled"
-_PASS_THROUGH = {"Identity", "StopGradient"}
-_UNARY = ("Neg", "Exp", "Log", "Log1p", "Expm1", "Sqrt", "Square", "Abs", "Relu", "Sigmoid", "Tanh", "Softplus")
-_BINARY = ("Add", "Sub", "Mul", "RealDiv", "Maximum", "Minimum")
-_NUMERIC = {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
-            "uint64"}
 
 
 class UnsupportedGraphError(ValueError):
     """The plan has ops (or shapes) the compiler does not handle; the interpreted plan still runs it."""
 
 
-# --- the plan: pruning ---------------------------------------------------------------------------
-
-
 def _fetch_tensors(fetches) -> list:
     """The tensors of a flat fetch list; ops and IndexedSlices are refused (inference returns arrays)."""
     out = []
     for f in fetches:
-        if hasattr(f, "_as_tensor"):
-            f = f._as_tensor()
         if isinstance(f, (Operation, IndexedSlices)) or not isinstance(f, Tensor):
             raise UnsupportedGraphError(f"fetch {f!r} is not a tensor; compiled plans return arrays only")
         out.append(f)
@@ -67,17 +59,7 @@ def _fetch_tensors(fetches) -> list:
 
 def _needed_ops(fetch_tensors, feed_tensors) -> list:
     """Ops the fetches depend on (data and control edges), stopping at feeds; creation order."""
-    needed = ops_needed(fetch_tensors, feed_tensors)
-    return sorted(needed, key=lambda o: o.id)
-
-
-# --- code generation -----------------------------------------------------------------------------
-
-
-def _expressions() -> dict:
-    from engine.passes.codegen import EXPRESSIONS  # the fused kernels' formulas: one definition of each op
-
-    return EXPRESSIONS
+    return sorted(ops_needed(fetch_tensors, feed_tensors), key=lambda o: o.id)
 
 
 def _static_kind(shape, out_shape):
@@ -97,136 +79,64 @@ def _static_kind(shape, out_shape):
     return None
 
 
-class _Source:
-    """Collects helper functions (each once) and the body of ``plan``."""
+class Emitter:
+    """What an ``OpDef.emit(c, op, ins) -> expression`` writes through (``ins``: its inputs' variables).
+
+    The expression is assigned to the op's variable; an emitter returning one of ``ins`` (or a
+    parameter) makes the op an alias of it; ``None`` means the op computes nothing.
+    """
 
     def __init__(self):
         self.helpers: dict[str, str] = {}
         self.body: list[str] = []
+        self.consts: list = []
+        self.variables: list = []
+        self.where = ""
 
     def helper(self, name: str, text: str) -> str:
+        """Add a ``@njit`` helper function once (by name)."""
         self.helpers.setdefault(name, text)
         return name
 
+    def check(self, condition: str, what: str) -> None:
+        """A run-time check: when ``condition`` holds the compiled call fails and the interpreted plan runs."""
+        self.body += [f"if {condition}:", f"    raise ValueError({self.where + ': ' + what!r})"]
 
-def _matmul_helper(src: _Source, ta: bool, tb: bool, dtype: str) -> str:
-    """Loops, not BLAS: at a few rows a call into BLAS costs more than the product.
+    def unsupported(self, why: str):
+        raise UnsupportedGraphError(f"{self.where}: {why}")
 
-    Without ``transpose_b`` the inner loop runs along a row of ``b`` (vectorized) and the sum
-    over ``p`` is unrolled by four, each output element still adding its terms in order ``p =
-    0, 1, 2 ...`` (the same rounding as the plain loop, a quarter of the loads and stores).
-    """
-    a_ik = "a[p, i]" if ta else "a[i, p]"
-    name = f"_matmul_{'t' if ta else 'n'}{'t' if tb else 'n'}_{dtype}"
-    m = "a.shape[1]" if ta else "a.shape[0]"
-    k = "a.shape[0]" if ta else "a.shape[1]"
-    n = "b.shape[0]" if tb else "b.shape[1]"
-    head = [f"def {name}(a, b):", f"    m = {m}", f"    k = {k}", f"    n = {n}"]
-    if not tb:
-        x = [a_ik.replace("p", f"p + {u}") if u else a_ik for u in range(4)]
-        loop = ["    out = np.zeros((m, n), a.dtype)", "    k4 = k - k % 4", "    for i in range(m):",
-                "        for p in range(0, k4, 4):",
-                *[f"            x{u} = {x[u]}" for u in range(4)],
-                "            for j in range(n):", "                o = out[i, j]",
-                *[f"                o += x{u} * b[p{' + ' + str(u) if u else ''}, j]" for u in range(4)],
-                "                out[i, j] = o",
-                "        for p in range(k4, k):", f"            x = {a_ik}", "            for j in range(n):",
-                "                out[i, j] += x * b[p, j]"]
-    else:  # b is (n, k): dot products of contiguous rows
-        loop = ["    out = np.empty((m, n), a.dtype)", "    for i in range(m):", "        for j in range(n):",
-                f"            acc = np.{dtype}(0)", "            for p in range(k):",
-                f"                acc += {a_ik} * b[j, p]", "            out[i, j] = acc"]
-    return src.helper(name, "\n".join([*head, *loop, "    return out"]))
+    def param_const(self, value) -> str:
+        self.consts.append(np.ascontiguousarray(value))
+        return f"c{len(self.consts) - 1}"
+
+    def param_variable(self, name: str) -> str:
+        self.variables.append(name)
+        return f"w{len(self.variables) - 1}"
 
 
-def _unary_helper(src: _Source, op_type: str, dtype: str) -> str:
-    expr = _expressions()[op_type].format(a="x", T=f"np.{dtype}")
-    name = f"_unary_{op_type}_{dtype}"
-    text = "\n".join([f"def {name}(a):", "    out = np.empty_like(a)", "    af = a.reshape(a.size)",
-                      "    of = out.reshape(out.size)", "    for i in range(af.size):", "        x = af[i]",
-                      f"        of[i] = np.{dtype}({expr})", "    return out"])
-    return src.helper(name, text)
-
-
-def _binary_helper(src: _Source, op_type: str, dtype: str, kinds) -> str:
-    """``out`` takes the shape of the first 'full' operand; a 'row'/'scalar' operand repeats."""
-    expr = _expressions()[op_type].format(a="x", b="y", T=f"np.{dtype}")
-    full = "a" if kinds[0] == "full" else "b"
-    name = f"_binary_{op_type}_{dtype}_{kinds[0]}_{kinds[1]}"
-    load = {"full": "{v}f[i]", "row": "{v}f[i % n{v}]", "scalar": "{v}f[0]"}
-    text = "\n".join([
-        f"def {name}(a, b):", f"    out = np.empty_like({full})", "    af = a.reshape(a.size)",
-        "    bf = b.reshape(b.size)", "    of = out.reshape(out.size)", "    na = af.size", "    nb = bf.size",
-        "    for i in range(of.size):", f"        x = {load[kinds[0]].format(v='a')}",
-        f"        y = {load[kinds[1]].format(v='b')}", f"        of[i] = np.{dtype}({expr})", "    return out"])
-    return src.helper(name, text)
-
-
-def _gather_helper(src: _Source) -> str:
-    text = "\n".join([
-        "def _gather_rows(params, idx):", "    rows = params.shape[0]",
-        "    width = params.size // rows if rows else 0", "    p2 = params.reshape((rows, width))",
-        "    ii = idx.reshape(idx.size)", "    out = np.empty((ii.size, width), params.dtype)",
-        "    for r in range(ii.size):", "        j = ii[r]", "        if j < 0 or j >= rows:",
-        "            raise ValueError('gather index out of range')", "        for c in range(width):",
-        "            out[r, c] = p2[j, c]", "    return out"])
-    return src.helper("_gather_rows", text)
-
-
-def _shape_expr(parts) -> str:
-    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
-
-
-def _emit(src: _Source, op: Operation, ins: list, out: str) -> None:
-    """Append the lines computing ``op`` into variable ``out`` (``ins``: its inputs' variables)."""
-    t = op.outputs[0]
-    dtype = t.dtype.name
-    where = f"{op.type} op {op.name!r}"
-    if op.type in _UNARY and dtype in _NUMERIC and op.type in _expressions():
-        src.body.append(f"{out} = {_unary_helper(src, op.type, dtype)}({ins[0]})")
-    elif op.type in _BINARY and dtype in _NUMERIC:
-        kinds = tuple(_static_kind(x.shape, t.shape) for x in op.inputs)
-        if None in kinds or "full" not in kinds:
-            raise UnsupportedGraphError(f"{where}: broadcasting {[x.shape for x in op.inputs]} -> {t.shape} "
-                                        "is not a same-shape, row or scalar pattern")
-        if kinds == ("full", "full"):
-            src.body += [f"if {ins[0]}.shape != {ins[1]}.shape:", f"    raise ValueError({where + ': shapes'!r})"]
-        else:
-            full = ins[kinds.index("full")]
-            other = ins[1 - kinds.index("full")]
-            src.body += [f"if {other}.size == 0 or {full}.size % {other}.size != 0:",
-                         f"    raise ValueError({where + ': broadcast'!r})"]
-        src.body.append(f"{out} = {_binary_helper(src, op.type, dtype, kinds)}({ins[0]}, {ins[1]})")
-    elif op.type == "MatMul":
-        a, b = op.inputs
-        if a.ndim != 2 or b.ndim != 2 or dtype not in _NUMERIC:
-            raise UnsupportedGraphError(f"{where}: only rank-2 numeric products are compiled")
-        ta, tb = bool(op.attrs["transpose_a"]), bool(op.attrs["transpose_b"])
-        ka = f"{ins[0]}.shape[{0 if ta else 1}]"
-        kb = f"{ins[1]}.shape[{1 if tb else 0}]"
-        src.body += [f"if {ka} != {kb}:", f"    raise ValueError({where + ': inner dimensions'!r})",
-                     f"{out} = {_matmul_helper(src, ta, tb, dtype)}({ins[0]}, {ins[1]})"]
-    elif op.type == "GatherV2":
-        params, idx = op.inputs
-        if params.ndim is None or idx.ndim is None or params.ndim < 1:
-            raise UnsupportedGraphError(f"{where}: params and indices need a known rank")
-        shape = [f"{ins[1]}.shape[{d}]" for d in range(idx.ndim)] + \
-                [f"{ins[0]}.shape[{d}]" for d in range(1, params.ndim)]
-        src.body += [f"if {ins[0]}.shape[0] == 0:", f"    raise ValueError({where + ': empty params'!r})",
-                     f"{out} = {_gather_helper(src)}({ins[0]}, {ins[1]}).reshape({_shape_expr(shape)})"]
-    elif op.type == "ConcatV2":
-        rank = t.ndim
-        if rank is None or any(x.ndim != rank for x in op.inputs):
-            raise UnsupportedGraphError(f"{where}: inputs need one known rank")
-        axis = op.attrs["axis"] % rank
-        src.body.append(f"{out} = np.concatenate({_shape_expr(ins)}, axis={axis})")
-    elif op.type == "Cast" and dtype in _NUMERIC | {"bool"}:
-        src.body.append(f"{out} = {ins[0]}.astype(np.{dtype})")
-    elif op.type == "Reshape" and op.inputs[0].ndim is not None:
-        target = tuple(op.attrs["shape"])
-        src.body.append(f"{out} = np.ascontiguousarray({ins[0]}).reshape({_shape_expr([str(d) for d in target])})")
-    else:
-        raise UnsupportedGraphError(f"{where}: op type not supported by the compiler")
+def _emit_elementwise(c: Emitter, op: Operation, ins: list) -> str:
+    """Any elementwise op, from its OpDef's scalar function: operands full, row (a suffix) or scalar."""
+    out = op.outputs[0]
+    kinds = tuple(_static_kind(x.shape, out.shape) for x in op.inputs)
+    if None in kinds or "full" not in kinds:
+        c.unsupported(f"broadcasting {[x.shape for x in op.inputs]} -> {out.shape} is not a same-shape, row or "
+                      "scalar pattern")
+    full = kinds.index("full")
+    for k, kind in enumerate(kinds):
+        if kind == "full" and k != full:
+            c.check(f"{ins[k]}.shape != {ins[full]}.shape", "shapes")
+        elif kind != "full":
+            c.check(f"{ins[k]}.size == 0 or {ins[full]}.size % {ins[k]}.size != 0", "broadcast")
+    name = f"_ew_{op.type}_{out.dtype.name}_{'_'.join(kinds)}"
+    load = {"full": "x{k}f[i]", "row": "x{k}f[i % n{k}]", "scalar": "x{k}f[0]"}
+    operands = ", ".join(load[kind].format(k=k) for k, kind in enumerate(kinds))
+    args = ", ".join(f"x{k}" for k in range(len(kinds)))
+    c.helper(f"_scalar_{op.type}", EW.scalar_definition(op.op_def.scalar, f"_scalar_{op.type}").split("\n", 1)[1])
+    c.helper(name, "\n".join([
+        f"def {name}({args}):", f"    out = np.empty(x{full}.shape, np.{out.dtype.name})", "    of = out.reshape(out.size)",
+        *[f"    x{k}f = x{k}.reshape(x{k}.size)\n    n{k} = x{k}f.size" for k in range(len(kinds))],
+        "    for i in range(of.size):", f"        of[i] = _scalar_{op.type}({operands})", "    return out"]))
+    return f"{name}({', '.join(ins)})"
 
 
 def generate(fetch_tensors, feed_tensors):
@@ -238,57 +148,59 @@ def generate(fetch_tensors, feed_tensors):
     """
     fed = list(feed_tensors)
     names: dict[Tensor, str] = {t: f"f{i}" for i, t in enumerate(fed)}
-    consts, variables, src, problems = [], [], _Source(), []
-    params: set[str] = set(names.values())
-    for op in _needed_ops(fetch_tensors, fed):
-        if op.type == "NoOp" or (op.outputs and op.outputs[0] in names):
+    c, problems = Emitter(), []
+    needed = _needed_ops(fetch_tensors, fed)
+    for op in needed:
+        if op.outputs and op.outputs[0] in names:
             continue
-        if op.type == "Placeholder":
-            problems.append(f"placeholder {op.name!r} is needed but not fed")
+        c.where = f"{op.type} op {op.name!r}"
+        if len(op.outputs) > 1:
+            problems.append(f"{c.where}: ops with {len(op.outputs)} outputs are not compiled")
             continue
-        if len(op.outputs) != 1:
-            problems.append(f"{op.type} op {op.name!r}: ops with {len(op.outputs)} outputs are not compiled")
-            continue
-        t = op.outputs[0]
         ins = [names.get(x) for x in op.inputs]
-        if op.type == "Const":
-            names[t] = f"c{len(consts)}"
-            consts.append(np.ascontiguousarray(op.attrs["value"]))
-            params.add(names[t])
-        elif op.type in ("VariableV2", "ReadVariable"):
-            names[t] = f"w{len(variables)}"
-            variables.append(op.name if op.type == "VariableV2" else op.attrs["var"])
-            params.add(names[t])
-        elif op.type in _PASS_THROUGH or (op.type == "PlaceholderWithDefault"):
-            names[t] = ins[0]
-        elif op.op_def.stateful or op.op_def.random:
-            problems.append(f"{op.type} op {op.name!r} is stateful or random")
+        try:
+            if None in ins:
+                c.unsupported("an input could not be compiled")
+            if op.op_def.scalar is not None:
+                expr = _emit_elementwise(c, op, ins)
+            elif op.op_def.emit is not None:
+                expr = op.op_def.emit(c, op, ins)
+            else:
+                c.unsupported("stateful or random: not compiled" if op.op_def.stateful else
+                              "op type not supported by the compiler")
+        except UnsupportedGraphError as e:
+            problems.append(str(e))
+            continue
+        if expr is None or not op.outputs:
+            continue
+        known = set(names.values()) | {f"c{i}" for i in range(len(c.consts))} | {
+            f"w{i}" for i in range(len(c.variables))}
+        if expr in known:
+            names[op.outputs[0]] = expr
         else:
-            names[t] = f"v{op.id}"
-            try:
-                if None in ins:
-                    raise UnsupportedGraphError(f"{op.type} op {op.name!r}: an input could not be compiled")
-                _emit(src, op, ins, names[t])
-            except UnsupportedGraphError as e:
-                problems.append(str(e))
-                names.pop(t, None)
+            names[op.outputs[0]] = f"v{op.id}"
+            c.body.append(f"v{op.id} = {expr}")
     if problems:
         raise UnsupportedGraphError("cannot compile the plan: " + "; ".join(problems))
     results = [names[t] for t in fetch_tensors]
+    params = set(names[t] for t in fed) | {f"c{i}" for i in range(len(c.consts))} | {
+        f"w{i}" for i in range(len(c.variables))}
     aliased = [k for k, r in enumerate(results) if r in params]
-    args = [names[t] for t in fed] + [f"c{i}" for i in range(len(consts))] + [f"w{i}" for i in range(len(variables))]
+    args = [names[t] for t in fed] + [f"c{i}" for i in range(len(c.consts))] + [
+        f"w{i}" for i in range(len(c.variables))]
     header = ["graph (op type, static shape, dtype) in plan order:"]
     header += [f"  {op.type} {op.name} -> {op.outputs[0].shape if op.outputs else ()} "
-               f"{op.outputs[0].dtype.name if op.outputs else ''}" for op in _needed_ops(fetch_tensors, fed)]
+               f"{op.outputs[0].dtype.name if op.outputs else ''}" for op in needed]
     header += [f"  feed {t.name} {t.shape} {t.dtype.name}" for t in fed]
     lines = ['"""Generated by engine/compiler.py from an inference plan. Do not edit.', "", *header, '"""', "",
-             "import numpy as np", "from numba import njit", ""]
-    for text in src.helpers.values():
-        lines += ["", "@njit(cache=True)", text, ""]
+             *EW.HEADER, ""]
+    for name, text in c.helpers.items():
+        decorator = "@njit" if name.startswith("_scalar_") else "@njit(cache=True)"
+        lines += ["", decorator, text, ""]
     lines += ["", "@njit(cache=True)", f"def plan({', '.join(args)}):"]
-    lines += [f"    {b}" for b in src.body] or ["    pass"]
-    lines.append(f"    return {_shape_expr(results)}")
-    return "\n".join(lines) + "\n", consts, variables, aliased
+    lines += [f"    {b}" for b in c.body] or ["    pass"]
+    lines.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
+    return "\n".join(lines) + "\n", c.consts, c.variables, aliased
 
 
 # --- loading through the on-disk cache -------------------------------------------------------------
@@ -369,14 +281,11 @@ class SmallBatchCallable:
     """
 
     def __init__(self, session, fetches, feed_list, max_rows: int | None = None):
-        from engine.session import _flatten
-
         self.session = session
         self.interpreted = session.make_callable(fetches, feed_list)
-        leaves: list = []
-        self._build = _flatten(fetches, leaves)
-        self._leaves = leaves
-        self._feeds = [session._feed_key(k) for k in (feed_list or [])]
+        self._plan = session.plan(fetches, feed_list or [])
+        self._build = self._plan.structure
+        self._feeds = self._plan.feed_tensors
         batch = [k for k, t in enumerate(self._feeds) if t.shape and t.shape[0] is None]
         self._batch_feed = batch[0] if batch else None
         self.compiled: CompiledPlan | None = None
@@ -401,8 +310,7 @@ class SmallBatchCallable:
         if not self._tried:
             self._tried = True
             try:
-                tensors = [self.session._resolve_leaf(x) for x in self._leaves]
-                self.compiled = CompiledPlan(self.session, _fetch_tensors(tensors), self._feeds)
+                self.compiled = CompiledPlan(self.session, _fetch_tensors(self._plan.fetches), self._feeds)
             except UnsupportedGraphError as e:
                 self.compile_error = str(e)
                 log.info("compiled fast path off, the interpreted plan runs every batch: %s", e)

@@ -15,6 +15,8 @@ import numpy as np
 
 from engine import dtypes as _dt
 from engine import shapes as _sh
+from engine.errors import NotFoundError
+from engine.registry import get_op_def
 
 GLOBAL_VARIABLES = "variables"
 TRAINABLE_VARIABLES = "trainable_variables"
@@ -32,58 +34,58 @@ class _OperatorsMixin:
     __array_priority__ = 100  # numpy defers to our operators: ndarray + tensor -> tensor
 
     def __add__(self, other):
-        return _math().add(self, other)
+        return _OPERATORS["add"](self, other)
 
     def __radd__(self, other):
-        return _math().add(other, self)
+        return _OPERATORS["add"](other, self)
 
     def __sub__(self, other):
-        return _math().subtract(self, other)
+        return _OPERATORS["subtract"](self, other)
 
     def __rsub__(self, other):
-        return _math().subtract(other, self)
+        return _OPERATORS["subtract"](other, self)
 
     def __mul__(self, other):
-        return _math().multiply(self, other)
+        return _OPERATORS["multiply"](self, other)
 
     def __rmul__(self, other):
-        return _math().multiply(other, self)
+        return _OPERATORS["multiply"](other, self)
 
     def __truediv__(self, other):
-        return _math().divide(self, other)
+        return _OPERATORS["divide"](self, other)
 
     def __rtruediv__(self, other):
-        return _math().divide(other, self)
+        return _OPERATORS["divide"](other, self)
 
     def __matmul__(self, other):
-        return _math().matmul(self, other)
+        return _OPERATORS["matmul"](self, other)
 
     def __rmatmul__(self, other):
-        return _math().matmul(other, self)
+        return _OPERATORS["matmul"](other, self)
 
     def __pow__(self, other):
-        return _math().pow(self, other)
+        return _OPERATORS["pow"](self, other)
 
     def __rpow__(self, other):
-        return _math().pow(other, self)
+        return _OPERATORS["pow"](other, self)
 
     def __neg__(self):
-        return _math().negative(self)
+        return _OPERATORS["negative"](self)
 
     def __abs__(self):
-        return _math().abs(self)
+        return _OPERATORS["abs"](self)
 
     def __gt__(self, other):
-        return _math().greater(self, other)
+        return _OPERATORS["greater"](self, other)
 
     def __lt__(self, other):
-        return _math().less(self, other)
+        return _OPERATORS["less"](self, other)
 
     def __ge__(self, other):
-        return _math().greater_equal(self, other)
+        return _OPERATORS["greater_equal"](self, other)
 
     def __le__(self, other):
-        return _math().less_equal(self, other)
+        return _OPERATORS["less_equal"](self, other)
 
     def __getitem__(self, key):
         raise TypeError("tensor slicing is not supported; use en.gather or en.reshape")
@@ -97,10 +99,12 @@ class _OperatorsMixin:
     __hash__ = object.__hash__
 
 
-def _math():
-    from engine.ops import math as m  # late: ops build on this module
+_OPERATORS: dict = {}  # name -> constructor; filled by engine/ops/math.py, which builds on this module
 
-    return m
+
+def set_operators(**constructors) -> None:
+    """Install the op constructors behind Python's operators (graph.py cannot import ops: ops import it)."""
+    _OPERATORS.update(constructors)
 
 
 class Tensor(_OperatorsMixin):
@@ -130,8 +134,6 @@ class Tensor(_OperatorsMixin):
         return self.shape
 
     def eval(self, feed_dict=None, session=None):
-        from engine.session import get_default_session
-
         return (session or get_default_session()).run(self, feed_dict)
 
     def __repr__(self) -> str:
@@ -153,8 +155,6 @@ class Operation:
         self.outputs = tuple(Tensor(self, i, d, s) for i, (d, s) in enumerate(output_specs))
 
     def run(self, feed_dict=None, session=None):
-        from engine.session import get_default_session
-
         (session or get_default_session()).run(self, feed_dict)
 
     def __repr__(self) -> str:
@@ -249,8 +249,6 @@ class Graph:
 
         ``exact_name`` takes ``name`` verbatim (the caller reserved it with ``unique_name``).
         """
-        from engine.registry import get_op_def
-
         if self._finalized:
             raise RuntimeError("graph is finalized and cannot be modified")
         op_def = get_op_def(op_type)
@@ -295,16 +293,12 @@ class Graph:
         return list(self._ops)
 
     def get_operation_by_name(self, name: str) -> Operation:
-        from engine.errors import NotFoundError
-
         try:
             return self._by_name[name]
         except KeyError:
             raise NotFoundError(f"no operation named {name!r} in the graph") from None
 
     def get_tensor_by_name(self, name: str) -> Tensor:
-        from engine.errors import NotFoundError
-
         op_name, _, index = name.rpartition(":")
         if not op_name or not index.isdigit():
             raise ValueError(f"tensor names look like 'op:0', got {name!r}")
@@ -416,9 +410,15 @@ def convert_to_tensor(value, dtype=None, name: str | None = None) -> Tensor:
         if dtype is not None and t.dtype != dtype:
             raise TypeError(f"expected a {dtype.name} tensor, got variable {t.op.name} of dtype {t.dtype.name}")
         return t
-    from engine.ops.array import constant
+    return constant_tensor(python_value_to_array(value, dtype, what=f"constant {name or 'Const'}"),
+                           name or "Const")
 
-    return constant(value, dtype=dtype, name=name or "Const")
+
+def constant_tensor(arr: np.ndarray, name: str = "Const", graph=None) -> Tensor:
+    """A ``Const`` op holding a read-only copy of ``arr`` (kernels never write inputs: now a hard guarantee)."""
+    arr = np.array(arr, copy=True, order="C")
+    arr.flags.writeable = False
+    return (graph or get_default_graph()).create_op("Const", (), {"value": arr}, name=name).outputs[0]
 
 
 def is_tensor_like(x) -> bool:
@@ -479,3 +479,19 @@ class IndexedSlices:
 
     def __repr__(self) -> str:
         return f"<en.IndexedSlices values={self.values.name} indices={self.indices.name}>"
+
+
+# --- the default session (a stack per thread; ``with session:`` pushes) ------------------------------
+
+
+def session_stack() -> list:
+    if not hasattr(_local, "sessions"):
+        _local.sessions = []
+    return _local.sessions
+
+
+def get_default_session():
+    stack = session_stack()
+    if not stack:
+        raise ValueError("no default session: use `with en.Session() as sess:` or pass session=")
+    return stack[-1]

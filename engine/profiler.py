@@ -2,8 +2,8 @@
 
 ``profile(sess, fetches, feed_dict, runs=10)`` builds (or reuses) the session's execution plan
 for those fetches and feeds and runs its steps itself, timing each kernel call with
-``perf_counter_ns``. It uses the plan's plain view (``_Plan.steps``: kernel, input slots,
-output slot), so it measures the same kernels a run uses, after graph rewrites (a fused node
+``perf_counter_ns``. It uses the public plan API (``Session.plan``; ``Plan.steps``: kernel,
+input slots, output slot), so it measures the same kernels a run uses, after graph rewrites (a fused node
 shows as one step), but without buffer reuse: every step allocates its output. Stateful steps
 really run: profiling a training step trains (as TensorFlow's profiler does).
 
@@ -110,35 +110,21 @@ def profile(sess, fetches, feed_dict=None, runs: int = 10, warmup: int = 1) -> P
 
     Warm-up runs (compilation, first allocations) are not recorded.
     """
-    from engine.session import _flatten
-
     if runs < 1 or warmup < 0:
         raise ValueError(f"profile: runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    leaves: list = []
-    _flatten(fetches, leaves)
     feed_dict = feed_dict or {}
-    feed_tensors = [sess._feed_key(k) for k in feed_dict]
-    plan = sess._plan(tuple(leaves), feed_tensors)
-    given = {t: sess._feed_value(t, v) for t, v in zip(feed_tensors, feed_dict.values())}
-    feeds = [(slot, given[t]) for t, slot in zip(plan.feed_tensors, plan.feed_slots)]
-    nodes = getattr(plan, "nodes", None) or [None] * len(plan.steps)
-    ops = []
-    for op, node in zip(plan.step_ops, nodes):
-        op_type = node.type if node is not None else op.type
-        label = node.label if node is not None else f"{op.type} op '{op.name}'"
-        ops.append(OpStats(op.name, op_type, label))
+    plan = sess.plan(fetches, list(feed_dict))
+    feed_values = list(feed_dict.values())
+    plan.slots(feed_values)  # converts and checks the feeds once, before any timing
+    ops = [OpStats(step.op.name, step.type, step.label) for step in plan.steps]
     result = Profile(ops, runs, 0)
     clock = time.perf_counter_ns
     origin = clock()
     wall = 0
     for run in range(-warmup, runs):
-        if sess._closed:
-            raise RuntimeError("Attempted to use a closed Session")
-        vals = [None] * plan.n_slots
-        for slot, value in feeds:
-            vals[slot] = value
+        vals = plan.slots(feed_values)
         begin = clock()
-        for step, (fn, ins, out) in enumerate(plan.steps):
+        for step, (fn, ins, out) in enumerate((s.kernel, s.inputs, s.output) for s in plan.steps):
             args = [vals[j] for j in ins]
             start = clock()
             value = fn(*args)

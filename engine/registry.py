@@ -1,13 +1,19 @@
-"""The op table: one definition per op type (shape/dtype rule, CPU kernel, gradient, flags).
+"""The op table: every fact about an op type in ONE definition (an :class:`OpDef`).
 
-Each ``engine/ops/*.py`` module registers its ops with :func:`register` next to the
-constructor users call; ``engine/kernels/*.py`` hold the Numba code those definitions use.
+Each ``engine/ops/*.py`` module registers its ops with :func:`register` (or
+``ops._util.elementwise``) next to the constructor users call. Session, graph passes,
+compiler, autodiff and the registry-driven test (``tests/engine/test_op_registry.py``) read
+these fields and flags; none of them names an op type.
 
 Kernel convention: ``kernel(op, ctx)`` is a *factory* called once when a Session builds an
 execution plan; it returns a callable ``f(*input_arrays) -> array`` (or ``None`` for ops
 with no outputs) that the plan calls on every run. Attributes are read, and stateful ops
 find their session state, at factory time, so the per-run loop does no lookups
 (``ctx`` is the Session: ``ctx.state`` holds variables, ``ctx.rng(op)`` random streams).
+``reference`` has the same convention and computes the same values with plain NumPy (the
+``SessionConfig(backend="reference")`` backend and the tests' independent check); an op
+whose kernel already is plain NumPy says so with ``reference=NUMPY_KERNEL``. Kernels never
+keep a reference to an input array after the call (state ops copy what they store).
 
 Gradient convention: ``grad(op, grad_of_output) -> [grad_of_input_i or None, ...]``,
 built from ops (so gradients are graph extensions, whitepaper section 4.1).
@@ -15,42 +21,85 @@ built from ops (so gradients are graph extensions, whitepaper section 4.1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 _REGISTRY: dict[str, "OpDef"] = {}
 
+NUMPY_KERNEL = "the kernel is plain NumPy"
+"""``reference=`` value of ops whose kernel is itself written with NumPy calls only."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One input case of an op for the registry-driven test: arrays fed to its inputs, attrs,
+    and session state (variable name -> array) present before it runs."""
+
+    inputs: tuple = ()
+    attrs: Optional[dict] = None
+    state: Optional[dict] = None
+
 
 @dataclass(frozen=True)
 class OpDef:
-    """How one op type is inferred, computed and differentiated."""
+    """How one op type is inferred, computed (fast and by reference), differentiated and treated by passes."""
 
     name: str
     infer: Callable  # (inputs: list[Tensor], attrs: dict) -> list[(DType, shape)]
     kernel: Callable  # (op, ctx) -> callable(*arrays)
+    reference: object  # (op, ctx) -> callable(*arrays) in plain NumPy, or NUMPY_KERNEL
+    examples: Callable  # (rng) -> list[Example]: the cases the registry-driven test runs
     grad: Optional[Callable] = None  # (op, dy) -> list of input grads (None allowed)
     differentiable: bool = True  # False: no gradient flows through (comparisons, casts to int ...)
     stateful: bool = False  # reads/writes session state: never merged, never constant-folded
+    writes_state: bool = False  # changes session state: passes never move pure work across it
     random: bool = False  # draws random numbers: never merged, never constant-folded
+    output_aliases: str = ""  # "input": output may be input 0 itself (a view); "storage": session/const storage
+    shape_only_inputs: tuple = ()  # input positions whose kernel reads only the array's shape
+    out_kernel: Optional[Callable] = None  # (op, ctx) -> f(out_or_None, *arrays): may write a kept buffer
+    emit: Optional[Callable] = None  # compiler emitter (engine/compiler.py's Emitter protocol)
+    scalar: Optional[Callable] = None  # elementwise ops: the ONE scalar function every kernel is built from
     default_name: str = ""
-    attr_defaults: dict = field(default_factory=dict)
+
+    @property
+    def fusible(self) -> bool:
+        """Elementwise: its kernel, fused kernels and compiled plans come from ``scalar``."""
+        return self.scalar is not None
+
+    def reference_kernel(self, op, ctx):
+        """The reference backend's callable for ``op`` (the kernel itself for NumPy kernels)."""
+        factory = self.kernel if self.reference is NUMPY_KERNEL else self.reference
+        return factory(op, ctx)
+
+    def data_inputs(self, n_inputs: int) -> list:
+        """Positions of the inputs whose *values* the kernel reads (not just their shapes)."""
+        shape_only = self.shape_only_inputs
+        if isinstance(shape_only, slice):
+            shape_only = range(n_inputs)[shape_only]
+        return [k for k in range(n_inputs) if k not in shape_only]
 
 
-def register(name: str, *, infer, kernel, grad=None, differentiable=True, stateful=False, random=False,
-             default_name=None) -> OpDef:
+def register(name: str, *, infer, kernel, reference, examples, grad=None, differentiable=True, stateful=False,
+             writes_state=False, random=False, output_aliases="", shape_only_inputs=(), out_kernel=None, emit=None,
+             scalar=None, default_name=None) -> OpDef:
     """Add an op type to the table; a second definition of the same name is a programming error."""
     if name in _REGISTRY:
         raise ValueError(f"op {name!r} is already registered")
+    if reference is None or examples is None:
+        raise TypeError(f"op {name!r}: a NumPy reference and examples are required (the registry test runs them)")
+    if output_aliases not in ("", "input", "storage"):
+        raise ValueError(f"op {name!r}: output_aliases must be '', 'input' or 'storage'")
     # differentiable=True without a gradient means "not defined": gradients() raises for it;
     # differentiable=False means "no gradient flows" (comparisons, shapes, integer outputs).
-    op_def = OpDef(name=name, infer=infer, kernel=kernel, grad=grad, differentiable=differentiable,
-                   stateful=stateful, random=random, default_name=default_name or name)
+    op_def = OpDef(name=name, infer=infer, kernel=kernel, reference=reference, examples=examples, grad=grad,
+                   differentiable=differentiable, stateful=stateful, writes_state=writes_state, random=random,
+                   output_aliases=output_aliases, shape_only_inputs=shape_only_inputs, out_kernel=out_kernel,
+                   emit=emit, scalar=scalar, default_name=default_name or name)
     _REGISTRY[name] = op_def
     return op_def
 
 
 def get_op_def(name: str) -> OpDef:
-    _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -58,30 +107,10 @@ def get_op_def(name: str) -> OpDef:
 
 
 def registered_ops() -> dict[str, OpDef]:
-    _ensure_loaded()
+    """Every op type (``import engine`` registers them all)."""
     return dict(_REGISTRY)
-
-
-def _ensure_loaded() -> None:
-    import engine.ops  # noqa: F401  (registers every op family)
 
 
 def simple_kernel(fn):
     """Kernel factory for ops whose kernel needs neither attributes nor state."""
     return lambda op, ctx: fn
-
-
-def unbroadcast(grad, like):
-    """Sum ``grad`` back to the shape of ``like`` (an input that was broadcast in the forward op).
-
-    Statically equal, fully known shapes need nothing; otherwise a ``SumToShape`` op reduces at
-    run time, so unknown (batch) dimensions work.
-    """
-    from engine import shapes
-    from engine.ops.array import sum_to_shape
-
-    if grad is None:
-        return None
-    if grad.shape == like.shape and shapes.is_fully_defined(like.shape):
-        return grad
-    return sum_to_shape(grad, like)

@@ -15,6 +15,8 @@ per op in the session, seeded from the op's (graph seed, op seed).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,59 +25,78 @@ import numpy as np
 
 from engine import shapes
 from engine.errors import InvalidArgumentError, OpError
-from engine.graph import IndexedSlices, Operation, Tensor, get_default_graph, ops_needed, python_value_to_array
+from engine.graph import (IndexedSlices, Operation, Tensor, get_default_graph, get_default_session, ops_needed,
+                          python_value_to_array, session_stack)
 from engine.kernels import array as KA
 from engine.passes import PASS_NAMES, PlanIR, node_from_op, optimize
-from engine.passes.lowering import OUT_KERNELS
 from engine.passes.liveness import assign_buffer_groups
 
-# Ops whose output can be the session's own storage (a variable or a constant) or a view of
-# their input: a fetched value reached through them is copied so the caller cannot alias state.
-_PASS_THROUGH = {"Identity", "Reshape", "ReshapeLike", "StopGradient", "ExpandDims", "Squeeze",
-                 "PlaceholderWithDefault", "CheckNumerics"}
-_OWNS_STORAGE = {"VariableV2", "Assign", "AssignAdd", "AssignSub", "Const"}
+BACKENDS = ("kernels", "reference")
 
 
 @dataclass(frozen=True)
 class SessionConfig:
-    """How a Session builds plans: which graph rewrites run and whether buffers are reused.
+    """How a Session builds plans: which graph rewrites run, whether buffers are reused, which backend.
 
     ``optimize=False`` turns every pass off (the plan runs the graph's ops as written);
     ``passes`` picks some of ``PASS_NAMES`` ("cse", "constant_folding", "pruning", "fusion").
+    ``backend="reference"`` runs every op by its plain-NumPy reference (OpDef.reference): slow,
+    independent of Numba, the yardstick tests compare the kernels against (no fusion, no buffers).
     """
 
     optimize: bool = True
     passes: frozenset = frozenset(PASS_NAMES)
     reuse_buffers: bool = True
+    backend: str = "kernels"
 
     def __post_init__(self):
         unknown = set(self.passes) - set(PASS_NAMES)
         if unknown:
             raise ValueError(f"SessionConfig.passes: unknown pass(es) {sorted(unknown)}; known: {list(PASS_NAMES)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"SessionConfig.backend: {self.backend!r} is not one of {list(BACKENDS)}")
         object.__setattr__(self, "passes", frozenset(self.passes))
 
     @property
     def enabled_passes(self) -> frozenset:
-        return self.passes if self.optimize else frozenset()
+        if not self.optimize:
+            return frozenset()
+        return self.passes - {"fusion"} if self.backend == "reference" else self.passes
+
+    @property
+    def buffers(self) -> bool:
+        return self.reuse_buffers and self.backend == "kernels"
 
 
-class _Plan:
-    """Everything a run needs, computed once per (fetches, feeds).
+@dataclass(frozen=True)
+class Step:
+    """One step of a plan as tools see it: ``kernel(*input values) -> value`` (no kept buffers)."""
 
-    ``steps`` / ``step_ops`` are the plain view (``kernel(*inputs) -> value``, input slots,
-    output slot) that tools such as the profiler time; ``runners`` are the same steps as
-    closures over slots and reused buffers, which is what ``Session`` executes.
+    op: Operation  # the op it came from (a fused step: the last op of its chain)
+    type: str
+    label: str
+    kernel: object
+    inputs: tuple  # slots read
+    output: int  # slot written, -1 for none
+
+
+class Plan:
+    """Everything a run of some fetches with some feeds needs, computed once (``Session.plan``).
+
+    Public: ``feed_tensors`` (the order :meth:`run` takes feed values in), ``fetches`` (resolved
+    fetch leaves), ``steps`` (:class:`Step`, after graph rewrites), :meth:`slots`, :meth:`run`
+    and :meth:`structure`; the profiler and the compiler use these. ``runners`` are the same
+    steps as closures over slots and kept buffers, which is what a run executes.
     """
 
-    __slots__ = ("feed_tensors", "feed_slots", "steps", "step_ops", "getters", "n_slots", "runners", "labels",
-                 "n_buffers", "buffers", "lock", "nodes", "groups")
-
-    def __init__(self, feed_tensors, feed_slots, steps, step_ops, getters, n_slots, runners=None, labels=None,
-                 n_buffers=0, nodes=None, groups=None):
+    def __init__(self, session, feed_tensors, feed_slots, fetches, build, steps, getters, n_slots, runners, labels,
+                 n_buffers, nodes, groups):
+        self.session = session
         self.feed_tensors = feed_tensors
         self.feed_slots = feed_slots
+        self.fetches = fetches
+        self.structure = build
         self.steps = steps
-        self.step_ops = step_ops
         self.getters = getters
         self.n_slots = n_slots
         self.runners = runners
@@ -83,8 +104,48 @@ class _Plan:
         self.n_buffers = n_buffers
         self.buffers = [None] * n_buffers
         self.lock = threading.Lock()
-        self.nodes = nodes
-        self.groups = groups or {}  # node id -> index of the kept buffer it writes
+        self.nodes = nodes  # the plan's IR after graph rewrites
+        self.groups = groups  # node id -> the kept buffer (group) it writes
+
+    def slots(self, feed_values) -> list:
+        """A fresh slot list holding the (checked, converted) feed values, in ``feed_tensors`` order."""
+        if self.session.closed:
+            raise RuntimeError("Attempted to use a closed Session")
+        vals = [None] * self.n_slots
+        for slot, t, v in zip(self.feed_slots, self.feed_tensors, feed_values):
+            vals[slot] = feed_value(t, v)
+        return vals
+
+    def run(self, feed_values) -> list:
+        """The flat fetch values for these feed values (rebuild the fetch structure with :meth:`structure`)."""
+        return self.execute(self.slots(feed_values))
+
+    def execute(self, vals) -> list:
+        if self.session.closed:
+            raise RuntimeError("Attempted to use a closed Session")
+        if self.lock.acquire(False):  # one run at a time uses the plan's kept buffers ...
+            try:
+                self._run_steps(vals, self.buffers)
+            finally:
+                self.lock.release()
+        else:  # ... a concurrent run (threads serving requests) allocates its own
+            self._run_steps(vals, [None] * self.n_buffers)
+        return [g(vals) for g in self.getters]
+
+    def _run_steps(self, vals, bufs):
+        i = 0
+        try:
+            for run in self.runners:
+                run(vals, bufs)
+                i += 1
+        except OpError:
+            raise
+        except Exception as e:  # a kernel's own check (shape mismatch, bad index ...)
+            node = self.nodes[i]
+            names = self.labels
+            described = ", ".join(f"{names[j]} {vals[j].dtype}{tuple(vals[j].shape)}"
+                                  for j in node.inputs if vals[j] is not None) or "none"
+            raise InvalidArgumentError(f"{node.label} failed: {e} (inputs: {described})", node.op.name) from e
 
 
 def _runner(fn, ins, out, group, out_kernel):
@@ -172,36 +233,30 @@ class Session:
         self.state: dict[str, np.ndarray] = {}
         self._rngs: dict[str, np.random.Generator] = {}
         self._plans: dict = {}
-        self._closed = False
-        self._lock = threading.Lock()
+        self.closed = False
 
     # --- context management -----------------------------------------------------------------
     def __enter__(self):
-        _session_stack().append(self)
+        session_stack().append(self)
         self._graph_ctx = self.graph.as_default()
         self._graph_ctx.__enter__()
         return self
 
     def __exit__(self, *exc):
         self._graph_ctx.__exit__(*exc)
-        _session_stack().pop()
+        session_stack().pop()
         self.close()
 
+    @contextlib.contextmanager
     def as_default(self):
-        session = self
-
-        class _Ctx:
-            def __enter__(self):
-                _session_stack().append(session)
-                return session
-
-            def __exit__(self, *exc):
-                _session_stack().pop()
-
-        return _Ctx()
+        session_stack().append(self)
+        try:
+            yield self
+        finally:
+            session_stack().pop()
 
     def close(self) -> None:
-        self._closed = True
+        self.closed = True
         self._plans.clear()
 
     # --- services kernels use -------------------------------------------------------------------
@@ -227,16 +282,9 @@ class Session:
         Ops fetched return None. ``feed_dict`` maps tensors (or their names) to values that
         replace them for this run.
         """
-        leaves = []
-        build = _flatten(fetches, leaves)
         feed_dict = feed_dict or {}
-        feed_tensors = [self._feed_key(k) for k in feed_dict]
-        plan = self._plan(tuple(leaves), feed_tensors)
-        values = [self._feed_value(t, v) for t, v in zip(feed_tensors, feed_dict.values())]
-        ordered = [values[feed_tensors.index(t)] for t in plan.feed_tensors] if feed_tensors != plan.feed_tensors \
-            else values
-        results = self._execute(plan, ordered)
-        return build(results)
+        plan = self.plan(fetches, list(feed_dict))
+        return plan.structure(plan.run(list(feed_dict.values())))
 
     def make_callable(self, fetches, feed_list=None):
         """A function of the ``feed_list`` values returning the fetches: the hot path.
@@ -244,15 +292,11 @@ class Session:
         The plan is built once; a call only checks each feed's type, dtype, contiguity and known
         dimensions (anything else goes through the full conversion and its clear errors).
         """
-        leaves = []
-        build = _flatten(fetches, leaves)
-        feed_tensors = [self._feed_key(k) for k in (feed_list or [])]
-        plan = self._plan(tuple(leaves), feed_tensors)
-        slot_of = dict(zip(plan.feed_tensors, plan.feed_slots))
-        feeds = [(slot_of[t], t, t.dtype.np, -1 if t.shape is None else len(t.shape),
-                  tuple((i, d) for i, d in enumerate(t.shape or ()) if d is not None)) for t in feed_tensors]
-        n_feeds, n_slots, ndarray = len(feeds), plan.n_slots, np.ndarray
-        feed_value, execute = self._feed_value, self._run_plan
+        plan = self.plan(fetches, feed_list or [])
+        feeds = [(slot, t, t.dtype.np, -1 if t.shape is None else len(t.shape),
+                  tuple((i, d) for i, d in enumerate(t.shape or ()) if d is not None))
+                 for slot, t in zip(plan.feed_slots, plan.feed_tensors)]
+        n_feeds, n_slots, ndarray, build, execute = len(feeds), plan.n_slots, np.ndarray, plan.structure, plan.execute
 
         def call(*feed_values):
             if len(feed_values) != n_feeds:
@@ -263,45 +307,29 @@ class Session:
                         and all(v.shape[i] == d for i, d in known)):
                     v = feed_value(t, v)
                 vals[slot] = v
-            return build(execute(plan, vals))
+            return build(execute(vals))
 
         return call
 
-    def _execute(self, plan: _Plan, feed_values):
-        vals = [None] * plan.n_slots
-        for slot, v in zip(plan.feed_slots, feed_values):
-            vals[slot] = v
-        return self._run_plan(plan, vals)
+    # --- planning ---------------------------------------------------------------------------------
+    def plan(self, fetches, feed_list=()) -> Plan:
+        """The execution plan of ``fetches`` (any structure ``run`` takes) fed ``feed_list`` (tensors
+        or names), built once and cached; see :class:`Plan`."""
+        feed_tensors = [self._feed_key(k) for k in feed_list]
+        leaves: list = []
+        build = _flatten(fetches, leaves)
+        key = (tuple(leaves), tuple(feed_tensors))
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(set(feed_tensors)) != len(feed_tensors):
+                raise ValueError("a tensor is fed twice")
+            plan = self._build_plan(leaves, feed_tensors)
+            self._plans[key] = plan
+        if plan.structure is not build:  # the same leaves in another structure share the plan's steps
+            plan = copy.copy(plan)
+            plan.structure = build
+        return plan
 
-    def _run_plan(self, plan: _Plan, vals):
-        if self._closed:
-            raise RuntimeError("Attempted to use a closed Session")
-        if plan.lock.acquire(False):  # one run at a time uses the plan's kept buffers ...
-            try:
-                self._run_steps(plan, vals, plan.buffers)
-            finally:
-                plan.lock.release()
-        else:  # ... a concurrent run (threads serving requests) allocates its own
-            self._run_steps(plan, vals, [None] * plan.n_buffers)
-        return [g(vals) for g in plan.getters]
-
-    @staticmethod
-    def _run_steps(plan: _Plan, vals, bufs):
-        i = 0
-        try:
-            for run in plan.runners:
-                run(vals, bufs)
-                i += 1
-        except OpError:
-            raise
-        except Exception as e:  # a kernel's own check (shape mismatch, bad index ...)
-            node = plan.nodes[i]
-            names = plan.labels
-            described = ", ".join(f"{names[j]} {vals[j].dtype}{tuple(vals[j].shape)}"
-                                  for j in node.inputs if vals[j] is not None) or "none"
-            raise InvalidArgumentError(f"{node.label} failed: {e} (inputs: {described})", node.op.name) from e
-
-    # --- feeds ---------------------------------------------------------------------------------
     def _feed_key(self, key) -> Tensor:
         if isinstance(key, str):
             key = self.graph.get_tensor_by_name(key if ":" in key else key + ":0")
@@ -312,35 +340,6 @@ class Session:
         if key.graph is not self.graph:
             raise ValueError(f"cannot feed {key.name}: it is not in this session's graph")
         return key
-
-    @staticmethod
-    def _feed_value(t: Tensor, value) -> np.ndarray:
-        if isinstance(value, np.ndarray) and value.dtype == t.dtype.np:
-            arr = value
-        else:
-            try:
-                arr = python_value_to_array(value, t.dtype, what=f"feed for {t.name}")
-            except TypeError:
-                got = np.asarray(value).dtype if not isinstance(value, np.ndarray) else value.dtype
-                raise InvalidArgumentError(
-                    f"Cannot feed value of dtype {got} for tensor '{t.name}', which has dtype {t.dtype.name}",
-                    t.op.name) from None
-        if not shapes.compatible(t.shape, arr.shape):
-            raise InvalidArgumentError(
-                f"Cannot feed value of shape {arr.shape} for tensor '{t.name}', which has shape {t.shape}",
-                t.op.name)
-        return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
-
-    # --- planning ---------------------------------------------------------------------------------
-    def _plan(self, leaves: tuple, feed_tensors: list) -> _Plan:
-        key = (leaves, frozenset(feed_tensors))
-        plan = self._plans.get(key)
-        if plan is None:
-            if len(set(feed_tensors)) != len(feed_tensors):
-                raise ValueError("a tensor is fed twice")
-            plan = self._build_plan(leaves, feed_tensors)
-            self._plans[key] = plan
-        return plan
 
     def _resolve_leaf(self, leaf):
         if isinstance(leaf, str):
@@ -353,7 +352,7 @@ class Session:
             return leaf
         raise TypeError(f"cannot fetch {leaf!r}: fetches must be tensors, ops, variables or their names")
 
-    def _build_plan(self, leaves, feed_tensors) -> _Plan:
+    def _build_plan(self, leaves, feed_tensors) -> Plan:
         resolved = [self._resolve_leaf(x) for x in leaves]
         fed = set(feed_tensors)
         targets = []
@@ -363,20 +362,13 @@ class Session:
             else:
                 targets.append(r)
 
-        needed = ops_needed(targets, fed)
-
         slots: dict[Tensor, int] = {}
         feed_slots = []
         for t in feed_tensors:
             slots[t] = len(slots)
             feed_slots.append(slots[t])
-        order = sorted(needed, key=lambda o: o.id)  # creation order is a topological order
         nodes, node_of = [], {}
-        for op in order:
-            if op.type == "Placeholder" and not all(t in fed for t in op.outputs):
-                raise InvalidArgumentError(
-                    f"You must feed a value for placeholder tensor '{op.name}' with dtype "
-                    f"{op.attrs['dtype'].name} and shape {op.attrs['shape']}", op.name)
+        for op in sorted(ops_needed(targets, fed), key=lambda o: o.id):  # creation order is a topological order
             ins = tuple(slots[t] for t in op.inputs)
             out = -1
             if op.outputs and op.outputs[0] not in fed:
@@ -385,25 +377,21 @@ class Session:
             elif op.outputs:
                 continue  # its only output is fed: the op does not run
             controls = [node_of[c].id for c in op.control_inputs if c in node_of]
-            node = node_from_op(op, ins, out, controls, OUT_KERNELS if self.config.reuse_buffers else {})
+            node = node_from_op(op, ins, out, controls, self.config.buffers, self.config.backend == "reference")
             node_of[op] = node
             nodes.append(node)
 
-        fetch_slots = set()
-        for t in targets:
-            if isinstance(t, Tensor):
-                fetch_slots.add(slots[t])
+        fetch_slots = {slots[t] for t in targets if isinstance(t, Tensor)}
         fetch_ops = {node_of[t].id for t in targets if isinstance(t, Operation) and t in node_of}
         ir = PlanIR(nodes, feed_slots, fetch_slots, fetch_ops, len(slots), {j: t for t, j in slots.items()})
         ir = optimize(ir, self.config.enabled_passes, self)
-        groups, n_buffers = assign_buffer_groups(ir) if self.config.reuse_buffers else ({}, 0)
+        groups, n_buffers = assign_buffer_groups(ir) if self.config.buffers else ({}, 0)
 
-        steps, step_ops, runners = [], [], []
+        steps, runners = [], []
         for node in ir.nodes:
             fn = node.make_kernel(self)
             plain = (lambda *xs, fn=fn: fn(None, *xs)) if node.out_kernel else fn
-            steps.append((plain, tuple(node.inputs), node.output))
-            step_ops.append(node.op)
+            steps.append(Step(node.op, node.type, node.label, plain, tuple(node.inputs), node.output))
             runners.append(_runner(fn, tuple(node.inputs), node.output, groups.get(node.id), node.out_kernel))
 
         getters = []
@@ -415,38 +403,43 @@ class Session:
                 getters.append(lambda vals, v=v, i=i, s=s: KA.scatter_add_dense(vals[v], vals[i], vals[s]))
             else:
                 j = slots[r]
-                if self._may_alias_state(r, fed):
+                if _may_alias_storage(r, fed):
                     getters.append(lambda vals, j=j: np.array(vals[j], copy=True))
                 else:  # a folded constant is read-only storage of the plan: hand out a copy
                     getters.append(lambda vals, j=j: vals[j] if vals[j].flags.writeable else np.array(vals[j]))
         labels = {j: t.name for t, j in slots.items()}
-        return _Plan(list(feed_tensors), feed_slots, steps, step_ops, getters, len(slots), runners, labels,
-                     n_buffers, ir.nodes, groups)
-
-    @staticmethod
-    def _may_alias_state(t: Tensor, fed) -> bool:
-        while t not in fed:
-            if t.op.type in _OWNS_STORAGE:
-                return True
-            if t.op.type not in _PASS_THROUGH or not t.op.inputs:
-                return False
-            t = t.op.inputs[0]
-        return False
+        return Plan(self, list(feed_tensors), feed_slots, resolved, None, steps, getters, len(slots), runners, labels,
+                    n_buffers, ir.nodes, groups)
 
 
-_local = threading.local()
+def _may_alias_storage(t: Tensor, fed) -> bool:
+    """Whether a fetched value may be session state or constant storage (then the caller gets a copy)."""
+    while t not in fed:
+        aliases = t.op.op_def.output_aliases
+        if aliases == "storage":
+            return True
+        if aliases != "input" or not t.op.inputs:
+            return False
+        t = t.op.inputs[0]
+    return False
 
 
-def _session_stack():
-    if not hasattr(_local, "stack"):
-        _local.stack = []
-    return _local.stack
+def feed_value(t: Tensor, value) -> np.ndarray:
+    """``value`` as a C-contiguous array fit to feed ``t``; InvalidArgumentError naming ``t`` otherwise."""
+    if isinstance(value, np.ndarray) and value.dtype == t.dtype.np:
+        arr = value
+    else:
+        try:
+            arr = python_value_to_array(value, t.dtype, what=f"feed for {t.name}")
+        except TypeError:
+            got = np.asarray(value).dtype if not isinstance(value, np.ndarray) else value.dtype
+            raise InvalidArgumentError(
+                f"Cannot feed value of dtype {got} for tensor '{t.name}', which has dtype {t.dtype.name}",
+                t.op.name) from None
+    if not shapes.compatible(t.shape, arr.shape):
+        raise InvalidArgumentError(
+            f"Cannot feed value of shape {arr.shape} for tensor '{t.name}', which has shape {t.shape}", t.op.name)
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
 
 
-def get_default_session() -> Session:
-    stack = _session_stack()
-    if not stack:
-        raise ValueError("no default session: use `with en.Session() as sess:` or pass session=")
-    return stack[-1]
-
-
+__all__ = ["BACKENDS", "Plan", "Session", "SessionConfig", "Step", "feed_value", "get_default_session"]

@@ -6,6 +6,8 @@ leading (``(R, M)`` -> column kernel, the bias-gradient case); anything else is 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -129,3 +131,12 @@ def sum_to_shape(g: np.ndarray, shape: tuple) -> np.ndarray:
     lead = g.ndim - len(shape)
     axes = list(range(lead)) + [lead + i for i, d in enumerate(shape) if d == 1 and g.shape[lead + i] != 1]
     return reduce(g, tuple(axes), False, "sum").reshape(shape)
+
+
+@njit(cache=True)
+def all_finite(x):
+    """False as soon as one element of the flat array ``x`` is NaN or infinite."""
+    for i in range(x.size):
+        if not math.isfinite(x[i]):
+            return False
+    return True

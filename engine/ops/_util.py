@@ -1,9 +1,19 @@
-"""Small helpers shared by the op families: argument conversion and inference checks."""
+"""Helpers shared by the op families: argument conversion, inference checks, and ``elementwise``
+(registers an op from its scalar function, NumPy reference and dtype kinds)."""
 
 from __future__ import annotations
 
-from engine import shapes
+from functools import lru_cache
+
+import numpy as np
+
+from engine import dtypes, shapes
 from engine.graph import convert_to_tensor, get_default_graph, is_tensor_like
+from engine.kernels import elementwise as EW
+from engine.registry import Example, register
+
+NUMERIC = ("float", "int")
+FLOAT = ("float",)
 
 
 def tensors_for_binary(x, y):
@@ -53,5 +63,91 @@ def create(op_type, inputs=(), attrs=None, name=None, control_inputs=()):
     return op.outputs[0] if op.outputs else op
 
 
-NUMERIC = ("float", "int")
-FLOAT = ("float",)
+def unbroadcast(grad, like):
+    """Sum ``grad`` back to the shape of ``like`` (an input that was broadcast in the forward op).
+
+    Statically equal, fully known shapes need nothing; otherwise a ``SumToShape`` op reduces at
+    run time, so unknown (batch) dimensions work.
+    """
+    if grad is None:
+        return None
+    if grad.shape == like.shape and shapes.is_fully_defined(like.shape):
+        return grad
+    return create("SumToShape", [grad, like])
+
+
+# --- example inputs for the registry-driven test ---------------------------------------------------
+
+_KIND_DTYPES = {"float": (np.float32, np.float64), "int": (np.int32, np.int64), "bool": (np.bool_,)}
+_SHAPES = {1: [((3, 4),), ((0, 4),), ((),)],
+           2: [((3, 4), (3, 4)), ((3, 4), (4,)), ((4,), (3, 4)), ((3, 4), ()), ((3, 1), (1, 4)), ((0, 4), (4,))],
+           3: [((3, 4),) * 3, ((3, 4), (4,), ()), ((3, 1), (1, 4), (3, 4))]}
+
+
+def sample(rng, shape, dtype, domain=(-3.0, 3.0)):
+    """Random values of ``dtype`` in ``domain`` (integers: the whole numbers in it)."""
+    dtype = np.dtype(dtype)
+    lo, hi = domain
+    if dtype.kind == "b":
+        return rng.random(shape) < 0.5
+    if dtype.kind in "iu":
+        return rng.integers(int(np.ceil(lo)), int(np.floor(hi)) + 1, size=shape).astype(dtype)
+    return rng.uniform(lo, hi, size=shape).astype(dtype)
+
+
+def elementwise_examples(arity, kinds, domain=(-3.0, 3.0), operand_dtypes=None):
+    """Every dtype of ``kinds`` x same-shape, row, scalar, general-broadcast and empty operands, plus NaNs."""
+    def examples(rng):
+        out = []
+        for kind in kinds:
+            for dtype in _KIND_DTYPES[kind]:
+                types = operand_dtypes(dtype) if operand_dtypes else (dtype,) * arity
+                for shape_set in _SHAPES[arity]:
+                    out.append(Example(tuple(sample(rng, s, t, domain) for s, t in zip(shape_set, types))))
+                if np.dtype(dtype).kind == "f":
+                    xs = [sample(rng, (2, 3), t, domain) for t in types]
+                    k = next(k for k, t in enumerate(types) if np.dtype(t).kind == "f")
+                    xs[k][0, 0] = np.nan
+                    out.append(Example(tuple(xs)))
+        return out
+
+    return examples
+
+
+# --- elementwise ops ---------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def _op_kernel(scalar, arity, out_np):
+    return EW.op_kernel(scalar, arity, out_np)
+
+
+def elementwise(name, scalar, reference, kinds, *, grad=None, out_dtype=None, differentiable=True, infer=None,
+                domain=(-3.0, 3.0), examples=None):
+    """Register an elementwise op from its scalar function (the kernel, fused kernels and compiled
+    plans are all generated from it) and its NumPy reference; dtypes of ``kinds``, NumPy broadcasting."""
+    arity = EW.check_scalar(scalar, name)
+    out_np = None if out_dtype is None else out_dtype.np
+
+    def default_infer(inputs, attrs):
+        d = same_dtype(inputs, kinds)
+        return [(out_dtype or d, broadcast_all(inputs))]
+
+    def kernel(op, ctx):
+        return _op_kernel(scalar, arity, out_np or op.outputs[0].dtype.np)
+
+    def reference_kernel(op, ctx):
+        npd = op.outputs[0].dtype.np
+
+        def run(*xs):
+            with np.errstate(all="ignore"):
+                return np.asarray(reference(*xs), dtype=npd)
+
+        return run
+
+    return register(name, infer=infer or default_infer, kernel=kernel, reference=reference_kernel,
+                    examples=examples or elementwise_examples(arity, kinds, domain), grad=grad,
+                    differentiable=differentiable, scalar=scalar)
+
+
+BOOL = dtypes.bool_

@@ -6,31 +6,35 @@ import numpy as np
 
 from engine import dtypes, shapes
 from engine.errors import InvalidArgumentError
-from engine.graph import IndexedSlices, convert_to_tensor, python_value_to_array
+from engine.graph import IndexedSlices, constant_tensor, convert_to_tensor, is_tensor_like, python_value_to_array
 from engine.kernels import array as KA
-from engine.kernels import math as K
 from engine.kernels import reduce as R
-from engine.ops._util import create, same_dtype
-from engine.registry import register, simple_kernel, unbroadcast
+from engine.ops._util import (NUMERIC, create, elementwise, elementwise_examples, same_dtype, sample,
+                              tensors_for_binary, unbroadcast)
+from engine.registry import NUMPY_KERNEL, Example, register, simple_kernel
+
+F32, F64, I32, I64 = np.float32, np.float64, np.int32, np.int64
+
+
+def _float_examples(*cases):
+    """(shapes, attrs) cases, each in float32 and float64."""
+    def examples(rng):
+        return [Example(tuple(sample(rng, s, t) for s in shape_set), attrs) for t in (F32, F64)
+                for shape_set, attrs in cases]
+
+    return examples
+
+
+def _emit_alias(c, op, ins):
+    return ins[0]
+
 
 # --- sources -----------------------------------------------------------------------------------
 
-
-def _const_infer(inputs, attrs):
-    v = attrs["value"]
-    return [(dtypes.as_dtype(v.dtype), tuple(v.shape))]
-
-
-def _const_kernel(op, ctx):
-    value = op.attrs["value"]
-    return lambda: value
-
-
-register("Const", infer=_const_infer, kernel=_const_kernel, differentiable=False)
-
-
-def _placeholder_infer(inputs, attrs):
-    return [(attrs["dtype"], attrs["shape"])]
+register("Const", infer=lambda inputs, attrs: [(dtypes.as_dtype(attrs["value"].dtype), tuple(attrs["value"].shape))],
+         kernel=lambda op, ctx: (lambda value=op.attrs["value"]: value), reference=NUMPY_KERNEL,
+         examples=lambda rng: [Example((), {"value": sample(rng, (2, 3), t)}) for t in (F32, I64, np.bool_)],
+         differentiable=False, output_aliases="storage", emit=lambda c, op, ins: c.param_const(op.attrs["value"]))
 
 
 def _placeholder_kernel(op, ctx):
@@ -42,7 +46,17 @@ def _placeholder_kernel(op, ctx):
     return missing
 
 
-register("Placeholder", infer=_placeholder_infer, kernel=_placeholder_kernel, differentiable=False)
+def _placeholder_emit(c, op, ins):
+    c.unsupported("the placeholder is needed but not fed")
+
+
+register("Placeholder", infer=lambda inputs, attrs: [(attrs["dtype"], attrs["shape"])], kernel=_placeholder_kernel,
+         reference=NUMPY_KERNEL, examples=lambda rng: [Example((), {"dtype": dtypes.float32, "shape": (2,)})],
+         differentiable=False, emit=_placeholder_emit)
+
+
+def _fits(actual, static):
+    return len(actual) == len(static) and all(s is None or a is None or a == s for a, s in zip(actual, static))
 
 
 def _pwd_infer(inputs, attrs):
@@ -52,12 +66,9 @@ def _pwd_infer(inputs, attrs):
     return [(inputs[0].dtype, shape)]
 
 
-def _fits(actual, static):
-    return len(actual) == len(static) and all(s is None or a is None or a == s for a, s in zip(actual, static))
-
-
-register("PlaceholderWithDefault", infer=_pwd_infer, kernel=simple_kernel(lambda x: x),
-         grad=lambda op, g: [g])
+register("PlaceholderWithDefault", infer=_pwd_infer, kernel=simple_kernel(lambda x: x), reference=NUMPY_KERNEL,
+         examples=_float_examples((((2, 3),), {"shape": (None, 3)})), grad=lambda op, g: [g],
+         output_aliases="input", emit=_emit_alias)
 
 
 def constant(value, dtype=None, shape=None, name=None):
@@ -72,9 +83,7 @@ def constant(value, dtype=None, shape=None, name=None):
             arr = arr.reshape(shape)
         else:
             raise ValueError(f"constant {name or 'Const'}: {arr.size} values cannot have shape {shape}")
-    arr = np.array(arr, copy=True, order="C")
-    arr.flags.writeable = False  # kernels never write inputs; this makes it a hard guarantee
-    return create("Const", (), {"value": arr}, name or "Const")
+    return constant_tensor(arr, name or "Const")
 
 
 def placeholder(dtype, shape=None, name=None):
@@ -103,8 +112,11 @@ def _like_infer(inputs, attrs):
     return [(inputs[0].dtype, inputs[0].shape)]
 
 
-register("ZerosLike", infer=_like_infer, kernel=simple_kernel(np.zeros_like), differentiable=False)
-register("OnesLike", infer=_like_infer, kernel=simple_kernel(np.ones_like), differentiable=False)
+_like_examples = _float_examples((((2, 3),), {}), (((0, 2),), {}))
+register("ZerosLike", infer=_like_infer, kernel=simple_kernel(np.zeros_like), reference=NUMPY_KERNEL,
+         examples=_like_examples, differentiable=False, shape_only_inputs=(0,))
+register("OnesLike", infer=_like_infer, kernel=simple_kernel(np.ones_like), reference=NUMPY_KERNEL,
+         examples=_like_examples, differentiable=False, shape_only_inputs=(0,))
 
 
 def zeros_like(x, name=None):
@@ -117,8 +129,10 @@ def ones_like(x, name=None):
 
 # --- identity-like ------------------------------------------------------------------------------
 
-register("Identity", infer=_like_infer, kernel=simple_kernel(lambda x: x), grad=lambda op, g: [g])
-register("StopGradient", infer=_like_infer, kernel=simple_kernel(lambda x: x), differentiable=False)
+register("Identity", infer=_like_infer, kernel=simple_kernel(lambda x: x), reference=NUMPY_KERNEL,
+         examples=_like_examples, grad=lambda op, g: [g], output_aliases="input", emit=_emit_alias)
+register("StopGradient", infer=_like_infer, kernel=simple_kernel(lambda x: x), reference=NUMPY_KERNEL,
+         examples=_like_examples, differentiable=False, output_aliases="input", emit=_emit_alias)
 
 
 def identity(x, name=None):
@@ -139,7 +153,7 @@ def _shape_infer(inputs, attrs):
 
 
 register("Shape", infer=_shape_infer, kernel=simple_kernel(lambda x: np.array(x.shape, dtype=np.int64)),
-         differentiable=False)
+         reference=NUMPY_KERNEL, examples=_like_examples, differentiable=False, shape_only_inputs=(0,))
 
 
 def shape(x, name=None):
@@ -163,20 +177,20 @@ def _reshape_static(in_shape, target):
     return tuple(None if d == -1 else d for d in target)
 
 
-def _reshape_infer(inputs, attrs):
-    return [(inputs[0].dtype, _reshape_static(inputs[0].shape, attrs["shape"]))]
+def _reshape_emit(c, op, ins):
+    if op.inputs[0].ndim is None:
+        c.unsupported("the input's rank is unknown")
+    target = ", ".join(str(d) for d in op.attrs["shape"])
+    return f"np.ascontiguousarray({ins[0]}).reshape(({target}{',' if len(op.attrs['shape']) == 1 else ''}))"
 
 
-def _reshape_kernel(op, ctx):
-    target = op.attrs["shape"]
-    return lambda x: x.reshape(target)
+register("Reshape", infer=lambda inputs, attrs: [(inputs[0].dtype, _reshape_static(inputs[0].shape, attrs["shape"]))],
+         kernel=lambda op, ctx: (lambda x, target=op.attrs["shape"]: x.reshape(target)), reference=NUMPY_KERNEL,
+         examples=_float_examples((((2, 6),), {"shape": (3, -1)}), (((2, 3),), {"shape": (6,)})),
+         grad=lambda op, g: [reshape_like(g, op.inputs[0])], output_aliases="input", emit=_reshape_emit)
 
 
-register("Reshape", infer=_reshape_infer, kernel=_reshape_kernel,
-         grad=lambda op, g: [reshape_like(g, op.inputs[0])])
-
-
-def reshape(x, shape, name=None):  # noqa: A002
+def reshape(x, shape, name=None):  # noqa: A002  (TensorFlow's name)
     """NumPy-style reshape with at most one -1 (the result shares memory with ``x``)."""
     target = tuple(int(d) for d in shape)
     if any(d < -1 for d in target):
@@ -185,8 +199,9 @@ def reshape(x, shape, name=None):  # noqa: A002
 
 
 register("ReshapeLike", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1].shape)],
-         kernel=simple_kernel(lambda g, like: g.reshape(like.shape)),
-         grad=lambda op, g: [reshape_like(g, op.inputs[0]), None])
+         kernel=simple_kernel(lambda g, like: g.reshape(like.shape)), reference=NUMPY_KERNEL,
+         examples=_float_examples((((2, 6), (3, 4)), {})), grad=lambda op, g: [reshape_like(g, op.inputs[0]), None],
+         output_aliases="input", shape_only_inputs=(1,))
 
 
 def reshape_like(x, like, name=None):
@@ -205,7 +220,8 @@ def _expand_infer(inputs, attrs):
 
 
 register("ExpandDims", infer=_expand_infer, kernel=lambda op, ctx: (lambda x: np.expand_dims(x, op.attrs["axis"])),
-         grad=lambda op, g: [reshape_like(g, op.inputs[0])])
+         reference=NUMPY_KERNEL, examples=_float_examples((((2, 3),), {"axis": 1}), (((2, 3),), {"axis": -1})),
+         grad=lambda op, g: [reshape_like(g, op.inputs[0])], output_aliases="input")
 
 
 def expand_dims(x, axis, name=None):
@@ -226,12 +242,9 @@ def _squeeze_infer(inputs, attrs):
     return [(inputs[0].dtype, tuple(d for i, d in enumerate(s) if i not in axes))]
 
 
-def _squeeze_kernel(op, ctx):
-    axis = op.attrs["axis"]
-    return lambda x: np.squeeze(x, axis=axis)
-
-
-register("Squeeze", infer=_squeeze_infer, kernel=_squeeze_kernel, grad=lambda op, g: [reshape_like(g, op.inputs[0])])
+register("Squeeze", infer=_squeeze_infer, kernel=lambda op, ctx: (lambda x: np.squeeze(x, axis=op.attrs["axis"])),
+         reference=NUMPY_KERNEL, examples=_float_examples((((2, 1, 3),), {"axis": None}), (((1, 3),), {"axis": (0,)})),
+         grad=lambda op, g: [reshape_like(g, op.inputs[0])], output_aliases="input")
 
 
 def squeeze(x, axis=None, name=None):
@@ -250,11 +263,6 @@ def _transpose_infer(inputs, attrs):
     return [(inputs[0].dtype, tuple(s[p] for p in perm))]
 
 
-def _transpose_kernel(op, ctx):
-    perm = op.attrs["perm"]
-    return lambda x: np.asarray(np.transpose(x, perm), order="C")
-
-
 def _transpose_grad(op, g):
     perm = op.attrs["perm"]
     if perm is None:
@@ -262,7 +270,11 @@ def _transpose_grad(op, g):
     return [transpose(g, tuple(int(i) for i in np.argsort(perm)))]
 
 
-register("Transpose", infer=_transpose_infer, kernel=_transpose_kernel, grad=_transpose_grad)
+register("Transpose", infer=_transpose_infer,
+         kernel=lambda op, ctx: (lambda x: np.asarray(np.transpose(x, op.attrs["perm"]), order="C")),
+         reference=NUMPY_KERNEL, examples=_float_examples((((2, 3),), {"perm": None}),
+                                                          (((2, 3, 4),), {"perm": (1, 0, 2)})),
+         grad=_transpose_grad)
 
 
 def transpose(x, perm=None, name=None):
@@ -295,13 +307,35 @@ def _concat_infer(inputs, attrs):
     return [(d, tuple(out))]
 
 
-def _concat_grad(op, g):
-    return [create("ConcatSlice", [g, *op.inputs], {"axis": op.attrs["axis"], "index": i})
-            for i in range(len(op.inputs))]
+def _concat_out_kernel(op, ctx):
+    axis = op.attrs["axis"]
+
+    def concat_into(out, *xs):
+        if not xs or any(x.ndim != xs[0].ndim for x in xs) or xs[0].ndim == 0:
+            return np.concatenate(xs, axis=axis)
+        ax = axis % xs[0].ndim
+        shape = list(xs[0].shape)
+        shape[ax] = sum(x.shape[ax] for x in xs)
+        if out is None or out.shape != tuple(shape) or any(x.dtype != out.dtype for x in xs):
+            return np.concatenate(xs, axis=axis)
+        return np.concatenate(xs, axis=axis, out=out)
+
+    return concat_into
+
+
+def _concat_emit(c, op, ins):
+    rank = op.outputs[0].ndim
+    if rank is None or any(x.ndim != rank for x in op.inputs):
+        c.unsupported("inputs need one known rank")
+    return f"np.concatenate(({', '.join(ins)},), axis={op.attrs['axis'] % rank})"
 
 
 register("ConcatV2", infer=_concat_infer,
-         kernel=lambda op, ctx: (lambda *xs: np.concatenate(xs, axis=op.attrs["axis"])), grad=_concat_grad)
+         kernel=lambda op, ctx: (lambda *xs: np.concatenate(xs, axis=op.attrs["axis"])), reference=NUMPY_KERNEL,
+         examples=_float_examples((((2, 3), (2, 1)), {"axis": 1}), (((1, 3), (2, 3), (0, 3)), {"axis": 0})),
+         grad=lambda op, g: [create("ConcatSlice", [g, *op.inputs], {"axis": op.attrs["axis"], "index": i})
+                             for i in range(len(op.inputs))],
+         out_kernel=_concat_out_kernel, emit=_concat_emit)
 
 
 def _concat_slice_kernel(op, ctx):
@@ -317,8 +351,19 @@ def _concat_slice_kernel(op, ctx):
     return piece
 
 
+def _concat_slice_grad(op, g):
+    """The slice's gradient: ``g`` in its place, zeros elsewhere (inputs 1.. give shapes only)."""
+    g_full, *values = op.inputs
+    index = op.attrs["index"]
+    parts = [g if k == index else zeros_like(v) for k, v in enumerate(values)]
+    return [create("ConcatV2", parts, {"axis": op.attrs["axis"]})] + [None] * len(values)
+
+
 register("ConcatSlice", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1 + attrs["index"]].shape)],
-         kernel=_concat_slice_kernel)
+         kernel=_concat_slice_kernel, reference=NUMPY_KERNEL,
+         examples=_float_examples((((2, 5), (2, 2), (2, 3)), {"axis": 1, "index": 1}),
+                                  (((5, 2), (2, 2), (3, 2)), {"axis": 0, "index": 0})),
+         grad=_concat_slice_grad, shape_only_inputs=slice(1, None))
 
 
 def concat(values, axis, name=None):
@@ -348,6 +393,49 @@ def _gather_grad(op, g):
     return [IndexedSlices(values, reshape(indices, (-1,)), shape(params)), None]
 
 
+def _gather_out_kernel(op, ctx):
+    def gather_into(out, params, indices):
+        rows = params.shape[0]
+        if params.ndim < 1 or params.size == 0 or indices.size == 0:
+            return KA.gather(params, indices)
+        idx = indices.reshape(-1)
+        shape = indices.shape + params.shape[1:]
+        if out is None or out.shape != shape or out.dtype != params.dtype:
+            out = np.empty(shape, params.dtype)
+        bad = KA.gather_rows(params.reshape(rows, -1), idx, out.reshape(idx.size, -1))
+        if bad >= 0:
+            raise ValueError(f"index {int(idx[bad])} at position {bad} is out of range [0, {rows})")
+        return out
+
+    return gather_into
+
+
+def _gather_emit(c, op, ins):
+    params, idx = op.inputs
+    if params.ndim is None or idx.ndim is None or params.ndim < 1:
+        c.unsupported("params and indices need a known rank")
+    shape = [f"{ins[1]}.shape[{d}]" for d in range(idx.ndim)] + [f"{ins[0]}.shape[{d}]" for d in range(1, params.ndim)]
+    c.helper("_gather_rows", "\n".join([
+        "def _gather_rows(params, idx):", "    rows = params.shape[0]",
+        "    width = params.size // rows if rows else 0", "    p2 = params.reshape((rows, width))",
+        "    ii = idx.reshape(idx.size)", "    out = np.empty((ii.size, width), params.dtype)",
+        "    for r in range(ii.size):", "        j = ii[r]", "        if j < 0 or j >= rows:",
+        "            raise ValueError('gather index out of range')", "        for c in range(width):",
+        "            out[r, c] = p2[j, c]", "    return out"]))
+    c.check(f"{ins[0]}.shape[0] == 0", "empty params")
+    return f"_gather_rows({ins[0]}, {ins[1]}).reshape(({', '.join(shape)},))"
+
+
+def _gather_examples(rng):
+    return [Example((sample(rng, (5, 3), t), np.array(i, dtype=it)))
+            for t in (F32, F64) for it in (I32, I64) for i in ([4, 0, 4, 2], [[1, 2], [3, 3]], [])]
+
+
+register("GatherV2", infer=_gather_infer, kernel=simple_kernel(KA.gather),
+         reference=lambda op, ctx: (lambda p, i: np.take(p, i, axis=0)), examples=_gather_examples,
+         grad=_gather_grad, out_kernel=_gather_out_kernel, emit=_gather_emit)
+
+
 def _gather_grad_values_infer(inputs, attrs):
     g, idx = inputs
     if g.shape is None or idx.shape is None:
@@ -356,22 +444,21 @@ def _gather_grad_values_infer(inputs, attrs):
     return [(g.dtype, (n,) + tuple(g.shape[len(idx.shape):]))]
 
 
-register("GatherV2", infer=_gather_infer, kernel=simple_kernel(KA.gather), grad=_gather_grad)
 register("GatherGradValues", infer=_gather_grad_values_infer,
-         kernel=simple_kernel(lambda g, idx: g.reshape((idx.size,) + g.shape[idx.ndim:])))
+         kernel=simple_kernel(lambda g, idx: g.reshape((idx.size,) + g.shape[idx.ndim:])), reference=NUMPY_KERNEL,
+         examples=lambda rng: [Example((sample(rng, (2, 2, 3), t), np.zeros((2, 2), I64))) for t in (F32, F64)],
+         grad=lambda op, g: [reshape_like(g, op.inputs[0]), None], output_aliases="input", shape_only_inputs=(1,))
 
 
 def gather(params, indices, name=None):
     """Rows ``params[indices]`` (axis 0); its gradient is sparse (IndexedSlices)."""
     params = convert_to_tensor(params)
-    indices = convert_to_tensor(indices, dtype=None if _is_tensorish(indices) else dtypes.int64)
+    indices = convert_to_tensor(indices, dtype=None if is_tensor_like(indices) else dtypes.int64)
     return create("GatherV2", [params, indices], name=name)
 
 
-def _is_tensorish(x):
-    from engine.graph import is_tensor_like
-
-    return is_tensor_like(x)
+def _select(c, x, y):
+    return x if c else y
 
 
 def _where_infer(inputs, attrs):
@@ -388,13 +475,12 @@ def _where_grad(op, g):
     return [None, unbroadcast(where(c, g, zeros), x), unbroadcast(where(c, zeros, g), y)]
 
 
-register("Select", infer=_where_infer, kernel=simple_kernel(K.select), grad=_where_grad)
+elementwise("Select", _select, np.where, NUMERIC, grad=_where_grad, infer=_where_infer,
+            examples=elementwise_examples(3, NUMERIC, operand_dtypes=lambda d: (np.bool_, d, d)))
 
 
 def where(condition, x, y, name=None):
     """Elementwise ``x if condition else y`` (NumPy broadcasting over all three)."""
-    from engine.ops._util import tensors_for_binary
-
     x, y = tensors_for_binary(x, y)
     return create("Select", [convert_to_tensor(condition, dtypes.bool_), x, y], name=name)
 
@@ -406,8 +492,19 @@ def _cast_grad(op, g):
     return [None]
 
 
+def _cast_examples(rng):
+    pairs = [(F32, dtypes.int32), (I32, dtypes.float64), (F64, dtypes.float32), (np.bool_, dtypes.float32),
+             (F32, dtypes.float64)]
+    return [Example((sample(rng, (2, 3), t),), {"dtype": d}) for t, d in pairs]
+
+
+def _cast_emit(c, op, ins):
+    return f"{ins[0]}.astype(np.{op.outputs[0].dtype.name})"
+
+
 register("Cast", infer=lambda inputs, attrs: [(attrs["dtype"], inputs[0].shape)],
-         kernel=lambda op, ctx: (lambda x, _d=op.attrs["dtype"].np: x.astype(_d)), grad=_cast_grad)
+         kernel=lambda op, ctx: (lambda x, _d=op.attrs["dtype"].np: x.astype(_d)), reference=NUMPY_KERNEL,
+         examples=_cast_examples, grad=_cast_grad, emit=_cast_emit)
 
 
 def cast(x, dtype, name=None):
@@ -421,12 +518,20 @@ def cast(x, dtype, name=None):
 
 # --- gradient helpers ---------------------------------------------------------------------------------
 
+
+def _sum_to_shape_reference(op, ctx):
+    def reduce(g, like):
+        lead = g.ndim - like.ndim
+        axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(like.shape) if d == 1 and g.shape[lead + i] != 1)
+        return np.sum(g, axis=axes).reshape(like.shape)
+
+    return reduce
+
+
 register("SumToShape", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1].shape)],
-         kernel=simple_kernel(lambda g, like: R.sum_to_shape(g, like.shape)))
-
-
-def sum_to_shape(g, like):
-    return create("SumToShape", [g, like])
+         kernel=simple_kernel(lambda g, like: R.sum_to_shape(g, like.shape)), reference=_sum_to_shape_reference,
+         examples=_float_examples((((3, 4), (4,)), {}), (((3, 4), (3, 1)), {}), (((2, 3, 4), (1, 4)), {})),
+         grad=lambda op, g: [create("Add", [zeros_like(op.inputs[0]), g]), None], shape_only_inputs=(1,))
 
 
 def _broadcast_reduced_kernel(op, ctx):
@@ -444,8 +549,18 @@ def _broadcast_reduced_kernel(op, ctx):
     return expand
 
 
+def _broadcast_reduced_grad(op, g):
+    a = op.attrs
+    reduced = create("Mean" if a["mean"] else "Sum", [g], {"axis": a["axis"], "keepdims": True})
+    return [reshape_like(reduced, op.inputs[0]), None]
+
+
 register("BroadcastReduced", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1].shape)],
-         kernel=_broadcast_reduced_kernel)
+         kernel=_broadcast_reduced_kernel, reference=NUMPY_KERNEL,
+         examples=_float_examples((((4,), (3, 4)), {"axis": 0, "keepdims": False, "mean": False}),
+                                  (((3, 1), (3, 4)), {"axis": 1, "keepdims": True, "mean": True}),
+                                  (((), (2, 3)), {"axis": None, "keepdims": False, "mean": True})),
+         grad=_broadcast_reduced_grad, shape_only_inputs=(1,))
 
 
 def broadcast_reduced(g, x, axis, keepdims, mean):
@@ -453,13 +568,25 @@ def broadcast_reduced(g, x, axis, keepdims, mean):
     return create("BroadcastReduced", [g, x], {"axis": axis, "keepdims": keepdims, "mean": mean})
 
 
+def _scatter_reference(op, ctx):
+    def scatter(values, indices, dense_shape):
+        out = np.zeros(tuple(int(d) for d in dense_shape), values.dtype)
+        np.add.at(out, indices.reshape(-1), values.reshape((indices.size,) + out.shape[1:]))
+        return out
+
+    return scatter
+
+
+def _scatter_examples(rng):
+    return [Example((sample(rng, (4, 3), t), np.array([1, 0, 1, 4]), np.array([5, 3])), {"shape": None})
+            for t in (F32, F64)]
+
+
 register("ScatterAddDense", infer=lambda inputs, attrs: [(inputs[0].dtype, attrs["shape"])],
-         kernel=simple_kernel(KA.scatter_add_dense))
+         kernel=simple_kernel(KA.scatter_add_dense), reference=_scatter_reference, examples=_scatter_examples,
+         grad=lambda op, g: [reshape_like(create("GatherV2", [g, op.inputs[1]]), op.inputs[0]), None, None])
 
 
 def densify(slices: IndexedSlices, static_shape=None):
     """The dense tensor an IndexedSlices stands for."""
-    return create("ScatterAddDense", [slices.values, slices.indices, slices.dense_shape],
-                  {"shape": static_shape})
-
-
+    return create("ScatterAddDense", [slices.values, slices.indices, slices.dense_shape], {"shape": static_shape})

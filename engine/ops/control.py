@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from engine.errors import InvalidArgumentError
 from engine.graph import convert_to_tensor, get_default_graph
-from engine.kernels import math as K
-from engine.ops._util import FLOAT, create, same_dtype
-from engine.registry import register
+import numpy as np
 
-register("NoOp", infer=lambda inputs, attrs: [], kernel=lambda op, ctx: (lambda *xs: None), differentiable=False)
+from engine.kernels import reduce as R
+from engine.ops._util import FLOAT, create, same_dtype, sample
+from engine.registry import NUMPY_KERNEL, Example, register
+
+register("NoOp", infer=lambda inputs, attrs: [], kernel=lambda op, ctx: (lambda *xs: None), reference=NUMPY_KERNEL,
+         examples=lambda rng: [Example()], differentiable=False, emit=lambda c, op, ins: None)
 
 
 def no_op(name=None):
@@ -27,11 +30,15 @@ def group(*inputs, name=None):
     return graph.create_op("NoOp", name=name or "group_deps", control_inputs=[x for x in flat if x is not None])
 
 
-def _check_kernel(op, ctx):
+def _check_kernel(all_finite):
+    return lambda op, ctx: _checker(op, all_finite)
+
+
+def _checker(op, all_finite):
     message = op.attrs["message"]
 
     def check(x):
-        if not K.all_finite(x.reshape(-1)):
+        if not all_finite(x):
             kind = "NaN" if (x != x).any() else "Inf"
             raise InvalidArgumentError(f"{message} : Tensor had {kind} values (op '{op.name}')", op.name)
         return x
@@ -39,8 +46,17 @@ def _check_kernel(op, ctx):
     return check
 
 
+def _check_examples(rng):
+    bad = sample(rng, (2, 3), np.float64)
+    bad[1, 1] = np.inf
+    return [Example((sample(rng, (2, 3), t),), {"message": "x"}) for t in (np.float32, np.float64)] + [
+        Example((bad,), {"message": "x"})]
+
+
 register("CheckNumerics", infer=lambda inputs, attrs: [(same_dtype(inputs, FLOAT), inputs[0].shape)],
-         kernel=_check_kernel, grad=lambda op, g: [g])
+         kernel=_check_kernel(lambda x: R.all_finite(x.reshape(-1))),
+         reference=_check_kernel(lambda x: bool(np.isfinite(x).all())), examples=_check_examples,
+         grad=lambda op, g: [g], output_aliases="input")
 
 
 def check_numerics(x, message, name=None):

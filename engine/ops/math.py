@@ -1,55 +1,114 @@
-"""Math ops: elementwise arithmetic with NumPy broadcasting, comparisons, reductions, matmul."""
+"""Math ops: elementwise arithmetic with NumPy broadcasting, comparisons, reductions, matmul.
+
+Each elementwise op is one ``elementwise(...)`` line: its scalar function (the formula every
+kernel is generated from), its NumPy reference, the dtype kinds it accepts and its gradient.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from engine import dtypes, shapes
+from engine import graph, shapes
 from engine.graph import convert_to_tensor
-from engine.kernels import math as K
 from engine.kernels import reduce as R
-from engine.ops._util import FLOAT, NUMERIC, broadcast_all, create, same_dtype, tensors_for_binary
-from engine.registry import register, unbroadcast
+from engine.ops._util import (BOOL, FLOAT, NUMERIC, create, elementwise, same_dtype, sample, tensors_for_binary,
+                              unbroadcast)
+from engine.ops.array import broadcast_reduced, cast, ones_like, where, zeros_like
+from engine.registry import NUMPY_KERNEL, Example, register
 
-# --- registration helpers ------------------------------------------------------------------
-
-
-def _binary_infer(kinds, out_dtype=None):
-    def infer(inputs, attrs):
-        d = same_dtype(inputs, kinds)
-        return [(out_dtype or d, broadcast_all(inputs))]
-
-    return infer
+# --- scalar functions: the one definition of each elementwise formula -------------------------------
 
 
-def _unary_infer(kinds):
-    def infer(inputs, attrs):
-        d = same_dtype(inputs, kinds)
-        return [(d, inputs[0].shape)]
-
-    return infer
+def _add(a, b):
+    return a + b
 
 
-def _binary_kernel(kern, out_dtype=None):
-    npd = None if out_dtype is None else out_dtype.np
-
-    def make(op, ctx):
-        return lambda a, b: K.binary(kern, a, b, npd)
-
-    return make
+def _sub(a, b):
+    return a - b
 
 
-def _unary_kernel(kern):
-    return lambda op, ctx: (lambda x: K.unary(kern, x))
+def _mul(a, b):
+    return a * b
 
 
-def _def_binary(name, kern, kinds, grad=None, out_dtype=None, differentiable=True):
-    register(name, infer=_binary_infer(kinds, out_dtype), kernel=_binary_kernel(kern, out_dtype), grad=grad,
-             differentiable=differentiable)
+def _div(a, b):
+    return a / b
 
 
-def _def_unary(name, kern, kinds, grad=None, differentiable=True):
-    register(name, infer=_unary_infer(kinds), kernel=_unary_kernel(kern), grad=grad, differentiable=differentiable)
+def _pow(a, b):
+    return a ** b
+
+
+def _maximum(a, b):
+    return a if (a >= b or a != a) else b  # NaN propagates, as np.maximum
+
+
+def _minimum(a, b):
+    return a if (a <= b or a != a) else b
+
+
+def _greater(a, b):
+    return a > b
+
+
+def _greater_equal(a, b):
+    return a >= b
+
+
+def _less(a, b):
+    return a < b
+
+
+def _less_equal(a, b):
+    return a <= b
+
+
+def _equal(a, b):
+    return a == b
+
+
+def _not_equal(a, b):
+    return a != b
+
+
+def _neg(a):
+    return -a
+
+
+def _exp(a):
+    return np.exp(a)
+
+
+def _log(a):
+    return np.log(a)
+
+
+def _log1p(a):
+    return np.log1p(a)
+
+
+def _expm1(a):
+    return np.expm1(a)
+
+
+def _sqrt(a):
+    return np.sqrt(a)
+
+
+def _square(a):
+    return a * a
+
+
+def _abs(a):
+    return -a if a < 0 else a
+
+
+def _sign(a):
+    return 1 if a > 0 else (-1 if a < 0 else (0 if a == 0 else a))  # NaN stays NaN, as np.sign
+
+
+def _sin(a):
+    return np.sin(a)
 
 
 # --- gradients ---------------------------------------------------------------------------------
@@ -87,9 +146,7 @@ def _pow_grad(op, g):
 
 
 def _select_grads(mask, g, x, y):
-    from engine.ops.array import zeros_like as _zl
-
-    zeros = _zl(g)
+    zeros = zeros_like(g)
     return [unbroadcast(where(mask, g, zeros), x), unbroadcast(where(mask, zeros, g), y)]
 
 
@@ -103,36 +160,62 @@ def _min_grad(op, g):
     return _select_grads(less_equal(x, y), g, x, y)
 
 
-def _neg_grad(op, g):
-    return [negative(g)]
+# --- elementwise registrations ---------------------------------------------------------------------
+
+POSITIVE = (0.1, 3.0)
+elementwise("Add", _add, np.add, NUMERIC, grad=_add_grad)
+elementwise("Sub", _sub, np.subtract, NUMERIC, grad=_sub_grad)
+elementwise("Mul", _mul, np.multiply, NUMERIC, grad=_mul_grad)
+elementwise("RealDiv", _div, np.divide, FLOAT, grad=_div_grad)
+elementwise("Pow", _pow, np.power, NUMERIC, grad=_pow_grad, domain=(0.5, 2.0))
+elementwise("Maximum", _maximum, np.maximum, NUMERIC, grad=_max_grad)
+elementwise("Minimum", _minimum, np.minimum, NUMERIC, grad=_min_grad)
+elementwise("Greater", _greater, np.greater, NUMERIC, out_dtype=BOOL, differentiable=False)
+elementwise("GreaterEqual", _greater_equal, np.greater_equal, NUMERIC, out_dtype=BOOL, differentiable=False)
+elementwise("Less", _less, np.less, NUMERIC, out_dtype=BOOL, differentiable=False)
+elementwise("LessEqual", _less_equal, np.less_equal, NUMERIC, out_dtype=BOOL, differentiable=False)
+elementwise("Equal", _equal, np.equal, NUMERIC + ("bool",), out_dtype=BOOL, differentiable=False)
+elementwise("NotEqual", _not_equal, np.not_equal, NUMERIC + ("bool",), out_dtype=BOOL, differentiable=False)
+elementwise("Neg", _neg, np.negative, NUMERIC, grad=lambda op, g: [negative(g)])
+elementwise("Exp", _exp, np.exp, FLOAT, grad=lambda op, g: [multiply(g, op.outputs[0])])
+elementwise("Log", _log, np.log, FLOAT, grad=lambda op, g: [divide(g, op.inputs[0])], domain=POSITIVE)
+elementwise("Log1p", _log1p, np.log1p, FLOAT, grad=lambda op, g: [divide(g, add(op.inputs[0], 1))],
+            domain=POSITIVE)
+elementwise("Expm1", _expm1, np.expm1, FLOAT, grad=lambda op, g: [multiply(g, add(op.outputs[0], 1))])
+elementwise("Sqrt", _sqrt, np.sqrt, FLOAT, grad=lambda op, g: [divide(g, multiply(op.outputs[0], 2))],
+            domain=POSITIVE)
+elementwise("Square", _square, np.square, NUMERIC, grad=lambda op, g: [multiply(g, multiply(op.inputs[0], 2))])
+elementwise("Abs", _abs, np.abs, NUMERIC, grad=lambda op, g: [multiply(g, sign(op.inputs[0]))])
+elementwise("Sign", _sign, np.sign, NUMERIC, differentiable=False)
+elementwise("Sin", _sin, np.sin, FLOAT, grad=lambda op, g: [multiply(g, sin(add(op.inputs[0], np.pi / 2)))])
+
+# --- AddN, MatMul, reductions -------------------------------------------------------------------------
 
 
-def _exp_grad(op, g):
-    return [multiply(g, op.outputs[0])]
+def _add_n_infer(inputs, attrs):
+    d = same_dtype(inputs, NUMERIC)
+    shape = inputs[0].shape
+    for t in inputs[1:]:
+        shape = shapes.merge(shape, t.shape)
+    return [(d, shape)]
 
 
-def _log_grad(op, g):
-    return [divide(g, op.inputs[0])]
+def _add_n_kernel(op, ctx):
+    def add_all(*xs):
+        out = np.array(xs[0], copy=True, order="C")
+        for x in xs[1:]:
+            np.add(out, x, out=out)
+        return out
+
+    return add_all
 
 
-def _log1p_grad(op, g):
-    return [divide(g, add(op.inputs[0], 1))]
+def _add_n_examples(rng):
+    return [Example(tuple(sample(rng, (3, 2), t) for _ in range(3))) for t in (np.float32, np.float64, np.int32)]
 
 
-def _expm1_grad(op, g):
-    return [multiply(g, add(op.outputs[0], 1))]
-
-
-def _sqrt_grad(op, g):
-    return [divide(g, multiply(op.outputs[0], 2))]
-
-
-def _square_grad(op, g):
-    return [multiply(g, multiply(op.inputs[0], 2))]
-
-
-def _abs_grad(op, g):
-    return [multiply(g, sign(op.inputs[0]))]
+register("AddN", infer=_add_n_infer, kernel=_add_n_kernel, reference=NUMPY_KERNEL, examples=_add_n_examples,
+         grad=lambda op, g: [g] * len(op.inputs))
 
 
 def _matmul_grad(op, g):
@@ -145,72 +228,6 @@ def _matmul_grad(op, g):
     if not ta and tb:
         return [matmul(g, b), matmul(g, a, transpose_a=True)]
     return [matmul(b, g, transpose_a=True, transpose_b=True), matmul(g, a, transpose_a=True, transpose_b=True)]
-
-
-def _sum_grad(op, g):
-    from engine.ops.array import broadcast_reduced
-
-    return [broadcast_reduced(g, op.inputs[0], op.attrs["axis"], op.attrs["keepdims"], mean=False)]
-
-
-def _mean_grad(op, g):
-    from engine.ops.array import broadcast_reduced
-
-    return [broadcast_reduced(g, op.inputs[0], op.attrs["axis"], op.attrs["keepdims"], mean=True)]
-
-
-def _max_reduce_grad(op, g):
-    from engine.ops.array import broadcast_reduced, cast
-
-    x, y = op.inputs[0], op.outputs[0]
-    axis, keepdims = op.attrs["axis"], op.attrs["keepdims"]
-    mask = cast(equal(x, broadcast_reduced(y, x, axis, keepdims, mean=False)), x.dtype)
-    count = reduce_sum(mask, axis, keepdims=keepdims)
-    return [multiply(broadcast_reduced(divide(g, count), x, axis, keepdims, mean=False), mask)]
-
-
-def _add_n_grad(op, g):
-    return [g] * len(op.inputs)
-
-
-# --- registrations -------------------------------------------------------------------------------
-
-_def_binary("Add", K.add, NUMERIC, _add_grad)
-_def_binary("Sub", K.subtract, NUMERIC, _sub_grad)
-_def_binary("Mul", K.multiply, NUMERIC, _mul_grad)
-_def_binary("RealDiv", K.divide, FLOAT, _div_grad)
-_def_binary("Pow", K.power, NUMERIC, _pow_grad)
-_def_binary("Maximum", K.maximum, NUMERIC, _max_grad)
-_def_binary("Minimum", K.minimum, NUMERIC, _min_grad)
-for _name, _kern in (("Greater", K.greater), ("GreaterEqual", K.greater_equal), ("Less", K.less),
-                     ("LessEqual", K.less_equal)):
-    _def_binary(_name, _kern, NUMERIC, out_dtype=dtypes.bool_, differentiable=False)
-for _name, _kern in (("Equal", K.equal), ("NotEqual", K.not_equal)):
-    _def_binary(_name, _kern, NUMERIC + ("bool",), out_dtype=dtypes.bool_, differentiable=False)
-_def_binary("ReluGrad", K.relu_grad, FLOAT)
-_def_binary("SigmoidGrad", K.sigmoid_grad, FLOAT)
-_def_binary("TanhGrad", K.tanh_grad, FLOAT)
-
-_def_unary("Neg", K.negative, NUMERIC, _neg_grad)
-_def_unary("Exp", K.exp, FLOAT, _exp_grad)
-_def_unary("Log", K.log, FLOAT, _log_grad)
-_def_unary("Log1p", K.log1p, FLOAT, _log1p_grad)
-_def_unary("Expm1", K.expm1, FLOAT, _expm1_grad)
-_def_unary("Sqrt", K.sqrt, FLOAT, _sqrt_grad)
-_def_unary("Square", K.square, NUMERIC, _square_grad)
-_def_unary("Abs", K.absolute, NUMERIC, _abs_grad)
-_def_unary("Sign", K.sign, NUMERIC, differentiable=False)
-
-
-def _add_n_infer(inputs, attrs):
-    d = same_dtype(inputs, NUMERIC)
-    shape = inputs[0].shape
-    for t in inputs[1:]:
-        shape = shapes.merge(shape, t.shape)
-    return [(d, shape)]
-
-
-register("AddN", infer=_add_n_infer, kernel=lambda op, ctx: (lambda *xs: K.add_n(xs)), grad=_add_n_grad)
 
 
 def _matmul_infer(inputs, attrs):
@@ -228,14 +245,80 @@ def _matmul_infer(inputs, attrs):
     return [(d, (m, n))]
 
 
-def _matmul_kernel(op, ctx):
+def _matmul_reference(op, ctx):
     ta, tb = op.attrs["transpose_a"], op.attrs["transpose_b"]
-    if not ta and not tb:
-        return np.matmul
-    return lambda a, b: K.matmul(a, b, ta, tb)
+    return lambda a, b: np.matmul(a.T if ta else a, b.T if tb else b)
 
 
-register("MatMul", infer=_matmul_infer, kernel=_matmul_kernel, grad=_matmul_grad)
+def _matmul_out_kernel(op, ctx):
+    """Writes into the plan's kept buffer; an outer product (k = 1) as a broadcast multiply (5x gemm)."""
+    ta, tb = op.attrs["transpose_a"], op.attrs["transpose_b"]
+
+    def matmul_into(out, a, b):
+        a2 = a.T if ta else a  # transposes are views: BLAS reads them with its trans flag
+        b2 = b.T if tb else b
+        if a2.ndim != 2 or b2.ndim != 2 or a2.shape[1] != b2.shape[0]:
+            return np.matmul(a2, b2)  # the ordinary path raises the usual error
+        shape = (a2.shape[0], b2.shape[1])
+        if out is None or out.shape != shape or out.dtype != a.dtype:
+            out = np.empty(shape, a.dtype)
+        if a2.shape[1] == 1:
+            return np.multiply(a2, b2, out=out)
+        return np.matmul(a2, b2, out=out)
+
+    return matmul_into
+
+
+def _matmul_examples(rng):
+    out = []
+    for ta in (False, True):
+        for tb in (False, True):
+            for t in (np.float32, np.float64):
+                a = sample(rng, (4, 3) if ta else (3, 4), t)
+                b = sample(rng, (5, 4) if tb else (4, 5), t)
+                out.append(Example((a, b), {"transpose_a": ta, "transpose_b": tb}))
+    out.append(Example((sample(rng, (3, 1), np.float64), sample(rng, (1, 4), np.float64)),
+                       {"transpose_a": False, "transpose_b": False}))
+    out.append(Example((sample(rng, (0, 2), np.float32), sample(rng, (2, 3), np.float32)),
+                       {"transpose_a": False, "transpose_b": False}))
+    return out
+
+
+def _matmul_emit(c, op, ins):
+    """Loops, not BLAS: at a few rows a call into BLAS costs more than the product.
+
+    Without ``transpose_b`` the inner loop runs along a row of ``b`` (vectorized) and the sum
+    over ``p`` is unrolled by four, each output element still adding its terms in order ``p =
+    0, 1, 2 ...`` (the same rounding as the plain loop, a quarter of the loads and stores).
+    """
+    a, b = op.inputs
+    dtype = op.outputs[0].dtype.name
+    if a.ndim != 2 or b.ndim != 2:
+        c.unsupported("only rank-2 products are compiled")
+    ta, tb = bool(op.attrs["transpose_a"]), bool(op.attrs["transpose_b"])
+    a_ik = "a[p, i]" if ta else "a[i, p]"
+    name = f"_matmul_{'t' if ta else 'n'}{'t' if tb else 'n'}_{dtype}"
+    head = [f"def {name}(a, b):", f"    m = a.shape[{1 if ta else 0}]", f"    k = a.shape[{0 if ta else 1}]",
+            f"    n = b.shape[{0 if tb else 1}]"]
+    if not tb:
+        x = [a_ik.replace("p", f"p + {u}") if u else a_ik for u in range(4)]
+        loop = ["    out = np.zeros((m, n), a.dtype)", "    k4 = k - k % 4", "    for i in range(m):",
+                "        for p in range(0, k4, 4):", *[f"            x{u} = {x[u]}" for u in range(4)],
+                "            for j in range(n):", "                o = out[i, j]",
+                *[f"                o += x{u} * b[p{' + ' + str(u) if u else ''}, j]" for u in range(4)],
+                "                out[i, j] = o", "        for p in range(k4, k):", f"            x = {a_ik}",
+                "            for j in range(n):", "                out[i, j] += x * b[p, j]"]
+    else:  # b is (n, k): dot products of contiguous rows
+        loop = ["    out = np.empty((m, n), a.dtype)", "    for i in range(m):", "        for j in range(n):",
+                f"            acc = np.{dtype}(0)", "            for p in range(k):",
+                f"                acc += {a_ik} * b[j, p]", "            out[i, j] = acc"]
+    c.helper(name, "\n".join([*head, *loop, "    return out"]))
+    c.check(f"{ins[0]}.shape[{0 if ta else 1}] != {ins[1]}.shape[{1 if tb else 0}]", "inner dimensions")
+    return f"{name}({ins[0]}, {ins[1]})"
+
+
+register("MatMul", infer=_matmul_infer, kernel=_matmul_reference, reference=NUMPY_KERNEL,
+         examples=_matmul_examples, grad=_matmul_grad, out_kernel=_matmul_out_kernel, emit=_matmul_emit)
 
 
 def _reduce_infer(inputs, attrs):
@@ -253,7 +336,6 @@ def _reduce_kernel(kind):
     def make(op, ctx):
         axis, keepdims = op.attrs["axis"], op.attrs["keepdims"]
         static = op.inputs[0].shape
-
         if static is not None:
             axes = shapes.normalize_axes(axis, len(static))
             return lambda x: R.reduce(x, axes, keepdims, kind)
@@ -262,9 +344,51 @@ def _reduce_kernel(kind):
     return make
 
 
-register("Sum", infer=_reduce_infer, kernel=_reduce_kernel("sum"), grad=_sum_grad)
-register("Mean", infer=_reduce_infer, kernel=_reduce_kernel("mean"), grad=_mean_grad)
-register("Max", infer=_reduce_infer, kernel=_reduce_kernel("max"), grad=_max_reduce_grad)
+def _reduce_reference(fn):
+    def make(op, ctx):
+        axis, keepdims = op.attrs["axis"], op.attrs["keepdims"]
+        return lambda x: np.asarray(fn(x, axis=axis, keepdims=keepdims), dtype=x.dtype)
+
+    return make
+
+
+def _reduce_examples(rng):
+    cases = [((3, 4), None, False), ((3, 4), 0, False), ((3, 4), 1, True), ((2, 3, 4), (0, 2), False),
+             ((2, 3, 4), (1,), True), ((2, 3, 4), -1, False), ((0, 3), 1, False)]
+    return [Example((sample(rng, shape, t),), {"axis": axis, "keepdims": keep})
+            for t in (np.float32, np.float64, np.int32) for shape, axis, keep in cases]
+
+
+def _sum_grad(op, g):
+    return [broadcast_reduced(g, op.inputs[0], op.attrs["axis"], op.attrs["keepdims"], mean=False)]
+
+
+def _mean_grad(op, g):
+    return [broadcast_reduced(g, op.inputs[0], op.attrs["axis"], op.attrs["keepdims"], mean=True)]
+
+
+def _max_reduce_grad(op, g):
+    x, y = op.inputs[0], op.outputs[0]
+    axis, keepdims = op.attrs["axis"], op.attrs["keepdims"]
+    mask = cast(equal(x, broadcast_reduced(y, x, axis, keepdims, mean=False)), x.dtype)
+    count = reduce_sum(mask, axis, keepdims=keepdims)
+    return [multiply(broadcast_reduced(divide(g, count), x, axis, keepdims, mean=False), mask)]
+
+
+def _mean_examples(rng):
+    return [e for e in _reduce_examples(rng) if e.inputs[0].dtype.kind == "f"]
+
+
+def _max_examples(rng):
+    return [e for e in _reduce_examples(rng) if e.inputs[0].size]
+
+
+register("Sum", infer=_reduce_infer, kernel=_reduce_kernel("sum"), reference=_reduce_reference(np.sum),
+         examples=_reduce_examples, grad=_sum_grad)
+register("Mean", infer=_reduce_infer, kernel=_reduce_kernel("mean"), reference=_reduce_reference(np.mean),
+         examples=_mean_examples, grad=_mean_grad)
+register("Max", infer=_reduce_infer, kernel=_reduce_kernel("max"), reference=_reduce_reference(np.max),
+         examples=_max_examples, grad=_max_reduce_grad)
 
 # --- constructors ----------------------------------------------------------------------------------
 
@@ -359,12 +483,16 @@ def square(x, name=None):
     return _unary("Square", x, name)
 
 
-def abs(x, name=None):  # noqa: A001
+def abs(x, name=None):  # noqa: A001  (TensorFlow's name)
     return _unary("Abs", x, name)
 
 
 def sign(x, name=None):
     return _unary("Sign", x, name)
+
+
+def sin(x, name=None):
+    return _unary("Sin", x, name)
 
 
 def add_n(inputs, name=None):
@@ -405,19 +533,6 @@ def reduce_max(x, axis=None, keepdims=False, name=None):
     return create("Max", [convert_to_tensor(x)], {"axis": _axis_attr(axis), "keepdims": bool(keepdims)}, name)
 
 
-def where(condition, x, y, name=None):
-    from engine.ops.array import where as _where
-
-    return _where(condition, x, y, name=name)
-
-
-def ones_like(x):
-    from engine.ops.array import ones_like as _ol
-
-    return _ol(x)
-
-
-def zeros_like(x):
-    from engine.ops.array import zeros_like as _zl
-
-    return _zl(x)
+graph.set_operators(add=add, subtract=subtract, multiply=multiply, divide=divide, matmul=matmul, pow=pow,
+                    negative=negative, abs=abs, greater=greater, less=less, greater_equal=greater_equal,
+                    less_equal=less_equal)

@@ -1,36 +1,92 @@
-"""Neural-network ops: activations, softmax, dropout."""
+"""Neural-network ops: activations (each next to its gradient op), softmax, dropout."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from engine import dtypes
 from engine.graph import convert_to_tensor, is_tensor_like
-from engine.kernels import math as K
 from engine.kernels import nn as KN
 from engine.ops import math as M
-from engine.ops._util import FLOAT, create, same_dtype
-from engine.registry import register
+from engine.ops._util import FLOAT, create, same_dtype, sample, unbroadcast
+from engine.ops._util import elementwise as _elementwise
+from engine.ops.array import cast, where
+from engine.ops.random import random_uniform_like
+from engine.registry import Example, register
+
+# --- scalar functions ------------------------------------------------------------------------------
 
 
-def _float_like(inputs, attrs):
-    return [(same_dtype(inputs, FLOAT), inputs[0].shape)]
+def _relu(x):
+    return x if x > 0 else 0
 
 
-def _unary(kern):
-    return lambda op, ctx: (lambda x: K.unary(kern, x))
+def _relu_grad(g, y):
+    return g if y > 0 else 0
 
 
-register("Relu", infer=_float_like, kernel=_unary(K.relu),
-         grad=lambda op, g: [create("ReluGrad", [g, op.outputs[0]])])
-register("Sigmoid", infer=_float_like, kernel=_unary(K.sigmoid),
-         grad=lambda op, g: [create("SigmoidGrad", [g, op.outputs[0]])])
-register("Tanh", infer=_float_like, kernel=_unary(K.tanh),
-         grad=lambda op, g: [create("TanhGrad", [g, op.outputs[0]])])
-register("Softplus", infer=_float_like, kernel=_unary(K.softplus),
-         grad=lambda op, g: [M.multiply(g, sigmoid(op.inputs[0]))])
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x)) if x >= 0 else np.exp(x) / (1.0 + np.exp(x))
+
+
+def _sigmoid_grad(g, y):
+    return g * y * (1 - y)
+
+
+def _tanh(x):
+    return np.tanh(x)
+
+
+def _tanh_grad(g, y):
+    return g * (1 - y * y)
+
+
+def _softplus(x):
+    return (x if x > 0 else 0) + np.log1p(np.exp(-abs(x)))
+
+
+def _leaky_relu(x, alpha):
+    return x if x > 0 else alpha * x
+
+
+# --- NumPy references --------------------------------------------------------------------------------
+
+
+def _sigmoid_reference(x):
+    return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
+
+
+def _softplus_reference(x):
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+# --- registrations --------------------------------------------------------------------------------------
+
+_elementwise("Relu", _relu, lambda x: np.where(x > 0, x, 0), FLOAT,
+             grad=lambda op, g: [create("ReluGrad", [g, op.outputs[0]])])
+_elementwise("ReluGrad", _relu_grad, lambda g, y: np.where(y > 0, g, 0), FLOAT,
+             grad=lambda op, g: [create("ReluGrad", [g, op.inputs[1]]), None])
+_elementwise("Sigmoid", _sigmoid, _sigmoid_reference, FLOAT,
+             grad=lambda op, g: [create("SigmoidGrad", [g, op.outputs[0]])])
+_elementwise("SigmoidGrad", _sigmoid_grad, lambda g, y: g * y * (1 - y), FLOAT,
+             grad=lambda op, d: [create("SigmoidGrad", [d, op.inputs[1]]),
+                                 unbroadcast(M.multiply(M.multiply(d, op.inputs[0]), M.subtract(1.0, M.multiply(
+                                     op.inputs[1], 2.0))), op.inputs[1])])
+_elementwise("Tanh", _tanh, np.tanh, FLOAT, grad=lambda op, g: [create("TanhGrad", [g, op.outputs[0]])])
+_elementwise("TanhGrad", _tanh_grad, lambda g, y: g * (1 - y * y), FLOAT,
+             grad=lambda op, d: [create("TanhGrad", [d, op.inputs[1]]), unbroadcast(
+                 M.multiply(M.multiply(d, op.inputs[0]), M.multiply(op.inputs[1], -2.0)), op.inputs[1])])
+_elementwise("Softplus", _softplus, _softplus_reference, FLOAT,
+             grad=lambda op, g: [M.multiply(g, sigmoid(op.inputs[0]))])
+_elementwise("LeakyRelu", _leaky_relu, lambda x, alpha: np.where(x > 0, x, alpha * x), FLOAT,
+             grad=lambda op, g: [unbroadcast(where(M.greater(op.inputs[0], 0), g, M.multiply(g, op.inputs[1])),
+                                             op.inputs[0]),
+                                 unbroadcast(M.multiply(g, M.minimum(op.inputs[0], 0)), op.inputs[1])])
 
 
 def _softmax_infer(inputs, attrs):
-    (d, s), = _float_like(inputs, attrs)
+    d = same_dtype(inputs, FLOAT)
+    s = inputs[0].shape
     if s is not None and not -len(s) <= attrs["axis"] < len(s):
         raise ValueError(f"axis {attrs['axis']} out of range for rank {len(s)}")
     return [(d, s)]
@@ -38,13 +94,24 @@ def _softmax_infer(inputs, attrs):
 
 def _softmax_grad(op, g):
     y = op.outputs[0]
-    axis = op.attrs["axis"]
     gy = M.multiply(g, y)
-    return [M.subtract(gy, M.multiply(y, M.reduce_sum(gy, axis=axis, keepdims=True)))]
+    return [M.subtract(gy, M.multiply(y, M.reduce_sum(gy, axis=op.attrs["axis"], keepdims=True)))]
+
+
+def _softmax_reference(op, ctx):
+    def softmax(x):
+        e = np.exp(x - np.max(x, axis=op.attrs["axis"], keepdims=True))
+        return e / np.sum(e, axis=op.attrs["axis"], keepdims=True)
+
+    return softmax
 
 
 register("Softmax", infer=_softmax_infer, kernel=lambda op, ctx: (lambda x: KN.softmax(x, op.attrs["axis"])),
-         grad=_softmax_grad)
+         reference=_softmax_reference, grad=_softmax_grad,
+         examples=lambda rng: [Example((sample(rng, shape, t),), {"axis": axis}) for t in (np.float32, np.float64)
+                               for shape, axis in (((3, 4), -1), ((3, 4), 0), ((2, 3, 4), 1), ((0, 4), -1))])
+
+# --- constructors --------------------------------------------------------------------------------------
 
 
 def relu(x, name=None):
@@ -64,6 +131,12 @@ def softplus(x, name=None):
     return create("Softplus", [convert_to_tensor(x)], name=name)
 
 
+def leaky_relu(x, alpha=0.2, name=None):
+    """``x`` where positive, ``alpha * x`` elsewhere (``alpha``: a number or a scalar tensor)."""
+    x = convert_to_tensor(x)
+    return create("LeakyRelu", [x, convert_to_tensor(alpha, dtype=x.dtype)], name=name)
+
+
 def softmax(logits, axis=-1, name=None):
     return create("Softmax", [convert_to_tensor(logits)], {"axis": int(axis)}, name)
 
@@ -74,9 +147,6 @@ def dropout(x, rate, training=True, seed=None, name=None):
     ``training`` is a Python bool (False: ``x`` itself, nothing random in the graph) or a bool
     tensor (e.g. ``en.placeholder_with_default(False, ())``) choosing at run time.
     """
-    from engine.ops.array import cast, where
-    from engine.ops.random import random_uniform_like
-
     x = convert_to_tensor(x)
     rate = float(rate)
     if not 0.0 <= rate < 1.0:

@@ -8,10 +8,12 @@ its stream; a new Session starts the streams again.
 
 from __future__ import annotations
 
+import numpy as np
+
 from engine import dtypes, shapes
 from engine.graph import convert_to_tensor, get_default_graph
 from engine.ops._util import create
-from engine.registry import register
+from engine.registry import NUMPY_KERNEL, Example, register
 
 
 def op_seeds(graph, seed):
@@ -61,10 +63,22 @@ def _uniform_kernel(op, ctx):
     return draw
 
 
-register("RandomNormal", infer=_random_infer, kernel=_normal_kernel, random=True, stateful=True,
-         differentiable=False)
-register("RandomUniform", infer=_random_infer, kernel=_uniform_kernel, random=True, stateful=True,
-         differentiable=False)
+def _random_examples(rng):
+    attrs = {"shape": (2, 3), "dtype": dtypes.float32, "seed": (1, 2), "mean": 0.5, "stddev": 2.0, "minval": -1.0,
+             "maxval": 3.0}
+    return [Example((), attrs), Example((), {**attrs, "dtype": dtypes.int32}),
+            Example((np.zeros((4, 1)),), {**attrs, "shape": (4, 1), "dtype": dtypes.float64})]
+
+
+def _normal_examples(rng):
+    return [e for e in _random_examples(rng) if e.attrs["dtype"].is_floating]
+
+
+# The streams are NumPy's own Generator: the kernels are the reference.
+register("RandomNormal", infer=_random_infer, kernel=_normal_kernel, reference=NUMPY_KERNEL,
+         examples=_normal_examples, random=True, stateful=True, differentiable=False, shape_only_inputs=(0,))
+register("RandomUniform", infer=_random_infer, kernel=_uniform_kernel, reference=NUMPY_KERNEL,
+         examples=_random_examples, random=True, stateful=True, differentiable=False, shape_only_inputs=(0,))
 
 
 def _static_shape(shape):

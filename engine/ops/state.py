@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine import shapes
+from engine import dtypes, shapes
 from engine.errors import FailedPreconditionError, InvalidArgumentError
 from engine.graph import (GLOBAL_VARIABLES, TRAINABLE_VARIABLES, _OperatorsMixin, convert_to_tensor,
                           get_default_graph)
-from engine.kernels import math as K
-from engine.registry import register
+from engine.ops.control import group
+from engine.registry import NUMPY_KERNEL, Example, register
+
+_V = np.arange(6, dtype=np.float32).reshape(2, 3)  # the variable "w" of the examples
+_VAR_ATTRS = {"var": "w", "dtype": dtypes.float32, "shape": (2, 3)}
 
 
 def read_state(ctx, name):
@@ -41,8 +44,14 @@ def _variable_kernel(op, ctx):
     return read
 
 
+def _variable_emit(c, op, ins):
+    return c.param_variable(op.name)
+
+
 register("VariableV2", infer=lambda inputs, attrs: [(attrs["dtype"], attrs["shape"])], kernel=_variable_kernel,
-         stateful=True, differentiable=False)
+         reference=NUMPY_KERNEL, examples=lambda rng: [Example((), {"dtype": dtypes.float32, "shape": (2, 3)},
+                                                               {"subject": _V})],
+         stateful=True, differentiable=False, output_aliases="storage", emit=_variable_emit)
 
 
 def _assign_infer(inputs, attrs):
@@ -81,15 +90,14 @@ def _assign_kernel(op, ctx):
     return assign
 
 
-def _assign_update_kernel(kern):
+def _assign_update_kernel(ufunc):
     def make(op, ctx):
         name = op.attrs["var"]
 
         def update(value):
             current = read_state(ctx, name)
             _check_runtime_shape(op, value)
-            flat = current.reshape(-1)
-            kern(flat, np.ascontiguousarray(value).reshape(-1), flat)
+            ufunc(current, value, out=current)
             return current
 
         return update
@@ -102,12 +110,21 @@ def _read_kernel(op, ctx):
     return lambda: read_state(ctx, name).copy()
 
 
+def _state_examples(with_value):
+    def examples(rng):
+        value = (rng.standard_normal((2, 3)).astype(np.float32),) if with_value else ()
+        return [Example(value, dict(_VAR_ATTRS), {"w": _V})]
+
+    return examples
+
+
 register("ReadVariable", infer=lambda inputs, attrs: [(attrs["dtype"], attrs["shape"])], kernel=_read_kernel,
-         stateful=True, differentiable=False)
-register("Assign", infer=_assign_infer, kernel=_assign_kernel, stateful=True, differentiable=False)
-register("AssignAdd", infer=_assign_infer, kernel=_assign_update_kernel(K.add), stateful=True, differentiable=False)
-register("AssignSub", infer=_assign_infer, kernel=_assign_update_kernel(K.subtract), stateful=True,
-         differentiable=False)
+         reference=NUMPY_KERNEL, examples=_state_examples(False), stateful=True, differentiable=False,
+         emit=lambda c, op, ins: c.param_variable(op.attrs["var"]))
+for _name, _kernel in (("Assign", _assign_kernel), ("AssignAdd", _assign_update_kernel(np.add)),
+                       ("AssignSub", _assign_update_kernel(np.subtract))):
+    register(_name, infer=_assign_infer, kernel=_kernel, reference=NUMPY_KERNEL, examples=_state_examples(True),
+             stateful=True, writes_state=True, differentiable=False, output_aliases="storage")
 
 
 class Variable(_OperatorsMixin):
@@ -207,8 +224,6 @@ def trainable_variables(graph=None):
 
 
 def variables_initializer(var_list, name="init"):
-    from engine.ops.control import group
-
     return group(*[v.initializer for v in var_list], name=name)
 
 

@@ -12,11 +12,12 @@ import math
 
 import numpy as np
 
+from engine import dtypes
 from engine.config import PARALLEL_MIN_ELEMENTS
 from engine.kernels import array as KA
 from engine.kernels import train as KT
 from engine.ops.state import read_state
-from engine.registry import register
+from engine.registry import Example, register
 
 
 def _check(inputs, attrs, sparse):
@@ -164,7 +165,84 @@ def _adagrad_sparse(op, ctx):
     return apply
 
 
-for _name, _dense, _sparse in (("GradientDescent", _sgd, _sgd_sparse), ("Momentum", _momentum, _momentum_sparse),
-                               ("Adam", _adam, _adam_sparse), ("Adagrad", _adagrad, _adagrad_sparse)):
-    register(f"Apply{_name}", infer=_dense_infer, kernel=_dense, stateful=True, differentiable=False)
-    register(f"SparseApply{_name}", infer=_sparse_infer, kernel=_sparse, stateful=True, differentiable=False)
+# --- NumPy references: one update rule per optimizer, on dense arrays; sparse = the same on touched rows -----
+
+
+def _sgd_rule(op, slots, g, lr, t):
+    slots["var"] -= lr * g
+
+
+def _momentum_rule(op, slots, g, lr, t):
+    mom = op.attrs["momentum"]
+    slots["accum"][...] = slots["accum"] * mom + g
+    slots["var"] -= lr * (g + mom * slots["accum"]) if op.attrs["nesterov"] else lr * slots["accum"]
+
+
+def _adam_rule(op, slots, g, lr, t):
+    b1, b2 = op.attrs["beta1"], op.attrs["beta2"]
+    lr_t = lr * np.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+    slots["m"][...] = b1 * slots["m"] + (1 - b1) * g
+    slots["v"][...] = b2 * slots["v"] + (1 - b2) * g * g
+    slots["var"] -= lr_t * slots["m"] / (np.sqrt(slots["v"]) + op.attrs["epsilon"])
+
+
+def _adagrad_rule(op, slots, g, lr, t):
+    slots["accum"] += g * g
+    slots["var"] -= lr * g / np.sqrt(slots["accum"])
+
+
+def _reference(rule, slot_names, sparse):
+    def make(op, ctx):
+        def apply(*args):
+            names = {"var": op.attrs["var"], **{s: op.attrs[s] for s in slot_names}}
+            arrays = {k: read_state(ctx, n) for k, n in names.items()}
+            step = int(read_state(ctx, op.attrs["step"])) + 1 if "step" in op.attrs else 0
+            if not sparse:
+                grad, lr = args
+                work = {k: a.astype(np.float64) for k, a in arrays.items()}
+                rule(op, work, grad.astype(np.float64), float(lr), step)
+                rows = slice(None)
+            else:
+                values, indices, lr = args
+                rows, inverse = np.unique(indices.reshape(-1), return_inverse=True)
+                merged = np.zeros((rows.size,) + arrays["var"].shape[1:])
+                np.add.at(merged, inverse.reshape(-1), values.reshape((indices.size,) + arrays["var"].shape[1:]))
+                work = {k: a[rows].astype(np.float64) for k, a in arrays.items()}
+                rule(op, work, merged, float(lr), step)
+            for k, a in arrays.items():
+                a[rows] = work[k]
+
+        return apply
+
+    return make
+
+
+def _examples(slot_names, sparse):
+    def examples(rng):
+        out = []
+        for dtype in (np.float32, np.float64):
+            attrs = {"var": "w", "dtype": dtypes.as_dtype(dtype), "shape": (4, 3), "momentum": 0.9, "nesterov": False, "beta1": 0.9, "beta2": 0.999,
+                     "epsilon": 1e-7, "step": "t", **{s: s for s in slot_names}}
+            state = {"w": rng.standard_normal((4, 3)).astype(dtype), "t": np.array(2, np.int64),
+                     **{s: rng.uniform(0.1, 1.0, (4, 3)).astype(dtype) for s in slot_names}}
+            lr = np.array(0.1, dtype)
+            if sparse:
+                inputs = (rng.standard_normal((3, 3)).astype(dtype), np.array([2, 0, 2]), lr)
+            else:
+                inputs = (rng.standard_normal((4, 3)).astype(dtype), lr)
+            out.append(Example(inputs, attrs, state))
+            out.append(Example(inputs, {**attrs, "nesterov": True}, state))
+        return out
+
+    return examples
+
+
+_OPTIMIZERS = (("GradientDescent", _sgd, _sgd_sparse, _sgd_rule, ()),
+               ("Momentum", _momentum, _momentum_sparse, _momentum_rule, ("accum",)),
+               ("Adam", _adam, _adam_sparse, _adam_rule, ("m", "v")),
+               ("Adagrad", _adagrad, _adagrad_sparse, _adagrad_rule, ("accum",)))
+for _name, _dense, _sparse, _rule, _slots in _OPTIMIZERS:
+    register(f"Apply{_name}", infer=_dense_infer, kernel=_dense, reference=_reference(_rule, _slots, False),
+             examples=_examples(_slots, False), stateful=True, writes_state=True, differentiable=False)
+    register(f"SparseApply{_name}", infer=_sparse_infer, kernel=_sparse, reference=_reference(_rule, _slots, True),
+             examples=_examples(_slots, True), stateful=True, writes_state=True, differentiable=False)

@@ -1,8 +1,9 @@
 """Constant folding: a pure node whose inputs are all constants is computed once, at plan time.
 
-Never folded: stateful or random ops, placeholders, nodes with control inputs (their order is
-part of their meaning), and nodes whose kernel fails here (the run reports the error then).
-Folded values are read-only, like ``Const`` values, so no kernel can write them.
+A pure node without inputs (a ``Const``) is evaluated too, so constants are found from OpDef
+flags alone. Never folded: stateful or random ops, nodes with control inputs (their order is
+part of their meaning), and nodes whose kernel fails here (an unfed placeholder; the run reports
+the error then). Folded values are read-only, like ``Const`` values, so no kernel can write them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import numpy as np
 
 from engine.passes.ir import Node, PlanIR
 
-_NEVER = {"Placeholder", "PlaceholderWithDefault", "Const"}
 _MAX_FOLDED_ELEMENTS = 1 << 20  # do not turn a cheap op into a large constant held by the plan
 
 
@@ -19,15 +19,13 @@ def fold_constants(ir: PlanIR, ctx) -> PlanIR:
     constants: dict[int, np.ndarray] = {}
     out = []
     for node in ir.nodes:
-        if node.const_value is not None and node.output >= 0:
+        if node.const_value is not None:
             constants[node.output] = node.const_value
-        foldable = (node.output >= 0 and node.inputs and not node.stateful and not node.random
-                    and node.type not in _NEVER and not node.controls and not node.members
-                    and all(s in constants for s in node.inputs))
+        foldable = (node.output >= 0 and node.const_value is None and not node.stateful and not node.random
+                    and not node.controls and not node.members and all(s in constants for s in node.inputs))
         if foldable:
             value = _evaluate(node, ctx, [constants[s] for s in node.inputs])
             if value is not None:
-                value.flags.writeable = False
                 constants[node.output] = value
                 out.append(Node(node.op, "Const", [], node.output, lambda ctx, v=value: (lambda: v),
                                 const_value=value, id=node.id))
@@ -41,8 +39,14 @@ def _evaluate(node, ctx, args):
     try:
         kernel = node.make_kernel(ctx)
         value = kernel(None, *args) if node.out_kernel else kernel(*args)
-    except Exception:  # noqa: BLE001  (left to run time, which reports it with the op's name)
+    except Exception:  # noqa: BLE001  (any kernel error is left to run time, which reports it with the op's name)
         return None
-    if not isinstance(value, np.ndarray) or value.size > _MAX_FOLDED_ELEMENTS:
+    if not isinstance(value, np.ndarray):
         return None
-    return np.array(value, copy=True, order="C")
+    if not args and not value.flags.writeable:  # a constant's own read-only storage: no copy, any size
+        return value
+    if value.size > _MAX_FOLDED_ELEMENTS:
+        return None
+    value = np.array(value, copy=True, order="C")
+    value.flags.writeable = False
+    return value

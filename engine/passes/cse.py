@@ -1,7 +1,7 @@
 """Common-subexpression elimination: two nodes of the same type, attributes and inputs compute once.
 
 Never merged: stateful ops (variables, assignments, updates), random ops (two draws are two
-draws), placeholders, and anything whose attributes cannot be compared exactly. Variable
+draws), and anything whose attributes cannot be compared exactly. Variable
 reads are by reference, so a node is only merged with an earlier one when no state-writing
 node runs between them (the ``epoch`` in the key).
 """
@@ -12,7 +12,6 @@ import numpy as np
 
 from engine.passes.ir import PlanIR
 
-_NEVER = {"Placeholder", "PlaceholderWithDefault"}
 _MAX_CONST_ELEMENTS = 4096  # bigger constants are compared by identity only
 
 
@@ -41,7 +40,7 @@ def eliminate_common_subexpressions(ir: PlanIR) -> PlanIR:
         node.inputs = [rename.get(s, s) for s in node.inputs]
         if node.writes_state:
             epoch += 1
-        mergeable = (node.output >= 0 and not node.stateful and not node.random and node.type not in _NEVER
+        mergeable = (node.output >= 0 and not node.stateful and not node.random
                      and node.output not in ir.fetch_slots and not node.members)
         if mergeable:
             try:

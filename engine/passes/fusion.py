@@ -16,10 +16,8 @@ import warnings
 import numpy as np
 
 from engine import config, shapes
-from engine.passes import codegen
+from engine.kernels import elementwise as EW
 from engine.passes.ir import Node, PlanIR
-
-FUSIBLE = set(codegen.EXPRESSIONS)
 
 
 def _static(node):
@@ -28,10 +26,12 @@ def _static(node):
 
 
 def _eligible(node) -> bool:
-    if node.type not in FUSIBLE or node.output < 0 or node.members or node.out_kernel:
+    """A float elementwise op (OpDef.fusible) whose operands all have its output's dtype."""
+    if (not node.op_def.fusible or node.output < 0 or node.members or node.out_kernel
+            or node.const_value is not None):  # folded: a constant now
         return False
     shape, dtype = _static(node)
-    return shape is not None and dtype.is_floating
+    return shape is not None and dtype.is_floating and all(t.dtype == dtype for t in node.op.inputs)
 
 
 def fuse_elementwise(ir: PlanIR) -> PlanIR:
@@ -108,7 +108,7 @@ def _fused_node(members, ir):
                 if s not in leaves:
                     leaves.append(s)
                 refs.append(("leaf", leaves.index(s)))
-        steps.append((m.type, refs))
+        steps.append((m.op_def.scalar, refs))
     last = members[-1]
     out_shape, dtype = _static(last)
     kinds, inner = [], 1
@@ -121,7 +121,7 @@ def _fused_node(members, ir):
         kinds.append(kind)
     if "full" not in kinds:
         return None
-    source = codegen.kernel_source(steps, kinds, dtype.name, inner)
+    source = EW.chain_source(steps, kinds, dtype.name, inner)
     ops = tuple(m.op for m in members)
     fallback = [(m, refs) for m, (_, refs) in zip(members, steps)]
     ir_shapes = {s: ir.slot_tensors[s].shape for s in leaves}
@@ -129,7 +129,7 @@ def _fused_node(members, ir):
     def make_kernel(ctx):
         member_kernels = [(m.make_kernel(ctx), refs) for m, refs in fallback]
         try:
-            serial, parallel = codegen.load_kernels(source)
+            serial, parallel = EW.chain_kernels(source)
         except OSError as error:  # cache dir not writable: run the members, and say why once
             warnings.warn(f"elementwise fusion disabled for {last.op.name}: cannot write the generated kernel "
                           f"under {config.CACHE_DIR} ({error})", RuntimeWarning, stacklevel=2)

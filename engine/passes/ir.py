@@ -13,11 +13,6 @@ from typing import Callable, Optional
 
 import numpy as np
 
-# Ops that write session state (anything stateful except plain reads): passes never move pure
-# work across them, because a variable read is by reference (see engine/ops/state.py).
-_STATE_READS = {"VariableV2", "ReadVariable"}
-
-
 @dataclass
 class Node:
     """One step: ``make_kernel(ctx)`` returns the callable run on the input slots' values."""
@@ -29,21 +24,27 @@ class Node:
     make_kernel: Callable
     controls: frozenset = frozenset()  # ids of nodes that must run before this one
     out_kernel: bool = False  # kernel signature is f(out_or_None, *inputs) -> array
-    const_value: Optional[np.ndarray] = None  # set for Const nodes and folded constants
+    const_value: Optional[np.ndarray] = None  # set for folded constants
     members: tuple = ()  # ops a fused node stands for
     id: int = field(default_factory=lambda: next(_ids))
 
     @property
+    def op_def(self):
+        """The OpDef whose flags passes read (for a fused node: its last op's, an elementwise op)."""
+        return self.op.op_def
+
+    @property
     def stateful(self) -> bool:
-        return bool(getattr(self.op.op_def, "stateful", False)) if self.op is not None else False
+        return self.op_def.stateful
 
     @property
     def random(self) -> bool:
-        return bool(getattr(self.op.op_def, "random", False)) if self.op is not None else False
+        return self.op_def.random
 
     @property
     def writes_state(self) -> bool:
-        return self.stateful and not self.random and self.type not in _STATE_READS
+        """Passes never move pure work across it: a variable read is by reference (engine/ops/state.py)."""
+        return self.op_def.writes_state and not self.members
 
     @property
     def label(self) -> str:
@@ -85,12 +86,13 @@ class PlanIR:
         return {c for n in self.nodes for c in n.controls}
 
 
-def node_from_op(op, ins, out, controls, out_kernels) -> Node:
-    """The node for one graph op; its kernel writes into a buffer when ``out_kernels`` knows it."""
-    const = op.attrs["value"] if op.type == "Const" else None
-    factory = out_kernels.get(op.type)
-    if factory is not None and out >= 0:
-        return Node(op, op.type, list(ins), out, lambda ctx, op=op, f=factory: f(op, ctx), frozenset(controls),
-                    out_kernel=True, const_value=const)
-    return Node(op, op.type, list(ins), out, lambda ctx, op=op: op.op_def.kernel(op, ctx), frozenset(controls),
-                const_value=const)
+def node_from_op(op, ins, out, controls, reuse_buffers: bool = True, reference: bool = False) -> Node:
+    """The node for one graph op: its kernel (or NumPy reference), writing into a kept buffer when
+    its OpDef has an ``out_kernel`` and buffers are reused."""
+    op_def = op.op_def
+    if reference:
+        return Node(op, op.type, list(ins), out, lambda ctx: op_def.reference_kernel(op, ctx), frozenset(controls))
+    if op_def.out_kernel is not None and reuse_buffers and out >= 0:
+        return Node(op, op.type, list(ins), out, lambda ctx: op_def.out_kernel(op, ctx), frozenset(controls),
+                    out_kernel=True)
+    return Node(op, op.type, list(ins), out, lambda ctx: op_def.kernel(op, ctx), frozenset(controls))

@@ -2,28 +2,20 @@
 
 A step whose kernel can write into ``out`` gets a buffer *group*; two steps share a group when
 their static output shape and dtype agree and the first one's value (and every value that may
-alias it) is dead before the second runs. Values that leave the run (fetched, or handed to a
-stateful op that might keep them) never get a group: the caller owns them.
+alias it) is dead before the second runs. Values that leave the run (fetched) never get a
+group: the caller owns them. Kernels never keep an input after the call (registry.py), and
+inputs an OpDef lists in ``shape_only_inputs`` neither keep a value alive nor alias it.
 """
 
 from __future__ import annotations
 
 from engine.passes.ir import PlanIR
 
-# Stateful ops known to copy (or only read) their inputs, so a reused buffer may feed them.
-_COPYING_STATEFUL_PREFIXES = ("Assign", "Apply", "SparseApply")
-
-# Input positions whose kernels read only the array's shape (gradient helpers): the shape of
-# an array object never changes, so such a read neither keeps the data alive nor aliases it.
-_SHAPE_ONLY_INPUTS = {"SumToShape": (1,), "BroadcastReduced": (1,), "ReshapeLike": (1,), "Shape": (0,),
-                      "OnesLike": (0,), "ZerosLike": (0,)}
-
 
 def _data_inputs(node):
-    shape_only = _SHAPE_ONLY_INPUTS.get(node.type, ())
-    if node.type == "ConcatSlice":  # (gradient, *forward values): the values give offsets only
-        return node.inputs[:1]
-    return [s for k, s in enumerate(node.inputs) if k not in shape_only]
+    if node.members:  # a fused elementwise node reads every operand's values
+        return node.inputs
+    return [node.inputs[k] for k in node.op_def.data_inputs(len(node.inputs))]
 
 
 def assign_buffer_groups(ir: PlanIR) -> tuple[dict, int]:
@@ -35,8 +27,6 @@ def assign_buffer_groups(ir: PlanIR) -> tuple[dict, int]:
         reached = frozenset().union(*(roots.get(s, frozenset()) for s in _data_inputs(node)))
         for r in reached:
             last_use[r] = i
-        if node.stateful and not node.type.startswith(_COPYING_STATEFUL_PREFIXES):
-            escaping |= reached
         if node.output >= 0:
             roots[node.output] = frozenset([node.output]) if node.out_kernel else reached
             last_use.setdefault(node.output, i)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -165,7 +167,7 @@ def test_gradient_of_gather_is_sparse_but_fetched_dense():
 
 def test_missing_gradient_is_a_clear_error():
     x = en.placeholder(en.float64, (2,))
-    y = en.reduce_sum(en.nn.relu(x))
-    (g,) = en.gradients(y, [x])
-    with pytest.raises(LookupError, match="No gradient defined for op .*ReluGrad"):
-        en.gradients(en.reduce_sum(g), [x])
+    y = en.nn.relu(x)
+    y.op.op_def = dataclasses.replace(y.op.op_def, grad=None)  # as if Relu were registered without one
+    with pytest.raises(LookupError, match="No gradient defined for op .*Relu"):
+        en.gradients(en.reduce_sum(y), [x])

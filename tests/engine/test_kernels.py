@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.kernels import array as KA
-from engine.kernels import math as K
+from engine.kernels import elementwise as EW
 from engine.kernels import nn as KN
 from engine.kernels import reduce as R
 
@@ -22,57 +22,29 @@ def _arr(shape, dtype, seed, low=-3, high=3):
     return rng.integers(low, high, size=shape).astype(dtype)
 
 
-@pytest.mark.parametrize("dtype", NUMERIC)
-@pytest.mark.parametrize("shapes", SHAPES, ids=str)
-@pytest.mark.parametrize("kernel,ref", [(K.add, np.add), (K.subtract, np.subtract), (K.multiply, np.multiply),
-                                        (K.maximum, np.maximum), (K.minimum, np.minimum)],
-                         ids=lambda v: getattr(v, "__name__", ""))
-def test_binary_arithmetic(kernel, ref, shapes, dtype):
-    a, b = _arr(shapes[0], dtype, 1), _arr(shapes[1], dtype, 2)
-    got = K.binary(kernel, a, b)
-    expected = ref(a, b)
-    assert got.dtype == expected.dtype and got.shape == expected.shape
-    np.testing.assert_array_equal(got, expected)
+def test_generated_op_kernel_broadcasts_and_takes_non_contiguous_inputs():
+    """Elementwise kernels come from scalar functions (the registry test checks every op; this the wrapper)."""
+    from engine.ops.math import _add, _square
 
-
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shapes", SHAPES, ids=str)
-def test_divide_and_power(shapes, dtype):
-    a, b = _arr(shapes[0], dtype, 3, 0.5, 2), _arr(shapes[1], dtype, 4, 0.5, 2)
-    np.testing.assert_allclose(K.binary(K.divide, a, b), a / b, rtol=1e-6)
-    np.testing.assert_allclose(K.binary(K.power, a, b), a ** b, rtol=1e-5)
-
-
-@pytest.mark.parametrize("dtype", NUMERIC)
-@pytest.mark.parametrize("kernel,ref", [(K.greater, np.greater), (K.less, np.less), (K.equal, np.equal),
-                                        (K.greater_equal, np.greater_equal), (K.less_equal, np.less_equal),
-                                        (K.not_equal, np.not_equal)], ids=lambda v: getattr(v, "__name__", ""))
-def test_comparisons(kernel, ref, dtype):
-    a, b = _arr((4, 5), dtype, 5, -2, 2), _arr((5,), dtype, 6, -2, 2)
-    np.testing.assert_array_equal(K.binary(kernel, a, b, np.bool_), ref(a, b))
-
-
-UNARY = [(K.negative, np.negative, -3, 3), (K.exp, np.exp, -3, 3), (K.log, np.log, 0.1, 3),
-         (K.log1p, np.log1p, -0.5, 3), (K.expm1, np.expm1, -3, 3), (K.sqrt, np.sqrt, 0, 4),
-         (K.square, np.square, -3, 3), (K.absolute, np.abs, -3, 3), (K.sign, np.sign, -3, 3),
-         (K.relu, lambda x: np.maximum(x, 0), -3, 3), (K.sigmoid, lambda x: 1 / (1 + np.exp(-x)), -30, 30),
-         (K.tanh, np.tanh, -3, 3), (K.softplus, lambda x: np.logaddexp(0, x), -30, 30)]
-
-
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("kernel,ref,low,high", UNARY, ids=lambda v: getattr(v, "__name__", ""))
-def test_unary(kernel, ref, low, high, dtype):
-    x = _arr((3, 7), dtype, 7, low, high)
-    got = K.unary(kernel, x)
-    assert got.dtype == dtype
-    np.testing.assert_allclose(got, ref(x.astype(np.float64)), rtol=2e-6 if dtype == np.float32 else 1e-12,
-                               atol=1e-6 if dtype == np.float32 else 1e-12)
-
-
-def test_non_contiguous_inputs():
+    add, square = EW.op_kernel(_add, 2), EW.op_kernel(_square, 1)
     x = np.arange(24, dtype=np.float64).reshape(4, 6)[:, ::2]
-    np.testing.assert_array_equal(K.unary(K.square, x), x ** 2)
-    np.testing.assert_array_equal(K.binary(K.add, x, x.T.copy().T), x + x)
+    np.testing.assert_array_equal(square(x), x ** 2)
+    np.testing.assert_array_equal(add(x, x.T.copy().T), x + x)
+    for shapes in SHAPES:
+        a, b = _arr(shapes[0], np.int32, 1), _arr(shapes[1], np.int32, 2)
+        np.testing.assert_array_equal(add(a, b), a + b)
+
+
+def test_scalar_functions_must_be_copyable_into_kernels():
+    with pytest.raises(ValueError, match="plain module-level def"):
+        EW.check_scalar(lambda x: x, "Bad")
+    offset = 1.0
+
+    def closure(x):
+        return x + offset
+
+    with pytest.raises(ValueError, match="no closure"):
+        EW.check_scalar(closure, "Bad")
 
 
 @pytest.mark.parametrize("dtype", NUMERIC)
@@ -118,13 +90,7 @@ def test_gather_and_scatter(dtype, idx_dtype):
         KA.gather(params, np.array([0, 6], dtype=idx_dtype))
 
 
-def test_unique_rows_sum_and_select_and_add_n():
+def test_unique_rows_sum():
     uniq, vals = KA.unique_rows_sum(np.array([[1.0], [2.0], [3.0]]), np.array([4, 1, 4]))
     np.testing.assert_array_equal(uniq, [1, 4])
     np.testing.assert_array_equal(vals, [[2.0], [4.0]])
-    c = np.array([True, False, True])
-    np.testing.assert_array_equal(K.select(c, np.ones((2, 3)), np.zeros(3)), np.where(c, 1.0, 0.0) * np.ones((2, 3)))
-    arrays = [_arr((3, 2), np.float32, s) for s in range(3)]
-    np.testing.assert_allclose(K.add_n(arrays), sum(arrays), rtol=1e-6)
-    a, b = _arr((3, 4), np.float32, 1), _arr((5, 4), np.float32, 2)
-    np.testing.assert_allclose(K.matmul(a, b, transpose_b=True), a @ b.T, rtol=1e-5)

@@ -11,7 +11,7 @@ OFF = en.SessionConfig(optimize=False)
 
 
 def _nodes(sess, fetches, feeds=()):
-    return sess._plan(tuple(fetches), list(feeds)).nodes
+    return sess.plan(list(fetches), list(feeds)).nodes
 
 
 def test_constant_subgraph_becomes_one_constant_with_identical_results():

@@ -11,7 +11,7 @@ OFF = en.SessionConfig(optimize=False)
 
 
 def _types(sess, fetches, feeds=()):
-    return [n.type for n in sess._plan(tuple(fetches), list(feeds)).nodes]
+    return [n.type for n in sess.plan(list(fetches), list(feeds)).nodes]
 
 
 def test_duplicate_subexpressions_run_once_with_identical_results():
@@ -30,7 +30,7 @@ def test_random_ops_are_never_merged():
     b = en.random_uniform((3,), seed=1)
     total = a + b
     sess = en.Session(config=ONLY_CSE)
-    assert [n.type for n in sess._plan((total,), []).nodes].count("RandomUniform") == 2
+    assert [n.type for n in sess.plan([total], []).nodes].count("RandomUniform") == 2
     first = en.Session(config=OFF).run([a, b])
     np.testing.assert_array_equal(sess.run([a, b])[0], first[0])
 
@@ -57,7 +57,7 @@ def test_reads_on_either_side_of_an_assignment_are_not_merged():
         np.testing.assert_array_equal(b, [1.0, 1.0])
         np.testing.assert_array_equal(a, [6.0, 6.0])
     sess = en.Session(config=ONLY_CSE)
-    assert [n.type for n in sess._plan((before, after), []).nodes].count("Add") == 2
+    assert [n.type for n in sess.plan([before, after], []).nodes].count("Add") == 2
 
 
 def test_stateful_ops_are_never_merged():

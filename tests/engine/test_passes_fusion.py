@@ -9,14 +9,16 @@ import pytest
 
 import engine as en
 from engine import config
-from engine.passes import codegen
+from engine.kernels import elementwise as EW
+from engine.ops.math import _add
+from engine.ops.nn import _relu
 
 ONLY_FUSION = en.SessionConfig(passes={"fusion"})
 OFF = en.SessionConfig(optimize=False)
 
 
 def _nodes(sess, fetches, feeds):
-    return sess._plan(tuple(fetches), list(feeds)).nodes
+    return sess.plan(list(fetches), list(feeds)).nodes
 
 
 @pytest.mark.parametrize("dtype", [en.float32, en.float64])
@@ -92,10 +94,10 @@ def test_fetched_intermediates_and_reads_across_state_writes_are_not_fused():
 
 
 def test_generated_kernels_are_files_in_the_numba_cache_named_by_their_source_hash():
-    source = codegen.kernel_source([("Add", [("leaf", 0), ("leaf", 1)]), ("Relu", [("step", 0)])],
-                                   ["full", "row"], "float32", 3)
-    serial, _ = codegen.load_kernels(source)
-    assert codegen.load_kernels(source)[0] is serial  # loaded once per process
+    source = EW.chain_source([(_add, [("leaf", 0), ("leaf", 1)]), (_relu, [("step", 0)])], ["full", "row"],
+                             "float32", 3)
+    serial, _ = EW.chain_kernels(source)
+    assert EW.chain_kernels(source)[0] is serial  # loaded once per process
     directory = os.path.join(config.CACHE_DIR, "shelfcast_fused")
     files = [f for f in os.listdir(directory) if f.endswith(".py")]
     matching = [f for f in files if open(os.path.join(directory, f)).read() == source]
@@ -139,7 +141,7 @@ def test_an_unwritable_cache_dir_runs_the_members_unfused_with_a_warning(monkeyp
     def refuse(source):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(codegen, "load_kernels", refuse)
+    monkeypatch.setattr(EW, "chain_kernels", refuse)
     x = en.placeholder(en.float32, (None, 2), name="x")
     y = en.relu(x - 1.0)
     with pytest.warns(RuntimeWarning, match="fusion disabled"):

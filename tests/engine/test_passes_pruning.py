@@ -18,8 +18,8 @@ def test_pruning_drops_what_folding_left_dead_with_identical_results():
     pruned = en.Session(config=en.SessionConfig(passes={"constant_folding", "pruning"}))
     np.testing.assert_array_equal(folded.run(y, feed), pruned.run(y, feed))
     np.testing.assert_array_equal(pruned.run(y, feed), en.Session(config=en.SessionConfig(optimize=False)).run(y, feed))
-    assert len(folded._plan((y,), [x]).nodes) == 4  # two dead constants remain without pruning
-    assert [n.type for n in pruned._plan((y,), [x]).nodes] == ["Const", "Add"]
+    assert len(folded.plan([y], [x]).nodes) == 4  # two dead constants remain without pruning
+    assert [n.type for n in pruned.plan([y], [x]).nodes] == ["Const", "Add"]
 
 
 def test_pruning_keeps_state_writes_fetched_ops_and_control_inputs():
@@ -32,7 +32,7 @@ def test_pruning_keeps_state_writes_fetched_ops_and_control_inputs():
     sess.run(done)
     sess.run(done)
     assert float(sess.run(v)) == 2.0
-    plan = sess._plan((done,), [])
+    plan = sess.plan([done], [])
     ir_nodes = list(plan.nodes)
     assert {n.type for n in ir_nodes} >= {"AssignAdd", "NoOp"}
 
@@ -41,10 +41,10 @@ def test_prune_on_an_ir_removes_unread_pure_nodes():
     x = en.placeholder(en.float32, (2,), name="x")
     y = x * 2.0
     sess = en.Session(config=en.SessionConfig(optimize=False))
-    plan = sess._plan((y,), [x])
+    plan = sess.plan([y], [x])
     from engine.passes import PlanIR
 
     dead = en.exp(x)  # build a node list with an extra node nobody reads
-    extra = dataclasses.replace(sess._plan((dead,), [x]).nodes[-1], output=3)  # a slot of its own
+    extra = dataclasses.replace(sess.plan([dead], [x]).nodes[-1], output=3)  # a slot of its own
     ir = PlanIR(list(plan.nodes[:-1]) + [extra, plan.nodes[-1]], [0], {plan.nodes[-1].output}, set(), 4, {})
     assert [n.type for n in prune(ir).nodes] == ["Const", "Mul"]

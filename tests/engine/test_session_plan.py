@@ -38,7 +38,7 @@ def test_intermediate_buffers_are_reused_across_runs_and_shared_by_liveness():
     x, y = _mlp()
     sess = en.Session()
     sess.run(en.global_variables_initializer())
-    plan = sess._plan((y,), [x])
+    plan = sess.plan([y], [x])
     buffered = [n for n in plan.nodes if n.out_kernel]
     assert len(buffered) >= 4
     assert 0 < plan.n_buffers < len(buffered)  # dead values' buffers serve later steps
@@ -146,7 +146,7 @@ def test_a_fused_elementwise_step_writes_over_an_input_that_dies_there():
     kept = en.matmul(en.relu(product + b), w) + product  # here `product` is read again later
     xv = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     sess = en.Session()
-    plan = sess._plan((y,), [x])
+    plan = sess.plan([y], [x])
     fused = next(n for n in plan.nodes if n.type == "FusedElementwise")
     mm = next(n for n in plan.nodes if n.type == "MatMul")
     sess.run(y, {x: xv})
@@ -155,7 +155,7 @@ def test_a_fused_elementwise_step_writes_over_an_input_that_dies_there():
     expected_y = np.maximum(pre + [-1, 0, 1, 2], 0) @ (np.arange(16, dtype=np.float32).reshape(4, 4) / 10)
     np.testing.assert_allclose(sess.run(y, {x: xv}), expected_y, rtol=1e-6)
     np.testing.assert_allclose(sess.run(kept, {x: xv}), expected_y + pre, rtol=1e-6)
-    plan_kept = sess._plan((kept,), [x])
+    plan_kept = sess.plan([kept], [x])
     fused_kept = [n for n in plan_kept.nodes if n.type == "FusedElementwise"][0]
     mm_kept = next(n for n in plan_kept.nodes if n.type == "MatMul")
     assert plan_kept.groups.get(fused_kept.id) != plan_kept.groups[mm_kept.id]

@@ -1,0 +1,160 @@
+"""Elementwise kernels generated from ONE scalar function per op (PyTensor's ScalarOp idea).
+
+An elementwise op registers a plain Python function of scalars (``def relu(x): return x if x > 0
+else 0``). Its source is copied into generated Numba modules: the op's own kernel (any number of
+operands, NumPy broadcasting), the fused kernel of a chain of such ops (``passes/fusion.py``)
+and the compiled inference plan (``compiler.py``). So one formula defines all three, and fused
+and unfused results agree bit for bit: every step rounds to the output dtype, as an array store does.
+
+Modules are named by a digest of their source (which includes each formula) and kept under
+``$NUMBA_CACHE_DIR/shelfcast_fused/`` (atomically written), so a fresh process loads the compiled
+code instead of compiling, and editing a formula can never run a stale kernel.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import textwrap
+
+import numpy as np
+
+from engine import generated
+
+_ALLOWED_GLOBALS = {"np", "math", "abs", "min", "max", "float", "int", "bool"}
+HEADER = ["import math", "import numpy as np", "from numba import njit, prange", ""]
+
+
+def check_scalar(fn, op_name: str) -> int:
+    """The number of operands of a scalar function; ValueError when it cannot be copied into a kernel."""
+    if not inspect.isfunction(fn) or fn.__name__ == "<lambda>" or fn.__closure__:
+        raise ValueError(f"op {op_name!r}: the scalar function must be a plain module-level def (no lambda, "
+                         "no closure): its source is copied into generated kernels")
+    unknown = set(fn.__code__.co_names) - _ALLOWED_GLOBALS - _attribute_names(fn)
+    if unknown:
+        raise ValueError(f"op {op_name!r}: scalar function {fn.__name__} uses {sorted(unknown)}; only np, math "
+                         "and operators are available inside generated kernels")
+    return fn.__code__.co_argcount
+
+
+def _attribute_names(fn) -> set:
+    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    return {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+
+
+def scalar_definition(fn, name: str) -> str:
+    """``fn``'s source as a Numba function called ``name`` (its decorators dropped)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    func = tree.body[0]
+    func.name = name
+    func.decorator_list = []
+    return "@njit\n" + ast.unparse(func)
+
+
+def load(source: str):
+    """The module holding ``source``, written to and imported from the cache directory once."""
+    digest = hashlib.sha1(source.encode()).hexdigest()[:20]
+    return generated.import_generated(source, digest, "shelfcast_fused", "fused", "shelfcast_fused_")
+
+
+# --- one op: any operand count, NumPy broadcasting ---------------------------------------------
+
+
+def op_kernel_source(fn, arity: int) -> str:
+    """``kernel(out, x0, x1, ...)`` on flat arrays: equal sizes, or operands repeated modulo their size."""
+    xs = [f"x{k}" for k in range(arity)]
+    lines = [*HEADER, "", scalar_definition(fn, "f"), "", "", "@njit(cache=True)", f"def kernel(out, {', '.join(xs)}):",
+             "    n = out.size"]
+    if arity == 1:
+        lines += ["    for i in range(n):", "        out[i] = f(x0[i])"]
+    else:
+        lines += [f"    n{k} = x{k}.size" for k in range(arity)]
+        same = " and ".join(f"n{k} == n" for k in range(arity))
+        lines += [f"    if {same}:", "        for i in range(n):", f"            out[i] = f({', '.join(x + '[i]' for x in xs)})",
+                  "    else:", "        for i in range(n):",
+                  f"            out[i] = f({', '.join(f'x{k}[i % n{k}]' for k in range(arity))})"]
+    return "\n".join(lines) + "\n"
+
+
+def _flat_operand(x: np.ndarray, out_shape: tuple) -> np.ndarray:
+    """``x`` flattened: as is when its shape equals the output's or is a suffix of it (read modulo its
+    size), otherwise broadcast (copied) to the output's shape."""
+    if x.shape != out_shape:
+        core = x.shape
+        while core and core[0] == 1:
+            core = core[1:]
+        if core != out_shape[len(out_shape) - len(core):]:
+            x = np.broadcast_to(x, out_shape)
+    return np.ascontiguousarray(x).reshape(-1)
+
+
+def op_kernel(fn, arity: int, out_dtype=None):
+    """``f(*arrays) -> array`` computing the op with NumPy broadcasting (``out_dtype``: None = input 0's)."""
+    kernel = load(op_kernel_source(fn, arity)).kernel
+    npd = None if out_dtype is None else np.dtype(out_dtype)
+
+    def run(*xs):
+        shape = xs[0].shape
+        for x in xs[1:]:
+            if x.shape != shape:
+                shape = np.broadcast_shapes(*(x.shape for x in xs))
+                break
+        out = np.empty(shape, dtype=npd or xs[0].dtype)
+        if out.size:
+            kernel(out.reshape(-1), *[_flat_operand(x, shape) for x in xs])
+        return out
+
+    return run
+
+
+# --- a fused chain of ops ------------------------------------------------------------------------
+
+
+def chain_source(steps, leaf_kinds, dtype: str, inner: int) -> str:
+    """Source of ``serial(out, x0, x1, ...)`` and ``parallel(...)`` for one chain of elementwise ops.
+
+    ``steps``: [(scalar function, [operand refs])], a ref being ("leaf", k) or ("step", j);
+    ``leaf_kinds``: "full" (same shape as the output), "row" (a suffix of ``inner`` elements,
+    repeated per row) or "scalar". The output is the last step's value.
+    """
+    names: dict = {}
+    defs = []
+    for fn, _ in steps:
+        if fn not in names:
+            names[fn] = f"f{len(names)}"
+            defs += [scalar_definition(fn, names[fn]), ""]
+    args = ", ".join(f"x{k}" for k in range(len(leaf_kinds)))
+    body = [f"s{k} = x{k}[0]" for k, kind in enumerate(leaf_kinds) if kind == "scalar"]
+    inner_body = []
+    loaded = {}
+    for k, kind in enumerate(leaf_kinds):
+        loaded[("leaf", k)] = f"s{k}" if kind == "scalar" else f"v{k}"
+        if kind != "scalar":
+            inner_body.append(f"v{k} = x{k}[{'i' if kind == 'full' else 'j'}]")
+    for j, (fn, refs) in enumerate(steps):
+        operands = ", ".join(loaded.get(tuple(r), f"t{r[1]}") for r in refs)
+        inner_body.append(f"t{j} = np.{dtype}({names[fn]}({operands}))")
+    inner_body.append(f"out[i] = t{len(steps) - 1}")
+
+    def function(name, loop):
+        lines = [f"def {name}(out, {args}):"] + [f"    {b}" for b in body]
+        if inner > 1:
+            lines += [f"    rows = out.size // {inner}", f"    for r in {loop}(rows):", f"        base = r * {inner}",
+                      f"        for j in range({inner}):", "            i = base + j"]
+            lines += [f"            {b}" for b in inner_body]
+        else:
+            lines += [f"    for i in {loop}(out.size):", "        j = 0"] + [f"        {b}" for b in inner_body]
+        return "\n".join(lines)
+
+    return "\n".join([
+        '"""Generated by engine/kernels/elementwise.py: one fused elementwise chain. Do not edit."""', *HEADER,
+        "", *defs, "", "@njit(cache=True)", function("serial", "range"),
+        "", "", "@njit(cache=True, parallel=True)", function("parallel", "prange"), "",
+    ])
+
+
+def chain_kernels(source: str):
+    """(serial, parallel) functions of a :func:`chain_source`."""
+    module = load(source)
+    return module.serial, module.parallel
