@@ -155,6 +155,9 @@ def _batches(path: Path, spec: RawFile, as_text: bool = False, block_size: int =
     try:
         reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block_size),
                                 convert_options=_convert_options(spec, as_text))
+        if sorted(reader.schema.names) != sorted(spec.column_names):  # e.g. a quote or \r inside the header
+            raise DataValidationError(f"{path.name}: line 1: the header does not read as the columns "
+                                      f"{', '.join(spec.column_names)} (got {', '.join(reader.schema.names)})")
         rows = 0
         for batch in reader:
             rows += batch.num_rows
@@ -199,6 +202,8 @@ def _explain_conversion_failure(path: Path, spec: RawFile, error: Exception) -> 
             offset += batch.num_rows
     except pa.ArrowInvalid as text_error:
         _explain_unreadable(path, text_error)
+    except (OSError, EOFError, zlib.error) as read_error:
+        raise DataValidationError(f"{path.name}: cannot read: {read_error} (truncated or corrupt gzip?)") from None
     _explain_unreadable(path, error)
 
 
@@ -219,30 +224,43 @@ def _fail_on_integer_overflow(path: Path, column: Column, values: pa.Array, offs
 
 
 def _locate_wrong_field_count(path: Path, expected: int) -> None:
-    """Name the first line whose field count differs from the header's (Arrow's message has no line)."""
+    """Name the first line whose field count differs from the header's (Arrow's message has no line).
+
+    Lines end at \\n, \\r or \\r\\n, and a quoted value may not span lines, as in Arrow's parser.
+    """
+    number = 0
     with _open_binary(path) as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            if not line:
-                continue
-            fields = next(csv.reader([line]))
-            if len(fields) != expected:
-                raise DataValidationError(f"{path.name}: line {number}: has {len(fields)} fields, the header has "
-                                          f"{expected} ({line[:80]!r})")
+        for chunk in handle:
+            for raw in chunk.splitlines():
+                number += 1
+                line = raw.decode("utf-8", errors="replace")
+                if not line:
+                    continue
+                try:
+                    fields = next(csv.reader([line], strict=True))
+                except csv.Error:
+                    fields = None
+                if fields is None or len(fields) != expected:
+                    found = "cannot be split into fields" if fields is None else f"has {len(fields)} fields"
+                    raise DataValidationError(f"{path.name}: line {number}: {found}, the header has {expected} "
+                                              f"({line[:80]!r})")
 
 
 def _explain_unreadable(path: Path, error: Exception) -> None:
     message = str(error)
     if "UTF8" in message or "UTF-8" in message or "utf-8" in message:
-        with _open_binary(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                try:
-                    line.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise DataValidationError(
-                        f"{path.name}: line {number}: not UTF-8 text (byte {line[exc.start:exc.start + 1]!r} at "
-                        f"position {exc.start})"
-                    ) from None
+        try:
+            with _open_binary(path) as handle:
+                for number, line in enumerate(handle, start=1):
+                    try:
+                        line.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        raise DataValidationError(
+                            f"{path.name}: line {number}: not UTF-8 text (byte {line[exc.start:exc.start + 1]!r} at "
+                            f"position {exc.start})"
+                        ) from None
+        except (OSError, EOFError, zlib.error):
+            pass  # a gzip broken further on: the message below still names the file
     if "Empty CSV file" in message:
         raise DataValidationError(f"{path.name}: file is empty") from None
     if "Expected" in message and "columns" in message:
