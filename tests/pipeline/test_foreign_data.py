@@ -1,0 +1,101 @@
+"""Data our generator did not make (tests/pipeline/foreign_data.py), through the pipeline as a user runs it.
+
+Default suite: source -> download -> prepare -> split on every foreign shape, the
+source chosen by $SHELFCAST_DATA_SOURCE with params.yaml untouched. Slow suite:
+the whole way, train -> evaluate -> promote -> one API prediction, with the
+default params (the gate is not loosened for foreign data: if it refuses a model,
+the test fails with the gate's reasons).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline import download, prepare, split
+from pipeline import source as source_stage
+
+from .conftest import REPO, default_params
+from .foreign_data import FOREIGN_SHAPES, item_ids, last_sales_day, write_foreign_dataset
+
+SHAPES = sorted(FOREIGN_SHAPES)
+
+
+def _stage(module: str, root: Path, source: Path, timeout: int = 1800) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), SHELFCAST_DATA_SOURCE=str(source))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", module, "--root", str(root), "--quiet"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _ok(result: subprocess.CompletedProcess, what: str) -> str:
+    assert result.returncode == 0, f"{what} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def _project(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    source = write_foreign_dataset(name, tmp_path / f"{name}-source")
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "params.yaml").write_text(yaml.safe_dump(default_params(), sort_keys=False))  # data.source: synthetic
+    return root, source
+
+
+def _ingest(root: Path, source: Path) -> None:
+    for module in ("pipeline.source", "pipeline.download", "pipeline.prepare", "pipeline.split"):
+        _ok(_stage(module, root, source), module)
+
+
+def _ingest_in_process(root: Path, source: Path, monkeypatch) -> None:
+    """The same stage mains, without a process start each (the default suite stays fast)."""
+    monkeypatch.setenv("SHELFCAST_DATA_SOURCE", str(source))
+    for stage in (source_stage, download, prepare, split):
+        assert stage.main(["--root", str(root), "--quiet"]) == 0, stage.__name__
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_foreign_data_is_ingested(tmp_path, name, monkeypatch):
+    shape = FOREIGN_SHAPES[name]
+    root, source = _project(tmp_path, name)
+    _ingest_in_process(root, source, monkeypatch)
+    assert json.loads((root / "data/source.json").read_text())["source"] == str(source)
+    sales = pd.read_parquet(root / "data/prepared/sales.parquet", columns=["date", "store_nbr", "item_nbr"])
+    assert set(sales["store_nbr"].unique()) == set(shape.stores)
+    assert set(sales["item_nbr"].unique()) <= set(item_ids(shape).tolist())
+    assert sales["date"].max().date() == last_sales_day(shape)
+    holidays = pd.read_parquet(root / "data/prepared/holidays.parquet", columns=["date"])
+    assert holidays["date"].max().date() >= last_sales_day(shape) + pd.Timedelta(days=16)
+    validation = pd.read_parquet(root / "data/split/validation.parquet", columns=["date"])
+    assert validation["date"].nunique() == default_params()["split"]["validation_days"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHAPES)
+def test_foreign_data_end_to_end_to_an_api_prediction(tmp_path, name):
+    shape = FOREIGN_SHAPES[name]
+    root, source = _project(tmp_path, name)
+    _ingest(root, source)
+    _ok(_stage("pipeline.train", root, source), "train")
+    evaluated = _stage("pipeline.evaluate", root, source)
+    assert evaluated.returncode == 0, f"the gate refused the model on '{name}':\n{evaluated.stdout}\n{evaluated.stderr}"
+    _ok(_stage("pipeline.promote", root, source), "promote")
+    store, item = shape.stores[-1], int(item_ids(shape)[0])
+    day = str(last_sales_day(shape) + pd.Timedelta(days=1))
+    request = {"instances": [{"store_nbr": store, "item_nbr": item, "date": day, "onpromotion": False}]}
+    client = ("import json, sys; from pathlib import Path; from app import create_app; from app.config import AppSettings; "
+              "app = create_app(AppSettings(model_dir=Path('models/production'))); c = app.test_client(); "
+              "r = c.post('/api/v1/predict', json=json.loads(sys.argv[1])); print(r.status_code); print(r.get_data(as_text=True))")
+    served = subprocess.run([sys.executable, "-c", client, json.dumps(request)], cwd=root, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+    status, _, body = served.stdout.partition("\n")
+    assert status == "200", f"{served.stdout}\n{served.stderr[-3000:]}"
+    prediction = json.loads(body)["predictions"][0]
+    assert prediction["store_nbr"] == store and prediction["item_nbr"] == item and prediction["date"] == day
