@@ -108,6 +108,9 @@ class Forwarder:
             self._held.append(segment)
             if not self._send(segment):
                 return False
+            if segment.lines == 0:  # nothing in it (a writer's torn-off tail): nothing to confirm
+                self._held.remove(segment)
+                segment.release(delete=True)
         return self._heartbeat_if_due()
 
     def finish(self, deadline: float) -> None:

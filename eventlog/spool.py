@@ -10,8 +10,9 @@ Why this shape (the contract is in README.md, "Prediction logging"):
   segments are claimed by whichever process runs next, whatever the number of workers.
 - The spool is bounded: `enforce_limit()` deletes the oldest unclaimed segments, counting
   their events as dropped, until the directory is under `max_bytes`. A failed write (a
-  full disk) drops that one event, counted, and the oldest segment goes at the next check.
-  Replay never writes to disk, so a full disk cannot stop delivery.
+  full disk) drops that event, counted, and every event until the next check (at most a
+  second later), which first deletes the oldest unclaimed segment. Replay never writes
+  to disk, so a full disk cannot stop delivery.
 """
 
 from __future__ import annotations
@@ -80,12 +81,13 @@ class Spool:
         self._count = count
         self._lock = threading.Lock()
         self._fd = -1
+        self._path: Path | None = None
         self._size = 0
         self._opened_at = 0.0
         self._unsynced = False
         self._sealed: list[int] = []  # descriptors to fsync and close outside the lock
         self._names = itertools.count()
-        self._write_failed = False
+        self._disk_full = False  # set by a failed write, cleared by enforce_limit() after it made room
         self._last_warning = 0.0
 
     # --- writing (request threads) ---------------------------------------------------
@@ -94,15 +96,18 @@ class Spool:
         """Write one complete line with one write(); False (counted as dropped) if the disk refused."""
         with self._lock:
             try:
+                if self._disk_full:
+                    raise OSError(errno.ENOSPC, "out of space until the oldest events are dropped")
                 if self._fd < 0:
                     self._open_segment()
                 written = os.write(self._fd, line)
                 if written != len(line):
+                    os.ftruncate(self._fd, self._size)  # no torn line: the event is dropped whole
                     raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)")
             except OSError as exc:
-                self._seal_locked()  # a torn line stays the last line of its segment
-                self._write_failed = True
-                self._warn(f"event spool {self.root}: write failed ({exc}); the event is dropped")
+                self._disk_full = True
+                self._warn(f"event spool {self.root}: write failed ({exc}); events are dropped until "
+                           "the oldest are deleted to make room")
                 self._count("dropped", 1)
                 return False
             self._size += written
@@ -123,12 +128,14 @@ class Spool:
             os.close(fd)
             opening.unlink(missing_ok=True)
             raise
-        self._fd, self._size, self._opened_at = fd, 0, time.monotonic()
+        self._fd, self._path, self._size, self._opened_at = fd, self.root / (name + SUFFIX), 0, time.monotonic()
 
     def _seal_locked(self) -> None:
         if self._fd >= 0:
+            if self._size == 0 and self._path is not None:
+                self._path.unlink(missing_ok=True)  # still locked by us: no one else has it open
             self._sealed.append(self._fd)
-            self._fd, self._size, self._unsynced = -1, 0, False
+            self._fd, self._path, self._size, self._unsynced = -1, None, 0, False
 
     # --- upkeep (the delivery thread) ------------------------------------------------
 
@@ -172,8 +179,7 @@ class Spool:
             except FileNotFoundError:
                 pass
         total, dropped = sum(sizes.values()), 0
-        must_free = self._write_failed
-        self._write_failed = False
+        must_free = self._disk_full
         for path in sizes:
             if total <= self.max_bytes and not must_free:
                 break
@@ -185,6 +191,7 @@ class Spool:
             total -= sizes[path]
             dropped += lines
             must_free = False
+        self._disk_full = False  # room was made, or there is none to make: let the next write try
         if dropped:
             self._count("dropped", dropped)
             self._warn(f"event spool {self.root}: over its limit of {self.max_bytes} bytes or out of disk; "

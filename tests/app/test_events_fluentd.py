@@ -55,6 +55,16 @@ def emitter(port: int, spool: Path, *options: str) -> subprocess.Popen:
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def after_answers(process: subprocess.Popen, count: int, timeout_s: float = 60) -> list[str]:
+    """Wait until the process has answered `count` events; the ids read so far (read the rest with answered_by)."""
+    lines = []
+    deadline = time.monotonic() + timeout_s
+    while len(lines) < count:
+        assert time.monotonic() < deadline and process.poll() is None, "the emitter did not get going"
+        lines.append(process.stdout.readline().strip())
+    return lines
+
+
 def answered_by(process: subprocess.Popen, timeout_s: float = 60) -> list[str]:
     out, err = process.communicate(timeout=timeout_s)
     assert process.returncode in (0, -signal.SIGKILL), err[-2000:]
@@ -113,9 +123,9 @@ def test_outages_under_load_lose_nothing(fluentd_receiver, tmp_path: Path) -> No
 
 def test_sigterm_delivers_everything_once(fluentd_receiver, tmp_path: Path) -> None:
     process = emitter(fluentd_receiver.port, tmp_path / "spool", "--then", "wait", "--rate", "2000")
-    time.sleep(1.5)
+    first = after_answers(process, 1000)
     process.send_signal(signal.SIGTERM)
-    answered = answered_by(process)
+    answered = first + answered_by(process)
     fluentd_receiver.stop()
     lost, duplicated = lost_and_duplicated(answered, received_ids(fluentd_receiver))
     print(f"SIGTERM: {len(answered)} answered, {lost} lost, {duplicated} duplicated")
@@ -141,9 +151,9 @@ def test_a_spool_left_by_four_processes_is_delivered_by_two(fluentd_receiver, tm
 def test_kill_9_right_after_answering_loses_nothing(fluentd_receiver, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     process = emitter(fluentd_receiver.port, spool, "--then", "wait", "--rate", "3000")
-    time.sleep(1.0)
+    first = after_answers(process, 1000)
     process.kill()
-    answered = answered_by(process)
+    answered = first + answered_by(process)
     with fluent_sink(fluentd_receiver.port, spool) as sink:  # the next process replays what the dead one held
         wait_until(lambda: not list(spool.glob("*.jsonl")))
     fluentd_receiver.stop()
