@@ -1,8 +1,14 @@
 """Prepared sales (Parquet) -> dense per store×item history arrays, and training rows from them.
 
-Training-only (pandas): the arrays are indexed [series, day], so the feature
-inputs of any forecast origin are slices, and the history snapshot a bundle
-ships is the last ``history_days`` columns up to the origin.
+Training-only (pandas, pyarrow): the arrays are indexed [series, day], so the
+feature inputs of any forecast origin are slices, and the history snapshot a
+bundle ships is the last ``history_days`` columns up to the origin.
+
+``load_history`` reads the split files row group by row group, only the columns
+features need, only the days asked for, straight into compact arrays
+(float32 sales, uint8 promotions, bool grid), so Favorita's full 125 M-row grid
+never sits in memory as a table: memory is the arrays (series × days × 6 bytes)
+plus one row group.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from pipeline.features import (
     CATEGORICAL_FIELDS,
@@ -94,51 +102,191 @@ def _text(values) -> np.ndarray:
     return np.asarray(pd.Series(values).astype(str).to_numpy(), dtype=str)
 
 
+NS_PER_DAY = 86_400 * 10**9
+KEY_COLUMNS = ("date", "store_nbr", "item_nbr")
+
+
+def _series_keys(store: np.ndarray, item: np.ndarray) -> np.ndarray:
+    return np.asarray(store, np.int64) * (1 << 32) + np.asarray(item, np.int64)
+
+
+def _arrow_days(column: pa.ChunkedArray) -> np.ndarray:
+    """Day numbers of a timestamp[ns] column (midnights) without a datetime64 round trip."""
+    return column.cast(pa.int64()).to_numpy() // NS_PER_DAY
+
+
+class _HistoryBuilder:
+    """Scatters prepared rows, chunk by chunk, into the dense arrays of known series and days."""
+
+    def __init__(self, keys: np.ndarray, first_day: int, n_days: int):
+        self.keys, self.first_day, self.n_days = keys, first_day, n_days
+        self.store_nbr = np.unique(keys >> 32)
+        self.sales = np.zeros((keys.size, n_days), np.float32)
+        self.promo = np.zeros((keys.size, n_days), np.uint8)
+        self.observed = np.zeros((keys.size, n_days), bool)
+        self.perishable = np.zeros(keys.size, bool)
+        self.holidays = np.zeros((self.store_nbr.size, n_days, len(HOLIDAY_FLAGS)), np.uint8)
+        self._items: list[dict] = []
+        self._stores: list[dict] = []
+
+    def add(self, source: str, day: np.ndarray, column) -> None:
+        """Rows of one chunk: ``day`` numbers (already within the window) and ``column(name)`` -> numpy."""
+        if day.size == 0:
+            return
+        store, item = column("store_nbr"), column("item_nbr")
+        series = np.searchsorted(self.keys, _series_keys(store, item))
+        col = day - self.first_day
+        flat = series * self.n_days + col
+        order = np.argsort(flat, kind="stable")
+        repeated = np.flatnonzero(flat[order][1:] == flat[order][:-1])
+        seen = self.observed[series, col]
+        if repeated.size or seen.any():
+            r = int(order[repeated[0]]) if repeated.size else int(np.flatnonzero(seen)[0])
+            raise HistoryError(f"{source}: duplicate row for store {store[r]}, item {item[r]}, "
+                               f"date {np.datetime64(int(day[r]), 'D')}")
+        units = np.asarray(column("unit_sales"), np.float32)
+        if not np.isfinite(units).all():
+            r = int(np.flatnonzero(~np.isfinite(units))[0])
+            raise HistoryError(f"{source}: unit_sales: non-finite value {units[r]} for store {store[r]}, item {item[r]}")
+        # Negative values (returns kept by prepare.returns=keep) sell nothing on that day for the model.
+        self.sales[series, col] = np.maximum(units, 0)
+        self.promo[series, col] = column("onpromotion")
+        self.observed[series, col] = True
+        perishable = np.asarray(column("perishable"), bool)
+        self.perishable[series] = perishable
+        store_pos = np.searchsorted(self.store_nbr, store)
+        for j, name in enumerate(HOLIDAY_FLAGS):
+            self.holidays[store_pos, col, j] = column(name)
+        _, first_item = np.unique(item, return_index=True)
+        self._items.append({"item_nbr": np.asarray(item)[first_item], "family": _text(column("family", first_item)),
+                            "class": np.asarray(column("class", first_item)), "perishable": perishable[first_item]})
+        _, first_store = np.unique(store, return_index=True)
+        self._stores.append({"store_nbr": np.asarray(store)[first_store],
+                             "city": _text(column("city", first_store)),
+                             "store_type": _text(column("store_type", first_store)),
+                             "cluster": np.asarray(column("cluster", first_store))})
+
+    @staticmethod
+    def _table(parts: list[dict], key: str) -> dict[str, np.ndarray]:
+        merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        _, first = np.unique(merged[key], return_index=True)
+        return {name: values[first] for name, values in merged.items()}
+
+    def finish(self) -> SalesHistory:
+        items = self._table(self._items, "item_nbr")
+        items = {"item_nbr": items["item_nbr"].astype(np.int32), "family": items["family"],
+                 "class": items["class"].astype(np.int32), "perishable": items["perishable"].astype(np.int32)}
+        stores = self._table(self._stores, "store_nbr")
+        stores = {"store_nbr": stores["store_nbr"].astype(np.int32), "city": stores["city"],
+                  "store_type": stores["store_type"], "cluster": stores["cluster"].astype(np.int32)}
+        return SalesHistory(first_day=self.first_day, store_nbr=(self.keys >> 32).astype(np.int32),
+                            item_nbr=(self.keys & 0xFFFFFFFF).astype(np.int32), sales=self.sales, promo=self.promo,
+                            observed=self.observed, perishable=self.perishable, items=items, stores=stores,
+                            holidays=self.holidays)
+
+
 def build_history(frame: pd.DataFrame, first_day: int | None = None, last_day: int | None = None) -> SalesHistory:
-    """Dense arrays from prepared rows (one row per date, store, item)."""
+    """Dense arrays from prepared rows in memory (one row per date, store, item); files: ``load_history``."""
     day = _day_numbers(frame["date"])
     first_day = int(day.min()) if first_day is None else int(first_day)
     last_day = int(day.max()) if last_day is None else int(last_day)
     keep = (day >= first_day) & (day <= last_day)
     frame, day = frame.loc[keep], day[keep]
-    store = frame["store_nbr"].to_numpy(np.int64)
-    item = frame["item_nbr"].to_numpy(np.int64)
-    keys, series = np.unique(store * (1 << 32) + item, return_inverse=True)
-    n_days = last_day - first_day + 1
-    col = day - first_day
+    if frame.empty:
+        raise HistoryError("sales: no rows between the first and last day")
+    keys = np.unique(_series_keys(frame["store_nbr"].to_numpy(), frame["item_nbr"].to_numpy()))
+    builder = _HistoryBuilder(keys, first_day, last_day - first_day + 1)
 
-    duplicate = np.bincount(series * n_days + col, minlength=keys.size * n_days) > 1
-    if duplicate.any():
-        flat = int(np.flatnonzero(duplicate)[0])
-        s, d = divmod(flat, n_days)
-        raise HistoryError(f"sales: duplicate row for store {keys[s] >> 32}, item {keys[s] & 0xFFFFFFFF}, "
-                           f"date {np.datetime64(int(first_day + d), 'D')}")
-    units = frame["unit_sales"].to_numpy(np.float32)
-    if not np.isfinite(units).all():
-        raise HistoryError("sales.unit_sales: non-finite value")
-    sales = np.zeros((keys.size, n_days), np.float32)
-    promo = np.zeros((keys.size, n_days), np.uint8)
-    observed = np.zeros((keys.size, n_days), bool)
-    # Negative values (returns kept by prepare.returns=keep) sell nothing on that day for the model.
-    sales[series, col] = np.maximum(units, 0)
-    promo[series, col] = frame["onpromotion"].to_numpy(bool)
-    observed[series, col] = True
+    def column(name, index=None):
+        values = frame[name].to_numpy()
+        return values if index is None else values[index]
 
-    perishable = np.zeros(keys.size, bool)
-    perishable[series] = frame["perishable"].to_numpy(bool)
+    builder.add("sales", day, column)
+    return builder.finish()
 
-    items_frame = frame.drop_duplicates("item_nbr").sort_values("item_nbr")
-    items = {"item_nbr": items_frame["item_nbr"].to_numpy(np.int32),
-             "family": _text(items_frame["family"]), "class": items_frame["class"].to_numpy(np.int32),
-             "perishable": items_frame["perishable"].to_numpy(bool).astype(np.int32)}
-    stores_frame = frame.drop_duplicates("store_nbr").sort_values("store_nbr")
-    stores = {"store_nbr": stores_frame["store_nbr"].to_numpy(np.int32), "city": _text(stores_frame["city"]),
-              "store_type": _text(stores_frame["store_type"]), "cluster": stores_frame["cluster"].to_numpy(np.int32)}
 
-    holidays = calendar_flags(frame, day, stores["store_nbr"], first_day, n_days)
-    return SalesHistory(first_day=first_day, store_nbr=(keys >> 32).astype(np.int32),
-                        item_nbr=(keys & 0xFFFFFFFF).astype(np.int32), sales=sales, promo=promo, observed=observed,
-                        perishable=perishable, items=items, stores=stores, holidays=holidays)
+def _open_sales(paths: Iterable[Path | str]) -> list[tuple[Path, pq.ParquetFile]]:
+    files = []
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise HistoryError(f"{path}: not found (run the data stages first: dvc repro split)")
+        parquet = pq.ParquetFile(path)
+        missing = [c for c in SALES_COLUMNS if c not in parquet.schema_arrow.names]
+        if missing:
+            raise HistoryError(f"{path}: missing column(s) {', '.join(missing)} (see pipeline/schema.py PREPARED_SALES)")
+        files.append((path, parquet))
+    return files
+
+
+def _day_bounds(parquet: pq.ParquetFile, group: int) -> tuple[int, int] | None:
+    """(first, last) day of a row group from its statistics; None when they are missing (then read it)."""
+    stats = parquet.metadata.row_group(group).column(parquet.schema_arrow.get_field_index("date")).statistics
+    if stats is None or not stats.has_min_max:
+        return None
+    low, high = (np.datetime64(v, "ns").astype("datetime64[D]").astype(np.int64) for v in (stats.min, stats.max))
+    return int(low), int(high)
+
+
+def load_history(paths: Iterable[Path | str], days: int | None = None, progress: bool = False) -> SalesHistory:
+    """Dense history of the last ``days`` days (None: all) of prepared sales files, read row group by row group.
+
+    Two passes over the row groups: the first reads the key columns (which
+    series and days exist), the second the feature columns of the days kept,
+    scattered straight into the arrays. Row groups wholly before the window are
+    skipped by their statistics.
+    """
+    files = _open_sales(paths)
+    groups = [(path, parquet, g) for path, parquet in files for g in range(parquet.num_row_groups)]
+    if not sum(parquet.metadata.num_rows for _, parquet in files):
+        raise HistoryError(f"{', '.join(str(p) for p, _ in files)}: no rows")
+    bounds = [_day_bounds(parquet, g) for _, parquet, g in groups]
+    if all(b is not None for b in bounds):
+        last_day = max(b[1] for b in bounds)
+    else:
+        last_day = max(int(_arrow_days(parquet.read_row_group(g, columns=["date"]).column(0)).max(initial=-10**9))
+                       for _, parquet, g in groups)
+    floor = -10**9 if days is None else last_day - int(days) + 1
+    groups = [group for group, b in zip(groups, bounds) if b is None or b[1] >= floor]
+
+    key_parts, first_seen = [], []
+    for path, parquet, g in tqdm(groups, desc="history: series", unit="group", disable=not progress, leave=False):
+        table = parquet.read_row_group(g, columns=list(KEY_COLUMNS))
+        day = _arrow_days(table.column("date"))
+        keep = day >= floor
+        if keep.any():
+            first_seen.append(int(day[keep].min()))
+            key_parts.append(np.unique(_series_keys(table.column("store_nbr").to_numpy()[keep],
+                                                    table.column("item_nbr").to_numpy()[keep])))
+    if not key_parts:
+        raise HistoryError(f"{', '.join(str(p) for p, _ in files)}: no rows in the last {days} days")
+    first_day = min(first_seen) if days is None else floor
+    builder = _HistoryBuilder(np.unique(np.concatenate(key_parts)), first_day, last_day - first_day + 1)
+    del key_parts
+
+    for path, parquet, g in tqdm(groups, desc="history: days", unit="group", disable=not progress, leave=False):
+        table = parquet.read_row_group(g, columns=list(SALES_COLUMNS))
+        day = _arrow_days(table.column("date"))
+        keep = np.flatnonzero(day >= floor)
+        if keep.size < table.num_rows:
+            table, day = table.take(pa.array(keep)), day[keep]
+
+        def column(name, index=None, table=table):
+            values = table.column(name)
+            if index is not None:
+                values = values.take(pa.array(index))
+            if pa.types.is_dictionary(values.type):
+                values = values.cast(values.type.value_type)
+            return values.to_numpy()
+
+        builder.add(f"{path} (row group {g})", day, column)
+    history = builder.finish()
+    if progress:
+        print(f"history: {history.sales.shape[0]:,} series x {history.days} days "
+              f"({np.datetime64(history.first_day, 'D')} .. {np.datetime64(history.last_day, 'D')}), "
+              f"{int(history.observed.sum()):,} grid rows, "
+              f"{(history.sales.nbytes + history.promo.nbytes + history.observed.nbytes) / 2**30:.2f} GiB", flush=True)
+    return history
 
 
 def calendar_flags(frame: pd.DataFrame, day: np.ndarray, store_nbr: np.ndarray, first_day: int, n_days: int) -> np.ndarray:
@@ -171,36 +319,50 @@ def future_calendar(holidays_path: Path | str, store_nbr: np.ndarray, first_day:
     return flags
 
 
+def rows_for_pairs(history: SalesHistory, series: np.ndarray, origin_cols: np.ndarray, history_days: int,
+                   horizon: int, observed_only: bool = True, categorical: dict[str, np.ndarray] | None = None,
+                   ) -> tuple[FeatureRows, np.ndarray, np.ndarray, np.ndarray]:
+    """Feature inputs of (series, origin column) pairs, each for targets origin+1..origin+horizon.
+
+    Rows are pair-major, then horizon. Returns (rows, target units, perishable flags,
+    series index) for the rows whose target day lies in the arrays (and, with
+    ``observed_only``, exists in the grid). ``categorical``: ``history.series_categorical()``,
+    when the caller already has it (streaming calls this once per chunk).
+    """
+    series = np.asarray(series, np.int64)
+    origin_cols = np.asarray(origin_cols, np.int64)
+    if origin_cols.size and int(origin_cols.min()) - history_days + 1 < 0:
+        raise FeatureInputError(f"origin column {int(origin_cols.min())}: needs {history_days} days of history before it")
+    pair = np.repeat(np.arange(series.size), horizon)
+    h = np.tile(np.arange(1, horizon + 1), series.size)
+    target_col = origin_cols[pair] + h
+    keep = target_col < history.days
+    row_series = series[pair]
+    if observed_only:
+        keep &= history.observed[row_series, np.minimum(target_col, history.days - 1)]
+    pair, h, target_col, row_series = pair[keep], h[keep], target_col[keep], row_series[keep]
+    # Gather each pair's window once, then copy whole rows per horizon (a row copy is far cheaper than a 2-D gather).
+    used, pair = np.unique(pair, return_inverse=True)
+    window = origin_cols[used][:, None] + np.arange(1 - history_days, 1)[None, :]
+    pair_series = series[used][:, None]
+    store_pos = np.searchsorted(history.stores["store_nbr"], history.store_nbr)
+    categorical = history.series_categorical() if categorical is None else categorical
+    rows = FeatureRows(
+        sales=history.sales[pair_series, window][pair], promo=history.promo[pair_series, window][pair],
+        origin_day=history.first_day + origin_cols[used][pair], horizon=h,
+        target_promo=history.promo[row_series, target_col],
+        holidays=history.holidays[store_pos[row_series], target_col],
+        categorical={name: values[row_series] for name, values in categorical.items()},
+    )
+    return rows, history.sales[row_series, target_col], history.perishable[row_series], row_series
+
+
 def rows_at_origin(history: SalesHistory, origin_col: int, history_days: int, horizon: int,
                    observed_only: bool = True) -> tuple[FeatureRows, np.ndarray, np.ndarray, np.ndarray]:
-    """Feature inputs of every store×item for targets origin+1..origin+horizon.
-
-    Returns (rows, target units, perishable flags, series index) for the rows whose
-    target day lies in the arrays (and, with ``observed_only``, exists in the grid).
-    """
-    if origin_col - history_days + 1 < 0:
-        raise FeatureInputError(f"origin column {origin_col}: needs {history_days} days of history before it")
+    """Feature inputs of every store×item for targets origin+1..origin+horizon (see ``rows_for_pairs``)."""
     n_series = history.sales.shape[0]
-    horizons = np.arange(1, horizon + 1)
-    horizons = horizons[origin_col + horizons < history.days]
-    series = np.repeat(np.arange(n_series), horizons.size)
-    h = np.tile(horizons, n_series)
-    target_col = origin_col + h
-    if observed_only:
-        keep = history.observed[series, target_col]
-        series, h, target_col = series[keep], h[keep], target_col[keep]
-    window = slice(origin_col - history_days + 1, origin_col + 1)
-    sales_window = history.sales[:, window]
-    promo_window = history.promo[:, window]
-    store_pos = np.searchsorted(history.stores["store_nbr"], history.store_nbr)
-    categorical = {name: values[series] for name, values in history.series_categorical().items()}
-    rows = FeatureRows(
-        sales=sales_window[series], promo=promo_window[series],
-        origin_day=np.full(series.size, history.first_day + origin_col, np.int64), horizon=h,
-        target_promo=history.promo[series, target_col], holidays=history.holidays[store_pos[series], target_col],
-        categorical=categorical,
-    )
-    return rows, history.sales[series, target_col], history.perishable[series], series
+    return rows_for_pairs(history, np.arange(n_series), np.full(n_series, origin_col), history_days, horizon,
+                          observed_only)
 
 
 def snapshot_at(history: SalesHistory, origin_col: int, history_days: int, calendar: np.ndarray) -> HistorySnapshot:
