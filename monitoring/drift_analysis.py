@@ -5,7 +5,8 @@ of the requests the bundle can serve, at its own origin and horizon days. Every 
 gets a verdict the report shows with its reason:
 
 * drift  -- PSI above drift.psi_alert and the KS / chi-square p-value below drift.p_value_alert;
-* inconclusive -- PSI above the threshold, but too few events for the test to tell it from chance;
+* inconclusive -- PSI above the threshold, but too few events for the test to tell it from chance,
+  or (categories) too few events to compare any category on its own;
 * not alarmed -- a calendar feature (the horizon, the target day's calendar and holidays): the
   requested date sets it and the app refuses dates outside the window, so its shift says which
   days clients ask for, not that the data changed;
@@ -26,7 +27,7 @@ import numpy as np
 
 from monitoring.drift_params import DriftParams
 from monitoring.serving_data import UNKNOWN_LABEL, ServingData, collect
-from monitoring.statistics import ShiftTest, categorical_shift, numeric_shift
+from monitoring.statistics import MIN_EXPECTED, ShiftTest, categorical_shift, numeric_shift
 from pipeline.drift_stats import ROLE_CALENDAR, ROLE_HISTORY, feature_role
 from pipeline.metrics import MetricInputError, nwrmsle, perishable_weights
 
@@ -90,6 +91,9 @@ def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: 
         verdict, note = VERDICT_NOT_ALARMED, CALENDAR_REASON
     elif shifted:
         verdict, note = VERDICT_DRIFT, f"PSI {test.psi:.3f} > {psi_alert} and {test_name} p={test.p_value:.2g}"
+    elif test.test == "chi2" and events and test.cells < 2:
+        verdict, note = VERDICT_INCONCLUSIVE, (f"{events} events are too few to compare its categories one by one "
+                                               f"(each is expected in fewer than {MIN_EXPECTED:g} of them)")
     elif test.psi > psi_alert:
         verdict, note = VERDICT_INCONCLUSIVE, (f"PSI {test.psi:.3f} > {psi_alert}, but at {events} events the "
                                                f"{test_name} test cannot tell it from chance (p={test.p_value:.2g})")

@@ -37,6 +37,7 @@ class ShiftTest:
     live_shares: list[float]
     train_shares: list[float]
     labels: list[str]
+    cells: int = 0  # categories expected often enough to be compared one by one (not pooled); 0 for numeric tests
 
 
 def population_stability_index(live_shares: np.ndarray, train_shares: np.ndarray) -> float:
@@ -153,7 +154,8 @@ def categorical_shift(live_labels: Sequence[str], reference: Mapping) -> ShiftTe
     dof = max(observed.size - 1, 0)
     psi = population_stability_index(observed / n, expected / n) if n else 0.0
     return ShiftTest(psi=psi, statistic=statistic, p_value=chi_square_p_value(statistic, dof) if n else 1.0,
-                     test="chi2", live_shares=live_shares.tolist(), train_shares=train_shares.tolist(), labels=labels)
+                     test="chi2", live_shares=live_shares.tolist(), train_shares=train_shares.tolist(), labels=labels,
+                     cells=int((train_shares[:-1] * n >= MIN_EXPECTED).sum()))
 
 
 def _pooled_cells(observed: np.ndarray, train_shares: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

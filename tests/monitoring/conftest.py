@@ -131,3 +131,39 @@ def jsonl() -> Callable[[Path, list[dict[str, Any]]], Path]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+def served_validation_requests(bundle: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` real requests for the bundle's window: rows of its project's validation split, items it knows."""
+    import pandas as pd
+
+    rows = pd.read_parquet(bundle.parents[1] / "data" / "split" / "validation.parquet")
+    known = set(json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))["vocabularies"]["item_nbr"])
+    rows = rows[rows["item_nbr"].astype(str).isin(known)].sample(n=n, random_state=seed)
+    return [{"store_nbr": int(r.store_nbr), "item_nbr": int(r.item_nbr), "date": r.date.date().isoformat(),
+             "onpromotion": bool(r.onpromotion)} for r in rows.itertuples()]
+
+
+def replay_requests(bundle: Path, requests: list[dict[str, Any]], log_path: Path) -> Path:
+    """Serve `requests` through the real app; its events go to `log_path` (the app's JSON-lines sink)."""
+    from app import create_app
+    from app.config import AppSettings
+    from app.events import PredictionEventSink
+
+    sink = PredictionEventSink.from_environment({"SHELFCAST_PREDICTION_LOG": str(log_path)})
+    client = create_app(AppSettings(model_dir=bundle, reload_interval_s=0), sink=sink).test_client()
+    for start in range(0, len(requests), 200):
+        answer = client.post("/api/v1/predict", json={"instances": requests[start:start + 200]})
+        assert answer.status_code == 200, answer.get_json()
+    sink.close()
+    return log_path
+
+
+@pytest.fixture(scope="session")
+def validation_requests_for() -> Callable[..., list[dict[str, Any]]]:
+    return served_validation_requests
+
+
+@pytest.fixture(scope="session")
+def replay() -> Callable[..., Path]:
+    return replay_requests
