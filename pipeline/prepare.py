@@ -42,7 +42,7 @@ from pipeline.validate import (
 
 RAW_DIR = Path("data/raw")
 PREPARED_DIR = Path("data/prepared")
-PARTITION_COLUMNS = ("row", "date", "item_nbr", "unit_sales", "onpromotion")  # row: data row number in train.csv
+PARTITION_COLUMNS = ("row", "id", "date", "item_nbr", "unit_sales", "onpromotion")  # row: data row number in train.csv
 ROW_GROUP_ROWS = 2_000_000
 # The holiday calendar reaches this far past the last sales day (or to the last day that
 # holidays_events/test list, if later): a day holidays_events does not list is an ordinary
@@ -110,45 +110,49 @@ class StorePartitions:
 class IdTracker:
     """train.csv ids must be unique, whatever their range: any non-negative int64, dense or sparse.
 
-    Memory does not grow with the largest id: (id, row) pairs are spilled to
-    ``BUCKETS`` files by ``id % BUCKETS`` and each bucket is checked on its own at
-    the end. Kaggle's ids (0..N-1 in file order) are strictly increasing, which
-    already proves them unique; then the buckets are never read back.
+    Kaggle's ids (0..N-1 in file order) are strictly increasing, which already proves
+    them unique: that is all pass 1 checks, at no memory cost. Only when they are not
+    does ``check`` read the ids back from the store partitions (where pass 1 stored
+    them with their row numbers), spill (id, row) pairs into ``BUCKETS`` files by
+    ``id % BUCKETS`` and sort one bucket at a time: memory never grows with the
+    largest id (a bitmap over ids of 10**12 would need 931 GiB).
     """
 
     BUCKETS = 16
 
     def __init__(self, directory: Path):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.paths = [directory / f"ids-{k}.bin" for k in range(self.BUCKETS)]
-        self.handles = [open(p, "wb") for p in self.paths]
+        self.directory = directory
         self.last = -1
         self.increasing = True
 
-    def add(self, ids: np.ndarray, offset: int) -> None:
+    def add(self, ids: np.ndarray) -> None:
         ids = np.asarray(ids, dtype=np.int64)
-        if not len(ids):
-            return
-        if self.increasing:
+        if self.increasing and len(ids):
             self.increasing = bool(ids[0] > self.last and np.all(ids[1:] > ids[:-1]))
             self.last = int(ids[-1])
-        pairs = np.stack([ids, np.arange(offset, offset + len(ids), dtype=np.int64)], axis=1)
-        bucket = ids % self.BUCKETS
-        for k, handle in enumerate(self.handles):
-            pairs[bucket == k].tofile(handle)
 
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.close()
-
-    def check(self, path: Path) -> None:
-        """Fail naming the lines of repeated ids (all of them, in file order); removes the spill files."""
-        self.close()
+    def check(self, path: Path, partitions: list[Path]) -> None:
+        """Fail naming the lines of repeated ids (in file order); the spill files are removed either way."""
+        if self.increasing:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        buckets = [self.directory / f"ids-{k}.bin" for k in range(self.BUCKETS)]
         try:
-            if self.increasing:
-                return
+            handles = [open(bucket, "wb") for bucket in buckets]
+            try:
+                for partition in partitions:
+                    for batch in pq.ParquetFile(partition).iter_batches(batch_size=1 << 20, columns=["id", "row"]):
+                        pairs = np.stack([batch.column(0).to_numpy(), batch.column(1).to_numpy()], axis=1)
+                        which = pairs[:, 0] % self.BUCKETS
+                        order = np.argsort(which, kind="stable")
+                        bounds = np.searchsorted(which[order], np.arange(self.BUCKETS + 1))
+                        for k, handle in enumerate(handles):
+                            pairs[order[bounds[k]:bounds[k + 1]]].tofile(handle)
+            finally:
+                for handle in handles:
+                    handle.close()
             rows, values = [], []
-            for bucket in self.paths:
+            for bucket in buckets:
                 pairs = np.fromfile(bucket, dtype=np.int64).reshape(-1, 2)
                 order = np.argsort(pairs[:, 0], kind="stable")
                 ids = pairs[order, 0]
@@ -162,8 +166,7 @@ class IdTracker:
                 first = np.argsort(rows_all, kind="stable")
                 fail(path, "id", "duplicate id", rows_all[first], values_all[first[:5]].tolist())
         finally:
-            for bucket in self.paths:
-                bucket.unlink(missing_ok=True)
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def split_train_by_store(raw_dir: Path, reference: Reference, workdir: Path, progress: bool) -> tuple[StorePartitions, np.ndarray]:
@@ -173,22 +176,21 @@ def split_train_by_store(raw_dir: Path, reference: Reference, workdir: Path, pro
     known_stores = pa.array(reference.stores["store_nbr"].to_numpy(dtype=np.int32))
     known_items = pa.array(reference.items["item_nbr"].to_numpy(dtype=np.int32))
     partitions = StorePartitions(workdir)
-    ids = IdTracker(workdir / "ids")
+    ids = IdTracker(workdir / ".ids")
     dates_seen: set[int] = set()
     try:
         with tqdm(unit="rows", unit_scale=True, desc=f"prepare: read {path.name}", disable=not progress) as bar:
             for offset, batch in read_batches(path, spec):
                 check_references(path, batch, offset, "store_nbr", known_stores, "stores")
                 check_references(path, batch, offset, "item_nbr", known_items, "items")
-                ids.add(batch.column("id").to_numpy(zero_copy_only=False), offset)
+                ids.add(batch.column("id").to_numpy(zero_copy_only=False))
                 days = batch.column("date").cast(pa.int32()).to_numpy(zero_copy_only=False)
                 dates_seen.update(np.unique(days).tolist())
                 partitions.add(batch, offset)
                 bar.update(batch.num_rows)
     finally:
         partitions.close()
-        ids.close()
-    ids.check(path)
+    ids.check(path, [partitions.path(store) for store in sorted(partitions.rows)])
     calendar = np.array(sorted(dates_seen), dtype="datetime64[D]")
     return partitions, calendar
 

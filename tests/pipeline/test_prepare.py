@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -202,16 +203,20 @@ def test_sparse_huge_ids_are_accepted_without_an_id_sized_allocation(tmp_path):
     assert len(_sales(tmp_path / "out"))
 
 
-def test_duplicate_ids_across_blocks_are_found_in_any_order(tmp_path):
-    tracker = IdTracker(tmp_path / "ids")
-    tracker.add(np.array([5 * 10**15, 7, 2**62]), 0)
-    tracker.add(np.array([3, 2**62, 11]), 3)
+def test_duplicate_ids_across_blocks_and_stores_are_found_in_any_order(tmp_path):
+    blocks = [np.array([5 * 10**15, 7, 2**62]), np.array([3, 2**62, 11])]
+    tracker = IdTracker(tmp_path / "spill")
+    for block in blocks:
+        tracker.add(block)
+    stores = [tmp_path / "store=1.parquet", tmp_path / "store=2.parquet"]  # as pass 1 partitions them
+    pq.write_table(pa.table({"row": [0, 2, 4], "id": [5 * 10**15, 2**62, 2**62]}), stores[0])
+    pq.write_table(pa.table({"row": [1, 3, 5], "id": [7, 3, 11]}), stores[1])
     with pytest.raises(DataValidationError, match=r"train.csv: column 'id': duplicate id; first offending: "
                                                   r"line 4 \(4611686018427387904\), line 6"):
-        tracker.check(Path("train.csv"))
-    assert not any((tmp_path / "ids").iterdir())
+        tracker.check(Path("train.csv"), stores)
+    assert not (tmp_path / "spill").exists()
 
-    increasing = IdTracker(tmp_path / "ids2")
-    increasing.add(np.array([0, 10**12]), 0)
-    increasing.add(np.array([10**12 + 1, 2**63 - 1]), 2)
-    increasing.check(Path("train.csv"))
+    increasing = IdTracker(tmp_path / "spill")
+    increasing.add(np.array([0, 10**12]))
+    increasing.add(np.array([10**12 + 1, 2**63 - 1]))
+    increasing.check(Path("train.csv"), [tmp_path / "never-read.parquet"])  # increasing: unique, nothing read
