@@ -6,6 +6,7 @@ summed over the workers. One server for the module; every socket on 127.0.0.1.
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import os
@@ -165,3 +166,28 @@ def _or0(text: str, name: str, labels: str) -> float:
         return metric(text, name, labels)
     except AssertionError:
         return 0.0
+
+
+@pytest.mark.slow  # ~15 s; the in-process schemathesis run (test_api_fuzz.py) is in the default suite
+def test_schemathesis_over_http_finds_no_server_error(server):
+    """Every documented operation fuzzed through gunicorn (sockets, chunking, limits): never a 5xx."""
+    schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is a test extra")
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+    schema = schemathesis.openapi.from_url(f"http://127.0.0.1:{server}/api/v1/openapi.json")
+    statuses: collections.Counter = collections.Counter()
+    for operation in (result.ok() for result in schema.get_all_operations()):
+        broken_input = operation.label in ("POST /api/v1/predict", "GET /api/v1/items")  # the rest take none
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if broken_input else (GenerationMode.POSITIVE,):
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=list(HealthCheck))
+            def answers_as_documented(case) -> None:
+                response = case.call_and_validate(excluded_checks=[positive_data_acceptance], timeout=10)
+                statuses[response.status_code] += 1
+
+            answers_as_documented()
+    print(f"schemathesis over HTTP: {sum(statuses.values())} requests, statuses {dict(sorted(statuses.items()))}")
+    assert statuses and not any(status >= 500 for status in statuses)
