@@ -48,6 +48,8 @@ def test_every_path_named_in_docs_and_comments_exists():
         for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             for named in PATH_PATTERN.findall(line):
                 named = re.sub(r":\d+(?:-\d+)?$", "", named)  # file.py:18-240 names lines of a file
+                if set(named.strip("/").split("/")) <= set(SOURCE_DIRS):
+                    continue  # prose: "pipeline/app/monitoring" means the three packages
                 if not exists(named):
                     missing.append(f"{path.relative_to(REPO)}:{number}: {named}")
     assert not missing, "paths named but not in the repository:\n" + "\n".join(missing)
