@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="gunicorn workers (default: cores, as `make serve`)")
-    parser.add_argument("--threads", type=int, default=1, help="threads per worker (default 1, as `make serve`)")
+    parser.add_argument("--threads", type=int, default=8, help="connection threads per worker (default 8, as `make serve`)")
     parser.add_argument("--warm-up", type=float, default=2.0, help="untimed seconds of load first (default 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON line (BENCHMARKS.md format)")
     args = parser.parse_args(argv)

@@ -1,0 +1,143 @@
+"""Prediction events through `make serve`'s gunicorn when workers die or their number changes (slow).
+
+Real gunicorn workers, a real Fluentd-protocol receiver, one event per answered request
+(counted by request_id): kill -9 of a worker under load, and 4 workers stopped while
+Fluentd is down, then 2 started with it up. Lost must be 0; duplicates are printed.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import http.client
+from pathlib import Path
+
+import pytest
+
+from app.events import TAG
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_gunicorn(bundle: Path, fluentd_port: int, workdir: Path, workers: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {**os.environ, "SHELFCAST_BIND": f"127.0.0.1:{port}", "SHELFCAST_WORKERS": str(workers),
+           "SHELFCAST_MODEL_DIR": str(bundle), "FLUENTD_HOST": "127.0.0.1", "FLUENTD_PORT": str(fluentd_port),
+           "SHELFCAST_EVENT_SPOOL": str(workdir / "spool"), "PROMETHEUS_MULTIPROC_DIR": str(workdir / f"metrics-{port}"),
+           "SHELFCAST_LOG_LEVEL": "warning"}
+    log = open(workdir / f"gunicorn-{port}.log", "w", encoding="utf-8")
+    process = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "--config", "app/gunicorn_conf.py",
+                                "app.wsgi:app"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, (workdir / f"gunicorn-{port}.log").read_text()[-3000:]
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
+                return process, port
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "gunicorn did not become ready"
+        time.sleep(0.2)
+
+
+def body(port: int) -> bytes:
+    model = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/model", timeout=5).read())
+    items = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/items?limit=1", timeout=5).read())
+    return json.dumps({"instances": [{"store_nbr": model["stores"][0]["store_nbr"],
+                                      "item_nbr": items["items"][0]["item_nbr"],
+                                      "date": model["horizon"]["first_date"], "onpromotion": False}]}).encode()
+
+
+def load(port: int, seconds: float, prefix: str, clients: int = 4) -> list[str]:
+    """Request ids answered 200 by `clients` keep-alive clients sending back to back."""
+    answered: list[str] = []
+    lock = threading.Lock()
+    payload = body(port)
+    stop_at = time.monotonic() + seconds
+
+    def client(index: int) -> None:
+        connection, n = None, 0
+        while time.monotonic() < stop_at:
+            request_id = f"{prefix}-{index}-{n}"
+            n += 1
+            try:
+                connection = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                connection.request("POST", "/api/v1/predict", body=payload,
+                                   headers={"Content-Type": "application/json", "X-Request-ID": request_id})
+                response = connection.getresponse()
+                response.read()
+                if response.status == 200:
+                    with lock:
+                        answered.append(request_id)
+            except OSError:  # the killed worker's connections break: not answered, not counted
+                connection = None
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answered
+
+
+def worker_pids(master: subprocess.Popen) -> list[int]:
+    children = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def received_by_request(receiver) -> collections.Counter:
+    return collections.Counter(e["record"]["request_id"] for e in receiver.events() if e["tag"] == TAG)
+
+
+def report(case: str, answered: list[str], received: collections.Counter) -> tuple[int, int]:
+    lost = len(set(answered) - set(received))
+    duplicated = sum(received[r] - 1 for r in answered if received[r] > 1)
+    print(f"{case}: {len(answered)} answered, {lost} lost, {duplicated} duplicated")
+    return lost, duplicated
+
+
+def test_kill_9_of_a_worker_under_load_loses_no_answered_event(fluentd_receiver, app_bundles, tmp_path):
+    master, port = start_gunicorn(app_bundles[0], fluentd_receiver.port, tmp_path, workers=2)
+    killer = threading.Timer(1.5, lambda: os.kill(worker_pids(master)[0], signal.SIGKILL))
+    killer.start()
+    answered = load(port, 3.0, "k9")
+    master.send_signal(signal.SIGTERM)  # the surviving worker has claimed the dead one's segments meanwhile
+    master.wait(timeout=60)
+    fluentd_receiver.stop()
+    lost, _ = report("gunicorn kill -9", answered, received_by_request(fluentd_receiver))
+    assert len(answered) > 100 and lost == 0
+
+
+def test_four_workers_then_two_deliver_every_event(fluentd_receiver, app_bundles, tmp_path):
+    fluentd_receiver.stop()  # Fluentd down while 4 workers serve and stop
+    master, port = start_gunicorn(app_bundles[0], fluentd_receiver.port, tmp_path, workers=4)
+    answered = load(port, 2.0, "four")
+    master.send_signal(signal.SIGTERM)
+    master.wait(timeout=60)
+    assert list((tmp_path / "spool").glob("*.jsonl")), "the events should wait in the spool"
+    fluentd_receiver.start()
+    master, port = start_gunicorn(app_bundles[0], fluentd_receiver.port, tmp_path, workers=2)
+    deadline = time.monotonic() + 60
+    while list((tmp_path / "spool").glob("*.jsonl")):
+        assert time.monotonic() < deadline, "the two workers did not send the four workers' spool"
+        time.sleep(0.2)
+    master.send_signal(signal.SIGTERM)
+    master.wait(timeout=60)
+    fluentd_receiver.stop()
+    lost, _ = report("gunicorn 4 -> 2 workers", answered, received_by_request(fluentd_receiver))
+    assert len(answered) > 100 and lost == 0
