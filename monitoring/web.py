@@ -70,7 +70,8 @@ def page_data() -> dict[str, Any]:
     drift = latest_drift_report()
     summary = None
     if drift is not None:
-        features = {**drift.get("features", {}), **{f"category {k}": v for k, v in drift.get("categorical", {}).items()}}
+        features = {**{k: v for k, v in drift.get("features", {}).items() if v.get("role") != "calendar"},
+                    **{f"category {k}": v for k, v in drift.get("categorical", {}).items()}}  # calendar: never alarmed
         worst = sorted(features.items(), key=lambda item: -item[1].get("psi", 0.0))[:8]
         summary = {"status": drift.get("status"), "alarm": drift.get("alarm", False),
                    "generated_at": drift.get("generated_at"), "events": drift.get("events"),
@@ -79,7 +80,9 @@ def page_data() -> dict[str, Any]:
                    "prediction_psi": (drift.get("prediction") or {}).get("psi"),
                    "live": drift.get("live"),
                    "top_features": [{"name": name, "psi": record.get("psi"), "p_value": record.get("p_value"),
-                                     "drifted": record.get("drifted")} for name, record in worst]}
+                                     "drifted": record.get("drifted"),
+                                     "verdict": record.get("verdict") or ("drift" if record.get("drifted") else "ok")}
+                                    for name, record in worst]}
     return {"recent": recent_statistics(_prediction_log()), "drift": summary,
             "drift_report_available": (_drift_dir() / REPORT_HTML).is_file()}
 

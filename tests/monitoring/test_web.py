@@ -38,5 +38,7 @@ def test_page_shows_the_latest_report_and_recent_statistics(tmp_path, monkeypatc
     data = client.get("/api/v1/monitoring").get_json()
     assert data["recent"]["events"] == 400 and data["recent"]["promotion_share"] == 1.0
     assert data["drift"]["alarm"] is True and data["drift"]["top_features"][0]["drifted"]
+    assert data["drift"]["top_features"][0]["verdict"] == "drift"
+    assert not any(f["name"] in ("horizon", "target_day_of_month") for f in data["drift"]["top_features"])
     report = client.get("/monitoring/drift-report")
     assert report.status_code == 200 and b"<svg" in report.data
