@@ -40,6 +40,12 @@ def _read_json(path: Path) -> dict:
 def metrics_event(metrics: Mapping[str, Any], evaluation: Mapping[str, Any] | None, source: str = "") -> dict:
     """The event body: the overall scores (slices stay in MLflow and results/metrics.json)."""
     try:
+        if "validation" in metrics:  # evaluate's layout: the validation window's scores, and the backtest's
+            validation = metrics["validation"]
+            metrics = {"rows": validation["rows"], "improvement_over_baseline": validation["improvement"],
+                       "threshold_test_passed": metrics["threshold_test_passed"],
+                       "candidate": {"nwrmsle": validation["candidate_nwrmsle"], "rmse": validation["candidate_rmse"]},
+                       "baseline": {"nwrmsle": validation["baseline_nwrmsle"], "rmse": validation["baseline_rmse"]}}
         candidate, baseline = metrics["candidate"], metrics["baseline"]
         body = {
             "rows": int(metrics["rows"]),

@@ -1,30 +1,41 @@
-"""DVC stage ``evaluate``: score the candidate bundle on the validation window, then the threshold test.
+"""DVC stage ``evaluate``: score the training recipe on rolling backtest windows, then the threshold test.
 
-The candidate is scored through the serving path (bundle loader +
-``rows_from_snapshot`` + the one feature function), so what is evaluated is
-what the app will serve. Outputs:
+Window 0 is the validation window, scored with the candidate bundle through
+the serving path (bundle loader + ``rows_from_snapshot`` + the one feature
+function), so what is evaluated there is what the app will serve. Windows
+1 .. ``evaluate.backtest_windows - 1`` are the windows of the same length
+before it, each forecast by a model trained with the candidate's recipe on
+the days before that window (``pipeline/backtest.py``).
 
-* ``results/metrics.json`` (DVC metrics): NWRMSLE and RMSE of the candidate
-  and of the weekday moving-average baseline, the improvement, per-family and
-  per-store NWRMSLE slices;
-* ``results/plots/daily.csv`` (total actual vs predicted per day) and
-  ``results/plots/predictions.csv`` (a seeded sample of rows, log1p scale) for
-  ``dvc plots``;
+**The threshold test** (the gate ``promote`` obeys) passes when all hold:
+
+1. the candidate beats the weekday moving-average baseline *with confidence*:
+   over the rows of all windows, the improvement 1 - NWRMSLE(candidate) /
+   NWRMSLE(baseline) has a paired bootstrap interval over store×item series
+   (``evaluate.confidence``, ``evaluate.bootstrap_resamples``) whose lower
+   bound is strictly above ``evaluate.min_improvement`` (0 allowed);
+2. if ``evaluate.max_nwrmsle`` is set (not null): the candidate's NWRMSLE over
+   all windows is at most that;
+3. in the validation window, no family or store slice with at least
+   ``evaluate.slice.min_rows`` rows has an NWRMSLE above ``evaluate.slice.max_nwrmsle``.
+
+A failure exits with status 2 and one line per failed rule, naming its param
+and by how much. Outputs (all written before the verdict is returned):
+
+* ``results/metrics.json`` (DVC metrics): the headline figures only;
+* ``results/backtest.json``: every window's dates, rows, scores and interval;
+* ``results/slices.json``: per-family and per-store NWRMSLE of the validation window;
+* ``results/plots/daily.csv`` (units per day, every window) and
+  ``results/plots/predictions.csv`` (a seeded sample, log1p scale) for ``dvc plots``;
 * ``results/evaluation.json``: the verdict and the hashes of the bundle, code,
-  data and params it was reached on — what ``promote`` checks.
-
-The threshold test exits with status 2 and one line per failed threshold,
-naming it and by how much, when the candidate's NWRMSLE is above
-``evaluate.max_nwrmsle``, improves on the baseline by less than
-``evaluate.min_improvement``, or a slice (with at least
-``evaluate.slice.min_rows`` rows) is above ``evaluate.slice.max_nwrmsle``.
+  data and params it was reached on — what ``promote`` checks;
+* an MLflow run nested under the candidate's training run with all of the above.
 
     python -m pipeline.evaluate [--root DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime as dt
 import json
@@ -34,23 +45,39 @@ from typing import Mapping
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
+from pipeline.backtest import BacktestError, WindowScores, earlier_windows, series_key
 from pipeline.bundle import BundleError, load_bundle
 from pipeline.features import FeatureInputError, rows_from_snapshot
+from pipeline.history import HistoryError
 from pipeline.io import atomic_file
-from pipeline.metrics import MetricInputError, nwrmsle, nwrmsle_by, perishable_weights, rmse
-from pipeline.model_params import EvaluateParams, evaluate_params, train_params
-from pipeline.params import ParamsError, load_yaml
+from pipeline.metrics import (
+    ImprovementInterval,
+    MetricInputError,
+    improvement_interval,
+    nwrmsle,
+    nwrmsle_by,
+    perishable_weights,
+    rmse,
+)
+from pipeline.model_params import EvaluateParams, evaluate_params, feature_params, train_params
+from pipeline.params import load_yaml
+from pipeline.stage import run_stage
 from pipeline.versions import code_version, data_version, params_version
 
 VALIDATION_DATA = "data/split/validation.parquet"
 DATA_INPUTS = ("data/split/train.parquet", VALIDATION_DATA, "data/prepared/holidays.parquet")
 CANDIDATE_DIR = "models/candidate"
 METRICS_FILE = "results/metrics.json"
+BACKTEST_FILE = "results/backtest.json"
+SLICES_FILE = "results/slices.json"
 EVALUATION_FILE = "results/evaluation.json"
 PLOTS_DIR = "results/plots"
+RESULT_FILES = (METRICS_FILE, BACKTEST_FILE, SLICES_FILE, EVALUATION_FILE)
 PARAM_SECTIONS = ("features", "train", "evaluate")
 THRESHOLD_FAILED = 2
+SCORE_CHUNK_ROWS = 65_536  # validation rows whose features are built at once
 
 
 class EvaluateError(RuntimeError):
@@ -71,22 +98,41 @@ def score(actual, predicted, weights, family, store) -> dict:
     }
 
 
-def threshold_failures(metrics: Mapping, rows_per_slice: Mapping[str, Mapping[str, int]], params: EvaluateParams) -> list[str]:
-    """Every failed threshold, as a message naming it and by how much (empty: the candidate passes)."""
+def gate_rule(params: EvaluateParams) -> str:
+    """The threshold test in one sentence, with the params' values (recorded beside every verdict)."""
+    rule = (f"the lower bound of the {params.confidence:.0%} paired-bootstrap interval (over store x item series, "
+            f"{params.bootstrap_resamples} resamples) of the improvement over the baseline, 1 - NWRMSLE(candidate) / "
+            f"NWRMSLE(baseline) over all {params.backtest_windows} backtest window(s), must exceed "
+            f"{params.min_improvement:g}")
+    if params.max_nwrmsle is not None:
+        rule += f"; the candidate's NWRMSLE over all windows must be at most {params.max_nwrmsle:g}"
+    return rule + (f"; no family/store slice of the validation window with >= {params.slice_bound.min_rows} rows "
+                   f"may exceed NWRMSLE {params.slice_bound.max_nwrmsle:g}")
+
+
+def threshold_failures(pooled: Mapping, interval: ImprovementInterval, slices: Mapping, params: EvaluateParams
+                       ) -> list[str]:
+    """Every failed rule of the threshold test, as a message naming its param and by how much (empty: passed).
+
+    ``pooled``: candidate/baseline NWRMSLE over all windows; ``slices``: the validation window's
+    ``{"candidate": {"by_family": ..., "by_store": ...}, "rows": {"by_family": ..., "by_store": ...}}``.
+    """
     failures = []
-    cand, base = metrics["candidate"]["nwrmsle"], metrics["baseline"]["nwrmsle"]
-    if cand > params.max_nwrmsle:
+    if not interval.low > params.min_improvement:
+        failures.append(
+            f"evaluate.min_improvement: the candidate improves on the baseline by {interval.estimate:.2%} "
+            f"(NWRMSLE {pooled['candidate_nwrmsle']:.4f} vs {pooled['baseline_nwrmsle']:.4f}), but the "
+            f"{interval.confidence:.0%} interval [{interval.low:.2%}, {interval.high:.2%}] over {interval.series} series "
+            f"does not clear the required {params.min_improvement:.2%} (lower bound short by "
+            f"{params.min_improvement - interval.low:.2%})")
+    cand = pooled["candidate_nwrmsle"]
+    if params.max_nwrmsle is not None and cand > params.max_nwrmsle:
         failures.append(f"evaluate.max_nwrmsle: candidate NWRMSLE {cand:.4f} is above the threshold "
                         f"{params.max_nwrmsle:.4f} by {cand - params.max_nwrmsle:.4f}")
-    improvement = metrics["improvement_over_baseline"]
-    if improvement < params.min_improvement:
-        failures.append(f"evaluate.min_improvement: candidate NWRMSLE {cand:.4f} improves on the baseline's {base:.4f} "
-                        f"by {improvement:.2%}, less than the required {params.min_improvement:.2%} "
-                        f"(short by {params.min_improvement - improvement:.2%})")
     bound = params.slice_bound
     for kind in ("by_family", "by_store"):
-        for key, value in sorted(metrics["candidate"][kind].items()):
-            rows = rows_per_slice[kind].get(key, 0)
+        for key, value in sorted(slices["candidate"][kind].items()):
+            rows = slices["rows"][kind].get(key, 0)
             if rows >= bound.min_rows and value > bound.max_nwrmsle:
                 failures.append(f"evaluate.slice.max_nwrmsle: {kind[3:]} {key!r} ({rows} rows) has NWRMSLE {value:.4f}, "
                                 f"above the bound {bound.max_nwrmsle:.4f} by {value - bound.max_nwrmsle:.4f}")
@@ -116,96 +162,181 @@ def read_validation(path: Path) -> pd.DataFrame:
     return frame
 
 
-def run(root: Path, quiet: bool = False) -> tuple[dict, list[str]]:
-    """Evaluate the candidate; returns (metrics, threshold failures). Writes every output first."""
+def _day(day_number: int) -> str:
+    return str(np.datetime64(int(day_number), "D"))
+
+
+def validation_window(root: Path, bundle, frame: pd.DataFrame, baseline_weeks: int,
+                      quiet: bool = True) -> WindowScores:
+    """Window 0: the candidate bundle on the validation rows, through the serving path."""
     from pipeline.models import baseline_predict
 
-    raw = load_yaml(root / "params.yaml")
-    eparams, tparams = evaluate_params(raw), train_params(raw)
-    bundle = load_bundle(root / CANDIDATE_DIR)
-    frame = read_validation(root / VALIDATION_DATA)
-    try:
-        rows = rows_from_snapshot(bundle.snapshot, frame["store_nbr"].to_numpy(), frame["item_nbr"].to_numpy(),
-                                  frame["date"].to_numpy(dtype="datetime64[D]"), frame["onpromotion"].to_numpy(bool))
-    except FeatureInputError as exc:
-        raise EvaluateError(f"{root / VALIDATION_DATA}: {exc} (is split.validation_days <= features.horizon, and is "
-                            "the candidate trained on the current split?)") from None
-    predicted = bundle.predict_features(bundle.features(rows))
-    baseline = baseline_predict(rows, tparams.baseline_weeks)
-    actual = frame["unit_sales"].to_numpy(np.float64)
-    weights = perishable_weights(frame["perishable"].to_numpy(bool))
+    days = frame["date"].to_numpy(dtype="datetime64[D]")
+    store, item, promo = frame["store_nbr"].to_numpy(), frame["item_nbr"].to_numpy(), frame["onpromotion"].to_numpy(bool)
+    candidate, baseline = np.zeros(days.size), np.zeros(days.size)
+    # In chunks: each row carries its series' whole feature window (Favorita: 3.5 M rows x 392 days).
+    for start in tqdm(range(0, days.size, SCORE_CHUNK_ROWS), desc="evaluate: validation rows", unit="chunk",
+                      disable=quiet, leave=False):
+        part = slice(start, start + SCORE_CHUNK_ROWS)
+        try:
+            rows = rows_from_snapshot(bundle.snapshot, store[part], item[part], days[part], promo[part])
+        except FeatureInputError as exc:
+            raise EvaluateError(f"{root / VALIDATION_DATA}: {exc} (row numbers counted from row {start}; is "
+                                "split.validation_days <= features.horizon, and is the candidate trained on the "
+                                "current split?)") from None
+        candidate[part] = bundle.predict_features(bundle.features(rows))
+        baseline[part] = baseline_predict(rows, baseline_weeks)
+    day = days.astype(np.int64)
+    return WindowScores(
+        index=0, first_day=int(day.min()), last_day=int(day.max()),
+        series=series_key(frame["store_nbr"].to_numpy(), frame["item_nbr"].to_numpy()), day=day,
+        actual=frame["unit_sales"].to_numpy(np.float64),
+        candidate=candidate, baseline=baseline,
+        weights=perishable_weights(frame["perishable"].to_numpy(bool)),
+        model=f"candidate bundle {bundle.metadata.get('version')}")
+
+
+def window_summary(window: WindowScores, params: EvaluateParams) -> dict:
+    """One window's scores and improvement interval (a row of results/backtest.json)."""
+    interval = improvement_interval(window.series, window.actual, window.candidate, window.baseline, window.weights,
+                                    confidence=params.confidence, resamples=params.bootstrap_resamples,
+                                    seed=params.seed + window.index)
+    return {"window": window.index, "first_day": _day(window.first_day), "last_day": _day(window.last_day),
+            "model": window.model, "rows": window.rows, "series": interval.series,
+            "train_examples": window.train_examples,
+            "candidate_nwrmsle": nwrmsle(window.actual, window.candidate, window.weights),
+            "baseline_nwrmsle": nwrmsle(window.actual, window.baseline, window.weights),
+            "improvement": interval.estimate, "improvement_low": interval.low, "improvement_high": interval.high}
+
+
+def _slices(window: WindowScores, frame: pd.DataFrame) -> dict:
     family = frame["family"].astype(str).to_numpy()
     store = frame["store_nbr"].astype(str).to_numpy()
-    try:
-        candidate_scores = score(actual, predicted, weights, family, store)
-        baseline_scores = score(actual, baseline, weights, family, store)
-    except MetricInputError as exc:
-        raise EvaluateError(f"{root / VALIDATION_DATA}: {exc}") from None
-    metrics = {
-        "rows": int(actual.size),
-        "candidate": candidate_scores, "baseline": baseline_scores,
-        "improvement_over_baseline": 1.0 - candidate_scores["nwrmsle"] / baseline_scores["nwrmsle"],
-    }
-    rows_per_slice = {"by_family": dict(zip(*np.unique(family, return_counts=True))),
-                      "by_store": dict(zip(*np.unique(store, return_counts=True)))}
-    rows_per_slice = {k: {str(a): int(b) for a, b in v.items()} for k, v in rows_per_slice.items()}
-    failures = threshold_failures(metrics, rows_per_slice, eparams)
-    metrics["threshold_test_passed"] = int(not failures)
+    out = {"window": {"first_day": _day(window.first_day), "last_day": _day(window.last_day)}, "rows": {}}
+    for name, predicted in (("candidate", window.candidate), ("baseline", window.baseline)):
+        scores = score(window.actual, predicted, window.weights, family, store)
+        out[name] = {"by_family": scores["by_family"], "by_store": scores["by_store"]}
+    for kind, groups in (("by_family", family), ("by_store", store)):
+        keys, counts = np.unique(groups, return_counts=True)
+        out["rows"][kind] = {str(k): int(c) for k, c in zip(keys, counts)}
+    return out
 
-    _write_json(root / METRICS_FILE, metrics)
-    daily = pd.DataFrame({"date": frame["date"].dt.strftime("%Y-%m-%d"), "actual": actual, "predicted": predicted,
-                          "baseline": baseline}).groupby("date", sort=True).sum()
-    _write_csv(root / PLOTS_DIR / "daily.csv", ["date", "actual", "predicted", "baseline"],
-               [(d, f"{r.actual:.3f}", f"{r.predicted:.3f}", f"{r.baseline:.3f}") for d, r in daily.iterrows()])
-    sample = np.sort(np.random.default_rng(eparams.seed).choice(actual.size, min(eparams.plot_rows, actual.size),
-                                                                replace=False))
+
+def _write_plots(root: Path, windows: list[WindowScores], latest_family: np.ndarray, params: EvaluateParams) -> None:
+    daily = pd.concat([pd.DataFrame({"day": w.day, "window": w.index, "actual": w.actual, "predicted": w.candidate,
+                                     "baseline": w.baseline}) for w in windows])
+    daily = daily.groupby(["day", "window"], sort=True).sum().reset_index()
+    _write_csv(root / PLOTS_DIR / "daily.csv", ["date", "window", "actual", "predicted", "baseline"],
+               [(_day(r.day), int(r.window), f"{r.actual:.3f}", f"{r.predicted:.3f}", f"{r.baseline:.3f}")
+                for r in daily.itertuples()])
+    latest = windows[0]
+    sample = np.sort(np.random.default_rng(params.seed).choice(latest.rows, min(params.plot_rows, latest.rows),
+                                                               replace=False))
     _write_csv(root / PLOTS_DIR / "predictions.csv", ["actual_log1p", "predicted_log1p", "family"],
-               [(f"{np.log1p(actual[i]):.4f}", f"{np.log1p(predicted[i]):.4f}", family[i]) for i in sample])
+               [(f"{np.log1p(latest.actual[i]):.4f}", f"{np.log1p(latest.candidate[i]):.4f}", latest_family[i])
+                for i in sample])
+
+
+def run(root: Path, quiet: bool = False) -> tuple[dict, list[str]]:
+    """Evaluate the candidate; returns (headline metrics, threshold failures). Writes every output first."""
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    raw = load_yaml(root / "params.yaml")
+    eparams, fparams, tparams = evaluate_params(raw), feature_params(raw), train_params(raw)
+    bundle = load_bundle(root / CANDIDATE_DIR)
+    frame = read_validation(root / VALIDATION_DATA)
+    latest = validation_window(root, bundle, frame, tparams.baseline_weeks, quiet)
+    length = latest.last_day - latest.first_day + 1
+    try:
+        windows = [latest] + earlier_windows(root, fparams, tparams, eparams.backtest_windows, length, say,
+                                             progress=not quiet)
+        per_window = [window_summary(w, eparams) for w in windows]
+        pooled_interval = improvement_interval(
+            np.concatenate([w.series for w in windows]), np.concatenate([w.actual for w in windows]),
+            np.concatenate([w.candidate for w in windows]), np.concatenate([w.baseline for w in windows]),
+            np.concatenate([w.weights for w in windows]), confidence=eparams.confidence,
+            resamples=eparams.bootstrap_resamples, seed=eparams.seed)
+        pooled_weights = np.concatenate([w.weights for w in windows])
+        pooled_actual = np.concatenate([w.actual for w in windows])
+        pooled = {"windows": len(windows), "rows": int(pooled_actual.size), "series": pooled_interval.series,
+                  "candidate_nwrmsle": nwrmsle(pooled_actual, np.concatenate([w.candidate for w in windows]),
+                                               pooled_weights),
+                  "baseline_nwrmsle": nwrmsle(pooled_actual, np.concatenate([w.baseline for w in windows]),
+                                              pooled_weights),
+                  "improvement": pooled_interval.estimate, "improvement_low": pooled_interval.low,
+                  "improvement_high": pooled_interval.high}
+        slices = _slices(latest, frame)
+    except MetricInputError as exc:
+        raise EvaluateError(f"{root / VALIDATION_DATA} and the backtest windows: {exc}") from None
+    failures = threshold_failures(pooled, pooled_interval, slices, eparams)
+    validation = per_window[0]
+    metrics = {  # the headline: what `dvc metrics show` prints
+        "threshold_test_passed": int(not failures),
+        "backtest": pooled,
+        "validation": {"rows": validation["rows"], "candidate_nwrmsle": validation["candidate_nwrmsle"],
+                       "baseline_nwrmsle": validation["baseline_nwrmsle"],
+                       "improvement": validation["improvement"], "candidate_rmse": rmse(latest.actual, latest.candidate),
+                       "baseline_rmse": rmse(latest.actual, latest.baseline)},
+    }
+    backtest = {"confidence": eparams.confidence, "resamples": eparams.bootstrap_resamples,
+                "window_days": int(length), "pooled": pooled, "windows": per_window}
+    _write_json(root / METRICS_FILE, metrics)
+    _write_json(root / BACKTEST_FILE, backtest)
+    _write_json(root / SLICES_FILE, slices)
+    _write_plots(root, windows, frame["family"].astype(str).to_numpy(), eparams)
     evaluation = {
-        "passed": not failures, "failures": failures, "bundle_digest": bundle.digest,
+        "passed": not failures, "failures": failures, "rule": gate_rule(eparams),
+        "improvement_interval": pooled_interval.to_json(), "bundle_digest": bundle.digest,
         "bundle_version": bundle.metadata.get("version"), "mlflow_run_id": bundle.metadata.get("mlflow_run_id"),
-        "candidate_nwrmsle": candidate_scores["nwrmsle"], "baseline_nwrmsle": baseline_scores["nwrmsle"],
+        "candidate_nwrmsle": validation["candidate_nwrmsle"], "baseline_nwrmsle": validation["baseline_nwrmsle"],
+        "backtest_candidate_nwrmsle": pooled["candidate_nwrmsle"],
+        "backtest_baseline_nwrmsle": pooled["baseline_nwrmsle"],
         "evaluated_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         **current_versions(root, raw),
     }
+    evaluation["mlflow_evaluation_run_id"] = _log_to_mlflow(root, evaluation, metrics, per_window, eparams, quiet)
     _write_json(root / EVALUATION_FILE, evaluation)
-    _log_to_run(root, bundle.metadata.get("mlflow_run_id"), metrics, not failures, quiet)
     return metrics, failures
 
 
-def _log_to_run(root: Path, run_id: str | None, metrics: Mapping, passed: bool, quiet: bool) -> None:
-    """Add the validation scores to the candidate's MLflow run (the experiment view shows them side by side)."""
+def _log_to_mlflow(root: Path, evaluation: Mapping, metrics: Mapping, per_window: list[dict], params: EvaluateParams,
+                   quiet: bool) -> str | None:
+    """Record the evaluation in MLflow (a run nested under the candidate's); None when it could not be."""
+    run_id = evaluation.get("mlflow_run_id")
     if not run_id:
-        return
+        return None
     from mlflow.exceptions import MlflowException
 
     from pipeline import tracking
 
     try:
-        client = tracking.client(root)
-        for key, value in (("validation_nwrmsle", metrics["candidate"]["nwrmsle"]),
-                           ("validation_rmse", metrics["candidate"]["rmse"]),
-                           ("validation_baseline_nwrmsle", metrics["baseline"]["nwrmsle"]),
-                           ("validation_improvement", metrics["improvement_over_baseline"])):
-            client.log_metric(run_id, key, float(value))
-        client.set_tag(run_id, "threshold_test", "passed" if passed else "failed")
+        recorded = tracking.log_evaluation(
+            root, run_id, passed=evaluation["passed"], headline=metrics, windows=per_window,
+            params={"evaluate": {k: v for k, v in params.__dict__.items() if k != "slice_bound"},
+                    "rule": evaluation["rule"]},
+            artifacts=[root / f for f in RESULT_FILES if f != EVALUATION_FILE and (root / f).exists()])
     except MlflowException as exc:
         if not quiet:
-            print(f"evaluate: note: could not add the scores to MLflow run {run_id}: {exc.message}", file=sys.stderr)
+            print(f"evaluate: note: could not record the evaluation in MLflow (run {run_id}): {exc.message}",
+                  file=sys.stderr)
+        return None
+    if not quiet and not recorded.training_run_updated:
+        print(f"evaluate: note: run {run_id} is a registered model version's; its recorded verdict is kept, this "
+              f"evaluation is MLflow run {recorded.run_id}", file=sys.stderr)
+    return recorded.run_id
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
-    args = parser.parse_args(argv)
-    try:
-        metrics, failures = run(args.root)
-    except (ParamsError, BundleError, EvaluateError, FileNotFoundError) as exc:
-        print(f"evaluate: error: {exc}", file=sys.stderr)
-        return 1
-    cand, base = metrics["candidate"], metrics["baseline"]
-    summary = (f"evaluate: candidate NWRMSLE {cand['nwrmsle']:.4f} (RMSE {cand['rmse']:.3f}) vs baseline "
-               f"{base['nwrmsle']:.4f}: {metrics['improvement_over_baseline']:.1%} better on {metrics['rows']:,} rows")
+    return run_stage("evaluate", _main, argv, errors=(BundleError, EvaluateError, BacktestError, HistoryError,
+                                                      FileNotFoundError), description=__doc__.splitlines()[0])
+
+
+def _main(args) -> int:
+    metrics, failures = run(args.root)
+    pooled, validation = metrics["backtest"], metrics["validation"]
+    summary = (f"evaluate: {pooled['windows']} window(s), {pooled['rows']:,} rows: candidate NWRMSLE "
+               f"{pooled['candidate_nwrmsle']:.4f} vs baseline {pooled['baseline_nwrmsle']:.4f}, "
+               f"{pooled['improvement']:.1%} better [{pooled['improvement_low']:.1%}, {pooled['improvement_high']:.1%}]; "
+               f"validation window {validation['candidate_nwrmsle']:.4f} vs {validation['baseline_nwrmsle']:.4f}")
     if failures:
         print(summary, file=sys.stderr)
         print("evaluate: THRESHOLD TEST FAILED", file=sys.stderr)

@@ -41,8 +41,11 @@ class SliceBound:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    max_nwrmsle: float
-    min_improvement: float
+    backtest_windows: int  # rolling windows scored, the latest (the candidate's own) included
+    min_improvement: float  # the improvement interval's lower bound must exceed this
+    confidence: float  # share of bootstrap resamples inside the improvement interval
+    bootstrap_resamples: int
+    max_nwrmsle: float | None  # optional absolute bound on the backtest NWRMSLE (None: no bound)
     slice_bound: SliceBound
     plot_rows: int
     seed: int
@@ -91,10 +94,15 @@ def train_params(raw: Mapping[str, Any]) -> TrainParams:
 
 
 def evaluate_params(raw: Mapping[str, Any]) -> EvaluateParams:
-    s = _Section(raw.get("evaluate"), "evaluate", ("max_nwrmsle", "min_improvement", "slice", "plot_rows", "seed"))
+    s = _Section(raw.get("evaluate"), "evaluate", ("backtest_windows", "min_improvement", "confidence",
+                                                   "bootstrap_resamples", "max_nwrmsle", "slice", "plot_rows",
+                                                   "seed"))
     sl = s.sub("slice", ("max_nwrmsle", "min_rows"))
     return EvaluateParams(
-        max_nwrmsle=s.number("max_nwrmsle", 0.0), min_improvement=s.number("min_improvement", 0.0),
+        backtest_windows=s.integer("backtest_windows", 1, 104),
+        min_improvement=s.number("min_improvement", -1.0), confidence=confidence,
+        bootstrap_resamples=s.integer("bootstrap_resamples", 100, 1_000_000),
+        max_nwrmsle=None if s._get("max_nwrmsle") is None else s.number("max_nwrmsle", 0.0),
         slice_bound=SliceBound(max_nwrmsle=sl.number("max_nwrmsle", 0.0), min_rows=sl.integer("min_rows", 1)),
         plot_rows=s.integer("plot_rows", 10, 1_000_000), seed=s.integer("seed", 0, 2**31 - 1),
     )
@@ -102,4 +110,7 @@ def evaluate_params(raw: Mapping[str, Any]) -> EvaluateParams:
 
 def promote_params(raw: Mapping[str, Any]) -> PromoteParams:
     s = _Section(raw.get("promote"), "promote", ("model_name", "alias"))
+    confidence = s.number("confidence", 0.5)
+    if confidence >= 1.0:
+        raise ParamsError(f"evaluate.confidence: must be below 1 (e.g. 0.95), got {confidence}")
     return PromoteParams(model_name=s.text("model_name"), alias=s.text("alias"))

@@ -1,8 +1,10 @@
 """``promote`` (run by CI): make the evaluated candidate the production model — or refuse, saying why.
 
-Promotes only a candidate whose evaluation passed *for the current bundle,
-code, data and params* (the hashes ``evaluate`` recorded in
-results/evaluation.json are recomputed and compared). Then:
+Promotes only a candidate whose evaluation passed the threshold test
+(pipeline/evaluate.py: better than the baseline with confidence over the
+backtest windows) *for the current bundle, code, data and params* (the
+hashes ``evaluate`` recorded in results/evaluation.json are recomputed and
+compared). Then:
 
 1. installs the bundle at ``models/production/`` atomically: the evaluated model with its
    history rolled forward to the last known day, so it forecasts the days after the data
@@ -53,6 +55,9 @@ def check_candidate(root: Path, raw_params) -> tuple[dict, str]:
     if evaluation.get("passed") is not True:
         reasons = "; ".join(evaluation.get("failures") or ["no verdict recorded"])
         raise PromotionRefused(f"the candidate failed its evaluation: {reasons}")
+    if not isinstance(evaluation.get("improvement_interval"), dict):
+        raise PromotionRefused(f"{path}: a verdict without the backtest's improvement interval (an older evaluate's); "
+                               "run `dvc repro evaluate` to judge the candidate by the current threshold test")
     try:
         digest = verify_bundle(root / CANDIDATE_DIR)
     except BundleError as exc:
@@ -101,8 +106,12 @@ def run(root: Path, quiet: bool = False) -> dict:
     raw = load_yaml(root / "params.yaml")
     pparams = promote_params(raw)
     evaluation, digest = check_candidate(root, raw)
+    interval = evaluation["improvement_interval"]
     tags = {"bundle_version": str(evaluation.get("bundle_version")), "code_version": evaluation["code_version"][:16],
-            "validation_nwrmsle": f"{evaluation['candidate_nwrmsle']:.6f}"}
+            "heldout_nwrmsle": f"{evaluation['candidate_nwrmsle']:.6f}",
+            "heldout_improvement": f"{interval['estimate']:.6f} [{interval['low']:.6f}, {interval['high']:.6f}] "
+                                   f"({interval['confidence']:.0%}, {interval['series']} series)",
+            "threshold_test": "passed", "evaluation_run_id": str(evaluation.get("mlflow_evaluation_run_id"))}
     production = root / PRODUCTION_DIR
     installed = source_digest(production) == digest
     if not installed:

@@ -1,4 +1,4 @@
-"""evaluate: the metric by hand, the outputs DVC reads, and the threshold test failing and passing."""
+"""evaluate: the metric by hand, the gate's rule, the backtest windows, the outputs DVC and MLflow read."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import evaluate
+from pipeline import evaluate, tracking
+from pipeline.metrics import ImprovementInterval
 from pipeline.model_params import EvaluateParams, SliceBound
 
 
@@ -24,59 +25,122 @@ def test_scores_match_hand_computed_nwrmsle():
     assert scores["rmse"] == pytest.approx(math.sqrt((1 + 0 + 36) / 3))
 
 
-PARAMS = EvaluateParams(max_nwrmsle=0.6, min_improvement=0.1, slice_bound=SliceBound(max_nwrmsle=1.0, min_rows=10),
-                        plot_rows=10, seed=0)
+def _params(**changes) -> EvaluateParams:
+    values = dict(backtest_windows=3, min_improvement=0.0, confidence=0.95, bootstrap_resamples=1000,
+                  max_nwrmsle=None, slice_bound=SliceBound(max_nwrmsle=1.0, min_rows=10), plot_rows=10, seed=0)
+    values.update(changes)
+    return EvaluateParams(**values)
 
 
-def _metrics(candidate, baseline, family=None):
-    return {"candidate": {"nwrmsle": candidate, "by_family": family or {}, "by_store": {}},
-            "baseline": {"nwrmsle": baseline}, "improvement_over_baseline": 1 - candidate / baseline}
+def _interval(estimate, low, high):
+    return ImprovementInterval(estimate=estimate, low=low, high=high, confidence=0.95, resamples=1000, series=80)
 
 
-def test_threshold_test_passes_a_good_candidate():
-    assert evaluate.threshold_failures(_metrics(0.5, 0.6), {"by_family": {}, "by_store": {}}, PARAMS) == []
+POOLED = {"candidate_nwrmsle": 0.55, "baseline_nwrmsle": 0.6}
+NO_SLICES = {"candidate": {"by_family": {}, "by_store": {}}, "rows": {"by_family": {}, "by_store": {}}}
 
 
-def test_threshold_test_names_each_threshold_and_by_how_much():
-    failures = evaluate.threshold_failures(
-        _metrics(0.65, 0.7, {"DAIRY": 1.25, "EGGS": 3.0}), {"by_family": {"DAIRY": 50, "EGGS": 5}, "by_store": {}},
-        PARAMS)
-    assert len(failures) == 3, failures
-    assert failures[0] == "evaluate.max_nwrmsle: candidate NWRMSLE 0.6500 is above the threshold 0.6000 by 0.0500"
-    assert failures[1].startswith("evaluate.min_improvement: candidate NWRMSLE 0.6500 improves on the baseline's "
-                                  "0.7000 by 7.14%, less than the required 10.00% (short by 2.86%)")
-    assert failures[2] == ("evaluate.slice.max_nwrmsle: family 'DAIRY' (50 rows) has NWRMSLE 1.2500, above the bound "
-                           "1.0000 by 0.2500")  # EGGS has too few rows to judge
+def test_the_gate_passes_when_the_lower_bound_clears_min_improvement():
+    assert evaluate.threshold_failures(POOLED, _interval(0.08, 0.01, 0.15), NO_SLICES, _params()) == []
+    assert evaluate.threshold_failures(POOLED, _interval(0.08, 0.06, 0.10), NO_SLICES,
+                                       _params(min_improvement=0.05)) == []
 
 
-def test_evaluate_writes_metrics_plots_and_passes(trained_project, capsys):
+def test_a_better_point_estimate_without_confidence_fails_and_says_by_how_much():
+    failures = evaluate.threshold_failures(POOLED, _interval(0.08, -0.01, 0.15), NO_SLICES, _params())
+    assert failures == ["evaluate.min_improvement: the candidate improves on the baseline by 8.00% (NWRMSLE 0.5500 "
+                        "vs 0.6000), but the 95% interval [-1.00%, 15.00%] over 80 series does not clear the "
+                        "required 0.00% (lower bound short by 1.00%)"]
+    # "clears" is strict: a lower bound exactly at the bar is not confidence of beating it
+    assert evaluate.threshold_failures(POOLED, _interval(0.08, 0.0, 0.15), NO_SLICES, _params())
+
+
+def test_max_nwrmsle_is_optional_and_slices_with_enough_rows_are_bounded():
+    slices = {"candidate": {"by_family": {"DAIRY": 1.25, "EGGS": 3.0}, "by_store": {}},
+              "rows": {"by_family": {"DAIRY": 50, "EGGS": 5}, "by_store": {}}}
+    failures = evaluate.threshold_failures(POOLED, _interval(0.08, 0.02, 0.15), slices, _params(max_nwrmsle=0.5))
+    assert failures == ["evaluate.max_nwrmsle: candidate NWRMSLE 0.5500 is above the threshold 0.5000 by 0.0500",
+                        "evaluate.slice.max_nwrmsle: family 'DAIRY' (50 rows) has NWRMSLE 1.2500, above the bound "
+                        "1.0000 by 0.2500"]  # EGGS has too few rows to judge
+    assert len(evaluate.threshold_failures(POOLED, _interval(0.08, 0.02, 0.15), slices, _params())) == 1
+
+
+def test_the_rule_is_stated_with_its_values():
+    rule = evaluate.gate_rule(_params(min_improvement=0.02, max_nwrmsle=0.7))
+    assert "95% paired-bootstrap interval" in rule and "over all 3 backtest window(s), must exceed 0.02" in rule
+    assert "at most 0.7" in rule and "max_nwrmsle" not in evaluate.gate_rule(_params()).replace("NWRMSLE", "")
+
+
+def test_evaluate_writes_headline_windows_slices_plots_and_passes(trained_project, capsys):
     root, summary = trained_project
     assert evaluate.main(["--root", str(root)]) == 0
-    assert "threshold test passed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "1 window(s)" in out and "threshold test passed" in out
     metrics = json.loads((root / "results/metrics.json").read_text())
-    assert metrics["threshold_test_passed"] == 1 and metrics["rows"] > 0
-    assert metrics["candidate"]["nwrmsle"] < metrics["baseline"]["nwrmsle"]
-    assert set(metrics["candidate"]["by_store"]) == {"1", "2"} and "GROCERY I" in metrics["candidate"]["by_family"]
+    assert set(metrics) == {"threshold_test_passed", "backtest", "validation"}  # the headline only
+    assert metrics["threshold_test_passed"] == 1 and metrics["validation"]["rows"] > 0
+    pooled = metrics["backtest"]
+    assert pooled["improvement_low"] > 0 and pooled["candidate_nwrmsle"] < pooled["baseline_nwrmsle"]
+    assert pooled["improvement_low"] < pooled["improvement"] < pooled["improvement_high"]
+    slices = json.loads((root / "results/slices.json").read_text())
+    assert set(slices["candidate"]["by_store"]) == {"1", "2"} and "GROCERY I" in slices["candidate"]["by_family"]
+    assert sum(slices["rows"]["by_store"].values()) == metrics["validation"]["rows"]
+    backtest = json.loads((root / "results/backtest.json").read_text())
+    assert [w["window"] for w in backtest["windows"]] == [0] and backtest["window_days"] == 16
     with open(root / "results/plots/daily.csv") as handle:
         daily = list(csv.DictReader(handle))
-    assert len(daily) == 16 and float(daily[0]["actual"]) > 0
+    assert len(daily) == 16 and float(daily[0]["actual"]) > 0 and daily[0]["date"] < daily[-1]["date"]
     with open(root / "results/plots/predictions.csv") as handle:
-        assert len(list(csv.DictReader(handle))) == 200
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 200 and min(float(r["predicted_log1p"]) for r in rows) >= 0
     verdict = json.loads((root / "results/evaluation.json").read_text())
     assert verdict["passed"] and verdict["bundle_digest"] == summary["digest"]
-    assert verdict["mlflow_run_id"] == summary["run_id"]
+    assert verdict["mlflow_run_id"] == summary["run_id"] and "paired-bootstrap" in verdict["rule"]
+    assert verdict["improvement_interval"]["low"] == pooled["improvement_low"]
+
+
+def test_backtest_windows_retrain_on_the_days_before_each_window(trained_project, tiny_params, set_params):
+    root, _ = trained_project
+    tiny_params["evaluate"]["backtest_windows"] = 2
+    set_params(root, tiny_params)
+    metrics, failures = evaluate.run(root, quiet=True)
+    backtest = json.loads((root / "results/backtest.json").read_text())
+    latest, earlier = backtest["windows"]
+    assert latest["model"].startswith("candidate bundle") and "trained on the days before" in earlier["model"]
+    assert np.datetime64(earlier["last_day"]) + 1 == np.datetime64(latest["first_day"])  # back to back
+    assert np.datetime64(latest["first_day"]) - np.datetime64(earlier["first_day"]) == 16
+    assert earlier["train_examples"] > 0 and earlier["rows"] > 0
+    assert earlier["candidate_nwrmsle"] < earlier["baseline_nwrmsle"]  # the recipe beats the baseline there too
+    assert metrics["backtest"]["windows"] == 2
+    assert metrics["backtest"]["rows"] == latest["rows"] + earlier["rows"]
+    with open(root / "results/plots/daily.csv") as handle:
+        daily = list(csv.DictReader(handle))
+    assert len(daily) == 32 and {d["window"] for d in daily} == {"0", "1"}
+    assert [d["date"] for d in daily] == sorted(d["date"] for d in daily)
+    assert not failures
+
+
+def test_more_windows_than_the_data_holds_is_a_clear_error(trained_project, tiny_params, set_params, capsys):
+    root, _ = trained_project
+    tiny_params["evaluate"]["backtest_windows"] = 12
+    set_params(root, tiny_params)
+    assert evaluate.main(["--root", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "evaluate: error: evaluate.backtest_windows: 12 windows of 16 days need more training data than the " \
+           "204 days before the validation window: for the earliest window, features: the training data has" in err
+    assert err.rstrip().endswith("lower evaluate.backtest_windows")
 
 
 def test_the_threshold_test_fails_the_stage_with_a_message(trained_project, tiny_params, set_params, capsys):
     root, _ = trained_project
-    tiny_params["evaluate"]["max_nwrmsle"] = 0.05
+    tiny_params["evaluate"]["min_improvement"] = 0.9
     set_params(root, tiny_params)
     assert evaluate.main(["--root", str(root)]) == evaluate.THRESHOLD_FAILED
     err = capsys.readouterr().err
-    assert "THRESHOLD TEST FAILED" in err and "evaluate.max_nwrmsle: candidate NWRMSLE" in err
-    assert "above the threshold 0.0500 by" in err
+    assert "THRESHOLD TEST FAILED" in err and "does not clear the required 90.00%" in err
     verdict = json.loads((root / "results/evaluation.json").read_text())
-    assert not verdict["passed"] and verdict["failures"][0].startswith("evaluate.max_nwrmsle")
+    assert not verdict["passed"] and verdict["failures"][0].startswith("evaluate.min_improvement")
+    assert json.loads((root / "results/metrics.json").read_text())["threshold_test_passed"] == 0
 
 
 def test_evaluating_without_a_candidate_is_a_clear_error(tiny_project, capsys):
@@ -84,9 +148,40 @@ def test_evaluating_without_a_candidate_is_a_clear_error(tiny_project, capsys):
     assert "no model bundle here" in capsys.readouterr().err
 
 
-def test_predictions_are_never_negative(trained_project):
-    root, _ = trained_project
+def test_the_evaluation_is_an_mlflow_run_of_its_own_with_heldout_names(trained_project):
+    root, summary = trained_project
     evaluate.run(root, quiet=True)
-    with open(root / "results/plots/predictions.csv") as handle:
-        assert min(float(r["predicted_log1p"]) for r in csv.DictReader(handle)) >= 0
-    assert np.isfinite(json.loads((root / "results/metrics.json").read_text())["candidate"]["rmse"])
+    verdict = json.loads((root / "results/evaluation.json").read_text())
+    params, metrics, tags = tracking.run_data(root, verdict["mlflow_evaluation_run_id"])
+    assert tags["mlflow.parentRunId"] == summary["run_id"] and tags["threshold_test"] == "passed"
+    assert metrics["heldout_backtest_improvement_low"] == pytest.approx(verdict["improvement_interval"]["low"])
+    assert metrics["heldout_validation_candidate_nwrmsle"] == pytest.approx(verdict["candidate_nwrmsle"])
+    assert params["evaluate.backtest_windows"] == "1"
+    artifacts = {a.path for a in tracking.client(root).list_artifacts(verdict["mlflow_evaluation_run_id"], "results")}
+    assert {"results/metrics.json", "results/backtest.json", "results/slices.json"} <= artifacts
+    _, train_metrics, train_tags = tracking.run_data(root, summary["run_id"])
+    assert train_tags["threshold_test"] == "passed"
+    # held-out scores never share a name with the training curves
+    curves = {k for k in train_metrics if not k.startswith(tracking.HELDOUT_PREFIX)}
+    assert curves and not any(k.startswith("heldout") for k in curves)
+    assert "heldout_validation_candidate_nwrmsle" in train_metrics
+
+
+def test_re_evaluating_never_rewrites_a_promoted_runs_verdict(trained_project, tiny_params, set_params, capsys):
+    from pipeline import promote
+
+    root, summary = trained_project
+    assert evaluate.main(["--root", str(root)]) == 0
+    assert promote.main(["--root", str(root)]) == 0
+    before = tracking.run_data(root, summary["run_id"])
+    tiny_params["evaluate"]["min_improvement"] = 0.9  # a stricter bar, later
+    set_params(root, tiny_params)
+    capsys.readouterr()
+    assert evaluate.main(["--root", str(root)]) == evaluate.THRESHOLD_FAILED
+    assert "its recorded verdict is kept" in capsys.readouterr().err
+    after = tracking.run_data(root, summary["run_id"])
+    assert after[2]["threshold_test"] == "passed" and after[1] == before[1]
+    failed_run = json.loads((root / "results/evaluation.json").read_text())["mlflow_evaluation_run_id"]
+    assert tracking.run_data(root, failed_run)[2]["threshold_test"] == "failed"
+    version = tracking.production_version(root)
+    assert version.tags["threshold_test"] == "passed" and version.tags["heldout_improvement"].count("[") == 1

@@ -51,7 +51,7 @@ def test_production_forecasts_the_days_after_the_data_with_the_evaluated_model(t
 def test_a_deliberately_broken_model_is_refused(trained_project, tiny_params, set_params, capsys):
     """An untrained model (learning rate ~0: weights stay at their random init) fails evaluation; promote refuses."""
     root, _ = trained_project
-    tiny_params["train"].update(learning_rate=1e-9, epochs=1)
+    tiny_params["train"].update(learning_rate=1e-9, max_steps=1, eval_every_steps=1)
     tiny_params["evaluate"]["min_improvement"] = 0.0
     set_params(root, tiny_params)
     train.run(root, quiet=True)
@@ -122,4 +122,4 @@ def test_the_hashed_model_code_is_exactly_what_reruns_evaluate():
     stages = yaml.safe_load((Path(PACKAGE_ROOT) / "dvc.yaml").read_text())["stages"]
     code_deps = {d for d in stages["evaluate"]["deps"] if d.startswith(("engine", "pipeline/"))}
     assert code_deps == set(MODEL_CODE)
-    assert set(MODEL_CODE) - {"pipeline/evaluate.py"} <= set(stages["train"]["deps"])
+    assert set(MODEL_CODE) - {"pipeline/evaluate.py", "pipeline/backtest.py"} <= set(stages["train"]["deps"])

@@ -1,0 +1,125 @@
+"""Rolling backtest windows: the training recipe scored on several past windows, not one.
+
+One validation window is one draw: a calm fortnight flatters a model, a
+holiday fortnight sinks it. As Kaggle practitioners do, evaluation also
+rewinds time: window 1 is the ``length`` days right before the validation
+window, window 2 the ``length`` days before that, and so on. For each, a model
+is trained exactly as ``pipeline.train`` trains the candidate (its
+``prepare_training`` and ``fit``, same params), on the days before that window
+only, and scored on it beside the weekday moving-average baseline. Window 0,
+the validation window itself, is scored by ``pipeline.evaluate`` with the
+candidate bundle through the serving path.
+
+Every window yields the same ``WindowScores`` (one entry per scored row), so
+the gate (``pipeline.metrics.improvement_interval``) pools them, series by
+series.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline.examples import forecasts_at_origin
+from pipeline.history import SalesHistory, load_history
+from pipeline.metrics import perishable_weights
+from pipeline.model_params import FeatureParams, TrainParams
+
+TRAIN_DATA = "data/split/train.parquet"
+
+
+class BacktestError(ValueError):
+    """The data is too short for the backtest windows asked for (the message names the param)."""
+
+
+@dataclass
+class WindowScores:
+    """Actual units, candidate and baseline forecasts of every scored row of one window."""
+
+    index: int  # 0: the validation window (the candidate itself); k: k windows earlier
+    first_day: int  # day numbers (days since 1970-01-01)
+    last_day: int
+    series: np.ndarray  # [N] int64 store×item key: store_nbr * 2**32 + item_nbr
+    day: np.ndarray  # [N] int64 target day
+    actual: np.ndarray  # [N] float64 units
+    candidate: np.ndarray  # [N] float64 units
+    baseline: np.ndarray  # [N] float64 units
+    weights: np.ndarray  # [N] float64 (1.25 perishable, 1.0 other)
+    model: str  # what forecast the window: the candidate bundle, or a model trained on the days before it
+    train_examples: int = 0
+
+    @property
+    def rows(self) -> int:
+        return int(self.actual.size)
+
+
+def series_key(store_nbr, item_nbr) -> np.ndarray:
+    """One int64 per store×item, the unit the bootstrap resamples."""
+    return np.asarray(store_nbr, np.int64) * (1 << 32) + np.asarray(item_nbr, np.int64)
+
+
+def history_before(history: SalesHistory, cut: int) -> SalesHistory:
+    """The history of the days before column ``cut``, with only the series already sold by then.
+
+    A series that starts later is unknown to a model trained then (as a new item is to the candidate):
+    leaving it in would give it a vocabulary id and no training.
+    """
+    known = history.observed[:, :cut].any(axis=1)
+    index = slice(None) if known.all() else np.flatnonzero(known)
+    return dataclasses.replace(
+        history, store_nbr=history.store_nbr[index], item_nbr=history.item_nbr[index],
+        sales=history.sales[index, :cut], promo=history.promo[index, :cut], observed=history.observed[index, :cut],
+        perishable=history.perishable[index], holidays=history.holidays[:, :cut])
+
+
+def earlier_windows(root: Path, fparams: FeatureParams, tparams: TrainParams, windows: int, length: int,
+                    say: Callable[[str], None] = lambda _: None, progress: bool = False) -> list[WindowScores]:
+    """Windows 1 .. ``windows - 1`` (each ``length`` days, back to back before the validation window)."""
+    from pipeline import train
+    from pipeline.models import predict_weights
+
+    if windows <= 1:
+        return []
+    spec = fparams.spec
+    if length > spec.horizon:
+        raise BacktestError(f"split.validation_days: windows of {length} days are longer than features.horizon "
+                            f"({spec.horizon}), which the models forecast")
+    history = load_history([root / TRAIN_DATA], days=train.days_needed(fparams) + (windows - 1) * length,
+                           progress=progress)
+    cuts = [history.days - k * length for k in range(1, windows)]  # column of each window's first day
+    try:  # every window's training origins exist, checked before any training starts
+        train.origins(history_before(history, cuts[-1]), fparams)
+    except train.TrainError as exc:
+        known = history.observed.any(axis=0)
+        days = history.days - int(np.argmax(known)) if known.any() else 0
+        raise BacktestError(
+            f"evaluate.backtest_windows: {windows} windows of {length} days need more training data than the "
+            f"{days} days before the validation window: for the earliest window, {exc}; lower "
+            "evaluate.backtest_windows") from None
+    results = []
+    for k, cut in enumerate(cuts, start=1):
+        first_day = history.first_day + cut
+        say(f"evaluate: backtest window {k}/{windows - 1}: {np.datetime64(first_day, 'D')} .. "
+            f"{np.datetime64(first_day + length - 1, 'D')}, training on the days before it")
+        data = train.prepare_training(history_before(history, cut), fparams, tparams.baseline_weeks,
+                                      seed=tparams.seed, progress=progress)
+        config, result = train.fit(tparams, data, spec, on_eval=lambda step, curve: say(
+            f"  window {k}: step {step:6d}/{tparams.max_steps}  inner-validation NWRMSLE "
+            f"{curve['validation_nwrmsle']:.4f}"))
+        # series chunk by series chunk: Favorita's 3.5 M window rows x 392-day windows would not fit at once
+        scored = forecasts_at_origin(history, spec, data.vocab, cut - 1, length, tparams.baseline_weeks,
+                                     lambda matrix: predict_weights(config, result.weights, matrix), chunk_rows=65_536,
+                                     progress=progress)
+        series = scored["series"]
+        results.append(WindowScores(
+            index=k, first_day=first_day, last_day=first_day + length - 1,
+            series=series_key(history.store_nbr[series], history.item_nbr[series]),
+            day=scored["day"], actual=scored["units"], candidate=scored["candidate"], baseline=scored["baseline"],
+            weights=perishable_weights(scored["perishable"]),
+            model=f"{tparams.model} trained on the days before the window",
+            train_examples=data.train_examples))
+    return results
