@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from app.catalog import Catalog
-from pipeline.bundle import BundleError, ModelBundle, load_bundle
+from pipeline.bundle import EXPECTED_OUTPUT, PREDICTION_OUTPUT, BundleError, ModelBundle, load_bundle
 from pipeline.features import CATEGORICAL_FIELDS, FeatureMatrix, dense_feature_names, rows_from_snapshot
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,9 @@ def directory_signature(path: Path) -> Signature | None:
 class Forecast:
     """Predictions for N request rows with the features they were computed from."""
 
-    units: np.ndarray  # [N] float32
+    units: np.ndarray  # [N] float32, median-like (what the log-error metric scores)
     features: FeatureMatrix
+    expected_units: np.ndarray | None = None  # [N] float32, bias-corrected mean units (None: a bundle without them)
 
 
 @dataclass
@@ -113,7 +114,8 @@ class LoadedModel:
                                   np.asarray(date_days, np.int64).astype("datetime64[D]"),
                                   np.asarray(onpromotion, np.uint8))
         matrix = self.bundle.features(rows)
-        return Forecast(units=self.bundle.predict_features(matrix), features=matrix)
+        out = self.bundle.forecast_features(matrix)
+        return Forecast(units=out[PREDICTION_OUTPUT], features=matrix, expected_units=out.get(EXPECTED_OUTPUT))
 
     def feature_record(self, matrix: FeatureMatrix, row: int) -> dict:
         """One row's features by name (what the prediction event carries, for drift checks)."""
@@ -137,6 +139,8 @@ class LoadedModel:
 
 def _as_date(day_number) -> dt.date:
     return dt.date(1970, 1, 1) + dt.timedelta(days=int(day_number))
+
+
 MAX_ABS_WEIGHT = 1e6  # trained weights are O(1..100); a larger one is a broken training run or a damaged file
 MAX_UNITS = 1e6  # units of one item in one store on one day; Favorita's largest day is below 1e5
 PLAUSIBILITY_ROWS = 256
@@ -168,8 +172,6 @@ def check_plausible(model: LoadedModel, path: Path) -> None:
                               f"(e.g. {units[bad][0]!r}; expected finite, 0..{MAX_UNITS:g})")
 
 
-
-
 def load_model(path: Path) -> LoadedModel:
     """Load, verify and warm up a bundle; BundleError if it cannot serve."""
     before = directory_signature(path)
@@ -187,9 +189,9 @@ def load_model(path: Path) -> LoadedModel:
         units = model.forecast([store], [item], [model.horizon_days[0]], [0]).units
     except Exception as exc:  # anything a request would have hit: refuse the bundle instead
         raise BundleError(f"{path}: a warm-up prediction failed ({type(exc).__name__}: {exc})") from exc
-    check_plausible(model, path)
     if units.shape != (1,) or not np.all(np.isfinite(units)):
         raise BundleError(f"{path}: a warm-up prediction gave {units!r}, expected one finite number")
+    check_plausible(model, path)
     if directory_signature(path) != before:
         raise BundleChangedWhileLoading(f"{path}: the bundle changed while it was being loaded; it will be tried again")
     return model

@@ -41,6 +41,7 @@ def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: Pre
     """Predictions as JSON-ready dicts; emits one event per instance (never raises for logging)."""
     result = forecast_instances(model, instances)
     units = [round(float(u), 4) for u in result.units]
+    expected = None if result.expected_units is None else [round(float(u), 4) for u in result.expected_units]
     PREDICTIONS.labels(source).inc(len(units))
     latency_ms = (time.perf_counter() - started) * 1000.0
     predictions = []
@@ -49,9 +50,11 @@ def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: Pre
         inputs = instance.to_json()
         sink.emit(prediction_event(
             request_id=request_id, model_name=model.name, model_version=model.version, inputs=inputs,
-            features=model.feature_record(result.features, index), output={"unit_sales": value},
+            features=model.feature_record(result.features, index),
+            output={"unit_sales": value, **({} if expected is None else {"expected_units": expected[index]})},
             latency_ms=round(latency_ms, 3), source=source, instance_index=index, batch_size=len(instances),
             model_digest=model.bundle.digest, **readable_fields(model, instance, variant),
         ))
-        predictions.append({**inputs, "unit_sales": value})
+        predictions.append({**inputs, "unit_sales": value,
+                            **({} if expected is None else {"expected_units": expected[index]})})
     return predictions

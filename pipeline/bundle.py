@@ -4,7 +4,9 @@ A directory, no pickle anywhere (every ``.npz`` is loaded with
 ``allow_pickle=False``)::
 
     graph.json            frozen inference graph (engine export; inputs "dense" and
-                          "categorical_<field>", output "prediction" in units)
+                          "categorical_<field>", outputs "prediction" (median-like units,
+                          what the log-error metric scores) and "expected_units" (bias-
+                          corrected mean units; bundles before it lack this output))
     weights.npz           its constants (engine export)
     bundle.json           name, version, created, code/data versions, params, metrics,
                           input schema, feature spec, vocabularies, forecast origin, horizon
@@ -54,6 +56,7 @@ GRAPH_FILES = ("graph.json", "weights.npz")
 DATA_FILES = ("bundle.json", "history.npz", "calendar.npz", "training_stats.json")
 CHECKSUMS_FILE = "checksums.json"
 DENSE_INPUT, CATEGORICAL_INPUT, PREDICTION_OUTPUT = "dense", "categorical", "prediction"
+EXPECTED_OUTPUT = "expected_units"
 
 
 class BundleError(ValueError):
@@ -185,14 +188,26 @@ class ModelBundle:
     def features(self, rows: FeatureRows) -> FeatureMatrix:
         return build_features(self.spec, self.vocab, rows)
 
-    def predict_features(self, matrix: FeatureMatrix) -> np.ndarray:
-        """Units sold (>= 0) for feature rows, via the frozen graph."""
+    @property
+    def has_expected_units(self) -> bool:
+        """Whether the graph has the bias-corrected ``expected_units`` output (bundles trained before it do not)."""
+        return EXPECTED_OUTPUT in self.model.outputs
+
+    def forecast_features(self, matrix: FeatureMatrix) -> dict[str, np.ndarray]:
+        """Every output for feature rows in one run: ``prediction`` (median-like units, >= 0) and, when the
+        bundle has it, ``expected_units`` (bias-corrected mean units)."""
+        names = (PREDICTION_OUTPUT, EXPECTED_OUTPUT) if self.has_expected_units else (PREDICTION_OUTPUT,)
         if matrix.dense.shape[0] == 0:
-            return np.zeros(0, np.float32)
+            return {name: np.zeros(0, np.float32) for name in names}
         feed = {DENSE_INPUT: np.ascontiguousarray(matrix.dense, np.float32)}
         for j, name in enumerate(CATEGORICAL_FIELDS):
             feed[f"{CATEGORICAL_INPUT}_{name}"] = np.ascontiguousarray(matrix.categorical[:, j], np.int32)
-        return np.asarray(self.model.run(feed)[PREDICTION_OUTPUT], np.float32).reshape(-1)
+        out = self.model.run(feed)
+        return {name: np.asarray(out[name], np.float32).reshape(-1) for name in names}
+
+    def predict_features(self, matrix: FeatureMatrix) -> np.ndarray:
+        """Median-like units sold (>= 0) for feature rows, via the frozen graph (what the metric scores)."""
+        return self.forecast_features(matrix)[PREDICTION_OUTPUT]
 
     def predict(self, store_nbr, item_nbr, date, onpromotion) -> np.ndarray:
         """Forecast units for requests (arrays or scalars) of store, item, target date, promotion."""

@@ -17,6 +17,12 @@ known) and a target day ``origin + horizon`` (horizon 1..16):
 * the target day: its promotion flag, the horizon, its calendar (day of week,
   day of month, paydays on the 15th and the last day of the month) and its
   holidays by locale;
+* with ``yearly`` (``history_days`` >= 392): the same weekday 52 weeks before
+  the target (that day and its week), the four weeks before that year-ago
+  origin, how the year-ago target week differed from them (the season's
+  change, e.g. December or the school season), the year-over-year trend, a
+  flag saying whether the series already sold back then (all zero when not),
+  and the target's day of the year (sine and cosine);
 * categorical ids (store, item, family, class, perishable, city, type,
   cluster) mapped through vocabularies saved in the bundle; id 0 is reserved
   for a value the model has never seen.
@@ -39,6 +45,10 @@ ITEM_FIELDS = ("family", "class", "perishable")
 STORE_FIELDS = ("city", "store_type", "cluster")
 UNKNOWN_ID = 0
 MAX_HORIZON = 16
+YEAR_DAYS = 364  # 52 weeks: the year-ago day falls on the same weekday
+YEAR_AGO_WEEK = 3  # the year-ago target week: that day +- 3 days
+YEAR_AGO_BASE_DAYS = 28  # the weeks before the year-ago origin the season's change is measured against
+YEARLY_HISTORY_DAYS = YEAR_DAYS + YEAR_AGO_BASE_DAYS  # the shortest window the yearly features fit in
 
 
 class FeatureInputError(ValueError):
@@ -54,6 +64,7 @@ class FeatureSpec:
     dow_weeks: tuple[int, ...] = (4, 8, 16)
     promo_windows: tuple[int, ...] = (14, 56)
     horizon: int = MAX_HORIZON
+    yearly: bool = False  # year-ago features and the target's day of year (needs history_days >= 392)
 
     def __post_init__(self):
         object.__setattr__(self, "mean_windows", tuple(int(w) for w in self.mean_windows))
@@ -66,6 +77,16 @@ class FeatureSpec:
             raise FeatureInputError(f"features.horizon: must be 1..{MAX_HORIZON}, got {self.horizon}")
         if min(self.mean_windows + self.promo_windows + self.dow_weeks) < 1:
             raise FeatureInputError("features: every window must be at least 1")
+        if not isinstance(self.yearly, bool):
+            raise FeatureInputError(f"features.yearly: expected true or false, got {self.yearly!r}")
+        if self.yearly and self.history_days < YEARLY_HISTORY_DAYS:
+            raise FeatureInputError(f"features.history_days: {self.history_days} is too short for features.yearly "
+                                    f"(the year-ago features need {YEARLY_HISTORY_DAYS} days)")
+
+    @property
+    def longest_window(self) -> int:
+        """Days of real history an origin needs for its short-term windows (the yearly ones may predate the data)."""
+        return max(self.mean_windows + self.promo_windows + tuple(7 * k for k in self.dow_weeks))
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -87,6 +108,10 @@ def dense_feature_names(spec: FeatureSpec) -> list[str]:
     names += [f"target_dow_{d}" for d in range(7)]
     names += ["target_day_of_month", "target_is_payday", "target_is_day_after_payday", "target_days_to_payday"]
     names += [f"target_{flag}" for flag in HOLIDAY_FLAGS]
+    if spec.yearly:
+        names += ["year_ago_known", "year_ago_log1p", "year_ago_week_mean_log1p", "year_ago_base_mean_log1p",
+                  "year_ago_season_change_log1p", "year_over_year_trend_log1p", "target_day_of_year_sin",
+                  "target_day_of_year_cos"]
     return names
 
 
@@ -250,11 +275,33 @@ def build_features(spec: FeatureSpec, vocab: Vocabularies, rows: FeatureRows) ->
     columns += [day_of_month / 31.0, is_payday.astype(np.float64), after_payday.astype(np.float64), to_payday / 16.0]
     holidays = np.asarray(rows.holidays, dtype=np.float64)
     columns += [holidays[:, j] for j in range(len(HOLIDAY_FLAGS))]
+    if spec.yearly:
+        columns += _yearly_columns(log_sales, sold, horizon, target_day)
 
     dense = np.stack(columns, axis=1).astype(np.float32) if n else np.zeros((0, len(dense_feature_names(spec))), np.float32)
     categorical = np.stack([vocab.encode(f, rows.categorical[f]) for f in CATEGORICAL_FIELDS], axis=1) if n \
         else np.zeros((0, len(CATEGORICAL_FIELDS)), np.int32)
     return FeatureMatrix(dense=np.ascontiguousarray(dense), categorical=np.ascontiguousarray(categorical, dtype=np.int32))
+
+
+def _yearly_columns(log_sales: np.ndarray, sold: np.ndarray, horizon: np.ndarray, target_day: np.ndarray) -> list:
+    """Year-ago features (see the module docstring); zero where the series had not sold a year earlier."""
+    n, w = log_sales.shape
+    year_ago = (w - 1) + horizon - YEAR_DAYS  # column of the target's year-ago day
+    base_end = (w - 1) - YEAR_DAYS  # column of the year-ago origin
+    base = log_sales[:, base_end - YEAR_AGO_BASE_DAYS + 1:base_end + 1].mean(axis=1)
+    # known: a sale on or before the first day of the year-ago base window (the series existed back then)
+    known = sold[:, :base_end - YEAR_AGO_BASE_DAYS + 2].any(axis=1)
+    row_index = np.arange(n)[:, None]
+    week = log_sales[row_index, year_ago[:, None] + np.arange(-YEAR_AGO_WEEK, YEAR_AGO_WEEK + 1)[None, :]].mean(axis=1)
+    day = log_sales[np.arange(n), year_ago]
+    recent = log_sales[:, w - YEAR_AGO_BASE_DAYS:].mean(axis=1)
+    day_of_year = (target_day - target_day.astype("datetime64[D]").astype("datetime64[Y]")
+                   .astype("datetime64[D]").astype(np.int64))
+    angle = 2 * np.pi * day_of_year / 365.25
+    flag = known.astype(np.float64)
+    return [flag, day * flag, week * flag, base * flag, (week - base) * flag, (recent - base) * flag,
+            np.sin(angle), np.cos(angle)]
 
 
 def day_number(value) -> np.ndarray:

@@ -18,14 +18,16 @@ class FeatureParams:
     spec: FeatureSpec
     train_origins: int
     origin_stride_days: int
+    in_memory_examples: int = 6_000_000  # training examples up to this many are held, more streamed (params.yaml)
 
 
 @dataclass(frozen=True)
 class TrainParams:
     model: str  # mlp | linear
     seed: int
-    epochs: int
-    patience: int
+    max_steps: int  # optimizer steps at most (batches), whatever the data size
+    eval_every_steps: int  # inner-validation score (and checkpoint) every N steps
+    patience: int  # early stopping: evaluations without an improvement
     batch_size: int
     learning_rate: float
     hidden_units: tuple[int, ...]
@@ -68,24 +70,31 @@ def _int_list(section: _Section, name: str, minimum: int = 1) -> tuple[int, ...]
 
 def feature_params(raw: Mapping[str, Any]) -> FeatureParams:
     s = _Section(raw.get("features"), "features", ("history_days", "mean_windows", "dow_weeks", "promo_windows",
-                                                    "horizon", "train_origins", "origin_stride_days"))
+                                                    "horizon", "yearly", "train_origins", "origin_stride_days",
+                                                    "in_memory_examples"))
+    yearly = s._get("yearly")
+    if not isinstance(yearly, bool):
+        raise ParamsError(f"features.yearly: expected true or false, got {yearly!r}")
     try:
         spec = FeatureSpec(history_days=s.integer("history_days", 7, 3650), mean_windows=_int_list(s, "mean_windows"),
                            dow_weeks=_int_list(s, "dow_weeks"), promo_windows=_int_list(s, "promo_windows"),
-                           horizon=s.integer("horizon", 1, 16))
+                           horizon=s.integer("horizon", 1, 16), yearly=yearly)
     except FeatureInputError as exc:
         raise ParamsError(str(exc)) from None
     return FeatureParams(spec=spec, train_origins=s.integer("train_origins", 1, 1000),
-                         origin_stride_days=s.integer("origin_stride_days", 1, 365))
+                         origin_stride_days=s.integer("origin_stride_days", 1, 365),
+                         in_memory_examples=s.integer("in_memory_examples", 1, 1 << 40))
 
 
 def train_params(raw: Mapping[str, Any]) -> TrainParams:
-    s = _Section(raw.get("train"), "train", ("model", "seed", "epochs", "patience", "batch_size", "learning_rate",
-                                             "hidden_units", "embedding_dims", "baseline_weeks"))
+    s = _Section(raw.get("train"), "train", ("model", "seed", "max_steps", "eval_every_steps", "patience",
+                                             "batch_size", "learning_rate", "hidden_units", "embedding_dims",
+                                             "baseline_weeks"))
     dims = s.sub("embedding_dims", CATEGORICAL_FIELDS)
     return TrainParams(
         model=s.choice("model", ("mlp", "linear")), seed=s.integer("seed", 0, 2**31 - 1),
-        epochs=s.integer("epochs", 1, 1000), patience=s.integer("patience", 1, 1000),
+        max_steps=s.integer("max_steps", 1, 10_000_000), eval_every_steps=s.integer("eval_every_steps", 1, 10_000_000),
+        patience=s.integer("patience", 1, 1000),
         batch_size=s.integer("batch_size", 1, 1 << 20), learning_rate=s.number("learning_rate", 1e-9),
         hidden_units=_int_list(s, "hidden_units"),
         embedding_dims={f: dims.integer(f, 1, 512) for f in CATEGORICAL_FIELDS},
@@ -98,6 +107,9 @@ def evaluate_params(raw: Mapping[str, Any]) -> EvaluateParams:
                                                    "bootstrap_resamples", "max_nwrmsle", "slice", "plot_rows",
                                                    "seed"))
     sl = s.sub("slice", ("max_nwrmsle", "min_rows"))
+    confidence = s.number("confidence", 0.5)
+    if confidence >= 1.0:
+        raise ParamsError(f"evaluate.confidence: must be below 1 (e.g. 0.95), got {confidence}")
     return EvaluateParams(
         backtest_windows=s.integer("backtest_windows", 1, 104),
         min_improvement=s.number("min_improvement", -1.0), confidence=confidence,
@@ -110,7 +122,4 @@ def evaluate_params(raw: Mapping[str, Any]) -> EvaluateParams:
 
 def promote_params(raw: Mapping[str, Any]) -> PromoteParams:
     s = _Section(raw.get("promote"), "promote", ("model_name", "alias"))
-    confidence = s.number("confidence", 0.5)
-    if confidence >= 1.0:
-        raise ParamsError(f"evaluate.confidence: must be below 1 (e.g. 0.95), got {confidence}")
     return PromoteParams(model_name=s.text("model_name"), alias=s.text("alias"))

@@ -1,29 +1,52 @@
-"""The forecasting models: a weekday moving-average baseline, and a linear model and an MLP built with the engine.
+"""The forecasting models: a weekday moving-average baseline, and a linear model and an MLP built from ``en.layers``.
 
 The engine models predict log1p(units) from the dense features (standardized
-inside the graph, so the frozen graph takes raw features) and one embedding
-per categorical id. Training minimizes the squared error of log1p sales
-weighted 1.25 for perishable items — the competition metric, squared — and
-the graph's ``prediction`` output is ``expm1(max(output, 0))``: units, never
-negative. Weights are initialized by numpy from the seed in params, so the
-same params and data give the same model.
+inside the graph, so the frozen graph takes raw features) and one
+``en.layers.Embedding`` per categorical id, through ``en.layers.Dense``
+layers. Training minimizes the squared error of log1p sales weighted 1.25
+for perishable items — the competition metric, squared — so the forecast is
+median-like: half the days sell more, and a sum of forecasts falls short of
+the sum of sales. The graph has three outputs:
+
+* ``log1p_sales``: the raw model output;
+* ``prediction``: ``expm1(clip(log1p_sales, 0, 25))``, units, never negative —
+  what the metric scores;
+* ``expected_units``: ``max(factor * (prediction + 1) - 1, 0)``, the
+  bias-corrected mean: ``factor`` is the ratio smearing estimate fitted on
+  the inner validation (sum of actual ``units + 1`` over sum of predicted),
+  so those forecasts sum to what sold.
+
+Training is a number of optimizer steps (Adam) over batches from an iterator
+(``en.data``: seeded shuffle, batching, background prefetch — a streamed
+source plugs in the same way), with early stopping on the inner validation's
+NWRMSLE every ``eval_every`` steps. With a checkpoint directory, every
+evaluation writes an ``en.train.Saver`` checkpoint (weights, Adam's slots
+and step) and the loop's position, so a killed run resumes where it
+stopped and ends exactly as an uninterrupted run with the same seed would.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
 import engine as en
-from pipeline.bundle import CATEGORICAL_INPUT, DENSE_INPUT, PREDICTION_OUTPUT
+from engine import data as en_data
+from pipeline.atomic import atomic_file
+from pipeline.bundle import CATEGORICAL_INPUT, DENSE_INPUT, EXPECTED_OUTPUT, PREDICTION_OUTPUT
 from pipeline.features import CATEGORICAL_FIELDS, FeatureMatrix, FeatureRows
 from pipeline.metrics import nwrmsle
 
 LOG1P_OUTPUT = "log1p_sales"
 MAX_LOG1P = 25.0
+STATE_FILE = "state.json"
+STATE_FORMAT = "shelfcast-train-state"
 
 
 def baseline_predict(rows: FeatureRows, weeks: int) -> np.ndarray:
@@ -50,7 +73,7 @@ class ModelConfig:
     hidden_units: tuple[int, ...]
     dense_mean: np.ndarray = field(repr=False, default=None)
     dense_std: np.ndarray = field(repr=False, default=None)
-    output_bias: float = 0.0
+    output_bias: float = 0.0  # the training mean of log1p sales: the output layer learns the deviation from it
 
     def __post_init__(self):
         if self.kind == "linear":  # one weight per category value, no hidden layer
@@ -71,25 +94,41 @@ def normalization(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32)
 
 
-def init_weights(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
-    """Seeded initial values: Glorot-uniform kernels, small normal embeddings, zero biases."""
-    rng = np.random.default_rng(seed)
-    weights: dict[str, np.ndarray] = {}
-    for name in CATEGORICAL_FIELDS:
-        dim = config.embedding_dims[name]
-        scale = 0.0 if config.kind == "linear" else 0.05
-        weights[f"embedding/{name}"] = (rng.normal(0, 1, (config.vocab_sizes[name], dim)) * scale).astype(np.float32)
-    width = config.dense_size + sum(config.embedding_dims.values())
-    if config.kind == "linear":
-        width = config.dense_size
-    for i, units in enumerate(config.hidden_units + (1,)):
-        limit = np.sqrt(6.0 / (width + units))
-        weights[f"dense_{i}/kernel"] = rng.uniform(-limit, limit, (width, units)).astype(np.float32)
-        weights[f"dense_{i}/bias"] = np.zeros(units, np.float32)
-        width = units
-    last = len(config.hidden_units)
-    weights[f"dense_{last}/bias"] = np.full(1, config.output_bias, np.float32)
-    return weights
+class Forecaster:
+    """The model's layers: one Embedding per categorical field, Dense hidden layers, a Dense output.
+
+    Variables are created (seeded initializers) on the first call, in the default graph.
+    """
+
+    def __init__(self, config: ModelConfig, seed: int):
+        self.config = config
+        self.embeddings = {f: en.layers.Embedding(config.vocab_sizes[f], config.embedding_dims[f], seed=seed + i,
+                                                  name=f"embedding_{f}")
+                           for i, f in enumerate(CATEGORICAL_FIELDS)}
+        base = seed + len(CATEGORICAL_FIELDS)
+        self.hidden = [en.layers.Dense(units, activation="relu", seed=base + i, name=f"dense_{i}")
+                       for i, units in enumerate(config.hidden_units)]
+        last = len(config.hidden_units)
+        self.output = en.layers.Dense(1, seed=base + last, name=f"dense_{last}")
+
+    def __call__(self, dense, categorical: Mapping[str, object]):
+        """log1p(units) of a batch: ``dense`` [N, F] raw features, ``categorical`` one [N] id tensor per field."""
+        config = self.config
+        scaled = (dense - en.constant(config.dense_mean)) / en.constant(config.dense_std)
+        embedded = [self.embeddings[f](categorical[f]) for f in CATEGORICAL_FIELDS]
+        if config.kind == "linear":
+            out = self.output(scaled) + en.add_n(embedded)
+        else:
+            hidden = en.concat([scaled] + embedded, axis=1)
+            for layer in self.hidden:
+                hidden = layer(hidden)
+            out = self.output(hidden)
+        return en.reshape(out + en.constant(np.float32(config.output_bias)), (-1,), name=LOG1P_OUTPUT)
+
+    @property
+    def variables(self) -> list:
+        layers = list(self.embeddings.values()) + self.hidden + [self.output]
+        return [v for layer in layers for v in layer.variables]
 
 
 @dataclass
@@ -98,26 +137,22 @@ class ModelTensors:
     categorical: dict[str, object]
     log1p: object
     prediction: object
+    expected: object
+    variables: dict[str, object]  # by variable name (the keys of TrainingResult.weights)
 
 
-def forward(config: ModelConfig, params: Mapping[str, object]) -> ModelTensors:
-    """Build the model on the default graph; ``params`` holds a Variable or constant per weight name."""
+def build(config: ModelConfig, seed: int, expected_factor: float = 1.0) -> ModelTensors:
+    """The model on the default graph, its inputs and outputs (named as the bundle's graph names them)."""
     dense = en.placeholder(en.float32, shape=(None, config.dense_size), name=DENSE_INPUT)
     cats = {f: en.placeholder(en.int32, shape=(None,), name=f"{CATEGORICAL_INPUT}_{f}") for f in CATEGORICAL_FIELDS}
-    scaled = (dense - en.constant(config.dense_mean)) / en.constant(config.dense_std)
-    embedded = [en.gather(params[f"embedding/{f}"], cats[f]) for f in CATEGORICAL_FIELDS]
-    last = len(config.hidden_units)
-    if config.kind == "linear":
-        out = en.matmul(scaled, params["dense_0/kernel"]) + params["dense_0/bias"] + en.add_n(embedded)
-    else:
-        hidden = en.concat([scaled] + embedded, axis=1)
-        for i in range(last):
-            hidden = en.relu(en.matmul(hidden, params[f"dense_{i}/kernel"]) + params[f"dense_{i}/bias"])
-        out = en.matmul(hidden, params[f"dense_{last}/kernel"]) + params[f"dense_{last}/bias"]
-    log1p = en.reshape(out, (-1,), name=LOG1P_OUTPUT)
+    model = Forecaster(config, seed)
+    log1p = model(dense, cats)
     # clipped at 0 (no negative sales) and at e^25 units, so float32 never overflows to inf
     prediction = en.expm1(en.minimum(en.maximum(log1p, 0.0), MAX_LOG1P), name=PREDICTION_OUTPUT)
-    return ModelTensors(dense=dense, categorical=cats, log1p=log1p, prediction=prediction)
+    expected = en.maximum(en.constant(np.float32(expected_factor)) * (prediction + 1.0) - 1.0, 0.0,
+                          name=EXPECTED_OUTPUT)
+    return ModelTensors(dense=dense, categorical=cats, log1p=log1p, prediction=prediction, expected=expected,
+                        variables={v.op.name: v for v in model.variables})
 
 
 def feed_for(tensors: ModelTensors, matrix: FeatureMatrix, index=None) -> dict:
@@ -129,83 +164,233 @@ def feed_for(tensors: ModelTensors, matrix: FeatureMatrix, index=None) -> dict:
     return feed
 
 
+# --- batches ----------------------------------------------------------------------------------------
+
+BatchSource = Callable[[int], Iterable[Mapping[str, np.ndarray]]]
+"""epoch -> batches of that epoch, each {"dense" [B, F], "categorical" [B, C], "log1p" [B], "weight" [B]};
+the same epoch must give the same batches (a resumed run replays the stream from its position)."""
+
+
+def in_memory_batches(matrix: FeatureMatrix, units: np.ndarray, weights: np.ndarray, batch_size: int,
+                      seed: int) -> BatchSource:
+    """Seeded shuffled batches of in-memory examples (en.data.batches), built ahead on a thread (en.data.prefetch)."""
+    arrays = {"dense": matrix.dense, "categorical": matrix.categorical,
+              "log1p": np.log1p(np.asarray(units, np.float32)), "weight": np.asarray(weights, np.float32)}
+
+    def epoch_batches(epoch: int):
+        return en_data.prefetch(en_data.batches(arrays, batch_size, shuffle=True, seed=seed * 100_003 + epoch))
+
+    return epoch_batches
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
 @dataclass
 class TrainingResult:
-    weights: dict[str, np.ndarray]
-    best_epoch: int
-    epochs_run: int
-    curves: list[dict[str, float]]  # per epoch: train_loss, validation_nwrmsle
+    weights: dict[str, np.ndarray]  # the best evaluation's weights, by variable name
+    best_step: int
+    steps_run: int
+    curves: list[dict[str, float]]  # per evaluation: step, train_loss (since the previous one), validation_nwrmsle
+    resumed_at_step: int = 0  # > 0: this run continued a checkpoint written at that step
+    expected_factor: float = 1.0  # expected units = factor * (prediction + 1) - 1 (set by pipeline.train.fit)
 
 
-def train(config: ModelConfig, train_x: FeatureMatrix, train_y: np.ndarray, train_w: np.ndarray,
-          val_x: FeatureMatrix, val_y: np.ndarray, val_w: np.ndarray, *, seed: int, epochs: int, patience: int,
-          batch_size: int, learning_rate: float,
-          on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainingResult:
-    """Adam on weighted squared log1p error; early stopping on the inner validation's NWRMSLE.
+class TrainingState:
+    """The loop's position and early-stopping record, next to its checkpoints (what a resumed run reads)."""
 
-    ``train_y``/``val_y`` are units sold; the best epoch's weights are returned.
+    def __init__(self, fingerprint: str):
+        self.fingerprint = fingerprint
+        self.step = 0
+        self.epoch = 0
+        self.batch = 0  # batches of ``epoch`` already consumed
+        self.best_score = float("inf")
+        self.best_step = 0
+        self.evals_since_best = 0
+        self.curves: list[dict[str, float]] = []
+        self.last_checkpoint = ""
+        self.best_checkpoint = ""
+
+    def to_json(self) -> dict:
+        return {"format": STATE_FORMAT, "version": 1, **{k: v for k, v in self.__dict__.items()}}
+
+    @classmethod
+    def read(cls, directory: Path, fingerprint: str) -> "TrainingState | None":
+        """The saved state, or None when there is none or it belongs to other data, params or code."""
+        path = directory / STATE_FILE
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise ValueError(f"{path}: unreadable training state ({exc}); delete {directory} to start over") from None
+        if doc.get("format") != STATE_FORMAT or doc.get("fingerprint") != fingerprint:
+            return None
+        state = cls(fingerprint)
+        for key in state.__dict__:
+            if key not in doc:
+                raise ValueError(f"{path}: field {key!r} is missing; delete {directory} to start over")
+            setattr(state, key, doc[key])
+        return state
+
+    def write(self, directory: Path) -> None:
+        with atomic_file(directory / STATE_FILE) as tmp:
+            tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+
+
+def fingerprint_of(*parts) -> str:
+    """A checkpoint belongs to one run configuration: the hash of its parts (params, data and code versions)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y: np.ndarray, val_w: np.ndarray, *,
+          seed: int, max_steps: int, eval_every: int, patience: int, learning_rate: float,
+          checkpoint_dir: Path | None = None, fingerprint: str = "",
+          on_eval: Callable[[int, dict[str, float]], None] | None = None) -> TrainingResult:
+    """Adam on weighted squared log1p error for up to ``max_steps`` steps; early stopping on the inner validation.
+
+    Every ``eval_every`` steps (and at the last) the inner validation's NWRMSLE is computed; training stops
+    after ``patience`` evaluations without improvement, and the best evaluation's weights are returned.
+    With ``checkpoint_dir``, each evaluation is a checkpoint a rerun with the same ``fingerprint`` resumes from.
     """
+    if max_steps < 1 or eval_every < 1 or patience < 1:
+        raise ValueError("train: max_steps, eval_every and patience must be at least 1")
     graph = en.Graph()
     with graph.as_default():
-        en.set_random_seed(seed) if hasattr(en, "set_random_seed") else None
-        variables = {name: en.Variable(value, name=name.replace("/", "_")) for name, value in init_weights(config, seed).items()}
-        tensors = forward(config, variables)
+        en.set_random_seed(seed)
+        tensors = build(config, seed)
         target = en.placeholder(en.float32, shape=(None,), name="target_log1p")
         weight = en.placeholder(en.float32, shape=(None,), name="weight")
         loss = en.reduce_sum(weight * en.square(tensors.log1p - target)) / en.reduce_sum(weight)
         train_op = en.train.AdamOptimizer(learning_rate).minimize(loss)
         init = en.global_variables_initializer()
-    names = list(variables)
-    fetch_vars = [variables[n] for n in names]
-    log_y = np.log1p(np.asarray(train_y, np.float32))
-    train_w = np.asarray(train_w, np.float32)
-    rng = np.random.default_rng(seed)
-    curves: list[dict[str, float]] = []
-    best = (np.inf, -1, None)
+        saver_all = en.train.Saver()  # weights, Adam's slots and step: everything the next step depends on
+        saver_model = en.train.Saver(list(tensors.variables.values()))
+    names = list(tensors.variables)
+    fetch_vars = [tensors.variables[n] for n in names]
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    state = (TrainingState.read(directory, fingerprint) if directory is not None else None)
+    resumed_at = 0
     with en.Session(graph=graph) as sess:
         sess.run(init)
-        for epoch in range(epochs):
-            order = rng.permutation(train_y.shape[0])
-            total, weight_sum = 0.0, 0.0
-            for start in range(0, order.size, batch_size):
-                index = np.sort(order[start:start + batch_size])
-                feed = feed_for(tensors, train_x, index)
-                feed[target], feed[weight] = log_y[index], train_w[index]
-                _, batch_loss = sess.run([train_op, loss], feed_dict=feed)
-                total += float(batch_loss) * float(train_w[index].sum())
-                weight_sum += float(train_w[index].sum())
-            predicted = predict_in_session(sess, tensors, val_x)
-            score = nwrmsle(val_y, predicted, val_w)
-            curve = {"train_loss": total / weight_sum, "validation_nwrmsle": score}
-            curves.append(curve)
-            if on_epoch is not None:
-                on_epoch(epoch, curve)
-            if score < best[0]:
-                best = (score, epoch, dict(zip(names, sess.run(fetch_vars))))
-            elif epoch - best[1] >= patience:
-                break
-    return TrainingResult(weights={k: np.array(v) for k, v in best[2].items()}, best_epoch=best[1],
-                          epochs_run=len(curves), curves=curves)
+        best_weights = dict(zip(names, sess.run(fetch_vars)))
+        if state is not None:
+            saver_model.restore(sess, str(directory / state.best_checkpoint))
+            best_weights = dict(zip(names, sess.run(fetch_vars)))
+            saver_all.restore(sess, str(directory / state.last_checkpoint))
+            resumed_at = state.step
+        else:
+            state = TrainingState(fingerprint)
+        stopped = state.step >= max_steps or state.evals_since_best >= patience
+        total, weight_sum = 0.0, 0.0
+        while not stopped:
+            source = batches(state.epoch)
+            consumed = 0
+            try:
+                for batch in itertools.islice(source, state.batch, None):
+                    feed = {tensors.dense: batch["dense"], target: batch["log1p"], weight: batch["weight"]}
+                    for j, name in enumerate(CATEGORICAL_FIELDS):
+                        feed[tensors.categorical[name]] = np.ascontiguousarray(batch["categorical"][:, j])
+                    _, batch_loss = sess.run([train_op, loss], feed_dict=feed)
+                    batch_weight = float(np.sum(batch["weight"]))
+                    total += float(batch_loss) * batch_weight
+                    weight_sum += batch_weight
+                    state.step += 1
+                    state.batch += 1
+                    consumed += 1
+                    if state.step % eval_every and state.step < max_steps:
+                        continue
+                    score = nwrmsle(val_y, predict_in_session(sess, tensors, val_x), val_w)
+                    curve = {"step": state.step, "train_loss": total / max(weight_sum, 1e-12),
+                             "validation_nwrmsle": score}
+                    total, weight_sum = 0.0, 0.0
+                    state.curves.append(curve)
+                    if score < state.best_score:
+                        state.best_score, state.best_step, state.evals_since_best = score, state.step, 0
+                        best_weights = dict(zip(names, sess.run(fetch_vars)))
+                        if directory is not None:
+                            state.best_checkpoint = Path(saver_model.save(sess, str(directory / "best"),
+                                                                          global_step=state.step)).name
+                    else:
+                        state.evals_since_best += 1
+                    if directory is not None:
+                        state.last_checkpoint = Path(saver_all.save(sess, str(directory / "last"),
+                                                                    global_step=state.step)).name
+                        state.write(directory)
+                        _remove_stale(directory, {state.last_checkpoint, state.best_checkpoint})
+                    if on_eval is not None:
+                        on_eval(state.step, curve)
+                    if state.evals_since_best >= patience or state.step >= max_steps:
+                        stopped = True
+                        break
+            finally:
+                close = getattr(source, "close", None)
+                if close is not None:
+                    close()
+            if not stopped:
+                if consumed == 0 and state.batch == 0:
+                    raise ValueError("train: the batch source gave no batches (no training examples?)")
+                state.epoch += 1
+                state.batch = 0
+    return TrainingResult(weights={k: np.array(v) for k, v in best_weights.items()}, best_step=int(state.best_step),
+                          steps_run=int(state.step), curves=list(state.curves), resumed_at_step=resumed_at)
 
 
-def predict_in_session(sess, tensors: ModelTensors, matrix: FeatureMatrix, chunk: int = 65536) -> np.ndarray:
-    parts = [sess.run(tensors.prediction, feed_dict=feed_for(tensors, matrix, slice(s, s + chunk)))
+def _remove_stale(directory: Path, keep: set[str]) -> None:
+    """Delete checkpoints no state refers to any more (the state file was written first)."""
+    for path in directory.iterdir():
+        prefix = path.name.rsplit(".", 1)[0]
+        if path.suffix in (".npz", ".json") and path.name != STATE_FILE and prefix not in keep:
+            path.unlink(missing_ok=True)
+
+
+def expected_units_factor(units: np.ndarray, predicted: np.ndarray) -> float:
+    """Ratio smearing: the factor on ``prediction + 1`` that makes the forecasts sum to the actual units."""
+    predicted_total = float(np.sum(np.asarray(predicted, np.float64) + 1.0))
+    if predicted_total <= 0:
+        return 1.0
+    return float(np.sum(np.asarray(units, np.float64) + 1.0)) / predicted_total
+
+
+def predict_in_session(sess, tensors: ModelTensors, matrix: FeatureMatrix, chunk: int = 65536,
+                       output: str = PREDICTION_OUTPUT) -> np.ndarray:
+    fetch = tensors.expected if output == EXPECTED_OUTPUT else tensors.prediction
+    parts = [sess.run(fetch, feed_dict=feed_for(tensors, matrix, slice(s, s + chunk)))
              for s in range(0, matrix.dense.shape[0], chunk)]
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
 
 
-def export_model(config: ModelConfig, weights: Mapping[str, np.ndarray], directory: Path) -> dict:
-    """Write the frozen inference graph (graph.json + weights.npz) into ``directory``; returns its I/O names."""
-    from engine import saver
-
+def _loaded(config: ModelConfig, weights: Mapping[str, np.ndarray], expected_factor: float):
+    """(graph, tensors, session) with the model built and ``weights`` loaded into its variables."""
     graph = en.Graph()
     with graph.as_default():
-        variables = {name: en.Variable(value, name=name.replace("/", "_")) for name, value in weights.items()}
-        tensors = forward(config, variables)
+        tensors = build(config, seed=0, expected_factor=expected_factor)
         init = en.global_variables_initializer()
+    missing = sorted(set(tensors.variables) - set(weights))
+    if missing:
+        raise ValueError(f"weights: no value for variable(s) {', '.join(missing)}")
+    sess = en.Session(graph=graph)
+    sess.run(init)
+    for name, variable in tensors.variables.items():
+        variable.load(weights[name], sess)
+    return graph, tensors, sess
+
+
+def predict_weights(config: ModelConfig, weights: Mapping[str, np.ndarray], matrix: FeatureMatrix,
+                    expected_factor: float | None = None) -> np.ndarray:
+    """Forecasts of trained weights: median-like units, or with ``expected_factor`` the expected units."""
+    _, tensors, sess = _loaded(config, weights, 1.0 if expected_factor is None else expected_factor)
+    with sess:
+        output = PREDICTION_OUTPUT if expected_factor is None else EXPECTED_OUTPUT
+        return predict_in_session(sess, tensors, matrix, output=output)
+
+
+def export_model(config: ModelConfig, weights: Mapping[str, np.ndarray], directory: Path,
+                 expected_factor: float = 1.0) -> dict:
+    """Write the frozen inference graph (graph.json + weights.npz) into ``directory``; returns its I/O names."""
+    _, tensors, sess = _loaded(config, weights, expected_factor)
     inputs = {DENSE_INPUT: tensors.dense, **{f"{CATEGORICAL_INPUT}_{f}": t for f, t in tensors.categorical.items()}}
-    outputs = {PREDICTION_OUTPUT: tensors.prediction, LOG1P_OUTPUT: tensors.log1p}
-    with en.Session(graph=graph) as sess:
-        sess.run(init)
-        saver.export_inference_graph(sess, directory, inputs=inputs, outputs=outputs)
+    outputs = {PREDICTION_OUTPUT: tensors.prediction, LOG1P_OUTPUT: tensors.log1p, EXPECTED_OUTPUT: tensors.expected}
+    with sess:
+        en.train.export_inference_graph(sess, str(directory), inputs=inputs, outputs=outputs)
     return {"inputs": sorted(inputs), "outputs": sorted(outputs)}

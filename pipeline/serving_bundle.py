@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.bundle import GRAPH_FILES, load_bundle, write_bundle
 from pipeline.drift_stats import roll_served_reference
-from pipeline.history import build_history, future_calendar, read_sales, snapshot_at
+from pipeline.history import future_calendar, load_history, snapshot_at
 
 SALES_DATA = ("data/split/train.parquet", "data/split/validation.parquet")
 HOLIDAYS_DATA = "data/prepared/holidays.parquet"
@@ -35,7 +35,8 @@ def roll_forward(root: Path, candidate_dir: Path, target_dir: Path, candidate_di
     """Write ``target_dir`` from the candidate with its origin at the last day of the data; returns its digest."""
     candidate = load_bundle(candidate_dir)
     spec = candidate.spec
-    history = build_history(read_sales([root / path for path in SALES_DATA]))
+    # only the window the snapshot ships (zeros before the data when it is shorter than history_days)
+    history = load_history([root / path for path in SALES_DATA], days=spec.history_days)
     calendar = future_calendar(root / HOLIDAYS_DATA, history.stores["store_nbr"], history.last_day + 1, spec.horizon)
     snapshot = snapshot_at(history, history.days - 1, spec.history_days, calendar)
 

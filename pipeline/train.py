@@ -4,9 +4,18 @@ Origins (time-based, no look-ahead): the *validation origin* is the last
 training day (the day before the validation window); the *inner validation
 origin* is ``horizon`` days earlier, and early stopping scores the horizon
 after it; training examples come from ``features.train_origins`` origins,
-``origin_stride_days`` apart, whose targets all end at or before the inner
-validation origin. The bundle's history snapshot is taken at the validation
-origin, so it forecasts exactly the validation window.
+``origin_stride_days`` apart (by default a year of them, so every season and
+holiday is among the targets), whose targets all end at or before the inner
+validation origin. An origin needs only its short-term windows inside the
+data: the year-ago part of its window may predate the data (zeros, flagged
+by the ``year_ago_known`` feature). The bundle's history snapshot is taken at
+the validation origin, so it forecasts exactly the validation window.
+
+Training runs ``train.max_steps`` optimizer steps at most, scored on the
+inner validation every ``train.eval_every_steps``, and checkpoints there into
+``models/checkpoints/train/``: a stage killed mid-way resumes on the next run
+(same data, params and code) and ends with the model an uninterrupted run
+would have made; a finished run removes the checkpoints.
 
     python -m pipeline.train [--root DIR]
 """
@@ -14,6 +23,7 @@ origin, so it forecasts exactly the validation window.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -24,16 +34,15 @@ import numpy as np
 from pipeline import tracking
 from pipeline.bundle import load_bundle, write_bundle
 from pipeline.drift_stats import served_reference, training_statistics
+from pipeline.examples import STATISTICS_ROWS, Examples, ExampleStream, origin_pairs, sample_pairs
 from pipeline.features import (
     CATEGORICAL_FIELDS,
-    FeatureMatrix,
     FeatureSpec,
     Vocabularies,
-    build_features,
     dense_feature_names,
 )
-from pipeline.history import SalesHistory, build_history, future_calendar, read_sales, rows_at_origin, snapshot_at
-from pipeline.metrics import nwrmsle, perishable_weights
+from pipeline.history import SalesHistory, future_calendar, load_history, snapshot_at
+from pipeline.metrics import nwrmsle
 from pipeline.model_params import FeatureParams, TrainParams, feature_params, train_params
 from pipeline.params import load_yaml
 from pipeline.stage import StageError, run_stage
@@ -42,73 +51,105 @@ from pipeline.versions import code_version, data_version, git_commit
 TRAIN_DATA = "data/split/train.parquet"
 HOLIDAYS_DATA = "data/prepared/holidays.parquet"
 CANDIDATE_DIR = "models/candidate"
+CHECKPOINT_DIR = "models/checkpoints/train"  # outside the DVC output, so a rerun after an interruption resumes
 
 
 class TrainError(RuntimeError):
     """The training data cannot support the requested origins/windows (message says which param)."""
 
 
-@dataclass
-class Examples:
-    matrix: FeatureMatrix
-    units: np.ndarray
-    weights: np.ndarray
-    baseline: np.ndarray
+def days_needed(fparams: FeatureParams) -> int:
+    """Days of history training reads: the windows of the earliest training origin up to the last day."""
+    spec = fparams.spec
+    return spec.history_days + 2 * spec.horizon + (fparams.train_origins - 1) * fparams.origin_stride_days
 
 
 def origins(history: SalesHistory, fparams: FeatureParams) -> tuple[int, int, list[int]]:
-    """(validation origin, inner validation origin, training origins) as column indices."""
+    """(validation origin, inner validation origin, training origins) as column indices.
+
+    A training origin needs its short-term windows (``FeatureSpec.longest_window``) inside the data;
+    the rest of its window (the year-ago days) may predate the data, which the history pads with zeros.
+    """
     spec = fparams.spec
     validation_origin = history.days - 1
     inner_origin = validation_origin - spec.horizon
-    earliest = spec.history_days - 1
+    first_known = int(np.argmax(history.observed.any(axis=0))) if history.observed.any() else history.days
+    earliest = max(spec.history_days - 1, first_known + spec.longest_window - 1)
     train = [inner_origin - spec.horizon - k * fparams.origin_stride_days for k in range(fparams.train_origins)]
     train = [o for o in train if o >= earliest]
     if inner_origin < earliest or not train:
         raise TrainError(
-            f"features: the training data has {history.days} days; history_days={spec.history_days} plus two horizons "
-            f"of {spec.horizon} days need at least {spec.history_days + 2 * spec.horizon} (lower features.history_days "
-            "or use more data)")
+            f"features: the training data has {history.days - first_known} days; windows of "
+            f"{spec.longest_window} days (features.history_days and the window lists) plus two horizons of "
+            f"{spec.horizon} days need at least {spec.longest_window + 2 * spec.horizon} "
+            "(lower features.history_days or the windows, or use more data)")
     return validation_origin, inner_origin, train
 
 
 def examples_at(history: SalesHistory, spec: FeatureSpec, vocab: Vocabularies, origin_cols: list[int],
-                baseline_weeks: int) -> Examples:
-    from pipeline.models import baseline_predict
-
-    parts = []
-    for origin in origin_cols:
-        rows, units, perishable, _ = rows_at_origin(history, origin, spec.history_days, spec.horizon)
-        parts.append((build_features(spec, vocab, rows), units, perishable_weights(perishable),
-                      baseline_predict(rows, baseline_weeks)))
-    return Examples(
-        matrix=FeatureMatrix(dense=np.concatenate([p[0].dense for p in parts]),
-                             categorical=np.concatenate([p[0].categorical for p in parts])),
-        units=np.concatenate([p[1] for p in parts]).astype(np.float32),
-        weights=np.concatenate([p[2] for p in parts]).astype(np.float32),
-        baseline=np.concatenate([p[3] for p in parts]),
-    )
+                baseline_weeks: int, progress: bool = False, label: str = "examples") -> Examples:
+    """Every series' examples at these origins, in one matrix (built chunk by chunk: see pipeline/examples.py)."""
+    series, origin = origin_pairs(history.sales.shape[0], origin_cols)
+    return ExampleStream(history, spec, vocab, series, origin, baseline_weeks, label=label).materialize(progress)
 
 
 @dataclass
 class PreparedTraining:
     history: SalesHistory
     vocab: Vocabularies
-    train: Examples
+    train: Examples  # every training example when they fit in features.in_memory_examples, else a seeded sample
     inner: Examples
     validation_origin: int
     inner_origin: int
     train_origins: list[int]
+    train_stream: ExampleStream  # every training example, built chunk by chunk as training consumes them
+    in_memory: bool  # ``train`` holds them all (train on it), else stream them
+    progress: bool = False  # progress bars while streaming
+
+    @property
+    def train_examples(self) -> int:
+        """Training examples in all (``train`` holds only a sample of them when they stream)."""
+        return len(self.train) if self.in_memory else self.train_stream.count_rows()
+
+    def batch_source(self, batch_size: int, seed: int):
+        """The training batches (pipeline.models.BatchSource): from memory, or streamed when they do not fit."""
+        from pipeline import models
+
+        if self.in_memory:
+            return models.in_memory_batches(self.train.matrix, self.train.units, self.train.weights, batch_size, seed)
+        return self.train_stream.batch_source(batch_size, seed, self.progress)
 
 
-def prepare_training(history: SalesHistory, fparams: FeatureParams, baseline_weeks: int) -> PreparedTraining:
+def prepare_training(history: SalesHistory, fparams: FeatureParams, baseline_weeks: int, seed: int = 0,
+                     progress: bool = False) -> PreparedTraining:
+    """Origins, vocabularies, the inner validation's examples, and the training examples (held or streamed).
+
+    ``train`` is what normalization, the output bias and the drift statistics are
+    computed from: all training examples when there are at most
+    ``features.in_memory_examples``, else a seeded sample of ``STATISTICS_ROWS``
+    (Favorita: 92 M rows stream). The inner validation is a seeded sample of
+    ``in_memory_examples / 4`` rows when larger (Favorita: 3.5 M rows).
+    """
     validation_origin, inner_origin, train_origins = origins(history, fparams)
+    spec = fparams.spec
     vocab = Vocabularies.fit(history.series_categorical())
-    train = examples_at(history, fparams.spec, vocab, train_origins, baseline_weeks)
-    inner = examples_at(history, fparams.spec, vocab, [inner_origin], baseline_weeks)
+    series, origin = origin_pairs(history.sales.shape[0], train_origins)
+    stream = ExampleStream(history, spec, vocab, series, origin, baseline_weeks=None, label="train")
+    in_memory = stream.max_rows <= fparams.in_memory_examples
+    held = stream if in_memory else ExampleStream(
+        history, spec, vocab, *sample_pairs(series, origin, min(fparams.in_memory_examples, STATISTICS_ROWS),
+                                            spec.horizon, seed),
+        baseline_weeks=None, label="train sample")
+    train = held.materialize(progress)
+    # The inner validation is scored every few hundred steps: a seeded sample of its series when it is large.
+    inner_series, inner_origin_cols = sample_pairs(*origin_pairs(history.sales.shape[0], [inner_origin]),
+                                                   fparams.in_memory_examples // 4, spec.horizon, seed + 1)
+    inner = ExampleStream(history, spec, vocab, inner_series, inner_origin_cols, baseline_weeks,
+                          label="inner validation").materialize(progress)
     if train.units.size == 0 or inner.units.size == 0:
         raise TrainError("no training or inner-validation rows at the chosen origins")
-    return PreparedTraining(history, vocab, train, inner, validation_origin, inner_origin, train_origins)
+    return PreparedTraining(history, vocab, train, inner, validation_origin, inner_origin, train_origins,
+                            stream, in_memory, progress)
 
 
 def model_config(tparams: TrainParams, data: PreparedTraining, spec: FeatureSpec):
@@ -124,14 +165,23 @@ def model_config(tparams: TrainParams, data: PreparedTraining, spec: FeatureSpec
     )
 
 
-def fit(tparams: TrainParams, data: PreparedTraining, spec: FeatureSpec, on_epoch=None):
+def fit(tparams: TrainParams, data: PreparedTraining, spec: FeatureSpec, on_eval=None,
+        checkpoint_dir: Path | None = None, fingerprint: str = ""):
+    """Train one model on prepared examples: the train stage's, and one per backtest window.
+
+    Returns (config, result); ``result.expected_factor`` is the expected-units correction fitted on the
+    inner validation. With ``checkpoint_dir`` an interrupted call resumes (same ``fingerprint``).
+    """
     from pipeline import models
 
     config = model_config(tparams, data, spec)
-    result = models.train(config, data.train.matrix, data.train.units, data.train.weights, data.inner.matrix,
-                          data.inner.units, data.inner.weights, seed=tparams.seed, epochs=tparams.epochs,
-                          patience=tparams.patience, batch_size=tparams.batch_size,
-                          learning_rate=tparams.learning_rate, on_epoch=on_epoch)
+    batches = data.batch_source(tparams.batch_size, tparams.seed)
+    result = models.train(config, batches, data.inner.matrix, data.inner.units, data.inner.weights,
+                          seed=tparams.seed, max_steps=tparams.max_steps, eval_every=tparams.eval_every_steps,
+                          patience=tparams.patience, learning_rate=tparams.learning_rate,
+                          checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, on_eval=on_eval)
+    inner_pred = models.predict_weights(config, result.weights, data.inner.matrix)
+    result.expected_factor = models.expected_units_factor(data.inner.units, inner_pred)
     return config, result
 
 
@@ -145,8 +195,8 @@ def run(root: Path, quiet: bool = False) -> dict:
     raw = load_yaml(root / "params.yaml")
     fparams, tparams = feature_params(raw), train_params(raw)
     spec = fparams.spec
-    history = build_history(read_sales([root / TRAIN_DATA]))
-    data = prepare_training(history, fparams, tparams.baseline_weeks)
+    history = load_history([root / TRAIN_DATA], days=days_needed(fparams), progress=not quiet)
+    data = prepare_training(history, fparams, tparams.baseline_weeks, seed=tparams.seed, progress=not quiet)
     calendar = future_calendar(root / HOLIDAYS_DATA, history.stores["store_nbr"], history.last_day + 1, spec.horizon)
     versions = {"git_commit": git_commit(root), "code_version": code_version(),
                 "data_version": data_version(root, [TRAIN_DATA, HOLIDAYS_DATA])}
@@ -154,7 +204,7 @@ def run(root: Path, quiet: bool = False) -> dict:
     tags = {"git_commit": versions["git_commit"], "code_version": versions["code_version"][:16],
             "data_version": data_tag, "model_kind": tparams.model, "stage": "train"}
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    say(f"train: {data.train.units.size:,} examples from {len(data.train_origins)} origins "
+    say(f"train: {data.train_examples:,} examples from {len(data.train_origins)} origins "
         f"({_day(history.first_day + min(data.train_origins))} .. {_day(history.first_day + max(data.train_origins))}), "
         f"{data.inner.units.size:,} inner-validation rows at {_day(history.first_day + data.inner_origin)}")
 
@@ -163,20 +213,29 @@ def run(root: Path, quiet: bool = False) -> dict:
                                             "origin_stride_days": fparams.origin_stride_days},
                                "train": {k: v for k, v in tparams.__dict__.items()}})
 
-        def on_epoch(epoch: int, curve: dict) -> None:
-            mlflow_run.log_metrics(curve, step=epoch)
-            say(f"  epoch {epoch + 1:3d}  train_loss {curve['train_loss']:.4f}  "
+        def on_eval(step: int, curve: dict) -> None:
+            say(f"  step {step:6d}/{tparams.max_steps}  train_loss {curve['train_loss']:.4f}  "
                 f"inner-validation NWRMSLE {curve['validation_nwrmsle']:.4f}")
 
-        config, result = fit(tparams, data, spec, on_epoch)
         from pipeline import models
 
-        inner_pred = _predict_weights(config, result.weights, data.inner.matrix)
+        checkpoints = root / CHECKPOINT_DIR
+        fingerprint = models.fingerprint_of(spec.to_json(), fparams.train_origins, fparams.origin_stride_days,
+                                            tparams.__dict__, versions["data_version"], versions["code_version"])
+        config, result = fit(tparams, data, spec, on_eval, checkpoint_dir=checkpoints, fingerprint=fingerprint)
+        if result.resumed_at_step:
+            say(f"train: resumed from the checkpoint at step {result.resumed_at_step} in {checkpoints}")
+        for curve in result.curves:  # all of them, also those a resumed run had written before the interruption
+            mlflow_run.log_metrics({k: v for k, v in curve.items() if k != "step"}, step=int(curve["step"]))
+        inner_pred = models.predict_weights(config, result.weights, data.inner.matrix)
+        inner_expected = models.predict_weights(config, result.weights, data.inner.matrix, result.expected_factor)
         metrics = {
             "inner_validation_nwrmsle": nwrmsle(data.inner.units, inner_pred, data.inner.weights),
             "inner_validation_baseline_nwrmsle": nwrmsle(data.inner.units, data.inner.baseline, data.inner.weights),
-            "best_epoch": float(result.best_epoch + 1), "epochs_run": float(result.epochs_run),
-            "train_examples": float(data.train.units.size),
+            "best_step": float(result.best_step), "steps_run": float(result.steps_run),
+            "evaluations": float(len(result.curves)), "train_examples": float(data.train_examples),
+            "expected_units_factor": result.expected_factor,
+            "inner_validation_expected_units_ratio": float(inner_expected.sum() / max(data.inner.units.sum(), 1e-9)),
         }
         snapshot = snapshot_at(history, data.validation_origin, spec.history_days, calendar)
         names = dense_feature_names(spec)
@@ -188,7 +247,7 @@ def run(root: Path, quiet: bool = False) -> dict:
         graph_io: dict = {}
 
         def write_graph(directory: Path) -> None:
-            graph_io.update(models.export_model(config, result.weights, directory))
+            graph_io.update(models.export_model(config, result.weights, directory, result.expected_factor))
 
         metadata = {
             "name": tracking.REGISTERED_MODEL,
@@ -199,6 +258,14 @@ def run(root: Path, quiet: bool = False) -> dict:
                        "train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in tparams.__dict__.items()}},
             "metrics": metrics, "model": config.to_json(), "features": spec.to_json(),
             "vocabularies": data.vocab.to_json(), "horizon": spec.horizon,
+            "outputs": {
+                models.PREDICTION_OUTPUT: "median-like forecast of units sold: expm1 of the predicted log1p(units), "
+                                          "the value the log-error metric (NWRMSLE) scores; sums fall short of sales",
+                models.EXPECTED_OUTPUT: "expected units sold (bias-corrected mean): expected_units_factor * "
+                                        "(prediction + 1) - 1, the factor fitted on the inner validation so that "
+                                        "forecasts sum to actual units",
+                "expected_units_factor": result.expected_factor,
+            },
             "horizon_dates": [_day(snapshot.calendar_days[0]), _day(snapshot.calendar_days[-1])],
             "input_schema": {
                 "request": {"store_nbr": "integer", "item_nbr": "integer", "date": "YYYY-MM-DD within horizon_dates",
@@ -217,27 +284,14 @@ def run(root: Path, quiet: bool = False) -> dict:
         mlflow_run.log_metrics(metrics)
         mlflow_run.set_tags({"bundle_digest": digest, "bundle_version": metadata["version"]})
         mlflow_run.log_bundle(bundle_dir)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
     summary = {"run_id": mlflow_run.run_id, "bundle": str(bundle_dir), "digest": digest, **metrics,
                "seconds": time.perf_counter() - started}
-    say(f"train: {tparams.model} best epoch {result.best_epoch + 1}/{result.epochs_run}, inner-validation NWRMSLE "
-        f"{metrics['inner_validation_nwrmsle']:.4f} (baseline {metrics['inner_validation_baseline_nwrmsle']:.4f}); "
+    say(f"train: {tparams.model} best step {result.best_step}/{result.steps_run}, inner-validation NWRMSLE "
+        f"{metrics['inner_validation_nwrmsle']:.4f} (baseline {metrics['inner_validation_baseline_nwrmsle']:.4f}), "
+        f"expected-units factor {result.expected_factor:.3f}; "
         f"bundle {bundle_dir} ({digest[:12]}), MLflow run {mlflow_run.run_id} in {summary['seconds']:.1f} s")
     return summary
-
-
-def _predict_weights(config, weights, matrix: FeatureMatrix) -> np.ndarray:
-    """Predictions of trained weights in a training-side session (compared with the bundle's)."""
-    import engine as en
-    from pipeline import models
-
-    graph = en.Graph()
-    with graph.as_default():
-        variables = {name: en.Variable(value, name=name.replace("/", "_")) for name, value in weights.items()}
-        tensors = models.forward(config, variables)
-        init = en.global_variables_initializer()
-    with en.Session(graph=graph) as sess:
-        sess.run(init)
-        return models.predict_in_session(sess, tensors, matrix)
 
 
 def main(argv=None) -> int:

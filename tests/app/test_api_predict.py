@@ -24,8 +24,10 @@ def test_one_instance_gets_the_bundles_own_prediction(served):
     assert body["model"] == {"name": served.model.name, "version": served.model.version}
     [prediction] = body["predictions"]
     expected = served.model.bundle.predict(instance["store_nbr"], instance["item_nbr"], instance["date"], 1)
-    assert prediction == {**instance, "unit_sales": pytest.approx(float(expected[0]), abs=1e-4)}
-    assert prediction["unit_sales"] >= 0
+    factor = served.model.bundle.metadata["outputs"]["expected_units_factor"]
+    assert prediction == {**instance, "unit_sales": pytest.approx(float(expected[0]), abs=1e-4),
+                          "expected_units": pytest.approx(max(factor * (float(expected[0]) + 1) - 1, 0), abs=2e-3)}
+    assert 0 <= prediction["unit_sales"] <= prediction["expected_units"]  # the median-like forecast is the lower
     assert response.headers["X-Request-ID"] == body["request_id"]
 
 

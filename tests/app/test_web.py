@@ -51,6 +51,10 @@ def test_submitting_shows_the_forecast_and_a_chart_and_logs_it(served):
     expected = served.model.bundle.predict(int(values["store"]), int(values["item"]), values["date"], 1)[0]
     shown = re.search(r'<span id="forecast-units">([0-9.]+)</span> units', html).group(1)
     assert float(shown) == pytest.approx(float(expected), abs=0.05)
+    assert "median-like" in re.search(r'<p id="forecast-meaning">(.*?)</p>', html, re.S).group(1)
+    factor = served.model.bundle.metadata["outputs"]["expected_units_factor"]
+    mean = re.search(r'<strong id="forecast-expected-units">([0-9.]+)</strong>', html).group(1)
+    assert float(mean) == pytest.approx(max(factor * (float(expected) + 1) - 1, 0), abs=0.06)
     item = served.model.catalog.items[int(values["item"])]
     assert item.label in html  # family and class, not just a number
     svg = re.search(r"<svg.*?</svg>", html, re.S).group(0)

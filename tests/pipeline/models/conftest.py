@@ -90,8 +90,10 @@ def write_tiny_project(root: Path, validation_days: int = 16, **kwargs) -> Path:
 
 TINY_PARAMS = {
     "features": {"history_days": 56, "mean_windows": [3, 7, 14, 28, 56], "dow_weeks": [4, 8], "promo_windows": [14],
-                 "horizon": 16, "train_origins": 4, "origin_stride_days": 7},
-    "train": {"model": "mlp", "seed": 3, "epochs": 30, "patience": 5, "batch_size": 256, "learning_rate": 0.01,
+                 "horizon": 16, "yearly": False, "train_origins": 4, "origin_stride_days": 7,
+                 "in_memory_examples": 6_000_000},
+    "train": {"model": "mlp", "seed": 3, "max_steps": 400, "eval_every_steps": 20, "patience": 5, "batch_size": 256,
+              "learning_rate": 0.01,
               "hidden_units": [32, 16],
               "embedding_dims": {"store_nbr": 2, "item_nbr": 4, "family": 2, "class": 2, "perishable": 1,
                                  "city": 1, "store_type": 1, "cluster": 1},

@@ -53,6 +53,40 @@ def test_feature_values_by_hand():
     assert values["horizon"] == pytest.approx(7 / 16)
 
 
+YEARLY = F.FeatureSpec(history_days=392, mean_windows=(7, 28), dow_weeks=(4,), promo_windows=(7,), yearly=True)
+
+
+def test_yearly_feature_values_by_hand():
+    """Origin 2017-03-10 (column 391); target 2017-03-13 (h=3); its year-ago day is 2016-03-14, column 30."""
+    sales = np.zeros(392)
+    sales[0] = np.e - 1  # a sale before the year-ago base window (columns 0..27): the series existed back then
+    sales[30] = np.e**3 - 1  # log1p 3 on the year-ago day
+    sales[27] = np.e**7 - 1  # log1p 7 on the year-ago origin (the base window's last day, just outside the week)
+    sales[-28:] = np.e - 1  # log1p 1 on each of the last 28 days
+    values = dict(zip(F.dense_feature_names(YEARLY), F.build_features(YEARLY, _vocab(), _rows(sales, horizon=3)).dense[0]))
+    assert values["year_ago_known"] == 1
+    assert values["year_ago_log1p"] == pytest.approx(3)
+    assert values["year_ago_week_mean_log1p"] == pytest.approx(10 / 7)  # columns 27..33
+    assert values["year_ago_base_mean_log1p"] == pytest.approx(8 / 28)  # columns 0..27
+    assert values["year_ago_season_change_log1p"] == pytest.approx(10 / 7 - 8 / 28)
+    assert values["year_over_year_trend_log1p"] == pytest.approx(1 - 8 / 28)
+    day_of_year = 71  # 2017-03-13: 31 + 28 + 12 days after 1 January
+    assert values["target_day_of_year_sin"] == pytest.approx(np.sin(2 * np.pi * day_of_year / 365.25), abs=1e-6)
+    assert values["target_day_of_year_cos"] == pytest.approx(np.cos(2 * np.pi * day_of_year / 365.25), abs=1e-6)
+
+
+def test_yearly_features_are_zero_where_the_series_had_not_sold_a_year_earlier():
+    sales = np.zeros(392)
+    sales[30] = np.e**3 - 1  # a first sale after the year-ago base window began (or history padded with zeros)
+    sales[-5:] = 4.0
+    values = dict(zip(F.dense_feature_names(YEARLY), F.build_features(YEARLY, _vocab(), _rows(sales, horizon=3)).dense[0]))
+    assert all(values[name] == 0 for name in ("year_ago_known", "year_ago_log1p", "year_ago_week_mean_log1p",
+                                             "year_ago_base_mean_log1p", "year_ago_season_change_log1p",
+                                             "year_over_year_trend_log1p"))
+    with pytest.raises(F.FeatureInputError, match="features.history_days.*yearly"):
+        F.FeatureSpec(history_days=391, yearly=True)
+
+
 def test_paydays_are_the_15th_and_the_last_day_of_the_month():
     days = F.day_number(["2016-02-15", "2016-02-29", "2017-02-28", "2017-03-30", "2017-12-31", "2017-03-14"])
     dow, dom, payday, to_payday = F.calendar_of(days)
@@ -91,8 +125,10 @@ def test_bad_inputs_name_the_field():
 def test_train_time_and_serve_time_features_are_identical(tiny_frame):
     """Training gathers rows from the full arrays; serving looks one request up in the bundle snapshot."""
     frame, holidays_table = tiny_frame
-    history = build_history(frame)
-    spec = F.FeatureSpec(history_days=56, mean_windows=(3, 7, 28, 56), dow_weeks=(4, 8), promo_windows=(14,))
+    first = int(frame["date"].min().to_datetime64().astype("datetime64[D]").astype(np.int64))
+    history = build_history(frame, first_day=first - 200)  # padded: the year-ago days partly predate the data
+    spec = F.FeatureSpec(history_days=392, mean_windows=(3, 7, 28, 56), dow_weeks=(4, 8), promo_windows=(14,),
+                         yearly=True)
     origin_col = history.days - 17
     rows, target, _, series = rows_at_origin(history, origin_col, spec.history_days, spec.horizon)
     vocab = F.Vocabularies.fit(history.series_categorical())

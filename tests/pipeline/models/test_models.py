@@ -1,4 +1,4 @@
-"""The baseline by hand; engine models learn, are seeded and reproducible, and never predict negative sales."""
+"""The baseline by hand; engine models (en.layers) learn, stop early, resume exactly, and never predict negative sales."""
 
 from __future__ import annotations
 
@@ -43,44 +43,107 @@ def _config(kind, matrix):
                               dense_mean=mean, dense_std=std, output_bias=1.0)
 
 
+def _train(kind, x, y, w, vx, vy, vw, *, seed, max_steps, eval_every, patience, batch_size, learning_rate, **kwargs):
+    batches = models.in_memory_batches(x, y, w, batch_size, seed)
+    return models.train(_config(kind, x), batches, vx, vy, vw, seed=seed, max_steps=max_steps, eval_every=eval_every,
+                        patience=patience, learning_rate=learning_rate, **kwargs)
+
+
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
 def test_models_learn_a_known_function(kind):
     x, y, w = _problem(4000, 0)
     vx, vy, vw = _problem(1000, 1)
-    result = models.train(_config(kind, x), x, y, w, vx, vy, vw, seed=1, epochs=40, patience=40, batch_size=128,
-                          learning_rate=0.02)
-    best = min(c["validation_nwrmsle"] for c in result.curves)
+    result = _train(kind, x, y, w, vx, vy, vw, seed=1, max_steps=1200, eval_every=100, patience=12, batch_size=128,
+                    learning_rate=0.02)
+    scores = [c["validation_nwrmsle"] for c in result.curves]
+    best = min(scores)
     constant = nwrmsle(vy, np.full_like(vy, np.expm1(1.0)), vw)
     assert best < 0.2 < 1.0 < constant, (best, constant)  # the target clips at 0, which a linear output cannot
-    assert result.curves[result.best_epoch]["validation_nwrmsle"] == best
+    assert result.curves[scores.index(best)]["step"] == result.best_step
+    assert [c["step"] for c in result.curves] == list(range(100, result.steps_run + 1, 100))
+
+
+def test_models_are_built_from_the_engines_layers():
+    import engine as en
+
+    x, _, _ = _problem(10, 0)
+    with en.Graph().as_default():
+        model = models.Forecaster(_config("mlp", x), seed=0)
+        assert isinstance(model.output, en.layers.Dense) and all(isinstance(h, en.layers.Dense) for h in model.hidden)
+        assert all(isinstance(e, en.layers.Embedding) for e in model.embeddings.values())
+
+
+def test_training_stops_early_and_runs_at_most_max_steps():
+    x, y, w = _problem(1000, 0)
+    vx, vy, vw = _problem(300, 1)
+    capped = _train("mlp", x, y, w, vx, vy, vw, seed=5, max_steps=30, eval_every=20, patience=50, batch_size=64,
+                    learning_rate=0.01)
+    assert capped.steps_run == 30 and [c["step"] for c in capped.curves] == [20, 30]
+    # a learning rate this large diverges at once: no evaluation improves on the first, and patience ends the run
+    stopped = _train("mlp", x, y, w, vx, vy, vw, seed=5, max_steps=10_000, eval_every=10, patience=2, batch_size=64,
+                     learning_rate=50.0)
+    assert stopped.steps_run < 10_000 and len(stopped.curves) - 1 - stopped.curves.index(
+        min(stopped.curves, key=lambda c: c["validation_nwrmsle"])) == 2
 
 
 def test_training_is_seeded_and_reproducible():
     x, y, w = _problem(1000, 0)
     vx, vy, vw = _problem(300, 1)
-    runs = [models.train(_config("mlp", x), x, y, w, vx, vy, vw, seed=5, epochs=3, patience=3, batch_size=64,
-                         learning_rate=0.01) for _ in range(2)]
+    runs = [_train("mlp", x, y, w, vx, vy, vw, seed=5, max_steps=40, eval_every=20, patience=3, batch_size=64,
+                   learning_rate=0.01) for _ in range(2)]
     assert runs[0].curves == runs[1].curves
     for name in runs[0].weights:
         np.testing.assert_array_equal(runs[0].weights[name], runs[1].weights[name])
-    other = models.train(_config("mlp", x), x, y, w, vx, vy, vw, seed=6, epochs=1, patience=1, batch_size=64,
-                         learning_rate=0.01)
+    other = _train("mlp", x, y, w, vx, vy, vw, seed=6, max_steps=20, eval_every=20, patience=1, batch_size=64,
+                   learning_rate=0.01)
     assert other.curves[0] != runs[0].curves[0]
+
+
+def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(tmp_path):
+    """In process: stop after 60 steps (max_steps), resume to 140 from the checkpoint; same as 140 straight."""
+    x, y, w = _problem(1000, 0)  # 16 batches an epoch: checkpoints every 20 steps fall mid-epoch
+    vx, vy, vw = _problem(300, 1)
+    args = dict(seed=4, eval_every=20, patience=50, batch_size=64, learning_rate=0.01)
+    straight = _train("mlp", x, y, w, vx, vy, vw, max_steps=140, **args)
+    first = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, fingerprint="f", **args)
+    assert first.steps_run == 60 and (tmp_path / models.STATE_FILE).is_file()
+    resumed = _train("mlp", x, y, w, vx, vy, vw, max_steps=140, checkpoint_dir=tmp_path, fingerprint="f", **args)
+    assert resumed.resumed_at_step == 60 and resumed.curves == straight.curves
+    for name in straight.weights:
+        np.testing.assert_array_equal(resumed.weights[name], straight.weights[name])
+    # a checkpoint of another configuration is never resumed
+    other = _train("mlp", x, y, w, vx, vy, vw, max_steps=20, checkpoint_dir=tmp_path, fingerprint="g", **args)
+    assert other.resumed_at_step == 0 and len(other.curves) == 1
+
+
+def test_expected_units_sum_to_the_actual_units_where_the_factor_was_fitted():
+    x, y, w = _problem(2000, 0)
+    vx, vy, vw = _problem(500, 1)
+    result = _train("mlp", x, y, w, vx, vy, vw, seed=2, max_steps=200, eval_every=50, patience=4, batch_size=128,
+                    learning_rate=0.02)
+    config = _config("mlp", x)
+    median = models.predict_weights(config, result.weights, vx)
+    factor = models.expected_units_factor(vy, median)
+    expected = models.predict_weights(config, result.weights, vx, factor)
+    assert expected.sum() == pytest.approx(vy.sum(), rel=1e-4)
+    np.testing.assert_allclose(expected, np.maximum(factor * (median + 1) - 1, 0), rtol=1e-5, atol=1e-5)
 
 
 def test_predictions_are_clipped_at_zero(tmp_path):
     from engine import saver
 
-    x, _, _ = _problem(50, 0)
+    x, y, w = _problem(50, 0)
     config = _config("linear", x)
     config.output_bias = -20.0  # the raw output is far below zero
-    weights = models.init_weights(config, seed=0)
-    models.export_model(config, weights, tmp_path)
+    result = _train("linear", x, y, w, x, y, w, seed=0, max_steps=1, eval_every=1, patience=1, batch_size=64,
+                    learning_rate=1e-6)
+    models.export_model(config, result.weights, tmp_path, expected_factor=1.5)
     model = saver.import_inference_graph(str(tmp_path))
     feed = {"dense": x.dense, **{f"categorical_{f}": np.ascontiguousarray(x.categorical[:, j])
                                  for j, f in enumerate(CATEGORICAL_FIELDS)}}
     out = model.run(feed)
     assert (out["log1p_sales"] < 0).all() and (out["prediction"] == 0).all()
+    np.testing.assert_allclose(out["expected_units"], 0.5)  # 1.5 * (0 + 1) - 1
 
 
 def test_unknown_model_kind_is_refused():

@@ -4,10 +4,26 @@ from __future__ import annotations
 
 import pytest
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
 from pipeline import tracking, train
-from pipeline.features import FeatureSpec
+from pipeline.bundle import load_bundle
+from pipeline.features import FeatureSpec, rows_from_snapshot
 from pipeline.history import build_history
 from pipeline.model_params import FeatureParams
+
+from .conftest import TINY_PARAMS, write_params, write_tiny_project
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_origins_never_look_ahead(tiny_frame):
@@ -34,7 +50,9 @@ def test_a_train_is_an_mlflow_run_with_params_curves_metrics_tags_and_the_bundle
     assert tags["model_kind"] == "mlp" and tags["bundle_digest"] == summary["digest"]
     assert "train.parquet:" in tags["data_version"] and tags["git_commit"]
     curve = tracking.metric_history(root, summary["run_id"], "validation_nwrmsle")
-    assert len(curve) == summary["epochs_run"] and [s for s, _ in curve] == list(range(len(curve)))
+    every = TINY_PARAMS["train"]["eval_every_steps"]
+    assert len(curve) == summary["evaluations"] and [s for s, _ in curve] == [every * (i + 1) for i in range(len(curve))]
+    assert summary["steps_run"] == every * len(curve) and summary["best_step"] % every == 0
     artifacts = {a.path for a in tracking.client(root).list_artifacts(summary["run_id"], "bundle")}
     assert {"bundle/graph.json", "bundle/weights.npz", "bundle/bundle.json", "bundle/checksums.json"} <= artifacts
 
@@ -48,7 +66,7 @@ def test_same_params_and_data_give_the_same_metrics(trained_project):
     root, summary = trained_project
     again = train.run(root, quiet=True)
     assert again["run_id"] != summary["run_id"]
-    for key in ("inner_validation_nwrmsle", "inner_validation_baseline_nwrmsle", "best_epoch", "train_examples"):
+    for key in ("inner_validation_nwrmsle", "inner_validation_baseline_nwrmsle", "best_step", "train_examples"):
         assert again[key] == summary[key], key
 
 
@@ -63,3 +81,74 @@ def test_missing_data_is_a_clear_error(tmp_path, tiny_params, set_params, capsys
     set_params(tmp_path, tiny_params)
     assert train.main(["--root", str(tmp_path)]) == 1
     assert "train.parquet: not found" in capsys.readouterr().err
+
+
+def test_origins_spread_over_a_year_where_the_padded_history_allows(tiny_frame):
+    """Yearly features need 392 days of window; origins only need their short windows inside the data."""
+    history = build_history(tiny_frame[0], first_day=int(tiny_frame[0]["date"].min().to_datetime64()
+                                                         .astype("datetime64[D]").astype(np.int64)) - 400)
+    spec = FeatureSpec(history_days=392, mean_windows=(7, 28), dow_weeks=(4,), promo_windows=(14,), yearly=True)
+    validation, inner, origins = train.origins(history, FeatureParams(spec, train_origins=26, origin_stride_days=7))
+    first_known = int(np.argmax(history.observed.any(axis=0)))
+    assert min(origins) >= first_known + 27 and min(origins) - 391 < first_known  # windows reach before the data
+    assert len(origins) == (inner - 16 - (first_known + 27)) // 7 + 1
+
+
+def test_the_bundle_says_what_its_outputs_mean(trained_project):
+    root, _ = trained_project
+    outputs = load_bundle(root / train.CANDIDATE_DIR).metadata["outputs"]
+    assert "median-like" in outputs["prediction"] and "bias-corrected" in outputs["expected_units"]
+    assert outputs["expected_units_factor"] > 1  # a median of skewed counts is below their mean
+
+
+def test_expected_units_sum_within_5_percent_of_actual_units_on_the_validation_window(trained_project):
+    """Served through the bundle, as the app serves them: the validation window the model never saw."""
+    root, _ = trained_project
+    bundle = load_bundle(root / train.CANDIDATE_DIR)
+    validation = pd.read_parquet(root / "data/split/validation.parquet")
+    rows = rows_from_snapshot(bundle.snapshot, validation["store_nbr"].to_numpy(), validation["item_nbr"].to_numpy(),
+                              validation["date"].to_numpy().astype("datetime64[D]"),
+                              validation["onpromotion"].to_numpy().astype(np.uint8))
+    out = bundle.forecast_features(bundle.features(rows))
+    actual = validation["unit_sales"].clip(lower=0).sum()
+    assert abs(out["expected_units"].sum() / actual - 1) <= 0.05, (out["expected_units"].sum(), actual)
+    assert out["prediction"].sum() < 0.95 * actual  # the median-like forecast alone falls short
+
+
+def _state(root: Path) -> dict | None:
+    try:
+        return json.loads((root / train.CHECKPOINT_DIR / "state.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+@pytest.mark.slow
+def test_a_killed_train_stage_resumes_and_ends_as_an_uninterrupted_run(trained_project_template, tmp_path):
+    """SIGKILL the stage's process mid-epoch, rerun it: it continues from the checkpoint to the same model."""
+    template, uninterrupted = trained_project_template
+    root = write_tiny_project(tmp_path / "project")
+    write_params(root, TINY_PARAMS)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(REPO)
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--root", str(root)], cwd=root, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    state = None
+    while time.monotonic() < deadline and process.poll() is None:
+        state = _state(root)
+        if state is not None:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, f"the stage ended before it could be killed: {process.stderr.read()}"
+    state = _state(root)  # the checkpoint on disk when it died (it may have moved on since the poll)
+    assert state["step"] < uninterrupted["steps_run"] and state["batch"] > 0  # mid-training, mid-epoch
+    assert not (root / train.CANDIDATE_DIR).exists()
+
+    resumed = train.run(root, quiet=True)
+    for key in ("inner_validation_nwrmsle", "best_step", "steps_run", "expected_units_factor"):
+        assert resumed[key] == uninterrupted[key], key
+    weights = [(r / train.CANDIDATE_DIR / "weights.npz").read_bytes() for r in (root, template)]
+    assert weights[0] == weights[1]
+    assert not (root / train.CHECKPOINT_DIR).exists()  # a finished run leaves nothing to resume
