@@ -494,7 +494,7 @@ def _cast_grad(op, g):
 
 def _cast_examples(rng):
     pairs = [(F32, dtypes.int32), (I32, dtypes.float64), (F64, dtypes.float32), (np.bool_, dtypes.float32),
-             (F32, dtypes.float64)]
+             (F32, dtypes.float64), (F64, dtypes.float64)]
     return [Example((sample(rng, (2, 3), t),), {"dtype": d}) for t, d in pairs]
 
 

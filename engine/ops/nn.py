@@ -65,16 +65,16 @@ def _softplus_reference(x):
 _elementwise("Relu", _relu, lambda x: np.where(x > 0, x, 0), FLOAT,
              grad=lambda op, g: [create("ReluGrad", [g, op.outputs[0]])])
 _elementwise("ReluGrad", _relu_grad, lambda g, y: np.where(y > 0, g, 0), FLOAT,
-             grad=lambda op, g: [create("ReluGrad", [g, op.inputs[1]]), None])
+             grad=lambda op, g: [unbroadcast(create("ReluGrad", [g, op.inputs[1]]), op.inputs[0]), None])
 _elementwise("Sigmoid", _sigmoid, _sigmoid_reference, FLOAT,
              grad=lambda op, g: [create("SigmoidGrad", [g, op.outputs[0]])])
 _elementwise("SigmoidGrad", _sigmoid_grad, lambda g, y: g * y * (1 - y), FLOAT,
-             grad=lambda op, d: [create("SigmoidGrad", [d, op.inputs[1]]),
+             grad=lambda op, d: [unbroadcast(create("SigmoidGrad", [d, op.inputs[1]]), op.inputs[0]),
                                  unbroadcast(M.multiply(M.multiply(d, op.inputs[0]), M.subtract(1.0, M.multiply(
                                      op.inputs[1], 2.0))), op.inputs[1])])
 _elementwise("Tanh", _tanh, np.tanh, FLOAT, grad=lambda op, g: [create("TanhGrad", [g, op.outputs[0]])])
 _elementwise("TanhGrad", _tanh_grad, lambda g, y: g * (1 - y * y), FLOAT,
-             grad=lambda op, d: [create("TanhGrad", [d, op.inputs[1]]), unbroadcast(
+             grad=lambda op, d: [unbroadcast(create("TanhGrad", [d, op.inputs[1]]), op.inputs[0]), unbroadcast(
                  M.multiply(M.multiply(d, op.inputs[0]), M.multiply(op.inputs[1], -2.0)), op.inputs[1])])
 _elementwise("Softplus", _softplus, _softplus_reference, FLOAT,
              grad=lambda op, g: [M.multiply(g, sigmoid(op.inputs[0]))])

@@ -1,0 +1,227 @@
+"""The engine's main test: every registered op, driven by its OpDef, checked three independent ways.
+
+For each op in ``registered_ops()`` and each of its ``examples`` (dtypes, broadcasting, empty
+arrays, NaN): the kernel against the plain-NumPy reference backend, passes on (fused, kept
+buffers) against passes off bit for bit, the compiled plan (where the op compiles) against the
+reference, and its gradient against central finite differences of the reference. An op
+registered without a reference, examples, or (when differentiable) a gradient fails here.
+Hypothesis then builds random graphs of the registered elementwise ops and runs them all three
+ways. Adding an op needs no edit of this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import engine as en
+from engine import compiler
+from engine.errors import OpError
+from engine import registry
+from engine.registry import NUMPY_KERNEL, get_op_def, registered_ops
+
+OPS = sorted(registered_ops())
+REFERENCE = en.SessionConfig(optimize=False, backend="reference")
+UNFUSED = en.SessionConfig(optimize=False, reuse_buffers=False)
+OPTIMIZED = en.SessionConfig()
+GRADIENT_EXAMPLES = 3  # float64 examples whose gradient is checked per op (each costs 2 runs per element)
+
+
+class Built:
+    """One op of one example in its own graph, fed by placeholders of the example's exact shapes."""
+
+    def __init__(self, op_type, example):
+        self.graph = en.Graph()
+        self.example = example
+        with self.graph.as_default():
+            self.feeds = [en.placeholder(en.as_dtype(a.dtype), a.shape, name=f"in{k}")
+                          for k, a in enumerate(example.inputs)]
+            self.op = self.graph.create_op(op_type, self.feeds, dict(example.attrs or {}), name="subject")
+        self.fetch = list(self.op.outputs) or self.op
+
+    def run(self, config, inputs=None, fetch=None):
+        """(outputs, state after the run) in a fresh session holding the example's state; or the error."""
+        sess = en.Session(self.graph, config)
+        sess.state.update({k: np.array(v, copy=True) for k, v in (self.example.state or {}).items()})
+        try:
+            out = sess.run(fetch if fetch is not None else self.fetch,
+                           dict(zip(self.feeds, inputs if inputs is not None else self.example.inputs)))
+        except (OpError, ValueError, TypeError, IndexError) as e:
+            return e, None
+        return out, sess.state
+
+
+def _close(got, want, what, exact=False):
+    """Same type, dtype and shape; equal values (NaN == NaN), within float rounding unless ``exact``."""
+    if isinstance(want, Exception) or isinstance(got, Exception):
+        assert type(got) is type(want) or (isinstance(got, OpError) and isinstance(want, OpError)), \
+            f"{what}: {got!r} vs {want!r}"
+        return
+    if want is None:
+        assert got is None, what
+        return
+    if isinstance(want, (list, tuple, dict)):
+        assert type(got) is type(want) and len(got) == len(want), f"{what}: {got!r} vs {want!r}"
+        if isinstance(want, dict):
+            assert sorted(got) == sorted(want), f"{what}: state {sorted(got)} vs {sorted(want)}"
+        for k in sorted(want) if isinstance(want, dict) else range(len(want)):
+            _close(got[k], want[k], f"{what}[{k}]", exact)
+        return
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype and got.shape == want.shape, f"{what}: {got.dtype}{got.shape} vs {want.dtype}{want.shape}"
+    if exact or want.dtype.kind not in "fc":
+        np.testing.assert_array_equal(got, want, err_msg=what)
+    else:
+        tol = 1e-5 if want.dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, equal_nan=True, err_msg=what)
+
+
+@pytest.mark.parametrize("op_type", OPS)
+def test_op(op_type):
+    op_def = get_op_def(op_type)
+    assert op_def.reference is not None, f"{op_type}: register a NumPy reference"
+    assert op_def.grad is not None or not op_def.differentiable, \
+        f"{op_type}: register a gradient, or differentiable=False when no gradient flows"
+    examples = op_def.examples(np.random.default_rng(zlib.crc32(op_type.encode())))
+    assert examples, f"{op_type}: register examples"
+    compiled_once = gradient_checks = 0
+    for k, example in enumerate(examples):
+        what = f"{op_type} example {k} ({[f'{a.dtype}{a.shape}' for a in example.inputs]}, {example.attrs})"
+        built = Built(op_type, example)
+        want = built.run(REFERENCE)
+        unfused = built.run(UNFUSED)
+        _close(unfused, want, f"{what}: kernel vs reference")
+        _close(built.run(OPTIMIZED), unfused, f"{what}: passes on (fused) vs off", exact=not op_def.random)
+        if not isinstance(want[0], Exception) and not op_def.writes_state and compiled_once < 2:
+            compiled_once += _check_compiled(built, want[0], what)
+        if op_def.grad is not None and gradient_checks < GRADIENT_EXAMPLES and _gradient_checkable(built, want):
+            _check_gradient(built, what)
+            gradient_checks += 1
+    if op_def.grad is not None:
+        assert gradient_checks, f"{op_type}: no finite float64 example to check its gradient with"
+
+
+def _check_compiled(built, want, what) -> int:
+    """The compiled plan (where the op compiles: an emitter or a scalar function) against the reference."""
+    op_def = built.op.op_def
+    if (op_def.scalar is None and op_def.emit is None) or not built.op.outputs:
+        return 0
+    sess = en.Session(built.graph)
+    sess.state.update({k: np.array(v, copy=True) for k, v in (built.example.state or {}).items()})
+    try:
+        plan = compiler.CompiledPlan(sess, list(built.op.outputs), built.feeds)
+    except compiler.UnsupportedGraphError:
+        return 0
+    try:
+        got = plan(*built.example.inputs)
+    except compiler.CompiledCheckFailed:
+        return 0
+    _close(list(got), want, f"{what}: compiled vs reference")
+    return 1
+
+
+def _gradient_checkable(built, want):
+    floats = [a for a in built.example.inputs if a.dtype.kind == "f"]
+    outputs = want[0] if isinstance(want[0], list) else []
+    return (floats and all(a.dtype == np.float64 and a.size and np.isfinite(a).all() for a in floats)
+            and outputs and all(np.asarray(o).dtype == np.float64 and np.isfinite(o).all() for o in outputs))
+
+
+def _check_gradient(built, what, eps=1e-6):
+    """``en.gradients`` of sum(output * r) against central differences computed by the reference backend."""
+    out = built.op.outputs[0]
+    inputs = list(built.example.inputs)
+    positions = [k for k in built.op.op_def.data_inputs(len(inputs)) if inputs[k].dtype == np.float64]
+    with built.graph.as_default():
+        r = np.random.default_rng(1).uniform(0.5, 1.5, size=built.run(REFERENCE)[0][0].shape)
+        loss = en.reduce_sum(en.multiply(out, en.constant(r)))
+        grads = en.gradients(loss, [built.feeds[k] for k in positions])
+    got = built.run(OPTIMIZED, fetch=[g if g is not None else loss for g in grads])[0]
+    for k, g, value in zip(positions, grads, got):
+        numeric = np.zeros(inputs[k].size)
+        for j in range(inputs[k].size):
+            shifted = []
+            for sign in (1, -1):
+                x = inputs[k].copy()
+                x.reshape(-1)[j] += sign * eps
+                shifted.append(built.run(REFERENCE, inputs[:k] + [x] + inputs[k + 1:], fetch=loss)[0])
+            numeric[j] = (shifted[0] - shifted[1]) / (2 * eps)
+        symbolic = np.zeros(inputs[k].shape) if g is None else value
+        np.testing.assert_allclose(np.reshape(symbolic, -1), numeric, rtol=1e-4, atol=1e-6,
+                                   err_msg=f"{what}: gradient of input {k}")
+
+
+# --- random graphs of elementwise ops, run three ways --------------------------------------------------
+
+ELEMENTWISE = sorted(n for n, d in registered_ops().items() if d.fusible)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(ELEMENTWISE), st.integers(0, 1 << 16)), min_size=1, max_size=6),
+       st.integers(0, 2 ** 32 - 1), st.booleans())
+def test_random_graphs_agree_compiled_interpreted_and_reference(steps, seed, with_matmul):
+    """Random DAGs over a (batch, 4) input: fusion may group any of their ops; all three ways agree.
+
+    Derandomized: the same graphs every run, so their generated kernels come from Numba's disk cache.
+    """
+    rng = np.random.default_rng(seed)
+    graph = en.Graph()
+    with graph.as_default():
+        x = en.placeholder(en.float64, (None, 4), name="x")
+        values = [x, en.constant(rng.uniform(-1, 1, 4)), en.constant(rng.uniform(0.5, 1.5, ()))]
+        if with_matmul:
+            values.append(en.matmul(x, en.constant(rng.uniform(-1, 1, (4, 4)))))
+        for op_type, pick in steps:
+            arity = len(get_op_def(op_type).examples(rng)[0].inputs)
+            operands = [values[(pick >> (3 * k)) % len(values)] for k in range(arity)]
+            try:
+                y = graph.create_op(op_type, operands).outputs[0]
+            except TypeError:  # e.g. Select wants a bool condition
+                continue
+            values.append(y if y.dtype == en.float64 else en.cast(y, en.float64))
+        fetches = [v for v in values[3:] if v.shape is not None and len(v.shape) == 2] or [x]
+    feed = rng.uniform(-2, 2, (3, 4))
+    want = en.Session(graph, REFERENCE).run(fetches, {x: feed})
+    unfused = en.Session(graph, UNFUSED).run(fetches, {x: feed})
+    fused = en.Session(graph, OPTIMIZED).run(fetches, {x: feed})
+    _close(unfused, want, "interpreted vs reference")
+    _close(fused, unfused, "fused vs unfused", exact=True)
+    try:
+        plan = compiler.CompiledPlan(en.Session(graph), fetches, [x])
+    except compiler.UnsupportedGraphError:
+        return
+    _close(list(plan(feed)), want, "compiled vs reference")
+
+
+# --- the test above fails for an op registered without what it checks ---------------------------------
+
+
+def _fake_relu(monkeypatch, **changes):
+    """Relu's definition under the name 'FakeRelu', with ``changes``, registered for this test only."""
+    fake = dataclasses.replace(get_op_def("Relu"), name="FakeRelu", **changes)
+    monkeypatch.setitem(registry._REGISTRY, "FakeRelu", fake)
+
+
+def test_an_op_without_reference_or_examples_cannot_be_registered():
+    for missing in ("reference", "examples"):
+        kwargs = {"infer": None, "kernel": None, "reference": NUMPY_KERNEL, "examples": lambda rng: [], missing: None}
+        with pytest.raises(TypeError, match="reference and examples are required"):
+            registry.register("Unchecked", **kwargs)
+    assert "Unchecked" not in registered_ops()
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"grad": None}, "register a gradient"),
+    ({"examples": lambda rng: []}, "register examples"),
+    ({"kernel": lambda op, ctx: (lambda x: np.maximum(x, 0) + x.dtype.type(1e-3))}, "kernel vs reference"),
+    ({"grad": lambda op, g: [g]}, "gradient of input 0"),
+], ids=["no gradient", "no examples", "wrong kernel", "wrong gradient"])
+def test_the_registry_test_fails_for_an_unchecked_or_wrong_op(monkeypatch, changes, message):
+    _fake_relu(monkeypatch, **changes)
+    with pytest.raises(AssertionError, match=message):
+        test_op("FakeRelu")
