@@ -67,7 +67,8 @@ def _reference_html(report: Mapping[str, Any]) -> str:
         text = (f"Reference: the features of the requests this bundle serves — every store × item of its snapshot at "
                 f"origin {escape(str(reference.get('origin')))}, on each day {escape(str(dates[0]))} … "
                 f"{escape(str(dates[-1]))} ({_number(reference.get('rows'))} rows sampled); the promotion flag "
-                "as in training.")
+                "as in training. Forecasts are compared with the model's own on its inner-validation window "
+                "(one origin, every horizon day).")
     else:
         text = f"Reference: the training rows. {escape(str(reference.get('note', '')))}"
     return f'<p id="drift-reference">{text}</p>'

@@ -188,6 +188,8 @@ def test_requests_for_one_day_of_the_window_alarm_on_no_calendar_feature(bundle_
     assert code == drift.EXIT_OK, report["reasons"]
     assert any(report["features"][n]["psi"] > 1.0 for n in calendar)  # shown: clients ask for one day
     assert sorted(report["not_alarmed"]["features"]) == sorted(calendar)
+    summary = drift.drift_summary_event(report)["drift"]  # what the Kibana drift panel plots
+    assert summary["max_feature_psi_name"] not in calendar and summary["max_feature_psi"] < 1.0
 
 
 def test_the_served_reference_covers_the_bundle_window_only(bundle_parts):
