@@ -268,3 +268,18 @@ def test_the_production_bundle_reference_moves_with_its_origin(tiny_bundle, bund
     assert rolled["horizon_dates"] == production["horizon_dates"] != metadata["horizon_dates"]
     assert rolled["origin"] > stats["served"]["origin"]
     assert rolled["dense"]["target_onpromotion"] == stats["served"]["dense"]["target_onpromotion"]
+
+
+def test_every_feature_has_the_role_its_computation_gives_it():
+    """Calendar = a function of the requested date (and the store's holidays); request = given by the caller."""
+    from pipeline.drift_stats import feature_role
+    from pipeline.features import HOLIDAY_FLAGS, FeatureSpec, dense_feature_names
+
+    names = dense_feature_names(FeatureSpec(history_days=392, yearly=True))
+    roles = {name: feature_role(name) for name in names}
+    calendar = {"horizon", "target_day_of_month", "target_is_payday", "target_is_day_after_payday",
+                "target_days_to_payday", "target_day_of_year_sin", "target_day_of_year_cos",
+                *(f"target_dow_{d}" for d in range(7)), *(f"target_{flag}" for flag in HOLIDAY_FLAGS)}
+    assert {n for n, r in roles.items() if r == "calendar"} == calendar
+    assert {n for n, r in roles.items() if r == "request"} == {"target_onpromotion"}
+    assert roles["year_ago_log1p"] == roles["dow_mean_log1p_4w"] == roles["days_since_last_sale"] == "history"
