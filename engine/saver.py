@@ -40,8 +40,10 @@ import numpy as np
 
 from engine import dtypes
 from engine.errors import DataLossError, InvalidArgumentError, NotFoundError
+from engine.compiler import compile_callable
 from engine.graph import Graph, Operation, Tensor, convert_to_tensor, ops_needed
 from engine.ops.state import global_variables
+from engine.session import Session
 
 CHECKPOINT_FORMAT = "shelfcast-engine-checkpoint"
 GRAPH_FORMAT = "shelfcast-engine-graph"
@@ -283,9 +285,6 @@ class InferenceModel:
     """
 
     def __init__(self, graph: Graph, inputs: dict, outputs: dict, max_rows: int | None = None):
-        from engine.compiler import compile_callable
-        from engine.session import Session
-
         self.graph = graph
         self.inputs: dict[str, Tensor] = inputs
         self.outputs: dict[str, Tensor] = outputs

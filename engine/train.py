@@ -16,7 +16,7 @@ import numpy as np
 
 
 from engine.autodiff import gradients
-from engine.graph import IndexedSlices, convert_to_tensor, is_tensor_like
+from engine.graph import IndexedSlices, convert_to_tensor, get_default_graph, is_tensor_like
 from engine.ops.array import cast
 from engine.ops.control import group
 from engine.ops.state import Variable, trainable_variables
@@ -184,7 +184,6 @@ class AdamOptimizer(Optimizer):
 
 def create_global_step(graph=None):
     """The int64 step counter ``minimize(..., global_step=)`` increments."""
-    from engine.graph import get_default_graph
 
     graph = graph or get_default_graph()
     if graph.get_collection(GLOBAL_STEP):
@@ -196,7 +195,6 @@ def create_global_step(graph=None):
 
 
 def get_global_step(graph=None):
-    from engine.graph import get_default_graph
 
     found = (graph or get_default_graph()).get_collection(GLOBAL_STEP)
     return found[0] if found else None
