@@ -19,6 +19,7 @@ SHELFCAST_ACCESS_LOG ("-" for stdout), PROMETHEUS_MULTIPROC_DIR.
 """
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,7 +39,10 @@ loglevel = os.environ.get("SHELFCAST_LOG_LEVEL", "info")
 raw_env = ["FLASK_DEBUG=0"]
 
 # Set before any worker imports prometheus_client, which reads it at import.
-METRICS_DIR = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="shelfcast-metrics-")))
+OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="shelfcast-metrics-")
+METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 # gunicorn has no setting for its Server header; this is the value it writes ("gunicorn" otherwise).
 gunicorn.http.wsgi.SERVER = "shelfcast"
 
@@ -48,6 +52,11 @@ def on_starting(server):
     METRICS_DIR.mkdir(parents=True, exist_ok=True)
     for stale in METRICS_DIR.glob("*.db"):
         stale.unlink()
+
+
+def on_exit(server):
+    if OWN_METRICS_DIR:
+        shutil.rmtree(METRICS_DIR, ignore_errors=True)
 
 
 def child_exit(server, worker):
