@@ -14,6 +14,15 @@ forecast made from the generator's true expected demand, the best NWRMSLE any
 learner could reach, so the table shows how much of the reachable gain each
 learner takes.
 
+Every backtest window (``--windows``, default ``evaluate.backtest_windows``):
+window 0 is the validation window above; window k is the ``split.validation_days``
+days k windows earlier, with the MLP and LightGBM trained on the days before it
+exactly as evaluate's backtest trains (``pipeline/backtest.py``). Each window
+reports MLP vs baseline, MLP vs LightGBM and noise floor vs baseline with the
+paired bootstrap interval over series the threshold test uses
+(``pipeline.metrics.improvement_interval``). ``--json``: the ids A1, A3, A4
+are the latest window; the lines ``A1.wK``, ``A3.wK``, ``A4.wK`` are window K.
+
 Needs the data stages' outputs (``dvc repro split``) and, for the peer,
 ``pip install lightgbm==4.7.0`` (never a runtime dependency).
 """
@@ -34,10 +43,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipeline import train  # noqa: E402
+from pipeline.backtest import history_before, series_key  # noqa: E402
 from pipeline.features import CATEGORICAL_FIELDS, build_features  # noqa: E402
 from pipeline.history import build_history, load_history, read_sales, rows_at_origin  # noqa: E402
-from pipeline.metrics import nwrmsle, perishable_weights, rmse  # noqa: E402
-from pipeline.model_params import feature_params, train_params  # noqa: E402
+from pipeline.metrics import improvement_interval, nwrmsle, perishable_weights, rmse  # noqa: E402
+from pipeline.model_params import evaluate_params, feature_params, train_params  # noqa: E402
 from pipeline.models import baseline_predict, predict_weights  # noqa: E402
 from pipeline.params import data_params, load_yaml  # noqa: E402
 
@@ -102,6 +112,77 @@ def fit_lightgbm(tparams, data, matrix, threads: int):
     return predicted, seconds, booster.best_iteration
 
 
+@dataclasses.dataclass
+class WindowForecasts:
+    """One backtest window's rows and every learner's forecast of them (units)."""
+
+    index: int
+    first_day: int
+    last_day: int
+    series: np.ndarray
+    actual: np.ndarray
+    weights: np.ndarray
+    forecasts: dict  # learner -> forecast: "baseline", "mlp", optionally "lightgbm" and "floor"
+
+
+def earlier_window(full, k: int, length: int, span: int, fparams, tparams, args, synthetic) -> WindowForecasts:
+    """Window k (k windows of ``length`` days before the validation window): MLP and LightGBM trained on the
+    ``span`` days before it (what train reads), as evaluate's backtest does."""
+    spec = fparams.spec
+    cut = full.days - k * length
+    data = train.prepare_training(history_before(full, cut, cut - span), fparams, tparams.baseline_weeks,
+                                  seed=tparams.seed)
+    rows, units, perishable, series = rows_at_origin(full, cut - 1, spec.history_days, length)
+    matrix = build_features(spec, data.vocab, rows)
+    forecasts = {"baseline": baseline_predict(rows, tparams.baseline_weeks),
+                 "mlp": fit_engine("mlp", tparams, data, spec, matrix)[0]}
+    if not args.skip_lightgbm:
+        forecasts["lightgbm"] = fit_lightgbm(tparams, data, matrix, args.threads)[0]
+    days = rows.origin_day + rows.horizon
+    if synthetic is not None:
+        forecasts["floor"] = noise_floor.floor_forecast(synthetic, full.store_nbr[series], full.item_nbr[series], days)
+    return WindowForecasts(k, full.first_day + cut, full.first_day + cut + length - 1,
+                           series_key(full.store_nbr[series], full.item_nbr[series]), np.asarray(units, np.float64),
+                           perishable_weights(perishable), forecasts)
+
+
+COMPARISONS = (("A1", "engine MLP vs baseline", "mlp", "baseline", common.Target("<=", 0.90)),
+               ("A3", "engine MLP vs LightGBM", "mlp", "lightgbm", common.Target("<=", 1.0)),
+               ("A4", "noise floor vs baseline", "floor", "baseline", None))
+
+
+def window_results(window: WindowForecasts, eparams) -> tuple[list, list[str]]:
+    """Per-window Results (ids A1.wK, A3.wK, A4.wK) with the improvement interval, and a table row."""
+    scores = {name: nwrmsle(window.actual, f, window.weights) for name, f in window.forecasts.items()}
+    dates = f"{np.datetime64(window.first_day, 'D')} .. {np.datetime64(window.last_day, 'D')}"
+    results, cells = [], []
+    for rid, workload, ours, theirs, target in COMPARISONS:
+        if ours not in scores or theirs not in scores:
+            cells.append("-")
+            continue
+        interval = improvement_interval(window.series, window.actual, window.forecasts[ours],
+                                        window.forecasts[theirs], window.weights, confidence=eparams.confidence,
+                                        resamples=eparams.bootstrap_resamples, seed=eparams.seed + window.index)
+        extra = {"window": window.index, "first_day": str(np.datetime64(window.first_day, "D")),
+                 "last_day": str(np.datetime64(window.last_day, "D")), "rows": int(window.actual.size),
+                 "improvement": interval.estimate, "improvement_low": interval.low, "improvement_high": interval.high,
+                 "confidence": interval.confidence, "series": interval.series}
+        results.append(common.Result(f"{rid}.w{window.index}", f"{workload}, window {window.index} ({dates})",
+                                     "NWRMSLE", scores[ours], scores[theirs], target, extra=extra))
+        cells.append(f"{interval.estimate:+.1%} [{interval.low:+.1%}, {interval.high:+.1%}]")
+    share = "-"
+    if "floor" in scores and scores["baseline"] > scores["floor"]:
+        share = f"{(scores['baseline'] - scores['mlp']) / (scores['baseline'] - scores['floor']):.0%}"
+    row = [str(window.index), dates, f"{window.actual.size:,}", f"{scores['baseline']:.4f}", f"{scores['mlp']:.4f}",
+           f"{scores['lightgbm']:.4f}" if "lightgbm" in scores else "-", f"{scores['floor']:.4f}" if "floor" in scores
+           else "-", *cells, share]
+    return results, row
+
+
+WINDOW_HEADERS = ["window", "days", "rows", "baseline", "MLP", "LightGBM", "floor", "MLP vs baseline [interval]",
+                  "MLP vs LightGBM [interval]", "floor vs baseline [interval]", "MLP's share of reachable gain"]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=REPO, help="project root with data/ and params.yaml")
@@ -109,6 +190,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-lightgbm", action="store_true", help="leave the LightGBM peer out")
     parser.add_argument("--skip-floor", action="store_true", help="leave the noise-floor row out (synthetic data)")
     parser.add_argument("--threads", type=int, default=common.available_cores())
+    parser.add_argument("--windows", type=int, default=None,
+                        help="backtest windows, the validation window included (default: evaluate.backtest_windows)")
     args = parser.parse_args(argv)
 
     raw = load_yaml(args.root / "params.yaml")
@@ -156,6 +239,33 @@ def main(argv=None) -> int:
                                  expected_sums["mlp"], float(np.sum(actual)), common.Target(">=", 0.95),
                                  extra={"within_5_percent": bool(abs(expected_sums["mlp"] / max(float(np.sum(actual)),
                                                                                                 1e-9) - 1) <= 0.05)}))
+    # every backtest window: window 0 from the learners above, earlier ones retrained on the days before them
+    eparams = evaluate_params(raw)
+    windows = eparams.backtest_windows if args.windows is None else max(1, args.windows)
+    length = int(keys[2].max() - keys[2].min() + 1)
+    latest = {"baseline": baseline, "mlp": next(p for n, p, _, _ in learners if n == "engine mlp")}
+    latest.update({short: p for n, p, _, _ in learners for short, name in (("lightgbm", "LightGBM 4.7 (peer)"),
+                                                                           ("floor", FLOOR)) if n == name})
+    per_window = [WindowForecasts(0, int(keys[2].min()), int(keys[2].max()), series_key(keys[0], keys[1]),
+                                  np.asarray(actual, np.float64), np.asarray(weights, np.float64), latest)]
+    if windows > 1:
+        span = train.days_needed(fparams)
+        full = load_history([args.root / train.TRAIN_DATA], days=span + (windows - 1) * length)
+        synthetic = data_config.synthetic if FLOOR in scores else None
+        for k in range(1, windows):
+            print(f"accuracy: backtest window {k}/{windows - 1} ...", file=sys.stderr, flush=True)
+            per_window.append(earlier_window(full, k, length, span, fparams, tparams, args, synthetic))
+    window_rows = []
+    for window in per_window:
+        extra_results, row = window_results(window, eparams)
+        window_rows.append(row)
+        if window.index == 0:  # the latest window's ids keep their place; its interval joins them
+            for result in results:
+                twin = next((r for r in extra_results if r.id == f"{result.id}.w0"), None)
+                if twin is not None:
+                    result.extra.update({k: v for k, v in twin.extra.items() if k.startswith("improvement")
+                                         or k in ("confidence", "series")})
+        results.extend(extra_results)
     if args.json:
         common.write_json_lines(results)
         return 0
@@ -168,6 +278,10 @@ def main(argv=None) -> int:
     print(f"Validation sums: actual {np.sum(actual):,.0f} units; median-like MLP forecast "
           f"{np.sum(learners[2][1]):,.0f}; expected units linear {expected_sums['linear']:,.0f}, "
           f"MLP {expected_sums['mlp']:,.0f} ({expected_sums['mlp'] / max(np.sum(actual), 1e-9) - 1:+.1%})")
+    print()
+    print(f"Backtest windows ({eparams.confidence:.0%} paired-bootstrap intervals over series, "
+          f"{eparams.bootstrap_resamples} resamples; positive = the first learner's NWRMSLE is lower):")
+    print(common.format_table(WINDOW_HEADERS, window_rows))
     print()
     print(common.results_table(results, peer_name="reference"))
     return 0

@@ -62,18 +62,21 @@ def series_key(store_nbr, item_nbr) -> np.ndarray:
     return np.asarray(store_nbr, np.int64) * (1 << 32) + np.asarray(item_nbr, np.int64)
 
 
-def history_before(history: SalesHistory, cut: int) -> SalesHistory:
-    """The history of the days before column ``cut``, with only the series already sold by then.
+def history_before(history: SalesHistory, cut: int, start: int = 0) -> SalesHistory:
+    """The history of the days in columns ``start`` .. ``cut - 1``, with only the series sold in them.
 
     A series that starts later is unknown to a model trained then (as a new item is to the candidate):
-    leaving it in would give it a vocabulary id and no training.
+    leaving it in would give it a vocabulary id and no training. With ``start = cut -
+    train.days_needed(...)`` a window's model sees the same span of days the train stage reads.
     """
-    known = history.observed[:, :cut].any(axis=1)
+    start = max(0, start)
+    known = history.observed[:, start:cut].any(axis=1)
     index = slice(None) if known.all() else np.flatnonzero(known)
     return dataclasses.replace(
-        history, store_nbr=history.store_nbr[index], item_nbr=history.item_nbr[index],
-        sales=history.sales[index, :cut], promo=history.promo[index, :cut], observed=history.observed[index, :cut],
-        perishable=history.perishable[index], holidays=history.holidays[:, :cut])
+        history, first_day=history.first_day + start, store_nbr=history.store_nbr[index],
+        item_nbr=history.item_nbr[index], sales=history.sales[index, start:cut], promo=history.promo[index, start:cut],
+        observed=history.observed[index, start:cut], perishable=history.perishable[index],
+        holidays=history.holidays[:, start:cut])
 
 
 def earlier_windows(root: Path, fparams: FeatureParams, tparams: TrainParams, windows: int, length: int,
@@ -88,11 +91,11 @@ def earlier_windows(root: Path, fparams: FeatureParams, tparams: TrainParams, wi
     if length > spec.horizon:
         raise BacktestError(f"split.validation_days: windows of {length} days are longer than features.horizon "
                             f"({spec.horizon}), which the models forecast")
-    history = load_history([root / TRAIN_DATA], days=train.days_needed(fparams) + (windows - 1) * length,
-                           progress=progress)
+    span = train.days_needed(fparams)  # what the train stage reads before its window
+    history = load_history([root / TRAIN_DATA], days=span + (windows - 1) * length, progress=progress)
     cuts = [history.days - k * length for k in range(1, windows)]  # column of each window's first day
     try:  # every window's training origins exist, checked before any training starts
-        train.origins(history_before(history, cuts[-1]), fparams)
+        train.origins(history_before(history, cuts[-1], cuts[-1] - span), fparams)
     except train.TrainError as exc:
         known = history.observed.any(axis=0)
         days = history.days - int(np.argmax(known)) if known.any() else 0
@@ -105,7 +108,7 @@ def earlier_windows(root: Path, fparams: FeatureParams, tparams: TrainParams, wi
         first_day = history.first_day + cut
         say(f"evaluate: backtest window {k}/{windows - 1}: {np.datetime64(first_day, 'D')} .. "
             f"{np.datetime64(first_day + length - 1, 'D')}, training on the days before it")
-        data = train.prepare_training(history_before(history, cut), fparams, tparams.baseline_weeks,
+        data = train.prepare_training(history_before(history, cut, cut - span), fparams, tparams.baseline_weeks,
                                       seed=tparams.seed, progress=progress)
         config, result = train.fit(tparams, data, spec, on_eval=lambda step, curve: say(
             f"  window {k}: step {step:6d}/{tparams.max_steps}  inner-validation NWRMSLE "

@@ -123,3 +123,14 @@ def test_the_hashed_model_code_is_exactly_what_reruns_evaluate():
     code_deps = {d for d in stages["evaluate"]["deps"] if d.startswith(("engine", "pipeline/"))}
     assert code_deps == set(MODEL_CODE)
     assert set(MODEL_CODE) - {"pipeline/evaluate.py", "pipeline/backtest.py"} <= set(stages["train"]["deps"])
+
+
+def test_a_verdict_without_the_backtest_interval_is_refused(tiny_project, capsys):
+    """An evaluation.json from the old single-window gate says passed, but not with confidence: re-evaluate first."""
+    import json
+
+    (tiny_project / "results").mkdir()
+    (tiny_project / "results/evaluation.json").write_text(json.dumps({"passed": True, "failures": []}))
+    assert promote.main(["--root", str(tiny_project)]) == promote.REFUSED
+    err = capsys.readouterr().err
+    assert "without the backtest's improvement interval" in err and "dvc repro evaluate" in err
