@@ -97,6 +97,10 @@ def test_evaluate_writes_headline_windows_slices_plots_and_passes(trained_projec
     assert verdict["passed"] and verdict["bundle_digest"] == summary["digest"]
     assert verdict["mlflow_run_id"] == summary["run_id"] and "paired-bootstrap" in verdict["rule"]
     assert verdict["improvement_interval"]["low"] == pooled["improvement_low"]
+    from monitoring.metrics_events import metrics_event  # the Kibana quality event reads the headline as written
+
+    event = metrics_event(metrics, verdict)["metrics"]
+    assert event["candidate_nwrmsle"] == metrics["validation"]["candidate_nwrmsle"] and event["threshold_test_passed"]
 
 
 def test_backtest_windows_retrain_on_the_days_before_each_window(trained_project, tiny_params, set_params):
