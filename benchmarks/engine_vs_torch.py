@@ -247,7 +247,7 @@ def import_engine():
         import engine as en
 
         missing = [name for name in ("Session", "placeholder", "Variable", "train") if not hasattr(en, name)]
-    except Exception as error:  # an engine mid-construction can fail in many ways
+    except Exception as error:  # noqa: BLE001  (an engine mid-construction can fail in many ways: report, don't crash)
         raise SideUnavailable(f"the engine's public API is not importable: {type(error).__name__}: {error}")
     if missing:
         raise SideUnavailable(f"the engine's public API lacks {', '.join('en.' + m for m in missing)}")
@@ -583,7 +583,10 @@ def loss_check(runs: dict[str, list[dict]]) -> tuple[bool, list[str]]:
     peer = next((r["W1"]["losses"] for r in runs.get("torch", []) if "W1" in r), None)
     if not engine or not peer:
         return True, []
-    relative = lambda a, b: abs(a - b) / max(abs(b), 1e-12)  # noqa: E731
+
+    def relative(a, b):
+        return abs(a - b) / max(abs(b), 1e-12)
+
     steps = min(len(engine), len(peer))
     lines = [f"loss check (same initial weights, same batches, {steps} steps on each side):"]
     for step in sorted({1, 2, 5, 10, 20, steps} & set(range(1, steps + 1))):

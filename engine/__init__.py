@@ -2,30 +2,32 @@
 
 from engine import config  # noqa: F401  (first: sets Numba/BLAS environment defaults)
 
-from engine import errors, layers, train  # noqa: E402
-from engine.autodiff import gradients  # noqa: E402
-from engine.dtypes import DType, as_dtype, float32, float64, int32, int64  # noqa: E402
-from engine.dtypes import bool_ as bool  # noqa: E402,A001  (TensorFlow's name: en.bool)
-from engine.graph import (Graph, IndexedSlices, Operation, Tensor, control_dependencies,  # noqa: E402
+from engine import errors, layers, train
+from engine.autodiff import gradients
+from engine.dtypes import DType, as_dtype, float32, float64, int32, int64
+from engine.dtypes import bool_ as bool  # noqa: A004  (TensorFlow's name: en.bool)
+from engine.graph import (Graph, IndexedSlices, Operation, Tensor, control_dependencies,
                           convert_to_tensor, get_default_graph, name_scope, reset_default_graph,
                           set_random_seed)
-from engine.ops import nn  # noqa: E402
-from engine.ops.array import (cast, concat, constant, expand_dims, gather, identity, ones,  # noqa: E402
+from engine.ops import nn
+from engine.ops.array import (cast, concat, constant, expand_dims, gather, identity, ones,
                               ones_like, placeholder, placeholder_with_default, reshape, shape, squeeze,
                               stop_gradient, transpose, where, zeros, zeros_like)
-from engine.ops.control import check_numerics, group, no_op  # noqa: E402
-from engine.ops.math import (abs, add, add_n, divide, equal, exp, expm1, greater, greater_equal,  # noqa: E402,A004
+from engine.ops.control import check_numerics, group, no_op
+from engine.ops.math import abs, pow  # noqa: A004  (TensorFlow's names: en.abs, en.pow)
+from engine.ops.math import (add, add_n, divide, equal, exp, expm1, greater, greater_equal,
                              less, less_equal, log, log1p, matmul, maximum, minimum, multiply, negative,
-                             not_equal, pow, reduce_max, reduce_mean, reduce_sum, sign, sin, sqrt, square,
+                             not_equal, reduce_max, reduce_mean, reduce_sum, sign, sin, sqrt, square,
                              subtract)
-from engine.ops.nn import dropout, leaky_relu, relu, sigmoid, softmax, softplus, tanh  # noqa: E402
-from engine.ops.random import random_normal, random_uniform  # noqa: E402
-from engine.ops.state import (Variable, assign, assign_add, assign_sub, global_variables,  # noqa: E402
+from engine.ops.nn import dropout, leaky_relu, relu, sigmoid, softmax, softplus, tanh
+from engine.ops.random import random_normal, random_uniform
+from engine.ops.state import (Variable, assign, assign_add, assign_sub, global_variables,
                               global_variables_initializer, trainable_variables, variables_initializer)
-from engine.session import Session, SessionConfig, get_default_session  # noqa: E402
+from engine.session import Session, SessionConfig, get_default_session
 
 __all__ = [
-    "DType", "Graph", "IndexedSlices", "Operation", "Session", "SessionConfig", "Tensor", "Variable", "abs", "add", "add_n",
+    "DType", "Graph", "IndexedSlices", "Operation", "Session", "SessionConfig", "Tensor", "Variable", "abs", "add",
+    "add_n",
     "as_dtype", "assign", "assign_add", "assign_sub", "bool", "cast", "check_numerics", "concat", "constant",
     "control_dependencies", "convert_to_tensor", "divide", "dropout", "equal", "errors", "exp", "expand_dims",
     "expm1", "float32", "float64", "gather", "get_default_graph", "get_default_session", "global_variables",
@@ -39,6 +41,6 @@ __all__ = [
 ]
 
 # Serving and observability tools (issue 3): whole-plan compilation, per-op profiles, Graphviz export.
-from engine import compiler, graphviz, profiler  # noqa: E402
+from engine import compiler, graphviz, profiler
 
 __all__ += ["compiler", "graphviz", "profiler"]

@@ -17,7 +17,8 @@ everything else). Whenever a run-time check in the compiled code fails (a shape 
 inference allowed but the compiled code does not handle, an index out of range, a division
 by zero) the call is re-run by the interpreted plan, which computes the result or raises
 the engine's usual error: results never depend on the compiler. A graph with an op the
-compiler does not know (no scalar function, no ``emit``) is refused with :class:`UnsupportedGraphError` naming the ops, and
+compiler does not know (no scalar function, no ``emit``) is refused with :class:`UnsupportedGraphError`
+naming the ops, and
 :class:`SmallBatchCallable` then uses the interpreted plan for every batch.
 """
 
@@ -133,7 +134,8 @@ def _emit_elementwise(c: Emitter, op: Operation, ins: list) -> str:
     args = ", ".join(f"x{k}" for k in range(len(kinds)))
     c.helper(f"_scalar_{op.type}", EW.scalar_definition(op.op_def.scalar, f"_scalar_{op.type}").split("\n", 1)[1])
     c.helper(name, "\n".join([
-        f"def {name}({args}):", f"    out = np.empty(x{full}.shape, np.{out.dtype.name})", "    of = out.reshape(out.size)",
+        f"def {name}({args}):", f"    out = np.empty(x{full}.shape, np.{out.dtype.name})",
+        "    of = out.reshape(out.size)",
         *[f"    x{k}f = x{k}.reshape(x{k}.size)\n    n{k} = x{k}f.size" for k in range(len(kinds))],
         "    for i in range(of.size):", f"        of[i] = _scalar_{op.type}({operands})", "    return out"]))
     return f"{name}({', '.join(ins)})"

@@ -29,7 +29,8 @@ class Dense:
     def __init__(self, units, activation=None, use_bias=True, seed=None, dtype=dtypes.float32, name="dense"):
         if isinstance(activation, str) or activation is None:
             if activation not in _ACTIVATIONS:
-                raise ValueError(f"unknown activation {activation!r}; use one of {sorted(k for k in _ACTIVATIONS if k)}")
+                known = sorted(k for k in _ACTIVATIONS if k)
+                raise ValueError(f"unknown activation {activation!r}; use one of {known}")
             activation = _ACTIVATIONS[activation]
         self.units = int(units)
         self.activation = activation

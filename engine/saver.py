@@ -94,7 +94,7 @@ def _load_npz(path: str, what: str) -> dict:
             return {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise NotFoundError(f"{what} file {path} does not exist") from None
-    except Exception as e:  # zip/npy format errors
+    except Exception as e:  # noqa: BLE001  (zip/npy format errors of any kind: the file is unreadable)
         raise DataLossError(f"{what} file {path} is unreadable: {e}") from None
 
 
@@ -109,7 +109,8 @@ def _load_json(path: str, what: str, fmt: str) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         raise DataLossError(f"{path} is not a {fmt} file")
     if doc.get("version") != FORMAT_VERSION:
-        raise DataLossError(f"{path} has {fmt} version {doc.get('version')}; this engine reads version {FORMAT_VERSION}")
+        raise DataLossError(f"{path} has {fmt} version {doc.get('version')}; "
+                            f"this engine reads version {FORMAT_VERSION}")
     return doc
 
 
@@ -247,7 +248,8 @@ def export_inference_graph(sess, export_dir: str, inputs, outputs) -> dict:
         if t.value_index != 0:
             raise ValueError(f"input {t.name} must be the first output of its op")
         records.append({"name": t.op.name, "type": "Placeholder", "inputs": [], "control_inputs": [],
-                        "attrs": {"dtype": {"dtype": t.dtype.name}, "shape": _encode_attr(t.shape, weights, t.op.name)}})
+                        "attrs": {"dtype": {"dtype": t.dtype.name},
+                                  "shape": _encode_attr(t.shape, weights, t.op.name)}})
     for op in sorted(needed, key=lambda o: o.id):
         if op.type == "VariableV2":
             if op.name not in sess.state:

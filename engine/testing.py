@@ -42,7 +42,8 @@ def check_gradients(build, *arrays, static_shapes=None, eps=1e-6, rtol=1e-6, ato
                 f_minus = sess.run(loss, {**feed, x: minus})
                 flat[j] = (f_plus - f_minus) / (2 * eps)
             if g is None:
-                np.testing.assert_allclose(numeric, 0.0, atol=atol, err_msg=f"input {i}: no gradient but f depends on it")
+                np.testing.assert_allclose(numeric, 0.0, atol=atol,
+                                           err_msg=f"input {i}: no gradient but f depends on it")
                 continue
             got = next(symbolic)
             assert got.shape == a.shape, f"input {i}: gradient shape {got.shape} != input shape {a.shape}"

@@ -20,7 +20,7 @@ from engine.graph import IndexedSlices, convert_to_tensor, get_default_graph, is
 from engine.ops.array import cast
 from engine.ops.control import group
 from engine.ops.state import Variable, trainable_variables
-from engine.saver import Saver, export_inference_graph, import_inference_graph, InferenceModel  # noqa: F401
+from engine.saver import Saver, export_inference_graph, import_inference_graph, InferenceModel  # noqa: F401  (tf.train names)
 
 GLOBAL_STEP = "global_step"
 

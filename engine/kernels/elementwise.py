@@ -71,7 +71,8 @@ def op_kernel_source(fn, arity: int) -> str:
     else:
         lines += [f"    n{k} = x{k}.size" for k in range(arity)]
         same = " and ".join(f"n{k} == n" for k in range(arity))
-        lines += [f"    if {same}:", "        for i in range(n):", f"            out[i] = f({', '.join(x + '[i]' for x in xs)})",
+        lines += [f"    if {same}:", "        for i in range(n):",
+                  f"            out[i] = f({', '.join(x + '[i]' for x in xs)})",
                   "    else:", "        for i in range(n):",
                   f"            out[i] = f({', '.join(f'x{k}[i % n{k}]' for k in range(arity))})"]
     return "\n".join(lines) + "\n"

@@ -92,7 +92,10 @@ def reduce(x: np.ndarray, axes: tuple, keepdims: bool, kind: str) -> np.ndarray:
     """``kind`` in sum/max/mean over ``axes`` (normalized, sorted, non-negative)."""
     rank = x.ndim
     kept = [d for d in range(rank) if d not in axes]
-    out_shape = tuple(1 if d in axes else x.shape[d] for d in range(rank)) if keepdims else tuple(x.shape[d] for d in kept)
+    if keepdims:
+        out_shape = tuple(1 if d in axes else x.shape[d] for d in range(rank))
+    else:
+        out_shape = tuple(x.shape[d] for d in kept)
     m = int(np.prod([x.shape[d] for d in kept], dtype=np.int64))
     r = int(np.prod([x.shape[d] for d in axes], dtype=np.int64))
     if kind == "max" and r == 0:

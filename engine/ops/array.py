@@ -522,7 +522,8 @@ def cast(x, dtype, name=None):
 def _sum_to_shape_reference(op, ctx):
     def reduce(g, like):
         lead = g.ndim - like.ndim
-        axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(like.shape) if d == 1 and g.shape[lead + i] != 1)
+        stretched = tuple(lead + i for i, d in enumerate(like.shape) if d == 1 and g.shape[lead + i] != 1)
+        axes = tuple(range(lead)) + stretched
         return np.sum(g, axis=axes).reshape(like.shape)
 
     return reduce
@@ -535,7 +536,7 @@ register("SumToShape", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1].
 
 
 def _broadcast_reduced_kernel(op, ctx):
-    axis, keepdims, mean = op.attrs["axis"], op.attrs["keepdims"], op.attrs["mean"]
+    axis, mean = op.attrs["axis"], op.attrs["mean"]
 
     def expand(g, x):
         axes = shapes.normalize_axes(axis, x.ndim)

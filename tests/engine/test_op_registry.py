@@ -73,7 +73,8 @@ def _close(got, want, what, exact=False):
             _close(got[k], want[k], f"{what}[{k}]", exact)
         return
     got, want = np.asarray(got), np.asarray(want)
-    assert got.dtype == want.dtype and got.shape == want.shape, f"{what}: {got.dtype}{got.shape} vs {want.dtype}{want.shape}"
+    assert got.dtype == want.dtype and got.shape == want.shape, \
+        f"{what}: {got.dtype}{got.shape} vs {want.dtype}{want.shape}"
     if exact or want.dtype.kind not in "fc":
         np.testing.assert_array_equal(got, want, err_msg=what)
     else:

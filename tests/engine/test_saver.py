@@ -68,11 +68,13 @@ def test_restore_refuses_corrupt_missing_and_mismatched(tmp_path):
     g = en.Graph()
     with g.as_default():
         other = en.Variable(np.zeros(4, np.float32), name="other")
-        with en.Session() as s, pytest.raises(en.errors.NotFoundError, match=r"variable other not found in checkpoint .*model.json"):
+        missing = r"variable other not found in checkpoint .*model.json"
+        with en.Session() as s, pytest.raises(en.errors.NotFoundError, match=missing):
             en.train.Saver().restore(s, prefix)
         wrong = en.Variable(np.zeros(5, np.float32), name="v")
         with en.Session() as s, pytest.raises(en.errors.InvalidArgumentError,
-                                              match=r"variable v: checkpoint .*model.json has shape \(4,\), the graph expects \(5,\)"):
+                                              match=r"variable v: checkpoint .*model.json has shape \(4,\), "
+                                                    r"the graph expects \(5,\)"):
             en.train.Saver([wrong]).restore(s, prefix)
         with en.Session() as s, pytest.raises(en.errors.NotFoundError, match="does not exist"):
             en.train.Saver([other]).restore(s, str(tmp_path / "absent"))

@@ -114,7 +114,8 @@ def test_wrong_feed_shape_and_dtype_name_the_tensor():
                                  r" \(None, 3\)"):
             s.run(y, {x: np.zeros((2, 4), np.float32)})
         with pytest.raises(en.errors.InvalidArgumentError,
-                           match=r"Cannot feed value of dtype float64 for tensor 'features:0', which has dtype float32"):
+                           match=r"Cannot feed value of dtype float64 for tensor 'features:0', "
+                                 r"which has dtype float32"):
             s.run(y, {x: np.zeros((2, 3), np.float64)})
         # Python values and safe casts are accepted
         assert s.run(y, {x: [[1, 2, 3]]}).dtype == np.float32
@@ -133,7 +134,8 @@ def test_check_numerics_raises_with_message_and_op_name():
     y = en.check_numerics(en.log(x), "log of the input", name="checked")
     with en.Session() as s:
         np.testing.assert_allclose(s.run(y, {x: [1.0, np.e]}), [0.0, 1.0], rtol=1e-6)
-        with pytest.raises(en.errors.InvalidArgumentError, match=r"log of the input : Tensor had NaN values \(op 'checked'\)"):
+        message = r"log of the input : Tensor had NaN values \(op 'checked'\)"
+        with pytest.raises(en.errors.InvalidArgumentError, match=message):
             s.run(y, {x: [1.0, -1.0]})
 
 
@@ -143,7 +145,8 @@ def test_kernel_failure_names_the_op():
     rows = en.gather(p, ids, name="lookup")
     with en.Session() as s:
         s.run(p.initializer)
-        with pytest.raises(en.errors.InvalidArgumentError, match=r"GatherV2 op 'lookup' failed: index 7 .*range \[0, 3\)"):
+        message = r"GatherV2 op 'lookup' failed: index 7 .*range \[0, 3\)"
+        with pytest.raises(en.errors.InvalidArgumentError, match=message):
             s.run(rows, {ids: [0, 7]})
 
 
