@@ -150,12 +150,16 @@ class ExampleStream:
         if carry is not None and len(carry):
             yield _batch(carry)
 
-    def batch_source(self, batch_size: int, seed: int):
+    def batch_source(self, batch_size: int, seed: int, progress: bool = False):
         """epoch -> that epoch's batches, built on a background thread while the model trains."""
         from engine import data as en_data
 
         def epoch_batches(epoch: int):
-            return en_data.prefetch(self.batches(batch_size, seed * 100_003 + epoch))
+            batches = self.batches(batch_size, seed * 100_003 + epoch)
+            if progress:
+                batches = tqdm(batches, total=-(-self.count_rows() // batch_size), unit="batch", leave=False,
+                               desc=f"{self.label}: epoch {epoch + 1}, streamed batches")
+            return en_data.prefetch(batches)
 
         return epoch_batches
 
