@@ -41,128 +41,49 @@ def _sparse_infer(inputs, attrs):
     return _check(inputs, attrs, sparse=True)
 
 
-def _rows(var):
-    return var.reshape(var.shape[0], -1)
-
-
-def _flat(x):
-    return np.ascontiguousarray(x).reshape(-1)
-
-
-def _sparse_grad(values, indices, var):
-    """Distinct rows and their summed gradients (duplicates merged in one pass, no sort)."""
-    return KA.merge_sparse_rows(values, indices, var.shape[0])
-
-
-# --- gradient descent ------------------------------------------------------------------------
-
-
-def _sgd(op, ctx):
-    name = op.attrs["var"]
-
-    def apply(grad, lr):
-        var = read_state(ctx, name)
-        KT.sgd_dense(var.reshape(-1), _flat(grad), float(lr))
-
-    return apply
-
-
-def _sgd_sparse(op, ctx):
-    name = op.attrs["var"]
-
-    def apply(values, indices, lr):
-        var = read_state(ctx, name)
-        idx, vals = _sparse_grad(values, indices, var)
-        KT.sgd_sparse(_rows(var), vals, idx, float(lr))
-
-    return apply
-
-
-# --- momentum ---------------------------------------------------------------------------------
-
-
-def _momentum(op, ctx):
-    name, accum, mom, nesterov = op.attrs["var"], op.attrs["accum"], op.attrs["momentum"], op.attrs["nesterov"]
-
-    def apply(grad, lr):
-        var, acc = read_state(ctx, name), read_state(ctx, accum)
-        KT.momentum_dense(var.reshape(-1), acc.reshape(-1), _flat(grad), float(lr), mom, nesterov)
-
-    return apply
-
-
-def _momentum_sparse(op, ctx):
-    name, accum, mom, nesterov = op.attrs["var"], op.attrs["accum"], op.attrs["momentum"], op.attrs["nesterov"]
-
-    def apply(values, indices, lr):
-        var, acc = read_state(ctx, name), read_state(ctx, accum)
-        idx, vals = _sparse_grad(values, indices, var)
-        KT.momentum_sparse(_rows(var), _rows(acc), vals, idx, float(lr), mom, nesterov)
-
-    return apply
-
-
-# --- Adam -----------------------------------------------------------------------------------------
-
-
-def _adam_lr(op, ctx, lr):
+def _adam_scalars(op, ctx, lr, dtype):
+    """(lr_t, beta1, 1 - beta1, beta2, 1 - beta2, epsilon) in the variable's dtype (bias-corrected rate)."""
     t = int(read_state(ctx, op.attrs["step"])) + 1
     b1, b2 = op.attrs["beta1"], op.attrs["beta2"]
-    return float(lr) * math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
-
-
-def _adam_scalars(op, ctx, lr, dtype):
-    """(lr_t, beta1, 1 - beta1, beta2, 1 - beta2, epsilon) in the variable's dtype."""
-    b1, b2 = op.attrs["beta1"], op.attrs["beta2"]
     cast = dtype.type
-    return (cast(_adam_lr(op, ctx, lr)), cast(b1), cast(1.0 - b1), cast(b2), cast(1.0 - b2),
-            cast(op.attrs["epsilon"]))
+    lr_t = float(lr) * math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+    return cast(lr_t), cast(b1), cast(1.0 - b1), cast(b2), cast(1.0 - b2), cast(op.attrs["epsilon"])
 
 
-def _adam(op, ctx):
-    a = op.attrs
+def _update_kernel(kernel, slot_names, scalars, sparse):
+    """Kernel factory: the variable and its slots from session state, then ONE Numba ``kernel`` call.
 
-    def apply(grad, lr):
-        var, m, v = read_state(ctx, a["var"]), read_state(ctx, a["m"]), read_state(ctx, a["v"])
-        kernel = KT.adam_dense_parallel if var.size >= PARALLEL_MIN_ELEMENTS else KT.adam_dense
-        kernel(var.reshape(-1), m.reshape(-1), v.reshape(-1), _flat(grad), *_adam_scalars(op, ctx, lr, var.dtype))
+    Dense: flat views of variable, slots and gradient. Sparse: row views, and the distinct rows
+    with their summed gradients (duplicates merged in one pass, no sort) -- a lazy update.
+    """
+    def make(op, ctx):
+        names = [op.attrs["var"]] + [op.attrs[s] for s in slot_names]
 
-    return apply
+        def apply(*args):
+            arrays = [read_state(ctx, n) for n in names]
+            extra = scalars(op, ctx, args[-1], arrays[0].dtype)
+            if sparse:
+                idx, vals = KA.merge_sparse_rows(args[0], args[1], arrays[0].shape[0])
+                kernel(*[a.reshape(a.shape[0], -1) for a in arrays], vals, idx, *extra)
+            else:
+                chosen = kernel if hasattr(kernel, "py_func") else kernel(arrays[0].size)  # Adam: by size
+                chosen(*[a.reshape(-1) for a in arrays], np.ascontiguousarray(args[0]).reshape(-1), *extra)
 
+        return apply
 
-def _adam_sparse(op, ctx):
-    a = op.attrs
-
-    def apply(values, indices, lr):
-        var, m, v = read_state(ctx, a["var"]), read_state(ctx, a["m"]), read_state(ctx, a["v"])
-        idx, vals = _sparse_grad(values, indices, var)
-        KT.adam_sparse(_rows(var), _rows(m), _rows(v), vals, idx, *_adam_scalars(op, ctx, lr, var.dtype))
-
-    return apply
-
-
-# --- Adagrad ----------------------------------------------------------------------------------------
-
-
-def _adagrad(op, ctx):
-    name, accum = op.attrs["var"], op.attrs["accum"]
-
-    def apply(grad, lr):
-        var, acc = read_state(ctx, name), read_state(ctx, accum)
-        KT.adagrad_dense(var.reshape(-1), acc.reshape(-1), _flat(grad), float(lr))
-
-    return apply
+    return make
 
 
-def _adagrad_sparse(op, ctx):
-    name, accum = op.attrs["var"], op.attrs["accum"]
+def _lr(op, ctx, lr, dtype):
+    return (float(lr),)
 
-    def apply(values, indices, lr):
-        var, acc = read_state(ctx, name), read_state(ctx, accum)
-        idx, vals = _sparse_grad(values, indices, var)
-        KT.adagrad_sparse(_rows(var), _rows(acc), vals, idx, float(lr))
 
-    return apply
+def _momentum_scalars(op, ctx, lr, dtype):
+    return float(lr), op.attrs["momentum"], op.attrs["nesterov"]
+
+
+def _adam_dense(size):
+    return KT.adam_dense_parallel if size >= PARALLEL_MIN_ELEMENTS else KT.adam_dense
 
 
 # --- NumPy references: one update rule per optimizer, on dense arrays; sparse = the same on touched rows -----
@@ -238,12 +159,15 @@ def _examples(slot_names, sparse):
     return examples
 
 
-_OPTIMIZERS = (("GradientDescent", _sgd, _sgd_sparse, _sgd_rule, ()),
-               ("Momentum", _momentum, _momentum_sparse, _momentum_rule, ("accum",)),
-               ("Adam", _adam, _adam_sparse, _adam_rule, ("m", "v")),
-               ("Adagrad", _adagrad, _adagrad_sparse, _adagrad_rule, ("accum",)))
-for _name, _dense, _sparse, _rule, _slots in _OPTIMIZERS:
-    register(f"Apply{_name}", infer=_dense_infer, kernel=_dense, reference=_reference(_rule, _slots, False),
-             examples=_examples(_slots, False), stateful=True, writes_state=True, differentiable=False)
-    register(f"SparseApply{_name}", infer=_sparse_infer, kernel=_sparse, reference=_reference(_rule, _slots, True),
-             examples=_examples(_slots, True), stateful=True, writes_state=True, differentiable=False)
+_OPTIMIZERS = (  # name, dense kernel, sparse kernel, their extra scalars, NumPy rule, slot attributes
+    ("GradientDescent", KT.sgd_dense, KT.sgd_sparse, _lr, _sgd_rule, ()),
+    ("Momentum", KT.momentum_dense, KT.momentum_sparse, _momentum_scalars, _momentum_rule, ("accum",)),
+    ("Adam", _adam_dense, KT.adam_sparse, _adam_scalars, _adam_rule, ("m", "v")),
+    ("Adagrad", KT.adagrad_dense, KT.adagrad_sparse, _lr, _adagrad_rule, ("accum",)))
+for _name, _dense, _sparse, _scalars, _rule, _slots in _OPTIMIZERS:
+    register(f"Apply{_name}", infer=_dense_infer, kernel=_update_kernel(_dense, _slots, _scalars, False),
+             reference=_reference(_rule, _slots, False), examples=_examples(_slots, False), stateful=True,
+             writes_state=True, differentiable=False)
+    register(f"SparseApply{_name}", infer=_sparse_infer, kernel=_update_kernel(_sparse, _slots, _scalars, True),
+             reference=_reference(_rule, _slots, True), examples=_examples(_slots, True), stateful=True,
+             writes_state=True, differentiable=False)

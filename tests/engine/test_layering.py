@@ -24,7 +24,7 @@ LAYERS = [
     ["engine.session"],
     ["engine.compiler", "engine.saver", "engine.profiler", "engine.graphviz", "engine.train", "engine.layers",
      "engine.data"],
-    ["engine", "engine.testing"],
+    ["engine"],
 ]
 
 
