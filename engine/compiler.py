@@ -63,23 +63,6 @@ def _needed_ops(fetch_tensors, feed_tensors) -> list:
     return sorted(ops_needed(fetch_tensors, feed_tensors), key=lambda o: o.id)
 
 
-def _static_kind(shape, out_shape):
-    """How an elementwise operand relates to the output: 'full', 'row' (a known suffix) or 'scalar'."""
-    if shape is None or out_shape is None:
-        return None
-    if len(shape) == len(out_shape) and all(a == b for a, b in zip(shape, out_shape)):
-        return "full"
-    if all(d is not None for d in shape) and int(np.prod(shape, dtype=np.int64)) == 1:
-        return "scalar"
-    core = tuple(shape)
-    while core and core[0] == 1:
-        core = core[1:]
-    if (all(d is not None for d in core) and len(core) <= len(out_shape)
-            and tuple(out_shape[len(out_shape) - len(core):]) == core):
-        return "row"
-    return None
-
-
 class Emitter:
     """What an ``OpDef.emit(c, op, ins) -> expression`` writes through (``ins``: its inputs' variables).
 
@@ -118,7 +101,7 @@ class Emitter:
 def _emit_elementwise(c: Emitter, op: Operation, ins: list) -> str:
     """Any elementwise op, from its OpDef's scalar function: operands full, row (a suffix) or scalar."""
     out = op.outputs[0]
-    kinds = tuple(_static_kind(x.shape, out.shape) for x in op.inputs)
+    kinds = tuple(EW.operand_kind(x.shape, out.shape)[0] for x in op.inputs)
     if None in kinds or "full" not in kinds:
         c.unsupported(f"broadcasting {[x.shape for x in op.inputs]} -> {out.shape} is not a same-shape, row or "
                       "scalar pattern")

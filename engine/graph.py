@@ -33,60 +33,6 @@ class _OperatorsMixin:
 
     __array_priority__ = 100  # numpy defers to our operators: ndarray + tensor -> tensor
 
-    def __add__(self, other):
-        return _OPERATORS["add"](self, other)
-
-    def __radd__(self, other):
-        return _OPERATORS["add"](other, self)
-
-    def __sub__(self, other):
-        return _OPERATORS["subtract"](self, other)
-
-    def __rsub__(self, other):
-        return _OPERATORS["subtract"](other, self)
-
-    def __mul__(self, other):
-        return _OPERATORS["multiply"](self, other)
-
-    def __rmul__(self, other):
-        return _OPERATORS["multiply"](other, self)
-
-    def __truediv__(self, other):
-        return _OPERATORS["divide"](self, other)
-
-    def __rtruediv__(self, other):
-        return _OPERATORS["divide"](other, self)
-
-    def __matmul__(self, other):
-        return _OPERATORS["matmul"](self, other)
-
-    def __rmatmul__(self, other):
-        return _OPERATORS["matmul"](other, self)
-
-    def __pow__(self, other):
-        return _OPERATORS["pow"](self, other)
-
-    def __rpow__(self, other):
-        return _OPERATORS["pow"](other, self)
-
-    def __neg__(self):
-        return _OPERATORS["negative"](self)
-
-    def __abs__(self):
-        return _OPERATORS["abs"](self)
-
-    def __gt__(self, other):
-        return _OPERATORS["greater"](self, other)
-
-    def __lt__(self, other):
-        return _OPERATORS["less"](self, other)
-
-    def __ge__(self, other):
-        return _OPERATORS["greater_equal"](self, other)
-
-    def __le__(self, other):
-        return _OPERATORS["less_equal"](self, other)
-
     def __getitem__(self, key):
         raise TypeError("tensor slicing is not supported; use en.gather or en.reshape")
 
@@ -105,6 +51,24 @@ _OPERATORS: dict = {}  # name -> constructor; filled by engine/ops/math.py, whic
 def set_operators(**constructors) -> None:
     """Install the op constructors behind Python's operators (graph.py cannot import ops: ops import it)."""
     _OPERATORS.update(constructors)
+
+
+def _operator(name, reflected=False, unary=False):
+    if unary:
+        return lambda self: _OPERATORS[name](self)
+    if reflected:
+        return lambda self, other: _OPERATORS[name](other, self)
+    return lambda self, other: _OPERATORS[name](self, other)
+
+
+for _dunder, _name in (("add", "add"), ("sub", "subtract"), ("mul", "multiply"), ("truediv", "divide"),
+                       ("matmul", "matmul"), ("pow", "pow")):
+    setattr(_OperatorsMixin, f"__{_dunder}__", _operator(_name))
+    setattr(_OperatorsMixin, f"__r{_dunder}__", _operator(_name, reflected=True))
+for _dunder, _name in (("gt", "greater"), ("lt", "less"), ("ge", "greater_equal"), ("le", "less_equal")):
+    setattr(_OperatorsMixin, f"__{_dunder}__", _operator(_name))
+_OperatorsMixin.__neg__ = _operator("negative", unary=True)
+_OperatorsMixin.__abs__ = _operator("abs", unary=True)
 
 
 class Tensor(_OperatorsMixin):

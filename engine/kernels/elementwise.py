@@ -58,6 +58,24 @@ def load(source: str):
     return generated.import_generated(source, digest, "shelfcast_fused", "fused", "shelfcast_fused_")
 
 
+def operand_kind(shape, out_shape):
+    """How an operand of static ``shape`` repeats over the output: ("full", 0), ("scalar", 0),
+    ("row", n) for a fully known suffix of n elements, or (None, 0) when it is none of these."""
+    if shape is None or out_shape is None:
+        return None, 0
+    if tuple(shape) == tuple(out_shape):
+        return "full", 0
+    if all(d is not None for d in shape) and int(np.prod(shape, dtype=np.int64)) == 1:
+        return "scalar", 0
+    core = tuple(shape)
+    while core and core[0] == 1:
+        core = core[1:]
+    if (all(d is not None for d in core) and len(shape) <= len(out_shape)
+            and tuple(out_shape[len(out_shape) - len(core):]) == core):
+        return "row", int(np.prod(core, dtype=np.int64))
+    return None, 0
+
+
 # --- one op: any operand count, NumPy broadcasting ---------------------------------------------
 
 

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from engine import config, shapes
+from engine import config
 from engine.kernels import elementwise as EW
 from engine.passes.ir import Node, PlanIR
 
@@ -78,23 +78,6 @@ def fuse_elementwise(ir: PlanIR) -> PlanIR:
     return ir
 
 
-def _leaf_kind(leaf_shape, out_shape):
-    """'full', 'row', 'scalar' or None (not expressible) for a leaf's static shape."""
-    if leaf_shape is None:
-        return None, 0
-    if leaf_shape == out_shape:
-        return "full", 0
-    if shapes.is_fully_defined(leaf_shape) and int(np.prod(leaf_shape, dtype=np.int64)) == 1:
-        return "scalar", 0
-    core = tuple(leaf_shape)
-    while core and core[0] == 1:
-        core = core[1:]
-    if (shapes.is_fully_defined(core) and len(core) <= len(out_shape) and len(leaf_shape) <= len(out_shape)
-            and tuple(out_shape[len(out_shape) - len(core):]) == core):
-        return "row", int(np.prod(core, dtype=np.int64))
-    return None, 0
-
-
 def _fused_node(members, ir):
     inside = {m.output: j for j, m in enumerate(members)}
     leaves: list[int] = []
@@ -113,7 +96,7 @@ def _fused_node(members, ir):
     out_shape, dtype = _static(last)
     kinds, inner = [], 1
     for s in leaves:
-        kind, size = _leaf_kind(ir.slot_tensors[s].shape, out_shape)
+        kind, size = EW.operand_kind(ir.slot_tensors[s].shape, out_shape)
         if kind is None or (kind == "row" and inner > 1 and size != inner):
             return None
         if kind == "row":
