@@ -28,9 +28,12 @@ promote: $(STAMP)                     ## registry alias + models/production/ (+ 
 dvc-push: $(STAMP)                    ## push data and models to the DVC remote, when one is configured
 	@if [ -n "$$($(DVC) remote list)" ]; then $(DVC) push; else echo "dvc-push: no DVC remote configured; nothing to push"; fi
 
-fetch-model: $(STAMP)                 ## the promoted bundle: dvc pull when a remote is set; verified either way
-	@if [ -n "$$($(DVC) remote list)" ] && [ -f models/production.dvc ]; then $(DVC) pull models/production.dvc; fi
-	$(BIN)/python -c "from pipeline.bundle import verify_bundle; print('fetch-model: models/production', verify_bundle('models/production')[:12])"
+MODEL_ALIAS ?= production
+MODEL_SOURCE ?= mlflow
+fetch-model: $(STAMP)                 ## models:/shelfcast-forecaster@production (MODEL_ALIAS=) from the registry at MLFLOW_TRACKING_URI (MODEL_SOURCE=dvc: the DVC remote)
+	@if [ -n "$$MLFLOW_TRACKING_URI" ]; then \
+	  $(BIN)/python -m pipeline.registry_fetch --alias $(MODEL_ALIAS) --to models/$(MODEL_ALIAS) --from $(MODEL_SOURCE); \
+	else $(BIN)/python -c "from pipeline.bundle import verify_bundle; print('fetch-model: no MLFLOW_TRACKING_URI; local models/production', verify_bundle('models/production')[:12])"; fi
 
 lint-docker: $(STAMP)                 ## hadolint both Dockerfiles + compose-spec validation of docker-compose.yml
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/monitoring/test_delivery_lint.py

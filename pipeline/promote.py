@@ -27,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import tracking
+from pipeline import registry_fetch, tracking
 from pipeline.bundle import BundleError, verify_bundle
 from pipeline.evaluate import CANDIDATE_DIR, EVALUATION_FILE, current_versions
 from pipeline.model_params import promote_params
@@ -117,13 +117,16 @@ def run(root: Path, quiet: bool = False) -> dict:
     if not installed:
         roll_forward(root, root / CANDIDATE_DIR, production, digest)
     dvc_note = track_with_dvc(root, say)
+    # the installed bundle goes to the registry's artifact store: the app side fetches it by alias
+    tags.update(registry_fetch.publish_serving_bundle(root, evaluation["mlflow_run_id"], production))
+    alias = registry_fetch.promote_alias(pparams.alias)
     # The alias moves last: it is what says "this is production" to everyone reading the registry.
     version, created = tracking.register_production(root, evaluation["mlflow_run_id"], digest, tags,
-                                                    name=pparams.model_name, alias=pparams.alias)
-    summary = {"model": pparams.model_name, "version": str(version.version), "alias": pparams.alias,
+                                                    name=pparams.model_name, alias=alias)
+    summary = {"model": pparams.model_name, "version": str(version.version), "alias": alias,
                "registered": created, "installed": not installed, "digest": digest, "dvc": dvc_note}
     say(f"promote: {pparams.model_name} version {version.version} "
-        f"({'newly registered' if created else 'already registered'}) is now '{pparams.alias}'; "
+        f"({'newly registered' if created else 'already registered'}) is now '{alias}'; "
         f"{PRODUCTION_DIR} {'installed' if not installed else 'already up to date'} ({digest[:12]}); {dvc_note}")
     return summary
 

@@ -1,0 +1,157 @@
+"""The handoff between the ML pipeline and the app pipeline: model versions by registry alias.
+
+The ML pipeline's ``promote`` uploads the bundle it installed (rolled forward to the last
+known day) to the candidate's MLflow run under ``serving_bundle/`` and records on the model
+version where it is (``serving_artifact``), its digest (``serving_digest``) and, when DVC
+tracked it, its DVC hash (``dvc_md5``). The app side needs nothing from git: given the
+tracking URI (``MLFLOW_TRACKING_URI``) it resolves ``models:/shelfcast-forecaster@<alias>``
+and downloads the bundle from the tracking server's artifact store, or — ``--from dvc`` —
+pulls the same bytes from the DVC remote by the recorded hash. Either way the bundle is
+verified against the digest the registry recorded before it is installed.
+
+    python -m pipeline.registry_fetch [--alias production] [--to models/production] [--from mlflow|dvc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from pipeline import tracking
+from pipeline.bundle import BundleError, copy_bundle, verify_bundle
+
+SERVING_ARTIFACT = "serving_bundle"
+ENV_PROMOTE_ALIAS = "SHELFCAST_PROMOTE_ALIAS"  # CI: promote registers a candidate (e.g. shadow), not production
+TAG_ARTIFACT, TAG_DIGEST, TAG_DVC = "serving_artifact", "serving_digest", "dvc_md5"
+
+
+class FetchError(RuntimeError):
+    """The alias, version or its bundle cannot be fetched; the message says which and from where."""
+
+
+def promote_alias(configured: str) -> str:
+    """The alias promote moves: params.yaml's, unless ``SHELFCAST_PROMOTE_ALIAS`` names another."""
+    return os.environ.get(ENV_PROMOTE_ALIAS, "").strip() or configured
+
+
+def publish_serving_bundle(root: Path, run_id: str, bundle_dir: Path) -> dict[str, str]:
+    """Upload the installed production bundle to the candidate's run; returns the version tags that find it."""
+    digest = verify_bundle(bundle_dir)
+    mlflow_client = tracking.client(root)
+    try:
+        mlflow_client.log_artifacts(run_id, str(bundle_dir), SERVING_ARTIFACT)
+    except Exception as exc:  # noqa: BLE001 MlflowException or an artifact store's own (boto, requests) error
+        raise tracking.TrackingError(f"uploading {bundle_dir} to run {run_id}: {exc}") from None
+    tags = {TAG_ARTIFACT: SERVING_ARTIFACT, TAG_DIGEST: digest}
+    dvc_file = bundle_dir.with_name(bundle_dir.name + ".dvc")
+    if dvc_file.is_file():
+        outs = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs") or [{}]
+        if outs[0].get("md5"):
+            tags[TAG_DVC] = str(outs[0]["md5"])
+    return tags
+
+
+@dataclass(frozen=True)
+class Fetched:
+    name: str
+    alias: str
+    version: str
+    digest: str
+    source: str  # "mlflow" or "dvc"
+    seconds: float
+
+
+def resolve(root: Path, alias: str, name: str = tracking.REGISTERED_MODEL):
+    """The model version ``models:/<name>@<alias>`` names; FetchError when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return tracking.client(root).get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        raise FetchError(f"models:/{name}@{alias} at {tracking.tracking_uri(root)}: {exc.message}") from None
+
+
+def download_version(root: Path, version, into: Path, via: str = "mlflow") -> str:
+    """Download a model version's serving bundle and install it at ``into`` (only when its digest is the
+    registered one); returns the digest."""
+    tags = version.tags or {}
+    want = tags.get(TAG_DIGEST)
+
+    def check(digest: str) -> str:
+        if want and digest != want:
+            raise FetchError(f"version {version.version}: fetched bundle digest {digest[:12]} is not the registered "
+                             f"{want[:12]}; refusing it")
+        return digest
+
+    if via == "dvc":
+        _dvc_pull(root, version, into)  # DVC checks the content against the recorded hash
+        return check(verify_bundle(into))
+    if via != "mlflow":
+        raise FetchError(f"--from: expected mlflow or dvc, got {via!r}")
+    artifact = tags.get(TAG_ARTIFACT, tracking.BUNDLE_ARTIFACT_PATH)
+    with tempfile.TemporaryDirectory(prefix=".fetch.", dir=into.parent) as scratch:
+        try:
+            local = tracking.client(root).download_artifacts(version.run_id, artifact, scratch)
+        except Exception as exc:  # noqa: BLE001 MlflowException or the artifact store's own error
+            where = f"runs:/{version.run_id}/{artifact}"
+            raise FetchError(f"version {version.version}: downloading {where}: {exc}") from None
+        check(verify_bundle(local))
+        return copy_bundle(local, into)
+
+
+def _dvc_pull(root: Path, version, into: Path) -> None:
+    md5 = (version.tags or {}).get(TAG_DVC)
+    if not md5:
+        raise FetchError(f"version {version.version} records no DVC hash ({TAG_DVC}); fetch it from MLflow instead")
+    if not (root / ".dvc").is_dir():
+        raise FetchError(f"{root}: not a DVC project; `--from dvc` needs the repository's .dvc/ and a remote")
+    into.parent.mkdir(parents=True, exist_ok=True)
+    dvc_file = into.with_name(into.name + ".dvc")
+    dvc_file.write_text(yaml.safe_dump({"outs": [{"md5": md5, "path": into.name}]}), encoding="utf-8")
+    dvc = Path(sys.executable).with_name("dvc")
+    done = subprocess.run([str(dvc) if dvc.exists() else "dvc", "pull", str(dvc_file.relative_to(root))], cwd=root,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        why = done.stderr.strip() or done.stdout.strip()
+        raise FetchError(f"`dvc pull` of version {version.version} ({md5}): {why}")
+
+
+def fetch(root: Path, alias: str, target: Path, name: str = tracking.REGISTERED_MODEL, via: str = "mlflow") -> Fetched:
+    """Install the bundle of ``models:/<name>@<alias>`` at ``target`` (verified; atomic)."""
+    started = time.perf_counter()
+    version = resolve(root, alias, name)
+    target = target if target.is_absolute() else root / target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = download_version(root, version, target, via)
+    return Fetched(name, alias, str(version.version), digest, via, time.perf_counter() - started)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.registry_fetch", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
+    parser.add_argument("--alias", default="production", help="registry alias (production, canary, shadow)")
+    parser.add_argument("--to", type=Path, default=Path("models/production"), help="where to install the bundle")
+    parser.add_argument("--from", dest="via", choices=("mlflow", "dvc"), default="mlflow",
+                        help="the tracking server's artifact store (default) or the DVC remote")
+    parser.add_argument("--name", default=tracking.REGISTERED_MODEL, help="registered model name")
+    args = parser.parse_args(argv)
+    try:
+        got = fetch(args.root.resolve(), args.alias, args.to, args.name, args.via)
+    except (FetchError, BundleError, tracking.TrackingError) as exc:
+        print(f"fetch-model: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"fetch-model: models:/{got.name}@{got.alias} = version {got.version} ({got.digest[:12]}) from {got.source} "
+          f"-> {args.to} in {got.seconds:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

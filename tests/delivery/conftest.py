@@ -1,0 +1,75 @@
+"""Fixtures for the delivery tests: a real MLflow registry with two released versions of a real tiny model.
+
+The fast tests use a database-backed MLflow store (sqlite) shared by "both runners" — the ML
+side that trains, evaluates and promotes, and fresh directories on the app side that hold
+nothing but the tracking URI. The experiment's artifact location is created first under the
+session's tmp directory, so nothing is written to the working tree. The slow workflow test
+starts a real ``mlflow server`` instead (tests/delivery/test_workflows.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_bundle_module():
+    """tests/app/tiny_bundle.py by path (pytest runs with --import-mode=importlib: no package imports)."""
+    path = REPO / "tests" / "app" / "tiny_bundle.py"
+    spec = importlib.util.spec_from_file_location("delivery_tests_tiny_bundle", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def prepare_registry(uri: str, artifacts: Path) -> None:
+    """Create the shelfcast experiment with its artifacts under ``artifacts`` (not ./mlruns of the cwd)."""
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if client.get_experiment_by_name(tracking.EXPERIMENT_NAME) is None:
+        client.create_experiment(tracking.EXPERIMENT_NAME, artifact_location=artifacts.as_uri(),
+                                 tags={tracking.EXPERIMENT_KIND_TAG: tracking.MODEL_TRAINING_KIND})
+
+
+def evaluate_and_promote(root: Path, alias: str) -> dict:
+    from pipeline import evaluate, promote
+
+    assert evaluate.main(["--root", str(root), "--quiet"]) == 0
+    os.environ["SHELFCAST_PROMOTE_ALIAS"] = alias
+    try:
+        return promote.run(root, quiet=True)
+    finally:
+        del os.environ["SHELFCAST_PROMOTE_ALIAS"]
+
+
+@pytest.fixture(scope="session")
+def released(tmp_path_factory):
+    """(ML project root, tracking URI, {alias: version}): version 1 is production, version 2 the canary."""
+    base = tmp_path_factory.mktemp("delivery")
+    uri = f"sqlite:///{(base / 'registry.db').as_posix()}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        prepare_registry(uri, base / "artifacts")
+        tiny = tiny_bundle_module()
+        root = base / "ml-runner"
+        tiny.build_tiny_project(root)
+        first = evaluate_and_promote(root, "production")
+        tiny.retrain(root, seed=4)
+        second = evaluate_and_promote(root, "canary")
+    return root, uri, {"production": first["version"], "canary": second["version"]}
+
+
+@pytest.fixture
+def registry_env(released, monkeypatch):
+    """The app side's only configuration: the tracking URI."""
+    root, uri, versions = released
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri, versions

@@ -1,0 +1,64 @@
+"""Handoff through the registry: a fresh directory with only the tracking URI fetches the model by alias."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from pipeline import registry_fetch, tracking
+from pipeline.bundle import load_bundle, verify_bundle
+
+from .conftest import REPO
+
+
+def test_promote_records_where_the_serving_bundle_is(released, registry_env):
+    root, _, versions = released
+    version = tracking.client(root).get_model_version_by_alias(tracking.REGISTERED_MODEL, "production")
+    assert str(version.version) == versions["production"] == "1"
+    assert version.tags[registry_fetch.TAG_ARTIFACT] == registry_fetch.SERVING_ARTIFACT
+    assert len(version.tags[registry_fetch.TAG_DIGEST]) == 64
+    canary = tracking.client(root).get_model_version_by_alias(tracking.REGISTERED_MODEL, "canary")
+    assert str(canary.version) == versions["canary"] == "2"
+    assert canary.tags[registry_fetch.TAG_DIGEST] != version.tags[registry_fetch.TAG_DIGEST]
+
+
+def test_a_fresh_clone_with_only_the_tracking_uri_fetches_and_can_serve(released, registry_env, tmp_path):
+    from app.predictor import load_model
+
+    fresh = tmp_path / "app-runner"
+    fresh.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(REPO)}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pipeline.registry_fetch", "--root", str(fresh), "--alias", "canary",
+                           "--to", "models/canary"], cwd=fresh, env=env, capture_output=True, text=True, timeout=120)
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr
+    assert "version 2" in done.stdout, done.stdout
+    version = tracking.client(fresh).get_model_version_by_alias(tracking.REGISTERED_MODEL, "canary")
+    assert verify_bundle(fresh / "models/canary") == version.tags[registry_fetch.TAG_DIGEST]
+    model = load_model(fresh / "models/canary")  # verified, warmed up, plausible: it can serve
+    # the rolled-forward bundle (forecasts the days after the data), not the evaluated candidate
+    assert load_bundle(fresh / "models/canary").metadata.get("source_bundle_digest")
+    assert model.version and seconds < 120
+    assert not (fresh / "mlruns").exists()
+
+
+def test_an_unknown_alias_is_a_clear_error(registry_env, tmp_path):
+    done = registry_fetch.main(["--root", str(tmp_path), "--alias", "nosuchalias", "--to", str(tmp_path / "x")])
+    assert done == 1 and not (tmp_path / "x").exists()
+
+
+def test_a_bundle_that_is_not_the_registered_one_is_refused(released, registry_env, tmp_path):
+    root, _, _ = released
+    mlflow_client = tracking.client(root)
+    version = mlflow_client.get_model_version_by_alias(tracking.REGISTERED_MODEL, "production")
+    recorded = version.tags[registry_fetch.TAG_DIGEST]
+    mlflow_client.set_model_version_tag(tracking.REGISTERED_MODEL, version.version, registry_fetch.TAG_DIGEST, "0" * 64)
+    try:
+        assert registry_fetch.main(["--root", str(tmp_path), "--to", str(tmp_path / "models/production")]) == 1
+        assert not (tmp_path / "models/production").exists()
+    finally:
+        mlflow_client.set_model_version_tag(tracking.REGISTERED_MODEL, version.version, registry_fetch.TAG_DIGEST,
+                                            recorded)
