@@ -93,24 +93,36 @@ def merge_duplicate_rows(values, idx, pos, uniq, merged):
         if p < 0:
             pos[r] = u
             uniq[u] = r
-            merged[u, :] = values[k, :]
+            for j in range(values.shape[1]):
+                merged[u, j] = values[k, j]
             u += 1
         else:
-            merged[p, :] += values[k, :]
+            for j in range(values.shape[1]):
+                merged[p, j] += values[k, j]
     for q in range(u):
         pos[uniq[q]] = -1
     return result if result < 0 else u
 
 
-def merge_sparse_rows(values: np.ndarray, indices: np.ndarray, n_rows: int):
-    """(distinct row indices, their summed gradient rows) of a sparse gradient; ValueError on a bad index."""
+def merge_sparse_rows(values: np.ndarray, indices: np.ndarray, n_rows: int, scratch: dict | None = None):
+    """(distinct row indices, their summed gradient rows) of a sparse gradient; ValueError on a bad index.
+
+    ``scratch`` (a dict the caller keeps, one per update op) holds the row map and the output
+    buffers between calls, so a training step allocates nothing here (the row map is left all -1).
+    """
     idx = np.ascontiguousarray(indices).reshape(-1)
     v2 = np.ascontiguousarray(values).reshape(idx.size, -1)
-    uniq = np.empty(idx.size, np.int64)
-    merged = np.empty_like(v2)
+    scratch = {} if scratch is None else scratch
+    merged = scratch.get("merged")
+    if merged is None or merged.shape[0] < idx.size or merged.shape[1:] != v2.shape[1:] or merged.dtype != v2.dtype:
+        merged = scratch["merged"] = np.empty_like(v2)
+        scratch["uniq"] = np.empty(idx.size, np.int64)
+    uniq = scratch["uniq"]
     if idx.size == 0:
-        return uniq, merged
-    pos = np.full(n_rows, -1, np.int64)
+        return uniq[:0], merged[:0]
+    pos = scratch.get("pos")
+    if pos is None or pos.size != n_rows:
+        pos = scratch["pos"] = np.full(n_rows, -1, np.int64)
     count = merge_duplicate_rows(v2, idx, pos, uniq, merged)
     if count < 0:
         bad = -count - 1

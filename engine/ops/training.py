@@ -9,6 +9,7 @@ and touch only those rows of the variable and of its slots ("lazy" updates).
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -58,13 +59,19 @@ def _update_kernel(kernel, slot_names, scalars, sparse):
     """
     def make(op, ctx):
         names = [op.attrs["var"]] + [op.attrs[s] for s in slot_names]
+        scratch, busy = {}, threading.Lock()  # the sparse merge's buffers, reused by one run at a time
 
         def apply(*args):
             arrays = [read_state(ctx, n) for n in names]
             extra = scalars(op, ctx, args[-1], arrays[0].dtype)
             if sparse:
-                idx, vals = KA.merge_sparse_rows(args[0], args[1], arrays[0].shape[0])
-                kernel(*[a.reshape(a.shape[0], -1) for a in arrays], vals, idx, *extra)
+                mine = busy.acquire(False)
+                try:
+                    idx, vals = KA.merge_sparse_rows(args[0], args[1], arrays[0].shape[0], scratch if mine else None)
+                    kernel(*[a.reshape(a.shape[0], -1) for a in arrays], vals, idx, *extra)
+                finally:
+                    if mine:
+                        busy.release()
             else:
                 chosen = kernel if hasattr(kernel, "py_func") else kernel(arrays[0].size)  # Adam: by size
                 chosen(*[a.reshape(-1) for a in arrays], np.ascontiguousarray(args[0]).reshape(-1), *extra)
