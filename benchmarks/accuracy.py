@@ -183,6 +183,13 @@ WINDOW_HEADERS = ["window", "days", "rows", "baseline", "MLP", "LightGBM", "floo
                   "MLP vs LightGBM [interval]", "floor vs baseline [interval]", "MLP's share of reachable gain"]
 
 
+def _report(learner, actual, weights) -> None:
+    """Progress: a learner's validation NWRMSLE as soon as it has one (the table comes at the end)."""
+    name, predicted, seconds, note = learner
+    print(f"accuracy: {name}: validation NWRMSLE {nwrmsle(actual, predicted, weights):.4f} ({seconds:.0f} s, {note})",
+          file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=REPO, help="project root with data/ and params.yaml")
@@ -206,9 +213,11 @@ def main(argv=None) -> int:
         predicted, expected, seconds, steps = fit_engine(kind, tparams, data, fparams.spec, matrix)
         learners.append((f"engine {kind}", predicted, seconds, steps))
         expected_sums[kind] = float(expected.sum())
+        _report(learners[-1], actual, weights)
     if not args.skip_lightgbm:
         predicted, seconds, rounds = fit_lightgbm(tparams, data, matrix, args.threads)
         learners.append(("LightGBM 4.7 (peer)", predicted, seconds, f"{rounds} trees"))
+        _report(learners[-1], actual, weights)
     data_config = data_params(raw)
     if data_config.source == "synthetic" and not args.skip_floor:
         started = time.perf_counter()

@@ -30,8 +30,8 @@ known) and a target day ``origin + horizon`` (horizon 1..16):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -92,7 +92,7 @@ class FeatureSpec:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_json(cls, data: Mapping) -> "FeatureSpec":
+    def from_json(cls, data: Mapping) -> FeatureSpec:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -153,7 +153,7 @@ class Vocabularies:
         self._sorted = {f: np.asarray(v, dtype=str) for f, v in self.values.items()}
 
     @classmethod
-    def fit(cls, categorical: Mapping[str, np.ndarray]) -> "Vocabularies":
+    def fit(cls, categorical: Mapping[str, np.ndarray]) -> Vocabularies:
         return cls({f: np.unique(_as_text(categorical[f])) for f in CATEGORICAL_FIELDS})
 
     def size(self, field_name: str) -> int:
@@ -174,7 +174,7 @@ class Vocabularies:
         return {f: list(v) for f, v in self.values.items()}
 
     @classmethod
-    def from_json(cls, data: Mapping) -> "Vocabularies":
+    def from_json(cls, data: Mapping) -> Vocabularies:
         return cls(data)
 
 

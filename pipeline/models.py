@@ -30,16 +30,21 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
 import engine as en
 from engine import data as en_data
 from pipeline.atomic import atomic_file
-from pipeline.bundle import CATEGORICAL_INPUT, DENSE_INPUT, EXPECTED_OUTPUT, PREDICTION_OUTPUT
+from pipeline.bundle import (
+    CATEGORICAL_INPUT,
+    DENSE_INPUT,
+    EXPECTED_OUTPUT,
+    PREDICTION_OUTPUT,
+)
 from pipeline.features import CATEGORICAL_FIELDS, FeatureMatrix, FeatureRows
 from pipeline.metrics import nwrmsle
 
@@ -215,7 +220,7 @@ class TrainingState:
         return {"format": STATE_FORMAT, "version": 1, **{k: v for k, v in self.__dict__.items()}}
 
     @classmethod
-    def read(cls, directory: Path, fingerprint: str) -> "TrainingState | None":
+    def read(cls, directory: Path, fingerprint: str) -> TrainingState | None:
         """The saved state, or None when there is none or it belongs to other data, params or code."""
         path = directory / STATE_FILE
         try:

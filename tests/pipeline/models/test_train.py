@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import os
 import signal
@@ -14,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipeline import tracking, train
 from pipeline.bundle import load_bundle
@@ -88,7 +87,7 @@ def test_origins_spread_over_a_year_where_the_padded_history_allows(tiny_frame):
     history = build_history(tiny_frame[0], first_day=int(tiny_frame[0]["date"].min().to_datetime64()
                                                          .astype("datetime64[D]").astype(np.int64)) - 400)
     spec = FeatureSpec(history_days=392, mean_windows=(7, 28), dow_weeks=(4,), promo_windows=(14,), yearly=True)
-    validation, inner, origins = train.origins(history, FeatureParams(spec, train_origins=26, origin_stride_days=7))
+    _, inner, origins = train.origins(history, FeatureParams(spec, train_origins=26, origin_stride_days=7))
     first_known = int(np.argmax(history.observed.any(axis=0)))
     assert min(origins) >= first_known + 27 and min(origins) - 391 < first_known  # windows reach before the data
     assert len(origins) == (inner - 16 - (first_known + 27)) // 7 + 1
