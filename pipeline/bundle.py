@@ -81,7 +81,8 @@ def _snapshot_arrays(snapshot: HistorySnapshot) -> tuple[dict[str, np.ndarray], 
                "origin_day": np.asarray(snapshot.origin_day, np.int64)}
     history.update({f"items.{k}": np.asarray(v) for k, v in snapshot.items.items()})
     history.update({f"stores.{k}": np.asarray(v) for k, v in snapshot.stores.items()})
-    calendar = {"days": snapshot.calendar_days.astype(np.int64), "holidays": snapshot.calendar_holidays.astype(np.uint8),
+    calendar = {"days": snapshot.calendar_days.astype(np.int64),
+                "holidays": snapshot.calendar_holidays.astype(np.uint8),
                 "store_nbr": np.asarray(snapshot.stores["store_nbr"], np.int32)}
     for name, array in list(history.items()) + list(calendar.items()):
         if array.dtype.kind == "O":
@@ -248,7 +249,8 @@ def load_bundle(path: Path | str) -> ModelBundle:
     except KeyError as exc:
         raise BundleError(f"{path}: history.npz/calendar.npz lacks array {exc}") from None
     if snapshot.sales.shape[1] != spec.history_days or snapshot.calendar_holidays.shape[2] != len(HOLIDAY_FLAGS):
-        raise BundleError(f"{path / 'history.npz'}: window shape {snapshot.sales.shape} does not match the feature spec")
+        raise BundleError(f"{path / 'history.npz'}: window shape {snapshot.sales.shape} does not match the "
+                          "feature spec")
     return ModelBundle(path=path, digest=digest, metadata=metadata, spec=spec, vocab=vocab, snapshot=snapshot,
                        training_stats=stats, model=_import_graph(path))
 

@@ -72,7 +72,8 @@ class FeatureSpec:
         object.__setattr__(self, "promo_windows", tuple(int(w) for w in self.promo_windows))
         longest = max(self.mean_windows + self.promo_windows + tuple(7 * k for k in self.dow_weeks))
         if self.history_days < longest:
-            raise FeatureInputError(f"features.history_days: {self.history_days} is shorter than the longest window ({longest} days)")
+            raise FeatureInputError(f"features.history_days: {self.history_days} is shorter than the longest window "
+                                    f"({longest} days)")
         if not 1 <= self.horizon <= MAX_HORIZON:
             raise FeatureInputError(f"features.horizon: must be 1..{MAX_HORIZON}, got {self.horizon}")
         if min(self.mean_windows + self.promo_windows + self.dow_weeks) < 1:
@@ -226,7 +227,8 @@ def _check_rows(spec: FeatureSpec, rows: FeatureRows) -> int:
         if name not in rows.categorical:
             raise FeatureInputError(f"categorical.{name}: missing")
         if np.shape(rows.categorical[name]) != (n,):
-            raise FeatureInputError(f"categorical.{name}: expected shape {(n,)}, got {np.shape(rows.categorical[name])}")
+            raise FeatureInputError(f"categorical.{name}: expected shape {(n,)}, "
+                                    f"got {np.shape(rows.categorical[name])}")
     return n
 
 
@@ -278,10 +280,12 @@ def build_features(spec: FeatureSpec, vocab: Vocabularies, rows: FeatureRows) ->
     if spec.yearly:
         columns += _yearly_columns(log_sales, sold, horizon, target_day)
 
-    dense = np.stack(columns, axis=1).astype(np.float32) if n else np.zeros((0, len(dense_feature_names(spec))), np.float32)
+    width = len(dense_feature_names(spec))
+    dense = np.stack(columns, axis=1).astype(np.float32) if n else np.zeros((0, width), np.float32)
     categorical = np.stack([vocab.encode(f, rows.categorical[f]) for f in CATEGORICAL_FIELDS], axis=1) if n \
         else np.zeros((0, len(CATEGORICAL_FIELDS)), np.int32)
-    return FeatureMatrix(dense=np.ascontiguousarray(dense), categorical=np.ascontiguousarray(categorical, dtype=np.int32))
+    return FeatureMatrix(dense=np.ascontiguousarray(dense),
+                         categorical=np.ascontiguousarray(categorical, dtype=np.int32))
 
 
 def _yearly_columns(log_sales: np.ndarray, sold: np.ndarray, horizon: np.ndarray, target_day: np.ndarray) -> list:

@@ -55,7 +55,7 @@ STATE_FORMAT = "shelfcast-train-state"
 
 
 def baseline_predict(rows: FeatureRows, weeks: int) -> np.ndarray:
-    """Day-of-week moving average: expm1 of the mean log1p sales on the target's weekday over the last ``weeks`` weeks."""
+    """Day-of-week moving average: expm1 of the mean log1p sales on the target's weekday over ``weeks`` weeks."""
     sales = np.log1p(np.asarray(rows.sales, np.float64))
     w = sales.shape[1]
     if 7 * weeks > w:

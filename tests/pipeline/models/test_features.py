@@ -56,6 +56,11 @@ def test_feature_values_by_hand():
 YEARLY = F.FeatureSpec(history_days=392, mean_windows=(7, 28), dow_weeks=(4,), promo_windows=(7,), yearly=True)
 
 
+def _yearly_values(sales) -> dict:
+    matrix = F.build_features(YEARLY, _vocab(), _rows(sales, horizon=3))
+    return dict(zip(F.dense_feature_names(YEARLY), matrix.dense[0]))
+
+
 def test_yearly_feature_values_by_hand():
     """Origin 2017-03-10 (column 391); target 2017-03-13 (h=3); its year-ago day is 2016-03-14, column 30."""
     sales = np.zeros(392)
@@ -63,7 +68,7 @@ def test_yearly_feature_values_by_hand():
     sales[30] = np.e**3 - 1  # log1p 3 on the year-ago day
     sales[27] = np.e**7 - 1  # log1p 7 on the year-ago origin (the base window's last day, just outside the week)
     sales[-28:] = np.e - 1  # log1p 1 on each of the last 28 days
-    values = dict(zip(F.dense_feature_names(YEARLY), F.build_features(YEARLY, _vocab(), _rows(sales, horizon=3)).dense[0]))
+    values = _yearly_values(sales)
     assert values["year_ago_known"] == 1
     assert values["year_ago_log1p"] == pytest.approx(3)
     assert values["year_ago_week_mean_log1p"] == pytest.approx(10 / 7)  # columns 27..33
@@ -79,7 +84,7 @@ def test_yearly_features_are_zero_where_the_series_had_not_sold_a_year_earlier()
     sales = np.zeros(392)
     sales[30] = np.e**3 - 1  # a first sale after the year-ago base window began (or history padded with zeros)
     sales[-5:] = 4.0
-    values = dict(zip(F.dense_feature_names(YEARLY), F.build_features(YEARLY, _vocab(), _rows(sales, horizon=3)).dense[0]))
+    values = _yearly_values(sales)
     assert all(values[name] == 0 for name in ("year_ago_known", "year_ago_log1p", "year_ago_week_mean_log1p",
                                              "year_ago_base_mean_log1p", "year_ago_season_change_log1p",
                                              "year_over_year_trend_log1p"))

@@ -1,4 +1,4 @@
-"""The baseline by hand; engine models (en.layers) learn, stop early, resume exactly, and never predict negative sales."""
+"""The baseline by hand; engine models (en.layers) learn, stop early, resume exactly, never predict negative sales."""
 
 from __future__ import annotations
 

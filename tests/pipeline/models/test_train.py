@@ -50,7 +50,8 @@ def test_a_train_is_an_mlflow_run_with_params_curves_metrics_tags_and_the_bundle
     assert "train.parquet:" in tags["data_version"] and tags["git_commit"]
     curve = tracking.metric_history(root, summary["run_id"], "validation_nwrmsle")
     every = TINY_PARAMS["train"]["eval_every_steps"]
-    assert len(curve) == summary["evaluations"] and [s for s, _ in curve] == [every * (i + 1) for i in range(len(curve))]
+    assert len(curve) == summary["evaluations"]
+    assert [s for s, _ in curve] == [every * (i + 1) for i in range(len(curve))]
     assert summary["steps_run"] == every * len(curve) and summary["best_step"] % every == 0
     artifacts = {a.path for a in tracking.client(root).list_artifacts(summary["run_id"], "bundle")}
     assert {"bundle/graph.json", "bundle/weights.npz", "bundle/bundle.json", "bundle/checksums.json"} <= artifacts
@@ -151,3 +152,20 @@ def test_a_killed_train_stage_resumes_and_ends_as_an_uninterrupted_run(trained_p
     weights = [(r / train.CANDIDATE_DIR / "weights.npz").read_bytes() for r in (root, template)]
     assert weights[0] == weights[1]
     assert not (root / train.CHECKPOINT_DIR).exists()  # a finished run leaves nothing to resume
+
+
+def test_on_small_data_the_linear_model_trains_fully_and_beats_the_baseline(tiny_frame):
+    """48 series: a handful of batches per epoch, yet the step budget trains the linear model past the baseline."""
+    import dataclasses
+
+    from pipeline.metrics import nwrmsle
+    from pipeline.model_params import feature_params, train_params
+    from pipeline.models import predict_weights
+
+    fparams, tparams = feature_params(TINY_PARAMS), train_params(TINY_PARAMS)
+    data = train.prepare_training(build_history(tiny_frame[0]), fparams, tparams.baseline_weeks)
+    config, result = train.fit(dataclasses.replace(tparams, model="linear"), data, fparams.spec)
+    assert result.steps_run > 10 * -(-data.train.units.size // tparams.batch_size)  # many epochs' worth of steps
+    inner = predict_weights(config, result.weights, data.inner.matrix)
+    assert nwrmsle(data.inner.units, inner, data.inner.weights) < nwrmsle(data.inner.units, data.inner.baseline,
+                                                                         data.inner.weights)
