@@ -19,9 +19,12 @@ from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 from app.config import AppSettings
 from app.events import PredictionEventSink
 from app.metrics import REQUEST_DURATION, count_event, metrics_blueprint, observe_model
+from app.model_store import ProductionWithFallback
 from app.predictor import Predictor
 from app.request_buffer import BODY_TIMED_OUT, BODY_TOO_LARGE, BufferedRequests
 from app.state import EXTENSION_KEY, ServingState
+from app.variants import Variants
+from pipeline.release_store import ReleaseStore
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # Sent with every response unless a route set its own (a report page may need other sources).
@@ -51,13 +54,19 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
                       MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.debug = False  # FLASK_DEBUG in the environment must not turn the debugger on in production
 
-    predictor = predictor or Predictor(settings.model_dir, settings.reload_interval_s)
+    variants = None
+    if predictor is None:  # production, its last good releases, and the canary/shadow beside it (models/)
+        models_dir = settings.model_dir.parent
+        predictor = ProductionWithFallback(Predictor(settings.model_dir, settings.reload_interval_s),
+                                           ReleaseStore(models_dir))
+        variants = Variants(models_dir, settings.reload_interval_s)
+        variants.check_now()
     predictor.check_now()
     if predictor.model is None:
         log.warning("no model served yet: %s", predictor.last_error or f"nothing at {settings.model_dir}")
     sink = sink or PredictionEventSink.from_environment(count=count_event)
     observe_model(predictor.model)
-    app.extensions[EXTENSION_KEY] = ServingState(settings=settings, predictor=predictor, sink=sink)
+    app.extensions[EXTENSION_KEY] = ServingState(settings=settings, predictor=predictor, sink=sink, variants=variants)
 
     # Request ids from a generator seeded once per process (create_app runs after gunicorn's fork):
     # as unique as uuid4, without an os.urandom system call on every request.

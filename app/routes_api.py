@@ -9,7 +9,7 @@ from flask import Blueprint, g, jsonify, request
 from app.errors import error_response
 from app.examples import example_for
 from app.openapi import openapi_document
-from app.service import predict_and_log
+from app.variants import predict_with_variants
 from app.state import serving_state
 from app.validation import FieldError, InputError, check_forecastable, parse_instances
 
@@ -51,9 +51,12 @@ def predict():
     if unavailable is not None:
         return unavailable
     check_forecastable(instances, model)
-    predictions = predict_and_log(model, instances, state.sink, g.request_id, g.started, source="api")
-    return jsonify({"model": {"name": model.name, "version": model.version}, "predictions": predictions,
-                    "request_id": g.request_id})
+    predictions, variants = predict_with_variants(model, state.variants, instances, state.sink, g.request_id,
+                                                  g.started, source="api")
+    response = jsonify({"model": {"name": model.name, "version": model.version}, "predictions": predictions,
+                        "request_id": g.request_id})
+    response.headers["X-Model-Variant"] = ",".join(variants)  # which release variant(s) answered
+    return response
 
 
 @api.get("/model")
@@ -61,7 +64,9 @@ def model_info():
     model, unavailable = model_or_503()
     if unavailable is not None:
         return unavailable
-    return jsonify(model.describe())
+    state = serving_state()
+    variants = {} if state.variants is None else {"variants": state.variants.describe()}
+    return jsonify({**model.describe(), **variants})
 
 
 @api.get("/items")

@@ -1,8 +1,8 @@
 """Forecast validated instances with the served model and record one prediction event for each.
 
 Shared by the JSON API and the form, so both log the same events (inputs, features, output,
-model name/version, latency, request id, and the readable family, store, horizon in days
-and model variant that dashboards group by) through the same sink.
+model name/version/kind, latency, request id, and the readable family, store, horizon in days
+and release variant — production, canary or shadow — that dashboards group by) through the same sink.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def forecast_instances(model: LoadedModel, instances: Sequence[Instance]) -> For
 
 def readable_fields(model: LoadedModel, instance: Instance, variant: str) -> dict:
     """What dashboards group by, in words and days (the features carry vocabulary codes and 0..1 scales):
-    the item's family name, the store's label, days after the forecast origin, the model kind."""
+    the item's family name, the store's label, days after the forecast origin, the release variant."""
     item = model.catalog.items.get(instance.item_nbr)
     store = model.catalog.stores.get(instance.store_nbr)
     return {"family": item.family if item else "unknown", "store": store.label if store else str(instance.store_nbr),
@@ -37,23 +37,31 @@ def readable_fields(model: LoadedModel, instance: Instance, variant: str) -> dic
 
 
 def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: PredictionEventSink, request_id: str,
-                    started: float, source: str) -> list[dict]:
-    """Predictions as JSON-ready dicts; emits one event per instance (never raises for logging)."""
+                    started: float, source: str, variant: str = "production",
+                    positions: Sequence[int] | None = None, batch_size: int | None = None,
+                    canary_failed: bool = False) -> list[dict]:
+    """Predictions as JSON-ready dicts; emits one event per instance (never raises for logging).
+
+    ``variant`` is the release variant that answers (production, canary, shadow: app/variants.py);
+    ``positions`` the instances' places in the request (of ``batch_size``) when it was split between variants."""
     result = forecast_instances(model, instances)
     units = [round(float(u), 4) for u in result.units]
     expected = None if result.expected_units is None else [round(float(u), 4) for u in result.expected_units]
     PREDICTIONS.labels(source).inc(len(units))
     latency_ms = (time.perf_counter() - started) * 1000.0
     predictions = []
-    variant = str((model.bundle.metadata.get("model") or {}).get("kind", "unknown"))
+    kind = str((model.bundle.metadata.get("model") or {}).get("kind", "unknown"))
     for index, (instance, value) in enumerate(zip(instances, units)):
         inputs = instance.to_json()
         sink.emit(prediction_event(
             request_id=request_id, model_name=model.name, model_version=model.version, inputs=inputs,
             features=model.feature_record(result.features, index),
             output={"unit_sales": value, **({} if expected is None else {"expected_units": expected[index]})},
-            latency_ms=round(latency_ms, 3), source=source, instance_index=index, batch_size=len(instances),
-            model_digest=model.bundle.digest, **readable_fields(model, instance, variant),
+            latency_ms=round(latency_ms, 3), source=source,
+            instance_index=index if positions is None else int(positions[index]),
+            batch_size=batch_size or len(instances),
+            model_digest=model.bundle.digest, model_kind=kind, **readable_fields(model, instance, variant),
+            **({"canary_failed": True} if canary_failed else {}),
         ))
         predictions.append({**inputs, "unit_sales": value,
                             **({} if expected is None else {"expected_units": expected[index]})})

@@ -5,12 +5,16 @@
 BIN ?= .venv/bin
 STAMP ?= $(BIN)/../.installed
 IMAGE ?= shelfcast-app
+# image references must be lowercase (a GitHub owner may not be): what build/publish use
+IMAGE_LC = $(shell printf '%s' '$(IMAGE)' | tr '[:upper:]' '[:lower:]')
+REGISTRY_LC = $(shell printf '%s' '$(REGISTRY)' | tr '[:upper:]' '[:lower:]')
 IMAGE_TAG ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo local)
 REGISTRY ?=
 DVC := PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc
 
 .PHONY: ml-pipeline threshold-test metrics-event promote dvc-push fetch-model lint-docker \
-        build-image publish-image deploy drift monitoring-setup test-monitoring
+        build-image publish-image deploy rollback release-status release-sync compose-up drift monitoring-setup \
+        test-monitoring
 
 ml-pipeline: $(STAMP)                 ## dvc repro: download .. evaluate (evaluate's threshold test fails the run)
 	$(DVC) repro
@@ -40,18 +44,35 @@ lint-docker: $(STAMP)                 ## hadolint both Dockerfiles + compose-spe
 
 build-image: lint-docker fetch-model  ## docker build (where a Docker engine exists)
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
-	  docker build -t $(IMAGE):$(IMAGE_TAG) . ; \
+	  docker build -t $(IMAGE_LC):$(IMAGE_TAG) . ; \
 	else echo "build-image: no Docker engine here; Dockerfile linted, bundle verified, nothing built"; fi
 
-publish-image: build-image            ## docker push $(REGISTRY)/$(IMAGE):$(IMAGE_TAG) (needs REGISTRY and a login)
+publish-image: build-image            ## docker push $(REGISTRY)/$(IMAGE):$(IMAGE_TAG), lowercased (needs REGISTRY and a login)
 	@if [ -z "$(REGISTRY)" ]; then echo "publish-image: REGISTRY not set; nothing published"; \
 	elif ! command -v docker >/dev/null 2>&1; then echo "publish-image: no Docker engine; nothing published"; \
-	else docker tag $(IMAGE):$(IMAGE_TAG) $(REGISTRY)/$(IMAGE):$(IMAGE_TAG) && docker push $(REGISTRY)/$(IMAGE):$(IMAGE_TAG); fi
+	else docker tag $(IMAGE_LC):$(IMAGE_TAG) $(REGISTRY_LC)/$(IMAGE_LC):$(IMAGE_TAG) && docker push $(REGISTRY_LC)/$(IMAGE_LC):$(IMAGE_TAG); fi
 
-deploy: lint-docker                   ## docker compose up (where Docker exists); the stack's files are validated first
+SHELFCAST_URL ?= http://127.0.0.1:5005
+CANARY_SHARE ?= 0.1
+OBSERVE_S ?= 60
+SHADOW_S ?= 30
+deploy: $(STAMP)                      ## release the candidate (alias shadow/canary) to the Shelfcast at SHELFCAST_URL: shadow -> canary -> hot reload -> smoke -> check -> promote, or rollback
+	$(BIN)/python -m pipeline.release deploy --url $(SHELFCAST_URL) --shadow-s $(SHADOW_S) --share $(CANARY_SHARE) \
+	  --observe-s $(OBSERVE_S)
+
+rollback: $(STAMP)                    ## production back to the previous production version (from the host's disk: seconds)
+	$(BIN)/python -m pipeline.release rollback
+
+release-status: $(STAMP)              ## the registry aliases, the canary share and the releases kept on this host
+	$(BIN)/python -m pipeline.release status
+
+release-sync: $(STAMP)                ## install what the aliases name into models/ (a fresh or restarted serving host)
+	$(BIN)/python -m pipeline.release sync
+
+compose-up: lint-docker               ## docker compose up (where Docker exists); the stack's files are validated first
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
 	  SHELFCAST_IMAGE_TAG=$(IMAGE_TAG) docker compose up -d --wait ; \
-	else echo "deploy: no Docker engine here; docker-compose.yml validated, nothing started"; fi
+	else echo "compose-up: no Docker engine here; docker-compose.yml validated, nothing started"; fi
 
 drift: $(STAMP)                       ## drift report from logs/predictions.jsonl (exit 1 on a drift alarm)
 	$(BIN)/python -m monitoring.drift

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from pipeline import registry_fetch, tracking
 from pipeline.bundle import load_bundle, verify_bundle
 
@@ -24,6 +26,14 @@ def test_promote_records_where_the_serving_bundle_is(released, registry_env):
     assert canary.tags[registry_fetch.TAG_DIGEST] != version.tags[registry_fetch.TAG_DIGEST]
 
 
+def test_fetch_by_alias_into_an_empty_directory(released, registry_env, tmp_path):
+    fresh = tmp_path / "host"
+    assert registry_fetch.main(["--root", str(fresh), "--alias", "production"]) == 0
+    version = tracking.client(fresh).get_model_version_by_alias(tracking.REGISTERED_MODEL, "production")
+    assert verify_bundle(fresh / "models/production") == version.tags[registry_fetch.TAG_DIGEST]
+
+
+@pytest.mark.slow
 def test_a_fresh_clone_with_only_the_tracking_uri_fetches_and_can_serve(released, registry_env, tmp_path):
     from app.predictor import load_model
 

@@ -60,3 +60,27 @@ def test_every_ci_step_is_a_make_target_defined_here(repo_root):
                             cwd=repo_root, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "No rule to make target" not in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not found on PATH")
+def test_the_image_name_is_lowercase_whatever_the_owner_is_called(repo_root):
+    """ghcr.io/${{ github.repository_owner }} keeps an owner's capitals; docker refuses them in a reference."""
+    script = ("cat > /tmp/.shelfcast-mk-probe.mk <<'MK'\nprobe:\n\t@echo $(REGISTRY_LC)/$(IMAGE_LC)\nMK\n"
+              "make -s -f monitoring/delivery.mk -f /tmp/.shelfcast-mk-probe.mk probe "
+              "REGISTRY=ghcr.io/Some-Owner IMAGE=Shelfcast-App")
+    result = subprocess.run(["bash", "-c", script], cwd=repo_root, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "ghcr.io/some-owner/shelfcast-app", result.stderr
+    publish = (repo_root / "monitoring" / "delivery.mk").read_text(encoding="utf-8").split("\npublish-image:")[1]
+    assert "docker push $(REGISTRY_LC)/$(IMAGE_LC)" in publish.split("\n\n")[0]
+
+
+def test_the_app_pipeline_needs_no_git_commit_from_the_ml_pipeline(repo_root):
+    """The handoff is the registry alias (pipeline/registry_fetch.py), not a committed models/production.dvc."""
+    ml, app = workflow(repo_root, "ml-pipeline.yml"), workflow(repo_root, "app-pipeline.yml")
+    assert ml["jobs"]["train-evaluate-promote"]["env"]["SHELFCAST_PROMOTE_ALIAS"] == "shadow"
+    assert ml["permissions"] == {"contents": "read"}  # it could not push a commit if it tried
+    triggers = app.get("on") or app.get(True)
+    assert not any(".dvc" in p for p in triggers["push"]["paths"])
+    release = app["jobs"]["release"]
+    assert "MLFLOW_TRACKING_URI" in release["env"] and "self-hosted" in release["runs-on"]
+    assert make_targets_in({"jobs": {"release": release}})[-1] == "deploy"

@@ -1,0 +1,143 @@
+"""Release variants in the app: a canary answers a sticky share of store×items, a shadow mirrors every request.
+
+Which bundles are the canary and the shadow is decided in the registry (aliases ``canary``
+and ``shadow`` of shelfcast-forecaster; pipeline/release.py moves them and installs the
+bundles under models/canary and models/shadow); this module only serves what is installed,
+hot-reloading like production. The canary's share comes from models/release.json.
+
+- canary: a store×item goes to the canary when ``crc32("store:item") mod 10000`` is below
+  ``share × 10000`` — the same series always gets the same variant, so a forecast does not
+  flip between models from one request to the next;
+- shadow: every request is also forecast by the shadow after production answered; its
+  predictions are logged as events with ``model_variant: shadow`` and the same request id,
+  never returned. A shadow or canary failure never fails a request: production answers (its
+  events then carry ``canary_failed: true``, which the release decision counts as canary errors).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+from app.events import PredictionEventSink
+from app.predictor import LoadedModel, Predictor
+from app.service import predict_and_log
+from app.validation import InputError, Instance, check_forecastable
+from pipeline.release_store import CANARY, PRODUCTION, SHADOW, read_canary_share
+
+log = logging.getLogger(__name__)
+BUCKETS = 10_000
+
+
+def canary_bucket(store_nbr: int, item_nbr: int) -> int:
+    """The series' fixed bucket 0..9999 (stable across processes and restarts, unlike hash())."""
+    return zlib.crc32(f"{int(store_nbr)}:{int(item_nbr)}".encode()) % BUCKETS
+
+
+def goes_to_canary(store_nbr: int, item_nbr: int, share: float) -> bool:
+    return canary_bucket(store_nbr, item_nbr) < round(share * BUCKETS)
+
+
+class Variants:
+    """The canary and shadow predictors beside production's, and the canary share."""
+
+    def __init__(self, models_dir: Path, reload_interval_s: float, clock=time.monotonic):
+        self.models_dir = Path(models_dir)
+        self.canary = Predictor(self.models_dir / CANARY, reload_interval_s)
+        self.shadow = Predictor(self.models_dir / SHADOW, reload_interval_s)
+        self.reload_interval_s = reload_interval_s
+        self._clock = clock
+        self._share = 0.0
+        self._share_checked = float("-inf")
+
+    def check_now(self) -> None:
+        """Load the installed candidates now (at start-up), so a series' variant does not change once they load."""
+        self.canary.check_now()
+        self.shadow.check_now()
+        self.canary_share()
+
+    def _installed(self, predictor: Predictor) -> LoadedModel | None:
+        # a removed candidate stops serving at once (the Predictor keeps its last model otherwise)
+        return predictor.model if predictor.path.is_dir() else None
+
+    def canary_model(self) -> LoadedModel | None:
+        return self._installed(self.canary)
+
+    def shadow_model(self) -> LoadedModel | None:
+        return self._installed(self.shadow)
+
+    def canary_share(self) -> float:
+        now = self._clock()
+        if now - self._share_checked >= self.reload_interval_s:
+            self._share_checked = now
+            try:
+                self._share = read_canary_share(self.models_dir)
+            except ValueError as exc:
+                log.error("%s; canary share 0 until it is fixed", exc)
+                self._share = 0.0
+        return self._share
+
+    def describe(self) -> dict:
+        """What /api/v1/model reports about the candidates (the deploy's smoke test reads it)."""
+        out: dict = {"canary_share": self.canary_share()}
+        for name, model in ((CANARY, self.canary_model()), (SHADOW, self.shadow_model())):
+            out[name] = None if model is None else {"name": model.name, "version": model.version,
+                                                     "digest": model.bundle.digest}
+        return out
+
+
+def _forecastable(instances: Sequence[Instance], model: LoadedModel) -> bool:
+    try:
+        check_forecastable(list(instances), model)
+    except InputError:
+        return False
+    return True
+
+
+def predict_with_variants(production: LoadedModel, variants: Variants | None, instances: Sequence[Instance],
+                          sink: PredictionEventSink, request_id: str, started: float,
+                          source: str) -> tuple[list[dict], list[str]]:
+    """(predictions in request order, the variants that answered); shadow forecasts are only logged."""
+    canary = variants.canary_model() if variants is not None else None
+    share = variants.canary_share() if canary is not None else 0.0
+    to_canary = [i for i, inst in enumerate(instances)
+                 if share > 0 and goes_to_canary(inst.store_nbr, inst.item_nbr, share)]
+    if to_canary and not _forecastable([instances[i] for i in to_canary], canary):
+        to_canary = []  # the canary cannot forecast these (another catalog or horizon): production answers
+    if not to_canary:
+        answered = predict_and_log(production, instances, sink, request_id, started, source)
+        used = [PRODUCTION]
+    else:
+        chosen = set(to_canary)
+        rest = [i for i in range(len(instances)) if i not in chosen]
+        answered = [None] * len(instances)
+        used = []
+        for variant, model, positions in ((PRODUCTION, production, rest), (CANARY, canary, to_canary)):
+            if not positions:
+                continue
+            group = [instances[i] for i in positions]
+            try:
+                got = predict_and_log(model, group, sink, request_id, started, source,
+                                      variant=variant, positions=positions, batch_size=len(instances))
+            except Exception:
+                if variant != CANARY:
+                    raise
+                # production answers; its events say the canary failed (the release decision counts them)
+                log.exception("canary model %s failed on request %s; production answered", model.version, request_id)
+                variant = PRODUCTION
+                got = predict_and_log(production, group, sink, request_id, started, source, variant=variant,
+                                      positions=positions, batch_size=len(instances), canary_failed=True)
+            used.append(variant)
+            for position, prediction in zip(positions, got):
+                answered[position] = prediction
+    shadow = variants.shadow_model() if variants is not None else None
+    if shadow is not None:
+        try:
+            if _forecastable(instances, shadow):
+                predict_and_log(shadow, instances, sink, request_id, time.perf_counter(), source, variant=SHADOW)
+        except Exception:  # the shadow must never cost a user an answer
+            log.exception("shadow model %s failed on request %s", shadow.version, request_id)
+    return answered, sorted(set(used))

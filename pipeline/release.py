@@ -1,0 +1,558 @@
+"""Releases on the serving host: registry aliases are the state, the models directory follows them.
+
+The aliases ``production``, ``canary`` and ``shadow`` of shelfcast-forecaster (visible in the
+MLflow UI) say which version plays which part; every command here first moves or reads an
+alias, then installs the bundles it names from the host's release store (pipeline/
+release_store.py, the last N versions on disk; fetched from the registry once), and the
+running app hot-reloads them (app/variants.py).
+
+    python -m pipeline.release status
+    python -m pipeline.release shadow  [--version V | --alias A]  candidate mirrors every request, never answers
+    python -m pipeline.release canary  [--version V | --alias A] [--share 0.1]   answers a sticky share
+    python -m pipeline.release decide  [--events logs/predictions.jsonl] [--actuals sales.csv] [--apply]
+    python -m pipeline.release promote [--version V]   candidate -> production (previous one remembered)
+    python -m pipeline.release rollback                production -> the previous production version
+    python -m pipeline.release deploy  --url http://127.0.0.1:5005 [--version V] [--shadow-s 30] [--share 0.1]
+                                       [--observe-s 60] [--actuals sales.csv]
+    python -m pipeline.release sync    install what the aliases name (a fresh or restarted host)
+
+``deploy`` is `make deploy`: a shadow phase first (``--shadow-s``: alias ``shadow``, judged
+by the same rule) -> alias ``canary`` -> hot reload (waits until GET /api/v1/model shows the
+canary's digest) -> smoke test (predictions through the API, the canary among those who
+answer) -> canary check (``compare`` on the traffic logged since the canary went live) ->
+promote, or roll back automatically. The decision rule is ``compare``'s docstring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from pipeline import registry_fetch, tracking
+from pipeline.bundle import BundleError
+from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
+
+PREVIOUS_TAG = "previous_production"  # registered-model tag: the version `rollback` returns to
+DEFAULT_SHARE = 0.1
+DEFAULT_EVENTS = Path(os.environ.get("SHELFCAST_PREDICTION_LOG", "").strip() or "logs/predictions.jsonl")
+# the decision rule's numbers (stated in compare's docstring and README "Releases")
+MIN_EVENTS = 30  # fewer candidate predictions than this: no decision, keep observing
+MAX_EXTRA_ERROR_RATE = 0.01  # candidate errors may exceed production's by at most 1 point ...
+Z_ONE_SIDED_95 = 1.645  # ... with 95 % one-sided confidence (two-proportion z-test)
+MAX_LATENCY_RATIO = 1.5  # candidate p95 latency at most 1.5x production's
+MAX_FORECAST_SHIFT = 0.5  # |median log1p(candidate) - log1p(production)| on the same requests (or series)
+NWRMSLE_MARGIN = 0.0  # with actuals: candidate NWRMSLE's 95 % bootstrap interval must not lie above production's + this
+
+
+class ReleaseError(RuntimeError):
+    """A release step cannot be done; the message says which and why."""
+
+
+# --- registry state ---------------------------------------------------------------------------
+
+def _client(root: Path):
+    return tracking.client(root)
+
+
+def aliases(root: Path, name: str = tracking.REGISTERED_MODEL) -> dict[str, str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return {k: str(v) for k, v in _client(root).get_registered_model(name).aliases.items()}
+    except MlflowException as exc:
+        raise ReleaseError(f"registered model {name} at {tracking.tracking_uri(root)}: {exc.message}") from None
+
+
+def _version(root: Path, version: str, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client(root).get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise ReleaseError(f"{name} version {version}: {exc.message}") from None
+
+
+def ensure_release(root: Path, store: ReleaseStore, version: str, name: str = tracking.REGISTERED_MODEL) -> str:
+    """Release ``version`` on disk (downloaded once from the registry, verified); returns its digest."""
+    mv = _version(root, version, name)
+    want = (mv.tags or {}).get(registry_fetch.TAG_DIGEST)
+    if store.has_release(version, want) and want:
+        return want
+    store.root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download.", dir=store.root) as scratch:
+        registry_fetch.download_version(root, mv, Path(scratch) / "bundle")
+        return store.add_release(version, Path(scratch) / "bundle")
+
+
+def install(root: Path, store: ReleaseStore, variant: str, version: str, name: str = tracking.REGISTERED_MODEL) -> str:
+    ensure_release(root, store, version, name)
+    return store.install(variant, version)
+
+
+def sync(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MODEL) -> dict[str, str | None]:
+    """Make the models directory match the aliases (what a fresh or restarted host runs)."""
+    current = aliases(root, name)
+    done: dict[str, str | None] = {}
+    for variant in (PRODUCTION, CANARY, SHADOW):
+        if variant in current:
+            install(root, store, variant, current[variant], name)
+            done[variant] = current[variant]
+        elif variant != PRODUCTION:
+            store.remove(variant)
+            done[variant] = None
+    if PRODUCTION not in current:
+        raise ReleaseError(f"models:/{name}@production does not exist yet: promote a model first")
+    return done
+
+
+def set_candidate(root: Path, store: ReleaseStore, variant: str, version: str, share: float | None = None,
+                  name: str = tracking.REGISTERED_MODEL) -> str:
+    """Install ``version`` as shadow or canary, then move the alias (the registry never names what is not served)."""
+    digest = install(root, store, variant, version, name)
+    if variant == CANARY:
+        store.set_canary_share(DEFAULT_SHARE if share is None else share)
+    _client(root).set_registered_model_alias(name, variant, str(version))
+    return digest
+
+
+def end_candidate(root: Path, store: ReleaseStore, variant: str, name: str = tracking.REGISTERED_MODEL) -> None:
+    """Stop serving a candidate: alias deleted first (the registry's word), then the files."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _client(root).delete_registered_model_alias(name, variant)
+    except MlflowException:
+        pass  # no such alias: nothing to end
+    store.remove(variant)
+    if variant == CANARY:
+        store.set_canary_share(0.0)
+
+
+def promote(root: Path, store: ReleaseStore, version: str | None = None, name: str = tracking.REGISTERED_MODEL) -> str:
+    """Make ``version`` (default: the canary's, else the shadow's) production; the old one is remembered."""
+    current = aliases(root, name)
+    version = version or current.get(CANARY) or current.get(SHADOW)
+    if not version:
+        raise ReleaseError("nothing to promote: no --version and no canary or shadow alias")
+    install(root, store, PRODUCTION, version, name)
+    mlflow_client = _client(root)
+    previous = current.get(PRODUCTION)
+    if previous and previous != str(version):
+        mlflow_client.set_registered_model_tag(name, PREVIOUS_TAG, previous)
+    mlflow_client.set_registered_model_alias(name, PRODUCTION, str(version))
+    for variant in (CANARY, SHADOW):
+        if current.get(variant) == str(version):
+            end_candidate(root, store, variant, name)
+    return str(version)
+
+
+def rollback(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MODEL) -> tuple[str, str]:
+    """Production back to the previous production version (from disk: seconds); (from, to)."""
+    model = _client(root).get_registered_model(name)
+    previous = (model.tags or {}).get(PREVIOUS_TAG)
+    current = model.aliases.get(PRODUCTION)
+    if not previous:
+        raise ReleaseError(f"{name} records no previous production version ({PREVIOUS_TAG}); nothing to roll back to")
+    install(root, store, PRODUCTION, previous, name)
+    mlflow_client = _client(root)
+    mlflow_client.set_registered_model_alias(name, PRODUCTION, previous)
+    if current:
+        mlflow_client.set_registered_model_tag(name, PREVIOUS_TAG, str(current))
+    for variant in (CANARY, SHADOW):
+        end_candidate(root, store, variant, name)
+    return str(current), previous
+
+
+# --- the decision on logged traffic -----------------------------------------------------------
+
+@dataclass
+class VariantTraffic:
+    predictions: int = 0
+    errors: int = 0  # canary attempts that production had to answer (events with canary_failed)
+    latencies_ms: list[float] = field(default_factory=list)
+    by_request: dict[tuple, float] = field(default_factory=dict)  # (request id, instance) -> units
+    by_series: dict[tuple, list[float]] = field(default_factory=dict)  # (store, item, date) -> units
+
+
+def _event_time(event: dict) -> float:
+    """The event's time (app/events.py stamps an ISO-8601 UTC ``timestamp``); +inf when unreadable (kept)."""
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(str(event["timestamp"])).timestamp()
+    except (KeyError, ValueError):
+        return math.inf
+
+
+def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str, VariantTraffic]:
+    traffic: dict[str, VariantTraffic] = {}
+    for event in events:
+        if since is not None and _event_time(event) < since:
+            continue
+        variant = str(event.get("model_variant", PRODUCTION))
+        if variant not in (PRODUCTION, CANARY, SHADOW):
+            variant = PRODUCTION  # events from before release variants: production's
+        units = (event.get("output") or {}).get("unit_sales")
+        inputs = event.get("inputs") or {}
+        t = traffic.setdefault(variant, VariantTraffic())
+        if event.get("canary_failed"):
+            traffic.setdefault(CANARY, VariantTraffic()).errors += 1
+        if not isinstance(units, (int, float)):
+            continue
+        t.predictions += 1
+        if isinstance(event.get("latency_ms"), (int, float)):
+            t.latencies_ms.append(float(event["latency_ms"]))
+        t.by_request[(event.get("request_id"), event.get("instance_index"))] = float(units)
+        key = (inputs.get("store_nbr"), inputs.get("item_nbr"), inputs.get("date"))
+        t.by_series.setdefault(key, []).append(float(units))
+    return traffic
+
+
+def read_events(path: Path, since: float | None = None) -> dict[str, VariantTraffic]:
+    if not path.is_file():
+        raise ReleaseError(f"{path}: no prediction events (set SHELFCAST_PREDICTION_LOG, or point --events at them)")
+    events = []
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue  # a torn last line of a live log: not evidence either way
+    return read_traffic(events, since)
+
+
+def read_actuals(path: Path) -> dict[tuple, float]:
+    """(store_nbr, item_nbr, date) -> unit_sales from a CSV with those columns (header row)."""
+    import csv
+
+    actuals = {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"store_nbr", "item_nbr", "date", "unit_sales"} - set(reader.fieldnames or [])
+        if missing:
+            raise ReleaseError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        for row_number, row in enumerate(reader, 2):
+            try:
+                actuals[(int(row["store_nbr"]), int(row["item_nbr"]), row["date"])] = max(float(row["unit_sales"]), 0.0)
+            except ValueError as exc:
+                raise ReleaseError(f"{path}: row {row_number}: {exc}") from None
+    return actuals
+
+
+@dataclass
+class Verdict:
+    candidate: str  # canary or shadow
+    decision: str  # promote, rollback, wait
+    reasons: list[str]
+    figures: dict
+
+
+def _rmsle(pairs: list[tuple[float, float]]) -> float:
+    return math.sqrt(sum((math.log1p(p) - math.log1p(a)) ** 2 for p, a in pairs) / len(pairs))
+
+
+def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tuple, float] | None = None,
+            seed: int = 0) -> Verdict:
+    """The decision rule. Roll back if any of these holds, promote if none does and there is enough traffic:
+
+    - errors: the candidate's error rate exceeds production's by more than 1 point with 95 %
+      one-sided confidence (two-proportion z-test) — or any error at all with < MIN_EVENTS;
+    - latency: the candidate's p95 latency is above 1.5x production's;
+    - forecast distribution: the median of log1p(candidate) - log1p(production) over the same
+      requests (shadow) or the same store×item×date (canary) is beyond ±0.5 (a factor of ~1.65);
+    - live accuracy (only with actuals): the 95 % bootstrap interval of candidate RMSLE minus
+      production RMSLE lies entirely above 0 (shadow: over the same series, paired; canary:
+      over each variant's own series).
+    Fewer than MIN_EVENTS candidate predictions: wait (no decision).
+    """
+    base, cand = traffic.get(PRODUCTION, VariantTraffic()), traffic.get(candidate, VariantTraffic())
+    figures: dict = {"production_predictions": base.predictions, f"{candidate}_predictions": cand.predictions,
+                     f"{candidate}_errors": cand.errors}
+    reasons: list[str] = []
+    attempts = cand.predictions + cand.errors
+    if attempts and cand.errors:
+        rate = cand.errors / attempts
+        base_rate = base.errors / max(base.predictions + base.errors, 1)
+        pooled = (cand.errors + base.errors) / max(attempts + base.predictions + base.errors, 1)
+        se = math.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / attempts + 1 / max(base.predictions, 1)))
+        z = (rate - base_rate - MAX_EXTRA_ERROR_RATE) / se
+        figures.update(error_rate=round(rate, 4), production_error_rate=round(base_rate, 4), error_z=round(z, 2))
+        if z > Z_ONE_SIDED_95 or attempts < MIN_EVENTS:
+            reasons.append(f"errors: {cand.errors} of {attempts} {candidate} answers failed "
+                           f"({rate:.1%} vs production {base_rate:.1%})")
+    if cand.latencies_ms and base.latencies_ms:
+        p95c, p95b = float(np.percentile(cand.latencies_ms, 95)), float(np.percentile(base.latencies_ms, 95))
+        figures.update(latency_p95_ms=round(p95c, 2), production_latency_p95_ms=round(p95b, 2))
+        if p95c > MAX_LATENCY_RATIO * max(p95b, 1.0):
+            reasons.append(f"latency: p95 {p95c:.1f} ms > {MAX_LATENCY_RATIO}x production's {p95b:.1f} ms")
+    if candidate == SHADOW:
+        shared = [(cand.by_request[k], base.by_request[k]) for k in cand.by_request.keys() & base.by_request.keys()]
+    else:
+        shared = [(float(np.mean(cand.by_series[k])), float(np.mean(base.by_series[k])))
+                  for k in cand.by_series.keys() & base.by_series.keys()]
+    if shared:
+        shift = float(np.median([math.log1p(c) - math.log1p(b) for c, b in shared]))
+        figures.update(forecast_log_shift=round(shift, 4), compared_pairs=len(shared))
+        if abs(shift) > MAX_FORECAST_SHIFT:
+            reasons.append(f"forecast distribution: median log1p shift {shift:+.3f} beyond ±{MAX_FORECAST_SHIFT}")
+    elif candidate != SHADOW and cand.by_series:
+        # a canary answers other series than production: compare the forecast levels instead
+        cand_all = [u for v in cand.by_series.values() for u in v]
+        base_all = [u for v in base.by_series.values() for u in v]
+        if base_all:
+            shift = float(np.median(np.log1p(cand_all)) - np.median(np.log1p(base_all)))
+            figures.update(forecast_log_shift=round(shift, 4))
+            if abs(shift) > MAX_FORECAST_SHIFT:
+                reasons.append(f"forecast distribution: median log1p level {shift:+.3f} from production's")
+    if actuals:
+        live = _live_accuracy(cand, base, actuals, paired=candidate == SHADOW, seed=seed)
+        if live is not None:
+            figures.update(live)
+            low, high = live["live_rmsle_diff_interval"]
+            if low > NWRMSLE_MARGIN:
+                reasons.append(f"live accuracy: RMSLE worse than production's by {low:.4f}..{high:.4f} (95 %)")
+    if reasons:
+        return Verdict(candidate, "rollback", reasons, figures)
+    if cand.predictions < MIN_EVENTS:
+        return Verdict(candidate, "wait", [f"only {cand.predictions} {candidate} predictions logged; "
+                                           f"{MIN_EVENTS} are needed for a decision"], figures)
+    return Verdict(candidate, "promote", ["no rule broken"], figures)
+
+
+def _log_errors(traffic: VariantTraffic, actuals: dict[tuple, float]) -> dict[tuple, float]:
+    return {key: (math.log1p(float(np.mean(units))) - math.log1p(actuals[key])) ** 2
+            for key, units in traffic.by_series.items() if key in actuals}
+
+
+def _live_accuracy(cand: VariantTraffic, base: VariantTraffic, actuals: dict[tuple, float], paired: bool,
+                   seed: int, resamples: int = 1000) -> dict | None:
+    """RMSLE of each variant against the actual sales, and a 95 % bootstrap interval of the difference.
+
+    Shadow: the same series (paired resampling). Canary: each variant's own series (a sticky split:
+    no series is answered by both), resampled independently. None with fewer than 5 series a side.
+    """
+    errors_c, errors_b = _log_errors(cand, actuals), _log_errors(base, actuals)
+    if paired:
+        keys = sorted(errors_c.keys() & errors_b.keys(), key=str)
+        errors_c, errors_b = {k: errors_c[k] for k in keys}, {k: errors_b[k] for k in keys}
+    if len(errors_c) < 5 or len(errors_b) < 5:
+        return None
+    c, b = np.asarray(list(errors_c.values())), np.asarray(list(errors_b.values()))
+    rng = np.random.default_rng(seed)
+    pick_c = rng.integers(0, c.size, size=(resamples, c.size))
+    pick_b = pick_c if paired else rng.integers(0, b.size, size=(resamples, b.size))
+    diffs = np.sqrt(c[pick_c].mean(axis=1)) - np.sqrt(b[pick_b].mean(axis=1))
+    low, high = (float(x) for x in np.percentile(diffs, [2.5, 97.5]))
+    return {"live_rmsle": round(float(np.sqrt(c.mean())), 4),
+            "production_live_rmsle": round(float(np.sqrt(b.mean())), 4),
+            "live_rmsle_diff_interval": [round(low, 4), round(high, 4)], "live_series": [int(c.size), int(b.size)]}
+
+
+# --- deploy: alias move -> hot reload -> smoke -> canary check -> promote or roll back ------------
+
+def _get_json(url: str, timeout: float = 5.0) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def _post_json(url: str, body: dict, timeout: float = 30.0) -> tuple[int, dict, str]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read()), response.headers.get("X-Model-Variant", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}, ""
+
+
+def wait_for_variant(url: str, variant: str, digest: str, timeout_s: float) -> float:
+    """Seconds until GET /api/v1/model shows ``digest`` as ``variant`` (the hot reload); ReleaseError on timeout."""
+    started = time.perf_counter()
+    while True:
+        try:
+            info = _get_json(f"{url}/api/v1/model")
+            shown = info if variant == PRODUCTION else ((info.get("variants") or {}).get(variant) or {})
+            served = shown.get("digest")
+            if served == digest:
+                return time.perf_counter() - started
+        except (OSError, ValueError):
+            pass
+        if time.perf_counter() - started > timeout_s:
+            raise ReleaseError(f"{url}: {variant} {digest[:12]} not served after {timeout_s:.0f} s (hot reload)")
+        time.sleep(0.2)
+
+
+def smoke_test(url: str, requests: int = 40) -> dict:
+    """Predictions through the API over many store×items; every one must answer 200 with finite units."""
+    info = _get_json(f"{url}/api/v1/model")
+    stores = [s["store_nbr"] for s in info["stores"]]
+    items = _get_json(f"{url}/api/v1/items?limit=50")["items"]
+    first = info["horizon"]["first_date"]
+    answered: dict[str, int] = {}
+    for n in range(requests):
+        body = {"instances": [{"store_nbr": stores[n % len(stores)], "item_nbr": items[n % len(items)]["item_nbr"],
+                               "date": first, "onpromotion": False}]}
+        status, payload, variants = _post_json(f"{url}/api/v1/predict", body)
+        units = (payload.get("predictions") or [{}])[0].get("unit_sales") if status == 200 else None
+        if status != 200 or not isinstance(units, (int, float)) or not math.isfinite(units):
+            raise ReleaseError(f"smoke test: POST /api/v1/predict answered {status} ({payload or 'no body'})")
+        for v in variants.split(","):
+            answered[v] = answered.get(v, 0) + 1
+    return answered
+
+
+def observe(events: Path, since: float, variant: str, seconds: float, actuals: dict | None) -> Verdict:
+    """``compare`` on the traffic logged since ``since`` until it decides, or ``seconds`` are up."""
+    deadline = time.time() + seconds
+    while True:
+        verdict = compare(read_events(events, since=since), variant, actuals)
+        if verdict.decision != "wait" or time.time() >= deadline:
+            return verdict
+        time.sleep(1.0)
+
+
+def deploy(root: Path, store: ReleaseStore, url: str, events: Path, version: str | None = None,
+           share: float = DEFAULT_SHARE, observe_s: float = 30.0, reload_timeout_s: float = 60.0,
+           actuals: dict | None = None, say=print, name: str = tracking.REGISTERED_MODEL,
+           shadow_s: float = 0.0) -> dict:
+    """The whole release of one candidate; returns what happened (and rolls back on any failure).
+
+    With ``shadow_s`` > 0 a shadow phase comes first: the candidate mirrors every request that
+    long (or until the rule decides); a rollback verdict there ends the release before any user
+    gets an answer from it. No verdict (too little traffic) lets it go on to the canary, which
+    must earn a "promote" within ``observe_s``."""
+    current = aliases(root, name)
+    version = version or current.get(CANARY) or current.get(SHADOW)
+    if not version:
+        raise ReleaseError("nothing to deploy: no --version and no canary or shadow alias")
+    if current.get(PRODUCTION) == str(version):
+        raise ReleaseError(f"version {version} is already production")
+    report: dict = {"version": str(version), "production_before": current.get(PRODUCTION)}
+    started = time.time()
+    try:
+        if shadow_s > 0:
+            digest = set_candidate(root, store, SHADOW, version, None, name)
+            report["shadow_reload_s"] = round(wait_for_variant(url, SHADOW, digest, reload_timeout_s), 2)
+            say(f"deploy: alias shadow -> version {version}; served as shadow after {report['shadow_reload_s']} s")
+            verdict = observe(events, started, SHADOW, shadow_s, actuals)
+            report["shadow_verdict"] = asdict(verdict)
+            if verdict.decision == "rollback":
+                raise ReleaseError(f"shadow check: rollback: {'; '.join(verdict.reasons)}")
+            say(f"deploy: shadow check {verdict.decision} ({verdict.figures})")
+            started = time.time()
+        digest = set_candidate(root, store, CANARY, version, share, name)
+        say(f"deploy: alias canary -> version {version} ({digest[:12]}), share {share:.0%}")
+        report["reload_s"] = round(wait_for_variant(url, CANARY, digest, reload_timeout_s), 2)
+        say(f"deploy: the app serves the canary after {report['reload_s']} s (hot reload)")
+        report["smoke"] = smoke_test(url)
+        if CANARY not in report["smoke"]:
+            raise ReleaseError(f"smoke test: no request was answered by the canary ({report['smoke']})")
+        say(f"deploy: smoke test passed, answered by {report['smoke']}")
+        verdict = observe(events, started, CANARY, observe_s, actuals)
+        report["verdict"] = asdict(verdict)
+        if verdict.decision != "promote":
+            raise ReleaseError(f"canary check: {verdict.decision}: {'; '.join(verdict.reasons)}")
+        promote(root, store, version, name)
+        report["production_reload_s"] = round(wait_for_variant(url, PRODUCTION, digest, reload_timeout_s), 2)
+        say(f"deploy: version {version} is production ({'; '.join(verdict.reasons)}; {verdict.figures})")
+        report["outcome"] = "promoted"
+    except (ReleaseError, BundleError, registry_fetch.FetchError, OSError) as exc:
+        end_candidate(root, store, CANARY, name)
+        if shadow_s > 0:
+            end_candidate(root, store, SHADOW, name)
+        report["outcome"] = "rolled back"
+        report["reason"] = str(exc)
+        say(f"deploy: rolled back: {exc}")
+    return report
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.release", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("status", "shadow", "canary", "decide", "promote", "rollback", "deploy",
+                                            "sync", "end"))
+    parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
+    parser.add_argument("--models", type=Path, default=Path("models"), help="the host's models directory")
+    parser.add_argument("--name", default=tracking.REGISTERED_MODEL, help="registered model name")
+    parser.add_argument("--version", help="model version (default: what the candidate aliases name)")
+    parser.add_argument("--alias", help="take the version another alias names (e.g. --alias shadow)")
+    parser.add_argument("--variant", choices=(CANARY, SHADOW), help="for decide/end: which candidate")
+    parser.add_argument("--share", type=float, default=DEFAULT_SHARE, help="canary share of store×items (0..1)")
+    parser.add_argument("--events", type=Path, default=DEFAULT_EVENTS, help="prediction events (JSON lines)")
+    parser.add_argument("--actuals", type=Path, help="CSV store_nbr,item_nbr,date,unit_sales for live accuracy")
+    parser.add_argument("--apply", action="store_true", help="decide: promote or end the candidate as decided")
+    parser.add_argument("--url", default="http://127.0.0.1:5005", help="deploy: the running Shelfcast")
+    parser.add_argument("--observe-s", type=float, default=30.0, help="deploy: longest canary observation")
+    parser.add_argument("--shadow-s", type=float, default=0.0, help="deploy: a shadow phase of this length first")
+    parser.add_argument("--keep", type=int, default=5, help="releases kept on disk")
+    args = parser.parse_args(argv)
+    root = args.root.resolve()
+    store = ReleaseStore(args.models if args.models.is_absolute() else root / args.models, keep=args.keep)
+    started = time.perf_counter()
+    try:
+        version = args.version
+        if args.alias and not version:
+            version = aliases(root, args.name).get(args.alias)
+            if version is None:
+                raise ReleaseError(f"no alias {args.alias!r} on {args.name}")
+        if args.command == "status":
+            print(json.dumps({"aliases": aliases(root, args.name), "canary_share": store.canary_share(),
+                              "releases_on_disk": [p.name for p in store.releases()]}))
+        elif args.command == "sync":
+            print(f"release: synced {sync(root, store, args.name)}")
+        elif args.command in (SHADOW, CANARY):
+            if not version:
+                raise ReleaseError(f"{args.command}: give --version or --alias")
+            digest = set_candidate(root, store, args.command, version, args.share, args.name)
+            print(f"release: version {version} ({digest[:12]}) is now {args.command}"
+                  + (f" ({args.share:.0%} of store×items)" if args.command == CANARY else ""))
+        elif args.command == "end":
+            end_candidate(root, store, args.variant or CANARY, args.name)
+            print(f"release: {args.variant or CANARY} ended")
+        elif args.command == "promote":
+            print(f"release: version {promote(root, store, version, args.name)} is now production")
+        elif args.command == "rollback":
+            was, now = rollback(root, store, args.name)
+            print(f"release: production rolled back from version {was} to {now} "
+                  f"in {time.perf_counter() - started:.2f} s")
+        elif args.command == "decide":
+            current = aliases(root, args.name)
+            variant = args.variant or (CANARY if CANARY in current else SHADOW)
+            actuals = read_actuals(args.actuals) if args.actuals else None
+            verdict = compare(read_events(args.events), variant, actuals)
+            print(json.dumps(asdict(verdict)))
+            if args.apply and verdict.decision == "promote":
+                print(f"release: version {promote(root, store, current.get(variant), args.name)} is now production")
+            elif args.apply and verdict.decision == "rollback":
+                end_candidate(root, store, variant, args.name)
+                print(f"release: {variant} ended (rolled back)")
+            return 0 if verdict.decision != "rollback" else 2
+        elif args.command == "deploy":
+            actuals = read_actuals(args.actuals) if args.actuals else None
+            report = deploy(root, store, args.url.rstrip("/"), args.events, version, args.share, args.observe_s,
+                            actuals=actuals, name=args.name, shadow_s=args.shadow_s)
+            print(json.dumps(report))
+            return 0 if report["outcome"] == "promoted" else 2
+    except (ReleaseError, BundleError, registry_fetch.FetchError, tracking.TrackingError, ValueError) as exc:
+        print(f"release: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

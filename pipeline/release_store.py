@@ -1,0 +1,140 @@
+"""The serving host's release store: the last N good model versions on disk, and the served variants.
+
+Layout under the models directory (default ``models/``)::
+
+    releases/<version>/   verified bundles of registry versions fetched to this host (newest N kept)
+    production/           what the app answers with (a verified copy of one release)
+    canary/  shadow/      candidates the app routes a share of traffic to / mirrors every request to
+    release.json          {"canary_share": 0.1} — read by the app's variant router
+
+A release is marked good (``releases/<version>/.good``, a dotfile the bundle checksums
+ignore) once it has served as production; the app falls back to the newest good release
+when the production directory cannot be loaded, so a worker never starts or stays without a
+model while a good one is on disk. Every install is atomic (pipeline/bundle.copy_bundle).
+Standard library + pipeline.bundle only: the app imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from pipeline.atomic import write_text_atomic
+from pipeline.bundle import BundleError, copy_bundle, verify_bundle
+
+PRODUCTION, CANARY, SHADOW = "production", "canary", "shadow"
+VARIANTS = (PRODUCTION, CANARY, SHADOW)
+RELEASES = "releases"
+RELEASE_FILE = "release.json"
+GOOD_MARK = ".good"
+KEEP_RELEASES = 5
+
+
+def _version_key(path: Path) -> tuple[int, str]:
+    return (int(path.name), "") if path.name.isdigit() else (-1, path.name)
+
+
+class ReleaseStore:
+    """One host's models directory (see the module docstring for the layout)."""
+
+    def __init__(self, models_dir: Path | str, keep: int = KEEP_RELEASES):
+        if keep < 2:
+            raise ValueError(f"keep: at least 2 releases (production and the one to roll back to), got {keep}")
+        self.root = Path(models_dir)
+        self.keep = keep
+
+    def variant_dir(self, variant: str) -> Path:
+        if variant not in VARIANTS:
+            raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
+        return self.root / variant
+
+    def release_dir(self, version: str | int) -> Path:
+        return self.root / RELEASES / str(version)
+
+    def releases(self) -> list[Path]:
+        """Release directories, newest version first."""
+        base = self.root / RELEASES
+        if not base.is_dir():
+            return []
+        return sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                      key=_version_key, reverse=True)
+
+    def has_release(self, version: str | int, digest: str | None = None) -> bool:
+        try:
+            return digest is None or verify_bundle(self.release_dir(version)) == digest
+        except BundleError:
+            return False
+
+    def add_release(self, version: str | int, bundle_dir: Path) -> str:
+        """Install a verified copy of ``bundle_dir`` as release ``version``; returns its digest."""
+        digest = copy_bundle(bundle_dir, self.release_dir(version))
+        self.prune()
+        return digest
+
+    def install(self, variant: str, version: str | int) -> str:
+        """Serve release ``version`` as ``variant`` (atomic swap the app's hot reload picks up)."""
+        digest = copy_bundle(self.release_dir(version), self.variant_dir(variant))
+        if variant == PRODUCTION:
+            (self.release_dir(version) / GOOD_MARK).touch()
+        return digest
+
+    def remove(self, variant: str) -> None:
+        """Stop serving a candidate variant (production is never removed, only replaced)."""
+        if variant == PRODUCTION:
+            raise ValueError("production is replaced by another release, never removed")
+        shutil.rmtree(self.variant_dir(variant), ignore_errors=True)
+
+    def good_releases(self) -> list[Path]:
+        """Releases that have served as production and still verify, newest first."""
+        good = []
+        for path in self.releases():
+            if (path / GOOD_MARK).exists():
+                try:
+                    verify_bundle(path)
+                except BundleError:
+                    continue
+                good.append(path)
+        return good
+
+    def prune(self) -> list[Path]:
+        """Keep the newest ``keep`` releases plus whatever production/canary/shadow currently serve."""
+        serving = {self._served_digest(v) for v in VARIANTS} - {None}
+        removed = []
+        for path in self.releases()[self.keep:]:
+            if self._digest(path) in serving:
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        return removed
+
+    def _digest(self, path: Path) -> str | None:
+        try:
+            return verify_bundle(path)
+        except BundleError:
+            return None
+
+    def _served_digest(self, variant: str) -> str | None:
+        return self._digest(self.variant_dir(variant))
+
+    def canary_share(self) -> float:
+        return read_canary_share(self.root)
+
+    def set_canary_share(self, share: float) -> None:
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"canary_share: expected 0..1, got {share!r}")
+        write_text_atomic(self.root / RELEASE_FILE, json.dumps({"canary_share": share}) + "\n")
+
+
+def read_canary_share(models_dir: Path) -> float:
+    """The configured canary share (0 when release.json is absent); ValueError naming the file when malformed."""
+    path = Path(models_dir) / RELEASE_FILE
+    if not path.is_file():
+        return 0.0
+    try:
+        share = json.loads(path.read_text(encoding="utf-8"))["canary_share"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: expected {{\"canary_share\": 0..1}} ({exc})") from None
+    if not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+        raise ValueError(f"{path}: canary_share must be a number 0..1, got {share!r}")
+    return float(share)

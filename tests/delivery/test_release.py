@@ -1,0 +1,313 @@
+"""Releases on a serving host: aliases -> installed variants, canary/shadow in the app, fallback, rollback, deploy."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipeline import release, tracking
+from pipeline.bundle import verify_bundle
+from pipeline.registry_fetch import TAG_DIGEST
+from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
+
+from .conftest import REPO
+
+NAME = tracking.REGISTERED_MODEL
+
+
+@pytest.fixture
+def host(released, registry_env, tmp_path):
+    """A serving host's models directory in sync with the registry (production 1, canary 2, share 0.5)."""
+    _, _, versions = released
+    client = tracking.client(tmp_path)
+    client.set_registered_model_alias(NAME, PRODUCTION, versions["production"])
+    client.set_registered_model_alias(NAME, CANARY, versions["canary"])
+    for alias in (SHADOW,):
+        try:
+            client.delete_registered_model_alias(NAME, alias)
+        except Exception:  # noqa: BLE001 (absent already)
+            pass
+    client.delete_registered_model_tag(NAME, release.PREVIOUS_TAG) if release.PREVIOUS_TAG in \
+        (client.get_registered_model(NAME).tags or {}) else None
+    store = ReleaseStore(tmp_path / "models", keep=2)
+    release.sync(tmp_path, store)
+    store.set_canary_share(0.5)
+    return tmp_path, store, versions
+
+
+def digest_of(root: Path, version: str) -> str:
+    return tracking.client(root).get_model_version(NAME, version).tags[TAG_DIGEST]
+
+
+def make_app(store: ReleaseStore, events: Path, reload_interval_s: float = 3600.0):
+    from app import create_app
+    from app.config import AppSettings
+    from app.events import PredictionEventSink
+
+    sink = PredictionEventSink.from_environment({}, log_path=events, spool_root=events.parent / "spool")
+    return create_app(AppSettings(model_dir=store.variant_dir(PRODUCTION), reload_interval_s=reload_interval_s),
+                      sink=sink)
+
+
+def all_series(app) -> list[dict]:
+    model = app.extensions["shelfcast"].predictor.model
+    first = model.first_date.isoformat()
+    return [{"store_nbr": s, "item_nbr": i, "date": first, "onpromotion": False}
+            for s in sorted(model.catalog.stores) for i in sorted(model.catalog.items)]
+
+
+def read_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_sync_installs_what_the_aliases_name(host):
+    root, store, versions = host
+    assert verify_bundle(store.variant_dir(PRODUCTION)) == digest_of(root, versions["production"])
+    assert verify_bundle(store.variant_dir(CANARY)) == digest_of(root, versions["canary"])
+    assert not store.variant_dir(SHADOW).exists()
+    assert [p.name for p in store.releases()] == ["2", "1"]
+
+
+def test_the_canary_answers_a_sticky_share_and_every_event_names_its_variant(host, tmp_path):
+    _, store, _ = host
+    events = tmp_path / "events.jsonl"
+    app = make_app(store, events)
+    client = app.test_client()
+    series = all_series(app)
+    first = {}
+    for _ in range(2):  # the same store×item always gets the same variant
+        for instance in series:
+            answer = client.post("/api/v1/predict", json={"instances": [instance]})
+            assert answer.status_code == 200
+            variant = answer.headers["X-Model-Variant"]
+            assert first.setdefault((instance["store_nbr"], instance["item_nbr"]), variant) == variant
+    share = sum(v == CANARY for v in first.values()) / len(first)
+    assert 0.25 < share < 0.75, share  # 0.5 configured, over a few dozen series
+    batch = client.post("/api/v1/predict", json={"instances": series[:20]})
+    assert set(batch.headers["X-Model-Variant"].split(",")) <= {PRODUCTION, CANARY}
+    app.extensions["shelfcast"].sink.close()
+    logged = read_events(events)
+    assert {e["model_variant"] for e in logged} == {PRODUCTION, CANARY}
+    assert all(e["model_variant"] == first[(e["inputs"]["store_nbr"], e["inputs"]["item_nbr"])] for e in logged)
+    info = client.get("/api/v1/model").get_json()
+    assert info["variants"]["canary"]["digest"] == verify_bundle(store.variant_dir(CANARY))
+    assert info["variants"]["canary_share"] == 0.5 and info["variants"]["shadow"] is None
+
+
+def test_the_shadow_sees_every_request_and_is_never_returned(host, tmp_path):
+    root, store, versions = host
+    release.end_candidate(root, store, CANARY)
+    release.set_candidate(root, store, SHADOW, versions["canary"])
+    assert tracking.client(root).get_registered_model(NAME).aliases == {PRODUCTION: 1, SHADOW: 2} or \
+        {k: str(v) for k, v in tracking.client(root).get_registered_model(NAME).aliases.items()} == \
+        {PRODUCTION: versions["production"], SHADOW: versions["canary"]}
+    events = tmp_path / "events.jsonl"
+    app = make_app(store, events)
+    client = app.test_client()
+    production = app.extensions["shelfcast"].predictor.model
+    series = all_series(app)[:10]
+    answers = [client.post("/api/v1/predict", json={"instances": [s]}) for s in series]
+    assert all(a.headers["X-Model-Variant"] == PRODUCTION for a in answers)
+    app.extensions["shelfcast"].sink.close()
+    logged = read_events(events)
+    by_variant = {v: {e["request_id"]: e for e in logged if e["model_variant"] == v} for v in (PRODUCTION, SHADOW)}
+    assert by_variant[PRODUCTION].keys() == by_variant[SHADOW].keys() == {a.get_json()["request_id"] for a in answers}
+    for answer in answers:
+        returned = answer.get_json()["predictions"][0]["unit_sales"]
+        assert returned == by_variant[PRODUCTION][answer.get_json()["request_id"]]["output"]["unit_sales"]
+        assert answer.get_json()["model"]["version"] == production.version
+    verdict = release.compare(release.read_events(events), SHADOW)
+    assert verdict.figures["compared_pairs"] == len(series) and verdict.decision == "wait"
+
+
+def test_a_worker_never_starts_without_a_model_while_a_good_release_exists(host, tmp_path):
+    _, store, versions = host
+    (store.variant_dir(PRODUCTION) / "weights.npz").write_bytes(b"damaged")  # a broken install
+    app = make_app(store, tmp_path / "events.jsonl")
+    client = app.test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    series = all_series(app)[:40]
+    answers = [client.post("/api/v1/predict", json={"instances": [s]}).status_code for s in series]
+    assert answers == [200] * 40  # the issue's "40 of 40 got 503", now served by the last good release
+    assert app.extensions["shelfcast"].predictor.serving_fallback
+
+
+def test_the_store_keeps_the_last_n_releases_and_what_is_served(host):
+    root, store, versions = host
+    assert store.keep == 2 and len(store.releases()) == 2
+    store.add_release("7", store.release_dir(versions["canary"]))
+    names = [p.name for p in store.releases()]
+    assert names[0] == "7" and "1" in names  # 1 is production: kept although it is the oldest
+
+
+def test_promote_then_rollback_in_seconds(host):
+    root, store, versions = host
+    assert release.promote(root, store) == versions["canary"]
+    model = tracking.client(root).get_registered_model(NAME)
+    assert str(model.aliases[PRODUCTION]) == versions["canary"] and CANARY not in model.aliases
+    assert model.tags[release.PREVIOUS_TAG] == versions["production"]
+    assert verify_bundle(store.variant_dir(PRODUCTION)) == digest_of(root, versions["canary"])
+    started = time.perf_counter()
+    assert release.main(["rollback", "--root", str(root), "--models", str(store.root)]) == 0
+    seconds = time.perf_counter() - started
+    assert str(tracking.client(root).get_registered_model(NAME).aliases[PRODUCTION]) == versions["production"]
+    assert verify_bundle(store.variant_dir(PRODUCTION)) == digest_of(root, versions["production"])
+    print(f"rollback: {seconds:.2f} s")
+    assert seconds < 30  # registry calls + a local copy; the figure is reported, not a benchmark
+
+
+def traffic(predictions: int, errors: int = 0, latency: float = 5.0, units: float = 3.0, variant: str = CANARY):
+    events = []
+    for n in range(predictions):
+        for v, u, lat in ((PRODUCTION, 3.0, 5.0), (variant, units, latency)):
+            events.append({"model_variant": v, "request_id": f"r{n}-{v}" if variant == CANARY else f"r{n}",
+                           "instance_index": 0, "latency_ms": lat, "output": {"unit_sales": u},
+                           "inputs": {"store_nbr": 1, "item_nbr": n, "date": "2017-08-16"}})
+    events += [{"model_variant": PRODUCTION, "canary_failed": True, "output": {"unit_sales": 3.0}, "inputs": {}}
+               for _ in range(errors)]
+    return release.read_traffic(events)
+
+
+def test_the_decision_rule():
+    assert release.compare(traffic(100), CANARY).decision == "promote"
+    assert release.compare(traffic(100, variant=SHADOW), SHADOW).decision == "promote"
+    assert release.compare(traffic(10), CANARY).decision == "wait"
+    failing = release.compare(traffic(100, errors=20), CANARY)
+    assert failing.decision == "rollback" and "errors" in failing.reasons[0]
+    assert release.compare(traffic(100, errors=1), CANARY).decision == "promote"  # 1 % is within the rule
+    assert release.compare(traffic(100, latency=50.0), CANARY).decision == "rollback"
+    shifted = release.compare(traffic(100, units=12.0), CANARY)
+    assert shifted.decision == "rollback" and "forecast distribution" in shifted.reasons[0]
+    actuals = {(1, n, "2017-08-16"): 3.0 for n in range(100)}
+    worse = release.compare(traffic(100, units=4.2), CANARY, actuals)
+    assert worse.decision == "rollback" and "live accuracy" in worse.reasons[-1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServedApp:
+    """Shelfcast as `make serve` runs it (gunicorn, 2 workers, hot reload every 0.2 s) on 127.0.0.1,
+    with a user thread sending one-instance forecasts over every store×item while a release happens."""
+
+    def __init__(self, store: ReleaseStore, events: Path, workdir: Path, series: list[dict]):
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "SHELFCAST_BIND": f"127.0.0.1:{port}", "SHELFCAST_WORKERS": "2",
+               "SHELFCAST_MODEL_DIR": str(store.variant_dir(PRODUCTION)), "SHELFCAST_PREDICTION_LOG": str(events),
+               "SHELFCAST_RELOAD_INTERVAL_S": "0.2", "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")}
+        env.pop("FLUENTD_HOST", None)
+        self.log_path = workdir / "gunicorn.log"
+        self.log = self.log_path.open("w", encoding="utf-8")
+        self.process = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "--config",
+                                         "app/gunicorn_conf.py", "app.wsgi:app"], cwd=REPO, env=env,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while True:
+            assert self.process.poll() is None, self.log_path.read_text()[-3000:]
+            try:
+                if urllib.request.urlopen(f"{self.url}/readyz", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "gunicorn did not become ready"
+            time.sleep(0.2)
+        self.series = series
+        self.stop = threading.Event()
+        self.statuses: list[int] = []
+        self.users = threading.Thread(target=self._users, daemon=True)
+        self.users.start()
+
+    def _users(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            body = json.dumps({"instances": [self.series[n % len(self.series)]]}).encode()
+            request = urllib.request.Request(f"{self.url}/api/v1/predict", body, {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    self.statuses.append(answer.status)
+            except urllib.error.HTTPError as exc:
+                self.statuses.append(exc.code)
+            except OSError:
+                self.statuses.append(0)
+            n += 1
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.users.join(30)
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self.log.close()
+
+
+@pytest.fixture
+def serve(tmp_path):
+    running = []
+
+    def start(store: ReleaseStore, events: Path) -> ServedApp:
+        series = all_series(make_app(store, tmp_path / "probe-events.jsonl"))
+        running.append(ServedApp(store, events, tmp_path, series))
+        return running[-1]
+
+    yield start
+    for served in running:
+        served.close()
+
+
+@pytest.mark.slow
+def test_deploy_shadow_then_canary_with_reload_smoke_test_and_checks_then_promotes(host, serve, tmp_path):
+    root, store, versions = host
+    release.end_candidate(root, store, CANARY)
+    events = tmp_path / "events.jsonl"
+    served = serve(store, events)
+    report = release.deploy(root, store, served.url, events, versions["canary"], share=0.5, observe_s=90,
+                            shadow_s=90, say=lambda *a: None)
+    time.sleep(1.0)
+    served.close()
+    assert report["outcome"] == "promoted", report.get("reason")
+    assert str(tracking.client(root).get_registered_model(NAME).aliases[PRODUCTION]) == versions["canary"]
+    assert report["shadow_verdict"]["decision"] == "promote" and report["shadow_verdict"]["figures"]["compared_pairs"]
+    assert report["verdict"]["decision"] == "promote" and CANARY in report["smoke"]
+    assert SHADOW not in tracking.client(root).get_registered_model(NAME).aliases
+    assert served.statuses and set(served.statuses) == {200}  # no user request failed during the release
+
+
+@pytest.mark.slow
+def test_a_canary_worse_on_actual_sales_is_rolled_back_automatically(host, serve, tmp_path):
+    from app.predictor import load_model
+    from app.service import day_numbers
+
+    root, store, versions = host
+    release.end_candidate(root, store, CANARY)
+    events = tmp_path / "events.jsonl"
+    served = serve(store, events)
+    # "actual sales" that production forecast exactly: any other model is measurably worse on them
+    production = load_model(store.variant_dir(PRODUCTION))
+    import datetime as dt
+    dates = [dt.date.fromisoformat(s["date"]) for s in served.series]
+    units = production.forecast([s["store_nbr"] for s in served.series], [s["item_nbr"] for s in served.series],
+                                day_numbers(dates), [0] * len(dates)).units
+    actuals = {(s["store_nbr"], s["item_nbr"], s["date"]): float(u) for s, u in zip(served.series, units)}
+    report = release.deploy(root, store, served.url, events, versions["canary"], share=0.5, observe_s=90,
+                            actuals=actuals, say=lambda *a: None)
+    served.close()
+    assert report["outcome"] == "rolled back" and "live accuracy" in report["reason"], report.get("reason")
+    aliases = tracking.client(root).get_registered_model(NAME).aliases
+    assert str(aliases[PRODUCTION]) == versions["production"] and CANARY not in aliases
+    assert not store.variant_dir(CANARY).exists() and store.canary_share() == 0.0
+    assert set(served.statuses) == {200}
