@@ -1,4 +1,4 @@
-"""Indexing kernels: gather rows, scatter-add rows (densify sparse gradients), segment sums.
+"""Indexing kernels: gather rows, scatter-add rows (densify sparse gradients), merge duplicate sparse rows.
 
 Pure data movement (reshape, transpose, concat, cast) uses NumPy directly in ``ops/array.py``:
 it is a memory copy that Numba would not make faster.
@@ -27,13 +27,6 @@ def scatter_add_rows(out, values, idx):
         out[idx[i], :] += values[i, :]
 
 
-@njit(cache=True)
-def segment_sum_rows(values, segment, n_segments, out):
-    out[:, :] = 0
-    for i in range(segment.size):
-        out[segment[i], :] += values[i, :]
-
-
 def gather(params: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """``params[indices]`` along axis 0; an out-of-range index is a ValueError naming it."""
     rows = params.shape[0]
@@ -59,27 +52,13 @@ def scatter_add_dense(values: np.ndarray, indices: np.ndarray, dense_shape) -> n
     return out
 
 
-def unique_rows_sum(values: np.ndarray, indices: np.ndarray):
-    """Merge duplicate indices of a sparse gradient (summing their rows): (unique_indices, values2d)."""
-    idx = np.ascontiguousarray(indices).reshape(-1)
-    v2 = np.ascontiguousarray(values).reshape(idx.size, -1)
-    uniq, inverse = np.unique(idx, return_inverse=True)
-    if uniq.size == idx.size:
-        order = np.argsort(idx, kind="stable")
-        return idx[order], v2[order]
-    out = np.empty((uniq.size, v2.shape[1]), dtype=v2.dtype)
-    segment_sum_rows(v2, inverse.reshape(-1).astype(np.int64), uniq.size, out)
-    return uniq, out
-
-
 @njit(cache=True)
 def merge_duplicate_rows(values, idx, pos, uniq, merged):
     """Sum the rows of a sparse gradient that share an index, without sorting or densifying.
 
     ``pos`` (one entry per variable row, all -1) maps a row to its place in ``uniq``/``merged``
-    and is restored to -1 before returning. Rows are summed in occurrence order (as
-    ``segment_sum_rows``). Returns the number of distinct rows, or -(k+1) when ``idx[k]`` is
-    out of range.
+    and is restored to -1 before returning. Rows are summed in occurrence order. Returns the
+    number of distinct rows, or -(k+1) when ``idx[k]`` is out of range.
     """
     u = 0
     n_rows = pos.size

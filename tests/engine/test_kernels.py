@@ -90,7 +90,12 @@ def test_gather_and_scatter(dtype, idx_dtype):
         KA.gather(params, np.array([0, 6], dtype=idx_dtype))
 
 
-def test_unique_rows_sum():
-    uniq, vals = KA.unique_rows_sum(np.array([[1.0], [2.0], [3.0]]), np.array([4, 1, 4]))
-    np.testing.assert_array_equal(uniq, [1, 4])
-    np.testing.assert_array_equal(vals, [[2.0], [4.0]])
+def test_merge_sparse_rows_sums_duplicates_and_reuses_its_scratch():
+    scratch = {}
+    for _ in range(2):  # the second call reuses the buffers and finds the row map reset
+        uniq, vals = KA.merge_sparse_rows(np.array([[1.0], [2.0], [3.0]]), np.array([4, 1, 4]), 6, scratch)
+        np.testing.assert_array_equal(uniq, [4, 1])
+        np.testing.assert_array_equal(vals, [[4.0], [2.0]])
+        assert (scratch["pos"] == -1).all()
+    with pytest.raises(ValueError, match="index 6 at position 0 out of range"):
+        KA.merge_sparse_rows(np.ones((1, 1)), np.array([6]), 6, scratch)
