@@ -46,13 +46,17 @@ class BufferedRequests:
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             environ[BODY_TOO_LARGE] = True
             return None
+        if not declared.isdigit() and not environ.get("wsgi.input_terminated"):
+            return b""  # a stream without a length that the server does not end: unsafe to read (as Werkzeug)
+        # Never read past a declared length: some servers hand over the raw connection.
+        wanted = int(declared) if declared.isdigit() else self.max_body_bytes + 1
         client = environ.get("gunicorn.socket")  # gunicorn's connection; absent under other servers and tests
         if isinstance(client, socket.socket):
             client.settimeout(self.body_timeout_s)
         stream, chunks, size = environ["wsgi.input"], [], 0
         try:
             while size <= self.max_body_bytes:
-                chunk = stream.read(min(CHUNK, self.max_body_bytes + 1 - size))
+                chunk = stream.read(min(CHUNK, wanted - size)) if size < wanted else b""
                 if not chunk:
                     return b"".join(chunks)
                 chunks.append(chunk)
