@@ -15,6 +15,7 @@ running app hot-reloads them (app/variants.py).
     python -m pipeline.release deploy  --url http://127.0.0.1:5005 [--version V] [--shadow-s 30] [--share 0.1]
                                        [--observe-s 60] [--actuals sales.csv]
     python -m pipeline.release sync    install what the aliases name (a fresh or restarted host)
+    python -m pipeline.release smoke   --url U [--requests 40]   forecasts over the catalog through the API
 
 ``deploy`` is `make deploy`: a shadow phase first (``--shadow-s``: alias ``shadow``, judged
 by the same rule) -> alias ``canary`` -> hot reload (waits until GET /api/v1/model shows the
@@ -428,7 +429,7 @@ def observe(events: Path, since: float, variant: str, seconds: float, actuals: d
 def deploy(root: Path, store: ReleaseStore, url: str, events: Path, version: str | None = None,
            share: float = DEFAULT_SHARE, observe_s: float = 30.0, reload_timeout_s: float = 60.0,
            actuals: dict | None = None, say=print, name: str = tracking.REGISTERED_MODEL,
-           shadow_s: float = 0.0) -> dict:
+           shadow_s: float = 0.0, smoke_requests: int = 40) -> dict:
     """The whole release of one candidate; returns what happened (and rolls back on any failure).
 
     With ``shadow_s`` > 0 a shadow phase comes first: the candidate mirrors every request that
@@ -458,7 +459,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: Path, version: str
         say(f"deploy: alias canary -> version {version} ({digest[:12]}), share {share:.0%}")
         report["reload_s"] = round(wait_for_variant(url, CANARY, digest, reload_timeout_s), 2)
         say(f"deploy: the app serves the canary after {report['reload_s']} s (hot reload)")
-        report["smoke"] = smoke_test(url)
+        report["smoke"] = smoke_test(url, smoke_requests)
         if CANARY not in report["smoke"]:
             raise ReleaseError(f"smoke test: no request was answered by the canary ({report['smoke']})")
         say(f"deploy: smoke test passed, answered by {report['smoke']}")
@@ -485,7 +486,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: Path, version: str
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.release", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("status", "shadow", "canary", "decide", "promote", "rollback", "deploy",
-                                            "sync", "end"))
+                                            "sync", "end", "smoke"))
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
     parser.add_argument("--models", type=Path, default=Path("models"), help="the host's models directory")
     parser.add_argument("--name", default=tracking.REGISTERED_MODEL, help="registered model name")
@@ -500,6 +501,7 @@ def main(argv=None) -> int:
     parser.add_argument("--observe-s", type=float, default=30.0, help="deploy: longest canary observation")
     parser.add_argument("--shadow-s", type=float, default=0.0, help="deploy: a shadow phase of this length first")
     parser.add_argument("--keep", type=int, default=5, help="releases kept on disk")
+    parser.add_argument("--requests", type=int, default=40, help="smoke/deploy: one-row forecasts the smoke test sends")
     args = parser.parse_args(argv)
     root = args.root.resolve()
     store = ReleaseStore(args.models if args.models.is_absolute() else root / args.models, keep=args.keep)
@@ -542,13 +544,15 @@ def main(argv=None) -> int:
                 end_candidate(root, store, variant, args.name)
                 print(f"release: {variant} ended (rolled back)")
             return 0 if verdict.decision != "rollback" else 2
+        elif args.command == "smoke":
+            print(f"release: smoke test passed; answered by {smoke_test(args.url.rstrip('/'), args.requests)}")
         elif args.command == "deploy":
             actuals = read_actuals(args.actuals) if args.actuals else None
             report = deploy(root, store, args.url.rstrip("/"), args.events, version, args.share, args.observe_s,
-                            actuals=actuals, name=args.name, shadow_s=args.shadow_s)
+                            actuals=actuals, name=args.name, shadow_s=args.shadow_s, smoke_requests=args.requests)
             print(json.dumps(report))
             return 0 if report["outcome"] == "promoted" else 2
-    except (ReleaseError, BundleError, registry_fetch.FetchError, tracking.TrackingError, ValueError) as exc:
+    except (ReleaseError, BundleError, registry_fetch.FetchError, tracking.TrackingError, ValueError, OSError) as exc:
         print(f"release: error: {exc}", file=sys.stderr)
         return 1
     return 0

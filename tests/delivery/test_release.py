@@ -204,7 +204,7 @@ class ServedApp:
     """Shelfcast as `make serve` runs it (gunicorn, 2 workers, hot reload every 0.2 s) on 127.0.0.1,
     with a user thread sending one-instance forecasts over every store×item while a release happens."""
 
-    def __init__(self, store: ReleaseStore, events: Path, workdir: Path, series: list[dict]):
+    def __init__(self, store: ReleaseStore, events: Path, workdir: Path, series: list[dict] | None):
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "SHELFCAST_BIND": f"127.0.0.1:{port}", "SHELFCAST_WORKERS": "2",
@@ -230,7 +230,8 @@ class ServedApp:
         self.stop = threading.Event()
         self.statuses: list[int] = []
         self.users = threading.Thread(target=self._users, daemon=True)
-        self.users.start()
+        if series:  # None: no user traffic
+            self.users.start()
 
     def _users(self) -> None:
         n = 0
@@ -249,7 +250,10 @@ class ServedApp:
 
     def close(self) -> None:
         self.stop.set()
-        self.users.join(30)
+        if self.users.is_alive():
+            self.users.join(30)
+        if self.process.poll() is not None:
+            return
         self.process.terminate()
         self.process.wait(timeout=60)
         self.log.close()
