@@ -3,7 +3,7 @@
 The ML pipeline's ``promote`` uploads the bundle it installed (rolled forward to the last
 known day) to the candidate's MLflow run under ``serving_bundle/`` and records on the model
 version where it is (``serving_artifact``), its digest (``serving_digest``) and, when DVC
-tracked it, its DVC hash (``dvc_md5``). The app side needs nothing from git: given the
+tracked it, its DVC entry (``dvc_out``: hash, size, files). The app side needs nothing from git: given the
 tracking URI (``MLFLOW_TRACKING_URI``) it resolves ``models:/shelfcast-forecaster@<alias>``
 and downloads the bundle from the tracking server's artifact store, or — ``--from dvc`` —
 pulls the same bytes from the DVC remote by the recorded hash. Either way the bundle is
@@ -15,6 +15,7 @@ verified against the digest the registry recorded before it is installed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from pipeline.bundle import BundleError, copy_bundle, verify_bundle
 
 SERVING_ARTIFACT = "serving_bundle"
 ENV_PROMOTE_ALIAS = "SHELFCAST_PROMOTE_ALIAS"  # CI: promote registers a candidate (e.g. shadow), not production
-TAG_ARTIFACT, TAG_DIGEST, TAG_DVC = "serving_artifact", "serving_digest", "dvc_md5"
+TAG_ARTIFACT, TAG_DIGEST, TAG_DVC = "serving_artifact", "serving_digest", "dvc_out"
 
 
 class FetchError(RuntimeError):
@@ -54,8 +55,8 @@ def publish_serving_bundle(root: Path, run_id: str, bundle_dir: Path) -> dict[st
     dvc_file = bundle_dir.with_name(bundle_dir.name + ".dvc")
     if dvc_file.is_file():
         outs = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs") or [{}]
-        if outs[0].get("md5"):
-            tags[TAG_DVC] = str(outs[0]["md5"])
+        if outs[0].get("md5"):  # the whole entry (hash kind, size, files): a .dvc file can be written from it
+            tags[TAG_DVC] = json.dumps(outs[0], sort_keys=True)
     return tags
 
 
@@ -108,14 +109,16 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
 
 
 def _dvc_pull(root: Path, version, into: Path) -> None:
-    md5 = (version.tags or {}).get(TAG_DVC)
-    if not md5:
+    recorded = (version.tags or {}).get(TAG_DVC)
+    if not recorded:
         raise FetchError(f"version {version.version} records no DVC hash ({TAG_DVC}); fetch it from MLflow instead")
     if not (root / ".dvc").is_dir():
         raise FetchError(f"{root}: not a DVC project; `--from dvc` needs the repository's .dvc/ and a remote")
     into.parent.mkdir(parents=True, exist_ok=True)
     dvc_file = into.with_name(into.name + ".dvc")
-    dvc_file.write_text(yaml.safe_dump({"outs": [{"md5": md5, "path": into.name}]}), encoding="utf-8")
+    out = {**json.loads(recorded), "path": into.name}
+    md5 = out.get("md5")
+    dvc_file.write_text(yaml.safe_dump({"outs": [out]}, sort_keys=False), encoding="utf-8")
     dvc = Path(sys.executable).with_name("dvc")
     done = subprocess.run([str(dvc) if dvc.exists() else "dvc", "pull", str(dvc_file.relative_to(root))], cwd=root,
                           capture_output=True, text=True)

@@ -72,3 +72,36 @@ def test_a_bundle_that_is_not_the_registered_one_is_refused(released, registry_e
     finally:
         mlflow_client.set_model_version_tag(tracking.REGISTERED_MODEL, version.version, registry_fetch.TAG_DIGEST,
                                             recorded)
+
+
+@pytest.mark.slow
+def test_from_the_dvc_remote_by_the_recorded_entry(released, tmp_path, monkeypatch):
+    """A DVC project with a local remote: promote pushes; another clone pulls by the registry's record."""
+    import shutil
+
+    from pipeline import evaluate, promote, train
+
+    from .conftest import prepare_registry
+
+    source, _, _ = released
+    ml = tmp_path / "ml"
+    shutil.copytree(source, ml, ignore=shutil.ignore_patterns("models", "results", "mlflow.db", "mlartifacts"))
+    if promote._dvc(ml, "version").returncode != 0:
+        pytest.skip("dvc CLI not available")
+    uri = f"sqlite:///{(tmp_path / 'registry.db').as_posix()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    prepare_registry(uri, tmp_path / "artifacts")
+    remote = tmp_path / "dvc-remote"
+    for clone in (ml, tmp_path / "app"):
+        clone.mkdir(exist_ok=True)
+        subprocess.run(["git", "init", "-q"], cwd=clone, check=True)
+        assert promote._dvc(clone, "init", "-q").returncode == 0
+        assert promote._dvc(clone, "remote", "add", "-d", "shared", str(remote)).returncode == 0
+    train.run(ml, quiet=True)
+    assert evaluate.main(["--root", str(ml), "--quiet"]) == 0
+    assert "push" in promote.run(ml, quiet=True)["dvc"]
+    version = tracking.client(ml).get_model_version_by_alias(tracking.REGISTERED_MODEL, "production")
+    assert registry_fetch.TAG_DVC in version.tags
+    app = tmp_path / "app"
+    assert registry_fetch.main(["--root", str(app), "--from", "dvc"]) == 0
+    assert verify_bundle(app / "models/production") == version.tags[registry_fetch.TAG_DIGEST]
