@@ -71,7 +71,7 @@ plots: $(STAMP)       ## the evaluation's plots as HTML in dvc_plots/index.html 
 
 MLFLOW_PORT ?= 5000
 mlflow-ui: $(STAMP)   ## MLflow's web UI on http://127.0.0.1:5000: runs, curves, registered models (Ctrl-C stops it)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 clean:                ## remove .venv and pytest's cache (data, models and MLflow runs stay)
 	rm -rf $(VENV) .pytest_cache

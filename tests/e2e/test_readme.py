@@ -32,7 +32,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-RUN_TIMEOUT_S = 45 * 60  # installing the environment from PyPI, generating the data, training (2 cores)
+RUN_TIMEOUT_S = 60 * 60  # installing from PyPI, generating the data, training, the backtests (2 cores)
 COMMAND_TIMEOUT_S = 10 * 60
 MAX_SILENCE_S = 120  # every step that takes longer shows progress (generous: a loaded 2-core machine)
 NOT_RUN = {"make test": "the test suite this test is part of; CI runs it"}
