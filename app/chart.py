@@ -117,7 +117,7 @@ def sales_chart_svg(history_days: Sequence[int], history_units: Sequence[float],
             label = f"{day_date(day):%a} {day_date(day).day} {day_date(day):%b}: {format_units(amount)}"
             spoken = f"{day_date(day):%A %d %B %Y}: {kind} {format_units(amount)} units"
             focus = ' tabindex="0"' if kind == "forecast" else ""
-            text_width = len(label) * font * 0.58 + 10
+            text_width = len(label) * font * 0.64 + 12  # bold text: about 0.6 em a character
             box_x = min(max(x(day) - text_width / 2, plot_left), plot_right - text_width)
             box_y = max(y(amount) - font * 2.4, plot_top - font * 1.6)
             parts.append(

@@ -26,11 +26,12 @@ var sizes = Array.prototype.map.call(svg.querySelectorAll('text.tick, text.axis-
                                      function (t) { return parseFloat(getComputedStyle(t).fontSize) * scale; });
 var day = svg.querySelector('g.day-forecast');
 day.focus();
-var value = day.querySelector('text.value'), box = value.getBBox();
+var value = day.querySelector('text.value'), box = value.getBBox(), back = day.querySelector('rect.value-box').getBBox();
 var chart = svg.getBoundingClientRect(), table = document.getElementById('forecast-table').getBoundingClientRect();
 return {name: svg.getAttribute('class'), smallest: Math.min.apply(null, sizes),
         focused: document.activeElement === day, shown: getComputedStyle(value).visibility, label: value.textContent,
         inside: box.x >= 0 && box.x + box.width <= svg.viewBox.baseVal.width,
+        fits: box.x >= back.x && box.x + box.width <= back.x + back.width,
         rows: document.querySelectorAll('#forecast-table tbody tr').length,
         beside: table.left >= chart.right - 1 && table.top < chart.bottom, below: table.top >= chart.bottom - 1};
 """
@@ -68,7 +69,7 @@ def test_the_forecast_reads_well_on_a_phone_and_a_desktop(gunicorn_server, brows
     facts = browser.execute(CHART_FACTS)
     assert facts["name"] == ("chart chart-narrow" if width == "phone" else "chart chart-wide")
     assert facts["smallest"] >= MIN_TEXT_PX, f"chart text drawn at {facts['smallest']:.1f} px"
-    assert facts["focused"] and facts["shown"] == "visible" and facts["inside"], facts
+    assert facts["focused"] and facts["shown"] == "visible" and facts["inside"] and facts["fits"], facts
     assert facts["rows"] == 16
     assert facts["beside"] if width == "desktop" else facts["below"], facts
     browser.execute("window.scrollTo(0, document.getElementById('result').offsetTop);")
