@@ -54,8 +54,7 @@ def assert_no_sideways_scroll(browser, page: str) -> None:
     assert scroll_width <= inner_width, f"{page}: {scroll_width} px of content in a {inner_width} px window"
 
 
-@pytest.mark.parametrize("width", WIDTHS)
-def test_the_forecast_reads_well_on_a_phone_and_a_desktop(gunicorn_server, browser, width, tmp_path):
+def check_forecast(gunicorn_server, browser, width, tmp_path):
     at_width(browser, width)
     browser.get(gunicorn_server.url + "/")
     assert_no_sideways_scroll(browser, "the form")
@@ -76,8 +75,7 @@ def test_the_forecast_reads_well_on_a_phone_and_a_desktop(gunicorn_server, brows
     browser.screenshot(screenshot_dir(tmp_path) / f"forecast-{width}.png")
 
 
-@pytest.mark.parametrize("width", WIDTHS)
-def test_the_api_docs_page_renders_offline_and_runs_its_example(gunicorn_server, browser, width, tmp_path):
+def check_api_docs(gunicorn_server, browser, width, tmp_path):
     at_width(browser, width)
     browser.get(gunicorn_server.url + "/docs")
     browser.wait_for(".swagger-ui .opblock-post", timeout_s=30)
@@ -92,8 +90,7 @@ def test_the_api_docs_page_renders_offline_and_runs_its_example(gunicorn_server,
     browser.screenshot(screenshot_dir(tmp_path) / f"docs-{width}.png")
 
 
-@pytest.mark.parametrize("width", WIDTHS)
-def test_the_monitoring_page_shares_the_layout_and_shows_local_times(gunicorn_server, browser, width, tmp_path):
+def check_monitoring(gunicorn_server, browser, width, tmp_path):
     at_width(browser, width)
     browser.get(gunicorn_server.url + "/")  # one prediction, so the page has times to show
     browser.execute("""
@@ -114,3 +111,11 @@ def test_the_monitoring_page_shares_the_layout_and_shows_local_times(gunicorn_se
                             " function (t) { return [t.title, t.textContent]; });")
     assert times and all(title and not text.endswith("UTC") for title, text in times), times  # rewritten locally
     browser.screenshot(screenshot_dir(tmp_path) / f"monitoring-{width}.png")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_the_pages_read_well_on_a_phone_and_a_desktop(gunicorn_server, browser, width, tmp_path):
+    """One server and one browser for all three pages (each check starts its own page)."""
+    check_forecast(gunicorn_server, browser, width, tmp_path)  # the forecast view: chart, values, table
+    check_api_docs(gunicorn_server, browser, width, tmp_path)  # /docs renders offline and runs its example
+    check_monitoring(gunicorn_server, browser, width, tmp_path)  # same layout, local times
