@@ -136,6 +136,9 @@ class PredictionEventSink:
             self._log = JsonLinesLog(settings.log_path)
             self._forwarder = None
             self.destination = f"the local log {settings.log_path}"
+        # Two threads: fsync (the crash-loss window) never waits behind a slow send to Fluentd.
+        self._syncer = threading.Thread(target=self._sync_until_closed, name="prediction-events-sync", daemon=True)
+        self._syncer.start()
         self._thread = threading.Thread(target=self._deliver_until_closed, name="prediction-events", daemon=True)
         self._thread.start()
         atexit.register(self.close)
@@ -194,15 +197,22 @@ class PredictionEventSink:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _deliver_until_closed(self) -> None:
-        retry_at, backoff, limit_checked = 0.0, self.settings.sync_interval_s, 0.0
+    def _sync_until_closed(self) -> None:
+        """Every sync_interval_s: fsync what was written; hand the open segment on while Fluentd is up."""
         while not self._stopping.wait(self.settings.sync_interval_s):
             try:
                 if self._forwarder is None:
                     self._log.sync()
-                    continue
-                up = self._forwarder.down_since is None
-                self._spool.sync(self.settings.sync_interval_s if up else self.settings.outage_segment_s)
+                else:
+                    up = self._forwarder.down_since is None
+                    self._spool.sync(self.settings.sync_interval_s if up else self.settings.outage_segment_s)
+            except Exception:  # a disk error or a bug must not stop syncing for good
+                log.exception("prediction events: fsync failed; retrying")
+
+    def _deliver_until_closed(self) -> None:
+        retry_at, backoff, limit_checked = 0.0, self.settings.sync_interval_s, 0.0
+        while self._forwarder is not None and not self._stopping.wait(self.settings.sync_interval_s):
+            try:
                 now = time.monotonic()
                 if now - limit_checked >= 1.0:
                     self._spool.enforce_limit()
@@ -214,6 +224,8 @@ class PredictionEventSink:
                         retry_at, backoff = now + backoff, min(backoff * 2, self.settings.retry_max_s)
             except Exception:  # a disk error or a bug must not stop delivery for good
                 log.exception("prediction events: delivery step failed; retrying")
+        self._stopping.wait()
+        self._syncer.join()
         try:
             if self._forwarder is None:
                 self._log.close()
