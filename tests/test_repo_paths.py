@@ -39,7 +39,8 @@ def exists(named: str) -> bool:
         return all(exists(head + option + tail) for option in alternatives.split(","))
     if "*" in named:
         return any(REPO.glob(named))
-    return (REPO / named).exists()
+    module, _, attribute = named.rpartition(".")  # pipeline/bundle.copy_bundle names a function of a module
+    return (REPO / named).exists() or (attribute.isidentifier() and (REPO / f"{module}.py").is_file())
 
 
 def test_every_path_named_in_docs_and_comments_exists():
@@ -69,6 +70,7 @@ def test_make_help_lists_every_target_of_every_makefile():
 
 
 @pytest.mark.parametrize("named, real", [("pipeline/{train,evaluate}.py", True), ("app/templates/*.html", True),
-                                          ("monitoring/setup.sh", False), ("engine/ops/nn.py", True)])
+                                          ("monitoring/setup.sh", False), ("engine/ops/nn.py", True),
+                                          ("pipeline/bundle.copy_bundle", True), ("pipeline/bundle.nothing.py", False)])
 def test_the_path_check_understands_braces_and_globs(named, real):
     assert exists(named) is real
