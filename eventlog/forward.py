@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 ENV_FLUENTD_HOST = "FLUENTD_HOST"
 ENV_FLUENTD_PORT = "FLUENTD_PORT"
 ENV_FLUENTD_TIMEOUT = "FLUENTD_TIMEOUT"
-YIELD_EVERY = 32  # events sent between GIL hand-overs to the request threads of this process
+YIELD_EVERY = 16  # events sent between GIL hand-overs to the request threads of this process
 MAX_HELD = 256  # sent-but-unconfirmed segments held open; beyond it the oldest are confirmed by age alone
 
 
