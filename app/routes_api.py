@@ -51,11 +51,13 @@ def predict():
     if unavailable is not None:
         return unavailable
     check_forecastable(instances, model)
-    predictions, variants = predict_with_variants(model, state.variants, instances, state.sink, g.request_id,
-                                                  g.started, source="api")
+    predictions, variants, shadow = predict_with_variants(model, state.variants, instances, state.sink,
+                                                          g.request_id, g.started, source="api")
     response = jsonify({"model": {"name": model.name, "version": model.version}, "predictions": predictions,
                         "request_id": g.request_id})
     response.headers["X-Model-Variant"] = ",".join(variants)  # which release variant(s) answered
+    if shadow is not None:
+        response.call_on_close(shadow)  # after the response is sent: the shadow costs the user nothing
     return response
 
 

@@ -8,7 +8,7 @@ hot-reloading like production. The canary's share comes from models/release.json
 - canary: a store×item goes to the canary when ``crc32("store:item") mod 10000`` is below
   ``share × 10000`` — the same series always gets the same variant, so a forecast does not
   flip between models from one request to the next;
-- shadow: every request is also forecast by the shadow after production answered; its
+- shadow: every request is also forecast by the shadow after the response was sent; its
   predictions are logged as events with ``model_variant: shadow`` and the same request id,
   never returned. A shadow or canary failure never fails a request: production answers (its
   events then carry ``canary_failed: true``, which the release decision counts as canary errors).
@@ -17,10 +17,11 @@ hot-reloading like production. The canary's share comes from models/release.json
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from app.events import PredictionEventSink
 from app.predictor import LoadedModel, Predictor
@@ -30,6 +31,8 @@ from pipeline.release_store import CANARY, PRODUCTION, SHADOW, read_canary_share
 
 log = logging.getLogger(__name__)
 BUCKETS = 10_000
+# shadow work runs after the response, outside request_buffer's one-request-at-a-time lock: one at a time too
+_SHADOW_ONE_AT_A_TIME = threading.Lock()
 
 
 def canary_bucket(store_nbr: int, item_nbr: int) -> int:
@@ -99,8 +102,11 @@ def _forecastable(instances: Sequence[Instance], model: LoadedModel) -> bool:
 
 def predict_with_variants(production: LoadedModel, variants: Variants | None, instances: Sequence[Instance],
                           sink: PredictionEventSink, request_id: str, started: float,
-                          source: str) -> tuple[list[dict], list[str]]:
-    """(predictions in request order, the variants that answered); shadow forecasts are only logged."""
+                          source: str) -> tuple[list[dict], list[str], Callable[[], None] | None]:
+    """(predictions in request order, the variants that answered, the shadow's work or None).
+
+    The shadow's work is returned, not done: the route runs it once the response has been sent
+    (``response.call_on_close``), so a shadow never adds to a user's latency."""
     canary = variants.canary_model() if variants is not None else None
     share = variants.canary_share() if canary is not None else 0.0
     to_canary = [i for i, inst in enumerate(instances)
@@ -134,10 +140,16 @@ def predict_with_variants(production: LoadedModel, variants: Variants | None, in
             for position, prediction in zip(positions, got):
                 answered[position] = prediction
     shadow = variants.shadow_model() if variants is not None else None
-    if shadow is not None:
+    if shadow is None:
+        return answered, sorted(set(used)), None
+
+    def mirror() -> None:
         try:
-            if _forecastable(instances, shadow):
+            with _SHADOW_ONE_AT_A_TIME:
+                if not _forecastable(instances, shadow):
+                    return
                 predict_and_log(shadow, instances, sink, request_id, time.perf_counter(), source, variant=SHADOW)
-        except Exception:  # the shadow must never cost a user an answer
+        except Exception:  # noqa: BLE001 the shadow must never cost a user anything
             log.exception("shadow model %s failed on request %s", shadow.version, request_id)
-    return answered, sorted(set(used))
+
+    return answered, sorted(set(used)), mirror

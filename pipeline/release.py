@@ -279,7 +279,8 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     - live accuracy (only with actuals): the 95 % bootstrap interval of candidate RMSLE minus
       production RMSLE lies entirely above 0 (shadow: over the same series, paired; canary:
       over each variant's own series).
-    Fewer than MIN_EVENTS candidate predictions: wait (no decision).
+    The latency and distribution rules need MIN_EVENTS (30) candidate predictions (a p95 of ten is
+    their maximum); fewer than that and no rule broken: wait (no decision).
     """
     base, cand = traffic.get(PRODUCTION, VariantTraffic()), traffic.get(candidate, VariantTraffic())
     figures: dict = {"production_predictions": base.predictions, f"{candidate}_predictions": cand.predictions,
@@ -299,7 +300,7 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     if cand.latencies_ms and base.latencies_ms:
         p95c, p95b = float(np.percentile(cand.latencies_ms, 95)), float(np.percentile(base.latencies_ms, 95))
         figures.update(latency_p95_ms=round(p95c, 2), production_latency_p95_ms=round(p95b, 2))
-        if p95c > MAX_LATENCY_RATIO * max(p95b, 1.0):
+        if p95c > MAX_LATENCY_RATIO * max(p95b, 1.0) and len(cand.latencies_ms) >= MIN_EVENTS:
             reasons.append(f"latency: p95 {p95c:.1f} ms > {MAX_LATENCY_RATIO}x production's {p95b:.1f} ms")
     if candidate == SHADOW:
         shared = [(cand.by_request[k], base.by_request[k]) for k in cand.by_request.keys() & base.by_request.keys()]
@@ -309,7 +310,7 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     if shared:
         shift = float(np.median([math.log1p(c) - math.log1p(b) for c, b in shared]))
         figures.update(forecast_log_shift=round(shift, 4), compared_pairs=len(shared))
-        if abs(shift) > MAX_FORECAST_SHIFT:
+        if abs(shift) > MAX_FORECAST_SHIFT and len(shared) >= MIN_EVENTS:
             reasons.append(f"forecast distribution: median log1p shift {shift:+.3f} beyond ±{MAX_FORECAST_SHIFT}")
     elif candidate != SHADOW and cand.by_series:
         # a canary answers other series than production: compare the forecast levels instead
@@ -318,7 +319,7 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
         if base_all:
             shift = float(np.median(np.log1p(cand_all)) - np.median(np.log1p(base_all)))
             figures.update(forecast_log_shift=round(shift, 4))
-            if abs(shift) > MAX_FORECAST_SHIFT:
+            if abs(shift) > MAX_FORECAST_SHIFT and len(cand_all) >= MIN_EVENTS:
                 reasons.append(f"forecast distribution: median log1p level {shift:+.3f} from production's")
     if actuals:
         live = _live_accuracy(cand, base, actuals, paired=candidate == SHADOW, seed=seed)

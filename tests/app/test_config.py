@@ -41,7 +41,7 @@ def test_an_unexpected_error_is_a_clean_500_without_a_traceback(served, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(routes_api, "predict_and_log", broken)
+    monkeypatch.setattr(routes_api, "predict_with_variants", broken)
     model = served.model
     response = served.client.post("/api/v1/predict", json={"instances": [{
         "store_nbr": next(iter(model.catalog.stores)), "item_nbr": next(iter(model.catalog.items)),

@@ -118,6 +118,8 @@ def test_the_shadow_sees_every_request_and_is_never_returned(host, tmp_path):
     series = all_series(app)[:10]
     answers = [client.post("/api/v1/predict", json={"instances": [s]}) for s in series]
     assert all(a.headers["X-Model-Variant"] == PRODUCTION for a in answers)
+    for answer in answers:
+        answer.close()  # as a WSGI server does once the response is sent: the shadow's turn
     app.extensions["shelfcast"].sink.close()
     logged = read_events(events)
     by_variant = {v: {e["request_id"]: e for e in logged if e["model_variant"] == v} for v in (PRODUCTION, SHADOW)}
@@ -127,7 +129,7 @@ def test_the_shadow_sees_every_request_and_is_never_returned(host, tmp_path):
         assert returned == by_variant[PRODUCTION][answer.get_json()["request_id"]]["output"]["unit_sales"]
         assert answer.get_json()["model"]["version"] == production.version
     verdict = release.compare(release.read_events(events), SHADOW)
-    assert verdict.figures["compared_pairs"] == len(series) and verdict.decision == "wait"
+    assert verdict.figures["compared_pairs"] == len(series) and verdict.decision == "wait", verdict
 
 
 def test_a_worker_never_starts_without_a_model_while_a_good_release_exists(host, tmp_path):
