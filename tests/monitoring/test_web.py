@@ -42,3 +42,6 @@ def test_page_shows_the_latest_report_and_recent_statistics(tmp_path, monkeypatc
     assert not any(f["name"] in ("horizon", "target_day_of_month") for f in data["drift"]["top_features"])
     report = client.get("/monitoring/drift-report")
     assert report.status_code == 200 and b"<svg" in report.data
+    # Its inline styles are allowed by its own policy (the app's strict default would drop them); scripts are not.
+    policy = report.headers["Content-Security-Policy"]
+    assert "style-src 'unsafe-inline'" in policy and "default-src 'none'" in policy and "script" not in policy
