@@ -285,6 +285,8 @@ def run(root: Path, quiet: bool = False) -> dict:
         mlflow_run.set_tags({"bundle_digest": digest, "bundle_version": metadata["version"]})
         mlflow_run.log_bundle(bundle_dir)
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
+    if checkpoints.parent.is_dir() and not any(checkpoints.parent.iterdir()):
+        checkpoints.parent.rmdir()
     summary = {"run_id": mlflow_run.run_id, "bundle": str(bundle_dir), "digest": digest, **metrics,
                "seconds": time.perf_counter() - started}
     say(f"train: {tparams.model} best step {result.best_step}/{result.steps_run}, inner-validation NWRMSLE "

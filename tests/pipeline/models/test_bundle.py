@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import train
+from pipeline import models, train
 from pipeline.bundle import BundleError, copy_bundle, load_bundle, verify_bundle, write_bundle
-from pipeline.history import build_history, read_sales
+from pipeline.history import load_history
 from pipeline.model_params import feature_params, train_params
 from pipeline.params import load_yaml
 
@@ -20,12 +20,15 @@ def test_the_loader_reproduces_the_training_process(trained_project):
     root, _ = trained_project
     raw = load_yaml(root / "params.yaml")
     fparams, tparams = feature_params(raw), train_params(raw)
-    history = build_history(read_sales([root / train.TRAIN_DATA]))
+    history = load_history([root / train.TRAIN_DATA], days=train.days_needed(fparams))  # as the stage reads it
     data = train.prepare_training(history, fparams, tparams.baseline_weeks)
     config, result = train.fit(tparams, data, fparams.spec)
-    in_training = train._predict_weights(config, result.weights, data.inner.matrix)
+    in_training = models.predict_weights(config, result.weights, data.inner.matrix)
+    expected = models.predict_weights(config, result.weights, data.inner.matrix, result.expected_factor)
     bundle = load_bundle(root / train.CANDIDATE_DIR)  # trained by pipeline.train with the same params and data
-    np.testing.assert_array_equal(bundle.predict_features(data.inner.matrix), in_training)
+    served = bundle.forecast_features(data.inner.matrix)
+    np.testing.assert_array_equal(served["prediction"], in_training)
+    np.testing.assert_array_equal(served["expected_units"], expected)
 
 
 def test_bundle_contents_and_a_request(trained_project):
