@@ -117,6 +117,8 @@ def run(bundle: Path, events_path: Path | None, elasticsearch: str | None, index
         if since:
             events = [e for e in events if str(e.get("timestamp", "")) >= since]
         described = str(events_path)
+    # a shadow's events mirror requests production already answered (app/variants.py): not traffic
+    events = [e for e in events if e.get("model_variant") != "shadow"]
     actuals = read_actuals(actuals_path) if actuals_path else None
     report = analyse(events, metadata, stats, params, actuals, source=described)
     write_report(report, output_dir)

@@ -130,6 +130,11 @@ def test_the_shadow_sees_every_request_and_is_never_returned(host, tmp_path):
         assert answer.get_json()["model"]["version"] == production.version
     verdict = release.compare(release.read_events(events), SHADOW)
     assert verdict.figures["compared_pairs"] == len(series) and verdict.decision == "wait", verdict
+    from monitoring import drift  # drift counts the traffic once: shadow events are not requests
+
+    report = drift.run(store.variant_dir(PRODUCTION), events, None, drift.DEFAULT_INDEX_PATTERN, None, None,
+                       tmp_path / "none.yaml", tmp_path / "drift")
+    assert report["events"] == len(series)
 
 
 def test_a_worker_never_starts_without_a_model_while_a_good_release_exists(host, tmp_path):
