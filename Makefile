@@ -17,7 +17,7 @@ export DVC_NO_ANALYTICS = 1
 # CI/CD steps (ml-pipeline, promote, build-image, deploy, drift ...): one make target each.
 include monitoring/delivery.mk
 
-.PHONY: venv run serve test test-slow bench clean help dag status metrics plots mlflow-ui
+.PHONY: venv run serve test test-slow lint bench clean help dag status metrics plots mlflow-ui
 
 # `make help` is generated from the `## ` comment after each target in every Makefile read
 # (this one and monitoring/delivery.mk), so it cannot fall behind; a test checks every target has one.
@@ -46,7 +46,11 @@ serve: $(STAMP)       ## serve models/production with gunicorn on http://localho
 test: $(STAMP)        ## set up, then run the default test suite
 	scripts/install_test_services.sh
 	scripts/install_browser.sh || echo "make test: Chromium could not be installed; the browser test will skip"
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)        ## ruff over the whole repository (configured in pyproject.toml; make test runs it first)
+	$(BIN)/ruff check .
 
 test-slow: $(STAMP)   ## the long suites (marker: slow), the README walkthrough among them
 	scripts/install_test_services.sh

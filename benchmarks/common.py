@@ -200,7 +200,8 @@ _LAUNCHER = (
     "import json, os, subprocess, sys\n"
     "proc = subprocess.Popen(sys.argv[2:])\n"
     "_, status, usage = os.wait4(proc.pid, 0)\n"
-    "with open(sys.argv[1], 'w') as f: json.dump({'status': os.waitstatus_to_exitcode(status), 'maxrss': usage.ru_maxrss}, f)\n"
+    "with open(sys.argv[1], 'w') as f:\n"
+    "    json.dump({'status': os.waitstatus_to_exitcode(status), 'maxrss': usage.ru_maxrss}, f)\n"
 )
 
 

@@ -63,7 +63,8 @@ def main() -> None:
     figures = {"id": "event_fsync", "dir": str(args.dir), "line_bytes": len(LINE)}
     for mode in ("write_only", "per_event", "interval"):
         ms = run(args.dir, args.events, mode)
-        figures[mode] = {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4)}
+        figures[mode] = {"p50_ms": round(float(np.percentile(ms, 50)), 4),
+                         "p99_ms": round(float(np.percentile(ms, 99)), 4)}
     if args.json:
         print(json.dumps(figures))
         return

@@ -144,7 +144,8 @@ class Spool:
     def sync(self, seal_older_than_s: float | None = None) -> None:
         """fsync what was written; seal the open segment if it is older than the given age."""
         with self._lock:
-            if self._fd >= 0 and seal_older_than_s is not None and time.monotonic() - self._opened_at >= seal_older_than_s:
+            if (self._fd >= 0 and seal_older_than_s is not None
+                    and time.monotonic() - self._opened_at >= seal_older_than_s):
                 self._seal_locked()
             sealed, self._sealed = self._sealed, []
             current = os.dup(self._fd) if self._fd >= 0 and self._unsynced else -1

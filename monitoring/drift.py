@@ -90,7 +90,8 @@ def summary_line(report: Mapping[str, Any], html_path: Path) -> str:
     categorical = sum(r["drifted"] for r in report["categorical"].values())
     calendar = len(report.get("not_alarmed", {}).get("features", []))
     shown = f"; {calendar} calendar feature(s) shown, not alarmed" if calendar else ""
-    unsure = sum(r.get("verdict") == "inconclusive" for r in (*report["features"].values(), *report["categorical"].values()))
+    rows = (*report["features"].values(), *report["categorical"].values())
+    unsure = sum(r.get("verdict") == "inconclusive" for r in rows)
     shown += f"; {unsure} inconclusive (too few events to tell)" if unsure else ""
     if report["status"] == "insufficient_data":
         verdict = f"no verdict: {report['events']} events are too few"

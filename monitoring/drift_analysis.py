@@ -57,7 +57,8 @@ def read_actuals(path: Path | str) -> dict[tuple[str, str, str], float]:
             except (TypeError, ValueError) as exc:
                 raise ActualsError(f"{path}: line {number}: {exc}") from None
             if not np.isfinite(units) or units < 0:
-                raise ActualsError(f"{path}: line {number}: unit_sales must be finite and >= 0, got {row['unit_sales']!r}")
+                raise ActualsError(f"{path}: line {number}: unit_sales must be finite and >= 0, "
+                                   f"got {row['unit_sales']!r}")
             actual[(store, item, date)] = units
     return actual
 
@@ -66,7 +67,8 @@ CALENDAR_REASON = ("set by the requested date (and the store's holidays), which 
                    "bundle's forecast window: a shift here says which days clients ask for, not that the data "
                    "changed; shown, not alarmed")
 TRAINING_REFERENCE_NOTE = ("this bundle has no served-horizon reference (made before it existed): requests are "
-                           "compared with the training rows, from earlier origins; retrain for a like-for-like reference")
+                           "compared with the training rows, from earlier origins; "
+                           "retrain for a like-for-like reference")
 VERDICT_DRIFT, VERDICT_OK, VERDICT_INCONCLUSIVE, VERDICT_NOT_ALARMED = "drift", "ok", "inconclusive", "not alarmed"
 
 
@@ -141,7 +143,8 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
     }
     if data.rows < params.min_events:
         report["status"] = "insufficient_data"
-        report["reasons"].append(f"only {data.rows} event(s), fewer than drift.min_events={params.min_events}: no verdict")
+        report["reasons"].append(f"only {data.rows} event(s), "
+                                 f"fewer than drift.min_events={params.min_events}: no verdict")
     reasons: list[str] = []
     for name in dense_names:
         expected = reference["dense"][name]

@@ -25,7 +25,8 @@ def share_chart_svg(title: str, labels: Sequence[str], train: Sequence[float], l
                          f'fill="{colour}"><title>{escape(str(label))}: {"train" if j == 0 else "live"} '
                          f'{value:.3f}</title></rect>')
     parts.append(f'<line x1="0" y1="{CHART_HEIGHT}" x2="{CHART_WIDTH}" y2="{CHART_HEIGHT}" stroke="#555"/>')
-    parts.append(f'<text x="0" y="{CHART_HEIGHT + 13}" font-size="10">{escape(str(labels[0]) if labels else "")}</text>')
+    first_label = escape(str(labels[0]) if labels else "")
+    parts.append(f'<text x="0" y="{CHART_HEIGHT + 13}" font-size="10">{first_label}</text>')
     if len(labels) > 1:
         parts.append(f'<text x="{CHART_WIDTH}" y="{CHART_HEIGHT + 13}" font-size="10" text-anchor="end">'
                      f'{escape(str(labels[-1]))}</text>')
@@ -96,6 +97,8 @@ def render_report(report: Mapping[str, Any]) -> str:
     head = ("<tr><th>feature</th><th>PSI</th><th>test</th><th>statistic</th><th>p-value</th>{}<th>verdict</th>"
             f"<th><span style='color:{TRAIN_COLOUR}'>reference</span> vs <span style='color:{LIVE_COLOUR}'>live</span>"
             "</th></tr>")
+    categorical_rows = _shift_rows(report['categorical'], report['unseen'])
+    calendar_reason = escape(str(report.get('not_alarmed', {}).get('reason', '')))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Shelfcast drift report</title>
 <style>
@@ -114,9 +117,9 @@ served versions: {versions}. Generated {escape(report['generated_at'])}.</p>
 <h2>Reasons</h2><ul>{reasons}</ul>
 <p>Requests with any category unseen in training: {report['unseen'].get('any', 0.0):.1%}.</p>
 {prediction}{live_html}
-<h2>Categorical inputs</h2><table>{head.format('<th>unseen</th>')}{_shift_rows(report['categorical'], report['unseen'])}</table>
+<h2>Categorical inputs</h2><table>{head.format('<th>unseen</th>')}{categorical_rows}</table>
 <h2>Dense features</h2><table>{head.format('')}{_shift_rows(alarmable)}</table>
-<h2>Calendar features (not alarmed)</h2><p id="calendar-reason">{escape(str(report.get('not_alarmed', {}).get('reason', '')))}.</p>
+<h2>Calendar features (not alarmed)</h2><p id="calendar-reason">{calendar_reason}.</p>
 <table>{head.format('')}{_shift_rows(calendar)}</table>
 </body></html>
 """

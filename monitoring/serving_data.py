@@ -76,7 +76,8 @@ def collect(events: Sequence[Mapping[str, Any]], dense_names: Sequence[str],
         features = event.get("features")
         if not isinstance(features, Mapping) or not isinstance(features.get("dense"), Mapping) \
                 or not isinstance(features.get("categorical"), Mapping):
-            raise EventShapeError(f"{_where(event, i)}: features: expected {{'dense': {{...}}, 'categorical': {{...}}}}")
+            raise EventShapeError(f"{_where(event, i)}: features: "
+                                  f"expected {{'dense': {{...}}, 'categorical': {{...}}}}")
         for name in dense_names:
             value = features["dense"].get(name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):

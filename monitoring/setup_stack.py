@@ -65,8 +65,9 @@ def install_index_templates(elasticsearch: ElasticsearchEvents) -> list[str]:
 def import_saved_objects(kibana_url: str, path: Path = SAVED_OBJECTS, timeout_s: float = 60.0) -> dict:
     """POST the .ndjson to Kibana's saved-objects import API (multipart, overwrite)."""
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
-            "Content-Type: application/ndjson\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
+            "Content-Type: application/ndjson\r\n\r\n").encode()
+    body = head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
     request = urllib.request.Request(
         f"{kibana_url.rstrip('/')}/api/saved_objects/_import?overwrite=true", data=body, method="POST",
         headers={"kbn-xsrf": "shelfcast-setup", "Content-Type": f"multipart/form-data; boundary={boundary}"})

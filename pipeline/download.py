@@ -131,13 +131,15 @@ def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> in
             start = int(content_range.split(" ")[1].split("-")[0]) if content_range.startswith("bytes ") else -1
             if start != done:
                 raise DownloadError(f"{url}: server resumed at byte {start}, expected {done}")
-            total = int(content_range.rsplit("/", 1)[1]) if "/" in content_range and not content_range.endswith("*") else None
+            total_known = "/" in content_range and not content_range.endswith("*")
+            total = int(content_range.rsplit("/", 1)[1]) if total_known else None
             mode = "ab"
         else:
             done = 0
             total = int(length) if length is not None else None
             mode = "wb"
-        meta = {"etag": response.headers.get("ETag"), "last_modified": response.headers.get("Last-Modified"), "total": total}
+        meta = {"etag": response.headers.get("ETag"), "last_modified": response.headers.get("Last-Modified"),
+                "total": total}
         meta_path.write_text(json.dumps(meta))
         with open(part, mode) as out, tqdm(total=total, initial=done, unit="B", unit_scale=True,
                                            desc=f"download: {Path(url).name}", disable=not progress) as bar:
@@ -162,8 +164,8 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> Pa
                 expected = _copy_resuming(local_path(url), part, progress)
         except _Missing:
             raise
-        except (OSError, urllib.error.URLError, TimeoutError, http.client.HTTPException) as exc:  # interrupted: retry, resuming
-            last_error = exc
+        except (OSError, urllib.error.URLError, TimeoutError, http.client.HTTPException) as exc:
+            last_error = exc  # interrupted: retry, resuming
             continue
         size = part.stat().st_size
         if expected is not None and size != expected:

@@ -91,7 +91,8 @@ class StorePartitions:
         order = np.argsort(stores, kind="stable")
         sorted_stores = stores[order]
         bounds = np.flatnonzero(np.diff(sorted_stores)) + 1
-        table = pa.Table.from_batches([batch]).append_column("row", pa.array(np.arange(offset, offset + batch.num_rows)))
+        rows = pa.array(np.arange(offset, offset + batch.num_rows))
+        table = pa.Table.from_batches([batch]).append_column("row", rows)
         table = table.select(list(PARTITION_COLUMNS))
         for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(order)]])):
             store = int(sorted_stores[lo])
@@ -169,7 +170,9 @@ class IdTracker:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def split_train_by_store(raw_dir: Path, reference: Reference, workdir: Path, progress: bool) -> tuple[StorePartitions, np.ndarray]:
+def split_train_by_store(
+    raw_dir: Path, reference: Reference, workdir: Path, progress: bool
+) -> tuple[StorePartitions, np.ndarray]:
     """Pass 1: validate train.csv block by block; returns the partitions and the sales dates."""
     path = require_raw_file(raw_dir, "train")
     spec = RAW_SCHEMAS["train"]

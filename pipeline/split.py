@@ -64,7 +64,8 @@ def split(sales_path: Path, out_dir: Path, params: SplitParams, progress: bool =
     with atomic_directory(out_dir) as staging:
         writers = {name: parquet_writer(staging / f"{name}.parquet", sales.schema_arrow) for name in counts}
         try:
-            for group in tqdm(range(sales.num_row_groups), desc="split: row groups", unit="group", disable=not progress):
+            for group in tqdm(range(sales.num_row_groups), desc="split: row groups", unit="group",
+                              disable=not progress):
                 table = sales.read_row_group(group)
                 in_validation = pc.greater_equal(table.column("date"), cutoff_scalar)
                 for name, mask in (("validation", in_validation), ("train", pc.invert(in_validation))):

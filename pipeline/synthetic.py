@@ -189,7 +189,8 @@ def make_catalog(params: SyntheticParams) -> Catalog:
     discontinued = (rng.random(n_items) < 0.04) & ~launched_late
     last_day = np.where(discontinued, start + rng.integers(0, span, n_items), end + 1).astype("datetime64[D]")
     items = pd.DataFrame(
-        {"item_nbr": item_nbr, "family": [FAMILIES[f][0] for f in family], "class": class_code, "perishable": perishable}
+        {"item_nbr": item_nbr, "family": [FAMILIES[f][0] for f in family], "class": class_code,
+         "perishable": perishable}
     )
     n_fam = len(FAMILIES)
     return Catalog(
@@ -295,7 +296,8 @@ def make_holidays(first_year: int, last_year: int) -> pd.DataFrame:
             add(date, "Holiday", "National", "Ecuador", description)
             national_days_off.add(date)
         for offset in (-4, -3, -2, -1):
-            add(dt.date(year, 12, 25) + dt.timedelta(days=offset), "Additional", "National", "Ecuador", f"Navidad{offset}")
+            date = dt.date(year, 12, 25) + dt.timedelta(days=offset)
+            add(date, "Additional", "National", "Ecuador", f"Navidad{offset}")
         add(dt.date(year, 12, 26), "Additional", "National", "Ecuador", "Navidad+1")
         add(dt.date(year, 12, 31), "Additional", "National", "Ecuador", "Primer dia del ano-1")
         add(dt.date(year, 12, 5), "Additional", "Local", "Quito", "Fundacion de Quito-1")
@@ -378,7 +380,8 @@ class SalesProcess:
         rng = _rng(params.seed, 3)
         n_stores, n_items = len(self.stores), len(catalog.items)
         types = self.stores["type"].to_numpy()
-        self.store_level = (np.array([STORE_TYPE_LEVEL[t] for t in types]) + rng.normal(0, 0.2, n_stores)).astype(np.float32)
+        type_level = np.array([STORE_TYPE_LEVEL[t] for t in types])
+        self.store_level = (type_level + rng.normal(0, 0.2, n_stores)).astype(np.float32)
         self.store_trend = rng.normal(0.04, 0.03, n_stores).astype(np.float32)
         self.store_item = rng.normal(0.0, 0.45, (n_stores, n_items)).astype(np.float32)
         self.store_joins_promos = rng.random((n_stores, n_items)) < 0.85
@@ -538,8 +541,12 @@ def generate(params: SyntheticParams, out_dir: Path, progress: bool = True) -> d
     next_id = 0
     test_id = 0
     months = _months(process.days)
-    with atomic_file(out_dir / f"train{suffix}") as train_tmp, open_csv_sink(train_tmp, params.compression) as train_sink, \
-            atomic_file(out_dir / f"test{suffix}") as test_tmp, open_csv_sink(test_tmp, params.compression) as test_sink:
+    with (
+        atomic_file(out_dir / f"train{suffix}") as train_tmp,
+        open_csv_sink(train_tmp, params.compression) as train_sink,
+        atomic_file(out_dir / f"test{suffix}") as test_tmp,
+        open_csv_sink(test_tmp, params.compression) as test_sink,
+    ):
         train_writer = CsvTableWriter(train_sink, TRAIN_SCHEMA)
         test_writer = CsvTableWriter(test_sink, TEST_SCHEMA) if params.test_days else None
         for lo, hi in tqdm(months, desc="synthetic: months", unit="month", disable=not progress):
@@ -572,7 +579,8 @@ def generate(params: SyntheticParams, out_dir: Path, progress: bool = True) -> d
                                                   "transactions": tx[t_open, s_open]}))
             if test_writer is not None and hi > n_train_days:
                 first = max(lo, n_train_days) - lo
-                active = (days[first:, None] >= catalog.item_first_day[None, :]) & (days[first:, None] < catalog.item_last_day[None, :])
+                active = ((days[first:, None] >= catalog.item_first_day[None, :])
+                          & (days[first:, None] < catalog.item_last_day[None, :]))
                 grid = np.broadcast_to(active[:, None, :], promo[first:].shape)
                 t_idx, s_idx, i_idx = np.nonzero(grid)
                 n = len(t_idx)

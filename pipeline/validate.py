@@ -150,7 +150,9 @@ def _check_complete_last_line(path: Path, spec: RawFile, tail: bytes, rows_read:
     )
 
 
-def _batches(path: Path, spec: RawFile, as_text: bool = False, block_size: int = BLOCK_SIZE) -> Iterator[pa.RecordBatch]:
+def _batches(
+    path: Path, spec: RawFile, as_text: bool = False, block_size: int = BLOCK_SIZE
+) -> Iterator[pa.RecordBatch]:
     stream = _TailTracking(path)
     try:
         reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block_size),
@@ -196,7 +198,8 @@ def _explain_conversion_failure(path: Path, spec: RawFile, error: Exception) -> 
                 rows = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
                 if len(rows):
                     kind = "date YYYY-MM-DD" if column.type == pa.date32() else str(column.type)
-                    fail(path, column.name, f"not a valid {kind}", rows + offset, values.take(rows[:MAX_SHOWN]).to_pylist())
+                    shown = values.take(rows[:MAX_SHOWN]).to_pylist()
+                    fail(path, column.name, f"not a valid {kind}", rows + offset, shown)
                 if pa.types.is_integer(column.type):
                     _fail_on_integer_overflow(path, column, values, offset)
             offset += batch.num_rows
@@ -332,7 +335,8 @@ def _bounds(column: Column, values: pa.Array) -> list[tuple[pa.Array, str]]:
         return [(pc.or_(pc.less(values, low), pc.greater(values, high)),
                  f"a date within [{EARLIEST_DATE}, {LATEST_DATE}]")]
     if column.allowed is not None:
-        return [(pc.invert(pc.is_in(values, value_set=pa.array(column.allowed))), f"one of {', '.join(column.allowed)}")]
+        outside = pc.invert(pc.is_in(values, value_set=pa.array(column.allowed)))
+        return [(outside, f"one of {', '.join(column.allowed)}")]
     low = pa.scalar(column.min).cast(column.type) if column.min is not None else None
     high = pa.scalar(column.max).cast(column.type) if column.max is not None else None
     if low is not None and high is not None:

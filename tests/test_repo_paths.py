@@ -65,7 +65,8 @@ def test_make_help_lists_every_target_of_every_makefile():
                             timeout=60)
     assert result.returncode == 0, result.stderr
     listed = re.findall(r"^  make (\S+)\s+\S", result.stdout, re.M)
-    assert sorted(listed) == sorted(defined), f"make help lists {sorted(listed)}, the Makefiles define {sorted(defined)}"
+    assert sorted(listed) == sorted(defined), \
+        f"make help lists {sorted(listed)}, the Makefiles define {sorted(defined)}"
     assert len(listed) == len(set(listed))
 
 

@@ -42,7 +42,7 @@ def engine_unavailable_reason() -> str | None:
     """Why the engine's public API cannot be used yet (None when it can)."""
     try:
         import engine as en
-    except Exception as error:  # an engine mid-construction can fail in many ways
+    except Exception as error:  # noqa: BLE001 - a half-built engine can fail to import with any error; it is reported
         return f"engine not importable: {type(error).__name__}: {error}"
     needed = ("Graph", "Session", "placeholder", "Variable", "gather", "concat", "matmul", "relu",
               "reduce_mean", "square", "global_variables_initializer", "train")

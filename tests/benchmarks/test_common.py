@@ -65,7 +65,8 @@ def test_thread_env_pins_every_pool(common):
 
 
 def test_run_child_measures_that_childs_own_peak_memory_and_output(common):
-    allocate = "import json; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); print(json.dumps({'ok': 1}))"
+    allocate = ("import json; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+                "print(json.dumps({'ok': 1}))")
     run = common.run_child([sys.executable, "-c", allocate])
     assert run.returncode == 0 and run.last_json_line("child") == {"ok": 1}
     assert run.peak_rss_bytes >= 200 * 2**20

@@ -26,7 +26,8 @@ var sizes = Array.prototype.map.call(svg.querySelectorAll('text.tick, text.axis-
                                      function (t) { return parseFloat(getComputedStyle(t).fontSize) * scale; });
 var day = svg.querySelector('g.day-forecast');
 day.focus();
-var value = day.querySelector('text.value'), box = value.getBBox(), back = day.querySelector('rect.value-box').getBBox();
+var value = day.querySelector('text.value'), box = value.getBBox();
+var back = day.querySelector('rect.value-box').getBBox();
 var chart = svg.getBoundingClientRect(), table = document.getElementById('forecast-table').getBoundingClientRect();
 return {name: svg.getAttribute('class'), smallest: Math.min.apply(null, sizes),
         focused: document.activeElement === day, shown: getComputedStyle(value).visibility, label: value.textContent,

@@ -52,7 +52,8 @@ def test_an_unshifted_stream_raises_no_alarm(bundle_parts, stream, jsonl, produc
     (unseen_stores, r"category store_nbr: 20\.0% of requests have a value unseen in training"),
     (inflated_forecasts, r"predictions: PSI"),
 ])
-def test_a_shifted_stream_raises_the_alarm(bundle_parts, stream, jsonl, production_bundle, tmp_path, shift, expected_reason):
+def test_a_shifted_stream_raises_the_alarm(bundle_parts, stream, jsonl, production_bundle, tmp_path, shift,
+                                           expected_reason):
     metadata, stats = bundle_parts
     events = jsonl(tmp_path / "predictions.jsonl", stream(STREAM_EVENTS, seed=2, shift=shift))
     code, report, html = run_cli(tmp_path, production_bundle, events)
@@ -100,7 +101,8 @@ def test_too_few_events_give_no_verdict(bundle_parts, stream, jsonl, production_
     assert code == 0 and report["status"] == "insufficient_data" and not report["alarm"]
 
 
-def test_bad_inputs_exit_2_with_a_message_naming_the_problem(bundle_parts, stream, jsonl, production_bundle, tmp_path, capsys):
+def test_bad_inputs_exit_2_with_a_message_naming_the_problem(bundle_parts, stream, jsonl, production_bundle, tmp_path,
+                                                             capsys):
     metadata, stats = bundle_parts
     events = stream(5, seed=6)
     del events[3]["features"]["dense"]["horizon"]
@@ -165,7 +167,8 @@ def test_validation_window_traffic_raises_no_alarm_and_shifted_traffic_does(
     history = [r for r in report["features"].values() if r["role"] == "history"]
     assert history and max(r["psi"] for r in history) < 0.1
 
-    shifted = [{**r, "onpromotion": True} for r in validation_requests if r["store_nbr"] == validation_requests[0]["store_nbr"]]
+    store = validation_requests[0]["store_nbr"]
+    shifted = [{**r, "onpromotion": True} for r in validation_requests if r["store_nbr"] == store]
     log = replay(production_bundle, shifted, tmp_path / "shifted.jsonl")
     code, report, html = run_cli(tmp_path, production_bundle, log)
     assert code == drift.EXIT_ALARM, report["reasons"]
@@ -196,7 +199,8 @@ def test_the_served_reference_covers_the_bundle_window_only(bundle_parts):
     metadata, stats = bundle_parts
     served = stats["served"]
     assert served["horizon_dates"] == metadata["horizon_dates"]
-    days = [dt.date.fromisoformat(metadata["horizon_dates"][0]) + dt.timedelta(days=d) for d in range(metadata["horizon"])]
+    first_day = dt.date.fromisoformat(metadata["horizon_dates"][0])
+    days = [first_day + dt.timedelta(days=d) for d in range(metadata["horizon"])]
     quantiles = served["dense"]["target_day_of_month"]["quantiles"]
     assert min(d.day for d in days) / 31.0 == pytest.approx(quantiles["0.0"], abs=1e-6)
     assert max(d.day for d in days) / 31.0 == pytest.approx(quantiles["1.0"], abs=1e-6)

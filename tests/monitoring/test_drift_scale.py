@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def mid_bundle(tmp_path_factory, repo_root):
-    spec = importlib.util.spec_from_file_location("drift_scale_tiny_bundle", repo_root / "tests" / "app" / "tiny_bundle.py")
+    spec = importlib.util.spec_from_file_location("drift_scale_tiny_bundle",
+                                                  repo_root / "tests" / "app" / "tiny_bundle.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     params = copy.deepcopy(module.TINY_APP_PARAMS)

@@ -172,7 +172,8 @@ def test_every_panel_returns_data_for_every_series(visualization, search_with_ev
     dashboard = next(o for o in objects.values() if o["type"] == "dashboard")["attributes"]
     assert (dashboard["timeFrom"], dashboard["timeTo"]) == ("now-7d", "now")
     now = dt.datetime.now(dt.timezone.utc)
-    body = kibana_request(visualization, (now - dt.timedelta(days=7)).isoformat(), (now + dt.timedelta(minutes=1)).isoformat())
+    body = kibana_request(visualization, (now - dt.timedelta(days=7)).isoformat(),
+                          (now + dt.timedelta(minutes=1)).isoformat())
     answer = search_with_events.request("POST", f"/{view}/_search", body)
     state = json.loads(visualization["attributes"]["visState"])
     metrics = [a for a in state["aggs"] if a["schema"] == "metric"]

@@ -150,7 +150,8 @@ def test_app_events_reach_the_search_server_and_drift_reads_every_one(
     index_mapping = next(iter(mapping.values()))["mappings"]["properties"]
     event_fields = flatten({**received[0]["record"], "@timestamp": 0, "tag": 0})
     assert event_fields <= mapped(index_mapping), f"unmapped event fields: {event_fields - mapped(index_mapping)}"
-    quality = search_server.request("POST", "/shelfcast-monitoring-*/_search", {"query": {"term": {"tag": "shelfcast.metrics"}}})
+    quality = search_server.request("POST", "/shelfcast-monitoring-*/_search",
+                                    {"query": {"term": {"tag": "shelfcast.metrics"}}})
     assert quality["hits"]["hits"][0]["_source"]["metrics"]["candidate_nwrmsle"] == 0.5
 
     out = tmp_path / "drift"

@@ -52,12 +52,14 @@ def test_prediction_template_maps_every_event_field_explicitly(templates, repo_r
                  "latency_ms", "inputs.store_nbr", "inputs.item_nbr", "inputs.date", "inputs.onpromotion",
                  "output.unit_sales", "family", "store", "horizon_days", "model_variant"):
         assert name in fields, name
-    assert {fields[n] for n in ("family", "store", "model_variant")} == {"keyword"} and fields["horizon_days"] == "integer"
+    assert {fields[n] for n in ("family", "store", "model_variant")} == {"keyword"}
+    assert fields["horizon_days"] == "integer"
     assert {fields[n] for n in ("event_id", "request_id", "model_version", "inputs.store_nbr")} == {"keyword"}
     assert fields["timestamp"] == fields["@timestamp"] == fields["inputs.date"] == "date"
     assert fields["latency_ms"] == fields["output.unit_sales"] == "float"
     params = yaml.safe_load((repo_root / "params.yaml").read_text())["features"]
-    spec = FeatureSpec(**{k: params[k] for k in ("history_days", "mean_windows", "dow_weeks", "promo_windows", "horizon")})
+    spec_keys = ("history_days", "mean_windows", "dow_weeks", "promo_windows", "horizon")
+    spec = FeatureSpec(**{k: params[k] for k in spec_keys})
     for name in dense_feature_names(spec):
         assert fields.get(f"features.dense.{name}") == "float", name
     for name in CATEGORICAL_FIELDS:

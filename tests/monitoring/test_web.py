@@ -27,7 +27,8 @@ def test_page_before_any_event_or_report(tmp_path, monkeypatch):
 
 def test_page_shows_the_latest_report_and_recent_statistics(tmp_path, monkeypatch, stream, jsonl, production_bundle):
     client = client_for(tmp_path, monkeypatch)
-    events = stream(400, seed=11, shift=lambda dense, cat, pred: dense["target_onpromotion"].__setitem__(slice(None), 1.0))
+    events = stream(400, seed=11,
+                    shift=lambda dense, cat, pred: dense["target_onpromotion"].__setitem__(slice(None), 1.0))
     for event in events:
         event["inputs"]["onpromotion"] = True
     jsonl(tmp_path / "predictions.jsonl", events)
@@ -45,3 +46,31 @@ def test_page_shows_the_latest_report_and_recent_statistics(tmp_path, monkeypatc
     # Its inline styles are allowed by its own policy (the app's strict default would drop them); scripts are not.
     policy = report.headers["Content-Security-Policy"]
     assert "style-src 'unsafe-inline'" in policy and "default-src 'none'" in policy and "script" not in policy
+
+
+def test_traffic_is_split_by_release_variant(tmp_path, monkeypatch, jsonl):
+    """Production and canary events in one log: each variant's own counts, canary errors, latency and forecast."""
+    client = client_for(tmp_path, monkeypatch)
+
+    def event(variant, request, latency, units, **extra):
+        return {"timestamp": f"2026-12-01T10:00:{request % 60:02d}+00:00", "request_id": f"r{request}",
+                "instance_index": 0, "model_variant": variant, "model_version": {"production": "3"}.get(variant, "4"),
+                "latency_ms": latency, "output": {"unit_sales": units}, "source": "api",
+                "inputs": {"store_nbr": 1, "item_nbr": request, "date": "2017-08-16", "onpromotion": False}, **extra}
+
+    events = [event("production", i, 10.0 + i % 3, 2.0) for i in range(30)]
+    events += [event("canary", 100 + i, 40.0, 6.0) for i in range(10)]
+    events += [event("production", 200 + i, 12.0, 2.0, canary_failed=True) for i in range(2)]  # canary failed
+    jsonl(tmp_path / "predictions.jsonl", events)
+    variants = {row["variant"]: row for row in client.get("/api/v1/monitoring").get_json()["recent"]["variants"]}
+    assert list(variants) == ["production", "canary"]
+    production, canary = variants["production"], variants["canary"]
+    assert (production["requests"], production["predictions"], production["errors"]) == (32, 32, None)
+    assert (canary["requests"], canary["predictions"], canary["errors"]) == (10, 10, 2)
+    assert production["latency_ms"]["p50"] == 11.0 and canary["latency_ms"] == {"p50": 40.0, "p95": 40.0}
+    assert (production["forecast_mean"], canary["forecast_mean"]) == (2.0, 6.0)
+    page = client.get("/monitoring").get_data(as_text=True)
+    table = page[page.index('<table id="variants"'):page.index("</table>", page.index('<table id="variants"'))]
+    assert 'class="variant-production"' in table and 'class="variant-canary"' in table and "shadow" not in table
+    assert "40.00 / 40.00" in table and "6.00" in table and "not logged" in table
+    assert "<script" not in page and "style=" not in page

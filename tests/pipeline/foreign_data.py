@@ -150,7 +150,8 @@ def write_foreign_dataset(shape: ForeignShape | str, directory: Path) -> Path:
         (directory / "train.csv").write_text(train, encoding="utf-8")
     (directory / "items.csv").write_text(
         "item_nbr,family,class,perishable\n"
-        + "".join(f"{item},{FAMILIES[k % len(FAMILIES)]},{100 + k % 7},{int(k % 4 == 0)}\n" for k, item in enumerate(items)),
+        + "".join(f"{item},{FAMILIES[k % len(FAMILIES)]},{100 + k % 7},{int(k % 4 == 0)}\n"
+                  for k, item in enumerate(items)),
         encoding="utf-8")
     (directory / "stores.csv").write_text(
         "store_nbr,city,state,type,cluster\n"
@@ -166,8 +167,9 @@ def write_foreign_dataset(shape: ForeignShape | str, directory: Path) -> Path:
                                          if k % 7 < 5), encoding="utf-8")
     if shape.transactions:
         (directory / "transactions.csv").write_text(
-            "date,store_nbr,transactions\n" + "".join(f"{d},{s},{800 + (k * 37 + s) % 400}\n" for k, d in enumerate(date_text)
-                                                      for s in shape.stores), encoding="utf-8")
+            "date,store_nbr,transactions\n" + "".join(f"{d},{s},{800 + (k * 37 + s) % 400}\n"
+                                                      for k, d in enumerate(date_text) for s in shape.stores),
+            encoding="utf-8")
     if shape.test:
         first_test = dates[-1] + 1
         rows, next_id = [], int(ids.max()) + 1

@@ -251,7 +251,8 @@ def test_interrupted_http_download_resumes(http_server, kaggle_sample, tmp_path)
 def test_partial_file_survives_a_failed_run_and_is_resumed(http_server, kaggle_sample, tmp_path):
     partial = tmp_path / "partial"
     params = _params(http_server)
-    params = type(params)(params.source, params.sha256, type(params.download)(retries=1, timeout_s=10), params.synthetic)
+    one_try = type(params.download)(retries=1, timeout_s=10)
+    params = type(params)(params.source, params.sha256, one_try, params.synthetic)
     _RangeHandler.cut_after["train.csv.gz"] = 500
     with pytest.raises(DownloadError, match="partial data kept"):
         fetch(http_server + "train.csv.gz", partial, params, progress=False)
@@ -264,7 +265,8 @@ def test_partial_file_survives_a_failed_run_and_is_resumed(http_server, kaggle_s
 def test_changed_remote_file_restarts_from_zero(http_server, kaggle_sample, tmp_path):
     partial = tmp_path / "partial"
     params = _params(http_server)
-    params = type(params)(params.source, params.sha256, type(params.download)(retries=1, timeout_s=10), params.synthetic)
+    one_try = type(params.download)(retries=1, timeout_s=10)
+    params = type(params)(params.source, params.sha256, one_try, params.synthetic)
     _RangeHandler.cut_after["items.csv"] = 40
     with pytest.raises(DownloadError):
         fetch(http_server + "items.csv", partial, params, progress=False)

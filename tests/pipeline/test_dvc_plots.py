@@ -44,7 +44,8 @@ def plots_page(tmp_path_factory) -> Path:
     subprocess.run([str(DVC), "init", "--no-scm", "-q"], cwd=root, check=True, capture_output=True)
     (root / ".dvc" / "plots").mkdir(exist_ok=True)
     with open(root / ".dvc" / "config", "a", encoding="utf-8") as config:  # the project's [plots] section
-        config.write((REPO / ".dvc" / "config").read_text(encoding="utf-8").split("[plots]", 1)[1].join(["[plots]", ""]))
+        plots_section = (REPO / ".dvc" / "config").read_text(encoding="utf-8").split("[plots]", 1)[1]
+        config.write(plots_section.join(["[plots]", ""]))
     for name in ("offline_plots.html", "plots/daily_units.json"):
         shutil.copy(REPO / ".dvc" / name, root / ".dvc" / name)
     plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]

@@ -36,7 +36,8 @@ def _stage(module: str, root: Path, source: Path, timeout: int = 1800) -> subpro
 
 
 def _ok(result: subprocess.CompletedProcess, what: str) -> str:
-    assert result.returncode == 0, f"{what} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, \
+        f"{what} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     assert "Traceback" not in result.stderr
     return result.stdout
 
@@ -90,11 +91,13 @@ def test_foreign_data_end_to_end_to_an_api_prediction(tmp_path, name):
     store, item = shape.stores[-1], int(item_ids(shape)[0])
     day = str(last_sales_day(shape) + pd.Timedelta(days=1))
     request = {"instances": [{"store_nbr": store, "item_nbr": item, "date": day, "onpromotion": False}]}
-    client = ("import json, sys; from pathlib import Path; from app import create_app; from app.config import AppSettings; "
+    client = ("import json, sys; from pathlib import Path; from app import create_app; "
+              "from app.config import AppSettings; "
               "app = create_app(AppSettings(model_dir=Path('models/production'))); c = app.test_client(); "
-              "r = c.post('/api/v1/predict', json=json.loads(sys.argv[1])); print(r.status_code); print(r.get_data(as_text=True))")
-    served = subprocess.run([sys.executable, "-c", client, json.dumps(request)], cwd=root, capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+              "r = c.post('/api/v1/predict', json=json.loads(sys.argv[1])); print(r.status_code); "
+              "print(r.get_data(as_text=True))")
+    served = subprocess.run([sys.executable, "-c", client, json.dumps(request)], cwd=root, capture_output=True,
+                            text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
     status, _, body = served.stdout.partition("\n")
     assert status == "200", f"{served.stdout}\n{served.stderr[-3000:]}"
     prediction = json.loads(body)["predictions"][0]

@@ -33,7 +33,8 @@ def _sales(out) -> pd.DataFrame:
 def test_writes_the_prepared_schema_and_side_tables(prepared):
     out, summary = prepared
     assert pq.read_schema(out / "sales.parquet").remove_metadata() == PREPARED_SALES_SCHEMA
-    assert {p.name for p in out.iterdir()} == {"sales.parquet", "items.parquet", "stores.parquet", "holidays.parquet", "test.parquet"}
+    assert {p.name for p in out.iterdir()} == {"sales.parquet", "items.parquet", "stores.parquet", "holidays.parquet",
+                                               "test.parquet"}
     assert "grid rows" in summary
     sales = _sales(out)
     assert sales["date"].dtype == "datetime64[ns]"
@@ -50,7 +51,8 @@ def test_grid_is_zero_filled_from_each_items_first_sale(prepared):
     assert (per_pair["max"] == last).all()
     raw = pd.read_csv(pd.io.common.StringIO(kaggle_sample_files()["train"]), parse_dates=["date"])
     first_sale = raw.groupby(["store_nbr", "item_nbr"])["date"].min()
-    pd.testing.assert_series_equal(per_pair["min"], first_sale, check_names=False, check_index_type=False, check_dtype=False)
+    pd.testing.assert_series_equal(per_pair["min"], first_sale, check_names=False, check_index_type=False,
+                                   check_dtype=False)
     assert (per_pair["count"] == (last - first_sale).dt.days + 1).all()
     assert (first_sale.xs(114790, level="item_nbr") >= pd.Timestamp(START + dt.timedelta(days=5))).all()
     assert len(sales) > len(raw)

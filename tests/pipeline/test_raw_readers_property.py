@@ -36,12 +36,15 @@ def _rows(name: str) -> st.SearchStrategy[list[list[str]]]:
     if name == "train":
         row = st.tuples(st.integers(0, 2**63 - 1), DATES, st.integers(1, 54), st.integers(1, 2**31 - 1), NUMBER,
                         st.sampled_from(["True", "False", ""]))
-        return st.lists(row, min_size=1, max_size=30, unique_by=lambda r: r[0]).map(lambda rs: [list(map(str, r)) for r in rs])
+        return st.lists(row, min_size=1, max_size=30, unique_by=lambda r: r[0]).map(
+            lambda rs: [list(map(str, r)) for r in rs])
     if name == "items":
         row = st.tuples(st.integers(1, 2**31 - 1), TEXT, st.integers(0, 9999), st.sampled_from(["0", "1"]))
-        return st.lists(row, min_size=1, max_size=30, unique_by=lambda r: r[0]).map(lambda rs: [list(map(str, r)) for r in rs])
+        return st.lists(row, min_size=1, max_size=30, unique_by=lambda r: r[0]).map(
+            lambda rs: [list(map(str, r)) for r in rs])
     if name == "oil":
-        price = st.one_of(st.just(""), st.floats(min_value=0, max_value=1000, allow_nan=False).map(lambda v: f"{v:.2f}"))
+        price = st.one_of(st.just(""),
+                          st.floats(min_value=0, max_value=1000, allow_nan=False).map(lambda v: f"{v:.2f}"))
         row = st.tuples(DATES, price)
         return st.lists(row, min_size=1, max_size=30, unique_by=lambda r: r[0]).map(lambda rs: [list(r) for r in rs])
     row = st.tuples(DATES, st.sampled_from(HOLIDAY_TYPES), st.sampled_from(HOLIDAY_LOCALES), TEXT, TEXT,
@@ -70,7 +73,8 @@ def damaged_files(draw):
         at = min(at, len(data) - 1)
         damaged = data[:at] + bytes([draw(st.integers(0, 255))]) + data[at + 1:]
     elif damage == "insert":
-        damaged = data[:at] + draw(st.binary(min_size=1, max_size=4) | st.sampled_from([b",", b"\n", b'"', b"\r"])) + data[at:]
+        inserted = draw(st.binary(min_size=1, max_size=4) | st.sampled_from([b",", b"\n", b'"', b"\r"]))
+        damaged = data[:at] + inserted + data[at:]
     else:
         damaged = data[:at] + data[at + draw(st.integers(1, 8)):]
     return name, rows, compressed, damage, damaged

@@ -93,7 +93,8 @@ def test_holidays_have_locales_transfers_bridges_and_events():
     transferred = holidays[holidays["transferred"]]
     assert len(transferred) >= 5
     for _, row in transferred.iterrows():
-        moved = holidays[(holidays["type"] == "Transfer") & (holidays["description"] == f"Traslado {row['description']}")
+        moved = holidays[(holidays["type"] == "Transfer")
+                         & (holidays["description"] == f"Traslado {row['description']}")
                          & (holidays["date"] > row["date"]) & (holidays["date"] <= row["date"] + pd.Timedelta(days=7))]
         assert len(moved) == 1, row["description"]
     quake = holidays[holidays["description"].str.startswith("Terremoto Manabi")]
@@ -116,7 +117,8 @@ def test_transactions_cover_open_store_days(generated):
 
 
 def test_deterministic_for_a_seed(tmp_path):
-    small = SyntheticParams(**{**PARAMS.__dict__, "items": 60, "start_date": dt.date(2016, 1, 1), "compression": "none"})
+    small = SyntheticParams(**{**PARAMS.__dict__, "items": 60, "start_date": dt.date(2016, 1, 1),
+                               "compression": "none"})
     generate(small, tmp_path / "a", progress=False)
     generate(small, tmp_path / "b", progress=False)
     generate(SyntheticParams(**{**small.__dict__, "seed": 8}), tmp_path / "c", progress=False)
@@ -139,8 +141,8 @@ def test_gzip_files_are_byte_identical_for_a_seed(tmp_path):
 
 @pytest.fixture(scope="module")
 def process():
-    params = SyntheticParams(seed=3, stores=54, items=400, start_date=dt.date(2015, 6, 1), end_date=dt.date(2016, 12, 31),
-                             test_days=0, compression="none")
+    params = SyntheticParams(seed=3, stores=54, items=400, start_date=dt.date(2015, 6, 1),
+                             end_date=dt.date(2016, 12, 31), test_days=0, compression="none")
     return SalesProcess(params, make_catalog(params), make_holidays(2015, 2016))
 
 
@@ -194,5 +196,6 @@ def test_holidays_raise_demand_in_matching_stores(process):
     mu, _ = process.expected(0, 300)
     weekday = (process.days[:300].astype(np.int64) + 3) % 7
     same_weekday_other = [(day_off[:300, si] == 0) & (weekday == weekday[ti]) for ti, si in zip(t[:20], s[:20])]
-    higher = [mu[ti, si].mean() > mu[mask, si].mean() * 1.02 for ti, si, mask in zip(t[:20], s[:20], same_weekday_other)]
+    higher = [mu[ti, si].mean() > mu[mask, si].mean() * 1.02
+              for ti, si, mask in zip(t[:20], s[:20], same_weekday_other)]
     assert np.mean(higher) > 0.7
