@@ -71,6 +71,6 @@ def test_traffic_is_split_by_release_variant(tmp_path, monkeypatch, jsonl):
     assert (production["forecast_mean"], canary["forecast_mean"]) == (2.0, 6.0)
     page = client.get("/monitoring").get_data(as_text=True)
     table = page[page.index('<table id="variants"'):page.index("</table>", page.index('<table id="variants"'))]
-    assert 'class="variant-production"' in table and 'class="variant-canary"' in table and "shadow" not in table
+    assert 'class="variant-production"' in table and 'class="variant-canary"' in table and "variant-shadow" not in table
     assert "40.00 / 40.00" in table and "6.00" in table and "not logged" in table
     assert "<script" not in page and "style=" not in page
