@@ -26,6 +26,7 @@ the standard library only: this is the serving code path.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -115,6 +116,7 @@ def write_bundle(target: Path | str, *, write_graph: Callable[[Path], None], met
             raise BundleError(f"unexpected file(s) in the bundle: {', '.join(extra)}")
         _write_json(staging / CHECKSUMS_FILE, {"files": {name: file_digest(staging / name) for name in listed}})
         digest = file_digest(staging / CHECKSUMS_FILE)
+        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide it from the app's container user (another uid)
         swap_in_directory(staging, target)
         return digest
     finally:
@@ -130,8 +132,10 @@ def copy_bundle(source: Path | str, target: Path | str) -> str:
     try:
         for name in GRAPH_FILES + DATA_FILES + (CHECKSUMS_FILE,):
             shutil.copy2(source / name, staging / name)
+            os.chmod(staging / name, 0o644)  # readable by the serving container's user whatever the source's mode
         if verify_bundle(staging) != digest:
             raise BundleError(f"{target}: copy does not match {source}")
+        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide it from the app's container user (another uid)
         swap_in_directory(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
