@@ -1,4 +1,7 @@
-"""Statistics of the most recent prediction events in the local JSON-lines log (the monitoring page), overall and per release variant."""
+"""Statistics of the most recent prediction events in the local JSON-lines log (the monitoring page).
+
+Overall and per release variant (production, canary, shadow).
+"""
 
 from __future__ import annotations
 
