@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,20 @@ def receiver(tmp_path):
     if process.poll() is None:
         process.kill()
         process.wait(timeout=10)
+
+
+def wait_for_tag(state, tag: str, timeout_s: float = 10.0) -> None:
+    """The sender has written the event to the socket; wait (bounded) until the receiver has read it.
+
+    fluent-logger's sender does not wait for Fluentd's acknowledgement, so a SIGTERM right after
+    `emit` can reach the receiver before the last event's bytes do.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if state["output"].exists() and f'"{tag}"' in state["output"].read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the receiver got no {tag} event in {timeout_s} s")
 
 
 def stop_receiver(state) -> list[dict]:
@@ -141,6 +156,7 @@ def test_app_events_reach_the_search_server_and_drift_reads_every_one(
     monkeypatch.setenv("FLUENTD_HOST", "127.0.0.1")
     monkeypatch.setenv("FLUENTD_PORT", str(receiver["port"]))
     assert emit_validation_metrics(tmp_path / "results" / "metrics.json", None).startswith("fluentd")
+    wait_for_tag(receiver, "shelfcast.metrics")
 
     received = stop_receiver(receiver)
     assert sorted(e["tag"] for e in received).count("shelfcast.prediction") == REQUESTS
