@@ -67,7 +67,8 @@ class Catalog:
 
     @staticmethod
     def _text(item: Item) -> str:
-        return f"{item.item_nbr} {item.family} class {item.item_class}{' perishable' if item.perishable else ''}".lower()
+        perishable = " perishable" if item.perishable else ""
+        return f"{item.item_nbr} {item.family} class {item.item_class}{perishable}".lower()
 
     def search(self, query: str, limit: int) -> tuple[list[Item], int]:
         """Items whose number, family or class contain every word of ``query``; (first ``limit``, total)."""

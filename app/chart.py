@@ -132,7 +132,8 @@ def sales_chart_svg(history_days: Sequence[int], history_units: Sequence[float],
 
     legend_y = font + 2
     parts.append(f'<g class="legend">'
-                 f'<line class="history" x1="{plot_left}" x2="{plot_left + 18}" y1="{legend_y - 4}" y2="{legend_y - 4}"/>'
+                 f'<line class="history" x1="{plot_left}" x2="{plot_left + 18}" '
+                 f'y1="{legend_y - 4}" y2="{legend_y - 4}"/>'
                  f'<text x="{plot_left + 22}" y="{legend_y}">sold</text>'
                  f'<line class="forecast" x1="{plot_left + 66}" x2="{plot_left + 84}" y1="{legend_y - 4}" '
                  f'y2="{legend_y - 4}"/><text x="{plot_left + 88}" y="{legend_y}">forecast</text>'

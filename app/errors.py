@@ -53,7 +53,8 @@ def register_error_handlers(app: Flask, max_body_bytes: int) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        log.exception("request %s %s failed (request id %s)", request.method, request.path, getattr(g, "request_id", "?"))
+        log.exception("request %s %s failed (request id %s)",
+                      request.method, request.path, getattr(g, "request_id", "?"))
         message = "internal error; it has been logged with this request id"
         if wants_json():
             return error_response(500, "internal_error", message)

@@ -19,7 +19,8 @@ import os
 import threading
 
 from flask import Blueprint, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest)
 from prometheus_client import multiprocess
 
 ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"

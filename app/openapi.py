@@ -70,7 +70,8 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
         "Model": {
             "type": "object", "required": ["name", "version", "metrics", "origin", "horizon"],
             "properties": {
-                "name": {"type": "string"}, "version": {"type": "string"}, "created": {"type": "string", "nullable": True},
+                "name": {"type": "string"}, "version": {"type": "string"},
+                "created": {"type": "string", "nullable": True},
                 "digest": {"type": "string"}, "loaded_at": {"type": "string"},
                 "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
                 "origin": {"type": "string", "format": "date", "description": "last day with known sales"},
@@ -140,7 +141,8 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
                 "summary": "Search the model's items by number, family or class", "operationId": "searchItems",
                 "parameters": [
                     {"name": "q", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 100},
-                     "example": example.search, "description": "words that must all appear (e.g. a family and a class)"},
+                     "example": example.search,
+                     "description": "words that must all appear (e.g. a family and a class)"},
                     {"name": "limit", "in": "query", "required": False,
                      "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 20}}],
                 "responses": {"200": _json("#/components/schemas/ItemSearch", "matching items, by number"),

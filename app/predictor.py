@@ -162,7 +162,8 @@ def check_plausible(model: LoadedModel, path: Path) -> None:
     rows = min(PLAUSIBILITY_ROWS, max(len(items), len(stores)))
     pick = lambda values: [values[i * len(values) // rows] for i in range(rows)]  # noqa: E731 spread over all
     days = model.horizon_days
-    forecast = model.forecast(pick(stores), pick(items), [days[i % days.size] for i in range(rows)], [i % 2 for i in range(rows)])
+    forecast = model.forecast(pick(stores), pick(items), [days[i % days.size] for i in range(rows)],
+                              [i % 2 for i in range(rows)])
     for name, units in (("units", forecast.units), ("expected units", getattr(forecast, "expected_units", None))):
         if units is None:
             continue

@@ -89,7 +89,8 @@ def parse_instances(payload: Any, max_batch: int) -> list[Instance]:
     """The instances of a predict request body, or InputError(400) naming every bad field."""
     if not isinstance(payload, dict):
         raise InputError(400, "invalid_request", "the body must be a JSON object",
-                         [FieldError("body", f'expected an object {{"instances": [...]}}, got {type(payload).__name__}')])
+                         [FieldError("body",
+                                     f'expected an object {{"instances": [...]}}, got {type(payload).__name__}')])
     errors = [FieldError(k, "unknown field (expected only 'instances')") for k in payload if k != "instances"]
     instances = payload.get("instances")
     if "instances" not in payload:
@@ -168,7 +169,8 @@ def parse_form(form: Mapping[str, str], model: LoadedModel) -> FormInput:
     errors: dict[str, str] = {}
     store = _form_number(values["store"], "Choose a store.", "That is not a store number.", errors, "store")
     item = _form_number(values["item"], "Type a product and pick it from the list.",
-                        "Pick a product from the list (type part of its family or class), or type its item number.", errors, "item")
+                        "Pick a product from the list (type part of its family or class), or type its item number.",
+                        errors, "item")
     date = None
     if not values["date"]:
         errors["date"] = "Choose a date."

@@ -67,11 +67,13 @@ def start_receiver(output: Path) -> tuple[subprocess.Popen, int]:
     return process, int(line.split()[1])
 
 
-def start_app(bundle: Path, fluentd_port: int, workdir: Path, workers: int, threads: int) -> tuple[subprocess.Popen, str]:
+def start_app(bundle: Path, fluentd_port: int, workdir: Path, workers: int,
+              threads: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "FLASK_DEBUG"}
     env.update(SHELFCAST_MODEL_DIR=str(bundle), FLUENTD_HOST="127.0.0.1", FLUENTD_PORT=str(fluentd_port),
-               SHELFCAST_EVENT_SPOOL=str(workdir / "spool"), SHELFCAST_PREDICTION_LOG=str(workdir / "predictions.jsonl"),
+               SHELFCAST_EVENT_SPOOL=str(workdir / "spool"),
+               SHELFCAST_PREDICTION_LOG=str(workdir / "predictions.jsonl"),
                SHELFCAST_BIND=f"127.0.0.1:{port}", SHELFCAST_WORKERS=str(workers), SHELFCAST_THREADS=str(threads),
                SHELFCAST_LOG_LEVEL="warning")
     gunicorn = Path(sys.executable).with_name("gunicorn")
@@ -201,7 +203,8 @@ def measure(bundle: Path, clients: int, seconds: float, workers: int, threads: i
             app, url = start_app(bundle, fluentd_port, workdir, workers, threads)
             try:
                 bodies = request_bodies(url)
-                warm_up = run_clients(url, bodies, clients, warm_up_s, "s1-warm-")  # not timed: fills caches, opens connections
+                # Not timed: fills caches, opens connections.
+                warm_up = run_clients(url, bodies, clients, warm_up_s, "s1-warm-")
                 latencies, errors, answered, _ = run_clients(url, bodies, clients, seconds, "s1-run-")
             finally:
                 stop(app, timeout_s=60)  # workers flush their events to the receiver on exit
@@ -227,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="gunicorn workers (default: cores, as `make serve`)")
-    parser.add_argument("--threads", type=int, default=8, help="connection threads per worker (default 8, as `make serve`)")
+    parser.add_argument("--threads", type=int, default=8,
+                        help="connection threads per worker (default 8, as `make serve`)")
     parser.add_argument("--warm-up", type=float, default=2.0, help="untimed seconds of load first (default 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON line (BENCHMARKS.md format)")
     args = parser.parse_args(argv)

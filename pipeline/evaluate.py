@@ -122,9 +122,9 @@ def threshold_failures(pooled: Mapping, interval: ImprovementInterval, slices: M
         failures.append(
             f"evaluate.min_improvement: the candidate improves on the baseline by {interval.estimate:.2%} "
             f"(NWRMSLE {pooled['candidate_nwrmsle']:.4f} vs {pooled['baseline_nwrmsle']:.4f}), but the "
-            f"{interval.confidence:.0%} interval [{interval.low:.2%}, {interval.high:.2%}] over {interval.series} series "
-            f"does not clear the required {params.min_improvement:.2%} (lower bound short by "
-            f"{params.min_improvement - interval.low:.2%})")
+            f"{interval.confidence:.0%} interval [{interval.low:.2%}, {interval.high:.2%}] "
+            f"over {interval.series} series does not clear the required {params.min_improvement:.2%} "
+            f"(lower bound short by {params.min_improvement - interval.low:.2%})")
     cand = pooled["candidate_nwrmsle"]
     if params.max_nwrmsle is not None and cand > params.max_nwrmsle:
         failures.append(f"evaluate.max_nwrmsle: candidate NWRMSLE {cand:.4f} is above the threshold "
@@ -134,8 +134,9 @@ def threshold_failures(pooled: Mapping, interval: ImprovementInterval, slices: M
         for key, value in sorted(slices["candidate"][kind].items()):
             rows = slices["rows"][kind].get(key, 0)
             if rows >= bound.min_rows and value > bound.max_nwrmsle:
-                failures.append(f"evaluate.slice.max_nwrmsle: {kind[3:]} {key!r} ({rows} rows) has NWRMSLE {value:.4f}, "
-                                f"above the bound {bound.max_nwrmsle:.4f} by {value - bound.max_nwrmsle:.4f}")
+                failures.append(f"evaluate.slice.max_nwrmsle: {kind[3:]} {key!r} ({rows} rows) "
+                                f"has NWRMSLE {value:.4f}, above the bound {bound.max_nwrmsle:.4f} "
+                                f"by {value - bound.max_nwrmsle:.4f}")
     return failures
 
 
@@ -172,7 +173,8 @@ def validation_window(root: Path, bundle, frame: pd.DataFrame, baseline_weeks: i
     from pipeline.models import baseline_predict
 
     days = frame["date"].to_numpy(dtype="datetime64[D]")
-    store, item, promo = frame["store_nbr"].to_numpy(), frame["item_nbr"].to_numpy(), frame["onpromotion"].to_numpy(bool)
+    store, item = frame["store_nbr"].to_numpy(), frame["item_nbr"].to_numpy()
+    promo = frame["onpromotion"].to_numpy(bool)
     candidate, baseline = np.zeros(days.size), np.zeros(days.size)
     # In chunks: each row carries its series' whole feature window (Favorita: 3.5 M rows x 392 days).
     for start in tqdm(range(0, days.size, SCORE_CHUNK_ROWS), desc="evaluate: validation rows", unit="chunk",
@@ -274,7 +276,8 @@ def run(root: Path, quiet: bool = False) -> tuple[dict, list[str]]:
         "backtest": pooled,
         "validation": {"rows": validation["rows"], "candidate_nwrmsle": validation["candidate_nwrmsle"],
                        "baseline_nwrmsle": validation["baseline_nwrmsle"],
-                       "improvement": validation["improvement"], "candidate_rmse": rmse(latest.actual, latest.candidate),
+                       "improvement": validation["improvement"],
+                       "candidate_rmse": rmse(latest.actual, latest.candidate),
                        "baseline_rmse": rmse(latest.actual, latest.baseline)},
     }
     backtest = {"confidence": eparams.confidence, "resamples": eparams.bootstrap_resamples,
@@ -335,7 +338,8 @@ def _main(args) -> int:
     pooled, validation = metrics["backtest"], metrics["validation"]
     summary = (f"evaluate: {pooled['windows']} window(s), {pooled['rows']:,} rows: candidate NWRMSLE "
                f"{pooled['candidate_nwrmsle']:.4f} vs baseline {pooled['baseline_nwrmsle']:.4f}, "
-               f"{pooled['improvement']:.1%} better [{pooled['improvement_low']:.1%}, {pooled['improvement_high']:.1%}]; "
+               f"{pooled['improvement']:.1%} better "
+               f"[{pooled['improvement_low']:.1%}, {pooled['improvement_high']:.1%}]; "
                f"validation window {validation['candidate_nwrmsle']:.4f} vs {validation['baseline_nwrmsle']:.4f}")
     if failures:
         print(summary, file=sys.stderr)

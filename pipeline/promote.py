@@ -66,13 +66,15 @@ def check_candidate(root: Path, raw_params) -> tuple[dict, str]:
         raise PromotionRefused(f"{root / CANDIDATE_DIR} changed since it was evaluated (bundle digest {digest[:12]} vs "
                                f"evaluated {str(evaluation.get('bundle_digest'))[:12]}); run `dvc repro` again")
     now = current_versions(root, raw_params)
-    for key, label in (("code_version", "model code (engine/ and the pipeline modules of train/evaluate)"), ("data_version", "data"),
+    for key, label in (("code_version", "model code (engine/ and the pipeline modules of train/evaluate)"),
+                       ("data_version", "data"),
                        ("params_version", "params (features, train, evaluate)")):
         if now[key] != evaluation.get(key):
             raise PromotionRefused(f"the {label} changed since the evaluation; run `dvc repro` to evaluate the "
                                    "current state before promoting")
     if not evaluation.get("mlflow_run_id"):
-        raise PromotionRefused("the evaluation names no MLflow run for the candidate (was it trained by pipeline.train?)")
+        raise PromotionRefused("the evaluation names no MLflow run for the candidate "
+                               "(was it trained by pipeline.train?)")
     return evaluation, digest
 
 

@@ -10,7 +10,8 @@ def test_model_describes_name_version_metrics_origin_and_horizon(served):
     meta = served.model.bundle.metadata
     assert body["name"] == meta["name"] and body["version"] == meta["version"]
     assert body["metrics"] == meta["metrics"]
-    assert body["horizon"] == {"days": 16, "first_date": meta["horizon_dates"][0], "last_date": meta["horizon_dates"][1]}
+    first_date, last_date = meta["horizon_dates"][0], meta["horizon_dates"][1]
+    assert body["horizon"] == {"days": 16, "first_date": first_date, "last_date": last_date}
     assert body["origin"] == meta["forecast_origin"]
     assert body["digest"] == served.model.bundle.digest
     assert [s["store_nbr"] for s in body["stores"]] == sorted(served.model.catalog.stores)
@@ -51,7 +52,8 @@ def test_items_search_by_family_words_and_number(served):
     assert body["total"] == sum(word in i.family.lower() for i in catalog.items.values())
     assert all(word in item["family"].lower() for item in body["items"])
     by_number = served.client.get("/api/v1/items", query_string={"q": str(some.item_nbr)[:3]}).json
-    assert by_number["items"][0]["item_nbr"] == min(n for n in catalog.items if str(n).startswith(str(some.item_nbr)[:3]))
+    prefix = str(some.item_nbr)[:3]
+    assert by_number["items"][0]["item_nbr"] == min(n for n in catalog.items if str(n).startswith(prefix))
     exact = served.client.get("/api/v1/items", query_string={"q": f"{some.item_nbr} class {some.item_class}"}).json
     assert [i["item_nbr"] for i in exact["items"]] == [some.item_nbr]
     assert exact["items"][0]["label"].startswith(some.family.title())

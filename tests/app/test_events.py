@@ -45,7 +45,8 @@ def test_without_fluentd_host_a_prediction_goes_to_the_log_named_by_the_environm
             request_id="req-1",
             model_name="shelfcast-mlp",
             model_version="7",
-            inputs={"store_nbr": np.int64(44), "item_nbr": 1047679, "date": dt.date(2017, 8, 16), "onpromotion": np.bool_(True)},
+            inputs={"store_nbr": np.int64(44), "item_nbr": 1047679, "date": dt.date(2017, 8, 16),
+                    "onpromotion": np.bool_(True)},
             features=np.array([0.5, 1.25], dtype=np.float32),
             output=np.float32(3.5),
             latency_ms=np.float64(1.75),
@@ -71,7 +72,8 @@ def test_without_fluentd_host_a_prediction_goes_to_the_log_named_by_the_environm
 
 
 @pytest.mark.parametrize("environ", [{}, {"FLUENTD_HOST": ""}, {"FLUENTD_HOST": "  "}])
-def test_the_embedded_default_is_logs_predictions_jsonl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, environ: dict) -> None:
+def test_the_embedded_default_is_logs_predictions_jsonl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        environ: dict) -> None:
     monkeypatch.chdir(tmp_path)
     with PredictionEventSink.from_environment(environ) as sink:
         ids = [sink.emit({"output": i}) for i in range(3)]
@@ -248,7 +250,8 @@ def test_with_fluentd_down_every_event_is_spooled_and_left_for_the_next_start(tm
 
 def test_a_peer_that_never_answers_does_not_slow_emit(tmp_path: Path, silent_peer) -> None:
     # Emit only writes to the spool; the delivery thread alone talks to the network.
-    sink = PredictionEventSink.from_environment(fluent_environ(silent_peer.port, tmp_path / "spool"), close_timeout_s=0.5)
+    sink = PredictionEventSink.from_environment(fluent_environ(silent_peer.port, tmp_path / "spool"),
+                                                close_timeout_s=0.5)
     ids, durations = emit_from_threads(sink, threads=4, per_thread=150)
     wait_until(lambda: silent_peer.bytes_received > 0)
     sink.close()

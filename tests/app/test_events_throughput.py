@@ -76,7 +76,8 @@ def test_emit_cost_and_delivery_lag_with_fluentd_up(fluentd_receiver, tmp_path: 
     sink.close()
     lag = time.perf_counter() - last_emit
     fluentd_receiver.stop()
-    received = collections.Counter(e["record"]["event_id"] for e in fluentd_receiver.events() if "event_id" in e["record"])
+    received = collections.Counter(e["record"]["event_id"] for e in fluentd_receiver.events()
+                                   if "event_id" in e["record"])
     report("Fluentd up", durations, f"| all {len(ids)} sent and confirmed {lag * 1e3:.0f} ms after the last emit")
     assert received == collections.Counter(ids)
     assert np.percentile(durations, 99) < P99_BUDGET_MS and lag < 2.0

@@ -91,8 +91,8 @@ def test_the_forecast_shows_every_day_of_the_horizon_as_a_table(served):
     store, item = min(model.catalog.stores), min(model.catalog.items)
     chosen = model.last_date.isoformat()
     html = forecast_page(served, store=str(store), item=str(item), date=chosen, onpromotion="on")
-    rows = re.findall(r'<tr( class="chosen" aria-current="date")?><th scope="row"><time datetime="([0-9-]+)">[^<]+</time>'
-                      r'</th><td>([0-9.,]+)</td></tr>', html)
+    rows = re.findall(r'<tr( class="chosen" aria-current="date")?><th scope="row">'
+                      r'<time datetime="([0-9-]+)">[^<]+</time></th><td>([0-9.,]+)</td></tr>', html)
     days = [d.isoformat() for d in (model.first_date + __import__("datetime").timedelta(days=k) for k in range(16))]
     assert [date for _, date, _ in rows] == days
     assert [date for marked, date, _ in rows if marked] == [chosen]
@@ -111,7 +111,8 @@ def test_the_chart_has_units_dated_ticks_and_a_readable_value_for_every_day(serv
         assert len(ticks) >= 4, ticks  # Mondays, every week or fortnight, over 72 days
         focusable = re.findall(r'<g class="day day-forecast" tabindex="0" role="img" aria-label="([^"]+)">', svg)
         assert len(focusable) == 16 and all(re.search(r"forecast [0-9.,]+ units$", label) for label in focusable)
-        assert len(re.findall(r'<g class="day day-sold" role="img"', svg)) == min(56, served.model.bundle.spec.history_days)
+        sold_days = min(56, served.model.bundle.spec.history_days)
+        assert len(re.findall(r'<g class="day day-sold" role="img"', svg)) == sold_days
 
 
 def test_monitoring_times_are_readable_and_marked_for_local_time(served, tmp_path, monkeypatch):

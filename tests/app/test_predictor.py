@@ -7,8 +7,6 @@ import logging
 import threading
 import time
 
-import pytest
-
 from pipeline.atomic import file_digest
 from pipeline.bundle import copy_bundle
 

@@ -105,7 +105,8 @@ def test_stalled_bodies_do_not_delay_other_clients(server):
     for client in stalled:
         client.close()
     answered = [took for status, took in results if status == 200]
-    print(f"slow clients: {len(answered)}/20 answered 200 during 5 stalled bodies, slowest {max(answered) * 1000:.0f} ms")
+    print(f"slow clients: {len(answered)}/20 answered 200 during 5 stalled bodies, "
+          f"slowest {max(answered) * 1000:.0f} ms")
     assert len(answered) == 20, results
     assert max(answered) < 1.0
 
@@ -153,7 +154,8 @@ def test_metrics_sum_every_worker(server):
     text = response.read().decode()
     assert response.headers["Content-Type"].startswith("text/plain")
     served = 'source="api"'
-    assert metric(text, "shelfcast_predictions_total", served) - _or0(before, "shelfcast_predictions_total", served) == 12
+    predictions_before = _or0(before, "shelfcast_predictions_total", served)
+    assert metric(text, "shelfcast_predictions_total", served) - predictions_before == 12
     assert metric(text, "shelfcast_prediction_events_total", 'outcome="emitted"') >= 12
     assert metric(text, "shelfcast_prediction_events_total", 'outcome="sent"') >= 12
     assert metric(text, "shelfcast_request_duration_seconds_count", 'endpoint="/api/v1/predict"') >= 12

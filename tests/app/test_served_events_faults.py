@@ -38,7 +38,8 @@ def start_gunicorn(bundle: Path, fluentd_port: int, workdir: Path, workers: int)
     port = free_port()
     env = {**os.environ, "SHELFCAST_BIND": f"127.0.0.1:{port}", "SHELFCAST_WORKERS": str(workers),
            "SHELFCAST_MODEL_DIR": str(bundle), "FLUENTD_HOST": "127.0.0.1", "FLUENTD_PORT": str(fluentd_port),
-           "SHELFCAST_EVENT_SPOOL": str(workdir / "spool"), "PROMETHEUS_MULTIPROC_DIR": str(workdir / f"metrics-{port}"),
+           "SHELFCAST_EVENT_SPOOL": str(workdir / "spool"),
+           "PROMETHEUS_MULTIPROC_DIR": str(workdir / f"metrics-{port}"),
            "SHELFCAST_LOG_LEVEL": "warning"}
     log = open(workdir / f"gunicorn-{port}.log", "w", encoding="utf-8")
     process = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "--config", "app/gunicorn_conf.py",

@@ -198,7 +198,8 @@ def test_a_newcomer_follows_the_readme_on_a_fresh_clone(tmp_path):
         log = serving.output()
         silences = serving.longest_silences()
         print("make run: longest waits without output (s, after):", silences)
-        assert silences[0][0] <= MAX_SILENCE_S, f"make run printed nothing for {silences[0][0]} s after {silences[0][1]!r}"
+        assert silences[0][0] <= MAX_SILENCE_S, (f"make run printed nothing for {silences[0][0]} s "
+                                                 f"after {silences[0][1]!r}")
         for stage in ("download", "prepare", "split", "train", "evaluate", "promote"):
             assert re.search(rf"^{stage}: ", log, re.M), f"no progress or summary line from {stage}:\n{log[-3000:]}"
 
@@ -241,6 +242,7 @@ def test_a_newcomer_follows_the_readme_on_a_fresh_clone(tmp_path):
             serving.interrupt()
 
     status_after = run("git status --porcelain", clone, dict(os.environ))
-    assert status_after == status_before, (f"make run left the tree changed:\n{status_after}\n"
-                                           + run("git diff --stat; git diff dvc.lock | head -60", clone, dict(os.environ)))
+    assert status_after == status_before, (
+        f"make run left the tree changed:\n{status_after}\n"
+        + run("git diff --stat; git diff dvc.lock | head -60", clone, dict(os.environ)))
     assert not stages_listed(run("make status", clone, env))
