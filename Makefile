@@ -17,7 +17,7 @@ export DVC_NO_ANALYTICS = 1
 # CI/CD steps (ml-pipeline, promote, build-image, deploy, drift ...): one make target each.
 include monitoring/delivery.mk
 
-.PHONY: venv run serve test test-slow lint bench clean help dag status metrics plots mlflow-ui
+.PHONY: venv run serve test test-slow test-long lint bench clean help dag status metrics plots mlflow-ui
 
 # `make help` is generated from the `## ` comment after each target in every Makefile read
 # (this one and monitoring/delivery.mk), so it cannot fall behind; a test checks every target has one.
@@ -52,9 +52,14 @@ test: $(STAMP)        ## set up, then run the default test suite
 lint: $(STAMP)        ## ruff over the whole repository (configured in pyproject.toml; make test runs it first)
 	$(BIN)/ruff check .
 
-test-slow: $(STAMP)   ## the long suites (marker: slow), the README walkthrough among them
+test-slow: $(STAMP)   ## the end-to-end suites with real services (marker: slow; CI runs them after make test)
 	scripts/install_test_services.sh
-	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'slow and not long' $(PYTEST_ARGS)
+
+test-long: $(STAMP)   ## whole-pipeline suites: the README walkthrough, your-own-data shapes, full scale (marker: long)
+	scripts/install_test_services.sh
+	scripts/install_browser.sh || echo "make test-long: Chromium could not be installed; browser checks will skip"
+	$(BIN)/python -m pytest -m long $(PYTEST_ARGS)
 
 bench: $(STAMP)       ## benchmarks (installs the PyTorch CPU and LightGBM peers)
 	$(BIN)/python -m pip install -q -e '.[bench]'

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 60 * 60  # installing from PyPI, generating the data, training, the backtests (2 cores)

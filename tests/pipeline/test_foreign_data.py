@@ -79,6 +79,7 @@ def test_foreign_data_is_ingested(tmp_path, name, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("name", SHAPES)
 def test_foreign_data_end_to_end_to_an_api_prediction(tmp_path, name):
     shape = FOREIGN_SHAPES[name]

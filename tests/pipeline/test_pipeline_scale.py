@@ -29,6 +29,7 @@ def test_default_scale_fits_its_share_of_p1():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_full_scale_p2_meets_its_targets():
     code, records = _run(timeout=30 * 60)
     total = records[-1]
@@ -44,6 +45,7 @@ def test_p3_refuses_the_default_scale_it_does_not_measure():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_p3_runs_every_stage_through_evaluate_within_the_memory_target():
     """P3's plumbing at one store (the full-scale figure is measured by hand: BENCHMARKS.md, about 45 min)."""
     code, records = _run("--through", "evaluate", "--scale", "0.02", timeout=40 * 60)
