@@ -85,14 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     label = "P1-data" if args.default_scale else ("P3" if args.through == "evaluate" else "P2")
     stages = STAGES if label == "P3" else STAGES[:DATA_STAGES]
     target_wall_s, target_rss_gb = TARGETS[label]
-    print(f"{label}: {stores} stores x {synthetic['items']:,} items, {synthetic['start_date']} .. {synthetic['end_date']}, "
+    print(f"{label}: {stores} stores x {synthetic['items']:,} items, "
+          f"{synthetic['start_date']} .. {synthetic['end_date']}, "
           f"in {workdir}", flush=True)
     results = []
     try:
         for stage in stages:
             wall, rss_gb, code = run_stage(stage, workdir)
             if code == THRESHOLD_FAILED and stage == "evaluate":
-                print(f"{label}: evaluate ran to the end; its threshold test failed (timed all the same)", file=sys.stderr)
+                print(f"{label}: evaluate ran to the end; its threshold test failed (timed all the same)",
+                      file=sys.stderr)
             elif code != 0:
                 print(f"{label}: stage {stage} failed with exit code {code}", file=sys.stderr)
                 return 1
@@ -107,12 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| stage | wall s | peak RSS GB |\n|---|---|---|")
     for stage, wall, rss in results:
         print(f"| {stage} | {wall:.1f} | {rss:.2f} |")
-    print(f"| **total** | **{total_wall:.1f}** (target <= {target_wall_s}) | **{peak:.2f}** (target <= {target_rss_gb:g}) |")
+    print(f"| **total** | **{total_wall:.1f}** (target <= {target_wall_s}) "
+          f"| **{peak:.2f}** (target <= {target_rss_gb:g}) |")
     print(f"\nraw files {raw_bytes / 1e9:.2f} GB, prepared grid {grid_rows:,} rows")
     if args.json:
         for stage, wall, rss in results:
             print(json.dumps({"id": f"{label}.{stage}", "wall_s": round(wall, 2), "peak_rss_gb": round(rss, 3)}))
-        print(json.dumps({"id": label, "scale": None if args.default_scale else args.scale, "stores": stores, "wall_s": round(total_wall, 2),
+        print(json.dumps({"id": label, "scale": None if args.default_scale else args.scale, "stores": stores,
+                          "wall_s": round(total_wall, 2),
                           "peak_rss_gb": round(peak, 3), "ratio": round(total_wall / target_wall_s, 3),
                           "rss_ratio": round(peak / target_rss_gb, 3), "unit": "s", "grid_rows": grid_rows}))
     return 0 if total_wall <= target_wall_s and peak <= target_rss_gb else 2

@@ -86,7 +86,8 @@ def read_sales(paths: Iterable[Path | str]) -> pd.DataFrame:
         names = set(pq.read_schema(path).names)
         missing = [c for c in SALES_COLUMNS if c not in names]
         if missing:
-            raise HistoryError(f"{path}: missing column(s) {', '.join(missing)} (see pipeline/schema.py PREPARED_SALES)")
+            raise HistoryError(f"{path}: missing column(s) {', '.join(missing)} "
+                               "(see pipeline/schema.py PREPARED_SALES)")
         frames.append(pd.read_parquet(path, columns=list(SALES_COLUMNS)))
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if frame.empty:
@@ -147,7 +148,8 @@ class _HistoryBuilder:
         units = np.asarray(column("unit_sales"), np.float32)
         if not np.isfinite(units).all():
             r = int(np.flatnonzero(~np.isfinite(units))[0])
-            raise HistoryError(f"{source}: unit_sales: non-finite value {units[r]} for store {store[r]}, item {item[r]}")
+            raise HistoryError(f"{source}: unit_sales: non-finite value {units[r]} "
+                               f"for store {store[r]}, item {item[r]}")
         # Negative values (returns kept by prepare.returns=keep) sell nothing on that day for the model.
         self.sales[series, col] = np.maximum(units, 0)
         self.promo[series, col] = column("onpromotion")
@@ -214,7 +216,8 @@ def _open_sales(paths: Iterable[Path | str]) -> list[tuple[Path, pq.ParquetFile]
         parquet = pq.ParquetFile(path)
         missing = [c for c in SALES_COLUMNS if c not in parquet.schema_arrow.names]
         if missing:
-            raise HistoryError(f"{path}: missing column(s) {', '.join(missing)} (see pipeline/schema.py PREPARED_SALES)")
+            raise HistoryError(f"{path}: missing column(s) {', '.join(missing)} "
+                               "(see pipeline/schema.py PREPARED_SALES)")
         files.append((path, parquet))
     return files
 
@@ -289,7 +292,8 @@ def load_history(paths: Iterable[Path | str], days: int | None = None, progress:
     return history
 
 
-def calendar_flags(frame: pd.DataFrame, day: np.ndarray, store_nbr: np.ndarray, first_day: int, n_days: int) -> np.ndarray:
+def calendar_flags(frame: pd.DataFrame, day: np.ndarray, store_nbr: np.ndarray, first_day: int,
+                   n_days: int) -> np.ndarray:
     """Holiday flags per store and day, [K, n_days, flags], from the prepared rows (which carry them)."""
     store_pos = np.searchsorted(store_nbr, frame["store_nbr"].to_numpy(np.int64))
     flags = np.zeros((store_nbr.size, n_days, len(HOLIDAY_FLAGS)), np.uint8)
@@ -315,7 +319,8 @@ def future_calendar(holidays_path: Path | str, store_nbr: np.ndarray, first_day:
     covered[np.searchsorted(store_nbr, table["store_nbr"].to_numpy(np.int64)), day - first_day] = True
     if not covered.all():
         s, d = np.argwhere(~covered)[0]
-        raise HistoryError(f"{path}: no calendar row for store {store_nbr[s]} on {np.datetime64(int(first_day + d), 'D')}")
+        missing_day = np.datetime64(int(first_day + d), 'D')
+        raise HistoryError(f"{path}: no calendar row for store {store_nbr[s]} on {missing_day}")
     return flags
 
 
@@ -332,7 +337,8 @@ def rows_for_pairs(history: SalesHistory, series: np.ndarray, origin_cols: np.nd
     series = np.asarray(series, np.int64)
     origin_cols = np.asarray(origin_cols, np.int64)
     if origin_cols.size and int(origin_cols.min()) - history_days + 1 < 0:
-        raise FeatureInputError(f"origin column {int(origin_cols.min())}: needs {history_days} days of history before it")
+        raise FeatureInputError(f"origin column {int(origin_cols.min())}: "
+                                f"needs {history_days} days of history before it")
     pair = np.repeat(np.arange(series.size), horizon)
     h = np.tile(np.arange(1, horizon + 1), series.size)
     target_col = origin_cols[pair] + h

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bundle import GRAPH_FILES, load_bundle, write_bundle
+from pipeline.bundle import GRAPH_FILES, BundleError, load_bundle, write_bundle
 from pipeline.drift_stats import roll_served_reference
 from pipeline.history import future_calendar, load_history, snapshot_at
 
@@ -63,5 +63,5 @@ def source_digest(bundle_dir: Path) -> str | None:
     """The candidate a production bundle was rolled forward from (None when it is not one, or unreadable)."""
     try:
         return load_bundle(bundle_dir).metadata.get("source_bundle_digest")
-    except Exception:  # a missing or untrustworthy production bundle is simply replaced
+    except (BundleError, OSError, KeyError, TypeError):  # a missing or untrustworthy bundle is simply replaced
         return None

@@ -204,8 +204,10 @@ def run(root: Path, quiet: bool = False) -> dict:
     tags = {"git_commit": versions["git_commit"], "code_version": versions["code_version"][:16],
             "data_version": data_tag, "model_kind": tparams.model, "stage": "train"}
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    first_origin, last_origin = (_day(history.first_day + origin)
+                                 for origin in (min(data.train_origins), max(data.train_origins)))
     say(f"train: {data.train_examples:,} examples from {len(data.train_origins)} origins "
-        f"({_day(history.first_day + min(data.train_origins))} .. {_day(history.first_day + max(data.train_origins))}), "
+        f"({first_origin} .. {last_origin}), "
         f"{data.inner.units.size:,} inner-validation rows at {_day(history.first_day + data.inner_origin)}")
 
     with tracking.TrainingRun(root, f"train-{tparams.model}", tags) as mlflow_run:
