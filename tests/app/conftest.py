@@ -172,7 +172,7 @@ def silent_peer() -> Iterator[SilentPeer]:
 
 # --- the web app (app/): a real tiny model bundle, the app serving it, its event log ------------
 
-import importlib.util as _importlib_util  # noqa: E402
+import importlib.util as _importlib_util  # noqa: E402 - kept with the app fixtures that use it
 
 
 def _tiny_bundle_module():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from app.events import PredictionEventSink  # noqa: E402
+from app.events import PredictionEventSink  # noqa: E402 - run as a script: the repo goes on sys.path first
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ from __future__ import annotations
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is a test extra (pip install -e '.[test]')")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402 - after the importorskip that skips without it
+from hypothesis import strategies as st  # noqa: E402 - after the importorskip that skips without it
+from schemathesis import GenerationMode  # noqa: E402 - after the importorskip that skips without it
+from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402 - after the importorskip that skips without it
 
 EXAMPLES = 60
 FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,

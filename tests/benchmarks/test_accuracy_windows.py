@@ -20,7 +20,9 @@ def _window(accuracy, index=2, with_peer=True):
     series = np.repeat(np.arange(60), 16)
     actual = rng.poisson(4, series.size).astype(float)
     level = np.log1p(actual)
-    noisy = lambda scale: np.expm1(np.clip(level + rng.normal(0, scale, series.size), 0, None))  # noqa: E731
+    def noisy(scale: float) -> np.ndarray:
+        return np.expm1(np.clip(level + rng.normal(0, scale, series.size), 0, None))
+
     forecasts = {"baseline": noisy(0.9), "mlp": noisy(0.5), "floor": noisy(0.3)}
     if with_peer:
         forecasts["lightgbm"] = noisy(0.5)

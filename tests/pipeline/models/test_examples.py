@@ -77,7 +77,9 @@ def test_streamed_batches_are_every_example_once_shuffled_and_reproducible(tiny_
     assert all(len(b["weight"]) == 64 for b in batches[:-1]) and 0 < len(batches[-1]["weight"]) <= 64
     dense = np.concatenate([b["dense"] for b in batches])
     assert dense.shape == every.matrix.dense.shape and not np.array_equal(dense, every.matrix.dense)
-    key = lambda d: d[np.lexsort(d.T[::-1])]  # noqa: E731
+    def key(rows):
+        return rows[np.lexsort(rows.T[::-1])]
+
     assert np.array_equal(key(dense), key(every.matrix.dense))
     assert np.allclose(np.sort(np.concatenate([b["log1p"] for b in batches])), np.sort(np.log1p(every.units)))
     again = list(stream.batches(64, seed=5))
