@@ -81,18 +81,24 @@ def start_app(bundle: Path, fluentd_port: int, workdir: Path, workers: int,
     process = subprocess.Popen([str(gunicorn), "--config", "app/gunicorn_conf.py", "app.wsgi:app"], cwd=REPO, env=env,
                                stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    wait_until_ready(process, url, workdir / "gunicorn.log")
+    return process, url
+
+
+def wait_until_ready(process: subprocess.Popen, url: str, log_path: Path, timeout_s: float = 120.0) -> None:
+    """Until the app's /readyz answers 200; a BenchmarkError naming the log if gunicorn exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
     while True:
         if process.poll() is not None:
-            raise BenchmarkError(f"gunicorn exited ({process.returncode}); see {workdir / 'gunicorn.log'}")
+            raise BenchmarkError(f"gunicorn exited ({process.returncode}); see {log_path}")
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
                 if response.status == 200:
-                    return process, url
+                    return
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise BenchmarkError(f"the app did not become ready in 120 s; see {workdir / 'gunicorn.log'}")
+            raise BenchmarkError(f"the app did not become ready in {timeout_s:g} s; see {log_path}")
         time.sleep(0.2)
 
 

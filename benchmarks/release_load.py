@@ -26,7 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import app_load
@@ -68,19 +67,8 @@ def start_app(models: Path, workdir: Path, workers: int) -> tuple[subprocess.Pop
     process = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "--config", "app/gunicorn_conf.py",
                                 "app.wsgi:app"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if process.poll() is not None:
-            raise app_load.BenchmarkError(f"gunicorn exited; see {workdir / 'gunicorn.log'}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return process, url
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise app_load.BenchmarkError("the app did not become ready in 120 s")
-        time.sleep(0.2)
+    app_load.wait_until_ready(process, url, workdir / "gunicorn.log")
+    return process, url
 
 
 def run(clients: int, phase_s: float, workers: int) -> list[dict]:
