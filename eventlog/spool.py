@@ -235,7 +235,11 @@ class Spool:
 
     def _remove_orphans(self) -> None:
         """`.new` files left by a process that died between creating and naming a segment (empty)."""
-        for name in os.listdir(self.root):
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:  # the spool folder was removed under us: nothing to tidy
+            return
+        for name in names:
             path = self.root / name
             if name.endswith(OPENING_SUFFIX) and time.time() - _mtime(path) > 60:
                 segment = self._try_claim(path)

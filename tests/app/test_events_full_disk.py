@@ -59,14 +59,16 @@ def test_a_full_disk_drops_counted_events_and_delivery_resumes(fluentd_receiver,
     fluentd_receiver.stop()
     spool = tiny_disk / "spool"
     sink = sink_for(fluentd_receiver.port, spool, segment_max_bytes=32 * 1024)
-    answered = emit(sink, 2500)  # ~750 KB of events for 256 KiB of disk
-    refused_so_far = sink.stats.snapshot()["emitted"] - len(answered)
-    deadline = time.monotonic() + 10
-    while sink.stats.snapshot()["dropped"] == refused_so_far:  # the next check drops the oldest to make room
-        assert time.monotonic() < deadline, "no room was made on the full disk"
-        time.sleep(0.05)
-    answered += emit(sink, 200)  # the disk takes events again
-    sink.close()
+    try:  # a failed assertion must not leave the sink's threads running into the next tests
+        answered = emit(sink, 2500)  # ~750 KB of events for 256 KiB of disk
+        refused_so_far = sink.stats.snapshot()["emitted"] - len(answered)
+        deadline = time.monotonic() + 30
+        while sink.stats.snapshot()["dropped"] == refused_so_far:  # the next check drops the oldest to make room
+            assert time.monotonic() < deadline, f"no room was made on the full disk: {sink.stats.snapshot()}"
+            time.sleep(0.05)
+        answered += emit(sink, 200)  # the disk takes events again
+    finally:
+        sink.close()
     stats = sink.stats.snapshot()
     refused = stats["emitted"] - len(answered)  # writes the full disk refused: dropped, never answered with an id
     dropped_after_writing = stats["dropped"] - refused
