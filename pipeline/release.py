@@ -52,7 +52,8 @@ DEFAULT_EVENTS = Path(os.environ.get("SHELFCAST_PREDICTION_LOG", "").strip() or 
 MIN_EVENTS = 30  # fewer candidate predictions than this: no decision, keep observing
 MAX_EXTRA_ERROR_RATE = 0.01  # candidate errors may exceed production's by at most 1 point ...
 Z_ONE_SIDED_95 = 1.645  # ... with 95 % one-sided confidence (two-proportion z-test)
-MAX_LATENCY_RATIO = 1.5  # candidate p95 latency at most 1.5x production's
+MAX_LATENCY_RATIO = 1.5  # candidate p95 latency at most 1.5x production's ...
+MIN_LATENCY_EXCESS_MS = 5.0  # ... or at most this many ms above it (millisecond jitter is no regression)
 MAX_FORECAST_SHIFT = 0.5  # |median log1p(candidate) - log1p(production)| on the same requests (or series)
 NWRMSLE_MARGIN = 0.0  # with actuals: candidate NWRMSLE's 95 % bootstrap interval must not lie above production's + this
 
@@ -273,7 +274,7 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
 
     - errors: the candidate's error rate exceeds production's by more than 1 point with 95 %
       one-sided confidence (two-proportion z-test) — or any error at all with < MIN_EVENTS;
-    - latency: the candidate's p95 latency is above 1.5x production's;
+    - latency: the candidate's p95 latency is above 1.5x production's and more than 5 ms above it;
     - forecast distribution: the median of log1p(candidate) - log1p(production) over the same
       requests (shadow) or the same store×item×date (canary) is beyond ±0.5 (a factor of ~1.65);
     - live accuracy (only with actuals): the 95 % bootstrap interval of candidate RMSLE minus
@@ -300,8 +301,10 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     if cand.latencies_ms and base.latencies_ms:
         p95c, p95b = float(np.percentile(cand.latencies_ms, 95)), float(np.percentile(base.latencies_ms, 95))
         figures.update(latency_p95_ms=round(p95c, 2), production_latency_p95_ms=round(p95b, 2))
-        if p95c > MAX_LATENCY_RATIO * max(p95b, 1.0) and len(cand.latencies_ms) >= MIN_EVENTS:
-            reasons.append(f"latency: p95 {p95c:.1f} ms > {MAX_LATENCY_RATIO}x production's {p95b:.1f} ms")
+        slower = p95c > MAX_LATENCY_RATIO * p95b and p95c - p95b > MIN_LATENCY_EXCESS_MS
+        if slower and len(cand.latencies_ms) >= MIN_EVENTS:
+            reasons.append(f"latency: p95 {p95c:.1f} ms > {MAX_LATENCY_RATIO}x production's {p95b:.1f} ms "
+                           f"and more than {MIN_LATENCY_EXCESS_MS:g} ms above it")
     if candidate == SHADOW:
         shared = [(cand.by_request[k], base.by_request[k]) for k in cand.by_request.keys() & base.by_request.keys()]
     else:
