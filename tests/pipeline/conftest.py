@@ -140,3 +140,19 @@ def tiny_params(**synthetic) -> dict:
     params["data"]["synthetic"].update(dict(stores=2, items=120, start_date="2014-02-01", end_date="2014-06-30",
                                             test_days=3, compression="gzip"), **synthetic)
     return params
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """A real Dask LocalCluster of 2 worker processes on 127.0.0.1 (one thread and 2 GB each), shared by the session.
+
+    Yields the scheduler address, as a user would put it in $SHELFCAST_DASK_SCHEDULER.
+    """
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="2GB",
+                           host="127.0.0.1", dashboard_address=None)
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()

@@ -1,0 +1,116 @@
+"""Where the pipeline's parallel work runs: in this process, or on a Dask cluster when one is configured.
+
+The embedded default needs nothing started: with no scheduler configured every
+task runs here, one after another. A team that outgrows one machine points the
+pipeline at an existing Dask scheduler, and the same tasks fan out to its
+workers without any other change:
+
+* ``$SHELFCAST_DASK_SCHEDULER`` (e.g. ``tcp://10.0.0.5:8786``), else
+* ``cluster.scheduler`` in params.yaml (``null``: no cluster).
+
+The environment variable wins, so CI or a laptop can switch without editing a
+tracked file. The choice is deliberately *not* a DVC param of any stage: the
+outputs are the same rows either way, so switching must not rerun anything.
+
+``run_tasks`` is the one place that submits work: stages call it with a
+function and its inputs and get the results back in input order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+from pipeline.params import ParamsError
+
+SCHEDULER_ENV = "SHELFCAST_DASK_SCHEDULER"
+PARAMS_SECTION = "cluster"
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ClusterError(RuntimeError):
+    """The configured scheduler cannot be reached or a task failed on a worker (message says which)."""
+
+
+def scheduler_address(raw_params: Mapping | None = None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The Dask scheduler to use, or None for the embedded in-process default."""
+    environ = os.environ if environ is None else environ
+    from_env = environ.get(SCHEDULER_ENV, "").strip()
+    if from_env:
+        return from_env
+    section = (raw_params or {}).get(PARAMS_SECTION)
+    if section is None:
+        return None
+    if not isinstance(section, Mapping):
+        raise ParamsError(f"{PARAMS_SECTION}: expected a mapping, got {type(section).__name__}")
+    unknown = sorted(set(section) - {"scheduler"})
+    if unknown:
+        raise ParamsError(f"{PARAMS_SECTION}.{unknown[0]}: unknown key (known: scheduler)")
+    value = section.get("scheduler")
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise ParamsError(f"{PARAMS_SECTION}.scheduler: expected an address like tcp://host:8786 or null, "
+                          f"got {value!r}")
+    return value
+
+
+@contextmanager
+def dask_client(address: str | None, timeout_s: float = 30.0) -> Iterator[Any]:
+    """A ``distributed.Client`` connected to ``address``, or None (run here) when ``address`` is None.
+
+    Dask is imported only when a cluster is used, so the embedded default never pays for it.
+    """
+    if address is None:
+        yield None
+        return
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=f"{timeout_s}s")
+    except OSError as exc:
+        raise ClusterError(f"Dask scheduler {address} (from ${SCHEDULER_ENV} or params.yaml cluster.scheduler) "
+                           f"cannot be reached: {exc}") from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: Any = None, desc: str = "tasks",
+              progress: bool = True, **kwargs) -> list[R]:
+    """``[fn(item, **kwargs) for item in items]``, on the cluster's workers when ``client`` is given.
+
+    Results come back in input order whatever order the workers finish in. A task
+    that fails raises here with its input named, so a bad store partition is
+    findable. Progress is one bar over the tasks either way.
+    """
+    items = list(items)
+    if client is None:
+        results = []
+        for item in tqdm(items, desc=desc, unit="task", disable=not progress):
+            results.append(fn(item, **kwargs))
+        return results
+    from distributed import as_completed
+
+    futures = client.map(fn, items, pure=False, **kwargs)
+    index = {future.key: i for i, future in enumerate(futures)}
+    results: list[Any] = [None] * len(items)
+    with tqdm(total=len(items), desc=f"{desc} (dask)", unit="task", disable=not progress) as bar:
+        for future in as_completed(futures):
+            i = index[future.key]
+            try:
+                results[i] = future.result()
+            except Exception as exc:  # noqa: BLE001 - re-raised with the failing input named
+                for other in futures:
+                    other.cancel()
+                raise ClusterError(f"{desc}: the task for {items[i]!r} failed on a Dask worker: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+            bar.update(1)
+    return results

@@ -1,0 +1,59 @@
+"""pipeline.cluster: where tasks run (in process, or on a real Dask LocalCluster) and how a scheduler is chosen."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipeline.cluster import SCHEDULER_ENV, ClusterError, dask_client, run_tasks, scheduler_address
+from pipeline.params import ParamsError
+
+
+def _square_with_pid(value: int, offset: int = 0) -> tuple[int, int]:
+    return value * value + offset, os.getpid()
+
+
+def _fails_on_three(value: int) -> int:
+    if value == 3:
+        raise ValueError("three is bad")
+    return value
+
+
+def test_environment_wins_over_params_and_null_means_in_process():
+    params = {"cluster": {"scheduler": "tcp://params:8786"}}
+    assert scheduler_address(params, environ={SCHEDULER_ENV: "tcp://env:8786"}) == "tcp://env:8786"
+    assert scheduler_address(params, environ={}) == "tcp://params:8786"
+    assert scheduler_address({"cluster": {"scheduler": None}}, environ={}) is None
+    assert scheduler_address({}, environ={SCHEDULER_ENV: "  "}) is None
+
+
+def test_bad_cluster_params_name_the_key():
+    with pytest.raises(ParamsError, match=r"cluster\.workers: unknown key"):
+        scheduler_address({"cluster": {"workers": 2}}, environ={})
+    with pytest.raises(ParamsError, match=r"cluster\.scheduler"):
+        scheduler_address({"cluster": {"scheduler": 8786}}, environ={})
+
+
+def test_in_process_runs_here_in_order():
+    results = run_tasks(_square_with_pid, [3, 1, 2], desc="squares", progress=False, offset=1)
+    assert [value for value, _ in results] == [10, 2, 5]
+    assert {pid for _, pid in results} == {os.getpid()}
+
+
+def test_cluster_runs_on_workers_and_keeps_input_order(dask_cluster):
+    with dask_client(dask_cluster) as client:
+        results = run_tasks(_square_with_pid, list(range(8)), client=client, desc="squares", progress=False, offset=1)
+    assert [value for value, _ in results] == [i * i + 1 for i in range(8)]
+    assert os.getpid() not in {pid for _, pid in results}
+
+
+def test_failed_task_names_its_input(dask_cluster):
+    with dask_client(dask_cluster) as client, pytest.raises(ClusterError, match=r"for 3 failed.*three is bad"):
+        run_tasks(_fails_on_three, [1, 2, 3, 4], client=client, desc="checks", progress=False)
+
+
+def test_unreachable_scheduler_is_a_clear_error():
+    with pytest.raises(ClusterError, match="cannot be reached"):
+        with dask_client("tcp://127.0.0.1:9", timeout_s=2):
+            pass
