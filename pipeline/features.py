@@ -123,18 +123,28 @@ class FeatureRows:
     ``sales``/``promo`` hold the ``history_days`` days ending at each row's origin
     (last column = the origin). ``categorical`` maps each of CATEGORICAL_FIELDS to
     N raw values (ints or strings; None/'' for unknown).
+
+    Training rows come 16 to a (series, origin) pair, all with the same window:
+    there ``sales``/``promo`` hold each *pair's* window once and ``window`` says
+    which one row i uses, so the window's features are computed once per pair,
+    not once per target day (the same numbers: each is a function of its window).
     """
 
-    sales: np.ndarray  # [N, W] float, units sold (>= 0)
-    promo: np.ndarray  # [N, W] 0/1
+    sales: np.ndarray  # [N, W] float, units sold (>= 0); [P, W] with ``window``
+    promo: np.ndarray  # [N, W] 0/1; [P, W] with ``window``
     origin_day: np.ndarray  # [N] int64 days since 1970-01-01
     horizon: np.ndarray  # [N] int 1..spec.horizon
     target_promo: np.ndarray  # [N] 0/1
     holidays: np.ndarray  # [N, len(HOLIDAY_FLAGS)] 0/1 flags of the target day
     categorical: dict[str, np.ndarray] = field(default_factory=dict)
+    window: np.ndarray | None = None  # [N] int: row i's history is sales[window[i]]; None: its own row i
 
     def __len__(self) -> int:
         return int(np.asarray(self.horizon).shape[0])
+
+    def window_index(self) -> np.ndarray:
+        """Row -> its row of ``sales``/``promo``."""
+        return np.arange(len(self)) if self.window is None else np.asarray(self.window, np.int64)
 
 
 @dataclass
@@ -208,7 +218,14 @@ def calendar_of(days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 
 def _check_rows(spec: FeatureSpec, rows: FeatureRows) -> int:
     n = len(rows)
-    for name, shape in (("sales", (n, spec.history_days)), ("promo", (n, spec.history_days)),
+    windows = n if rows.window is None else int(np.shape(rows.sales)[0])
+    if rows.window is not None:
+        index = np.asarray(rows.window)
+        if index.shape != (n,) or index.dtype.kind not in "iu":
+            raise FeatureInputError(f"window: expected {n} integer row numbers, got shape {index.shape}")
+        if n and (int(index.min()) < 0 or int(index.max()) >= windows):
+            raise FeatureInputError(f"window: row numbers must be 0..{windows - 1}")
+    for name, shape in (("sales", (windows, spec.history_days)), ("promo", (windows, spec.history_days)),
                         ("origin_day", (n,)), ("target_promo", (n,)), ("holidays", (n, len(HOLIDAY_FLAGS)))):
         got = np.shape(getattr(rows, name))
         if got != shape:
@@ -233,9 +250,15 @@ def _check_rows(spec: FeatureSpec, rows: FeatureRows) -> int:
 
 
 def build_features(spec: FeatureSpec, vocab: Vocabularies, rows: FeatureRows) -> FeatureMatrix:
-    """The one feature function (training: many rows; serving: one)."""
+    """The one feature function (training: many rows; serving: one).
+
+    What depends on the history window alone is computed once per window row
+    (``FeatureRows.window``), then spread to the rows using it; the same arithmetic
+    either way, so the features are bit-identical to a row-by-row build.
+    """
     n = _check_rows(spec, rows)
     w = spec.history_days
+    window = rows.window_index()
     log_sales = np.log1p(np.asarray(rows.sales, dtype=np.float64))
     promo = np.asarray(rows.promo, dtype=np.float64)
     sold = log_sales > 0
@@ -243,31 +266,34 @@ def build_features(spec: FeatureSpec, vocab: Vocabularies, rows: FeatureRows) ->
     origin = np.asarray(rows.origin_day, dtype=np.int64)
     target_day = origin + horizon
 
-    columns: list[np.ndarray] = []
-    columns += [log_sales[:, w - k:].mean(axis=1) for k in spec.mean_windows]
-    columns += [sold[:, w - k:].mean(axis=1) for k in spec.mean_windows]
+    per_window: list[np.ndarray] = []  # columns that depend on the window only: one value per window row
+    per_window += [log_sales[:, w - k:].mean(axis=1) for k in spec.mean_windows]
+    per_window += [sold[:, w - k:].mean(axis=1) for k in spec.mean_windows]
+    columns: list[np.ndarray] = [c[window] for c in per_window]
 
     # Same weekday as the target day, over the last k weeks of the window.
     origin_dow = (origin + 3) % 7
     target_dow = (target_day + 3) % 7
     last_same_dow = (w - 1) - ((origin_dow - target_dow) % 7)  # column of the latest such day
-    row_index = np.arange(n)[:, None]
+    row_window = window[:, None]
     for k in spec.dow_weeks:
         cols = last_same_dow[:, None] - 7 * np.arange(k)[None, :]
-        columns.append(log_sales[row_index, cols].mean(axis=1))
+        columns.append(log_sales[row_window, cols].mean(axis=1))
 
     any_sale = sold.any(axis=1)
     last_sale = np.where(any_sale, (w - 1) - np.argmax(sold[:, ::-1], axis=1), -1)
     first_sale = np.where(any_sale, np.argmax(sold, axis=1), w)
-    columns.append(np.where(any_sale, (w - 1 - last_sale), w) / w)
-    columns.append(np.where(any_sale, (w - 1 - first_sale), 0) / w)
-    columns += [promo[:, w - k:].mean(axis=1) for k in spec.promo_windows]
+    per_window = [np.where(any_sale, (w - 1 - last_sale), w) / w, np.where(any_sale, (w - 1 - first_sale), 0) / w]
+    per_window += [promo[:, w - k:].mean(axis=1) for k in spec.promo_windows]
     # The series' own promotion response: mean log1p on promotion days, and its lift over the other days.
+    windows = log_sales.shape[0]
     promo_days = promo.sum(axis=1)
-    on_promo = np.divide((log_sales * promo).sum(axis=1), promo_days, out=np.zeros(n), where=promo_days > 0)
+    on_promo = np.divide((log_sales * promo).sum(axis=1), promo_days, out=np.zeros(windows), where=promo_days > 0)
     off_days = w - promo_days
-    off_promo = np.divide((log_sales * (1 - promo)).sum(axis=1), off_days, out=np.zeros(n), where=off_days > 0)
-    columns += [on_promo, np.where((promo_days > 0) & (off_days > 0), on_promo - off_promo, 0.0)]
+    off_promo = np.divide((log_sales * (1 - promo)).sum(axis=1), off_days, out=np.zeros(windows),
+                          where=off_days > 0)
+    per_window += [on_promo, np.where((promo_days > 0) & (off_days > 0), on_promo - off_promo, 0.0)]
+    columns += [c[window] for c in per_window]
 
     columns.append(np.asarray(rows.target_promo, dtype=np.float64))
     columns.append(horizon / spec.horizon)
@@ -278,7 +304,7 @@ def build_features(spec: FeatureSpec, vocab: Vocabularies, rows: FeatureRows) ->
     holidays = np.asarray(rows.holidays, dtype=np.float64)
     columns += [holidays[:, j] for j in range(len(HOLIDAY_FLAGS))]
     if spec.yearly:
-        columns += _yearly_columns(log_sales, sold, horizon, target_day)
+        columns += _yearly_columns(log_sales, sold, window, horizon, target_day)
 
     width = len(dense_feature_names(spec))
     dense = np.stack(columns, axis=1).astype(np.float32) if n else np.zeros((0, width), np.float32)
@@ -288,18 +314,22 @@ def build_features(spec: FeatureSpec, vocab: Vocabularies, rows: FeatureRows) ->
                          categorical=np.ascontiguousarray(categorical, dtype=np.int32))
 
 
-def _yearly_columns(log_sales: np.ndarray, sold: np.ndarray, horizon: np.ndarray, target_day: np.ndarray) -> list:
-    """Year-ago features (see the module docstring); zero where the series had not sold a year earlier."""
-    n, w = log_sales.shape
+def _yearly_columns(log_sales: np.ndarray, sold: np.ndarray, window: np.ndarray, horizon: np.ndarray,
+                    target_day: np.ndarray) -> list:
+    """Year-ago features (see the module docstring); zero where the series had not sold a year earlier.
+
+    ``log_sales``/``sold`` are per window row, ``window`` maps each row to its window row.
+    """
+    w = log_sales.shape[1]
     year_ago = (w - 1) + horizon - YEAR_DAYS  # column of the target's year-ago day
     base_end = (w - 1) - YEAR_DAYS  # column of the year-ago origin
-    base = log_sales[:, base_end - YEAR_AGO_BASE_DAYS + 1:base_end + 1].mean(axis=1)
+    base = log_sales[:, base_end - YEAR_AGO_BASE_DAYS + 1:base_end + 1].mean(axis=1)[window]
     # known: a sale on or before the first day of the year-ago base window (the series existed back then)
-    known = sold[:, :base_end - YEAR_AGO_BASE_DAYS + 2].any(axis=1)
-    row_index = np.arange(n)[:, None]
-    week = log_sales[row_index, year_ago[:, None] + np.arange(-YEAR_AGO_WEEK, YEAR_AGO_WEEK + 1)[None, :]].mean(axis=1)
-    day = log_sales[np.arange(n), year_ago]
-    recent = log_sales[:, w - YEAR_AGO_BASE_DAYS:].mean(axis=1)
+    known = sold[:, :base_end - YEAR_AGO_BASE_DAYS + 2].any(axis=1)[window]
+    week_cols = year_ago[:, None] + np.arange(-YEAR_AGO_WEEK, YEAR_AGO_WEEK + 1)[None, :]
+    week = log_sales[window[:, None], week_cols].mean(axis=1)
+    day = log_sales[window, year_ago]
+    recent = log_sales[:, w - YEAR_AGO_BASE_DAYS:].mean(axis=1)[window]
     day_of_year = (target_day - target_day.astype("datetime64[D]").astype("datetime64[Y]")
                    .astype("datetime64[D]").astype(np.int64))
     angle = 2 * np.pi * day_of_year / 365.25

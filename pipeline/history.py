@@ -329,7 +329,8 @@ def rows_for_pairs(history: SalesHistory, series: np.ndarray, origin_cols: np.nd
                    ) -> tuple[FeatureRows, np.ndarray, np.ndarray, np.ndarray]:
     """Feature inputs of (series, origin column) pairs, each for targets origin+1..origin+horizon.
 
-    Rows are pair-major, then horizon. Returns (rows, target units, perishable flags,
+    Rows are pair-major, then horizon; ``rows.sales``/``promo`` hold one window per pair
+    (``rows.window``: which). Returns (rows, target units, perishable flags,
     series index) for the rows whose target day lies in the arrays (and, with
     ``observed_only``, exists in the grid). ``categorical``: ``history.series_categorical()``,
     when the caller already has it (streaming calls this once per chunk).
@@ -347,14 +348,14 @@ def rows_for_pairs(history: SalesHistory, series: np.ndarray, origin_cols: np.nd
     if observed_only:
         keep &= history.observed[row_series, np.minimum(target_col, history.days - 1)]
     pair, h, target_col, row_series = pair[keep], h[keep], target_col[keep], row_series[keep]
-    # Gather each pair's window once, then copy whole rows per horizon (a row copy is far cheaper than a 2-D gather).
+    # Each pair's window once (rows.window says which one a row uses): the window features are per pair.
     used, pair = np.unique(pair, return_inverse=True)
     window = origin_cols[used][:, None] + np.arange(1 - history_days, 1)[None, :]
     pair_series = series[used][:, None]
     store_pos = np.searchsorted(history.stores["store_nbr"], history.store_nbr)
     categorical = history.series_categorical() if categorical is None else categorical
     rows = FeatureRows(
-        sales=history.sales[pair_series, window][pair], promo=history.promo[pair_series, window][pair],
+        sales=history.sales[pair_series, window], promo=history.promo[pair_series, window], window=pair,
         origin_day=history.first_day + origin_cols[used][pair], horizon=h,
         target_promo=history.promo[row_series, target_col],
         holidays=history.holidays[store_pos[row_series], target_col],

@@ -65,7 +65,7 @@ def baseline_predict(rows: FeatureRows, weeks: int) -> np.ndarray:
     target = origin + np.asarray(rows.horizon, np.int64)
     last_same = (w - 1) - (((origin + 3) % 7 - (target + 3) % 7) % 7)
     cols = last_same[:, None] - 7 * np.arange(weeks)[None, :]
-    return np.expm1(sales[np.arange(sales.shape[0])[:, None], cols].mean(axis=1)).astype(np.float32)
+    return np.expm1(sales[rows.window_index()[:, None], cols].mean(axis=1)).astype(np.float32)
 
 
 @dataclass
