@@ -36,6 +36,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.cluster import ClusterError, dask_client, scheduler_address
 from pipeline.io import atomic_directory
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
@@ -318,12 +319,16 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
 
 
 def download(params: DataParams, raw_dir: Path = RAW_DIR, partial_dir: Path = PARTIAL_DIR, progress: bool = True,
-             source: str | None = None) -> str:
-    """Fill ``raw_dir`` from ``source`` (default: ``params.source``), all files or none."""
+             source: str | None = None, client=None) -> str:
+    """Fill ``raw_dir`` from ``source`` (default: ``params.source``), all files or none.
+
+    With a Dask ``client``, synthetic data are written partly by the cluster's workers
+    (``pipeline.synthetic``); fetching a directory or URL is I/O and stays here.
+    """
     source = params.source if source is None else source
     with atomic_directory(raw_dir) as staging:
         if source == "synthetic":
-            counts = generate(params.synthetic, staging, progress=progress)
+            counts = generate(params.synthetic, staging, progress=progress, client=client)
             syn = params.synthetic
             return (f"synthetic: {counts['train']:,} train rows, {syn.stores} stores x {counts['items']:,} items, "
                     f"{syn.start_date} .. {syn.end_date} (seed {syn.seed}) in {raw_dir}")
@@ -332,13 +337,17 @@ def download(params: DataParams, raw_dir: Path = RAW_DIR, partial_dir: Path = PA
 
 
 def _main(args: argparse.Namespace) -> str:
-    params = data_params(stage_params(args))
-    return download(params, args.root / RAW_DIR, args.root / PARTIAL_DIR, progress=not args.quiet,
-                    source=data_source(params))
+    raw_params = stage_params(args)
+    params = data_params(raw_params)
+    source = data_source(params)
+    address = scheduler_address(raw_params) if source == "synthetic" else None  # fetching needs no cluster
+    with dask_client(address) as client:
+        return download(params, args.root / RAW_DIR, args.root / PARTIAL_DIR, progress=not args.quiet,
+                        source=source, client=client)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("download", _main, argv)
+    return run_stage("download", _main, argv, errors=(ClusterError,))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,14 @@ at the first date. Either way it ends at the last date of train.csv.
 
 Everything is written into a staging directory that replaces data/prepared
 only when complete; a validation error leaves the previous output untouched.
+
+On a Dask cluster (``pipeline.cluster``) pass 2 runs as one task per store on
+the workers: each reads its store's partition from the staging directory (which
+must be on storage every worker sees), builds the grid and writes it to its own
+part file under a temporary name, renamed when complete, so a task Dask retries
+after a worker died simply rewrites it. This process then copies the parts, in
+store order and with the same row groups, into sales.parquet: the same bytes as
+in one process. Pass 1 stays here: train.csv is one (gzip) stream.
 """
 
 from __future__ import annotations
@@ -30,8 +38,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from pipeline.cluster import ClusterError, dask_client, run_tasks, scheduler_address
 from pipeline.holidays import store_day_flags
-from pipeline.io import atomic_directory, parquet_writer, write_parquet
+from pipeline.io import atomic_directory, atomic_file, parquet_writer, write_parquet
 from pipeline.params import PrepareParams, prepare_params
 from pipeline.schema import HOLIDAY_FLAGS, PREPARED_SALES_SCHEMA, RAW_SCHEMAS
 from pipeline.stage import StageError, run_stage, stage_params
@@ -331,7 +340,77 @@ def read_test(raw_dir: Path, reference: Reference) -> pd.DataFrame | None:
     return read_small(raw_dir, "test", references=known)
 
 
-def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool = True) -> str:
+@dataclass(frozen=True)
+class StoreGridTask:
+    """One store's pass-2 work, as paths and small values a worker on another machine can act on."""
+
+    store: int
+    partition: str  # the store's rows from pass 1 (Parquet)
+    grid: str  # where the task writes the store's grid (Arrow IPC, row groups of ROW_GROUP_ROWS)
+    raw_dir: str
+    calendar: tuple[int, ...]  # the sales days, as days since 1970-01-01
+
+    def __repr__(self) -> str:
+        return f"store partition store_nbr={self.store} ({self.partition})"
+
+
+_BUILDER_CACHE: dict[tuple, GridBuilder] = {}
+
+
+def _builder_for(task: StoreGridTask, params: PrepareParams) -> GridBuilder:
+    """The GridBuilder of a run, made once per worker process (its inputs are the small reference files)."""
+    key = (task.raw_dir, hash(task.calendar), params)
+    if key not in _BUILDER_CACHE:
+        _BUILDER_CACHE.clear()
+        calendar = np.array(task.calendar, dtype="datetime64[D]")
+        _BUILDER_CACHE[key] = GridBuilder(read_reference(Path(task.raw_dir)), calendar, params)
+    return _BUILDER_CACHE[key]
+
+
+def build_store_grid(task: StoreGridTask, params: PrepareParams, train_name: str) -> int:
+    """Task (on a Dask worker): build one store's grid and write it to ``task.grid``; returns its rows.
+
+    Idempotent: the grid is written under a temporary name and renamed when complete.
+    """
+    builder = _builder_for(task, params)
+    grid = builder.build(task.store, pq.read_table(task.partition), Path(train_name))
+    with atomic_file(task.grid) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
+            pa.ipc.new_file(sink, PREPARED_SALES_SCHEMA) as writer:
+        for start in range(0, grid.num_rows, ROW_GROUP_ROWS):
+            writer.write_table(grid.slice(start, ROW_GROUP_ROWS))
+    return grid.num_rows
+
+
+def _grids_on_cluster(client, raw_dir: Path, partitions: StorePartitions, calendar: np.ndarray,
+                      params: PrepareParams, train_path: Path, writer: pq.ParquetWriter, progress: bool) -> int:
+    """Pass 2 as one task per store on the cluster's workers, then their parts copied into ``writer`` in order."""
+    days = tuple(calendar.astype(np.int64).tolist())
+    workdir = partitions.directory.resolve()  # absolute: a worker's current directory is its own
+    tasks = [StoreGridTask(store, str(workdir / partitions.path(store).name),
+                           str(workdir / f"grid-store={store}.arrow"), str(raw_dir.resolve()), days)
+             for store in sorted(partitions.rows)]
+    try:
+        run_tasks(build_store_grid, tasks, client=client, desc="prepare: stores", progress=progress, params=params,
+                  train_name=train_path.name)
+    except ClusterError as exc:
+        if isinstance(exc.__cause__, DataValidationError):  # bad data, found on a worker: the same one-line error
+            raise DataValidationError(str(exc)) from None
+        raise
+    total = 0
+    for task in tqdm(tasks, desc="prepare: assemble", unit="store", disable=not progress):
+        with pa.memory_map(task.grid) as source:
+            reader = pa.ipc.open_file(source)
+            for k in range(reader.num_record_batches):
+                batch = reader.get_batch(k)
+                writer.write_table(pa.Table.from_batches([batch]), row_group_size=ROW_GROUP_ROWS)
+                total += batch.num_rows
+        Path(task.grid).unlink()
+        Path(task.partition).unlink()
+    return total
+
+
+def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool = True, client=None) -> str:
+    """Validate and prepare ``raw_dir`` into ``out_dir``; pass 2 on the cluster's workers when ``client`` is given."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if not raw_dir.is_dir():
         raise StageError(f"{raw_dir}: no raw data directory (run the download stage first)")
@@ -342,16 +421,20 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool 
     with atomic_directory(out_dir) as staging:
         workdir = staging / ".by_store"
         partitions, calendar = split_train_by_store(raw_dir, reference, workdir, progress)
-        builder = GridBuilder(reference, calendar, params)
         sales_path = staging / "sales.parquet"
         writer = parquet_writer(sales_path, PREPARED_SALES_SCHEMA)
         try:
-            for store in tqdm(sorted(partitions.rows), desc="prepare: stores", unit="store", disable=not progress):
-                rows = pq.read_table(partitions.path(store))
-                grid = builder.build(store, rows, train_path)
-                writer.write_table(grid, row_group_size=ROW_GROUP_ROWS)
-                total_rows += grid.num_rows
-                partitions.path(store).unlink()
+            if client is not None:
+                total_rows = _grids_on_cluster(client, raw_dir, partitions, calendar, params, train_path, writer,
+                                               progress)
+            else:
+                builder = GridBuilder(reference, calendar, params)
+                for store in tqdm(sorted(partitions.rows), desc="prepare: stores", unit="store", disable=not progress):
+                    rows = pq.read_table(partitions.path(store))
+                    grid = builder.build(store, rows, train_path)
+                    writer.write_table(grid, row_group_size=ROW_GROUP_ROWS)
+                    total_rows += grid.num_rows
+                    partitions.path(store).unlink()
         finally:
             writer.close()
         shutil.rmtree(workdir)
@@ -363,12 +446,14 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool 
 
 
 def _main(args: argparse.Namespace) -> str:
-    return prepare(args.root / RAW_DIR, args.root / PREPARED_DIR, prepare_params(stage_params(args)),
-                   progress=not args.quiet)
+    raw_params = stage_params(args)
+    with dask_client(scheduler_address(raw_params)) as client:
+        return prepare(args.root / RAW_DIR, args.root / PREPARED_DIR, prepare_params(raw_params),
+                       progress=not args.quiet, client=client)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("prepare", _main, argv)
+    return run_stage("prepare", _main, argv, errors=(ClusterError,))
 
 
 if __name__ == "__main__":

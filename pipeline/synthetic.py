@@ -38,19 +38,33 @@ store-days record a return instead (negative units).
 Everything is drawn from numpy generators seeded by ``data.synthetic.seed``.
 The data are generated month by month, so the full 54-store, 2013–2017 scale
 (~125 M train rows) never has to fit in memory.
+
+train.csv.gz is a series of gzip members, one per month (RFC 1952 allows it;
+gzip, zcat, Python and pandas read it as one file). The draws are one random
+stream, so they stay in this process, but writing the CSV text and compressing
+it (two thirds of the time) is independent per month: on a Dask cluster
+(``pipeline.cluster``) each month's rows go to a worker as an Arrow file in the
+output directory, the worker writes that month's member, and the members are
+concatenated in order: the same bytes as when this process writes them all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 from tqdm import tqdm
 
+from pipeline.cluster import run_tasks
 from pipeline.holidays import store_day_flags
 from pipeline.io import CsvTableWriter, atomic_file, kaggle_bool_strings, open_csv_sink, write_frame_csv
 from pipeline.params import SyntheticParams
@@ -517,14 +531,82 @@ def _promo_strings(promo: np.ndarray, known: np.ndarray) -> pa.Array:
     return kaggle_bool_strings(pa.array(promo, mask=~known))
 
 
+CSV_SLICE_ROWS = 1 << 19  # rows formatted at a time: a month's CSV text never sits in memory whole
+GZIP_LEVEL = 1  # fast: the raw files are big
+
+
+def write_csv_member(table: pa.Table, sink: BinaryIO, compression: str, header: bool) -> None:
+    """Append ``table`` to ``sink`` as CSV in Kaggle's layout: one gzip member of its own, or plain text.
+
+    zlib's gzip header carries no time or file name, so the bytes depend on the rows alone.
+    """
+    if compression not in ("gzip", "none"):
+        raise ValueError(f"compression: expected gzip or none, got {compression!r}")
+    packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if compression == "gzip" else None
+    options = pacsv.WriteOptions(include_header=False, quoting_style="none")
+
+    def put(data) -> None:
+        sink.write(packer.compress(data) if packer is not None else data)
+
+    if header:
+        put((",".join(table.schema.names) + "\n").encode("utf-8"))
+    for start in range(0, table.num_rows, CSV_SLICE_ROWS):
+        text = pa.BufferOutputStream()
+        pacsv.write_csv(table.slice(start, CSV_SLICE_ROWS), text, options)
+        put(text.getvalue())
+    if packer is not None:
+        sink.write(packer.flush())
+
+
+@dataclass(frozen=True)
+class MonthPart:
+    """One month of train.csv for a Dask worker: the rows (an Arrow file) and where its member goes."""
+
+    month: str
+    rows: str
+    member: str
+    header: bool
+
+    def __repr__(self) -> str:
+        return f"train.csv month {self.month} ({self.rows})"
+
+
+def write_month_member(part: MonthPart, compression: str) -> int:
+    """Task (on a Dask worker): write one month's CSV member; returns its rows.
+
+    Idempotent: the member is written under a temporary name and renamed when complete.
+    """
+    with pa.memory_map(part.rows) as source:
+        table = pa.ipc.open_file(source).read_all()
+    with atomic_file(part.member) as tmp, open(tmp, "wb") as sink:
+        write_csv_member(table, sink, compression, part.header)
+    return table.num_rows
+
+
+def _stage_month(table: pa.Table, month: np.datetime64, parts_dir: Path, header: bool) -> MonthPart:
+    """Leave a month's rows in the (shared) output directory for a worker to format."""
+    parts_dir = parts_dir.resolve()  # absolute: a worker's current directory is its own
+    part = MonthPart(str(month), str(parts_dir / f"train-{month}.arrow"), str(parts_dir / f"train-{month}.csv.part"),
+                     header)
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    with atomic_file(part.rows) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
+            pa.ipc.new_file(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
+    return part
+
+
 def sales_process(params: SyntheticParams) -> SalesProcess:
     """The generator's demand model for ``params``: its catalog, holiday calendar and store effects."""
     last_day = params.end_date + dt.timedelta(params.test_days)
     return SalesProcess(params, make_catalog(params), make_holidays(min(params.start_date.year, 2012), last_day.year))
 
 
-def generate(params: SyntheticParams, out_dir: Path, progress: bool = True) -> dict[str, int]:
-    """Write the Favorita files into ``out_dir``; returns row counts per file."""
+def generate(params: SyntheticParams, out_dir: Path, progress: bool = True, client=None) -> dict[str, int]:
+    """Write the Favorita files into ``out_dir``; returns row counts per file.
+
+    With a Dask ``client`` the months of train.csv are written by the cluster's workers
+    (``out_dir`` must then be on storage they see); the files are the same bytes.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = ".csv.gz" if params.compression == "gzip" else ".csv"
@@ -541,13 +623,15 @@ def generate(params: SyntheticParams, out_dir: Path, progress: bool = True) -> d
     next_id = 0
     test_id = 0
     months = _months(process.days)
+    parts_dir = out_dir / ".train-months"
+    month_parts: list[MonthPart] = []
     with (
+        _scratch(parts_dir),
         atomic_file(out_dir / f"train{suffix}") as train_tmp,
-        open_csv_sink(train_tmp, params.compression) as train_sink,
+        open(train_tmp, "wb") as train_sink,
         atomic_file(out_dir / f"test{suffix}") as test_tmp,
         open_csv_sink(test_tmp, params.compression) as test_sink,
     ):
-        train_writer = CsvTableWriter(train_sink, TRAIN_SCHEMA)
         test_writer = CsvTableWriter(test_sink, TEST_SCHEMA) if params.test_days else None
         for lo, hi in tqdm(months, desc="synthetic: months", unit="month", disable=not progress):
             sales, promo, mu = process.draw(lo, hi, rng)
@@ -568,7 +652,10 @@ def generate(params: SyntheticParams, out_dir: Path, progress: bool = True) -> d
                     ],
                     schema=TRAIN_SCHEMA,
                 )
-                train_writer.write(table)
+                if client is None:
+                    write_csv_member(table, train_sink, params.compression, header=lo == 0)
+                else:
+                    month_parts.append(_stage_month(table, days[0].astype("datetime64[M]"), parts_dir, lo == 0))
                 next_id += n
                 units = np.clip(sales[:train_part], 0, None).sum(axis=2)  # [T, S]
                 open_days = (sales[:train_part] != 0).any(axis=2)
@@ -595,9 +682,10 @@ def generate(params: SyntheticParams, out_dir: Path, progress: bool = True) -> d
                     schema=TEST_SCHEMA,
                 ))
                 test_id += n
-        train_writer.close()
         if test_writer is not None:
             test_writer.close()
+        if client is not None:
+            _members_on_cluster(client, month_parts, train_sink, params.compression, progress)
     if not params.test_days:
         (out_dir / f"test{suffix}").unlink(missing_ok=True)
     counts["train"], counts["test"] = next_id, test_id
@@ -613,6 +701,27 @@ def generate(params: SyntheticParams, out_dir: Path, progress: bool = True) -> d
     _write_table(oil, out_dir / f"oil{suffix}", params.compression)
     counts.update(stores=len(catalog.stores), items=len(items), holidays_events=len(holidays), oil=len(oil))
     return counts
+
+
+def _members_on_cluster(client, parts: list[MonthPart], train_sink: BinaryIO, compression: str,
+                        progress: bool) -> None:
+    """The months' CSV members written by the cluster's workers, then appended to train.csv in month order."""
+    run_tasks(write_month_member, parts, client=client, desc="synthetic: train.csv months", progress=progress,
+              compression=compression)
+    for part in parts:
+        with open(part.member, "rb") as member:
+            shutil.copyfileobj(member, train_sink, 1 << 20)
+        Path(part.member).unlink()
+        Path(part.rows).unlink()
+
+
+@contextlib.contextmanager
+def _scratch(directory: Path) -> Iterator[Path]:
+    """A directory for the months handed to workers, removed afterwards whatever happens."""
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _write_table(frame: pd.DataFrame, path: Path, compression: str) -> None:
