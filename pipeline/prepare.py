@@ -346,7 +346,7 @@ class StoreGridTask:
 
     store: int
     partition: str  # the store's rows from pass 1 (Parquet)
-    grid: str  # where the task writes the store's grid (Arrow IPC, row groups of ROW_GROUP_ROWS)
+    grid: str  # where the task writes the store's grid (Arrow IPC, one batch per row group of sales.parquet)
     raw_dir: str
     calendar: tuple[int, ...]  # the sales days, as days since 1970-01-01
 
@@ -367,17 +367,18 @@ def _builder_for(task: StoreGridTask, params: PrepareParams) -> GridBuilder:
     return _BUILDER_CACHE[key]
 
 
-def build_store_grid(task: StoreGridTask, params: PrepareParams, train_name: str) -> int:
+def build_store_grid(task: StoreGridTask, params: PrepareParams, train_name: str, row_group_rows: int) -> int:
     """Task (on a Dask worker): build one store's grid and write it to ``task.grid``; returns its rows.
 
     Idempotent: the grid is written under a temporary name and renamed when complete.
+    ``row_group_rows`` comes from the caller, so the parts have the row groups it writes.
     """
     builder = _builder_for(task, params)
     grid = builder.build(task.store, pq.read_table(task.partition), Path(train_name))
     with atomic_file(task.grid) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
             pa.ipc.new_file(sink, PREPARED_SALES_SCHEMA) as writer:
-        for start in range(0, grid.num_rows, ROW_GROUP_ROWS):
-            writer.write_table(grid.slice(start, ROW_GROUP_ROWS))
+        for start in range(0, grid.num_rows, row_group_rows):
+            writer.write_table(grid.slice(start, row_group_rows))
     return grid.num_rows
 
 
@@ -391,7 +392,7 @@ def _grids_on_cluster(client, raw_dir: Path, partitions: StorePartitions, calend
              for store in sorted(partitions.rows)]
     try:
         run_tasks(build_store_grid, tasks, client=client, desc="prepare: stores", progress=progress, params=params,
-                  train_name=train_path.name)
+                  train_name=train_path.name, row_group_rows=ROW_GROUP_ROWS)
     except ClusterError as exc:
         if isinstance(exc.__cause__, DataValidationError):  # bad data, found on a worker: the same one-line error
             raise DataValidationError(str(exc)) from None

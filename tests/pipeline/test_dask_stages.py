@@ -1,0 +1,113 @@
+"""The data stages on a real Dask cluster (2 worker processes) give the same files as in one process.
+
+Each test runs the stage mains as a user does, once in process and once with
+$SHELFCAST_DASK_SCHEDULER pointing at the session's LocalCluster, and compares
+every output file byte for byte: a team that moves to a cluster keeps its DVC
+hashes. Small sizes keep them in the default suite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import download, prepare, split
+from pipeline import source as source_stage
+from pipeline.cluster import SCHEDULER_ENV, ClusterError, dask_client, run_tasks
+from pipeline.params import PrepareParams
+from pipeline.prepare import StoreGridTask, build_store_grid
+
+from .conftest import default_params, kaggle_sample_files, write_kaggle_sample
+from .foreign_data import write_foreign_dataset
+
+OUTPUTS = ("data/raw", "data/prepared", "data/split")
+
+
+def _project(root: Path, synthetic: dict | None = None) -> Path:
+    params = default_params()
+    if synthetic:
+        params["data"]["synthetic"].update(synthetic)
+    root.mkdir(parents=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def _run_stages(root: Path, monkeypatch, scheduler: str | None, stages=(download, prepare, split)) -> None:
+    if scheduler is None:
+        monkeypatch.delenv(SCHEDULER_ENV, raising=False)
+    else:
+        monkeypatch.setenv(SCHEDULER_ENV, scheduler)
+    for stage in stages:
+        assert stage.main(["--root", str(root), "--quiet"]) == 0, stage.__name__
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    """Every output file (hidden ones too: scratch left behind would show here) by its path under root."""
+    files = {}
+    for output in OUTPUTS:
+        for path in sorted((root / output).rglob("*")):
+            if path.is_file():
+                files[str(path.relative_to(root))] = path.read_bytes()
+    return files
+
+
+def _assert_same_files(local: Path, clustered: Path) -> None:
+    in_process, on_cluster = _files(local), _files(clustered)
+    assert sorted(on_cluster) == sorted(in_process)
+    assert not [name for name in in_process if "/." in name], "scratch files left in an output"
+    differing = [name for name in in_process if in_process[name] != on_cluster[name]]
+    assert not differing, f"not byte-identical with and without Dask: {differing}"
+
+
+def test_synthetic_stages_give_the_same_files_on_a_cluster(tmp_path, monkeypatch, dask_cluster):
+    """3 stores, 150 items, 3 months: download's months and prepare's stores run as tasks on the workers."""
+    synthetic = dict(stores=3, items=150, start_date="2016-01-01", end_date="2016-03-31", test_days=3)
+    monkeypatch.setattr(prepare, "ROW_GROUP_ROWS", 4_000)  # several row groups per store, split across parts
+    local, clustered = _project(tmp_path / "local", synthetic), _project(tmp_path / "cluster", synthetic)
+    _run_stages(local, monkeypatch, None)
+    _run_stages(clustered, monkeypatch, dask_cluster)
+    _assert_same_files(local, clustered)
+    assert len(_files(local)) == 7 + 5 + 2  # raw files, prepared tables, train/validation
+
+
+def test_foreign_shaped_data_give_the_same_files_on_a_cluster(tmp_path, monkeypatch, dask_cluster):
+    """Sparse store/item/train ids, gzip train.csv, 430 days: the user's data go through prepare on the workers."""
+    source = write_foreign_dataset("sparse_large_ids", tmp_path / "source")
+    monkeypatch.setenv("SHELFCAST_DATA_SOURCE", str(source))
+    local, clustered = _project(tmp_path / "local"), _project(tmp_path / "cluster")
+    stages = (source_stage, download, prepare, split)
+    _run_stages(local, monkeypatch, None, stages)
+    _run_stages(clustered, monkeypatch, dask_cluster, stages)
+    _assert_same_files(local, clustered)
+
+
+def test_bad_data_found_on_a_worker_names_file_line_and_store(tmp_path, monkeypatch, capsys, dask_cluster):
+    """A duplicate key is found while a worker builds its store's grid: still one line, no traceback."""
+    files = kaggle_sample_files()
+    first_store2 = next(line for line in files["train"].splitlines()[1:] if line.split(",")[2] == "2")
+    _, date, store, item, _, promo = first_store2.split(",")
+    n_rows = len(files["train"].splitlines()) - 1
+    raw = write_kaggle_sample(tmp_path / "project" / "data" / "raw")
+    with open(raw / "train.csv", "a", encoding="utf-8") as train:
+        train.write(f"{10**6},{date},{store},{item},3.0,{promo}\n")
+    (tmp_path / "project" / "params.yaml").write_text(yaml.safe_dump(default_params(), sort_keys=False))
+    monkeypatch.setenv(SCHEDULER_ENV, dask_cluster)
+    assert prepare.main(["--root", str(tmp_path / "project"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("prepare: error:"), err
+    assert "store_nbr=2" in err and "duplicate key" in err and f"line {n_rows + 2}" in err, err
+    assert not (tmp_path / "project" / "data" / "prepared").exists()
+
+
+def test_a_task_that_fails_on_a_worker_names_its_store_partition(tmp_path, dask_cluster):
+    """E.g. the data directory is not on storage the workers see: the error says which partition."""
+    raw = write_kaggle_sample(tmp_path / "raw")
+    task = StoreGridTask(7, str(tmp_path / "not-shared" / "store=7.parquet"), str(tmp_path / "grid-store=7.arrow"),
+                         str(raw), (16155, 16156))
+    with dask_client(dask_cluster) as client, \
+            pytest.raises(ClusterError, match=r"store partition store_nbr=7 .*not-shared.* failed on a Dask worker"):
+        run_tasks(build_store_grid, [task], client=client, desc="prepare: stores", progress=False,
+                  params=PrepareParams(returns="zero", grid="from_first_sale"), train_name="train.csv",
+                  row_group_rows=1000)
