@@ -22,6 +22,7 @@ from tqdm import tqdm
 from pipeline.features import (
     CATEGORICAL_FIELDS,
     FeatureMatrix,
+    FeatureRows,
     FeatureSpec,
     Vocabularies,
     build_features,
@@ -108,15 +109,15 @@ class ExampleStream:
 
     def build(self, index: np.ndarray) -> Examples:
         """The examples of the pairs at ``index`` (pair-major, then horizon)."""
-        from pipeline.models import baseline_predict
+        return self.build_rows(index)[0]
 
-        rows, units, perishable, _ = rows_for_pairs(self.history, self.series[index], self.origins[index],
-                                                    self.spec.history_days, self.spec.horizon,
-                                                    categorical=self._categorical)
-        baseline = None if self.baseline_weeks is None else \
-            np.asarray(baseline_predict(rows, self.baseline_weeks), np.float32)
-        return Examples(build_features(self.spec, self.vocab, rows), np.asarray(units, np.float32),
-                        perishable_weights(perishable).astype(np.float32), baseline)
+    def build_rows(self, index: np.ndarray) -> tuple[Examples, FeatureRows, np.ndarray]:
+        """``build``, plus the feature inputs and each row's series index (what a feature shard records)."""
+        rows, units, perishable, row_series = rows_for_pairs(self.history, self.series[index], self.origins[index],
+                                                             self.spec.history_days, self.spec.horizon,
+                                                             categorical=self._categorical)
+        return examples_from_rows(self.spec, self.vocab, rows, units, perishable, self.baseline_weeks), rows, \
+            row_series
 
     def chunks(self, order: np.ndarray | None = None, progress: bool = False) -> Iterator[Examples]:
         """Examples chunk by chunk, pairs in ``order`` (default: as given)."""
@@ -138,17 +139,7 @@ class ExampleStream:
         the rows carried over to the next.
         """
         rng = np.random.default_rng(seed)
-        carry = None
-        for chunk in self.chunks(rng.permutation(self.pairs)):
-            chunk = chunk.take(rng.permutation(len(chunk)))
-            if carry is not None and len(carry):
-                chunk = Examples.concatenate([carry, chunk], (0, 0))
-            full = len(chunk) - len(chunk) % batch_size
-            for start in range(0, full, batch_size):
-                yield _batch(chunk.take(slice(start, start + batch_size)))
-            carry = chunk.take(slice(full, len(chunk)))
-        if carry is not None and len(carry):
-            yield _batch(carry)
+        return shuffled_batches(self.chunks(rng.permutation(self.pairs)), batch_size, rng)
 
     def batch_source(self, batch_size: int, seed: int, progress: bool = False):
         """epoch -> that epoch's batches, built on a background thread while the model trains."""
@@ -162,6 +153,35 @@ class ExampleStream:
             return en_data.prefetch(batches)
 
         return epoch_batches
+
+
+def examples_from_rows(spec: FeatureSpec, vocab: Vocabularies, rows: FeatureRows, units: np.ndarray,
+                       perishable: np.ndarray, baseline_weeks: int | None) -> Examples:
+    """Examples (features, targets, weights, optional baseline) of gathered feature inputs."""
+    from pipeline.models import baseline_predict
+
+    baseline = None if baseline_weeks is None else np.asarray(baseline_predict(rows, baseline_weeks), np.float32)
+    return Examples(build_features(spec, vocab, rows), np.asarray(units, np.float32),
+                    perishable_weights(perishable).astype(np.float32), baseline)
+
+
+def shuffled_batches(chunks: Iterator[Examples], batch_size: int,
+                     rng: np.random.Generator) -> Iterator[dict[str, np.ndarray]]:
+    """Training batches of a chunk stream: rows shuffled within each chunk, the remainder carried over.
+
+    Every batch has ``batch_size`` rows except the last. Memory: one chunk plus the carry.
+    """
+    carry = None
+    for chunk in chunks:
+        chunk = chunk.take(rng.permutation(len(chunk)))
+        if carry is not None and len(carry):
+            chunk = Examples.concatenate([carry, chunk], (0, 0))
+        full = len(chunk) - len(chunk) % batch_size
+        for start in range(0, full, batch_size):
+            yield _batch(chunk.take(slice(start, start + batch_size)))
+        carry = chunk.take(slice(full, len(chunk)))
+    if carry is not None and len(carry):
+        yield _batch(carry)
 
 
 def _batch(examples: Examples) -> dict[str, np.ndarray]:

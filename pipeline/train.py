@@ -33,8 +33,10 @@ import numpy as np
 
 from pipeline import tracking
 from pipeline.bundle import load_bundle, write_bundle
+from pipeline.cluster import dask_client, scheduler_address
 from pipeline.drift_stats import served_reference, training_statistics
 from pipeline.examples import STATISTICS_ROWS, Examples, ExampleStream, origin_pairs, sample_pairs
+from pipeline.feature_shards import SHARD_DIR, ShardStream, build_shards
 from pipeline.features import (
     CATEGORICAL_FIELDS,
     FeatureSpec,
@@ -102,7 +104,8 @@ class PreparedTraining:
     validation_origin: int
     inner_origin: int
     train_origins: list[int]
-    train_stream: ExampleStream  # every training example, built chunk by chunk as training consumes them
+    train_stream: ExampleStream | ShardStream  # every training example, built chunk by chunk as training
+    # consumes them, or (on a Dask cluster) read back from the feature shards the workers wrote
     in_memory: bool  # ``train`` holds them all (train on it), else stream them
     progress: bool = False  # progress bars while streaming
 
@@ -121,7 +124,7 @@ class PreparedTraining:
 
 
 def prepare_training(history: SalesHistory, fparams: FeatureParams, baseline_weeks: int, seed: int = 0,
-                     progress: bool = False) -> PreparedTraining:
+                     progress: bool = False, client=None, shard_dir: Path | None = None) -> PreparedTraining:
     """Origins, vocabularies, the inner validation's examples, and the training examples (held or streamed).
 
     ``train`` is what normalization, the output bias and the drift statistics are
@@ -129,6 +132,11 @@ def prepare_training(history: SalesHistory, fparams: FeatureParams, baseline_wee
     ``features.in_memory_examples``, else a seeded sample of ``STATISTICS_ROWS``
     (Favorita: 92 M rows stream). The inner validation is a seeded sample of
     ``in_memory_examples / 4`` rows when larger (Favorita: 3.5 M rows).
+
+    With a Dask ``client`` (and ``shard_dir``), the training examples are built by
+    the cluster's workers, one store per task (pipeline/feature_shards.py), and
+    read back from their shards: the same rows, held in the same order, so the
+    same model.
     """
     validation_origin, inner_origin, train_origins = origins(history, fparams)
     spec = fparams.spec
@@ -140,7 +148,13 @@ def prepare_training(history: SalesHistory, fparams: FeatureParams, baseline_wee
         history, spec, vocab, *sample_pairs(series, origin, min(fparams.in_memory_examples, STATISTICS_ROWS),
                                             spec.horizon, seed),
         baseline_weeks=None, label="train sample")
-    train = held.materialize(progress)
+    if client is not None:
+        if shard_dir is None:
+            raise ValueError("prepare_training: a Dask client needs a shard_dir for the feature shards")
+        shards = build_shards(history, spec, vocab, train_origins, shard_dir, client, progress)
+        stream = ShardStream([r["path"] for r in shards], spec)
+        held = stream if in_memory else held
+    train = held.materialize() if isinstance(held, ShardStream) else held.materialize(progress)
     # The inner validation is scored every few hundred steps: a seeded sample of its series when it is large.
     inner_series, inner_origin_cols = sample_pairs(*origin_pairs(history.sales.shape[0], [inner_origin]),
                                                    fparams.in_memory_examples // 4, spec.horizon, seed + 1)
@@ -196,7 +210,9 @@ def run(root: Path, quiet: bool = False) -> dict:
     fparams, tparams = feature_params(raw), train_params(raw)
     spec = fparams.spec
     history = load_history([root / TRAIN_DATA], days=days_needed(fparams), progress=not quiet)
-    data = prepare_training(history, fparams, tparams.baseline_weeks, seed=tparams.seed, progress=not quiet)
+    with dask_client(scheduler_address(raw)) as client:  # None (build here) unless a scheduler is configured
+        data = prepare_training(history, fparams, tparams.baseline_weeks, seed=tparams.seed, progress=not quiet,
+                                client=client, shard_dir=root / SHARD_DIR)
     calendar = future_calendar(root / HOLIDAYS_DATA, history.stores["store_nbr"], history.last_day + 1, spec.horizon)
     versions = {"git_commit": git_commit(root), "code_version": code_version(),
                 "data_version": data_version(root, [TRAIN_DATA, HOLIDAYS_DATA])}
@@ -287,6 +303,7 @@ def run(root: Path, quiet: bool = False) -> dict:
         mlflow_run.set_tags({"bundle_digest": digest, "bundle_version": metadata["version"]})
         mlflow_run.log_bundle(bundle_dir)
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
+    shutil.rmtree(root / SHARD_DIR, ignore_errors=True)  # nor feature shards to reuse
     if checkpoints.parent.is_dir() and not any(checkpoints.parent.iterdir()):
         checkpoints.parent.rmdir()
     summary = {"run_id": mlflow_run.run_id, "bundle": str(bundle_dir), "digest": digest, **metrics,

@@ -1,0 +1,105 @@
+"""Training examples built on a real Dask LocalCluster (2 workers) are the in-process examples, and train the same model."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import feature_shards, train
+from pipeline.cluster import SCHEDULER_ENV, dask_client
+from pipeline.features import Vocabularies
+from pipeline.history import build_history
+from pipeline.model_params import feature_params, train_params
+from tests.pipeline.models.conftest import TINY_PARAMS, tiny_prepared, write_params, write_tiny_project
+
+
+@pytest.fixture(scope="module")
+def history():
+    return build_history(tiny_prepared(stores=3, items=24, days=220)[0])
+
+
+def _params(**features):
+    params = copy.deepcopy(TINY_PARAMS)
+    params["features"].update(features)
+    params["train"].update(max_steps=60, eval_every_steps=20)
+    return feature_params(params), train_params(params)
+
+
+def _same_examples(a, b):
+    assert a.matrix.dense.tobytes() == b.matrix.dense.tobytes()
+    assert np.array_equal(a.matrix.categorical, b.matrix.categorical)
+    assert np.array_equal(a.units, b.units) and np.array_equal(a.weights, b.weights)
+
+
+def test_shards_built_on_the_cluster_are_the_in_process_examples_and_train_the_same_model(dask_cluster, history,
+                                                                                          tmp_path):
+    fparams, tparams = _params()
+    here = train.prepare_training(history, fparams, tparams.baseline_weeks, seed=tparams.seed)
+    with dask_client(dask_cluster) as client:
+        there = train.prepare_training(history, fparams, tparams.baseline_weeks, seed=tparams.seed, client=client,
+                                       shard_dir=tmp_path / "shards")
+    shards = sorted((tmp_path / "shards").glob("store=*/part-*.parquet"))
+    assert [p.parent.name for p in shards] == ["store=1", "store=2", "store=3"]  # one shard per store
+    assert sum(pq.ParquetFile(p).metadata.num_rows for p in shards) == len(here.train) == there.train_examples
+    _same_examples(here.train, there.train)  # same rows, same order: held sets are sorted back
+    _same_examples(here.inner, there.inner)
+    assert here.vocab.values == there.vocab.values
+    _, model_here = train.fit(tparams, here, fparams.spec)
+    _, model_there = train.fit(tparams, there, fparams.spec)
+    assert model_here.best_step == model_there.best_step
+    for name, value in model_here.weights.items():
+        assert value.tobytes() == model_there.weights[name].tobytes(), name
+
+
+def test_streamed_shards_are_every_example_once_and_training_runs(dask_cluster, history, tmp_path):
+    fparams, tparams = _params(in_memory_examples=3_000)  # fewer than the examples: they stream from the shards
+    here = train.prepare_training(history, fparams, tparams.baseline_weeks, seed=tparams.seed)
+    with dask_client(dask_cluster) as client:
+        there = train.prepare_training(history, fparams, tparams.baseline_weeks, seed=tparams.seed, client=client,
+                                       shard_dir=tmp_path / "shards")
+    assert not there.in_memory and isinstance(there.train_stream, feature_shards.ShardStream)
+    _same_examples(here.train, there.train)  # the statistics sample is the same seeded sample
+    every = here.train_stream.materialize()
+    assert there.train_examples == len(every)
+    streamed = list(there.train_stream.batches(256, seed=5))
+    assert all(len(b["weight"]) == 256 for b in streamed[:-1])
+
+    def rows(dense, log1p):
+        return sorted(map(bytes, np.column_stack([dense, log1p[:, None].astype(np.float32)])))
+
+    assert rows(np.concatenate([b["dense"] for b in streamed]), np.concatenate([b["log1p"] for b in streamed])) \
+        == rows(every.matrix.dense, np.log1p(every.units))
+    again = list(there.train_stream.batches(256, seed=5))
+    assert all(np.array_equal(a["dense"], b["dense"]) for a, b in zip(streamed, again))  # reproducible
+    config, result = train.fit(tparams, there, fparams.spec)
+    assert result.steps_run == tparams.max_steps and np.isfinite(result.curves[-1]["validation_nwrmsle"])
+
+
+def test_a_retried_task_keeps_the_finished_shard_and_a_changed_input_replaces_it(history, tmp_path):
+    fparams, _ = _params()
+    spec = fparams.spec
+    _, _, origins = train.origins(history, fparams)
+    vocab = Vocabularies.fit(history.series_categorical())
+    task = feature_shards.store_tasks(history, spec, vocab, origins, tmp_path)[1]
+    first = feature_shards.build_store_shard(task)
+    again = feature_shards.build_store_shard(task)  # what Dask does when the worker died after writing
+    assert not first["reused"] and again["reused"] and again["path"] == first["path"] and again["rows"] == first["rows"]
+    shorter = feature_shards.store_tasks(history, spec, vocab, origins[:2], tmp_path)[1]
+    replaced = feature_shards.build_store_shard(shorter)
+    assert replaced["path"] != first["path"] and not Path(first["path"]).exists()
+    assert [p.name for p in (tmp_path / "store=2").iterdir()] == [Path(replaced["path"]).name]  # no temp files
+
+
+def test_the_command_builds_the_train_stages_shards_on_the_configured_cluster(dask_cluster, tmp_path, monkeypatch,
+                                                                              capsys):
+    root = write_tiny_project(tmp_path / "project")
+    write_params(root, TINY_PARAMS)
+    monkeypatch.setenv(SCHEDULER_ENV, dask_cluster)
+    assert feature_shards.main(["--root", str(root), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"on {dask_cluster}" in out and "of 2 stores" in out
+    assert len(list((root / feature_shards.SHARD_DIR).glob("store=*/part-*.parquet"))) == 2
