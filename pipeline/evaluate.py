@@ -28,8 +28,10 @@ and by how much. Outputs (all written before the verdict is returned):
 * ``results/plots/daily.csv`` (units per day, every window) and
   ``results/plots/predictions.csv`` (a seeded sample, log1p scale) for ``dvc plots``;
 * ``results/evaluation.json``: the verdict and the hashes of the bundle, code,
-  data and params it was reached on — what ``promote`` checks;
-* an MLflow run nested under the candidate's training run with all of the above.
+  data and params it was reached on — what ``promote`` checks; no time and no run
+  id, so the same inputs give the same bytes (git stays clean after ``make run``);
+* an MLflow run nested under the candidate's training run (found by the bundle digest
+  its tags record) with all of the above: when, from which commit, which runs.
 
     python -m pipeline.evaluate [--root DIR]
 """
@@ -37,7 +39,6 @@ and by how much. Outputs (all written before the verdict is returned):
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -289,14 +290,13 @@ def run(root: Path, quiet: bool = False) -> tuple[dict, list[str]]:
     evaluation = {
         "passed": not failures, "failures": failures, "rule": gate_rule(eparams),
         "improvement_interval": pooled_interval.to_json(), "bundle_digest": bundle.digest,
-        "bundle_version": bundle.metadata.get("version"), "mlflow_run_id": bundle.metadata.get("mlflow_run_id"),
+        "bundle_version": bundle.metadata.get("version"),
         "candidate_nwrmsle": validation["candidate_nwrmsle"], "baseline_nwrmsle": validation["baseline_nwrmsle"],
         "backtest_candidate_nwrmsle": pooled["candidate_nwrmsle"],
         "backtest_baseline_nwrmsle": pooled["baseline_nwrmsle"],
-        "evaluated_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         **current_versions(root, raw),
     }
-    evaluation["mlflow_evaluation_run_id"] = _log_to_mlflow(root, evaluation, metrics, per_window, eparams, quiet)
+    _log_to_mlflow(root, evaluation, metrics, per_window, eparams, quiet)
     _write_json(root / EVALUATION_FILE, evaluation)
     return metrics, failures
 
@@ -304,27 +304,33 @@ def run(root: Path, quiet: bool = False) -> tuple[dict, list[str]]:
 def _log_to_mlflow(root: Path, evaluation: Mapping, metrics: Mapping, per_window: list[dict], params: EvaluateParams,
                    quiet: bool) -> str | None:
     """Record the evaluation in MLflow (a run nested under the candidate's); None when it could not be."""
-    run_id = evaluation.get("mlflow_run_id")
-    if not run_id:
-        return None
     from mlflow.exceptions import MlflowException
 
     from pipeline import tracking
 
     try:
+        training_run = tracking.run_of_bundle(root, evaluation["bundle_digest"])
+        if training_run is None:
+            if not quiet:
+                print(f"evaluate: note: no finished MLflow training run at {tracking.tracking_uri(root)} made bundle "
+                      f"{evaluation['bundle_digest'][:12]}; the evaluation is not recorded in MLflow",
+                      file=sys.stderr)
+            return None
+        run_id = training_run.info.run_id
         recorded = tracking.log_evaluation(
             root, run_id, passed=evaluation["passed"], headline=metrics, windows=per_window,
             params={"evaluate": {k: v for k, v in params.__dict__.items() if k != "slice_bound"},
-                    "rule": evaluation["rule"]},
+                    "rule": evaluation["rule"]}, bundle_digest=evaluation["bundle_digest"],
             artifacts=[root / f for f in RESULT_FILES if f != EVALUATION_FILE and (root / f).exists()])
     except MlflowException as exc:
         if not quiet:
-            print(f"evaluate: note: could not record the evaluation in MLflow (run {run_id}): {exc.message}",
-                  file=sys.stderr)
+            print(f"evaluate: note: could not record the evaluation in MLflow: {exc.message}", file=sys.stderr)
         return None
     if not quiet and not recorded.training_run_updated:
         print(f"evaluate: note: run {run_id} is a registered model version's; its recorded verdict is kept, this "
               f"evaluation is MLflow run {recorded.run_id}", file=sys.stderr)
+    elif not quiet:
+        print(f"evaluate: recorded as MLflow run {recorded.run_id} (nested under training run {run_id})", flush=True)
     return recorded.run_id
 
 

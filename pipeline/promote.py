@@ -6,11 +6,15 @@ backtest windows) *for the current bundle, code, data and params* (the
 hashes ``evaluate`` recorded in results/evaluation.json are recomputed and
 compared). Then:
 
-1. installs the bundle at ``models/production/`` atomically: the evaluated model with its
-   history rolled forward to the last known day, so it forecasts the days after the data
-   (pipeline/serving_bundle.py);
-2. in a DVC project, ``dvc add models/production`` and, when a DVC remote is
-   configured, ``dvc push`` of it;
+1. installs the bundle at ``models/production/`` (git-ignored) atomically: the evaluated model
+   with its history rolled forward to the last known day, so it forecasts the days after the
+   data (pipeline/serving_bundle.py), and with the provenance the tracked candidate leaves out
+   (``created``, ``git_commit``, ``mlflow_run_id``: the training run that MLflow finds by the
+   bundle digest), which the app reports on ``/api/v1/model``;
+2. when a DVC remote is configured, ``dvc add`` + ``dvc push`` of it; the model version
+   records the DVC entry (pipeline/registry_fetch.py ``--from dvc``), so no
+   ``models/production.dvc`` is left for git. Without a remote it says so and skips DVC:
+   there is nowhere to push, and a ``.dvc`` file would only make the tree dirty;
 3. registers the bundle of the candidate's MLflow run as a model version
    (reused if this bundle is already registered) and moves the alias — last,
    so the registry never names a model that is not installed.
@@ -22,6 +26,7 @@ Re-running is harmless: nothing is registered or copied twice.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -72,10 +77,24 @@ def check_candidate(root: Path, raw_params) -> tuple[dict, str]:
         if now[key] != evaluation.get(key):
             raise PromotionRefused(f"the {label} changed since the evaluation; run `dvc repro` to evaluate the "
                                    "current state before promoting")
-    if not evaluation.get("mlflow_run_id"):
-        raise PromotionRefused("the evaluation names no MLflow run for the candidate "
-                               "(was it trained by pipeline.train?)")
     return evaluation, digest
+
+
+def training_run(root: Path, digest: str):
+    """The MLflow run that trained the candidate (tagged with its bundle digest), else PromotionRefused."""
+    found = tracking.run_of_bundle(root, digest)
+    if found is None:
+        raise PromotionRefused(f"no finished MLflow training run at {tracking.tracking_uri(root)} is tagged with "
+                               f"the candidate's bundle digest {digest[:12]} (was it trained by pipeline.train against "
+                               "this tracking store? run `dvc repro -f train` to train it here)")
+    return found
+
+
+def provenance(run) -> dict[str, str]:
+    """What the production bundle says about where it came from: the training run's time, commit and id."""
+    created = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.timezone.utc).replace(microsecond=0)
+    return {"created": created.isoformat(), "git_commit": run.data.tags.get("git_commit", "unknown"),
+            "mlflow_run_id": run.info.run_id}
 
 
 def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -84,23 +103,30 @@ def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=root, capture_output=True, text=True)
 
 
-def track_with_dvc(root: Path, say) -> str:
-    """dvc add the production bundle and push it when a remote is configured; returns what was done."""
+def track_with_dvc(root: Path) -> tuple[str, Path | None]:
+    """dvc add + push the production bundle when a DVC remote is configured.
+
+    Returns (what was done, the ``.dvc`` file written: the caller records its entry, then removes it).
+    """
     if not (root / ".dvc").is_dir():
-        return "not a DVC project: models/production not tracked"
+        return "not a DVC project: models/production not tracked", None
+    remotes = _dvc(root, "remote", "list")
+    if remotes.returncode != 0 or not remotes.stdout.strip():
+        return ("no DVC remote configured: models/production not DVC-tracked (the registry's artifact store has it; "
+                "`dvc remote add -d NAME URL` makes promote push it too)"), None
     added = _dvc(root, "add", PRODUCTION_DIR)
     if added.returncode != 0:
         message = added.stderr.strip() or added.stdout.strip()
         if "git-ignored" in message:
             message += (f" (un-ignore it, e.g. .gitignore: `/models/*` and `!/{PRODUCTION_DIR}.dvc`)")
         raise PromotionRefused(f"`dvc add {PRODUCTION_DIR}` failed: {message}")
-    remotes = _dvc(root, "remote", "list")
-    if remotes.returncode != 0 or not remotes.stdout.strip():
-        return "dvc add done; no DVC remote configured, nothing pushed"
+    dvc_file = root / f"{PRODUCTION_DIR}.dvc"
     pushed = _dvc(root, "push", f"{PRODUCTION_DIR}.dvc")
     if pushed.returncode != 0:
+        dvc_file.unlink(missing_ok=True)
         raise PromotionRefused(f"`dvc push` failed: {pushed.stderr.strip() or pushed.stdout.strip()}")
-    return f"dvc add + push to the configured remote ({remotes.stdout.split()[0]})"
+    return (f"dvc add + push to the configured remote ({remotes.stdout.split()[0]}); the model version records its "
+            "DVC entry"), dvc_file
 
 
 def run(root: Path, quiet: bool = False) -> dict:
@@ -108,22 +134,27 @@ def run(root: Path, quiet: bool = False) -> dict:
     raw = load_yaml(root / "params.yaml")
     pparams = promote_params(raw)
     evaluation, digest = check_candidate(root, raw)
+    trained = training_run(root, digest)
+    evaluated = tracking.run_of_bundle(root, digest, "evaluate")
     interval = evaluation["improvement_interval"]
     tags = {"bundle_version": str(evaluation.get("bundle_version")), "code_version": evaluation["code_version"][:16],
             "heldout_nwrmsle": f"{evaluation['candidate_nwrmsle']:.6f}",
             "heldout_improvement": f"{interval['estimate']:.6f} [{interval['low']:.6f}, {interval['high']:.6f}] "
                                    f"({interval['confidence']:.0%}, {interval['series']} series)",
-            "threshold_test": "passed", "evaluation_run_id": str(evaluation.get("mlflow_evaluation_run_id"))}
+            "threshold_test": "passed", "evaluation_run_id": evaluated.info.run_id if evaluated else "None"}
     production = root / PRODUCTION_DIR
     installed = source_digest(production) == digest
     if not installed:
-        roll_forward(root, root / CANDIDATE_DIR, production, digest)
-    dvc_note = track_with_dvc(root, say)
-    # the installed bundle goes to the registry's artifact store: the app side fetches it by alias
-    tags.update(registry_fetch.publish_serving_bundle(root, evaluation["mlflow_run_id"], production))
+        roll_forward(root, root / CANDIDATE_DIR, production, digest, provenance(trained))
+    dvc_note, dvc_file = track_with_dvc(root)
+    try:  # the installed bundle goes to the registry's artifact store: the app side fetches it by alias
+        tags.update(registry_fetch.publish_serving_bundle(root, trained.info.run_id, production))
+    finally:  # its DVC entry, when there is one, is now a tag of the model version: nothing is left for git
+        if dvc_file is not None:
+            dvc_file.unlink(missing_ok=True)
     alias = registry_fetch.promote_alias(pparams.alias)
     # The alias moves last: it is what says "this is production" to everyone reading the registry.
-    version, created = tracking.register_production(root, evaluation["mlflow_run_id"], digest, tags,
+    version, created = tracking.register_production(root, trained.info.run_id, digest, tags,
                                                     name=pparams.model_name, alias=alias)
     summary = {"model": pparams.model_name, "version": str(version.version), "alias": alias,
                "registered": created, "installed": not installed, "digest": digest, "dvc": dvc_note}

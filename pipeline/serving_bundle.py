@@ -8,14 +8,16 @@ nobody knows yet), as a forecasting team does when it rolls the origin forward.
 Nothing is retrained: graph, weights, vocabularies and training statistics are the
 evaluated candidate's, byte for byte; only history.npz, calendar.npz, the dates in
 bundle.json and drift's served-horizon reference (training_stats.json ``served``,
-recomputed for the new origin) change, and ``source_bundle_digest`` names the candidate
-it came from.
+recomputed for the new origin) change, ``source_bundle_digest`` names the candidate
+it came from, and promote's provenance (the training run's time, commit and id, which
+the git-tracked candidate leaves out) is added.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -31,8 +33,12 @@ def _day(day_number) -> str:
     return str(np.datetime64(int(day_number), "D"))
 
 
-def roll_forward(root: Path, candidate_dir: Path, target_dir: Path, candidate_digest: str) -> str:
-    """Write ``target_dir`` from the candidate with its origin at the last day of the data; returns its digest."""
+def roll_forward(root: Path, candidate_dir: Path, target_dir: Path, candidate_digest: str,
+                 provenance: Mapping[str, str] | None = None) -> str:
+    """Write ``target_dir`` from the candidate with its origin at the last day of the data; returns its digest.
+
+    ``provenance`` (e.g. ``created``, ``git_commit``, ``mlflow_run_id``) goes into its bundle.json.
+    """
     candidate = load_bundle(candidate_dir)
     spec = candidate.spec
     # only the window the snapshot ships (zeros before the data when it is shorter than history_days)
@@ -46,6 +52,7 @@ def roll_forward(root: Path, candidate_dir: Path, target_dir: Path, candidate_di
         "evaluated_horizon_dates": candidate.metadata["horizon_dates"],
         "horizon_dates": [_day(snapshot.calendar_days[0]), _day(snapshot.calendar_days[-1])],
         "source_bundle_digest": candidate_digest,
+        **(provenance or {}),
     })
 
     def copy_graph(directory: Path) -> None:

@@ -22,6 +22,10 @@ BUNDLE_ARTIFACT_PATH = "bundle"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 PARENT_RUN_TAG = "mlflow.parentRunId"
+# A run's provenance (start time, git commit, run id) lives here, not in the tracked outputs: train tags
+# its run with the digest of the bundle it wrote, evaluate tags its run with the digest it judged,
+# and whoever needs "which run made this bundle" asks MLflow (run_of_bundle).
+BUNDLE_DIGEST_TAG = "bundle_digest"
 # Held-out scores (evaluate) are named apart from the training curves a train run logs per step.
 HELDOUT_PREFIX = "heldout_"
 VERDICT_TAG = "threshold_test"
@@ -136,9 +140,26 @@ def is_registered(mlflow_client, run_id: str) -> bool:
     return bool(mlflow_client.search_model_versions(f"run_id='{run_id}'"))
 
 
+def run_of_bundle(project_root: Path | str, bundle_digest: str, stage: str = "train"):
+    """The newest finished run of ``stage`` (train or evaluate) tagged with this bundle digest, or None.
+
+    Training is deterministic, so retraining the same inputs makes the same bundle again: several
+    runs may carry one digest, and the newest is the one that made what is on disk now.
+    """
+    mlflow_client = client(project_root)
+    experiment = mlflow_client.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is None:
+        return None
+    found = mlflow_client.search_runs(
+        [experiment.experiment_id],
+        f"tags.{BUNDLE_DIGEST_TAG} = '{bundle_digest}' and tags.stage = '{stage}' and attributes.status = 'FINISHED'",
+        max_results=1, order_by=["attributes.start_time DESC"])
+    return found[0] if found else None
+
+
 def log_evaluation(project_root: Path | str, training_run_id: str, *, passed: bool, headline: Mapping[str, Any],
-                   windows: list[Mapping[str, Any]], params: Mapping[str, Any], artifacts: list[Path]
-                   ) -> EvaluationRecord:
+                   windows: list[Mapping[str, Any]], params: Mapping[str, Any], artifacts: list[Path],
+                   bundle_digest: str = "") -> EvaluationRecord:
     """Record one evaluation: a run of its own, nested under the candidate's training run.
 
     The evaluation run holds the held-out metrics (``heldout_*``; per backtest window as steps),
@@ -151,7 +172,7 @@ def log_evaluation(project_root: Path | str, training_run_id: str, *, passed: bo
     flat = {f"{HELDOUT_PREFIX}{k.replace('.', '_')}": float(v) for k, v in flatten(headline).items()
             if _is_number(v)}
     with TrainingRun(project_root, "evaluate", {PARENT_RUN_TAG: training_run_id, "stage": "evaluate",
-                                                VERDICT_TAG: verdict}) as run:
+                                                VERDICT_TAG: verdict, BUNDLE_DIGEST_TAG: bundle_digest}) as run:
         run.log_params(params)
         run.log_metrics(flat)
         for window in windows:
@@ -218,14 +239,14 @@ def register_production(project_root: Path | str, run_id: str, bundle_digest: st
         except MlflowException:
             mlflow_client.create_registered_model(name, description="Shelfcast daily unit-sales forecaster (bundle)")
         existing = [v for v in mlflow_client.search_model_versions(f"name='{name}'")
-                    if v.tags.get("bundle_digest") == bundle_digest]
+                    if v.tags.get(BUNDLE_DIGEST_TAG) == bundle_digest]
         created = not existing
         if existing:
             version = max(existing, key=lambda v: int(v.version))
         else:
             version = mlflow_client.create_model_version(
                 name, f"runs:/{run_id}/{BUNDLE_ARTIFACT_PATH}", run_id=run_id,
-                tags={"bundle_digest": bundle_digest, **tags},
+                tags={BUNDLE_DIGEST_TAG: bundle_digest, **tags},
             )
         mlflow_client.set_registered_model_alias(name, alias, version.version)
     except MlflowException as exc:

@@ -22,7 +22,6 @@ would have made; a finished run removes the checkpoints.
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 import sys
 import time
@@ -48,7 +47,7 @@ from pipeline.metrics import nwrmsle
 from pipeline.model_params import FeatureParams, TrainParams, feature_params, train_params
 from pipeline.params import load_yaml
 from pipeline.stage import StageError, run_stage
-from pipeline.versions import code_version, data_version, git_commit
+from pipeline.versions import bundle_version, code_version, data_version, git_commit
 
 TRAIN_DATA = "data/split/train.parquet"
 HOLIDAYS_DATA = "data/prepared/holidays.parquet"
@@ -214,10 +213,11 @@ def run(root: Path, quiet: bool = False) -> dict:
         data = prepare_training(history, fparams, tparams.baseline_weeks, seed=tparams.seed, progress=not quiet,
                                 client=client, shard_dir=root / SHARD_DIR)
     calendar = future_calendar(root / HOLIDAYS_DATA, history.stores["store_nbr"], history.last_day + 1, spec.horizon)
-    versions = {"git_commit": git_commit(root), "code_version": code_version(),
-                "data_version": data_version(root, [TRAIN_DATA, HOLIDAYS_DATA])}
+    # The bundle records what it was made from (code, data); the run's provenance (git commit, time,
+    # run id) goes to MLflow only, so the bundle's bytes and dvc.lock's hash of it repeat run after run.
+    versions = {"code_version": code_version(), "data_version": data_version(root, [TRAIN_DATA, HOLIDAYS_DATA])}
     data_tag = ",".join(f"{Path(k).name}:{v[:12]}" for k, v in versions["data_version"].items())
-    tags = {"git_commit": versions["git_commit"], "code_version": versions["code_version"][:16],
+    tags = {"git_commit": git_commit(root), "code_version": versions["code_version"][:16],
             "data_version": data_tag, "model_kind": tparams.model, "stage": "train"}
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     first_origin, last_origin = (_day(history.first_day + origin)
@@ -261,19 +261,19 @@ def run(root: Path, quiet: bool = False) -> dict:
                                   data.train.matrix.dense[:, names.index("target_onpromotion")])
         stats = training_statistics(data.train.matrix.dense, names, data.train.matrix.categorical,
                                     CATEGORICAL_FIELDS, data.vocab.values, data.train.units, inner_pred, served)
-        created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         graph_io: dict = {}
 
         def write_graph(directory: Path) -> None:
             graph_io.update(models.export_model(config, result.weights, directory, result.expected_factor))
 
+        bundle_params = {"features": {**spec.to_json(), "train_origins": fparams.train_origins,
+                                      "origin_stride_days": fparams.origin_stride_days},
+                         "train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in tparams.__dict__.items()}}
         metadata = {
             "name": tracking.REGISTERED_MODEL,
-            "version": f"{created:%Y%m%dT%H%M%SZ}-{tparams.model}-{mlflow_run.run_id[:8]}",
-            "created": created.isoformat(), **versions,
-            "params": {"features": {**spec.to_json(), "train_origins": fparams.train_origins,
-                                    "origin_stride_days": fparams.origin_stride_days},
-                       "train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in tparams.__dict__.items()}},
+            "version": bundle_version(tparams.model, versions["code_version"], versions["data_version"],
+                                      bundle_params),
+            **versions, "params": bundle_params,
             "metrics": metrics, "model": config.to_json(), "features": spec.to_json(),
             "vocabularies": data.vocab.to_json(), "horizon": spec.horizon,
             "outputs": {
@@ -290,7 +290,6 @@ def run(root: Path, quiet: bool = False) -> dict:
                             "onpromotion": "boolean"},
                 "dense": dense_feature_names(spec), "categorical": list(CATEGORICAL_FIELDS),
             },
-            "mlflow_run_id": mlflow_run.run_id,
         }
         bundle_dir = root / CANDIDATE_DIR
         digest = write_bundle(bundle_dir, write_graph=write_graph, metadata=metadata,
@@ -300,7 +299,7 @@ def run(root: Path, quiet: bool = False) -> dict:
         if not np.allclose(served, inner_pred, rtol=1e-5, atol=1e-5):
             raise TrainError("the exported bundle does not reproduce the trained model's predictions")
         mlflow_run.log_metrics(metrics)
-        mlflow_run.set_tags({"bundle_digest": digest, "bundle_version": metadata["version"]})
+        mlflow_run.set_tags({tracking.BUNDLE_DIGEST_TAG: digest, "bundle_version": metadata["version"]})
         mlflow_run.log_bundle(bundle_dir)
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
     shutil.rmtree(root / SHARD_DIR, ignore_errors=True)  # nor feature shards to reuse

@@ -9,11 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import models, train
+from pipeline import models, tracking, train
 from pipeline.bundle import BundleError, copy_bundle, load_bundle, verify_bundle, write_bundle
 from pipeline.history import load_history
 from pipeline.model_params import feature_params, train_params
 from pipeline.params import load_yaml
+from pipeline.versions import bundle_version
 
 
 def test_the_loader_reproduces_the_training_process(trained_project):
@@ -35,10 +36,13 @@ def test_bundle_contents_and_a_request(trained_project):
     root, summary = trained_project
     bundle = load_bundle(root / train.CANDIDATE_DIR)
     meta = bundle.metadata
-    for key in ("name", "version", "created", "git_commit", "code_version", "data_version", "params", "metrics",
-                "input_schema", "vocabularies", "forecast_origin", "horizon", "mlflow_run_id"):
+    for key in ("name", "version", "code_version", "data_version", "params", "metrics",
+                "input_schema", "vocabularies", "forecast_origin", "horizon"):
         assert key in meta, key
-    assert meta["mlflow_run_id"] == summary["run_id"] and bundle.digest == summary["digest"]
+    # what the bundle was made from, never when, where or by which run: the same inputs give the same bytes
+    assert not {"created", "git_commit", "mlflow_run_id"} & set(meta) and bundle.digest == summary["digest"]
+    assert meta["version"] == bundle_version("mlp", meta["code_version"], meta["data_version"], meta["params"])
+    assert tracking.run_of_bundle(root, bundle.digest).info.run_id == summary["run_id"]  # the run: MLflow's
     assert set(meta["data_version"]) == {"data/split/train.parquet", "data/prepared/holidays.parquet"}
     origin = np.datetime64(meta["forecast_origin"])
     units = bundle.predict(1, 1007, str(origin + 3), True)

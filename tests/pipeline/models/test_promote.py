@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 
 import pytest
 
@@ -23,6 +25,13 @@ def test_a_passing_candidate_is_promoted_once(trained_project, capsys):
     assert version.run_id == summary["run_id"]
     production = load_bundle(root / "models/production")
     assert production.metadata["source_bundle_digest"] == summary["digest"]
+    # the provenance the git-tracked candidate leaves out: the training run MLflow finds by the digest
+    run = tracking.client(root).get_run(summary["run_id"])
+    assert production.metadata["mlflow_run_id"] == summary["run_id"]
+    assert production.metadata["git_commit"] == run.data.tags["git_commit"]
+    assert production.metadata["created"] == time.strftime("%Y-%m-%dT%H:%M:%S+00:00",
+                                                           time.gmtime(run.info.start_time // 1000))
+    assert version.tags["evaluation_run_id"] == tracking.run_of_bundle(root, summary["digest"], "evaluate").info.run_id
     again = promote.run(root, quiet=True)  # harmless to repeat
     assert not again["registered"] and not again["installed"] and again["version"] == "1"
     assert len(tracking.client(root).search_model_versions("name='shelfcast-forecaster'")) == 1
@@ -87,13 +96,25 @@ def test_changed_params_or_data_since_evaluation_are_refused(trained_project, ti
     assert "the data changed since the evaluation" in capsys.readouterr().err
 
 
+def test_a_candidate_no_mlflow_run_made_is_refused(trained_project, capsys, monkeypatch, tmp_path):
+    """The run that made the bundle is found in MLflow by its digest; another (empty) store has none."""
+    root, _ = trained_project
+    assert evaluate.main(["--root", str(root)]) == 0
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{(tmp_path / 'elsewhere.db').as_posix()}")
+    assert promote.main(["--root", str(root)]) == promote.REFUSED
+    assert "no finished MLflow training run" in capsys.readouterr().err
+    assert not (root / "models/production").exists()
+
+
 def test_no_evaluation_no_promotion(trained_project, capsys):
     root, _ = trained_project
     assert promote.main(["--root", str(root)]) == promote.REFUSED
     assert "no evaluation found" in capsys.readouterr().err
 
 
-def test_in_a_dvc_project_the_production_bundle_is_dvc_tracked(trained_project, capsys):
+def test_in_a_dvc_project_the_production_bundle_is_pushed_when_there_is_a_remote(trained_project, capsys):
+    """No remote: nothing to push to, no .dvc file. A remote: pushed, and its DVC entry is a tag of the model
+    version (what `registry_fetch --from dvc` pulls by), so no models/production.dvc is left for git either."""
     root, _ = trained_project
     dvc = promote._dvc(root, "version")
     if dvc.returncode != 0:
@@ -102,13 +123,17 @@ def test_in_a_dvc_project_the_production_bundle_is_dvc_tracked(trained_project, 
     assert promote._dvc(root, "init", "-q").returncode == 0
     assert evaluate.main(["--root", str(root)]) == 0
     assert promote.main(["--root", str(root)]) == 0
-    assert "no DVC remote configured" in capsys.readouterr().out
-    tracked = (root / "models/production.dvc").read_text()
-    assert "path: production" in tracked
+    assert "no DVC remote configured: models/production not DVC-tracked" in capsys.readouterr().out
+    assert not (root / "models/production.dvc").exists()
+    assert "dvc_out" not in tracking.production_version(root).tags
     remote = root.parent / "remote"
     assert promote._dvc(root, "remote", "add", "-d", "local", str(remote)).returncode == 0
+    tracking.client(root).delete_model_version(tracking.REGISTERED_MODEL, "1")  # register anew, with the entry
     summary = promote.run(root, quiet=True)
     assert "push" in summary["dvc"] and remote.is_dir() and any(remote.rglob("*"))
+    assert not (root / "models/production.dvc").exists()
+    entry = json.loads(tracking.production_version(root).tags["dvc_out"])
+    assert entry["md5"].endswith(".dir") and entry["path"] == "production"
 
 
 def test_the_hashed_model_code_is_exactly_what_reruns_evaluate():
