@@ -56,9 +56,12 @@ SHELFCAST_URL ?= http://127.0.0.1:5005
 CANARY_SHARE ?= 0.1
 OBSERVE_S ?= 60
 SHADOW_S ?= 30
-deploy: $(STAMP)                      ## release the candidate (alias shadow/canary) to the Shelfcast at SHELFCAST_URL: shadow -> canary -> hot reload -> smoke -> check -> promote, or rollback
+SMOKE_REQUESTS ?= 40
+# where the canary check reads the served traffic: the app's JSON-lines log (default), or with
+# ELASTICSEARCH_URL (e.g. http://127.0.0.1:9200) the indices the compose stack's Fluentd writes
+deploy: $(STAMP)                      ## release the candidate (alias shadow/canary) to the Shelfcast at SHELFCAST_URL: shadow -> canary -> hot reload -> smoke -> check -> promote, or rollback (ELASTICSEARCH_URL=: judge the compose stack's events)
 	$(BIN)/python -m pipeline.release deploy --url $(SHELFCAST_URL) --shadow-s $(SHADOW_S) --share $(CANARY_SHARE) \
-	  --observe-s $(OBSERVE_S)
+	  --observe-s $(OBSERVE_S) --requests $(SMOKE_REQUESTS) $(if $(ELASTICSEARCH_URL),--elasticsearch $(ELASTICSEARCH_URL))
 
 rollback: $(STAMP)                    ## production back to the previous production version (from the host's disk: seconds)
 	$(BIN)/python -m pipeline.release rollback

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from monitoring.drift_analysis import ActualsError, analyse, read_actuals
 from monitoring.drift_params import DriftParamsError, load_drift_params
-from monitoring.event_sources import DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, read_jsonl_events
+from pipeline.event_sources import DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, read_jsonl_events
 from monitoring.report_html import render_report
 from monitoring.serving_data import EventShapeError
 from pipeline.atomic import write_json_atomic, write_text_atomic

@@ -19,7 +19,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from monitoring.event_sources import ElasticsearchEvents, EventSourceError
+from pipeline.event_sources import ElasticsearchEvents, EventSourceError
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE / "elasticsearch"

@@ -3,13 +3,17 @@
 Local: the app's default log (logs/predictions.jsonl), any JSON-lines file, or a
 directory searched for *.jsonl (the spool's segment files). Elasticsearch (or
 OpenSearch): the daily indices Fluentd writes, paged with `search_after`
-over urllib, so monitoring needs no client library.
+over urllib, so no client library is needed. Two readers use it: the release
+decision (pipeline/release.py, so `make deploy` can judge a compose stack) and
+monitoring's drift report; it lives in pipeline because monitoring may import
+pipeline, never the other way round.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -75,6 +79,12 @@ class ElasticsearchEvents:
         if username is not None:
             token = base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
             self._auth = f"Basic {token}"
+
+    @classmethod
+    def from_environment(cls, url: str, index: str = DEFAULT_INDEX_PATTERN) -> "ElasticsearchEvents":
+        """With the credentials in $ELASTICSEARCH_USERNAME / $ELASTICSEARCH_PASSWORD, when set."""
+        return cls(url, index, username=os.environ.get("ELASTICSEARCH_USERNAME"),
+                   password=os.environ.get("ELASTICSEARCH_PASSWORD"))
 
     def request(self, method: str, path: str, body: Any = None, ndjson: str | None = None) -> Any:
         data, content_type = None, "application/json"

@@ -9,11 +9,12 @@ running app hot-reloads them (app/variants.py).
     python -m pipeline.release status
     python -m pipeline.release shadow  [--version V | --alias A]  candidate mirrors every request, never answers
     python -m pipeline.release canary  [--version V | --alias A] [--share 0.1]   answers a sticky share
-    python -m pipeline.release decide  [--events logs/predictions.jsonl] [--actuals sales.csv] [--apply]
+    python -m pipeline.release decide  [--events logs/predictions.jsonl | --elasticsearch URL] [--actuals sales.csv]
+                                       [--apply]
     python -m pipeline.release promote [--version V]   candidate -> production (previous one remembered)
     python -m pipeline.release rollback                production -> the previous production version
     python -m pipeline.release deploy  --url http://127.0.0.1:5005 [--version V] [--shadow-s 30] [--share 0.1]
-                                       [--observe-s 60] [--actuals sales.csv]
+                                       [--observe-s 60] [--actuals sales.csv] [--elasticsearch URL]
     python -m pipeline.release sync    install what the aliases name (a fresh or restarted host)
     python -m pipeline.release smoke   --url U [--requests 40]   forecasts over the catalog through the API
 
@@ -22,6 +23,11 @@ by the same rule) -> alias ``canary`` -> hot reload (waits until GET /api/v1/mod
 canary's digest) -> smoke test (predictions through the API, the canary among those who
 answer) -> canary check (``compare`` on the traffic logged since the canary went live) ->
 promote, or roll back automatically. The decision rule is ``compare``'s docstring.
+
+The traffic judged is read from the app's JSON-lines event log (``--events``, default
+$SHELFCAST_PREDICTION_LOG or logs/predictions.jsonl: a host running `make serve`) or, with
+``--elasticsearch URL`` (default $ELASTICSEARCH_URL), from the search indices the docker
+compose stack's Fluentd writes (``--index``): `make deploy ELASTICSEARCH_URL=...`.
 """
 
 from __future__ import annotations
@@ -43,11 +49,13 @@ import numpy as np
 
 from pipeline import registry_fetch, tracking
 from pipeline.bundle import BundleError
+from pipeline.event_sources import DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, read_jsonl_events
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 
 PREVIOUS_TAG = "previous_production"  # registered-model tag: the version `rollback` returns to
 DEFAULT_SHARE = 0.1
 DEFAULT_EVENTS = Path(os.environ.get("SHELFCAST_PREDICTION_LOG", "").strip() or "logs/predictions.jsonl")
+MAX_EVENTS = 200_000  # the most recent events one decision reads (a release's traffic, not the archive)
 # the decision rule's numbers (stated in compare's docstring and README "Releases")
 MIN_EVENTS = 30  # fewer candidate predictions than this: no decision, keep observing
 MAX_EXTRA_ERROR_RATE = 0.01  # candidate errors may exceed production's by at most 1 point ...
@@ -222,20 +230,36 @@ def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str
     return traffic
 
 
-def read_events(path: Path, since: float | None = None) -> dict[str, VariantTraffic]:
-    if not path.is_file():
-        raise ReleaseError(f"{path}: no prediction events (set SHELFCAST_PREDICTION_LOG, or point --events at them)")
-    events = []
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue  # a torn last line of a live log: not evidence either way
-    return read_traffic(events, since)
+@dataclass(frozen=True)
+class LoggedEvents:
+    """Where a decision reads the served traffic: the app's JSON-lines log (a file, or a directory of
+    them), or the Elasticsearch/OpenSearch indices of the docker compose stack, whose app sends its
+    events through Fluentd (no log file on the host). The same rule judges either."""
+
+    path: Path | None = None
+    search: ElasticsearchEvents | None = None
+
+    @classmethod
+    def choose(cls, path: Path, elasticsearch: str | None, index: str = DEFAULT_INDEX_PATTERN) -> "LoggedEvents":
+        """The search indices when a URL is given (``--elasticsearch`` / $ELASTICSEARCH_URL), else ``path``."""
+        if elasticsearch:
+            return cls(search=ElasticsearchEvents.from_environment(elasticsearch, index))
+        return cls(path=path)
+
+    def __str__(self) -> str:
+        return f"{self.search.url}/{self.search.index}" if self.search is not None else str(self.path)
+
+    def traffic(self, since: float | None = None) -> dict[str, VariantTraffic]:
+        """Per-variant traffic of the events logged at or after ``since`` (epoch seconds; None: all)."""
+        import datetime as dt
+
+        if self.search is not None:
+            moment = None if since is None else \
+                dt.datetime.fromtimestamp(since, dt.timezone.utc).isoformat(timespec="milliseconds")
+            events = self.search.events(MAX_EVENTS, since=moment)
+        else:
+            events = read_jsonl_events(self.path, MAX_EVENTS)
+        return read_traffic(events, since)
 
 
 def read_actuals(path: Path) -> dict[tuple, float]:
@@ -420,17 +444,17 @@ def smoke_test(url: str, requests: int = 40) -> dict:
     return answered
 
 
-def observe(events: Path, since: float, variant: str, seconds: float, actuals: dict | None) -> Verdict:
+def observe(events: LoggedEvents, since: float, variant: str, seconds: float, actuals: dict | None) -> Verdict:
     """``compare`` on the traffic logged since ``since`` until it decides, or ``seconds`` are up."""
     deadline = time.time() + seconds
     while True:
-        verdict = compare(read_events(events, since=since), variant, actuals)
+        verdict = compare(events.traffic(since=since), variant, actuals)
         if verdict.decision != "wait" or time.time() >= deadline:
             return verdict
         time.sleep(1.0)
 
 
-def deploy(root: Path, store: ReleaseStore, url: str, events: Path, version: str | None = None,
+def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, version: str | None = None,
            share: float = DEFAULT_SHARE, observe_s: float = 30.0, reload_timeout_s: float = 60.0,
            actuals: dict | None = None, say=print, name: str = tracking.REGISTERED_MODEL,
            shadow_s: float = 0.0, smoke_requests: int = 40) -> dict:
@@ -475,7 +499,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: Path, version: str
         report["production_reload_s"] = round(wait_for_variant(url, PRODUCTION, digest, reload_timeout_s), 2)
         say(f"deploy: version {version} is production ({'; '.join(verdict.reasons)}; {verdict.figures})")
         report["outcome"] = "promoted"
-    except (ReleaseError, BundleError, registry_fetch.FetchError, OSError) as exc:
+    except (ReleaseError, BundleError, registry_fetch.FetchError, EventSourceError, OSError) as exc:
         end_candidate(root, store, CANARY, name)
         if shadow_s > 0:
             end_candidate(root, store, SHADOW, name)
@@ -498,7 +522,13 @@ def main(argv=None) -> int:
     parser.add_argument("--alias", help="take the version another alias names (e.g. --alias shadow)")
     parser.add_argument("--variant", choices=(CANARY, SHADOW), help="for decide/end: which candidate")
     parser.add_argument("--share", type=float, default=DEFAULT_SHARE, help="canary share of store×items (0..1)")
-    parser.add_argument("--events", type=Path, default=DEFAULT_EVENTS, help="prediction events (JSON lines)")
+    parser.add_argument("--events", type=Path, default=DEFAULT_EVENTS,
+                        help="prediction events: a JSON-lines log or a directory of them (default: %(default)s)")
+    parser.add_argument("--elasticsearch", metavar="URL", default=os.environ.get("ELASTICSEARCH_URL") or None,
+                        help="read the events from Elasticsearch/OpenSearch instead, as the compose stack logs them "
+                             "(default: $ELASTICSEARCH_URL if set)")
+    parser.add_argument("--index", default=DEFAULT_INDEX_PATTERN, help="with --elasticsearch: index pattern "
+                        "(default: %(default)s)")
     parser.add_argument("--actuals", type=Path, help="CSV store_nbr,item_nbr,date,unit_sales for live accuracy")
     parser.add_argument("--apply", action="store_true", help="decide: promote or end the candidate as decided")
     parser.add_argument("--url", default="http://127.0.0.1:5005", help="deploy: the running Shelfcast")
@@ -508,6 +538,7 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=40, help="smoke/deploy: one-row forecasts the smoke test sends")
     args = parser.parse_args(argv)
     root = args.root.resolve()
+    events = LoggedEvents.choose(args.events, args.elasticsearch, args.index)
     store = ReleaseStore(args.models if args.models.is_absolute() else root / args.models, keep=args.keep)
     started = time.perf_counter()
     try:
@@ -540,7 +571,7 @@ def main(argv=None) -> int:
             current = aliases(root, args.name)
             variant = args.variant or (CANARY if CANARY in current else SHADOW)
             actuals = read_actuals(args.actuals) if args.actuals else None
-            verdict = compare(read_events(args.events), variant, actuals)
+            verdict = compare(events.traffic(), variant, actuals)
             print(json.dumps(asdict(verdict)))
             if args.apply and verdict.decision == "promote":
                 print(f"release: version {promote(root, store, current.get(variant), args.name)} is now production")
@@ -552,11 +583,12 @@ def main(argv=None) -> int:
             print(f"release: smoke test passed; answered by {smoke_test(args.url.rstrip('/'), args.requests)}")
         elif args.command == "deploy":
             actuals = read_actuals(args.actuals) if args.actuals else None
-            report = deploy(root, store, args.url.rstrip("/"), args.events, version, args.share, args.observe_s,
+            report = deploy(root, store, args.url.rstrip("/"), events, version, args.share, args.observe_s,
                             actuals=actuals, name=args.name, shadow_s=args.shadow_s, smoke_requests=args.requests)
             print(json.dumps(report))
             return 0 if report["outcome"] == "promoted" else 2
-    except (ReleaseError, BundleError, registry_fetch.FetchError, tracking.TrackingError, ValueError, OSError) as exc:
+    except (ReleaseError, BundleError, registry_fetch.FetchError, tracking.TrackingError, EventSourceError, ValueError,
+            OSError) as exc:
         print(f"release: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -128,7 +128,7 @@ def test_the_shadow_sees_every_request_and_is_never_returned(host, tmp_path):
         returned = answer.get_json()["predictions"][0]["unit_sales"]
         assert returned == by_variant[PRODUCTION][answer.get_json()["request_id"]]["output"]["unit_sales"]
         assert answer.get_json()["model"]["version"] == production.version
-    verdict = release.compare(release.read_events(events), SHADOW)
+    verdict = release.compare(release.LoggedEvents(events).traffic(), SHADOW)
     assert verdict.figures["compared_pairs"] == len(series) and verdict.decision == "wait", verdict
     from monitoring import drift  # drift counts the traffic once: shadow events are not requests
 
@@ -199,6 +199,57 @@ def test_the_decision_rule():
     actuals = {(1, n, "2017-08-16"): 3.0 for n in range(100)}
     worse = release.compare(traffic(100, units=4.2), CANARY, actuals)
     assert worse.decision == "rollback" and "live accuracy" in worse.reasons[-1]
+
+
+def fluentd_out_elasticsearch():
+    """tests/monitoring's stand-in for Fluentd's elasticsearch output (what the compose stack's Fluentd does)."""
+    import importlib.util
+
+    path = REPO / "tests" / "monitoring" / "test_monitoring_e2e.py"
+    spec = importlib.util.spec_from_file_location("delivery_tests_monitoring_e2e", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.fluentd_out_elasticsearch
+
+
+def test_the_decision_reads_the_compose_stacks_search_indices_as_it_reads_the_log(host, tmp_path, capsys):
+    """`release decide --elasticsearch URL` (what `make deploy ELASTICSEARCH_URL=...` passes) judges the events
+    the compose stack's Fluentd wrote into a real OpenSearch-API server exactly as the JSON-lines log."""
+    import datetime as dt
+
+    from osmem_server import OsmemServer
+
+    from monitoring.setup_stack import install_index_templates
+    from pipeline.event_sources import ElasticsearchEvents
+
+    root, store, _ = host
+    events = tmp_path / "events.jsonl"
+    app = make_app(store, events)
+    client = app.test_client()
+    for instance in all_series(app) * 2:
+        assert client.post("/api/v1/predict", json={"instances": [instance]}).status_code == 200
+    app.extensions["shelfcast"].sink.close()
+    logged = read_events(events)
+    cut = logged[len(logged) // 2]["timestamp"]
+    common = ["decide", "--root", str(root), "--models", str(store.root), "--variant", CANARY]
+    assert release.main([*common, "--events", str(events)]) == 0
+    from_log = json.loads(capsys.readouterr().out)
+    with OsmemServer.start(japanese=False, addr="127.0.0.1:0") as server:
+        search = ElasticsearchEvents(server.url)
+        install_index_templates(search)
+        fluentd_out_elasticsearch()(search, [{"tag": "shelfcast.prediction", "record": event,
+                                              "time": dt.datetime.fromisoformat(event["timestamp"]).timestamp()}
+                                             for event in logged])
+        assert release.main([*common, "--elasticsearch", server.url]) == 0
+        from_index = json.loads(capsys.readouterr().out)
+        since = dt.datetime.fromisoformat(cut).timestamp()
+        later = release.LoggedEvents.choose(events, server.url).traffic(since=since)
+        assert str(release.LoggedEvents.choose(events, server.url)).endswith("/shelfcast-prediction-*")
+    assert from_log["decision"] == "promote" and from_log["figures"][f"{CANARY}_predictions"] >= release.MIN_EVENTS
+    assert from_index == from_log
+    expected = release.LoggedEvents(events).traffic(since=since)
+    assert {v: t.predictions for v, t in later.items()} == {v: t.predictions for v, t in expected.items()}
+    assert sum(t.predictions for t in later.values()) < len(logged)  # since: only the later half
 
 
 def free_port() -> int:
@@ -286,7 +337,8 @@ def test_deploy_shadow_then_canary_with_reload_smoke_test_and_checks_then_promot
     release.end_candidate(root, store, CANARY)
     events = tmp_path / "events.jsonl"
     served = serve(store, events)
-    report = release.deploy(root, store, served.url, events, versions["canary"], share=0.5, observe_s=90,
+    report = release.deploy(root, store, served.url, release.LoggedEvents(events), versions["canary"], share=0.5,
+                            observe_s=90,
                             shadow_s=90, say=lambda *a: None)
     time.sleep(1.0)
     served.close()
@@ -314,7 +366,8 @@ def test_a_canary_worse_on_actual_sales_is_rolled_back_automatically(host, serve
     units = production.forecast([s["store_nbr"] for s in served.series], [s["item_nbr"] for s in served.series],
                                 day_numbers(dates), [0] * len(dates)).units
     actuals = {(s["store_nbr"], s["item_nbr"], s["date"]): float(u) for s, u in zip(served.series, units)}
-    report = release.deploy(root, store, served.url, events, versions["canary"], share=0.5, observe_s=90,
+    report = release.deploy(root, store, served.url, release.LoggedEvents(events), versions["canary"], share=0.5,
+                            observe_s=90,
                             actuals=actuals, say=lambda *a: None)
     served.close()
     assert report["outcome"] == "rolled back" and "live accuracy" in report["reason"], report.get("reason")

@@ -20,7 +20,7 @@ import pytest
 from monitoring.drift import drift_summary_event
 from monitoring.drift_analysis import analyse
 from monitoring.drift_params import DriftParams
-from monitoring.event_sources import ElasticsearchEvents
+from pipeline.event_sources import ElasticsearchEvents
 from monitoring.metrics_events import metrics_event
 from monitoring.setup_stack import SAVED_OBJECTS, install_index_templates
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from monitoring import drift
-from monitoring.event_sources import ElasticsearchEvents
+from pipeline.event_sources import ElasticsearchEvents
 from monitoring.setup_stack import install_index_templates
 
 RECEIVER_DIR = Path(__file__).resolve().parents[1] / "fluentd_receiver"
