@@ -1,7 +1,11 @@
 """Code and data versions: what train records in the bundle, evaluate records next to its verdict, and promote checks.
 
 A candidate may be promoted only for the data, code and params it was
-evaluated on; these hashes are how promote tells.
+evaluated on; these hashes are how promote tells. They are facts about the
+inputs, never about the run (no time, no git commit, no run id): the tracked
+outputs that record them (models/candidate via dvc.lock, results/) come out
+byte-identical from every run of the same inputs, so `make run` leaves git
+as it found it. The run's own provenance lives in MLflow (pipeline/tracking.py).
 """
 
 from __future__ import annotations
@@ -55,8 +59,18 @@ def params_version(params: Mapping) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def bundle_version(model_kind: str, code: str, data: Mapping[str, str], params: Mapping) -> str:
+    """``<model kind>-<12 hex>``: the same for every bundle trained from the same code, data and params
+    (training is deterministic for a seed), different when any of them differs."""
+    facts = {"code_version": code, "data_version": dict(data), "params_version": params_version(params)}
+    return f"{model_kind}-{params_version(facts)[:12]}"
+
+
 def git_commit(root: Path) -> str:
-    """HEAD's commit, with ``-dirty`` when the work tree differs; ``unknown`` outside git."""
+    """HEAD's commit, with ``-dirty`` when the work tree differs; ``unknown`` outside git.
+
+    Run provenance: an MLflow tag of the training run, never part of a tracked output.
+    """
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=20)
         if head.returncode != 0:
