@@ -102,6 +102,8 @@ def _clip(text: str, width: int) -> str:
 
 
 def _nbytes(value) -> int:
+    if isinstance(value, tuple):  # a step with several outputs
+        return sum(_nbytes(v) for v in value)
     return int(value.nbytes) if isinstance(value, np.ndarray) else 0
 
 
@@ -124,13 +126,12 @@ def profile(sess, fetches, feed_dict=None, runs: int = 10, warmup: int = 1) -> P
     for run in range(-warmup, runs):
         vals = plan.slots(feed_values)
         begin = clock()
-        for step, (fn, ins, out) in enumerate((s.kernel, s.inputs, s.output) for s in plan.steps):
-            args = [vals[j] for j in ins]
+        for step, plan_step in enumerate(plan.steps):
+            args = [vals[j] for j in plan_step.inputs]
             start = clock()
-            value = fn(*args)
+            value = plan_step.kernel(*args)
             end = clock()
-            if out >= 0:
-                vals[out] = value
+            plan_step.store(vals, value)
             if run >= 0:
                 stats = ops[step]
                 stats.calls += 1

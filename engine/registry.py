@@ -56,6 +56,7 @@ class OpDef:
     random: bool = False  # draws random numbers: never merged, never constant-folded
     output_aliases: str = ""  # "input": output may be input 0 itself (a view); "storage": session/const storage
     shape_only_inputs: tuple = ()  # input positions whose kernel reads only the array's shape
+    sums_broadcast: bool = False  # output = input 0 summed back to the output's shape (a bias gradient): fusible
     out_kernel: Optional[Callable] = None  # (op, ctx) -> f(out_or_None, *arrays): may write a kept buffer
     emit: Optional[Callable] = None  # compiler emitter (engine/compiler.py's Emitter protocol)
     scalar: Optional[Callable] = None  # elementwise ops: the ONE scalar function every kernel is built from
@@ -79,23 +80,19 @@ class OpDef:
         return [k for k in range(n_inputs) if k not in shape_only]
 
 
-def register(name: str, *, infer, kernel, reference, examples, grad=None, differentiable=True, stateful=False,
-             writes_state=False, random=False, output_aliases="", shape_only_inputs=(), out_kernel=None, emit=None,
-             scalar=None, default_name=None) -> OpDef:
-    """Add an op type to the table; a second definition of the same name is a programming error."""
+def register(name: str, **fields) -> OpDef:
+    """Add an op type to the table (``fields``: :class:`OpDef`'s); a second definition of a name is an error.
+
+    ``differentiable=True`` without a ``grad`` means "not defined" (``gradients()`` raises for it);
+    ``differentiable=False`` means "no gradient flows" (comparisons, shapes, integer outputs).
+    """
     if name in _REGISTRY:
         raise ValueError(f"op {name!r} is already registered")
-    if reference is None or examples is None:
+    if fields.get("reference") is None or fields.get("examples") is None:
         raise TypeError(f"op {name!r}: a NumPy reference and examples are required (the registry test runs them)")
-    if output_aliases not in ("", "input", "storage"):
+    if fields.get("output_aliases", "") not in ("", "input", "storage"):
         raise ValueError(f"op {name!r}: output_aliases must be '', 'input' or 'storage'")
-    # differentiable=True without a gradient means "not defined": gradients() raises for it;
-    # differentiable=False means "no gradient flows" (comparisons, shapes, integer outputs).
-    op_def = OpDef(name=name, infer=infer, kernel=kernel, reference=reference, examples=examples, grad=grad,
-                   differentiable=differentiable, stateful=stateful, writes_state=writes_state, random=random,
-                   output_aliases=output_aliases, shape_only_inputs=shape_only_inputs, out_kernel=out_kernel,
-                   emit=emit, scalar=scalar, default_name=default_name or name)
-    _REGISTRY[name] = op_def
+    op_def = _REGISTRY[name] = OpDef(name=name, **{**fields, "default_name": fields.get("default_name") or name})
     return op_def
 
 

@@ -78,6 +78,15 @@ class Step:
     kernel: object
     inputs: tuple  # slots read
     output: int  # slot written, -1 for none
+    also: tuple = ()  # further slots written (a fused row sum): then the kernel returns a tuple
+
+    def store(self, vals, value) -> None:
+        """Put what the kernel returned into the slot list ``vals``."""
+        if self.also:
+            for slot, v in zip((self.output, *self.also), value):
+                vals[slot] = v
+        elif self.output >= 0:
+            vals[self.output] = value
 
 
 class Plan:
@@ -189,6 +198,19 @@ def _runner(fn, ins, out, group, out_kernel):
     else:
         def run(vals, bufs):
             vals[out] = fn(*[vals[j] for j in ins])
+    return run
+
+
+def _several_outputs_runner(fn, step, group):
+    """A closure running a step that writes several slots (its out-kernel returns a tuple)."""
+    ins = step.inputs
+
+    def run(vals, bufs):
+        values = fn(bufs[group] if group is not None else None, *[vals[j] for j in ins])
+        if group is not None:
+            bufs[group] = values[0]
+        step.store(vals, values)
+
     return run
 
 
@@ -391,8 +413,10 @@ class Session:
         for node in ir.nodes:
             fn = node.make_kernel(self)
             plain = (lambda *xs, fn=fn: fn(None, *xs)) if node.out_kernel else fn
-            steps.append(Step(node.op, node.type, node.label, plain, tuple(node.inputs), node.output))
-            runners.append(_runner(fn, tuple(node.inputs), node.output, groups.get(node.id), node.out_kernel))
+            step = Step(node.op, node.type, node.label, plain, tuple(node.inputs), node.output, node.also)
+            steps.append(step)
+            runners.append(_runner(fn, tuple(node.inputs), node.output, groups.get(node.id), node.out_kernel)
+                           if not node.also else _several_outputs_runner(fn, step, groups.get(node.id)))
 
         getters = []
         for r in resolved:

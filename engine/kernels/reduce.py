@@ -36,28 +36,18 @@ def sum_cols(x, out):
 
 @njit(cache=True, parallel=True)
 def sum_rows_parallel(x, out, zero):
-    """``sum_rows`` with rows split across threads (for arrays above PARALLEL_MIN_ELEMENTS)."""
-    m, r = x.shape
-    for i in prange(m):
-        acc = zero
-        for j in range(r):
-            acc += x[i, j]
-        out[i] = acc
+    """``sum_rows`` on blocks of 64 rows split across threads (arrays above PARALLEL_MIN_ELEMENTS)."""
+    m = x.shape[0]
+    for b in prange((m + 63) // 64):
+        sum_rows(x[b * 64:min(m, b * 64 + 64)], out[b * 64:min(m, b * 64 + 64)], zero)
 
 
 @njit(cache=True, parallel=True)
 def sum_cols_parallel(x, out):
-    """``sum_cols`` with columns split across threads; each column still sums rows in order."""
-    r, m = x.shape
-    blocks = (m + 63) // 64
-    for b in prange(blocks):
-        lo = b * 64
-        hi = min(m, lo + 64)
-        for j in range(lo, hi):
-            out[j] = 0
-        for i in range(r):
-            for j in range(lo, hi):
-                out[j] += x[i, j]
+    """``sum_cols`` on blocks of 64 columns split across threads; each column still sums rows in order."""
+    m = x.shape[1]
+    for b in prange((m + 63) // 64):
+        sum_cols(x[:, b * 64:min(m, b * 64 + 64)], out[b * 64:min(m, b * 64 + 64)])
 
 
 @njit(cache=True)

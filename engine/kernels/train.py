@@ -4,9 +4,11 @@ Adam's scalars (``c1 = 1 - beta1``, ``c2 = 1 - beta2``, the rate) come in the va
 dtype, so a float32 variable is updated in float32 arithmetic throughout (as PyTorch's fused
 Adam does) and a float64 one in float64.
 
-Dense variants take flattened views of the variable, its slots and the gradient; sparse
-variants take 2-D row views and the unique row indices a gather's gradient touched, and
-leave every other row (and its slots) untouched.
+Each optimizer has ONE update loop, over flat arrays (the ``*_dense`` kernel); its sparse form
+applies that loop to the rows a gather's gradient touched (2-D row views, unique row indices)
+and leaves every other row (and its slots) untouched. ``error_model="numpy"``: a division is
+IEEE (no ZeroDivisionError check), which lets LLVM vectorize the loops (Adam: ~5x); the
+values are the same.
 """
 
 from __future__ import annotations
@@ -14,22 +16,22 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+CHUNK = 1 << 16  # elements per task of the parallel dense Adam
 
-@njit(cache=True)
+
+@njit(cache=True, error_model="numpy")
 def sgd_dense(var, grad, lr):
     for i in range(var.size):
         var[i] -= lr * grad[i]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def sgd_sparse(var, values, idx, lr):
     for k in range(idx.size):
-        r = idx[k]
-        for j in range(var.shape[1]):
-            var[r, j] -= lr * values[k, j]
+        sgd_dense(var[idx[k]], values[k], lr)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def momentum_dense(var, accum, grad, lr, momentum, nesterov):
     for i in range(var.size):
         a = accum[i] * momentum + grad[i]
@@ -40,21 +42,14 @@ def momentum_dense(var, accum, grad, lr, momentum, nesterov):
             var[i] -= lr * a
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def momentum_sparse(var, accum, values, idx, lr, momentum, nesterov):
     for k in range(idx.size):
         r = idx[k]
-        for j in range(var.shape[1]):
-            g = values[k, j]
-            a = accum[r, j] * momentum + g
-            accum[r, j] = a
-            if nesterov:
-                var[r, j] -= lr * (g + momentum * a)
-            else:
-                var[r, j] -= lr * a
+        momentum_dense(var[r], accum[r], values[k], lr, momentum, nesterov)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def adam_dense(var, m, v, grad, lr_t, beta1, c1, beta2, c2, epsilon):
     for i in range(var.size):
         g = grad[i]
@@ -65,32 +60,22 @@ def adam_dense(var, m, v, grad, lr_t, beta1, c1, beta2, c2, epsilon):
         var[i] -= lr_t * mi / (np.sqrt(vi) + epsilon)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def adam_dense_parallel(var, m, v, grad, lr_t, beta1, c1, beta2, c2, epsilon):
-    """``adam_dense`` split across threads, for variables above PARALLEL_MIN_ELEMENTS."""
-    for i in prange(var.size):
-        g = grad[i]
-        mi = beta1 * m[i] + c1 * g
-        vi = beta2 * v[i] + c2 * g * g
-        m[i] = mi
-        v[i] = vi
-        var[i] -= lr_t * mi / (np.sqrt(vi) + epsilon)
+    """``adam_dense`` on CHUNK-element pieces split across threads (variables above PARALLEL_MIN_ELEMENTS)."""
+    for c in prange((var.size + CHUNK - 1) // CHUNK):
+        s = slice(c * CHUNK, min(var.size, (c + 1) * CHUNK))
+        adam_dense(var[s], m[s], v[s], grad[s], lr_t, beta1, c1, beta2, c2, epsilon)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def adam_sparse(var, m, v, values, idx, lr_t, beta1, c1, beta2, c2, epsilon):
     for k in range(idx.size):
         r = idx[k]
-        for j in range(var.shape[1]):
-            g = values[k, j]
-            mi = beta1 * m[r, j] + c1 * g
-            vi = beta2 * v[r, j] + c2 * g * g
-            m[r, j] = mi
-            v[r, j] = vi
-            var[r, j] -= lr_t * mi / (np.sqrt(vi) + epsilon)
+        adam_dense(var[r], m[r], v[r], values[k], lr_t, beta1, c1, beta2, c2, epsilon)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def adagrad_dense(var, accum, grad, lr):
     for i in range(var.size):
         g = grad[i]
@@ -99,12 +84,8 @@ def adagrad_dense(var, accum, grad, lr):
         var[i] -= lr * g / np.sqrt(a)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def adagrad_sparse(var, accum, values, idx, lr):
     for k in range(idx.size):
         r = idx[k]
-        for j in range(var.shape[1]):
-            g = values[k, j]
-            a = accum[r, j] + g * g
-            accum[r, j] = a
-            var[r, j] -= lr * g / np.sqrt(a)
+        adagrad_dense(var[r], accum[r], values[k], lr)

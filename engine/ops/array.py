@@ -532,7 +532,8 @@ def _sum_to_shape_reference(op, ctx):
 register("SumToShape", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1].shape)],
          kernel=simple_kernel(lambda g, like: R.sum_to_shape(g, like.shape)), reference=_sum_to_shape_reference,
          examples=_float_examples((((3, 4), (4,)), {}), (((3, 4), (3, 1)), {}), (((2, 3, 4), (1, 4)), {})),
-         grad=lambda op, g: [create("Add", [zeros_like(op.inputs[0]), g]), None], shape_only_inputs=(1,))
+         grad=lambda op, g: [create("Add", [zeros_like(op.inputs[0]), g]), None], shape_only_inputs=(1,),
+         sums_broadcast=True)
 
 
 def _broadcast_reduced_kernel(op, ctx):

@@ -7,11 +7,16 @@ must be the output's shape, a fully known suffix of it (a bias row) or a scalar;
 kernel checks that at run time and otherwise runs the member ops one by one, so results never
 depend on the pass. Groups of one op are lowered too: they gain the row-broadcast loop, the
 output buffer and the parallel loop.
+
+A consumer that sums the group's value back to a row (``OpDef.sums_broadcast``: the bias
+gradient after ``ReluGrad``) joins the group as a second output: one pass over the gradient
+computes both, adding rows in the order the reduction kernel does (same values, bit for bit).
 """
 
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import numpy as np
 
@@ -64,10 +69,18 @@ def fuse_elementwise(ir: PlanIR) -> PlanIR:
         members.sort(key=lambda n: position[n.id])
         group_of[node.id] = members
     fused_at = {}
+    produced_at = {n.output: position[n.id] for n in ir.nodes if n.output >= 0}
     for root_id, members in group_of.items():
-        fused = _fused_node(members, ir)
+        root = members[-1]
+        summed = next((r for r in users.get(root.output, ()) if _row_sum_joins(r, root, ir, position, writes_before,
+                                                                              control_targets, produced_at)), None)
+        fused = _fused_node(members, ir, summed)
+        if fused is None and summed is not None:
+            summed, fused = None, _fused_node(members, ir, None)
         if fused is not None:
             fused_at[root_id] = fused
+            if summed is not None:
+                absorbed.add(summed.id)
         else:  # not expressible as one kernel: its members stay as they are
             absorbed.difference_update(m.id for m in members)
     out = []
@@ -78,7 +91,20 @@ def fuse_elementwise(ir: PlanIR) -> PlanIR:
     return ir
 
 
-def _fused_node(members, ir):
+def _row_sum_joins(r, root, ir, position, writes_before, control_targets, produced_at) -> bool:
+    """Whether node ``r`` sums the group's value (``root``'s) to a row and can be computed inside its kernel:
+    a plain node, no control edges, its other inputs ready before the group runs, no state write in between."""
+    if (not r.op_def.sums_broadcast or r.members or r.output < 0 or r.inputs[0] != root.output or r.controls
+            or r.id in control_targets or r.const_value is not None
+            or writes_before[position[r.id]] != writes_before[position[root.id]]
+            or any(produced_at.get(s, -1) >= position[root.id] for s in r.inputs[1:])):
+        return False
+    out = ir.slot_tensors[r.output]
+    kind, _ = EW.operand_kind(out.shape, _static(root)[0])
+    return kind == "row" and out.dtype == _static(root)[1]
+
+
+def _fused_node(members, ir, summed=None):
     inside = {m.output: j for j, m in enumerate(members)}
     leaves: list[int] = []
     steps = []
@@ -95,54 +121,66 @@ def _fused_node(members, ir):
     last = members[-1]
     out_shape, dtype = _static(last)
     kinds, inner = [], 1
-    for s in leaves:
-        kind, size = EW.operand_kind(ir.slot_tensors[s].shape, out_shape)
+    sum_shape = tuple(ir.slot_tensors[summed.output].shape) if summed is not None else None
+    for kind, size in [EW.operand_kind(ir.slot_tensors[s].shape, out_shape) for s in leaves] + (
+            [EW.operand_kind(sum_shape, out_shape)] if summed is not None else []):
         if kind is None or (kind == "row" and inner > 1 and size != inner):
             return None
         if kind == "row":
             inner = size
         kinds.append(kind)
+    kinds = kinds[:len(leaves)]
     if "full" not in kinds:
         return None
-    source = EW.chain_source(steps, kinds, dtype.name, inner)
-    ops = tuple(m.op for m in members)
+    source = EW.chain_source(steps, kinds, dtype.name, inner, row_sum=summed is not None)
+    ops = tuple(m.op for m in members) + ((summed.op,) if summed is not None else ())
     fallback = [(m, refs) for m, (_, refs) in zip(members, steps)]
     ir_shapes = {s: ir.slot_tensors[s].shape for s in leaves}
+    extra = list(summed.inputs[1:]) if summed is not None else []  # read only by the unfused path
 
     def make_kernel(ctx):
         member_kernels = [(m.make_kernel(ctx), refs) for m, refs in fallback]
+        if summed is not None:
+            sum_kernel = summed.make_kernel(ctx)
+            member_kernels.append((sum_kernel if not summed.out_kernel else partial(sum_kernel, None),
+                                   [("step", len(steps) - 1)] + [("leaf", len(leaves) + k) for k in range(len(extra))]))
         try:
-            serial, parallel = EW.chain_kernels(source)
+            module = EW.chain_kernels(source)
         except OSError as error:  # cache dir not writable: run the members, and say why once
             warnings.warn(f"elementwise fusion disabled for {last.op.name}: cannot write the generated kernel "
                           f"under {config.CACHE_DIR} ({error})", RuntimeWarning, stacklevel=2)
-            return lambda out, *xs: _run_members(member_kernels, xs)
-        return _runner(serial, parallel, kinds, inner, dtype.np, member_kernels,
-                       [tuple(ir_shapes[s]) if ir_shapes[s] is not None else None for s in leaves])
+            return lambda out, *xs: _run_members(member_kernels, xs, summed is not None)
+        return _runner(module, kinds, inner, dtype.np, member_kernels,
+                       [tuple(ir_shapes[s]) if ir_shapes[s] is not None else None for s in leaves], sum_shape)
 
-    node = Node(last.op, "FusedElementwise", list(leaves), last.output, make_kernel,
-                frozenset().union(*(m.controls for m in members)), out_kernel=True, members=ops)
-    return node
+    return Node(last.op, "FusedElementwise", list(leaves) + extra, last.output, make_kernel,
+                frozenset().union(*(m.controls for m in members)), out_kernel=True, members=ops,
+                also=(summed.output,) if summed is not None else ())
 
 
-def _run_members(member_kernels, xs):
-    """The group's ops one by one with their own kernels (the reference the fused kernel matches)."""
+def _run_members(member_kernels, xs, summed=False):
+    """The group's ops one by one with their own kernels (the reference the fused kernel matches);
+    with a row sum: (the chain's value, its sum)."""
     vals = []
     for kernel, refs in member_kernels:
         vals.append(kernel(*[vals[k] if kind == "step" else xs[k] for kind, k in refs]))
-    return vals[-1]
+    return (vals[-2], vals[-1]) if summed else vals[-1]
 
 
-def _runner(serial, parallel, kinds, inner, npdtype, member_kernels, leaf_shapes):
+def _runner(module, kinds, inner, npdtype, member_kernels, leaf_shapes, sum_shape):
     """The fused step: cheap shape checks, then one kernel call (or the members, if checks fail)."""
+    serial, parallel, summing = module.serial, module.parallel, getattr(module, "serial_sum", None)
     full = kinds.index("full")
     other_full = [k for k, kind in enumerate(kinds) if kind == "full" and k != full]
     rows = [(k, leaf_shapes[k], _core(leaf_shapes[k])) for k, kind in enumerate(kinds) if kind == "row"]
+    if sum_shape is not None:
+        rows.append((None, sum_shape, _core(sum_shape)))
     scalars = [k for k, kind in enumerate(kinds) if kind == "scalar"]
     threshold = config.PARALLEL_MIN_ELEMENTS
+    n_leaves = len(kinds)
 
     def unfused(xs):
-        return _run_members(member_kernels, xs)
+        return _run_members(member_kernels, xs, sum_shape is not None)
 
     def run(out, *xs):
         x0 = xs[full]
@@ -153,18 +191,25 @@ def _runner(serial, parallel, kinds, inner, npdtype, member_kernels, leaf_shapes
             if xs[k].shape != shape:
                 return unfused(xs)
         for k, static, core in rows:  # a row leaf's static shape is fully known: it must match exactly
-            if xs[k].shape != static or len(core) > len(shape) or shape[len(shape) - len(core):] != core:
+            if ((k is not None and xs[k].shape != static) or len(core) > len(shape)
+                    or shape[len(shape) - len(core):] != core):
                 return unfused(xs)
         for k in scalars:
             if xs[k].size != 1:
                 return unfused(xs)
         n = x0.size
-        if n % inner:
-            return unfused(xs)
+        if n % inner or (summing is not None and (n >= threshold or shape == sum_shape)):
+            return unfused(xs)  # (a big sum: the parallel kernels of both ops; no rows to sum: the op's own path)
         if out is None or out.shape != shape:
             out = np.empty(shape, npdtype)
+        flat = [x.reshape(-1) for x in xs[:n_leaves]]
+        if summing is not None:
+            sums = np.zeros(sum_shape, npdtype)
+            if n:
+                summing(out.reshape(-1), sums.reshape(-1), *flat)
+            return out, sums
         if n:
-            (parallel if n >= threshold else serial)(out.reshape(-1), *[x.reshape(-1) for x in xs])
+            (parallel if n >= threshold else serial)(out.reshape(-1), *flat)
         return out
 
     return run

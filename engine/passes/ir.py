@@ -1,9 +1,11 @@
 """A small IR of a pruned execution plan: the thing graph rewrites transform.
 
 A plan is a list of :class:`Node` in a valid execution order; each produces at most one
-value (an integer slot) from input slots. Passes build new node lists and never touch the
-user's Graph: a node keeps the :class:`~engine.graph.Operation` it came from (for names in
-errors and for its kernel factory) but its inputs are slots, so rewiring is just integers.
+value (an integer slot) from input slots, except that a fused elementwise node may also write
+the row sums of its value (``also``: a bias gradient computed in the same pass). Passes build
+new node lists and never touch the user's Graph: a node keeps the :class:`~engine.graph.Operation`
+it came from (for names in errors and for its kernel factory) but its inputs are slots, so
+rewiring is just integers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Node:
     out_kernel: bool = False  # kernel signature is f(out_or_None, *inputs) -> array
     const_value: Optional[np.ndarray] = None  # set for folded constants
     members: tuple = ()  # ops a fused node stands for
+    also: tuple = ()  # further slots it writes (a fused reduction); its kernel then returns a tuple
     id: int = field(default_factory=lambda: next(_ids))
 
     @property

@@ -30,6 +30,8 @@ def assign_buffer_groups(ir: PlanIR) -> tuple[dict, int]:
         if node.output >= 0:
             roots[node.output] = frozenset([node.output]) if node.out_kernel else reached
             last_use.setdefault(node.output, i)
+        for s in node.also:  # a fused row sum: may be the value itself when there is one row to sum
+            roots[s] = roots[node.output]
     for s in ir.fetch_slots:
         escaping |= roots.get(s, frozenset())
     groups: dict[int, int] = {}

@@ -3,7 +3,9 @@
 For each op in ``registered_ops()`` and each of its ``examples`` (dtypes, broadcasting, empty
 arrays, NaN): the kernel against the plain-NumPy reference backend, passes on (fused, kept
 buffers) against passes off bit for bit, the compiled plan (where the op compiles) against the
-reference, and its gradient against central finite differences of the reference. An op
+reference, and its gradient against central finite differences of the reference; an elementwise
+op's value summed over rows (a bias gradient, which fusion computes inside the op's kernel) fused
+against unfused bit for bit. An op
 registered without a reference, examples, or (when differentiable) a gradient fails here.
 Hypothesis then builds random graphs of the registered elementwise ops and runs them all three
 ways. Adding an op needs no edit of this file.
@@ -105,6 +107,33 @@ def test_op(op_type):
             gradient_checks += 1
     if op_def.grad is not None:
         assert gradient_checks, f"{op_type}: no finite float64 example to check its gradient with"
+    if op_def.fusible and any(a.dtype.kind == "f" for e in examples for a in e.inputs):
+        assert any(_check_row_sum(op_type, e) for e in examples), f"{op_type}: its row sum was never fused"
+
+
+def _check_row_sum(op_type, example) -> bool:
+    """An elementwise op's value summed over rows (a bias gradient: SumToShape), which fusion computes
+    inside the op's own kernel: fused vs unfused bit for bit, and vs the reference. False when the
+    example cannot show it (not a float matrix output, operands of another dtype)."""
+    shape = np.broadcast_shapes(*(a.shape for a in example.inputs))
+    dtype = example.inputs[0].dtype
+    if (dtype.kind != "f" or len(shape) < 2 or 0 in shape or example.attrs
+            or any(a.dtype != dtype for a in example.inputs)):
+        return False
+    graph = en.Graph()
+    with graph.as_default():  # the bias (shape only) exists before the op, as a layer's does
+        bias = en.constant(np.zeros(shape[1:], dtype))
+        feeds = [en.placeholder(en.as_dtype(a.dtype), a.shape) for a in example.inputs]
+        out = graph.create_op(op_type, feeds).outputs[0]
+        if out.dtype.np != dtype:
+            return False
+        fetch = [out, graph.create_op("SumToShape", [out, bias]).outputs[0]]
+    what = f"{op_type} {[f'{a.dtype}{a.shape}' for a in example.inputs]} summed over rows"
+    runs = {config: en.Session(graph, config).run(fetch, dict(zip(feeds, example.inputs)))
+            for config in (REFERENCE, UNFUSED, OPTIMIZED)}
+    _close(runs[UNFUSED], runs[REFERENCE], f"{what}: kernel vs reference")
+    _close(runs[OPTIMIZED], runs[UNFUSED], f"{what}: fused vs unfused", exact=True)
+    return any(step.also for step in en.Session(graph).plan(fetch, feeds).steps)
 
 
 def _check_compiled(built, want, what) -> int:
@@ -186,12 +215,15 @@ def test_random_graphs_agree_compiled_interpreted_and_reference(steps, seed, wit
                 continue
             values.append(y if y.dtype == en.float64 else en.cast(y, en.float64))
         fetches = [v for v in values[3:] if v.shape is not None and len(v.shape) == 2] or [x]
+        # and half the time the last value summed over rows, as a bias gradient (fusion joins it to its producer)
+        summed = [graph.create_op("SumToShape", [fetches[-1], values[1]]).outputs[0]] if seed % 2 else []
     feed = rng.uniform(-2, 2, (3, 4))
-    want = en.Session(graph, REFERENCE).run(fetches, {x: feed})
-    unfused = en.Session(graph, UNFUSED).run(fetches, {x: feed})
-    fused = en.Session(graph, OPTIMIZED).run(fetches, {x: feed})
+    want = en.Session(graph, REFERENCE).run(fetches + summed, {x: feed})
+    unfused = en.Session(graph, UNFUSED).run(fetches + summed, {x: feed})
+    fused = en.Session(graph, OPTIMIZED).run(fetches + summed, {x: feed})
     _close(unfused, want, "interpreted vs reference")
     _close(fused, unfused, "fused vs unfused", exact=True)
+    want = want[:len(fetches)]
     try:
         plan = compiler.CompiledPlan(en.Session(graph), fetches, [x])
     except compiler.UnsupportedGraphError:

@@ -10,6 +10,7 @@ import pytest
 import engine as en
 from engine import config
 from engine.kernels import elementwise as EW
+from engine.ops._util import create
 from engine.ops.math import _add
 from engine.ops.nn import _relu
 
@@ -32,6 +33,50 @@ def test_bias_relu_chain_is_one_kernel_with_identical_results(dtype):
         np.testing.assert_array_equal(on.run(y, feed), off.run(y, feed))
     fused = [n for n in _nodes(on, [y], [x]) if n.type == "FusedElementwise"]
     assert len(fused) == 1 and [op.type for op in fused[0].members] == ["Add", "Relu", "Mul"]
+
+
+@pytest.mark.parametrize("dtype", [en.float32, en.float64])
+def test_the_bias_gradient_is_summed_inside_the_relu_gradient_kernel(dtype):
+    """Dense -> ReLU's backward pass: ReluGrad and the bias gradient (SumToShape) are ONE fused step
+    with two outputs, bit for bit the unfused values, in every run-time case it meets."""
+    x = en.placeholder(dtype, (None, 6), name="x")
+    layer = en.layers.Dense(5, activation=en.relu, seed=1, dtype=dtype)
+    y = layer(x)
+    loss = en.reduce_sum(en.square(y))
+    grads = en.gradients(loss, [layer.kernel, layer.bias])
+    on, off = en.Session(), en.Session(config=en.SessionConfig(optimize=False, reuse_buffers=False))
+    for sess in (on, off):
+        sess.run(en.global_variables_initializer())
+    steps = on.plan(grads, [x]).steps
+    fused = [s for s in steps if s.also]
+    assert len(fused) == 1 and fused[0].label.endswith("-> ReluGrad -> SumToShape)")
+    assert not any(s.type == "SumToShape" and s.op.outputs[0].shape == (5,) for s in steps)
+    for rows in (0, 1, 7, 300):
+        feed = {x: np.random.default_rng(rows).standard_normal((rows, 6)).astype(dtype.np)}
+        for _ in range(2):  # the second run writes into the kept buffers
+            for got, want in zip(on.run(grads, feed), off.run(grads, feed)):
+                np.testing.assert_array_equal(got, want)
+    profile = en.profiler.profile(on, grads, {x: feed[x]}, runs=1)
+    assert any(op.output_bytes == (300 * 5 + 5) * dtype.np.itemsize for op in profile.ops)  # both outputs counted
+
+
+def test_a_row_sum_is_not_fused_across_a_state_write_or_a_control_edge():
+    x = en.placeholder(en.float32, (None, 3), name="x")
+    v = en.Variable(np.zeros(3, np.float32), name="v")
+    g = en.relu(x)
+    write = v.assign_add(np.ones(3, np.float32))
+    across_write = create("SumToShape", [g, v.value()])  # created after the write: it must see the state as written
+    h = en.relu(x - 1.0)
+    with en.control_dependencies([write]):
+        after_control = create("SumToShape", [h, v.value()])
+    sess = en.Session()
+    sess.run(v.initializer)
+    steps = sess.plan([across_write, after_control, write], [x]).steps
+    assert [s.type for s in steps if s.type == "SumToShape"] == ["SumToShape", "SumToShape"]
+    assert not any(s.also for s in steps)
+    got = sess.run([across_write, after_control], {x: np.array([[1.0, -2.0, 3.0], [2.0, 2.0, -1.0]], np.float32)})
+    np.testing.assert_array_equal(got[0], [3.0, 2.0, 3.0])
+    np.testing.assert_array_equal(got[1], [1.0, 1.0, 2.0])
 
 
 UNARY = [en.negative, en.exp, en.log1p, en.expm1, en.square, en.abs, en.relu, en.sigmoid, en.tanh, en.softplus]
@@ -96,8 +141,8 @@ def test_fetched_intermediates_and_reads_across_state_writes_are_not_fused():
 def test_generated_kernels_are_files_in_the_numba_cache_named_by_their_source_hash():
     source = EW.chain_source([(_add, [("leaf", 0), ("leaf", 1)]), (_relu, [("step", 0)])], ["full", "row"],
                              "float32", 3)
-    serial, _ = EW.chain_kernels(source)
-    assert EW.chain_kernels(source)[0] is serial  # loaded once per process
+    serial = EW.chain_kernels(source).serial
+    assert EW.chain_kernels(source).serial is serial  # loaded once per process
     directory = os.path.join(config.CACHE_DIR, "shelfcast_fused")
     files = [f for f in os.listdir(directory) if f.endswith(".py")]
     matching = [f for f in files if open(os.path.join(directory, f)).read() == source]
