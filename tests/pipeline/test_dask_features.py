@@ -1,4 +1,4 @@
-"""Training examples built on a real Dask LocalCluster (2 workers) are the in-process examples, and train the same model."""
+"""Training examples built on a Dask LocalCluster (2 workers) are the in-process ones, and train the same model."""
 
 from __future__ import annotations
 
