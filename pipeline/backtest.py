@@ -83,7 +83,6 @@ def earlier_windows(root: Path, fparams: FeatureParams, tparams: TrainParams, wi
                     say: Callable[[str], None] = lambda _: None, progress: bool = False) -> list[WindowScores]:
     """Windows 1 .. ``windows - 1`` (each ``length`` days, back to back before the validation window)."""
     from pipeline import train
-    from pipeline.models import predict_weights
 
     if windows <= 1:
         return []
@@ -108,21 +107,34 @@ def earlier_windows(root: Path, fparams: FeatureParams, tparams: TrainParams, wi
         first_day = history.first_day + cut
         say(f"evaluate: backtest window {k}/{windows - 1}: {np.datetime64(first_day, 'D')} .. "
             f"{np.datetime64(first_day + length - 1, 'D')}, training on the days before it")
-        data = train.prepare_training(history_before(history, cut, cut - span), fparams, tparams.baseline_weeks,
-                                      seed=tparams.seed, progress=progress)
-        config, result = train.fit(tparams, data, spec, on_eval=lambda step, curve: say(
-            f"  window {k}: step {step:6d}/{tparams.max_steps}  inner-validation NWRMSLE "
-            f"{curve['validation_nwrmsle']:.4f}"))
-        # series chunk by series chunk: Favorita's 3.5 M window rows x 392-day windows would not fit at once
-        scored = forecasts_at_origin(history, spec, data.vocab, cut - 1, length, tparams.baseline_weeks,
-                                     lambda matrix: predict_weights(config, result.weights, matrix), chunk_rows=65_536,
-                                     progress=progress)
-        series = scored["series"]
-        results.append(WindowScores(
-            index=k, first_day=first_day, last_day=first_day + length - 1,
-            series=series_key(history.store_nbr[series], history.item_nbr[series]),
-            day=scored["day"], actual=scored["units"], candidate=scored["candidate"], baseline=scored["baseline"],
-            weights=perishable_weights(scored["perishable"]),
-            model=f"{tparams.model} trained on the days before the window",
-            train_examples=data.train_examples))
+        results.append(window_scores(history, k, cut, length, fparams, tparams, say, progress))
     return results
+
+
+def window_scores(history: SalesHistory, index: int, cut: int, length: int, fparams: FeatureParams,
+                  tparams: TrainParams, say: Callable[[str], None] = lambda _: None,
+                  progress: bool = False) -> WindowScores:
+    """One window: a model trained as ``pipeline.train`` trains, on the days before column ``cut``, scored on the
+    ``length`` days from it beside the baseline (also one training run of ``pipeline.sweep``)."""
+    from pipeline import train
+    from pipeline.models import predict_weights
+
+    spec = fparams.spec
+    first_day = history.first_day + cut
+    data = train.prepare_training(history_before(history, cut, cut - train.days_needed(fparams)), fparams,
+                                  tparams.baseline_weeks, seed=tparams.seed, progress=progress)
+    config, result = train.fit(tparams, data, spec, on_eval=lambda step, curve: say(
+        f"  window {index}: step {step:6d}/{tparams.max_steps}  inner-validation NWRMSLE "
+        f"{curve['validation_nwrmsle']:.4f}"))
+    # series chunk by series chunk: Favorita's 3.5 M window rows x 392-day windows would not fit at once
+    scored = forecasts_at_origin(history, spec, data.vocab, cut - 1, length, tparams.baseline_weeks,
+                                 lambda matrix: predict_weights(config, result.weights, matrix), chunk_rows=65_536,
+                                 progress=progress)
+    series = scored["series"]
+    return WindowScores(
+        index=index, first_day=first_day, last_day=first_day + length - 1,
+        series=series_key(history.store_nbr[series], history.item_nbr[series]),
+        day=scored["day"], actual=scored["units"], candidate=scored["candidate"], baseline=scored["baseline"],
+        weights=perishable_weights(scored["perishable"]),
+        model=f"{tparams.model} trained on the days before the window",
+        train_examples=data.train_examples)

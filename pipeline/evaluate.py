@@ -240,12 +240,17 @@ def _write_plots(root: Path, windows: list[WindowScores], latest_family: np.ndar
                 for i in sample])
 
 
-def run(root: Path, quiet: bool = False) -> tuple[dict, list[str]]:
-    """Evaluate the candidate; returns (headline metrics, threshold failures). Writes every output first."""
+def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> tuple[dict, list[str]]:
+    """Evaluate the candidate; returns (headline metrics, threshold failures). Writes every output first.
+
+    ``candidate_root`` (default ``root``) holds the params.yaml, the candidate and the results
+    (``pipeline.sweep``'s best candidate lives in a directory of its own); data is the project's.
+    """
+    home = root if candidate_root is None else Path(candidate_root)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    raw = load_yaml(root / "params.yaml")
+    raw = load_yaml(home / "params.yaml")
     eparams, fparams, tparams = evaluate_params(raw), feature_params(raw), train_params(raw)
-    bundle = load_bundle(root / CANDIDATE_DIR)
+    bundle = load_bundle(home / CANDIDATE_DIR)
     frame = read_validation(root / VALIDATION_DATA)
     latest = validation_window(root, bundle, frame, tparams.baseline_weeks, quiet)
     length = latest.last_day - latest.first_day + 1
@@ -283,10 +288,10 @@ def run(root: Path, quiet: bool = False) -> tuple[dict, list[str]]:
     }
     backtest = {"confidence": eparams.confidence, "resamples": eparams.bootstrap_resamples,
                 "window_days": int(length), "pooled": pooled, "windows": per_window}
-    _write_json(root / METRICS_FILE, metrics)
-    _write_json(root / BACKTEST_FILE, backtest)
-    _write_json(root / SLICES_FILE, slices)
-    _write_plots(root, windows, frame["family"].astype(str).to_numpy(), eparams)
+    _write_json(home / METRICS_FILE, metrics)
+    _write_json(home / BACKTEST_FILE, backtest)
+    _write_json(home / SLICES_FILE, slices)
+    _write_plots(home, windows, frame["family"].astype(str).to_numpy(), eparams)
     evaluation = {
         "passed": not failures, "failures": failures, "rule": gate_rule(eparams),
         "improvement_interval": pooled_interval.to_json(), "bundle_digest": bundle.digest,
@@ -296,13 +301,13 @@ def run(root: Path, quiet: bool = False) -> tuple[dict, list[str]]:
         "backtest_baseline_nwrmsle": pooled["baseline_nwrmsle"],
         **current_versions(root, raw),
     }
-    _log_to_mlflow(root, evaluation, metrics, per_window, eparams, quiet)
-    _write_json(root / EVALUATION_FILE, evaluation)
+    _log_to_mlflow(root, evaluation, metrics, per_window, eparams, quiet, home)
+    _write_json(home / EVALUATION_FILE, evaluation)
     return metrics, failures
 
 
 def _log_to_mlflow(root: Path, evaluation: Mapping, metrics: Mapping, per_window: list[dict], params: EvaluateParams,
-                   quiet: bool) -> str | None:
+                   quiet: bool, home: Path) -> str | None:
     """Record the evaluation in MLflow (a run nested under the candidate's); None when it could not be."""
     from mlflow.exceptions import MlflowException
 
@@ -321,7 +326,7 @@ def _log_to_mlflow(root: Path, evaluation: Mapping, metrics: Mapping, per_window
             root, run_id, passed=evaluation["passed"], headline=metrics, windows=per_window,
             params={"evaluate": {k: v for k, v in params.__dict__.items() if k != "slice_bound"},
                     "rule": evaluation["rule"]}, bundle_digest=evaluation["bundle_digest"],
-            artifacts=[root / f for f in RESULT_FILES if f != EVALUATION_FILE and (root / f).exists()])
+            artifacts=[home / f for f in RESULT_FILES if f != EVALUATION_FILE and (home / f).exists()])
     except MlflowException as exc:
         if not quiet:
             print(f"evaluate: note: could not record the evaluation in MLflow: {exc.message}", file=sys.stderr)

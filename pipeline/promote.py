@@ -48,9 +48,14 @@ class PromotionRefused(RuntimeError):
     """The candidate may not be promoted; the message says why and what to do."""
 
 
-def check_candidate(root: Path, raw_params) -> tuple[dict, str]:
-    """(evaluation, bundle digest) of a candidate that may be promoted, else PromotionRefused."""
-    path = root / EVALUATION_FILE
+def check_candidate(root: Path, raw_params, candidate_root: Path | None = None) -> tuple[dict, str]:
+    """(evaluation, bundle digest) of a candidate that may be promoted, else PromotionRefused.
+
+    ``candidate_root`` (default ``root``): where the candidate and its evaluation are (``sweep/``
+    for ``pipeline.sweep``'s best); the data and code it was evaluated on are the project's.
+    """
+    home = root if candidate_root is None else Path(candidate_root)
+    path = home / EVALUATION_FILE
     if not path.is_file():
         raise PromotionRefused(f"{path}: no evaluation found; run `dvc repro` (train + evaluate) first")
     try:
@@ -64,11 +69,11 @@ def check_candidate(root: Path, raw_params) -> tuple[dict, str]:
         raise PromotionRefused(f"{path}: a verdict without the backtest's improvement interval (an older evaluate's); "
                                "run `dvc repro evaluate` to judge the candidate by the current threshold test")
     try:
-        digest = verify_bundle(root / CANDIDATE_DIR)
+        digest = verify_bundle(home / CANDIDATE_DIR)
     except BundleError as exc:
         raise PromotionRefused(f"the candidate bundle cannot be trusted: {exc}") from None
     if digest != evaluation.get("bundle_digest"):
-        raise PromotionRefused(f"{root / CANDIDATE_DIR} changed since it was evaluated (bundle digest {digest[:12]} vs "
+        raise PromotionRefused(f"{home / CANDIDATE_DIR} changed since it was evaluated (bundle digest {digest[:12]} vs "
                                f"evaluated {str(evaluation.get('bundle_digest'))[:12]}); run `dvc repro` again")
     now = current_versions(root, raw_params)
     for key, label in (("code_version", "model code (engine/ and the pipeline modules of train/evaluate)"),
@@ -129,11 +134,12 @@ def track_with_dvc(root: Path) -> tuple[str, Path | None]:
             "DVC entry"), dvc_file
 
 
-def run(root: Path, quiet: bool = False) -> dict:
+def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> dict:
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    raw = load_yaml(root / "params.yaml")
+    home = root if candidate_root is None else Path(candidate_root)
+    raw = load_yaml(home / "params.yaml")
     pparams = promote_params(raw)
-    evaluation, digest = check_candidate(root, raw)
+    evaluation, digest = check_candidate(root, raw, home)
     trained = training_run(root, digest)
     evaluated = tracking.run_of_bundle(root, digest, "evaluate")
     interval = evaluation["improvement_interval"]
@@ -145,7 +151,7 @@ def run(root: Path, quiet: bool = False) -> dict:
     production = root / PRODUCTION_DIR
     installed = source_digest(production) == digest
     if not installed:
-        roll_forward(root, root / CANDIDATE_DIR, production, digest, provenance(trained))
+        roll_forward(root, home / CANDIDATE_DIR, production, digest, provenance(trained))
     dvc_note, dvc_file = track_with_dvc(root)
     try:  # the installed bundle goes to the registry's artifact store: the app side fetches it by alias
         tags.update(registry_fetch.publish_serving_bundle(root, trained.info.run_id, production))
@@ -167,14 +173,19 @@ def run(root: Path, quiet: bool = False) -> dict:
 def main(argv=None) -> int:
     def body(args) -> int | None:
         try:
-            run(args.root)  # prints its own summary
+            run(args.root, candidate_root=None if args.candidate is None else args.root / args.candidate)
         except PromotionRefused as exc:
             print(f"promote: refused: {exc}", file=sys.stderr)
             return REFUSED
         return None
 
+    def options(parser) -> None:
+        parser.add_argument("--candidate", type=Path, default=None, metavar="DIR",
+                            help="promote the candidate evaluated in DIR (params.yaml, models/candidate, results/), "
+                                 "e.g. sweep for `python -m pipeline.sweep`'s best; default: the project's own")
+
     return run_stage("promote", body, argv, errors=(BundleError, tracking.TrackingError),
-                     description=__doc__.splitlines()[0])
+                     description=__doc__.splitlines()[0], options=options)
 
 
 if __name__ == "__main__":

@@ -202,10 +202,16 @@ def _day(day_number: int) -> str:
     return str(np.datetime64(int(day_number), "D"))
 
 
-def run(root: Path, quiet: bool = False) -> dict:
-    """Train, write the candidate bundle, log the MLflow run; returns a summary."""
+def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> dict:
+    """Train, write the candidate bundle, log the MLflow run; returns a summary.
+
+    ``candidate_root`` (default ``root``) holds the params.yaml to train with and gets the
+    candidate (``models/candidate``): ``pipeline.sweep`` trains its best candidate into its own
+    directory so. Data and the MLflow store are always the project's (``root``).
+    """
     started = time.perf_counter()
-    raw = load_yaml(root / "params.yaml")
+    home = root if candidate_root is None else Path(candidate_root)
+    raw = load_yaml(home / "params.yaml")
     fparams, tparams = feature_params(raw), train_params(raw)
     spec = fparams.spec
     history = load_history([root / TRAIN_DATA], days=days_needed(fparams), progress=not quiet)
@@ -237,7 +243,7 @@ def run(root: Path, quiet: bool = False) -> dict:
 
         from pipeline import models
 
-        checkpoints = root / CHECKPOINT_DIR
+        checkpoints = home / CHECKPOINT_DIR
         fingerprint = models.fingerprint_of(spec.to_json(), fparams.train_origins, fparams.origin_stride_days,
                                             tparams.__dict__, versions["data_version"], versions["code_version"])
         config, result = fit(tparams, data, spec, on_eval, checkpoint_dir=checkpoints, fingerprint=fingerprint)
@@ -291,7 +297,7 @@ def run(root: Path, quiet: bool = False) -> dict:
                 "dense": dense_feature_names(spec), "categorical": list(CATEGORICAL_FIELDS),
             },
         }
-        bundle_dir = root / CANDIDATE_DIR
+        bundle_dir = home / CANDIDATE_DIR
         digest = write_bundle(bundle_dir, write_graph=write_graph, metadata=metadata,
                               snapshot=snapshot, training_stats=stats)
         bundle = load_bundle(bundle_dir)  # the serving loader must reproduce the training process's predictions
