@@ -43,16 +43,20 @@ def stage_params(args: argparse.Namespace) -> dict:
 
 
 def run_stage(name: str, body: Body, argv: list[str] | None = None,
-              errors: tuple[type[BaseException], ...] = (), description: str | None = None) -> int:
+              errors: tuple[type[BaseException], ...] = (), description: str | None = None,
+              options: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
     """Run ``body(args)`` and return the process exit status.
 
     The body returns its summary (printed as ``<stage>: <summary> in N s``, exit 0),
     None (it printed its own report, exit 0), or an int exit status (it printed why).
-    ``errors`` are further exception types that mean bad input rather than a bug.
+    ``errors`` are further exception types that mean bad input rather than a bug;
+    ``options`` adds a command's own options to the common ones.
     """
     parser = argparse.ArgumentParser(prog=f"python -m pipeline.{name}", description=description)
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    if options is not None:
+        options(parser)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
