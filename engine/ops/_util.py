@@ -10,7 +10,7 @@ import numpy as np
 from engine import dtypes, shapes
 from engine.graph import convert_to_tensor, get_default_graph, is_tensor_like
 from engine.kernels import elementwise as EW
-from engine.registry import Example, register
+from engine.registry import Example, get_op_def, register
 
 NUMERIC = ("float", "int")
 FLOAT = ("float",)
@@ -61,6 +61,20 @@ def create(op_type, inputs=(), attrs=None, name=None, control_inputs=()):
     graph = inputs[0].graph if inputs else get_default_graph()
     op = graph.create_op(op_type, inputs, attrs, name=name, control_inputs=control_inputs)
     return op.outputs[0] if op.outputs else op
+
+
+def constructor(op_type: str, python_name: str, doc: str = ""):
+    """The function users call to add a registered elementwise op: ``f(x, name=None)`` or ``f(x, y, name=None)``
+    by its scalar function's arity (a Python or NumPy operand of a binary op takes the tensor operand's dtype)."""
+    if get_op_def(op_type).scalar.__code__.co_argcount == 1:
+        def make(x, name=None):
+            return create(op_type, [convert_to_tensor(x)], name=name)
+    else:
+        def make(x, y, name=None):
+            return create(op_type, list(tensors_for_binary(x, y)), name=name)
+    make.__name__ = make.__qualname__ = python_name
+    make.__doc__ = doc or f"The elementwise ``{op_type}`` op, NumPy broadcasting."
+    return make
 
 
 def unbroadcast(grad, like):

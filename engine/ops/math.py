@@ -11,8 +11,8 @@ import numpy as np
 from engine import graph, shapes
 from engine.graph import convert_to_tensor
 from engine.kernels import reduce as R
-from engine.ops._util import (BOOL, FLOAT, NUMERIC, create, elementwise, same_dtype, sample, tensors_for_binary,
-                              unbroadcast)
+from engine.ops._util import (BOOL, FLOAT, NUMERIC, constructor, create, elementwise, same_dtype, sample,
+                              tensors_for_binary, unbroadcast)
 from engine.ops.array import broadcast_reduced, cast, ones_like, where, zeros_like
 from engine.registry import NUMPY_KERNEL, Example, register
 
@@ -393,106 +393,29 @@ register("Max", infer=_reduce_infer, kernel=_reduce_kernel("max"), reference=_re
 # --- constructors ----------------------------------------------------------------------------------
 
 
-def _binary(op_type, x, y, name):
-    x, y = tensors_for_binary(x, y)
-    return create(op_type, [x, y], name=name)
-
-
-def _unary(op_type, x, name):
-    return create(op_type, [convert_to_tensor(x)], name=name)
-
-
-def add(x, y, name=None):
-    return _binary("Add", x, y, name)
-
-
-def subtract(x, y, name=None):
-    return _binary("Sub", x, y, name)
-
-
-def multiply(x, y, name=None):
-    return _binary("Mul", x, y, name)
-
-
-def divide(x, y, name=None):
-    """True division; float tensors only (cast integers explicitly)."""
-    return _binary("RealDiv", x, y, name)
-
-
-def pow(x, y, name=None):  # noqa: A001  (TensorFlow's name)
-    return _binary("Pow", x, y, name)
-
-
-def maximum(x, y, name=None):
-    return _binary("Maximum", x, y, name)
-
-
-def minimum(x, y, name=None):
-    return _binary("Minimum", x, y, name)
-
-
-def greater(x, y, name=None):
-    return _binary("Greater", x, y, name)
-
-
-def greater_equal(x, y, name=None):
-    return _binary("GreaterEqual", x, y, name)
-
-
-def less(x, y, name=None):
-    return _binary("Less", x, y, name)
-
-
-def less_equal(x, y, name=None):
-    return _binary("LessEqual", x, y, name)
-
-
-def equal(x, y, name=None):
-    return _binary("Equal", x, y, name)
-
-
-def not_equal(x, y, name=None):
-    return _binary("NotEqual", x, y, name)
-
-
-def negative(x, name=None):
-    return _unary("Neg", x, name)
-
-
-def exp(x, name=None):
-    return _unary("Exp", x, name)
-
-
-def log(x, name=None):
-    return _unary("Log", x, name)
-
-
-def log1p(x, name=None):
-    return _unary("Log1p", x, name)
-
-
-def expm1(x, name=None):
-    return _unary("Expm1", x, name)
-
-
-def sqrt(x, name=None):
-    return _unary("Sqrt", x, name)
-
-
-def square(x, name=None):
-    return _unary("Square", x, name)
-
-
-def abs(x, name=None):  # noqa: A001  (TensorFlow's name)
-    return _unary("Abs", x, name)
-
-
-def sign(x, name=None):
-    return _unary("Sign", x, name)
-
-
-def sin(x, name=None):
-    return _unary("Sin", x, name)
+add = constructor("Add", "add")
+subtract = constructor("Sub", "subtract")
+multiply = constructor("Mul", "multiply")
+divide = constructor("RealDiv", "divide", "True division; float tensors only (cast integers explicitly).")
+pow = constructor("Pow", "pow")  # noqa: A001  (TensorFlow's name)
+maximum = constructor("Maximum", "maximum")
+minimum = constructor("Minimum", "minimum")
+greater = constructor("Greater", "greater")
+greater_equal = constructor("GreaterEqual", "greater_equal")
+less = constructor("Less", "less")
+less_equal = constructor("LessEqual", "less_equal")
+equal = constructor("Equal", "equal")
+not_equal = constructor("NotEqual", "not_equal")
+negative = constructor("Neg", "negative")
+exp = constructor("Exp", "exp")
+log = constructor("Log", "log")
+log1p = constructor("Log1p", "log1p")
+expm1 = constructor("Expm1", "expm1")
+sqrt = constructor("Sqrt", "sqrt")
+square = constructor("Square", "square")
+abs = constructor("Abs", "abs")  # noqa: A001  (TensorFlow's name)
+sign = constructor("Sign", "sign")
+sin = constructor("Sin", "sin")
 
 
 def add_n(inputs, name=None):

@@ -8,7 +8,7 @@ from engine import dtypes
 from engine.graph import convert_to_tensor, is_tensor_like
 from engine.kernels import nn as KN
 from engine.ops import math as M
-from engine.ops._util import FLOAT, create, same_dtype, sample, unbroadcast
+from engine.ops._util import FLOAT, constructor, create, same_dtype, sample, unbroadcast
 from engine.ops._util import elementwise as _elementwise
 from engine.ops.array import cast, where
 from engine.ops.random import random_uniform_like
@@ -114,21 +114,10 @@ register("Softmax", infer=_softmax_infer, kernel=lambda op, ctx: (lambda x: KN.s
 # --- constructors --------------------------------------------------------------------------------------
 
 
-def relu(x, name=None):
-    return create("Relu", [convert_to_tensor(x)], name=name)
-
-
-def sigmoid(x, name=None):
-    return create("Sigmoid", [convert_to_tensor(x)], name=name)
-
-
-def tanh(x, name=None):
-    return create("Tanh", [convert_to_tensor(x)], name=name)
-
-
-def softplus(x, name=None):
-    """log(1 + exp(x)), computed without overflow."""
-    return create("Softplus", [convert_to_tensor(x)], name=name)
+relu = constructor("Relu", "relu")
+sigmoid = constructor("Sigmoid", "sigmoid")
+tanh = constructor("Tanh", "tanh")
+softplus = constructor("Softplus", "softplus", "log(1 + exp(x)), computed without overflow.")
 
 
 def leaky_relu(x, alpha=0.2, name=None):
