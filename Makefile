@@ -17,7 +17,7 @@ export DVC_NO_ANALYTICS = 1
 # CI/CD steps (ml-pipeline, promote, build-image, deploy, drift ...): one make target each.
 include monitoring/delivery.mk
 
-.PHONY: venv run serve test test-slow test-long lint bench clean help dag status metrics plots mlflow-ui
+.PHONY: venv run serve test test-slow test-long lint bench clean help dag status metrics plots mlflow-ui sweep
 
 # `make help` is generated from the `## ` comment after each target in every Makefile read
 # (this one and monitoring/delivery.mk), so it cannot fall behind; a test checks every target has one.
@@ -77,6 +77,9 @@ metrics: $(STAMP)     ## the evaluation's metrics, and how they differ from the 
 
 plots: $(STAMP)       ## the evaluation's plots as HTML in dvc_plots/index.html (dvc plots show)
 	$(DVC) plots show
+
+sweep: $(STAMP)       ## a run per sweep.grid candidate x backtest window (Dask if set); best gated in sweep/
+	$(BIN)/python -m pipeline.sweep
 
 MLFLOW_PORT ?= 5000
 mlflow-ui: $(STAMP)   ## MLflow's web UI on http://127.0.0.1:5000: runs, curves, registered models (Ctrl-C stops it)

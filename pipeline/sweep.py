@@ -1,0 +1,314 @@
+"""Hyperparameter sweep: every grid point x backtest window is one training run, fanned out as Dask tasks.
+
+The grid is params.yaml's ``sweep.grid``: ``features.*`` / ``train.*`` params
+and the values to try; the candidates are every combination. Each candidate
+is scored exactly as ``evaluate`` scores the training recipe: on
+``evaluate.backtest_windows`` windows of ``split.validation_days`` days (window
+0 the validation window, window k the k-th before it), each by a model trained
+as ``pipeline.train`` trains on the days before that window
+(``pipeline.backtest.window_scores``). One candidate x window is one task of
+``pipeline.cluster.run_tasks``: on the workers of the configured Dask scheduler,
+else here, one after another.
+
+Tasks take the project path and the candidate's params and return the window's
+scores; the driver (this process) logs them to MLflow, one child run per task
+under one parent run for the sweep. So a worker needs the data (the same path:
+a shared file system or the same checkout) but no access to the tracking store,
+and a task that is retried on another worker logs nothing twice.
+
+The best candidate (lowest NWRMSLE pooled over the windows) then goes through
+the same gate as ``dvc repro``'s: it is trained by ``pipeline.train`` and
+judged by ``pipeline.evaluate``'s threshold test, in a directory of its own
+laid out like the project (``sweep/params.yaml`` with the winning values,
+``sweep/models/candidate``, ``sweep/results/``), so DVC's ``models/candidate``
+is never touched. ``python -m pipeline.promote --candidate sweep`` promotes it
+like any candidate; or copy the winning values into params.yaml and
+``dvc repro``. Exits 2 when the best candidate fails the threshold test.
+
+    python -m pipeline.sweep [--root DIR]      (make sweep)
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from pipeline import tracking
+from pipeline.backtest import BacktestError, window_scores
+from pipeline.cluster import ClusterError, dask_client, run_tasks, scheduler_address
+from pipeline.evaluate import EVALUATION_FILE, THRESHOLD_FAILED, VALIDATION_DATA, EvaluateError, window_summary
+from pipeline.history import HistoryError, load_history
+from pipeline.io import atomic_file
+from pipeline.model_params import evaluate_params, feature_params, train_params
+from pipeline.params import ParamsError, _Section, load_yaml
+from pipeline.stage import run_stage
+from pipeline.train import TRAIN_DATA, TrainError, days_needed
+
+SWEEP_DIR = "sweep"  # the best candidate's params.yaml, models/candidate and results/ (promote --candidate sweep)
+SUMMARY_FILE = "sweep.json"  # every candidate's scores per window and pooled, the MLflow runs, the verdict
+SWEPT_SECTIONS = ("features", "train")
+MAX_CANDIDATES = 1000
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One grid point: the values it sets, and the params sections they give."""
+
+    index: int
+    values: dict[str, Any]  # "train.learning_rate" -> 0.004
+    params: dict[str, Any] = field(repr=False)  # the features, train and evaluate sections with the values set
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{key}={json.dumps(value)}" for key, value in self.values.items())
+
+
+def _set(params: dict, dotted: str, value: Any) -> None:
+    *path, name = dotted.split(".")
+    for part in path:
+        params = params[part]
+    params[name] = copy.deepcopy(value)
+
+
+def _check_key(raw: Mapping, key: Any) -> None:
+    where = f"sweep.grid.{key}"
+    if not isinstance(key, str) or key.split(".")[0] not in SWEPT_SECTIONS or "." not in key:
+        raise ParamsError(f"{where}: only features.<key> and train.<key> params can be swept (evaluate is the "
+                          "gate every candidate is judged by; data and split change what is scored)")
+    node: Any = raw
+    for depth, part in enumerate(key.split(".")):
+        if not isinstance(node, Mapping) or part not in node:
+            parent = ".".join(key.split(".")[:depth])
+            known = ", ".join(sorted(node)) if isinstance(node, Mapping) else "none: it is not a mapping"
+            raise ParamsError(f"{where}: unknown key: {parent} has no '{part}' (known: {known})")
+        node = node[part]
+
+
+def sweep_grid(raw: Mapping[str, Any]) -> list[Candidate]:
+    """The candidates of params.yaml's ``sweep.grid`` (every combination), each one's params validated."""
+    section = _Section(raw.get("sweep"), "sweep", ("grid",))
+    grid = section._get("grid")
+    example = "e.g. {train.learning_rate: [0.002, 0.004], train.hidden_units: [[128, 64], [64, 32]]}"
+    if not isinstance(grid, Mapping) or not grid:
+        raise ParamsError(f"sweep.grid: expected a mapping of param -> list of values to try, {example}; "
+                          f"got {grid!r}")
+    for key, values in grid.items():
+        _check_key(raw, key)
+        if not isinstance(values, list) or not values:
+            raise ParamsError(f"sweep.grid.{key}: expected a non-empty list of values to try, got {values!r}")
+        seen = [json.dumps(v, sort_keys=True) for v in values]
+        if len(set(seen)) < len(seen):
+            raise ParamsError(f"sweep.grid.{key}: a value is listed twice in {values!r}")
+    count = math.prod(len(values) for values in grid.values())
+    if count > MAX_CANDIDATES:
+        raise ParamsError(f"sweep.grid: {count} candidates (the product of the list lengths); at most "
+                          f"{MAX_CANDIDATES}")
+    base = {name: copy.deepcopy(raw.get(name)) for name in (*SWEPT_SECTIONS, "evaluate")}
+    candidates = []
+    for index, combination in enumerate(itertools.product(*grid.values())):
+        values = dict(zip(grid.keys(), combination))
+        params = copy.deepcopy(base)
+        for key, value in values.items():
+            _set(params, key, value)
+        candidate = Candidate(index, values, params)
+        try:
+            feature_params(params), train_params(params), evaluate_params(params)
+        except ParamsError as exc:
+            raise ParamsError(f"sweep.grid: candidate {candidate.label}: {exc}") from None
+        candidates.append(candidate)
+    return candidates
+
+
+@dataclass(frozen=True, eq=False)
+class WindowRun:
+    """One training run of the sweep, what a worker gets: the project's path and one candidate's params."""
+
+    root: str  # workers read data/split there: a shared file system, or the same checkout on each machine
+    candidate: int
+    label: str
+    window: int  # 0: the validation window; k: the k-th window of the same length before it
+    params: dict = field(repr=False)
+
+    def __repr__(self) -> str:  # how a failed task is named
+        return f"candidate {self.candidate} ({self.label}), backtest window {self.window}"
+
+
+def validation_days(root: Path) -> tuple[int, int]:
+    """(first, last) day number of the validation window (data/split/validation.parquet)."""
+    path = root / VALIDATION_DATA
+    if not path.is_file():
+        raise EvaluateError(f"{path}: not found (run the data stages first: dvc repro split)")
+    days = pd.read_parquet(path, columns=["date"])["date"].to_numpy(dtype="datetime64[D]").astype(np.int64)
+    if days.size == 0:
+        raise EvaluateError(f"{path}: no rows")
+    return int(days.min()), int(days.max())
+
+
+def train_window(run: WindowRun) -> dict:
+    """Train the candidate on the days before its window and score the window (a Dask task: module level).
+
+    Returns the window's row of results/backtest.json (``evaluate.window_summary``) plus what the driver
+    pools and logs; nothing is written here, so a worker needs no MLflow and no write access.
+    """
+    started = time.time()
+    root = Path(run.root)
+    fparams, tparams, eparams = feature_params(run.params), train_params(run.params), evaluate_params(run.params)
+    first, last = validation_days(root)
+    length = last - first + 1
+    if length > fparams.spec.horizon:
+        raise BacktestError(f"split.validation_days: windows of {length} days are longer than features.horizon "
+                            f"({fparams.spec.horizon}), which the models forecast")
+    first_day = first - run.window * length
+    history = load_history([root / TRAIN_DATA, root / VALIDATION_DATA],
+                           days=last - (first_day - days_needed(fparams)) + 1)
+    scores = window_scores(history, run.window, first_day - history.first_day, length, fparams, tparams)
+    return {**window_summary(scores, eparams), "candidate": run.candidate, "weight_sum": float(scores.weights.sum()),
+            "started_ms": int(started * 1000), "ended_ms": int(time.time() * 1000),
+            "worker": f"{socket.gethostname()} pid {os.getpid()}"}
+
+
+def pooled(results: list[dict]) -> dict:
+    """A candidate's NWRMSLE over all its windows' rows, from each window's score and weight (exact, no rows)."""
+    weight = sum(r["weight_sum"] for r in results)
+    out = {name: math.sqrt(sum(r[name] ** 2 * r["weight_sum"] for r in results) / weight)
+           for name in ("candidate_nwrmsle", "baseline_nwrmsle")}
+    out.update(rows=sum(r["rows"] for r in results), windows=len(results),
+               improvement=1.0 - out["candidate_nwrmsle"] / out["baseline_nwrmsle"])
+    return out
+
+
+CHILD_METRICS = ("candidate_nwrmsle", "baseline_nwrmsle", "improvement", "improvement_low", "improvement_high",
+                 "rows", "series", "train_examples")
+
+
+def log_child_run(parent: tracking.TrainingRun, candidate: Candidate, result: dict) -> str:
+    """One training run of the sweep as an MLflow run nested under the sweep's (``mlflow.parentRunId``)."""
+    from mlflow.entities import Metric, Param
+
+    window = result["window"]
+    tags = {tracking.PARENT_RUN_TAG: parent.run_id, "stage": "sweep", "sweep_candidate": candidate.label,
+            "backtest_window": str(window), "worker": result["worker"]}
+    run = parent.client.create_run(parent.experiment_id, start_time=result["started_ms"], tags=tags,
+                                   run_name=f"candidate-{candidate.index}-window-{window}")
+    child = run.info.run_id
+    flat = {**tracking.flatten({k: candidate.params[k] for k in SWEPT_SECTIONS}),
+            "sweep.candidate": str(candidate.index), "backtest.window": str(window),
+            "backtest.first_day": result["first_day"], "backtest.last_day": result["last_day"]}
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(flat.items())]
+    for start in range(0, len(items), 100):
+        parent.client.log_batch(child, params=items[start:start + 100])
+    seconds = (result["ended_ms"] - result["started_ms"]) / 1000
+    metrics = {**{k: float(result[k]) for k in CHILD_METRICS}, "seconds": seconds}
+    parent.client.log_batch(child, metrics=[Metric(k, v, result["ended_ms"], 0) for k, v in sorted(metrics.items())])
+    parent.client.set_terminated(child, status="FINISHED", end_time=result["ended_ms"])
+    return child
+
+
+def _write_json(path: Path, data) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_candidate_params(root: Path, home: Path, candidate: Candidate) -> None:
+    """``home/params.yaml``: the project's params with the candidate's values (what train/evaluate/promote read)."""
+    raw = load_yaml(root / "params.yaml")
+    for key, value in candidate.values.items():
+        _set(raw, key, value)
+    home.mkdir(parents=True, exist_ok=True)
+    header = (f"# Written by python -m pipeline.sweep: {root.resolve() / 'params.yaml'} with the best candidate's\n"
+              f"# values ({candidate.label}). Promote: python -m pipeline.promote --candidate {SWEEP_DIR}\n")
+    with atomic_file(home / "params.yaml") as tmp:
+        tmp.write_text(header + yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+
+
+def run(root: Path, quiet: bool = False) -> dict:
+    """Fan the grid's training runs out, log them, then train and gate the best candidate; returns a summary."""
+    from pipeline import evaluate, train
+
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    root = Path(root)
+    raw = load_yaml(root / "params.yaml")
+    candidates = sweep_grid(raw)
+    windows = evaluate_params(raw).backtest_windows
+    address = scheduler_address(raw)
+    runs = [WindowRun(str(root.resolve()), c.index, c.label, k, c.params) for c in candidates for k in range(windows)]
+    where = f"on the Dask cluster at {address}" if address else "in this process (no Dask scheduler configured)"
+    say(f"sweep: {len(candidates)} candidate(s) x {windows} backtest window(s) = {len(runs)} training runs, {where}")
+    home = root / SWEEP_DIR
+    with tracking.TrainingRun(root, "sweep", {"stage": "sweep"}) as parent:
+        parent.log_params({"sweep": {"grid": {k: json.dumps(v) for k, v in raw["sweep"]["grid"].items()},
+                                     "candidates": len(candidates), "windows": windows, "runs": len(runs),
+                                     "cluster": address or "in process"}})
+        with dask_client(address) as client:
+            results = run_tasks(train_window, runs, client=client, desc="sweep: training runs", progress=not quiet)
+        board = []
+        for candidate in candidates:
+            mine = [r for r in results if r["candidate"] == candidate.index]
+            for result in mine:
+                result["mlflow_run_id"] = log_child_run(parent, candidate, result)
+            board.append({"candidate": candidate.index, "values": candidate.values, "label": candidate.label,
+                          "pooled": pooled(mine), "windows": mine})
+            parent.log_metrics({"candidate_backtest_nwrmsle": board[-1]["pooled"]["candidate_nwrmsle"]},
+                               step=candidate.index)
+        ranked = sorted(board, key=lambda entry: (entry["pooled"]["candidate_nwrmsle"], entry["candidate"]))
+        for rank, entry in enumerate(ranked, start=1):
+            p = entry["pooled"]
+            say(f"  #{rank} {entry['label']}: backtest NWRMSLE {p['candidate_nwrmsle']:.4f} "
+                f"(baseline {p['baseline_nwrmsle']:.4f}, {p['improvement']:+.1%}) over {p['windows']} window(s)")
+        best = candidates[ranked[0]["candidate"]]
+        parent.log_metrics({"best_backtest_nwrmsle": ranked[0]["pooled"]["candidate_nwrmsle"]})
+        parent.set_tags({"best_candidate": best.label})
+        say(f"sweep: best {best.label}; training it as the train stage does into {home}, then the threshold test")
+        write_candidate_params(root, home, best)
+        (home / EVALUATION_FILE).unlink(missing_ok=True)  # no verdict of an earlier sweep stands beside the new one
+        trained = train.run(root, quiet=quiet, candidate_root=home)
+        tracking.client(root).set_tag(trained["run_id"], "sweep_run_id", parent.run_id)
+        metrics, failures = evaluate.run(root, quiet=quiet, candidate_root=home)
+        verdict = "failed" if failures else "passed"
+        parent.set_tags({tracking.VERDICT_TAG: verdict, "candidate_run_id": trained["run_id"]})
+        summary = {"parent_run_id": parent.run_id, "cluster": address, "windows": windows,
+                   "runs": len(runs), "best": best.index, "best_values": best.values,
+                   "candidate_run_id": trained["run_id"], "candidate_dir": str(home / train.CANDIDATE_DIR),
+                   "threshold_test_passed": not failures, "failures": failures,
+                   "backtest": metrics["backtest"], "candidates": board}
+        _write_json(home / SUMMARY_FILE, summary)
+    return summary
+
+
+def main(argv=None) -> int:
+    return run_stage("sweep", _main, argv, description=__doc__.splitlines()[0],
+                     errors=(ClusterError, BacktestError, TrainError, EvaluateError, HistoryError, FileNotFoundError))
+
+
+def _main(args) -> str | int:
+    summary = run(args.root, quiet=args.quiet)
+    pooled_best = summary["backtest"]
+    line = (f"{summary['runs']} training runs (MLflow parent run {summary['parent_run_id']}); best "
+            f"{summary['candidates'][summary['best']]['label']}: backtest NWRMSLE "
+            f"{pooled_best['candidate_nwrmsle']:.4f} vs baseline {pooled_best['baseline_nwrmsle']:.4f} "
+            f"[{pooled_best['improvement_low']:.1%}, {pooled_best['improvement_high']:.1%}]")
+    if summary["failures"]:
+        print(f"sweep: {line}", file=sys.stderr)
+        print("sweep: THRESHOLD TEST FAILED for the best candidate", file=sys.stderr)
+        for failure in summary["failures"]:
+            print(f"  - {failure}", file=sys.stderr)
+        return THRESHOLD_FAILED
+    return (f"{line}; threshold test passed: promote it with "
+            f"python -m pipeline.promote --candidate {SWEEP_DIR}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

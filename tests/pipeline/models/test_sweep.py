@@ -1,0 +1,134 @@
+"""pipeline.sweep: candidate x window training runs on a real Dask LocalCluster and in process, logged as MLflow
+child runs of one sweep run; the best candidate is trained and gated like `dvc repro`'s and promotable."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from pipeline import promote, sweep, tracking
+from pipeline.bundle import verify_bundle
+from pipeline.cluster import SCHEDULER_ENV
+from pipeline.params import ParamsError
+
+GRID = {"train.learning_rate": [0.01, 0.003]}
+
+
+def sweep_params(tiny_params, windows: int = 2, grid=None) -> dict:
+    """The tiny project's params, trained briefly, with a 2-candidate grid."""
+    tiny_params["train"].update(max_steps=120, eval_every_steps=40)
+    tiny_params["evaluate"]["backtest_windows"] = windows
+    tiny_params["sweep"] = {"grid": GRID if grid is None else grid}
+    return tiny_params
+
+
+def sweep_runs(root, parent_run_id: str):
+    """(the sweep's parent run, its child runs) in the project's MLflow store."""
+    client = tracking.client(root)
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT_NAME)
+    children = client.search_runs([experiment.experiment_id],
+                                  f"tags.`{tracking.PARENT_RUN_TAG}` = '{parent_run_id}' and tags.stage = 'sweep'")
+    return client.get_run(parent_run_id), children
+
+
+def child_scores(children) -> dict:
+    return {(r.data.tags["sweep_candidate"], int(r.data.tags["backtest_window"])): r.data.metrics["candidate_nwrmsle"]
+            for r in children}
+
+
+def test_a_sweep_on_a_local_cluster_logs_a_child_run_per_candidate_and_window_and_gates_the_best(
+        tiny_project, tiny_params, set_params, dask_cluster, monkeypatch, capsys):
+    root = tiny_project
+    set_params(root, sweep_params(tiny_params))
+    monkeypatch.setenv(SCHEDULER_ENV, dask_cluster)
+    assert sweep.main(["--root", str(root), "--quiet"]) == 0
+    assert "threshold test passed" in capsys.readouterr().out
+    summary = json.loads((root / "sweep" / "sweep.json").read_text())
+
+    parent, children = sweep_runs(root, summary["parent_run_id"])
+    assert len(children) == 4  # 2 candidates x 2 backtest windows, one child run each
+    assert set(child_scores(children)) == {(f"train.learning_rate={lr}", w) for lr in ("0.01", "0.003")
+                                           for w in (0, 1)}
+    assert all(r.info.status == "FINISHED" and r.data.metrics["baseline_nwrmsle"] > 0 for r in children)
+    # trained on the cluster's worker processes, not here
+    assert all(f"pid {os.getpid()}" not in r.data.tags["worker"] for r in children)
+    assert parent.data.params["sweep.cluster"] == dask_cluster and tracking.PARENT_RUN_TAG not in parent.data.tags
+
+    best = min(summary["candidates"], key=lambda c: c["pooled"]["candidate_nwrmsle"])
+    assert summary["best"] == best["candidate"] and parent.data.tags["best_candidate"] == best["label"]
+    # the pooled score is the NWRMSLE over all the windows' rows
+    windows = best["windows"]
+    weighted = sum(w["candidate_nwrmsle"] ** 2 * w["weight_sum"] for w in windows) / sum(w["weight_sum"]
+                                                                                          for w in windows)
+    assert best["pooled"]["candidate_nwrmsle"] == pytest.approx(weighted ** 0.5)
+
+    # one gated candidate: the best values, trained and evaluated like dvc repro's, beside DVC's outputs
+    home = root / "sweep"
+    assert yaml.safe_load((home / "params.yaml").read_text())["train"]["learning_rate"] == best["values"][
+        "train.learning_rate"]
+    evaluation = json.loads((home / "results" / "evaluation.json").read_text())
+    assert evaluation["passed"] is True and evaluation["bundle_digest"] == verify_bundle(home / "models/candidate")
+    assert not (root / "models" / "candidate").exists() and not (root / "results").exists()
+    trained = tracking.client(root).get_run(summary["candidate_run_id"])
+    assert trained.data.tags["sweep_run_id"] == parent.info.run_id and trained.data.tags["stage"] == "train"
+    assert parent.data.tags[tracking.VERDICT_TAG] == "passed"
+
+    # ... and promotable as any candidate
+    assert promote.main(["--root", str(root), "--quiet", "--candidate", "sweep"]) == 0
+    assert verify_bundle(root / "models" / "production")
+    assert tracking.production_version(root).run_id == summary["candidate_run_id"]
+
+    # Without a scheduler the same runs are made here, one after another, with the same scores.
+    monkeypatch.delenv(SCHEDULER_ENV)
+    here = sweep.run(root, quiet=True)
+    _, local_children = sweep_runs(root, here["parent_run_id"])
+    assert here["cluster"] is None and len(local_children) == 4
+    assert all(r.data.tags["worker"].endswith(f"pid {os.getpid()}") for r in local_children)
+    assert child_scores(local_children) == pytest.approx(child_scores(children), rel=1e-9)
+    assert here["best"] == summary["best"]
+
+
+def test_the_grid_is_every_combination_with_its_values_set(tiny_params):
+    grid = {"train.learning_rate": [0.01, 0.02], "train.hidden_units": [[8], [16, 8]],
+            "features.dow_weeks": [[4]]}
+    candidates = sweep.sweep_grid(sweep_params(tiny_params, grid=grid))
+    assert [c.values for c in candidates][:2] == [
+        {"train.learning_rate": 0.01, "train.hidden_units": [8], "features.dow_weeks": [4]},
+        {"train.learning_rate": 0.01, "train.hidden_units": [16, 8], "features.dow_weeks": [4]}]
+    assert len(candidates) == 4 and candidates[3].params["train"]["hidden_units"] == [16, 8]
+    assert candidates[3].params["train"]["seed"] == tiny_params["train"]["seed"]  # the rest as params.yaml says
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"train.learnin_rate": [0.01]}, "sweep.grid.train.learnin_rate: unknown key: train has no 'learnin_rate'"),
+    ({"evaluate.min_improvement": [-1.0]}, "sweep.grid.evaluate.min_improvement: only features.<key> and train."),
+    ({"train.learning_rate": 0.01}, "sweep.grid.train.learning_rate: expected a non-empty list of values"),
+    ({"train.learning_rate": [0.01, 0.01]}, "sweep.grid.train.learning_rate: a value is listed twice"),
+    ({"train.learning_rate": ["fast"]},
+     "sweep.grid: candidate train.learning_rate=\"fast\": train.learning_rate: expected a number, got 'fast'"),
+    ({}, "sweep.grid: expected a mapping of param -> list of values"),
+])
+def test_a_bad_grid_names_its_key(tiny_params, grid, message):
+    with pytest.raises(ParamsError) as error:
+        sweep.sweep_grid(sweep_params(tiny_params, grid=grid))
+    assert message in str(error.value)
+
+
+def test_a_bad_grid_key_stops_the_command_before_any_training(tiny_project, tiny_params, set_params, capsys):
+    set_params(tiny_project, sweep_params(tiny_params, grid={"train.hiden_units": [[8]]}))
+    assert sweep.main(["--root", str(tiny_project), "--quiet"]) == 1
+    assert "sweep: error: sweep.grid.train.hiden_units: unknown key: train has no 'hiden_units'" in \
+        capsys.readouterr().err
+    assert not (tiny_project / "sweep").exists() and not (tiny_project / "mlflow.db").exists()
+
+
+def test_the_default_grid_in_params_yaml_loads():
+    from pathlib import Path
+
+    from pipeline.params import load_yaml
+
+    candidates = sweep.sweep_grid(load_yaml(Path(__file__).resolve().parents[3] / "params.yaml"))
+    assert len(candidates) == 4 and {"train.learning_rate", "train.hidden_units"} == set(candidates[0].values)
