@@ -190,6 +190,25 @@ def numpy_matmul_flops(settings: Settings) -> float:
     return 2.0 * MATMUL_N**3 / common.median(times)
 
 
+def step_matmul_flops(settings: Settings) -> float:
+    """Useful FLOP/s of the nine matmuls of one W1 step alone (numpy, their shapes and layouts: x @ W,
+    g @ W.T, x.T @ g per Dense layer): the E1 a step would reach if nothing but its matmuls took time."""
+    rng = np.random.default_rng(1)
+    products = []
+    for fan_in, fan_out in layer_shapes():
+        x = rng.standard_normal((TRAIN_BATCH, fan_in), dtype=np.float32)
+        w = rng.standard_normal((fan_in, fan_out), dtype=np.float32)
+        g = rng.standard_normal((TRAIN_BATCH, fan_out), dtype=np.float32)
+        products += [(x, w), (g, w.T), (x.T, g)]
+
+    def step(_):
+        for a, b in products:
+            np.matmul(a, b)
+
+    times = common.time_calls(step, settings.matmul_calls, settings.matmul_warmup)
+    return TRAIN_BATCH * training_flops_per_row() / common.median(times)
+
+
 # ---------------------------------------------------------------------------
 # A side: what each measured process does
 # ---------------------------------------------------------------------------
@@ -224,6 +243,7 @@ def measure_side(model: SideModel, data: Workload, settings: Settings, workloads
             "losses": losses,
         }
         figures["matmul_flops"] = numpy_matmul_flops(settings)
+        figures["step_matmul_flops"] = step_matmul_flops(settings)
     if "W2" in workloads:
         rows = [model.prepare(row) for row in data.latency_rows]
         times = common.time_calls(lambda k: model.predict(rows[k % len(rows)]),
@@ -568,11 +588,13 @@ def build_results(selected: Sequence[str], runs: dict[str, list[dict]], first_st
         matmul = [r["matmul_flops"] for r in engine if "matmul_flops" in r]
         torch_efficiency = [r["W1"]["samples_per_s"] * training_flops_per_row() / r["matmul_flops"]
                             for r in peer if "W1" in r]
+        ceiling = [r["step_matmul_flops"] / r["matmul_flops"] for r in engine if "step_matmul_flops" in r]
         results.append(common.Result(
             "E1", "W1 useful FLOP/s ÷ numpy 1024³ matmul", "FLOP/s",
             common.median(flops_per_s) if flops_per_s else None, common.median(matmul) if matmul else None,
             common.Target(">=", 0.5),
             extra={"torch_efficiency": round(common.median(torch_efficiency), 4) if torch_efficiency else None,
+                   "matmul_ceiling": round(common.median(ceiling), 4) if ceiling else None,
                    "flops_per_row": training_flops_per_row()}))
     return results
 
@@ -651,6 +673,9 @@ def parent_main(args) -> int:
     if e1 is not None and e1.extra.get("torch_efficiency") is not None:
         notes.append(f"E1 for reference: PyTorch's W1 FLOP/s ÷ numpy matmul in its own process = "
                      f"{e1.extra['torch_efficiency']:.3g}")
+    if e1 is not None and e1.extra.get("matmul_ceiling") is not None:
+        notes.append(f"E1's ceiling here: the step's nine matmuls alone (numpy, same shapes) reach "
+                     f"{e1.extra['matmul_ceiling']:.3g} of the 1024³ matmul's FLOP/s")
     notes.append(f"threads per side: {args.threads}; repeats: {args.repeats} (median); E1 counts "
                  f"{training_flops_per_row():,} FLOPs per training row = 3 x 2·Σ fan_in·fan_out of the Dense matmuls")
     if args.json:
