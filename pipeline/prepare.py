@@ -40,10 +40,11 @@ from tqdm import tqdm
 
 from pipeline.cluster import ClusterError, dask_client, run_tasks, scheduler_address
 from pipeline.holidays import store_day_flags
-from pipeline.io import atomic_directory, atomic_file, parquet_writer, write_parquet
+from pipeline.io import atomic_directory, parquet_writer, write_parquet
 from pipeline.params import PrepareParams, prepare_params
 from pipeline.schema import HOLIDAY_FLAGS, PREPARED_SALES_SCHEMA, RAW_SCHEMAS
 from pipeline.stage import StageError, run_stage, stage_params
+from pipeline.store_parts import append_part, write_part
 from pipeline.validate import (
     DataValidationError, check_references, fail, find_raw_file, read_batches, read_small,
     require_raw_file,
@@ -358,8 +359,13 @@ _BUILDER_CACHE: dict[tuple, GridBuilder] = {}
 
 
 def _builder_for(task: StoreGridTask, params: PrepareParams) -> GridBuilder:
-    """The GridBuilder of a run, made once per worker process (its inputs are the small reference files)."""
-    key = (task.raw_dir, hash(task.calendar), params)
+    """The GridBuilder of a run, made once per worker process (its inputs are the small reference files).
+
+    Keyed by the raw files' identity too: a worker outlives a run, and a rerun on changed data must not reuse it.
+    """
+    files = sorted(Path(task.raw_dir).iterdir())
+    identity = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ino) for f in files)
+    key = (task.raw_dir, identity, task.calendar, params)
     if key not in _BUILDER_CACHE:
         _BUILDER_CACHE.clear()
         calendar = np.array(task.calendar, dtype="datetime64[D]")
@@ -375,11 +381,9 @@ def build_store_grid(task: StoreGridTask, params: PrepareParams, train_name: str
     """
     builder = _builder_for(task, params)
     grid = builder.build(task.store, pq.read_table(task.partition), Path(train_name))
-    with atomic_file(task.grid) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
-            pa.ipc.new_file(sink, PREPARED_SALES_SCHEMA) as writer:
-        for start in range(0, grid.num_rows, row_group_rows):
-            writer.write_table(grid.slice(start, row_group_rows))
-    return grid.num_rows
+    return write_part(task.grid, (grid.slice(start, row_group_rows) for start in range(0, grid.num_rows,
+                                                                                         row_group_rows)),
+                      PREPARED_SALES_SCHEMA)
 
 
 def _grids_on_cluster(client, raw_dir: Path, partitions: StorePartitions, calendar: np.ndarray,
@@ -399,12 +403,7 @@ def _grids_on_cluster(client, raw_dir: Path, partitions: StorePartitions, calend
         raise
     total = 0
     for task in tqdm(tasks, desc="prepare: assemble", unit="store", disable=not progress):
-        with pa.memory_map(task.grid) as source:
-            reader = pa.ipc.open_file(source)
-            for k in range(reader.num_record_batches):
-                batch = reader.get_batch(k)
-                writer.write_table(pa.Table.from_batches([batch]), row_group_size=ROW_GROUP_ROWS)
-                total += batch.num_rows
+        total += append_part(task.grid, writer, row_group_size=ROW_GROUP_ROWS)
         Path(task.grid).unlink()
         Path(task.partition).unlink()
     return total

@@ -5,11 +5,17 @@ The last ``split.validation_days`` days of the prepared data are validation
 Rows are rows of the prepared grid, each carrying only facts of its own day,
 so nothing dated in the validation window can reach the training file. The
 sales are streamed row group by row group, so full scale fits in memory.
+
+On a Dask cluster (``pipeline.cluster``) each store's row groups are read and
+divided by a task on a worker, which leaves its two parts in the staging
+directory (``pipeline.store_parts``); this process appends them in order, with
+the same write calls: the same bytes as in one process.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +24,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from pipeline.cluster import ClusterError, dask_client, run_tasks, scheduler_address
 from pipeline.io import atomic_directory, parquet_writer
 from pipeline.params import SplitParams, split_params
 from pipeline.stage import StageError, run_stage, stage_params
+from pipeline.store_parts import append_part, row_groups_by_store, write_part
 
 SALES_PATH = Path("data/prepared/sales.parquet")
 SPLIT_DIR = Path("data/split")
@@ -46,7 +54,66 @@ def first_validation_day(last_day: np.datetime64, validation_days: int) -> np.da
     return last_day - (validation_days - 1)
 
 
-def split(sales_path: Path, out_dir: Path, params: SplitParams, progress: bool = True) -> str:
+SPLITS = ("validation", "train")  # the order each row group's parts are written in
+
+
+def _divide(table: pa.Table, cutoff: pa.Scalar) -> dict[str, pa.Table]:
+    in_validation = pc.greater_equal(table.column("date"), cutoff)
+    return {"validation": table.filter(in_validation), "train": table.filter(pc.invert(in_validation))}
+
+
+@dataclass(frozen=True)
+class StoreSplitTask:
+    """One store's row groups of sales.parquet, and where its train and validation parts go."""
+
+    store: int
+    sales: str
+    row_groups: tuple[int, ...]
+    parts: tuple[str, str]  # in SPLITS order
+
+    def __repr__(self) -> str:
+        return f"store partition store_nbr={self.store} (row groups {self.row_groups[0]}..{self.row_groups[-1]} " \
+               f"of {self.sales})"
+
+
+def split_store(task: StoreSplitTask, cutoff_ns: int) -> dict[str, int]:
+    """Task (on a Dask worker): divide one store's row groups; writes its two parts, returns their rows.
+
+    Idempotent: each part is written under a temporary name and renamed when complete.
+    """
+    sales = pq.ParquetFile(task.sales)
+    cutoff = pa.scalar(np.datetime64(cutoff_ns, "ns"), type=sales.schema_arrow.field("date").type)
+    divided = [_divide(sales.read_row_group(group), cutoff) for group in task.row_groups]
+    return {name: write_part(path, (parts[name] for parts in divided), sales.schema_arrow)
+            for name, path in zip(SPLITS, task.parts)}
+
+
+def _split_on_cluster(client, sales_path: Path, sales: pq.ParquetFile, cutoff: np.datetime64, staging: Path,
+                      writers: dict[str, pq.ParquetWriter], progress: bool) -> dict[str, int]:
+    """One task per store on the cluster's workers, then their parts appended to ``writers`` in row-group order."""
+    sales_path, staging = sales_path.resolve(), staging.resolve()  # absolute: a worker's directory is its own
+    try:
+        by_store = row_groups_by_store(sales)
+    except ValueError as exc:
+        raise StageError(f"{sales_path}: {exc} (rerun the prepare stage)") from None
+    tasks = [StoreSplitTask(store, str(sales_path), tuple(groups),
+                            tuple(str(staging / f".{name}-store={store}.arrow") for name in SPLITS))
+             for store, groups in by_store.items()]
+    in_task_order = [group for task in tasks for group in task.row_groups]
+    if in_task_order != sorted(in_task_order):
+        raise StageError(f"{sales_path}: a store's row groups are not contiguous (rerun the prepare stage)")
+    run_tasks(split_store, tasks, client=client, desc="split: stores", progress=progress,
+              cutoff_ns=int(np.datetime64(cutoff, "ns").astype(np.int64)))
+    counts = dict.fromkeys(SPLITS, 0)
+    for task in tqdm(tasks, desc="split: assemble", unit="store", disable=not progress):
+        for name, path in zip(SPLITS, task.parts):  # each file gets its writes in row-group order, as in one process
+            counts[name] += append_part(path, writers[name])
+            Path(path).unlink()
+    return counts
+
+
+def split(sales_path: Path, out_dir: Path, params: SplitParams, progress: bool = True, client=None) -> str:
+    """Divide ``sales_path`` into train and validation; by store on the cluster's workers when ``client`` is given."""
     if not Path(sales_path).exists():
         raise StageError(f"{sales_path}: not found (run the prepare stage first)")
     sales = pq.ParquetFile(sales_path)
@@ -64,15 +131,15 @@ def split(sales_path: Path, out_dir: Path, params: SplitParams, progress: bool =
     with atomic_directory(out_dir) as staging:
         writers = {name: parquet_writer(staging / f"{name}.parquet", sales.schema_arrow) for name in counts}
         try:
-            for group in tqdm(range(sales.num_row_groups), desc="split: row groups", unit="group",
-                              disable=not progress):
-                table = sales.read_row_group(group)
-                in_validation = pc.greater_equal(table.column("date"), cutoff_scalar)
-                for name, mask in (("validation", in_validation), ("train", pc.invert(in_validation))):
-                    part = table.filter(mask)
-                    if part.num_rows:
-                        writers[name].write_table(part)
-                        counts[name] += part.num_rows
+            if client is not None:
+                counts = _split_on_cluster(client, Path(sales_path), sales, cutoff, staging, writers, progress)
+            else:
+                for group in tqdm(range(sales.num_row_groups), desc="split: row groups", unit="group",
+                                  disable=not progress):
+                    for name, part in _divide(sales.read_row_group(group), cutoff_scalar).items():
+                        if part.num_rows:
+                            writers[name].write_table(part)
+                            counts[name] += part.num_rows
         finally:
             for writer in writers.values():
                 writer.close()
@@ -81,12 +148,14 @@ def split(sales_path: Path, out_dir: Path, params: SplitParams, progress: bool =
 
 
 def _main(args: argparse.Namespace) -> str:
-    return split(args.root / SALES_PATH, args.root / SPLIT_DIR, split_params(stage_params(args)),
-                 progress=not args.quiet)
+    raw_params = stage_params(args)
+    with dask_client(scheduler_address(raw_params)) as client:
+        return split(args.root / SALES_PATH, args.root / SPLIT_DIR, split_params(raw_params),
+                     progress=not args.quiet, client=client)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("split", _main, argv)
+    return run_stage("split", _main, argv, errors=(ClusterError,))
 
 
 if __name__ == "__main__":

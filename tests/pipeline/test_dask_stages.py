@@ -10,14 +10,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from pipeline import download, prepare, split
 from pipeline import source as source_stage
 from pipeline.cluster import SCHEDULER_ENV, ClusterError, dask_client, run_tasks
-from pipeline.params import PrepareParams
+from pipeline.params import PrepareParams, SplitParams
 from pipeline.prepare import StoreGridTask, build_store_grid
+from pipeline.stage import StageError
+from pipeline.store_parts import row_groups_by_store
 
 from .conftest import default_params, kaggle_sample_files, write_kaggle_sample
 from .foreign_data import write_foreign_dataset
@@ -70,6 +76,23 @@ def test_synthetic_stages_give_the_same_files_on_a_cluster(tmp_path, monkeypatch
     _run_stages(clustered, monkeypatch, dask_cluster)
     _assert_same_files(local, clustered)
     assert len(_files(local)) == 7 + 5 + 2  # raw files, prepared tables, train/validation
+    for path in ("data/prepared/sales.parquet", "data/split/train.parquet", "data/split/validation.parquet"):
+        parquet = pq.ParquetFile(local / path)
+        by_store = row_groups_by_store(parquet)  # a worker can read one store's row groups alone
+        assert sorted(by_store) == [1, 2, 3] and parquet.num_row_groups > 3, path
+        store_two = parquet.read_row_groups(by_store[2], columns=["store_nbr"]).column(0).to_pylist()
+        assert set(store_two) == {2} and len(store_two) == pc.sum(pc.equal(
+            parquet.read(columns=["store_nbr"]).column(0), 2)).as_py(), path
+
+
+def test_split_refuses_row_groups_that_mix_stores(tmp_path, dask_cluster):
+    """Another tool's sales.parquet (one row group, two stores) cannot be divided by store: the error says so."""
+    sales = tmp_path / "sales.parquet"
+    days = pa.array([np.datetime64("2016-01-01", "ns") + np.timedelta64(d, "D") for d in range(40)] * 2)
+    pq.write_table(pa.table({"date": days, "store_nbr": pa.array([1] * 40 + [2] * 40, pa.int16())}), sales)
+    with dask_client(dask_cluster) as client, \
+            pytest.raises(StageError, match=r"sales.parquet: row group 0 holds stores 1..2.*rerun the prepare"):
+        split.split(sales, tmp_path / "split", SplitParams(validation_days=16), progress=False, client=client)
 
 
 def test_foreign_shaped_data_give_the_same_files_on_a_cluster(tmp_path, monkeypatch, dask_cluster):
