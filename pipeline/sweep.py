@@ -244,6 +244,9 @@ def run(root: Path, quiet: bool = False) -> dict:
     candidates = sweep_grid(raw)
     windows = evaluate_params(raw).backtest_windows
     address = scheduler_address(raw)
+    for data in (TRAIN_DATA, VALIDATION_DATA):  # said here, once, rather than by every task
+        if not (root / data).is_file():
+            raise EvaluateError(f"{root / data}: not found (run the data stages first: dvc repro split)")
     runs = [WindowRun(str(root.resolve()), c.index, c.label, k, c.params) for c in candidates for k in range(windows)]
     where = f"on the Dask cluster at {address}" if address else "in this process (no Dask scheduler configured)"
     say(f"sweep: {len(candidates)} candidate(s) x {windows} backtest window(s) = {len(runs)} training runs, {where}")

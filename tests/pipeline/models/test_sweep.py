@@ -132,3 +132,11 @@ def test_the_default_grid_in_params_yaml_loads():
 
     candidates = sweep.sweep_grid(load_yaml(Path(__file__).resolve().parents[3] / "params.yaml"))
     assert len(candidates) == 4 and {"train.learning_rate", "train.hidden_units"} == set(candidates[0].values)
+
+
+def test_without_the_split_data_the_command_says_what_to_run(tiny_project, tiny_params, set_params, capsys):
+    set_params(tiny_project, sweep_params(tiny_params))
+    (tiny_project / "data" / "split" / "validation.parquet").unlink()
+    assert sweep.main(["--root", str(tiny_project), "--quiet"]) == 1
+    assert "validation.parquet: not found (run the data stages first: dvc repro split)" in capsys.readouterr().err
+    assert not (tiny_project / "mlflow.db").exists()
