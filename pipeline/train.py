@@ -139,7 +139,10 @@ def prepare_training(history: SalesHistory, fparams: FeatureParams, baseline_wee
     """
     validation_origin, inner_origin, train_origins = origins(history, fparams)
     spec = fparams.spec
-    vocab = Vocabularies.fit(history.series_categorical())
+    # Of the series that sold in these days only: a backtest window's history is a view of every series,
+    # and one that starts later must stay unknown to its model, as a new item is to the candidate.
+    sold = history.observed.any(axis=1)
+    vocab = Vocabularies.fit({name: values[sold] for name, values in history.series_categorical().items()})
     series, origin = origin_pairs(history.sales.shape[0], train_origins)
     stream = ExampleStream(history, spec, vocab, series, origin, baseline_weeks=None, label="train")
     in_memory = stream.max_rows <= fparams.in_memory_examples
@@ -178,6 +181,20 @@ def model_config(tparams: TrainParams, data: PreparedTraining, spec: FeatureSpec
     )
 
 
+def eval_interval(tparams: TrainParams, data: PreparedTraining) -> int:
+    """Steps between inner-validation scores: ``train.eval_every_steps``, or once an epoch when an epoch is shorter.
+
+    One store's data is a few thousand examples, a dozen steps an epoch: by step 500 the model has seen
+    each example 30 times and overfit, so early stopping scored there keeps an overfit model (a team's
+    single-store data then lost to the baseline). Streamed data (more than ``in_memory_examples``) has
+    epochs of thousands of steps: the param holds.
+    """
+    if not data.in_memory:
+        return tparams.eval_every_steps
+    epoch_steps = -(-len(data.train) // tparams.batch_size)
+    return max(1, min(tparams.eval_every_steps, epoch_steps))
+
+
 def fit(tparams: TrainParams, data: PreparedTraining, spec: FeatureSpec, on_eval=None,
         checkpoint_dir: Path | None = None, fingerprint: str = ""):
     """Train one model on prepared examples: the train stage's, and one per backtest window.
@@ -190,7 +207,7 @@ def fit(tparams: TrainParams, data: PreparedTraining, spec: FeatureSpec, on_eval
     config = model_config(tparams, data, spec)
     batches = data.batch_source(tparams.batch_size, tparams.seed)
     result = models.train(config, batches, data.inner.matrix, data.inner.units, data.inner.weights,
-                          seed=tparams.seed, max_steps=tparams.max_steps, eval_every=tparams.eval_every_steps,
+                          seed=tparams.seed, max_steps=tparams.max_steps, eval_every=eval_interval(tparams, data),
                           patience=tparams.patience, learning_rate=tparams.learning_rate,
                           checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, on_eval=on_eval)
     inner_pred = models.predict_weights(config, result.weights, data.inner.matrix)
