@@ -15,6 +15,7 @@ the same write calls: the same bytes as in one process.
 from __future__ import annotations
 
 import argparse
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,13 +92,15 @@ def split_store(task: StoreSplitTask, cutoff_ns: int) -> dict[str, int]:
 def _split_on_cluster(client, sales_path: Path, sales: pq.ParquetFile, cutoff: np.datetime64, staging: Path,
                       writers: dict[str, pq.ParquetWriter], progress: bool) -> dict[str, int]:
     """One task per store on the cluster's workers, then their parts appended to ``writers`` in row-group order."""
-    sales_path, staging = sales_path.resolve(), staging.resolve()  # absolute: a worker's directory is its own
+    sales_path = sales_path.resolve()  # absolute: a worker's directory is its own
+    parts_dir = staging.resolve() / ".by_store"  # removed whole at the end, with anything a dead worker left
+    parts_dir.mkdir()
     try:
         by_store = row_groups_by_store(sales)
     except ValueError as exc:
         raise StageError(f"{sales_path}: {exc} (rerun the prepare stage)") from None
     tasks = [StoreSplitTask(store, str(sales_path), tuple(groups),
-                            tuple(str(staging / f".{name}-store={store}.arrow") for name in SPLITS))
+                            tuple(str(parts_dir / f"{name}-store={store}.arrow") for name in SPLITS))
              for store, groups in by_store.items()]
     in_task_order = [group for task in tasks for group in task.row_groups]
     if in_task_order != sorted(in_task_order):
@@ -109,6 +112,7 @@ def _split_on_cluster(client, sales_path: Path, sales: pq.ParquetFile, cutoff: n
         for name, path in zip(SPLITS, task.parts):  # each file gets its writes in row-group order, as in one process
             counts[name] += append_part(path, writers[name])
             Path(path).unlink()
+    shutil.rmtree(parts_dir)
     return counts
 
 

@@ -134,3 +134,22 @@ def test_a_task_that_fails_on_a_worker_names_its_store_partition(tmp_path, dask_
         run_tasks(build_store_grid, [task], client=client, desc="prepare: stores", progress=False,
                   params=PrepareParams(returns="zero", grid="from_first_sale"), train_name="train.csv",
                   row_group_rows=1000)
+
+
+def test_a_rerun_task_rewrites_its_part_whole(tmp_path, monkeypatch):
+    """Dask reruns the task of a worker that died: whatever it left, the rerun leaves the complete part, alone."""
+    synthetic = dict(stores=2, items=40, start_date="2016-01-01", end_date="2016-01-31", test_days=0)
+    root = _project(tmp_path / "project", synthetic)
+    _run_stages(root, monkeypatch, None, (download, prepare))
+    sales = root / "data/prepared/sales.parquet"
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    task = split.StoreSplitTask(2, str(sales), tuple(row_groups_by_store(pq.ParquetFile(sales))[2]),
+                                (str(parts / "validation.arrow"), str(parts / "train.arrow")))
+    cutoff = int(np.datetime64("2016-01-20", "ns").astype(np.int64))
+    first = split.split_store(task, cutoff_ns=cutoff)
+    complete = {path: Path(path).read_bytes() for path in task.parts}
+    Path(task.parts[1]).write_bytes(complete[task.parts[1]][:100])  # what a worker killed mid-write might leave
+    assert split.split_store(task, cutoff_ns=cutoff) == first and first["validation"] and first["train"]
+    assert {path: Path(path).read_bytes() for path in task.parts} == complete
+    assert sorted(p.name for p in parts.iterdir()) == ["train.arrow", "validation.arrow"]  # no temporary file left
