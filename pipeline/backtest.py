@@ -12,7 +12,9 @@ candidate bundle through the serving path.
 
 Every window yields the same ``WindowScores`` (one entry per scored row), so
 the gate (``pipeline.metrics.improvement_interval``) pools them, series by
-series.
+series. With a Dask scheduler configured each window is one task on a worker
+(``window_from_files``: it reads the split files itself), as is each
+candidate x window of ``pipeline.sweep``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pipeline.metrics import perishable_weights
 from pipeline.model_params import FeatureParams, TrainParams
 
 TRAIN_DATA = "data/split/train.parquet"
+VALIDATION_DATA = "data/split/validation.parquet"
 
 
 class BacktestError(ValueError):
@@ -79,9 +82,14 @@ def history_before(history: SalesHistory, cut: int, start: int = 0) -> SalesHist
 
 
 def earlier_windows(root: Path, fparams: FeatureParams, tparams: TrainParams, windows: int, length: int,
-                    say: Callable[[str], None] = lambda _: None, progress: bool = False) -> list[WindowScores]:
-    """Windows 1 .. ``windows - 1`` (each ``length`` days, back to back before the validation window)."""
+                    say: Callable[[str], None] = lambda _: None, progress: bool = False,
+                    client=None) -> list[WindowScores]:
+    """Windows 1 .. ``windows - 1`` (each ``length`` days, back to back before the validation window).
+
+    With a Dask ``client`` (pipeline/cluster.py) each window is one task on the cluster's workers.
+    """
     from pipeline import train
+    from pipeline.cluster import run_tasks
 
     if windows <= 1:
         return []
@@ -101,6 +109,10 @@ def earlier_windows(root: Path, fparams: FeatureParams, tparams: TrainParams, wi
             f"evaluate.backtest_windows: {windows} windows of {length} days need more training data than the "
             f"{days} days before the validation window: for the earliest window, {exc}; lower "
             "evaluate.backtest_windows") from None
+    if client is not None:
+        say(f"evaluate: backtest windows 1..{windows - 1} as Dask tasks, each trained on the days before it")
+        return run_tasks(window_from_files, range(1, windows), client=client, desc="evaluate: backtest windows",
+                         progress=progress, root=str(Path(root).resolve()), fparams=fparams, tparams=tparams)
     results = []
     for k, cut in enumerate(cuts, start=1):
         first_day = history.first_day + cut
@@ -137,3 +149,38 @@ def window_scores(history: SalesHistory, index: int, cut: int, length: int, fpar
         weights=perishable_weights(scored["perishable"]),
         model=f"{tparams.model} trained on the days before the window",
         train_examples=data.train_examples)
+
+
+def validation_days(root: Path) -> tuple[int, int]:
+    """(first, last) day number of the validation window: the days of data/split/validation.parquet."""
+    import pandas as pd
+
+    path = Path(root) / VALIDATION_DATA
+    if not path.is_file():
+        raise BacktestError(f"{path}: not found (run the data stages first: dvc repro split)")
+    days = pd.read_parquet(path, columns=["date"])["date"].to_numpy(dtype="datetime64[D]").astype(np.int64)
+    if days.size == 0:
+        raise BacktestError(f"{path}: no rows")
+    return int(days.min()), int(days.max())
+
+
+def window_from_files(index: int, root: str, fparams: FeatureParams, tparams: TrainParams) -> WindowScores:
+    """Window ``index`` (0: the validation window) read, trained and scored from the project's split files alone.
+
+    What a Dask worker runs (module level, so workers import it): it needs the data at the same path
+    and nothing else, and reads only the days the window's model trains on and is scored on. Window 0
+    is scored like the others here (a model trained on the days before it, predicting its rows), which
+    is how ``pipeline.sweep`` scores each candidate's recipe on the validation window.
+    """
+    from pipeline import train
+
+    first, last = validation_days(Path(root))
+    length = last - first + 1
+    if length > fparams.spec.horizon:
+        raise BacktestError(f"split.validation_days: windows of {length} days are longer than features.horizon "
+                            f"({fparams.spec.horizon}), which the models forecast")
+    first_day = first - index * length
+    files = [Path(root) / TRAIN_DATA] + ([Path(root) / VALIDATION_DATA] if index == 0 else [])
+    last_read = last if index == 0 else first - 1
+    history = load_history(files, days=last_read - (first_day - train.days_needed(fparams)) + 1)
+    return window_scores(history, index, first_day - history.first_day, length, fparams, tparams)

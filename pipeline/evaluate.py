@@ -48,8 +48,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.backtest import BacktestError, WindowScores, earlier_windows, series_key
+from pipeline.backtest import VALIDATION_DATA, BacktestError, WindowScores, earlier_windows, series_key
 from pipeline.bundle import BundleError, load_bundle
+from pipeline.cluster import ClusterError, dask_client, scheduler_address
 from pipeline.features import FeatureInputError, rows_from_snapshot
 from pipeline.history import HistoryError
 from pipeline.io import atomic_file
@@ -67,7 +68,6 @@ from pipeline.params import load_yaml
 from pipeline.stage import run_stage
 from pipeline.versions import code_version, data_version, params_version
 
-VALIDATION_DATA = "data/split/validation.parquet"
 DATA_INPUTS = ("data/split/train.parquet", VALIDATION_DATA, "data/prepared/holidays.parquet")
 CANDIDATE_DIR = "models/candidate"
 METRICS_FILE = "results/metrics.json"
@@ -255,8 +255,9 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     latest = validation_window(root, bundle, frame, tparams.baseline_weeks, quiet)
     length = latest.last_day - latest.first_day + 1
     try:
-        windows = [latest] + earlier_windows(root, fparams, tparams, eparams.backtest_windows, length, say,
-                                             progress=not quiet)
+        with dask_client(scheduler_address(raw)) as client:  # None (train them here) unless one is configured
+            windows = [latest] + earlier_windows(root, fparams, tparams, eparams.backtest_windows, length, say,
+                                                 progress=not quiet, client=client)
         per_window = [window_summary(w, eparams) for w in windows]
         pooled_interval = improvement_interval(
             np.concatenate([w.series for w in windows]), np.concatenate([w.actual for w in windows]),
@@ -341,7 +342,8 @@ def _log_to_mlflow(root: Path, evaluation: Mapping, metrics: Mapping, per_window
 
 def main(argv=None) -> int:
     return run_stage("evaluate", _main, argv, errors=(BundleError, EvaluateError, BacktestError, HistoryError,
-                                                      FileNotFoundError), description=__doc__.splitlines()[0])
+                                                      ClusterError, FileNotFoundError),
+                     description=__doc__.splitlines()[0])
 
 
 def _main(args) -> int:

@@ -6,7 +6,7 @@ is scored exactly as ``evaluate`` scores the training recipe: on
 ``evaluate.backtest_windows`` windows of ``split.validation_days`` days (window
 0 the validation window, window k the k-th before it), each by a model trained
 as ``pipeline.train`` trains on the days before that window
-(``pipeline.backtest.window_scores``). One candidate x window is one task of
+(``pipeline.backtest.window_from_files``). One candidate x window is one task of
 ``pipeline.cluster.run_tasks``: on the workers of the configured Dask scheduler,
 else here, one after another.
 
@@ -42,20 +42,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-import pandas as pd
 import yaml
 
 from pipeline import tracking
-from pipeline.backtest import BacktestError, window_scores
+from pipeline.backtest import TRAIN_DATA, VALIDATION_DATA, BacktestError, window_from_files
 from pipeline.cluster import ClusterError, dask_client, run_tasks, scheduler_address
-from pipeline.evaluate import EVALUATION_FILE, THRESHOLD_FAILED, VALIDATION_DATA, EvaluateError, window_summary
-from pipeline.history import HistoryError, load_history
+from pipeline.evaluate import EVALUATION_FILE, THRESHOLD_FAILED, EvaluateError, window_summary
+from pipeline.history import HistoryError
 from pipeline.io import atomic_file
 from pipeline.model_params import evaluate_params, feature_params, train_params
 from pipeline.params import ParamsError, _Section, load_yaml
 from pipeline.stage import run_stage
-from pipeline.train import TRAIN_DATA, TrainError, days_needed
+from pipeline.train import TrainError
 
 SWEEP_DIR = "sweep"  # the best candidate's params.yaml, models/candidate and results/ (promote --candidate sweep)
 SUMMARY_FILE = "sweep.json"  # every candidate's scores per window and pooled, the MLflow runs, the verdict
@@ -146,17 +144,6 @@ class WindowRun:
         return f"candidate {self.candidate} ({self.label}), backtest window {self.window}"
 
 
-def validation_days(root: Path) -> tuple[int, int]:
-    """(first, last) day number of the validation window (data/split/validation.parquet)."""
-    path = root / VALIDATION_DATA
-    if not path.is_file():
-        raise EvaluateError(f"{path}: not found (run the data stages first: dvc repro split)")
-    days = pd.read_parquet(path, columns=["date"])["date"].to_numpy(dtype="datetime64[D]").astype(np.int64)
-    if days.size == 0:
-        raise EvaluateError(f"{path}: no rows")
-    return int(days.min()), int(days.max())
-
-
 def train_window(run: WindowRun) -> dict:
     """Train the candidate on the days before its window and score the window (a Dask task: module level).
 
@@ -164,17 +151,8 @@ def train_window(run: WindowRun) -> dict:
     pools and logs; nothing is written here, so a worker needs no MLflow and no write access.
     """
     started = time.time()
-    root = Path(run.root)
     fparams, tparams, eparams = feature_params(run.params), train_params(run.params), evaluate_params(run.params)
-    first, last = validation_days(root)
-    length = last - first + 1
-    if length > fparams.spec.horizon:
-        raise BacktestError(f"split.validation_days: windows of {length} days are longer than features.horizon "
-                            f"({fparams.spec.horizon}), which the models forecast")
-    first_day = first - run.window * length
-    history = load_history([root / TRAIN_DATA, root / VALIDATION_DATA],
-                           days=last - (first_day - days_needed(fparams)) + 1)
-    scores = window_scores(history, run.window, first_day - history.first_day, length, fparams, tparams)
+    scores = window_from_files(run.window, run.root, fparams, tparams)
     return {**window_summary(scores, eparams), "candidate": run.candidate, "weight_sum": float(scores.weights.sum()),
             "started_ms": int(started * 1000), "ended_ms": int(time.time() * 1000),
             "worker": f"{socket.gethostname()} pid {os.getpid()}"}

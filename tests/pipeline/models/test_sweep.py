@@ -140,3 +140,26 @@ def test_without_the_split_data_the_command_says_what_to_run(tiny_project, tiny_
     assert sweep.main(["--root", str(tiny_project), "--quiet"]) == 1
     assert "validation.parquet: not found (run the data stages first: dvc repro split)" in capsys.readouterr().err
     assert not (tiny_project / "mlflow.db").exists()
+
+
+def test_evaluate_trains_its_backtest_windows_on_the_cluster_with_the_same_scores(
+        trained_project, set_params, dask_cluster, monkeypatch, capsys):
+    from pipeline import evaluate
+
+    root, _ = trained_project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"]["backtest_windows"] = 3  # windows 1 and 2 are each trained on the days before them
+    set_params(root, params)
+    monkeypatch.delenv(SCHEDULER_ENV, raising=False)
+    evaluate.run(root, quiet=True)
+    here = json.loads((root / "results" / "backtest.json").read_text())["windows"]
+    monkeypatch.setenv(SCHEDULER_ENV, dask_cluster)
+    evaluate.run(root)
+    assert "evaluate: backtest windows 1..2 as Dask tasks" in capsys.readouterr().out
+    there = json.loads((root / "results" / "backtest.json").read_text())["windows"]
+    assert [w["window"] for w in there] == [0, 1, 2]
+    for ours, theirs in zip(here, there):
+        numbers = {k for k, v in ours.items() if isinstance(v, float)}
+        assert {k: theirs[k] for k in numbers} == pytest.approx({k: ours[k] for k in numbers}, rel=1e-9)
+        assert {k: v for k, v in theirs.items() if k not in numbers} == {k: v for k, v in ours.items()
+                                                                         if k not in numbers}
