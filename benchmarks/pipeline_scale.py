@@ -139,6 +139,58 @@ def run_stage(stage: str, workdir: Path, scheduler: str | None = None) -> tuple[
     return wall, usage.ru_maxrss / (1024 ** 2), process.returncode  # ru_maxrss is in KiB on Linux
 
 
+def training_rates(workdir: Path, steps: int) -> dict:
+    """P4's one-process side: how fast the shards stream as training batches, and a training step on them.
+
+    Reads ``steps`` batches of train.batch_size from the shards (rows/s), then trains the
+    configured model for ``steps`` steps on the streamed batches (ms a step, reading on the
+    prefetch thread as in the train stage). Vocabulary sizes come from the shards' id statistics.
+    """
+    sys.path.insert(0, str(REPO))
+    import numpy as np
+
+    from pipeline import models
+    from pipeline.feature_shards import CATEGORICAL_PREFIX, SHARD_DIR, ShardStream
+    from pipeline.features import CATEGORICAL_FIELDS, dense_feature_names
+    from pipeline.model_params import feature_params, train_params
+
+    raw = yaml.safe_load((workdir / "params.yaml").read_text())
+    fparams, tparams = feature_params(raw), train_params(raw)
+    paths = sorted((workdir / SHARD_DIR).glob("store=*/part-*.parquet"))
+    stream = ShardStream(paths, fparams.spec)
+    started, rows = time.perf_counter(), 0
+    for i, batch in enumerate(stream.batches(tparams.batch_size, seed=0)):
+        rows += batch["weight"].size
+        if i + 1 >= steps:
+            break
+    read_s = time.perf_counter() - started
+    highest = dict.fromkeys(CATEGORICAL_FIELDS, 0)
+    for path in paths:
+        meta = pq.ParquetFile(path).metadata
+        names = [meta.schema.column(j).name for j in range(meta.num_columns)]
+        for g in range(meta.num_row_groups):
+            for name in CATEGORICAL_FIELDS:
+                stats = meta.row_group(g).column(names.index(CATEGORICAL_PREFIX + name)).statistics
+                highest[name] = max(highest[name], int(stats.max))
+    inner = next(stream.chunks(np.arange(1)))
+    mean, std = models.normalization(inner.matrix.dense)
+    config = models.ModelConfig(kind=tparams.model, dense_size=len(dense_feature_names(fparams.spec)),
+                                vocab_sizes={f: highest[f] + 1 for f in CATEGORICAL_FIELDS},
+                                embedding_dims=dict(tparams.embedding_dims), hidden_units=tuple(tparams.hidden_units),
+                                dense_mean=mean, dense_std=std, output_bias=0.0)
+    def run(max_steps: int) -> float:
+        started = time.perf_counter()
+        models.train(config, stream.batch_source(tparams.batch_size, tparams.seed), inner.matrix, inner.units,
+                     inner.weights, seed=tparams.seed, max_steps=max_steps, eval_every=max_steps, patience=1,
+                     learning_rate=tparams.learning_rate)
+        return time.perf_counter() - started
+
+    run(min(steps, 20))  # warm-up: the engine's kernels compile (or load from the Numba cache) once a process
+    train_s = run(steps)
+    return {"batch_size": tparams.batch_size, "read_rows_per_s": rows / read_s,
+            "train_step_ms": 1000 * train_s / steps, "steps": steps, "max_steps": tparams.max_steps}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the 54 stores (default 1.0 = full P2)")
@@ -155,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-memory", default="2GB", help="P4: memory limit of each worker (Dask syntax)")
     parser.add_argument("--compare", action="store_true",
                         help="P4: then build the same features in one process (no scheduler), beside it")
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="P4: then stream this many batches from the shards and train as many steps on them "
+                             "in this process (the one-process side: rows/s read, ms a step)")
     args = parser.parse_args(argv)
     if args.through != "split" and args.default_scale:
         parser.error("--default-scale measures the data stages only (P1-data)")
@@ -178,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = client = None
     worker_peaks: dict[str, float] = {}
     single = None  # --compare: (wall s, peak RSS GB) of the features built in one process
+    rates = None  # --train-steps: training_rates()
     try:
         if label == "P4":
             cluster, client = start_cluster(args.workers, args.worker_memory)
@@ -206,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         raw_bytes = sum(p.stat().st_size for p in (workdir / "data/raw").iterdir())
         shards = workdir / "models/checkpoints/train-features"
         example_rows, shard_bytes = shard_summary(shards) if label == "P4" else (0, 0)
+        rates = training_rates(workdir, args.train_steps) if label == "P4" and args.train_steps else None
+        if rates:
+            print(f"{label}: the shards stream at {rates['read_rows_per_s']:,.0f} rows/s; a training step of "
+                  f"{rates['batch_size']} rows takes {rates['train_step_ms']:.1f} ms streaming from them "
+                  f"({rates['steps']} steps)", flush=True)
         if label == "P4" and args.compare:
             shutil.rmtree(shards, ignore_errors=True)  # the one-process build writes (and is timed writing) them anew
             wall, rss_gb, code = run_stage(FEATURE_STAGE, workdir)
@@ -234,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
              if label == "P4" else ""))
     print(f"\nraw files {raw_bytes / 1e9:.2f} GB, prepared grid {grid_rows:,} rows"
           + (f", {example_rows:,} training examples in {shard_bytes / 1e9:.2f} GB of shards" if label == "P4" else ""))
+    if rates:
+        features_wall = next(r[1] for r in results if r[0] == FEATURE_STAGE)
+        print(f"training (one process) at train.max_steps {rates['max_steps']}: "
+              f"~{rates['max_steps'] * rates['train_step_ms'] / 1000:.0f} s of steps whatever the data size, "
+              f"consuming {rates['max_steps'] * rates['batch_size']:,} rows; the features: {features_wall:.0f} s "
+              f"for {example_rows:,} rows on {args.workers} workers")
     if single is not None:
         features_wall = next(r[1] for r in results if r[0] == FEATURE_STAGE)
         print(f"features in one process: {single[0]:.1f} s, peak RSS {single[1]:.2f} GB "
@@ -252,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             if label == "P4":
                 record["worker_peak_rss_gb"] = [round(w, 3) for w in workers.values()]
             print(json.dumps(record))
+        if rates:
+            print(json.dumps({"id": f"{label}.train_stream", **{k: round(v, 3) if isinstance(v, float) else v
+                                                                 for k, v in rates.items()}}))
         if single is not None:
             print(json.dumps({"id": f"{label}-single.{FEATURE_STAGE}", "wall_s": round(single[0], 2),
                               "peak_rss_gb": round(single[1], 3)}))

@@ -34,7 +34,6 @@ import hashlib
 import json
 import shutil
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,32 +266,34 @@ class ShardStream:
 def main(argv: list[str] | None = None) -> int:
     """Build the train stage's feature shards of the current data (on the configured cluster) and stop."""
     from pipeline import train
-    from pipeline.cluster import dask_client, scheduler_address
-    from pipeline.history import load_history
+    from pipeline.cluster import ClusterError, dask_client, scheduler_address
+    from pipeline.history import HistoryError, load_history
     from pipeline.model_params import feature_params
-    from pipeline.params import load_yaml
+    from pipeline.stage import run_stage, stage_params
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--root", type=Path, default=Path("."))
-    parser.add_argument("--out", type=Path, help=f"shard directory (default: <root>/{SHARD_DIR})")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    raw = load_yaml(args.root / "params.yaml")
-    fparams = feature_params(raw)
-    history = load_history([args.root / train.TRAIN_DATA], days=train.days_needed(fparams), progress=not args.quiet)
-    _, _, origins = train.origins(history, fparams)
-    vocab = Vocabularies.fit(history.series_categorical())
-    address = scheduler_address(raw)
-    with dask_client(address) as client:
-        results = build_shards(history, fparams.spec, vocab, origins, args.out or args.root / SHARD_DIR, client,
+    def body(args: argparse.Namespace) -> str:
+        raw = stage_params(args)
+        fparams = feature_params(raw)
+        history = load_history([args.root / train.TRAIN_DATA], days=train.days_needed(fparams),
                                progress=not args.quiet)
-    rows = sum(r["rows"] for r in results)
-    size = sum(Path(r["path"]).stat().st_size for r in results)
-    print(f"features: {rows:,} training examples of {len(results)} stores in {len(origins)} origins, "
-          f"{size / 1e9:.2f} GB of shards, {'on ' + address if address else 'in this process'}, "
-          f"in {time.perf_counter() - started:.1f} s", flush=True)
-    return 0
+        _, _, origins = train.origins(history, fparams)
+        vocab = Vocabularies.fit(history.series_categorical())
+        address = scheduler_address(raw)
+        with dask_client(address) as client:
+            results = build_shards(history, fparams.spec, vocab, origins, args.out or args.root / SHARD_DIR, client,
+                                   progress=not args.quiet)
+        rows = sum(r["rows"] for r in results)
+        size = sum(Path(r["path"]).stat().st_size for r in results)
+        reused = sum(r["reused"] for r in results)
+        return (f"{rows:,} training examples of {len(results)} stores in {len(origins)} origins "
+                f"({reused} shards kept from an earlier build), {size / 1e9:.2f} GB of shards, "
+                f"{'on ' + address if address else 'in this process'}")
+
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--out", type=Path, help=f"shard directory (default: <root>/{SHARD_DIR})")
+
+    return run_stage("feature_shards", body, argv, description=main.__doc__, options=options,
+                     errors=(ClusterError, ShardError, HistoryError, train.TrainError, FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

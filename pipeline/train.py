@@ -32,7 +32,7 @@ import numpy as np
 
 from pipeline import tracking
 from pipeline.bundle import load_bundle, write_bundle
-from pipeline.cluster import dask_client, scheduler_address
+from pipeline.cluster import ClusterError, dask_client, scheduler_address
 from pipeline.drift_stats import served_reference, training_statistics
 from pipeline.examples import STATISTICS_ROWS, Examples, ExampleStream, origin_pairs, sample_pairs
 from pipeline.feature_shards import SHARD_DIR, ShardStream, build_shards
@@ -234,7 +234,7 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     history = load_history([root / TRAIN_DATA], days=days_needed(fparams), progress=not quiet)
     with dask_client(scheduler_address(raw)) as client:  # None (build here) unless a scheduler is configured
         data = prepare_training(history, fparams, tparams.baseline_weeks, seed=tparams.seed, progress=not quiet,
-                                client=client, shard_dir=root / SHARD_DIR)
+                                client=client, shard_dir=home / SHARD_DIR)
     calendar = future_calendar(root / HOLIDAYS_DATA, history.stores["store_nbr"], history.last_day + 1, spec.horizon)
     # The bundle records what it was made from (code, data); the run's provenance (git commit, time,
     # run id) goes to MLflow only, so the bundle's bytes and dvc.lock's hash of it repeat run after run.
@@ -325,7 +325,7 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
         mlflow_run.set_tags({tracking.BUNDLE_DIGEST_TAG: digest, "bundle_version": metadata["version"]})
         mlflow_run.log_bundle(bundle_dir)
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
-    shutil.rmtree(root / SHARD_DIR, ignore_errors=True)  # nor feature shards to reuse
+    shutil.rmtree(home / SHARD_DIR, ignore_errors=True)  # nor feature shards to reuse
     if checkpoints.parent.is_dir() and not any(checkpoints.parent.iterdir()):
         checkpoints.parent.rmdir()
     summary = {"run_id": mlflow_run.run_id, "bundle": str(bundle_dir), "digest": digest, **metrics,
@@ -346,7 +346,7 @@ def main(argv=None) -> int:
                 raise StageError(f"MLflow at {tracking.tracking_uri(args.root)}: {exc}") from None
             raise
 
-    return run_stage("train", body, argv, errors=(TrainError, FileNotFoundError, ValueError),
+    return run_stage("train", body, argv, errors=(TrainError, FileNotFoundError, ValueError, ClusterError),
                      description=__doc__.splitlines()[0])
 
 
