@@ -8,6 +8,9 @@ hashes. Small sizes keep them in the default suite.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,7 @@ from pipeline.prepare import StoreGridTask, build_store_grid
 from pipeline.stage import StageError
 from pipeline.store_parts import row_groups_by_store
 
-from .conftest import default_params, kaggle_sample_files, write_kaggle_sample
+from .conftest import REPO, default_params, kaggle_sample_files, write_kaggle_sample
 from .foreign_data import write_foreign_dataset
 
 OUTPUTS = ("data/raw", "data/prepared", "data/split")
@@ -153,3 +156,18 @@ def test_a_rerun_task_rewrites_its_part_whole(tmp_path, monkeypatch):
     assert split.split_store(task, cutoff_ns=cutoff) == first and first["validation"] and first["train"]
     assert {path: Path(path).read_bytes() for path in task.parts} == complete
     assert sorted(p.name for p in parts.iterdir()) == ["train.arrow", "validation.arrow"]  # no temporary file left
+
+
+def test_without_a_scheduler_dask_is_never_imported(tmp_path):
+    """The embedded default starts nothing and pays nothing for the cluster path."""
+    root = _project(tmp_path / "project", dict(stores=1, items=40, start_date="2016-01-01", end_date="2016-02-15",
+                                              test_days=0))
+    code = ("import sys\nfrom pipeline import download, prepare, split\n"
+            "for stage in (download, prepare, split):\n"
+            f"    assert stage.main(['--root', {str(root)!r}, '--quiet']) == 0\n"
+            "assert not {'dask', 'distributed'} & set(sys.modules), 'Dask imported'\n")
+    env = {k: v for k, v in os.environ.items() if k not in (SCHEDULER_ENV, "SHELFCAST_DATA_SOURCE")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(env, PYTHONPATH=str(REPO)),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (root / "data/split/train.parquet").exists()
