@@ -198,18 +198,20 @@ def _runner(module, kinds, inner, npdtype, member_kernels, leaf_shapes, sum_shap
             if xs[k].size != 1:
                 return unfused(xs)
         n = x0.size
-        if n % inner or (summing is not None and (n >= threshold or shape == sum_shape)):
-            return unfused(xs)  # (a big sum: the parallel kernels of both ops; no rows to sum: the op's own path)
+        if n % inner or (summing is not None and shape == sum_shape):
+            return unfused(xs)  # (no rows to sum: the ops' own path, where the sum is the value itself)
         if out is None or out.shape != shape:
             out = np.empty(shape, npdtype)
         flat = [x.reshape(-1) for x in xs[:n_leaves]]
-        if summing is not None:
+        if summing is not None and n < threshold:
             sums = np.zeros(sum_shape, npdtype)
             if n:
                 summing(out.reshape(-1), sums.reshape(-1), *flat)
             return out, sums
         if n:
             (parallel if n >= threshold else serial)(out.reshape(-1), *flat)
+        if summing is not None:  # a big one: the chain's parallel kernel, then the sum's own (parallel) kernel
+            return out, member_kernels[-1][0](out, *xs[n_leaves:])
         return out
 
     return run

@@ -99,3 +99,28 @@ def test_merge_sparse_rows_sums_duplicates_and_reuses_its_scratch():
         assert (scratch["pos"] == -1).all()
     with pytest.raises(ValueError, match="index 6 at position 0 out of range"):
         KA.merge_sparse_rows(np.ones((1, 1)), np.array([6]), 6, scratch)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_adam_parallel_and_sparse_forms_are_the_serial_loop_on_chunks_and_rows(dtype):
+    """One update loop per optimizer: the parallel Adam runs it on chunks, the sparse one on touched rows."""
+    from engine.kernels import train as KT
+
+    rng = np.random.default_rng(7)
+    var, m = rng.standard_normal((2, 70_000)).astype(dtype)
+    v = rng.uniform(1e-6, 1.0, 70_000).astype(dtype)
+    grad = rng.standard_normal(70_000).astype(dtype)
+    scalars = tuple(dtype(s) for s in (1e-3, 0.9, 0.1, 0.999, 0.001, 1e-7))
+    serial, parallel = [a.copy() for a in (var, m, v)], [a.copy() for a in (var, m, v)]
+    KT.adam_dense(*serial, grad, *scalars)
+    KT.adam_dense_parallel(*parallel, grad, *scalars)  # two chunks of KT.CHUNK and a rest
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+    rows, values = np.array([5, 0, 9]), grad[:96].reshape(3, 32)
+    tables = [a[:320].reshape(10, 32).copy() for a in (var, m, v)]
+    want = [t.copy() for t in tables]
+    for k, r in enumerate(rows):  # touched rows: the dense loop on that row; the others stay as they were
+        KT.adam_dense(*[w[r] for w in want], values[k], *scalars)
+    KT.adam_sparse(*tables, values, rows, *scalars)
+    for a, b in zip(tables, want):
+        np.testing.assert_array_equal(a, b)

@@ -192,3 +192,17 @@ def test_an_unwritable_cache_dir_runs_the_members_unfused_with_a_warning(monkeyp
     with pytest.warns(RuntimeWarning, match="fusion disabled"):
         got = en.Session(config=ONLY_FUSION).run(y, {x: np.array([[0.0, 3.0]], np.float32)})
     np.testing.assert_array_equal(got, [[0.0, 2.0]])
+
+
+def test_a_row_sum_above_the_parallel_threshold_gives_the_same_values(monkeypatch):
+    """(There the chain runs its parallel kernel, then the sum its own.)"""
+    monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 1000)
+    x = en.placeholder(en.float32, (None, 40), name="x")
+    bias = en.constant(np.zeros(40, np.float32))
+    g = en.relu(x)
+    summed = create("SumToShape", [g, bias])
+    feed = {x: np.random.default_rng(3).standard_normal((200, 40)).astype(np.float32)}
+    on, off = en.Session(), en.Session(config=OFF)
+    assert any(s.also for s in on.plan([g, summed], [x]).steps)
+    for got, want in zip(on.run([g, summed], feed), off.run([g, summed], feed)):
+        np.testing.assert_array_equal(got, want)
