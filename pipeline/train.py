@@ -79,11 +79,13 @@ def origins(history: SalesHistory, fparams: FeatureParams) -> tuple[int, int, li
     train = [inner_origin - spec.horizon - k * fparams.origin_stride_days for k in range(fparams.train_origins)]
     train = [o for o in train if o >= earliest]
     if inner_origin < earliest or not train:
+        days = history.days - first_known
         raise TrainError(
-            f"features: the training data has {history.days - first_known} days; windows of "
-            f"{spec.longest_window} days (features.history_days and the window lists) plus two horizons of "
-            f"{spec.horizon} days need at least {spec.longest_window + 2 * spec.horizon} "
-            "(lower features.history_days or the windows, or use more data)")
+            f"features: the training data has {days} days; the longest feature window ({spec.longest_window} days: "
+            f"features.mean_windows, promo_windows, 7 x dow_weeks) plus two horizons of {spec.horizon} days need at "
+            f"least {spec.longest_window + 2 * spec.horizon}: shorten those windows to at most "
+            f"{max(days - 2 * spec.horizon, 0)} days, or use more data (features.history_days may stay: the days "
+            "before the data count as unknown)")
     return validation_origin, inner_origin, train
 
 

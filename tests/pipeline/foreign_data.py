@@ -11,6 +11,10 @@ contract of README "Bring your own data") into a directory, deterministically:
 * ``no_oil_or_transactions``: only train, items, stores and holidays_events;
 * ``holidays_end_early``: holidays_events stops months before the last sales day, and there
   is no test.csv (the case that crashed ``pipeline.promote``).
+* ``eight_months``: 240 days of sales, so no target has a year-ago day (the yearly features are
+  all zeros, flagged unknown), and fewer training origins than the default 13.
+
+``TOO_SHORT`` (130 days) is too short for one training origin: train must say so and which params to lower.
 
 Demand: an item level, the shape's own weekly cycle and yearly season, holiday
 and promotion effects, Poisson counts; a day without sales has no row (Kaggle's
@@ -64,7 +68,11 @@ FOREIGN_SHAPES: dict[str, ForeignShape] = {shape.name: shape for shape in (
                  oil=False, transactions=False, seed=4),
     ForeignShape("holidays_end_early", stores=(10,), items=100, start="2016-05-02", days=430,
                  holidays="early", test=False, seed=5),
+    ForeignShape("eight_months", stores=(2, 3), items=120, start="2020-02-03", days=240, seed=6),
 )}
+
+# Too short to train on: the features' longest window (112 days) and two 16-day horizons need 144 days.
+TOO_SHORT = ForeignShape("too_short", stores=(1,), items=40, start="2022-01-03", days=130, seed=7)
 
 
 def _dates(shape: ForeignShape) -> np.ndarray:

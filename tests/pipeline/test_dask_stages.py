@@ -9,8 +9,12 @@ hashes. Small sizes keep them in the default suite.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +175,38 @@ def test_without_a_scheduler_dask_is_never_imported(tmp_path):
                             capture_output=True, text=True, timeout=900)  # generous: a loaded CI box
     assert result.returncode == 0, result.stderr[-2000:]
     assert (root / "data/split/train.parquet").exists()
+
+
+@pytest.mark.slow  # ~20 s: a cluster of its own, and a stage that waits for the lost worker's task to rerun
+def test_a_worker_killed_mid_stage_changes_nothing(tmp_path, monkeypatch):
+    """SIGKILL the worker that holds a prepare task: Dask reruns it elsewhere and the file is still the same bytes.
+
+    A cluster of its own (its nannies restart the killed worker), so the session's cluster is left alone.
+    """
+    from distributed import Client, LocalCluster
+
+    synthetic = dict(stores=3, items=600, start_date="2016-01-01", end_date="2016-06-30", test_days=0)
+    local, clustered = _project(tmp_path / "local", synthetic), _project(tmp_path / "cluster", synthetic)
+    _run_stages(local, monkeypatch, None, (download, prepare))
+    shutil.copytree(local / "data" / "raw", clustered / "data" / "raw")
+    killed: list[str] = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="2GB", host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as watcher:
+        monkeypatch.setenv(SCHEDULER_ENV, cluster.scheduler_address)
+        outcome: list[int] = []
+        stage = threading.Thread(target=lambda: outcome.append(prepare.main(["--root", str(clustered), "--quiet"])))
+        stage.start()
+        deadline = time.monotonic() + 120
+        while not killed and stage.is_alive() and time.monotonic() < deadline:
+            busy = {worker: keys for worker, keys in watcher.processing().items()
+                    if any("build_store_grid" in str(key) for key in keys)}
+            if busy:
+                worker = next(iter(busy))
+                pid = watcher.run(os.getpid, workers=[worker])[worker]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(worker)
+            time.sleep(0.02)
+        stage.join(timeout=300)
+    assert killed, "no prepare task was seen on a worker"
+    assert outcome == [0]
+    assert _files(clustered) == _files(local)  # the same bytes, and no part or temporary file left in data/prepared
