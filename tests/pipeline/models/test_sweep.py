@@ -17,10 +17,10 @@ from pipeline.params import ParamsError
 GRID = {"train.learning_rate": [0.01, 0.003]}
 
 
-def sweep_params(tiny_params, windows: int = 2, grid=None) -> dict:
-    """The tiny project's params, trained briefly, with a 2-candidate grid."""
+def sweep_params(tiny_params, grid=None) -> dict:
+    """The tiny project's params, trained briefly, 2 backtest windows, a 2-candidate grid."""
     tiny_params["train"].update(max_steps=120, eval_every_steps=40)
-    tiny_params["evaluate"]["backtest_windows"] = windows
+    tiny_params["evaluate"]["backtest_windows"] = 2
     tiny_params["sweep"] = {"grid": GRID if grid is None else grid}
     return tiny_params
 
