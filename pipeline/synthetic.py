@@ -46,6 +46,8 @@ it (two thirds of the time) is independent per month: on a Dask cluster
 (``pipeline.cluster``) each month's rows go to a worker as an Arrow file in the
 output directory, the worker writes that month's member, and the members are
 concatenated in order: the same bytes as when this process writes them all.
+Months go out in waves (two per worker thread), so the scratch files on disk
+stay bounded whatever the span.
 """
 
 from __future__ import annotations
@@ -656,6 +658,9 @@ def generate(params: SyntheticParams, out_dir: Path, progress: bool = True, clie
                     write_csv_member(table, train_sink, params.compression, header=lo == 0)
                 else:
                     month_parts.append(_stage_month(table, days[0].astype("datetime64[M]"), parts_dir, lo == 0))
+                    if len(month_parts) >= _months_per_wave(client):  # bounded scratch: a wave of months at a time
+                        _members_on_cluster(client, month_parts, train_sink, params.compression, progress)
+                        month_parts.clear()
                 next_id += n
                 units = np.clip(sales[:train_part], 0, None).sum(axis=2)  # [T, S]
                 open_days = (sales[:train_part] != 0).any(axis=2)
@@ -684,7 +689,7 @@ def generate(params: SyntheticParams, out_dir: Path, progress: bool = True, clie
                 test_id += n
         if test_writer is not None:
             test_writer.close()
-        if client is not None:
+        if month_parts:
             _members_on_cluster(client, month_parts, train_sink, params.compression, progress)
     if not params.test_days:
         (out_dir / f"test{suffix}").unlink(missing_ok=True)
@@ -701,6 +706,11 @@ def generate(params: SyntheticParams, out_dir: Path, progress: bool = True, clie
     _write_table(oil, out_dir / f"oil{suffix}", params.compression)
     counts.update(stores=len(catalog.stores), items=len(items), holidays_events=len(holidays), oil=len(oil))
     return counts
+
+
+def _months_per_wave(client) -> int:
+    """Months staged before the workers write them: two per worker thread, so each has work and disk stays bounded."""
+    return max(4, 2 * sum(client.nthreads().values()))
 
 
 def _members_on_cluster(client, parts: list[MonthPart], train_sink: BinaryIO, compression: str,

@@ -75,8 +75,8 @@ def _assert_same_files(local: Path, clustered: Path) -> None:
 
 
 def test_synthetic_stages_give_the_same_files_on_a_cluster(tmp_path, monkeypatch, dask_cluster):
-    """3 stores, 150 items, 3 months: download's months and prepare's stores run as tasks on the workers."""
-    synthetic = dict(stores=3, items=150, start_date="2016-01-01", end_date="2016-03-31", test_days=3)
+    """3 stores, 120 items, 6 months: download's months and the stores of prepare and split are tasks on workers."""
+    synthetic = dict(stores=3, items=120, start_date="2016-01-01", end_date="2016-06-30", test_days=3)  # 2 waves
     monkeypatch.setattr(prepare, "ROW_GROUP_ROWS", 4_000)  # several row groups per store, split across parts
     local, clustered = _project(tmp_path / "local", synthetic), _project(tmp_path / "cluster", synthetic)
     _run_stages(local, monkeypatch, None)
