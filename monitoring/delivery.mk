@@ -49,7 +49,7 @@ build-image: lint-docker fetch-model  ## docker build (where a Docker engine exi
 
 publish-image: build-image            ## docker push $(REGISTRY)/$(IMAGE):$(IMAGE_TAG), lowercased (needs REGISTRY and a login)
 	@if [ -z "$(REGISTRY)" ]; then echo "publish-image: REGISTRY not set; nothing published"; \
-	elif ! command -v docker >/dev/null 2>&1; then echo "publish-image: no Docker engine; nothing published"; \
+	elif ! (command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1); then echo "publish-image: no Docker engine; nothing published"; \
 	else docker tag $(IMAGE_LC):$(IMAGE_TAG) $(REGISTRY_LC)/$(IMAGE_LC):$(IMAGE_TAG) && docker push $(REGISTRY_LC)/$(IMAGE_LC):$(IMAGE_TAG); fi
 
 SHELFCAST_URL ?= http://127.0.0.1:5005

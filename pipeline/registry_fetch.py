@@ -31,6 +31,7 @@ from pipeline.bundle import BundleError, copy_bundle, verify_bundle
 
 SERVING_ARTIFACT = "serving_bundle"
 ENV_PROMOTE_ALIAS = "SHELFCAST_PROMOTE_ALIAS"  # CI: promote registers a candidate (e.g. shadow), not production
+ALREADY_INSTALLED = "already installed"  # Fetched.source when the target holds the registered bundle already
 TAG_ARTIFACT, TAG_DIGEST, TAG_DVC = "serving_artifact", "serving_digest", "dvc_out"
 
 
@@ -66,7 +67,7 @@ class Fetched:
     alias: str
     version: str
     digest: str
-    source: str  # "mlflow" or "dvc"
+    source: str  # "mlflow", "dvc" or ALREADY_INSTALLED
     seconds: float
 
 
@@ -133,8 +134,19 @@ def fetch(root: Path, alias: str, target: Path, name: str = tracking.REGISTERED_
     version = resolve(root, alias, name)
     target = target if target.is_absolute() else root / target
     target.parent.mkdir(parents=True, exist_ok=True)
+    want = (version.tags or {}).get(TAG_DIGEST)
+    if want and target.is_dir() and _installed_digest(target) == want:
+        # already here (make build-image and publish-image fetch again in the same checkout): nothing to download
+        return Fetched(name, alias, str(version.version), want, ALREADY_INSTALLED, time.perf_counter() - started)
     digest = download_version(root, version, target, via)
     return Fetched(name, alias, str(version.version), digest, via, time.perf_counter() - started)
+
+
+def _installed_digest(target: Path) -> str | None:
+    try:
+        return verify_bundle(target)
+    except BundleError:
+        return None  # damaged or partial: fetched again
 
 
 def main(argv=None) -> int:
@@ -151,8 +163,9 @@ def main(argv=None) -> int:
     except (FetchError, BundleError, tracking.TrackingError) as exc:
         print(f"fetch-model: error: {exc}", file=sys.stderr)
         return 1
-    print(f"fetch-model: models:/{got.name}@{got.alias} = version {got.version} ({got.digest[:12]}) from {got.source} "
-          f"-> {args.to} in {got.seconds:.1f} s", flush=True)
+    how = "already installed at" if got.source == ALREADY_INSTALLED else f"from {got.source} ->"
+    print(f"fetch-model: models:/{got.name}@{got.alias} = version {got.version} ({got.digest[:12]}) {how} "
+          f"{args.to} in {got.seconds:.1f} s", flush=True)
     return 0
 
 

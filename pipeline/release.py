@@ -55,6 +55,8 @@ from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 PREVIOUS_TAG = "previous_production"  # registered-model tag: the version `rollback` returns to
 DEFAULT_SHARE = 0.1
 DEFAULT_EVENTS = Path(os.environ.get("SHELFCAST_PREDICTION_LOG", "").strip() or "logs/predictions.jsonl")
+# the serving host's release store: $SHELFCAST_MODELS_HOST (docker-compose.yml mounts the same) or ./models
+DEFAULT_MODELS = Path(os.environ.get("SHELFCAST_MODELS_HOST", "").strip() or "models")
 MAX_EVENTS = 200_000  # the most recent events one decision reads (a release's traffic, not the archive)
 # the decision rule's numbers (stated in compare's docstring and README "Releases")
 MIN_EVENTS = 30  # fewer candidate predictions than this: no decision, keep observing
@@ -300,7 +302,8 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
       one-sided confidence (two-proportion z-test) — or any error at all with < MIN_EVENTS;
     - latency: the candidate's p95 latency is above 1.5x production's and more than 5 ms above it;
     - forecast distribution: the median of log1p(candidate) - log1p(production) over the same
-      requests (shadow) or the same store×item×date (canary) is beyond ±0.5 (a factor of ~1.65);
+      requests (shadow) or the same store×item×date (canary, when at least MIN_EVENTS are shared; else
+      the difference of the two variants' median log1p forecasts) is beyond ±0.5 (a factor of ~1.65);
     - live accuracy (only with actuals): the 95 % bootstrap interval of candidate RMSLE minus
       production RMSLE lies entirely above 0 (shadow: over the same series, paired; canary:
       over each variant's own series).
@@ -334,13 +337,14 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     else:
         shared = [(float(np.mean(cand.by_series[k])), float(np.mean(base.by_series[k])))
                   for k in cand.by_series.keys() & base.by_series.keys()]
-    if shared:
+    if shared and (candidate == SHADOW or len(shared) >= MIN_EVENTS):
         shift = float(np.median([math.log1p(c) - math.log1p(b) for c, b in shared]))
         figures.update(forecast_log_shift=round(shift, 4), compared_pairs=len(shared))
         if abs(shift) > MAX_FORECAST_SHIFT and len(shared) >= MIN_EVENTS:
             reasons.append(f"forecast distribution: median log1p shift {shift:+.3f} beyond ±{MAX_FORECAST_SHIFT}")
     elif candidate != SHADOW and cand.by_series:
-        # a canary answers other series than production: compare the forecast levels instead
+        # a canary answers other series than production (sticky split; the few both answered, e.g. a canary
+        # failure's fallback, are too few to judge on): compare the forecast levels instead
         cand_all = [u for v in cand.by_series.values() for u in v]
         base_all = [u for v in base.by_series.values() for u in v]
         if base_all:
@@ -408,8 +412,9 @@ def _post_json(url: str, body: dict, timeout: float = 30.0) -> tuple[int, dict, 
         return exc.code, {}, ""
 
 
-def wait_for_variant(url: str, variant: str, digest: str, timeout_s: float) -> float:
-    """Seconds until GET /api/v1/model shows ``digest`` as ``variant`` (the hot reload); ReleaseError on timeout."""
+def wait_for_variant(url: str, variant: str, digest: str | None, timeout_s: float) -> float:
+    """Seconds until GET /api/v1/model shows ``digest`` as ``variant`` (None: no such variant served), the hot
+    reload; ReleaseError on timeout."""
     started = time.perf_counter()
     while True:
         try:
@@ -421,7 +426,8 @@ def wait_for_variant(url: str, variant: str, digest: str, timeout_s: float) -> f
         except (OSError, ValueError):
             pass
         if time.perf_counter() - started > timeout_s:
-            raise ReleaseError(f"{url}: {variant} {digest[:12]} not served after {timeout_s:.0f} s (hot reload)")
+            what = f"{variant} {digest[:12]} not served" if digest else f"{variant} still served"
+            raise ReleaseError(f"{url}: {what} after {timeout_s:.0f} s (hot reload)")
         time.sleep(0.2)
 
 
@@ -500,12 +506,19 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
         say(f"deploy: version {version} is production ({'; '.join(verdict.reasons)}; {verdict.figures})")
         report["outcome"] = "promoted"
     except (ReleaseError, BundleError, registry_fetch.FetchError, EventSourceError, OSError) as exc:
+        failed = time.perf_counter()
         end_candidate(root, store, CANARY, name)
-        if shadow_s > 0:
-            end_candidate(root, store, SHADOW, name)
+        if shadow_s > 0 or current.get(SHADOW) == str(version):
+            end_candidate(root, store, SHADOW, name)  # a rolled-back candidate is not left mirroring either
         report["outcome"] = "rolled back"
         report["reason"] = str(exc)
-        say(f"deploy: rolled back: {exc}")
+        try:  # until the app no longer answers with it (hot reload)
+            wait_for_variant(url, CANARY, None, reload_timeout_s)
+            report["rollback_s"] = round(time.perf_counter() - failed, 2)
+        except ReleaseError:
+            report["rollback_s"] = None
+        say(f"deploy: rolled back: {exc}" + (f" (candidate out of service after {report['rollback_s']} s)"
+                                             if report["rollback_s"] is not None else ""))
     return report
 
 
@@ -516,7 +529,9 @@ def main(argv=None) -> int:
     parser.add_argument("command", choices=("status", "shadow", "canary", "decide", "promote", "rollback", "deploy",
                                             "sync", "end", "smoke"))
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
-    parser.add_argument("--models", type=Path, default=Path("models"), help="the host's models directory")
+    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS,
+                        help="the host's models directory, the release store the app serves from (default: "
+                             "$SHELFCAST_MODELS_HOST, the store docker-compose.yml mounts, else models)")
     parser.add_argument("--name", default=tracking.REGISTERED_MODEL, help="registered model name")
     parser.add_argument("--version", help="model version (default: what the candidate aliases name)")
     parser.add_argument("--alias", help="take the version another alias names (e.g. --alias shadow)")

@@ -33,6 +33,18 @@ def test_fetch_by_alias_into_an_empty_directory(released, registry_env, tmp_path
     assert verify_bundle(fresh / "models/production") == version.tags[registry_fetch.TAG_DIGEST]
 
 
+def test_a_second_fetch_of_the_installed_version_downloads_nothing(released, registry_env, tmp_path, capsys):
+    fresh = tmp_path / "host"
+    args = ["--root", str(fresh), "--alias", "production"]
+    assert registry_fetch.main(args) == 0 and "from mlflow" in capsys.readouterr().out
+    assert registry_fetch.main(args) == 0 and "already installed at" in capsys.readouterr().out
+    damaged = next(p for p in sorted((fresh / "models/production").rglob("*")) if p.is_file())
+    damaged.write_bytes(b"damaged")
+    assert registry_fetch.main(args) == 0 and "from mlflow" in capsys.readouterr().out  # fetched again
+    version = tracking.client(fresh).get_model_version_by_alias(tracking.REGISTERED_MODEL, "production")
+    assert verify_bundle(fresh / "models/production") == version.tags[registry_fetch.TAG_DIGEST]
+
+
 @pytest.mark.slow
 def test_a_fresh_clone_with_only_the_tracking_uri_fetches_and_can_serve(released, registry_env, tmp_path):
     from app.predictor import load_model

@@ -201,6 +201,21 @@ def test_the_decision_rule():
     assert worse.decision == "rollback" and "live accuracy" in worse.reasons[-1]
 
 
+def test_a_canary_sharing_a_few_series_with_production_is_judged_on_its_forecast_level():
+    """A sticky split: the canary answers other series than production; one series both answered (a canary
+    failure's fallback) must not hide a canary whose forecasts are ten times production's."""
+    def event(variant, item, units):
+        return {"model_variant": variant, "request_id": f"{variant}{item}", "instance_index": 0, "latency_ms": 2.0,
+                "output": {"unit_sales": units}, "inputs": {"store_nbr": 1, "item_nbr": item, "date": "2017-08-16"}}
+
+    events = [event(PRODUCTION, n, 1.0) for n in range(40)] + [event(CANARY, 100 + n, 10.0) for n in range(40)]
+    events.append(event(CANARY, 0, 10.0))  # the one shared series
+    verdict = release.compare(release.read_traffic(events), CANARY)
+    assert verdict.decision == "rollback" and "forecast distribution" in verdict.reasons[0], verdict
+    same_level = [event(PRODUCTION, n, 1.0) for n in range(40)] + [event(CANARY, 100 + n, 1.1) for n in range(40)]
+    assert release.compare(release.read_traffic(same_level + [event(CANARY, 0, 1.1)]), CANARY).decision == "promote"
+
+
 def fluentd_out_elasticsearch():
     """tests/monitoring's stand-in for Fluentd's elasticsearch output (what the compose stack's Fluentd does)."""
     import importlib.util
