@@ -1,0 +1,250 @@
+"""Runs a GitHub Actions workflow file's own steps here, the way a runner would: jobs in `needs` order,
+each on a fresh clone, its `run:` steps in order in bash with the workflow's env.
+
+What stands in for GitHub:
+- ``${{ }}`` expressions are evaluated from an explicit mapping (``contexts``: e.g. ``vars.X``,
+  ``github.event_name``); an expression or a name the mapping does not know fails the run loudly;
+- a job's ``if:`` is evaluated (``==``, ``!=``, ``&&``, ``||``, ``!``, parentheses, quoted strings,
+  ``success()``/``failure()``/``always()``); a job whose ``needs`` did not succeed is skipped;
+- ``uses:`` steps of GitHub-hosted actions (``HOSTED_ACTIONS``) are not run: ``actions/checkout`` is the
+  fresh clone each job gets (``checkout``), ``actions/setup-python`` / ``setup-node`` are the machine's
+  interpreters, ``upload-artifact`` and ``docker/login-action`` talk to GitHub and a registry only;
+  any other ``uses:`` fails the run;
+- a ``run:`` step in ``not_run`` (command -> why) is not run, and says why (``make test``: the suite
+  this runs inside).
+Steps run in ``bash -e`` (GitHub's default shell for run steps); a failing step fails its job and skips
+the job's remaining steps, as on GitHub.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import yaml
+
+HOSTED_ACTIONS = ("actions/checkout", "actions/setup-python", "actions/setup-node", "actions/upload-artifact",
+                  "docker/login-action")
+EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+TOKEN = re.compile(r"\s*(?:(?P<string>'(?:[^']|'')*')|(?P<op>==|!=|&&|\|\||!|\(|\))|(?P<name>[A-Za-z_][\w.-]*)"
+                   r"(?P<call>\(\))?)")
+
+
+class WorkflowError(AssertionError):
+    """The workflow uses something this runner does not know: fix the mapping or the workflow."""
+
+
+def evaluate(expression: str, contexts: Mapping[str, str], status: str = "success") -> object:
+    """A GitHub Actions expression over ``contexts`` (dotted name -> value); unknown names fail loudly."""
+    tokens, position = [], 0
+    while position < len(expression):
+        match = TOKEN.match(expression, position)
+        if not match or match.end() == position:
+            raise WorkflowError(f"expression {expression!r}: cannot read {expression[position:]!r}")
+        tokens.append(match)
+        position = match.end()
+    tokens = [t for t in tokens if t.group(0).strip()]
+    at = 0
+
+    def peek() -> str | None:
+        return tokens[at].group(0).strip() if at < len(tokens) else None
+
+    def primary() -> object:
+        nonlocal at
+        token = tokens[at]
+        at += 1
+        if token.group("string"):
+            return token.group("string")[1:-1].replace("''", "'")
+        if token.group("op") == "(":
+            value = disjunction()
+            if peek() != ")":
+                raise WorkflowError(f"expression {expression!r}: missing ')'")
+            at += 1
+            return value
+        if token.group("op") == "!":
+            return not truthy(primary())
+        name = token.group("name")
+        if token.group("call"):
+            calls = {"success": status == "success", "failure": status == "failure", "always": True,
+                     "cancelled": False}
+            if name not in calls:
+                raise WorkflowError(f"expression {expression!r}: function {name}() is not supported here")
+            return calls[name]
+        if name in ("true", "false"):
+            return name == "true"
+        if name not in contexts:
+            raise WorkflowError(f"expression {expression!r}: {name} is not in the test's mapping "
+                                f"(known: {', '.join(sorted(contexts))})")
+        return contexts[name]
+
+    def comparison() -> object:
+        nonlocal at
+        left = primary()
+        while peek() in ("==", "!="):
+            op = peek()
+            at += 1
+            right = primary()
+            left = (str(left).lower() == str(right).lower()) == (op == "==")  # GitHub compares strings caselessly
+        return left
+
+    def conjunction() -> object:
+        nonlocal at
+        left = comparison()
+        while peek() == "&&":
+            at += 1
+            right = comparison()
+            left = right if truthy(left) else left
+        return left
+
+    def disjunction() -> object:
+        nonlocal at
+        left = conjunction()
+        while peek() == "||":
+            at += 1
+            right = conjunction()
+            left = left if truthy(left) else right
+        return left
+
+    value = disjunction()
+    if at != len(tokens):
+        raise WorkflowError(f"expression {expression!r}: unexpected {peek()!r}")
+    return value
+
+
+def truthy(value: object) -> bool:
+    return bool(value) and value not in ("", "0", "false")
+
+
+def substitute(text: str, contexts: Mapping[str, str]) -> str:
+    def one(match: re.Match) -> str:
+        value = evaluate(match.group(1), contexts)
+        return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+    return EXPRESSION.sub(one, str(text))
+
+
+@dataclass
+class StepResult:
+    job: str
+    name: str
+    command: str
+    returncode: int | None  # None: not run (uses: / not_run), with `why`
+    seconds: float = 0.0
+    output: str = ""
+    why: str = ""
+    lines: list[tuple[float, str]] = field(default_factory=list)  # (time.monotonic(), line) as printed
+
+
+@dataclass
+class WorkflowRun:
+    name: str
+    jobs: dict[str, str] = field(default_factory=dict)  # job -> success | failure | skipped
+    steps: list[StepResult] = field(default_factory=list)
+
+    @property
+    def conclusion(self) -> str:
+        return "failure" if "failure" in self.jobs.values() else "success"
+
+    def step(self, command: str) -> StepResult:
+        found = [s for s in self.steps if s.command == command]
+        assert found, f"{self.name}: no step ran {command!r}: {[s.command for s in self.steps]}"
+        return found[-1]
+
+
+def run_workflow(path: Path, contexts: Mapping[str, str], checkout: Callable[[str], Path],
+                 runner_env: Callable[[str], dict], not_run: Mapping[str, str], say: Callable[[str], None] = print,
+                 step_timeout_s: float = 600.0) -> WorkflowRun:
+    """Every job of the workflow at ``path``, in order; ``checkout(job)`` makes the job's fresh clone and
+    ``runner_env(job)`` its runner's environment (the job's and workflow's ``env:`` are added to it)."""
+    workflow = yaml.safe_load(path.read_text(encoding="utf-8"))
+    result = WorkflowRun(workflow["name"])
+    pending = dict(workflow["jobs"])
+    while pending:
+        ready = [n for n, job in pending.items() if all(d in result.jobs for d in _needs(job))]
+        if not ready:
+            raise WorkflowError(f"{path.name}: jobs {sorted(pending)} wait on each other (needs)")
+        name = ready[0]
+        job = pending.pop(name)
+        needs_ok = all(result.jobs[d] == "success" for d in _needs(job))
+        condition = str(job.get("if", "success()"))
+        condition = EXPRESSION.sub(lambda m: m.group(1), condition)
+        status = "success" if needs_ok else "failure"
+        if not needs_ok or not truthy(evaluate(condition, contexts, status)):
+            result.jobs[name] = "skipped"
+            say(f"{result.name} / {name}: skipped (if: {condition}; needs {'met' if needs_ok else 'not met'})")
+            continue
+        result.jobs[name] = _run_job(result, name, job, workflow, contexts, checkout, runner_env, not_run, say,
+                                     step_timeout_s)
+    return result
+
+
+def _needs(job: dict) -> list[str]:
+    needs = job.get("needs", [])
+    return [needs] if isinstance(needs, str) else list(needs)
+
+
+def _run_job(result: WorkflowRun, name: str, job: dict, workflow: dict, contexts: Mapping[str, str],
+             checkout: Callable[[str], Path], runner_env: Callable[[str], dict], not_run: Mapping[str, str],
+             say: Callable[[str], None], step_timeout_s: float) -> str:
+    workdir = checkout(name)
+    env = dict(runner_env(name))
+    for scope in (workflow.get("env") or {}, job.get("env") or {}):
+        env.update({key: substitute(value, contexts) for key, value in scope.items()})
+    for number, step in enumerate(job["steps"], 1):
+        label = step.get("name") or step.get("uses") or step.get("run")
+        if "uses" in step:
+            action = step["uses"].split("@")[0]
+            if action not in HOSTED_ACTIONS:
+                raise WorkflowError(f"{name} step {number}: uses {step['uses']}, not a known GitHub-hosted action")
+            result.steps.append(StepResult(name, label, step["uses"], None, why="GitHub-hosted action"))
+            continue
+        command = substitute(step["run"], contexts).strip()
+        if command in not_run:
+            result.steps.append(StepResult(name, label, command, None, why=not_run[command]))
+            say(f"{result.name} / {name} / {label}: not run ({not_run[command]})")
+            continue
+        step_env = {**env, **{k: substitute(v, contexts) for k, v in (step.get("env") or {}).items()}}
+        done = _run_step(name, label, command, workdir, step_env, step_timeout_s)
+        result.steps.append(done)
+        say(f"{result.name} / {name} / {label}: exit {done.returncode} in {done.seconds:.1f} s")
+        if done.returncode != 0:
+            return "failure"
+    return "success"
+
+
+def _run_step(job: str, label: str, command: str, workdir: Path, env: dict, timeout_s: float) -> StepResult:
+    started = time.monotonic()
+    process = subprocess.Popen(["bash", "-e", "-c", command], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, errors="replace")
+    lines: list[tuple[float, str]] = []
+    watchdog = threading.Timer(timeout_s, process.kill)  # a step that hangs fails (killed: exit -9)
+    watchdog.start()
+    try:
+        for line in process.stdout:
+            lines.append((time.monotonic(), line.rstrip("\n")))
+        process.wait()
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return StepResult(job, label, command, process.returncode, time.monotonic() - started,
+                      "\n".join(line for _, line in lines), lines=lines)
+
+
+def runner_environment(**extra: str) -> dict:
+    """A clean runner's environment: none of this test process's project, MLflow or pytest variables, and
+    not this test's virtual environment on PATH (each job's make targets use its own clone's .venv)."""
+    venv_bin = str(Path(os.environ.get("VIRTUAL_ENV", "/nonexistent")) / "bin")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SHELFCAST_", "MLFLOW_", "FLUENTD_", "ELASTICSEARCH_", "PYTEST", "VIRTUAL_ENV",
+                                "PYTHON", "AWS_", "GITHUB_"))}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
+    env.update(CI="true", DVC_NO_ANALYTICS="1", **extra)
+    return env
