@@ -96,11 +96,11 @@ def test_changed_params_or_data_since_evaluation_are_refused(trained_project, ti
     assert "the data changed since the evaluation" in capsys.readouterr().err
 
 
-def test_a_candidate_no_mlflow_run_made_is_refused(trained_project, capsys, monkeypatch, tmp_path):
-    """The run that made the bundle is found in MLflow by its digest; another (empty) store has none."""
-    root, _ = trained_project
+def test_a_candidate_no_mlflow_run_made_is_refused(trained_project, capsys):
+    """The run that made the bundle is found in MLflow by its digest; once it is deleted there is none."""
+    root, summary = trained_project
     assert evaluate.main(["--root", str(root)]) == 0
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{(tmp_path / 'elsewhere.db').as_posix()}")
+    tracking.client(root).delete_run(summary["run_id"])
     assert promote.main(["--root", str(root)]) == promote.REFUSED
     assert "no finished MLflow training run" in capsys.readouterr().err
     assert not (root / "models/production").exists()
