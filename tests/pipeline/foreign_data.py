@@ -15,6 +15,8 @@ contract of README "Bring your own data") into a directory, deterministically:
   all zeros, flagged unknown), and fewer training origins than the default 13.
 
 ``TOO_SHORT`` (130 days) is too short for one training origin: train must say so and which params to lower.
+``FIVE_MONTHS`` (165 days) trains on one origin, has no room for a second backtest window (evaluate must say
+so), and with one window its model is worse than the baseline: the gate must refuse it, saying by how much.
 
 Demand: an item level, the shape's own weekly cycle and yearly season, holiday
 and promotion effects, Poisson counts; a day without sales has no row (Kaggle's
@@ -73,6 +75,9 @@ FOREIGN_SHAPES: dict[str, ForeignShape] = {shape.name: shape for shape in (
 
 # Too short to train on: the features' longest window (112 days) and two 16-day horizons need 144 days.
 TOO_SHORT = ForeignShape("too_short", stores=(1,), items=40, start="2022-01-03", days=130, seed=7)
+# Trains (one origin: 960 examples), but too short for a second backtest window, and too little to beat the baseline.
+FIVE_MONTHS = ForeignShape("five_months", stores=(1,), items=60, start="2022-01-03", days=165, seed=8)
+SHORT_SHAPES = {shape.name: shape for shape in (TOO_SHORT, FIVE_MONTHS)}
 
 
 def _dates(shape: ForeignShape) -> np.ndarray:
