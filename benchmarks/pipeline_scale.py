@@ -59,6 +59,14 @@ def _worker_rss_gb() -> float:
     return psutil.Process().memory_info().rss / GB
 
 
+def _worker_cpu_s() -> float:
+    """CPU seconds the worker process has used so far (user + system)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _worker_peak_rss_gb() -> float:
     """Peak resident memory of the worker process since it started (ru_maxrss is KiB on Linux)."""
     import resource
@@ -125,8 +133,9 @@ def scaled_params(scale: float | None, compression: str, stores: int | None = No
     return params
 
 
-def run_stage(stage: str, workdir: Path, scheduler: str | None = None) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS in GB, exit code) of one stage process (on the Dask ``scheduler`` if given)."""
+def run_stage(stage: str, workdir: Path, scheduler: str | None = None) -> tuple[float, float, int, float]:
+    """(wall seconds, peak RSS in GB, exit code, CPU seconds) of one stage process (on the Dask ``scheduler``
+    if given)."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop(SCHEDULER_ENV, None)
     if scheduler:
@@ -136,7 +145,8 @@ def run_stage(stage: str, workdir: Path, scheduler: str | None = None) -> tuple[
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
-    return wall, usage.ru_maxrss / (1024 ** 2), process.returncode  # ru_maxrss is in KiB on Linux
+    # ru_maxrss is in KiB on Linux
+    return wall, usage.ru_maxrss / (1024 ** 2), process.returncode, usage.ru_utime + usage.ru_stime
 
 
 def training_rates(workdir: Path, steps: int) -> dict:
@@ -234,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     worker_peaks: dict[str, float] = {}
     single = None  # --compare: (wall s, peak RSS GB) of the features built in one process
     rates = None  # --train-steps: training_rates()
+    cpu: dict[str, tuple[float, dict[str, float]]] = {}  # stage -> (its process's CPU s, {worker: CPU s})
     try:
         if label == "P4":
             cluster, client = start_cluster(args.workers, args.worker_memory)
@@ -241,12 +252,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.worker_memory} each", flush=True)
         for stage in stages:
             if client is not None:
+                cpu_before = client.run(_worker_cpu_s)
                 with WorkerMemory(client) as memory:
-                    wall, rss_gb, code = run_stage(stage, workdir, cluster.scheduler_address)
+                    wall, rss_gb, code, cpu_s = run_stage(stage, workdir, cluster.scheduler_address)
                 workers = dict(memory.sampled)
+                workers_cpu = {w: t - cpu_before.get(w, 0.0) for w, t in client.run(_worker_cpu_s).items()}
             else:
-                wall, rss_gb, code = run_stage(stage, workdir)
-                workers = {}
+                wall, rss_gb, code, cpu_s = run_stage(stage, workdir)
+                workers, workers_cpu = {}, {}
             if code == THRESHOLD_FAILED and stage == "evaluate":
                 print(f"{label}: evaluate ran to the end; its threshold test failed (timed all the same)",
                       file=sys.stderr)
@@ -254,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label}: stage {stage} failed with exit code {code}", file=sys.stderr)
                 return 1
             results.append((stage, wall, rss_gb, workers))
-            print(f"{label}: {stage} {wall:.1f} s, peak RSS {rss_gb:.2f} GB"
-                  + "".join(f", worker {i} {w:.2f} GB" for i, w in enumerate(workers.values())), flush=True)
+            cpu[stage] = (cpu_s, workers_cpu)
+            print(f"{label}: {stage} {wall:.1f} s, peak RSS {rss_gb:.2f} GB, {cpu_s:.1f} CPU-s"
+                  + "".join(f", worker {i} {w:.2f} GB" for i, w in enumerate(workers.values()))
+                  + "".join(f", worker {i} {t:.1f} CPU-s" for i, t in enumerate(workers_cpu.values())), flush=True)
         if client is not None:
             worker_peaks = WorkerMemory(client).peaks()
         grid_rows = pq.ParquetFile(workdir / "data/prepared/sales.parquet").metadata.num_rows
@@ -269,12 +284,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"({rates['steps']} steps)", flush=True)
         if label == "P4" and args.compare:
             shutil.rmtree(shards, ignore_errors=True)  # the one-process build writes (and is timed writing) them anew
-            wall, rss_gb, code = run_stage(FEATURE_STAGE, workdir)
+            wall, rss_gb, code, cpu_s = run_stage(FEATURE_STAGE, workdir)
             if code != 0:
                 print(f"{label}: one-process {FEATURE_STAGE} failed with exit code {code}", file=sys.stderr)
                 return 1
-            single = (wall, rss_gb)
-            print(f"{label}-single: {FEATURE_STAGE} in one process {wall:.1f} s, peak RSS {rss_gb:.2f} GB", flush=True)
+            single = (wall, rss_gb, cpu_s)
+            print(f"{label}-single: {FEATURE_STAGE} in one process {wall:.1f} s, peak RSS {rss_gb:.2f} GB, "
+                  f"{cpu_s:.1f} CPU-s", flush=True)
     finally:
         if client is not None:
             client.close()
@@ -303,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
               f"for {example_rows:,} rows on {args.workers} workers")
     if single is not None:
         features_wall = next(r[1] for r in results if r[0] == FEATURE_STAGE)
-        print(f"features in one process: {single[0]:.1f} s, peak RSS {single[1]:.2f} GB "
-              f"(on {args.workers} workers: {features_wall:.1f} s, {single[0] / features_wall:.2f}x)")
+        stage_cpu, workers_cpu = cpu[FEATURE_STAGE]
+        print(f"features in one process: {single[0]:.1f} s, peak RSS {single[1]:.2f} GB, {single[2]:.1f} CPU-s "
+              f"(on {args.workers} workers: {features_wall:.1f} s, {single[0] / features_wall:.2f}x; "
+              f"{stage_cpu:.1f} CPU-s in the stage process + {sum(workers_cpu.values()):.1f} on the workers)")
     limit_gb = None
     if label == "P4":
         from dask.utils import parse_bytes
@@ -315,17 +333,19 @@ def main(argv: list[str] | None = None) -> int:
         within = total_wall <= target_wall_s and peak <= target_rss_gb
     if args.json:
         for stage, wall, rss, workers in results:
-            record = {"id": f"{label}.{stage}", "wall_s": round(wall, 2), "peak_rss_gb": round(rss, 3)}
+            record = {"id": f"{label}.{stage}", "wall_s": round(wall, 2), "peak_rss_gb": round(rss, 3),
+                      "cpu_s": round(cpu[stage][0], 2)}
             if label == "P4":
                 record["worker_peak_rss_gb"] = [round(w, 3) for w in workers.values()]
+                record["worker_cpu_s"] = [round(t, 2) for t in cpu[stage][1].values()]
             print(json.dumps(record))
         if rates:
             print(json.dumps({"id": f"{label}.train_stream", **{k: round(v, 3) if isinstance(v, float) else v
                                                                  for k, v in rates.items()}}))
         if single is not None:
             print(json.dumps({"id": f"{label}-single.{FEATURE_STAGE}", "wall_s": round(single[0], 2),
-                              "peak_rss_gb": round(single[1], 3)}))
-        total = {"id": label, "scale": None if args.default_scale else args.scale, "stores": stores,
+                              "peak_rss_gb": round(single[1], 3), "cpu_s": round(single[2], 2)}))
+        total = {"id": label, "scale": None if args.default_scale or args.stores else args.scale, "stores": stores,
                  "wall_s": round(total_wall, 2), "peak_rss_gb": round(peak, 3),
                  "rss_ratio": round(peak / target_rss_gb, 3), "unit": "s", "grid_rows": grid_rows}
         if target_wall_s is not None:

@@ -52,3 +52,18 @@ def test_p3_runs_every_stage_through_evaluate_within_the_memory_target():
     assert [r["id"] for r in records] == ["P3.download", "P3.prepare", "P3.split", "P3.train", "P3.evaluate", "P3"]
     total = records[-1]
     assert total["stores"] == 1 and total["peak_rss_gb"] <= 8 and code in (0, 2), total
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_p4_builds_the_features_on_two_workers_each_within_its_memory_limit():
+    """P4's plumbing at one store (the figures in BENCHMARKS.md are measured by hand at a larger scale)."""
+    code, records = _run("--through", "features", "--stores", "1", "--compare", "--train-steps", "20",
+                         timeout=30 * 60)
+    assert [r["id"] for r in records] == ["P4.download", "P4.prepare", "P4.split", "P4.feature_shards",
+                                          "P4.train_stream", "P4-single.feature_shards", "P4"]
+    total = records[-1]
+    assert total["stores"] == 1 and total["workers"] == 2 and total["training_examples"] > 500_000
+    assert len(total["worker_peak_rss_gb"]) == 2 and code == 0, total
+    assert all(0 < peak <= total["worker_memory_limit_gb"] for peak in total["worker_peak_rss_gb"])
+    assert records[4]["train_step_ms"] > 0 and records[4]["read_rows_per_s"] > 0
