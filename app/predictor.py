@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gc
 import logging
 import threading
 import time
@@ -198,6 +199,19 @@ def load_model(path: Path) -> LoadedModel:
     return model
 
 
+def collect_replaced_models() -> None:
+    """Collect what replaced models left in reference cycles (~1,200 objects of a graph), then freeze again.
+
+    Under gunicorn the heap is frozen once the app has loaded (app/gunicorn_conf.py), so full
+    collections skip it; objects frozen there are never collected, so a model dropped after
+    a hot reload would stay. One full collection (~60-80 ms of CPU), in the reload thread, at the
+    first check after a swap. Nothing to do where nothing is frozen (tests, `python -m app`)."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+
+
 class Predictor:
     """Holds the current model and replaces it when a valid new bundle appears at ``path``."""
 
@@ -209,6 +223,7 @@ class Predictor:
         self._checking = threading.Lock()  # one check/load at a time
         self._next_check = 0.0
         self._refused: Signature | None = None  # a broken directory state, not retried until it changes
+        self._replaced = False  # a model was swapped out: collect it at the next check (requests are done with it)
         self.last_error: str | None = None
 
     @property
@@ -242,6 +257,9 @@ class Predictor:
 
     def _check(self) -> bool:
         self._next_check = self._clock() + self.reload_interval_s
+        if self._replaced:
+            self._replaced = False
+            collect_replaced_models()
         signature = directory_signature(self.path)
         current = self._model
         if signature is None or signature == self._refused or (current is not None and signature == current.signature):
@@ -259,6 +277,7 @@ class Predictor:
             current.signature = model.signature  # same bundle re-installed: nothing to swap
             return False
         self._model = model  # one reference assignment: requests in flight keep the model they took
+        self._replaced = current is not None
         self._refused = None
         self.last_error = None
         log.info("serving model %s %s from %s (digest %s)", model.name, model.version, self.path,

@@ -5,14 +5,17 @@ its headers and then stalls holds that thread while the app reads the body. Here
 body is read (into memory, at most SHELFCAST_MAX_BODY_BYTES, whether sent with a
 Content-Length or chunked: over it -> 413) by the connection's thread before the app is
 entered, with a socket timeout (SHELFCAST_BODY_TIMEOUT_S: a stalled body -> 408 and the
-thread is free again). The app itself then runs under a per-process lock, so the extra
-threads that wait on slow clients never compete for the GIL with a forecast being made
-(CPU-bound Python: one at a time per process is fastest). A buffering proxy in front
+thread is free again). The app itself then runs one request at a time per process, so the
+extra threads that wait on slow clients never compete for the GIL with a forecast being made
+(CPU-bound Python: one at a time per process is fastest), and in the order the requests
+arrived (`ArrivalOrder`): a plain lock lets a newly arrived request overtake those already
+waiting, so under a queue some wait many turns — the latency tail (BENCHMARKS.md S1). A buffering proxy in front
 (nginx in docker-compose.yml) does the same for the whole connection.
 """
 
 from __future__ import annotations
 
+import collections
 import io
 import socket
 import threading
@@ -23,6 +26,38 @@ BODY_TIMED_OUT = "shelfcast.body_timed_out"
 CHUNK = 64 * 1024
 
 
+class ArrivalOrder:
+    """A lock that lets waiting threads in first come, first served: the holder hands it to the
+    longest waiter, so it is never free for a newcomer while others wait."""
+
+    def __init__(self) -> None:
+        self._state = threading.Lock()
+        self._held = False
+        self._waiting: collections.deque[threading.Lock] = collections.deque()
+
+    def __enter__(self) -> "ArrivalOrder":
+        with self._state:
+            if not self._held:
+                self._held = True
+                return self
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiting.append(turn)
+        turn.acquire()  # released by the previous holder's __exit__: the gate is ours now
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._state:
+            if self._waiting:
+                self._waiting.popleft().release()  # handed over: stays held
+            else:
+                self._held = False
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+
 class BufferedRequests:
     """WSGI middleware; the app reads `environ[BODY_TOO_LARGE]` / `[BODY_TIMED_OUT]` and answers 413 / 408."""
 
@@ -30,7 +65,7 @@ class BufferedRequests:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
-        self._one_at_a_time = threading.Lock()
+        self._one_at_a_time = ArrivalOrder()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         if _has_body(environ):

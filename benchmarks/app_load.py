@@ -12,6 +12,10 @@ After the timed run the app is stopped (SIGTERM: workers flush their events), th
 receiver; the events carrying this run's request ids are counted. Figures: requests/s, p50
 and p99 latency as the clients see it, errors (non-200 or connection failures), and events
 received versus requests answered (target: p99 <= 20 ms, 0 errors, events = requests).
+Also reported: how the clients' keep-alive connections were spread over the workers,
+sampled mid-run (Linux /proc). A connection stays with the worker that accepted it, and
+who accepts is a race, so a run can put 6 of 8 clients on one worker: its queue, not the
+code, then sets the p99. Compare runs with the same split, or several runs.
 
     python benchmarks/app_load.py [--bundle DIR] [--clients 8] [--seconds 30] [--json]
 """
@@ -28,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -168,6 +173,28 @@ def run_clients(url: str, bodies: list[bytes], clients: int, seconds: float,
     return latencies, sum(c[1] for c in collected), {r for c in collected for r in c[2]}, seconds
 
 
+def connections_per_worker(app_pid: int, port: int) -> list[int]:
+    """Established connections to `port` held by each worker of the gunicorn at `app_pid`, largest
+    first ([] where /proc is not Linux's)."""
+    try:
+        workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                   and (p / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(app_pid)]
+        established = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # 01: ESTABLISHED
+                    established.add(fields[9])  # the socket's inode
+        counts = []
+        for pid in workers:
+            inodes = {os.readlink(fd)[8:-1] for fd in Path(f"/proc/{pid}/fd").iterdir()
+                      if os.readlink(fd).startswith("socket:[")}
+            counts.append(len(inodes & established))
+    except (OSError, IndexError, ValueError):  # a process gone mid-read, or no Linux /proc
+        return []
+    return sorted(counts, reverse=True)
+
+
 def stop(process: subprocess.Popen, timeout_s: float) -> None:
     process.send_signal(signal.SIGTERM)
     try:
@@ -211,7 +238,12 @@ def measure(bundle: Path, clients: int, seconds: float, workers: int, threads: i
                 bodies = request_bodies(url)
                 # Not timed: fills caches, opens connections.
                 warm_up = run_clients(url, bodies, clients, warm_up_s, "s1-warm-")
+                split: list[list[int]] = []  # sampled mid-run, while every client holds its connection
+                sampler = threading.Timer(1.0 + seconds / 2, lambda: split.append(
+                    connections_per_worker(app.pid, int(url.rsplit(":", 1)[1]))))
+                sampler.start()
                 latencies, errors, answered, _ = run_clients(url, bodies, clients, seconds, "s1-run-")
+                sampler.cancel()
             finally:
                 stop(app, timeout_s=60)  # workers flush their events to the receiver on exit
             log_tail = (workdir / "gunicorn.log").read_text(encoding="utf-8")[-2000:]
@@ -225,7 +257,8 @@ def measure(bundle: Path, clients: int, seconds: float, workers: int, threads: i
         "errors": errors, "answered_incl_warm_up": len(all_answered), "events_received": events,
         "duplicate_events": duplicates, "missing_events": len(all_answered - event_requests),
         "events_equal_requests": events == len(all_answered) and duplicates == 0 and event_requests == all_answered,
-        "clients": clients, "workers": workers, "threads": threads, "log_tail": log_tail if errors else "",
+        "clients": clients, "workers": workers, "threads": threads,
+        "connections_per_worker": split[0] if split else [], "log_tail": log_tail if errors else "",
     }
 
 
@@ -260,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [["requests/s", f"{figures['requests_per_s']:.0f}"], ["p50", f"{figures['p50_ms']:.2f} ms"],
                 ["p99", f"{figures['p99_ms']:.2f} ms (target <= {TARGET_P99_MS:g} ms)"],
                 ["errors", str(figures["errors"])],
+                ["client connections per worker", "/".join(map(str, figures["connections_per_worker"])) or "n/a"],
                 ["events received / requests answered",
                  f"{figures['events_received']} / {figures['answered_incl_warm_up']} (incl. warm-up; duplicates "
                  f"{figures['duplicate_events']}, missing {figures['missing_events']})"],

@@ -163,3 +163,27 @@ def test_served_forecasts_equal_the_bundles_own_for_every_store_and_item(served)
     np.testing.assert_array_equal(ours.units, model.bundle.predict_features(full))
     one = model.forecast(stores[-1:], items[-1:], days[-1:], promo[-1:])
     np.testing.assert_allclose(one.units, ours.units[-1:], rtol=1e-5)  # one row runs the engine's compiled path
+
+
+def test_a_replaced_model_is_collected_even_when_the_heap_was_frozen(production_dir, app_bundles):
+    """gunicorn workers freeze their start-up heap (app/gunicorn_conf.py); a model swapped out later
+    must still be freed, reference cycles and all."""
+    import gc
+    import weakref
+
+    from app.predictor import Predictor
+
+    predictor = Predictor(production_dir, reload_interval_s=60.0)
+    assert predictor.check_now() is True
+    gc.collect()
+    gc.freeze()
+    try:
+        old = weakref.ref(predictor.model.bundle.model.graph)  # the graph sits in reference cycles
+        copy_bundle(app_bundles[1], production_dir)
+        assert predictor.check_now() is True
+        gc.collect()
+        assert old() is not None  # frozen: a plain collection leaves it
+        predictor.check_now()  # the next check collects what the swap dropped
+        assert old() is None
+    finally:
+        gc.unfreeze()

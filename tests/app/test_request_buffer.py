@@ -1,10 +1,13 @@
-"""app/request_buffer.py on its own: sized and chunked bodies limited alike, never a read past a declared length."""
+"""app/request_buffer.py on its own: sized and chunked bodies limited alike, never a read past a declared length,
+requests let into the app in the order they arrived."""
 
 from __future__ import annotations
 
 import io
+import threading
+import time
 
-from app.request_buffer import BODY_TOO_LARGE, BufferedRequests
+from app.request_buffer import BODY_TOO_LARGE, ArrivalOrder, BufferedRequests
 
 
 def echo(environ, start_response):
@@ -36,3 +39,29 @@ def test_never_reads_past_the_declared_length():
 
 def test_an_unterminated_stream_without_a_length_is_not_read():
     assert call({"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input": io.BytesIO(b"x" * 10)}) == "0 0 False"
+
+
+def test_waiting_requests_enter_in_arrival_order_and_a_newcomer_queues_behind_them():
+    gate, entered = ArrivalOrder(), []
+
+    def request(name: str) -> None:
+        with gate:
+            entered.append(name)
+
+    gate.__enter__()  # a request being answered
+    waiting = []
+    for k in range(5):
+        waiting.append(threading.Thread(target=request, args=(f"waiting-{k}",)))
+        waiting[-1].start()
+        deadline = time.monotonic() + 10
+        while gate.waiting < k + 1:  # each queues before the next arrives
+            assert time.monotonic() < deadline, "a request never started waiting"
+            time.sleep(0.001)
+    gate.__exit__(None, None, None)  # handed to waiting-0: never free in between
+    newcomer = threading.Thread(target=request, args=("newcomer",))
+    newcomer.start()
+    for thread in [*waiting, newcomer]:
+        thread.join(10)
+    assert entered == [f"waiting-{k}" for k in range(5)] + ["newcomer"]
+    with gate:  # free again once nobody waits
+        assert gate.waiting == 0
