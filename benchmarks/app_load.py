@@ -107,12 +107,17 @@ def wait_until_ready(process: subprocess.Popen, url: str, log_path: Path, timeou
         time.sleep(0.2)
 
 
-def request_bodies(url: str, count: int = 256) -> list[bytes]:
-    """One-row bodies over the model's stores, items and horizon days (deterministic)."""
-    with urllib.request.urlopen(f"{url}/api/v1/model", timeout=10) as response:
-        model = json.loads(response.read())
-    with urllib.request.urlopen(f"{url}/api/v1/items?limit=50", timeout=10) as response:
-        items = [i["item_nbr"] for i in json.loads(response.read())["items"]]
+def request_bodies(url: str, count: int = 256, client=None) -> list[bytes]:
+    """One-row bodies over the model's stores, items and horizon days (deterministic); from the app at
+    `url`, or through a Flask test `client`."""
+    def get(path: str) -> dict:
+        if client is not None:
+            return client.get(path).get_json()
+        with urllib.request.urlopen(f"{url}{path}", timeout=10) as response:
+            return json.loads(response.read())
+
+    model = get("/api/v1/model")
+    items = [i["item_nbr"] for i in get("/api/v1/items?limit=50")["items"]]
     stores = [store["store_nbr"] for store in model["stores"]]
     start = dt.date.fromisoformat(model["horizon"]["first_date"])
     days = [(start + dt.timedelta(days=k)).isoformat() for k in range(model["horizon"]["days"])]
@@ -262,6 +267,50 @@ def measure(bundle: Path, clients: int, seconds: float, workers: int, threads: i
     }
 
 
+def cpu_per_request(bundle: Path, requests: int) -> dict:
+    """CPU per one-row prediction in one process (Flask's test client, no HTTP server), events sent to the
+    real receiver: the request thread's, and every thread's (event delivery, GC) until the sink has closed.
+
+    Unlike latency on a shared machine, CPU time barely moves with other work, so it compares two
+    versions of the app fairly (`--cpu-per-request N`, run from each version's checkout)."""
+    import resource
+
+    with tempfile.TemporaryDirectory(prefix="shelfcast-s1-cpu-") as tmp:
+        workdir = Path(tmp)
+        receiver, fluentd_port = start_receiver(workdir / "received.jsonl")
+        try:
+            os.environ.update(SHELFCAST_MODEL_DIR=str(bundle), FLUENTD_HOST="127.0.0.1",
+                              FLUENTD_PORT=str(fluentd_port), SHELFCAST_EVENT_SPOOL=str(workdir / "spool"),
+                              SHELFCAST_PREDICTION_LOG=str(workdir / "predictions.jsonl"))
+            sys.path.insert(0, str(REPO))
+            from app import create_app
+
+            app = create_app()
+            client = app.test_client()
+            bodies = request_bodies("", client=client)
+            for k in range(200):  # not counted: first calls fill caches
+                client.post("/api/v1/predict", data=bodies[k % len(bodies)], content_type="application/json")
+            time.sleep(1.0)
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            process_before, thread_before = usage.ru_utime + usage.ru_stime, time.thread_time()
+            for k in range(requests):
+                response = client.post("/api/v1/predict", data=bodies[k % len(bodies)],
+                                       content_type="application/json")
+                if response.status_code != 200:
+                    raise BenchmarkError(f"POST /api/v1/predict answered {response.status_code}: "
+                                         f"{response.data[:200]!r}")
+            thread_s = time.thread_time() - thread_before
+            app.extensions["shelfcast"].close()  # sends what is left
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            process_s = usage.ru_utime + usage.ru_stime - process_before
+        finally:
+            stop(receiver, timeout_s=10)
+        events = sum(1 for line in (workdir / "received.jsonl").read_text(encoding="utf-8").splitlines()
+                     if json.loads(line).get("tag") == TAG)
+    return {"requests": requests, "request_thread_us": 1e6 * thread_s / requests,
+            "process_us": 1e6 * process_s / requests, "events_received": events, "events_expected": requests + 200}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "models" / "production", help="model bundle to serve")
@@ -273,7 +322,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="connection threads per worker (default 8, as `make serve`)")
     parser.add_argument("--warm-up", type=float, default=2.0, help="untimed seconds of load first (default 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON line (BENCHMARKS.md format)")
+    parser.add_argument("--cpu-per-request", type=int, metavar="N",
+                        help="instead: CPU per request over N requests in one process (no server, no latency)")
     args = parser.parse_args(argv)
+    if args.cpu_per_request:
+        try:
+            cpu = cpu_per_request(args.bundle.resolve(), args.cpu_per_request)
+        except BenchmarkError as exc:
+            print(f"app_load: error: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in cpu.items()}))
+        return 0
     note = common.busy_machine_note(2)
     try:
         figures = measure(args.bundle, args.clients, args.seconds, args.workers, args.threads, args.warm_up)
