@@ -30,3 +30,16 @@ def test_every_request_is_answered_and_logged_to_fluentd_exactly_once(app_bundle
     assert figures["events_received"] == figures["answered_incl_warm_up"]
     assert figures["duplicate_events"] == 0 and figures["missing_events"] == 0
     assert figures["events_equal_requests"] is True
+    if Path("/proc/net/tcp").exists():  # every client's connection is on one of the workers
+        assert sum(figures["connections_per_worker"]) == 4 and len(figures["connections_per_worker"]) == 2
+
+
+def test_cpu_per_request_counts_every_event_through_to_the_receiver(app_bundles):
+    if shutil.which("node") is None:
+        pytest.skip("node not found on PATH: the Fluentd forward-protocol receiver needs Node.js >= 18")
+    run = subprocess.run([sys.executable, "benchmarks/app_load.py", "--bundle", str(app_bundles[0]),
+                          "--cpu-per-request", "50"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert figures["requests"] == 50 and figures["events_received"] == figures["events_expected"] == 250
+    assert 0 < figures["request_thread_us"] <= figures["process_us"]
