@@ -1,33 +1,54 @@
-"""The two pipelines as two runners would run them, sharing only a real MLflow server (started here).
+"""The workflow files run for real: ml-pipeline.yml, then app-pipeline.yml, step by step, as two runners would.
 
-The ML runner (its own directory: a tiny synthetic project) does what ml-pipeline.yml's job
-does — train, evaluate (the gate), promote with SHELFCAST_PROMOTE_ALIAS=shadow — through the
-same modules the make targets call, at a tiny scale. The app runner is another, empty
-directory with nothing but MLFLOW_TRACKING_URI: it does what app-pipeline.yml's release job
-does — `release sync`, then `release deploy` against a running Shelfcast (gunicorn). Three
-runs: a better model is released (shadow, canary, promoted); a deliberately worse one is
-stopped by the gate; a canary that is worse on actual sales is rolled back.
+Each job gets a fresh clone of a "GitHub repository" made from this working tree (tests/delivery/
+runners.py); the clones share nothing but a real MLflow server (started here) and the DVC remote (a
+local directory, committed as the repository's default remote). The jobs' own `run:` steps run in
+order (tests/delivery/actions.py: `${{ }}` from the explicit mapping below, unknown expressions fail;
+GitHub-hosted `uses:` actions are not run — checkout is the fresh clone, setup-python the seeded venv;
+`make test` is not run from inside the suite it belongs to). The serving host is a directory with a
+running Shelfcast (gunicorn) whose release store the app pipeline's self-hosted `release` job points
+at (`vars.SHELFCAST_MODELS_HOST`); users send forecasts while releases happen.
+
+The repository is committed at a small scale (tests/app/tiny_bundle.py's params, with a gate that lets
+a model be at most 20 % worse than the baseline with confidence), so a whole ML pipeline takes well
+under a minute. Once, before the first run, an operator makes the first production model (nothing to
+compare it with). Then:
+1. a better model (another seed): the gate passes, promote registers it as @shadow; the app pipeline
+   fetches, builds, and its release job deploys it — shadow, then canary — and the decision promotes it;
+2. a deliberately worse model (one training step): the gate stops the ML pipeline; the app pipeline,
+   started by a failed run, skips its jobs; nothing is registered, production is unchanged;
+3. a model trained on a broken sales feed (every quantity x100, as if it had switched units: the gate,
+   evaluating on the same feed, passes it): its canary's forecasts are far above production's and the
+   canary check rolls it back.
+Then `make rollback` on the host. Printed: the fresh-runner handoff (ML pipeline start -> canary
+serving) and the rollback times.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
-from pipeline import tracking
+from pipeline import release, tracking
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 
-from .conftest import REPO, tiny_bundle_module
+from .actions import run_workflow, runner_environment
+from .conftest import REPO, evaluate_and_promote, tiny_bundle_module
+from .runners import clone, set_params, source_repository
 
 pytestmark = pytest.mark.slow
 NAME = tracking.REGISTERED_MODEL
+NOT_RUN = {"make test": "the test suite this test runs inside (CI runs it: .ci/run)"}
+# the serving host's runner: a shorter release than the defaults (README "Releases"), so the test stays short
+RELEASE_SETTINGS = {"SHADOW_S": "10", "CANARY_SHARE": "0.5", "OBSERVE_S": "40", "SMOKE_REQUESTS": "60"}
 
 
 @pytest.fixture
@@ -60,93 +81,185 @@ def mlflow_server(tmp_path):
         log.close()
 
 
-def ml_pipeline(root: Path, uri: str, alias: str, seed: int | None = None, min_improvement: float | None = None):
-    """ml-pipeline.yml's job on the ML runner: (re)train, evaluate (the gate), promote; returns promote's exit."""
-    from pipeline import evaluate, promote, train
+class Users:
+    """People using the app during a release: one-row forecasts over the catalog, ~10 a second."""
 
-    tiny = tiny_bundle_module()
-    env = {"MLFLOW_TRACKING_URI": uri, "SHELFCAST_PROMOTE_ALIAS": alias}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        if not (root / "params.yaml").exists():
-            tiny.build_tiny_project(root)
-        else:
-            params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-            if seed is not None:
-                params["train"]["seed"] = seed
-            params["evaluate"]["min_improvement"] = -1.0 if min_improvement is None else min_improvement
-            (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-            train.run(root, quiet=True)
-        if evaluate.main(["--root", str(root), "--quiet"]) != 0:
-            return "gate failed"
-        return promote.main(["--root", str(root), "--quiet"])
+    def __init__(self, url: str, series: list[dict]):
+        self.url, self.series, self.statuses = url, series, []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._send, daemon=True)
+        self.thread.start()
 
+    def _send(self) -> None:
+        n = 0
+        while not self.stop.wait(0.1):
+            body = json.dumps({"instances": [self.series[n % len(self.series)]]}).encode()
+            request = urllib.request.Request(f"{self.url}/api/v1/predict", body, {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    self.statuses.append(answer.status)
+            except urllib.error.HTTPError as exc:
+                self.statuses.append(exc.code)
+            except OSError:
+                self.statuses.append(0)
+            n += 1
 
-def app_pipeline(host: Path, uri: str, url: str, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO),
-           "SHELFCAST_PREDICTION_LOG": str(host / "logs" / "predictions.jsonl")}
-    return subprocess.run([sys.executable, "-m", "pipeline.release", "deploy", "--url", url, "--shadow-s", "5",
-                           "--share", "0.5", "--requests", "120", "--observe-s", "30", *extra], cwd=host, env=env,
-                          capture_output=True, text=True, timeout=600)
+    def close(self) -> list[int]:
+        self.stop.set()
+        self.thread.join(30)
+        return self.statuses
 
 
-def test_two_runners_share_only_the_registry(mlflow_server, tmp_path, monkeypatch):
-    from .test_release import ServedApp
-
-    uri = mlflow_server
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    ml_runner, app_runner = tmp_path / "ml-runner", tmp_path / "app-runner"
-    app_runner.mkdir()
-    client = tracking.client(app_runner)
-    # bootstrap: the first model becomes production directly (nothing to compare it with)
-    assert ml_pipeline(ml_runner, uri, PRODUCTION) == 0
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "pipeline.release", "sync"], cwd=app_runner, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    served = ServedApp(ReleaseStore(app_runner / "models"), app_runner / "logs" / "predictions.jsonl", tmp_path,
-                       None)
-    try:
-        # run 1: a better model, registered as shadow, released through shadow and canary
-        started = time.perf_counter()
-        assert ml_pipeline(ml_runner, uri, SHADOW, seed=4) == 0
-        ml_s = time.perf_counter() - started
-        assert str(client.get_registered_model(NAME).aliases[SHADOW]) == "2"
-        deployed = app_pipeline(app_runner, uri, served.url)
-        handoff_s = time.perf_counter() - started
-        assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
-        assert '"outcome": "promoted"' in deployed.stdout
-        assert {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {PRODUCTION: "2"}
-        print(f"handoff: ML pipeline {ml_s:.1f} s, ML start -> promoted in production {handoff_s:.1f} s")
-
-        # run 2: a deliberately worse model (the gate asks for 50 % better): stopped, nothing registered
-        assert ml_pipeline(ml_runner, uri, SHADOW, seed=5, min_improvement=0.5) == "gate failed"
-        assert {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {PRODUCTION: "2"}
-        assert len(client.search_model_versions(f"name='{NAME}'")) == 2
-
-        # run 3: a canary that is worse on actual sales (production forecast them exactly): rolled back
-        assert ml_pipeline(ml_runner, uri, SHADOW, seed=6) == 0
-        actuals = actual_sales_matching(app_runner / "models" / PRODUCTION, tmp_path / "actuals.csv")
-        deployed = app_pipeline(app_runner, uri, served.url, "--actuals", str(actuals))
-        assert deployed.returncode == 2 and '"outcome": "rolled back"' in deployed.stdout, deployed.stdout[-2000:]
-        aliases = {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()}
-        assert aliases == {PRODUCTION: "2"}
-        assert not (app_runner / "models" / CANARY).exists()
-    finally:
-        served.close()
-
-
-def actual_sales_matching(production_dir: Path, path: Path) -> Path:
-    """A CSV of "actual sales" equal to production's forecasts over its whole catalog and horizon's first day."""
+def catalog_series(bundle: Path) -> list[dict]:
     from app.predictor import load_model
 
-    model = load_model(production_dir)
-    stores, items = sorted(model.catalog.stores), sorted(model.catalog.items)
-    pairs = [(s, i) for s in stores for i in items]
-    day = int(model.horizon_days[0])
-    units = model.forecast([s for s, _ in pairs], [i for _, i in pairs], [day] * len(pairs), [0] * len(pairs)).units
-    rows = ["store_nbr,item_nbr,date,unit_sales"] + [f"{s},{i},{model.first_date.isoformat()},{float(u)}"
-                                                    for (s, i), u in zip(pairs, units)]
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    model = load_model(bundle)
+    first = model.first_date.isoformat()
+    return [{"store_nbr": s, "item_nbr": i, "date": first, "onpromotion": False}
+            for s in sorted(model.catalog.stores) for i in sorted(model.catalog.items)]
+
+
+def broken_feed(raw: Path, path: Path) -> Path:
+    """The same sales files with every quantity x100 (a feed that switched units)."""
+    import shutil
+
+    import pandas as pd
+
+    shutil.copytree(raw, path)
+    train = pd.read_csv(path / "train.csv")
+    train["unit_sales"] = train["unit_sales"] * 100
+    train.to_csv(path / "train.csv", index=False)
     return path
+
+
+def aliases(root: Path) -> dict[str, str]:
+    return {k: str(v) for k, v in tracking.client(root).get_registered_model(NAME).aliases.items()}
+
+
+def deploy_report(step) -> dict:
+    """The JSON report `release deploy` prints last (make may add its own error line after it)."""
+    lines = [line for line in step.output.splitlines() if line.startswith("{")]
+    assert lines, step.output[-3000:]
+    return json.loads(lines[-1])
+
+
+def first_line_at(step, text: str) -> float:
+    found = [at for at, line in step.lines if text in line]
+    assert found, f"{text!r} not in the output of {step.command!r}:\n{step.output[-3000:]}"
+    return found[0]
+
+
+def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, monkeypatch):
+    from .test_release import ServedApp
+
+    uri, began = mlflow_server, time.monotonic()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    repository = source_repository(REPO, tmp_path / "github")
+    remote = tmp_path / "dvc-remote"
+    done = subprocess.run([str(Path(sys.executable).with_name("dvc")), "remote", "add", "-d", "shared", str(remote)],
+                          cwd=repository, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    set_params(repository, "small scale for the test; the DVC remote everyone shares")
+
+    # once, by an operator: the first production model (the same small-scale recipe, seed 3)
+    operator = tmp_path / "operator"
+    tiny_bundle_module().build_tiny_project(operator)
+    evaluate_and_promote(operator, PRODUCTION)
+    host = tmp_path / "host"
+    store, events = ReleaseStore(host / "models"), host / "logs" / "predictions.jsonl"
+    release.sync(host, store)
+    served = ServedApp(store, events, tmp_path, None)
+    series = catalog_series(store.variant_dir(PRODUCTION))
+    user_statuses: list[int] = []
+    print(f"set-up (repository, first production, app): {time.monotonic() - began:.1f} s")
+
+    def ml_pipeline(run: int, data_source: str = ""):
+        contexts = {"vars.MLFLOW_TRACKING_URI": uri, "vars.SHELFCAST_DATA_SOURCE": data_source,
+                    "secrets.DVC_REMOTE_ACCESS_KEY_ID": "", "secrets.DVC_REMOTE_SECRET_ACCESS_KEY": ""}
+        return run_workflow(repository / ".github/workflows/ml-pipeline.yml", contexts,
+                            lambda job: clone(repository, tmp_path / f"run{run}-ml-{job}"),
+                            lambda job: runner_environment(), NOT_RUN)
+
+    def app_pipeline(run: int, ml_run, **settings: str):
+        contexts = {"github.event_name": "workflow_run", "github.event.workflow_run.conclusion": ml_run.conclusion,
+                    "github.repository_owner": "Shelfcast-Demo", "vars.MLFLOW_TRACKING_URI": uri,
+                    "vars.SHELFCAST_URL": served.url, "vars.SHELFCAST_MODELS_HOST": str(store.root),
+                    "vars.SHELFCAST_PREDICTION_LOG": str(events), "vars.ELASTICSEARCH_URL": "",
+                    "secrets.DVC_REMOTE_ACCESS_KEY_ID": "", "secrets.DVC_REMOTE_SECRET_ACCESS_KEY": ""}
+        users = Users(served.url, series)
+        try:
+            return run_workflow(repository / ".github/workflows/app-pipeline.yml", contexts,
+                                lambda job: clone(repository, tmp_path / f"run{run}-app-{job}"),
+                                lambda job: runner_environment(**({**RELEASE_SETTINGS, **settings}
+                                                                  if job == "release" else {})), NOT_RUN)
+        finally:
+            user_statuses.extend(users.close())
+
+    try:
+        # run 1: a better model
+        set_params(repository, "another seed", seed=4)
+        started = time.monotonic()
+        ml = ml_pipeline(1)
+        assert ml.conclusion == "success", [(s.command, s.output[-1500:]) for s in ml.steps if s.returncode]
+        ml_s = time.monotonic() - started
+        assert aliases(host) == {PRODUCTION: "1", SHADOW: "2"}
+        assert "dvc add + push" in ml.step("make promote").output  # the bundle is in the DVC remote too
+        app = app_pipeline(1, ml)
+        assert app.jobs == {"test": "success", "build-publish-deploy": "success", "release": "success"}, \
+            [(s.command, s.output[-2000:]) for s in app.steps if s.returncode]
+        deploy = app.step("make deploy")
+        report = deploy_report(deploy)
+        handoff_s = first_line_at(deploy, "the app serves the canary") - started
+        assert report["outcome"] == "promoted" and report["shadow_verdict"]["figures"]["shadow_predictions"] > 0
+        assert CANARY in report["smoke"] and report["verdict"]["decision"] == "promote"
+        assert aliases(host) == {PRODUCTION: "2"}
+        assert "nothing published" in app.step("make publish-image").output  # no Docker engine here
+        print(f"run 1: ML pipeline {ml_s:.0f} s; fresh-runner handoff (ML pipeline start -> canary serving) "
+              f"{handoff_s:.0f} s; promoted {time.monotonic() - started:.0f} s after the ML pipeline started")
+
+        # run 2: a deliberately worse model: one training step
+        set_params(repository, "a worse model: one training step", seed=4, max_steps=1, eval_every_steps=1)
+        ml = ml_pipeline(2)
+        assert ml.jobs["train-evaluate-promote"] == "failure"
+        failed = [s for s in ml.steps if s.returncode][0]
+        assert failed.command == "make ml-pipeline" and "THRESHOLD TEST FAILED" in failed.output, failed.output[-2000:]
+        app = app_pipeline(2, ml)
+        assert set(app.jobs.values()) == {"skipped"} and not app.steps
+        assert aliases(host) == {PRODUCTION: "2"}
+        assert len(tracking.client(host).search_model_versions(f"name='{NAME}'")) == 2
+        print("run 2: stopped by the gate; the app pipeline skipped")
+
+        # run 3: a model trained on a broken feed; its canary misbehaves (SHADOW_S=0: straight to canary)
+        set_params(repository, "back to the good recipe", seed=4)
+        feed = broken_feed(operator / "data" / "raw", tmp_path / "broken-feed")
+        ml = ml_pipeline(3, data_source=str(feed))
+        assert ml.conclusion == "success", [(s.command, s.output[-1500:]) for s in ml.steps if s.returncode]
+        assert aliases(host) == {PRODUCTION: "2", SHADOW: "3"}
+        app = app_pipeline(3, ml, SHADOW_S="0")
+        deploy = app.step("make deploy")
+        assert app.jobs["release"] == "failure" and deploy.returncode == 2, deploy.output[-3000:]
+        report = deploy_report(deploy)
+        assert report["outcome"] == "rolled back" and "forecast distribution" in report["reason"], report
+        assert report["rollback_s"] is not None
+        assert aliases(host) == {PRODUCTION: "2"}
+        assert not store.variant_dir(CANARY).exists() and not store.variant_dir(SHADOW).exists()
+        print(f"run 3: canary rolled back automatically: {report['reason']}; out of service "
+              f"{report['rollback_s']} s after the check failed")
+
+        # make rollback on the host: production back to the previous version (1)
+        host_checkout = tmp_path / "run3-app-release"
+        env = runner_environment(MLFLOW_TRACKING_URI=uri, SHELFCAST_MODELS_HOST=str(store.root))
+        started = time.monotonic()
+        done = subprocess.run(["make", "rollback"], cwd=host_checkout, env=env, capture_output=True, text=True,
+                              timeout=300)
+        command_s = time.monotonic() - started
+        assert done.returncode == 0, done.stdout + done.stderr
+        digest = tracking.client(host).get_model_version(NAME, "1").tags["serving_digest"]
+        release.wait_for_variant(served.url, PRODUCTION, digest, 60)
+        rollback_s = time.monotonic() - started
+        assert aliases(host) == {PRODUCTION: "1"}
+        print(f"make rollback: {command_s:.1f} s (the command), {rollback_s:.1f} s until the app serves version 1")
+    finally:
+        served.close()
+    assert user_statuses and set(user_statuses) == {200}, sorted(set(user_statuses))  # no user request failed
+    print(f"workflow test: {time.monotonic() - began:.0f} s in all; {len(user_statuses)} user requests, all 200")
