@@ -1,4 +1,8 @@
-"""docs/walkthrough.md cannot rot: its commands run here, in order, against a real registry and Shelfcast."""
+"""docs/walkthrough.md cannot rot: every command of it runs here, in order.
+
+Parts 1-2 (train, gate, promote, the gate broken and fixed) on a fresh clone at the tests' small scale
+(slow + long: `make test-long`); parts 3-5 (releases) against a real registry and a running Shelfcast (slow).
+"""
 
 from __future__ import annotations
 
