@@ -103,3 +103,22 @@ def test_the_command_builds_the_train_stages_shards_on_the_configured_cluster(da
     out = capsys.readouterr().out
     assert f"on {dask_cluster}" in out and "of 2 stores" in out
     assert len(list((root / feature_shards.SHARD_DIR).glob("store=*/part-*.parquet"))) == 2
+
+
+@pytest.mark.slow  # two whole train stages (MLflow run, bundle, drift statistics): ~50 s
+def test_the_train_stage_on_a_cluster_writes_the_candidate_it_writes_in_one_process(dask_cluster, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = copy.deepcopy(TINY_PARAMS)
+    params["train"].update(max_steps=60, eval_every_steps=20)
+    roots = []
+    for name, scheduler in (("here", None), ("there", dask_cluster)):
+        root = write_tiny_project(tmp_path / name)
+        write_params(root, params)
+        if scheduler:
+            monkeypatch.setenv(SCHEDULER_ENV, scheduler)
+        train.run(root, quiet=True)
+        roots.append(root)
+    here, there = (root / train.CANDIDATE_DIR / "weights.npz" for root in roots)
+    assert here.read_bytes() == there.read_bytes()
+    assert not (roots[1] / feature_shards.SHARD_DIR).exists()  # the shards are gone once training finished
