@@ -121,7 +121,8 @@ def build_store_shard(task: StoreTask) -> dict[str, Any]:
     history = task.history
     series, origins = origin_pairs(history.sales.shape[0], task.origins)
     stream = ExampleStream(history, spec, vocab, series, origins, baseline_weeks=None, chunk_rows=task.chunk_rows)
-    origin_order = {col: i for i, col in enumerate(task.origins)}
+    by_column = np.argsort(task.origins)  # origin column -> its index in task.origins (the in-process order)
+    sorted_columns = np.asarray(task.origins, np.int64)[by_column]
     schema = shard_schema(spec)
     rows_written = 0
     with atomic_file(target) as tmp:
@@ -132,7 +133,7 @@ def build_store_shard(task: StoreTask) -> dict[str, Any]:
                 if not len(examples):
                     continue
                 origin_col = np.asarray(rows.origin_day, np.int64) - history.first_day
-                origin_index = np.vectorize(origin_order.__getitem__, otypes=[np.int64])(origin_col)
+                origin_index = by_column[np.searchsorted(sorted_columns, origin_col)]
                 row = ((origin_index * task.n_series + task.series_offset + row_series) * spec.horizon
                        + np.asarray(rows.horizon, np.int64) - 1)
                 writer.write_table(_table(schema, row, examples))
