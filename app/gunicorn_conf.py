@@ -9,6 +9,14 @@ The app is created in each worker after the fork (no preload), so every worker o
 model reference and event sink, and closes the sink on exit so its prediction events are
 sent or left in the shared spool for the other workers.
 
+Each worker listens on a socket of its own (SO_REUSEPORT, Linux) and the kernel spreads new
+connections over them by address hash. With one shared socket the worker that wakes first
+accepts, and on a busy machine one worker often took 7 or all 8 of S1's keep-alive clients
+(12 runs: 4/4 once, 7/1 four times, 8/0 once; with SO_REUSEPORT 4/4 four times, 5/3 five,
+6/2 three). As SO_REUSEPORT would also let a second server share the port unnoticed, the
+master first checks that nothing listens there. Connections still queued on a worker's
+socket when that worker dies are reset instead of going to another worker.
+
 Two settings keep a worker's latency tail short (BENCHMARKS.md S1): the GIL switch
 interval is 1 ms, not CPython's 5 ms, so the event delivery thread, when it sends a batch
 (JSON parsing and msgpack, CPU-bound), hands the GIL back to a request within 1 ms each
@@ -29,6 +37,7 @@ SHELFCAST_ACCESS_LOG ("-" for stdout), PROMETHEUS_MULTIPROC_DIR.
 import gc
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -43,6 +52,7 @@ keepalive = 5
 timeout = 60  # a worker loads and warms up the bundle before it serves
 graceful_timeout = 30  # time to flush prediction events on shutdown
 preload_app = False
+reuse_port = sys.platform == "linux" and not bind.startswith(("unix:", "fd://")) and not bind.endswith(":0")
 accesslog = os.environ.get("SHELFCAST_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("SHELFCAST_LOG_LEVEL", "info")
@@ -58,8 +68,25 @@ GIL_SWITCH_INTERVAL_S = 0.001  # see the module docstring
 gunicorn.http.wsgi.SERVER = "shelfcast"
 
 
+def refuse_a_taken_address(address: str) -> None:
+    """RuntimeError if something already listens at host:port, as a plain bind would report it."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            raise RuntimeError(f"cannot serve at {address}: {exc.strerror} "
+                               "(is another server running there?)") from None
+
+
 def on_starting(server):
-    """Counts from an earlier run must not be added to this one's."""
+    """Counts from an earlier run must not be added to this one's; the address must be free."""
+    if server.cfg.reuse_port:
+        for address in server.cfg.bind:
+            if not address.startswith(("unix:", "fd://")):
+                refuse_a_taken_address(address)
     METRICS_DIR.mkdir(parents=True, exist_ok=True)
     for stale in METRICS_DIR.glob("*.db"):
         stale.unlink()

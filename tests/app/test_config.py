@@ -61,3 +61,24 @@ def test_gunicorn_settings_are_production_ones(monkeypatch):
     spec.loader.exec_module(conf)
     assert conf.bind.endswith(":5005") and conf.preload_app is False and conf.worker_class == "gthread"
     assert "FLASK_DEBUG=0" in conf.raw_env
+
+
+def test_gunicorn_refuses_an_address_another_server_listens_on():
+    """Workers bind with SO_REUSEPORT (one socket each, connections spread by the kernel), which alone
+    would let a second server share the port: the master checks first."""
+    import importlib.util
+    import socket
+
+    import pytest
+
+    path = Path(__file__).resolve().parents[2] / "app" / "gunicorn_conf.py"
+    spec = importlib.util.spec_from_file_location("gunicorn_conf_under_test", path)
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        address = f"127.0.0.1:{other.getsockname()[1]}"
+        with pytest.raises(RuntimeError, match="another server"):
+            conf.refuse_a_taken_address(address)
+    conf.refuse_a_taken_address(address)  # free again
