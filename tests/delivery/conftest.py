@@ -10,12 +10,28 @@ starts a real ``mlflow server`` instead (tests/delivery/test_workflows.py).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def predict_status(url: str, instance: dict) -> int:
+    """POST one instance to the app as a user would: the HTTP status, or 0 when nothing answered."""
+    body = json.dumps({"instances": [instance]}).encode()
+    request = urllib.request.Request(f"{url}/api/v1/predict", body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
 
 
 def tiny_bundle_module():

@@ -20,7 +20,7 @@ from pipeline.bundle import verify_bundle
 from pipeline.registry_fetch import TAG_DIGEST
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 
-from .conftest import REPO
+from .conftest import REPO, predict_status
 
 NAME = tracking.REGISTERED_MODEL
 
@@ -309,15 +309,7 @@ class ServedApp:
     def _users(self) -> None:
         n = 0
         while not self.stop.is_set():
-            body = json.dumps({"instances": [self.series[n % len(self.series)]]}).encode()
-            request = urllib.request.Request(f"{self.url}/api/v1/predict", body, {"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(request, timeout=30) as answer:
-                    self.statuses.append(answer.status)
-            except urllib.error.HTTPError as exc:
-                self.statuses.append(exc.code)
-            except OSError:
-                self.statuses.append(0)
+            self.statuses.append(predict_status(self.url, self.series[n % len(self.series)]))
             n += 1
             time.sleep(0.02)
 

@@ -41,7 +41,7 @@ from pipeline import release, tracking
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 
 from .actions import run_workflow, runner_environment
-from .conftest import REPO, evaluate_and_promote, tiny_bundle_module
+from .conftest import REPO, evaluate_and_promote, predict_status, tiny_bundle_module
 from .runners import clone, set_params, source_repository
 
 pytestmark = pytest.mark.slow
@@ -93,15 +93,7 @@ class Users:
     def _send(self) -> None:
         n = 0
         while not self.stop.wait(0.1):
-            body = json.dumps({"instances": [self.series[n % len(self.series)]]}).encode()
-            request = urllib.request.Request(f"{self.url}/api/v1/predict", body, {"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(request, timeout=30) as answer:
-                    self.statuses.append(answer.status)
-            except urllib.error.HTTPError as exc:
-                self.statuses.append(exc.code)
-            except OSError:
-                self.statuses.append(0)
+            self.statuses.append(predict_status(self.url, self.series[n % len(self.series)]))
             n += 1
 
     def close(self) -> list[int]:
