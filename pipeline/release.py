@@ -62,8 +62,10 @@ MAX_EVENTS = 200_000  # the most recent events one decision reads (a release's t
 MIN_EVENTS = 30  # fewer candidate predictions than this: no decision, keep observing
 MAX_EXTRA_ERROR_RATE = 0.01  # candidate errors may exceed production's by at most 1 point ...
 Z_ONE_SIDED_95 = 1.645  # ... with 95 % one-sided confidence (two-proportion z-test)
-MAX_LATENCY_RATIO = 1.5  # candidate p95 latency at most 1.5x production's ...
-MIN_LATENCY_EXCESS_MS = 5.0  # ... or at most this many ms above it (millisecond jitter is no regression)
+MAX_LATENCY_RATIO = 1.5  # the latency bar: 1.5x production's p95 ...
+MIN_LATENCY_EXCESS_MS = 5.0  # ... and at least this many ms above it (millisecond jitter is no regression)
+SLOW_SHARE = 0.05  # a candidate whose p95 is within the bar has at most 5 % of its answers above it ...
+LATENCY_P_VALUE = 0.05  # ... rolled back only when more lie above it with 95 % one-sided confidence (binomial)
 MAX_FORECAST_SHIFT = 0.5  # |median log1p(candidate) - log1p(production)| on the same requests (or series)
 NWRMSLE_MARGIN = 0.0  # with actuals: candidate NWRMSLE's 95 % bootstrap interval must not lie above production's + this
 
@@ -290,6 +292,22 @@ class Verdict:
     figures: dict
 
 
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), exact (log-space terms; a k at or below the mean gives ~1 quickly)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    total = 0.0
+    for i in range(k, n + 1):  # past the mean the terms only shrink: stop once they no longer count
+        term = math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q)
+        total += term
+        if i > n * p and term < 1e-15 * total:
+            break
+    return min(total, 1.0)
+
+
 def _rmsle(pairs: list[tuple[float, float]]) -> float:
     return math.sqrt(sum((math.log1p(p) - math.log1p(a)) ** 2 for p, a in pairs) / len(pairs))
 
@@ -300,7 +318,9 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
 
     - errors: the candidate's error rate exceeds production's by more than 1 point with 95 %
       one-sided confidence (two-proportion z-test) — or any error at all with < MIN_EVENTS;
-    - latency: the candidate's p95 latency is above 1.5x production's and more than 5 ms above it;
+    - latency: the candidate's p95 latency is above the bar max(1.5x production's p95, production's p95
+      + 5 ms) with 95 % one-sided confidence: more than 5 % of its answers lie above the bar (exact
+      binomial test), so two or three slow answers out of sixty on a busy host are no regression;
     - forecast distribution: the median of log1p(candidate) - log1p(production) over the same
       requests (shadow) or the same store×item×date (canary, when at least MIN_EVENTS are shared; else
       the difference of the two variants' median log1p forecasts) is beyond ±0.5 (a factor of ~1.65);
@@ -327,11 +347,16 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
                            f"({rate:.1%} vs production {base_rate:.1%})")
     if cand.latencies_ms and base.latencies_ms:
         p95c, p95b = float(np.percentile(cand.latencies_ms, 95)), float(np.percentile(base.latencies_ms, 95))
-        figures.update(latency_p95_ms=round(p95c, 2), production_latency_p95_ms=round(p95b, 2))
-        slower = p95c > MAX_LATENCY_RATIO * p95b and p95c - p95b > MIN_LATENCY_EXCESS_MS
-        if slower and len(cand.latencies_ms) >= MIN_EVENTS:
-            reasons.append(f"latency: p95 {p95c:.1f} ms > {MAX_LATENCY_RATIO}x production's {p95b:.1f} ms "
-                           f"and more than {MIN_LATENCY_EXCESS_MS:g} ms above it")
+        bar = max(MAX_LATENCY_RATIO * p95b, p95b + MIN_LATENCY_EXCESS_MS)
+        above = int(np.count_nonzero(np.asarray(cand.latencies_ms) > bar))
+        p_value = binomial_tail(above, len(cand.latencies_ms), SLOW_SHARE)
+        figures.update(latency_p95_ms=round(p95c, 2), production_latency_p95_ms=round(p95b, 2),
+                       latency_bar_ms=round(bar, 2), above_latency_bar=above, latency_p_value=round(p_value, 4))
+        if p_value < LATENCY_P_VALUE and len(cand.latencies_ms) >= MIN_EVENTS:
+            reasons.append(f"latency: {above} of {len(cand.latencies_ms)} {candidate} answers slower than "
+                           f"{bar:.1f} ms (max of {MAX_LATENCY_RATIO}x production's p95 {p95b:.1f} ms and "
+                           f"+{MIN_LATENCY_EXCESS_MS:g} ms): its p95 {p95c:.1f} ms is above that "
+                           f"with 95 % confidence (p = {p_value:.3g})")
     if candidate == SHADOW:
         shared = [(cand.by_request[k], base.by_request[k]) for k in cand.by_request.keys() & base.by_request.keys()]
     else:

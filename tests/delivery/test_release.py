@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline import release, tracking
@@ -199,6 +200,36 @@ def test_the_decision_rule():
     actuals = {(1, n, "2017-08-16"): 3.0 for n in range(100)}
     worse = release.compare(traffic(100, units=4.2), CANARY, actuals)
     assert worse.decision == "rollback" and "live accuracy" in worse.reasons[-1]
+
+
+def test_a_few_slow_answers_on_a_busy_host_are_no_latency_regression():
+    """CI saw a canary rolled back for a few slow answers in sixty (p95 10.2 ms vs production's 3.4 ms) though
+    both arms served the same model code: the latency rule asks for more of them than chance gives."""
+    rng = np.random.default_rng(0)
+
+    def events(variant, latencies):
+        return [{"model_variant": variant, "request_id": f"{variant}{n}", "instance_index": 0, "latency_ms": float(ms),
+                 "output": {"unit_sales": 3.0}, "inputs": {"store_nbr": 1, "item_nbr": n, "date": "2017-08-16"}}
+                for n, ms in enumerate(latencies)]
+
+    production = rng.uniform(2.5, 3.5, 60)
+    outliers = np.concatenate([rng.uniform(2.5, 3.5, 56), [10.2, 10.6, 11.0, 12.5]])  # p95 > 1.5x and +5 ms
+    verdict = release.compare(release.read_traffic(events(PRODUCTION, production) + events(CANARY, outliers)), CANARY)
+    assert verdict.decision == "promote", verdict
+    assert verdict.figures["latency_p95_ms"] > 1.5 * verdict.figures["production_latency_p95_ms"]
+    slower = rng.uniform(9.0, 11.0, 60)  # every answer 3x production's: a real regression
+    verdict = release.compare(release.read_traffic(events(PRODUCTION, production) + events(CANARY, slower)), CANARY)
+    assert verdict.decision == "rollback" and verdict.reasons[0].startswith("latency: 60 of 60"), verdict
+    tail = np.concatenate([rng.uniform(2.5, 3.5, 50), rng.uniform(10.0, 12.0, 10)])  # one answer in six slow
+    verdict = release.compare(release.read_traffic(events(PRODUCTION, production) + events(CANARY, tail)), CANARY)
+    assert verdict.decision == "rollback" and "10 of 60" in verdict.reasons[0], verdict
+
+
+def test_the_binomial_tail_is_exact():
+    assert release.binomial_tail(0, 60, 0.05) == 1.0 and release.binomial_tail(61, 60, 0.05) == 0.0
+    assert abs(release.binomial_tail(7, 60, 0.05) - 0.0296941019548843) < 1e-12  # scipy.stats.binom.sf(6, 60, .05)
+    assert abs(release.binomial_tail(560, 10_000, 0.05) - 0.0035950253817394) < 1e-9
+    assert release.binomial_tail(1, 1, 0.5) == 0.5
 
 
 def test_a_canary_sharing_a_few_series_with_production_is_judged_on_its_forecast_level():
