@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         history = load_history([args.root / train.TRAIN_DATA], days=train.days_needed(fparams),
                                progress=not args.quiet)
         _, _, origins = train.origins(history, fparams)
-        vocab = Vocabularies.fit(history.series_categorical())
+        vocab = train.training_vocabularies(history)
         address = scheduler_address(raw)
         with dask_client(address) as client:
             results = build_shards(history, fparams.spec, vocab, origins, args.out or args.root / SHARD_DIR, client,

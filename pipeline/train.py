@@ -124,6 +124,16 @@ class PreparedTraining:
         return self.train_stream.batch_source(batch_size, seed, self.progress)
 
 
+def training_vocabularies(history: SalesHistory) -> Vocabularies:
+    """The categorical vocabularies a model trained on ``history`` knows (the one rule: the train stage and
+    ``python -m pipeline.feature_shards`` both read it, so their shards carry the same key).
+
+    Of the series that sold in these days only: a backtest window's history is a view of every series,
+    and one that starts later must stay unknown to its model, as a new item is to the candidate."""
+    sold = history.observed.any(axis=1)
+    return Vocabularies.fit({name: values[sold] for name, values in history.series_categorical().items()})
+
+
 def prepare_training(history: SalesHistory, fparams: FeatureParams, baseline_weeks: int, seed: int = 0,
                      progress: bool = False, client=None, shard_dir: Path | None = None) -> PreparedTraining:
     """Origins, vocabularies, the inner validation's examples, and the training examples (held or streamed).
@@ -141,10 +151,7 @@ def prepare_training(history: SalesHistory, fparams: FeatureParams, baseline_wee
     """
     validation_origin, inner_origin, train_origins = origins(history, fparams)
     spec = fparams.spec
-    # Of the series that sold in these days only: a backtest window's history is a view of every series,
-    # and one that starts later must stay unknown to its model, as a new item is to the candidate.
-    sold = history.observed.any(axis=1)
-    vocab = Vocabularies.fit({name: values[sold] for name, values in history.series_categorical().items()})
+    vocab = training_vocabularies(history)
     series, origin = origin_pairs(history.sales.shape[0], train_origins)
     stream = ExampleStream(history, spec, vocab, series, origin, baseline_weeks=None, label="train")
     in_memory = stream.max_rows <= fparams.in_memory_examples

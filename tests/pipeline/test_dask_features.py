@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from pipeline import feature_shards, train
 from pipeline.cluster import SCHEDULER_ENV, dask_client
 from pipeline.features import Vocabularies
-from pipeline.history import build_history
+from pipeline.history import build_history, load_history
 from pipeline.model_params import feature_params, train_params
 from tests.pipeline.models.conftest import TINY_PARAMS, tiny_prepared, write_params, write_tiny_project
 
@@ -103,6 +104,28 @@ def test_the_command_builds_the_train_stages_shards_on_the_configured_cluster(da
     out = capsys.readouterr().out
     assert f"on {dask_cluster}" in out and "of 2 stores" in out
     assert len(list((root / feature_shards.SHARD_DIR).glob("store=*/part-*.parquet"))) == 2
+    # the train stage's own tasks find those shards done (same vocabularies, same key): nothing is rebuilt
+    fparams = feature_params(yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8")))
+    staged = load_history([root / train.TRAIN_DATA], days=train.days_needed(fparams))
+    _, _, origins = train.origins(staged, fparams)
+    tasks = feature_shards.store_tasks(staged, fparams.spec, train.training_vocabularies(staged), origins,
+                                       root / feature_shards.SHARD_DIR)
+    assert all(feature_shards.build_store_shard(task)["reused"] for task in tasks)
+
+
+def test_an_item_that_never_sold_in_the_history_is_unknown_to_the_model(history):
+    """``train.training_vocabularies`` is the one rule (the train stage and ``python -m pipeline.feature_shards``
+    both call it): a series with no row in the history's days adds nothing to the vocabularies."""
+    import dataclasses
+
+    items = history.series_categorical()["item_nbr"]
+    silent_item = items[0]
+    observed = history.observed.copy()
+    observed[items == silent_item, :] = False  # that item has no row in any store in these days
+    vocab = train.training_vocabularies(dataclasses.replace(history, observed=observed))
+    assert str(silent_item) not in vocab.values["item_nbr"]
+    assert str(silent_item) in Vocabularies.fit(history.series_categorical()).values["item_nbr"]
+    assert train.training_vocabularies(history).values == Vocabularies.fit(history.series_categorical()).values
 
 
 @pytest.mark.slow  # two whole train stages (MLflow run, bundle, drift statistics): ~50 s
