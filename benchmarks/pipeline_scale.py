@@ -21,7 +21,11 @@ beside it. Target: every worker within its memory limit, every process <= 8 GB.
     python benchmarks/pipeline_scale.py --scale 0.1  # 10 % of the stores (5), same dates
     python benchmarks/pipeline_scale.py --json       # one JSON object per line as well
     python benchmarks/pipeline_scale.py --default-scale  # params.yaml as it is (the data half of P1)
-    python benchmarks/pipeline_scale.py --through features --stores 54 --compare   # P4 (and one process beside)
+    python benchmarks/pipeline_scale.py --through features --stores 162 --compare   # P4 (and one process beside)
+    python benchmarks/pipeline_scale.py --through split --stores 60 --start-date 2017-07-01   # a short sanity run
+
+``--stores`` may exceed Favorita's 54: the generator adds further stores in its cities
+(pipeline/synthetic.py ``make_stores``; at most params' ``MAX_SYNTHETIC_STORES``).
 """
 
 from __future__ import annotations
@@ -41,13 +45,17 @@ import pyarrow.parquet as pq
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from pipeline.params import MAX_SYNTHETIC_STORES  # noqa: E402 - the repository on the path first
+
 STAGES = ("download", "prepare", "split", "train", "evaluate")
 DATA_STAGES = 3  # P2 and P1-data stop after split
 FEATURE_STAGE = "feature_shards"  # P4's last step: the training examples as shards (pipeline/feature_shards.py)
 # (wall s, peak RSS GB); P1-data: the data stages' share of P1; P4's wall time is reported, not targeted
 TARGETS = {"P2": (15 * 60, 8.0), "P3": (45 * 60, 8.0), "P1-data": (40, 1.5), "P4": (None, 8.0)}
 THRESHOLD_FAILED = 2  # evaluate's exit status when it ran to the end and the gate said no: timed all the same
-FULL_STORES = 54
+FULL_STORES = 54  # Favorita's: what --scale is a fraction of (--stores may ask for more)
+FULL_DATES = ("2013-01-01", "2017-08-15")
 SCHEDULER_ENV = "SHELFCAST_DASK_SCHEDULER"  # pipeline.cluster.SCHEDULER_ENV (benchmarks run the stages as processes)
 GB = 1024 ** 3
 
@@ -120,15 +128,16 @@ def shard_summary(directory: Path) -> tuple[int, int]:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files), sum(f.stat().st_size for f in files)
 
 
-def scaled_params(scale: float | None, compression: str, stores: int | None = None) -> dict:
-    """params.yaml at the given fraction of the 54 stores (or ``stores`` stores) and full dates; as it is for
-    ``None``."""
+def scaled_params(scale: float | None, compression: str, stores: int | None = None,
+                  dates: tuple[str, str] = FULL_DATES) -> dict:
+    """params.yaml at the given fraction of the 54 stores (or ``stores`` stores, any number the generator makes)
+    and full dates (or ``dates``); as it is for ``None``."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     if scale is None:
         return params
     synthetic = params["data"]["synthetic"]
-    synthetic.update(stores=stores or max(1, round(FULL_STORES * scale)), items=4100, start_date="2013-01-01",
-                     end_date="2017-08-15", compression=compression)
+    synthetic.update(stores=stores or max(1, round(FULL_STORES * scale)), items=4100, start_date=dates[0],
+                     end_date=dates[1], compression=compression)
     params["data"]["source"] = "synthetic"
     return params
 
@@ -204,7 +213,11 @@ def training_rates(workdir: Path, steps: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the 54 stores (default 1.0 = full P2)")
-    parser.add_argument("--stores", type=int, help="number of stores (instead of --scale)")
+    parser.add_argument("--stores", type=int,
+                        help=f"number of stores (instead of --scale), up to {MAX_SYNTHETIC_STORES}: past Favorita's "
+                             f"{FULL_STORES} the generator adds stores in its cities")
+    parser.add_argument("--start-date", default=FULL_DATES[0], help="first day of the data (default: %(default)s)")
+    parser.add_argument("--end-date", default=FULL_DATES[1], help="last day of the data (default: %(default)s)")
     parser.add_argument("--default-scale", action="store_true", help="use params.yaml's scale unchanged")
     parser.add_argument("--compression", choices=("gzip", "none"), default="gzip", help="raw CSV compression")
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: a new temporary one)")
@@ -225,11 +238,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--default-scale measures the data stages only (P1-data)")
     if not 0 < args.scale <= 1:
         parser.error("--scale must be in (0, 1]")
-    if args.stores is not None and args.stores < 1:
-        parser.error("--stores must be at least 1")
+    if args.stores is not None and not 1 <= args.stores <= MAX_SYNTHETIC_STORES:
+        parser.error(f"--stores must be in 1 .. {MAX_SYNTHETIC_STORES}")
+    if args.default_scale and (args.start_date, args.end_date) != FULL_DATES:
+        parser.error("--default-scale uses params.yaml's dates: drop --start-date/--end-date")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="shelfcast-p2-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    params = scaled_params(None if args.default_scale else args.scale, args.compression, args.stores)
+    params = scaled_params(None if args.default_scale else args.scale, args.compression, args.stores,
+                           (args.start_date, args.end_date))
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     synthetic = params["data"]["synthetic"]
     stores = synthetic["stores"]

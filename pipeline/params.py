@@ -110,6 +110,11 @@ class _Section:
         return digests
 
 
+# Stores the generator makes: Favorita's 54, then further stores in the same cities (pipeline/synthetic.py);
+# the download stage holds a month of [days, stores, items] draws: ~5 MB a store at 4,100 items.
+MAX_SYNTHETIC_STORES = 1000
+
+
 @dataclass(frozen=True)
 class SyntheticParams:
     seed: int
@@ -152,7 +157,7 @@ def data_params(raw: Mapping[str, Any]) -> DataParams:
     syn = section.sub("synthetic", ("seed", "stores", "items", "start_date", "end_date", "test_days", "compression"))
     synthetic = SyntheticParams(
         seed=syn.integer("seed", 0, 2**63 - 1),
-        stores=syn.integer("stores", 1, 54),
+        stores=syn.integer("stores", 1, MAX_SYNTHETIC_STORES),
         items=syn.integer("items", 33, 100_000),
         start_date=syn.date("start_date"),
         end_date=syn.date("end_date"),

@@ -5,8 +5,9 @@ with non-zero sales only (zero days are absent), negative ``unit_sales`` for
 returns, fractional units for items sold by weight, and ``onpromotion`` empty
 before 2014-04-01; rows are ordered by date, store, item, with ``id`` counting
 from 0. ``test.csv`` holds the ``test_days`` days after the end, every store×item
-with its promotion flag. ``stores.csv`` lists 54 stores in 22 cities of 16
-states with types A–E and 17 clusters, ``items.csv`` ~4,100 items in 33 families
+with its promotion flag. ``stores.csv`` lists Favorita's 54 stores in 22 cities of 16
+states with types A–E and 17 clusters (more when ``data.synthetic.stores`` asks for
+more: see ``make_stores``), ``items.csv`` ~4,100 items in 33 families
 with classes and perishable flags, ``holidays_events.csv`` national, regional and
 local holidays, transfers, bridges, work days and events, ``oil.csv`` the WTI
 price on weekdays with gaps, ``transactions.csv`` one row per open store-day.
@@ -37,15 +38,18 @@ store-days record a return instead (negative units).
 
 Everything is drawn from numpy generators seeded by ``data.synthetic.seed``.
 The data are generated month by month, so the full 54-store, 2013–2017 scale
-(~125 M train rows) never has to fit in memory.
+(~125 M train rows; about three times as many at 162 stores) never has to fit
+in memory: this process holds one month's draws (~5 MB a store at 4,100 items).
 
 train.csv.gz is a series of gzip members, one per month (RFC 1952 allows it;
 gzip, zcat, Python and pandas read it as one file). The draws are one random
 stream, so they stay in this process, but writing the CSV text and compressing
 it (two thirds of the time) is independent per month: on a Dask cluster
 (``pipeline.cluster``) each month's rows go to a worker as an Arrow file in the
-output directory, the worker writes that month's member, and the members are
-concatenated in order: the same bytes as when this process writes them all.
+output directory, one record batch per slice of CSV text, the worker writes that
+month's member a slice at a time (its memory does not grow with the stores), and
+the members are concatenated in order: the same bytes as when this process writes
+them all.
 Months go out in waves (two per worker thread), so the scratch files on disk
 stay bounded whatever the span.
 """
@@ -58,7 +62,7 @@ import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -90,6 +94,10 @@ TYPE_CLUSTERS = {"A": (5, 11, 14, 17), "B": (6, 16), "C": (3, 7, 12, 15), "D": (
 # Stores opening during the period (store_nbr -> first day open).
 LATE_OPENINGS = {20: "2015-02-13", 21: "2015-07-24", 22: "2015-10-09", 29: "2015-03-20",
                  42: "2015-08-21", 52: "2017-04-20", 53: "2014-05-29"}
+FAVORITA_STORES = 54  # stores 1..54: Favorita's; beyond, further stores in the same cities (make_stores)
+# Stores after the 54th: the share that opens during the period, and when it may (Favorita: 7 of 54, 2014-2017).
+EXTRA_LATE_SHARE = 0.13
+EXTRA_OPENINGS = ("2014-01-01", "2017-06-30")
 NEW_YEAR_OPEN_STORE = 25  # on January 1st only this store opens
 
 # (family, share of items, perishable, log10 level of a typical item's daily units)
@@ -121,7 +129,7 @@ RETURN_PROBABILITY = 4e-5
 class Catalog:
     """The static world: stores, items and their latent effects."""
 
-    stores: pd.DataFrame  # all 54 stores, Kaggle columns
+    stores: pd.DataFrame  # stores.csv: Favorita's 54, or more when asked (make_stores); Kaggle columns
     items: pd.DataFrame  # Kaggle columns
     item_family: np.ndarray  # family index per item
     item_popularity: np.ndarray  # log scale
@@ -139,8 +147,56 @@ def _rng(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, *stream])
 
 
-def make_stores() -> pd.DataFrame:
-    """The 54 stores; fixed (not seeded) so a store number means the same store in every run."""
+def make_stores(n: int = FAVORITA_STORES) -> pd.DataFrame:
+    """Stores 1..max(n, 54); fixed (not seeded) so a store number means the same store in every run.
+
+    The first 54 are Favorita's (22 cities, 16 states), the same table whatever ``n``. Store k > 54
+    is a further store in one of those cities, drawn from a generator of its own number (so it is the
+    same store for every ``n`` >= k): the city in proportion to Favorita's stores there (Quito and
+    Guayaquil get most), the type in Favorita's type proportions, a cluster of that type's. The cities
+    stay the 22 of the holiday calendar, so ``holidays_events.csv`` never depends on the scale.
+    """
+    stores = _favorita_stores()
+    if n <= FAVORITA_STORES:
+        return stores
+    extra = [_extra_store(k)[0] for k in range(FAVORITA_STORES + 1, n + 1)]
+    more = pd.DataFrame(
+        {
+            "store_nbr": np.array([row[0] for row in extra], dtype=np.int32),
+            "city": [row[1] for row in extra],
+            "state": [row[2] for row in extra],
+            "type": np.array([row[3] for row in extra]),
+            "cluster": np.array([row[4] for row in extra], dtype=np.int32),
+        }
+    )
+    return pd.concat([stores, more], ignore_index=True)
+
+
+def _extra_store(store_nbr: int) -> tuple[tuple[int, str, str, str, int], np.datetime64]:
+    """Store ``store_nbr`` (> 54): its stores.csv row and the day it opens."""
+    rng = _rng(FAVORITA_STORES, store_nbr)
+    weights = np.array([count for _, _, count in CITIES], dtype=np.float64)
+    city, state, _ = CITIES[int(rng.choice(len(CITIES), p=weights / weights.sum()))]
+    type_names = list(STORE_TYPE_COUNTS)
+    shares = np.array([STORE_TYPE_COUNTS[t] for t in type_names], dtype=np.float64)
+    store_type = type_names[int(rng.choice(len(type_names), p=shares / shares.sum()))]
+    cluster = TYPE_CLUSTERS[store_type][int(rng.integers(len(TYPE_CLUSTERS[store_type])))]
+    first, last = (np.datetime64(day, "D") for day in EXTRA_OPENINGS)
+    late = rng.random() < EXTRA_LATE_SHARE
+    opening = first + int(rng.integers(0, int((last - first).astype(np.int64)) + 1)) if late \
+        else np.datetime64("2000-01-01", "D")
+    return (store_nbr, city, state, store_type, int(cluster)), opening
+
+
+def store_openings(store_nbr: np.ndarray) -> np.ndarray:
+    """The day each store opens (datetime64[D]): Favorita's late openings, or drawn for stores after the 54th."""
+    return np.array([np.datetime64(LATE_OPENINGS[int(s)]) if int(s) in LATE_OPENINGS
+                     else _extra_store(int(s))[1] if int(s) > FAVORITA_STORES
+                     else np.datetime64("2000-01-01") for s in store_nbr], dtype="datetime64[D]")
+
+
+def _favorita_stores() -> pd.DataFrame:
+    """Favorita's 54 stores."""
     rng = _rng(54)
     places = [(city, state) for city, state, count in CITIES for _ in range(count)]
     types = np.array([t for t, n in STORE_TYPE_COUNTS.items() for _ in range(n)])
@@ -161,7 +217,7 @@ def make_stores() -> pd.DataFrame:
     clusters = [TYPE_CLUSTERS[t][rng.integers(len(TYPE_CLUSTERS[t]))] for t in types]
     return pd.DataFrame(
         {
-            "store_nbr": np.arange(1, 55, dtype=np.int32),
+            "store_nbr": np.arange(1, FAVORITA_STORES + 1, dtype=np.int32),
             "city": [p[0] for p in places],
             "state": [p[1] for p in places],
             "type": types,
@@ -210,7 +266,7 @@ def make_catalog(params: SyntheticParams) -> Catalog:
     )
     n_fam = len(FAMILIES)
     return Catalog(
-        stores=make_stores(),
+        stores=make_stores(params.stores),
         items=items,
         item_family=family,
         item_popularity=popularity.astype(np.float32),
@@ -402,8 +458,7 @@ class SalesProcess:
         self.store_item = rng.normal(0.0, 0.45, (n_stores, n_items)).astype(np.float32)
         self.store_joins_promos = rng.random((n_stores, n_items)) < 0.85
         self.store_basket = rng.uniform(7.0, 14.0, n_stores)
-        opening = [np.datetime64(LATE_OPENINGS.get(int(s), "2000-01-01")) for s in self.stores["store_nbr"]]
-        self.store_opening = np.array(opening, dtype="datetime64[D]")
+        self.store_opening = store_openings(self.stores["store_nbr"].to_numpy())
         # Week-long promotion blocks per item, more frequent in later years.
         n_weeks = len(self.days) // 7 + 1
         years = np.arange(n_weeks) * 7 / 365.25 + (params.start_date.year - 2013)
@@ -542,6 +597,13 @@ def write_csv_member(table: pa.Table, sink: BinaryIO, compression: str, header: 
 
     zlib's gzip header carries no time or file name, so the bytes depend on the rows alone.
     """
+    slices = (table.slice(start, CSV_SLICE_ROWS) for start in range(0, table.num_rows, CSV_SLICE_ROWS))
+    _write_csv_slices(slices, table.schema.names, sink, compression, header)
+
+
+def _write_csv_slices(slices: Iterable[pa.Table | pa.RecordBatch], names: list[str], sink: BinaryIO,
+                      compression: str, header: bool) -> None:
+    """``write_csv_member`` from its slices of ``CSV_SLICE_ROWS`` rows: the same slices give the same bytes."""
     if compression not in ("gzip", "none"):
         raise ValueError(f"compression: expected gzip or none, got {compression!r}")
     packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if compression == "gzip" else None
@@ -551,10 +613,10 @@ def write_csv_member(table: pa.Table, sink: BinaryIO, compression: str, header: 
         sink.write(packer.compress(data) if packer is not None else data)
 
     if header:
-        put((",".join(table.schema.names) + "\n").encode("utf-8"))
-    for start in range(0, table.num_rows, CSV_SLICE_ROWS):
+        put((",".join(names) + "\n").encode("utf-8"))
+    for rows in slices:
         text = pa.BufferOutputStream()
-        pacsv.write_csv(table.slice(start, CSV_SLICE_ROWS), text, options)
+        pacsv.write_csv(rows, text, options)
         put(text.getvalue())
     if packer is not None:
         sink.write(packer.flush())
@@ -576,24 +638,41 @@ class MonthPart:
 def write_month_member(part: MonthPart, compression: str) -> int:
     """Task (on a Dask worker): write one month's CSV member; returns its rows.
 
+    The month's Arrow file holds one record batch per CSV slice (``_stage_month``), read and
+    formatted one at a time: the task holds a slice, never the month, so its memory stays the same
+    whatever the number of stores (a month of 162 stores is ~8.5 M rows, ~300 MB as Arrow).
     Idempotent: the member is written under a temporary name and renamed when complete.
     """
-    with pa.memory_map(part.rows) as source:
-        table = pa.ipc.open_file(source).read_all()
-    with atomic_file(part.member) as tmp, open(tmp, "wb") as sink:
-        write_csv_member(table, sink, compression, part.header)
-    return table.num_rows
+    rows = 0
+    with pa.OSFile(part.rows, "rb") as source:  # read a batch at a time (a memory map would keep the month resident)
+        reader = pa.ipc.open_file(source)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            nonlocal rows
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                rows += batch.num_rows
+                yield batch
+
+        with atomic_file(part.member) as tmp, open(tmp, "wb") as sink:
+            _write_csv_slices(batches(), reader.schema.names, sink, compression, part.header)
+    return rows
 
 
 def _stage_month(table: pa.Table, month: np.datetime64, parts_dir: Path, header: bool) -> MonthPart:
-    """Leave a month's rows in the (shared) output directory for a worker to format."""
+    """Leave a month's rows in the (shared) output directory for a worker to format.
+
+    One record batch per slice ``write_csv_member`` would format, so the worker formats the same slices.
+    """
     parts_dir = parts_dir.resolve()  # absolute: a worker's current directory is its own
     part = MonthPart(str(month), str(parts_dir / f"train-{month}.arrow"), str(parts_dir / f"train-{month}.csv.part"),
                      header)
     options = pa.ipc.IpcWriteOptions(compression="lz4")
     with atomic_file(part.rows) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
             pa.ipc.new_file(sink, table.schema, options=options) as writer:
-        writer.write_table(table)
+        for start in range(0, table.num_rows, CSV_SLICE_ROWS):
+            (batch,) = table.slice(start, CSV_SLICE_ROWS).combine_chunks().to_batches()
+            writer.write_batch(batch)
     return part
 
 

@@ -28,7 +28,7 @@ def test_default_params_load():
         ("split", "validation_days", "16", "split.validation_days: expected an integer"),
         ("prepare", "returns", "clip", "prepare.returns: must be one of zero, keep"),
         ("prepare", "grid", None, "prepare.grid: must be one of"),
-        ("synthetic", "stores", 55, "data.synthetic.stores: must be <= 54"),
+        ("synthetic", "stores", 1001, "data.synthetic.stores: must be <= 1000"),
         ("synthetic", "start_date", "2016-02-30", "data.synthetic.start_date: expected a date"),
         ("synthetic", "end_date", "2012-06-01", "data.synthetic.end_date: 2012-06-01 is before start_date"),
         ("synthetic", "compression", "zip", "data.synthetic.compression: must be one of gzip, none"),
