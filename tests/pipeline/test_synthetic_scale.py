@@ -184,3 +184,14 @@ def test_60_stores_on_a_cluster_give_the_same_files(more, tmp_path, dask_cluster
     with dask_client(dask_cluster) as client:
         generate(MORE, tmp_path, progress=False, client=client)
     assert _sha256(tmp_path) == _sha256(out)
+
+
+def test_a_month_of_several_csv_slices_is_the_same_member_on_a_cluster(tmp_path, dask_cluster):
+    """~0.96 M rows in March: two slices of CSV_SLICE_ROWS, formatted one at a time by a worker."""
+    params = SyntheticParams(seed=3, stores=20, items=4100, start_date=dt.date(2017, 3, 1),
+                             end_date=dt.date(2017, 3, 31), test_days=0, compression="gzip")
+    counts = generate(params, tmp_path / "here", progress=False)
+    assert counts["train"] > synthetic.CSV_SLICE_ROWS
+    with dask_client(dask_cluster) as client:
+        generate(params, tmp_path / "cluster", progress=False, client=client)
+    assert _sha256(tmp_path / "cluster") == _sha256(tmp_path / "here")
