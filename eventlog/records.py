@@ -65,8 +65,59 @@ def checked_timestamp(value: Any) -> str:
     )
 
 
+class _Unusual(Exception):
+    """Raised by `_plain` where `to_plain_named` must decide (an error to name, or a rarer type)."""
+
+
 def to_plain(value: Any, path: str, depth: int = 0) -> Any:
-    """`value` as None/bool/int/float/str/list/dict (str keys), or EventContentError naming `path`."""
+    """`value` as None/bool/int/float/str/list/dict (str keys), or EventContentError naming `path`.
+
+    Events are dicts of plain values almost always: `_plain` copies those without building a field
+    path per value (an event has ~80 of them); anything else, and every error, goes through
+    `to_plain_named` from the top, which gives the same value or names the field that cannot be logged.
+    """
+    try:
+        return _plain(value, depth)
+    except _Unusual:
+        return to_plain_named(value, path, depth)
+
+
+def _plain(value: Any, depth: int) -> Any:
+    """`to_plain_named`'s answer for dicts (str keys), lists, tuples, None, bool, float, in-range int and
+    encodable str; _Unusual for anything else."""
+    if depth > MAX_NESTING:
+        raise _Unusual
+    kind = type(value)
+    if value is None or kind is bool or kind is float:
+        return value
+    if kind is str:
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Unusual from None
+        return value
+    if kind is int:
+        if INT64_MIN <= value <= UINT64_MAX:
+            return value
+        raise _Unusual
+    if kind is dict:
+        if value and depth >= MAX_NESTING:  # its values would be one level too deep
+            raise _Unusual
+        plain: dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _Unusual
+            item_kind = type(item)
+            plain[key] = item if item_kind is float or item is None or item_kind is bool else _plain(item, depth + 1)
+        return plain
+    if kind is list or kind is tuple:
+        return [_plain(item, depth + 1) for item in value]
+    raise _Unusual
+
+
+def to_plain_named(value: Any, path: str, depth: int = 0) -> Any:
+    """`to_plain`, keeping each value's field path for the error message."""
     if depth > MAX_NESTING:
         raise EventContentError(f"{path}: nested more than {MAX_NESTING} levels deep (a cycle?)")
     kind = type(value)
@@ -81,23 +132,23 @@ def to_plain(value: Any, path: str, depth: int = 0) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise EventContentError(f"{path}: key {key!r} is a {type(key).__name__}; keys must be strings")
-            plain[str(key)] = to_plain(item, f"{path}.{key}", depth + 1)
+            plain[str(key)] = to_plain_named(item, f"{path}.{key}", depth + 1)
         return plain
     if isinstance(value, (list, tuple)):
-        return [to_plain(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+        return [to_plain_named(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
     if isinstance(value, np.ndarray):
         return array_to_plain(value, path, depth)
     if isinstance(value, np.datetime64):
         return str(np.datetime_as_string(value))
     if isinstance(value, np.generic) and value.dtype.kind in "biuf":
-        return to_plain(value.item(), path, depth)
+        return to_plain_named(value.item(), path, depth)
     if isinstance(value, np.str_):
         return checked_str(str(value), path)
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     for base in (int, float, str):
         if isinstance(value, base):  # a subclass such as IntEnum keeps its value
-            return to_plain(base(value), path, depth)
+            return to_plain_named(base(value), path, depth)
     raise EventContentError(
         f"{path}: a {type(value).__name__} cannot be logged; "
         "pass numbers, strings, booleans, None, lists, dicts, dates or numpy values"
@@ -111,7 +162,7 @@ def array_to_plain(array: np.ndarray, path: str, depth: int) -> Any:
     if kind == "M":
         return np.datetime_as_string(array).tolist()
     if kind in "UO":
-        return to_plain(array.tolist(), path, depth)
+        return to_plain_named(array.tolist(), path, depth)
     raise EventContentError(f"{path}: a numpy array of dtype {array.dtype} cannot be logged")
 
 

@@ -30,6 +30,7 @@ known) and a target day ``origin + horizon`` (horizon 1..16):
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -49,6 +50,11 @@ YEAR_DAYS = 364  # 52 weeks: the year-ago day falls on the same weekday
 YEAR_AGO_WEEK = 3  # the year-ago target week: that day +- 3 days
 YEAR_AGO_BASE_DAYS = 28  # the weeks before the year-ago origin the season's change is measured against
 YEARLY_HISTORY_DAYS = YEAR_DAYS + YEAR_AGO_BASE_DAYS  # the shortest window the yearly features fit in
+# Up to this many rows build_features computes row by row (_build_small: a request's rows), above it with
+# whole-array operations (_build_batch: training, evaluate); both give the same bits (tests/pipeline/models/
+# test_features_small_batch.py). At one row the array version is ~20 NumPy reductions and 8 text conversions,
+# each mostly call overhead.
+SMALL_BATCH_ROWS = 4
 
 
 class FeatureInputError(ValueError):
@@ -162,6 +168,7 @@ class Vocabularies:
             raise FeatureInputError(f"vocabularies: missing field(s) {', '.join(missing)}")
         self.values = {f: sorted({str(v) for v in values[f]}) for f in CATEGORICAL_FIELDS}
         self._sorted = {f: np.asarray(v, dtype=str) for f, v in self.values.items()}
+        self._ids: dict[str, dict[str, int]] = {}  # text -> id, what encode() finds by searchsorted (built on use)
 
     @classmethod
     def fit(cls, categorical: Mapping[str, np.ndarray]) -> Vocabularies:
@@ -180,6 +187,16 @@ class Vocabularies:
         pos_clipped = np.minimum(pos, table.size - 1)
         found = table[pos_clipped] == text
         return np.where(found, pos_clipped + 1, UNKNOWN_ID).astype(np.int32)
+
+    def ids(self, field_name: str) -> dict[str, int]:
+        """Text -> id of one field: ``encode``'s answer for one value by a dict lookup (absent: UNKNOWN_ID)."""
+        table = self._ids.get(field_name)
+        if table is None:
+            table = {}
+            for position, text in enumerate(self._sorted[field_name].tolist()):  # the texts searchsorted compares
+                table.setdefault(text, position + 1)  # the first of equal texts, as searchsorted finds it
+            self._ids[field_name] = table
+        return table
 
     def to_json(self) -> dict:
         return {f: list(v) for f, v in self.values.items()}
@@ -254,9 +271,18 @@ def build_features(spec: FeatureSpec, vocab: Vocabularies, rows: FeatureRows) ->
 
     What depends on the history window alone is computed once per window row
     (``FeatureRows.window``), then spread to the rows using it; the same arithmetic
-    either way, so the features are bit-identical to a row-by-row build.
+    either way, so the features are bit-identical to a row-by-row build. Up to
+    SMALL_BATCH_ROWS rows (a request) take ``_build_small``, the same arithmetic per row
+    without the whole-array calls; more rows (training, evaluate) take ``_build_batch``.
     """
     n = _check_rows(spec, rows)
+    if 0 < n <= SMALL_BATCH_ROWS:
+        return _build_small(spec, vocab, rows, n)
+    return _build_batch(spec, vocab, rows, n)
+
+
+def _build_batch(spec: FeatureSpec, vocab: Vocabularies, rows: FeatureRows, n: int) -> FeatureMatrix:
+    """build_features with whole-array operations (any number of rows; what training runs)."""
     w = spec.history_days
     window = rows.window_index()
     log_sales = np.log1p(np.asarray(rows.sales, dtype=np.float64))
@@ -314,6 +340,117 @@ def build_features(spec: FeatureSpec, vocab: Vocabularies, rows: FeatureRows) ->
                          categorical=np.ascontiguousarray(categorical, dtype=np.int32))
 
 
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+_FIRST_DAY, _LAST_DAY = dt.date.min.toordinal() - _EPOCH_ORDINAL, dt.date(9999, 11, 30).toordinal() - _EPOCH_ORDINAL
+_YEAR_AGO_WEEK_OFFSETS = np.arange(-YEAR_AGO_WEEK, YEAR_AGO_WEEK + 1)
+_DOW_STEPS: dict[int, np.ndarray] = {}  # k -> 7 * arange(k): the columns of the last k same weekdays, latest first
+
+
+def _build_small(spec: FeatureSpec, vocab: Vocabularies, rows: FeatureRows, n: int) -> FeatureMatrix:
+    """build_features row by row, for a request's few rows: the same operations as ``_build_batch`` on each row's
+    values, in the same order, so the same bits, without the batch version's per-column array calls.
+
+    A mean over a window is the window's ``np.add.reduce`` (NumPy's pairwise sum, as ``mean(axis=1)`` does it
+    for every row) divided by its length; counts of 0/1 values are exact in any order; the calendar is computed
+    with Python integers where ``datetime.date`` reaches (the same proleptic Gregorian calendar as datetime64).
+    """
+    w = spec.history_days
+    window = rows.window_index().tolist()
+    log_sales = np.log1p(np.asarray(rows.sales, dtype=np.float64))
+    promo = np.asarray(rows.promo, dtype=np.float64)
+    sold = log_sales > 0
+    horizons = np.asarray(rows.horizon, dtype=np.int64).tolist()
+    origins = np.asarray(rows.origin_day, dtype=np.int64)
+    target_days = (origins + np.asarray(rows.horizon, dtype=np.int64)).tolist()  # int64 arithmetic, as the batch
+    origins = origins.tolist()
+    target_promo = np.asarray(rows.target_promo, dtype=np.float64).tolist()
+    holidays = np.asarray(rows.holidays, dtype=np.float64).tolist()
+    add = np.add.reduce
+    dense = []
+    for i in range(n):
+        ls, sd, pr = log_sales[window[i]], sold[window[i]], promo[window[i]]
+        h, target_day = horizons[i], target_days[i]
+        values: list = [add(ls[w - k:]) / k for k in spec.mean_windows]
+        values += [np.count_nonzero(sd[w - k:]) / k for k in spec.mean_windows]
+        last_same_dow = (w - 1) - (((origins[i] + 3) % 7 - (target_day + 3) % 7) % 7)
+        for k in spec.dow_weeks:
+            steps = _DOW_STEPS.get(k)
+            if steps is None:
+                steps = _DOW_STEPS.setdefault(k, 7 * np.arange(k))
+            values.append(add(ls[last_same_dow - steps]) / k)
+        sale_days = np.flatnonzero(sd)
+        if sale_days.size:
+            first_sale, last_sale = int(sale_days[0]), int(sale_days[-1])
+            values += [(w - 1 - last_sale) / w, (w - 1 - first_sale) / w]
+        else:
+            values += [w / w, 0 / w]
+        values += [add(pr[w - k:]) / k for k in spec.promo_windows]
+        promo_days = add(pr)
+        off_days = w - promo_days
+        on_promo = add(ls * pr) / promo_days if promo_days > 0 else 0.0
+        off_promo = add(ls * (1 - pr)) / off_days if off_days > 0 else 0.0
+        values += [on_promo, on_promo - off_promo if promo_days > 0 and off_days > 0 else 0.0]
+        values += [target_promo[i], h / spec.horizon]
+        values += _calendar_values(target_day)
+        values += holidays[i]
+        if spec.yearly:
+            values += _yearly_values(ls, sale_days, h, target_day)
+        dense.append(values)
+    categorical = [[vocab.ids(f).get(text, UNKNOWN_ID) for text in _texts(rows.categorical[f])]
+                   for f in CATEGORICAL_FIELDS]
+    return FeatureMatrix(dense=np.asarray(dense, dtype=np.float64).astype(np.float32),
+                         categorical=np.asarray(categorical, dtype=np.int32).T.copy())
+
+
+def _calendar_values(target_day: int) -> list:
+    """The target day's calendar columns of ``_build_batch`` (``calendar_of``) for one day number."""
+    if not _FIRST_DAY <= target_day <= _LAST_DAY:  # beyond datetime.date: datetime64's own arithmetic
+        dow, day_of_month, is_payday, to_payday = (int(a[0]) for a in calendar_of(np.asarray([target_day])))
+    else:
+        date = dt.date.fromordinal(target_day + _EPOCH_ORDINAL)
+        day_of_month = date.day
+        month_end = (dt.date(date.year + date.month // 12, date.month % 12 + 1, 1).toordinal() - _EPOCH_ORDINAL
+                     - 1)
+        dow = (target_day + 3) % 7
+        is_payday = day_of_month == 15 or target_day == month_end
+        to_payday = 15 - day_of_month if day_of_month <= 15 else month_end - target_day
+    values = [float(dow == d) for d in range(7)]
+    return values + [day_of_month / 31.0, float(is_payday), float(day_of_month == 1 or day_of_month == 16),
+                     to_payday / 16.0]
+
+
+def _yearly_values(log_sales: np.ndarray, sale_days: np.ndarray, horizon: int, target_day: int) -> list:
+    """``_yearly_columns`` for one row (``log_sales`` its window, ``sale_days`` the columns with a sale)."""
+    w = log_sales.shape[0]
+    add = np.add.reduce
+    year_ago = (w - 1) + horizon - YEAR_DAYS
+    base_end = (w - 1) - YEAR_DAYS
+    base = add(log_sales[base_end - YEAR_AGO_BASE_DAYS + 1:base_end + 1]) / YEAR_AGO_BASE_DAYS
+    known = bool(sale_days.size) and int(sale_days[0]) < base_end - YEAR_AGO_BASE_DAYS + 2
+    week = add(log_sales[year_ago + _YEAR_AGO_WEEK_OFFSETS]) / _YEAR_AGO_WEEK_OFFSETS.size
+    day = log_sales[year_ago]
+    recent = add(log_sales[w - YEAR_AGO_BASE_DAYS:]) / YEAR_AGO_BASE_DAYS
+    if _FIRST_DAY <= target_day <= _LAST_DAY:
+        day_of_year = target_day - (dt.date.fromordinal(target_day + _EPOCH_ORDINAL).replace(month=1, day=1)
+                                    .toordinal() - _EPOCH_ORDINAL)
+    else:
+        day_of_year = int(target_day - np.int64(target_day).astype("datetime64[D]").astype("datetime64[Y]")
+                          .astype("datetime64[D]").astype(np.int64))
+    angle = np.asarray([2 * np.pi * day_of_year / 365.25])
+    flag = float(known)
+    return [flag, day * flag, week * flag, base * flag, (week - base) * flag, (recent - base) * flag,
+            np.sin(angle)[0], np.cos(angle)[0]]
+
+
+def _texts(raw) -> list[str]:
+    """``_as_text(raw)`` as a list of str, without NumPy's text conversion for the usual ints and strings."""
+    array = np.asarray(raw)
+    kind = array.dtype.kind
+    if kind == "U" or (kind in "ib" and array.dtype.itemsize <= 8) or (kind == "u" and array.dtype.itemsize < 8):
+        return [str(int(v)) for v in array.ravel().tolist()] if kind != "U" else array.ravel().tolist()
+    return _as_text(array).ravel().tolist()
+
+
 def _yearly_columns(log_sales: np.ndarray, sold: np.ndarray, window: np.ndarray, horizon: np.ndarray,
                     target_day: np.ndarray) -> list:
     """Year-ago features (see the module docstring); zero where the series had not sold a year earlier.
@@ -369,6 +506,41 @@ def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.n
     return pos, sorted_keys[pos] == keys
 
 
+_INT_LIMITS: dict[np.dtype, tuple[int, int]] = {}
+
+
+def _equal_range(sorted_keys: np.ndarray, key: int, lo: int = 0, hi: int | None = None) -> tuple[int, int]:
+    """Where ``key`` is in ``sorted_keys[lo:hi]`` (integers): (first, end) positions, empty when absent.
+
+    The key is searched in the table's own dtype, so the table is never converted (a copy the size of the
+    snapshot); a key that dtype cannot hold is absent."""
+    hi = sorted_keys.shape[0] if hi is None else hi
+    if sorted_keys.dtype.kind not in "iu":
+        sorted_keys = np.asarray(sorted_keys, np.int64)  # what _lookup's callers compare
+    limits = _INT_LIMITS.get(sorted_keys.dtype)
+    if limits is None:
+        info = np.iinfo(sorted_keys.dtype)
+        limits = _INT_LIMITS.setdefault(sorted_keys.dtype, (int(info.min), int(info.max)))
+    if not limits[0] <= key <= limits[1]:
+        return lo, lo
+    needle = sorted_keys.dtype.type(key)
+    part = sorted_keys[lo:hi]
+    return lo + int(part.searchsorted(needle, "left")), lo + int(part.searchsorted(needle, "right"))
+
+
+def _series_lookup_small(snapshot: HistorySnapshot, stores: list[int], items: list[int]) -> tuple[np.ndarray,
+                                                                                                  np.ndarray]:
+    """``_lookup`` of (store, item) pairs in the snapshot's series, which are sorted by store, then item:
+    the store's range, then the item within it (the first match, as on the combined key)."""
+    positions, known = [], []
+    for store, item in zip(stores, items):
+        lo, hi = _equal_range(snapshot.store_nbr, store)
+        first, end = _equal_range(snapshot.item_nbr, item, lo, hi)
+        positions.append(first if first < end else 0)
+        known.append(first < end)
+    return np.asarray(positions, np.int64), np.asarray(known, bool)
+
+
 def rows_from_snapshot(snapshot: HistorySnapshot, store_nbr, item_nbr, date, onpromotion) -> FeatureRows:
     """Feature inputs for requests (store, item, target date, promotion) from a bundle's snapshot.
 
@@ -383,7 +555,9 @@ def rows_from_snapshot(snapshot: HistorySnapshot, store_nbr, item_nbr, date, onp
     n = stores.shape[0]
     if not (items.shape == days.shape == promo_flag.shape == (n,)):
         raise FeatureInputError("store_nbr, item_nbr, date and onpromotion must have the same length")
-    if promo_flag.dtype.kind not in "biu" or np.any((promo_flag != 0) & (promo_flag != 1)):
+    small = n <= SMALL_BATCH_ROWS  # a request's rows: look each up, never convert a whole table
+    if promo_flag.dtype.kind not in "biu" or (any(v != 0 and v != 1 for v in promo_flag.tolist()) if small
+                                              else np.any((promo_flag != 0) & (promo_flag != 1))):
         raise FeatureInputError("onpromotion: expected true/false (or 0/1)")
 
     horizon = days - snapshot.origin_day
@@ -394,25 +568,42 @@ def rows_from_snapshot(snapshot: HistorySnapshot, store_nbr, item_nbr, date, onp
         raise FeatureInputError(f"date: row {r}: {days[r].astype('datetime64[D]')} is outside the model's forecast "
                                 f"window {first} .. {last}")
 
-    store_pos, store_known = _lookup(np.asarray(snapshot.stores["store_nbr"], np.int64), stores)
+    if small:
+        store_ranges = [_equal_range(snapshot.stores["store_nbr"], store) for store in stores.tolist()]
+        store_pos = np.asarray([lo if lo < hi else 0 for lo, hi in store_ranges], np.int64)
+        store_known = np.asarray([lo < hi for lo, hi in store_ranges], bool)
+    else:
+        store_pos, store_known = _lookup(np.asarray(snapshot.stores["store_nbr"], np.int64), stores)
     if not store_known.all():
         r = int(np.flatnonzero(~store_known)[0])
         raise FeatureInputError(f"store_nbr: row {r}: store {stores[r]} is not one the model was trained on")
 
-    series_key = np.asarray(snapshot.store_nbr, np.int64) * (1 << 32) + np.asarray(snapshot.item_nbr, np.int64)
-    series_pos, series_known = _lookup(series_key, stores * (1 << 32) + items)
+    if small:
+        series_pos, series_known = _series_lookup_small(snapshot, stores.tolist(), items.tolist())
+    else:
+        series_key = np.asarray(snapshot.store_nbr, np.int64) * (1 << 32) + np.asarray(snapshot.item_nbr, np.int64)
+        series_pos, series_known = _lookup(series_key, stores * (1 << 32) + items)
     w = snapshot.sales.shape[1]
     sales = np.where(series_known[:, None], snapshot.sales[series_pos], 0).astype(np.float32)
     promo = np.where(series_known[:, None], snapshot.promo[series_pos], 0).astype(np.uint8)
     assert sales.shape == (n, w)
 
-    item_pos, item_known = _lookup(np.asarray(snapshot.items["item_nbr"], np.int64), items)
     categorical: dict[str, np.ndarray] = {"store_nbr": stores, "item_nbr": items}
-    for name in ITEM_FIELDS:
-        values = _as_text(snapshot.items[name])
-        categorical[name] = np.where(item_known, values[item_pos] if values.size else "", "")
-    for name in STORE_FIELDS:
-        categorical[name] = _as_text(snapshot.stores[name])[store_pos]
+    if small:
+        found = [_equal_range(snapshot.items["item_nbr"], item) for item in items.tolist()]
+        for name in ITEM_FIELDS:
+            values = snapshot.items[name]
+            categorical[name] = np.asarray([_texts(values[lo:lo + 1])[0] if lo < hi else "" for lo, hi in found],
+                                           dtype=str)
+        for name in STORE_FIELDS:
+            categorical[name] = np.asarray(_texts(snapshot.stores[name][store_pos]), dtype=str)
+    else:
+        item_pos, item_known = _lookup(np.asarray(snapshot.items["item_nbr"], np.int64), items)
+        for name in ITEM_FIELDS:
+            values = _as_text(snapshot.items[name])
+            categorical[name] = np.where(item_known, values[item_pos] if values.size else "", "")
+        for name in STORE_FIELDS:
+            categorical[name] = _as_text(snapshot.stores[name])[store_pos]
     holidays = snapshot.calendar_holidays[store_pos, horizon - 1, :]
     return FeatureRows(
         sales=sales, promo=promo, origin_day=np.full(n, snapshot.origin_day, np.int64), horizon=horizon,
