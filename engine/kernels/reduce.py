@@ -74,43 +74,65 @@ def max_cols(x, out):
                 out[j] = v
 
 
+_ZERO = {"f": np.float64(0.0)}
+
+
 def _zero(dtype):
-    return np.float64(0.0) if dtype.kind == "f" else np.int64(0)
+    return _ZERO["f"] if dtype.kind == "f" else np.int64(0)
+
+
+_LAYOUTS: dict = {}  # (shape, axes, keepdims) -> (out_shape, m, r, layout): worked out once per shape
+
+
+def _layout(shape: tuple, axes: tuple, keepdims: bool):
+    key = (shape, axes, keepdims)
+    found = _LAYOUTS.get(key)
+    if found is None:
+        rank = len(shape)
+        kept = [d for d in range(rank) if d not in axes]
+        if keepdims:
+            out_shape = tuple(1 if d in axes else shape[d] for d in range(rank))
+        else:
+            out_shape = tuple(shape[d] for d in kept)
+        m = math.prod(shape[d] for d in kept)
+        r = math.prod(shape[d] for d in axes)
+        if tuple(axes) == tuple(range(rank - len(axes), rank)):
+            layout = "rows"
+        elif tuple(axes) == tuple(range(len(axes))):
+            layout = "cols"
+        else:
+            layout = tuple(kept + list(axes))  # the transpose that makes the reduced axes trailing
+        found = (out_shape, m, r, layout)
+        if len(_LAYOUTS) < 4096:
+            _LAYOUTS[key] = found
+    return found
 
 
 def reduce(x: np.ndarray, axes: tuple, keepdims: bool, kind: str) -> np.ndarray:
     """``kind`` in sum/max/mean over ``axes`` (normalized, sorted, non-negative)."""
-    rank = x.ndim
-    kept = [d for d in range(rank) if d not in axes]
-    if keepdims:
-        out_shape = tuple(1 if d in axes else x.shape[d] for d in range(rank))
-    else:
-        out_shape = tuple(x.shape[d] for d in kept)
-    m = int(np.prod([x.shape[d] for d in kept], dtype=np.int64))
-    r = int(np.prod([x.shape[d] for d in axes], dtype=np.int64))
+    out_shape, m, r, layout = _layout(x.shape, tuple(axes), keepdims)
     if kind == "max" and r == 0:
         raise ValueError(f"reduce_max over an empty axis of an array of shape {x.shape}")
-    acc_dtype = x.dtype
-    out = np.empty(m, dtype=acc_dtype)
+    out = np.empty(m, dtype=x.dtype)
     if m == 0:
         return out.reshape(out_shape)
     if r == 0:
         out[:] = 0
-    elif tuple(axes) == tuple(range(rank - len(axes), rank)):
-        x2 = np.ascontiguousarray(x).reshape(m, r)
+    elif layout == "rows":
+        x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(m, r)
         if kind == "max":
             max_rows(x2, out)
         else:
             (sum_rows_parallel if x.size >= config.PARALLEL_MIN_ELEMENTS and m > 1 else sum_rows)(
                 x2, out, _zero(x.dtype))
-    elif tuple(axes) == tuple(range(len(axes))):
-        x2 = np.ascontiguousarray(x).reshape(r, m)
+    elif layout == "cols":
+        x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(r, m)
         if kind == "max":
             max_cols(x2, out)
         else:
             (sum_cols_parallel if x.size >= config.PARALLEL_MIN_ELEMENTS and m > 64 else sum_cols)(x2, out)
     else:
-        x2 = np.ascontiguousarray(np.transpose(x, kept + list(axes))).reshape(m, r)
+        x2 = np.ascontiguousarray(np.transpose(x, layout)).reshape(m, r)
         sum_rows(x2, out, _zero(x.dtype)) if kind != "max" else max_rows(x2, out)
     if kind == "mean":
         out /= r

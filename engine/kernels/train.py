@@ -70,9 +70,16 @@ def adam_dense_parallel(var, m, v, grad, lr_t, beta1, c1, beta2, c2, epsilon):
 
 @njit(cache=True, error_model="numpy")
 def adam_sparse(var, m, v, values, idx, lr_t, beta1, c1, beta2, c2, epsilon):
+    """``adam_dense``'s arithmetic on the rows ``idx`` (2-D indexing: no row views per update)."""
     for k in range(idx.size):
         r = idx[k]
-        adam_dense(var[r], m[r], v[r], values[k], lr_t, beta1, c1, beta2, c2, epsilon)
+        for i in range(var.shape[1]):
+            g = values[k, i]
+            mi = beta1 * m[r, i] + c1 * g
+            vi = beta2 * v[r, i] + c2 * g * g
+            m[r, i] = mi
+            v[r, i] = vi
+            var[r, i] -= lr_t * mi / (np.sqrt(vi) + epsilon)
 
 
 @njit(cache=True, error_model="numpy")

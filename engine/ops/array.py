@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from engine import dtypes, shapes
@@ -539,14 +541,23 @@ register("SumToShape", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1].
 def _broadcast_reduced_kernel(op, ctx):
     axis, mean = op.attrs["axis"], op.attrs["mean"]
 
+    layouts = {}  # x's shape -> (the kept shape, the count a mean divides by): worked out once per shape
+
     def expand(g, x):
-        axes = shapes.normalize_axes(axis, x.ndim)
-        kept = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+        found = layouts.get(x.shape)
+        if found is None:
+            axes = shapes.normalize_axes(axis, x.ndim)
+            found = (tuple(1 if i in axes else d for i, d in enumerate(x.shape)),
+                     max(math.prod(x.shape[a] for a in axes), 1))
+            if len(layouts) < 64:
+                layouts[x.shape] = found
+        kept, count = found
         g = g.reshape(kept)
         if mean:
-            count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
-            g = g / max(count, 1)
-        return np.array(np.broadcast_to(g, x.shape), order="C")
+            g = g / count
+        out = np.empty(x.shape, g.dtype)
+        out[...] = g
+        return out
 
     return expand
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from engine import graph, shapes
 from engine.graph import convert_to_tensor
+from engine.kernels import array as KA
 from engine.kernels import reduce as R
 from engine.ops._util import (BOOL, FLOAT, NUMERIC, constructor, create, elementwise, same_dtype, sample,
                               tensors_for_binary, unbroadcast)
@@ -263,6 +264,9 @@ def _matmul_out_kernel(op, ctx):
         if out is None or out.shape != shape or out.dtype != a.dtype:
             out = np.empty(shape, a.dtype)
         if a2.shape[1] == 1:
+            if out.dtype.kind == "f" and out.flags.c_contiguous:
+                KA.outer_into(out, a2.reshape(-1), b2.reshape(-1))  # (reshape copies a strided column)
+                return out
             return np.multiply(a2, b2, out=out)
         return np.matmul(a2, b2, out=out)
 
