@@ -18,7 +18,7 @@ from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 
 from app.config import AppSettings
 from app.events import PredictionEventSink
-from app.metrics import REQUEST_DURATION, count_event, metrics_blueprint, observe_model
+from app.metrics import REQUEST_DURATION, count_event, labelled, metrics_blueprint, observe_model
 from app.model_store import ProductionWithFallback
 from app.predictor import Predictor
 from app.request_buffer import BODY_TIMED_OUT, BODY_TOO_LARGE, BufferedRequests
@@ -84,11 +84,13 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
 
     @app.after_request
     def tag_response(response):
-        response.headers["X-Request-ID"] = getattr(g, "request_id", "")
+        headers = response.headers
+        headers["X-Request-ID"] = getattr(g, "request_id", "")
         for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
+            if name not in headers:
+                headers.add(name, value)  # as setdefault, without set()'s second scan of the headers
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        REQUEST_DURATION.labels(rule).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        labelled(REQUEST_DURATION, rule).observe(time.perf_counter() - g.get("started", time.perf_counter()))
         observe_model(predictor.model)
         return response
 

@@ -169,7 +169,7 @@ class PredictionEventSink:
             return None
         self.stats.add("emitted")
         if self._forwarder is not None:
-            return record["event_id"] if self._spool.append(line) else None
+            return record["event_id"] if self._spool.append(line, record) else None
         try:
             self._log.append(line)
         except OSError as exc:

@@ -35,13 +35,22 @@ MODEL = Gauge("shelfcast_model_info", "1 for the model version and variant a liv
               ["version", "variant"], multiprocess_mode="livemax")
 
 metrics_blueprint = Blueprint("metrics", __name__)
+_children: dict = {}  # (metric, label value) -> its child: labels() takes a lock and builds a key every call
+
+
+def labelled(metric, value: str):
+    """`metric.labels(value)`, looked up once per label value (metrics here have one label and are never cleared)."""
+    child = _children.get((metric, value))
+    if child is None:
+        child = _children[(metric, value)] = metric.labels(value)
+    return child
 _served = {"labels": None}
 _served_lock = threading.Lock()
 
 
 def count_event(outcome: str, count: int) -> None:
     """The event sink's counts (app/events.py SinkStats), as Prometheus counters."""
-    EVENTS.labels(outcome).inc(count)
+    labelled(EVENTS, outcome).inc(count)
 
 
 def model_variant(model) -> str:

@@ -26,7 +26,8 @@ import numpy as np
 
 from app.catalog import Catalog
 from pipeline.bundle import EXPECTED_OUTPUT, PREDICTION_OUTPUT, BundleError, ModelBundle, load_bundle
-from pipeline.features import CATEGORICAL_FIELDS, FeatureMatrix, dense_feature_names, rows_from_snapshot
+from pipeline.features import (CATEGORICAL_FIELDS, SMALL_BATCH_ROWS, FeatureMatrix, dense_feature_names,
+                               rows_from_snapshot)
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,9 @@ class LoadedModel:
     def _snapshot_for(self, items: np.ndarray):
         """The bundle's snapshot with its item table cut to the requested items.
 
-        rows_from_snapshot converts the whole item table to text on every call (1.5 ms per
-        request at Favorita's 4,100 items); its result only depends on the rows of the items
-        asked for, and the table stays sorted, so the cut gives identical features.
+        For more than SMALL_BATCH_ROWS rows, rows_from_snapshot converts the whole item table to
+        text (1.5 ms per request at Favorita's 4,100 items); its result only depends on the rows
+        of the items asked for, and the table stays sorted, so the cut gives identical features.
         """
         snapshot = self.bundle.snapshot
         positions = np.unique(np.searchsorted(self._item_keys, items))
@@ -111,7 +112,9 @@ class LoadedModel:
     def forecast(self, store_nbr, item_nbr, date_days, onpromotion) -> Forecast:
         """Units for request rows (arrays); inputs must already be validated against the catalog."""
         items = np.asarray(item_nbr, np.int64)
-        rows = rows_from_snapshot(self._snapshot_for(items), np.asarray(store_nbr, np.int64), items,
+        # a few rows are looked up one by one (no table conversion): the cut would only cost time there
+        snapshot = self.bundle.snapshot if items.size <= SMALL_BATCH_ROWS else self._snapshot_for(items)
+        rows = rows_from_snapshot(snapshot, np.asarray(store_nbr, np.int64), items,
                                   np.asarray(date_days, np.int64).astype("datetime64[D]"),
                                   np.asarray(onpromotion, np.uint8))
         matrix = self.bundle.features(rows)

@@ -19,11 +19,12 @@ import collections
 import io
 import socket
 import threading
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 BODY_TOO_LARGE = "shelfcast.body_too_large"
 BODY_TIMED_OUT = "shelfcast.body_timed_out"
 CHUNK = 64 * 1024
+TCP_CORK = getattr(socket, "TCP_CORK", 0)
 
 
 class ArrivalOrder:
@@ -73,8 +74,22 @@ class BufferedRequests:
             environ["wsgi.input"] = io.BytesIO(body or b"")
             environ["CONTENT_LENGTH"] = str(len(body or b""))
             environ.pop("HTTP_TRANSFER_ENCODING", None)
-        with self._one_at_a_time:
-            return self.app(environ, start_response)
+        client = environ.get("gunicorn.socket")
+        corked = isinstance(client, socket.socket) and _cork(client, True)
+        try:
+            with self._one_at_a_time:
+                response = self.app(environ, start_response)
+        except BaseException:
+            if corked:
+                _cork(client, False)
+            raise
+        if not corked:
+            return response
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(file_wrapper, type) and isinstance(response, file_wrapper):
+            _cork(client, False)  # the server sends files its own way
+            return response
+        return _CorkedUntilFirstChunk(response, client)
 
     def _read_body(self, environ: dict[str, Any]) -> bytes | None:
         declared = environ.get("CONTENT_LENGTH", "").strip()
@@ -104,6 +119,53 @@ class BufferedRequests:
         finally:
             if isinstance(client, socket.socket):
                 client.settimeout(None)
+
+
+class _CorkedUntilFirstChunk:
+    """The app's response body; the cork comes off once the server has written the headers and the first
+    chunk (when it asks for the next one, or closes the body), so they leave as one packet and a streamed
+    body's later chunks are not held."""
+
+    def __init__(self, body: Iterable[bytes], client: socket.socket):
+        self._body = body
+        self._client = client
+        self._corked = True
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunks = iter(self._body)
+        for chunk in chunks:
+            yield chunk
+            self._uncork()
+            yield from chunks
+            return
+        self._uncork()
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._uncork()
+
+    def _uncork(self) -> None:
+        if self._corked:
+            self._corked = False
+            _cork(self._client, False)
+
+
+def _cork(client: socket.socket, on: bool) -> bool:
+    """TCP_CORK on the connection: the server writes a response's headers and its body with two send()s,
+    and with TCP_NODELAY each would go out as a packet of its own (the client woken twice). Corked, they
+    leave as one when the response is closed (or after 200 ms at most, by the kernel). False where
+    there is no TCP_CORK (not Linux, not TCP)."""
+    if not TCP_CORK:
+        return False
+    try:
+        client.setsockopt(socket.IPPROTO_TCP, TCP_CORK, int(on))
+    except OSError:
+        return False
+    return True
 
 
 def _has_body(environ: dict[str, Any]) -> bool:

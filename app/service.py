@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from app.events import PredictionEventSink, prediction_event
-from app.metrics import PREDICTIONS
+from app.metrics import PREDICTIONS, labelled
 from app.predictor import Forecast, LoadedModel
 from app.validation import Instance
 
@@ -47,7 +47,7 @@ def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: Pre
     result = forecast_instances(model, instances)
     units = [round(float(u), 4) for u in result.units]
     expected = None if result.expected_units is None else [round(float(u), 4) for u in result.expected_units]
-    PREDICTIONS.labels(source).inc(len(units))
+    labelled(PREDICTIONS, source).inc(len(units))
     latency_ms = (time.perf_counter() - started) * 1000.0
     predictions = []
     kind = str((model.bundle.metadata.get("model") or {}).get("kind", "unknown"))

@@ -17,6 +17,7 @@ hot-reloading like production. The canary's share comes from models/release.json
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import zlib
@@ -64,7 +65,8 @@ class Variants:
 
     def _installed(self, predictor: Predictor) -> LoadedModel | None:
         # a removed candidate stops serving at once (the Predictor keeps its last model otherwise)
-        return predictor.model if predictor.path.is_dir() else None
+        # (os.path.isdir: one stat, without pathlib's frames; every request asks for both candidates)
+        return predictor.model if os.path.isdir(predictor.path) else None
 
     def canary_model(self) -> LoadedModel | None:
         return self._installed(self.canary)

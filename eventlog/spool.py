@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl"
 OPENING_SUFFIX = ".new"  # created and locked under this name, then renamed: never claimed empty
+# This process's own sealed segments are also kept as the records written, so that its delivery thread
+# sends them without reading and parsing the file again; bounded (beyond it, segments are read from disk).
+CACHED_SEGMENTS = 8
+CACHED_RECORDS = 4096
 Count = Callable[[str, int], None]  # ("spooled" | "dropped", how many)
 
 
@@ -44,8 +48,13 @@ class Segment:
     fd: int
     sent_at: float | None = None  # monotonic time of the last complete send; None: (re)send it
     lines: int = field(default=0)
+    written: list[dict[str, Any]] | None = None  # the records this process wrote into it, line for line
 
     def records(self, on_bad_line: Callable[[str], None]) -> list[dict[str, Any]]:
+        if self.written is not None:  # used once: a re-send after a failure reads the file
+            records, self.written = self.written, None
+            self.lines = len(records)
+            return records
         os.lseek(self.fd, 0, os.SEEK_SET)
         with os.fdopen(os.dup(self.fd), "rb") as handle:
             data = handle.read()
@@ -88,14 +97,19 @@ class Spool:
         self._opened_at = 0.0
         self._unsynced = False
         self._sealed: list[int] = []  # descriptors to fsync and close outside the lock
+        self._written: list[dict[str, Any]] | None = None  # the open segment's records (None: not kept)
+        self._cached: dict[Path, list[dict[str, Any]]] = {}  # sealed segments' records, oldest first
         self._names = itertools.count()
         self._disk_full = False  # set by a failed write, cleared by enforce_limit() after it made room
         self._last_warning = 0.0
 
     # --- writing (request threads) ---------------------------------------------------
 
-    def append(self, line: bytes) -> bool:
-        """Write one complete line with one write(); False (counted as dropped) if the disk refused."""
+    def append(self, line: bytes, record: dict[str, Any] | None = None) -> bool:
+        """Write one complete line with one write(); False (counted as dropped) if the disk refused.
+
+        `record`, if given, is what `line` encodes (json.loads(line) == record), kept for this process's
+        delivery thread; the caller must not change it afterwards."""
         with self._lock:
             try:
                 if self._disk_full:
@@ -114,6 +128,11 @@ class Spool:
                 return False
             self._size += written
             self._unsynced = True
+            if self._written is not None:
+                if record is None or len(self._written) >= CACHED_RECORDS:
+                    self._written = None  # the file is the only full copy of this segment
+                else:
+                    self._written.append(record)
             if self._size >= self.segment_max_bytes:
                 self._seal_locked()
         self._count("spooled", 1)
@@ -131,11 +150,18 @@ class Spool:
             opening.unlink(missing_ok=True)
             raise
         self._fd, self._path, self._size, self._opened_at = fd, self.root / (name + SUFFIX), 0, time.monotonic()
+        self._written = []
 
     def _seal_locked(self) -> None:
         if self._fd >= 0:
             if self._size == 0 and self._path is not None:
                 self._path.unlink(missing_ok=True)  # still locked by us: no one else has it open
+            elif self._written and self._path is not None:
+                self._cached[self._path] = self._written
+                total = sum(len(records) for records in self._cached.values())
+                while len(self._cached) > CACHED_SEGMENTS or total > CACHED_RECORDS:
+                    total -= len(self._cached.pop(next(iter(self._cached))))  # the oldest: read from disk
+            self._written = None
             self._sealed.append(self._fd)
             self._fd, self._path, self._size, self._unsynced = -1, None, 0, False
 
@@ -169,6 +195,8 @@ class Spool:
             if path not in held:
                 segment = self._try_claim(path)
                 if segment is not None:
+                    with self._lock:
+                        segment.written = self._cached.pop(path, None)
                     return segment
         return None
 
@@ -189,6 +217,8 @@ class Spool:
             segment = self._try_claim(path)
             if segment is None:
                 continue
+            with self._lock:
+                self._cached.pop(path, None)
             lines = len(segment.records(lambda _: None))
             segment.release(delete=True)
             total -= sizes[path]

@@ -95,6 +95,27 @@ def test_ids_and_time_given_by_the_caller_are_kept_and_missing_ones_are_unique(t
     assert len(set(generated)) == 100 and len({row["request_id"] for row in rows[2:]}) == 100
 
 
+def test_generated_ids_differ_between_forked_processes() -> None:
+    """Workers are forked from one master: each must draw its own event ids (Elasticsearch keeps one
+    document per id), so the generator is seeded again in the child."""
+    import multiprocessing
+
+    from eventlog.records import new_event_id
+
+    new_event_id()  # the parent's generator has state a child would inherit
+    context = multiprocessing.get_context("fork")
+    with context.Pool(2) as pool:
+        children = pool.map(_ten_ids, range(2))
+    ids = [new_event_id() for _ in range(10)] + children[0] + children[1]
+    assert len(set(ids)) == 30 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def _ten_ids(_: int) -> list[str]:
+    from eventlog.records import new_event_id
+
+    return [new_event_id() for _ in range(10)]
+
+
 def test_numpy_values_dates_and_subclasses_are_serialised_without_losing_meaning(tmp_path: Path) -> None:
     class Family(enum.IntEnum):
         GROCERY = 12

@@ -117,3 +117,46 @@ def test_an_orphaned_new_file_is_removed(tmp_path: Path) -> None:
     Spool(tmp_path, 10**9, 10**6, Counts()).enforce_limit()
     assert not orphan.exists()
     assert json.loads(line(3)) == {"event_id": "e3", "i": 3, "pad": ""}
+
+
+def test_this_process_sends_its_own_segments_from_memory_as_the_file_reads(tmp_path: Path) -> None:
+    records = [json.loads(line(i, padding=i % 7)) for i in range(30)]
+    spool = Spool(tmp_path, max_bytes=10**9, segment_max_bytes=300, count=Counts())
+    for record in records:
+        assert spool.append(encode_line(record), record)
+    spool.close()
+    held, from_memory, from_disk = set(), [], []
+    while (segment := spool.claim_next(held)) is not None:
+        assert segment.written is not None  # kept by the writer: no read, no parse
+        kept = segment.records(lambda _: None)
+        assert segment.written is None and segment.lines == len(kept)
+        assert segment.records(lambda _: None) == kept  # a re-send reads the file: the same records
+        from_memory.extend(kept)
+        held.add(segment.path)
+        from_disk.append(segment)
+    assert from_memory == records and len(from_disk) > 1
+    for segment in from_disk:
+        segment.release(delete=True)
+
+
+def test_segments_written_without_their_records_or_beyond_the_bound_are_read_from_disk(tmp_path: Path) -> None:
+    from eventlog import spool as spool_module
+
+    spool = Spool(tmp_path, max_bytes=10**9, segment_max_bytes=10**6, count=Counts())
+    spool.append(line(1), {"event_id": "e1", "i": 1, "pad": ""})
+    spool.append(line(2))  # no record: the file is the only full copy
+    spool.close()
+    segment = spool.claim_next(set())
+    assert segment is not None and segment.written is None
+    assert [r["i"] for r in segment.records(lambda _: None)] == [1, 2]
+    segment.release(delete=True)
+    many = spool_module.CACHED_SEGMENTS + 3
+    for i in range(many):
+        spool.append(line(i), json.loads(line(i)))
+        spool.sync(seal_older_than_s=0)  # a segment each
+    kept = []
+    while (segment := spool.claim_next(set())) is not None:
+        kept.append(segment.written is not None)
+        assert [r["i"] for r in segment.records(lambda _: None)] == [len(kept) - 1]
+        segment.release(delete=True)
+    assert kept == [False] * 3 + [True] * spool_module.CACHED_SEGMENTS  # the oldest were let go

@@ -4,8 +4,11 @@ requests let into the app in the order they arrived."""
 from __future__ import annotations
 
 import io
+import socket
 import threading
 import time
+
+import pytest
 
 from app.request_buffer import BODY_TOO_LARGE, ArrivalOrder, BufferedRequests
 
@@ -65,3 +68,51 @@ def test_waiting_requests_enter_in_arrival_order_and_a_newcomer_queues_behind_th
     assert entered == [f"waiting-{k}" for k in range(5)] + ["newcomer"]
     with gate:  # free again once nobody waits
         assert gate.waiting == 0
+
+
+@pytest.fixture
+def connection():
+    """The server's end of a loopback TCP connection, as gunicorn hands it over in environ["gunicorn.socket"]."""
+    if not hasattr(socket, "TCP_CORK"):
+        pytest.skip("TCP_CORK is Linux's")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    with client, server:
+        yield server
+
+
+def corked(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))
+
+
+def test_headers_and_first_chunk_leave_together_then_the_cork_comes_off(connection):
+    seen = []
+
+    def streamed(environ, start_response):
+        seen.append(corked(connection))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter([b"first", b"second"])
+
+    app = BufferedRequests(streamed, max_body_bytes=100, body_timeout_s=1.0)
+    body = app({"REQUEST_METHOD": "GET", "gunicorn.socket": connection}, lambda *a: None)
+    chunks = iter(body)
+    assert seen == [True] and next(chunks) == b"first" and corked(connection)  # the server writes headers + chunk
+    assert next(chunks) == b"second" and not corked(connection)  # a streamed body is not held
+    body.close()
+    assert not corked(connection)
+
+    unread = app({"REQUEST_METHOD": "GET", "gunicorn.socket": connection}, lambda *a: None)
+    assert corked(connection)
+    unread.close()  # the server always closes the body, also after an error writing it
+    assert not corked(connection)
+
+
+def test_the_cork_comes_off_when_the_app_raises(connection):
+    def broken(environ, start_response):
+        raise RuntimeError("boom")
+
+    app = BufferedRequests(broken, max_body_bytes=100, body_timeout_s=1.0)
+    with pytest.raises(RuntimeError):
+        app({"REQUEST_METHOD": "GET", "gunicorn.socket": connection}, lambda *a: None)
+    assert not corked(connection)
