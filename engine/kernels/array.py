@@ -118,3 +118,15 @@ def outer_into(out, a, b):
         x = a[i]
         for j in range(b.size):
             out[i, j] = x * b[j]
+
+
+@njit(cache=True)
+def concat_rows_into(out, xs):
+    """``np.concatenate(xs, axis=1, out=out)`` for 2-D arrays: row by row, each output row written
+    once while it is in cache (NumPy copies input by input, a strided pass over ``out`` per input)."""
+    for i in range(out.shape[0]):
+        start = 0
+        for x in xs:
+            for k in range(x.shape[1]):
+                out[i, start + k] = x[i, k]
+            start += x.shape[1]

@@ -309,6 +309,10 @@ def _concat_infer(inputs, attrs):
     return [(d, tuple(out))]
 
 
+CONCAT_ROWS_MIN = 4096  # rows from which a row-by-row Numba copy beats np.concatenate along axis 1
+# (10,000 x [8, 32, 4, 20] float32 on the 2-core Xeon: ~870 vs ~1,450 us; at 1,024 rows no clear winner)
+
+
 def _concat_out_kernel(op, ctx):
     axis = op.attrs["axis"]
 
@@ -320,6 +324,10 @@ def _concat_out_kernel(op, ctx):
         shape[ax] = sum(x.shape[ax] for x in xs)
         if out is None or out.shape != tuple(shape) or any(x.dtype != out.dtype for x in xs):
             return np.concatenate(xs, axis=axis)
+        if (ax == 1 and out.ndim == 2 and out.shape[0] >= CONCAT_ROWS_MIN
+                and all(x.shape[0] == out.shape[0] and x.flags.c_contiguous for x in xs)):
+            KA.concat_rows_into(out, tuple(xs))
+            return out
         return np.concatenate(xs, axis=axis, out=out)
 
     return concat_into

@@ -1,4 +1,5 @@
-"""Kernels the fast plans rely on: sparse-gradient row merging, float32 Adam, outer-product matmul."""
+"""Kernels the fast plans rely on: sparse-gradient row merging, float32 Adam, outer-product matmul,
+row-by-row concatenation of large batches."""
 
 from __future__ import annotations
 
@@ -44,3 +45,17 @@ def test_float32_adam_with_duplicate_sparse_rows_matches_a_float32_reference():
     lr_t = f(0.1 * np.sqrt(1 - 0.999) / (1 - 0.9))
     w[rows] -= lr_t * m / (np.sqrt(v) + f(1e-8))
     np.testing.assert_allclose(sess.run(table), w, rtol=1e-6, atol=1e-7)
+
+
+def test_concat_of_a_large_batch_along_columns_is_numpy_concatenate_bit_for_bit():
+    from engine.ops import array as A
+
+    rows = A.CONCAT_ROWS_MIN + 3  # the row-by-row Numba copy; smaller batches take np.concatenate
+    rng = np.random.default_rng(0)
+    parts = [rng.standard_normal((rows, w)).astype(np.float32) for w in (8, 32, 4, 20)]
+    inputs = [en.placeholder(en.float32, (None, p.shape[1]), name=f"p{k}") for k, p in enumerate(parts)]
+    joined = en.concat(inputs, 1)
+    out = en.Session().make_callable(en.square(joined), inputs)  # square: the concat writes a kept buffer
+    np.testing.assert_array_equal(out(*parts), np.square(np.concatenate(parts, axis=1)))
+    with pytest.raises(en.errors.InvalidArgumentError):  # rows that differ are still the usual error
+        out(parts[0], parts[1][:-1], parts[2], parts[3])
