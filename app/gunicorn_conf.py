@@ -19,7 +19,7 @@ socket when that worker dies are reset instead of going to another worker.
 
 Two settings keep a worker's latency tail short (BENCHMARKS.md S1): the GIL switch
 interval is 1 ms, not CPython's 5 ms, so the event delivery thread, when it sends a batch
-(msgpack, CPU-bound), hands the GIL back to a request within 1 ms each
+(JSON parsing and msgpack, CPU-bound), hands the GIL back to a request within 1 ms each
 time the request released it for I/O; and the heap as it stands after start-up (modules,
 the loaded bundle: ~140,000 objects) is frozen (gc.freeze), so full collections skip it
 (measured: one full collection of 58-84 ms CPU every ~6,000 requests without; none in
@@ -31,8 +31,7 @@ a dead worker's files are marked as such.
 
 Environment: SHELFCAST_BIND (default 127.0.0.1:5005; 0.0.0.0:5005 in a container),
 SHELFCAST_WORKERS (default: the cores this process may use), SHELFCAST_THREADS (default 8),
-SHELFCAST_ACCESS_LOG ("-" for stdout), PROMETHEUS_MULTIPROC_DIR, SHELFCAST_LINGER_S (default 0.005: how long a
-connection thread waits for its keep-alive connection's next request; see LingeringThreadWorker).
+SHELFCAST_ACCESS_LOG ("-" for stdout), PROMETHEUS_MULTIPROC_DIR.
 """
 
 import gc
@@ -43,44 +42,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import select
-
 import gunicorn.http.wsgi
-from gunicorn.workers.gthread import ThreadWorker
 
 bind = os.environ.get("SHELFCAST_BIND", "127.0.0.1:5005")
 workers = int(os.environ.get("SHELFCAST_WORKERS", "0")) or len(os.sched_getaffinity(0))
-
-
-class LingeringThreadWorker(ThreadWorker):
-    """gunicorn's gthread worker, except that a thread that answered a keep-alive connection waits up to
-    LINGER_S for that connection's next request and serves it itself.
-
-    gthread hands every connection back to the main thread after each request: a future's callback, a
-    wake-up pipe, epoll registration, then a new task for a pool thread when the next request arrives
-    (two thread hand-overs, each a GIL hand-over, and ~10 system calls per request). A client that
-    sends its next request at once (S1's clients, any busy keep-alive client) now costs one poll().
-    It waits only while the worker has no more connections than threads, and for LINGER_S at most;
-    then the connection goes back to the poller as before (SHELFCAST_LINGER_S=0: never)."""
-
-    LINGER_S = float(os.environ.get("SHELFCAST_LINGER_S", "0.005"))
-
-    def handle(self, conn):
-        keep = super().handle(conn)
-        poller = None
-        while (self.LINGER_S > 0 and keep is True and self.alive and conn.initialized and not conn.is_http2
-               and self.nr_conns <= self.cfg.threads):  # more connections than threads: no thread to spare
-            if poller is None:
-                poller = select.poll()
-                poller.register(conn.sock, select.POLLIN)
-            if not poller.poll(self.LINGER_S * 1000):
-                break  # no next request yet: back to the main thread's poller
-            conn.data_ready = True
-            keep = super().handle(conn)
-        return keep
-
-
-worker_class = LingeringThreadWorker
+worker_class = "gthread"
 threads = int(os.environ.get("SHELFCAST_THREADS", "8"))
 keepalive = 5
 timeout = 60  # a worker loads and warms up the bundle before it serves
