@@ -1,4 +1,4 @@
-"""Replays spool segments to Fluentd with fluent-logger's FluentSender.
+"""Replays spool segments to Fluentd with fluent-logger's FluentSender (public API only).
 
 fluent-logger 0.11 has no forward-protocol acknowledgements: `emit_with_time()` returns
 True once the bytes are in the kernel's socket buffer, and False once it finds the
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 ENV_FLUENTD_HOST = "FLUENTD_HOST"
 ENV_FLUENTD_PORT = "FLUENTD_PORT"
 ENV_FLUENTD_TIMEOUT = "FLUENTD_TIMEOUT"
-BATCH = 32  # events packed and written with one send(): the send hands the GIL to request threads between batches
 MAX_HELD = 256  # sent-but-unconfirmed segments held open; beyond it the oldest are confirmed by age alone
 
 
@@ -78,18 +77,6 @@ def _env_number(env: Mapping[str, str], name: str, kind: type, default):
 def emit_record(sender: FluentSender, record: Mapping) -> bool:
     """One event in the forward protocol's Message mode, stamped with its own timestamp."""
     return sender.emit_with_time(None, EventTime(event_seconds(record)), record)
-
-
-def emit_records(sender: FluentSender, records: list) -> bool:
-    """Several events in Message mode with one write to the socket: the same bytes as `emit_record` for each
-    in turn, without a lock, two non-blocking receive checks and a send per event (fluent-logger 0.11's
-    `_make_packet` and `_send`, which `emit_with_time` calls; the version is pinned in pyproject.toml).
-    False, like emit_record, once the connection is found broken."""
-    try:
-        data = b"".join([sender._make_packet(None, EventTime(event_seconds(record)), record) for record in records])
-    except Exception:  # noqa: BLE001 a value msgpack refuses: emit_with_time's own handling, one by one
-        return all(emit_record(sender, record) for record in records)
-    return sender._send(data)
 
 
 class Forwarder:
@@ -152,8 +139,8 @@ class Forwarder:
             self._count("dropped", len(bad))
             log.error("event spool: %d unreadable line(s) dropped, first: %s", len(bad), bad[0])
         sender = self._sender = self._sender or self.address.sender(self._tag)
-        for start in range(0, len(records), BATCH):
-            if not emit_records(sender, records[start:start + BATCH]):
+        for record in records:  # each send() hands the GIL to the request threads: no extra yields
+            if not emit_record(sender, record):
                 self._failed(sender)
                 return False
             self._last_ok = time.monotonic()
