@@ -74,11 +74,11 @@ def max_cols(x, out):
                 out[j] = v
 
 
-_ZERO = {"f": np.float64(0.0)}
+_FLOAT_ZERO = np.float64(0.0)
 
 
 def _zero(dtype):
-    return _ZERO["f"] if dtype.kind == "f" else np.int64(0)
+    return _FLOAT_ZERO if dtype.kind == "f" else np.int64(0)
 
 
 _LAYOUTS: dict = {}  # (shape, axes, keepdims) -> (out_shape, m, r, layout): worked out once per shape

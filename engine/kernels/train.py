@@ -4,9 +4,9 @@ Adam's scalars (``c1 = 1 - beta1``, ``c2 = 1 - beta2``, the rate) come in the va
 dtype, so a float32 variable is updated in float32 arithmetic throughout (as PyTorch's fused
 Adam does) and a float64 one in float64.
 
-Each optimizer has ONE update loop, over flat arrays (the ``*_dense`` kernel); its sparse form
-applies that loop to the rows a gather's gradient touched (2-D row views, unique row indices)
-and leaves every other row (and its slots) untouched. ``error_model="numpy"``: a division is
+Each optimizer's arithmetic is written once (Adam: ``_adam_step``, inlined into the dense loop
+over flat arrays and the sparse loop over the rows a gather's gradient touched, unique row
+indices); the sparse form leaves every other row (and its slots) untouched. ``error_model="numpy"``: a division is
 IEEE (no ZeroDivisionError check), which lets LLVM vectorize the loops (Adam: ~5x); the
 values are the same.
 """
@@ -49,15 +49,18 @@ def momentum_sparse(var, accum, values, idx, lr, momentum, nesterov):
         momentum_dense(var[r], accum[r], values[k], lr, momentum, nesterov)
 
 
+@njit(inline="always", error_model="numpy")
+def _adam_step(x, m, v, g, lr_t, beta1, c1, beta2, c2, epsilon):
+    """Adam's update of one value: (x, m, v) after gradient ``g`` — the one definition both loops inline."""
+    mi = beta1 * m + c1 * g
+    vi = beta2 * v + c2 * g * g
+    return x - lr_t * mi / (np.sqrt(vi) + epsilon), mi, vi
+
+
 @njit(cache=True, error_model="numpy")
 def adam_dense(var, m, v, grad, lr_t, beta1, c1, beta2, c2, epsilon):
     for i in range(var.size):
-        g = grad[i]
-        mi = beta1 * m[i] + c1 * g
-        vi = beta2 * v[i] + c2 * g * g
-        m[i] = mi
-        v[i] = vi
-        var[i] -= lr_t * mi / (np.sqrt(vi) + epsilon)
+        var[i], m[i], v[i] = _adam_step(var[i], m[i], v[i], grad[i], lr_t, beta1, c1, beta2, c2, epsilon)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -70,16 +73,12 @@ def adam_dense_parallel(var, m, v, grad, lr_t, beta1, c1, beta2, c2, epsilon):
 
 @njit(cache=True, error_model="numpy")
 def adam_sparse(var, m, v, values, idx, lr_t, beta1, c1, beta2, c2, epsilon):
-    """``adam_dense``'s arithmetic on the rows ``idx`` (2-D indexing: no row views per update)."""
+    """``adam_dense``'s step on the rows ``idx`` (2-D indexing: no row views per update)."""
     for k in range(idx.size):
         r = idx[k]
         for i in range(var.shape[1]):
-            g = values[k, i]
-            mi = beta1 * m[r, i] + c1 * g
-            vi = beta2 * v[r, i] + c2 * g * g
-            m[r, i] = mi
-            v[r, i] = vi
-            var[r, i] -= lr_t * mi / (np.sqrt(vi) + epsilon)
+            var[r, i], m[r, i], v[r, i] = _adam_step(var[r, i], m[r, i], v[r, i], values[k, i], lr_t, beta1, c1,
+                                                     beta2, c2, epsilon)
 
 
 @njit(cache=True, error_model="numpy")
