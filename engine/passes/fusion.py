@@ -169,7 +169,13 @@ def _run_members(member_kernels, xs, summed=False):
 
 def _runner(module, kinds, inner, npdtype, member_kernels, leaf_shapes, sum_shape):
     """The fused step: cheap shape checks, then one kernel call (or the members, if checks fail)."""
-    serial, parallel, summing = module.serial, module.parallel, getattr(module, "serial_sum", None)
+    def functions(io=None):  # (serial, parallel, summing), with the output over full leaf ``io`` when given
+        suffix = "" if io is None else f"_io{io}"
+        return (getattr(module, "serial" + suffix), getattr(module, "parallel" + suffix),
+                getattr(module, "serial_sum" + suffix, None))
+
+    serial, parallel, summing = functions()
+    over_leaf = {k: functions(k) for k, kind in enumerate(kinds) if kind == "full"}
     full = kinds.index("full")
     other_full = [k for k, kind in enumerate(kinds) if kind == "full" and k != full]
     rows = [(k, leaf_shapes[k], _core(leaf_shapes[k])) for k, kind in enumerate(kinds) if kind == "row"]
@@ -203,13 +209,19 @@ def _runner(module, kinds, inner, npdtype, member_kernels, leaf_shapes, sum_shap
         if out is None or out.shape != shape:
             out = np.empty(shape, npdtype)
         flat = [x.reshape(-1) for x in xs[:n_leaves]]
-        if summing is not None and n < threshold:
+        run_serial, run_parallel, run_summing = serial, parallel, summing
+        for k, variant in over_leaf.items():
+            if xs[k] is out:  # the plan reuses this operand's buffer for the output (passes/liveness.py)
+                run_serial, run_parallel, run_summing = variant
+                del flat[k]
+                break
+        if run_summing is not None and n < threshold:
             sums = np.zeros(sum_shape, npdtype)
             if n:
-                summing(out.reshape(-1), sums.reshape(-1), *flat)
+                run_summing(out.reshape(-1), sums.reshape(-1), *flat)
             return out, sums
         if n:
-            (parallel if n >= threshold else serial)(out.reshape(-1), *flat)
+            (run_parallel if n >= threshold else run_serial)(out.reshape(-1), *flat)
         if summing is not None:  # a big one: the chain's parallel kernel, then the sum's own (parallel) kernel
             return out, member_kernels[-1][0](out, *xs[n_leaves:])
         return out

@@ -206,3 +206,46 @@ def test_a_row_sum_above_the_parallel_threshold_gives_the_same_values(monkeypatc
     assert any(s.also for s in on.plan([g, summed], [x]).steps)
     for got, want in zip(on.run([g, summed], feed), off.run([g, summed], feed)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_chain_written_over_its_dying_input_runs_the_loop_that_reads_and_writes_one_array(monkeypatch):
+    """The plan writes bias+ReLU over the matmul's buffer and ReLU's gradient over the incoming
+    gradient's (passes/liveness.py). Those steps must call the ``_io`` kernels (one array read and
+    written: vectorized; ``out`` aliasing ``x0`` is LLVM's scalar fallback), with the same bits."""
+    calls = []
+    load = EW.chain_kernels
+
+    def recording(source):
+        module = load(source)
+
+        def wrap(name):
+            def call(*args):
+                calls.append(name)
+                return getattr(module, name)(*args)
+            return call
+
+        names = [n for n in dir(module) if n.startswith(("serial", "parallel"))]
+        return type("Recorded", (), {n: staticmethod(wrap(n)) for n in names})
+
+    monkeypatch.setattr(EW, "chain_kernels", recording)
+    x = en.placeholder(en.float32, (None, 6), name="x")
+    layer = en.layers.Dense(5, activation=en.relu, seed=1)
+    loss = en.reduce_sum(en.square(en.layers.Dense(1, seed=2)(layer(x))))
+    step = en.train.GradientDescentOptimizer(0.01).minimize(loss)  # the bias gradient is not fetched: kept buffer
+    on, off = en.Session(), en.Session(config=en.SessionConfig(optimize=False, reuse_buffers=False))
+    for sess in (on, off):
+        sess.run(en.global_variables_initializer())
+    feed = {x: np.random.default_rng(3).standard_normal((64, 6)).astype(np.float32)}
+    for _ in range(3):  # from the second run on, the kept buffers are there to be written over
+        assert on.run([loss, step], feed)[0] == off.run([loss, step], feed)[0]
+    for got, want in zip(on.run([layer.kernel, layer.bias]), off.run([layer.kernel, layer.bias])):
+        np.testing.assert_array_equal(got, want)
+    assert "serial_io0" in calls and "serial_sum_io0" in calls  # bias+ReLU and ReLU's gradient, in place
+    source = EW.chain_source([(_add, [("leaf", 0), ("leaf", 1)]), (_relu, [("step", 0)])], ["full", "row"],
+                             "float32", 3)
+    module = load(source)
+    values, bias = np.arange(-6, 6, dtype=np.float32) / 4, np.array([1, 0, -1], np.float32)
+    apart, over = np.empty_like(values), values.copy()
+    module.serial(apart, values, bias)
+    module.serial_io0(over, bias)
+    np.testing.assert_array_equal(over, apart)
