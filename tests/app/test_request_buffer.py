@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from app.request_buffer import BODY_TOO_LARGE, ArrivalOrder, BufferedRequests
+from app.request_buffer import BODY_TOO_LARGE, HELD_BODY_BYTES, ArrivalOrder, BufferedRequests
 
 
 def echo(environ, start_response):
@@ -116,3 +116,85 @@ def test_the_cork_comes_off_when_the_app_raises(connection):
     with pytest.raises(RuntimeError):
         app({"REQUEST_METHOD": "GET", "gunicorn.socket": connection}, lambda *a: None)
     assert not corked(connection)
+
+
+def answering(size: int):
+    """A WSGI app: a body of ``size`` bytes with its Content-Length, and on /second a note that it was let in."""
+    entered = threading.Event()
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") == "/second":
+            entered.set()
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b""]
+        body = b"x" * size
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return BufferedRequests(app, max_body_bytes=100, body_timeout_s=1.0), entered
+
+
+def second_request_waits(app: BufferedRequests, entered: threading.Event) -> tuple[bool, threading.Thread]:
+    """(whether a request started now has to wait for its turn, its thread: it is let in and finishes later)."""
+    thread = threading.Thread(target=lambda: b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/second"},
+                                                         lambda *a: None)))
+    thread.start()
+    return not entered.wait(0.3), thread
+
+
+def test_a_small_response_is_sent_within_its_turn_a_large_one_after_it(connection):
+    """S1's latency tail: the next forecast starts once a small response has left (the server closes its body),
+    so the two never trade GIL slices; a response that could block its send() gives the turn up first."""
+    small, entered = answering(HELD_BODY_BYTES)
+    body = small({"REQUEST_METHOD": "GET", "gunicorn.socket": connection}, lambda *a: None)
+    waited, thread = second_request_waits(small, entered)
+    assert waited and corked(connection)  # the next request waits while this one is written
+    assert b"".join(body) == b"x" * HELD_BODY_BYTES
+    body.close()
+    thread.join(5)
+    assert entered.is_set() and not corked(connection)
+    body.close()  # a second close (the server's, after an error) does not end another request's turn
+
+    large, entered = answering(HELD_BODY_BYTES + 1)
+    body = large({"REQUEST_METHOD": "GET", "gunicorn.socket": connection}, lambda *a: None)
+    waited, thread = second_request_waits(large, entered)
+    thread.join(5)
+    assert not waited and entered.is_set()  # the turn was given up before the body is written
+    body.close()
+    assert not corked(connection)
+
+
+def test_a_client_that_has_not_taken_in_earlier_responses_never_holds_the_turn(connection):
+    """A slow reader: the connection's send queue is not empty, so even a small response could block; it is
+    written after the turn is given up (a slow reader only ever holds its own connection thread)."""
+    connection.setblocking(False)
+    try:
+        while True:
+            connection.send(b"y" * 65536)  # the client reads nothing: its receive buffer, then our queue, fill up
+    except BlockingIOError:
+        pass
+    connection.setblocking(True)
+    small, entered = answering(10)
+    body = small({"REQUEST_METHOD": "GET", "gunicorn.socket": connection}, lambda *a: None)
+    waited, thread = second_request_waits(small, entered)
+    thread.join(5)
+    assert not waited and entered.is_set()
+    body.close()
+
+
+def test_the_turn_ends_when_the_app_raises(connection):
+    entered = threading.Event()
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") == "/second":
+            entered.set()
+            start_response("200 OK", [])
+            return [b""]
+        raise RuntimeError("boom")
+
+    buffered = BufferedRequests(app, max_body_bytes=100, body_timeout_s=1.0)
+    with pytest.raises(RuntimeError):
+        buffered({"REQUEST_METHOD": "GET", "gunicorn.socket": connection}, lambda *a: None)
+    waited, thread = second_request_waits(buffered, entered)
+    thread.join(5)
+    assert not waited and entered.is_set()
