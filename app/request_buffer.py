@@ -147,17 +147,12 @@ class BufferedRequests:
                 client.settimeout(None)
 
 
-class _SentInTurn:
-    """A small response's body: the cork comes off and the request's turn ends when the server closes it,
-    after writing it (the server always closes the body, also after an error writing it)."""
+class _ClosedBody:
+    """A response body that does ``_after_close`` once the server has closed it (it always does, also after an
+    error writing it)."""
 
-    def __init__(self, body: Iterable[bytes], client: socket.socket, turn: ArrivalOrder):
+    def __init__(self, body: Iterable[bytes]):
         self._body = body
-        self._client = client
-        self._turn: ArrivalOrder | None = turn
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._body)
 
     def close(self) -> None:
         try:
@@ -165,10 +160,28 @@ class _SentInTurn:
             if close is not None:
                 close()
         finally:
-            turn, self._turn = self._turn, None
-            if turn is not None:
-                _cork(self._client, False)
-                turn.__exit__(None, None, None)
+            self._after_close()
+
+    def _after_close(self) -> None:
+        raise NotImplementedError
+
+
+class _SentInTurn(_ClosedBody):
+    """A small response's body: the cork comes off and the request's turn ends when the server closes it."""
+
+    def __init__(self, body: Iterable[bytes], client: socket.socket, turn: ArrivalOrder):
+        super().__init__(body)
+        self._client = client
+        self._turn: ArrivalOrder | None = turn
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def _after_close(self) -> None:
+        turn, self._turn = self._turn, None
+        if turn is not None:
+            _cork(self._client, False)
+            turn.__exit__(None, None, None)
 
 
 def _leaves_in_one_send(client: socket.socket, declared: list[str]) -> bool:
@@ -183,13 +196,13 @@ def _leaves_in_one_send(client: socket.socket, declared: list[str]) -> bool:
     return queued == 0
 
 
-class _CorkedUntilFirstChunk:
+class _CorkedUntilFirstChunk(_ClosedBody):
     """The app's response body; the cork comes off once the server has written the headers and the first
     chunk (when it asks for the next one, or closes the body), so they leave as one packet and a streamed
     body's later chunks are not held."""
 
     def __init__(self, body: Iterable[bytes], client: socket.socket):
-        self._body = body
+        super().__init__(body)
         self._client = client
         self._corked = True
 
@@ -202,13 +215,8 @@ class _CorkedUntilFirstChunk:
             return
         self._uncork()
 
-    def close(self) -> None:
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._uncork()
+    def _after_close(self) -> None:
+        self._uncork()
 
     def _uncork(self) -> None:
         if self._corked:
