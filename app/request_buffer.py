@@ -34,8 +34,9 @@ BODY_TIMED_OUT = "shelfcast.body_timed_out"
 CHUNK = 64 * 1024
 TCP_CORK = getattr(socket, "TCP_CORK", 0)
 # A response body up to this size is sent within its request's turn (module docstring). With the headers it
-# stays under 4.5 KiB: into an empty send queue that is one send() that cannot block (Linux grants every TCP
-# socket at least 4 KiB of send buffer even under memory pressure, 16 KiB normally).
+# stays under 4.5 KiB: into an empty send queue (16 KiB of send buffer by default) one send() that returns at
+# once. Only if the kernel ran short of TCP memory and shrank the buffer to its floor (~4.5 KiB with overhead)
+# while the client had stopped reading could it wait; that case is not handled (no timeout on the send).
 HELD_BODY_BYTES = 3 * 1024
 SIOCOUTQ = getattr(termios, "TIOCOUTQ", 0)  # Linux: the bytes in a socket's send queue (sent but unacked, unsent)
 

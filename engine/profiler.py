@@ -2,10 +2,11 @@
 
 ``profile(sess, fetches, feed_dict, runs=10)`` builds (or reuses) the session's execution plan
 for those fetches and feeds and runs its steps itself, timing each kernel call with
-``perf_counter_ns``. It uses the public plan API (``Session.plan``; ``Plan.steps``: kernel,
-input slots, output slot), so it measures the same kernels a run uses, after graph rewrites (a fused node
-shows as one step), but without buffer reuse: every step allocates its output. Stateful steps
-really run: profiling a training step trains (as TensorFlow's profiler does).
+``perf_counter_ns``. It uses the public plan API (``Session.plan``; ``Plan.steps`` for names, slots
+and types, ``Plan.runners`` for what a run executes), so it times exactly what a run does, after graph
+rewrites (a fused node shows as one step) and with the plan's kept buffers (a fused step written over
+its dying input runs its in-place loop, as in a run). Stateful steps really run: profiling a training
+step trains (as TensorFlow's profiler does).
 
 The result prints as a table (per op and per op type) and exports as a Chrome trace
 (``chrome://tracing`` or https://ui.perfetto.dev): one complete event ("ph": "X") per step
@@ -123,23 +124,24 @@ def profile(sess, fetches, feed_dict=None, runs: int = 10, warmup: int = 1) -> P
     clock = time.perf_counter_ns
     origin = clock()
     wall = 0
-    for run in range(-warmup, runs):
-        vals = plan.slots(feed_values)
-        begin = clock()
-        for step, plan_step in enumerate(plan.steps):
-            args = [vals[j] for j in plan_step.inputs]
-            start = clock()
-            value = plan_step.kernel(*args)
-            end = clock()
-            plan_step.store(vals, value)
+    with plan.lock:  # the kept buffers: one run at a time, as Plan.execute
+        for run in range(-warmup, runs):
+            vals = plan.slots(feed_values)
+            begin = clock()
+            for step, (plan_step, runner) in enumerate(zip(plan.steps, plan.runners)):
+                input_bytes = sum(_nbytes(vals[j]) for j in plan_step.inputs)
+                start = clock()
+                runner(vals, plan.buffers)
+                end = clock()
+                if run >= 0:
+                    stats = ops[step]
+                    stats.calls += 1
+                    stats.total_ns += end - start
+                    written = [s for s in (plan_step.output, *plan_step.also) if s >= 0]
+                    stats.output_bytes = sum(_nbytes(vals[s]) for s in written)
+                    stats.input_bytes = input_bytes
+                    result.events.append((run, step, start - origin, end - start))
             if run >= 0:
-                stats = ops[step]
-                stats.calls += 1
-                stats.total_ns += end - start
-                stats.output_bytes = _nbytes(value)
-                stats.input_bytes = sum(_nbytes(a) for a in args)
-                result.events.append((run, step, start - origin, end - start))
-        if run >= 0:
-            wall += clock() - begin
+                wall += clock() - begin
     result.wall_ns = wall
     return result

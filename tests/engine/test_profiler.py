@@ -35,6 +35,20 @@ def test_profile_times_every_step_and_counts_bytes():
     assert "product" in table and "MatMul" in table and "op type" in table
 
 
+def test_profile_runs_the_plan_as_a_run_does_with_its_kept_buffers():
+    """What is timed is what a run executes: the plan's runners and kept buffers (a step written over its
+    dying input runs its in-place loop), not each kernel with a fresh output."""
+    x, _, total = _graph()
+    feed = {x: np.ones((5, 3), np.float32)}
+    with en.Session() as sess:
+        sess.run(en.global_variables_initializer())
+        plan = sess.plan(total, [x])
+        assert plan.n_buffers and all(b is None for b in plan.buffers)  # not run yet
+        en.profiler.profile(sess, total, feed, runs=2)
+        assert all(b is not None for b in plan.buffers)
+        assert float(sess.run(total, feed)) == pytest.approx(60.0)
+
+
 def test_chrome_trace_is_valid_trace_event_json(tmp_path):
     x, _, total = _graph()
     with en.Session() as sess:
