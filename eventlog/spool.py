@@ -100,7 +100,7 @@ class Spool:
         self._written: list[dict[str, Any]] | None = None  # the open segment's records (None: not kept)
         self._cached: dict[Path, list[dict[str, Any]]] = {}  # sealed segments' records, oldest first
         self._names = itertools.count()
-        self._disk_full = False  # set by a failed write, cleared by enforce_limit() after it made room
+        self._disk_full = False  # set by a failed write, cleared by the next enforce_limit() that began after it
         self._last_warning = 0.0
 
     # --- writing (request threads) ---------------------------------------------------
@@ -201,7 +201,16 @@ class Spool:
         return None
 
     def enforce_limit(self) -> int:
-        """Drop the oldest unclaimed segments while the spool is over max_bytes (or a write failed)."""
+        """Drop the oldest unclaimed segments while the spool is over max_bytes (or a write failed).
+
+        After a failed write this process first seals its open segment and closes its sealed ones
+        (``sync``), so its own writer locks cannot keep the oldest segments from being deleted. Only
+        a failure seen when the check began is cleared at its end: a write that fails while it runs
+        leaves the flag for the next check (which frees room even if no write comes in between)."""
+        with self._lock:
+            must_free = write_failed = self._disk_full
+        if write_failed:
+            self.sync(seal_older_than_s=0.0)
         paths = self.segment_paths()
         sizes = {}
         for path in paths:
@@ -210,7 +219,6 @@ class Spool:
             except FileNotFoundError:
                 pass
         total, dropped = sum(sizes.values()), 0
-        must_free = self._disk_full
         for path in sizes:
             if total <= self.max_bytes and not must_free:
                 break
@@ -224,7 +232,9 @@ class Spool:
             total -= sizes[path]
             dropped += lines
             must_free = False
-        self._disk_full = False  # room was made, or there is none to make: let the next write try
+        if write_failed:
+            with self._lock:
+                self._disk_full = False  # room was made, or there is none to make: let the next write try
         if dropped:
             self._count("dropped", dropped)
             self._warn(f"event spool {self.root}: over its limit of {self.max_bytes} bytes or out of disk; "

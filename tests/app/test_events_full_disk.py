@@ -7,6 +7,7 @@ CAP_SYS_ADMIN; skips otherwise). Against the real Fluentd-protocol receiver.
 from __future__ import annotations
 
 import collections
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from app.events import TAG, PredictionEventSink
+from eventlog.records import encode_line
+from eventlog.spool import Spool
 
 
 @pytest.fixture
@@ -28,6 +31,64 @@ def tiny_disk(tmp_path: Path):
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+class Counts(collections.Counter):
+    def __call__(self, name: str, count: int) -> None:
+        self[name] += count
+
+
+def fill(spool: Spool, start: int = 0) -> int:
+    """Append ~300-byte events until the disk refuses one; the number written."""
+    n = start
+    while spool.append(encode_line({"event_id": f"e{n}", "pad": "x" * 250})):
+        n += 1
+        assert n - start < 10_000, "the small disk never filled"
+    return n - start
+
+
+def test_the_first_check_after_a_failed_write_frees_room_though_the_writer_still_holds_its_segments(
+        tiny_disk: Path) -> None:
+    """No sync has run, so every sealed segment is still locked by its writer (this process)."""
+    counts = Counts()
+    spool = Spool(tiny_disk / "spool", max_bytes=10**9, segment_max_bytes=32 * 1024, count=counts)
+    written = fill(spool)
+    assert counts["dropped"] == 1 and written > 200
+    freed = spool.enforce_limit()
+    assert freed > 0 and counts["dropped"] == 1 + freed  # the oldest segment went, counted
+    assert spool.append(encode_line({"event_id": "after", "pad": ""}))  # and the disk takes events again
+    spool.close()
+
+
+def test_a_write_that_fails_during_a_check_is_not_forgotten(tiny_disk: Path, monkeypatch) -> None:
+    """The check that runs while a write fails must leave the failure for the next one, which frees room
+    even if no event comes in between (an idle server after a burst)."""
+    counts = Counts()
+    spool = Spool(tiny_disk / "spool", max_bytes=10**9, segment_max_bytes=32 * 1024, count=counts)
+    fill(spool)
+    spool.enforce_limit()  # room made; the disk is filled up again below, by something else
+    spool.sync()
+    filler = os.open(tiny_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(filler, b"\0" * 4096):
+            pass
+    except OSError:  # ENOSPC: the disk is full
+        pass
+    finally:
+        os.close(filler)
+    dropped_before = counts["dropped"]
+    paths = spool.segment_paths
+
+    def a_write_fails_meanwhile():
+        assert not spool.append(encode_line({"event_id": "during", "pad": "x" * 250}))
+        return paths()
+
+    monkeypatch.setattr(spool, "segment_paths", a_write_fails_meanwhile)
+    assert spool.enforce_limit() == 0  # it began before the failure: the spool was under its limit
+    monkeypatch.setattr(spool, "segment_paths", paths)
+    assert counts["dropped"] == dropped_before + 1
+    assert spool.enforce_limit() > 0  # no write since: the failure alone makes this check free room
+    spool.close()
 
 
 def sink_for(port: int, spool: Path, **overrides) -> PredictionEventSink:
