@@ -34,6 +34,11 @@ def bench():
 
 
 @pytest.fixture(scope="session")
+def hand_step():
+    return _benchmark_module("e1_hand_step")
+
+
+@pytest.fixture(scope="session")
 def noise_floor():
     return _benchmark_module("noise_floor")
 

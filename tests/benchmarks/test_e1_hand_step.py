@@ -1,0 +1,38 @@
+"""E1's hand-written step: the same computation as the engine's W1 step (losses agree), or the script stops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def test_the_hand_step_trains_exactly_as_the_engine(bench, hand_step, engine_api) -> None:
+    weights, batches = bench.initial_weights(0), bench.workload_data(0).training
+    lines = hand_step.check_losses(hand_step.HandStep(weights), bench.build_engine_model(weights), batches)
+    assert "largest relative difference" in lines[-1]
+
+
+def test_a_hand_step_that_computes_something_else_is_refused(bench, hand_step, engine_api, monkeypatch) -> None:
+    """Leaving the hidden bias's gradient out of the last layer's loop changes the training: caught."""
+    weights, batches = bench.initial_weights(0), bench.workload_data(0).training
+    hand = hand_step.HandStep(weights)
+    head = hand.head
+
+    def head_without_hidden_bias_gradient(h, w, b, y, g, dw, db_hidden):
+        loss, db = head(h, w, b, y, g, dw, db_hidden)
+        db_hidden[:] = 0
+        return loss, db
+
+    monkeypatch.setattr(hand, "head", head_without_hidden_bias_gradient)
+    with pytest.raises(SystemExit) as stopped:
+        hand_step.check_losses(hand, bench.build_engine_model(weights), batches)
+    assert stopped.value.code == hand_step.EXIT_LOSS_MISMATCH
+
+
+def test_a_quick_run_reports_both_steps_and_their_e1(hand_step, engine_api, capsys) -> None:
+    assert hand_step.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith("E1 reachable here: hand step") and "engine" in summary
+    values = [float(part.split()[0].rstrip(";")) for part in summary.split("-> E1 ")[1:]]
+    assert len(values) == 2 and all(np.isfinite(v) and 0 < v < 2 for v in values)
