@@ -96,6 +96,29 @@ def busy_machine_note(threads: int) -> str | None:
             f"{threads} thread(s) per side will compete with other work, so these figures are unreliable")
 
 
+def python_speed(repeats: int = 5) -> float:
+    """Millions of iterations per second of a fixed pure-Python loop (dict lookups, string and float work):
+    how fast this machine runs interpreted Python right now.
+
+    The shared machines run the same code 20-30 % faster in some hours than in others; a latency
+    figure (S1) is only comparable with another taken at a similar reading of this probe."""
+    table = {f"k{i}": float(i) for i in range(64)}
+    keys = list(table)
+
+    def loop() -> float:
+        total = 0.0
+        for i in range(100_000):
+            total += table[keys[i & 63]] * 0.5 + len(keys[i & 7])
+        return total
+
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        loop()
+        best = min(best, time.perf_counter() - start)
+    return 0.1 / best
+
+
 # ---------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------

@@ -74,3 +74,11 @@ def test_run_child_measures_that_childs_own_peak_memory_and_output(common):
     assert small.returncode == 4 and small.peak_rss_bytes < 200 * 2**20
     with pytest.raises(RuntimeError, match="no JSON result"):
         small.last_json_line("child")
+
+
+def test_python_speed_is_a_rate_that_falls_when_python_runs_slower(common, monkeypatch):
+    fast = common.python_speed(repeats=2)
+    assert 0.1 < fast < 10_000  # millions of loop iterations per second
+    ticks = iter(range(0, 10**9, 3))  # a clock on which every loop takes 3 s: 0.1 M iterations / 3 s
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(ticks))
+    assert common.python_speed(repeats=2) == pytest.approx(0.1 / 3)
