@@ -116,7 +116,8 @@ class HandStep:
         self.t = 0
 
     def _adam_scalars(self):
-        """The engine's Adam (engine/ops/training.py): bias-corrected rate, float32 scalars."""
+        """The engine's Adam (engine/ops/training.py): bias-corrected rate, float32 scalars. Its defaults are
+        written here again on purpose (the hand step uses no engine graph code); the loss check fails if they drift."""
         b1, b2 = 0.9, 0.999
         lr_t = bench.LEARNING_RATE * math.sqrt(1.0 - b2 ** self.t) / (1.0 - b1 ** self.t)
         return tuple(np.float32(s) for s in (lr_t, b1, 1.0 - b1, b2, 1.0 - b2, 1e-8))
