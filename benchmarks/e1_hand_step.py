@@ -13,13 +13,17 @@ so both see the same minutes of a machine whose speed drifts.
 The hand step's losses are checked against the engine's first (same start, same batches): it is the
 same computation, or the script stops (exit 2).
 
-    python benchmarks/e1_hand_step.py [--rounds 5] [--steps 200] [--quick]
+    python benchmarks/e1_hand_step.py [--rounds 5] [--steps 200] [--threads N] [--quick]
+
+Both steps run in this one process with --threads for BLAS and Numba (default: the cores available, as
+engine_vs_torch.py), set through threadpoolctl and numba.set_num_threads.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 import numpy as np
@@ -172,13 +176,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternated rounds (median over them)")
     parser.add_argument("--steps", type=int, default=200, help="timed steps per side per round")
+    parser.add_argument("--threads", type=int, default=common.available_cores(),
+                        help="BLAS and Numba threads (default: the cores available, as engine_vs_torch.py)")
     parser.add_argument("--quick", action="store_true", help="1 round of 5 steps (a smoke run)")
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    weights = bench.initial_weights(0)
+    engine, hand = bench.build_engine_model(weights), HandStep(weights)
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    with threadpool_limits(args.threads):  # every BLAS and OpenMP pool loaded by now (both steps are built)
+        return _measure(args, engine, hand)
+
+
+def _measure(args, engine, hand: HandStep) -> int:
     rounds, steps = (1, 5) if args.quick else (args.rounds, args.steps)
     settings = bench.Settings.for_run(args.quick)
-    weights, data = bench.initial_weights(0), bench.workload_data(0)
-    batches = data.training
-    engine, hand = bench.build_engine_model(weights), HandStep(weights)
+    batches = bench.workload_data(0).training
     loss_lines = check_losses(hand, engine, batches)
     flops_per_step = bench.TRAIN_BATCH * bench.training_flops_per_row()
     hand_s, engine_s, matmul = [], [], []
@@ -193,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
           for name, times in (("hand", hand_s), ("engine", engine_s))}
     print("loss check (same start, same batches):")
     print("\n".join(loss_lines))
-    print(f"threads: {common.thread_report()}")
+    import numba
+    from threadpoolctl import threadpool_info
+
+    numpy_blas = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"
+                  and f"{os.sep}numpy" in p.get("filepath", "")]  # the BLAS both steps call (np.matmul)
+    print(f"threads: numpy's BLAS {numpy_blas}, Numba {numba.get_num_threads()}")
     print(f"E1 reachable here: hand step {common.median(hand_s) * 1e3:.3f} ms -> E1 {common.median(e1['hand']):.3f}; "
           f"engine {common.median(engine_s) * 1e3:.3f} ms -> E1 {common.median(e1['engine']):.3f} "
           f"(medians of {rounds} round(s); the engine takes {common.median(engine_s) / common.median(hand_s):.2f}x "

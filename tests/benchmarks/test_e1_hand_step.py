@@ -36,3 +36,9 @@ def test_a_quick_run_reports_both_steps_and_their_e1(hand_step, engine_api, caps
     assert summary.startswith("E1 reachable here: hand step") and "engine" in summary
     values = [float(part.split()[0].rstrip(";")) for part in summary.split("-> E1 ")[1:]]
     assert len(values) == 2 and all(np.isfinite(v) and 0 < v < 2 for v in values)
+
+
+def test_threads_pin_both_pools_for_both_steps(hand_step, engine_api, capsys) -> None:
+    assert hand_step.main(["--quick", "--threads", "1"]) == 0
+    threads_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("threads:"))
+    assert threads_line == "threads: numpy's BLAS [1], Numba 1"
