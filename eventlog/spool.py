@@ -91,6 +91,9 @@ class Spool:
         self.segment_max_bytes = segment_max_bytes
         self._count = count
         self._lock = threading.Lock()
+        # Held for a whole sync(): a caller that needs the sealed segments closed (enforce_limit after a
+        # failed write) waits for another thread's sync to finish closing the descriptors it took.
+        self._sync_lock = threading.Lock()
         self._fd = -1
         self._path: Path | None = None
         self._size = 0
@@ -168,21 +171,24 @@ class Spool:
     # --- upkeep (the delivery thread) ------------------------------------------------
 
     def sync(self, seal_older_than_s: float | None = None) -> None:
-        """fsync what was written; seal the open segment if it is older than the given age."""
-        with self._lock:
-            if (self._fd >= 0 and seal_older_than_s is not None
-                    and time.monotonic() - self._opened_at >= seal_older_than_s):
-                self._seal_locked()
-            sealed, self._sealed = self._sealed, []
-            current = os.dup(self._fd) if self._fd >= 0 and self._unsynced else -1
-            self._unsynced = False
-        for fd in sealed + ([current] if current >= 0 else []):
-            try:
-                os.fsync(fd)
-            except OSError as exc:
-                self._warn(f"event spool {self.root}: fsync failed ({exc})")
-            finally:
-                os.close(fd)  # for a sealed segment this releases the writer's lock
+        """fsync what was written; seal the open segment if it is older than the given age.
+
+        On return every segment sealed before the call is closed, whichever thread took it."""
+        with self._sync_lock:
+            with self._lock:
+                if (self._fd >= 0 and seal_older_than_s is not None
+                        and time.monotonic() - self._opened_at >= seal_older_than_s):
+                    self._seal_locked()
+                sealed, self._sealed = self._sealed, []
+                current = os.dup(self._fd) if self._fd >= 0 and self._unsynced else -1
+                self._unsynced = False
+            for fd in sealed + ([current] if current >= 0 else []):
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    self._warn(f"event spool {self.root}: fsync failed ({exc})")
+                finally:
+                    os.close(fd)  # for a sealed segment this releases the writer's lock
 
     def close(self) -> None:
         with self._lock:
@@ -204,9 +210,10 @@ class Spool:
         """Drop the oldest unclaimed segments while the spool is over max_bytes (or a write failed).
 
         After a failed write this process first seals its open segment and closes its sealed ones
-        (``sync``), so its own writer locks cannot keep the oldest segments from being deleted. Only
-        a failure seen when the check began is cleared at its end: a write that fails while it runs
-        leaves the flag for the next check (which frees room even if no write comes in between)."""
+        (``sync``, which waits for another thread's sync to close what it took), so its own writer
+        locks cannot keep the oldest segments from being deleted. Only a failure seen when the check
+        began is cleared at its end: a write that fails while it runs leaves the flag for the next
+        check (which frees room even if no write comes in between)."""
         with self._lock:
             must_free = write_failed = self._disk_full
         if write_failed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -57,6 +58,34 @@ def test_the_first_check_after_a_failed_write_frees_room_though_the_writer_still
     freed = spool.enforce_limit()
     assert freed > 0 and counts["dropped"] == 1 + freed  # the oldest segment went, counted
     assert spool.append(encode_line({"event_id": "after", "pad": ""}))  # and the disk takes events again
+    spool.close()
+
+
+def test_the_check_waits_for_a_sync_in_another_thread_to_close_the_segments_it_took(
+        tiny_disk: Path, monkeypatch) -> None:
+    """The sync thread takes every sealed descriptor at once, then fsyncs and closes them one by one.
+    A check that ran in between found them all still locked, freed nothing and cleared the failure:
+    with no later write the full disk stayed full (CI, stop 21)."""
+    import eventlog.spool as spool_module
+
+    counts = Counts()
+    spool = Spool(tiny_disk / "spool", max_bytes=10**9, segment_max_bytes=32 * 1024, count=counts)
+    fill(spool)
+    fsync_began = threading.Event()
+
+    def slow_fsync(fd: int) -> None:  # the other thread's first fsync takes a second; this thread's are quick
+        if threading.current_thread() is syncer and not fsync_began.is_set():
+            fsync_began.set()
+            time.sleep(1.0)
+
+    monkeypatch.setattr(spool_module.os, "fsync", slow_fsync)
+    syncer = threading.Thread(target=spool.sync, name="sync")
+    syncer.start()
+    assert fsync_began.wait(5)
+    try:
+        assert spool.enforce_limit() > 0  # waited for the descriptors the other sync took, then freed room
+    finally:
+        syncer.join()
     spool.close()
 
 
