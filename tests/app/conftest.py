@@ -7,6 +7,7 @@ skip when Node.js is absent.
 
 from __future__ import annotations
 
+import collections
 import json
 import shutil
 import signal
@@ -20,6 +21,13 @@ import pytest
 
 RECEIVER_DIR = Path(__file__).resolve().parents[1] / "fluentd_receiver"
 INSTALL_COMMAND = "scripts/install_test_services.sh"
+
+
+class Counts(collections.Counter):
+    """A Spool's ``count`` callback that keeps what it was told: ``counts["dropped"]``."""
+
+    def __call__(self, name: str, count: int) -> None:
+        self[name] += count
 
 
 def receiver_command() -> list[str]:

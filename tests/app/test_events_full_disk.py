@@ -18,6 +18,7 @@ import pytest
 from app.events import TAG, PredictionEventSink
 from eventlog.records import encode_line
 from eventlog.spool import Spool
+from tests.app.conftest import Counts
 
 
 @pytest.fixture
@@ -32,11 +33,6 @@ def tiny_disk(tmp_path: Path):
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-class Counts(collections.Counter):
-    def __call__(self, name: str, count: int) -> None:
-        self[name] += count
 
 
 def fill(spool: Spool, start: int = 0) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import subprocess
@@ -13,13 +12,9 @@ from pathlib import Path
 
 from eventlog.records import encode_line
 from eventlog.spool import Spool
+from tests.app.conftest import Counts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-class Counts(collections.Counter):
-    def __call__(self, name: str, count: int) -> None:
-        self[name] += count
 
 
 def line(i: int, padding: int = 0) -> bytes:
