@@ -53,7 +53,6 @@ CONCAT_WIDTH = sum(width for _, _, width in EMBEDDINGS) + DENSE_FEATURES  # 64
 LAYER_WIDTHS = (256, 128, 1)  # Dense 256 ReLU -> Dense 128 ReLU -> Dense 1
 LEARNING_RATE = 1e-3
 TRAIN_BATCH = 1_024
-LATENCY_BATCH = 1
 BULK_BATCH = 10_000
 MATMUL_N = 1_024
 TRAIN_BATCH_POOL = 8  # distinct training batches, cycled in the same order on both sides

@@ -36,10 +36,6 @@ class OpStats:
     output_bytes: int = 0  # of the last run
     input_bytes: int = 0  # of the last run
 
-    @property
-    def mean_us(self) -> float:
-        return self.total_ns / max(self.calls, 1) / 1e3
-
 
 @dataclass
 class Profile:

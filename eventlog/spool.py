@@ -257,15 +257,6 @@ class Spool:
             return []
         return [self.root / name for name in names]
 
-    def pending_bytes(self) -> int:
-        total = 0
-        for path in self.segment_paths():
-            try:
-                total += path.stat().st_size
-            except FileNotFoundError:
-                pass
-        return total
-
     def _try_claim(self, path: Path) -> Segment | None:
         try:
             fd = os.open(path, os.O_RDONLY)

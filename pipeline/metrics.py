@@ -108,13 +108,6 @@ class ImprovementInterval(NamedTuple):
         return self._asdict()
 
 
-def improvement(candidate_nwrmsle: float, baseline_nwrmsle: float) -> float:
-    """Relative improvement of the candidate's NWRMSLE over the baseline's (0.1 = 10 % lower error)."""
-    if baseline_nwrmsle <= 0:
-        raise MetricInputError("the baseline's NWRMSLE is 0: an improvement over a perfect forecast is undefined")
-    return 1.0 - candidate_nwrmsle / baseline_nwrmsle
-
-
 def improvement_interval(series, actual, candidate, baseline, weights=None, *, confidence: float = 0.95,
                          resamples: int = 1000, seed: int = 0) -> ImprovementInterval:
     """The candidate's improvement over the baseline, with a paired bootstrap interval over series.

@@ -308,10 +308,6 @@ def binomial_tail(k: int, n: int, p: float) -> float:
     return min(total, 1.0)
 
 
-def _rmsle(pairs: list[tuple[float, float]]) -> float:
-    return math.sqrt(sum((math.log1p(p) - math.log1p(a)) ** 2 for p, a in pairs) / len(pairs))
-
-
 def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tuple, float] | None = None,
             seed: int = 0) -> Verdict:
     """The decision rule. Roll back if any of these holds, promote if none does and there is enough traffic:

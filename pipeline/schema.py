@@ -62,9 +62,6 @@ class RawFile:
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
 
-    def arrow_types(self) -> dict[str, pa.DataType]:
-        return {c.name: c.type for c in self.columns}
-
 
 _DATE = pa.date32()
 
