@@ -13,7 +13,7 @@ so both see the same minutes of a machine whose speed drifts.
 The hand step's losses are checked against the engine's first (same start, same batches): it is the
 same computation, or the script stops (exit 2).
 
-    python benchmarks/e1_hand_step.py [--rounds 5] [--steps 200] [--threads N] [--quick]
+    python benchmarks/e1_hand_step.py [--rounds 5] [--steps 200] [--threads N] [--all-input-columns] [--quick]
 
 Both steps run in this one process with --threads for BLAS and Numba (default: the cores available, as
 engine_vs_torch.py), set through threadpoolctl and numba.set_num_threads.
@@ -100,7 +100,7 @@ def _kernels():
 class HandStep:
     """One W1 training step (forward, backward, lazy Adam) on its own copy of the weights."""
 
-    def __init__(self, weights: dict[str, np.ndarray]):
+    def __init__(self, weights: dict[str, np.ndarray], all_input_columns: bool = False):
         from engine.kernels import array as KA
         from engine.kernels import train as KT
 
@@ -112,10 +112,12 @@ class HandStep:
         self.grad = {k: np.empty_like(v) for k, v in weights.items()}
         rows, (h1, h2, _) = bench.TRAIN_BATCH, bench.LAYER_WIDTHS
         self.embedding_width = sum(width for _, _, width in bench.EMBEDDINGS)
+        # dense1's input gradient: the embedding columns only (as a person would), or all of them (as the engine)
+        self.input_columns = bench.CONCAT_WIDTH if all_input_columns else self.embedding_width
         self.x = np.empty((rows, bench.CONCAT_WIDTH), np.float32)
         self.h1, self.g1 = np.empty((rows, h1), np.float32), np.empty((rows, h1), np.float32)
         self.h2, self.g2 = np.empty((rows, h2), np.float32), np.empty((rows, h2), np.float32)
-        self.gx = np.empty((rows, self.embedding_width), np.float32)
+        self.gx = np.empty((rows, self.input_columns), np.float32)
         self.scratch = {name: {} for name, _, _ in bench.EMBEDDINGS}
         self.t = 0
 
@@ -139,7 +141,7 @@ class HandStep:
         np.matmul(self.g2, w["dense2_kernel"].T, out=self.g1)
         np.matmul(self.h1.T, self.g2, out=grad["dense2_kernel"])
         self.relu_grad_sum(self.g1, self.h1, grad["dense1_bias"])
-        np.matmul(self.g1, w["dense1_kernel"][:self.embedding_width].T, out=self.gx)  # embedding columns only
+        np.matmul(self.g1, w["dense1_kernel"][:self.input_columns].T, out=self.gx)
         np.matmul(self.x.T, self.g1, out=grad["dense1_kernel"])
         self.t += 1
         scalars = self._adam_scalars()
@@ -179,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=common.available_cores(),
                         help="BLAS and Numba threads (default: the cores available, as engine_vs_torch.py)")
     parser.add_argument("--quick", action="store_true", help="1 round of 5 steps (a smoke run)")
+    parser.add_argument("--all-input-columns", action="store_true",
+                        help="the hand step computes dense1's input gradient for all 64 columns, as the engine does")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be at least 1")
     weights = bench.initial_weights(0)
-    engine, hand = bench.build_engine_model(weights), HandStep(weights)
+    engine, hand = bench.build_engine_model(weights), HandStep(weights, args.all_input_columns)
     import numba
     from threadpoolctl import threadpool_limits
 

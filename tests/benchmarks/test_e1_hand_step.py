@@ -12,6 +12,15 @@ def test_the_hand_step_trains_exactly_as_the_engine(bench, hand_step, engine_api
     assert "largest relative difference" in lines[-1]
 
 
+def test_the_hand_step_with_every_input_column_trains_the_same(bench, hand_step, engine_api) -> None:
+    """--all-input-columns also computes the dense features' gradient columns, which nothing reads."""
+    weights, batches = bench.initial_weights(0), bench.workload_data(0).training
+    hand = hand_step.HandStep(weights, all_input_columns=True)
+    assert hand.gx.shape[1] == bench.CONCAT_WIDTH
+    lines = hand_step.check_losses(hand, bench.build_engine_model(weights), batches)
+    assert "largest relative difference" in lines[-1]
+
+
 def test_a_hand_step_that_computes_something_else_is_refused(bench, hand_step, engine_api, monkeypatch) -> None:
     """Leaving the hidden bias's gradient out of the last layer's loop changes the training: caught."""
     weights, batches = bench.initial_weights(0), bench.workload_data(0).training
