@@ -7,8 +7,11 @@ CAP_SYS_ADMIN; skips otherwise). Against the real Fluentd-protocol receiver.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -19,6 +22,8 @@ from app.events import TAG, PredictionEventSink
 from eventlog.records import encode_line
 from eventlog.spool import Spool
 from tests.app.conftest import Counts
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -182,3 +187,40 @@ def test_over_the_spool_limit_the_oldest_are_dropped_and_only_they(fluentd_recei
     assert lost == stats["dropped"] and duplicated == 0
     received_order = answered[-(len(answered) - lost):]
     assert lost < len(answered) and set(answered) - set(received_order) == set(answered[:lost])  # the oldest went
+
+
+def test_two_processes_on_one_full_disk_lose_only_counted_events(fluentd_receiver, tiny_disk: Path) -> None:
+    """Two workers share the spool on a full disk with Fluentd down: each one's checks free room through
+    the other's segments too, and whatever is missing downstream was counted as dropped by one of them."""
+    fluentd_receiver.stop()
+    spool = tiny_disk / "spool"
+    script = textwrap.dedent(f"""
+        import json, time
+        from pathlib import Path
+        from app.events import PredictionEventSink
+        env = {{"FLUENTD_HOST": "127.0.0.1", "FLUENTD_PORT": "{fluentd_receiver.port}",
+               "SHELFCAST_EVENT_SPOOL": "{spool}"}}
+        sink = PredictionEventSink.from_environment(env, retry_max_s=0.2, close_timeout_s=0.2,
+                                                    segment_max_bytes=32 * 1024)
+        answered = []
+        for burst in range(2):
+            for n in range(1500):
+                event_id = sink.emit({{"request_id": f"r{{burst}}-{{n}}", "output": 1.0, "pad": "x" * 250}})
+                if event_id is not None:
+                    answered.append(event_id)
+            time.sleep(2.5)  # the checks (each second) drop the oldest segments to make room for the next burst
+        sink.close()
+        print(json.dumps({{"answered": answered, "stats": sink.stats.snapshot()}}))
+    """)
+    workers = [subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    results = [json.loads(worker.communicate(timeout=60)[0].strip().splitlines()[-1]) for worker in workers]
+    answered = [event_id for result in results for event_id in result["answered"]]
+    refused = sum(result["stats"]["emitted"] for result in results) - len(answered)
+    dropped_after_writing = sum(result["stats"]["dropped"] for result in results) - refused
+    assert refused > 0 and dropped_after_writing > 0, [result["stats"] for result in results]
+
+    lost, duplicated, _ = deliver_and_count(fluentd_receiver, spool, answered)
+    print(f"two processes, full disk: {len(answered)} answered, {refused} refused, {dropped_after_writing} dropped "
+          f"oldest, {lost} lost, {duplicated} duplicated")
+    assert lost == dropped_after_writing and duplicated == 0
