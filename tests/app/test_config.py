@@ -51,14 +51,20 @@ def test_an_unexpected_error_is_a_clean_500_without_a_traceback(served, monkeypa
     assert b"secret internals" not in response.data and b"Traceback" not in response.data
 
 
-def test_gunicorn_settings_are_production_ones(monkeypatch):
+def gunicorn_conf():
+    """app/gunicorn_conf.py as gunicorn loads it: a fresh module, reading the environment now."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[2] / "app" / "gunicorn_conf.py"
-    monkeypatch.delenv("SHELFCAST_BIND", raising=False)
     spec = importlib.util.spec_from_file_location("gunicorn_conf_under_test", path)
     conf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conf)
+    return conf
+
+
+def test_gunicorn_settings_are_production_ones(monkeypatch):
+    monkeypatch.delenv("SHELFCAST_BIND", raising=False)
+    conf = gunicorn_conf()
     assert conf.bind.endswith(":5005") and conf.preload_app is False and conf.worker_class == "gthread"
     assert "FLASK_DEBUG=0" in conf.raw_env
 
@@ -66,15 +72,11 @@ def test_gunicorn_settings_are_production_ones(monkeypatch):
 def test_gunicorn_refuses_an_address_another_server_listens_on():
     """Workers bind with SO_REUSEPORT (one socket each, connections spread by the kernel), which alone
     would let a second server share the port: the master checks first."""
-    import importlib.util
     import socket
 
     import pytest
 
-    path = Path(__file__).resolve().parents[2] / "app" / "gunicorn_conf.py"
-    spec = importlib.util.spec_from_file_location("gunicorn_conf_under_test", path)
-    conf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conf)
+    conf = gunicorn_conf()
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()
@@ -82,3 +84,29 @@ def test_gunicorn_refuses_an_address_another_server_listens_on():
         with pytest.raises(RuntimeError, match="another server"):
             conf.refuse_a_taken_address(address)
     conf.refuse_a_taken_address(address)  # free again
+
+
+def test_gunicorn_gives_each_new_worker_the_least_used_core(monkeypatch):
+    """pre_fork (master) records a core per worker; child_exit frees it for the worker that replaces it."""
+    import types
+
+    monkeypatch.setenv("SHELFCAST_PIN_WORKERS", "1")
+    conf = gunicorn_conf()
+    monkeypatch.setattr(conf.os, "sched_getaffinity", lambda pid: {4, 7})
+    workers = [types.SimpleNamespace(pid=10_000_000 + k) for k in range(3)]
+    for worker in workers:
+        conf.pre_fork(None, worker)
+    assert [conf.core_of_worker[id(w)] for w in workers] == [4, 7, 4]
+    conf.child_exit(None, workers[1])  # the only worker on core 7 dies
+    replacement = types.SimpleNamespace(pid=10_000_003)
+    conf.pre_fork(None, replacement)
+    assert conf.core_of_worker[id(replacement)] == 7 and id(workers[1]) not in conf.core_of_worker
+
+
+def test_gunicorn_leaves_cores_alone_when_pinning_is_off(monkeypatch):
+    import types
+
+    monkeypatch.setenv("SHELFCAST_PIN_WORKERS", "0")
+    conf = gunicorn_conf()
+    conf.pre_fork(None, types.SimpleNamespace(pid=10_000_000))
+    assert conf.core_of_worker == {}

@@ -2,7 +2,8 @@
 
 Real gunicorn workers, a real Fluentd-protocol receiver, one event per answered request
 (counted by request_id): kill -9 of a worker under load, and 4 workers stopped while
-Fluentd is down, then 2 started with it up. Lost must be 0; duplicates are printed.
+Fluentd is down, then 2 started with it up. Lost must be 0; duplicates are printed. Also:
+each worker runs pinned to a core of its own, and the one that replaces a killed worker takes its core.
 """
 
 from __future__ import annotations
@@ -122,6 +123,30 @@ def test_kill_9_of_a_worker_under_load_loses_no_answered_event(fluentd_receiver,
     fluentd_receiver.stop()
     lost, _ = report("gunicorn kill -9", answered, received_by_request(fluentd_receiver))
     assert len(answered) > 100 and lost == 0
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_each_worker_has_a_core_of_its_own_and_a_replacement_takes_the_freed_one(fluentd_receiver, app_bundles,
+                                                                                   tmp_path):
+    master, _ = start_gunicorn(app_bundles[0], fluentd_receiver.port, tmp_path, workers=2)
+    try:
+        cores = {pid: os.sched_getaffinity(pid) for pid in worker_pids(master)}
+        assert sorted(len(c) for c in cores.values()) == [1, 1] and len(set.union(*cores.values())) == 2, cores
+        # the worker on the higher core: were its core not freed, the tie would go to the lower one
+        survivor, killed = sorted(cores, key=lambda pid: min(cores[pid]))
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            replacements = [pid for pid in worker_pids(master) if pid not in cores]
+            if replacements and len(os.sched_getaffinity(replacements[0])) == 1:
+                break
+            assert time.monotonic() < deadline, "no pinned replacement worker"
+            time.sleep(0.1)
+        assert os.sched_getaffinity(replacements[0]) == cores[killed]
+        assert os.sched_getaffinity(survivor) == cores[survivor]
+    finally:
+        master.send_signal(signal.SIGTERM)
+        master.wait(timeout=60)
 
 
 def test_four_workers_then_two_deliver_every_event(fluentd_receiver, app_bundles, tmp_path):
