@@ -25,7 +25,8 @@ the loaded bundle: ~140,000 objects) is frozen (gc.freeze), so full collections 
 (measured: one full collection of 58-84 ms CPU every ~6,000 requests without; none in
 6,000 requests with). A hot reload collects the replaced model (app/predictor.py).
 
-Each worker runs on a core of its own (Linux; SHELFCAST_PIN_WORKERS=0 turns it off): the
+With at least as many workers as cores (the default), each worker runs on a core of its own
+(Linux; SHELFCAST_PIN_WORKERS=0 turns it off): the
 master gives a new worker the core fewest live workers hold (a replaced worker takes the core
 its predecessor freed) and the worker pins itself there before it imports the app, so its
 BLAS and Numba pools are sized for that one core. A request passes between a worker's threads
@@ -74,7 +75,9 @@ if OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="shelfcast-metrics-")
 METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 GIL_SWITCH_INTERVAL_S = 0.001  # see the module docstring
-PIN_WORKERS = hasattr(os, "sched_setaffinity") and os.environ.get("SHELFCAST_PIN_WORKERS", "1") != "0"
+# Fewer workers than cores: not pinned, so a worker's other threads (event delivery, BLAS) keep the spare cores.
+PIN_WORKERS = (hasattr(os, "sched_setaffinity") and os.environ.get("SHELFCAST_PIN_WORKERS", "1") != "0"
+               and workers >= len(os.sched_getaffinity(0)))
 core_of_worker: dict[int, int] = {}  # the master's record: id(worker) -> the core it was given
 # gunicorn has no setting for its Server header; this is the value it writes ("gunicorn" otherwise).
 gunicorn.http.wsgi.SERVER = "shelfcast"

@@ -91,6 +91,7 @@ def test_gunicorn_gives_each_new_worker_the_least_used_core(monkeypatch):
     import types
 
     monkeypatch.setenv("SHELFCAST_PIN_WORKERS", "1")
+    monkeypatch.delenv("SHELFCAST_WORKERS", raising=False)  # one per core
     conf = gunicorn_conf()
     monkeypatch.setattr(conf.os, "sched_getaffinity", lambda pid: {4, 7})
     workers = [types.SimpleNamespace(pid=10_000_000 + k) for k in range(3)]
@@ -103,10 +104,16 @@ def test_gunicorn_gives_each_new_worker_the_least_used_core(monkeypatch):
     assert conf.core_of_worker[id(replacement)] == 7 and id(workers[1]) not in conf.core_of_worker
 
 
-def test_gunicorn_leaves_cores_alone_when_pinning_is_off(monkeypatch):
+@pytest.mark.parametrize("setting", [{"SHELFCAST_PIN_WORKERS": "0"}, {"SHELFCAST_WORKERS": "1"}],
+                         ids=["switched off", "fewer workers than cores"])
+def test_gunicorn_leaves_cores_alone_when_pinning_is_off_or_workers_are_fewer_than_cores(monkeypatch, setting):
+    import os
     import types
 
-    monkeypatch.setenv("SHELFCAST_PIN_WORKERS", "0")
+    if "SHELFCAST_WORKERS" in setting and len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    for name, value in setting.items():
+        monkeypatch.setenv(name, value)
     conf = gunicorn_conf()
     conf.pre_fork(None, types.SimpleNamespace(pid=10_000_000))
     assert conf.core_of_worker == {}

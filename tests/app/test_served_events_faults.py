@@ -35,7 +35,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_gunicorn(bundle: Path, fluentd_port: int, workdir: Path, workers: int) -> tuple[subprocess.Popen, int]:
+def start_gunicorn(bundle: Path, fluentd_port: int, workdir: Path, workers: int,
+                   cores: set[int] | None = None) -> tuple[subprocess.Popen, int]:
+    """gunicorn as `make serve` runs it, ready; on ``cores`` only if given."""
     port = free_port()
     env = {**os.environ, "SHELFCAST_BIND": f"127.0.0.1:{port}", "SHELFCAST_WORKERS": str(workers),
            "SHELFCAST_MODEL_DIR": str(bundle), "FLUENTD_HOST": "127.0.0.1", "FLUENTD_PORT": str(fluentd_port),
@@ -44,7 +46,8 @@ def start_gunicorn(bundle: Path, fluentd_port: int, workdir: Path, workers: int)
            "SHELFCAST_LOG_LEVEL": "warning"}
     log = open(workdir / f"gunicorn-{port}.log", "w", encoding="utf-8")
     process = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "--config", "app/gunicorn_conf.py",
-                                "app.wsgi:app"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                "app.wsgi:app"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores))
     deadline = time.monotonic() + 120
     while True:
         assert process.poll() is None, (workdir / f"gunicorn-{port}.log").read_text()[-3000:]
@@ -128,7 +131,8 @@ def test_kill_9_of_a_worker_under_load_loses_no_answered_event(fluentd_receiver,
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 def test_each_worker_has_a_core_of_its_own_and_a_replacement_takes_the_freed_one(fluentd_receiver, app_bundles,
                                                                                    tmp_path):
-    master, _ = start_gunicorn(app_bundles[0], fluentd_receiver.port, tmp_path, workers=2)
+    two_cores = set(sorted(os.sched_getaffinity(0))[:2])  # as many workers as cores: they are pinned
+    master, _ = start_gunicorn(app_bundles[0], fluentd_receiver.port, tmp_path, workers=2, cores=two_cores)
     try:
         cores = {pid: os.sched_getaffinity(pid) for pid in worker_pids(master)}
         assert sorted(len(c) for c in cores.values()) == [1, 1] and len(set.union(*cores.values())) == 2, cores
