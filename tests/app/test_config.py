@@ -51,10 +51,12 @@ def test_an_unexpected_error_is_a_clean_500_without_a_traceback(served, monkeypa
     assert b"secret internals" not in response.data and b"Traceback" not in response.data
 
 
-def gunicorn_conf():
-    """app/gunicorn_conf.py as gunicorn loads it: a fresh module, reading the environment now."""
+def gunicorn_conf(monkeypatch, tmp_path):
+    """app/gunicorn_conf.py as gunicorn loads it: a fresh module, reading the environment now. Its metrics
+    directory is the test's own (else it makes one and sets PROMETHEUS_MULTIPROC_DIR for every later test)."""
     import importlib.util
 
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     path = Path(__file__).resolve().parents[2] / "app" / "gunicorn_conf.py"
     spec = importlib.util.spec_from_file_location("gunicorn_conf_under_test", path)
     conf = importlib.util.module_from_spec(spec)
@@ -62,21 +64,21 @@ def gunicorn_conf():
     return conf
 
 
-def test_gunicorn_settings_are_production_ones(monkeypatch):
+def test_gunicorn_settings_are_production_ones(monkeypatch, tmp_path):
     monkeypatch.delenv("SHELFCAST_BIND", raising=False)
-    conf = gunicorn_conf()
+    conf = gunicorn_conf(monkeypatch, tmp_path)
     assert conf.bind.endswith(":5005") and conf.preload_app is False and conf.worker_class == "gthread"
     assert "FLASK_DEBUG=0" in conf.raw_env
 
 
-def test_gunicorn_refuses_an_address_another_server_listens_on():
+def test_gunicorn_refuses_an_address_another_server_listens_on(monkeypatch, tmp_path):
     """Workers bind with SO_REUSEPORT (one socket each, connections spread by the kernel), which alone
     would let a second server share the port: the master checks first."""
     import socket
 
     import pytest
 
-    conf = gunicorn_conf()
+    conf = gunicorn_conf(monkeypatch, tmp_path)
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()
@@ -86,13 +88,13 @@ def test_gunicorn_refuses_an_address_another_server_listens_on():
     conf.refuse_a_taken_address(address)  # free again
 
 
-def test_gunicorn_gives_each_new_worker_the_least_used_core(monkeypatch):
+def test_gunicorn_gives_each_new_worker_the_least_used_core(monkeypatch, tmp_path):
     """pre_fork (master) records a core per worker; child_exit frees it for the worker that replaces it."""
     import types
 
     monkeypatch.setenv("SHELFCAST_PIN_WORKERS", "1")
     monkeypatch.delenv("SHELFCAST_WORKERS", raising=False)  # one per core
-    conf = gunicorn_conf()
+    conf = gunicorn_conf(monkeypatch, tmp_path)
     monkeypatch.setattr(conf.os, "sched_getaffinity", lambda pid: {4, 7})
     workers = [types.SimpleNamespace(pid=10_000_000 + k) for k in range(3)]
     for worker in workers:
@@ -106,7 +108,8 @@ def test_gunicorn_gives_each_new_worker_the_least_used_core(monkeypatch):
 
 @pytest.mark.parametrize("setting", [{"SHELFCAST_PIN_WORKERS": "0"}, {"SHELFCAST_WORKERS": "1"}],
                          ids=["switched off", "fewer workers than cores"])
-def test_gunicorn_leaves_cores_alone_when_pinning_is_off_or_workers_are_fewer_than_cores(monkeypatch, setting):
+def test_gunicorn_leaves_cores_alone_when_pinning_is_off_or_workers_are_fewer_than_cores(monkeypatch, tmp_path,
+                                                                                       setting):
     import os
     import types
 
@@ -114,6 +117,6 @@ def test_gunicorn_leaves_cores_alone_when_pinning_is_off_or_workers_are_fewer_th
         pytest.skip("needs two cores")
     for name, value in setting.items():
         monkeypatch.setenv(name, value)
-    conf = gunicorn_conf()
+    conf = gunicorn_conf(monkeypatch, tmp_path)
     conf.pre_fork(None, types.SimpleNamespace(pid=10_000_000))
     assert conf.core_of_worker == {}
