@@ -178,12 +178,33 @@ def run_clients(url: str, bodies: list[bytes], clients: int, seconds: float,
     return latencies, sum(c[1] for c in collected), {r for c in collected for r in c[2]}, seconds
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (field 3 onwards: state, ppid, ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def worker_pids(app_pid: int) -> list[int]:
+    """The gunicorn workers: the processes whose parent is the master at `app_pid` (Linux /proc)."""
+    return [int(p.name) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and _stat_fields(int(p.name))[1] == str(app_pid)]
+
+
+def workers_cpu(app_pid: int) -> tuple[float, list[str]] | None:
+    """(CPU seconds the workers have used so far, user and system, each worker's cores), or None without Linux /proc."""
+    try:
+        pids = worker_pids(app_pid)
+        ticks = sum(int(fields[11]) + int(fields[12]) for fields in map(_stat_fields, pids))  # utime, stime
+        cores = [",".join(map(str, sorted(os.sched_getaffinity(pid)))) for pid in pids]
+    except (OSError, IndexError, ValueError):  # a process gone mid-read, or no Linux /proc
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK"), cores
+
+
 def connections_per_worker(app_pid: int, port: int) -> list[int]:
     """Established connections to `port` held by each worker of the gunicorn at `app_pid`, largest
     first ([] where /proc is not Linux's)."""
     try:
-        workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-                   and (p / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(app_pid)]
+        workers = worker_pids(app_pid)
         established = set()
         for table in ("/proc/net/tcp", "/proc/net/tcp6"):
             for line in Path(table).read_text().splitlines()[1:]:
@@ -247,7 +268,9 @@ def measure(bundle: Path, clients: int, seconds: float, workers: int, threads: i
                 sampler = threading.Timer(1.0 + seconds / 2, lambda: split.append(
                     connections_per_worker(app.pid, int(url.rsplit(":", 1)[1]))))
                 sampler.start()
+                cpu_before = workers_cpu(app.pid)
                 latencies, errors, answered, _ = run_clients(url, bodies, clients, seconds, "s1-run-")
+                cpu_after = workers_cpu(app.pid)
                 sampler.cancel()
             finally:
                 stop(app, timeout_s=60)  # workers flush their events to the receiver on exit
@@ -256,6 +279,9 @@ def measure(bundle: Path, clients: int, seconds: float, workers: int, threads: i
             stop(receiver, timeout_s=10)
         events, duplicates, event_requests = received_events(workdir / "received.jsonl")
     all_answered = answered | warm_up[2]
+    # the workers' CPU over the timed run (client start-up included: the workers idle then), per answered request
+    worker_cpu_ms = (1e3 * (cpu_after[0] - cpu_before[0]) / len(latencies)
+                     if cpu_before and cpu_after and latencies else None)
     return {
         "requests": len(latencies), "seconds": seconds, "requests_per_s": len(latencies) / seconds,
         "p50_ms": common.percentile(latencies, 50) * 1e3, "p99_ms": common.percentile(latencies, 99) * 1e3,
@@ -263,7 +289,8 @@ def measure(bundle: Path, clients: int, seconds: float, workers: int, threads: i
         "duplicate_events": duplicates, "missing_events": len(all_answered - event_requests),
         "events_equal_requests": events == len(all_answered) and duplicates == 0 and event_requests == all_answered,
         "clients": clients, "workers": workers, "threads": threads,
-        "connections_per_worker": split[0] if split else [], "log_tail": log_tail if errors else "",
+        "connections_per_worker": split[0] if split else [], "worker_cpu_ms_per_request": worker_cpu_ms,
+        "worker_cores": cpu_after[1] if cpu_after else [], "log_tail": log_tail if errors else "",
     }
 
 
@@ -355,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
                 ["p99", f"{figures['p99_ms']:.2f} ms (target <= {TARGET_P99_MS:g} ms)"],
                 ["errors", str(figures["errors"])],
                 ["client connections per worker", "/".join(map(str, figures["connections_per_worker"])) or "n/a"],
+                ["worker CPU per request (user + system)", "n/a" if figures["worker_cpu_ms_per_request"] is None
+                 else f"{figures['worker_cpu_ms_per_request']:.2f} ms"],
+                ["cores each worker may run on", " / ".join(figures["worker_cores"]) or "n/a"],
                 ["events received / requests answered",
                  f"{figures['events_received']} / {figures['answered_incl_warm_up']} (incl. warm-up; duplicates "
                  f"{figures['duplicate_events']}, missing {figures['missing_events']})"],
