@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-CONFIG = Path(__file__).with_name("gunicorn_conf.py")
+from app.launch import gunicorn_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         app = create_app()
         app.run(host="127.0.0.1", port=args.port, debug=True)
         return 0
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    command = [str(gunicorn), "--config", str(CONFIG), "app.wsgi:app"]
+    command = gunicorn_command()
     if "SHELFCAST_BIND" not in os.environ:
         command[1:1] = ["--bind", f"127.0.0.1:{args.port}"]
     os.execv(command[0], command)

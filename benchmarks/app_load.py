@@ -38,6 +38,7 @@ import urllib.request
 from pathlib import Path
 
 import common
+from app import launch
 
 REPO = Path(__file__).resolve().parents[1]
 RECEIVER = REPO / "tests" / "fluentd_receiver" / "receiver.js"
@@ -47,14 +48,6 @@ TARGET_P99_MS = 20.0
 
 class BenchmarkError(RuntimeError):
     """The benchmark cannot run; the message says what is missing."""
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_receiver(output: Path) -> tuple[subprocess.Popen, int]:
@@ -72,39 +65,16 @@ def start_receiver(output: Path) -> tuple[subprocess.Popen, int]:
     return process, int(line.split()[1])
 
 
-def start_app(bundle: Path, fluentd_port: int, workdir: Path, workers: int,
-              threads: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "FLASK_DEBUG"}
-    env.update(SHELFCAST_MODEL_DIR=str(bundle), FLUENTD_HOST="127.0.0.1", FLUENTD_PORT=str(fluentd_port),
-               SHELFCAST_EVENT_SPOOL=str(workdir / "spool"),
-               SHELFCAST_PREDICTION_LOG=str(workdir / "predictions.jsonl"),
-               SHELFCAST_BIND=f"127.0.0.1:{port}", SHELFCAST_WORKERS=str(workers), SHELFCAST_THREADS=str(threads),
-               SHELFCAST_LOG_LEVEL="warning")
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    log = open(workdir / "gunicorn.log", "w", encoding="utf-8")
-    process = subprocess.Popen([str(gunicorn), "--config", "app/gunicorn_conf.py", "app.wsgi:app"], cwd=REPO, env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    wait_until_ready(process, url, workdir / "gunicorn.log")
-    return process, url
-
-
-def wait_until_ready(process: subprocess.Popen, url: str, log_path: Path, timeout_s: float = 120.0) -> None:
-    """Until the app's /readyz answers 200; a BenchmarkError naming the log if gunicorn exits or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise BenchmarkError(f"gunicorn exited ({process.returncode}); see {log_path}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise BenchmarkError(f"the app did not become ready in {timeout_s:g} s; see {log_path}")
-        time.sleep(0.2)
+def start_app(bundle: Path, fluentd_port: int, workdir: Path, workers: int, threads: int) -> launch.ServedApp:
+    """The app as `make serve` runs it, logging to the receiver at `fluentd_port`."""
+    try:
+        return launch.start({"SHELFCAST_MODEL_DIR": str(bundle), "FLUENTD_HOST": "127.0.0.1",
+                             "FLUENTD_PORT": str(fluentd_port), "SHELFCAST_EVENT_SPOOL": str(workdir / "spool"),
+                             "SHELFCAST_PREDICTION_LOG": str(workdir / "predictions.jsonl"),
+                             "SHELFCAST_WORKERS": str(workers), "SHELFCAST_THREADS": str(threads),
+                             "SHELFCAST_LOG_LEVEL": "warning"}, workdir / "gunicorn.log")
+    except launch.ServerNotReady as exc:
+        raise BenchmarkError(str(exc)) from None
 
 
 def request_bodies(url: str, count: int = 256, client=None) -> list[bytes]:
@@ -259,22 +229,23 @@ def measure(bundle: Path, clients: int, seconds: float, workers: int, threads: i
         workdir = Path(tmp)
         receiver, fluentd_port = start_receiver(workdir / "received.jsonl")
         try:
-            app, url = start_app(bundle, fluentd_port, workdir, workers, threads)
+            app = start_app(bundle, fluentd_port, workdir, workers, threads)
+            url = app.url
             try:
                 bodies = request_bodies(url)
                 # Not timed: fills caches, opens connections.
                 warm_up = run_clients(url, bodies, clients, warm_up_s, "s1-warm-")
                 split: list[list[int]] = []  # sampled mid-run, while every client holds its connection
                 sampler = threading.Timer(1.0 + seconds / 2, lambda: split.append(
-                    connections_per_worker(app.pid, int(url.rsplit(":", 1)[1]))))
+                    connections_per_worker(app.pid, app.port)))
                 sampler.start()
                 cpu_before = workers_cpu(app.pid)
                 latencies, errors, answered, _ = run_clients(url, bodies, clients, seconds, "s1-run-")
                 cpu_after = workers_cpu(app.pid)
                 sampler.cancel()
             finally:
-                stop(app, timeout_s=60)  # workers flush their events to the receiver on exit
-            log_tail = (workdir / "gunicorn.log").read_text(encoding="utf-8")[-2000:]
+                app.stop(timeout_s=60)  # workers flush their events to the receiver on exit
+            log_tail = app.log_tail(2000)
         finally:
             stop(receiver, timeout_s=10)
         events, duplicates, event_requests = received_events(workdir / "received.jsonl")

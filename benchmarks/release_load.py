@@ -21,7 +21,6 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,6 +32,8 @@ import common
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from app import launch  # noqa: E402 - the repository goes on sys.path first
 
 
 def _module(path: Path, name: str):
@@ -57,18 +58,16 @@ def build_registry(base: Path) -> tuple[Path, dict[str, str]]:
     return root, {"production": first["version"], "candidate": second["version"]}
 
 
-def start_app(models: Path, workdir: Path, workers: int) -> tuple[subprocess.Popen, str]:
-    port = app_load.free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("FLASK_DEBUG", "FLUENTD_HOST")}
-    env.update(SHELFCAST_MODEL_DIR=str(models / "production"), SHELFCAST_PREDICTION_LOG=str(workdir / "events.jsonl"),
-               SHELFCAST_BIND=f"127.0.0.1:{port}", SHELFCAST_WORKERS=str(workers), SHELFCAST_RELOAD_INTERVAL_S="0.5",
-               SHELFCAST_LOG_LEVEL="warning", PROMETHEUS_MULTIPROC_DIR=str(workdir / "metrics"))
-    log = open(workdir / "gunicorn.log", "w", encoding="utf-8")
-    process = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "--config", "app/gunicorn_conf.py",
-                                "app.wsgi:app"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    app_load.wait_until_ready(process, url, workdir / "gunicorn.log")
-    return process, url
+def start_app(models: Path, workdir: Path, workers: int) -> launch.ServedApp:
+    """The app as `make serve` runs it, hot reloading every 0.5 s, events to a local log."""
+    try:
+        return launch.start({"SHELFCAST_MODEL_DIR": str(models / "production"),
+                             "SHELFCAST_PREDICTION_LOG": str(workdir / "events.jsonl"),
+                             "SHELFCAST_WORKERS": str(workers), "SHELFCAST_RELOAD_INTERVAL_S": "0.5",
+                             "SHELFCAST_LOG_LEVEL": "warning", "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")},
+                            workdir / "gunicorn.log")
+    except launch.ServerNotReady as exc:
+        raise app_load.BenchmarkError(str(exc)) from None
 
 
 def run(clients: int, phase_s: float, workers: int) -> list[dict]:
@@ -82,7 +81,8 @@ def run(clients: int, phase_s: float, workers: int) -> list[dict]:
         store = ReleaseStore(base / "models")
         release.end_candidate(root, store, CANARY)
         release.sync(root, store)
-        process, url = start_app(store.root, base, workers)
+        app = start_app(store.root, base, workers)
+        url = app.url
         try:
             bodies = app_load.request_bodies(url)
             candidate = versions["candidate"]
@@ -111,7 +111,7 @@ def run(clients: int, phase_s: float, workers: int) -> list[dict]:
                                "step_s": round(took.get("s", 0.0), 3)})
                 print(f"release_load: {name}: {phases[-1]}", file=sys.stderr, flush=True)
         finally:
-            app_load.stop(process, 60)
+            app.stop(60)
     return phases
 
 

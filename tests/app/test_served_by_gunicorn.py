@@ -9,55 +9,30 @@ from __future__ import annotations
 import collections
 import http.client
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from app import launch
+
 MIB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(app_bundles, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("gunicorn")
-    port = free_port()
-    env = {**os.environ, "SHELFCAST_BIND": f"127.0.0.1:{port}", "SHELFCAST_WORKERS": "2",
-           "SHELFCAST_MODEL_DIR": str(app_bundles[0]), "SHELFCAST_PREDICTION_LOG": str(workdir / "p.jsonl"),
-           "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"), "SHELFCAST_BODY_TIMEOUT_S": "10"}
-    env.pop("FLUENTD_HOST", None)
-    log = open(workdir / "gunicorn.log", "w", encoding="utf-8")
-    process = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "--config", "app/gunicorn_conf.py",
-                                "app.wsgi:app"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, (workdir / "gunicorn.log").read_text()[-3000:]
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "gunicorn did not become ready"
-        time.sleep(0.2)
+    served = launch.start({"SHELFCAST_WORKERS": "2", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                           "SHELFCAST_PREDICTION_LOG": str(workdir / "p.jsonl"),
+                           "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"), "SHELFCAST_BODY_TIMEOUT_S": "10"},
+                          workdir / "gunicorn.log")
     try:
-        yield port
+        yield served.port
     finally:
-        process.terminate()
-        process.wait(timeout=60)
-        log.close()
+        served.stop()
 
 
 def predict_body(port: int) -> bytes:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -23,41 +22,20 @@ from pathlib import Path
 
 import pytest
 
+from app import launch
 from app.events import TAG
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_gunicorn(bundle: Path, fluentd_port: int, workdir: Path, workers: int,
-                   cores: set[int] | None = None) -> tuple[subprocess.Popen, int]:
+def start_gunicorn(bundle: Path, fluentd_port: int, workdir: Path, workers: int, cores: set[int] | None = None,
+                   log_level: str = "warning") -> launch.ServedApp:
     """gunicorn as `make serve` runs it, ready; on ``cores`` only if given."""
-    port = free_port()
-    env = {**os.environ, "SHELFCAST_BIND": f"127.0.0.1:{port}", "SHELFCAST_WORKERS": str(workers),
-           "SHELFCAST_MODEL_DIR": str(bundle), "FLUENTD_HOST": "127.0.0.1", "FLUENTD_PORT": str(fluentd_port),
-           "SHELFCAST_EVENT_SPOOL": str(workdir / "spool"),
-           "PROMETHEUS_MULTIPROC_DIR": str(workdir / f"metrics-{port}"),
-           "SHELFCAST_LOG_LEVEL": "warning"}
-    log = open(workdir / f"gunicorn-{port}.log", "w", encoding="utf-8")
-    process = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "--config", "app/gunicorn_conf.py",
-                                "app.wsgi:app"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores))
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, (workdir / f"gunicorn-{port}.log").read_text()[-3000:]
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
-                return process, port
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "gunicorn did not become ready"
-        time.sleep(0.2)
+    return launch.start({"SHELFCAST_WORKERS": str(workers), "SHELFCAST_MODEL_DIR": str(bundle),
+                         "FLUENTD_HOST": "127.0.0.1", "FLUENTD_PORT": str(fluentd_port),
+                         "SHELFCAST_EVENT_SPOOL": str(workdir / "spool"),
+                         "PROMETHEUS_MULTIPROC_DIR": str(workdir / f"metrics-{workers}"),
+                         "SHELFCAST_LOG_LEVEL": log_level}, workdir / f"gunicorn-{workers}.log", cores=cores)
 
 
 def body(port: int) -> bytes:
@@ -117,57 +95,75 @@ def report(case: str, answered: list[str], received: collections.Counter) -> tup
 
 
 def test_kill_9_of_a_worker_under_load_loses_no_answered_event(fluentd_receiver, app_bundles, tmp_path):
-    master, port = start_gunicorn(app_bundles[0], fluentd_receiver.port, tmp_path, workers=2)
-    killer = threading.Timer(1.5, lambda: os.kill(worker_pids(master)[0], signal.SIGKILL))
-    killer.start()
-    answered = load(port, 3.0, "k9")
-    master.send_signal(signal.SIGTERM)  # the surviving worker has claimed the dead one's segments meanwhile
-    master.wait(timeout=60)
+    served = start_gunicorn(app_bundles[0], fluentd_receiver.port, tmp_path, workers=2)
+    try:
+        killer = threading.Timer(1.5, lambda: os.kill(worker_pids(served.process)[0], signal.SIGKILL))
+        killer.start()
+        answered = load(served.port, 3.0, "k9")
+    finally:
+        served.stop()  # the surviving worker has claimed the dead one's segments meanwhile
     fluentd_receiver.stop()
     lost, _ = report("gunicorn kill -9", answered, received_by_request(fluentd_receiver))
     assert len(answered) > 100 and lost == 0
+
+
+def logged_cores(served: launch.ServedApp, pids: list[int], timeout_s: float = 10) -> dict[int, int]:
+    """The core each of ``pids`` logged at start (`worker <pid> runs on core <n>`); waits for all of them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        log = served.log_path.read_text(encoding="utf-8")
+        found = {int(pid): int(core) for pid, core in re.findall(r"worker (\d+) runs on core (\d+)", log)}
+        if set(pids) <= set(found) or time.monotonic() > deadline:
+            return {pid: found[pid] for pid in pids if pid in found}
+        time.sleep(0.1)
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 def test_each_worker_has_a_core_of_its_own_and_a_replacement_takes_the_freed_one(fluentd_receiver, app_bundles,
                                                                                    tmp_path):
     two_cores = set(sorted(os.sched_getaffinity(0))[:2])  # as many workers as cores: they are pinned
-    master, _ = start_gunicorn(app_bundles[0], fluentd_receiver.port, tmp_path, workers=2, cores=two_cores)
+    served = start_gunicorn(app_bundles[0], fluentd_receiver.port, tmp_path, workers=2, cores=two_cores,
+                            log_level="info")
     try:
-        cores = {pid: os.sched_getaffinity(pid) for pid in worker_pids(master)}
+        cores = {pid: os.sched_getaffinity(pid) for pid in worker_pids(served.process)}
         assert sorted(len(c) for c in cores.values()) == [1, 1] and set.union(*cores.values()) == two_cores, cores
         # the worker on the higher core: were its core not freed, the tie would go to the lower one
         survivor, killed = sorted(cores, key=lambda pid: min(cores[pid]))
         os.kill(killed, signal.SIGKILL)
         deadline = time.monotonic() + 60
         while True:
-            replacements = [pid for pid in worker_pids(master) if pid not in cores]
+            replacements = [pid for pid in worker_pids(served.process) if pid not in cores]
             if replacements and len(os.sched_getaffinity(replacements[0])) == 1:
                 break
             assert time.monotonic() < deadline, "no pinned replacement worker"
             time.sleep(0.1)
         assert os.sched_getaffinity(replacements[0]) == cores[killed]
         assert os.sched_getaffinity(survivor) == cores[survivor]
+        # operators see the placement in the log, as it is
+        placed = {pid: {core} for pid, core in logged_cores(served, [survivor, killed, replacements[0]]).items()}
+        assert placed == {survivor: cores[survivor], killed: cores[killed], replacements[0]: cores[killed]}, \
+            served.log_tail()
     finally:
-        master.send_signal(signal.SIGTERM)
-        master.wait(timeout=60)
+        served.stop()
 
 
 def test_four_workers_then_two_deliver_every_event(fluentd_receiver, app_bundles, tmp_path):
     fluentd_receiver.stop()  # Fluentd down while 4 workers serve and stop
-    master, port = start_gunicorn(app_bundles[0], fluentd_receiver.port, tmp_path, workers=4)
-    answered = load(port, 2.0, "four")
-    master.send_signal(signal.SIGTERM)
-    master.wait(timeout=60)
+    served = start_gunicorn(app_bundles[0], fluentd_receiver.port, tmp_path, workers=4)
+    try:
+        answered = load(served.port, 2.0, "four")
+    finally:
+        served.stop()
     assert list((tmp_path / "spool").glob("*.jsonl")), "the events should wait in the spool"
     fluentd_receiver.start()
-    master, port = start_gunicorn(app_bundles[0], fluentd_receiver.port, tmp_path, workers=2)
-    deadline = time.monotonic() + 60
-    while list((tmp_path / "spool").glob("*.jsonl")):
-        assert time.monotonic() < deadline, "the two workers did not send the four workers' spool"
-        time.sleep(0.2)
-    master.send_signal(signal.SIGTERM)
-    master.wait(timeout=60)
+    served = start_gunicorn(app_bundles[0], fluentd_receiver.port, tmp_path, workers=2)
+    try:
+        deadline = time.monotonic() + 60
+        while list((tmp_path / "spool").glob("*.jsonl")):
+            assert time.monotonic() < deadline, "the two workers did not send the four workers' spool"
+            time.sleep(0.2)
+    finally:
+        served.stop()
     fluentd_receiver.stop()
     lost, _ = report("gunicorn 4 -> 2 workers", answered, received_by_request(fluentd_receiver))
     assert len(answered) > 100 and lost == 0

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from app import launch
 from pipeline import release, tracking
 from pipeline.bundle import verify_bundle
 from pipeline.registry_fetch import TAG_DIGEST
@@ -298,38 +293,16 @@ def test_the_decision_reads_the_compose_stacks_search_indices_as_it_reads_the_lo
     assert sum(t.predictions for t in later.values()) < len(logged)  # since: only the later half
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class ServedApp:
+class ServedWithUsers:
     """Shelfcast as `make serve` runs it (gunicorn, 2 workers, hot reload every 0.2 s) on 127.0.0.1,
     with a user thread sending one-instance forecasts over every store×item while a release happens."""
 
     def __init__(self, store: ReleaseStore, events: Path, workdir: Path, series: list[dict] | None):
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "SHELFCAST_BIND": f"127.0.0.1:{port}", "SHELFCAST_WORKERS": "2",
-               "SHELFCAST_MODEL_DIR": str(store.variant_dir(PRODUCTION)), "SHELFCAST_PREDICTION_LOG": str(events),
-               "SHELFCAST_RELOAD_INTERVAL_S": "0.2", "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")}
-        env.pop("FLUENTD_HOST", None)
-        self.log_path = workdir / "gunicorn.log"
-        self.log = self.log_path.open("w", encoding="utf-8")
-        self.process = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "--config",
-                                         "app/gunicorn_conf.py", "app.wsgi:app"], cwd=REPO, env=env,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while True:
-            assert self.process.poll() is None, self.log_path.read_text()[-3000:]
-            try:
-                if urllib.request.urlopen(f"{self.url}/readyz", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not become ready"
-            time.sleep(0.2)
+        self.served = launch.start({"SHELFCAST_WORKERS": "2", "SHELFCAST_MODEL_DIR": str(store.variant_dir(PRODUCTION)),
+                                    "SHELFCAST_PREDICTION_LOG": str(events), "SHELFCAST_RELOAD_INTERVAL_S": "0.2",
+                                    "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")},
+                                   workdir / "gunicorn.log")
+        self.url = self.served.url
         self.series = series
         self.stop = threading.Event()
         self.statuses: list[int] = []
@@ -348,20 +321,16 @@ class ServedApp:
         self.stop.set()
         if self.users.is_alive():
             self.users.join(30)
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        self.process.wait(timeout=60)
-        self.log.close()
+        self.served.stop()
 
 
 @pytest.fixture
 def serve(tmp_path):
     running = []
 
-    def start(store: ReleaseStore, events: Path) -> ServedApp:
+    def start(store: ReleaseStore, events: Path) -> ServedWithUsers:
         series = all_series(make_app(store, tmp_path / "probe-events.jsonl"))
-        running.append(ServedApp(store, events, tmp_path, series))
+        running.append(ServedWithUsers(store, events, tmp_path, series))
         return running[-1]
 
     yield start

@@ -7,14 +7,13 @@ without them the tests skip and say so.
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from app import launch
 
 REPO = Path(__file__).resolve().parents[2]
 WEBDRIVER_PATH = Path(__file__).with_name("webdriver.py")
@@ -40,8 +39,8 @@ def e2e_bundle(tmp_path_factory) -> Path:
 
 
 class RunningServer:
-    def __init__(self, url: str, events_path: Path, process: subprocess.Popen):
-        self.url, self.events_path, self.process = url, events_path, process
+    def __init__(self, url: str, events_path: Path):
+        self.url, self.events_path = url, events_path
 
 
 @pytest.fixture
@@ -51,28 +50,14 @@ def gunicorn_server(e2e_bundle, tmp_path) -> Iterator[RunningServer]:
 
     production = tmp_path / "models" / "production"
     copy_bundle(e2e_bundle, production)
-    port = webdriver.free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("FLUENTD_HOST", "FLASK_DEBUG")}
     events_path = tmp_path / "logs" / "predictions.jsonl"
-    env.update(SHELFCAST_MODEL_DIR=str(production), SHELFCAST_PREDICTION_LOG=str(events_path),
-               SHELFCAST_EVENT_SPOOL=str(tmp_path / "logs" / "spool"), SHELFCAST_BIND=f"127.0.0.1:{port}",
-               SHELFCAST_WORKERS="1")
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    log = open(tmp_path / "gunicorn.log", "w", encoding="utf-8")
-    process = subprocess.Popen([str(gunicorn), "--config", "app/gunicorn_conf.py", "app.wsgi:app"], cwd=REPO, env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    served = launch.start({"SHELFCAST_MODEL_DIR": str(production), "SHELFCAST_PREDICTION_LOG": str(events_path),
+                           "SHELFCAST_EVENT_SPOOL": str(tmp_path / "logs" / "spool"), "SHELFCAST_WORKERS": "1"},
+                          tmp_path / "gunicorn.log", timeout_s=90)
     try:
-        webdriver.wait_until_answers(f"{url}/readyz", timeout_s=90, process=process, what="gunicorn")
-        yield RunningServer(url, events_path, process)
+        yield RunningServer(served.url, events_path)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
+        served.stop(timeout_s=30)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from app.launch import free_port
+
 pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,12 +37,6 @@ RUN_TIMEOUT_S = 60 * 60  # installing from PyPI, generating the data, training, 
 COMMAND_TIMEOUT_S = 10 * 60
 MAX_SILENCE_S = 120  # every step that takes longer shows progress (generous: a loaded 2-core machine)
 NOT_RUN = {"make test": "the test suite this test is part of; CI runs it"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def stages_listed(dvc_status: str) -> set[str]:

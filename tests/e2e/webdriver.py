@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from app.launch import free_port
 
 ELEMENT_KEY = "element-6066-11e4-a52e-4f735466cecf"  # the W3C spec's web element identifier
 
@@ -27,12 +28,6 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 class WebDriverError(RuntimeError):
     """A WebDriver command failed; the message carries the driver's error and message."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Element:

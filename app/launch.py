@@ -1,0 +1,111 @@
+"""Start the production server (gunicorn with app/gunicorn_conf.py, as `make serve`) in a child process.
+
+One command line and one start-up check for `python -m app`, the tests that serve over real
+sockets, and the serving benchmarks, so what they measure is what `make serve` runs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Mapping
+
+CONFIG = Path(__file__).with_name("gunicorn_conf.py")
+REPO = CONFIG.parents[1]
+# Not inherited from the caller's environment: a debugger in production, or events sent to a Fluentd the caller
+# happens to use. A server that should log to Fluentd is given FLUENTD_HOST in its settings.
+NOT_INHERITED = ("FLASK_DEBUG", "FLUENTD_HOST")
+
+
+class ServerNotReady(RuntimeError):
+    """The server exited or did not answer /readyz in time; the message ends with its log's tail."""
+
+
+def gunicorn_command() -> list[str]:
+    """The production server's command line (the gunicorn next to this Python)."""
+    return [str(Path(sys.executable).with_name("gunicorn")), "--config", str(CONFIG), "app.wsgi:app"]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the kernel's pick)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class ServedApp:
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+    _log: IO[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """gunicorn's master; its children are the workers."""
+        return self.process.pid
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
+
+    def stop(self, timeout_s: float = 60) -> int:
+        """SIGTERM (workers flush their events), then SIGKILL after ``timeout_s``; the exit status."""
+        try:
+            if self.process.poll() is None:
+                self.process.terminate()
+            try:
+                return self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                return self.process.wait(timeout=10)
+        finally:
+            self._log.close()
+
+
+def start(settings: Mapping[str, str], log_path: Path, cores: set[int] | None = None,
+          timeout_s: float = 120) -> ServedApp:
+    """The server on a free loopback port, answering /readyz; ``settings`` are environment variables
+    (SHELFCAST_*, PROMETHEUS_MULTIPROC_DIR, FLUENTD_*) over this process's environment; ``cores``: the cores
+    it may use (Linux), as `taskset` would give them. ServerNotReady if it exits first or time runs out."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
+    env.update(settings)
+    env["SHELFCAST_BIND"] = f"127.0.0.1:{port}"
+    log = open(log_path, "w", encoding="utf-8")
+    process = subprocess.Popen(gunicorn_command(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores))
+    served = ServedApp(process, port, log_path, log)
+    try:
+        wait_until_ready(served, timeout_s)
+    except BaseException:
+        served.stop(timeout_s=10)
+        raise
+    return served
+
+
+def wait_until_ready(served: ServedApp, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if served.process.poll() is not None:
+            raise ServerNotReady(f"gunicorn exited ({served.process.returncode}) before it was ready; "
+                                 f"{served.log_path}:\n{served.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{served.url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise ServerNotReady(f"gunicorn did not answer /readyz within {timeout_s:g} s; "
+                                 f"{served.log_path}:\n{served.log_tail()}")
+        time.sleep(0.2)
