@@ -18,6 +18,7 @@ from typing import IO, Mapping
 
 CONFIG = Path(__file__).with_name("gunicorn_conf.py")
 REPO = CONFIG.parents[1]
+WSGI_APP = "app.wsgi:app"  # what gunicorn serves (benchmarks can serve another app under the same settings)
 # Not inherited from the caller's environment: a debugger in production, or events sent to a Fluentd the caller
 # happens to use. A server that should log to Fluentd is given FLUENTD_HOST in its settings.
 NOT_INHERITED = ("FLASK_DEBUG", "FLUENTD_HOST")
@@ -27,9 +28,9 @@ class ServerNotReady(RuntimeError):
     """The server exited or did not answer /readyz in time; the message ends with its log's tail."""
 
 
-def gunicorn_command() -> list[str]:
+def gunicorn_command(wsgi_app: str = WSGI_APP) -> list[str]:
     """The production server's command line (the gunicorn next to this Python)."""
-    return [str(Path(sys.executable).with_name("gunicorn")), "--config", str(CONFIG), "app.wsgi:app"]
+    return [str(Path(sys.executable).with_name("gunicorn")), "--config", str(CONFIG), wsgi_app]
 
 
 def free_port() -> int:
@@ -73,16 +74,17 @@ class ServedApp:
 
 
 def start(settings: Mapping[str, str], log_path: Path, cores: set[int] | None = None,
-          timeout_s: float = 120) -> ServedApp:
+          timeout_s: float = 120, wsgi_app: str = WSGI_APP) -> ServedApp:
     """The server on a free loopback port, answering /readyz; ``settings`` are environment variables
     (SHELFCAST_*, PROMETHEUS_MULTIPROC_DIR, FLUENTD_*) over this process's environment; ``cores``: the cores
-    it may use (Linux), as `taskset` would give them. ServerNotReady if it exits first or time runs out."""
+    it may use (Linux), as `taskset` would give them; ``wsgi_app``: another app under the same settings (it must
+    answer GET /readyz). ServerNotReady if it exits first or time runs out."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     env.update(settings)
     env["SHELFCAST_BIND"] = f"127.0.0.1:{port}"
     log = open(log_path, "w", encoding="utf-8")
-    process = subprocess.Popen(gunicorn_command(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(gunicorn_command(wsgi_app), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores))
     served = ServedApp(process, port, log_path, log)
     try:

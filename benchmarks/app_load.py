@@ -18,6 +18,10 @@ who accepts is a race, so a run can put 6 of 8 clients on one worker: its queue,
 code, then sets the p99. Compare runs with the same split, or several runs.
 
     python benchmarks/app_load.py [--bundle DIR] [--clients 8] [--seconds 30] [--json]
+
+`--server-floor` runs the same clients against the same server settings serving a trivial app
+(benchmarks/floor_app.py), and `--cpu-per-request N` the app in one process without a server: together
+they split S1's CPU into the server's, the app's, and what running in a busy worker adds.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import urllib.request
 from pathlib import Path
 
 import common
+import floor_app
 from app import launch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,6 +222,31 @@ def received_events(output: Path, prefix: str = "s1-") -> tuple[int, int, set[st
     return count, duplicates, request_ids
 
 
+def timed_load(app: launch.ServedApp, bodies: list[bytes], clients: int, seconds: float,
+               warm_up_s: float) -> dict:
+    """Untimed warm-up, then the timed run: latencies and errors as the clients see them, the connection split
+    sampled mid-run, and the workers' CPU over the timed run per answered request."""
+    # Not timed: fills caches, opens connections.
+    warm_up = run_clients(app.url, bodies, clients, warm_up_s, "s1-warm-")
+    split: list[list[int]] = []  # sampled mid-run, while every client holds its connection
+    sampler = threading.Timer(1.0 + seconds / 2, lambda: split.append(connections_per_worker(app.pid, app.port)))
+    sampler.start()
+    cpu_before = workers_cpu(app.pid)
+    latencies, errors, answered, _ = run_clients(app.url, bodies, clients, seconds, "s1-run-")
+    cpu_after = workers_cpu(app.pid)
+    sampler.cancel()
+    # client start-up is included (the workers idle then)
+    worker_cpu_ms = (1e3 * (cpu_after[0] - cpu_before[0]) / len(latencies)
+                     if cpu_before and cpu_after and latencies else None)
+    return {
+        "requests": len(latencies), "seconds": seconds, "requests_per_s": len(latencies) / seconds,
+        "p50_ms": common.percentile(latencies, 50) * 1e3, "p99_ms": common.percentile(latencies, 99) * 1e3,
+        "errors": errors, "answered": answered | warm_up[2],
+        "clients": clients, "connections_per_worker": split[0] if split else [],
+        "worker_cpu_ms_per_request": worker_cpu_ms, "worker_cores": cpu_after[1] if cpu_after else [],
+    }
+
+
 def measure(bundle: Path, clients: int, seconds: float, workers: int, threads: int, warm_up_s: float = 2.0) -> dict:
     from pipeline.bundle import BundleError, verify_bundle
 
@@ -230,39 +260,39 @@ def measure(bundle: Path, clients: int, seconds: float, workers: int, threads: i
         receiver, fluentd_port = start_receiver(workdir / "received.jsonl")
         try:
             app = start_app(bundle, fluentd_port, workdir, workers, threads)
-            url = app.url
             try:
-                bodies = request_bodies(url)
-                # Not timed: fills caches, opens connections.
-                warm_up = run_clients(url, bodies, clients, warm_up_s, "s1-warm-")
-                split: list[list[int]] = []  # sampled mid-run, while every client holds its connection
-                sampler = threading.Timer(1.0 + seconds / 2, lambda: split.append(
-                    connections_per_worker(app.pid, app.port)))
-                sampler.start()
-                cpu_before = workers_cpu(app.pid)
-                latencies, errors, answered, _ = run_clients(url, bodies, clients, seconds, "s1-run-")
-                cpu_after = workers_cpu(app.pid)
-                sampler.cancel()
+                figures = timed_load(app, request_bodies(app.url), clients, seconds, warm_up_s)
             finally:
                 app.stop(timeout_s=60)  # workers flush their events to the receiver on exit
             log_tail = app.log_tail(2000)
         finally:
             stop(receiver, timeout_s=10)
         events, duplicates, event_requests = received_events(workdir / "received.jsonl")
-    all_answered = answered | warm_up[2]
-    # the workers' CPU over the timed run (client start-up included: the workers idle then), per answered request
-    worker_cpu_ms = (1e3 * (cpu_after[0] - cpu_before[0]) / len(latencies)
-                     if cpu_before and cpu_after and latencies else None)
+    all_answered = figures.pop("answered")
     return {
-        "requests": len(latencies), "seconds": seconds, "requests_per_s": len(latencies) / seconds,
-        "p50_ms": common.percentile(latencies, 50) * 1e3, "p99_ms": common.percentile(latencies, 99) * 1e3,
-        "errors": errors, "answered_incl_warm_up": len(all_answered), "events_received": events,
+        **figures, "answered_incl_warm_up": len(all_answered), "events_received": events,
         "duplicate_events": duplicates, "missing_events": len(all_answered - event_requests),
         "events_equal_requests": events == len(all_answered) and duplicates == 0 and event_requests == all_answered,
-        "clients": clients, "workers": workers, "threads": threads,
-        "connections_per_worker": split[0] if split else [], "worker_cpu_ms_per_request": worker_cpu_ms,
-        "worker_cores": cpu_after[1] if cpu_after else [], "log_tail": log_tail if errors else "",
+        "workers": workers, "threads": threads, "log_tail": log_tail if figures["errors"] else "",
     }
+
+
+def server_floor(clients: int, seconds: float, workers: int, threads: int, warm_up_s: float = 2.0) -> dict:
+    """S1's clients against the same server settings serving benchmarks/floor_app.py instead of the app:
+    what gunicorn and the load generator cost on this machine, the part of S1 no app change can remove."""
+    with tempfile.TemporaryDirectory(prefix="shelfcast-s1-floor-") as tmp:
+        try:
+            app = launch.start({"SHELFCAST_WORKERS": str(workers), "SHELFCAST_THREADS": str(threads),
+                                "SHELFCAST_LOG_LEVEL": "warning"}, Path(tmp) / "gunicorn.log",
+                               wsgi_app="benchmarks.floor_app:app")
+        except launch.ServerNotReady as exc:
+            raise BenchmarkError(str(exc)) from None
+        try:
+            figures = timed_load(app, [floor_app.REQUEST], clients, seconds, warm_up_s)
+        finally:
+            app.stop(timeout_s=30)
+    figures.pop("answered")
+    return {**figures, "workers": workers, "threads": threads}
 
 
 def cpu_per_request(bundle: Path, requests: int) -> dict:
@@ -322,7 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON line (BENCHMARKS.md format)")
     parser.add_argument("--cpu-per-request", type=int, metavar="N",
                         help="instead: CPU per request over N requests in one process (no server, no latency)")
+    parser.add_argument("--server-floor", action="store_true",
+                        help="instead: the same clients and server settings with a trivial app "
+                             "(benchmarks/floor_app.py): what no app change can remove")
     args = parser.parse_args(argv)
+    if args.server_floor:
+        return print_server_floor(args)
     if args.cpu_per_request:
         try:
             cpu = cpu_per_request(args.bundle.resolve(), args.cpu_per_request)
@@ -367,6 +402,30 @@ def main(argv: list[str] | None = None) -> int:
     if figures["log_tail"]:
         print(figures["log_tail"], file=sys.stderr)
     return 0
+
+
+def print_server_floor(args: argparse.Namespace) -> int:
+    note = common.busy_machine_note(2)
+    speed = common.python_speed()
+    try:
+        figures = server_floor(args.clients, args.seconds, args.workers, args.threads, args.warm_up)
+    except BenchmarkError as exc:
+        print(f"app_load: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"id": "S1-floor", **{k: (round(v, 3) if isinstance(v, float) else v)
+                                                for k, v in figures.items()}, "python_mips": round(speed, 2)}))
+    else:
+        print(common.format_table(["S1 server floor (trivial app)", "figure"], [
+            ["requests/s", f"{figures['requests_per_s']:.0f}"], ["p50", f"{figures['p50_ms']:.2f} ms"],
+            ["p99", f"{figures['p99_ms']:.2f} ms"], ["errors", str(figures["errors"])],
+            ["client connections per worker", "/".join(map(str, figures["connections_per_worker"])) or "n/a"],
+            ["worker CPU per request (user + system)", "n/a" if figures["worker_cpu_ms_per_request"] is None
+             else f"{figures['worker_cpu_ms_per_request']:.2f} ms"],
+            ["machine pace (pure-Python loop, before the run)", f"{speed:.1f} M iterations/s"]]))
+    if note:
+        print(note, file=sys.stderr)
+    return 0 if figures["errors"] == 0 else 1
 
 
 if __name__ == "__main__":

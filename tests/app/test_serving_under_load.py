@@ -45,3 +45,15 @@ def test_cpu_per_request_counts_every_event_through_to_the_receiver(app_bundles)
     figures = json.loads(run.stdout.strip().splitlines()[-1])
     assert figures["requests"] == 50 and figures["events_received"] == figures["events_expected"] == 250
     assert 0 < figures["request_thread_us"] <= figures["process_us"]
+
+
+def test_server_floor_serves_s1_clients_with_the_trivial_app_under_make_serves_settings():
+    run = subprocess.run([sys.executable, "benchmarks/app_load.py", "--server-floor", "--clients", "4",
+                          "--seconds", "1", "--warm-up", "0.3", "--workers", "2", "--json"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert figures["id"] == "S1-floor" and figures["requests"] > 0 and figures["errors"] == 0
+    assert figures["workers"] == 2 and figures["p50_ms"] <= figures["p99_ms"]
+    if Path("/proc/net/tcp").exists():
+        assert sum(figures["connections_per_worker"]) == 4 and figures["worker_cpu_ms_per_request"] > 0
