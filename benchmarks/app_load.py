@@ -384,13 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         record["met"] = met
         print(json.dumps(record))
     else:
-        rows = [["requests/s", f"{figures['requests_per_s']:.0f}"], ["p50", f"{figures['p50_ms']:.2f} ms"],
-                ["p99", f"{figures['p99_ms']:.2f} ms (target <= {TARGET_P99_MS:g} ms)"],
-                ["errors", str(figures["errors"])],
-                ["client connections per worker", "/".join(map(str, figures["connections_per_worker"])) or "n/a"],
-                ["worker CPU per request (user + system)", "n/a" if figures["worker_cpu_ms_per_request"] is None
-                 else f"{figures['worker_cpu_ms_per_request']:.2f} ms"],
-                ["cores each worker may run on", " / ".join(figures["worker_cores"]) or "n/a"],
+        rows = [*load_rows(figures, f" (target <= {TARGET_P99_MS:g} ms)"),
                 ["events received / requests answered",
                  f"{figures['events_received']} / {figures['answered_incl_warm_up']} (incl. warm-up; duplicates "
                  f"{figures['duplicate_events']}, missing {figures['missing_events']})"],
@@ -402,6 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     if figures["log_tail"]:
         print(figures["log_tail"], file=sys.stderr)
     return 0
+
+
+def load_rows(figures: dict, p99_note: str = "") -> list[list[str]]:
+    """The table rows S1 and its server floor share."""
+    return [["requests/s", f"{figures['requests_per_s']:.0f}"], ["p50", f"{figures['p50_ms']:.2f} ms"],
+            ["p99", f"{figures['p99_ms']:.2f} ms{p99_note}"], ["errors", str(figures["errors"])],
+            ["client connections per worker", "/".join(map(str, figures["connections_per_worker"])) or "n/a"],
+            ["worker CPU per request (user + system)", "n/a" if figures["worker_cpu_ms_per_request"] is None
+             else f"{figures['worker_cpu_ms_per_request']:.2f} ms"],
+            ["cores each worker may run on", " / ".join(figures["worker_cores"]) or "n/a"]]
 
 
 def print_server_floor(args: argparse.Namespace) -> int:
@@ -417,12 +421,7 @@ def print_server_floor(args: argparse.Namespace) -> int:
                                                 for k, v in figures.items()}, "python_mips": round(speed, 2)}))
     else:
         print(common.format_table(["S1 server floor (trivial app)", "figure"], [
-            ["requests/s", f"{figures['requests_per_s']:.0f}"], ["p50", f"{figures['p50_ms']:.2f} ms"],
-            ["p99", f"{figures['p99_ms']:.2f} ms"], ["errors", str(figures["errors"])],
-            ["client connections per worker", "/".join(map(str, figures["connections_per_worker"])) or "n/a"],
-            ["worker CPU per request (user + system)", "n/a" if figures["worker_cpu_ms_per_request"] is None
-             else f"{figures['worker_cpu_ms_per_request']:.2f} ms"],
-            ["machine pace (pure-Python loop, before the run)", f"{speed:.1f} M iterations/s"]]))
+            *load_rows(figures), ["machine pace (pure-Python loop, before the run)", f"{speed:.1f} M iterations/s"]]))
     if note:
         print(note, file=sys.stderr)
     return 0 if figures["errors"] == 0 else 1
