@@ -25,7 +25,11 @@ NOT_INHERITED = ("FLASK_DEBUG", "FLUENTD_HOST")
 
 
 class ServerNotReady(RuntimeError):
-    """The server exited or did not answer /readyz in time; the message ends with its log's tail."""
+    """The server exited or did not answer /readyz in time (it is stopped); the message ends with its log's tail."""
+
+    def __init__(self, message: str, pid: int):
+        super().__init__(message)
+        self.pid = pid  # gunicorn's master, stopped by the time this reaches the caller
 
 
 def gunicorn_command(wsgi_app: str = WSGI_APP) -> list[str]:
@@ -84,8 +88,13 @@ def start(settings: Mapping[str, str], log_path: Path, cores: set[int] | None = 
     env.update(settings)
     env["SHELFCAST_BIND"] = f"127.0.0.1:{port}"
     log = open(log_path, "w", encoding="utf-8")
-    process = subprocess.Popen(gunicorn_command(wsgi_app), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores))
+    try:
+        process = subprocess.Popen(gunicorn_command(wsgi_app), cwd=REPO, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT,
+                                   preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores))
+    except BaseException:  # e.g. no gunicorn next to this Python: the error as it is, no open log left behind
+        log.close()
+        raise
     served = ServedApp(process, port, log_path, log)
     try:
         wait_until_ready(served, timeout_s)
@@ -100,7 +109,7 @@ def wait_until_ready(served: ServedApp, timeout_s: float) -> None:
     while True:
         if served.process.poll() is not None:
             raise ServerNotReady(f"gunicorn exited ({served.process.returncode}) before it was ready; "
-                                 f"{served.log_path}:\n{served.log_tail()}")
+                                 f"{served.log_path}:\n{served.log_tail()}", served.pid)
         try:
             with urllib.request.urlopen(f"{served.url}/readyz", timeout=2) as response:
                 if response.status == 200:
@@ -109,5 +118,5 @@ def wait_until_ready(served: ServedApp, timeout_s: float) -> None:
             pass
         if time.monotonic() > deadline:
             raise ServerNotReady(f"gunicorn did not answer /readyz within {timeout_s:g} s; "
-                                 f"{served.log_path}:\n{served.log_tail()}")
+                                 f"{served.log_path}:\n{served.log_tail()}", served.pid)
         time.sleep(0.2)
