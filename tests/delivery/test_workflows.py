@@ -53,7 +53,7 @@ RELEASE_SETTINGS = {"SHADOW_S": "10", "CANARY_SHARE": "0.5", "OBSERVE_S": "40", 
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    from .test_release import free_port
+    from app.launch import free_port
 
     port = free_port()
     log = (tmp_path / "mlflow.log").open("w", encoding="utf-8")
@@ -142,7 +142,7 @@ def first_line_at(step, text: str) -> float:
 
 
 def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, monkeypatch):
-    from .test_release import ServedApp
+    from .test_release import ServedWithUsers
 
     uri, began = mlflow_server, time.monotonic()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -160,7 +160,7 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
     host = tmp_path / "host"
     store, events = ReleaseStore(host / "models"), host / "logs" / "predictions.jsonl"
     release.sync(host, store)
-    served = ServedApp(store, events, tmp_path, None)
+    served = ServedWithUsers(store, events, tmp_path, None)
     series = catalog_series(store.variant_dir(PRODUCTION))
     user_statuses: list[int] = []
     print(f"set-up (repository, first production, app): {time.monotonic() - began:.1f} s")
