@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import gc
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,16 @@ def directory_signature(path: Path) -> Signature | None:
     return (top.st_ino, top.st_mtime_ns) + tuple((n, s.st_ino, s.st_size, s.st_mtime_ns) for n, s in entries)
 
 
+def directory_head(path: Path | str) -> Signature | None:
+    """The head of ``directory_signature``: the directory's own inode and mtime, with one stat (what a request
+    can afford); None if nothing is there."""
+    try:
+        top = os.stat(path)
+    except OSError:
+        return None
+    return (top.st_ino, top.st_mtime_ns)
+
+
 @dataclass
 class Forecast:
     """Predictions for N request rows with the features they were computed from."""
@@ -66,6 +77,10 @@ class LoadedModel:
     loaded_at: str
     catalog: Catalog = field(init=False)
     dense_names: list[str] = field(init=False)
+
+    def loaded_from(self, head: Signature | None) -> bool:
+        """Whether the directory whose ``directory_head`` this is is the one this model was loaded from."""
+        return head is not None and self.signature is not None and self.signature[:2] == head
 
     def __post_init__(self) -> None:
         self.catalog = Catalog(self.bundle.snapshot)

@@ -17,7 +17,6 @@ hot-reloading like production. The canary's share comes from models/release.json
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import zlib
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from app.events import PredictionEventSink
-from app.predictor import LoadedModel, Predictor
+from app.predictor import LoadedModel, Predictor, directory_head
 from app.service import predict_and_log
 from app.validation import InputError, Instance, check_forecastable
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, read_canary_share
@@ -64,9 +63,15 @@ class Variants:
         self.canary_share()
 
     def _installed(self, predictor: Predictor) -> LoadedModel | None:
-        # a removed candidate stops serving at once (the Predictor keeps its last model otherwise)
-        # (os.path.isdir: one stat, without pathlib's frames; every request asks for both candidates)
-        return predictor.model if os.path.isdir(predictor.path) else None
+        """The candidate's model while the directory it was loaded from is the one installed (the Predictor
+        keeps its last model otherwise): a removed candidate stops serving at once, and a newly installed one is
+        never answered by the previous candidate still in memory; production answers until it has loaded.
+        One stat per call: every request asks for both candidates."""
+        head = directory_head(predictor.path)
+        if head is None:
+            return None  # nothing installed: not even a background check
+        model = predictor.model
+        return model if model is not None and model.loaded_from(head) else None
 
     def canary_model(self) -> LoadedModel | None:
         return self._installed(self.canary)

@@ -382,3 +382,30 @@ def test_a_canary_worse_on_actual_sales_is_rolled_back_automatically(host, serve
     assert str(aliases[PRODUCTION]) == versions["production"] and CANARY not in aliases
     assert not store.variant_dir(CANARY).exists() and store.canary_share() == 0.0
     assert set(served.statuses) == {200}
+
+
+def test_a_new_canary_is_never_answered_by_the_previous_one_still_in_memory(host, tmp_path):
+    """A worker keeps a candidate's model after its directory is removed; when the next candidate is installed,
+    that stale model must not answer as the canary (the release decision would judge the wrong model):
+    production answers until the new one has loaded."""
+    root, store, versions = host
+    app = make_app(store, tmp_path / "events.jsonl")  # no reload during the test: loads happen when asked
+    client = app.test_client()
+    variants = app.extensions["shelfcast"].variants
+    series = all_series(app)
+
+    def answering() -> set[str]:
+        return {client.post("/api/v1/predict", json={"instances": [s]}).headers["X-Model-Variant"] for s in series}
+
+    assert variants.canary_model().bundle.digest == digest_of(root, versions["canary"]) and CANARY in answering()
+    release.end_candidate(root, store, CANARY)
+    assert variants.canary_model() is None and answering() == {PRODUCTION}
+    tracking.client(root).set_registered_model_alias(NAME, CANARY, versions["production"])  # the next candidate
+    release.sync(root, store)
+    store.set_canary_share(0.5)
+    assert verify_bundle(store.variant_dir(CANARY)) == digest_of(root, versions["production"])
+    assert variants.canary_model() is None and answering() == {PRODUCTION}  # not the old canary
+    assert variants.canary.check_now()  # its reload
+    assert variants.canary_model().bundle.digest == digest_of(root, versions["production"])
+    assert CANARY in answering()
+    app.extensions["shelfcast"].sink.close()
