@@ -31,6 +31,7 @@ ENV_FLUENTD_HOST = "FLUENTD_HOST"
 ENV_FLUENTD_PORT = "FLUENTD_PORT"
 ENV_FLUENTD_TIMEOUT = "FLUENTD_TIMEOUT"
 MAX_HELD = 256  # sent-but-unconfirmed segments held open; beyond it the oldest are confirmed by age alone
+CONFIRM_MARGIN_S = 0.25  # at close, time left for the last claimed segment's send and its confirming heartbeat
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,14 @@ class Forwarder:
         return self._heartbeat_if_due()
 
     def finish(self, deadline: float) -> None:
-        """At close: send what is left and confirm it before `deadline`; the rest stays spooled."""
+        """At close: send what is left and confirm it before `deadline`; the rest stays spooled.
+
+        No segment is claimed later than it could still be confirmed by `deadline`: one sent but not yet
+        confirmed when this process leaves would be sent again by the next (duplicates), while one never
+        claimed is simply sent by the next."""
+        last_claim = deadline - self._confirm_after_s - CONFIRM_MARGIN_S
         while time.monotonic() < deadline:
-            if self.pump(deadline) and not self._held:
+            if self.pump(min(last_claim, deadline)) and not self._held:
                 break  # all sent and confirmed, and no unclaimed segment left
             time.sleep(0.05 if self.down_since is None else 0.2)
         self.release()

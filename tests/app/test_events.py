@@ -292,8 +292,10 @@ def emit_from_threads(sink: PredictionEventSink, threads: int, per_thread: int) 
 
 
 def test_with_fluentd_down_every_event_is_spooled_and_left_for_the_next_start(tmp_path: Path, closed_port: int) -> None:
+    # A close claims only what it can still confirm before its deadline (eventlog/forward.py), so the
+    # confirmation is short enough here for the close to try Fluentd.
     sink = PredictionEventSink.from_environment(fluent_environ(closed_port, tmp_path / "spool"), retry_max_s=0.2,
-                                                close_timeout_s=0.5)
+                                                close_timeout_s=0.5, confirm_after_s=0.1)
     ids, _ = emit_from_threads(sink, threads=4, per_thread=250)
     sink.close()
 
