@@ -269,11 +269,12 @@ def measure(bundle: Path, clients: int, seconds: float, workers: int, threads: i
             stop(receiver, timeout_s=10)
         events, duplicates, event_requests = received_events(workdir / "received.jsonl")
     all_answered = figures.pop("answered")
+    events_equal = events == len(all_answered) and duplicates == 0 and event_requests == all_answered
     return {
         **figures, "answered_incl_warm_up": len(all_answered), "events_received": events,
         "duplicate_events": duplicates, "missing_events": len(all_answered - event_requests),
-        "events_equal_requests": events == len(all_answered) and duplicates == 0 and event_requests == all_answered,
-        "workers": workers, "threads": threads, "log_tail": log_tail if figures["errors"] else "",
+        "events_equal_requests": events_equal, "workers": workers, "threads": threads,
+        "log_tail": log_tail if figures["errors"] or not events_equal else "",  # why, where the server logged it
     }
 
 
