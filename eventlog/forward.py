@@ -122,7 +122,7 @@ class Forwarder:
         claimed is simply sent by the next."""
         last_claim = deadline - self._confirm_after_s - CONFIRM_MARGIN_S
         while time.monotonic() < deadline:
-            if self.pump(min(last_claim, deadline)) and not self._held:
+            if self.pump(last_claim) and not self._held:
                 break  # all sent and confirmed, and no unclaimed segment left
             time.sleep(0.05 if self.down_since is None else 0.2)
         self.release()

@@ -187,17 +187,22 @@ def test_a_stop_that_runs_out_of_time_leaves_nothing_sent_to_be_sent_again(fluen
     # sent but had no time to confirm would stay in the spool and the second would send it again: S1 once
     # counted 8,371 duplicates that way at the end of a 30 s run. Only never-claimed segments may be left.
     root, now = tmp_path / "spool", dt.datetime.now(dt.timezone.utc).isoformat()
-    writer = Spool(root, max_bytes=10**9, segment_max_bytes=64 * 1024, count=Counts())
+
+    def process_spool() -> Spool:
+        return Spool(root, max_bytes=10**9, segment_max_bytes=64 * 1024, count=Counts())
+
+    def forwarder() -> Forwarder:
+        return Forwarder(process_spool(), TAG, FluentdAddress("127.0.0.1", fluentd_receiver.port), Counts(),
+                         confirm_after_s=0.3)
+
+    writer = process_spool()
     written = [f"e{i}" for i in range(40_000)]
     for event_id in written:
         writer.append(encode_line({"event_id": event_id, "timestamp": now, "pad": "x" * 200}))
     writer.close()
-    address = FluentdAddress("127.0.0.1", fluentd_receiver.port)
-    first = Forwarder(Spool(root, 10**9, 64 * 1024, Counts()), TAG, address, Counts(), confirm_after_s=0.3)
-    first.finish(time.monotonic() + 0.8)
+    forwarder().finish(time.monotonic() + 0.8)
     left = len(list(root.glob("*.jsonl")))
-    second = Forwarder(Spool(root, 10**9, 64 * 1024, Counts()), TAG, address, Counts(), confirm_after_s=0.3)
-    second.finish(time.monotonic() + 60)
+    forwarder().finish(time.monotonic() + 60)
     fluentd_receiver.stop()
     lost, duplicated = lost_and_duplicated(written, received_ids(fluentd_receiver))
     print(f"stop past the deadline: {len(written)} spooled, {left} segments left by the first, "
