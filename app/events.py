@@ -10,7 +10,7 @@ JSON line with a single write(), before the request is answered. Where it goes:
 - otherwise (the embedded default): the local JSON-lines log `logs/predictions.jsonl`
   (`SHELFCAST_PREDICTION_LOG`).
 
-The delivery thread fsyncs every `sync_interval_s`. The written contract (bound, drop
+A thread of its own fsyncs every `sync_interval_s`. The written contract (bound, drop
 policy, crash-loss window, duplicates) is README.md's "Prediction logging".
 """
 

@@ -3,11 +3,14 @@
 Why this shape (the contract is in README.md, "Prediction logging"):
 - Each process appends JSON lines to its own open segment with one write() per event, so
   an event is in the kernel's page cache before the request is answered: a killed process
-  loses nothing; a power cut loses at most what was written since the last fsync (one
-  sync interval of the caller's thread).
+  loses nothing; a power cut loses at most what was written since the last completed fsync
+  and not yet sent (the caller's sync interval plus the fsyncs' own time).
 - A segment is locked (flock) by whoever holds it: its writer while it is open, then the
   one process that claims it to send it. A process that dies releases its locks, so its
   segments are claimed by whichever process runs next, whatever the number of workers.
+  The writer lets go when it seals a segment, and the fsync thread opens it afresh (skipping
+  one already sent and deleted), so sending never waits for an fsync (on a busy virtual disk
+  one took seconds) and no descriptor keeps a deleted segment's space in use.
 - The spool is bounded: `enforce_limit()` deletes the oldest unclaimed segments, counting
   their events as dropped, until the directory is under `max_bytes`. A failed write (a
   full disk) drops that event, counted, and every event until the next check (at most a
@@ -91,15 +94,12 @@ class Spool:
         self.segment_max_bytes = segment_max_bytes
         self._count = count
         self._lock = threading.Lock()
-        # Held for a whole sync(): a caller that needs the sealed segments closed (enforce_limit after a
-        # failed write) waits for another thread's sync to finish closing the descriptors it took.
-        self._sync_lock = threading.Lock()
         self._fd = -1
         self._path: Path | None = None
         self._size = 0
         self._opened_at = 0.0
         self._unsynced = False
-        self._sealed: list[int] = []  # descriptors to fsync and close outside the lock
+        self._sealed: list[Path] = []  # sealed segments written since their last fsync
         self._written: list[dict[str, Any]] | None = None  # the open segment's records (None: not kept)
         self._cached: dict[Path, list[dict[str, Any]]] = {}  # sealed segments' records, oldest first
         self._names = itertools.count()
@@ -156,39 +156,48 @@ class Spool:
         self._written = []
 
     def _seal_locked(self) -> None:
+        """Close the open segment: from now on any process may claim it. Its fsync is left to sync()."""
         if self._fd >= 0:
             if self._size == 0 and self._path is not None:
                 self._path.unlink(missing_ok=True)  # still locked by us: no one else has it open
-            elif self._written and self._path is not None:
-                self._cached[self._path] = self._written
-                total = sum(len(records) for records in self._cached.values())
-                while len(self._cached) > CACHED_SEGMENTS or total > CACHED_RECORDS:
-                    total -= len(self._cached.pop(next(iter(self._cached))))  # the oldest: read from disk
+            elif self._path is not None:
+                if self._written:
+                    self._cached[self._path] = self._written
+                    total = sum(len(records) for records in self._cached.values())
+                    while len(self._cached) > CACHED_SEGMENTS or total > CACHED_RECORDS:
+                        total -= len(self._cached.pop(next(iter(self._cached))))  # the oldest: read from disk
+                if self._unsynced:
+                    self._sealed.append(self._path)
             self._written = None
-            self._sealed.append(self._fd)
+            os.close(self._fd)  # the writer's lock goes with it
             self._fd, self._path, self._size, self._unsynced = -1, None, 0, False
 
     # --- upkeep (the delivery thread) ------------------------------------------------
 
     def sync(self, seal_older_than_s: float | None = None) -> None:
-        """fsync what was written; seal the open segment if it is older than the given age.
-
-        On return every segment sealed before the call is closed, whichever thread took it."""
-        with self._sync_lock:
-            with self._lock:
-                if (self._fd >= 0 and seal_older_than_s is not None
-                        and time.monotonic() - self._opened_at >= seal_older_than_s):
-                    self._seal_locked()
-                sealed, self._sealed = self._sealed, []
-                current = os.dup(self._fd) if self._fd >= 0 and self._unsynced else -1
-                self._unsynced = False
-            for fd in sealed + ([current] if current >= 0 else []):
-                try:
-                    os.fsync(fd)
-                except OSError as exc:
-                    self._warn(f"event spool {self.root}: fsync failed ({exc})")
-                finally:
-                    os.close(fd)  # for a sealed segment this releases the writer's lock
+        """fsync what was written; seal the open segment first if it is older than the given age."""
+        with self._lock:
+            if (self._fd >= 0 and seal_older_than_s is not None
+                    and time.monotonic() - self._opened_at >= seal_older_than_s):
+                self._seal_locked()
+            paths, self._sealed = self._sealed, []
+            if self._fd >= 0 and self._unsynced and self._path is not None:
+                paths.append(self._path)
+            self._unsynced = False
+        for path in paths:
+            try:  # a descriptor of its own: a dup of the writer's would hold its lock through the fsync
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # sent and deleted already: nothing left to lose
+            except OSError as exc:
+                self._warn(f"event spool {self.root}: fsync failed ({exc})")
+                continue
+            try:
+                os.fsync(fd)  # flushes the file's pages, whichever descriptor wrote them
+            except OSError as exc:
+                self._warn(f"event spool {self.root}: fsync failed ({exc})")
+            finally:
+                os.close(fd)
 
     def close(self) -> None:
         with self._lock:
@@ -209,15 +218,14 @@ class Spool:
     def enforce_limit(self) -> int:
         """Drop the oldest unclaimed segments while the spool is over max_bytes (or a write failed).
 
-        After a failed write this process first seals its open segment and closes its sealed ones
-        (``sync``, which waits for another thread's sync to close what it took), so its own writer
-        locks cannot keep the oldest segments from being deleted. Only a failure seen when the check
-        began is cleared at its end: a write that fails while it runs leaves the flag for the next
-        check (which frees room even if no write comes in between)."""
+        After a failed write this process first seals its open segment, so its own writer lock cannot
+        keep the oldest segment from being deleted. Only a failure seen when the check began is cleared
+        at its end: a write that fails while it runs leaves the flag for the next check (which frees
+        room even if no write comes in between)."""
         with self._lock:
             must_free = write_failed = self._disk_full
-        if write_failed:
-            self.sync(seal_older_than_s=0.0)
+            if write_failed:
+                self._seal_locked()
         paths = self.segment_paths()
         sizes = {}
         for path in paths:

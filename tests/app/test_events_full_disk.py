@@ -62,11 +62,10 @@ def test_the_first_check_after_a_failed_write_frees_room_though_the_writer_still
     spool.close()
 
 
-def test_the_check_waits_for_a_sync_in_another_thread_to_close_the_segments_it_took(
-        tiny_disk: Path, monkeypatch) -> None:
-    """The sync thread takes every sealed descriptor at once, then fsyncs and closes them one by one.
-    A check that ran in between found them all still locked, freed nothing and cleared the failure:
-    with no later write the full disk stayed full (seen once in CI)."""
+def test_a_check_during_a_slow_fsync_in_another_thread_frees_room(tiny_disk: Path, monkeypatch) -> None:
+    """The sync thread takes every sealed segment at once, then fsyncs them one by one. When an fsync held
+    the writer's lock, a check that ran in between found them all locked, freed nothing and cleared the
+    failure: with no later write the full disk stayed full (seen once in CI)."""
     counts = Counts()
     spool = Spool(tiny_disk / "spool", max_bytes=10**9, segment_max_bytes=32 * 1024, count=counts)
     fill(spool)
@@ -82,7 +81,7 @@ def test_the_check_waits_for_a_sync_in_another_thread_to_close_the_segments_it_t
     syncer.start()
     assert fsync_began.wait(5)
     try:
-        assert spool.enforce_limit() > 0  # waited for the descriptors the other sync took, then freed room
+        assert spool.enforce_limit() > 0  # the segments being fsynced are not locked: room is freed
     finally:
         syncer.join()
     spool.close()

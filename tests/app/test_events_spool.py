@@ -155,3 +155,28 @@ def test_segments_written_without_their_records_or_beyond_the_bound_are_read_fro
         assert [r["i"] for r in segment.records(lambda _: None)] == [len(kept) - 1]
         segment.release(delete=True)
     assert kept == [False] * 3 + [True] * spool_module.CACHED_SEGMENTS  # the oldest were let go
+
+
+def test_a_slow_fsync_does_not_keep_a_sealed_segment_from_being_sent(tmp_path: Path, monkeypatch) -> None:
+    # On a busy virtual disk an fsync took 9.5 s; while the writer held its lock through the fsync,
+    # delivery to Fluentd stopped for as long (S1's receiver got nothing for ~10 s at a time).
+    spool = Spool(tmp_path, max_bytes=10**9, segment_max_bytes=10**6, count=Counts())
+    for i in range(10):
+        assert spool.append(line(i))
+    began, release, real_fsync = threading.Event(), threading.Event(), os.fsync
+
+    def stuck_fsync(fd: int) -> None:
+        began.set()
+        release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", stuck_fsync)  # the spool calls os.fsync
+    syncer = threading.Thread(target=spool.sync, kwargs={"seal_older_than_s": 0.0})
+    syncer.start()
+    try:
+        assert began.wait(5)
+        assert drain(Spool(tmp_path, max_bytes=10**9, segment_max_bytes=10**6, count=Counts())) == list(range(10))
+    finally:
+        release.set()
+        syncer.join()
+    spool.close()

@@ -39,6 +39,11 @@ def hand_step():
 
 
 @pytest.fixture(scope="session")
+def event_fsync():
+    return _benchmark_module("event_fsync")
+
+
+@pytest.fixture(scope="session")
 def noise_floor():
     return _benchmark_module("noise_floor")
 
