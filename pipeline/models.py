@@ -363,9 +363,13 @@ def expected_units_factor(units: np.ndarray, predicted: np.ndarray) -> float:
 
 def predict_in_session(sess, tensors: ModelTensors, matrix: FeatureMatrix, chunk: int = 65536,
                        output: str = PREDICTION_OUTPUT) -> np.ndarray:
+    """Forecasts of ``matrix`` with one BLAS thread, as in training: the same bits in any process. Dask's
+    workers run with one, and on some CPUs (an AMD EPYC with AVX-512 here) OpenBLAS's sums depend on its
+    thread count, so backtest scores made on a cluster differed from this process's in the 8th digit."""
     fetch = tensors.expected if output == EXPECTED_OUTPUT else tensors.prediction
-    parts = [sess.run(fetch, feed_dict=feed_for(tensors, matrix, slice(s, s + chunk)))
-             for s in range(0, matrix.dense.shape[0], chunk)]
+    with threadpool_limits(limits=1, user_api="blas"):
+        parts = [sess.run(fetch, feed_dict=feed_for(tensors, matrix, slice(s, s + chunk)))
+                 for s in range(0, matrix.dense.shape[0], chunk)]
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
 
 
