@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from pipeline.atomic import file_digest, swap_in_directory
+from pipeline.blas import one_blas_thread
 
 from pipeline.features import (
     CATEGORICAL_FIELDS,
@@ -207,7 +208,8 @@ class ModelBundle:
         feed = {DENSE_INPUT: np.ascontiguousarray(matrix.dense, np.float32)}
         for j, name in enumerate(CATEGORICAL_FIELDS):
             feed[f"{CATEGORICAL_INPUT}_{name}"] = np.ascontiguousarray(matrix.categorical[:, j], np.int32)
-        out = self.model.run(feed)
+        with one_blas_thread():  # the bits pipeline.models.predict_weights gives (pipeline/blas.py)
+            out = self.model.run(feed)
         return {name: np.asarray(out[name], np.float32).reshape(-1) for name in names}
 
     def predict_features(self, matrix: FeatureMatrix) -> np.ndarray:

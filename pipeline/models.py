@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 import engine as en
 from engine import data as en_data
 from pipeline.atomic import atomic_file
+from pipeline.blas import one_blas_thread
 from pipeline.bundle import (
     CATEGORICAL_INPUT,
     DENSE_INPUT,
@@ -280,7 +280,7 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
     feed_order = [tensors.dense, target, weight] + [tensors.categorical[name] for name in CATEGORICAL_FIELDS]
     # One BLAS thread for the loop: a batch's GEMMs (~1k rows) gain nothing from a second one, and its
     # spinning threads starve the interpreter and the prefetch thread (2 cores: 68 -> 10 ms a step).
-    with threadpool_limits(limits=1, user_api="blas"), en.Session(graph=graph) as sess:
+    with one_blas_thread(), en.Session(graph=graph) as sess:
         step_fn = sess.make_callable([train_op, loss], feed_order)
         sess.run(init)
         best_weights = dict(zip(names, sess.run(fetch_vars)))
@@ -363,11 +363,10 @@ def expected_units_factor(units: np.ndarray, predicted: np.ndarray) -> float:
 
 def predict_in_session(sess, tensors: ModelTensors, matrix: FeatureMatrix, chunk: int = 65536,
                        output: str = PREDICTION_OUTPUT) -> np.ndarray:
-    """Forecasts of ``matrix`` with one BLAS thread, as in training: the same bits in any process. Dask's
-    workers run with one, and on some CPUs (an AMD EPYC with AVX-512 here) OpenBLAS's sums depend on its
-    thread count, so backtest scores made on a cluster differed from this process's in the 8th digit."""
+    """Forecasts of ``matrix`` with one BLAS thread (pipeline/blas.py): backtest scores made on a Dask
+    worker equal this process's (with two threads they differed in the 8th digit)."""
     fetch = tensors.expected if output == EXPECTED_OUTPUT else tensors.prediction
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         parts = [sess.run(fetch, feed_dict=feed_for(tensors, matrix, slice(s, s + chunk)))
                  for s in range(0, matrix.dense.shape[0], chunk)]
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)

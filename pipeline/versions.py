@@ -21,8 +21,8 @@ from pipeline.atomic import file_digest
 # The code a model and its evaluation depend on: exactly the train + evaluate deps in dvc.yaml,
 # so that any change here reruns evaluate (and a promote never waits on an evaluation DVC would not rerun).
 MODEL_CODE = ("engine", "pipeline/features.py", "pipeline/history.py", "pipeline/examples.py",
-              "pipeline/feature_shards.py", "pipeline/cluster.py", "pipeline/models.py",
-              "pipeline/bundle.py", "pipeline/train.py", "pipeline/evaluate.py", "pipeline/backtest.py",
+              "pipeline/feature_shards.py", "pipeline/cluster.py", "pipeline/models.py", "pipeline/bundle.py",
+              "pipeline/blas.py", "pipeline/train.py", "pipeline/evaluate.py", "pipeline/backtest.py",
               "pipeline/metrics.py", "pipeline/model_params.py", "pipeline/drift_stats.py", "pipeline/tracking.py",
               "pipeline/versions.py", "pipeline/params.py", "pipeline/io.py", "pipeline/atomic.py", "pipeline/stage.py")
 
