@@ -1,14 +1,26 @@
-"""One BLAS thread wherever the pipeline trains or forecasts: the same bits in any process.
+"""The pipeline's BLAS policy: the same kernels on every x86-64 machine, one thread: the same bits anywhere.
 
-OpenBLAS's sums depend on its thread count with some of its kernels (its Haswell kernels, which
-this project's CI machines are set to use), and Dask's workers start with one thread. So training,
-the forecasts that scores are computed from, and the bundle's forecasts all hold BLAS to one
-thread; a batch of ~1k rows gains nothing from a second one on 2 cores anyway.
+- **Kernels.** OpenBLAS picks its kernels by CPU, and they sum in different orders: with its SkylakeX
+  kernels (an AVX-512 machine's own choice) the same seed trained a model that differed in its last bits
+  from the Haswell kernels' one, and every score, dvc.lock and results/ with it. So a pipeline process
+  pins the Haswell kernels (AVX2 + FMA: every x86-64 machine of the last decade) before numpy loads
+  OpenBLAS, unless OPENBLAS_CORETYPE is set: importing this module does it, so the modules that train or
+  forecast for scores (train, evaluate, sweep) import it first.
+- **One thread.** With those kernels the sums also depend on the thread count, and Dask's workers start
+  with one. So training, the forecasts that scores are computed from, and the bundle's forecasts all hold
+  BLAS to one thread (`one_blas_thread`); a batch of ~1k rows gains nothing from a second one on 2 cores.
 """
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
+
 from threadpoolctl import ThreadpoolController
+
+BLAS_KERNELS = "Haswell"  # OpenBLAS's name for its AVX2 + FMA kernels
+ENV_BLAS_KERNELS = "OPENBLAS_CORETYPE"
 
 _controller: ThreadpoolController | None = None
 
@@ -19,3 +31,27 @@ def one_blas_thread():
     if _controller is None:  # made on first use, when numpy has loaded its BLAS (finding it scans the libraries)
         _controller = ThreadpoolController()
     return _controller.limit(limits=1, user_api="blas")
+
+
+def pin_blas_kernels() -> str | None:
+    """Set OPENBLAS_CORETYPE to BLAS_KERNELS if it can still take effect and the CPU has them; what was set."""
+    if ENV_BLAS_KERNELS in os.environ or "numpy" in sys.modules:
+        return None  # the user's choice, or too late: numpy has loaded OpenBLAS already
+    if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= _cpu_flags():
+        return None  # other kernels altogether (ARM), or a CPU without them
+    os.environ[ENV_BLAS_KERNELS] = BLAS_KERNELS
+    return BLAS_KERNELS
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:  # not Linux
+        pass
+    return set()
+
+
+pin_blas_kernels()  # at import: see the module docstring

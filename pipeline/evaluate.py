@@ -38,6 +38,7 @@ and by how much. Outputs (all written before the verdict is returned):
 
 from __future__ import annotations
 
+import pipeline.blas  # noqa: F401 - first: pins OpenBLAS's kernels before numpy loads it (pipeline/blas.py)
 import csv
 import json
 import sys

@@ -30,6 +30,7 @@ like any candidate; or copy the winning values into params.yaml and
 
 from __future__ import annotations
 
+import pipeline.blas  # noqa: F401 - first: pins OpenBLAS's kernels before numpy loads it (pipeline/blas.py)
 import copy
 import itertools
 import json

@@ -22,6 +22,7 @@ would have made; a finished run removes the checkpoints.
 
 from __future__ import annotations
 
+import pipeline.blas  # noqa: F401 - first: pins OpenBLAS's kernels before numpy loads it (pipeline/blas.py)
 import shutil
 import sys
 import time

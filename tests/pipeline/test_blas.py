@@ -1,0 +1,40 @@
+"""The pipeline's BLAS policy (pipeline/blas.py): the stages that train or score run OpenBLAS's Haswell
+kernels whatever the CPU would pick, so the committed dvc.lock and results/ come out the same on every
+x86-64 machine. Each case starts a fresh process without OPENBLAS_CORETYPE: on an AVX-512 machine OpenBLAS
+would pick its SkylakeX kernels there, and the first test fails without the pin."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import blas
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.skipif(not {"avx2", "fma"} <= blas._cpu_flags(),
+                                reason="the CPU has no AVX2 + FMA: OpenBLAS's Haswell kernels cannot run here")
+
+
+def openblas_kernels_after_importing(module: str, **environ: str) -> list[str]:
+    """The kernels (threadpoolctl's `architecture`) of every OpenBLAS a fresh process has loaded."""
+    code = (f"import {module}, json, threadpoolctl; print(json.dumps([i.get('architecture') for i in "
+            "threadpoolctl.threadpool_info() if i['internal_api'] == 'openblas']))")
+    env = {k: v for k, v in os.environ.items() if k != blas.ENV_BLAS_KERNELS} | environ
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("module", ["pipeline.train", "pipeline.evaluate", "pipeline.sweep"])
+def test_a_module_that_trains_or_scores_loads_openblas_with_the_pinned_kernels(module: str) -> None:
+    assert openblas_kernels_after_importing(module) == [blas.BLAS_KERNELS]
+
+
+def test_kernels_chosen_in_the_environment_are_kept() -> None:
+    assert openblas_kernels_after_importing("pipeline.train", OPENBLAS_CORETYPE="Sandybridge") == ["Sandybridge"]
