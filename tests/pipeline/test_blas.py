@@ -38,3 +38,12 @@ def test_a_module_that_trains_or_scores_loads_openblas_with_the_pinned_kernels(m
 
 def test_kernels_chosen_in_the_environment_are_kept() -> None:
     assert openblas_kernels_after_importing("pipeline.train", OPENBLAS_CORETYPE="Sandybridge") == ["Sandybridge"]
+
+
+def test_this_test_process_runs_them_too() -> None:
+    """tests/conftest.py imports pipeline.blas first: a model trained here equals one a stage process trains."""
+    import numpy  # noqa: F401 - loads OpenBLAS, if nothing has yet
+    import threadpoolctl
+
+    kernels = [i.get("architecture") for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"]
+    assert kernels and {k.lower() for k in kernels} == {os.environ[blas.ENV_BLAS_KERNELS].lower()}  # every OpenBLAS
