@@ -9,13 +9,20 @@
 - **One thread.** With those kernels the sums also depend on the thread count, and Dask's workers start
   with one. So training, the forecasts that scores are computed from, and the bundle's forecasts all hold
   BLAS to one thread (`one_blas_thread`); a batch of ~1k rows gains nothing from a second one on 2 cores.
+  BLAS's thread count is one setting for the whole process, so holders are counted: the first sets one
+  thread, the last gives back what was there before, and a thread leaving never lifts the limit from
+  under another still computing (a served app forecasts in 8 threads at once). A server holds it for
+  its life (`hold_one_blas_thread`), which makes each forecast's hold a counter step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
+import threading
+from typing import Iterator
 
 from threadpoolctl import ThreadpoolController
 
@@ -23,14 +30,45 @@ BLAS_KERNELS = "Haswell"  # OpenBLAS's name for its AVX2 + FMA kernels
 ENV_BLAS_KERNELS = "OPENBLAS_CORETYPE"
 
 _controller: ThreadpoolController | None = None
+_holders_lock = threading.Lock()
+_holders = 0
+_limiter = None  # threadpoolctl's limit while anyone holds one thread; it restores the count before
 
 
-def one_blas_thread():
-    """A context manager: BLAS limited to one thread inside it (process-wide, as BLAS's own setting is)."""
-    global _controller
-    if _controller is None:  # made on first use, when numpy has loaded its BLAS (finding it scans the libraries)
-        _controller = ThreadpoolController()
-    return _controller.limit(limits=1, user_api="blas")
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS limited to one thread inside (process-wide, as BLAS's own setting is), from any number of threads."""
+    _hold()
+    try:
+        yield
+    finally:
+        _release()
+
+
+def hold_one_blas_thread() -> None:
+    """BLAS on one thread from now on, for this process's life (a server whose workers are the cores)."""
+    _hold()
+
+
+def _hold() -> None:
+    global _controller, _holders, _limiter
+    with _holders_lock:
+        if _holders == 0:
+            if _controller is None:  # made on first use, when numpy has loaded its BLAS (it scans the libraries)
+                _controller = ThreadpoolController()
+            _limiter = _controller.limit(limits=1, user_api="blas")
+        _holders += 1
+
+
+def _release() -> None:
+    global _holders, _limiter
+    with _holders_lock:
+        _holders -= 1
+        if _holders == 0 and _limiter is not None:
+            # OpenBLAS (0.3.31 seen) ignores a raise from another thread than the one that lowered the count:
+            # then the process stays on one thread, which every user here asks for anyway
+            _limiter.restore_original_limits()
+            _limiter = None
 
 
 def pin_blas_kernels() -> str | None:

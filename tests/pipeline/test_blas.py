@@ -47,3 +47,59 @@ def test_this_test_process_runs_them_too() -> None:
 
     kernels = [i.get("architecture") for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"]
     assert kernels and {k.lower() for k in kernels} == {os.environ[blas.ENV_BLAS_KERNELS].lower()}  # every OpenBLAS
+
+
+def blas_threads() -> set[int]:
+    import threadpoolctl
+
+    return {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+
+
+def test_a_thread_leaving_one_blas_thread_does_not_lift_it_from_another_still_inside() -> None:
+    """A served app forecasts in several threads at once: B, still computing when A leaves, keeps one thread
+    (a plain threadpoolctl limit in each gave B two: A put back the count it had found)."""
+    import threading
+
+    import threadpoolctl
+
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        inside_b, a_left, seen_in_b = threading.Event(), threading.Event(), []
+
+        def b() -> None:
+            with blas.one_blas_thread():
+                inside_b.set()
+                a_left.wait(10)
+                seen_in_b.append(blas_threads())
+
+        with blas.one_blas_thread():
+            other = threading.Thread(target=b)
+            other.start()
+            assert inside_b.wait(10)
+        a_left.set()
+        other.join(10)
+        assert seen_in_b == [{1}]
+
+
+def test_the_count_before_comes_back_when_the_last_holder_leaves() -> None:
+    import threadpoolctl
+
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        with blas.one_blas_thread():
+            with blas.one_blas_thread():
+                assert blas_threads() == {1}
+            assert blas_threads() == {1}
+        assert blas_threads() == {2}
+
+
+def test_a_held_blas_thread_stays_one_through_forecasts() -> None:
+    import threadpoolctl
+
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        blas.hold_one_blas_thread()
+        try:
+            with blas.one_blas_thread():
+                pass
+            assert blas_threads() == {1}
+        finally:
+            blas._release()  # the hold is for a process's life; this test gives it back
+        assert blas_threads() == {2}
