@@ -158,7 +158,7 @@ class Saver:
     def restore(self, sess, save_path: str) -> None:
         """Load every saver variable from the checkpoint, verifying checksums, names and shapes."""
         manifest_path = str(save_path) + ".json"
-        manifest = _load_json(manifest_path, "checkpoint", CHECKPOINT_FORMAT)
+        manifest = _checked_manifest(_load_json(manifest_path, "checkpoint", CHECKPOINT_FORMAT), manifest_path)
         data_file = os.path.join(os.path.dirname(os.path.abspath(manifest_path)), manifest["data_file"])
         if not os.path.exists(data_file):
             raise NotFoundError(f"checkpoint data file {data_file} does not exist")
@@ -182,6 +182,25 @@ class Saver:
                                            f" the graph expects {var.dtype.name}", var.op.name)
             loaded[var.op.name] = np.array(arr, copy=True, order="C")
         sess.state.update(loaded)  # all or nothing: nothing is changed when any variable fails
+
+
+def _checked_manifest(manifest: dict, path: str) -> dict:
+    """The manifest's fields ``restore`` reads, each of its type; DataLossError naming the first that is not
+    (a hand-edited or half-written manifest), and the data file a plain name beside the manifest."""
+    def need(ok: bool, field: str) -> None:
+        if not ok:
+            raise DataLossError(f"checkpoint manifest {path} is corrupt: {field}")
+
+    data_file = manifest.get("data_file")
+    need(isinstance(data_file, str) and data_file not in ("", ".", "..") and os.path.basename(data_file) == data_file,
+         f"data_file must be a file name beside it, got {data_file!r}")
+    need(isinstance(manifest.get("data_sha256"), str), "data_sha256 must be a string")
+    entries = manifest.get("variables")
+    need(isinstance(entries, list), f"variables must be a list, got {type(entries).__name__}")
+    for k, entry in enumerate(entries):
+        need(isinstance(entry, dict) and all(isinstance(entry.get(f), str) for f in ("name", "key", "sha256")),
+             f"variables[{k}] must have the strings name, key and sha256")
+    return manifest
 
 
 def _step_value(sess, global_step):

@@ -83,6 +83,24 @@ def test_restore_refuses_corrupt_missing_and_mismatched(tmp_path):
         en.train.Saver([v]).restore(s, str(tmp_path / "junk"))
 
 
+@pytest.mark.parametrize("change, field", [
+    (lambda m: m.pop("data_file"), "data_file"), (lambda m: m.update(data_file="../model.npz"), "data_file"),
+    (lambda m: m.update(variables=None), "variables"), (lambda m: m["variables"][0].pop("sha256"), r"variables\[0\]"),
+    (lambda m: m["variables"][0].update(key=3), r"variables\[0\]")])
+def test_a_malformed_manifest_is_data_loss_naming_the_field(tmp_path, change, field):
+    """Valid JSON of the right format whose fields are missing or of another type (hand-edited, or another
+    program's): a DataLossError naming the manifest and the field, not a KeyError; no file outside its folder."""
+    v = en.Variable(np.arange(4, dtype=np.float32), name="v")
+    with en.Session() as s:
+        s.run(v.initializer)
+        prefix = en.train.Saver().save(s, str(tmp_path / "model"))
+    manifest = json.load(open(prefix + ".json"))
+    change(manifest)
+    json.dump(manifest, open(prefix + ".json", "w"))
+    with en.Session() as s, pytest.raises(en.errors.DataLossError, match=rf"model.json is corrupt: {field}"):
+        en.train.Saver([v]).restore(s, prefix)
+
+
 def test_export_round_trip_is_bit_identical_in_a_fresh_process(tmp_path):
     ids, dense, out = _model(seed=5)
     feed = _feed(ids, dense)
