@@ -385,22 +385,33 @@ def constant_tensor(arr: np.ndarray, name: str = "Const", graph=None) -> Tensor:
     return (graph or get_default_graph()).create_op("Const", (), {"value": arr}, name=name).outputs[0]
 
 
+def _kind(np_dtype) -> str:
+    """bool, int (signed or unsigned) or float: what a feed may not change."""
+    kind = np.dtype(np_dtype).kind
+    return "i" if kind == "u" else kind
+
+
 def is_tensor_like(x) -> bool:
     return isinstance(x, Tensor) or hasattr(x, "_as_tensor")
 
 
 def python_value_to_array(value, dtype: _dt.DType | None, what: str = "value") -> np.ndarray:
-    """Python/NumPy value as an array of ``dtype``, refusing lossy or kind-changing conversions."""
+    """Python/NumPy value as an array of ``dtype``. An array is only widened within its kind (float32 to
+    float64, int32 to int64: exact); narrowing or a change of kind (bool or int to a number of another kind)
+    is an error naming both dtypes. Python numbers take ``dtype`` when they are exactly representable."""
     if isinstance(value, np.ndarray) or isinstance(value, np.generic):
         arr = np.asarray(value)
         if dtype is None:
             return arr.astype(_dt.as_dtype(arr.dtype).np, copy=False)
         if arr.dtype == dtype.np:
             return arr
-        if np.can_cast(arr.dtype, dtype.np, "safe"):
+        if np.can_cast(arr.dtype, dtype.np, "safe") and _kind(arr.dtype) == _kind(dtype.np):
             return arr.astype(dtype.np)
         raise TypeError(f"{what}: array of dtype {arr.dtype} cannot be used as {dtype.name} without an explicit cast")
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # a ragged nesting (NumPy 2 refuses it)
+        arr = np.empty(0, object)
     if arr.dtype == object:
         raise TypeError(f"{what}: {value!r} is not a rectangular numeric value")
     if dtype is None:

@@ -456,10 +456,12 @@ def feed_value(t: Tensor, value) -> np.ndarray:
         try:
             arr = python_value_to_array(value, t.dtype, what=f"feed for {t.name}")
         except TypeError:
-            got = np.asarray(value).dtype if not isinstance(value, np.ndarray) else value.dtype
+            try:
+                given = f"value of dtype {np.asarray(value).dtype}"
+            except ValueError:
+                given = "a ragged value (rows of different lengths)"
             raise InvalidArgumentError(
-                f"Cannot feed value of dtype {got} for tensor '{t.name}', which has dtype {t.dtype.name}",
-                t.op.name) from None
+                f"Cannot feed {given} for tensor '{t.name}', which has dtype {t.dtype.name}", t.op.name) from None
     if not shapes.compatible(t.shape, arr.shape):
         raise InvalidArgumentError(
             f"Cannot feed value of shape {arr.shape} for tensor '{t.name}', which has shape {t.shape}", t.op.name)

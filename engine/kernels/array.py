@@ -28,10 +28,25 @@ def scatter_add_rows(out, values, idx):
         out[idx[i], :] += values[i, :]
 
 
+def check_rows(indices, rows: int, what: str = "index") -> np.ndarray:
+    """``indices`` flattened, or a ValueError naming the first outside [0, rows): the references' check (no
+    wrap-around of negative indices, as NumPy would), worded as the kernels word theirs."""
+    flat = np.asarray(indices).reshape(-1)
+    bad = np.flatnonzero((flat < 0) | (flat >= rows))
+    if bad.size:
+        raise ValueError(f"{what} {int(flat[bad[0]])} at position {int(bad[0])} is out of range [0, {rows})")
+    return flat
+
+
+def _row_size(row_shape) -> int:
+    """Elements per row: what reshape(n, -1) would infer, also when n is 0."""
+    return int(np.prod(row_shape, dtype=np.int64))
+
+
 def gather(params: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """``params[indices]`` along axis 0; an out-of-range index is a ValueError naming it."""
     rows = params.shape[0]
-    p2 = np.ascontiguousarray(params).reshape(rows, -1) if params.size else params.reshape(rows, -1)
+    p2 = np.ascontiguousarray(params).reshape(rows, _row_size(params.shape[1:]))  # no -1: rows may be 0
     idx = np.ascontiguousarray(indices).reshape(-1)
     out = np.empty((idx.size, p2.shape[1]), dtype=params.dtype)
     if idx.size:
@@ -91,7 +106,7 @@ def merge_sparse_rows(values: np.ndarray, indices: np.ndarray, n_rows: int, scra
     buffers between calls, so a training step allocates nothing here (the row map is left all -1).
     """
     idx = np.ascontiguousarray(indices).reshape(-1)
-    v2 = np.ascontiguousarray(values).reshape(idx.size, -1)
+    v2 = np.ascontiguousarray(values).reshape(idx.size, _row_size(np.shape(values)[np.ndim(indices):]))
     scratch = {} if scratch is None else scratch
     merged = scratch.get("merged")
     if merged is None or merged.shape[0] < idx.size or merged.shape[1:] != v2.shape[1:] or merged.dtype != v2.dtype:

@@ -23,7 +23,10 @@ import numpy as np
 from engine import generated
 
 _ALLOWED_GLOBALS = {"np", "math", "abs", "min", "max", "float", "int", "bool"}
-HEADER = ["import math", "import numpy as np", "from numba import njit, prange", ""]
+# Every generated module starts so. Its njit computes as NumPy does (error_model="numpy"): x / 0 is inf or nan,
+# not a ZeroDivisionError, in the kernels, the fused chains and the compiled plans alike, as in the reference.
+HEADER = ["import math", "import numpy as np", "from numba import njit as _njit, prange", "", "",
+          "def njit(*args, **options):", '    return _njit(*args, error_model="numpy", **options)', ""]
 
 
 def check_scalar(fn, op_name: str) -> int:
@@ -71,7 +74,7 @@ def operand_kind(shape, out_shape):
     while core and core[0] == 1:
         core = core[1:]
     if (all(d is not None for d in core) and len(shape) <= len(out_shape)
-            and tuple(out_shape[len(out_shape) - len(core):]) == core):
+            and tuple(out_shape[len(out_shape) - len(core):]) == core and 0 not in core):  # rows of 0: no rows
         return "row", int(np.prod(core, dtype=np.int64))
     return None, 0
 

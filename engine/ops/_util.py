@@ -98,6 +98,9 @@ _SHAPES = {1: [((3, 4),), ((0, 4),), ((),)],
            3: [((3, 4),) * 3, ((3, 4), (4,), ()), ((3, 1), (1, 4), (3, 4))]}
 
 
+_SPECIAL = np.array([0.0, -0.0, np.inf, -np.inf, 1.0, np.nan])
+
+
 def sample(rng, shape, dtype, domain=(-3.0, 3.0)):
     """Random values of ``dtype`` in ``domain`` (integers: the whole numbers in it)."""
     dtype = np.dtype(dtype)
@@ -123,6 +126,11 @@ def elementwise_examples(arity, kinds, domain=(-3.0, 3.0), operand_dtypes=None):
                     k = next(k for k, t in enumerate(types) if np.dtype(t).kind == "f")
                     xs[k][0, 0] = np.nan
                     out.append(Example(tuple(xs)))
+                    # zeros, signed zeros, infinities and NaN against each other in every pairing (x / 0,
+                    # log(0), inf - inf): operand k varies along axis k
+                    special = [_SPECIAL.reshape([-1 if a == k else 1 for a in range(arity)]) for k in range(arity)]
+                    out.append(Example(tuple(v.astype(t) if np.dtype(t).kind == "f"
+                                             else sample(rng, v.shape, t, domain) for v, t in zip(special, types))))
         return out
 
     return examples

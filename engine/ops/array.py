@@ -438,11 +438,20 @@ def _gather_emit(c, op, ins):
 
 def _gather_examples(rng):
     return [Example((sample(rng, (5, 3), t), np.array(i, dtype=it)))
-            for t in (F32, F64) for it in (I32, I64) for i in ([4, 0, 4, 2], [[1, 2], [3, 3]], [])]
+            for t in (F32, F64) for it in (I32, I64) for i in ([4, 0, 4, 2], [[1, 2], [3, 3]], [], [-1], [5])] + [
+        Example((np.zeros((0, 3), t), np.array([], I64))) for t in (F32, F64)]
+
+
+def _gather_reference(op, ctx):
+    def gather(params, indices):
+        KA.check_rows(indices, params.shape[0])
+        return np.take(params, indices, axis=0)
+
+    return gather
 
 
 register("GatherV2", infer=_gather_infer, kernel=simple_kernel(KA.gather),
-         reference=lambda op, ctx: (lambda p, i: np.take(p, i, axis=0)), examples=_gather_examples,
+         reference=_gather_reference, examples=_gather_examples,
          grad=_gather_grad, out_kernel=_gather_out_kernel, emit=_gather_emit)
 
 
@@ -592,15 +601,15 @@ def broadcast_reduced(g, x, axis, keepdims, mean):
 def _scatter_reference(op, ctx):
     def scatter(values, indices, dense_shape):
         out = np.zeros(tuple(int(d) for d in dense_shape), values.dtype)
-        np.add.at(out, indices.reshape(-1), values.reshape((indices.size,) + out.shape[1:]))
+        np.add.at(out, KA.check_rows(indices, out.shape[0]), values.reshape((indices.size,) + out.shape[1:]))
         return out
 
     return scatter
 
 
 def _scatter_examples(rng):
-    return [Example((sample(rng, (4, 3), t), np.array([1, 0, 1, 4]), np.array([5, 3])), {"shape": None})
-            for t in (F32, F64)]
+    return [Example((sample(rng, (len(i), 3), t), np.array(i, I64), np.array([5, 3])), {"shape": None})
+            for t in (F32, F64) for i in ([1, 0, 1, 4], [], [-1])]
 
 
 register("ScatterAddDense", infer=lambda inputs, attrs: [(inputs[0].dtype, attrs["shape"])],

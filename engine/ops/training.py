@@ -125,18 +125,22 @@ def _reference(rule, slot_names, sparse):
             names = {"var": op.attrs["var"], **{s: op.attrs[s] for s in slot_names}}
             arrays = {k: read_state(ctx, n) for k, n in names.items()}
             step = int(read_state(ctx, op.attrs["step"])) + 1 if "step" in op.attrs else 0
-            if not sparse:
+            dtype = arrays["var"].dtype  # the variable's precision, as the kernels compute (a float32 g * g
+            if not sparse:                 # can overflow to inf, and the step is then 0 in both)
                 grad, lr = args
-                work = {k: a.astype(np.float64) for k, a in arrays.items()}
-                rule(op, work, grad.astype(np.float64), float(lr), step)
+                work = {k: a.copy() for k, a in arrays.items()}
+                with np.errstate(over="ignore", invalid="ignore"):
+                    rule(op, work, grad.astype(dtype), dtype.type(lr), step)
                 rows = slice(None)
             else:
                 values, indices, lr = args
-                rows, inverse = np.unique(indices.reshape(-1), return_inverse=True)
-                merged = np.zeros((rows.size,) + arrays["var"].shape[1:])
+                rows, inverse = np.unique(KA.check_rows(indices, arrays["var"].shape[0], "sparse gradient index"),
+                                          return_inverse=True)
+                merged = np.zeros((rows.size,) + arrays["var"].shape[1:], dtype)
                 np.add.at(merged, inverse.reshape(-1), values.reshape((indices.size,) + arrays["var"].shape[1:]))
-                work = {k: a[rows].astype(np.float64) for k, a in arrays.items()}
-                rule(op, work, merged, float(lr), step)
+                work = {k: a[rows] for k, a in arrays.items()}
+                with np.errstate(over="ignore", invalid="ignore"):
+                    rule(op, work, merged, dtype.type(lr), step)
             for k, a in arrays.items():
                 a[rows] = work[k]
 
@@ -157,10 +161,15 @@ def _examples(slot_names, sparse):
             lr = np.array(0.1, dtype)
             if sparse:
                 inputs = (rng.standard_normal((3, 3)).astype(dtype), np.array([2, 0, 2]), lr)
+                edges = [(np.zeros((0, 3), dtype), np.array([], np.int64), lr),  # an empty batch
+                         (np.ones((1, 3), dtype), np.array([-1]), lr)]  # an index out of range
             else:
                 inputs = (rng.standard_normal((4, 3)).astype(dtype), lr)
+                edges = []
+            huge = (np.full_like(inputs[0], 1e30),) + inputs[1:]  # g * g overflows float32
             out.append(Example(inputs, attrs, state))
             out.append(Example(inputs, {**attrs, "nesterov": True}, state))
+            out += [Example(edge, attrs, state) for edge in [huge] + edges]
         return out
 
     return examples

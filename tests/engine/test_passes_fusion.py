@@ -249,3 +249,17 @@ def test_a_chain_written_over_its_dying_input_runs_the_loop_that_reads_and_write
     module.serial(apart, values, bias)
     module.serial_io0(over, bias)
     np.testing.assert_array_equal(over, apart)
+
+
+@pytest.mark.parametrize("rows", [3, 0])
+def test_a_chain_over_rows_of_zero_width_gives_the_empty_result(rows):
+    """x (N, 0) + b (0,): no row to repeat (the row kind would read modulo its 0 elements)."""
+    graph = en.Graph()
+    with graph.as_default():
+        x = en.placeholder(en.float32, (None, 0))
+        b = en.placeholder(en.float32, (0,))
+        y = en.relu(x + b)
+    feeds = {x: np.zeros((rows, 0), np.float32), b: np.zeros((0,), np.float32)}
+    for session_config in (en.SessionConfig(), OFF):
+        out = en.Session(graph, config=session_config).run(y, feeds)
+        assert out.shape == (rows, 0) and out.dtype == np.float32

@@ -121,6 +121,25 @@ def test_wrong_feed_shape_and_dtype_name_the_tensor():
         assert s.run(y, {x: [[1, 2, 3]]}).dtype == np.float32
 
 
+@pytest.mark.parametrize("given, dtype", [(np.array([True, False]), en.int64), (np.array([1, 0], np.int32), en.float64),
+                                          (np.array([True]), en.float32), ([[1, 2, 3], [1, 2]], en.float32)])
+def test_a_feed_of_another_kind_or_ragged_is_refused_naming_the_tensor(given, dtype):
+    """A bool array fed to an index placeholder would gather rows 1 and 0: no array changes kind in a feed
+    (Python lists of the wrong kind were already refused), and a ragged list says so."""
+    x = en.placeholder(dtype, (None,) if not isinstance(given, list) else (None, None), name="fed")
+    with en.Session() as s:
+        with pytest.raises(en.errors.InvalidArgumentError, match=r"Cannot feed .* for tensor 'fed:0'"):
+            s.run(x, {x: given})
+
+
+def test_a_feed_widens_within_its_kind_exactly():
+    x = en.placeholder(en.float64, (None,), name="wide")
+    i = en.placeholder(en.int64, (None,), name="index")
+    with en.Session() as s:
+        got = s.run([x, i], {x: np.array([0.1], np.float32), i: np.array([7], np.uint8)})
+    assert got[0].dtype == np.float64 and got[0][0] == np.float64(np.float32(0.1)) and got[1].tolist() == [7]
+
+
 def test_uninitialized_variable_names_the_variable():
     with en.name_scope("dense"):
         v = en.Variable(np.zeros(2, np.float32), name="kernel")
