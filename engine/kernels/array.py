@@ -6,6 +6,8 @@ it is a memory copy that Numba would not make faster.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -40,7 +42,7 @@ def check_rows(indices, rows: int, what: str = "index") -> np.ndarray:
 
 def _row_size(row_shape) -> int:
     """Elements per row: what reshape(n, -1) would infer, also when n is 0."""
-    return int(np.prod(row_shape, dtype=np.int64))
+    return math.prod(row_shape)  # not np.prod: ~4 us a call on a tuple, three sparse updates a step
 
 
 def gather(params: np.ndarray, indices: np.ndarray) -> np.ndarray:
