@@ -50,9 +50,10 @@ def test_this_test_process_runs_them_too() -> None:
 
 
 def blas_threads() -> set[int]:
-    import threadpoolctl
-
-    return {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+    """Thread counts of the BLAS libraries pipeline.blas limits: those loaded when it was first used (numpy's;
+    a BLAS loaded later, such as SciPy's, is not the engine's)."""
+    assert blas._controller is not None
+    return {lib.get_num_threads() for lib in blas._controller.select(user_api="blas").lib_controllers}
 
 
 def test_a_thread_leaving_one_blas_thread_does_not_lift_it_from_another_still_inside() -> None:
