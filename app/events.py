@@ -83,7 +83,7 @@ class SinkSettings:
             values["spool_root"] = Path(env[ENV_EVENT_SPOOL].strip())
         text = env.get(ENV_EVENT_SPOOL_MAX_BYTES, "").strip()
         if text:
-            if not (text.isdigit() and int(text) >= 1):
+            if not (text.isascii() and text.isdigit() and int(text) >= 1):  # isdigit() alone takes '²'
                 raise ValueError(f"{ENV_EVENT_SPOOL_MAX_BYTES}: expected an integer >= 1, got {text!r}")
             values["spool_max_bytes"] = int(text)
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
@@ -212,18 +212,22 @@ class PredictionEventSink:
     def _deliver_until_closed(self) -> None:
         retry_at, backoff, limit_checked = 0.0, self.settings.sync_interval_s, 0.0
         while self._forwarder is not None and not self._stopping.wait(self.settings.sync_interval_s):
-            try:
-                now = time.monotonic()
-                if now - limit_checked >= 1.0:
+            now = time.monotonic()
+            # Each step in its own try: a failing limit check must not stop sending, nor a failing send the limit.
+            if now - limit_checked >= 1.0:
+                limit_checked = now
+                try:
                     self._spool.enforce_limit()
-                    limit_checked = now
-                if now >= retry_at:
+                except Exception:  # a disk error or a bug must not stop the limit for good
+                    log.exception("prediction events: spool limit check failed; retrying in a second")
+            if now >= retry_at:
+                try:
                     if self._forwarder.pump(until=now + 0.5):
                         backoff = self.settings.sync_interval_s
                     else:
                         retry_at, backoff = now + backoff, min(backoff * 2, self.settings.retry_max_s)
-            except Exception:  # a disk error or a bug must not stop delivery for good
-                log.exception("prediction events: delivery step failed; retrying")
+                except Exception:  # a disk error or a bug must not stop delivery for good
+                    log.exception("prediction events: delivery step failed; retrying")
         self._stopping.wait()
         self._syncer.join()
         try:

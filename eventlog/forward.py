@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import time
 from dataclasses import dataclass
 from typing import Mapping
@@ -32,6 +33,7 @@ ENV_FLUENTD_PORT = "FLUENTD_PORT"
 ENV_FLUENTD_TIMEOUT = "FLUENTD_TIMEOUT"
 MAX_HELD = 256  # sent-but-unconfirmed segments held open; beyond it the oldest are confirmed by age alone
 CONFIRM_MARGIN_S = 0.25  # at close, time left for the last claimed segment's send and its confirming heartbeat
+MAX_TIMEOUT_S = 600.0  # FLUENTD_TIMEOUT's upper bound: the socket takes no infinite timeout, and close() waits 2x it
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,9 @@ class FluentdAddress:
     def __post_init__(self) -> None:
         if not (isinstance(self.port, int) and 1 <= self.port <= 65535):
             raise ValueError(f"{ENV_FLUENTD_PORT}: expected an integer 1..65535, got {self.port!r}")
-        if not self.timeout_s > 0:
-            raise ValueError(f"{ENV_FLUENTD_TIMEOUT}: expected a number > 0, got {self.timeout_s!r}")
+        if not (isinstance(self.timeout_s, (int, float)) and 0 < self.timeout_s <= MAX_TIMEOUT_S):
+            raise ValueError(f"{ENV_FLUENTD_TIMEOUT}: expected a number > 0 and <= {MAX_TIMEOUT_S:g} (seconds), "
+                             f"got {self.timeout_s!r}")
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> "FluentdAddress | None":
@@ -71,13 +74,29 @@ def _env_number(env: Mapping[str, str], name: str, kind: type, default):
     try:
         return kind(text)
     except ValueError:
-        wanted = "an integer 1..65535" if kind is int else "a number > 0"
+        wanted = "an integer 1..65535" if kind is int else f"a number > 0 and <= {MAX_TIMEOUT_S:g} (seconds)"
         raise ValueError(f"{name}: expected {wanted}, got {text!r}") from None
 
 
 def emit_record(sender: FluentSender, record: Mapping) -> bool:
     """One event in the forward protocol's Message mode, stamped with its own timestamp."""
-    return sender.emit_with_time(None, EventTime(event_seconds(record)), record)
+    return sender.emit_with_time(None, event_time(record), record)
+
+
+def event_time(record: Mapping) -> EventTime:
+    """The record's timestamp as an EventTime; UnsendableTime if EventTime cannot carry it.
+
+    emit() rejects such times, but a spool line written by an older version or edited by hand may
+    hold one; EventTime's struct.pack would raise for it on every attempt to send its segment."""
+    seconds = event_seconds(record)
+    try:
+        return EventTime(seconds)
+    except (struct.error, OverflowError, ValueError) as exc:
+        raise UnsendableTime(f"timestamp {record.get('timestamp')!r}: {exc}") from None
+
+
+class UnsendableTime(ValueError):
+    """A spooled record whose timestamp the forward protocol's EventTime cannot carry."""
 
 
 class Forwarder:
@@ -141,17 +160,23 @@ class Forwarder:
         first_read = segment.lines == 0
         bad: list[str] = []
         records = segment.records(bad.append)
-        if bad and first_read:
+        stamped = []  # (EventTime, record): a line EventTime cannot carry is dropped like a torn one
+        for number, record in enumerate(records, 1):
+            try:
+                stamped.append((event_time(record), record))
+            except UnsendableTime as exc:
+                bad.append(f"{segment.path.name} record {number}: {exc}")
+        if bad and first_read:  # a re-send meets the same lines: they were counted and logged once
             self._count("dropped", len(bad))
             log.error("event spool: %d unreadable line(s) dropped, first: %s", len(bad), bad[0])
         sender = self._sender = self._sender or self.address.sender(self._tag)
-        for record in records:  # each send() hands the GIL to the request threads: no extra yields
-            if not emit_record(sender, record):
+        for timestamp, record in stamped:  # each send() hands the GIL to the request threads: no extra yields
+            if not sender.emit_with_time(None, timestamp, record):
                 self._failed(sender)
                 return False
             self._last_ok = time.monotonic()
         segment.sent_at = time.monotonic()
-        self._count("sent", len(records))
+        self._count("sent", len(stamped))
         if self.down_since is not None:
             log.warning("%s is back after %.1f s; sending the spooled events", self.address,
                         time.monotonic() - self.down_since)

@@ -23,6 +23,9 @@ _ids = random.Random(os.urandom(32))
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
+# the forward protocol's EventTime: seconds since 1970 as an unsigned 32-bit integer
+EVENT_TIME_MIN_S, EVENT_TIME_END_S = 0, 2**32
+EVENT_TIME_RANGE = ("1970-01-01T00:00:00+00:00", "2106-02-07T06:28:16+00:00")
 
 
 class EventContentError(ValueError):
@@ -63,12 +66,21 @@ def utc_now_iso() -> str:
 
 
 def checked_timestamp(value: Any) -> str:
+    """`value` if it is an aware ISO-8601 time the forward protocol's EventTime can carry.
+
+    EventTime packs the seconds since 1970 as an unsigned 32-bit integer, so a time outside
+    [1970-01-01, 2106-02-07T06:28:16Z) could be spooled but never sent."""
     if isinstance(value, str):
         try:
             parsed = dt.datetime.fromisoformat(value)
         except ValueError:
             parsed = None
         if parsed is not None and parsed.tzinfo is not None:
+            if not EVENT_TIME_MIN_S <= parsed.timestamp() < EVENT_TIME_END_S:
+                raise EventContentError(
+                    f"event.timestamp: {value!r} is outside what Fluentd's EventTime can carry: "
+                    f"from {EVENT_TIME_RANGE[0]} up to (not including) {EVENT_TIME_RANGE[1]}"
+                )
             return value
     raise EventContentError(
         f"event.timestamp: expected an ISO-8601 time with a UTC offset "

@@ -16,6 +16,12 @@ Why this shape (the contract is in README.md, "Prediction logging"):
   full disk) drops that event, counted, and every event until the next check (at most a
   second later), which first deletes the oldest unclaimed segment. Replay never writes
   to disk, so a full disk cannot stop delivery.
+- Oldest means first by name: a name starts with the wall clock in nanoseconds, but never before
+  the newest name this process has seen in the spool, so a clock stepped back cannot make new
+  events sort (and be dropped) as the oldest.
+- A segment this process cannot open (another user's) is left alone: not sent, not dropped, not
+  counted against the limit. A spool folder removed while in use is made again by the next event;
+  the events of the open segment that went with it are counted as dropped.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import itertools
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -103,8 +110,12 @@ class Spool:
         self._written: list[dict[str, Any]] | None = None  # the open segment's records (None: not kept)
         self._cached: dict[Path, list[dict[str, Any]]] = {}  # sealed segments' records, oldest first
         self._names = itertools.count()
+        self._lines = 0  # events written into the open segment
+        self._last_stamp = 0  # the newest segment name's time: new names never sort before it (a clock step)
+        self._unopenable: set[str] = set()  # segments this process cannot open: logged once each, left alone
         self._disk_full = False  # set by a failed write, cleared by the next enforce_limit() that began after it
         self._last_warning = 0.0
+        self.segment_paths()  # reads the newest name already in the spool (a restart after a clock step)
 
     # --- writing (request threads) ---------------------------------------------------
 
@@ -130,6 +141,7 @@ class Spool:
                 self._count("dropped", 1)
                 return False
             self._size += written
+            self._lines += 1
             self._unsynced = True
             if self._written is not None:
                 if record is None or len(self._written) >= CACHED_RECORDS:
@@ -142,9 +154,17 @@ class Spool:
         return True
 
     def _open_segment(self) -> None:
-        name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._names)}"
+        # Names sort oldest first: after the newest this process has seen, even if the wall clock stepped back.
+        self._last_stamp = stamp = max(time.time_ns(), self._last_stamp + 1)
+        name = f"{stamp:020d}-{os.getpid()}-{next(self._names)}"
         opening = self.root / (name + OPENING_SUFFIX)
-        fd = os.open(opening, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+        try:
+            fd = os.open(opening, flags, 0o644)
+        except FileNotFoundError:  # the folder was removed under us (a backlog cleared by hand, a tmp cleaner)
+            self.root.mkdir(parents=True, exist_ok=True)
+            log.warning("event spool %s: the folder was removed while in use; made it again", self.root)
+            fd = os.open(opening, flags, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(opening, self.root / (name + SUFFIX))
@@ -153,6 +173,7 @@ class Spool:
             opening.unlink(missing_ok=True)
             raise
         self._fd, self._path, self._size, self._opened_at = fd, self.root / (name + SUFFIX), 0, time.monotonic()
+        self._lines = 0
         self._written = []
 
     def _seal_locked(self) -> None:
@@ -160,6 +181,10 @@ class Spool:
         if self._fd >= 0:
             if self._size == 0 and self._path is not None:
                 self._path.unlink(missing_ok=True)  # still locked by us: no one else has it open
+            elif self._open_segment_deleted():
+                self._count("dropped", self._lines)  # spooled, and gone with the file: never to be sent
+                log.error("event spool %s: segment %s was deleted while open (the folder removed?); its %d "
+                          "events are lost, counted as dropped", self.root, self._path.name, self._lines)
             elif self._path is not None:
                 if self._written:
                     self._cached[self._path] = self._written
@@ -172,13 +197,21 @@ class Spool:
             os.close(self._fd)  # the writer's lock goes with it
             self._fd, self._path, self._size, self._unsynced = -1, None, 0, False
 
+    def _open_segment_deleted(self) -> bool:
+        """Whether the open segment's file has no name left (caller holds the lock and an open segment)."""
+        return self._path is not None and os.fstat(self._fd).st_nlink == 0
+
     # --- upkeep (the delivery thread) ------------------------------------------------
 
     def sync(self, seal_older_than_s: float | None = None) -> None:
-        """fsync what was written; seal the open segment first if it is older than the given age."""
+        """fsync what was written; seal the open segment first if it is older than the given age.
+
+        An open segment deleted under us is sealed (its events counted as dropped) whatever its age, so
+        that the next event opens a segment that can still be sent."""
         with self._lock:
-            if (self._fd >= 0 and seal_older_than_s is not None
-                    and time.monotonic() - self._opened_at >= seal_older_than_s):
+            if self._fd >= 0 and ((seal_older_than_s is not None
+                                   and time.monotonic() - self._opened_at >= seal_older_than_s)
+                                  or self._open_segment_deleted()):
                 self._seal_locked()
             paths, self._sealed = self._sealed, []
             if self._fd >= 0 and self._unsynced and self._path is not None:
@@ -227,12 +260,12 @@ class Spool:
             if write_failed:
                 self._seal_locked()
         paths = self.segment_paths()
+        self._unopenable &= {path.name for path in paths}  # forget files that are gone
         sizes = {}
         for path in paths:
-            try:
-                sizes[path] = path.stat().st_size
-            except FileNotFoundError:
-                pass
+            size = self._readable_size(path)
+            if size is not None:  # one this process cannot open is not counted: it cannot drop it either
+                sizes[path] = size
         total, dropped = sum(sizes.values()), 0
         for path in sizes:
             if total <= self.max_bytes and not must_free:
@@ -263,12 +296,51 @@ class Spool:
             names = sorted(name for name in os.listdir(self.root) if name.endswith(SUFFIX))
         except FileNotFoundError:
             return []
+        for name in reversed(names):  # another process's newest name, too: its clock may be ahead of ours
+            stamp = _name_stamp(name)
+            if stamp is not None:
+                with self._lock:
+                    self._last_stamp = max(self._last_stamp, stamp)
+                break
         return [self.root / name for name in names]
 
-    def _try_claim(self, path: Path) -> Segment | None:
+    def _readable_size(self, path: Path) -> int | None:
+        """The segment's size; None if it is gone or this process cannot open it."""
+        fd = self._open_for_reading(path)
+        if fd is None:
+            return None
         try:
-            fd = os.open(path, os.O_RDONLY)
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)  # a flock belongs to its open file: this does not drop one held on another descriptor
+
+    def _open_for_reading(self, path: Path) -> int | None:
+        """A read descriptor of a regular file; None if it is gone or cannot be opened (logged once per file).
+
+        A segment written by another user (e.g. root with umask 077) is left to whoever can read it: it
+        must not stop this process from sending, or dropping, the others."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO here must not hang us
         except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._cannot_open(path, exc.strerror or str(exc))
+            return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            self._cannot_open(path, "not a regular file")
+            return None
+        return fd
+
+    def _cannot_open(self, path: Path, reason: str) -> None:
+        if path.name not in self._unopenable:
+            self._unopenable.add(path.name)
+            log.error("event spool %s: cannot open %s (%s); leaving it in place, neither sent, dropped nor "
+                      "counted against the spool's limit", self.root, path.name, reason)
+
+    def _try_claim(self, path: Path) -> Segment | None:
+        fd = self._open_for_reading(path)
+        if fd is None:
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -297,6 +369,12 @@ class Spool:
         if now - self._last_warning >= 10.0:  # a full disk must not flood the log as well
             self._last_warning = now
             log.error(message)
+
+
+def _name_stamp(name: str) -> int | None:
+    """The creation time a segment's name starts with (20 digits of nanoseconds); None for other names."""
+    head = name.split("-", 1)[0]
+    return int(head) if len(head) == 20 and head.isascii() and head.isdigit() else None
 
 
 def _mtime(path: Path) -> float:

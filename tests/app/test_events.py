@@ -203,6 +203,10 @@ def cyclic() -> dict:
         ({"timestamp": "yesterday"}, "event.timestamp: expected an ISO-8601 time"),
         ({"timestamp": "2017-08-16T10:00:00"}, "event.timestamp: expected an ISO-8601 time"),
         ({"timestamp": dt.datetime(2017, 8, 16)}, "event.timestamp: expected an ISO-8601 time"),
+        # Fluentd's EventTime packs seconds since 1970 as a uint32: such a time was spooled, then wedged delivery
+        ({"timestamp": "1969-12-31T23:59:59+00:00"}, "event.timestamp: '1969-12-31T23:59:59+00:00' is outside"),
+        ({"timestamp": dt.datetime(1900, 1, 1, tzinfo=dt.timezone.utc)}, "event.timestamp: '1900-01-01T00:00:00"),
+        ({"timestamp": "2106-02-07T06:28:16+00:00"}, "up to (not including) 2106-02-07T06:28:16"),
         ({"event_id": ""}, "event.event_id: expected a non-empty string"),
         ({"request_id": 7}, "event.request_id: expected a non-empty string"),
         (cyclic(), "nested more than"),
@@ -235,6 +239,14 @@ def test_emit_after_close_is_reported_not_raised(tmp_path: Path, caplog: pytest.
         ({"FLUENTD_HOST": "h", "FLUENTD_PORT": "abc"}, "FLUENTD_PORT: expected an integer 1..65535, got 'abc'"),
         ({"FLUENTD_HOST": "h", "FLUENTD_PORT": "70000"}, "FLUENTD_PORT: expected an integer 1..65535"),
         ({"FLUENTD_HOST": "h", "FLUENTD_TIMEOUT": "0"}, "FLUENTD_TIMEOUT: expected a number > 0"),
+        # an infinite timeout passed "> 0", then every connect raised OverflowError and so did close()
+        ({"FLUENTD_HOST": "h", "FLUENTD_TIMEOUT": "inf"}, "FLUENTD_TIMEOUT: expected a number > 0 and <= 600"),
+        ({"FLUENTD_HOST": "h", "FLUENTD_TIMEOUT": "1e400"}, "FLUENTD_TIMEOUT: .* got inf"),
+        ({"FLUENTD_HOST": "h", "FLUENTD_TIMEOUT": "601"}, "FLUENTD_TIMEOUT: expected a number > 0 and <= 600"),
+        # str.isdigit() takes superscripts and other digits int() refuses: the error named no variable
+        ({"SHELFCAST_EVENT_SPOOL_MAX_BYTES": "²"}, "SHELFCAST_EVENT_SPOOL_MAX_BYTES: expected an integer >= 1"),
+        ({"SHELFCAST_EVENT_SPOOL_MAX_BYTES": "10²"}, "SHELFCAST_EVENT_SPOOL_MAX_BYTES: expected an integer >= 1"),
+        ({"SHELFCAST_EVENT_SPOOL_MAX_BYTES": "١٠٠"}, "SHELFCAST_EVENT_SPOOL_MAX_BYTES: expected an integer >= 1"),
     ],
 )
 def test_a_bad_environment_is_named(environ: dict, message: str) -> None:
@@ -322,3 +334,18 @@ def wait_until(condition, timeout_s: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.005)
+
+
+def test_a_failing_limit_check_does_not_stop_sending(tmp_path: Path, silent_peer, monkeypatch) -> None:
+    # The limit check and the send ran in one try: a segment the limit check could not open (another user's)
+    # raised there every second, and nothing was ever sent again.
+    sink = PredictionEventSink.from_environment(fluent_environ(silent_peer.port, tmp_path / "spool"),
+                                                close_timeout_s=0.5)
+
+    def broken_limit_check() -> int:
+        raise PermissionError(13, "Permission denied", "00000000000000000001-1-0.jsonl")
+
+    monkeypatch.setattr(sink._spool, "enforce_limit", broken_limit_check)
+    sink.emit({"output": 1})
+    wait_until(lambda: silent_peer.bytes_received > 0, timeout_s=10)
+    sink.close()

@@ -209,3 +209,27 @@ def test_a_stop_that_runs_out_of_time_leaves_nothing_sent_to_be_sent_again(fluen
           f"{lost} lost, {duplicated} duplicated")
     assert left > 0, "the first process sent everything: the backlog did not outlast its deadline"
     assert lost == 0 and duplicated == 0
+
+
+def test_a_spooled_time_fluentd_cannot_carry_is_dropped_counted_and_the_rest_is_sent_once(
+        fluentd_receiver, tmp_path: Path, caplog) -> None:
+    # EventTime packs seconds since 1970 as a uint32. A line stamped outside that (emit() rejects it now, an
+    # older version spooled it) raised struct.error mid-segment: the lines before it were sent again every
+    # 0.2 s, the lines after it never, and nothing counted it.
+    spool, now = tmp_path / "spool", dt.datetime.now(dt.timezone.utc).isoformat()
+    writer = Spool(spool, max_bytes=10**9, segment_max_bytes=10**6, count=Counts())
+    written = [f"e{i}" for i in range(100)]
+    for i, event_id in enumerate(written):
+        writer.append(encode_line({"event_id": event_id, "timestamp": now}))
+        if i == 49:
+            writer.append(encode_line({"event_id": "before-1970", "timestamp": "1969-12-31T23:59:59+00:00"}))
+            writer.append(encode_line({"event_id": "after-2106", "timestamp": "2106-02-07T06:28:16+00:00"}))
+    writer.close()
+    with fluent_sink(fluentd_receiver.port, spool) as sink:
+        wait_until(lambda: not list(spool.glob("*.jsonl")), timeout_s=15)
+    fluentd_receiver.stop()
+    received = received_ids(fluentd_receiver)
+    assert lost_and_duplicated(written, received) == (0, 0) and set(received) == set(written)
+    assert sink.stats.snapshot()["dropped"] == 2 and sink.stats.snapshot()["sent"] == 100
+    logged = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(logged) == 1 and "1969-12-31T23:59:59+00:00" in logged[0], logged

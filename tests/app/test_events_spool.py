@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 from eventlog.records import encode_line
@@ -180,3 +183,79 @@ def test_a_slow_fsync_does_not_keep_a_sealed_segment_from_being_sent(tmp_path: P
         release.set()
         syncer.join()
     spool.close()
+
+
+def refuse_to_open(monkeypatch, refused: Path) -> None:
+    """os.open raises PermissionError for `refused` (a segment of another user: chmod cannot stop root)."""
+    real_open = os.open
+
+    def guarded_open(path, flags, *args, **kwargs):
+        if Path(path) == refused:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded_open)  # the spool calls os.open
+
+
+def test_a_segment_that_cannot_be_opened_is_left_and_the_others_are_sent_and_bounded(
+        tmp_path: Path, monkeypatch, caplog) -> None:
+    # Written by root with umask 077 into a spool shared with the app's user: its PermissionError escaped
+    # claiming and the limit check, so nothing was sent again and the spool grew 7x over its limit.
+    foreign = tmp_path / f"{1:020d}-1-0.jsonl"  # the oldest
+    foreign.write_bytes(b"".join(line(i, padding=40) for i in range(100, 130)))
+    counts = Counts()
+    spool = Spool(tmp_path, max_bytes=2_000, segment_max_bytes=500, count=counts)
+    for i in range(60):
+        spool.append(line(i, padding=40))
+    spool.close()
+    refuse_to_open(monkeypatch, foreign)
+
+    dropped = spool.enforce_limit()  # its events cannot be counted: it is neither dropped nor counted
+    readable = sum(p.stat().st_size for p in tmp_path.glob("*.jsonl") if p != foreign)
+    assert foreign.exists() and readable <= 2_000 and counts["dropped"] == dropped > 0
+    kept = drain(spool)
+    assert kept == list(range(60 - len(kept), 60)) and len(kept) + dropped == 60
+    spool.enforce_limit()
+    warnings = [r.getMessage() for r in caplog.records if foreign.name in r.getMessage()]
+    assert len(warnings) == 1 and "cannot open" in warnings[0], warnings
+
+
+def test_a_removed_spool_folder_is_made_again_and_the_events_it_took_are_counted(tmp_path: Path) -> None:
+    # The folder was made only at start: once removed, every later event was dropped until a restart, and
+    # those written into the open (now nameless) segment were counted as spooled, never as dropped.
+    root, counts = tmp_path / "spool", Counts()
+    spool = Spool(root, max_bytes=10**9, segment_max_bytes=10**6, count=counts)
+    assert spool.append(line(0))
+    shutil.rmtree(root)  # the operator clears the backlog: the open segment goes with it
+    assert spool.append(line(1))  # into the open segment, which has no name any more
+    spool.sync(seal_older_than_s=60)  # not old: sealed because it was deleted
+    assert counts == {"spooled": 2, "dropped": 2}
+    assert spool.append(line(2)) and root.is_dir()
+    spool.sync(seal_older_than_s=0)
+    shutil.rmtree(root)  # now with no segment open
+    assert spool.append(line(3)) and root.is_dir()
+    spool.close()
+    assert drain(spool) == [3] and counts == {"spooled": 4, "dropped": 2}
+
+
+def test_after_the_wall_clock_steps_back_the_newest_events_are_still_the_last_dropped(
+        tmp_path: Path, monkeypatch) -> None:
+    # Segment names began with time.time_ns() and the oldest is the first by name: after NTP stepped the
+    # clock back, the newest segments sorted first and the limit dropped them, keeping the old ones.
+    counts = Counts()
+    spool = Spool(tmp_path, max_bytes=3_000, segment_max_bytes=500, count=counts)
+    for i in range(30):
+        spool.append(line(i, padding=40))
+    spool.close()
+    real_time_ns = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() - 3600 * 10**9)  # one hour back
+    for i in range(30, 60):
+        spool.append(line(i, padding=40))
+    spool.close()
+    restarted = Spool(tmp_path, max_bytes=3_000, segment_max_bytes=500, count=counts)  # a new process
+    for i in range(60, 90):
+        restarted.append(line(i, padding=40))
+    restarted.close()
+    dropped = restarted.enforce_limit()
+    kept = drain(restarted)
+    assert kept == list(range(90 - len(kept), 90)) and len(kept) + dropped == 90 and len(kept) > 30
