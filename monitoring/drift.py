@@ -4,25 +4,30 @@
                                | --elasticsearch http://localhost:9200 [--index shelfcast-prediction-*]]
                                [--actuals sales.csv] [--params params.yaml] [--output-dir logs/drift]
 
-Compares the requests with the bundle's served-horizon reference (features at its own
-origin and horizon days; pipeline/drift_stats.py). Writes drift.json and drift.html
-(a verdict and its reason per feature, inline SVG charts) and exits 1 when a `drift:`
-threshold of params.yaml is crossed, so a scheduler (cron, CI) can alert;
-0 when nothing is, 2 when the inputs cannot be read.
+Compares the requests the bundle answered with its served-horizon reference (features at
+its own origin and horizon days; pipeline/drift_stats.py); events logged by other model
+versions (an earlier production, a canary) and a shadow's are set aside and counted.
+Writes drift.json and drift.html (a verdict and its reason per feature, inline SVG charts)
+and exits 1 when a `drift:` threshold of params.yaml is crossed, so a scheduler (cron, CI)
+can alert; 0 when nothing is, 2 on any error (the inputs cannot be read, or a bug): never 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
+import traceback
+from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from monitoring.drift_analysis import ActualsError, analyse, read_actuals
 from monitoring.drift_params import DriftParamsError, load_drift_params
-from pipeline.event_sources import DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, read_jsonl_events
+from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, parse_time,
+                                    read_jsonl_events)
 from monitoring.report_html import render_report
 from monitoring.serving_data import EventShapeError
 from pipeline.atomic import write_json_atomic, write_text_atomic
@@ -35,10 +40,16 @@ REPORT_JSON, REPORT_HTML = "drift.json", "drift.html"
 EXIT_OK, EXIT_ALARM, EXIT_ERROR = 0, 1, 2
 
 
-def read_bundle_statistics(path: Path | str) -> tuple[dict, dict]:
-    """(bundle.json, training_stats.json) of a verified bundle; the model graph is not loaded."""
+class BundleStatistics(NamedTuple):
+    metadata: dict  # bundle.json
+    stats: dict  # training_stats.json
+    digest: str  # what the app logs as each event's model_digest
+
+
+def read_bundle_statistics(path: Path | str) -> BundleStatistics:
+    """What drift needs of a verified bundle; the model graph is not loaded."""
     path = Path(path)
-    verify_bundle(path)
+    digest = verify_bundle(path)
     try:
         metadata = json.loads((path / "bundle.json").read_text(encoding="utf-8"))
         stats = json.loads((path / "training_stats.json").read_text(encoding="utf-8"))
@@ -46,7 +57,47 @@ def read_bundle_statistics(path: Path | str) -> tuple[dict, dict]:
         raise BundleError(f"{path}: bundle.json/training_stats.json is not valid JSON ({exc})") from None
     if "vocabularies" not in metadata or "dense" not in stats:
         raise BundleError(f"{path}: the bundle has no vocabularies or training statistics for drift checks")
-    return metadata, stats
+    return BundleStatistics(metadata, stats, digest)
+
+
+SET_ASIDE_REASON = ("not answered by this bundle: another model version (an earlier production, a canary) computes "
+                    "other features and vocabulary ids, and a shadow's events mirror requests production answered")
+
+
+def answered_by(bundle: BundleStatistics, events: Sequence[Mapping[str, Any]]
+                ) -> tuple[list[Mapping[str, Any]], dict[str, int]]:
+    """The events this bundle answered, and a count of the others by variant and model version.
+
+    An event names its model by `model_digest` (the bundle digest, app/service.py), or, logged before
+    that field, by `model_name` and `model_version`. Only this bundle's events can be decoded with its
+    feature names and vocabularies.
+    """
+    name, version = bundle.metadata.get("name"), bundle.metadata.get("version")
+    judged, others = [], Counter()
+    for event in events:
+        variant = str(event.get("model_variant", "production"))
+        digest = event.get("model_digest")
+        if digest is not None:
+            ours = digest == bundle.digest
+        else:
+            ours = event.get("model_name") == name and event.get("model_version") == version
+        if ours and variant != "shadow":
+            judged.append(event)
+            continue
+        label = f"{variant} {event.get('model_version', '(no model version)')}"
+        if digest is not None and event.get("model_version") == version and digest != bundle.digest:
+            label += f" (bundle {str(digest)[:12]})"  # the same version, installed from another bundle
+        others[label] += 1
+    return judged, dict(others)
+
+
+def since_time(text: str) -> dt.datetime:
+    """--since as an aware time; one given without an offset is taken as UTC, as the app stamps events."""
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO-8601 time such as 2017-08-16T10:00:00+02:00 "
+                                         f"(taken as UTC without an offset), got {text!r}") from None
 
 
 def write_report(report: Mapping[str, Any], output_dir: Path | str) -> tuple[Path, Path]:
@@ -93,8 +144,17 @@ def summary_line(report: Mapping[str, Any], html_path: Path) -> str:
     rows = (*report["features"].values(), *report["categorical"].values())
     unsure = sum(r.get("verdict") == "inconclusive" for r in rows)
     shown += f"; {unsure} inconclusive (too few events to tell)" if unsure else ""
+    set_aside = report.get("set_aside") or {}
+    if set_aside.get("events"):
+        counts = ", ".join(f"{label}: {n}" for label, n in sorted(set_aside["by_model"].items()))
+        shown += f"; {set_aside['events']} event(s) of other models set aside ({counts})"
+    if set_aside.get("not_predictions"):
+        counts = ", ".join(f"{sender}: {n}" for sender, n in sorted(set_aside["not_predictions"].items()))
+        shown += f"; {sum(set_aside['not_predictions'].values())} record(s) that are not prediction events " \
+                 f"skipped ({counts})"
     if report["status"] == "insufficient_data":
-        verdict = f"no verdict: {report['events']} events are too few"
+        events = report["events"]
+        verdict = f"no verdict: {events} event{' is' if events == 1 else 's are'} too few"
     elif report["alarm"]:
         verdict = (f"ALARM: {len(report['reasons'])} reason(s) over {report['events']} events, "
                    f"{dense} feature(s) and {categorical} categorical input(s) drifted")
@@ -103,25 +163,28 @@ def summary_line(report: Mapping[str, Any], html_path: Path) -> str:
     return f"drift: {verdict}{shown}; report {html_path}"
 
 
-def run(bundle: Path, events_path: Path | None, elasticsearch: str | None, index: str, since: str | None,
+def run(bundle: Path, events_path: Path | None, elasticsearch: str | None, index: str, since: dt.datetime | None,
         actuals_path: Path | None, params_path: Path, output_dir: Path) -> dict[str, Any]:
     params = load_drift_params(params_path)
-    metadata, stats = read_bundle_statistics(bundle)
+    judged_bundle = read_bundle_statistics(bundle)
+    not_predictions: dict[str, int] = {}
     if elasticsearch:
         source = ElasticsearchEvents(elasticsearch, index, username=os.environ.get("ELASTICSEARCH_USERNAME"),
                                      password=os.environ.get("ELASTICSEARCH_PASSWORD"))
-        events = source.events(params.max_events, since)
+        events = source.events(params.max_events, None if since is None else since.isoformat())
         described = f"{elasticsearch}/{index}"
     else:
         events_path = events_path or DEFAULT_EVENTS
-        events = read_jsonl_events(events_path, params.max_events)
-        if since:
-            events = [e for e in events if str(e.get("timestamp", "")) >= since]
+        logged = read_jsonl_events(events_path, params.max_events, since)
+        events, not_predictions = logged.events, logged.not_predictions
         described = str(events_path)
-    # a shadow's events mirror requests production already answered (app/variants.py): not traffic
-    events = [e for e in events if e.get("model_variant") != "shadow"]
+    events, other_models = answered_by(judged_bundle, events)
+    set_aside = {"events": sum(other_models.values()), "by_model": other_models, "reason": SET_ASIDE_REASON,
+                 "not_predictions": not_predictions}
     actuals = read_actuals(actuals_path) if actuals_path else None
-    report = analyse(events, metadata, stats, params, actuals, source=described)
+    report = analyse(events, judged_bundle.metadata, judged_bundle.stats, params, actuals, source=described,
+                     set_aside=set_aside)
+    report["model"]["digest"] = judged_bundle.digest
     write_report(report, output_dir)
     return report
 
@@ -134,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--elasticsearch", metavar="URL", default=os.environ.get("ELASTICSEARCH_URL") or None,
                         help="read events from Elasticsearch/OpenSearch (default: $ELASTICSEARCH_URL if set)")
     parser.add_argument("--index", default=DEFAULT_INDEX_PATTERN, help="index pattern (default: %(default)s)")
-    parser.add_argument("--since", help="only events at or after this ISO-8601 time")
+    parser.add_argument("--since", type=since_time,
+                        help="only events at or after this ISO-8601 time (UTC when it has no offset)")
     parser.add_argument("--actuals", type=Path, help="CSV of store_nbr,item_nbr,date,unit_sales for live NWRMSLE")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="thresholds (drift: section)")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR, help="where drift.json/html go")
@@ -144,11 +208,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.events is not None:
         args.elasticsearch = None
     try:
-        report = run(args.bundle, args.events, args.elasticsearch, args.index, args.since, args.actuals,
-                     args.params, args.output_dir)
+        return report_and_verdict(args)
     except (BundleError, EventSourceError, EventShapeError, ActualsError, DriftParamsError) as exc:
         print(f"drift: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 a bug is still an error (2), never the alarm (1) cron acts on
+        if isinstance(exc, BrokenPipeError):  # stdout closed early (`| head`): nothing more can go there
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        traceback.print_exc()
+        print(f"drift: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def report_and_verdict(args: argparse.Namespace) -> int:
+    report = run(args.bundle, args.events, args.elasticsearch, args.index, args.since, args.actuals,
+                 args.params, args.output_dir)
     if args.emit:
         from monitoring.monitoring_events import emit_monitoring_event
 

@@ -123,8 +123,12 @@ def live_accuracy(data: ServingData, actuals: Mapping[tuple[str, str, str], floa
 
 def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, Any], training_stats: Mapping[str, Any],
             params: DriftParams, actuals: Mapping[tuple[str, str, str], float] | None = None,
-            source: str = "") -> dict[str, Any]:
-    """The drift report (a JSON-ready dict) with `alarm`, the reasons for it and a verdict per feature."""
+            source: str = "", set_aside: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The drift report (a JSON-ready dict) with `alarm`, the reasons for it and a verdict per feature.
+
+    `set_aside`: what was read but not judged (monitoring/drift.py run), shown so the count of events
+    judged can be checked against the log.
+    """
     reference = reference_statistics(training_stats)
     dense_names = list(reference["dense"])
     data = collect(events, dense_names, bundle_metadata["vocabularies"])
@@ -136,6 +140,7 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
                   "training_rows": training_stats.get("rows")},
         "reference": {key: reference[key] for key in ("kind", "rows", "origin", "horizon_dates", "note")},
         "served_model_versions": data.model_versions,
+        "set_aside": dict(set_aside or {"events": 0, "by_model": {}, "not_predictions": {}}),
         "thresholds": params.__dict__.copy(),
         "features": {}, "categorical": {}, "unseen": {}, "prediction": None, "live": None,
         "not_alarmed": {"features": [], "reason": CALENDAR_REASON},

@@ -75,6 +75,18 @@ def _reference_html(report: Mapping[str, Any]) -> str:
     return f'<p id="drift-reference">{text}</p>'
 
 
+def _set_aside_html(report: Mapping[str, Any]) -> str:
+    set_aside = report.get("set_aside") or {}
+    parts = []
+    if set_aside.get("events"):
+        counts = ", ".join(f"{escape(label)} ({n})" for label, n in sorted(set_aside["by_model"].items()))
+        parts.append(f"{set_aside['events']} events set aside, {escape(str(set_aside.get('reason', '')))}: {counts}.")
+    if set_aside.get("not_predictions"):
+        counts = ", ".join(f"{escape(sender)} ({n})" for sender, n in sorted(set_aside["not_predictions"].items()))
+        parts.append(f"Records that are not prediction events, skipped: {counts}.")
+    return f'<p id="drift-set-aside">{" ".join(parts)}</p>' if parts else ""
+
+
 def render_report(report: Mapping[str, Any]) -> str:
     status = report["status"]
     banner = {"drift": "Drift alarm", "ok": "No drift above the thresholds",
@@ -113,6 +125,7 @@ td,th{{border-bottom:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertica
 (training rows {_number(model.get('training_rows'))}); {report['events']} events from
 {escape(str(report['source']))}, {escape(str(report['window']['first']))} … {escape(str(report['window']['last']))};
 served versions: {versions}. Generated {escape(report['generated_at'])}.</p>
+{_set_aside_html(report)}
 {_reference_html(report)}
 <h2>Reasons</h2><ul>{reasons}</ul>
 <p>Requests with any category unseen in training: {report['unseen'].get('any', 0.0):.1%}.</p>

@@ -16,6 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from pipeline.event_sources import event_time
+
 UNKNOWN_LABEL = "<unknown>"
 OUTPUT_KEYS = ("unit_sales", "units", "forecast", "prediction")
 
@@ -44,6 +46,16 @@ def _where(event: Mapping[str, Any], index: int) -> str:
     return f"event {index} (event_id {event.get('event_id', '?')})"
 
 
+def is_finite_number(value: Any) -> bool:
+    """A number drift can put in an array and a JSON report: NaN, Infinity and integers past float range are not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def forecast_units(event: Mapping[str, Any], index: int) -> float:
     output = event.get("output")
     if isinstance(output, Mapping):
@@ -56,7 +68,7 @@ def forecast_units(event: Mapping[str, Any], index: int) -> float:
                                   f"{', '.join(OUTPUT_KEYS)}, got keys {sorted(output)}")
     if isinstance(output, list) and len(output) == 1:
         output = output[0]
-    if isinstance(output, bool) or not isinstance(output, (int, float)) or not math.isfinite(output):
+    if not is_finite_number(output):
         raise EventShapeError(f"{_where(event, index)}: output: expected a finite number of units, got {output!r}")
     return float(output)
 
@@ -80,8 +92,9 @@ def collect(events: Sequence[Mapping[str, Any]], dense_names: Sequence[str],
                                   f"expected {{'dense': {{...}}, 'categorical': {{...}}}}")
         for name in dense_names:
             value = features["dense"].get(name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise EventShapeError(f"{_where(event, i)}: features.dense.{name}: expected a number, got {value!r}")
+            if not is_finite_number(value):
+                raise EventShapeError(f"{_where(event, i)}: features.dense.{name}: expected a finite number, "
+                                      f"got {value!r}")
             dense[name][i] = value
         for name, vocabulary in labels.items():
             code = features["categorical"].get(name)
@@ -95,7 +108,7 @@ def collect(events: Sequence[Mapping[str, Any]], dense_names: Sequence[str],
         keys.append((str(inputs.get("store_nbr")), str(inputs.get("item_nbr")), str(inputs.get("date"))))
         version = str(event.get("model_version", "unknown"))
         versions[version] = versions.get(version, 0) + 1
-    stamps = sorted(str(e["timestamp"]) for e in events if e.get("timestamp"))
+    stamps = sorted((moment, e["timestamp"]) for e in events if (moment := event_time(e)) is not None)  # instants
     return ServingData(dense=dense, categorical=categorical, unknown_rows=unknown, predictions=predictions, keys=keys,
-                       model_versions=versions, first_timestamp=stamps[0] if stamps else None,
-                       last_timestamp=stamps[-1] if stamps else None)
+                       model_versions=versions, first_timestamp=stamps[0][1] if stamps else None,
+                       last_timestamp=stamps[-1][1] if stamps else None)

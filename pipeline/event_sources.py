@@ -1,8 +1,12 @@
 """Where logged prediction events are read back from: local JSON lines, or Elasticsearch's REST API.
 
 Local: the app's default log (logs/predictions.jsonl), any JSON-lines file, or a
-directory searched for *.jsonl (the spool's segment files). Elasticsearch (or
-OpenSearch): the daily indices Fluentd writes, paged with `search_after`
+directory's *.jsonl files (not its subdirectories: under logs/ those are the spool of
+events still on their way to Fluentd, and the drift reports). Records another sender
+wrote there (monitoring's own events in logs/monitoring.jsonl, tagged `shelfcast.drift`
+or `shelfcast.metrics`; a Fluentd file output's other tags) are skipped and counted.
+A file is read from its end, so the cost follows the events asked for, not the log's size.
+Elasticsearch (or OpenSearch): the daily indices Fluentd writes, paged with `search_after`
 over urllib, so no client library is needed. Two readers use it: the release
 decision (pipeline/release.py, so `make deploy` can judge a compose stack) and
 monitoring's drift report; it lives in pipeline because monitoring may import
@@ -12,56 +16,157 @@ pipeline, never the other way round.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections import deque
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 DEFAULT_INDEX_PATTERN = "shelfcast-prediction-*"
 PAGE_SIZE = 1000
+PREDICTION_TAG = "shelfcast.prediction"  # app/events.py TAG: the Fluentd tag of prediction events
+READ_BLOCK = 1 << 20  # bytes read at a time, from a file's end backwards
+# How far out of time order a log's lines may be. The app stamps an event in the call that appends it
+# (app/events.py emit), so its log's lines follow their timestamps within moments; reading back to a `since`
+# stops at the first line older than it by more than this. (A log whose lines can be further out of order,
+# such as events re-sent after an outage, may then be read short of its oldest events in the window.)
+ORDER_SLACK = dt.timedelta(seconds=60)
+UNDATED = dt.datetime.min.replace(tzinfo=dt.timezone.utc)  # where an event without a readable time sorts
 
 
 class EventSourceError(RuntimeError):
     """Events could not be read; the message names the file, line or URL."""
 
 
+def parse_time(text: str) -> dt.datetime:
+    """An ISO-8601 time as an aware datetime; one without an offset is taken as UTC (as the app stamps)."""
+    moment = dt.datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def event_time(event: dict[str, Any]) -> dt.datetime | None:
+    """The event's `timestamp` as an aware datetime; None when it has none that reads as ISO-8601."""
+    stamp = event.get("timestamp")
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return parse_time(stamp)
+    except ValueError:
+        return None
+
+
+def other_sender(record: dict[str, Any]) -> str | None:
+    """What a record that is not a prediction event is (its tag, or its monitoring `kind`); None for one that is.
+
+    The app's local log carries no tag; Fluentd's outputs keep it when include_tag_key is set; monitoring's
+    one-shot events (monitoring/monitoring_events.py) carry both a tag and a `kind`.
+    """
+    tag = record.get("tag")
+    if tag is not None:
+        return None if tag == PREDICTION_TAG else str(tag)
+    return None if "kind" not in record else f"kind {record['kind']}"
+
+
 def jsonl_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        return sorted(p for p in path.rglob("*.jsonl") if p.is_file())
+        return sorted(p for p in path.glob("*.jsonl") if p.is_file())
     raise EventSourceError(f"{path}: no such file or directory (prediction events are logged to "
                            "logs/predictions.jsonl by default; serve some predictions first)")
 
 
-def read_jsonl_events(path: Path | str, max_events: int) -> list[dict[str, Any]]:
-    """The last `max_events` events of the JSON-lines file(s) at `path`, oldest first.
+@dataclass
+class JsonlEvents:
+    """Prediction events read from JSON-lines files (oldest first), and the other records met on the way."""
 
-    A torn last line (a writer that crashed mid-line) is skipped; any other unreadable
-    line is an error naming the file and line, because it means the log is not ours.
-    """
-    kept: deque[dict[str, Any]] = deque(maxlen=max_events)
-    for file in jsonl_files(Path(path)):
-        with open(file, "rb") as handle:
-            lines = handle.readlines()
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
+    events: list[dict[str, Any]] = field(default_factory=list)
+    not_predictions: dict[str, int] = field(default_factory=dict)  # tag (or kind) -> records skipped
+
+
+def _lines_from_end(handle: BinaryIO) -> Iterator[tuple[int, bytes, bool]]:
+    """(index from the last line, 0 = last; the line without its newline; whether it lacks one), last first."""
+    position = handle.seek(0, os.SEEK_END)
+    partial, from_end, at_end = b"", 0, True
+    while position > 0:
+        step = min(READ_BLOCK, position)
+        position -= step
+        handle.seek(position)
+        lines = (handle.read(step) + partial).split(b"\n")
+        partial = lines[0]
+        for line in reversed(lines[1:]):
+            unterminated, at_end = at_end, False
+            if unterminated and not line:  # the file ends with a newline: nothing after it
                 continue
-            torn = number == len(lines) and not line.endswith(b"\n")
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                if torn:
+            yield from_end, line, unterminated
+            from_end += 1
+    if partial or not at_end:
+        yield from_end, partial, at_end
+
+
+def _line_number(handle: BinaryIO, from_end: int) -> int:
+    """The 1-based number of the line `from_end` lines before the last (an error's location; reads the file)."""
+    handle.seek(0)
+    newlines, last = 0, b"\n"
+    for block in iter(lambda: handle.read(READ_BLOCK), b""):
+        newlines, last = newlines + block.count(b"\n"), block[-1:]
+    return newlines + (last != b"\n") - from_end
+
+
+def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | None = None) -> JsonlEvents:
+    """The last `max_events` prediction events of the JSON-lines file(s) at `path` (at or after `since`), oldest first.
+
+    The files, in name order (the app's log is one; Fluentd's file output and spool segments are named by
+    time), are read as one log from its end backwards; reading stops once `max_events` are kept, and leaves
+    a file at a line older than `since` by more than ORDER_SLACK (the earlier files are still read): time
+    and memory follow what is kept, not the log's size. Records of other senders (`other_sender`) are
+    skipped and counted. With `since`, an event without a readable timestamp is kept (it cannot be placed).
+    A torn last line (a writer that crashed mid-line) is skipped; any other unreadable line is an error
+    naming the file and line, because it means the log is not ours.
+    """
+    kept: list[tuple[dt.datetime, int, dict[str, Any]]] = []  # (time, place in the log counted from its end)
+    skipped: Counter[str] = Counter()
+    names: dict[str, str] = {}
+
+    def shared_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # every event repeats the same ~80 field names: one copy of each halves a kept event's memory
+        return {names.setdefault(name, name): value for name, value in pairs}
+
+    for file in reversed(jsonl_files(Path(path))):
+        if len(kept) >= max_events:
+            break
+        with open(file, "rb") as handle:
+            for from_end, line, unterminated in _lines_from_end(handle):
+                if len(kept) >= max_events:
+                    break
+                if not line.strip():
                     continue
-                raise EventSourceError(f"{file}: line {number}: not JSON ({exc})") from None
-            if not isinstance(record, dict):
-                raise EventSourceError(f"{file}: line {number}: expected a JSON object, got {type(record).__name__}")
-            kept.append(record)
-    return sorted(kept, key=lambda r: str(r.get("timestamp", "")))
+                try:
+                    record = json.loads(line, object_pairs_hook=shared_names)
+                except ValueError as exc:
+                    if unterminated:
+                        continue
+                    raise EventSourceError(f"{file}: line {_line_number(handle, from_end)}: not JSON ({exc})") from None
+                if not isinstance(record, dict):
+                    raise EventSourceError(f"{file}: line {_line_number(handle, from_end)}: expected a JSON object, "
+                                           f"got {type(record).__name__}")
+                sender = other_sender(record)
+                if sender is not None:
+                    skipped[sender] += 1
+                    continue
+                moment = event_time(record)
+                if since is not None and moment is not None and moment < since:
+                    if since - moment > ORDER_SLACK:
+                        break  # this line and those before it are older than the window
+                    continue
+                kept.append((moment or UNDATED, -len(kept), record))
+    kept.sort(key=lambda entry: entry[:2])
+    return JsonlEvents(events=[entry[2] for entry in kept], not_predictions=dict(skipped))
 
 
 class ElasticsearchEvents:

@@ -257,12 +257,12 @@ class LoggedEvents:
         """Per-variant traffic of the events logged at or after ``since`` (epoch seconds; None: all)."""
         import datetime as dt
 
+        moment = None if since is None else dt.datetime.fromtimestamp(since, dt.timezone.utc)
         if self.search is not None:
-            moment = None if since is None else \
-                dt.datetime.fromtimestamp(since, dt.timezone.utc).isoformat(timespec="milliseconds")
-            events = self.search.events(MAX_EVENTS, since=moment)
-        else:
-            events = read_jsonl_events(self.path, MAX_EVENTS)
+            stamp = None if moment is None else moment.isoformat(timespec="milliseconds")
+            events = self.search.events(MAX_EVENTS, since=stamp)
+        else:  # read from the log's end back to `since` only: the canary check polls this every second
+            events = read_jsonl_events(self.path, MAX_EVENTS, since=moment).events
         return read_traffic(events, since)
 
 

@@ -63,9 +63,11 @@ def sample_categories(rng: np.random.Generator, reference: dict, vocabulary: lis
 
 
 def make_stream(metadata: dict, stats: dict, n: int, seed: int,
-                shift: Callable[[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray], Any] | None = None
-                ) -> list[dict[str, Any]]:
+                shift: Callable[[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray], Any] | None = None,
+                digest: str = "0" * 64) -> list[dict[str, Any]]:
     """`n` prediction events shaped as the app emits them, drawn from the bundle's reference statistics.
+
+    `digest` is the bundle digest the events name as the model that answered them (`model_digest`).
 
     `shift(dense, categorical, predictions)` may change the arrays in place first.
     """
@@ -94,7 +96,7 @@ def make_stream(metadata: dict, stats: dict, n: int, seed: int,
             "features": {"dense": {name: float(values[i]) for name, values in dense.items()},
                          "categorical": {name: int(values[i]) for name, values in categorical.items()}},
             "output": {"unit_sales": float(max(predictions[i], 0.0))},
-            "source": "api", "instance_index": 0, "batch_size": 1, "model_digest": "0" * 64,
+            "source": "api", "instance_index": 0, "batch_size": 1, "model_digest": digest,
             "latency_ms": float(1.0 + rng.random()),
         })
     return events
@@ -117,10 +119,18 @@ def production_bundle(tiny_bundle, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stream(bundle_parts) -> Callable[..., list[dict[str, Any]]]:
-    """stream(n, seed, shift=None): events drawn from the tiny bundle's training statistics."""
+def bundle_digest(tiny_bundle) -> str:
+    """The tiny bundle's digest (its copies in production_bundle have the same): what its events name."""
+    from pipeline.bundle import verify_bundle
+
+    return verify_bundle(tiny_bundle)
+
+
+@pytest.fixture(scope="session")
+def stream(bundle_parts, bundle_digest) -> Callable[..., list[dict[str, Any]]]:
+    """stream(n, seed, shift=None): events the tiny bundle answered, drawn from its training statistics."""
     metadata, stats = bundle_parts
-    return lambda n, seed, shift=None: make_stream(metadata, stats, n, seed, shift)
+    return lambda n, seed, shift=None: make_stream(metadata, stats, n, seed, shift, bundle_digest)
 
 
 @pytest.fixture(scope="session")

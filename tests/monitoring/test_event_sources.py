@@ -1,0 +1,78 @@
+"""pipeline/event_sources.py's JSON-lines reader: the newest events only, prediction events only."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from pipeline import event_sources
+from pipeline.event_sources import EventSourceError, read_jsonl_events
+
+START = dt.datetime(2017, 8, 1, tzinfo=dt.timezone.utc)
+
+
+def event(second: float, **fields) -> dict:
+    return {"event_id": f"e{second}", "timestamp": (START + dt.timedelta(seconds=second)).isoformat(),
+            "model_variant": "production", "output": {"unit_sales": 1.0}, "inputs": {}, **fields}
+
+
+def lines(*records) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def test_only_the_newest_events_are_read_from_the_end_of_the_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(event_sources, "READ_BLOCK", 64)  # many block boundaries, lines longer than a block
+    log = tmp_path / "predictions.jsonl"
+    # a head that is not JSON at all: never parsed, because the newest 30 events come after it
+    log.write_text("not json\n" * 5 + lines(*(event(s) for s in range(100))) + "\n\r\n" + '{"event_id": "to')
+    found = read_jsonl_events(log, 30)
+    assert [e["event_id"] for e in found.events] == [f"e{s}" for s in range(70, 100)]
+    with pytest.raises(EventSourceError, match=r"predictions\.jsonl: line 5: not JSON"):
+        read_jsonl_events(log, 101)  # reaching the head: the error names the line, counted from the start
+
+
+def test_the_canary_window_is_read_back_to_its_start_only(tmp_path):
+    from pipeline.release import LoggedEvents
+
+    since = START + dt.timedelta(hours=2)
+    log = tmp_path / "predictions.jsonl"
+    log.write_text("not json\n" + lines(
+        event(0), event(7205, model_variant="canary"),
+        event(7170),  # written late, within ORDER_SLACK: skipped, and the reading goes on past it
+        event(7201), event(7202, model_variant="canary")))
+    traffic = LoggedEvents(path=log).traffic(since=since.timestamp())
+    assert (traffic["production"].predictions, traffic["canary"].predictions) == (1, 2)
+    assert [e["event_id"] for e in read_jsonl_events(log, 100, since).events] == ["e7201", "e7202", "e7205"]
+
+
+def test_records_of_other_senders_are_skipped_and_counted(tmp_path):
+    logs = tmp_path / "fluentd"  # a Fluentd file output (include_tag_key) next to monitoring's local log
+    logs.mkdir()
+    (logs / "prediction.20170801_0.jsonl").write_text(lines(
+        event(1, tag="shelfcast.prediction"), event(2, tag="shelfcast.prediction")))
+    (logs / "monitoring.jsonl").write_text(lines(
+        {"tag": "shelfcast.metrics", "kind": "validation_metrics"}, {"tag": "shelfcast.drift", "kind": "drift"},
+        {"kind": "drift", "drift": {}}))  # a file output without the tag
+    found = read_jsonl_events(logs, 10)
+    assert [e["event_id"] for e in found.events] == ["e1", "e2"]
+    assert found.not_predictions == {"shelfcast.metrics": 1, "shelfcast.drift": 1, "kind drift": 1}
+    mixed = logs / "prediction.20170801_0.jsonl"  # one log for both: the others do not count against max_events
+    mixed.write_text(mixed.read_text() + (logs / "monitoring.jsonl").read_text())
+    assert [e["event_id"] for e in read_jsonl_events(mixed, 2).events] == ["e1", "e2"]
+
+
+def test_events_are_ordered_by_instant_whatever_their_offset(tmp_path):
+    cet = dt.timezone(dt.timedelta(hours=2))
+    later = event(60)
+    later["timestamp"] = (START + dt.timedelta(seconds=60)).astimezone(cet).isoformat()  # "2017-08-01T02:01:00+02:00"
+    (tmp_path / "a.jsonl").write_text(lines(later))
+    (tmp_path / "b.jsonl").write_text(lines(event(3600)))
+    assert [e["event_id"] for e in read_jsonl_events(tmp_path, 10).events] == ["e60", "e3600"]
+
+
+def test_the_prediction_tag_is_the_one_the_app_sends():
+    from app.events import TAG
+
+    assert event_sources.PREDICTION_TAG == TAG
