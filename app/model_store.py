@@ -3,9 +3,9 @@
 The release store (pipeline/release_store.py) keeps the last N versions that served as
 production on this host. A worker that starts while models/production is missing or refused
 (a broken install, a half-finished deploy) would otherwise answer 503 to everyone; with this
-it serves the newest good release until production loads again, and says so in /readyz's
-reason and the log. It has the Predictor's interface (``model``, ``check_now``, ``path``,
-``last_error``), so routes use it unchanged.
+it serves the newest good release until production loads again, and says so in /readyz
+(``fallback``, and why production was refused) and the log. It has the Predictor's interface
+(``model``, ``check_now``, ``path``, ``last_error``, ``last_error_at``), so routes use it unchanged.
 """
 
 from __future__ import annotations
@@ -40,8 +40,17 @@ class ProductionWithFallback:
         return self.primary.last_error
 
     @property
+    def last_error_at(self) -> str | None:
+        return self.primary.last_error_at
+
+    @property
     def serving_fallback(self) -> bool:
         return self.primary.model is None and self._fallback is not None and self._fallback.model is not None
+
+    @property
+    def fallback_path(self) -> Path | None:
+        """The release served in production's place, None while production serves (or nothing does)."""
+        return self._fallback.path if self.serving_fallback else None
 
     @property
     def model(self) -> LoadedModel | None:

@@ -40,13 +40,18 @@ class BundleChangedWhileLoading(BundleError):
 
 
 def directory_signature(path: Path) -> Signature | None:
-    """What changes when a bundle directory is replaced or any file in it is rewritten; None if absent."""
+    """What changes when a bundle directory is replaced, any file in it is rewritten or its mode changed (a
+    bundle refused as unreadable is tried again once its modes are fixed); None if absent. A directory this
+    process may not list has a signature without entries: loading it says why it is refused."""
     try:
         top = path.stat()
         entries = sorted((p.name, p.stat()) for p in path.iterdir())
     except (FileNotFoundError, NotADirectoryError):
         return None
-    return (top.st_ino, top.st_mtime_ns) + tuple((n, s.st_ino, s.st_size, s.st_mtime_ns) for n, s in entries)
+    except PermissionError:
+        entries = []
+    return (top.st_ino, top.st_mtime_ns, top.st_mode) + tuple((n, s.st_ino, s.st_size, s.st_mtime_ns, s.st_mode)
+                                                              for n, s in entries)
 
 
 def directory_head(path: Path | str) -> Signature | None:
@@ -156,6 +161,10 @@ class LoadedModel:
         }
 
 
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def _as_date(day_number) -> dt.date:
     return dt.date(1970, 1, 1) + dt.timedelta(days=int(day_number))
 
@@ -196,8 +205,7 @@ def load_model(path: Path) -> LoadedModel:
     """Load, verify and warm up a bundle; BundleError if it cannot serve."""
     before = directory_signature(path)
     bundle = load_bundle(path)
-    model = LoadedModel(bundle=bundle, signature=before,
-                        loaded_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    model = LoadedModel(bundle=bundle, signature=before, loaded_at=_utc_now())
     if not model.catalog.stores or not model.catalog.items or model.horizon_days.size == 0:
         raise BundleError(f"{path}: the bundle lists no stores, items or horizon days; nothing could be forecast")
     try:
@@ -242,7 +250,8 @@ class Predictor:
         self._next_check = 0.0
         self._refused: Signature | None = None  # a broken directory state, not retried until it changes
         self._replaced = False  # a model was swapped out: collect it at the next check (requests are done with it)
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # why the bundle at ``path`` was last refused; None once one loads
+        self.last_error_at: str | None = None  # when (UTC, ISO 8601)
 
     @property
     def model(self) -> LoadedModel | None:
@@ -286,18 +295,19 @@ class Predictor:
             model = load_model(self.path)
         except BundleError as exc:
             self.last_error = str(exc)
+            self.last_error_at = _utc_now()
             if not isinstance(exc, BundleChangedWhileLoading):
                 self._refused = signature
             serving = f"still serving {current.name} {current.version}" if current else "no model is being served"
             log.error("refusing model bundle %s: %s (%s)", self.path, exc, serving)
             return False
+        self._refused = None
+        self.last_error = self.last_error_at = None  # a good bundle is installed: an earlier refusal is over
         if current is not None and model.bundle.digest == current.bundle.digest:
             current.signature = model.signature  # same bundle re-installed: nothing to swap
             return False
         self._model = model  # one reference assignment: requests in flight keep the model they took
         self._replaced = current is not None
-        self._refused = None
-        self.last_error = None
         log.info("serving model %s %s from %s (digest %s)", model.name, model.version, self.path,
                  model.bundle.digest[:12])
         return True

@@ -17,14 +17,18 @@ A directory, no pickle anywhere (every ``.npz`` is loaded with
     checksums.json        sha256 of every file above
 
 ``load_bundle`` verifies every checksum (and that no file is missing or
-unlisted) before reading anything, and refuses a bundle it cannot trust.
-Bundles are written into a temporary sibling directory and renamed into
-place, so a reader never sees half a bundle. Imports numpy, the engine and
+unlisted) before reading anything, and refuses a bundle it cannot trust or
+read (a file the server's user may not read is a BundleError too). Bundles
+are written into a temporary sibling directory and renamed into place, so a
+reader never sees half a bundle; every file of a written or installed bundle
+is world-readable (0644, the directory 0755): the serving container runs as
+another user (uid 10001). Imports numpy, the engine and
 the standard library only: this is the serving code path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -117,7 +121,7 @@ def write_bundle(target: Path | str, *, write_graph: Callable[[Path], None], met
             raise BundleError(f"unexpected file(s) in the bundle: {', '.join(extra)}")
         _write_json(staging / CHECKSUMS_FILE, {"files": {name: file_digest(staging / name) for name in listed}})
         digest = file_digest(staging / CHECKSUMS_FILE)
-        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide it from the app's container user (another uid)
+        _make_readable_by_all(staging)
         swap_in_directory(staging, target)
         return digest
     finally:
@@ -133,19 +137,42 @@ def copy_bundle(source: Path | str, target: Path | str) -> str:
     try:
         for name in GRAPH_FILES + DATA_FILES + (CHECKSUMS_FILE,):
             shutil.copy2(source / name, staging / name)
-            os.chmod(staging / name, 0o644)  # readable by the serving container's user whatever the source's mode
         if verify_bundle(staging) != digest:
             raise BundleError(f"{target}: copy does not match {source}")
-        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide it from the app's container user (another uid)
+        _make_readable_by_all(staging)
         swap_in_directory(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return digest
 
 
+def _make_readable_by_all(staging: Path) -> None:
+    """Files 0644, the directory 0755, whatever wrote them: the engine's export (mkstemp: 0600), a copy that kept
+    its source's mode, the umask. The serving container's user (uid 10001) must read every one of them."""
+    for entry in staging.iterdir():
+        os.chmod(entry, 0o644)
+    os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the whole bundle
+
+
+@contextlib.contextmanager
+def _unreadable_is_refused(path: Path):
+    """An OSError while reading a bundle (a file the server's user may not read, a directory where a file should
+    be) is a BundleError naming the file and the reason: the bundle is refused like a corrupt one, and the
+    caller (the app) keeps or falls back to a good model instead of failing."""
+    try:
+        yield
+    except OSError as exc:
+        raise BundleError(f"{exc.filename or path}: cannot be read ({exc.strerror or exc})") from None
+
+
 def verify_bundle(path: Path | str) -> str:
     """Check every file against checksums.json; returns the bundle digest or raises BundleError."""
     path = Path(path)
+    with _unreadable_is_refused(path):
+        return _verify_bundle(path)
+
+
+def _verify_bundle(path: Path) -> str:
     if not path.is_dir():
         raise BundleError(f"{path}: no model bundle here (run the train stage, or promote a model)")
     manifest_path = path / CHECKSUMS_FILE
@@ -225,7 +252,11 @@ class ModelBundle:
 def load_bundle(path: Path | str) -> ModelBundle:
     """Verify, then load a bundle; any doubt is a BundleError naming the file."""
     path = Path(path)
-    digest = verify_bundle(path)
+    with _unreadable_is_refused(path):
+        return _load_verified(path, verify_bundle(path))
+
+
+def _load_verified(path: Path, digest: str) -> ModelBundle:
     try:
         metadata = json.loads((path / "bundle.json").read_text(encoding="utf-8"))
         stats = json.loads((path / "training_stats.json").read_text(encoding="utf-8"))

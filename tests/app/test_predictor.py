@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
+
+import pytest
 
 from pipeline.atomic import file_digest
 from pipeline.bundle import copy_bundle
@@ -187,3 +190,63 @@ def test_a_replaced_model_is_collected_even_when_the_heap_was_frozen(production_
         assert old() is None
     finally:
         gc.unfreeze()
+
+
+def make_unreadable(path, how: str) -> None:
+    """A bundle file the server's user cannot read: mode 000 (not for root, who reads anything), or a directory
+    in the file's place (open() fails with an OSError for root too, so this runs in CI as root)."""
+    if how == "mode 000":
+        if os.geteuid() == 0:
+            pytest.skip("root reads a file of mode 000; the directory case covers root")
+        path.chmod(0)
+    else:
+        path.unlink()
+        path.mkdir()
+
+
+@pytest.mark.parametrize("how", ["a directory in its place", "mode 000"])
+def test_a_worker_starting_on_an_unreadable_bundle_serves_the_last_good_release(make_app, production_dir, how):
+    """An OSError while loading (PermissionError from the checksums) is a refusal like a corrupt bundle: the
+    worker serves the newest good release instead of failing to start, and /readyz says why."""
+    from pipeline.release_store import ReleaseStore
+
+    store = ReleaseStore(production_dir.parent)
+    store.add_release("1", production_dir)
+    (store.release_dir("1") / ".good").touch()
+    make_unreadable(production_dir / "weights.npz", how)
+    served = make_app(production_dir)  # before: the OSError escaped create_app, and gunicorn's workers died
+    assert served.model is not None and served.state.predictor.serving_fallback
+    ready = served.client.get("/readyz")
+    assert ready.status_code == 200 and ready.json["status"] == "ready"
+    assert ready.json["fallback"]["serving"] == str(store.release_dir("1"))
+    reason = ready.json["refused"]["reason"]
+    assert str(production_dir / "weights.npz") in reason and "cannot be read" in reason, reason
+
+
+def test_readyz_says_why_a_bundle_was_refused_while_the_old_model_serves(served, production_dir, app_bundles):
+    import datetime as dt
+
+    old = served.model
+    corrupt_weights(production_dir)
+    before = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    assert served.state.predictor.check_now() is False and served.model is old
+    ready = served.client.get("/readyz")
+    assert ready.status_code == 200 and ready.json["status"] == "ready"
+    assert ready.json["model"]["version"] == old.version
+    refused = ready.json["refused"]
+    assert refused["bundle"] == str(production_dir) and "weights.npz: checksum mismatch" in refused["reason"]
+    assert dt.datetime.fromisoformat(refused["at"]) >= before
+    copy_bundle(app_bundles[1], production_dir)  # a good bundle: the refusal is over
+    assert served.state.predictor.check_now() is True
+    assert "refused" not in served.client.get("/readyz").json
+
+
+def test_a_bundle_refused_as_unreadable_is_tried_again_once_its_modes_are_fixed(production_dir):
+    """A refused directory is not retried until its signature changes; fixing modes changes no size or mtime."""
+    from app.predictor import directory_signature
+
+    refused = directory_signature(production_dir)
+    (production_dir / "graph.json").chmod(0o600)
+    private = directory_signature(production_dir)
+    (production_dir / "graph.json").chmod(0o644)
+    assert refused != private != directory_signature(production_dir)

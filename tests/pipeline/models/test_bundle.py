@@ -113,3 +113,32 @@ def test_copy_installs_a_verified_identical_bundle(trained_project):
     root, _ = trained_project
     digest = copy_bundle(root / "models/candidate", root / "models/production")
     assert verify_bundle(root / "models/production") == digest == verify_bundle(root / "models/candidate")
+
+
+def test_every_file_of_a_written_or_installed_bundle_is_world_readable(trained_project):
+    """The serving container runs as another user (uid 10001): the engine's export (mkstemp: 0600), a copy that
+    keeps its source's mode and a private umask must not leave a bundle file it cannot read."""
+    import os
+
+    from pipeline.bundle import GRAPH_FILES
+    from pipeline.serving_bundle import roll_forward
+
+    def modes(directory):
+        return {p.name: oct(p.stat().st_mode & 0o777) for p in [directory, *directory.iterdir()]}
+
+    def all_readable(directory):
+        return {name: "0o644" for name in modes(directory)} | {directory.name: "0o755"}
+
+    root, summary = trained_project
+    candidate = root / "models/candidate"
+    assert modes(candidate) == all_readable(candidate)  # written by train: the engine's export inside
+    for name in GRAPH_FILES:
+        (candidate / name).chmod(0o600)  # as candidates written before, or by a private umask, have them
+    umask = os.umask(0o077)
+    try:
+        roll_forward(root, candidate, root / "models/production", summary["digest"])  # what promote installs
+        copy_bundle(root / "models/production", root / "models/releases/1")  # what release installs
+    finally:
+        os.umask(umask)
+    for installed in (root / "models/production", root / "models/releases/1"):
+        assert modes(installed) == all_readable(installed)
