@@ -4,8 +4,10 @@ Why: gunicorn's gthread worker gives each connection a thread, and a client that
 its headers and then stalls holds that thread while the app reads the body. Here the
 body is read (into memory, at most SHELFCAST_MAX_BODY_BYTES, whether sent with a
 Content-Length or chunked: over it -> 413) by the connection's thread before the app is
-entered, with a socket timeout (SHELFCAST_BODY_TIMEOUT_S: a stalled body -> 408 and the
-thread is free again). The app itself then runs one request at a time per process, so the
+entered, within SHELFCAST_BODY_TIMEOUT_S for the whole body (a stalled or trickling body ->
+408 and the thread is free again; `BodyDeadlines`). A body the server cannot decode (a
+malformed chunked body) reaches the app as a stream that answers 400 when read, and the
+connection is not reused. The app itself then runs one request at a time per process, so the
 extra threads that wait on slow clients never compete for the GIL with a forecast being made
 (CPU-bound Python: one at a time per process is fastest), and in the order the requests
 arrived (`ArrivalOrder`): a plain lock lets a newly arrived request overtake those already
@@ -14,8 +16,10 @@ most HELD_BODY_BYTES, to a connection with nothing left in its send queue, so it
 sent before the next request's turn begins: the turn ends when the server closes the body. Otherwise the
 next forecast runs while this thread writes the response, and each waits for the other's GIL time slices
 (S1's p99 fell by ~2 ms, ~10 %). A larger response, or one to a client that has not taken in the previous
-ones, gives up the turn first, so a slow reader only ever holds its own connection thread. A buffering
-proxy in front (nginx in docker-compose.yml) does the same for the whole connection.
+ones, gives up the turn first, so a slow reader only ever holds its own connection thread. Either way the
+response leaves (uncorked) and the turn ends before the app's on-close callbacks run (a shadow
+forecast, app/routes_api.py), so no user waits for those. A buffering proxy in front (nginx in
+docker-compose.yml) does the same for the whole connection.
 """
 
 from __future__ import annotations
@@ -23,14 +27,23 @@ from __future__ import annotations
 import collections
 import fcntl
 import io
+import itertools
+import logging
 import socket
 import struct
 import termios
 import threading
+import time
 from typing import Any, Callable, Iterable, Iterator
+
+from werkzeug.exceptions import BadRequest
+
+log = logging.getLogger(__name__)
 
 BODY_TOO_LARGE = "shelfcast.body_too_large"
 BODY_TIMED_OUT = "shelfcast.body_timed_out"
+BODY_MALFORMED = "shelfcast.body_malformed"  # why the server could not decode the body (the app answers 400)
+DEADLINE_CHECK_S = 0.1  # how often overrun body reads are looked for: a 408 comes at most this much late
 CHUNK = 64 * 1024
 TCP_CORK = getattr(socket, "TCP_CORK", 0)
 # A response body up to this size is sent within its request's turn (module docstring). With the headers it
@@ -85,9 +98,14 @@ class BufferedRequests:
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         if _has_body(environ):
             body = self._read_body(environ)
-            environ["wsgi.input"] = io.BytesIO(body or b"")
-            environ["CONTENT_LENGTH"] = str(len(body or b""))
             environ.pop("HTTP_TRANSFER_ENCODING", None)
+            if BODY_MALFORMED in environ:
+                environ["wsgi.input"] = UndecodableBody(environ[BODY_MALFORMED])
+                environ["wsgi.input_terminated"] = True  # read it: the read answers 400 (Werkzeug would skip it)
+                environ.pop("CONTENT_LENGTH", None)
+            else:
+                environ["wsgi.input"] = io.BytesIO(body or b"")
+                environ["CONTENT_LENGTH"] = str(len(body or b""))
         client = environ.get("gunicorn.socket")
         corked = isinstance(client, socket.socket) and _cork(client, True)
         declared: list[str] = []
@@ -128,42 +146,140 @@ class BufferedRequests:
         # Never read past a declared length: some servers hand over the raw connection.
         wanted = int(declared) if declared.isdigit() else self.max_body_bytes + 1
         client = environ.get("gunicorn.socket")  # gunicorn's connection; absent under other servers and tests
+        watch = None
         if isinstance(client, socket.socket):
             client.settimeout(self.body_timeout_s)
-        stream, chunks, size = environ["wsgi.input"], [], 0
+            watch = BODY_DEADLINES.watch(client, time.monotonic() + self.body_timeout_s)
+        body, timed_out, failure = None, False, None
         try:
-            while size <= self.max_body_bytes:
-                chunk = stream.read(min(CHUNK, wanted - size)) if size < wanted else b""
-                if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
-                size += len(chunk)
-            environ[BODY_TOO_LARGE] = True
-            return None
+            body = self._read_within_limit(environ["wsgi.input"], wanted)
         except (TimeoutError, socket.timeout):
-            environ[BODY_TIMED_OUT] = True
-            return None
+            timed_out = True  # one recv() waited the whole timeout
+        except OSError as exc:
+            if exc.errno is not None:
+                raise  # the connection failed (reset, ...): the server handles that
+            failure = exc  # no errno: the server's decoder refused the body (gunicorn's InvalidChunkSize, ...)
         finally:
+            if watch is not None and BODY_DEADLINES.release(watch):
+                timed_out = True  # the whole body took too long (what was read of it, if anything, is cut short)
             if isinstance(client, socket.socket):
                 client.settimeout(None)
+        if timed_out:
+            environ[BODY_TIMED_OUT] = True
+            return None
+        if failure is not None:
+            environ[BODY_MALFORMED] = f"{type(failure).__name__}: {failure}"[:200]
+            log.warning("%s %s from %s: malformed request body (%s); answered 400", environ.get("REQUEST_METHOD"),
+                        environ.get("PATH_INFO"), environ.get("REMOTE_ADDR", "?"), environ[BODY_MALFORMED])
+            if isinstance(client, socket.socket):
+                _read_no_more(client)  # the rest of the stream cannot be framed: no request may follow on it
+            return None
+        if body is None:
+            environ[BODY_TOO_LARGE] = True
+        return body
+
+    def _read_within_limit(self, stream, wanted: int) -> bytes | None:
+        """The body (``wanted`` bytes at most, fewer if the stream ends first); None if over max_body_bytes."""
+        chunks, size = [], 0
+        while size <= self.max_body_bytes:
+            chunk = stream.read(min(CHUNK, wanted - size)) if size < wanted else b""
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        return None
+
+
+class BodyDeadlines:
+    """Ends the body reads that run past their deadline, by shutting the connection's read side: a blocked
+    recv() then returns at once with nothing, and the server closes the connection after the 408.
+
+    Why: a socket timeout bounds one recv(), and one read of the server's body stream makes as many recv()s
+    as it needs (gunicorn: until the size asked for, or a chunk's end), so a client that sends a byte just
+    within each timeout would otherwise hold the thread as long as it likes. One thread per process looks
+    every DEADLINE_CHECK_S (started with the first body read: after gunicorn's fork)."""
+
+    def __init__(self, check_every_s: float = DEADLINE_CHECK_S):
+        self.check_every_s = check_every_s
+        self._lock = threading.Lock()
+        self._due: dict[int, tuple[float, socket.socket]] = {}
+        self._overran: set[int] = set()
+        self._tokens = itertools.count()
+        self._watcher: threading.Thread | None = None
+
+    def watch(self, client: socket.socket, deadline: float) -> int:
+        """Start watching a body read on ``client`` (time.monotonic() ``deadline``); the token for ``release``."""
+        token = next(self._tokens)
+        with self._lock:
+            self._due[token] = (deadline, client)
+            if self._watcher is None or not self._watcher.is_alive():
+                self._watcher = threading.Thread(target=self._run, name="body-deadlines", daemon=True)
+                self._watcher.start()
+        return token
+
+    def release(self, token: int) -> bool:
+        """Stop watching; True if the deadline passed first (the connection's read side is shut)."""
+        with self._lock:
+            if self._due.pop(token, None) is not None:
+                return False
+            self._overran.discard(token)
+            return True
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.check_every_s)
+            now = time.monotonic()
+            with self._lock:
+                for token in [t for t, (deadline, _) in self._due.items() if deadline <= now]:
+                    _, client = self._due.pop(token)
+                    self._overran.add(token)
+                    _read_no_more(client)
+
+
+BODY_DEADLINES = BodyDeadlines()
+
+
+class UndecodableBody(io.RawIOBase):
+    """What the app reads in place of a body the server could not decode: any read raises BadRequest (400),
+    which the app answers with its own error shape and headers."""
+
+    def __init__(self, reason: str):
+        super().__init__()
+        self.reason = reason
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        raise BadRequest(f"the request body is malformed ({self.reason})")
+
+
+def _read_no_more(client: socket.socket) -> None:
+    """Shut the connection's read side: a blocked recv() returns at once with nothing, and the server, which
+    then reads no further request on it, closes the connection once the response is written."""
+    try:
+        client.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass  # already closed by the client
 
 
 class _ClosedBody:
-    """A response body that does ``_after_close`` once the server has closed it (it always does, also after an
-    error writing it)."""
+    """A response body that does ``_release`` once the server has written it and closes it (the server always
+    closes it, also after an error writing it), before the app's body is closed: closing that runs the app's
+    on-close callbacks (a shadow forecast), which must never hold the response back nor keep the turn."""
 
     def __init__(self, body: Iterable[bytes]):
         self._body = body
 
     def close(self) -> None:
         try:
+            self._release()
+        finally:
             close = getattr(self._body, "close", None)
             if close is not None:
                 close()
-        finally:
-            self._after_close()
 
-    def _after_close(self) -> None:
+    def _release(self) -> None:
         raise NotImplementedError
 
 
@@ -178,7 +294,7 @@ class _SentInTurn(_ClosedBody):
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._body)
 
-    def _after_close(self) -> None:
+    def _release(self) -> None:
         turn, self._turn = self._turn, None
         if turn is not None:
             _cork(self._client, False)
@@ -216,7 +332,7 @@ class _CorkedUntilFirstChunk(_ClosedBody):
             return
         self._uncork()
 
-    def _after_close(self) -> None:
+    def _release(self) -> None:
         self._uncork()
 
     def _uncork(self) -> None:

@@ -198,3 +198,92 @@ def test_the_turn_ends_when_the_app_raises(connection):
     waited, thread = second_request_waits(buffered, entered)
     thread.join(5)
     assert not waited and entered.is_set()
+
+
+@pytest.fixture
+def both_ends():
+    """(the server's end, the client's end) of a loopback TCP connection."""
+    if not hasattr(socket, "TCP_CORK"):
+        pytest.skip("TCP_CORK is Linux's")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    with client, server:
+        yield server, client
+
+
+def received_within(client: socket.socket, size: int, seconds: float) -> bytes:
+    """What the client has received of ``size`` bytes after at most ``seconds``."""
+    data, deadline = b"", time.monotonic() + seconds
+    while len(data) < size and (left := deadline - time.monotonic()) > 0:
+        client.settimeout(left)
+        try:
+            data += client.recv(size - len(data))
+        except TimeoutError:
+            break
+    return data
+
+
+def test_the_response_leaves_and_the_turn_ends_before_on_close_callbacks_run(both_ends):
+    """A shadow forecast runs in the response's close (Flask's call_on_close, app/routes_api.py); the user has
+    the whole response by then, and the next request is let in. Checked within 100 ms, under the kernel's
+    200 ms ceiling on a TCP_CORK, so a response still corked would not have arrived."""
+    from werkzeug.wsgi import ClosingIterator
+
+    server_end, client_end = both_ends
+    response_bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    seen_in_shadow: dict = {}
+    entered = threading.Event()
+
+    def shadow() -> None:
+        seen_in_shadow["received"] = received_within(client_end, len(response_bytes), 0.1)
+        seen_in_shadow["corked"] = corked(server_end)
+        seen_in_shadow["next request entered"] = entered.wait(1.0)
+        time.sleep(0.2)  # the shadow's forecast
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") == "/second":
+            entered.set()
+            start_response("200 OK", [])
+            return [b""]
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+        return ClosingIterator([b"hello"], [shadow])
+
+    buffered = BufferedRequests(app, max_body_bytes=100, body_timeout_s=1.0)
+    body = buffered({"REQUEST_METHOD": "GET", "gunicorn.socket": server_end}, lambda *a: None)
+    waited, second = second_request_waits(buffered, entered)
+    assert waited  # a small response: written within its turn
+    server_end.sendall(response_bytes[:-5])  # as gunicorn writes it: headers, then the body, then close()
+    for chunk in body:
+        server_end.sendall(chunk)
+    body.close()
+    second.join(5)
+    assert seen_in_shadow == {"received": response_bytes, "corked": False, "next request entered": True}
+
+
+def test_a_body_the_server_cannot_decode_is_a_400_when_read():
+    """gunicorn raises IOErrors without an errno (InvalidChunkSize, ChunkMissingTerminator, ...) for a malformed
+    chunked body; the app is handed a body whose read raises BadRequest, so it answers 400 its own way."""
+    from werkzeug.exceptions import BadRequest
+
+    class MalformedChunks(io.RawIOBase):
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            raise OSError("Invalid chunk size: b'zz'")
+
+    read = []
+
+    def app(environ, start_response):
+        try:
+            environ["wsgi.input"].read()
+        except BadRequest as exc:
+            read.append(exc.description)
+        start_response("200 OK", [])
+        return [b""]
+
+    buffered = BufferedRequests(app, max_body_bytes=100, body_timeout_s=1.0)
+    buffered({"REQUEST_METHOD": "POST", "HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True,
+              "wsgi.input": MalformedChunks()}, lambda *a: None)
+    assert read == ["the request body is malformed (OSError: Invalid chunk size: b'zz')"]

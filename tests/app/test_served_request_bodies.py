@@ -1,0 +1,94 @@
+"""Request bodies through the server `make serve` runs (gunicorn, app/gunicorn_conf.py): a body that trickles
+in gets its 408 within SHELFCAST_BODY_TIMEOUT_S for the whole body, and a malformed chunked body gets the app's
+400. One worker, a 1 s body timeout; every socket on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from app import launch
+
+BODY_TIMEOUT_S = 1.0
+HEADERS = b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+@pytest.fixture(scope="module")
+def server(app_bundles, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("gunicorn-bodies")
+    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                           "SHELFCAST_PREDICTION_LOG": str(workdir / "p.jsonl"),
+                           "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+                           "SHELFCAST_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)},
+                          workdir / "gunicorn.log")
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def trickle(port: int, head: bytes, trickled: bytes, every_s: float) -> tuple[bytes, float]:
+    """Send ``head``, then ``trickled`` a byte at a time, each within the timeout of the one before; returns
+    the reply (what came before the server closed, or until all was sent and 10 s more) and the seconds from
+    the first body byte to the reply's first bytes."""
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(head)
+        started = time.monotonic()
+        client.settimeout(every_s)
+        reply = b""
+        for byte in trickled:
+            try:
+                reply = client.recv(65536)
+            except TimeoutError:
+                pass
+            if reply:
+                break
+            client.sendall(bytes([byte]))
+        took = time.monotonic() - started
+        client.settimeout(10)
+        while chunk := client.recv(65536):
+            reply += chunk
+        return reply, took
+
+
+def test_a_body_that_trickles_in_is_answered_408_within_the_timeout_for_the_whole_body(server):
+    """10 bytes, one every 0.6 s: each recv() is well within the 1 s timeout, the body is not (6 s)."""
+    body = json.dumps({"instances": []}).encode()
+    head = HEADERS + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % (len(body) + 10) + body
+    reply, took = trickle(server.port, head, b" " * 10, every_s=0.6)
+    assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
+    assert took < BODY_TIMEOUT_S + 1.0, took
+
+
+def test_a_chunked_body_whose_framing_trickles_in_is_answered_408(server):
+    """The chunk-size line itself trickles: gunicorn reads it within one read of the body stream."""
+    head = HEADERS + b"Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n2"
+    reply, took = trickle(server.port, head, b";" + b"x" * 9, every_s=0.6)
+    assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
+    assert took < BODY_TIMEOUT_S + 1.0, took
+
+
+@pytest.mark.parametrize("chunks", [b"zz\r\n{}\r\n0\r\n\r\n", b"2\r\n{}XX0\r\n\r\n", b"-1\r\n\r\n"],
+                         ids=["size zz", "no CRLF after the data", "size -1"])
+def test_a_malformed_chunked_body_is_the_apps_400_and_the_connection_is_closed(server, chunks):
+    before = server.log_path.read_text(encoding="utf-8")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        client.sendall(HEADERS + b"Transfer-Encoding: chunked\r\nX-Request-ID: malformed-1\r\n\r\n" + chunks)
+        reply = b""
+        while chunk := client.recv(65536):  # keep-alive asked for, yet the server closes: no request may follow
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    assert lines[0].startswith("HTTP/1.1 400 "), reply[:300]
+    error = json.loads(body)
+    assert error["code"] == "bad_request" and "malformed" in error["message"]
+    assert error["request_id"] == headers["x-request-id"] == "malformed-1"
+    assert headers["x-content-type-options"] == "nosniff" and headers["server"] == "shelfcast"
+    time.sleep(0.2)
+    logged = server.log_path.read_text(encoding="utf-8")[len(before):]
+    assert "Traceback" not in logged and "[ERROR]" not in logged, logged
+    assert logged.count("malformed request body") == 1, logged
