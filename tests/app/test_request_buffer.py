@@ -71,15 +71,22 @@ def test_waiting_requests_enter_in_arrival_order_and_a_newcomer_queues_behind_th
 
 
 @pytest.fixture
-def connection():
-    """The server's end of a loopback TCP connection, as gunicorn hands it over in environ["gunicorn.socket"]."""
+def both_ends():
+    """(the server's end, the client's end) of a loopback TCP connection; the server's end is what gunicorn
+    hands over in environ["gunicorn.socket"]."""
     if not hasattr(socket, "TCP_CORK"):
         pytest.skip("TCP_CORK is Linux's")
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname())
         server, _ = listener.accept()
     with client, server:
-        yield server
+        yield server, client
+
+
+@pytest.fixture
+def connection(both_ends):
+    """The server's end of a loopback TCP connection."""
+    return both_ends[0]
 
 
 def corked(sock: socket.socket) -> bool:
@@ -198,18 +205,6 @@ def test_the_turn_ends_when_the_app_raises(connection):
     waited, thread = second_request_waits(buffered, entered)
     thread.join(5)
     assert not waited and entered.is_set()
-
-
-@pytest.fixture
-def both_ends():
-    """(the server's end, the client's end) of a loopback TCP connection."""
-    if not hasattr(socket, "TCP_CORK"):
-        pytest.skip("TCP_CORK is Linux's")
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.create_connection(listener.getsockname())
-        server, _ = listener.accept()
-    with client, server:
-        yield server, client
 
 
 def received_within(client: socket.socket, size: int, seconds: float) -> bytes:
