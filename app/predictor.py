@@ -45,6 +45,11 @@ def directory_signature(path: Path) -> Signature | None:
     process may not list has a signature without entries: loading it says why it is refused."""
     try:
         top = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except PermissionError:  # a folder above it may not be searched: the load says so, tried again once it can
+        return ("unreachable",)
+    try:
         entries = sorted((p.name, p.stat()) for p in path.iterdir())
     except (FileNotFoundError, NotADirectoryError):
         return None
@@ -252,6 +257,7 @@ class Predictor:
         self._replaced = False  # a model was swapped out: collect it at the next check (requests are done with it)
         self.last_error: str | None = None  # why the bundle at ``path`` was last refused; None once one loads
         self.last_error_at: str | None = None  # when (UTC, ISO 8601)
+        self.fallback_path: Path | None = None  # a plain Predictor never stands in for another (model_store.py does)
 
     @property
     def model(self) -> LoadedModel | None:

@@ -28,10 +28,10 @@ def readyz():
         reason = predictor.last_error or f"no model bundle loaded yet from {predictor.path}"
         return jsonify({"status": "unavailable", "reason": reason}), 503
     ready = {"status": "ready", "model": {"name": model.name, "version": model.version}}
-    fallback = getattr(predictor, "fallback_path", None)
+    fallback = predictor.fallback_path
     if fallback is not None:
         ready["fallback"] = {"serving": str(fallback), "instead_of": str(predictor.path)}
     if predictor.last_error:
         ready["refused"] = {"bundle": str(predictor.path), "reason": predictor.last_error,
-                            "at": getattr(predictor, "last_error_at", None)}
+                            "at": predictor.last_error_at}
     return jsonify(ready)

@@ -250,3 +250,23 @@ def test_a_bundle_refused_as_unreadable_is_tried_again_once_its_modes_are_fixed(
     private = directory_signature(production_dir)
     (production_dir / "graph.json").chmod(0o644)
     assert refused != private != directory_signature(production_dir)
+
+
+def test_a_bundle_whose_folder_cannot_be_reached_has_a_signature_and_its_check_does_not_raise(production_dir,
+                                                                                              monkeypatch):
+    """A folder above the bundle that may not be searched makes stat() itself fail: the check refuses or
+    loads, it never raises out of the worker's start (it did: UnboundLocalError)."""
+    from pathlib import Path
+
+    from app.predictor import Predictor, directory_signature
+
+    real_stat = Path.stat
+
+    def stat(self, *args, **kwargs):
+        if self == production_dir:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    assert directory_signature(production_dir) == ("unreachable",)
+    Predictor(production_dir).check_now()
