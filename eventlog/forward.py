@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import time
 from dataclasses import dataclass
 from typing import Mapping
 
 from fluent.sender import EventTime, FluentSender
 
-from eventlog.records import event_seconds
+from eventlog.records import EVENT_TIME_END_S, EVENT_TIME_MIN_S, EVENT_TIME_RANGE, event_seconds
 from eventlog.spool import Count, Segment, Spool
 
 log = logging.getLogger(__name__)
@@ -89,10 +88,10 @@ def event_time(record: Mapping) -> EventTime:
     emit() rejects such times, but a spool line written by an older version or edited by hand may
     hold one; EventTime's struct.pack would raise for it on every attempt to send its segment."""
     seconds = event_seconds(record)
-    try:
-        return EventTime(seconds)
-    except (struct.error, OverflowError, ValueError) as exc:
-        raise UnsendableTime(f"timestamp {record.get('timestamp')!r}: {exc}") from None
+    if not EVENT_TIME_MIN_S <= seconds < EVENT_TIME_END_S:  # NaN too
+        raise UnsendableTime(f"timestamp {record.get('timestamp')!r}: outside what EventTime can carry, from "
+                             f"{EVENT_TIME_RANGE[0]} up to (not including) {EVENT_TIME_RANGE[1]}")
+    return EventTime(seconds)
 
 
 class UnsendableTime(ValueError):

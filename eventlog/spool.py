@@ -259,19 +259,22 @@ class Spool:
             must_free = write_failed = self._disk_full
             if write_failed:
                 self._seal_locked()
-        paths = self.segment_paths()
-        self._unopenable &= {path.name for path in paths}  # forget files that are gone
         sizes = {}
-        for path in paths:
-            size = self._readable_size(path)
-            if size is not None:  # one this process cannot open is not counted: it cannot drop it either
-                sizes[path] = size
+        for path in self.segment_paths():
+            if path.name in self._unopenable:  # this process can neither count nor drop it
+                continue
+            try:
+                sizes[path] = path.stat().st_size
+            except FileNotFoundError:
+                pass
         total, dropped = sum(sizes.values()), 0
         for path in sizes:
             if total <= self.max_bytes and not must_free:
                 break
             segment = self._try_claim(path)
             if segment is None:
+                if path.name in self._unopenable:  # found just now: not counted against the limit either
+                    total -= sizes[path]
                 continue
             with self._lock:
                 self._cached.pop(path, None)
@@ -303,16 +306,6 @@ class Spool:
                     self._last_stamp = max(self._last_stamp, stamp)
                 break
         return [self.root / name for name in names]
-
-    def _readable_size(self, path: Path) -> int | None:
-        """The segment's size; None if it is gone or this process cannot open it."""
-        fd = self._open_for_reading(path)
-        if fd is None:
-            return None
-        try:
-            return os.fstat(fd).st_size
-        finally:
-            os.close(fd)  # a flock belongs to its open file: this does not drop one held on another descriptor
 
     def _open_for_reading(self, path: Path) -> int | None:
         """A read descriptor of a regular file; None if it is gone or cannot be opened (logged once per file).
@@ -357,6 +350,7 @@ class Spool:
             names = os.listdir(self.root)
         except FileNotFoundError:  # the spool folder was removed under us: nothing to tidy
             return
+        self._unopenable &= set(names)  # forget files that are gone (an orphan's name too: logged once)
         for name in names:
             path = self.root / name
             if name.endswith(OPENING_SUFFIX) and time.time() - _mtime(path) > 60:

@@ -220,6 +220,19 @@ def test_a_segment_that_cannot_be_opened_is_left_and_the_others_are_sent_and_bou
     assert len(warnings) == 1 and "cannot open" in warnings[0], warnings
 
 
+def test_an_orphan_that_cannot_be_opened_is_logged_once(tmp_path: Path, caplog) -> None:
+    # Orphans (.new) were forgotten at every limit check, which trimmed the logged names to segments only.
+    orphan = tmp_path / f"{1:020d}-1-0.new"
+    os.mkfifo(orphan)  # not a regular file: never opened for reading
+    os.utime(orphan, (time.time() - 120, time.time() - 120))
+    spool = Spool(tmp_path, max_bytes=10**6, segment_max_bytes=10**5, count=Counts())
+    for _ in range(3):
+        spool.enforce_limit()
+    spool.close()
+    logged = [r.getMessage() for r in caplog.records if orphan.name in r.getMessage()]
+    assert len(logged) == 1 and "cannot open" in logged[0], logged
+
+
 def test_a_removed_spool_folder_is_made_again_and_the_events_it_took_are_counted(tmp_path: Path) -> None:
     # The folder was made only at start: once removed, every later event was dropped until a restart, and
     # those written into the open (now nameless) segment were counted as spooled, never as dropped.
