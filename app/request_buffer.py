@@ -36,6 +36,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Iterator
 
+from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import BadRequest
 
 log = logging.getLogger(__name__)
@@ -155,10 +156,12 @@ class BufferedRequests:
             body = self._read_within_limit(environ["wsgi.input"], wanted)
         except (TimeoutError, socket.timeout):
             timed_out = True  # one recv() waited the whole timeout
-        except OSError as exc:
-            if exc.errno is not None:
+        except (OSError, ParseException) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
                 raise  # the connection failed (reset, ...): the server handles that
-            failure = exc  # no errno: the server's decoder refused the body (gunicorn's InvalidChunkSize, ...)
+            # no errno: the server's decoder refused the body (gunicorn's InvalidChunkSize, a bad trailer's
+            # InvalidHeader, ...), or the client left mid-body (NoMoreData): nobody reads that 400
+            failure = exc
         finally:
             if watch is not None and BODY_DEADLINES.release(watch):
                 timed_out = True  # the whole body took too long (what was read of it, if anything, is cut short)
@@ -169,8 +172,9 @@ class BufferedRequests:
             return None
         if failure is not None:
             environ[BODY_MALFORMED] = f"{type(failure).__name__}: {failure}"[:200]
-            log.warning("%s %s from %s: malformed request body (%s); answered 400", environ.get("REQUEST_METHOD"),
-                        environ.get("PATH_INFO"), environ.get("REMOTE_ADDR", "?"), environ[BODY_MALFORMED])
+            log.log(logging.DEBUG if isinstance(failure, NoMoreData) else logging.WARNING,
+                    "%s %s from %s: malformed request body (%s); answered 400", environ.get("REQUEST_METHOD"),
+                    environ.get("PATH_INFO"), environ.get("REMOTE_ADDR", "?"), environ[BODY_MALFORMED])
             if isinstance(client, socket.socket):
                 _read_no_more(client)  # the rest of the stream cannot be framed: no request may follow on it
             return None
@@ -196,44 +200,47 @@ class BodyDeadlines:
 
     Why: a socket timeout bounds one recv(), and one read of the server's body stream makes as many recv()s
     as it needs (gunicorn: until the size asked for, or a chunk's end), so a client that sends a byte just
-    within each timeout would otherwise hold the thread as long as it likes. One thread per process looks
-    every DEADLINE_CHECK_S (started with the first body read: after gunicorn's fork)."""
+    within each timeout would otherwise hold the thread as long as it likes. One thread per process (started
+    with the first body read: after gunicorn's fork) sleeps until the earliest deadline, at most
+    ``check_every_s`` early or late; with nothing to watch, for the shortest timeout seen, so it costs an idle
+    worker one wake-up per timeout and a request no wake-up at all."""
 
     def __init__(self, check_every_s: float = DEADLINE_CHECK_S):
         self.check_every_s = check_every_s
-        self._lock = threading.Lock()
+        self._wake = threading.Condition()
         self._due: dict[int, tuple[float, socket.socket]] = {}
-        self._overran: set[int] = set()
         self._tokens = itertools.count()
         self._watcher: threading.Thread | None = None
+        self._idle_s = float("inf")  # the shortest timeout seen: how long the watcher sleeps with nothing due
+        self._wake_at = float("inf")
 
     def watch(self, client: socket.socket, deadline: float) -> int:
         """Start watching a body read on ``client`` (time.monotonic() ``deadline``); the token for ``release``."""
         token = next(self._tokens)
-        with self._lock:
+        with self._wake:
             self._due[token] = (deadline, client)
+            self._idle_s = min(self._idle_s, max(deadline - time.monotonic(), self.check_every_s))
             if self._watcher is None or not self._watcher.is_alive():
                 self._watcher = threading.Thread(target=self._run, name="body-deadlines", daemon=True)
                 self._watcher.start()
+            elif deadline < self._wake_at:  # sooner than the watcher will look (a shorter timeout)
+                self._wake.notify()
         return token
 
     def release(self, token: int) -> bool:
         """Stop watching; True if the deadline passed first (the connection's read side is shut)."""
-        with self._lock:
-            if self._due.pop(token, None) is not None:
-                return False
-            self._overran.discard(token)
-            return True
+        with self._wake:
+            return self._due.pop(token, None) is None  # the watcher took it: the deadline passed
 
     def _run(self) -> None:
-        while True:
-            time.sleep(self.check_every_s)
-            now = time.monotonic()
-            with self._lock:
+        with self._wake:
+            while True:
+                now = time.monotonic()
                 for token in [t for t, (deadline, _) in self._due.items() if deadline <= now]:
-                    _, client = self._due.pop(token)
-                    self._overran.add(token)
-                    _read_no_more(client)
+                    _read_no_more(self._due.pop(token)[1])
+                earliest = min((deadline for deadline, _ in self._due.values()), default=now + self._idle_s)
+                self._wake_at = max(earliest, now + self.check_every_s)
+                self._wake.wait(self._wake_at - now)
 
 
 BODY_DEADLINES = BodyDeadlines()

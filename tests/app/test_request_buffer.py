@@ -256,17 +256,23 @@ def test_the_response_leaves_and_the_turn_ends_before_on_close_callbacks_run(bot
     assert seen_in_shadow == {"received": response_bytes, "corked": False, "next request entered": True}
 
 
-def test_a_body_the_server_cannot_decode_is_a_400_when_read():
-    """gunicorn raises IOErrors without an errno (InvalidChunkSize, ChunkMissingTerminator, ...) for a malformed
-    chunked body; the app is handed a body whose read raises BadRequest, so it answers 400 its own way."""
+@pytest.mark.parametrize("error", [OSError("Invalid chunk size: b'zz'"), "InvalidHeader", "NoMoreData"])
+def test_a_body_the_server_cannot_decode_is_a_400_when_read(error):
+    """gunicorn raises IOErrors without an errno (InvalidChunkSize, ChunkMissingTerminator, NoMoreData when the
+    client leaves mid-body, ...) and, for a bad trailer, its ParseException InvalidHeader; the app is handed a
+    body whose read raises BadRequest, so it answers 400 its own way."""
+    from gunicorn.http import errors
     from werkzeug.exceptions import BadRequest
+
+    if isinstance(error, str):
+        error = getattr(errors, error)("X-Trailer") if error == "InvalidHeader" else getattr(errors, error)(b"")
 
     class MalformedChunks(io.RawIOBase):
         def readable(self):
             return True
 
         def readinto(self, buffer):
-            raise OSError("Invalid chunk size: b'zz'")
+            raise error
 
     read = []
 
@@ -281,4 +287,4 @@ def test_a_body_the_server_cannot_decode_is_a_400_when_read():
     buffered = BufferedRequests(app, max_body_bytes=100, body_timeout_s=1.0)
     buffered({"REQUEST_METHOD": "POST", "HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True,
               "wsgi.input": MalformedChunks()}, lambda *a: None)
-    assert read == ["the request body is malformed (OSError: Invalid chunk size: b'zz')"]
+    assert read == [f"the request body is malformed ({type(error).__name__}: {error})"]
