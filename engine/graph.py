@@ -385,6 +385,10 @@ def constant_tensor(arr: np.ndarray, name: str = "Const", graph=None) -> Tensor:
     return (graph or get_default_graph()).create_op("Const", (), {"value": arr}, name=name).outputs[0]
 
 
+class RaggedValue(TypeError):
+    """A nested list whose rows differ in length: no array at all."""
+
+
 def _kind(np_dtype) -> str:
     """bool, int (signed or unsigned) or float: what a feed may not change."""
     kind = np.dtype(np_dtype).kind
@@ -411,7 +415,7 @@ def python_value_to_array(value, dtype: _dt.DType | None, what: str = "value") -
     try:
         arr = np.asarray(value)
     except ValueError:  # a ragged nesting (NumPy 2 refuses it)
-        arr = np.empty(0, object)
+        raise RaggedValue(f"{what}: {value!r} is ragged (rows of different lengths)") from None
     if arr.dtype == object:
         raise TypeError(f"{what}: {value!r} is not a rectangular numeric value")
     if dtype is None:

@@ -25,8 +25,8 @@ import numpy as np
 
 from engine import shapes
 from engine.errors import InvalidArgumentError, OpError
-from engine.graph import (IndexedSlices, Operation, Tensor, get_default_graph, get_default_session, ops_needed,
-                          python_value_to_array, session_stack)
+from engine.graph import (IndexedSlices, Operation, RaggedValue, Tensor, get_default_graph, get_default_session,
+                          ops_needed, python_value_to_array, session_stack)
 from engine.kernels import array as KA
 from engine.passes import PASS_NAMES, PlanIR, node_from_op, optimize
 from engine.passes.liveness import assign_buffer_groups
@@ -455,11 +455,9 @@ def feed_value(t: Tensor, value) -> np.ndarray:
     else:
         try:
             arr = python_value_to_array(value, t.dtype, what=f"feed for {t.name}")
-        except TypeError:
-            try:
-                given = f"value of dtype {np.asarray(value).dtype}"
-            except ValueError:
-                given = "a ragged value (rows of different lengths)"
+        except TypeError as exc:
+            given = ("a ragged value (rows of different lengths)" if isinstance(exc, RaggedValue)
+                     else f"value of dtype {np.asarray(value).dtype}")
             raise InvalidArgumentError(
                 f"Cannot feed {given} for tensor '{t.name}', which has dtype {t.dtype.name}", t.op.name) from None
     if not shapes.compatible(t.shape, arr.shape):

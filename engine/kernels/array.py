@@ -36,8 +36,13 @@ def check_rows(indices, rows: int, what: str = "index") -> np.ndarray:
     flat = np.asarray(indices).reshape(-1)
     bad = np.flatnonzero((flat < 0) | (flat >= rows))
     if bad.size:
-        raise ValueError(f"{what} {int(flat[bad[0]])} at position {int(bad[0])} is out of range [0, {rows})")
+        raise out_of_range(flat, int(bad[0]), rows, what)
     return flat
+
+
+def out_of_range(flat_indices: np.ndarray, position: int, rows: int, what: str = "index") -> ValueError:
+    """The one wording of a bad row index, for every kernel and reference that checks one."""
+    return ValueError(f"{what} {int(flat_indices[position])} at position {position} is out of range [0, {rows})")
 
 
 def _row_size(row_shape) -> int:
@@ -54,7 +59,7 @@ def gather(params: np.ndarray, indices: np.ndarray) -> np.ndarray:
     if idx.size:
         bad = gather_rows(p2, idx, out)
         if bad >= 0:
-            raise ValueError(f"index {int(idx[bad])} at position {bad} is out of range [0, {rows})")
+            raise out_of_range(idx, bad, rows)
     return out.reshape(indices.shape + params.shape[1:])
 
 
@@ -64,8 +69,7 @@ def scatter_add_dense(values: np.ndarray, indices: np.ndarray, dense_shape) -> n
     out = np.zeros(dense_shape, dtype=values.dtype)
     idx = np.ascontiguousarray(indices).reshape(-1)
     if idx.size:
-        if idx.min() < 0 or idx.max() >= dense_shape[0]:
-            raise ValueError(f"sparse indices out of range [0, {dense_shape[0]})")
+        check_rows(idx, dense_shape[0])
         scatter_add_rows(out.reshape(dense_shape[0], -1), np.ascontiguousarray(values).reshape(idx.size, -1), idx)
     return out
 
@@ -123,7 +127,7 @@ def merge_sparse_rows(values: np.ndarray, indices: np.ndarray, n_rows: int, scra
     count = merge_duplicate_rows(v2, idx, pos, uniq, merged)
     if count < 0:
         bad = -count - 1
-        raise ValueError(f"sparse gradient index {int(idx[bad])} at position {bad} out of range [0, {n_rows})")
+        raise out_of_range(idx, bad, n_rows, "sparse gradient index")
     return uniq[:count], merged[:count]
 
 

@@ -414,7 +414,7 @@ def _gather_out_kernel(op, ctx):
             out = np.empty(shape, params.dtype)
         bad = KA.gather_rows(params.reshape(rows, -1), idx, out.reshape(idx.size, -1))
         if bad >= 0:
-            raise ValueError(f"index {int(idx[bad])} at position {bad} is out of range [0, {rows})")
+            raise KA.out_of_range(idx, bad, rows)
         return out
 
     return gather_into

@@ -97,7 +97,7 @@ def test_merge_sparse_rows_sums_duplicates_and_reuses_its_scratch():
         np.testing.assert_array_equal(uniq, [4, 1])
         np.testing.assert_array_equal(vals, [[4.0], [2.0]])
         assert (scratch["pos"] == -1).all()
-    with pytest.raises(ValueError, match="index 6 at position 0 out of range"):
+    with pytest.raises(ValueError, match="index 6 at position 0 is out of range"):
         KA.merge_sparse_rows(np.ones((1, 1)), np.array([6]), 6, scratch)
 
 

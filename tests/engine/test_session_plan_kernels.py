@@ -21,7 +21,7 @@ def test_merge_sparse_rows_sums_duplicates_in_occurrence_order_without_densifyin
 
 
 def test_merge_sparse_rows_names_an_out_of_range_index():
-    with pytest.raises(ValueError, match=r"index 9 at position 1 out of range \[0, 4\)"):
+    with pytest.raises(ValueError, match=r"index 9 at position 1 is out of range \[0, 4\)"):
         KA.merge_sparse_rows(np.ones((2, 3)), np.array([0, 9]), 4)
 
 
