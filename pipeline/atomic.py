@@ -58,16 +58,25 @@ def write_json_atomic(path: Path | str, data: Any) -> None:
 
 @contextlib.contextmanager
 def atomic_directory(target: Path | str) -> Iterator[Path]:
-    """Yield an empty sibling directory; on success it replaces ``target`` as a whole."""
+    """Yield an empty sibling directory; on success it replaces ``target`` as a whole, readable by every user."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield staging
-        os.chmod(staging, 0o755)
+        make_readable_by_all(staging)
         swap_in_directory(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def make_readable_by_all(directory: Path) -> None:
+    """Files 0644 and folders 0755 under ``directory``, whatever wrote them (mkdtemp and mkstemp make 0700 and
+    0600; a copy keeps its source's mode; the umask): the serving container runs as another user (uid 10001)."""
+    for folder, _, files in os.walk(directory):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
 
 
 def swap_in_directory(staging: Path, target: Path) -> None:

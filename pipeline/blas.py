@@ -54,7 +54,8 @@ def _hold() -> None:
     global _controller, _holders, _limiter
     with _holders_lock:
         if _holders == 0:
-            if _controller is None:  # made on first use, when numpy has loaded its BLAS (it scans the libraries)
+            if _controller is None:  # made on first use; it finds the BLAS libraries loaded by then, so numpy's first
+                import numpy  # noqa: F401 - loads numpy's OpenBLAS, if nothing has yet
                 _controller = ThreadpoolController()
             _limiter = _controller.limit(limits=1, user_api="blas")
         _holders += 1

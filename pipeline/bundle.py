@@ -30,16 +30,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from pipeline.atomic import file_digest, swap_in_directory
+from pipeline.atomic import atomic_directory, file_digest
 from pipeline.blas import one_blas_thread
 
 from pipeline.features import (
@@ -99,10 +97,7 @@ def _snapshot_arrays(snapshot: HistorySnapshot) -> tuple[dict[str, np.ndarray], 
 def write_bundle(target: Path | str, *, write_graph: Callable[[Path], None], metadata: Mapping[str, Any],
                  snapshot: HistorySnapshot, training_stats: Mapping[str, Any]) -> str:
     """Write a complete bundle to ``target`` atomically; returns its digest (sha256 of checksums.json)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_directory(target) as staging:  # files 0644: the serving container runs as another user
         write_graph(staging)
         for name in GRAPH_FILES:
             if not (staging / name).is_file():
@@ -120,38 +115,19 @@ def write_bundle(target: Path | str, *, write_graph: Callable[[Path], None], met
         if extra:
             raise BundleError(f"unexpected file(s) in the bundle: {', '.join(extra)}")
         _write_json(staging / CHECKSUMS_FILE, {"files": {name: file_digest(staging / name) for name in listed}})
-        digest = file_digest(staging / CHECKSUMS_FILE)
-        _make_readable_by_all(staging)
-        swap_in_directory(staging, target)
-        return digest
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return file_digest(staging / CHECKSUMS_FILE)
 
 
 def copy_bundle(source: Path | str, target: Path | str) -> str:
     """Install a verified copy of a bundle at ``target`` atomically (promotion); returns its digest."""
     source, target = Path(source), Path(target)
     digest = verify_bundle(source)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_directory(target) as staging:  # a copy keeps its source's mode: made 0644 there
         for name in GRAPH_FILES + DATA_FILES + (CHECKSUMS_FILE,):
             shutil.copy2(source / name, staging / name)
         if verify_bundle(staging) != digest:
             raise BundleError(f"{target}: copy does not match {source}")
-        _make_readable_by_all(staging)
-        swap_in_directory(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return digest
-
-
-def _make_readable_by_all(staging: Path) -> None:
-    """Files 0644, the directory 0755, whatever wrote them: the engine's export (mkstemp: 0600), a copy that kept
-    its source's mode, the umask. The serving container's user (uid 10001) must read every one of them."""
-    for entry in staging.iterdir():
-        os.chmod(entry, 0o644)
-    os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the whole bundle
 
 
 @contextlib.contextmanager
@@ -253,7 +229,7 @@ def load_bundle(path: Path | str) -> ModelBundle:
     """Verify, then load a bundle; any doubt is a BundleError naming the file."""
     path = Path(path)
     with _unreadable_is_refused(path):
-        return _load_verified(path, verify_bundle(path))
+        return _load_verified(path, _verify_bundle(path))
 
 
 def _load_verified(path: Path, digest: str) -> ModelBundle:

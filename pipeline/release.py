@@ -49,7 +49,8 @@ import numpy as np
 
 from pipeline import registry_fetch, tracking
 from pipeline.bundle import BundleError
-from pipeline.event_sources import DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, read_jsonl_events
+from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, event_time,
+                                    read_jsonl_events)
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 
 PREVIOUS_TAG = "previous_production"  # registered-model tag: the version `rollback` returns to
@@ -201,13 +202,10 @@ class VariantTraffic:
 
 
 def _event_time(event: dict) -> float:
-    """The event's time (app/events.py stamps an ISO-8601 UTC ``timestamp``); +inf when unreadable (kept)."""
-    import datetime as dt
-
-    try:
-        return dt.datetime.fromisoformat(str(event["timestamp"])).timestamp()
-    except (KeyError, ValueError):
-        return math.inf
+    """The event's time in epoch seconds (event_sources.event_time: one without an offset is UTC); +inf when
+    unreadable (kept)."""
+    moment = event_time(event)
+    return math.inf if moment is None else moment.timestamp()
 
 
 def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str, VariantTraffic]:

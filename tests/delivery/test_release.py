@@ -409,3 +409,20 @@ def test_a_new_canary_is_never_answered_by_the_previous_one_still_in_memory(host
     assert variants.canary_model().bundle.digest == digest_of(root, versions["production"])
     assert CANARY in answering()
     app.extensions["shelfcast"].sink.close()
+
+
+def test_a_timestamp_without_an_offset_is_utc_in_the_traffic_window_whatever_the_local_zone(monkeypatch):
+    """The log reader takes an offset-less stamp as UTC; the window filter read it in the local zone, so the two
+    disagreed by the zone's offset (here 9 h: the event fell out of a window it is in)."""
+    import datetime as dt
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        since = dt.datetime(2026, 12, 3, 10, 0, tzinfo=dt.timezone.utc).timestamp()
+        event = {"timestamp": "2026-12-03T10:30:00", "model_variant": PRODUCTION, "output": {"unit_sales": 1.0},
+                 "inputs": {"store_nbr": 1, "item_nbr": 2, "date": "2017-08-16"}, "latency_ms": 1.0}
+        assert release.read_traffic([event], since)[PRODUCTION].predictions == 1
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

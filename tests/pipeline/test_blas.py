@@ -104,3 +104,12 @@ def test_a_held_blas_thread_stays_one_through_forecasts() -> None:
         finally:
             blas._release()  # the hold is for a process's life; this test gives it back
         assert blas_threads() == {2}
+
+
+def test_a_hold_taken_before_numpy_is_loaded_still_limits_numpys_blas() -> None:
+    code = ("from pipeline import blas\nblas.hold_one_blas_thread()\nimport json, threadpoolctl\n"
+            "print(json.dumps([i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENBLAS_NUM")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [1]
