@@ -6,7 +6,7 @@ key is an error that names it; nothing falls back silently to a default.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from pipeline.features import CATEGORICAL_FIELDS, FeatureInputError, FeatureSpec
@@ -19,6 +19,11 @@ class FeatureParams:
     train_origins: int
     origin_stride_days: int
     in_memory_examples: int = 6_000_000  # training examples up to this many are held, more streamed (params.yaml)
+
+    def to_json(self) -> dict:
+        """Every field (the spec's flattened in): what MLflow, the bundle and a checkpoint's fingerprint record,
+        so that no param that changes the model is left out of any of them."""
+        return {**self.spec.to_json(), **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "spec"}}
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,14 @@ class TrainParams:
     hidden_units: tuple[int, ...]
     embedding_dims: dict[str, int]
     baseline_weeks: int
+
+    def to_json(self) -> dict:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+def _plain(value):
+    """A param value as JSON writes it back (tuples as lists), so that a recorded value compares equal."""
+    return list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, Mapping) else value
 
 
 @dataclass(frozen=True)

@@ -222,21 +222,26 @@ class TrainingState:
 
     @classmethod
     def read(cls, directory: Path, fingerprint: str) -> TrainingState | None:
-        """The saved state, or None when there is none or it belongs to other data, params or code."""
+        """The saved state, or None when there is none or it belongs to other data, params or code.
+
+        ValueError naming the file and field when it is unreadable or a field is missing or of the wrong type.
+        """
         path = directory / STATE_FILE
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
-        except ValueError as exc:
-            raise ValueError(f"{path}: unreadable training state ({exc}); delete {directory} to start over") from None
-        if doc.get("format") != STATE_FORMAT or doc.get("fingerprint") != fingerprint:
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{path}: unreadable training state ({exc})") from None
+        if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT or doc.get("fingerprint") != fingerprint:
             return None
         state = cls(fingerprint)
-        for key in state.__dict__:
-            if key not in doc:
-                raise ValueError(f"{path}: field {key!r} is missing; delete {directory} to start over")
-            setattr(state, key, doc[key])
+        for key, default in state.__dict__.items():
+            value = doc.get(key)
+            kind = float if isinstance(default, float) else type(default)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"{path}: field {key!r} is missing or not a {kind.__name__}")
+            setattr(state, key, value)
         return state
 
     def write(self, directory: Path) -> None:
@@ -252,12 +257,14 @@ def fingerprint_of(*parts) -> str:
 def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y: np.ndarray, val_w: np.ndarray, *,
           seed: int, max_steps: int, eval_every: int, patience: int, learning_rate: float,
           checkpoint_dir: Path | None = None, fingerprint: str = "",
-          on_eval: Callable[[int, dict[str, float]], None] | None = None) -> TrainingResult:
+          on_eval: Callable[[int, dict[str, float]], None] | None = None,
+          log: Callable[[str], None] | None = None) -> TrainingResult:
     """Adam on weighted squared log1p error for up to ``max_steps`` steps; early stopping on the inner validation.
 
     Every ``eval_every`` steps (and at the last) the inner validation's NWRMSLE is computed; training stops
     after ``patience`` evaluations without improvement, and the best evaluation's weights are returned.
-    With ``checkpoint_dir``, each evaluation is a checkpoint a rerun with the same ``fingerprint`` resumes from.
+    With ``checkpoint_dir``, each evaluation is a checkpoint a rerun with the same ``fingerprint`` resumes from;
+    ``log`` gets a line when it resumes, or when it starts over from a damaged checkpoint.
     """
     if max_steps < 1 or eval_every < 1 or patience < 1:
         raise ValueError("train: max_steps, eval_every and patience must be at least 1")
@@ -275,22 +282,20 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
     names = list(tensors.variables)
     fetch_vars = [tensors.variables[n] for n in names]
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    state = (TrainingState.read(directory, fingerprint) if directory is not None else None)
-    resumed_at = 0
+    say = log if log is not None else (lambda line: None)
     feed_order = [tensors.dense, target, weight] + [tensors.categorical[name] for name in CATEGORICAL_FIELDS]
     # One BLAS thread for the loop: a batch's GEMMs (~1k rows) gain nothing from a second one, and its
     # spinning threads starve the interpreter and the prefetch thread (2 cores: 68 -> 10 ms a step).
     with one_blas_thread(), en.Session(graph=graph) as sess:
         step_fn = sess.make_callable([train_op, loss], feed_order)
-        sess.run(init)
-        best_weights = dict(zip(names, sess.run(fetch_vars)))
-        if state is not None:
-            saver_model.restore(sess, str(directory / state.best_checkpoint))
-            best_weights = dict(zip(names, sess.run(fetch_vars)))
-            saver_all.restore(sess, str(directory / state.last_checkpoint))
-            resumed_at = state.step
+        resumed = _resume(sess, directory, fingerprint, saver_model, saver_all, fetch_vars, say) if directory else None
+        if resumed is None:  # initialized only here: its random streams then draw what an uninterrupted run draws
+            sess.run(init)
+            state, best_values = TrainingState(fingerprint), sess.run(fetch_vars)
         else:
-            state = TrainingState(fingerprint)
+            state, best_values = resumed
+        best_weights = dict(zip(names, best_values))
+        resumed_at = state.step if resumed is not None else 0
         stopped = state.step >= max_steps or state.evals_since_best >= patience
         total, weight_sum = 0.0, 0.0
         while not stopped:
@@ -343,6 +348,30 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
                 state.batch = 0
     return TrainingResult(weights={k: np.array(v) for k, v in best_weights.items()}, best_step=int(state.best_step),
                           steps_run=int(state.step), curves=list(state.curves), resumed_at_step=resumed_at)
+
+
+def _resume(sess, directory: Path, fingerprint: str, saver_model, saver_all, fetch_vars: list,
+            say: Callable[[str], None]) -> tuple[TrainingState, list] | None:
+    """Load the saved state and both checkpoints into ``sess``: (state, the best evaluation's weights), or None
+    to start over: no checkpoint of this fingerprint, or a damaged one (logged, and its files deleted).
+
+    Checkpoints are written atomically, so damage means a disk error or a hand edit; the run that follows
+    starting over ends as an uninterrupted one would, only later.
+    """
+    try:
+        state = TrainingState.read(directory, fingerprint)
+        if state is None:
+            return None
+        saver_model.restore(sess, str(directory / state.best_checkpoint))
+        best_values = sess.run(fetch_vars)
+        saver_all.restore(sess, str(directory / state.last_checkpoint))
+    except (ValueError, OSError, en.errors.OpError) as exc:
+        say(f"train: the checkpoint in {directory} cannot be resumed ({exc}); starting over")
+        _remove_stale(directory, keep=set())
+        (directory / STATE_FILE).unlink(missing_ok=True)
+        return None
+    say(f"train: resuming from the checkpoint at step {state.step} in {directory}")
+    return state, best_values
 
 
 def _remove_stale(directory: Path, keep: set[str]) -> None:

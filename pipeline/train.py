@@ -206,7 +206,7 @@ def eval_interval(tparams: TrainParams, data: PreparedTraining) -> int:
 
 
 def fit(tparams: TrainParams, data: PreparedTraining, spec: FeatureSpec, on_eval=None,
-        checkpoint_dir: Path | None = None, fingerprint: str = ""):
+        checkpoint_dir: Path | None = None, fingerprint: str = "", log=None):
     """Train one model on prepared examples: the train stage's, and one per backtest window.
 
     Returns (config, result); ``result.expected_factor`` is the expected-units correction fitted on the
@@ -219,7 +219,7 @@ def fit(tparams: TrainParams, data: PreparedTraining, spec: FeatureSpec, on_eval
     result = models.train(config, batches, data.inner.matrix, data.inner.units, data.inner.weights,
                           seed=tparams.seed, max_steps=tparams.max_steps, eval_every=eval_interval(tparams, data),
                           patience=tparams.patience, learning_rate=tparams.learning_rate,
-                          checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, on_eval=on_eval)
+                          checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, on_eval=on_eval, log=log)
     inner_pred = models.predict_weights(config, result.weights, data.inner.matrix)
     result.expected_factor = models.expected_units_factor(data.inner.units, inner_pred)
     return config, result
@@ -260,9 +260,8 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
         f"{data.inner.units.size:,} inner-validation rows at {_day(history.first_day + data.inner_origin)}")
 
     with tracking.TrainingRun(root, f"train-{tparams.model}", tags) as mlflow_run:
-        mlflow_run.log_params({"features": {**spec.to_json(), "train_origins": fparams.train_origins,
-                                            "origin_stride_days": fparams.origin_stride_days},
-                               "train": {k: v for k, v in tparams.__dict__.items()}})
+        bundle_params = {"features": fparams.to_json(), "train": tparams.to_json()}
+        mlflow_run.log_params(bundle_params)
 
         def on_eval(step: int, curve: dict) -> None:
             say(f"  step {step:6d}/{tparams.max_steps}  train_loss {curve['train_loss']:.4f}  "
@@ -271,11 +270,9 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
         from pipeline import models
 
         checkpoints = home / CHECKPOINT_DIR
-        fingerprint = models.fingerprint_of(spec.to_json(), fparams.train_origins, fparams.origin_stride_days,
-                                            tparams.__dict__, versions["data_version"], versions["code_version"])
-        config, result = fit(tparams, data, spec, on_eval, checkpoint_dir=checkpoints, fingerprint=fingerprint)
-        if result.resumed_at_step:
-            say(f"train: resumed from the checkpoint at step {result.resumed_at_step} in {checkpoints}")
+        fingerprint = models.fingerprint_of(bundle_params, versions)
+        config, result = fit(tparams, data, spec, on_eval, checkpoint_dir=checkpoints, fingerprint=fingerprint,
+                             log=say)
         for curve in result.curves:  # all of them, also those a resumed run had written before the interruption
             mlflow_run.log_metrics({k: v for k, v in curve.items() if k != "step"}, step=int(curve["step"]))
         inner_pred = models.predict_weights(config, result.weights, data.inner.matrix)
@@ -299,9 +296,6 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
         def write_graph(directory: Path) -> None:
             graph_io.update(models.export_model(config, result.weights, directory, result.expected_factor))
 
-        bundle_params = {"features": {**spec.to_json(), "train_origins": fparams.train_origins,
-                                      "origin_stride_days": fparams.origin_stride_days},
-                         "train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in tparams.__dict__.items()}}
         metadata = {
             "name": tracking.REGISTERED_MODEL,
             "version": bundle_version(tparams.model, versions["code_version"], versions["data_version"],

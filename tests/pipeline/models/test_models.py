@@ -107,13 +107,64 @@ def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(tmp_path):
     straight = _train("mlp", x, y, w, vx, vy, vw, max_steps=140, **args)
     first = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, fingerprint="f", **args)
     assert first.steps_run == 60 and (tmp_path / models.STATE_FILE).is_file()
-    resumed = _train("mlp", x, y, w, vx, vy, vw, max_steps=140, checkpoint_dir=tmp_path, fingerprint="f", **args)
+    said = []  # the resume is announced when it happens, before the first evaluation, not after the whole fit
+    resumed = _train("mlp", x, y, w, vx, vy, vw, max_steps=140, checkpoint_dir=tmp_path, fingerprint="f",
+                     log=said.append, on_eval=lambda step, curve: said.append(step), **args)
+    assert said[:2] == [f"train: resuming from the checkpoint at step 60 in {tmp_path}", 80]
     assert resumed.resumed_at_step == 60 and resumed.curves == straight.curves
     for name in straight.weights:
         np.testing.assert_array_equal(resumed.weights[name], straight.weights[name])
     # a checkpoint of another configuration is never resumed
     other = _train("mlp", x, y, w, vx, vy, vw, max_steps=20, checkpoint_dir=tmp_path, fingerprint="g", **args)
     assert other.resumed_at_step == 0 and len(other.curves) == 1
+
+
+def _newest(directory, pattern):
+    return max(directory.glob(pattern), key=lambda path: int(path.name.split("-")[1].split(".")[0]))
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+CHECKPOINT_DAMAGE = {
+    "the last checkpoint cut short": lambda d: _newest(d, "last-*.npz").write_bytes(
+        _newest(d, "last-*.npz").read_bytes()[:100]),
+    "a byte flipped in the best checkpoint": lambda d: _flip_a_byte(_newest(d, "best-*.npz")),
+    "the last checkpoint's manifest deleted": lambda d: _newest(d, "last-*.json").unlink(),
+    "the manifest cut short": lambda d: _newest(d, "last-*.json").write_text('{"format": "shelfc'),
+    "the state file cut short": lambda d: (d / models.STATE_FILE).write_text(
+        (d / models.STATE_FILE).read_text()[:40]),
+    "a state field of the wrong type": lambda d: (d / models.STATE_FILE).write_text(
+        (d / models.STATE_FILE).read_text().replace('"step": 40', '"step": "40"')),
+}
+
+
+@pytest.mark.parametrize("damage", CHECKPOINT_DAMAGE)
+def test_a_damaged_checkpoint_is_reported_and_training_starts_over(tmp_path, damage):
+    """Damage after a kill (a disk error, a hand edit): one line names the folder, and the run starts over to
+    the model an uninterrupted run makes, not a traceback on every rerun."""
+    x, y, w = _problem(1000, 0)
+    vx, vy, vw = _problem(300, 1)
+    args = {"seed": 4, "eval_every": 20, "patience": 50, "batch_size": 64, "learning_rate": 0.01}
+    straight = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, **args)
+    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path, fingerprint="f", **args)
+    CHECKPOINT_DAMAGE[damage](tmp_path)
+    said = []
+    again = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, fingerprint="f",
+                   log=said.append, **args)
+    assert len(said) == 1 and said[0].startswith(f"train: the checkpoint in {tmp_path} cannot be resumed (")
+    assert said[0].endswith("); starting over")
+    assert again.resumed_at_step == 0 and again.curves == straight.curves
+    for name in straight.weights:
+        np.testing.assert_array_equal(again.weights[name], straight.weights[name])
+    # the damaged files are gone: the next rerun resumes from the new checkpoints without a word about damage
+    said.clear()
+    resumed = _train("mlp", x, y, w, vx, vy, vw, max_steps=80, checkpoint_dir=tmp_path, fingerprint="f",
+                     log=said.append, **args)
+    assert resumed.resumed_at_step == 60 and said == [f"train: resuming from the checkpoint at step 60 in {tmp_path}"]
 
 
 def test_expected_units_sum_to_the_actual_units_where_the_factor_was_fitted():

@@ -45,6 +45,11 @@ def test_a_train_is_an_mlflow_run_with_params_curves_metrics_tags_and_the_bundle
     root, summary = trained_project
     params, metrics, tags = tracking.run_data(root, summary["run_id"])
     assert params["train.model"] == "mlp" and params["features.history_days"] == "56"
+    # every param that changes the model is recorded, as in the bundle and the checkpoint fingerprint
+    for section in ("features", "train"):
+        for key in TINY_PARAMS[section]:
+            name = f"{section}.{key}"
+            assert name in params or any(p.startswith(f"{name}.") for p in params), f"{name} is not recorded"
     assert metrics["inner_validation_nwrmsle"] == pytest.approx(summary["inner_validation_nwrmsle"])
     assert tags["model_kind"] == "mlp" and tags["bundle_digest"] == summary["digest"]
     assert "train.parquet:" in tags["data_version"] and tags["git_commit"]
