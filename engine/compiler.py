@@ -32,7 +32,7 @@ import numpy as np
 
 from engine import generated
 from engine.errors import FailedPreconditionError
-from engine.graph import IndexedSlices, Operation, Tensor, ops_needed
+from engine.graph import IndexedSlices, Operation, Tensor, may_alias_storage, ops_needed
 from engine.kernels import elementwise as EW
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,8 @@ def generate(fetch_tensors, feed_tensors):
 
     Returns ``(source, consts, variables, aliased)``: ``consts`` the Const arrays and
     ``variables`` the variable names the caller passes after the feeds, ``aliased`` the output
-    positions that are a parameter itself (the wrapper copies those so no caller aliases state).
+    positions that are a parameter or may be a view of one (the wrapper copies those so no caller
+    aliases state: a reshaped variable is a view of it, and a Const's view would come back writable).
     """
     fed = list(feed_tensors)
     names: dict[Tensor, str] = {t: f"f{i}" for i, t in enumerate(fed)}
@@ -170,7 +171,7 @@ def generate(fetch_tensors, feed_tensors):
     results = [names[t] for t in fetch_tensors]
     params = set(names[t] for t in fed) | {f"c{i}" for i in range(len(c.consts))} | {
         f"w{i}" for i in range(len(c.variables))}
-    aliased = [k for k, r in enumerate(results) if r in params]
+    aliased = [k for k, (t, r) in enumerate(zip(fetch_tensors, results)) if r in params or may_alias_storage(t, fed)]
     args = [names[t] for t in fed] + [f"c{i}" for i in range(len(c.consts))] + [
         f"w{i}" for i in range(len(c.variables))]
     header = ["graph (op type, static shape, dtype) in plan order:"]

@@ -326,6 +326,19 @@ def ops_needed(targets, fed=()) -> set[Operation]:
     return needed
 
 
+def may_alias_storage(t: Tensor, fed) -> bool:
+    """Whether ``t``'s value may be session state or constant storage (a view of a variable or a Const):
+    sessions and compiled plans hand the caller a copy of such a fetch, so that no caller writes into state."""
+    while t not in fed:
+        aliases = t.op.op_def.output_aliases
+        if aliases == "storage":
+            return True
+        if aliases != "input" or not t.op.inputs:
+            return False
+        t = t.op.inputs[0]
+    return False
+
+
 def _stack() -> list[Graph]:
     if not hasattr(_local, "stack"):
         _local.stack = []

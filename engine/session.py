@@ -26,7 +26,7 @@ import numpy as np
 from engine import shapes
 from engine.errors import InvalidArgumentError, OpError
 from engine.graph import (IndexedSlices, Operation, RaggedValue, Tensor, get_default_graph, get_default_session,
-                          ops_needed, python_value_to_array, session_stack)
+                          may_alias_storage, ops_needed, python_value_to_array, session_stack)
 from engine.kernels import array as KA
 from engine.passes import PASS_NAMES, PlanIR, node_from_op, optimize
 from engine.passes.liveness import assign_buffer_groups
@@ -427,25 +427,13 @@ class Session:
                 getters.append(lambda vals, v=v, i=i, s=s: KA.scatter_add_dense(vals[v], vals[i], vals[s]))
             else:
                 j = slots[r]
-                if _may_alias_storage(r, fed):
+                if may_alias_storage(r, fed):
                     getters.append(lambda vals, j=j: np.array(vals[j], copy=True))
                 else:  # a folded constant is read-only storage of the plan: hand out a copy
                     getters.append(lambda vals, j=j: vals[j] if vals[j].flags.writeable else np.array(vals[j]))
         labels = {j: t.name for t, j in slots.items()}
         return Plan(self, list(feed_tensors), feed_slots, resolved, None, steps, getters, len(slots), runners, labels,
                     n_buffers, ir.nodes, groups)
-
-
-def _may_alias_storage(t: Tensor, fed) -> bool:
-    """Whether a fetched value may be session state or constant storage (then the caller gets a copy)."""
-    while t not in fed:
-        aliases = t.op.op_def.output_aliases
-        if aliases == "storage":
-            return True
-        if aliases != "input" or not t.op.inputs:
-            return False
-        t = t.op.inputs[0]
-    return False
 
 
 def feed_value(t: Tensor, value) -> np.ndarray:

@@ -373,7 +373,7 @@ register("ConcatSlice", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1 
          kernel=_concat_slice_kernel, reference=NUMPY_KERNEL,
          examples=_float_examples((((2, 5), (2, 2), (2, 3)), {"axis": 1, "index": 1}),
                                   (((5, 2), (2, 2), (3, 2)), {"axis": 0, "index": 0})),
-         grad=_concat_slice_grad, shape_only_inputs=slice(1, None))
+         grad=_concat_slice_grad, shape_only_inputs=slice(1, None), output_aliases="input")
 
 
 def concat(values, axis, name=None):
@@ -550,9 +550,10 @@ def _sum_to_shape_reference(op, ctx):
 
 register("SumToShape", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1].shape)],
          kernel=simple_kernel(lambda g, like: R.sum_to_shape(g, like.shape)), reference=_sum_to_shape_reference,
-         examples=_float_examples((((3, 4), (4,)), {}), (((3, 4), (3, 1)), {}), (((2, 3, 4), (1, 4)), {})),
+         examples=_float_examples((((3, 4), (4,)), {}), (((3, 4), (3, 1)), {}), (((2, 3, 4), (1, 4)), {}),
+                                  (((3, 4), (3, 4)), {})),
          grad=lambda op, g: [create("Add", [zeros_like(op.inputs[0]), g]), None], shape_only_inputs=(1,),
-         sums_broadcast=True)
+         sums_broadcast=True, output_aliases="input")  # input 0 itself when there is nothing to sum
 
 
 def _broadcast_reduced_kernel(op, ctx):

@@ -63,11 +63,13 @@ def _dying_input_group(node, i, ir, key, slot_group, last_use, roots):
     """The group of an input buffer (same shape and dtype) whose last reader is this node, if any.
 
     Safe for fused elementwise kernels only: each reads element ``i`` of every operand before
-    writing element ``i`` of the output.
+    writing element ``i`` of the output. So no other operand may be a view of that buffer: a row or
+    a transpose of it is read at other positions than the one being written.
     """
     for s in node.inputs:
         t = ir.slot_tensors[s]
         if (s in slot_group and last_use.get(s) == i and roots.get(s) == frozenset([s])
-                and (t.shape, t.dtype.name) == key):
+                and (t.shape, t.dtype.name) == key
+                and not any(s in roots.get(o, ()) for o in node.inputs if o != s)):
             return slot_group[s]
     return None

@@ -91,6 +91,28 @@ def test_live_session_reads_variables_at_each_call():
         np.testing.assert_array_equal(fast(s, d), np.full((4, 1), 0.5, np.float32))
 
 
+def test_a_fetched_view_of_a_variable_or_constant_is_a_copy():
+    """A reshaped variable or Const is a view of session or plan storage: the caller writing into what it got
+    must not change the variable, the constant, or a result it got earlier (as the interpreted plan)."""
+    x = en.placeholder(en.float32, shape=(None, 2), name="x")
+    k = en.constant(np.array([[1.0, 0.0], [0.0, 2.0]], np.float32))
+    v = en.Variable(np.zeros((2, 2), np.float32), name="v")
+    fetches = [en.reshape(v, (4,)), en.reshape(en.identity(v), (4,)), en.reshape(k, (4,)), en.matmul(x, k)]
+    with en.Session() as sess:
+        sess.run(en.global_variables_initializer())
+        fast = compiler.compile_callable(sess, fetches, [x])
+        got = fast(np.ones((1, 2), np.float32))
+        assert fast.uses_compiled, fast.compile_error
+        for value in got[:3]:
+            value[...] = 1000.0
+        np.testing.assert_array_equal(sess.run(v), np.zeros((2, 2), np.float32))
+        again = fast(np.ones((1, 2), np.float32))
+        np.testing.assert_array_equal(again[2], [1.0, 0.0, 0.0, 2.0])
+        np.testing.assert_array_equal(again[3], [[1.0, 2.0]])
+        sess.run(v.assign(np.ones((2, 2), np.float32)))
+        np.testing.assert_array_equal(again[0], np.zeros(4, np.float32))  # an earlier result stays as it was
+
+
 def _elementwise_case(op_type):
     x = en.placeholder(en.float32, shape=(None, 4), name="x")
     z = en.placeholder(en.float32, shape=(None, 4), name="z")

@@ -100,6 +100,7 @@ def test_op(op_type):
         want = built.run(REFERENCE)
         unfused = built.run(UNFUSED)
         _close(unfused, want, f"{what}: kernel vs reference")
+        _check_declared_view(op_def, unfused[0], example.inputs, what)
         _close(built.run(OPTIMIZED), unfused, f"{what}: passes on (fused) vs off", exact=not op_def.random)
         if not isinstance(want[0], Exception) and not op_def.writes_state and not compiled_once:
             compiled_once += _check_compiled(built, want[0], what)
@@ -114,6 +115,16 @@ def test_op(op_type):
             if len(fused) < ROW_SUM_EXAMPLES and (f := _check_row_sum(op_type, example)) is not None:
                 fused.append(f)
         assert all(fused), f"{op_type}: its row sum was not fused into its kernel"
+
+
+def _check_declared_view(op_def, outputs, inputs, what):
+    """An op whose kernel may hand back (a view of) an input must say so (``output_aliases``): buffer
+    reuse, in-place kernels and the copy a caller gets of a variable's view all rely on it."""
+    if not isinstance(outputs, list) or op_def.output_aliases:  # an error, or an op without outputs
+        return
+    for k, out in enumerate(outputs):
+        assert not any(isinstance(out, np.ndarray) and np.shares_memory(out, a) for a in inputs), \
+            f"{what}: output {k} is a view of an input; register it with output_aliases='input'"
 
 
 def _check_row_sum(op_type, example):

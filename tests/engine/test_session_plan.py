@@ -161,3 +161,25 @@ def test_a_fused_elementwise_step_writes_over_an_input_that_dies_there():
     assert plan_kept.groups.get(fused_kept.id) != plan_kept.groups[mm_kept.id]
     off = en.Session(config=en.SessionConfig(optimize=False, reuse_buffers=False))
     np.testing.assert_allclose(sess.run(kept, {x: xv}), off.run(kept, {x: xv}), rtol=1e-6)
+
+
+@pytest.mark.parametrize("view", ["a row of it", "its transpose"])
+def test_an_elementwise_step_never_writes_over_a_buffer_another_operand_views(view):
+    """``g + v`` where ``v`` is a view of ``g`` read at other positions (a row broadcast along the rows, a
+    transpose): written over ``g`` in place, row 1 would read the row already overwritten."""
+    x = en.placeholder(en.float32, (3, 3), name="x")
+    g = x * 3.0  # a kept buffer, last read by the sum below
+    if view == "a row of it":
+        a, b = en.placeholder(en.float32, (1, 3)), en.placeholder(en.float32, (2, 3))
+        v, = en.gradients(en.concat([a, b], 0), [a], grad_ys=g)  # ConcatSlice: g[0:1], a view
+        feeds = {a: np.zeros((1, 3), np.float32), b: np.zeros((2, 3), np.float32)}
+    else:
+        v, feeds = en.transpose(g), {}
+    out = en.matmul(g + v, en.ones((3, 1)))  # the sum is not fetched: it gets a kept buffer
+    xv = np.arange(9, dtype=np.float32).reshape(3, 3) + 1
+    gv = xv * 3
+    expected = ((gv + (gv[0:1] if view == "a row of it" else gv.T)).sum(axis=1, keepdims=True))
+    for config in (en.SessionConfig(), en.SessionConfig(optimize=False, reuse_buffers=False),
+                   en.SessionConfig(backend="reference")):
+        got = en.Session(config=config).run(out, {x: xv, **feeds})
+        np.testing.assert_array_equal(got, expected, err_msg=str(config))
