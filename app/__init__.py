@@ -18,7 +18,7 @@ from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 
 from app.config import AppSettings
 from app.events import PredictionEventSink
-from app.metrics import REQUEST_DURATION, count_event, labelled, metrics_blueprint, observe_model
+from app.metrics import REQUEST_DURATION, count_event, labelled, metrics_blueprint, observe_models
 from app.model_store import ProductionWithFallback
 from app.predictor import Predictor
 from app.request_buffer import BODY_TIMED_OUT, BODY_TOO_LARGE, BufferedRequests
@@ -65,7 +65,7 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
     if predictor.model is None:
         log.warning("no model served yet: %s", predictor.last_error or f"nothing at {settings.model_dir}")
     sink = sink or PredictionEventSink.from_environment(count=count_event)
-    observe_model(predictor.model)
+    observe_models(predictor.model, variants)
     app.extensions[EXTENSION_KEY] = ServingState(settings=settings, predictor=predictor, sink=sink, variants=variants)
 
     # Request ids from a generator seeded once per process (create_app runs after gunicorn's fork):
@@ -91,7 +91,7 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
                 headers.add(name, value)  # as setdefault, without set()'s second scan of the headers
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         labelled(REQUEST_DURATION, rule).observe(time.perf_counter() - g.get("started", time.perf_counter()))
-        observe_model(predictor.model)
+        observe_models(predictor.model, variants)
         return response
 
     register_error_handlers(app, settings.max_body_bytes)

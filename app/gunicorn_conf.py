@@ -15,7 +15,9 @@ accepts, and on a busy machine one worker often took 7 or all 8 of S1's keep-ali
 (12 runs: 4/4 once, 7/1 four times, 8/0 once; with SO_REUSEPORT 4/4 four times, 5/3 five,
 6/2 three). As SO_REUSEPORT would also let a second server share the port unnoticed, the
 master first checks that nothing listens there. Connections still queued on a worker's
-socket when that worker dies are reset instead of going to another worker.
+socket when that worker dies are reset instead of going to another worker, and while every worker is
+being replaced at once (--max-requests without --max-requests-jitter) new ones are refused. A single
+worker shares the master's socket instead, which queues connections while it is replaced.
 
 Two settings keep a worker's latency tail short (BENCHMARKS.md S1): the GIL switch
 interval is 1 ms, not CPython's 5 ms, so the event delivery thread, when it sends a batch
@@ -63,17 +65,23 @@ keepalive = 5
 timeout = 60  # a worker loads and warms up the bundle before it serves
 graceful_timeout = 30  # time to flush prediction events on shutdown
 preload_app = False
-reuse_port = sys.platform == "linux" and not bind.startswith(("unix:", "fd://")) and not bind.endswith(":0")
+# One worker gains nothing from a socket of its own, and would leave none listening while it is replaced
+# (--max-requests, a timeout): connections would be refused, where the master's shared socket queues them.
+reuse_port = (sys.platform == "linux" and workers >= 2 and not bind.startswith(("unix:", "fd://"))
+              and not bind.endswith(":0"))
 accesslog = os.environ.get("SHELFCAST_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("SHELFCAST_LOG_LEVEL", "info")
 raw_env = ["FLASK_DEBUG=0"]
+OWN_METRICS_DIR_ENV = "SHELFCAST_OWN_METRICS_DIR"  # the metrics directory this server made (and removes)
 
-# Set before any worker imports prometheus_client, which reads it at import.
-OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-if OWN_METRICS_DIR:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="shelfcast-metrics-")
+# Set before any worker imports prometheus_client, which reads it at import. gunicorn reads this file again on
+# SIGHUP, with the variable set by then: which directory is ours (removed on exit) is kept in a second one.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[OWN_METRICS_DIR_ENV] = tempfile.mkdtemp(
+        prefix="shelfcast-metrics-")
 METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+OWN_METRICS_DIR = os.environ.get(OWN_METRICS_DIR_ENV) == str(METRICS_DIR)
 GIL_SWITCH_INTERVAL_S = 0.001  # see the module docstring
 # Fewer workers than cores: not pinned, so a worker's other threads (event delivery, BLAS) keep the spare cores.
 PIN_WORKERS = (hasattr(os, "sched_setaffinity") and os.environ.get("SHELFCAST_PIN_WORKERS", "1") != "0"

@@ -9,8 +9,8 @@ process-local registry is served.
 
 Metrics: shelfcast_predictions_total{source}, shelfcast_request_duration_seconds{endpoint}
 (histogram), shelfcast_prediction_events_total{outcome} (emitted, rejected, spooled, sent,
-dropped, send_failures; see README "Prediction logging"), shelfcast_model_info{version,variant}
-(1 for the model a live worker serves).
+dropped, send_failures; see README "Prediction logging"), shelfcast_model_info{variant,version,kind}
+(1 for each model a live worker serves: production, and the canary and shadow when installed).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry,
                                generate_latest)
 from prometheus_client import multiprocess
 
+from pipeline.release_store import CANARY, PRODUCTION, SHADOW
+
 ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 PREDICTIONS = Counter("shelfcast_predictions", "Forecasts served, one per instance", ["source"])
@@ -31,8 +33,8 @@ REQUEST_DURATION = Histogram(
     ["endpoint"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0))
 EVENTS = Counter("shelfcast_prediction_events", "Prediction events by outcome (emitted, spooled, sent, dropped, ...)",
                  ["outcome"])
-MODEL = Gauge("shelfcast_model_info", "1 for the model version and variant a live worker serves",
-              ["version", "variant"], multiprocess_mode="livemax")
+MODEL = Gauge("shelfcast_model_info", "1 for each model a live worker serves: its release variant (production, "
+              "canary, shadow), version and kind", ["variant", "version", "kind"], multiprocess_mode="livemax")
 
 metrics_blueprint = Blueprint("metrics", __name__)
 _children: dict = {}  # (metric, label value) -> its child: labels() takes a lock and builds a key every call
@@ -44,7 +46,7 @@ def labelled(metric, value: str):
     if child is None:
         child = _children[(metric, value)] = metric.labels(value)
     return child
-_served = {"labels": None}
+_served: dict = {"labels": frozenset()}
 _served_lock = threading.Lock()
 
 
@@ -53,20 +55,20 @@ def count_event(outcome: str, count: int) -> None:
     labelled(EVENTS, outcome).inc(count)
 
 
-def model_variant(model) -> str:
-    return str((model.bundle.metadata.get("model") or {}).get("kind", "unknown"))
-
-
-def observe_model(model) -> None:
-    """Mark the model this process serves (cheap when unchanged: called after every request)."""
-    labels = None if model is None else (model.version, model_variant(model))
+def observe_models(production, variants=None) -> None:
+    """Mark the models this process serves now, by release variant (cheap when unchanged: after every request).
+    ``variants`` is app.variants.Variants (its installed canary and shadow) or None."""
+    served = {PRODUCTION: production}
+    if variants is not None:
+        served[CANARY], served[SHADOW] = variants.canary_model(), variants.shadow_model()
+    labels = frozenset((variant, m.version, m.kind) for variant, m in served.items() if m is not None)
     if labels == _served["labels"]:
         return
     with _served_lock:
-        if _served["labels"] is not None:
-            MODEL.labels(*_served["labels"]).set(0)
-        if labels is not None:
-            MODEL.labels(*labels).set(1)
+        for gone in _served["labels"] - labels:
+            MODEL.labels(*gone).set(0)
+        for new in labels - _served["labels"]:
+            MODEL.labels(*new).set(1)
         _served["labels"] = labels
 
 

@@ -47,13 +47,18 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
     }
     prediction = {
         "type": "object", "additionalProperties": False,
-        "required": ["store_nbr", "item_nbr", "date", "onpromotion", "unit_sales"],
+        "required": ["store_nbr", "item_nbr", "date", "onpromotion", "unit_sales", "model_version"],
         "properties": {**instance["properties"],
                        "unit_sales": {"type": "number", "minimum": 0, "description": UNIT_SALES_MEANING},
-                       "expected_units": {"type": "number", "minimum": 0, "description": EXPECTED_UNITS_MEANING}},
+                       "expected_units": {"type": "number", "minimum": 0, "description": EXPECTED_UNITS_MEANING},
+                       "model_version": {"type": "string", "description": "the model that made this forecast: "
+                                         "production's, or the canary's for the store×items it answers"}},
     }
-    model_ref = {"type": "object", "required": ["name", "version"],
-                 "properties": {"name": {"type": "string"}, "version": {"type": "string"}}}
+    model_ref = {"type": "object", "required": ["name", "version", "variant"],
+                 "description": "the model that answered; production's when a canary answered some of the "
+                                "instances (each prediction's model_version names its own)",
+                 "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                                "variant": {"type": "string", "enum": ["production", "canary"]}}}
     schemas = {
         "Instance": instance,
         "PredictRequest": {
@@ -127,6 +132,8 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
                 "responses": {
                     "200": _json("#/components/schemas/PredictResponse", "one prediction per instance, in order"),
                     "400": _error("malformed JSON or an invalid field (each named in errors[].field)"),
+                    "408": _error("the body did not arrive within the server's body time limit "
+                                  "(SHELFCAST_BODY_TIMEOUT_S)"),
                     "413": _error(f"body larger than {max_body_bytes} bytes"),
                     "415": _error("the body is not application/json"),
                     "422": _error("unknown store or item, or a date outside the model's horizon"),

@@ -40,8 +40,8 @@ class BundleChangedWhileLoading(BundleError):
 
 
 def directory_signature(path: Path) -> Signature | None:
-    """What changes when a bundle directory is replaced, any file in it is rewritten or its mode changed (a
-    bundle refused as unreadable is tried again once its modes are fixed); None if absent. A directory this
+    """What changes when a bundle directory is replaced, any file in it is rewritten or its mode, owner or ACL
+    changed (a bundle refused as unreadable is tried again once that is fixed); None if absent. A directory this
     process may not list has a signature without entries: loading it says why it is refused."""
     try:
         top = path.stat()
@@ -55,8 +55,9 @@ def directory_signature(path: Path) -> Signature | None:
         return None
     except PermissionError:
         entries = []
-    return (top.st_ino, top.st_mtime_ns, top.st_mode) + tuple((n, s.st_ino, s.st_size, s.st_mtime_ns, s.st_mode)
-                                                              for n, s in entries)
+    # ctime too: a chown or an ACL change (what may fix an unreadable bundle) changes nothing else here
+    return (top.st_ino, top.st_mtime_ns, top.st_mode, top.st_ctime_ns) + tuple(
+        (n, s.st_ino, s.st_size, s.st_mtime_ns, s.st_mode, s.st_ctime_ns) for n, s in entries)
 
 
 def directory_head(path: Path | str) -> Signature | None:
@@ -104,6 +105,11 @@ class LoadedModel:
     @property
     def version(self) -> str:
         return str(self.bundle.metadata.get("version", "unknown"))
+
+    @property
+    def kind(self) -> str:
+        """The model's kind (mlp, linear): events' ``model_kind`` and /metrics' ``kind`` label."""
+        return str((self.bundle.metadata.get("model") or {}).get("kind", "unknown"))
 
     @property
     def horizon_days(self) -> np.ndarray:

@@ -12,6 +12,7 @@ from app.openapi import openapi_document
 from app.variants import predict_with_variants
 from app.state import serving_state
 from app.validation import FieldError, InputError, check_forecastable, parse_instances
+from pipeline.release_store import PRODUCTION
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 MAX_QUERY = 100
@@ -51,11 +52,13 @@ def predict():
     if unavailable is not None:
         return unavailable
     check_forecastable(instances, model)
-    predictions, variants, shadow = predict_with_variants(model, state.variants, instances, state.sink,
-                                                          g.request_id, g.started, source="api")
-    response = jsonify({"model": {"name": model.name, "version": model.version}, "predictions": predictions,
-                        "request_id": g.request_id})
-    response.headers["X-Model-Variant"] = ",".join(variants)  # which release variant(s) answered
+    predictions, answered_by, shadow = predict_with_variants(model, state.variants, instances, state.sink,
+                                                             g.request_id, g.started, source="api")
+    # the model that answered; production's when a canary answered some rows (each prediction names its own)
+    variant, answering = next(iter(answered_by.items())) if len(answered_by) == 1 else (PRODUCTION, model)
+    response = jsonify({"model": {"name": answering.name, "version": answering.version, "variant": variant},
+                        "predictions": predictions, "request_id": g.request_id})
+    response.headers["X-Model-Variant"] = ",".join(sorted(answered_by))  # which release variant(s) answered
     if shadow is not None:
         response.call_on_close(shadow)  # after the response is sent: the shadow costs the user nothing
     return response

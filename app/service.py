@@ -50,7 +50,6 @@ def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: Pre
     labelled(PREDICTIONS, source).inc(len(units))
     latency_ms = (time.perf_counter() - started) * 1000.0
     predictions = []
-    kind = str((model.bundle.metadata.get("model") or {}).get("kind", "unknown"))
     for index, (instance, value) in enumerate(zip(instances, units)):
         inputs = instance.to_json()
         sink.emit(prediction_event(
@@ -60,9 +59,10 @@ def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: Pre
             latency_ms=round(latency_ms, 3), source=source,
             instance_index=index if positions is None else int(positions[index]),
             batch_size=batch_size or len(instances),
-            model_digest=model.bundle.digest, model_kind=kind, **readable_fields(model, instance, variant),
+            model_digest=model.bundle.digest, model_kind=model.kind, **readable_fields(model, instance, variant),
             **({"canary_failed": True} if canary_failed else {}),
         ))
         predictions.append({**inputs, "unit_sales": value,
-                            **({} if expected is None else {"expected_units": expected[index]})})
+                            **({} if expected is None else {"expected_units": expected[index]}),
+                            "model_version": model.version})
     return predictions

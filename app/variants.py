@@ -54,6 +54,7 @@ class Variants:
         self.reload_interval_s = reload_interval_s
         self._clock = clock
         self._share = 0.0
+        self._share_error = ""
         self._share_checked = float("-inf")
 
     def check_now(self) -> None:
@@ -84,10 +85,11 @@ class Variants:
         if now - self._share_checked >= self.reload_interval_s:
             self._share_checked = now
             try:
-                self._share = read_canary_share(self.models_dir)
+                self._share, self._share_error = read_canary_share(self.models_dir), ""
             except ValueError as exc:
-                log.error("%s; canary share 0 until it is fixed", exc)
-                self._share = 0.0
+                if str(exc) != self._share_error:  # once, not at every check while it stays broken
+                    log.error("%s; canary share 0 until it is fixed", exc)
+                self._share, self._share_error = 0.0, str(exc)
         return self._share
 
     def describe(self) -> dict:
@@ -109,8 +111,8 @@ def _forecastable(instances: Sequence[Instance], model: LoadedModel) -> bool:
 
 def predict_with_variants(production: LoadedModel, variants: Variants | None, instances: Sequence[Instance],
                           sink: PredictionEventSink, request_id: str, started: float,
-                          source: str) -> tuple[list[dict], list[str], Callable[[], None] | None]:
-    """(predictions in request order, the variants that answered, the shadow's work or None).
+                          source: str) -> tuple[list[dict], dict[str, LoadedModel], Callable[[], None] | None]:
+    """(predictions in request order, {variant: model} of those that answered, the shadow's work or None).
 
     The shadow's work is returned, not done: the route runs it once the response has been sent
     (``response.call_on_close``), so a shadow never adds to a user's latency."""
@@ -122,12 +124,12 @@ def predict_with_variants(production: LoadedModel, variants: Variants | None, in
         to_canary = []  # the canary cannot forecast these (another catalog or horizon): production answers
     if not to_canary:
         answered = predict_and_log(production, instances, sink, request_id, started, source)
-        used = [PRODUCTION]
+        used = {PRODUCTION: production}
     else:
         chosen = set(to_canary)
         rest = [i for i in range(len(instances)) if i not in chosen]
         answered = [None] * len(instances)
-        used = []
+        used = {}
         for variant, model, positions in ((PRODUCTION, production, rest), (CANARY, canary, to_canary)):
             if not positions:
                 continue
@@ -140,15 +142,15 @@ def predict_with_variants(production: LoadedModel, variants: Variants | None, in
                     raise
                 # production answers; its events say the canary failed (the release decision counts them)
                 log.exception("canary model %s failed on request %s; production answered", model.version, request_id)
-                variant = PRODUCTION
+                variant, model = PRODUCTION, production
                 got = predict_and_log(production, group, sink, request_id, started, source, variant=variant,
                                       positions=positions, batch_size=len(instances), canary_failed=True)
-            used.append(variant)
+            used[variant] = model
             for position, prediction in zip(positions, got):
                 answered[position] = prediction
     shadow = variants.shadow_model() if variants is not None else None
     if shadow is None:
-        return answered, sorted(set(used)), None
+        return answered, used, None
 
     def mirror() -> None:
         try:
@@ -159,4 +161,4 @@ def predict_with_variants(production: LoadedModel, variants: Variants | None, in
         except Exception:  # noqa: BLE001 the shadow must never cost a user anything
             log.exception("shadow model %s failed on request %s", shadow.version, request_id)
 
-    return answered, sorted(set(used)), mirror
+    return answered, used, mirror

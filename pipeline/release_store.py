@@ -127,12 +127,15 @@ class ReleaseStore:
 
 
 def read_canary_share(models_dir: Path) -> float:
-    """The configured canary share (0 when release.json is absent); ValueError naming the file when malformed."""
+    """The configured canary share (0 when release.json is absent); ValueError naming the file when it is
+    malformed or cannot be read."""
     path = Path(models_dir) / RELEASE_FILE
     if not path.is_file():
         return 0.0
     try:
         share = json.loads(path.read_text(encoding="utf-8"))["canary_share"]
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: expected {{\"canary_share\": 0..1}} ({exc})") from None
     if not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:

@@ -21,12 +21,13 @@ def test_one_instance_gets_the_bundles_own_prediction(served):
     response = served.client.post("/api/v1/predict", json={"instances": [instance]})
     assert response.status_code == 200, response.json
     body = response.json
-    assert body["model"] == {"name": served.model.name, "version": served.model.version}
+    assert body["model"] == {"name": served.model.name, "version": served.model.version, "variant": "production"}
     [prediction] = body["predictions"]
     expected = served.model.bundle.predict(instance["store_nbr"], instance["item_nbr"], instance["date"], 1)
     factor = served.model.bundle.metadata["outputs"]["expected_units_factor"]
     assert prediction == {**instance, "unit_sales": pytest.approx(float(expected[0]), abs=1e-4),
-                          "expected_units": pytest.approx(max(factor * (float(expected[0]) + 1) - 1, 0), abs=2e-3)}
+                          "expected_units": pytest.approx(max(factor * (float(expected[0]) + 1) - 1, 0), abs=2e-3),
+                          "model_version": served.model.version}
     assert 0 <= prediction["unit_sales"] <= prediction["expected_units"]  # the median-like forecast is the lower
     assert response.headers["X-Request-ID"] == body["request_id"]
 

@@ -134,8 +134,10 @@ def test_metrics_sum_every_worker(server):
     assert metric(text, "shelfcast_prediction_events_total", 'outcome="emitted"') >= 12
     assert metric(text, "shelfcast_prediction_events_total", 'outcome="sent"') >= 12
     assert metric(text, "shelfcast_request_duration_seconds_count", 'endpoint="/api/v1/predict"') >= 12
-    assert re.search(r'shelfcast_model_info\{[^}]*variant="[^"]+"[^}]*version="[^"]+"[^}]*\} 1\.0', text) or \
-        re.search(r'shelfcast_model_info\{[^}]*version="[^"]+"[^}]*\} 1\.0', text), text[-2000:]
+    version = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{server}/api/v1/model", timeout=5).read())["version"]
+    served_models = [dict(re.findall(r'(\w+)="([^"]*)"', labels)) for labels, value in
+                     re.findall(r"shelfcast_model_info\{([^}]*)\} ([0-9.e+-]+)", text) if float(value) >= 1]
+    assert served_models == [{"kind": "mlp", "variant": "production", "version": version}], served_models
 
 
 def _or0(text: str, name: str, labels: str) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -91,6 +92,23 @@ def test_the_canary_answers_a_sticky_share_and_every_event_names_its_variant(hos
     assert 0.25 < share < 0.75, share  # 0.5 configured, over a few dozen series
     batch = client.post("/api/v1/predict", json={"instances": series[:20]})
     assert set(batch.headers["X-Model-Variant"].split(",")) <= {PRODUCTION, CANARY}
+    # the body names the model that answered, and each prediction the model that made it
+    versions = {PRODUCTION: app.extensions["shelfcast"].predictor.model.version,
+                CANARY: app.extensions["shelfcast"].variants.canary_model().version}
+    assert versions[PRODUCTION] != versions[CANARY]
+    for instance in series[:6]:
+        answer = client.post("/api/v1/predict", json={"instances": [instance]})
+        variant = answer.headers["X-Model-Variant"]
+        assert answer.get_json()["model"]["variant"] == variant
+        assert answer.get_json()["model"]["version"] == versions[variant]
+        assert answer.get_json()["predictions"][0]["model_version"] == versions[variant]
+    assert [p["model_version"] for p in batch.get_json()["predictions"]] == [
+        versions[first[(i["store_nbr"], i["item_nbr"])]] for i in series[:20]]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    served = [dict(re.findall(r'(\w+)="([^"]*)"', labels))
+              for labels, value in re.findall(r"shelfcast_model_info\{([^}]*)\} (\S+)", metrics) if float(value) == 1]
+    assert sorted(served, key=lambda m: m["variant"]) == [
+        {"kind": "mlp", "variant": v, "version": versions[v]} for v in (CANARY, PRODUCTION)], served
     app.extensions["shelfcast"].sink.close()
     logged = read_events(events)
     assert {e["model_variant"] for e in logged} == {PRODUCTION, CANARY}
@@ -426,3 +444,31 @@ def test_a_timestamp_without_an_offset_is_utc_in_the_traffic_window_whatever_the
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_an_unreadable_release_file_means_share_0_and_never_stops_a_worker(host, tmp_path, caplog):
+    """release.json the server's user cannot read (mode 000; for root, run without the capabilities that
+    bypass file modes): logged once, canary share 0, production answers. Before, the PermissionError escaped
+    create_app and gunicorn's workers failed to boot."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    _, store, _ = host
+    (store.root / "release.json").chmod(0)
+    script = (f"import logging, sys; sys.path.insert(0, {str(REPO)!r}); logging.basicConfig(level=logging.INFO)\n"
+              "from app.variants import Variants\n"
+              f"variants = Variants({str(store.root)!r}, reload_interval_s=0.0)\n"
+              "variants.check_now()\n"
+              "print('shares', [variants.canary_share() for _ in range(3)])\n")
+    command = [sys.executable, "-c", script]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root reads a file of mode 000, and setpriv (util-linux) is not here to drop that")
+        caps = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "shares [0.0, 0.0, 0.0]" in done.stdout
+    assert done.stderr.count("release.json: cannot be read (Permission denied); canary share 0") == 1, done.stderr

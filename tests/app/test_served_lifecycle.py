@@ -1,0 +1,106 @@
+"""The server's lifecycle as an operator drives it: worker recycling, a SIGHUP reload, a fixed bundle owner."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import time
+from pathlib import Path
+
+from app import launch
+from app.predictor import directory_signature
+
+from .test_served_by_gunicorn import predict_body, request
+
+
+def test_a_recycled_single_worker_refuses_no_connection(app_bundles, fluentd_receiver, tmp_path):
+    """One worker, replaced every 40 requests (--max-requests) while it flushes its events to a real Fluentd:
+    with a listening socket of its own (SO_REUSEPORT) nothing listened meanwhile and ~30 % of connections
+    were refused; the master's shared socket queues them."""
+    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                           "FLUENTD_HOST": "127.0.0.1", "FLUENTD_PORT": str(fluentd_receiver.port),
+                           "SHELFCAST_EVENT_SPOOL": str(tmp_path / "spool"),
+                           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+                           "GUNICORN_CMD_ARGS": "--max-requests 40"}, tmp_path / "gunicorn.log")
+    try:
+        body = predict_body(served.port)
+        outcomes: collections.Counter = collections.Counter()
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            try:
+                status = request(served.port, "POST", "/api/v1/predict", body,
+                                 {"Content-Type": "application/json"}, timeout=30).status
+                outcomes[status] += 1
+            except OSError as exc:
+                outcomes[type(exc).__name__] += 1
+    finally:
+        served.stop()
+    boots = (tmp_path / "gunicorn.log").read_text(encoding="utf-8").count("Booting worker")
+    assert boots >= 3, f"the worker was not recycled ({boots} boots): the test shows nothing"
+    assert set(outcomes) == {200}, dict(outcomes)
+
+
+def _load_conf(path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gunicorn_conf_reloaded", path)
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    return conf
+
+
+def test_the_metrics_directory_made_at_start_is_removed_after_a_reload(monkeypatch):
+    """gunicorn reads its config file again on SIGHUP, with PROMETHEUS_MULTIPROC_DIR set by the first read:
+    the directory must still be known as the server's own, and removed when it exits."""
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "SHELFCAST_OWN_METRICS_DIR"):
+        monkeypatch.setenv(name, "")  # restored (to unset or its value) after the test
+        monkeypatch.delenv(name)
+    path = Path(__file__).resolve().parents[2] / "app" / "gunicorn_conf.py"
+    first = _load_conf(path)
+    assert first.OWN_METRICS_DIR and first.METRICS_DIR.is_dir()
+    reloaded = _load_conf(path)  # SIGHUP
+    assert reloaded.METRICS_DIR == first.METRICS_DIR and reloaded.OWN_METRICS_DIR
+    reloaded.on_exit(None)
+    assert not first.METRICS_DIR.exists()
+
+
+def test_a_directory_a_server_was_given_is_never_removed(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    monkeypatch.setenv("SHELFCAST_OWN_METRICS_DIR", "")
+    monkeypatch.delenv("SHELFCAST_OWN_METRICS_DIR")
+    conf = _load_conf(Path(__file__).resolve().parents[2] / "app" / "gunicorn_conf.py")
+    conf.on_starting(type("Server", (), {"cfg": type("Cfg", (), {"reuse_port": False})()})())
+    conf.on_exit(None)
+    assert not conf.OWN_METRICS_DIR and (tmp_path / "metrics").is_dir()
+
+
+def test_a_sighup_leaves_no_metrics_directory_behind(app_bundles, tmp_path):
+    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                           "SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl"), "TMPDIR": str(tmp_path),
+                           "PROMETHEUS_MULTIPROC_DIR": ""}, tmp_path / "gunicorn.log")
+    try:
+        made = list(tmp_path.glob("shelfcast-metrics-*"))
+        assert len(made) == 1, made
+        served.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while (tmp_path / "gunicorn.log").read_text(encoding="utf-8").count("Booting worker") < 2:
+            assert time.monotonic() < deadline, "no worker booted after SIGHUP"
+            time.sleep(0.1)
+    finally:
+        served.stop()
+    assert not made[0].exists()
+
+
+def test_changing_a_bundle_files_owner_changes_its_signature(tmp_path):
+    """A bundle refused as unreadable is tried again when its signature changes: a chown (or an ACL change),
+    which may be the fix, changes no size, mtime or mode, only the inode's ctime."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    weights = bundle / "weights.npz"
+    weights.write_bytes(b"x")
+    before = directory_signature(bundle)
+    time.sleep(0.01)
+    stat = weights.stat()
+    os.chown(weights, stat.st_uid, stat.st_gid)  # the same owner: still a status change
+    assert directory_signature(bundle) != before
