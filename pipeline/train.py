@@ -112,6 +112,15 @@ class PreparedTraining:
     progress: bool = False  # progress bars while streaming
 
     @property
+    def batch_order(self) -> str:
+        """Which order training's batches come in: a held set is the same matrix however it was built, a set
+        streamed in this process and one streamed from a cluster's shards come in different orders. A
+        checkpoint records it, so a run resumed with the cluster switched on or off starts over."""
+        if self.in_memory:
+            return "held"
+        return "streamed from shards" if isinstance(self.train_stream, ShardStream) else "streamed"
+
+    @property
     def train_examples(self) -> int:
         """Training examples in all (``train`` holds only a sample of them when they stream)."""
         return len(self.train) if self.in_memory else self.train_stream.count_rows()
@@ -270,7 +279,7 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
         from pipeline import models
 
         checkpoints = home / CHECKPOINT_DIR
-        fingerprint = models.fingerprint_of(bundle_params, versions)
+        fingerprint = models.fingerprint_of(bundle_params, versions, data.batch_order)
         config, result = fit(tparams, data, spec, on_eval, checkpoint_dir=checkpoints, fingerprint=fingerprint,
                              log=say)
         for curve in result.curves:  # all of them, also those a resumed run had written before the interruption

@@ -49,6 +49,7 @@ def test_shards_built_on_the_cluster_are_the_in_process_examples_and_train_the_s
     _same_examples(here.train, there.train)  # same rows, same order: held sets are sorted back
     _same_examples(here.inner, there.inner)
     assert here.vocab.values == there.vocab.values
+    assert here.batch_order == there.batch_order == "held"  # a checkpoint of one resumes in the other
     _, model_here = train.fit(tparams, here, fparams.spec)
     _, model_there = train.fit(tparams, there, fparams.spec)
     assert model_here.best_step == model_there.best_step
@@ -63,6 +64,8 @@ def test_streamed_shards_are_every_example_once_and_training_runs(dask_cluster, 
         there = train.prepare_training(history, fparams, tparams.baseline_weeks, seed=tparams.seed, client=client,
                                        shard_dir=tmp_path / "shards")
     assert not there.in_memory and isinstance(there.train_stream, feature_shards.ShardStream)
+    # another batch order than the in-process stream: a checkpoint of one must not be resumed by the other
+    assert (here.batch_order, there.batch_order) == ("streamed", "streamed from shards")
     _same_examples(here.train, there.train)  # the statistics sample is the same seeded sample
     every = here.train_stream.materialize()
     assert there.train_examples == len(every)
