@@ -211,6 +211,7 @@ class PredictionEventSink:
 
     def _deliver_until_closed(self) -> None:
         retry_at, backoff, limit_checked = 0.0, self.settings.sync_interval_s, 0.0
+        failed = ("", 0.0)  # the last delivery error logged, and when
         while self._forwarder is not None and not self._stopping.wait(self.settings.sync_interval_s):
             now = time.monotonic()
             # Each step in its own try: a failing limit check must not stop sending, nor a failing send the limit.
@@ -226,8 +227,10 @@ class PredictionEventSink:
                         backoff = self.settings.sync_interval_s
                     else:
                         retry_at, backoff = now + backoff, min(backoff * 2, self.settings.retry_max_s)
-                except Exception:  # a disk error or a bug must not stop delivery for good
-                    log.exception("prediction events: delivery step failed; retrying")
+                except Exception as exc:  # a disk error or a bug must not stop delivery for good
+                    if repr(exc) != failed[0] or now - failed[1] >= 60:  # not 5 tracebacks a second
+                        log.exception("prediction events: delivery step failed; retrying")
+                        failed = (repr(exc), now)
         self._stopping.wait()
         self._syncer.join()
         try:

@@ -3,19 +3,30 @@
 fluent-logger 0.11 has no forward-protocol acknowledgements: `emit_with_time()` returns
 True once the bytes are in the kernel's socket buffer, and False once it finds the
 connection broken (it checks for a closed peer before and after every send). So a sent
-segment is kept, still locked, until a later emit on a healthy connection succeeds at
+segment is kept, still locked, until Fluentd's kernel has acknowledged all its bytes (TCP
+counts them: TCP_INFO's bytes_acked) and a later emit on a healthy connection succeeded at
 least `confirm_after_s` after it: only then is it deleted. When no later event comes, a
 heartbeat (tag `<tag>.heartbeat`, discarded by Fluentd) is that later emit. Any failure re-sends every
 segment not yet confirmed. That is at-least-once delivery; the duplicates it makes
 (at most the events of the unconfirmed segments) carry the same `event_id`, which
 Fluentd's Elasticsearch output uses as the document id (monitoring/fluentd/fluent.conf),
 so Elasticsearch holds each event once.
+
+What is lost when Fluentd dies is what its kernel acknowledged and it had not read: its receive
+buffer. A Fluentd that stops reading makes a send time out; from then on nothing is confirmed and
+no new segment is claimed (each new connection would have a fresh receive buffer to fill) until a
+connection proves that Fluentd reads again: its kernel acknowledges PROOF_BYTES of heartbeats
+beyond the re-sent segments, more than a new connection's receive buffer holds unread.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import socket
+import struct
+import termios
 import time
 from dataclasses import dataclass
 from typing import Mapping
@@ -33,6 +44,12 @@ ENV_FLUENTD_TIMEOUT = "FLUENTD_TIMEOUT"
 MAX_HELD = 256  # sent-but-unconfirmed segments held open; beyond it the oldest are confirmed by age alone
 CONFIRM_MARGIN_S = 0.25  # at close, time left for the last claimed segment's send and its confirming heartbeat
 MAX_TIMEOUT_S = 600.0  # FLUENTD_TIMEOUT's upper bound: the socket takes no infinite timeout, and close() waits 2x it
+# Proof that a Fluentd that stalled reads again: this many bytes acknowledged on a new connection beyond the
+# segments re-sent on it. A new connection's receive buffer starts at net.ipv4.tcp_rmem's default (128 KiB on
+# Linux) and grows only as its reader reads, so a reader that does not read cannot acknowledge this much.
+PROOF_BYTES = 4 * 1024 * 1024
+PADDING = {"padding": "0" * 65536}  # a heartbeat's body while proving: 64 proof heartbeats at most
+TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in Linux's struct tcp_info (since 4.1)
 
 
 @dataclass(frozen=True)
@@ -60,7 +77,10 @@ class FluentdAddress:
         return cls(host, port, _env_number(env, ENV_FLUENTD_TIMEOUT, float, 3.0))
 
     def sender(self, tag: str) -> FluentSender:
-        return FluentSender(tag, host=self.host, port=self.port, timeout=self.timeout_s, nanosecond_precision=True)
+        # forward_packet_error=False: a record msgpack cannot pack raises, instead of being replaced by an error
+        # record under our tag (which Elasticsearch would store as an event without an event_id)
+        return FluentSender(tag, host=self.host, port=self.port, timeout=self.timeout_s, nanosecond_precision=True,
+                            forward_packet_error=False)
 
     def __str__(self) -> str:
         return f"Fluentd at {self.host}:{self.port}"
@@ -98,6 +118,23 @@ class UnsendableTime(ValueError):
     """A spooled record whose timestamp the forward protocol's EventTime cannot carry."""
 
 
+def connection_bytes(sender: FluentSender) -> tuple[int, int] | None:
+    """(bytes written to the sender's connection, bytes its peer's kernel acknowledged), counted alike;
+    None when there is no connection or it is not TCP on Linux (then writes alone confirm, as before)."""
+    sock = sender.socket
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        unacknowledged = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    except OSError:
+        return None
+    if len(info) < TCP_INFO_BYTES_ACKED + 8:
+        return None
+    acknowledged = struct.unpack_from("Q", info, TCP_INFO_BYTES_ACKED)[0]
+    return acknowledged + unacknowledged, acknowledged
+
+
 class Forwarder:
     """Claims sealed segments oldest first (any process's), sends them, deletes them once confirmed.
 
@@ -114,12 +151,16 @@ class Forwarder:
         self._sender: FluentSender | None = None
         self._last_ok = 0.0  # monotonic time of the last successful emit
         self.down_since: float | None = None
+        self.stalled_since: float | None = None  # a send timed out: Fluentd may not be reading (see the docstring)
+        self._proof_target: int | None = None  # while stalled: bytes acknowledged on this connection that prove it
 
     def pump(self, until: float) -> bool:
         """Send what is due until nothing is left or `until`; False if Fluentd failed (back off)."""
         for segment in list(self._held):
             if segment.sent_at is None and not self._send(segment):
                 return False
+        if self.stalled_since is not None and not self._proves_reading(until):
+            return self._sender is not None  # False: a send failed (back off); True: time is up, go on next time
         while time.monotonic() < until:
             segment = self._spool.claim_next({held.path for held in self._held})
             if segment is None:
@@ -155,6 +196,28 @@ class Forwarder:
             self._sender.close()
             self._sender = None
 
+    def _proves_reading(self, until: float) -> bool:
+        """While stalled: heartbeats until Fluentd's kernel has acknowledged PROOF_BYTES beyond the segments
+        re-sent on this connection (True, stalled no more), a send fails, or `until` (False either way)."""
+        sender = self._sender = self._sender or self.address.sender(self._tag)
+        while True:
+            progress = connection_bytes(sender)
+            if progress is None and sender.socket is not None:
+                self._proof_target = 0  # not TCP on Linux: no way to tell, writes alone confirm
+            elif progress is not None and self._proof_target is None:  # this connection's: reset by _failed
+                self._proof_target = progress[0] + PROOF_BYTES
+            if self._proof_target is not None and (progress is None or progress[1] >= self._proof_target):
+                log.warning("%s reads again after %.1f s; sending the spooled events", self.address,
+                            time.monotonic() - self.stalled_since)
+                self.stalled_since = self.down_since = None
+                return True
+            if time.monotonic() >= until:
+                return False
+            if not sender.emit_with_time("heartbeat", EventTime(time.time()), PADDING):
+                self._failed(sender)
+                return False
+            self._last_ok = time.monotonic()
+
     def _send(self, segment: Segment) -> bool:
         first_read = segment.lines == 0
         bad: list[str] = []
@@ -169,14 +232,27 @@ class Forwarder:
             self._count("dropped", len(bad))
             log.error("event spool: %d unreadable line(s) dropped, first: %s", len(bad), bad[0])
         sender = self._sender = self._sender or self.address.sender(self._tag)
-        for timestamp, record in stamped:  # each send() hands the GIL to the request threads: no extra yields
-            if not sender.emit_with_time(None, timestamp, record):
+        sent = 0
+        for number, (timestamp, record) in enumerate(stamped):  # each send() hands the GIL to request threads
+            try:
+                ok = sender.emit_with_time(None, timestamp, record)
+            except Exception as exc:  # noqa: BLE001 msgpack cannot pack it (an older version's or a hand-edited line)
+                if number not in segment.unsendable:  # counted and logged once, whatever the re-sends
+                    segment.unsendable.add(number)
+                    self._count("dropped", 1)
+                    log.error("event spool: %s record %d cannot be sent (%s: %s); dropped", segment.path.name,
+                              number + 1, type(exc).__name__, exc)
+                continue
+            if not ok:
                 self._failed(sender)
                 return False
+            sent += 1
             self._last_ok = time.monotonic()
         segment.sent_at = time.monotonic()
-        self._count("sent", len(stamped))
-        if self.down_since is not None:
+        progress = connection_bytes(sender)
+        segment.sent_bytes = None if progress is None else progress[0]
+        self._count("sent", sent)
+        if self.down_since is not None and self.stalled_since is None:  # while stalled, a send proves nothing
             log.warning("%s is back after %.1f s; sending the spooled events", self.address,
                         time.monotonic() - self.down_since)
             self.down_since = None
@@ -185,8 +261,13 @@ class Forwarder:
     def _failed(self, sender: FluentSender) -> None:
         error = sender.last_error
         sender.clear_last_error()
+        if isinstance(error, TimeoutError) and self.stalled_since is None:  # connected, or connecting, but not read
+            self.stalled_since = time.monotonic()
+            log.warning("%s: a send timed out; confirming nothing and claiming no new events until it reads "
+                        "again", self.address)
         sender.close()  # a fresh sender (and connection) next time
         self._sender = None
+        self._proof_target = None
         self._count("send_failures", 1)
         for segment in self._held:
             segment.sent_at = None  # what the broken connection carried may not have arrived
@@ -210,11 +291,16 @@ class Forwarder:
         return True
 
     def _confirm(self) -> None:
+        if self.stalled_since is not None:
+            return  # what this connection carried may sit unread in Fluentd's buffers
+        progress = connection_bytes(self._sender) if self._sender is not None else None
+        acknowledged = None if progress is None else progress[1]
         now, kept = time.monotonic(), []
         for index, segment in enumerate(self._held):
             sent = segment.sent_at
             overflow = len(self._held) - index > MAX_HELD
-            if sent is not None and (self._last_ok - sent >= self._confirm_after_s
+            in_fluentd = segment.sent_bytes is None or (acknowledged is not None and acknowledged >= segment.sent_bytes)
+            if sent is not None and ((in_fluentd and self._last_ok - sent >= self._confirm_after_s)
                                      or (overflow and now - sent >= self._confirm_after_s)):
                 segment.release(delete=True)
             else:

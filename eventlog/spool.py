@@ -59,6 +59,8 @@ class Segment:
     sent_at: float | None = None  # monotonic time of the last complete send; None: (re)send it
     lines: int = field(default=0)
     written: list[dict[str, Any]] | None = None  # the records this process wrote into it, line for line
+    sent_bytes: int | None = None  # bytes written to the connection when it was sent (None: not counted)
+    unsendable: set[int] = field(default_factory=set)  # records msgpack could not pack: dropped, counted once
 
     def records(self, on_bad_line: Callable[[str], None]) -> list[dict[str, Any]]:
         if self.written is not None:  # used once: a re-send after a failure reads the file
@@ -77,8 +79,8 @@ class Segment:
                 if not isinstance(record, dict):
                     raise ValueError("not a JSON object")
                 records.append(record)
-            except ValueError as exc:  # a line torn by a full disk, or edited by hand
-                on_bad_line(f"{self.path.name} line {number}: {exc}")
+            except (ValueError, RecursionError) as exc:  # a line torn by a full disk, or edited by hand
+                on_bad_line(f"{self.path.name} line {number}: {type(exc).__name__}: {exc}")
         self.lines = len(records)
         return records
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,12 +20,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pytest
 
 from app.events import TAG, PredictionEventSink
 from eventlog.forward import FluentdAddress, Forwarder
 from eventlog.records import encode_line
 from eventlog.spool import Spool
-from tests.app.conftest import Counts
+from tests.app.conftest import Counts, FluentdReceiver, receiver_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMITTER = Path(__file__).with_name("event_emitter.py")
@@ -233,3 +235,97 @@ def test_a_spooled_time_fluentd_cannot_carry_is_dropped_counted_and_the_rest_is_
     assert sink.stats.snapshot()["dropped"] == 2 and sink.stats.snapshot()["sent"] == 100
     logged = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     assert len(logged) == 1 and "1969-12-31T23:59:59+00:00" in logged[0], logged
+
+
+def _deeply_nested(depth: int) -> bytes:
+    return b'{"event_id": "deep", "timestamp": "%s", "x": %s1%s}\n' % (
+        dt.datetime.now(dt.timezone.utc).isoformat().encode(), b"[" * depth, b"]" * depth)
+
+
+@pytest.mark.parametrize("bad_line,why", [
+    (lambda now: _deeply_nested(2000), "RecursionError"),
+    (lambda now: b'{"event_id": "big", "timestamp": "%s", "n": %d}\n' % (now.encode(), 2 ** 70), "OverflowError"),
+    (lambda now: b'{"event_id": "surrogate", "timestamp": "%s", "s": "\\ud800"}\n' % now.encode(),
+     "UnicodeEncodeError"),
+], ids=["nested 2,000 deep", "an integer msgpack cannot carry", "a lone surrogate"])
+def test_a_spooled_line_json_or_msgpack_cannot_handle_is_dropped_counted_and_the_rest_is_sent_once(
+        fluentd_receiver, tmp_path: Path, caplog, bad_line, why) -> None:
+    # Before: json.loads raised RecursionError past the ValueError it caught, the segment stayed held and every
+    # pump failed on it (no event after it ever sent, a traceback 5 times a second); a record msgpack cannot pack
+    # was replaced by fluent-logger with an error record under our tag, counted as sent, with no event_id.
+    spool, now = tmp_path / "spool", dt.datetime.now(dt.timezone.utc).isoformat()
+    writer = Spool(spool, max_bytes=10**9, segment_max_bytes=10**6, count=Counts())
+    written = [f"e{i}" for i in range(100)]
+    for i, event_id in enumerate(written):
+        writer.append(encode_line({"event_id": event_id, "timestamp": now}))
+        if i == 49:
+            writer.append(bad_line(now))
+    writer.close()
+    with fluent_sink(fluentd_receiver.port, spool) as sink:
+        wait_until(lambda: not list(spool.glob("*.jsonl")), timeout_s=15)
+    fluentd_receiver.stop()
+    assert all("event_id" in e["record"] for e in fluentd_receiver.events() if e["tag"] == TAG)
+    received = received_ids(fluentd_receiver)
+    assert lost_and_duplicated(written, received) == (0, 0) and set(received) == set(written)
+    assert sink.stats.snapshot()["dropped"] == 1 and sink.stats.snapshot()["sent"] == 100
+    logged = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(logged) == 1 and why in logged[0], logged
+
+
+class StalledFluentd:
+    """A Fluentd whose process stopped reading: it accepts connections and never reads them."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self._server.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self._held.append(self._server.accept()[0])
+            except OSError:
+                return
+
+    def kill(self) -> None:
+        """As a killed process: every connection closed with what it had not read (the sender gets a reset)."""
+        self._server.close()
+        for connection in self._held:
+            connection.close()
+
+
+def test_a_fluentd_that_stops_reading_loses_at_most_its_first_receive_buffer(tmp_path: Path) -> None:
+    # Before: writes landing in the socket buffers "confirmed" earlier sends, and each reconnection after a
+    # send timed out (every FLUENTD_TIMEOUT) had fresh buffers to fill: 9 MB of events sent into a Fluentd that
+    # stopped reading for 8 s lost 968 of them once it was killed (more the longer it stalls), none counted.
+    # Now a segment is confirmed only once Fluentd's kernel acknowledged it, and a timeout stops all confirming
+    # and claiming until a connection proves Fluentd reads: only the first connection's receive buffer (128 KiB
+    # by default on Linux) can be lost.
+    stalled = StalledFluentd()
+    spool = tmp_path / "spool"
+    receive_buffer = int(Path("/proc/sys/net/ipv4/tcp_rmem").read_text().split()[1])
+    sink = PredictionEventSink.from_environment(
+        {"FLUENTD_HOST": "127.0.0.1", "FLUENTD_PORT": str(stalled.port), "FLUENTD_TIMEOUT": "0.5",
+         "SHELFCAST_EVENT_SPOOL": str(spool)}, retry_max_s=0.3)
+    padding = "x" * 1400
+    answered = []
+    started = time.monotonic()
+    while len(answered) < 6400:  # 800 a second for 8 s, ~9 MB: more than a connection's send and receive buffers
+        answered.append(sink.emit({"request_id": f"r{len(answered)}", "output": 1.0, "pad": padding}))
+        time.sleep(max(0.0, started + len(answered) / 800 - time.monotonic()))
+    assert sink.stats.snapshot()["send_failures"] >= 2, "the stall did not make sends time out: it shows nothing"
+    stalled.kill()
+    good = FluentdReceiver(receiver_command(), tmp_path / "received.jsonl")
+    good.port = stalled.port
+    good.start()
+    try:
+        wait_until(lambda: not list(spool.glob("*.jsonl")), timeout_s=60)
+        sink.close()
+    finally:
+        good.stop()
+    lost, duplicated = lost_and_duplicated(answered, received_ids(good))
+    print(f"stalled Fluentd: {len(answered)} answered, {lost} lost, {duplicated} duplicated")
+    assert lost * 1400 <= receive_buffer, (lost, receive_buffer)
+    assert sink.stats.snapshot()["dropped"] == 0
