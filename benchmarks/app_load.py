@@ -313,9 +313,7 @@ def cpu_per_request(bundle: Path, requests: int) -> dict:
                               SHELFCAST_PREDICTION_LOG=str(workdir / "predictions.jsonl"))
             sys.path.insert(0, str(REPO))
             from app import create_app
-            from pipeline.blas import hold_one_blas_thread
 
-            hold_one_blas_thread()  # as a served worker does (app/wsgi.py)
             app = create_app()
             client = app.test_client()
             bodies = request_bodies("", client=client)

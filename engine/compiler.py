@@ -90,7 +90,7 @@ class Emitter:
         raise UnsupportedGraphError(f"{self.where}: {why}")
 
     def param_const(self, value) -> str:
-        self.consts.append(np.ascontiguousarray(value))
+        self.consts.append(np.asarray(value, order="C"))  # a 0-d value stays 0-d (ascontiguousarray makes it 1-d)
         return f"c{len(self.consts) - 1}"
 
     def param_variable(self, name: str) -> str:

@@ -203,6 +203,31 @@ def _checked_manifest(manifest: dict, path: str) -> dict:
     return manifest
 
 
+def _checked_graph_doc(doc: dict, path: str) -> dict:
+    """The inference graph's fields ``import_inference_graph`` reads, each of its type; DataLossError naming the
+    first that is not (a hand-edited or damaged graph.json), and the weights file a plain name beside it."""
+    def need(ok: bool, field: str) -> None:
+        if not ok:
+            raise DataLossError(f"inference graph {path} is corrupt: {field}")
+
+    weights = doc.get("weights")
+    need(isinstance(weights, dict), "weights must be an object")
+    name = weights.get("file")
+    need(isinstance(name, str) and name not in ("", ".", "..") and os.path.basename(name) == name,
+         f"weights.file must be a file name beside it, got {name!r}")
+    need(isinstance(weights.get("sha256"), str), "weights.sha256 must be a string")
+    need(isinstance(doc.get("ops"), list), "ops must be a list")
+    for k, rec in enumerate(doc["ops"]):
+        need(isinstance(rec, dict) and isinstance(rec.get("name"), str) and isinstance(rec.get("type"), str)
+             and isinstance(rec.get("inputs"), list) and isinstance(rec.get("control_inputs"), list)
+             and isinstance(rec.get("attrs"), dict),
+             f"ops[{k}] must have the string name and type, the lists inputs and control_inputs, and attrs")
+    for field in ("inputs", "outputs"):
+        need(isinstance(doc.get(field), dict) and all(isinstance(v, str) for v in doc[field].values()),
+             f"{field} must map names to tensor names")
+    return doc
+
+
 def _step_value(sess, global_step):
     if isinstance(global_step, (int, np.integer)):
         return global_step
@@ -344,7 +369,7 @@ class InferenceModel:
 def import_inference_graph(export_dir: str) -> InferenceModel:
     """Load a directory written by :func:`export_inference_graph` (verifying its weights' checksum)."""
     graph_path = os.path.join(export_dir, "graph.json")
-    doc = _load_json(graph_path, "inference graph", GRAPH_FORMAT)
+    doc = _checked_graph_doc(_load_json(graph_path, "inference graph", GRAPH_FORMAT), graph_path)
     weights_path = os.path.join(export_dir, doc["weights"]["file"])
     if not os.path.exists(weights_path):
         raise NotFoundError(f"weights file {weights_path} does not exist")
@@ -361,8 +386,11 @@ def import_inference_graph(export_dir: str) -> InferenceModel:
             ops[rec["name"]] = graph.create_op(rec["type"], ins, attrs, name=rec["name"], control_inputs=controls,
                                                exact_name=True)
             graph.unique_name(rec["name"])  # reserve it, as building the graph would have
-        except (KeyError, NotFoundError, ValueError, TypeError) as e:
-            raise DataLossError(f"{graph_path}: op {rec.get('name')!r} cannot be rebuilt: {e}") from None
-    inputs = {k: graph.get_tensor_by_name(v) for k, v in doc["inputs"].items()}
-    outputs = {k: graph.get_tensor_by_name(v) for k, v in doc["outputs"].items()}
+        except (KeyError, NotFoundError, DataLossError, ValueError, TypeError) as e:
+            raise DataLossError(f"{graph_path}: op {rec['name']!r} cannot be rebuilt: {e}") from None
+    try:
+        inputs = {k: graph.get_tensor_by_name(v) for k, v in doc["inputs"].items()}
+        outputs = {k: graph.get_tensor_by_name(v) for k, v in doc["outputs"].items()}
+    except (NotFoundError, ValueError) as e:
+        raise DataLossError(f"{graph_path}: inputs or outputs name a tensor the graph does not have ({e})") from None
     return InferenceModel(graph, inputs, outputs)

@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from pipeline.atomic import atomic_directory, file_digest
-from pipeline.blas import one_blas_thread
+from pipeline.blas import use_one_blas_thread
 
 from pipeline.features import (
     CATEGORICAL_FIELDS,
@@ -211,8 +211,8 @@ class ModelBundle:
         feed = {DENSE_INPUT: np.ascontiguousarray(matrix.dense, np.float32)}
         for j, name in enumerate(CATEGORICAL_FIELDS):
             feed[f"{CATEGORICAL_INPUT}_{name}"] = np.ascontiguousarray(matrix.categorical[:, j], np.int32)
-        with one_blas_thread():  # the bits pipeline.models.predict_weights gives (pipeline/blas.py)
-            out = self.model.run(feed)
+        use_one_blas_thread()  # the bits pipeline.models.predict_weights gives (pipeline/blas.py)
+        out = self.model.run(feed)
         return {name: np.asarray(out[name], np.float32).reshape(-1) for name in names}
 
     def predict_features(self, matrix: FeatureMatrix) -> np.ndarray:

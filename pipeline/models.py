@@ -39,7 +39,7 @@ import numpy as np
 import engine as en
 from engine import data as en_data
 from pipeline.atomic import atomic_file
-from pipeline.blas import one_blas_thread
+from pipeline.blas import use_one_blas_thread
 from pipeline.bundle import (
     CATEGORICAL_INPUT,
     DENSE_INPUT,
@@ -286,7 +286,8 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
     feed_order = [tensors.dense, target, weight] + [tensors.categorical[name] for name in CATEGORICAL_FIELDS]
     # One BLAS thread for the loop: a batch's GEMMs (~1k rows) gain nothing from a second one, and its
     # spinning threads starve the interpreter and the prefetch thread (2 cores: 68 -> 10 ms a step).
-    with one_blas_thread(), en.Session(graph=graph) as sess:
+    use_one_blas_thread()
+    with en.Session(graph=graph) as sess:
         step_fn = sess.make_callable([train_op, loss], feed_order)
         resumed = _resume(sess, directory, fingerprint, saver_model, saver_all, fetch_vars, say) if directory else None
         if resumed is None:  # initialized only here: its random streams then draw what an uninterrupted run draws
@@ -395,9 +396,9 @@ def predict_in_session(sess, tensors: ModelTensors, matrix: FeatureMatrix, chunk
     """Forecasts of ``matrix`` with one BLAS thread (pipeline/blas.py): backtest scores made on a Dask
     worker equal this process's (with two threads they differed in the 8th digit)."""
     fetch = tensors.expected if output == EXPECTED_OUTPUT else tensors.prediction
-    with one_blas_thread():
-        parts = [sess.run(fetch, feed_dict=feed_for(tensors, matrix, slice(s, s + chunk)))
-                 for s in range(0, matrix.dense.shape[0], chunk)]
+    use_one_blas_thread()
+    parts = [sess.run(fetch, feed_dict=feed_for(tensors, matrix, slice(s, s + chunk)))
+             for s in range(0, matrix.dense.shape[0], chunk)]
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
 
 

@@ -35,22 +35,3 @@ def test_a_server_that_exits_at_start_says_so(tmp_path):
     with pytest.raises(launch.ServerNotReady, match=r"gunicorn exited \(\d+\) before it was ready"):
         launch.start({"SHELFCAST_WORKERS": "1"}, tmp_path / "gunicorn.log", wsgi_app="no_such_module:app",
                      timeout_s=60)
-
-
-def test_a_served_worker_keeps_blas_on_one_thread_between_forecasts(tmp_path):
-    """app.wsgi holds BLAS to one thread for the worker's life: a request's forecast leaves it there."""
-    import json
-    import subprocess
-    import sys
-
-    code = ("import app.wsgi, json, threadpoolctl\n"
-            "from pipeline.blas import one_blas_thread\n"
-            "with one_blas_thread(): pass\n"
-            "print(json.dumps([i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']))")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLUENTD_", "SHELFCAST_", "OPENBLAS_NUM"))}
-    env.update(SHELFCAST_MODEL_DIR=str(tmp_path / "models" / "production"),
-               SHELFCAST_PREDICTION_LOG=str(tmp_path / "predictions.jsonl"))
-    done = subprocess.run([sys.executable, "-c", code], cwd=launch.REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == [1]

@@ -113,6 +113,17 @@ def test_a_fetched_view_of_a_variable_or_constant_is_a_copy():
         np.testing.assert_array_equal(again[0], np.zeros(4, np.float32))  # an earlier result stays as it was
 
 
+def test_a_scalar_constant_keeps_its_shape_through_the_compiled_plan():
+    """A 0-d Const (a frozen scalar variable) came back with shape (1,), and beside a 0-d feed it failed the
+    compiled plan's shape check on every call (each call then ran interpreted)."""
+    x = en.placeholder(en.float32, shape=(), name="x")
+    fetches = [en.sqrt(en.constant(np.float32(4.0))), en.relu(x) * en.constant(np.float32(2.0))]
+    with en.Session() as sess:
+        plan = compiler.CompiledPlan(sess, fetches, [x])  # no interpreted fallback: a failed check raises
+        got = plan(np.array(3.0, np.float32))
+        assert [g.shape for g in got] == [(), ()] and [float(g) for g in got] == [2.0, 6.0]
+
+
 def _elementwise_case(op_type):
     x = en.placeholder(en.float32, shape=(None, 4), name="x")
     z = en.placeholder(en.float32, shape=(None, 4), name="z")

@@ -149,3 +149,27 @@ def test_export_refuses_stateful_graphs_and_import_refuses_corruption(tmp_path):
     model = en.train.import_inference_graph(str(model_dir))
     with pytest.raises(en.errors.InvalidArgumentError, match=r"missing inputs \['x'\]"):
         model.run({})
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda g: g.pop("weights"), "weights must be an object"),
+    (lambda g: g["weights"].update(file="../weights.npz"), "weights.file"),
+    (lambda g: g.pop("ops"), "ops must be a list"),
+    (lambda g: g["ops"].append(3), r"ops\[\d+\]"),
+    (lambda g: g["ops"][0].pop("attrs"), r"ops\[0\]"),
+    (lambda g: g.update(outputs={"y": "ghost:0"}), "inputs or outputs name a tensor"),
+    (lambda g: g.update(inputs=["x:0"]), "inputs must map"),
+    (lambda g: g["ops"][-1]["attrs"].update(T={"no such encoding": 1}), "cannot be rebuilt"),
+])
+def test_a_malformed_inference_graph_is_data_loss_naming_the_field(tmp_path, change, field):
+    """graph.json that parses but has a field missing, of another type or pointing elsewhere: a DataLossError
+    naming the file and the field, not a KeyError or AttributeError; no weights file outside its folder."""
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    with en.Session() as s:
+        en.train.export_inference_graph(s, str(tmp_path / "model"), {"x": x}, {"y": x * 2.0})
+    path = tmp_path / "model" / "graph.json"
+    graph = json.load(open(path))
+    change(graph)
+    json.dump(graph, open(path, "w"))
+    with pytest.raises(en.errors.DataLossError, match=rf"graph.json.*{field}"):
+        en.train.import_inference_graph(str(tmp_path / "model"))
