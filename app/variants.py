@@ -130,12 +130,16 @@ def predict_with_variants(production: LoadedModel, variants: Variants | None, in
         rest = [i for i in range(len(instances)) if i not in chosen]
         answered = [None] * len(instances)
         used = {}
+        split_at = time.perf_counter()
         for variant, model, positions in ((PRODUCTION, production, rest), (CANARY, canary, to_canary)):
             if not positions:
                 continue
             group = [instances[i] for i in positions]
+            # each group's latency: the request's time before the split, then its own (the canary runs second:
+            # timed from the request's start, it would carry production's forecast and events too)
+            group_started = time.perf_counter() - (split_at - started)
             try:
-                got = predict_and_log(model, group, sink, request_id, started, source,
+                got = predict_and_log(model, group, sink, request_id, group_started, source,
                                       variant=variant, positions=positions, batch_size=len(instances))
             except Exception:
                 if variant != CANARY:
@@ -143,7 +147,7 @@ def predict_with_variants(production: LoadedModel, variants: Variants | None, in
                 # production answers; its events say the canary failed (the release decision counts them)
                 log.exception("canary model %s failed on request %s; production answered", model.version, request_id)
                 variant, model = PRODUCTION, production
-                got = predict_and_log(production, group, sink, request_id, started, source, variant=variant,
+                got = predict_and_log(production, group, sink, request_id, group_started, source, variant=variant,
                                       positions=positions, batch_size=len(instances), canary_failed=True)
             used[variant] = model
             for position, prediction in zip(positions, got):

@@ -140,7 +140,11 @@ def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | No
     for file in reversed(jsonl_files(Path(path))):
         if len(kept) >= max_events:
             break
-        with open(file, "rb") as handle:
+        try:
+            handle = open(file, "rb")
+        except OSError as exc:
+            raise EventSourceError(f"{file}: cannot be read ({exc.strerror or exc})") from None
+        with handle:
             for from_end, line, unterminated in _lines_from_end(handle):
                 if len(kept) >= max_events:
                     break

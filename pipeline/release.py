@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import datetime
 import math
 import os
 import sys
@@ -213,23 +214,40 @@ def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str
     for event in events:
         if since is not None and _event_time(event) < since:
             continue
-        variant = str(event.get("model_variant", PRODUCTION))
+        variant = event.get("model_variant", PRODUCTION)
         if variant not in (PRODUCTION, CANARY, SHADOW):
             variant = PRODUCTION  # events from before release variants: production's
-        units = (event.get("output") or {}).get("unit_sales")
-        inputs = event.get("inputs") or {}
+        output = event.get("output")
+        units = _number(output.get("unit_sales") if isinstance(output, dict) else output)  # or a bare number
+        inputs = event.get("inputs") if isinstance(event.get("inputs"), dict) else {}
         t = traffic.setdefault(variant, VariantTraffic())
-        if event.get("canary_failed"):
+        if event.get("canary_failed") is True:
             traffic.setdefault(CANARY, VariantTraffic()).errors += 1
-        if not isinstance(units, (int, float)):
+        if units is None:
             continue
         t.predictions += 1
-        if isinstance(event.get("latency_ms"), (int, float)):
-            t.latencies_ms.append(float(event["latency_ms"]))
-        t.by_request[(event.get("request_id"), event.get("instance_index"))] = float(units)
-        key = (inputs.get("store_nbr"), inputs.get("item_nbr"), inputs.get("date"))
-        t.by_series.setdefault(key, []).append(float(units))
+        latency = _number(event.get("latency_ms"))
+        if latency is not None:
+            t.latencies_ms.append(latency)
+        request = _key(event.get("request_id"), event.get("instance_index"))
+        if request is not None:
+            t.by_request[request] = units
+        series = _key(inputs.get("store_nbr"), inputs.get("item_nbr"), inputs.get("date"))
+        if series is not None:
+            t.by_series.setdefault(series, []).append(units)
     return traffic
+
+
+def _number(value) -> float | None:
+    """A finite number, or None (missing, text, a bool, NaN: not a figure a rule can use)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _key(*parts) -> tuple | None:
+    """Parts that can key a pairing (text and numbers), or None: an event shaped otherwise is counted, not paired."""
+    return parts if all(isinstance(p, (str, int, float, type(None))) for p in parts) else None
 
 
 @dataclass(frozen=True)
@@ -382,6 +400,9 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
         return Verdict(candidate, "rollback", reasons, figures)
     if cand.predictions < MIN_EVENTS:
         return Verdict(candidate, "wait", [f"only {cand.predictions} {candidate} predictions logged; "
+                                           f"{MIN_EVENTS} are needed for a decision"], figures)
+    if base.predictions < MIN_EVENTS:  # nothing to judge latency and forecasts against: no rule could fire
+        return Verdict(candidate, "wait", [f"only {base.predictions} production predictions to compare with; "
                                            f"{MIN_EVENTS} are needed for a decision"], figures)
     return Verdict(candidate, "promote", ["no rule broken"], figures)
 
@@ -605,7 +626,11 @@ def main(argv=None) -> int:
             current = aliases(root, args.name)
             variant = args.variant or (CANARY if CANARY in current else SHADOW)
             actuals = read_actuals(args.actuals) if args.actuals else None
-            verdict = compare(events.traffic(), variant, actuals)
+            since = store.installed_at(variant)  # an earlier candidate's events are not this one's
+            verdict = compare(events.traffic(since=since), variant, actuals)
+            verdict.figures["judged_since"] = (None if since is None else
+                                               datetime.datetime.fromtimestamp(since, datetime.timezone.utc)
+                                               .isoformat(timespec="seconds"))
             print(json.dumps(asdict(verdict)))
             if args.apply and verdict.decision == "promote":
                 print(f"release: version {promote(root, store, current.get(variant), args.name)} is now production")

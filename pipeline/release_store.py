@@ -79,6 +79,14 @@ class ReleaseStore:
             (self.release_dir(version) / GOOD_MARK).touch()
         return digest
 
+    def installed_at(self, variant: str) -> float | None:
+        """When ``variant``'s bundle was installed (epoch seconds; None: not installed): its directory's mtime,
+        set by the last file the install copied in (a bundle is never changed in place afterwards)."""
+        try:
+            return self.variant_dir(variant).stat().st_mtime
+        except OSError:
+            return None
+
     def remove(self, variant: str) -> None:
         """Stop serving a candidate variant (production is never removed, only replaced)."""
         if variant == PRODUCTION:

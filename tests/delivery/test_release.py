@@ -472,3 +472,99 @@ def test_an_unreadable_release_file_means_share_0_and_never_stops_a_worker(host,
     assert done.returncode == 0, done.stderr[-2000:]
     assert "shares [0.0, 0.0, 0.0]" in done.stdout
     assert done.stderr.count("release.json: cannot be read (Permission denied); canary share 0") == 1, done.stderr
+
+
+def test_decide_judges_only_the_installed_candidates_traffic(host, tmp_path, capsys):
+    """An earlier canary's failures (its events before this canary was installed) are not this canary's:
+    before, `release decide` read the whole log and rolled back a healthy canary for them."""
+    import datetime as dt
+
+    root, store, _ = host
+    events = tmp_path / "events.jsonl"
+    app = make_app(store, events)
+    client = app.test_client()
+    for instance in all_series(app) * 2:
+        assert client.post("/api/v1/predict", json={"instances": [instance]}).status_code == 200
+    app.extensions["shelfcast"].sink.close()
+    healthy = read_events(events)
+    earlier = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)).isoformat()
+    failed = [{**e, "timestamp": earlier, "event_id": f"old-{k}", "model_variant": PRODUCTION, "canary_failed": True}
+              for k, e in enumerate(healthy[:40])]  # the earlier canary failed 40 times; production answered
+    events.write_text("".join(json.dumps(e) + "\n" for e in failed + healthy), encoding="utf-8")
+    common = ["decide", "--root", str(root), "--models", str(store.root), "--variant", CANARY, "--events", str(events)]
+    assert release.main(common) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["decision"] == "promote" and verdict["figures"][f"{CANARY}_errors"] == 0, verdict
+    assert dt.datetime.fromisoformat(verdict["figures"]["judged_since"]).timestamp() <= store.installed_at(CANARY)
+
+
+def test_a_canary_answering_part_of_a_batch_is_timed_from_the_split_not_after_production(host, tmp_path, monkeypatch):
+    """The canary's group runs after production's: timed from the request's start, its latency carried
+    production's forecast and event writes, and a canary as fast as production was rolled back for latency."""
+    _, store, _ = host
+    events = tmp_path / "events.jsonl"
+    app = make_app(store, events)
+    sink = app.extensions["shelfcast"].sink
+    emit = sink.emit
+
+    def slow_production_emit(event):  # production's share of a batch takes 10 ms an event longer
+        if event.get("model_variant") == PRODUCTION:
+            time.sleep(0.01)
+        return emit(event)
+
+    monkeypatch.setattr(sink, "emit", slow_production_emit)
+    answer = app.test_client().post("/api/v1/predict", json={"instances": all_series(app)[:40]})
+    assert answer.headers["X-Model-Variant"] == f"{CANARY},{PRODUCTION}"
+    sink.close()
+    logged = read_events(events)
+    production = [e for e in logged if e["model_variant"] == PRODUCTION]
+    canary = [e for e in logged if e["model_variant"] == CANARY]
+    assert len(production) >= 10 and canary
+    assert max(e["latency_ms"] for e in canary) < 10 * len(production) / 2, (canary[0]["latency_ms"], len(production))
+
+
+def test_decide_waits_without_production_traffic_to_compare_with(host, tmp_path, capsys):
+    """A canary at share 1 (or a log of shadow events only): nothing to judge its latency and forecasts against,
+    so no verdict, where before it was promoted with 'no rule broken'."""
+    root, store, _ = host
+    store.set_canary_share(1.0)
+    events = tmp_path / "events.jsonl"
+    app = make_app(store, events)
+    client = app.test_client()
+    for instance in all_series(app) * 2:
+        assert client.post("/api/v1/predict", json={"instances": [instance]}).status_code == 200
+    app.extensions["shelfcast"].sink.close()
+    assert {e["model_variant"] for e in read_events(events)} == {CANARY}
+    common = ["decide", "--root", str(root), "--models", str(store.root), "--variant", CANARY, "--events", str(events)]
+    assert release.main(common) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["decision"] == "wait" and "production predictions to compare with" in verdict["reasons"][0]
+
+
+@pytest.mark.parametrize("change", [
+    lambda e: e.update(output=e["output"]["unit_sales"]),  # a bare number, as older events have it
+    lambda e: e.update(inputs=[1, 2]),
+    lambda e: e.update(request_id=["a", "b"]),
+    lambda e: e["inputs"].update(date=["2017-08-16"]),
+    lambda e: e.update(latency_ms=float("nan")),
+], ids=["output a number", "inputs a list", "request_id a list", "date a list", "latency NaN"])
+def test_oddly_shaped_events_are_counted_not_a_traceback(host, tmp_path, capsys, change):
+    """`release decide` and the monitoring page's variant table read the same events; one oddly shaped
+    event gave decide a traceback and /monitoring a 500."""
+    from monitoring.recent_predictions import variant_statistics
+
+    root, store, _ = host
+    events = tmp_path / "events.jsonl"
+    app = make_app(store, events)
+    client = app.test_client()
+    for instance in all_series(app)[:10]:
+        assert client.post("/api/v1/predict", json={"instances": [instance]}).status_code == 200
+    app.extensions["shelfcast"].sink.close()
+    logged = read_events(events)
+    change(logged[0])
+    events.write_text("".join(json.dumps(e) + "\n" for e in logged), encoding="utf-8")
+    common = ["decide", "--root", str(root), "--models", str(store.root), "--variant", CANARY, "--events", str(events)]
+    assert release.main(common) == 0
+    assert json.loads(capsys.readouterr().out)["decision"] == "wait"
+    rows = variant_statistics(logged)
+    assert sum(row["predictions"] for row in rows) >= len(logged) - 1

@@ -76,3 +76,31 @@ def test_the_prediction_tag_is_the_one_the_app_sends():
     from app.events import TAG
 
     assert event_sources.PREDICTION_TAG == TAG
+
+
+def test_an_unreadable_log_is_one_error_naming_it(tmp_path):
+    """A log the reader may not open (mode 000; for root, run without the capabilities that bypass file modes):
+    an EventSourceError naming the file, which drift and the release decision print as one line, not a
+    PermissionError traceback."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    log = tmp_path / "predictions.jsonl"
+    log.write_text('{"event_id": "a"}\n', encoding="utf-8")
+    log.chmod(0)
+    code = ("import sys\nfrom pipeline.event_sources import EventSourceError, read_jsonl_events\n"
+            f"try:\n    read_jsonl_events({str(log)!r}, 10)\n"
+            "except EventSourceError as exc:\n    print('refused:', exc)\n")
+    command = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root reads a file of mode 000, and setpriv (util-linux) is not here to drop that")
+        caps = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", *command]
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == f"refused: {log}: cannot be read (Permission denied)", done.stdout
