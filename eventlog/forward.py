@@ -14,9 +14,11 @@ so Elasticsearch holds each event once.
 
 What is lost when Fluentd dies is what its kernel acknowledged and it had not read: its receive
 buffer. A Fluentd that stops reading makes a send time out; from then on nothing is confirmed and
-no new segment is claimed (each new connection would have a fresh receive buffer to fill) until a
-connection proves that Fluentd reads again: its kernel acknowledges PROOF_BYTES of heartbeats
-beyond the re-sent segments, more than a new connection's receive buffer holds unread.
+no new segment is claimed or sent again (each new connection would have a fresh receive buffer to
+fill) until a connection proves that Fluentd reads again: its kernel acknowledges PROOF_BYTES of
+heartbeats, more than a new connection's receive buffer holds unread. What a connection loses when
+its reader dies is its receive buffer as Linux grew it while the reader kept up: 128 KiB on a fresh
+connection, MiBs on one that carried a burst (up to net.ipv4.tcp_rmem's maximum).
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ MAX_TIMEOUT_S = 600.0  # FLUENTD_TIMEOUT's upper bound: the socket takes no infi
 # Proof that a Fluentd that stalled reads again: this many bytes acknowledged on a new connection beyond the
 # segments re-sent on it. A new connection's receive buffer starts at net.ipv4.tcp_rmem's default (128 KiB on
 # Linux) and grows only as its reader reads, so a reader that does not read cannot acknowledge this much.
-PROOF_BYTES = 4 * 1024 * 1024
-PADDING = {"padding": "0" * 65536}  # a heartbeat's body while proving: 64 proof heartbeats at most
+PROOF_BYTES = 2 * 1024 * 1024
+PADDING = {"padding": "0" * 65536}  # a heartbeat's body while proving: 32 proof heartbeats at most
 TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in Linux's struct tcp_info (since 4.1)
 
 
@@ -156,11 +158,13 @@ class Forwarder:
 
     def pump(self, until: float) -> bool:
         """Send what is due until nothing is left or `until`; False if Fluentd failed (back off)."""
+        # stalled: prove Fluentd reads before sending anything again (re-sent on every retry, the held segments
+        # would be duplicated once per retry, and would eat a slow reader's pace before the proof could pass)
+        if self.stalled_since is not None and not self._proves_reading(until):
+            return self._sender is not None  # False: a send failed (back off); True: time is up, go on next time
         for segment in list(self._held):
             if segment.sent_at is None and not self._send(segment):
                 return False
-        if self.stalled_since is not None and not self._proves_reading(until):
-            return self._sender is not None  # False: a send failed (back off); True: time is up, go on next time
         while time.monotonic() < until:
             segment = self._spool.claim_next({held.path for held in self._held})
             if segment is None:
@@ -197,8 +201,8 @@ class Forwarder:
             self._sender = None
 
     def _proves_reading(self, until: float) -> bool:
-        """While stalled: heartbeats until Fluentd's kernel has acknowledged PROOF_BYTES beyond the segments
-        re-sent on this connection (True, stalled no more), a send fails, or `until` (False either way)."""
+        """While stalled: heartbeats on a connection that carries nothing else until Fluentd's kernel has
+        acknowledged PROOF_BYTES (True, stalled no more), a send fails, or `until` (False either way)."""
         sender = self._sender = self._sender or self.address.sender(self._tag)
         while True:
             progress = connection_bytes(sender)

@@ -274,6 +274,8 @@ class StalledFluentd:
 
     def kill(self) -> None:
         """As a killed process: every connection closed with what it had not read (the sender gets a reset)."""
+        self._server.shutdown(socket.SHUT_RDWR)  # wakes the accept thread: a close alone leaves the port taken
+        self._thread.join(10)
         self._server.close()
         for connection in self._held:
             connection.close()
