@@ -67,6 +67,23 @@ def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def serve_one_row_requests(store: ReleaseStore, events: Path, count: int | None = None, rounds: int = 2) -> list[dict]:
+    """One-instance forecasts over every store×item (or the first ``count``), ``rounds`` times, through the real
+    app with its variants; the events it logged."""
+    app = make_app(store, events)
+    client = app.test_client()
+    for instance in all_series(app)[:count] * rounds:
+        assert client.post("/api/v1/predict", json={"instances": [instance]}).status_code == 200
+    app.extensions["shelfcast"].sink.close()
+    return read_events(events)
+
+
+def decide(root: Path, store: ReleaseStore, capsys, *source: str) -> tuple[int, dict]:
+    """`release decide --variant canary` on ``source`` (--events PATH or --elasticsearch URL): (status, verdict)."""
+    status = release.main(["decide", "--root", str(root), "--models", str(store.root), "--variant", CANARY, *source])
+    return status, json.loads(capsys.readouterr().out)
+
+
 def test_sync_installs_what_the_aliases_name(host):
     root, store, versions = host
     assert verify_bundle(store.variant_dir(PRODUCTION)) == digest_of(root, versions["production"])
@@ -283,24 +300,18 @@ def test_the_decision_reads_the_compose_stacks_search_indices_as_it_reads_the_lo
 
     root, store, _ = host
     events = tmp_path / "events.jsonl"
-    app = make_app(store, events)
-    client = app.test_client()
-    for instance in all_series(app) * 2:
-        assert client.post("/api/v1/predict", json={"instances": [instance]}).status_code == 200
-    app.extensions["shelfcast"].sink.close()
-    logged = read_events(events)
+    logged = serve_one_row_requests(store, events)
     cut = logged[len(logged) // 2]["timestamp"]
-    common = ["decide", "--root", str(root), "--models", str(store.root), "--variant", CANARY]
-    assert release.main([*common, "--events", str(events)]) == 0
-    from_log = json.loads(capsys.readouterr().out)
+    status, from_log = decide(root, store, capsys, "--events", str(events))
+    assert status == 0
     with OsmemServer.start(japanese=False, addr="127.0.0.1:0") as server:
         search = ElasticsearchEvents(server.url)
         install_index_templates(search)
         fluentd_out_elasticsearch()(search, [{"tag": "shelfcast.prediction", "record": event,
                                               "time": dt.datetime.fromisoformat(event["timestamp"]).timestamp()}
                                              for event in logged])
-        assert release.main([*common, "--elasticsearch", server.url]) == 0
-        from_index = json.loads(capsys.readouterr().out)
+        status, from_index = decide(root, store, capsys, "--elasticsearch", server.url)
+        assert status == 0
         since = dt.datetime.fromisoformat(cut).timestamp()
         later = release.LoggedEvents.choose(events, server.url).traffic(since=since)
         assert str(release.LoggedEvents.choose(events, server.url)).endswith("/shelfcast-prediction-*")
@@ -450,10 +461,10 @@ def test_an_unreadable_release_file_means_share_0_and_never_stops_a_worker(host,
     """release.json the server's user cannot read (mode 000; for root, run without the capabilities that
     bypass file modes): logged once, canary share 0, production answers. Before, the PermissionError escaped
     create_app and gunicorn's workers failed to boot."""
-    import os
-    import shutil
     import subprocess
     import sys
+
+    from tests.conftest import honouring_file_modes
 
     _, store, _ = host
     (store.root / "release.json").chmod(0)
@@ -462,13 +473,8 @@ def test_an_unreadable_release_file_means_share_0_and_never_stops_a_worker(host,
               f"variants = Variants({str(store.root)!r}, reload_interval_s=0.0)\n"
               "variants.check_now()\n"
               "print('shares', [variants.canary_share() for _ in range(3)])\n")
-    command = [sys.executable, "-c", script]
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("root reads a file of mode 000, and setpriv (util-linux) is not here to drop that")
-        caps = "-dac_override,-dac_read_search"
-        command = ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", *command]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(honouring_file_modes([sys.executable, "-c", script]), capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "shares [0.0, 0.0, 0.0]" in done.stdout
     assert done.stderr.count("release.json: cannot be read (Permission denied); canary share 0") == 1, done.stderr
@@ -481,20 +487,13 @@ def test_decide_judges_only_the_installed_candidates_traffic(host, tmp_path, cap
 
     root, store, _ = host
     events = tmp_path / "events.jsonl"
-    app = make_app(store, events)
-    client = app.test_client()
-    for instance in all_series(app) * 2:
-        assert client.post("/api/v1/predict", json={"instances": [instance]}).status_code == 200
-    app.extensions["shelfcast"].sink.close()
-    healthy = read_events(events)
+    healthy = serve_one_row_requests(store, events)
     earlier = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)).isoformat()
     failed = [{**e, "timestamp": earlier, "event_id": f"old-{k}", "model_variant": PRODUCTION, "canary_failed": True}
               for k, e in enumerate(healthy[:40])]  # the earlier canary failed 40 times; production answered
     events.write_text("".join(json.dumps(e) + "\n" for e in failed + healthy), encoding="utf-8")
-    common = ["decide", "--root", str(root), "--models", str(store.root), "--variant", CANARY, "--events", str(events)]
-    assert release.main(common) == 0
-    verdict = json.loads(capsys.readouterr().out)
-    assert verdict["decision"] == "promote" and verdict["figures"][f"{CANARY}_errors"] == 0, verdict
+    status, verdict = decide(root, store, capsys, "--events", str(events))
+    assert status == 0 and verdict["decision"] == "promote" and verdict["figures"][f"{CANARY}_errors"] == 0, verdict
     assert dt.datetime.fromisoformat(verdict["figures"]["judged_since"]).timestamp() <= store.installed_at(CANARY)
 
 
@@ -529,16 +528,10 @@ def test_decide_waits_without_production_traffic_to_compare_with(host, tmp_path,
     root, store, _ = host
     store.set_canary_share(1.0)
     events = tmp_path / "events.jsonl"
-    app = make_app(store, events)
-    client = app.test_client()
-    for instance in all_series(app) * 2:
-        assert client.post("/api/v1/predict", json={"instances": [instance]}).status_code == 200
-    app.extensions["shelfcast"].sink.close()
-    assert {e["model_variant"] for e in read_events(events)} == {CANARY}
-    common = ["decide", "--root", str(root), "--models", str(store.root), "--variant", CANARY, "--events", str(events)]
-    assert release.main(common) == 0
-    verdict = json.loads(capsys.readouterr().out)
-    assert verdict["decision"] == "wait" and "production predictions to compare with" in verdict["reasons"][0]
+    assert {e["model_variant"] for e in serve_one_row_requests(store, events)} == {CANARY}
+    status, verdict = decide(root, store, capsys, "--events", str(events))
+    assert status == 0 and verdict["decision"] == "wait"
+    assert "production predictions to compare with" in verdict["reasons"][0]
 
 
 @pytest.mark.parametrize("change", [
@@ -555,16 +548,10 @@ def test_oddly_shaped_events_are_counted_not_a_traceback(host, tmp_path, capsys,
 
     root, store, _ = host
     events = tmp_path / "events.jsonl"
-    app = make_app(store, events)
-    client = app.test_client()
-    for instance in all_series(app)[:10]:
-        assert client.post("/api/v1/predict", json={"instances": [instance]}).status_code == 200
-    app.extensions["shelfcast"].sink.close()
-    logged = read_events(events)
+    logged = serve_one_row_requests(store, events, count=10, rounds=1)
     change(logged[0])
     events.write_text("".join(json.dumps(e) + "\n" for e in logged), encoding="utf-8")
-    common = ["decide", "--root", str(root), "--models", str(store.root), "--variant", CANARY, "--events", str(events)]
-    assert release.main(common) == 0
-    assert json.loads(capsys.readouterr().out)["decision"] == "wait"
+    status, verdict = decide(root, store, capsys, "--events", str(events))
+    assert status == 0 and verdict["decision"] == "wait"
     rows = variant_statistics(logged)
     assert sum(row["predictions"] for row in rows) >= len(logged) - 1

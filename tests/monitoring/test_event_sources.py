@@ -82,11 +82,11 @@ def test_an_unreadable_log_is_one_error_naming_it(tmp_path):
     """A log the reader may not open (mode 000; for root, run without the capabilities that bypass file modes):
     an EventSourceError naming the file, which drift and the release decision print as one line, not a
     PermissionError traceback."""
-    import os
-    import shutil
     import subprocess
     import sys
     from pathlib import Path
+
+    from tests.conftest import honouring_file_modes
 
     log = tmp_path / "predictions.jsonl"
     log.write_text('{"event_id": "a"}\n', encoding="utf-8")
@@ -94,13 +94,8 @@ def test_an_unreadable_log_is_one_error_naming_it(tmp_path):
     code = ("import sys\nfrom pipeline.event_sources import EventSourceError, read_jsonl_events\n"
             f"try:\n    read_jsonl_events({str(log)!r}, 10)\n"
             "except EventSourceError as exc:\n    print('refused:', exc)\n")
-    command = [sys.executable, "-c", code]
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("root reads a file of mode 000, and setpriv (util-linux) is not here to drop that")
-        caps = "-dac_override,-dac_read_search"
-        command = ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", *command]
     repo = Path(__file__).resolve().parents[2]
-    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(honouring_file_modes([sys.executable, "-c", code]), cwd=repo, capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == f"refused: {log}: cannot be read (Permission denied)", done.stdout
