@@ -55,7 +55,7 @@ class SinkSettings:
     spool_root: Path = Path("logs/spool")
     spool_max_bytes: int = 1024**3  # over it the oldest events are dropped, counted
     segment_max_bytes: int = 4 * 1024 * 1024
-    sync_interval_s: float = 0.2  # fsync (the power-cut window) and, while Fluentd is up, hand segments on
+    sync_interval_s: float = 0.05  # fsync (the power-cut window) and, while Fluentd is up, hand segments on
     outage_segment_s: float = 10.0  # while Fluentd is down a segment stays open this long (fewer files)
     confirm_after_s: float = 1.0  # see eventlog/forward.py
     retry_max_s: float = 5.0  # back-off cap while Fluentd is down
