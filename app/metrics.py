@@ -55,12 +55,11 @@ def count_event(outcome: str, count: int) -> None:
     labelled(EVENTS, outcome).inc(count)
 
 
-def observe_models(production, variants=None) -> None:
+def observe_models(production, candidates=(None, None)) -> None:
     """Mark the models this process serves now, by release variant (cheap when unchanged: after every request).
-    ``variants`` is app.variants.Variants (its installed canary and shadow) or None."""
+    ``candidates`` is app.variants.Candidates: the installed canary and shadow, or None for either."""
     served = {PRODUCTION: production}
-    if variants is not None:
-        served[CANARY], served[SHADOW] = variants.canary_model(), variants.shadow_model()
+    served[CANARY], served[SHADOW] = candidates
     labels = frozenset((variant, m.version, m.kind) for variant, m in served.items() if m is not None)
     if labels == _served["labels"]:
         return

@@ -9,7 +9,7 @@ from flask import Blueprint, g, jsonify, request
 from app.errors import error_response
 from app.examples import example_for
 from app.openapi import openapi_document
-from app.variants import predict_with_variants
+from app.variants import Candidates, predict_with_variants
 from app.state import serving_state
 from app.validation import FieldError, InputError, check_forecastable, parse_instances
 from pipeline.release_store import PRODUCTION
@@ -52,8 +52,9 @@ def predict():
     if unavailable is not None:
         return unavailable
     check_forecastable(instances, model)
-    predictions, answered_by, shadow = predict_with_variants(model, state.variants, instances, state.sink,
-                                                             g.request_id, g.started, source="api")
+    g.candidates = state.variants.candidates() if state.variants is not None else Candidates()
+    predictions, answered_by, shadow = predict_with_variants(model, state.variants, g.candidates, instances,
+                                                             state.sink, g.request_id, g.started, source="api")
     # the model that answered; production's when a canary answered some rows (each prediction names its own)
     variant, answering = next(iter(answered_by.items())) if len(answered_by) == 1 else (PRODUCTION, model)
     response = jsonify({"model": {"name": answering.name, "version": answering.version, "variant": variant},

@@ -21,7 +21,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from app.events import PredictionEventSink
 from app.predictor import LoadedModel, Predictor, directory_head
@@ -42,6 +42,13 @@ def canary_bucket(store_nbr: int, item_nbr: int) -> int:
 
 def goes_to_canary(store_nbr: int, item_nbr: int, share: float) -> bool:
     return canary_bucket(store_nbr, item_nbr) < round(share * BUCKETS)
+
+
+class Candidates(NamedTuple):
+    """The release candidates installed beside production when a request looked (None: not installed)."""
+
+    canary: LoadedModel | None = None
+    shadow: LoadedModel | None = None
 
 
 class Variants:
@@ -80,6 +87,11 @@ class Variants:
     def shadow_model(self) -> LoadedModel | None:
         return self._installed(self.shadow)
 
+    def candidates(self) -> Candidates:
+        """(canary, shadow) as installed now, two stats: a request asks once, and its answer and its
+        /metrics bookkeeping both use what it got."""
+        return Candidates(self.canary_model(), self.shadow_model())
+
     def canary_share(self) -> float:
         now = self._clock()
         if now - self._share_checked >= self.reload_interval_s:
@@ -95,7 +107,7 @@ class Variants:
     def describe(self) -> dict:
         """What /api/v1/model reports about the candidates (the deploy's smoke test reads it)."""
         out: dict = {"canary_share": self.canary_share()}
-        for name, model in ((CANARY, self.canary_model()), (SHADOW, self.shadow_model())):
+        for name, model in zip((CANARY, SHADOW), self.candidates()):
             out[name] = None if model is None else {"name": model.name, "version": model.version,
                                                      "digest": model.bundle.digest}
         return out
@@ -109,15 +121,16 @@ def _forecastable(instances: Sequence[Instance], model: LoadedModel) -> bool:
     return True
 
 
-def predict_with_variants(production: LoadedModel, variants: Variants | None, instances: Sequence[Instance],
-                          sink: PredictionEventSink, request_id: str, started: float,
+def predict_with_variants(production: LoadedModel, variants: Variants | None, candidates: Candidates,
+                          instances: Sequence[Instance], sink: PredictionEventSink, request_id: str, started: float,
                           source: str) -> tuple[list[dict], dict[str, LoadedModel], Callable[[], None] | None]:
-    """(predictions in request order, {variant: model} of those that answered, the shadow's work or None).
+    """(predictions in request order, {variant: model} of those that answered, the shadow's work or None);
+    ``candidates`` is ``variants.candidates()`` as the request saw them.
 
     The shadow's work is returned, not done: the route runs it once the response has been sent
     (``response.call_on_close``), so a shadow never adds to a user's latency."""
-    canary = variants.canary_model() if variants is not None else None
-    share = variants.canary_share() if canary is not None else 0.0
+    canary = candidates.canary
+    share = variants.canary_share() if canary is not None and variants is not None else 0.0
     to_canary = [i for i, inst in enumerate(instances)
                  if share > 0 and goes_to_canary(inst.store_nbr, inst.item_nbr, share)]
     if to_canary and not _forecastable([instances[i] for i in to_canary], canary):
@@ -152,7 +165,7 @@ def predict_with_variants(production: LoadedModel, variants: Variants | None, in
             used[variant] = model
             for position, prediction in zip(positions, got):
                 answered[position] = prediction
-    shadow = variants.shadow_model() if variants is not None else None
+    shadow = candidates.shadow
     if shadow is None:
         return answered, used, None
 

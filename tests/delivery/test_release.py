@@ -440,6 +440,26 @@ def test_a_new_canary_is_never_answered_by_the_previous_one_still_in_memory(host
     app.extensions["shelfcast"].sink.close()
 
 
+def test_a_forecast_looks_for_each_candidate_once(host, tmp_path, monkeypatch):
+    """Every request asks which canary and shadow are installed (one stat each); the answer and the
+    /metrics bookkeeping after it share that look, not one each."""
+    from app import variants as served_variants
+
+    root, store, versions = host
+    app = make_app(store, tmp_path / "events.jsonl")
+    client = app.test_client()
+    [instance] = all_series(app)[:1]
+    looked: list[str] = []
+    monkeypatch.setattr(served_variants, "directory_head", lambda path, real=served_variants.directory_head:
+                        looked.append(Path(path).name) or real(path))
+    assert client.post("/api/v1/predict", json={"instances": [instance]}).status_code == 200
+    assert sorted(looked) == [CANARY, SHADOW]
+    looked.clear()
+    assert client.get("/healthz").status_code == 200  # no forecast: the bookkeeping looks for itself
+    assert sorted(looked) == [CANARY, SHADOW]
+    app.extensions["shelfcast"].sink.close()
+
+
 def test_a_timestamp_without_an_offset_is_utc_in_the_traffic_window_whatever_the_local_zone(monkeypatch):
     """The log reader takes an offset-less stamp as UTC; the window filter read it in the local zone, so the two
     disagreed by the zone's offset (here 9 h: the event fell out of a window it is in)."""
