@@ -5,42 +5,15 @@ Overall and per release variant (production, canary, shadow).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.event_sources import EventSourceError, read_jsonl_events
 from pipeline.release import read_traffic
 from pipeline.release_store import CANARY, VARIANTS
-
-TAIL_BYTES = 4 * 1024 * 1024  # read at most the last 4 MiB: the page must stay fast on a big log
-
-
-def tail_events(path: Path | str, max_events: int = 5000, tail_bytes: int = TAIL_BYTES) -> list[dict[str, Any]]:
-    """The last whole, readable JSON lines of `path` (a partial first or torn last line is skipped)."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return []
-    with open(path, "rb") as handle:
-        start = max(0, size - tail_bytes)
-        handle.seek(start)
-        data = handle.read()
-    lines = data.split(b"\n")
-    if start > 0:
-        lines = lines[1:]
-    events = []
-    for line in lines[-max_events - 1:]:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            events.append(record)
-    return events[-max_events:]
 
 
 def _units(event: dict) -> float | None:
@@ -77,7 +50,14 @@ def variant_statistics(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def recent_statistics(path: Path | str, max_events: int = 5000) -> dict[str, Any]:
-    events = tail_events(path, max_events)
+    """The last `max_events` prediction events of the log, read as `pipeline.release decide` reads it (other
+    senders' records skipped, a torn last line skipped); `error` says why a log that is there cannot be read."""
+    events, error = [], None
+    if Path(path).exists():
+        try:
+            events = read_jsonl_events(path, max_events).events
+        except EventSourceError as exc:
+            error = str(exc)
     latencies = np.asarray([e["latency_ms"] for e in events if isinstance(e.get("latency_ms"), (int, float))], float)
     units = np.asarray([u for u in map(_units, events) if u is not None], float)
     promo = [bool(e["inputs"].get("onpromotion")) for e in events if isinstance(e.get("inputs"), dict)]
@@ -90,7 +70,7 @@ def recent_statistics(path: Path | str, max_events: int = 5000) -> dict[str, Any
         sources[source] = sources.get(source, 0) + 1
     stamps = sorted(str(e["timestamp"]) for e in events if e.get("timestamp"))
     return {
-        "log": os.fspath(path), "events": len(events),
+        "log": os.fspath(path), "events": len(events), "error": error,
         "first": stamps[0] if stamps else None, "last": stamps[-1] if stamps else None,
         "latency_ms": {"p50": _pct(latencies, 50), "p95": _pct(latencies, 95), "p99": _pct(latencies, 99)},
         "forecast_units": {"mean": float(units.mean()) if units.size else None, "p50": _pct(units, 50),

@@ -74,3 +74,25 @@ def test_traffic_is_split_by_release_variant(tmp_path, monkeypatch, jsonl):
     assert 'class="variant-production"' in table and 'class="variant-canary"' in table and "variant-shadow" not in table
     assert "40.00 / 40.00" in table and "6.00" in table and "not logged" in table
     assert "<script" not in page and "style=" not in page
+
+
+def test_recent_predictions_are_read_as_the_release_decision_reads_them(tmp_path, monkeypatch, jsonl):
+    """One reader for the page and `release decide`: other senders' records are not predictions, a torn last line
+    (a writer killed mid-line) is skipped, and a line that is not JSON is reported by file and line, not hidden."""
+    client = client_for(tmp_path, monkeypatch)
+    log = tmp_path / "predictions.jsonl"
+    events = [{"timestamp": f"2026-12-01T10:00:{i:02d}+00:00", "request_id": f"r{i}", "model_variant": "production",
+               "model_version": "3", "latency_ms": 5.0, "output": {"unit_sales": 2.0}, "source": "api",
+               "inputs": {"store_nbr": 1, "item_nbr": i, "date": "2017-08-16", "onpromotion": False}}
+              for i in range(5)]
+    jsonl(log, events + [{"tag": "shelfcast.monitoring", "kind": "drift_report", "status": "ok"}])
+    with open(log, "ab") as handle:
+        handle.write(b'{"timestamp": "2026-12-01T10:00:09+00:00", "request_')  # torn
+    recent = client.get("/api/v1/monitoring").get_json()["recent"]
+    assert (recent["events"], recent["error"], recent["sources"]) == (5, None, {"api": 5})
+
+    log.write_text(log.read_text().replace('"request_id": "r2"', 'not json, "request_id": "r2"'))
+    recent = client.get("/api/v1/monitoring").get_json()["recent"]
+    assert recent["events"] == 0 and f"{log}: line 3: not JSON" in recent["error"]
+    page = client.get("/monitoring").get_data(as_text=True)
+    assert "The prediction log cannot be read" in page and "line 3: not JSON" in page
