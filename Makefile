@@ -52,7 +52,7 @@ test: $(STAMP)        ## set up, then run the default test suite
 lint: $(STAMP)        ## ruff over the whole repository (configured in pyproject.toml; make test runs it first)
 	$(BIN)/ruff check .
 
-test-slow: $(STAMP)   ## the end-to-end suites with real services (marker: slow; CI runs them after make test)
+test-slow: $(STAMP)   ## the end-to-end suites with real services (marker: slow; .ci/run runs them after make test)
 	scripts/install_test_services.sh
 	$(BIN)/python -m pytest -m 'slow and not long' $(PYTEST_ARGS)
 

@@ -52,7 +52,8 @@ publish-image: build-image            ## docker push $(REGISTRY)/$(IMAGE):$(IMAG
 	elif ! (command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1); then echo "publish-image: no Docker engine; nothing published"; \
 	else docker tag $(IMAGE_LC):$(IMAGE_TAG) $(REGISTRY_LC)/$(IMAGE_LC):$(IMAGE_TAG) && docker push $(REGISTRY_LC)/$(IMAGE_LC):$(IMAGE_TAG); fi
 
-SHELFCAST_URL ?= http://127.0.0.1:5005
+# empty counts as unset: GitHub passes an unset repository variable (vars.SHELFCAST_URL) as ""
+override SHELFCAST_URL := $(or $(SHELFCAST_URL),http://127.0.0.1:5005)
 CANARY_SHARE ?= 0.1
 OBSERVE_S ?= 60
 SHADOW_S ?= 30

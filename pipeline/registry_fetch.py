@@ -28,6 +28,7 @@ import yaml
 
 from pipeline import tracking
 from pipeline.bundle import BundleError, copy_bundle, verify_bundle
+from pipeline.release_store import PRODUCTION
 
 SERVING_ARTIFACT = "serving_bundle"
 ENV_PROMOTE_ALIAS = "SHELFCAST_PROMOTE_ALIAS"  # CI: promote registers a candidate (e.g. shadow), not production
@@ -78,7 +79,12 @@ def resolve(root: Path, alias: str, name: str = tracking.REGISTERED_MODEL):
     try:
         return tracking.client(root).get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        raise FetchError(f"models:/{name}@{alias} at {tracking.tracking_uri(root)}: {exc.message}") from None
+        hint = ""
+        if alias == PRODUCTION:  # CI registers candidates as shadow: the very first production is made by hand, once
+            hint = ("; a new registry has no production model until one is promoted by hand, once: `make run` (or "
+                    "`dvc repro` then `make promote`) with MLFLOW_TRACKING_URI set to this registry and "
+                    "SHELFCAST_PROMOTE_ALIAS unset (README, CI/CD)")
+        raise FetchError(f"models:/{name}@{alias} at {tracking.tracking_uri(root)}: {exc.message}{hint}") from None
 
 
 def download_version(root: Path, version, into: Path, via: str = "mlflow") -> str:

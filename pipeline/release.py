@@ -56,6 +56,7 @@ from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 
 PREVIOUS_TAG = "previous_production"  # registered-model tag: the version `rollback` returns to
 DEFAULT_SHARE = 0.1
+NOTHING_TO_DEPLOY = "nothing_to_deploy"  # deploy's outcome without a candidate (or with production's version): exit 0
 DEFAULT_EVENTS = Path(os.environ.get("SHELFCAST_PREDICTION_LOG", "").strip() or "logs/predictions.jsonl")
 # the serving host's release store: $SHELFCAST_MODELS_HOST (docker-compose.yml mounts the same) or ./models
 DEFAULT_MODELS = Path(os.environ.get("SHELFCAST_MODELS_HOST", "").strip() or "models")
@@ -512,10 +513,15 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
     must earn a "promote" within ``observe_s``."""
     current = aliases(root, name)
     version = version or current.get(CANARY) or current.get(SHADOW)
-    if not version:
-        raise ReleaseError("nothing to deploy: no --version and no canary or shadow alias")
-    if current.get(PRODUCTION) == str(version):
-        raise ReleaseError(f"version {version} is already production")
+    if not version:  # an app-only change, or a candidate already decided: the release job has nothing to do
+        say("deploy: nothing to deploy: no --version and no canary or shadow alias")
+        return {"version": None, "production_before": current.get(PRODUCTION), "outcome": NOTHING_TO_DEPLOY}
+    if current.get(PRODUCTION) == str(version):  # e.g. the ML pipeline rebuilt production's model bit for bit
+        for variant in (CANARY, SHADOW):
+            if current.get(variant) == str(version):
+                end_candidate(root, store, variant, name)  # serving production twice would only cost CPU
+        say(f"deploy: version {version} is already production; nothing to deploy (its candidate aliases removed)")
+        return {"version": str(version), "production_before": current.get(PRODUCTION), "outcome": NOTHING_TO_DEPLOY}
     report: dict = {"version": str(version), "production_before": current.get(PRODUCTION)}
     started = time.time()
     try:
@@ -645,7 +651,7 @@ def main(argv=None) -> int:
             report = deploy(root, store, args.url.rstrip("/"), events, version, args.share, args.observe_s,
                             actuals=actuals, name=args.name, shadow_s=args.shadow_s, smoke_requests=args.requests)
             print(json.dumps(report))
-            return 0 if report["outcome"] == "promoted" else 2
+            return 0 if report["outcome"] in ("promoted", NOTHING_TO_DEPLOY) else 2
     except (ReleaseError, BundleError, registry_fetch.FetchError, tracking.TrackingError, EventSourceError, ValueError,
             OSError) as exc:
         print(f"release: error: {exc}", file=sys.stderr)

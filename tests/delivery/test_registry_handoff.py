@@ -72,6 +72,14 @@ def test_an_unknown_alias_is_a_clear_error(registry_env, tmp_path):
     assert done == 1 and not (tmp_path / "x").exists()
 
 
+def test_a_new_registry_without_production_says_how_the_first_one_is_made(tmp_path, capsys, monkeypatch):
+    """CI registers every candidate as @shadow; the app pipeline's first fetch of @production needs one made by hand."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'new-registry.db'}")
+    done = registry_fetch.main(["--root", str(tmp_path), "--alias", "production", "--to", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert done == 1 and "promoted by hand, once" in err and "SHELFCAST_PROMOTE_ALIAS unset" in err
+
+
 def test_a_bundle_that_is_not_the_registered_one_is_refused(released, registry_env, tmp_path):
     root, _, _ = released
     mlflow_client = tracking.client(root)

@@ -575,3 +575,19 @@ def test_oddly_shaped_events_are_counted_not_a_traceback(host, tmp_path, capsys,
     assert status == 0 and verdict["decision"] == "wait"
     rows = variant_statistics(logged)
     assert sum(row["predictions"] for row in rows) >= len(logged) - 1
+
+
+def test_deploy_without_a_candidate_or_with_productions_own_version_has_nothing_to_do(host, capsys):
+    """The app pipeline's release job runs `make deploy` on every app change: no candidate, or one that is
+    production's own version (the ML pipeline rebuilt the same model), is nothing to deploy, not a failure."""
+    root, store, versions = host
+    tracking.client(root).set_registered_model_alias(NAME, CANARY, versions["production"])
+    deploy = ["deploy", "--root", str(root), "--models", str(store.root), "--url", "http://127.0.0.1:9"]
+    assert release.main(deploy) == 0
+    out = capsys.readouterr().out
+    assert f"version {versions['production']} is already production; nothing to deploy" in out
+    assert json.loads(out.splitlines()[-1])["outcome"] == release.NOTHING_TO_DEPLOY
+    assert CANARY not in release.aliases(root) and not store.variant_dir(CANARY).exists()
+    assert verify_bundle(store.variant_dir(PRODUCTION)) == digest_of(root, versions["production"])  # untouched
+    assert release.main(deploy) == 0
+    assert "nothing to deploy: no --version and no canary or shadow alias" in capsys.readouterr().out
