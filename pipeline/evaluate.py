@@ -128,14 +128,14 @@ def threshold_failures(pooled: Mapping, interval: ImprovementInterval, slices: M
             f"over {interval.series} series does not clear the required {params.min_improvement:.2%} "
             f"(lower bound short by {params.min_improvement - interval.low:.2%})")
     cand = pooled["candidate_nwrmsle"]
-    if params.max_nwrmsle is not None and cand > params.max_nwrmsle:
+    if params.max_nwrmsle is not None and not cand <= params.max_nwrmsle:  # a NaN score fails too
         failures.append(f"evaluate.max_nwrmsle: candidate NWRMSLE {cand:.4f} is above the threshold "
                         f"{params.max_nwrmsle:.4f} by {cand - params.max_nwrmsle:.4f}")
     bound = params.slice_bound
     for kind in ("by_family", "by_store"):
         for key, value in sorted(slices["candidate"][kind].items()):
             rows = slices["rows"][kind].get(key, 0)
-            if rows >= bound.min_rows and value > bound.max_nwrmsle:
+            if rows >= bound.min_rows and not value <= bound.max_nwrmsle:
                 failures.append(f"evaluate.slice.max_nwrmsle: {kind[3:]} {key!r} ({rows} rows) "
                                 f"has NWRMSLE {value:.4f}, above the bound {bound.max_nwrmsle:.4f} "
                                 f"by {value - bound.max_nwrmsle:.4f}")

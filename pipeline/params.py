@@ -9,6 +9,7 @@ to a default.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -72,6 +73,8 @@ class _Section:
         value = self._get(name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{self.key}.{name}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # YAML's .nan passes every `<` check: a NaN bound would pass every model
+            raise ParamsError(f"{self.key}.{name}: expected a finite number, got {value!r}")
         if minimum is not None and value < minimum:
             raise ParamsError(f"{self.key}.{name}: must be >= {minimum}, got {value}")
         return float(value)

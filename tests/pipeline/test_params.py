@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+from dataclasses import replace
 
 import pytest
 
@@ -66,3 +68,36 @@ def test_unreadable_params_file(tmp_path):
         load_yaml(tmp_path / "params.yaml")
     with pytest.raises(ParamsError, match="not found"):
         load_yaml(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("path", ["evaluate.max_nwrmsle", "evaluate.slice.max_nwrmsle", "evaluate.min_improvement",
+                                  "evaluate.confidence", "train.learning_rate", "data.download.timeout_s"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_number_is_refused_at_load_naming_its_key(path, value):
+    """YAML's .nan passed every `<` check: a NaN bound made the threshold test pass any model, and promote shipped
+    it; a NaN learning rate trained for minutes before failing on its predictions."""
+    from pipeline.model_params import evaluate_params, train_params
+
+    raw = default_params()
+    *parents, key = path.split(".")
+    section = raw
+    for name in parents:
+        section = section[name]
+    section[key] = value
+    loader = {"evaluate": evaluate_params, "train": train_params, "data": data_params}[parents[0]]
+    with pytest.raises(ParamsError, match=rf"^{re.escape(path)}: expected a finite number, got {value!r}"):
+        loader(raw)
+
+
+def test_the_gate_fails_a_score_that_is_not_a_number():
+    """Bounds are checked as `not score <= bound`, so a NaN score (or bound) can never pass."""
+    from pipeline.evaluate import threshold_failures
+    from pipeline.model_params import evaluate_params
+
+    params = evaluate_params(default_params())
+    interval = type("Interval", (), {"low": 0.5, "high": 0.6, "estimate": 0.55, "confidence": 0.95, "series": 9})()
+    pooled = {"candidate_nwrmsle": float("nan"), "baseline_nwrmsle": 0.6}
+    slices = {"candidate": {"by_family": {"DAIRY": float("nan")}, "by_store": {}},
+              "rows": {"by_family": {"DAIRY": 10_000}, "by_store": {}}}
+    failures = threshold_failures(pooled, interval, slices, replace(params, max_nwrmsle=1.0))
+    assert [f.split(":")[0] for f in failures] == ["evaluate.max_nwrmsle", "evaluate.slice.max_nwrmsle"]
