@@ -11,9 +11,11 @@ output directory is built aside and swapped in as a whole.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,7 +27,8 @@ def atomic_file(target: Path | str) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it over ``target`` on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_abandoned_copies(target)
+    fd, tmp = tempfile.mkstemp(prefix=_staging_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -33,8 +36,47 @@ def atomic_file(target: Path | str) -> Iterator[Path]:
         os.chmod(tmp_path, 0o644)  # mkstemp's 0600 would make outputs private
         _fsync(tmp_path)  # the bytes are on disk before the name points at them (a power cut leaves old or new)
         os.replace(tmp_path, target)
+    except OSError as exc:
+        raise _naming(exc, target) from exc.__cause__
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _staging_prefix(target: Path) -> str:
+    """A staging copy's name starts with its target's and this process's id: ``.<name>.<pid>-<random>.tmp``."""
+    return f".{target.name}.{os.getpid()}-"
+
+
+def remove_abandoned_copies(target: Path) -> int:
+    """Delete what a killed writer of ``target`` left beside it: staging copies (``.<name>.<pid>-*.tmp``, and
+    ``.<name>.*.tmp`` without a process id, from before ids were in the name) and the previous version kept while a
+    directory is swapped (``.<name>.old-<pid>``) whose process is gone. A full-size copy of a stage's output each,
+    they would otherwise pile up with every interrupted run. Returns how many were removed."""
+    removed = 0
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        match = _ABANDONED.fullmatch(path.name[len(target.name) + 2:])
+        owner = match and (match["pid"] or match["old"])
+        if match is None or (owner is not None and _alive(int(owner))):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+_ABANDONED = re.compile(r"(?:(?P<pid>\d+)-)?[^./]+\.tmp|old-(?P<old>\d+)")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def _fsync(path: Path) -> None:
@@ -61,13 +103,26 @@ def atomic_directory(target: Path | str) -> Iterator[Path]:
     """Yield an empty sibling directory; on success it replaces ``target`` as a whole, readable by every user."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_abandoned_copies(target)
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         yield staging
         make_readable_by_all(staging)
         swap_in_directory(staging, target)
+    except OSError as exc:
+        raise _naming(exc, target) from exc.__cause__
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _naming(exc: OSError, target: Path) -> OSError:
+    """``exc``, or where it names no file (a library's write error, e.g. Arrow's on a full disk) the same
+    error naming the output being written."""
+    if exc.filename is not None:
+        return exc
+    named = OSError(exc.errno, exc.strerror or str(exc), str(target))
+    named.__traceback__ = exc.__traceback__
+    return named
 
 
 def make_readable_by_all(directory: Path) -> None:

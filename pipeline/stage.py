@@ -13,6 +13,7 @@ This module imports only params.py, so depending on it costs a stage nothing
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,23 @@ def stage_params(args: argparse.Namespace) -> dict:
     return load_yaml(Path(args.root) / "params.yaml")
 
 
+_STAGING = re.compile(r"^\.(?P<target>.+)\.(?:[^./]+\.tmp|old-\d+)$")  # pipeline/atomic.py's names beside a target
+
+
+def os_error_text(exc: OSError) -> str:
+    """``exc`` as one line that names the output it was writing (a staging copy's target, not its temporary name)."""
+    reason = exc.strerror or str(exc)
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    if not paths:
+        return reason
+    first = Path(paths[0])
+    staged = _STAGING.match(first.name)
+    where = " -> ".join(str(p) for p in paths)
+    if staged:
+        return f"{first.with_name(staged['target'])}: {reason} (while writing {where})"
+    return f"{where}: {reason}"
+
+
 def run_stage(name: str, body: Body, argv: list[str] | None = None,
               errors: tuple[type[BaseException], ...] = (), description: str | None = None,
               options: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
@@ -65,6 +83,9 @@ def run_stage(name: str, body: Body, argv: list[str] | None = None,
         label, code = getattr(exc, "label", "error"), getattr(exc, "exit_code", 1)
         print(f"{name}: {label}: {exc}", file=sys.stderr)
         return code
+    except OSError as exc:  # a full disk, a read-only folder, a busy mount point: the file and why, no traceback
+        print(f"{name}: error: {os_error_text(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{name}: interrupted; no output was written", file=sys.stderr)
         return 130

@@ -1,0 +1,76 @@
+"""run_stage turns what a user can fix into one line: here, the operating system's refusals (disk full, read-only)."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from pipeline.atomic import atomic_directory, atomic_file
+from pipeline.stage import run_stage
+
+
+def stage_failing_with(error: BaseException):
+    def body(args):
+        raise error
+    return body
+
+
+def test_a_refused_write_is_one_line_naming_the_output_not_its_staging_copy(capsys):
+    refused = OSError(errno.ENOSPC, "No space left on device", "data/.split.0pes5270.tmp")
+    assert run_stage("split", stage_failing_with(refused), []) == 1
+    err = capsys.readouterr().err
+    assert err == "split: error: data/split: No space left on device (while writing data/.split.0pes5270.tmp)\n"
+
+
+@pytest.mark.parametrize("writer", [atomic_directory, atomic_file])
+def test_a_library_error_without_a_file_names_the_output_being_written(writer, tmp_path, capsys):
+    """Arrow's write error on a full disk names no file ('Error writing bytes to file'): the output is named."""
+    target = tmp_path / "data" / "prepared"
+
+    def body(args):
+        with writer(target):
+            raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    assert run_stage("prepare", body, []) == 1
+    assert capsys.readouterr().err == (f"prepare: error: {target}: Error writing bytes to file. Detail: [errno 28] "
+                                       "No space left on device\n")
+    assert sorted(p.name for p in target.parent.iterdir()) == []  # nothing half-written left beside it
+
+
+def test_an_output_folder_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "data").write_text("not a folder")
+
+    def body(args):
+        with atomic_directory(tmp_path / "data" / "split"):
+            pass
+
+    assert run_stage("split", body, []) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"split: error: {tmp_path / 'data'}") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_what_a_killed_writer_left_is_removed_by_the_next_write(tmp_path):
+    """A SIGKILL mid-stage left a full-size `.prepared.<random>.tmp` copy that no rerun removed (GBs at
+    Favorita's scale); the next write of the same output removes those whose process is gone."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    data.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    left = [data / ".prepared.x7k2m9qa.tmp", data / f".prepared.{dead}-abc123.tmp", data / f".prepared.old-{dead}"]
+    for folder in left:
+        (folder / "part").mkdir(parents=True)
+    kept = [data / f".prepared.{__import__('os').getpid()}-live12.tmp",  # a live writer's (this process)
+            data / ".prepared.notes", data / ".prepared-other.x.tmp", data / "prepared.txt"]
+    for path in kept:
+        path.write_text("x")
+    with atomic_directory(data / "prepared") as staging:
+        (staging / "rows.parquet").write_text("new")
+    assert sorted(p.name for p in data.iterdir()) == sorted([p.name for p in kept] + ["prepared"])
+    (data / f".metrics.json.{dead}-q1w2e3.tmp").write_text("{")
+    with atomic_file(data / "metrics.json") as tmp:
+        tmp.write_text("{}")
+    assert not (data / f".metrics.json.{dead}-q1w2e3.tmp").exists() and (data / "metrics.json").read_text() == "{}"
