@@ -289,9 +289,11 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
         raise DownloadError(f"data.source: unsupported URL scheme {parsed.scheme!r} (use http, https or file)")
     if not remote and not local_path(source).exists():
         raise DownloadError(f"data.source: {source} does not exist")
+    fetched: set[str] = set()  # what data.sha256 may name
     if source.endswith(".zip") or (not remote and local_path(source).is_file()):
         archive = fetch(source, partial_dir, params, progress)
         name = Path(parsed.path).name
+        fetched.add(name)
         try:
             found = install_zip(archive, staging, partial_dir, name)
         except DownloadError:
@@ -300,21 +302,32 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
     else:
         found = set()
         for base in RAW_FILES + OPTIONAL_RAW_FILES:
+            if not remote:  # a folder: two copies of one file (a .csv beside its .csv.gz) would leave one unread
+                present = [f"{base}{suffix}" for suffix in CANDIDATE_SUFFIXES
+                           if local_path(join(source, f"{base}{suffix}")).is_file()]
+                if len(present) > 1:
+                    raise DownloadError(f"data.source: {source} has both {' and '.join(present)}: keep one (which "
+                                        "is newer cannot be told, and the other would be ignored)")
             for suffix in CANDIDATE_SUFFIXES:
                 url = join(source, f"{base}{suffix}")
                 if not remote and not local_path(url).is_file():
                     continue
                 try:
-                    fetched = fetch(url, partial_dir, params, progress)
+                    got = fetch(url, partial_dir, params, progress)
                 except _Missing:
                     continue
-                install(fetched, f"{base}{suffix}", staging)
+                install(got, f"{base}{suffix}", staging)
+                fetched.add(f"{base}{suffix}")
                 found.add(base)
                 break
     missing = [name for name in RAW_FILES if name not in found]
     if missing:
         raise DownloadError(f"data.source: {source} has no {', '.join(missing)} "
                             f"(looked for NAME{', NAME'.join(CANDIDATE_SUFFIXES)})")
+    unchecked = sorted(set(params.sha256) - fetched)
+    if unchecked:  # a typo, or train.csv listed where train.csv.gz was fetched: nothing would have been verified
+        raise DownloadError(f"data.sha256.{unchecked[0]}: no file of that name was fetched from {source} "
+                            f"(fetched: {', '.join(sorted(fetched))})")
     return sorted(found)
 
 
@@ -328,6 +341,9 @@ def download(params: DataParams, raw_dir: Path = RAW_DIR, partial_dir: Path = PA
     source = params.source if source is None else source
     with atomic_directory(raw_dir) as staging:
         if source == "synthetic":
+            if params.sha256:
+                raise DownloadError(f"data.sha256.{sorted(params.sha256)[0]}: data.source is synthetic, which "
+                                    "fetches no file to check")
             counts = generate(params.synthetic, staging, progress=progress, client=client)
             syn = params.synthetic
             return (f"synthetic: {counts['train']:,} train rows, {syn.stores} stores x {counts['items']:,} items, "

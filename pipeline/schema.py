@@ -110,7 +110,7 @@ RAW_SCHEMAS: dict[str, RawFile] = {
             Column("city", pa.string()),
             Column("state", pa.string()),
             Column("type", pa.string(), allowed=STORE_TYPES),
-            Column("cluster", pa.int32(), min=1),
+            Column("cluster", pa.int32(), min=1, max=32767),  # prepared as int16
         ),
         key=("store_nbr",),
     ),
@@ -131,7 +131,7 @@ RAW_SCHEMAS: dict[str, RawFile] = {
         "oil",
         (
             Column("date", _DATE),
-            Column("dcoilwtico", pa.float64(), nullable=True, min=0.0, max=1000.0),
+            Column("dcoilwtico", pa.float64(), nullable=True, min=-1000.0, max=1000.0),  # WTI closed at -37.63 once
         ),
         key=("date",),
     ),
@@ -140,7 +140,7 @@ RAW_SCHEMAS: dict[str, RawFile] = {
         (
             Column("date", _DATE),
             Column("store_nbr", pa.int32(), min=1, max=32767),
-            Column("transactions", pa.int64(), min=0),
+            Column("transactions", pa.int64(), min=0, max=2**31 - 1),  # prepared as int32
         ),
         key=("date", "store_nbr"),
         references={"store_nbr": ("stores", "store_nbr")},

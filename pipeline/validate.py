@@ -190,7 +190,9 @@ def _explain_conversion_failure(path: Path, spec: RawFile, error: Exception) -> 
                 present = pc.invert(pc.equal(values, ""))
                 if column.type == pa.date32():
                     parsed = pc.strptime(values, format="%Y-%m-%d", unit="s", error_is_null=True)
-                    bad = pc.and_(present, pc.is_null(parsed))
+                    # strptime also takes 2016-9-1 and 16-09-01, which Arrow's CSV reader refuses
+                    padded = pc.match_substring_regex(values, r"^\d{4}-\d{2}-\d{2}$")
+                    bad = pc.and_(present, pc.or_(pc.is_null(parsed), pc.invert(padded)))
                 elif (pattern := _pattern_for(column)) is not None:
                     bad = pc.and_(present, pc.invert(pc.match_substring_regex(values, pattern)))
                 else:

@@ -147,6 +147,30 @@ def test_sha256_is_verified(kaggle_sample, tmp_path):
     assert not (tmp_path / "raw2").exists()
 
 
+@pytest.mark.parametrize("listed", ["itmes.csv", "items.csv.gz"])
+def test_a_sha256_for_a_file_that_was_not_fetched_is_refused(kaggle_sample, tmp_path, listed):
+    """A typo, or the .gz name where the plain file was fetched: nothing was verified, so nothing is accepted."""
+    with pytest.raises(DownloadError, match=rf"^data.sha256.{listed}: no file of that name was fetched from "):
+        download(_params(str(kaggle_sample), sha256={listed: "0" * 64}), tmp_path / "raw", tmp_path / "p",
+                 progress=False)
+    assert not (tmp_path / "raw").exists()
+    with pytest.raises(DownloadError, match="data.sha256.train.csv: data.source is synthetic"):
+        download(_params("synthetic", sha256={"train.csv": "0" * 64}), tmp_path / "raw", tmp_path / "p",
+                 progress=False)
+
+
+def test_a_folder_with_a_file_both_plain_and_gzipped_is_refused(kaggle_sample, tmp_path):
+    """train.csv beside train.csv.gz: the .gz was taken and rows appended to the .csv silently ignored."""
+    import gzip
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(kaggle_sample, source)
+    (source / "train.csv").write_bytes(gzip.decompress((source / "train.csv.gz").read_bytes()))
+    with pytest.raises(DownloadError, match=r"has both train.csv.gz and train.csv: keep one"):
+        download(_params(str(source)), tmp_path / "raw", tmp_path / "p", progress=False)
+
+
 def test_truncated_gzip_source_is_rejected(tmp_path):
     source = write_kaggle_sample(tmp_path / "src", compress=("train",))
     data = (source / "train.csv.gz").read_bytes()

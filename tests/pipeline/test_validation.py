@@ -46,6 +46,9 @@ CASES = {
                        .replace(",5\n", ",5,x\n").replace(",6\n", ",6,x\n"), ["stores.csv", "'extra'"]),
     "bad date": ("train", lambda t: _replace_line(t, 40, _train_line(40).replace("2014-03-", "2014-02-3", 1)),
                  ["train.csv", "'date'", "line 40"]),
+    "unpadded date": ("train", lambda t: _replace_line(t, 40, _train_line(40).replace("2014-03-0", "2014-3-", 1)
+                                                      .replace("2014-03-", "2014-3-", 1)),
+                      ["train.csv", "'date'", "line 40", "2014-3-"]),
     "impossible date": ("oil", lambda t: _replace_line(t, 3, "2014-13-01,99.0"),
                         ["oil.csv", "'date'", "line 3", "2014-13-01"]),
     "not an integer": ("train", lambda t: _replace_line(t, 7, _with_field(_train_line(7), 2, "one")),
@@ -74,6 +77,11 @@ CASES = {
     "non-finite sales": ("train", lambda t: _replace_line(t, 9, ",".join(_train_line(9).split(",")[:4] + ["inf", ""])),
                          ["train.csv", "'unit_sales'", "line 9"]),
     "wrong field count": ("stores", lambda t: t + "4,Loja,Loja,B\n", ["stores.csv", "fields"]),
+    # beyond what the prepared columns hold (int16 cluster, int32 transactions): a traceback, or a silent wrap
+    "cluster beyond int16": ("stores", lambda t: t.replace("Azuay,B,6", "Azuay,B,40000"),
+                             ["stores.csv", "'cluster'", "line 4", "40000"]),
+    "transactions beyond int32": ("transactions", lambda t: _replace_line(t, 4, "2014-03-25,3,3000000000"),
+                                  ["transactions.csv", "'transactions'", "line 4", "3000000000"]),
 }
 
 
@@ -180,3 +188,20 @@ def test_stage_cli_reports_without_traceback(tmp_path):
     assert result.stderr.startswith("prepare: error: train.csv: column 'store_nbr': value not found in stores")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data" / "prepared").exists()
+
+
+def test_oil_takes_a_negative_price_and_a_file_without_any_price_is_no_oil(tmp_path):
+    """WTI closed at -37.63 on 2020-04-20; an oil.csv whose prices are all unknown is the same as none."""
+    import pandas as pd
+
+    raw = write_kaggle_sample(tmp_path / "raw")
+    _edit(raw, "oil", lambda t: _replace_line(t, 3, t.splitlines()[2].split(",")[0] + ",-37.63"))
+    prepare(raw, tmp_path / "prepared", PARAMS, progress=False)
+    _edit(raw, "oil", lambda t: "\n".join(line.split(",")[0] + "," for line in t.splitlines()[1:]).join(
+        ["date,dcoilwtico\n", "\n"]))
+    prepare(raw, tmp_path / "prepared-no-price", PARAMS, progress=False)
+    (raw / "oil.csv").unlink()
+    prepare(raw, tmp_path / "prepared-no-oil", PARAMS, progress=False)
+    without, no_oil = (pd.read_parquet(tmp_path / name / "sales.parquet") for name in ("prepared-no-price",
+                                                                                       "prepared-no-oil"))
+    pd.testing.assert_frame_equal(without, no_oil)
