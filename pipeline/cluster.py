@@ -19,6 +19,7 @@ function and its inputs and get the results back in input order.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -43,7 +44,7 @@ def scheduler_address(raw_params: Mapping | None = None, environ: Mapping[str, s
     environ = os.environ if environ is None else environ
     from_env = environ.get(SCHEDULER_ENV, "").strip()
     if from_env:
-        return from_env
+        return _checked_address(from_env, f"${SCHEDULER_ENV}")
     section = (raw_params or {}).get(PARAMS_SECTION)
     if section is None:
         return None
@@ -58,7 +59,19 @@ def scheduler_address(raw_params: Mapping | None = None, environ: Mapping[str, s
     if not isinstance(value, str):
         raise ParamsError(f"{PARAMS_SECTION}.scheduler: expected an address like tcp://host:8786 or null, "
                           f"got {value!r}")
-    return value
+    return _checked_address(value.strip(), f"{PARAMS_SECTION}.scheduler")
+
+
+_ADDRESS = re.compile(r"(?:(?:tcp|tls|ws|wss|ucx)://)?(?:\[[0-9A-Fa-f:.]+\]|[\w.-]+):(?P<port>\d{1,5})/?")
+
+
+def _checked_address(address: str, where: str) -> str:
+    """``address`` if Dask can parse it as a scheduler's ([tcp|tls|ws|wss|ucx]://host:port, or inproc://…);
+    checked here, before a stage starts, and without importing Dask."""
+    match = _ADDRESS.fullmatch(address)
+    if address.startswith("inproc://") or (match and 0 < int(match["port"]) < 65536):
+        return address
+    raise ParamsError(f"{where}: {address!r} is not a scheduler address (expected e.g. tcp://host:8786)")
 
 
 @contextmanager
@@ -74,7 +87,7 @@ def dask_client(address: str | None, timeout_s: float = 30.0) -> Iterator[Any]:
 
     try:
         client = Client(address, timeout=f"{timeout_s}s")
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: an address Dask cannot parse after all
         raise ClusterError(f"Dask scheduler {address} (from ${SCHEDULER_ENV} or params.yaml cluster.scheduler) "
                            f"cannot be reached: {exc}") from None
     try:

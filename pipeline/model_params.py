@@ -6,6 +6,8 @@ key is an error that names it; nothing falls back silently to a default.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -135,4 +137,17 @@ def evaluate_params(raw: Mapping[str, Any]) -> EvaluateParams:
 
 def promote_params(raw: Mapping[str, Any]) -> PromoteParams:
     s = _Section(raw.get("promote"), "promote", ("model_name", "alias"))
-    return PromoteParams(model_name=s.text("model_name"), alias=s.text("alias"))
+    name = s.text("model_name")
+    if "'" in name or '"' in name:  # the registry is searched with name='...'
+        raise ParamsError(f"promote.model_name: may not contain quotes, got {name!r}")
+    return PromoteParams(model_name=name, alias=registry_alias(s.text("alias"), "promote.alias"))
+
+
+def registry_alias(alias: str, where: str) -> str:
+    """``alias`` if the model registry takes it (MLflow's rules: letters, digits, _ and -, at most 255, neither
+    ``latest`` nor a version's ``v<N>``), checked before promote installs or registers anything."""
+    if not re.fullmatch(r"[\w-]{1,255}", alias, re.ASCII) or alias.lower() == "latest" \
+            or re.fullmatch(r"[vV]\d+", alias):
+        raise ParamsError(f"{where}: {alias!r} is not a registry alias (letters, digits, _ and -, at most 255; "
+                          "not 'latest' or v<number>, which the registry reserves)")
+    return alias

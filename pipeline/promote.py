@@ -139,6 +139,7 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     home = root if candidate_root is None else Path(candidate_root)
     raw = load_yaml(home / "params.yaml")
     pparams = promote_params(raw)
+    alias = registry_fetch.promote_alias(pparams.alias)  # refused before anything is written
     evaluation, digest = check_candidate(root, raw, home)
     trained = training_run(root, digest)
     evaluated = tracking.run_of_bundle(root, digest, "evaluate")
@@ -158,7 +159,6 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     finally:  # its DVC entry, when there is one, is now a tag of the model version: nothing is left for git
         if dvc_file is not None:
             dvc_file.unlink(missing_ok=True)
-    alias = registry_fetch.promote_alias(pparams.alias)
     # The alias moves last: it is what says "this is production" to everyone reading the registry.
     version, created = tracking.register_production(root, trained.info.run_id, digest, tags,
                                                     name=pparams.model_name, alias=alias)

@@ -28,6 +28,7 @@ import yaml
 
 from pipeline import tracking
 from pipeline.bundle import BundleError, copy_bundle, verify_bundle
+from pipeline.model_params import registry_alias
 from pipeline.release_store import PRODUCTION
 
 SERVING_ARTIFACT = "serving_bundle"
@@ -42,7 +43,8 @@ class FetchError(RuntimeError):
 
 def promote_alias(configured: str) -> str:
     """The alias promote moves: params.yaml's, unless ``SHELFCAST_PROMOTE_ALIAS`` names another."""
-    return os.environ.get(ENV_PROMOTE_ALIAS, "").strip() or configured
+    chosen = os.environ.get(ENV_PROMOTE_ALIAS, "").strip()
+    return registry_alias(chosen, ENV_PROMOTE_ALIAS) if chosen else configured
 
 
 def publish_serving_bundle(root: Path, run_id: str, bundle_dir: Path) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -57,3 +58,15 @@ def test_unreachable_scheduler_is_a_clear_error():
     with pytest.raises(ClusterError, match="cannot be reached"):
         with dask_client("tcp://127.0.0.1:9", timeout_s=2):
             pass
+
+
+@pytest.mark.parametrize("address", ["notaurl", "tcp://127.0.0.1", "http://localhost:8786", "tcp://:abc",
+                                     "tcp://host:0", "tcp://host:70000"])
+def test_an_address_dask_cannot_parse_is_a_params_error_naming_where_it_came_from(address):
+    """They gave a traceback from inside distributed (ValueError: missing port number ...)."""
+    with pytest.raises(ParamsError, match=rf"^cluster.scheduler: '{re.escape(address)}' is not a scheduler address"):
+        scheduler_address({"cluster": {"scheduler": address}}, environ={})
+    with pytest.raises(ParamsError, match=rf"^\${SCHEDULER_ENV}: '{re.escape(address)}' is not a scheduler"):
+        scheduler_address({}, environ={SCHEDULER_ENV: address})
+    for good in ("tcp://10.0.0.5:8786", "scheduler:8786", "tls://dask.example.org:8786", "tcp://[::1]:8786"):
+        assert scheduler_address({"cluster": {"scheduler": good}}, environ={}) == good

@@ -72,6 +72,27 @@ def test_a_deliberately_broken_model_is_refused(trained_project, tiny_params, se
     assert tracking.production_version(root) is None and not (root / "models/production").exists()
 
 
+@pytest.mark.parametrize("where, alias", [("params", "v1"), ("params", "latest"), ("params", "prod uction"),
+                                          ("environment", "V2"), ("environment", "canary/1")])
+def test_an_alias_the_registry_refuses_is_refused_before_anything_is_installed(trained_project, tiny_params, set_params,
+                                                                              monkeypatch, capsys, where, alias):
+    """promote.alias 'v1' was refused by MLflow only after models/production was installed (the app hot-swapped
+    to it) and a version registered without an alias."""
+    root, _ = trained_project
+    assert evaluate.main(["--root", str(root)]) == 0
+    if where == "params":
+        tiny_params["promote"]["alias"] = alias
+        set_params(root, tiny_params)
+    else:
+        monkeypatch.setenv("SHELFCAST_PROMOTE_ALIAS", alias)
+    capsys.readouterr()
+    assert promote.main(["--root", str(root)]) == 1
+    key = "promote.alias" if where == "params" else "SHELFCAST_PROMOTE_ALIAS"
+    assert capsys.readouterr().err.startswith(f"promote: error: {key}: {alias!r} is not a registry alias")
+    assert tracking.production_version(root) is None and not (root / "models/production").exists()
+    assert tracking.client(root).search_model_versions("name='shelfcast-forecaster'") == []
+
+
 def test_a_candidate_changed_after_evaluation_is_refused(trained_project, capsys):
     root, _ = trained_project
     assert evaluate.main(["--root", str(root)]) == 0
