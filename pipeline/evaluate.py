@@ -165,6 +165,19 @@ def read_validation(path: Path) -> pd.DataFrame:
     return frame
 
 
+def scoreable_rows(frame: pd.DataFrame, bundle, path: Path) -> tuple[pd.DataFrame, dict | None]:
+    """The validation rows the candidate can forecast, and what was left out: the rows of stores it has never seen
+    (a store opened inside the window; an unknown item is scored, through the unknown-item ids)."""
+    known = np.isin(frame["store_nbr"].to_numpy(), np.asarray(bundle.snapshot.stores["store_nbr"]))
+    if known.all():
+        return frame, None
+    if not known.any():
+        raise EvaluateError(f"{path}: no row of a store the candidate was trained on (is it trained on the current "
+                            "split?)")
+    stores = sorted(int(s) for s in np.unique(frame["store_nbr"].to_numpy()[~known]))
+    return frame[known].reset_index(drop=True), {"rows": int((~known).sum()), "stores": stores}
+
+
 def _day(day_number: int) -> str:
     return str(np.datetime64(int(day_number), "D"))
 
@@ -194,7 +207,8 @@ def validation_window(root: Path, bundle, frame: pd.DataFrame, baseline_weeks: i
     return WindowScores(
         index=0, first_day=int(day.min()), last_day=int(day.max()),
         series=series_key(frame["store_nbr"].to_numpy(), frame["item_nbr"].to_numpy()), day=day,
-        actual=frame["unit_sales"].to_numpy(np.float64),
+        # a return (prepare.returns: keep) sold nothing that day, as the model's history counts it
+        actual=np.maximum(frame["unit_sales"].to_numpy(np.float64), 0.0),
         candidate=candidate, baseline=baseline,
         weights=perishable_weights(frame["perishable"].to_numpy(bool)),
         model=f"candidate bundle {bundle.metadata.get('version')}")
@@ -252,7 +266,11 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     raw = load_yaml(home / "params.yaml")
     eparams, fparams, tparams = evaluate_params(raw), feature_params(raw), train_params(raw)
     bundle = load_bundle(home / CANDIDATE_DIR)
-    frame = read_validation(root / VALIDATION_DATA)
+    frame, unscored = scoreable_rows(read_validation(root / VALIDATION_DATA), bundle, root / VALIDATION_DATA)
+    if unscored:
+        say(f"evaluate: note: {unscored['rows']:,} validation row(s) of store(s) {unscored['stores']} not scored: "
+            "they first sold inside the window, so no model trained before it knows them (nor can the app forecast "
+            "them until a model trained on their sales is promoted)")
     latest = validation_window(root, bundle, frame, tparams.baseline_weeks, quiet)
     length = latest.last_day - latest.first_day + 1
     try:
@@ -290,6 +308,9 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     }
     backtest = {"confidence": eparams.confidence, "resamples": eparams.bootstrap_resamples,
                 "window_days": int(length), "pooled": pooled, "windows": per_window}
+    # The verdict goes first and comes back last: an evaluation interrupted in between leaves none, so new
+    # scores never stand beside an old verdict (promote then refuses: not evaluated).
+    (home / EVALUATION_FILE).unlink(missing_ok=True)
     _write_json(home / METRICS_FILE, metrics)
     _write_json(home / BACKTEST_FILE, backtest)
     _write_json(home / SLICES_FILE, slices)
@@ -301,6 +322,7 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
         "candidate_nwrmsle": validation["candidate_nwrmsle"], "baseline_nwrmsle": validation["baseline_nwrmsle"],
         "backtest_candidate_nwrmsle": pooled["candidate_nwrmsle"],
         "backtest_baseline_nwrmsle": pooled["baseline_nwrmsle"],
+        **({"unscored_validation_rows": unscored} if unscored else {}),
         **current_versions(root, raw),
     }
     _log_to_mlflow(root, evaluation, metrics, per_window, eparams, quiet, home)

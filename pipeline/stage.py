@@ -87,7 +87,8 @@ def run_stage(name: str, body: Body, argv: list[str] | None = None,
         print(f"{name}: error: {os_error_text(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{name}: interrupted; no output was written", file=sys.stderr)
+        print(f"{name}: interrupted; rerun it (an output is only ever replaced whole: none is half-written)",
+              file=sys.stderr)
         return 130
     if isinstance(outcome, int) and not isinstance(outcome, bool):
         return outcome

@@ -193,3 +193,47 @@ def test_re_evaluating_never_rewrites_a_promoted_runs_verdict(trained_project, t
     assert tracking.run_data(root, failed_run)[2]["threshold_test"] == "failed"
     version = tracking.production_version(root)
     assert version.tags["threshold_test"] == "passed" and version.tags["heldout_improvement"].count("[") == 1
+
+
+def test_returns_and_a_store_opened_inside_the_window_are_scored_as_the_app_serves_them(trained_project, capsys):
+    """With prepare.returns: keep, a return in the validation window stopped evaluate (negative actuals); so did
+    a store whose first sale fell inside the window, with a hint about the split. A return sold nothing that
+    day (as the model's history counts it); the new store's rows are left out, counted and named."""
+    import pandas as pd
+
+    root, _ = trained_project
+    assert evaluate.main(["--root", str(root)]) == 0
+    before = json.loads((root / "results/metrics.json").read_text())
+    path = root / "data/split/validation.parquet"
+    frame = pd.read_parquet(path)
+    zero = frame.index[frame["unit_sales"] == 0][:5]
+    assert len(zero) == 5
+    frame.loc[zero, "unit_sales"] = -3.0  # returns, kept
+    opened = frame[frame["store_nbr"] == frame["store_nbr"].iloc[0]].head(7).assign(store_nbr=99, unit_sales=4.0)
+    pd.concat([frame, opened], ignore_index=True).to_parquet(path, index=False)
+    capsys.readouterr()
+    assert evaluate.main(["--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "7 validation row(s) of store(s) [99] not scored: they first sold inside the window" in out
+    assert json.loads((root / "results/metrics.json").read_text()) == before
+    verdict = json.loads((root / "results/evaluation.json").read_text())
+    assert verdict["passed"] and verdict["unscored_validation_rows"] == {"rows": 7, "stores": [99]}
+
+
+def test_an_interrupted_evaluation_leaves_no_verdict_beside_new_scores(trained_project, monkeypatch, capsys):
+    """SIGINT after metrics.json was rewritten left the old evaluation.json (passed) beside it, and said no output
+    was written. The verdict is removed before the first output and written after the last."""
+    from pipeline import promote
+
+    root, _ = trained_project
+    assert evaluate.main(["--root", str(root)]) == 0 and (root / "results/evaluation.json").exists()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "_write_plots", interrupted)
+    capsys.readouterr()
+    assert evaluate.main(["--root", str(root)]) == 130
+    assert "interrupted; rerun it" in capsys.readouterr().err
+    assert not (root / "results/evaluation.json").exists()
+    assert promote.main(["--root", str(root)]) == promote.REFUSED
