@@ -98,7 +98,9 @@ def feature_params(raw: Mapping[str, Any]) -> FeatureParams:
         raise ParamsError(str(exc)) from None
     return FeatureParams(spec=spec, train_origins=s.integer("train_origins", 1, 1000),
                          origin_stride_days=s.integer("origin_stride_days", 1, 365),
-                         in_memory_examples=s.integer("in_memory_examples", 1, 1 << 40))
+                         # streamed, a quarter of it is the inner validation that stops training and fits the
+                         # expected-units factor: 1 gave 16 rows, silently
+                         in_memory_examples=s.integer("in_memory_examples", 1000, 1 << 40))
 
 
 def train_params(raw: Mapping[str, Any]) -> TrainParams:

@@ -101,3 +101,13 @@ def test_the_gate_fails_a_score_that_is_not_a_number():
               "rows": {"by_family": {"DAIRY": 10_000}, "by_store": {}}}
     failures = threshold_failures(pooled, interval, slices, replace(params, max_nwrmsle=1.0))
     assert [f.split(":")[0] for f in failures] == ["evaluate.max_nwrmsle", "evaluate.slice.max_nwrmsle"]
+
+
+def test_too_few_held_examples_to_stop_training_on_is_refused():
+    """features.in_memory_examples: 1 fitted early stopping and the expected-units factor on 16 rows, silently."""
+    from pipeline.model_params import feature_params
+
+    raw = default_params()
+    raw["features"]["in_memory_examples"] = 999
+    with pytest.raises(ParamsError, match=r"^features.in_memory_examples: must be >= 1000, got 999"):
+        feature_params(raw)
