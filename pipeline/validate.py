@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import gzip
+import re
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +27,7 @@ from pipeline.schema import EARLIEST_DATE, LATEST_DATE, RAW_SCHEMAS, RAW_SUFFIXE
 
 BLOCK_SIZE = 64 << 20
 MAX_SHOWN = 5
+HEADER_BYTES = 1 << 16  # the header line must end within this many bytes
 TRUE_VALUES = ["True", "true", "TRUE", "1"]
 FALSE_VALUES = ["False", "false", "FALSE", "0"]
 
@@ -34,10 +36,36 @@ class DataValidationError(StageError, ValueError):
     """A raw file that breaks the schema; the message names file, column and lines."""
 
 
-def _lines(rows: np.ndarray, values=None) -> str:
+def _file_lines(path: Path | None, rows: list[int]) -> dict[int, int]:
+    """Data row (0-based, as the CSV reader counts them: blank lines skipped) -> its line in the file (1-based).
+
+    Without blank lines a row's line is row + 2; read only when an error names rows, so a file's blank lines
+    do not shift the lines it names."""
+    lines = {row: row + 2 for row in rows}
+    if path is None:
+        return lines
+    wanted, row, number = set(rows), -1, 0  # row -1: the header
+    try:
+        with _open_binary(path) as handle:
+            for chunk in handle:
+                for line in chunk.splitlines():  # \n, \r\n and \r end a line, as for the reader
+                    number += 1
+                    if number == 1 or line:
+                        if row in wanted:
+                            lines[row] = number
+                        row += 1
+                if row > max(wanted):
+                    return lines
+    except (OSError, EOFError, zlib.error):
+        pass  # unreadable further on: the counted lines are the best there is
+    return lines
+
+
+def _lines(rows: np.ndarray, values=None, path: Path | None = None) -> str:
     shown = []
+    lines = _file_lines(path, [int(row) for row in rows[:MAX_SHOWN]])
     for k, row in enumerate(rows[:MAX_SHOWN]):
-        text = f"line {int(row) + 2}"
+        text = f"line {lines[int(row)]}"
         if values is not None:
             text += f" ({values[k]!r})"
         shown.append(text)
@@ -47,7 +75,7 @@ def _lines(rows: np.ndarray, values=None) -> str:
 
 def fail(path: Path, column: str | None, problem: str, rows: np.ndarray | None = None, values=None) -> None:
     where = f"{path.name}: column '{column}'" if column else path.name
-    detail = f"; first offending: {_lines(np.asarray(rows), values)}" if rows is not None and len(rows) else ""
+    detail = f"; first offending: {_lines(np.asarray(rows), values, path)}" if rows is not None and len(rows) else ""
     raise DataValidationError(f"{where}: {problem}{detail}")
 
 
@@ -74,10 +102,13 @@ def _open_binary(path: Path):
 def _header(path: Path) -> list[str]:
     try:
         with _open_binary(path) as handle:
-            first = handle.readline()
+            head = handle.read(HEADER_BYTES)  # not readline(): a file whose lines end in \r alone has no \n at all
     except (OSError, EOFError, zlib.error) as exc:
         raise DataValidationError(f"{path.name}: cannot read: {exc} (corrupt or truncated gzip?)") from None
+    first = re.split(rb"\r\n|\r|\n", head, maxsplit=1)[0]
     if not first.strip():
+        if head.strip():
+            raise DataValidationError(f"{path.name}: line 1 is blank: the header line must come first")
         raise DataValidationError(f"{path.name}: file is empty (no header line)")
     try:
         text = first.decode("utf-8").lstrip("\ufeff").strip()
@@ -139,9 +170,9 @@ class _TailTracking:
 
 def _check_complete_last_line(path: Path, spec: RawFile, tail: bytes, rows_read: int) -> None:
     """Every complete CSV file ends with an end-of-line; one that does not was cut short."""
-    if not tail or tail.endswith(b"\n"):
+    if not tail or tail.endswith((b"\n", b"\r")):  # \r alone: old Mac line endings, which the reader takes too
         return
-    last = tail.rsplit(b"\n", 1)[-1].decode("utf-8", errors="replace")
+    last = re.split(rb"\r\n|\r|\n", tail)[-1].decode("utf-8", errors="replace")
     index = min(last.count(","), len(spec.columns) - 1)
     raise DataValidationError(
         f"{path.name}: line {rows_read + 1}, column '{spec.columns[index].name}': the file ends inside this line "

@@ -46,6 +46,11 @@ CASES = {
                        .replace(",5\n", ",5,x\n").replace(",6\n", ",6,x\n"), ["stores.csv", "'extra'"]),
     "bad date": ("train", lambda t: _replace_line(t, 40, _train_line(40).replace("2014-03-", "2014-02-3", 1)),
                  ["train.csv", "'date'", "line 40"]),
+    # blank lines are skipped by the reader: the line named is the file's, not the data row's
+    "blank lines before an error": ("train", lambda t: _replace_line(t, 3, _train_line(3) + "\n\n\r\n")
+                                    .replace(_train_line(30), _with_field(_train_line(30), 2, "77")),
+                                    ["train.csv", "'store_nbr'", "line 33 (77)"]),
+    "a blank first line": ("items", lambda t: "\n" + t, ["items.csv", "line 1 is blank"]),
     "unpadded date": ("train", lambda t: _replace_line(t, 40, _train_line(40).replace("2014-03-0", "2014-3-", 1)
                                                       .replace("2014-03-", "2014-3-", 1)),
                       ["train.csv", "'date'", "line 40", "2014-3-"]),
@@ -205,3 +210,13 @@ def test_oil_takes_a_negative_price_and_a_file_without_any_price_is_no_oil(tmp_p
     without, no_oil = (pd.read_parquet(tmp_path / name / "sales.parquet") for name in ("prepared-no-price",
                                                                                        "prepared-no-oil"))
     pd.testing.assert_frame_equal(without, no_oil)
+
+
+def test_a_file_whose_lines_end_in_cr_alone_is_read_like_any_other(tmp_path):
+    """Old Mac line endings: the header was read as the whole file ('cluster' missing, 'cluster1, Quito, ...')."""
+    raw = write_kaggle_sample(tmp_path / "raw")
+    _edit(raw, "stores", lambda t: t.replace("\n", "\r"))
+    prepare(raw, tmp_path / "prepared", PARAMS, progress=False)
+    _edit(raw, "stores", lambda t: t.replace("Cuenca,Azuay,B,6", "Cuenca,Azuay,B,x"))
+    with pytest.raises(DataValidationError, match=r"stores.csv: column 'cluster'.*line 4"):
+        prepare(raw, tmp_path / "prepared2", PARAMS, progress=False)
