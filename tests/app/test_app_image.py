@@ -119,9 +119,9 @@ def run_in_image(tree: Path, allowed: set[str], code: str) -> subprocess.Complet
 
 
 def test_the_build_context_rules_read_as_dockers():
-    rules = [(False, re.compile(r"[^/]*\Z")), (True, re.compile(r"app\Z")), (False, re.compile(r"(.*/)?x\Z"))]
-    assert in_build_context("app/a.py", rules) and not in_build_context("tests/a.py", rules)
-    assert not in_build_context("app/x/a.py", rules) and not in_build_context("app/x", rules)
+    rules = [(False, re.compile(r"[^/]*\Z")), (True, re.compile(r"kept\Z")), (False, re.compile(r"(.*/)?x\Z"))]
+    assert in_build_context("kept/a.py", rules) and not in_build_context("other/a.py", rules)
+    assert not in_build_context("kept/x/a.py", rules) and not in_build_context("kept/x", rules)
 
 
 def test_the_image_builds_serves_and_sets_up_the_stack_with_only_its_own_files_and_packages(app_bundles, tmp_path):
