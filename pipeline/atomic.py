@@ -66,7 +66,18 @@ def remove_abandoned_copies(target: Path) -> int:
     return removed
 
 
-_ABANDONED = re.compile(r"(?:(?P<pid>\d+)-)?[^./]+\.tmp|old-(?P<old>\d+)")
+# what follows ".<target name>." in a writer's copy: a staging copy (<pid>-<random>.tmp; <random>.tmp from before
+# pids were in the name) or the previous directory kept during a swap (old-<pid>)
+_COPY_SUFFIX = r"(?:(?P<pid>\d+)-)?[^./]+\.tmp|old-(?P<old>\d+)"
+_ABANDONED = re.compile(_COPY_SUFFIX)
+_COPY = re.compile(rf"\.(?P<target>.+)\.(?:{_COPY_SUFFIX})")
+
+
+def target_of_copy(path: Path | str) -> Path | None:
+    """The output a writer's copy beside it stands for (``data/.split.123-ab.tmp`` -> ``data/split``), or None."""
+    path = Path(path)
+    match = _COPY.fullmatch(path.name)
+    return path.with_name(match["target"]) if match else None
 
 
 def _alive(pid: int) -> bool:

@@ -6,19 +6,19 @@ evaluate, promote) runs through ``run_stage``. It gives each the same options
 into one line ``<stage>: error: ...`` (exit 1, or the error's own
 ``exit_code``), and prints the body's summary with the time it took.
 
-This module imports only params.py, so depending on it costs a stage nothing
+This module imports only params.py and atomic.py (stdlib), so depending on it costs a stage nothing
 (the dvc.yaml deps test checks every stage's imports).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
+from pipeline.atomic import target_of_copy
 from pipeline.params import ParamsError, load_yaml
 
 
@@ -43,20 +43,16 @@ def stage_params(args: argparse.Namespace) -> dict:
     return load_yaml(Path(args.root) / "params.yaml")
 
 
-_STAGING = re.compile(r"^\.(?P<target>.+)\.(?:[^./]+\.tmp|old-\d+)$")  # pipeline/atomic.py's names beside a target
-
-
 def os_error_text(exc: OSError) -> str:
     """``exc`` as one line that names the output it was writing (a staging copy's target, not its temporary name)."""
     reason = exc.strerror or str(exc)
     paths = [p for p in (exc.filename, exc.filename2) if p is not None]
     if not paths:
         return reason
-    first = Path(paths[0])
-    staged = _STAGING.match(first.name)
+    target = target_of_copy(paths[0])
     where = " -> ".join(str(p) for p in paths)
-    if staged:
-        return f"{first.with_name(staged['target'])}: {reason} (while writing {where})"
+    if target is not None:
+        return f"{target}: {reason} (while writing {where})"
     return f"{where}: {reason}"
 
 
