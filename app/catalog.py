@@ -13,6 +13,8 @@ import numpy as np
 
 from pipeline.features import HistorySnapshot
 
+MAX_QUERY = 100  # the longest items search the API takes (GET /api/v1/items?q=)
+
 
 @dataclass(frozen=True)
 class Item:

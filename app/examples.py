@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.catalog import MAX_QUERY
 from app.predictor import LoadedModel
 
 RECENT_DAYS = 28  # "best-selling" over the last four weeks, so the example forecast is not 0
@@ -43,5 +44,7 @@ def example_for(model: LoadedModel | None) -> Example:
         item = int(snapshot.item_nbr[known[int(np.argmax(recent))]])  # argmax: the first (lowest number) on ties
     else:
         item = min(model.catalog.items)
-    family = model.catalog.items[item].family.split()[0].lower()
-    return Example(store_nbr=store, item_nbr=item, date=model.first_date.isoformat(), search=family)
+    # a word of its family (a prefix matches too, within the API's length limit), else its number
+    words = model.catalog.items[item].family.split()
+    search = words[0].lower()[:MAX_QUERY] if words else str(item)
+    return Example(store_nbr=store, item_nbr=item, date=model.first_date.isoformat(), search=search)

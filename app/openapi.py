@@ -6,6 +6,7 @@ requests from it and checks every response against it, so it cannot drift from t
 
 from __future__ import annotations
 
+from app.catalog import MAX_QUERY
 from app.examples import DEFAULT_DATA_EXAMPLE, Example
 from app.validation import MAX_ID
 
@@ -147,7 +148,8 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
             "/api/v1/items": {"get": {
                 "summary": "Search the model's items by number, family or class", "operationId": "searchItems",
                 "parameters": [
-                    {"name": "q", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 100},
+                    {"name": "q", "in": "query", "required": False,
+                     "schema": {"type": "string", "maxLength": MAX_QUERY},
                      "example": example.search,
                      "description": "words that must all appear (e.g. a family and a class)"},
                     {"name": "limit", "in": "query", "required": False,

@@ -6,6 +6,7 @@ import json
 
 from flask import Blueprint, g, jsonify, request
 
+from app.catalog import MAX_QUERY
 from app.errors import error_response
 from app.examples import example_for
 from app.openapi import openapi_document
@@ -15,7 +16,6 @@ from app.validation import FieldError, InputError, check_forecastable, parse_ins
 from pipeline.release_store import PRODUCTION
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
-MAX_QUERY = 100
 
 
 def _reject_constant(name: str):

@@ -56,10 +56,10 @@ def read_actuals(path: Path | str) -> dict[tuple[str, str, str], float]:
                 date = dt.date.fromisoformat(row["date"].strip()).isoformat()
             except (TypeError, ValueError) as exc:
                 raise ActualsError(f"{path}: line {number}: {exc}") from None
-            if not np.isfinite(units) or units < 0:
-                raise ActualsError(f"{path}: line {number}: unit_sales must be finite and >= 0, "
+            if not np.isfinite(units):
+                raise ActualsError(f"{path}: line {number}: unit_sales must be a finite number, "
                                    f"got {row['unit_sales']!r}")
-            actual[(store, item, date)] = units
+            actual[(store, item, date)] = max(units, 0.0)  # a return sold nothing that day, as evaluate counts it
     return actual
 
 
@@ -93,7 +93,7 @@ def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: 
         verdict, note = VERDICT_NOT_ALARMED, CALENDAR_REASON
     elif shifted:
         verdict, note = VERDICT_DRIFT, f"PSI {test.psi:.3f} > {psi_alert} and {test_name} p={test.p_value:.2g}"
-    elif test.test == "chi2" and events and test.cells < 2:
+    elif test.test == "chi2" and events and test.cells < 2 <= test.categories:  # more events would tell
         verdict, note = VERDICT_INCONCLUSIVE, (f"{events} events are too few to compare its categories one by one "
                                                f"(each is expected in fewer than {MIN_EXPECTED:g} of them)")
     elif test.psi > psi_alert:

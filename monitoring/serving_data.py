@@ -16,9 +16,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from pipeline.drift_stats import UNKNOWN_LABEL
 from pipeline.event_sources import event_time
 
-UNKNOWN_LABEL = "<unknown>"
 OUTPUT_KEYS = ("unit_sales", "units", "forecast", "prediction")
 
 

@@ -24,8 +24,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from pipeline.drift_stats import UNKNOWN_LABEL as UNKNOWN
+
 PSI_FLOOR = 1e-4  # a share of 0 would make PSI infinite; empty bins count as this share
 MIN_EXPECTED = 5.0  # chi-square cells with fewer expected counts are pooled
+OTHER = "<other>"  # the cell of the values a reference does not list
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class ShiftTest:
     train_shares: list[float]
     labels: list[str]
     cells: int = 0  # categories expected often enough to be compared one by one (not pooled); 0 for numeric tests
+    categories: int = 0  # categories the reference saw (share > 0): under 2, there is nothing to compare one by one
 
 
 def population_stability_index(live_shares: np.ndarray, train_shares: np.ndarray) -> float:
@@ -137,13 +141,14 @@ def categorical_shift(live_labels: Sequence[str], reference: Mapping) -> ShiftTe
     `train_shares` stay per label for the report's chart.
     """
     top: Mapping[str, float] = reference["top"]
-    labels = list(top) + ["<other>"]
-    if "<unknown>" not in top:
-        labels.insert(len(labels) - 1, "<unknown>")
+    labels = list(top) + ([] if UNKNOWN in top else [UNKNOWN])
+    position = {label: i for i, label in enumerate(labels)}  # the values with a cell of their own, never the rest
+    other = len(labels)
+    # the rest's cell: named so no value can be taken for it (a family may be called "<other>")
+    labels.append(next(name for name in (OTHER, f"{OTHER} (not listed above)", f"{OTHER} [{other}]")
+                       if name not in position))
     train_shares = np.asarray([top.get(label, 0.0) for label in labels[:-1]] + [reference.get("other", 0.0)],
                               np.float64)
-    position = {label: i for i, label in enumerate(labels)}
-    other = len(labels) - 1
     counts = np.zeros(len(labels), np.float64)
     for label in live_labels:
         counts[position.get(label, other)] += 1
@@ -155,7 +160,8 @@ def categorical_shift(live_labels: Sequence[str], reference: Mapping) -> ShiftTe
     psi = population_stability_index(observed / n, expected / n) if n else 0.0
     return ShiftTest(psi=psi, statistic=statistic, p_value=chi_square_p_value(statistic, dof) if n else 1.0,
                      test="chi2", live_shares=live_shares.tolist(), train_shares=train_shares.tolist(), labels=labels,
-                     cells=int((train_shares[:-1] * n >= MIN_EXPECTED).sum()))
+                     cells=int((train_shares[:-1] * n >= MIN_EXPECTED).sum()),
+                     categories=int((train_shares > 0).sum()))
 
 
 def _pooled_cells(observed: np.ndarray, train_shares: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -35,6 +35,8 @@ from pipeline.features import (
     rows_from_snapshot,
 )
 
+UNKNOWN_LABEL = "<unknown>"  # category id 0 (a value the model never saw) in references and monitoring's live labels
+
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
 HISTOGRAM_BINS = 20
 TOP_CATEGORIES = 200
@@ -65,7 +67,7 @@ def category_frequencies(ids: np.ndarray, vocabulary: Sequence[str]) -> dict:
     counts = np.bincount(ids, minlength=len(vocabulary) + 1)
     total = max(int(counts.sum()), 1)
     order = np.argsort(-counts, kind="stable")
-    labels = ["<unknown>"] + list(vocabulary)
+    labels = [UNKNOWN_LABEL] + list(vocabulary)
     top = {labels[i]: counts[i] / total for i in order[:TOP_CATEGORIES] if counts[i] > 0}
     rest = float(counts[order[TOP_CATEGORIES:]].sum()) / total
     return {"rows": int(counts.sum()), "distinct": int((counts > 0).sum()), "top": top, "other": rest}

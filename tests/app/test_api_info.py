@@ -94,3 +94,22 @@ def test_unknown_paths_are_404_json_under_api_and_a_page_elsewhere(served):
     assert api.status_code == 404 and api.json["code"] == "not_found"
     page = served.client.get("/nothing")
     assert page.status_code == 404 and page.mimetype == "text/html" and b"Back to the form" in page.data
+
+
+def test_the_items_search_example_is_one_the_api_takes_whatever_the_family_names(app_bundles):
+    """A family whose first word is 405 characters long made an example the API refuses (q: at most 100
+    characters); an empty family name would have raised building /docs."""
+    import numpy as np
+
+    from app.catalog import MAX_QUERY
+    from app.examples import example_for
+    from app.predictor import LoadedModel
+    from pipeline.bundle import load_bundle
+
+    for family in ("Ñ" + "x" * 404 + " FOODS", ""):
+        bundle = load_bundle(app_bundles[0])
+        bundle.snapshot.items["family"] = np.asarray([family] * len(bundle.snapshot.items["item_nbr"]), dtype=object)
+        model = LoadedModel(bundle, signature=None, loaded_at="")
+        example = example_for(model)
+        assert 0 < len(example.search) <= MAX_QUERY
+        assert example.item_nbr in [item.item_nbr for item in model.catalog.search(example.search, 50)[0]]

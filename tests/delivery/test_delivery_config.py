@@ -30,7 +30,8 @@ def test_a_change_to_anything_the_image_or_the_tests_hold_starts_a_pipeline():
     mounted = set(re.findall(r"\./([\w.-]+)/", (REPO / "docker-compose.yml").read_text(encoding="utf-8"))) - {"models"}
     needed = [f"{folder}/x.py" for folder in copied if folder != "models/production"] + \
              [f"{folder}/x" for folder in mounted] + \
-             ["tests/app/test_api_predict.py", "Makefile", "Dockerfile", ".dockerignore", "docker-compose.yml", "pyproject.toml"]
+             ["tests/app/test_api_predict.py", "Makefile", "Dockerfile", ".dockerignore", "docker-compose.yml",
+              "pyproject.toml"]
     assert "eventlog/x.py" in needed and "deploy/x" in needed
     assert [path for path in needed if not triggered(path, patterns)] == []
 

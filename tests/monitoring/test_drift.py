@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from monitoring import drift
+from monitoring import drift, drift_analysis
 from monitoring.drift_analysis import analyse
 from monitoring.drift_params import DriftParams, DriftParamsError, load_drift_params
 
@@ -89,7 +89,10 @@ def test_actuals_csv_is_read_and_checked(bundle_parts, stream, jsonl, production
     (tmp_path / "actuals.csv").write_text("\n".join(rows) + "\n")
     code, report, html = run_cli(tmp_path, production_bundle, path, "--actuals", str(tmp_path / "actuals.csv"))
     assert report["live"]["rows"] > 0 and "Live accuracy" in html
-    (tmp_path / "bad.csv").write_text("store_nbr,item_nbr,date,unit_sales\n1,2,2017-08-01,-3\n")
+    # train.csv's own rows work: a return (negative units) sold nothing that day, as evaluate counts it
+    (tmp_path / "returns.csv").write_text("store_nbr,item_nbr,date,unit_sales\n1,2,2017-08-01,-3\n")
+    assert drift_analysis.read_actuals(tmp_path / "returns.csv") == {("1", "2", "2017-08-01"): 0.0}
+    (tmp_path / "bad.csv").write_text("store_nbr,item_nbr,date,unit_sales\n1,2,2017-08-01,nan\n")
     assert drift.main(["--bundle", str(production_bundle), "--events", str(path), "--actuals",
                        str(tmp_path / "bad.csv"), "--output-dir", str(tmp_path / "r2")]) == drift.EXIT_ERROR
 
@@ -287,3 +290,19 @@ def test_every_feature_has_the_role_its_computation_gives_it():
     assert {n for n, r in roles.items() if r == "calendar"} == calendar
     assert {n for n, r in roles.items() if r == "request"} == {"target_onpromotion"}
     assert roles["year_ago_log1p"] == roles["dow_mean_log1p_4w"] == roles["days_since_last_sale"] == "history"
+
+
+def test_a_category_with_one_value_in_training_is_ok_not_inconclusive_forever():
+    """A single store (or item) made every category 'inconclusive: too few events' at 3,200 events, and would at
+    any number: one value has nothing to be compared with; values never seen still count (PSI, unseen share)."""
+    from monitoring.statistics import categorical_shift
+
+    params = DriftParams()
+    one = {"top": {"7": 1.0}, "other": 0.0}
+    same = drift_analysis._shift_record(categorical_shift(["7"] * 3200, one), params, params.psi_alert, events=3200)
+    assert same["verdict"] == "ok" and same["note"] == ""
+    moved = categorical_shift(["7"] * 1600 + ["<unknown>"] * 1600, one)
+    assert drift_analysis._shift_record(moved, params, params.psi_alert, events=3200)["verdict"] == "drift"
+    two = {"top": {"7": 0.99, "8": 0.01}, "other": 0.0}  # 8 is expected 2 times in 200: more events would tell
+    few = drift_analysis._shift_record(categorical_shift(["7"] * 200, two), params, params.psi_alert, events=200)
+    assert few["verdict"] == "inconclusive"

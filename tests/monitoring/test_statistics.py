@@ -56,6 +56,18 @@ def test_numeric_shift_detects_a_moved_distribution():
     assert moved.psi > 0.25 and moved.p_value < 1e-10
 
 
+@pytest.mark.parametrize("name", ["<other>", "<other> (not listed above)"])
+def test_a_value_named_like_the_rest_cell_keeps_its_own_cell(name):
+    """A family called "<other>" shared its cell's name with the values the reference does not list: its live rows
+    went to that cell (expected share 0) and its own cell stayed empty, a drift alarm on unchanged traffic."""
+    reference = {"top": {"a": 0.5, name: 0.3, "c": 0.2}, "other": 0.0}
+    same = categorical_shift(["a"] * 50 + [name] * 30 + ["c"] * 20, reference)
+    assert same.psi == pytest.approx(0.0, abs=1e-9) and same.p_value == pytest.approx(1.0)
+    assert len(same.labels) == len(set(same.labels)) == 5 and same.labels[1] == name
+    rest = categorical_shift(["a"] * 50 + ["z"] * 50, reference)
+    assert rest.live_shares[-1] == 0.5 and rest.labels[-1] != name
+
+
 def test_categorical_shift_counts_unseen_and_rare_values():
     reference = {"top": {"a": 0.5, "b": 0.3, "c": 0.2}, "other": 0.0}
     same = categorical_shift(["a"] * 50 + ["b"] * 30 + ["c"] * 20, reference)
