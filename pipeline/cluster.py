@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -30,6 +32,9 @@ from pipeline.params import ParamsError
 
 SCHEDULER_ENV = "SHELFCAST_DASK_SCHEDULER"
 PARAMS_SECTION = "cluster"
+WATCH_S = 5.0  # while no task finishes, how often run_tasks asks whether the cluster has a worker at all
+SCHEDULER_LOST = "lost the Dask scheduler mid-stage (its tasks were cancelled); rerun once it is back"
+NO_WORKER_S = 60.0  # a cluster without any worker this long fails the stage instead of waiting forever
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -110,20 +115,45 @@ def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: An
         for item in tqdm(items, desc=desc, unit="task", disable=not progress):
             results.append(fn(item, **kwargs))
         return results
-    from distributed import as_completed
+    from distributed import wait
 
     futures = client.map(fn, items, pure=False, **kwargs)
     index = {future.key: i for i, future in enumerate(futures)}
     results: list[Any] = [None] * len(items)
+    pending, no_worker_since = set(futures), None
     with tqdm(total=len(items), desc=f"{desc} (dask)", unit="task", disable=not progress) as bar:
-        for future in as_completed(futures):
-            i = index[future.key]
+        while pending:
             try:
-                results[i] = future.result()
-            except Exception as exc:  # noqa: BLE001 - re-raised with the failing input named
-                for other in futures:
-                    other.cancel()
-                raise ClusterError(f"{desc}: the task for {items[i]!r} failed on a Dask worker: "
-                                   f"{type(exc).__name__}: {exc}") from exc
-            bar.update(1)
+                done, pending = wait(list(pending), timeout=WATCH_S, return_when="FIRST_COMPLETED")
+            except CancelledError:  # not by us: the scheduler went away and took every task with it
+                _cancel(futures)
+                raise ClusterError(f"{desc}: {SCHEDULER_LOST}") from None
+            except TimeoutError:  # nothing finished for a while: are there workers at all?
+                info = client.scheduler_info(n_workers=-1)
+                if info.get("workers"):
+                    no_worker_since = None
+                elif no_worker_since is None:
+                    no_worker_since = time.monotonic()
+                elif time.monotonic() - no_worker_since >= NO_WORKER_S:
+                    _cancel(futures)
+                    raise ClusterError(f"{desc}: no Dask worker at {info.get('address')} for "
+                                       f"{NO_WORKER_S:.0f} s; start workers and rerun") from None
+                continue
+            for future in done:
+                i = index[future.key]
+                try:
+                    results[i] = future.result()
+                except CancelledError:
+                    _cancel(futures)
+                    raise ClusterError(f"{desc}: {SCHEDULER_LOST}") from None
+                except Exception as exc:  # noqa: BLE001 - re-raised with the failing input named
+                    _cancel(futures)
+                    raise ClusterError(f"{desc}: the task for {items[i]!r} failed on a Dask worker: "
+                                       f"{type(exc).__name__}: {exc}") from exc
+                bar.update(1)
     return results
+
+
+def _cancel(futures: list) -> None:
+    for future in futures:
+        future.cancel()

@@ -48,6 +48,8 @@ from pipeline.examples import DEFAULT_CHUNK_ROWS, Examples, ExampleStream, origi
 from pipeline.features import CATEGORICAL_FIELDS, FeatureMatrix, FeatureSpec, Vocabularies, dense_feature_names
 from pipeline.history import SalesHistory
 from pipeline.io import PARQUET_COMPRESSION
+from pipeline.stage import StageError
+from pipeline.versions import EXAMPLE_CODE, code_version
 
 SHARD_DIR = "models/checkpoints/train-features"  # outside the DVC output: removed once training finished
 ROW_COLUMN = "row"
@@ -56,7 +58,7 @@ CATEGORICAL_PREFIX = "id_"  # categorical columns are id_store_nbr, id_item_nbr,
 TASKS_PER_WORKER = 2  # stores in flight per worker thread: their history slices are all that is sent at once
 
 
-class ShardError(RuntimeError):
+class ShardError(StageError):
     """A feature shard is missing or does not match what training expects (message names the file)."""
 
 
@@ -73,6 +75,7 @@ class StoreTask:
     origins: list[int]  # training origin columns, in the in-process order
     out_dir: str
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    code: str = ""  # versions.code_version of EXAMPLE_CODE where the tasks were made: other code, other shards
 
     def __repr__(self) -> str:  # a failing task is reported by this
         return f"store {self.store_nbr} ({self.history.sales.shape[0]:,} series)"
@@ -80,7 +83,8 @@ class StoreTask:
     def digest(self) -> str:
         h = hashlib.sha256(json.dumps({"spec": self.spec, "vocab": self.vocab, "origins": self.origins,
                                        "offset": self.series_offset, "n_series": self.n_series,
-                                       "first_day": self.history.first_day, "chunk_rows": self.chunk_rows},
+                                       "first_day": self.history.first_day, "chunk_rows": self.chunk_rows,
+                                       "code": self.code},
                                       sort_keys=True).encode())
         for array in (self.history.store_nbr, self.history.item_nbr, self.history.sales, self.history.promo,
                       self.history.observed, self.history.perishable, self.history.holidays):
@@ -156,8 +160,9 @@ def store_tasks(history: SalesHistory, spec: FeatureSpec, vocab: Vocabularies, o
     """One task per store (the history's series are sorted by store, so each store is one slice)."""
     stores, starts = np.unique(history.store_nbr, return_index=True)
     stops = np.r_[starts[1:], history.store_nbr.size]
+    code = code_version(entries=EXAMPLE_CODE)
     return [StoreTask(int(s), store_slice(history, int(a), int(b)), int(a), int(history.store_nbr.size),
-                      spec.to_json(), vocab.to_json(), [int(o) for o in origins], str(out_dir), chunk_rows)
+                      spec.to_json(), vocab.to_json(), [int(o) for o in origins], str(out_dir), chunk_rows, code)
             for s, a, b in zip(stores, starts, stops)]
 
 
@@ -202,8 +207,9 @@ class ShardStream:
         self._groups: list[tuple[int, int]] = []
         self._rows = 0
         for i, path in enumerate(self.paths):
-            if not path.exists():
-                raise ShardError(f"{path}: feature shard not found")
+            if not path.exists():  # a worker wrote it: where this process cannot see it, or since removed
+                raise ShardError(f"{path}: feature shard not found (a Dask worker wrote it: the project must be on "
+                                 "storage the workers and this process share, at the same path)")
             parquet = pq.ParquetFile(path)
             if not parquet.schema_arrow.equals(expected):
                 raise ShardError(f"{path}: columns differ from the features of this spec (stale shard?)")

@@ -27,6 +27,10 @@ MODEL_CODE = ("engine", "pipeline/features.py", "pipeline/history.py", "pipeline
               "pipeline/versions.py", "pipeline/params.py", "pipeline/io.py", "pipeline/atomic.py", "pipeline/stage.py")
 
 
+# The code a training example is computed by: a feature shard built by other code is built again
+EXAMPLE_CODE = ("pipeline/features.py", "pipeline/history.py", "pipeline/examples.py", "pipeline/feature_shards.py")
+
+
 def data_version(root: Path, relative_paths: Iterable[str]) -> dict[str, str]:
     """md5 of each input file, keyed by its path relative to the project."""
     out = {}
@@ -41,11 +45,11 @@ def data_version(root: Path, relative_paths: Iterable[str]) -> dict[str, str]:
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
-def code_version(root: Path | None = None) -> str:
-    """sha256 over the model code (MODEL_CODE) that is running, independent of git state."""
+def code_version(root: Path | None = None, entries: Iterable[str] = MODEL_CODE) -> str:
+    """sha256 over the model code (MODEL_CODE, or the given part of it) that is running, independent of git state."""
     root = PACKAGE_ROOT if root is None else Path(root)
     digest = hashlib.sha256()
-    for entry in MODEL_CODE:
+    for entry in entries:
         path = root / entry
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
         for file in files:

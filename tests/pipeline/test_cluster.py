@@ -70,3 +70,60 @@ def test_an_address_dask_cannot_parse_is_a_params_error_naming_where_it_came_fro
         scheduler_address({}, environ={SCHEDULER_ENV: address})
     for good in ("tcp://10.0.0.5:8786", "scheduler:8786", "tls://dask.example.org:8786", "tcp://[::1]:8786"):
         assert scheduler_address({"cluster": {"scheduler": good}}, environ={}) == good
+
+
+def _slow(value: int) -> int:
+    import time
+
+    time.sleep(value)
+    return value
+
+
+def test_a_cluster_without_workers_fails_the_stage_instead_of_waiting_forever(monkeypatch):
+    """A scheduler with no worker (all of them killed, none started) made a stage wait with no output and no end."""
+    from distributed import LocalCluster
+
+    import pipeline.cluster as cluster
+
+    monkeypatch.setattr(cluster, "WATCH_S", 0.2)
+    monkeypatch.setattr(cluster, "NO_WORKER_S", 1.0)
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as workerless:
+        with dask_client(workerless.scheduler_address) as client:
+            with pytest.raises(ClusterError, match=r"^squares: no Dask worker at tcp://127.0.0.1:\d+ for 1 s"):
+                run_tasks(_square_with_pid, [1, 2], client=client, desc="squares", progress=False)
+
+
+def test_a_lost_scheduler_is_said_as_such_not_blamed_on_a_task(tmp_path):
+    """The scheduler killed mid-stage: the error named a store partition's task as having failed."""
+    import subprocess
+    import sys
+    import time
+
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                  "--port", "0", "--no-dashboard", "--scheduler-file", str(tmp_path / "s.json")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        for _ in range(200):
+            if (tmp_path / "s.json").exists() and (tmp_path / "s.json").stat().st_size:
+                break
+            time.sleep(0.1)
+        import json
+
+        address = json.loads((tmp_path / "s.json").read_text())["address"]
+        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                   "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with dask_client(address) as client:
+            client.wait_for_workers(1, timeout=60)
+            killer = __import__("threading").Timer(1.0, scheduler.kill)
+            killer.start()
+            began = time.monotonic()
+            with pytest.raises(ClusterError, match=r"^naps: lost the Dask scheduler mid-stage"):
+                run_tasks(_slow, [20, 20], client=client, desc="naps", progress=False)
+            assert time.monotonic() - began < 60
+    finally:
+        for process in (worker, scheduler):
+            if process is not None:
+                process.kill()
+                process.wait(timeout=30)

@@ -116,6 +116,37 @@ def test_the_command_builds_the_train_stages_shards_on_the_configured_cluster(da
     assert all(feature_shards.build_store_shard(task)["reused"] for task in tasks)
 
 
+def test_shards_made_by_other_example_code_are_not_reused(history, tmp_path):
+    """Shards left by an interrupted run were reused after features.py changed: the model silently differed from
+    the in-process one (1,242 of 23,322 rows' features). The example code's version is part of a shard's name."""
+    import dataclasses
+
+    from pipeline.versions import EXAMPLE_CODE, code_version
+
+    fparams, _ = _params()
+    _, _, origins = train.origins(history, fparams)
+    vocab = Vocabularies.fit(history.series_categorical())
+    task = feature_shards.store_tasks(history, fparams.spec, vocab, origins, tmp_path)[1]
+    assert task.code == code_version(entries=EXAMPLE_CODE) and len(task.code) == 64
+    first = feature_shards.build_store_shard(task)
+    other_code = feature_shards.build_store_shard(dataclasses.replace(task, code="0" * 64))
+    assert not other_code["reused"] and other_code["path"] != first["path"]
+
+
+def test_a_shard_this_process_cannot_see_is_one_line_saying_why(tmp_path, capsys):
+    """Workers wrote shards on storage the train process does not share: a traceback ending in ShardError."""
+    from pipeline.stage import run_stage
+
+    def body(args):
+        feature_shards.ShardStream([tmp_path / "store=1" / "part-0.parquet"], _params()[0].spec)
+
+    assert run_stage("train", body, []) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"train: error: {tmp_path}/store=1/part-0.parquet: feature shard not found (a Dask worker "
+                          "wrote it: the project must be on storage the workers and this process share")
+    assert err.count("\n") == 1
+
+
 def test_an_item_that_never_sold_in_the_history_is_unknown_to_the_model(history):
     """``train.training_vocabularies`` is the one rule (the train stage and ``python -m pipeline.feature_shards``
     both call it): a series with no row in the history's days adds nothing to the vocabularies."""
