@@ -23,7 +23,7 @@ from app.model_store import ProductionWithFallback
 from app.predictor import Predictor
 from app.request_buffer import BODY_TIMED_OUT, BODY_TOO_LARGE, BufferedRequests
 from app.state import EXTENSION_KEY, ServingState
-from app.variants import Candidates, Variants
+from app.variants import Variants, installed_candidates
 from pipeline.release_store import ReleaseStore
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -65,7 +65,7 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
     if predictor.model is None:
         log.warning("no model served yet: %s", predictor.last_error or f"nothing at {settings.model_dir}")
     sink = sink or PredictionEventSink.from_environment(count=count_event)
-    observe_models(predictor.model, variants.candidates() if variants is not None else Candidates())
+    observe_models(predictor.model, installed_candidates(variants))
     app.extensions[EXTENSION_KEY] = ServingState(settings=settings, predictor=predictor, sink=sink, variants=variants)
 
     # Request ids from a generator seeded once per process (create_app runs after gunicorn's fork):
@@ -92,9 +92,7 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         labelled(REQUEST_DURATION, rule).observe(time.perf_counter() - g.get("started", time.perf_counter()))
         candidates = g.get("candidates")  # what a forecast looked up: no second stat of the candidates
-        if candidates is None:
-            candidates = variants.candidates() if variants is not None else Candidates()
-        observe_models(predictor.model, candidates)
+        observe_models(predictor.model, installed_candidates(variants) if candidates is None else candidates)
         return response
 
     register_error_handlers(app, settings.max_body_bytes)

@@ -10,7 +10,7 @@ from app.catalog import MAX_QUERY
 from app.errors import error_response
 from app.examples import example_for
 from app.openapi import openapi_document
-from app.variants import Candidates, predict_with_variants
+from app.variants import installed_candidates, predict_with_variants
 from app.state import serving_state
 from app.validation import FieldError, InputError, check_forecastable, parse_instances
 from pipeline.release_store import PRODUCTION
@@ -52,7 +52,7 @@ def predict():
     if unavailable is not None:
         return unavailable
     check_forecastable(instances, model)
-    g.candidates = state.variants.candidates() if state.variants is not None else Candidates()
+    g.candidates = installed_candidates(state.variants)
     predictions, answered_by, shadow = predict_with_variants(model, state.variants, g.candidates, instances,
                                                              state.sink, g.request_id, g.started, source="api")
     # the model that answered; production's when a canary answered some rows (each prediction names its own)

@@ -51,6 +51,11 @@ class Candidates(NamedTuple):
     shadow: LoadedModel | None = None
 
 
+def installed_candidates(variants: Variants | None) -> Candidates:
+    """``variants.candidates()``, or none at all for an app without release variants."""
+    return variants.candidates() if variants is not None else Candidates()
+
+
 class Variants:
     """The canary and shadow predictors beside production's, and the canary share."""
 
