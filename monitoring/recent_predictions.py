@@ -11,15 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.event_sources import EventSourceError, read_jsonl_events
+from pipeline.event_sources import EventSourceError, event_units, finite_number, read_jsonl_events
 from pipeline.release import read_traffic
 from pipeline.release_store import CANARY, VARIANTS
-
-
-def _units(event: dict) -> float | None:
-    output = event.get("output")
-    value = output.get("unit_sales") if isinstance(output, dict) else output
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _pct(values: np.ndarray, q: float) -> float | None:
@@ -58,8 +52,8 @@ def recent_statistics(path: Path | str, max_events: int = 5000) -> dict[str, Any
             events = read_jsonl_events(path, max_events).events
         except EventSourceError as exc:
             error = str(exc)
-    latencies = np.asarray([e["latency_ms"] for e in events if isinstance(e.get("latency_ms"), (int, float))], float)
-    units = np.asarray([u for u in map(_units, events) if u is not None], float)
+    latencies = np.asarray([v for v in (finite_number(e.get("latency_ms")) for e in events) if v is not None], float)
+    units = np.asarray([u for u in map(event_units, events) if u is not None], float)
     promo = [bool(e["inputs"].get("onpromotion")) for e in events if isinstance(e.get("inputs"), dict)]
     versions: dict[str, int] = {}
     sources: dict[str, int] = {}

@@ -124,7 +124,8 @@ def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: An
     with tqdm(total=len(items), desc=f"{desc} (dask)", unit="task", disable=not progress) as bar:
         while pending:
             try:
-                done, pending = wait(list(pending), timeout=WATCH_S, return_when="FIRST_COMPLETED")
+                with client.as_current():  # distributed.wait waits through the default client: make it this one
+                    done, pending = wait(list(pending), timeout=WATCH_S, return_when="FIRST_COMPLETED")
             except CancelledError:  # not by us: the scheduler went away and took every task with it
                 _cancel(futures)
                 raise ClusterError(f"{desc}: {SCHEDULER_LOST}") from None

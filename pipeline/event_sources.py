@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import math
 import os
 import urllib.error
 import urllib.parse
@@ -58,6 +59,19 @@ def event_time(event: dict[str, Any]) -> dt.datetime | None:
         return parse_time(stamp)
     except ValueError:
         return None
+
+
+def finite_number(value: Any) -> float | None:
+    """A finite number, or None (missing, text, a bool, NaN: not a figure a statistic or a rule can use)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def event_units(event: dict[str, Any]) -> float | None:
+    """The forecast an event carries (`output.unit_sales`, or a bare-number `output`), when it is a finite number."""
+    output = event.get("output")
+    return finite_number(output.get("unit_sales") if isinstance(output, dict) else output)
 
 
 def other_sender(record: dict[str, Any]) -> str | None:

@@ -33,8 +33,8 @@ compose stack's Fluentd writes (``--index``): `make deploy ELASTICSEARCH_URL=...
 from __future__ import annotations
 
 import argparse
-import json
 import datetime
+import json
 import math
 import os
 import sys
@@ -51,7 +51,7 @@ import numpy as np
 from pipeline import registry_fetch, tracking
 from pipeline.bundle import BundleError
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, event_time,
-                                    read_jsonl_events)
+                                    event_units, finite_number, read_jsonl_events)
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 
 PREVIOUS_TAG = "previous_production"  # registered-model tag: the version `rollback` returns to
@@ -218,8 +218,7 @@ def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str
         variant = event.get("model_variant", PRODUCTION)
         if variant not in (PRODUCTION, CANARY, SHADOW):
             variant = PRODUCTION  # events from before release variants: production's
-        output = event.get("output")
-        units = _number(output.get("unit_sales") if isinstance(output, dict) else output)  # or a bare number
+        units = event_units(event)
         inputs = event.get("inputs") if isinstance(event.get("inputs"), dict) else {}
         t = traffic.setdefault(variant, VariantTraffic())
         if event.get("canary_failed") is True:
@@ -227,7 +226,7 @@ def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str
         if units is None:
             continue
         t.predictions += 1
-        latency = _number(event.get("latency_ms"))
+        latency = finite_number(event.get("latency_ms"))
         if latency is not None:
             t.latencies_ms.append(latency)
         request = _key(event.get("request_id"), event.get("instance_index"))
@@ -237,13 +236,6 @@ def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str
         if series is not None:
             t.by_series.setdefault(series, []).append(units)
     return traffic
-
-
-def _number(value) -> float | None:
-    """A finite number, or None (missing, text, a bool, NaN: not a figure a rule can use)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 def _key(*parts) -> tuple | None:
