@@ -64,7 +64,8 @@ from pipeline.metrics import (
     perishable_weights,
     rmse,
 )
-from pipeline.model_params import EvaluateParams, evaluate_params, feature_params, train_params
+from pipeline.model_params import (EvaluateParams, evaluate_params, feature_params, train_params,
+                                   validation_within_horizon)
 from pipeline.params import load_yaml
 from pipeline.stage import run_stage
 from pipeline.versions import code_version, data_version, params_version
@@ -265,6 +266,7 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     raw = load_yaml(home / "params.yaml")
     eparams, fparams, tparams = evaluate_params(raw), feature_params(raw), train_params(raw)
+    validation_within_horizon(raw)
     bundle = load_bundle(home / CANDIDATE_DIR)
     frame, unscored = scoreable_rows(read_validation(root / VALIDATION_DATA), bundle, root / VALIDATION_DATA)
     if unscored:

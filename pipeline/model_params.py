@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from pipeline.features import CATEGORICAL_FIELDS, FeatureInputError, FeatureSpec
-from pipeline.params import ParamsError, _Section
+from pipeline.params import ParamsError, _Section, split_params
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,17 @@ def feature_params(raw: Mapping[str, Any]) -> FeatureParams:
                          # streamed, a quarter of it is the inner validation that stops training and fits the
                          # expected-units factor: 1 gave 16 rows, silently
                          in_memory_examples=s.integer("in_memory_examples", 1000, 1 << 40))
+
+
+def validation_within_horizon(raw: Mapping[str, Any]) -> None:
+    """ParamsError unless ``split.validation_days`` <= ``features.horizon``: the models forecast at most
+    ``horizon`` days after their origin, so a longer validation window could never be scored. The train stage
+    asks before it trains, not evaluate after (DVC reruns train whenever either changes: the split's output or
+    its own param)."""
+    days, horizon = split_params(raw).validation_days, feature_params(raw).spec.horizon
+    if days > horizon:
+        raise ParamsError(f"split.validation_days: {days} days are longer than features.horizon ({horizon}), "
+                          f"the days after its origin a model forecasts; set split.validation_days <= {horizon}")
 
 
 def train_params(raw: Mapping[str, Any]) -> TrainParams:

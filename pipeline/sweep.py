@@ -51,7 +51,7 @@ from pipeline.cluster import ClusterError, dask_client, run_tasks, scheduler_add
 from pipeline.evaluate import EVALUATION_FILE, THRESHOLD_FAILED, EvaluateError, window_summary
 from pipeline.history import HistoryError
 from pipeline.io import atomic_file
-from pipeline.model_params import evaluate_params, feature_params, train_params
+from pipeline.model_params import evaluate_params, feature_params, train_params, validation_within_horizon
 from pipeline.params import ParamsError, _Section, load_yaml
 from pipeline.stage import run_stage
 from pipeline.train import TrainError
@@ -115,7 +115,7 @@ def sweep_grid(raw: Mapping[str, Any]) -> list[Candidate]:
     if count > MAX_CANDIDATES:
         raise ParamsError(f"sweep.grid: {count} candidates (the product of the list lengths); at most "
                           f"{MAX_CANDIDATES}")
-    base = {name: copy.deepcopy(raw.get(name)) for name in (*SWEPT_SECTIONS, "evaluate")}
+    base = {name: copy.deepcopy(raw.get(name)) for name in (*SWEPT_SECTIONS, "split", "evaluate")}
     candidates = []
     for index, combination in enumerate(itertools.product(*grid.values())):
         values = dict(zip(grid.keys(), combination))
@@ -125,6 +125,7 @@ def sweep_grid(raw: Mapping[str, Any]) -> list[Candidate]:
         candidate = Candidate(index, values, params)
         try:
             feature_params(params), train_params(params), evaluate_params(params)
+            validation_within_horizon(params)
         except ParamsError as exc:
             raise ParamsError(f"sweep.grid: candidate {candidate.label}: {exc}") from None
         candidates.append(candidate)

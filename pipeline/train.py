@@ -45,7 +45,8 @@ from pipeline.features import (
 )
 from pipeline.history import SalesHistory, future_calendar, load_history, snapshot_at
 from pipeline.metrics import nwrmsle
-from pipeline.model_params import FeatureParams, TrainParams, feature_params, train_params
+from pipeline.model_params import (FeatureParams, TrainParams, feature_params, train_params,
+                                   validation_within_horizon)
 from pipeline.params import load_yaml
 from pipeline.stage import StageError, run_stage
 from pipeline.versions import bundle_version, code_version, data_version, git_commit
@@ -249,6 +250,7 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     home = root if candidate_root is None else Path(candidate_root)
     raw = load_yaml(home / "params.yaml")
     fparams, tparams = feature_params(raw), train_params(raw)
+    validation_within_horizon(raw)
     spec = fparams.spec
     history = load_history([root / TRAIN_DATA], days=days_needed(fparams), progress=not quiet)
     with dask_client(scheduler_address(raw)) as client:  # None (build here) unless a scheduler is configured

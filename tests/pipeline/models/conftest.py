@@ -89,6 +89,7 @@ def write_tiny_project(root: Path, validation_days: int = 16, **kwargs) -> Path:
 
 
 TINY_PARAMS = {
+    "split": {"validation_days": 16},
     "features": {"history_days": 56, "mean_windows": [3, 7, 14, 28, 56], "dow_weeks": [4, 8], "promo_windows": [14],
                  "horizon": 16, "yearly": False, "train_origins": 4, "origin_stride_days": 7,
                  "in_memory_examples": 6_000_000},

@@ -109,6 +109,8 @@ def test_the_grid_is_every_combination_with_its_values_set(tiny_params):
     ({"train.learning_rate": [0.01, 0.01]}, "sweep.grid.train.learning_rate: a value is listed twice"),
     ({"train.learning_rate": ["fast"]},
      "sweep.grid: candidate train.learning_rate=\"fast\": train.learning_rate: expected a number, got 'fast'"),
+    ({"features.horizon": [16, 7]},
+     "sweep.grid: candidate features.horizon=7: split.validation_days: 16 days are longer than features.horizon (7)"),
     ({}, "sweep.grid: expected a mapping of param -> list of values"),
 ])
 def test_a_bad_grid_names_its_key(tiny_params, grid, message):

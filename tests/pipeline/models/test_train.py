@@ -85,6 +85,19 @@ def test_the_stage_reports_a_bad_param_without_a_traceback(tiny_project, tiny_pa
     assert "train.model: must be one of mlp, linear" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_a_validation_window_longer_than_the_horizon_is_refused_before_any_work(tmp_path, tiny_params, set_params,
+                                                                                 capsys, stage):
+    """Before: train trained for minutes, then evaluate stopped at the first row past the horizon."""
+    from pipeline import evaluate
+
+    tiny_params["split"]["validation_days"] = 20
+    set_params(tmp_path, tiny_params)  # and no data: the check comes first
+    assert {"train": train, "evaluate": evaluate}[stage].main(["--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "split.validation_days: 20 days are longer than features.horizon (16)" in err and "Traceback" not in err
+
+
 def test_missing_data_is_a_clear_error(tmp_path, tiny_params, set_params, capsys):
     set_params(tmp_path, tiny_params)
     assert train.main(["--root", str(tmp_path)]) == 1
