@@ -220,6 +220,20 @@ def test_returns_and_a_store_opened_inside_the_window_are_scored_as_the_app_serv
     assert verdict["passed"] and verdict["unscored_validation_rows"] == {"rows": 7, "stores": [99]}
 
 
+def test_validation_rows_of_no_store_the_candidate_knows_are_one_clear_error(trained_project, capsys):
+    """A split made after the candidate (other stores): nothing to score, said in one line naming the file."""
+    import pandas as pd
+
+    root, _ = trained_project
+    path = root / "data/split/validation.parquet"
+    frame = pd.read_parquet(path)
+    frame.assign(store_nbr=frame["store_nbr"] + 500).to_parquet(path, index=False)
+    assert evaluate.main(["--root", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: no row of a store the candidate was trained on" in err and "Traceback" not in err
+    assert not (root / "results/evaluation.json").exists()
+
+
 def test_an_interrupted_evaluation_leaves_no_verdict_beside_new_scores(trained_project, monkeypatch, capsys):
     """SIGINT after metrics.json was rewritten left the old evaluation.json (passed) beside it, and said no output
     was written. The verdict is removed before the first output and written after the last."""
