@@ -432,13 +432,9 @@ def python_value_to_array(value, dtype: _dt.DType | None, what: str = "value") -
     if arr.dtype == object:
         raise TypeError(f"{what}: {value!r} is not a rectangular numeric value")
     if dtype is None:
-        if arr.dtype.kind == "f":
-            return arr.astype(np.float32)
-        if arr.dtype.kind in "iu":
-            return arr.astype(np.int32)
-        if arr.dtype.kind == "b":
-            return arr
-        raise TypeError(f"{what}: unsupported value {value!r}")
+        if arr.dtype.kind not in "fiub":
+            raise TypeError(f"{what}: unsupported value {value!r}")
+        dtype = {"f": _dt.float32, "b": _dt.bool_}.get(arr.dtype.kind, _dt.int32)
     if dtype.is_bool and arr.dtype.kind != "b":
         raise TypeError(f"{what}: {value!r} is not boolean")
     if dtype.is_integer and arr.dtype.kind == "f":
@@ -446,7 +442,16 @@ def python_value_to_array(value, dtype: _dt.DType | None, what: str = "value") -
             raise TypeError(f"{what}: {value!r} is not integral, cannot be {dtype.name}")
     if arr.dtype.kind == "b" and not dtype.is_bool:
         raise TypeError(f"{what}: boolean {value!r} cannot be {dtype.name}")
-    return arr.astype(dtype.np)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(dtype.np)
+    if dtype.is_integer and arr.size:  # never wrapped around (bounds as Python ints: exact for any kind)
+        info = np.iinfo(dtype.np)
+        overflow = arr.min() < info.min or arr.max() >= info.max + 1
+    else:
+        overflow = arr.dtype.kind == "f" and bool(np.any(np.isinf(out) & np.isfinite(arr)))
+    if overflow:
+        raise ValueError(f"{what}: {value!r} is out of the range of {dtype.name}")
+    return out
 
 
 class IndexedSlices:

@@ -140,7 +140,7 @@ def chain_source(steps, leaf_kinds, dtype: str, inner: int, row_sum: bool = Fals
     ``leaf_kinds``: "full" (same shape as the output), "row" (a suffix of ``inner`` elements,
     repeated per row) or "scalar". The output is the last step's value. ``row_sum`` adds
     ``serial_sum(out, sums, x0, ...)``, which also sums the output over its rows of ``inner``
-    elements into ``sums`` (a bias gradient), adding rows in order as ``kernels/reduce.py`` does.
+    elements into ``sums`` (a bias gradient), adding rows in order in float64 as ``kernels/reduce.py`` does.
 
     Each function also comes as ``<name>_io<k>`` for every full leaf k: the same loop with the
     output written over operand k (the plan's buffer reuse, ``passes/liveness.py``), which is not
@@ -173,11 +173,13 @@ def chain_source(steps, leaf_kinds, dtype: str, inner: int, row_sum: bool = Fals
         lines += [f"    x{io} = out"] if io is not None else []
         lines += [f"    {b}" for b in body]
         if inner > 1 or sums:
-            summed = [f"sums[j] += t{len(steps) - 1}"] if sums else []
-            lines += [f"    for j in range({inner}):", "        sums[j] = 0"] if sums else []
+            summed = [f"acc[j] += t{len(steps) - 1}"] if sums else []  # in float64 (int64), as reduce.py
+            zero = "np.float64(0)" if dtype.startswith("float") else "np.int64(0)"
+            lines += [f"    acc = np.full({inner}, {zero})"] if sums else []
             lines += [f"    rows = out.size // {inner}", f"    for r in {loop}(rows):", f"        base = r * {inner}",
                       f"        for j in range({inner}):", "            i = base + j"]
             lines += [f"            {b}" for b in inner_body + summed]
+            lines += [f"    for j in range({inner}):", "        sums[j] = acc[j]"] if sums else []
         else:
             lines += [f"    for i in {loop}(out.size):", "        j = 0"] + [f"        {b}" for b in inner_body]
         return "\n".join(lines)

@@ -25,13 +25,15 @@ def sum_rows(x, out, zero):
 
 
 @njit(cache=True)
-def sum_cols(x, out):
+def sum_cols(x, out, zero):
+    """Column sums, rows added in order into accumulators of ``zero``'s type (float64, as ``sum_rows``)."""
     r, m = x.shape
-    for j in range(m):
-        out[j] = 0
+    acc = np.full(m, zero)
     for i in range(r):
         for j in range(m):
-            out[j] += x[i, j]
+            acc[j] += x[i, j]
+    for j in range(m):
+        out[j] = acc[j]
 
 
 @njit(cache=True, parallel=True)
@@ -43,11 +45,11 @@ def sum_rows_parallel(x, out, zero):
 
 
 @njit(cache=True, parallel=True)
-def sum_cols_parallel(x, out):
+def sum_cols_parallel(x, out, zero):
     """``sum_cols`` on blocks of 64 columns split across threads; each column still sums rows in order."""
     m = x.shape[1]
     for b in prange((m + 63) // 64):
-        sum_cols(x[:, b * 64:min(m, b * 64 + 64)], out[b * 64:min(m, b * 64 + 64)])
+        sum_cols(x[:, b * 64:min(m, b * 64 + 64)], out[b * 64:min(m, b * 64 + 64)], zero)
 
 
 @njit(cache=True)
@@ -130,7 +132,8 @@ def reduce(x: np.ndarray, axes: tuple, keepdims: bool, kind: str) -> np.ndarray:
         if kind == "max":
             max_cols(x2, out)
         else:
-            (sum_cols_parallel if x.size >= config.PARALLEL_MIN_ELEMENTS and m > 64 else sum_cols)(x2, out)
+            (sum_cols_parallel if x.size >= config.PARALLEL_MIN_ELEMENTS and m > 64 else sum_cols)(
+                x2, out, _zero(x.dtype))
     else:
         x2 = np.ascontiguousarray(np.transpose(x, layout)).reshape(m, r)
         sum_rows(x2, out, _zero(x.dtype)) if kind != "max" else max_rows(x2, out)

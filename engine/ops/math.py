@@ -195,15 +195,21 @@ elementwise("Sin", _sin, np.sin, FLOAT, grad=lambda op, g: [multiply(g, sin(add(
 
 
 def _add_n_infer(inputs, attrs):
+    """Equal shapes, as TensorFlow's AddN (no broadcasting: its gradient passes ``g`` on unreduced)."""
     d = same_dtype(inputs, NUMERIC)
     shape = inputs[0].shape
     for t in inputs[1:]:
-        shape = shapes.merge(shape, t.shape)
+        try:
+            shape = shapes.merge(shape, t.shape)
+        except ValueError:
+            raise ValueError(f"add_n needs inputs of equal shapes: {[t.shape for t in inputs]}") from None
     return [(d, shape)]
 
 
 def _add_n_kernel(op, ctx):
     def add_all(*xs):
+        if any(x.shape != xs[0].shape for x in xs):
+            raise ValueError(f"add_n needs inputs of equal shapes: {[x.shape for x in xs]}")
         out = np.array(xs[0], copy=True, order="C")
         for x in xs[1:]:
             np.add(out, x, out=out)
@@ -213,7 +219,8 @@ def _add_n_kernel(op, ctx):
 
 
 def _add_n_examples(rng):
-    return [Example(tuple(sample(rng, (3, 2), t) for _ in range(3))) for t in (np.float32, np.float64, np.int32)]
+    return [Example(tuple(sample(rng, (3, 2), t) for _ in range(3))) for t in (np.float32, np.float64, np.int32)] + [
+        Example((sample(rng, (3, 2), np.float64), sample(rng, (1, 2), np.float64)))]  # refused: no broadcasting
 
 
 register("AddN", infer=_add_n_infer, kernel=_add_n_kernel, reference=NUMPY_KERNEL, examples=_add_n_examples,

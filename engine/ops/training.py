@@ -34,6 +34,16 @@ def _check(inputs, attrs, sparse):
     return []
 
 
+def _check_runtime(op, var_shape, grad, indices=None):
+    """The gradient's run-time shape against the variable's (dense), or indices' shape + a row (sparse):
+    kernels read flat buffers, so a mismatch would read or write past them."""
+    want = tuple(var_shape) if indices is None else np.shape(indices) + tuple(var_shape[1:])
+    if np.shape(grad) != want:
+        raise ValueError(f"gradient shape {np.shape(grad)} does not match {want} (variable {op.attrs['var']!r} "
+                         f"shape {tuple(var_shape)}" + ("" if indices is None else f", indices {np.shape(indices)}")
+                         + ")")
+
+
 def _dense_infer(inputs, attrs):
     return _check(inputs, attrs, sparse=False)
 
@@ -63,6 +73,7 @@ def _update_kernel(kernel, slot_names, scalars, sparse):
 
         def apply(*args):
             arrays = [read_state(ctx, n) for n in names]
+            _check_runtime(op, arrays[0].shape, args[0], args[1] if sparse else None)
             extra = scalars(op, ctx, args[-1], arrays[0].dtype)
             if sparse:
                 mine = busy.acquire(False)
@@ -125,6 +136,7 @@ def _reference(rule, slot_names, sparse):
             names = {"var": op.attrs["var"], **{s: op.attrs[s] for s in slot_names}}
             arrays = {k: read_state(ctx, n) for k, n in names.items()}
             step = int(read_state(ctx, op.attrs["step"])) + 1 if "step" in op.attrs else 0
+            _check_runtime(op, arrays["var"].shape, args[0], args[1] if sparse else None)
             dtype = arrays["var"].dtype  # the variable's precision, as the kernels compute (a float32 g * g
             if not sparse:                 # can overflow to inf, and the step is then 0 in both)
                 grad, lr = args
@@ -162,10 +174,11 @@ def _examples(slot_names, sparse):
             if sparse:
                 inputs = (rng.standard_normal((3, 3)).astype(dtype), np.array([2, 0, 2]), lr)
                 edges = [(np.zeros((0, 3), dtype), np.array([], np.int64), lr),  # an empty batch
-                         (np.ones((1, 3), dtype), np.array([-1]), lr)]  # an index out of range
+                         (np.ones((1, 3), dtype), np.array([-1]), lr),  # an index out of range
+                         (np.ones((2, 5), dtype), np.array([0, 1]), lr)]  # rows of the wrong width
             else:
                 inputs = (rng.standard_normal((4, 3)).astype(dtype), lr)
-                edges = []
+                edges = [(np.ones(shape, dtype), lr) for shape in ((4, 1), (2, 3))]  # broadcastable, or smaller
             huge = (np.full_like(inputs[0], 1e30),) + inputs[1:]  # g * g overflows float32
             out.append(Example(inputs, attrs, state))
             out.append(Example(inputs, {**attrs, "nesterov": True}, state))

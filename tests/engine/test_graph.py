@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -119,3 +121,19 @@ def test_graph_version_counts_ops():
     v0 = g.version
     en.constant(1.0)
     assert g.version == v0 + 1
+
+
+def test_python_numbers_out_of_the_dtypes_range_are_refused_not_wrapped():
+    x = en.placeholder(en.int32, (None,), name="x")
+    f = en.placeholder(en.float32, (None,), name="f")
+    for make, value, dtype in [(lambda: en.constant(2 ** 40), "1099511627776", "int32"),
+                               (lambda: en.constant(3e9, en.int32), "3000000000.0", "int32"),
+                               (lambda: en.constant(2 ** 63, en.int64), "9223372036854775808", "int64"),
+                               (lambda: en.constant(1e39), "1e+39", "float32"),
+                               (lambda: en.greater(x, 2 ** 32), "4294967296", "int32"),
+                               (lambda: en.Session().run(x, {x: [2 ** 40]}), "1099511627776", "int32"),
+                               (lambda: en.Session().run(f, {f: [1e39]}), "1e+39", "float32")]:
+        with pytest.raises(ValueError, match=re.escape(value) + f".*out of the range of {dtype}"):
+            make()
+    assert en.Session().run(en.constant([-2 ** 31, 2 ** 31 - 1], en.int32)).tolist() == [-2 ** 31, 2 ** 31 - 1]
+    assert np.isinf(en.Session().run(en.constant(float("inf")))) and en.Session().run(en.constant(1e-50)) == 0

@@ -67,6 +67,27 @@ def test_mean_and_sum_to_shape():
     np.testing.assert_allclose(R.sum_to_shape(g, ()), g.sum())
 
 
+def test_float32_sums_over_leading_axes_accumulate_in_float64_fused_or_not():
+    """2**24 + 1 + 1 is 2**24 added in float32, 2**24 + 2 in float64 (and 2**24 + 2 is a float32):
+    reduce_sum over rows, mean, SumToShape (a bias gradient) and its fused form all give the latter."""
+    import engine as en
+
+    x = np.array([[2.0 ** 24, 1.0], [1.0, 1.0], [1.0, 1.0]], np.float32)
+    assert R.reduce(x, (0,), False, "sum").tolist() == [2.0 ** 24 + 2, 3.0]
+    assert R.reduce(np.ones((3, 100), np.float32) * x[:, :1], (0,), False, "sum")[0] == 2.0 ** 24 + 2
+    assert R.sum_to_shape(x, (2,)).tolist() == [2.0 ** 24 + 2, 3.0]
+    graph = en.Graph()
+    with graph.as_default():  # the bias exists before the op, as a layer's does (fusion's row-sum case)
+        bias = en.constant(np.zeros(2, np.float32))
+        xs = en.placeholder(en.float32, (3, 2))
+        y = en.relu(xs)
+        fetch = [y, graph.create_op("SumToShape", [y, bias]).outputs[0]]
+    for config in (en.SessionConfig(), en.SessionConfig(optimize=False)):
+        plan = en.Session(graph, config).plan(fetch, [xs])
+        assert any(step.also for step in plan.steps) == config.optimize  # fused: the row sum in relu's kernel
+        assert en.Session(graph, config).run(fetch, {xs: x})[1].tolist() == [2.0 ** 24 + 2, 3.0]
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_softmax(dtype):
     x = _arr((4, 6), dtype, 11, -50, 50)

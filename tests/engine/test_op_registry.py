@@ -39,12 +39,18 @@ class Built:
     """One op of one example in its own graph, fed by placeholders of the example's exact shapes."""
 
     def __init__(self, op_type, example):
-        self.graph = en.Graph()
         self.example = example
-        with self.graph.as_default():
-            self.feeds = [en.placeholder(en.as_dtype(a.dtype), a.shape, name=f"in{k}")
-                          for k, a in enumerate(example.inputs)]
-            self.op = self.graph.create_op(op_type, self.feeds, dict(example.attrs or {}), name="subject")
+        self.static_error = None  # an example refused by shape inference is built again with shapes unknown,
+        for shape_of in (np.shape, lambda a: (None,) * a.ndim, lambda a: None):  # and must fail at run time too
+            self.graph = en.Graph()
+            with self.graph.as_default():
+                self.feeds = [en.placeholder(en.as_dtype(a.dtype), shape_of(a), name=f"in{k}")
+                              for k, a in enumerate(example.inputs)]
+                try:
+                    self.op = self.graph.create_op(op_type, self.feeds, dict(example.attrs or {}), name="subject")
+                    break
+                except ValueError as e:
+                    self.static_error = self.static_error or e
         self.fetch = list(self.op.outputs) or self.op
 
     def run(self, config, inputs=None, fetch=None):
@@ -99,6 +105,9 @@ def test_op(op_type):
         built = Built(op_type, example)
         want = built.run(REFERENCE)
         unfused = built.run(UNFUSED)
+        if built.static_error is not None:
+            assert isinstance(want[0], OpError) and isinstance(unfused[0], OpError), \
+                f"{what}: refused statically ({built.static_error}) but not at run time: {want[0]!r} {unfused[0]!r}"
         _close(unfused, want, f"{what}: kernel vs reference")
         _check_declared_view(op_def, unfused[0], example.inputs, what)
         _close(built.run(OPTIMIZED), unfused, f"{what}: passes on (fused) vs off", exact=not op_def.random)
