@@ -8,6 +8,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from pipeline.params import ParamsLoader
+
 
 class DriftParamsError(ValueError):
     """A missing or invalid drift setting; the message names it."""
@@ -53,7 +55,7 @@ def load_drift_params(path: Path | str = "params.yaml") -> DriftParams:
     if not path.is_file():
         return DriftParams()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=ParamsLoader) or {}  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise DriftParamsError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(raw, Mapping):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +24,16 @@ class ParamsError(ValueError):
     """A missing, unknown or invalid value in params.yaml."""
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading numbers as YAML 1.2 does, as DVC reads params.yaml: ``1e-07`` and ``2e-3``
+    (what ``dvc exp run -S train.learning_rate=0.0000001`` writes) are floats, where YAML 1.1 reads them as text."""
+
+
+ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                   re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+                                   list("-+.0123456789"))
+
+
 def load_yaml(path: Path | str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -30,7 +41,7 @@ def load_yaml(path: Path | str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
     try:
-        loaded = yaml.safe_load(text)
+        loaded = yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(loaded, dict):

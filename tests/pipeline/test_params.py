@@ -70,6 +70,25 @@ def test_unreadable_params_file(tmp_path):
         load_yaml(tmp_path / "missing.yaml")
 
 
+def test_numbers_in_exponent_notation_are_read_as_dvc_reads_them(tmp_path):
+    """`dvc exp run -S train.learning_rate=0.0000001` writes 1e-07, which YAML 1.1 (PyYAML) read as text: refused as
+    "expected a number"; and 2e-3 written for 0.002 left promote refusing ("params changed") while DVC saw no change."""
+    from pipeline.model_params import train_params
+
+    text = (REPO / "params.yaml").read_text(encoding="utf-8")
+    default = load_yaml(REPO / "params.yaml")
+    rate = default["train"]["learning_rate"]
+    for written, value in ((f"{rate:.0e}".replace("e-0", "e-"), rate), ("1e-07", 1e-07), ("1E-5", 1e-05)):
+        changed = re.sub(r"(?m)^(  learning_rate:) *[^ #\n]+", rf"\g<1> {written}", text)
+        assert changed != text
+        (tmp_path / "params.yaml").write_text(changed, encoding="utf-8")
+        raw = load_yaml(tmp_path / "params.yaml")
+        assert train_params(raw).learning_rate == value, written
+    (tmp_path / "params.yaml").write_text(re.sub(r"(?m)^(  learning_rate:) *[^ #\n]+", rf"\g<1> {rate:.0e}", text),
+                                          encoding="utf-8")
+    assert load_yaml(tmp_path / "params.yaml") == default  # so the same params_version: what promote compares
+
+
 @pytest.mark.parametrize("path", ["evaluate.max_nwrmsle", "evaluate.slice.max_nwrmsle", "evaluate.min_improvement",
                                   "evaluate.confidence", "train.learning_rate", "data.download.timeout_s"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
