@@ -15,7 +15,7 @@ from engine.ops.array import (cast, concat, constant, expand_dims, gather, ident
                               stop_gradient, transpose, where, zeros, zeros_like)
 from engine.ops.control import check_numerics, group, no_op
 from engine.ops.math import abs, pow  # noqa: A004  (TensorFlow's names: en.abs, en.pow)
-from engine.ops.math import (add, add_n, divide, equal, exp, expm1, greater, greater_equal,
+from engine.ops.math import (add, add_n, cos, divide, equal, exp, expm1, greater, greater_equal,
                              less, less_equal, log, log1p, matmul, maximum, minimum, multiply, negative,
                              not_equal, reduce_max, reduce_mean, reduce_sum, sign, sin, sqrt, square,
                              subtract)
@@ -29,7 +29,7 @@ __all__ = [
     "DType", "Graph", "IndexedSlices", "Operation", "Session", "SessionConfig", "Tensor", "Variable", "abs", "add",
     "add_n",
     "as_dtype", "assign", "assign_add", "assign_sub", "bool", "cast", "check_numerics", "concat", "constant",
-    "control_dependencies", "convert_to_tensor", "divide", "dropout", "equal", "errors", "exp", "expand_dims",
+    "control_dependencies", "convert_to_tensor", "cos", "divide", "dropout", "equal", "errors", "exp", "expand_dims",
     "expm1", "float32", "float64", "gather", "get_default_graph", "get_default_session", "global_variables",
     "global_variables_initializer", "gradients", "greater", "greater_equal", "group", "identity", "int32",
     "int64", "layers", "leaky_relu", "less", "less_equal", "log", "log1p", "matmul", "maximum", "minimum", "multiply",

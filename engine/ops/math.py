@@ -41,11 +41,11 @@ def _pow(a, b):
 
 
 def _maximum(a, b):
-    return a if (a >= b or a != a) else b  # NaN propagates, as np.maximum
+    return a if (a > b or a != a) else b  # NaN propagates; a tie (0.0 vs -0.0) gives b: as np.maximum
 
 
 def _minimum(a, b):
-    return a if (a <= b or a != a) else b
+    return a if (a < b or a != a) else b
 
 
 def _greater(a, b):
@@ -101,7 +101,7 @@ def _square(a):
 
 
 def _abs(a):
-    return -a if a < 0 else a
+    return abs(a)  # abs(-0.0) is 0.0, as np.abs
 
 
 def _sign(a):
@@ -110,6 +110,10 @@ def _sign(a):
 
 def _sin(a):
     return np.sin(a)
+
+
+def _cos(a):
+    return np.cos(a)
 
 
 # --- gradients ---------------------------------------------------------------------------------
@@ -139,10 +143,13 @@ def _div_grad(op, g):
 def _pow_grad(op, g):
     x, y = op.inputs
     z = op.outputs[0]
-    dx = multiply(g, multiply(y, pow(x, subtract(y, 1))))
+    # as torch: d/dx is 0 where y == 0 (0 * 0**-1 would be NaN at x = 0); d/dy is z log x for x > 0,
+    # at x = 0 the limit: 0 for y >= 0, -inf for y < 0 (z = inf); 0 for x < 0 (TensorFlow's choice)
+    dx = multiply(g, where(equal(y, 0), zeros_like(z), multiply(y, pow(x, subtract(y, 1)))))
     positive = greater(x, 0)
     safe_log = where(positive, log(where(positive, x, ones_like(x))), zeros_like(x))
-    dy = multiply(g, multiply(z, safe_log))
+    at_zero = where(less(y, 0), zeros_like(z) - np.inf, zeros_like(z))
+    dy = multiply(g, where(equal(x, 0), at_zero, where(positive, multiply(z, safe_log), zeros_like(z))))
     return [unbroadcast(dx, x), unbroadcast(dy, y)]
 
 
@@ -189,7 +196,8 @@ elementwise("Sqrt", _sqrt, np.sqrt, FLOAT, grad=lambda op, g: [divide(g, multipl
 elementwise("Square", _square, np.square, NUMERIC, grad=lambda op, g: [multiply(g, multiply(op.inputs[0], 2))])
 elementwise("Abs", _abs, np.abs, NUMERIC, grad=lambda op, g: [multiply(g, sign(op.inputs[0]))])
 elementwise("Sign", _sign, np.sign, NUMERIC, differentiable=False)
-elementwise("Sin", _sin, np.sin, FLOAT, grad=lambda op, g: [multiply(g, sin(add(op.inputs[0], np.pi / 2)))])
+elementwise("Sin", _sin, np.sin, FLOAT, grad=lambda op, g: [multiply(g, cos(op.inputs[0]))])
+elementwise("Cos", _cos, np.cos, FLOAT, grad=lambda op, g: [negative(multiply(g, sin(op.inputs[0])))])
 
 # --- AddN, MatMul, reductions -------------------------------------------------------------------------
 
@@ -428,6 +436,7 @@ square = constructor("Square", "square")
 abs = constructor("Abs", "abs")  # noqa: A001  (TensorFlow's name)
 sign = constructor("Sign", "sign")
 sin = constructor("Sin", "sin")
+cos = constructor("Cos", "cos")
 
 
 def add_n(inputs, name=None):

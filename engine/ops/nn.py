@@ -18,7 +18,7 @@ from engine.registry import Example, register
 
 
 def _relu(x):
-    return x if x > 0 else 0
+    return x if (x > 0 or x != x) else 0  # NaN propagates, as in torch and TensorFlow
 
 
 def _relu_grad(g, y):
@@ -62,7 +62,7 @@ def _softplus_reference(x):
 
 # --- registrations --------------------------------------------------------------------------------------
 
-_elementwise("Relu", _relu, lambda x: np.where(x > 0, x, 0), FLOAT,
+_elementwise("Relu", _relu, lambda x: np.where((x > 0) | np.isnan(x), x, 0), FLOAT,
              grad=lambda op, g: [create("ReluGrad", [g, op.outputs[0]])])
 _elementwise("ReluGrad", _relu_grad, lambda g, y: np.where(y > 0, g, 0), FLOAT,
              grad=lambda op, g: [unbroadcast(create("ReluGrad", [g, op.inputs[1]]), op.inputs[0]), None])

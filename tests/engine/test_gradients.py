@@ -182,3 +182,32 @@ def test_missing_gradient_is_a_clear_error():
     y.op.op_def = dataclasses.replace(y.op.op_def, grad=None)  # as if Relu were registered without one
     with pytest.raises(LookupError, match="No gradient defined for op .*Relu"):
         en.gradients(en.reduce_sum(y), [x])
+
+
+def test_sin_cos_and_pow_gradients_at_large_arguments_and_zero_bases():
+    """d sin = cos exactly (sin(x + pi/2) was off by 0.06 at 1e8); d pow at x = 0 as torch: d/dx 0 where
+    y == 0, d/dy 0 where y >= 0 and -inf where y < 0 (z = inf)."""
+    x = en.placeholder(en.float64, (None,))
+    y = en.placeholder(en.float64, (None,))
+    big = np.array([1e8, -3e7, 0.5])
+    dsin, dcos = en.gradients(en.reduce_sum(en.sin(x)), [x])[0], en.gradients(en.reduce_sum(en.cos(x)), [x])[0]
+    dx, dy = en.gradients(en.reduce_sum(en.pow(x, y)), [x, y])
+    with en.Session() as s:
+        np.testing.assert_array_equal(s.run(dsin, {x: big}), np.cos(big))
+        np.testing.assert_array_equal(s.run(dcos, {x: big}), -np.sin(big))
+        gx, gy = s.run([dx, dy], {x: [0.0, 1.0, 0.0, 0.0, 2.0], y: [0.0, 0.0, 2.0, -1.0, 3.0]})
+    np.testing.assert_array_equal(gx, [0.0, 0.0, 0.0, -np.inf, 12.0])
+    np.testing.assert_array_equal(gy, [0.0, 0.0, 0.0, -np.inf, 8 * np.log(2.0)])
+    check_gradients(lambda a: en.cos(a) * en.sin(a), rand((3, 4)))
+
+
+def test_relu_propagates_nan_in_every_backend_fused_and_compiled():
+    graph = en.Graph()
+    with graph.as_default():
+        x = en.placeholder(en.float32, (None, 3))
+        out = en.relu(x + en.constant(np.zeros(3, np.float32)))
+    feed = np.array([[np.nan, -1.0, 2.0]], np.float32)
+    for config in (en.SessionConfig(), en.SessionConfig(optimize=False), en.SessionConfig(backend="reference")):
+        np.testing.assert_array_equal(en.Session(graph, config).run(out, {x: feed}), [[np.nan, 0.0, 2.0]])
+    np.testing.assert_array_equal(en.compiler.CompiledPlan(en.Session(graph), [out], [x])(feed)[0],
+                                  [[np.nan, 0.0, 2.0]])

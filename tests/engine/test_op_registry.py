@@ -89,6 +89,9 @@ def _close(got, want, what, exact=False):
     else:
         tol = 1e-5 if want.dtype == np.float32 else 1e-12
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol, equal_nan=True, err_msg=what)
+    if want.dtype.kind == "f":  # assert_array_equal takes -0.0 for 0.0: the sign of a zero must agree too
+        zeros = (got == 0) & (want == 0)
+        np.testing.assert_array_equal(np.signbit(got[zeros]), np.signbit(want[zeros]), err_msg=f"{what}: sign of 0")
 
 
 @pytest.mark.parametrize("op_type", OPS)
