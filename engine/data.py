@@ -29,6 +29,13 @@ def _rows(arrays) -> int:
     return counts.pop()
 
 
+def _count(value, what: str) -> int:
+    """A whole number of at least 1 (2.7 is an error, not 2)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
 def batches(arrays, batch_size: int, *, shuffle: bool = False, seed: int | None = None, epochs: int = 1,
             drop_remainder: bool = False) -> Iterator:
     """Yield batches (same structure as ``arrays``: tuple or dict) of ``batch_size`` rows, C-contiguous.
@@ -36,11 +43,11 @@ def batches(arrays, batch_size: int, *, shuffle: bool = False, seed: int | None 
     With ``shuffle``, each epoch visits the rows in a new order drawn from ``seed`` (required,
     so runs are reproducible); the last short batch is kept unless ``drop_remainder``.
     """
-    if int(batch_size) < 1:
-        raise ValueError(f"batches: batch_size must be at least 1, got {batch_size}")
+    batch_size = _count(batch_size, "batches: batch_size")
     if shuffle and seed is None:
         raise ValueError("batches: shuffle=True needs a seed (runs must be reproducible)")
-    batch_size = int(batch_size)
+    if not isinstance(arrays, Mapping):
+        arrays = tuple(arrays)  # read once: a generator of arrays would be spent by counting its rows
     n = _rows(arrays)
     is_map = isinstance(arrays, Mapping)
     keys = list(arrays.keys()) if is_map else None
@@ -61,8 +68,9 @@ def batches(arrays, batch_size: int, *, shuffle: bool = False, seed: int | None 
 
 def shuffle_buffer(items: Iterable, buffer_size: int, seed: int) -> Iterator:
     """Items of a stream in a random order, keeping at most ``buffer_size`` of them in memory."""
-    if int(buffer_size) < 1:
-        raise ValueError(f"shuffle_buffer: buffer_size must be at least 1, got {buffer_size}")
+    buffer_size = _count(buffer_size, "shuffle_buffer: buffer_size")
+    if seed is None:
+        raise ValueError("shuffle_buffer: needs a seed (runs must be reproducible)")
     rng = np.random.default_rng(seed)
     buffer = []
     for item in items:
@@ -81,6 +89,25 @@ def shuffle_buffer(items: Iterable, buffer_size: int, seed: int) -> Iterator:
 _DONE = object()
 
 
+def _produce(source, out: queue.Queue, stop: threading.Event) -> None:
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        for item in source:
+            if not put((True, item)):
+                return
+        put((True, _DONE))
+    except BaseException as error:  # noqa: BLE001  (handed to the consumer, not lost)
+        put((False, error))
+
+
 class prefetch(Iterator):  # noqa: N801  (used like a function: for batch in prefetch(batches(...)))
     """Iterate ``items`` while a background thread produces up to ``depth`` items ahead.
 
@@ -89,32 +116,14 @@ class prefetch(Iterator):  # noqa: N801  (used like a function: for batch in pre
     """
 
     def __init__(self, items: Iterable, depth: int = 2):
-        if int(depth) < 1:
-            raise ValueError(f"prefetch: depth must be at least 1, got {depth}")
-        self._queue: queue.Queue = queue.Queue(maxsize=int(depth))
         self._stop = threading.Event()
+        self._queue: queue.Queue = queue.Queue(maxsize=_count(depth, "prefetch: depth"))
         self._finished = False
-        self._thread = threading.Thread(target=self._produce, args=(iter(items),), daemon=True,
+        # the thread holds the queue and the stop flag, never ``self``: an abandoned loop is collected, and
+        # ``__del__`` stops the thread
+        self._thread = threading.Thread(target=_produce, args=(iter(items), self._queue, self._stop), daemon=True,
                                         name="engine-prefetch")
         self._thread.start()
-
-    def _produce(self, source):
-        try:
-            for item in source:
-                if not self._put((True, item)):
-                    return
-            self._put((True, _DONE))
-        except BaseException as error:  # noqa: BLE001  (handed to the consumer, not lost)
-            self._put((False, error))
-
-    def _put(self, entry) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(entry, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
 
     def __next__(self):
         if self._finished:

@@ -25,7 +25,11 @@ frozen into ``Const`` ops of the same name, the graph is pruned to what the outp
 needed, and the same kernels on the same constants give bit-identical outputs.
 
 Every file is written to a temporary name and renamed into place (``os.replace``); the JSON
-manifest is written last, so a reader never sees a manifest whose data is incomplete.
+manifest is written last, so a reader never sees a manifest whose data is incomplete. A checkpoint
+overwritten in place switches over at its manifest: the new data is staged as
+``<prefix>.npz-<sha256[:16]>``, the manifest (naming ``<prefix>.npz`` and the new checksum) replaces
+the old, then the staged file becomes ``<prefix>.npz``; ``restore`` reads the staged file while
+``<prefix>.npz`` still holds the old data (a save killed between the two renames).
 """
 
 from __future__ import annotations
@@ -133,9 +137,19 @@ class Saver:
             self._vars = {v.op.name: v for v in var_list}
         if not self._vars:
             raise ValueError("Saver: no variables to save")
+        graphs = {id(v.graph): v.graph for v in self._vars.values()}
+        if len(graphs) > 1:
+            raise ValueError("Saver: the variables belong to different graphs")
+        (self._graph,) = graphs.values()
+
+    def _check_session(self, sess, doing: str) -> None:
+        """Its state is keyed by variable name: another graph's same-named variables are not these."""
+        if sess.graph is not self._graph:
+            raise ValueError(f"Saver: cannot {doing} a session of another graph than the saver's variables'")
 
     def save(self, sess, save_path: str, global_step=None) -> str:
         """Write the checkpoint; returns its prefix (``save_path`` or ``save_path-<step>``)."""
+        self._check_session(sess, "save")
         prefix = str(save_path) if global_step is None else f"{save_path}-{int(_step_value(sess, global_step))}"
         arrays, entries = {}, []
         for i, (name, var) in enumerate(sorted(self._vars.items())):
@@ -147,22 +161,30 @@ class Saver:
             entries.append({"name": name, "key": key, "dtype": str(arr.dtype), "shape": list(arr.shape),
                             "sha256": _array_sha(arr)})
         data = _npz_bytes(arrays)
-        data_file = prefix + ".npz"
-        atomic_write_bytes(data_file, data)
+        data_file, sha = prefix + ".npz", _sha256_bytes(data)
+        atomic_write_bytes(_staged(data_file, sha), data)
         manifest = {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION,
-                    "data_file": os.path.basename(data_file), "data_sha256": _sha256_bytes(data),
-                    "variables": entries}
-        atomic_write_bytes(prefix + ".json", json.dumps(manifest, indent=1).encode())
+                    "data_file": os.path.basename(data_file), "data_sha256": sha, "variables": entries}
+        atomic_write_bytes(prefix + ".json", json.dumps(manifest, indent=1).encode())  # the switch-over
+        os.replace(_staged(data_file, sha), data_file)
+        directory, stem = os.path.split(os.path.abspath(data_file))
+        for name in os.listdir(directory):  # staged data of earlier saves killed before their manifest
+            if name.startswith(stem + "-") and len(name) == len(stem) + 17:
+                os.unlink(os.path.join(directory, name))
         return prefix
 
     def restore(self, sess, save_path: str) -> None:
         """Load every saver variable from the checkpoint, verifying checksums, names and shapes."""
+        self._check_session(sess, "restore into")
         manifest_path = str(save_path) + ".json"
         manifest = _checked_manifest(_load_json(manifest_path, "checkpoint", CHECKPOINT_FORMAT), manifest_path)
         data_file = os.path.join(os.path.dirname(os.path.abspath(manifest_path)), manifest["data_file"])
-        if not os.path.exists(data_file):
+        staged = _staged(data_file, manifest["data_sha256"])
+        if os.path.exists(staged) and sha256_file(staged) == manifest["data_sha256"]:
+            data_file = staged  # its save was killed before renaming it to data_file
+        elif not os.path.exists(data_file):
             raise NotFoundError(f"checkpoint data file {data_file} does not exist")
-        if sha256_file(data_file) != manifest["data_sha256"]:
+        elif sha256_file(data_file) != manifest["data_sha256"]:
             raise DataLossError(f"checkpoint data file {data_file} is corrupt (sha256 does not match {manifest_path})")
         arrays = _load_npz(data_file, "checkpoint data")
         entries = {e["name"]: e for e in manifest["variables"]}
@@ -182,6 +204,10 @@ class Saver:
                                            f" the graph expects {var.dtype.name}", var.op.name)
             loaded[var.op.name] = np.array(arr, copy=True, order="C")
         sess.state.update(loaded)  # all or nothing: nothing is changed when any variable fails
+
+
+def _staged(data_file: str, sha: str) -> str:
+    return f"{data_file}-{sha[:16]}"
 
 
 def _checked_manifest(manifest: dict, path: str) -> dict:

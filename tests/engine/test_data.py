@@ -78,3 +78,39 @@ def test_prefetch_reraises_the_producers_error_and_close_stops_it():
     assert next(endless) == 0
     endless.close()
     assert not endless._thread.is_alive()
+
+
+def test_abandoned_or_raised_out_of_prefetch_loops_leave_no_thread():
+    """The thread never holds the prefetch object, so dropping it (break, or an error in the loop body)
+    lets garbage collection stop the thread, as the docstring promises."""
+    import gc
+    import itertools
+    import time
+
+    def alive():
+        return sum(t.name == "engine-prefetch" for t in threading.enumerate())
+
+    before = alive()
+    for _ in range(3):
+        for _batch in data.prefetch(itertools.count()):
+            break
+    with pytest.raises(KeyError):
+        for _batch in data.prefetch(itertools.count()):
+            raise KeyError("in the loop body")
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while alive() > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert alive() == before
+
+
+def test_batches_take_generators_and_whole_sizes_and_shuffle_buffer_needs_a_seed():
+    x = np.arange(5)
+    got = list(data.batches((a for a in (x, x * 2)), 2))
+    assert [b[1].tolist() for b in got] == [[0, 2], [4, 6], [8]]
+    for bad in (2.7, 0, True, "2"):
+        with pytest.raises(ValueError, match="batch_size must be a whole number"):
+            list(data.batches((x,), bad))
+    assert len(list(data.batches((x,), np.int64(2)))) == 3
+    with pytest.raises(ValueError, match="needs a seed"):
+        list(data.shuffle_buffer(range(5), 2, seed=None))

@@ -173,3 +173,50 @@ def test_a_malformed_inference_graph_is_data_loss_naming_the_field(tmp_path, cha
     json.dump(graph, open(path, "w"))
     with pytest.raises(en.errors.DataLossError, match=rf"graph.json.*{field}"):
         en.train.import_inference_graph(str(tmp_path / "model"))
+
+
+def test_saver_refuses_a_session_of_another_graph(tmp_path):
+    with en.Graph().as_default():
+        w = en.Variable(np.ones(3, np.float32), name="w")
+        saver = en.train.Saver()
+    with en.Graph().as_default():
+        other = en.Variable(np.zeros(5, np.float32), name="w")  # same name, another graph
+        sess = en.Session()
+        sess.run(other.initializer)
+        for act in (lambda: saver.save(sess, str(tmp_path / "m")), lambda: saver.restore(sess, str(tmp_path / "m"))):
+            with pytest.raises(ValueError, match="another graph"):
+                act()
+        assert sess.run(other).shape == (5,) and not os.listdir(tmp_path)
+    with pytest.raises(ValueError, match="different graphs"):
+        en.train.Saver({"a": w, "b": other})
+
+
+_OVERWRITE = textwrap.dedent('''
+    import os, sys, numpy as np, engine as en, engine.saver as S
+    with en.Graph().as_default():
+        w = en.Variable(np.full(3, float(sys.argv[2]), np.float32), name="w")
+        s = en.Session(); s.run(w.initializer)
+        if sys.argv[3] == "manifest":  # killed as the manifest is written: the old checkpoint stands
+            real_write = S.atomic_write_bytes
+            S.atomic_write_bytes = lambda p, b: os.kill(os.getpid(), 9) if p.endswith(".json") else real_write(p, b)
+        if sys.argv[3] == "rename":  # killed after the manifest, before the staged data is renamed: the new one
+            real_replace = os.replace
+            os.replace = lambda a, b: os.kill(os.getpid(), 9) if b.endswith(".npz") else real_replace(a, b)
+        en.train.Saver().save(s, sys.argv[1])
+''')
+
+
+@pytest.mark.parametrize("kill_at,restored", [("manifest", 1.0), ("rename", 2.0)])
+def test_a_save_killed_while_overwriting_leaves_one_restorable_checkpoint(tmp_path, kill_at, restored):
+    prefix = str(tmp_path / "model")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    subprocess.run([sys.executable, "-c", _OVERWRITE, prefix, "1", "ok"], env=env, check=True)
+    assert subprocess.run([sys.executable, "-c", _OVERWRITE, prefix, "2", kill_at], env=env).returncode == -9
+    w = en.Variable(np.zeros(3, np.float32), name="w")
+    sess = en.Session()
+    en.train.Saver().restore(sess, prefix)
+    np.testing.assert_array_equal(sess.run(w), np.full(3, restored, np.float32))
+    subprocess.run([sys.executable, "-c", _OVERWRITE, prefix, "3", "ok"], env=env, check=True)
+    assert sorted(os.listdir(tmp_path)) == ["model.json", "model.npz"]  # the killed save's staged data is gone
+    en.train.Saver().restore(sess, prefix)
+    np.testing.assert_array_equal(sess.run(w), np.full(3, 3.0, np.float32))
