@@ -10,6 +10,7 @@ sparse, so optimizers can update only the touched rows.
 
 from __future__ import annotations
 
+from engine import dtypes
 from engine.graph import IndexedSlices, Tensor, convert_to_tensor
 from engine.ops import array as A
 from engine.ops import math as M
@@ -26,8 +27,11 @@ def _aggregate(grads):
     if len(grads) == 1:
         return grads[0]
     if all(isinstance(g, IndexedSlices) for g in grads):
-        return IndexedSlices(A.concat([g.values for g in grads], 0), A.concat([g.indices for g in grads], 0),
-                             grads[0].dense_shape)
+        indices = [g.indices for g in grads]  # int32 and int64 gathers of the same params: int64
+        if len({i.dtype for i in indices}) > 1:
+            indices = [A.cast(i, dtypes.int64) for i in indices]
+        return IndexedSlices(A.concat([g.values for g in grads], 0), A.concat(indices, 0),
+                             grads[0].dense_shape, grads[0].static_shape)
     dense = [A.densify(g) if isinstance(g, IndexedSlices) else g for g in grads]
     return M.add_n(dense)
 
@@ -51,6 +55,9 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
     if len(grad_ys) != len(ys):
         raise ValueError(f"{len(grad_ys)} grad_ys for {len(ys)} ys")
     graph = ys[0].graph
+    for t in ys + xs:
+        if t.graph is not graph:
+            raise ValueError(f"gradients: {t.name} is from another graph than {ys[0].name}")
     for y in ys:
         if not y.dtype.is_floating:
             raise TypeError(f"gradients: y {y.name} has dtype {y.dtype.name}; only float tensors can be differentiated")

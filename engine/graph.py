@@ -371,13 +371,16 @@ def control_dependencies(control_inputs):
     return get_default_graph().control_dependencies(control_inputs)
 
 
-def convert_to_tensor(value, dtype=None, name: str | None = None) -> Tensor:
-    """A Tensor from a Tensor, Variable or Python/NumPy value (Python numbers take ``dtype``).
+def convert_to_tensor(value, dtype=None, name: str | None = None, graph: Graph | None = None) -> Tensor:
+    """A Tensor from a Tensor, Variable, IndexedSlices (densified, as TensorFlow) or Python/NumPy value
+    (Python numbers take ``dtype``), a value becoming a constant of ``graph`` (default: the default graph).
 
     A Tensor or NumPy array of another dtype is an error, never silently cast.
     """
     if dtype is not None:
         dtype = _dt.as_dtype(dtype)
+    if isinstance(value, IndexedSlices):
+        value = value.dense()
     if isinstance(value, Tensor):
         if dtype is not None and value.dtype != dtype:
             raise TypeError(f"expected a {dtype.name} tensor, got {value.name} of dtype {value.dtype.name}")
@@ -388,7 +391,15 @@ def convert_to_tensor(value, dtype=None, name: str | None = None) -> Tensor:
             raise TypeError(f"expected a {dtype.name} tensor, got variable {t.op.name} of dtype {t.dtype.name}")
         return t
     return constant_tensor(python_value_to_array(value, dtype, what=f"constant {name or 'Const'}"),
-                           name or "Const")
+                           name or "Const", graph)
+
+
+def graph_of(*values) -> Graph:
+    """The graph of the first tensor-like value (where the others' constants belong), else the default."""
+    for v in values:
+        if is_tensor_like(v):
+            return v.graph
+    return get_default_graph()
 
 
 def constant_tensor(arr: np.ndarray, name: str = "Const", graph=None) -> Tensor:
@@ -409,7 +420,7 @@ def _kind(np_dtype) -> str:
 
 
 def is_tensor_like(x) -> bool:
-    return isinstance(x, Tensor) or hasattr(x, "_as_tensor")
+    return isinstance(x, (Tensor, IndexedSlices)) or hasattr(x, "_as_tensor")
 
 
 def python_value_to_array(value, dtype: _dt.DType | None, what: str = "value") -> np.ndarray:
@@ -461,10 +472,19 @@ class IndexedSlices:
     ``Session.run`` returns it densified.
     """
 
-    def __init__(self, values: Tensor, indices: Tensor, dense_shape: Tensor):
+    def __init__(self, values: Tensor, indices: Tensor, dense_shape: Tensor, static_shape=None):
         self.values = values
         self.indices = indices
         self.dense_shape = dense_shape
+        self.static_shape = static_shape
+        self._dense = None
+
+    def dense(self) -> Tensor:
+        """The dense tensor it stands for (one op, made on first use): what any op taking it reads."""
+        if self._dense is None:
+            self._dense = self.graph.create_op("ScatterAddDense", [self.values, self.indices, self.dense_shape],
+                                               {"shape": self.static_shape}).outputs[0]
+        return self._dense
 
     @property
     def dtype(self):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from engine import dtypes
-from engine.graph import convert_to_tensor, get_default_graph
+from engine.graph import convert_to_tensor, graph_of
 from engine.ops import array as A
 from engine.ops import math as M
 from engine.ops import nn as N
@@ -50,9 +50,9 @@ class Dense:
         x = convert_to_tensor(x)
         if x.shape is None or len(x.shape) != 2 or x.shape[1] is None:
             raise ValueError(f"Dense {self.name}: input {x.name} needs shape (batch, features), got {x.shape}")
-        graph = get_default_graph()
+        graph = x.graph  # its variables and ops join the input's graph, default or not
         if self.kernel is None:
-            with graph.name_scope(self.name) as scope:
+            with graph.as_default(), graph.name_scope(self.name) as scope:
                 self._scope = scope
                 self.kernel = Variable(glorot_uniform((x.shape[1], self.units), self.dtype, self.seed), name="kernel")
                 if self.use_bias:
@@ -82,9 +82,9 @@ class Embedding:
         return [self.embeddings] if self.embeddings is not None else []
 
     def __call__(self, ids):
-        graph = get_default_graph()
+        graph = graph_of(ids)
         if self.embeddings is None:
-            with graph.name_scope(self.name) as scope:
+            with graph.as_default(), graph.name_scope(self.name) as scope:
                 self._scope = scope
                 init = random_uniform((self.input_dim, self.output_dim), -0.05, 0.05, dtype=self.dtype, seed=self.seed)
                 self.embeddings = Variable(init, name="embeddings")

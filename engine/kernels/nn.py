@@ -24,10 +24,10 @@ def softmax_rows(x, out):
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    if x.size == 0:  # also an empty axis: nothing to normalize
+        return np.empty(x.shape, x.dtype)
     moved = np.moveaxis(x, axis, -1)
-    k = moved.shape[-1]
-    flat = np.ascontiguousarray(moved).reshape(-1, k) if k else moved.reshape(-1, 0)
+    flat = np.ascontiguousarray(moved).reshape(-1, moved.shape[-1])
     out = np.empty_like(flat)
-    if out.size:
-        softmax_rows(flat, out)
+    softmax_rows(flat, out)
     return np.ascontiguousarray(np.moveaxis(out.reshape(moved.shape), -1, axis))

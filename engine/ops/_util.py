@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 
 from engine import dtypes, shapes
-from engine.graph import convert_to_tensor, get_default_graph, is_tensor_like
+from engine.graph import convert_to_tensor, get_default_graph, graph_of, is_tensor_like
 from engine.kernels import elementwise as EW
 from engine.registry import Example, get_op_def, register
 
@@ -16,17 +16,18 @@ NUMERIC = ("float", "int")
 FLOAT = ("float",)
 
 
-def tensors_for_binary(x, y):
-    """Two tensors for a binary op; a Python/NumPy operand takes the tensor operand's dtype."""
+def tensors_for_binary(x, y, graph=None):
+    """Two tensors for a binary op; a Python/NumPy operand takes the tensor operand's dtype and graph."""
+    graph = graph or graph_of(x, y)
     if is_tensor_like(x):
         x = convert_to_tensor(x)
-        y = convert_to_tensor(y, dtype=x.dtype) if not is_tensor_like(y) else convert_to_tensor(y)
+        y = convert_to_tensor(y, dtype=x.dtype, graph=graph) if not is_tensor_like(y) else convert_to_tensor(y)
     elif is_tensor_like(y):
         y = convert_to_tensor(y)
-        x = convert_to_tensor(x, dtype=y.dtype)
+        x = convert_to_tensor(x, dtype=y.dtype, graph=graph)
     else:
-        x = convert_to_tensor(x)
-        y = convert_to_tensor(y, dtype=x.dtype)
+        x = convert_to_tensor(x, graph=graph)
+        y = convert_to_tensor(y, dtype=x.dtype, graph=graph)
     return x, y
 
 

@@ -8,7 +8,8 @@ import numpy as np
 
 from engine import dtypes, shapes
 from engine.errors import InvalidArgumentError
-from engine.graph import IndexedSlices, constant_tensor, convert_to_tensor, is_tensor_like, python_value_to_array
+from engine.graph import (IndexedSlices, constant_tensor, convert_to_tensor, graph_of, is_tensor_like,
+                          python_value_to_array)
 from engine.kernels import array as KA
 from engine.kernels import reduce as R
 from engine.ops._util import (NUMERIC, create, elementwise, elementwise_examples, same_dtype, sample,
@@ -377,7 +378,8 @@ register("ConcatSlice", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1 
 
 
 def concat(values, axis, name=None):
-    values = [convert_to_tensor(v) for v in values]
+    graph = graph_of(*values)
+    values = [convert_to_tensor(v, graph=graph) for v in values]
     if not values:
         raise ValueError("concat needs at least one tensor")
     return create("ConcatV2", values, {"axis": int(axis)}, name)
@@ -400,7 +402,7 @@ def _gather_infer(inputs, attrs):
 def _gather_grad(op, g):
     params, indices = op.inputs
     values = create("GatherGradValues", [g, indices])
-    return [IndexedSlices(values, reshape(indices, (-1,)), shape(params)), None]
+    return [IndexedSlices(values, reshape(indices, (-1,)), shape(params), params.shape), None]
 
 
 def _gather_out_kernel(op, ctx):
@@ -471,8 +473,9 @@ register("GatherGradValues", infer=_gather_grad_values_infer,
 
 def gather(params, indices, name=None):
     """Rows ``params[indices]`` (axis 0); its gradient is sparse (IndexedSlices)."""
-    params = convert_to_tensor(params)
-    indices = convert_to_tensor(indices, dtype=None if is_tensor_like(indices) else dtypes.int64)
+    graph = graph_of(params, indices)
+    params = convert_to_tensor(params, graph=graph)
+    indices = convert_to_tensor(indices, dtype=None if is_tensor_like(indices) else dtypes.int64, graph=graph)
     return create("GatherV2", [params, indices], name=name)
 
 
@@ -500,8 +503,9 @@ elementwise("Select", _select, np.where, NUMERIC, grad=_where_grad, infer=_where
 
 def where(condition, x, y, name=None):
     """Elementwise ``x if condition else y`` (NumPy broadcasting over all three)."""
-    x, y = tensors_for_binary(x, y)
-    return create("Select", [convert_to_tensor(condition, dtypes.bool_), x, y], name=name)
+    graph = graph_of(condition, x, y)
+    x, y = tensors_for_binary(x, y, graph)
+    return create("Select", [convert_to_tensor(condition, dtypes.bool_, graph=graph), x, y], name=name)
 
 
 def _cast_grad(op, g):

@@ -100,6 +100,8 @@ def _softmax_grad(op, g):
 
 def _softmax_reference(op, ctx):
     def softmax(x):
+        if x.size == 0:  # an empty axis too (np.max has nothing to reduce): empty, as torch
+            return np.empty_like(x)
         e = np.exp(x - np.max(x, axis=op.attrs["axis"], keepdims=True))
         return e / np.sum(e, axis=op.attrs["axis"], keepdims=True)
 
@@ -109,7 +111,8 @@ def _softmax_reference(op, ctx):
 register("Softmax", infer=_softmax_infer, kernel=lambda op, ctx: (lambda x: KN.softmax(x, op.attrs["axis"])),
          reference=_softmax_reference, grad=_softmax_grad,
          examples=lambda rng: [Example((sample(rng, shape, t),), {"axis": axis}) for t in (np.float32, np.float64)
-                               for shape, axis in (((3, 4), -1), ((3, 4), 0), ((2, 3, 4), 1), ((0, 4), -1))])
+                               for shape, axis in (((3, 4), -1), ((3, 4), 0), ((2, 3, 4), 1), ((0, 4), -1),
+                                                   ((3, 0), -1))])
 
 # --- constructors --------------------------------------------------------------------------------------
 

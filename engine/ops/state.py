@@ -155,7 +155,7 @@ class Variable(_OperatorsMixin):
             graph.add_to_collection(key, self)
 
     def _state_op(self, op_type, value, name=None):
-        value = convert_to_tensor(value, dtype=self._dtype)
+        value = convert_to_tensor(value, dtype=self._dtype, graph=self.op.graph)
         return self.op.graph.create_op(op_type, [value], {"var": self.op.name, "dtype": self._dtype,
                                                           "shape": self._shape}, name=name).outputs[0]
 

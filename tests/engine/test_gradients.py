@@ -211,3 +211,47 @@ def test_relu_propagates_nan_in_every_backend_fused_and_compiled():
         np.testing.assert_array_equal(en.Session(graph, config).run(out, {x: feed}), [[np.nan, 0.0, 2.0]])
     np.testing.assert_array_equal(en.compiler.CompiledPlan(en.Session(graph), [out], [x])(feed)[0],
                                   [[np.nan, 0.0, 2.0]])
+
+
+def test_gathers_with_int32_and_int64_indices_aggregate_into_one_sparse_gradient():
+    w = en.Variable(np.ones((4, 2)), name="emb")
+    ids = en.placeholder(en.int32, (None,))
+    loss = en.reduce_sum(en.gather(w, ids)) + en.reduce_sum(en.gather(w, [0]))  # a list: int64 indices
+    (g,) = en.gradients(loss, [w])
+    assert isinstance(g, en.IndexedSlices) and g.indices.dtype == en.int64
+    step = en.train.GradientDescentOptimizer(1.0).minimize(loss)
+    with en.Session() as s:
+        s.run(en.global_variables_initializer())
+        np.testing.assert_array_equal(s.run(g, {ids: np.int32([0, 3])}), [[2, 2], [0, 0], [0, 0], [1, 1]])
+        s.run(step, {ids: np.int32([0, 3])})
+        np.testing.assert_array_equal(s.run(w), [[-1, -1], [1, 1], [1, 1], [0, 0]])
+
+
+def test_clipping_an_embedding_models_gradients_by_global_norm():
+    """An IndexedSlices is converted to its dense tensor by any op (as TensorFlow), so gradient clipping
+    written by hand works on a gathered table's gradient; the clipped step is what NumPy computes."""
+    table = np.arange(8.0).reshape(4, 2)
+    emb = en.Variable(table, name="emb")
+    dense = en.Variable(np.ones((2, 1)), name="dense")
+    ids = en.placeholder(en.int64, (None,))
+    pred = en.matmul(en.gather(emb, ids), dense)
+    loss = en.reduce_sum(en.square(pred))
+    opt = en.train.GradientDescentOptimizer(0.5)
+    grads = opt.compute_gradients(loss)
+    assert isinstance(grads[0][0], en.IndexedSlices)
+    norm = en.sqrt(en.add_n([en.reduce_sum(en.square(g)) for g, _ in grads]))
+    scale = en.minimum(1.0 / norm, 1.0)  # clip to a global norm of 1
+    step = opt.apply_gradients([(g * scale, v) for g, v in grads])
+    feed = np.array([0, 2, 0])
+    rows = table[feed]
+    d_pred = 2 * rows @ np.ones((2, 1))
+    g_emb = np.zeros_like(table)
+    np.add.at(g_emb, feed, d_pred @ np.ones((1, 2)))
+    g_dense = rows.T @ d_pred
+    total = np.sqrt((g_emb ** 2).sum() + (g_dense ** 2).sum())
+    with en.Session() as s:
+        s.run(en.global_variables_initializer())
+        np.testing.assert_allclose(s.run(norm, {ids: feed}), total)
+        s.run(step, {ids: feed})
+        np.testing.assert_allclose(s.run(emb), table - 0.5 * g_emb / total)
+        np.testing.assert_allclose(s.run(dense), 1 - 0.5 * g_dense / total)

@@ -137,3 +137,26 @@ def test_python_numbers_out_of_the_dtypes_range_are_refused_not_wrapped():
             make()
     assert en.Session().run(en.constant([-2 ** 31, 2 ** 31 - 1], en.int32)).tolist() == [-2 ** 31, 2 ** 31 - 1]
     assert np.isinf(en.Session().run(en.constant(float("inf")))) and en.Session().run(en.constant(1e-50)) == 0
+
+
+def test_python_and_numpy_operands_join_the_tensors_graph_not_the_default_one():
+    g = en.Graph()
+    with g.as_default():
+        x = en.placeholder(en.float32, (None, 2), name="x")
+        v = en.Variable(np.zeros(2, np.float32), name="v")
+        c = en.placeholder(en.bool, (2,), name="c")
+    made = [x * 2.0, 3.0 - x, en.where(c, 1.0, 0.0), en.concat([x, np.ones((1, 2), np.float32)], 0),
+            en.gather(v, [1, 0]), v.assign(np.ones(2, np.float32)), en.layers.Dense(3, seed=0)(x)]
+    assert all(t.graph is g for t in made)
+    assert en.get_default_graph().get_operations() == []
+    with en.Session(g) as s:
+        s.run(en.global_variables_initializer())
+        assert s.run(made[0], {x: np.ones((1, 2), np.float32)}).tolist() == [[2.0, 2.0]]
+
+
+def test_gradients_of_another_graphs_tensors_are_refused():
+    with en.Graph().as_default():
+        x = en.placeholder(en.float32, (2,))
+    y = en.reduce_sum(en.square(en.placeholder(en.float32, (2,))))
+    with pytest.raises(ValueError, match="another graph"):
+        en.gradients(y, [x])

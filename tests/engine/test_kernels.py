@@ -95,6 +95,8 @@ def test_softmax(dtype):
     np.testing.assert_allclose(KN.softmax(x), e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
     e0 = np.exp(x - x.max(axis=0, keepdims=True))
     np.testing.assert_allclose(KN.softmax(x, 0), e0 / e0.sum(axis=0, keepdims=True), rtol=1e-5, atol=1e-7)
+    for shape, axis in (((3, 0), -1), ((0, 3), 0), ((3, 0), 0)):  # an empty axis gives an empty result (torch)
+        assert KN.softmax(np.zeros(shape, dtype), axis).shape == shape
 
 
 @pytest.mark.parametrize("dtype", NUMERIC)
