@@ -143,9 +143,19 @@ def threshold_failures(pooled: Mapping, interval: ImprovementInterval, slices: M
     return failures
 
 
+def json_text(data) -> str:
+    """A result file's text (results/*.json): the bytes DVC hashes and promote's evaluation digest reads."""
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
 def _write_json(path: Path, data) -> None:
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.write_text(json_text(data), encoding="utf-8")
+
+
+def evaluation_run_params(params: EvaluateParams, rule: str) -> dict:
+    """The params an evaluate run records (``pipeline.promote`` records a skipped evaluation with the same)."""
+    return {"evaluate": {k: v for k, v in params.__dict__.items() if k != "slice_bound"}, "rule": rule}
 
 
 def _write_csv(path: Path, header: list[str], rows) -> None:
@@ -350,12 +360,13 @@ def _log_to_mlflow(root: Path, evaluation: Mapping, metrics: Mapping, per_window
         run_id = training_run.info.run_id
         recorded = tracking.log_evaluation(
             root, run_id, passed=evaluation["passed"], headline=metrics, windows=per_window,
-            params={"evaluate": {k: v for k, v in params.__dict__.items() if k != "slice_bound"},
-                    "rule": evaluation["rule"]}, bundle_digest=evaluation["bundle_digest"],
+            params=evaluation_run_params(params, evaluation["rule"]), bundle_digest=evaluation["bundle_digest"],
+            evaluation_json=json_text(evaluation),
             artifacts=[home / f for f in RESULT_FILES if f != EVALUATION_FILE and (home / f).exists()])
-    except MlflowException as exc:
+    except (MlflowException, tracking.TrackingError) as exc:
         if not quiet:
-            print(f"evaluate: note: could not record the evaluation in MLflow: {exc.message}", file=sys.stderr)
+            print(f"evaluate: note: could not record the evaluation in MLflow: {getattr(exc, 'message', exc)}",
+                  file=sys.stderr)
         return None
     if not quiet and not recorded.training_run_updated:
         print(f"evaluate: note: run {run_id} is a registered model version's; its recorded verdict is kept, this "

@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from pipeline import registry_fetch, tracking
 from pipeline.bundle import BundleError, verify_bundle
-from pipeline.evaluate import CANDIDATE_DIR, EVALUATION_FILE, current_versions
-from pipeline.model_params import promote_params
+from pipeline.evaluate import (BACKTEST_FILE, CANDIDATE_DIR, EVALUATION_FILE, METRICS_FILE, RESULT_FILES,
+                               current_versions, evaluation_run_params)
+from pipeline.model_params import evaluate_params, promote_params
 from pipeline.params import load_yaml
 from pipeline.serving_bundle import roll_forward, source_digest
 from pipeline.stage import run_stage
@@ -95,6 +97,36 @@ def training_run(root: Path, digest: str):
     return found
 
 
+def evaluation_run(root: Path, home: Path, raw_params, evaluation: dict, digest: str, trained_run_id: str,
+                   say) -> str:
+    """The id of the MLflow run of the evaluation being promoted on (the one that wrote this evaluation.json).
+
+    A fresh clone's ``dvc repro`` retrains (DVC's cache is empty) but skips evaluate, whose verdict for this exact
+    bundle is already in the committed results/: that evaluation is then recorded here, nested under the training
+    run as evaluate would have (tag ``recorded_by: promote``), so every promoted version links to its evaluation."""
+    text = (home / EVALUATION_FILE).read_text(encoding="utf-8")
+    digest_tag = {tracking.EVALUATION_DIGEST_TAG: tracking.evaluation_digest(text)}
+    found = tracking.run_of_bundle(root, digest, "evaluate", tags=digest_tag)
+    if found is not None:
+        return found.info.run_id
+
+    def results(name: str) -> dict:
+        try:
+            return json.loads((home / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    headline = results(METRICS_FILE) or {k: v for k, v in evaluation.items() if isinstance(v, (int, float))}
+    recorded = tracking.log_evaluation(
+        root, trained_run_id, passed=True, headline=headline, windows=results(BACKTEST_FILE).get("windows", []),
+        params=evaluation_run_params(evaluate_params(raw_params), evaluation["rule"]), bundle_digest=digest,
+        evaluation_json=text, tags={"recorded_by": "promote"},
+        artifacts=[home / f for f in RESULT_FILES if (home / f).exists()])
+    say(f"promote: recorded the evaluation in {EVALUATION_FILE} as MLflow run {recorded.run_id} (DVC skipped "
+        "evaluate: its verdict for this bundle was already in results/)")
+    return recorded.run_id
+
+
 def provenance(run) -> dict[str, str]:
     """What the production bundle says about where it came from: the training run's time, commit and id."""
     created = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.timezone.utc).replace(microsecond=0)
@@ -108,25 +140,26 @@ def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=root, capture_output=True, text=True)
 
 
-def track_with_dvc(root: Path) -> tuple[str, Path | None]:
-    """dvc add + push the production bundle when a DVC remote is configured.
+def track_with_dvc(root: Path, bundle_dir: Path) -> tuple[str, Path | None]:
+    """dvc add + push the promoted bundle when a DVC remote is configured.
 
     Returns (what was done, the ``.dvc`` file written: the caller records its entry, then removes it).
     """
+    relative = bundle_dir.relative_to(root).as_posix()
     if not (root / ".dvc").is_dir():
-        return "not a DVC project: models/production not tracked", None
+        return f"not a DVC project: {relative} not tracked", None
     remotes = _dvc(root, "remote", "list")
     if remotes.returncode != 0 or not remotes.stdout.strip():
-        return ("no DVC remote configured: models/production not DVC-tracked (the registry's artifact store has it; "
+        return (f"no DVC remote configured: {relative} not DVC-tracked (the registry's artifact store has it; "
                 "`dvc remote add -d NAME URL` makes promote push it too)"), None
-    added = _dvc(root, "add", PRODUCTION_DIR)
+    added = _dvc(root, "add", relative)
     if added.returncode != 0:
         message = added.stderr.strip() or added.stdout.strip()
         if "git-ignored" in message:
-            message += (f" (un-ignore it, e.g. .gitignore: `/models/*` and `!/{PRODUCTION_DIR}.dvc`)")
-        raise PromotionRefused(f"`dvc add {PRODUCTION_DIR}` failed: {message}")
-    dvc_file = root / f"{PRODUCTION_DIR}.dvc"
-    pushed = _dvc(root, "push", f"{PRODUCTION_DIR}.dvc")
+            message += (f" (un-ignore it, e.g. .gitignore: `/models/*` and `!/{relative}.dvc`)")
+        raise PromotionRefused(f"`dvc add {relative}` failed: {message}")
+    dvc_file = root / f"{relative}.dvc"
+    pushed = _dvc(root, "push", f"{relative}.dvc")
     if pushed.returncode != 0:
         dvc_file.unlink(missing_ok=True)
         raise PromotionRefused(f"`dvc push` failed: {pushed.stderr.strip() or pushed.stdout.strip()}")
@@ -142,38 +175,48 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     alias = registry_fetch.promote_alias(pparams.alias)  # refused before anything is written
     evaluation, digest = check_candidate(root, raw, home)
     trained = training_run(root, digest)
-    evaluated = tracking.run_of_bundle(root, digest, "evaluate")
     interval = evaluation["improvement_interval"]
     tags = {"bundle_version": str(evaluation.get("bundle_version")), "code_version": evaluation["code_version"][:16],
             "heldout_nwrmsle": f"{evaluation['candidate_nwrmsle']:.6f}",
             "heldout_improvement": f"{interval['estimate']:.6f} [{interval['low']:.6f}, {interval['high']:.6f}] "
                                    f"({interval['confidence']:.0%}, {interval['series']} series)",
-            "threshold_test": "passed", "evaluation_run_id": evaluated.info.run_id if evaluated else "None"}
-    production = root / PRODUCTION_DIR
-    installed = source_digest(production) == digest
+            "threshold_test": "passed",
+            "evaluation_run_id": evaluation_run(root, home, raw, evaluation, digest, trained.info.run_id, say)}
+    # Production (params' alias) is installed on this host; a candidate alias (CI's SHELFCAST_PROMOTE_ALIAS=shadow)
+    # is only published: `release` installs candidates, and this host's production stays what it serves.
+    production = alias == pparams.alias
+    target = root / (PRODUCTION_DIR if production else f"models/.promoted-{alias}")
+    installed = source_digest(target) == digest
     if not installed:
-        roll_forward(root, home / CANDIDATE_DIR, production, digest, provenance(trained))
-    dvc_note, dvc_file = track_with_dvc(root)
-    try:  # the installed bundle goes to the registry's artifact store: the app side fetches it by alias
-        tags.update(registry_fetch.publish_serving_bundle(root, trained.info.run_id, production))
-    finally:  # its DVC entry, when there is one, is now a tag of the model version: nothing is left for git
-        if dvc_file is not None:
-            dvc_file.unlink(missing_ok=True)
-    # The alias moves last: it is what says "this is production" to everyone reading the registry.
-    version, created = tracking.register_production(root, trained.info.run_id, digest, tags,
-                                                    name=pparams.model_name, alias=alias)
+        roll_forward(root, home / CANDIDATE_DIR, target, digest, provenance(trained))
+    try:
+        dvc_note, dvc_file = track_with_dvc(root, target)
+        try:  # the rolled-forward bundle goes to the registry's artifact store: the app side fetches it by alias
+            tags.update(registry_fetch.publish_serving_bundle(root, trained.info.run_id, target))
+        finally:  # its DVC entry, when there is one, is now a tag of the model version: nothing is left for git
+            if dvc_file is not None:
+                dvc_file.unlink(missing_ok=True)
+        # The alias moves last: it is what says "this is production" to everyone reading the registry.
+        version, created = tracking.register_production(root, trained.info.run_id, digest, tags,
+                                                        name=pparams.model_name, alias=alias)
+    finally:
+        if not production:
+            shutil.rmtree(target, ignore_errors=True)
     summary = {"model": pparams.model_name, "version": str(version.version), "alias": alias,
-               "registered": created, "installed": not installed, "digest": digest, "dvc": dvc_note}
+               "registered": created, "installed": production and not installed, "digest": digest, "dvc": dvc_note}
+    where = (f"{PRODUCTION_DIR} {'installed' if not installed else 'already up to date'}" if production else
+             f"{PRODUCTION_DIR} left as it is ('{alias}' is a candidate: `release sync` installs it where it serves)")
     say(f"promote: {pparams.model_name} version {version.version} "
         f"({'newly registered' if created else 'already registered'}) is now '{alias}'; "
-        f"{PRODUCTION_DIR} {'installed' if not installed else 'already up to date'} ({digest[:12]}); {dvc_note}")
+        f"{where} ({digest[:12]}); {dvc_note}")
     return summary
 
 
 def main(argv=None) -> int:
     def body(args) -> int | None:
         try:
-            run(args.root, candidate_root=None if args.candidate is None else args.root / args.candidate)
+            with tracking.mlflow_errors_named(args.root):
+                run(args.root, candidate_root=None if args.candidate is None else args.root / args.candidate)
         except PromotionRefused as exc:
             print(f"promote: refused: {exc}", file=sys.stderr)
             return REFUSED

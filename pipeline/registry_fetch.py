@@ -94,9 +94,15 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
     registered one); returns the digest."""
     tags = version.tags or {}
     want = tags.get(TAG_DIGEST)
+    if not want or tags.get(tracking.VERDICT_TAG) != "passed":
+        # registered by hand (the UI, a script): no threshold test, no rolled-forward history, nothing to verify
+        raise FetchError(f"version {version.version} was not registered by `pipeline.promote` (no {TAG_DIGEST} tag or "
+                         f"no {tracking.VERDICT_TAG}=passed): its bundle was neither judged by the threshold test nor "
+                         "made to forecast from the last known day; refusing it (promote a candidate with `make "
+                         "promote`)")
 
     def check(digest: str) -> str:
-        if want and digest != want:
+        if digest != want:
             raise FetchError(f"version {version.version}: fetched bundle digest {digest[:12]} is not the registered "
                              f"{want[:12]}; refusing it")
         return digest

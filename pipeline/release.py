@@ -54,7 +54,7 @@ from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, 
                                     event_units, finite_number, read_jsonl_events)
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 
-PREVIOUS_TAG = "previous_production"  # registered-model tag: the version `rollback` returns to
+PREVIOUS_TAG = tracking.PREVIOUS_PRODUCTION_TAG  # registered-model tag: the version `rollback` returns to
 DEFAULT_SHARE = 0.1
 NOTHING_TO_DEPLOY = "nothing_to_deploy"  # deploy's outcome without a candidate (or with production's version): exit 0
 DEFAULT_EVENTS = Path(os.environ.get("SHELFCAST_PREDICTION_LOG", "").strip() or "logs/predictions.jsonl")
@@ -164,11 +164,7 @@ def promote(root: Path, store: ReleaseStore, version: str | None = None, name: s
     if not version:
         raise ReleaseError("nothing to promote: no --version and no canary or shadow alias")
     install(root, store, PRODUCTION, version, name)
-    mlflow_client = _client(root)
-    previous = current.get(PRODUCTION)
-    if previous and previous != str(version):
-        mlflow_client.set_registered_model_tag(name, PREVIOUS_TAG, previous)
-    mlflow_client.set_registered_model_alias(name, PRODUCTION, str(version))
+    tracking.point_alias(_client(root), name, PRODUCTION, version)
     for variant in (CANARY, SHADOW):
         if current.get(variant) == str(version):
             end_candidate(root, store, variant, name)
@@ -179,14 +175,16 @@ def rollback(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MO
     """Production back to the previous production version (from disk: seconds); (from, to)."""
     model = _client(root).get_registered_model(name)
     previous = (model.tags or {}).get(PREVIOUS_TAG)
-    current = model.aliases.get(PRODUCTION)
+    current = None if model.aliases.get(PRODUCTION) is None else str(model.aliases[PRODUCTION])
     if not previous:
         raise ReleaseError(f"{name} records no previous production version ({PREVIOUS_TAG}); nothing to roll back to")
+    if previous == current:
+        raise ReleaseError(f"{name}'s previous production version ({PREVIOUS_TAG}) is version {previous}, production "
+                           "itself; nothing to roll back to (`release promote --version N` chooses one)")
     install(root, store, PRODUCTION, previous, name)
-    mlflow_client = _client(root)
-    mlflow_client.set_registered_model_alias(name, PRODUCTION, previous)
+    tracking.point_alias(_client(root), name, PRODUCTION, previous)  # remembers current: a second rollback undoes
     if current:
-        mlflow_client.set_registered_model_tag(name, PREVIOUS_TAG, str(current))
+        store.withdraw(current)  # judged bad: a worker that cannot load production must not fall back to it
     for variant in (CANARY, SHADOW):
         end_candidate(root, store, variant, name)
     return str(current), previous
@@ -595,55 +593,56 @@ def main(argv=None) -> int:
     store = ReleaseStore(args.models if args.models.is_absolute() else root / args.models, keep=args.keep)
     started = time.perf_counter()
     try:
-        version = args.version
-        if args.alias and not version:
-            version = aliases(root, args.name).get(args.alias)
-            if version is None:
-                raise ReleaseError(f"no alias {args.alias!r} on {args.name}")
-        if args.command == "status":
-            print(json.dumps({"aliases": aliases(root, args.name), "canary_share": store.canary_share(),
-                              "releases_on_disk": [p.name for p in store.releases()]}))
-        elif args.command == "sync":
-            print(f"release: synced {sync(root, store, args.name)}")
-        elif args.command in (SHADOW, CANARY):
-            if not version:
-                raise ReleaseError(f"{args.command}: give --version or --alias")
-            digest = set_candidate(root, store, args.command, version, args.share, args.name)
-            print(f"release: version {version} ({digest[:12]}) is now {args.command}"
-                  + (f" ({args.share:.0%} of store×items)" if args.command == CANARY else ""))
-        elif args.command == "end":
-            end_candidate(root, store, args.variant or CANARY, args.name)
-            print(f"release: {args.variant or CANARY} ended")
-        elif args.command == "promote":
-            print(f"release: version {promote(root, store, version, args.name)} is now production")
-        elif args.command == "rollback":
-            was, now = rollback(root, store, args.name)
-            print(f"release: production rolled back from version {was} to {now} "
-                  f"in {time.perf_counter() - started:.2f} s")
-        elif args.command == "decide":
-            current = aliases(root, args.name)
-            variant = args.variant or (CANARY if CANARY in current else SHADOW)
-            actuals = read_actuals(args.actuals) if args.actuals else None
-            since = store.installed_at(variant)  # an earlier candidate's events are not this one's
-            verdict = compare(events.traffic(since=since), variant, actuals)
-            verdict.figures["judged_since"] = (None if since is None else
-                                               datetime.datetime.fromtimestamp(since, datetime.timezone.utc)
-                                               .isoformat(timespec="seconds"))
-            print(json.dumps(asdict(verdict)))
-            if args.apply and verdict.decision == "promote":
-                print(f"release: version {promote(root, store, current.get(variant), args.name)} is now production")
-            elif args.apply and verdict.decision == "rollback":
-                end_candidate(root, store, variant, args.name)
-                print(f"release: {variant} ended (rolled back)")
-            return 0 if verdict.decision != "rollback" else 2
-        elif args.command == "smoke":
-            print(f"release: smoke test passed; answered by {smoke_test(args.url.rstrip('/'), args.requests)}")
-        elif args.command == "deploy":
-            actuals = read_actuals(args.actuals) if args.actuals else None
-            report = deploy(root, store, args.url.rstrip("/"), events, version, args.share, args.observe_s,
-                            actuals=actuals, name=args.name, shadow_s=args.shadow_s, smoke_requests=args.requests)
-            print(json.dumps(report))
-            return 0 if report["outcome"] in ("promoted", NOTHING_TO_DEPLOY) else 2
+        with tracking.mlflow_errors_named(root):
+            version = args.version
+            if args.alias and not version:
+                version = aliases(root, args.name).get(args.alias)
+                if version is None:
+                    raise ReleaseError(f"no alias {args.alias!r} on {args.name}")
+            if args.command == "status":
+                print(json.dumps({"aliases": aliases(root, args.name), "canary_share": store.canary_share(),
+                                  "releases_on_disk": [p.name for p in store.releases()]}))
+            elif args.command == "sync":
+                print(f"release: synced {sync(root, store, args.name)}")
+            elif args.command in (SHADOW, CANARY):
+                if not version:
+                    raise ReleaseError(f"{args.command}: give --version or --alias")
+                digest = set_candidate(root, store, args.command, version, args.share, args.name)
+                print(f"release: version {version} ({digest[:12]}) is now {args.command}"
+                      + (f" ({args.share:.0%} of store×items)" if args.command == CANARY else ""))
+            elif args.command == "end":
+                end_candidate(root, store, args.variant or CANARY, args.name)
+                print(f"release: {args.variant or CANARY} ended")
+            elif args.command == "promote":
+                print(f"release: version {promote(root, store, version, args.name)} is now production")
+            elif args.command == "rollback":
+                was, now = rollback(root, store, args.name)
+                print(f"release: production rolled back from version {was} to {now} "
+                      f"in {time.perf_counter() - started:.2f} s")
+            elif args.command == "decide":
+                current = aliases(root, args.name)
+                variant = args.variant or (CANARY if CANARY in current else SHADOW)
+                actuals = read_actuals(args.actuals) if args.actuals else None
+                since = store.installed_at(variant)  # an earlier candidate's events are not this one's
+                verdict = compare(events.traffic(since=since), variant, actuals)
+                verdict.figures["judged_since"] = (None if since is None else
+                                                   datetime.datetime.fromtimestamp(since, datetime.timezone.utc)
+                                                   .isoformat(timespec="seconds"))
+                print(json.dumps(asdict(verdict)))
+                if args.apply and verdict.decision == "promote":
+                    print(f"release: version {promote(root, store, current.get(variant), args.name)} is now production")
+                elif args.apply and verdict.decision == "rollback":
+                    end_candidate(root, store, variant, args.name)
+                    print(f"release: {variant} ended (rolled back)")
+                return 0 if verdict.decision != "rollback" else 2
+            elif args.command == "smoke":
+                print(f"release: smoke test passed; answered by {smoke_test(args.url.rstrip('/'), args.requests)}")
+            elif args.command == "deploy":
+                actuals = read_actuals(args.actuals) if args.actuals else None
+                report = deploy(root, store, args.url.rstrip("/"), events, version, args.share, args.observe_s,
+                                actuals=actuals, name=args.name, shadow_s=args.shadow_s, smoke_requests=args.requests)
+                print(json.dumps(report))
+                return 0 if report["outcome"] in ("promoted", NOTHING_TO_DEPLOY) else 2
     except (ReleaseError, BundleError, registry_fetch.FetchError, tracking.TrackingError, EventSourceError, ValueError,
             OSError) as exc:
         print(f"release: error: {exc}", file=sys.stderr)

@@ -8,7 +8,8 @@ Layout under the models directory (default ``models/``)::
     release.json          {"canary_share": 0.1} — read by the app's variant router
 
 A release is marked good (``releases/<version>/.good``, a dotfile the bundle checksums
-ignore) once it has served as production; the app falls back to the newest good release
+ignore) once it has served as production, and unmarked when production is rolled back from
+it; the app falls back to the newest good release
 when the production directory cannot be loaded, so a worker never starts or stays without a
 model while a good one is on disk. Every install is atomic (pipeline/bundle.copy_bundle).
 Standard library + pipeline.bundle only: the app imports this module.
@@ -78,6 +79,10 @@ class ReleaseStore:
         if variant == PRODUCTION:
             (self.release_dir(version) / GOOD_MARK).touch()
         return digest
+
+    def withdraw(self, version: str | int) -> None:
+        """Release ``version`` is no longer good (production was rolled back from it): never a fallback again."""
+        (self.release_dir(version) / GOOD_MARK).unlink(missing_ok=True)
 
     def installed_at(self, variant: str) -> float | None:
         """When ``variant``'s bundle was installed (epoch seconds; None: not installed): its directory's mtime,

@@ -9,9 +9,16 @@ Training-only: serving code never imports this module (nor MLflow).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
+
+from pipeline.stage import StageError
 
 EXPERIMENT_NAME = "shelfcast"
 REGISTERED_MODEL = "shelfcast-forecaster"
@@ -29,21 +36,75 @@ BUNDLE_DIGEST_TAG = "bundle_digest"
 # Held-out scores (evaluate) are named apart from the training curves a train run logs per step.
 HELDOUT_PREFIX = "heldout_"
 VERDICT_TAG = "threshold_test"
+# An evaluate run's tag: the sha256 of the results/evaluation.json it wrote, so promote links a model version to
+# the evaluation it promotes on, not to another of the same bundle (other params, another teammate's).
+EVALUATION_DIGEST_TAG = "evaluation_digest"
+PREVIOUS_PRODUCTION_TAG = "previous_production"  # registered-model tag: the version a rollback returns to
 
 
-class TrackingError(RuntimeError):
-    """The tracking store or registry refused an operation (the message says which and where)."""
+class TrackingError(StageError):
+    """The tracking store or registry refused an operation, or cannot be reached (the message says which and where)."""
+
+
+REACH_TIMEOUT_S = 10.0  # how long a tracking server has to answer its first request (MLflow's retries take minutes)
+_reached: set[str] = set()  # tracking servers this process has reached
 
 
 def tracking_uri(project_root: Path | str = ".") -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if env:
         return env
-    return f"sqlite:///{(Path(project_root).resolve() / 'mlflow.db').as_posix()}"
+    return f"sqlite:///{(store_home(project_root) / 'mlflow.db').as_posix()}"
 
 
 def artifact_root(project_root: Path | str = ".") -> str:
-    return (Path(project_root).resolve() / "mlartifacts").as_uri()
+    return (store_home(project_root) / "mlartifacts").as_uri()
+
+
+def store_home(project_root: Path | str = ".") -> Path:
+    """The project whose local store (mlflow.db, mlartifacts/) a stage records into. ``dvc exp run --temp`` and
+    queued experiments run the stages in a copy under ``<project>/.dvc/tmp/exps/`` that DVC deletes afterwards:
+    their runs go to the project's store, or they would be lost with the copy."""
+    path = Path(project_root).resolve()
+    parts = path.parts
+    for i in range(1, len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return path
+
+
+def check_reachable(uri: str) -> None:
+    """TrackingError, at once, for a tracking URI that cannot work: a server that does not answer (MLflow itself
+    retries for minutes, then prints a traceback), or an address without its scheme (MLflow reads it as a path)."""
+    if uri in _reached:
+        return
+    if re.fullmatch(r"[\w.-]+:\d+/?", uri):
+        raise TrackingError(f"MLFLOW_TRACKING_URI={uri!r}: an address without its scheme; did you mean http://{uri}?")
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=REACH_TIMEOUT_S):
+                pass
+        except urllib.error.HTTPError:
+            pass  # it answers (a proxy or an auth layer may not route /health to MLflow)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise TrackingError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) cannot be reached: {reason}; "
+                                "is it running?") from None
+    _reached.add(uri)
+
+
+@contextlib.contextmanager
+def mlflow_errors_named(project_root: Path | str = "."):
+    """MLflow's own exceptions (a store that refused, a server gone mid-stage) as one TrackingError naming the store:
+    a stage says one line, never MLflow's traceback."""
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as exc:
+        if type(exc).__module__.startswith("mlflow"):
+            raise TrackingError(f"MLflow at {tracking_uri(project_root)}: {getattr(exc, 'message', exc)}") from None
+        raise
 
 
 def client(project_root: Path | str = "."):
@@ -55,6 +116,7 @@ def client(project_root: Path | str = "."):
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     uri = tracking_uri(project_root)
+    check_reachable(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -140,8 +202,9 @@ def is_registered(mlflow_client, run_id: str) -> bool:
     return bool(mlflow_client.search_model_versions(f"run_id='{run_id}'"))
 
 
-def run_of_bundle(project_root: Path | str, bundle_digest: str, stage: str = "train"):
-    """The newest finished run of ``stage`` (train or evaluate) tagged with this bundle digest, or None.
+def run_of_bundle(project_root: Path | str, bundle_digest: str, stage: str = "train",
+                  tags: Mapping[str, str] | None = None):
+    """The newest finished run of ``stage`` (train or evaluate) tagged with this bundle digest (and ``tags``), or None.
 
     Training is deterministic, so retraining the same inputs makes the same bundle again: several
     runs may carry one digest, and the newest is the one that made what is on disk now.
@@ -150,29 +213,39 @@ def run_of_bundle(project_root: Path | str, bundle_digest: str, stage: str = "tr
     experiment = mlflow_client.get_experiment_by_name(EXPERIMENT_NAME)
     if experiment is None:
         return None
-    found = mlflow_client.search_runs(
-        [experiment.experiment_id],
-        f"tags.{BUNDLE_DIGEST_TAG} = '{bundle_digest}' and tags.stage = '{stage}' and attributes.status = 'FINISHED'",
-        max_results=1, order_by=["attributes.start_time DESC"])
+    wanted = {BUNDLE_DIGEST_TAG: bundle_digest, "stage": stage, **(tags or {})}
+    query = " and ".join([f"tags.{key} = '{value}'" for key, value in wanted.items()]
+                         + ["attributes.status = 'FINISHED'"])
+    found = mlflow_client.search_runs([experiment.experiment_id], query, max_results=1,
+                                      order_by=["attributes.start_time DESC"])
     return found[0] if found else None
+
+
+def evaluation_digest(text: str) -> str:
+    """What EVALUATION_DIGEST_TAG holds for an evaluation.json of this text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def log_evaluation(project_root: Path | str, training_run_id: str, *, passed: bool, headline: Mapping[str, Any],
                    windows: list[Mapping[str, Any]], params: Mapping[str, Any], artifacts: list[Path],
-                   bundle_digest: str = "") -> EvaluationRecord:
+                   bundle_digest: str = "", evaluation_json: str = "",
+                   tags: Mapping[str, str] | None = None) -> EvaluationRecord:
     """Record one evaluation: a run of its own, nested under the candidate's training run.
 
     The evaluation run holds the held-out metrics (``heldout_*``; per backtest window as steps),
     the params, the verdict tag and the result files. The training run gets the same held-out
     metrics and verdict too, so its row in the experiment shows them — unless a registered model
     version was made from it: a promoted model's verdict is what it was promoted on, and a later
-    evaluation (other params, other data) never rewrites it.
+    evaluation (other params, other data) never rewrites it. ``evaluation_json`` is the text of the
+    evaluation.json it wrote: promote finds the evaluation it promotes on by its digest.
     """
     verdict = "passed" if passed else "failed"
     flat = {f"{HELDOUT_PREFIX}{k.replace('.', '_')}": float(v) for k, v in flatten(headline).items()
             if _is_number(v)}
     with TrainingRun(project_root, "evaluate", {PARENT_RUN_TAG: training_run_id, "stage": "evaluate",
-                                                VERDICT_TAG: verdict, BUNDLE_DIGEST_TAG: bundle_digest}) as run:
+                                                VERDICT_TAG: verdict, BUNDLE_DIGEST_TAG: bundle_digest,
+                                                EVALUATION_DIGEST_TAG: evaluation_digest(evaluation_json),
+                                                **(tags or {})}) as run:
         run.log_params(params)
         run.log_metrics(flat)
         for window in windows:
@@ -248,7 +321,22 @@ def register_production(project_root: Path | str, run_id: str, bundle_digest: st
                 name, f"runs:/{run_id}/{BUNDLE_ARTIFACT_PATH}", run_id=run_id,
                 tags={BUNDLE_DIGEST_TAG: bundle_digest, **tags},
             )
-        mlflow_client.set_registered_model_alias(name, alias, version.version)
+        point_alias(mlflow_client, name, alias, version.version)
     except MlflowException as exc:
         raise TrackingError(f"model registry at {tracking_uri(project_root)}: {exc.message}") from None
     return version, created
+
+
+def point_alias(mlflow_client, name: str, alias: str, version) -> None:
+    """Point ``alias`` at ``version``. Moving ``production`` remembers the version it leaves
+    (``previous_production``): whoever moves it (promote, a release, a rollback), a rollback returns there."""
+    if alias == PRODUCTION_ALIAS:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            leaving = str(mlflow_client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            leaving = None  # no production yet
+        if leaving is not None and leaving != str(version):
+            mlflow_client.set_registered_model_tag(name, PREVIOUS_PRODUCTION_TAG, leaving)
+    mlflow_client.set_registered_model_alias(name, alias, str(version))

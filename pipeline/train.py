@@ -48,7 +48,7 @@ from pipeline.metrics import nwrmsle
 from pipeline.model_params import (FeatureParams, TrainParams, feature_params, train_params,
                                    validation_within_horizon)
 from pipeline.params import load_yaml
-from pipeline.stage import StageError, run_stage
+from pipeline.stage import run_stage
 from pipeline.versions import bundle_version, code_version, data_version, git_commit
 
 TRAIN_DATA = "data/split/train.parquet"
@@ -354,12 +354,8 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
 
 def main(argv=None) -> int:
     def body(args) -> None:
-        try:
+        with tracking.mlflow_errors_named(args.root):  # refused or unreachable: where, in one line
             run(args.root)  # prints its own summary
-        except Exception as exc:  # the tracking server refused or is unreachable: say where, no traceback
-            if type(exc).__module__.startswith("mlflow"):
-                raise StageError(f"MLflow at {tracking.tracking_uri(args.root)}: {exc}") from None
-            raise
 
     return run_stage("train", body, argv, errors=(TrainError, FileNotFoundError, ValueError, ClusterError),
                      description=__doc__.splitlines()[0])

@@ -94,6 +94,24 @@ def test_a_bundle_that_is_not_the_registered_one_is_refused(released, registry_e
                                             recorded)
 
 
+def test_a_version_registered_by_hand_is_refused(released, registry_env, tmp_path, capsys):
+    """A version made in the UI or by a script from a training run (its candidate bundle: never judged by the threshold
+    test, never rolled forward) was installed as production with nothing verified."""
+    root, _, _ = released
+    mlflow_client = tracking.client(root)
+    production = mlflow_client.get_model_version_by_alias(tracking.REGISTERED_MODEL, "production")
+    by_hand = mlflow_client.create_model_version(tracking.REGISTERED_MODEL, f"runs:/{production.run_id}/bundle",
+                                                 run_id=production.run_id)
+    mlflow_client.set_registered_model_alias(tracking.REGISTERED_MODEL, "by-hand", by_hand.version)
+    try:
+        assert registry_fetch.main(["--root", str(tmp_path), "--alias", "by-hand",
+                                    "--to", str(tmp_path / "models/production")]) == 1
+        assert f"version {by_hand.version} was not registered by `pipeline.promote`" in capsys.readouterr().err
+        assert not (tmp_path / "models/production").exists()
+    finally:
+        mlflow_client.delete_model_version(tracking.REGISTERED_MODEL, by_hand.version)
+
+
 @pytest.mark.slow
 def test_from_the_dvc_remote_by_the_recorded_entry(released, tmp_path, monkeypatch):
     """A DVC project with a local remote: promote pushes; another clone pulls by the registry's record."""

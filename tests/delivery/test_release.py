@@ -203,6 +203,12 @@ def test_promote_then_rollback_in_seconds(host):
     assert verify_bundle(store.variant_dir(PRODUCTION)) == digest_of(root, versions["production"])
     print(f"rollback: {seconds:.2f} s")
     assert seconds < 30  # registry calls + a local copy; the figure is reported, not a benchmark
+    # the version rolled back from is no fallback: a worker that cannot load production falls back to a good one
+    assert [p.name for p in store.good_releases()] == [versions["production"]]
+    # previous_production now names the version rolled back from; once it names production itself, nothing to do
+    client = tracking.client(root)
+    client.set_registered_model_tag(NAME, release.PREVIOUS_TAG, versions["production"])
+    assert release.main(["rollback", "--root", str(root), "--models", str(store.root)]) == 1
 
 
 def traffic(predictions: int, errors: int = 0, latency: float = 5.0, units: float = 3.0, variant: str = CANARY):

@@ -180,3 +180,57 @@ def test_a_verdict_without_the_backtest_interval_is_refused(tiny_project, capsys
     assert promote.main(["--root", str(tiny_project)]) == promote.REFUSED
     err = capsys.readouterr().err
     assert "without the backtest's improvement interval" in err and "dvc repro evaluate" in err
+
+
+def test_the_version_links_the_evaluation_it_was_promoted_on_not_a_newer_one_of_the_same_bundle(trained_project):
+    """promote linked the newest evaluate run of the bundle: after a stricter evaluation that failed (or a teammate's
+    under other params), a version tagged 'passed' pointed at a run tagged 'failed'."""
+    root, summary = trained_project
+    assert evaluate.main(["--root", str(root)]) == 0
+    judged = tracking.run_of_bundle(root, summary["digest"], "evaluate").info.run_id
+    newer = tracking.log_evaluation(root, summary["run_id"], passed=False, headline={"x": 1.0}, windows=[],
+                                    params={"rule": "stricter"}, artifacts=[], bundle_digest=summary["digest"],
+                                    evaluation_json='{"passed": false}\n').run_id
+    assert tracking.run_of_bundle(root, summary["digest"], "evaluate").info.run_id == newer
+    assert promote.main(["--root", str(root)]) == 0
+    version = tracking.production_version(root)
+    assert version.tags["evaluation_run_id"] == judged and version.tags["threshold_test"] == "passed"
+
+
+def test_an_evaluation_dvc_skipped_is_recorded_by_promote(trained_project, capsys):
+    """A fresh clone retrains (empty DVC cache) and skips evaluate (the committed results/ judged this very bundle):
+    the version had no evaluation run ('None'). promote now records the committed one, nested under training."""
+    root, summary = trained_project
+    assert evaluate.main(["--root", str(root)]) == 0
+    client = tracking.client(root)
+    for run in client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT_NAME).experiment_id],
+                                  "tags.stage = 'evaluate'"):
+        client.delete_run(run.info.run_id)  # this store never saw the evaluation
+    capsys.readouterr()
+    assert promote.main(["--root", str(root)]) == 0
+    assert "recorded the evaluation in results/evaluation.json as MLflow run" in capsys.readouterr().out
+    version = tracking.production_version(root)
+    recorded = client.get_run(version.tags["evaluation_run_id"])
+    assert recorded.data.tags["recorded_by"] == "promote" and recorded.data.tags["threshold_test"] == "passed"
+    assert recorded.data.tags[tracking.PARENT_RUN_TAG] == summary["run_id"]
+    evaluation = json.loads((root / "results/evaluation.json").read_text())
+    assert recorded.data.metrics["heldout_validation_candidate_nwrmsle"] == pytest.approx(
+        evaluation["candidate_nwrmsle"])
+    assert promote.run(root, quiet=True)["version"] == "1"  # found again, not recorded twice
+    assert len(client.search_runs([recorded.info.experiment_id], "tags.recorded_by = 'promote'")) == 1
+
+
+def test_a_candidate_alias_is_registered_without_replacing_production_on_this_host(trained_project, monkeypatch,
+                                                                                     capsys):
+    """SHELFCAST_PROMOTE_ALIAS=shadow (CI) rolled the candidate into models/production: a `make serve` beside it
+    hot-reloaded the unreleased candidate and answered every request with it."""
+    root, summary = trained_project
+    assert evaluate.main(["--root", str(root)]) == 0
+    monkeypatch.setenv("SHELFCAST_PROMOTE_ALIAS", "shadow")
+    assert promote.main(["--root", str(root)]) == 0
+    assert "models/production left as it is ('shadow' is a candidate" in capsys.readouterr().out
+    assert not (root / "models/production").exists()
+    assert not list((root / "models").glob(".promoted-*"))  # the staging copy is gone
+    shadow = tracking.client(root).get_model_version_by_alias("shelfcast-forecaster", "shadow")
+    assert shadow.tags["serving_digest"] and shadow.tags["bundle_digest"] == summary["digest"]
+    assert tracking.production_version(root) is None

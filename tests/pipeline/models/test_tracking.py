@@ -64,6 +64,55 @@ def test_registering_is_idempotent_and_moves_the_alias(store):
     current = tracking.production_version(store)
     assert str(current.version) == "2" and current.tags["bundle_digest"] == "digest-2"
     assert current.source == f"runs:/{second.run_id}/bundle"
+    # moving production remembers the version it left: `release rollback` returns there (promote never set it,
+    # so a rollback after `make run` twice found nothing, or an older version)
+    client = tracking.client(store)
+    assert client.get_registered_model("shelfcast-forecaster").tags[tracking.PREVIOUS_PRODUCTION_TAG] == "1"
+    tracking.register_production(store, second.run_id, "digest-2", {})  # production again: nothing left
+    assert client.get_registered_model("shelfcast-forecaster").tags[tracking.PREVIOUS_PRODUCTION_TAG] == "1"
+    tracking.register_production(store, first.run_id, "digest-1", {}, alias="shadow")  # not production
+    assert client.get_registered_model("shelfcast-forecaster").tags[tracking.PREVIOUS_PRODUCTION_TAG] == "1"
+
+
+def test_the_runs_of_a_dvc_temporary_experiment_go_to_the_project_store(tmp_path, monkeypatch):
+    """`dvc exp run --temp` runs the stages in <project>/.dvc/tmp/exps/<name>/, deleted afterwards: the runs it made
+    went with it, and promote then found no training run."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    copy = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    copy.mkdir(parents=True)
+    assert tracking.tracking_uri(copy) == f"sqlite:///{(tmp_path / 'project').resolve().as_posix()}/mlflow.db"
+    assert tracking.artifact_root(copy) == ((tmp_path / "project").resolve() / "mlartifacts").as_uri()
+    assert tracking.store_home(tmp_path / "project") == (tmp_path / "project").resolve()
+
+
+def test_an_unreachable_or_scheme_less_tracking_server_is_one_error_at_once(tmp_path, monkeypatch):
+    """MLflow retried an unreachable server for about 4 minutes, then printed a traceback."""
+    import socket
+    import time
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens there once closed
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(tracking.TrackingError, match=f"http://127.0.0.1:{port} .* cannot be reached"):
+        tracking.client(tmp_path)
+    assert time.monotonic() - started < 5
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"127.0.0.1:{port}")
+    with pytest.raises(tracking.TrackingError, match=f"did you mean http://127.0.0.1:{port}"):
+        tracking.client(tmp_path)
+
+
+def test_a_stage_says_an_mlflow_failure_in_one_line_naming_the_store(tmp_path, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(tracking.TrackingError, match=r"^MLflow at sqlite:///.*: RESOURCE gone$"):
+        with tracking.mlflow_errors_named(tmp_path):
+            raise MlflowException("RESOURCE gone")
+    with pytest.raises(KeyError):  # anything else passes through
+        with tracking.mlflow_errors_named(tmp_path):
+            raise KeyError("x")
 
 
 def test_the_experiment_opens_as_model_training_in_mlflow_3(store):
