@@ -29,11 +29,11 @@ from eventlog.forward import FluentdAddress, Forwarder
 from eventlog.local_log import JsonLinesLog
 from eventlog.records import EventContentError, encode_line, prepare_event
 from eventlog.spool import Spool
+from pipeline.event_sources import DEFAULT_PREDICTION_LOG, prediction_log
 
 log = logging.getLogger(__name__)
 
 TAG = "shelfcast.prediction"
-ENV_PREDICTION_LOG = "SHELFCAST_PREDICTION_LOG"
 ENV_EVENT_SPOOL = "SHELFCAST_EVENT_SPOOL"
 ENV_EVENT_SPOOL_MAX_BYTES = "SHELFCAST_EVENT_SPOOL_MAX_BYTES"
 COUNTS = ("emitted", "rejected", "spooled", "sent", "dropped", "send_failures")
@@ -51,7 +51,7 @@ class SinkSettings:
     """Where events go and the spool's bounds; defaults suit a laptop."""
 
     fluentd: FluentdAddress | None = None  # None: the local JSON-lines log
-    log_path: Path = Path("logs/predictions.jsonl")
+    log_path: Path = DEFAULT_PREDICTION_LOG
     spool_root: Path = Path("logs/spool")
     spool_max_bytes: int = 1024**3  # over it the oldest events are dropped, counted
     segment_max_bytes: int = 4 * 1024 * 1024
@@ -76,9 +76,7 @@ class SinkSettings:
     def from_environment(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "SinkSettings":
         """FLUENTD_HOST/PORT/TIMEOUT, SHELFCAST_PREDICTION_LOG, SHELFCAST_EVENT_SPOOL[_MAX_BYTES]."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {"fluentd": FluentdAddress.from_environment(env)}
-        if env.get(ENV_PREDICTION_LOG, "").strip():
-            values["log_path"] = Path(env[ENV_PREDICTION_LOG].strip())
+        values: dict[str, Any] = {"fluentd": FluentdAddress.from_environment(env), "log_path": prediction_log(env)}
         if env.get(ENV_EVENT_SPOOL, "").strip():
             values["spool_root"] = Path(env[ENV_EVENT_SPOOL].strip())
         text = env.get(ENV_EVENT_SPOOL_MAX_BYTES, "").strip()

@@ -24,9 +24,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
-from monitoring.drift_analysis import ActualsError, analyse, read_actuals
+from monitoring.drift_analysis import analyse
+from pipeline.actuals import ActualsError, read_actuals
 from monitoring.drift_params import DriftParamsError, load_drift_params
-from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, parse_time,
+from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, DEFAULT_PREDICTION_LOG, ENV_PREDICTION_LOG,
+                                    ElasticsearchEvents, EventSourceError, parse_time, prediction_log,
                                     read_jsonl_events)
 from monitoring.report_html import render_report
 from monitoring.serving_data import EventShapeError
@@ -34,7 +36,6 @@ from pipeline.atomic import write_json_atomic, write_text_atomic
 from pipeline.bundle import BundleError, verify_bundle
 
 DEFAULT_BUNDLE = Path("models/production")
-DEFAULT_EVENTS = Path("logs/predictions.jsonl")
 DEFAULT_OUTPUT_DIR = Path("logs/drift")
 REPORT_JSON, REPORT_HTML = "drift.json", "drift.html"
 EXIT_OK, EXIT_ALARM, EXIT_ERROR = 0, 1, 2
@@ -174,7 +175,7 @@ def run(bundle: Path, events_path: Path | None, elasticsearch: str | None, index
         events = source.events(params.max_events, None if since is None else since.isoformat())
         described = f"{elasticsearch}/{index}"
     else:
-        events_path = events_path or DEFAULT_EVENTS
+        events_path = events_path or prediction_log()
         logged = read_jsonl_events(events_path, params.max_events, since)
         events, not_predictions = logged.events, logged.not_predictions
         described = str(events_path)
@@ -193,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monitoring.drift", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="model bundle (default: %(default)s)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--events", type=Path, help=f"JSON-lines log or directory of them (default: {DEFAULT_EVENTS})")
+    source.add_argument("--events", type=Path, help="JSON-lines log or directory of them (default: "
+                        f"${ENV_PREDICTION_LOG}, else {DEFAULT_PREDICTION_LOG})")
     source.add_argument("--elasticsearch", metavar="URL", default=os.environ.get("ELASTICSEARCH_URL") or None,
                         help="read events from Elasticsearch/OpenSearch (default: $ELASTICSEARCH_URL if set)")
     parser.add_argument("--index", default=DEFAULT_INDEX_PATTERN, help="index pattern (default: %(default)s)")

@@ -18,9 +18,7 @@ report says so (history features may then differ for reasons of age, not drift).
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -28,40 +26,9 @@ import numpy as np
 from monitoring.drift_params import DriftParams
 from monitoring.serving_data import UNKNOWN_LABEL, ServingData, collect
 from monitoring.statistics import MIN_EXPECTED, ShiftTest, categorical_shift, numeric_shift
+from pipeline.actuals import ActualsError
 from pipeline.drift_stats import ROLE_CALENDAR, ROLE_HISTORY, feature_role
 from pipeline.metrics import MetricInputError, nwrmsle, perishable_weights
-
-ACTUALS_COLUMNS = ("store_nbr", "item_nbr", "date", "unit_sales")
-
-
-class ActualsError(ValueError):
-    """An actual-sales file drift cannot use; names the file, row and column."""
-
-
-def read_actuals(path: Path | str) -> dict[tuple[str, str, str], float]:
-    """(store_nbr, item_nbr, date) -> unit_sales from a CSV with those columns (Favorita's train.csv works)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ActualsError(f"{path}: no such file")
-    actual: dict[tuple[str, str, str], float] = {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in ACTUALS_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ActualsError(f"{path}: missing column(s) {', '.join(missing)} (needs {', '.join(ACTUALS_COLUMNS)})")
-        for number, row in enumerate(reader, start=2):
-            try:
-                units = float(row["unit_sales"])
-                store, item = str(int(row["store_nbr"])), str(int(row["item_nbr"]))
-                date = dt.date.fromisoformat(row["date"].strip()).isoformat()
-            except (TypeError, ValueError) as exc:
-                raise ActualsError(f"{path}: line {number}: {exc}") from None
-            if not np.isfinite(units):
-                raise ActualsError(f"{path}: line {number}: unit_sales must be a finite number, "
-                                   f"got {row['unit_sales']!r}")
-            actual[(store, item, date)] = max(units, 0.0)  # a return sold nothing that day, as evaluate counts it
-    return actual
-
 
 CALENDAR_REASON = ("set by the requested date (and the store's holidays), which the app keeps inside the "
                    "bundle's forecast window: a shift here says which days clients ask for, not that the data "
@@ -106,8 +73,10 @@ def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: 
             "bins": {"labels": test.labels, "live": test.live_shares, "train": test.train_shares}}
 
 
-def live_accuracy(data: ServingData, actuals: Mapping[tuple[str, str, str], float]) -> dict[str, Any]:
-    """NWRMSLE of the served forecasts whose actual sales are known (perishable rows weigh 1.25)."""
+def live_accuracy(data: ServingData, actuals: Mapping[tuple[int, int, str], float]) -> dict[str, Any]:
+    """NWRMSLE of the served forecasts whose actual sales are known (perishable rows weigh 1.25); ``actuals`` as
+    pipeline.actuals reads them."""
+    actuals = {(str(store), str(item), date): units for (store, item, date), units in actuals.items()}
     matched = [i for i, key in enumerate(data.keys) if key in actuals]
     if not matched:
         return {"rows": 0, "nwrmsle": None}

@@ -22,11 +22,11 @@ from typing import Any
 from flask import Blueprint, abort, current_app, jsonify, render_template, send_file
 from markupsafe import Markup
 
-from monitoring.drift import DEFAULT_EVENTS, DEFAULT_OUTPUT_DIR, REPORT_HTML, REPORT_JSON
+from monitoring.drift import DEFAULT_OUTPUT_DIR, REPORT_HTML, REPORT_JSON
 from monitoring.recent_predictions import recent_statistics
+from pipeline.event_sources import prediction_log
 
 ENV_DRIFT_DIR = "SHELFCAST_DRIFT_DIR"
-ENV_PREDICTION_LOG = "SHELFCAST_PREDICTION_LOG"  # the same variable app/events.py reads
 
 monitoring_blueprint = Blueprint("monitoring", __name__, template_folder="templates")
 
@@ -48,10 +48,6 @@ def readable_time(value: object) -> Markup | str:
 
 def _drift_dir() -> Path:
     return Path(os.environ.get(ENV_DRIFT_DIR, "").strip() or DEFAULT_OUTPUT_DIR)
-
-
-def _prediction_log() -> Path:
-    return Path(os.environ.get(ENV_PREDICTION_LOG, "").strip() or DEFAULT_EVENTS)
 
 
 def latest_drift_report() -> dict[str, Any] | None:
@@ -83,7 +79,7 @@ def page_data() -> dict[str, Any]:
                                      "drifted": record.get("drifted"),
                                      "verdict": record.get("verdict") or ("drift" if record.get("drifted") else "ok")}
                                     for name, record in worst]}
-    return {"recent": recent_statistics(_prediction_log()), "drift": summary,
+    return {"recent": recent_statistics(prediction_log()), "drift": summary,
             "drift_report_available": (_drift_dir() / REPORT_HTML).is_file()}
 
 

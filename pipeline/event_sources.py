@@ -29,6 +29,15 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 DEFAULT_INDEX_PATTERN = "shelfcast-prediction-*"
+ENV_PREDICTION_LOG = "SHELFCAST_PREDICTION_LOG"  # where the app writes its events without Fluentd, and readers look
+DEFAULT_PREDICTION_LOG = Path("logs/predictions.jsonl")
+
+
+def prediction_log(environ=None) -> Path:
+    """The app's local event log: ``$SHELFCAST_PREDICTION_LOG`` (empty: unset), else logs/predictions.jsonl. The app
+    writes it, and `make drift`, /monitoring and `release decide` read it by this one rule."""
+    value = (os.environ if environ is None else environ).get(ENV_PREDICTION_LOG, "").strip()
+    return Path(value) if value else DEFAULT_PREDICTION_LOG
 PAGE_SIZE = 1000
 PREDICTION_TAG = "shelfcast.prediction"  # app/events.py TAG: the Fluentd tag of prediction events
 READ_BLOCK = 1 << 20  # bytes read at a time, from a file's end backwards

@@ -49,15 +49,17 @@ from typing import Iterable
 import numpy as np
 
 from pipeline import registry_fetch, tracking
+from pipeline.actuals import read_actuals
 from pipeline.bundle import BundleError
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, event_time,
+                                    prediction_log,
                                     event_units, finite_number, read_jsonl_events)
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 
 PREVIOUS_TAG = tracking.PREVIOUS_PRODUCTION_TAG  # registered-model tag: the version `rollback` returns to
 DEFAULT_SHARE = 0.1
 NOTHING_TO_DEPLOY = "nothing_to_deploy"  # deploy's outcome without a candidate (or with production's version): exit 0
-DEFAULT_EVENTS = Path(os.environ.get("SHELFCAST_PREDICTION_LOG", "").strip() or "logs/predictions.jsonl")
+DEFAULT_EVENTS = prediction_log()
 # the serving host's release store: $SHELFCAST_MODELS_HOST (docker-compose.yml mounts the same) or ./models
 DEFAULT_MODELS = Path(os.environ.get("SHELFCAST_MODELS_HOST", "").strip() or "models")
 MAX_EVENTS = 200_000  # the most recent events one decision reads (a release's traffic, not the archive)
@@ -271,24 +273,6 @@ class LoggedEvents:
         else:  # read from the log's end back to `since` only: the canary check polls this every second
             events = read_jsonl_events(self.path, MAX_EVENTS, since=moment).events
         return read_traffic(events, since)
-
-
-def read_actuals(path: Path) -> dict[tuple, float]:
-    """(store_nbr, item_nbr, date) -> unit_sales from a CSV with those columns (header row)."""
-    import csv
-
-    actuals = {}
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"store_nbr", "item_nbr", "date", "unit_sales"} - set(reader.fieldnames or [])
-        if missing:
-            raise ReleaseError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-        for row_number, row in enumerate(reader, 2):
-            try:
-                actuals[(int(row["store_nbr"]), int(row["item_nbr"]), row["date"])] = max(float(row["unit_sales"]), 0.0)
-            except ValueError as exc:
-                raise ReleaseError(f"{path}: row {row_number}: {exc}") from None
-    return actuals
 
 
 @dataclass
@@ -644,7 +628,7 @@ def main(argv=None) -> int:
                 print(json.dumps(report))
                 return 0 if report["outcome"] in ("promoted", NOTHING_TO_DEPLOY) else 2
     except (ReleaseError, BundleError, registry_fetch.FetchError, tracking.TrackingError, EventSourceError, ValueError,
-            OSError) as exc:
+            OSError) as exc:  # an ActualsError is a ValueError
         print(f"release: error: {exc}", file=sys.stderr)
         return 1
     return 0

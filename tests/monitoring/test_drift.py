@@ -12,6 +12,7 @@ import pytest
 from monitoring import drift, drift_analysis
 from monitoring.drift_analysis import analyse
 from monitoring.drift_params import DriftParams, DriftParamsError, load_drift_params
+from pipeline.actuals import read_actuals
 
 STREAM_EVENTS = 1500
 
@@ -91,10 +92,29 @@ def test_actuals_csv_is_read_and_checked(bundle_parts, stream, jsonl, production
     assert report["live"]["rows"] > 0 and "Live accuracy" in html
     # train.csv's own rows work: a return (negative units) sold nothing that day, as evaluate counts it
     (tmp_path / "returns.csv").write_text("store_nbr,item_nbr,date,unit_sales\n1,2,2017-08-01,-3\n")
-    assert drift_analysis.read_actuals(tmp_path / "returns.csv") == {("1", "2", "2017-08-01"): 0.0}
+    assert read_actuals(tmp_path / "returns.csv") == {(1, 2, "2017-08-01"): 0.0}
+    # gzipped, as the pipeline's own data/raw/train.csv.gz: it was an "unexpected UnicodeDecodeError"
+    import gzip
+
+    (tmp_path / "actuals.csv.gz").write_bytes(gzip.compress((tmp_path / "actuals.csv").read_bytes()))
+    assert read_actuals(tmp_path / "actuals.csv.gz") == read_actuals(tmp_path / "actuals.csv")
+    code, gz_report, _ = run_cli(tmp_path, production_bundle, path, "--actuals", str(tmp_path / "actuals.csv.gz"))
+    assert gz_report["live"] == report["live"]
     (tmp_path / "bad.csv").write_text("store_nbr,item_nbr,date,unit_sales\n1,2,2017-08-01,nan\n")
     assert drift.main(["--bundle", str(production_bundle), "--events", str(path), "--actuals",
                        str(tmp_path / "bad.csv"), "--output-dir", str(tmp_path / "r2")]) == drift.EXIT_ERROR
+
+
+def test_the_events_default_to_the_log_the_app_writes(bundle_parts, stream, jsonl, production_bundle, tmp_path,
+                                                     monkeypatch):
+    """SHELFCAST_PREDICTION_LOG moved the app's log, /monitoring's and release decide's, but not make drift's."""
+    events = jsonl(tmp_path / "elsewhere" / "p.jsonl", stream(STREAM_EVENTS, seed=1))
+    monkeypatch.setenv("SHELFCAST_PREDICTION_LOG", str(events))
+    monkeypatch.chdir(tmp_path)  # no logs/predictions.jsonl here
+    out = tmp_path / "report"
+    assert drift.main(["--bundle", str(production_bundle), "--params", str(tmp_path / "none.yaml"),
+                       "--output-dir", str(out)]) == 0
+    assert json.loads((out / "drift.json").read_text())["events"] == STREAM_EVENTS
 
 
 def test_too_few_events_give_no_verdict(bundle_parts, stream, jsonl, production_bundle, tmp_path):
