@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         app.run(host="127.0.0.1", port=args.port, debug=True)
         return 0
     command = gunicorn_command()
-    if "SHELFCAST_BIND" not in os.environ:
+    if not os.environ.get("SHELFCAST_BIND", "").strip():  # empty: unset, as app/gunicorn_conf.py reads it
         command[1:1] = ["--bind", f"127.0.0.1:{args.port}"]
     os.execv(command[0], command)
     return 0  # not reached

@@ -57,10 +57,23 @@ from pathlib import Path
 
 import gunicorn.http.wsgi
 
-bind = os.environ.get("SHELFCAST_BIND", "127.0.0.1:5005")
-workers = int(os.environ.get("SHELFCAST_WORKERS", "0")) or len(os.sched_getaffinity(0))
+def setting(name: str, default: str) -> str:
+    """An environment setting; empty counts as unset (CI systems pass unset variables as empty: an empty
+    SHELFCAST_BIND listened nowhere, an empty SHELFCAST_WORKERS was a traceback)."""
+    return os.environ.get(name, "").strip() or default
+
+
+def count_setting(name: str, default: str) -> int:
+    text = setting(name, default)
+    if not (text.isascii() and text.isdigit()):
+        raise RuntimeError(f"{name}: expected a whole number, got {text!r}")
+    return int(text)
+
+
+bind = setting("SHELFCAST_BIND", "127.0.0.1:5005")
+workers = count_setting("SHELFCAST_WORKERS", "0") or len(os.sched_getaffinity(0))
 worker_class = "gthread"
-threads = int(os.environ.get("SHELFCAST_THREADS", "8"))
+threads = max(1, count_setting("SHELFCAST_THREADS", "8"))
 keepalive = 5
 timeout = 60  # a worker loads and warms up the bundle before it serves
 graceful_timeout = 30  # time to flush prediction events on shutdown

@@ -30,12 +30,20 @@ def default_cache_dir() -> str:
     return os.path.join(base, "shelfcast", "numba")
 
 
+def _default(var: str, value: str) -> str:
+    """``os.environ.setdefault``, where an empty value counts as unset too (``make`` and CI systems pass unset
+    variables as empty: an empty NUMBA_CACHE_DIR put the kernel caches in the working directory)."""
+    if not os.environ.get(var, "").strip():
+        os.environ[var] = value
+    return os.environ[var]
+
+
 def _apply_environment_defaults() -> None:
-    os.environ.setdefault("NUMBA_CACHE_DIR", default_cache_dir())
-    threads = os.environ.setdefault("NUMBA_NUM_THREADS", str(_available_cores()))
+    _default("NUMBA_CACHE_DIR", default_cache_dir())
+    threads = _default("NUMBA_NUM_THREADS", str(_available_cores()))
     if "numpy" not in sys.modules:  # BLAS reads these once, when numpy loads it
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, threads)
+            _default(var, threads)
 
 
 _apply_environment_defaults()

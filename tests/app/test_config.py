@@ -71,6 +71,21 @@ def test_gunicorn_settings_are_production_ones(monkeypatch, tmp_path):
     assert "FLASK_DEBUG=0" in conf.raw_env
 
 
+def test_empty_server_settings_mean_their_defaults_and_a_bad_count_names_its_variable(monkeypatch, tmp_path):
+    """CI systems pass unset variables as empty: an empty SHELFCAST_BIND listened nowhere ('Listening at:  '),
+    an empty SHELFCAST_WORKERS was a ValueError traceback."""
+    import os
+
+    for name in ("SHELFCAST_BIND", "SHELFCAST_WORKERS", "SHELFCAST_THREADS"):
+        monkeypatch.setenv(name, "")
+    conf = gunicorn_conf(monkeypatch, tmp_path)
+    assert conf.bind == "127.0.0.1:5005" and conf.threads == 8
+    assert conf.workers == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("SHELFCAST_WORKERS", "two")
+    with pytest.raises(RuntimeError, match="SHELFCAST_WORKERS: expected a whole number, got 'two'"):
+        gunicorn_conf(monkeypatch, tmp_path)
+
+
 def test_gunicorn_refuses_an_address_another_server_listens_on(monkeypatch, tmp_path):
     """Workers bind with SO_REUSEPORT (one socket each, connections spread by the kernel), which alone
     would let a second server share the port: the master checks first."""

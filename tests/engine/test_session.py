@@ -209,3 +209,20 @@ def test_variable_load_and_closed_session():
     s.close()
     with pytest.raises(RuntimeError, match="closed"):
         s.run(v)
+
+
+def test_an_empty_numba_cache_dir_means_the_default_not_the_working_directory():
+    """make and CI systems pass unset variables as empty: an empty NUMBA_CACHE_DIR put the kernel caches in the
+    working directory (a dirty git tree), an empty NUMBA_NUM_THREADS stopped Numba."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, NUMBA_CACHE_DIR="", NUMBA_NUM_THREADS="")
+    code = ("import os, engine; from engine.config import default_cache_dir; "
+            "print(os.environ['NUMBA_CACHE_DIR'] == default_cache_dir(), os.environ['NUMBA_NUM_THREADS'])")
+    shown = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=env,
+                           capture_output=True, text=True, check=True)
+    same, threads = shown.stdout.split()
+    assert same == "True" and int(threads) >= 1
