@@ -78,7 +78,7 @@ compose-up: lint-docker               ## docker compose up (where Docker exists)
 	  SHELFCAST_IMAGE_TAG=$(IMAGE_TAG) docker compose up -d --wait ; \
 	else echo "compose-up: no Docker engine here; docker-compose.yml validated, nothing started"; fi
 
-drift: $(STAMP)                       ## drift report from logs/predictions.jsonl (exit 1 on a drift alarm)
+drift: $(STAMP)                       ## drift report from the prediction log (non-zero on a drift alarm or an error)
 	$(BIN)/python -m monitoring.drift
 
 monitoring-setup: $(STAMP)            ## index templates + Kibana objects into a running stack
