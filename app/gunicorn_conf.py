@@ -128,6 +128,13 @@ def on_starting(server):
         stale.unlink()
 
 
+def when_ready(server):
+    """Say where it serves: with a socket per worker (SO_REUSEPORT) gunicorn's own "Listening at:" line is empty."""
+    for address in server.cfg.bind:
+        shown = address if address.startswith(("unix:", "fd://")) else f"http://{address}"
+        server.log.info("Shelfcast serves at %s (%d workers)", shown, server.cfg.workers)
+
+
 def pre_fork(server, worker):
     """Master, before the fork: the core this worker is to run on (see the module docstring)."""
     if PIN_WORKERS:

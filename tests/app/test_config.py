@@ -86,6 +86,18 @@ def test_empty_server_settings_mean_their_defaults_and_a_bad_count_names_its_var
         gunicorn_conf(monkeypatch, tmp_path)
 
 
+def test_gunicorn_says_where_it_serves(monkeypatch, tmp_path):
+    """With a socket per worker gunicorn logged 'Listening at:  (pid)': make run never said where it served."""
+    from types import SimpleNamespace
+
+    conf = gunicorn_conf(monkeypatch, tmp_path)
+    said = []
+    server = SimpleNamespace(cfg=SimpleNamespace(bind=["127.0.0.1:5005"], workers=2),
+                             log=SimpleNamespace(info=lambda message, *args: said.append(message % args)))
+    conf.when_ready(server)
+    assert said == ["Shelfcast serves at http://127.0.0.1:5005 (2 workers)"]
+
+
 def test_gunicorn_refuses_an_address_another_server_listens_on(monkeypatch, tmp_path):
     """Workers bind with SO_REUSEPORT (one socket each, connections spread by the kernel), which alone
     would let a second server share the port: the master checks first."""
