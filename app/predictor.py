@@ -228,9 +228,9 @@ def load_model(path: Path) -> LoadedModel:
         units = model.forecast([store], [item], [model.horizon_days[0]], [0]).units
     except Exception as exc:  # anything a request would have hit: refuse the bundle instead
         raise BundleError(f"{path}: a warm-up prediction failed ({type(exc).__name__}: {exc})") from exc
+    check_plausible(model, path)  # first: a non-finite weight is named (relu passes NaN on to the forecast)
     if units.shape != (1,) or not np.all(np.isfinite(units)):
         raise BundleError(f"{path}: a warm-up prediction gave {units!r}, expected one finite number")
-    check_plausible(model, path)
     if directory_signature(path) != before:
         raise BundleChangedWhileLoading(f"{path}: the bundle changed while it was being loaded; it will be tried again")
     return model
