@@ -57,6 +57,9 @@ from pathlib import Path
 
 import gunicorn.http.wsgi
 
+MAX_WORKERS = 256
+
+
 def setting(name: str, default: str) -> str:
     """An environment setting; empty counts as unset (CI systems pass unset variables as empty: an empty
     SHELFCAST_BIND listened nowhere, an empty SHELFCAST_WORKERS was a traceback)."""
@@ -72,6 +75,8 @@ def count_setting(name: str, default: str) -> int:
 
 bind = setting("SHELFCAST_BIND", "127.0.0.1:5005")
 workers = count_setting("SHELFCAST_WORKERS", "0") or len(os.sched_getaffinity(0))
+if workers > MAX_WORKERS:
+    raise RuntimeError(f"SHELFCAST_WORKERS: {workers} workers (each loads the model); at most {MAX_WORKERS}")
 worker_class = "gthread"
 threads = max(1, count_setting("SHELFCAST_THREADS", "8"))
 keepalive = 5

@@ -38,6 +38,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -169,7 +170,7 @@ class Saver:
         os.replace(_staged(data_file, sha), data_file)
         directory, stem = os.path.split(os.path.abspath(data_file))
         for name in os.listdir(directory):  # staged data of earlier saves killed before their manifest
-            if name.startswith(stem + "-") and len(name) == len(stem) + 17:
+            if name.startswith(stem + "-") and re.fullmatch(r"[0-9a-f]{16}", name[len(stem) + 1:]):
                 os.unlink(os.path.join(directory, name))
         return prefix
 

@@ -30,7 +30,7 @@ def read_actuals(path: Path | str) -> dict[tuple[int, int, str], float]:
     actual: dict[tuple[int, int, str], float] = {}
     try:
         with (gzip.open(path, "rb") if packed else open(path, "rb")) as binary:
-            handle = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+            handle = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")  # a spreadsheet's BOM, if any
             reader = csv.DictReader(handle)
             missing = [c for c in ACTUALS_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
@@ -47,6 +47,6 @@ def read_actuals(path: Path | str) -> dict[tuple[int, int, str], float]:
                     raise ActualsError(f"{path}: line {number}: unit_sales must be a finite number, "
                                        f"got {row['unit_sales']!r}")
                 actual[key] = max(units, 0.0)
-    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, OSError) as exc:
+    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, OSError, csv.Error) as exc:
         raise ActualsError(f"{path}: not a readable CSV{' (gzip)' if packed else ''}: {exc}") from None
     return actual

@@ -25,13 +25,28 @@ class ParamsError(ValueError):
 
 
 class ParamsLoader(yaml.SafeLoader):
-    """PyYAML's safe loader reading numbers as YAML 1.2 does, as DVC reads params.yaml: ``1e-07`` and ``2e-3``
-    (what ``dvc exp run -S train.learning_rate=0.0000001`` writes) are floats, where YAML 1.1 reads them as text."""
+    """PyYAML's safe loader with YAML 1.2's core schema, as DVC (ruamel) reads params.yaml, not YAML 1.1's: ``1e-07``
+    and ``2e-3`` (what ``dvc exp run -S`` writes) are floats, ``010`` is ten, ``yes``/``on`` and ``1:20`` are text."""
+
+    yaml_implicit_resolvers: dict = {}
 
 
-ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float",
-                                   re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-                                   list("-+.0123456789"))
+def _core_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node).replace("_", "")
+    sign, digits = (-1, text[1:]) if text.startswith("-") else (1, text.lstrip("+"))
+    if digits[:2] in ("0o", "0x", "0b"):
+        return sign * int(digits[2:], {"o": 8, "x": 16, "b": 2}[digits[1]])
+    return sign * int(digits)  # a leading zero is decimal in YAML 1.2
+
+
+for _tag, _pattern, _first in (
+        ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+        ("int", r"[-+]?0b[0-1_]+|[-+]?0o[0-7_]+|[-+]?[0-9][0-9_]*|[-+]?0x[0-9a-fA-F_]+", "-+0123456789"),
+        ("float", r"[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+                  r"|[-+]?\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)", "-+.0123456789"),
+        ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""])):
+    ParamsLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(rf"^(?:{_pattern})$"), list(_first))
+ParamsLoader.add_constructor("tag:yaml.org,2002:int", _core_int)
 
 
 def load_yaml(path: Path | str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from pipeline.serving_bundle import roll_forward, source_digest
 from pipeline.stage import run_stage
 
 PRODUCTION_DIR = "models/production"
+CANDIDATE_STAGING = "models/promoted-"  # + alias: a candidate alias's bundle while it is published (.gitignore)
 REFUSED = 3
 
 
@@ -122,8 +123,9 @@ def evaluation_run(root: Path, home: Path, raw_params, evaluation: dict, digest:
         params=evaluation_run_params(evaluate_params(raw_params), evaluation["rule"]), bundle_digest=digest,
         evaluation_json=text, tags={"recorded_by": "promote"},
         artifacts=[home / f for f in RESULT_FILES if (home / f).exists()])
-    say(f"promote: recorded the evaluation in {EVALUATION_FILE} as MLflow run {recorded.run_id} (DVC skipped "
-        "evaluate: its verdict for this bundle was already in results/)")
+    say(f"promote: recorded the evaluation in {EVALUATION_FILE} as MLflow run {recorded.run_id} (no evaluate run in "
+        "this store wrote it: DVC skipped evaluate, its verdict for this bundle already in results/, or the run was "
+        "deleted)")
     return recorded.run_id
 
 
@@ -185,7 +187,7 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     # Production (params' alias) is installed on this host; a candidate alias (CI's SHELFCAST_PROMOTE_ALIAS=shadow)
     # is only published: `release` installs candidates, and this host's production stays what it serves.
     production = alias == pparams.alias
-    target = root / (PRODUCTION_DIR if production else f"models/.promoted-{alias}")
+    target = root / (PRODUCTION_DIR if production else f"{CANDIDATE_STAGING}{alias}")
     installed = source_digest(target) == digest
     if not installed:
         roll_forward(root, home / CANDIDATE_DIR, target, digest, provenance(trained))

@@ -89,17 +89,24 @@ def resolve(root: Path, alias: str, name: str = tracking.REGISTERED_MODEL):
         raise FetchError(f"models:/{name}@{alias} at {tracking.tracking_uri(root)}: {exc.message}{hint}") from None
 
 
-def download_version(root: Path, version, into: Path, via: str = "mlflow") -> str:
-    """Download a model version's serving bundle and install it at ``into`` (only when its digest is the
-    registered one); returns the digest."""
+def promoted_digest(version) -> str:
+    """The serving digest of a version ``pipeline.promote`` registered; FetchError for one registered by hand (the
+    UI, a script): no threshold test, no rolled-forward history, nothing to verify it by. Asked before anything is
+    installed, and also when the bundle is already on this host."""
     tags = version.tags or {}
-    want = tags.get(TAG_DIGEST)
-    if not want or tags.get(tracking.VERDICT_TAG) != "passed":
-        # registered by hand (the UI, a script): no threshold test, no rolled-forward history, nothing to verify
+    if not tags.get(TAG_DIGEST) or tags.get(tracking.VERDICT_TAG) != "passed":
         raise FetchError(f"version {version.version} was not registered by `pipeline.promote` (no {TAG_DIGEST} tag or "
                          f"no {tracking.VERDICT_TAG}=passed): its bundle was neither judged by the threshold test nor "
                          "made to forecast from the last known day; refusing it (promote a candidate with `make "
                          "promote`)")
+    return tags[TAG_DIGEST]
+
+
+def download_version(root: Path, version, into: Path, via: str = "mlflow") -> str:
+    """Download a model version's serving bundle and install it at ``into`` (only when its digest is the
+    registered one); returns the digest."""
+    tags = version.tags or {}
+    want = promoted_digest(version)
 
     def check(digest: str) -> str:
         if digest != want:
@@ -148,8 +155,8 @@ def fetch(root: Path, alias: str, target: Path, name: str = tracking.REGISTERED_
     version = resolve(root, alias, name)
     target = target if target.is_absolute() else root / target
     target.parent.mkdir(parents=True, exist_ok=True)
-    want = (version.tags or {}).get(TAG_DIGEST)
-    if want and target.is_dir() and _installed_digest(target) == want:
+    want = promoted_digest(version)
+    if target.is_dir() and _installed_digest(target) == want:
         # already here (make build-image and publish-image fetch again in the same checkout): nothing to download
         return Fetched(name, alias, str(version.version), want, ALREADY_INSTALLED, time.perf_counter() - started)
     digest = download_version(root, version, target, via)

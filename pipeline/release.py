@@ -106,8 +106,8 @@ def _version(root: Path, version: str, name: str):
 def ensure_release(root: Path, store: ReleaseStore, version: str, name: str = tracking.REGISTERED_MODEL) -> str:
     """Release ``version`` on disk (downloaded once from the registry, verified); returns its digest."""
     mv = _version(root, version, name)
-    want = (mv.tags or {}).get(registry_fetch.TAG_DIGEST)
-    if store.has_release(version, want) and want:
+    want = registry_fetch.promoted_digest(mv)
+    if store.has_release(version, want):
         return want
     store.root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".download.", dir=store.root) as scratch:
@@ -573,7 +573,9 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=40, help="smoke/deploy: one-row forecasts the smoke test sends")
     args = parser.parse_args(argv)
     root = args.root.resolve()
-    events = LoggedEvents.choose(args.events, args.elasticsearch, args.index)
+    # a relative log (the default, $SHELFCAST_PREDICTION_LOG's) is the project's, as --models is: under --root
+    events = LoggedEvents.choose(args.events if args.events.is_absolute() else root / args.events, args.elasticsearch,
+                                 args.index)
     store = ReleaseStore(args.models if args.models.is_absolute() else root / args.models, keep=args.keep)
     started = time.perf_counter()
     try:

@@ -81,7 +81,8 @@ class ReleaseStore:
         return digest
 
     def withdraw(self, version: str | int) -> None:
-        """Release ``version`` is no longer good (production was rolled back from it): never a fallback again."""
+        """Release ``version`` is no longer good (production was rolled back from it): no fallback until it serves as
+        production again (a second rollback, or a promote, returns to it)."""
         (self.release_dir(version) / GOOD_MARK).unlink(missing_ok=True)
 
     def installed_at(self, variant: str) -> float | None:

@@ -13,7 +13,8 @@ import contextlib
 import hashlib
 import os
 import re
-import urllib.error
+import socket
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
@@ -74,22 +75,28 @@ def store_home(project_root: Path | str = ".") -> Path:
 
 
 def check_reachable(uri: str) -> None:
-    """TrackingError, at once, for a tracking URI that cannot work: a server that does not answer (MLflow itself
-    retries for minutes, then prints a traceback), or an address without its scheme (MLflow reads it as a path)."""
+    """TrackingError, at once, for a tracking URI that cannot work: an http(s) server nothing listens at (MLflow
+    itself retries for minutes, then prints a traceback), or an address without its scheme (MLflow reads it as a
+    path). Only a TCP connection is tried, so credentials, TLS settings and slow answers stay MLflow's business;
+    where a proxy is configured for the host, MLflow's requests go through it and nothing is tried here."""
     if uri in _reached:
         return
     if re.fullmatch(r"[\w.-]+:\d+/?", uri):
         raise TrackingError(f"MLFLOW_TRACKING_URI={uri!r}: an address without its scheme; did you mean http://{uri}?")
-    if uri.startswith(("http://", "https://")):
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme in ("http", "https") and parts.hostname:
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=REACH_TIMEOUT_S):
-                pass
-        except urllib.error.HTTPError:
-            pass  # it answers (a proxy or an auth layer may not route /health to MLflow)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise TrackingError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) cannot be reached: {reason}; "
-                                "is it running?") from None
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:
+            raise TrackingError(f"MLFLOW_TRACKING_URI: {exc}") from None
+        where = f"{parts.scheme}://{parts.hostname}:{port}"  # never the credentials a URI may carry
+        proxied = parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname)
+        if not proxied:
+            try:
+                socket.create_connection((parts.hostname, port), timeout=REACH_TIMEOUT_S).close()
+            except OSError as exc:
+                raise TrackingError(f"MLflow tracking server {where} (MLFLOW_TRACKING_URI) cannot be reached: "
+                                    f"{exc.strerror or exc}; is it running?") from None
     _reached.add(uri)
 
 

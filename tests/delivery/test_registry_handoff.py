@@ -108,6 +108,15 @@ def test_a_version_registered_by_hand_is_refused(released, registry_env, tmp_pat
                                     "--to", str(tmp_path / "models/production")]) == 1
         assert f"version {by_hand.version} was not registered by `pipeline.promote`" in capsys.readouterr().err
         assert not (tmp_path / "models/production").exists()
+        # nor when the bundle is already installed where it would go: the tags are asked first
+        assert registry_fetch.main(["--root", str(tmp_path), "--to", str(tmp_path / "models/production")]) == 0
+        for key, value in production.tags.items():
+            mlflow_client.set_model_version_tag(tracking.REGISTERED_MODEL, by_hand.version, key, value)
+        mlflow_client.set_model_version_tag(tracking.REGISTERED_MODEL, by_hand.version, "threshold_test", "failed")
+        capsys.readouterr()
+        assert registry_fetch.main(["--root", str(tmp_path), "--alias", "by-hand",
+                                    "--to", str(tmp_path / "models/production")]) == 1
+        assert "was not registered by `pipeline.promote`" in capsys.readouterr().err
     finally:
         mlflow_client.delete_model_version(tracking.REGISTERED_MODEL, by_hand.version)
 

@@ -220,3 +220,22 @@ def test_a_save_killed_while_overwriting_leaves_one_restorable_checkpoint(tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["model.json", "model.npz"]  # the killed save's staged data is gone
     en.train.Saver().restore(sess, prefix)
     np.testing.assert_array_equal(sess.run(w), np.full(3, 3.0, np.float32))
+
+
+def test_a_save_leaves_a_users_files_beside_the_checkpoint_alone(tmp_path):
+    """The sweep of staged data left by killed saves removed any '<prefix>.npz-' + 16 characters, e.g. a backup
+    'm.npz-2026-12-03T1'; it takes only the staged names (16 hex digits of the data's sha256)."""
+    g = en.Graph()
+    with g.as_default():
+        en.Variable(np.ones(3, np.float32), name="w")
+        with en.Session() as sess:
+            sess.run(en.global_variables_initializer())
+            saver = en.train.Saver()
+            prefix = str(tmp_path / "m")
+            saver.save(sess, prefix)
+            backup = tmp_path / "m.npz-2026-12-03T1"
+            staged = tmp_path / "m.npz-0123456789abcdef"
+            backup.write_bytes(b"mine")
+            staged.write_bytes(b"left by a killed save")
+            saver.save(sess, prefix)
+    assert backup.read_bytes() == b"mine" and not staged.exists()

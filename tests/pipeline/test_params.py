@@ -87,6 +87,14 @@ def test_numbers_in_exponent_notation_are_read_as_dvc_reads_them(tmp_path):
     (tmp_path / "params.yaml").write_text(re.sub(r"(?m)^(  learning_rate:) *[^ #\n]+", rf"\g<1> {rate:.0e}", text),
                                           encoding="utf-8")
     assert load_yaml(tmp_path / "params.yaml") == default  # so the same params_version: what promote compares
+    # YAML 1.2's core schema throughout, as DVC reads it (`dvc params diff` and MLflow must show the value trained)
+    import yaml
+
+    from pipeline.params import ParamsLoader
+
+    for written, value in (("010", 10), ("yes", "yes"), ("on", "on"), ("1:20", "1:20"), ("0o10", 8), ("0x10", 16),
+                           (".5e1", ".5e1"), ("1_000", 1000), ("+1e3", 1000.0), ("true", True), ("~", None)):
+        assert yaml.load(f"x: {written}", Loader=ParamsLoader) == {"x": value}, written
 
 
 @pytest.mark.parametrize("path", ["evaluate.max_nwrmsle", "evaluate.slice.max_nwrmsle", "evaluate.min_improvement",

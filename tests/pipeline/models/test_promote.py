@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -141,6 +143,7 @@ def test_in_a_dvc_project_the_production_bundle_is_pushed_when_there_is_a_remote
     if dvc.returncode != 0:
         pytest.skip("dvc CLI not available")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    shutil.copy(Path(__file__).resolve().parents[3] / ".gitignore", root / ".gitignore")  # models/* ignored, as here
     assert promote._dvc(root, "init", "-q").returncode == 0
     assert evaluate.main(["--root", str(root)]) == 0
     assert promote.main(["--root", str(root)]) == 0
@@ -155,6 +158,20 @@ def test_in_a_dvc_project_the_production_bundle_is_pushed_when_there_is_a_remote
     assert not (root / "models/production.dvc").exists()
     entry = json.loads(tracking.production_version(root).tags["dvc_out"])
     assert entry["md5"].endswith(".dir") and entry["path"] == "production"
+    # a candidate alias (CI: SHELFCAST_PROMOTE_ALIAS=shadow) is pushed too: its staging folder's .dvc file is one
+    # git does not ignore (DVC refuses to write an ignored one: every CI promote was refused)
+    tracking.client(root).delete_model_version(tracking.REGISTERED_MODEL, tracking.production_version(root).version)
+    import os
+
+    os.environ["SHELFCAST_PROMOTE_ALIAS"] = "shadow"
+    try:
+        summary = promote.run(root, quiet=True)
+    finally:
+        del os.environ["SHELFCAST_PROMOTE_ALIAS"]
+    assert "push" in summary["dvc"] and summary["alias"] == "shadow"
+    shadow = tracking.client(root).get_model_version_by_alias(tracking.REGISTERED_MODEL, "shadow")
+    assert json.loads(shadow.tags["dvc_out"])["md5"].endswith(".dir")
+    assert not list((root / "models").glob("promoted-*"))
 
 
 def test_the_hashed_model_code_is_exactly_what_reruns_evaluate():
@@ -230,7 +247,7 @@ def test_a_candidate_alias_is_registered_without_replacing_production_on_this_ho
     assert promote.main(["--root", str(root)]) == 0
     assert "models/production left as it is ('shadow' is a candidate" in capsys.readouterr().out
     assert not (root / "models/production").exists()
-    assert not list((root / "models").glob(".promoted-*"))  # the staging copy is gone
+    assert not list((root / "models").glob("promoted-*"))  # the staging copy is gone
     shadow = tracking.client(root).get_model_version_by_alias("shelfcast-forecaster", "shadow")
     assert shadow.tags["serving_digest"] and shadow.tags["bundle_digest"] == summary["digest"]
     assert tracking.production_version(root) is None

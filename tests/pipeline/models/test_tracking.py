@@ -101,6 +101,15 @@ def test_an_unreachable_or_scheme_less_tracking_server_is_one_error_at_once(tmp_
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"127.0.0.1:{port}")
     with pytest.raises(tracking.TrackingError, match=f"did you mean http://127.0.0.1:{port}"):
         tracking.client(tmp_path)
+    # credentials in the URI are MLflow's to use, never shown; a server that listens is left to MLflow (auth, TLS,
+    # a slow answer: the check only connects)
+    with pytest.raises(tracking.TrackingError) as refused:
+        tracking.check_reachable(f"http://alice:s3cret@127.0.0.1:{port}")
+    assert "s3cret" not in str(refused.value) and f"http://127.0.0.1:{port}" in str(refused.value)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        tracking.check_reachable(f"https://alice:s3cret@127.0.0.1:{listening.getsockname()[1]}/prefix")
 
 
 def test_a_stage_says_an_mlflow_failure_in_one_line_naming_the_store(tmp_path, monkeypatch):
