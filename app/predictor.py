@@ -277,6 +277,24 @@ class Predictor:
         with self._checking:
             return self._check()
 
+    def forget(self) -> None:
+        """Drop the model: a candidate whose directory a release removed. Its memory is collected in the background
+        (loaded at start-up, it sits in the frozen heap) instead of staying for the worker's life."""
+        if self._model is None or not self._checking.acquire(blocking=False):
+            return  # nothing held, or a check is running: the next request asks again
+
+        def collect() -> None:
+            try:
+                collect_replaced_models()
+            finally:
+                self._checking.release()
+
+        self._model = None
+        try:
+            threading.Thread(target=collect, name="bundle-forget", daemon=True).start()
+        except RuntimeError:  # interpreter shutting down
+            self._checking.release()
+
     def _start_background_check(self) -> None:
         if not self._checking.acquire(blocking=False):
             return  # a check is already running

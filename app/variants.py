@@ -82,6 +82,7 @@ class Variants:
         One stat per call: every request asks for both candidates."""
         head = directory_head(predictor.path)
         if head is None:
+            predictor.forget()  # ended (or never installed): a dropped candidate's memory is given back
             return None  # nothing installed: not even a background check
         model = predictor.model
         return model if model is not None and model.loaded_from(head) else None

@@ -18,6 +18,7 @@ Standard library + pipeline.bundle only: the app imports this module.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -97,7 +98,17 @@ class ReleaseStore:
         """Stop serving a candidate variant (production is never removed, only replaced)."""
         if variant == PRODUCTION:
             raise ValueError("production is replaced by another release, never removed")
-        shutil.rmtree(self.variant_dir(variant), ignore_errors=True)
+        directory = self.variant_dir(variant)
+        # renamed away first: a worker verifying it sees the whole bundle or nothing, never a half-deleted one
+        # (which it would refuse, logging an error, as a release ended the candidate)
+        leaving = directory.with_name(f".{directory.name}.removed-{os.getpid()}")
+        try:
+            os.replace(directory, leaving)
+        except FileNotFoundError:
+            return
+        except OSError:
+            leaving = directory
+        shutil.rmtree(leaving, ignore_errors=True)
 
     def good_releases(self) -> list[Path]:
         """Releases that have served as production and still verify, newest first."""

@@ -597,3 +597,29 @@ def test_deploy_without_a_candidate_or_with_productions_own_version_has_nothing_
     assert verify_bundle(store.variant_dir(PRODUCTION)) == digest_of(root, versions["production"])  # untouched
     assert release.main(deploy) == 0
     assert "nothing to deploy: no --version and no canary or shadow alias" in capsys.readouterr().out
+
+
+def test_an_ended_candidate_is_no_longer_held_by_the_workers(host, tmp_path):
+    """An ended canary or shadow stayed in every worker's memory for its life (~0.9 GB a worker at Favorita's size);
+    and its directory was deleted file by file while a worker could be verifying it (a false 'refusing' error)."""
+    import gc
+    import weakref
+
+    root, store, versions = host
+    app = make_app(store, tmp_path / "events.jsonl")
+    client = app.test_client()
+    variants = app.extensions["shelfcast"].variants
+    canary = variants.canary.model
+    assert canary is not None
+    gone = weakref.ref(canary.bundle)
+    del canary
+    release.end_candidate(root, store, CANARY)
+    assert not store.variant_dir(CANARY).exists() and not list(store.root.glob(".canary.removed-*"))
+    assert client.post("/api/v1/predict", json={"instances": all_series(app)[:1]}).status_code == 200
+    deadline = time.monotonic() + 10
+    while variants.canary._model is not None or variants.canary._checking.locked():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    gc.collect()
+    assert gone() is None
+    app.extensions["shelfcast"].sink.close()
