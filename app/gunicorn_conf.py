@@ -56,6 +56,7 @@ import tempfile
 from pathlib import Path
 
 import gunicorn.http.wsgi
+import gunicorn.sock
 
 MAX_WORKERS = 256
 
@@ -154,6 +155,14 @@ def least_used_core(cores: list[int], taken) -> int:
 
 def post_fork(server, worker):
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    if server.cfg.reuse_port:
+        # gunicorn opened this worker's own socket at the fork, before the app loads (seconds; 20-40 s for a
+        # Favorita-size model beside its candidates): the kernel would hash new connections to it meanwhile and
+        # they would wait unanswered. It listens once the app can answer (post_worker_init); until then the
+        # other workers take every new connection.
+        for listener in worker.sockets:
+            listener.close()
+        worker.sockets = []
     core = core_of_worker.get(id(worker))
     if core is not None:
         try:
@@ -165,8 +174,12 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """The app is created and its bundle loaded: what exists now lives as long as the worker."""
+    """The app is created and its bundle loaded: what exists now lives as long as the worker. With a socket per
+    worker, this worker's socket opens now (see post_fork)."""
     gc.freeze()
+    if worker.cfg.reuse_port and not worker.sockets:
+        worker.sockets = gunicorn.sock.create_sockets(worker.cfg, worker.log)
+        worker.wait_fds = worker.sockets + [worker.PIPE[0]]
 
 
 def on_exit(server):

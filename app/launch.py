@@ -96,15 +96,30 @@ def start(settings: Mapping[str, str], log_path: Path, cores: set[int] | None = 
         log.close()
         raise
     served = ServedApp(process, port, log_path, log)
+    count = env.get("SHELFCAST_WORKERS", "").strip()
+    workers = (int(count) if count.isdigit() else 0) or len(cores or os.sched_getaffinity(0))  # as gunicorn_conf
     try:
-        wait_until_ready(served, timeout_s)
+        wait_until_ready(served, timeout_s, workers)
     except BaseException:
         served.stop(timeout_s=10)
         raise
     return served
 
 
-def wait_until_ready(served: ServedApp, timeout_s: float) -> None:
+def listening_sockets(port: int) -> int | None:
+    """Sockets listening on ``port`` (Linux: /proc/net/tcp*; None elsewhere). With a socket per worker, each
+    worker's opens once its app has loaded (app/gunicorn_conf.py)."""
+    try:
+        return sum(1 for table in ("/proc/net/tcp", "/proc/net/tcp6") if Path(table).exists()
+                   for line in Path(table).read_text().splitlines()[1:]
+                   if int(line.split()[1].rsplit(":", 1)[1], 16) == port and line.split()[3] == "0A")  # 0A: LISTEN
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def wait_until_ready(served: ServedApp, timeout_s: float, workers: int = 1) -> None:
+    """Until /readyz answers 200 and every worker listens (a client connecting earlier would land on the first
+    worker only: S1's keep-alive connections would all stay there)."""
     deadline = time.monotonic() + timeout_s
     while True:
         if served.process.poll() is not None:
@@ -112,7 +127,8 @@ def wait_until_ready(served: ServedApp, timeout_s: float) -> None:
                                  f"{served.log_path}:\n{served.log_tail()}", served.pid)
         try:
             with urllib.request.urlopen(f"{served.url}/readyz", timeout=2) as response:
-                if response.status == 200:
+                listening = listening_sockets(served.port)
+                if response.status == 200 and (listening is None or listening >= workers):
                     return
         except OSError:
             pass

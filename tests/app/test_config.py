@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,43 @@ def test_gunicorn_says_where_it_serves(monkeypatch, tmp_path):
                              log=SimpleNamespace(info=lambda message, *args: said.append(message % args)))
     conf.when_ready(server)
     assert said == ["Shelfcast serves at http://127.0.0.1:5005 (2 workers)"]
+
+
+def test_a_worker_listens_only_once_its_app_can_answer(monkeypatch, tmp_path):
+    """With a socket per worker gunicorn opens a new worker's socket at the fork: while a replacement loaded a
+    Favorita-size model (20-40 s), the kernel hashed a share of new connections to it and they hung (a third of
+    fresh connections for up to 33 s after a worker was killed). post_fork closes it, post_worker_init opens it."""
+    import socket
+    from types import SimpleNamespace
+
+    import gunicorn.glogging
+    import gunicorn.sock
+    from gunicorn.config import Config
+
+    from app.launch import free_port, listening_sockets
+
+    conf = gunicorn_conf(monkeypatch, tmp_path)
+    port = free_port()
+    cfg = Config()
+    cfg.set("bind", [f"127.0.0.1:{port}"])
+    cfg.set("reuse_port", True)
+    log = gunicorn.glogging.Logger(cfg)
+    worker = SimpleNamespace(cfg=cfg, log=log, sockets=gunicorn.sock.create_sockets(cfg, log), PIPE=os.pipe())
+    try:
+        assert listening_sockets(port) == 1
+        conf.post_fork(SimpleNamespace(cfg=cfg, log=log), worker)  # (not pinned: no core was chosen for it)
+        assert worker.sockets == [] and listening_sockets(port) == 0
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+        conf.post_worker_init(worker)
+        assert listening_sockets(port) == 1
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        __import__("gc").unfreeze()  # post_worker_init froze this test process's heap
+        for listener in worker.sockets:
+            listener.close()
+        for fd in worker.PIPE:
+            os.close(fd)
 
 
 def test_gunicorn_refuses_an_address_another_server_listens_on(monkeypatch, tmp_path):
