@@ -15,7 +15,9 @@ accepts, and on a busy machine one worker often took 7 or all 8 of S1's keep-ali
 (12 runs: 4/4 once, 7/1 four times, 8/0 once; with SO_REUSEPORT 4/4 four times, 5/3 five,
 6/2 three). As SO_REUSEPORT would also let a second server share the port unnoticed, the
 master first checks that nothing listens there. Connections still queued on a worker's
-socket when that worker dies are reset instead of going to another worker, and while every worker is
+socket when that worker dies are reset instead of going to another worker; a worker's socket opens only
+once its app has loaded (post_fork, post_worker_init), so a replacement takes no connection it could not answer
+for the seconds its model takes to load; and while every worker is
 being replaced at once (--max-requests without --max-requests-jitter) new ones are refused. A single
 worker shares the master's socket instead, which queues connections while it is replaced.
 
