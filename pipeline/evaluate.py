@@ -353,7 +353,7 @@ def _log_to_mlflow(root: Path, evaluation: Mapping, metrics: Mapping, per_window
         training_run = tracking.run_of_bundle(root, evaluation["bundle_digest"])
         if training_run is None:
             if not quiet:
-                print(f"evaluate: note: no finished MLflow training run at {tracking.tracking_uri(root)} made bundle "
+                print(f"evaluate: note: no finished MLflow training run at {tracking.shown_uri(root)} made bundle "
                       f"{evaluation['bundle_digest'][:12]}; the evaluation is not recorded in MLflow",
                       file=sys.stderr)
             return None

@@ -6,7 +6,9 @@ backtest windows) *for the current bundle, code, data and params* (the
 hashes ``evaluate`` recorded in results/evaluation.json are recomputed and
 compared). Then:
 
-1. installs the bundle at ``models/production/`` (git-ignored) atomically: the evaluated model
+1. installs the bundle at ``models/production/`` (git-ignored) atomically — for ``promote.alias``; a candidate
+   alias (``SHELFCAST_PROMOTE_ALIAS``, CI's ``shadow``) is staged in ``models/promoted-<alias>/`` instead, published
+   and registered, then removed: ``release`` installs candidates where they serve — the evaluated model
    with its history rolled forward to the last known day, so it forecasts the days after the
    data (pipeline/serving_bundle.py), and with the provenance the tracked candidate leaves out
    (``created``, ``git_commit``, ``mlflow_run_id``: the training run that MLflow finds by the
@@ -92,7 +94,7 @@ def training_run(root: Path, digest: str):
     """The MLflow run that trained the candidate (tagged with its bundle digest), else PromotionRefused."""
     found = tracking.run_of_bundle(root, digest)
     if found is None:
-        raise PromotionRefused(f"no finished MLflow training run at {tracking.tracking_uri(root)} is tagged with "
+        raise PromotionRefused(f"no finished MLflow training run at {tracking.shown_uri(root)} is tagged with "
                                f"the candidate's bundle digest {digest[:12]} (was it trained by pipeline.train against "
                                "this tracking store? run `dvc repro -f train` to train it here)")
     return found

@@ -91,7 +91,7 @@ def aliases(root: Path, name: str = tracking.REGISTERED_MODEL) -> dict[str, str]
     try:
         return {k: str(v) for k, v in _client(root).get_registered_model(name).aliases.items()}
     except MlflowException as exc:
-        raise ReleaseError(f"registered model {name} at {tracking.tracking_uri(root)}: {exc.message}") from None
+        raise ReleaseError(f"registered model {name} at {tracking.shown_uri(root)}: {exc.message}") from None
 
 
 def _version(root: Path, version: str, name: str):

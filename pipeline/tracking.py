@@ -58,6 +58,15 @@ def tracking_uri(project_root: Path | str = ".") -> str:
     return f"sqlite:///{(store_home(project_root) / 'mlflow.db').as_posix()}"
 
 
+def shown_uri(project_root: Path | str = ".") -> str:
+    """tracking_uri as messages show it: without the user and password a URI may carry."""
+    uri = tracking_uri(project_root)
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def artifact_root(project_root: Path | str = ".") -> str:
     return (store_home(project_root) / "mlartifacts").as_uri()
 
@@ -110,7 +119,7 @@ def mlflow_errors_named(project_root: Path | str = "."):
         raise
     except Exception as exc:
         if type(exc).__module__.startswith("mlflow"):
-            raise TrackingError(f"MLflow at {tracking_uri(project_root)}: {getattr(exc, 'message', exc)}") from None
+            raise TrackingError(f"MLflow at {shown_uri(project_root)}: {getattr(exc, 'message', exc)}") from None
         raise
 
 
@@ -330,7 +339,7 @@ def register_production(project_root: Path | str, run_id: str, bundle_digest: st
             )
         point_alias(mlflow_client, name, alias, version.version)
     except MlflowException as exc:
-        raise TrackingError(f"model registry at {tracking_uri(project_root)}: {exc.message}") from None
+        raise TrackingError(f"model registry at {shown_uri(project_root)}: {exc.message}") from None
     return version, created
 
 

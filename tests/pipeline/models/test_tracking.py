@@ -112,6 +112,17 @@ def test_an_unreachable_or_scheme_less_tracking_server_is_one_error_at_once(tmp_
         tracking.check_reachable(f"https://alice:s3cret@127.0.0.1:{listening.getsockname()[1]}/prefix")
 
 
+def test_messages_never_show_the_credentials_of_a_tracking_uri(tmp_path, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://alice:s3cret@mlflow.example:8443/team")
+    assert tracking.shown_uri(tmp_path) == "https://mlflow.example:8443/team"
+    with pytest.raises(tracking.TrackingError) as error:
+        with tracking.mlflow_errors_named(tmp_path):
+            raise MlflowException("refused")
+    assert "s3cret" not in str(error.value) and "mlflow.example:8443/team" in str(error.value)
+
+
 def test_a_stage_says_an_mlflow_failure_in_one_line_naming_the_store(tmp_path, monkeypatch):
     from mlflow.exceptions import MlflowException
 
