@@ -310,19 +310,26 @@ def ops_needed(targets, fed=()) -> set[Operation]:
     """Every op that computing ``targets`` (tensors or ops) runs: data and control edges, stopping at ``fed`` tensors.
 
     The pruning rule of partial execution; sessions, the compiler and the inference-graph
-    exporter all cut a graph with it.
+    exporter all cut a graph with it. An op whose outputs are all fed does not run, so neither
+    it nor its ancestors are needed, even when it is reached by a control edge or fetched as an op
+    (as TensorFlow): a run then needs the same ops under every pass configuration and backend.
     """
     fed = set(fed)
+
+    def runs(op: Operation) -> bool:
+        return not op.outputs or not all(t in fed for t in op.outputs)
+
     needed: set[Operation] = set()
     stack = [t if isinstance(t, Operation) else t.op for t in targets
              if isinstance(t, Operation) or t not in fed]
+    stack = [op for op in stack if runs(op)]
     while stack:
         op = stack.pop()
         if op in needed:
             continue
         needed.add(op)
         stack.extend(t.op for t in op.inputs if t not in fed)
-        stack.extend(op.control_inputs)
+        stack.extend(c for c in op.control_inputs if runs(c))
     return needed
 
 

@@ -160,3 +160,15 @@ def test_gradients_of_another_graphs_tensors_are_refused():
     y = en.reduce_sum(en.square(en.placeholder(en.float32, (2,))))
     with pytest.raises(ValueError, match="another graph"):
         en.gradients(y, [x])
+
+
+def test_ops_needed_stops_at_an_op_whose_outputs_are_all_fed():
+    from engine.graph import ops_needed
+
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    h = en.relu(x, name="h")
+    with en.control_dependencies([h.op]):
+        o = en.identity(h, name="o")
+    assert ops_needed([o], [h]) == {o.op}
+    assert ops_needed([h.op], [h]) == set()
+    assert ops_needed([o], []) == {o.op, h.op, x.op}

@@ -226,3 +226,24 @@ def test_an_empty_numba_cache_dir_means_the_default_not_the_working_directory():
                            capture_output=True, text=True, check=True)
     same, threads = shown.stdout.split()
     assert same == "True" and int(threads) >= 1
+
+
+@pytest.mark.parametrize("config", [
+    en.SessionConfig(), en.SessionConfig(optimize=False), en.SessionConfig(passes=frozenset({"cse", "fusion"})),
+    en.SessionConfig(backend="reference", passes=frozenset())], ids=["default", "no-passes", "no-pruning", "reference"])
+def test_a_fed_op_reached_by_a_control_edge_does_not_run_nor_need_its_inputs(config):
+    """A fed tensor's op does not run; a control dependency on it does not bring back its ancestors
+    (the placeholder, a stateful op), under every pass configuration and backend."""
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    counter = en.Variable(0, name="counter")
+    bump = counter.assign_add(1)
+    with en.control_dependencies([bump.op]):
+        h = en.relu(x * 2.0, name="h")
+    with en.control_dependencies([h.op]):
+        o = en.identity(h) + 1.0
+    with en.Session(config=config) as s:
+        s.run(en.global_variables_initializer())
+        np.testing.assert_array_equal(s.run(o, {h: np.float32([[1, -1]])}), [[2, 0]])
+        s.run(h.op, {h: np.float32([[1, -1]])})
+        assert s.run(counter) == 0
+
