@@ -231,26 +231,43 @@ def expand_dims(x, axis, name=None):
     return create("ExpandDims", [convert_to_tensor(x)], {"axis": int(axis)}, name)
 
 
+def _squeeze_axes(s, axis):
+    """The axes a Squeeze removes: ``axis``, else the statically known 1s (None: rank unknown, every runtime 1)."""
+    if axis is not None:
+        return shapes.normalize_axes(axis, len(s))
+    return None if s is None else tuple(i for i, d in enumerate(s) if d == 1)
+
+
 def _squeeze_infer(inputs, attrs):
     s = inputs[0].shape
     if s is None:
         if attrs["axis"] is None:
             return [(inputs[0].dtype, None)]
         raise ValueError("squeeze with axis needs a known rank")
-    axes = shapes.normalize_axes(attrs["axis"], len(s)) if attrs["axis"] is not None else tuple(
-        i for i, d in enumerate(s) if d == 1)
+    axes = _squeeze_axes(s, attrs["axis"])
     for a in axes:
         if s[a] not in (1, None):
             raise ValueError(f"cannot squeeze axis {a} of size {s[a]}")
     return [(inputs[0].dtype, tuple(d for i, d in enumerate(s) if i not in axes))]
 
 
-register("Squeeze", infer=_squeeze_infer, kernel=lambda op, ctx: (lambda x: np.squeeze(x, axis=op.attrs["axis"])),
+def _squeeze_kernel(op, ctx):
+    axes = _squeeze_axes(op.inputs[0].shape, op.attrs["axis"])  # exactly the axes shape inference removed
+    return lambda x: np.squeeze(x, axis=axes)
+
+
+register("Squeeze", infer=_squeeze_infer, kernel=_squeeze_kernel,
          reference=NUMPY_KERNEL, examples=_float_examples((((2, 1, 3),), {"axis": None}), (((1, 3),), {"axis": (0,)})),
          grad=lambda op, g: [reshape_like(g, op.inputs[0])], output_aliases="input")
 
 
 def squeeze(x, axis=None, name=None):
+    """``x`` without the size-1 dimensions ``axis``; with no axis, those whose static size is 1.
+
+    A dimension of unknown static size is kept even when it is 1 at run time (a batch of one
+    stays a batch), so the output's static shape holds for every run; only when the rank itself
+    is unknown does it remove every dimension that is 1 at run time.
+    """
     axis = None if axis is None else (tuple(int(a) for a in axis) if isinstance(axis, (list, tuple)) else (int(axis),))
     return create("Squeeze", [convert_to_tensor(x)], {"axis": axis}, name)
 

@@ -247,3 +247,19 @@ def test_a_fed_op_reached_by_a_control_edge_does_not_run_nor_need_its_inputs(con
         s.run(h.op, {h: np.float32([[1, -1]])})
         assert s.run(counter) == 0
 
+
+@pytest.mark.parametrize("config", [en.SessionConfig(), en.SessionConfig(backend="reference")],
+                         ids=["kernels", "reference"])
+def test_squeeze_without_axis_removes_only_the_statically_known_ones(config):
+    """Its static shape holds at a batch of one: a dimension of unknown size stays, even when 1."""
+    x = en.placeholder(en.float32, (None, 1, 3), name="x")
+    s = en.squeeze(x)
+    assert s.shape == (None, 3)
+    c = en.concat([s, s], axis=0)
+    anyrank = en.squeeze(en.placeholder_with_default(np.ones((1, 2, 1), np.float32), None, name="r"))
+    assert anyrank.shape is None
+    with en.Session(config=config) as sess:
+        for rows in (3, 1):
+            got, joined = sess.run([s, c], {x: np.ones((rows, 1, 3), np.float32)})
+            assert got.shape == (rows, 3) and joined.shape == (2 * rows, 3)
+        assert sess.run(anyrank).shape == (2,)  # unknown rank: every runtime 1 goes
