@@ -135,6 +135,7 @@ def generate(fetch_tensors, feed_tensors):
     fed = list(feed_tensors)
     names: dict[Tensor, str] = {t: f"f{i}" for i, t in enumerate(fed)}
     c, problems = Emitter(), []
+    in_storage: set = set()  # tensors whose compiled value is, or may be a view of, a Const or variable
     needed = _needed_ops(fetch_tensors, fed)
     for op in needed:
         if op.outputs and op.outputs[0] in names:
@@ -159,19 +160,27 @@ def generate(fetch_tensors, feed_tensors):
             continue
         if expr is None or not op.outputs:
             continue
-        known = set(names.values()) | {f"c{i}" for i in range(len(c.consts))} | {
-            f"w{i}" for i in range(len(c.variables))}
+        storage = {f"c{i}" for i in range(len(c.consts))} | {f"w{i}" for i in range(len(c.variables))}
+        known = set(names.values()) | storage
+        out = op.outputs[0]
         if expr in known:
-            names[op.outputs[0]] = expr
+            names[out] = expr
         else:
-            names[op.outputs[0]] = f"v{op.id}"
+            names[out] = f"v{op.id}"
             c.body.append(f"v{op.id} = {expr}")
+        # What the compiled code makes of storage, whatever the OpDef says of the interpreted kernel (a
+        # ReadVariable's kernel copies, its emitter hands over the variable itself): a parameter, an input
+        # that is storage here handed on, or a view ("input" aliasing) of one.
+        if expr in storage or any(expr == names[x] for x in op.inputs if x in in_storage) or (
+                op.op_def.output_aliases == "input" and op.inputs and op.inputs[0] in in_storage):
+            in_storage.add(out)
     if problems:
         raise UnsupportedGraphError("cannot compile the plan: " + "; ".join(problems))
     results = [names[t] for t in fetch_tensors]
     params = set(names[t] for t in fed) | {f"c{i}" for i in range(len(c.consts))} | {
         f"w{i}" for i in range(len(c.variables))}
-    aliased = [k for k, (t, r) in enumerate(zip(fetch_tensors, results)) if r in params or may_alias_storage(t, fed)]
+    aliased = [k for k, (t, r) in enumerate(zip(fetch_tensors, results))
+               if r in params or t in in_storage or may_alias_storage(t, fed)]
     args = [names[t] for t in fed] + [f"c{i}" for i in range(len(c.consts))] + [
         f"w{i}" for i in range(len(c.variables))]
     header = ["graph (op type, static shape, dtype) in plan order:"]
@@ -229,11 +238,13 @@ class CompiledPlan:
 
     def _make_call(self):
         """The per-call path with nothing left to decide: a few µs of Python at most."""
-        function, consts, variables, aliased, state = (self.function, self._consts, tuple(self.variables),
-                                                         self._aliased, self.session.state)
+        function, consts, variables, aliased, session, state = (
+            self.function, self._consts, tuple(self.variables), self._aliased, self.session, self.session.state)
         checked = (ValueError, IndexError, ZeroDivisionError)
 
         def call(*feed_values):
+            if session.closed:  # as Plan.execute: a closed session's state is gone, whatever path a batch takes
+                raise RuntimeError("Attempted to use a closed Session")
             try:
                 weights = [state[name] for name in variables] if variables else ()
             except KeyError as e:

@@ -246,3 +246,38 @@ def test_fresh_process_loads_the_compiled_plan_from_the_cache(tmp_path):
     assert first["misses"] >= 1 and first["out"] == [[4.0, 4.0]]
     assert second["misses"] == 0 and second["hits"] >= 1 and second["out"] == first["out"]
     assert second["path"].startswith(str(tmp_path / "cache")) and os.path.exists(second["path"])
+
+
+def test_compiled_result_never_aliases_a_variable_read_through_views():
+    """ReadVariable's emitter hands over the variable itself (its kernel copies): a view of it fetched
+    from the compiled plan must come back as a copy, as from the interpreted plan."""
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    v = en.Variable(np.float32([[1, 2], [3, 4]]), name="v")
+    read = v.read_value()
+    fetches = {"r": en.reshape(read, (-1,)), "i": en.identity(read), "y": en.matmul(x, v)}
+    with en.Session() as sess:
+        sess.run(en.global_variables_initializer())
+        fast = compiler.compile_callable(sess, fetches, [x])
+        out = fast(np.ones((1, 2), np.float32))
+        assert fast.uses_compiled, fast.compile_error
+        out["r"][:] = -99.0
+        out["i"][:] = -99.0
+        np.testing.assert_array_equal(sess.run(v), [[1, 2], [3, 4]])
+        np.testing.assert_allclose(fast(np.ones((1, 2), np.float32))["y"], [[4, 6]])
+
+
+def test_compiled_fast_path_refuses_a_closed_session():
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    v = en.Variable(np.float32([1, 2]), name="v")
+    y = x * v
+    sess = en.Session()
+    sess.run(en.global_variables_initializer())
+    fast = compiler.compile_callable(sess, y, [x])
+    np.testing.assert_array_equal(fast(np.ones((1, 2), np.float32)), [[1, 2]])
+    assert fast.uses_compiled, fast.compile_error
+    sess.close()
+    for rows in (1, 40):  # the compiled batch and the interpreted one alike
+        with pytest.raises(RuntimeError, match="closed Session"):
+            fast(np.ones((rows, 2), np.float32))
+    with pytest.raises(RuntimeError, match="closed Session"):
+        fast.compiled(np.ones((1, 2), np.float32))
