@@ -18,9 +18,10 @@ Inference graph export (format ``shelfcast-engine-graph``, version 1): a directo
 
 ``ops`` are in execution (creation) order; every input names an earlier op's output.
 Attribute values are JSON scalars, lists (read back as tuples), ``{"dtype": "float32"}`` for
-element types and ``{"tensor": "<key in weights.npz>"}`` for constant arrays. Variables are
-frozen into ``Const`` ops of the same name, the graph is pruned to what the outputs need
-(inputs become placeholders), and stateful or random ops are refused. Loading needs only
+element types and ``{"tensor": "<key in weights.npz>"}`` for constant arrays. Variables and their
+reads (``read_value``) are frozen into ``Const`` ops of the same name holding the variable's value,
+the graph is pruned to what the outputs need (inputs become placeholders), and other stateful or
+random ops are refused. Loading needs only
 ``engine``: op types are looked up in the registry, so the code that built the graph is not
 needed, and the same kernels on the same constants give bit-identical outputs.
 
@@ -322,10 +323,11 @@ def export_inference_graph(sess, export_dir: str, inputs, outputs) -> dict:
                         "attrs": {"dtype": {"dtype": t.dtype.name},
                                   "shape": _encode_attr(t.shape, weights, t.op.name)}})
     for op in sorted(needed, key=lambda o: o.id):
-        if op.type == "VariableV2":
-            if op.name not in sess.state:
-                raise InvalidArgumentError(f"cannot freeze uninitialized variable {op.name}", op.name)
-            attrs = {"value": np.array(sess.state[op.name], copy=True)}
+        if op.type in ("VariableV2", "ReadVariable"):  # a read of a frozen variable is that same constant
+            var = op.name if op.type == "VariableV2" else op.attrs["var"]
+            if var not in sess.state:
+                raise InvalidArgumentError(f"cannot freeze uninitialized variable {var}", op.name)
+            attrs = {"value": np.array(sess.state[var], copy=True)}
             op_type = "Const"
         elif op.type == "Placeholder":
             raise ValueError(f"placeholder {op.name} is needed by the outputs but is not among the inputs")

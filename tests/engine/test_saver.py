@@ -239,3 +239,23 @@ def test_a_save_leaves_a_users_files_beside_the_checkpoint_alone(tmp_path):
             staged.write_bytes(b"left by a killed save")
             saver.save(sess, prefix)
     assert backup.read_bytes() == b"mine" and not staged.exists()
+
+
+def test_export_freezes_a_variable_read_and_a_control_edge_to_a_fed_op(tmp_path):
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    v = en.Variable(np.float32([[1, 2], [3, 4]]), name="v")
+    h = en.relu(en.matmul(x, v.read_value()), name="h")
+    with en.control_dependencies([h.op]):
+        o = en.identity(h) + 1.0
+    feeds = {"x": np.float32([[1, 2]]), "h": np.float32([[1, -1]])}
+    with en.Session() as s:
+        s.run(en.global_variables_initializer())
+        want_read = s.run(h, {x: feeds["x"]})
+        want_fed = s.run(o, {h: feeds["h"]})
+        en.train.export_inference_graph(s, str(tmp_path / "read"), {"x": x}, {"h": h})
+        en.train.export_inference_graph(s, str(tmp_path / "fed"), {"h": h}, {"o": o})
+        s.run(v.assign(np.zeros((2, 2), np.float32)))  # the export froze the value it had
+    np.testing.assert_array_equal(en.train.import_inference_graph(str(tmp_path / "read")).run(
+        {"x": feeds["x"]})["h"], want_read)
+    np.testing.assert_array_equal(en.train.import_inference_graph(str(tmp_path / "fed")).run(
+        {"h": feeds["h"]})["o"], want_fed)
