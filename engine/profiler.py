@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.errors import OpError
 from engine.saver import atomic_write_bytes
 
 
@@ -127,7 +128,12 @@ def profile(sess, fetches, feed_dict=None, runs: int = 10, warmup: int = 1) -> P
             for step, (plan_step, runner) in enumerate(zip(plan.steps, plan.runners)):
                 input_bytes = sum(_nbytes(vals[j]) for j in plan_step.inputs)
                 start = clock()
-                runner(vals, plan.buffers)
+                try:
+                    runner(vals, plan.buffers)
+                except OpError:
+                    raise
+                except Exception as e:  # a kernel's own check: the error a run raises, naming the op
+                    raise plan.step_error(step, vals, e) from e
                 end = clock()
                 if run >= 0:
                     stats = ops[step]

@@ -150,11 +150,15 @@ class Plan:
         except OpError:
             raise
         except Exception as e:  # a kernel's own check (shape mismatch, bad index ...)
-            node = self.nodes[i]
-            names = self.labels
-            described = ", ".join(f"{names[j]} {vals[j].dtype}{tuple(vals[j].shape)}"
-                                  for j in node.inputs if vals[j] is not None) or "none"
-            raise InvalidArgumentError(f"{node.label} failed: {e} (inputs: {described})", node.op.name) from e
+            raise self.step_error(i, vals, e) from e
+
+    def step_error(self, i: int, vals, e: Exception) -> InvalidArgumentError:
+        """The error a run raises when step ``i``'s kernel fails with ``e``: it names the op and its inputs."""
+        node = self.nodes[i]
+        names = self.labels
+        described = ", ".join(f"{names[j]} {vals[j].dtype}{tuple(vals[j].shape)}"
+                              for j in node.inputs if vals[j] is not None) or "none"
+        return InvalidArgumentError(f"{node.label} failed: {e} (inputs: {described})", node.op.name)
 
 
 def _runner(fn, ins, out, group, out_kernel):

@@ -80,3 +80,17 @@ def test_profile_rejects_bad_counts_and_missing_feeds():
             en.profiler.profile(sess, total, {x: np.ones((1, 3), np.float32)}, runs=0)
         with pytest.raises(en.errors.InvalidArgumentError, match="placeholder"):
             en.profiler.profile(sess, total)
+
+
+def test_profile_names_the_op_whose_kernel_fails_as_a_run_does():
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    y = en.placeholder(en.float32, (None, 2), name="y")
+    total = en.reduce_sum(en.square(x - y, name="gap"))
+    feed = {x: np.ones((5, 2), np.float32), y: np.ones((4, 2), np.float32)}
+    with en.Session() as sess:
+        with pytest.raises(en.errors.InvalidArgumentError) as ran:
+            sess.run(total, feed)
+        with pytest.raises(en.errors.InvalidArgumentError) as profiled:
+            en.profiler.profile(sess, total, feed, runs=1)
+    assert str(profiled.value) == str(ran.value)
+    assert profiled.value.op_name == ran.value.op_name
