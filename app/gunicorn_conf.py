@@ -15,9 +15,9 @@ accepts, and on a busy machine one worker often took 7 or all 8 of S1's keep-ali
 (12 runs: 4/4 once, 7/1 four times, 8/0 once; with SO_REUSEPORT 4/4 four times, 5/3 five,
 6/2 three). As SO_REUSEPORT would also let a second server share the port unnoticed, the
 master first checks that nothing listens there. Connections still queued on a worker's
-socket when that worker dies are reset instead of going to another worker; a worker's socket opens only
-once its app has loaded (post_fork, post_worker_init), so a replacement takes no connection it could not answer
-for the seconds its model takes to load; and while every worker is
+socket when that worker dies are reset instead of going to another worker; a worker replacing a dead one
+beside live workers opens its socket only once its app has loaded (post_fork, post_worker_init), so it takes
+no connection it could not answer for the seconds its model takes to load; and while every worker is
 being replaced at once (--max-requests without --max-requests-jitter) new ones are refused. A single
 worker shares the master's socket instead, which queues connections while it is replaced.
 
@@ -157,11 +157,13 @@ def least_used_core(cores: list[int], taken) -> int:
 
 def post_fork(server, worker):
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    if server.cfg.reuse_port:
-        # gunicorn opened this worker's own socket at the fork, before the app loads (seconds; 20-40 s for a
-        # Favorita-size model beside its candidates): the kernel would hash new connections to it meanwhile and
-        # they would wait unanswered. It listens once the app can answer (post_worker_init); until then the
-        # other workers take every new connection.
+    if server.cfg.reuse_port and 0 < len(server.WORKERS) < server.num_workers:
+        # A replacement beside live workers (this child's copy of WORKERS holds the others). gunicorn opened its
+        # socket at the fork, before the app loads (seconds; 20-40 s for a Favorita-size model beside its
+        # candidates): the kernel would hash new connections to it meanwhile and they would wait unanswered. It
+        # listens once the app can answer (post_worker_init); until then the live workers take every new
+        # connection. Not at start-up or when every worker died (nothing else listens: its socket queues them),
+        # nor in a reload (SIGHUP: as many or more workers than wanted, the old ones about to stop).
         for listener in worker.sockets:
             listener.close()
         worker.sockets = []

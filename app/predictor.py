@@ -324,6 +324,9 @@ class Predictor:
         try:
             model = load_model(self.path)
         except BundleError as exc:
+            if directory_signature(self.path) is None:  # removed while it loaded (a release ended a candidate)
+                log.info("model bundle %s was removed while it was being loaded", self.path)
+                return False
             self.last_error = str(exc)
             self.last_error_at = _utc_now()
             if not isinstance(exc, BundleChangedWhileLoading):

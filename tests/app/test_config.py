@@ -121,7 +121,13 @@ def test_a_worker_listens_only_once_its_app_can_answer(monkeypatch, tmp_path):
     worker = SimpleNamespace(cfg=cfg, log=log, sockets=gunicorn.sock.create_sockets(cfg, log), PIPE=os.pipe())
     try:
         assert listening_sockets(port) == 1
-        conf.post_fork(SimpleNamespace(cfg=cfg, log=log), worker)  # (not pinned: no core was chosen for it)
+        # at start-up, when every worker died, in a reload (SIGHUP: the old workers about to stop): it keeps
+        # listening, since nothing else would (a refused connection instead of one that waits for the load)
+        for others in ({}, {1: "old", 2: "old"}, {1: "old", 2: "old", 3: "new"}):
+            conf.post_fork(SimpleNamespace(cfg=cfg, log=log, WORKERS=others, num_workers=2), worker)
+            assert len(worker.sockets) == 1 and listening_sockets(port) == 1
+        # a replacement beside a live worker: (not pinned: no core was chosen for it)
+        conf.post_fork(SimpleNamespace(cfg=cfg, log=log, WORKERS={1: "live"}, num_workers=2), worker)
         assert worker.sockets == [] and listening_sockets(port) == 0
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=2)

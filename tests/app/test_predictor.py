@@ -270,3 +270,31 @@ def test_a_bundle_whose_folder_cannot_be_reached_has_a_signature_and_its_check_d
     monkeypatch.setattr(Path, "stat", stat)
     assert directory_signature(production_dir) == ("unreachable",)
     Predictor(production_dir).check_now()
+
+
+def test_a_bundle_removed_while_it_loads_is_no_refusal(tmp_path, app_bundles, monkeypatch, caplog):
+    """A release ending a candidate while a worker loaded it: the files went mid-load and the worker logged
+    'refusing model bundle ... unreadable' (and remembered the refusal), as for a broken bundle."""
+    import shutil
+
+    from app import predictor as predictor_module
+    from pipeline.bundle import BundleError
+
+    candidate = tmp_path / "canary"
+    copy_bundle(app_bundles[0], candidate)
+    real = predictor_module.load_model
+
+    def removed_mid_load(path):
+        shutil.rmtree(path)
+        raise BundleError(f"{path}/calendar.npz: unreadable ([Errno 2] No such file or directory)")
+
+    monkeypatch.setattr(predictor_module, "load_model", removed_mid_load)
+    predictor = predictor_module.Predictor(candidate)
+    with caplog.at_level(logging.INFO, logger="app.predictor"):
+        assert predictor.check_now() is False
+    assert predictor.last_error is None and predictor._refused is None and predictor.model is None
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "was removed while it was being loaded" in caplog.text
+    monkeypatch.setattr(predictor_module, "load_model", real)
+    copy_bundle(app_bundles[0], candidate)  # installed again: loads
+    assert predictor.check_now() is True
