@@ -157,8 +157,13 @@ def summary_line(report: Mapping[str, Any], html_path: Path) -> str:
         events = report["events"]
         verdict = f"no verdict: {events} event{' is' if events == 1 else 's are'} too few"
     elif report["alarm"]:
+        also = [what for what, hit in (
+            ("the forecasts shifted", (report.get("prediction") or {}).get("drifted")),
+            ("live accuracy over its bound", any(r.startswith("live NWRMSLE") for r in report["reasons"])),
+            ("unseen categories", any("unseen in training" in r for r in report["reasons"]))) if hit]
         verdict = (f"ALARM: {len(report['reasons'])} reason(s) over {report['events']} events, "
-                   f"{dense} feature(s) and {categorical} categorical input(s) drifted")
+                   f"{dense} feature(s) and {categorical} categorical input(s) drifted"
+                   + "".join(f", {what}" for what in also))
     else:
         verdict = f"ok: {report['events']} events, no feature drifted"
     return f"drift: {verdict}{shown}; report {html_path}"

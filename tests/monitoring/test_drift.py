@@ -280,6 +280,12 @@ def test_the_summary_line_states_the_verdict_once(stream, jsonl, production_bund
     assert code == drift.EXIT_ALARM and "drift: drift" not in "\n".join(lines)
     assert lines[-1].startswith(f"drift: ALARM: {len(report['reasons'])} reason(s) over {STREAM_EVENTS} events")
     assert "calendar feature(s) shown, not alarmed" in lines[-1]
+    # an alarm the forecasts alone raise said "0 feature(s) and 0 categorical input(s) drifted" and nothing else
+    events = jsonl(tmp_path / "q.jsonl", stream(STREAM_EVENTS, seed=12, shift=inflated_forecasts))
+    code, report, _ = run_cli(tmp_path, production_bundle, events)
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert code == drift.EXIT_ALARM and report["prediction"]["drifted"]
+    assert "the forecasts shifted" in last
 
 
 def test_the_production_bundle_reference_moves_with_its_origin(tiny_bundle, bundle_parts, tmp_path):
