@@ -106,15 +106,29 @@ def start(settings: Mapping[str, str], log_path: Path, cores: set[int] | None = 
     return served
 
 
-def listening_sockets(port: int) -> int | None:
-    """Sockets listening on ``port`` (Linux: /proc/net/tcp*; None elsewhere). With a socket per worker, each
-    worker's opens once its app has loaded (app/gunicorn_conf.py)."""
+LISTEN, ESTABLISHED = "0A", "01"  # TCP states as /proc/net/tcp writes them
+
+
+def socket_inodes(port: int, state: str) -> set[str] | None:
+    """Inodes of the local sockets on ``port`` in TCP ``state`` (Linux: /proc/net/tcp*; None elsewhere): how many
+    workers listen (each opens its socket once its app has loaded, app/gunicorn_conf.py), which worker holds
+    which client connection (benchmarks/app_load.py)."""
     try:
-        return sum(1 for table in ("/proc/net/tcp", "/proc/net/tcp6") if Path(table).exists()
-                   for line in Path(table).read_text().splitlines()[1:]
-                   if int(line.split()[1].rsplit(":", 1)[1], 16) == port and line.split()[3] == "0A")  # 0A: LISTEN
+        found = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            if Path(table).exists():
+                for line in Path(table).read_text().splitlines()[1:]:
+                    fields = line.split()
+                    if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+                        found.add(fields[9])
+        return found
     except (OSError, IndexError, ValueError):
         return None
+
+
+def listening_sockets(port: int) -> int | None:
+    inodes = socket_inodes(port, LISTEN)
+    return None if inodes is None else len(inodes)
 
 
 def wait_until_ready(served: ServedApp, timeout_s: float, workers: int = 1) -> None:

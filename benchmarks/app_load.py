@@ -180,12 +180,9 @@ def connections_per_worker(app_pid: int, port: int) -> list[int]:
     first ([] where /proc is not Linux's)."""
     try:
         workers = worker_pids(app_pid)
-        established = set()
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # 01: ESTABLISHED
-                    established.add(fields[9])  # the socket's inode
+        established = launch.socket_inodes(port, launch.ESTABLISHED)
+        if established is None:
+            return []
         counts = []
         for pid in workers:
             inodes = {os.readlink(fd)[8:-1] for fd in Path(f"/proc/{pid}/fd").iterdir()

@@ -159,8 +159,8 @@ def summary_line(report: Mapping[str, Any], html_path: Path) -> str:
     elif report["alarm"]:
         also = [what for what, hit in (
             ("the forecasts shifted", (report.get("prediction") or {}).get("drifted")),
-            ("live accuracy over its bound", any(r.startswith("live NWRMSLE") for r in report["reasons"])),
-            ("unseen categories", any("unseen in training" in r for r in report["reasons"]))) if hit]
+            ("live accuracy over its bound", (report.get("live") or {}).get("over_bound")),
+            ("unseen categories", report.get("unseen_over_bound"))) if hit]
         verdict = (f"ALARM: {len(report['reasons'])} reason(s) over {report['events']} events, "
                    f"{dense} feature(s) and {categorical} categorical input(s) drifted"
                    + "".join(f", {what}" for what in also))

@@ -113,7 +113,7 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
         "thresholds": params.__dict__.copy(),
         "features": {}, "categorical": {}, "unseen": {}, "prediction": None, "live": None,
         "not_alarmed": {"features": [], "reason": CALENDAR_REASON},
-        "alarm": False, "reasons": [], "status": "ok",
+        "alarm": False, "reasons": [], "status": "ok", "unseen_over_bound": [],
     }
     if data.rows < params.min_events:
         report["status"] = "insufficient_data"
@@ -142,6 +142,7 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
         if record["drifted"]:
             reasons.append(f"category {name}: {record['note']}")
         if unseen > params.unseen_share_alert:
+            report["unseen_over_bound"].append(name)
             reasons.append(f"category {name}: {unseen:.1%} of requests have a value unseen in training "
                            f"(> {params.unseen_share_alert:.1%})")
     report["unseen"]["any"] = float(data.unknown_rows.mean()) if data.rows else 0.0
@@ -157,7 +158,8 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
     if actuals is not None:
         live = live_accuracy(data, actuals)
         report["live"] = live
-        if live["nwrmsle"] is not None and live["nwrmsle"] > params.max_live_nwrmsle:
+        live["over_bound"] = live["nwrmsle"] is not None and live["nwrmsle"] > params.max_live_nwrmsle
+        if live["over_bound"]:
             reasons.append(f"live NWRMSLE {live['nwrmsle']:.4f} over {live['rows']} rows > {params.max_live_nwrmsle}")
     if report["status"] != "insufficient_data" and reasons:
         report["alarm"], report["status"] = True, "drift"

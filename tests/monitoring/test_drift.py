@@ -286,6 +286,11 @@ def test_the_summary_line_states_the_verdict_once(stream, jsonl, production_bund
     last = capsys.readouterr().out.splitlines()[-1]
     assert code == drift.EXIT_ALARM and report["prediction"]["drifted"]
     assert "the forecasts shifted" in last
+    # live accuracy and unseen categories are read from the report's own fields, not from its reason texts
+    report.update(reasons=["whatever the wording"], prediction=None,
+                  live={"nwrmsle": 1.2, "rows": 9, "over_bound": True}, unseen_over_bound=["item_nbr"])
+    line = drift.summary_line(report, tmp_path / "d.html")
+    assert "live accuracy over its bound, unseen categories" in line and "forecasts" not in line
 
 
 def test_the_production_bundle_reference_moves_with_its_origin(tiny_bundle, bundle_parts, tmp_path):
