@@ -28,7 +28,7 @@ from monitoring.serving_data import UNKNOWN_LABEL, ServingData, collect
 from monitoring.statistics import MIN_EXPECTED, ShiftTest, categorical_shift, numeric_shift
 from pipeline.actuals import ActualsError
 from pipeline.drift_stats import ROLE_CALENDAR, ROLE_HISTORY, feature_role
-from pipeline.metrics import MetricInputError, nwrmsle, perishable_weights
+from pipeline.metrics import MetricInputError, improvement_interval, nwrmsle, perishable_weights
 
 CALENDAR_REASON = ("set by the requested date (and the store's holidays), which the app keeps inside the "
                    "bundle's forecast window: a shift here says which days clients ask for, not that the data "
@@ -73,21 +73,44 @@ def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: 
             "bins": {"labels": test.labels, "live": test.live_shares, "train": test.train_shares}}
 
 
-def live_accuracy(data: ServingData, actuals: Mapping[tuple[int, int, str], float]) -> dict[str, Any]:
+def baseline_feature(bundle_metadata: Mapping[str, Any]) -> str | None:
+    """The logged feature that is the evaluation baseline's forecast in log1p (pipeline.models.baseline_predict:
+    the mean log1p sales on the target's weekday over train.baseline_weeks weeks), or None if the bundle
+    does not say its baseline."""
+    weeks = ((bundle_metadata.get("params") or {}).get("train") or {}).get("baseline_weeks")
+    return f"dow_mean_log1p_{weeks}w" if isinstance(weeks, int) and not isinstance(weeks, bool) else None
+
+
+def live_accuracy(data: ServingData, actuals: Mapping[tuple[int, int, str], float],
+                  baseline: str | None = None) -> dict[str, Any]:
     """NWRMSLE of the served forecasts whose actual sales are known (perishable rows weigh 1.25); ``actuals`` as
-    pipeline.actuals reads them."""
+    pipeline.actuals reads them. With ``baseline`` (a logged feature, see baseline_feature) also the weekday
+    baseline's NWRMSLE on the same rows and their ratio, with evaluate's paired bootstrap interval over series:
+    which series clients ask for moves both scores, the ratio far less, so it tells a model that stopped
+    beating the baseline from a harder mix."""
     actuals = {(str(store), str(item), date): units for (store, item, date), units in actuals.items()}
     matched = [i for i, key in enumerate(data.keys) if key in actuals]
+    live: dict[str, Any] = {"rows": len(matched), "nwrmsle": None, "baseline_nwrmsle": None,
+                            "ratio_to_baseline": None, "ratio_interval": None}
     if not matched:
-        return {"rows": 0, "nwrmsle": None}
+        return live
     index = np.asarray(matched)
     actual = np.asarray([actuals[data.keys[i]] for i in matched])
     perishable = np.asarray(data.categorical.get("perishable", ["0"] * data.rows))[index] == "1"
+    weights = perishable_weights(perishable)
     try:
-        score = nwrmsle(actual, data.predictions[index], perishable_weights(perishable))
+        live["nwrmsle"] = nwrmsle(actual, data.predictions[index], weights)
+        if baseline in data.dense:
+            forecast = np.expm1(np.asarray(data.dense[baseline], np.float64)[index])
+            live["baseline_nwrmsle"] = nwrmsle(actual, forecast, weights)
+            if live["baseline_nwrmsle"] > 0:
+                series = [f"{data.keys[i][0]}/{data.keys[i][1]}" for i in matched]
+                interval = improvement_interval(series, actual, data.predictions[index], forecast, weights)
+                live["ratio_to_baseline"] = live["nwrmsle"] / live["baseline_nwrmsle"]
+                live["ratio_interval"] = [1.0 - interval.high, 1.0 - interval.low]
     except MetricInputError as exc:
         raise ActualsError(f"live NWRMSLE: {exc}") from None
-    return {"rows": int(index.size), "nwrmsle": score}
+    return live
 
 
 def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, Any], training_stats: Mapping[str, Any],
@@ -156,11 +179,20 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
         if record["drifted"]:
             reasons.append(f"predictions: {record['note']}")
     if actuals is not None:
-        live = live_accuracy(data, actuals)
+        live = live_accuracy(data, actuals, baseline_feature(bundle_metadata))
         report["live"] = live
-        live["over_bound"] = live["nwrmsle"] is not None and live["nwrmsle"] > params.max_live_nwrmsle
-        if live["over_bound"]:
+        over_absolute = live["nwrmsle"] is not None and live["nwrmsle"] > params.max_live_nwrmsle
+        over_baseline = live["ratio_interval"] is not None and \
+            live["ratio_interval"][0] > params.max_live_ratio_to_baseline  # worse, with 95 % confidence
+        live["over_bound"] = over_absolute or over_baseline
+        if over_absolute:
             reasons.append(f"live NWRMSLE {live['nwrmsle']:.4f} over {live['rows']} rows > {params.max_live_nwrmsle}")
+        if over_baseline:
+            low, high = live["ratio_interval"]
+            reasons.append(f"live NWRMSLE {live['nwrmsle']:.4f} is {live['ratio_to_baseline']:.3f}x the weekday "
+                           f"baseline's {live['baseline_nwrmsle']:.4f} on the same {live['rows']} rows "
+                           f"(95% interval [{low:.3f}, {high:.3f}] > {params.max_live_ratio_to_baseline}): "
+                           "the model no longer beats the baseline")
     if report["status"] != "insufficient_data" and reasons:
         report["alarm"], report["status"] = True, "drift"
     report["reasons"].extend(reasons)

@@ -20,13 +20,14 @@ class DriftParams:
     psi_alert: float = 0.25  # PSI above this on a feature is a shift worth acting on ...
     p_value_alert: float = 0.001  # ... when its KS / chi-square p-value is also below this
     unseen_share_alert: float = 0.05  # share of requests with a category never seen in training
-    prediction_psi_alert: float = 0.25  # PSI of the served forecasts against the model's own
+    prediction_psi_alert: float = 0.1  # PSI of the served forecasts against the model's own (quantile bins)
     max_live_nwrmsle: float = 0.9  # live NWRMSLE when actual sales are supplied
+    max_live_ratio_to_baseline: float = 1.0  # live NWRMSLE / the weekday baseline's on the same rows (95 % low end)
     min_events: int = 100  # fewer events: report, never alarm
     max_events: int = 200_000  # most recent events read (bounded memory)
 
     def __post_init__(self) -> None:
-        for name in ("psi_alert", "prediction_psi_alert", "max_live_nwrmsle"):
+        for name in ("psi_alert", "prediction_psi_alert", "max_live_nwrmsle", "max_live_ratio_to_baseline"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
                 raise DriftParamsError(f"drift.{name}: expected a number > 0, got {value!r}")

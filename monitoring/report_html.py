@@ -101,8 +101,13 @@ def render_report(report: Mapping[str, Any]) -> str:
     live = report.get("live")
     live_html = ""
     if live is not None:
+        versus = ""
+        if live.get("ratio_to_baseline") is not None:
+            low, high = live["ratio_interval"]
+            versus = (f"; the weekday baseline's on the same rows {_number(live['baseline_nwrmsle'])} (ratio "
+                      f"{_number(live['ratio_to_baseline'])}, 95% interval {_number(low)} … {_number(high)})")
         live_html = (f"<h2>Live accuracy</h2><p>NWRMSLE {_number(live['nwrmsle'])} over {live['rows']} forecasts "
-                     "with known sales.</p>")
+                     f"with known sales{versus}.</p>")
     calendar = {n: r for n, r in report["features"].items() if r.get("role") == "calendar"}
     alarmable = {n: r for n, r in report["features"].items() if r.get("role") != "calendar"}
     versions = ", ".join(f"{escape(k)} ({v})" for k, v in sorted(report["served_model_versions"].items())) or "–"

@@ -45,7 +45,13 @@ REQUEST_FEATURES = ("target_onpromotion",)  # dense features the caller gives (t
 ROLE_HISTORY, ROLE_REQUEST, ROLE_CALENDAR = "history", "request", "calendar"
 
 
-def distribution(values: np.ndarray) -> dict:
+def distribution(values: np.ndarray, bins: str = "even") -> dict:
+    """Count, moments, quantiles and a histogram of the finite `values` (HISTOGRAM_BINS bins at most).
+
+    ``bins="even"`` spaces the edges evenly over [min, max]; ``bins="quantile"`` puts them at the values' own
+    quantiles (equal shares, ties merged), for unit sales and forecasts: there even bins put ~98 % of the rows in
+    the first one, and forecasts doubled everywhere moved the PSI by 0.02.
+    """
     values = np.asarray(values, np.float64).ravel()
     values = values[np.isfinite(values)]
     if values.size == 0:
@@ -53,11 +59,17 @@ def distribution(values: np.ndarray) -> dict:
     low, high = float(values.min()), float(values.max())
     if high <= low:
         high = low + 1.0
-    counts, edges = np.histogram(values, bins=HISTOGRAM_BINS, range=(low, high))
+    if bins == "quantile":
+        edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)))
+        edges = np.append(edges, high) if edges.size < 2 else edges
+        counts, edges = np.histogram(values, bins=edges)
+    else:
+        bins = "even"
+        counts, edges = np.histogram(values, bins=HISTOGRAM_BINS, range=(low, high))
     return {
         "count": int(values.size), "mean": float(values.mean()), "std": float(values.std()),
         "quantiles": {str(q): float(v) for q, v in zip(QUANTILES, np.quantile(values, QUANTILES))},
-        "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
+        "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts], "bins": bins},
     }
 
 
@@ -129,8 +141,8 @@ def training_statistics(dense: np.ndarray, dense_names: Sequence[str], categoric
         "dense": {name: distribution(dense[:, j]) for j, name in enumerate(dense_names)},
         "categorical": {name: category_frequencies(categorical[:, j], vocabularies[name])
                         for j, name in enumerate(categorical_fields)},
-        "target_units": distribution(target),
-        "prediction_units": distribution(predictions),
+        "target_units": distribution(target, bins="quantile"),
+        "prediction_units": distribution(predictions, bins="quantile"),
     }
     if served is not None:
         stats["served"] = dict(served)

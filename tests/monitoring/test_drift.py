@@ -80,6 +80,33 @@ def test_live_nwrmsle_uses_supplied_actuals(bundle_parts, stream, jsonl, tmp_pat
     assert any(reason.startswith("live NWRMSLE") for reason in report["reasons"]) and report["alarm"]
 
 
+@pytest.mark.parametrize("error, alarmed", [(1.05, False), (1.6, True)])
+def test_live_accuracy_is_judged_against_the_weekday_baseline_on_the_same_rows(bundle_parts, stream, error, alarmed):
+    """Forecasts 60 % off score NWRMSLE ~0.45, under the absolute bound (0.9), but the baseline is 10 % off there:
+    the model no longer beats it. 5 % off beats it, and no alarm."""
+    metadata, stats = bundle_parts
+    events = stream(400, seed=5)
+    baseline = drift_analysis.baseline_feature(metadata)
+    assert baseline == f"dow_mean_log1p_{metadata['params']['train']['baseline_weeks']}w"
+    actuals = {}
+    for i, event in enumerate(events):
+        event["inputs"]["date"] = f"2017-08-{1 + i % 16:02d}"
+        event["inputs"]["item_nbr"] = 1_000_000 + i  # one row per key
+        event["features"]["dense"][baseline] = 2.0 + (i % 5)  # baseline forecast expm1(2 .. 6) units
+        actual = float(np.expm1(event["features"]["dense"][baseline])) * 1.1
+        event["output"]["unit_sales"] = actual * error
+        actuals[(str(event["inputs"]["store_nbr"]), str(event["inputs"]["item_nbr"]), event["inputs"]["date"])] = actual
+    live = analyse(events, metadata, stats, DriftParams(), actuals)["live"]
+    assert live["rows"] == 400 and live["nwrmsle"] < 0.9
+    assert live["baseline_nwrmsle"] == pytest.approx(np.log(1.1), rel=0.15)
+    assert live["ratio_to_baseline"] == pytest.approx(live["nwrmsle"] / live["baseline_nwrmsle"])
+    low, high = live["ratio_interval"]
+    assert low <= live["ratio_to_baseline"] <= high
+    report = analyse(events, metadata, stats, DriftParams(), actuals)
+    assert report["live"]["over_bound"] is alarmed
+    assert any("no longer beats the baseline" in reason for reason in report["reasons"]) is alarmed
+
+
 def test_actuals_csv_is_read_and_checked(bundle_parts, stream, jsonl, production_bundle, tmp_path):
     metadata, stats = bundle_parts
     events = stream(200, seed=4)
@@ -198,6 +225,22 @@ def test_validation_window_traffic_raises_no_alarm_and_shifted_traffic_does(
     alarmed = " ".join(report["reasons"])
     assert "feature target_onpromotion: PSI" in alarmed and "category store_nbr: PSI" in alarmed
     assert not any("target_day_of_month" in reason or "horizon" in reason for reason in report["reasons"])
+
+
+def test_served_forecasts_doubled_raise_the_alarm_on_validation_window_traffic(production_bundle, validation_requests,
+                                                                               replay, tmp_path):
+    """Forecasts are mostly a few units: a bundle or serving path that doubles them must not hide in one wide bin."""
+    log = replay(production_bundle, validation_requests, tmp_path / "validation.jsonl")
+    doubled = tmp_path / "doubled.jsonl"
+    with log.open() as source, doubled.open("w") as sink:
+        for line in source:
+            event = json.loads(line)
+            event["output"]["unit_sales"] *= 2.0
+            sink.write(json.dumps(event) + "\n")
+    code, report, html = run_cli(tmp_path, production_bundle, doubled)
+    assert code == drift.EXIT_ALARM, report["prediction"]
+    assert any(reason.startswith("predictions: PSI") for reason in report["reasons"]), report["reasons"]
+    assert [reason for reason in report["reasons"] if not reason.startswith("predictions")] == []
 
 
 def test_requests_for_one_day_of_the_window_alarm_on_no_calendar_feature(bundle_parts, stream, jsonl,

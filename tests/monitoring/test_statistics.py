@@ -75,3 +75,26 @@ def test_categorical_shift_counts_unseen_and_rare_values():
     unseen = categorical_shift(["a"] * 50 + ["<unknown>"] * 50, reference)
     assert unseen.p_value < 1e-10 and unseen.psi > 1.0
     assert unseen.labels[unseen.live_shares.index(0.5, 1)] == "<unknown>"
+
+
+def forecast_like_units(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Skewed like the default model's validation forecasts: median ~0.6 units, 99th percentile ~45, max ~700."""
+    units = np.expm1(rng.gamma(0.9, 0.9, n))
+    units[:3] = [350.0, 520.0, 700.0]  # the few best sellers that set an even histogram's range
+    return units
+
+
+def test_doubled_forecasts_move_the_prediction_psi_past_its_alert_and_unchanged_ones_do_not():
+    """Even bins over [0, max] held ~98 % of the forecasts in the first bin: doubled forecasts gave PSI 0.02."""
+    from monitoring.drift_params import DriftParams
+    from pipeline.drift_stats import training_statistics
+
+    rng = np.random.default_rng(7)
+    validation_forecasts = forecast_like_units(rng, 130_000)
+    stats = training_statistics(np.zeros((10, 0)), [], np.zeros((10, 0), np.int64), [], {}, validation_forecasts,
+                                validation_forecasts)
+    alert = DriftParams().prediction_psi_alert
+    served = forecast_like_units(rng, 3000)
+    assert numeric_shift(served, stats["prediction_units"]).psi < alert / 5
+    doubled = numeric_shift(2.0 * served, stats["prediction_units"])
+    assert doubled.psi > alert and doubled.p_value < 1e-6
