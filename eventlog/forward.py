@@ -7,7 +7,10 @@ segment is kept, still locked, until Fluentd's kernel has acknowledged all its b
 counts them: TCP_INFO's bytes_acked) and a later emit on a healthy connection succeeded at
 least `confirm_after_s` after it: only then is it deleted. When no later event comes, a
 heartbeat (tag `<tag>.heartbeat`, discarded by Fluentd) is that later emit. Any failure re-sends every
-segment not yet confirmed. That is at-least-once delivery; the duplicates it makes
+segment not yet confirmed. A link that breaks more often than that (a proxy capping each connection's age or
+bytes) would confirm nothing and re-send the same segments forever, so a segment whose bytes the peer's kernel
+acknowledged on ACKED_CONNECTIONS different connections is confirmed by that alone: at most that many copies,
+and progress. That is at-least-once delivery; the duplicates it makes
 (at most the events of the unconfirmed segments) carry the same `event_id`, which
 Fluentd's Elasticsearch output uses as the document id (monitoring/fluentd/fluent.conf),
 so Elasticsearch holds each event once.
@@ -52,6 +55,7 @@ MAX_TIMEOUT_S = 600.0  # FLUENTD_TIMEOUT's upper bound: the socket takes no infi
 PROOF_BYTES = 2 * 1024 * 1024
 PADDING = {"padding": "0" * 65536}  # a heartbeat's body while proving: 32 proof heartbeats at most
 TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in Linux's struct tcp_info (since 4.1)
+ACKED_CONNECTIONS = 3  # a segment acknowledged whole on this many connections is confirmed however short they lived
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,7 @@ class Forwarder:
         # would be duplicated once per retry, and would eat a slow reader's pace before the proof could pass)
         if self.stalled_since is not None and not self._proves_reading(until):
             return self._sender is not None  # False: a send failed (back off); True: time is up, go on next time
+        self._confirm()  # segments acknowledged on ACKED_CONNECTIONS connections are not sent again
         for segment in list(self._held):
             if segment.sent_at is None and not self._send(segment):
                 return False
@@ -255,6 +260,7 @@ class Forwarder:
         segment.sent_at = time.monotonic()
         progress = connection_bytes(sender)
         segment.sent_bytes = None if progress is None else progress[0]
+        self._note_acknowledged(progress)
         self._count("sent", sent)
         if self.down_since is not None and self.stalled_since is None:  # while stalled, a send proves nothing
             log.warning("%s is back after %.1f s; sending the spooled events", self.address,
@@ -294,18 +300,29 @@ class Forwarder:
             self._confirm()
         return True
 
+    def _note_acknowledged(self, progress: tuple[int, int] | None) -> None:
+        """Count, per held segment, the connections on which the peer's kernel acknowledged all of it."""
+        if progress is None or self.stalled_since is not None:
+            return
+        for segment in self._held:
+            if (segment.sent_at is not None and segment.sent_bytes is not None and progress[1] >= segment.sent_bytes
+                    and not any(seen is self._sender for seen in segment.acknowledged_on)):
+                segment.acknowledged_on.append(self._sender)
+
     def _confirm(self) -> None:
         if self.stalled_since is not None:
             return  # what this connection carried may sit unread in Fluentd's buffers
         progress = connection_bytes(self._sender) if self._sender is not None else None
+        self._note_acknowledged(progress)
         acknowledged = None if progress is None else progress[1]
         now, kept = time.monotonic(), []
         for index, segment in enumerate(self._held):
             sent = segment.sent_at
             overflow = len(self._held) - index > MAX_HELD
             in_fluentd = segment.sent_bytes is None or (acknowledged is not None and acknowledged >= segment.sent_bytes)
-            if sent is not None and ((in_fluentd and self._last_ok - sent >= self._confirm_after_s)
-                                     or (overflow and now - sent >= self._confirm_after_s)):
+            if len(segment.acknowledged_on) >= ACKED_CONNECTIONS or (
+                    sent is not None and ((in_fluentd and self._last_ok - sent >= self._confirm_after_s)
+                                          or (overflow and now - sent >= self._confirm_after_s))):
                 segment.release(delete=True)
             else:
                 kept.append(segment)

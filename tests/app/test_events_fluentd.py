@@ -314,3 +314,74 @@ def test_a_fluentd_that_stops_reading_loses_at_most_its_first_receive_buffer(tmp
     print(f"stalled Fluentd: {len(answered)} answered, {lost} lost, {duplicated} duplicated")
     assert lost * 1400 <= receive_buffer, (lost, receive_buffer)
     assert sink.stats.snapshot()["dropped"] == 0
+
+
+class ShortLivedLink:
+    """A proxy in front of Fluentd that closes every connection `lifetime_s` after it opened (a load balancer's
+    maximum connection age, a Fluentd that recycles connections): what each carried arrives, then it closes."""
+
+    def __init__(self, port: int, upstream_port: int, lifetime_s: float) -> None:
+        self._server = socket.create_server(("127.0.0.1", port))
+        self.port = self._server.getsockname()[1]
+        self._upstream, self._lifetime_s = upstream_port, lifetime_s
+        self.closed = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client = self._server.accept()[0]
+            except OSError:
+                return
+            threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
+
+    def _pipe(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self._upstream))
+        end = time.monotonic() + self._lifetime_s
+        client.settimeout(0.05)
+        try:
+            while time.monotonic() < end:
+                try:
+                    data = client.recv(65536)
+                except socket.timeout:
+                    continue
+                if not data:
+                    break
+                upstream.sendall(data)
+        except OSError:
+            pass
+        self.closed += 1
+        client.close()
+        time.sleep(0.2)  # let Fluentd read what arrived before its side closes too
+        upstream.close()
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_connections_shorter_than_the_confirmation_delay_still_drain_the_spool(fluentd_receiver,
+                                                                                tmp_path: Path) -> None:
+    # Before: a segment was confirmed only by a send at least 1 s later on the same connection, and every failure
+    # re-sent all unconfirmed segments first: with each connection closed after 0.5 s nothing was ever confirmed,
+    # 10,000 events were sent 24 times each in 20 s and the spool never drained. Now a segment whose bytes Fluentd's
+    # kernel acknowledged on ACKED_CONNECTIONS connections is confirmed: at most that many copies, and progress.
+    from eventlog.forward import ACKED_CONNECTIONS
+
+    spool = tmp_path / "spool"
+    with socket.socket() as probe:  # the link's port: nothing listens there yet (Fluentd is down)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sink = fluent_sink(port, spool)
+    answered = [sink.emit({"request_id": f"r{n}", "output": float(n), "inputs": {"pad": "x" * 1200}})
+                for n in range(3000)]
+    link = ShortLivedLink(port, fluentd_receiver.port, 0.5)  # back, behind connections that live 0.5 s
+    wait_until(lambda: not list(spool.glob("*.jsonl")), timeout_s=30)
+    sink.close()
+    link.close()
+    fluentd_receiver.stop()
+    received = received_ids(fluentd_receiver)
+    lost, duplicated = lost_and_duplicated(answered, received)
+    print(f"connections closed after 0.5 s: {len(answered)} answered, {lost} lost, {duplicated} duplicated, "
+          f"{link.closed} connections closed")
+    assert None not in answered and lost == 0
+    assert link.closed >= 2 and max(received.values()) <= ACKED_CONNECTIONS + 1
