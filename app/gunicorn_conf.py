@@ -94,6 +94,11 @@ accesslog = os.environ.get("SHELFCAST_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("SHELFCAST_LOG_LEVEL", "info")
 raw_env = ["FLASK_DEBUG=0"]
+# gunicorn 26's control socket (for `gunicornc -s PATH`) defaults to one path per user, so a second server on the
+# host took it over and either one's exit removed it: one per server, named by the master's pid.
+control_socket = setting("SHELFCAST_CONTROL_SOCKET", os.path.join(
+    os.environ.get("XDG_RUNTIME_DIR") or os.path.expanduser(os.path.join("~", ".gunicorn")),
+    f"shelfcast-{os.getpid()}.ctl"))
 OWN_METRICS_DIR_ENV = "SHELFCAST_OWN_METRICS_DIR"  # the metrics directory this server made (and removes)
 
 # Set before any worker imports prometheus_client, which reads it at import. gunicorn reads this file again on

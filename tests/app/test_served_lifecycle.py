@@ -104,3 +104,29 @@ def test_changing_a_bundle_files_owner_changes_its_signature(tmp_path):
     stat = weights.stat()
     os.chown(weights, stat.st_uid, stat.st_gid)  # the same owner: still a status change
     assert directory_signature(bundle) != before
+
+
+def test_two_servers_on_one_host_keep_their_own_control_sockets(app_bundles, tmp_path):
+    """gunicorn 26 put every server's control socket at one path per user: the second server took it over and
+    the first one's exit removed it. Each now has its own (named in its log), and keeps it while it runs."""
+    def start(name: str):
+        log = tmp_path / f"{name}.log"
+        served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                               "SHELFCAST_PREDICTION_LOG": str(tmp_path / f"{name}.jsonl"),
+                               "XDG_RUNTIME_DIR": str(tmp_path)}, log)
+        deadline = time.monotonic() + 30
+        while "Control socket listening at" not in log.read_text(encoding="utf-8"):
+            assert time.monotonic() < deadline, "no control socket"
+            time.sleep(0.05)
+        text = log.read_text(encoding="utf-8")
+        return served, Path(text.split("Control socket listening at ", 1)[1].split()[0])
+
+    first, first_socket = start("first")
+    try:
+        second, second_socket = start("second")
+        assert first_socket != second_socket and first_socket.is_socket() and second_socket.is_socket()
+        second.stop()
+        assert first_socket.is_socket() and not second_socket.exists()
+    finally:
+        first.stop()
+    assert not first_socket.exists()
