@@ -25,10 +25,25 @@ from engine.saver import Saver, export_inference_graph, import_inference_graph, 
 GLOBAL_STEP = "global_step"
 
 
+def hyperparameter(name: str, value, upper: float = np.inf, upper_open: bool = False) -> float:
+    """`value` as a float in [0, upper] (or [0, upper)): a negative or NaN learning rate trained silently
+    towards a worse loss, or to NaN weights."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    if not (0.0 <= number <= upper) or (upper_open and number == upper) or not np.isfinite(number):
+        bound = f"{upper:g})" if upper_open else ("inf)" if upper == np.inf else f"{upper:g}]")
+        raise ValueError(f"{name}: expected a finite number in [0, {bound}, got {value!r}")
+    return number
+
+
 class Optimizer:
     """Base: compute_gradients / apply_gradients / minimize, as in TensorFlow 1.x."""
 
     def __init__(self, learning_rate, name):
+        if not is_tensor_like(learning_rate):
+            learning_rate = hyperparameter("learning_rate", learning_rate)
         self._lr = learning_rate
         self._name = name
         self._slots: dict[tuple[str, str], Variable] = {}
@@ -126,7 +141,7 @@ class MomentumOptimizer(Optimizer):
 
     def __init__(self, learning_rate, momentum, use_nesterov=False, name="Momentum"):
         super().__init__(learning_rate, name)
-        self._momentum = float(momentum)
+        self._momentum = hyperparameter("momentum", momentum)
         self._nesterov = bool(use_nesterov)
 
     def _create_slots(self, var):
@@ -143,9 +158,9 @@ class AdagradOptimizer(Optimizer):
 
     def __init__(self, learning_rate, initial_accumulator_value=0.1, name="Adagrad"):
         super().__init__(learning_rate, name)
-        if initial_accumulator_value <= 0:
+        self._init = hyperparameter("initial_accumulator_value", initial_accumulator_value)
+        if self._init == 0:
             raise ValueError("initial_accumulator_value must be positive")
-        self._init = float(initial_accumulator_value)
 
     def _create_slots(self, var):
         self._slot(var, self._name, self._init)
@@ -160,7 +175,9 @@ class AdamOptimizer(Optimizer):
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8, name="Adam"):
         super().__init__(learning_rate, name)
-        self._beta1, self._beta2, self._epsilon = float(beta1), float(beta2), float(epsilon)
+        self._beta1 = hyperparameter("beta1", beta1, upper=1.0, upper_open=True)
+        self._beta2 = hyperparameter("beta2", beta2, upper=1.0, upper_open=True)
+        self._epsilon = hyperparameter("epsilon", epsilon)
         self._step = None
 
     def _create_slots(self, var):

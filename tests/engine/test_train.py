@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -168,3 +170,26 @@ def test_learning_rate_can_be_a_fed_tensor():
         s.run(en.global_variables_initializer())
         s.run(step, {lr: 0.25})
         assert s.run(w) == 0.5
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: en.train.GradientDescentOptimizer(-0.1), "learning_rate: expected a finite number in [0, inf)"),
+    (lambda: en.train.GradientDescentOptimizer(float("nan")), "learning_rate"),
+    (lambda: en.train.AdamOptimizer(float("inf")), "learning_rate"),
+    (lambda: en.train.AdamOptimizer(1e-3, beta1=1.0), "beta1: expected a finite number in [0, 1)"),
+    (lambda: en.train.AdamOptimizer(1e-3, beta2=-0.5), "beta2"),
+    (lambda: en.train.AdamOptimizer(1e-3, epsilon=float("nan")), "epsilon"),
+    (lambda: en.train.MomentumOptimizer(0.1, momentum=float("nan")), "momentum"),
+    (lambda: en.train.AdagradOptimizer(0.1, initial_accumulator_value=-1.0), "initial_accumulator_value"),
+    (lambda: en.train.GradientDescentOptimizer("fast"), "learning_rate: expected a number, got 'fast'"),
+])
+def test_optimizer_hyperparameters_out_of_range_are_refused_by_name(make, message):
+    """A negative or NaN learning rate trained silently (towards a worse loss, or NaN weights)."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+def test_a_learning_rate_of_zero_or_a_tensor_is_accepted():
+    en.train.GradientDescentOptimizer(0.0)
+    with en.Graph().as_default():
+        en.train.AdamOptimizer(en.placeholder(en.float32, shape=()))
