@@ -42,14 +42,15 @@ import common
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline import train  # noqa: E402
-from pipeline.backtest import history_before, series_key  # noqa: E402
-from pipeline.features import CATEGORICAL_FIELDS, build_features  # noqa: E402
-from pipeline.history import build_history, load_history, read_sales, rows_at_origin  # noqa: E402
-from pipeline.metrics import improvement_interval, nwrmsle, perishable_weights, rmse  # noqa: E402
-from pipeline.model_params import evaluate_params, feature_params, train_params  # noqa: E402
-from pipeline.models import baseline_predict, predict_weights  # noqa: E402
-from pipeline.params import data_params, load_yaml  # noqa: E402
+# the repository goes on sys.path first (above), so these imports come after it
+from pipeline import train  # noqa: E402 - after sys.path
+from pipeline.backtest import history_before, series_key  # noqa: E402 - after sys.path
+from pipeline.features import CATEGORICAL_FIELDS, build_features  # noqa: E402 - after sys.path
+from pipeline.history import build_history, load_history, read_sales, rows_at_origin  # noqa: E402 - after sys.path
+from pipeline.metrics import improvement_interval, nwrmsle, perishable_weights, rmse  # noqa: E402 - after sys.path
+from pipeline.model_params import evaluate_params, feature_params, train_params  # noqa: E402 - after sys.path
+from pipeline.models import baseline_predict, predict_weights  # noqa: E402 - after sys.path
+from pipeline.params import data_params, load_yaml  # noqa: E402 - after sys.path
 
 import noise_floor  # noqa: E402  (benchmarks/ is on sys.path, as for common)
 

@@ -75,3 +75,19 @@ def test_make_help_lists_every_target_of_every_makefile():
                                           ("pipeline/bundle.copy_bundle", True), ("pipeline/bundle.nothing.py", False)])
 def test_the_path_check_understands_braces_and_globs(named, real):
     assert exists(named) is real
+
+
+NOQA = re.compile(r"#\s*noqa\b(?::\s*[A-Z]+[0-9]+(?:\s*,\s*[A-Z]+[0-9]+)*)?(?P<rest>.*)$")
+
+
+def test_every_noqa_says_why():
+    """A suppressed lint finding names its rule and the reason it does not apply (`# noqa: E402 - why`)."""
+    bare = []
+    for path in scanned_files():
+        if path.suffix != ".py":
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            match = NOQA.search(line)
+            if match and not re.search(r"[A-Za-z]{3}", match.group("rest")):
+                bare.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert not bare, "\n".join(bare)
