@@ -7,6 +7,8 @@ gets a verdict the report shows with its reason:
 * drift  -- PSI above drift.psi_alert and the KS / chi-square p-value below drift.p_value_alert;
 * inconclusive -- PSI above the threshold, but too few events for the test to tell it from chance,
   or (categories) too few events to compare any category on its own;
+* follows -- a store's or item's attribute (city, type, cluster; family, class, perishable) whose alarm is
+  its number's: one store's traffic is one alarm on store_nbr, not four;
 * not alarmed -- a calendar feature (the horizon, the target day's calendar and holidays): the
   requested date sets it and the app refuses dates outside the window, so its shift says which
   days clients ask for, not that the data changed;
@@ -28,6 +30,7 @@ from monitoring.serving_data import UNKNOWN_LABEL, ServingData, collect
 from monitoring.statistics import MIN_EXPECTED, ShiftTest, categorical_shift, numeric_shift
 from pipeline.actuals import ActualsError
 from pipeline.drift_stats import ROLE_CALENDAR, ROLE_HISTORY, feature_role
+from pipeline.features import ITEM_FIELDS, STORE_FIELDS
 from pipeline.metrics import MetricInputError, improvement_interval, nwrmsle, perishable_weights
 
 CALENDAR_REASON = ("set by the requested date (and the store's holidays), which the app keeps inside the "
@@ -37,6 +40,8 @@ TRAINING_REFERENCE_NOTE = ("this bundle has no served-horizon reference (made be
                            "compared with the training rows, from earlier origins; "
                            "retrain for a like-for-like reference")
 VERDICT_DRIFT, VERDICT_OK, VERDICT_INCONCLUSIVE, VERDICT_NOT_ALARMED = "drift", "ok", "inconclusive", "not alarmed"
+VERDICT_FOLLOWS = "follows"  # a store's or item's attribute whose shift is its number's (see _follow_their_owner)
+OWNED_ATTRIBUTES = {"store_nbr": STORE_FIELDS, "item_nbr": ITEM_FIELDS}
 
 
 def reference_statistics(training_stats: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,6 +84,28 @@ def baseline_feature(bundle_metadata: Mapping[str, Any]) -> str | None:
     does not say its baseline."""
     weeks = ((bundle_metadata.get("params") or {}).get("train") or {}).get("baseline_weeks")
     return f"dow_mean_log1p_{weeks}w" if isinstance(weeks, int) and not isinstance(weeks, bool) else None
+
+
+def _follow_their_owner(categorical: dict[str, dict[str, Any]], unseen: Mapping[str, float],
+                        params: DriftParams) -> dict[str, list[str]]:
+    """A store's city, type and cluster (an item's family, class, perishable flag) are functions of its number:
+    when the number's shift or unseen share alarms, theirs is the same fact and is shown as following it, not
+    alarmed again (one store's traffic raised four alarms). {owner: [followers]}."""
+    followers: dict[str, list[str]] = {}
+    for owner, attributes in OWNED_ATTRIBUTES.items():
+        if owner not in categorical:
+            continue
+        owner_unseen = unseen.get(owner, 0.0) > params.unseen_share_alert
+        for name in attributes:
+            record = categorical.get(name)
+            if record is None:
+                continue
+            shifted, unseen_over = record["drifted"], unseen.get(name, 0.0) > params.unseen_share_alert
+            if (shifted or unseen_over) and (categorical[owner]["drifted"] or owner_unseen):
+                record.update(verdict=VERDICT_FOLLOWS, drifted=False,
+                              note=f"an attribute of {owner}, whose alarm covers it ({record['note'] or 'unseen'})")
+                followers.setdefault(owner, []).append(name)
+    return followers
 
 
 def live_accuracy(data: ServingData, actuals: Mapping[tuple[int, int, str], float],
@@ -160,14 +187,17 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
         labels = data.categorical.get(name, [])
         record = _shift_record(categorical_shift(labels, expected), params, params.psi_alert, "category", data.rows)
         report["categorical"][name] = record
-        unseen = (sum(label == UNKNOWN_LABEL for label in labels) / len(labels)) if labels else 0.0
-        report["unseen"][name] = unseen
+        report["unseen"][name] = (sum(label == UNKNOWN_LABEL for label in labels) / len(labels)) if labels else 0.0
+    followers = _follow_their_owner(report["categorical"], report["unseen"], params)
+    for name, record in report["categorical"].items():
+        also = f" ({', '.join(followers[name])} follow from it)" if followers.get(name) else ""
         if record["drifted"]:
-            reasons.append(f"category {name}: {record['note']}")
-        if unseen > params.unseen_share_alert:
+            reasons.append(f"category {name}: {record['note']}{also}")
+        unseen = report["unseen"][name]
+        if unseen > params.unseen_share_alert and record["verdict"] != VERDICT_FOLLOWS:
             report["unseen_over_bound"].append(name)
             reasons.append(f"category {name}: {unseen:.1%} of requests have a value unseen in training "
-                           f"(> {params.unseen_share_alert:.1%})")
+                           f"(> {params.unseen_share_alert:.1%}){also}")
     report["unseen"]["any"] = float(data.unknown_rows.mean()) if data.rows else 0.0
     expected = training_stats.get("prediction_units", {})
     if expected.get("count", 0):

@@ -243,6 +243,21 @@ def test_served_forecasts_doubled_raise_the_alarm_on_validation_window_traffic(p
     assert [reason for reason in report["reasons"] if not reason.startswith("predictions")] == []
 
 
+def test_one_stores_traffic_is_one_alarm_on_store_nbr_not_four(production_bundle, validation_requests, replay,
+                                                                tmp_path):
+    """city, store_type and cluster are functions of store_nbr: they shift with it and were four alarms."""
+    store = validation_requests[0]["store_nbr"]
+    log = replay(production_bundle, [r for r in validation_requests if r["store_nbr"] == store], tmp_path / "s.jsonl")
+    code, report, html = run_cli(tmp_path, production_bundle, log)
+    categorical = [reason for reason in report["reasons"] if reason.startswith("category")]
+    assert code == drift.EXIT_ALARM and len(categorical) == 1, report["reasons"]
+    assert categorical[0].startswith("category store_nbr: PSI") and "city, store_type, cluster follow from it" in \
+        categorical[0]
+    assert {name: report["categorical"][name]["verdict"] for name in ("city", "store_type", "cluster")} == \
+        dict.fromkeys(("city", "store_type", "cluster"), "follows")
+    assert report["categorical"]["store_nbr"]["drifted"]
+
+
 def test_requests_for_one_day_of_the_window_alarm_on_no_calendar_feature(bundle_parts, stream, jsonl,
                                                                           production_bundle, tmp_path):
     metadata, stats = bundle_parts
