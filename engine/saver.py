@@ -72,7 +72,10 @@ def sha256_file(path: str) -> str:
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
+    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename.
+
+    An OSError names ``path``: a full disk's (ENOSPC from a write) names no file at all, and the temporary
+    file's name means nothing to whoever reads the error."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
@@ -82,10 +85,17 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename in (None, tmp):
+            raise _named(exc, path) from exc
         raise
+
+
+def _named(exc: OSError, path: str) -> OSError:
+    """``exc`` (same type and errno) with ``path`` as its file name."""
+    return type(exc)(exc.errno, exc.strerror or str(exc), path)
 
 
 def _npz_bytes(arrays: dict) -> bytes:
@@ -164,7 +174,12 @@ class Saver:
                             "sha256": _array_sha(arr)})
         data = _npz_bytes(arrays)
         data_file, sha = prefix + ".npz", _sha256_bytes(data)
-        atomic_write_bytes(_staged(data_file, sha), data)
+        try:
+            atomic_write_bytes(_staged(data_file, sha), data)
+        except OSError as exc:
+            if exc.filename != _staged(data_file, sha):
+                raise
+            raise _named(exc, data_file) from exc  # the file it is written for, not its staged name
         manifest = {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION,
                     "data_file": os.path.basename(data_file), "data_sha256": sha, "variables": entries}
         atomic_write_bytes(prefix + ".json", json.dumps(manifest, indent=1).encode())  # the switch-over

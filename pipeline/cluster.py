@@ -67,14 +67,15 @@ def scheduler_address(raw_params: Mapping | None = None, environ: Mapping[str, s
     return _checked_address(value.strip(), f"{PARAMS_SECTION}.scheduler")
 
 
-_ADDRESS = re.compile(r"(?:(?:tcp|tls|ws|wss|ucx)://)?(?:\[[0-9A-Fa-f:.]+\]|[\w.-]+):(?P<port>\d{1,5})/?")
+_ADDRESS = re.compile(r"(?:(?:tcp|tls|ws|wss|ucx)://)?(?:\[[0-9A-Fa-f:.]+\]|[\w.-]+):(?P<port>\d{1,5})")
 
 
 def _checked_address(address: str, where: str) -> str:
-    """``address`` if Dask can parse it as a scheduler's ([tcp|tls|ws|wss|ucx]://host:port, or inproc://…);
-    checked here, before a stage starts, and without importing Dask."""
+    """``address`` if Dask can connect a stage to it as a scheduler's ([tcp|tls|ws|wss|ucx]://host:port, nothing
+    after the port); checked here, before a stage starts, and without importing Dask. ``inproc://`` is refused:
+    it names a scheduler inside the same process, which a stage never has."""
     match = _ADDRESS.fullmatch(address)
-    if address.startswith("inproc://") or (match and 0 < int(match["port"]) < 65536):
+    if match and 0 < int(match["port"]) < 65536:
         return address
     raise ParamsError(f"{where}: {address!r} is not a scheduler address (expected e.g. tcp://host:8786)")
 
@@ -92,13 +93,28 @@ def dask_client(address: str | None, timeout_s: float = 30.0) -> Iterator[Any]:
 
     try:
         client = Client(address, timeout=f"{timeout_s}s")
-    except (OSError, ValueError) as exc:  # ValueError: an address Dask cannot parse after all
+    except Exception as exc:  # noqa: BLE001 - any failure to connect is one line: where, and why
         raise ClusterError(f"Dask scheduler {address} (from ${SCHEDULER_ENV} or params.yaml cluster.scheduler) "
-                           f"cannot be reached: {exc}") from None
+                           f"cannot be reached: {_connect_failure(address, exc)}") from None
     try:
         yield client
     finally:
         client.close()
+
+
+def _connect_failure(address: str, exc: Exception) -> str:
+    """Why ``Client(address)`` failed, in words: the missing setting where a transport needs one."""
+    scheme = address.partition("://")[0] if "://" in address else "tcp"
+    if scheme in ("tls", "wss") and "ssl_context" in str(exc):
+        return ("TLS needs Dask's security settings, and none are configured: set distributed.comm.tls.ca-file, "
+                "distributed.comm.tls.client.cert and distributed.comm.tls.client.key in Dask's config "
+                "(a YAML file in ~/.config/dask/, or DASK_DISTRIBUTED__COMM__TLS__CA_FILE=... variables)")
+    if scheme == "ucx":
+        import importlib.util
+
+        if importlib.util.find_spec("distributed_ucxx") is None:
+            return "ucx:// needs the distributed-ucxx package, which is not installed here"
+    return str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
 
 
 def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: Any = None, desc: str = "tasks",

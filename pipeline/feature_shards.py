@@ -113,13 +113,19 @@ def _table(schema: pa.Schema, row: np.ndarray, examples: Examples) -> pa.Table:
 def build_store_shard(task: StoreTask) -> dict[str, Any]:
     """Build one store's training examples and write its shard (a Dask task; also runs in process).
 
-    Returns ``{"store", "path", "rows", "reused"}``; an existing shard of the same inputs is kept.
+    Returns ``{"store", "path", "rows", "reused", "rebuilt"}``; an existing shard of the same inputs is kept, one
+    that cannot be read (cut short by a full disk, altered) is built again and ``rebuilt`` says why.
     """
     directory = Path(task.out_dir) / f"store={task.store_nbr}"
     target = directory / f"part-{task.digest()}.parquet"
+    rebuilt = None
     if target.exists():
-        return {"store": task.store_nbr, "path": str(target), "rows": pq.ParquetFile(target).metadata.num_rows,
-                "reused": True}
+        try:
+            return {"store": task.store_nbr, "path": str(target), "rows": pq.ParquetFile(target).metadata.num_rows,
+                    "reused": True, "rebuilt": None}
+        except (pa.ArrowException, OSError) as exc:
+            rebuilt = f"the feature shard {target} cannot be read ({exc}); rebuilt"
+            target.unlink(missing_ok=True)
     spec = FeatureSpec.from_json(task.spec)
     vocab = Vocabularies.from_json(task.vocab)
     history = task.history
@@ -145,7 +151,7 @@ def build_store_shard(task: StoreTask) -> dict[str, Any]:
     for stale in directory.glob("part-*.parquet"):  # an earlier build of other inputs
         if stale != target:
             stale.unlink(missing_ok=True)
-    return {"store": task.store_nbr, "path": str(target), "rows": rows_written, "reused": False}
+    return {"store": task.store_nbr, "path": str(target), "rows": rows_written, "reused": False, "rebuilt": rebuilt}
 
 
 def store_slice(history: SalesHistory, start: int, stop: int) -> SalesHistory:
@@ -172,7 +178,8 @@ def build_shards(history: SalesHistory, spec: FeatureSpec, vocab: Vocabularies, 
     """Every store's shard, on the cluster's workers (``client``) or here; returns the tasks' results by store.
 
     Stores are sent a few per worker at a time, so neither the scheduler nor a
-    worker ever holds more than those stores' history slices.
+    worker ever holds more than those stores' history slices. A shard that had to be rebuilt is said in one
+    line each (with ``progress``, as the stage's other lines are).
     """
     from pipeline.cluster import run_tasks
 
@@ -193,6 +200,9 @@ def build_shards(history: SalesHistory, spec: FeatureSpec, vocab: Vocabularies, 
             results += run_tasks(build_store_shard, tasks[start:start + wave], client=client,
                                  desc=f"features: stores {start + 1}..{min(len(tasks), start + wave)} of {len(tasks)}",
                                  progress=progress)
+    for result in results:
+        if result["rebuilt"] and progress:
+            print(f"features: {result['rebuilt']}", flush=True)
     return results
 
 
@@ -210,7 +220,10 @@ class ShardStream:
             if not path.exists():  # a worker wrote it: where this process cannot see it, or since removed
                 raise ShardError(f"{path}: feature shard not found (a Dask worker wrote it: the project must be on "
                                  "storage the workers and this process share, at the same path)")
-            parquet = pq.ParquetFile(path)
+            try:
+                parquet = pq.ParquetFile(path)
+            except (pa.ArrowException, OSError) as exc:  # damaged since it was built: the next build replaces it
+                raise ShardError(f"{path}: feature shard cannot be read ({exc}); rerun to build it again") from None
             if not parquet.schema_arrow.equals(expected):
                 raise ShardError(f"{path}: columns differ from the features of this spec (stale shard?)")
             self._groups += [(i, g) for g in range(parquet.num_row_groups)]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,7 +225,8 @@ class TrainingState:
     def read(cls, directory: Path, fingerprint: str) -> TrainingState | None:
         """The saved state, or None when there is none or it belongs to other data, params or code.
 
-        ValueError naming the file and field when it is unreadable or a field is missing or of the wrong type.
+        ValueError naming the file and field when it is unreadable or a field is missing, of the wrong type or out
+        of range (a position outside the run it records, a score that is not a finite number).
         """
         path = directory / STATE_FILE
         try:
@@ -242,6 +244,15 @@ class TrainingState:
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ValueError(f"{path}: field {key!r} is missing or not a {kind.__name__}")
             setattr(state, key, value)
+        last_step = state.curves[-1].get("step") if state.curves and isinstance(state.curves[-1], dict) else None
+        if state.step < 1 or state.step != last_step:  # a state is written at an evaluation: that evaluation's step
+            raise ValueError(f"{path}: field 'step' is {state.step}, not the last evaluation's step ({last_step})")
+        for key, most in (("epoch", state.step), ("batch", state.step), ("best_step", state.step),
+                          ("evals_since_best", len(state.curves))):
+            if not 0 <= getattr(state, key) <= most:
+                raise ValueError(f"{path}: field {key!r} is {getattr(state, key)}, outside 0 .. {most}")
+        if not (math.isfinite(state.best_score) and state.best_score >= 0):
+            raise ValueError(f"{path}: field 'best_score' is {state.best_score}, not a score (a finite NWRMSLE)")
         return state
 
     def write(self, directory: Path) -> None:

@@ -111,20 +111,80 @@ def check_reachable(uri: str) -> None:
 
 @contextlib.contextmanager
 def mlflow_errors_named(project_root: Path | str = "."):
-    """MLflow's own exceptions (a store that refused, a server gone mid-stage) as one TrackingError naming the store:
-    a stage says one line, never MLflow's traceback."""
+    """MLflow's own exceptions (a store that refused, a server gone mid-stage), and those of the database beneath a
+    database-backed store (SQLAlchemy, sqlite3), as one TrackingError naming the store: a stage says one line, never
+    a traceback."""
     try:
         yield
     except TrackingError:
         raise
     except Exception as exc:
-        if type(exc).__module__.startswith("mlflow"):
-            raise TrackingError(f"MLflow at {shown_uri(project_root)}: {getattr(exc, 'message', exc)}") from None
-        raise
+        named = _store_error(exc, project_root)
+        if named is None:
+            raise
+        raise named from None
+
+
+_BROKEN_SCHEMA = re.compile(r"already exists|duplicate column|no such (?:table|column)|malformed|not a database")
+
+
+def _store_error(exc: Exception, project_root: Path | str) -> TrackingError | None:
+    """``exc`` as one line naming the store, when it came from MLflow or its database; else None.
+
+    A local sqlite store whose schema is broken (half made by an interrupted first run of an older Shelfcast, or
+    damaged) fails every later run the same way: the line says how to recover."""
+    if not type(exc).__module__.startswith(("mlflow", "sqlalchemy", "sqlite3", "alembic")):
+        return None
+    text = str(getattr(exc, "orig", None) or getattr(exc, "message", None) or exc) or type(exc).__name__
+    text = " ".join(text.split())  # one line, whatever the message's own layout
+    db = local_store_path(tracking_uri(project_root))
+    if db is not None and not type(exc).__module__.startswith("mlflow") and _BROKEN_SCHEMA.search(text):
+        text += (f"; the store file is broken (half made or damaged): move it aside (mv {db} {db}.broken) and "
+                 "rerun, which starts a new store (the runs recorded so far stay in the moved file)")
+    return TrackingError(f"MLflow at {shown_uri(project_root)}: {text}")
+
+
+def local_store_path(uri: str) -> Path | None:
+    """The database file of a local sqlite tracking URI (``sqlite:///<path>``), else None."""
+    if not uri.startswith("sqlite:///") or "?" in uri or uri == "sqlite:///:memory:":
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def create_local_store(db: Path) -> None:
+    """A new sqlite store, whole or not at all. MLflow makes a store's schema in dozens of migrations over seconds;
+    a kill among them left a database every later run failed on. They run in a staging file beside ``db``, which is
+    then linked into place (never over a store another process made meanwhile); a killed creation leaves no
+    ``db``, and the next creation removes its staging file."""
+    from mlflow import MlflowClient
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    for left in db.parent.glob(f".{db.name}.*.creating"):  # a killed creation's, unless its process still runs
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(left.name.split(".")[-2])
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 0)
+                continue
+            left.unlink()
+    staging = db.with_name(f".{db.name}.{os.getpid()}.creating")
+    staging.unlink(missing_ok=True)
+    uri = f"sqlite:///{staging.as_posix()}"
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # makes every table, migrated to head
+        try:
+            os.link(staging, db)
+        except FileExistsError:
+            pass  # another process made the store first: use that one
+        except OSError:  # a file system without hard links
+            if not db.exists():
+                os.replace(staging, db)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 def client(project_root: Path | str = "."):
-    """An MlflowClient on the project's store (imported here, never at module import)."""
+    """An MlflowClient on the project's store (imported here, never at module import); a local sqlite store that
+    does not exist yet is created whole first (create_local_store)."""
     import logging
 
     from mlflow import MlflowClient
@@ -133,7 +193,11 @@ def client(project_root: Path | str = "."):
     logging.getLogger("alembic").setLevel(logging.WARNING)
     uri = tracking_uri(project_root)
     check_reachable(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with mlflow_errors_named(project_root):
+        db = local_store_path(uri)
+        if db is not None and not db.exists():
+            create_local_store(db)
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def ensure_experiment(mlflow_client, project_root: Path | str = ".", name: str = EXPERIMENT_NAME) -> str:

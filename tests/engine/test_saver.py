@@ -222,6 +222,31 @@ def test_a_save_killed_while_overwriting_leaves_one_restorable_checkpoint(tmp_pa
     np.testing.assert_array_equal(sess.run(w), np.full(3, 3.0, np.float32))
 
 
+_FULL_DISK = textwrap.dedent('''
+    import resource, signal, sys, numpy as np, engine as en
+    with en.Graph().as_default():
+        w = en.Variable(np.ones(1 << 20, np.float32), name="w")  # 4 MB of checkpoint data
+        s = en.Session(); s.run(w.initializer)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails (EFBIG), as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+        try:
+            en.train.Saver().save(s, sys.argv[1], global_step=7)
+        except OSError as exc:
+            print(exc.filename, "|", exc.strerror)
+''')
+
+
+def test_a_write_that_fails_for_room_names_the_checkpoint_file(tmp_path):
+    """A full disk while saving said only "No space left on device": a write's OSError names no file, and the
+    temporary or staged name it was under means nothing to a user. The error names the output."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    said = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path / "last"), str(1 << 20)], env=env,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    filename, _, reason = said.partition(" | ")
+    assert filename == str(tmp_path / "last-7.npz") and reason == os.strerror(27)  # EFBIG: File too large
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+
+
 def test_a_save_leaves_a_users_files_beside_the_checkpoint_alone(tmp_path):
     """The sweep of staged data left by killed saves removed any '<prefix>.npz-' + 16 characters, e.g. a backup
     'm.npz-2026-12-03T1'; it takes only the staged names (16 hex digits of the data's sha256)."""

@@ -61,7 +61,10 @@ def test_unreachable_scheduler_is_a_clear_error():
 
 
 @pytest.mark.parametrize("address", ["notaurl", "tcp://127.0.0.1", "http://localhost:8786", "tcp://:abc",
-                                     "tcp://host:0", "tcp://host:70000"])
+                                     "tcp://host:0", "tcp://host:70000",
+                                     # passed the check, then Dask refused them ("invalid literal for int()"), or
+                                     # named a scheduler inside the stage's own process, which it never has
+                                     "tcp://127.0.0.1:1/", "tcp://host:8786/path", "inproc://x"])
 def test_an_address_dask_cannot_parse_is_a_params_error_naming_where_it_came_from(address):
     """They gave a traceback from inside distributed (ValueError: missing port number ...)."""
     with pytest.raises(ParamsError, match=rf"^cluster.scheduler: '{re.escape(address)}' is not a scheduler address"):
@@ -70,6 +73,45 @@ def test_an_address_dask_cannot_parse_is_a_params_error_naming_where_it_came_fro
         scheduler_address({}, environ={SCHEDULER_ENV: address})
     for good in ("tcp://10.0.0.5:8786", "scheduler:8786", "tls://dask.example.org:8786", "tcp://[::1]:8786"):
         assert scheduler_address({"cluster": {"scheduler": good}}, environ={}) == good
+
+
+def test_tls_takes_daskconfig_settings_and_without_them_says_which(monkeypatch):
+    """tls://… gave a 55-line traceback ending "TypeError: TLS expects a ssl_context": the settings it lacks are
+    Dask's own (distributed.comm.tls.*), which the client picks up; a real TLS scheduler, in this process."""
+    import dask
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    for key in [k for k in os.environ if k.startswith("DASK_")]:
+        monkeypatch.delenv(key)
+    security = Security.temporary()  # in-memory certificates; Dask's config takes PEM text or file paths alike
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tls", security=security,
+                      host="127.0.0.1", dashboard_address=None) as cluster:
+        address = cluster.scheduler_address
+        assert scheduler_address({}, environ={SCHEDULER_ENV: address}) == address
+        with pytest.raises(ClusterError) as refused:
+            with dask_client(address, timeout_s=5):
+                pass
+        message = str(refused.value)
+        assert "\n" not in message and message.startswith(f"Dask scheduler {address} ")
+        assert "TLS needs Dask's security settings" in message and "distributed.comm.tls.ca-file" in message
+        with dask.config.set({"distributed.comm.tls.ca-file": security.tls_ca_file,
+                              "distributed.comm.tls.client.cert": security.tls_client_cert,
+                              "distributed.comm.tls.client.key": security.tls_client_key}):
+            with dask_client(address, timeout_s=30) as client:
+                assert [v for v, _ in run_tasks(_square_with_pid, [2, 3], client=client, progress=False)] == [4, 9]
+
+
+def test_ucx_without_its_package_is_one_line_naming_it():
+    """ucx://… gave a traceback ending in a TypeError about UCXConnector (Distributed dropped UCX-Py)."""
+    import importlib.util
+
+    if importlib.util.find_spec("distributed_ucxx") is not None:
+        pytest.skip("distributed-ucxx is installed: ucx:// is a transport like any other here")
+    with pytest.raises(ClusterError, match=r"^Dask scheduler ucx://127.0.0.1:1 .*cannot be reached: ucx:// needs "
+                                           r"the distributed-ucxx package, which is not installed here$"):
+        with dask_client("ucx://127.0.0.1:1", timeout_s=2):
+            pass
 
 
 def _slow(value: int) -> int:

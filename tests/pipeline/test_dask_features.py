@@ -147,6 +147,31 @@ def test_a_shard_this_process_cannot_see_is_one_line_saying_why(tmp_path, capsys
     assert err.count("\n") == 1
 
 
+def test_a_shard_cut_short_is_rebuilt_with_one_line_naming_it(history, tmp_path, capsys):
+    """A truncated shard (a full disk, a copy cut short) made every rerun fail with "ArrowInvalid: Parquet magic
+    bytes not found", naming no file: it is rebuilt, as a damaged checkpoint is."""
+    fparams, _ = _params()
+    _, _, origins = train.origins(history, fparams)
+    vocab = Vocabularies.fit(history.series_categorical())
+    first = feature_shards.build_shards(history, fparams.spec, vocab, origins, tmp_path)
+    damaged = Path(first[1]["path"])
+    whole = damaged.read_bytes()
+    damaged.write_bytes(whole[:len(whole) // 2])
+    capsys.readouterr()
+    again = feature_shards.build_shards(history, fparams.spec, vocab, origins, tmp_path, progress=True)
+    said = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(said) == 1 and said[0].startswith(f"features: the feature shard {damaged} cannot be read (")
+    assert said[0].endswith("); rebuilt")
+    assert [r["reused"] for r in again] == [True, False, True] and damaged.read_bytes() == whole
+    # damaged after it was built (read by training): one line naming it, not Arrow's traceback
+    from pipeline.stage import run_stage
+
+    damaged.write_bytes(b"PAR1 cut")
+    assert run_stage("train", lambda args: feature_shards.ShardStream([damaged], fparams.spec), []) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"train: error: {damaged}: feature shard cannot be read (") and err.count("\n") == 1
+
+
 def test_an_item_that_never_sold_in_the_history_is_unknown_to_the_model(history):
     """``train.training_vocabularies`` is the one rule (the train stage and ``python -m pipeline.feature_shards``
     both call it): a series with no row in the history's days adds nothing to the vocabularies."""

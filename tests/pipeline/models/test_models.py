@@ -129,6 +129,13 @@ def _flip_a_byte(path):
     path.write_bytes(bytes(data))
 
 
+def _set_state(directory, **fields):
+    import json
+
+    path = directory / models.STATE_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))  # NaN is written as JSON's NaN
+
+
 CHECKPOINT_DAMAGE = {
     "the last checkpoint cut short": lambda d: _newest(d, "last-*.npz").write_bytes(
         _newest(d, "last-*.npz").read_bytes()[:100]),
@@ -139,6 +146,14 @@ CHECKPOINT_DAMAGE = {
         (d / models.STATE_FILE).read_text()[:40]),
     "a state field of the wrong type": lambda d: (d / models.STATE_FILE).write_text(
         (d / models.STATE_FILE).read_text().replace('"step": 40', '"step": "40"')),
+    # well-typed but out of range: an islice error on every rerun, a resume at step -50, the wrong weights kept
+    "a negative batch": lambda d: _set_state(d, batch=-1),
+    "a negative step": lambda d: _set_state(d, step=-50),
+    "a best score that is not a number": lambda d: _set_state(d, best_score=float("nan")),
+    "an infinite best score": lambda d: _set_state(d, best_score=float("inf")),
+    "a best step after the step": lambda d: _set_state(d, best_step=400),
+    "a step other than the last evaluation's": lambda d: _set_state(d, step=4_000_000),
+    "more evaluations since the best than were made": lambda d: _set_state(d, evals_since_best=9),
 }
 
 

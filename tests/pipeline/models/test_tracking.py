@@ -175,3 +175,137 @@ def test_an_evaluation_is_nested_and_writes_the_verdict_only_on_an_unregistered_
     assert not second.training_run_updated
     assert tracking.run_data(store, train_run.run_id)[2]["threshold_test"] == "passed"
     assert tracking.run_data(store, second.run_id)[2]["threshold_test"] == "failed"
+
+
+def _in_a_new_process(code: str, root):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-c", f"import sys; from pipeline import tracking; {code}", str(root)],
+                          cwd=Path(tracking.__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _schema_head() -> str:
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return _get_latest_schema_revision()
+
+
+def _schema_revision(db) -> str | None:
+    """The alembic revision a sqlite store records, read without writing (None: none yet, or busy)."""
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05)
+        try:
+            row = connection.execute("select version_num from alembic_version").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
+
+
+def test_a_first_run_killed_while_mlflow_creates_its_store_leaves_none_or_a_whole_one(store):
+    """Killed (kill -9, Ctrl-C) among MLflow's schema migrations, the first train left a half-migrated mlflow.db that
+    every later run failed on ("duplicate column name", "table ... already exists") until the user deleted it."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    head = _schema_head()
+    db = store / "mlflow.db"
+    repo = Path(tracking.__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    creating = subprocess.Popen([sys.executable, "-c", "import sys; from pipeline import tracking; "
+                                 "tracking.client(sys.argv[1]).search_experiments()", str(store)],
+                                cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen_partial_db, killed = [], False
+    deadline = time.monotonic() + 120
+    try:
+        while creating.poll() is None and time.monotonic() < deadline:
+            if db.exists() and _schema_revision(db) not in (None, head):
+                seen_partial_db.append(_schema_revision(db))
+            # mid-migration, wherever the schema is being made: kill it there
+            partial = [p for p in [db, *store.glob(".mlflow.db*")] if _schema_revision(p) not in (None, head)]
+            if partial:
+                creating.kill()
+                killed = True
+                break
+            time.sleep(0.01)
+    finally:
+        creating.kill()
+        creating.wait(timeout=30)
+    assert killed, "the store was made before the test saw a migration under way"
+    assert not seen_partial_db, f"mlflow.db existed half migrated (at revision {seen_partial_db[0]})"
+    assert not db.exists() or _schema_revision(db) == head
+    # the next run makes the store, whole, and removes what the killed one left
+    client = tracking.client(store)
+    assert tracking.ensure_experiment(client, store)
+    assert _schema_revision(db) == head
+    assert sorted(p.name for p in store.iterdir()) == ["mlflow.db"]
+
+
+def _half_migrated_store(root) -> None:
+    """What a kill among the migrations left in mlflow.db before: some later tables missing, the schema stamped at
+    an early revision whose successors already ran (so every rerun of them fails)."""
+    import sqlite3
+
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    # made by MLflow's store class directly: an MlflowClient would keep this store for the process's life
+    SqlAlchemyStore(f"sqlite:///{(root / 'mlflow.db').as_posix()}", (root / "mlartifacts").as_uri())
+    first = list(ScriptDirectory.from_config(_get_alembic_config(db_url="")).walk_revisions())[-1].revision
+    connection = sqlite3.connect(root / "mlflow.db")
+    connection.execute("drop table spans")
+    connection.execute("update alembic_version set version_num = ?", (first,))
+    connection.commit()
+    connection.close()
+
+
+def test_a_broken_local_store_is_one_line_saying_how_to_recover(tmp_path, monkeypatch):
+    """A half-migrated or damaged mlflow.db gave a 100+ line SQLAlchemy traceback on every run."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    half, garbage = tmp_path / "half", tmp_path / "garbage"
+    half.mkdir()
+    garbage.mkdir()
+    _half_migrated_store(half)
+    (garbage / "mlflow.db").write_bytes(b"not sqlite at all" * 300)
+    for root in (half, garbage):
+        db = root / "mlflow.db"
+        with pytest.raises(tracking.TrackingError) as error:
+            with tracking.mlflow_errors_named(root):
+                tracking.TrainingRun(root, "train", {})
+        message = str(error.value)
+        assert "\n" not in message and message.startswith(f"MLflow at sqlite:///{db.resolve().as_posix()}: ")
+        assert f"broken (half made or damaged): move it aside (mv {db.resolve()} {db.resolve()}.broken)" in message
+    # moved aside as the line says, the next run (a new process, as a stage is) makes a new store
+    (half / "mlflow.db").rename(half / "mlflow.db.broken")
+    rerun = _in_a_new_process("tracking.TrainingRun(sys.argv[1], 'train', {}).__exit__(None, None, None)", half)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _schema_revision(half / "mlflow.db") == _schema_head()
+
+
+def test_a_database_error_from_the_store_is_one_line_naming_it(tmp_path, monkeypatch):
+    """Errors raised by SQLAlchemy or sqlite3 while talking to the store passed through as tracebacks."""
+    import sqlite3
+
+    import sqlalchemy
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    with pytest.raises(tracking.TrackingError, match=r"^MLflow at sqlite:///.*mlflow\.db: database is locked$"):
+        with tracking.mlflow_errors_named(tmp_path):
+            raise sqlite3.OperationalError("database is locked")  # not the schema: no advice to move the file
+    with pytest.raises(tracking.TrackingError, match=r"^MLflow at sqlite:///.*mlflow\.db: no such table: missing; "
+                                                     r"the store file is broken"):
+        with tracking.mlflow_errors_named(tmp_path), engine.connect() as connection:
+            connection.execute(sqlalchemy.text("select * from missing"))
