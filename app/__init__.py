@@ -21,12 +21,13 @@ from app.events import PredictionEventSink
 from app.metrics import REQUEST_DURATION, count_event, labelled, metrics_blueprint, observe_models
 from app.model_store import ProductionWithFallback
 from app.predictor import Predictor
-from app.request_buffer import BODY_TIMED_OUT, BODY_TOO_LARGE, BufferedRequests
+from app.request_buffer import BODY_MALFORMED, BODY_TIMED_OUT, BODY_TOO_LARGE, BufferedRequests, malformed_body
 from app.state import EXTENSION_KEY, ServingState
+from app.validation import check_body_encoding
 from app.variants import Variants, installed_candidates
 from pipeline.release_store import ReleaseStore
 
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # an X-Request-ID like this is echoed, any other replaced
 # Sent with every response unless a route set its own (a report page may need other sources).
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
@@ -81,6 +82,10 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
             raise RequestEntityTooLarge()
         if request.environ.get(BODY_TIMED_OUT):
             raise RequestTimeout(f"the request body did not arrive within {settings.body_timeout_s} s")
+        if BODY_MALFORMED in request.environ:  # before routing, as the two above: the message itself is bad
+            raise malformed_body(request.environ[BODY_MALFORMED])
+        if request.content_length:
+            check_body_encoding(request.headers.get("Content-Encoding", ""), request.mimetype_params.get("charset"))
 
     @app.after_request
     def tag_response(response):

@@ -12,6 +12,11 @@ from app.validation import FieldError, InputError
 log = logging.getLogger(__name__)
 
 JSON_PREFIXES = ("/api/", "/healthz", "/readyz")
+MAX_ERRORS_SHOWN = 50  # errors[] lists the first ones; `errors_omitted` counts the rest
+
+
+class FormTooLarge(RequestEntityTooLarge):
+    """413 from Werkzeug's form limits (parts, a field's size), within the body size limit: says which."""
 
 
 def wants_json() -> bool:
@@ -19,8 +24,12 @@ def wants_json() -> bool:
 
 
 def error_response(status: int, code: str, message: str, errors: list[FieldError] | None = None):
-    body = {"code": code, "message": message, "errors": [e.to_json() for e in errors or []],
+    """The one error body of the JSON routes; at most MAX_ERRORS_SHOWN errors, so its size is bounded."""
+    errors = errors or []
+    body = {"code": code, "message": message, "errors": [e.to_json() for e in errors[:MAX_ERRORS_SHOWN]],
             "request_id": getattr(g, "request_id", None) or ""}
+    if len(errors) > MAX_ERRORS_SHOWN:
+        body["errors_omitted"] = len(errors) - MAX_ERRORS_SHOWN
     response = jsonify(body)
     response.status_code = status
     return response
@@ -29,11 +38,17 @@ def error_response(status: int, code: str, message: str, errors: list[FieldError
 def register_error_handlers(app: Flask, max_body_bytes: int) -> None:
     @app.errorhandler(InputError)
     def input_error(exc: InputError):
-        return error_response(exc.status, exc.code, exc.message, exc.errors)
+        if wants_json():
+            return error_response(exc.status, exc.code, exc.message, exc.errors)
+        details = "; ".join(f"{e.field}: {e.message}" for e in exc.errors[:MAX_ERRORS_SHOWN])
+        return render_template("error.html", status=exc.status, message=f"{exc.message} ({details})"), exc.status
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge):
-        message = f"the request body is larger than {max_body_bytes} bytes"
+        if isinstance(exc, FormTooLarge):
+            message = exc.description
+        else:
+            message = f"the request body is larger than {max_body_bytes} bytes"
         if wants_json():
             return error_response(413, "body_too_large", message, [FieldError("body", message)])
         return render_template("error.html", status=413, message=message), 413
@@ -53,7 +68,7 @@ def register_error_handlers(app: Flask, max_body_bytes: int) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        log.exception("request %s %s failed (request id %s)",
+        log.exception("request %r %r failed (request id %s)",  # %r: a path may hold a newline
                       request.method, request.path, getattr(g, "request_id", "?"))
         message = "internal error; it has been logged with this request id"
         if wants_json():

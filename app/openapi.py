@@ -7,12 +7,15 @@ requests from it and checks every response against it, so it cannot drift from t
 from __future__ import annotations
 
 from app.catalog import MAX_QUERY
+from app.errors import MAX_ERRORS_SHOWN
 from app.examples import DEFAULT_DATA_EXAMPLE, Example
 from app.validation import MAX_ID
 
 ERROR_CODES = {
     "invalid_request": "the body or a field is malformed (400)",
     "not_forecastable": "a store/item the model was not trained on, or a date outside its horizon (422)",
+    "unsupported_media_type": "not application/json, compressed (Content-Encoding), or a charset other than utf-8 "
+                              "(415)",
 }
 
 
@@ -111,6 +114,8 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
                     "type": "object", "required": ["field", "message"],
                     "properties": {"field": {"type": "string", "description": "e.g. instances[0].date"},
                                    "message": {"type": "string"}}}},
+                "errors_omitted": {"type": "integer", "minimum": 1,
+                                   "description": f"errors after the first {MAX_ERRORS_SHOWN} (absent if none)"},
             },
         },
     }
@@ -132,11 +137,13 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
                     "example": {"instances": [example.instance()]}}}},
                 "responses": {
                     "200": _json("#/components/schemas/PredictResponse", "one prediction per instance, in order"),
-                    "400": _error("malformed JSON or an invalid field (each named in errors[].field)"),
+                    "400": _error("malformed JSON (a key twice in one object included), an invalid field (each "
+                                  "named in errors[].field), or a body shorter than its Content-Length"),
                     "408": _error("the body did not arrive within the server's body time limit "
                                   "(SHELFCAST_BODY_TIMEOUT_S)"),
                     "413": _error(f"body larger than {max_body_bytes} bytes"),
-                    "415": _error("the body is not application/json"),
+                    "415": _error("the body is not application/json, is compressed (any Content-Encoding but "
+                                  "identity), or declares a charset other than utf-8"),
                     "422": _error("unknown store or item, or a date outside the model's horizon"),
                     "503": unavailable,
                 },

@@ -6,7 +6,8 @@ body is read (into memory, at most SHELFCAST_MAX_BODY_BYTES, whether sent with a
 Content-Length or chunked: over it -> 413) by the connection's thread before the app is
 entered, within SHELFCAST_BODY_TIMEOUT_S for the whole body (a stalled or trickling body ->
 408 and the thread is free again; `BodyDeadlines`). A body the server cannot decode (a
-malformed chunked body) reaches the app as a stream that answers 400 when read, and the
+malformed chunked body) or one that ends before its Content-Length (an incomplete message,
+RFC 9112 6.3) is marked `BODY_MALFORMED`: the app answers 400 whatever the path, and the
 connection is not reused. The app itself then runs one request at a time per process, so the
 extra threads that wait on slow clients never compete for the GIL with a forecast being made
 (CPU-bound Python: one at a time per process is fastest), and in the order the requests
@@ -153,14 +154,15 @@ class BufferedRequests:
             watch = BODY_DEADLINES.watch(client, time.monotonic() + self.body_timeout_s)
         body, timed_out, failure = None, False, None
         try:
-            body = self._read_within_limit(environ["wsgi.input"], wanted)
+            body = self._read_within_limit(environ["wsgi.input"], wanted, declared.isdigit())
         except (TimeoutError, socket.timeout):
             timed_out = True  # one recv() waited the whole timeout
-        except (OSError, ParseException) as exc:
+        except (OSError, ParseException, IncompleteBody) as exc:
             if isinstance(exc, OSError) and exc.errno is not None:
                 raise  # the connection failed (reset, ...): the server handles that
             # no errno: the server's decoder refused the body (gunicorn's InvalidChunkSize, a bad trailer's
-            # InvalidHeader, ...), or the client left mid-body (NoMoreData): nobody reads that 400
+            # InvalidHeader, ...), or the client sent less than it announced: it left mid-body (NoMoreData,
+            # nobody reads that 400) or ended its side of the connection early (IncompleteBody)
             failure = exc
         finally:
             if watch is not None and BODY_DEADLINES.release(watch):
@@ -172,8 +174,9 @@ class BufferedRequests:
             return None
         if failure is not None:
             environ[BODY_MALFORMED] = f"{type(failure).__name__}: {failure}"[:200]
-            log.log(logging.DEBUG if isinstance(failure, NoMoreData) else logging.WARNING,
-                    "%s %s from %s: malformed request body (%s); answered 400", environ.get("REQUEST_METHOD"),
+            # %r for what the client sent: a decoded path may hold a newline (%0a) that would forge a log line
+            log.log(logging.DEBUG if isinstance(failure, (NoMoreData, IncompleteBody)) else logging.WARNING,
+                    "%r %r from %r: malformed request body (%r); answered 400", environ.get("REQUEST_METHOD"),
                     environ.get("PATH_INFO"), environ.get("REMOTE_ADDR", "?"), environ[BODY_MALFORMED])
             if isinstance(client, socket.socket):
                 _read_no_more(client)  # the rest of the stream cannot be framed: no request may follow on it
@@ -182,12 +185,16 @@ class BufferedRequests:
             environ[BODY_TOO_LARGE] = True
         return body
 
-    def _read_within_limit(self, stream, wanted: int) -> bytes | None:
-        """The body (``wanted`` bytes at most, fewer if the stream ends first); None if over max_body_bytes."""
+    def _read_within_limit(self, stream, wanted: int, declared: bool) -> bytes | None:
+        """The body (``wanted`` bytes at most); None if over max_body_bytes. A ``declared`` length that the
+        stream ends short of raises IncompleteBody; without one, the stream's end is the body's."""
         chunks, size = [], 0
         while size <= self.max_body_bytes:
             chunk = stream.read(min(CHUNK, wanted - size)) if size < wanted else b""
             if not chunk:
+                if declared and size < wanted:
+                    raise IncompleteBody(f"the body ended after {size} of the {wanted} bytes its Content-Length "
+                                         "declares")
                 return b"".join(chunks)
             chunks.append(chunk)
             size += len(chunk)
@@ -246,9 +253,19 @@ class BodyDeadlines:
 BODY_DEADLINES = BodyDeadlines()
 
 
+class IncompleteBody(Exception):
+    """The client ended the body before the length its Content-Length declares (RFC 9112 6.3)."""
+
+
+def malformed_body(reason: str) -> BadRequest:
+    """The 400 for a body marked BODY_MALFORMED: the app raises it before routing (app/__init__.py)."""
+    return BadRequest(f"the request body is malformed ({reason})")
+
+
 class UndecodableBody(io.RawIOBase):
     """What the app reads in place of a body the server could not decode: any read raises BadRequest (400),
-    which the app answers with its own error shape and headers."""
+    which the app answers with its own error shape and headers (for an app that does not look at BODY_MALFORMED
+    first)."""
 
     def __init__(self, reason: str):
         super().__init__()
@@ -258,7 +275,7 @@ class UndecodableBody(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        raise BadRequest(f"the request body is malformed ({self.reason})")
+        raise malformed_body(self.reason)
 
 
 def _read_no_more(client: socket.socket) -> None:

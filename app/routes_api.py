@@ -12,7 +12,7 @@ from app.examples import example_for
 from app.openapi import openapi_document
 from app.variants import installed_candidates, predict_with_variants
 from app.state import serving_state
-from app.validation import FieldError, InputError, check_forecastable, parse_instances
+from app.validation import FieldError, InputError, check_forecastable, parse_instances, shorten
 from pipeline.release_store import PRODUCTION
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -22,14 +22,33 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+class DuplicateKey(ValueError):
+    """A key twice in one JSON object: json keeps the last silently, so which one the client meant is unknown."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def parse_json_body() -> object:
-    """The body as JSON, strictly (no NaN/Infinity); 415/400 InputErrors say what is wrong."""
+    """The body as JSON, strictly (no NaN/Infinity, no key twice in an object); 415/400 InputErrors say what is
+    wrong."""
     if request.mimetype != "application/json":
         raise InputError(415, "unsupported_media_type", "send the body as application/json",
                          [FieldError("Content-Type", f"expected application/json, got {request.mimetype or 'none'!r}")])
     raw = request.get_data(cache=False)  # beyond MAX_CONTENT_LENGTH this raises 413
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except DuplicateKey as exc:
+        raise InputError(400, "invalid_request", "the body repeats a key within one object",
+                         [FieldError("body", f"duplicate key {shorten(exc.args[0])!r}: give each key once")]) from None
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         detail = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
         raise InputError(400, "invalid_request", "the body is not valid JSON",

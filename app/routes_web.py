@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, g, render_template, request
+from flask import Blueprint, current_app, g, render_template, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.chart import SIZES, format_units, sales_chart_svg
+from app.errors import FormTooLarge
 from app.examples import example_for
 from app.predictor import LoadedModel
 from app.service import day_numbers, forecast_instances, predict_and_log
@@ -35,7 +37,7 @@ def submit():
     model = state.predictor.model
     if model is None:
         return _page(None, status=503)
-    form = parse_form(request.form, model)
+    form = parse_form(_form_fields(), model)
     if form.instance is None:
         return _page(model, form, status=400)
     instance = form.instance
@@ -43,6 +45,19 @@ def submit():
     result = _result(model, instance, prediction["unit_sales"])
     result["expected_units"] = prediction.get("expected_units")  # None for a bundle trained before them
     return _page(model, form, result=result)
+
+
+def _form_fields():
+    """The posted fields; within the body size limit a 413 here is Werkzeug's form limits: say so."""
+    try:
+        return request.form
+    except RequestEntityTooLarge:
+        config = current_app.config
+        if config["MAX_CONTENT_LENGTH"] is not None and (request.content_length or 0) > config["MAX_CONTENT_LENGTH"]:
+            raise
+        raise FormTooLarge(f"the form has more than {config['MAX_FORM_PARTS']} parts (fields), or a field larger "
+                           f"than {config['MAX_FORM_MEMORY_SIZE']} bytes: Werkzeug's form limits (the body itself "
+                           "is within its size limit)") from None
 
 
 def _result(model: LoadedModel, instance: Instance, units: float) -> dict:

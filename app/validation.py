@@ -3,7 +3,9 @@
 Two steps, two status codes: ``parse_instances`` checks the request's shape and types
 (400: the client sent something malformed), ``check_forecastable`` checks the values against
 the served model — a store or item it was not trained on, or a date outside its forecast
-horizon (422: well-formed, but not something this model can forecast).
+horizon (422: well-formed, but not something this model can forecast). Before either, ``check_body_encoding``
+refuses a body that would be misread (415: compressed, or not UTF-8). Echoed client values are shortened
+(``shorten``), so an error stays small whatever was sent.
 """
 
 from __future__ import annotations
@@ -36,9 +38,6 @@ class InputError(ValueError):
         super().__init__(message)
         self.status, self.code, self.message, self.errors = status, code, message, errors
 
-    def to_json(self) -> dict:
-        return {"code": self.code, "message": self.message, "errors": [e.to_json() for e in self.errors]}
-
 
 @dataclass(frozen=True)
 class Instance:
@@ -52,9 +51,27 @@ class Instance:
                 "onpromotion": self.onpromotion}
 
 
+def shorten(text: str, limit: int = 40) -> str:
+    """Client-sent text as an error message echoes it: at most ``limit`` characters, so errors stay small."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return shorten(repr(value))
+
+
+def check_body_encoding(content_encoding: str, charset: str | None) -> None:
+    """InputError(415) for a body this app would misread: compressed (no Content-Encoding is decoded here), or
+    declared in a charset other than UTF-8 (neither the JSON nor the form reader takes a charset from the header)."""
+    errors = []
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
+    if any(coding != "identity" for coding in codings):
+        errors.append(FieldError("Content-Encoding", f"unsupported content coding {shorten(content_encoding)!r}: "
+                                                     "send the body uncompressed (identity)"))
+    if charset is not None and charset.strip().lower() not in ("utf-8", "utf8"):
+        errors.append(FieldError("Content-Type", f"unsupported charset {shorten(charset)!r}: send the body as utf-8"))
+    if errors:
+        raise InputError(415, "unsupported_media_type", "the body's encoding is not supported", errors)
 
 
 def check_id(value: Any, field: str, errors: list[FieldError]) -> int | None:
@@ -62,7 +79,7 @@ def check_id(value: Any, field: str, errors: list[FieldError]) -> int | None:
         errors.append(FieldError(field, f"expected an integer, got {_describe(value)}"))
         return None
     if not 1 <= value <= MAX_ID:
-        errors.append(FieldError(field, f"expected an integer 1..{MAX_ID}, got {value}"))
+        errors.append(FieldError(field, f"expected an integer 1..{MAX_ID}, got {_describe(value)}"))
         return None
     return value
 
@@ -91,7 +108,7 @@ def parse_instances(payload: Any, max_batch: int) -> list[Instance]:
         raise InputError(400, "invalid_request", "the body must be a JSON object",
                          [FieldError("body",
                                      f'expected an object {{"instances": [...]}}, got {type(payload).__name__}')])
-    errors = [FieldError(k, "unknown field (expected only 'instances')") for k in payload if k != "instances"]
+    errors = [FieldError(shorten(k), "unknown field (expected only 'instances')") for k in payload if k != "instances"]
     instances = payload.get("instances")
     if "instances" not in payload:
         errors.append(FieldError("instances", "required"))
@@ -115,7 +132,7 @@ def _parse_instance(item: Any, where: str, errors: list[FieldError]) -> Instance
                                         f"got {type(item).__name__}"))
         return None
     before = len(errors)
-    errors.extend(FieldError(f"{where}.{k}", "unknown field") for k in item if k not in INSTANCE_FIELDS)
+    errors.extend(FieldError(f"{where}.{shorten(k)}", "unknown field") for k in item if k not in INSTANCE_FIELDS)
     errors.extend(FieldError(f"{where}.{k}", "required") for k in INSTANCE_FIELDS if k not in item)
     store = check_id(item["store_nbr"], f"{where}.store_nbr", errors) if "store_nbr" in item else None
     product = check_id(item["item_nbr"], f"{where}.item_nbr", errors) if "item_nbr" in item else None

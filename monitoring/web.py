@@ -8,7 +8,8 @@ The embedded default for people without Kibana. Register it in the app factory:
 Routes: GET /monitoring (HTML), GET /monitoring/drift-report (the full HTML report
 `python -m monitoring.drift` wrote), GET /api/v1/monitoring (the same data as JSON).
 Where to read: SHELFCAST_PREDICTION_LOG (default logs/predictions.jsonl) and
-SHELFCAST_DRIFT_DIR (default logs/drift).
+SHELFCAST_DRIFT_DIR (default logs/drift). The prediction statistics are at most
+monitoring.recent_predictions.STATISTICS_TTL_S old (`StatisticsCache`); the drift report is read on every call.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from flask import Blueprint, abort, current_app, jsonify, render_template, send_
 from markupsafe import Markup
 
 from monitoring.drift import DEFAULT_OUTPUT_DIR, REPORT_HTML, REPORT_JSON
-from monitoring.recent_predictions import recent_statistics
+from monitoring.recent_predictions import StatisticsCache
 from pipeline.event_sources import prediction_log
 
 ENV_DRIFT_DIR = "SHELFCAST_DRIFT_DIR"
 
 monitoring_blueprint = Blueprint("monitoring", __name__, template_folder="templates")
+RECENT_STATISTICS = StatisticsCache()  # per process: the routes are unauthenticated, the log's read is not cheap
 
 
 @monitoring_blueprint.app_template_filter("readable_time")
@@ -79,7 +81,7 @@ def page_data() -> dict[str, Any]:
                                      "drifted": record.get("drifted"),
                                      "verdict": record.get("verdict") or ("drift" if record.get("drifted") else "ok")}
                                     for name, record in worst]}
-    return {"recent": recent_statistics(prediction_log()), "drift": summary,
+    return {"recent": RECENT_STATISTICS.get(prediction_log()), "drift": summary,
             "drift_report_available": (_drift_dir() / REPORT_HTML).is_file()}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -178,3 +179,78 @@ def test_a_sane_request_id_is_kept_and_an_odd_one_replaced(served):
     assert kept.json["request_id"] == "abc-123"
     replaced = served.client.post("/api/v1/predict", json=body, headers={"X-Request-ID": "<script>" + "x" * 100})
     assert replaced.json["request_id"] != "<script>" + "x" * 100 and len(replaced.json["request_id"]) == 32
+
+
+def test_an_error_body_stays_small_whatever_the_request(served):
+    """The first 50 errors and a count of the rest; client values (keys, numbers) echoed at most 40 characters."""
+    response = served.client.post("/api/v1/predict", json={"instances": [{}] * 1000})
+    assert response.status_code == 400
+    body = response.json
+    assert body["message"] == "4000 invalid field(s)"
+    assert len(body["errors"]) == 50 and body["errors_omitted"] == 3950
+    assert len(response.data) < 5_000
+
+    keys = ",".join(f'"{"k" * 200}{i}":0' for i in range(2000))  # one instance, 2000 long unknown keys
+    response = served.client.post("/api/v1/predict", data='{"instances": [{%s}]}' % keys,
+                                  content_type="application/json")
+    assert response.status_code == 400 and response.json["errors_omitted"] == 2004 - 50
+    assert max(len(e["field"]) for e in response.json["errors"]) <= len("instances[0].") + 40
+    assert len(response.data) < 10_000
+    response = served.client.post("/api/v1/predict", data='{"instances": [1], %s}' % keys,
+                                  content_type="application/json")
+    assert max(len(e["field"]) for e in response.json["errors"]) <= 40 and len(response.data) < 10_000
+
+    store = "9" * 4300  # as many digits as Python turns into an int
+    instance = an_instance(served)
+    data = '{"instances": [{"store_nbr": %s, "item_nbr": %d, "date": "%s", "onpromotion": false}]}' % (
+        store, instance["item_nbr"], instance["date"])
+    response = served.client.post("/api/v1/predict", data=data, content_type="application/json")
+    [error] = response.json["errors"]
+    assert error["field"] == "instances[0].store_nbr" and error["message"].endswith("...")
+    assert len(error["message"]) < 80 and len(response.data) < 1_000
+
+
+@pytest.mark.parametrize("data, key", [
+    ('{"instances": [{"store_nbr": 999, "store_nbr": %(store)s, "item_nbr": %(item)s, "date": "%(date)s", '
+     '"onpromotion": false}]}', "store_nbr"),
+    ('{"instances": [], "instances": [{"store_nbr": %(store)s, "item_nbr": %(item)s, "date": "%(date)s", '
+     '"onpromotion": false}]}', "instances"),
+])
+def test_a_key_twice_in_one_object_is_400_naming_it(served, data, key):
+    """json keeps the last of two equal keys silently; which one the client meant is unknown: refused."""
+    instance = an_instance(served)
+    data = data % {"store": instance["store_nbr"], "item": instance["item_nbr"], "date": instance["date"]}
+    response = served.client.post("/api/v1/predict", data=data, content_type="application/json")
+    assert response.status_code == 400, response.json
+    [error] = response.json["errors"]
+    assert error["field"] == "body" and f"duplicate key {key!r}" in error["message"]
+
+
+@pytest.mark.parametrize("headers, field", [
+    ({"Content-Encoding": "gzip"}, "Content-Encoding"), ({"Content-Encoding": "br"}, "Content-Encoding"),
+    ({"Content-Encoding": "identity, gzip"}, "Content-Encoding"),
+    ({"Content-Type": "application/json; charset=latin-1"}, "Content-Type"),
+    ({"Content-Type": "application/json; charset=utf-16"}, "Content-Type"),
+])
+def test_a_compressed_or_not_utf8_body_is_415_naming_the_header(served, headers, field):
+    """Nothing here decodes a content coding or another charset: such a body would be misread (gzip as a
+    confusing UTF-8 error, br or latin-1 bytes as if plain), so it is refused, naming what is not supported."""
+    body = json.dumps({"instances": [an_instance(served)]}).encode()
+    if headers.get("Content-Encoding") == "gzip":
+        body = gzip.compress(body)
+    response = served.client.post("/api/v1/predict", data=body,
+                                  headers={"Content-Type": "application/json", **headers})
+    assert response.status_code == 415, response.json
+    assert response.json["code"] == "unsupported_media_type" and fields_of(response) == [field]
+    assert repr(headers[field].split("=")[-1] if field == "Content-Type" else headers[field]) in \
+        response.json["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("headers", [{"Content-Encoding": "identity"},
+                                     {"Content-Type": "application/json; charset=UTF-8"},
+                                     {"Content-Type": "application/json; charset=utf8"}])
+def test_identity_and_utf8_are_accepted(served, headers):
+    body = json.dumps({"instances": [an_instance(served)]}).encode()
+    response = served.client.post("/api/v1/predict", data=body,
+                                  headers={"Content-Type": "application/json", **headers})
+    assert response.status_code == 200, response.json

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from app.request_buffer import BODY_TOO_LARGE, HELD_BODY_BYTES, ArrivalOrder, BufferedRequests
+from app.request_buffer import BODY_MALFORMED, BODY_TOO_LARGE, HELD_BODY_BYTES, ArrivalOrder, BufferedRequests
 
 
 def echo(environ, start_response):
@@ -42,6 +42,20 @@ def test_never_reads_past_the_declared_length():
 
 def test_an_unterminated_stream_without_a_length_is_not_read():
     assert call({"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input": io.BytesIO(b"x" * 10)}) == "0 0 False"
+
+
+def test_a_body_shorter_than_its_declared_length_is_malformed_not_served():
+    """The client ended its side after 4 of the 20 bytes it announced: an incomplete message (RFC 9112 6.3)."""
+    seen = {}
+
+    def app(environ, start_response):
+        seen["malformed"] = environ.get(BODY_MALFORMED)
+        start_response("200 OK", [])
+        return [b""]
+
+    BufferedRequests(app, max_body_bytes=100, body_timeout_s=1.0)(
+        {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "20", "wsgi.input": io.BytesIO(b"{}  ")}, lambda *a: None)
+    assert seen["malformed"] == "IncompleteBody: the body ended after 4 of the 20 bytes its Content-Length declares"
 
 
 def test_waiting_requests_enter_in_arrival_order_and_a_newcomer_queues_behind_them():

@@ -92,3 +92,53 @@ def test_a_malformed_chunked_body_is_the_apps_400_and_the_connection_is_closed(s
     logged = server.log_path.read_text(encoding="utf-8")[len(before):]
     assert "Traceback" not in logged and "[ERROR]" not in logged, logged
     assert logged.count("malformed request body") == 1, logged
+
+
+def exchange(port: int, request: bytes, half_close: bool = False) -> tuple[str, dict, bytes]:
+    """Send ``request`` (then end our side, if ``half_close``); the status line, headers and body of the reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(request)
+        if half_close:
+            client.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := client.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return lines[0], headers, body
+
+
+def test_a_malformed_body_is_400_on_any_path_and_its_warning_cannot_forge_a_log_line(server):
+    """%0a in the path is a newline in PATH_INFO: logged with %r it stays escaped, on the warning's own line. The
+    message cannot be framed, so it is 400 before routing, as 413 and 408 are (not the 404 of its path)."""
+    forged = "2026-12-03 14:00:00,000 ERROR app.predictor: FORGED LINE"
+    path = b"/api/v1/predict%0a" + forged.replace(" ", "%20").encode()
+    before = server.log_path.read_text(encoding="utf-8")
+    status, headers, body = exchange(server.port, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n"
+                                     b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                     b"zz\r\n{}\r\n0\r\n\r\n")
+    assert status.startswith("HTTP/1.1 400 "), (status, body)
+    assert "malformed" in json.loads(body)["message"]
+    time.sleep(0.2)
+    logged = server.log_path.read_text(encoding="utf-8")[len(before):]
+    [warning] = [line for line in logged.splitlines() if "malformed request body" in line]
+    assert "'/api/v1/predict\\n2026-12-03 14:00:00,000 ERROR" in warning, warning
+    assert not any(line.startswith(forged) for line in logged.splitlines()), logged
+
+
+def test_a_body_shorter_than_its_content_length_is_400_naming_the_mismatch(server):
+    """A client that ends its side of the connection 10 bytes short of its Content-Length sent an incomplete
+    message (RFC 9112 6.3): not served, even though what arrived is a valid request."""
+    document = json.loads(exchange(server.port, b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: x\r\n"
+                                                b"Connection: close\r\n\r\n")[2])
+    example = document["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    body = json.dumps(example).encode()
+    status, _, reply = exchange(server.port, HEADERS + b"Content-Length: %d\r\n\r\n" % (len(body) + 10) + body,
+                                half_close=True)
+    assert status.startswith("HTTP/1.1 400 "), (status, reply)
+    assert f"ended after {len(body)} of the {len(body) + 10} bytes its Content-Length declares" in \
+        json.loads(reply)["message"]
+    status, _, reply = exchange(server.port, HEADERS + b"Content-Length: %d\r\n\r\n" % len(body) + body,
+                                half_close=True)
+    assert status.startswith("HTTP/1.1 200 "), (status, reply)  # the same body, whole: served

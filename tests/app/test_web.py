@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import re
 
 import pytest
@@ -122,3 +123,20 @@ def test_without_a_model_the_page_says_so(make_app, tmp_path):
     for response in (served.client.get("/"), served.client.post("/", data={"store": "1"})):
         assert response.status_code == 503
         assert "No model is loaded yet" in response.get_data(as_text=True)
+
+
+def test_a_form_over_werkzeugs_part_limit_says_so_not_that_the_body_is_too_large(served):
+    """1,500 parts in 83 KB: well within the 1 MiB body limit, over Werkzeug's 1,000 form parts."""
+    parts = b"".join(b'--b\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nv\r\n' % i for i in range(1500))
+    response = served.client.post("/", data=parts + b"--b--\r\n", content_type="multipart/form-data; boundary=b")
+    assert response.status_code == 413
+    html = response.get_data(as_text=True)
+    assert "more than 1000 parts" in html and "500000 bytes" in html
+    assert "larger than 1048576" not in html
+
+
+def test_a_compressed_form_is_415_on_an_error_page(served):
+    response = served.client.post("/", data=gzip.compress(b"store=1"), headers={
+        "Content-Type": "application/x-www-form-urlencoded", "Content-Encoding": "gzip"})
+    assert response.status_code == 415 and response.mimetype == "text/html"
+    assert "unsupported content coding &#39;gzip&#39;" in response.get_data(as_text=True)

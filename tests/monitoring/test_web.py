@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
+
 from flask import Flask
 
-from monitoring import drift
+from monitoring import drift, web
 from monitoring.web import monitoring_blueprint
 
 
@@ -91,8 +95,52 @@ def test_recent_predictions_are_read_as_the_release_decision_reads_them(tmp_path
     recent = client.get("/api/v1/monitoring").get_json()["recent"]
     assert (recent["events"], recent["error"], recent["sources"]) == (5, None, {"api": 5})
 
+    monkeypatch.setattr(web.RECENT_STATISTICS, "ttl_s", 0.0)  # the changed log at once (the cache: test below)
     log.write_text(log.read_text().replace('"request_id": "r2"', 'not json, "request_id": "r2"'))
     recent = client.get("/api/v1/monitoring").get_json()["recent"]
     assert recent["events"] == 0 and f"{log}: line 3: not JSON" in recent["error"]
     page = client.get("/monitoring").get_data(as_text=True)
     assert "The prediction log cannot be read" in page and "line 3: not JSON" in page
+
+
+def prediction(i: int, onpromotion: bool = False) -> dict:
+    return {"timestamp": f"2026-12-01T10:00:{i % 60:02d}+00:00", "request_id": f"r{i}", "model_variant": "production",
+            "model_version": "3", "latency_ms": 5.0, "output": {"unit_sales": 2.0}, "source": "api",
+            "inputs": {"store_nbr": 1, "item_nbr": i, "date": "2017-08-16", "onpromotion": onpromotion}}
+
+
+def test_recent_statistics_are_read_once_per_ttl_while_the_log_changes(tmp_path, monkeypatch, jsonl):
+    """Anyone may loop on the page, and each read of the log holds a worker's forecasts for ~0.2-0.4 s: the
+    statistics are reused for the TTL, and read again after it once the log has changed."""
+    client = client_for(tmp_path, monkeypatch)
+    monkeypatch.setattr(web.RECENT_STATISTICS, "ttl_s", 0.5)
+    log = tmp_path / "predictions.jsonl"
+    jsonl(log, [prediction(i) for i in range(5)])
+    assert client.get("/api/v1/monitoring").get_json()["recent"]["events"] == 5
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(prediction(i)) + "\n" for i in range(5, 8))
+    assert client.get("/api/v1/monitoring").get_json()["recent"]["events"] == 5  # within the TTL: reused
+    assert "5 events, from" in client.get("/monitoring").get_data(as_text=True)  # the page: the same figures
+    time.sleep(0.6)
+    assert client.get("/api/v1/monitoring").get_json()["recent"]["events"] == 8  # after it: the new events
+    assert "8 events, from" in client.get("/monitoring").get_data(as_text=True)
+
+
+def test_an_unchanged_log_is_not_read_again_after_the_ttl(tmp_path, monkeypatch, jsonl):
+    """The key is the log's identity (inode, size, mtime_ns): while it is the same, the statistics are reused
+    however long ago they were read. Shown by a same-size rewrite that keeps the mtime: not read again."""
+    client = client_for(tmp_path, monkeypatch)
+    monkeypatch.setattr(web.RECENT_STATISTICS, "ttl_s", 0.2)
+    log = tmp_path / "predictions.jsonl"
+    jsonl(log, [prediction(i) for i in range(4)])
+    assert client.get("/api/v1/monitoring").get_json()["recent"]["promotion_share"] == 0.0
+    before = os.stat(log)
+    with open(log, "r+b") as handle:  # the same inode and size, every "false" now "true " (still JSON)
+        text = handle.read()
+        handle.seek(0)
+        handle.write(text.replace(b'"onpromotion": false', b'"onpromotion": true '))
+    os.utime(log, ns=(before.st_atime_ns, before.st_mtime_ns))
+    time.sleep(0.3)
+    assert client.get("/api/v1/monitoring").get_json()["recent"]["promotion_share"] == 0.0
+    log.touch()  # a new mtime: another version of the log
+    assert client.get("/api/v1/monitoring").get_json()["recent"]["promotion_share"] == 1.0
