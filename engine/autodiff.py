@@ -10,7 +10,7 @@ sparse, so optimizers can update only the touched rows.
 
 from __future__ import annotations
 
-from engine import dtypes
+from engine import dtypes, shapes
 from engine.graph import IndexedSlices, Tensor, convert_to_tensor
 from engine.ops import array as A
 from engine.ops import math as M
@@ -40,6 +40,20 @@ def _dense(g, like):
     if isinstance(g, IndexedSlices):
         return A.reshape_like(A.densify(g), like)
     return g
+
+
+def _check_static(op, k, x, g):
+    """A gradient has its input's dtype and (where both are known) shape: a gradient function that forgets
+    to sum a broadcast input back (``unbroadcast``) fails here, when the graph is built, not at run time."""
+    g_shape = g.static_shape if isinstance(g, IndexedSlices) else g.shape
+    try:
+        shapes.merge(g_shape, x.shape)
+    except ValueError:
+        raise ValueError(f"gradient of {op.type} op {op.name!r} for input {k} has shape {g_shape}; the input "
+                         f"{x.name} has shape {x.shape}") from None
+    if g.dtype != x.dtype:
+        raise TypeError(f"gradient of {op.type} op {op.name!r} for input {k} has dtype {g.dtype.name}; the input "
+                        f"{x.name} has dtype {x.dtype.name}")
 
 
 def gradients(ys, xs, grad_ys=None, name="gradients"):
@@ -108,14 +122,15 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
                 continue
             with graph.name_scope(op.name.replace("/", "_") + "_grad"):
                 dy = out_grads[0] if len(out_grads) == 1 else out_grads
-                if isinstance(dy, IndexedSlices) and op.type != "Identity":
+                if isinstance(dy, IndexedSlices) and not op_def.sparse_grad:
                     dy = _dense(dy, op.outputs[0])
                 in_grads = op_def.grad(op, dy)
             if len(in_grads) != len(op.inputs):
                 raise RuntimeError(f"gradient of {op.type} returned {len(in_grads)} values for {len(op.inputs)} inputs")
-            for t, g in zip(op.inputs, in_grads):
+            for k, (t, g) in enumerate(zip(op.inputs, in_grads)):
                 if g is None or not t.dtype.is_floating:
                     continue
+                _check_static(op, k, t, g)
                 if t.op in between or t in wanted:
                     pending.setdefault(t, []).append(g)
         result = []

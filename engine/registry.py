@@ -21,10 +21,12 @@ built from ops (so gradients are graph extensions, whitepaper section 4.1).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 _REGISTRY: dict[str, "OpDef"] = {}
+_OP_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*")
 
 NUMPY_KERNEL = "the kernel is plain NumPy"
 """``reference=`` value of ops whose kernel is itself written with NumPy calls only."""
@@ -50,7 +52,8 @@ class OpDef:
     reference: object  # (op, ctx) -> callable(*arrays) in plain NumPy, or NUMPY_KERNEL
     examples: Callable  # (rng) -> list[Example]: the cases the registry-driven test runs
     grad: Optional[Callable] = None  # (op, dy) -> list of input grads (None allowed)
-    differentiable: bool = True  # False: no gradient flows through (comparisons, casts to int ...)
+    not_differentiable: str = ""  # why no gradient flows through it (comparisons, shapes, ...); "" = differentiable
+    sparse_grad: bool = False  # grad takes an IndexedSlices dy as it is (Identity); others get it densified
     stateful: bool = False  # reads/writes session state: never merged, never constant-folded
     writes_state: bool = False  # changes session state: passes never move pure work across it
     random: bool = False  # draws random numbers: never merged, never constant-folded
@@ -61,6 +64,11 @@ class OpDef:
     emit: Optional[Callable] = None  # compiler emitter (engine/compiler.py's Emitter protocol)
     scalar: Optional[Callable] = None  # elementwise ops: the ONE scalar function every kernel is built from
     default_name: str = ""
+
+    @property
+    def differentiable(self) -> bool:
+        """Gradients flow through it (its ``grad``, or ``gradients()`` raises "no gradient defined")."""
+        return not self.not_differentiable
 
     @property
     def fusible(self) -> bool:
@@ -83,13 +91,28 @@ class OpDef:
 def register(name: str, **fields) -> OpDef:
     """Add an op type to the table (``fields``: :class:`OpDef`'s); a second definition of a name is an error.
 
-    ``differentiable=True`` without a ``grad`` means "not defined" (``gradients()`` raises for it);
-    ``differentiable=False`` means "no gradient flows" (comparisons, shapes, integer outputs).
+    ``name`` is CamelCase, a Python identifier (the compiler names generated functions after it).
+    A ``grad`` makes the op differentiable; without one, ``not_differentiable="why"`` says in the op's own
+    definition why no gradient flows (comparisons, shapes, integer outputs, state updates), so an op with
+    float outputs never skips the registry test's gradient check silently. Neither: "not defined"
+    (``gradients()`` raises for it, and the registry test fails it).
     """
+    if not isinstance(name, str) or not _OP_NAME.fullmatch(name):
+        raise ValueError(f"op name {name!r}: must be CamelCase: a capital letter, then letters, digits or _ "
+                         "(a Python identifier, as TensorFlow's op names are)")
     if name in _REGISTRY:
         raise ValueError(f"op {name!r} is already registered")
     if fields.get("reference") is None or fields.get("examples") is None:
-        raise TypeError(f"op {name!r}: a NumPy reference and examples are required (the registry test runs them)")
+        raise TypeError(f"op {name!r}: a NumPy reference and examples are required (the registry test runs them): "
+                        "register a NumPy reference (or reference=NUMPY_KERNEL) and examples")
+    if "differentiable" in fields:
+        raise TypeError(f"op {name!r}: instead of differentiable=..., give a grad or say why no gradient flows "
+                        "with not_differentiable='why'")
+    reason = fields.get("not_differentiable", "")
+    if not isinstance(reason, str) or (reason and not reason.strip()):
+        raise TypeError(f"op {name!r}: not_differentiable must be a reason (a non-empty string)")
+    if reason and fields.get("grad") is not None:
+        raise ValueError(f"op {name!r}: has a grad and says it is not differentiable ({reason!r})")
     if fields.get("output_aliases", "") not in ("", "input", "storage"):
         raise ValueError(f"op {name!r}: output_aliases must be '', 'input' or 'storage'")
     op_def = _REGISTRY[name] = OpDef(name=name, **{**fields, "default_name": fields.get("default_name") or name})

@@ -145,10 +145,15 @@ def _op_kernel(scalar, arity, out_np):
     return EW.op_kernel(scalar, arity, out_np)
 
 
-def elementwise(name, scalar, reference, kinds, *, grad=None, out_dtype=None, differentiable=True, infer=None,
-                domain=(-3.0, 3.0), examples=None):
+def elementwise(name, scalar, reference, kinds, *, grad=None, out_dtype=None, not_differentiable="", infer=None,
+                domain=(-3.0, 3.0), examples=None, **fields):
     """Register an elementwise op from its scalar function (the kernel, fused kernels and compiled
-    plans are all generated from it) and its NumPy reference; dtypes of ``kinds``, NumPy broadcasting."""
+    plans are all generated from it) and its NumPy reference (``reference(*arrays)``, e.g. ``np.sin``);
+    dtypes of ``kinds``, NumPy broadcasting. ``not_differentiable``: why no gradient flows; ``fields``: any other
+    of ``register``'s."""
+    if not callable(reference):
+        raise TypeError(f"op {name!r}: register a NumPy reference (a function of arrays, e.g. np.sin), "
+                        f"not {reference!r}: the registry test and the reference backend run it")
     arity = EW.check_scalar(scalar, name)
     out_np = None if out_dtype is None else out_dtype.np
 
@@ -170,7 +175,7 @@ def elementwise(name, scalar, reference, kinds, *, grad=None, out_dtype=None, di
 
     return register(name, infer=infer or default_infer, kernel=kernel, reference=reference_kernel,
                     examples=examples or elementwise_examples(arity, kinds, domain), grad=grad,
-                    differentiable=differentiable, scalar=scalar)
+                    not_differentiable=not_differentiable, scalar=scalar, **fields)
 
 
 BOOL = dtypes.bool_

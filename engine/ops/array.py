@@ -37,7 +37,8 @@ def _emit_alias(c, op, ins):
 register("Const", infer=lambda inputs, attrs: [(dtypes.as_dtype(attrs["value"].dtype), tuple(attrs["value"].shape))],
          kernel=lambda op, ctx: (lambda value=op.attrs["value"]: value), reference=NUMPY_KERNEL,
          examples=lambda rng: [Example((), {"value": sample(rng, (2, 3), t)}) for t in (F32, I64, np.bool_)],
-         differentiable=False, output_aliases="storage", emit=lambda c, op, ins: c.param_const(op.attrs["value"]))
+         not_differentiable="a constant", output_aliases="storage",
+         emit=lambda c, op, ins: c.param_const(op.attrs["value"]))
 
 
 def _placeholder_kernel(op, ctx):
@@ -55,7 +56,7 @@ def _placeholder_emit(c, op, ins):
 
 register("Placeholder", infer=lambda inputs, attrs: [(attrs["dtype"], attrs["shape"])], kernel=_placeholder_kernel,
          reference=NUMPY_KERNEL, examples=lambda rng: [Example((), {"dtype": dtypes.float32, "shape": (2,)})],
-         differentiable=False, emit=_placeholder_emit)
+         not_differentiable="a source: the value fed", emit=_placeholder_emit)
 
 
 def _fits(actual, static):
@@ -117,9 +118,11 @@ def _like_infer(inputs, attrs):
 
 _like_examples = _float_examples((((2, 3),), {}), (((0, 2),), {}))
 register("ZerosLike", infer=_like_infer, kernel=simple_kernel(np.zeros_like), reference=NUMPY_KERNEL,
-         examples=_like_examples, differentiable=False, shape_only_inputs=(0,))
+         examples=_like_examples, not_differentiable="constant: reads only its input's shape",
+         shape_only_inputs=(0,))
 register("OnesLike", infer=_like_infer, kernel=simple_kernel(np.ones_like), reference=NUMPY_KERNEL,
-         examples=_like_examples, differentiable=False, shape_only_inputs=(0,))
+         examples=_like_examples, not_differentiable="constant: reads only its input's shape",
+         shape_only_inputs=(0,))
 
 
 def zeros_like(x, name=None):
@@ -133,9 +136,10 @@ def ones_like(x, name=None):
 # --- identity-like ------------------------------------------------------------------------------
 
 register("Identity", infer=_like_infer, kernel=simple_kernel(lambda x: x), reference=NUMPY_KERNEL,
-         examples=_like_examples, grad=lambda op, g: [g], output_aliases="input", emit=_emit_alias)
+         examples=_like_examples, grad=lambda op, g: [g], sparse_grad=True, output_aliases="input", emit=_emit_alias)
 register("StopGradient", infer=_like_infer, kernel=simple_kernel(lambda x: x), reference=NUMPY_KERNEL,
-         examples=_like_examples, differentiable=False, output_aliases="input", emit=_emit_alias)
+         examples=_like_examples, not_differentiable="stops gradients: that is what it is for",
+         output_aliases="input", emit=_emit_alias)
 
 
 def identity(x, name=None):
@@ -156,7 +160,8 @@ def _shape_infer(inputs, attrs):
 
 
 register("Shape", infer=_shape_infer, kernel=simple_kernel(lambda x: np.array(x.shape, dtype=np.int64)),
-         reference=NUMPY_KERNEL, examples=_like_examples, differentiable=False, shape_only_inputs=(0,))
+         reference=NUMPY_KERNEL, examples=_like_examples, not_differentiable="an int64 shape: reads no values",
+         shape_only_inputs=(0,))
 
 
 def shape(x, name=None):

@@ -11,7 +11,8 @@ from engine.ops._util import FLOAT, create, same_dtype, sample
 from engine.registry import NUMPY_KERNEL, Example, register
 
 register("NoOp", infer=lambda inputs, attrs: [], kernel=lambda op, ctx: (lambda *xs: None), reference=NUMPY_KERNEL,
-         examples=lambda rng: [Example()], differentiable=False, emit=lambda c, op, ins: None)
+         examples=lambda rng: [Example()], not_differentiable="no inputs, no outputs",
+         emit=lambda c, op, ins: None)
 
 
 def no_op(name=None):

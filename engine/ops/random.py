@@ -76,9 +76,11 @@ def _normal_examples(rng):
 
 # The streams are NumPy's own Generator: the kernels are the reference.
 register("RandomNormal", infer=_random_infer, kernel=_normal_kernel, reference=NUMPY_KERNEL,
-         examples=_normal_examples, random=True, stateful=True, differentiable=False, shape_only_inputs=(0,))
+         examples=_normal_examples, random=True, stateful=True, shape_only_inputs=(0,),
+         not_differentiable="random draws: reads only its input's value as a shape")
 register("RandomUniform", infer=_random_infer, kernel=_uniform_kernel, reference=NUMPY_KERNEL,
-         examples=_random_examples, random=True, stateful=True, differentiable=False, shape_only_inputs=(0,))
+         examples=_random_examples, random=True, stateful=True, shape_only_inputs=(0,),
+         not_differentiable="random draws: reads only its input's value as a shape")
 
 
 def _static_shape(shape):

@@ -51,7 +51,8 @@ def _variable_emit(c, op, ins):
 register("VariableV2", infer=lambda inputs, attrs: [(attrs["dtype"], attrs["shape"])], kernel=_variable_kernel,
          reference=NUMPY_KERNEL, examples=lambda rng: [Example((), {"dtype": dtypes.float32, "shape": (2, 3)},
                                                                {"subject": _V})],
-         stateful=True, differentiable=False, output_aliases="storage", emit=_variable_emit)
+         stateful=True, not_differentiable="a source: its storage (gradients are taken w.r.t. a read of it)",
+         output_aliases="storage", emit=_variable_emit)
 
 
 def _assign_infer(inputs, attrs):
@@ -119,12 +120,14 @@ def _state_examples(with_value):
 
 
 register("ReadVariable", infer=lambda inputs, attrs: [(attrs["dtype"], attrs["shape"])], kernel=_read_kernel,
-         reference=NUMPY_KERNEL, examples=_state_examples(False), stateful=True, differentiable=False,
+         reference=NUMPY_KERNEL, examples=_state_examples(False), stateful=True,
+         not_differentiable="a source: the variable's value (gradients are taken w.r.t. this output)",
          emit=lambda c, op, ins: c.param_variable(op.attrs["var"]))
 for _name, _kernel in (("Assign", _assign_kernel), ("AssignAdd", _assign_update_kernel(np.add)),
                        ("AssignSub", _assign_update_kernel(np.subtract))):
     register(_name, infer=_assign_infer, kernel=_kernel, reference=NUMPY_KERNEL, examples=_state_examples(True),
-             stateful=True, writes_state=True, differentiable=False, output_aliases="storage")
+             stateful=True, writes_state=True, not_differentiable="a state update: no gradient flows through it",
+             output_aliases="storage")
 
 
 class Variable(_OperatorsMixin):

@@ -196,7 +196,7 @@ _OPTIMIZERS = (  # name, dense kernel, sparse kernel, their extra scalars, NumPy
 for _name, _dense, _sparse, _scalars, _rule, _slots in _OPTIMIZERS:
     register(f"Apply{_name}", infer=_dense_infer, kernel=_update_kernel(_dense, _slots, _scalars, False),
              reference=_reference(_rule, _slots, False), examples=_examples(_slots, False), stateful=True,
-             writes_state=True, differentiable=False)
+             writes_state=True, not_differentiable="an optimizer's update of state: no gradient flows through it")
     register(f"SparseApply{_name}", infer=_sparse_infer, kernel=_update_kernel(_sparse, _slots, _scalars, True),
              reference=_reference(_rule, _slots, True), examples=_examples(_slots, True), stateful=True,
-             writes_state=True, differentiable=False)
+             writes_state=True, not_differentiable="an optimizer's update of state: no gradient flows through it")

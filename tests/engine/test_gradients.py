@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import engine as en
+from engine import registry
 
 
 def check_gradients(build, *arrays, static_shapes=None, eps=1e-6, rtol=1e-6, atol=1e-8, seed=0):
@@ -255,3 +256,51 @@ def test_clipping_an_embedding_models_gradients_by_global_norm():
         s.run(step, {ids: feed})
         np.testing.assert_allclose(s.run(emb), table - 0.5 * g_emb / total)
         np.testing.assert_allclose(s.run(dense), 1 - 0.5 * g_dense / total)
+
+
+def _fake(monkeypatch, base, **changes):
+    """``base``'s definition under the name 'Fake<base>', with ``changes``, registered for this test only."""
+    fake = dataclasses.replace(registry.get_op_def(base), name=f"Fake{base}", **changes)
+    monkeypatch.setitem(registry._REGISTRY, fake.name, fake)
+    return fake.name
+
+
+def test_a_sparse_gradient_reaches_only_an_op_that_takes_it(monkeypatch):
+    """``OpDef.sparse_grad`` (Identity's) decides it: a gather's IndexedSlices passes through Identity to the
+    gathered tensor; any other op's gradient function gets it densified."""
+    dense_identity = _fake(monkeypatch, "Identity", sparse_grad=False)
+    x = en.placeholder(en.float64, (4, 3))
+    rows = np.array([3, 0, 3])
+    (sparse,) = en.gradients(en.reduce_sum(en.gather(en.identity(x), rows)), [x])
+    through = en.get_default_graph().create_op(dense_identity, [x]).outputs[0]
+    (dense,) = en.gradients(en.reduce_sum(en.gather(through, rows)), [x])
+    assert isinstance(sparse, en.IndexedSlices) and isinstance(dense, en.Tensor)
+    want = [[1, 1, 1], [0, 0, 0], [0, 0, 0], [2, 2, 2]]
+    with en.Session() as s:
+        for g in (sparse, dense):
+            np.testing.assert_array_equal(s.run(g, {x: np.ones((4, 3))}), want)
+
+
+@pytest.mark.parametrize("grad,error,message", [
+    (lambda op, g: [g, g], ValueError, r"gradient of FakeAdd op 'y' for input 1 has shape \(3, 4\); the input b:0"),
+    (lambda op, g: [g, en.reduce_sum(g)], ValueError, r"input 1 has shape \(\); the input b:0 has shape \(4,\)"),
+    (lambda op, g: [en.cast(g, en.float32), en.reduce_sum(g, axis=0)], TypeError, "input 0 has dtype float32"),
+], ids=["not summed back to a broadcast input", "summed too far", "dtype"])
+def test_a_gradient_unlike_its_input_is_refused_when_the_graph_is_built(monkeypatch, grad, error, message):
+    """A gradient function's result must fit its input (static shape where known, dtype): found by
+    ``gradients()`` as the graph is built, not by a broadcasting error (or none) at run time."""
+    fake_add = _fake(monkeypatch, "Add", grad=grad)
+    x = en.placeholder(en.float64, (3, 4), name="x")
+    b = en.placeholder(en.float64, (4,), name="b")
+    y = en.get_default_graph().create_op(fake_add, [x, b], name="y").outputs[0]
+    with pytest.raises(error, match=message):
+        en.gradients(en.reduce_sum(y), [x, b])
+
+
+def test_a_gradient_of_unknown_static_shape_passes_the_static_check():
+    x = en.placeholder(en.float64, (None, 4), name="x")
+    b = en.placeholder(en.float64, (4,), name="b")
+    gx, gb = en.gradients(en.reduce_sum(x + b), [x, b])
+    assert gb.shape == (4,)
+    with en.Session() as s:
+        np.testing.assert_array_equal(s.run(gb, {x: np.ones((3, 4)), b: np.zeros(4)}), [3, 3, 3, 3])

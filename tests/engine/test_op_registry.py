@@ -1,12 +1,14 @@
 """The engine's main test: every registered op, driven by its OpDef, checked three independent ways.
 
 For each op in ``registered_ops()`` and each of its ``examples`` (dtypes, broadcasting, empty
-arrays, NaN): the kernel against the plain-NumPy reference backend, passes on (fused, kept
-buffers) against passes off bit for bit, the compiled plan (where the op compiles) against the
-reference, and its gradient against central finite differences of the reference; an elementwise
-op's value summed over rows (a bias gradient, which fusion computes inside the op's kernel) fused
-against unfused bit for bit. An op
-registered without a reference, examples, or (when differentiable) a gradient fails here.
+arrays, NaN): the kernel against the plain-NumPy reference backend, both against the op's own
+shape/dtype rule (the static dtype and every known dimension), passes on (fused, kept buffers)
+against passes off bit for bit, the compiled plan (where the op compiles; once per distinct input
+shapes and attributes) against the reference, and its gradient (every finite float64 example, so
+every broadcasting pattern) against central finite differences of the reference, each input's
+gradient of that input's shape; an elementwise op's value summed over rows (a bias gradient, which
+fusion computes inside the op's kernel) fused against unfused bit for bit. An op registered without
+a reference, examples, or a gradient (unless it says why none flows: ``not_differentiable``) fails here.
 Hypothesis then builds random graphs of the registered elementwise ops and runs them all three
 ways. Adding an op needs no edit of this file.
 """
@@ -22,16 +24,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import engine as en
-from engine import compiler
+from engine import compiler, shapes
 from engine.errors import OpError
 from engine import registry
-from engine.registry import NUMPY_KERNEL, get_op_def, registered_ops
+from engine.ops import _util
+from engine.ops import math as M
+from engine.registry import NUMPY_KERNEL, Example, get_op_def, registered_ops, simple_kernel
 
 OPS = sorted(registered_ops())
 REFERENCE = en.SessionConfig(optimize=False, backend="reference")
 UNFUSED = en.SessionConfig(optimize=False, reuse_buffers=False)
 OPTIMIZED = en.SessionConfig()
-GRADIENT_EXAMPLES = 2  # float64 examples whose gradient is checked per op (each costs 2 runs per element)
 ROW_SUM_EXAMPLES = 2  # float examples of an elementwise op whose row sum is checked fused vs unfused
 
 
@@ -97,12 +100,12 @@ def _close(got, want, what, exact=False):
 @pytest.mark.parametrize("op_type", OPS)
 def test_op(op_type):
     op_def = get_op_def(op_type)
-    assert op_def.reference is not None, f"{op_type}: register a NumPy reference"
+    assert op_def.reference is NUMPY_KERNEL or callable(op_def.reference), f"{op_type}: register a NumPy reference"
     assert op_def.grad is not None or not op_def.differentiable, \
-        f"{op_type}: register a gradient, or differentiable=False when no gradient flows"
+        f"{op_type}: register a gradient, or say why no gradient flows: not_differentiable='why'"
     examples = op_def.examples(np.random.default_rng(zlib.crc32(op_type.encode())))
     assert examples, f"{op_type}: register examples"
-    compiled_once = gradient_checks = 0
+    compiled, gradient_checks = set(), 0  # compiled: the input shapes and attributes compiled so far
     for k, example in enumerate(examples):
         what = f"{op_type} example {k} ({[f'{a.dtype}{a.shape}' for a in example.inputs]}, {example.attrs})"
         built = Built(op_type, example)
@@ -112,11 +115,15 @@ def test_op(op_type):
             assert isinstance(want[0], OpError) and isinstance(unfused[0], OpError), \
                 f"{what}: refused statically ({built.static_error}) but not at run time: {want[0]!r} {unfused[0]!r}"
         _close(unfused, want, f"{what}: kernel vs reference")
+        _check_rule(built, want, f"{what}: reference")
+        _check_rule(built, unfused, f"{what}: kernel")
         _check_declared_view(op_def, unfused[0], example.inputs, what)
         _close(built.run(OPTIMIZED), unfused, f"{what}: passes on (fused) vs off", exact=not op_def.random)
-        if not isinstance(want[0], Exception) and not op_def.writes_state and not compiled_once:
-            compiled_once += _check_compiled(built, want[0], what)
-        if op_def.grad is not None and gradient_checks < GRADIENT_EXAMPLES and _gradient_checkable(built, want):
+        signature = _signature(example)
+        if not isinstance(want[0], Exception) and not op_def.writes_state and signature not in compiled:
+            if _check_compiled(built, want[0], what):
+                compiled.add(signature)
+        if op_def.grad is not None and _gradient_checkable(built, want):
             _check_gradient(built, what)
             gradient_checks += 1
     if op_def.grad is not None:
@@ -127,6 +134,30 @@ def test_op(op_type):
             if len(fused) < ROW_SUM_EXAMPLES and (f := _check_row_sum(op_type, example)) is not None:
                 fused.append(f)
         assert all(fused), f"{op_type}: its row sum was not fused into its kernel"
+
+
+def _check_rule(built, result, what):
+    """What ran has the dtype and shape the op's rule (``OpDef.infer``) gave its outputs when the graph was
+    built: the same dtype, and the same size wherever the rule knows a dimension. Every op after it (shape
+    inference, buffer planning, fusion, the compiler) trusts that rule."""
+    outputs = result[0]
+    if not isinstance(outputs, list):  # an error, or an op without outputs
+        return
+    assert len(outputs) == len(built.op.outputs), f"{what}: {len(outputs)} outputs; the rule: {len(built.op.outputs)}"
+    for k, (t, value) in enumerate(zip(built.op.outputs, outputs)):
+        value = np.asarray(value)
+        assert value.dtype == t.dtype.np, \
+            f"{what}: output {k} is {value.dtype}; its shape/dtype rule says {t.dtype.name}"
+        assert shapes.compatible(t.shape, value.shape), \
+            f"{what}: output {k} has shape {value.shape}; its shape/dtype rule says {t.shape}"
+
+
+def _signature(example):
+    """What the generated code of an example's compiled plan depends on besides dtypes: input shapes, attributes."""
+    def key(v):
+        return ("array", v.dtype.str, v.shape) if isinstance(v, np.ndarray) else repr(v)
+    return (tuple(a.shape for a in example.inputs),
+            tuple(sorted((k, key(v)) for k, v in (example.attrs or {}).items())))
 
 
 def _check_declared_view(op_def, outputs, inputs, what):
@@ -198,16 +229,24 @@ def _check_gradient(built, what, eps=1e-6):
     with built.graph.as_default():
         r = np.random.default_rng(1).uniform(0.5, 1.5, size=built.run(REFERENCE)[0][0].shape)
         loss = en.reduce_sum(en.multiply(out, en.constant(r)))
-        grads = en.gradients(loss, [built.feeds[k] for k in positions])
+        try:  # en.gradients refuses a gradient whose static shape or dtype is not its input's
+            grads = en.gradients(loss, [built.feeds[k] for k in positions])
+        except (ValueError, TypeError) as e:
+            raise AssertionError(f"{what}: {e}") from e
     got = built.run(OPTIMIZED, fetch=[g if g is not None else loss for g in grads])[0]
+    reference = en.Session(built.graph, REFERENCE)  # one session (its plan made once) for every shifted run
     for k, g, value in zip(positions, grads, got):
+        if g is not None:  # a gradient that forgets to sum a broadcast input back has the output's shape
+            assert np.shape(value) == inputs[k].shape, \
+                f"{what}: gradient of input {k} has shape {np.shape(value)}, the input {inputs[k].shape}"
         numeric = np.zeros(inputs[k].size)
         for j in range(inputs[k].size):
             shifted = []
             for sign in (1, -1):
                 x = inputs[k].copy()
                 x.reshape(-1)[j] += sign * eps
-                shifted.append(built.run(REFERENCE, inputs[:k] + [x] + inputs[k + 1:], fetch=loss)[0])
+                reference.state.update({n: np.array(v, copy=True) for n, v in (built.example.state or {}).items()})
+                shifted.append(reference.run(loss, dict(zip(built.feeds, inputs[:k] + [x] + inputs[k + 1:]))))
             numeric[j] = (shifted[0] - shifted[1]) / (2 * eps)
         symbolic = np.zeros(inputs[k].shape) if g is None else value
         np.testing.assert_allclose(np.reshape(symbolic, -1), numeric, rtol=1e-4, atol=1e-6,
@@ -262,13 +301,24 @@ def test_random_graphs_agree_compiled_interpreted_and_reference(steps, seed, wit
 # --- the test above fails for an op registered without what it checks ---------------------------------
 
 
+def _fake(monkeypatch, base, **changes):
+    """``base``'s definition under the name 'Fake<base>', with ``changes``, registered for this test only."""
+    fake = dataclasses.replace(get_op_def(base), name=f"Fake{base}", **changes)
+    monkeypatch.setitem(registry._REGISTRY, fake.name, fake)
+    return fake.name
+
+
 def _fake_relu(monkeypatch, **changes):
-    """Relu's definition under the name 'FakeRelu', with ``changes``, registered for this test only."""
-    fake = dataclasses.replace(get_op_def("Relu"), name="FakeRelu", **changes)
-    monkeypatch.setitem(registry._REGISTRY, "FakeRelu", fake)
+    _fake(monkeypatch, "Relu", **changes)
 
 
-def test_an_op_without_reference_or_examples_cannot_be_registered():
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """register() writes to a copy of the table, dropped after the test."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+
+def test_an_op_without_reference_or_examples_cannot_be_registered(scratch_registry):
     for missing in ("reference", "examples"):
         kwargs = {"infer": None, "kernel": None, "reference": NUMPY_KERNEL, "examples": lambda rng: [], missing: None}
         with pytest.raises(TypeError, match="reference and examples are required"):
@@ -286,3 +336,77 @@ def test_the_registry_test_fails_for_an_unchecked_or_wrong_op(monkeypatch, chang
     _fake_relu(monkeypatch, **changes)
     with pytest.raises(AssertionError, match=message):
         test_op("FakeRelu")
+
+
+def _row_sum(rule):
+    """A non-elementwise op whose kernel and reference agree (row sums of a float matrix), with shape/dtype
+    ``rule(x) -> (dtype, shape)``: the rule is all that may be wrong."""
+    return dict(infer=lambda inputs, attrs: [rule(inputs[0])], kernel=simple_kernel(lambda x: x.sum(axis=1)),
+                reference=lambda op, ctx: (lambda x: np.sum(x, axis=1)), scalar=None, emit=None, grad=None,
+                not_differentiable="a test op", examples=lambda rng: [
+                    Example((_util.sample(rng, (3, 4), t),)) for t in (np.float32, np.float64)])
+
+
+def _transpose_a_negated(c, op, ins):
+    """MatMul's emitter, wrong (negated) only when ``transpose_a``: what compiling one example cannot see."""
+    expr = get_op_def("MatMul").emit(c, op, ins)
+    return f"(-{expr})" if op.attrs["transpose_a"] else expr
+
+
+def _mul_grad_wrong_for_a_scalar(op, g):
+    """Mul's gradient, halved for operand 1 when that is a 0-d scalar (a broadcast example only shows it)."""
+    gx, gy = get_op_def("Mul").grad(op, g)
+    return [gx, M.multiply(gy, 0.5) if op.inputs[1].shape == () else gy]
+
+
+@pytest.mark.parametrize("base,changes,message", [
+    ("Relu", _row_sum(lambda x: (en.int32, (3,))), r"output 0 is float\d+; its shape/dtype rule says int32"),
+    ("Relu", _row_sum(lambda x: (x.dtype, (4,))), r"output 0 has shape \(3,\); its shape/dtype rule says \(4,\)"),
+    ("Mul", {"infer": lambda inputs, attrs: [(inputs[0].dtype, inputs[0].shape)]},
+     r"\(4,\).*output 0 has shape \(3, 4\); its shape/dtype rule says \(4,\)"),
+    ("Mul", {"grad": lambda op, g: [M.multiply(g, op.inputs[1]),  # forgets to sum input 0 back: (4,) x (3, 4)
+                                    _util.unbroadcast(M.multiply(g, op.inputs[0]), op.inputs[1])]},
+     r"gradient of FakeMul op 'subject' for input 0 has shape \(3, 4\)"),
+    ("Mul", {"grad": _mul_grad_wrong_for_a_scalar}, r"float64\(3, 4\)', 'float64\(\)'.*gradient of input 1"),
+    ("MatMul", {"emit": _transpose_a_negated}, r"'transpose_a': True.*compiled vs reference"),
+], ids=["rule's dtype", "rule's shape", "rule ignores broadcasting", "gradient not summed back to a broadcast input",
+        "gradient wrong for a scalar operand only", "compiled code wrong for one attribute only"])
+def test_the_registry_test_checks_every_example(monkeypatch, base, changes, message):
+    """Each of these ops is right on its first examples and wrong on a later one (or where nothing ran the
+    rule against the kernel): the registry test must find it."""
+    name = _fake(monkeypatch, base, **changes)
+    with pytest.raises(AssertionError, match=message):
+        test_op(name)
+
+
+def test_an_op_says_why_no_gradient_flows_through_it(scratch_registry):
+    """``differentiable=False`` would let an op with float outputs skip the gradient check unexplained."""
+    fields = {"infer": None, "kernel": None, "reference": NUMPY_KERNEL, "examples": lambda rng: []}
+    with pytest.raises(TypeError, match="not_differentiable='why'"):
+        registry.register("Unexplained", differentiable=False, **fields)
+    with pytest.raises(TypeError, match="not_differentiable='why'"):
+        _util.elementwise("Unexplained", M._sin, np.sin, _util.FLOAT, differentiable=False)
+    with pytest.raises(TypeError, match="must be a reason"):
+        registry.register("Unexplained", not_differentiable=" ", **fields)
+    with pytest.raises(ValueError, match="has a grad and says it is not differentiable"):
+        registry.register("Unexplained", not_differentiable="why", grad=lambda op, g: [g], **fields)
+    assert "Unexplained" not in registered_ops()
+    assert not registry.register("Explained", not_differentiable="a test op", **fields).differentiable
+    assert all(d.grad is not None or d.not_differentiable.strip() for d in registered_ops().values())
+
+
+@pytest.mark.parametrize("name", ["Tan-v2", "my.Tan", "tan", "Tan v2", "2Tan", ""])
+def test_an_op_name_is_a_camel_case_identifier(scratch_registry, name):
+    """The compiler names generated functions after op types: 'Tan-v2' would compile to a SyntaxError."""
+    with pytest.raises(ValueError, match="CamelCase"):
+        registry.register(name, infer=None, kernel=None, reference=NUMPY_KERNEL, examples=lambda rng: [])
+    with pytest.raises(ValueError, match="CamelCase"):
+        _util.elementwise(name, M._sin, np.sin, _util.FLOAT, grad=get_op_def("Sin").grad)
+    assert name not in registered_ops()
+    assert all(registry._OP_NAME.fullmatch(n) and n.isidentifier() for n in registered_ops())
+
+
+def test_an_elementwise_op_without_a_reference_cannot_be_registered(scratch_registry):
+    with pytest.raises(TypeError, match="register a NumPy reference"):
+        _util.elementwise("Unchecked", M._sin, None, _util.FLOAT, grad=get_op_def("Sin").grad)
+    assert "Unchecked" not in registered_ops()
