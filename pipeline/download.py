@@ -5,7 +5,10 @@ The source (``data.source``, or ``$SHELFCAST_DATA_SOURCE`` when set: see
 a local directory, or an http(s):// / file:// URL of a directory or of a .zip
 archive (Kaggle's download is a zip of .7z files). For each raw file the first
 of ``NAME.csv.gz``, ``NAME.csv``, ``NAME.csv.7z`` that exists is fetched;
-train, items and stores are required, the others optional.
+train, items and stores are required, the others optional. A zip may hold one
+member per raw file (two, say backup/train.csv and train.csv, are refused); a
+per-file ``NAME.csv.7z`` installs only its own ``NAME.csv``, other members are
+left out and named in the summary. A local file as the source must be a zip.
 
 Fetching is restartable: bytes go to ``data/.downloads/*.part`` and an
 interrupted transfer resumes from there (an HTTP Range request, guarded by
@@ -195,38 +198,63 @@ def discard(part: Path) -> None:
 # ---------------------------------------------------------------- unpacking into data/raw
 
 
-def _extract_7z(archive: Path, into: Path) -> list[Path]:
+def _install_7z(archive: Path, file_name: str, staging: Path, label: str) -> list[str]:
+    """Unpack from a per-file archive NAME.csv.7z only its own member, NAME.csv (or NAME.csv.gz), into staging.
+
+    Another raw file inside it (an old train.csv in test.csv.7z) must not replace the one fetched on its
+    own: other members are left out, and returned so the summary can say so. ``label`` names the archive
+    as the user knows it (not the temporary copy).
+    """
     try:
         import py7zr
     except ImportError:
         raise DownloadError(
-            f"{archive.name}: .7z archives need the py7zr package (pip install py7zr==1.1.4), "
+            f"{label}: .7z archives need the py7zr package (pip install py7zr==1.1.4), "
             "or extract them yourself and point data.source at the directory"
         ) from None
+    own = file_name[: -len(".7z")]  # NAME.csv
     try:
         with py7zr.SevenZipFile(archive, "r") as seven:
-            names = seven.getnames()
-            seven.extractall(path=into)
+            files = [info.filename for info in seven.list() if not info.is_directory]
+            mine = [n for n in files if Path(n).name in (own, f"{own}.gz")]
+            if not mine:
+                shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+                raise DownloadError(f"{label}: holds {shown or 'no file'}, not {own}: a per-file archive must "
+                                    f"hold the file of its name (rename the member to {own}, or extract it and "
+                                    "point data.source at the directory)")
+            if len(mine) > 1:
+                raise DownloadError(f"{label}: holds both {' and '.join(mine)}: keep one (which is meant cannot be "
+                                    "told)")
+            unpack = staging / ".unpack"
+            unpack.mkdir(exist_ok=True)
+            seven.extract(path=unpack, targets=mine)
+    except DownloadError:
+        discard(archive)
+        raise
     except (py7zr.Bad7zFile, OSError, EOFError, zlib.error, ValueError) as exc:
         discard(archive)
-        raise DownloadError(f"{archive.name}: not a readable .7z archive: {exc}") from None
-    return [into / n for n in names]
+        raise DownloadError(f"{label}: not a readable .7z archive: {exc}") from None
+    member = Path(mine[0]).name
+    shutil.move(str(unpack / mine[0]), staging / member)
+    shutil.rmtree(unpack)
+    if member.endswith(".gz"):
+        _check_gzip_complete(staging / member, f"{label} ({member})")
+    discard(archive)
+    return [f"{n} in {label}" for n in files if n not in mine]
 
 
-def install(fetched: Path, file_name: str, staging: Path) -> None:
-    """Place a fetched NAME.csv / NAME.csv.gz / NAME.csv.7z into the staging directory."""
+def install(fetched: Path, file_name: str, staging: Path, label: str | None = None) -> list[str]:
+    """Place a fetched NAME.csv / NAME.csv.gz / NAME.csv.7z into the staging directory.
+
+    Returns the members of a .7z left out (not its own file); ``label`` names the source file in messages.
+    """
+    label = label or file_name
     if file_name.endswith(".7z"):
-        unpack = staging / ".unpack"
-        unpack.mkdir(exist_ok=True)
-        for member in _extract_7z(fetched, unpack):
-            if member.name.endswith((".csv", ".csv.gz")):
-                shutil.move(str(member), staging / member.name)
-        shutil.rmtree(unpack)
-        fetched.unlink()
-        return
+        return _install_7z(fetched, file_name, staging, label)
     if file_name.endswith(".gz"):
-        _check_gzip_complete(fetched, file_name)
+        _check_gzip_complete(fetched, label)
     shutil.move(str(fetched), staging / file_name)
+    return []
 
 
 def _check_gzip_complete(path: Path, file_name: str) -> None:
@@ -247,42 +275,83 @@ def _wanted(file_name: str) -> str | None:
     return None
 
 
-def install_zip(archive: Path, staging: Path, partial_dir: Path, name: str) -> set[str]:
+def _zip_members(zipped: zipfile.ZipFile, name: str) -> dict[str, zipfile.ZipInfo]:
+    """Raw file -> its member; two members for one raw file (backup/train.csv and train.csv, or train.csv and
+    train.csv.gz) are refused: either would be taken silently, and which is meant cannot be told."""
+    chosen: dict[str, list[zipfile.ZipInfo]] = {}
+    for member in zipped.infolist():
+        if member.is_dir() or member.filename.startswith("__MACOSX/"):
+            continue
+        base = _wanted(Path(member.filename).name)
+        if base is not None:
+            chosen.setdefault(base, []).append(member)
+    for base, members in chosen.items():
+        if len(members) > 1:
+            both = " and ".join(m.filename for m in members)
+            raise DownloadError(f"{name}: has both {both} for {base}: keep one (which is meant cannot be told, and "
+                                "the other would be ignored)")
+    return {base: members[0] for base, members in chosen.items()}
+
+
+def install_zip(archive: Path, staging: Path, partial_dir: Path, name: str, remote: bool = True
+                ) -> tuple[set[str], list[str]]:
     """Kaggle's archive: a zip whose members are NAME.csv.7z (or plain/gzip CSV).
 
     A corrupt archive (bad zip structure, deflate data or CRC) is an error naming
     the member, and leaves nothing in ``partial_dir``: neither the unpacked member
-    nor the archive, which a later run then fetches afresh.
+    nor the archive, which a later run then fetches afresh. Returns the raw files
+    installed and the .7z members left out.
     """
     found: set[str] = set()
+    left_out: list[str] = []
     target = None
     member_name = None
     try:
         with zipfile.ZipFile(archive) as zipped:
-            for member in zipped.infolist():
+            for base, member in _zip_members(zipped, name).items():
                 file_name = Path(member.filename).name
-                base = _wanted(file_name)
-                if base is None or base in found:
-                    continue
                 member_name = member.filename
                 target = partial_dir / f"unzipped-{file_name}"
                 with zipped.open(member) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst, CHUNK)
-                install(target, file_name, staging)
+                left_out += install(target, file_name, staging, label=f"{name} (member {member_name})")
                 found.add(base)
     except CORRUPT_ARCHIVE as exc:
         where = f" (member {member_name})" if member_name else ""
-        raise DownloadError(f"{name}: corrupt zip archive{where}: {exc}; deleted, the next run fetches it "
-                            "again") from None
+        then = ("deleted, the next run fetches it again" if remote else
+                "its copy is deleted; the source file is left as it is: replace it with a complete one")
+        raise DownloadError(f"{name}: corrupt zip archive{where}: {exc}; {then}") from None
     finally:
         if target is not None:
             discard(target)
     discard(archive)
-    return found
+    return found, left_out
 
 
-def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataParams, progress: bool) -> list[str]:
-    """Fetch every raw file from a directory/URL (or one archive) into ``staging``."""
+ACCEPTED = ("data.source must be 'synthetic', a directory (or its http(s)/file URL) holding NAME.csv, NAME.csv.gz "
+            "or NAME.csv.7z for train, items, stores and the optional files, or a .zip of them")
+
+
+def _check_local_file_source(source: str, path: Path) -> None:
+    """A local file as the source must be a zip archive: anything else is said for what it is."""
+    lower = path.name.lower()
+    if lower.endswith(".zip") or zipfile.is_zipfile(path):
+        return  # a corrupt .zip is reported when it is unpacked
+    if lower.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+        what = "a tar archive: unpack it and point data.source at the folder"
+    elif lower.endswith((".csv", ".csv.gz", ".csv.7z")):
+        what = "a single raw file: put it in a folder with the other raw files and point data.source at the folder"
+    else:
+        what = "not a zip archive"
+    raise DownloadError(f"data.source: {source} is a file, {what}; {ACCEPTED}")
+
+
+def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataParams, progress: bool
+                 ) -> tuple[list[str], list[str]]:
+    """Fetch every raw file from a directory/URL (or one archive) into ``staging``.
+
+    Returns the raw files found and the members of per-file .7z archives left out (not the archive's own file).
+    """
     parsed = urllib.parse.urlparse(source)
     remote = parsed.scheme in ("http", "https")
     if parsed.scheme not in ("", "file", "http", "https"):
@@ -290,12 +359,18 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
     if not remote and not local_path(source).exists():
         raise DownloadError(f"data.source: {source} does not exist")
     fetched: set[str] = set()  # what data.sha256 may name
-    if source.endswith(".zip") or (not remote and local_path(source).is_file()):
-        archive = fetch(source, partial_dir, params, progress)
+    left_out: list[str] = []
+    if parsed.path.lower().endswith(".zip") or (not remote and local_path(source).is_file()):
+        if not remote:
+            _check_local_file_source(source, local_path(source))
         name = Path(parsed.path).name
+        try:
+            archive = fetch(source, partial_dir, params, progress)
+        except _Missing:
+            raise DownloadError(f"data.source: {source}: the server has no such file (HTTP 404/410)") from None
         fetched.add(name)
         try:
-            found = install_zip(archive, staging, partial_dir, name)
+            found, left_out = install_zip(archive, staging, partial_dir, name, remote=remote)
         except DownloadError:
             discard(archive)
             raise
@@ -316,7 +391,7 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
                     got = fetch(url, partial_dir, params, progress)
                 except _Missing:
                     continue
-                install(got, f"{base}{suffix}", staging)
+                left_out += install(got, f"{base}{suffix}", staging)
                 fetched.add(f"{base}{suffix}")
                 found.add(base)
                 break
@@ -328,7 +403,7 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
     if unchecked:  # a typo, or train.csv listed where train.csv.gz was fetched: nothing would have been verified
         raise DownloadError(f"data.sha256.{unchecked[0]}: no file of that name was fetched from {source} "
                             f"(fetched: {', '.join(sorted(fetched))})")
-    return sorted(found)
+    return sorted(found), left_out
 
 
 def download(params: DataParams, raw_dir: Path = RAW_DIR, partial_dir: Path = PARTIAL_DIR, progress: bool = True,
@@ -348,8 +423,9 @@ def download(params: DataParams, raw_dir: Path = RAW_DIR, partial_dir: Path = PA
             syn = params.synthetic
             return (f"synthetic: {counts['train']:,} train rows, {syn.stores} stores x {counts['items']:,} items, "
                     f"{syn.start_date} .. {syn.end_date} (seed {syn.seed}) in {raw_dir}")
-        found = fetch_source(source, staging, Path(partial_dir), params, progress)
-    return f"{len(found)} files ({', '.join(found)}) from {source} in {raw_dir}"
+        found, left_out = fetch_source(source, staging, Path(partial_dir), params, progress)
+    ignored = f" (left out, not its archive's own file: {', '.join(left_out)})" if left_out else ""
+    return f"{len(found)} files ({', '.join(found)}) from {source} in {raw_dir}{ignored}"
 
 
 def _main(args: argparse.Namespace) -> str:

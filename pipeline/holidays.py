@@ -6,7 +6,9 @@ Shared by the synthetic generator (holiday effects on demand) and ``prepare``
 * a day off is a Holiday, Transfer, Additional or Bridge row that is not
   ``transferred`` (a transferred holiday is celebrated on its Transfer row's date);
 * National rows apply to every store, Regional rows to stores whose ``state`` is
-  the row's ``locale_name``, Local rows to stores whose ``city`` is;
+  the row's ``locale_name``, Local rows to stores whose ``city`` is; names are
+  compared ignoring case and the spaces around and between words (``QUITO``,
+  ``Quito `` and ``Quito`` are one city), see ``place_key``;
 * Work Day rows (weekend days worked to make up for a Bridge) and Event rows
   (Mother's day, the 2016 earthquake, World Cup matches...) get their own flags.
 """
@@ -17,6 +19,23 @@ import numpy as np
 import pandas as pd
 
 from pipeline.schema import DAY_OFF_TYPES, HOLIDAY_FLAGS
+
+
+def place_key(names) -> np.ndarray:
+    """City/state names as compared: case-folded, spaces around and between words collapsed."""
+    return np.array([" ".join(str(name).split()).casefold() for name in names], dtype=object)
+
+
+def unmatched_locales(holidays: pd.DataFrame, stores: pd.DataFrame) -> np.ndarray:
+    """Rows (positions) of Regional/Local holidays whose locale_name matches no store's state/city."""
+    if len(holidays) == 0:
+        return np.zeros(0, dtype=np.int64)
+    locales = holidays["locale"].astype(str).to_numpy()
+    names = place_key(holidays["locale_name"])
+    states, cities = set(place_key(stores["state"])), set(place_key(stores["city"]))
+    regional = (locales == "Regional") & ~np.isin(names, list(states))
+    local = (locales == "Local") & ~np.isin(names, list(cities))
+    return np.flatnonzero(regional | local)
 
 
 def store_day_flags(holidays: pd.DataFrame, dates: np.ndarray, stores: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -31,12 +50,12 @@ def store_day_flags(holidays: pd.DataFrame, dates: np.ndarray, stores: pd.DataFr
         return flags
     day_index = (holidays["date"].to_numpy(dtype="datetime64[D]") - dates[0]).astype(np.int64)
     inside = (day_index >= 0) & (day_index < n_dates)
-    cities = stores["city"].astype(str).to_numpy()
-    states = stores["state"].astype(str).to_numpy()
+    cities = place_key(stores["city"])
+    states = place_key(stores["state"])
     everyone = np.ones(n_stores, dtype=bool)
     kinds = holidays["type"].astype(str).to_numpy()
     locales = holidays["locale"].astype(str).to_numpy()
-    names = holidays["locale_name"].astype(str).to_numpy()
+    names = place_key(holidays["locale_name"])
     transferred = holidays["transferred"].to_numpy(dtype=bool)
     for row in np.flatnonzero(inside & ~transferred):  # a few hundred rows, not data rows
         if locales[row] == "National":

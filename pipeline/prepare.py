@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,14 +40,14 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline.cluster import ClusterError, dask_client, run_tasks, scheduler_address
-from pipeline.holidays import store_day_flags
+from pipeline.holidays import store_day_flags, unmatched_locales
 from pipeline.io import atomic_directory, parquet_writer, write_parquet
 from pipeline.params import PrepareParams, prepare_params
 from pipeline.schema import HOLIDAY_FLAGS, PREPARED_SALES_SCHEMA, RAW_SCHEMAS
 from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.store_parts import append_part, write_part
 from pipeline.validate import (
-    DataValidationError, check_references, fail, find_raw_file, read_batches, read_small,
+    DataValidationError, check_references, describe_rows, fail, find_raw_file, read_batches, read_small,
     require_raw_file,
 )
 
@@ -333,6 +334,22 @@ def side_tables(reference: Reference, calendar: np.ndarray, test: pd.DataFrame |
     return tables
 
 
+def unmatched_holidays_warning(raw_dir: Path, reference: Reference) -> str | None:
+    """One line naming the Regional/Local holidays that match no store's state/city (they flag no store), or None.
+
+    Not an error: a calendar may list places with no store. Names are matched ignoring case and spacing
+    (``pipeline.holidays.place_key``), so what is left differs in spelling, or has no store.
+    """
+    rows = unmatched_locales(reference.holidays, reference.stores)
+    if not len(rows):
+        return None
+    path = find_raw_file(raw_dir, "holidays_events")
+    shown = [f"{reference.holidays['locale'].iloc[r]} {reference.holidays['locale_name'].iloc[r]}"
+             for r in rows[:5]]
+    return (f"{path.name}: {len(rows)} Regional/Local row(s) whose locale_name matches no store's state/city "
+            f"(compared ignoring case and spaces) flag no store: {describe_rows(path, rows, shown)}")
+
+
 def read_test(raw_dir: Path, reference: Reference) -> pd.DataFrame | None:
     if find_raw_file(raw_dir, "test") is None:
         return None
@@ -415,6 +432,9 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool 
     if not raw_dir.is_dir():
         raise StageError(f"{raw_dir}: no raw data directory (run the download stage first)")
     reference = read_reference(raw_dir)
+    warning = unmatched_holidays_warning(raw_dir, reference)
+    if warning:
+        print(f"prepare: warning: {warning}", file=sys.stderr, flush=True)
     test = read_test(raw_dir, reference)
     train_path = require_raw_file(raw_dir, "train")
     total_rows = 0

@@ -134,6 +134,7 @@ RAW_SCHEMAS: dict[str, RawFile] = {
             Column("dcoilwtico", pa.float64(), nullable=True, min=-1000.0, max=1000.0),  # WTI closed at -37.63 once
         ),
         key=("date",),
+        min_rows=0,  # header only: no price at all, the same as no oil.csv
     ),
     "transactions": RawFile(
         "transactions",

@@ -123,12 +123,15 @@ def fingerprint(source: str, params: DataParams, cache: HashCache) -> dict:
     if scheme not in ("", "file", "http", "https"):
         raise SourceError(f"data.source: unsupported URL scheme {scheme!r} (use http, https or file)")
     files: dict[str, dict] = {}
+    archive = urllib.parse.urlparse(source).path.lower().endswith(".zip")
     if is_remote(source):
-        urls = [source] if source.endswith(".zip") else [join(source, name) for name in candidate_names()]
+        urls = [source] if archive else [join(source, name) for name in candidate_names()]
         for url in urls:
             validators = _http_validators(url, params.download.timeout_s)
             if validators is not None:
                 files[Path(urllib.parse.urlparse(url).path).name] = validators
+        if archive and not files:
+            raise SourceError(f"data.source: {source}: the server has no such file (HTTP 404/410)")
     else:
         path = local_path(source)
         if not path.exists():
@@ -139,6 +142,11 @@ def fingerprint(source: str, params: DataParams, cache: HashCache) -> dict:
                 files[file.name] = {"sha256": cache.sha256(file), "size": file.stat().st_size}
             except OSError as exc:
                 raise SourceError(f"{file}: cannot read it: {exc}") from None
+    if not archive and not (not is_remote(source) and local_path(source).is_file()):
+        missing = [base for base in RAW_FILES if not any(f"{base}{suffix}" in files for suffix in CANDIDATE_SUFFIXES)]
+        if missing:  # download would stop on it: say so now, not "0 file(s)" as if all were well
+            raise SourceError(f"data.source: {source} has no {', '.join(missing)} "
+                              f"(looked for NAME{', NAME'.join(CANDIDATE_SUFFIXES)})")
     return {"source": source, "files": files}
 
 

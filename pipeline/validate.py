@@ -40,25 +40,51 @@ def _file_lines(path: Path | None, rows: list[int]) -> dict[int, int]:
     """Data row (0-based, as the CSV reader counts them: blank lines skipped) -> its line in the file (1-based).
 
     Without blank lines a row's line is row + 2; read only when an error names rows, so a file's blank lines
-    do not shift the lines it names."""
+    and quoted values spanning lines (``"Fiesta\ngrande"``: one row, two lines) do not shift the lines it names.
+    A row is named by the line it starts on."""
     lines = {row: row + 2 for row in rows}
-    if path is None:
+    if path is None or not rows:
         return lines
-    wanted, row, number = set(rows), -1, 0  # row -1: the header
+    wanted, row, number, quoted = set(rows), -1, 0, False  # row -1: the header
     try:
         with _open_binary(path) as handle:
             for chunk in handle:
                 for line in chunk.splitlines():  # \n, \r\n and \r end a line, as for the reader
                     number += 1
+                    if quoted:  # inside a quoted value: this line continues the row
+                        quoted = _ends_quoted(line, True) if b'"' in line else True
+                        continue
                     if number == 1 or line:
                         if row in wanted:
                             lines[row] = number
                         row += 1
+                        quoted = _ends_quoted(line, False) if b'"' in line else False
                 if row > max(wanted):
                     return lines
     except (OSError, EOFError, zlib.error):
         pass  # unreadable further on: the counted lines are the best there is
     return lines
+
+
+def _ends_quoted(line: bytes, quoted: bool) -> bool:
+    """Whether a line ends inside a quoted value (``quoted``: it starts inside one), as the CSV reader splits it.
+
+    A quote opens a value only at the start of a field (``12" pizza`` is a plain value); inside, ``""`` is a quote.
+    """
+    at_start, k, n = not quoted, 0, len(line)
+    while k < n:
+        char = line[k]
+        if quoted:
+            if char == 34:  # "
+                if k + 1 < n and line[k + 1] == 34:
+                    k += 1
+                else:
+                    quoted = False
+        elif char == 34 and at_start:
+            quoted = True
+        at_start = not quoted and char == 44  # ,
+        k += 1
+    return quoted
 
 
 def _lines(rows: np.ndarray, values=None, path: Path | None = None) -> str:
@@ -71,6 +97,11 @@ def _lines(rows: np.ndarray, values=None, path: Path | None = None) -> str:
         shown.append(text)
     more = f" and {len(rows) - MAX_SHOWN} more" if len(rows) > MAX_SHOWN else ""
     return ", ".join(shown) + more
+
+
+def describe_rows(path: Path, rows, values=None) -> str:
+    """``line 5 ('x'), line 9 ('y') and 3 more``: data rows named by their lines in the file."""
+    return _lines(np.asarray(rows), values, path)
 
 
 def fail(path: Path, column: str | None, problem: str, rows: np.ndarray | None = None, values=None) -> None:
@@ -99,7 +130,8 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
-def _header(path: Path) -> list[str]:
+def _header(path: Path, strip: bool = True) -> list[str]:
+    """The header's column names (quotes removed; with ``strip``, the spaces around them too)."""
     try:
         with _open_binary(path) as handle:
             head = handle.read(HEADER_BYTES)  # not readline(): a file whose lines end in \r alone has no \n at all
@@ -111,9 +143,13 @@ def _header(path: Path) -> list[str]:
             raise DataValidationError(f"{path.name}: line 1 is blank: the header line must come first")
         raise DataValidationError(f"{path.name}: file is empty (no header line)")
     try:
-        text = first.decode("utf-8").lstrip("\ufeff").strip()
+        text = first.decode("utf-8").lstrip("\ufeff")
     except UnicodeDecodeError:
         raise DataValidationError(f"{path.name}: header (line 1) is not UTF-8 text") from None
+    if strip:
+        text = text.strip()
+    else:
+        return [name[1:-1] if len(name) > 1 and name[0] == name[-1] == '"' else name for name in text.split(",")]
     return [name.strip().strip('"') for name in text.split(",")]
 
 
@@ -121,7 +157,21 @@ def _check_header(path: Path, spec: RawFile) -> None:
     names = _header(path)
     missing = [c for c in spec.column_names if c not in names]
     if missing:
-        raise DataValidationError(f"{path.name}: column '{missing[0]}': missing (header has: {', '.join(names)})")
+        hint = ""
+        for delimiter, shown in ((";", ";"), ("\t", "tab")):
+            if len(names) == 1 and set(spec.column_names) <= {n.strip().strip('"') for n in names[0].split(delimiter)}:
+                hint = f": the file seems to use {shown} as delimiter; Shelfcast reads comma-separated files"
+        raise DataValidationError(f"{path.name}: column '{missing[0]}': missing (header has: {', '.join(names)})"
+                                  f"{hint}")
+    empty = [n for n in names if not n]
+    if empty and names[-len(empty):] == empty:
+        raise DataValidationError(
+            f"{path.name}: line 1: the header ends in {len(empty)} empty column name(s) (a spreadsheet's empty "
+            "columns?): delete them, and the empty fields they leave at the end of each line")
+    spaced = [raw for raw in _header(path, strip=False) if raw != raw.strip()]
+    if spaced:
+        raise DataValidationError(f"{path.name}: line 1: column name {spaced[0]!r} has spaces around it: remove "
+                                  "them (column names are matched exactly)")
     unknown = [c for c in names if c not in spec.column_names]
     if unknown:
         raise DataValidationError(f"{path.name}: column '{unknown[0]}': not part of the {spec.name} schema")
@@ -220,10 +270,7 @@ def _explain_conversion_failure(path: Path, spec: RawFile, error: Exception) -> 
                 values = batch.column(column.name)
                 present = pc.invert(pc.equal(values, ""))
                 if column.type == pa.date32():
-                    parsed = pc.strptime(values, format="%Y-%m-%d", unit="s", error_is_null=True)
-                    # strptime also takes 2016-9-1 and 16-09-01, which Arrow's CSV reader refuses
-                    padded = pc.match_substring_regex(values, r"^\d{4}-\d{2}-\d{2}$")
-                    bad = pc.and_(present, pc.or_(pc.is_null(parsed), pc.invert(padded)))
+                    bad = pc.and_(present, _not_a_date(values))
                 elif (pattern := _pattern_for(column)) is not None:
                     bad = pc.and_(present, pc.invert(pc.match_substring_regex(values, pattern)))
                 else:
@@ -241,6 +288,18 @@ def _explain_conversion_failure(path: Path, spec: RawFile, error: Exception) -> 
     except (OSError, EOFError, zlib.error) as read_error:
         raise DataValidationError(f"{path.name}: cannot read: {read_error} (truncated or corrupt gzip?)") from None
     _explain_unreadable(path, error)
+
+
+def _not_a_date(values: pa.Array) -> pa.Array:
+    """Where a text value is no YYYY-MM-DD date the CSV reader would take (null where empty)."""
+    parsed = pc.strptime(values, format="%Y-%m-%d", unit="s", error_is_null=True)
+    # strptime also takes 2016-9-1 and 16-09-01, which Arrow's CSV reader refuses
+    padded = pc.match_substring_regex(values, r"^\d{4}-\d{2}-\d{2}$")
+    # ... and rolls impossible days over (2017-02-30 -> 2017-03-02): the parsed day must be the one written
+    written = pc.if_else(padded, values, "2000-01-01")
+    same = pc.and_(pc.equal(pc.month(parsed), pc.cast(pc.utf8_slice_codeunits(written, 5, 7), pa.int64())),
+                   pc.equal(pc.day(parsed), pc.cast(pc.utf8_slice_codeunits(written, 8, 10), pa.int64())))
+    return pc.or_(pc.or_(pc.is_null(parsed), pc.invert(padded)), pc.invert(pc.fill_null(same, False)))
 
 
 def _fail_on_integer_overflow(path: Path, column: Column, values: pa.Array, offset: int) -> None:

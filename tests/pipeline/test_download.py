@@ -16,7 +16,7 @@ from pipeline.params import data_params
 from pipeline.prepare import prepare
 from pipeline.params import PrepareParams
 
-from .conftest import default_params, write_kaggle_sample
+from .conftest import REPO, default_params, kaggle_sample_files, write_kaggle_sample
 
 RAW_NAMES = {"train", "test", "items", "stores", "holidays_events", "oil", "transactions"}
 
@@ -297,3 +297,133 @@ def test_changed_remote_file_restarts_from_zero(http_server, kaggle_sample, tmp_
     (kaggle_sample / "items.csv").write_text((kaggle_sample / "items.csv").read_text() + "999999,BOOKS,9999,0\n")
     fetched = fetch(http_server + "items.csv", partial, params, progress=False)
     assert fetched.read_bytes() == (kaggle_sample / "items.csv").read_bytes()
+
+
+# ---------------------------------------------------------------- sources that are not what they seem
+
+
+def _old_train_rows() -> str:
+    """An outdated train.csv: the header and one row, valid on its own."""
+    return "\n".join(kaggle_sample_files()["train"].splitlines()[:2]) + "\n"
+
+
+@pytest.mark.parametrize("second", ["backup/train.csv", "train.csv.gz"])
+def test_a_zip_with_two_members_for_one_raw_file_is_refused(tmp_path, second):
+    """backup/train.csv before train.csv (or train.csv beside train.csv.gz): the first was taken silently."""
+    import gzip
+
+    plain = write_kaggle_sample(tmp_path / "plain")
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        if second.startswith("backup/"):
+            zipped.writestr(second, _old_train_rows())
+        for csv in sorted(plain.iterdir()):
+            zipped.write(csv, arcname=csv.name)
+        if second.endswith(".gz"):
+            zipped.writestr(second, gzip.compress(_old_train_rows().encode()))
+    first, other = sorted(["train.csv", second], key=lambda n: not n.startswith("backup/"))
+    with pytest.raises(DownloadError, match=rf"^data.zip: has both {first} and {other} for train: keep one"):
+        download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    assert not (tmp_path / "raw").exists()
+
+
+def _seven(path: Path, members: dict[str, str]) -> Path:
+    py7zr = pytest.importorskip("py7zr")
+    with py7zr.SevenZipFile(path, "w") as writer:
+        for name, text in members.items():
+            writer.writestr(text.encode("utf-8"), name)
+    return path
+
+
+def test_a_per_file_7z_installs_only_its_own_member(tmp_path):
+    """test.csv.7z holding an old train.csv too: that train.csv replaced the real one in data/raw."""
+    source = write_kaggle_sample(tmp_path / "source")
+    test_text = (source / "test.csv").read_text()
+    (source / "test.csv").unlink()
+    _seven(source / "test.csv.7z", {"test.csv": test_text, "train.csv": _old_train_rows()})
+    raw = tmp_path / "raw"
+    summary = download(_params(str(source)), raw, tmp_path / "partial", progress=False)
+    assert (raw / "train.csv").read_bytes() == (source / "train.csv").read_bytes()
+    assert (raw / "test.csv").read_text() == test_text
+    assert "(left out, not its archive's own file: train.csv in test.csv.7z)" in summary
+    _prepares(raw, tmp_path)
+
+
+def test_a_7z_without_its_own_file_is_refused_in_download(tmp_path):
+    """train.csv.7z holding sales_export.csv: download said 'got train', prepare then found no train.csv."""
+    source = write_kaggle_sample(tmp_path / "source")
+    _seven(source / "train.csv.7z", {"sales_export.csv": (source / "train.csv").read_text()})
+    (source / "train.csv").unlink()
+    with pytest.raises(DownloadError, match=r"^train.csv.7z: holds sales_export.csv, not train.csv"):
+        download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_truncated_7z_is_named_as_the_users_file(tmp_path):
+    """It was reported as d260f2db7f5c-train.csv.7z.part, the temporary copy's name."""
+    source = write_kaggle_sample(tmp_path / "source")
+    seven = _seven(source / "train.csv.7z", {"train.csv": (source / "train.csv").read_text()})
+    (source / "train.csv").unlink()
+    seven.write_bytes(seven.read_bytes()[:-20])
+    with pytest.raises(DownloadError, match=r"^train.csv.7z: not a readable .7z archive"):
+        download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+
+
+@pytest.mark.parametrize("kind", ["single csv", "tar.gz"])
+def test_a_file_that_is_no_zip_is_said_for_what_it_is_and_kept(tmp_path, kind):
+    """It was 'corrupt zip archive ... deleted, the next run fetches it again' (a CSV is no zip; nothing deletes it)."""
+    import tarfile
+
+    plain = write_kaggle_sample(tmp_path / "plain")
+    if kind == "single csv":
+        source, expected = plain / "train.csv", "is a file, a single raw file: put it in a folder"
+    else:
+        source, expected = tmp_path / "data.tar.gz", "is a file, a tar archive: unpack it"
+        with tarfile.open(source, "w:gz") as tar:
+            tar.add(plain, arcname="data")
+    before = source.read_bytes()
+    with pytest.raises(DownloadError) as error:
+        download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    message = str(error.value)
+    assert message.startswith(f"data.source: {source} {expected}") and "a .zip of them" in message
+    assert "corrupt zip" not in message
+    assert source.read_bytes() == before
+
+
+def test_a_corrupt_local_zip_is_not_said_to_be_fetched_again(tmp_path):
+    plain = write_kaggle_sample(tmp_path / "plain")
+    archive = _zip_of(plain, tmp_path / "data.zip")
+    archive.write_bytes(archive.read_bytes()[:100])
+    with pytest.raises(DownloadError, match=r"corrupt zip archive.*the source file is left as it is") as error:
+        download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    assert "the next run fetches it again" not in str(error.value)
+    assert archive.exists()
+
+
+def test_a_zip_url_answering_404_is_a_one_line_error(http_server, tmp_path, capsys, monkeypatch):
+    """_Missing escaped on the zip branch: a traceback; and the source stage said '0 file(s)' as if all were well."""
+    from pipeline.download import main as download_main
+    from pipeline.source import HashCache, SourceError, fingerprint
+
+    url = http_server + "favorita.zip"
+    with pytest.raises(DownloadError, match=rf"^data.source: {url}: the server has no such file \(HTTP 404/410\)"):
+        download(_params(url), tmp_path / "raw", tmp_path / "partial", progress=False)
+    with pytest.raises(SourceError, match=rf"^data.source: {url}: the server has no such file"):
+        fingerprint(url, _params(url), HashCache(tmp_path / "hashes.json"))
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    monkeypatch.setenv("SHELFCAST_DATA_SOURCE", url)
+    assert download_main(["--root", str(tmp_path), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("download: error: data.source: ") and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_the_source_stage_refuses_a_folder_without_the_required_files(tmp_path, kaggle_sample):
+    from pipeline.source import HashCache, SourceError, fingerprint
+
+    (kaggle_sample / "items.csv").unlink()
+    with pytest.raises(SourceError, match=r"has no items \(looked for NAME.csv.gz, NAME.csv, NAME.csv.7z\)"):
+        fingerprint(str(kaggle_sample), _params(str(kaggle_sample)), HashCache(tmp_path / "hashes.json"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SourceError, match=r"has no train, items, stores"):
+        fingerprint(str(empty), _params(str(empty)), HashCache(tmp_path / "hashes.json"))

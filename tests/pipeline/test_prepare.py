@@ -222,3 +222,27 @@ def test_duplicate_ids_across_blocks_and_stores_are_found_in_any_order(tmp_path)
     increasing.add(np.array([0, 10**12]))
     increasing.add(np.array([10**12 + 1, 2**63 - 1]))
     increasing.check(Path("train.csv"), [tmp_path / "never-read.parquet"])  # increasing: unique, nothing read
+
+
+def test_holiday_places_match_stores_ignoring_case_and_spaces_and_the_rest_are_named(tmp_path, capsys):
+    """'GUAYAQUIL ' and 'pichincha' were dropped silently (no store flagged); a place with no store now warns."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    files = kaggle_sample_files()
+    holidays = (files["holidays_events"].replace("Local,Guayaquil,", "Local,GUAYAQUIL ,")
+                .replace("Regional,Pichincha,", "Regional, pichincha,"))
+    files["holidays_events"] = holidays + "2014-04-09,Holiday,Local,Atlantis,Fundacion de Atlantis,False\n"
+    atlantis_line = len(holidays.splitlines()) + 1
+    for name, text in files.items():
+        (raw / f"{name}.csv").write_text(text)
+    out = tmp_path / "prepared"
+    prepare(raw, out, PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    sales = _sales(out)
+    assert bool(_flags(sales, "2014-04-08", 2)["is_local_holiday"])
+    assert not bool(_flags(sales, "2014-04-08", 1)["is_local_holiday"])
+    assert bool(_flags(sales, "2014-03-28", 1)["is_regional_holiday"])
+    assert not bool(_flags(sales, "2014-04-09", 1)["is_local_holiday"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("prepare: warning: holidays_events.csv: 1 Regional/Local row(s)")
+    assert f"line {atlantis_line} ('Local Atlantis')" in err[0]

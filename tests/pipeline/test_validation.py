@@ -39,6 +39,11 @@ def _with_field(line: str, index: int, value: str) -> str:
     return ",".join(fields)
 
 
+def _holiday_line(starts: str) -> int:
+    return next(n for n, line in enumerate(kaggle_sample_files()["holidays_events"].splitlines(), start=1)
+                if line.startswith(starts))
+
+
 CASES = {
     "missing column": ("train", lambda t: "\n".join(",".join(line.split(",")[:5]) for line in t.splitlines()) + "\n",
                        ["train.csv", "'onpromotion'", "missing"]),
@@ -56,6 +61,29 @@ CASES = {
                       ["train.csv", "'date'", "line 40", "2014-3-"]),
     "impossible date": ("oil", lambda t: _replace_line(t, 3, "2014-13-01,99.0"),
                         ["oil.csv", "'date'", "line 3", "2014-13-01"]),
+    # the reader refuses these, but strptime rolls them over (2014-02-30 -> 2014-03-02): the error had no line
+    "february 30th": ("train", lambda t: _replace_line(t, 40, _with_field(_train_line(40), 1, "2014-02-30")),
+                      ["train.csv", "'date'", "line 40", "2014-02-30"]),
+    "february 29th of a non-leap year in oil": ("oil", lambda t: _replace_line(t, 3, "2015-02-29,99.0"),
+                                                ["oil.csv", "'date'", "line 3", "2015-02-29"]),
+    "impossible holiday date": ("holidays_events", lambda t: t.replace("2014-04-08,", "2014-04-31,"),
+                                ["holidays_events.csv", "'date'", f"line {_holiday_line('2014-04-08,')}",
+                                 "2014-04-31"]),
+    # a quoted value spanning two lines is one row on two lines: the lines after it were named one too low
+    "a quoted value over two lines before an error": (
+        "holidays_events", lambda t: t.replace("Dia de prueba,True", '"Dia de\nprueba",True')
+        .replace("Puente,False", "Puente,maybe"),
+        ["holidays_events.csv", "'transferred'", f"line {_holiday_line('2014-04-14,') + 1} ('maybe')"]),
+    # ... while a quote inside a plain value (12" PIZZA) opens nothing: the lines after it are not shifted
+    "a quote inside a plain value before an error": (
+        "items", lambda t: t.replace("GROCERY I", '12" PIZZA').replace("CLEANING,3024,0", "CLEANING,3024,7"),
+        ["items.csv", "'perishable'", "line 6 (7)"]),
+    "semicolons": ("train", lambda t: t.replace(",", ";"),
+                   ["train.csv", "the file seems to use ; as delimiter; Shelfcast reads comma-separated files"]),
+    "a space after a column name": ("train", lambda t: t.replace("onpromotion\n", "onpromotion \n", 1),
+                                    ["train.csv", "line 1", "column name 'onpromotion ' has spaces around it"]),
+    "a spreadsheet's empty columns": ("stores", lambda t: t.replace("\n", ",,\n"),
+                                      ["stores.csv", "line 1", "the header ends in 2 empty column name(s)"]),
     "not an integer": ("train", lambda t: _replace_line(t, 7, _with_field(_train_line(7), 2, "one")),
                        ["train.csv", "'store_nbr'", "line 7", "one"]),
     "duplicate key": ("train", lambda t: t + _train_line(20).replace(_train_line(20).split(",")[0], "999999", 1) + "\n",
@@ -220,3 +248,17 @@ def test_a_file_whose_lines_end_in_cr_alone_is_read_like_any_other(tmp_path):
     _edit(raw, "stores", lambda t: t.replace("Cuenca,Azuay,B,6", "Cuenca,Azuay,B,x"))
     with pytest.raises(DataValidationError, match=r"stores.csv: column 'cluster'.*line 4"):
         prepare(raw, tmp_path / "prepared2", PARAMS, progress=False)
+
+
+def test_a_header_only_oil_file_is_no_oil(tmp_path):
+    """README: 'a file with no price at all = no oil.csv'; a header-only oil.csv was refused ('has no data rows')."""
+    import pandas as pd
+
+    raw = write_kaggle_sample(tmp_path / "raw")
+    _edit(raw, "oil", lambda t: t.splitlines()[0] + "\n")
+    prepare(raw, tmp_path / "prepared-header-only", PARAMS, progress=False)
+    (raw / "oil.csv").unlink()
+    prepare(raw, tmp_path / "prepared-no-oil", PARAMS, progress=False)
+    header_only, no_oil = (pd.read_parquet(tmp_path / name / "sales.parquet")
+                           for name in ("prepared-header-only", "prepared-no-oil"))
+    pd.testing.assert_frame_equal(header_only, no_oil)
