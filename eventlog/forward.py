@@ -159,6 +159,7 @@ class Forwarder:
         self.down_since: float | None = None
         self.stalled_since: float | None = None  # a send timed out: Fluentd may not be reading (see the docstring)
         self._proof_target: int | None = None  # while stalled: bytes acknowledged on this connection that prove it
+        self._connection = 0  # numbers the senders (connections) made: Segment.acknowledged_on holds these
 
     def pump(self, until: float) -> bool:
         """Send what is due until nothing is left or `until`; False if Fluentd failed (back off)."""
@@ -208,7 +209,7 @@ class Forwarder:
     def _proves_reading(self, until: float) -> bool:
         """While stalled: heartbeats on a connection that carries nothing else until Fluentd's kernel has
         acknowledged PROOF_BYTES (True, stalled no more), a send fails, or `until` (False either way)."""
-        sender = self._sender = self._sender or self.address.sender(self._tag)
+        sender = self._connected()
         while True:
             progress = connection_bytes(sender)
             if progress is None and sender.socket is not None:
@@ -240,7 +241,7 @@ class Forwarder:
         if bad and first_read:  # a re-send meets the same lines: they were counted and logged once
             self._count("dropped", len(bad))
             log.error("event spool: %d unreadable line(s) dropped, first: %s", len(bad), bad[0])
-        sender = self._sender = self._sender or self.address.sender(self._tag)
+        sender = self._connected()
         sent = 0
         for number, (timestamp, record) in enumerate(stamped):  # each send() hands the GIL to request threads
             try:
@@ -292,7 +293,7 @@ class Forwarder:
         now = time.monotonic()
         due = [s for s in self._held if s.sent_at is not None and now - s.sent_at >= self._confirm_after_s]
         if due and self._last_ok < max(s.sent_at for s in due) + self._confirm_after_s:
-            sender = self._sender = self._sender or self.address.sender(self._tag)
+            sender = self._connected()
             if not sender.emit_with_time("heartbeat", EventTime(time.time()), {}):
                 self._failed(sender)
                 return False
@@ -300,14 +301,21 @@ class Forwarder:
             self._confirm()
         return True
 
+    def _connected(self) -> FluentSender:
+        """The current sender, or a new one (a new connection, numbered)."""
+        if self._sender is None:
+            self._sender = self.address.sender(self._tag)
+            self._connection += 1
+        return self._sender
+
     def _note_acknowledged(self, progress: tuple[int, int] | None) -> None:
         """Count, per held segment, the connections on which the peer's kernel acknowledged all of it."""
         if progress is None or self.stalled_since is not None:
             return
         for segment in self._held:
             if (segment.sent_at is not None and segment.sent_bytes is not None and progress[1] >= segment.sent_bytes
-                    and not any(seen is self._sender for seen in segment.acknowledged_on)):
-                segment.acknowledged_on.append(self._sender)
+                    and self._connection not in segment.acknowledged_on):
+                segment.acknowledged_on.add(self._connection)
 
     def _confirm(self) -> None:
         if self.stalled_since is not None:

@@ -61,7 +61,7 @@ class Segment:
     written: list[dict[str, Any]] | None = None  # the records this process wrote into it, line for line
     sent_bytes: int | None = None  # bytes written to the connection when it was sent (None: not counted)
     unsendable: set[int] = field(default_factory=set)  # records msgpack could not pack: dropped, counted once
-    acknowledged_on: list[object] = field(default_factory=list)  # the connections whose peer acknowledged all of it
+    acknowledged_on: set[int] = field(default_factory=set)  # the connections (numbered) whose peer acknowledged all
 
     def records(self, on_bad_line: Callable[[str], None]) -> list[dict[str, Any]]:
         if self.written is not None:  # used once: a re-send after a failure reads the file

@@ -209,7 +209,12 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
         if record["drifted"]:
             reasons.append(f"predictions: {record['note']}")
     if actuals is not None:
-        live = live_accuracy(data, actuals, baseline_feature(bundle_metadata))
+        baseline = baseline_feature(bundle_metadata)
+        live = live_accuracy(data, actuals, baseline)
+        if live["rows"] and live["ratio_to_baseline"] is None:
+            live["note"] = (f"no baseline ratio: the events carry no {baseline} feature (train.baseline_weeks is not "
+                            "among features.dow_weeks), or the bundle does not name its baseline"
+                            if baseline not in data.dense else "no baseline ratio: the baseline's NWRMSLE is 0")
         report["live"] = live
         over_absolute = live["nwrmsle"] is not None and live["nwrmsle"] > params.max_live_nwrmsle
         over_baseline = live["ratio_interval"] is not None and \

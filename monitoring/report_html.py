@@ -106,6 +106,8 @@ def render_report(report: Mapping[str, Any]) -> str:
             low, high = live["ratio_interval"]
             versus = (f"; the weekday baseline's on the same rows {_number(live['baseline_nwrmsle'])} (ratio "
                       f"{_number(live['ratio_to_baseline'])}, 95% interval {_number(low)} … {_number(high)})")
+        elif live.get("note"):
+            versus = f"; {escape(live['note'])}"
         live_html = (f"<h2>Live accuracy</h2><p>NWRMSLE {_number(live['nwrmsle'])} over {live['rows']} forecasts "
                      f"with known sales{versus}.</p>")
     calendar = {n: r for n, r in report["features"].items() if r.get("role") == "calendar"}

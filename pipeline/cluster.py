@@ -91,30 +91,38 @@ def dask_client(address: str | None, timeout_s: float = 30.0) -> Iterator[Any]:
         return
     from distributed import Client
 
+    where = f"Dask scheduler {address} (from ${SCHEDULER_ENV} or params.yaml cluster.scheduler)"
+    missing = _missing_transport(address)
+    if missing:
+        raise ClusterError(f"{where} cannot be reached: {missing}")
     try:
         client = Client(address, timeout=f"{timeout_s}s")
-    except Exception as exc:  # noqa: BLE001 - any failure to connect is one line: where, and why
-        raise ClusterError(f"Dask scheduler {address} (from ${SCHEDULER_ENV} or params.yaml cluster.scheduler) "
-                           f"cannot be reached: {_connect_failure(address, exc)}") from None
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: a transport Dask cannot set up (tls, ucx)
+        raise ClusterError(f"{where} cannot be reached: "
+                           f"{exc if isinstance(exc, OSError) else f'{type(exc).__name__}: {exc}'}") from None
     try:
         yield client
     finally:
         client.close()
 
 
-def _connect_failure(address: str, exc: Exception) -> str:
-    """Why ``Client(address)`` failed, in words: the missing setting where a transport needs one."""
+def _missing_transport(address: str) -> str | None:
+    """What a tls:// or ucx:// scheduler needs and this machine lacks (Dask's TLS settings, distributed-ucxx), in
+    words; None when nothing is missing. Checked before connecting: Dask's own errors name neither."""
     scheme = address.partition("://")[0] if "://" in address else "tcp"
-    if scheme in ("tls", "wss") and "ssl_context" in str(exc):
-        return ("TLS needs Dask's security settings, and none are configured: set distributed.comm.tls.ca-file, "
-                "distributed.comm.tls.client.cert and distributed.comm.tls.client.key in Dask's config "
-                "(a YAML file in ~/.config/dask/, or DASK_DISTRIBUTED__COMM__TLS__CA_FILE=... variables)")
+    if scheme in ("tls", "wss"):
+        import dask.config
+
+        if not dask.config.get("distributed.comm.tls.ca-file", None):
+            return ("TLS needs Dask's security settings, and none are configured: set distributed.comm.tls.ca-file, "
+                    "distributed.comm.tls.client.cert and distributed.comm.tls.client.key in Dask's config "
+                    "(a YAML file in ~/.config/dask/, or DASK_DISTRIBUTED__COMM__TLS__CA_FILE=... variables)")
     if scheme == "ucx":
         import importlib.util
 
         if importlib.util.find_spec("distributed_ucxx") is None:
             return "ucx:// needs the distributed-ucxx package, which is not installed here"
-    return str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: Any = None, desc: str = "tasks",

@@ -59,12 +59,13 @@ def distribution(values: np.ndarray, bins: str = "even") -> dict:
     low, high = float(values.min()), float(values.max())
     if high <= low:
         high = low + 1.0
+    if bins not in ("even", "quantile"):
+        raise ValueError(f"bins: expected 'even' or 'quantile', got {bins!r}")
     if bins == "quantile":
         edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)))
         edges = np.append(edges, high) if edges.size < 2 else edges
         counts, edges = np.histogram(values, bins=edges)
     else:
-        bins = "even"
         counts, edges = np.histogram(values, bins=HISTOGRAM_BINS, range=(low, high))
     return {
         "count": int(values.size), "mean": float(values.mean()), "std": float(values.std()),

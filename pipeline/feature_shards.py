@@ -179,7 +179,7 @@ def build_shards(history: SalesHistory, spec: FeatureSpec, vocab: Vocabularies, 
 
     Stores are sent a few per worker at a time, so neither the scheduler nor a
     worker ever holds more than those stores' history slices. A shard that had to be rebuilt is said in one
-    line each (with ``progress``, as the stage's other lines are).
+    line each on stderr, even without ``progress``.
     """
     from pipeline.cluster import run_tasks
 
@@ -201,8 +201,8 @@ def build_shards(history: SalesHistory, spec: FeatureSpec, vocab: Vocabularies, 
                                  desc=f"features: stores {start + 1}..{min(len(tasks), start + wave)} of {len(tasks)}",
                                  progress=progress)
     for result in results:
-        if result["rebuilt"] and progress:
-            print(f"features: {result['rebuilt']}", flush=True)
+        if result["rebuilt"]:  # said even with --quiet: a damaged file is news
+            print(f"features: {result['rebuilt']}", file=sys.stderr, flush=True)
     return results
 
 

@@ -251,7 +251,8 @@ class TrainingState:
                           ("evals_since_best", len(state.curves))):
             if not 0 <= getattr(state, key) <= most:
                 raise ValueError(f"{path}: field {key!r} is {getattr(state, key)}, outside 0 .. {most}")
-        if not (math.isfinite(state.best_score) and state.best_score >= 0):
+        unimproved = state.best_step == 0 and state.best_score == math.inf  # every evaluation so far diverged
+        if not ((math.isfinite(state.best_score) and state.best_score >= 0) or unimproved):
             raise ValueError(f"{path}: field 'best_score' is {state.best_score}, not a score (a finite NWRMSLE)")
         return state
 

@@ -47,7 +47,7 @@ from pipeline.schema import HOLIDAY_FLAGS, PREPARED_SALES_SCHEMA, RAW_SCHEMAS
 from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.store_parts import append_part, write_part
 from pipeline.validate import (
-    DataValidationError, check_references, describe_rows, fail, find_raw_file, read_batches, read_small,
+    MAX_SHOWN, DataValidationError, check_references, describe_rows, fail, find_raw_file, read_batches, read_small,
     require_raw_file,
 )
 
@@ -345,7 +345,7 @@ def unmatched_holidays_warning(raw_dir: Path, reference: Reference) -> str | Non
         return None
     path = find_raw_file(raw_dir, "holidays_events")
     shown = [f"{reference.holidays['locale'].iloc[r]} {reference.holidays['locale_name'].iloc[r]}"
-             for r in rows[:5]]
+             for r in rows[:MAX_SHOWN]]
     return (f"{path.name}: {len(rows)} Regional/Local row(s) whose locale_name matches no store's state/city "
             f"(compared ignoring case and spaces) flag no store: {describe_rows(path, rows, shown)}")
 

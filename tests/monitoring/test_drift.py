@@ -107,6 +107,16 @@ def test_live_accuracy_is_judged_against_the_weekday_baseline_on_the_same_rows(b
     assert any("no longer beats the baseline" in reason for reason in report["reasons"]) is alarmed
 
 
+def test_without_the_baseline_feature_live_accuracy_says_why_there_is_no_ratio(bundle_parts, stream):
+    metadata, stats = bundle_parts
+    events = stream(200, seed=6)
+    actuals = {(str(e["inputs"]["store_nbr"]), str(e["inputs"]["item_nbr"]), e["inputs"]["date"]): 3.0 for e in events}
+    metadata = {**metadata, "params": {**metadata["params"], "train": {**metadata["params"]["train"],
+                                                                         "baseline_weeks": 5}}}  # not a dow window
+    live = analyse(events, metadata, stats, DriftParams(), actuals)["live"]
+    assert live["rows"] and live["ratio_to_baseline"] is None and "dow_mean_log1p_5w" in live["note"]
+
+
 def test_actuals_csv_is_read_and_checked(bundle_parts, stream, jsonl, production_bundle, tmp_path):
     metadata, stats = bundle_parts
     events = stream(200, seed=4)

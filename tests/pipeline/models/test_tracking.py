@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pipeline import tracking
@@ -189,10 +191,16 @@ def _in_a_new_process(code: str, root):
                           timeout=300)
 
 
-def _schema_head() -> str:
-    from mlflow.store.db.utils import _get_latest_schema_revision
+def _migrations():
+    """MLflow's alembic migrations, read with alembic's public ScriptDirectory (no private MLflow helper)."""
+    from alembic.script import ScriptDirectory
+    import mlflow.store.db_migrations as migrations
 
-    return _get_latest_schema_revision()
+    return ScriptDirectory(str(Path(migrations.__file__).parent))
+
+
+def _schema_head() -> str:
+    return _migrations().get_current_head()
 
 
 def _schema_revision(db) -> str | None:
@@ -257,13 +265,8 @@ def _half_migrated_store(root) -> None:
     an early revision whose successors already ran (so every rerun of them fails)."""
     import sqlite3
 
-    from alembic.script import ScriptDirectory
-    from mlflow.store.db.utils import _get_alembic_config
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    # made by MLflow's store class directly: an MlflowClient would keep this store for the process's life
-    SqlAlchemyStore(f"sqlite:///{(root / 'mlflow.db').as_posix()}", (root / "mlartifacts").as_uri())
-    first = list(ScriptDirectory.from_config(_get_alembic_config(db_url="")).walk_revisions())[-1].revision
+    tracking.create_local_store(root / "mlflow.db")
+    first = list(_migrations().walk_revisions())[-1].revision
     connection = sqlite3.connect(root / "mlflow.db")
     connection.execute("drop table spans")
     connection.execute("update alembic_version set version_num = ?", (first,))
