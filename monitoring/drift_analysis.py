@@ -40,6 +40,7 @@ TRAINING_REFERENCE_NOTE = ("this bundle has no served-horizon reference (made be
                            "compared with the training rows, from earlier origins; "
                            "retrain for a like-for-like reference")
 VERDICT_DRIFT, VERDICT_OK, VERDICT_INCONCLUSIVE, VERDICT_NOT_ALARMED = "drift", "ok", "inconclusive", "not alarmed"
+MIN_SERIES_FOR_RATIO = 30  # series with known sales below which the baseline ratio is shown, never alarmed
 VERDICT_FOLLOWS = "follows"  # a store's or item's attribute whose shift is its number's (see _follow_their_owner)
 OWNED_ATTRIBUTES = {"store_nbr": STORE_FIELDS, "item_nbr": ITEM_FIELDS}
 
@@ -108,6 +109,10 @@ def _follow_their_owner(categorical: dict[str, dict[str, Any]], unseen: Mapping[
     return followers
 
 
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
 def live_accuracy(data: ServingData, actuals: Mapping[tuple[int, int, str], float],
                   baseline: str | None = None) -> dict[str, Any]:
     """NWRMSLE of the served forecasts whose actual sales are known (perishable rows weigh 1.25); ``actuals`` as
@@ -130,11 +135,13 @@ def live_accuracy(data: ServingData, actuals: Mapping[tuple[int, int, str], floa
         if baseline in data.dense:
             forecast = np.expm1(np.asarray(data.dense[baseline], np.float64)[index])
             live["baseline_nwrmsle"] = nwrmsle(actual, forecast, weights)
-            if live["baseline_nwrmsle"] > 0:
-                series = [f"{data.keys[i][0]}/{data.keys[i][1]}" for i in matched]
+            series = [f"{data.keys[i][0]}/{data.keys[i][1]}" for i in matched]
+            live["series"] = len(set(series))
+            if live["baseline_nwrmsle"] > 0 and live["series"] >= MIN_SERIES_FOR_RATIO:
                 interval = improvement_interval(series, actual, data.predictions[index], forecast, weights)
                 live["ratio_to_baseline"] = live["nwrmsle"] / live["baseline_nwrmsle"]
-                live["ratio_interval"] = [1.0 - interval.high, 1.0 - interval.low]
+                # an end is None where it is unbounded: draws of series only the baseline forecast exactly
+                live["ratio_interval"] = [_finite_or_none(1.0 - interval.high), _finite_or_none(1.0 - interval.low)]
     except MetricInputError as exc:
         raise ActualsError(f"live NWRMSLE: {exc}") from None
     return live
@@ -212,21 +219,29 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
         baseline = baseline_feature(bundle_metadata)
         live = live_accuracy(data, actuals, baseline)
         if live["rows"] and live["ratio_to_baseline"] is None:
-            live["note"] = (f"no baseline ratio: the events carry no {baseline} feature (train.baseline_weeks is not "
-                            "among features.dow_weeks), or the bundle does not name its baseline"
-                            if baseline not in data.dense else "no baseline ratio: the baseline's NWRMSLE is 0")
+            if baseline is None:
+                live["note"] = "no baseline ratio: the bundle does not name its baseline (train.baseline_weeks)"
+            elif baseline not in data.dense:
+                live["note"] = (f"no baseline ratio: the events carry no {baseline} feature (train.baseline_weeks is "
+                                "not among features.dow_weeks)")
+            elif live.get("series", 0) < MIN_SERIES_FOR_RATIO:
+                live["note"] = (f"no baseline ratio: {live.get('series', 0)} series with known sales, fewer than "
+                                f"{MIN_SERIES_FOR_RATIO}: too few to tell the model from the baseline")
+            else:
+                live["note"] = "no baseline ratio: the baseline's NWRMSLE is 0"
         report["live"] = live
         over_absolute = live["nwrmsle"] is not None and live["nwrmsle"] > params.max_live_nwrmsle
-        over_baseline = live["ratio_interval"] is not None and \
-            live["ratio_interval"][0] > params.max_live_ratio_to_baseline  # worse, with 95 % confidence
+        low_end = None if live["ratio_interval"] is None else live["ratio_interval"][0]
+        over_baseline = live["ratio_interval"] is not None and (  # worse, with 95 % confidence (None: unbounded)
+            low_end is None or low_end > params.max_live_ratio_to_baseline)
         live["over_bound"] = over_absolute or over_baseline
         if over_absolute:
             reasons.append(f"live NWRMSLE {live['nwrmsle']:.4f} over {live['rows']} rows > {params.max_live_nwrmsle}")
         if over_baseline:
-            low, high = live["ratio_interval"]
+            low, high = ("inf" if end is None else f"{end:.3f}" for end in live["ratio_interval"])
             reasons.append(f"live NWRMSLE {live['nwrmsle']:.4f} is {live['ratio_to_baseline']:.3f}x the weekday "
                            f"baseline's {live['baseline_nwrmsle']:.4f} on the same {live['rows']} rows "
-                           f"(95% interval [{low:.3f}, {high:.3f}] > {params.max_live_ratio_to_baseline}): "
+                           f"(95% interval [{low}, {high}] > {params.max_live_ratio_to_baseline}): "
                            "the model no longer beats the baseline")
     if report["status"] != "insufficient_data" and reasons:
         report["alarm"], report["status"] = True, "drift"

@@ -106,11 +106,12 @@ class StatisticsCache:
             return statistics
 
 
-def _identity(path: str) -> tuple[int, int, int] | None:
-    """Which version of the log this is: a rotated, rewritten or appended log has another. None when it cannot
-    tell (no such file, or a folder of logs): then the statistics are read again once ``ttl_s`` has passed."""
+def _identity(path: str) -> tuple[int, int, int, int] | None:
+    """Which version of the log this is: a rotated, rewritten or appended log has another (ctime too: a copy
+    keeping the size and mtime, `cp -p`, or a file made again on a reused inode, still changes it). None when it
+    cannot tell (no such file, or a folder of logs): then the statistics are read again once ``ttl_s`` has passed."""
     try:
         stat = os.stat(path)
     except OSError:
         return None
-    return (stat.st_ino, stat.st_size, stat.st_mtime_ns) if S_ISREG(stat.st_mode) else None
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns) if S_ISREG(stat.st_mode) else None

@@ -103,9 +103,9 @@ def render_report(report: Mapping[str, Any]) -> str:
     if live is not None:
         versus = ""
         if live.get("ratio_to_baseline") is not None:
-            low, high = live["ratio_interval"]
+            low, high = ("∞" if end is None else _number(end) for end in live["ratio_interval"])
             versus = (f"; the weekday baseline's on the same rows {_number(live['baseline_nwrmsle'])} (ratio "
-                      f"{_number(live['ratio_to_baseline'])}, 95% interval {_number(low)} … {_number(high)})")
+                      f"{_number(live['ratio_to_baseline'])}, 95% interval {low} … {high})")
         elif live.get("note"):
             versus = f"; {escape(live['note'])}"
         live_html = (f"<h2>Live accuracy</h2><p>NWRMSLE {_number(live['nwrmsle'])} over {live['rows']} forecasts "

@@ -146,6 +146,8 @@ def improvement_interval(series, actual, candidate, baseline, weights=None, *, c
         ratio = np.divide(cand, base, out=np.where(cand > 0, np.inf, 1.0), where=base > 0)
         draws[start:stop] = 1.0 - np.sqrt(ratio)
     tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(draws, [tail, 1.0 - tail])
+    # a draw of series the baseline forecasts perfectly is -inf; quantiles interpolated between two of them are
+    # NaN (-inf - -inf): they are -inf
+    low, high = np.nan_to_num(np.quantile(draws, [tail, 1.0 - tail]), nan=-np.inf, posinf=np.inf, neginf=-np.inf)
     return ImprovementInterval(estimate=estimate, low=float(low), high=float(high), confidence=float(confidence),
                                resamples=int(resamples), series=int(n))

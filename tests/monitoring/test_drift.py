@@ -107,6 +107,32 @@ def test_live_accuracy_is_judged_against_the_weekday_baseline_on_the_same_rows(b
     assert any("no longer beats the baseline" in reason for reason in report["reasons"]) is alarmed
 
 
+@pytest.mark.parametrize("series", [3, 40])
+def test_series_the_baseline_forecasts_exactly_leave_a_writable_report(bundle_parts, stream, series):
+    """Zero-sales series have a weekday baseline of exactly 0: bootstrap draws of only those gave -inf, whose
+    interpolated quantile was NaN, and writing drift.json failed (allow_nan=False). Under MIN_SERIES_FOR_RATIO
+    series the ratio is not judged at all: one row once raised the '95 %' alarm."""
+    metadata, stats = bundle_parts
+    baseline = drift_analysis.baseline_feature(metadata)
+    events = stream(series * 5, seed=7)
+    actuals = {}
+    for i, event in enumerate(events):
+        event["inputs"]["store_nbr"] = events[0]["inputs"]["store_nbr"]  # one store: `series` series
+        event["inputs"]["item_nbr"] = 2_000_000 + i % series
+        event["inputs"]["date"] = f"2017-08-{1 + i // series:02d}"
+        sold = 0.0 if i % series >= 2 else 8.0  # all but two series sell nothing, and the baseline says so
+        event["features"]["dense"][baseline] = float(np.log1p(sold * 0.9))
+        event["output"]["unit_sales"] = sold + 1.0
+        actuals[(str(event["inputs"]["store_nbr"]), str(event["inputs"]["item_nbr"]), event["inputs"]["date"])] = sold
+    report = analyse(events, metadata, stats, DriftParams(), actuals)
+    json.dumps(report, allow_nan=False)  # what drift.json's writer does
+    live = report["live"]
+    if series < drift_analysis.MIN_SERIES_FOR_RATIO:
+        assert live["ratio_to_baseline"] is None and "fewer than" in live["note"] and not live["over_bound"]
+    else:
+        assert live["ratio_to_baseline"] > 1 and None in live["ratio_interval"] and live["over_bound"]
+
+
 def test_without_the_baseline_feature_live_accuracy_says_why_there_is_no_ratio(bundle_parts, stream):
     metadata, stats = bundle_parts
     events = stream(200, seed=6)

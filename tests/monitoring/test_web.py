@@ -127,13 +127,22 @@ def test_recent_statistics_are_read_once_per_ttl_while_the_log_changes(tmp_path,
 
 
 def test_an_unchanged_log_is_not_read_again_after_the_ttl(tmp_path, monkeypatch, jsonl):
-    """The key is the log's identity (inode, size, mtime_ns): while it is the same, the statistics are reused
-    however long ago they were read. Shown by a same-size rewrite that keeps the mtime: not read again."""
+    """The key is the log's identity (inode, size, mtime_ns, ctime_ns): while it is the same, the statistics are
+    reused however long ago they were read; a same-size rewrite that keeps the mtime (`cp -p` of another log of
+    the same size) still changes the ctime, and is read again."""
+    from monitoring import recent_predictions
+
     client = client_for(tmp_path, monkeypatch)
     monkeypatch.setattr(web.RECENT_STATISTICS, "ttl_s", 0.2)
+    reads = []
+    real = recent_predictions.recent_statistics
+    monkeypatch.setattr(recent_predictions, "recent_statistics", lambda *a, **k: reads.append(1) or real(*a, **k))
     log = tmp_path / "predictions.jsonl"
     jsonl(log, [prediction(i) for i in range(4)])
     assert client.get("/api/v1/monitoring").get_json()["recent"]["promotion_share"] == 0.0
+    time.sleep(0.3)
+    assert client.get("/api/v1/monitoring").get_json()["recent"]["promotion_share"] == 0.0
+    assert len(reads) == 1  # past the TTL, the same log: not read again
     before = os.stat(log)
     with open(log, "r+b") as handle:  # the same inode and size, every "false" now "true " (still JSON)
         text = handle.read()
@@ -141,6 +150,4 @@ def test_an_unchanged_log_is_not_read_again_after_the_ttl(tmp_path, monkeypatch,
         handle.write(text.replace(b'"onpromotion": false', b'"onpromotion": true '))
     os.utime(log, ns=(before.st_atime_ns, before.st_mtime_ns))
     time.sleep(0.3)
-    assert client.get("/api/v1/monitoring").get_json()["recent"]["promotion_share"] == 0.0
-    log.touch()  # a new mtime: another version of the log
     assert client.get("/api/v1/monitoring").get_json()["recent"]["promotion_share"] == 1.0
