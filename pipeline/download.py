@@ -43,7 +43,7 @@ from pipeline.cluster import ClusterError, dask_client, scheduler_address
 from pipeline.io import atomic_directory
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
-from pipeline.source import CANDIDATE_SUFFIXES, data_source, join, local_path
+from pipeline.source import CANDIDATE_SUFFIXES, data_source, is_single_file, join, local_path, missing_raw_files
 from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.synthetic import generate
 
@@ -360,7 +360,7 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
         raise DownloadError(f"data.source: {source} does not exist")
     fetched: set[str] = set()  # what data.sha256 may name
     left_out: list[str] = []
-    if parsed.path.lower().endswith(".zip") or (not remote and local_path(source).is_file()):
+    if is_single_file(source):
         if not remote:
             _check_local_file_source(source, local_path(source))
         name = Path(parsed.path).name
@@ -395,10 +395,9 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
                 fetched.add(f"{base}{suffix}")
                 found.add(base)
                 break
-    missing = [name for name in RAW_FILES if name not in found]
+    missing = missing_raw_files({f"{base}.csv" for base in found})
     if missing:
-        raise DownloadError(f"data.source: {source} has no {', '.join(missing)} "
-                            f"(looked for NAME{', NAME'.join(CANDIDATE_SUFFIXES)})")
+        raise DownloadError(f"data.source: {source} {missing}")
     unchecked = sorted(set(params.sha256) - fetched)
     if unchecked:  # a typo, or train.csv listed where train.csv.gz was fetched: nothing would have been verified
         raise DownloadError(f"data.sha256.{unchecked[0]}: no file of that name was fetched from {source} "

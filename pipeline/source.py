@@ -70,6 +70,19 @@ def join(base: str, name: str) -> str:
     return str(Path(base) / name)
 
 
+def is_single_file(source: str) -> bool:
+    """Whether ``source`` names one file (a .zip URL, or a local file) rather than a folder of raw files."""
+    return (urllib.parse.urlparse(source).path.lower().endswith(".zip")
+            or (not is_remote(source) and local_path(source).is_file()))
+
+
+def missing_raw_files(names) -> str | None:
+    """The error when the raw file ``names`` (as found: train.csv.gz, ...) lack a required one; None when complete."""
+    missing = [base for base in RAW_FILES if not any(f"{base}{suffix}" in names for suffix in CANDIDATE_SUFFIXES)]
+    return (f"has no {', '.join(missing)} (looked for NAME{', NAME'.join(CANDIDATE_SUFFIXES)})" if missing
+            else None)
+
+
 def candidate_names() -> list[str]:
     return [f"{base}{suffix}" for base in RAW_NAMES for suffix in CANDIDATE_SUFFIXES]
 
@@ -142,11 +155,9 @@ def fingerprint(source: str, params: DataParams, cache: HashCache) -> dict:
                 files[file.name] = {"sha256": cache.sha256(file), "size": file.stat().st_size}
             except OSError as exc:
                 raise SourceError(f"{file}: cannot read it: {exc}") from None
-    if not archive and not (not is_remote(source) and local_path(source).is_file()):
-        missing = [base for base in RAW_FILES if not any(f"{base}{suffix}" in files for suffix in CANDIDATE_SUFFIXES)]
-        if missing:  # download would stop on it: say so now, not "0 file(s)" as if all were well
-            raise SourceError(f"data.source: {source} has no {', '.join(missing)} "
-                              f"(looked for NAME{', NAME'.join(CANDIDATE_SUFFIXES)})")
+    missing = None if is_single_file(source) else missing_raw_files(files)
+    if missing:  # download would stop on it: say so now, not "0 file(s)" as if all were well
+        raise SourceError(f"data.source: {source} {missing}")
     return {"source": source, "files": files}
 
 
