@@ -39,6 +39,11 @@ SECURITY_HEADERS = {
 log = logging.getLogger(__name__)
 
 
+def serving_model_identity(model) -> dict | None:
+    """What monitoring compares a drift report's model with (``monitoring.web.SERVING_MODEL``)."""
+    return None if model is None else {"name": model.name, "version": model.version, "digest": model.bundle.digest}
+
+
 def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | None = None,
                predictor: Predictor | None = None) -> Flask:
     """The app, with the model loaded now if one is there (else /readyz answers 503 until it appears)."""
@@ -47,7 +52,7 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
     from app.routes_docs import docs
     from app.routes_health import health
     from app.routes_web import web
-    from monitoring.web import monitoring_blueprint
+    from monitoring.web import SERVING_MODEL, monitoring_blueprint
 
     settings = settings or AppSettings.from_environment()
     app = Flask(__name__)
@@ -107,6 +112,8 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
     app.register_blueprint(metrics_blueprint)  # /metrics: Prometheus text format
     app.register_blueprint(docs)  # /docs: Swagger UI on the OpenAPI document
     app.register_blueprint(monitoring_blueprint)  # /monitoring: drift report + recent predictions
+    app.extensions[SERVING_MODEL] = lambda: serving_model_identity(predictor.model)  # /monitoring: a report on
+    # another model than the one serving says so
     # The body is read in full (size and time limits) before Flask runs; see app/request_buffer.py.
     app.wsgi_app = BufferedRequests(app.wsgi_app, settings.max_body_bytes, settings.body_timeout_s)
     return app

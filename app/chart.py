@@ -3,8 +3,10 @@
 Drawn on the server from numbers only (no user text reaches the markup), so the page needs no
 JavaScript, library or CDN to show it, and no inline style (it works under a strict CSP: the look
 is in app/static/style.css). Every day can be read: hover a day (or Tab to a forecast day) and its
-value appears. Two sizes are drawn, so the text stays readable: the page shows the wide one on
-screens wider than a phone and the narrow one on phones (a CSS media query picks).
+value appears. The SVG is a group, not an image: an image's parts are hidden from assistive technology, and
+the forecast days are focusable parts (each an image with its spoken value). Two sizes are drawn, so the text
+stays readable: the page shows the wide one on screens wider than a phone and the narrow one on phones (a CSS
+media query picks).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def sales_chart_svg(history_days: Sequence[int], history_units: Sequence[float],
     font = size.font
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart {size.name}" viewBox="0 0 {size.width} {size.height}" '
-        f'role="img" aria-labelledby="{size.name}-title {size.name}-desc" font-size="{font}">',
+        f'role="group" aria-labelledby="{size.name}-title" aria-describedby="{size.name}-desc" font-size="{font}">',
         f'<title id="{size.name}-title">Units sold per day, {day_date(first):%d %b} to {day_date(origin):%d %b %Y}, '
         f'and the forecast, {day_date(forecast_days[0]):%d %b} to {day_date(last):%d %b %Y}</title>',
         f'<desc id="{size.name}-desc">The table beside the chart lists the forecast for every day.</desc>',
@@ -95,12 +97,14 @@ def sales_chart_svg(history_days: Sequence[int], history_units: Sequence[float],
                      f'{_tick_label(value)}</text>')
         value += step
     # Date ticks on Mondays (weekly sales patterns line up), every week (wide) or fortnight (narrow).
-    monday = first + (3 - first) % 7  # day 0 (1970-01-01) was a Thursday, so day 4 was a Monday
+    monday = first + (7 - day_date(first).weekday()) % 7  # weekday(): Monday is 0
     for day in range(monday, last + 1, size.tick_every_days):
         parts.append(f'<line class="tick-mark" x1="{x(day):.1f}" x2="{x(day):.1f}" y1="{plot_bottom}" '
                      f'y2="{plot_bottom + 5}"/>')
-        parts.append(f'<text class="tick" x="{x(day):.1f}" y="{plot_bottom + 7 + font}" text-anchor="middle">'
-                     f'{day_date(day).day} {day_date(day):%b}</text>')
+        label = f"{day_date(day).day} {day_date(day):%b}"
+        half = len(label) * font * 0.3  # about 0.6 em a character: a label near an edge is kept inside the chart
+        parts.append(f'<text class="tick" x="{min(max(x(day), half), size.width - half):.1f}" '
+                     f'y="{plot_bottom + 7 + font}" text-anchor="middle">{label}</text>')
     parts.append(f'<text class="axis-title" x="{(plot_left + plot_right) / 2:.1f}" y="{size.height - 6}" '
                  f'text-anchor="middle">date (ticks on Mondays), {day_date(last).year}</text>')
     parts.append(f'<line class="origin" x1="{x(origin):.1f}" x2="{x(origin):.1f}" y1="{plot_top}" y2="{plot_bottom}"/>')

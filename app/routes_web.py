@@ -1,10 +1,15 @@
-"""The page for people: GET / shows the form, POST / checks it and shows the forecast with a chart."""
+"""The page for people: GET / shows the form, and with the form's fields in its query string also their forecast.
+
+A forecast only reads, so it is a GET: reload, bookmark, share and Back show it again, never a browser's
+"Confirm Form Resubmission". Each forecast shown logs one prediction event. A POSTed form (a page loaded
+before forecasts were GETs, a script) is sent on to that GET address: 303, POST/redirect/GET.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, current_app, g, render_template, request
+from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.chart import SIZES, format_units, sales_chart_svg
@@ -13,31 +18,33 @@ from app.examples import example_for
 from app.predictor import LoadedModel
 from app.service import day_numbers, forecast_instances, predict_and_log
 from app.state import serving_state
-from app.validation import FormInput, Instance, parse_form
+from app.validation import FORM_FIELDS, FORM_VALUE_CHARS, FormInput, Instance, form_values, parse_form
 
 web = Blueprint("web", __name__)
+web.add_app_template_filter(format_units, "units")  # the heading's number as the table and the chart write it
 CHART_HISTORY_DAYS = 56
+FAVICON = "favicon.svg"  # in app/static; base.html links it
+RESULT_ANCHOR = "result"  # the forecast's section: a submitted form lands there (on a phone it is below the form)
 
 
 def _page(model: LoadedModel | None, form: FormInput | None = None, result: dict | None = None, status: int = 200):
-    values = form.values if form else {"store": "", "item": "", "date": "", "onpromotion": ""}
-    return render_template("index.html", model=model, values=values, errors=form.errors if form else {},
-                           result=result, example=example_for(model) if model else None), status
+    values = form.values if form else dict.fromkeys(FORM_FIELDS, "")
+    errors = form.errors if form else {}
+    first_error = next((name for name in FORM_FIELDS if name in errors), None)  # focused: the page's order
+    return render_template("index.html", model=model, values=values, errors=errors, first_error=first_error,
+                           result=result, example=example_for(model) if model else None,
+                           action=url_for("web.index", _anchor=RESULT_ANCHOR), max_chars=FORM_VALUE_CHARS), status
 
 
 @web.get("/")
 def index():
-    model = serving_state().predictor.model
-    return _page(model, status=200 if model else 503)
-
-
-@web.post("/")
-def submit():
     state = serving_state()
     model = state.predictor.model
     if model is None:
         return _page(None, status=503)
-    form = parse_form(_form_fields(), model)
+    if not form_values(request.args):
+        return _page(model)
+    form = parse_form(request.args, model)
     if form.instance is None:
         return _page(model, form, status=400)
     instance = form.instance
@@ -45,6 +52,18 @@ def submit():
     result = _result(model, instance, prediction["unit_sales"])
     result["expected_units"] = prediction.get("expected_units")  # None for a bundle trained before them
     return _page(model, form, result=result)
+
+
+@web.post("/")
+def submit():
+    """The form as pages before GET forecasts posted it: 303 to the address that shows its forecast."""
+    return redirect(url_for("web.index", **form_values(_form_fields()), _anchor=RESULT_ANCHOR), 303)
+
+
+@web.get("/favicon.ico")
+def favicon():
+    """The pages' icon (they link it) for a browser asking the conventional address: no 404 in the log."""
+    return current_app.send_static_file(FAVICON)
 
 
 def _form_fields():

@@ -148,7 +148,8 @@ def forecastable_errors(instance: Instance, model: LoadedModel, where: str) -> l
     errors = []
     if instance.store_nbr not in model.catalog.stores:
         errors.append(FieldError(f"{where}store_nbr", f"store {instance.store_nbr} is not one the model was trained on "
-                                                      f"(known: {len(model.catalog.stores)} stores, see GET /)"))
+                                                      f"(known: {len(model.catalog.stores)} stores, listed by "
+                                                      "GET /api/v1/model)"))
     if instance.item_nbr not in model.catalog.items:
         errors.append(FieldError(f"{where}item_nbr", f"item {instance.item_nbr} is not one the model was trained on "
                                                      "(search items with GET /api/v1/items?q=...)"))
@@ -168,7 +169,8 @@ def check_forecastable(instances: list[Instance], model: LoadedModel) -> None:
 # --- the form ---------------------------------------------------------------------------------
 
 FORM_FIELDS = ("store", "item", "date", "onpromotion")
-LEADING_NUMBER = re.compile(r"\s*([0-9]{1,10})(?:[^0-9].*)?", re.S)
+FORM_VALUE_CHARS = 200  # a field's value is kept this long (the form's inputs take no more: a GET address stays short)
+LEADING_NUMBER = re.compile(r"\s*([0-9]+)(?:[^0-9].*)?", re.S)  # "1838989 — Dairy …": the picked option's text
 
 
 @dataclass
@@ -180,9 +182,14 @@ class FormInput:
     instance: Instance | None = None
 
 
+def form_values(form: Mapping[str, str]) -> dict[str, str]:
+    """The form's fields that were sent, as the page keeps them: stripped, at most FORM_VALUE_CHARS each."""
+    return {name: str(form[name]).strip()[:FORM_VALUE_CHARS] for name in FORM_FIELDS if name in form}
+
+
 def parse_form(form: Mapping[str, str], model: LoadedModel) -> FormInput:
     """Check the form fields one by one; errors are keyed by field so the page shows them beside it."""
-    values = {name: str(form.get(name, "")).strip()[:200] for name in FORM_FIELDS}
+    values = {**dict.fromkeys(FORM_FIELDS, ""), **form_values(form)}
     errors: dict[str, str] = {}
     store = _form_number(values["store"], "Choose a store.", "That is not a store number.", errors, "store")
     item = _form_number(values["item"], "Type a product and pick it from the list.",
@@ -200,9 +207,10 @@ def parse_form(form: Mapping[str, str], model: LoadedModel) -> FormInput:
     if values["onpromotion"] not in ("", "on", "1", "true", "yes", "0", "false", "no", "off"):
         errors["onpromotion"] = "Tick the box if the item is on promotion that day."
     if store is not None and store not in model.catalog.stores:
-        errors["store"] = f"Store {store} is not one this model knows; choose one from the list."
+        errors["store"] = f"Store {shorten(str(store))} is not one this model knows; choose one from the list."
     if item is not None and item not in model.catalog.items:
-        errors["item"] = f"Item {item} is not one this model knows; type part of its name and pick it from the list."
+        errors["item"] = (f"Item {shorten(str(item))} is not one this model knows; type part of its name and pick it "
+                          "from the list.")
     if date is not None and not model.first_date <= date <= model.last_date:
         errors["date"] = (f"The model forecasts {model.first_date.isoformat()} to {model.last_date.isoformat()} only; "
                           "choose a date in that range.")
@@ -212,11 +220,12 @@ def parse_form(form: Mapping[str, str], model: LoadedModel) -> FormInput:
 
 
 def _form_number(text: str, missing: str, malformed: str, errors: dict[str, str], field: str) -> int | None:
+    """The number typed first; any number, however large, is then checked as one the model knows or not."""
     if not text:
         errors[field] = missing
         return None
     match = LEADING_NUMBER.fullmatch(text)
-    if match is None or not 1 <= int(match.group(1)) <= MAX_ID:
+    if match is None:
         errors[field] = malformed
         return None
-    return int(match.group(1))
+    return int(match.group(1))  # at most FORM_VALUE_CHARS digits: far within int()'s limit

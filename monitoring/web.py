@@ -10,6 +10,7 @@ Routes: GET /monitoring (HTML), GET /monitoring/drift-report (the full HTML repo
 Where to read: SHELFCAST_PREDICTION_LOG (default logs/predictions.jsonl) and
 SHELFCAST_DRIFT_DIR (default logs/drift). The prediction statistics are at most
 monitoring.recent_predictions.STATISTICS_TTL_S old (`StatisticsCache`); the drift report is read on every call.
+A host app that names the model it serves (``SERVING_MODEL``) gets a warning when the report judged another one.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from monitoring.recent_predictions import StatisticsCache
 from pipeline.event_sources import prediction_log
 
 ENV_DRIFT_DIR = "SHELFCAST_DRIFT_DIR"
+# Where a host app puts a callable naming the model it serves ({"name", "version", "digest"}, or None), so the
+# page can say when the drift report judged another one; without it, nothing is compared.
+SERVING_MODEL = "monitoring.serving_model"
 
 monitoring_blueprint = Blueprint("monitoring", __name__, template_folder="templates")
 RECENT_STATISTICS = StatisticsCache()  # per process: the routes are unauthenticated, the log's read is not cheap
@@ -64,8 +68,22 @@ def latest_drift_report() -> dict[str, Any] | None:
     return report
 
 
+def serving_model() -> dict[str, Any] | None:
+    """The model the host app serves now, if it says (``SERVING_MODEL``)."""
+    named = current_app.extensions.get(SERVING_MODEL)
+    return named() if named is not None else None
+
+
+def same_model(reported: dict[str, Any], serving: dict[str, Any]) -> bool:
+    """By digest when both have one (a retrained bundle may keep its version), else by name and version."""
+    if reported.get("digest") and serving.get("digest"):
+        return reported["digest"] == serving["digest"]
+    return (reported.get("name"), reported.get("version")) == (serving.get("name"), serving.get("version"))
+
+
 def page_data() -> dict[str, Any]:
     drift = latest_drift_report()
+    serving = serving_model()
     summary = None
     if drift is not None:
         features = {**{k: v for k, v in drift.get("features", {}).items() if v.get("role") != "calendar"},
@@ -74,6 +92,8 @@ def page_data() -> dict[str, Any]:
         summary = {"status": drift.get("status"), "alarm": drift.get("alarm", False),
                    "generated_at": drift.get("generated_at"), "events": drift.get("events"),
                    "reasons": drift.get("reasons", []), "model": drift.get("model", {}),
+                   "of_serving_model": (None if serving is None or not drift.get("model")
+                                        else same_model(drift["model"], serving)),  # None: nothing to compare
                    "unseen_share": drift.get("unseen", {}).get("any"),
                    "prediction_psi": (drift.get("prediction") or {}).get("psi"),
                    "live": drift.get("live"),
@@ -81,7 +101,7 @@ def page_data() -> dict[str, Any]:
                                      "drifted": record.get("drifted"),
                                      "verdict": record.get("verdict") or ("drift" if record.get("drifted") else "ok")}
                                     for name, record in worst]}
-    return {"recent": RECENT_STATISTICS.get(prediction_log()), "drift": summary,
+    return {"recent": RECENT_STATISTICS.get(prediction_log()), "drift": summary, "serving_model": serving,
             "drift_report_available": (_drift_dir() / REPORT_HTML).is_file()}
 
 

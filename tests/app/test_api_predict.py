@@ -155,6 +155,10 @@ def test_unknown_store_item_and_dates_outside_the_horizon_are_422_naming_each(se
     assert fields_of(response) == ["instances[0].store_nbr", "instances[1].item_nbr", "instances[2].date",
                                    "instances[3].date"]
     assert model.first_date.isoformat() in response.json["errors"][2]["message"]
+    store_message = response.json["errors"][0]["message"]  # where the stores are listed: the model's description
+    assert store_message.endswith(f"(known: {len(model.catalog.stores)} stores, listed by GET /api/v1/model)")
+    listed = served.client.get("/api/v1/model").get_json()["stores"]
+    assert {store["store_nbr"] for store in listed} == set(model.catalog.stores)
     assert served.events() == []  # nothing was predicted, nothing logged
 
 

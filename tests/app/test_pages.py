@@ -6,6 +6,7 @@ Every example the app shows (the form's placeholder, the OpenAPI document's exam
 
 from __future__ import annotations
 
+import datetime as dt
 import html as html_lib
 import json
 import re
@@ -25,7 +26,7 @@ def forecast_page(served, **changes) -> str:
     model = served.model
     values = {"store": str(min(model.catalog.stores)), "item": str(min(model.catalog.items)),
               "date": model.first_date.isoformat(), **changes}
-    return page(served, "/", "post", data=values)
+    return page(served, "/", query_string=values)
 
 
 @pytest.mark.parametrize("path", PAGES)
@@ -93,7 +94,7 @@ def test_the_forecast_shows_every_day_of_the_horizon_as_a_table(served):
     html = forecast_page(served, store=str(store), item=str(item), date=chosen, onpromotion="on")
     rows = re.findall(r'<tr( class="chosen" aria-current="date")?><th scope="row">'
                       r'<time datetime="([0-9-]+)">[^<]+</time></th><td>([0-9.,]+)</td></tr>', html)
-    days = [d.isoformat() for d in (model.first_date + __import__("datetime").timedelta(days=k) for k in range(16))]
+    days = [d.isoformat() for d in (model.first_date + dt.timedelta(days=k) for k in range(16))]
     assert [date for _, date, _ in rows] == days
     assert [date for marked, date, _ in rows if marked] == [chosen]
     api = served.client.post("/api/v1/predict", json={"instances": [
@@ -109,6 +110,9 @@ def test_the_chart_has_units_dated_ticks_and_a_readable_value_for_every_day(serv
         assert "units / day" in svg and "date (ticks on Mondays)" in svg
         ticks = re.findall(r'<text class="tick"[^>]*>(\d{1,2} [A-Z][a-z]{2})</text>', svg)
         assert len(ticks) >= 4, ticks  # Mondays, every week or fortnight, over 72 days
+        year = re.search(r"date \(ticks on Mondays\), (\d{4})", svg).group(1)
+        assert dt.datetime.strptime(f"{ticks[0]} {year}", "%d %b %Y").weekday() == 0, ticks  # a Monday
+        assert re.search(r'<svg[^>]*\brole="group"', svg)  # holds focusable days: a group, not an image
         focusable = re.findall(r'<g class="day day-forecast" tabindex="0" role="img" aria-label="([^"]+)">', svg)
         assert len(focusable) == 16 and all(re.search(r"forecast [0-9.,]+ units$", label) for label in focusable)
         sold_days = min(56, served.model.bundle.spec.history_days)
@@ -125,3 +129,68 @@ def test_monitoring_times_are_readable_and_marked_for_local_time(served, tmp_pat
     stamps = re.findall(r'<time datetime="([^"]+)">([^<]+)</time>', html)
     assert stamps and all(re.fullmatch(r"\d{1,2} [A-Z][a-z]{2} \d{4}, \d\d:\d\d UTC", text) for _, text in stamps)
     assert event["timestamp"] not in re.sub(r'datetime="[^"]*"', "", html)  # no raw microsecond stamps to read
+
+
+@pytest.mark.parametrize("weekday", range(7))
+def test_the_charts_date_ticks_fall_on_mondays_whatever_day_the_history_starts(weekday):
+    from app.chart import SIZES, day_date, sales_chart_svg
+
+    first = (dt.date(2017, 5, 1) + dt.timedelta(days=weekday) - dt.date(1970, 1, 1)).days  # 2017-05-01: a Monday
+    history, horizon = list(range(first, first + 56)), list(range(first + 56, first + 72))
+    for size in SIZES:
+        svg = sales_chart_svg(history, [1.0] * 56, horizon, [2.0] * 16, horizon[0], size)
+        ticks = [dt.datetime.strptime(f"{label} 2017", "%d %b %Y").date()
+                 for label in re.findall(r'<text class="tick"[^>]*>(\d{1,2} [A-Z][a-z]{2})</text>', svg)]
+        assert ticks[0].weekday() == 0 and 0 <= (ticks[0] - day_date(first)).days < 7, (weekday, ticks)
+        assert all(t.weekday() == 0 and (t - ticks[0]).days % size.tick_every_days == 0 for t in ticks)
+        for x, label in re.findall(r'<text class="tick" x="([0-9.]+)"[^>]*>(\d{1,2} [A-Z][a-z]{2})</text>', svg):
+            half = len(label) * size.font * 0.3  # centred labels: none cut off at the chart's edges
+            assert half <= float(x) <= size.width - half, (size.name, label, x)
+
+
+@pytest.mark.parametrize("path", [*PAGES, "forecast", "error"])
+def test_every_page_has_one_h1_naming_it(served, path):
+    if path == "forecast":
+        html = forecast_page(served)
+    elif path == "error":
+        html = served.client.get("/no-such-page").get_data(as_text=True)
+    else:
+        html = page(served, path)
+    headings = re.findall(r"<h1[^>]*>(.*?)</h1>", html, re.S)
+    expected = {"/": "Sales forecast", "forecast": "Sales forecast", "/monitoring": "Monitoring",
+                "/docs": "API docs", "error": "Error 404"}[path]
+    assert headings == [expected]
+
+
+def test_the_pages_link_an_icon_the_app_serves_and_favicon_ico_is_no_404(served):
+    html = page(served, "/")
+    icon = re.search(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', html).group(1)
+    for path in {icon, "/favicon.ico"}:  # browsers ask for /favicon.ico on pages that name no icon
+        response = served.client.get(path)
+        assert response.status_code == 200 and response.mimetype == "image/svg+xml", path
+        assert response.data.startswith(b"<svg") and b"http" not in response.data.replace(b"http://www.w3.org", b"")
+
+
+def drift_report(directory, model: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "drift.json").write_text(json.dumps({
+        "status": "drift", "alarm": True, "events": 500, "generated_at": "2026-12-01T10:00:00+00:00",
+        "reasons": ["target_onpromotion drifted"], "model": model, "features": {}, "categorical": {}}))
+
+
+def test_monitoring_says_when_the_drift_report_is_for_another_model_than_the_one_serving(served, tmp_path,
+                                                                                          monkeypatch):
+    monkeypatch.setenv("SHELFCAST_DRIFT_DIR", str(tmp_path / "drift"))
+    monkeypatch.setenv("SHELFCAST_PREDICTION_LOG", str(tmp_path / "predictions.jsonl"))
+    model = served.model
+    drift_report(tmp_path / "drift", {"name": model.name, "version": "earlier-1", "digest": "0" * 64})
+    html = page(served, "/monitoring")
+    warning = re.sub(r"\s+", " ", re.search(r'<p id="drift-other-model"[^>]*>(.*?)</p>', html, re.S).group(1))
+    assert "for another model (" in warning and "earlier-1" in warning
+    assert f"the model now serving is {model.name} <code>{model.version}</code>" in warning
+    data = served.client.get("/api/v1/monitoring").get_json()
+    assert data["drift"]["of_serving_model"] is False and data["serving_model"]["digest"] == model.bundle.digest
+
+    drift_report(tmp_path / "drift", {"name": model.name, "version": model.version, "digest": model.bundle.digest})
+    assert 'id="drift-other-model"' not in page(served, "/monitoring")
+    assert served.client.get("/api/v1/monitoring").get_json()["drift"]["of_serving_model"] is True

@@ -1,10 +1,13 @@
-"""GET / and POST /: the form, the forecast with its chart, and friendly errors beside each field."""
+"""GET /: the form, and with its fields in the query string the forecast with its chart, or friendly errors beside
+each field; POST / (pages and scripts from before forecasts were GETs) is sent on to that GET address."""
 
 from __future__ import annotations
 
 import datetime as dt
 import gzip
+import html as html_lib
 import re
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -18,7 +21,17 @@ def form_for(served, **changes) -> dict:
 
 
 def field_errors(html: str) -> dict[str, str]:
-    return dict(re.findall(r'<p class="field-error" id="(\w+)-error" role="alert">([^<]*)</p>', html))
+    found = re.findall(r'<p class="field-error" id="(\w+)-error" role="alert">([^<]*)</p>', html)
+    return {field: html_lib.unescape(text) for field, text in found}
+
+
+def forecast_page(served, **changes):
+    """The forecast page as the form asks for it: GET / with the fields in the query string."""
+    return served.client.get("/", query_string=form_for(served, **changes))
+
+
+def shown_units(html: str, element_id: str = "forecast-units") -> str:
+    return re.search(rf'id="{element_id}">([0-9.,]+)<', html).group(1)
 
 
 def test_the_form_lists_stores_and_states_the_horizon(served):
@@ -46,15 +59,16 @@ def test_the_page_uses_no_external_assets(served):
 
 def test_submitting_shows_the_forecast_and_a_chart_and_logs_it(served):
     values = form_for(served)
-    response = served.client.post("/", data=values)
+    response = forecast_page(served)
     assert response.status_code == 200
     html = response.get_data(as_text=True)
     expected = served.model.bundle.predict(int(values["store"]), int(values["item"]), values["date"], 1)[0]
-    shown = re.search(r'<span id="forecast-units">([0-9.]+)</span> units', html).group(1)
+    shown = shown_units(html)
+    assert re.search(r'<span id="forecast-units">[0-9.,]+</span> units', html)
     assert float(shown) == pytest.approx(float(expected), abs=0.05)
     assert "median-like" in re.search(r'<p id="forecast-meaning">(.*?)</p>', html, re.S).group(1)
     factor = served.model.bundle.metadata["outputs"]["expected_units_factor"]
-    mean = re.search(r'<strong id="forecast-expected-units">([0-9.]+)</strong>', html).group(1)
+    mean = shown_units(html, "forecast-expected-units")
     assert float(mean) == pytest.approx(max(factor * (float(expected) + 1) - 1, 0), abs=0.06)
     item = served.model.catalog.items[int(values["item"])]
     assert item.label in html  # family and class, not just a number
@@ -71,7 +85,7 @@ def test_submitting_shows_the_forecast_and_a_chart_and_logs_it(served):
 
 def test_a_product_typed_with_its_label_is_understood(served):
     item = next(iter(served.model.catalog.items.values()))
-    response = served.client.post("/", data=form_for(served, item=f"{item.item_nbr} — {item.label}"))
+    response = forecast_page(served, item=f"{item.item_nbr} — {item.label}")
     assert response.status_code == 200 and 'id="forecast-units"' in response.get_data(as_text=True)
 
 
@@ -86,6 +100,9 @@ def day(model, offset: int) -> str:
     ({"item": ""}, "item", "Type a product"),
     ({"item": "bread"}, "item", "Pick a product from the list"),
     ({"item": "1"}, "item", "Item 1 is not one this model knows"),
+    ({"item": "99999999999"}, "item", "Item 99999999999 is not one this model knows"),  # 11 digits: still a number
+    ({"item": "9" * 300}, "item", f"Item {'9' * 37}... is not one this model knows"),  # echoed at most 40 long
+    ({"store": "99999999999999999999"}, "store", "Store 99999999999999999999 is not one this model knows"),
     ({"date": ""}, "date", "Choose a date"),
     ({"date": "next week"}, "date", "YYYY-MM-DD"),
     ({"date": "2017-02-30"}, "date", "YYYY-MM-DD"),
@@ -93,7 +110,7 @@ def day(model, offset: int) -> str:
     ({"onpromotion": "maybe"}, "onpromotion", "Tick the box"),
 ])
 def test_each_mistake_gets_a_message_beside_its_field(served, changes, field, words):
-    response = served.client.post("/", data=form_for(served, **changes))
+    response = forecast_page(served, **changes)
     assert response.status_code == 400
     html = response.get_data(as_text=True)
     errors = field_errors(html)
@@ -105,14 +122,14 @@ def test_each_mistake_gets_a_message_beside_its_field(served, changes, field, wo
 @pytest.mark.parametrize("offset", [-1, 16])
 def test_a_date_outside_the_horizon_says_which_dates_work(served, offset):
     model = served.model
-    response = served.client.post("/", data=form_for(served, date=day(model, offset)))
+    response = forecast_page(served, date=day(model, offset))
     errors = field_errors(response.get_data(as_text=True))
     assert response.status_code == 400 and list(errors) == ["date"]
     assert f"{model.first_date.isoformat()} to {model.last_date.isoformat()}" in errors["date"]
 
 
 def test_several_mistakes_are_all_shown_and_typed_values_kept(served):
-    response = served.client.post("/", data={"store": "", "item": "zzz", "date": "1999-01-01"})
+    response = served.client.get("/", query_string={"store": "", "item": "zzz", "date": "1999-01-01"})
     html = response.get_data(as_text=True)
     assert set(field_errors(html)) == {"store", "item", "date"}
     assert 'value="zzz"' in html and 'value="1999-01-01"' in html
@@ -120,7 +137,8 @@ def test_several_mistakes_are_all_shown_and_typed_values_kept(served):
 
 def test_without_a_model_the_page_says_so(make_app, tmp_path):
     served = make_app(tmp_path / "nothing")
-    for response in (served.client.get("/"), served.client.post("/", data={"store": "1"})):
+    for response in (served.client.get("/"), served.client.get("/?store=1"),
+                     served.client.post("/", data={"store": "1"}, follow_redirects=True)):
         assert response.status_code == 503
         assert "No model is loaded yet" in response.get_data(as_text=True)
 
@@ -140,3 +158,101 @@ def test_a_compressed_form_is_415_on_an_error_page(served):
         "Content-Type": "application/x-www-form-urlencoded", "Content-Encoding": "gzip"})
     assert response.status_code == 415 and response.mimetype == "text/html"
     assert "unsupported content coding &#39;gzip&#39;" in response.get_data(as_text=True)
+
+
+def test_a_forecast_is_a_get_so_reload_and_bookmarks_show_it_again_one_event_a_view(served):
+    """The form sends a GET to /#result: the result page's address holds the inputs (reload, bookmark, share,
+    Back never ask to resend a form), and each time a forecast is shown one prediction event is logged."""
+    form = re.search(r"<form [^>]*>", served.client.get("/").get_data(as_text=True)).group(0)
+    assert 'method="get"' in form and 'action="/#result"' in form
+    values = form_for(served)
+    first, again = forecast_page(served), forecast_page(served)
+    assert first.status_code == again.status_code == 200
+    assert shown_units(first.get_data(as_text=True)) == shown_units(again.get_data(as_text=True))
+    assert '<section class="panel result" id="result" tabindex="-1">' in first.get_data(as_text=True)
+    events = served.events()
+    assert len(events) == 2 and all(e["source"] == "web" for e in events)
+    assert {e["inputs"]["item_nbr"] for e in events} == {int(values["item"])}
+
+
+def test_the_form_alone_logs_nothing_and_unrelated_query_parameters_are_no_forecast(served):
+    for response in (served.client.get("/"), served.client.get("/?utm_source=mail")):
+        html = response.get_data(as_text=True)
+        assert response.status_code == 200 and field_errors(html) == {} and 'id="result"' not in html
+    assert served.events() == []
+
+
+def test_a_posted_form_is_sent_on_to_its_get_address(served):
+    """POST/redirect/GET: a page from before (or a script) still gets its forecast, and its reload is a GET."""
+    values = form_for(served)
+    response = served.client.post("/", data={**values, "extra": "ignored"})
+    assert response.status_code == 303
+    location = urlsplit(response.headers["Location"])
+    assert (location.path, location.fragment) == ("/", "result")
+    assert {k: v for k, [v] in parse_qs(location.query, keep_blank_values=True).items()} == values
+    shown = served.client.get(f"{location.path}?{location.query}")
+    assert shown.status_code == 200 and 'id="forecast-units"' in shown.get_data(as_text=True)
+    assert len(served.events()) == 1  # the POST forecasts nothing: the GET it is sent to does, once
+
+
+def test_the_product_field_takes_no_more_than_the_page_keeps(served):
+    """A value is kept FORM_VALUE_CHARS long; the input takes no more, so the forecast's address stays short (a
+    5,000-character product would make a request line gunicorn refuses, 400, before the app could explain)."""
+    from app.validation import FORM_VALUE_CHARS
+
+    item = re.search(r'<input id="item"[^>]*>', served.client.get("/").get_data(as_text=True), re.S).group(0)
+    assert f'maxlength="{FORM_VALUE_CHARS}"' in item
+
+
+def test_a_posted_form_with_mistakes_or_huge_fields_is_sent_on_shortened(served):
+    response = served.client.post("/", data={"store": "", "item": "x" * 5000, "date": "soon"})
+    assert response.status_code == 303 and len(response.headers["Location"]) < 300
+    page = served.client.get(response.headers["Location"])
+    assert page.status_code == 400 and set(field_errors(page.get_data(as_text=True))) == {"store", "item", "date"}
+
+
+def test_after_a_mistake_the_title_says_so_and_the_first_bad_field_has_the_focus(served):
+    html = served.client.get("/", query_string={"store": "1", "item": "zzz", "date": "1999-01-01"}
+                             ).get_data(as_text=True)
+    errors = field_errors(html)
+    title = html_lib.unescape(re.search(r"<title>(.*?)</title>", html, re.S).group(1))
+    assert title == f"Error: {errors['item']} (and 1 more) — Shelfcast"
+    assert re.findall(r'<(?:input|select) id="(\w+)"[^>]*\sautofocus', html) == ["item"]  # the page's order
+    assert re.search(r'<select id="store"[^>]*>', html).group(0).count("aria-invalid") == 0
+    html = forecast_page(served, store="").get_data(as_text=True)
+    assert html_lib.unescape(re.search(r"<title>(.*?)</title>", html).group(1)) == "Error: Choose a store. — Shelfcast"
+    assert re.findall(r'<(?:input|select) id="(\w+)"[^>]*\sautofocus', html) == ["store"]
+    assert " autofocus" not in forecast_page(served).get_data(as_text=True)
+
+
+@pytest.mark.parametrize("field, hint", [("store", None), ("item", "item-hint"), ("date", "date-hint"),
+                                         ("onpromotion", None)])
+def test_each_field_names_its_hint_and_its_error(served, field, hint):
+    """aria-describedby links a field to its hint always, and to its error with aria-invalid when it has one."""
+    def control(html: str) -> str:
+        return re.search(rf'<(?:input|select)[^>]*\bid="{field}"[^>]*>', html, re.S).group(0)
+
+    fine = control(served.client.get("/").get_data(as_text=True))
+    assert "aria-invalid" not in fine
+    assert (f'aria-describedby="{hint}"' in fine) if hint else ("aria-describedby" not in fine)
+    if hint:
+        assert f'id="{hint}"' in served.client.get("/").get_data(as_text=True)
+    bad_value = {"store": "", "item": "bread", "date": "soon", "onpromotion": "maybe"}[field]
+    wrong = control(forecast_page(served, **{field: bad_value}).get_data(as_text=True))
+    described = " ".join(filter(None, [hint, f"{field}-error"]))
+    assert 'aria-invalid="true"' in wrong and f'aria-describedby="{described}"' in wrong
+
+
+def test_the_headline_number_is_written_as_the_table_writes_it(served, monkeypatch):
+    """Thousands separated, one decimal (app.chart.format_units): 12,345.7, not 12345.7."""
+    from app import routes_web
+
+    real = routes_web.predict_and_log
+
+    def large(*args, **kwargs):
+        return [{**p, "unit_sales": 12345.678, "expected_units": 23456.789} for p in real(*args, **kwargs)]
+
+    monkeypatch.setattr(routes_web, "predict_and_log", large)
+    html = forecast_page(served).get_data(as_text=True)
+    assert shown_units(html) == "12,345.7" and shown_units(html, "forecast-expected-units") == "23,456.8"
+    assert "<title>Forecast 12,345.7 units, item " in html

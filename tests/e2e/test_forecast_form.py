@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from urllib.parse import parse_qs, urlsplit
 
 
 def api(server, path: str, body: dict | None = None) -> dict:
@@ -35,7 +36,7 @@ def test_a_person_gets_a_forecast_from_the_form(gunicorn_server, browser):
     browser.find("#onpromotion").click()
     browser.find("#submit").click()
 
-    shown = float(browser.wait_for("#forecast-units").text)
+    shown = float(browser.wait_for("#forecast-units").text.replace(",", ""))
     expected = api(gunicorn_server, "/api/v1/predict", {"instances": [
         {"store_nbr": 1, "item_nbr": item["item_nbr"], "date": date, "onpromotion": True}]})["predictions"][0]
     assert shown == round(expected["unit_sales"], 1)
@@ -50,3 +51,69 @@ def test_a_mistake_is_shown_next_to_its_field(gunicorn_server, browser):
     assert "Choose a store" in browser.wait_for("#store-error").text
     assert "not one this model knows" in browser.find("#item-error").text
     assert not browser.find_all("#forecast-units")
+    title, focused, described = browser.execute(
+        "return [document.title, document.activeElement.id, document.getElementById('item')"
+        ".getAttribute('aria-describedby')];")
+    assert title.startswith("Error: Choose a store.") and title.endswith(" — Shelfcast"), title
+    assert focused == "store"  # the first field to fix has the focus (autofocus: no script)
+    assert described == "item-hint item-error"
+
+
+def fill_the_form(browser, item: str, date: str) -> None:
+    browser.execute("""
+        document.getElementById('store').selectedIndex = 1;
+        document.getElementById('item').value = arguments[0];
+        document.getElementById('date').value = arguments[1];""", item, date)
+
+
+def web_events(server, at_least: int, timeout_s: float = 15.0) -> int:
+    """How many web prediction events the server has logged (written by its delivery thread), once >= at_least."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = server.events_path.read_text().splitlines() if server.events_path.exists() else []
+        count = sum(json.loads(line).get("source") == "web" for line in lines)
+        if count >= at_least or time.monotonic() > deadline:
+            return count
+        time.sleep(0.1)
+
+
+def test_a_forecast_is_an_address_to_reload_bookmark_and_go_back_to(gunicorn_server, browser):
+    """The form sends a GET that lands on #result (focused, so a phone shows it), once however often it is
+    clicked: a reload shows the forecast again without a "Confirm Form Resubmission", logging one event per view;
+    the address opens it again; Back returns to the form as it was filled."""
+    item = api(gunicorn_server, "/api/v1/items?limit=1")["items"][0]
+    date = api(gunicorn_server, "/api/v1/model")["horizon"]["first_date"]
+    browser.get(gunicorn_server.url + "/")
+    fill_the_form(browser, str(item["item_nbr"]), date)
+    # An unload listener keeps the form out of the back/forward cache: Back loads it again, and the browser
+    # restores what was typed only into fields that allow it (autocomplete="off" would empty the product).
+    browser.execute("window.addEventListener('unload', function () {});")
+    browser.execute("var send = document.getElementById('submit'); send.click(); send.click();")  # a double click
+    shown = browser.wait_for("#forecast-units").text
+    address = browser.command("GET", "/url")
+    parts = urlsplit(address)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    assert (parts.path, parts.fragment) == ("/", "result")
+    assert (query["item"], query["date"]) == ([str(item["item_nbr"])], [date])
+    assert browser.execute("return document.activeElement.id;") == "result"
+    time.sleep(1)  # a second forecast, had the double click sent one, would be logged by now
+    assert web_events(gunicorn_server, 1) == 1  # the browser sends a form once while its first send is pending
+
+    browser.command("POST", "/refresh", {})
+    assert browser.wait_for("#forecast-units").text == shown
+    assert browser.execute("return performance.getEntriesByType('navigation')[0].type;") == "reload"
+    assert web_events(gunicorn_server, 2) == 2  # the reload showed the forecast again: one event for it
+
+    browser.get(gunicorn_server.url + "/docs")
+    browser.get(address)  # a bookmark, a shared link
+    assert browser.wait_for("#forecast-units").text == shown
+
+    for _ in range(3):  # the bookmark, /docs, then the reloaded forecast: back to the form as it was sent
+        browser.command("POST", "/back", {})
+    deadline = time.monotonic() + 15
+    while browser.execute("return location.search;"):
+        assert time.monotonic() < deadline, browser.command("GET", "/url")
+        time.sleep(0.1)
+    kept = browser.execute("return ['store', 'item', 'date'].map(function (id) {"
+                           " return document.getElementById(id).value; });")
+    assert kept[1:] == [str(item["item_nbr"]), date] and kept[0], kept

@@ -18,6 +18,16 @@ WIDTHS = {"phone": (390, 844), "desktop": (1280, 900)}
 MIN_TEXT_PX = 11.0  # smallest chart text on screen, CSS pixels
 
 NO_SIDEWAYS_SCROLL = "return [document.documentElement.scrollWidth, window.innerWidth];"
+LANDING = """
+var result = document.getElementById('result').getBoundingClientRect();
+return {focused: document.activeElement.id, top: result.top, height: window.innerHeight};
+"""
+COLUMN_EDGES = """
+return ['.site-header .bar', '.site-header .tagline', 'main', 'footer'].map(function (css) {
+  var box = document.querySelector(css).getBoundingClientRect(), style = getComputedStyle(document.querySelector(css));
+  return [css, Math.round(box.left + parseFloat(style.paddingLeft))];
+});
+"""
 CHART_FACTS = """
 var svg = Array.prototype.find.call(document.querySelectorAll('svg.chart'),
                                     function (s) { return getComputedStyle(s).display !== 'none'; });
@@ -66,6 +76,11 @@ def check_forecast(gunicorn_server, browser, width, tmp_path):
     browser.find("#submit").click()
     browser.wait_for("#forecast-units")
     assert_no_sideways_scroll(browser, "the forecast")
+    landing = browser.execute(LANDING)  # the page opens at the forecast, not at the form above it
+    assert landing["focused"] == "result" and -1 <= landing["top"] < landing["height"] / 2, landing
+    if width == "desktop":  # the wide forecast page widens the header's tagline and the footer with it
+        edges = browser.execute(COLUMN_EDGES)
+        assert len({left for _, left in edges}) == 1, edges
     facts = browser.execute(CHART_FACTS)
     assert facts["name"] == ("chart chart-narrow" if width == "phone" else "chart chart-wide")
     assert facts["smallest"] >= MIN_TEXT_PX, f"chart text drawn at {facts['smallest']:.1f} px"

@@ -151,3 +151,39 @@ def test_an_unchanged_log_is_not_read_again_after_the_ttl(tmp_path, monkeypatch,
     os.utime(log, ns=(before.st_atime_ns, before.st_mtime_ns))
     time.sleep(0.3)
     assert client.get("/api/v1/monitoring").get_json()["recent"]["promotion_share"] == 1.0
+
+
+def write_report(tmp_path, model: dict | None) -> None:
+    (tmp_path / "drift").mkdir(exist_ok=True)
+    report = {"status": "drift", "alarm": True, "events": 300, "reasons": ["x drifted"], "features": {}}
+    (tmp_path / "drift" / drift.REPORT_JSON).write_text(json.dumps({**report, **({"model": model} if model else {})}))
+
+
+def test_a_report_for_another_model_than_the_hosts_is_said_to_be_so(tmp_path, monkeypatch):
+    """The host app names the model it serves (web.SERVING_MODEL); monitoring compares without importing it."""
+    client = client_for(tmp_path, monkeypatch)
+    serving = {"name": "shelfcast-forecaster", "version": "7", "digest": "b" * 64}
+    client.application.extensions[web.SERVING_MODEL] = lambda: serving
+    write_report(tmp_path, {"name": "shelfcast-forecaster", "version": "6", "digest": "a" * 64})
+    page = client.get("/monitoring").get_data(as_text=True)
+    assert page.index('id="drift-other-model"') < page.index('id="drift-status"')  # read before the verdict
+    assert "for another model (shelfcast-forecaster\n    <code>6</code>)" in page
+    assert "the model now serving is shelfcast-forecaster\n    <code>7</code>" in page
+    data = client.get("/api/v1/monitoring").get_json()
+    assert data["drift"]["of_serving_model"] is False and data["serving_model"] == serving
+
+    write_report(tmp_path, {"name": "shelfcast-forecaster", "version": "7", "digest": "b" * 64})
+    assert 'id="drift-other-model"' not in client.get("/monitoring").get_data(as_text=True)
+    write_report(tmp_path, {"name": "shelfcast-forecaster", "version": "7", "digest": "c" * 64})  # retrained, same
+    assert client.get("/api/v1/monitoring").get_json()["drift"]["of_serving_model"] is False  # version: digest says
+
+
+def test_without_a_named_serving_model_or_a_reports_model_nothing_is_compared(tmp_path, monkeypatch):
+    client = client_for(tmp_path, monkeypatch)
+    write_report(tmp_path, {"name": "shelfcast-forecaster", "version": "6"})
+    assert client.get("/api/v1/monitoring").get_json()["drift"]["of_serving_model"] is None
+    client.application.extensions[web.SERVING_MODEL] = lambda: {"name": "shelfcast-forecaster", "version": "7"}
+    write_report(tmp_path, None)  # an unreadable or older report without its model: no claim either way
+    page = client.get("/monitoring").get_data(as_text=True)
+    assert client.get("/api/v1/monitoring").get_json()["drift"]["of_serving_model"] is None
+    assert 'id="drift-other-model"' not in page and "<h1>Monitoring</h1>" in page  # the bare layout has it too
