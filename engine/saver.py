@@ -41,6 +41,8 @@ import json
 import os
 import re
 import tempfile
+import zipfile
+from typing import Mapping
 
 import numpy as np
 
@@ -98,9 +100,24 @@ def _named(exc: OSError, path: str) -> OSError:
     return type(exc)(exc.errno, exc.strerror or str(exc), path)
 
 
-def _npz_bytes(arrays: dict) -> bytes:
+NPZ_MEMBER_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can say: the bytes never record when they were written
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """An ``.npz`` (what ``np.load`` reads) whose bytes depend on the arrays alone.
+
+    ``np.savez`` stamps each member with the time and writes its zip headers as the running CPython's
+    ``zipfile`` does, which changed within 3.11 (zip64 headers from 3.11.4): the same weights would get
+    another digest on another patch release. Here members are stored uncompressed, in the given order,
+    with fixed times and attributes, and the arrays in NumPy's own ``.npy`` format (no pickle)."""
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, value in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=NPZ_MEMBER_TIME)
+            info.create_system, info.external_attr = 3, 0o644 << 16  # Unix, rw-r--r-- (ZipInfo's default by OS)
+            archive.writestr(info, member.getvalue())
     return buf.getvalue()
 
 
@@ -172,7 +189,7 @@ class Saver:
             arrays[key] = arr
             entries.append({"name": name, "key": key, "dtype": str(arr.dtype), "shape": list(arr.shape),
                             "sha256": _array_sha(arr)})
-        data = _npz_bytes(arrays)
+        data = npz_bytes(arrays)
         data_file, sha = prefix + ".npz", _sha256_bytes(data)
         try:
             atomic_write_bytes(_staged(data_file, sha), data)
@@ -354,7 +371,7 @@ def export_inference_graph(sess, export_dir: str, inputs, outputs) -> dict:
         records.append({"name": op.name, "type": op_type, "inputs": [t.name for t in op.inputs],
                         "control_inputs": [c.name for c in op.control_inputs],
                         "attrs": {k: _encode_attr(v, weights, op.name) for k, v in attrs.items()}})
-    data = _npz_bytes(weights)
+    data = npz_bytes(weights)
     os.makedirs(export_dir, exist_ok=True)
     weights_path = os.path.join(export_dir, "weights.npz")
     graph_path = os.path.join(export_dir, "graph.json")

@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from engine.saver import npz_bytes
 from pipeline.atomic import atomic_directory, file_digest
 from pipeline.blas import use_one_blas_thread
 
@@ -103,8 +104,8 @@ def write_bundle(target: Path | str, *, write_graph: Callable[[Path], None], met
             if not (staging / name).is_file():
                 raise BundleError(f"the graph export did not write {name}")
         history, calendar = _snapshot_arrays(snapshot)
-        np.savez(staging / "history.npz", **history)
-        np.savez(staging / "calendar.npz", **calendar)
+        (staging / "history.npz").write_bytes(npz_bytes(history))
+        (staging / "calendar.npz").write_bytes(npz_bytes(calendar))
         meta = dict(metadata)
         meta["format"] = BUNDLE_FORMAT
         meta["forecast_origin"] = str(np.datetime64(int(snapshot.origin_day), "D"))

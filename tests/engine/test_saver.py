@@ -284,3 +284,36 @@ def test_export_freezes_a_variable_read_and_a_control_edge_to_a_fed_op(tmp_path)
         {"x": feeds["x"]})["h"], want_read)
     np.testing.assert_array_equal(en.train.import_inference_graph(str(tmp_path / "fed")).run(
         {"h": feeds["h"]})["o"], want_fed)
+
+
+def _zip_headers(data: bytes) -> list[tuple]:
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return [(i.filename, i.date_time, i.extract_version, i.compress_type, i.extra) for i in archive.infolist()]
+
+
+def test_npz_bytes_depend_on_the_arrays_alone_and_load_as_saved():
+    """np.savez stamps the time and writes zip64 headers from CPython 3.11.4 on: the same weights had another
+    digest on another patch release (a fresh runner's `make run` left dvc.lock changed)."""
+    import io
+
+    from engine.saver import npz_bytes
+
+    arrays = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "ids": np.array([1, 2]), "e": np.zeros((0, 2))}
+    data = npz_bytes(arrays)
+    assert _zip_headers(data) == [(f"{name}.npy", (1980, 1, 1, 0, 0, 0), 20, 0, b"") for name in arrays]
+    with np.load(io.BytesIO(data), allow_pickle=False) as loaded:
+        assert loaded.files == list(arrays)
+        assert all(np.array_equal(loaded[k], v) and loaded[k].dtype == v.dtype for k, v in arrays.items())
+
+
+def test_checkpoints_and_exports_are_written_with_fixed_headers(tmp_path):
+    ids, dense, out = _model()
+    with en.Session() as sess:
+        sess.run(en.global_variables_initializer())
+        prefix = en.train.Saver().save(sess, str(tmp_path / "ckpt"))
+        en.train.export_inference_graph(sess, str(tmp_path / "export"), {"ids": ids, "dense": dense}, {"out": out})
+    for path in (prefix + ".npz", tmp_path / "export" / "weights.npz"):
+        assert {header[1:4] for header in _zip_headers(open(path, "rb").read())} == {((1980, 1, 1, 0, 0, 0), 20, 0)}

@@ -52,6 +52,17 @@ def test_bundle_contents_and_a_request(trained_project):
     assert stats["categorical"]["family"]["distinct"] >= 4 and "quantiles" in stats["prediction_units"]
 
 
+def test_the_bundle_arrays_are_written_with_fixed_zip_headers(trained_project):
+    """Their bytes (and so the bundle digest, dvc.lock) must not depend on when or under which CPython 3.11
+    patch release they were written (np.savez's headers changed in 3.11.4)."""
+    import zipfile
+
+    root, _ = trained_project
+    for name in ("history.npz", "calendar.npz", "weights.npz"):
+        with zipfile.ZipFile(root / train.CANDIDATE_DIR / name) as archive:
+            assert {(i.date_time, i.extract_version) for i in archive.infolist()} == {((1980, 1, 1, 0, 0, 0), 20)}
+
+
 def test_a_fresh_process_loads_the_bundle_and_predicts_the_same(trained_project):
     root, _ = trained_project
     code = (f"from pipeline.bundle import load_bundle; b = load_bundle({str(root / 'models/candidate')!r}); "
