@@ -159,9 +159,18 @@ def _stat_fields(pid: int) -> list[str]:
 
 
 def worker_pids(app_pid: int) -> list[int]:
-    """The gunicorn workers: the processes whose parent is the master at `app_pid` (Linux /proc)."""
-    return [int(p.name) for p in Path("/proc").iterdir()
-            if p.name.isdigit() and _stat_fields(int(p.name))[1] == str(app_pid)]
+    """The gunicorn workers: the processes whose parent is the master at `app_pid` (Linux /proc). Any other
+    process may end while the list is read (a busy CI runner starts and ends thousands): it is skipped."""
+    workers = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = _stat_fields(int(entry.name))[1]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if parent == str(app_pid):
+                workers.append(int(entry.name))
+    return workers
 
 
 def workers_cpu(app_pid: int) -> tuple[float, list[str]] | None:

@@ -1,7 +1,13 @@
 """Loaded before the other conftests: this test process runs the pipeline's OpenBLAS kernels
 (pipeline/blas.py), as the stage processes the tests start do, so what each makes agrees."""
 
+import os
+
 import pipeline.blas  # noqa: F401 - first, before anything loads numpy
+
+# MLflow 3 reports usage to its servers and writes ~/.config/mlflow from every process: the tests (and the
+# stages, servers and clones they start, which inherit this) stay on 127.0.0.1 and out of the user's home.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def honouring_file_modes(command: list[str]) -> list[str]:

@@ -63,12 +63,13 @@ def test_every_ci_step_is_a_make_target_defined_here(repo_root):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make not found on PATH")
-def test_the_image_name_is_lowercase_whatever_the_owner_is_called(repo_root):
+def test_the_image_name_is_lowercase_whatever_the_owner_is_called(repo_root, tmp_path):
     """ghcr.io/${{ github.repository_owner }} keeps an owner's capitals; docker refuses them in a reference."""
-    script = ("cat > /tmp/.shelfcast-mk-probe.mk <<'MK'\nprobe:\n\t@echo $(REGISTRY_LC)/$(IMAGE_LC)\nMK\n"
-              "make -s -f monitoring/delivery.mk -f /tmp/.shelfcast-mk-probe.mk probe "
-              "REGISTRY=ghcr.io/Some-Owner IMAGE=Shelfcast-App")
-    result = subprocess.run(["bash", "-c", script], cwd=repo_root, capture_output=True, text=True, timeout=60)
+    probe = tmp_path / "probe.mk"  # the test's own: a fixed /tmp name is another user's on a shared runner
+    probe.write_text("probe:\n\t@echo $(REGISTRY_LC)/$(IMAGE_LC)\n", encoding="utf-8")
+    result = subprocess.run(["make", "-s", "-f", "monitoring/delivery.mk", "-f", str(probe), "probe",
+                             "REGISTRY=ghcr.io/Some-Owner", "IMAGE=Shelfcast-App"],
+                            cwd=repo_root, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "ghcr.io/some-owner/shelfcast-app", result.stderr
     publish = (repo_root / "monitoring" / "delivery.mk").read_text(encoding="utf-8").split("\npublish-image:")[1]
     assert "docker push $(REGISTRY_LC)/$(IMAGE_LC)" in publish.split("\n\n")[0]
