@@ -56,7 +56,7 @@ def remove_abandoned_copies(target: Path) -> int:
     for path in target.parent.glob(f".{glob.escape(target.name)}.*"):
         match = _ABANDONED.fullmatch(path.name[len(target.name) + 2:])
         owner = match and (match["pid"] or match["old"])
-        if match is None or (owner is not None and _alive(int(owner))):
+        if match is None or (owner is not None and process_alive(int(owner))):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -74,13 +74,18 @@ _COPY = re.compile(rf"\.(?P<target>.+)\.(?:{_COPY_SUFFIX})")
 
 
 def target_of_copy(path: Path | str) -> Path | None:
-    """The output a writer's copy beside it stands for (``data/.split.123-ab.tmp`` -> ``data/split``), or None."""
+    """The output a writer's copy beside it stands for (``data/.split.123-ab.tmp`` -> ``data/split``), also for a
+    file inside a staged directory (``data/.raw.123-ab.tmp/train.csv.gz`` -> ``data/raw/train.csv.gz``), or None."""
     path = Path(path)
-    match = _COPY.fullmatch(path.name)
-    return path.with_name(match["target"]) if match else None
+    for depth, copy in enumerate((path, *path.parents)):  # the nearest staging copy on the way up
+        match = _COPY.fullmatch(copy.name)
+        if match:
+            return copy.with_name(match["target"]).joinpath(*path.parts[len(path.parts) - depth:])
+    return None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this host (another user's included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

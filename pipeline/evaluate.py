@@ -365,7 +365,7 @@ def _log_to_mlflow(root: Path, evaluation: Mapping, metrics: Mapping, per_window
             artifacts=[home / f for f in RESULT_FILES if f != EVALUATION_FILE and (home / f).exists()])
     except (MlflowException, tracking.TrackingError) as exc:
         if not quiet:
-            print(f"evaluate: note: could not record the evaluation in MLflow: {getattr(exc, 'message', exc)}",
+            print(f"evaluate: note: could not record the evaluation in MLflow: {tracking.store_error_text(exc)}",
                   file=sys.stderr)
         return None
     if not quiet and not recorded.training_run_updated:
@@ -383,7 +383,7 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    metrics, failures = run(args.root)
+    metrics, failures = run(args.root, quiet=args.quiet)
     pooled, validation = metrics["backtest"], metrics["validation"]
     summary = (f"evaluate: {pooled['windows']} window(s), {pooled['rows']:,} rows: candidate NWRMSLE "
                f"{pooled['candidate_nwrmsle']:.4f} vs baseline {pooled['baseline_nwrmsle']:.4f}, "

@@ -86,7 +86,8 @@ def resolve(root: Path, alias: str, name: str = tracking.REGISTERED_MODEL):
             hint = ("; a new registry has no production model until one is promoted by hand, once: `make run` (or "
                     "`dvc repro` then `make promote`) with MLFLOW_TRACKING_URI set to this registry and "
                     "SHELFCAST_PROMOTE_ALIAS unset (README, CI/CD)")
-        raise FetchError(f"models:/{name}@{alias} at {tracking.shown_uri(root)}: {exc.message}{hint}") from None
+        reason = tracking.store_error_text(exc)
+        raise FetchError(f"models:/{name}@{alias} at {tracking.shown_uri(root)}: {reason}{hint}") from None
 
 
 def promoted_digest(version) -> str:

@@ -91,7 +91,8 @@ def aliases(root: Path, name: str = tracking.REGISTERED_MODEL) -> dict[str, str]
     try:
         return {k: str(v) for k, v in _client(root).get_registered_model(name).aliases.items()}
     except MlflowException as exc:
-        raise ReleaseError(f"registered model {name} at {tracking.shown_uri(root)}: {exc.message}") from None
+        reason = tracking.store_error_text(exc)
+        raise ReleaseError(f"registered model {name} at {tracking.shown_uri(root)}: {reason}") from None
 
 
 def _version(root: Path, version: str, name: str):
@@ -100,7 +101,7 @@ def _version(root: Path, version: str, name: str):
     try:
         return _client(root).get_model_version(name, str(version))
     except MlflowException as exc:
-        raise ReleaseError(f"{name} version {version}: {exc.message}") from None
+        raise ReleaseError(f"{name} version {version}: {tracking.store_error_text(exc)}") from None
 
 
 def ensure_release(root: Path, store: ReleaseStore, version: str, name: str = tracking.REGISTERED_MODEL) -> str:

@@ -135,13 +135,45 @@ def _store_error(exc: Exception, project_root: Path | str) -> TrackingError | No
     damaged) fails every later run the same way: the line says how to recover."""
     if not type(exc).__module__.startswith(("mlflow", "sqlalchemy", "sqlite3", "alembic")):
         return None
-    text = str(getattr(exc, "orig", None) or getattr(exc, "message", None) or exc) or type(exc).__name__
-    text = " ".join(text.split())  # one line, whatever the message's own layout
+    text = store_error_text(exc)
+    from_database = _database_error(exc) is not None or not type(exc).__module__.startswith("mlflow")
     db = local_store_path(tracking_uri(project_root))
-    if db is not None and not type(exc).__module__.startswith("mlflow") and _BROKEN_SCHEMA.search(text):
+    if db is not None and from_database and _BROKEN_SCHEMA.search(text):
         text += (f"; the store file is broken (half made or damaged): move it aside (mv {db} {db}.broken) and "
                  "rerun, which starts a new store (the runs recorded so far stay in the moved file)")
     return TrackingError(f"MLflow at {shown_uri(project_root)}: {text}")
+
+
+# What SQLAlchemy appends to a database error's message: the statement, its parameters (a run's params and
+# paths), a link; the statement itself may span lines.
+_SQLALCHEMY_APPENDIX = re.compile(r"\s*(?:\[SQL: |\[parameters: |\(Background on this error at: )")
+
+
+def store_error_text(exc: BaseException) -> str:
+    """An error of MLflow or of the database beneath its store as one line: the database's own words when it is
+    the cause (``database or disk is full``), never SQLAlchemy's statement, parameters and link lines."""
+    database = _database_error(exc)
+    if database is not None:
+        text = str(database) or type(database).__name__
+    else:
+        text = str(getattr(exc, "message", None) or exc)
+        text = _SQLALCHEMY_APPENDIX.split(text, maxsplit=1)[0]
+    return " ".join(text.split()) or type(exc).__name__  # one line, whatever the message's own layout
+
+
+def _database_error(exc: BaseException) -> BaseException | None:
+    """The database driver's error (sqlite3's) that ``exc`` was raised from, following MLflow's ``raise ... from``
+    and SQLAlchemy's ``.orig``; None when the database is not the cause."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__module__.split(".")[0] == "sqlite3":
+            return exc
+        orig = getattr(exc, "orig", None)
+        if type(exc).__module__.startswith("sqlalchemy") and isinstance(orig, BaseException):
+            return orig
+        exc = exc.__cause__
+    return None
 
 
 def local_store_path(uri: str) -> Path | None:
@@ -189,7 +221,8 @@ def client(project_root: Path | str = "."):
 
     from mlflow import MlflowClient
 
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    # its exception() logs a database error as a traceback with the statement and parameters: our one line says it
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     uri = tracking_uri(project_root)
     check_reachable(uri)
@@ -403,7 +436,7 @@ def register_production(project_root: Path | str, run_id: str, bundle_digest: st
             )
         point_alias(mlflow_client, name, alias, version.version)
     except MlflowException as exc:
-        raise TrackingError(f"model registry at {shown_uri(project_root)}: {exc.message}") from None
+        raise TrackingError(f"model registry at {shown_uri(project_root)}: {store_error_text(exc)}") from None
     return version, created
 
 

@@ -15,7 +15,9 @@ Training runs ``train.max_steps`` optimizer steps at most, scored on the
 inner validation every ``train.eval_every_steps``, and checkpoints there into
 ``models/checkpoints/train/``: a stage killed mid-way resumes on the next run
 (same data, params and code) and ends with the model an uninterrupted run
-would have made; a finished run removes the checkpoints.
+would have made; the checkpoints are removed as soon as the candidate they made
+is in place. A train's MLflow run records its process (host and pid): one killed
+outright stays RUNNING in MLflow, and the next train on that host marks it KILLED.
 
     python -m pipeline.train [--root DIR]
 """
@@ -23,7 +25,9 @@ would have made; a finished run removes the checkpoints.
 from __future__ import annotations
 
 import pipeline.blas  # noqa: F401 - first: pins OpenBLAS's kernels before numpy loads it (pipeline/blas.py)
+import os
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import tracking
+from pipeline.atomic import process_alive
 from pipeline.bundle import load_bundle, write_bundle
 from pipeline.cluster import ClusterError, dask_client, scheduler_address
 from pipeline.drift_stats import served_reference, training_statistics
@@ -55,6 +60,7 @@ TRAIN_DATA = "data/split/train.parquet"
 HOLIDAYS_DATA = "data/prepared/holidays.parquet"
 CANDIDATE_DIR = "models/candidate"
 CHECKPOINT_DIR = "models/checkpoints/train"  # outside the DVC output, so a rerun after an interruption resumes
+PROCESS_TAG = "train_process"  # a train run's "<host>:<pid>": a run left RUNNING by a killed train is found by it
 
 
 class TrainError(RuntimeError):
@@ -239,6 +245,49 @@ def _day(day_number: int) -> str:
     return str(np.datetime64(int(day_number), "D"))
 
 
+def this_process() -> str:
+    """What PROCESS_TAG holds for a run this process makes."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def close_killed_runs(root: Path) -> list[str]:
+    """Mark KILLED the store's train runs still RUNNING whose train process, on this host, is gone: a train killed
+    outright (SIGKILL, out of memory, a power cut) could not close its run, which would show RUNNING forever.
+    Runs of another host, and runs without PROCESS_TAG, are left as they are: nothing here can tell they ended."""
+    mlflow_client = tracking.client(root)
+    experiment = mlflow_client.get_experiment_by_name(tracking.EXPERIMENT_NAME)
+    if experiment is None:
+        return []
+    host = socket.gethostname()
+    closed = []
+    for run in mlflow_client.search_runs([experiment.experiment_id],
+                                         "attributes.status = 'RUNNING' and tags.stage = 'train'", max_results=1000):
+        owner, _, pid = run.data.tags.get(PROCESS_TAG, "").rpartition(":")
+        if owner == host and pid.isdigit() and int(pid) > 0 and not process_alive(int(pid)):
+            mlflow_client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+    return closed
+
+
+def summary_line(summary: dict) -> str:
+    """The train stage's one-line summary (without the ``train:`` prefix and the time)."""
+    return (f"{summary['model_kind']} best step {summary['best_step']:.0f}/{summary['steps_run']:.0f}, "
+            f"inner-validation NWRMSLE {summary['inner_validation_nwrmsle']:.4f} "
+            f"(baseline {summary['inner_validation_baseline_nwrmsle']:.4f}), "
+            f"expected-units factor {summary['expected_units_factor']:.3f}; "
+            f"bundle {summary['bundle']} ({summary['digest'][:12]}), MLflow run {summary['run_id']}")
+
+
+def _remove_resume_state(home: Path) -> None:
+    """The checkpoints and feature shards of a train whose candidate is in place: nothing is left to resume (a
+    train killed after the swap is not rerun by DVC when it made the candidate dvc.lock records)."""
+    checkpoints = home / CHECKPOINT_DIR
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    shutil.rmtree(home / SHARD_DIR, ignore_errors=True)
+    if checkpoints.parent.is_dir() and not any(checkpoints.parent.iterdir()):
+        checkpoints.parent.rmdir()
+
+
 def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> dict:
     """Train, write the candidate bundle, log the MLflow run; returns a summary.
 
@@ -262,7 +311,7 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     versions = {"code_version": code_version(), "data_version": data_version(root, [TRAIN_DATA, HOLIDAYS_DATA])}
     data_tag = ",".join(f"{Path(k).name}:{v[:12]}" for k, v in versions["data_version"].items())
     tags = {"git_commit": git_commit(root), "code_version": versions["code_version"][:16],
-            "data_version": data_tag, "model_kind": tparams.model, "stage": "train"}
+            "data_version": data_tag, "model_kind": tparams.model, "stage": "train", PROCESS_TAG: this_process()}
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     first_origin, last_origin = (_day(history.first_day + origin)
                                  for origin in (min(data.train_origins), max(data.train_origins)))
@@ -270,6 +319,8 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
         f"({first_origin} .. {last_origin}), "
         f"{data.inner.units.size:,} inner-validation rows at {_day(history.first_day + data.inner_origin)}")
 
+    for run_id in close_killed_runs(root):
+        say(f"train: note: MLflow run {run_id} was left RUNNING by a train process that is gone; marked KILLED")
     with tracking.TrainingRun(root, f"train-{tparams.model}", tags) as mlflow_run:
         bundle_params = {"features": fparams.to_json(), "train": tparams.to_json()}
         mlflow_run.log_params(bundle_params)
@@ -332,6 +383,7 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
         bundle_dir = home / CANDIDATE_DIR
         digest = write_bundle(bundle_dir, write_graph=write_graph, metadata=metadata,
                               snapshot=snapshot, training_stats=stats)
+        _remove_resume_state(home)  # the candidate is in place: nothing is left to resume
         bundle = load_bundle(bundle_dir)  # the serving loader must reproduce the training process's predictions
         served = bundle.predict_features(data.inner.matrix)
         if not np.allclose(served, inner_pred, rtol=1e-5, atol=1e-5):
@@ -339,23 +391,17 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
         mlflow_run.log_metrics(metrics)
         mlflow_run.set_tags({tracking.BUNDLE_DIGEST_TAG: digest, "bundle_version": metadata["version"]})
         mlflow_run.log_bundle(bundle_dir)
-    shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
-    shutil.rmtree(home / SHARD_DIR, ignore_errors=True)  # nor feature shards to reuse
-    if checkpoints.parent.is_dir() and not any(checkpoints.parent.iterdir()):
-        checkpoints.parent.rmdir()
-    summary = {"run_id": mlflow_run.run_id, "bundle": str(bundle_dir), "digest": digest, **metrics,
-               "seconds": time.perf_counter() - started}
-    say(f"train: {tparams.model} best step {result.best_step}/{result.steps_run}, inner-validation NWRMSLE "
-        f"{metrics['inner_validation_nwrmsle']:.4f} (baseline {metrics['inner_validation_baseline_nwrmsle']:.4f}), "
-        f"expected-units factor {result.expected_factor:.3f}; "
-        f"bundle {bundle_dir} ({digest[:12]}), MLflow run {mlflow_run.run_id} in {summary['seconds']:.1f} s")
+    summary = {"run_id": mlflow_run.run_id, "bundle": str(bundle_dir), "digest": digest, "model_kind": tparams.model,
+               **metrics, "seconds": time.perf_counter() - started}
+    say(f"train: {summary_line(summary)} in {summary['seconds']:.1f} s")
     return summary
 
 
 def main(argv=None) -> int:
-    def body(args) -> None:
+    def body(args) -> str | None:
         with tracking.mlflow_errors_named(args.root):  # refused or unreachable: where, in one line
-            run(args.root)  # prints its own summary
+            summary = run(args.root, quiet=args.quiet)  # prints its own summary, unless quiet
+        return summary_line(summary) if args.quiet else None
 
     return run_stage("train", body, argv, errors=(TrainError, FileNotFoundError, ValueError, ClusterError),
                      description=__doc__.splitlines()[0])

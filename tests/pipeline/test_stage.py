@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from pipeline.atomic import atomic_directory, atomic_file
-from pipeline.stage import run_stage
+from pipeline.stage import os_error_text, run_stage
 
 
 def stage_failing_with(error: BaseException):
@@ -21,6 +21,17 @@ def test_a_refused_write_is_one_line_naming_the_output_not_its_staging_copy(caps
     assert run_stage("split", stage_failing_with(refused), []) == 1
     err = capsys.readouterr().err
     assert err == "split: error: data/split: No space left on device (while writing data/.split.0pes5270.tmp)\n"
+
+
+def test_a_refused_write_inside_a_staged_folder_names_the_output_file():
+    """download's full disk said `data/.raw.24134-d63bfmp5.tmp/train.csv.gz`: a name the user never sees."""
+    refused = OSError(errno.ENOSPC, "No space left on device", "data/.raw.24134-d63bfmp5.tmp/train.csv.gz")
+    assert os_error_text(refused) == ("data/raw/train.csv.gz: No space left on device "
+                                      "(while writing data/.raw.24134-d63bfmp5.tmp/train.csv.gz)")
+    deeper = OSError(errno.ENOSPC, "No space left on device", "/p/data/.split.7-ab.tmp/parts/3.arrow")
+    assert os_error_text(deeper).startswith("/p/data/split/parts/3.arrow: No space left on device")
+    plain = OSError(errno.EACCES, "Permission denied", "data/raw/train.csv.gz")
+    assert os_error_text(plain) == "data/raw/train.csv.gz: Permission denied"
 
 
 @pytest.mark.parametrize("writer", [atomic_directory, atomic_file])

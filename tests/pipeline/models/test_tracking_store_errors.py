@@ -1,0 +1,113 @@
+"""A store that refuses (here: its disk is full) is one line wherever MLflow is asked: train, promote, release, fetch.
+
+Before, MLflow logged SQLAlchemy's traceback (91 lines with the statement and a run's parameters) ahead of the
+stage's line, and promote, release and registry_fetch printed MLflow's message as it came: 5 lines. The full disk
+is a real one: a 2 MiB tmpfs mounted for the test (needs root or CAP_SYS_ADMIN; skips otherwise).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipeline import registry_fetch, release, tracking
+from pipeline.stage import run_stage
+
+FULL = "database or disk is full"
+
+
+@pytest.fixture
+def full_store(tmp_path, monkeypatch):
+    """A project whose local store (with one finished run) lies on a disk with no room left; its root."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root): {mounted.stderr.strip()}")
+    try:
+        root = disk / "project"
+        root.mkdir()
+        with tracking.TrainingRun(root, "train", {"stage": "train"}):
+            pass
+        try:
+            with open(disk / "filler", "wb") as filler:
+                for _ in range(1024):  # 4 MiB at most: more than the disk holds
+                    filler.write(b"x" * 4096)
+                    filler.flush()
+        except OSError:
+            pass
+        else:
+            pytest.fail("the 2 MiB disk never filled")
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _one_line_naming_the_cause(message: str) -> None:
+    assert "\n" not in message and message.endswith(FULL), message
+    assert "[SQL" not in message and "parameters" not in message and "sqlalche.me" not in message
+
+
+def test_a_stage_whose_store_is_full_says_one_line_and_mlflow_no_traceback(full_store: Path, capsys):
+    def body(args):
+        with tracking.mlflow_errors_named(full_store):
+            tracking.TrainingRun(full_store, "train", {"stage": "train"})
+
+    assert run_stage("train", body, []) == 1
+    db = (full_store / "mlflow.db").resolve().as_posix()
+    captured = capsys.readouterr()
+    assert captured.err == f"train: error: MLflow at sqlite:///{db}: {FULL}\n" and captured.out == ""
+
+
+def test_registering_in_a_full_store_is_one_line(full_store: Path):
+    run_id = tracking.client(full_store).search_runs([tracking.ensure_experiment(tracking.client(full_store),
+                                                                                 full_store)])[0].info.run_id
+    with pytest.raises(tracking.TrackingError) as error:
+        tracking.register_production(full_store, run_id, "digest", {})
+    assert str(error.value).startswith("model registry at sqlite:///")
+    _one_line_naming_the_cause(str(error.value))
+
+
+def test_release_and_fetch_say_a_refusing_store_in_one_line(full_store: Path, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as refused:  # what MLflow raises for a store it cannot write
+        tracking.client(full_store).create_registered_model("another")
+    assert "\n" in refused.value.message  # MLflow's message: the error, the statement, its parameters, a link
+
+    class RefusingClient:
+        def __getattr__(self, name):
+            def refuse(*args, **kwargs):
+                raise refused.value
+            return refuse
+
+    monkeypatch.setattr(tracking, "client", lambda root=".": RefusingClient())
+    with pytest.raises(release.ReleaseError) as error:
+        release.aliases(full_store)
+    _one_line_naming_the_cause(str(error.value))
+    with pytest.raises(release.ReleaseError) as error:
+        release.ensure_release(full_store, None, "3")
+    _one_line_naming_the_cause(str(error.value))
+    with pytest.raises(registry_fetch.FetchError) as error:
+        registry_fetch.resolve(full_store, "canary")
+    _one_line_naming_the_cause(str(error.value))
+
+
+def test_store_error_text_follows_the_cause_and_drops_sqlalchemys_appendix():
+    import sqlite3
+
+    import sqlalchemy
+    from mlflow.exceptions import MlflowException
+
+    statement = "UPDATE registered_models\nSET last_updated_time=? WHERE name = ?"
+    database = sqlalchemy.exc.OperationalError(statement, ("x", "[8, 4]"), sqlite3.OperationalError(FULL))
+    wrapped = MlflowException(message=database)
+    wrapped.__cause__ = database
+    assert tracking.store_error_text(wrapped) == FULL
+    assert tracking.store_error_text(MlflowException(message=str(database))) == f"(sqlite3.OperationalError) {FULL}"
+    assert tracking.store_error_text(MlflowException("RESOURCE_DOES_NOT_EXIST:\n  no  such\nmodel")) == \
+        "RESOURCE_DOES_NOT_EXIST: no such model"

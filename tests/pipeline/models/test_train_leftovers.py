@@ -1,0 +1,73 @@
+"""What an interrupted train leaves is bounded: its MLflow run is closed by the next train, its checkpoints go once
+the candidate is in place (and stay for a resume until then)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import tracking, train
+
+
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+@pytest.fixture
+def quick_project(tiny_project, tiny_params, set_params):
+    tiny_params["train"]["max_steps"] = 40
+    set_params(tiny_project, tiny_params)
+    return tiny_project
+
+
+def test_a_train_marks_killed_the_runs_left_running_by_train_processes_gone_from_this_host(quick_project):
+    """A train killed with SIGKILL left its run RUNNING in MLflow for ever."""
+    host, dead = socket.gethostname(), _dead_pid()
+    left = {}
+    for case, tags in {"killed": {"stage": "train", train.PROCESS_TAG: f"{host}:{dead}"},
+                       "live": {"stage": "train", train.PROCESS_TAG: f"{host}:{os.getpid()}"},
+                       "other host": {"stage": "train", train.PROCESS_TAG: f"{host}-elsewhere:{dead}"},
+                       "untagged": {"stage": "train"},
+                       "evaluate": {"stage": "evaluate", train.PROCESS_TAG: f"{host}:{dead}"}}.items():
+        left[case] = tracking.TrainingRun(quick_project, "train-mlp", tags).run_id  # never closed: RUNNING
+    summary = train.run(quick_project, quiet=True)
+    client = tracking.client(quick_project)
+    status = {case: client.get_run(run_id).info.status for case, run_id in left.items()}
+    assert status == {"killed": "KILLED", "live": "RUNNING", "other host": "RUNNING", "untagged": "RUNNING",
+                      "evaluate": "RUNNING"}
+    run = client.get_run(summary["run_id"])
+    assert run.data.tags[train.PROCESS_TAG] == f"{host}:{os.getpid()}" and run.info.status == "FINISHED"
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL at that point: nothing after it runs."""
+
+
+def _kill_at(monkeypatch, name: str) -> None:
+    def killed(*args, **kwargs):
+        raise Killed(name)
+
+    monkeypatch.setattr(train, name, killed)
+
+
+def test_checkpoints_go_once_the_candidate_is_in_place(quick_project, monkeypatch):
+    """Killed right after the swap, a train left models/checkpoints/ for ever: DVC does not rerun a train whose
+    candidate is the one dvc.lock records."""
+    _kill_at(monkeypatch, "load_bundle")  # the first step after the candidate's swap
+    with pytest.raises(Killed):
+        train.run(quick_project, quiet=True)
+    assert (quick_project / train.CANDIDATE_DIR / "bundle.json").is_file()
+    assert not (quick_project / train.CHECKPOINT_DIR).parent.exists()
+
+
+def test_checkpoints_stay_for_a_resume_until_the_candidate_is_in_place(quick_project, monkeypatch):
+    _kill_at(monkeypatch, "write_bundle")
+    with pytest.raises(Killed):
+        train.run(quick_project, quiet=True)
+    assert not (quick_project / train.CANDIDATE_DIR).exists()
+    assert (quick_project / train.CHECKPOINT_DIR / "state.json").is_file()
