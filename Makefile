@@ -26,11 +26,17 @@ help:                 ## this list
 
 venv: $(STAMP)        ## create .venv and install Shelfcast with its test extras (every target does this first)
 
+# More of pyproject.toml's extras to install with the test ones, comma-separated: e.g. VENV_EXTRAS=s3 (DVC's S3
+# plugin; the workflows set it in their env). Read when .venv is (re)made: `make clean` first to add one later.
+VENV_EXTRAS ?=
+VENV_INSTALL = .[test$(if $(strip $(VENV_EXTRAS)),$(comma)$(strip $(VENV_EXTRAS)))]
+comma := ,
+
 $(STAMP): pyproject.toml
 	@echo "venv: installing Shelfcast and its pinned dependencies into $(VENV) (the first time: a few minutes)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	bash -o pipefail -c "$(BIN)/python -m pip install --progress-bar off -e '.[test]' | grep --line-buffered -E '^(Collecting|Installing|Successfully)'"
+	bash -o pipefail -c "$(BIN)/python -m pip install --progress-bar off -e '$(VENV_INSTALL)' | grep --line-buffered -E '^(Collecting|Installing|Successfully)'"
 	$(BIN)/python -c "import engine, numba, pandas, mlflow, dvc"
 	touch $(STAMP)
 	@echo "venv: ready ($(VENV)); use it with \`source $(VENV)/bin/activate\` or through the make targets"

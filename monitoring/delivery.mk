@@ -8,13 +8,19 @@ IMAGE ?= shelfcast-app
 # image references must be lowercase (a GitHub owner may not be): what build/publish use
 IMAGE_LC = $(shell printf '%s' '$(IMAGE)' | tr '[:upper:]' '[:lower:]')
 REGISTRY_LC = $(shell printf '%s' '$(REGISTRY)' | tr '[:upper:]' '[:lower:]')
-IMAGE_TAG ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo local)
+# The tag names both what the image bakes in: the commit and the model bundle fetch-model left in models/production
+# (its digest, as the registry records it: `serving_digest`), so two builds of one commit with different
+# @production models never push the same tag. Expanded when build-image/publish-image run, after fetch-model.
+IMAGE_COMMIT = $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo local)
+IMAGE_MODEL = $(shell $(BIN)/python -c "from pipeline.bundle import verify_bundle; \
+  print('-model-' + verify_bundle('models/production')[:12])" 2>/dev/null)
+IMAGE_TAG ?= $(IMAGE_COMMIT)$(IMAGE_MODEL)
 REGISTRY ?=
 DVC := PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc
 
 .PHONY: ml-pipeline threshold-test metrics-event promote dvc-push fetch-model lint-docker \
-        build-image publish-image deploy rollback release-status release-sync compose-up drift monitoring-setup \
-        test-monitoring
+        build-image publish-image deploy rollback release-status release-sync release-store-check compose-up drift \
+        monitoring-setup test-monitoring
 
 ml-pipeline: $(STAMP)                 ## dvc repro: download .. evaluate (evaluate's threshold test fails the run)
 	$(DVC) repro
@@ -45,7 +51,7 @@ lint-docker: $(STAMP)                 ## hadolint both Dockerfiles + compose-spe
 build-image: lint-docker fetch-model  ## docker build (where a Docker engine exists)
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
 	  docker build -t $(IMAGE_LC):$(IMAGE_TAG) . ; \
-	else echo "build-image: no Docker engine here; Dockerfile linted, bundle verified, nothing built"; fi
+	else echo "build-image: no Docker engine here; Dockerfile linted, bundle verified, nothing built (tag $(IMAGE_TAG))"; fi
 
 publish-image: build-image            ## docker push $(REGISTRY)/$(IMAGE):$(IMAGE_TAG), lowercased (needs REGISTRY and a login)
 	@if [ -z "$(REGISTRY)" ]; then echo "publish-image: REGISTRY not set; nothing published"; \
@@ -72,6 +78,18 @@ release-status: $(STAMP)              ## the registry aliases, the canary share 
 
 release-sync: $(STAMP)                ## install what the aliases name into models/ (a fresh or restarted serving host)
 	$(BIN)/python -m pipeline.release sync
+
+# The release job's first step: its default store, models/ of the runner's checkout, is wiped by actions/checkout
+# (git clean -ffdx) before every run, so CI must name the host's store (docker-compose.yml mounts the same).
+release-store-check:                  ## fail unless SHELFCAST_MODELS_HOST names a release store outside this checkout (CI)
+	@store="$$SHELFCAST_MODELS_HOST"; \
+	if [ -z "$$store" ]; then \
+	  echo "release-store-check: SHELFCAST_MODELS_HOST is not set: set the repository variable to the serving host's release store, outside the runner's checkout (README, CI/CD)" >&2; exit 1; \
+	fi; \
+	case "$$(realpath -m -- "$$store")/" in "$$(realpath -m -- "$(CURDIR)")/"*) \
+	  echo "release-store-check: SHELFCAST_MODELS_HOST=$$store is inside the runner's checkout, which actions/checkout cleans: name a directory outside it (README, CI/CD)" >&2; exit 1;; \
+	esac; \
+	echo "release-store-check: the host's release store is $$store"
 
 compose-up: lint-docker               ## docker compose up (where Docker exists); the stack's files are validated first
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \

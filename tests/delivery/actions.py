@@ -4,8 +4,9 @@ each on a fresh clone, its `run:` steps in order in bash with the workflow's env
 What stands in for GitHub:
 - ``${{ }}`` expressions are evaluated from an explicit mapping (``contexts``: e.g. ``vars.X``,
   ``github.event_name``); an expression or a name the mapping does not know fails the run loudly;
-- a job's ``if:`` is evaluated (``==``, ``!=``, ``&&``, ``||``, ``!``, parentheses, quoted strings,
-  ``success()``/``failure()``/``always()``); a job whose ``needs`` did not succeed is skipped;
+- a job's and a step's ``if:`` are evaluated (``==``, ``!=``, ``&&``, ``||``, ``!``, parentheses, quoted strings,
+  ``success()``/``failure()``/``always()``); a job whose ``needs`` did not succeed is skipped; a step's ``if:``
+  without a status function means ``success() && (...)``, as on GitHub; a step skipped by it is recorded, not run;
 - ``uses:`` steps of GitHub-hosted actions (``HOSTED_ACTIONS``) are not run: ``actions/checkout`` is the
   fresh clone each job gets (``checkout``), ``actions/setup-python`` / ``setup-node`` are the machine's
   interpreters, ``upload-artifact`` and ``docker/login-action`` talk to GitHub and a registry only;
@@ -13,7 +14,7 @@ What stands in for GitHub:
 - a ``run:`` step in ``not_run`` (command -> why) is not run, and says why (``make test``: the suite
   this runs inside).
 Steps run in ``bash -e`` (GitHub's default shell for run steps); a failing step fails its job and skips
-the job's remaining steps, as on GitHub.
+the job's remaining steps (but those whose ``if:`` asks for ``failure()`` or ``always()``), as on GitHub.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import yaml
 HOSTED_ACTIONS = ("actions/checkout", "actions/setup-python", "actions/setup-node", "actions/upload-artifact",
                   "docker/login-action")
 EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+STATUS_CALL = re.compile(r"\b(?:success|failure|always|cancelled)\(\)")
 TOKEN = re.compile(r"\s*(?:(?P<string>'(?:[^']|'')*')|(?P<op>==|!=|&&|\|\||!|\(|\))|(?P<name>[A-Za-z_][\w.-]*)"
                    r"(?P<call>\(\))?)")
 
@@ -196,12 +198,18 @@ def _run_job(result: WorkflowRun, name: str, job: dict, workflow: dict, contexts
     env = dict(runner_env(name))
     for scope in (workflow.get("env") or {}, job.get("env") or {}):
         env.update({key: substitute(value, contexts) for key, value in scope.items()})
+    status = "success"
     for number, step in enumerate(job["steps"], 1):
         label = step.get("name") or step.get("uses") or step.get("run")
+        if "uses" in step and step["uses"].split("@")[0] not in HOSTED_ACTIONS:
+            raise WorkflowError(f"{name} step {number}: uses {step['uses']}, not a known GitHub-hosted action")
+        condition = step_condition(step)
+        if not truthy(evaluate(condition, contexts, status)):
+            command = step["uses"] if "uses" in step else substitute(step["run"], contexts).strip()
+            result.steps.append(StepResult(name, label, command, None, why=f"skipped (if: {condition})"))
+            say(f"{result.name} / {name} / {label}: skipped (if: {condition})")
+            continue
         if "uses" in step:
-            action = step["uses"].split("@")[0]
-            if action not in HOSTED_ACTIONS:
-                raise WorkflowError(f"{name} step {number}: uses {step['uses']}, not a known GitHub-hosted action")
             result.steps.append(StepResult(name, label, step["uses"], None, why="GitHub-hosted action"))
             continue
         command = substitute(step["run"], contexts).strip()
@@ -214,8 +222,14 @@ def _run_job(result: WorkflowRun, name: str, job: dict, workflow: dict, contexts
         result.steps.append(done)
         say(f"{result.name} / {name} / {label}: exit {done.returncode} in {done.seconds:.1f} s")
         if done.returncode != 0:
-            return "failure"
-    return "success"
+            status = "failure"
+    return status
+
+
+def step_condition(step: dict) -> str:
+    """A step's ``if:`` as GitHub reads it: without a status function it means ``success() && (...)``."""
+    condition = EXPRESSION.sub(lambda m: m.group(1), str(step.get("if", "success()")))
+    return condition if STATUS_CALL.search(condition) else f"success() && ({condition})"
 
 
 def _run_step(job: str, label: str, command: str, workdir: Path, env: dict, timeout_s: float) -> StepResult:

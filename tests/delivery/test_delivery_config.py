@@ -1,9 +1,15 @@
-"""What starts the two pipelines, and the make variables the release job passes: checked without running them."""
+"""The workflow files and the make recipes their steps run, checked without running the pipelines: what starts them,
+which branch may write to the shared registry, what each job installs, needs and may do, what the image is called."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
+import os
 import re
 import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -44,3 +50,211 @@ def test_an_empty_shelfcast_url_means_the_default():
 
     assert "--url http://127.0.0.1:5005 " in deploy_line("SHELFCAST_URL=")
     assert "--url http://shelfcast.example:8080 " in deploy_line("SHELFCAST_URL=http://shelfcast.example:8080")
+
+
+# --- who may write to the shared registry, what the jobs need, what the image is called -----------------------
+
+def workflow(name: str) -> dict:
+    return yaml.safe_load((WORKFLOWS / name).read_text(encoding="utf-8"))
+
+
+def triggers_of(name: str) -> dict:
+    document = workflow(name)
+    return document.get("on", document.get(True))
+
+
+def run_steps(job: dict) -> list[str]:
+    return [step["run"].strip() for step in job["steps"] if "run" in step]
+
+
+def dry_run(name: str, contexts: dict, tmp_path: Path):
+    """The workflow through the repository's runner (tests/delivery/actions.py) with every `run:` step stubbed:
+    which jobs and steps GitHub would start, without starting them."""
+    from .actions import run_workflow
+
+    commands = {command: "stubbed" for job in workflow(name)["jobs"].values() for command in run_steps(job)}
+    return run_workflow(WORKFLOWS / name, contexts, lambda job: tmp_path, lambda job: {}, commands,
+                        say=lambda line: None)
+
+
+def started(run) -> list[str]:
+    return [step.command for step in run.steps if step.why == "stubbed"]
+
+
+ML_CONTEXTS = {"vars.MLFLOW_TRACKING_URI": "http://registry", "vars.SHELFCAST_DATA_SOURCE": "",
+               "secrets.DVC_REMOTE_ACCESS_KEY_ID": "", "secrets.DVC_REMOTE_SECRET_ACCESS_KEY": ""}
+APP_CONTEXTS = {"github.repository_owner": "Owner", "vars.MLFLOW_TRACKING_URI": "http://registry",
+                "vars.SHELFCAST_URL": "", "vars.SHELFCAST_MODELS_HOST": "/srv/shelfcast/models",
+                "vars.SHELFCAST_PREDICTION_LOG": "", "vars.ELASTICSEARCH_URL": "",
+                "secrets.DVC_REMOTE_ACCESS_KEY_ID": "", "secrets.DVC_REMOTE_SECRET_ACCESS_KEY": ""}
+
+
+def test_a_run_on_another_branch_runs_the_gate_and_registers_nothing(tmp_path):
+    """A manual ml-pipeline run on a feature branch registered its model @shadow in the shared registry; the app
+    pipeline (workflow_run, no branch filter) then canaried and promoted it."""
+    on_main = started(dry_run("ml-pipeline.yml", {**ML_CONTEXTS, "github.ref": "refs/heads/main"}, tmp_path))
+    on_branch = started(dry_run("ml-pipeline.yml", {**ML_CONTEXTS, "github.ref": "refs/heads/try-lr"}, tmp_path))
+    assert {"make promote", "make dvc-push"} <= set(on_main)
+    assert "make ml-pipeline" in on_branch and "make threshold-test" in on_branch
+    assert not {"make promote", "make dvc-push"} & set(on_branch), on_branch
+
+    after = {**APP_CONTEXTS, "github.event_name": "workflow_run", "github.ref": "refs/heads/main",
+             "github.event.workflow_run.conclusion": "success"}
+    from_main = dry_run("app-pipeline.yml", {**after, "github.event.workflow_run.head_branch": "main"}, tmp_path)
+    assert "make deploy" in started(from_main)
+    from_branch = dry_run("app-pipeline.yml", {**after, "github.event.workflow_run.head_branch": "try-lr"}, tmp_path)
+    assert set(from_branch.jobs.values()) == {"skipped"}
+    # started by hand on a branch: its code is tested and its image built, but nothing is released
+    by_hand = dry_run("app-pipeline.yml", {**APP_CONTEXTS, "github.event_name": "workflow_dispatch",
+                                           "github.ref": "refs/heads/try-lr",
+                                           "github.event.workflow_run.conclusion": "",
+                                           "github.event.workflow_run.head_branch": ""}, tmp_path)
+    assert by_hand.jobs["release"] == "skipped" and "make publish-image" in started(by_hand)
+    assert triggers_of("app-pipeline.yml")["workflow_run"]["branches"] == ["main"]  # GitHub's filter, before the if:
+
+
+def test_a_failed_step_skips_the_rest_of_its_job(tmp_path):
+    """The runner's step `if:` (success() unless a status function is named), on a small workflow."""
+    from .actions import run_workflow
+
+    path = tmp_path / "wf.yml"
+    path.write_text(yaml.safe_dump({"name": "wf", "jobs": {"one": {"steps": [
+        {"run": "echo first"}, {"run": "exit 3"}, {"run": "echo never"},
+        {"if": "github.ref == 'refs/heads/main'", "run": "echo never either"},
+        {"if": "${{ always() }}", "run": "echo always"}, {"if": "failure()", "run": "echo on failure"}]}}}))
+    run = run_workflow(path, {"github.ref": "refs/heads/main"}, lambda job: tmp_path, lambda job: {}, {},
+                       say=lambda line: None)
+    assert run.jobs == {"one": "failure"}
+    assert [(step.command, step.returncode) for step in run.steps] == [
+        ("echo first", 0), ("exit 3", 3), ("echo never", None), ("echo never either", None), ("echo always", 0),
+        ("echo on failure", 0)]
+
+
+def test_the_jobs_holding_the_dvc_remote_s_credentials_install_its_plugin():
+    """The S3 credentials were passed, but DVC's S3 plugin was never installed: `dvc push` to s3:// failed with
+    "s3 is supported, but requires 'dvc-s3' to be installed"."""
+    from packaging.requirements import Requirement
+
+    holders = [(name, job_name, job) for name in ("ml-pipeline.yml", "app-pipeline.yml")
+               for job_name, job in workflow(name)["jobs"].items() if "AWS_ACCESS_KEY_ID" in (job.get("env") or {})]
+    assert len(holders) == 2
+    for name, job_name, job in holders:
+        assert "s3" in str(job["env"].get("VENV_EXTRAS", "")).split(","), f"{name} {job_name}"
+        assert "make venv" in run_steps(job)
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pinned = [Requirement(r) for r in project["optional-dependencies"]["s3"]]
+    assert [r.name for r in pinned] == ["dvc-s3"] and str(pinned[0].specifier).startswith("==")
+    dvc_pin = next(Requirement(r) for r in project["dependencies"] if r.startswith("dvc=="))
+    assert importlib.metadata.version("dvc") in dvc_pin.specifier  # the dvc whose s3 range is read below
+    dvc_s3_range = next(Requirement(r) for r in importlib.metadata.requires("dvc")
+                        if r.startswith("dvc-s3") and 'extra == "s3"' in r).specifier
+    assert str(pinned[0].specifier)[2:] in dvc_s3_range, (pinned[0], dvc_s3_range)
+
+    def installs(*args: str, **env: str) -> str:
+        out = subprocess.run(["make", "-n", "-W", "pyproject.toml", "venv", *args], cwd=REPO, capture_output=True,
+                             text=True, env={**os.environ, **env}).stdout
+        return re.search(r"pip install --progress-bar off -e '([^']+)'", out).group(1)
+
+    assert installs() == ".[test]"
+    assert installs(VENV_EXTRAS="s3") == ".[test,s3]"  # as the workflows set it: in the job's env
+    assert installs("VENV_EXTRAS=s3,kaggle") == ".[test,s3,kaggle]"
+
+
+def test_the_release_job_stops_at_its_start_without_a_host_release_store(tmp_path):
+    """Unset, the release store was models/ in the runner's checkout, which actions/checkout (git clean -ffdx)
+    wipes before every run: the host lost its releases."""
+    release = workflow("app-pipeline.yml")["jobs"]["release"]
+    assert release["steps"][0]["uses"].startswith("actions/checkout@")
+    assert run_steps(release)[0] == "make release-store-check"
+
+    def check(store: str | None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "SHELFCAST_MODELS_HOST"}
+        if store is not None:
+            env["SHELFCAST_MODELS_HOST"] = store
+        return subprocess.run(["make", "--no-print-directory", "-s", "release-store-check"], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    for store in (None, "", "models", str(REPO / "models")):
+        done = check(store)
+        said = [line for line in done.stderr.splitlines() if not line.startswith("make")]
+        assert done.returncode != 0 and len(said) == 1 and "SHELFCAST_MODELS_HOST" in said[0], (store, done.stderr)
+    assert check(str(tmp_path / "models")).returncode == 0
+
+
+def test_no_job_is_named_for_a_deploy_it_does_not_do():
+    """`build-publish-deploy` published an image and started nothing: the app's code is not deployed by CI."""
+    for name in ("ml-pipeline.yml", "app-pipeline.yml"):
+        for job_name, job in workflow(name)["jobs"].items():
+            if "deploy" in f"{job_name} {job.get('name', '')}".lower():
+                assert "make deploy" in run_steps(job), f"{name}: job {job_name} deploys nothing"
+
+
+def fake_bundle(path: Path, salt: str) -> Path:
+    """Files that pass pipeline.bundle.verify_bundle (their content is not read): a bundle with its own digest."""
+    from pipeline.bundle import CHECKSUMS_FILE, DATA_FILES, GRAPH_FILES, file_digest
+
+    path.mkdir(parents=True)
+    for name in GRAPH_FILES + DATA_FILES:
+        (path / name).write_text(f"{name} {salt}", encoding="utf-8")
+    files = {name: file_digest(path / name) for name in GRAPH_FILES + DATA_FILES}
+    (path / CHECKSUMS_FILE).write_text(json.dumps({"files": files}), encoding="utf-8")
+    return path
+
+
+def test_two_models_on_one_commit_get_two_image_tags(tmp_path):
+    """The tag was the commit alone, though the image bakes in @production as fetched at build time: a rebuild
+    after a new model pushed over the same tag."""
+    from pipeline.bundle import verify_bundle
+
+    probe = tmp_path / "probe.mk"
+    probe.write_text("probe:\n\t@echo $(IMAGE_TAG)\n", encoding="utf-8")
+
+    def tag(project: Path) -> str:
+        done = subprocess.run(["make", "-s", "-f", str(REPO / "monitoring" / "delivery.mk"), "-f", str(probe), "probe",
+                               f"BIN={Path(sys.executable).parent}"], cwd=project, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    tags = []
+    for salt in ("one", "two"):
+        bundle = fake_bundle(tmp_path / salt / "models" / "production", salt)
+        tags.append(tag(tmp_path / salt))
+        assert tags[-1].endswith(verify_bundle(bundle)[:12]), tags[-1]
+    assert tags[0] != tags[1]
+    assert re.fullmatch(r"[\w][\w.-]{0,127}", tags[0])  # a valid docker tag
+
+
+def test_the_ml_pipeline_retrains_on_a_schedule_and_when_its_recipes_change():
+    """Nothing retrained when the data changed; a change to the steps' recipes (Makefile, delivery.mk, the
+    workflows) did not run the pipeline it changed."""
+    triggers = triggers_of("ml-pipeline.yml")
+    crons = [entry["cron"] for entry in triggers["schedule"]]
+    assert crons and all(len(cron.split()) == 5 for cron in crons)
+    paths = triggers["push"]["paths"]
+    for changed in ("Makefile", "monitoring/delivery.mk", ".github/workflows/ml-pipeline.yml",
+                    ".github/workflows/app-pipeline.yml"):
+        assert triggered(changed, paths), changed
+    assert triggered(".github/workflows/app-pipeline.yml", push_paths("app-pipeline.yml"))
+
+
+def test_actionlint_knows_every_self_hosted_runner_label():
+    config = yaml.safe_load((REPO / ".github" / "actionlint.yaml").read_text(encoding="utf-8"))
+    declared = set(config["self-hosted-runner"]["labels"])
+    for name in ("ml-pipeline.yml", "app-pipeline.yml"):
+        for job in workflow(name)["jobs"].values():
+            labels = job["runs-on"] if isinstance(job["runs-on"], list) else [job["runs-on"]]
+            if "self-hosted" in labels:
+                assert set(labels) - {"self-hosted", "linux", "x64", "arm64"} <= declared, labels
+
+
+def test_write_permission_and_approval_where_they_are_used():
+    """`packages: write` was granted to every job of the app pipeline, and two jobs waited on `production`'s
+    approval."""
+    app = workflow("app-pipeline.yml")
+    assert "write" not in (app.get("permissions") or {}).values()
+    for job_name, job in app["jobs"].items():
+        if "write" in (job.get("permissions") or {}).values():
+            assert "make publish-image" in run_steps(job), job_name
+    assert [n for n, job in app["jobs"].items() if job.get("environment") == "production"] == ["release"]

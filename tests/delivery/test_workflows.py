@@ -166,7 +166,8 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
     print(f"set-up (repository, first production, app): {time.monotonic() - began:.1f} s")
 
     def ml_pipeline(run: int, data_source: str = ""):
-        contexts = {"vars.MLFLOW_TRACKING_URI": uri, "vars.SHELFCAST_DATA_SOURCE": data_source,
+        contexts = {"github.ref": "refs/heads/main", "vars.MLFLOW_TRACKING_URI": uri,
+                    "vars.SHELFCAST_DATA_SOURCE": data_source,
                     "secrets.DVC_REMOTE_ACCESS_KEY_ID": "", "secrets.DVC_REMOTE_SECRET_ACCESS_KEY": ""}
         return run_workflow(repository / ".github/workflows/ml-pipeline.yml", contexts,
                             lambda job: clone(repository, tmp_path / f"run{run}-ml-{job}"),
@@ -174,6 +175,7 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
 
     def app_pipeline(run: int, ml_run, **settings: str):
         contexts = {"github.event_name": "workflow_run", "github.event.workflow_run.conclusion": ml_run.conclusion,
+                    "github.event.workflow_run.head_branch": "main", "github.ref": "refs/heads/main",
                     "github.repository_owner": "Shelfcast-Demo", "vars.MLFLOW_TRACKING_URI": uri,
                     "vars.SHELFCAST_URL": served.url, "vars.SHELFCAST_MODELS_HOST": str(store.root),
                     "vars.SHELFCAST_PREDICTION_LOG": str(events), "vars.ELASTICSEARCH_URL": "",
@@ -197,7 +199,7 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
         assert aliases(host) == {PRODUCTION: "1", SHADOW: "2"}
         assert "dvc add + push" in ml.step("make promote").output  # the bundle is in the DVC remote too
         app = app_pipeline(1, ml)
-        assert app.jobs == {"test": "success", "build-publish-deploy": "success", "release": "success"}, \
+        assert app.jobs == {"test": "success", "build-publish": "success", "release": "success"}, \
             [(s.command, s.output[-2000:]) for s in app.steps if s.returncode]
         deploy = app.step("make deploy")
         report = deploy_report(deploy)
@@ -206,6 +208,9 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
         assert CANARY in report["smoke"] and report["verdict"]["decision"] == "promote"
         assert aliases(host) == {PRODUCTION: "2"}
         assert "nothing published" in app.step("make publish-image").output  # no Docker engine here
+        built_from = tracking.client(host).get_model_version(NAME, "1").tags["serving_digest"]  # @production then
+        assert f"-model-{built_from[:12]})" in app.step("make build-image").output  # the image tag names its model
+        assert app.step("make release-store-check").returncode == 0
         print(f"run 1: ML pipeline {ml_s:.0f} s; fresh-runner handoff (ML pipeline start -> canary serving) "
               f"{handoff_s:.0f} s; promoted {time.monotonic() - started:.0f} s after the ML pipeline started")
 
