@@ -72,6 +72,7 @@ class EvaluateParams:
 class PromoteParams:
     model_name: str
     alias: str
+    max_regression: float  # champion/challenger: refused when the improvement's upper bound is below -this
 
 
 def _int_list(section: _Section, name: str, minimum: int = 1) -> tuple[int, ...]:
@@ -149,11 +150,13 @@ def evaluate_params(raw: Mapping[str, Any]) -> EvaluateParams:
 
 
 def promote_params(raw: Mapping[str, Any]) -> PromoteParams:
-    s = _Section(raw.get("promote"), "promote", ("model_name", "alias"))
+    s = _Section(raw.get("promote"), "promote", ("model_name", "alias", "max_regression"))
     name = s.text("model_name")
     if "'" in name or '"' in name:  # the registry is searched with name='...'
         raise ParamsError(f"promote.model_name: may not contain quotes, got {name!r}")
-    return PromoteParams(model_name=name, alias=registry_alias(s.text("alias"), "promote.alias"))
+    max_regression = s.number("max_regression", 0.0)
+    return PromoteParams(model_name=name, alias=registry_alias(s.text("alias"), "promote.alias"),
+                         max_regression=max_regression)
 
 
 def registry_alias(alias: str, where: str) -> str:

@@ -4,7 +4,9 @@ Promotes only a candidate whose evaluation passed the threshold test
 (pipeline/evaluate.py: better than the baseline with confidence over the
 backtest windows) *for the current bundle, code, data and params* (the
 hashes ``evaluate`` recorded in results/evaluation.json are recomputed and
-compared). Then:
+compared), and only one not worse than the registry's production model with confidence
+(pipeline/champion.py: both scored on the candidate's validation window, ``promote.max_regression``;
+exit 2 when refused, the comparison recorded on the version and its run). Then:
 
 1. installs the bundle at ``models/production/`` (git-ignored) atomically — for ``promote.alias``; a candidate
    alias (``SHELFCAST_PROMOTE_ALIAS``, CI's ``shadow``) is staged in ``models/promoted-<alias>/`` instead, published
@@ -35,7 +37,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import registry_fetch, tracking
+from pipeline import champion, registry_fetch, tracking
 from pipeline.bundle import BundleError, verify_bundle
 from pipeline.evaluate import (BACKTEST_FILE, CANDIDATE_DIR, EVALUATION_FILE, METRICS_FILE, RESULT_FILES,
                                current_versions, evaluation_run_params)
@@ -47,6 +49,7 @@ from pipeline.stage import run_stage
 PRODUCTION_DIR = "models/production"
 CANDIDATE_STAGING = "models/promoted-"  # + alias: a candidate alias's bundle while it is published (.gitignore)
 REFUSED = 3
+WORSE_THAN_PRODUCTION = 2  # the champion/challenger rule: a gate said no, as evaluate's threshold test exits
 
 
 class PromotionRefused(RuntimeError):
@@ -179,13 +182,16 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     alias = registry_fetch.promote_alias(pparams.alias)  # refused before anything is written
     evaluation, digest = check_candidate(root, raw, home)
     trained = training_run(root, digest)
+    comparison = champion.challenge(root, home, raw, digest, root / PRODUCTION_DIR)  # refused: nothing written
+    say(f"promote: {comparison.note}")
     interval = evaluation["improvement_interval"]
     tags = {"bundle_version": str(evaluation.get("bundle_version")), "code_version": evaluation["code_version"][:16],
             "heldout_nwrmsle": f"{evaluation['candidate_nwrmsle']:.6f}",
             "heldout_improvement": f"{interval['estimate']:.6f} [{interval['low']:.6f}, {interval['high']:.6f}] "
                                    f"({interval['confidence']:.0%}, {interval['series']} series)",
             "threshold_test": "passed",
-            "evaluation_run_id": evaluation_run(root, home, raw, evaluation, digest, trained.info.run_id, say)}
+            "evaluation_run_id": evaluation_run(root, home, raw, evaluation, digest, trained.info.run_id, say),
+            **comparison.tags()}
     # Production (params' alias) is installed on this host; a candidate alias (CI's SHELFCAST_PROMOTE_ALIAS=shadow)
     # is only published: `release` installs candidates, and this host's production stays what it serves.
     production = alias == pparams.alias
@@ -203,11 +209,14 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
         # The alias moves last: it is what says "this is production" to everyone reading the registry.
         version, created = tracking.register_production(root, trained.info.run_id, digest, tags,
                                                         name=pparams.model_name, alias=alias)
+        champion.record(root, pparams.model_name, None if created else str(version.version), trained.info.run_id,
+                        comparison)
     finally:
         if not production:
             shutil.rmtree(target, ignore_errors=True)
     summary = {"model": pparams.model_name, "version": str(version.version), "alias": alias,
-               "registered": created, "installed": production and not installed, "digest": digest, "dvc": dvc_note}
+               "registered": created, "installed": production and not installed, "digest": digest, "dvc": dvc_note,
+               "champion_challenger": comparison.to_json()}
     where = (f"{PRODUCTION_DIR} {'installed' if not installed else 'already up to date'}" if production else
              f"{PRODUCTION_DIR} left as it is ('{alias}' is a candidate: `release sync` installs it where it serves)")
     say(f"promote: {pparams.model_name} version {version.version} "
@@ -224,6 +233,9 @@ def main(argv=None) -> int:
         except PromotionRefused as exc:
             print(f"promote: refused: {exc}", file=sys.stderr)
             return REFUSED
+        except champion.WorseThanProduction as exc:
+            print(f"promote: refused: {exc}", file=sys.stderr)
+            return WORSE_THAN_PRODUCTION
         return None
 
     def options(parser) -> None:

@@ -32,7 +32,7 @@ TINY_APP_PARAMS = {
               "baseline_weeks": 4},
     "evaluate": {"backtest_windows": 1, "min_improvement": -1.0, "confidence": 0.9, "bootstrap_resamples": 100,
                  "max_nwrmsle": None, "slice": {"max_nwrmsle": 10.0, "min_rows": 20}, "plot_rows": 100, "seed": 0},
-    "promote": {"model_name": "shelfcast-forecaster", "alias": "production"},
+    "promote": {"model_name": "shelfcast-forecaster", "alias": "production", "max_regression": 0.0},
 }
 
 

@@ -101,7 +101,7 @@ TINY_PARAMS = {
               "baseline_weeks": 4},
     "evaluate": {"backtest_windows": 1, "min_improvement": 0.0, "confidence": 0.9, "bootstrap_resamples": 200,
                  "max_nwrmsle": 0.9, "slice": {"max_nwrmsle": 2.0, "min_rows": 20}, "plot_rows": 200, "seed": 0},
-    "promote": {"model_name": "shelfcast-forecaster", "alias": "production"},
+    "promote": {"model_name": "shelfcast-forecaster", "alias": "production", "max_regression": 0.0},
 }
 
 

@@ -1,0 +1,145 @@
+"""Champion/challenger: promote refuses a candidate worse than production with confidence, whatever the baseline says.
+
+The probe that found it: after an MLP was promoted, a worse model (a linear one on the default data) still beat
+the weekday baseline, passed evaluate's threshold test and was promoted. Here the worse model is a 5-step MLP with
+a shorter history (28 days, so production and candidate also differ in their feature specs): it beats the baseline
+with confidence on the tiny data and is worse than the trained MLP with confidence.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from pipeline import champion, evaluate, promote, tracking, train
+from pipeline.bundle import load_bundle, verify_bundle
+from pipeline.model_params import evaluate_params, promote_params
+from pipeline.params import ParamsError, load_yaml
+
+NAME = "shelfcast-forecaster"
+NO_PRODUCTION_LINE = ("promote: no 'production' version of shelfcast-forecaster yet: nothing to compare the "
+                      "candidate with; the threshold test against the baseline decides")
+
+
+def weak(params: dict) -> dict:
+    """A recipe that passes the baseline gate on the tiny data yet is worse than the trained MLP."""
+    params["train"].update(max_steps=5, eval_every_steps=5)
+    params["features"].update(history_days=28, mean_windows=[3, 7, 14, 28], dow_weeks=[4])
+    return params
+
+
+def evaluated(root) -> dict:
+    assert evaluate.main(["--root", str(root), "--quiet"]) == 0
+    return json.loads((root / evaluate.EVALUATION_FILE).read_text(encoding="utf-8"))
+
+
+def test_a_candidate_worse_than_production_is_refused_though_it_beats_the_baseline(trained_project, tiny_params,
+                                                                                   set_params, capsys):
+    root, _ = trained_project
+    evaluated(root)
+    assert promote.main(["--root", str(root), "--quiet"]) == 0
+    installed = verify_bundle(root / "models/production")
+    set_params(root, weak(tiny_params))
+    worse = train.run(root, quiet=True)
+    assert evaluated(root)["passed"]  # better than the baseline with confidence: the old gate let it through
+    capsys.readouterr()
+    assert promote.main(["--root", str(root), "--quiet"]) == promote.WORSE_THAN_PRODUCTION
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("promote: refused: promote.max_regression: candidate NWRMSLE ")
+    assert "vs 'production' version 1's " in err and "interval [" in err and "nothing registered or installed" in err
+    assert len(tracking.client(root).search_model_versions(f"name='{NAME}'")) == 1
+    assert str(tracking.production_version(root).version) == "1"
+    assert verify_bundle(root / "models/production") == installed
+    assert champion.TAG not in tracking.client(root).get_run(worse["run_id"]).data.tags
+    tiny_params["promote"]["max_regression"] = 0.5  # a deliberate step back: allowed up to 50 % worse
+    set_params(root, tiny_params)
+    assert promote.run(root, quiet=True)["champion_challenger"]["status"] == champion.COMPARED
+    assert str(tracking.production_version(root).version) == "2"
+
+
+def test_a_better_candidate_passes_and_the_comparison_is_recorded(trained_project, tiny_params, set_params,
+                                                                  tmp_path, capsys, monkeypatch):
+    root, summary = trained_project
+    fetched = []
+    download = champion.registry_fetch.download_version
+    monkeypatch.setattr(champion.registry_fetch, "download_version",
+                        lambda *args: fetched.append(str(args[1].version)) or download(*args))
+    better = shutil.copytree(root / "models/candidate", tmp_path / "better")
+    set_params(root, weak(json.loads(json.dumps(tiny_params))))
+    train.run(root, quiet=True)
+    evaluated(root)
+    promote.run(root, quiet=True)  # the weak model is production (version 1)
+    shutil.rmtree(root / "models/production")  # not installed on this host: scored from the registry's copy
+    set_params(root, tiny_params)
+    shutil.rmtree(root / "models/candidate")
+    shutil.copytree(better, root / "models/candidate")
+    evaluation = evaluated(root)
+    capsys.readouterr()
+    result = promote.run(root)["champion_challenger"]
+    assert "promote: champion/challenger passed: candidate NWRMSLE" in capsys.readouterr().out
+    assert result["status"] == champion.COMPARED and result["production_version"] == "1" and fetched == ["1"]
+    assert result["candidate_nwrmsle"] == evaluation["candidate_nwrmsle"]  # the serving path evaluate scored
+    assert result["candidate_nwrmsle"] < result["production_nwrmsle"] and result["interval"]["high"] > 0
+    assert "(28 days)" in result["production_snapshot"]  # production's own spec, at the candidate's origin
+    version = tracking.production_version(root)
+    assert str(version.version) == "2"
+    run_tags = tracking.client(root).get_run(summary["run_id"]).data.tags
+    for tags in (version.tags, run_tags):
+        assert tags[champion.TAG] == champion.COMPARED and tags[f"{champion.TAG}_production_version"] == "1"
+        assert float(tags[f"{champion.TAG}_production_nwrmsle"]) == round(result["production_nwrmsle"], 6)
+        assert tags[f"{champion.TAG}_improvement"].startswith(f"{result['interval']['estimate']:.6f} [")
+
+
+def test_without_a_production_model_the_rule_is_skipped_with_a_line(trained_project, capsys):
+    root, _ = trained_project
+    evaluated(root)
+    capsys.readouterr()
+    assert promote.main(["--root", str(root), "--quiet"]) == 0
+    assert NO_PRODUCTION_LINE in capsys.readouterr().out.splitlines()
+    assert tracking.production_version(root).tags[champion.TAG] == champion.NO_PRODUCTION
+    again = promote.run(root, quiet=True)["champion_challenger"]  # the same bundle: nothing to compare
+    assert again["status"] == champion.SAME_BUNDLE and again["production_version"] == "1"
+
+
+def test_production_on_another_origin_is_scored_from_the_current_history(trained_project):
+    """The installed production is rolled forward to the last day of the data: its snapshot cannot forecast the
+    candidate's window, so it is given one at the candidate's origin. Same graph and weights: the same scores."""
+    root, _ = trained_project
+    evaluation = evaluated(root)
+    promote.run(root, quiet=True)
+    candidate, production = load_bundle(root / "models/candidate"), load_bundle(root / "models/production")
+    assert production.snapshot.origin_day > candidate.snapshot.origin_day
+    eparams = evaluate_params(load_yaml(root / "params.yaml"))
+    for other, whose in ((production, "the current history at the candidate's origin (56 days)"),
+                         (candidate, "its own snapshot")):
+        cand, prod, interval, rows, how = champion.compare(root, candidate, other, eparams, 4)
+        assert cand == prod == evaluation["candidate_nwrmsle"] and interval.estimate == 0.0
+        assert how == whose and rows == 757
+
+
+def test_a_production_model_that_cannot_be_scored_is_said_and_the_baseline_gate_decides(trained_project, capsys):
+    """A version registered by hand (the UI, a script) has no serving bundle promote made: it cannot be fetched."""
+    root, summary = trained_project
+    client = tracking.client(root)
+    client.create_registered_model(NAME)
+    by_hand = client.create_model_version(NAME, f"runs:/{summary['run_id']}/bundle", run_id=summary["run_id"])
+    client.set_registered_model_alias(NAME, "production", by_hand.version)
+    evaluated(root)
+    capsys.readouterr()
+    result = promote.run(root)["champion_challenger"]
+    out = capsys.readouterr().out
+    assert result["status"] == champion.UNSCORABLE and result["interval"] is None
+    assert ("promote: 'production' version 1 cannot be scored on the candidate's validation window (version 1 has "
+            "no serving_digest tag: registered by hand, not by pipeline.promote, it has no serving bundle to fetch); "
+            "the threshold test against the baseline decides\n") in out
+    assert str(tracking.production_version(root).version) == "2"
+
+
+def test_max_regression_is_a_non_negative_number(tiny_params):
+    tiny_params["promote"]["max_regression"] = 0.02
+    assert promote_params(tiny_params).max_regression == 0.02
+    tiny_params["promote"]["max_regression"] = -0.1
+    with pytest.raises(ParamsError, match=r"promote.max_regression: must be >= 0.0, got -0.1"):
+        promote_params(tiny_params)
