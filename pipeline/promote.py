@@ -8,22 +8,25 @@ compared), and only one not worse than the registry's production model with conf
 (pipeline/champion.py: both scored on the candidate's validation window, ``promote.max_regression``;
 exit 2 when refused, the comparison recorded on the version and its run). Then:
 
-1. installs the bundle at ``models/production/`` (git-ignored) atomically — for ``promote.alias``; a candidate
-   alias (``SHELFCAST_PROMOTE_ALIAS``, CI's ``shadow``) is staged in ``models/promoted-<alias>/`` instead, published
-   and registered, then removed: ``release`` installs candidates where they serve — the evaluated model
-   with its history rolled forward to the last known day, so it forecasts the days after the
-   data (pipeline/serving_bundle.py), and with the provenance the tracked candidate leaves out
-   (``created``, ``git_commit``, ``mlflow_run_id``: the training run that MLflow finds by the
-   bundle digest), which the app reports on ``/api/v1/model``;
+1. stages the bundle in ``models/promoted-<alias>/`` (git-ignored): the evaluated model with its history rolled
+   forward to the last known day, so it forecasts the days after the data (pipeline/serving_bundle.py), and with
+   the provenance the tracked candidate leaves out (``created``, ``git_commit``, ``mlflow_run_id``: the training
+   run that MLflow finds by the bundle digest), which the app reports on ``/api/v1/model``;
 2. when a DVC remote is configured, ``dvc add`` + ``dvc push`` of it; the model version
    records the DVC entry (pipeline/registry_fetch.py ``--from dvc``), so no
-   ``models/production.dvc`` is left for git. Without a remote it says so and skips DVC:
+   ``.dvc`` file is left for git. Without a remote it says so and skips DVC:
    there is nowhere to push, and a ``.dvc`` file would only make the tree dirty;
-3. registers the bundle of the candidate's MLflow run as a model version
-   (reused if this bundle is already registered) and moves the alias — last,
-   so the registry never names a model that is not installed.
+3. uploads it to the training run, registers it as a model version and moves the alias;
+4. only then, for ``promote.alias``, swaps it into ``models/production/`` (a rename the app hot-reloads): a promote
+   that fails or is killed before the alias moved leaves ``models/production/`` as it was, so the host never
+   serves a model the registry does not name. Killed between the alias move and the swap, the registry is ahead
+   of the host: rerunning promote, or ``release sync``, installs what the alias names. A candidate alias
+   (``SHELFCAST_PROMOTE_ALIAS``, CI's ``shadow``) is published and registered, never installed here: ``release``
+   installs candidates where they serve.
 
-Re-running is harmless: nothing is registered or copied twice.
+A bundle already registered (a version tagged with its digest) is not uploaded or registered again: the alias moves
+to that version and ``models/production/`` gets that version's own serving bundle (downloaded, verified against its
+``serving_digest``), so what is installed is always what the registry serves. Re-running is harmless.
 
     python -m pipeline.promote [--root DIR]
 """
@@ -38,16 +41,17 @@ import sys
 from pathlib import Path
 
 from pipeline import champion, registry_fetch, tracking
+from pipeline.atomic import remove_abandoned_copies, swap_in_directory
 from pipeline.bundle import BundleError, verify_bundle
 from pipeline.evaluate import (BACKTEST_FILE, CANDIDATE_DIR, EVALUATION_FILE, METRICS_FILE, RESULT_FILES,
                                current_versions, evaluation_run_params)
 from pipeline.model_params import evaluate_params, promote_params
 from pipeline.params import load_yaml
-from pipeline.serving_bundle import roll_forward, source_digest
+from pipeline.serving_bundle import roll_forward
 from pipeline.stage import run_stage
 
 PRODUCTION_DIR = "models/production"
-CANDIDATE_STAGING = "models/promoted-"  # + alias: a candidate alias's bundle while it is published (.gitignore)
+CANDIDATE_STAGING = "models/promoted-"  # + alias: the bundle while it is published and registered (.gitignore)
 REFUSED = 3
 WORSE_THAN_PRODUCTION = 2  # the champion/challenger rule: a gate said no, as evaluate's threshold test exits
 
@@ -147,17 +151,19 @@ def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=root, capture_output=True, text=True)
 
 
-def track_with_dvc(root: Path, bundle_dir: Path) -> tuple[str, Path | None]:
-    """dvc add + push the promoted bundle when a DVC remote is configured.
+def track_with_dvc(root: Path, bundle_dir: Path, shown: str | None = None) -> tuple[str, Path | None]:
+    """dvc add + push the promoted bundle when a DVC remote is configured (``shown``: what the note calls it, e.g.
+    models/production for its staging copy).
 
     Returns (what was done, the ``.dvc`` file written: the caller records its entry, then removes it).
     """
     relative = bundle_dir.relative_to(root).as_posix()
+    shown = shown or relative
     if not (root / ".dvc").is_dir():
-        return f"not a DVC project: {relative} not tracked", None
+        return f"not a DVC project: {shown} not tracked", None
     remotes = _dvc(root, "remote", "list")
     if remotes.returncode != 0 or not remotes.stdout.strip():
-        return (f"no DVC remote configured: {relative} not DVC-tracked (the registry's artifact store has it; "
+        return (f"no DVC remote configured: {shown} not DVC-tracked (the registry's artifact store has it; "
                 "`dvc remote add -d NAME URL` makes promote push it too)"), None
     added = _dvc(root, "add", relative)
     if added.returncode != 0:
@@ -174,6 +180,41 @@ def track_with_dvc(root: Path, bundle_dir: Path) -> tuple[str, Path | None]:
             "DVC entry"), dvc_file
 
 
+def registered_serving_digest(version, name: str, digest: str) -> str:
+    """The serving digest of the version already registered from this bundle, else PromotionRefused: without one
+    (registered by hand, or not judged by the threshold test) there is no serving bundle to install or serve."""
+    try:
+        return registry_fetch.promoted_digest(version)
+    except registry_fetch.FetchError:
+        raise PromotionRefused(
+            f"{name} version {version.version} is this bundle ({digest[:12]}) already, but has no serving bundle "
+            f"promote made ({registry_fetch.TAG_DIGEST} tag, {tracking.VERDICT_TAG}=passed): registered by hand or "
+            "by another tool, it cannot be installed; delete that version in the registry and promote again") from None
+
+
+def installed_digest(bundle_dir: Path) -> str | None:
+    try:
+        return verify_bundle(bundle_dir)
+    except BundleError:
+        return None  # none, or damaged: replaced
+
+
+def publish(root: Path, home: Path, digest: str, trained, tags: dict, staging: Path, name: str, alias: str,
+            shown: str) -> tuple:
+    """Roll the candidate forward into ``staging``, push it to DVC (with a remote), upload it to its training run,
+    register it and move the alias; returns (version, created, what DVC did)."""
+    roll_forward(root, home / CANDIDATE_DIR, staging, digest, provenance(trained))
+    dvc_note, dvc_file = track_with_dvc(root, staging, shown)
+    try:  # the rolled-forward bundle goes to the registry's artifact store: the app side fetches it by alias
+        tags = {**tags, **registry_fetch.publish_serving_bundle(root, trained.info.run_id, staging)}
+    finally:  # its DVC entry, when there is one, is now a tag of the model version: nothing is left for git
+        if dvc_file is not None:
+            dvc_file.unlink(missing_ok=True)
+    # The alias moves last: it is what says "this is production" to everyone reading the registry.
+    version, created = tracking.register_production(root, trained.info.run_id, digest, tags, name=name, alias=alias)
+    return version, created, dvc_note
+
+
 def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> dict:
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     home = root if candidate_root is None else Path(candidate_root)
@@ -182,6 +223,8 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     alias = registry_fetch.promote_alias(pparams.alias)  # refused before anything is written
     evaluation, digest = check_candidate(root, raw, home)
     trained = training_run(root, digest)
+    registered = tracking.version_of_bundle(root, digest, pparams.model_name)  # then installed, not uploaded again
+    serving = None if registered is None else registered_serving_digest(registered, pparams.model_name, digest)
     comparison = champion.challenge(root, home, raw, digest, root / PRODUCTION_DIR)  # refused: nothing written
     say(f"promote: {comparison.note}")
     interval = evaluation["improvement_interval"]
@@ -195,29 +238,30 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     # Production (params' alias) is installed on this host; a candidate alias (CI's SHELFCAST_PROMOTE_ALIAS=shadow)
     # is only published: `release` installs candidates, and this host's production stays what it serves.
     production = alias == pparams.alias
-    target = root / (PRODUCTION_DIR if production else f"{CANDIDATE_STAGING}{alias}")
-    installed = source_digest(target) == digest
-    if not installed:
-        roll_forward(root, home / CANDIDATE_DIR, target, digest, provenance(trained))
-    try:
-        dvc_note, dvc_file = track_with_dvc(root, target)
-        try:  # the rolled-forward bundle goes to the registry's artifact store: the app side fetches it by alias
-            tags.update(registry_fetch.publish_serving_bundle(root, trained.info.run_id, target))
-        finally:  # its DVC entry, when there is one, is now a tag of the model version: nothing is left for git
-            if dvc_file is not None:
-                dvc_file.unlink(missing_ok=True)
-        # The alias moves last: it is what says "this is production" to everyone reading the registry.
-        version, created = tracking.register_production(root, trained.info.run_id, digest, tags,
-                                                        name=pparams.model_name, alias=alias)
-        champion.record(root, pparams.model_name, None if created else str(version.version), trained.info.run_id,
-                        comparison)
+    target, staging = root / PRODUCTION_DIR, root / f"{CANDIDATE_STAGING}{alias}"
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)  # a killed promote's
+    try:  # nothing reaches models/production before the alias has moved: on any failure it stays as it was
+        if registered is None:
+            version, created, dvc_note = publish(root, home, digest, trained, tags, staging, pparams.model_name, alias,
+                                                 PRODUCTION_DIR if production else staging.relative_to(root).as_posix())
+        else:
+            if production and installed_digest(target) != serving:
+                registry_fetch.download_version(root, registered, staging)  # verified against serving_digest
+            version, created = tracking.register_production(root, registered.run_id, digest, tags,
+                                                            name=pparams.model_name, alias=alias)
+            dvc_note = f"version {version.version}'s serving bundle is in the registry: nothing uploaded or pushed"
+        installed = production and staging.is_dir()
+        if installed:
+            remove_abandoned_copies(target)
+            swap_in_directory(staging, target)
     finally:
-        if not production:
-            shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+    champion.record(root, pparams.model_name, None if created else str(version.version), version.run_id, comparison)
     summary = {"model": pparams.model_name, "version": str(version.version), "alias": alias,
-               "registered": created, "installed": production and not installed, "digest": digest, "dvc": dvc_note,
+               "registered": created, "installed": installed, "digest": digest, "dvc": dvc_note,
                "champion_challenger": comparison.to_json()}
-    where = (f"{PRODUCTION_DIR} {'installed' if not installed else 'already up to date'}" if production else
+    where = (f"{PRODUCTION_DIR} {'installed' if installed else 'already up to date'}" if production else
              f"{PRODUCTION_DIR} left as it is ('{alias}' is a candidate: `release sync` installs it where it serves)")
     say(f"promote: {pparams.model_name} version {version.version} "
         f"({'newly registered' if created else 'already registered'}) is now '{alias}'; "
@@ -243,7 +287,7 @@ def main(argv=None) -> int:
                             help="promote the candidate evaluated in DIR (params.yaml, models/candidate, results/), "
                                  "e.g. sweep for `python -m pipeline.sweep`'s best; default: the project's own")
 
-    return run_stage("promote", body, argv, errors=(BundleError, tracking.TrackingError),
+    return run_stage("promote", body, argv, errors=(BundleError, tracking.TrackingError, registry_fetch.FetchError),
                      description=__doc__.splitlines()[0], options=options)
 
 

@@ -409,12 +409,30 @@ def production_version(project_root: Path | str, name: str = REGISTERED_MODEL, a
         return None
 
 
+def _version_of_bundle(mlflow_client, name: str, bundle_digest: str):
+    existing = [v for v in mlflow_client.search_model_versions(f"name='{name}'")
+                if (v.tags or {}).get(BUNDLE_DIGEST_TAG) == bundle_digest]
+    return max(existing, key=lambda v: int(v.version)) if existing else None
+
+
+def version_of_bundle(project_root: Path | str, bundle_digest: str, name: str = REGISTERED_MODEL):
+    """The newest model version registered from this bundle (tag ``bundle_digest``), or None: the one
+    ``register_production`` would reuse."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _version_of_bundle(client(project_root), name, bundle_digest)
+    except MlflowException as exc:
+        raise TrackingError(f"model registry at {shown_uri(project_root)}: {store_error_text(exc)}") from None
+
+
 def register_production(project_root: Path | str, run_id: str, bundle_digest: str, tags: Mapping[str, str],
                         name: str = REGISTERED_MODEL, alias: str = PRODUCTION_ALIAS):
     """Register the run's bundle as a model version and point the alias (``production``) at it.
 
-    Idempotent: a version of this bundle (same digest) is reused, not registered twice.
-    Returns (version, created: bool).
+    Idempotent: a version of this bundle (same digest) is reused as it is, not registered twice: ``run_id`` and
+    ``tags`` are then ignored (its run, serving bundle and tags are what it was promoted with; pipeline/promote.py
+    installs that version's serving bundle, never another). Returns (version, created: bool).
     """
     from mlflow.exceptions import MlflowException
 
@@ -424,12 +442,9 @@ def register_production(project_root: Path | str, run_id: str, bundle_digest: st
             mlflow_client.get_registered_model(name)
         except MlflowException:
             mlflow_client.create_registered_model(name, description="Shelfcast daily unit-sales forecaster (bundle)")
-        existing = [v for v in mlflow_client.search_model_versions(f"name='{name}'")
-                    if v.tags.get(BUNDLE_DIGEST_TAG) == bundle_digest]
-        created = not existing
-        if existing:
-            version = max(existing, key=lambda v: int(v.version))
-        else:
+        version = _version_of_bundle(mlflow_client, name, bundle_digest)
+        created = version is None
+        if created:
             version = mlflow_client.create_model_version(
                 name, f"runs:/{run_id}/{BUNDLE_ARTIFACT_PATH}", run_id=run_id,
                 tags={BUNDLE_DIGEST_TAG: bundle_digest, **tags},

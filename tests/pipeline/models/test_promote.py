@@ -155,9 +155,10 @@ def test_in_a_dvc_project_the_production_bundle_is_pushed_when_there_is_a_remote
     tracking.client(root).delete_model_version(tracking.REGISTERED_MODEL, "1")  # register anew, with the entry
     summary = promote.run(root, quiet=True)
     assert "push" in summary["dvc"] and remote.is_dir() and any(remote.rglob("*"))
-    assert not (root / "models/production.dvc").exists()
+    assert not (root / "models/production.dvc").exists() and not (root / "models/promoted-production.dvc").exists()
     entry = json.loads(tracking.production_version(root).tags["dvc_out"])
-    assert entry["md5"].endswith(".dir") and entry["path"] == "production"
+    # staged beside models/production and swapped in once registered (`--from dvc` pulls it to any path)
+    assert entry["md5"].endswith(".dir") and entry["path"] == "promoted-production"
     # a candidate alias (CI: SHELFCAST_PROMOTE_ALIAS=shadow) is pushed too: its staging folder's .dvc file is one
     # git does not ignore (DVC refuses to write an ignored one: every CI promote was refused)
     tracking.client(root).delete_model_version(tracking.REGISTERED_MODEL, tracking.production_version(root).version)
