@@ -7,6 +7,7 @@ family and class, and a search over thousands of items by number, family or clas
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,13 @@ import numpy as np
 from pipeline.features import HistorySnapshot
 
 MAX_QUERY = 100  # the longest items search the API takes (GET /api/v1/items?q=)
+
+
+def search_fold(text: str) -> str:
+    """Text as the items search compares it: accents dropped (NFKD, combining marks removed), case-folded, so
+    'electronique', 'Électronique' and 'ÉLECTRONIQUE' find one another whichever way round."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
 @dataclass(frozen=True)
@@ -25,7 +33,8 @@ class Item:
 
     @property
     def label(self) -> str:
-        return f"{self.family.title()} · class {self.item_class}{' · perishable' if self.perishable else ''}"
+        # the family as the data spells it: title() made "Produits d'entretien" "Produits D'Entretien"
+        return f"{self.family} · class {self.item_class}{' · perishable' if self.perishable else ''}"
 
     def to_json(self) -> dict:
         return {"item_nbr": self.item_nbr, "family": self.family, "class": self.item_class,
@@ -70,11 +79,12 @@ class Catalog:
     @staticmethod
     def _text(item: Item) -> str:
         perishable = " perishable" if item.perishable else ""
-        return f"{item.item_nbr} {item.family} class {item.item_class}{perishable}".lower()
+        return search_fold(f"{item.item_nbr} {item.family} class {item.item_class}{perishable}")
 
     def search(self, query: str, limit: int) -> tuple[list[Item], int]:
-        """Items whose number, family or class contain every word of ``query``; (first ``limit``, total)."""
-        words = query.lower().split()
+        """Items whose number, family or class contain every word of ``query`` (``search_fold``); (first ``limit``,
+        total)."""
+        words = search_fold(query).split()
         hits = [n for n, text in zip(self._item_order, self._search_text) if all(w in text for w in words)]
         if words and words[0].isdigit():  # a number typed: items starting with it first
             hits.sort(key=lambda n: (not str(n).startswith(words[0]), n))

@@ -124,7 +124,8 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
         "openapi": "3.0.3",
         "info": {
             "title": "Shelfcast forecasting API", "version": "1",
-            "description": (f"Daily unit-sales forecasts for Favorita store×item pairs. At most {max_batch} instances "
+            "description": ("Daily unit-sales forecasts for the store×item pairs of the served model's data (GET "
+                            f"/api/v1/model, /api/v1/items: its stores and items). At most {max_batch} instances "
                             f"per request and {max_body_bytes} bytes per body (413 beyond). Every prediction is "
                             "logged as an event (Fluentd when FLUENTD_HOST is set, else logs/predictions.jsonl)."),
         },

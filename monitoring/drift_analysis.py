@@ -79,6 +79,16 @@ def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: 
             "bins": {"labels": test.labels, "live": test.live_shares, "train": test.train_shares}}
 
 
+def _most_moved(record: Mapping[str, Any]) -> str:
+    """The value whose share moved most, for a category's drift note: the PSI alone did not say which store."""
+    bins = record["bins"]
+    live, train = np.asarray(bins["live"], np.float64), np.asarray(bins["train"], np.float64)
+    if not live.size:
+        return ""
+    k = max(range(live.size), key=lambda i: (round(abs(live[i] - train[i]), 9), live[i]))  # ties: the one that rose
+    return f"; most moved: {bins['labels'][k]!r}, {live[k]:.1%} of requests ({train[k]:.1%} in the reference)"
+
+
 def baseline_feature(bundle_metadata: Mapping[str, Any]) -> str | None:
     """The logged feature that is the evaluation baseline's forecast in log1p (pipeline.models.baseline_predict:
     the mean log1p sales on the target's weekday over train.baseline_weeks weeks), or None if the bundle
@@ -199,6 +209,7 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
     for name, record in report["categorical"].items():
         also = f" ({', '.join(followers[name])} follow from it)" if followers.get(name) else ""
         if record["drifted"]:
+            record["note"] += _most_moved(record)
             reasons.append(f"category {name}: {record['note']}{also}")
         unseen = report["unseen"][name]
         if unseen > params.unseen_share_alert and record["verdict"] != VERDICT_FOLLOWS:

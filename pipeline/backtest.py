@@ -78,7 +78,8 @@ def history_before(history: SalesHistory, cut: int, start: int = 0) -> SalesHist
     days = slice(start, cut)
     return dataclasses.replace(
         history, first_day=history.first_day + start, sales=history.sales[:, days], promo=history.promo[:, days],
-        observed=history.observed[:, days], holidays=history.holidays[:, days])
+        observed=history.observed[:, days], holidays=history.holidays[:, days],
+        promo_known=None if history.promo_known is None else history.promo_known[:, days])
 
 
 def earlier_windows(root: Path, fparams: FeatureParams, tparams: TrainParams, windows: int, length: int,

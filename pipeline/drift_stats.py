@@ -9,11 +9,13 @@ Two references, both plain JSON (numpy only):
   calendar of those days. Training rows come from many earlier origins and targets all
   over the month, so comparing requests with them alarms on day one (a target day of
   month the window never reaches, series that have aged since). The one request input
-  the snapshot cannot know, the target day's promotion flag, keeps the training rows'
-  distribution. Each dense feature carries a role: ``history`` (the series' past at the
-  origin), ``request`` (given by the caller) or ``calendar`` (set by the requested date
-  and the store's holidays; the app refuses dates outside the window, so these say which
-  days clients ask for, not that the data changed -- reports show them, never alarm).
+  the snapshot cannot know, the target day's promotion flag, keeps the distribution of the
+  training rows whose promotion the data gave (pipeline/train.py picks them: unknown ones
+  read False and made ordinary traffic look promoted). Each dense feature carries a role:
+  ``history`` (the series' past at the origin), ``request`` (given by the caller) or
+  ``calendar`` (set by the requested date and the store's holidays; the app refuses dates
+  outside the window, so these say which days clients ask for, not that the data changed --
+  reports show them, never alarm).
 * the training rows' own distributions (``dense``, ``categorical``, ``target_units``,
   ``prediction_units``: the inner-validation forecasts, one origin at every horizon),
   kept for the model card and for bundles made before ``served`` existed.

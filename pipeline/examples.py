@@ -28,7 +28,7 @@ from pipeline.features import (
     build_features,
     dense_feature_names,
 )
-from pipeline.history import SalesHistory, rows_for_pairs
+from pipeline.history import SalesHistory, promotion_known, rows_for_pairs, target_rows
 from pipeline.metrics import perishable_weights
 
 DEFAULT_CHUNK_ROWS = 32_768  # rows per feature chunk: ~0.5 GB of build_features temporaries at 392 days
@@ -106,6 +106,11 @@ class ExampleStream:
             series = self.series[self.origins == origin]
             total += int(self.history.observed[series, origin + 1:origin + 1 + self.spec.horizon].sum())
         return total
+
+    def target_promotion_known(self) -> np.ndarray:
+        """Per example, in build order: whether the data gave its target day's promotion (no features built)."""
+        pair, _, target_col = target_rows(self.history, self.series, self.origins, self.spec.horizon)
+        return promotion_known(self.history, self.series[pair], target_col)
 
     def build(self, index: np.ndarray) -> Examples:
         """The examples of the pairs at ``index`` (pair-major, then horizon)."""

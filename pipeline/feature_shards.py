@@ -158,7 +158,8 @@ def store_slice(history: SalesHistory, start: int, stop: int) -> SalesHistory:
     """The series start..stop of a history (views: nothing is copied until a task is sent)."""
     return dataclasses.replace(history, store_nbr=history.store_nbr[start:stop], item_nbr=history.item_nbr[start:stop],
                                sales=history.sales[start:stop], promo=history.promo[start:stop],
-                               observed=history.observed[start:stop], perishable=history.perishable[start:stop])
+                               observed=history.observed[start:stop], perishable=history.perishable[start:stop],
+                               promo_known=None if history.promo_known is None else history.promo_known[start:stop])
 
 
 def store_tasks(history: SalesHistory, spec: FeatureSpec, vocab: Vocabularies, origins: list[int],

@@ -7,8 +7,8 @@ bundle ships is the last ``history_days`` columns up to the origin.
 ``load_history`` reads the split files row group by row group, only the columns
 features need, only the days asked for, straight into compact arrays
 (float32 sales, uint8 promotions, bool grid), so Favorita's full 125 M-row grid
-never sits in memory as a table: memory is the arrays (series × days × 6 bytes)
-plus one row group.
+never sits in memory as a table: memory is the arrays (series × days × 6 bytes;
+7 when some promotions are unknown: ``SalesHistory.promo_known``) plus one row group.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pipeline.features import (
 
 SALES_COLUMNS = ("date", "store_nbr", "item_nbr", "unit_sales", "onpromotion", "family", "class", "perishable",
                  "city", "store_type", "cluster") + HOLIDAY_FLAGS
+PROMO_KNOWN_COLUMN = "onpromotion_known"  # read when the file has it (SalesHistory.promo_known)
 
 
 class HistoryError(ValueError):
@@ -55,6 +56,8 @@ class SalesHistory:
     items: dict[str, np.ndarray]  # item_nbr + ITEM_FIELDS
     stores: dict[str, np.ndarray]  # store_nbr + STORE_FIELDS
     holidays: np.ndarray  # [K, D, len(HOLIDAY_FLAGS)] uint8, stores in stores['store_nbr'] order
+    promo_known: np.ndarray | None = None  # [S, D] bool: the data gave the day's promotion (``promotion_known``);
+    # None: it gave every one. Only the drift reference reads it: the model sees an unknown promotion as False.
 
     @property
     def days(self) -> int:
@@ -119,9 +122,15 @@ def _arrow_days(column: pa.ChunkedArray) -> np.ndarray:
 class _HistoryBuilder:
     """Scatters prepared rows, chunk by chunk, into the dense arrays of known series and days."""
 
-    def __init__(self, keys: np.ndarray, first_day: int, n_days: int):
+    def __init__(self, keys: np.ndarray, first_day: int, n_days: int, promo_known_column: bool = True):
+        """``promo_known_column`` False: the rows carry no ``onpromotion_known`` (every promotion counts as given)."""
         self.keys, self.first_day, self.n_days = keys, first_day, n_days
+        self.promo_known_column = promo_known_column
         self.store_nbr = np.unique(keys >> 32)
+        never = np.iinfo(np.int64).max
+        self._first_sale = np.full(self.store_nbr.size, never, np.int64)  # per store: the day of its first sale
+        self._promo_from = np.full(self.store_nbr.size, never, np.int64)  # ... of its first promotion given
+        self._promo_empty: np.ndarray | None = None  # [S, D] bool: sale rows without a promotion (made when one is)
         self.sales = np.zeros((keys.size, n_days), np.float32)
         self.promo = np.zeros((keys.size, n_days), np.uint8)
         self.observed = np.zeros((keys.size, n_days), bool)
@@ -157,6 +166,15 @@ class _HistoryBuilder:
         perishable = np.asarray(column("perishable"), bool)
         self.perishable[series] = perishable
         store_pos = np.searchsorted(self.store_nbr, store)
+        known = np.asarray(column(PROMO_KNOWN_COLUMN), bool) if self.promo_known_column else np.ones(day.size, bool)
+        sold = units != 0  # a zero row is (almost always) a day the grid filled
+        np.minimum.at(self._first_sale, store_pos[sold], day[sold])
+        np.minimum.at(self._promo_from, store_pos[known], day[known])
+        empty = ~known & sold
+        if empty.any():
+            if self._promo_empty is None:
+                self._promo_empty = np.zeros(self.sales.shape, bool)
+            self._promo_empty[series[empty], col[empty]] = True
         for j, name in enumerate(HOLIDAY_FLAGS):
             self.holidays[store_pos, col, j] = column(name)
         _, first_item = np.unique(item, return_index=True)
@@ -184,7 +202,20 @@ class _HistoryBuilder:
         return SalesHistory(first_day=self.first_day, store_nbr=(self.keys >> 32).astype(np.int32),
                             item_nbr=(self.keys & 0xFFFFFFFF).astype(np.int32), sales=self.sales, promo=self.promo,
                             observed=self.observed, perishable=self.perishable, items=items, stores=stores,
-                            holidays=self.holidays)
+                            holidays=self.holidays, promo_known=self._promo_known())
+
+    def _promo_known(self) -> np.ndarray | None:
+        """SalesHistory.promo_known: a promotion is known where the data gave it, and on a day the grid filled
+        (no sale: not on promotion, the Kaggle practice prepare follows), except before the store's first
+        promotion given when it sold earlier; a sale without one is unknown. None when every day is known."""
+        late = self._promo_from > self._first_sale
+        if self._promo_empty is None and not late.any():
+            return None
+        known = np.ones(self.sales.shape, bool) if self._promo_empty is None else ~self._promo_empty
+        series_store = np.searchsorted(self.store_nbr, self.keys >> 32)
+        for k in np.flatnonzero(late):
+            known[series_store == k, :int(np.clip(self._promo_from[k] - self.first_day, 0, self.n_days))] = False
+        return known
 
 
 def build_history(frame: pd.DataFrame, first_day: int | None = None, last_day: int | None = None) -> SalesHistory:
@@ -197,7 +228,7 @@ def build_history(frame: pd.DataFrame, first_day: int | None = None, last_day: i
     if frame.empty:
         raise HistoryError("sales: no rows between the first and last day")
     keys = np.unique(_series_keys(frame["store_nbr"].to_numpy(), frame["item_nbr"].to_numpy()))
-    builder = _HistoryBuilder(keys, first_day, last_day - first_day + 1)
+    builder = _HistoryBuilder(keys, first_day, last_day - first_day + 1, PROMO_KNOWN_COLUMN in frame.columns)
 
     def column(name, index=None):
         values = frame[name].to_numpy()
@@ -264,11 +295,13 @@ def load_history(paths: Iterable[Path | str], days: int | None = None, progress:
     if not key_parts:
         raise HistoryError(f"{', '.join(str(p) for p, _ in files)}: no rows in the last {days} days")
     first_day = min(first_seen) if days is None else floor
-    builder = _HistoryBuilder(np.unique(np.concatenate(key_parts)), first_day, last_day - first_day + 1)
+    with_known = all(PROMO_KNOWN_COLUMN in parquet.schema_arrow.names for _, parquet in files)
+    builder = _HistoryBuilder(np.unique(np.concatenate(key_parts)), first_day, last_day - first_day + 1, with_known)
     del key_parts
+    columns = list(SALES_COLUMNS) + ([PROMO_KNOWN_COLUMN] if with_known else [])
 
     for path, parquet, g in tqdm(groups, desc="history: days", unit="group", disable=not progress, leave=False):
-        table = parquet.read_row_group(g, columns=list(SALES_COLUMNS))
+        table = parquet.read_row_group(g, columns=columns)
         day = _arrow_days(table.column("date"))
         keep = np.flatnonzero(day >= floor)
         if keep.size < table.num_rows:
@@ -324,6 +357,27 @@ def future_calendar(holidays_path: Path | str, store_nbr: np.ndarray, first_day:
     return flags
 
 
+def target_rows(history: SalesHistory, series: np.ndarray, origin_cols: np.ndarray, horizon: int,
+                observed_only: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pair index, horizon, target column) of the rows of (series, origin column) pairs, pair-major, then horizon:
+    the targets inside the arrays (and, with ``observed_only``, in the grid). ``rows_for_pairs`` builds these rows."""
+    series, origin_cols = np.asarray(series, np.int64), np.asarray(origin_cols, np.int64)
+    pair = np.repeat(np.arange(series.size), horizon)
+    h = np.tile(np.arange(1, horizon + 1), series.size)
+    target_col = origin_cols[pair] + h
+    keep = target_col < history.days
+    if observed_only:
+        keep &= history.observed[series[pair], np.minimum(target_col, history.days - 1)]
+    return pair[keep], h[keep], target_col[keep]
+
+
+def promotion_known(history: SalesHistory, series: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Whether the data gave the promotion of each (series, day column) (``_HistoryBuilder._promo_known``)."""
+    if history.promo_known is None:
+        return np.ones(np.shape(series), bool)
+    return history.promo_known[series, cols]
+
+
 def rows_for_pairs(history: SalesHistory, series: np.ndarray, origin_cols: np.ndarray, history_days: int,
                    horizon: int, observed_only: bool = True, categorical: dict[str, np.ndarray] | None = None,
                    ) -> tuple[FeatureRows, np.ndarray, np.ndarray, np.ndarray]:
@@ -340,14 +394,8 @@ def rows_for_pairs(history: SalesHistory, series: np.ndarray, origin_cols: np.nd
     if origin_cols.size and int(origin_cols.min()) - history_days + 1 < 0:
         raise FeatureInputError(f"origin column {int(origin_cols.min())}: "
                                 f"needs {history_days} days of history before it")
-    pair = np.repeat(np.arange(series.size), horizon)
-    h = np.tile(np.arange(1, horizon + 1), series.size)
-    target_col = origin_cols[pair] + h
-    keep = target_col < history.days
+    pair, h, target_col = target_rows(history, series, origin_cols, horizon, observed_only)
     row_series = series[pair]
-    if observed_only:
-        keep &= history.observed[row_series, np.minimum(target_col, history.days - 1)]
-    pair, h, target_col, row_series = pair[keep], h[keep], target_col[keep], row_series[keep]
     # Each pair's window once (rows.window says which one a row uses): the window features are per pair.
     used, pair = np.unique(pair, return_inverse=True)
     window = origin_cols[used][:, None] + np.arange(1 - history_days, 1)[None, :]

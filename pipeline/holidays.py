@@ -7,13 +7,16 @@ Shared by the synthetic generator (holiday effects on demand) and ``prepare``
   ``transferred`` (a transferred holiday is celebrated on its Transfer row's date);
 * National rows apply to every store, Regional rows to stores whose ``state`` is
   the row's ``locale_name``, Local rows to stores whose ``city`` is; names are
-  compared ignoring case and the spaces around and between words (``QUITO``,
-  ``Quito `` and ``Quito`` are one city), see ``place_key``;
+  compared ignoring case, the spaces around and between words and the Unicode
+  form (``QUITO``, ``Quito `` and ``Quito`` are one city, ``Genève`` with ``è`` as
+  one character or as ``e`` + accent one too), see ``place_key``;
 * Work Day rows (weekend days worked to make up for a Bridge) and Event rows
   (Mother's day, the 2016 earthquake, World Cup matches...) get their own flags.
 """
 
 from __future__ import annotations
+
+import unicodedata
 
 import numpy as np
 import pandas as pd
@@ -21,9 +24,21 @@ import pandas as pd
 from pipeline.schema import DAY_OFF_TYPES, HOLIDAY_FLAGS
 
 
+def place_name(name) -> str:
+    """A city/state name in one Unicode form (NFC): files differ in how they store an accented letter."""
+    return unicodedata.normalize("NFC", str(name))
+
+
 def place_key(names) -> np.ndarray:
-    """City/state names as compared: case-folded, spaces around and between words collapsed."""
-    return np.array([" ".join(str(name).split()).casefold() for name in names], dtype=object)
+    """City/state names as compared: NFC (``place_name``), case-folded, spaces around and between words collapsed."""
+    return np.array([" ".join(place_name(name).split()).casefold() for name in names], dtype=object)
+
+
+def lookalike_key(name) -> str:
+    """``place_key`` blind also to compatibility forms (NFKC) and invisible format characters: names with one
+    lookalike key but two place keys print alike, so a warning about them shows their code points."""
+    text = "".join(c for c in unicodedata.normalize("NFKC", str(name)) if unicodedata.category(c) != "Cf")
+    return " ".join(text.split()).casefold()
 
 
 def unmatched_locales(holidays: pd.DataFrame, stores: pd.DataFrame) -> np.ndarray:

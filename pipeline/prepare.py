@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline.cluster import ClusterError, dask_client, run_tasks, scheduler_address
-from pipeline.holidays import store_day_flags, unmatched_locales
+from pipeline.holidays import lookalike_key, place_name, store_day_flags, unmatched_locales
 from pipeline.io import atomic_directory, parquet_writer, write_parquet
 from pipeline.params import PrepareParams, prepare_params
 from pipeline.schema import HOLIDAY_FLAGS, PREPARED_SALES_SCHEMA, RAW_SCHEMAS
@@ -76,6 +76,8 @@ def read_reference(raw_dir: Path) -> Reference:
     """items and stores (required); holidays_events, oil, transactions (optional: absent = no rows)."""
     items = read_small(raw_dir, "items").sort_values("item_nbr", kind="stable").reset_index(drop=True)
     stores = read_small(raw_dir, "stores").sort_values("store_nbr", kind="stable").reset_index(drop=True)
+    for place in ("city", "state"):  # one city spelt in two Unicode forms is one city (one category, one key)
+        stores[place] = stores[place].map(place_name)
     known_stores = pa.array(stores["store_nbr"].to_numpy(dtype=np.int32))
     holidays = read_small(raw_dir, "holidays_events", optional=True)
     oil = read_small(raw_dir, "oil", optional=True).sort_values("date").reset_index(drop=True)
@@ -337,17 +339,27 @@ def side_tables(reference: Reference, calendar: np.ndarray, test: pd.DataFrame |
 def unmatched_holidays_warning(raw_dir: Path, reference: Reference) -> str | None:
     """One line naming the Regional/Local holidays that match no store's state/city (they flag no store), or None.
 
-    Not an error: a calendar may list places with no store. Names are matched ignoring case and spacing
-    (``pipeline.holidays.place_key``), so what is left differs in spelling, or has no store.
+    Not an error: a calendar may list places with no store. Names are matched ignoring case, spacing and
+    Unicode form (``pipeline.holidays.place_key``), so what is left differs in spelling, or has no store; a
+    name that prints like a store's (another Unicode character, an invisible one) is shown with ascii() too.
     """
     rows = unmatched_locales(reference.holidays, reference.stores)
     if not len(rows):
         return None
     path = find_raw_file(raw_dir, "holidays_events")
-    shown = [f"{reference.holidays['locale'].iloc[r]} {reference.holidays['locale_name'].iloc[r]}"
-             for r in rows[:MAX_SHOWN]]
+    places = {"Regional": ("state", reference.stores["state"]), "Local": ("city", reference.stores["city"])}
+    shown, lookalikes = [], []
+    for r in rows[:MAX_SHOWN]:
+        locale, name = str(reference.holidays["locale"].iloc[r]), str(reference.holidays["locale_name"].iloc[r])
+        shown.append(f"{locale} {name}")
+        kind, names = places[locale]
+        twin = next((str(n) for n in names if lookalike_key(n) == lookalike_key(name)), None)
+        if twin is not None:
+            lookalikes.append(f"{ascii(name)} is not the store {kind} {ascii(twin)}")
+    alike = f"; they differ in Unicode characters only: {', '.join(lookalikes)}" if lookalikes else ""
     return (f"{path.name}: {len(rows)} Regional/Local row(s) whose locale_name matches no store's state/city "
-            f"(compared ignoring case and spaces) flag no store: {describe_rows(path, rows, shown)}")
+            f"(compared ignoring case, spaces and Unicode form) flag no store: {describe_rows(path, rows, shown)}"
+            f"{alike}")
 
 
 def read_test(raw_dir: Path, reference: Reference) -> pd.DataFrame | None:

@@ -116,6 +116,7 @@ class PreparedTraining:
     train_stream: ExampleStream | ShardStream  # every training example, built chunk by chunk as training
     # consumes them, or (on a Dask cluster) read back from the feature shards the workers wrote
     in_memory: bool  # ``train`` holds them all (train on it), else stream them
+    train_promo_known: np.ndarray  # [len(train)] bool: the data gave the row's target-day promotion
     progress: bool = False  # progress bars while streaming
 
     @property
@@ -176,6 +177,7 @@ def prepare_training(history: SalesHistory, fparams: FeatureParams, baseline_wee
         history, spec, vocab, *sample_pairs(series, origin, min(fparams.in_memory_examples, STATISTICS_ROWS),
                                             spec.horizon, seed),
         baseline_weeks=None, label="train sample")
+    promo_known = held.target_promotion_known()  # shards hold the same rows in the same order
     if client is not None:
         if shard_dir is None:
             raise ValueError("prepare_training: a Dask client needs a shard_dir for the feature shards")
@@ -190,8 +192,10 @@ def prepare_training(history: SalesHistory, fparams: FeatureParams, baseline_wee
                           label="inner validation").materialize(progress)
     if train.units.size == 0 or inner.units.size == 0:
         raise TrainError("no training or inner-validation rows at the chosen origins")
+    if promo_known.size != len(train):
+        raise TrainError(f"{len(train)} training rows, but promotion-known flags for {promo_known.size}")
     return PreparedTraining(history, vocab, train, inner, validation_origin, inner_origin, train_origins,
-                            stream, in_memory, progress)
+                            stream, in_memory, promo_known, progress)
 
 
 def model_config(tparams: TrainParams, data: PreparedTraining, spec: FeatureSpec):
@@ -349,8 +353,10 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
         }
         snapshot = snapshot_at(history, data.validation_origin, spec.history_days, calendar)
         names = dense_feature_names(spec)
-        served = served_reference(spec, data.vocab, snapshot,
-                                  data.train.matrix.dense[:, names.index("target_onpromotion")])
+        # The request's promotion flag is compared with the training rows whose promotion the data gave: an
+        # unknown one is False to the model, and counted here it made ordinary traffic look promoted.
+        request_promo = data.train.matrix.dense[:, names.index("target_onpromotion")][data.train_promo_known]
+        served = served_reference(spec, data.vocab, snapshot, request_promo)
         stats = training_statistics(data.train.matrix.dense, names, data.train.matrix.categorical,
                                     CATEGORICAL_FIELDS, data.vocab.values, data.train.units, inner_pred, served)
         graph_io: dict = {}

@@ -56,7 +56,7 @@ def test_items_search_by_family_words_and_number(served):
     assert by_number["items"][0]["item_nbr"] == min(n for n in catalog.items if str(n).startswith(prefix))
     exact = served.client.get("/api/v1/items", query_string={"q": f"{some.item_nbr} class {some.item_class}"}).json
     assert [i["item_nbr"] for i in exact["items"]] == [some.item_nbr]
-    assert exact["items"][0]["label"].startswith(some.family.title())
+    assert exact["items"][0]["label"].startswith(some.family)
 
 
 def test_items_search_limits(served):
@@ -80,6 +80,11 @@ def test_openapi_document_lists_exactly_the_served_api(served):
     for path, operations in document["paths"].items():
         for method in operations:
             assert served.client.open(path, method=method.upper()).status_code != 405, (method, path)
+
+
+def test_openapi_describes_the_served_models_pairs_not_favoritas(served):
+    description = served.client.get("/api/v1/openapi.json").json["info"]["description"]
+    assert "Favorita" not in description and "store×item pairs of the served model's data" in description
 
 
 def test_openapi_example_is_a_request_the_api_accepts_in_shape(served):
@@ -113,3 +118,43 @@ def test_the_items_search_example_is_one_the_api_takes_whatever_the_family_names
         example = example_for(model)
         assert 0 < len(example.search) <= MAX_QUERY
         assert example.item_nbr in [item.item_nbr for item in model.catalog.search(example.search, 50)[0]]
+
+
+def _catalog(families: list[str]):
+    """A served model's catalog with these families (one item each), as a foreign chain's bundle holds them."""
+    import numpy as np
+
+    from app.catalog import Catalog
+    from pipeline.features import HOLIDAY_FLAGS, HistorySnapshot
+
+    n = len(families)
+    item_nbr = 880_000_000 + 37 * np.arange(n, dtype=np.int32)
+    snapshot = HistorySnapshot(
+        origin_day=19_000, store_nbr=np.full(n, 101, np.int32), item_nbr=item_nbr,
+        sales=np.zeros((n, 7), np.float32), promo=np.zeros((n, 7), np.uint8),
+        items={"item_nbr": item_nbr, "family": np.array(families),
+               "class": np.full(n, 70_001, np.int32), "perishable": np.zeros(n, np.int32)},
+        stores={"store_nbr": np.array([101], np.int32), "city": np.array(["Genève"]),
+                "store_type": np.array(["A"]), "cluster": np.array([1], np.int32)},
+        calendar_days=19_001 + np.arange(16), calendar_holidays=np.zeros((1, 16, len(HOLIDAY_FLAGS)), np.uint8))
+    return Catalog(snapshot)
+
+
+def test_item_labels_show_the_family_as_the_data_spells_it():
+    """title() made "Produits d'entretien" "Produits D'Entretien" and "GROCERY II" "Grocery Ii"."""
+    families = ["Produits d'entretien", "GROCERY II", "Bébé <0-3 ans>", "Fruits & Légumes"]
+    catalog = _catalog(families)
+    labels = [item.label for item in catalog.items.values()]
+    assert [label.split(" · ")[0] for label in labels] == families
+
+
+def test_items_search_ignores_accents_and_case_in_the_query_and_in_the_names():
+    """q=electronique found no 'Électronique' item while q=électronique did; now either finds both spellings."""
+    import unicodedata
+
+    families = ["Électronique", unicodedata.normalize("NFD", "ÉLECTRONIQUE"), "electronique", "Épicerie salée"]
+    catalog = _catalog(families)
+    for query in ("electronique", "électronique", "ELECTRONIQUE", unicodedata.normalize("NFD", "Électronique")):
+        items, total = catalog.search(query, 10)
+        assert total == 3 and {item.family for item in items} == set(families[:3]), query
+    assert catalog.search("epicerie SALEE", 10)[1] == 1

@@ -40,7 +40,7 @@ def test_a_person_gets_a_forecast_from_the_form(gunicorn_server, browser):
     expected = api(gunicorn_server, "/api/v1/predict", {"instances": [
         {"store_nbr": 1, "item_nbr": item["item_nbr"], "date": date, "onpromotion": True}]})["predictions"][0]
     assert shown == round(expected["unit_sales"], 1)
-    assert item["family"].title() in browser.find("#forecast-summary").text
+    assert item["family"] in browser.find("#forecast-summary").text
     assert browser.find_all("#result svg polyline.forecast"), "no forecast chart"
 
 

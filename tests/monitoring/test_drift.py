@@ -289,6 +289,7 @@ def test_one_stores_traffic_is_one_alarm_on_store_nbr_not_four(production_bundle
     assert code == drift.EXIT_ALARM and len(categorical) == 1, report["reasons"]
     assert categorical[0].startswith("category store_nbr: PSI") and "city, store_type, cluster follow from it" in \
         categorical[0]
+    assert f"most moved: '{store}', 100.0% of requests (" in categorical[0]  # the PSI alone did not name the store
     assert {name: report["categorical"][name]["verdict"] for name in ("city", "store_type", "cluster")} == \
         dict.fromkeys(("city", "store_type", "cluster"), "follows")
     assert report["categorical"]["store_nbr"]["drifted"]

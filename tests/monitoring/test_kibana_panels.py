@@ -218,3 +218,25 @@ def test_panels_group_by_readable_values(search_with_events, bundle_parts):
     assert horizon[0] >= 1 and horizon[-1] <= metadata["horizon"] and len(horizon) > 1
     assert all(float(h).is_integer() for h in horizon)
     assert keys("model_variant") == ["production"]  # the release variant that answered (app/variants.py)
+
+
+CHAIN_FIELDS = {"family", "store"}  # one bar per product family / store: as many as the chain has
+
+
+def test_family_and_store_panels_lose_no_bars_of_a_larger_chain(search_with_events):
+    """They showed Favorita's 33 families and 54 stores at most, with no other bucket: a larger chain lost bars
+    silently. Now 500 bars, and what is past them is one labelled bar (the request Kibana sends for it, here)."""
+    panels = {agg["params"]["field"]: agg for v in VISUALIZATIONS
+              for agg in json.loads(v["attributes"]["visState"])["aggs"]
+              if agg["type"] == "terms" and agg["params"]["field"] in CHAIN_FIELDS}
+    assert set(panels) == CHAIN_FIELDS
+    for field, agg in panels.items():
+        params = agg["params"]
+        assert params["size"] >= 500 and params["otherBucket"] is True
+        assert params["otherBucketLabel"].startswith("other "), params
+        answer = search_with_events.request("POST", "/shelfcast-prediction-*/_search", {
+            "size": 0, "aggs": {"top": {"terms": {"field": field, "size": 1}}}})
+        total, top = answer["hits"]["total"]["value"], answer["aggregations"]["top"]["buckets"]
+        other = search_with_events.request("POST", "/shelfcast-prediction-*/_search", {
+            "size": 0, "query": {"bool": {"must_not": [{"terms": {field: [top[0]["key"]]}}]}}})
+        assert 0 < other["hits"]["total"]["value"] == total - top[0]["doc_count"], field

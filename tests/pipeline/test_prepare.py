@@ -246,3 +246,32 @@ def test_holiday_places_match_stores_ignoring_case_and_spaces_and_the_rest_are_n
     assert len(err) == 1
     assert err[0].startswith("prepare: warning: holidays_events.csv: 1 Regional/Local row(s)")
     assert f"line {atlantis_line} ('Local Atlantis')" in err[0]
+
+
+def test_holiday_places_match_stores_in_any_unicode_form_and_lookalikes_are_shown_with_ascii(tmp_path, capsys):
+    """A Local holiday for 'Genève' written decomposed (e + combining accent) flagged no store, and the warning
+    named 'Local Genève', which prints like the store's city; two stores in one city are one city category."""
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "Genève"), unicodedata.normalize("NFD", "Genève")
+    assert nfc != nfd
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    files = kaggle_sample_files()
+    files["stores"] = (files["stores"].replace("2,Guayaquil,Guayas,", f"2,{nfc},Guayas,")
+                       .replace("1,Quito,Pichincha,", f"1,{nfd},Pichincha,"))
+    lookalike = "Gene\u0300ve\u200b"  # decomposed, and a zero-width space: prints like the city
+    files["holidays_events"] = (files["holidays_events"].replace("Local,Guayaquil,", f"Local,{nfd},")
+                                + f"2014-04-09,Holiday,Local,{lookalike},Jeûne genevois,False\n")
+    for name, text in files.items():
+        (raw / f"{name}.csv").write_text(text, encoding="utf-8")
+    out = tmp_path / "prepared"
+    prepare(raw, out, PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    sales = _sales(out)
+    assert bool(_flags(sales, "2014-04-08", 2)["is_local_holiday"])  # the NFD holiday reaches the NFC store
+    assert bool(_flags(sales, "2014-04-08", 1)["is_local_holiday"])  # ... and the NFD store
+    assert not bool(_flags(sales, "2014-04-09", 2)["is_local_holiday"])
+    assert set(sales.loc[sales["store_nbr"].isin([1, 2]), "city"].astype(str)) == {nfc}
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 Regional/Local row(s)" in err[0]
+    assert f"{ascii(lookalike)} is not the store city {ascii(nfc)}" in err[0]
