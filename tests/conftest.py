@@ -24,3 +24,28 @@ def honouring_file_modes(command: list[str]) -> list[str]:
         pytest.skip("root reads a file of mode 000, and setpriv (util-linux) is not here to drop that")
     caps = "-dac_override,-dac_read_search"
     return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", *command]
+
+
+def small_disk(folder, size: str):
+    """A context manager: a tmpfs of ``size`` (mount's size=, e.g. 256k) mounted at ``folder`` (made if missing)
+    and unmounted after, for tests that need a disk that fills up for real; a skip where mounting needs root."""
+    import contextlib
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    @contextlib.contextmanager
+    def mounted():
+        where = Path(folder)
+        where.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs (needs root): {done.stderr.strip()}")
+        try:
+            yield where
+        finally:
+            subprocess.run(["umount", "-l", str(where)], check=False)
+
+    return mounted()

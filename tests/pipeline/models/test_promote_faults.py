@@ -9,6 +9,7 @@ re-promoting a registered bundle rolled it forward again with the newest trainin
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import urllib.parse
@@ -20,6 +21,7 @@ from pipeline import evaluate, promote, release, tracking, train
 from pipeline.bundle import load_bundle, verify_bundle
 from pipeline.registry_fetch import TAG_DIGEST
 from pipeline.release_store import ReleaseStore
+from tests.conftest import small_disk
 
 CANDIDATE_STATE = ("models/candidate", "results", "params.yaml")
 
@@ -125,22 +127,10 @@ def test_a_promote_that_fails_before_the_alias_moved_leaves_production_as_it_was
 
 
 @pytest.fixture
-def tiny_disk_under(tmp_path):
+def tiny_disk_under():
     """Mount a 16 KiB tmpfs at a folder (needs root; skips otherwise)."""
-    mounted: list[Path] = []
-
-    def mount(folder: Path) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(folder)], capture_output=True,
-                              text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a small tmpfs (needs root): {done.stderr.strip()}")
-        mounted.append(folder)
-        return folder
-
-    yield mount
-    for folder in mounted:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
+    with contextlib.ExitStack() as mounts:
+        yield lambda folder: mounts.enter_context(small_disk(folder, "16k"))
 
 
 def test_a_full_artifact_store_leaves_production_as_it_was(two_candidates, tiny_disk_under, capsys):

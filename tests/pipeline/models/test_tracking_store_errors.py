@@ -14,6 +14,7 @@ import pytest
 
 from pipeline import registry_fetch, release, tracking
 from pipeline.stage import run_stage
+from tests.conftest import small_disk
 
 FULL = "database or disk is full"
 
@@ -22,13 +23,7 @@ FULL = "database or disk is full"
 def full_store(tmp_path, monkeypatch):
     """A project whose local store (with one finished run) lies on a disk with no room left; its root."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs (needs root): {mounted.stderr.strip()}")
-    try:
+    with small_disk(tmp_path / "disk", "2m") as disk:
         root = disk / "project"
         root.mkdir()
         with tracking.TrainingRun(root, "train", {"stage": "train"}):
@@ -43,8 +38,6 @@ def full_store(tmp_path, monkeypatch):
         else:
             pytest.fail("the 2 MiB disk never filled")
         yield root
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def _one_line_naming_the_cause(message: str) -> None:
