@@ -7,7 +7,6 @@ is a real one: a 2 MiB tmpfs mounted for the test (needs root or CAP_SYS_ADMIN; 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
