@@ -137,6 +137,24 @@ def sync(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MODEL)
     return done
 
 
+def host_state(root: Path, store: ReleaseStore, current: dict[str, str],
+               name: str = tracking.REGISTERED_MODEL) -> dict[str, dict]:
+    """Per variant (production, canary, shadow): the version the registry's alias names, its serving digest,
+    the digest of the bundle this host serves for it, and whether the two agree. A promote or release stopped
+    between moving an alias and installing its bundle leaves them apart, which ``sync`` mends."""
+    state = {}
+    for variant in (PRODUCTION, CANARY, SHADOW):
+        version = current.get(variant)
+        try:
+            registered = None if version is None else registry_fetch.promoted_digest(_version(root, version, name))
+        except registry_fetch.FetchError:
+            registered = None  # registered by hand: nothing to compare (sync refuses it, saying why)
+        served = store.served_digest(variant)
+        state[variant] = {"version": version, "registered_digest": registered, "served_digest": served,
+                          "in_sync": served == registered if version is not None else served is None}
+    return state
+
+
 def set_candidate(root: Path, store: ReleaseStore, variant: str, version: str, share: float | None = None,
                   name: str = tracking.REGISTERED_MODEL) -> str:
     """Install ``version`` as shadow or canary, then move the alias (the registry never names what is not served)."""
@@ -587,8 +605,15 @@ def main(argv=None) -> int:
                 if version is None:
                     raise ReleaseError(f"no alias {args.alias!r} on {args.name}")
             if args.command == "status":
-                print(json.dumps({"aliases": aliases(root, args.name), "canary_share": store.canary_share(),
-                                  "releases_on_disk": [p.name for p in store.releases()]}))
+                current = aliases(root, args.name)
+                host = host_state(root, store, current, args.name)
+                print(json.dumps({"aliases": current, "canary_share": store.canary_share(),
+                                  "releases_on_disk": [p.name for p in store.releases()], "host": host,
+                                  "in_sync": all(v["in_sync"] for v in host.values())}))
+                apart = [v for v, state in host.items() if not state["in_sync"]]
+                if apart:
+                    print(f"release: this host does not serve what the registry names for {', '.join(apart)} (a "
+                          "promote or release stopped half-way?): `make release-sync` installs it", file=sys.stderr)
             elif args.command == "sync":
                 print(f"release: synced {sync(root, store, args.name)}")
             elif args.command in (SHADOW, CANARY):

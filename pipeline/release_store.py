@@ -124,7 +124,7 @@ class ReleaseStore:
 
     def prune(self) -> list[Path]:
         """Keep the newest ``keep`` releases plus whatever production/canary/shadow currently serve."""
-        serving = {self._served_digest(v) for v in VARIANTS} - {None}
+        serving = {self.served_digest(v) for v in VARIANTS} - {None}
         removed = []
         for path in self.releases()[self.keep:]:
             if self._digest(path) in serving:
@@ -139,7 +139,8 @@ class ReleaseStore:
         except BundleError:
             return None
 
-    def _served_digest(self, variant: str) -> str | None:
+    def served_digest(self, variant: str) -> str | None:
+        """The digest of the bundle this host serves as ``variant``; None if none (or not a valid bundle)."""
         return self._digest(self.variant_dir(variant))
 
     def canary_share(self) -> float:

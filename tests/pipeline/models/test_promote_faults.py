@@ -10,8 +10,8 @@ re-promoting a registered bundle rolled it forward again with the newest trainin
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
-import subprocess
 import urllib.parse
 from pathlib import Path
 
@@ -151,8 +151,16 @@ def test_a_full_artifact_store_leaves_production_as_it_was(two_candidates, tiny_
     assert "No space left on device" in err
 
 
+def release_status(root: Path, capsys) -> tuple[dict, str]:
+    """`python -m pipeline.release status`: (its JSON, its stderr)."""
+    capsys.readouterr()
+    assert release.main(["status", "--root", str(root), "--models", str(root / "models")]) == 0
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err
+
+
 def test_killed_between_the_alias_move_and_the_swap_release_sync_installs_what_the_alias_names(two_candidates,
-                                                                                               monkeypatch):
+                                                                                               monkeypatch, capsys):
     """The registry is then ahead of the host (never the other way round): `make release-sync`, or promote again,
     installs the version the alias names."""
     root, first, second = two_candidates
@@ -168,7 +176,13 @@ def test_killed_between_the_alias_move_and_the_swap_release_sync_installs_what_t
         with pytest.raises(KeyboardInterrupt):
             promote.run(root, quiet=True)
     assert str(production(root).version) == "2" and files(root / "models/production") == before
+    status, warning = release_status(root, capsys)  # says so, and what mends it
+    assert status["in_sync"] is False and status["host"]["production"]["in_sync"] is False
+    assert status["host"]["production"]["version"] == "2" and "make release-sync" in warning
     assert release.sync(root, ReleaseStore(root / "models"))["production"] == "2"
+    status, warning = release_status(root, capsys)
+    assert status["in_sync"] is True and warning == ""
+    assert status["host"]["production"]["served_digest"] == production(root).tags[TAG_DIGEST]
     assert verify_bundle(root / "models/production") == production(root).tags[TAG_DIGEST]
     again = promote.run(root, quiet=True)
     assert again["version"] == "2" and not again["registered"] and not again["installed"]
