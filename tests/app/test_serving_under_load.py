@@ -34,6 +34,7 @@ def test_every_request_is_answered_and_logged_to_fluentd_exactly_once(app_bundle
     if Path("/proc/net/tcp").exists():  # every client's connection is on one of the workers
         assert sum(figures["connections_per_worker"]) == 4 and len(figures["connections_per_worker"]) == 2
         assert figures["worker_cpu_ms_per_request"] > 0 and len(figures["worker_cores"]) == 2
+    assert figures["client_cpu_ms_per_request"] > 0
 
 
 def test_cpu_per_request_counts_every_event_through_to_the_receiver(app_bundles):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
+
+import pytest
 
 from tests.benchmarks.conftest import _benchmark_module
 
@@ -28,3 +32,43 @@ def test_a_process_ending_while_the_workers_are_listed_is_skipped(monkeypatch):
     finally:
         child.kill()
         child.wait()
+
+
+def _answer(raw: bytes, *, pieces: int = 1):
+    """read_response over a real socket pair, the peer writing `raw` in `pieces` sends and then closing."""
+    app_load = _benchmark_module("app_load")
+    ours, peer = socket.socketpair()
+
+    def write() -> None:
+        step = max(1, len(raw) // pieces)
+        for start in range(0, len(raw), step):
+            peer.sendall(raw[start:start + step])
+        peer.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        return app_load.read_response(ours)
+    finally:
+        writer.join()
+        ours.close()
+
+
+def test_the_clients_read_a_response_however_it_is_split():
+    body = b'{"predictions": []}'
+    raw = b"HTTP/1.1 200 OK\r\nServer: shelfcast\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    assert _answer(raw) == (200, True)
+    assert _answer(raw, pieces=len(raw)) == (200, True)  # one byte at a time
+    closing = b"HTTP/1.1 413 Request Entity Too Large\r\nconnection: Close\r\ncontent-length: 2\r\n\r\n{}"
+    assert _answer(closing) == (413, False)
+
+
+def test_a_response_the_clients_cannot_read_is_an_error_not_a_hang():
+    app_load = _benchmark_module("app_load")
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    for raw, reason in ((chunked, "Content-Length"),
+                        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}", "inside a response body"),
+                        (b"HTTP/1.1 200 OK\r\nContent-Le", "before a response"),
+                        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1", "more bytes")):
+        with pytest.raises(app_load.ProtocolError, match=reason):
+            _answer(raw)
