@@ -11,12 +11,15 @@ output directory is built aside and swapped in as a whole.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import fcntl
 import glob
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -160,6 +163,38 @@ def swap_in_directory(staging: Path, target: Path) -> None:
     os.replace(staging, target)
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
+
+
+WRITER_LOCK = ".writer.lock"  # in a models directory: who writes it now (promote, release), for the next to read
+
+
+class DirectoryBusy(RuntimeError):
+    """Another process is writing the directory; the message names it."""
+
+
+@contextlib.contextmanager
+def one_writer(directory: Path, command: str) -> Iterator[None]:
+    """Hold ``directory``'s writer lock while ``command`` stages and swaps bundles in it.
+
+    Two promotes at once (or a promote and a release on the same models directory) would share staging folders,
+    each deleting what the other staged, and swap in whichever finished last. The lock is an flock on
+    ``directory/.writer.lock``: a killed holder releases it with its last descriptor. A second writer does not
+    wait: it fails at once (DirectoryBusy), naming the first as that one wrote itself into the file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / WRITER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 1000, 0).decode("utf-8", "replace").strip() or "another process"
+            raise DirectoryBusy(f"{directory} is being written by {holder}: run {command} again once it has "
+                                "finished") from None
+        since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{command} (pid {os.getpid()} on {socket.gethostname()}, since {since})\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def file_digest(path: Path | str, algorithm: str = "sha256") -> str:

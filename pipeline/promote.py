@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 
 from pipeline import champion, registry_fetch, tracking
-from pipeline.atomic import remove_abandoned_copies, swap_in_directory
+from pipeline.atomic import DirectoryBusy, one_writer, remove_abandoned_copies, swap_in_directory
 from pipeline.bundle import BundleError, verify_bundle
 from pipeline.evaluate import (BACKTEST_FILE, CANDIDATE_DIR, EVALUATION_FILE, METRICS_FILE, RESULT_FILES,
                                current_versions, evaluation_run_params)
@@ -216,6 +216,12 @@ def publish(root: Path, home: Path, digest: str, trained, tags: dict, staging: P
 
 
 def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> dict:
+    """Promote the evaluated candidate (see the module docstring); one promote or release at a time writes models/."""
+    with one_writer((root / PRODUCTION_DIR).parent, "promote"):
+        return _promote(root, quiet, candidate_root)
+
+
+def _promote(root: Path, quiet: bool, candidate_root: Path | None) -> dict:
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     home = root if candidate_root is None else Path(candidate_root)
     raw = load_yaml(home / "params.yaml")
@@ -287,7 +293,8 @@ def main(argv=None) -> int:
                             help="promote the candidate evaluated in DIR (params.yaml, models/candidate, results/), "
                                  "e.g. sweep for `python -m pipeline.sweep`'s best; default: the project's own")
 
-    return run_stage("promote", body, argv, errors=(BundleError, tracking.TrackingError, registry_fetch.FetchError),
+    return run_stage("promote", body, argv, errors=(BundleError, tracking.TrackingError, registry_fetch.FetchError,
+                                                   DirectoryBusy),
                      description=__doc__.splitlines()[0], options=options)
 
 

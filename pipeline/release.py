@@ -33,6 +33,7 @@ compose stack's Fluentd writes (``--index``): `make deploy ELASTICSEARCH_URL=...
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -50,6 +51,7 @@ import numpy as np
 
 from pipeline import registry_fetch, tracking
 from pipeline.actuals import read_actuals
+from pipeline.atomic import DirectoryBusy, one_writer
 from pipeline.bundle import BundleError
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, event_time,
                                     prediction_log,
@@ -597,8 +599,10 @@ def main(argv=None) -> int:
                                  args.index)
     store = ReleaseStore(args.models if args.models.is_absolute() else root / args.models, keep=args.keep)
     started = time.perf_counter()
+    writes = args.command not in ("status", "smoke") and (args.command != "decide" or args.apply)
     try:
-        with tracking.mlflow_errors_named(root):
+        with tracking.mlflow_errors_named(root), (one_writer(store.root, f"release {args.command}") if writes
+                                                  else contextlib.nullcontext()):
             version = args.version
             if args.alias and not version:
                 version = aliases(root, args.name).get(args.alias)
@@ -656,7 +660,7 @@ def main(argv=None) -> int:
                 print(json.dumps(report))
                 return 0 if report["outcome"] in ("promoted", NOTHING_TO_DEPLOY) else 2
     except (ReleaseError, BundleError, registry_fetch.FetchError, tracking.TrackingError, EventSourceError, ValueError,
-            OSError) as exc:  # an ActualsError is a ValueError
+            OSError, DirectoryBusy) as exc:  # an ActualsError is a ValueError
         print(f"release: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
 
@@ -240,3 +242,48 @@ def test_a_bundle_registered_by_hand_without_a_serving_bundle_is_refused(trained
     err = capsys.readouterr().err
     assert "version 1 is this bundle" in err and "delete that version in the registry and promote again" in err
     assert not (root / "models/production").exists() and tracking.production_version(root) is None
+
+
+def hold_models_directory(directory: Path, command: str) -> subprocess.Popen:
+    """Another process holding ``directory``'s writer lock as ``command`` does, until it is killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from pipeline.atomic import one_writer\n"
+         "with one_writer(Path(sys.argv[1]), sys.argv[2]):\n    print('held', flush=True); time.sleep(600)",
+         str(directory), command], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[3])
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_one_promote_or_release_writes_a_models_directory_at_a_time(trained_project, capsys):
+    """Two promotes at once shared models/promoted-production/ (each removing what the other staged) and swapped in
+    whichever finished last; a release on the same directory likewise. The second now fails at once, naming the
+    first, and leaves everything as it was; a killed holder's lock goes with it."""
+    root, _ = trained_project
+    assert evaluate.main(["--root", str(root), "--quiet"]) == 0
+    holder = hold_models_directory(root / "models", "promote")
+    try:
+        capsys.readouterr()
+        assert promote.main(["--root", str(root), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert f"models is being written by promote (pid {holder.pid} on " in err and "run promote again" in err
+        assert not (root / "models" / "production").exists() and not (root / "models" / "promoted-production").exists()
+        assert tracking.production_version(root) is None  # nothing registered
+        assert release.main(["sync", "--root", str(root), "--models", str(root / "models")]) == 1
+        assert f"being written by promote (pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.kill()  # as kill -9: the lock goes with the process
+        holder.wait()
+    assert promote.main(["--root", str(root), "--quiet"]) == 0
+    served = verify_bundle(root / "models" / "production")
+
+    holder = hold_models_directory(root / "models", "release deploy")
+    try:
+        capsys.readouterr()
+        assert promote.main(["--root", str(root), "--quiet"]) == 1
+        assert f"being written by release deploy (pid {holder.pid}" in capsys.readouterr().err
+        status, _ = release_status(root, capsys)  # reading needs no lock
+        assert status["aliases"] == {"production": "1"}
+    finally:
+        holder.kill()
+        holder.wait()
+    assert verify_bundle(root / "models" / "production") == served
