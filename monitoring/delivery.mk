@@ -79,17 +79,23 @@ release-status: $(STAMP)              ## the registry aliases, the canary share 
 release-sync: $(STAMP)                ## install what the aliases name into models/ (a fresh or restarted serving host)
 	$(BIN)/python -m pipeline.release sync
 
-# The release job's first step: its default store, models/ of the runner's checkout, is wiped by actions/checkout
-# (git clean -ffdx) before every run, so CI must name the host's store (docker-compose.yml mounts the same).
-release-store-check:                  ## fail unless SHELFCAST_MODELS_HOST names a release store outside this checkout (CI)
-	@store="$$SHELFCAST_MODELS_HOST"; \
+# The release job's first step. Its default store, models/ of the runner's checkout, is wiped by actions/checkout
+# (git clean -ffdx) before every run, so CI must name the host's store (docker-compose.yml mounts the same); and
+# the canary check must read the traffic the serving app logged: its JSON-lines log, which the app writes on the
+# host (the default, logs/predictions.jsonl of this checkout, holds nothing and is wiped too), or Elasticsearch.
+release-store-check:                  ## fail unless SHELFCAST_MODELS_HOST names a release store outside this checkout and the canary check has the served traffic to read (SHELFCAST_PREDICTION_LOG outside it, or ELASTICSEARCH_URL) (CI)
+	@outside() { case "$$(realpath -m -- "$$1")/" in "$$(realpath -m -- "$(CURDIR)")/"*) return 1;; esac; }; \
+	store="$$SHELFCAST_MODELS_HOST"; log="$$SHELFCAST_PREDICTION_LOG"; \
 	if [ -z "$$store" ]; then \
 	  echo "release-store-check: SHELFCAST_MODELS_HOST is not set: set the repository variable to the serving host's release store, outside the runner's checkout (README, CI/CD)" >&2; exit 1; \
+	elif ! outside "$$store"; then \
+	  echo "release-store-check: SHELFCAST_MODELS_HOST=$$store is inside the runner's checkout, which actions/checkout cleans: name a directory outside it (README, CI/CD)" >&2; exit 1; \
+	elif [ -z "$$ELASTICSEARCH_URL" ] && [ -z "$$log" ]; then \
+	  echo "release-store-check: neither SHELFCAST_PREDICTION_LOG nor ELASTICSEARCH_URL is set: the canary check would read logs/predictions.jsonl of the runner's checkout, where the serving app logs nothing; set one to where the app logs its predictions (README, CI/CD)" >&2; exit 1; \
+	elif [ -z "$$ELASTICSEARCH_URL" ] && ! outside "$$log"; then \
+	  echo "release-store-check: SHELFCAST_PREDICTION_LOG=$$log is inside the runner's checkout, which actions/checkout cleans and the serving app does not log to: name the app's log on the host (README, CI/CD)" >&2; exit 1; \
 	fi; \
-	case "$$(realpath -m -- "$$store")/" in "$$(realpath -m -- "$(CURDIR)")/"*) \
-	  echo "release-store-check: SHELFCAST_MODELS_HOST=$$store is inside the runner's checkout, which actions/checkout cleans: name a directory outside it (README, CI/CD)" >&2; exit 1;; \
-	esac; \
-	echo "release-store-check: the host's release store is $$store"
+	echo "release-store-check: the host's release store is $$store; the canary check reads $${ELASTICSEARCH_URL:-$$log}"
 
 compose-up: lint-docker               ## docker compose up (where Docker exists); the stack's files are validated first
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \

@@ -161,25 +161,38 @@ def test_the_jobs_holding_the_dvc_remote_s_credentials_install_its_plugin():
     assert installs("VENV_EXTRAS=s3,kaggle") == ".[test,s3,kaggle]"
 
 
-def test_the_release_job_stops_at_its_start_without_a_host_release_store(tmp_path):
+def test_the_release_job_stops_at_its_start_without_a_host_release_store_or_the_served_traffic(tmp_path):
     """Unset, the release store was models/ in the runner's checkout, which actions/checkout (git clean -ffdx)
-    wipes before every run: the host lost its releases."""
+    wipes before every run: the host lost its releases. Likewise the canary check read logs/predictions.jsonl of
+    the checkout, where the serving app logs nothing: it judged a canary on no traffic."""
     release = workflow("app-pipeline.yml")["jobs"]["release"]
     assert release["steps"][0]["uses"].startswith("actions/checkout@")
     assert run_steps(release)[0] == "make release-store-check"
+    assert {"SHELFCAST_MODELS_HOST", "SHELFCAST_PREDICTION_LOG", "ELASTICSEARCH_URL"} <= set(release["env"])
+    host_log = str(tmp_path / "app" / "predictions.jsonl")
 
-    def check(store: str | None) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if k != "SHELFCAST_MODELS_HOST"}
+    def check(store: str | None, log: str | None = host_log, elasticsearch: str = "") -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("SHELFCAST_MODELS_HOST", "SHELFCAST_PREDICTION_LOG", "ELASTICSEARCH_URL")}
+        env["ELASTICSEARCH_URL"] = elasticsearch  # as GitHub passes an unset repository variable: empty
         if store is not None:
             env["SHELFCAST_MODELS_HOST"] = store
+        if log is not None:
+            env["SHELFCAST_PREDICTION_LOG"] = log
         return subprocess.run(["make", "--no-print-directory", "-s", "release-store-check"], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=60)
 
-    for store in (None, "", "models", str(REPO / "models")):
-        done = check(store)
+    def refused(done: subprocess.CompletedProcess, variable: str) -> bool:
         said = [line for line in done.stderr.splitlines() if not line.startswith("make")]
-        assert done.returncode != 0 and len(said) == 1 and "SHELFCAST_MODELS_HOST" in said[0], (store, done.stderr)
-    assert check(str(tmp_path / "models")).returncode == 0
+        return done.returncode != 0 and len(said) == 1 and variable in said[0]
+
+    for store in (None, "", "models", str(REPO / "models")):
+        assert refused(check(store), "SHELFCAST_MODELS_HOST"), store
+    store = str(tmp_path / "models")
+    for log in (None, "", "logs/predictions.jsonl", str(REPO / "logs" / "predictions.jsonl")):
+        assert refused(check(store, log), "SHELFCAST_PREDICTION_LOG"), log
+    assert check(store).returncode == 0
+    assert check(store, None, elasticsearch="http://127.0.0.1:9200").returncode == 0  # the compose stack's events
 
 
 def test_no_job_is_named_for_a_deploy_it_does_not_do():
