@@ -192,11 +192,12 @@ def training_rates(workdir: Path, steps: int) -> dict:
                 stats = meta.row_group(g).column(names.index(CATEGORICAL_PREFIX + name)).statistics
                 highest[name] = max(highest[name], int(stats.max))
     inner = next(stream.chunks(np.arange(1)))
-    mean, std = models.normalization(inner.matrix.dense)
+    mean, std, constant = models.normalization(inner.matrix.dense)
     config = models.ModelConfig(kind=tparams.model, dense_size=len(dense_feature_names(fparams.spec)),
                                 vocab_sizes={f: highest[f] + 1 for f in CATEGORICAL_FIELDS},
                                 embedding_dims=dict(tparams.embedding_dims), hidden_units=tuple(tparams.hidden_units),
-                                dense_mean=mean, dense_std=std, output_bias=0.0)
+                                dense_mean=mean, dense_std=std, dense_constant=constant,
+                                output_bias=0.0)
     def run(max_steps: int) -> float:
         started = time.perf_counter()
         models.train(config, stream.batch_source(tparams.batch_size, tparams.seed), inner.matrix, inner.units,

@@ -26,7 +26,8 @@ def glorot_uniform(shape, dtype=dtypes.float32, seed=None):
 class Dense:
     """``activation(x @ kernel + bias)``; variables are created on the first call."""
 
-    def __init__(self, units, activation=None, use_bias=True, seed=None, dtype=dtypes.float32, name="dense"):
+    def __init__(self, units, activation=None, use_bias=True, seed=None, dtype=dtypes.float32, name="dense",
+                 kernel_initializer=glorot_uniform):
         if isinstance(activation, str) or activation is None:
             if activation not in _ACTIVATIONS:
                 known = sorted(k for k in _ACTIVATIONS if k)
@@ -38,6 +39,7 @@ class Dense:
         self.seed = seed
         self.dtype = dtypes.as_dtype(dtype)
         self.name = name
+        self.kernel_initializer = kernel_initializer  # (shape, dtype, seed) -> the kernel's initial value
         self.kernel = None
         self.bias = None
         self._scope = None
@@ -54,7 +56,8 @@ class Dense:
         if self.kernel is None:
             with graph.as_default(), graph.name_scope(self.name) as scope:
                 self._scope = scope
-                self.kernel = Variable(glorot_uniform((x.shape[1], self.units), self.dtype, self.seed), name="kernel")
+                self.kernel = Variable(self.kernel_initializer((x.shape[1], self.units), self.dtype, self.seed),
+                                       name="kernel")
                 if self.use_bias:
                     self.bias = Variable(A.zeros((self.units,), self.dtype), name="bias")
         elif self.kernel.shape[0] != x.shape[1]:

@@ -80,6 +80,7 @@ class ModelConfig:
     hidden_units: tuple[int, ...]
     dense_mean: np.ndarray = field(repr=False, default=None)
     dense_std: np.ndarray = field(repr=False, default=None)
+    dense_constant: np.ndarray = field(repr=False, default=None)  # [F] bool: the feature never varied in training
     output_bias: float = 0.0  # the training mean of log1p sales: the output layer learns the deviation from it
 
     def __post_init__(self):
@@ -94,11 +95,30 @@ class ModelConfig:
                 "embedding_dims": self.embedding_dims, "hidden_units": list(self.hidden_units)}
 
 
-def normalization(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std of the training features (std 1 for constant features)."""
+def normalization(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-feature mean and std of the training features (std 1 for constant features), and which are constant."""
     mean = dense.mean(axis=0, dtype=np.float64)
     std = dense.std(axis=0, dtype=np.float64)
-    return mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32)
+    constant = std <= 1e-6
+    return mean.astype(np.float32), np.where(constant, 1.0, std).astype(np.float32), constant
+
+
+def kernel_without_constant_features(constant: np.ndarray | None):
+    """The first layer's kernel initializer: Glorot, with the rows of features constant in training set to 0.
+
+    Such a feature feeds every training row the same (scaled: zero) input, so its weights get no gradient and
+    keep their initial values: random, they moved the forecast of a request where the feature differs (default
+    data: no training row falls on a local holiday; a forecast for one moved 0.92-1.08x). Zero, it has no effect,
+    as it had none in training. None: no feature is constant (the plain Glorot draws, as before)."""
+    if constant is None or not np.any(constant):
+        return en.layers.glorot_uniform
+    rows = np.flatnonzero(constant)
+
+    def initializer(shape, dtype, seed):
+        keep = np.ones((shape[0], 1), np.float32)
+        keep[rows] = 0.0  # the dense features come first in the layer's input
+        return en.layers.glorot_uniform(shape, dtype, seed) * en.constant(keep)
+    return initializer
 
 
 class Forecaster:
@@ -113,10 +133,13 @@ class Forecaster:
                                                   name=f"embedding_{f}")
                            for i, f in enumerate(CATEGORICAL_FIELDS)}
         base = seed + len(CATEGORICAL_FIELDS)
-        self.hidden = [en.layers.Dense(units, activation="relu", seed=base + i, name=f"dense_{i}")
+        first = kernel_without_constant_features(config.dense_constant)  # the layer the scaled features enter
+        self.hidden = [en.layers.Dense(units, activation="relu", seed=base + i, name=f"dense_{i}",
+                                       kernel_initializer=first if i == 0 else en.layers.glorot_uniform)
                        for i, units in enumerate(config.hidden_units)]
         last = len(config.hidden_units)
-        self.output = en.layers.Dense(1, seed=base + last, name=f"dense_{last}")
+        self.output = en.layers.Dense(1, seed=base + last, name=f"dense_{last}",
+                                      kernel_initializer=en.layers.glorot_uniform if self.hidden else first)
 
     def __call__(self, dense, categorical: Mapping[str, object]):
         """log1p(units) of a batch: ``dense`` [N, F] raw features, ``categorical`` one [N] id tensor per field."""

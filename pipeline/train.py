@@ -201,13 +201,14 @@ def prepare_training(history: SalesHistory, fparams: FeatureParams, baseline_wee
 def model_config(tparams: TrainParams, data: PreparedTraining, spec: FeatureSpec):
     from pipeline.models import ModelConfig, normalization
 
-    mean, std = normalization(data.train.matrix.dense)
+    mean, std, constant = normalization(data.train.matrix.dense)
     log_y = np.log1p(data.train.units.astype(np.float64))
     return ModelConfig(
         kind=tparams.model, dense_size=len(dense_feature_names(spec)),
         vocab_sizes={f: data.vocab.size(f) for f in CATEGORICAL_FIELDS},
         embedding_dims=dict(tparams.embedding_dims), hidden_units=tuple(tparams.hidden_units),
-        dense_mean=mean, dense_std=std, output_bias=float(np.average(log_y, weights=data.train.weights)),
+        dense_mean=mean, dense_std=std, dense_constant=constant,
+        output_bias=float(np.average(log_y, weights=data.train.weights)),
     )
 
 
