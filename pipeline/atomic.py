@@ -181,7 +181,10 @@ def one_writer(directory: Path, command: str) -> Iterator[None]:
     ``directory/.writer.lock``: a killed holder releases it with its last descriptor. A second writer does not
     wait: it fails at once (DirectoryBusy), naming the first as that one wrote itself into the file."""
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / WRITER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd, named = os.open(directory / WRITER_LOCK, os.O_RDWR | os.O_CREAT, 0o666), True  # the umask decides
+    except PermissionError:  # another user's lock file in a directory both may write (a shared group): an flock
+        fd, named = os.open(directory / WRITER_LOCK, os.O_RDONLY), False  # needs only a read descriptor
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -189,9 +192,10 @@ def one_writer(directory: Path, command: str) -> Iterator[None]:
             holder = os.pread(fd, 1000, 0).decode("utf-8", "replace").strip() or "another process"
             raise DirectoryBusy(f"{directory} is being written by {holder}: run {command} again once it has "
                                 "finished") from None
-        since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{command} (pid {os.getpid()} on {socket.gethostname()}, since {since})\n".encode(), 0)
+        if named:
+            since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{command} (pid {os.getpid()} on {socket.gethostname()}, since {since})\n".encode(), 0)
         yield
     finally:
         os.close(fd)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import evaluate, promote, release, tracking, train
+from pipeline import atomic, evaluate, promote, release, tracking, train
 from pipeline.bundle import load_bundle, verify_bundle
 from pipeline.registry_fetch import TAG_DIGEST
 from pipeline.release_store import ReleaseStore
@@ -287,3 +288,30 @@ def test_one_promote_or_release_writes_a_models_directory_at_a_time(trained_proj
         holder.kill()
         holder.wait()
     assert verify_bundle(root / "models" / "production") == served
+
+
+def test_the_writer_lock_of_a_directory_shared_with_another_user_still_locks(tmp_path, monkeypatch):
+    """A release store two users write (a shared group): the lock file the first made (0644 under umask 022) cannot
+    be opened for writing by the second, who must still take the lock (an flock needs only a read descriptor)
+    rather than fail with EACCES. Root may open any file, so that refusal is made here by hand."""
+    shared = tmp_path / "store"
+    with atomic.one_writer(shared, "release sync"):
+        pass  # the lock file now exists
+    opened = os.open
+
+    def another_users_file(path, flags, *args):
+        if Path(path).name == atomic.WRITER_LOCK and flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(13, "Permission denied", str(path))
+        return opened(path, flags, *args)
+
+    monkeypatch.setattr(atomic.os, "open", another_users_file)
+    with atomic.one_writer(shared, "release promote"):
+        pass
+    holder = hold_models_directory(shared, "release deploy")  # the same lock, held by the first user
+    try:
+        with pytest.raises(atomic.DirectoryBusy, match="being written by release deploy"):
+            with atomic.one_writer(shared, "release promote"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
