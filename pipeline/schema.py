@@ -42,6 +42,7 @@ class Column:
     min: float | None = None
     max: float | None = None
     allowed: tuple[str, ...] | None = None
+    optional: bool = False  # the file may leave the column out: read as empty (null) on every row
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,8 @@ RAW_SCHEMAS: dict[str, RawFile] = {
             Column("item_nbr", pa.int32(), min=1),
             # Negative values are returns; zero-sales days are absent from the file.
             Column("unit_sales", pa.float64(), min=-1e6, max=1e6),
-            Column("onpromotion", pa.bool_(), nullable=True),
+            # Empty where unknown (Favorita before 2014-04); a file without promotions may leave the column out.
+            Column("onpromotion", pa.bool_(), nullable=True, optional=True),
         ),
         key=("date", "store_nbr", "item_nbr"),
         references={"store_nbr": ("stores", "store_nbr"), "item_nbr": ("items", "item_nbr")},
@@ -87,7 +89,7 @@ RAW_SCHEMAS: dict[str, RawFile] = {
             Column("date", _DATE),
             Column("store_nbr", pa.int32(), min=1, max=32767),
             Column("item_nbr", pa.int32(), min=1),
-            Column("onpromotion", pa.bool_(), nullable=True),
+            Column("onpromotion", pa.bool_(), nullable=True, optional=True),
         ),
         key=("date", "store_nbr", "item_nbr"),
         references={"store_nbr": ("stores", "store_nbr"), "item_nbr": ("items", "item_nbr")},

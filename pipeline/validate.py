@@ -155,11 +155,12 @@ def _header(path: Path, strip: bool = True) -> list[str]:
 
 def _check_header(path: Path, spec: RawFile) -> None:
     names = _header(path)
-    missing = [c for c in spec.column_names if c not in names]
+    missing = [c.name for c in spec.columns if c.name not in names and not c.optional]
     if missing:
         hint = ""
         for delimiter, shown in ((";", ";"), ("\t", "tab")):
-            if len(names) == 1 and set(spec.column_names) <= {n.strip().strip('"') for n in names[0].split(delimiter)}:
+            if len(names) == 1 and {c.name for c in spec.columns if not c.optional} <= {
+                    n.strip().strip('"') for n in names[0].split(delimiter)}:
                 hint = f": the file seems to use {shown} as delimiter; Shelfcast reads comma-separated files"
         raise DataValidationError(f"{path.name}: column '{missing[0]}': missing (header has: {', '.join(names)})"
                                   f"{hint}")
@@ -238,12 +239,19 @@ def _batches(
     try:
         reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block_size),
                                 convert_options=_convert_options(spec, as_text))
-        if sorted(reader.schema.names) != sorted(spec.column_names):  # e.g. a quote or \r inside the header
+        names = reader.schema.names
+        left_out = [c for c in spec.columns if c.optional and c.name not in names]
+        if sorted(names + [c.name for c in left_out]) != sorted(spec.column_names):  # a quote or \r in the header
             raise DataValidationError(f"{path.name}: line 1: the header does not read as the columns "
-                                      f"{', '.join(spec.column_names)} (got {', '.join(reader.schema.names)})")
+                                      f"{', '.join(spec.column_names)} (got {', '.join(names)})")
         rows = 0
         for batch in reader:
             rows += batch.num_rows
+            if left_out:  # as if the column were there with every value empty
+                batch = pa.RecordBatch.from_arrays(
+                    [batch.column(c.name) if c.name in names else pa.nulls(batch.num_rows, pa.string() if as_text
+                                                                             else c.type) for c in spec.columns],
+                    names=list(spec.column_names))
             yield batch
         if not as_text:
             _check_complete_last_line(path, spec, stream.tail, rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,40 @@ def test_values_and_promotions_match_the_raw_rows(prepared):
     np.testing.assert_array_equal(joined["onpromotion_prepared"], raw["onpromotion"].fillna(False).astype(bool))
     weighed = joined.xs(108079, level="item_nbr")["unit_sales_prepared"]
     assert (weighed % 1 != 0).any()  # fractional units survive
+
+
+def test_files_without_a_promotion_column_read_as_promotions_unknown(kaggle_sample, tmp_path):
+    """A store's export without promotions: train.csv and test.csv may leave out onpromotion (both were refused
+    as "column 'onpromotion': missing", though an empty column was allowed); every promotion is then unknown,
+    exactly as with the column present and every value empty."""
+    def without_promotions(text: str) -> str:
+        lines = text.splitlines()
+        drop = lines[0].split(",").index("onpromotion")
+        return "\n".join(",".join(f for i, f in enumerate(line.split(",")) if i != drop) for line in lines) + "\n"
+
+    def emptied(text: str) -> str:
+        lines = text.splitlines()
+        drop = lines[0].split(",").index("onpromotion")
+        return "\n".join([lines[0]] + [",".join("" if i == drop else f for i, f in enumerate(line.split(",")))
+                                        for line in lines[1:]]) + "\n"
+
+    outputs = {}
+    for name, change in (("left out", without_promotions), ("empty", emptied)):
+        raw = tmp_path / name
+        raw.mkdir()
+        for path in kaggle_sample.iterdir():  # written plain (the sample gzips some)
+            data = path.read_bytes()
+            text = (gzip.decompress(data) if path.suffix == ".gz" else data).decode("utf-8")
+            stem = path.name.removesuffix(".gz").removesuffix(".csv")
+            (raw / f"{stem}.csv").write_text(change(text) if stem in ("train", "test") else text, encoding="utf-8")
+        assert "onpromotion" not in (raw / "train.csv").read_text().splitlines()[0] or name == "empty"
+        outputs[name] = tmp_path / f"prepared-{name}"
+        prepare(raw, outputs[name], PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    sales = _sales(outputs["left out"])
+    assert len(sales) > 0 and not sales["onpromotion_known"].any() and not sales["onpromotion"].any()
+    pd.testing.assert_frame_equal(sales, _sales(outputs["empty"]))
+    pd.testing.assert_frame_equal(pd.read_parquet(outputs["left out"] / "test.parquet"),
+                                  pd.read_parquet(outputs["empty"] / "test.parquet"))
 
 
 def test_returns_zeroed_or_kept(kaggle_sample, tmp_path):

@@ -45,8 +45,9 @@ def _holiday_line(starts: str) -> int:
 
 
 CASES = {
-    "missing column": ("train", lambda t: "\n".join(",".join(line.split(",")[:5]) for line in t.splitlines()) + "\n",
-                       ["train.csv", "'onpromotion'", "missing"]),
+    "missing column": ("train", lambda t: "\n".join(",".join(f for i, f in enumerate(line.split(",")) if i != 4)
+                                                   for line in t.splitlines()) + "\n",
+                       ["train.csv", "'unit_sales'", "missing"]),
     "unknown column": ("stores", lambda t: t.replace("cluster\n", "cluster,extra\n").replace(",13\n", ",13,x\n")
                        .replace(",5\n", ",5,x\n").replace(",6\n", ",6,x\n"), ["stores.csv", "'extra'"]),
     "bad date": ("train", lambda t: _replace_line(t, 40, _train_line(40).replace("2014-03-", "2014-02-3", 1)),
