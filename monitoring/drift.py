@@ -113,8 +113,9 @@ DRIFT_TAG = "shelfcast.drift"
 
 
 def _alarmable(report: Mapping[str, Any]) -> dict[str, float]:
-    """PSI of every feature that can raise the alarm (calendar features are shown, not alarmed)."""
-    psi = {name: record["psi"] for name, record in report["features"].items() if record.get("role") != "calendar"}
+    """PSI of every feature that can raise the alarm (calendar and unweighted features are shown, not alarmed)."""
+    psi = {name: record["psi"] for name, record in report["features"].items()
+           if record.get("role") not in ("calendar", "unweighted")}
     psi.update({f"category {name}": record["psi"] for name, record in report["categorical"].items()})
     return psi
 
@@ -142,6 +143,8 @@ def summary_line(report: Mapping[str, Any], html_path: Path) -> str:
     categorical = sum(r["drifted"] for r in report["categorical"].values())
     calendar = len(report.get("not_alarmed", {}).get("features", []))
     shown = f"; {calendar} calendar feature(s) shown, not alarmed" if calendar else ""
+    unweighted = len(report.get("unweighted", {}).get("features", []))
+    shown += f"; {unweighted} feature(s) the model gives no weight shown, not alarmed" if unweighted else ""
     rows = (*report["features"].values(), *report["categorical"].values())
     unsure = sum(r.get("verdict") == "inconclusive" for r in rows)
     shown += f"; {unsure} inconclusive (too few events to tell)" if unsure else ""

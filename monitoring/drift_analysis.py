@@ -32,10 +32,14 @@ from pipeline.actuals import ActualsError
 from pipeline.drift_stats import ROLE_CALENDAR, ROLE_HISTORY, feature_role
 from pipeline.features import ITEM_FIELDS, STORE_FIELDS
 from pipeline.metrics import MetricInputError, improvement_interval, nwrmsle, perishable_weights
+from pipeline.models import CONSTANT_FEATURE_STD
 
 CALENDAR_REASON = ("set by the requested date (and the store's holidays), which the app keeps inside the "
                    "bundle's forecast window: a shift here says which days clients ask for, not that the data "
                    "changed; shown, not alarmed")
+ROLE_UNWEIGHTED = "unweighted"  # constant in training: the model gives it no weight (pipeline/models.py)
+UNWEIGHTED_REASON = ("the same in every training example (e.g. no promotion ever recorded), so the model gives it "
+                     "no weight: no value of it moves a forecast; shown, not alarmed")
 TRAINING_REFERENCE_NOTE = ("this bundle has no served-horizon reference (made before it existed): requests are "
                            "compared with the training rows, from earlier origins; "
                            "retrain for a like-for-like reference")
@@ -64,6 +68,8 @@ def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: 
     test_name = "KS" if test.test == "ks" else "chi-square"
     if role == ROLE_CALENDAR:
         verdict, note = VERDICT_NOT_ALARMED, CALENDAR_REASON
+    elif role == ROLE_UNWEIGHTED:
+        verdict, note = VERDICT_NOT_ALARMED, UNWEIGHTED_REASON
     elif shifted:
         verdict, note = VERDICT_DRIFT, f"PSI {test.psi:.3f} > {psi_alert} and {test_name} p={test.p_value:.2g}"
     elif test.test == "chi2" and events and test.cells < 2 <= test.categories:  # more events would tell
@@ -180,6 +186,7 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
         "thresholds": params.__dict__.copy(),
         "features": {}, "categorical": {}, "unseen": {}, "prediction": None, "live": None,
         "not_alarmed": {"features": [], "reason": CALENDAR_REASON},
+        "unweighted": {"features": [], "reason": UNWEIGHTED_REASON},
         "alarm": False, "reasons": [], "status": "ok", "unseen_over_bound": [],
     }
     if data.rows < params.min_events:
@@ -189,15 +196,21 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
     reasons: list[str] = []
     for name in dense_names:
         expected = reference["dense"][name]
-        if expected.get("count", 0) == 0:
-            continue
-        role = reference["roles"].get(name, feature_role(name))
+        trained = training_stats.get("dense", {}).get(name, {})
+        unweighted = trained.get("count", 0) > 0 and trained.get("std", 1.0) <= CONSTANT_FEATURE_STD
+        if expected.get("count", 0) == 0:  # no served reference (no known promotion): what training saw, if constant
+            if not unweighted:
+                continue
+            expected = trained
+        role = ROLE_UNWEIGHTED if unweighted else reference["roles"].get(name, feature_role(name))
         record = _shift_record(numeric_shift(data.dense[name], expected), params, params.psi_alert, role, data.rows)
         record["live_mean"] = float(np.mean(data.dense[name])) if data.rows else None
         record["train_mean"] = expected.get("mean")
         report["features"][name] = record
         if role == ROLE_CALENDAR:
             report["not_alarmed"]["features"].append(name)
+        elif role == ROLE_UNWEIGHTED:
+            report["unweighted"]["features"].append(name)
         if record["drifted"]:
             reasons.append(f"feature {name}: {record['note']}")
     for name, expected in reference["categorical"].items():

@@ -52,7 +52,7 @@ def _shift_rows(records: Mapping[str, Mapping[str, Any]], unseen: Mapping[str, f
         bins = record["bins"]
         verdict = record.get("verdict", "drift" if record["drifted"] else "ok")
         flag = VERDICT_HTML.get(verdict, escape(verdict))
-        if record.get("note") and verdict != "not alarmed":
+        if record.get("note") and (verdict != "not alarmed" or record.get("role") == "unweighted"):
             flag += f"<br><small>{escape(record['note'])}</small>"
         extra = f"<td>{unseen.get(name, 0.0):.1%}</td>" if unseen is not None else ""
         rows.append(f"<tr><td>{escape(name)}</td><td>{record['psi']:.3f}</td><td>{record['test']}</td>"
@@ -68,8 +68,8 @@ def _reference_html(report: Mapping[str, Any]) -> str:
         text = (f"Reference: the features of the requests this bundle serves — every store × item of its snapshot at "
                 f"origin {escape(str(reference.get('origin')))}, on each day {escape(str(dates[0]))} … "
                 f"{escape(str(dates[-1]))} ({_number(reference.get('rows'))} rows sampled); the promotion flag "
-                "as in training. Forecasts are compared with the model's own on its inner-validation window "
-                "(one origin, every horizon day).")
+                "as in the training rows where it was known. Forecasts are compared with the model's own on its "
+                "inner-validation window (one origin, every horizon day).")
     else:
         text = f"Reference: the training rows. {escape(str(reference.get('note', '')))}"
     return f'<p id="drift-reference">{text}</p>'

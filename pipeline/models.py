@@ -95,11 +95,14 @@ class ModelConfig:
                 "embedding_dims": self.embedding_dims, "hidden_units": list(self.hidden_units)}
 
 
+CONSTANT_FEATURE_STD = 1e-6  # a training feature with no larger std is constant: the model gives it no weight
+
+
 def normalization(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-feature mean and std of the training features (std 1 for constant features), and which are constant."""
     mean = dense.mean(axis=0, dtype=np.float64)
     std = dense.std(axis=0, dtype=np.float64)
-    constant = std <= 1e-6
+    constant = std <= CONSTANT_FEATURE_STD
     return mean.astype(np.float32), np.where(constant, 1.0, std).astype(np.float32), constant
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from monitoring import drift, drift_analysis
 from monitoring.drift_analysis import analyse
 from monitoring.drift_params import DriftParams, DriftParamsError, load_drift_params
 from pipeline.actuals import read_actuals
+from pipeline.drift_stats import distribution
 
 STREAM_EVENTS = 1500
 
@@ -308,9 +311,32 @@ def test_requests_for_one_day_of_the_window_alarm_on_no_calendar_feature(bundle_
     code, report, html = run_cli(tmp_path, production_bundle, events)
     assert code == drift.EXIT_OK, report["reasons"]
     assert any(report["features"][n]["psi"] > 1.0 for n in calendar)  # shown: clients ask for one day
-    assert sorted(report["not_alarmed"]["features"]) == sorted(calendar)
+    # calendar features constant in the tiny bundle's training (a local holiday) are shown as unweighted instead
+    assert set(report["not_alarmed"]["features"]) <= set(calendar)
+    assert set(calendar) <= set(report["not_alarmed"]["features"]) | set(report["unweighted"]["features"])
     summary = drift.drift_summary_event(report)["drift"]  # what the Kibana drift panel plots
     assert summary["max_feature_psi_name"] not in calendar and summary["max_feature_psi"] < 1.0
+
+
+def test_a_feature_constant_in_training_is_shown_not_alarmed(bundle_parts, stream):
+    """A store's data without promotions: every training example has target_onpromotion 0, so the model gives it no
+    weight (pipeline/models.py). Traffic flagged promoted alarmed when the files said False, and was left out of
+    the report without a word when they said nothing (no known flag: an empty served reference)."""
+    metadata, stats = bundle_parts
+    events = stream(STREAM_EVENTS, seed=11, shift=promotion_everywhere)
+    for served_known in (True, False):
+        constant = copy.deepcopy(stats)
+        constant["dense"]["target_onpromotion"] = distribution(np.zeros(1000, np.float32))
+        if not served_known:
+            constant["served"]["dense"]["target_onpromotion"] = {"count": 0}
+        report = analyse(events, metadata, constant, DriftParams())
+        record = report["features"]["target_onpromotion"]
+        assert (record["role"], record["verdict"]) == ("unweighted", "not alarmed") and "no weight" in record["note"]
+        assert "target_onpromotion" in report["unweighted"]["features"]
+        assert not any("target_onpromotion" in reason for reason in report["reasons"]), report["reasons"]
+        assert "feature(s) the model gives no weight shown, not alarmed" in drift.summary_line(report, Path("r.html"))
+    report = analyse(events, metadata, stats, DriftParams())  # the flag varied in training: the same traffic alarms
+    assert any(reason.startswith("feature target_onpromotion: PSI") for reason in report["reasons"])
 
 
 def test_the_served_reference_covers_the_bundle_window_only(bundle_parts):
