@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
-from monitoring.drift_analysis import analyse
+from monitoring.drift_analysis import ROLE_UNWEIGHTED, analyse
 from pipeline.actuals import ActualsError, read_actuals
 from monitoring.drift_params import DriftParamsError, load_drift_params
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, DEFAULT_PREDICTION_LOG, ENV_PREDICTION_LOG,
@@ -34,6 +34,7 @@ from monitoring.report_html import render_report
 from monitoring.serving_data import EventShapeError
 from pipeline.atomic import write_json_atomic, write_text_atomic
 from pipeline.bundle import BundleError, verify_bundle
+from pipeline.drift_stats import ROLE_CALENDAR
 
 DEFAULT_BUNDLE = Path("models/production")
 DEFAULT_OUTPUT_DIR = Path("logs/drift")
@@ -115,7 +116,7 @@ DRIFT_TAG = "shelfcast.drift"
 def _alarmable(report: Mapping[str, Any]) -> dict[str, float]:
     """PSI of every feature that can raise the alarm (calendar and unweighted features are shown, not alarmed)."""
     psi = {name: record["psi"] for name, record in report["features"].items()
-           if record.get("role") not in ("calendar", "unweighted")}
+           if record.get("role") not in (ROLE_CALENDAR, ROLE_UNWEIGHTED)}
     psi.update({f"category {name}": record["psi"] for name, record in report["categorical"].items()})
     return psi
 
