@@ -89,6 +89,8 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
                     "last_date": {"type": "string", "format": "date"}}},
                 "stores": {"type": "array", "items": {"$ref": "#/components/schemas/Store"}},
                 "items": {"type": "integer", "description": "how many items the model knows (search: /api/v1/items)"},
+                "promotion_has_effect": {"type": "boolean", "description": "false when no training example was on "
+                                         "promotion (data without promotions): onpromotion changes no forecast"},
             },
         },
         "Store": {"type": "object", "required": ["store_nbr", "city", "type", "cluster", "label"],

@@ -29,6 +29,7 @@ from app.catalog import Catalog
 from pipeline.bundle import EXPECTED_OUTPUT, PREDICTION_OUTPUT, BundleError, ModelBundle, load_bundle
 from pipeline.features import (CATEGORICAL_FIELDS, SMALL_BATCH_ROWS, FeatureMatrix, dense_feature_names,
                                rows_from_snapshot)
+from pipeline.models import CONSTANT_FEATURE_STD
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,13 @@ class LoadedModel:
         return {"dense": dict(zip(self.dense_names, matrix.dense[row].tolist())),
                 "categorical": dict(zip(CATEGORICAL_FIELDS, matrix.categorical[row].tolist()))}
 
+    @property
+    def promotion_has_effect(self) -> bool:
+        """False when no training example was on promotion (the user's data has none): the model gives the
+        request's flag no weight (pipeline/models.py), so it changes no forecast. Bundles without stats: True."""
+        trained = self.bundle.training_stats.get("dense", {}).get("target_onpromotion", {})
+        return not trained.get("count") or trained.get("std", 1.0) > CONSTANT_FEATURE_STD
+
     def describe(self) -> dict:
         meta = self.bundle.metadata
         return {
@@ -169,6 +177,7 @@ class LoadedModel:
             "code_version": meta.get("code_version"), "data_version": meta.get("data_version"),
             "git_commit": meta.get("git_commit"), "mlflow_run_id": meta.get("mlflow_run_id"),
             "stores": [store.to_json() for store in self.catalog.stores.values()], "items": len(self.catalog.items),
+            "promotion_has_effect": self.promotion_has_effect,
         }
 
 
