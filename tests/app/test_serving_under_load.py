@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# A real server, client processes and a Fluentd receiver at once: a full-stack load run, so with the
+# end-to-end suites (make test-slow, one test at a time) rather than beside make test's parallel workers.
+pytestmark = pytest.mark.slow
 
 
 def test_every_request_is_answered_and_logged_to_fluentd_exactly_once(app_bundles):
