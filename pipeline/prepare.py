@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -438,6 +439,11 @@ def _grids_on_cluster(client, raw_dir: Path, partitions: StorePartitions, calend
     return total
 
 
+NO_PROMOTIONS_WARNING = ("train.csv gives no promotion on any row (no onpromotion column, or every value empty): "
+                         "every promotion counts as unknown, and the model will give a request's onpromotion no "
+                         "weight")
+
+
 def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool = True, client=None) -> str:
     """Validate and prepare ``raw_dir`` into ``out_dir``; pass 2 on the cluster's workers when ``client`` is given."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
@@ -469,6 +475,9 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool 
                     partitions.path(store).unlink()
         finally:
             writer.close()
+        known = pq.read_table(sales_path, columns=["onpromotion_known"])["onpromotion_known"]
+        if total_rows and not pc.any(known).as_py():
+            print(f"prepare: warning: {NO_PROMOTIONS_WARNING}", file=sys.stderr, flush=True)
         shutil.rmtree(workdir)
         for name, table in side_tables(reference, calendar, test).items():
             write_parquet(table, staging / f"{name}.parquet")

@@ -64,6 +64,11 @@ def test_grid_is_zero_filled_from_each_items_first_sale(prepared):
     assert not zero_days["onpromotion_known"].any()
 
 
+def test_data_with_promotions_gets_no_warning_about_them(kaggle_sample, tmp_path, capsys):
+    prepare(kaggle_sample, tmp_path / "prepared", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    assert "promotion" not in capsys.readouterr().err
+
+
 def test_values_and_promotions_match_the_raw_rows(prepared):
     sales = _sales(prepared[0]).set_index(["date", "store_nbr", "item_nbr"])
     raw = pd.read_csv(pd.io.common.StringIO(kaggle_sample_files()["train"]), parse_dates=["date"])
@@ -77,7 +82,7 @@ def test_values_and_promotions_match_the_raw_rows(prepared):
     assert (weighed % 1 != 0).any()  # fractional units survive
 
 
-def test_files_without_a_promotion_column_read_as_promotions_unknown(kaggle_sample, tmp_path):
+def test_files_without_a_promotion_column_read_as_promotions_unknown(kaggle_sample, tmp_path, capsys):
     """A store's export without promotions: train.csv and test.csv may leave out onpromotion (both were refused
     as "column 'onpromotion': missing", though an empty column was allowed); every promotion is then unknown,
     exactly as with the column present and every value empty."""
@@ -104,6 +109,7 @@ def test_files_without_a_promotion_column_read_as_promotions_unknown(kaggle_samp
         assert "onpromotion" not in (raw / "train.csv").read_text().splitlines()[0] or name == "empty"
         outputs[name] = tmp_path / f"prepared-{name}"
         prepare(raw, outputs[name], PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+        assert "prepare: warning: train.csv gives no promotion on any row" in capsys.readouterr().err  # says so
     sales = _sales(outputs["left out"])
     assert len(sales) > 0 and not sales["onpromotion_known"].any() and not sales["onpromotion"].any()
     pd.testing.assert_frame_equal(sales, _sales(outputs["empty"]))
