@@ -392,8 +392,13 @@ def _concat_slice_grad(op, g):
     return [create("ConcatV2", parts, {"axis": op.attrs["axis"]})] + [None] * len(values)
 
 
+def _concat_slice_reference(op, ctx):
+    axis, index = op.attrs["axis"], op.attrs["index"]
+    return lambda g, *values: np.split(g, np.cumsum([v.shape[axis] for v in values])[:-1], axis=axis)[index].copy()
+
+
 register("ConcatSlice", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1 + attrs["index"]].shape)],
-         kernel=_concat_slice_kernel, reference=NUMPY_KERNEL,
+         kernel=_concat_slice_kernel, reference=_concat_slice_reference,
          examples=_float_examples((((2, 5), (2, 2), (2, 3)), {"axis": 1, "index": 1}),
                                   (((5, 2), (2, 2), (3, 2)), {"axis": 0, "index": 0})),
          grad=_concat_slice_grad, shape_only_inputs=slice(1, None), output_aliases="input")
@@ -612,8 +617,19 @@ def _broadcast_reduced_grad(op, g):
     return [reshape_like(reduced, op.inputs[0]), None]
 
 
+def _broadcast_reduced_reference(op, ctx):
+    axis, keepdims, mean = op.attrs["axis"], op.attrs["keepdims"], op.attrs["mean"]
+
+    def expand(g, x):
+        axes = tuple(range(x.ndim)) if axis is None else tuple(a % x.ndim for a in np.atleast_1d(axis))
+        g = g if keepdims else np.expand_dims(g, axes)
+        return np.broadcast_to(g / max(math.prod(x.shape[a] for a in axes), 1) if mean else g, x.shape).copy()
+
+    return expand
+
+
 register("BroadcastReduced", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1].shape)],
-         kernel=_broadcast_reduced_kernel, reference=NUMPY_KERNEL,
+         kernel=_broadcast_reduced_kernel, reference=_broadcast_reduced_reference,
          examples=_float_examples((((4,), (3, 4)), {"axis": 0, "keepdims": False, "mean": False}),
                                   (((3, 1), (3, 4)), {"axis": 1, "keepdims": True, "mean": True}),
                                   (((), (2, 3)), {"axis": None, "keepdims": False, "mean": True})),
