@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import stat
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -118,6 +119,9 @@ class Spool:
         self._unopenable: set[str] = set()  # segments this process cannot open: logged once each, left alone
         self._disk_full = False  # set by a failed write, cleared by the next enforce_limit() that began after it
         self._last_warning = 0.0
+        self._unlogged_drops = 0  # drops since the last drop message: the next one (or close) reports them
+        self._warn_lock = threading.Lock()
+        _check_writable(self.root)
         self.segment_paths()  # reads the newest name already in the spool (a restart after a clock step)
 
     # --- writing (request threads) ---------------------------------------------------
@@ -139,9 +143,11 @@ class Spool:
                     raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)")
             except OSError as exc:
                 self._disk_full = True
-                self._warn(f"event spool {self.root}: write failed ({exc}); events are dropped until "
-                           "the oldest are deleted to make room")
+                until = ("the oldest are deleted to make room" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                         else "a write succeeds again (the oldest are deleted meanwhile)")
                 self._count("dropped", 1)
+                self._warn(f"event spool {self.root}: write failed ({exc}); events are dropped until {until}",
+                           dropped=1)
                 return False
             self._size += written
             self._lines += 1
@@ -239,6 +245,7 @@ class Spool:
         with self._lock:
             self._seal_locked()
         self.sync()
+        self._warn("", force=True)  # drops not reported yet: this process will not say them later
 
     def claim_next(self, held: set[Path]) -> Segment | None:
         """The oldest sealed segment no process holds, locked for this process; None if none."""
@@ -292,7 +299,9 @@ class Spool:
         if dropped:
             self._count("dropped", dropped)
             self._warn(f"event spool {self.root}: over its limit of {self.max_bytes} bytes or out of disk; "
-                       f"dropped the {dropped} oldest events")
+                       f"dropped the {dropped} oldest events", dropped=dropped)
+        else:
+            self._warn("")  # reports drops the last messages held back, once 10 s have passed
         self._remove_orphans()
         return dropped
 
@@ -361,11 +370,33 @@ class Spool:
                 if segment is not None:
                     segment.release(delete=True)
 
-    def _warn(self, message: str) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= 10.0:  # a full disk must not flood the log as well
-            self._last_warning = now
-            log.error(message)
+    def _warn(self, message: str, dropped: int = 0, force: bool = False) -> None:
+        """Log ``message`` (which drops ``dropped`` events) at most once per 10 s, so a full disk cannot flood
+        the log; the drops of messages held back are added to the next one that is logged (or, with no
+        message, to a line of their own), so the logged drops add up to the dropped count."""
+        with self._warn_lock:  # request threads (holding self._lock) and the delivery thread both come here
+            now = time.monotonic()
+            self._unlogged_drops += dropped
+            if (now - self._last_warning < 10.0 and not force) or not (message or self._unlogged_drops):
+                return
+            held_back = self._unlogged_drops - dropped
+            if held_back:
+                message = (f"{message}; " if message else f"event spool {self.root}: ") + \
+                    f"{held_back} more events dropped since the last message"
+            self._last_warning, self._unlogged_drops = now, 0
+        log.error(message)
+
+
+def _check_writable(root: Path) -> None:
+    """OSError naming ``root`` unless a file can be made in it: a spool that cannot be written would answer
+    every request and drop every event, so the process stops at start instead."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".writable-", dir=root)
+    except OSError as exc:
+        raise OSError(exc.errno, f"event spool {root}: cannot create files in it ({exc.strerror})", str(root)) \
+            from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _name_stamp(name: str) -> int | None:
