@@ -1,32 +1,100 @@
-"""deploy/nginx.conf (the buffering proxy docker-compose puts in front of the app) is valid nginx configuration.
+"""deploy/nginx.conf (the buffering proxy docker-compose puts in front of the app): valid nginx configuration,
+and what it adds in front of gunicorn (pipelined requests answered at once).
 
-Checked with the real `nginx -t` when nginx is installed (apt-get install nginx-light); skipped otherwise.
-The upstream `app:5005` is a compose service name, so the check points it at 127.0.0.1.
+Checked with the real nginx when it is installed (apt-get install nginx-light: `.ci/run` does, through
+scripts/install_nginx.sh); skipped otherwise. The upstream `app:5005` is a compose service name, so the
+tests point it at 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from app import launch
+
 CONF = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
 
 
-def test_the_proxy_configuration_passes_nginx_t(tmp_path: Path) -> None:
+def nginx_binary() -> str:
     nginx = shutil.which("nginx") or (shutil.which("nginx", path="/usr/sbin"))
     if nginx is None:
         pytest.skip("nginx is not installed (apt-get install nginx-light)")
+    return nginx
+
+
+def proxy_config(tmp_path: Path, upstream_port: int, listen_port: int) -> Path:
+    """deploy/nginx.conf with the app at 127.0.0.1:``upstream_port``, listening on ``listen_port``, in the
+    foreground and writing only under ``tmp_path``."""
     text = CONF.read_text(encoding="utf-8")
     assert "server app:5005;" in text and "client_max_body_size 1m;" in text and "proxy_request_buffering on;" in text
-    (tmp_path / "site.conf").write_text(text.replace("server app:5005;", "server 127.0.0.1:5005;")
-                                        .replace("listen 5005;", "listen 127.0.0.1:15005;"))  # -t binds nothing
+    (tmp_path / "site.conf").write_text(text.replace("server app:5005;", f"server 127.0.0.1:{upstream_port};")
+                                        .replace("listen 5005;", f"listen 127.0.0.1:{listen_port};"))
     (tmp_path / "nginx.conf").write_text(
-        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{ worker_connections 64; }}\n"
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\ndaemon off;\n"
+        f"events {{ worker_connections 64; }}\n"
         f"http {{ access_log off; client_body_temp_path {tmp_path}/body; proxy_temp_path {tmp_path}/proxy;\n"
         f"include {tmp_path}/site.conf; }}\n")
-    checked = subprocess.run([nginx, "-t", "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True,
-                             timeout=30)
+    return tmp_path / "nginx.conf"
+
+
+def test_the_proxy_configuration_passes_nginx_t(tmp_path: Path) -> None:
+    config = proxy_config(tmp_path, 5005, 15005)  # -t binds nothing
+    checked = subprocess.run([nginx_binary(), "-t", "-c", str(config)], capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0, checked.stderr
+
+
+def pipelined_answers(port: int, requests: int, wait_s: float) -> tuple[int, float]:
+    """Send ``requests`` GET /healthz in one write on one connection: how many 200s came back within
+    ``wait_s``, and when the last of them did."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as client:
+        started = time.monotonic()
+        client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * requests)
+        received, last = b"", 0.0
+        client.settimeout(0.2)
+        while received.count(b"HTTP/1.1 200") < requests and time.monotonic() - started < wait_s:
+            try:
+                chunk = client.recv(65536)
+            except socket.timeout:
+                continue
+            if not chunk:
+                break
+            received, last = received + chunk, time.monotonic() - started
+    return received.count(b"HTTP/1.1 200"), last
+
+
+@pytest.mark.slow  # ~10 s: a gunicorn server, and nginx when installed
+def test_pipelined_requests_wait_on_gunicorn_and_are_answered_at_once_behind_the_proxy(app_bundles, tmp_path):
+    """README "Slow clients, limits and headers": gunicorn's gthread worker answers the first of pipelined
+    requests and leaves the rest until the client sends more (or keep-alive closes); compose's nginx does not."""
+    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                           "SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl")}, tmp_path / "gunicorn.log")
+    try:
+        answered, _ = pipelined_answers(served.port, 3, wait_s=2.0)
+        assert answered == 1, "gunicorn answered pipelined requests at once: update the README's paragraph"
+        nginx = nginx_binary()
+        listen = launch.free_port()
+        proxy = subprocess.Popen([nginx, "-c", str(proxy_config(tmp_path, served.port, listen))],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", listen), timeout=1).close()
+                    break
+                except OSError:
+                    assert proxy.poll() is None and time.monotonic() < deadline, \
+                        (tmp_path / "error.log").read_text(errors="replace")
+                    time.sleep(0.05)
+            answered, last = pipelined_answers(listen, 3, wait_s=4.0)
+            assert answered == 3 and last < 1.0, (answered, last)
+        finally:
+            proxy.terminate()
+            proxy.wait(timeout=10)
+    finally:
+        served.stop()
