@@ -33,6 +33,11 @@ REQUEST_DURATION = Histogram(
     ["endpoint"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0))
 EVENTS = Counter("shelfcast_prediction_events", "Prediction events by outcome (emitted, spooled, sent, dropped, ...)",
                  ["outcome"])
+UNFORECASTABLE = Counter(
+    "shelfcast_unforecastable_instances", "Instances the API refused (422) because the served model cannot forecast "
+    "them, by field: store_nbr and item_nbr a store or item it was not trained on, date a day outside its horizon. "
+    "They are not predictions, so no event and no drift report shows them: new items show here first",
+    ["field"])
 MODEL = Gauge("shelfcast_model_info", "1 for each model a live worker serves: its release variant (production, "
               "canary, shadow), version and kind", ["variant", "version", "kind"], multiprocess_mode="livemax")
 

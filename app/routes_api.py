@@ -9,6 +9,7 @@ from flask import Blueprint, g, jsonify, request
 from app.catalog import MAX_QUERY
 from app.errors import error_response
 from app.examples import example_for
+from app.metrics import UNFORECASTABLE, labelled
 from app.openapi import openapi_document
 from app.variants import installed_candidates, predict_with_variants
 from app.state import serving_state
@@ -70,7 +71,12 @@ def predict():
     model, unavailable = model_or_503()
     if unavailable is not None:
         return unavailable
-    check_forecastable(instances, model)
+    try:
+        check_forecastable(instances, model)
+    except InputError as refused:
+        for error in refused.errors:  # instances[3].item_nbr -> item_nbr
+            labelled(UNFORECASTABLE, error.field.rsplit(".", 1)[-1]).inc()
+        raise
     g.candidates = installed_candidates(state.variants)
     predictions, answered_by, shadow = predict_with_variants(model, state.variants, g.candidates, instances,
                                                              state.sink, g.request_id, g.started, source="api")

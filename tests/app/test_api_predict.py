@@ -162,6 +162,25 @@ def test_unknown_store_item_and_dates_outside_the_horizon_are_422_naming_each(se
     assert served.events() == []  # nothing was predicted, nothing logged
 
 
+def test_refused_instances_are_counted_by_field_in_metrics(served):
+    """Refused requests make no event, so drift cannot see a shift to items the model does not know (a probe:
+    2,989 of 3,000 requests refused, drift said only "11 events are too few"); /metrics counts them."""
+    from prometheus_client import REGISTRY
+
+    def counted(field):
+        return REGISTRY.get_sample_value("shelfcast_unforecastable_instances_total", {"field": field}) or 0.0
+
+    model = served.model
+    before = {field: counted(field) for field in ("store_nbr", "item_nbr", "date")}
+    unknown_item = an_instance(served, item_nbr=max(model.catalog.items) + 1)
+    response = served.client.post("/api/v1/predict", json={"instances": [unknown_item, unknown_item,
+                                                                          an_instance(served)]})
+    assert response.status_code == 422
+    assert counted("item_nbr") - before["item_nbr"] == 2
+    assert counted("store_nbr") == before["store_nbr"] and counted("date") == before["date"]
+    assert "shelfcast_unforecastable_instances_total{field=\"item_nbr\"}" in served.client.get("/metrics").text
+
+
 def test_no_model_loaded_is_503_not_500(make_app, tmp_path):
     served = make_app(tmp_path / "models" / "production")
     response = served.client.post("/api/v1/predict", json={"instances": [
