@@ -146,7 +146,7 @@ def summary_line(report: Mapping[str, Any], html_path: Path) -> str:
     shown = f"; {calendar} calendar feature(s) shown, not alarmed" if calendar else ""
     unweighted = len(report.get("unweighted", {}).get("features", []))
     shown += f"; {unweighted} feature(s) the model gives no weight shown, not alarmed" if unweighted else ""
-    rows = (*report["features"].values(), *report["categorical"].values())
+    rows = (*report["features"].values(), *report["categorical"].values(), *filter(None, [report.get("prediction")]))
     unsure = sum(r.get("verdict") == "inconclusive" for r in rows)
     shown += f"; {unsure} inconclusive (too few events to tell)" if unsure else ""
     set_aside = report.get("set_aside") or {}

@@ -44,7 +44,9 @@ TRAINING_REFERENCE_NOTE = ("this bundle has no served-horizon reference (made be
                            "compared with the training rows, from earlier origins; "
                            "retrain for a like-for-like reference")
 VERDICT_DRIFT, VERDICT_OK, VERDICT_INCONCLUSIVE, VERDICT_NOT_ALARMED = "drift", "ok", "inconclusive", "not alarmed"
-MIN_SERIES_FOR_RATIO = 30  # series with known sales below which the baseline ratio is shown, never alarmed
+MIN_LIVE_SERIES = 30  # series with known sales below which live accuracy (NWRMSLE, the baseline ratio) is shown,
+# never alarmed: one real, ordinary row scored 1.17 against the 0.9 bound; random real subsets of 20 rows
+# crossed it 2.5 % of the time
 VERDICT_FOLLOWS = "follows"  # a store's or item's attribute whose shift is its number's (see _follow_their_owner)
 OWNED_ATTRIBUTES = {"store_nbr": STORE_FIELDS, "item_nbr": ITEM_FIELDS}
 
@@ -143,6 +145,8 @@ def live_accuracy(data: ServingData, actuals: Mapping[tuple[int, int, str], floa
     if not matched:
         return live
     index = np.asarray(matched)
+    series = [f"{data.keys[i][0]}/{data.keys[i][1]}" for i in matched]
+    live["series"] = len(set(series))
     actual = np.asarray([actuals[data.keys[i]] for i in matched])
     perishable = np.asarray(data.categorical.get("perishable", ["0"] * data.rows))[index] == "1"
     weights = perishable_weights(perishable)
@@ -151,9 +155,7 @@ def live_accuracy(data: ServingData, actuals: Mapping[tuple[int, int, str], floa
         if baseline in data.dense:
             forecast = np.expm1(np.asarray(data.dense[baseline], np.float64)[index])
             live["baseline_nwrmsle"] = nwrmsle(actual, forecast, weights)
-            series = [f"{data.keys[i][0]}/{data.keys[i][1]}" for i in matched]
-            live["series"] = len(set(series))
-            if live["baseline_nwrmsle"] > 0 and live["series"] >= MIN_SERIES_FOR_RATIO:
+            if live["baseline_nwrmsle"] > 0 and live["series"] >= MIN_LIVE_SERIES:
                 interval = improvement_interval(series, actual, data.predictions[index], forecast, weights)
                 live["ratio_to_baseline"] = live["nwrmsle"] / live["baseline_nwrmsle"]
                 # an end is None where it is unbounded: draws of series only the baseline forecast exactly
@@ -248,13 +250,19 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
             elif baseline not in data.dense:
                 live["note"] = (f"no baseline ratio: the events carry no {baseline} feature (train.baseline_weeks is "
                                 "not among features.dow_weeks)")
-            elif live.get("series", 0) < MIN_SERIES_FOR_RATIO:
-                live["note"] = (f"no baseline ratio: {live.get('series', 0)} series with known sales, fewer than "
-                                f"{MIN_SERIES_FOR_RATIO}: too few to tell the model from the baseline")
+            elif live["series"] < MIN_LIVE_SERIES:
+                live["note"] = (f"no baseline ratio: {live['series']} series with known sales, fewer than "
+                                f"{MIN_LIVE_SERIES}: too few to tell the model from the baseline")
             else:
                 live["note"] = "no baseline ratio: the baseline's NWRMSLE is 0"
         report["live"] = live
         over_absolute = live["nwrmsle"] is not None and live["nwrmsle"] > params.max_live_nwrmsle
+        if over_absolute and live["series"] < MIN_LIVE_SERIES:  # a few rows' error is mostly luck: not alarmed
+            over_absolute = False
+            live["note"] = (f"{live['note']}; " if live.get("note") else "") + (
+                            f"live NWRMSLE {live['nwrmsle']:.4f} is over {params.max_live_nwrmsle}, but on "
+                            f"{live['series']} series with known sales, fewer than {MIN_LIVE_SERIES}: too few to "
+                            "tell a worse model from a few unlucky days; not alarmed")
         low_end = None if live["ratio_interval"] is None else live["ratio_interval"][0]
         over_baseline = live["ratio_interval"] is not None and (  # worse, with 95 % confidence (None: unbounded)
             low_end is None or low_end > params.max_live_ratio_to_baseline)

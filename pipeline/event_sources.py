@@ -100,8 +100,9 @@ def jsonl_files(path: Path) -> list[Path]:
         return [path]
     if path.is_dir():
         return sorted(p for p in path.glob("*.jsonl") if p.is_file())
-    raise EventSourceError(f"{path}: no such file or directory (prediction events are logged to "
-                           "logs/predictions.jsonl by default; serve some predictions first)")
+    raise EventSourceError(f"{path}: no such file or directory (the app logs prediction events to "
+                           f"{prediction_log()}, ${ENV_PREDICTION_LOG} or else {DEFAULT_PREDICTION_LOG}; serve some "
+                           "predictions first)")
 
 
 @dataclass

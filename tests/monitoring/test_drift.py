@@ -113,7 +113,7 @@ def test_live_accuracy_is_judged_against_the_weekday_baseline_on_the_same_rows(b
 @pytest.mark.parametrize("series", [3, 40])
 def test_series_the_baseline_forecasts_exactly_leave_a_writable_report(bundle_parts, stream, series):
     """Zero-sales series have a weekday baseline of exactly 0: bootstrap draws of only those gave -inf, whose
-    interpolated quantile was NaN, and writing drift.json failed (allow_nan=False). Under MIN_SERIES_FOR_RATIO
+    interpolated quantile was NaN, and writing drift.json failed (allow_nan=False). Under MIN_LIVE_SERIES
     series the ratio is not judged at all: one row once raised the '95 %' alarm."""
     metadata, stats = bundle_parts
     baseline = drift_analysis.baseline_feature(metadata)
@@ -130,10 +130,31 @@ def test_series_the_baseline_forecasts_exactly_leave_a_writable_report(bundle_pa
     report = analyse(events, metadata, stats, DriftParams(), actuals)
     json.dumps(report, allow_nan=False)  # what drift.json's writer does
     live = report["live"]
-    if series < drift_analysis.MIN_SERIES_FOR_RATIO:
+    if series < drift_analysis.MIN_LIVE_SERIES:
         assert live["ratio_to_baseline"] is None and "fewer than" in live["note"] and not live["over_bound"]
     else:
         assert live["ratio_to_baseline"] > 1 and None in live["ratio_interval"] and live["over_bound"]
+
+
+@pytest.mark.parametrize("series", [1, 20, 40])
+def test_live_nwrmsle_over_its_bound_alarms_only_on_enough_series(bundle_parts, stream, series):
+    """One real, ordinary row scored 1.17 against the 0.9 bound and raised the alarm (exit 1): random real
+    subsets of 20 rows crossed it 2.5 % of the time. Under MIN_LIVE_SERIES series it is shown, not alarmed."""
+    metadata, stats = bundle_parts
+    events = stream(series, seed=8)
+    actuals = {}
+    for i, event in enumerate(events):
+        event["inputs"]["item_nbr"] = 3_000_000 + i  # one row per series
+        event["output"]["unit_sales"] = 1.0
+        actuals[(str(event["inputs"]["store_nbr"]), str(event["inputs"]["item_nbr"]), event["inputs"]["date"])] = 30.0
+    report = analyse(events, metadata, stats, DriftParams(), actuals)
+    live = report["live"]
+    assert live["series"] == series and live["nwrmsle"] > DriftParams().max_live_nwrmsle
+    enough = series >= drift_analysis.MIN_LIVE_SERIES
+    assert live["over_bound"] is enough
+    assert any(reason.startswith("live NWRMSLE") for reason in report["reasons"]) is enough
+    if not enough:
+        assert "not alarmed" in live["note"] and f"on {series} series" in live["note"]
 
 
 def test_without_the_baseline_feature_live_accuracy_says_why_there_is_no_ratio(bundle_parts, stream):
@@ -412,6 +433,11 @@ def test_the_summary_line_states_the_verdict_once(stream, jsonl, production_bund
                   live={"nwrmsle": 1.2, "rows": 9, "over_bound": True}, unseen_over_bound=["item_nbr"])
     line = drift.summary_line(report, tmp_path / "d.html")
     assert "live accuracy over its bound, unseen categories" in line and "forecasts" not in line
+    # the forecasts' check counts among the inconclusive ones (a probe's report had 4, the line said 3)
+    for record in report["features"].values():
+        record["verdict"] = "ok"
+    report["prediction"] = {"verdict": "inconclusive", "drifted": False}
+    assert "; 1 inconclusive (too few events to tell)" in drift.summary_line(report, tmp_path / "d.html")
 
 
 def test_the_production_bundle_reference_moves_with_its_origin(tiny_bundle, bundle_parts, tmp_path):
