@@ -5,6 +5,9 @@ from __future__ import annotations
 from html import escape
 from typing import Any, Mapping, Sequence
 
+from monitoring.drift_analysis import ROLE_UNWEIGHTED
+from pipeline.drift_stats import ROLE_CALENDAR
+
 CHART_WIDTH, CHART_HEIGHT = 360, 120
 TRAIN_COLOUR, LIVE_COLOUR = "#8aa4c8", "#e07b39"
 
@@ -52,7 +55,7 @@ def _shift_rows(records: Mapping[str, Mapping[str, Any]], unseen: Mapping[str, f
         bins = record["bins"]
         verdict = record.get("verdict", "drift" if record["drifted"] else "ok")
         flag = VERDICT_HTML.get(verdict, escape(verdict))
-        if record.get("note") and (verdict != "not alarmed" or record.get("role") == "unweighted"):
+        if record.get("note") and (verdict != "not alarmed" or record.get("role") == ROLE_UNWEIGHTED):
             flag += f"<br><small>{escape(record['note'])}</small>"
         extra = f"<td>{unseen.get(name, 0.0):.1%}</td>" if unseen is not None else ""
         rows.append(f"<tr><td>{escape(name)}</td><td>{record['psi']:.3f}</td><td>{record['test']}</td>"
@@ -110,8 +113,8 @@ def render_report(report: Mapping[str, Any]) -> str:
             versus = f"; {escape(live['note'])}"
         live_html = (f"<h2>Live accuracy</h2><p>NWRMSLE {_number(live['nwrmsle'])} over {live['rows']} forecasts "
                      f"with known sales{versus}.</p>")
-    calendar = {n: r for n, r in report["features"].items() if r.get("role") == "calendar"}
-    alarmable = {n: r for n, r in report["features"].items() if r.get("role") != "calendar"}
+    calendar = {n: r for n, r in report["features"].items() if r.get("role") == ROLE_CALENDAR}
+    alarmable = {n: r for n, r in report["features"].items() if r.get("role") != ROLE_CALENDAR}
     versions = ", ".join(f"{escape(k)} ({v})" for k, v in sorted(report["served_model_versions"].items())) or "–"
     head = ("<tr><th>feature</th><th>PSI</th><th>test</th><th>statistic</th><th>p-value</th>{}<th>verdict</th>"
             f"<th><span style='color:{TRAIN_COLOUR}'>reference</span> vs <span style='color:{LIVE_COLOUR}'>live</span>"

@@ -5,7 +5,10 @@ imports only numpy and numba, keeps its own in engine/saver.py). A stage that
 fails must leave no half-written output, and a reader (the app, a dashboard)
 must never see half a report: every file is written under a temporary name next
 to its target, flushed to disk, and renamed into place only when complete; an
-output directory is built aside and swapped in as a whole.
+output directory is built aside and swapped in as a whole. Two commands that
+replace the same directory's contents in steps (promote, release) take its
+writer lock first (``one_writer``), so the second says who holds it instead of
+interleaving its steps with the first's.
 """
 
 from __future__ import annotations

@@ -444,6 +444,14 @@ NO_PROMOTIONS_WARNING = ("train.csv gives no promotion on any row (no onpromotio
                          "weight")
 
 
+def _any_promotion_known(sales_path: Path) -> bool:
+    """Whether any prepared row knows its promotion flag: stops at the first batch that does."""
+    for batch in pq.ParquetFile(sales_path).iter_batches(columns=["onpromotion_known"]):
+        if pc.any(batch.column(0)).as_py():
+            return True
+    return False
+
+
 def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool = True, client=None) -> str:
     """Validate and prepare ``raw_dir`` into ``out_dir``; pass 2 on the cluster's workers when ``client`` is given."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
@@ -475,8 +483,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool 
                     partitions.path(store).unlink()
         finally:
             writer.close()
-        known = pq.read_table(sales_path, columns=["onpromotion_known"])["onpromotion_known"]
-        if total_rows and not pc.any(known).as_py():
+        if total_rows and not _any_promotion_known(sales_path):
             print(f"prepare: warning: {NO_PROMOTIONS_WARNING}", file=sys.stderr, flush=True)
         shutil.rmtree(workdir)
         for name, table in side_tables(reference, calendar, test).items():
