@@ -174,12 +174,13 @@ def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | No
                     break
                 if not line.strip():
                     continue
-                try:
-                    record = json.loads(line, object_pairs_hook=shared_names)
+                try:  # UTF-8, as the app writes: json.loads(bytes) would guess UTF-16/32 for binary junk
+                    record = json.loads(line.decode("utf-8"), object_pairs_hook=shared_names)
                 except ValueError as exc:
                     if unterminated:
                         continue
-                    raise EventSourceError(f"{file}: line {_line_number(handle, from_end)}: not JSON ({exc})") from None
+                    what = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "not JSON"
+                    raise EventSourceError(f"{file}: line {_line_number(handle, from_end)}: {what} ({exc})") from None
                 if not isinstance(record, dict):
                     raise EventSourceError(f"{file}: line {_line_number(handle, from_end)}: expected a JSON object, "
                                            f"got {type(record).__name__}")

@@ -33,6 +33,14 @@ def test_only_the_newest_events_are_read_from_the_end_of_the_log(tmp_path, monke
         read_jsonl_events(log, 101)  # reaching the head: the error names the line, counted from the start
 
 
+def test_a_line_that_is_not_utf8_is_named_as_such(tmp_path):
+    # json.loads(bytes) guessed an encoding: a line of binary junk was reported as "'utf-32-be' codec can't decode"
+    log = tmp_path / "predictions.jsonl"
+    log.write_bytes(lines(event(0)).encode() + b"\x00\x00\xfe\xff junk \xff\n" + lines(event(1)).encode())
+    with pytest.raises(EventSourceError, match=r"predictions\.jsonl: line 2: not UTF-8 text \('utf-8' codec"):
+        read_jsonl_events(log, 10)
+
+
 def test_the_canary_window_is_read_back_to_its_start_only(tmp_path):
     from pipeline.release import LoggedEvents
 
