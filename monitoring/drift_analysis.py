@@ -68,7 +68,9 @@ def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: 
                   events: int = 0) -> dict[str, Any]:
     shifted = test.psi > psi_alert and test.p_value < params.p_value_alert
     test_name = "KS" if test.test == "ks" else "chi-square"
-    if role == ROLE_CALENDAR:
+    if not events:  # the tests of nothing come out "no shift, p=1": say there was nothing to judge
+        verdict, note = VERDICT_INCONCLUSIVE, "no events to compare"
+    elif role == ROLE_CALENDAR:
         verdict, note = VERDICT_NOT_ALARMED, CALENDAR_REASON
     elif role == ROLE_UNWEIGHTED:
         verdict, note = VERDICT_NOT_ALARMED, UNWEIGHTED_REASON

@@ -209,6 +209,11 @@ def test_too_few_events_give_no_verdict(bundle_parts, stream, jsonl, production_
     events = jsonl(tmp_path / "p.jsonl", stream(20, seed=5, shift=promotion_everywhere))
     code, report, _ = run_cli(tmp_path, production_bundle, events)
     assert code == 0 and report["status"] == "insufficient_data" and not report["alarm"]
+    # an empty log: each feature's test of nothing came out "ok, p=1" on the page
+    code, report, html = run_cli(tmp_path, production_bundle, jsonl(tmp_path / "empty.jsonl", []))
+    assert code == 0 and report["events"] == 0 and report["status"] == "insufficient_data"
+    records = [*report["features"].values(), *report["categorical"].values(), report["prediction"]]
+    assert {(r["verdict"], r["note"]) for r in records} == {("inconclusive", "no events to compare")}
 
 
 def test_bad_inputs_exit_2_with_a_message_naming_the_problem(bundle_parts, stream, jsonl, production_bundle, tmp_path,
