@@ -168,6 +168,20 @@ def swap_in_directory(staging: Path, target: Path) -> None:
         shutil.rmtree(previous, ignore_errors=True)
 
 
+def remove_directory(target: Path | str) -> None:
+    """Delete the directory ``target`` as a whole: it is renamed aside (``.<name>.old-<pid>``) and deleted there, so a
+    kill leaves it whole or gone, never a part that reads as damage (the aside copy of a killed process is deleted
+    by the next call, or by ``remove_abandoned_copies``). A symbolic link is left alone."""
+    target = Path(target)
+    remove_abandoned_copies(target)
+    if target.is_symlink() or not target.is_dir():
+        return
+    aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(target, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 WRITER_LOCK = ".writer.lock"  # in a models directory: who writes it now (promote, release), for the next to read
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import pipeline.blas  # noqa: F401 - first: pins OpenBLAS's kernels before numpy loads it (pipeline/blas.py)
 import os
-import shutil
 import socket
 import sys
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import tracking
-from pipeline.atomic import process_alive
+from pipeline.atomic import process_alive, remove_directory
 from pipeline.bundle import load_bundle, write_bundle
 from pipeline.cluster import ClusterError, dask_client, scheduler_address
 from pipeline.drift_stats import served_reference, training_statistics
@@ -287,8 +286,8 @@ def _remove_resume_state(home: Path) -> None:
     """The checkpoints and feature shards of a train whose candidate is in place: nothing is left to resume (a
     train killed after the swap is not rerun by DVC when it made the candidate dvc.lock records)."""
     checkpoints = home / CHECKPOINT_DIR
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    shutil.rmtree(home / SHARD_DIR, ignore_errors=True)
+    remove_directory(checkpoints)  # whole or gone: a kill mid-delete left a checkpoint that read as damaged
+    remove_directory(home / SHARD_DIR)
     if checkpoints.parent.is_dir() and not any(checkpoints.parent.iterdir()):
         checkpoints.parent.rmdir()
 

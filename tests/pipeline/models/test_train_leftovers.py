@@ -4,13 +4,15 @@ the candidate is in place (and stay for a resume until then)."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from pipeline import tracking, train
+from pipeline import atomic, tracking, train
 
 
 def _dead_pid() -> int:
@@ -71,3 +73,45 @@ def test_checkpoints_stay_for_a_resume_until_the_candidate_is_in_place(quick_pro
         train.run(quick_project, quiet=True)
     assert not (quick_project / train.CANDIDATE_DIR).exists()
     assert (quick_project / train.CHECKPOINT_DIR / "state.json").is_file()
+
+
+def test_a_kill_while_the_checkpoints_are_deleted_leaves_them_whole_or_gone(quick_project, monkeypatch, capsys):
+    """The checkpoints were deleted file by file: a probe's SIGKILL mid-delete left best-3500.json without its
+    .npz, and the next train said the checkpoint 'cannot be resumed (... does not exist)' and trained again."""
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):
+        path = Path(path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+        if path.name.startswith(".train.old-") and files:
+            files[0].unlink()  # one file deleted, then the process dies
+            raise Killed(str(path))
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.shutil, "rmtree", killed_midway)
+    with pytest.raises(Killed):
+        train.run(quick_project, quiet=True)
+    monkeypatch.undo()
+    checkpoints = quick_project / train.CHECKPOINT_DIR
+    assert not checkpoints.exists()  # gone as a whole: what is half deleted is the copy renamed aside
+    assert [p.name for p in checkpoints.parent.iterdir()] == [f".train.old-{os.getpid()}"]
+    capsys.readouterr()
+    train.run(quick_project)
+    printed = capsys.readouterr()
+    assert "cannot be resumed" not in printed.out + printed.err
+    assert not checkpoints.parent.exists()  # the aside copy went with the next removal
+
+
+def test_remove_directory_leaves_a_symbolic_link_and_removes_a_dead_process_copy(tmp_path):
+    target, elsewhere = tmp_path / "train", tmp_path / "elsewhere"
+    (elsewhere / "sub").mkdir(parents=True)
+    (elsewhere / "sub" / "f").write_text("x")
+    target.symlink_to(elsewhere)
+    atomic.remove_directory(target)
+    assert target.is_symlink() and (elsewhere / "sub" / "f").exists()
+    target.unlink()
+    dead = tmp_path / f".train.old-{_dead_pid()}"
+    dead.mkdir()
+    (dead / "last-10.npz").write_bytes(b"x")
+    atomic.remove_directory(target)  # nothing to remove but the copy a killed process renamed aside
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]
