@@ -4,19 +4,4 @@
 # Needs root (or sudo) and the Debian archive; without apt-get it says so and exits 0, and the
 # e2e test then skips with a reason.
 set -euo pipefail
-
-if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
-    exit 0
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install_browser: apt-get not found; the Chromium end-to-end test will be skipped" >&2
-    exit 0
-fi
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-    sudo="sudo"
-fi
-echo "install_browser: apt-get install chromium chromium-driver"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver
-chromium --version
+"$(dirname "$0")/apt_install.sh" "the Chromium end-to-end test" chromium,chromedriver chromium chromium-driver
