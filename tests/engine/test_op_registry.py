@@ -16,6 +16,7 @@ ways. Adding an op needs no edit of this file.
 from __future__ import annotations
 
 import dataclasses
+import types
 import zlib
 
 import numpy as np
@@ -101,6 +102,10 @@ def _close(got, want, what, exact=False):
 def test_op(op_type):
     op_def = get_op_def(op_type)
     assert op_def.reference is NUMPY_KERNEL or callable(op_def.reference), f"{op_type}: register a NumPy reference"
+    if op_def.reference is NUMPY_KERNEL:  # else 'kernel vs reference' would compare a Numba kernel with itself
+        compiled = _kernel_modules(op_def.kernel)
+        assert not compiled, (f"{op_type}: says its kernel is plain NumPy (reference=NUMPY_KERNEL) but it calls "
+                              f"{sorted(compiled)}: register a NumPy reference of its own")
     assert op_def.grad is not None or not op_def.differentiable, \
         f"{op_type}: register a gradient, or say why no gradient flows: not_differentiable='why'"
     examples = op_def.examples(np.random.default_rng(zlib.crc32(op_type.encode())))
@@ -134,6 +139,30 @@ def test_op(op_type):
             if len(fused) < ROW_SUM_EXAMPLES and (f := _check_row_sum(op_type, example)) is not None:
                 fused.append(f)
         assert all(fused), f"{op_type}: its row sum was not fused into its kernel"
+
+
+def _kernel_modules(factory, seen=None) -> set:
+    """The engine.kernels modules (Numba kernels) a kernel factory reaches through the names its code uses and
+    its closures, followed through plain functions and wrappers such as lru_cache."""
+    seen = set() if seen is None else seen
+    if not isinstance(factory, types.FunctionType) or id(factory) in seen:
+        return set()
+    seen.add(id(factory))
+
+    def names(code):
+        return set(code.co_names).union(*(names(c) for c in code.co_consts if isinstance(c, types.CodeType)))
+
+    values = [factory.__globals__[n] for n in names(factory.__code__) if n in factory.__globals__]
+    values += [cell.cell_contents for cell in factory.__closure__ or () if cell.cell_contents is not None]
+    found = set()
+    for value in values:
+        value = getattr(value, "__wrapped__", value)
+        module = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+        if isinstance(module, str) and module.startswith("engine.kernels"):
+            found.add(module)
+        else:
+            found |= _kernel_modules(value, seen)
+    return found
 
 
 def _check_rule(built, result, what):
@@ -331,7 +360,8 @@ def test_an_op_without_reference_or_examples_cannot_be_registered(scratch_regist
     ({"examples": lambda rng: []}, "register examples"),
     ({"kernel": lambda op, ctx: (lambda x: np.maximum(x, 0) + x.dtype.type(1e-3))}, "kernel vs reference"),
     ({"grad": lambda op, g: [g]}, "gradient of input 0"),
-], ids=["no gradient", "no examples", "wrong kernel", "wrong gradient"])
+    ({"reference": NUMPY_KERNEL}, r"calls \['engine.kernels.elementwise'\]: register a NumPy reference"),
+], ids=["no gradient", "no examples", "wrong kernel", "wrong gradient", "Numba kernel checked against itself"])
 def test_the_registry_test_fails_for_an_unchecked_or_wrong_op(monkeypatch, changes, message):
     _fake_relu(monkeypatch, **changes)
     with pytest.raises(AssertionError, match=message):
