@@ -147,11 +147,11 @@ def forecastable_errors(instance: Instance, model: LoadedModel, where: str) -> l
     """Why the model cannot forecast this instance (empty when it can)."""
     errors = []
     if instance.store_nbr not in model.catalog.stores:
-        errors.append(FieldError(f"{where}store_nbr", f"store {instance.store_nbr} is not one the model was trained on "
+        errors.append(FieldError(f"{where}store_nbr", f"store {instance.store_nbr} is not one the served model knows "
                                                       f"(known: {len(model.catalog.stores)} stores, listed by "
                                                       "GET /api/v1/model)"))
     if instance.item_nbr not in model.catalog.items:
-        errors.append(FieldError(f"{where}item_nbr", f"item {instance.item_nbr} is not one the model was trained on "
+        errors.append(FieldError(f"{where}item_nbr", f"item {instance.item_nbr} is not one the served model knows "
                                                      "(search items with GET /api/v1/items?q=...)"))
     if not model.first_date <= instance.date <= model.last_date:
         errors.append(FieldError(f"{where}date", f"{instance.date.isoformat()} is outside the model's forecast horizon "

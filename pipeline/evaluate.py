@@ -281,8 +281,9 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     frame, unscored = scoreable_rows(read_validation(root / VALIDATION_DATA), bundle, root / VALIDATION_DATA)
     if unscored:
         say(f"evaluate: note: {unscored['rows']:,} validation row(s) of store(s) {unscored['stores']} not scored: "
-            "they first sold inside the window, so no model trained before it knows them (nor can the app forecast "
-            "them until a model trained on their sales is promoted)")
+            "they first sold inside the window, so the candidate has no history for them; once it is promoted (promote "
+            "rolls its history forward) the app forecasts them from their own days of sales with the embedding "
+            "reserved for stores unseen in training, as it does new items, until a model trained on them is promoted")
     latest = validation_window(root, bundle, frame, tparams.baseline_weeks, quiet)
     length = latest.last_day - latest.first_day + 1
     try:
