@@ -194,7 +194,7 @@ def split_train_by_store(
     known_items = pa.array(reference.items["item_nbr"].to_numpy(dtype=np.int32))
     partitions = StorePartitions(workdir)
     ids = IdTracker(workdir / ".ids")
-    dates_seen: set[int] = set()
+    day_rows: dict[int, list[int]] = {}  # day -> [rows, the first row that has it]
     try:
         with tqdm(unit="rows", unit_scale=True, desc=f"prepare: read {path.name}", disable=not progress) as bar:
             for offset, batch in read_batches(path, spec):
@@ -202,14 +202,41 @@ def split_train_by_store(
                 check_references(path, batch, offset, "item_nbr", known_items, "items")
                 ids.add(batch.column("id").to_numpy(zero_copy_only=False))
                 days = batch.column("date").cast(pa.int32()).to_numpy(zero_copy_only=False)
-                dates_seen.update(np.unique(days).tolist())
+                for day, first, rows in zip(*(a.tolist() for a in np.unique(days, return_index=True,
+                                                                             return_counts=True))):
+                    seen = day_rows.setdefault(day, [0, offset + first])
+                    seen[0] += rows
                 partitions.add(batch, offset)
                 bar.update(batch.num_rows)
     finally:
         partitions.close()
     ids.check(path, [partitions.path(store) for store in sorted(partitions.rows)])
-    calendar = np.array(sorted(dates_seen), dtype="datetime64[D]")
+    check_stray_end_dates(path, day_rows)
+    calendar = np.array(sorted(day_rows), dtype="datetime64[D]")
     return partitions, calendar
+
+
+STRAY_DAY_SHARE = 0.05  # a first or last date with at most this share of a typical day's rows, after a gap: a typo
+
+
+def check_stray_end_dates(path: Path, day_rows: dict[int, list[int]]) -> None:
+    """DataValidationError naming the row when train.csv's first or last date stands apart: a day or more with no
+    sales between it and the rest, and at most STRAY_DAY_SHARE of a typical day's rows on it. One such row (a
+    mistyped 2031, or a date days after the export's end) made split's validation window a day of zeros for every
+    other series, or a window outside every forecast horizon, with no word about train.csv."""
+    days = sorted(day_rows)
+    if len(days) < 3:
+        return
+    typical = float(np.median([day_rows[d][0] for d in days]))
+    for end, neighbour, which, side in ((days[-1], days[-2], "last", "after"), (days[0], days[1], "first", "before")):
+        rows, first_row = day_rows[end]
+        gap = abs(end - neighbour) - 1
+        if gap >= 1 and rows <= STRAY_DAY_SHARE * typical:
+            when = np.datetime64(end, "D")
+            fail(path, "date", f"the {which} date, {when}, has {rows:,} row(s) where a typical day has {typical:,.0f}, "
+                 f"and comes {gap:,} day(s) with no sales {side} the others ({np.datetime64(neighbour, 'D')}): a "
+                 "mistyped date? Fix or remove it: the last days of train.csv become the validation window",
+                 np.asarray([first_row]), [str(when)])
 
 
 def _category(values: np.ndarray, codes: np.ndarray, dictionary: list[str]) -> pa.Array:

@@ -263,3 +263,41 @@ def test_a_header_only_oil_file_is_no_oil(tmp_path):
     header_only, no_oil = (pd.read_parquet(tmp_path / name / "sales.parquet")
                            for name in ("prepared-header-only", "prepared-no-oil"))
     pd.testing.assert_frame_equal(header_only, no_oil)
+
+
+def _stray_train(tmp_path, stray_date: str, typical: int = 40):
+    """train.csv of 10 days x ``typical`` rows and one row dated ``stray_date``, and its day -> [rows, first row]."""
+    import numpy as np
+
+    lines, day_rows = ["id,date,store_nbr,item_nbr,unit_sales,onpromotion"], {}
+    days = [str(np.datetime64("2017-08-01") + k) for k in range(10)]
+    for date in sorted(days + [stray_date]):
+        count = 1 if date == stray_date else typical
+        day_rows[int(np.datetime64(date, "D").astype(np.int64))] = [count, len(lines) - 1]
+        lines += [f"{len(lines)},{date},1,{100 + i},2,False" for i in range(count)]
+    path = tmp_path / "train.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, day_rows
+
+
+@pytest.mark.parametrize("stray,which,line", [("2031-06-01", "last", 402), ("2017-08-16", "last", 402),
+                                              ("2003-01-01", "first", 2)])
+def test_a_stray_first_or_last_date_is_refused_naming_its_line(tmp_path, stray, which, line):
+    """A probe's one row dated six days after the export's end made the validation window a day on which 119
+    of 120 series 'sold 0' (served totals fell to 259 units from 400); a mistyped 2031 stopped evaluate with a
+    message about params. Both pass prepare's validation no more."""
+    from pipeline.prepare import check_stray_end_dates
+
+    path, day_rows = _stray_train(tmp_path, stray)
+    with pytest.raises(DataValidationError) as error:
+        check_stray_end_dates(path, day_rows)
+    message = str(error.value)
+    assert f"the {which} date, {stray}, has 1 row(s) where a typical day has 40" in message
+    assert f"line {line} ('{stray}')" in message and "mistyped date" in message
+
+
+def test_a_last_day_that_follows_on_or_is_merely_quiet_is_accepted(tmp_path):
+    from pipeline.prepare import check_stray_end_dates
+
+    check_stray_end_dates(*_stray_train(tmp_path, "2017-08-11"))  # the next day, one row: an export cut at noon
+    check_stray_end_dates(*_stray_train(tmp_path, "2017-08-20", typical=10))  # too few rows a day to tell
