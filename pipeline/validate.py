@@ -175,7 +175,8 @@ def _check_header(path: Path, spec: RawFile) -> None:
                                   "them (column names are matched exactly)")
     unknown = [c for c in names if c not in spec.column_names]
     if unknown:
-        raise DataValidationError(f"{path.name}: column '{unknown[0]}': not part of the {spec.name} schema")
+        raise DataValidationError(f"{path.name}: column '{unknown[0]}': not part of the {spec.name} schema "
+                                  f"({', '.join(spec.column_names)}, in any order): remove it from the file")
     if len(set(names)) != len(names):
         duplicate = next(n for n in names if names.count(n) > 1)
         raise DataValidationError(f"{path.name}: column '{duplicate}': appears twice in the header")

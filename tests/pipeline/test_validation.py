@@ -49,7 +49,8 @@ CASES = {
                                                    for line in t.splitlines()) + "\n",
                        ["train.csv", "'unit_sales'", "missing"]),
     "unknown column": ("stores", lambda t: t.replace("cluster\n", "cluster,extra\n").replace(",13\n", ",13,x\n")
-                       .replace(",5\n", ",5,x\n").replace(",6\n", ",6,x\n"), ["stores.csv", "'extra'"]),
+                       .replace(",5\n", ",5,x\n").replace(",6\n", ",6,x\n"),
+                       ["stores.csv", "'extra'", "(store_nbr, city, state, type, cluster, in any order): remove it"]),
     "bad date": ("train", lambda t: _replace_line(t, 40, _train_line(40).replace("2014-03-", "2014-02-3", 1)),
                  ["train.csv", "'date'", "line 40"]),
     # blank lines are skipped by the reader: the line named is the file's, not the data row's
