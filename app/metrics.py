@@ -35,7 +35,8 @@ EVENTS = Counter("shelfcast_prediction_events", "Prediction events by outcome (e
                  ["outcome"])
 UNFORECASTABLE = Counter(
     "shelfcast_unforecastable_instances", "Instances the API refused (422) because the served model cannot forecast "
-    "them, by field: store_nbr and item_nbr a store or item it was not trained on, date a day outside its horizon. "
+    "them, by field: store_nbr and item_nbr a store or item it has no sales history for, date a day outside its "
+    "horizon. "
     "They are not predictions, so no event and no drift report shows them: new items show here first",
     ["field"])
 MODEL = Gauge("shelfcast_model_info", "1 for each model a live worker serves: its release variant (production, "

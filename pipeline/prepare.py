@@ -228,15 +228,16 @@ def check_stray_end_dates(path: Path, day_rows: dict[int, list[int]]) -> None:
     if len(days) < 3:
         return
     typical = float(np.median([day_rows[d][0] for d in days]))
-    for end, neighbour, which, side in ((days[-1], days[-2], "last", "after"), (days[0], days[1], "first", "before")):
+    ends = ((days[-1], days[-2], "last", "after", "the last days of train.csv become the validation window"),
+            (days[0], days[1], "first", "before", "its series' zero-filled history would start there"))
+    for end, neighbour, which, side, why in ends:
         rows, first_row = day_rows[end]
         gap = abs(end - neighbour) - 1
         if gap >= 1 and rows <= STRAY_DAY_SHARE * typical:
             when = np.datetime64(end, "D")
             fail(path, "date", f"the {which} date, {when}, has {rows:,} row(s) where a typical day has {typical:,.0f}, "
                  f"and comes {gap:,} day(s) with no sales {side} the others ({np.datetime64(neighbour, 'D')}): a "
-                 "mistyped date? Fix or remove it: the last days of train.csv become the validation window",
-                 np.asarray([first_row]), [str(when)])
+                 f"mistyped date? Fix or remove it: {why}", np.asarray([first_row]), [str(when)])
 
 
 def _category(values: np.ndarray, codes: np.ndarray, dictionary: list[str]) -> pa.Array:
