@@ -44,7 +44,9 @@ def test_a_quick_run_reports_both_steps_and_their_e1(hand_step, engine_api, caps
     summary = out.strip().splitlines()[-1]
     assert summary.startswith("E1 reachable here: hand step") and "engine" in summary
     values = [float(part.split()[0].rstrip(";")) for part in summary.split("-> E1 ")[1:]]
-    assert len(values) == 2 and all(np.isfinite(v) and 0 < v < 2 for v in values)
+    # a ratio of two timings: only its form is asserted (a busy machine slowed the 1024^3 matmul it divides by,
+    # and a quick run under pytest-xdist reported 2.75: timings are BENCHMARKS.md's business, not a unit test's)
+    assert len(values) == 2 and all(np.isfinite(v) and v > 0 for v in values)
 
 
 def test_threads_pin_both_pools_for_both_steps(hand_step, engine_api, capsys) -> None:
