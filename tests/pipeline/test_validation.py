@@ -302,3 +302,29 @@ def test_a_last_day_that_follows_on_or_is_merely_quiet_is_accepted(tmp_path):
 
     check_stray_end_dates(*_stray_train(tmp_path, "2017-08-11"))  # the next day, one row: an export cut at noon
     check_stray_end_dates(*_stray_train(tmp_path, "2017-08-20", typical=10))  # too few rows a day to tell
+
+
+def test_prepare_refuses_a_stray_last_date_naming_its_line_across_batches(tmp_path, monkeypatch):
+    """The same through prepare: pass 1 counts each day's rows and keeps the first row of each, batch by batch
+    (small blocks here, so the stray row lies in a later batch than the first), and the line is the file's."""
+    import functools
+
+    from pipeline import prepare as prepare_module
+    from pipeline.validate import read_batches
+
+    raw = write_kaggle_sample(tmp_path / "raw")
+    items = [f"{900000 + k},GROCERY I,1093,0" for k in range(20)]
+    _edit(raw, "items", lambda t: t + "\n".join(items) + "\n")
+    keys = [(f"2014-03-{day:02d}", store, 900000 + k) for day in range(1, 11) for store in (1, 2, 3) for k in range(20)]
+    keys.append(("2014-03-17", 1, 900000))  # six days after the export's last day
+    rows = ["id,date,store_nbr,item_nbr,unit_sales,onpromotion"] + [
+        f"{n},{date},{store},{item},2.0,False" for n, (date, store, item) in enumerate(keys)]
+    line = len(rows)  # the stray row is the file's last line
+    (raw / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    monkeypatch.setattr(prepare_module, "read_batches", functools.partial(read_batches, block_size=4096))
+    with pytest.raises(DataValidationError) as error:
+        prepare(raw, tmp_path / "prepared", PARAMS, progress=False)
+    message = str(error.value)
+    assert "the last date, 2014-03-17, has 1 row(s) where a typical day has 60" in message
+    assert f"line {line} ('2014-03-17')" in message
+    assert not (tmp_path / "prepared").exists()
