@@ -116,6 +116,35 @@ def test_every_drop_is_logged_even_when_messages_are_held_back(tmp_path: Path, c
     assert logged_drops(caplog) == counts["dropped"]
 
 
+def test_drops_held_back_are_logged_by_a_limit_check_10_s_later_without_a_new_drop(tmp_path, caplog,
+                                                                                    monkeypatch) -> None:
+    """A worker that drops events and then drops no more (the outage ended) must not keep the held-back drops
+    until it exits: the next limit check 10 s on logs them in a line of their own."""
+    import types
+
+    from eventlog import spool as spool_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(spool_module, "time", types.SimpleNamespace(
+        monotonic=lambda: clock[0], time=time.time, time_ns=time.time_ns, sleep=time.sleep))
+    counts = Counts()
+    spool = Spool(tmp_path, max_bytes=1_000, segment_max_bytes=300, count=counts)
+    for burst in range(2):  # the second burst's drops come within 10 s of the first message: held back
+        for i in range(40):
+            spool.append(line(100 * burst + i, padding=40))
+        spool.sync()
+        spool.enforce_limit()
+    held = counts["dropped"] - logged_drops(caplog)
+    assert held > 0
+    spool.enforce_limit()  # nothing new to drop, and under 10 s: still held
+    assert logged_drops(caplog) < counts["dropped"]
+    clock[0] += 10.0
+    assert spool.enforce_limit() == 0
+    assert logged_drops(caplog) == counts["dropped"]
+    assert f"{held} more events dropped since the last message" in caplog.records[-1].getMessage()
+    spool.close()
+
+
 def test_a_spool_folder_that_cannot_be_written_stops_the_process_at_start(tmp_path: Path) -> None:
     # An existing folder the app cannot write in (read-only, immutable, another user's) was accepted: the
     # app answered every request and dropped every event, logging a full disk once per 10 s.
