@@ -393,8 +393,7 @@ def _check_writable(root: Path) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".writable-", dir=root)
     except OSError as exc:
-        raise OSError(exc.errno, f"event spool {root}: cannot create files in it ({exc.strerror})", str(root)) \
-            from None
+        raise OSError(exc.errno, f"event spool {root}: cannot create files in it ({exc.strerror})") from None
     os.close(fd)
     os.unlink(probe)
 
