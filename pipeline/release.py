@@ -56,6 +56,7 @@ from pipeline.bundle import BundleError
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, event_time,
                                     prediction_log,
                                     event_units, finite_number, read_jsonl_events)
+from pipeline.release_replay import ProductionReplay, request_key
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 
 PREVIOUS_TAG = tracking.PREVIOUS_PRODUCTION_TAG  # registered-model tag: the version `rollback` returns to
@@ -222,6 +223,7 @@ class VariantTraffic:
     latencies_ms: list[float] = field(default_factory=list)
     by_request: dict[tuple, float] = field(default_factory=dict)  # (request id, instance) -> units
     by_series: dict[tuple, list[float]] = field(default_factory=dict)  # (store, item, date) -> units
+    by_inputs: dict[tuple, list[float]] = field(default_factory=dict)  # (store, item, date, onpromotion) -> units
 
 
 def _event_time(event: dict) -> float:
@@ -256,6 +258,9 @@ def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str
         series = _key(inputs.get("store_nbr"), inputs.get("item_nbr"), inputs.get("date"))
         if series is not None:
             t.by_series.setdefault(series, []).append(units)
+        replayable = request_key(inputs)
+        if replayable is not None:
+            t.by_inputs.setdefault(replayable, []).append(units)
     return traffic
 
 
@@ -321,7 +326,7 @@ def binomial_tail(k: int, n: int, p: float) -> float:
 
 
 def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tuple, float] | None = None,
-            seed: int = 0) -> Verdict:
+            seed: int = 0, replayed: dict[tuple, float] | None = None) -> Verdict:
     """The decision rule. Roll back if any of these holds, promote if none does and there is enough traffic:
 
     - errors: the candidate's error rate exceeds production's by more than 1 point with 95 %
@@ -329,9 +334,14 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     - latency: the candidate's p95 latency is above the bar max(1.5x production's p95, production's p95
       + 5 ms) with 95 % one-sided confidence: more than 5 % of its answers lie above the bar (exact
       binomial test), so two or three slow answers out of sixty on a busy host are no regression;
-    - forecast distribution: the median of log1p(candidate) - log1p(production) over the same
-      requests (shadow) or the same store×item×date (canary, when at least MIN_EVENTS are shared; else
-      the difference of the two variants' median log1p forecasts) is beyond ±0.5 (a factor of ~1.65);
+    - forecast distribution: over pairs of forecasts for the same requests, the median of log1p(candidate)
+      - log1p(production) is beyond ±0.5 (a factor of ~1.65), or log1p of the candidate's total units -
+      log1p of production's is beyond ±0.5 with 95 % confidence (bootstrap over the pairs; the total catches
+      a model far off on the series that sell, where most series sell next to nothing). The pairs: shadow,
+      the requests both answered; canary, each of its answers with ``replayed`` (production's forecasts for
+      its requests, pipeline/release_replay.py) when that gives MIN_EVENTS, else the store×item×dates both
+      answered; with fewer than MIN_EVENTS of those, the difference of the
+      two variants' median log1p forecasts over their own series;
     - live accuracy (only with actuals): the 95 % bootstrap interval of candidate RMSLE minus
       production RMSLE lies entirely above 0 (shadow: over the same series, paired; canary:
       over each variant's own series).
@@ -365,24 +375,29 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
                            f"{bar:.1f} ms (max of {MAX_LATENCY_RATIO}x production's p95 {p95b:.1f} ms and "
                            f"+{MIN_LATENCY_EXCESS_MS:g} ms): its p95 {p95c:.1f} ms is above that "
                            f"with 95 % confidence (p = {p_value:.3g})")
-    if candidate == SHADOW:
-        shared = [(cand.by_request[k], base.by_request[k]) for k in cand.by_request.keys() & base.by_request.keys()]
-    else:
-        shared = [(float(np.mean(cand.by_series[k])), float(np.mean(base.by_series[k])))
-                  for k in cand.by_series.keys() & base.by_series.keys()]
-    if shared and (candidate == SHADOW or len(shared) >= MIN_EVENTS):
-        shift = float(np.median([math.log1p(c) - math.log1p(b) for c, b in shared]))
-        figures.update(forecast_log_shift=round(shift, 4), compared_pairs=len(shared))
-        if abs(shift) > MAX_FORECAST_SHIFT and len(shared) >= MIN_EVENTS:
-            reasons.append(f"forecast distribution: median log1p shift {shift:+.3f} beyond ±{MAX_FORECAST_SHIFT}")
+    pairs, pairing = _forecast_pairs(cand, base, candidate, replayed)
+    if pairs and (candidate == SHADOW or len(pairs) >= MIN_EVENTS):
+        c, b = (np.asarray(side, np.float64) for side in zip(*pairs))
+        shift = float(np.median(np.log1p(c) - np.log1p(b)))
+        volume, (low, high) = _volume_log_ratio(c, b, seed)
+        figures.update(forecast_log_shift=round(shift, 4), forecast_volume_log_ratio=round(volume, 4),
+                       forecast_volume_interval=[round(low, 4), round(high, 4)], compared_pairs=len(pairs),
+                       forecast_pairing=pairing)
+        if abs(shift) > MAX_FORECAST_SHIFT and len(pairs) >= MIN_EVENTS:
+            reasons.append(f"forecast distribution: median log1p shift {shift:+.3f} beyond ±{MAX_FORECAST_SHIFT} "
+                           f"on {pairing}")
+        if (low > MAX_FORECAST_SHIFT or high < -MAX_FORECAST_SHIFT) and len(pairs) >= MIN_EVENTS:
+            reasons.append(f"forecast distribution: {c.sum():.1f} units in all against production's {b.sum():.1f} "
+                           f"on {pairing} (log1p ratio {volume:+.3f}, 95 % interval {low:+.3f}..{high:+.3f}, "
+                           f"beyond ±{MAX_FORECAST_SHIFT})")
     elif candidate != SHADOW and cand.by_series:
-        # a canary answers other series than production (sticky split; the few both answered, e.g. a canary
-        # failure's fallback, are too few to judge on): compare the forecast levels instead
+        # no production forecasts for the canary's series (its bundle not on this host, or too few of them): compare
+        # the two variants' forecast levels, over different series, instead
         cand_all = [u for v in cand.by_series.values() for u in v]
         base_all = [u for v in base.by_series.values() for u in v]
         if base_all:
             shift = float(np.median(np.log1p(cand_all)) - np.median(np.log1p(base_all)))
-            figures.update(forecast_log_shift=round(shift, 4))
+            figures.update(forecast_log_shift=round(shift, 4), forecast_pairing="levels of different series")
             if abs(shift) > MAX_FORECAST_SHIFT and len(cand_all) >= MIN_EVENTS:
                 reasons.append(f"forecast distribution: median log1p level {shift:+.3f} from production's")
     if actuals:
@@ -401,6 +416,47 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
         return Verdict(candidate, "wait", [f"only {base.predictions} production predictions to compare with; "
                                            f"{MIN_EVENTS} are needed for a decision"], figures)
     return Verdict(candidate, "promote", ["no rule broken"], figures)
+
+
+def _forecast_pairs(cand: VariantTraffic, base: VariantTraffic, candidate: str,
+                    replayed: dict[tuple, float] | None) -> tuple[list[tuple[float, float]], str]:
+    """(candidate, production) forecasts for the same requests, and what they are (for the figures and reasons);
+    in key order, so the same events give the same verdict in whatever order a source returns them."""
+    if candidate == SHADOW:
+        keys = sorted(cand.by_request.keys() & base.by_request.keys(), key=str)
+        return [(cand.by_request[k], base.by_request[k]) for k in keys], "the same requests"
+    if replayed:  # every canary answer, as the shadow's: a series asked for twice counts twice
+        keys = sorted(cand.by_inputs.keys() & replayed.keys(), key=str)
+        pairs = [(units, replayed[k]) for k in keys for units in sorted(cand.by_inputs[k])]
+        if len(pairs) >= MIN_EVENTS:
+            return pairs, f"the canary's {len(pairs)} answers, forecast by production's bundle too"
+    keys = sorted(cand.by_series.keys() & base.by_series.keys(), key=str)
+    return ([(float(np.mean(cand.by_series[k])), float(np.mean(base.by_series[k]))) for k in keys],
+            "the store×item×dates both answered")
+
+
+def _volume_log_ratio(cand: np.ndarray, base: np.ndarray, seed: int,
+                      resamples: int = 1000) -> tuple[float, tuple[float, float]]:
+    """log1p(candidate's total units) - log1p(production's) over paired forecasts, and its 95 % bootstrap interval
+    (pairs resampled): a few best-sellers carry a total, so two healthy models can differ by a factor of 1.7 on
+    thirty pairs of a tiny catalog; the rule asks for the whole interval beyond the bar."""
+    picks = np.random.default_rng(seed).integers(0, cand.size, size=(resamples, cand.size))
+    ratios = np.log1p(cand[picks].sum(axis=1)) - np.log1p(base[picks].sum(axis=1))
+    low, high = (float(x) for x in np.percentile(ratios, [2.5, 97.5]))
+    return math.log1p(float(cand.sum())) - math.log1p(float(base.sum())), (low, high)
+
+
+def judge(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tuple, float] | None = None,
+          replay: ProductionReplay | None = None) -> Verdict:
+    """``compare``, a canary's requests paired with production's forecasts for them (``replay``: production's
+    bundle on this host)."""
+    replayed = None
+    if replay is not None and candidate == CANARY and CANARY in traffic:
+        replayed = replay.forecasts(traffic[CANARY].by_inputs)
+    verdict = compare(traffic, candidate, actuals, replayed=replayed)
+    if replay is not None and replay.error:
+        verdict.figures["production_replay_error"] = replay.error
+    return verdict
 
 
 def _log_errors(traffic: VariantTraffic, actuals: dict[tuple, float]) -> dict[tuple, float]:
@@ -486,11 +542,12 @@ def smoke_test(url: str, requests: int = 40) -> dict:
     return answered
 
 
-def observe(events: LoggedEvents, since: float, variant: str, seconds: float, actuals: dict | None) -> Verdict:
-    """``compare`` on the traffic logged since ``since`` until it decides, or ``seconds`` are up."""
+def observe(events: LoggedEvents, since: float, variant: str, seconds: float, actuals: dict | None,
+            replay: ProductionReplay | None = None) -> Verdict:
+    """``judge`` on the traffic logged since ``since`` until it decides, or ``seconds`` are up."""
     deadline = time.time() + seconds
     while True:
-        verdict = compare(events.traffic(since=since), variant, actuals)
+        verdict = judge(events.traffic(since=since), variant, actuals, replay)
         if verdict.decision != "wait" or time.time() >= deadline:
             return verdict
         time.sleep(1.0)
@@ -538,7 +595,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
         if CANARY not in report["smoke"]:
             raise ReleaseError(f"smoke test: no request was answered by the canary ({report['smoke']})")
         say(f"deploy: smoke test passed, answered by {report['smoke']}")
-        verdict = observe(events, started, CANARY, observe_s, actuals)
+        verdict = observe(events, started, CANARY, observe_s, actuals, ProductionReplay(store.variant_dir(PRODUCTION)))
         report["verdict"] = asdict(verdict)
         if verdict.decision != "promote":
             raise ReleaseError(f"canary check: {verdict.decision}: {'; '.join(verdict.reasons)}")
@@ -640,7 +697,8 @@ def main(argv=None) -> int:
                 variant = args.variant or (CANARY if CANARY in current else SHADOW)
                 actuals = read_actuals(args.actuals) if args.actuals else None
                 since = store.installed_at(variant)  # an earlier candidate's events are not this one's
-                verdict = compare(events.traffic(since=since), variant, actuals)
+                verdict = judge(events.traffic(since=since), variant, actuals,
+                                ProductionReplay(store.variant_dir(PRODUCTION)))
                 verdict.figures["judged_since"] = (None if since is None else
                                                    datetime.datetime.fromtimestamp(since, datetime.timezone.utc)
                                                    .isoformat(timespec="seconds"))

@@ -89,3 +89,26 @@ def registry_env(released, monkeypatch):
     root, uri, versions = released
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri, versions
+
+
+@pytest.fixture
+def host(released, registry_env, tmp_path):
+    """A serving host's models directory in sync with the registry (production 1, canary 2, share 0.5)."""
+    from pipeline import release, tracking
+    from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
+
+    _, _, versions = released
+    client = tracking.client(tmp_path)
+    client.set_registered_model_alias(tracking.REGISTERED_MODEL, PRODUCTION, versions["production"])
+    client.set_registered_model_alias(tracking.REGISTERED_MODEL, CANARY, versions["canary"])
+    for alias in (SHADOW,):
+        try:
+            client.delete_registered_model_alias(tracking.REGISTERED_MODEL, alias)
+        except Exception:  # noqa: BLE001 (absent already)
+            pass
+    client.delete_registered_model_tag(tracking.REGISTERED_MODEL, release.PREVIOUS_TAG) if release.PREVIOUS_TAG in \
+        (client.get_registered_model(tracking.REGISTERED_MODEL).tags or {}) else None
+    store = ReleaseStore(tmp_path / "models", keep=2)
+    release.sync(tmp_path, store)
+    store.set_canary_share(0.5)
+    return tmp_path, store, versions

@@ -22,26 +22,6 @@ from .conftest import REPO, predict_status
 NAME = tracking.REGISTERED_MODEL
 
 
-@pytest.fixture
-def host(released, registry_env, tmp_path):
-    """A serving host's models directory in sync with the registry (production 1, canary 2, share 0.5)."""
-    _, _, versions = released
-    client = tracking.client(tmp_path)
-    client.set_registered_model_alias(NAME, PRODUCTION, versions["production"])
-    client.set_registered_model_alias(NAME, CANARY, versions["canary"])
-    for alias in (SHADOW,):
-        try:
-            client.delete_registered_model_alias(NAME, alias)
-        except Exception:  # noqa: BLE001 (absent already)
-            pass
-    client.delete_registered_model_tag(NAME, release.PREVIOUS_TAG) if release.PREVIOUS_TAG in \
-        (client.get_registered_model(NAME).tags or {}) else None
-    store = ReleaseStore(tmp_path / "models", keep=2)
-    release.sync(tmp_path, store)
-    store.set_canary_share(0.5)
-    return tmp_path, store, versions
-
-
 def digest_of(root: Path, version: str) -> str:
     return tracking.client(root).get_model_version(NAME, version).tags[TAG_DIGEST]
 

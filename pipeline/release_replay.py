@@ -1,0 +1,82 @@
+"""Production's forecasts for the requests a canary answered: the canary check's like-for-like pairs.
+
+A canary answers a sticky share of store×items, so production never forecasts the series the canary
+answers, and comparing the two variants' forecast levels compares different series. Most series sell
+little, so that comparison is weak: a canary trained on a feed with every quantity ×100 moved the median
+level by 0.2–1.0 depending on the split alone (against the rule's 0.5). The host holds production's
+bundle, so the release tool forecasts the canary's own requests with it, as production would have answered
+them (the same bundle, the same feature code the app runs), and the rule compares each pair.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from pipeline.bundle import BundleError, ModelBundle, load_bundle
+from pipeline.features import FeatureInputError
+
+Request = tuple  # (store_nbr, item_nbr, date "YYYY-MM-DD", onpromotion): what a prediction event's inputs say
+
+
+def request_key(inputs: dict) -> Request | None:
+    """A replayable request from an event's inputs, or None when it is shaped otherwise."""
+    store, item, date, promo = (inputs.get(k) for k in ("store_nbr", "item_nbr", "date", "onpromotion"))
+    if not (type(store) is int and type(item) is int and isinstance(date, str) and promo in (True, False, 0, 1)):
+        return None  # (bool is an int: type() keeps true/false out of the ids)
+    try:
+        dt.date.fromisoformat(date)
+    except ValueError:
+        return None
+    return store, item, date, bool(promo)
+
+
+class ProductionReplay:
+    """Production's units for requests, from its bundle on this host; loaded once, each request forecast once
+    (the canary check polls every second)."""
+
+    def __init__(self, bundle_dir: Path):
+        self.bundle_dir = Path(bundle_dir)
+        self.error: str | None = None  # why nothing can be replayed (no or unreadable production bundle)
+        self._bundle: ModelBundle | None = None
+        self._units: dict[Request, float | None] = {}  # None: production could not have answered it
+
+    def _load(self) -> ModelBundle | None:
+        if self._bundle is None and self.error is None:
+            try:
+                self._bundle = load_bundle(self.bundle_dir)
+            except BundleError as exc:
+                self.error = f"production's bundle cannot be replayed: {exc}"
+        return self._bundle
+
+    def forecasts(self, requests: Iterable[Request]) -> dict[Request, float]:
+        """Production's forecast (units, as the API rounds them) for every request it would have answered; requests
+        for a store or item it does not know, or a date outside its window, are left out (it answers those 422)."""
+        new = [r for r in dict.fromkeys(requests) if r not in self._units]
+        bundle = self._load() if new else self._bundle
+        if new and bundle is not None:
+            self._units.update(dict.fromkeys(new))
+            snapshot = bundle.snapshot
+            known_stores = set(np.asarray(snapshot.stores["store_nbr"]).tolist())
+            known_items = set(np.asarray(snapshot.items["item_nbr"]).tolist())
+            first, last = (int(snapshot.calendar_days[0]), int(snapshot.calendar_days[-1]))
+            answerable = [r for r in new if r[0] in known_stores and r[1] in known_items
+                          and first <= _day(r[2]) <= last]
+            if answerable:
+                try:
+                    units = bundle.predict(np.asarray([r[0] for r in answerable], np.int64),
+                                           np.asarray([r[1] for r in answerable], np.int64),
+                                           np.asarray([r[2] for r in answerable], "datetime64[D]"),
+                                           np.asarray([r[3] for r in answerable], np.uint8))
+                except FeatureInputError as exc:  # a snapshot at odds with its own catalog: say so, judge without
+                    self.error = f"production's bundle cannot forecast the canary's requests: {exc}"
+                else:
+                    self._units.update((r, round(float(u), 4)) for r, u in zip(answerable, units))
+        return {r: u for r in dict.fromkeys(requests) if (u := self._units.get(r)) is not None}
+
+
+def _day(date: str) -> int:
+    return (dt.date.fromisoformat(date) - dt.date(1970, 1, 1)).days
