@@ -230,6 +230,10 @@ class Saver:
             arr = arrays.get(entry["key"])
             if arr is None or _array_sha(arr) != entry["sha256"]:
                 raise DataLossError(f"variable {name} in checkpoint {data_file} is corrupt")
+            if entry.get("shape") != list(arr.shape) or entry.get("dtype") != str(arr.dtype):
+                raise DataLossError(f"checkpoint manifest {manifest_path} is corrupt: variable {name} says shape "
+                                    f"{entry.get('shape')} {entry.get('dtype')}, its data is {list(arr.shape)} "
+                                    f"{arr.dtype}")
             if tuple(arr.shape) != tuple(var.shape):
                 raise InvalidArgumentError(f"variable {name}: checkpoint {manifest_path} has shape {tuple(arr.shape)},"
                                            f" the graph expects {tuple(var.shape)}", var.op.name)

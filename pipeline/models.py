@@ -28,7 +28,6 @@ stopped and ends exactly as an uninterrupted run with the same seed would.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -339,9 +338,12 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
         total, weight_sum = 0.0, 0.0
         while not stopped:
             source = batches(state.epoch)
-            consumed = 0
+            consumed = available = 0
             try:
-                for batch in itertools.islice(source, state.batch, None):
+                for batch in source:
+                    available += 1
+                    if available <= state.batch:  # consumed before the checkpoint this run resumed from
+                        continue
                     cats = batch["categorical"]
                     _, batch_loss = step_fn(batch["dense"], batch["log1p"], batch["weight"],
                                             *(np.ascontiguousarray(cats[:, j]) for j in range(cats.shape[1])))
@@ -383,10 +385,24 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
             if not stopped:
                 if consumed == 0 and state.batch == 0:
                     raise ValueError("train: the batch source gave no batches (no training examples?)")
+                if available < state.batch:  # only a resumed state can say so: a hand edit, as _resume's damage
+                    say(f"train: the checkpoint in {directory} cannot be resumed ({directory / STATE_FILE}: field "
+                        f"'batch' is {state.batch}, past the {available} batches of epoch {state.epoch}); "
+                        "starting over")
+                    _discard_checkpoint(directory)
+                    sess.run(init)
+                    state, best_values = TrainingState(fingerprint), sess.run(fetch_vars)
+                    best_weights, resumed_at, total, weight_sum = dict(zip(names, best_values)), 0, 0.0, 0.0
+                    continue
                 state.epoch += 1
                 state.batch = 0
     return TrainingResult(weights={k: np.array(v) for k, v in best_weights.items()}, best_step=int(state.best_step),
                           steps_run=int(state.step), curves=list(state.curves), resumed_at_step=resumed_at)
+
+
+def _discard_checkpoint(directory: Path) -> None:
+    _remove_stale(directory, keep=set())
+    (directory / STATE_FILE).unlink(missing_ok=True)
 
 
 def _resume(sess, directory: Path, fingerprint: str, saver_model, saver_all, fetch_vars: list,
@@ -406,8 +422,7 @@ def _resume(sess, directory: Path, fingerprint: str, saver_model, saver_all, fet
         saver_all.restore(sess, str(directory / state.last_checkpoint))
     except (ValueError, OSError, en.errors.OpError) as exc:
         say(f"train: the checkpoint in {directory} cannot be resumed ({exc}); starting over")
-        _remove_stale(directory, keep=set())
-        (directory / STATE_FILE).unlink(missing_ok=True)
+        _discard_checkpoint(directory)
         return None
     say(f"train: resuming from the checkpoint at step {state.step} in {directory}")
     return state, best_values

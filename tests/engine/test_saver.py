@@ -86,7 +86,10 @@ def test_restore_refuses_corrupt_missing_and_mismatched(tmp_path):
 @pytest.mark.parametrize("change, field", [
     (lambda m: m.pop("data_file"), "data_file"), (lambda m: m.update(data_file="../model.npz"), "data_file"),
     (lambda m: m.update(variables=None), "variables"), (lambda m: m["variables"][0].pop("sha256"), r"variables\[0\]"),
-    (lambda m: m["variables"][0].update(key=3), r"variables\[0\]")])
+    (lambda m: m["variables"][0].update(key=3), r"variables\[0\]"),
+    (lambda m: m["variables"][0].update(shape=[2, 2]), r"variable v says shape \[2, 2\] float32, its data is \[4\]"),
+    (lambda m: m["variables"][0].update(dtype="float64"), r"variable v says shape \[4\] float64, its data is \[4\] "
+                                                           "float32")])
 def test_a_malformed_manifest_is_data_loss_naming_the_field(tmp_path, change, field):
     """Valid JSON of the right format whose fields are missing or of another type (hand-edited, or another
     program's): a DataLossError naming the manifest and the field, not a KeyError; no file outside its folder."""

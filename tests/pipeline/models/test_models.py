@@ -203,6 +203,27 @@ def test_a_damaged_checkpoint_is_reported_and_training_starts_over(tmp_path, dam
     assert resumed.resumed_at_step == 60 and said == [f"train: resuming from the checkpoint at step 60 in {tmp_path}"]
 
 
+def test_a_batch_past_the_epochs_end_is_reported_and_training_starts_over(tmp_path):
+    """A hand-edited state whose batch is past its epoch's end (in range of the step, so it reads): before, the
+    resumed run silently skipped the rest of that epoch and ended on other weights than an uninterrupted run."""
+    x, y, w = _problem(1000, 0)  # 16 batches an epoch: the checkpoint at step 40 is epoch 2, batch 8
+    vx, vy, vw = _problem(300, 1)
+    args = {"seed": 4, "eval_every": 20, "patience": 50, "batch_size": 64, "learning_rate": 0.01}
+    straight = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, **args)
+    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path, fingerprint="f", **args)
+    _set_state(tmp_path, batch=30)
+    said = []
+    again = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, fingerprint="f",
+                   log=said.append, **args)
+    assert said == [f"train: resuming from the checkpoint at step 40 in {tmp_path}",
+                    f"train: the checkpoint in {tmp_path} cannot be resumed ({tmp_path / models.STATE_FILE}: field "
+                    "'batch' is 30, past the 16 batches of epoch 2); starting over"]
+    assert again.resumed_at_step == 0 and again.curves == straight.curves
+    for name in straight.weights:
+        np.testing.assert_array_equal(again.weights[name], straight.weights[name])
+    assert not (tmp_path / models.STATE_FILE).exists() or models.TrainingState.read(tmp_path, "f").step == 60
+
+
 def test_expected_units_sum_to_the_actual_units_where_the_factor_was_fitted():
     x, y, w = _problem(2000, 0)
     vx, vy, vw = _problem(500, 1)
