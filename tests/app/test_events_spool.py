@@ -145,9 +145,9 @@ def test_drops_held_back_are_logged_by_a_limit_check_10_s_later_without_a_new_dr
     spool.close()
 
 
-def test_a_spool_folder_that_cannot_be_written_stops_the_process_at_start(tmp_path: Path) -> None:
-    # An existing folder the app cannot write in (read-only, immutable, another user's) was accepted: the
-    # app answered every request and dropped every event, logging a full disk once per 10 s.
+@pytest.fixture
+def unwritable_folder(tmp_path: Path):
+    """An existing folder this process cannot create files in (read-only, or immutable for root)."""
     folder = tmp_path / "spool"
     folder.mkdir()
     if os.geteuid() == 0:  # root writes through permission bits: make the folder immutable instead
@@ -156,14 +156,39 @@ def test_a_spool_folder_that_cannot_be_written_stops_the_process_at_start(tmp_pa
     else:
         folder.chmod(0o555)
     try:
-        with pytest.raises(OSError, match=f"event spool {re.escape(str(folder))}: cannot create files in it"):
-            Spool(folder, 10**9, 10**6, Counts())
+        yield folder
     finally:
         if os.geteuid() == 0:
             subprocess.run(["chattr", "-i", str(folder)], check=True)
         folder.chmod(0o755)
-    Spool(folder, 10**9, 10**6, Counts()).close()  # writable again: accepted, and no probe file left behind
-    assert list(folder.iterdir()) == []
+
+
+def test_a_spool_folder_that_cannot_be_written_stops_the_process_at_start(unwritable_folder: Path) -> None:
+    # An existing folder the app cannot write in (read-only, immutable, another user's) was accepted: the
+    # app answered every request and dropped every event, logging a full disk once per 10 s.
+    with pytest.raises(OSError, match=f"event spool {re.escape(str(unwritable_folder))}: cannot create files in it"):
+        Spool(unwritable_folder, 10**9, 10**6, Counts())
+
+
+def test_a_spool_folder_writable_again_is_accepted_and_left_empty(tmp_path: Path) -> None:
+    Spool(tmp_path, 10**9, 10**6, Counts()).close()  # no probe file left behind
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_server_says_why_it_cannot_start_in_one_line(unwritable_folder: Path, tmp_path: Path) -> None:
+    """`make serve` with such a folder: before, gunicorn's 30-line "Exception in worker process" traceback came
+    above the message; now the message alone, and the server stops instead of restarting the worker."""
+    from app import launch
+
+    log = tmp_path / "gunicorn.log"
+    with pytest.raises(launch.ServerNotReady, match=r"gunicorn exited \(3\)"):
+        launch.start({"FLUENTD_HOST": "127.0.0.1", "FLUENTD_PORT": "1", "SHELFCAST_EVENT_SPOOL": str(unwritable_folder),
+                      "SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(tmp_path / "no-model"),
+                      "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}, log, timeout_s=60)
+    text = log.read_text(encoding="utf-8")
+    assert f"cannot start: PermissionError: [Errno {errno.EPERM if os.geteuid() == 0 else errno.EACCES}] event " \
+           f"spool {unwritable_folder}: cannot create files in it" in text
+    assert "Traceback" not in text and "Worker failed to boot" in text
 
 
 def test_an_unreadable_line_is_named_and_the_rest_are_read(tmp_path: Path) -> None:
