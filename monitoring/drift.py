@@ -66,6 +66,9 @@ SET_ASIDE_REASON = ("not answered by this bundle: another model version (an earl
                     "other features and vocabulary ids, and a shadow's events mirror requests production answered")
 
 
+NO_MODEL_NAMED = "naming no model (no model_digest, model_name or model_version)"
+
+
 def answered_by(bundle: BundleStatistics, events: Sequence[Mapping[str, Any]]
                 ) -> tuple[list[Mapping[str, Any]], dict[str, int]]:
     """The events this bundle answered, and a count of the others by variant and model version.
@@ -85,6 +88,9 @@ def answered_by(bundle: BundleStatistics, events: Sequence[Mapping[str, Any]]
             ours = event.get("model_name") == name and event.get("model_version") == version
         if ours and variant != "shadow":
             judged.append(event)
+            continue
+        if digest is None and event.get("model_name") is None and event.get("model_version") is None:
+            others[NO_MODEL_NAMED] += 1  # e.g. `{}`: no model's event, not some other version's
             continue
         label = f"{variant} {event.get('model_version', '(no model version)')}"
         if digest is not None and event.get("model_version") == version and digest != bundle.digest:

@@ -92,6 +92,13 @@ def test_the_same_version_from_another_bundle_is_set_aside_with_its_digest(strea
     assert f"50 event(s) of other models set aside ({label}: 50)" in capsys.readouterr().out
 
 
+def test_an_event_naming_no_model_is_set_aside_as_such_not_as_another_version(stream, jsonl, production_bundle,
+                                                                             tmp_path):
+    nameless = [{}, {"model_variant": "production", "inputs": {}}]
+    code, report = run_cli(tmp_path, production_bundle, jsonl(tmp_path / "p.jsonl", nameless + stream(200, seed=29)))
+    assert report["events"] == 200 and report["set_aside"]["by_model"] == {drift.NO_MODEL_NAMED: 2}
+
+
 def test_too_few_events_of_the_bundle_give_no_verdict_and_say_why(stream, jsonl, production_bundle, tmp_path, capsys):
     previous = other_model(stream(500, seed=30), "mlp-previous", "e" * 64)
     code, report = run_cli(tmp_path, production_bundle, jsonl(tmp_path / "p.jsonl", previous + stream(1, seed=31)))
