@@ -343,8 +343,8 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
       answered; with fewer than MIN_EVENTS of those, the difference of the
       two variants' median log1p forecasts over their own series;
     - live accuracy (only with actuals): the 95 % bootstrap interval of candidate RMSLE minus
-      production RMSLE lies entirely above 0 (shadow: over the same series, paired; canary:
-      over each variant's own series).
+      production RMSLE lies entirely above 0 (paired over the same series: a shadow's, or a canary's
+      with ``replayed``; without it, over each variant's own series, resampled apart).
     The latency and distribution rules need MIN_EVENTS (30) candidate predictions (a p95 of ten is
     their maximum); fewer than that and no rule broken: wait (no decision).
     """
@@ -401,9 +401,14 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
             if abs(shift) > MAX_FORECAST_SHIFT and len(cand_all) >= MIN_EVENTS:
                 reasons.append(f"forecast distribution: median log1p level {shift:+.3f} from production's")
     if actuals:
-        live = _live_accuracy(cand, base, actuals, paired=candidate == SHADOW, seed=seed)
+        compared_with, pairing = base, "the same series" if candidate == SHADOW else "each variant's own series"
+        if candidate != SHADOW and replayed:  # production's forecasts for the canary's own series: paired
+            compared_with, pairing = VariantTraffic(), "the canary's series, forecast by production's bundle too"
+            for (store, item, date, _), units in replayed.items():
+                compared_with.by_series.setdefault((store, item, date), []).append(units)
+        live = _live_accuracy(cand, compared_with, actuals, paired=pairing != "each variant's own series", seed=seed)
         if live is not None:
-            figures.update(live)
+            figures.update(live, live_pairing=pairing)
             low, high = live["live_rmsle_diff_interval"]
             if low > NWRMSLE_MARGIN:
                 reasons.append(f"live accuracy: RMSLE worse than production's by {low:.4f}..{high:.4f} (95 %)")
@@ -468,8 +473,9 @@ def _live_accuracy(cand: VariantTraffic, base: VariantTraffic, actuals: dict[tup
                    seed: int, resamples: int = 1000) -> dict | None:
     """RMSLE of each variant against the actual sales, and a 95 % bootstrap interval of the difference.
 
-    Shadow: the same series (paired resampling). Canary: each variant's own series (a sticky split:
-    no series is answered by both), resampled independently. None with fewer than 5 series a side.
+    ``paired``: the series both have (a shadow's, or a canary's with production's replayed forecasts), resampled
+    together. Else each variant's own series (a canary's sticky split: no series is answered by both), resampled
+    independently. None with fewer than 5 series a side.
     """
     errors_c, errors_b = _log_errors(cand, actuals), _log_errors(base, actuals)
     if paired:

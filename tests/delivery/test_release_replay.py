@@ -122,3 +122,19 @@ def test_a_total_carried_by_two_best_sellers_is_not_enough_to_roll_back():
     low, high = verdict.figures["forecast_volume_interval"]
     assert verdict.figures["forecast_volume_log_ratio"] < -release.MAX_FORECAST_SHIFT < high and low < high
     assert verdict.decision == "promote", verdict
+
+
+def test_a_canarys_live_accuracy_is_judged_against_production_on_the_canarys_own_series():
+    """The canary's series happened to be easy ones, production's hard: compared over each variant's own series
+    the canary looked better. Paired with production's forecasts for the same series it is worse."""
+    production = [event(PRODUCTION, n, 2.0) for n in range(40)]  # actual 0: production's own series, badly off
+    canary = [event(CANARY, 100 + n, 1.5) for n in range(40)]  # actual 1: off by half a unit
+    actuals = {**{(1, n, "2017-08-16"): 0.0 for n in range(40)}, **{(1, 100 + n, "2017-08-16"): 1.0 for n in range(40)}}
+    traffic = release.read_traffic(production + canary)
+    unpaired = release.compare(traffic, CANARY, actuals)
+    assert unpaired.decision == "promote" and unpaired.figures["live_pairing"] == "each variant's own series"
+    replayed = {request_key(e["inputs"]): 1.0 for e in canary}  # production: exactly right on them
+    paired = release.compare(traffic, CANARY, actuals, replayed=replayed)
+    assert paired.decision == "rollback" and "live accuracy" in paired.reasons[-1], paired
+    assert paired.figures["live_pairing"].startswith("the canary's series")
+    assert paired.figures["live_series"] == [40, 40] and len(paired.reasons) == 1
