@@ -146,11 +146,13 @@ def _op_kernel(scalar, arity, out_np):
 
 
 def elementwise(name, scalar, reference, kinds, *, grad=None, out_dtype=None, not_differentiable="", infer=None,
-                domain=(-3.0, 3.0), examples=None, **fields):
+                domain=(-3.0, 3.0), operand_dtypes=None, examples=None, **fields):
     """Register an elementwise op from its scalar function (the kernel, fused kernels and compiled
     plans are all generated from it) and its NumPy reference (``reference(*arrays)``, e.g. ``np.sin``);
-    dtypes of ``kinds``, NumPy broadcasting. ``not_differentiable``: why no gradient flows; ``fields``: any other
-    of ``register``'s."""
+    dtypes of ``kinds``, NumPy broadcasting. ``operand_dtypes``: (dtype of ``kinds``) -> each operand's dtype,
+    for the generated examples of an op whose operands differ (Select's bool condition); ``examples``: cases
+    run besides the generated ones (every dtype, broadcasting, empty, NaN, special values), never instead;
+    ``not_differentiable``: why no gradient flows; ``fields``: any other of ``register``'s."""
     if not callable(reference):
         raise TypeError(f"op {name!r}: register a NumPy reference (a function of arrays, e.g. np.sin), "
                         f"not {reference!r}: the registry test and the reference backend run it")
@@ -173,9 +175,14 @@ def elementwise(name, scalar, reference, kinds, *, grad=None, out_dtype=None, no
 
         return run
 
+    generated = elementwise_examples(arity, kinds, domain, operand_dtypes)
     return register(name, infer=infer or default_infer, kernel=kernel, reference=reference_kernel,
-                    examples=examples or elementwise_examples(arity, kinds, domain), grad=grad,
+                    examples=_with_generated(generated, examples), grad=grad,
                     not_differentiable=not_differentiable, scalar=scalar, **fields)
+
+
+def _with_generated(generated, extra):
+    return generated if extra is None else (lambda rng: generated(rng) + list(extra(rng)))
 
 
 BOOL = dtypes.bool_

@@ -12,7 +12,7 @@ from engine.graph import (IndexedSlices, constant_tensor, convert_to_tensor, gra
                           python_value_to_array)
 from engine.kernels import array as KA
 from engine.kernels import reduce as R
-from engine.ops._util import (NUMERIC, create, elementwise, elementwise_examples, same_dtype, sample,
+from engine.ops._util import (NUMERIC, create, elementwise, same_dtype, sample,
                               tensors_for_binary, unbroadcast)
 from engine.registry import NUMPY_KERNEL, Example, register, simple_kernel
 
@@ -525,7 +525,7 @@ def _where_grad(op, g):
 
 
 elementwise("Select", _select, np.where, NUMERIC, grad=_where_grad, infer=_where_infer,
-            examples=elementwise_examples(3, NUMERIC, operand_dtypes=lambda d: (np.bool_, d, d)))
+            operand_dtypes=lambda d: (np.bool_, d, d))
 
 
 def where(condition, x, y, name=None):

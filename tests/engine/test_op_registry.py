@@ -6,8 +6,11 @@ shape/dtype rule (the static dtype and every known dimension), passes on (fused,
 against passes off bit for bit, the compiled plan (where the op compiles; once per distinct input
 shapes and attributes) against the reference, and its gradient (every finite float64 example, so
 every broadcasting pattern) against central finite differences of the reference, each input's
-gradient of that input's shape; an elementwise op's value summed over rows (a bias gradient, which
-fusion computes inside the op's kernel) fused against unfused bit for bit. An op registered without
+gradient of that input's shape; an elementwise op's value summed over rows by each ``sums_broadcast`` op (a
+bias gradient, which fusion computes inside the op's kernel) fused against unfused bit for bit. What an op says
+of itself is checked too: a shape-only input fed other values changes nothing, a ``sums_broadcast`` op is
+fused into an elementwise producer and must agree, and kernel and reference refuse for the same reason. An
+op registered without
 a reference, examples, or a gradient (unless it says why none flows: ``not_differentiable``) fails here.
 Hypothesis then builds random graphs of the registered elementwise ops and runs them all three
 ways. Adding an op needs no edit of this file.
@@ -37,6 +40,7 @@ REFERENCE = en.SessionConfig(optimize=False, backend="reference")
 UNFUSED = en.SessionConfig(optimize=False, reuse_buffers=False)
 OPTIMIZED = en.SessionConfig()
 ROW_SUM_EXAMPLES = 2  # float examples of an elementwise op whose row sum is checked fused vs unfused
+ROW_SUM_PRODUCER = "Relu"  # the elementwise op a sums_broadcast op is checked after (its fused kernel sums rows)
 
 
 class Built:
@@ -74,6 +78,10 @@ def _close(got, want, what, exact=False):
     if isinstance(want, Exception) or isinstance(got, Exception):
         assert type(got) is type(want) or (isinstance(got, OpError) and isinstance(want, OpError)), \
             f"{what}: {got!r} vs {want!r}"
+        # a run wraps a kernel's own exception (session.step_error): both sides must refuse for the same reason,
+        # not, say, a kernel's IndexError where the reference raised a ValueError
+        assert type(got.__cause__) is type(want.__cause__), \
+            f"{what}: refused for different reasons: {got.__cause__!r} vs {want.__cause__!r}"
         return
     if want is None:
         assert got is None, what
@@ -123,6 +131,7 @@ def test_op(op_type):
         _check_rule(built, want, f"{what}: reference")
         _check_rule(built, unfused, f"{what}: kernel")
         _check_declared_view(op_def, unfused[0], example.inputs, what)
+        _check_shape_only(built, op_def, unfused, what)
         _close(built.run(OPTIMIZED), unfused, f"{what}: passes on (fused) vs off", exact=not op_def.random)
         signature = _signature(example)
         if not isinstance(want[0], Exception) and not op_def.writes_state and signature not in compiled:
@@ -134,11 +143,17 @@ def test_op(op_type):
     if op_def.grad is not None:
         assert gradient_checks, f"{op_type}: no finite float64 example to check its gradient with"
     if op_def.fusible:
-        fused = []  # the first two examples that can show it (each builds new kernels: a cold cache compiles them)
-        for example in examples:
-            if len(fused) < ROW_SUM_EXAMPLES and (f := _check_row_sum(op_type, example)) is not None:
-                fused.append(f)
-        assert all(fused), f"{op_type}: its row sum was not fused into its kernel"
+        for summer in _row_summers():
+            fused = []  # the first two examples that can show it (each builds new kernels: a cold cache compiles them)
+            for example in examples:
+                if len(fused) < ROW_SUM_EXAMPLES and (f := _check_row_sum(op_type, example, summer)) is not None:
+                    fused.append(f)
+            assert all(fused), f"{op_type}: its row sum ({summer}) was not fused into its kernel"
+    if op_def.sums_broadcast:  # what fusion does with the flag: the sum computed inside an elementwise producer
+        producer = get_op_def(ROW_SUM_PRODUCER).examples(np.random.default_rng(0))
+        fused = [f for e in producer if (f := _check_row_sum(ROW_SUM_PRODUCER, e, op_type)) is not None]
+        assert fused[:ROW_SUM_EXAMPLES] and all(fused), \
+            f"{op_type}: says sums_broadcast but fusion did not compute it inside {ROW_SUM_PRODUCER}'s kernel"
 
 
 def _kernel_modules(factory, seen=None) -> set:
@@ -199,10 +214,29 @@ def _check_declared_view(op_def, outputs, inputs, what):
             f"{what}: output {k} is a view of an input; register it with output_aliases='input'"
 
 
-def _check_row_sum(op_type, example):
-    """An elementwise op's value summed over rows (a bias gradient: SumToShape), which fusion computes
-    inside the op's own kernel: fused vs unfused bit for bit, and vs the reference. Returns whether it
-    was fused; None when the example cannot show it (not a float matrix, operands of another dtype)."""
+def _row_summers() -> list:
+    """The ops fusion may compute inside an elementwise producer's kernel (``sums_broadcast``: SumToShape)."""
+    return sorted(n for n, d in registered_ops().items() if d.sums_broadcast)
+
+
+def _check_shape_only(built, op_def, result, what):
+    """An input the op says it reads only the shape of (``shape_only_inputs``: liveness frees its value, the
+    gradient check skips it) must not change the result when its values do."""
+    if isinstance(result[0], Exception):
+        return
+    for k in set(range(len(built.example.inputs))) - set(op_def.data_inputs(len(built.example.inputs))):
+        original = built.example.inputs[k]
+        other = (~original if original.dtype == bool else np.full_like(original, 7)) if original.size else original
+        inputs = [other if j == k else a for j, a in enumerate(built.example.inputs)]
+        _close(built.run(UNFUSED, inputs), result, f"{what}: input {k} is said to be shape-only (shape_only_inputs) "
+               "but its values change the result", exact=not op_def.random)
+
+
+def _check_row_sum(op_type, example, summer="SumToShape"):
+    """An elementwise op's value summed over rows (a bias gradient: ``summer``, an op flagged sums_broadcast),
+    which fusion computes inside the op's own kernel: fused vs unfused bit for bit, and vs the reference.
+    Returns whether it was fused; None when the example cannot show it (not a float matrix, operands of
+    another dtype)."""
     shape = np.broadcast_shapes(*(a.shape for a in example.inputs))
     dtype = example.inputs[0].dtype
     if (dtype.kind != "f" or len(shape) < 2 or 0 in shape or example.attrs
@@ -215,8 +249,8 @@ def _check_row_sum(op_type, example):
         out = graph.create_op(op_type, feeds).outputs[0]
         if out.dtype.np != dtype:
             return None
-        fetch = [out, graph.create_op("SumToShape", [out, bias]).outputs[0]]
-    what = f"{op_type} {[f'{a.dtype}{a.shape}' for a in example.inputs]} summed over rows"
+        fetch = [out, graph.create_op(summer, [out, bias]).outputs[0]]
+    what = f"{op_type} {[f'{a.dtype}{a.shape}' for a in example.inputs]} summed over rows by {summer}"
     runs = {config: en.Session(graph, config).run(fetch, dict(zip(feeds, example.inputs)))
             for config in (REFERENCE, UNFUSED, OPTIMIZED)}
     _close(runs[UNFUSED], runs[REFERENCE], f"{what}: kernel vs reference")
@@ -407,6 +441,54 @@ def test_the_registry_test_checks_every_example(monkeypatch, base, changes, mess
     name = _fake(monkeypatch, base, **changes)
     with pytest.raises(AssertionError, match=message):
         test_op(name)
+
+
+def _mean_to_shape(op, ctx):
+    """SumToShape divided by the rows summed: a mean, whose kernel and reference agree; only the flag
+    sums_broadcast (kept from SumToShape) is wrong: fusion would compute a sum in its producer's kernel."""
+    reduce = get_op_def("SumToShape").reference(op, ctx)
+    return lambda g, like: reduce(g, like) / (g.size // max(like.size, 1))
+
+
+def _refuses_empty(error):
+    def make(op, ctx):
+        def run(x):
+            if x.size == 0:
+                raise error("empty")
+            return np.maximum(x, 0).astype(x.dtype)
+        return run
+    return make
+
+
+@pytest.mark.parametrize("base,changes,message", [
+    ("SumToShape", {"kernel": _mean_to_shape, "reference": _mean_to_shape, "grad": None,
+                    "not_differentiable": "a test op"}, r"FakeSumToShape.*fused vs unfused"),
+    ("Mul", {"shape_only_inputs": (1,)}, r"input 1 is said to be shape-only"),
+    ("Relu", {"kernel": _refuses_empty(ValueError), "reference": _refuses_empty(IndexError), "scalar": None,
+              "emit": None}, r"refused for different reasons: ValueError\('empty'\) vs IndexError\('empty'\)"),
+], ids=["sums_broadcast on an op that does not sum", "shape_only_inputs on an input whose values count",
+        "kernel and reference refuse for different reasons"])
+def test_the_registry_test_checks_what_an_op_says_of_itself(monkeypatch, base, changes, message):
+    """Found by a probe: each of these passed the registry test before. A wrong sums_broadcast gave wrong fused
+    results (24 where 8 was right) only inside a graph; a wrong shape_only_inputs turned off that input's
+    gradient check; any two errors counted as agreement."""
+    name = _fake(monkeypatch, base, **changes)
+    with pytest.raises(AssertionError, match=message):
+        test_op(name)
+
+
+def test_an_elementwise_ops_own_examples_come_beside_the_generated_ones(scratch_registry):
+    """An elementwise op's ``examples`` add cases; they no longer replace the dtypes, broadcasting, empty, NaN and
+    special values every elementwise op is run on."""
+    extra = Example((np.array([[1.0, -2.0]]),))
+    _util.elementwise("SinTwice", M._sin, np.sin, _util.FLOAT, grad=get_op_def("Sin").grad,
+                      examples=lambda rng: [extra])
+    rng = np.random.default_rng(0)
+    examples = get_op_def("SinTwice").examples(rng)
+    generated = _util.elementwise_examples(1, _util.FLOAT)(np.random.default_rng(0))
+    assert len(examples) == len(generated) + 1 and examples[-1] is extra
+    assert any(a.size == 0 for e in examples for a in e.inputs) and any(np.isnan(a).any() for e in examples
+                                                                        for a in e.inputs)
 
 
 def test_an_op_says_why_no_gradient_flows_through_it(scratch_registry):
