@@ -37,11 +37,17 @@ from pipeline.model_params import EvaluateParams, evaluate_params, promote_param
 from pipeline.train import HOLIDAYS_DATA, TRAIN_DATA
 
 COMPARED, NO_PRODUCTION, SAME_BUNDLE, UNSCORABLE = "compared", "no production", "already production", "unscorable"
+REFUSED = "refused: worse than production"  # on the candidate's training run only: nothing is registered
 TAG = "champion_challenger"  # model version and training run tags: TAG, then TAG + "_<figure>"
 
 
 class WorseThanProduction(RuntimeError):
-    """The candidate is worse than the production model with confidence; the message names the param and figures."""
+    """The candidate is worse than the production model with confidence; the message names the param and figures,
+    ``comparison`` holds them (status REFUSED) for the candidate's training run."""
+
+    def __init__(self, message: str, comparison: "Comparison"):
+        super().__init__(message)
+        self.comparison = comparison
 
 
 class Unscorable(ValueError):
@@ -50,7 +56,7 @@ class Unscorable(ValueError):
 
 @dataclass(frozen=True)
 class Comparison:
-    status: str  # COMPARED, NO_PRODUCTION, SAME_BUNDLE or UNSCORABLE
+    status: str  # COMPARED, NO_PRODUCTION, SAME_BUNDLE, UNSCORABLE or REFUSED
     note: str  # the line promote prints
     production_version: str | None = None
     candidate_nwrmsle: float | None = None
@@ -159,15 +165,15 @@ def challenge(root: Path, home: Path, raw: Mapping, candidate_digest: str, insta
                f"over {interval.series} series")
     bound = -pparams.max_regression
     shown = f"{bound:.2%}" if bound else "0"
+    measured = dict(production_version=number, candidate_nwrmsle=cand, production_nwrmsle=prod, interval=interval,
+                    rows=rows, production_snapshot=whose)
     if interval.high < bound:
-        raise WorseThanProduction(
-            f"promote.max_regression: {figures}: its upper bound is below {shown}, so the candidate is worse than "
-            "production with confidence; nothing registered or installed (raise promote.max_regression to promote "
-            "it on purpose)")
+        message = (f"promote.max_regression: {figures}: its upper bound is below {shown}, so the candidate is worse "
+                   "than production with confidence; nothing registered or installed (raise promote.max_regression "
+                   "to promote it on purpose)")
+        raise WorseThanProduction(message, Comparison(REFUSED, message, **measured))
     return Comparison(COMPARED, f"champion/challenger passed: {figures} (refused when the upper bound is below "
-                                f"{shown}: promote.max_regression)",
-                      production_version=number, candidate_nwrmsle=cand, production_nwrmsle=prod, interval=interval,
-                      rows=rows, production_snapshot=whose)
+                                f"{shown}: promote.max_regression)", **measured)
 
 
 def record(root: Path, name: str, version: str | None, run_id: str, comparison: Comparison) -> None:

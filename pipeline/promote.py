@@ -103,7 +103,7 @@ def training_run(root: Path, digest: str):
     if found is None:
         raise PromotionRefused(f"no finished MLflow training run at {tracking.shown_uri(root)} is tagged with "
                                f"the candidate's bundle digest {digest[:12]} (was it trained by pipeline.train against "
-                               "this tracking store? run `dvc repro -f train` to train it here)")
+                               "this tracking store? run `dvc repro -f -s train` to train it here)")
     return found
 
 
@@ -231,7 +231,11 @@ def _promote(root: Path, quiet: bool, candidate_root: Path | None) -> dict:
     trained = training_run(root, digest)
     registered = tracking.version_of_bundle(root, digest, pparams.model_name)  # then installed, not uploaded again
     serving = None if registered is None else registered_serving_digest(registered, pparams.model_name, digest)
-    comparison = champion.challenge(root, home, raw, digest, root / PRODUCTION_DIR)  # refused: nothing written
+    try:
+        comparison = champion.challenge(root, home, raw, digest, root / PRODUCTION_DIR)
+    except champion.WorseThanProduction as refused:  # nothing registered or installed; the run says why
+        champion.record(root, pparams.model_name, None, trained.info.run_id, refused.comparison)
+        raise
     say(f"promote: {comparison.note}")
     interval = evaluation["improvement_interval"]
     tags = {"bundle_version": str(evaluation.get("bundle_version")), "code_version": evaluation["code_version"][:16],

@@ -250,6 +250,23 @@ def ensure_experiment(mlflow_client, project_root: Path | str = ".", name: str =
     return experiment.experiment_id
 
 
+UI_MODEL_TRAINING = "workflowType=machine_learning"  # MLflow 3.17's UI: the view an address opens in
+
+
+def ui_address(base_url: str, project_root: Path | str = ".", name: str = EXPERIMENT_NAME) -> str:
+    """Where the experiment opens in MLflow's UI as model training (runs, metrics, models).
+
+    MLflow 3.17's UI picks its GenAI or machine-learning view from the address (``workflowType``), else
+    from a per-browser setting that starts as GenAI, whatever the experiment's ``mlflow.experimentKind``
+    tag says: the plain experiment address shows a traces overview with no runs. The experiments list
+    when there is no experiment yet."""
+    base = base_url.rstrip("/")
+    experiment = client(project_root).get_experiment_by_name(name)
+    if experiment is None:
+        return f"{base}/#/experiments?{UI_MODEL_TRAINING}"
+    return f"{base}/#/experiments/{experiment.experiment_id}?{UI_MODEL_TRAINING}"
+
+
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested params as MLflow's flat ``section.key`` strings."""
     out: dict[str, str] = {}

@@ -52,7 +52,10 @@ def test_a_candidate_worse_than_production_is_refused_though_it_beats_the_baseli
     assert len(tracking.client(root).search_model_versions(f"name='{NAME}'")) == 1
     assert str(tracking.production_version(root).version) == "1"
     assert verify_bundle(root / "models/production") == installed
-    assert champion.TAG not in tracking.client(root).get_run(worse["run_id"]).data.tags
+    tags = tracking.client(root).get_run(worse["run_id"]).data.tags  # the refusal is on the run (found by a probe:
+    assert tags[champion.TAG] == champion.REFUSED  # it was on stdout only) and nowhere in the registry
+    assert tags[f"{champion.TAG}_production_version"] == "1" and f"{champion.TAG}_improvement" in tags
+    assert tags[f"{champion.TAG}_note"] == err.strip().removeprefix("promote: refused: ")
     tiny_params["promote"]["max_regression"] = 0.5  # a deliberate step back: allowed up to 50 % worse
     set_params(root, tiny_params)
     assert promote.run(root, quiet=True)["champion_challenger"]["status"] == champion.COMPARED

@@ -145,6 +145,60 @@ def test_the_experiment_opens_as_model_training_in_mlflow_3(store):
     assert kind == tracking.MODEL_TRAINING_KIND == "custom_model_development"
 
 
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.slow
+def test_make_mlflow_uis_address_opens_the_experiments_runs_not_the_genai_overview(store, tmp_path):
+    """Found by a probe: with the tag set, MLflow 3.17's UI still opened the experiment as a GenAI traces
+    overview (its view comes from the address, else a per-browser setting that starts as GenAI). The address
+    `make mlflow-ui` prints opens the runs; the plain one, for contrast, the overview."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from app.launch import free_port
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Chromium is not installed (scripts/install_browser.sh)")
+    client = tracking.client(store)
+    run = client.create_run(tracking.ensure_experiment(client, store), run_name="train-mlp")
+    client.log_metric(run.info.run_id, "train_loss", 0.3)
+    client.set_terminated(run.info.run_id)
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+                               tracking.tracking_uri(store), "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        address = tracking.ui_address(f"http://127.0.0.1:{port}", store)
+        assert address.endswith(f"/#/experiments/{run.info.experiment_id}?workflowType=machine_learning")
+
+        def page(url: str) -> str:
+            return subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
+                                   f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000",
+                                   "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+
+        shown, plain = page(address), page(address.split("?")[0])
+        assert "train-mlp" in shown and "Detect Issues" not in shown, shown[-2000:]
+        assert "Detect Issues" in plain and "train-mlp" not in plain  # MLflow's default, why the address says so
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def test_an_existing_experiment_gets_the_kind_but_a_users_choice_is_kept(store):
     client = tracking.client(store)
     old = client.create_experiment(tracking.EXPERIMENT_NAME)  # as made before the tag existed
