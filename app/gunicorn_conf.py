@@ -80,7 +80,7 @@ bind = setting("SHELFCAST_BIND", "127.0.0.1:5005")
 workers = count_setting("SHELFCAST_WORKERS", "0") or len(os.sched_getaffinity(0))
 if workers > MAX_WORKERS:
     raise RuntimeError(f"SHELFCAST_WORKERS: {workers} workers (each loads the model); at most {MAX_WORKERS}")
-worker_class = "gthread"
+worker_class = "app.gunicorn_worker.ThreadWorker"  # gthread, its graceful closes off the accepting thread
 threads = max(1, count_setting("SHELFCAST_THREADS", "8"))
 keepalive = 5
 timeout = 60  # a worker loads and warms up the bundle before it serves

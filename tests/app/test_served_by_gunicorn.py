@@ -86,6 +86,32 @@ def test_stalled_bodies_do_not_delay_other_clients(server):
     assert max(answered) < 1.0
 
 
+def test_clients_that_never_close_after_the_server_does_do_not_delay_others(server):
+    """Found by a probe: gunicorn's gthread worker closes a connection it ends (HTTP/1.0, Connection: close, an
+    error) by waiting up to 2 s for the client to close too (RFC 9112's graceful close), on the thread that
+    accepts and dispatches every connection: one such client every 0.5 s (urllib with its response left unread
+    is one) made others' forecasts take ~1.8 s, and workers timed out. 12 of them, then 20 forecasts."""
+    body = predict_body(server)
+    lingering = []
+    for _ in range(12):
+        client = socket.create_connection(("127.0.0.1", server))
+        client.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")  # answered, then the server closes; the client never does
+        lingering.append(client)
+        time.sleep(0.02)
+    took = []
+    try:
+        for _ in range(20):
+            started = time.perf_counter()
+            assert request(server, "POST", "/api/v1/predict", body, {"Content-Type": "application/json"},
+                           timeout=10.0).status == 200
+            took.append(time.perf_counter() - started)
+    finally:
+        for client in lingering:
+            client.close()
+    print(f"lingering clients: 20 forecasts beside 12 clients that never close, slowest {max(took) * 1000:.0f} ms")
+    assert max(took) < 0.5, [round(t, 3) for t in took]
+
+
 def test_sized_and_chunked_bodies_over_the_limit_get_413(server):
     headers = {"Content-Type": "application/json"}
     big = b"[" + b"0," * (MIB // 2) + b"0]"
