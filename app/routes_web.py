@@ -47,6 +47,8 @@ def index():
     form = parse_form(request.args, model)
     if form.instance is None:
         return _page(model, form, status=400)
+    if request.method == "HEAD":  # a link checker's or a preview's: nothing is shown, so nothing is forecast or logged
+        return _page(model, form)
     instance = form.instance
     [prediction] = predict_and_log(model, [instance], state.sink, g.request_id, g.started, source="web")
     result = _result(model, instance, prediction["unit_sales"])

@@ -89,6 +89,14 @@ def test_a_product_typed_with_its_label_is_understood(served):
     assert response.status_code == 200 and 'id="forecast-units"' in response.get_data(as_text=True)
 
 
+def test_a_head_request_forecasts_and_logs_nothing(served):
+    """Found by a probe: HEAD ran the GET view, so a link checker or a chat preview logged a forecast nobody saw
+    (and counted it in /metrics' predictions)."""
+    response = served.client.head("/", query_string=form_for(served))
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/html")
+    assert served.events() == []  # a GET of it does (test_submitting_shows_the_forecast_and_a_chart_and_logs_it)
+
+
 def day(model, offset: int) -> str:
     return (model.first_date + dt.timedelta(days=offset)).isoformat()
 
@@ -97,6 +105,13 @@ def day(model, offset: int) -> str:
     ({"store": ""}, "store", "Choose a store"),
     ({"store": "999"}, "store", "Store 999 is not one this model knows"),
     ({"store": "abc"}, "store", "not a store number"),
+    # found by a probe: each of these was read as its leading digits and forecast for store 1 or 2
+    ({"store": "1e400"}, "store", "not a store number"),
+    ({"store": "1.0"}, "store", "not a store number"),
+    ({"store": "2.5"}, "store", "not a store number"),
+    ({"store": "1<script>"}, "store", "not a store number"),
+    ({"store": "1\x00"}, "store", "not a store number"),
+    ({"item": "115152<script>"}, "item", "Pick a product from the list"),
     ({"item": ""}, "item", "Type a product"),
     ({"item": "bread"}, "item", "Pick a product from the list"),
     ({"item": "1"}, "item", "Item 1 is not one this model knows"),
