@@ -21,7 +21,8 @@ from app.events import PredictionEventSink
 from app.metrics import REQUEST_DURATION, count_event, labelled, metrics_blueprint, observe_models
 from app.model_store import ProductionWithFallback
 from app.predictor import Predictor
-from app.request_buffer import BODY_MALFORMED, BODY_TIMED_OUT, BODY_TOO_LARGE, BufferedRequests, malformed_body
+from app.request_buffer import (BODY_MALFORMED, BODY_TIMED_OUT, BODY_TOO_LARGE, TRANSFER_CODINGS, BufferedRequests,
+                                malformed_body)
 from app.state import EXTENSION_KEY, ServingState
 from app.validation import check_body_encoding
 from app.variants import Variants, installed_candidates
@@ -89,8 +90,10 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
             raise RequestTimeout(f"the request body did not arrive within {settings.body_timeout_s} s")
         if BODY_MALFORMED in request.environ:  # before routing, as the two above: the message itself is bad
             raise malformed_body(request.environ[BODY_MALFORMED])
-        if request.content_length:
-            check_body_encoding(request.headers.get("Content-Encoding", ""), request.mimetype_params.get("charset"))
+        transfer = request.environ.get(TRANSFER_CODINGS, "")
+        if request.content_length or transfer:  # a sized or a chunked body
+            check_body_encoding(request.headers.get("Content-Encoding", ""), request.mimetype_params.get("charset"),
+                                transfer)
 
     @app.after_request
     def tag_response(response):

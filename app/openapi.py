@@ -14,8 +14,8 @@ from app.validation import MAX_ID
 ERROR_CODES = {
     "invalid_request": "the body or a field is malformed (400)",
     "not_forecastable": "a store/item the model was not trained on, or a date outside its horizon (422)",
-    "unsupported_media_type": "not application/json, compressed (Content-Encoding), or a charset other than utf-8 "
-                              "(415)",
+    "unsupported_media_type": "not application/json, compressed (Content-Encoding, or a transfer coding but "
+                              "chunked), or a charset other than utf-8 (415)",
 }
 
 
@@ -146,7 +146,8 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
                                   "(SHELFCAST_BODY_TIMEOUT_S)"),
                     "413": _error(f"body larger than {max_body_bytes} bytes"),
                     "415": _error("the body is not application/json, is compressed (any Content-Encoding but "
-                                  "identity), or declares a charset other than utf-8"),
+                                  "identity, any Transfer-Encoding but chunked), or declares a charset other than "
+                                  "utf-8"),
                     "422": _error("unknown store or item, or a date outside the model's horizon"),
                     "503": unavailable,
                 },

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 BODY_TOO_LARGE = "shelfcast.body_too_large"
 BODY_TIMED_OUT = "shelfcast.body_timed_out"
 BODY_MALFORMED = "shelfcast.body_malformed"  # why the server could not decode the body (the app answers 400)
+TRANSFER_CODINGS = "shelfcast.transfer_codings"  # the Transfer-Encoding a buffered body no longer has
 DEADLINE_CHECK_S = 0.1  # how often overrun body reads are looked for: a 408 comes at most this much late
 CHUNK = 64 * 1024
 TCP_CORK = getattr(socket, "TCP_CORK", 0)
@@ -100,7 +101,7 @@ class BufferedRequests:
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         if _has_body(environ):
             body = self._read_body(environ)
-            environ.pop("HTTP_TRANSFER_ENCODING", None)
+            environ[TRANSFER_CODINGS] = environ.pop("HTTP_TRANSFER_ENCODING", "")
             if BODY_MALFORMED in environ:
                 environ["wsgi.input"] = UndecodableBody(environ[BODY_MALFORMED])
                 environ["wsgi.input_terminated"] = True  # read it: the read answers 400 (Werkzeug would skip it)

@@ -46,12 +46,15 @@ def parse_json_body() -> object:
                          [FieldError("Content-Type", f"expected application/json, got {request.mimetype or 'none'!r}")])
     raw = request.get_data(cache=False)  # beyond MAX_CONTENT_LENGTH this raises 413
     try:
-        return json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        text = raw.decode("utf-8-sig")  # UTF-8 (RFC 8259), a BOM allowed; json.loads alone would take UTF-16 or 32
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except DuplicateKey as exc:
         raise InputError(400, "invalid_request", "the body repeats a key within one object",
                          [FieldError("body", f"duplicate key {shorten(exc.args[0])!r}: give each key once")]) from None
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        detail = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        # (past 4,300 digits Python's int() advises raising sys.set_int_max_str_digits: not the client's business)
+        detail = str(exc).split("; use sys.set_int_max_str_digits")[0] if isinstance(exc, ValueError) \
+            else "nested too deeply"
         raise InputError(400, "invalid_request", "the body is not valid JSON",
                          [FieldError("body", f"not valid JSON: {detail[:200]}")]) from None
 

@@ -60,10 +60,14 @@ def _describe(value: Any) -> str:
     return shorten(repr(value))
 
 
-def check_body_encoding(content_encoding: str, charset: str | None) -> None:
-    """InputError(415) for a body this app would misread: compressed (no Content-Encoding is decoded here), or
-    declared in a charset other than UTF-8 (neither the JSON nor the form reader takes a charset from the header)."""
+def check_body_encoding(content_encoding: str, charset: str | None, transfer_encoding: str = "") -> None:
+    """InputError(415) for a body this app would misread: compressed (no Content-Encoding, and no transfer coding
+    but chunked, is decoded here), or declared in a charset other than UTF-8 (neither the JSON nor the form
+    reader takes a charset from the header)."""
     errors = []
+    if any(c.strip().lower() not in ("chunked", "") for c in transfer_encoding.split(",")):
+        errors.append(FieldError("Transfer-Encoding", f"unsupported transfer coding {shorten(transfer_encoding)!r}: "
+                                                      "send the body chunked or with a Content-Length, uncompressed"))
     codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
     if any(coding != "identity" for coding in codings):
         errors.append(FieldError("Content-Encoding", f"unsupported content coding {shorten(content_encoding)!r}: "

@@ -231,6 +231,11 @@ def test_an_error_body_stays_small_whatever_the_request(served):
     [error] = response.json["errors"]
     assert error["field"] == "instances[0].store_nbr" and error["message"].endswith("...")
     assert len(error["message"]) < 80 and len(response.data) < 1_000
+    response = served.client.post("/api/v1/predict", data=data.replace(store, "9" * 5000),  # past Python's limit
+                                  content_type="application/json")
+    [error] = response.json["errors"]
+    assert error["field"] == "body" and "5000 digits" in error["message"]
+    assert "set_int_max_str_digits" not in error["message"]  # found by a probe: Python's advice to its own users
 
 
 @pytest.mark.parametrize("data, key", [
@@ -277,3 +282,17 @@ def test_identity_and_utf8_are_accepted(served, headers):
     response = served.client.post("/api/v1/predict", data=body,
                                   headers={"Content-Type": "application/json", **headers})
     assert response.status_code == 200, response.json
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32", "utf-16-be"])
+def test_a_body_in_another_unicode_encoding_without_a_charset_is_400(served, encoding):
+    """Found by a probe: json.loads of bytes detects UTF-16 and UTF-32 by itself, so such a body sent as plain
+    application/json was served, where RFC 8259 asks for UTF-8 (a charset other than UTF-8 was already 415)."""
+    body = json.dumps({"instances": [an_instance(served)]}).encode(encoding)
+    response = served.client.post("/api/v1/predict", data=body, content_type="application/json")
+    assert response.status_code == 400 and fields_of(response) == ["body"], response.json
+
+
+def test_a_utf8_body_with_a_byte_order_mark_is_accepted(served):
+    body = b"\xef\xbb\xbf" + json.dumps({"instances": [an_instance(served)]}).encode()
+    assert served.client.post("/api/v1/predict", data=body, content_type="application/json").status_code == 200

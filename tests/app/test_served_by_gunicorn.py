@@ -129,6 +129,23 @@ def test_sized_and_chunked_bodies_over_the_limit_get_413(server):
     assert small.status == 200  # a chunked body under the limit is read whole
 
 
+def test_a_transfer_coding_other_than_chunked_is_415_naming_it(server):
+    """Found by a probe: 'Transfer-Encoding: gzip, chunked' was served as if the body were plain (gunicorn
+    removes the chunked framing only); a gzip body would be misread."""
+    body = predict_body(server)
+    client = socket.create_connection(("127.0.0.1", server), timeout=10)
+    client.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Transfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n"
+                   + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+    answer = b""
+    while chunk := client.recv(65536):
+        answer += chunk
+    client.close()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 415"), answer[:300]
+    assert [e["field"] for e in json.loads(payload)["errors"]] == ["Transfer-Encoding"]
+
+
 def test_security_headers_on_pages_api_and_errors(server):
     for path in ("/", "/api/v1/model", "/no-such-page", "/metrics"):
         response = request(server, "GET", path)
