@@ -75,6 +75,7 @@ MIN_LATENCY_EXCESS_MS = 5.0  # ... and at least this many ms above it (milliseco
 SLOW_SHARE = 0.05  # a candidate whose p95 is within the bar has at most 5 % of its answers above it ...
 LATENCY_P_VALUE = 0.05  # ... rolled back only when more lie above it with 95 % one-sided confidence (binomial)
 MAX_FORECAST_SHIFT = 0.5  # |median log1p(candidate) - log1p(production)| on the same requests (or series)
+MIN_VOLUME_SERIES = 10  # the total-units rule judges no fewer store×items (a canary at a small share has a few)
 NWRMSLE_MARGIN = 0.0  # with actuals: candidate NWRMSLE's 95 % bootstrap interval must not lie above production's + this
 
 
@@ -222,6 +223,8 @@ class VariantTraffic:
     errors: int = 0  # canary attempts that production had to answer (events with canary_failed)
     latencies_ms: list[float] = field(default_factory=list)
     by_request: dict[tuple, float] = field(default_factory=dict)  # (request id, instance) -> units
+    request_series: dict[tuple, tuple] = field(default_factory=dict)  # (request id, instance) -> (store, item)
+    digests: set = field(default_factory=set)  # the model_digest of every event (the bundles that answered)
     by_series: dict[tuple, list[float]] = field(default_factory=dict)  # (store, item, date) -> units
     by_inputs: dict[tuple, list[float]] = field(default_factory=dict)  # (store, item, date, onpromotion) -> units
 
@@ -255,6 +258,9 @@ def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str
         request = _key(event.get("request_id"), event.get("instance_index"))
         if request is not None:
             t.by_request[request] = units
+            t.request_series[request] = _key(inputs.get("store_nbr"), inputs.get("item_nbr")) or request
+        if isinstance(event.get("model_digest"), str):
+            t.digests.add(event["model_digest"])
         series = _key(inputs.get("store_nbr"), inputs.get("item_nbr"), inputs.get("date"))
         if series is not None:
             t.by_series.setdefault(series, []).append(units)
@@ -336,8 +342,9 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
       binomial test), so two or three slow answers out of sixty on a busy host are no regression;
     - forecast distribution: over pairs of forecasts for the same requests, the median of log1p(candidate)
       - log1p(production) is beyond ±0.5 (a factor of ~1.65), or log1p of the candidate's total units -
-      log1p of production's is beyond ±0.5 with 95 % confidence (bootstrap over the pairs; the total catches
-      a model far off on the series that sell, where most series sell next to nothing). The pairs: shadow,
+      log1p of production's is beyond ±0.5 with 95 % confidence (bootstrap over the pairs' store×items, at least
+      MIN_VOLUME_SERIES of them; the total catches a model far off on the series that sell, where most series
+      sell next to nothing). The pairs: shadow,
       the requests both answered; canary, each of its answers with ``replayed`` (production's forecasts for
       its requests, pipeline/release_replay.py) when that gives MIN_EVENTS, else the store×item×dates both
       answered; with fewer than MIN_EVENTS of those, the difference of the
@@ -377,19 +384,20 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
                            f"with 95 % confidence (p = {p_value:.3g})")
     pairs, pairing = _forecast_pairs(cand, base, candidate, replayed)
     if pairs and (candidate == SHADOW or len(pairs) >= MIN_EVENTS):
-        c, b = (np.asarray(side, np.float64) for side in zip(*pairs))
+        c, b = (np.asarray(side, np.float64) for side in list(zip(*pairs))[:2])
         shift = float(np.median(np.log1p(c) - np.log1p(b)))
-        volume, (low, high) = _volume_log_ratio(c, b, seed)
+        volume, (low, high), series = _volume_log_ratio(c, b, [p[2] for p in pairs], seed)
         figures.update(forecast_log_shift=round(shift, 4), forecast_volume_log_ratio=round(volume, 4),
-                       forecast_volume_interval=[round(low, 4), round(high, 4)], compared_pairs=len(pairs),
-                       forecast_pairing=pairing)
+                       forecast_volume_interval=[round(low, 4), round(high, 4)], forecast_volume_series=series,
+                       compared_pairs=len(pairs), forecast_pairing=pairing)
         if abs(shift) > MAX_FORECAST_SHIFT and len(pairs) >= MIN_EVENTS:
             reasons.append(f"forecast distribution: median log1p shift {shift:+.3f} beyond ±{MAX_FORECAST_SHIFT} "
                            f"on {pairing}")
-        if (low > MAX_FORECAST_SHIFT or high < -MAX_FORECAST_SHIFT) and len(pairs) >= MIN_EVENTS:
+        if ((low > MAX_FORECAST_SHIFT or high < -MAX_FORECAST_SHIFT) and len(pairs) >= MIN_EVENTS
+                and series >= MIN_VOLUME_SERIES):
             reasons.append(f"forecast distribution: {c.sum():.1f} units in all against production's {b.sum():.1f} "
-                           f"on {pairing} (log1p ratio {volume:+.3f}, 95 % interval {low:+.3f}..{high:+.3f}, "
-                           f"beyond ±{MAX_FORECAST_SHIFT})")
+                           f"on {pairing} (log1p ratio {volume:+.3f}, 95 % interval {low:+.3f}..{high:+.3f} over "
+                           f"{series} store×items, beyond ±{MAX_FORECAST_SHIFT})")
     elif candidate != SHADOW and cand.by_series:
         # no production forecasts for the canary's series (its bundle not on this host, or too few of them): compare
         # the two variants' forecast levels, over different series, instead
@@ -423,44 +431,56 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     return Verdict(candidate, "promote", ["no rule broken"], figures)
 
 
-def _forecast_pairs(cand: VariantTraffic, base: VariantTraffic, candidate: str,
-                    replayed: dict[tuple, float] | None) -> tuple[list[tuple[float, float]], str]:
-    """(candidate, production) forecasts for the same requests, and what they are (for the figures and reasons);
-    in key order, so the same events give the same verdict in whatever order a source returns them."""
+def _forecast_pairs(cand: VariantTraffic, base: VariantTraffic, candidate: str, replayed: dict[tuple, float] | None
+                    ) -> tuple[list[tuple[float, float, tuple]], str]:
+    """(candidate, production, store×item) forecasts for the same requests, and what they are (for the figures and
+    reasons); in key order, so the same events give the same verdict in whatever order a source returns them."""
     if candidate == SHADOW:
         keys = sorted(cand.by_request.keys() & base.by_request.keys(), key=str)
-        return [(cand.by_request[k], base.by_request[k]) for k in keys], "the same requests"
+        return ([(cand.by_request[k], base.by_request[k], cand.request_series.get(k, k)) for k in keys],
+                "the same requests")
     if replayed:  # every canary answer, as the shadow's: a series asked for twice counts twice
         keys = sorted(cand.by_inputs.keys() & replayed.keys(), key=str)
-        pairs = [(units, replayed[k]) for k in keys for units in sorted(cand.by_inputs[k])]
+        pairs = [(units, replayed[k], k[:2]) for k in keys for units in sorted(cand.by_inputs[k])]
         if len(pairs) >= MIN_EVENTS:
             return pairs, f"the canary's {len(pairs)} answers, forecast by production's bundle too"
     keys = sorted(cand.by_series.keys() & base.by_series.keys(), key=str)
-    return ([(float(np.mean(cand.by_series[k])), float(np.mean(base.by_series[k]))) for k in keys],
+    return ([(float(np.mean(cand.by_series[k])), float(np.mean(base.by_series[k])), k[:2]) for k in keys],
             "the store×item×dates both answered")
 
 
-def _volume_log_ratio(cand: np.ndarray, base: np.ndarray, seed: int,
-                      resamples: int = 1000) -> tuple[float, tuple[float, float]]:
-    """log1p(candidate's total units) - log1p(production's) over paired forecasts, and its 95 % bootstrap interval
-    (pairs resampled): a few best-sellers carry a total, so two healthy models can differ by a factor of 1.7 on
-    thirty pairs of a tiny catalog; the rule asks for the whole interval beyond the bar."""
-    picks = np.random.default_rng(seed).integers(0, cand.size, size=(resamples, cand.size))
-    ratios = np.log1p(cand[picks].sum(axis=1)) - np.log1p(base[picks].sum(axis=1))
+def _volume_log_ratio(cand: np.ndarray, base: np.ndarray, series: list, seed: int,
+                      resamples: int = 1000) -> tuple[float, tuple[float, float], int]:
+    """log1p(candidate's total units) - log1p(production's) over paired forecasts, its 95 % bootstrap interval and
+    the number of store×items. The bootstrap resamples store×items, not answers: the answers for one series
+    share that series' ratio, and a canary at a 5 % share answered 1,000 requests for 2 series, whose interval
+    around their own ratio was then narrow enough to roll back a healthy model (a probe's finding). Memory: one
+    total per series, not per answer."""
+    index = {key: n for n, key in enumerate(dict.fromkeys(series))}
+    where = np.fromiter((index[key] for key in series), np.int64, len(series))
+    cand_sums, base_sums = np.bincount(where, cand, len(index)), np.bincount(where, base, len(index))
+    picks = np.random.default_rng(seed).integers(0, len(index), size=(resamples, len(index)))
+    ratios = np.log1p(cand_sums[picks].sum(axis=1)) - np.log1p(base_sums[picks].sum(axis=1))
     low, high = (float(x) for x in np.percentile(ratios, [2.5, 97.5]))
-    return math.log1p(float(cand.sum())) - math.log1p(float(base.sum())), (low, high)
+    return math.log1p(float(cand.sum())) - math.log1p(float(base.sum())), (low, high), len(index)
 
 
 def judge(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tuple, float] | None = None,
           replay: ProductionReplay | None = None) -> Verdict:
     """``compare``, a canary's requests paired with production's forecasts for them (``replay``: production's
     bundle on this host)."""
-    replayed = None
+    replayed, error = None, None
     if replay is not None and candidate == CANARY and CANARY in traffic:
-        replayed = replay.forecasts(traffic[CANARY].by_inputs)
+        replayed, error = replay.forecasts(traffic[CANARY].by_inputs), replay.error
+        answered = traffic.get(PRODUCTION, VariantTraffic()).digests
+        if replay.digest is not None and answered and replay.digest not in answered:  # a stale or other bundle
+            replayed = None
+            error = (f"the production bundle on this host ({replay.digest[:12]}) is not the one that answered "
+                     f"production's traffic ({', '.join(sorted(d[:12] for d in answered))}): `release sync` "
+                     "installs what the registry names")
     verdict = compare(traffic, candidate, actuals, replayed=replayed)
-    if replay is not None and replay.error:
-        verdict.figures["production_replay_error"] = replay.error
+    if error:
+        verdict.figures["production_replay_error"] = error
     return verdict
 
 

@@ -11,15 +11,16 @@ them (the same bundle, the same feature code the app runs), and the rule compare
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from pipeline.bundle import BundleError, ModelBundle, load_bundle
-from pipeline.features import FeatureInputError
 
 Request = tuple  # (store_nbr, item_nbr, date "YYYY-MM-DD", onpromotion): what a prediction event's inputs say
+ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def request_key(inputs: dict) -> Request | None:
@@ -27,6 +28,8 @@ def request_key(inputs: dict) -> Request | None:
     store, item, date, promo = (inputs.get(k) for k in ("store_nbr", "item_nbr", "date", "onpromotion"))
     if not (type(store) is int and type(item) is int and isinstance(date, str) and promo in (True, False, 0, 1)):
         return None  # (bool is an int: type() keeps true/false out of the ids)
+    if not ISO_DAY.fullmatch(date):  # as the app logs it: fromisoformat also takes 20170822 and 2017-W34-2
+        return None
     try:
         dt.date.fromisoformat(date)
     except ValueError:
@@ -43,6 +46,11 @@ class ProductionReplay:
         self.error: str | None = None  # why nothing can be replayed (no or unreadable production bundle)
         self._bundle: ModelBundle | None = None
         self._units: dict[Request, float | None] = {}  # None: production could not have answered it
+
+    @property
+    def digest(self) -> str | None:
+        """The replayed bundle's digest (None until loaded, or when it cannot be)."""
+        return None if self._bundle is None else self._bundle.digest
 
     def _load(self) -> ModelBundle | None:
         if self._bundle is None and self.error is None:
@@ -66,16 +74,25 @@ class ProductionReplay:
             answerable = [r for r in new if r[0] in known_stores and r[1] in known_items
                           and first <= _day(r[2]) <= last]
             if answerable:
-                try:
-                    units = bundle.predict(np.asarray([r[0] for r in answerable], np.int64),
-                                           np.asarray([r[1] for r in answerable], np.int64),
-                                           np.asarray([r[2] for r in answerable], "datetime64[D]"),
-                                           np.asarray([r[3] for r in answerable], np.uint8))
-                except FeatureInputError as exc:  # a snapshot at odds with its own catalog: say so, judge without
-                    self.error = f"production's bundle cannot forecast the canary's requests: {exc}"
-                else:
-                    self._units.update((r, round(float(u), 4)) for r, u in zip(answerable, units))
+                self._units.update(zip(answerable, _predict(bundle, answerable)))
         return {r: u for r in dict.fromkeys(requests) if (u := self._units.get(r)) is not None}
+
+
+def _predict(bundle: ModelBundle, requests: list[Request]) -> list[float | None]:
+    """Units for each request, rounded as the API rounds them; one by one when the batch fails, so a request
+    production's features refuse is left out (None), not the batch."""
+    try:
+        units = bundle.predict(*_columns(requests))
+    except ValueError:  # FeatureInputError among them
+        if len(requests) == 1:
+            return [None]
+        return [u for r in requests for u in _predict(bundle, [r])]
+    return [round(float(u), 4) for u in units]
+
+
+def _columns(requests: list[Request]) -> tuple[np.ndarray, ...]:
+    return (np.asarray([r[0] for r in requests], np.int64), np.asarray([r[1] for r in requests], np.int64),
+            np.asarray([r[2] for r in requests], "datetime64[D]"), np.asarray([r[3] for r in requests], np.uint8))
 
 
 def _day(date: str) -> int:

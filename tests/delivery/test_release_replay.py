@@ -69,6 +69,9 @@ def test_too_few_replayed_requests_fall_back_to_the_series_both_answered_then_to
     {"store_nbr": 1, "item_nbr": 1, "date": 20170816, "onpromotion": False},
     {"store_nbr": 1, "item_nbr": 1, "date": "2017-08-16"},
     {"store_nbr": 1, "item_nbr": 1, "date": "2017-08-16", "onpromotion": "yes"},
+    # date.fromisoformat takes these; numpy read the first as year 20170822 and failed on the second (a probe)
+    {"store_nbr": 1, "item_nbr": 1, "date": "20170822", "onpromotion": False},
+    {"store_nbr": 1, "item_nbr": 1, "date": "2017-W34-2", "onpromotion": False},
 ])
 def test_a_request_shaped_otherwise_is_not_replayed(inputs):
     assert request_key(inputs) is None
@@ -138,3 +141,42 @@ def test_a_canarys_live_accuracy_is_judged_against_production_on_the_canarys_own
     assert paired.decision == "rollback" and "live accuracy" in paired.reasons[-1], paired
     assert paired.figures["live_pairing"].startswith("the canary's series")
     assert paired.figures["live_series"] == [40, 40] and len(paired.reasons) == 1
+
+
+def test_many_answers_for_a_few_series_are_not_enough_to_roll_back():
+    """Found by a probe: a healthy canary at a 5 % share answered 1,000 requests for 2 series; resampling the
+    answers made the interval of their total narrow, and the rule rolled it back. The bootstrap resamples
+    store×items, and the rule needs MIN_VOLUME_SERIES of them."""
+    production = [event(PRODUCTION, n, 1.0) for n in range(40)]
+    canary = []
+    for k in range(900):  # item 100 sells nothing on both sides; item 101 the canary puts at a third
+        e = event(CANARY, 100 + k % 2, 0.01 if k % 2 == 0 else 1.0)
+        canary.append({**e, "request_id": f"c{k}"})
+    replayed = {request_key(e["inputs"]): (0.01 if e["inputs"]["item_nbr"] == 100 else 3.0) for e in canary}
+    verdict = release.compare(release.read_traffic(production + canary), CANARY, replayed=replayed)
+    assert verdict.figures["forecast_volume_series"] == 2 and verdict.figures["forecast_volume_log_ratio"] < -1
+    assert verdict.decision == "promote", verdict
+
+
+def test_a_request_production_refuses_is_left_out_not_the_batch():
+    from pipeline import release_replay
+
+    class Bundle:  # a batch containing store 7 fails, as a snapshot at odds with its catalog would
+        def predict(self, stores, items, dates, promotions):
+            if 7 in stores.tolist():
+                raise ValueError("store_nbr: row 0: store 7 is not one the model was trained on")
+            return stores.astype(float)
+
+    requests = [(1, 1, "2017-08-16", False), (7, 1, "2017-08-16", False), (2, 1, "2017-08-16", True)]
+    assert release_replay._predict(Bundle(), requests) == [1.0, None, 2.0]
+
+
+def test_a_production_bundle_that_did_not_answer_productions_traffic_is_not_replayed(host, tmp_path, capsys):
+    """Found by a probe: a host whose models/production is another release than the one that answered (out of
+    sync, or a decide run elsewhere) paired the canary with the wrong model and said nothing."""
+    root, store, versions = host
+    serve_one_row_requests(store, tmp_path / "events.jsonl")
+    store.install(PRODUCTION, versions["canary"])  # the host's production is now another bundle
+    status, verdict = decide(root, store, capsys, "--events", str(tmp_path / "events.jsonl"))
+    assert "is not the one that answered production's traffic" in verdict["figures"]["production_replay_error"]
+    assert not verdict["figures"].get("forecast_pairing", "").startswith("the canary's"), verdict
