@@ -29,6 +29,7 @@ import numpy as np
 
 from pipeline.features import (
     CATEGORICAL_FIELDS,
+    HORIZON_FEATURE,
     FeatureSpec,
     HistorySnapshot,
     Vocabularies,
@@ -92,7 +93,7 @@ def feature_role(name: str) -> str:
     """history | request | calendar: the horizon and the target day's calendar and holiday flags are calendar."""
     if name in REQUEST_FEATURES:
         return ROLE_REQUEST
-    if name == "horizon" or name.startswith("target_"):
+    if name == HORIZON_FEATURE or name.startswith("target_"):
         return ROLE_CALENDAR
     return ROLE_HISTORY
 

@@ -45,6 +45,7 @@ CATEGORICAL_FIELDS = ("store_nbr", "item_nbr", "family", "class", "perishable", 
 ITEM_FIELDS = ("family", "class", "perishable")
 STORE_FIELDS = ("city", "store_type", "cluster")
 UNKNOWN_ID = 0
+HORIZON_FEATURE = "horizon"  # the dense feature: days from the origin to the requested day (1 .. horizon)
 MAX_HORIZON = 16
 YEAR_DAYS = 364  # 52 weeks: the year-ago day falls on the same weekday
 YEAR_AGO_WEEK = 3  # the year-ago target week: that day +- 3 days
@@ -111,7 +112,7 @@ def dense_feature_names(spec: FeatureSpec) -> list[str]:
     names += ["days_since_last_sale", "days_since_first_sale"]
     names += [f"promo_share_{w}d" for w in spec.promo_windows]
     names += ["mean_log1p_on_promo", "promo_uplift_log1p"]
-    names += ["target_onpromotion", "horizon"]
+    names += ["target_onpromotion", HORIZON_FEATURE]
     names += [f"target_dow_{d}" for d in range(7)]
     names += ["target_day_of_month", "target_is_payday", "target_is_day_after_payday", "target_days_to_payday"]
     names += [f"target_{flag}" for flag in HOLIDAY_FLAGS]
