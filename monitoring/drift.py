@@ -119,12 +119,18 @@ def write_report(report: Mapping[str, Any], output_dir: Path | str) -> tuple[Pat
 DRIFT_TAG = "shelfcast.drift"
 
 
+def alarmable(report: Mapping[str, Any]) -> dict[str, dict]:
+    """The record of every feature that can raise the alarm, by name ('category <field>' for a categorical input):
+    calendar and unweighted features are shown, not alarmed."""
+    records = {name: record for name, record in report.get("features", {}).items()
+               if record.get("role") not in (ROLE_CALENDAR, ROLE_UNWEIGHTED)}
+    records.update({f"category {name}": record for name, record in report.get("categorical", {}).items()})
+    return records
+
+
 def _alarmable(report: Mapping[str, Any]) -> dict[str, float]:
-    """PSI of every feature that can raise the alarm (calendar and unweighted features are shown, not alarmed)."""
-    psi = {name: record["psi"] for name, record in report["features"].items()
-           if record.get("role") not in (ROLE_CALENDAR, ROLE_UNWEIGHTED)}
-    psi.update({f"category {name}": record["psi"] for name, record in report["categorical"].items()})
-    return psi
+    """PSI of every feature that can raise the alarm."""
+    return {name: record["psi"] for name, record in alarmable(report).items()}
 
 
 def drift_summary_event(report: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 from flask import Blueprint, abort, current_app, jsonify, render_template, send_file
 from markupsafe import Markup
 
-from monitoring.drift import DEFAULT_OUTPUT_DIR, REPORT_HTML, REPORT_JSON
+from monitoring.drift import DEFAULT_OUTPUT_DIR, REPORT_HTML, REPORT_JSON, alarmable
 from monitoring.recent_predictions import StatisticsCache
 from pipeline.event_sources import prediction_log
 
@@ -86,8 +86,7 @@ def page_data() -> dict[str, Any]:
     serving = serving_model()
     summary = None
     if drift is not None:
-        features = {**{k: v for k, v in drift.get("features", {}).items() if v.get("role") != "calendar"},
-                    **{f"category {k}": v for k, v in drift.get("categorical", {}).items()}}  # calendar: never alarmed
+        features = alarmable(drift)  # what can alarm: a calendar or unweighted feature's PSI says nothing of the data
         worst = sorted(features.items(), key=lambda item: -item[1].get("psi", 0.0))[:8]
         summary = {"status": drift.get("status"), "alarm": drift.get("alarm", False),
                    "generated_at": drift.get("generated_at"), "events": drift.get("events"),

@@ -159,6 +159,21 @@ def write_report(tmp_path, model: dict | None) -> None:
     (tmp_path / "drift" / drift.REPORT_JSON).write_text(json.dumps({**report, **({"model": model} if model else {})}))
 
 
+def test_the_features_that_moved_most_are_only_those_that_can_alarm(tmp_path, monkeypatch):
+    """Found by a probe: the page's table led with a feature the model gives no weight (unweighted: shown, never
+    alarmed) while drift's own summary leaves those out; it now lists what drift could alarm on."""
+    (tmp_path / "drift").mkdir()
+    features = {"target_is_national_holiday": {"psi": 0.9, "role": "unweighted", "verdict": "not alarmed"},
+                "horizon": {"psi": 8.6, "role": "calendar", "verdict": "not alarmed"},
+                "mean_log1p_7d": {"psi": 0.05, "role": "history", "verdict": "ok"}}
+    report = {"status": "ok", "alarm": False, "events": 300, "reasons": [], "features": features,
+              "categorical": {"store_nbr": {"psi": 0.02, "verdict": "ok"}}}
+    (tmp_path / "drift" / drift.REPORT_JSON).write_text(json.dumps(report))
+    client = client_for(tmp_path, monkeypatch)
+    names = [f["name"] for f in client.get("/api/v1/monitoring").get_json()["drift"]["top_features"]]
+    assert names == ["mean_log1p_7d", "category store_nbr"]
+
+
 def test_a_report_for_another_model_than_the_hosts_is_said_to_be_so(tmp_path, monkeypatch):
     """The host app names the model it serves (web.SERVING_MODEL); monitoring compares without importing it."""
     client = client_for(tmp_path, monkeypatch)
