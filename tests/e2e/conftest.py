@@ -63,7 +63,7 @@ def gunicorn_server(e2e_bundle, tmp_path) -> Iterator[RunningServer]:
 @pytest.fixture
 def browser(tmp_path) -> Iterator:
     """A headless Chromium session driven over WebDriver (skips when Chromium is not installed)."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = webdriver.find_chromium()
     driver = shutil.which("chromedriver")
     if chromium is None or driver is None:
         pytest.skip("Chromium not installed (needs Debian's chromium and chromium-driver: scripts/install_browser.sh)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -24,6 +25,12 @@ ELEMENT_KEY = "element-6066-11e4-a52e-4f735466cecf"  # the W3C spec's web elemen
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--window-size=1000,1400")
+
+
+def find_chromium() -> str | None:
+    """The installed Chromium (Debian's `chromium`, scripts/install_browser.sh), or None: the one lookup every test
+    that opens a browser uses."""
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 class WebDriverError(RuntimeError):

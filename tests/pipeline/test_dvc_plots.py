@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from pipeline import evaluate
+from tests.e2e.webdriver import find_chromium
 from pipeline.backtest import WindowScores
 from pipeline.model_params import EvaluateParams, SliceBound
 
@@ -79,13 +80,9 @@ def test_the_daily_plot_reads_dates_as_time(plots_page):
     assert len(dates) == 48 and all(np.datetime64(d, "D") for d in dates)  # three back-to-back windows
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
 def test_offline_chromium_draws_every_daily_line_in_full(plots_page, tmp_path):
     """The page as DVC wrote it, in a browser that may reach nothing: each series is a line over all 48 days."""
-    browser = _chromium()
+    browser = find_chromium()
     if browser is None:
         pytest.skip("Chromium not installed (scripts/install_browser.sh installs it)")
     page = plots_page.read_text(encoding="utf-8")

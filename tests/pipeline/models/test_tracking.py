@@ -145,12 +145,6 @@ def test_the_experiment_opens_as_model_training_in_mlflow_3(store):
     assert kind == tracking.MODEL_TRAINING_KIND == "custom_model_development"
 
 
-def _chromium() -> str | None:
-    import shutil
-
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
 @pytest.mark.slow
 def test_make_mlflow_uis_address_opens_the_experiments_runs_not_the_genai_overview(store, tmp_path):
     """Found by a probe: with the tag set, MLflow 3.17's UI still opened the experiment as a GenAI traces
@@ -162,8 +156,9 @@ def test_make_mlflow_uis_address_opens_the_experiments_runs_not_the_genai_overvi
     import urllib.request
 
     from app.launch import free_port
+    from tests.e2e.webdriver import find_chromium
 
-    browser = _chromium()
+    browser = find_chromium()
     if browser is None:
         pytest.skip("Chromium is not installed (scripts/install_browser.sh)")
     client = tracking.client(store)
