@@ -98,7 +98,10 @@ def render_report(report: Mapping[str, Any]) -> str:
     model = report["model"]
     prediction = ""
     if report.get("prediction"):
-        prediction = ("<h2>Forecast distribution</h2><table><tr><th>output</th><th>PSI</th><th>test</th>"
+        compared_with = report["prediction"].get("reference")
+        prediction = ("<h2>Forecast distribution</h2>"
+                      + (f"<p>Compared with: {escape(compared_with)}.</p>" if compared_with else "")
+                      + "<table><tr><th>output</th><th>PSI</th><th>test</th>"
                       "<th>statistic</th><th>p-value</th><th>verdict</th><th>reference ▮ vs live ▮</th></tr>"
                       + _shift_rows({"forecast units": report["prediction"]}) + "</table>")
     live = report.get("live")

@@ -15,7 +15,12 @@ Two references, both plain JSON (numpy only):
   ``history`` (the series' past at the origin), ``request`` (given by the caller) or
   ``calendar`` (set by the requested date and the store's holidays; the app refuses dates
   outside the window, so these say which days clients ask for, not that the data changed --
-  reports show them, never alarm).
+  reports show them, never alarm). With the model at hand (``predict``) it also holds the
+  forecasts of those rows, the promotion flag drawn at the training rows' share: one
+  histogram over all of them (``prediction_units``) and, on the same edges, one per horizon
+  day (``prediction_by_horizon``), so monitoring mixes the days in the proportions the
+  requests ask for them (a model forecasts day 1 otherwise than day 16, and traffic for the
+  next day alone is ordinary).
 * the training rows' own distributions (``dense``, ``categorical``, ``target_units``,
   ``prediction_units``: the inner-validation forecasts, one origin at every horizon),
   kept for the model card and for bundles made before ``served`` existed.
@@ -23,13 +28,14 @@ Two references, both plain JSON (numpy only):
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from pipeline.features import (
     CATEGORICAL_FIELDS,
     HORIZON_FEATURE,
+    FeatureMatrix,
     FeatureSpec,
     HistorySnapshot,
     Vocabularies,
@@ -99,9 +105,10 @@ def feature_role(name: str) -> str:
 
 
 def served_reference(spec: FeatureSpec, vocab: Vocabularies, snapshot: HistorySnapshot,
-                     train_onpromotion: np.ndarray, seed: int = 0,
-                     max_rows: int = SERVED_REFERENCE_ROWS) -> dict:
-    """Feature distributions of the requests `snapshot` can serve (see the module docstring)."""
+                     train_onpromotion: np.ndarray, predict: Callable[[FeatureMatrix], np.ndarray] | None = None,
+                     seed: int = 0, max_rows: int = SERVED_REFERENCE_ROWS) -> dict:
+    """Feature distributions of the requests `snapshot` can serve, and with `predict` (a feature matrix -> unit
+    forecasts) their forecasts, overall and per horizon day (see the module docstring)."""
     series, days = snapshot.store_nbr.size, snapshot.calendar_days.size
     total = series * days
     if total == 0:
@@ -109,15 +116,19 @@ def served_reference(spec: FeatureSpec, vocab: Vocabularies, snapshot: HistorySn
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(total, size=max_rows, replace=False)) if total > max_rows else np.arange(total)
     row, day = np.divmod(picked, days)
+    promoted = np.asarray(train_onpromotion, np.float64)
+    promoted = promoted[np.isfinite(promoted)]
+    share = float(promoted.mean()) if promoted.size else 0.0  # the forecasts' promotion mix: the requests' expected
     rows = rows_from_snapshot(snapshot, snapshot.store_nbr[row], snapshot.item_nbr[row],
-                              snapshot.calendar_days[day].astype("datetime64[D]"), np.zeros(picked.size, np.uint8))
+                              snapshot.calendar_days[day].astype("datetime64[D]"),
+                              (rng.random(picked.size) < share).astype(np.uint8))
     matrix = build_features(spec, vocab, rows)
     names = dense_feature_names(spec)
     dense = {name: distribution(matrix.dense[:, j]) for j, name in enumerate(names)}
     for name in REQUEST_FEATURES:
         dense[name] = distribution(train_onpromotion)
     first, last = (str(np.datetime64(int(d), "D")) for d in (snapshot.calendar_days[0], snapshot.calendar_days[-1]))
-    return {
+    served = {
         "rows": int(picked.size), "series": int(series), "origin": str(np.datetime64(int(snapshot.origin_day), "D")),
         "horizon_dates": [first, last],
         "dense": dense,
@@ -125,12 +136,32 @@ def served_reference(spec: FeatureSpec, vocab: Vocabularies, snapshot: HistorySn
                         for j, name in enumerate(CATEGORICAL_FIELDS)},
         "roles": {name: feature_role(name) for name in names},
     }
+    if predict is not None:
+        forecasts = np.asarray(predict(matrix), np.float64).ravel()
+        served["prediction_units"] = distribution(forecasts, bins="quantile")
+        served["prediction_by_horizon"] = forecasts_by_horizon(forecasts, np.asarray(rows.horizon),
+                                                               served["prediction_units"])
+    return served
 
 
-def roll_served_reference(served: Mapping, spec: FeatureSpec, vocab: Vocabularies, snapshot: HistorySnapshot) -> dict:
+def forecasts_by_horizon(forecasts: np.ndarray, horizon: np.ndarray, overall: Mapping) -> dict:
+    """{horizon day: {"counts": its forecasts in `overall`'s histogram bins (the outer bins open-ended, as
+    monitoring counts live values), "mean": their mean}}."""
+    edges = np.asarray(overall.get("histogram", {}).get("edges", []), np.float64)
+    if edges.size < 2:
+        return {}
+    bins = np.searchsorted(edges[1:-1], forecasts, side="right")
+    return {str(int(h)): {"counts": np.bincount(bins[horizon == h], minlength=edges.size - 1).astype(int).tolist(),
+                          "mean": float(forecasts[horizon == h].mean())} for h in np.unique(horizon)}
+
+
+def roll_served_reference(served: Mapping, spec: FeatureSpec, vocab: Vocabularies, snapshot: HistorySnapshot,
+                          predict: Callable[[FeatureMatrix], np.ndarray] | None = None) -> dict:
     """`served` recomputed for a snapshot moved to a later origin (the production bundle, pipeline/serving_bundle.py):
-    its own origin and horizon days; the request features keep their training distribution."""
-    rolled = served_reference(spec, vocab, snapshot, np.zeros(0))
+    its own origin, horizon days and forecasts there; the request features keep their training distribution."""
+    promotion = served["dense"].get(REQUEST_FEATURES[0], {})
+    share = promotion.get("mean", 0.0) if promotion.get("count") else 0.0
+    rolled = served_reference(spec, vocab, snapshot, np.asarray([share]), predict)
     for name in REQUEST_FEATURES:
         rolled["dense"][name] = served["dense"][name]
     return rolled

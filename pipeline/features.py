@@ -45,7 +45,7 @@ CATEGORICAL_FIELDS = ("store_nbr", "item_nbr", "family", "class", "perishable", 
 ITEM_FIELDS = ("family", "class", "perishable")
 STORE_FIELDS = ("city", "store_type", "cluster")
 UNKNOWN_ID = 0
-HORIZON_FEATURE = "horizon"  # the dense feature: days from the origin to the requested day (1 .. horizon)
+HORIZON_FEATURE = "horizon"  # the dense feature: days from the origin to the requested day, / spec.horizon
 MAX_HORIZON = 16
 YEAR_DAYS = 364  # 52 weeks: the year-ago day falls on the same weekday
 YEAR_AGO_WEEK = 3  # the year-ago target week: that day +- 3 days
@@ -121,6 +121,11 @@ def dense_feature_names(spec: FeatureSpec) -> list[str]:
                   "year_ago_season_change_log1p", "year_over_year_trend_log1p", "target_day_of_year_sin",
                   "target_day_of_year_cos"]
     return names
+
+
+def horizon_days(feature_values, horizon: int) -> np.ndarray:
+    """The horizon day (1 .. horizon) of each HORIZON_FEATURE value (build_features writes day / horizon)."""
+    return np.rint(np.asarray(feature_values, np.float64) * horizon).astype(np.int64)
 
 
 @dataclass

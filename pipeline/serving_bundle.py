@@ -61,7 +61,8 @@ def roll_forward(root: Path, candidate_dir: Path, target_dir: Path, candidate_di
 
     stats = dict(candidate.training_stats)
     if "served" in stats:  # drift compares production's requests with its own origin and horizon days
-        stats["served"] = roll_served_reference(stats["served"], spec, candidate.vocab, snapshot)
+        stats["served"] = roll_served_reference(stats["served"], spec, candidate.vocab, snapshot,
+                                                candidate.predict_features)
     return write_bundle(target_dir, write_graph=copy_graph, metadata=metadata, snapshot=snapshot,
                         training_stats=stats)
 

@@ -356,7 +356,8 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
         # The request's promotion flag is compared with the training rows whose promotion the data gave: an
         # unknown one is False to the model, and counted here it made ordinary traffic look promoted.
         request_promo = data.train.matrix.dense[:, names.index("target_onpromotion")][data.train_promo_known]
-        served = served_reference(spec, data.vocab, snapshot, request_promo)
+        served = served_reference(spec, data.vocab, snapshot, request_promo,
+                                  predict=lambda matrix: models.predict_weights(config, result.weights, matrix))
         stats = training_statistics(data.train.matrix.dense, names, data.train.matrix.categorical,
                                     CATEGORICAL_FIELDS, data.vocab.values, data.train.units, inner_pred, served)
         graph_io: dict = {}

@@ -53,6 +53,24 @@ def sample_histogram(rng: np.random.Generator, reference: dict, n: int) -> np.nd
     return edges[bins] + rng.random(n) * (edges[bins + 1] - edges[bins])
 
 
+def sample_forecasts(rng: np.random.Generator, stats: dict, horizon: int, horizon_feature, n: int) -> np.ndarray:
+    """Forecasts as the bundle's reference has them: each at its event's horizon day when the served reference has
+    per-day forecasts (pipeline/drift_stats.py), else the inner-validation forecasts."""
+    served = stats.get("served") or {}
+    if not served.get("prediction_by_horizon") or horizon_feature is None:
+        return sample_histogram(rng, stats["prediction_units"], n)
+    from pipeline.features import horizon_days
+
+    days = horizon_days(horizon_feature, horizon)
+    out = np.empty(n)
+    for day in np.unique(days):
+        at = days == day
+        reference = {"histogram": {"edges": served["prediction_units"]["histogram"]["edges"],
+                                   "counts": served["prediction_by_horizon"][str(int(day))]["counts"]}}
+        out[at] = sample_histogram(rng, reference, int(at.sum()))
+    return out
+
+
 def sample_categories(rng: np.random.Generator, reference: dict, vocabulary: list[str], n: int) -> np.ndarray:
     """Vocabulary ids distributed as the training category shares (id 0 = unknown)."""
     labels = list(reference["top"])
@@ -64,10 +82,11 @@ def sample_categories(rng: np.random.Generator, reference: dict, vocabulary: lis
 
 def make_stream(metadata: dict, stats: dict, n: int, seed: int,
                 shift: Callable[[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray], Any] | None = None,
-                digest: str = "0" * 64) -> list[dict[str, Any]]:
+                digest: str = "0" * 64, horizon_day: int | None = None) -> list[dict[str, Any]]:
     """`n` prediction events shaped as the app emits them, drawn from the bundle's reference statistics.
 
-    `digest` is the bundle digest the events name as the model that answered them (`model_digest`).
+    `digest` is the bundle digest the events name as the model that answered them (`model_digest`);
+    `horizon_day`: every request for that day of the window (its forecasts drawn as that day's).
 
     `shift(dense, categorical, predictions)` may change the arrays in place first.
     """
@@ -76,7 +95,9 @@ def make_stream(metadata: dict, stats: dict, n: int, seed: int,
     dense = {name: sample_histogram(rng, ref, n) for name, ref in reference["dense"].items() if ref.get("count")}
     categorical = {name: sample_categories(rng, ref, metadata["vocabularies"][name], n)
                    for name, ref in reference["categorical"].items()}
-    predictions = sample_histogram(rng, stats["prediction_units"], n)
+    if horizon_day is not None:
+        dense["horizon"][:] = horizon_day / metadata["horizon"]  # the feature's scale (pipeline/features.py)
+    predictions = sample_forecasts(rng, stats, metadata["horizon"], dense.get("horizon"), n)
     if shift is not None:
         shift(dense, categorical, predictions)
     start = dt.datetime(2017, 8, 1, tzinfo=dt.timezone.utc)
@@ -128,9 +149,11 @@ def bundle_digest(tiny_bundle) -> str:
 
 @pytest.fixture(scope="session")
 def stream(bundle_parts, bundle_digest) -> Callable[..., list[dict[str, Any]]]:
-    """stream(n, seed, shift=None): events the tiny bundle answered, drawn from its training statistics."""
+    """stream(n, seed, shift=None, horizon_day=None): events the tiny bundle answered, drawn from its reference
+    statistics."""
     metadata, stats = bundle_parts
-    return lambda n, seed, shift=None: make_stream(metadata, stats, n, seed, shift, bundle_digest)
+    return lambda n, seed, shift=None, horizon_day=None: make_stream(metadata, stats, n, seed, shift, bundle_digest,
+                                                                     horizon_day)
 
 
 @pytest.fixture(scope="session")
@@ -143,13 +166,18 @@ def repo_root() -> Path:
     return REPO
 
 
-def served_validation_requests(bundle: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` real requests for the bundle's window: rows of its project's validation split, items it knows."""
+def served_validation_requests(bundle: Path, n: int | None, seed: int = 0,
+                               first_days: int | None = None) -> list[dict[str, Any]]:
+    """`n` real requests (None: all) for the bundle's window: rows of its project's validation split, items it
+    knows; with `first_days`, only for the window's first days (a client ordering for the next days)."""
     import pandas as pd
 
     rows = pd.read_parquet(bundle.parents[1] / "data" / "split" / "validation.parquet")
     known = set(json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))["vocabularies"]["item_nbr"])
-    rows = rows[rows["item_nbr"].astype(str).isin(known)].sample(n=n, random_state=seed)
+    rows = rows[rows["item_nbr"].astype(str).isin(known)]
+    if first_days is not None:
+        rows = rows[rows["date"] < rows["date"].min() + pd.Timedelta(days=first_days)]
+    rows = rows.sample(n=n or len(rows), random_state=seed)
     return [{"store_nbr": int(r.store_nbr), "item_nbr": int(r.item_nbr), "date": r.date.date().isoformat(),
              "onpromotion": bool(r.onpromotion)} for r in rows.itertuples()]
 

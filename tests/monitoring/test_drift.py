@@ -6,6 +6,7 @@ import copy
 import datetime as dt
 import json
 import re
+from html import escape as html_escape
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from monitoring import drift, drift_analysis
 from monitoring.drift_analysis import analyse
 from monitoring.drift_params import DriftParams, DriftParamsError, load_drift_params
+from monitoring.serving_data import collect
 from pipeline.actuals import read_actuals
 from pipeline.drift_stats import distribution
 
@@ -333,7 +335,7 @@ def test_requests_for_one_day_of_the_window_alarm_on_no_calendar_feature(bundle_
         for name in calendar:
             dense[name][:] = dense[name][0]  # every request for the same target day
 
-    events = jsonl(tmp_path / "p.jsonl", stream(STREAM_EVENTS, seed=8, shift=first_day_only))
+    events = jsonl(tmp_path / "p.jsonl", stream(STREAM_EVENTS, seed=8, shift=first_day_only, horizon_day=5))
     code, report, html = run_cli(tmp_path, production_bundle, events)
     assert code == drift.EXIT_OK, report["reasons"]
     assert any(report["features"][n]["psi"] > 1.0 for n in calendar)  # shown: clients ask for one day
@@ -344,24 +346,61 @@ def test_requests_for_one_day_of_the_window_alarm_on_no_calendar_feature(bundle_
     assert summary["max_feature_psi_name"] not in calendar and summary["max_feature_psi"] < 1.0
 
 
-def test_forecasts_shifted_by_one_days_requests_say_the_request_mix_is_behind_it(bundle_parts, stream, jsonl,
-                                                                                   production_bundle, tmp_path):
-    """Found by a probe: traffic for the next day alone (the commonest order) shifted the forecasts (PSI 1.77 on a
-    tiny model: the reference forecasts cover every horizon day) and the alarm did not say why."""
+def test_next_days_traffic_is_judged_against_the_forecasts_of_those_days(tiny_bundle, production_bundle,
+                                                                         validation_requests_for, replay, tmp_path):
+    """Found by a probe: traffic for the next days alone (the commonest order) alarmed on the forecasts (PSI 1.77 on
+    a tiny model), which were compared with forecasts of every horizon day alike, and a model forecasts day 1
+    otherwise than day 16. The reference now holds each day's forecasts and mixes them as the requests do."""
+    requests = validation_requests_for(tiny_bundle, None, first_days=4)
+    assert len(requests) >= 200 and len({r["date"] for r in requests}) == 4
+    log = replay(production_bundle, requests, tmp_path / "next-days.jsonl")
+    code, report, html = run_cli(tmp_path, production_bundle, log)
+    prediction = report["prediction"]
+    assert code == drift.EXIT_OK and report["reasons"] == [], report["reasons"]
+    assert prediction["reference"] == drift_analysis.SERVED_FORECASTS and not prediction["drifted"], prediction
+    assert prediction["psi"] < 0.05  # the same series at the same origin: the reference's own forecasts, nearly
+    assert f"Compared with: {html_escape(drift_analysis.SERVED_FORECASTS)}" in html
+
+    doubled = tmp_path / "doubled.jsonl"
+    doubled.write_text("".join(json.dumps({**event, "output": {**event["output"],
+                                                                "unit_sales": event["output"]["unit_sales"] * 2}})
+                               + "\n" for event in map(json.loads, log.read_text().splitlines())))
+    code, report, _ = run_cli(tmp_path, production_bundle, doubled)
+    assert code == drift.EXIT_ALARM, report["prediction"]
+    assert [r for r in report["reasons"] if r.startswith("predictions: PSI")], report["reasons"]
+    assert "horizon days" not in report["prediction"]["note"]
+
+
+def test_the_forecast_reference_mixes_the_days_as_the_requests_ask_for_them(bundle_parts, stream):
     metadata, stats = bundle_parts
+    by_day = stats["served"]["prediction_by_horizon"]
+    assert sorted(map(int, by_day)) == list(range(1, metadata["horizon"] + 1))
+    assert all(sum(day["counts"]) == stats["served"]["series"] for day in by_day.values())  # tiny: every series
+    data = collect(stream(300, seed=4, horizon_day=3) + stream(100, seed=5, horizon_day=7),
+                                  list(stats["served"]["dense"]), metadata["vocabularies"])
+    expected, kind = drift_analysis.forecast_reference(stats, data, metadata["horizon"])
+    three, seven = (np.asarray(by_day[d]["counts"], float) for d in ("3", "7"))
+    assert kind == drift_analysis.SERVED_FORECASTS and expected["count"] == three.sum() + seven.sum()
+    shares = np.asarray(expected["histogram"]["counts"]) / expected["count"]
+    np.testing.assert_allclose(shares, 0.75 * three / three.sum() + 0.25 * seven / seven.sum())
+    assert expected["mean"] == pytest.approx(0.75 * by_day["3"]["mean"] + 0.25 * by_day["7"]["mean"])
 
-    def next_day_only(dense, categorical, predictions):
-        dense["horizon"][:] = dense["horizon"].min()
-        predictions *= 3  # the model forecasts day 1 otherwise than the 16 days' mix
 
-    events = jsonl(tmp_path / "p.jsonl", stream(STREAM_EVENTS, seed=9, shift=next_day_only))
-    code, report, html = run_cli(tmp_path, production_bundle, events)
-    assert code == drift.EXIT_ALARM and report["prediction"]["drifted"]
+def test_a_bundle_without_per_day_forecasts_says_the_request_mix_may_be_behind_a_forecast_alarm(bundle_parts,
+                                                                                                 stream):
+    """Bundles made before the per-day reference compare with the inner-validation forecasts of every day alike."""
+    metadata, stats = bundle_parts
+    older = copy.deepcopy(stats)
+    for key in ("prediction_units", "prediction_by_horizon"):
+        del older["served"][key]
+    next_day = stream(STREAM_EVENTS, seed=9, horizon_day=1, shift=lambda d, c, p: p.__imul__(3))
+    report = analyse(next_day, metadata, older, DriftParams())
+    assert report["prediction"]["reference"] == drift_analysis.INNER_VALIDATION_FORECASTS
+    assert report["prediction"]["drifted"]
     assert "the requests ask for other horizon days than the reference" in report["prediction"]["note"]
-    plain = jsonl(tmp_path / "q.jsonl", stream(STREAM_EVENTS, seed=9,
-                                              shift=lambda d, c, p: p.__imul__(3)))  # every horizon: no such words
-    _, report, _ = run_cli(tmp_path, production_bundle, plain)
-    assert report["prediction"]["drifted"] and "horizon days" not in report["prediction"]["note"]
+    every_day = analyse(stream(STREAM_EVENTS, seed=9, shift=lambda d, c, p: p.__imul__(3)), metadata, older,
+                        DriftParams())
+    assert every_day["prediction"]["drifted"] and "horizon days" not in every_day["prediction"]["note"]
 
 
 def test_a_feature_constant_in_training_is_shown_not_alarmed(bundle_parts, stream):

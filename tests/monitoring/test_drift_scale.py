@@ -56,3 +56,26 @@ def test_shifted_traffic_at_scale_raises_the_alarm(mid_bundle, validation_reques
     assert code == drift.EXIT_ALARM
     assert {"target_onpromotion"} <= {n for n, r in report["features"].items() if r["drifted"]}
     assert report["categorical"]["store_nbr"]["drifted"]
+
+
+def test_next_day_traffic_at_scale_raises_no_alarm(mid_bundle, validation_requests_for, replay, tmp_path):
+    """Every request for the window's first day (a client ordering for tomorrow): the forecasts are judged against
+    that day's reference forecasts. Against the forecasts of every day alike (bundles made before per-day
+    references) the same traffic alarmed."""
+    requests = validation_requests_for(mid_bundle, None, first_days=1)
+    log = replay(mid_bundle, requests, tmp_path / "p.jsonl")
+    code = drift.main(["--bundle", str(mid_bundle), "--events", str(log), "--params", str(tmp_path / "none.yaml"),
+                       "--output-dir", str(tmp_path / "r")])
+    report = json.loads((tmp_path / "r" / "drift.json").read_text())
+    assert code == drift.EXIT_OK and not report["reasons"], report["reasons"]
+    assert report["prediction"]["psi"] < 0.05, report["prediction"]
+
+    from monitoring.drift_analysis import analyse
+    from monitoring.drift_params import DriftParams
+
+    stats = json.loads((mid_bundle / "training_stats.json").read_text())
+    for key in ("prediction_units", "prediction_by_horizon"):
+        del stats["served"][key]
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    every_day_alike = analyse(events, json.loads((mid_bundle / "bundle.json").read_text()), stats, DriftParams())
+    assert every_day_alike["prediction"]["drifted"], every_day_alike["prediction"]
