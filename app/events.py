@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from app.config import SettingsError
 from eventlog.forward import FluentdAddress, Forwarder
 from eventlog.local_log import JsonLinesLog
 from eventlog.records import EventContentError, encode_line, prepare_event
@@ -76,21 +77,21 @@ class SinkSettings:
     def from_environment(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "SinkSettings":
         """FLUENTD_HOST/PORT/TIMEOUT, SHELFCAST_PREDICTION_LOG, SHELFCAST_EVENT_SPOOL[_MAX_BYTES]."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {"fluentd": FluentdAddress.from_environment(env), "log_path": prediction_log(env)}
-        if env.get(ENV_EVENT_SPOOL, "").strip():
-            values["spool_root"] = Path(env[ENV_EVENT_SPOOL].strip())
-        text = env.get(ENV_EVENT_SPOOL_MAX_BYTES, "").strip()
-        if text:
-            if not (text.isascii() and text.isdigit() and int(text) >= 1):  # isdigit() alone takes '²'
-                raise ValueError(f"{ENV_EVENT_SPOOL_MAX_BYTES}: expected an integer >= 1, got {text!r}")
-            values["spool_max_bytes"] = int(text)
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
         if unknown:
             raise TypeError(f"{unknown[0]}: unknown sink setting")
         try:
+            values: dict[str, Any] = {"fluentd": FluentdAddress.from_environment(env), "log_path": prediction_log(env)}
+            if env.get(ENV_EVENT_SPOOL, "").strip():
+                values["spool_root"] = Path(env[ENV_EVENT_SPOOL].strip())
+            text = env.get(ENV_EVENT_SPOOL_MAX_BYTES, "").strip()
+            if text:
+                if not (text.isascii() and text.isdigit() and int(text) >= 1):  # isdigit() alone takes '²'
+                    raise ValueError(f"{ENV_EVENT_SPOOL_MAX_BYTES}: expected an integer >= 1, got {text!r}")
+                values["spool_max_bytes"] = int(text)
             return replace(cls(**values), **overrides)
-        except ValueError as exc:
-            raise ValueError(f"prediction event sink: {exc}") from None
+        except ValueError as exc:  # what the operator set: the app says so in one line and does not start
+            raise SettingsError(f"prediction event sink: {exc}") from None
 
 
 class SinkStats:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
+from gunicorn.arbiter import Arbiter
 
 from app import launch
 
@@ -35,3 +38,26 @@ def test_a_server_that_exits_at_start_says_so(tmp_path):
     with pytest.raises(launch.ServerNotReady, match=r"gunicorn exited \(\d+\) before it was ready"):
         launch.start({"SHELFCAST_WORKERS": "1"}, tmp_path / "gunicorn.log", wsgi_app="no_such_module:app",
                      timeout_s=60)
+
+
+def _import_wsgi(tmp_path, environ: dict, before: str = "pass") -> subprocess.CompletedProcess:
+    """`import app.wsgi` (what gunicorn's worker does) in a fresh process, in ``tmp_path``, after ``before``."""
+    env = {**os.environ, "PYTHONPATH": str(launch.REPO), "SHELFCAST_MODEL_DIR": str(tmp_path / "no-model"),
+           "SHELFCAST_EVENT_SPOOL": str(tmp_path / "spool"), **environ}
+    return subprocess.run([sys.executable, "-c", f"{before}; import app.wsgi"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_setting_the_app_cannot_start_with_is_one_line_and_the_boot_error_code(tmp_path):
+    started = _import_wsgi(tmp_path, {"FLUENTD_HOST": "127.0.0.1", "FLUENTD_PORT": "twenty"})
+    assert started.returncode == Arbiter.WORKER_BOOT_ERROR, started.stderr
+    assert "cannot start: SettingsError: prediction event sink: FLUENTD_PORT" in started.stderr
+    assert "Traceback" not in started.stderr
+
+
+def test_a_bug_at_start_keeps_its_traceback(tmp_path):
+    """The one-line message is for what the operator set; a ValueError from a bug was hidden behind it too."""
+    started = _import_wsgi(tmp_path, {}, before="import app; app.create_app = lambda: int('a bug')")
+    assert started.returncode not in (0, Arbiter.WORKER_BOOT_ERROR)
+    assert "Traceback" in started.stderr and "ValueError: invalid literal for int()" in started.stderr
+    assert "cannot start" not in started.stderr
