@@ -234,7 +234,11 @@ def _promote(root: Path, quiet: bool, candidate_root: Path | None) -> dict:
     try:
         comparison = champion.challenge(root, home, raw, digest, root / PRODUCTION_DIR)
     except champion.WorseThanProduction as refused:  # nothing registered or installed; the run says why
-        champion.record(root, pparams.model_name, None, trained.info.run_id, refused.comparison)
+        try:
+            champion.record(root, pparams.model_name, None, trained.info.run_id, refused.comparison)
+        except Exception as exc:  # noqa: BLE001  (any failure of MLflow here must not hide the refusal itself)
+            print(f"promote: note: the refusal is not recorded on the training run {trained.info.run_id} in MLflow "
+                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", file=sys.stderr)
         raise
     say(f"promote: {comparison.note}")
     interval = evaluation["improvement_interval"]

@@ -12,6 +12,8 @@ import json
 import shutil
 
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from pipeline import champion, evaluate, promote, tracking, train
 from pipeline.bundle import load_bundle, verify_bundle
@@ -36,7 +38,7 @@ def evaluated(root) -> dict:
 
 
 def test_a_candidate_worse_than_production_is_refused_though_it_beats_the_baseline(trained_project, tiny_params,
-                                                                                   set_params, capsys):
+                                                                                   set_params, capsys, monkeypatch):
     root, _ = trained_project
     evaluated(root)
     assert promote.main(["--root", str(root), "--quiet"]) == 0
@@ -56,6 +58,17 @@ def test_a_candidate_worse_than_production_is_refused_though_it_beats_the_baseli
     assert tags[champion.TAG] == champion.REFUSED  # it was on stdout only) and nowhere in the registry
     assert tags[f"{champion.TAG}_production_version"] == "1" and f"{champion.TAG}_improvement" in tags
     assert tags[f"{champion.TAG}_note"] == err.strip().removeprefix("promote: refused: ")
+
+    def tracking_down(*args, **kwargs):
+        raise MlflowException("API request to http://127.0.0.1:5000 failed: connection refused")
+
+    with monkeypatch.context() as patch:  # MLflow failing just then: the refusal is still what promote says
+        patch.setattr(MlflowClient, "set_tag", tracking_down)
+        assert promote.main(["--root", str(root), "--quiet"]) == promote.WORSE_THAN_PRODUCTION
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("promote: note: the refusal is not recorded on the training run ") and \
+        "(MlflowException: API request to http://127.0.0.1:5000 failed" in lines[0]
+    assert len(lines) == 2 and lines[1] == err.strip()
     tiny_params["promote"]["max_regression"] = 0.5  # a deliberate step back: allowed up to 50 % worse
     set_params(root, tiny_params)
     assert promote.run(root, quiet=True)["champion_challenger"]["status"] == champion.COMPARED
