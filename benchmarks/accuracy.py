@@ -79,8 +79,8 @@ def fit_engine(kind: str, tparams, data, spec, matrix):
     print(f"accuracy: training the engine {kind} ...", file=sys.stderr, flush=True)
 
     def progress(step: int, curve: dict) -> None:
-        print(f"  {kind} step {step:6d}  inner-validation NWRMSLE {curve['validation_nwrmsle']:.4f}", file=sys.stderr,
-              flush=True)
+        print(f"  {kind} step {step:6d}  inner-validation NWRMSLE {curve['inner_validation_nwrmsle']:.4f}",
+              file=sys.stderr, flush=True)
 
     config, result = train.fit(params, data, spec, on_eval=progress)
     seconds = time.perf_counter() - started

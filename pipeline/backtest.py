@@ -137,7 +137,7 @@ def window_scores(history: SalesHistory, index: int, cut: int, length: int, fpar
                                   tparams.baseline_weeks, seed=tparams.seed, progress=progress)
     config, result = train.fit(tparams, data, spec, on_eval=lambda step, curve: say(
         f"  window {index}: step {step:6d}/{tparams.max_steps}  inner-validation NWRMSLE "
-        f"{curve['validation_nwrmsle']:.4f}"))
+        f"{curve['inner_validation_nwrmsle']:.4f}"))
     # series chunk by series chunk: Favorita's 3.5 M window rows x 392-day windows would not fit at once
     scored = forecasts_at_origin(history, spec, data.vocab, cut - 1, length, tparams.baseline_weeks,
                                  lambda matrix: predict_weights(config, result.weights, matrix), chunk_rows=65_536,

@@ -223,7 +223,7 @@ class TrainingResult:
     weights: dict[str, np.ndarray]  # the best evaluation's weights, by variable name
     best_step: int
     steps_run: int
-    curves: list[dict[str, float]]  # per evaluation: step, train_loss (since the previous one), validation_nwrmsle
+    curves: list[dict[str, float]]  # per evaluation: step, train_loss (since the last), inner_validation_nwrmsle
     resumed_at_step: int = 0  # > 0: this run continued a checkpoint written at that step
     expected_factor: float = 1.0  # expected units = factor * (prediction + 1) - 1 (set by pipeline.train.fit)
 
@@ -357,7 +357,7 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
                         continue
                     score = nwrmsle(val_y, predict_in_session(sess, tensors, val_x), val_w)
                     curve = {"step": state.step, "train_loss": total / max(weight_sum, 1e-12),
-                             "validation_nwrmsle": score}
+                             "inner_validation_nwrmsle": score}
                     total, weight_sum = 0.0, 0.0
                     state.curves.append(curve)
                     if score < state.best_score:

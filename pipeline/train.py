@@ -59,6 +59,9 @@ TRAIN_DATA = "data/split/train.parquet"
 HOLIDAYS_DATA = "data/prepared/holidays.parquet"
 CANDIDATE_DIR = "models/candidate"
 CHECKPOINT_DIR = "models/checkpoints/train"  # outside the DVC output, so a rerun after an interruption resumes
+CURVE_PREFIX = "curve/"  # MLflow names of the training curves (curve/train_loss, curve/inner_validation_nwrmsle):
+# one step per evaluation, apart from the summary metrics (inner_validation_nwrmsle of the kept weights) and the
+# held-out heldout_* an evaluation adds; MLflow's UI groups them in a section of their own
 PROCESS_TAG = "train_process"  # a train run's "<host>:<pid>": a run left RUNNING by a killed train is found by it
 
 
@@ -331,7 +334,7 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
 
         def on_eval(step: int, curve: dict) -> None:
             say(f"  step {step:6d}/{tparams.max_steps}  train_loss {curve['train_loss']:.4f}  "
-                f"inner-validation NWRMSLE {curve['validation_nwrmsle']:.4f}")
+                f"inner-validation NWRMSLE {curve['inner_validation_nwrmsle']:.4f}")
 
         from pipeline import models
 
@@ -340,7 +343,8 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
         config, result = fit(tparams, data, spec, on_eval, checkpoint_dir=checkpoints, fingerprint=fingerprint,
                              log=say)
         for curve in result.curves:  # all of them, also those a resumed run had written before the interruption
-            mlflow_run.log_metrics({k: v for k, v in curve.items() if k != "step"}, step=int(curve["step"]))
+            mlflow_run.log_metrics({CURVE_PREFIX + k: v for k, v in curve.items() if k != "step"},
+                                   step=int(curve["step"]))
         inner_pred = models.predict_weights(config, result.weights, data.inner.matrix)
         inner_expected = models.predict_weights(config, result.weights, data.inner.matrix, result.expected_factor)
         metrics = {

@@ -80,7 +80,7 @@ def test_streamed_shards_are_every_example_once_and_training_runs(dask_cluster, 
     again = list(there.train_stream.batches(256, seed=5))
     assert all(np.array_equal(a["dense"], b["dense"]) for a, b in zip(streamed, again))  # reproducible
     config, result = train.fit(tparams, there, fparams.spec)
-    assert result.steps_run == tparams.max_steps and np.isfinite(result.curves[-1]["validation_nwrmsle"])
+    assert result.steps_run == tparams.max_steps and np.isfinite(result.curves[-1]["inner_validation_nwrmsle"])
 
 
 def test_a_retried_task_keeps_the_finished_shard_and_a_changed_input_replaces_it(history, tmp_path):

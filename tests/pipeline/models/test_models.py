@@ -55,7 +55,7 @@ def test_models_learn_a_known_function(kind):
     vx, vy, vw = _problem(1000, 1)
     result = _train(kind, x, y, w, vx, vy, vw, seed=1, max_steps=1200, eval_every=100, patience=12, batch_size=128,
                     learning_rate=0.02)
-    scores = [c["validation_nwrmsle"] for c in result.curves]
+    scores = [c["inner_validation_nwrmsle"] for c in result.curves]
     best = min(scores)
     constant = nwrmsle(vy, np.full_like(vy, np.expm1(1.0)), vw)
     assert best < 0.2 and constant > 1.0, (best, constant)  # the target clips at 0, which a linear output cannot
@@ -104,7 +104,7 @@ def test_training_stops_early_and_runs_at_most_max_steps():
     stopped = _train("mlp", x, y, w, vx, vy, vw, seed=5, max_steps=10_000, eval_every=10, patience=2, batch_size=64,
                      learning_rate=50.0)
     assert stopped.steps_run < 10_000 and len(stopped.curves) - 1 - stopped.curves.index(
-        min(stopped.curves, key=lambda c: c["validation_nwrmsle"])) == 2
+        min(stopped.curves, key=lambda c: c["inner_validation_nwrmsle"])) == 2
 
 
 def test_training_is_seeded_and_reproducible():

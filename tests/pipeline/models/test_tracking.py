@@ -206,7 +206,7 @@ def test_an_existing_experiment_gets_the_kind_but_a_users_choice_is_kept(store):
 
 def test_an_evaluation_is_nested_and_writes_the_verdict_only_on_an_unregistered_run(store):
     with tracking.TrainingRun(store, "train-mlp", {}) as train_run:
-        train_run.log_metrics({"validation_nwrmsle": 0.7}, step=0)
+        train_run.log_metrics({"curve/inner_validation_nwrmsle": 0.7}, step=0)
     headline = {"threshold_test_passed": 1, "backtest": {"improvement_low": 0.02, "windows": 3}}
     windows = [{"window": 0, "improvement": 0.05, "model": "candidate"}, {"window": 1, "improvement": 0.04}]
     first = tracking.log_evaluation(store, train_run.run_id, passed=True, headline=headline, windows=windows,
@@ -217,8 +217,9 @@ def test_an_evaluation_is_nested_and_writes_the_verdict_only_on_an_unregistered_
     assert metrics["heldout_backtest_improvement_low"] == 0.02 and metrics["heldout_threshold_test_passed"] == 1
     assert tracking.metric_history(store, first.run_id, "heldout_window_improvement") == [(0, 0.05), (1, 0.04)]
     _, train_metrics, train_tags = tracking.run_data(store, train_run.run_id)
-    assert train_tags["threshold_test"] == "passed" and train_metrics["validation_nwrmsle"] == 0.7
-    assert tracking.metric_history(store, train_run.run_id, "validation_nwrmsle") == [(0, 0.7)]  # curve untouched
+    assert train_tags["threshold_test"] == "passed" and train_metrics["curve/inner_validation_nwrmsle"] == 0.7
+    curve = tracking.metric_history(store, train_run.run_id, "curve/inner_validation_nwrmsle")
+    assert curve == [(0, 0.7)]  # curve untouched
 
     tracking.register_production(store, train_run.run_id, "digest", {})
     second = tracking.log_evaluation(store, train_run.run_id, passed=False, headline={"threshold_test_passed": 0},

@@ -53,7 +53,9 @@ def test_a_train_is_an_mlflow_run_with_params_curves_metrics_tags_and_the_bundle
     assert metrics["inner_validation_nwrmsle"] == pytest.approx(summary["inner_validation_nwrmsle"])
     assert tags["model_kind"] == "mlp" and tags["bundle_digest"] == summary["digest"]
     assert "train.parquet:" in tags["data_version"] and tags["git_commit"]
-    curve = tracking.metric_history(root, summary["run_id"], "validation_nwrmsle")
+    curve = tracking.metric_history(root, summary["run_id"], train.CURVE_PREFIX + "inner_validation_nwrmsle")
+    assert len(tracking.metric_history(root, summary["run_id"], train.CURVE_PREFIX + "train_loss")) == len(curve)
+    assert not any(name.startswith(("validation", "train_loss")) for name in metrics)  # curves apart: curve/*
     # once an epoch: the tiny data's epoch (train examples / batch size) is shorter than eval_every_steps
     epoch_steps = -(-int(summary["train_examples"]) // TINY_PARAMS["train"]["batch_size"])
     every = min(TINY_PARAMS["train"]["eval_every_steps"], epoch_steps)
