@@ -243,9 +243,11 @@ def _promote(root: Path, quiet: bool, candidate_root: Path | None) -> dict:
     say(f"promote: {comparison.note}")
     interval = evaluation["improvement_interval"]
     tags = {"bundle_version": str(evaluation.get("bundle_version")), "code_version": evaluation["code_version"][:16],
-            "heldout_nwrmsle": f"{evaluation['candidate_nwrmsle']:.6f}",
-            "heldout_improvement": f"{interval['estimate']:.6f} [{interval['low']:.6f}, {interval['high']:.6f}] "
-                                   f"({interval['confidence']:.0%}, {interval['series']} series)",
+            # named as the evaluation run's metrics: the validation window's score, the backtest windows' interval
+            "heldout_validation_candidate_nwrmsle": f"{evaluation['candidate_nwrmsle']:.6f}",
+            "heldout_backtest_improvement": f"{interval['estimate']:.6f} [{interval['low']:.6f}, "
+                                            f"{interval['high']:.6f}] ({interval['confidence']:.0%}, "
+                                            f"{interval['series']} series)",
             "threshold_test": "passed",
             "evaluation_run_id": evaluation_run(root, home, raw, evaluation, digest, trained.info.run_id, say),
             **comparison.tags()}

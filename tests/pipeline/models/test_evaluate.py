@@ -192,7 +192,12 @@ def test_re_evaluating_never_rewrites_a_promoted_runs_verdict(trained_project, t
     failed_run = tracking.run_of_bundle(root, summary["digest"], "evaluate").info.run_id  # the newest evaluation
     assert tracking.run_data(root, failed_run)[2]["threshold_test"] == "failed"
     version = tracking.production_version(root)
-    assert version.tags["threshold_test"] == "passed" and version.tags["heldout_improvement"].count("[") == 1
+    assert version.tags["threshold_test"] == "passed" and version.tags["heldout_backtest_improvement"].count("[") == 1
+    evaluation_metrics = tracking.run_data(root, version.tags["evaluation_run_id"])[1]  # the tags say which metric
+    assert float(version.tags["heldout_validation_candidate_nwrmsle"]) == pytest.approx(
+        evaluation_metrics["heldout_validation_candidate_nwrmsle"], abs=1e-6)
+    assert version.tags["heldout_backtest_improvement"].startswith(
+        f"{evaluation_metrics['heldout_backtest_improvement']:.6f} [")
 
 
 def test_returns_and_a_store_opened_inside_the_window_are_scored_as_the_app_serves_them(trained_project, capsys):
