@@ -42,6 +42,7 @@ import os
 import re
 import tempfile
 import zipfile
+from functools import partial
 from typing import Mapping
 
 import numpy as np
@@ -248,13 +249,16 @@ def _staged(data_file: str, sha: str) -> str:
     return f"{data_file}-{sha[:16]}"
 
 
+def _need(what: str, ok: bool, field: str) -> None:
+    """DataLossError saying ``what`` is corrupt, naming ``field``, unless ``ok``."""
+    if not ok:
+        raise DataLossError(f"{what} is corrupt: {field}")
+
+
 def _checked_manifest(manifest: dict, path: str) -> dict:
     """The manifest's fields ``restore`` reads, each of its type; DataLossError naming the first that is not
     (a hand-edited or half-written manifest), and the data file a plain name beside the manifest."""
-    def need(ok: bool, field: str) -> None:
-        if not ok:
-            raise DataLossError(f"checkpoint manifest {path} is corrupt: {field}")
-
+    need = partial(_need, f"checkpoint manifest {path}")
     data_file = manifest.get("data_file")
     need(isinstance(data_file, str) and data_file not in ("", ".", "..") and os.path.basename(data_file) == data_file,
          f"data_file must be a file name beside it, got {data_file!r}")
@@ -270,10 +274,7 @@ def _checked_manifest(manifest: dict, path: str) -> dict:
 def _checked_graph_doc(doc: dict, path: str) -> dict:
     """The inference graph's fields ``import_inference_graph`` reads, each of its type; DataLossError naming the
     first that is not (a hand-edited or damaged graph.json), and the weights file a plain name beside it."""
-    def need(ok: bool, field: str) -> None:
-        if not ok:
-            raise DataLossError(f"inference graph {path} is corrupt: {field}")
-
+    need = partial(_need, f"inference graph {path}")
     weights = doc.get("weights")
     need(isinstance(weights, dict), "weights must be an object")
     name = weights.get("file")
@@ -331,14 +332,11 @@ def _decode_attr(value, weights: dict):
     return value
 
 
-def _as_named(tensors, what) -> dict:
+def _as_named(tensors) -> dict:
     if isinstance(tensors, dict):
         return {str(k): convert_to_tensor(v) for k, v in tensors.items()}
-    out = {}
-    for t in (tensors if isinstance(tensors, (list, tuple)) else [tensors]):
-        t = convert_to_tensor(t)
-        out[t.op.name] = t
-    return out
+    named = [convert_to_tensor(t) for t in (tensors if isinstance(tensors, (list, tuple)) else [tensors])]
+    return {t.op.name: t for t in named}
 
 
 def export_inference_graph(sess, export_dir: str, inputs, outputs) -> dict:
@@ -347,7 +345,7 @@ def export_inference_graph(sess, export_dir: str, inputs, outputs) -> dict:
     ``inputs``/``outputs``: dicts {name: tensor} (or lists, named by op). Returns
     ``{"graph": path, "weights": path, "weights_sha256": hex}``.
     """
-    inputs, outputs = _as_named(inputs, "inputs"), _as_named(outputs, "outputs")
+    inputs, outputs = _as_named(inputs), _as_named(outputs)
     fed = set(inputs.values())
     needed = ops_needed(outputs.values(), fed)
     weights: dict = {}
