@@ -53,13 +53,11 @@ def broadcast(a: Shape, b: Shape) -> Shape:
     return tuple(out)
 
 
-def compatible(static: Shape, actual: tuple) -> bool:
-    """Whether a concrete shape fits a static shape (None matches anything)."""
-    if static is None:
+def compatible(a: Shape, b: Shape) -> bool:
+    """Whether two shapes (static or concrete) can describe one value: an unknown rank or dimension fits any."""
+    if a is None or b is None:
         return True
-    if len(static) != len(actual):
-        return False
-    return all(s is None or s == a for s, a in zip(static, actual))
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
 
 
 def merge(a: Shape, b: Shape) -> Shape:

@@ -61,6 +61,14 @@ def load(source: str):
     return generated.import_generated(source, digest, "shelfcast_fused", "fused", "shelfcast_fused_")
 
 
+def core(shape) -> tuple:
+    """``shape`` without its leading 1s: the part a row operand repeats along the output."""
+    k = 0
+    while k < len(shape) and shape[k] == 1:
+        k += 1
+    return tuple(shape[k:])
+
+
 def operand_kind(shape, out_shape):
     """How an operand of static ``shape`` repeats over the output: ("full", 0), ("scalar", 0),
     ("row", n) for a fully known suffix of n elements, or (None, 0) when it is none of these."""
@@ -70,12 +78,10 @@ def operand_kind(shape, out_shape):
         return "full", 0
     if all(d is not None for d in shape) and int(np.prod(shape, dtype=np.int64)) == 1:
         return "scalar", 0
-    core = tuple(shape)
-    while core and core[0] == 1:
-        core = core[1:]
-    if (all(d is not None for d in core) and len(shape) <= len(out_shape)
-            and tuple(out_shape[len(out_shape) - len(core):]) == core and 0 not in core):  # rows of 0: no rows
-        return "row", int(np.prod(core, dtype=np.int64))
+    row = core(shape)
+    if (all(d is not None for d in row) and len(shape) <= len(out_shape)
+            and tuple(out_shape[len(out_shape) - len(row):]) == row and 0 not in row):  # rows of 0: no rows
+        return "row", int(np.prod(row, dtype=np.int64))
     return None, 0
 
 
@@ -103,10 +109,8 @@ def _flat_operand(x: np.ndarray, out_shape: tuple) -> np.ndarray:
     """``x`` flattened: as is when its shape equals the output's or is a suffix of it (read modulo its
     size), otherwise broadcast (copied) to the output's shape."""
     if x.shape != out_shape:
-        core = x.shape
-        while core and core[0] == 1:
-            core = core[1:]
-        if core != out_shape[len(out_shape) - len(core):]:
+        row = core(x.shape)
+        if row != out_shape[len(out_shape) - len(row):]:
             x = np.broadcast_to(x, out_shape)
     return np.ascontiguousarray(x).reshape(-1)
 

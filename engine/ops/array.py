@@ -59,13 +59,9 @@ register("Placeholder", infer=lambda inputs, attrs: [(attrs["dtype"], attrs["sha
          not_differentiable="a source: the value fed", emit=_placeholder_emit)
 
 
-def _fits(actual, static):
-    return len(actual) == len(static) and all(s is None or a is None or a == s for a, s in zip(actual, static))
-
-
 def _pwd_infer(inputs, attrs):
     shape = attrs["shape"]
-    if shape is not None and inputs[0].shape is not None and not _fits(inputs[0].shape, shape):
+    if not shapes.compatible(inputs[0].shape, shape):
         raise ValueError(f"default value shape {inputs[0].shape} does not fit shape {shape}")
     return [(inputs[0].dtype, shape)]
 

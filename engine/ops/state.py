@@ -59,13 +59,9 @@ def _assign_infer(inputs, attrs):
     value = inputs[0]
     if value.dtype != attrs["dtype"]:
         raise TypeError(f"value dtype {value.dtype.name} differs from variable {attrs['var']} ({attrs['dtype'].name})")
-    if value.shape is not None and not _static_fits(value.shape, attrs["shape"]):
+    if not shapes.compatible(value.shape, attrs["shape"]):
         raise ValueError(f"value shape {value.shape} differs from variable {attrs['var']} shape {attrs['shape']}")
     return [(attrs["dtype"], attrs["shape"])]
-
-
-def _static_fits(a, b):
-    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
 
 
 def _check_runtime_shape(op, value):

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from engine import dtypes
+from engine import dtypes, shapes
 from engine.config import PARALLEL_MIN_ELEMENTS
 from engine.kernels import array as KA
 from engine.kernels import train as KT
@@ -26,8 +26,7 @@ def _check(inputs, attrs, sparse):
     grad = inputs[0]
     if grad.dtype != dtype:
         raise TypeError(f"gradient dtype {grad.dtype.name} differs from variable {attrs['var']} ({dtype.name})")
-    if not sparse and grad.shape is not None and (
-            len(grad.shape) != len(var_shape) or any(a is not None and a != b for a, b in zip(grad.shape, var_shape))):
+    if not sparse and not shapes.compatible(grad.shape, var_shape):
         raise ValueError(f"gradient shape {grad.shape} differs from variable {attrs['var']} shape {var_shape}")
     if sparse and not inputs[1].dtype.is_integer:
         raise TypeError("sparse update indices must be integers")

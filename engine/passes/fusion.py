@@ -178,9 +178,9 @@ def _runner(module, kinds, inner, npdtype, member_kernels, leaf_shapes, sum_shap
     over_leaf = {k: functions(k) for k, kind in enumerate(kinds) if kind == "full"}
     full = kinds.index("full")
     other_full = [k for k, kind in enumerate(kinds) if kind == "full" and k != full]
-    rows = [(k, leaf_shapes[k], _core(leaf_shapes[k])) for k, kind in enumerate(kinds) if kind == "row"]
+    rows = [(k, leaf_shapes[k], EW.core(leaf_shapes[k])) for k, kind in enumerate(kinds) if kind == "row"]
     if sum_shape is not None:
-        rows.append((None, sum_shape, _core(sum_shape)))
+        rows.append((None, sum_shape, EW.core(sum_shape)))
     scalars = [k for k, kind in enumerate(kinds) if kind == "scalar"]
     threshold = config.PARALLEL_MIN_ELEMENTS
     n_leaves = len(kinds)
@@ -227,11 +227,3 @@ def _runner(module, kinds, inner, npdtype, member_kernels, leaf_shapes, sum_shap
         return out
 
     return run
-
-
-def _core(shape):
-    """``shape`` without its leading 1s: the part a row leaf repeats along."""
-    k = 0
-    while k < len(shape) and shape[k] == 1:
-        k += 1
-    return tuple(shape[k:])
