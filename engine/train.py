@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 from engine.autodiff import gradients
 from engine.graph import IndexedSlices, convert_to_tensor, get_default_graph, is_tensor_like
 from engine.ops.array import cast
@@ -69,7 +68,6 @@ class Optimizer:
                 self._create_slots(v)
             with graph.name_scope(name or self._name):
                 rates: dict = {}
-                self._prepare()
                 updates = [self._apply(g, v, self._rate_for(v, rates)) for g, v in pairs]
                 done = self._finish(updates)
                 if global_step is None:
@@ -110,20 +108,15 @@ class Optimizer:
     def _create_slots(self, var):
         pass
 
-    def _prepare(self):
-        pass
-
     def _finish(self, updates):
         return group(*updates, name="update")
 
     def _update_op(self, kind, grad, var, lr, attrs):
         attrs = {"var": var.op.name, "dtype": var.dtype, "shape": var.shape, **attrs}
-        graph = var.graph
+        name = f"update_{var.op.name.replace('/', '_')}"
         if isinstance(grad, IndexedSlices):
-            return graph.create_op(f"SparseApply{kind}", [grad.values, grad.indices, lr], attrs,
-                                   name=f"update_{var.op.name.replace('/', '_')}")
-        return graph.create_op(f"Apply{kind}", [convert_to_tensor(grad), lr], attrs,
-                               name=f"update_{var.op.name.replace('/', '_')}")
+            return var.graph.create_op(f"SparseApply{kind}", [grad.values, grad.indices, lr], attrs, name=name)
+        return var.graph.create_op(f"Apply{kind}", [convert_to_tensor(grad), lr], attrs, name=name)
 
 
 class GradientDescentOptimizer(Optimizer):
@@ -201,7 +194,6 @@ class AdamOptimizer(Optimizer):
 
 def create_global_step(graph=None):
     """The int64 step counter ``minimize(..., global_step=)`` increments."""
-
     graph = graph or get_default_graph()
     if graph.get_collection(GLOBAL_STEP):
         raise ValueError("global step already exists")
@@ -212,7 +204,6 @@ def create_global_step(graph=None):
 
 
 def get_global_step(graph=None):
-
     found = (graph or get_default_graph()).get_collection(GLOBAL_STEP)
     return found[0] if found else None
 

@@ -57,6 +57,11 @@ def broadcast_all(inputs):
     return shape
 
 
+def declared(inputs, attrs):
+    """The one output its ``dtype`` and ``shape`` attributes declare (placeholders, variables)."""
+    return [(attrs["dtype"], attrs["shape"])]
+
+
 def create(op_type, inputs=(), attrs=None, name=None, control_inputs=()):
     """Create a single-output op in the inputs' graph (or the default graph) and return its tensor."""
     graph = inputs[0].graph if inputs else get_default_graph()
@@ -65,16 +70,19 @@ def create(op_type, inputs=(), attrs=None, name=None, control_inputs=()):
 
 
 def constructor(op_type: str, python_name: str, doc: str = ""):
-    """The function users call to add a registered elementwise op: ``f(x, name=None)`` or ``f(x, y, name=None)``
-    by its scalar function's arity (a Python or NumPy operand of a binary op takes the tensor operand's dtype)."""
-    if get_op_def(op_type).scalar.__code__.co_argcount == 1:
+    """The function users call to add a registered op of one input, or an elementwise op: ``f(x, name=None)`` or
+    ``f(x, y, name=None)`` by its scalar function's arity (a Python or NumPy operand of a binary op takes the tensor
+    operand's dtype)."""
+    scalar = get_op_def(op_type).scalar
+    if scalar is None or scalar.__code__.co_argcount == 1:
         def make(x, name=None):
             return create(op_type, [convert_to_tensor(x)], name=name)
     else:
         def make(x, y, name=None):
             return create(op_type, list(tensors_for_binary(x, y)), name=name)
     make.__name__ = make.__qualname__ = python_name
-    make.__doc__ = doc or f"The elementwise ``{op_type}`` op, NumPy broadcasting."
+    make.__doc__ = doc or (f"The ``{op_type}`` op." if scalar is None else
+                           f"The elementwise ``{op_type}`` op, NumPy broadcasting.")
     return make
 
 

@@ -12,7 +12,7 @@ from engine.graph import (IndexedSlices, constant_tensor, convert_to_tensor, gra
                           python_value_to_array)
 from engine.kernels import array as KA
 from engine.kernels import reduce as R
-from engine.ops._util import (NUMERIC, create, elementwise, same_dtype, sample,
+from engine.ops._util import (NUMERIC, constructor, create, declared, elementwise, same_dtype, sample,
                               tensors_for_binary, unbroadcast)
 from engine.registry import NUMPY_KERNEL, Example, register, simple_kernel
 
@@ -54,7 +54,7 @@ def _placeholder_emit(c, op, ins):
     c.unsupported("the placeholder is needed but not fed")
 
 
-register("Placeholder", infer=lambda inputs, attrs: [(attrs["dtype"], attrs["shape"])], kernel=_placeholder_kernel,
+register("Placeholder", infer=declared, kernel=_placeholder_kernel,
          reference=NUMPY_KERNEL, examples=lambda rng: [Example((), {"dtype": dtypes.float32, "shape": (2,)})],
          not_differentiable="a source: the value fed", emit=_placeholder_emit)
 
@@ -113,20 +113,11 @@ def _like_infer(inputs, attrs):
 
 
 _like_examples = _float_examples((((2, 3),), {}), (((0, 2),), {}))
-register("ZerosLike", infer=_like_infer, kernel=simple_kernel(np.zeros_like), reference=NUMPY_KERNEL,
-         examples=_like_examples, not_differentiable="constant: reads only its input's shape",
-         shape_only_inputs=(0,))
-register("OnesLike", infer=_like_infer, kernel=simple_kernel(np.ones_like), reference=NUMPY_KERNEL,
-         examples=_like_examples, not_differentiable="constant: reads only its input's shape",
-         shape_only_inputs=(0,))
-
-
-def zeros_like(x, name=None):
-    return create("ZerosLike", [convert_to_tensor(x)], name=name)
-
-
-def ones_like(x, name=None):
-    return create("OnesLike", [convert_to_tensor(x)], name=name)
+for _name, _fill in (("ZerosLike", np.zeros_like), ("OnesLike", np.ones_like)):
+    register(_name, infer=_like_infer, kernel=simple_kernel(_fill), reference=NUMPY_KERNEL, examples=_like_examples,
+             not_differentiable="constant: reads only its input's shape", shape_only_inputs=(0,))
+zeros_like = constructor("ZerosLike", "zeros_like")
+ones_like = constructor("OnesLike", "ones_like")
 
 
 # --- identity-like ------------------------------------------------------------------------------
@@ -136,15 +127,8 @@ register("Identity", infer=_like_infer, kernel=simple_kernel(lambda x: x), refer
 register("StopGradient", infer=_like_infer, kernel=simple_kernel(lambda x: x), reference=NUMPY_KERNEL,
          examples=_like_examples, not_differentiable="stops gradients: that is what it is for",
          output_aliases="input", emit=_emit_alias)
-
-
-def identity(x, name=None):
-    return create("Identity", [convert_to_tensor(x)], name=name)
-
-
-def stop_gradient(x, name=None):
-    """``x`` in the forward pass; no gradient flows through it."""
-    return create("StopGradient", [convert_to_tensor(x)], name=name)
+identity = constructor("Identity", "identity")
+stop_gradient = constructor("StopGradient", "stop_gradient", "``x`` in the forward pass; no gradient flows through it.")
 
 
 # --- shapes ---------------------------------------------------------------------------------------
@@ -158,11 +142,7 @@ def _shape_infer(inputs, attrs):
 register("Shape", infer=_shape_infer, kernel=simple_kernel(lambda x: np.array(x.shape, dtype=np.int64)),
          reference=NUMPY_KERNEL, examples=_like_examples, not_differentiable="an int64 shape: reads no values",
          shape_only_inputs=(0,))
-
-
-def shape(x, name=None):
-    """The run-time shape of ``x`` as an int64 vector."""
-    return create("Shape", [convert_to_tensor(x)], name=name)
+shape = constructor("Shape", "shape", "The run-time shape of ``x`` as an int64 vector.")
 
 
 def _reshape_static(in_shape, target):
@@ -514,14 +494,14 @@ def _where_infer(inputs, attrs):
     return [(d, shapes.broadcast(shapes.broadcast(c.shape, x.shape), y.shape))]
 
 
-def _where_grad(op, g):
-    c, x, y = op.inputs
+def select_grads(g, mask, x, y):
+    """The gradients of ``where(mask, x, y)`` for ``x`` and ``y``: ``g`` where each was chosen, else 0."""
     zeros = zeros_like(g)
-    return [None, unbroadcast(where(c, g, zeros), x), unbroadcast(where(c, zeros, g), y)]
+    return [unbroadcast(where(mask, g, zeros), x), unbroadcast(where(mask, zeros, g), y)]
 
 
-elementwise("Select", _select, np.where, NUMERIC, grad=_where_grad, infer=_where_infer,
-            operand_dtypes=lambda d: (np.bool_, d, d))
+elementwise("Select", _select, np.where, NUMERIC, grad=lambda op, g: [None, *select_grads(g, *op.inputs)],
+            infer=_where_infer, operand_dtypes=lambda d: (np.bool_, d, d))
 
 
 def where(condition, x, y, name=None):

@@ -14,7 +14,7 @@ from engine.kernels import array as KA
 from engine.kernels import reduce as R
 from engine.ops._util import (BOOL, FLOAT, NUMERIC, constructor, create, elementwise, same_dtype, sample,
                               tensors_for_binary, unbroadcast)
-from engine.ops.array import broadcast_reduced, cast, ones_like, where, zeros_like
+from engine.ops.array import broadcast_reduced, cast, ones_like, select_grads, where, zeros_like
 from engine.registry import NUMPY_KERNEL, Example, register
 
 # --- scalar functions: the one definition of each elementwise formula -------------------------------
@@ -119,21 +119,6 @@ def _cos(a):
 # --- gradients ---------------------------------------------------------------------------------
 
 
-def _add_grad(op, g):
-    x, y = op.inputs
-    return [unbroadcast(g, x), unbroadcast(g, y)]
-
-
-def _sub_grad(op, g):
-    x, y = op.inputs
-    return [unbroadcast(g, x), unbroadcast(negative(g), y)]
-
-
-def _mul_grad(op, g):
-    x, y = op.inputs
-    return [unbroadcast(multiply(g, y), x), unbroadcast(multiply(g, x), y)]
-
-
 def _div_grad(op, g):
     x, y = op.inputs
     z = op.outputs[0]
@@ -153,32 +138,21 @@ def _pow_grad(op, g):
     return [unbroadcast(dx, x), unbroadcast(dy, y)]
 
 
-def _select_grads(mask, g, x, y):
-    zeros = zeros_like(g)
-    return [unbroadcast(where(mask, g, zeros), x), unbroadcast(where(mask, zeros, g), y)]
-
-
-def _max_grad(op, g):
-    x, y = op.inputs
-    return _select_grads(greater_equal(x, y), g, x, y)
-
-
-def _min_grad(op, g):
-    x, y = op.inputs
-    return _select_grads(less_equal(x, y), g, x, y)
-
-
 # --- elementwise registrations ---------------------------------------------------------------------
 
 POSITIVE = (0.1, 3.0)
-elementwise("Add", _add, np.add, NUMERIC, grad=_add_grad)
-elementwise("Sub", _sub, np.subtract, NUMERIC, grad=_sub_grad)
-elementwise("Mul", _mul, np.multiply, NUMERIC, grad=_mul_grad)
+elementwise("Add", _add, np.add, NUMERIC, grad=lambda op, g: [unbroadcast(g, x) for x in op.inputs])
+elementwise("Sub", _sub, np.subtract, NUMERIC,
+            grad=lambda op, g: [unbroadcast(g, op.inputs[0]), unbroadcast(negative(g), op.inputs[1])])
+elementwise("Mul", _mul, np.multiply, NUMERIC,
+            grad=lambda op, g: [unbroadcast(multiply(g, y), x) for x, y in (op.inputs, op.inputs[::-1])])
 elementwise("RealDiv", _div, np.divide, FLOAT, grad=_div_grad)
 # floats only: an integer to a negative power has no integer value (NumPy raises; a kernel would give 0)
 elementwise("Pow", _pow, np.power, FLOAT, grad=_pow_grad, domain=(0.5, 2.0))
-elementwise("Maximum", _maximum, np.maximum, NUMERIC, grad=_max_grad)
-elementwise("Minimum", _minimum, np.minimum, NUMERIC, grad=_min_grad)
+elementwise("Maximum", _maximum, np.maximum, NUMERIC,
+            grad=lambda op, g: select_grads(g, greater_equal(*op.inputs), *op.inputs))
+elementwise("Minimum", _minimum, np.minimum, NUMERIC,
+            grad=lambda op, g: select_grads(g, less_equal(*op.inputs), *op.inputs))
 _COMPARISON = "a comparison: bool output"
 elementwise("Greater", _greater, np.greater, NUMERIC, out_dtype=BOOL, not_differentiable=_COMPARISON)
 elementwise("GreaterEqual", _greater_equal, np.greater_equal, NUMERIC, out_dtype=BOOL, not_differentiable=_COMPARISON)
@@ -300,18 +274,12 @@ def _matmul_out_kernel(op, ctx):
 
 
 def _matmul_examples(rng):
-    out = []
-    for ta in (False, True):
-        for tb in (False, True):
-            for t in (np.float32, np.float64):
-                a = sample(rng, (4, 3) if ta else (3, 4), t)
-                b = sample(rng, (5, 4) if tb else (4, 5), t)
-                out.append(Example((a, b), {"transpose_a": ta, "transpose_b": tb}))
-    out.append(Example((sample(rng, (3, 1), np.float64), sample(rng, (1, 4), np.float64)),
-                       {"transpose_a": False, "transpose_b": False}))
-    out.append(Example((sample(rng, (0, 2), np.float32), sample(rng, (2, 3), np.float32)),
-                       {"transpose_a": False, "transpose_b": False}))
-    return out
+    out = [Example((sample(rng, (4, 3) if ta else (3, 4), t), sample(rng, (5, 4) if tb else (4, 5), t)),
+                   {"transpose_a": ta, "transpose_b": tb})
+           for ta in (False, True) for tb in (False, True) for t in (np.float32, np.float64)]
+    plain = {"transpose_a": False, "transpose_b": False}
+    return out + [Example((sample(rng, (3, 1), np.float64), sample(rng, (1, 4), np.float64)), plain),
+                  Example((sample(rng, (0, 2), np.float32), sample(rng, (2, 3), np.float32)), plain)]
 
 
 def _matmul_emit(c, op, ins):
@@ -389,12 +357,9 @@ def _reduce_examples(rng):
             for t in (np.float32, np.float64, np.int32) for shape, axis, keep in cases]
 
 
-def _sum_grad(op, g):
-    return [broadcast_reduced(g, op.inputs[0], op.attrs["axis"], op.attrs["keepdims"], mean=False)]
-
-
-def _mean_grad(op, g):
-    return [broadcast_reduced(g, op.inputs[0], op.attrs["axis"], op.attrs["keepdims"], mean=True)]
+def _spread_grad(mean):
+    """Sum's (mean=False) or Mean's gradient: ``g`` spread back over the reduced axes."""
+    return lambda op, g: [broadcast_reduced(g, op.inputs[0], op.attrs["axis"], op.attrs["keepdims"], mean=mean)]
 
 
 def _max_reduce_grad(op, g):
@@ -414,9 +379,9 @@ def _max_examples(rng):
 
 
 register("Sum", infer=_reduce_infer, kernel=_reduce_kernel("sum"), reference=_reduce_reference(np.sum),
-         examples=_reduce_examples, grad=_sum_grad)
+         examples=_reduce_examples, grad=_spread_grad(False))
 register("Mean", infer=_reduce_infer, kernel=_reduce_kernel("mean"), reference=_reduce_reference(np.mean),
-         examples=_mean_examples, grad=_mean_grad)
+         examples=_mean_examples, grad=_spread_grad(True))
 register("Max", infer=_reduce_infer, kernel=_reduce_kernel("max"), reference=_reduce_reference(np.max),
          examples=_max_examples, grad=_max_reduce_grad)
 

@@ -75,12 +75,11 @@ def _normal_examples(rng):
 
 
 # The streams are NumPy's own Generator: the kernels are the reference.
-register("RandomNormal", infer=_random_infer, kernel=_normal_kernel, reference=NUMPY_KERNEL,
-         examples=_normal_examples, random=True, stateful=True, shape_only_inputs=(0,),
-         not_differentiable="random draws: reads only its input's value as a shape")
-register("RandomUniform", infer=_random_infer, kernel=_uniform_kernel, reference=NUMPY_KERNEL,
-         examples=_random_examples, random=True, stateful=True, shape_only_inputs=(0,),
-         not_differentiable="random draws: reads only its input's value as a shape")
+for _name, _kernel, _examples in (("RandomNormal", _normal_kernel, _normal_examples),
+                                  ("RandomUniform", _uniform_kernel, _random_examples)):
+    register(_name, infer=_random_infer, kernel=_kernel, reference=NUMPY_KERNEL, examples=_examples, random=True,
+             stateful=True, shape_only_inputs=(0,),
+             not_differentiable="random draws: reads only its input's value as a shape")
 
 
 def _static_shape(shape):
@@ -94,9 +93,8 @@ def random_normal(shape, mean=0.0, stddev=1.0, dtype=dtypes.float32, seed=None, 
     dtype = dtypes.as_dtype(dtype)
     if not dtype.is_floating:
         raise TypeError(f"random_normal dtype must be float, got {dtype.name}")
-    g = get_default_graph()
     return create("RandomNormal", (), {"shape": _static_shape(shape), "dtype": dtype, "mean": float(mean),
-                                       "stddev": float(stddev), "seed": op_seeds(g, seed)}, name)
+                                       "stddev": float(stddev), "seed": op_seeds(get_default_graph(), seed)}, name)
 
 
 def random_uniform(shape, minval=0.0, maxval=1.0, dtype=dtypes.float32, seed=None, name=None):
@@ -105,9 +103,8 @@ def random_uniform(shape, minval=0.0, maxval=1.0, dtype=dtypes.float32, seed=Non
         raise TypeError("random_uniform cannot produce bool")
     if not maxval > minval:
         raise ValueError(f"random_uniform needs maxval > minval, got [{minval}, {maxval})")
-    g = get_default_graph()
     return create("RandomUniform", (), {"shape": _static_shape(shape), "dtype": dtype, "minval": float(minval),
-                                        "maxval": float(maxval), "seed": op_seeds(g, seed)}, name)
+                                        "maxval": float(maxval), "seed": op_seeds(get_default_graph(), seed)}, name)
 
 
 def random_uniform_like(x, seed=None, name=None):

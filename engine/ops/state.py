@@ -11,12 +11,15 @@ and reading never runs an assignment (partial execution stays exact).
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from engine import dtypes, shapes
 from engine.errors import FailedPreconditionError, InvalidArgumentError
 from engine.graph import (GLOBAL_VARIABLES, TRAINABLE_VARIABLES, _OperatorsMixin, convert_to_tensor,
                           get_default_graph)
+from engine.ops._util import declared
 from engine.ops.control import group
 from engine.registry import NUMPY_KERNEL, Example, register
 
@@ -32,27 +35,11 @@ def read_state(ctx, name):
         raise FailedPreconditionError(f"Attempting to use uninitialized value {name}", name) from None
 
 
-def _variable_kernel(op, ctx):
-    state, name = ctx.state, op.name
-
-    def read():
-        try:
-            return state[name]
-        except KeyError:
-            raise FailedPreconditionError(f"Attempting to use uninitialized value {name}", name) from None
-
-    return read
-
-
-def _variable_emit(c, op, ins):
-    return c.param_variable(op.name)
-
-
-register("VariableV2", infer=lambda inputs, attrs: [(attrs["dtype"], attrs["shape"])], kernel=_variable_kernel,
+register("VariableV2", infer=declared, kernel=lambda op, ctx: partial(read_state, ctx, op.name),
          reference=NUMPY_KERNEL, examples=lambda rng: [Example((), {"dtype": dtypes.float32, "shape": (2, 3)},
                                                                {"subject": _V})],
          stateful=True, not_differentiable="a source: its storage (gradients are taken w.r.t. a read of it)",
-         output_aliases="storage", emit=_variable_emit)
+         output_aliases="storage", emit=lambda c, op, ins: c.param_variable(op.name))
 
 
 def _assign_infer(inputs, attrs):
@@ -61,7 +48,7 @@ def _assign_infer(inputs, attrs):
         raise TypeError(f"value dtype {value.dtype.name} differs from variable {attrs['var']} ({attrs['dtype'].name})")
     if not shapes.compatible(value.shape, attrs["shape"]):
         raise ValueError(f"value shape {value.shape} differs from variable {attrs['var']} shape {attrs['shape']}")
-    return [(attrs["dtype"], attrs["shape"])]
+    return declared(inputs, attrs)
 
 
 def _check_runtime_shape(op, value):
@@ -115,7 +102,7 @@ def _state_examples(with_value):
     return examples
 
 
-register("ReadVariable", infer=lambda inputs, attrs: [(attrs["dtype"], attrs["shape"])], kernel=_read_kernel,
+register("ReadVariable", infer=declared, kernel=_read_kernel,
          reference=NUMPY_KERNEL, examples=_state_examples(False), stateful=True,
          not_differentiable="a source: the variable's value (gradients are taken w.r.t. this output)",
          emit=lambda c, op, ins: c.param_variable(op.attrs["var"]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+from functools import partial
 
 import numpy as np
 
@@ -41,14 +42,6 @@ def _check_runtime(op, var_shape, grad, indices=None):
         raise ValueError(f"gradient shape {np.shape(grad)} does not match {want} (variable {op.attrs['var']!r} "
                          f"shape {tuple(var_shape)}" + ("" if indices is None else f", indices {np.shape(indices)}")
                          + ")")
-
-
-def _dense_infer(inputs, attrs):
-    return _check(inputs, attrs, sparse=False)
-
-
-def _sparse_infer(inputs, attrs):
-    return _check(inputs, attrs, sparse=True)
 
 
 def _adam_scalars(op, ctx, lr, dtype):
@@ -193,9 +186,9 @@ _OPTIMIZERS = (  # name, dense kernel, sparse kernel, their extra scalars, NumPy
     ("Adam", _adam_dense, KT.adam_sparse, _adam_scalars, _adam_rule, ("m", "v")),
     ("Adagrad", KT.adagrad_dense, KT.adagrad_sparse, _lr, _adagrad_rule, ("accum",)))
 for _name, _dense, _sparse, _scalars, _rule, _slots in _OPTIMIZERS:
-    register(f"Apply{_name}", infer=_dense_infer, kernel=_update_kernel(_dense, _slots, _scalars, False),
-             reference=_reference(_rule, _slots, False), examples=_examples(_slots, False), stateful=True,
-             writes_state=True, not_differentiable="an optimizer's update of state: no gradient flows through it")
-    register(f"SparseApply{_name}", infer=_sparse_infer, kernel=_update_kernel(_sparse, _slots, _scalars, True),
-             reference=_reference(_rule, _slots, True), examples=_examples(_slots, True), stateful=True,
-             writes_state=True, not_differentiable="an optimizer's update of state: no gradient flows through it")
+    for _prefix, _kernel, _is_sparse in (("Apply", _dense, False), ("SparseApply", _sparse, True)):
+        register(_prefix + _name, infer=partial(_check, sparse=_is_sparse),
+                 kernel=_update_kernel(_kernel, _slots, _scalars, _is_sparse),
+                 reference=_reference(_rule, _slots, _is_sparse), examples=_examples(_slots, _is_sparse),
+                 stateful=True, writes_state=True,
+                 not_differentiable="an optimizer's update of state: no gradient flows through it")
