@@ -58,11 +58,6 @@ def _fetch_tensors(fetches) -> list:
     return out
 
 
-def _needed_ops(fetch_tensors, feed_tensors) -> list:
-    """Ops the fetches depend on (data and control edges), stopping at feeds; creation order."""
-    return sorted(ops_needed(fetch_tensors, feed_tensors), key=lambda o: o.id)
-
-
 class Emitter:
     """What an ``OpDef.emit(c, op, ins) -> expression`` writes through (``ins``: its inputs' variables).
 
@@ -88,6 +83,10 @@ class Emitter:
 
     def unsupported(self, why: str):
         raise UnsupportedGraphError(f"{self.where}: {why}")
+
+    def storage(self) -> list:
+        """The parameters' names after the feeds: the Consts' values, then the variables'."""
+        return [f"c{i}" for i in range(len(self.consts))] + [f"w{i}" for i in range(len(self.variables))]
 
     def param_const(self, value) -> str:
         self.consts.append(np.asarray(value, order="C"))  # a 0-d value stays 0-d (ascontiguousarray makes it 1-d)
@@ -136,7 +135,7 @@ def generate(fetch_tensors, feed_tensors):
     names: dict[Tensor, str] = {t: f"f{i}" for i, t in enumerate(fed)}
     c, problems = Emitter(), []
     in_storage: set = set()  # tensors whose compiled value is, or may be a view of, a Const or variable
-    needed = _needed_ops(fetch_tensors, fed)
+    needed = sorted(ops_needed(fetch_tensors, fed), key=lambda o: o.id)  # what the fetches need, creation order
     for op in needed:
         if op.outputs and op.outputs[0] in names:
             continue
@@ -160,7 +159,7 @@ def generate(fetch_tensors, feed_tensors):
             continue
         if expr is None or not op.outputs:
             continue
-        storage = {f"c{i}" for i in range(len(c.consts))} | {f"w{i}" for i in range(len(c.variables))}
+        storage = set(c.storage())
         known = set(names.values()) | storage
         out = op.outputs[0]
         if expr in known:
@@ -177,12 +176,9 @@ def generate(fetch_tensors, feed_tensors):
     if problems:
         raise UnsupportedGraphError("cannot compile the plan: " + "; ".join(problems))
     results = [names[t] for t in fetch_tensors]
-    params = set(names[t] for t in fed) | {f"c{i}" for i in range(len(c.consts))} | {
-        f"w{i}" for i in range(len(c.variables))}
+    args = [names[t] for t in fed] + c.storage()
     aliased = [k for k, (t, r) in enumerate(zip(fetch_tensors, results))
-               if r in params or t in in_storage or may_alias_storage(t, fed)]
-    args = [names[t] for t in fed] + [f"c{i}" for i in range(len(c.consts))] + [
-        f"w{i}" for i in range(len(c.variables))]
+               if r in args or t in in_storage or may_alias_storage(t, fed)]
     header = ["graph (op type, static shape, dtype) in plan order:"]
     header += [f"  {op.type} {op.name} -> {op.outputs[0].shape if op.outputs else ()} "
                f"{op.outputs[0].dtype.name if op.outputs else ''}" for op in needed]

@@ -26,10 +26,6 @@ class DType:
     def is_bool(self) -> bool:
         return self.np.kind == "b"
 
-    @property
-    def as_numpy_dtype(self):
-        return self.np.type
-
     def __repr__(self) -> str:
         return f"en.{self.name}"
 

@@ -31,7 +31,3 @@ class NotFoundError(OpError):
 
 class DataLossError(OpError):
     """A file on disk is corrupt or does not match its checksum."""
-
-
-class UnimplementedError(OpError):
-    """The op or feature exists in TensorFlow but not (yet) in this engine."""

@@ -172,7 +172,7 @@ class Graph:
     def name_scope(self, name: str | None):
         """Prefix op names with ``name/``; re-entering a used scope name gets ``name_1/``."""
         old = self._scope
-        if name is None or name == "":
+        if not name:
             self._scope = ""
         elif name.endswith("/"):
             self._scope = name[:-1]
@@ -234,19 +234,10 @@ class Graph:
         except (ValueError, TypeError) as e:
             described = ", ".join(f"{t.name} {t.dtype.name} {t.shape}" for t in inputs) or "none"
             raise type(e)(f"{op_type} op '{op_name}': {e} (inputs: {described})") from None
-        controls = []
-        seen = set()
-        for group in self._control_stack:
-            for c in group:
-                if id(c) not in seen:
-                    seen.add(id(c))
-                    controls.append(c)
-        for c in control_inputs:
-            c = _as_op(c)
-            if id(c) not in seen:
-                seen.add(id(c))
-                controls.append(c)
-        op = Operation(self, op_type, op_name, inputs, controls, attrs, op_def, specs)
+        # the enclosing control_dependencies' ops, then the op's own, each once, in order of appearance
+        controls = {id(c): c for group in self._control_stack for c in group}
+        controls.update((id(c), c) for c in map(_as_op, control_inputs))
+        op = Operation(self, op_type, op_name, inputs, controls.values(), attrs, op_def, specs)
         self._ops.append(op)
         self._by_name[op_name] = op
         self.version += 1

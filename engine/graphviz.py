@@ -8,7 +8,7 @@ whole graph; ``to_dot(fetches)`` only what those tensors/ops depend on. Render w
 
 from __future__ import annotations
 
-from engine.graph import Graph, IndexedSlices, Operation, Tensor
+from engine.graph import Graph, IndexedSlices, Operation, Tensor, ops_needed
 from engine.saver import atomic_write_bytes
 
 
@@ -27,27 +27,17 @@ def _ops_of(graph_or_fetches) -> list:
     if isinstance(graph_or_fetches, Graph):
         return graph_or_fetches.get_operations()
     roots = graph_or_fetches if isinstance(graph_or_fetches, (list, tuple, set)) else [graph_or_fetches]
-    stack = []
+    targets = []
     for r in roots:
         if hasattr(r, "_as_tensor"):
             r = r._as_tensor()
         if isinstance(r, IndexedSlices):
-            stack += [r.values.op, r.indices.op, r.dense_shape.op]
-        elif isinstance(r, Tensor):
-            stack.append(r.op)
-        elif isinstance(r, Operation):
-            stack.append(r)
+            targets += [r.values, r.indices, r.dense_shape]
+        elif isinstance(r, (Tensor, Operation)):
+            targets.append(r)
         else:
             raise TypeError(f"to_dot: {r!r} is not a Graph, tensor, variable or operation")
-    seen: set = set()
-    while stack:
-        op = stack.pop()
-        if op in seen:
-            continue
-        seen.add(op)
-        stack.extend(t.op for t in op.inputs)
-        stack.extend(op.control_inputs)
-    return sorted(seen, key=lambda o: o.id)
+    return sorted(ops_needed(targets), key=lambda o: o.id)  # nothing fed: every op they depend on
 
 
 def to_dot(graph_or_fetches, name: str = "engine_graph", rankdir: str = "TB") -> str:

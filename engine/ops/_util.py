@@ -19,16 +19,11 @@ FLOAT = ("float",)
 def tensors_for_binary(x, y, graph=None):
     """Two tensors for a binary op; a Python/NumPy operand takes the tensor operand's dtype and graph."""
     graph = graph or graph_of(x, y)
-    if is_tensor_like(x):
-        x = convert_to_tensor(x)
-        y = convert_to_tensor(y, dtype=x.dtype, graph=graph) if not is_tensor_like(y) else convert_to_tensor(y)
-    elif is_tensor_like(y):
+    if is_tensor_like(y) and not is_tensor_like(x):
         y = convert_to_tensor(y)
-        x = convert_to_tensor(x, dtype=y.dtype, graph=graph)
-    else:
-        x = convert_to_tensor(x, graph=graph)
-        y = convert_to_tensor(y, dtype=x.dtype, graph=graph)
-    return x, y
+        return convert_to_tensor(x, dtype=y.dtype, graph=graph), y
+    x = convert_to_tensor(x, graph=graph)  # (a tensor-like x is itself, whatever graph says)
+    return x, convert_to_tensor(y) if is_tensor_like(y) else convert_to_tensor(y, dtype=x.dtype, graph=graph)
 
 
 def same_dtype(inputs, kinds=None):

@@ -10,6 +10,7 @@ rewiring is just integers.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -56,14 +57,7 @@ class Node:
         return f"{self.type} op '{self.op.name}'"
 
 
-def _counter():
-    i = 0
-    while True:
-        i += 1
-        yield i
-
-
-_ids = _counter()
+_ids = itertools.count(1)
 
 
 @dataclass
