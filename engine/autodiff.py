@@ -36,12 +36,6 @@ def _aggregate(grads):
     return M.add_n(dense)
 
 
-def _dense(g, like):
-    if isinstance(g, IndexedSlices):
-        return A.reshape_like(A.densify(g), like)
-    return g
-
-
 def _check_static(op, k, x, g):
     """A gradient has its input's dtype and (where both are known) shape: a gradient function that forgets
     to sum a broadcast input back (``unbroadcast``) fails here, when the graph is built, not at run time."""
@@ -63,9 +57,7 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
     """
     ys = [convert_to_tensor(y) for y in _as_list(ys)]
     xs = [convert_to_tensor(x) for x in _as_list(xs)]
-    if grad_ys is None:
-        grad_ys = [None] * len(ys)
-    grad_ys = _as_list(grad_ys)
+    grad_ys = [None] * len(ys) if grad_ys is None else _as_list(grad_ys)
     if len(grad_ys) != len(ys):
         raise ValueError(f"{len(grad_ys)} grad_ys for {len(ys)} ys")
     graph = ys[0].graph
@@ -123,7 +115,7 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
             with graph.name_scope(op.name.replace("/", "_") + "_grad"):
                 dy = out_grads[0] if len(out_grads) == 1 else out_grads
                 if isinstance(dy, IndexedSlices) and not op_def.sparse_grad:
-                    dy = _dense(dy, op.outputs[0])
+                    dy = A.reshape_like(A.densify(dy), op.outputs[0])
                 in_grads = op_def.grad(op, dy)
             if len(in_grads) != len(op.inputs):
                 raise RuntimeError(f"gradient of {op.type} returned {len(in_grads)} values for {len(op.inputs)} inputs")
@@ -133,13 +125,7 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
                 _check_static(op, k, t, g)
                 if t.op in between or t in wanted:
                     pending.setdefault(t, []).append(g)
-        result = []
-        for x in xs:
-            if x in aggregated:
-                result.append(aggregated[x])
-            else:
-                g = _aggregate(pending.get(x, []))
-                if g is not None:
-                    pending[x] = [g]
-                result.append(g)
-    return result
+        for x in xs:  # an x no op consumes in between (a y itself): its pending gradients, once
+            if x not in aggregated:
+                aggregated[x] = _aggregate(pending.pop(x, []))
+    return [aggregated[x] for x in xs]

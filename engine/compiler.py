@@ -32,7 +32,7 @@ import numpy as np
 
 from engine import generated
 from engine.errors import FailedPreconditionError
-from engine.graph import IndexedSlices, Operation, Tensor, may_alias_storage, ops_needed
+from engine.graph import Operation, Tensor, may_alias_storage, ops_needed
 from engine.kernels import elementwise as EW
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,10 @@ class UnsupportedGraphError(ValueError):
 
 def _fetch_tensors(fetches) -> list:
     """The tensors of a flat fetch list; ops and IndexedSlices are refused (inference returns arrays)."""
-    out = []
     for f in fetches:
-        if isinstance(f, (Operation, IndexedSlices)) or not isinstance(f, Tensor):
+        if not isinstance(f, Tensor):
             raise UnsupportedGraphError(f"fetch {f!r} is not a tensor; compiled plans return arrays only")
-        out.append(f)
-    return out
+    return list(fetches)
 
 
 class Emitter:

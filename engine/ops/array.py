@@ -50,13 +50,10 @@ def _placeholder_kernel(op, ctx):
     return missing
 
 
-def _placeholder_emit(c, op, ins):
-    c.unsupported("the placeholder is needed but not fed")
-
-
 register("Placeholder", infer=declared, kernel=_placeholder_kernel,
          reference=NUMPY_KERNEL, examples=lambda rng: [Example((), {"dtype": dtypes.float32, "shape": (2,)})],
-         not_differentiable="a source: the value fed", emit=_placeholder_emit)
+         not_differentiable="a source: the value fed",
+         emit=lambda c, op, ins: c.unsupported("the placeholder is needed but not fed"))
 
 
 def _pwd_infer(inputs, attrs):
@@ -99,13 +96,11 @@ def placeholder_with_default(input, shape, name=None):  # noqa: A002  (TensorFlo
 
 
 def zeros(shape, dtype=dtypes.float32, name=None):
-    dtype = dtypes.as_dtype(dtype)
-    return constant(np.zeros(tuple(shape), dtype=dtype.np), dtype, name=name or "zeros")
+    return constant(np.zeros(tuple(shape), dtypes.as_dtype(dtype).np), dtype, name=name or "zeros")
 
 
 def ones(shape, dtype=dtypes.float32, name=None):
-    dtype = dtypes.as_dtype(dtype)
-    return constant(np.ones(tuple(shape), dtype=dtype.np), dtype, name=name or "ones")
+    return constant(np.ones(tuple(shape), dtypes.as_dtype(dtype).np), dtype, name=name or "ones")
 
 
 def _like_infer(inputs, attrs):
@@ -266,9 +261,7 @@ def _transpose_infer(inputs, attrs):
 
 def _transpose_grad(op, g):
     perm = op.attrs["perm"]
-    if perm is None:
-        return [transpose(g)]
-    return [transpose(g, tuple(int(i) for i in np.argsort(perm)))]
+    return [transpose(g, None if perm is None else np.argsort(perm))]  # the inverse permutation
 
 
 register("Transpose", infer=_transpose_infer,
@@ -524,13 +517,10 @@ def _cast_examples(rng):
     return [Example((sample(rng, (2, 3), t),), {"dtype": d}) for t, d in pairs]
 
 
-def _cast_emit(c, op, ins):
-    return f"{ins[0]}.astype(np.{op.outputs[0].dtype.name})"
-
-
 register("Cast", infer=lambda inputs, attrs: [(attrs["dtype"], inputs[0].shape)],
          kernel=lambda op, ctx: (lambda x, _d=op.attrs["dtype"].np: x.astype(_d)), reference=NUMPY_KERNEL,
-         examples=_cast_examples, grad=_cast_grad, emit=_cast_emit)
+         examples=_cast_examples, grad=_cast_grad,
+         emit=lambda c, op, ins: f"{ins[0]}.astype(np.{op.outputs[0].dtype.name})")
 
 
 def cast(x, dtype, name=None):

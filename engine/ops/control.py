@@ -21,14 +21,9 @@ def no_op(name=None):
 
 def group(*inputs, name=None):
     """An op that runs once all ``inputs`` (ops, tensors, or lists of them) have run."""
-    flat = []
-    for x in inputs:
-        if isinstance(x, (list, tuple)):
-            flat.extend(x)
-        else:
-            flat.append(x)
-    graph = get_default_graph()
-    return graph.create_op("NoOp", name=name or "group_deps", control_inputs=[x for x in flat if x is not None])
+    flat = [x for item in inputs for x in (item if isinstance(item, (list, tuple)) else [item])]
+    return get_default_graph().create_op("NoOp", name=name or "group_deps",
+                                         control_inputs=[x for x in flat if x is not None])
 
 
 def _check_kernel(all_finite):

@@ -15,6 +15,7 @@ computes both, adding rows in the order the reduction kernel does (same values, 
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from functools import partial
 
@@ -43,11 +44,8 @@ def fuse_elementwise(ir: PlanIR) -> PlanIR:
     users = ir.consumers()
     control_targets = ir.control_targets()
     position = {n.id: i for i, n in enumerate(ir.nodes)}
-    writes_before = []  # writes_before[i]: state-writing nodes among nodes[:i]
-    count = 0
-    for n in ir.nodes:
-        writes_before.append(count)
-        count += n.writes_state
+    # writes_before[i]: state-writing nodes among nodes[:i]
+    writes_before = list(itertools.accumulate((n.writes_state for n in ir.nodes), initial=0))
     producer = {n.output: n for n in ir.nodes if n.output >= 0}
     group_of: dict[int, list] = {}  # node id -> member nodes (in order) of the group it roots
     absorbed: set = set()
@@ -83,11 +81,7 @@ def fuse_elementwise(ir: PlanIR) -> PlanIR:
                 absorbed.add(summed.id)
         else:  # not expressible as one kernel: its members stay as they are
             absorbed.difference_update(m.id for m in members)
-    out = []
-    for node in ir.nodes:
-        if node.id not in absorbed:
-            out.append(fused_at.get(node.id, node))
-    ir.nodes = out
+    ir.nodes = [fused_at.get(node.id, node) for node in ir.nodes if node.id not in absorbed]
     return ir
 
 
