@@ -58,11 +58,8 @@ def batches(arrays, batch_size: int, *, shuffle: bool = False, seed: int | None 
         stop = n - n % batch_size if drop_remainder else n
         for start in range(0, stop, batch_size):
             end = min(start + batch_size, n)
-            if order is None:
-                parts = [np.ascontiguousarray(v[start:end]) for v in values]
-            else:
-                pick = order[start:end]
-                parts = [np.ascontiguousarray(v[pick]) for v in values]
+            pick = slice(start, end) if order is None else order[start:end]
+            parts = [np.ascontiguousarray(v[pick]) for v in values]
             yield dict(zip(keys, parts)) if is_map else tuple(parts)
 
 

@@ -233,13 +233,11 @@ def _flatten(fetches, leaves):
                 return dict(items)
 
         return build_map
-    if isinstance(fetches, tuple) and hasattr(fetches, "_fields"):  # namedtuple
-        builders = [_flatten(f, leaves) for f in fetches]
-        kind = type(fetches)
-        return lambda results: kind(*[b(results) for b in builders])
     if isinstance(fetches, (list, tuple)):
         builders = [_flatten(f, leaves) for f in fetches]
         kind = type(fetches)
+        if isinstance(fetches, tuple) and hasattr(fetches, "_fields"):  # a namedtuple takes its fields one by one
+            return lambda results: kind(*[b(results) for b in builders])
         return lambda results: kind(b(results) for b in builders)
     index = len(leaves)
     leaves.append(fetches)
@@ -381,18 +379,11 @@ class Session:
     def _build_plan(self, leaves, feed_tensors) -> Plan:
         resolved = [self._resolve_leaf(x) for x in leaves]
         fed = set(feed_tensors)
-        targets = []
-        for r in resolved:
-            if isinstance(r, IndexedSlices):
-                targets.extend([r.values, r.indices, r.dense_shape])
-            else:
-                targets.append(r)
+        targets = [t for r in resolved
+                   for t in ((r.values, r.indices, r.dense_shape) if isinstance(r, IndexedSlices) else (r,))]
 
-        slots: dict[Tensor, int] = {}
-        feed_slots = []
-        for t in feed_tensors:
-            slots[t] = len(slots)
-            feed_slots.append(slots[t])
+        slots: dict[Tensor, int] = {t: k for k, t in enumerate(feed_tensors)}  # each fed once (Session.plan)
+        feed_slots = list(slots.values())
         nodes, node_of = [], {}
         for op in sorted(ops_needed(targets, fed), key=lambda o: o.id):  # creation order is a topological order
             ins = tuple(slots[t] for t in op.inputs)
