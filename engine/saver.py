@@ -180,7 +180,10 @@ class Saver:
     def save(self, sess, save_path: str, global_step=None) -> str:
         """Write the checkpoint; returns its prefix (``save_path`` or ``save_path-<step>``)."""
         self._check_session(sess, "save")
-        prefix = str(save_path) if global_step is None else f"{save_path}-{int(_step_value(sess, global_step))}"
+        prefix = str(save_path)
+        if global_step is not None:  # a number, or the tensor or variable holding it
+            step = global_step if isinstance(global_step, (int, np.integer)) else sess.run(global_step)
+            prefix += f"-{int(step)}"
         arrays, entries = {}, []
         for i, (name, var) in enumerate(sorted(self._vars.items())):
             if var.op.name not in sess.state:
@@ -291,12 +294,6 @@ def _checked_graph_doc(doc: dict, path: str) -> dict:
         need(isinstance(doc.get(field), dict) and all(isinstance(v, str) for v in doc[field].values()),
              f"{field} must map names to tensor names")
     return doc
-
-
-def _step_value(sess, global_step):
-    if isinstance(global_step, (int, np.integer)):
-        return global_step
-    return sess.run(global_step)
 
 
 # --- inference graph export ----------------------------------------------------------------------

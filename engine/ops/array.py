@@ -129,14 +129,9 @@ stop_gradient = constructor("StopGradient", "stop_gradient", "``x`` in the forwa
 # --- shapes ---------------------------------------------------------------------------------------
 
 
-def _shape_infer(inputs, attrs):
-    s = inputs[0].shape
-    return [(dtypes.int64, (None if s is None else len(s),))]
-
-
-register("Shape", infer=_shape_infer, kernel=simple_kernel(lambda x: np.array(x.shape, dtype=np.int64)),
-         reference=NUMPY_KERNEL, examples=_like_examples, not_differentiable="an int64 shape: reads no values",
-         shape_only_inputs=(0,))
+register("Shape", infer=lambda inputs, attrs: [(dtypes.int64, (inputs[0].ndim,))],
+         kernel=simple_kernel(lambda x: np.array(x.shape, dtype=np.int64)), reference=NUMPY_KERNEL,
+         examples=_like_examples, not_differentiable="an int64 shape: reads no values", shape_only_inputs=(0,))
 shape = constructor("Shape", "shape", "The run-time shape of ``x`` as an int64 vector.")
 
 
