@@ -370,20 +370,14 @@ def _max_reduce_grad(op, g):
     return [multiply(broadcast_reduced(divide(g, count), x, axis, keepdims, mean=False), mask)]
 
 
-def _mean_examples(rng):
-    return [e for e in _reduce_examples(rng) if e.inputs[0].dtype.kind == "f"]
-
-
-def _max_examples(rng):
-    return [e for e in _reduce_examples(rng) if e.inputs[0].size]
-
-
 register("Sum", infer=_reduce_infer, kernel=_reduce_kernel("sum"), reference=_reduce_reference(np.sum),
          examples=_reduce_examples, grad=_spread_grad(False))
 register("Mean", infer=_reduce_infer, kernel=_reduce_kernel("mean"), reference=_reduce_reference(np.mean),
-         examples=_mean_examples, grad=_spread_grad(True))
+         examples=lambda rng: [e for e in _reduce_examples(rng) if e.inputs[0].dtype.kind == "f"],  # floats only
+         grad=_spread_grad(True))
 register("Max", infer=_reduce_infer, kernel=_reduce_kernel("max"), reference=_reduce_reference(np.max),
-         examples=_max_examples, grad=_max_reduce_grad)
+         examples=lambda rng: [e for e in _reduce_examples(rng) if e.inputs[0].size],  # non-empty inputs only
+         grad=_max_reduce_grad)
 
 # --- constructors ----------------------------------------------------------------------------------
 
