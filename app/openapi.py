@@ -140,8 +140,11 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
                     "example": {"instances": [example.instance()]}}}},
                 "responses": {
                     "200": _json("#/components/schemas/PredictResponse", "one prediction per instance, in order"),
-                    "400": _error("malformed JSON (a key twice in one object included), an invalid field (each "
-                                  "named in errors[].field), or a body shorter than its Content-Length"),
+                    "400": _error("malformed JSON (a key twice in one object included), invalid fields (every "
+                                  "one named in errors[].field: an unknown key beside 'instances' and the "
+                                  "instances' own errors in one answer; instances that are missing, not a list, "
+                                  "empty or over the batch limit are not read, and only that is named), or a body "
+                                  "shorter than its Content-Length"),
                     "408": _error("the body did not arrive within the server's body time limit "
                                   "(SHELFCAST_BODY_TIMEOUT_S)"),
                     "413": _error(f"body larger than {max_body_bytes} bytes"),

@@ -112,6 +112,9 @@ def parse_instances(payload: Any, max_batch: int) -> list[Instance]:
         raise InputError(400, "invalid_request", "the body must be a JSON object",
                          [FieldError("body",
                                      f'expected an object {{"instances": [...]}}, got {type(payload).__name__}')])
+    # An unknown key beside "instances" leaves them readable: one answer names its errors and theirs. Missing,
+    # not a list, empty or over the batch limit, they are not read (over the limit: reading them would be work,
+    # and errors, without bound within the body size limit, for a request that is refused anyway).
     errors = [FieldError(shorten(k), "unknown field (expected only 'instances')") for k in payload if k != "instances"]
     instances = payload.get("instances")
     if "instances" not in payload:
@@ -122,12 +125,12 @@ def parse_instances(payload: Any, max_batch: int) -> list[Instance]:
         errors.append(FieldError("instances", "expected at least one instance"))
     elif len(instances) > max_batch:
         errors.append(FieldError("instances", f"at most {max_batch} instances per request, got {len(instances)}"))
-    if errors:
-        raise InputError(400, "invalid_request", "the request is malformed", errors)
-    parsed = [_parse_instance(item, f"instances[{i}]", errors) for i, item in enumerate(instances)]
-    if errors:
-        raise InputError(400, "invalid_request", f"{len(errors)} invalid field(s)", errors)
-    return parsed  # type: ignore[return-value]
+    else:
+        parsed = [_parse_instance(item, f"instances[{i}]", errors) for i, item in enumerate(instances)]
+        if errors:
+            raise InputError(400, "invalid_request", f"{len(errors)} invalid field(s)", errors)
+        return parsed  # type: ignore[return-value]
+    raise InputError(400, "invalid_request", "the request is malformed", errors)
 
 
 def _parse_instance(item: Any, where: str, errors: list[FieldError]) -> Instance | None:

@@ -117,6 +117,22 @@ def test_every_bad_field_of_every_instance_is_reported(served):
                                                   "instances[2].date", "instances[2].onpromotion"])
 
 
+def test_an_unknown_top_level_key_and_the_instances_errors_are_named_in_one_answer(make_app, production_dir):
+    """An unknown key beside "instances" leaves them readable, so the answer names both; instances that are not
+    read (over the batch limit here) are not checked, and the answer says why."""
+    served = make_app(production_dir, max_batch=2)
+    good = an_instance(served)
+    response = served.client.post("/api/v1/predict", json={"instance": good, "instances": [
+        {**good, "store_nbr": "1"}, {**good, "date": "soon"}]})
+    assert response.status_code == 400
+    assert fields_of(response) == ["instance", "instances[0].store_nbr", "instances[1].date"]
+    assert response.json["message"] == "3 invalid field(s)"
+    only_top = served.client.post("/api/v1/predict", json={"extra": 1, "instances": [good]})
+    assert only_top.status_code == 400 and fields_of(only_top) == ["extra"]
+    too_many = served.client.post("/api/v1/predict", json={"extra": 1, "instances": [{}] * 3})
+    assert fields_of(too_many) == ["extra", "instances"] and too_many.json["message"] == "the request is malformed"
+
+
 @pytest.mark.parametrize("data", [b"{", b'{"instances": [}', b"\xff\xfe\xfa", b'{"instances": NaN}',
                                   b"[" * 100_000 + b"]" * 100_000, b""])
 def test_invalid_json_is_400(served, data):
