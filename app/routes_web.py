@@ -2,7 +2,8 @@
 
 A forecast only reads, so it is a GET: reload, bookmark, share and Back show it again, never a browser's
 "Confirm Form Resubmission". Each forecast shown logs one prediction event. A POSTed form (a page loaded
-before forecasts were GETs, a script) is sent on to that GET address: 303, POST/redirect/GET.
+before forecasts were GETs, a script) is sent on to that GET address: 303, POST/redirect/GET. A POST whose
+body is not a form (JSON meant for the API) is refused, 415, rather than sent on as an empty form.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from app.examples import example_for
 from app.predictor import LoadedModel
 from app.service import day_numbers, forecast_instances, predict_and_log
 from app.state import serving_state
-from app.validation import FORM_FIELDS, FORM_VALUE_CHARS, FormInput, Instance, form_values, parse_form
+from app.validation import (FORM_FIELDS, FORM_VALUE_CHARS, FormInput, Instance, check_form_type, form_values,
+                            parse_form)
 
 web = Blueprint("web", __name__)
 web.add_app_template_filter(format_units, "units")  # the heading's number as the table and the chart write it
@@ -58,7 +60,9 @@ def index():
 
 @web.post("/")
 def submit():
-    """The form as pages before GET forecasts posted it: 303 to the address that shows its forecast."""
+    """The form as pages before GET forecasts posted it: 303 to the address that shows its forecast; a body that
+    is no form (JSON, text) is 415 on the error page, naming the API."""
+    check_form_type(request.mimetype, bool(request.content_length))
     return redirect(url_for("web.index", **form_values(_form_fields()), _anchor=RESULT_ANCHOR), 303)
 
 

@@ -182,6 +182,21 @@ FORM_VALUE_CHARS = 200  # a field's value is kept this long (the form's inputs t
 LEADING_NUMBER = re.compile(r"\s*([0-9]+)\s*(?:[-\u2013\u2014\u00b7]\s.*)?", re.S)
 
 
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")  # what a browser's form sends
+
+
+def check_form_type(mimetype: str, has_body: bool) -> None:
+    """InputError(415) for a POST / whose body is not a form (JSON, text, ...): Werkzeug would read no fields from
+    it, and the redirect would show an empty form as if nothing had been sent. A POST with neither body nor
+    Content-Type is an empty form."""
+    if mimetype in FORM_TYPES or not (mimetype or has_body):
+        return
+    got = f"got {shorten(mimetype)!r}" if mimetype else "got a body without one"
+    raise InputError(415, "unsupported_media_type", f"POST / takes the web form, sent as {' or '.join(FORM_TYPES)}",
+                     [FieldError("Content-Type", f"{got}; to forecast from JSON, POST it to /api/v1/predict, "
+                                                 "documented at /docs")])
+
+
 @dataclass
 class FormInput:
     """What the person typed (kept to show back) and, when valid, the instance to forecast."""

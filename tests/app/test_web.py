@@ -210,6 +210,30 @@ def test_a_posted_form_is_sent_on_to_its_get_address(served):
     assert len(served.events()) == 1  # the POST forecasts nothing: the GET it is sent to does, once
 
 
+@pytest.mark.parametrize("body, content_type, got", [
+    (b'{"store": "1"}', "application/json", "got 'application/json'"),
+    (b"", "application/json", "got 'application/json'"),
+    (b"store=1", "text/plain", "got 'text/plain'"),
+    (b"store=1", None, "got a body without one"),
+])
+def test_a_post_that_is_no_form_is_415_pointing_to_the_api_not_an_empty_form(served, body, content_type, got):
+    """JSON (or text) posted to the page is no form: it is refused on the error page, which names the API, instead
+    of 303 to an empty form as if nothing had been sent."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = served.client.post("/", data=body, headers=headers)
+    assert response.status_code == 415 and response.mimetype == "text/html"
+    message = html_lib.unescape(re.search(r'<section class="panel error-page"><p>(.*?)</p>', response.get_data(
+        as_text=True), re.S).group(1))
+    assert "application/x-www-form-urlencoded or multipart/form-data" in message
+    assert f"Content-Type: {got}; to forecast from JSON, POST it to /api/v1/predict" in message
+    assert served.events() == []
+
+
+def test_an_empty_post_is_still_an_empty_form(served):
+    response = served.client.post("/")
+    assert response.status_code == 303 and response.headers["Location"] == "/#result"
+
+
 def test_the_product_field_takes_no_more_than_the_page_keeps(served):
     """A value is kept FORM_VALUE_CHARS long; the input takes no more, so the forecast's address stays short (a
     5,000-character product would make a request line gunicorn refuses, 400, before the app could explain)."""
