@@ -3,7 +3,8 @@
 A forecast only reads, so it is a GET: reload, bookmark, share and Back show it again, never a browser's
 "Confirm Form Resubmission". Each forecast shown logs one prediction event. A POSTed form (a page loaded
 before forecasts were GETs, a script) is sent on to that GET address: 303, POST/redirect/GET. A POST whose
-body is not a form (JSON meant for the API) is refused, 415, rather than sent on as an empty form.
+body is not a form (JSON meant for the API) is refused, 415, and a posted field that cannot be read (not UTF-8)
+is named on the form page, 400, rather than sent on as an empty or mistyped field.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from app.chart import SIZES, format_units, sales_chart_svg
 from app.errors import FormTooLarge
 from app.examples import example_for
+from app.form_body import PostedForm, read_form
 from app.predictor import LoadedModel
 from app.service import day_numbers, forecast_instances, predict_and_log
 from app.state import serving_state
@@ -61,9 +63,20 @@ def index():
 @web.post("/")
 def submit():
     """The form as pages before GET forecasts posted it: 303 to the address that shows its forecast; a body that
-    is no form (JSON, text) is 415 on the error page, naming the API."""
+    is no form (JSON, text) is 415 on the error page, naming the API, and a field that cannot be read (not in its
+    charset) is 400 on the form page, beside it."""
     check_form_type(request.mimetype, bool(request.content_length))
-    return redirect(url_for("web.index", **form_values(_form_fields()), _anchor=RESULT_ANCHOR), 303)
+    posted = _posted_form()
+    if not posted.errors:
+        return redirect(url_for("web.index", **form_values(posted.values), _anchor=RESULT_ANCHOR), 303)
+    # a field that could not be read: 400 here, beside it, with the rest of the form checked as the GET would
+    model = serving_state().predictor.model
+    if model is None:
+        return _page(None, status=503)
+    form = parse_form(posted.values, model)
+    form.errors.update(posted.errors)
+    form.instance = None
+    return _page(model, form, status=400)
 
 
 @web.get("/favicon.ico")
@@ -72,12 +85,14 @@ def favicon():
     return current_app.send_static_file(FAVICON)
 
 
-def _form_fields():
-    """The posted fields; within the body size limit a 413 here is Werkzeug's form limits: say so."""
+def _posted_form() -> PostedForm:
+    """The posted fields, read strictly (app/form_body.py); within the body size limit a 413 here is Werkzeug's
+    form limits: say so."""
+    config = current_app.config
     try:
-        return request.form
+        return read_form(request.get_data(cache=False), request.mimetype, request.mimetype_params,
+                         config["MAX_FORM_PARTS"], config["MAX_FORM_MEMORY_SIZE"])
     except RequestEntityTooLarge:
-        config = current_app.config
         if config["MAX_CONTENT_LENGTH"] is not None and (request.content_length or 0) > config["MAX_CONTENT_LENGTH"]:
             raise
         raise FormTooLarge(f"the form has more than {config['MAX_FORM_PARTS']} parts (fields), or a field larger "

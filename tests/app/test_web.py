@@ -7,7 +7,7 @@ import datetime as dt
 import gzip
 import html as html_lib
 import re
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote_from_bytes, urlsplit
 
 import pytest
 
@@ -232,6 +232,78 @@ def test_a_post_that_is_no_form_is_415_pointing_to_the_api_not_an_empty_form(ser
 def test_an_empty_post_is_still_an_empty_form(served):
     response = served.client.post("/")
     assert response.status_code == 303 and response.headers["Location"] == "/#result"
+
+
+def multipart(*parts: tuple[bytes, bytes], boundary: bytes = b"b") -> bytes:
+    """A multipart/form-data body of (Content-Disposition and other part headers, data) parts."""
+    return b"".join(b"--%s\r\n%s\r\n\r\n%s\r\n" % (boundary, headers, data) for headers, data in parts
+                    ) + b"--%s--\r\n" % boundary
+
+
+def field_part(name: str, value: bytes, more_headers: bytes = b"") -> tuple[bytes, bytes]:
+    return b'Content-Disposition: form-data; name="%s"%s' % (name.encode(), more_headers), value
+
+
+@pytest.mark.parametrize("how", ["raw bytes", "%-escaped", "multipart"])
+def test_a_posted_field_that_is_not_utf8_is_400_beside_it_not_dropped(served, how):
+    """A Latin-1 product label: Werkzeug's parser drops the whole urlencoded body (so the form came back empty),
+    keeps a bad %-escape as its literal text, or puts U+FFFD in a multipart value (so the field looked mistyped).
+    The field is named beside it, on the form page, and what else was sent is kept and checked."""
+    values = form_for(served, date="soon")
+    label = f"{values['item']} \u00b7 L\u00e1cteos".encode("latin-1")  # 0xb7 at 8 (7-digit item), 0xe1 at 11
+    if how == "multipart":
+        body = multipart(*(field_part(k, label if k == "item" else v.encode()) for k, v in values.items()))
+        response = served.client.post("/", data=body, content_type="multipart/form-data; boundary=b")
+    else:
+        item = label if how == "raw bytes" else quote_from_bytes(label).encode()
+        body = b"&".join(b"%s=%s" % (k.encode(), item if k == "item" else v.encode()) for k, v in values.items())
+        response = served.client.post("/", data=body, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 400 and response.mimetype == "text/html"
+    html = response.get_data(as_text=True)
+    position = len(values["item"]) + 1
+    assert field_errors(html) == {
+        "item": f"The field 'item' is not utf-8 text (byte 0xb7 at position {position} of its value), so it could "
+                "not be read; send the form encoded as UTF-8.",
+        "date": "Use the date picker, or type the date as YYYY-MM-DD."}
+    assert f'<option value="{values["store"]}" selected>' in html and 'value="soon"' in html
+    assert re.findall(r'<(?:input|select) id="(\w+)"[^>]*\sautofocus', html) == ["item"]
+    assert served.events() == []
+
+
+def test_a_multipart_field_in_its_declared_charset_is_read(served):
+    """A part that declares iso-8859-1 (older clients do) is read in it, as Werkzeug reads it: sent on, 303."""
+    values = form_for(served)
+    label = f"{values['item']} \u00b7 L\u00e1cteos"
+    body = multipart(*(field_part(k, v.encode()) for k, v in values.items() if k != "item"),
+                     field_part("item", label.encode("latin-1"), b"\r\nContent-Type: text/plain; charset=iso-8859-1"))
+    response = served.client.post("/", data=body, content_type="multipart/form-data; boundary=b")
+    assert response.status_code == 303
+    assert parse_qs(urlsplit(response.headers["Location"]).query)["item"] == [label]
+
+
+@pytest.mark.parametrize("body, content_type, words", [
+    (b"store=1", "multipart/form-data", "multipart/form-data without a boundary"),
+    (b"--b\r\nContent-Type: text/plain\r\n\r\n1\r\n--b--\r\n", "multipart/form-data; boundary=b",
+     "not multipart/form-data as its Content-Type declares: Missing Content-Disposition header"),
+    (b"store=1", "multipart/form-data; boundary=b", "not multipart/form-data as its Content-Type declares: Invalid"),
+    (b'--b\r\nContent-Disposition: form-data; name="st\xf6re"\r\n\r\n1\r\n--b--\r\n',
+     "multipart/form-data; boundary=b", "not multipart/form-data as its Content-Type declares: &#39;utf-8&#39; codec"),
+])
+def test_a_multipart_body_that_does_not_parse_is_400_not_an_empty_form(served, body, content_type, words):
+    response = served.client.post("/", data=body, content_type=content_type)
+    assert response.status_code == 400 and response.mimetype == "text/html"
+    assert "the form&#39;s body cannot be read" in response.get_data(as_text=True)
+    assert words in response.get_data(as_text=True)
+
+
+def test_fields_the_form_does_not_read_may_be_in_any_encoding(served):
+    """Only the form's own fields are read: another one that is not UTF-8 (name or value) is ignored, as any
+    unknown field is, and the form is sent on."""
+    values = form_for(served)
+    body = "&".join(f"{k}={v}" for k, v in values.items()).encode() + b"&note=caf\xe9&\xff=1"
+    response = served.client.post("/", data=body, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 303
+    assert {k: v for k, [v] in parse_qs(urlsplit(response.headers["Location"]).query).items()} == values
 
 
 def test_the_product_field_takes_no_more_than_the_page_keeps(served):

@@ -1,0 +1,117 @@
+"""A POSTed form's fields read from its body strictly: a field that cannot be read is named, never dropped.
+
+Werkzeug's form parser (``request.form``) is lenient where the form must not be: a urlencoded body that is not
+UTF-8 (raw Latin-1 bytes) gives no fields at all, its UnicodeDecodeError swallowed; a %-escape that is not UTF-8
+(``store=%FF``) stays in the value as its literal text; a multipart text part that is not in its charset has
+its bytes replaced by U+FFFD; and a multipart body that does not parse gives no fields. Each was then shown, or
+forecast, as a field left empty or mistyped. Here the body is read for the form's own fields (FORM_FIELDS, the
+first of each name, as ``request.form[name]`` takes): a value that is not text in its charset (UTF-8, or a
+multipart part's declared one) is an error keyed by its field, for the page to show beside it; a multipart body
+that does not parse is InputError(400). Other fields are skipped unread, as the form ignores them. Werkzeug's
+multipart decoder does the parsing, with the app's form limits (MAX_FORM_PARTS, MAX_FORM_MEMORY_SIZE: over them
+it raises RequestEntityTooLarge, as ``request.form`` does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+from urllib.parse import unquote_to_bytes
+
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.formparser import MultiPartParser
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
+
+from app.validation import FORM_FIELDS, FieldError, InputError, shorten
+
+URLENCODED, MULTIPART = "application/x-www-form-urlencoded", "multipart/form-data"
+CHUNK = 64 * 1024  # fed to the multipart decoder at a time, as Werkzeug's parser does (its size limit is per feed)
+
+
+@dataclass
+class PostedForm:
+    """The form's fields as sent, and why any of them could not be read (keyed by field, worded for the page)."""
+
+    values: dict[str, str] = field(default_factory=dict)  # an unreadable value as best decoded (U+FFFD), to show
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Part:
+    name: str
+    charset: str
+    data: bytes
+
+
+def read_form(body: bytes, mimetype: str, options: Mapping[str, str], max_parts: int | None,
+              max_field_bytes: int | None) -> PostedForm:
+    """The form fields of a POST body of ``mimetype`` (``options``: its Content-Type parameters); any other type
+    (check_form_type has refused those with a body) is an empty form."""
+    if mimetype == URLENCODED:
+        parts: Iterator[_Part] = _urlencoded(body)
+    elif mimetype == MULTIPART:
+        parts = _multipart(body, options.get("boundary", ""), max_parts, max_field_bytes)
+    else:
+        parts = iter(())
+    form = PostedForm()
+    for part in parts:
+        if part.name not in FORM_FIELDS or part.name in form.values:
+            continue
+        try:
+            form.values[part.name] = part.data.decode(part.charset)
+        except UnicodeDecodeError as exc:
+            form.values[part.name] = part.data.decode(part.charset, "replace")
+            form.errors[part.name] = (f"The field {part.name!r} is not {part.charset} text (byte "
+                                      f"0x{part.data[exc.start]:02x} at position {exc.start} of its value), so it "
+                                      "could not be read; send the form encoded as UTF-8.")
+    return form
+
+
+def _urlencoded(body: bytes) -> Iterator[_Part]:
+    """name=value pairs as urllib's parse_qsl splits them (``&``, a pair without ``=`` has an empty value), each
+    decoded only from its %-escapes and ``+``: the text is decoded by the caller, strictly."""
+    for pair in body.split(b"&"):
+        if pair:
+            name, _, value = pair.partition(b"=")
+            yield _Part(_unquote(name).decode("utf-8", "replace"), "utf-8", _unquote(value))
+
+
+def _unquote(text: bytes) -> bytes:
+    return unquote_to_bytes(text.replace(b"+", b" "))
+
+
+def _multipart(body: bytes, boundary: str, max_parts: int | None, max_field_bytes: int | None) -> Iterator[_Part]:
+    """The text parts of a multipart body (Werkzeug's decoder, fed and limited as its form parser does); a body
+    that does not parse is InputError(400) naming it."""
+    if not boundary:
+        raise InputError(400, "invalid_request", "the form's body cannot be read",
+                         [FieldError("Content-Type", "multipart/form-data without a boundary")])
+    decoder = MultipartDecoder(boundary.encode("latin-1"), max_field_bytes, max_parts=max_parts)
+    parts: list[_Part] = []
+    current: Field | File | None = None
+    data = bytearray()
+    try:
+        for start in [*range(0, len(body), CHUNK), None]:
+            decoder.receive_data(None if start is None else body[start:start + CHUNK])
+            event = decoder.next_event()
+            while not isinstance(event, (Epilogue, NeedData)):
+                if isinstance(event, (Field, File)):
+                    current, data = event, bytearray()
+                elif isinstance(event, Data) and isinstance(current, Field):
+                    data += event.data
+                    if max_field_bytes is not None and len(data) > max_field_bytes:
+                        raise RequestEntityTooLarge()
+                    if not event.more_data:
+                        parts.append(_Part(current.name, _charset(current), bytes(data)))
+                event = decoder.next_event()
+    except ValueError as exc:  # a UnicodeDecodeError too: a part's headers are read as UTF-8
+        raise InputError(400, "invalid_request", "the form's body cannot be read",
+                         [FieldError("body", f"not multipart/form-data as its Content-Type declares: "
+                                             f"{shorten(str(exc), 120)}")]) from None
+    return iter(parts)
+
+
+def _charset(part: Field) -> str:
+    """A text part's charset as Werkzeug's form parser takes it (declared ascii, us-ascii, utf-8 or iso-8859-1;
+    otherwise utf-8)."""
+    return MultiPartParser().get_part_charset(part.headers)
