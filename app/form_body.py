@@ -2,14 +2,19 @@
 
 Werkzeug's form parser (``request.form``) is lenient where the form must not be: a urlencoded body that is not
 UTF-8 (raw Latin-1 bytes) gives no fields at all, its UnicodeDecodeError swallowed; a %-escape that is not UTF-8
-(``store=%FF``) stays in the value as its literal text; a multipart text part that is not in its charset has
-its bytes replaced by U+FFFD; and a multipart body that does not parse gives no fields. Each was then shown, or
-forecast, as a field left empty or mistyped. Here the body is read for the form's own fields (FORM_FIELDS, the
-first of each name, as ``request.form[name]`` takes): a value that is not text in its charset (UTF-8, or a
-multipart part's declared one) is an error keyed by its field, for the page to show beside it; a multipart body
-that does not parse is InputError(400). Other fields are skipped unread, as the form ignores them. Werkzeug's
-multipart decoder does the parsing, with the app's form limits (MAX_FORM_PARTS, MAX_FORM_MEMORY_SIZE: over them
-it raises RequestEntityTooLarge, as ``request.form`` does).
+(``store=%FF``) stays in the value as its literal text; a multipart text part that is not in its charset has its
+bytes replaced by U+FFFD; a field sent as a multipart file part (``curl -F store=@file``) is filed under
+``request.files``, where the form never looks; and a multipart body that does not parse gives no fields. Each was
+then shown, or forecast, as a field left empty or mistyped.
+
+Here the body is read for the form's own fields (FORM_FIELDS, the first part of each name): a value that is not
+text in its charset (UTF-8, or a multipart part's declared one), or one sent as a file, is an error keyed by its
+field, for the page to show beside it. A file is refused, not read as the value: the form has no file input, so
+a file part is a client's mistake, a file is not held to the form's field size limit (Werkzeug spools a large
+one to disk), and the form takes nothing it would have to guess at. A multipart body that does not parse is
+InputError(400). Other fields are skipped unread, as the form ignores them. Werkzeug's multipart decoder does the
+parsing, with the app's form limits (MAX_FORM_PARTS, MAX_FORM_MEMORY_SIZE: over them it raises
+RequestEntityTooLarge, as ``request.form`` does).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class _Part:
     name: str
     charset: str
     data: bytes
+    filename: str | None = None  # a file part's (its data is not kept)
 
 
 def read_form(body: bytes, mimetype: str, options: Mapping[str, str], max_parts: int | None,
@@ -56,6 +62,11 @@ def read_form(body: bytes, mimetype: str, options: Mapping[str, str], max_parts:
     form = PostedForm()
     for part in parts:
         if part.name not in FORM_FIELDS or part.name in form.values:
+            continue
+        if part.filename is not None:
+            form.values[part.name] = ""
+            form.errors[part.name] = (f"The field {part.name!r} was sent as a file ({shorten(part.filename)!r}), "
+                                      "not as text, so it was not read; send it as a plain form field.")
             continue
         try:
             form.values[part.name] = part.data.decode(part.charset)
@@ -81,8 +92,8 @@ def _unquote(text: bytes) -> bytes:
 
 
 def _multipart(body: bytes, boundary: str, max_parts: int | None, max_field_bytes: int | None) -> Iterator[_Part]:
-    """The text parts of a multipart body (Werkzeug's decoder, fed and limited as its form parser does); a body
-    that does not parse is InputError(400) naming it."""
+    """The parts of a multipart body, text parts with their data, file parts with their filename (Werkzeug's
+    decoder, fed and limited as its form parser does); a body that does not parse is InputError(400) naming it."""
     if not boundary:
         raise InputError(400, "invalid_request", "the form's body cannot be read",
                          [FieldError("Content-Type", "multipart/form-data without a boundary")])
@@ -97,6 +108,8 @@ def _multipart(body: bytes, boundary: str, max_parts: int | None, max_field_byte
             while not isinstance(event, (Epilogue, NeedData)):
                 if isinstance(event, (Field, File)):
                     current, data = event, bytearray()
+                    if isinstance(event, File):
+                        parts.append(_Part(event.name, "", b"", event.filename))
                 elif isinstance(event, Data) and isinstance(current, Field):
                     data += event.data
                     if max_field_bytes is not None and len(data) > max_field_bytes:

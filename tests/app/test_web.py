@@ -281,6 +281,24 @@ def test_a_multipart_field_in_its_declared_charset_is_read(served):
     assert parse_qs(urlsplit(response.headers["Location"]).query)["item"] == [label]
 
 
+@pytest.mark.parametrize("field", ["store", "item"])
+def test_a_field_sent_as_a_file_part_is_400_beside_it_not_dropped(served, field):
+    """curl -F store=@file, requests' files=: Werkzeug files the part under request.files, where the form never
+    looked, so it read as a field left empty ("Choose a store."). It is named as sent as a file, not read."""
+    values = form_for(served)
+    body = multipart(*(field_part(k, v.encode(), b'; filename="%s.txt"' % k.encode() if k == field else b"")
+                       for k, v in values.items()))
+    response = served.client.post("/", data=body, content_type="multipart/form-data; boundary=b")
+    assert response.status_code == 400 and response.mimetype == "text/html"
+    html = response.get_data(as_text=True)
+    assert field_errors(html) == {field: f"The field '{field}' was sent as a file ('{field}.txt'), not as text, so "
+                                         "it was not read; send it as a plain form field."}
+    assert served.events() == []
+    as_text = served.client.post("/", data=multipart(*(field_part(k, v.encode()) for k, v in values.items())),
+                                 content_type="multipart/form-data; boundary=b")
+    assert as_text.status_code == 303  # the same fields as text parts are sent on
+
+
 @pytest.mark.parametrize("body, content_type, words", [
     (b"store=1", "multipart/form-data", "multipart/form-data without a boundary"),
     (b"--b\r\nContent-Type: text/plain\r\n\r\n1\r\n--b--\r\n", "multipart/form-data; boundary=b",
