@@ -50,12 +50,17 @@ def variant_statistics(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def recent_statistics(path: Path | str, max_events: int = 5000) -> dict[str, Any]:
-    """The last `max_events` prediction events of the log, read as `pipeline.release decide` reads it (other
-    senders' records skipped, a torn last line skipped); `error` says why a log that is there cannot be read."""
-    events, error = [], None
+    """The last `max_events` prediction events of the log, read by the reader `pipeline.release decide` and drift
+    use (other senders' records skipped, a torn last line skipped). A line that cannot be an event (not UTF-8,
+    not JSON, not a JSON object) is skipped and counted here (`unreadable_lines`, and by why in `unreadable`)
+    where those stop with an error naming it: one bad line must not hide the statistics of every other event.
+    `error` says why a log that is there cannot be read at all."""
+    events: list[dict[str, Any]] = []
+    error, unreadable = None, {}
     if Path(path).exists():
         try:
-            events = read_jsonl_events(path, max_events).events
+            logged = read_jsonl_events(path, max_events, skip_unreadable=True)
+            events, unreadable = logged.events, logged.unreadable
         except EventSourceError as exc:
             error = str(exc)
     latencies = np.asarray([v for v in (finite_number(e.get("latency_ms")) for e in events) if v is not None], float)
@@ -71,6 +76,7 @@ def recent_statistics(path: Path | str, max_events: int = 5000) -> dict[str, Any
     stamps = sorted(str(e["timestamp"]) for e in events if e.get("timestamp"))
     return {
         "log": os.fspath(path), "events": len(events), "error": error,
+        "unreadable_lines": sum(unreadable.values()), "unreadable": unreadable,
         "first": stamps[0] if stamps else None, "last": stamps[-1] if stamps else None,
         "latency_ms": {"p50": _pct(latencies, 50), "p95": _pct(latencies, 95), "p99": _pct(latencies, 99)},
         "forecast_units": {"mean": float(units.mean()) if units.size else None, "p50": _pct(units, 50),

@@ -105,12 +105,21 @@ def jsonl_files(path: Path) -> list[Path]:
                            "predictions first)")
 
 
+# Why a line of a log cannot be an event (read_jsonl_events: an error naming the line, or skipped and counted)
+UNREADABLE_NOT_UTF8, UNREADABLE_NOT_JSON, UNREADABLE_NOT_OBJECT = "not UTF-8 text", "not JSON", "not a JSON object"
+
+
 @dataclass
 class JsonlEvents:
     """Prediction events read from JSON-lines files (oldest first), and the other records met on the way."""
 
     events: list[dict[str, Any]] = field(default_factory=list)
     not_predictions: dict[str, int] = field(default_factory=dict)  # tag (or kind) -> records skipped
+    unreadable: dict[str, int] = field(default_factory=dict)  # why (UNREADABLE_*) -> lines skipped (skip_unreadable)
+
+    @property
+    def unreadable_lines(self) -> int:
+        return sum(self.unreadable.values())
 
 
 def _lines_from_end(handle: BinaryIO) -> Iterator[tuple[int, bytes, bool]]:
@@ -142,7 +151,8 @@ def _line_number(handle: BinaryIO, from_end: int) -> int:
     return newlines + (last != b"\n") - from_end
 
 
-def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | None = None) -> JsonlEvents:
+def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | None = None, *,
+                      skip_unreadable: bool = False) -> JsonlEvents:
     """The last `max_events` prediction events of the JSON-lines file(s) at `path` (at or after `since`), oldest first.
 
     The files, in name order (the app's log is one; Fluentd's file output and spool segments are named by
@@ -150,11 +160,14 @@ def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | No
     a file at a line older than `since` by more than ORDER_SLACK (the earlier files are still read): time
     and memory follow what is kept, not the log's size. Records of other senders (`other_sender`) are
     skipped and counted. With `since`, an event without a readable timestamp is kept (it cannot be placed).
-    A torn last line (a writer that crashed mid-line) is skipped; any other unreadable line is an error
-    naming the file and line, because it means the log is not ours.
+    A torn last line (a writer that crashed mid-line) is skipped; any other unreadable line (not UTF-8, not
+    JSON, or a JSON value that is not an object) is an error naming the file and line, because it means the log
+    is not ours -- or, with `skip_unreadable` (a reader that shows what it can: the /monitoring page), skipped
+    and counted by why in `unreadable`, not counting towards `max_events`.
     """
     kept: list[tuple[dt.datetime, int, dict[str, Any]]] = []  # (time, place in the log counted from its end)
     skipped: Counter[str] = Counter()
+    unreadable: Counter[str] = Counter()
     names: dict[str, str] = {}
 
     def shared_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -179,9 +192,15 @@ def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | No
                 except ValueError as exc:
                     if unterminated:
                         continue
-                    what = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "not JSON"
+                    what = UNREADABLE_NOT_UTF8 if isinstance(exc, UnicodeDecodeError) else UNREADABLE_NOT_JSON
+                    if skip_unreadable:
+                        unreadable[what] += 1
+                        continue
                     raise EventSourceError(f"{file}: line {_line_number(handle, from_end)}: {what} ({exc})") from None
                 if not isinstance(record, dict):
+                    if skip_unreadable:
+                        unreadable[UNREADABLE_NOT_OBJECT] += 1
+                        continue
                     raise EventSourceError(f"{file}: line {_line_number(handle, from_end)}: expected a JSON object, "
                                            f"got {type(record).__name__}")
                 sender = other_sender(record)
@@ -195,7 +214,8 @@ def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | No
                     continue
                 kept.append((moment or UNDATED, -len(kept), record))
     kept.sort(key=lambda entry: entry[:2])
-    return JsonlEvents(events=[entry[2] for entry in kept], not_predictions=dict(skipped))
+    return JsonlEvents(events=[entry[2] for entry in kept], not_predictions=dict(skipped),
+                       unreadable=dict(unreadable))
 
 
 class ElasticsearchEvents:

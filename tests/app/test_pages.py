@@ -194,3 +194,35 @@ def test_monitoring_says_when_the_drift_report_is_for_another_model_than_the_one
     drift_report(tmp_path / "drift", {"name": model.name, "version": model.version, "digest": model.bundle.digest})
     assert 'id="drift-other-model"' not in page(served, "/monitoring")
     assert served.client.get("/api/v1/monitoring").get_json()["drift"]["of_serving_model"] is True
+
+
+@pytest.mark.parametrize("bad_line, why", [(b"\xff\xfe\x00garbage bytes\x00", "not UTF-8 text"),
+                                           (b'{"request_id": "cut-short", "timestamp": "2026-12-0', "not JSON"),
+                                           (b'["a JSON value", "but not an event object"]', "not a JSON object")],
+                         ids=["garbage-bytes", "truncated-json", "not-an-object"])
+def test_one_corrupt_line_in_the_middle_of_the_log_is_skipped_and_counted(served, monkeypatch, bad_line, why):
+    """The app's own log with one bad line between the events of real requests: the page showed only "The
+    prediction log cannot be read: …: line 7: …" and none of the other events' statistics."""
+    monkeypatch.setenv("SHELFCAST_PREDICTION_LOG", str(served.events_path))
+    model = served.model
+    store, items = min(model.catalog.stores), sorted(model.catalog.items)[:2]
+    rows = [{"store_nbr": store, "item_nbr": item, "date": model.first_date.isoformat(), "onpromotion": False}
+            for item in items]
+
+    def predict(requests: int) -> None:
+        for _ in range(requests):
+            assert served.client.post("/api/v1/predict", json={"instances": rows}).status_code == 200
+
+    predict(3)
+    with open(served.events_path, "ab") as log:  # the app appends each event with one write(): between two
+        log.write(bad_line + b"\n")
+    predict(2)
+    assert len(served.events_path.read_bytes().splitlines()) == 11
+    html = page(served, "/monitoring")
+    assert "cannot be read" not in html and "10 events, from" in html
+    skipped = " ".join(re.search(r'<p id="unreadable-lines"[^>]*>(.*?)</p>', html, re.S).group(1).split())
+    assert skipped.startswith(f"1 line of <code>{served.events_path}</code> could not be read as an event and was "
+                              f"skipped ({why}: 1); the figures below are of the other events.")
+    recent = served.client.get("/api/v1/monitoring").get_json()["recent"]
+    assert (recent["events"], recent["error"], recent["unreadable_lines"], recent["unreadable"]) == \
+        (10, None, 1, {why: 1})

@@ -41,6 +41,25 @@ def test_a_line_that_is_not_utf8_is_named_as_such(tmp_path):
         read_jsonl_events(log, 10)
 
 
+def test_unreadable_lines_can_be_skipped_and_counted_instead(tmp_path, monkeypatch):
+    """The /monitoring page's reading: a line that cannot be an event (garbage bytes, truncated JSON, a JSON value
+    that is not an object) is skipped and counted by why, anywhere in the log; the strict reading (drift, the
+    release decision) still stops at it, naming the line."""
+    monkeypatch.setattr(event_sources, "READ_BLOCK", 64)
+    log = tmp_path / "predictions.jsonl"
+    log.write_bytes(lines(event(0), event(1)).encode() + b"\xff\xfe\x00garbage\x00\n" + lines(event(2)).encode()
+                    + b'{"event_id": "e3", "timestamp": "2017-08\n' + b"[1, 2]\nnull\n42\n" + lines(event(4)).encode()
+                    + b'{"event_id": "to')  # torn: skipped, not counted (a writer may still be writing it)
+    found = read_jsonl_events(log, 10, skip_unreadable=True)
+    assert [e["event_id"] for e in found.events] == ["e0", "e1", "e2", "e4"]
+    assert found.unreadable == {"not UTF-8 text": 1, "not JSON": 1, "not a JSON object": 3}
+    assert found.unreadable_lines == 5
+    assert [e["event_id"] for e in read_jsonl_events(log, 2, skip_unreadable=True).events] == ["e2", "e4"]
+    with pytest.raises(EventSourceError, match=r"predictions\.jsonl: line 8: expected a JSON object, got int"):
+        read_jsonl_events(log, 10)
+    assert read_jsonl_events(tmp_path / "predictions.jsonl", 1).unreadable == {}
+
+
 def test_the_canary_window_is_read_back_to_its_start_only(tmp_path):
     from pipeline.release import LoggedEvents
 

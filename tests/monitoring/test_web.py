@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 from flask import Flask
@@ -82,7 +83,8 @@ def test_traffic_is_split_by_release_variant(tmp_path, monkeypatch, jsonl):
 
 def test_recent_predictions_are_read_as_the_release_decision_reads_them(tmp_path, monkeypatch, jsonl):
     """One reader for the page and `release decide`: other senders' records are not predictions, a torn last line
-    (a writer killed mid-line) is skipped, and a line that is not JSON is reported by file and line, not hidden."""
+    (a writer killed mid-line) is skipped, and a line that is not JSON is skipped and counted, not allowed to
+    hide every other event's statistics (it blanked the whole section: "The prediction log cannot be read")."""
     client = client_for(tmp_path, monkeypatch)
     log = tmp_path / "predictions.jsonl"
     events = [{"timestamp": f"2026-12-01T10:00:{i:02d}+00:00", "request_id": f"r{i}", "model_variant": "production",
@@ -98,9 +100,13 @@ def test_recent_predictions_are_read_as_the_release_decision_reads_them(tmp_path
     monkeypatch.setattr(web.RECENT_STATISTICS, "ttl_s", 0.0)  # the changed log at once (the cache: test below)
     log.write_text(log.read_text().replace('"request_id": "r2"', 'not json, "request_id": "r2"'))
     recent = client.get("/api/v1/monitoring").get_json()["recent"]
-    assert recent["events"] == 0 and f"{log}: line 3: not JSON" in recent["error"]
+    assert (recent["events"], recent["error"], recent["sources"]) == (4, None, {"api": 4})
+    assert (recent["unreadable_lines"], recent["unreadable"]) == (1, {"not JSON": 1})
     page = client.get("/monitoring").get_data(as_text=True)
-    assert "The prediction log cannot be read" in page and "line 3: not JSON" in page
+    assert "cannot be read" not in page and "4 events, from" in page
+    skipped = " ".join(re.search(r'<p id="unreadable-lines"[^>]*>(.*?)</p>', page, re.S).group(1).split())
+    assert skipped.startswith(f"1 line of <code>{log}</code> could not be read as an event and was skipped "
+                              "(not JSON: 1)")
 
 
 def prediction(i: int, onpromotion: bool = False) -> dict:
