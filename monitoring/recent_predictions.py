@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.event_sources import EventSourceError, event_units, finite_number, read_jsonl_events
-from pipeline.release import read_traffic
-from pipeline.release_store import CANARY, VARIANTS
+from pipeline.event_sources import EventSourceError, event_units, read_jsonl_events
+from pipeline.release import VariantTraffic, read_traffic
+from pipeline.release_store import CANARY, PRODUCTION, VARIANTS
 
 STATISTICS_TTL_S = 5.0  # how long a process reuses the statistics of a log that keeps changing
 
@@ -26,20 +26,35 @@ def _pct(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q)) if values.size else None
 
 
-def variant_statistics(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per release variant (production, canary, shadow) with traffic: requests, predictions, errors, latency, forecast.
+def request_latencies(traffic: dict[str, VariantTraffic], variants: tuple[str, ...] = (PRODUCTION, CANARY)
+                      ) -> np.ndarray:
+    """One latency per request answered by `variants` (default: the answers users waited for; a shadow forecasts
+    after the response). Each prediction event carries its request's latency, so percentiles over events
+    weighted a request by its batch size: one slow batch of 200 outweighed 199 quick one-row requests. A request
+    a canary shared counts once, at the slower of its two answers."""
+    slowest: dict[tuple, float] = {}
+    for variant in variants:
+        for request, latency in (traffic[variant].request_latencies_ms.items() if variant in traffic else ()):
+            slowest[request] = max(latency, slowest.get(request, latency))
+    return np.asarray(list(slowest.values()), float)
 
-    Counted by the release decision's own reader (pipeline.release.read_traffic), so the page shows
-    the figures `python -m pipeline.release decide` judges. Errors are known for the canary only (its
-    failed attempts, which production answered, are logged with ``canary_failed``); a failed production
-    request or shadow forecast writes no prediction event, so theirs are None."""
-    traffic = read_traffic(events)
+
+def variant_statistics(events: list[dict[str, Any]],
+                       traffic: dict[str, VariantTraffic] | None = None) -> list[dict[str, Any]]:
+    """Per release variant (production, canary, shadow) with traffic: requests, predictions, errors, latency per
+    request, forecast.
+
+    Counted by the release decision's own reader (pipeline.release.read_traffic, or its `traffic` of these
+    events), so the page shows the traffic `python -m pipeline.release decide` judges. Errors are known for the
+    canary only (its failed attempts, which production answered, are logged with ``canary_failed``); a failed
+    production request or shadow forecast writes no prediction event, so theirs are None."""
+    traffic = read_traffic(events) if traffic is None else traffic
     rows = []
     for variant in VARIANTS:
         seen = traffic.get(variant)
         if seen is None:
             continue
-        latencies = np.asarray(seen.latencies_ms, float)
+        latencies = request_latencies(traffic, (variant,))
         units = np.asarray([u for forecasts in seen.by_series.values() for u in forecasts], float)
         request_ids = {request_id for request_id, _ in seen.by_request if request_id is not None}
         rows.append({"variant": variant, "requests": len(request_ids) if request_ids else None,
@@ -63,7 +78,8 @@ def recent_statistics(path: Path | str, max_events: int = 5000) -> dict[str, Any
             events, unreadable = logged.events, logged.unreadable
         except EventSourceError as exc:
             error = str(exc)
-    latencies = np.asarray([v for v in (finite_number(e.get("latency_ms")) for e in events) if v is not None], float)
+    traffic = read_traffic(events)
+    latencies = request_latencies(traffic)
     units = np.asarray([u for u in map(event_units, events) if u is not None], float)
     promo = [bool(e["inputs"].get("onpromotion")) for e in events if isinstance(e.get("inputs"), dict)]
     versions: dict[str, int] = {}
@@ -78,11 +94,12 @@ def recent_statistics(path: Path | str, max_events: int = 5000) -> dict[str, Any
         "log": os.fspath(path), "events": len(events), "error": error,
         "unreadable_lines": sum(unreadable.values()), "unreadable": unreadable,
         "first": stamps[0] if stamps else None, "last": stamps[-1] if stamps else None,
-        "latency_ms": {"p50": _pct(latencies, 50), "p95": _pct(latencies, 95), "p99": _pct(latencies, 99)},
+        "latency_ms": {"p50": _pct(latencies, 50), "p95": _pct(latencies, 95), "p99": _pct(latencies, 99),
+                       "requests": int(latencies.size)},  # per request: see request_latencies
         "forecast_units": {"mean": float(units.mean()) if units.size else None, "p50": _pct(units, 50),
                            "p95": _pct(units, 95)},
         "promotion_share": (sum(promo) / len(promo)) if promo else None,
-        "model_versions": versions, "sources": sources, "variants": variant_statistics(events),
+        "model_versions": versions, "sources": sources, "variants": variant_statistics(events, traffic),
     }
 
 

@@ -221,7 +221,11 @@ def rollback(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MO
 class VariantTraffic:
     predictions: int = 0
     errors: int = 0  # canary attempts that production had to answer (events with canary_failed)
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)  # one per prediction (what `compare` judges)
+    # one per request: all of a request's predictions carry the time the app took to answer it (app/service.py),
+    # so a batch of 200 is one figure here, not 200; the slowest, if the request was answered here twice (the
+    # share of a canary that failed); an event without a request id counts alone
+    request_latencies_ms: dict[tuple, float] = field(default_factory=dict)  # (request id,) -> ms
     by_request: dict[tuple, float] = field(default_factory=dict)  # (request id, instance) -> units
     request_series: dict[tuple, tuple] = field(default_factory=dict)  # (request id, instance) -> (store, item)
     digests: set = field(default_factory=set)  # the model_digest of every event (the bundles that answered)
@@ -238,7 +242,7 @@ def _event_time(event: dict) -> float:
 
 def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str, VariantTraffic]:
     traffic: dict[str, VariantTraffic] = {}
-    for event in events:
+    for position, event in enumerate(events):
         if since is not None and _event_time(event) < since:
             continue
         variant = event.get("model_variant", PRODUCTION)
@@ -255,6 +259,9 @@ def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str
         latency = finite_number(event.get("latency_ms"))
         if latency is not None:
             t.latencies_ms.append(latency)
+            request_id = event.get("request_id")
+            answer = (_key(request_id) if request_id is not None else None) or ("no request id", position)
+            t.request_latencies_ms[answer] = max(latency, t.request_latencies_ms.get(answer, latency))
         request = _key(event.get("request_id"), event.get("instance_index"))
         if request is not None:
             t.by_request[request] = units

@@ -64,12 +64,27 @@ def _metric_agg(agg: dict) -> dict:
     return {agg["type"]: body}
 
 
+def panel_filters(source: dict, visualization_id: str) -> tuple[list[dict], list[dict]]:
+    """(filter, must_not) clauses of a panel's saved filters, as Kibana sends them: each enabled filter's own
+    query, in the bool query's filter clause, or its must_not when negated."""
+    wanted, unwanted = [], []
+    for saved in source["filter"]:
+        meta = saved["meta"]
+        assert meta.get("type") == "phrase" and set(saved["query"]) == {"match_phrase"}, \
+            f"{visualization_id}: only phrase filters are translated here: extend panel_filters()"
+        assert saved["query"]["match_phrase"] == {meta["key"]: meta["params"]["query"]}, visualization_id
+        if not meta.get("disabled"):
+            (unwanted if meta.get("negate") else wanted).append(saved["query"])
+    return wanted, unwanted
+
+
 def kibana_request(visualization: dict, time_from: str, time_to: str) -> dict:
     """The search body a legacy Kibana visualization sends: buckets nested in order, metrics innermost."""
     state = json.loads(visualization["attributes"]["visState"])
     source = json.loads(visualization["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
-    assert source["query"]["query"] == "" and source["filter"] == [], \
-        f"{visualization['id']}: panel queries/filters are not translated here: extend kibana_request()"
+    assert source["query"]["query"] == "", \
+        f"{visualization['id']}: panel queries are not translated here: extend kibana_request()"
+    wanted, unwanted = panel_filters(source, visualization["id"])
     aggs = [a for a in state["aggs"] if a.get("enabled", True)]
     metrics = [a for a in aggs if a["schema"] == "metric"]
     buckets = [a for a in aggs if a["schema"] != "metric"]
@@ -82,9 +97,11 @@ def kibana_request(visualization: dict, time_from: str, time_to: str) -> dict:
         if inner:
             node["aggs"] = inner
         inner = {bucket["id"]: node}
-    return {"size": 0, "aggs": inner,
-            "query": {"bool": {"must": [{"match_all": {}}], "filter": [{"range": {"@timestamp": {
-                "gte": time_from, "lte": time_to, "format": "strict_date_optional_time"}}}]}}}
+    query = {"bool": {"must": [{"match_all": {}}], "filter": [*wanted, {"range": {"@timestamp": {
+        "gte": time_from, "lte": time_to, "format": "strict_date_optional_time"}}}]}}
+    if unwanted:
+        query["bool"]["must_not"] = unwanted
+    return {"size": 0, "aggs": inner, "query": query}
 
 
 def innermost_buckets(answer: dict, buckets: list[dict]) -> list[dict]:
@@ -240,3 +257,32 @@ def test_family_and_store_panels_lose_no_bars_of_a_larger_chain(search_with_even
         other = search_with_events.request("POST", "/shelfcast-prediction-*/_search", {
             "size": 0, "query": {"bool": {"must_not": [{"terms": {field: [top[0]["key"]]}}]}}})
         assert 0 < other["hits"]["total"]["value"] == total - top[0]["doc_count"], field
+
+
+def test_the_latency_panel_counts_each_request_once(logged_events):
+    """Each of a batch's predictions is logged with the batch's latency (app/service.py): percentiles over events
+    weighted a request by its size (4 requests of 12 instances were 48 observations). The panel counts one event
+    per request -- its first instance's -- and leaves the shadow's forecasts (made after the response) out."""
+    from osmem_server import OsmemServer
+
+    panel = next(v for v in VISUALIZATIONS if v["id"] == "shelfcast-latency-percentiles")
+    requests = {event["request_id"] for event in logged_events}
+    assert len(requests) == 4 and len(logged_events) == 48
+    slow = logged_events[0]["request_id"]
+    documents = [("shelfcast.prediction", {**event, "latency_ms": 900.0 if event["request_id"] == slow else 1.0})
+                 for event in logged_events]
+    documents += [("shelfcast.prediction", {**event, "event_id": f"shadow-{event['event_id']}",  # as variants.py logs
+                                            "model_variant": "shadow", "latency_ms": 5000.0})
+                  for event in logged_events]
+    with OsmemServer.start(japanese=False, addr="127.0.0.1:0") as server:
+        search = ElasticsearchEvents(server.url)
+        install_index_templates(search)
+        bulk_as_fluentd(search, documents)
+        now = dt.datetime.now(dt.timezone.utc)
+        body = kibana_request(panel, (now - dt.timedelta(days=7)).isoformat(),
+                              (now + dt.timedelta(minutes=1)).isoformat())
+        body["aggs"] = {"all": {"percentiles": {"field": "latency_ms", "percents": [50, 95]}}}  # over the whole range
+        answer = search.request("POST", "/shelfcast-prediction-*/_search?track_total_hits=true", body)
+    assert answer["hits"]["total"]["value"] == len(requests)
+    values = answer["aggregations"]["all"]["values"]  # 3 requests at 1 ms, one at 900 ms: the median is 1 ms
+    assert values["50.0"] == pytest.approx(1.0) and values["95.0"] > 1.0

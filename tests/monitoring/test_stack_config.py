@@ -102,6 +102,8 @@ def test_every_saved_object_reference_resolves(saved_objects):
         if obj["type"] == "visualization":
             source = json.loads(obj["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
             assert source["indexRefName"] in {r["name"] for r in obj["references"]}
+            for saved in source.get("filter", []):  # a panel's filter names its index pattern by reference too
+                assert saved["meta"]["indexRefName"] in {r["name"] for r in obj["references"]}, obj["id"]
 
 
 def test_every_field_a_panel_uses_is_mapped(saved_objects, templates):
@@ -115,8 +117,9 @@ def test_every_field_a_panel_uses_is_mapped(saved_objects, templates):
         fields = mapped_fields(mapping)
         assert view["attributes"]["timeFieldName"] in fields
         state = json.loads(obj["attributes"]["visState"])
-        for agg in state["aggs"]:
-            field = agg["params"].get("field")
+        source = json.loads(obj["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
+        filtered = [saved["meta"]["key"] for saved in source.get("filter", [])]
+        for field in [agg["params"].get("field") for agg in state["aggs"]] + filtered:
             if field:
                 assert field in fields, f"{obj['id']}: field {field} is not mapped for {view['attributes']['title']}"
                 used.add(field)

@@ -7,6 +7,7 @@ import os
 import re
 import time
 
+import pytest
 from flask import Flask
 
 from monitoring import drift, web
@@ -79,6 +80,35 @@ def test_traffic_is_split_by_release_variant(tmp_path, monkeypatch, jsonl):
     assert 'class="variant-production"' in table and 'class="variant-canary"' in table and "variant-shadow" not in table
     assert "40.00 / 40.00" in table and "6.00" in table and "not logged" in table
     assert "<script" not in page and "style=" not in page
+
+
+def test_latency_is_counted_once_per_request_not_once_per_prediction(tmp_path, monkeypatch, jsonl):
+    """The app logs each of a batch's predictions with the batch's latency (app/service.py), so percentiles over
+    events weighted a request by its size: one slow batch of 200 made the p50 of 41 requests 500 ms."""
+    client = client_for(tmp_path, monkeypatch)
+
+    def event(request, index, latency, variant="production", batch=1):
+        return {"timestamp": "2026-12-01T10:00:00+00:00", "request_id": request, "instance_index": index,
+                "batch_size": batch, "model_variant": variant, "model_version": "3", "latency_ms": latency,
+                "output": {"unit_sales": 2.0}, "source": "api",
+                "inputs": {"store_nbr": 1, "item_nbr": index, "date": "2017-08-16", "onpromotion": False}}
+
+    events = [event(f"quick-{i}", 0, 5.0) for i in range(40)]
+    events += [event("slow-batch", i, 500.0, batch=200) for i in range(200)]
+    events += [event(f"quick-{i}", 0, 900.0, "shadow") for i in range(40)]  # after the response: not a user's wait
+    events += [event("shared", 0, 6.0, batch=2), event("shared", 1, 8.0, "canary", batch=2)]  # one request, 2 parts
+    jsonl(tmp_path / "predictions.jsonl", events)
+    recent = client.get("/api/v1/monitoring").get_json()["recent"]
+    assert recent["events"] == 282
+    # 42 requests: 40 at 5 ms, the shared one at its slower part (8 ms), the batch at 500 ms
+    assert recent["latency_ms"] == {"p50": 5.0, "p95": 5.0, "p99": pytest.approx(8.0 + 0.59 * 492.0), "requests": 42}
+    variants = {row["variant"]: row for row in recent["variants"]}
+    assert variants["production"]["latency_ms"] == {"p50": 5.0, "p95": 5.0}  # 40 at 5, one at 6, one at 500
+    assert variants["canary"]["latency_ms"] == {"p50": 8.0, "p95": 8.0}
+    assert variants["shadow"]["latency_ms"] == {"p50": 900.0, "p95": 900.0}
+    page = client.get("/monitoring").get_data(as_text=True)
+    assert "Latency p50 / p95 / p99 per request</th><td>5.00 / 5.00 / 298.28 ms (42 requests)</td>" in page
+    assert "counted once per request however many predictions it asked for" in " ".join(page.split())
 
 
 def test_recent_predictions_are_read_as_the_release_decision_reads_them(tmp_path, monkeypatch, jsonl):
