@@ -117,14 +117,20 @@ def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: 
             "bins": {"labels": test.labels, "live": test.live_shares, "train": test.train_shares}}
 
 
-def _most_moved(record: Mapping[str, Any]) -> str:
-    """The value whose share moved most, for a category's drift note: the PSI alone did not say which store."""
+def _most_moved_value(record: Mapping[str, Any]) -> str:
+    """The value of this category whose share moved most, with its shares ("" when there are none)."""
     bins = record["bins"]
     live, train = np.asarray(bins["live"], np.float64), np.asarray(bins["train"], np.float64)
     if not live.size:
         return ""
     k = max(range(live.size), key=lambda i: (round(abs(live[i] - train[i]), 9), live[i]))  # ties: the one that rose
-    return f"; most moved: {bins['labels'][k]!r}, {live[k]:.1%} of requests ({train[k]:.1%} in the reference)"
+    return f"{bins['labels'][k]!r}, {live[k]:.1%} of requests ({train[k]:.1%} in the reference)"
+
+
+def _most_moved(record: Mapping[str, Any]) -> str:
+    """The value whose share moved most, for a category's drift note: the PSI alone did not say which store."""
+    value = _most_moved_value(record)
+    return f"; most moved: {value}" if value else ""
 
 
 def baseline_feature(bundle_metadata: Mapping[str, Any]) -> str | None:
@@ -151,8 +157,11 @@ def _follow_their_owner(categorical: dict[str, dict[str, Any]], unseen: Mapping[
                 continue
             shifted, unseen_over = record["drifted"], unseen.get(name, 0.0) > params.unseen_share_alert
             if (shifted or unseen_over) and (categorical[owner]["drifted"] or owner_unseen):
-                record.update(verdict=VERDICT_FOLLOWS, drifted=False,
-                              note=f"an attribute of {owner}, whose alarm covers it ({record['note'] or 'unseen'})")
+                # its own most-moved value (a family, not an item number), kept for the owner's reason and its note
+                moved = _most_moved_value(record) if shifted else ""
+                cause = (record["note"] + (f"; most moved: {moved}" if moved else "")) or "unseen"
+                record.update(verdict=VERDICT_FOLLOWS, drifted=False, most_moved=moved or None,
+                              note=f"an attribute of {owner}, whose alarm covers it ({cause})")
                 followers.setdefault(owner, []).append(name)
     return followers
 
@@ -252,7 +261,11 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
         report["unseen"][name] = (sum(label == UNKNOWN_LABEL for label in labels) / len(labels)) if labels else 0.0
     followers = _follow_their_owner(report["categorical"], report["unseen"], params)
     for name, record in report["categorical"].items():
-        also = f" ({', '.join(followers[name])} follow from it)" if followers.get(name) else ""
+        also = ""
+        if followers.get(name):
+            moved = "".join(f"; {follower}'s most moved: {report['categorical'][follower]['most_moved']}"
+                            for follower in followers[name] if report["categorical"][follower].get("most_moved"))
+            also = f" ({', '.join(followers[name])} follow from it{moved})"
         if record["drifted"]:
             record["note"] += _most_moved(record)
             reasons.append(f"category {name}: {record['note']}{also}")

@@ -548,3 +548,25 @@ def test_a_category_with_one_value_in_training_is_ok_not_inconclusive_forever():
     two = {"top": {"7": 0.99, "8": 0.01}, "other": 0.0}  # 8 is expected 2 times in 200: more events would tell
     few = drift_analysis._shift_record(categorical_shift(["7"] * 200, two), params, params.psi_alert, events=200)
     assert few["verdict"] == "inconclusive"
+
+
+def test_one_familys_traffic_names_the_family_that_moved_not_an_item_number_alone(
+        production_bundle, validation_requests, replay, tmp_path):
+    """family follows item_nbr (an item's attribute): the alarm is item_nbr's, whose 'most moved' is an item
+    number; the family that moved was named nowhere (its record only said it follows)."""
+    from collections import Counter
+
+    log = replay(production_bundle, validation_requests, tmp_path / "all.jsonl")
+    family_of = {(e["inputs"]["store_nbr"], e["inputs"]["item_nbr"]): e["family"]
+                 for e in map(json.loads, log.read_text().splitlines())}
+    family, _ = Counter(family_of.values()).most_common(1)[0]
+    ours = [r for r in validation_requests if family_of[(r["store_nbr"], r["item_nbr"])] == family]
+    code, report, html = run_cli(tmp_path, production_bundle, replay(production_bundle, ours * 5, tmp_path / "f.jsonl"))
+    categorical = [reason for reason in report["reasons"] if reason.startswith("category")]
+    assert len(categorical) == 1, categorical
+    [reason] = categorical
+    assert code == drift.EXIT_ALARM and reason.startswith("category item_nbr: PSI"), report["reasons"]
+    assert f"family's most moved: {family!r}, 100.0% of requests (" in reason
+    assert report["categorical"]["family"]["verdict"] == "follows"
+    assert report["categorical"]["family"]["most_moved"].startswith(f"{family!r}, 100.0% of requests (")
+    assert f"most moved: {family!r}" in report["categorical"]["family"]["note"]
