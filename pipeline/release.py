@@ -221,10 +221,9 @@ def rollback(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MO
 class VariantTraffic:
     predictions: int = 0
     errors: int = 0  # canary attempts that production had to answer (events with canary_failed)
-    latencies_ms: list[float] = field(default_factory=list)  # one per prediction (what `compare` judges)
-    # one per request: all of a request's predictions carry the time the app took to answer it (app/service.py),
-    # so a batch of 200 is one figure here, not 200; the slowest, if the request was answered here twice (the
-    # share of a canary that failed); an event without a request id counts alone
+    # one latency per request (what `compare` judges): all of a request's predictions carry the time the app took
+    # to answer it (app/service.py), so a batch of 200 is one figure here, not 200; the slowest, if the request
+    # was answered here twice (the share of a canary that failed); an event without a request id counts alone
     request_latencies_ms: dict[tuple, float] = field(default_factory=dict)  # (request id,) -> ms
     by_request: dict[tuple, float] = field(default_factory=dict)  # (request id, instance) -> units
     request_series: dict[tuple, tuple] = field(default_factory=dict)  # (request id, instance) -> (store, item)
@@ -258,7 +257,6 @@ def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str
         t.predictions += 1
         latency = finite_number(event.get("latency_ms"))
         if latency is not None:
-            t.latencies_ms.append(latency)
             request_id = event.get("request_id")
             answer = (_key(request_id) if request_id is not None else None) or ("no request id", position)
             t.request_latencies_ms[answer] = max(latency, t.request_latencies_ms.get(answer, latency))
@@ -344,9 +342,10 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
 
     - errors: the candidate's error rate exceeds production's by more than 1 point with 95 %
       one-sided confidence (two-proportion z-test) — or any error at all with < MIN_EVENTS;
-    - latency: the candidate's p95 latency is above the bar max(1.5x production's p95, production's p95
-      + 5 ms) with 95 % one-sided confidence: more than 5 % of its answers lie above the bar (exact
-      binomial test), so two or three slow answers out of sixty on a busy host are no regression;
+    - latency: the candidate's p95 request latency is above the bar max(1.5x production's p95, production's p95
+      + 5 ms) with 95 % one-sided confidence: more than 5 % of its requests lie above the bar (exact
+      binomial test), so two or three slow answers out of sixty on a busy host are no regression; one figure per
+      request, as its predictions share the request's time (a slow batch of 200 is one slow request, not 200);
     - forecast distribution: over pairs of forecasts for the same requests, the median of log1p(candidate)
       - log1p(production) is beyond ±0.5 (a factor of ~1.65), or log1p of the candidate's total units -
       log1p of production's is beyond ±0.5 with 95 % confidence (bootstrap over the pairs' store×items, at least
@@ -359,8 +358,8 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     - live accuracy (only with actuals): the 95 % bootstrap interval of candidate RMSLE minus
       production RMSLE lies entirely above 0 (paired over the same series: a shadow's, or a canary's
       with ``replayed``; without it, over each variant's own series, resampled apart).
-    The latency and distribution rules need MIN_EVENTS (30) candidate predictions (a p95 of ten is
-    their maximum); fewer than that and no rule broken: wait (no decision).
+    The latency rule needs MIN_EVENTS (30) candidate requests, the distribution rule as many predictions (a p95
+    of ten is their maximum); fewer than that and no rule broken: wait (no decision).
     """
     base, cand = traffic.get(PRODUCTION, VariantTraffic()), traffic.get(candidate, VariantTraffic())
     figures: dict = {"production_predictions": base.predictions, f"{candidate}_predictions": cand.predictions,
@@ -377,15 +376,17 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
         if z > Z_ONE_SIDED_95 or attempts < MIN_EVENTS:
             reasons.append(f"errors: {cand.errors} of {attempts} {candidate} answers failed "
                            f"({rate:.1%} vs production {base_rate:.1%})")
-    if cand.latencies_ms and base.latencies_ms:
-        p95c, p95b = float(np.percentile(cand.latencies_ms, 95)), float(np.percentile(base.latencies_ms, 95))
+    cand_ms, base_ms = (list(t.request_latencies_ms.values()) for t in (cand, base))
+    if cand_ms and base_ms:
+        p95c, p95b = float(np.percentile(cand_ms, 95)), float(np.percentile(base_ms, 95))
         bar = max(MAX_LATENCY_RATIO * p95b, p95b + MIN_LATENCY_EXCESS_MS)
-        above = int(np.count_nonzero(np.asarray(cand.latencies_ms) > bar))
-        p_value = binomial_tail(above, len(cand.latencies_ms), SLOW_SHARE)
+        above = int(np.count_nonzero(np.asarray(cand_ms) > bar))
+        p_value = binomial_tail(above, len(cand_ms), SLOW_SHARE)
         figures.update(latency_p95_ms=round(p95c, 2), production_latency_p95_ms=round(p95b, 2),
-                       latency_bar_ms=round(bar, 2), above_latency_bar=above, latency_p_value=round(p_value, 4))
-        if p_value < LATENCY_P_VALUE and len(cand.latencies_ms) >= MIN_EVENTS:
-            reasons.append(f"latency: {above} of {len(cand.latencies_ms)} {candidate} answers slower than "
+                       latency_bar_ms=round(bar, 2), above_latency_bar=above, latency_p_value=round(p_value, 4),
+                       latency_requests=len(cand_ms))
+        if p_value < LATENCY_P_VALUE and len(cand_ms) >= MIN_EVENTS:
+            reasons.append(f"latency: {above} of {len(cand_ms)} {candidate} requests slower than "
                            f"{bar:.1f} ms (max of {MAX_LATENCY_RATIO}x production's p95 {p95b:.1f} ms and "
                            f"+{MIN_LATENCY_EXCESS_MS:g} ms): its p95 {p95c:.1f} ms is above that "
                            f"with 95 % confidence (p = {p_value:.3g})")

@@ -218,6 +218,22 @@ def test_the_decision_rule():
     assert worse.decision == "rollback" and "live accuracy" in worse.reasons[-1]
 
 
+def test_one_slow_batch_is_one_slow_request_not_hundreds():
+    """Every prediction of a request carries the request's time: a canary's one slow batch of 200 counted as 200
+    slow answers (200 of 260 above the bar) and rolled back a canary whose other 60 requests were as fast as
+    production's."""
+    def request(variant, name, ms, instances=1):
+        return [{"model_variant": variant, "request_id": name, "instance_index": i, "latency_ms": ms,
+                 "output": {"unit_sales": 3.0}, "inputs": {"store_nbr": 1, "item_nbr": i, "date": "2017-08-16"}}
+                for i in range(instances)]
+
+    events = [e for n in range(60) for e in request(PRODUCTION, f"p{n}", 3.0) + request(CANARY, f"c{n}", 3.0)]
+    events += request(CANARY, "batch", 60.0, instances=200)
+    verdict = release.compare(release.read_traffic(events), CANARY)
+    assert verdict.figures["latency_requests"] == 61 and verdict.figures["above_latency_bar"] == 1, verdict
+    assert not [r for r in verdict.reasons if r.startswith("latency")], verdict
+
+
 def test_a_few_slow_answers_on_a_busy_host_are_no_latency_regression():
     """CI saw a canary rolled back for a few slow answers in sixty (p95 10.2 ms vs production's 3.4 ms) though
     both arms served the same model code: the latency rule asks for more of them than chance gives."""
@@ -235,7 +251,8 @@ def test_a_few_slow_answers_on_a_busy_host_are_no_latency_regression():
     assert verdict.figures["latency_p95_ms"] > 1.5 * verdict.figures["production_latency_p95_ms"]
     slower = rng.uniform(9.0, 11.0, 60)  # every answer 3x production's: a real regression
     verdict = release.compare(release.read_traffic(events(PRODUCTION, production) + events(CANARY, slower)), CANARY)
-    assert verdict.decision == "rollback" and verdict.reasons[0].startswith("latency: 60 of 60"), verdict
+    assert verdict.decision == "rollback" and verdict.reasons[0].startswith("latency: 60 of 60 canary requests"), \
+        verdict
     tail = np.concatenate([rng.uniform(2.5, 3.5, 50), rng.uniform(10.0, 12.0, 10)])  # one answer in six slow
     verdict = release.compare(release.read_traffic(events(PRODUCTION, production) + events(CANARY, tail)), CANARY)
     assert verdict.decision == "rollback" and "10 of 60" in verdict.reasons[0], verdict
