@@ -101,6 +101,9 @@ class SinkStats:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(COUNTS, 0)
         self._also = also  # e.g. app.metrics: the same counts as Prometheus counters
+        if also is not None:
+            for name in COUNTS:  # every outcome shows from the start, 0 until it happens: an alert on
+                also(name, 0)  # `dropped` otherwise saw no series at all, not 0
 
     def add(self, name: str, count: int = 1) -> None:
         with self._lock:

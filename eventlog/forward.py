@@ -6,11 +6,16 @@ connection broken (it checks for a closed peer before and after every send). So 
 segment is kept, still locked, until Fluentd's kernel has acknowledged all its bytes (TCP
 counts them: TCP_INFO's bytes_acked) and a later emit on a healthy connection succeeded at
 least `confirm_after_s` after it: only then is it deleted. When no later event comes, a
-heartbeat (tag `<tag>.heartbeat`, discarded by Fluentd) is that later emit. Any failure re-sends every
-segment not yet confirmed. A link that breaks more often than that (a proxy capping each connection's age or
-bytes) would confirm nothing and re-send the same segments forever, so a segment whose bytes the peer's kernel
-acknowledged on ACKED_CONNECTIONS different connections is confirmed by that alone: at most that many copies,
-and progress. That is at-least-once delivery; the duplicates it makes
+heartbeat (tag `<tag>.heartbeat`, discarded by Fluentd) is that later emit, repeated every `confirm_after_s`
+while a sent segment waits (a connection that died quietly is found by the next send). Any failure re-sends
+every segment not yet confirmed. A link that breaks more often than that (a proxy capping each connection's age
+or bytes) would confirm nothing and re-send the same segments forever, so a segment that ACKED_CONNECTIONS
+different connections *read* is confirmed by that alone: at most that many copies, and progress. A connection
+read a segment when its peer's kernel acknowledged PROOF_BYTES beyond it (a peer that does not read cannot
+acknowledge more than its receive buffer); after a broken link, padded heartbeats carry that proof past the
+last segment. Counting acknowledgements alone, a peer that accepted connections and closed them unread made
+three connections "acknowledge" a segment it never read, and the segment was deleted. That is at-least-once
+delivery; the duplicates it makes
 (at most the events of the unconfirmed segments) carry the same `event_id`, which
 Fluentd's Elasticsearch output uses as the document id (monitoring/fluentd/fluent.conf),
 so Elasticsearch holds each event once.
@@ -46,7 +51,7 @@ log = logging.getLogger(__name__)
 ENV_FLUENTD_HOST = "FLUENTD_HOST"
 ENV_FLUENTD_PORT = "FLUENTD_PORT"
 ENV_FLUENTD_TIMEOUT = "FLUENTD_TIMEOUT"
-MAX_HELD = 256  # sent-but-unconfirmed segments held open; beyond it the oldest are confirmed by age alone
+MAX_HELD = 256  # sent-but-unconfirmed segments held open; no more is claimed until some are confirmed
 CONFIRM_MARGIN_S = 0.25  # at close, time left for the last claimed segment's send and its confirming heartbeat
 MAX_TIMEOUT_S = 600.0  # FLUENTD_TIMEOUT's upper bound: the socket takes no infinite timeout, and close() waits 2x it
 # Proof that a Fluentd that stalled reads again: this many bytes acknowledged on a new connection beyond the
@@ -55,7 +60,8 @@ MAX_TIMEOUT_S = 600.0  # FLUENTD_TIMEOUT's upper bound: the socket takes no infi
 PROOF_BYTES = 2 * 1024 * 1024
 PADDING = {"padding": "0" * 65536}  # a heartbeat's body while proving: 32 proof heartbeats at most
 TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in Linux's struct tcp_info (since 4.1)
-ACKED_CONNECTIONS = 3  # a segment acknowledged whole on this many connections is confirmed however short they lived
+ACKED_CONNECTIONS = 3  # a segment read on this many connections is confirmed however short they lived
+BROKEN_LINK_PROOF_S = 60.0  # this long after a connection broke with segments held, an idle spool proves them read
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,7 @@ class Forwarder:
         self.stalled_since: float | None = None  # a send timed out: Fluentd may not be reading (see the docstring)
         self._proof_target: int | None = None  # while stalled: bytes acknowledged on this connection that prove it
         self._connection = 0  # numbers the senders (connections) made: Segment.acknowledged_on holds these
+        self._link_broke_at: float | None = None  # monotonic time a connection last broke with segments held
 
     def pump(self, until: float) -> bool:
         """Send what is due until nothing is left or `until`; False if Fluentd failed (back off)."""
@@ -171,9 +178,11 @@ class Forwarder:
         for segment in list(self._held):
             if segment.sent_at is None and not self._send(segment):
                 return False
-        while time.monotonic() < until:
+        idle = False
+        while time.monotonic() < until and len(self._held) < MAX_HELD:
             segment = self._spool.claim_next({held.path for held in self._held})
             if segment is None:
+                idle = True
                 break
             self._held.append(segment)
             if not self._send(segment):
@@ -181,6 +190,9 @@ class Forwarder:
             if segment.lines == 0:  # nothing in it (a writer's torn-off tail): nothing to confirm
                 self._held.remove(segment)
                 segment.release(delete=True)
+        if idle and self._link_broke_at is not None and time.monotonic() - self._link_broke_at < BROKEN_LINK_PROOF_S:
+            if not self._prove_held(until):
+                return False
         return self._heartbeat_if_due()
 
     def finish(self, deadline: float) -> None:
@@ -227,6 +239,32 @@ class Forwarder:
                 self._failed(sender)
                 return False
             self._last_ok = time.monotonic()
+
+    def _prove_held(self, until: float) -> bool:
+        """After a broken link, with nothing new to send: padded heartbeats until the peer's kernel acknowledged
+        PROOF_BYTES beyond the held segments on this connection (it read them: _note_acknowledged counts it), a
+        send fails (False), or `until`. Without it the last segments of a backlog, with nothing sent after
+        them, could not be proven read on a link whose connections break before the usual confirmation."""
+        ends = [s.sent_bytes for s in self._held if s.sent_at is not None and s.sent_bytes is not None]
+        if not ends or self.stalled_since is not None:
+            return True
+        sender = self._connected()
+        target = max(ends) + PROOF_BYTES
+        while time.monotonic() < until:
+            progress = connection_bytes(sender)
+            if progress is None:
+                return True
+            if progress[1] >= target:
+                self._confirm()
+                return True
+            if progress[0] < target:
+                if not sender.emit_with_time("heartbeat", EventTime(time.time()), PADDING):
+                    self._failed(sender)
+                    return False
+                self._last_ok = time.monotonic()
+            else:
+                time.sleep(0.002)
+        return True
 
     def _send(self, segment: Segment) -> bool:
         first_read = segment.lines == 0
@@ -280,6 +318,8 @@ class Forwarder:
         self._sender = None
         self._proof_target = None
         self._count("send_failures", 1)
+        if any(segment.sent_at is not None for segment in self._held):
+            self._link_broke_at = time.monotonic()
         for segment in self._held:
             segment.sent_at = None  # what the broken connection carried may not have arrived
         if self.down_since is None:
@@ -288,11 +328,14 @@ class Forwarder:
                         self._spool.root)
 
     def _heartbeat_if_due(self) -> bool:
-        """With sent segments waiting and no later event, one heartbeat checks the connection."""
+        """With sent segments waiting and no later event, a heartbeat checks the connection: once they are due,
+        and again every `confirm_after_s` while they wait (a connection that died quietly after the first one,
+        its peer's kernel never acknowledging them, held them until the next event came)."""
         self._confirm()
         now = time.monotonic()
         due = [s for s in self._held if s.sent_at is not None and now - s.sent_at >= self._confirm_after_s]
-        if due and self._last_ok < max(s.sent_at for s in due) + self._confirm_after_s:
+        if due and (self._last_ok < max(s.sent_at for s in due) + self._confirm_after_s
+                    or now - self._last_ok >= self._confirm_after_s):
             sender = self._connected()
             if not sender.emit_with_time("heartbeat", EventTime(time.time()), {}):
                 self._failed(sender)
@@ -309,11 +352,13 @@ class Forwarder:
         return self._sender
 
     def _note_acknowledged(self, progress: tuple[int, int] | None) -> None:
-        """Count, per held segment, the connections on which the peer's kernel acknowledged all of it."""
+        """Count, per held segment, the connections that read it: the peer's kernel acknowledged PROOF_BYTES beyond
+        its end, more than a peer that does not read can hold."""
         if progress is None or self.stalled_since is not None:
             return
         for segment in self._held:
-            if (segment.sent_at is not None and segment.sent_bytes is not None and progress[1] >= segment.sent_bytes
+            if (segment.sent_at is not None and segment.sent_bytes is not None
+                    and progress[1] >= segment.sent_bytes + PROOF_BYTES
                     and self._connection not in segment.acknowledged_on):
                 segment.acknowledged_on.add(self._connection)
 
@@ -323,14 +368,12 @@ class Forwarder:
         progress = connection_bytes(self._sender) if self._sender is not None else None
         self._note_acknowledged(progress)
         acknowledged = None if progress is None else progress[1]
-        now, kept = time.monotonic(), []
-        for index, segment in enumerate(self._held):
+        kept = []
+        for segment in self._held:
             sent = segment.sent_at
-            overflow = len(self._held) - index > MAX_HELD
             in_fluentd = segment.sent_bytes is None or (acknowledged is not None and acknowledged >= segment.sent_bytes)
             if len(segment.acknowledged_on) >= ACKED_CONNECTIONS or (
-                    sent is not None and ((in_fluentd and self._last_ok - sent >= self._confirm_after_s)
-                                          or (overflow and now - sent >= self._confirm_after_s))):
+                    sent is not None and in_fluentd and self._last_ok - sent >= self._confirm_after_s):
                 segment.release(delete=True)
             else:
                 kept.append(segment)

@@ -176,6 +176,9 @@ def test_metrics_sum_every_worker(server):
     assert metric(text, "shelfcast_predictions_total", served) - predictions_before == 12
     assert metric(text, "shelfcast_prediction_events_total", 'outcome="emitted"') >= 12
     assert metric(text, "shelfcast_prediction_events_total", 'outcome="sent"') >= 12
+    # every outcome is there from the start, 0 until it happens (an alert on drops saw no series at all)
+    assert metric(text, "shelfcast_prediction_events_total", 'outcome="dropped"') == 0
+    assert metric(text, "shelfcast_prediction_events_total", 'outcome="rejected"') == 0
     assert metric(text, "shelfcast_request_duration_seconds_count", 'endpoint="/api/v1/predict"') >= 12
     version = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{server}/api/v1/model", timeout=5).read())["version"]
     served_models = [dict(re.findall(r'(\w+)="([^"]*)"', labels)) for labels, value in
