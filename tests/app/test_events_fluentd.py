@@ -399,8 +399,8 @@ def test_connections_shorter_than_the_confirmation_delay_still_drain_the_spool(f
                                                                                 tmp_path: Path) -> None:
     # Before: a segment was confirmed only by a send at least 1 s later on the same connection, and every failure
     # re-sent all unconfirmed segments first: with each connection closed after 0.5 s nothing was ever confirmed,
-    # 10,000 events were sent 24 times each in 20 s and the spool never drained. Now a segment whose bytes Fluentd's
-    # kernel acknowledged on ACKED_CONNECTIONS connections is confirmed: at most that many copies, and progress.
+    # 10,000 events were sent 24 times each in 20 s and the spool never drained. Now a segment that
+    # ACKED_CONNECTIONS connections read (their kernel acknowledged PROOF_BYTES beyond it) is confirmed: progress.
     from eventlog.forward import ACKED_CONNECTIONS
 
     spool = tmp_path / "spool"
@@ -420,7 +420,9 @@ def test_connections_shorter_than_the_confirmation_delay_still_drain_the_spool(f
     print(f"connections closed after 0.5 s: {len(answered)} answered, {lost} lost, {duplicated} duplicated, "
           f"{link.closed} connections closed")
     assert None not in answered and lost == 0
-    assert link.closed >= 2 and max(received.values()) <= ACKED_CONNECTIONS + 1
+    # 3 connections that read it, and the one (4 copies, as measured here) or two, on a slow machine, that carried
+    # it but broke before the proof they read it
+    assert link.closed >= 2 and max(received.values()) <= ACKED_CONNECTIONS + 2
 
 
 class ClosingUnread:
