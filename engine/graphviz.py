@@ -59,7 +59,8 @@ def to_dot(graph_or_fetches, name: str = "engine_graph", rankdir: str = "TB") ->
         pad = "  " * indent
         for op in node["ops"]:
             short = op.name.rsplit("/", 1)[-1]
-            fill = ', fillcolor="#fde9c9"' if op.type in ("Placeholder", "VariableV2", "Const") else ""
+            source = not op.inputs and not op.control_inputs  # placeholders, variables, constants
+            fill = ', fillcolor="#fde9c9"' if source else ""
             lines.append(f"{pad}{ids[op]} [label={_quote(op.type + chr(10) + short)}, "
                          f"tooltip={_quote(op.name)}{fill}];")
         for scope, child in node["children"].items():

@@ -63,6 +63,8 @@ class OpDef:
     out_kernel: Optional[Callable] = None  # (op, ctx) -> f(out_or_None, *arrays): may write a kept buffer
     emit: Optional[Callable] = None  # compiler emitter (engine/compiler.py's Emitter protocol)
     scalar: Optional[Callable] = None  # elementwise ops: the ONE scalar function every kernel is built from
+    variable_read: Optional[Callable] = None  # (op) -> the variable whose stored value it outputs: export freezes it
+    must_feed: bool = False  # its value comes from a feed only (Placeholder): an export that needs it unfed refuses
     default_name: str = ""
 
     @property

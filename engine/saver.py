@@ -354,13 +354,13 @@ def export_inference_graph(sess, export_dir: str, inputs, outputs) -> dict:
                         "attrs": {"dtype": {"dtype": t.dtype.name},
                                   "shape": _encode_attr(t.shape, weights, t.op.name)}})
     for op in sorted(needed, key=lambda o: o.id):
-        if op.type in ("VariableV2", "ReadVariable"):  # a read of a frozen variable is that same constant
-            var = op.name if op.type == "VariableV2" else op.attrs["var"]
+        if op.op_def.variable_read is not None:  # a variable, or a read of it: frozen, that same constant
+            var = op.op_def.variable_read(op)
             if var not in sess.state:
                 raise InvalidArgumentError(f"cannot freeze uninitialized variable {var}", op.name)
             attrs = {"value": np.array(sess.state[var], copy=True)}
             op_type = "Const"
-        elif op.type == "Placeholder":
+        elif op.op_def.must_feed:
             raise ValueError(f"placeholder {op.name} is needed by the outputs but is not among the inputs")
         elif op.op_def.stateful or op.op_def.random:
             raise ValueError(f"cannot export op {op.name} ({op.type}): stateful or random ops have no place in an "

@@ -52,7 +52,7 @@ def _placeholder_kernel(op, ctx):
 
 register("Placeholder", infer=declared, kernel=_placeholder_kernel,
          reference=NUMPY_KERNEL, examples=lambda rng: [Example((), {"dtype": dtypes.float32, "shape": (2,)})],
-         not_differentiable="a source: the value fed",
+         not_differentiable="a source: the value fed", must_feed=True,
          emit=lambda c, op, ins: c.unsupported("the placeholder is needed but not fed"))
 
 

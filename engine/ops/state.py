@@ -39,7 +39,8 @@ register("VariableV2", infer=declared, kernel=lambda op, ctx: partial(read_state
          reference=NUMPY_KERNEL, examples=lambda rng: [Example((), {"dtype": dtypes.float32, "shape": (2, 3)},
                                                                {"subject": _V})],
          stateful=True, not_differentiable="a source: its storage (gradients are taken w.r.t. a read of it)",
-         output_aliases="storage", emit=lambda c, op, ins: c.param_variable(op.name))
+         output_aliases="storage", emit=lambda c, op, ins: c.param_variable(op.name),
+         variable_read=lambda op: op.name)
 
 
 def _assign_infer(inputs, attrs):
@@ -105,7 +106,7 @@ def _state_examples(with_value):
 register("ReadVariable", infer=declared, kernel=_read_kernel,
          reference=NUMPY_KERNEL, examples=_state_examples(False), stateful=True,
          not_differentiable="a source: the variable's value (gradients are taken w.r.t. this output)",
-         emit=lambda c, op, ins: c.param_variable(op.attrs["var"]))
+         emit=lambda c, op, ins: c.param_variable(op.attrs["var"]), variable_read=lambda op: op.attrs["var"])
 for _name, _kernel in (("Assign", _assign_kernel), ("AssignAdd", _assign_update_kernel(np.add)),
                        ("AssignSub", _assign_update_kernel(np.subtract))):
     register(_name, infer=_assign_infer, kernel=_kernel, reference=NUMPY_KERNEL, examples=_state_examples(True),

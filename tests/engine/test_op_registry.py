@@ -132,6 +132,10 @@ def test_op(op_type):
         _check_rule(built, unfused, f"{what}: kernel")
         _check_declared_view(op_def, unfused[0], example.inputs, what)
         _check_shape_only(built, op_def, unfused, what)
+        if op_def.variable_read is not None and not isinstance(want[0], Exception):  # what export freezes
+            stored = (built.example.state or {}).get(op_def.variable_read(built.op))
+            assert stored is not None, f"{what}: variable_read names {op_def.variable_read(built.op)!r}, not its state"
+            _close(want[0], [stored], f"{what}: the output vs the stored value variable_read names", exact=True)
         _close(built.run(OPTIMIZED), unfused, f"{what}: passes on (fused) vs off", exact=not op_def.random)
         signature = _signature(example)
         if not isinstance(want[0], Exception) and not op_def.writes_state and signature not in compiled:
