@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.event_sources import EventSourceError, event_units, read_jsonl_events
-from pipeline.release import VariantTraffic, read_traffic
+from pipeline.release import RequestLatencies, VariantTraffic, read_traffic
 from pipeline.release_store import CANARY, PRODUCTION, VARIANTS
 
 STATISTICS_TTL_S = 5.0  # how long a process reuses the statistics of a log that keeps changing
@@ -27,16 +27,16 @@ def _pct(values: np.ndarray, q: float) -> float | None:
 
 
 def request_latencies(traffic: dict[str, VariantTraffic], variants: tuple[str, ...] = (PRODUCTION, CANARY)
-                      ) -> np.ndarray:
-    """One latency per request answered by `variants` (default: the answers users waited for; a shadow forecasts
-    after the response). Each prediction event carries its request's latency, so percentiles over events
-    weighted a request by its batch size: one slow batch of 200 outweighed 199 quick one-row requests. A request
-    a canary shared counts once, at the slower of its two answers."""
-    slowest: dict[tuple, float] = {}
+                      ) -> RequestLatencies:
+    """The latencies of the requests `variants` answered (default: those users waited for; a shadow forecasts
+    after the response), per request (pipeline.release.RequestLatencies: each event weighs 1 / its batch size).
+    Percentiles over events weighted a request by its batch size: one slow batch of 200 outweighed 199 quick
+    one-row requests. A request a canary shared counts in proportion to each part."""
+    latencies = RequestLatencies()
     for variant in variants:
-        for request, latency in (traffic[variant].request_latencies_ms.items() if variant in traffic else ()):
-            slowest[request] = max(latency, slowest.get(request, latency))
-    return np.asarray(list(slowest.values()), float)
+        if variant in traffic:
+            latencies.extend(traffic[variant].latency)
+    return latencies
 
 
 def variant_statistics(events: list[dict[str, Any]],
@@ -54,12 +54,11 @@ def variant_statistics(events: list[dict[str, Any]],
         seen = traffic.get(variant)
         if seen is None:
             continue
-        latencies = request_latencies(traffic, (variant,))
+        latencies = seen.latency
         units = np.asarray([u for forecasts in seen.by_series.values() for u in forecasts], float)
-        request_ids = {request_id for request_id, _ in seen.by_request if request_id is not None}
-        rows.append({"variant": variant, "requests": len(request_ids) if request_ids else None,
+        rows.append({"variant": variant, "requests": latencies.requests if latencies.ms else None,
                      "predictions": seen.predictions, "errors": seen.errors if variant == CANARY else None,
-                     "latency_ms": {"p50": _pct(latencies, 50), "p95": _pct(latencies, 95)},
+                     "latency_ms": {"p50": latencies.percentile(50), "p95": latencies.percentile(95)},
                      "forecast_mean": float(units.mean()) if units.size else None})
     return rows
 
@@ -94,8 +93,8 @@ def recent_statistics(path: Path | str, max_events: int = 5000) -> dict[str, Any
         "log": os.fspath(path), "events": len(events), "error": error,
         "unreadable_lines": sum(unreadable.values()), "unreadable": unreadable,
         "first": stamps[0] if stamps else None, "last": stamps[-1] if stamps else None,
-        "latency_ms": {"p50": _pct(latencies, 50), "p95": _pct(latencies, 95), "p99": _pct(latencies, 99),
-                       "requests": int(latencies.size)},  # per request: see request_latencies
+        "latency_ms": {"p50": latencies.percentile(50), "p95": latencies.percentile(95),
+                       "p99": latencies.percentile(99), "requests": latencies.requests},  # see request_latencies
         "forecast_units": {"mean": float(units.mean()) if units.size else None, "p50": _pct(units, 50),
                            "p95": _pct(units, 95)},
         "promotion_share": (sum(promo) / len(promo)) if promo else None,

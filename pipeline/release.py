@@ -45,7 +45,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -218,15 +218,49 @@ def rollback(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MO
 # --- the decision on logged traffic -----------------------------------------------------------
 
 @dataclass
+class RequestLatencies:
+    """Latencies of prediction events, each weighted 1 / its request's batch size: statistics per request."""
+
+    ms: list[float] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+
+    def add(self, latency_ms: float, batch_size: Any) -> None:
+        size = batch_size if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0 else 1
+        self.ms.append(latency_ms)
+        self.weights.append(1.0 / size)
+
+    def extend(self, other: "RequestLatencies") -> None:
+        self.ms += other.ms
+        self.weights += other.weights
+
+    @property
+    def requests(self) -> int:
+        """The requests these latencies stand for (events of a split request count in proportion)."""
+        return int(round(sum(self.weights)))
+
+    def above(self, bar_ms: float) -> int:
+        """Requests slower than ``bar_ms``."""
+        return int(round(sum(w for ms, w in zip(self.ms, self.weights) if ms > bar_ms)))
+
+    def percentile(self, q: float) -> float | None:
+        """The weighted ``q``-th percentile (the smallest latency with at least q % of the requests at or below)."""
+        if not self.ms:
+            return None
+        order = np.argsort(self.ms, kind="stable")
+        ms, cumulative = np.asarray(self.ms)[order], np.cumsum(np.asarray(self.weights)[order])
+        return float(ms[min(int(np.searchsorted(cumulative, q / 100.0 * cumulative[-1] - 1e-9)), ms.size - 1)])
+
+
+@dataclass
 class VariantTraffic:
     predictions: int = 0
     errors: int = 0  # canary attempts that production had to answer (events with canary_failed)
-    # one latency per request (what `compare` judges): all of a request's predictions carry the time the app took
-    # to answer it (app/service.py), so a batch of 200 is one figure here, not 200; the slowest, if the request
-    # was answered here twice (the share of a canary that failed); an event without a request id counts alone
-    request_latencies_ms: dict[tuple, float] = field(default_factory=dict)  # (request id,) -> ms
-    by_request: dict[tuple, float] = field(default_factory=dict)  # (request id, instance) -> units
-    request_series: dict[tuple, tuple] = field(default_factory=dict)  # (request id, instance) -> (store, item)
+    # every prediction carries its request's latency (app/service.py): each weighs 1 / its request's batch size,
+    # so a request counts once (a batch of 200 is one slow request, not 200) whatever ids clients give it, and a
+    # request split with a canary counts in proportion to its part here
+    latency: RequestLatencies = field(default_factory=RequestLatencies)
+    by_request: dict[tuple, float] = field(default_factory=dict)  # (request id, instance, inputs) -> units
+    request_series: dict[tuple, tuple] = field(default_factory=dict)  # (request id, instance, ...) -> (store, item)
     digests: set = field(default_factory=set)  # the model_digest of every event (the bundles that answered)
     by_series: dict[tuple, list[float]] = field(default_factory=dict)  # (store, item, date) -> units
     by_inputs: dict[tuple, list[float]] = field(default_factory=dict)  # (store, item, date, onpromotion) -> units
@@ -241,7 +275,7 @@ def _event_time(event: dict) -> float:
 
 def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str, VariantTraffic]:
     traffic: dict[str, VariantTraffic] = {}
-    for position, event in enumerate(events):
+    for event in events:
         if since is not None and _event_time(event) < since:
             continue
         variant = event.get("model_variant", PRODUCTION)
@@ -257,10 +291,11 @@ def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str
         t.predictions += 1
         latency = finite_number(event.get("latency_ms"))
         if latency is not None:
-            request_id = event.get("request_id")
-            answer = (_key(request_id) if request_id is not None else None) or ("no request id", position)
-            t.request_latencies_ms[answer] = max(latency, t.request_latencies_ms.get(answer, latency))
-        request = _key(event.get("request_id"), event.get("instance_index"))
+            t.latency.add(latency, event.get("batch_size"))
+        # the inputs too: clients may send one X-Request-ID with every request, and a key of id and place alone
+        # paired a shadow's forecast with production's for another request
+        request = _key(event.get("request_id"), event.get("instance_index"), inputs.get("store_nbr"),
+                       inputs.get("item_nbr"), inputs.get("date"), inputs.get("onpromotion"))
         if request is not None:
             t.by_request[request] = units
             t.request_series[request] = _key(inputs.get("store_nbr"), inputs.get("item_nbr")) or request
@@ -376,17 +411,17 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
         if z > Z_ONE_SIDED_95 or attempts < MIN_EVENTS:
             reasons.append(f"errors: {cand.errors} of {attempts} {candidate} answers failed "
                            f"({rate:.1%} vs production {base_rate:.1%})")
-    cand_ms, base_ms = (list(t.request_latencies_ms.values()) for t in (cand, base))
-    if cand_ms and base_ms:
-        p95c, p95b = float(np.percentile(cand_ms, 95)), float(np.percentile(base_ms, 95))
+    requests = cand.latency.requests
+    if cand.latency.ms and base.latency.ms:
+        p95c, p95b = cand.latency.percentile(95), base.latency.percentile(95)
         bar = max(MAX_LATENCY_RATIO * p95b, p95b + MIN_LATENCY_EXCESS_MS)
-        above = int(np.count_nonzero(np.asarray(cand_ms) > bar))
-        p_value = binomial_tail(above, len(cand_ms), SLOW_SHARE)
+        above = cand.latency.above(bar)
+        p_value = binomial_tail(above, max(requests, above), SLOW_SHARE)
         figures.update(latency_p95_ms=round(p95c, 2), production_latency_p95_ms=round(p95b, 2),
                        latency_bar_ms=round(bar, 2), above_latency_bar=above, latency_p_value=round(p_value, 4),
-                       latency_requests=len(cand_ms))
-        if p_value < LATENCY_P_VALUE and len(cand_ms) >= MIN_EVENTS:
-            reasons.append(f"latency: {above} of {len(cand_ms)} {candidate} requests slower than "
+                       latency_requests=requests)
+        if p_value < LATENCY_P_VALUE and requests >= MIN_EVENTS:
+            reasons.append(f"latency: {above} of {requests} {candidate} requests slower than "
                            f"{bar:.1f} ms (max of {MAX_LATENCY_RATIO}x production's p95 {p95b:.1f} ms and "
                            f"+{MIN_LATENCY_EXCESS_MS:g} ms): its p95 {p95c:.1f} ms is above that "
                            f"with 95 % confidence (p = {p_value:.3g})")
@@ -433,6 +468,9 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     if cand.predictions < MIN_EVENTS:
         return Verdict(candidate, "wait", [f"only {cand.predictions} {candidate} predictions logged; "
                                            f"{MIN_EVENTS} are needed for a decision"], figures)
+    if cand.latency.ms and requests < MIN_EVENTS:  # its latency is not judged yet (a few large batches)
+        return Verdict(candidate, "wait", [f"only {requests} {candidate} requests logged ({cand.predictions} "
+                                           f"predictions); {MIN_EVENTS} are needed to judge its latency"], figures)
     if base.predictions < MIN_EVENTS:  # nothing to judge latency and forecasts against: no rule could fire
         return Verdict(candidate, "wait", [f"only {base.predictions} production predictions to compare with; "
                                            f"{MIN_EVENTS} are needed for a decision"], figures)

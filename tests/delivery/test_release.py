@@ -224,6 +224,7 @@ def test_one_slow_batch_is_one_slow_request_not_hundreds():
     production's."""
     def request(variant, name, ms, instances=1):
         return [{"model_variant": variant, "request_id": name, "instance_index": i, "latency_ms": ms,
+                 "batch_size": instances,
                  "output": {"unit_sales": 3.0}, "inputs": {"store_nbr": 1, "item_nbr": i, "date": "2017-08-16"}}
                 for i in range(instances)]
 
@@ -620,3 +621,37 @@ def test_an_ended_candidate_is_no_longer_held_by_the_workers(host, tmp_path):
     gc.collect()
     assert gone() is None
     app.extensions["shelfcast"].sink.close()
+
+
+def _answers(variant, request_id, ms, items, batch_size=None, units=3.0):
+    """The events of one request's answer: one per item, each with the request's latency, as the app logs them."""
+    return [{"model_variant": variant, "request_id": request_id, "instance_index": i, "latency_ms": ms,
+             "batch_size": batch_size or len(items), "output": {"unit_sales": units},
+             "inputs": {"store_nbr": 1, "item_nbr": item, "date": "2017-08-16", "onpromotion": False}}
+            for i, item in enumerate(items)]
+
+
+def test_a_canary_of_a_few_large_batches_waits_until_its_latency_can_be_judged():
+    """Found by a probe: 4 canary batches of ~40 rows, 20x slower than production, were promoted ('no rule
+    broken'): 77 predictions passed the wait gate, but the latency rule needs 30 requests."""
+    events = [e for n in range(60) for e in _answers(PRODUCTION, f"p{n}", 3.0, [n])]
+    events += [e for n in range(4) for e in _answers(CANARY, f"c{n}", 60.0, range(40))]
+    verdict = release.compare(release.read_traffic(events), CANARY)
+    assert verdict.decision == "wait" and "4 canary requests" in verdict.reasons[0], verdict
+    events += [e for n in range(30) for e in _answers(CANARY, f"d{n}", 60.0, [n])]  # now enough to judge
+    assert release.compare(release.read_traffic(events), CANARY).decision == "rollback"
+
+
+def test_one_request_id_on_every_request_neither_merges_their_latencies_nor_mispairs_forecasts():
+    """Found by a probe: the app keeps a client's X-Request-ID, and a client sending one id with every request made
+    200 slow canary requests one latency figure (promoted; unique ids: rolled back). Shadow forecasts were paired
+    with production's by (request id, place): one id paired every answer with one production forecast."""
+    slow = [e for n in range(200) for e in _answers(PRODUCTION, "same-id", 3.0, [n])
+            + _answers(CANARY, "same-id", 60.0, [1000 + n])]
+    verdict = release.compare(release.read_traffic(slow), CANARY)
+    assert verdict.decision == "rollback" and verdict.figures["latency_requests"] == 200, verdict
+    shadowed = [e for n in range(100) for e in _answers(PRODUCTION, "same-id", 3.0, [n], units=float(n))
+                + _answers(SHADOW, "same-id", 3.0, [n], units=float(n))]
+    verdict = release.compare(release.read_traffic(shadowed), SHADOW)
+    assert verdict.decision == "promote" and verdict.figures["forecast_log_shift"] == 0.0, verdict
+    assert verdict.figures["compared_pairs"] == 100, verdict.figures
