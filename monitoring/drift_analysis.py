@@ -21,6 +21,7 @@ report says so (history features may then differ for reasons of age, not drift).
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -68,28 +69,47 @@ SERVED_FORECASTS = "served forecasts at the requests' horizon days"
 INNER_VALIDATION_FORECASTS = "inner-validation forecasts, every horizon day alike"
 
 
-def forecast_reference(training_stats: Mapping[str, Any], data: ServingData,
-                       horizon: int | None) -> tuple[dict[str, Any], str]:
+@dataclass(frozen=True)
+class ForecastReference:
+    """What live forecasts are compared with: the distribution, what it is, and which events are judged."""
+
+    expected: dict[str, Any]
+    kind: str  # SERVED_FORECASTS | INNER_VALIDATION_FORECASTS
+    judged: np.ndarray | None = None  # events whose forecasts are compared (None: all)
+    note: str = ""  # events left out, and why
+
+
+def forecast_reference(training_stats: Mapping[str, Any], data: ServingData, horizon: int | None) -> ForecastReference:
     """The distribution live forecasts are compared with, and what it is.
 
     The served reference's forecasts (pipeline/drift_stats.py), each horizon day's histogram weighted by that
-    day's share of the requests, with the reference rows of those days as its sample size: the same request
-    mix, at the bundle's own origin. Bundles without them: the inner-validation forecasts, every day alike."""
+    day's share of the requests: the same request mix, at the bundle's own origin. Its sample size is the
+    mixture's effective one, 1 / sum(share^2 / day's rows), so a few stray requests for other days do not count
+    as those days' whole reference. Events at a day the reference has no forecasts for (a horizon feature out of
+    range: hand-edited, or another writer's) are left out and counted, not allowed to switch the comparison to
+    every day alike. Bundles without per-day forecasts: the inner-validation forecasts, every day alike."""
     served = training_stats.get("served") or {}
     overall, by_day = served.get("prediction_units") or {}, served.get("prediction_by_horizon") or {}
     if not (overall.get("count") and by_day and horizon and HORIZON_FEATURE in data.dense):
-        return training_stats.get("prediction_units", {}), INNER_VALIDATION_FORECASTS
+        return ForecastReference(training_stats.get("prediction_units", {}), INNER_VALIDATION_FORECASTS)
     if not data.rows:
-        return overall, SERVED_FORECASTS
-    days, requests = np.unique(horizon_days(data.dense[HORIZON_FEATURE], int(horizon)), return_counts=True)
-    references = [by_day.get(str(int(day))) for day in days]
-    if any(not reference or sum(reference["counts"]) == 0 for reference in references):
-        return overall, SERVED_FORECASTS  # a day the reference has no rows for: the app refuses such dates
+        return ForecastReference(overall, SERVED_FORECASTS)
+    live_days = horizon_days(data.dense[HORIZON_FEATURE], int(horizon))
+    known = {int(day) for day, reference in by_day.items() if reference and sum(reference["counts"]) > 0}
+    judged = np.isin(live_days, sorted(known))
+    left_out = int((~judged).sum())
+    note = (f"{left_out} event(s) at horizon days the reference has no forecasts for "
+            f"({', '.join(map(str, sorted(set(live_days[~judged].tolist()))[:5]))}) left out" if left_out else "")
+    if not judged.any():
+        return ForecastReference(overall, SERVED_FORECASTS, judged, note)
+    days, requests = np.unique(live_days[judged], return_counts=True)
+    references = [by_day[str(int(day))] for day in days]
     weights = requests / requests.sum()
     mixed = sum(w * np.asarray(r["counts"], np.float64) / sum(r["counts"]) for w, r in zip(weights, references))
-    rows = sum(sum(r["counts"]) for r in references)
-    return {"count": rows, "mean": float(sum(w * r["mean"] for w, r in zip(weights, references))),
-            "histogram": {"edges": overall["histogram"]["edges"], "counts": (mixed * rows).tolist()}}, SERVED_FORECASTS
+    rows = 1.0 / sum(w * w / sum(r["counts"]) for w, r in zip(weights, references))
+    return ForecastReference({"count": rows, "mean": float(sum(w * r["mean"] for w, r in zip(weights, references))),
+                              "histogram": {"edges": overall["histogram"]["edges"], "counts": (mixed * rows).tolist()}},
+                             SERVED_FORECASTS, judged, note)
 
 
 def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: str = ROLE_HISTORY,
@@ -275,13 +295,16 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
             reasons.append(f"category {name}: {unseen:.1%} of requests have a value unseen in training "
                            f"(> {params.unseen_share_alert:.1%}){also}")
     report["unseen"]["any"] = float(data.unknown_rows.mean()) if data.rows else 0.0
-    expected, compared_with = forecast_reference(training_stats, data, bundle_metadata.get("horizon"))
+    reference_forecasts = forecast_reference(training_stats, data, bundle_metadata.get("horizon"))
+    expected, compared_with = reference_forecasts.expected, reference_forecasts.kind
     if expected.get("count", 0):
-        record = _shift_record(numeric_shift(data.predictions, expected), params, params.prediction_psi_alert,
-                               "output", data.rows)
-        record["live_mean"] = float(np.mean(data.predictions)) if data.rows else None
+        live = data.predictions if reference_forecasts.judged is None else data.predictions[reference_forecasts.judged]
+        record = _shift_record(numeric_shift(live, expected), params, params.prediction_psi_alert, "output", live.size)
+        record["live_mean"] = float(np.mean(live)) if live.size else None
         record["train_mean"] = expected.get("mean")
         record["reference"] = compared_with
+        if reference_forecasts.note:
+            record["note"] = "; ".join(filter(None, (record["note"], reference_forecasts.note)))
         report["prediction"] = record
         horizon = report["features"].get(HORIZON_FEATURE) or {}
         if record["drifted"] and compared_with == INNER_VALIDATION_FORECASTS and horizon.get("psi", 0.0) > \
@@ -292,6 +315,9 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
                                f"{horizon['psi']:.2f}), and this bundle's reference forecasts cover every day alike "
                                "(made before per-day references): read it against the request mix, or retrain")
         if record["drifted"]:
+            if record["live_mean"] is not None and record["train_mean"] is not None:  # which way they moved
+                record["note"] += (f"; mean {record['live_mean']:.3g} units against {record['train_mean']:.3g} in "
+                                   "the reference")
             reasons.append(f"predictions: {record['note']}")
     if actuals is not None:
         baseline = baseline_feature(bundle_metadata)

@@ -367,8 +367,9 @@ def test_next_days_traffic_is_judged_against_the_forecasts_of_those_days(tiny_bu
                                + "\n" for event in map(json.loads, log.read_text().splitlines())))
     code, report, _ = run_cli(tmp_path, production_bundle, doubled)
     assert code == drift.EXIT_ALARM, report["prediction"]
-    assert [r for r in report["reasons"] if r.startswith("predictions: PSI")], report["reasons"]
+    [reason] = [r for r in report["reasons"] if r.startswith("predictions: PSI")]
     assert "horizon days" not in report["prediction"]["note"]
+    assert re.search(r"; mean [0-9.]+ units against [0-9.]+ in the reference$", reason), reason  # which way
 
 
 def test_the_forecast_reference_mixes_the_days_as_the_requests_ask_for_them(bundle_parts, stream):
@@ -378,12 +379,32 @@ def test_the_forecast_reference_mixes_the_days_as_the_requests_ask_for_them(bund
     assert all(sum(day["counts"]) == stats["served"]["series"] for day in by_day.values())  # tiny: every series
     data = collect(stream(300, seed=4, horizon_day=3) + stream(100, seed=5, horizon_day=7),
                                   list(stats["served"]["dense"]), metadata["vocabularies"])
-    expected, kind = drift_analysis.forecast_reference(stats, data, metadata["horizon"])
+    reference = drift_analysis.forecast_reference(stats, data, metadata["horizon"])
+    expected, kind = reference.expected, reference.kind
     three, seven = (np.asarray(by_day[d]["counts"], float) for d in ("3", "7"))
-    assert kind == drift_analysis.SERVED_FORECASTS and expected["count"] == three.sum() + seven.sum()
+    # the mixture's effective sample size: 1 / sum(share^2 / rows), not every requested day's rows
+    assert kind == drift_analysis.SERVED_FORECASTS and reference.judged.all() and not reference.note
+    assert expected["count"] == pytest.approx(1 / (0.75 ** 2 / three.sum() + 0.25 ** 2 / seven.sum()))
     shares = np.asarray(expected["histogram"]["counts"]) / expected["count"]
     np.testing.assert_allclose(shares, 0.75 * three / three.sum() + 0.25 * seven / seven.sum())
     assert expected["mean"] == pytest.approx(0.75 * by_day["3"]["mean"] + 0.25 * by_day["7"]["mean"])
+
+
+@pytest.mark.parametrize("horizon_value", [0.0, 17 / 16, 1e300])
+def test_an_event_at_a_horizon_day_the_reference_lacks_is_left_out_not_a_switch_to_every_day(bundle_parts, stream,
+                                                                                           horizon_value):
+    """Found by a probe: one event whose horizon feature was out of range (hand-edited, another writer's) made the
+    reference every day's forecasts alike, and 1,189 next-day requests alarmed (PSI 0.147), still labelled as
+    compared at the requests' horizon days."""
+    metadata, stats = bundle_parts
+    events = stream(STREAM_EVENTS, seed=11, horizon_day=1)
+    clean = analyse(events, metadata, stats, DriftParams())["prediction"]
+    events[5]["features"]["dense"]["horizon"] = horizon_value
+    report = analyse(events, metadata, stats, DriftParams())
+    prediction = report["prediction"]
+    assert not prediction["drifted"] and not [r for r in report["reasons"] if r.startswith("predictions")], prediction
+    assert prediction["psi"] == pytest.approx(clean["psi"], abs=0.01)
+    assert "1 event(s) at horizon days the reference has no forecasts for" in prediction["note"]
 
 
 def test_a_bundle_without_per_day_forecasts_says_the_request_mix_may_be_behind_a_forecast_alarm(bundle_parts,
