@@ -58,6 +58,13 @@ def test_unreadable_lines_can_be_skipped_and_counted_instead(tmp_path, monkeypat
     with pytest.raises(EventSourceError, match=r"predictions\.jsonl: line 8: expected a JSON object, got int"):
         read_jsonl_events(log, 10)
     assert read_jsonl_events(tmp_path / "predictions.jsonl", 1).unreadable == {}
+    # unreadable lines are bounded too (a probe: 300,000 lines of junk after the events, 1.4 s a read)
+    from pipeline.event_sources import UNREADABLE_READ_MIN
+
+    junk = tmp_path / "junk.jsonl"
+    junk.write_bytes(lines(event(0)).encode() + b"junk\n" * (UNREADABLE_READ_MIN + 5) + lines(event(1)).encode())
+    bounded = read_jsonl_events(junk, 10, skip_unreadable=True)
+    assert [e["event_id"] for e in bounded.events] == ["e1"] and bounded.unreadable_lines == UNREADABLE_READ_MIN
 
 
 def test_the_canary_window_is_read_back_to_its_start_only(tmp_path):
