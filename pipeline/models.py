@@ -30,6 +30,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,7 @@ LOG1P_OUTPUT = "log1p_sales"
 MAX_LOG1P = 25.0
 STATE_FILE = "state.json"
 STATE_FORMAT = "shelfcast-train-state"
+STAGED_DATA = re.compile(r"(.+)\.npz-[0-9a-f]{16}")  # a checkpoint's data staged by engine/saver.py
 
 
 def baseline_predict(rows: FeatureRows, weeks: int) -> np.ndarray:
@@ -242,9 +245,30 @@ class TrainingState:
         self.curves: list[dict[str, float]] = []
         self.last_checkpoint = ""
         self.best_checkpoint = ""
+        self.checkpoint_digests: dict = {}  # checkpoint name -> its data's sha256 (the manifest's): the files it means
 
     def to_json(self) -> dict:
-        return {"format": STATE_FORMAT, "version": 1, **{k: v for k, v in self.__dict__.items()}}
+        fields = dict(self.__dict__)
+        return {"format": STATE_FORMAT, "version": 1, **fields, "checksum": _state_checksum(fields)}
+
+    def note_checkpoint(self, directory: Path, name: str) -> str:
+        """Record checkpoint ``name`` (just saved) by its data's digest, and keep only the two the state names."""
+        manifest = json.loads((directory / f"{name}.json").read_text(encoding="utf-8"))
+        self.checkpoint_digests[name] = manifest["data_sha256"]
+        self.checkpoint_digests = {k: v for k, v in self.checkpoint_digests.items()
+                                   if k in (name, self.last_checkpoint, self.best_checkpoint)}
+        return name
+
+    def check_checkpoint(self, directory: Path, name: str) -> None:
+        """ValueError unless checkpoint ``name``'s manifest names the data this state recorded for it (a checkpoint
+        of another run written or copied under the same name)."""
+        path = directory / f"{name}.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8")).get("data_sha256")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{path}: unreadable checkpoint manifest ({exc})") from None
+        if data is None or data != self.checkpoint_digests.get(name):
+            raise ValueError(f"{path}: not the checkpoint {directory / STATE_FILE} recorded (another run's data)")
 
     @classmethod
     def read(cls, directory: Path, fingerprint: str) -> TrainingState | None:
@@ -262,6 +286,9 @@ class TrainingState:
             raise ValueError(f"{path}: unreadable training state ({exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT or doc.get("fingerprint") != fingerprint:
             return None
+        fields = {k: v for k, v in doc.items() if k not in ("format", "version", "checksum")}
+        if doc.get("checksum") != _state_checksum(fields):
+            raise ValueError(f"{path}: its checksum does not match its fields (edited by hand, or damaged)")
         state = cls(fingerprint)
         for key, default in state.__dict__.items():
             value = doc.get(key)
@@ -284,6 +311,10 @@ class TrainingState:
     def write(self, directory: Path) -> None:
         with atomic_file(directory / STATE_FILE) as tmp:
             tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+
+
+def _state_checksum(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def fingerprint_of(*parts) -> str:
@@ -328,6 +359,8 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
         step_fn = sess.make_callable([train_op, loss], feed_order)
         resumed = _resume(sess, directory, fingerprint, saver_model, saver_all, fetch_vars, say) if directory else None
         if resumed is None:  # initialized only here: its random streams then draw what an uninterrupted run draws
+            if directory is not None:  # another run's files must not stay beside this run's (a kill between this
+                clear_checkpoints(directory)  # run's first checkpoint and its state left them under that state)
             sess.run(init)
             state, best_values = TrainingState(fingerprint), sess.run(fetch_vars)
         else:
@@ -364,13 +397,13 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
                         state.best_score, state.best_step, state.evals_since_best = score, state.step, 0
                         best_weights = dict(zip(names, sess.run(fetch_vars)))
                         if directory is not None:
-                            state.best_checkpoint = Path(saver_model.save(sess, str(directory / "best"),
-                                                                          global_step=state.step)).name
+                            state.best_checkpoint = state.note_checkpoint(directory, Path(saver_model.save(
+                                sess, str(directory / "best"), global_step=state.step)).name)
                     else:
                         state.evals_since_best += 1
                     if directory is not None:
-                        state.last_checkpoint = Path(saver_all.save(sess, str(directory / "last"),
-                                                                    global_step=state.step)).name
+                        state.last_checkpoint = state.note_checkpoint(directory, Path(saver_all.save(
+                            sess, str(directory / "last"), global_step=state.step)).name)
                         state.write(directory)
                         _remove_stale(directory, {state.last_checkpoint, state.best_checkpoint})
                     if on_eval is not None:
@@ -401,8 +434,22 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
 
 
 def _discard_checkpoint(directory: Path) -> None:
-    _remove_stale(directory, keep=set())
-    (directory / STATE_FILE).unlink(missing_ok=True)
+    clear_checkpoints(directory)
+
+
+def clear_checkpoints(directory: Path) -> None:
+    """Delete what the checkpoint folder holds, whatever it is (a folder where a file should be, a file where the
+    folder should be), keeping the folder itself: it may be a link or a mount point on another disk."""
+    if directory.is_symlink() and not directory.exists():
+        directory.unlink()  # a link to nothing
+    elif directory.exists() and not directory.is_dir():
+        directory.unlink()
+    elif directory.is_dir():
+        for path in directory.iterdir():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def _resume(sess, directory: Path, fingerprint: str, saver_model, saver_all, fetch_vars: list,
@@ -416,7 +463,11 @@ def _resume(sess, directory: Path, fingerprint: str, saver_model, saver_all, fet
     try:
         state = TrainingState.read(directory, fingerprint)
         if state is None:
+            if (directory / STATE_FILE).exists():
+                say(f"train: the checkpoint in {directory} is of other data, params or code; starting over")
             return None
+        for name in (state.best_checkpoint, state.last_checkpoint):
+            state.check_checkpoint(directory, name)
         saver_model.restore(sess, str(directory / state.best_checkpoint))
         best_values = sess.run(fetch_vars)
         saver_all.restore(sess, str(directory / state.last_checkpoint))
@@ -429,10 +480,12 @@ def _resume(sess, directory: Path, fingerprint: str, saver_model, saver_all, fet
 
 
 def _remove_stale(directory: Path, keep: set[str]) -> None:
-    """Delete checkpoints no state refers to any more (the state file was written first)."""
+    """Delete checkpoints no state refers to any more (the state file was written first), and the staged data
+    (``<name>.npz-<digest>``, engine/saver.py) of saves a kill or a full disk cut short."""
     for path in directory.iterdir():
-        prefix = path.name.rsplit(".", 1)[0]
-        if path.suffix in (".npz", ".json") and path.name != STATE_FILE and prefix not in keep:
+        staged = STAGED_DATA.fullmatch(path.name)
+        prefix = staged.group(1) if staged else path.name.rsplit(".", 1)[0]
+        if (staged or path.suffix in (".npz", ".json")) and path.name != STATE_FILE and prefix not in keep:
             path.unlink(missing_ok=True)
 
 

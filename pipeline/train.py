@@ -289,10 +289,16 @@ def _remove_resume_state(home: Path) -> None:
     """The checkpoints and feature shards of a train whose candidate is in place: nothing is left to resume (a
     train killed after the swap is not rerun by DVC when it made the candidate dvc.lock records)."""
     checkpoints = home / CHECKPOINT_DIR
-    remove_directory(checkpoints)  # whole or gone: a kill mid-delete left a checkpoint that read as damaged
+    if checkpoints.is_symlink() or os.path.ismount(checkpoints):  # on another disk: empty it, it stays
+        from pipeline.models import clear_checkpoints
+
+        clear_checkpoints(checkpoints)
+    else:
+        remove_directory(checkpoints)  # whole or gone: a kill mid-delete left a checkpoint that read as damaged
     remove_directory(home / SHARD_DIR)
-    if checkpoints.parent.is_dir() and not any(checkpoints.parent.iterdir()):
-        checkpoints.parent.rmdir()
+    parent = checkpoints.parent  # models/checkpoints, removed when empty unless it is a link or a mount point
+    if parent.is_dir() and not parent.is_symlink() and not os.path.ismount(parent) and not any(parent.iterdir()):
+        parent.rmdir()
 
 
 def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> dict:

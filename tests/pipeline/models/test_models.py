@@ -151,10 +151,31 @@ def _flip_a_byte(path):
 
 
 def _set_state(directory, **fields):
+    """Edit state.json's fields and its checksum with them (a tool's bug, say: the checks after the checksum's)."""
     import json
 
     path = directory / models.STATE_FILE
-    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))  # NaN is written as JSON's NaN
+    doc = {**json.loads(path.read_text()), **fields}
+    doc["checksum"] = models._state_checksum({k: v for k, v in doc.items()
+                                              if k not in ("format", "version", "checksum")})
+    path.write_text(json.dumps(doc))  # NaN is written as JSON's NaN
+
+
+def _another_runs_checkpoint(directory, prefix):
+    """Replace the state's ``prefix`` checkpoint (best or last) by another run's of the same name and step."""
+    import json
+    import shutil
+
+    name = json.loads((directory / models.STATE_FILE).read_text())[f"{prefix}_checkpoint"]
+    other = directory.parent / f"other-{prefix}"
+    x, y, w = _problem(1000, 0)
+    vx, vy, vw = _problem(300, 1)
+    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=other, fingerprint="g", seed=5, eval_every=20,
+           patience=50, batch_size=64, learning_rate=0.02)
+    step = name.rsplit("-", 1)[1]
+    for suffix in (".npz", ".json"):  # the other run's checkpoint of that step, under this run's name
+        source = next(p for p in other.glob(f"{prefix}-*{suffix}") if p.name.startswith(f"{prefix}-"))
+        shutil.copy(source, directory / f"{prefix}-{step}{suffix}")
 
 
 CHECKPOINT_DAMAGE = {
@@ -175,6 +196,18 @@ CHECKPOINT_DAMAGE = {
     "a best step after the step": lambda d: _set_state(d, best_step=400),
     "a step other than the last evaluation's": lambda d: _set_state(d, step=4_000_000),
     "more evaluations since the best than were made": lambda d: _set_state(d, evals_since_best=9),
+    # found by a probe: resumed silently, to another model (a kill between another run's checkpoint and its state
+    # left that run's files under this state; a hand edit; a file copied in)
+    "a field edited by hand (its checksum not)": lambda d: (d / models.STATE_FILE).write_text(
+        (d / models.STATE_FILE).read_text().replace('"best_step": 40', '"best_step": 20')),
+    "another run's best checkpoint under its name": lambda d: _another_runs_checkpoint(d, "best"),
+    "another run's last checkpoint under its name": lambda d: _another_runs_checkpoint(d, "last"),
+    # found by a probe: "starting over", then the same error on every rerun (the files could not be deleted)
+    "a folder where the state file should be": lambda d: ((d / models.STATE_FILE).unlink(),
+                                                          (d / models.STATE_FILE / "x").mkdir(parents=True)),
+    "a folder where the last checkpoint should be": lambda d: (_newest(d, "last-*.npz").unlink(),
+                                                               (d / _newest(d, "last-*.json").stem).with_suffix(
+                                                                   ".npz").mkdir()),
 }
 
 

@@ -115,3 +115,20 @@ def test_remove_directory_leaves_a_symbolic_link_and_removes_a_dead_process_copy
     (dead / "last-10.npz").write_bytes(b"x")
     atomic.remove_directory(target)  # nothing to remove but the copy a killed process renamed aside
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]
+
+
+@pytest.mark.parametrize("linked", ["models/checkpoints", "models/checkpoints/train"])
+def test_checkpoints_on_another_disk_are_emptied_and_the_link_stays(quick_project, tmp_path, linked):
+    """Found by a probe: with models/checkpoints a symbolic link (or a mount point) every train failed after writing
+    its candidate ('Not a directory', 'Device or resource busy': the parent's rmdir, the rename aside), and with
+    models/checkpoints/train a link its checkpoints were never deleted."""
+    elsewhere = tmp_path / "other-disk"
+    elsewhere.mkdir()
+    link = quick_project / linked
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(elsewhere, target_is_directory=True)
+    summary = train.run(quick_project, quiet=True)
+    assert (quick_project / "models" / "candidate" / "bundle.json").is_file() and summary["digest"]
+    assert link.is_symlink() and elsewhere.is_dir()
+    assert not any((quick_project / train.CHECKPOINT_DIR).iterdir()) if linked.endswith("train") else \
+        not (quick_project / train.CHECKPOINT_DIR).exists()
