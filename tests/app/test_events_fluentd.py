@@ -425,25 +425,17 @@ def test_connections_shorter_than_the_confirmation_delay_still_drain_the_spool(f
     assert link.closed >= 2 and max(received.values()) <= ACKED_CONNECTIONS + 2
 
 
-class ClosingUnread:
+class ClosingUnread(ShortLivedLink):
     """A Fluentd (or a proxy with no backend) that accepts connections and closes each after `lifetime_s` without
     reading a byte: its kernel acknowledged what fit in the receive buffer, and the close throws it away (RST)."""
 
     def __init__(self, lifetime_s: float) -> None:
-        self._server = socket.create_server(("127.0.0.1", 0), backlog=64)
-        self.port = self._server.getsockname()[1]
-        self._lifetime_s = lifetime_s
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(0, 0, lifetime_s)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection = self._server.accept()[0]
-            except OSError:
-                return
-            self.connections += 1
-            threading.Timer(self._lifetime_s, connection.close).start()
+    def _pipe(self, client: socket.socket) -> None:
+        time.sleep(self._lifetime_s)
+        self.closed += 1
+        client.close()
 
     def kill(self) -> None:
         self._server.shutdown(socket.SHUT_RDWR)
@@ -476,11 +468,11 @@ def test_connections_closed_unread_lose_nothing_and_the_spool_drains_when_fluent
         good.stop()
     lost, duplicated = lost_and_duplicated(answered, received_ids(good))
     print(f"connections closed unread after {lifetime_s} s: {len(answered)} answered, {lost} lost, {duplicated} "
-          f"duplicated, {peer.connections} connections")
-    assert None not in answered and peer.connections >= 3
+          f"duplicated, {peer.closed} connections")
+    assert None not in answered and peer.closed >= 3
     if lifetime_s < 1.0:  # closed before the usual confirmation (1 s): nothing may count as delivered
         assert lost == 0
     else:  # each close after it is a Fluentd dying with its receive buffer (README): at most that, each time
         receive_buffer = int(Path("/proc/sys/net/ipv4/tcp_rmem").read_text().split()[1])
-        assert lost * 1400 <= receive_buffer * peer.connections, (lost, peer.connections)
+        assert lost * 1400 <= receive_buffer * peer.closed, (lost, peer.closed)
     assert sink.stats.snapshot()["dropped"] == 0
