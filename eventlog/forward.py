@@ -167,6 +167,7 @@ class Forwarder:
         self._proof_target: int | None = None  # while stalled: bytes acknowledged on this connection that prove it
         self._connection = 0  # numbers the senders (connections) made: Segment.acknowledged_on holds these
         self._link_broke_at: float | None = None  # monotonic time a connection last broke with segments held
+        self._proved_on = 0  # the connection that carried its one proof (see _prove_held)
 
     def pump(self, until: float) -> bool:
         """Send what is due until nothing is left or `until`; False if Fluentd failed (back off)."""
@@ -190,7 +191,8 @@ class Forwarder:
             if segment.lines == 0:  # nothing in it (a writer's torn-off tail): nothing to confirm
                 self._held.remove(segment)
                 segment.release(delete=True)
-        if idle and self._link_broke_at is not None and time.monotonic() - self._link_broke_at < BROKEN_LINK_PROOF_S:
+        if (idle and self._link_broke_at is not None and self._proved_on != self._connection
+                and time.monotonic() - self._link_broke_at < BROKEN_LINK_PROOF_S):
             if not self._prove_held(until):
                 return False
         return self._heartbeat_if_due()
@@ -244,7 +246,9 @@ class Forwarder:
         """After a broken link, with nothing new to send: padded heartbeats until the peer's kernel acknowledged
         PROOF_BYTES beyond the held segments on this connection (it read them: _note_acknowledged counts it), a
         send fails (False), or `until`. Without it the last segments of a backlog, with nothing sent after
-        them, could not be proven read on a link whose connections break before the usual confirmation."""
+        them, could not be proven read on a link whose connections break before the usual confirmation. Once a
+        connection: on a link healthy again the usual confirmation follows, and a proof after every segment sent
+        cost 116 MB of heartbeats in the 5 s after one Fluentd restart at 500 events/s."""
         ends = [s.sent_bytes for s in self._held if s.sent_at is not None and s.sent_bytes is not None]
         if not ends or self.stalled_since is not None:
             return True
@@ -255,6 +259,7 @@ class Forwarder:
             if progress is None:
                 return True
             if progress[1] >= target:
+                self._proved_on = self._connection
                 self._confirm()
                 return True
             if progress[0] < target:

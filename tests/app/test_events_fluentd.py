@@ -476,3 +476,30 @@ def test_connections_closed_unread_lose_nothing_and_the_spool_drains_when_fluent
         receive_buffer = int(Path("/proc/sys/net/ipv4/tcp_rmem").read_text().split()[1])
         assert lost * 1400 <= receive_buffer * peer.closed, (lost, peer.closed)
     assert sink.stats.snapshot()["dropped"] == 0
+
+
+def test_proof_padding_after_a_fluentd_restart_is_bounded(fluentd_receiver, tmp_path: Path) -> None:
+    """After a link broke with segments held, padded heartbeats prove held segments read (2 MiB beyond them). On a
+    link that is healthy again they must not follow every segment sent: one proof a connection."""
+    from eventlog.forward import PADDING, PROOF_BYTES
+
+    spool = tmp_path / "spool"
+    sink = fluent_sink(fluentd_receiver.port, spool)
+    answered: list = []
+    started = time.monotonic()
+    while len(answered) < 3000:  # 500 a second for 6 s; Fluentd restarts 1 s in, with sent segments held
+        answered.append(sink.emit({"request_id": f"r{len(answered)}", "output": 1.0}))
+        if len(answered) == 500:
+            fluentd_receiver.stop()
+            fluentd_receiver.start()
+        time.sleep(max(0.0, started + len(answered) / 500 - time.monotonic()))
+    wait_until(lambda: not list(spool.glob("*.jsonl")))
+    sink.close()
+    fluentd_receiver.stop()
+    received = fluentd_receiver.events()
+    padded = sum(1 for e in received if e["record"].get("padding") == PADDING["padding"])
+    connections = sink.stats.snapshot()["send_failures"] + 1
+    print(f"after a restart: {padded} padded heartbeats ({padded * len(PADDING['padding']) // 1024} KiB), "
+          f"{connections} connections")
+    assert None not in answered and padded, "the restart broke no link with segments held: it shows nothing"
+    assert padded * len(PADDING["padding"]) <= connections * (PROOF_BYTES + len(PADDING["padding"]))
