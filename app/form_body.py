@@ -27,9 +27,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import MultiPartParser
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
-from app.validation import FORM_FIELDS, FieldError, InputError, shorten
+from app.validation import FORM_FIELDS, MULTIPART, URLENCODED, FieldError, InputError, shorten
 
-URLENCODED, MULTIPART = "application/x-www-form-urlencoded", "multipart/form-data"
 CHUNK = 64 * 1024  # fed to the multipart decoder at a time, as Werkzeug's parser does (its size limit is per feed)
 
 

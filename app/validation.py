@@ -182,7 +182,8 @@ FORM_VALUE_CHARS = 200  # a field's value is kept this long (the form's inputs t
 LEADING_NUMBER = re.compile(r"\s*([0-9]+)\s*(?:[-\u2013\u2014\u00b7]\s.*)?", re.S)
 
 
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")  # what a browser's form sends
+URLENCODED, MULTIPART = "application/x-www-form-urlencoded", "multipart/form-data"
+FORM_TYPES = (URLENCODED, MULTIPART)  # what a browser's form sends (app/form_body.py reads both)
 
 
 def check_form_type(mimetype: str, has_body: bool) -> None:
