@@ -122,6 +122,9 @@ def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: 
         verdict, note = VERDICT_NOT_ALARMED, CALENDAR_REASON
     elif role == ROLE_UNWEIGHTED:
         verdict, note = VERDICT_NOT_ALARMED, UNWEIGHTED_REASON
+    elif events < params.min_events:  # the report's "no verdict" holds for each input too: shown, not judged
+        verdict, note = VERDICT_INCONCLUSIVE, (f"PSI {test.psi:.3f} on {events} events, fewer than "
+                                               f"drift.min_events={params.min_events}: shown, not judged")
     elif shifted:
         verdict, note = VERDICT_DRIFT, f"PSI {test.psi:.3f} > {psi_alert} and {test_name} p={test.p_value:.2g}"
     elif test.test == "chi2" and events and test.cells < 2 <= test.categories:  # more events would tell

@@ -211,6 +211,13 @@ def test_too_few_events_give_no_verdict(bundle_parts, stream, jsonl, production_
     events = jsonl(tmp_path / "p.jsonl", stream(20, seed=5, shift=promotion_everywhere))
     code, report, _ = run_cli(tmp_path, production_bundle, events)
     assert code == 0 and report["status"] == "insufficient_data" and not report["alarm"]
+    # its records said "drift" (promotion's PSI 0.8) under a "no verdict" headline: shown, not judged
+    records = [*report["features"].values(), *report["categorical"].values(), report["prediction"]]
+    judged = [r for r in records if r["verdict"] != "not alarmed"]
+    assert judged and {r["verdict"] for r in judged} == {"inconclusive"}
+    assert any(r["psi"] > 0.25 for r in judged)
+    assert all("fewer than drift.min_events=100" in r["note"] for r in judged)
+    assert report["reasons"] == ["only 20 event(s), fewer than drift.min_events=100: no verdict"]
     # an empty log: each feature's test of nothing came out "ok, p=1" on the page
     code, report, html = run_cli(tmp_path, production_bundle, jsonl(tmp_path / "empty.jsonl", []))
     assert code == 0 and report["events"] == 0 and report["status"] == "insufficient_data"
