@@ -62,6 +62,8 @@ CHECKPOINT_DIR = "models/checkpoints/train"  # outside the DVC output, so a reru
 CURVE_PREFIX = "curve/"  # MLflow names of the training curves (curve/train_loss, curve/inner_validation_nwrmsle):
 # one step per evaluation, apart from the summary metrics (inner_validation_nwrmsle of the kept weights) and the
 # held-out heldout_* an evaluation adds; MLflow's UI groups them in a section of their own
+CHECKPOINT_TAG = "checkpoint_fingerprint"  # a train run's resume key: the run a resumed one continued has the same
+RESUMED_FROM_TAG, RESUMED_BY_TAG = "resumed_from_run", "resumed_by_run"  # the two ends of a resume, tagged on each
 PROCESS_TAG = "train_process"  # a train run's "<host>:<pid>": a run left RUNNING by a killed train is found by it
 
 
@@ -276,6 +278,24 @@ def close_killed_runs(root: Path) -> list[str]:
     return closed
 
 
+def link_resumed_run(mlflow_run, fingerprint: str, step: int, say) -> None:
+    """Tag a resumed run and the interrupted one it continued with each other's id: the interrupted run holds the
+    params only (curves and metrics are logged at the end), so without the link MLflow shows a KILLED or FAILED
+    run beside a finished one and nothing says the second finished the first's training."""
+    mlflow_client = mlflow_run.client
+    interrupted = [run for run in mlflow_client.search_runs(
+        [mlflow_run.experiment_id], f"tags.{CHECKPOINT_TAG} = '{fingerprint}' and attributes.status != 'RUNNING'",
+        max_results=1, order_by=["attributes.start_time DESC"])]
+    tags = {"resumed_at_step": str(step)}
+    if interrupted:
+        previous = interrupted[0].info.run_id
+        tags[RESUMED_FROM_TAG] = previous
+        mlflow_client.set_tag(previous, RESUMED_BY_TAG, mlflow_run.run_id)
+        say(f"train: MLflow run {mlflow_run.run_id} continues run {previous} (tags {RESUMED_FROM_TAG}, "
+            f"{RESUMED_BY_TAG})")
+    mlflow_run.set_tags(tags)
+
+
 def summary_line(summary: dict) -> str:
     """The train stage's one-line summary (without the ``train:`` prefix and the time)."""
     return (f"{summary['model_kind']} best step {summary['best_step']:.0f}/{summary['steps_run']:.0f}, "
@@ -346,8 +366,11 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
 
         checkpoints = home / CHECKPOINT_DIR
         fingerprint = models.fingerprint_of(bundle_params, versions, data.batch_order)
+        mlflow_run.set_tags({CHECKPOINT_TAG: fingerprint})
         config, result = fit(tparams, data, spec, on_eval, checkpoint_dir=checkpoints, fingerprint=fingerprint,
                              log=say)
+        if result.resumed_at_step:
+            link_resumed_run(mlflow_run, fingerprint, result.resumed_at_step, say)
         for curve in result.curves:  # all of them, also those a resumed run had written before the interruption
             mlflow_run.log_metrics({CURVE_PREFIX + k: v for k, v in curve.items() if k != "step"},
                                    step=int(curve["step"]))

@@ -175,6 +175,14 @@ def test_a_killed_train_stage_resumes_and_ends_as_an_uninterrupted_run(trained_p
     weights = [(r / train.CANDIDATE_DIR / "weights.npz").read_bytes() for r in (root, template)]
     assert weights[0] == weights[1]
     assert not (root / train.CHECKPOINT_DIR).exists()  # a finished run leaves nothing to resume
+    # MLflow links the two runs: the killed one (params only) and the one that finished its training
+    from pipeline import tracking
+
+    client = tracking.client(root)
+    finished = client.get_run(resumed["run_id"])
+    killed = client.get_run(finished.data.tags[train.RESUMED_FROM_TAG])
+    assert killed.info.status == "KILLED" and killed.data.tags[train.RESUMED_BY_TAG] == resumed["run_id"]
+    assert int(finished.data.tags["resumed_at_step"]) == state["step"]
 
 
 def test_on_small_data_the_linear_model_trains_fully_and_beats_the_baseline(tiny_frame):
