@@ -235,7 +235,13 @@ def _promote(root: Path, quiet: bool, candidate_root: Path | None) -> dict:
         comparison = champion.challenge(root, home, raw, digest, root / PRODUCTION_DIR)
     except champion.WorseThanProduction as refused:  # nothing registered or installed; the run says why
         try:
-            champion.record(root, pparams.model_name, None, trained.info.run_id, refused.comparison)
+            versions = tracking.client(root).search_model_versions(f"run_id='{trained.info.run_id}'")
+            if versions:  # a registered version's run keeps the comparison it was promoted on
+                print(f"promote: note: the refusal is not recorded on the training run {trained.info.run_id}: version "
+                      f"{min(int(v.version) for v in versions)} was registered from it, and its record is the "
+                      "comparison it was promoted on", file=sys.stderr)
+            else:
+                champion.record(root, pparams.model_name, None, trained.info.run_id, refused.comparison)
         except Exception as exc:  # noqa: BLE001  (any failure of MLflow here must not hide the refusal itself)
             print(f"promote: note: the refusal is not recorded on the training run {trained.info.run_id} in MLflow "
                   f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", file=sys.stderr)
@@ -273,7 +279,9 @@ def _promote(root: Path, quiet: bool, candidate_root: Path | None) -> dict:
             swap_in_directory(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    champion.record(root, pparams.model_name, None if created else str(version.version), version.run_id, comparison)
+    if created or comparison.status != champion.SAME_BUNDLE:  # already that version: its record is what it was
+        champion.record(root, pparams.model_name, None if created else str(version.version), version.run_id,
+                        comparison)  # promoted on, never "already production" over it (`make run` promotes each run)
     summary = {"model": pparams.model_name, "version": str(version.version), "alias": alias,
                "registered": created, "installed": installed, "digest": digest, "dvc": dvc_note,
                "champion_challenger": comparison.to_json()}

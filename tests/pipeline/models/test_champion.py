@@ -32,6 +32,10 @@ def weak(params: dict) -> dict:
     return params
 
 
+def champion_tags(tags: dict) -> dict:
+    return {key: value for key, value in tags.items() if key.startswith(champion.TAG)}
+
+
 def evaluated(root) -> dict:
     assert evaluate.main(["--root", str(root), "--quiet"]) == 0
     return json.loads((root / evaluate.EVALUATION_FILE).read_text(encoding="utf-8"))
@@ -73,6 +77,19 @@ def test_a_candidate_worse_than_production_is_refused_though_it_beats_the_baseli
     set_params(root, tiny_params)
     assert promote.run(root, quiet=True)["champion_challenger"]["status"] == champion.COMPARED
     assert str(tracking.production_version(root).version) == "2"
+    promoted_on = champion_tags(tracking.client(root).get_run(worse["run_id"]).data.tags)
+    assert promoted_on[champion.TAG] == champion.COMPARED
+    tiny_params["promote"]["max_regression"] = 0.0  # production back to version 1, then version 2's candidate again
+    set_params(root, tiny_params)
+    tracking.client(root).set_registered_model_alias(NAME, "production", "1")
+    capsys.readouterr()
+    assert promote.main(["--root", str(root), "--quiet"]) == promote.WORSE_THAN_PRODUCTION
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("promote: ")]  # not MLflow's
+    assert len(lines) == 2 and lines[-1].startswith("promote: refused: promote.max_regression: "), lines
+    assert lines[0] == (f"promote: note: the refusal is not recorded on the training run {worse['run_id']}: "
+                        "version 2 was registered from it, and its record is the comparison it was promoted on")
+    # found by a probe: the refusal overwrote the comparison a registered version's run was promoted on
+    assert champion_tags(tracking.client(root).get_run(worse["run_id"]).data.tags) == promoted_on
 
 
 def test_a_better_candidate_passes_and_the_comparison_is_recorded(trained_project, tiny_params, set_params,
@@ -107,6 +124,12 @@ def test_a_better_candidate_passes_and_the_comparison_is_recorded(trained_projec
         assert float(tags[f"{champion.TAG}_production_nwrmsle"]) == round(result["production_nwrmsle"], 6)
         assert tags[f"{champion.TAG}_improvement"].startswith(f"{result['interval']['estimate']:.6f} [")
 
+    # promote again (`make run` promotes on every run): nothing to compare, and the comparison version 2 was
+    # promoted on stays its record (found by a probe: it became "already production" beside the old figures)
+    assert promote.run(root, quiet=True)["champion_challenger"]["status"] == champion.SAME_BUNDLE
+    assert champion_tags(tracking.production_version(root).tags) == champion_tags(version.tags)
+    assert champion_tags(tracking.client(root).get_run(summary["run_id"]).data.tags) == champion_tags(run_tags)
+
 
 def test_without_a_production_model_the_rule_is_skipped_with_a_line(trained_project, capsys):
     root, _ = trained_project
@@ -115,8 +138,12 @@ def test_without_a_production_model_the_rule_is_skipped_with_a_line(trained_proj
     assert promote.main(["--root", str(root), "--quiet"]) == 0
     assert NO_PRODUCTION_LINE in capsys.readouterr().out.splitlines()
     assert tracking.production_version(root).tags[champion.TAG] == champion.NO_PRODUCTION
+    promoted_on = champion_tags(tracking.production_version(root).tags)
     again = promote.run(root, quiet=True)["champion_challenger"]  # the same bundle: nothing to compare
     assert again["status"] == champion.SAME_BUNDLE and again["production_version"] == "1"
+    version = tracking.production_version(root)  # the verdict it was promoted on is kept, on the run too
+    assert champion_tags(version.tags) == promoted_on
+    assert champion_tags(tracking.client(root).get_run(version.run_id).data.tags) == promoted_on
 
 
 def test_production_on_another_origin_is_scored_from_the_current_history(trained_project):
