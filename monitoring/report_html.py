@@ -68,11 +68,12 @@ def _reference_html(report: Mapping[str, Any]) -> str:
     reference = report.get("reference") or {}
     if reference.get("kind") == "served":
         dates = reference.get("horizon_dates") or ["?", "?"]
+        forecasts = (report.get("prediction") or {}).get("reference")
         text = (f"Reference: the features of the requests this bundle serves — every store × item of its snapshot at "
                 f"origin {escape(str(reference.get('origin')))}, on each day {escape(str(dates[0]))} … "
-                f"{escape(str(dates[-1]))} ({_number(reference.get('rows'))} rows sampled); the promotion flag "
-                "as in the training rows where it was known. Forecasts are compared with the model's own on its "
-                "inner-validation window (one origin, every horizon day).")
+                f"{escape(str(dates[-1]))} ({_number(reference.get('rows'))} rows sampled); the promotion "
+                "flag as in the training rows where it was known."
+                + (f" Forecasts are compared with the model's {escape(str(forecasts))}." if forecasts else ""))
     else:
         text = f"Reference: the training rows. {escape(str(reference.get('note', '')))}"
     return f'<p id="drift-reference">{text}</p>'

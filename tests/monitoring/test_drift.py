@@ -15,6 +15,7 @@ import pytest
 from monitoring import drift, drift_analysis
 from monitoring.drift_analysis import analyse
 from monitoring.drift_params import DriftParams, DriftParamsError, load_drift_params
+from monitoring.report_html import render_report
 from monitoring.serving_data import collect
 from pipeline.actuals import read_actuals
 from pipeline.drift_stats import distribution
@@ -367,6 +368,11 @@ def test_next_days_traffic_is_judged_against_the_forecasts_of_those_days(tiny_bu
     assert prediction["reference"] == drift_analysis.SERVED_FORECASTS and not prediction["drifted"], prediction
     assert prediction["psi"] < 0.05  # the same series at the same origin: the reference's own forecasts, nearly
     assert f"Compared with: {html_escape(drift_analysis.SERVED_FORECASTS)}" in html
+    # the paragraph naming the reference says so too (found by a probe: it still said "the model's own on its
+    # inner-validation window (one origin, every horizon day)" beside this line)
+    [paragraph] = re.findall(r'<p id="drift-reference">(.*?)</p>', html, re.S)
+    assert f"Forecasts are compared with the model's {html_escape(drift_analysis.SERVED_FORECASTS)}." in paragraph
+    assert "inner-validation" not in paragraph
 
     doubled = tmp_path / "doubled.jsonl"
     doubled.write_text("".join(json.dumps({**event, "output": {**event["output"],
@@ -426,6 +432,8 @@ def test_a_bundle_without_per_day_forecasts_says_the_request_mix_may_be_behind_a
     assert report["prediction"]["reference"] == drift_analysis.INNER_VALIDATION_FORECASTS
     assert report["prediction"]["drifted"]
     assert "the requests ask for other horizon days than the reference" in report["prediction"]["note"]
+    paragraph = render_report(report).split('<p id="drift-reference">')[1].split("</p>")[0]
+    assert f"compared with the model's {html_escape(drift_analysis.INNER_VALIDATION_FORECASTS)}." in paragraph
     every_day = analyse(stream(STREAM_EVENTS, seed=9, shift=lambda d, c, p: p.__imul__(3)), metadata, older,
                         DriftParams())
     assert every_day["prediction"]["drifted"] and "horizon days" not in every_day["prediction"]["note"]
