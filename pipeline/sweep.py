@@ -170,8 +170,16 @@ def pooled(results: list[dict]) -> dict:
     return out
 
 
-CHILD_METRICS = ("candidate_nwrmsle", "baseline_nwrmsle", "improvement", "improvement_low", "improvement_high",
-                 "rows", "series", "train_examples")
+# A child run's metrics: its window's held-out scores named as evaluate names a window's (heldout_window_*, so
+# Compare lines them up with evaluate runs and no held-out score reads like a training figure), then its training's.
+HELDOUT_WINDOW = tracking.HELDOUT_PREFIX + "window_"
+CHILD_METRICS = {**{HELDOUT_WINDOW + key: key for key in ("candidate_nwrmsle", "baseline_nwrmsle", "improvement",
+                                                          "improvement_low", "improvement_high", "rows", "series")},
+                 "train_examples": "train_examples"}
+
+
+BACKTEST_SCORE = tracking.HELDOUT_PREFIX + "backtest_candidate_nwrmsle"  # the sweep run's, one step per candidate
+BEST_BACKTEST_SCORE = tracking.HELDOUT_PREFIX + "backtest_best_nwrmsle"
 
 
 def log_child_run(parent: tracking.TrainingRun, candidate: Candidate, result: dict) -> str:
@@ -191,7 +199,7 @@ def log_child_run(parent: tracking.TrainingRun, candidate: Candidate, result: di
     for start in range(0, len(items), 100):
         parent.client.log_batch(child, params=items[start:start + 100])
     seconds = (result["ended_ms"] - result["started_ms"]) / 1000
-    metrics = {**{k: float(result[k]) for k in CHILD_METRICS}, "seconds": seconds}
+    metrics = {**{name: float(result[key]) for name, key in CHILD_METRICS.items()}, "seconds": seconds}
     parent.client.log_batch(child, metrics=[Metric(k, v, result["ended_ms"], 0) for k, v in sorted(metrics.items())])
     parent.client.set_terminated(child, status="FINISHED", end_time=result["ended_ms"])
     return child
@@ -244,15 +252,14 @@ def run(root: Path, quiet: bool = False) -> dict:
                 result["mlflow_run_id"] = log_child_run(parent, candidate, result)
             board.append({"candidate": candidate.index, "values": candidate.values, "label": candidate.label,
                           "pooled": pooled(mine), "windows": mine})
-            parent.log_metrics({"candidate_backtest_nwrmsle": board[-1]["pooled"]["candidate_nwrmsle"]},
-                               step=candidate.index)
+            parent.log_metrics({BACKTEST_SCORE: board[-1]["pooled"]["candidate_nwrmsle"]}, step=candidate.index)
         ranked = sorted(board, key=lambda entry: (entry["pooled"]["candidate_nwrmsle"], entry["candidate"]))
         for rank, entry in enumerate(ranked, start=1):
             p = entry["pooled"]
             say(f"  #{rank} {entry['label']}: backtest NWRMSLE {p['candidate_nwrmsle']:.4f} "
                 f"(baseline {p['baseline_nwrmsle']:.4f}, {p['improvement']:+.1%}) over {p['windows']} window(s)")
         best = candidates[ranked[0]["candidate"]]
-        parent.log_metrics({"best_backtest_nwrmsle": ranked[0]["pooled"]["candidate_nwrmsle"]})
+        parent.log_metrics({BEST_BACKTEST_SCORE: ranked[0]["pooled"]["candidate_nwrmsle"]})
         parent.set_tags({"best_candidate": best.label})
         say(f"sweep: best {best.label}; training it as the train stage does into {home}, then the threshold test")
         write_candidate_params(root, home, best)
