@@ -221,6 +221,10 @@ def client(project_root: Path | str = "."):
 
     from mlflow import MlflowClient
 
+    # Against a server, MLflow prints "View experiment at: <server>/#/experiments/<id>" as each run ends (in --quiet
+    # too): an address that opens MLflow 3.17's GenAI overview, no runs (ui_address says why). The stages name
+    # their runs themselves; unless the user chose otherwise, MLflow prints no address.
+    os.environ.setdefault(PRINT_URL_SWITCH, "true")
     # its exception() logs a database error as a traceback with the statement and parameters: our one line says it
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -250,6 +254,7 @@ def ensure_experiment(mlflow_client, project_root: Path | str = ".", name: str =
     return experiment.experiment_id
 
 
+PRINT_URL_SWITCH = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"  # MLflow's own "View run/experiment at" lines
 UI_MODEL_TRAINING = "workflowType=machine_learning"  # MLflow 3.17's UI: the view an address opens in
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -145,30 +146,20 @@ def test_the_experiment_opens_as_model_training_in_mlflow_3(store):
     assert kind == tracking.MODEL_TRAINING_KIND == "custom_model_development"
 
 
-@pytest.mark.slow
-def test_make_mlflow_uis_address_opens_the_experiments_runs_not_the_genai_overview(store, tmp_path):
-    """Found by a probe: with the tag set, MLflow 3.17's UI still opened the experiment as a GenAI traces
-    overview (its view comes from the address, else a per-browser setting that starts as GenAI). The address
-    `make mlflow-ui` prints opens the runs; the plain one, for contrast, the overview."""
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str):
+    """A real `mlflow server` on 127.0.0.1 over ``backend_uri``; yields its address."""
     import subprocess
     import sys
     import time
     import urllib.request
 
     from app.launch import free_port
-    from tests.e2e.webdriver import find_chromium
 
-    browser = find_chromium()
-    if browser is None:
-        pytest.skip("Chromium is not installed (scripts/install_browser.sh)")
-    client = tracking.client(store)
-    run = client.create_run(tracking.ensure_experiment(client, store), run_name="train-mlp")
-    client.log_metric(run.info.run_id, "train_loss", 0.3)
-    client.set_terminated(run.info.run_id)
     port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
-                               tracking.tracking_uri(store), "--host", "127.0.0.1", "--port", str(port),
-                               "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                               backend_uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -178,7 +169,44 @@ def test_make_mlflow_uis_address_opens_the_experiments_runs_not_the_genai_overvi
             except OSError:
                 assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
                 time.sleep(0.5)
-        address = tracking.ui_address(f"http://127.0.0.1:{port}", store)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+@pytest.mark.slow
+def test_a_run_on_a_tracking_server_prints_no_address_of_the_genai_overview(store, tmp_path, monkeypatch, capfd):
+    """Found by a probe: against a server, MLflow itself printed `View experiment at: <server>/#/experiments/<id>`
+    as every train, evaluate and promote run ended (--quiet too); that address opens MLflow 3.17's GenAI overview,
+    no runs (see the test below). The stages name their run id in their own lines instead."""
+    with mlflow_server(f"sqlite:///{(tmp_path / 'server.db').as_posix()}") as address:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
+        with tracking.TrainingRun(store, "train-mlp", {"stage": "train"}) as run:
+            run.log_metrics({"curve/train_loss": 0.3}, step=1)
+        out = capfd.readouterr().out
+        assert tracking.client(store).get_run(run.run_id).info.status == "FINISHED"
+    assert "/#/experiments/" not in out and "View experiment" not in out, out
+
+
+@pytest.mark.slow
+def test_make_mlflow_uis_address_opens_the_experiments_runs_not_the_genai_overview(store, tmp_path):
+    """Found by a probe: with the tag set, MLflow 3.17's UI still opened the experiment as a GenAI traces
+    overview (its view comes from the address, else a per-browser setting that starts as GenAI). The address
+    `make mlflow-ui` prints opens the runs; the plain one, for contrast, the overview."""
+    import subprocess
+
+    from tests.e2e.webdriver import find_chromium
+
+    browser = find_chromium()
+    if browser is None:
+        pytest.skip("Chromium is not installed (scripts/install_browser.sh)")
+    client = tracking.client(store)
+    run = client.create_run(tracking.ensure_experiment(client, store), run_name="train-mlp")
+    client.log_metric(run.info.run_id, "train_loss", 0.3)
+    client.set_terminated(run.info.run_id)
+    with mlflow_server(tracking.tracking_uri(store)) as server:
+        address = tracking.ui_address(server, store)
         assert address.endswith(f"/#/experiments/{run.info.experiment_id}?workflowType=machine_learning")
 
         def page(url: str) -> str:
@@ -189,9 +217,6 @@ def test_make_mlflow_uis_address_opens_the_experiments_runs_not_the_genai_overvi
         shown, plain = page(address), page(address.split("?")[0])
         assert "train-mlp" in shown and "Detect Issues" not in shown, shown[-2000:]
         assert "Detect Issues" in plain and "train-mlp" not in plain  # MLflow's default, why the address says so
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def test_an_existing_experiment_gets_the_kind_but_a_users_choice_is_kept(store):
