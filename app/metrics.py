@@ -27,7 +27,8 @@ from pipeline.release_store import CANARY, PRODUCTION, SHADOW
 
 ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
-PREDICTIONS = Counter("shelfcast_predictions", "Forecasts served, one per instance", ["source"])
+PREDICTIONS = Counter("shelfcast_predictions", "Forecasts served, one per instance (a shadow's are not served)",
+                      ["source"])
 REQUEST_DURATION = Histogram(
     "shelfcast_request_duration_seconds", "Time from the request's arrival to its response, by route",
     ["endpoint"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0))

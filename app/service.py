@@ -16,6 +16,7 @@ from app.events import PredictionEventSink, prediction_event
 from app.metrics import PREDICTIONS, labelled
 from app.predictor import Forecast, LoadedModel
 from app.validation import Instance
+from pipeline.release_store import SHADOW
 
 
 def day_numbers(dates) -> np.ndarray:
@@ -47,7 +48,8 @@ def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: Pre
     result = forecast_instances(model, instances)
     units = [round(float(u), 4) for u in result.units]
     expected = None if result.expected_units is None else [round(float(u), 4) for u in result.expected_units]
-    labelled(PREDICTIONS, source).inc(len(units))
+    if variant != SHADOW:  # a shadow's forecasts are logged (events), never returned: not predictions served
+        labelled(PREDICTIONS, source).inc(len(units))
     latency_ms = (time.perf_counter() - started) * 1000.0
     predictions = []
     for index, (instance, value) in enumerate(zip(instances, units)):
