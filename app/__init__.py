@@ -21,8 +21,8 @@ from app.events import PredictionEventSink
 from app.metrics import REQUEST_DURATION, count_event, labelled, metrics_blueprint, observe_models
 from app.model_store import ProductionWithFallback
 from app.predictor import Predictor
-from app.request_buffer import (BODY_MALFORMED, BODY_TIMED_OUT, BODY_TOO_LARGE, TRANSFER_CODINGS, BufferedRequests,
-                                malformed_body)
+from app.request_buffer import (ARRIVED, BODY_MALFORMED, BODY_TIMED_OUT, BODY_TOO_LARGE, TRANSFER_CODINGS,
+                                BufferedRequests, malformed_body)
 from app.state import EXTENSION_KEY, ServingState
 from app.validation import check_body_encoding
 from app.variants import Variants, installed_candidates
@@ -81,7 +81,7 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
 
     @app.before_request
     def start_request() -> None:
-        g.started = time.perf_counter()
+        g.started = request.environ.get(ARRIVED) or time.perf_counter()  # read whole, before its turn's wait
         given = request.headers.get("X-Request-ID", "")
         g.request_id = given if REQUEST_ID.fullmatch(given) else f"{ids.getrandbits(128):032x}"
         if request.environ.get(BODY_TOO_LARGE):

@@ -30,7 +30,8 @@ ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 PREDICTIONS = Counter("shelfcast_predictions", "Forecasts served, one per instance (a shadow's are not served)",
                       ["source"])
 REQUEST_DURATION = Histogram(
-    "shelfcast_request_duration_seconds", "Time from the request's arrival to its response, by route",
+    "shelfcast_request_duration_seconds", "Time from the request's arrival (read whole) to its response, its "
+    "wait for the worker's turn included, by route",
     ["endpoint"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0))
 EVENTS = Counter("shelfcast_prediction_events", "Prediction events by outcome (emitted, spooled, sent, dropped, ...)",
                  ["outcome"])

@@ -46,6 +46,7 @@ BODY_TOO_LARGE = "shelfcast.body_too_large"
 BODY_TIMED_OUT = "shelfcast.body_timed_out"
 BODY_MALFORMED = "shelfcast.body_malformed"  # why the server could not decode the body (the app answers 400)
 TRANSFER_CODINGS = "shelfcast.transfer_codings"  # the Transfer-Encoding a buffered body no longer has
+ARRIVED = "shelfcast.arrived"  # time.perf_counter() once the request was read whole, before its wait for its turn
 DEADLINE_CHECK_S = 0.1  # how often overrun body reads are looked for: a 408 comes at most this much late
 CHUNK = 64 * 1024
 TCP_CORK = getattr(socket, "TCP_CORK", 0)
@@ -109,6 +110,9 @@ class BufferedRequests:
             else:
                 environ["wsgi.input"] = io.BytesIO(body or b"")
                 environ["CONTENT_LENGTH"] = str(len(body or b""))
+        # the app times the request from here (its latency histogram, the events' latency_ms): the wait for the
+        # turn below is part of what its client waits, the upload before it is the client's own
+        environ[ARRIVED] = time.perf_counter()
         client = environ.get("gunicorn.socket")
         corked = isinstance(client, socket.socket) and _cork(client, True)
         declared: list[str] = []
