@@ -27,7 +27,7 @@ import numpy as np
 
 from app.catalog import Catalog
 from pipeline.bundle import EXPECTED_OUTPUT, PREDICTION_OUTPUT, BundleError, ModelBundle, load_bundle
-from pipeline.features import (CATEGORICAL_FIELDS, SMALL_BATCH_ROWS, FeatureMatrix, dense_feature_names,
+from pipeline.features import (CATEGORICAL_FIELDS, SMALL_BATCH_ROWS, UNKNOWN_ID, FeatureMatrix, dense_feature_names,
                                rows_from_snapshot)
 from pipeline.models import CONSTANT_FEATURE_STD
 
@@ -191,13 +191,15 @@ def _as_date(day_number) -> dt.date:
 
 MAX_ABS_WEIGHT = 1e6  # trained weights are O(1..100); a larger one is a broken training run or a damaged file
 MAX_UNITS = 1e6  # units of one item in one store on one day; Favorita's largest day is below 1e5
-PLAUSIBILITY_ROWS = 256
+PLAUSIBILITY_ROWS = 256  # rows of the sample forecast again with each categorical field at its unseen-value id
 
 
 def check_plausible(model: LoadedModel, path: Path) -> None:
-    """BundleError unless every weight is finite and moderate and forecasts over a spread of
-    stores, items and horizon days are finite, >= 0 and <= MAX_UNITS: such a bundle passes its
-    checksums yet would serve NaN or absurd numbers."""
+    """BundleError unless every weight is finite and moderate and forecasts are finite, >= 0 and <= MAX_UNITS for
+    every store and every item (each once, over the horizon days and both promotion flags: one item's embedding
+    row alone can make only its forecasts absurd) and, on a sample of those rows, for each categorical field at
+    the id its embedding keeps for values unseen in training (a store or an item that first sold after the model
+    was trained is forecast with it): such a bundle passes its checksums yet would serve NaN or absurd numbers."""
     for op in model.bundle.model.graph.get_operations():
         for name, value in op.attrs.items():
             if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size:
@@ -207,18 +209,32 @@ def check_plausible(model: LoadedModel, path: Path) -> None:
                 if largest > MAX_ABS_WEIGHT:
                     raise BundleError(f"{path}: weight {op.name}.{name} has |value| {largest:.3g} > {MAX_ABS_WEIGHT:g}")
     stores, items = sorted(model.catalog.stores), sorted(model.catalog.items)
-    rows = min(PLAUSIBILITY_ROWS, max(len(items), len(stores)))
+    rows = max(len(items), len(stores))  # the longer list each once, the other spread over them
     pick = lambda values: [values[i * len(values) // rows] for i in range(rows)]  # noqa: E731 spread over all
     days = model.horizon_days
-    forecast = model.forecast(pick(stores), pick(items), [days[i % days.size] for i in range(rows)],
-                              [i % 2 for i in range(rows)])
-    for name, units in (("units", forecast.units), ("expected units", getattr(forecast, "expected_units", None))):
-        if units is None:
-            continue
-        bad = ~np.isfinite(units) | (units < 0) | (units > MAX_UNITS)
-        if bad.any():
-            raise BundleError(f"{path}: {int(bad.sum())} of {units.size} sample forecasts give implausible {name} "
-                              f"(e.g. {units[bad][0]!r}; expected finite, 0..{MAX_UNITS:g})")
+    store_of, item_of, day_of = pick(stores), pick(items), [days[i % days.size] for i in range(rows)]
+    forecast = model.forecast(store_of, item_of, day_of, [i % 2 for i in range(rows)])
+
+    def check(outputs: dict, what: str = "") -> None:
+        for name, units in outputs.items():
+            bad = ~np.isfinite(units) | (units < 0) | (units > MAX_UNITS)
+            if bad.any():
+                k = int(np.flatnonzero(bad)[0])
+                where = "" if what else \
+                    f" for store {store_of[k]} item {item_of[k]} on {_as_date(day_of[k]).isoformat()}"
+                raise BundleError(f"{path}: {int(bad.sum())} of {units.size} sample forecasts{what} give implausible "
+                                  f"{name} (e.g. {units[k]!r}{where}; expected finite, 0..{MAX_UNITS:g})")
+
+    check({"units": forecast.units, **({} if forecast.expected_units is None else
+                                       {"expected units": forecast.expected_units})})
+    spread = np.unique(np.linspace(0, rows - 1, min(rows, PLAUSIBILITY_ROWS)).astype(np.int64))  # over all stores
+    dense, categorical = forecast.features.dense[spread], forecast.features.categorical[spread]
+    for j, unseen_field in enumerate(CATEGORICAL_FIELDS):
+        unseen = categorical.copy()
+        unseen[:, j] = UNKNOWN_ID
+        out = model.bundle.forecast_features(FeatureMatrix(dense=dense, categorical=unseen))
+        check({("expected units" if name == EXPECTED_OUTPUT else "units"): units for name, units in out.items()},
+              f" with a {unseen_field} unseen in training")
 
 
 def load_model(path: Path) -> LoadedModel:

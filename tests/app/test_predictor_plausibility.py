@@ -77,3 +77,48 @@ def test_an_app_started_on_an_implausible_bundle_is_not_ready(make_app, producti
     copy_bundle(tampered_bundle(app_bundles[0], tmp_path / "bad", set_row(np.inf)), production_dir)
     response = make_app(production_dir).client.get("/readyz")
     assert response.status_code == 503 and "non-finite" in response.json["reason"]
+
+
+def tensor_of(bundle: Path, op_name: str) -> str:
+    """The weights.npz name of the tensor the graph's Const ``op_name`` holds."""
+    graph = json.loads((bundle / "graph.json").read_text())
+    [op] = [op for op in graph["ops"] if op["name"] == op_name]
+    return op["attrs"]["value"]["tensor"]
+
+
+def test_one_item_with_absurd_forecasts_is_refused_however_many_items_there_are(served, production_dir, app_bundles,
+                                                                                tmp_path, monkeypatch):
+    """Found by a probe: the check forecast a sample of at most 256 items, so with more items than that (Favorita's
+    4,100: the bundle `dvc repro` trains) one item's embedding row at 1e3, well within the weight limit, loaded
+    and that item was forecast 7.2e10 units. A sample of 4 rows stands in for 256 here (the tiny bundle has 37)."""
+    import app.predictor
+
+    monkeypatch.setattr(app.predictor, "PLAUSIBILITY_ROWS", 4)
+    items = sorted(served.model.catalog.items)
+    victim = items[1]  # not among the 4 a sample spread over the items would take (items 0, 9, 18, 27)
+    row = served.model.bundle.vocab.ids("item_nbr")[str(victim)]
+    table = tensor_of(app_bundles[1], "embedding_item_nbr/embeddings")
+
+    def inflate(weights: dict) -> None:
+        weights[table][row] = np.where(weights[table][row] >= 0, 1e3, -1e3)
+
+    copy_bundle(tampered_bundle(app_bundles[1], tmp_path / "bad", inflate), production_dir)
+    assert served.state.predictor.check_now() is False
+    assert "implausible units" in served.state.predictor.last_error
+    assert f"item {victim}" in served.state.predictor.last_error, served.state.predictor.last_error
+
+
+@pytest.mark.parametrize("field", ["store_nbr", "item_nbr", "family", "city"])
+def test_a_bundle_absurd_only_for_values_unseen_in_training_is_refused(served, production_dir, app_bundles, tmp_path,
+                                                                       field):
+    """Found by a probe: each embedding keeps row 0 for values training did not see (a store or an item that first
+    sold after the model was trained, which the API forecasts), and no store or item of the check's sample uses
+    it: a store table with 1e5 in that row loaded, and a new store was forecast 7.2e10 units."""
+    table = tensor_of(app_bundles[1], f"embedding_{field}/embeddings")
+
+    def inflate(weights: dict) -> None:
+        weights[table][0] = 1e5
+
+    copy_bundle(tampered_bundle(app_bundles[1], tmp_path / "bad", inflate), production_dir)
+    assert served.state.predictor.check_now() is False
+    assert f"a {field} unseen in training" in served.state.predictor.last_error, served.state.predictor.last_error
