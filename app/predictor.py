@@ -237,6 +237,22 @@ def check_plausible(model: LoadedModel, path: Path) -> None:
               f" with a {unseen_field} unseen in training")
 
 
+def check_history(model: LoadedModel, path: Path) -> None:
+    """BundleError unless every day of the history the bundle ships (its forecasts' input) is a finite, non-negative
+    number of units, as features require: one impossible day otherwise failed every forecast of its store×item (a
+    500), or the load itself with an error that was no BundleError (a worker that could not start)."""
+    snapshot = model.bundle.snapshot
+    sales = np.asarray(snapshot.sales)
+    bad = ~np.isfinite(sales) | (sales < 0)
+    if bad.any():
+        series, day = (int(k) for k in np.argwhere(bad)[0])
+        count = int(bad.any(axis=1).sum())
+        store, item = int(snapshot.store_nbr[series]), int(snapshot.item_nbr[series])
+        raise BundleError(f"{path / 'history.npz'}: {count} store×item histor{'y holds' if count == 1 else 'ies hold'} "
+                          f"impossible sales (e.g. store {store} item {item}, day {day} of {sales.shape[1]}: "
+                          f"{float(sales[series, day])!r}; expected finite, >= 0)")
+
+
 def load_model(path: Path) -> LoadedModel:
     """Load, verify and warm up a bundle; BundleError if it cannot serve."""
     before = directory_signature(path)
@@ -244,6 +260,7 @@ def load_model(path: Path) -> LoadedModel:
     model = LoadedModel(bundle=bundle, signature=before, loaded_at=_utc_now())
     if not model.catalog.stores or not model.catalog.items or model.horizon_days.size == 0:
         raise BundleError(f"{path}: the bundle lists no stores, items or horizon days; nothing could be forecast")
+    check_history(model, path)
     try:
         warm_up = getattr(bundle.model, "warm_up", None)
         if warm_up is not None:
@@ -253,7 +270,12 @@ def load_model(path: Path) -> LoadedModel:
         units = model.forecast([store], [item], [model.horizon_days[0]], [0]).units
     except Exception as exc:  # anything a request would have hit: refuse the bundle instead
         raise BundleError(f"{path}: a warm-up prediction failed ({type(exc).__name__}: {exc})") from exc
-    check_plausible(model, path)  # first: a non-finite weight is named (relu passes NaN on to the forecast)
+    try:
+        check_plausible(model, path)  # first: a non-finite weight is named (relu passes NaN on to the forecast)
+    except BundleError:
+        raise
+    except Exception as exc:  # a forecast of the sample failed: what a request would have hit
+        raise BundleError(f"{path}: a sample forecast failed ({type(exc).__name__}: {exc})") from exc
     if units.shape != (1,) or not np.all(np.isfinite(units)):
         raise BundleError(f"{path}: a warm-up prediction gave {units!r}, expected one finite number")
     if directory_signature(path) != before:

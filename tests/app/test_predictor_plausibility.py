@@ -122,3 +122,43 @@ def test_a_bundle_absurd_only_for_values_unseen_in_training_is_refused(served, p
     copy_bundle(tampered_bundle(app_bundles[1], tmp_path / "bad", inflate), production_dir)
     assert served.state.predictor.check_now() is False
     assert f"a {field} unseen in training" in served.state.predictor.last_error, served.state.predictor.last_error
+
+
+def tampered_history(source: Path, target: Path, series: int, value: float) -> tuple[int, int]:
+    """A copy of ``source`` whose history.npz has ``value`` on one day of ``series`` (checksums made to match);
+    that series' (store, item)."""
+    copy_bundle(source, target)
+    with np.load(target / "history.npz", allow_pickle=False) as data:
+        arrays = {name: data[name].copy() for name in data.files}
+    arrays["sales"][series, 10] = value
+    np.savez(target / "history.npz", **arrays)
+    manifest = json.loads((target / "checksums.json").read_text())
+    manifest["files"]["history.npz"] = file_digest(target / "history.npz")
+    (target / "checksums.json").write_text(json.dumps(manifest))
+    return int(arrays["store_nbr"][series]), int(arrays["item_nbr"][series])
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -5.0])
+@pytest.mark.parametrize("series", [40, -1], ids=["a series the check's sample misses", "the last series"])
+def test_a_bundle_with_an_impossible_sales_figure_in_its_history_is_refused(served, production_dir, app_bundles,
+                                                                             tmp_path, value, series):
+    """Found by a probe: the history a bundle ships is its forecasts' input, and one NaN (or inf, or negative) day in
+    one store×item's history either loaded, and every forecast of that series was a 500 (API and form), or raised
+    from the plausibility check a FeatureInputError, not a BundleError: gunicorn stopped ("Worker failed to boot")
+    instead of answering /readyz 503, and a hot reload logged a traceback at every check."""
+    old = served.model
+    store, item = tampered_history(app_bundles[1], tmp_path / "bad", series, value)
+    copy_bundle(tmp_path / "bad", production_dir)
+    assert served.state.predictor.check_now() is False  # refused (a BundleError), the old model serving
+    assert served.model is old
+    reason = served.state.predictor.last_error
+    assert "history.npz" in reason and f"store {store} item {item}" in reason, reason
+    assert served.state.predictor.check_now() is False and served.state.predictor.last_error == reason  # not retried
+
+
+def test_an_app_started_on_a_bundle_with_a_nan_in_its_history_is_not_ready(make_app, production_dir, app_bundles,
+                                                                           tmp_path):
+    tampered_history(app_bundles[0], tmp_path / "bad", -1, np.nan)
+    copy_bundle(tmp_path / "bad", production_dir)
+    response = make_app(production_dir).client.get("/readyz")
+    assert response.status_code == 503 and "history.npz" in response.json["reason"]
