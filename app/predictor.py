@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import gc
 import logging
+import math
 import os
 import threading
 import time
@@ -170,7 +171,8 @@ class LoadedModel:
         return {
             "name": self.name, "version": self.version, "created": meta.get("created"),
             "digest": self.bundle.digest, "loaded_at": self.loaded_at,
-            "metrics": meta.get("metrics", {}),
+            "metrics": {name: value for name, value in (meta.get("metrics") or {}).items()  # NaN is not JSON
+                        if not (isinstance(value, float) and not math.isfinite(value))},
             "origin": self.origin_date.isoformat(),
             "horizon": {"days": int(self.horizon_days.size), "first_date": self.first_date.isoformat(),
                         "last_date": self.last_date.isoformat()},

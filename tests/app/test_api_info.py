@@ -19,6 +19,33 @@ def test_model_describes_name_version_metrics_origin_and_horizon(served):
     assert body["items"] == len(served.model.catalog.items)
 
 
+
+def test_a_metric_that_is_not_a_finite_number_is_left_out_not_sent_as_invalid_json(make_app, app_bundles, tmp_path):
+    """Found by a probe: the pipeline writes bundle.json with NaN allowed, and a metric that was NaN (here put there,
+    with the checksums made to match) made GET /api/v1/model answer `"inner_validation_nwrmsle": NaN`, which is not
+    JSON (RFC 8259): a strict parser (JavaScript's JSON.parse, Swagger UI's) refuses the whole answer."""
+    from pipeline.atomic import file_digest
+    from pipeline.bundle import copy_bundle
+
+    target = tmp_path / "models" / "production"
+    copy_bundle(app_bundles[0], target)
+    meta = json.loads((target / "bundle.json").read_text())
+    meta["metrics"]["inner_validation_nwrmsle"] = float("nan")
+    meta["metrics"]["train_examples"] = float("inf")
+    (target / "bundle.json").write_text(json.dumps(meta))
+    manifest = json.loads((target / "checksums.json").read_text())
+    manifest["files"]["bundle.json"] = file_digest(target / "bundle.json")
+    (target / "checksums.json").write_text(json.dumps(manifest))
+    response = make_app(target).client.get("/api/v1/model")
+    assert response.status_code == 200
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    metrics = json.loads(response.get_data(as_text=True), parse_constant=refuse)["metrics"]
+    assert "inner_validation_nwrmsle" not in metrics and "train_examples" not in metrics
+    assert metrics["best_step"] == meta["metrics"]["best_step"]  # the finite ones are all there
+
 def test_model_without_a_bundle_is_503(make_app, tmp_path):
     response = make_app(tmp_path / "nothing").client.get("/api/v1/model")
     assert response.status_code == 503 and response.json["code"] == "model_unavailable"
