@@ -98,3 +98,112 @@ def test_pipelined_requests_wait_on_gunicorn_and_are_answered_at_once_behind_the
             proxy.wait(timeout=10)
     finally:
         served.stop()
+
+
+class Upstream:
+    """A stand-in for gunicorn on 127.0.0.1: /app answers as the app does (its own security headers, here the drift
+    report's policy), any other path as gunicorn's own error pages do (a 431: no such headers)."""
+
+    APP_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                   "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin"}
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        headers = self.APP_HEADERS
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+                own = self.path == "/app"
+                self.send_response(200 if own else 431)
+                for name, value in (headers.items() if own else ()):
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+                self.close_connection = True  # none kept for nginx to reuse: once stopped, the app is down
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_proxy(tmp_path: Path, upstream_port: int) -> tuple[subprocess.Popen, int]:
+    listen = launch.free_port()
+    proxy = subprocess.Popen([nginx_binary(), "-c", str(proxy_config(tmp_path, upstream_port, listen))],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", listen), timeout=1).close()
+            return proxy, listen
+        except OSError:
+            assert proxy.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "error.log").read_text(errors="replace")
+            time.sleep(0.05)
+
+
+def answer_headers(port: int, request: bytes) -> tuple[str, list[tuple[str, str]]]:
+    """The status line and the header fields (in order, repeats kept) of the answer to ``request``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(request)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    lines = reply.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    return lines[0], [(name.strip().lower(), value.strip()) for name, _, value in
+                      (line.partition(":") for line in lines[1:])]
+
+
+def test_every_answer_through_the_proxy_carries_the_security_headers_once(tmp_path):
+    """Found by a probe: the app's security headers were on the app's own answers only, so through compose's nginx
+    its error pages (413 for a body over 1 MiB, 400, 414, 502 while the app is down, 504) and gunicorn's own (431
+    for headers over its limits) had no Content-Security-Policy, X-Content-Type-Options nor X-Frame-Options. The
+    proxy adds each one the upstream did not send; an answer that has its own (the drift report's policy) keeps
+    it, not sent twice."""
+    from app import SECURITY_HEADERS
+
+    upstream = Upstream()
+    proxy, port = start_proxy(tmp_path, upstream.port)
+    try:
+        cases = {
+            "the app's own": b"GET /app HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "gunicorn's own 431": b"GET /gunicorn HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "nginx's 413": b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
+            "nginx's 413 for a chunked body": b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\n"
+                                              b"Transfer-Encoding: chunked\r\n\r\n200000\r\n" + b" " * 65536,
+            "nginx's 400": b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "nginx's 414": b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        }
+        answers = {case: answer_headers(port, request) for case, request in cases.items()}
+        upstream.stop()
+        answers["nginx's 502 (the app is down)"] = answer_headers(
+            port, b"GET /app HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+    for case, (status, headers) in answers.items():
+        names = [name for name, _ in headers]
+        for name, value in SECURITY_HEADERS.items():
+            assert names.count(name.lower()) == 1, (case, status, headers)
+            if case == "the app's own":
+                assert dict(headers)[name.lower()] == Upstream.APP_HEADERS[name]
+            else:
+                assert dict(headers)[name.lower()] == value, (case, status, name)
+        assert dict(headers).get("server") == "nginx", (case, headers)  # never gunicorn's
+    assert [answers[case][0].split()[1] for case in cases if case.startswith("nginx")] == \
+        ["413", "413", "400", "414"] and answers["nginx's 502 (the app is down)"][0].split()[1] == "502"
