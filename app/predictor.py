@@ -15,11 +15,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import gc
+import json
 import logging
 import math
 import os
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -255,11 +257,39 @@ def check_history(model: LoadedModel, path: Path) -> None:
                           f"{float(sales[series, day])!r}; expected finite, >= 0)")
 
 
+def damaged_file(path: Path) -> Path | None:
+    """The first file of the bundle at ``path`` that is no readable archive (*.npz) or JSON object (*.json), if any:
+    what a load that failed with an error that names no file stumbled on (a file damaged before its checksum was
+    taken passes verification)."""
+    for file in sorted(path.glob("*.npz")):
+        try:
+            with zipfile.ZipFile(file) as archive:
+                if archive.testzip() is None:
+                    continue
+        except (OSError, zipfile.BadZipFile):
+            pass
+        return file
+    for file in sorted(path.glob("*.json")):
+        try:
+            if isinstance(json.loads(file.read_text(encoding="utf-8")), dict):
+                continue
+        except (OSError, ValueError):
+            pass
+        return file
+    return None
+
+
 def load_model(path: Path) -> LoadedModel:
-    """Load, verify and warm up a bundle; BundleError if it cannot serve."""
+    """Load, verify and warm up a bundle; BundleError if it cannot serve: any error of the load is one, so that a
+    damaged bundle is refused (the previous model serving, /readyz saying why), never a worker that cannot start."""
     before = directory_signature(path)
-    bundle = load_bundle(path)
-    model = LoadedModel(bundle=bundle, signature=before, loaded_at=_utc_now())
+    try:
+        bundle = load_bundle(path)
+        model = LoadedModel(bundle=bundle, signature=before, loaded_at=_utc_now())
+    except BundleError:
+        raise
+    except Exception as exc:  # a file damaged before its checksum was taken: BadZipFile, EOFError, a JSON list ...
+        raise BundleError(f"{damaged_file(path) or path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
     if not model.catalog.stores or not model.catalog.items or model.horizon_days.size == 0:
         raise BundleError(f"{path}: the bundle lists no stores, items or horizon days; nothing could be forecast")
     check_history(model, path)
@@ -280,6 +310,11 @@ def load_model(path: Path) -> LoadedModel:
         raise BundleError(f"{path}: a sample forecast failed ({type(exc).__name__}: {exc})") from exc
     if units.shape != (1,) or not np.all(np.isfinite(units)):
         raise BundleError(f"{path}: a warm-up prediction gave {units!r}, expected one finite number")
+    try:
+        model.describe()  # what GET /api/v1/model answers: built once here, so a malformed bundle is no 500 there
+    except Exception as exc:
+        raise BundleError(f"{path}: bundle.json/training_stats.json do not describe the model "
+                          f"({type(exc).__name__}: {exc})") from exc
     if directory_signature(path) != before:
         raise BundleChangedWhileLoading(f"{path}: the bundle changed while it was being loaded; it will be tried again")
     return model

@@ -82,6 +82,41 @@ def test_a_bundle_with_valid_checksums_but_a_broken_graph_is_refused(served, pro
     assert served.state.predictor.last_error is None
 
 
+
+def rewritten(source, target, name: str, content: bytes):
+    """A copy of bundle ``source`` with file ``name`` replaced by ``content``, its checksum made to match."""
+    copy_bundle(source, target)
+    (target / name).write_bytes(content)
+    manifest = json.loads((target / "checksums.json").read_text())
+    manifest["files"][name] = file_digest(target / name)
+    (target / "checksums.json").write_text(json.dumps(manifest))
+    return target
+
+
+@pytest.mark.parametrize(("name", "damage", "named"), [
+    ("history.npz", lambda data: data[: len(data) // 2], "history.npz"),
+    ("calendar.npz", lambda data: b"", "calendar.npz"),
+    ("bundle.json", lambda data: b"[1, 2]", "bundle.json"),
+    ("training_stats.json", lambda data: b"[1, 2]", "training_stats.json"),
+    ("bundle.json", lambda data: json.dumps({**json.loads(data), "metrics": [1]}).encode(), "bundle.json"),
+], ids=["history.npz cut short", "calendar.npz empty", "bundle.json a list", "training_stats.json a list",
+        "metrics a list"])
+def test_a_damaged_file_with_a_matching_checksum_is_a_refusal_naming_it_never_a_crash(served, production_dir,
+                                                                                      app_bundles, tmp_path, name,
+                                                                                      damage, named):
+    """Found by a probe: a bundle file damaged before its checksum was taken (cut short, empty, a JSON value of
+    another shape) raised BadZipFile, EOFError or AttributeError from the load, not a BundleError: gunicorn stopped
+    ("Worker failed to boot") instead of answering /readyz 503 and falling back to the last good release, a hot
+    reload logged a traceback at every check; or it loaded (training_stats.json or metrics a list) and every
+    GET /api/v1/model was a 500."""
+    old = served.model
+    bad = rewritten(app_bundles[1], tmp_path / "bad", name, damage((app_bundles[1] / name).read_bytes()))
+    copy_bundle(bad, production_dir)
+    assert served.state.predictor.check_now() is False
+    assert served.model is old
+    assert named in served.state.predictor.last_error, served.state.predictor.last_error
+    assert served.client.get("/api/v1/model").status_code == 200
+
 def test_an_app_started_on_a_corrupt_bundle_is_not_ready_and_says_why(make_app, production_dir):
     corrupt_weights(production_dir)
     served = make_app(production_dir)
