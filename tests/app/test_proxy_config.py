@@ -49,6 +49,19 @@ def test_the_proxy_configuration_passes_nginx_t(tmp_path: Path) -> None:
     assert checked.returncode == 0, checked.stderr
 
 
+def test_the_proxy_drops_idle_upstream_connections_before_gunicorn_does() -> None:
+    """nginx's upstream keep-alive (default 60 s) outlived gunicorn's (5 s): a request nginx writes into an idle
+    connection just as gunicorn closes it gets a 502, as nginx does not retry a POST."""
+    import re
+
+    from app import gunicorn_conf
+
+    upstream = re.search(r"upstream shelfcast_app \{(.*?)\}", CONF.read_text(encoding="utf-8"), re.S).group(1)
+    timeout = re.search(r"^\s*keepalive_timeout (\d+)s;", upstream, re.M)
+    assert timeout, "the upstream block sets no keepalive_timeout: nginx keeps idle connections 60 s"
+    assert int(timeout.group(1)) < gunicorn_conf.keepalive
+
+
 def pipelined_answers(port: int, requests: int, wait_s: float) -> tuple[int, float]:
     """Send ``requests`` GET /healthz in one write on one connection: how many 200s came back within
     ``wait_s``, and when the last of them did."""
