@@ -48,7 +48,6 @@ def _apply_environment_defaults() -> None:
 
 _apply_environment_defaults()
 
-NUM_THREADS: int = int(os.environ["NUMBA_NUM_THREADS"])
 CACHE_DIR: str = os.environ["NUMBA_CACHE_DIR"]
 
 # Elementwise/reduction kernels go parallel only above this many elements:

@@ -94,9 +94,6 @@ class Tensor(_OperatorsMixin):
     def ndim(self):
         return None if self.shape is None else len(self.shape)
 
-    def get_shape(self):
-        return self.shape
-
     def eval(self, feed_dict=None, session=None):
         return (session or get_default_session()).run(self, feed_dict)
 
@@ -137,7 +134,6 @@ class Graph:
         self._collections: dict[str, list] = {}
         self.version = 0
         self.seed: int | None = None
-        self._finalized = False
 
     # --- default-graph handling -------------------------------------------------
     @contextlib.contextmanager
@@ -213,8 +209,6 @@ class Graph:
 
         ``exact_name`` takes ``name`` verbatim (the caller reserved it with ``unique_name``).
         """
-        if self._finalized:
-            raise RuntimeError("graph is finalized and cannot be modified")
         op_def = get_op_def(op_type)
         attrs = dict(attrs or {})
         inputs = list(inputs)
@@ -274,13 +268,6 @@ class Graph:
 
     def get_collection(self, key: str) -> list:
         return list(self._collections.get(key, ()))
-
-    def finalize(self) -> None:
-        self._finalized = True
-
-    @property
-    def finalized(self) -> bool:
-        return self._finalized
 
 
 def _as_op(x) -> Operation:

@@ -159,9 +159,6 @@ class Variable(_OperatorsMixin):
     def shape(self):
         return self._shape
 
-    def get_shape(self):
-        return self._shape
-
     @property
     def graph(self):
         return self.op.graph
