@@ -1,7 +1,8 @@
 """Elementwise kernels generated from ONE scalar function per op (PyTensor's ScalarOp idea).
 
 An elementwise op registers a plain Python function of scalars (``def relu(x): return x if x > 0
-else 0``). Its source is copied into generated Numba modules: the op's own kernel (any number of
+else 0``), or a Python operator or NumPy ufunc that is one (``operator.add``: ``a + b``; ``np.exp``:
+``np.exp(a)``). Its source is copied into generated Numba modules: the op's own kernel (any number of
 operands, NumPy broadcasting), the fused kernel of a chain of such ops (``passes/fusion.py``)
 and the compiled inference plan (``compiler.py``). So one formula defines all three, and fused
 and unfused results agree bit for bit: every step rounds to the output dtype, as an array store does.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
+import operator
 import textwrap
 
 import numpy as np
@@ -27,29 +29,47 @@ _ALLOWED_GLOBALS = {"np", "math", "abs", "min", "max", "float", "int", "bool"}
 # not a ZeroDivisionError, in the kernels, the fused chains and the compiled plans alike, as in the reference.
 HEADER = ["import math", "import numpy as np", "from numba import njit as _njit, prange", "", "",
           "def njit(*args, **options):", '    return _njit(*args, error_model="numpy", **options)', ""]
+# Python operators an op may give as its scalar function: the expression each stands for
+_OPERATORS = {operator.add: "a + b", operator.sub: "a - b", operator.mul: "a * b", operator.truediv: "a / b",
+              operator.pow: "a ** b", operator.gt: "a > b", operator.ge: "a >= b", operator.lt: "a < b",
+              operator.le: "a <= b", operator.eq: "a == b", operator.ne: "a != b", operator.neg: "-a"}
+
+
+def _definition(fn) -> ast.FunctionDef:
+    """The def of scalar function ``fn``: its own source, or the one an operator or ufunc stands for."""
+    if isinstance(fn, np.ufunc):
+        args = ", ".join("ab"[:fn.nin])
+        source = f"def {fn.__name__}({args}):\n    return np.{fn.__name__}({args})"
+    elif fn in _OPERATORS:
+        source = f"def {fn.__name__}({'a, b' if ' b' in _OPERATORS[fn] else 'a'}):\n    return {_OPERATORS[fn]}"
+    else:
+        source = textwrap.dedent(inspect.getsource(fn))
+    return ast.parse(source).body[0]
+
+
+def arity(fn) -> int:
+    """The number of operands of scalar function ``fn``."""
+    return len(_definition(fn).args.args)
 
 
 def check_scalar(fn, op_name: str) -> int:
     """The number of operands of a scalar function; ValueError when it cannot be copied into a kernel."""
+    if fn in _OPERATORS or (isinstance(fn, np.ufunc) and fn.nin <= 2 and fn.nout == 1):
+        return arity(fn)
     if not inspect.isfunction(fn) or fn.__name__ == "<lambda>" or fn.__closure__:
         raise ValueError(f"op {op_name!r}: the scalar function must be a plain module-level def (no lambda, "
                          "no closure): its source is copied into generated kernels")
-    unknown = set(fn.__code__.co_names) - _ALLOWED_GLOBALS - _attribute_names(fn)
+    attributes = {node.attr for node in ast.walk(_definition(fn)) if isinstance(node, ast.Attribute)}
+    unknown = set(fn.__code__.co_names) - _ALLOWED_GLOBALS - attributes
     if unknown:
         raise ValueError(f"op {op_name!r}: scalar function {fn.__name__} uses {sorted(unknown)}; only np, math "
                          "and operators are available inside generated kernels")
     return fn.__code__.co_argcount
 
 
-def _attribute_names(fn) -> set:
-    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-    return {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
-
-
 def scalar_definition(fn, name: str) -> str:
     """``fn``'s source as a Numba function called ``name`` (its decorators dropped)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-    func = tree.body[0]
+    func = _definition(fn)
     func.name = name
     func.decorator_list = []
     return "@njit\n" + ast.unparse(func)

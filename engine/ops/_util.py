@@ -69,7 +69,7 @@ def constructor(op_type: str, python_name: str, doc: str = ""):
     ``f(x, y, name=None)`` by its scalar function's arity (a Python or NumPy operand of a binary op takes the tensor
     operand's dtype)."""
     scalar = get_op_def(op_type).scalar
-    if scalar is None or scalar.__code__.co_argcount == 1:
+    if scalar is None or EW.arity(scalar) == 1:
         def make(x, name=None):
             return create(op_type, [convert_to_tensor(x)], name=name)
     else:

@@ -6,6 +6,8 @@ kernel is generated from), its NumPy reference, the dtype kinds it accepts and i
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from engine import graph, shapes
@@ -17,27 +19,7 @@ from engine.ops._util import (BOOL, FLOAT, NUMERIC, constructor, create, element
 from engine.ops.array import broadcast_reduced, cast, ones_like, select_grads, where, zeros_like
 from engine.registry import NUMPY_KERNEL, Example, register
 
-# --- scalar functions: the one definition of each elementwise formula -------------------------------
-
-
-def _add(a, b):
-    return a + b
-
-
-def _sub(a, b):
-    return a - b
-
-
-def _mul(a, b):
-    return a * b
-
-
-def _div(a, b):
-    return a / b
-
-
-def _pow(a, b):
-    return a ** b
+# --- scalar functions: the one definition of each elementwise formula that is no operator or ufunc --------
 
 
 def _maximum(a, b):
@@ -46,54 +28,6 @@ def _maximum(a, b):
 
 def _minimum(a, b):
     return a if (a < b or a != a) else b
-
-
-def _greater(a, b):
-    return a > b
-
-
-def _greater_equal(a, b):
-    return a >= b
-
-
-def _less(a, b):
-    return a < b
-
-
-def _less_equal(a, b):
-    return a <= b
-
-
-def _equal(a, b):
-    return a == b
-
-
-def _not_equal(a, b):
-    return a != b
-
-
-def _neg(a):
-    return -a
-
-
-def _exp(a):
-    return np.exp(a)
-
-
-def _log(a):
-    return np.log(a)
-
-
-def _log1p(a):
-    return np.log1p(a)
-
-
-def _expm1(a):
-    return np.expm1(a)
-
-
-def _sqrt(a):
-    return np.sqrt(a)
 
 
 def _square(a):
@@ -106,14 +40,6 @@ def _abs(a):
 
 def _sign(a):
     return 1 if a > 0 else (-1 if a < 0 else (0 if a == 0 else a))  # NaN stays NaN, as np.sign
-
-
-def _sin(a):
-    return np.sin(a)
-
-
-def _cos(a):
-    return np.cos(a)
 
 
 # --- gradients ---------------------------------------------------------------------------------
@@ -141,38 +67,38 @@ def _pow_grad(op, g):
 # --- elementwise registrations ---------------------------------------------------------------------
 
 POSITIVE = (0.1, 3.0)
-elementwise("Add", _add, np.add, NUMERIC, grad=lambda op, g: [unbroadcast(g, x) for x in op.inputs])
-elementwise("Sub", _sub, np.subtract, NUMERIC,
+elementwise("Add", operator.add, np.add, NUMERIC, grad=lambda op, g: [unbroadcast(g, x) for x in op.inputs])
+elementwise("Sub", operator.sub, np.subtract, NUMERIC,
             grad=lambda op, g: [unbroadcast(g, op.inputs[0]), unbroadcast(negative(g), op.inputs[1])])
-elementwise("Mul", _mul, np.multiply, NUMERIC,
+elementwise("Mul", operator.mul, np.multiply, NUMERIC,
             grad=lambda op, g: [unbroadcast(multiply(g, y), x) for x, y in (op.inputs, op.inputs[::-1])])
-elementwise("RealDiv", _div, np.divide, FLOAT, grad=_div_grad)
+elementwise("RealDiv", operator.truediv, np.divide, FLOAT, grad=_div_grad)
 # floats only: an integer to a negative power has no integer value (NumPy raises; a kernel would give 0)
-elementwise("Pow", _pow, np.power, FLOAT, grad=_pow_grad, domain=(0.5, 2.0))
+elementwise("Pow", operator.pow, np.power, FLOAT, grad=_pow_grad, domain=(0.5, 2.0))
 elementwise("Maximum", _maximum, np.maximum, NUMERIC,
             grad=lambda op, g: select_grads(g, greater_equal(*op.inputs), *op.inputs))
 elementwise("Minimum", _minimum, np.minimum, NUMERIC,
             grad=lambda op, g: select_grads(g, less_equal(*op.inputs), *op.inputs))
 _COMPARISON = "a comparison: bool output"
-elementwise("Greater", _greater, np.greater, NUMERIC, out_dtype=BOOL, not_differentiable=_COMPARISON)
-elementwise("GreaterEqual", _greater_equal, np.greater_equal, NUMERIC, out_dtype=BOOL, not_differentiable=_COMPARISON)
-elementwise("Less", _less, np.less, NUMERIC, out_dtype=BOOL, not_differentiable=_COMPARISON)
-elementwise("LessEqual", _less_equal, np.less_equal, NUMERIC, out_dtype=BOOL, not_differentiable=_COMPARISON)
-elementwise("Equal", _equal, np.equal, NUMERIC + ("bool",), out_dtype=BOOL, not_differentiable=_COMPARISON)
-elementwise("NotEqual", _not_equal, np.not_equal, NUMERIC + ("bool",), out_dtype=BOOL, not_differentiable=_COMPARISON)
-elementwise("Neg", _neg, np.negative, NUMERIC, grad=lambda op, g: [negative(g)])
-elementwise("Exp", _exp, np.exp, FLOAT, grad=lambda op, g: [multiply(g, op.outputs[0])])
-elementwise("Log", _log, np.log, FLOAT, grad=lambda op, g: [divide(g, op.inputs[0])], domain=POSITIVE)
-elementwise("Log1p", _log1p, np.log1p, FLOAT, grad=lambda op, g: [divide(g, add(op.inputs[0], 1))],
+elementwise("Greater", operator.gt, np.greater, NUMERIC, out_dtype=BOOL, not_differentiable=_COMPARISON)
+elementwise("GreaterEqual", operator.ge, np.greater_equal, NUMERIC, out_dtype=BOOL, not_differentiable=_COMPARISON)
+elementwise("Less", operator.lt, np.less, NUMERIC, out_dtype=BOOL, not_differentiable=_COMPARISON)
+elementwise("LessEqual", operator.le, np.less_equal, NUMERIC, out_dtype=BOOL, not_differentiable=_COMPARISON)
+elementwise("Equal", operator.eq, np.equal, NUMERIC + ("bool",), out_dtype=BOOL, not_differentiable=_COMPARISON)
+elementwise("NotEqual", operator.ne, np.not_equal, NUMERIC + ("bool",), out_dtype=BOOL, not_differentiable=_COMPARISON)
+elementwise("Neg", operator.neg, np.negative, NUMERIC, grad=lambda op, g: [negative(g)])
+elementwise("Exp", np.exp, np.exp, FLOAT, grad=lambda op, g: [multiply(g, op.outputs[0])])
+elementwise("Log", np.log, np.log, FLOAT, grad=lambda op, g: [divide(g, op.inputs[0])], domain=POSITIVE)
+elementwise("Log1p", np.log1p, np.log1p, FLOAT, grad=lambda op, g: [divide(g, add(op.inputs[0], 1))],
             domain=POSITIVE)
-elementwise("Expm1", _expm1, np.expm1, FLOAT, grad=lambda op, g: [multiply(g, add(op.outputs[0], 1))])
-elementwise("Sqrt", _sqrt, np.sqrt, FLOAT, grad=lambda op, g: [divide(g, multiply(op.outputs[0], 2))],
+elementwise("Expm1", np.expm1, np.expm1, FLOAT, grad=lambda op, g: [multiply(g, add(op.outputs[0], 1))])
+elementwise("Sqrt", np.sqrt, np.sqrt, FLOAT, grad=lambda op, g: [divide(g, multiply(op.outputs[0], 2))],
             domain=POSITIVE)
 elementwise("Square", _square, np.square, NUMERIC, grad=lambda op, g: [multiply(g, multiply(op.inputs[0], 2))])
 elementwise("Abs", _abs, np.abs, NUMERIC, grad=lambda op, g: [multiply(g, sign(op.inputs[0]))])
 elementwise("Sign", _sign, np.sign, NUMERIC, not_differentiable="piecewise constant: its gradient is 0 where defined")
-elementwise("Sin", _sin, np.sin, FLOAT, grad=lambda op, g: [multiply(g, cos(op.inputs[0]))])
-elementwise("Cos", _cos, np.cos, FLOAT, grad=lambda op, g: [negative(multiply(g, sin(op.inputs[0])))])
+elementwise("Sin", np.sin, np.sin, FLOAT, grad=lambda op, g: [multiply(g, cos(op.inputs[0]))])
+elementwise("Cos", np.cos, np.cos, FLOAT, grad=lambda op, g: [negative(multiply(g, sin(op.inputs[0])))])
 
 # --- AddN, MatMul, reductions -------------------------------------------------------------------------
 

@@ -33,10 +33,6 @@ def _sigmoid_grad(g, y):
     return g * y * (1 - y)
 
 
-def _tanh(x):
-    return np.tanh(x)
-
-
 def _tanh_grad(g, y):
     return g * (1 - y * y)
 
@@ -72,7 +68,7 @@ _elementwise("SigmoidGrad", _sigmoid_grad, lambda g, y: g * y * (1 - y), FLOAT,
              grad=lambda op, d: [unbroadcast(create("SigmoidGrad", [d, op.inputs[1]]), op.inputs[0]),
                                  unbroadcast(M.multiply(M.multiply(d, op.inputs[0]), M.subtract(1.0, M.multiply(
                                      op.inputs[1], 2.0))), op.inputs[1])])
-_elementwise("Tanh", _tanh, np.tanh, FLOAT, grad=lambda op, g: [create("TanhGrad", [g, op.outputs[0]])])
+_elementwise("Tanh", np.tanh, np.tanh, FLOAT, grad=lambda op, g: [create("TanhGrad", [g, op.outputs[0]])])
 _elementwise("TanhGrad", _tanh_grad, lambda g, y: g * (1 - y * y), FLOAT,
              grad=lambda op, d: [unbroadcast(create("TanhGrad", [d, op.inputs[1]]), op.inputs[0]), unbroadcast(
                  M.multiply(M.multiply(d, op.inputs[0]), M.multiply(op.inputs[1], -2.0)), op.inputs[1])])

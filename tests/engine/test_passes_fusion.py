@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 
 import numpy as np
@@ -11,7 +12,6 @@ import engine as en
 from engine import config
 from engine.kernels import elementwise as EW
 from engine.ops._util import create
-from engine.ops.math import _add
 from engine.ops.nn import _relu
 
 ONLY_FUSION = en.SessionConfig(passes={"fusion"})
@@ -139,7 +139,7 @@ def test_fetched_intermediates_and_reads_across_state_writes_are_not_fused():
 
 
 def test_generated_kernels_are_files_in_the_numba_cache_named_by_their_source_hash():
-    source = EW.chain_source([(_add, [("leaf", 0), ("leaf", 1)]), (_relu, [("step", 0)])], ["full", "row"],
+    source = EW.chain_source([(operator.add, [("leaf", 0), ("leaf", 1)]), (_relu, [("step", 0)])], ["full", "row"],
                              "float32", 3)
     serial = EW.chain_kernels(source).serial
     assert EW.chain_kernels(source).serial is serial  # loaded once per process
@@ -241,7 +241,7 @@ def test_a_chain_written_over_its_dying_input_runs_the_loop_that_reads_and_write
     for got, want in zip(on.run([layer.kernel, layer.bias]), off.run([layer.kernel, layer.bias])):
         np.testing.assert_array_equal(got, want)
     assert "serial_io0" in calls and "serial_sum_io0" in calls  # bias+ReLU and ReLU's gradient, in place
-    source = EW.chain_source([(_add, [("leaf", 0), ("leaf", 1)]), (_relu, [("step", 0)])], ["full", "row"],
+    source = EW.chain_source([(operator.add, [("leaf", 0), ("leaf", 1)]), (_relu, [("step", 0)])], ["full", "row"],
                              "float32", 3)
     module = load(source)
     values, bias = np.arange(-6, 6, dtype=np.float32) / 4, np.array([1, 0, -1], np.float32)
