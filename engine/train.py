@@ -38,13 +38,17 @@ def hyperparameter(name: str, value, upper: float = np.inf, upper_open: bool = F
 
 
 class Optimizer:
-    """Base: compute_gradients / apply_gradients / minimize, as in TensorFlow 1.x."""
+    """Base: compute_gradients / apply_gradients / minimize, as in TensorFlow 1.x. A subclass gives its update
+    ops' ``kind`` (``Apply<kind>``/``SparseApply<kind>``, engine/ops/training.py), their slots and attributes."""
 
-    def __init__(self, learning_rate, name):
+    def __init__(self, learning_rate, name, kind=""):
         if not is_tensor_like(learning_rate):
             learning_rate = hyperparameter("learning_rate", learning_rate)
         self._lr = learning_rate
         self._name = name
+        self._kind = kind
+        self._slot_inits: tuple = ()  # (the update's attribute naming a slot variable, its initial value)
+        self._attrs: dict = {}  # the update's hyperparameters
         self._slots: dict[tuple[str, str], Variable] = {}
 
     def compute_gradients(self, loss, var_list=None):
@@ -93,8 +97,7 @@ class Optimizer:
     def _slot(self, var, slot: str, init: float) -> Variable:
         key = (var.op.name, slot)
         if key not in self._slots:
-            graph = var.graph
-            with graph.name_scope(""):
+            with var.graph.name_scope(""):
                 self._slots[key] = Variable(np.full(var.shape, init, dtype=var.dtype.np),
                                             name=f"{var.op.name}/{slot}", trainable=False)
         return self._slots[key]
@@ -105,90 +108,70 @@ class Optimizer:
     def get_slot_names(self):
         return sorted({s for _, s in self._slots})
 
-    def _create_slots(self, var):
-        pass
+    def _create_slots(self, var) -> dict:
+        """The update's attributes naming ``var``'s slots (``<variable>/<name>``, ``<variable>/<name>_1`` …),
+        created on first use."""
+        return {attr: self._slot(var, self._name + (f"_{k}" if k else ""), init).op.name
+                for k, (attr, init) in enumerate(self._slot_inits)}
 
     def _finish(self, updates):
         return group(*updates, name="update")
 
-    def _update_op(self, kind, grad, var, lr, attrs):
-        attrs = {"var": var.op.name, "dtype": var.dtype, "shape": var.shape, **attrs}
+    def _apply(self, grad, var, lr):
+        attrs = {"var": var.op.name, "dtype": var.dtype, "shape": var.shape, **self._create_slots(var), **self._attrs}
         name = f"update_{var.op.name.replace('/', '_')}"
         if isinstance(grad, IndexedSlices):
-            return var.graph.create_op(f"SparseApply{kind}", [grad.values, grad.indices, lr], attrs, name=name)
-        return var.graph.create_op(f"Apply{kind}", [convert_to_tensor(grad), lr], attrs, name=name)
+            return var.graph.create_op(f"SparseApply{self._kind}", [grad.values, grad.indices, lr], attrs, name=name)
+        return var.graph.create_op(f"Apply{self._kind}", [convert_to_tensor(grad), lr], attrs, name=name)
 
 
 class GradientDescentOptimizer(Optimizer):
     """var -= lr * grad."""
 
     def __init__(self, learning_rate, name="GradientDescent"):
-        super().__init__(learning_rate, name)
-
-    def _apply(self, grad, var, lr):
-        return self._update_op("GradientDescent", grad, var, lr, {})
+        super().__init__(learning_rate, name, "GradientDescent")
 
 
 class MomentumOptimizer(Optimizer):
     """accum = momentum * accum + grad; var -= lr * accum (Nesterov: lr * (grad + momentum * accum))."""
 
     def __init__(self, learning_rate, momentum, use_nesterov=False, name="Momentum"):
-        super().__init__(learning_rate, name)
-        self._momentum = hyperparameter("momentum", momentum)
-        self._nesterov = bool(use_nesterov)
-
-    def _create_slots(self, var):
-        self._slot(var, self._name, 0.0)
-
-    def _apply(self, grad, var, lr):
-        accum = self._slot(var, self._name, 0.0)
-        return self._update_op("Momentum", grad, var, lr, {"accum": accum.op.name, "momentum": self._momentum,
-                                                            "nesterov": self._nesterov})
+        super().__init__(learning_rate, name, "Momentum")
+        self._attrs = {"momentum": hyperparameter("momentum", momentum), "nesterov": bool(use_nesterov)}
+        self._slot_inits = (("accum", 0.0),)
 
 
 class AdagradOptimizer(Optimizer):
     """accum += grad^2; var -= lr * grad / sqrt(accum)."""
 
     def __init__(self, learning_rate, initial_accumulator_value=0.1, name="Adagrad"):
-        super().__init__(learning_rate, name)
-        self._init = hyperparameter("initial_accumulator_value", initial_accumulator_value)
-        if self._init == 0:
+        super().__init__(learning_rate, name, "Adagrad")
+        init = hyperparameter("initial_accumulator_value", initial_accumulator_value)
+        if init == 0:
             raise ValueError("initial_accumulator_value must be positive")
-
-    def _create_slots(self, var):
-        self._slot(var, self._name, self._init)
-
-    def _apply(self, grad, var, lr):
-        accum = self._slot(var, self._name, self._init)
-        return self._update_op("Adagrad", grad, var, lr, {"accum": accum.op.name})
+        self._slot_inits = (("accum", init),)
 
 
 class AdamOptimizer(Optimizer):
     """Adam (Kingma & Ba) with TensorFlow's epsilon placement; lazy on sparse gradients."""
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8, name="Adam"):
-        super().__init__(learning_rate, name)
-        self._beta1 = hyperparameter("beta1", beta1, upper=1.0, upper_open=True)
-        self._beta2 = hyperparameter("beta2", beta2, upper=1.0, upper_open=True)
-        self._epsilon = hyperparameter("epsilon", epsilon)
+        super().__init__(learning_rate, name, "Adam")
+        self._attrs = {"beta1": hyperparameter("beta1", beta1, upper=1.0, upper_open=True),
+                       "beta2": hyperparameter("beta2", beta2, upper=1.0, upper_open=True),
+                       "epsilon": hyperparameter("epsilon", epsilon)}
+        self._slot_inits = (("m", 0.0), ("v", 0.0))
         self._step = None
 
-    def _create_slots(self, var):
-        self._slot(var, self._name, 0.0)
-        self._slot(var, self._name + "_1", 0.0)
+    def _create_slots(self, var) -> dict:
+        slots = super()._create_slots(var)
         if self._step is None:
             with var.graph.name_scope(""):
                 self._step = Variable(np.zeros((), np.int64), name=f"{self._name}_step", trainable=False)
-
-    def _apply(self, grad, var, lr):
-        m, v = self._slot(var, self._name, 0.0), self._slot(var, self._name + "_1", 0.0)
-        return self._update_op("Adam", grad, var, lr, {"m": m.op.name, "v": v.op.name, "step": self._step.op.name,
-                                                        "beta1": self._beta1, "beta2": self._beta2,
-                                                        "epsilon": self._epsilon})
+        return {**slots, "step": self._step.op.name}
 
     def _finish(self, updates):
-        graph = self._step.graph
-        with graph.control_dependencies(updates):
+        with self._step.graph.control_dependencies(updates):
             return self._step.assign_add(np.ones((), np.int64), name="update_step").op
 
 
