@@ -62,10 +62,6 @@ FORMAT_VERSION = 1
 # --- files --------------------------------------------------------------------------------------
 
 
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -122,7 +118,12 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def _load_npz(path: str, what: str) -> dict:
+def _verified_npz(path: str, sha: str, manifest_path: str, what: str) -> dict:
+    """The arrays of the ``.npz`` at ``path`` once its sha256 is ``sha``, the one ``manifest_path`` names."""
+    if not os.path.exists(path):
+        raise NotFoundError(f"{what} file {path} does not exist")
+    if sha256_file(path) != sha:
+        raise DataLossError(f"{what} file {path} is corrupt (sha256 does not match {manifest_path})")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
@@ -149,7 +150,7 @@ def _load_json(path: str, what: str, fmt: str) -> dict:
 
 
 def _array_sha(arr: np.ndarray) -> str:
-    return _sha256_bytes(np.asarray(arr, order="C").tobytes())
+    return hashlib.sha256(np.asarray(arr, order="C").tobytes()).hexdigest()
 
 
 # --- checkpoints -------------------------------------------------------------------------------
@@ -194,7 +195,7 @@ class Saver:
             entries.append({"name": name, "key": key, "dtype": str(arr.dtype), "shape": list(arr.shape),
                             "sha256": _array_sha(arr)})
         data = npz_bytes(arrays)
-        data_file, sha = prefix + ".npz", _sha256_bytes(data)
+        data_file, sha = prefix + ".npz", hashlib.sha256(data).hexdigest()
         try:
             atomic_write_bytes(_staged(data_file, sha), data)
         except OSError as exc:
@@ -220,11 +221,7 @@ class Saver:
         staged = _staged(data_file, manifest["data_sha256"])
         if os.path.exists(staged) and sha256_file(staged) == manifest["data_sha256"]:
             data_file = staged  # its save was killed before renaming it to data_file
-        elif not os.path.exists(data_file):
-            raise NotFoundError(f"checkpoint data file {data_file} does not exist")
-        elif sha256_file(data_file) != manifest["data_sha256"]:
-            raise DataLossError(f"checkpoint data file {data_file} is corrupt (sha256 does not match {manifest_path})")
-        arrays = _load_npz(data_file, "checkpoint data")
+        arrays = _verified_npz(data_file, manifest["data_sha256"], manifest_path, "checkpoint data")
         entries = {e["name"]: e for e in manifest["variables"]}
         loaded = {}
         for name, var in self._vars.items():
@@ -377,7 +374,7 @@ def export_inference_graph(sess, export_dir: str, inputs, outputs) -> dict:
     atomic_write_bytes(weights_path, data)
     doc = {"format": GRAPH_FORMAT, "version": FORMAT_VERSION,
            "inputs": {k: v.name for k, v in inputs.items()}, "outputs": {k: v.name for k, v in outputs.items()},
-           "weights": {"file": "weights.npz", "sha256": _sha256_bytes(data)}, "ops": records}
+           "weights": {"file": "weights.npz", "sha256": hashlib.sha256(data).hexdigest()}, "ops": records}
     atomic_write_bytes(graph_path, json.dumps(doc, indent=1).encode())
     return {"graph": graph_path, "weights": weights_path, "weights_sha256": doc["weights"]["sha256"]}
 
@@ -430,12 +427,8 @@ def import_inference_graph(export_dir: str) -> InferenceModel:
     """Load a directory written by :func:`export_inference_graph` (verifying its weights' checksum)."""
     graph_path = os.path.join(export_dir, "graph.json")
     doc = _checked_graph_doc(_load_json(graph_path, "inference graph", GRAPH_FORMAT), graph_path)
-    weights_path = os.path.join(export_dir, doc["weights"]["file"])
-    if not os.path.exists(weights_path):
-        raise NotFoundError(f"weights file {weights_path} does not exist")
-    if sha256_file(weights_path) != doc["weights"]["sha256"]:
-        raise DataLossError(f"weights file {weights_path} is corrupt (sha256 does not match {graph_path})")
-    weights = _load_npz(weights_path, "weights")
+    weights = _verified_npz(os.path.join(export_dir, doc["weights"]["file"]), doc["weights"]["sha256"], graph_path,
+                            "weights")
     graph = Graph()
     ops: dict[str, Operation] = {}
     for rec in doc["ops"]:
