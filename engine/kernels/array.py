@@ -50,17 +50,20 @@ def _row_size(row_shape) -> int:
     return math.prod(row_shape)  # not np.prod: ~4 us a call on a tuple, three sparse updates a step
 
 
-def gather(params: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """``params[indices]`` along axis 0; an out-of-range index is a ValueError naming it."""
+def gather(params: np.ndarray, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``params[indices]`` along axis 0, written into ``out`` when it has the result's shape and dtype (a plan's
+    kept buffer); an out-of-range index is a ValueError naming it."""
     rows = params.shape[0]
-    p2 = np.ascontiguousarray(params).reshape(rows, _row_size(params.shape[1:]))  # no -1: rows may be 0
+    shape = indices.shape + params.shape[1:]
+    if out is None or out.shape != shape or out.dtype != params.dtype:
+        out = np.empty(shape, params.dtype)
     idx = np.ascontiguousarray(indices).reshape(-1)
-    out = np.empty((idx.size, p2.shape[1]), dtype=params.dtype)
     if idx.size:
-        bad = gather_rows(p2, idx, out)
+        width = _row_size(params.shape[1:])  # no -1: rows may be 0
+        bad = gather_rows(np.ascontiguousarray(params).reshape(rows, width), idx, out.reshape(idx.size, width))
         if bad >= 0:
             raise out_of_range(idx, bad, rows)
-    return out.reshape(indices.shape + params.shape[1:])
+    return out
 
 
 def scatter_add_dense(values: np.ndarray, indices: np.ndarray, dense_shape) -> np.ndarray:

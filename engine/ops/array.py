@@ -396,23 +396,6 @@ def _gather_grad(op, g):
     return [IndexedSlices(values, reshape(indices, (-1,)), shape(params), params.shape), None]
 
 
-def _gather_out_kernel(op, ctx):
-    def gather_into(out, params, indices):
-        rows = params.shape[0]
-        if params.ndim < 1 or params.size == 0 or indices.size == 0:
-            return KA.gather(params, indices)
-        idx = indices.reshape(-1)
-        shape = indices.shape + params.shape[1:]
-        if out is None or out.shape != shape or out.dtype != params.dtype:
-            out = np.empty(shape, params.dtype)
-        bad = KA.gather_rows(params.reshape(rows, -1), idx, out.reshape(idx.size, -1))
-        if bad >= 0:
-            raise KA.out_of_range(idx, bad, rows)
-        return out
-
-    return gather_into
-
-
 def _gather_emit(c, op, ins):
     params, idx = op.inputs
     if params.ndim is None or idx.ndim is None or params.ndim < 1:
@@ -445,7 +428,8 @@ def _gather_reference(op, ctx):
 
 register("GatherV2", infer=_gather_infer, kernel=simple_kernel(KA.gather),
          reference=_gather_reference, examples=_gather_examples,
-         grad=_gather_grad, out_kernel=_gather_out_kernel, emit=_gather_emit)
+         grad=_gather_grad, out_kernel=simple_kernel(lambda out, params, indices: KA.gather(params, indices, out)),
+         emit=_gather_emit)
 
 
 def _gather_grad_values_infer(inputs, attrs):
