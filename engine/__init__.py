@@ -27,8 +27,7 @@ from engine.session import Session, SessionConfig, get_default_session
 
 __all__ = [
     "DType", "Graph", "IndexedSlices", "Operation", "Session", "SessionConfig", "Tensor", "Variable", "abs", "add",
-    "add_n",
-    "as_dtype", "assign", "assign_add", "assign_sub", "bool", "cast", "check_numerics", "concat", "constant",
+    "add_n", "as_dtype", "assign", "assign_add", "assign_sub", "bool", "cast", "check_numerics", "concat", "constant",
     "control_dependencies", "convert_to_tensor", "cos", "divide", "dropout", "equal", "errors", "exp", "expand_dims",
     "expm1", "float32", "float64", "gather", "get_default_graph", "get_default_session", "global_variables",
     "global_variables_initializer", "gradients", "greater", "greater_equal", "group", "identity", "int32",

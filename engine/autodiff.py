@@ -20,6 +20,17 @@ def _as_list(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
+def _reached(start, successors) -> set:
+    """Every op reached from the ops ``start`` by ``successors(op)``, the start ops included."""
+    seen, stack = set(), list(start)
+    while stack:
+        op = stack.pop()
+        if op not in seen:
+            seen.add(op)
+            stack.extend(successors(op))
+    return seen
+
+
 def _aggregate(grads):
     grads = [g for g in grads if g is not None]
     if not grads:
@@ -69,28 +80,14 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
             raise TypeError(f"gradients: y {y.name} has dtype {y.dtype.name}; only float tensors can be differentiated")
 
     # Ops that ys depend on (through data edges) ...
-    to_y = set()
-    stack = [y.op for y in ys]
-    while stack:
-        op = stack.pop()
-        if op in to_y:
-            continue
-        to_y.add(op)
-        stack.extend(t.op for t in op.inputs)
+    to_y = _reached([y.op for y in ys], lambda op: [t.op for t in op.inputs])
     # ... restricted to those reachable from xs: the ops gradients must flow through.
     consumers: dict[Tensor, list] = {}
     for op in to_y:
         for t in op.inputs:
             consumers.setdefault(t, []).append(op)
-    between = set()
-    stack = [c for x in xs for c in consumers.get(x, ())]
-    while stack:
-        op = stack.pop()
-        if op in between:
-            continue
-        between.add(op)
-        for t in op.outputs:
-            stack.extend(consumers.get(t, ()))
+    between = _reached([c for x in xs for c in consumers.get(x, ())],
+                       lambda op: [c for t in op.outputs for c in consumers.get(t, ())])
 
     pending: dict[Tensor, list] = {}
     with graph.name_scope(name):

@@ -29,11 +29,13 @@ import logging
 import os
 
 import numpy as np
+from numba.core.errors import NumbaError
 
 from engine import generated
 from engine.errors import FailedPreconditionError
 from engine.graph import Operation, Tensor, may_alias_storage, ops_needed
 from engine.kernels import elementwise as EW
+from engine.session import exact_feeds
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +72,9 @@ class Emitter:
         self.variables: list = []
         self.where = ""
 
-    def helper(self, name: str, text: str) -> str:
+    def helper(self, name: str, text: str) -> None:
         """Add a ``@njit`` helper function once (by name)."""
         self.helpers.setdefault(name, text)
-        return name
 
     def check(self, condition: str, what: str) -> None:
         """A run-time check: when ``condition`` holds the compiled call fails and the interpreted plan runs."""
@@ -222,7 +223,6 @@ class CompiledPlan:
         self.feed_tensors = list(feed_tensors)
         self.source, consts, self.variables, aliased = generate(fetch_tensors, self.feed_tensors)
         self.function, self.path = load_plan_function(self.source)
-        self.key = cache_key(self.source)
         self._consts = tuple(consts)
         self._aliased = tuple(aliased)
         self._call = self._make_call()
@@ -277,8 +277,7 @@ class SmallBatchCallable:
         self._plan = session.plan(fetches, feed_list or [])
         self._build = self._plan.structure
         self._feeds = self._plan.feed_tensors
-        batch = [k for k, t in enumerate(self._feeds) if t.shape and t.shape[0] is None]
-        self._batch_feed = batch[0] if batch else None
+        self._batch_feed = next((k for k, t in enumerate(self._feeds) if t.shape and t.shape[0] is None), None)
         self.compiled: CompiledPlan | None = None
         self.compile_error: str | None = None
         self._tried = False
@@ -318,7 +317,7 @@ class SmallBatchCallable:
             except CompiledCheckFailed:
                 pass  # the interpreted plan computes the result or raises the engine's own error
             except Exception as e:  # noqa: BLE001  a Numba typing/lowering failure for new argument types
-                if not _is_numba_error(e):
+                if not isinstance(e, NumbaError):
                     raise
                 self.compile_error = f"compiling for these argument types failed: {e}"
                 log.warning("compiled fast path off after a compile failure: %s", e)
@@ -332,11 +331,7 @@ class SmallBatchCallable:
 
 def _small_batch_test(feeds, batch_feed, max_rows):
     """A predicate on the feed values: exact arrays (dtype, rank, layout, known dims) and few rows."""
-    specs = []
-    for t in feeds:
-        rank = -1 if t.shape is None else len(t.shape)
-        known = tuple((i, d) for i, d in enumerate(t.shape or ()) if d is not None)
-        specs.append((np.dtype(t.dtype.np), rank, known))
+    specs = exact_feeds(feeds)
     n = len(specs)
     ndarray = np.ndarray
 
@@ -344,9 +339,8 @@ def _small_batch_test(feeds, batch_feed, max_rows):
         if len(values) != n:
             return False
         for v, (dtype, rank, known) in zip(values, specs):
-            if v.__class__ is not ndarray or v.dtype is not dtype and v.dtype != dtype or v.ndim != rank:
-                return False
-            if not v.flags.c_contiguous:
+            if (v.__class__ is not ndarray or v.dtype is not dtype and v.dtype != dtype or v.ndim != rank
+                    or not v.flags.c_contiguous):
                 return False
             shape = v.shape
             for i, d in known:
@@ -355,12 +349,6 @@ def _small_batch_test(feeds, batch_feed, max_rows):
         return batch_feed is None or values[batch_feed].shape[0] <= max_rows
 
     return small
-
-
-def _is_numba_error(e: Exception) -> bool:
-    from numba.core.errors import NumbaError
-
-    return isinstance(e, NumbaError)
 
 
 def compile_callable(session, fetches, feed_list, max_rows: int | None = None) -> SmallBatchCallable:

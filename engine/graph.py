@@ -145,23 +145,21 @@ class Graph:
             _stack().pop()
 
     # --- names --------------------------------------------------------------------
-    def unique_name(self, name: str, mark_as_used: bool = True) -> str:
-        """``scope/name``, suffixed ``_1``, ``_2`` ... when already taken (TensorFlow's rule)."""
+    def unique_name(self, name: str) -> str:
+        """``scope/name``, suffixed ``_1``, ``_2`` ... when already taken (TensorFlow's rule); marked as taken."""
         if not _VALID_NAME.match(name):
             raise ValueError(f"invalid op name {name!r}")
         full = f"{self._scope}/{name}" if self._scope else name
         key = full.lower()
         i = self._name_counts.get(key, 0)
-        if mark_as_used:
-            self._name_counts[key] = i + 1
+        self._name_counts[key] = i + 1
         if i == 0:
             return full
-        base_key, candidate = key, key
+        candidate = key
         while candidate in self._name_counts:
-            candidate = f"{base_key}_{i}"
+            candidate = f"{key}_{i}"
             i += 1
-        if mark_as_used:
-            self._name_counts[candidate] = 1
+        self._name_counts[candidate] = 1
         return f"{full}_{i - 1}"
 
     @contextlib.contextmanager
@@ -183,24 +181,16 @@ class Graph:
     @contextlib.contextmanager
     def control_dependencies(self, control_inputs):
         """Ops created inside run only after ``control_inputs`` (ops or tensors); None clears."""
-        if control_inputs is None:
-            saved, self._control_stack = self._control_stack, []
-            try:
-                yield
-            finally:
-                self._control_stack = saved
-            return
-        ops = []
-        for c in control_inputs:
-            c = _as_op(c)
+        saved, ops = self._control_stack, []
+        for c in map(_as_op, () if control_inputs is None else control_inputs):
             if c.graph is not self:
                 raise ValueError(f"control input {c.name!r} is from another graph")
             ops.append(c)
-        self._control_stack.append(ops)
+        self._control_stack = [] if control_inputs is None else saved + [ops]
         try:
             yield
         finally:
-            self._control_stack.pop()
+            self._control_stack = saved
 
     # --- op creation --------------------------------------------------------------
     def create_op(self, op_type: str, inputs=(), attrs=None, name: str | None = None, control_inputs=(),
@@ -273,9 +263,7 @@ class Graph:
 def _as_op(x) -> Operation:
     if isinstance(x, Operation):
         return x
-    if isinstance(x, Tensor):
-        return x.op
-    if hasattr(x, "op") and isinstance(x.op, Operation):  # Variable
+    if hasattr(x, "op") and isinstance(x.op, Operation):  # a Tensor or Variable
         return x.op
     raise TypeError(f"{x!r} is not an operation or tensor")
 
@@ -366,14 +354,11 @@ def convert_to_tensor(value, dtype=None, name: str | None = None, graph: Graph |
         dtype = _dt.as_dtype(dtype)
     if isinstance(value, IndexedSlices):
         value = value.dense()
-    if isinstance(value, Tensor):
-        if dtype is not None and value.dtype != dtype:
-            raise TypeError(f"expected a {dtype.name} tensor, got {value.name} of dtype {value.dtype.name}")
-        return value
-    if hasattr(value, "_as_tensor"):
-        t = value._as_tensor()
+    if isinstance(value, Tensor) or hasattr(value, "_as_tensor"):
+        t = value if isinstance(value, Tensor) else value._as_tensor()
         if dtype is not None and t.dtype != dtype:
-            raise TypeError(f"expected a {dtype.name} tensor, got variable {t.op.name} of dtype {t.dtype.name}")
+            got = t.name if t is value else f"variable {t.op.name}"
+            raise TypeError(f"expected a {dtype.name} tensor, got {got} of dtype {t.dtype.name}")
         return t
     return constant_tensor(python_value_to_array(value, dtype, what=f"constant {name or 'Const'}"),
                            name or "Const", graph)

@@ -20,6 +20,7 @@ import copy
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -79,14 +80,6 @@ class Step:
     inputs: tuple  # slots read
     output: int  # slot written, -1 for none
     also: tuple = ()  # further slots written (a fused row sum): then the kernel returns a tuple
-
-    def store(self, vals, value) -> None:
-        """Put what the kernel returned into the slot list ``vals``."""
-        if self.also:
-            for slot, v in zip((self.output, *self.also), value):
-                vals[slot] = v
-        elif self.output >= 0:
-            vals[self.output] = value
 
 
 class Plan:
@@ -179,10 +172,8 @@ def _runner(fn, ins, out, group, out_kernel):
             def run(vals, bufs):
                 vals[out] = bufs[group] = fn(bufs[group], *[vals[j] for j in ins])
         return run
-    if out_kernel:
-        def run(vals, bufs):
-            vals[out] = fn(None, *[vals[j] for j in ins])
-        return run
+    if out_kernel:  # no kept buffer: the kernel allocates its output
+        fn = partial(fn, None)
     if out < 0:
         def run(vals, bufs):
             fn(*[vals[j] for j in ins])
@@ -207,13 +198,14 @@ def _runner(fn, ins, out, group, out_kernel):
 
 def _several_outputs_runner(fn, step, group):
     """A closure running a step that writes several slots (its out-kernel returns a tuple)."""
-    ins = step.inputs
+    ins, written = step.inputs, (step.output, *step.also)
 
     def run(vals, bufs):
         values = fn(bufs[group] if group is not None else None, *[vals[j] for j in ins])
         if group is not None:
             bufs[group] = values[0]
-        step.store(vals, values)
+        for slot, v in zip(written, values):
+            vals[slot] = v
 
     return run
 
@@ -286,11 +278,9 @@ class Session:
     # --- services kernels use -------------------------------------------------------------------
     def rng(self, op: Operation) -> np.random.Generator:
         """The random stream of a random op, created on first use from its seeds."""
-        gen = self._rngs.get(op.name)
-        if gen is None:
-            gen = np.random.default_rng(list(op.attrs["seed"]))
-            self._rngs[op.name] = gen
-        return gen
+        if op.name not in self._rngs:
+            self._rngs[op.name] = np.random.default_rng(list(op.attrs["seed"]))
+        return self._rngs[op.name]
 
     def _load_variable(self, variable, value) -> None:
         arr = python_value_to_array(value, variable.dtype, what=f"value for variable {variable.op.name}")
@@ -317,9 +307,8 @@ class Session:
         dimensions (anything else goes through the full conversion and its clear errors).
         """
         plan = self.plan(fetches, feed_list or [])
-        feeds = [(slot, t, t.dtype.np, -1 if t.shape is None else len(t.shape),
-                  tuple((i, d) for i, d in enumerate(t.shape or ()) if d is not None))
-                 for slot, t in zip(plan.feed_slots, plan.feed_tensors)]
+        feeds = [(slot, t, *spec)
+                 for slot, t, spec in zip(plan.feed_slots, plan.feed_tensors, exact_feeds(plan.feed_tensors))]
         n_feeds, n_slots, ndarray, build, execute = len(feeds), plan.n_slots, np.ndarray, plan.structure, plan.execute
 
         def call(*feed_values):
@@ -431,6 +420,12 @@ class Session:
                     n_buffers, ir.nodes, groups)
 
 
+def exact_feeds(tensors) -> list:
+    """(dtype, rank or -1, known (axis, size) pairs) of each tensor: what a feed array taken as it is matches."""
+    return [(t.dtype.np, -1 if t.shape is None else len(t.shape),
+             tuple((i, d) for i, d in enumerate(t.shape or ()) if d is not None)) for t in tensors]
+
+
 def feed_value(t: Tensor, value) -> np.ndarray:
     """``value`` as a C-contiguous array fit to feed ``t``; InvalidArgumentError naming ``t`` otherwise."""
     if isinstance(value, np.ndarray) and value.dtype == t.dtype.np:
@@ -449,4 +444,4 @@ def feed_value(t: Tensor, value) -> np.ndarray:
     return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
 
 
-__all__ = ["BACKENDS", "Plan", "Session", "SessionConfig", "Step", "feed_value", "get_default_session"]
+__all__ = ["BACKENDS", "Plan", "Session", "SessionConfig", "Step", "exact_feeds", "feed_value", "get_default_session"]

@@ -137,14 +137,14 @@ class Variable(_OperatorsMixin):
         self._initial_value = init
         self.trainable = bool(trainable)
         with graph.name_scope(var_name + "/"):
-            self.initializer = self._state_op("Assign", init, "Assign").op
+            self.initializer = self._state_op("Assign", "Assign", init).op
         for key in collections or ([GLOBAL_VARIABLES] + ([TRAINABLE_VARIABLES] if trainable else [])):
             graph.add_to_collection(key, self)
 
-    def _state_op(self, op_type, value, name=None):
-        value = convert_to_tensor(value, dtype=self._dtype, graph=self.op.graph)
-        return self.op.graph.create_op(op_type, [value], {"var": self.op.name, "dtype": self._dtype,
-                                                          "shape": self._shape}, name=name).outputs[0]
+    def _state_op(self, op_type, name, *values):
+        inputs = [convert_to_tensor(v, dtype=self._dtype, graph=self.op.graph) for v in values]
+        attrs = {"var": self.op.name, "dtype": self._dtype, "shape": self._shape}
+        return self.op.graph.create_op(op_type, inputs, attrs, name=name).outputs[0]
 
     # --- TensorFlow 1.x Variable surface ---------------------------------------------------------
     @property
@@ -172,21 +172,20 @@ class Variable(_OperatorsMixin):
 
     def read_value(self, name=None):
         """A snapshot of the value, read when this op runs (after the current control dependencies)."""
-        return self.op.graph.create_op("ReadVariable", (), {"var": self.op.name, "dtype": self._dtype,
-                                                             "shape": self._shape}, name=name).outputs[0]
+        return self._state_op("ReadVariable", name)
 
     def _as_tensor(self):
         return self._value
 
     def assign(self, value, name=None):
         """Op setting the variable to ``value`` (same shape and dtype); its output is the new value."""
-        return self._state_op("Assign", value, name)
+        return self._state_op("Assign", name, value)
 
     def assign_add(self, delta, name=None):
-        return self._state_op("AssignAdd", delta, name)
+        return self._state_op("AssignAdd", name, delta)
 
     def assign_sub(self, delta, name=None):
-        return self._state_op("AssignSub", delta, name)
+        return self._state_op("AssignSub", name, delta)
 
     def load(self, value, session):
         """Set the value directly in ``session`` (no graph op), checked against shape and dtype."""

@@ -21,8 +21,8 @@ def fold_constants(ir: PlanIR, ctx) -> PlanIR:
     for node in ir.nodes:
         if node.const_value is not None:
             constants[node.output] = node.const_value
-        foldable = (node.output >= 0 and node.const_value is None and not node.stateful and not node.random
-                    and not node.controls and not node.members and all(s in constants for s in node.inputs))
+        foldable = (node.output >= 0 and node.const_value is None and node.pure and not node.controls
+                    and not node.members and all(s in constants for s in node.inputs))
         if foldable:
             value = _evaluate(node, ctx, [constants[s] for s in node.inputs])
             if value is not None:

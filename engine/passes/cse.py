@@ -40,8 +40,7 @@ def eliminate_common_subexpressions(ir: PlanIR) -> PlanIR:
         node.inputs = [rename.get(s, s) for s in node.inputs]
         if node.writes_state:
             epoch += 1
-        mergeable = (node.output >= 0 and not node.stateful and not node.random
-                     and node.output not in ir.fetch_slots and not node.members)
+        mergeable = node.output >= 0 and node.pure and node.output not in ir.fetch_slots and not node.members
         if mergeable:
             try:
                 key = (node.type, _freeze(node.op.attrs), tuple(node.inputs), node.controls, epoch,

@@ -38,12 +38,9 @@ class Node:
         return self.op.op_def
 
     @property
-    def stateful(self) -> bool:
-        return self.op_def.stateful
-
-    @property
-    def random(self) -> bool:
-        return self.op_def.random
+    def pure(self) -> bool:
+        """Neither stateful nor random: passes may merge it with its like or compute it at plan time."""
+        return not (self.op_def.stateful or self.op_def.random)
 
     @property
     def writes_state(self) -> bool:
