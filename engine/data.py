@@ -15,15 +15,13 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 
 
-def _rows(arrays) -> int:
-    values = list(arrays.values()) if isinstance(arrays, Mapping) else list(arrays)
+def _rows(names, values: list) -> int:
     if not values:
         raise ValueError("batches: no arrays given")
     counts = {np.shape(v)[0] if np.ndim(v) else None for v in values}
     if None in counts:
         raise ValueError("batches: every array needs a first (row) dimension")
     if len(counts) != 1:
-        names = list(arrays.keys()) if isinstance(arrays, Mapping) else list(range(len(values)))
         sizes = {str(n): np.shape(v)[0] for n, v in zip(names, values)}
         raise ValueError(f"batches: arrays have different numbers of rows {sizes}")
     return counts.pop()
@@ -46,12 +44,10 @@ def batches(arrays, batch_size: int, *, shuffle: bool = False, seed: int | None 
     batch_size = _count(batch_size, "batches: batch_size")
     if shuffle and seed is None:
         raise ValueError("batches: shuffle=True needs a seed (runs must be reproducible)")
-    if not isinstance(arrays, Mapping):
-        arrays = tuple(arrays)  # read once: a generator of arrays would be spent by counting its rows
-    n = _rows(arrays)
-    is_map = isinstance(arrays, Mapping)
-    keys = list(arrays.keys()) if is_map else None
-    values = [np.asarray(v) for v in (arrays.values() if is_map else arrays)]
+    keys = list(arrays) if isinstance(arrays, Mapping) else None
+    values = list(arrays.values() if keys is not None else arrays)  # read once: a generator of arrays is spent then
+    n = _rows(range(len(values)) if keys is None else keys, values)
+    values = [np.asarray(v) for v in values]
     rng = np.random.default_rng(seed) if shuffle else None
     for _ in range(int(epochs)):
         order = rng.permutation(n) if shuffle else None
@@ -60,7 +56,7 @@ def batches(arrays, batch_size: int, *, shuffle: bool = False, seed: int | None 
             end = min(start + batch_size, n)
             pick = slice(start, end) if order is None else order[start:end]
             parts = [np.ascontiguousarray(v[pick]) for v in values]
-            yield dict(zip(keys, parts)) if is_map else tuple(parts)
+            yield tuple(parts) if keys is None else dict(zip(keys, parts))
 
 
 def shuffle_buffer(items: Iterable, buffer_size: int, seed: int) -> Iterator:

@@ -160,12 +160,8 @@ class Saver:
     """Saves and restores variables' values (all global variables by default)."""
 
     def __init__(self, var_list=None):
-        if var_list is None:
-            var_list = global_variables()
-        if isinstance(var_list, dict):
-            self._vars = dict(var_list)
-        else:
-            self._vars = {v.op.name: v for v in var_list}
+        var_list = global_variables() if var_list is None else var_list
+        self._vars = dict(var_list) if isinstance(var_list, dict) else {v.op.name: v for v in var_list}
         if not self._vars:
             raise ValueError("Saver: no variables to save")
         graphs = {id(v.graph): v.graph for v in self._vars.values()}
@@ -393,8 +389,7 @@ class InferenceModel:
         self.outputs: dict[str, Tensor] = outputs
         self.session = Session(graph)
         self._input_names = list(inputs)
-        feeds = [inputs[k] for k in self._input_names]
-        self._call = compile_callable(self.session, dict(outputs), feeds, max_rows)
+        self._call = compile_callable(self.session, dict(outputs), list(inputs.values()), max_rows)
 
     @property
     def input_names(self) -> list:
