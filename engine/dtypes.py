@@ -50,6 +50,7 @@ bool_ = DType("bool", np.bool_)
 ALL = (float32, float64, int32, int64, bool_)
 _BY_NP = {d.np: d for d in ALL}
 _BY_NAME = {d.name: d for d in ALL}
+_BY_PYTHON = {bool: bool_, float: float32, int: int32}
 
 
 def as_dtype(value) -> DType:
@@ -58,12 +59,8 @@ def as_dtype(value) -> DType:
         return value
     if isinstance(value, str) and value in _BY_NAME:
         return _BY_NAME[value]
-    if value is bool:
-        return bool_
-    if value is float:
-        return float32
-    if value is int:
-        return int32
+    if isinstance(value, type) and value in _BY_PYTHON:
+        return _BY_PYTHON[value]
     try:
         npd = np.dtype(value)
     except TypeError:

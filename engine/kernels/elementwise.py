@@ -19,6 +19,7 @@ import hashlib
 import inspect
 import operator
 import textwrap
+from functools import lru_cache
 
 import numpy as np
 
@@ -135,8 +136,10 @@ def _flat_operand(x: np.ndarray, out_shape: tuple) -> np.ndarray:
     return np.ascontiguousarray(x).reshape(-1)
 
 
+@lru_cache(maxsize=None)
 def op_kernel(fn, arity: int, out_dtype=None):
-    """``f(*arrays) -> array`` computing the op with NumPy broadcasting (``out_dtype``: None = input 0's)."""
+    """``f(*arrays) -> array`` computing the op with NumPy broadcasting (``out_dtype``: None = input 0's);
+    built once per (function, arity, dtype)."""
     kernel = load(op_kernel_source(fn, arity)).kernel
     npd = None if out_dtype is None else np.dtype(out_dtype)
 

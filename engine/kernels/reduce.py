@@ -118,25 +118,22 @@ def reduce(x: np.ndarray, axes: tuple, keepdims: bool, kind: str) -> np.ndarray:
     out = np.empty(m, dtype=x.dtype)
     if m == 0:
         return out.reshape(out_shape)
-    if r == 0:
-        out[:] = 0
-    elif layout == "rows":
+    big = x.size >= config.PARALLEL_MIN_ELEMENTS
+    if layout == "rows":
         x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(m, r)
-        if kind == "max":
-            max_rows(x2, out)
-        else:
-            (sum_rows_parallel if x.size >= config.PARALLEL_MIN_ELEMENTS and m > 1 else sum_rows)(
-                x2, out, _zero(x.dtype))
+        largest, total = max_rows, sum_rows_parallel if big and m > 1 else sum_rows
     elif layout == "cols":
         x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(r, m)
-        if kind == "max":
-            max_cols(x2, out)
-        else:
-            (sum_cols_parallel if x.size >= config.PARALLEL_MIN_ELEMENTS and m > 64 else sum_cols)(
-                x2, out, _zero(x.dtype))
+        largest, total = max_cols, sum_cols_parallel if big and m > 64 else sum_cols
     else:
         x2 = np.ascontiguousarray(np.transpose(x, layout)).reshape(m, r)
-        sum_rows(x2, out, _zero(x.dtype)) if kind != "max" else max_rows(x2, out)
+        largest, total = max_rows, sum_rows
+    if r == 0:
+        out[:] = 0
+    elif kind == "max":
+        largest(x2, out)
+    else:
+        total(x2, out, _zero(x.dtype))
     if kind == "mean":
         out /= r
     return out.reshape(out_shape)

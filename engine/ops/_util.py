@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
 from engine import dtypes, shapes
@@ -32,17 +30,10 @@ def same_dtype(inputs, kinds=None):
     for t in inputs[1:]:
         if t.dtype != d:
             raise TypeError(f"dtypes differ ({d.name} vs {t.dtype.name}); cast one explicitly with en.cast")
-    check_kind(d, kinds)
-    return d
-
-
-def check_kind(d, kinds):
-    if kinds is None:
-        return
-    ok = (("float" in kinds and d.is_floating) or ("int" in kinds and d.is_integer)
-          or ("bool" in kinds and d.is_bool))
-    if not ok:
+    if kinds is not None and not (("float" in kinds and d.is_floating) or ("int" in kinds and d.is_integer)
+                                  or ("bool" in kinds and d.is_bool)):
         raise TypeError(f"dtype {d.name} is not supported (needs {'/'.join(kinds)})")
+    return d
 
 
 def broadcast_all(inputs):
@@ -143,11 +134,6 @@ def elementwise_examples(arity, kinds, domain=(-3.0, 3.0), operand_dtypes=None):
 # --- elementwise ops ---------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
-def _op_kernel(scalar, arity, out_np):
-    return EW.op_kernel(scalar, arity, out_np)
-
-
 def elementwise(name, scalar, reference, kinds, *, grad=None, out_dtype=None, not_differentiable="", infer=None,
                 domain=(-3.0, 3.0), operand_dtypes=None, examples=None, **fields):
     """Register an elementwise op from its scalar function (the kernel, fused kernels and compiled
@@ -167,7 +153,7 @@ def elementwise(name, scalar, reference, kinds, *, grad=None, out_dtype=None, no
         return [(out_dtype or d, broadcast_all(inputs))]
 
     def kernel(op, ctx):
-        return _op_kernel(scalar, arity, out_np or op.outputs[0].dtype.np)
+        return EW.op_kernel(scalar, arity, out_np or op.outputs[0].dtype.np)
 
     def reference_kernel(op, ctx):
         npd = op.outputs[0].dtype.np
@@ -179,13 +165,9 @@ def elementwise(name, scalar, reference, kinds, *, grad=None, out_dtype=None, no
         return run
 
     generated = elementwise_examples(arity, kinds, domain, operand_dtypes)
-    return register(name, infer=infer or default_infer, kernel=kernel, reference=reference_kernel,
-                    examples=_with_generated(generated, examples), grad=grad,
-                    not_differentiable=not_differentiable, scalar=scalar, **fields)
-
-
-def _with_generated(generated, extra):
-    return generated if extra is None else (lambda rng: generated(rng) + list(extra(rng)))
+    every = generated if examples is None else (lambda rng: generated(rng) + list(examples(rng)))
+    return register(name, infer=infer or default_infer, kernel=kernel, reference=reference_kernel, examples=every,
+                    grad=grad, not_differentiable=not_differentiable, scalar=scalar, **fields)
 
 
 BOOL = dtypes.bool_

@@ -28,8 +28,9 @@ def _float_examples(*cases):
     return examples
 
 
-def _emit_alias(c, op, ins):
-    return ins[0]
+# the fields of an op whose output is its input itself (Identity, StopGradient, PlaceholderWithDefault)
+_PASS_THROUGH = dict(kernel=simple_kernel(lambda x: x), reference=NUMPY_KERNEL, output_aliases="input",
+                     emit=lambda c, op, ins: ins[0])
 
 
 # --- sources -----------------------------------------------------------------------------------
@@ -63,9 +64,8 @@ def _pwd_infer(inputs, attrs):
     return [(inputs[0].dtype, shape)]
 
 
-register("PlaceholderWithDefault", infer=_pwd_infer, kernel=simple_kernel(lambda x: x), reference=NUMPY_KERNEL,
-         examples=_float_examples((((2, 3),), {"shape": (None, 3)})), grad=lambda op, g: [g],
-         output_aliases="input", emit=_emit_alias)
+register("PlaceholderWithDefault", infer=_pwd_infer, examples=_float_examples((((2, 3),), {"shape": (None, 3)})),
+         grad=lambda op, g: [g], **_PASS_THROUGH)
 
 
 def constant(value, dtype=None, shape=None, name=None):
@@ -117,11 +117,10 @@ ones_like = constructor("OnesLike", "ones_like")
 
 # --- identity-like ------------------------------------------------------------------------------
 
-register("Identity", infer=_like_infer, kernel=simple_kernel(lambda x: x), reference=NUMPY_KERNEL,
-         examples=_like_examples, grad=lambda op, g: [g], sparse_grad=True, output_aliases="input", emit=_emit_alias)
-register("StopGradient", infer=_like_infer, kernel=simple_kernel(lambda x: x), reference=NUMPY_KERNEL,
-         examples=_like_examples, not_differentiable="stops gradients: that is what it is for",
-         output_aliases="input", emit=_emit_alias)
+register("Identity", infer=_like_infer, examples=_like_examples, grad=lambda op, g: [g], sparse_grad=True,
+         **_PASS_THROUGH)
+register("StopGradient", infer=_like_infer, examples=_like_examples,
+         not_differentiable="stops gradients: that is what it is for", **_PASS_THROUGH)
 identity = constructor("Identity", "identity")
 stop_gradient = constructor("StopGradient", "stop_gradient", "``x`` in the forward pass; no gradient flows through it.")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from engine.errors import InvalidArgumentError
-from engine.graph import convert_to_tensor, get_default_graph
 import numpy as np
 
+from engine.errors import InvalidArgumentError
+from engine.graph import convert_to_tensor, get_default_graph
 from engine.kernels import reduce as R
 from engine.ops._util import FLOAT, create, same_dtype, sample
 from engine.registry import NUMPY_KERNEL, Example, register
@@ -27,19 +27,18 @@ def group(*inputs, name=None):
 
 
 def _check_kernel(all_finite):
-    return lambda op, ctx: _checker(op, all_finite)
+    def make(op, ctx):
+        message = op.attrs["message"]
 
+        def check(x):
+            if not all_finite(x):
+                kind = "NaN" if (x != x).any() else "Inf"
+                raise InvalidArgumentError(f"{message} : Tensor had {kind} values (op '{op.name}')", op.name)
+            return x
 
-def _checker(op, all_finite):
-    message = op.attrs["message"]
+        return check
 
-    def check(x):
-        if not all_finite(x):
-            kind = "NaN" if (x != x).any() else "Inf"
-            raise InvalidArgumentError(f"{message} : Tensor had {kind} values (op '{op.name}')", op.name)
-        return x
-
-    return check
+    return make
 
 
 def _check_examples(rng):

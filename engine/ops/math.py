@@ -148,13 +148,9 @@ register("AddN", infer=_add_n_infer, kernel=_add_n_kernel, reference=_add_n_refe
 def _matmul_grad(op, g):
     a, b = op.inputs
     ta, tb = op.attrs["transpose_a"], op.attrs["transpose_b"]
-    if not ta and not tb:
-        return [matmul(g, b, transpose_b=True), matmul(a, g, transpose_a=True)]
-    if ta and not tb:
-        return [matmul(b, g, transpose_b=True), matmul(a, g)]
-    if not ta and tb:
-        return [matmul(g, b), matmul(g, a, transpose_a=True)]
-    return [matmul(b, g, transpose_a=True, transpose_b=True), matmul(g, a, transpose_a=True, transpose_b=True)]
+    da = matmul(b, g, transpose_a=tb, transpose_b=True) if ta else matmul(g, b, transpose_b=not tb)
+    db = matmul(g, a, transpose_a=True, transpose_b=ta) if tb else matmul(a, g, transpose_a=not ta)
+    return [da, db]
 
 
 def _matmul_infer(inputs, attrs):
@@ -349,27 +345,24 @@ def matmul(a, b, transpose_a=False, transpose_b=False, name=None):
     return create("MatMul", [a, b], {"transpose_a": bool(transpose_a), "transpose_b": bool(transpose_b)}, name)
 
 
-def _axis_attr(axis):
-    if axis is None:
-        return None
-    if isinstance(axis, (list, tuple)):
-        return tuple(int(a) for a in axis)
-    return int(axis)
+def _reduce(op_type, x, axis, keepdims, name):
+    axis = axis if axis is None else tuple(int(a) for a in axis) if isinstance(axis, (list, tuple)) else int(axis)
+    return create(op_type, [x], {"axis": axis, "keepdims": bool(keepdims)}, name)
 
 
 def reduce_sum(x, axis=None, keepdims=False, name=None):
-    return create("Sum", [convert_to_tensor(x)], {"axis": _axis_attr(axis), "keepdims": bool(keepdims)}, name)
+    return _reduce("Sum", convert_to_tensor(x), axis, keepdims, name)
 
 
 def reduce_mean(x, axis=None, keepdims=False, name=None):
     x = convert_to_tensor(x)
     if not x.dtype.is_floating:
         raise TypeError(f"reduce_mean of {x.name}: dtype {x.dtype.name} is not float; cast it first")
-    return create("Mean", [x], {"axis": _axis_attr(axis), "keepdims": bool(keepdims)}, name)
+    return _reduce("Mean", x, axis, keepdims, name)
 
 
 def reduce_max(x, axis=None, keepdims=False, name=None):
-    return create("Max", [convert_to_tensor(x)], {"axis": _axis_attr(axis), "keepdims": bool(keepdims)}, name)
+    return _reduce("Max", convert_to_tensor(x), axis, keepdims, name)
 
 
 graph.set_operators(add=add, subtract=subtract, multiply=multiply, divide=divide, matmul=matmul, pow=pow,

@@ -132,19 +132,16 @@ def _reference(rule, slot_names, sparse):
             dtype = arrays["var"].dtype  # the variable's precision, as the kernels compute (a float32 g * g
             if not sparse:                 # can overflow to inf, and the step is then 0 in both)
                 grad, lr = args
-                work = {k: a.copy() for k, a in arrays.items()}
-                with np.errstate(over="ignore", invalid="ignore"):
-                    rule(op, work, grad.astype(dtype), dtype.type(lr), step)
-                rows = slice(None)
+                grad, rows = grad.astype(dtype), slice(None)
             else:
                 values, indices, lr = args
                 rows, inverse = np.unique(KA.check_rows(indices, arrays["var"].shape[0], "sparse gradient index"),
                                           return_inverse=True)
-                merged = np.zeros((rows.size,) + arrays["var"].shape[1:], dtype)
-                np.add.at(merged, inverse.reshape(-1), values.reshape((indices.size,) + arrays["var"].shape[1:]))
-                work = {k: a[rows] for k, a in arrays.items()}
-                with np.errstate(over="ignore", invalid="ignore"):
-                    rule(op, work, merged, dtype.type(lr), step)
+                grad = np.zeros((rows.size,) + arrays["var"].shape[1:], dtype)
+                np.add.at(grad, inverse.reshape(-1), values.reshape((indices.size,) + arrays["var"].shape[1:]))
+            work = {k: np.array(a[rows]) for k, a in arrays.items()}  # a copy, written back when the rule is done
+            with np.errstate(over="ignore", invalid="ignore"):
+                rule(op, work, grad, dtype.type(lr), step)
             for k, a in arrays.items():
                 a[rows] = work[k]
 
