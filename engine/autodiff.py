@@ -11,24 +11,13 @@ sparse, so optimizers can update only the touched rows.
 from __future__ import annotations
 
 from engine import dtypes, shapes
-from engine.graph import IndexedSlices, Tensor, convert_to_tensor
+from engine.graph import IndexedSlices, Tensor, convert_to_tensor, reached
 from engine.ops import array as A
 from engine.ops import math as M
 
 
 def _as_list(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
-
-
-def _reached(start, successors) -> set:
-    """Every op reached from the ops ``start`` by ``successors(op)``, the start ops included."""
-    seen, stack = set(), list(start)
-    while stack:
-        op = stack.pop()
-        if op not in seen:
-            seen.add(op)
-            stack.extend(successors(op))
-    return seen
 
 
 def _aggregate(grads):
@@ -80,13 +69,13 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
             raise TypeError(f"gradients: y {y.name} has dtype {y.dtype.name}; only float tensors can be differentiated")
 
     # Ops that ys depend on (through data edges) ...
-    to_y = _reached([y.op for y in ys], lambda op: [t.op for t in op.inputs])
+    to_y = reached([y.op for y in ys], lambda op: [t.op for t in op.inputs])
     # ... restricted to those reachable from xs: the ops gradients must flow through.
     consumers: dict[Tensor, list] = {}
     for op in to_y:
         for t in op.inputs:
             consumers.setdefault(t, []).append(op)
-    between = _reached([c for x in xs for c in consumers.get(x, ())],
+    between = reached([c for x in xs for c in consumers.get(x, ())],
                        lambda op: [c for t in op.outputs for c in consumers.get(t, ())])
 
     pending: dict[Tensor, list] = {}

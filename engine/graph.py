@@ -285,18 +285,22 @@ def ops_needed(targets, fed=()) -> set[Operation]:
     def runs(op: Operation) -> bool:
         return not op.outputs or not all(t in fed for t in op.outputs)
 
-    needed: set[Operation] = set()
-    stack = [t if isinstance(t, Operation) else t.op for t in targets
-             if isinstance(t, Operation) or t not in fed]
-    stack = [op for op in stack if runs(op)]
+    def inputs(op: Operation) -> list:
+        return [t.op for t in op.inputs if t not in fed] + [c for c in op.control_inputs if runs(c)]
+
+    start = [t if isinstance(t, Operation) else t.op for t in targets if isinstance(t, Operation) or t not in fed]
+    return reached([op for op in start if runs(op)], inputs)
+
+
+def reached(start, successors) -> set:
+    """Every op reached from the ops ``start`` by ``successors(op)``, the start ops included."""
+    seen, stack = set(), list(start)
     while stack:
         op = stack.pop()
-        if op in needed:
-            continue
-        needed.add(op)
-        stack.extend(t.op for t in op.inputs if t not in fed)
-        stack.extend(c for c in op.control_inputs if runs(c))
-    return needed
+        if op not in seen:
+            seen.add(op)
+            stack.extend(successors(op))
+    return seen
 
 
 def may_alias_storage(t: Tensor, fed) -> bool:
