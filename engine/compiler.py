@@ -223,17 +223,14 @@ class CompiledPlan:
         self.feed_tensors = list(feed_tensors)
         self.source, consts, self.variables, aliased = generate(fetch_tensors, self.feed_tensors)
         self.function, self.path = load_plan_function(self.source)
-        self._consts = tuple(consts)
-        self._aliased = tuple(aliased)
-        self._call = self._make_call()
+        self._call = self._make_call(tuple(consts), tuple(aliased))
 
     def __call__(self, *feed_values):
         return self._call(*feed_values)
 
-    def _make_call(self):
+    def _make_call(self, consts: tuple, aliased: tuple):
         """The per-call path with nothing left to decide: a few µs of Python at most."""
-        function, consts, variables, aliased, session, state = (
-            self.function, self._consts, tuple(self.variables), self._aliased, self.session, self.session.state)
+        function, variables, session, state = self.function, tuple(self.variables), self.session, self.session.state
         checked = (ValueError, IndexError, ZeroDivisionError)
 
         def call(*feed_values):

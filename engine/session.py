@@ -148,8 +148,7 @@ class Plan:
     def step_error(self, i: int, vals, e: Exception) -> InvalidArgumentError:
         """The error a run raises when step ``i``'s kernel fails with ``e``: it names the op and its inputs."""
         node = self.nodes[i]
-        names = self.labels
-        described = ", ".join(f"{names[j]} {vals[j].dtype}{tuple(vals[j].shape)}"
+        described = ", ".join(f"{self.labels[j]} {vals[j].dtype}{tuple(vals[j].shape)}"
                               for j in node.inputs if vals[j] is not None) or "none"
         return InvalidArgumentError(f"{node.label} failed: {e} (inputs: {described})", node.op.name)
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from functools import reduce
+
 import numpy as np
 
 from engine import dtypes, shapes
@@ -34,13 +36,6 @@ def same_dtype(inputs, kinds=None):
                                   or ("bool" in kinds and d.is_bool)):
         raise TypeError(f"dtype {d.name} is not supported (needs {'/'.join(kinds)})")
     return d
-
-
-def broadcast_all(inputs):
-    shape = inputs[0].shape
-    for t in inputs[1:]:
-        shape = shapes.broadcast(shape, t.shape)
-    return shape
 
 
 def declared(inputs, attrs):
@@ -146,14 +141,13 @@ def elementwise(name, scalar, reference, kinds, *, grad=None, out_dtype=None, no
         raise TypeError(f"op {name!r}: register a NumPy reference (a function of arrays, e.g. np.sin), "
                         f"not {reference!r}: the registry test and the reference backend run it")
     arity = EW.check_scalar(scalar, name)
-    out_np = None if out_dtype is None else out_dtype.np
 
     def default_infer(inputs, attrs):
         d = same_dtype(inputs, kinds)
-        return [(out_dtype or d, broadcast_all(inputs))]
+        return [(out_dtype or d, reduce(shapes.broadcast, [t.shape for t in inputs]))]
 
     def kernel(op, ctx):
-        return EW.op_kernel(scalar, arity, out_np or op.outputs[0].dtype.np)
+        return EW.op_kernel(scalar, arity, op.outputs[0].dtype.np)  # the rule's dtype: out_dtype when given
 
     def reference_kernel(op, ctx):
         npd = op.outputs[0].dtype.np

@@ -255,9 +255,8 @@ def _reduce_infer(inputs, attrs):
 def _reduce_kernel(kind):
     def make(op, ctx):
         axis, keepdims = op.attrs["axis"], op.attrs["keepdims"]
-        static = op.inputs[0].shape
-        if static is not None:
-            axes = shapes.normalize_axes(axis, len(static))
+        if op.inputs[0].ndim is not None:
+            axes = shapes.normalize_axes(axis, op.inputs[0].ndim)
             return lambda x: R.reduce(x, axes, keepdims, kind)
         return lambda x: R.reduce(x, shapes.normalize_axes(axis, x.ndim), keepdims, kind)
 

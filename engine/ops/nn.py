@@ -52,10 +52,6 @@ def _sigmoid_reference(x):
     return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
 
 
-def _softplus_reference(x):
-    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
-
-
 # --- registrations --------------------------------------------------------------------------------------
 
 _elementwise("Relu", _relu, lambda x: np.where((x > 0) | np.isnan(x), x, 0), FLOAT,
@@ -72,7 +68,7 @@ _elementwise("Tanh", np.tanh, np.tanh, FLOAT, grad=lambda op, g: [create("TanhGr
 _elementwise("TanhGrad", _tanh_grad, lambda g, y: g * (1 - y * y), FLOAT,
              grad=lambda op, d: [unbroadcast(create("TanhGrad", [d, op.inputs[1]]), op.inputs[0]), unbroadcast(
                  M.multiply(M.multiply(d, op.inputs[0]), M.multiply(op.inputs[1], -2.0)), op.inputs[1])])
-_elementwise("Softplus", _softplus, _softplus_reference, FLOAT,
+_elementwise("Softplus", _softplus, lambda x: np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x))), FLOAT,
              grad=lambda op, g: [M.multiply(g, sigmoid(op.inputs[0]))])
 _elementwise("LeakyRelu", _leaky_relu, lambda x, alpha: np.where(x > 0, x, alpha * x), FLOAT,
              grad=lambda op, g: [unbroadcast(where(M.greater(op.inputs[0], 0), g, M.multiply(g, op.inputs[1])),
