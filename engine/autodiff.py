@@ -32,8 +32,7 @@ def _aggregate(grads):
             indices = [A.cast(i, dtypes.int64) for i in indices]
         return IndexedSlices(A.concat([g.values for g in grads], 0), A.concat(indices, 0),
                              grads[0].dense_shape, grads[0].static_shape)
-    dense = [A.densify(g) if isinstance(g, IndexedSlices) else g for g in grads]
-    return M.add_n(dense)
+    return M.add_n([A.densify(g) if isinstance(g, IndexedSlices) else g for g in grads])
 
 
 def _check_static(op, k, x, g):

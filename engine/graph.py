@@ -94,9 +94,6 @@ class Tensor(_OperatorsMixin):
     def ndim(self):
         return None if self.shape is None else len(self.shape)
 
-    def eval(self, feed_dict=None, session=None):
-        return (session or get_default_session()).run(self, feed_dict)
-
     def __repr__(self) -> str:
         return f"<en.Tensor '{self.name}' shape={self.shape} dtype={self.dtype.name}>"
 
@@ -115,9 +112,6 @@ class Operation:
         self.id = len(graph._ops)
         self.outputs = tuple(Tensor(self, i, d, s) for i, (d, s) in enumerate(output_specs))
 
-    def run(self, feed_dict=None, session=None):
-        (session or get_default_session()).run(self, feed_dict)
-
     def __repr__(self) -> str:
         return f"<en.Operation '{self.name}' type={self.type}>"
 
@@ -132,7 +126,6 @@ class Graph:
         self._scope = ""
         self._control_stack: list[list[Operation]] = []
         self._collections: dict[str, list] = {}
-        self.version = 0
         self.seed: int | None = None
 
     # --- default-graph handling -------------------------------------------------
@@ -212,7 +205,7 @@ class Graph:
                 raise ValueError(f"an op named {name!r} already exists")
             op_name = name
         else:
-            op_name = self.unique_name(name or op_def.default_name)
+            op_name = self.unique_name(name or op_type)
         try:
             specs = op_def.infer(inputs, attrs)
         except (ValueError, TypeError) as e:
@@ -224,7 +217,6 @@ class Graph:
         op = Operation(self, op_type, op_name, inputs, controls.values(), attrs, op_def, specs)
         self._ops.append(op)
         self._by_name[op_name] = op
-        self.version += 1
         return op
 
     # --- lookup -------------------------------------------------------------------------

@@ -65,7 +65,6 @@ class OpDef:
     scalar: Optional[Callable] = None  # elementwise ops: the ONE scalar function every kernel is built from
     variable_read: Optional[Callable] = None  # (op) -> the variable whose stored value it outputs: export freezes it
     must_feed: bool = False  # its value comes from a feed only (Placeholder): an export that needs it unfed refuses
-    default_name: str = ""
 
     @property
     def differentiable(self) -> bool:
@@ -79,8 +78,7 @@ class OpDef:
 
     def reference_kernel(self, op, ctx):
         """The reference backend's callable for ``op`` (the kernel itself for NumPy kernels)."""
-        factory = self.kernel if self.reference is NUMPY_KERNEL else self.reference
-        return factory(op, ctx)
+        return (self.kernel if self.reference is NUMPY_KERNEL else self.reference)(op, ctx)
 
     def data_inputs(self, n_inputs: int) -> list:
         """Positions of the inputs whose *values* the kernel reads (not just their shapes)."""
@@ -117,7 +115,7 @@ def register(name: str, **fields) -> OpDef:
         raise ValueError(f"op {name!r}: has a grad and says it is not differentiable ({reason!r})")
     if fields.get("output_aliases", "") not in ("", "input", "storage"):
         raise ValueError(f"op {name!r}: output_aliases must be '', 'input' or 'storage'")
-    op_def = _REGISTRY[name] = OpDef(name=name, **{**fields, "default_name": fields.get("default_name") or name})
+    op_def = _REGISTRY[name] = OpDef(name=name, **fields)
     return op_def
 
 

@@ -376,11 +376,8 @@ class Session:
         for op in sorted(ops_needed(targets, fed), key=lambda o: o.id):  # creation order is a topological order
             ins = tuple(slots[t] for t in op.inputs)
             out = -1
-            if op.outputs and op.outputs[0] not in fed:
-                out = len(slots)
-                slots[op.outputs[0]] = out
-            elif op.outputs:
-                continue  # its only output is fed: the op does not run
+            if op.outputs:  # not fed: ops_needed leaves out an op whose outputs all are
+                out = slots[op.outputs[0]] = len(slots)
             controls = [node_of[c].id for c in op.control_inputs if c in node_of]
             node = node_from_op(op, ins, out, controls, self.config.buffers, self.config.backend == "reference")
             node_of[op] = node

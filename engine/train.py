@@ -57,8 +57,7 @@ class Optimizer:
         var_list = list(var_list) if var_list is not None else trainable_variables(loss.graph)
         if not var_list:
             raise ValueError("no variables to optimize")
-        grads = gradients(loss, [v._as_tensor() for v in var_list])
-        return list(zip(grads, var_list))
+        return list(zip(gradients(loss, [v._as_tensor() for v in var_list]), var_list))
 
     def apply_gradients(self, grads_and_vars, global_step=None, name=None):
         """One op applying every (gradient, variable) update, then incrementing ``global_step``."""

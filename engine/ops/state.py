@@ -134,7 +134,6 @@ class Variable(_OperatorsMixin):
         self.op = graph.create_op("VariableV2", (), {"dtype": init.dtype, "shape": self._shape},
                                   name=var_name, exact_name=True)
         self._value = self.op.outputs[0]
-        self._initial_value = init
         self.trainable = bool(trainable)
         with graph.name_scope(var_name + "/"):
             self.initializer = self._state_op("Assign", "Assign", init).op
@@ -163,10 +162,6 @@ class Variable(_OperatorsMixin):
     def graph(self):
         return self.op.graph
 
-    @property
-    def initial_value(self):
-        return self._initial_value
-
     def value(self):
         return self._value
 
@@ -190,9 +185,6 @@ class Variable(_OperatorsMixin):
     def load(self, value, session):
         """Set the value directly in ``session`` (no graph op), checked against shape and dtype."""
         session._load_variable(self, value)
-
-    def eval(self, session=None):
-        return self._value.eval(session=session)
 
     def __repr__(self) -> str:
         return f"<en.Variable '{self.name}' shape={self._shape} dtype={self._dtype.name}>"
