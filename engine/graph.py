@@ -393,7 +393,7 @@ def python_value_to_array(value, dtype: _dt.DType | None, what: str = "value") -
     """Python/NumPy value as an array of ``dtype``. An array is only widened within its kind (float32 to
     float64, int32 to int64: exact); narrowing or a change of kind (bool or int to a number of another kind)
     is an error naming both dtypes. Python numbers take ``dtype`` when they are exactly representable."""
-    if isinstance(value, np.ndarray) or isinstance(value, np.generic):
+    if isinstance(value, (np.ndarray, np.generic)):
         arr = np.asarray(value)
         if dtype is None:
             return arr.astype(_dt.as_dtype(arr.dtype).np, copy=False)
@@ -414,9 +414,8 @@ def python_value_to_array(value, dtype: _dt.DType | None, what: str = "value") -
         dtype = {"f": _dt.float32, "b": _dt.bool_}.get(arr.dtype.kind, _dt.int32)
     if dtype.is_bool and arr.dtype.kind != "b":
         raise TypeError(f"{what}: {value!r} is not boolean")
-    if dtype.is_integer and arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            raise TypeError(f"{what}: {value!r} is not integral, cannot be {dtype.name}")
+    if dtype.is_integer and arr.dtype.kind == "f" and not (np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))):
+        raise TypeError(f"{what}: {value!r} is not integral, cannot be {dtype.name}")
     if arr.dtype.kind == "b" and not dtype.is_bool:
         raise TypeError(f"{what}: boolean {value!r} cannot be {dtype.name}")
     with np.errstate(over="ignore", invalid="ignore"):

@@ -278,10 +278,7 @@ def _concat_infer(inputs, attrs):
     if not ranks:
         return [(d, None)]
     rank = ranks.pop()
-    axis = attrs["axis"]
-    if not -rank <= axis < rank:
-        raise ValueError(f"axis {axis} out of range for rank {rank}")
-    axis %= rank
+    (axis,) = shapes.normalize_axes(attrs["axis"], rank)
     out = []
     for i in range(rank):
         dims = [t.shape[i] for t in inputs if t.shape is not None]

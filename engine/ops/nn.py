@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine import dtypes
+from engine import dtypes, shapes
 from engine.graph import convert_to_tensor, is_tensor_like
 from engine.kernels import nn as KN
 from engine.ops import math as M
@@ -78,10 +78,9 @@ _elementwise("LeakyRelu", _leaky_relu, lambda x, alpha: np.where(x > 0, x, alpha
 
 def _softmax_infer(inputs, attrs):
     d = same_dtype(inputs, FLOAT)
-    s = inputs[0].shape
-    if s is not None and not -len(s) <= attrs["axis"] < len(s):
-        raise ValueError(f"axis {attrs['axis']} out of range for rank {len(s)}")
-    return [(d, s)]
+    if inputs[0].shape is not None:
+        shapes.normalize_axes(attrs["axis"], len(inputs[0].shape))  # (ValueError when out of range)
+    return [(d, inputs[0].shape)]
 
 
 def _softmax_grad(op, g):
