@@ -414,16 +414,13 @@ def _gather_examples(rng):
         Example((np.zeros((0, 3), t), np.array([], I64))) for t in (F32, F64)]
 
 
-def _gather_reference(op, ctx):
-    def gather(params, indices):
-        KA.check_rows(indices, params.shape[0])
-        return np.take(params, indices, axis=0)
-
-    return gather
+def _gather_reference(params, indices):
+    KA.check_rows(indices, params.shape[0])
+    return np.take(params, indices, axis=0)
 
 
 register("GatherV2", infer=_gather_infer, kernel=simple_kernel(KA.gather),
-         reference=_gather_reference, examples=_gather_examples,
+         reference=simple_kernel(_gather_reference), examples=_gather_examples,
          grad=_gather_grad, out_kernel=simple_kernel(lambda out, params, indices: KA.gather(params, indices, out)),
          emit=_gather_emit)
 
@@ -510,18 +507,16 @@ def cast(x, dtype, name=None):
 # --- gradient helpers ---------------------------------------------------------------------------------
 
 
-def _sum_to_shape_reference(op, ctx):
-    def reduce(g, like):
-        lead = g.ndim - like.ndim
-        stretched = tuple(lead + i for i, d in enumerate(like.shape) if d == 1 and g.shape[lead + i] != 1)
-        axes = tuple(range(lead)) + stretched
-        return np.sum(g, axis=axes).reshape(like.shape)
-
-    return reduce
+def _sum_to_shape_reference(g, like):
+    lead = g.ndim - like.ndim
+    stretched = tuple(lead + i for i, d in enumerate(like.shape) if d == 1 and g.shape[lead + i] != 1)
+    axes = tuple(range(lead)) + stretched
+    return np.sum(g, axis=axes).reshape(like.shape)
 
 
 register("SumToShape", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1].shape)],
-         kernel=simple_kernel(lambda g, like: R.sum_to_shape(g, like.shape)), reference=_sum_to_shape_reference,
+         kernel=simple_kernel(lambda g, like: R.sum_to_shape(g, like.shape)),
+         reference=simple_kernel(_sum_to_shape_reference),
          examples=_float_examples((((3, 4), (4,)), {}), (((3, 4), (3, 1)), {}), (((2, 3, 4), (1, 4)), {}),
                                   (((3, 4), (3, 4)), {})),
          grad=lambda op, g: [create("Add", [zeros_like(op.inputs[0]), g]), None], shape_only_inputs=(1,),
@@ -582,13 +577,10 @@ def broadcast_reduced(g, x, axis, keepdims, mean):
     return create("BroadcastReduced", [g, x], {"axis": axis, "keepdims": keepdims, "mean": mean})
 
 
-def _scatter_reference(op, ctx):
-    def scatter(values, indices, dense_shape):
-        out = np.zeros(tuple(int(d) for d in dense_shape), values.dtype)
-        np.add.at(out, KA.check_rows(indices, out.shape[0]), values.reshape((indices.size,) + out.shape[1:]))
-        return out
-
-    return scatter
+def _scatter_reference(values, indices, dense_shape):
+    out = np.zeros(tuple(int(d) for d in dense_shape), values.dtype)
+    np.add.at(out, KA.check_rows(indices, out.shape[0]), values.reshape((indices.size,) + out.shape[1:]))
+    return out
 
 
 def _scatter_examples(rng):
@@ -597,7 +589,8 @@ def _scatter_examples(rng):
 
 
 register("ScatterAddDense", infer=lambda inputs, attrs: [(inputs[0].dtype, attrs["shape"])],
-         kernel=simple_kernel(KA.scatter_add_dense), reference=_scatter_reference, examples=_scatter_examples,
+         kernel=simple_kernel(KA.scatter_add_dense), reference=simple_kernel(_scatter_reference),
+         examples=_scatter_examples,
          grad=lambda op, g: [reshape_like(create("GatherV2", [g, op.inputs[1]]), op.inputs[0]), None, None])
 
 

@@ -17,7 +17,7 @@ from engine.kernels import reduce as R
 from engine.ops._util import (BOOL, FLOAT, NUMERIC, constructor, create, elementwise, same_dtype, sample,
                               tensors_for_binary, unbroadcast)
 from engine.ops.array import broadcast_reduced, cast, ones_like, select_grads, where, zeros_like
-from engine.registry import NUMPY_KERNEL, Example, register
+from engine.registry import NUMPY_KERNEL, Example, register, simple_kernel
 
 # --- scalar functions: the one definition of each elementwise formula that is no operator or ufunc --------
 
@@ -115,16 +115,13 @@ def _add_n_infer(inputs, attrs):
     return [(d, shape)]
 
 
-def _add_n_kernel(op, ctx):
-    def add_all(*xs):
-        if any(x.shape != xs[0].shape for x in xs):
-            raise ValueError(f"add_n needs inputs of equal shapes: {[x.shape for x in xs]}")
-        out = np.array(xs[0], copy=True, order="C")
-        for x in xs[1:]:
-            np.add(out, x, out=out)
-        return out
-
-    return add_all
+def _add_all(*xs):
+    if any(x.shape != xs[0].shape for x in xs):
+        raise ValueError(f"add_n needs inputs of equal shapes: {[x.shape for x in xs]}")
+    out = np.array(xs[0], copy=True, order="C")
+    for x in xs[1:]:
+        np.add(out, x, out=out)
+    return out
 
 
 def _add_n_examples(rng):
@@ -132,16 +129,14 @@ def _add_n_examples(rng):
         Example((sample(rng, (3, 2), np.float64), sample(rng, (1, 2), np.float64)))]  # refused: no broadcasting
 
 
-def _add_n_reference(op, ctx):
-    def add_all(*xs):
-        if len({x.shape for x in xs}) > 1:
-            raise ValueError(f"add_n needs inputs of equal shapes: {[x.shape for x in xs]}")
-        return np.sum(np.stack(xs), axis=0, dtype=xs[0].dtype)
-
-    return add_all
+def _add_all_reference(*xs):
+    if len({x.shape for x in xs}) > 1:
+        raise ValueError(f"add_n needs inputs of equal shapes: {[x.shape for x in xs]}")
+    return np.sum(np.stack(xs), axis=0, dtype=xs[0].dtype)
 
 
-register("AddN", infer=_add_n_infer, kernel=_add_n_kernel, reference=_add_n_reference, examples=_add_n_examples,
+register("AddN", infer=_add_n_infer, kernel=simple_kernel(_add_all), reference=simple_kernel(_add_all_reference),
+         examples=_add_n_examples,
          grad=lambda op, g: [g] * len(op.inputs))
 
 
