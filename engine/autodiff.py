@@ -85,11 +85,8 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
         aggregated: dict[Tensor, object] = {}
         wanted = set(xs)
         for op in sorted(between, key=lambda o: o.id, reverse=True):
-            out_grads = []
-            for t in op.outputs:
-                g = _aggregate(pending.pop(t, []))
-                aggregated[t] = g
-                out_grads.append(g)
+            out_grads = [_aggregate(pending.pop(t, [])) for t in op.outputs]
+            aggregated.update(zip(op.outputs, out_grads))
             if all(g is None for g in out_grads):
                 continue
             op_def = op.op_def

@@ -364,7 +364,6 @@ def export_inference_graph(sess, export_dir: str, inputs, outputs) -> dict:
                         "control_inputs": [c.name for c in op.control_inputs],
                         "attrs": {k: _encode_attr(v, weights, op.name) for k, v in attrs.items()}})
     data = npz_bytes(weights)
-    os.makedirs(export_dir, exist_ok=True)
     weights_path = os.path.join(export_dir, "weights.npz")
     graph_path = os.path.join(export_dir, "graph.json")
     atomic_write_bytes(weights_path, data)

@@ -92,10 +92,8 @@ def _layout(shape: tuple, axes: tuple, keepdims: bool):
     if found is None:
         rank = len(shape)
         kept = [d for d in range(rank) if d not in axes]
-        if keepdims:
-            out_shape = tuple(1 if d in axes else shape[d] for d in range(rank))
-        else:
-            out_shape = tuple(shape[d] for d in kept)
+        out_shape = (tuple(1 if d in axes else shape[d] for d in range(rank)) if keepdims
+                     else tuple(shape[d] for d in kept))
         m = math.prod(shape[d] for d in kept)
         r = math.prod(shape[d] for d in axes)
         if tuple(axes) == tuple(range(rank - len(axes), rank)):
