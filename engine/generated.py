@@ -1,6 +1,6 @@
 """Generated Python/Numba source, kept as modules in the on-disk cache so a fresh process compiles nothing.
 
-Fused elementwise kernels (``passes/codegen.py``) and compiled inference plans
+Elementwise kernels (``kernels/elementwise.py``) and compiled inference plans
 (``compiler.py``) both write their source once under ``config.CACHE_DIR``,
 named by a digest of the source, and import it from there: Numba's
 ``cache=True`` keys its machine code to that file. Writes are atomic, so
