@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import reduce
 
 import numpy as np
@@ -130,13 +131,16 @@ def elementwise_examples(arity, kinds, domain=(-3.0, 3.0), operand_dtypes=None):
 
 
 def elementwise(name, scalar, reference, kinds, *, grad=None, out_dtype=None, not_differentiable="", infer=None,
-                domain=(-3.0, 3.0), operand_dtypes=None, examples=None, **fields):
+                domain=(-3.0, 3.0), operand_dtypes=None, examples=None, python_name=None, doc="", **fields):
     """Register an elementwise op from its scalar function (the kernel, fused kernels and compiled
     plans are all generated from it) and its NumPy reference (``reference(*arrays)``, e.g. ``np.sin``);
     dtypes of ``kinds``, NumPy broadcasting. ``operand_dtypes``: (dtype of ``kinds``) -> each operand's dtype,
     for the generated examples of an op whose operands differ (Select's bool condition); ``examples``: cases
     run besides the generated ones (every dtype, broadcasting, empty, NaN, special values), never instead;
-    ``not_differentiable``: why no gradient flows; ``fields``: any other of ``register``'s."""
+    ``not_differentiable``: why no gradient flows; ``fields``: any other of ``register``'s.
+
+    Returns the op's constructor (:func:`constructor`; ``python_name`` defaults to the op's name in snake case),
+    so one statement defines the op and the function users call: ``sin = elementwise("Sin", np.sin, ...)``."""
     if not callable(reference):
         raise TypeError(f"op {name!r}: register a NumPy reference (a function of arrays, e.g. np.sin), "
                         f"not {reference!r}: the registry test and the reference backend run it")
@@ -160,8 +164,9 @@ def elementwise(name, scalar, reference, kinds, *, grad=None, out_dtype=None, no
 
     generated = elementwise_examples(arity, kinds, domain, operand_dtypes)
     every = generated if examples is None else (lambda rng: generated(rng) + list(examples(rng)))
-    return register(name, infer=infer or default_infer, kernel=kernel, reference=reference_kernel, examples=every,
-                    grad=grad, not_differentiable=not_differentiable, scalar=scalar, **fields)
+    register(name, infer=infer or default_infer, kernel=kernel, reference=reference_kernel, examples=every, grad=grad,
+             not_differentiable=not_differentiable, scalar=scalar, **fields)
+    return constructor(name, python_name or re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower(), doc)
 
 
 BOOL = dtypes.bool_

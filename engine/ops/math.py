@@ -1,7 +1,8 @@
 """Math ops: elementwise arithmetic with NumPy broadcasting, comparisons, reductions, matmul.
 
-Each elementwise op is one ``elementwise(...)`` line: its scalar function (the formula every
-kernel is generated from), its NumPy reference, the dtype kinds it accepts and its gradient.
+Each elementwise op is one ``elementwise(...)`` statement: its scalar function (the formula every
+kernel is generated from), its NumPy reference, the dtype kinds it accepts and its gradient; it
+returns the function users call (``sin = elementwise("Sin", ...)``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from engine import graph, shapes
 from engine.graph import convert_to_tensor
 from engine.kernels import array as KA
 from engine.kernels import reduce as R
-from engine.ops._util import (BOOL, FLOAT, NUMERIC, constructor, create, elementwise, same_dtype, sample,
+from engine.ops._util import (BOOL, FLOAT, NUMERIC, create, elementwise, same_dtype, sample,
                               tensors_for_binary, unbroadcast)
 from engine.ops.array import broadcast_reduced, cast, ones_like, select_grads, where, zeros_like
 from engine.registry import NUMPY_KERNEL, Example, register, simple_kernel
@@ -67,38 +68,45 @@ def _pow_grad(op, g):
 # --- elementwise registrations ---------------------------------------------------------------------
 
 POSITIVE = (0.1, 3.0)
-elementwise("Add", operator.add, np.add, NUMERIC, grad=lambda op, g: [unbroadcast(g, x) for x in op.inputs])
-elementwise("Sub", operator.sub, np.subtract, NUMERIC,
-            grad=lambda op, g: [unbroadcast(g, op.inputs[0]), unbroadcast(negative(g), op.inputs[1])])
-elementwise("Mul", operator.mul, np.multiply, NUMERIC,
-            grad=lambda op, g: [unbroadcast(multiply(g, y), x) for x, y in (op.inputs, op.inputs[::-1])])
-elementwise("RealDiv", operator.truediv, np.divide, FLOAT, grad=_div_grad)
+add = elementwise("Add", operator.add, np.add, NUMERIC,
+                  grad=lambda op, g: [unbroadcast(g, x) for x in op.inputs])
+subtract = elementwise("Sub", operator.sub, np.subtract, NUMERIC, python_name="subtract",
+                       grad=lambda op, g: [unbroadcast(g, op.inputs[0]), unbroadcast(negative(g), op.inputs[1])])
+multiply = elementwise("Mul", operator.mul, np.multiply, NUMERIC, python_name="multiply",
+                       grad=lambda op, g: [unbroadcast(multiply(g, y), x) for x, y in (op.inputs, op.inputs[::-1])])
+divide = elementwise("RealDiv", operator.truediv, np.divide, FLOAT, grad=_div_grad, python_name="divide",
+                     doc="True division; float tensors only (cast integers explicitly).")
 # floats only: an integer to a negative power has no integer value (NumPy raises; a kernel would give 0)
-elementwise("Pow", operator.pow, np.power, FLOAT, grad=_pow_grad, domain=(0.5, 2.0))
-elementwise("Maximum", _maximum, np.maximum, NUMERIC,
-            grad=lambda op, g: select_grads(g, greater_equal(*op.inputs), *op.inputs))
-elementwise("Minimum", _minimum, np.minimum, NUMERIC,
-            grad=lambda op, g: select_grads(g, less_equal(*op.inputs), *op.inputs))
-_COMPARISON = "a comparison: bool output"
-elementwise("Greater", operator.gt, np.greater, NUMERIC, out_dtype=BOOL, not_differentiable=_COMPARISON)
-elementwise("GreaterEqual", operator.ge, np.greater_equal, NUMERIC, out_dtype=BOOL, not_differentiable=_COMPARISON)
-elementwise("Less", operator.lt, np.less, NUMERIC, out_dtype=BOOL, not_differentiable=_COMPARISON)
-elementwise("LessEqual", operator.le, np.less_equal, NUMERIC, out_dtype=BOOL, not_differentiable=_COMPARISON)
-elementwise("Equal", operator.eq, np.equal, NUMERIC + ("bool",), out_dtype=BOOL, not_differentiable=_COMPARISON)
-elementwise("NotEqual", operator.ne, np.not_equal, NUMERIC + ("bool",), out_dtype=BOOL, not_differentiable=_COMPARISON)
-elementwise("Neg", operator.neg, np.negative, NUMERIC, grad=lambda op, g: [negative(g)])
-elementwise("Exp", np.exp, np.exp, FLOAT, grad=lambda op, g: [multiply(g, op.outputs[0])])
-elementwise("Log", np.log, np.log, FLOAT, grad=lambda op, g: [divide(g, op.inputs[0])], domain=POSITIVE)
-elementwise("Log1p", np.log1p, np.log1p, FLOAT, grad=lambda op, g: [divide(g, add(op.inputs[0], 1))],
-            domain=POSITIVE)
-elementwise("Expm1", np.expm1, np.expm1, FLOAT, grad=lambda op, g: [multiply(g, add(op.outputs[0], 1))])
-elementwise("Sqrt", np.sqrt, np.sqrt, FLOAT, grad=lambda op, g: [divide(g, multiply(op.outputs[0], 2))],
-            domain=POSITIVE)
-elementwise("Square", _square, np.square, NUMERIC, grad=lambda op, g: [multiply(g, multiply(op.inputs[0], 2))])
-elementwise("Abs", _abs, np.abs, NUMERIC, grad=lambda op, g: [multiply(g, sign(op.inputs[0]))])
-elementwise("Sign", _sign, np.sign, NUMERIC, not_differentiable="piecewise constant: its gradient is 0 where defined")
-elementwise("Sin", np.sin, np.sin, FLOAT, grad=lambda op, g: [multiply(g, cos(op.inputs[0]))])
-elementwise("Cos", np.cos, np.cos, FLOAT, grad=lambda op, g: [negative(multiply(g, sin(op.inputs[0])))])
+pow = elementwise("Pow", operator.pow, np.power, FLOAT,  # noqa: A001  (TensorFlow's name)
+                  grad=_pow_grad, domain=(0.5, 2.0))
+maximum = elementwise("Maximum", _maximum, np.maximum, NUMERIC,
+                      grad=lambda op, g: select_grads(g, greater_equal(*op.inputs), *op.inputs))
+minimum = elementwise("Minimum", _minimum, np.minimum, NUMERIC,
+                      grad=lambda op, g: select_grads(g, less_equal(*op.inputs), *op.inputs))
+_COMPARISON = dict(out_dtype=BOOL, not_differentiable="a comparison: bool output")
+greater = elementwise("Greater", operator.gt, np.greater, NUMERIC, **_COMPARISON)
+greater_equal = elementwise("GreaterEqual", operator.ge, np.greater_equal, NUMERIC, **_COMPARISON)
+less = elementwise("Less", operator.lt, np.less, NUMERIC, **_COMPARISON)
+less_equal = elementwise("LessEqual", operator.le, np.less_equal, NUMERIC, **_COMPARISON)
+equal = elementwise("Equal", operator.eq, np.equal, NUMERIC + ("bool",), **_COMPARISON)
+not_equal = elementwise("NotEqual", operator.ne, np.not_equal, NUMERIC + ("bool",), **_COMPARISON)
+negative = elementwise("Neg", operator.neg, np.negative, NUMERIC, grad=lambda op, g: [negative(g)],
+                       python_name="negative")
+exp = elementwise("Exp", np.exp, np.exp, FLOAT, grad=lambda op, g: [multiply(g, op.outputs[0])])
+log = elementwise("Log", np.log, np.log, FLOAT, grad=lambda op, g: [divide(g, op.inputs[0])], domain=POSITIVE)
+log1p = elementwise("Log1p", np.log1p, np.log1p, FLOAT, grad=lambda op, g: [divide(g, add(op.inputs[0], 1))],
+                    domain=POSITIVE)
+expm1 = elementwise("Expm1", np.expm1, np.expm1, FLOAT, grad=lambda op, g: [multiply(g, add(op.outputs[0], 1))])
+sqrt = elementwise("Sqrt", np.sqrt, np.sqrt, FLOAT, grad=lambda op, g: [divide(g, multiply(op.outputs[0], 2))],
+                   domain=POSITIVE)
+square = elementwise("Square", _square, np.square, NUMERIC,
+                     grad=lambda op, g: [multiply(g, multiply(op.inputs[0], 2))])
+abs = elementwise("Abs", _abs, np.abs, NUMERIC,  # noqa: A001  (TensorFlow's name)
+                  grad=lambda op, g: [multiply(g, sign(op.inputs[0]))])
+sign = elementwise("Sign", _sign, np.sign, NUMERIC,
+                   not_differentiable="piecewise constant: its gradient is 0 where defined")
+sin = elementwise("Sin", np.sin, np.sin, FLOAT, grad=lambda op, g: [multiply(g, cos(op.inputs[0]))])
+cos = elementwise("Cos", np.cos, np.cos, FLOAT, grad=lambda op, g: [negative(multiply(g, sin(op.inputs[0])))])
 
 # --- AddN, MatMul, reductions -------------------------------------------------------------------------
 
@@ -296,32 +304,6 @@ register("Max", infer=_reduce_infer, kernel=_reduce_kernel("max"), reference=_re
          grad=_max_reduce_grad)
 
 # --- constructors ----------------------------------------------------------------------------------
-
-
-add = constructor("Add", "add")
-subtract = constructor("Sub", "subtract")
-multiply = constructor("Mul", "multiply")
-divide = constructor("RealDiv", "divide", "True division; float tensors only (cast integers explicitly).")
-pow = constructor("Pow", "pow")  # noqa: A001  (TensorFlow's name)
-maximum = constructor("Maximum", "maximum")
-minimum = constructor("Minimum", "minimum")
-greater = constructor("Greater", "greater")
-greater_equal = constructor("GreaterEqual", "greater_equal")
-less = constructor("Less", "less")
-less_equal = constructor("LessEqual", "less_equal")
-equal = constructor("Equal", "equal")
-not_equal = constructor("NotEqual", "not_equal")
-negative = constructor("Neg", "negative")
-exp = constructor("Exp", "exp")
-log = constructor("Log", "log")
-log1p = constructor("Log1p", "log1p")
-expm1 = constructor("Expm1", "expm1")
-sqrt = constructor("Sqrt", "sqrt")
-square = constructor("Square", "square")
-abs = constructor("Abs", "abs")  # noqa: A001  (TensorFlow's name)
-sign = constructor("Sign", "sign")
-sin = constructor("Sin", "sin")
-cos = constructor("Cos", "cos")
 
 
 def add_n(inputs, name=None):

@@ -8,7 +8,7 @@ from engine import dtypes, shapes
 from engine.graph import convert_to_tensor, is_tensor_like
 from engine.kernels import nn as KN
 from engine.ops import math as M
-from engine.ops._util import FLOAT, constructor, create, same_dtype, sample, unbroadcast
+from engine.ops._util import FLOAT, create, same_dtype, sample, unbroadcast
 from engine.ops._util import elementwise as _elementwise
 from engine.ops.array import cast, where
 from engine.ops.random import random_uniform_like
@@ -54,22 +54,23 @@ def _sigmoid_reference(x):
 
 # --- registrations --------------------------------------------------------------------------------------
 
-_elementwise("Relu", _relu, lambda x: np.where((x > 0) | np.isnan(x), x, 0), FLOAT,
-             grad=lambda op, g: [create("ReluGrad", [g, op.outputs[0]])])
+relu = _elementwise("Relu", _relu, lambda x: np.where((x > 0) | np.isnan(x), x, 0), FLOAT,
+                    grad=lambda op, g: [create("ReluGrad", [g, op.outputs[0]])])
 _elementwise("ReluGrad", _relu_grad, lambda g, y: np.where(y > 0, g, 0), FLOAT,
              grad=lambda op, g: [unbroadcast(create("ReluGrad", [g, op.inputs[1]]), op.inputs[0]), None])
-_elementwise("Sigmoid", _sigmoid, _sigmoid_reference, FLOAT,
-             grad=lambda op, g: [create("SigmoidGrad", [g, op.outputs[0]])])
+sigmoid = _elementwise("Sigmoid", _sigmoid, _sigmoid_reference, FLOAT,
+                       grad=lambda op, g: [create("SigmoidGrad", [g, op.outputs[0]])])
 _elementwise("SigmoidGrad", _sigmoid_grad, lambda g, y: g * y * (1 - y), FLOAT,
              grad=lambda op, d: [unbroadcast(create("SigmoidGrad", [d, op.inputs[1]]), op.inputs[0]),
                                  unbroadcast(M.multiply(M.multiply(d, op.inputs[0]), M.subtract(1.0, M.multiply(
                                      op.inputs[1], 2.0))), op.inputs[1])])
-_elementwise("Tanh", np.tanh, np.tanh, FLOAT, grad=lambda op, g: [create("TanhGrad", [g, op.outputs[0]])])
+tanh = _elementwise("Tanh", np.tanh, np.tanh, FLOAT, grad=lambda op, g: [create("TanhGrad", [g, op.outputs[0]])])
 _elementwise("TanhGrad", _tanh_grad, lambda g, y: g * (1 - y * y), FLOAT,
              grad=lambda op, d: [unbroadcast(create("TanhGrad", [d, op.inputs[1]]), op.inputs[0]), unbroadcast(
                  M.multiply(M.multiply(d, op.inputs[0]), M.multiply(op.inputs[1], -2.0)), op.inputs[1])])
-_elementwise("Softplus", _softplus, lambda x: np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x))), FLOAT,
-             grad=lambda op, g: [M.multiply(g, sigmoid(op.inputs[0]))])
+softplus = _elementwise("Softplus", _softplus, lambda x: np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x))), FLOAT,
+                        grad=lambda op, g: [M.multiply(g, sigmoid(op.inputs[0]))],
+                        doc="log(1 + exp(x)), computed without overflow.")
 _elementwise("LeakyRelu", _leaky_relu, lambda x, alpha: np.where(x > 0, x, alpha * x), FLOAT,
              grad=lambda op, g: [unbroadcast(where(M.greater(op.inputs[0], 0), g, M.multiply(g, op.inputs[1])),
                                              op.inputs[0]),
@@ -106,12 +107,6 @@ register("Softmax", infer=_softmax_infer, kernel=lambda op, ctx: (lambda x: KN.s
                                                    ((3, 0), -1))])
 
 # --- constructors --------------------------------------------------------------------------------------
-
-
-relu = constructor("Relu", "relu")
-sigmoid = constructor("Sigmoid", "sigmoid")
-tanh = constructor("Tanh", "tanh")
-softplus = constructor("Softplus", "softplus", "log(1 + exp(x)), computed without overflow.")
 
 
 def leaky_relu(x, alpha=0.2, name=None):
