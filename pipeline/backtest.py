@@ -54,6 +54,7 @@ class WindowScores:
     weights: np.ndarray  # [N] float64 (1.25 perishable, 1.0 other)
     model: str  # what forecast the window: the candidate bundle, or a model trained on the days before it
     train_examples: int = 0
+    expected: np.ndarray | None = None  # [N] float64 expected units (bias-corrected mean): what sums compare with
 
     @property
     def rows(self) -> int:
@@ -141,7 +142,8 @@ def window_scores(history: SalesHistory, index: int, cut: int, length: int, fpar
     # series chunk by series chunk: Favorita's 3.5 M window rows x 392-day windows would not fit at once
     scored = forecasts_at_origin(history, spec, data.vocab, cut - 1, length, tparams.baseline_weeks,
                                  lambda matrix: predict_weights(config, result.weights, matrix), chunk_rows=65_536,
-                                 progress=progress)
+                                 progress=progress, expect=lambda matrix: predict_weights(
+                                     config, result.weights, matrix, result.expected_factor))
     series = scored["series"]
     return WindowScores(
         index=index, first_day=first_day, last_day=first_day + length - 1,
@@ -149,7 +151,7 @@ def window_scores(history: SalesHistory, index: int, cut: int, length: int, fpar
         day=scored["day"], actual=scored["units"], candidate=scored["candidate"], baseline=scored["baseline"],
         weights=perishable_weights(scored["perishable"]),
         model=f"{tparams.model} trained on the days before the window",
-        train_examples=data.train_examples)
+        train_examples=data.train_examples, expected=scored["expected"])
 
 
 def validation_days(root: Path) -> tuple[int, int]:

@@ -32,8 +32,8 @@ def _window(index: int, first_day: int, rng) -> WindowScores:
     day = np.repeat(np.arange(first_day, first_day + 16), 5)
     actual = rng.poisson(20, day.size).astype(float)
     return WindowScores(index=index, first_day=first_day, last_day=first_day + 15, series=np.tile(np.arange(5), 16),
-                        day=day, actual=actual, candidate=actual * 0.9 + 1, baseline=actual * 0.8 + 2,
-                        weights=np.ones(day.size), model="test")
+                        day=day, actual=actual, candidate=actual * 0.7 + 1, baseline=actual * 0.6 + 2,
+                        weights=np.ones(day.size), model="test", expected=actual * 1.02)
 
 
 @pytest.fixture(scope="module")
@@ -108,5 +108,5 @@ vegaEmbed('#check', {daily}, {{renderer: 'svg', actions: false}}).then(function 
     title = re.search(r"<title>CHECK (.*?)</title>", dumped.stdout)
     assert title, f"the check never ran: {dumped.stderr[-2000:]}"
     lines = json.loads(title.group(1))
-    assert len(lines) == 3, lines  # actual, predicted, baseline
+    assert len(lines) == 4, lines  # actual, expected units, predicted (median-like), baseline
     assert all(line["points"] == 48 and not line["nan"] for line in lines), lines

@@ -90,6 +90,9 @@ def test_evaluate_writes_headline_windows_slices_plots_and_passes(trained_projec
     with open(root / "results/plots/daily.csv") as handle:
         daily = list(csv.DictReader(handle))
     assert len(daily) == 16 and float(daily[0]["actual"]) > 0 and daily[0]["date"] < daily[-1]["date"]
+    # the line to read against actual sales is the expected units: the median-like forecast sums short of them
+    actual, expected, median = (sum(float(d[k]) for d in daily) for k in ("actual", "expected_units", "predicted"))
+    assert abs(expected / actual - 1) <= 0.05 and median < 0.95 * actual, (actual, expected, median)
     with open(root / "results/plots/predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 200 and min(float(r["predicted_log1p"]) for r in rows) >= 0
@@ -123,6 +126,10 @@ def test_backtest_windows_retrain_on_the_days_before_each_window(trained_project
     with open(root / "results/plots/daily.csv") as handle:
         daily = list(csv.DictReader(handle))
     assert len(daily) == 32 and {d["window"] for d in daily} == {"0", "1"}
+    for window in ("0", "1"):  # a backtest window's model has its own expected-units factor
+        rows = [d for d in daily if d["window"] == window]
+        expected, median = (sum(float(d[k]) for d in rows) for k in ("expected_units", "predicted"))
+        assert expected > median > 0
     assert [d["date"] for d in daily] == sorted(d["date"] for d in daily)
     assert not failures
 
