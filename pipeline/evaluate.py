@@ -254,7 +254,7 @@ def _slices(window: WindowScores, frame: pd.DataFrame) -> dict:
 
 
 def _write_plots(root: Path, windows: list[WindowScores], latest_family: np.ndarray, params: EvaluateParams) -> None:
-    # expected units are what a day's total compares with: the median-like forecast the metric scores sums ~30 %
+    # expected units are what a day's total compares with: the median-like forecast the metric scores sums ~25 %
     # short of sales, and a plot of it alone read as a model that under-forecasts every day
     daily = pd.concat([pd.DataFrame({"day": w.day, "window": w.index, "actual": w.actual, "expected_units": w.expected,
                                      "predicted": w.candidate, "baseline": w.baseline}) for w in windows])
