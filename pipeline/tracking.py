@@ -191,9 +191,11 @@ def create_local_store(db: Path) -> None:
     from mlflow import MlflowClient
 
     db.parent.mkdir(parents=True, exist_ok=True)
-    for left in db.parent.glob(f".{db.name}.*.creating"):  # a killed creation's, unless its process still runs
+    # a killed creation's staging file and SQLite's journal beside it (<staging>-journal, -wal, -shm: a kill inside
+    # a migration's transaction leaves one), unless that process still runs
+    for left in db.parent.glob(f".{db.name}.*.creating*"):
         with contextlib.suppress(ValueError, OSError):
-            pid = int(left.name.split(".")[-2])
+            pid = int(left.name[len(db.name) + 2:].split(".")[0])
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 0)
                 continue
