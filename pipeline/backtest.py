@@ -130,7 +130,7 @@ def window_scores(history: SalesHistory, index: int, cut: int, length: int, fpar
     """One window: a model trained as ``pipeline.train`` trains, on the days before column ``cut``, scored on the
     ``length`` days from it beside the baseline (also one training run of ``pipeline.sweep``)."""
     from pipeline import train
-    from pipeline.models import predict_weights
+    from pipeline.models import forecast_weights
 
     spec = fparams.spec
     first_day = history.first_day + cut
@@ -141,9 +141,9 @@ def window_scores(history: SalesHistory, index: int, cut: int, length: int, fpar
         f"{curve['inner_validation_nwrmsle']:.4f}"))
     # series chunk by series chunk: Favorita's 3.5 M window rows x 392-day windows would not fit at once
     scored = forecasts_at_origin(history, spec, data.vocab, cut - 1, length, tparams.baseline_weeks,
-                                 lambda matrix: predict_weights(config, result.weights, matrix), chunk_rows=65_536,
-                                 progress=progress, expect=lambda matrix: predict_weights(
-                                     config, result.weights, matrix, result.expected_factor))
+                                 lambda matrix: forecast_weights(config, result.weights, matrix,
+                                                                 result.expected_factor),
+                                 chunk_rows=65_536, progress=progress)
     series = scored["series"]
     return WindowScores(
         index=index, first_day=first_day, last_day=first_day + length - 1,

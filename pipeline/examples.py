@@ -14,7 +14,7 @@ sample of pairs capped by ``features.max_train_examples``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 from tqdm import tqdm
@@ -28,6 +28,7 @@ from pipeline.features import (
     build_features,
     dense_feature_names,
 )
+from pipeline.bundle import EXPECTED_OUTPUT, PREDICTION_OUTPUT
 from pipeline.history import SalesHistory, promotion_known, rows_for_pairs, target_rows
 from pipeline.metrics import perishable_weights
 
@@ -195,15 +196,15 @@ def _batch(examples: Examples) -> dict[str, np.ndarray]:
 
 
 def forecasts_at_origin(history: SalesHistory, spec: FeatureSpec, vocab: Vocabularies, origin_col: int, days: int,
-                        baseline_weeks: int, predict: Callable[[FeatureMatrix], np.ndarray],
-                        chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: bool = False,
-                        expect: Callable[[FeatureMatrix], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                        baseline_weeks: int, predict: Callable[[FeatureMatrix], np.ndarray | Mapping],
+                        chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: bool = False) -> dict[str, np.ndarray]:
     """Every series' forecasts of the ``days`` observed days after an origin, series chunk by series chunk.
 
     Returns per row: ``series`` (index into the history), ``day`` (target day number),
-    ``units`` (actual), ``perishable``, ``candidate`` (``predict`` of the features),
-    ``baseline`` and, given ``expect``, ``expected`` (its expected units); memory is one chunk's
-    feature inputs plus these columns.
+    ``units`` (actual), ``perishable``, ``candidate`` (``predict`` of the features) and
+    ``baseline``; memory is one chunk's feature inputs plus these columns. A ``predict`` that returns
+    both outputs (``{"prediction": ..., "expected_units": ...}``, as ``pipeline.models.forecast_weights``)
+    adds ``expected``, its expected units.
     """
     from pipeline.models import baseline_predict
 
@@ -216,11 +217,12 @@ def forecasts_at_origin(history: SalesHistory, spec: FeatureSpec, vocab: Vocabul
         index = np.arange(start, min(n_series, start + per_chunk))
         rows, units, perishable, series = rows_for_pairs(history, index, np.full(index.size, origin_col),
                                                          spec.history_days, days, categorical=categorical)
-        matrix = build_features(spec, vocab, rows)
+        forecast = predict(build_features(spec, vocab, rows))
+        outputs = forecast if isinstance(forecast, Mapping) else {PREDICTION_OUTPUT: forecast}
         parts.append({"series": series, "day": np.asarray(rows.origin_day + rows.horizon, np.int64),
                       "units": np.asarray(units, np.float64), "perishable": np.asarray(perishable, bool),
-                      "candidate": np.asarray(predict(matrix), np.float64),
+                      "candidate": np.asarray(outputs[PREDICTION_OUTPUT], np.float64),
                       "baseline": np.asarray(baseline_predict(rows, baseline_weeks), np.float64)})
-        if expect is not None:
-            parts[-1]["expected"] = np.asarray(expect(matrix), np.float64)
+        if EXPECTED_OUTPUT in outputs:
+            parts[-1]["expected"] = np.asarray(outputs[EXPECTED_OUTPUT], np.float64)
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}

@@ -533,6 +533,20 @@ def predict_weights(config: ModelConfig, weights: Mapping[str, np.ndarray], matr
         return predict_in_session(sess, tensors, matrix, output=output)
 
 
+def forecast_weights(config: ModelConfig, weights: Mapping[str, np.ndarray], matrix: FeatureMatrix,
+                     expected_factor: float, chunk: int = 65536) -> dict[str, np.ndarray]:
+    """Both forecasts of trained weights in one pass, as a bundle's ``forecast_features`` gives them: median-like
+    units (``prediction``, the same bits as :func:`predict_weights`) and ``expected_units``."""
+    _, tensors, sess = _loaded(config, weights, expected_factor)
+    with sess:
+        use_one_blas_thread()
+        fetch = [tensors.prediction, tensors.expected]
+        parts = [sess.run(fetch, feed_dict=feed_for(tensors, matrix, slice(s, s + chunk)))
+                 for s in range(0, matrix.dense.shape[0], chunk)]
+    return {name: (np.concatenate([p[k] for p in parts]).astype(np.float32) if parts else np.zeros(0, np.float32))
+            for k, name in enumerate((PREDICTION_OUTPUT, EXPECTED_OUTPUT))}
+
+
 def export_model(config: ModelConfig, weights: Mapping[str, np.ndarray], directory: Path,
                  expected_factor: float = 1.0) -> dict:
     """Write the frozen inference graph (graph.json + weights.npz) into ``directory``; returns its I/O names."""

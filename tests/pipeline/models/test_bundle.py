@@ -30,6 +30,10 @@ def test_the_loader_reproduces_the_training_process(trained_project):
     served = bundle.forecast_features(data.inner.matrix)
     np.testing.assert_array_equal(served["prediction"], in_training)
     np.testing.assert_array_equal(served["expected_units"], expected)
+    # the backtest's one pass for both outputs (pipeline.models.forecast_weights) gives the same bits
+    both = models.forecast_weights(config, result.weights, data.inner.matrix, result.expected_factor, chunk=1000)
+    np.testing.assert_array_equal(both["prediction"], in_training)
+    np.testing.assert_array_equal(both["expected_units"], expected)
 
 
 def test_bundle_contents_and_a_request(trained_project):
