@@ -8,10 +8,15 @@ worker's main thread, the one that accepts and dispatches every connection, so a
 others' forecasts take ~1.8 s, and the master timed the workers out. gunicorn has no setting for this; this
 subclass hands those closes to threads of its own, and a test (tests/app/test_served_by_gunicorn.py) serves
 forecasts beside a dozen such clients, so a gunicorn upgrade that changes the method it overrides is caught.
+
+A client that does not take in its response within the socket timeout the app sets for it (app/request_buffer.py)
+is disconnected by that timeout; gunicorn logs it as an error with a 15-line traceback, which `ClientTookTooLong`
+turns into one warning line: it is the client's doing, not the server's.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 
@@ -52,12 +57,28 @@ class GracefulCloser:
                 pass
 
 
+class ClientTookTooLong(logging.Filter):
+    """Rewrites gunicorn's error record for a response write that timed out as one warning line, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TimeoutError):
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+            record.msg = ("a client did not take in its response within SHELFCAST_BODY_TIMEOUT_S: "
+                          "connection closed, its thread free again")
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+CLIENT_TOOK_TOO_LONG = ClientTookTooLong()
+
+
 class ThreadWorker(GthreadWorker):
     """gthread, with each connection its main thread finishes closed by a GracefulCloser."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.closer = GracefulCloser()
+        logging.getLogger("gunicorn.error").addFilter(CLIENT_TOOK_TOO_LONG)  # once: the same filter object
 
     def finish_request(self, conn, fs):
         if "close" not in vars(conn):  # once per connection (a kept-alive one comes back here per request)

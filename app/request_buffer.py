@@ -17,7 +17,10 @@ most HELD_BODY_BYTES, to a connection with nothing left in its send queue, so it
 sent before the next request's turn begins: the turn ends when the server closes the body. Otherwise the
 next forecast runs while this thread writes the response, and each waits for the other's GIL time slices
 (S1's p99 fell by ~2 ms, ~10 %). A larger response, or one to a client that has not taken in the previous
-ones, gives up the turn first, so a slow reader only ever holds its own connection thread. Either way the
+ones, gives up the turn first, so a slow reader only ever holds its own connection thread, and that for at most
+SHELFCAST_BODY_TIMEOUT_S a write: the server writes such a response (headers, then the body) with that socket
+timeout, so a client that has not taken it in by then is disconnected and the thread is free again (without it,
+ten clients that pipelined requests and never read held a worker's every thread for good). Either way the
 response leaves (uncorked) and the turn ends before the app's on-close callbacks run (a shadow
 forecast, app/routes_api.py), so no user waits for those. A buffering proxy in front (nginx in
 docker-compose.yml) does the same for the whole connection.
@@ -131,14 +134,16 @@ class BufferedRequests:
                 _cork(client, False)
             raise
         file_wrapper = environ.get("wsgi.file_wrapper")
-        if isinstance(file_wrapper, type) and isinstance(response, file_wrapper):
-            turn.__exit__(None, None, None)
+        sends_a_file = isinstance(file_wrapper, type) and isinstance(response, file_wrapper)
+        if not sends_a_file and corked and _leaves_in_one_send(client, declared):
+            return _SentInTurn(response, client, turn)
+        turn.__exit__(None, None, None)
+        if isinstance(client, socket.socket):
+            client.settimeout(self.body_timeout_s)  # each write of a response that may wait for its client
+        if sends_a_file:
             if corked:
                 _cork(client, False)  # the server sends files its own way
             return response
-        if corked and _leaves_in_one_send(client, declared):
-            return _SentInTurn(response, client, turn)
-        turn.__exit__(None, None, None)
         if not corked:
             return response
         return _CorkedUntilFirstChunk(response, client)

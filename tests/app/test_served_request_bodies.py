@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +143,65 @@ def test_a_body_shorter_than_its_content_length_is_400_naming_the_mismatch(serve
     status, _, reply = exchange(server.port, HEADERS + b"Content-Length: %d\r\n\r\n" % len(body) + body,
                                 half_close=True)
     assert status.startswith("HTTP/1.1 200 "), (status, reply)  # the same body, whole: served
+
+
+
+@pytest.fixture(scope="module")
+def two_thread_server(app_bundles, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("gunicorn-readers")
+    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_THREADS": "2",
+                           "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                           "SHELFCAST_PREDICTION_LOG": str(workdir / "p.jsonl"),
+                           "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+                           "SHELFCAST_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)},
+                          workdir / "gunicorn.log")
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def kernel_send_buffer_max() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        return 4 * 1024 * 1024  # Linux's default
+
+
+@pytest.mark.parametrize("path", ["/api/v1/openapi.json", "/static/style.css"], ids=["app response", "file"])
+def test_clients_that_never_read_their_responses_free_their_threads_within_the_timeout(two_thread_server, path):
+    """Found by a probe: clients that pipelined requests and never read an answer, one more than the worker's
+    threads, blocked each thread writing into a full socket, for good: /healthz went unanswered (10 clients on
+    `make serve`'s 8 threads a worker, the same). Each write of such a response now has the body timeout (1 s
+    here): the client is disconnected, and that is logged as one warning line. The clients pipeline enough to
+    fill the kernel's largest send buffer; /healthz is asked every 0.3 s until each has been disconnected."""
+    server = two_thread_server
+    before = server.log_path.read_text(encoding="utf-8")
+    answer = len(exchange(server.port, b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                          % path.encode())[2])
+    requests = (kernel_send_buffer_max() + 2 * 1024 * 1024) // answer
+    hogs, took, disconnected = [], [], 0
+    try:
+        for _ in range(3):
+            hog = socket.socket()
+            hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            hog.connect(("127.0.0.1", server.port))
+            hog.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode() * requests)
+            hogs.append(hog)
+        deadline = time.monotonic() + 60
+        while disconnected < len(hogs) and time.monotonic() < deadline:
+            started = time.monotonic()
+            status, _, _ = exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert status.startswith("HTTP/1.1 200 "), status
+            took.append(time.monotonic() - started)
+            logged = server.log_path.read_text(encoding="utf-8")[len(before):]
+            disconnected = logged.count("did not take in its response within SHELFCAST_BODY_TIMEOUT_S")
+            time.sleep(0.3)
+    finally:
+        for hog in hogs:
+            hog.close()
+    print(f"never-reading clients: 3 of {requests:,} pipelined {path} on 2 threads: /healthz answered "
+          f"{len(took)}/{len(took)}, slowest {max(took) * 1000:.0f} ms; {disconnected} disconnected")
+    assert disconnected == len(hogs), logged
+    assert max(took) < 2 * BODY_TIMEOUT_S + 2, took
+    assert "Traceback" not in logged and "[ERROR]" not in logged, logged
