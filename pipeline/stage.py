@@ -13,6 +13,7 @@ This module imports only params.py and atomic.py (stdlib), so depending on it co
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,9 @@ class StageError(RuntimeError):
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError, StageError)
+# MLflow's switch for the bars it draws while it downloads artifacts (promote fetching a registry version):
+# --quiet turns them off too, unless the user set it
+ARTIFACT_BARS_SWITCH = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 Body = Callable[[argparse.Namespace], "str | int | None"]
 
@@ -72,6 +76,8 @@ def run_stage(name: str, body: Body, argv: list[str] | None = None,
     if options is not None:
         options(parser)
     args = parser.parse_args(argv)
+    if args.quiet:
+        os.environ.setdefault(ARTIFACT_BARS_SWITCH, "false")
     started = time.perf_counter()
     try:
         outcome = body(args)

@@ -85,3 +85,32 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_write(tmp_path):
     with atomic_file(data / "metrics.json") as tmp:
         tmp.write_text("{}")
     assert not (data / f".metrics.json.{dead}-q1w2e3.tmp").exists() and (data / "metrics.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_quiet_also_silences_mlflows_artifact_download_bars(quiet, tmp_path, monkeypatch, capsys):
+    """Found by a probe: `promote --quiet` fetching a registry version printed MLflow's 'Downloading artifacts'
+    bars. A real download from a sqlite store; without --quiet the bars stay (they are progress)."""
+    from pipeline import tracking
+
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "unset")
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")  # restored to its state before the test afterwards
+    monkeypatch.chdir(tmp_path)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for k in range(3):
+        (bundle / f"part{k}.txt").write_text("x" * 1000)
+    client = tracking.client(tmp_path)
+    run = client.create_run(client.create_experiment("bars"))
+    client.log_artifacts(run.info.run_id, str(bundle), "bundle")
+    capsys.readouterr()
+
+    def fetch(args):
+        tracking.client(tmp_path).download_artifacts(run.info.run_id, "bundle", str(tmp_path / "fetched"))
+        return "fetched"
+
+    (tmp_path / "fetched").mkdir()
+    assert run_stage("promote", fetch, ["--quiet"] if quiet else []) == 0
+    err = capsys.readouterr().err
+    assert ("Downloading artifacts" in err) is not quiet, err
+    assert sorted(p.name for p in (tmp_path / "fetched" / "bundle").iterdir()) == [f"part{k}.txt" for k in range(3)]
