@@ -373,6 +373,9 @@ def _log_to_mlflow(root: Path, evaluation: Mapping, metrics: Mapping, per_window
             print(f"evaluate: note: could not record the evaluation in MLflow: {tracking.store_error_text(exc)}",
                   file=sys.stderr)
         return None
+    for closed in [] if quiet else recorded.closed:
+        print(f"evaluate: note: MLflow run {closed} was left RUNNING by a process that is gone; marked KILLED",
+              flush=True)
     if not quiet and not recorded.training_run_updated:
         print(f"evaluate: note: run {run_id} is a registered model version's; its recorded verdict is kept, this "
               f"evaluation is MLflow run {recorded.run_id}", file=sys.stderr)

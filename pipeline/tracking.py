@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
+from pipeline.atomic import process_alive
 from pipeline.stage import StageError
 
 EXPERIMENT_NAME = "shelfcast"
@@ -40,6 +41,7 @@ VERDICT_TAG = "threshold_test"
 # An evaluate run's tag: the sha256 of the results/evaluation.json it wrote, so promote links a model version to
 # the evaluation it promotes on, not to another of the same bundle (other params, another teammate's).
 EVALUATION_DIGEST_TAG = "evaluation_digest"
+PROCESS_TAG = "stage_process"  # a run's "<host>:<pid>": a run left RUNNING by a killed stage is found by it
 PREVIOUS_PRODUCTION_TAG = "previous_production"  # registered-model tag: the version a rollback returns to
 
 
@@ -286,14 +288,37 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def this_process() -> str:
+    """What PROCESS_TAG holds for a run this process makes."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def close_killed_runs(mlflow_client, experiment_id: str) -> list[str]:
+    """Mark KILLED the experiment's runs still RUNNING whose stage process, on this host, is gone: a stage killed
+    outright (SIGKILL, out of memory, a power cut) could not close its run, which would show RUNNING forever (an
+    evaluate's with its verdict tag). Runs of another host, and runs without PROCESS_TAG, are left as they are:
+    nothing here can tell they ended."""
+    host = socket.gethostname()
+    closed = []
+    for run in mlflow_client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        owner, _, pid = run.data.tags.get(PROCESS_TAG, "").rpartition(":")
+        if owner == host and pid.isdigit() and int(pid) > 0 and not process_alive(int(pid)):
+            mlflow_client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+    return closed
+
+
 class TrainingRun:
-    """One MLflow run for one ``train``: ``with TrainingRun(root, tags) as run: run.log_epoch(...)``."""
+    """One MLflow run for one stage: ``with TrainingRun(root, name, tags) as run: run.log_metrics(...)``. It is
+    tagged with this process (PROCESS_TAG); ``closed`` lists the runs of killed processes it marked KILLED first."""
 
     def __init__(self, project_root: Path | str, run_name: str, tags: Mapping[str, str]):
         self.project_root = Path(project_root)
         self.client = client(project_root)
         self.experiment_id = ensure_experiment(self.client, project_root)
-        self.run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
+        self.closed = close_killed_runs(self.client, self.experiment_id)
+        self.run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                          tags={PROCESS_TAG: this_process(), **tags})
         self.run_id = self.run.info.run_id
 
     def __enter__(self) -> "TrainingRun":
@@ -332,6 +357,7 @@ class TrainingRun:
 class EvaluationRecord(NamedTuple):
     run_id: str  # the evaluation's own run
     training_run_updated: bool  # False: the candidate's run backs a registered version and was left as it was
+    closed: list[str]  # runs of killed stage processes marked KILLED first (TrainingRun.closed)
 
 
 def is_registered(mlflow_client, run_id: str) -> bool:
@@ -401,7 +427,7 @@ def log_evaluation(project_root: Path | str, training_run_id: str, *, passed: bo
             run.client.log_batch(training_run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(flat.items())])
             run.client.set_tag(training_run_id, VERDICT_TAG, verdict)
             run.client.set_tag(training_run_id, "evaluation_run_id", run.run_id)
-    return EvaluationRecord(run.run_id, update)
+    return EvaluationRecord(run.run_id, update, run.closed)
 
 
 def _is_number(value: str) -> bool:

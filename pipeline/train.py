@@ -16,8 +16,9 @@ inner validation every ``train.eval_every_steps``, and checkpoints there into
 ``models/checkpoints/train/``: a stage killed mid-way resumes on the next run
 (same data, params and code) and ends with the model an uninterrupted run
 would have made; the checkpoints are removed as soon as the candidate they made
-is in place. A train's MLflow run records its process (host and pid): one killed
-outright stays RUNNING in MLflow, and the next train on that host marks it KILLED.
+is in place. Its MLflow run records its process (host and pid, as every stage's run
+does): one killed outright stays RUNNING in MLflow until the next stage's run on that
+host marks it KILLED (pipeline/tracking.py close_killed_runs).
 
     python -m pipeline.train [--root DIR]
 """
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import pipeline.blas  # noqa: F401 - first: pins OpenBLAS's kernels before numpy loads it (pipeline/blas.py)
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import tracking
-from pipeline.atomic import process_alive, remove_directory
+from pipeline.atomic import remove_directory
 from pipeline.bundle import load_bundle, write_bundle
 from pipeline.cluster import ClusterError, dask_client, scheduler_address
 from pipeline.drift_stats import served_reference, training_statistics
@@ -64,7 +64,6 @@ CURVE_PREFIX = "curve/"  # MLflow names of the training curves (curve/train_loss
 # held-out heldout_* an evaluation adds; MLflow's UI groups them in a section of their own
 CHECKPOINT_TAG = "checkpoint_fingerprint"  # a train run's resume key: the run a resumed one continued has the same
 RESUMED_FROM_TAG, RESUMED_BY_TAG = "resumed_from_run", "resumed_by_run"  # the two ends of a resume, tagged on each
-PROCESS_TAG = "train_process"  # a train run's "<host>:<pid>": a run left RUNNING by a killed train is found by it
 
 
 class TrainError(RuntimeError):
@@ -254,30 +253,6 @@ def _day(day_number: int) -> str:
     return str(np.datetime64(int(day_number), "D"))
 
 
-def this_process() -> str:
-    """What PROCESS_TAG holds for a run this process makes."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def close_killed_runs(root: Path) -> list[str]:
-    """Mark KILLED the store's train runs still RUNNING whose train process, on this host, is gone: a train killed
-    outright (SIGKILL, out of memory, a power cut) could not close its run, which would show RUNNING forever.
-    Runs of another host, and runs without PROCESS_TAG, are left as they are: nothing here can tell they ended."""
-    mlflow_client = tracking.client(root)
-    experiment = mlflow_client.get_experiment_by_name(tracking.EXPERIMENT_NAME)
-    if experiment is None:
-        return []
-    host = socket.gethostname()
-    closed = []
-    for run in mlflow_client.search_runs([experiment.experiment_id],
-                                         "attributes.status = 'RUNNING' and tags.stage = 'train'", max_results=1000):
-        owner, _, pid = run.data.tags.get(PROCESS_TAG, "").rpartition(":")
-        if owner == host and pid.isdigit() and int(pid) > 0 and not process_alive(int(pid)):
-            mlflow_client.set_terminated(run.info.run_id, status="KILLED")
-            closed.append(run.info.run_id)
-    return closed
-
-
 def link_resumed_run(mlflow_run, fingerprint: str, step: int, say) -> None:
     """Tag a resumed run and the interrupted one it continued with each other's id: the interrupted run holds the
     params only (curves and metrics are logged at the end), so without the link MLflow shows a KILLED or FAILED
@@ -344,7 +319,7 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     versions = {"code_version": code_version(), "data_version": data_version(root, [TRAIN_DATA, HOLIDAYS_DATA])}
     data_tag = ",".join(f"{Path(k).name}:{v[:12]}" for k, v in versions["data_version"].items())
     tags = {"git_commit": git_commit(root), "code_version": versions["code_version"][:16],
-            "data_version": data_tag, "model_kind": tparams.model, "stage": "train", PROCESS_TAG: this_process()}
+            "data_version": data_tag, "model_kind": tparams.model, "stage": "train"}
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     first_origin, last_origin = (_day(history.first_day + origin)
                                  for origin in (min(data.train_origins), max(data.train_origins)))
@@ -352,9 +327,9 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
         f"({first_origin} .. {last_origin}), "
         f"{data.inner.units.size:,} inner-validation rows at {_day(history.first_day + data.inner_origin)}")
 
-    for run_id in close_killed_runs(root):
-        say(f"train: note: MLflow run {run_id} was left RUNNING by a train process that is gone; marked KILLED")
     with tracking.TrainingRun(root, f"train-{tparams.model}", tags) as mlflow_run:
+        for run_id in mlflow_run.closed:
+            say(f"train: note: MLflow run {run_id} was left RUNNING by a process that is gone; marked KILLED")
         bundle_params = {"features": fparams.to_json(), "train": tparams.to_json()}
         mlflow_run.log_params(bundle_params)
 

@@ -27,23 +27,43 @@ def quick_project(tiny_project, tiny_params, set_params):
     return tiny_project
 
 
-def test_a_train_marks_killed_the_runs_left_running_by_train_processes_gone_from_this_host(quick_project):
-    """A train killed with SIGKILL left its run RUNNING in MLflow for ever."""
+def test_a_train_marks_killed_the_runs_left_running_by_stage_processes_gone_from_this_host(quick_project):
+    """A train killed with SIGKILL left its run RUNNING in MLflow for ever; so did an evaluate, its verdict tag on a
+    run that never finished. Any stage's run closes them (a probe's evaluate, `kill -9`-ed, stayed RUNNING)."""
     host, dead = socket.gethostname(), _dead_pid()
     left = {}
-    for case, tags in {"killed": {"stage": "train", train.PROCESS_TAG: f"{host}:{dead}"},
-                       "live": {"stage": "train", train.PROCESS_TAG: f"{host}:{os.getpid()}"},
-                       "other host": {"stage": "train", train.PROCESS_TAG: f"{host}-elsewhere:{dead}"},
+    for case, tags in {"killed": {"stage": "train", tracking.PROCESS_TAG: f"{host}:{dead}"},
+                       "live": {"stage": "train", tracking.PROCESS_TAG: f"{host}:{os.getpid()}"},
+                       "other host": {"stage": "train", tracking.PROCESS_TAG: f"{host}-elsewhere:{dead}"},
                        "untagged": {"stage": "train"},
-                       "evaluate": {"stage": "evaluate", train.PROCESS_TAG: f"{host}:{dead}"}}.items():
+                       "evaluate": {"stage": "evaluate", tracking.VERDICT_TAG: "passed",
+                                    tracking.PROCESS_TAG: f"{host}:{dead}"}}.items():
         left[case] = tracking.TrainingRun(quick_project, "train-mlp", tags).run_id  # never closed: RUNNING
     summary = train.run(quick_project, quiet=True)
     client = tracking.client(quick_project)
     status = {case: client.get_run(run_id).info.status for case, run_id in left.items()}
     assert status == {"killed": "KILLED", "live": "RUNNING", "other host": "RUNNING", "untagged": "RUNNING",
-                      "evaluate": "RUNNING"}
+                      "evaluate": "KILLED"}
     run = client.get_run(summary["run_id"])
-    assert run.data.tags[train.PROCESS_TAG] == f"{host}:{os.getpid()}" and run.info.status == "FINISHED"
+    assert run.data.tags[tracking.PROCESS_TAG] == f"{host}:{os.getpid()}" and run.info.status == "FINISHED"
+
+
+def test_an_evaluate_killed_outright_is_closed_by_the_next_stage_run(quick_project):
+    """The process of an evaluate is killed (SIGKILL) while its run is open: the run, tagged with its verdict, stays
+    RUNNING; the next stage that opens a run (here an evaluate's) marks it KILLED and says so."""
+    code = ("import os, sys; from pipeline import tracking; "
+            "run = tracking.TrainingRun(sys.argv[1], 'evaluate', {'stage': 'evaluate', tracking.VERDICT_TAG: 'passed'}); "
+            "print(run.run_id, flush=True); os.kill(os.getpid(), 9)")
+    done = subprocess.run([sys.executable, "-c", code, str(quick_project)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[3])
+    assert done.returncode == -9, done.stderr
+    killed = done.stdout.split()[0]
+    client = tracking.client(quick_project)
+    assert client.get_run(killed).info.status == "RUNNING"
+    with tracking.TrainingRun(quick_project, "evaluate", {"stage": "evaluate"}) as run:
+        assert run.closed == [killed]
+    assert client.get_run(killed).info.status == "KILLED"
+    assert client.get_run(killed).data.tags[tracking.VERDICT_TAG] == "passed"  # what it had recorded stays
 
 
 class Killed(BaseException):
