@@ -14,6 +14,9 @@ gets a verdict the report shows with its reason:
   days clients ask for, not that the data changed;
 * ok.
 
+History features (and forecasts) are compared at the requests' horizon days: each day's reference
+weighted by that day's share of the requests, as the weekday means and the year-ago features depend
+on the target day too (bundles without per-day history counts: every day alike, as before).
 Bundles made before `served` existed are compared with their training rows, and the
 report says so (history features may then differ for reasons of age, not drift).
 """
@@ -79,37 +82,52 @@ class ForecastReference:
     note: str = ""  # events left out, and why
 
 
-def forecast_reference(training_stats: Mapping[str, Any], data: ServingData, horizon: int | None) -> ForecastReference:
-    """The distribution live forecasts are compared with, and what it is.
-
-    The served reference's forecasts (pipeline/drift_stats.py), each horizon day's histogram weighted by that
-    day's share of the requests: the same request mix, at the bundle's own origin. Its sample size is the
-    mixture's effective one, 1 / sum(share^2 / day's rows), so a few stray requests for other days do not count
-    as those days' whole reference. Events at a day the reference has no forecasts for (a horizon feature out of
-    range: hand-edited, or another writer's) are left out and counted, not allowed to switch the comparison to
-    every day alike. Bundles without per-day forecasts: the inner-validation forecasts, every day alike."""
-    served = training_stats.get("served") or {}
-    overall, by_day = served.get("prediction_units") or {}, served.get("prediction_by_horizon") or {}
-    if not (overall.get("count") and by_day and horizon and HORIZON_FEATURE in data.dense):
-        return ForecastReference(training_stats.get("prediction_units", {}), INNER_VALIDATION_FORECASTS)
-    if not data.rows:
-        return ForecastReference(overall, SERVED_FORECASTS)
-    live_days = horizon_days(data.dense[HORIZON_FEATURE], int(horizon))
+def mix_by_horizon(overall: Mapping[str, Any], by_day: Mapping[str, Any], live_days: np.ndarray, what: str
+                   ) -> tuple[dict[str, Any] | None, np.ndarray, str]:
+    """`overall`'s histogram made of each horizon day's (pipeline/drift_stats.py by_horizon_day) weighted by that day's
+    share of `live_days`: (the mixed reference, or None when no event's day has one; the events it judges; a note
+    on those left out). Its sample size is the mixture's effective one, 1 / sum(share^2 / day's rows), so a few stray
+    requests for other days do not count as those days' whole reference. Events at a day the reference lacks (a
+    horizon feature out of range: hand-edited, or another writer's) are left out and counted, not allowed to switch
+    the comparison to every day alike."""
     known = {int(day) for day, reference in by_day.items() if reference and sum(reference["counts"]) > 0}
     judged = np.isin(live_days, sorted(known))
     left_out = int((~judged).sum())
-    note = (f"{left_out} event(s) at horizon days the reference has no forecasts for "
+    note = (f"{left_out} event(s) at horizon days the reference has no {what} for "
             f"({', '.join(map(str, sorted(set(live_days[~judged].tolist()))[:5]))}) left out" if left_out else "")
     if not judged.any():
-        return ForecastReference(overall, SERVED_FORECASTS, judged, note)
+        return None, judged, note
     days, requests = np.unique(live_days[judged], return_counts=True)
     references = [by_day[str(int(day))] for day in days]
     weights = requests / requests.sum()
     mixed = sum(w * np.asarray(r["counts"], np.float64) / sum(r["counts"]) for w, r in zip(weights, references))
     rows = 1.0 / sum(w * w / sum(r["counts"]) for w, r in zip(weights, references))
-    return ForecastReference({"count": rows, "mean": float(sum(w * r["mean"] for w, r in zip(weights, references))),
-                              "histogram": {"edges": overall["histogram"]["edges"], "counts": (mixed * rows).tolist()}},
-                             SERVED_FORECASTS, judged, note)
+    return ({"count": rows, "mean": float(sum(w * r["mean"] for w, r in zip(weights, references))),
+             "histogram": {"edges": overall["histogram"]["edges"], "counts": (mixed * rows).tolist()}}, judged, note)
+
+
+def live_horizon_days(data: ServingData, horizon: int | None) -> np.ndarray | None:
+    """Each event's horizon day (1 = the day after the origin), from its horizon feature; None if it cannot be told."""
+    if not horizon or HORIZON_FEATURE not in data.dense:
+        return None
+    return horizon_days(data.dense[HORIZON_FEATURE], int(horizon))
+
+
+def forecast_reference(training_stats: Mapping[str, Any], data: ServingData, horizon: int | None) -> ForecastReference:
+    """The distribution live forecasts are compared with, and what it is.
+
+    The served reference's forecasts (pipeline/drift_stats.py), each horizon day's histogram weighted by that
+    day's share of the requests (mix_by_horizon): the same request mix, at the bundle's own origin. Bundles
+    without per-day forecasts: the inner-validation forecasts, every day alike."""
+    served = training_stats.get("served") or {}
+    overall, by_day = served.get("prediction_units") or {}, served.get("prediction_by_horizon") or {}
+    live_days = live_horizon_days(data, horizon)
+    if not (overall.get("count") and by_day and live_days is not None):
+        return ForecastReference(training_stats.get("prediction_units", {}), INNER_VALIDATION_FORECASTS)
+    if not data.rows:
+        return ForecastReference(overall, SERVED_FORECASTS)
+    mixed, judged, note = mix_by_horizon(overall, by_day, live_days, "forecasts")
+    return ForecastReference(overall if mixed is None else mixed, SERVED_FORECASTS, judged, note)
 
 
 def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: str = ROLE_HISTORY,
@@ -258,6 +276,8 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
         report["reasons"].append(f"only {data.rows} event(s), "
                                  f"fewer than drift.min_events={params.min_events}: no verdict")
     reasons: list[str] = []
+    live_days = live_horizon_days(data, bundle_metadata.get("horizon"))
+    report["reference"]["history_by_horizon"] = any(r.get("by_horizon") for r in reference["dense"].values())
     for name in dense_names:
         expected = reference["dense"][name]
         trained = training_stats.get("dense", {}).get(name, {})
@@ -267,8 +287,14 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
                 continue
             expected = trained
         role = ROLE_UNWEIGHTED if unweighted else reference["roles"].get(name, feature_role(name))
-        record = _shift_record(numeric_shift(data.dense[name], expected), params, params.psi_alert, role, data.rows)
-        record["live_mean"] = float(np.mean(data.dense[name])) if data.rows else None
+        live, note = data.dense[name], ""
+        if expected.get("by_horizon") and live_days is not None and data.rows:  # at the requests' horizon days
+            mixed, judged, note = mix_by_horizon(expected, expected["by_horizon"], live_days, "values")
+            expected, live = (expected, live) if mixed is None else (mixed, live[judged])
+        record = _shift_record(numeric_shift(live, expected), params, params.psi_alert, role, live.size)
+        if note:
+            record["note"] = "; ".join(filter(None, (record["note"], note)))
+        record["live_mean"] = float(np.mean(live)) if live.size else None
         record["train_mean"] = expected.get("mean")
         report["features"][name] = record
         if role == ROLE_CALENDAR:

@@ -73,6 +73,8 @@ def _reference_html(report: Mapping[str, Any]) -> str:
                 f"origin {escape(str(reference.get('origin')))}, on each day {escape(str(dates[0]))} … "
                 f"{escape(str(dates[-1]))} ({_number(reference.get('rows'))} rows sampled); the promotion "
                 "flag as in the training rows where it was known."
+                + (" History features are compared at the requests' horizon days (each day's reference weighted "
+                   "by its share of the requests)." if reference.get("history_by_horizon") else "")
                 + (f" Forecasts are compared with the model's {escape(str(forecasts))}." if forecasts else ""))
     else:
         text = f"Reference: the training rows. {escape(str(reference.get('note', '')))}"

@@ -20,7 +20,10 @@ Two references, both plain JSON (numpy only):
   histogram over all of them (``prediction_units``) and, on the same edges, one per horizon
   day (``prediction_by_horizon``), so monitoring mixes the days in the proportions the
   requests ask for them (a model forecasts day 1 otherwise than day 16, and traffic for the
-  next day alone is ordinary).
+  next day alone is ordinary). Each history feature likewise keeps its counts per horizon day
+  (``by_horizon``, on its own histogram's edges): the weekday means and the year-ago features are
+  the series' past *at the target's weekday or week*, so traffic for one day of the window
+  shifts them though nothing changed (a year-end window: PSI 0.44 on the year-ago season change).
 * the training rows' own distributions (``dense``, ``categorical``, ``target_units``,
   ``prediction_units``: the inner-validation forecasts, one origin at every horizon),
   kept for the model card and for bundles made before ``served`` existed.
@@ -125,6 +128,9 @@ def served_reference(spec: FeatureSpec, vocab: Vocabularies, snapshot: HistorySn
     matrix = build_features(spec, vocab, rows)
     names = dense_feature_names(spec)
     dense = {name: distribution(matrix.dense[:, j]) for j, name in enumerate(names)}
+    for j, name in enumerate(names):  # a history feature at each horizon day, on the same edges (see by_horizon_day)
+        if feature_role(name) == ROLE_HISTORY and dense[name].get("count"):
+            dense[name]["by_horizon"] = by_horizon_day(matrix.dense[:, j], np.asarray(rows.horizon), dense[name])
     for name in REQUEST_FEATURES:
         dense[name] = distribution(train_onpromotion)
     first, last = (str(np.datetime64(int(d), "D")) for d in (snapshot.calendar_days[0], snapshot.calendar_days[-1]))
@@ -139,20 +145,24 @@ def served_reference(spec: FeatureSpec, vocab: Vocabularies, snapshot: HistorySn
     if predict is not None:
         forecasts = np.asarray(predict(matrix), np.float64).ravel()
         served["prediction_units"] = distribution(forecasts, bins="quantile")
-        served["prediction_by_horizon"] = forecasts_by_horizon(forecasts, np.asarray(rows.horizon),
-                                                               served["prediction_units"])
+        served["prediction_by_horizon"] = by_horizon_day(forecasts, np.asarray(rows.horizon),
+                                                         served["prediction_units"])
     return served
 
 
-def forecasts_by_horizon(forecasts: np.ndarray, horizon: np.ndarray, overall: Mapping) -> dict:
-    """{horizon day: {"counts": its forecasts in `overall`'s histogram bins (the outer bins open-ended, as
-    monitoring counts live values), "mean": their mean}}."""
+def by_horizon_day(values: np.ndarray, horizon: np.ndarray, overall: Mapping) -> dict:
+    """{horizon day: {"counts": its finite `values` in `overall`'s histogram bins (the outer bins open-ended, as
+    monitoring counts live values), "mean": their mean}}: forecasts, and history features whose value depends on
+    the target day too (the weekday means, the year-ago week), so monitoring can mix the days as requests ask."""
     edges = np.asarray(overall.get("histogram", {}).get("edges", []), np.float64)
     if edges.size < 2:
         return {}
-    bins = np.searchsorted(edges[1:-1], forecasts, side="right")
+    values, horizon = np.asarray(values, np.float64), np.asarray(horizon)
+    finite = np.isfinite(values)
+    values, horizon = values[finite], horizon[finite]
+    bins = np.searchsorted(edges[1:-1], values, side="right")
     return {str(int(h)): {"counts": np.bincount(bins[horizon == h], minlength=edges.size - 1).astype(int).tolist(),
-                          "mean": float(forecasts[horizon == h].mean())} for h in np.unique(horizon)}
+                          "mean": float(values[horizon == h].mean())} for h in np.unique(horizon)}
 
 
 def roll_served_reference(served: Mapping, spec: FeatureSpec, vocab: Vocabularies, snapshot: HistorySnapshot,

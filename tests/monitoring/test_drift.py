@@ -385,6 +385,42 @@ def test_next_days_traffic_is_judged_against_the_forecasts_of_those_days(tiny_bu
     assert re.search(r"; mean [0-9.]+ units against [0-9.]+ in the reference$", reason), reason  # which way
 
 
+def test_one_days_traffic_is_judged_against_that_days_history_features(tiny_bundle, production_bundle,
+                                                                         validation_requests_for, replay, tmp_path):
+    """Found by a probe on foreign data (tests/pipeline/foreign_data.py, other_years_and_holidays, a window across
+    the new year): real requests for the window's first day alone alarmed on year_ago_season_change_log1p (PSI 0.44,
+    KS p=3e-17) and moved the weekday means (PSI 0.10-0.19, p < 1e-4): those history features are the series'
+    past at the target's weekday or year-ago week, and were compared with every horizon day alike. Here: the
+    weekday means moved 0.19 and 0.32 on the tiny bundle. Each day's reference is now mixed as the requests ask."""
+    requests = validation_requests_for(tiny_bundle, None, first_days=1) * 3  # every series, above drift.min_events
+    log = replay(production_bundle, requests, tmp_path / "first-day.jsonl")
+    code, report, html = run_cli(tmp_path, production_bundle, log)
+    assert code == drift.EXIT_OK and report["reasons"] == [], report["reasons"]
+    history = {name: record for name, record in report["features"].items() if record["role"] == "history"}
+    assert {"dow_mean_log1p_4w", "dow_mean_log1p_8w"} <= set(history)
+    assert max(record["psi"] for record in history.values()) < 0.05, \
+        {name: round(record["psi"], 3) for name, record in history.items()}
+    by_day = json.loads((production_bundle / "training_stats.json").read_text())["served"]["dense"]
+    assert history["dow_mean_log1p_4w"]["train_mean"] == pytest.approx(by_day["dow_mean_log1p_4w"]["by_horizon"]["1"]
+                                                                      ["mean"])
+    assert report["reference"]["history_by_horizon"] and \
+        "History features are compared at the requests' horizon days" in html
+    assert any(report["features"][name]["psi"] > 1.0 for name in report["not_alarmed"]["features"])  # still shown
+
+
+def test_a_bundle_without_per_day_history_compares_every_day_alike(bundle_parts, stream):
+    metadata, stats = bundle_parts
+    older = copy.deepcopy(stats)
+    for record in older["served"]["dense"].values():
+        record.pop("by_horizon", None)
+    events = stream(STREAM_EVENTS, seed=12, horizon_day=2)
+    report = analyse(events, metadata, older, DriftParams())
+    assert not report["reference"]["history_by_horizon"]
+    assert report["features"]["dow_mean_log1p_4w"]["train_mean"] == \
+        pytest.approx(older["served"]["dense"]["dow_mean_log1p_4w"]["mean"])
+    assert "History features are compared" not in render_report(report)
+
+
 def test_the_forecast_reference_mixes_the_days_as_the_requests_ask_for_them(bundle_parts, stream):
     metadata, stats = bundle_parts
     by_day = stats["served"]["prediction_by_horizon"]
