@@ -3,6 +3,7 @@ columns store_nbr, item_nbr, date, unit_sales — Favorita's train.csv works, gz
 
 from __future__ import annotations
 
+import bisect
 import csv
 import datetime as dt
 import gzip
@@ -20,7 +21,9 @@ class ActualsError(ValueError):
 
 def read_actuals(path: Path | str) -> dict[tuple[int, int, str], float]:
     """(store_nbr, item_nbr, ISO date) -> unit_sales; a return (negative units) sold nothing that day, as evaluate
-    counts it. The keys are what prediction events carry in ``inputs``."""
+    counts it. The keys are what prediction events carry in ``inputs``. A store x item with no row on a day the file
+    has sales for, on or after its first row in the file, sold nothing (0.0), as prepare's grid and so evaluate
+    count it (README "What an absent day means"): without them every zero-sales day was left unscored."""
     path = Path(path)
     try:
         with open(path, "rb") as raw:
@@ -49,4 +52,19 @@ def read_actuals(path: Path | str) -> dict[tuple[int, int, str], float]:
                 actual[key] = max(units, 0.0)
     except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, OSError, csv.Error) as exc:
         raise ActualsError(f"{path}: not a readable CSV{' (gzip)' if packed else ''}: {exc}") from None
-    return actual
+    return zero_filled(actual)
+
+
+def zero_filled(sold: dict[tuple[int, int, str], float]) -> dict[tuple[int, int, str], float]:
+    """`sold` with 0.0 for every store x item on each day of the file (a day with a row in any store) from its first
+    row on: the days it has no row, which in Kaggle's layout it sold nothing (prepare.grid: from_first_sale)."""
+    days = sorted({date for _, _, date in sold})
+    first: dict[tuple[int, int], str] = {}
+    for store, item, date in sold:
+        if date < first.get((store, item), "9999"):
+            first[(store, item)] = date
+    filled = dict(sold)
+    for (store, item), start in first.items():
+        for date in days[bisect.bisect_left(days, start):]:
+            filled.setdefault((store, item, date), 0.0)
+    return filled
