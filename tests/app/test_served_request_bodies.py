@@ -17,18 +17,22 @@ BODY_TIMEOUT_S = 1.0
 HEADERS = b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 
 
-@pytest.fixture(scope="module")
-def server(app_bundles, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("gunicorn-bodies")
-    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+def one_worker(bundle, workdir, **settings):
+    """The server `make serve` runs, one worker, the 1 s body timeout (and ``settings``), logging into ``workdir``."""
+    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(bundle),
                            "SHELFCAST_PREDICTION_LOG": str(workdir / "p.jsonl"),
                            "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
-                           "SHELFCAST_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)},
+                           "SHELFCAST_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S), **settings},
                           workdir / "gunicorn.log")
     try:
         yield served
     finally:
         served.stop()
+
+
+@pytest.fixture(scope="module")
+def server(app_bundles, tmp_path_factory):
+    yield from one_worker(app_bundles[0], tmp_path_factory.mktemp("gunicorn-bodies"))
 
 
 def trickle(port: int, head: bytes, trickled: bytes, every_s: float) -> tuple[bytes, float]:
@@ -148,17 +152,7 @@ def test_a_body_shorter_than_its_content_length_is_400_naming_the_mismatch(serve
 
 @pytest.fixture(scope="module")
 def two_thread_server(app_bundles, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("gunicorn-readers")
-    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_THREADS": "2",
-                           "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
-                           "SHELFCAST_PREDICTION_LOG": str(workdir / "p.jsonl"),
-                           "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
-                           "SHELFCAST_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)},
-                          workdir / "gunicorn.log")
-    try:
-        yield served
-    finally:
-        served.stop()
+    yield from one_worker(app_bundles[0], tmp_path_factory.mktemp("gunicorn-readers"), SHELFCAST_THREADS="2")
 
 
 def kernel_send_buffer_max() -> int:
