@@ -326,13 +326,15 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
           seed: int, max_steps: int, eval_every: int, patience: int, learning_rate: float,
           checkpoint_dir: Path | None = None, fingerprint: str = "",
           on_eval: Callable[[int, dict[str, float]], None] | None = None,
-          log: Callable[[str], None] | None = None) -> TrainingResult:
+          log: Callable[[str], None] | None = None,
+          on_resume: Callable[[int], None] | None = None) -> TrainingResult:
     """Adam on weighted squared log1p error for up to ``max_steps`` steps; early stopping on the inner validation.
 
     Every ``eval_every`` steps (and at the last) the inner validation's NWRMSLE is computed; training stops
     after ``patience`` evaluations without improvement, and the best evaluation's weights are returned.
     With ``checkpoint_dir``, each evaluation is a checkpoint a rerun with the same ``fingerprint`` resumes from;
-    ``log`` gets a line when it resumes, or when it starts over from a damaged checkpoint.
+    ``log`` gets a line when it resumes, or when it starts over from a damaged checkpoint; ``on_resume`` gets the
+    checkpoint's step as soon as it is resumed, before training goes on (a run interrupted again is linked too).
     """
     if max_steps < 1 or eval_every < 1 or patience < 1:
         raise ValueError("train: max_steps, eval_every and patience must be at least 1")
@@ -365,6 +367,8 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
             state, best_values = TrainingState(fingerprint), sess.run(fetch_vars)
         else:
             state, best_values = resumed
+            if on_resume is not None:
+                on_resume(state.step)
         best_weights = dict(zip(names, best_values))
         resumed_at = state.step if resumed is not None else 0
         stopped = state.step >= max_steps or state.evals_since_best >= patience

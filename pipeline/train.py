@@ -230,11 +230,12 @@ def eval_interval(tparams: TrainParams, data: PreparedTraining) -> int:
 
 
 def fit(tparams: TrainParams, data: PreparedTraining, spec: FeatureSpec, on_eval=None,
-        checkpoint_dir: Path | None = None, fingerprint: str = "", log=None):
+        checkpoint_dir: Path | None = None, fingerprint: str = "", log=None, on_resume=None):
     """Train one model on prepared examples: the train stage's, and one per backtest window.
 
     Returns (config, result); ``result.expected_factor`` is the expected-units correction fitted on the
-    inner validation. With ``checkpoint_dir`` an interrupted call resumes (same ``fingerprint``).
+    inner validation. With ``checkpoint_dir`` an interrupted call resumes (same ``fingerprint``), calling
+    ``on_resume(step)`` when it does.
     """
     from pipeline import models
 
@@ -243,7 +244,8 @@ def fit(tparams: TrainParams, data: PreparedTraining, spec: FeatureSpec, on_eval
     result = models.train(config, batches, data.inner.matrix, data.inner.units, data.inner.weights,
                           seed=tparams.seed, max_steps=tparams.max_steps, eval_every=eval_interval(tparams, data),
                           patience=tparams.patience, learning_rate=tparams.learning_rate,
-                          checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, on_eval=on_eval, log=log)
+                          checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, on_eval=on_eval, log=log,
+                          on_resume=on_resume)
     inner_pred = models.predict_weights(config, result.weights, data.inner.matrix)
     result.expected_factor = models.expected_units_factor(data.inner.units, inner_pred)
     return config, result
@@ -256,7 +258,9 @@ def _day(day_number: int) -> str:
 def link_resumed_run(mlflow_run, fingerprint: str, step: int, say) -> None:
     """Tag a resumed run and the interrupted one it continued with each other's id: the interrupted run holds the
     params only (curves and metrics are logged at the end), so without the link MLflow shows a KILLED or FAILED
-    run beside a finished one and nothing says the second finished the first's training."""
+    run beside a finished one and nothing says the second finished the first's training. Called as the checkpoint
+    is resumed, before training goes on: a resumed run interrupted in turn is already linked, and the run that
+    continues it links to it, so the chain has no gap."""
     mlflow_client = mlflow_run.client
     interrupted = [run for run in mlflow_client.search_runs(
         [mlflow_run.experiment_id], f"tags.{CHECKPOINT_TAG} = '{fingerprint}' and attributes.status != 'RUNNING'",
@@ -343,9 +347,7 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
         fingerprint = models.fingerprint_of(bundle_params, versions, data.batch_order)
         mlflow_run.set_tags({CHECKPOINT_TAG: fingerprint})
         config, result = fit(tparams, data, spec, on_eval, checkpoint_dir=checkpoints, fingerprint=fingerprint,
-                             log=say)
-        if result.resumed_at_step:
-            link_resumed_run(mlflow_run, fingerprint, result.resumed_at_step, say)
+                             log=say, on_resume=lambda step: link_resumed_run(mlflow_run, fingerprint, step, say))
         for curve in result.curves:  # all of them, also those a resumed run had written before the interruption
             mlflow_run.log_metrics({CURVE_PREFIX + k: v for k, v in curve.items() if k != "step"},
                                    step=int(curve["step"]))

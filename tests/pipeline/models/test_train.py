@@ -185,6 +185,55 @@ def test_a_killed_train_stage_resumes_and_ends_as_an_uninterrupted_run(trained_p
     assert int(finished.data.tags["resumed_at_step"]) == state["step"]
 
 
+class Interrupted(BaseException):
+    """Stands for Ctrl-C at that point (the run's MLflow status becomes FAILED, as SIGINT's does)."""
+
+
+def test_a_resume_interrupted_too_keeps_every_run_named_by_the_one_that_continued_it(trained_project_template,
+                                                                                    tmp_path, monkeypatch):
+    """Killed, resumed, killed again, resumed: each run names the one it continued and is named by it. Before, the
+    link was written only when a resumed run's training ended, so the first run (which made the checkpoint) stayed
+    a FAILED/KILLED run named by nobody, and the second named nothing: the chain broke at the second interruption."""
+    from pipeline import models
+
+    template, uninterrupted = trained_project_template
+    root = write_tiny_project(tmp_path / "project")
+    write_params(root, TINY_PARAMS)
+    real_write = models.TrainingState.write
+
+    def interrupted_after(evaluations: int):
+        written = []
+
+        def write(state, directory):
+            real_write(state, directory)
+            written.append(state.step)
+            if len(written) == evaluations:
+                raise Interrupted(state.step)
+        return write
+
+    steps = []
+    for evaluations in (2, 1):  # the first run, then its resume, each interrupted after a checkpoint
+        monkeypatch.setattr(models.TrainingState, "write", interrupted_after(evaluations))
+        with pytest.raises(Interrupted) as interruption:
+            train.run(root, quiet=True)
+        steps.append(interruption.value.args[0])
+    monkeypatch.setattr(models.TrainingState, "write", real_write)
+    finished = train.run(root, quiet=True)
+    assert (root / train.CANDIDATE_DIR / "weights.npz").read_bytes() == \
+        (template / train.CANDIDATE_DIR / "weights.npz").read_bytes()
+    assert finished["steps_run"] == uninterrupted["steps_run"] > steps[1] > steps[0]
+
+    client = tracking.client(root)
+    last = client.get_run(finished["run_id"])
+    second = client.get_run(last.data.tags[train.RESUMED_FROM_TAG])
+    first = client.get_run(second.data.tags[train.RESUMED_FROM_TAG])
+    assert (second.info.status, first.info.status) == ("FAILED", "FAILED")
+    assert second.data.tags[train.RESUMED_BY_TAG] == finished["run_id"]
+    assert first.data.tags[train.RESUMED_BY_TAG] == second.info.run_id
+    assert train.RESUMED_FROM_TAG not in first.data.tags
+    assert [int(run.data.tags["resumed_at_step"]) for run in (second, last)] == steps
+
+
 def test_on_small_data_the_linear_model_trains_fully_and_beats_the_baseline(tiny_frame):
     """48 series: a handful of batches per epoch, yet the step budget trains the linear model past the baseline."""
     import dataclasses
