@@ -26,6 +26,8 @@ host marks it KILLED (pipeline/tracking.py close_killed_runs).
 from __future__ import annotations
 
 import pipeline.blas  # noqa: F401 - first: pins OpenBLAS's kernels before numpy loads it (pipeline/blas.py)
+import contextlib
+import fcntl
 import os
 import sys
 import time
@@ -35,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import tracking
-from pipeline.atomic import remove_directory
+from pipeline.atomic import DirectoryBusy, remove_directory
 from pipeline.bundle import load_bundle, write_bundle
 from pipeline.cluster import ClusterError, dask_client, scheduler_address
 from pipeline.drift_stats import served_reference, training_statistics
@@ -300,18 +302,44 @@ def _remove_resume_state(home: Path) -> None:
         parent.rmdir()
 
 
+@contextlib.contextmanager
+def one_train(home: Path):
+    """One train at a time in ``home`` (its checkpoints, feature shards and candidate): an flock on the directory
+    itself, so nothing is written for it (a train that fails early leaves nothing behind), released with the
+    process however it ends. A second train fails at once (DirectoryBusy)."""
+    fd = os.open(home, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DirectoryBusy(f"another train is running in {home}: run train again once it has finished") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> dict:
     """Train, write the candidate bundle, log the MLflow run; returns a summary.
 
     ``candidate_root`` (default ``root``) holds the params.yaml to train with and gets the
     candidate (``models/candidate``): ``pipeline.sweep`` trains its best candidate into its own
     directory so. Data and the MLflow store are always the project's (``root``).
+
+    One train at a time in ``candidate_root`` (``one_train``), from its first step to its last; a second one fails
+    at once. A ``dvc repro`` killed with SIGKILL leaves
+    its train running; the rerun used to train beside it in the same checkpoint folder.
     """
     started = time.perf_counter()
     home = root if candidate_root is None else Path(candidate_root)
     raw = load_yaml(home / "params.yaml")
     fparams, tparams = feature_params(raw), train_params(raw)
     validation_within_horizon(raw)
+    with one_train(home):
+        return _run(root, home, raw, fparams, tparams, quiet, started)
+
+
+def _run(root: Path, home: Path, raw: dict, fparams: FeatureParams, tparams: TrainParams, quiet: bool,
+         started: float) -> dict:
     spec = fparams.spec
     history = load_history([root / TRAIN_DATA], days=days_needed(fparams), progress=not quiet)
     with dask_client(scheduler_address(raw)) as client:  # None (build here) unless a scheduler is configured
@@ -420,7 +448,8 @@ def main(argv=None) -> int:
             summary = run(args.root, quiet=args.quiet)  # prints its own summary, unless quiet
         return summary_line(summary) if args.quiet else None
 
-    return run_stage("train", body, argv, errors=(TrainError, FileNotFoundError, ValueError, ClusterError),
+    return run_stage("train", body, argv,
+                     errors=(TrainError, FileNotFoundError, ValueError, ClusterError, DirectoryBusy),
                      description=__doc__.splitlines()[0])
 
 

@@ -152,3 +152,25 @@ def test_checkpoints_on_another_disk_are_emptied_and_the_link_stays(quick_projec
     assert link.is_symlink() and elsewhere.is_dir()
     assert not any((quick_project / train.CHECKPOINT_DIR).iterdir()) if linked.endswith("train") else \
         not (quick_project / train.CHECKPOINT_DIR).exists()
+
+
+def test_a_train_started_while_another_trains_the_project_fails_at_once_naming_it(quick_project, monkeypatch, capsys):
+    """`dvc repro` killed with SIGKILL leaves its train running, orphaned; the rerun trained beside it in the same
+    checkpoint folder: each deleted the other's staged files and checkpoints, and one of them failed with a bare
+    `[Errno 2] No such file or directory: .../last-25.npz-d715d25dfd4e2fa4 -> ...` (8 of 8 such pairs)."""
+    _kill_at(monkeypatch, "write_bundle")  # leaves a checkpoint to resume, as the orphan's would be
+    with pytest.raises(Killed):
+        train.run(quick_project, quiet=True)
+    monkeypatch.undo()
+    checkpoints = quick_project / train.CHECKPOINT_DIR
+    before = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
+    capsys.readouterr()
+    with train.one_train(quick_project):  # the orphaned train, still at work
+        assert train.main(["--root", str(quick_project), "--quiet"]) == 1
+    printed = capsys.readouterr()
+    assert (printed.out, printed.err) == ("", f"train: error: another train is running in {quick_project}: run train "
+                                              "again once it has finished\n")
+    assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == before  # nothing touched
+    assert not (quick_project / train.CANDIDATE_DIR).exists()
+    assert train.main(["--root", str(quick_project), "--quiet"]) == 0  # once it has finished, the rerun resumes
+    assert not checkpoints.exists()
