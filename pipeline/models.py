@@ -272,7 +272,7 @@ class TrainingState:
 
     @classmethod
     def read(cls, directory: Path, fingerprint: str) -> TrainingState | None:
-        """The saved state, or None when there is none or it belongs to other data, params or code.
+        """The saved state, or None when there is none or it belongs to other data, params, code or libraries.
 
         ValueError naming the file and field when it is unreadable or a field is missing, of the wrong type or out
         of range (a position outside the run it records, a score that is not a finite number).
@@ -318,7 +318,7 @@ def _state_checksum(fields: dict) -> str:
 
 
 def fingerprint_of(*parts) -> str:
-    """A checkpoint belongs to one run configuration: the hash of its parts (params, data and code versions)."""
+    """A checkpoint belongs to one run configuration: the hash of its parts (params, data, code and runtime)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -468,7 +468,7 @@ def _resume(sess, directory: Path, fingerprint: str, saver_model, saver_all, fet
         state = TrainingState.read(directory, fingerprint)
         if state is None:
             if (directory / STATE_FILE).exists():
-                say(f"train: the checkpoint in {directory} is of other data, params or code; starting over")
+                say(f"train: the checkpoint in {directory} is of other data, params, code or libraries; starting over")
             return None
         for name in (state.best_checkpoint, state.last_checkpoint):
             state.check_checkpoint(directory, name)

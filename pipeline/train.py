@@ -55,7 +55,7 @@ from pipeline.model_params import (FeatureParams, TrainParams, feature_params, t
                                    validation_within_horizon)
 from pipeline.params import load_yaml
 from pipeline.stage import run_stage
-from pipeline.versions import bundle_version, code_version, data_version, git_commit
+from pipeline.versions import bundle_version, code_version, data_version, git_commit, runtime_version
 
 TRAIN_DATA = "data/split/train.parquet"
 HOLIDAYS_DATA = "data/prepared/holidays.parquet"
@@ -372,7 +372,7 @@ def _run(root: Path, home: Path, raw: dict, fparams: FeatureParams, tparams: Tra
         from pipeline import models
 
         checkpoints = home / CHECKPOINT_DIR
-        fingerprint = models.fingerprint_of(bundle_params, versions, data.batch_order)
+        fingerprint = models.fingerprint_of(bundle_params, versions, data.batch_order, runtime_version())
         mlflow_run.set_tags({CHECKPOINT_TAG: fingerprint})
         config, result = fit(tparams, data, spec, on_eval, checkpoint_dir=checkpoints, fingerprint=fingerprint,
                              log=say, on_resume=lambda step: link_resumed_run(mlflow_run, fingerprint, step, say))

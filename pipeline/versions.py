@@ -11,7 +11,10 @@ as it found it. The run's own provenance lives in MLflow (pipeline/tracking.py).
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
+import os
+import platform
 import subprocess
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -57,6 +60,23 @@ def code_version(root: Path | None = None, entries: Iterable[str] = MODEL_CODE) 
             digest.update(b"\0")
             digest.update(file.read_bytes())
     return digest.hexdigest()
+
+
+# What else decides a trained model's bits besides code, data and params: the numerical libraries and the BLAS
+# kernels (pipeline/blas.py). Not a bundle fact (a bundle is judged by its data, code and params), but a
+# checkpoint's: a train resumed under other libraries would be neither the old run's model nor the new one's.
+RUNTIME_PACKAGES = ("numpy", "numba")
+
+
+def runtime_version() -> dict[str, str]:
+    """The Python, numerical libraries and BLAS kernels this process trains with (a checkpoint's identity)."""
+    versions = {"python": platform.python_version(), "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "")}
+    for package in RUNTIME_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = ""
+    return versions
 
 
 def params_version(params: Mapping) -> str:

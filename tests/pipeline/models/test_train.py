@@ -249,3 +249,34 @@ def test_on_small_data_the_linear_model_trains_fully_and_beats_the_baseline(tiny
     inner = predict_weights(config, result.weights, data.inner.matrix)
     assert nwrmsle(data.inner.units, inner, data.inner.weights) < nwrmsle(data.inner.units, data.inner.baseline,
                                                                          data.inner.weights)
+
+
+def test_a_checkpoint_of_other_libraries_is_not_resumed(trained_project_template, tmp_path, monkeypatch, capsys):
+    """Found by a probe: numpy and numba were no part of a checkpoint's identity, so a train killed, then rerun after
+    a library upgrade, resumed the old libraries' checkpoint (a model neither version makes). The rerun here sees
+    another numba version: it starts over, says so, links to no run, and ends as an uninterrupted run."""
+    from pipeline import models, versions
+
+    template, _ = trained_project_template
+    root = write_tiny_project(tmp_path / "project")
+    write_params(root, TINY_PARAMS)
+    real_write = models.TrainingState.write
+
+    def write_then_interrupt(state, directory):
+        real_write(state, directory)
+        raise Interrupted(state.step)
+
+    monkeypatch.setattr(models.TrainingState, "write", write_then_interrupt)
+    with pytest.raises(Interrupted):
+        train.run(root, quiet=True)
+    monkeypatch.setattr(models.TrainingState, "write", real_write)
+    upgraded = {**versions.runtime_version(), "numba": "99.0.0"}
+    monkeypatch.setattr(train, "runtime_version", lambda: upgraded)
+    capsys.readouterr()
+    finished = train.run(root)
+    out = capsys.readouterr().out
+    assert "is of other data, params, code or libraries; starting over" in out, out
+    assert "resuming" not in out
+    assert train.RESUMED_FROM_TAG not in tracking.client(root).get_run(finished["run_id"]).data.tags
+    assert (root / train.CANDIDATE_DIR / "weights.npz").read_bytes() == \
+        (template / train.CANDIDATE_DIR / "weights.npz").read_bytes()
