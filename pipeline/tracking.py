@@ -308,6 +308,11 @@ def close_killed_runs(mlflow_client, experiment_id: str) -> list[str]:
     return closed
 
 
+def closed_run_note(run_id: str) -> str:
+    """What a stage says of a run close_killed_runs marked KILLED (after its ``<stage>: note: ``)."""
+    return f"MLflow run {run_id} was left RUNNING by a process that is gone; marked KILLED"
+
+
 class TrainingRun:
     """One MLflow run for one stage: ``with TrainingRun(root, name, tags) as run: run.log_metrics(...)``. It is
     tagged with this process (PROCESS_TAG); ``closed`` lists the runs of killed processes it marked KILLED first."""

@@ -326,8 +326,8 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     directory so. Data and the MLflow store are always the project's (``root``).
 
     One train at a time in ``candidate_root`` (``one_train``), from its first step to its last; a second one fails
-    at once. A ``dvc repro`` killed with SIGKILL leaves
-    its train running; the rerun used to train beside it in the same checkpoint folder.
+    at once (a ``dvc repro`` killed with SIGKILL leaves its train running; a rerun trained beside it in the same
+    checkpoint folder).
     """
     started = time.perf_counter()
     home = root if candidate_root is None else Path(candidate_root)
@@ -361,7 +361,7 @@ def _run(root: Path, home: Path, raw: dict, fparams: FeatureParams, tparams: Tra
 
     with tracking.TrainingRun(root, f"train-{tparams.model}", tags) as mlflow_run:
         for run_id in mlflow_run.closed:
-            say(f"train: note: MLflow run {run_id} was left RUNNING by a process that is gone; marked KILLED")
+            say(f"train: note: {tracking.closed_run_note(run_id)}")
         bundle_params = {"features": fparams.to_json(), "train": tparams.to_json()}
         mlflow_run.log_params(bundle_params)
 
