@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 TAG = "shelfcast.prediction"
 ENV_EVENT_SPOOL = "SHELFCAST_EVENT_SPOOL"
 ENV_EVENT_SPOOL_MAX_BYTES = "SHELFCAST_EVENT_SPOOL_MAX_BYTES"
+LIMIT_CHECK_INTERVAL_S = 1.0  # the spool's limit (and room after a failed write) is checked this often
 COUNTS = ("emitted", "rejected", "spooled", "sent", "dropped", "send_failures")
 
 
@@ -138,9 +139,13 @@ class PredictionEventSink:
             self._log = JsonLinesLog(settings.log_path)
             self._forwarder = None
             self.destination = f"the local log {settings.log_path}"
-        # Two threads: fsync (the crash-loss window) never waits behind a slow send to Fluentd.
+        # Threads of their own: fsync (the crash-loss window) and the spool's limit never wait behind a slow send
+        # to Fluentd (one 4 MiB segment to a Fluentd reading 50 KB/s takes 80 s), nor the limit behind an fsync.
         self._syncer = threading.Thread(target=self._sync_until_closed, name="prediction-events-sync", daemon=True)
         self._syncer.start()
+        self._limiter = threading.Thread(target=self._limit_until_closed, name="prediction-events-limit", daemon=True)
+        if self._forwarder is not None:
+            self._limiter.start()
         self._thread = threading.Thread(target=self._deliver_until_closed, name="prediction-events", daemon=True)
         self._thread.start()
         atexit.register(self.close)
@@ -211,18 +216,21 @@ class PredictionEventSink:
             except Exception:  # a disk error or a bug must not stop syncing for good
                 log.exception("prediction events: fsync failed; retrying")
 
+    def _limit_until_closed(self) -> None:
+        """Every second: drop the oldest events while the spool is over its limit or a write failed."""
+        while True:
+            try:
+                self._spool.enforce_limit()
+            except Exception:  # a disk error or a bug must not stop the limit for good
+                log.exception("prediction events: spool limit check failed; retrying in a second")
+            if self._stopping.wait(LIMIT_CHECK_INTERVAL_S):
+                return
+
     def _deliver_until_closed(self) -> None:
-        retry_at, backoff, limit_checked = 0.0, self.settings.sync_interval_s, 0.0
+        retry_at, backoff = 0.0, self.settings.sync_interval_s
         failed = ("", 0.0)  # the last delivery error logged, and when
         while self._forwarder is not None and not self._stopping.wait(self.settings.sync_interval_s):
             now = time.monotonic()
-            # Each step in its own try: a failing limit check must not stop sending, nor a failing send the limit.
-            if now - limit_checked >= 1.0:
-                limit_checked = now
-                try:
-                    self._spool.enforce_limit()
-                except Exception:  # a disk error or a bug must not stop the limit for good
-                    log.exception("prediction events: spool limit check failed; retrying in a second")
             if now >= retry_at:
                 try:
                     if self._forwarder.pump(until=now + 0.5):
@@ -235,6 +243,8 @@ class PredictionEventSink:
                         failed = (repr(exc), now)
         self._stopping.wait()
         self._syncer.join()
+        if self._limiter.is_alive():
+            self._limiter.join()
         try:
             if self._forwarder is None:
                 self._log.close()

@@ -9,6 +9,7 @@ import datetime as dt
 import enum
 import json
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -334,6 +335,74 @@ def wait_until(condition, timeout_s: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.005)
+
+
+class SlowReader:
+    """A Fluentd that reads ``rate`` bytes a second, through a small receive buffer (set before listening)."""
+
+    def __init__(self, rate: int) -> None:
+        self._server = socket.socket()
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(8)
+        self._server.settimeout(0.1)
+        self.port = self._server.getsockname()[1]
+        self._chunk = max(1, rate // 20)
+        self._stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                connection, _ = self._server.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._read, args=(connection,), daemon=True).start()
+
+    def _read(self, connection: socket.socket) -> None:
+        with connection:
+            while not self._stopped.wait(0.05):
+                try:
+                    if not connection.recv(self._chunk):
+                        return
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._server.close()
+
+
+def test_the_spool_limit_is_checked_every_second_while_a_slow_fluentd_holds_a_send(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    """The limit was checked between sends, in the delivery thread: behind a Fluentd reading 20 KB/s a 256 KB
+    segment's send held it off for 8 s at a time, and a 2 MB spool grew to 12.5 MB (a full disk would have
+    dropped every event for as long, where the contract says until the next check, within a second)."""
+    reader = SlowReader(20_000)
+    sink = PredictionEventSink.from_environment(fluent_environ(reader.port, tmp_path / "spool"), close_timeout_s=0.5,
+                                                segment_max_bytes=256 * 1024, spool_max_bytes=2_000_000)
+    checks = []
+    enforce_limit = sink._spool.enforce_limit
+
+    def recorded() -> int:
+        checks.append(time.monotonic())
+        return enforce_limit()
+
+    monkeypatch.setattr(sink._spool, "enforce_limit", recorded)
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 10:  # ~1 MB/s of events: the connection's buffers fill within seconds
+            for _ in range(50):
+                sink.emit({"output": 1.0, "pad": "x" * 1200})
+            time.sleep(0.05)
+        ended = time.monotonic()
+    finally:
+        sink.close()
+        reader.close()
+    times = [t for t in checks if t >= started] + [ended]
+    longest = max(later - earlier for earlier, later in zip(times, times[1:]))
+    assert longest < 2.5, f"the limit went unchecked for {longest:.1f} s while a send waited for Fluentd"
+    assert sink.stats.snapshot()["dropped"] > 0  # the limit was reached, and enforced
 
 
 def test_a_failing_limit_check_does_not_stop_sending(tmp_path: Path, silent_peer, monkeypatch) -> None:
