@@ -143,8 +143,9 @@ class PredictionEventSink:
         # to Fluentd (one 4 MiB segment to a Fluentd reading 50 KB/s takes 80 s), nor the limit behind an fsync.
         self._syncer = threading.Thread(target=self._sync_until_closed, name="prediction-events-sync", daemon=True)
         self._syncer.start()
-        self._limiter = threading.Thread(target=self._limit_until_closed, name="prediction-events-limit", daemon=True)
-        if self._forwarder is not None:
+        self._limiter = None if self._forwarder is None else threading.Thread(
+            target=self._limit_until_closed, name="prediction-events-limit", daemon=True)
+        if self._limiter is not None:
             self._limiter.start()
         self._thread = threading.Thread(target=self._deliver_until_closed, name="prediction-events", daemon=True)
         self._thread.start()
@@ -243,7 +244,7 @@ class PredictionEventSink:
                         failed = (repr(exc), now)
         self._stopping.wait()
         self._syncer.join()
-        if self._limiter.is_alive():
+        if self._limiter is not None:
             self._limiter.join()
         try:
             if self._forwarder is None:

@@ -374,7 +374,7 @@ def _log_to_mlflow(root: Path, evaluation: Mapping, metrics: Mapping, per_window
                   file=sys.stderr)
         return None
     for closed in [] if quiet else recorded.closed:
-        print(f"evaluate: note: {tracking.closed_run_note(closed)}", flush=True)
+        print(f"evaluate: note: {tracking.closed_run_note(closed)}", file=sys.stderr)
     if not quiet and not recorded.training_run_updated:
         print(f"evaluate: note: run {run_id} is a registered model version's; its recorded verdict is kept, this "
               f"evaluation is MLflow run {recorded.run_id}", file=sys.stderr)

@@ -13,11 +13,12 @@ This module imports only params.py and atomic.py (stdlib), so depending on it co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from pipeline.atomic import target_of_copy
 from pipeline.params import ParamsError, load_yaml
@@ -60,6 +61,20 @@ def os_error_text(exc: OSError) -> str:
     return f"{where}: {reason}"
 
 
+@contextlib.contextmanager
+def artifact_bars_off(quiet: bool) -> Iterator[None]:
+    """MLflow's download bars off while a quiet stage runs, unless the user set the switch; the environment is left
+    as it was found (a stage run in-process, by a test or pipeline.sweep, changes nothing after it)."""
+    ours = quiet and ARTIFACT_BARS_SWITCH not in os.environ
+    if ours:
+        os.environ[ARTIFACT_BARS_SWITCH] = "false"
+    try:
+        yield
+    finally:
+        if ours:
+            os.environ.pop(ARTIFACT_BARS_SWITCH, None)
+
+
 def run_stage(name: str, body: Body, argv: list[str] | None = None,
               errors: tuple[type[BaseException], ...] = (), description: str | None = None,
               options: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
@@ -76,11 +91,10 @@ def run_stage(name: str, body: Body, argv: list[str] | None = None,
     if options is not None:
         options(parser)
     args = parser.parse_args(argv)
-    if args.quiet:
-        os.environ.setdefault(ARTIFACT_BARS_SWITCH, "false")
     started = time.perf_counter()
     try:
-        outcome = body(args)
+        with artifact_bars_off(args.quiet):
+            outcome = body(args)
     except USER_ERRORS + tuple(errors) as exc:
         label, code = getattr(exc, "label", "error"), getattr(exc, "exit_code", 1)
         print(f"{name}: {label}: {exc}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 
 import pytest
 
@@ -113,4 +114,5 @@ def test_quiet_also_silences_mlflows_artifact_download_bars(quiet, tmp_path, mon
     assert run_stage("promote", fetch, ["--quiet"] if quiet else []) == 0
     err = capsys.readouterr().err
     assert ("Downloading artifacts" in err) is not quiet, err
+    assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # the stage left the environment as it found it
     assert sorted(p.name for p in (tmp_path / "fetched" / "bundle").iterdir()) == [f"part{k}.txt" for k in range(3)]
