@@ -22,6 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_BUNDLE_MODULE = REPO / "tests" / "app" / "tiny_bundle.py"
+DRIFT_REPLAY_MODULE = REPO / "benchmarks" / "drift_replay.py"
 
 
 def _tiny_bundle_module():
@@ -166,35 +167,16 @@ def repo_root() -> Path:
     return REPO
 
 
-def served_validation_requests(bundle: Path, n: int | None, seed: int = 0,
-                               first_days: int | None = None) -> list[dict[str, Any]]:
-    """`n` real requests (None: all) for the bundle's window: rows of its project's validation split, items it
-    knows; with `first_days`, only for the window's first days (a client ordering for the next days)."""
-    import pandas as pd
-
-    rows = pd.read_parquet(bundle.parents[1] / "data" / "split" / "validation.parquet")
-    known = set(json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))["vocabularies"]["item_nbr"])
-    rows = rows[rows["item_nbr"].astype(str).isin(known)]
-    if first_days is not None:
-        rows = rows[rows["date"] < rows["date"].min() + pd.Timedelta(days=first_days)]
-    rows = rows.sample(n=n or len(rows), random_state=seed)
-    return [{"store_nbr": int(r.store_nbr), "item_nbr": int(r.item_nbr), "date": r.date.date().isoformat(),
-             "onpromotion": bool(r.onpromotion)} for r in rows.itertuples()]
+def _drift_replay_module():
+    """benchmarks/drift_replay.py: the replay the README's live-accuracy figures come from, shared with the tests."""
+    spec = importlib.util.spec_from_file_location("monitoring_tests_drift_replay", DRIFT_REPLAY_MODULE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def replay_requests(bundle: Path, requests: list[dict[str, Any]], log_path: Path) -> Path:
-    """Serve `requests` through the real app; its events go to `log_path` (the app's JSON-lines sink)."""
-    from app import create_app
-    from app.config import AppSettings
-    from app.events import PredictionEventSink
-
-    sink = PredictionEventSink.from_environment({"SHELFCAST_PREDICTION_LOG": str(log_path)})
-    client = create_app(AppSettings(model_dir=bundle, reload_interval_s=0), sink=sink).test_client()
-    for start in range(0, len(requests), 200):
-        answer = client.post("/api/v1/predict", json={"instances": requests[start:start + 200]})
-        assert answer.status_code == 200, answer.get_json()
-    sink.close()
-    return log_path
+DRIFT_REPLAY = _drift_replay_module()
+served_validation_requests, replay_requests = DRIFT_REPLAY.served_validation_requests, DRIFT_REPLAY.replay_requests
 
 
 @pytest.fixture(scope="session")
