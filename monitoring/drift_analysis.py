@@ -218,8 +218,13 @@ def live_accuracy(data: ServingData, actuals: Mapping[tuple[int, int, str], floa
     baseline's NWRMSLE on the same rows and their ratio, with evaluate's paired bootstrap interval over series:
     which series clients ask for moves both scores, the ratio far less, so it tells a model that stopped
     beating the baseline from a harder mix."""
-    actuals = {(str(store), str(item), date): units for (store, item, date), units in actuals.items()}
-    matched = [i for i, key in enumerate(data.keys) if key in actuals]
+    sold = {}  # event index -> its actual units: looked up by the events' keys, the file is never walked
+    for i, (store, item, date) in enumerate(data.keys):
+        try:
+            sold[i] = actuals[(int(store), int(item), date)]
+        except (KeyError, ValueError):
+            continue
+    matched = list(sold)
     live: dict[str, Any] = {"rows": len(matched), "nwrmsle": None, "baseline_nwrmsle": None,
                             "ratio_to_baseline": None, "ratio_interval": None}
     if not matched:
@@ -227,7 +232,7 @@ def live_accuracy(data: ServingData, actuals: Mapping[tuple[int, int, str], floa
     index = np.asarray(matched)
     series = [f"{data.keys[i][0]}/{data.keys[i][1]}" for i in matched]
     live["series"] = len(set(series))
-    actual = np.asarray([actuals[data.keys[i]] for i in matched])
+    actual = np.asarray([sold[i] for i in matched])
     perishable = np.asarray(data.categorical.get("perishable", ["0"] * data.rows))[index] == "1"
     weights = perishable_weights(perishable)
     try:

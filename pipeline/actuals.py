@@ -9,6 +9,7 @@ import datetime as dt
 import gzip
 import io
 import math
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 ACTUALS_COLUMNS = ("store_nbr", "item_nbr", "date", "unit_sales")
@@ -19,7 +20,7 @@ class ActualsError(ValueError):
     """An actual-sales file that cannot be used; names the file, line and column."""
 
 
-def read_actuals(path: Path | str) -> dict[tuple[int, int, str], float]:
+def read_actuals(path: Path | str) -> SoldUnits:
     """(store_nbr, item_nbr, ISO date) -> unit_sales; a return (negative units) sold nothing that day, as evaluate
     counts it. The keys are what prediction events carry in ``inputs``. A store x item with no row on a day the file
     has sales for, on or after its first row in the file, sold nothing (0.0), as prepare's grid and so evaluate
@@ -52,19 +53,38 @@ def read_actuals(path: Path | str) -> dict[tuple[int, int, str], float]:
                 actual[key] = max(units, 0.0)
     except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, OSError, csv.Error) as exc:
         raise ActualsError(f"{path}: not a readable CSV{' (gzip)' if packed else ''}: {exc}") from None
-    return zero_filled(actual)
+    return SoldUnits(actual)
 
 
-def zero_filled(sold: dict[tuple[int, int, str], float]) -> dict[tuple[int, int, str], float]:
-    """`sold` with 0.0 for every store x item on each day of the file (a day with a row in any store) from its first
-    row on: the days it has no row, which in Kaggle's layout it sold nothing (prepare.grid: from_first_sale)."""
-    days = sorted({date for _, _, date in sold})
-    first: dict[tuple[int, int], str] = {}
-    for store, item, date in sold:
-        if date < first.get((store, item), "9999"):
-            first[(store, item)] = date
-    filled = dict(sold)
-    for (store, item), start in first.items():
-        for date in days[bisect.bisect_left(days, start):]:
-            filled.setdefault((store, item, date), 0.0)
-    return filled
+class SoldUnits(Mapping):
+    """(store_nbr, item_nbr, ISO date) -> units sold: the file's rows, and 0.0 for a store x item on each day of the
+    file (a day with a row in any store) from its first row on that has no row of its own: in Kaggle's layout it
+    sold nothing (prepare.grid: from_first_sale). Those zeros are looked up, not stored: a year of one store's
+    sales already holds more zero days than rows."""
+
+    def __init__(self, sold: dict[tuple[int, int, str], float]):
+        self._sold = sold
+        self._days = sorted({date for _, _, date in sold})
+        self._is_day = frozenset(self._days)
+        self._first: dict[tuple[int, int], str] = {}
+        for store, item, date in sold:
+            if date < self._first.get((store, item), "9999"):
+                self._first[(store, item)] = date
+
+    def __getitem__(self, key: tuple[int, int, str]) -> float:
+        units = self._sold.get(key)
+        if units is not None:
+            return units
+        store, item, date = key
+        first = self._first.get((store, item))
+        if first is None or date not in self._is_day or date < first:  # a day of the file, on or after the first
+            raise KeyError(key)
+        return 0.0
+
+    def __iter__(self) -> Iterator[tuple[int, int, str]]:
+        for (store, item), first in self._first.items():
+            for date in self._days[bisect.bisect_left(self._days, first):]:
+                yield store, item, date
+
+    def __len__(self) -> int:
+        return sum(len(self._days) - bisect.bisect_left(self._days, first) for first in self._first.values())

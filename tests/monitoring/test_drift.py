@@ -23,6 +23,11 @@ from pipeline.drift_stats import distribution
 STREAM_EVENTS = 1500
 
 
+def sold_key(event) -> tuple[int, int, str]:
+    """An event's key in actual sales, as pipeline.actuals reads them: (store_nbr, item_nbr, ISO date)."""
+    return int(event["inputs"]["store_nbr"]), int(event["inputs"]["item_nbr"]), event["inputs"]["date"]
+
+
 def promotion_everywhere(dense, categorical, predictions):
     dense["target_onpromotion"][:] = 1.0
 
@@ -75,7 +80,7 @@ def test_live_nwrmsle_uses_supplied_actuals(bundle_parts, stream, jsonl, tmp_pat
     events = stream(300, seed=3)
     for i, event in enumerate(events):
         event["inputs"]["date"] = f"2017-08-{1 + i % 16:02d}"
-    keys = [(str(e["inputs"]["store_nbr"]), str(e["inputs"]["item_nbr"]), e["inputs"]["date"]) for e in events]
+    keys = [sold_key(e) for e in events]
     exact = {key: e["output"]["unit_sales"] for key, e in zip(keys, events)}
     for key, event in zip(keys, events):  # repeated requests of one store/item/day get one forecast
         event["output"]["unit_sales"] = exact[key]
@@ -101,7 +106,7 @@ def test_live_accuracy_is_judged_against_the_weekday_baseline_on_the_same_rows(b
         event["features"]["dense"][baseline] = 2.0 + (i % 5)  # baseline forecast expm1(2 .. 6) units
         actual = float(np.expm1(event["features"]["dense"][baseline])) * 1.1
         event["output"]["unit_sales"] = actual * error
-        actuals[(str(event["inputs"]["store_nbr"]), str(event["inputs"]["item_nbr"]), event["inputs"]["date"])] = actual
+        actuals[sold_key(event)] = actual
     live = analyse(events, metadata, stats, DriftParams(), actuals)["live"]
     assert live["rows"] == 400 and live["nwrmsle"] < 0.9
     assert live["baseline_nwrmsle"] == pytest.approx(np.log(1.1), rel=0.15)
@@ -129,7 +134,7 @@ def test_series_the_baseline_forecasts_exactly_leave_a_writable_report(bundle_pa
         sold = 0.0 if i % series >= 2 else 8.0  # all but two series sell nothing, and the baseline says so
         event["features"]["dense"][baseline] = float(np.log1p(sold * 0.9))
         event["output"]["unit_sales"] = sold + 1.0
-        actuals[(str(event["inputs"]["store_nbr"]), str(event["inputs"]["item_nbr"]), event["inputs"]["date"])] = sold
+        actuals[sold_key(event)] = sold
     report = analyse(events, metadata, stats, DriftParams(), actuals)
     json.dumps(report, allow_nan=False)  # what drift.json's writer does
     live = report["live"]
@@ -149,7 +154,7 @@ def test_live_nwrmsle_over_its_bound_alarms_only_on_enough_series(bundle_parts, 
     for i, event in enumerate(events):
         event["inputs"]["item_nbr"] = 3_000_000 + i  # one row per series
         event["output"]["unit_sales"] = 1.0
-        actuals[(str(event["inputs"]["store_nbr"]), str(event["inputs"]["item_nbr"]), event["inputs"]["date"])] = 30.0
+        actuals[sold_key(event)] = 30.0
     report = analyse(events, metadata, stats, DriftParams(), actuals)
     live = report["live"]
     assert live["series"] == series and live["nwrmsle"] > DriftParams().max_live_nwrmsle
@@ -163,7 +168,7 @@ def test_live_nwrmsle_over_its_bound_alarms_only_on_enough_series(bundle_parts, 
 def test_without_the_baseline_feature_live_accuracy_says_why_there_is_no_ratio(bundle_parts, stream):
     metadata, stats = bundle_parts
     events = stream(200, seed=6)
-    actuals = {(str(e["inputs"]["store_nbr"]), str(e["inputs"]["item_nbr"]), e["inputs"]["date"]): 3.0 for e in events}
+    actuals = {sold_key(e): 3.0 for e in events}
     metadata = {**metadata, "params": {**metadata["params"], "train": {**metadata["params"]["train"],
                                                                          "baseline_weeks": 5}}}  # not a dow window
     live = analyse(events, metadata, stats, DriftParams(), actuals)["live"]
