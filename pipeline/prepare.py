@@ -48,8 +48,8 @@ from pipeline.schema import HOLIDAY_FLAGS, PREPARED_SALES_SCHEMA, RAW_SCHEMAS
 from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.store_parts import append_part, write_part
 from pipeline.validate import (
-    MAX_SHOWN, DataValidationError, check_references, describe_rows, fail, find_raw_file, read_batches, read_small,
-    require_raw_file,
+    MAX_SHOWN, DataValidationError, check_references, describe_rows, fail, find_raw_file, ignored_columns,
+    read_batches, read_small, require_raw_file,
 )
 
 RAW_DIR = Path("data/raw")
@@ -480,11 +480,29 @@ def _any_promotion_known(sales_path: Path) -> bool:
     return False
 
 
+def ignored_columns_warnings(raw_dir: Path) -> list[str]:
+    """One line per raw file whose header has columns the schema lacks: they are read past, not refused (README
+    "Bring your own data"), and said so, so a column meant to be read but misnamed is seen."""
+    warnings = []
+    for name, spec in RAW_SCHEMAS.items():
+        path = find_raw_file(raw_dir, name)
+        try:
+            ignored = ignored_columns(path, spec) if path is not None else []
+        except DataValidationError:
+            continue  # an unreadable header: reading the file says so, in its turn
+        if ignored:
+            warnings.append(f"{path.name}: column(s) {', '.join(repr(c) for c in ignored)} not part of the {name} "
+                            f"schema ({', '.join(spec.column_names)}): ignored")
+    return warnings
+
+
 def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool = True, client=None) -> str:
     """Validate and prepare ``raw_dir`` into ``out_dir``; pass 2 on the cluster's workers when ``client`` is given."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if not raw_dir.is_dir():
         raise StageError(f"{raw_dir}: no raw data directory (run the download stage first)")
+    for warning in ignored_columns_warnings(raw_dir):
+        print(f"prepare: warning: {warning}", file=sys.stderr, flush=True)
     reference = read_reference(raw_dir)
     warning = unmatched_holidays_warning(raw_dir, reference)
     if warning:

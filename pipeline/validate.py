@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import difflib
 import gzip
 import re
 import zlib
@@ -153,7 +154,22 @@ def _header(path: Path, strip: bool = True) -> list[str]:
     return [name.strip().strip('"') for name in text.split(",")]
 
 
-def _check_header(path: Path, spec: RawFile) -> None:
+def _meant(name: str, candidates: list[str]) -> str | None:
+    """The schema column a header name was probably meant as (``Unit Sales``, ``unit_sale``), or None."""
+    def folded(text: str) -> str:
+        return re.sub(r"[\s_\-.]", "", text.casefold())
+    same = [c for c in candidates if folded(c) == folded(name)]
+    close = same or difflib.get_close_matches(folded(name), [folded(c) for c in candidates], n=1, cutoff=0.8)
+    if not close:
+        return None
+    return same[0] if same else next(c for c in candidates if folded(c) == close[0])
+
+
+def _check_header(path: Path, spec: RawFile) -> list[str]:
+    """Check the header line against ``spec``; returns the names of the columns the schema does not have, which
+    the reader leaves out (a store's export often carries a column of its own). A name that looks like one of the
+    schema's columns the file lacks (``Unit_Sales``, ``onpromotions``) is refused instead: ignoring it would
+    silently read that column as absent."""
     names = _header(path)
     missing = [c.name for c in spec.columns if c.name not in names and not c.optional]
     if missing:
@@ -162,6 +178,8 @@ def _check_header(path: Path, spec: RawFile) -> None:
             if len(names) == 1 and {c.name for c in spec.columns if not c.optional} <= {
                     n.strip().strip('"') for n in names[0].split(delimiter)}:
                 hint = f": the file seems to use {shown} as delimiter; Shelfcast reads comma-separated files"
+        if not hint and (meant := _meant(missing[0], [n for n in names if n not in spec.column_names])):
+            hint = f": is '{meant}' meant? (column names are matched exactly)"
         raise DataValidationError(f"{path.name}: column '{missing[0]}': missing (header has: {', '.join(names)})"
                                   f"{hint}")
     empty = [n for n in names if not n]
@@ -173,19 +191,30 @@ def _check_header(path: Path, spec: RawFile) -> None:
     if spaced:
         raise DataValidationError(f"{path.name}: line 1: column name {spaced[0]!r} has spaces around it: remove "
                                   "them (column names are matched exactly)")
-    unknown = [c for c in names if c not in spec.column_names]
-    if unknown:
-        raise DataValidationError(f"{path.name}: column '{unknown[0]}': not part of the {spec.name} schema "
-                                  f"({', '.join(spec.column_names)}, in any order): remove it from the file")
     if len(set(names)) != len(names):
         duplicate = next(n for n in names if names.count(n) > 1)
         raise DataValidationError(f"{path.name}: column '{duplicate}': appears twice in the header")
+    unknown = [n for n in names if n not in spec.column_names]
+    absent = [c for c in spec.column_names if c not in names]
+    for name in unknown:
+        if meant := _meant(name, absent):
+            raise DataValidationError(f"{path.name}: column '{name}': not part of the {spec.name} schema; is "
+                                      f"'{meant}' meant? (column names are matched exactly: rename it, or the "
+                                      f"file is read without '{meant}')")
+    return unknown
 
 
-def _convert_options(spec: RawFile, as_text: bool = False) -> pacsv.ConvertOptions:
+def ignored_columns(path: Path, spec: RawFile) -> list[str]:
+    """The header's columns that ``spec`` does not have: read_batches leaves them out."""
+    return [name for name in _header(path) if name not in spec.column_names]
+
+
+def _convert_options(spec: RawFile, as_text: bool, header: list[str]) -> pacsv.ConvertOptions:
+    """The schema's types; the header's columns the schema lacks are left out (not even converted)."""
     types = {c.name: (pa.string() if as_text else c.type) for c in spec.columns}
     return pacsv.ConvertOptions(column_types=types, true_values=TRUE_VALUES, false_values=FALSE_VALUES,
-                                null_values=[""], strings_can_be_null=not as_text)
+                                null_values=[""], strings_can_be_null=not as_text,
+                                include_columns=[name for name in header if name in types])
 
 
 class _TailTracking:
@@ -220,14 +249,15 @@ class _TailTracking:
         self.closed = True
 
 
-def _check_complete_last_line(path: Path, spec: RawFile, tail: bytes, rows_read: int) -> None:
+def _check_complete_last_line(path: Path, tail: bytes, rows_read: int) -> None:
     """Every complete CSV file ends with an end-of-line; one that does not was cut short."""
     if not tail or tail.endswith((b"\n", b"\r")):  # \r alone: old Mac line endings, which the reader takes too
         return
     last = re.split(rb"\r\n|\r|\n", tail)[-1].decode("utf-8", errors="replace")
-    index = min(last.count(","), len(spec.columns) - 1)
+    header = _header(path)  # the file's order, and its columns the schema lacks
     raise DataValidationError(
-        f"{path.name}: line {rows_read + 1}, column '{spec.columns[index].name}': the file ends inside this line "
+        f"{path.name}: line {rows_read + 1}, column '{header[min(last.count(','), len(header) - 1)]}': the file "
+        "ends inside this line "
         f"({last[-60:]!r}, no end-of-line after it): it looks truncated; re-copy it "
         "(if the file is complete, add a newline at its end)"
     )
@@ -238,8 +268,13 @@ def _batches(
 ) -> Iterator[pa.RecordBatch]:
     stream = _TailTracking(path)
     try:
-        reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block_size),
-                                convert_options=_convert_options(spec, as_text))
+        header = _header(path)
+        try:
+            reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block_size),
+                                    convert_options=_convert_options(spec, as_text, header))
+        except pa.ArrowKeyError:  # a column the header line has as we split it but the CSV reader does not
+            raise DataValidationError(f"{path.name}: line 1: the header does not read as the columns "
+                                      f"{', '.join(header)}") from None
         names = reader.schema.names
         left_out = [c for c in spec.columns if c.optional and c.name not in names]
         if sorted(names + [c.name for c in left_out]) != sorted(spec.column_names):  # a quote or \r in the header
@@ -255,7 +290,7 @@ def _batches(
                     names=list(spec.column_names))
             yield batch
         if not as_text:
-            _check_complete_last_line(path, spec, stream.tail, rows)
+            _check_complete_last_line(path, stream.tail, rows)
     finally:
         stream.close()
 

@@ -48,9 +48,13 @@ CASES = {
     "missing column": ("train", lambda t: "\n".join(",".join(f for i, f in enumerate(line.split(",")) if i != 4)
                                                    for line in t.splitlines()) + "\n",
                        ["train.csv", "'unit_sales'", "missing"]),
-    "unknown column": ("stores", lambda t: t.replace("cluster\n", "cluster,extra\n").replace(",13\n", ",13,x\n")
-                       .replace(",5\n", ",5,x\n").replace(",6\n", ",6,x\n"),
-                       ["stores.csv", "'extra'", "(store_nbr, city, state, type, cluster, in any order): remove it"]),
+    # a column the schema lacks is read past (test_columns_the_schema_lacks_are_read_past), but one that looks
+    # like a schema column the file lacks is a misspelling: read past, that column would silently be absent
+    "misspelt optional column": ("train", lambda t: t.replace(",onpromotion\n", ",on_promotion\n", 1),
+                                 ["train.csv", "column 'on_promotion': not part of the train schema; is "
+                                  "'onpromotion' meant?"]),
+    "misspelt required column": ("stores", lambda t: t.replace("cluster\n", "Cluster\n", 1),
+                                 ["stores.csv", "column 'cluster': missing", "is 'Cluster' meant?"]),
     "bad date": ("train", lambda t: _replace_line(t, 40, _train_line(40).replace("2014-03-", "2014-02-3", 1)),
                  ["train.csv", "'date'", "line 40"]),
     # blank lines are skipped by the reader: the line named is the file's, not the data row's
@@ -190,6 +194,36 @@ def test_file_cut_inside_its_last_line_is_an_error(tmp_path, cut):
                                                   r"inside this line .*truncated"):
         prepare(raw, tmp_path / "out", PARAMS, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_columns_the_schema_lacks_are_read_past(tmp_path, capsys):
+    """A store's export with columns of its own (a name, a cost, a note with commas inside quotes) was refused
+    ("remove it from the file": a 5 GB train.csv to rewrite); now prepare reads past them, says which, and
+    prepares exactly what the file without them gives."""
+    import pandas as pd
+
+    raw = write_kaggle_sample(tmp_path / "raw")
+    prepare(raw, tmp_path / "plain", PARAMS, progress=False)
+    capsys.readouterr()
+    _edit(raw, "train", lambda t: "\n".join(
+        [f"note,{t.splitlines()[0]},cost"] + [f'"row {n}, as exported",{line},{n}.5'
+                                              for n, line in enumerate(t.splitlines()[1:])]) + "\n")
+    _edit(raw, "stores", lambda t: "\n".join(line + (",manager" if n == 0 else ",x") for n, line in
+                                              enumerate(t.splitlines())) + "\n")
+    prepare(raw, tmp_path / "extra", PARAMS, progress=False)
+    warnings = capsys.readouterr().err
+    assert "prepare: warning: train.csv: column(s) 'note', 'cost' not part of the train schema" in warnings
+    assert "prepare: warning: stores.csv: column(s) 'manager' not part of the stores schema" in warnings
+    prepared = sorted(p.name for p in (tmp_path / "plain").glob("*.parquet"))
+    assert "sales.parquet" in prepared and sorted(p.name for p in (tmp_path / "extra").glob("*.parquet")) == prepared
+    for name in prepared:
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "extra" / name),
+                                      pd.read_parquet(tmp_path / "plain" / name))
+    # a bad value is still named by its line, with extra columns before it in the header
+    _edit(raw, "train", lambda t: t.replace("row 9, as exported\",", "row 9, as exported\",x", 1))
+    with pytest.raises(DataValidationError, match=r"train.csv: column 'id': not a valid int64; first offending: "
+                                                  r"line 11 \('x"):
+        prepare(raw, tmp_path / "bad", PARAMS, progress=False)
 
 
 def test_wrong_field_count_names_the_line(tmp_path):
