@@ -1,90 +1,132 @@
 """Actual sales that live accuracy is judged on (`make drift --actuals`, `release decide --actuals`): a CSV with the
-columns store_nbr, item_nbr, date, unit_sales — Favorita's train.csv works, gzipped (train.csv.gz) or not."""
+columns store_nbr, item_nbr, date, unit_sales — Favorita's train.csv works, gzipped (train.csv.gz) or not, at its
+full size (125 M rows: 16 bytes a row in memory)."""
 
 from __future__ import annotations
 
-import bisect
-import csv
 import datetime as dt
-import gzip
-import io
-import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-ACTUALS_COLUMNS = ("store_nbr", "item_nbr", "date", "unit_sales")
-GZIP_MAGIC = b"\x1f\x8b"
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from pipeline.schema import ACTUALS
+from pipeline.validate import DataValidationError, fail, read_batches
+
+EPOCH = dt.date(1970, 1, 1)  # Arrow's date32 counts days from here
+DAY_BITS = 16  # a date32 day of 2000…2099 (schema.EARLIEST_DATE…LATEST_DATE) is < 2**16
+ITEM_BITS = 31  # item_nbr: 1 … 2**31 - 1; store_nbr: 1 … 32,767 (15 bits): a key is 62 bits
+STORE_MAX = int(ACTUALS.column("store_nbr").max)
 
 
 class ActualsError(ValueError):
     """An actual-sales file that cannot be used; names the file, line and column."""
 
 
+def sold_codes(stores: np.ndarray, items: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """One int64 per (store, item, date32 day), ordered as (store, item, day): sorting the codes sorts the rows."""
+    return ((stores.astype(np.int64) << (ITEM_BITS + DAY_BITS)) | (items.astype(np.int64) << DAY_BITS)
+            | days.astype(np.int64))
+
+
 def read_actuals(path: Path | str) -> SoldUnits:
     """(store_nbr, item_nbr, ISO date) -> unit_sales; a return (negative units) sold nothing that day, as evaluate
     counts it. The keys are what prediction events carry in ``inputs``. A store x item with no row on a day the file
     has sales for, on or after its first row in the file, sold nothing (0.0), as prepare's grid and so evaluate
-    count it (README "What an absent day means"): without them every zero-sales day was left unscored."""
+    count it (README "What an absent day means"): without them every zero-sales day was left unscored.
+
+    The file is read, and checked, as prepare reads train.csv (pipeline/validate.py: an error names the line and
+    column); two rows of one store, item and day are refused, as prepare refuses them."""
     path = Path(path)
+    codes, units = [], []
     try:
-        with open(path, "rb") as raw:
-            packed = raw.read(2) == GZIP_MAGIC
-    except OSError as exc:
-        raise ActualsError(f"{path}: {exc.strerror or exc}") from None
-    actual: dict[tuple[int, int, str], float] = {}
-    try:
-        with (gzip.open(path, "rb") if packed else open(path, "rb")) as binary:
-            handle = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")  # a spreadsheet's BOM, if any
-            reader = csv.DictReader(handle)
-            missing = [c for c in ACTUALS_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ActualsError(f"{path}: missing column(s) {', '.join(missing)} "
-                                   f"(needs {', '.join(ACTUALS_COLUMNS)})")
-            for number, row in enumerate(reader, start=2):
-                try:
-                    units = float(row["unit_sales"])
-                    key = (int(row["store_nbr"]), int(row["item_nbr"]),
-                           dt.date.fromisoformat(row["date"].strip()).isoformat())
-                except (TypeError, ValueError, AttributeError) as exc:
-                    raise ActualsError(f"{path}: line {number}: {exc}") from None
-                if not math.isfinite(units):
-                    raise ActualsError(f"{path}: line {number}: unit_sales must be a finite number, "
-                                       f"got {row['unit_sales']!r}")
-                actual[key] = max(units, 0.0)
-    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, OSError, csv.Error) as exc:
-        raise ActualsError(f"{path}: not a readable CSV{' (gzip)' if packed else ''}: {exc}") from None
-    return SoldUnits(actual)
+        with tqdm(desc=f"actuals: read {path.name}", unit="rows", unit_scale=True, disable=None) as bar:
+            for _, batch in read_batches(path, ACTUALS):
+                codes.append(sold_codes(batch.column("store_nbr").to_numpy(zero_copy_only=False),
+                                        batch.column("item_nbr").to_numpy(zero_copy_only=False),
+                                        batch.column("date").cast(pa.int32()).to_numpy(zero_copy_only=False)))
+                units.append(np.maximum(batch.column("unit_sales").to_numpy(zero_copy_only=False), 0.0))
+                bar.update(batch.num_rows)
+        code, sold = np.concatenate(codes), np.concatenate(units)
+        del codes, units  # Favorita's train.csv: 1 GB each; the peak is 4 arrays of its rows (~4.3 GB)
+        pa.default_memory_pool().release_unused()  # the batches' buffers, held by Arrow's allocator until asked
+        order = np.argsort(code, kind="stable")
+        code = code[order]
+        sold = sold[order]
+        repeated = np.flatnonzero(code[1:] == code[:-1])
+        if len(repeated):
+            rows = np.sort(np.concatenate([order[repeated], order[repeated + 1]]))
+            fail(path, "date+store_nbr+item_nbr", "the same store, item and day twice", rows,
+                 [_described(c) for c in np.sort(code[np.concatenate([repeated, repeated + 1])])[:5]])
+    except DataValidationError as exc:
+        message = str(exc)
+        raise ActualsError(f"{path}{message[len(path.name):]}" if message.startswith(path.name) else
+                           f"{path}: {message}") from None
+    return SoldUnits(code, sold)
+
+
+def _described(code: int) -> str:
+    store, item, day = _parts(int(code))
+    return f"{EPOCH + dt.timedelta(days=day)}/{store}/{item}"
+
+
+def _parts(code: int) -> tuple[int, int, int]:
+    return code >> (ITEM_BITS + DAY_BITS), (code >> DAY_BITS) & ((1 << ITEM_BITS) - 1), code & ((1 << DAY_BITS) - 1)
 
 
 class SoldUnits(Mapping):
     """(store_nbr, item_nbr, ISO date) -> units sold: the file's rows, and 0.0 for a store x item on each day of the
     file (a day with a row in any store) from its first row on that has no row of its own: in Kaggle's layout it
-    sold nothing (prepare.grid: from_first_sale). Those zeros are looked up, not stored: a year of one store's
-    sales already holds more zero days than rows."""
+    sold nothing (prepare.grid: from_first_sale). The rows are two arrays sorted by key (16 bytes a row: Favorita's
+    125 M rows in 2 GB, where a dict of them took ~230 bytes a row); the zero days are looked up, not stored: a
+    year of one store's sales already holds more zero days than rows."""
 
-    def __init__(self, sold: dict[tuple[int, int, str], float]):
-        self._sold = sold
-        self._days = sorted({date for _, _, date in sold})
-        self._is_day = frozenset(self._days)
-        self._first: dict[tuple[int, int], str] = {}
-        for store, item, date in sold:
-            if date < self._first.get((store, item), "9999"):
-                self._first[(store, item)] = date
+    def __init__(self, codes: np.ndarray, units: np.ndarray):
+        """``codes``: sold_codes of the rows, sorted and unique; ``units``: their units sold, in the same order."""
+        self._codes, self._units = codes, units
+        pairs = codes >> DAY_BITS
+        starts = np.flatnonzero(np.concatenate([[len(codes) > 0], pairs[1:] != pairs[:-1]]))
+        self._pairs = pairs[starts]
+        self._first = codes[starts] & ((1 << DAY_BITS) - 1)  # each store x item's first day in the file
+        self._days = np.unique(codes & ((1 << DAY_BITS) - 1))  # the file's days: a row in some store
+
+    def _code(self, key: tuple[int, int, str]) -> int | None:
+        try:
+            store, item, date = key
+            day = (dt.date.fromisoformat(date) - EPOCH).days
+        except (TypeError, ValueError):
+            return None
+        if not (0 < store <= STORE_MAX and 0 < item < 1 << ITEM_BITS and 0 <= day < 1 << DAY_BITS):
+            return None  # no row can have it (and it would not fit the code)
+        return (store << (ITEM_BITS + DAY_BITS)) | (item << DAY_BITS) | day
 
     def __getitem__(self, key: tuple[int, int, str]) -> float:
-        units = self._sold.get(key)
-        if units is not None:
-            return units
-        store, item, date = key
-        first = self._first.get((store, item))
-        if first is None or date not in self._is_day or date < first:  # a day of the file, on or after the first
+        code = self._code(key)
+        if code is None:
+            raise KeyError(key)
+        at = int(np.searchsorted(self._codes, code))
+        if at < len(self._codes) and self._codes[at] == code:
+            return float(self._units[at])
+        pair, day = code >> DAY_BITS, code & ((1 << DAY_BITS) - 1)
+        at = int(np.searchsorted(self._pairs, pair))
+        known_pair = at < len(self._pairs) and self._pairs[at] == pair
+        if not known_pair or day < self._first[at] or not _holds(self._days, day):  # a day of the file, from the first
             raise KeyError(key)
         return 0.0
 
     def __iter__(self) -> Iterator[tuple[int, int, str]]:
-        for (store, item), first in self._first.items():
-            for date in self._days[bisect.bisect_left(self._days, first):]:
+        dates = [(EPOCH + dt.timedelta(days=int(day))).isoformat() for day in self._days]
+        for pair, first in zip(self._pairs.tolist(), self._first.tolist()):
+            store, item = pair >> ITEM_BITS, pair & ((1 << ITEM_BITS) - 1)
+            for date in dates[int(np.searchsorted(self._days, first)):]:
                 yield store, item, date
 
     def __len__(self) -> int:
-        return sum(len(self._days) - bisect.bisect_left(self._days, first) for first in self._first.values())
+        return int(len(self._days) * len(self._first) - np.searchsorted(self._days, self._first).sum())
+
+
+def _holds(sorted_values: np.ndarray, value: int) -> bool:
+    at = int(np.searchsorted(sorted_values, value))
+    return at < len(sorted_values) and sorted_values[at] == value

@@ -151,6 +151,14 @@ RAW_SCHEMAS: dict[str, RawFile] = {
     ),
 }
 
+# Actual sales that live accuracy is judged on (pipeline/actuals.py): train.csv's columns that say what sold, so
+# train.csv itself works; its other columns (id, onpromotion), or a user's own, are read past.
+ACTUALS = RawFile(
+    "actuals",
+    tuple(RAW_SCHEMAS["train"].column(name) for name in ("store_nbr", "item_nbr", "date", "unit_sales")),
+    key=("date", "store_nbr", "item_nbr"),
+)
+
 # Dates outside this window are certainly typos, not Favorita data.
 EARLIEST_DATE = "2000-01-01"
 LATEST_DATE = "2099-12-31"

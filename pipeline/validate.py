@@ -28,6 +28,7 @@ from pipeline.schema import EARLIEST_DATE, LATEST_DATE, RAW_SCHEMAS, RAW_SUFFIXE
 
 BLOCK_SIZE = 64 << 20
 MAX_SHOWN = 5
+SHOWN_CHARS = 80  # a value longer than this is cut in a message: one 200 KB cell made a 200 KB error line
 HEADER_BYTES = 1 << 16  # the header line must end within this many bytes
 TRUE_VALUES = ["True", "true", "TRUE", "1"]
 FALSE_VALUES = ["False", "false", "FALSE", "0"]
@@ -94,7 +95,8 @@ def _lines(rows: np.ndarray, values=None, path: Path | None = None) -> str:
     for k, row in enumerate(rows[:MAX_SHOWN]):
         text = f"line {lines[int(row)]}"
         if values is not None:
-            text += f" ({values[k]!r})"
+            shown_value = repr(values[k])
+            text += f" ({shown_value[:SHOWN_CHARS] + '...' if len(shown_value) > SHOWN_CHARS else shown_value})"
         shown.append(text)
     more = f" and {len(rows) - MAX_SHOWN} more" if len(rows) > MAX_SHOWN else ""
     return ", ".join(shown) + more
@@ -136,8 +138,10 @@ def _header(path: Path, strip: bool = True) -> list[str]:
     try:
         with _open_binary(path) as handle:
             head = handle.read(HEADER_BYTES)  # not readline(): a file whose lines end in \r alone has no \n at all
-    except (OSError, EOFError, zlib.error) as exc:
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DataValidationError(f"{path.name}: cannot read: {exc} (corrupt or truncated gzip?)") from None
+    except OSError as exc:  # no such file, a directory, no permission: the gzip hint would mislead
+        raise DataValidationError(f"{path.name}: cannot read: {exc.strerror or exc}") from None
     first = re.split(rb"\r\n|\r|\n", head, maxsplit=1)[0]
     if not first.strip():
         if head.strip():

@@ -179,9 +179,9 @@ def test_actuals_csv_is_read_and_checked(bundle_parts, stream, jsonl, production
     metadata, stats = bundle_parts
     events = stream(200, seed=4)
     path = jsonl(tmp_path / "predictions.jsonl", events)
-    rows = ["store_nbr,item_nbr,date,unit_sales"] + [
-        f"{e['inputs']['store_nbr']},{e['inputs']['item_nbr']},{e['inputs']['date']},{e['output']['unit_sales']}"
-        for e in events]
+    sold = {(e['inputs']['store_nbr'], e['inputs']['item_nbr'], e['inputs']['date']): e['output']['unit_sales']
+            for e in events}  # one row a store, item and day, as train.csv has: a key asked twice is one row
+    rows = ["store_nbr,item_nbr,date,unit_sales"] + [f"{s},{i},{d},{units}" for (s, i, d), units in sold.items()]
     (tmp_path / "actuals.csv").write_text("\n".join(rows) + "\n")
     code, report, html = run_cli(tmp_path, production_bundle, path, "--actuals", str(tmp_path / "actuals.csv"))
     assert report["live"]["rows"] > 0 and "Live accuracy" in html

@@ -11,14 +11,17 @@ from pipeline.actuals import ActualsError, read_actuals
 ROWS = "store_nbr,item_nbr,date,unit_sales\n1,2,2017-08-01,-3\n1,3,2017-08-02,4.5\n"
 
 
-@pytest.mark.parametrize("encode", [
-    lambda text: text.encode(),
-    lambda text: gzip.compress(text.encode()),  # the pipeline's own train.csv.gz: was "unexpected UnicodeDecodeError"
-    lambda text: b"\xef\xbb\xbf" + text.encode(),  # a spreadsheet's BOM: was "missing column(s) store_nbr"
-    lambda text: text.replace("\n", "\r\n").encode(),
-], ids=["plain", "gzip", "bom", "crlf"])
-def test_actual_sales_are_read_however_the_file_is_encoded(tmp_path, encode):
-    path = tmp_path / "actuals.csv"
+@pytest.mark.parametrize("name, encode", [
+    ("actuals.csv", lambda text: text.encode()),
+    # the pipeline's own train.csv.gz: was "unexpected UnicodeDecodeError"
+    ("actuals.csv.gz", lambda text: gzip.compress(text.encode())),
+    ("actuals.csv", lambda text: b"\xef\xbb\xbf" + text.encode()),  # a spreadsheet's BOM: was "missing column(s)"
+    ("actuals.csv", lambda text: text.replace("\n", "\r\n").encode()),
+    ("actuals.csv", lambda text: "".join(line + (",note\n" if n == 0 else f',"a, {n}"\n')  # a column of the
+                                         for n, line in enumerate(text.splitlines())).encode()),  # user's own
+], ids=["plain", "gzip", "bom", "crlf", "own column"])
+def test_actual_sales_are_read_however_the_file_is_encoded(tmp_path, name, encode):
+    path = tmp_path / name
     path.write_bytes(encode(ROWS))
     assert read_actuals(path) == {(1, 2, "2017-08-01"): 0.0, (1, 3, "2017-08-02"): 4.5,
                                   (1, 2, "2017-08-02"): 0.0}  # no row that day: sold nothing (zero_filled)
@@ -41,16 +44,41 @@ def test_a_day_without_a_row_counts_as_nothing_sold_as_evaluate_counts_it(tmp_pa
     assert actual[(1, 10, "2017-08-05")] == 4.0 and len(actual) == 9
 
 
-@pytest.mark.parametrize("content, message", [
-    (ROWS.encode()[:-12], "line 3"),
-    (gzip.compress(ROWS.encode(), mtime=0)[:-6], "not a readable CSV (gzip)"),
-    (b"store_nbr,item_nbr,date,unit_sales\n1,2,2017-08-01,\"" + b"x" * 200_000 + b"\"\n", "not a readable CSV"),
-    (b"store_nbr,date,unit_sales\n1,2017-08-01,3\n", "missing column(s) item_nbr"),
-    (b"store_nbr,item_nbr,date,unit_sales\n1,2,2017-08-01,inf\n", "line 2: unit_sales must be a finite number"),
+@pytest.mark.parametrize("name, content, message", [
+    ("actuals.csv", ROWS.encode()[:-12], "line 3: has 3 fields, the header has 4"),
+    ("actuals.csv.gz", gzip.compress(ROWS.encode(), mtime=0)[:-6], "(corrupt or truncated gzip?)"),
+    ("actuals.csv", b"store_nbr,item_nbr,date,unit_sales\n1,2,2017-08-01,\"" + b"x" * 200_000 + b"\"\n",
+     "column 'unit_sales': not a valid double; first offending: line 2 ('xxxx"),
+    ("actuals.csv", b"store_nbr,date,unit_sales\n1,2017-08-01,3\n", "column 'item_nbr': missing"),
+    ("actuals.csv", b"store_nbr,item_nbr,date,unit_sales\n1,2,2017-08-01,inf\n",
+     "column 'unit_sales': not a finite number; first offending: line 2 (inf)"),
+    ("actuals.csv", b"store_nbr,item_nbr,date,unit_sales\n1,2,2017-08-01,3\n1,3,2017-08-01,1\n1,2,2017-08-01,3\n",
+     "the same store, item and day twice; first offending: line 2 ('2017-08-01/1/2'), line 4 ('2017-08-01/1/2')"),
+    ("actuals.csv", b"store_nbr,item_nbr,date,unit_sales\n1,2,2017-8-1,3\n", "column 'date': not a valid date"),
 ])
-def test_an_unusable_file_is_one_error_naming_it(tmp_path, content, message):
-    path = tmp_path / "actuals.csv"
+def test_an_unusable_file_is_one_error_naming_it(tmp_path, name, content, message):
+    path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(ActualsError, match=rf"^{path}: .*") as error:
         read_actuals(path)
-    assert message in str(error.value)
+    assert message in str(error.value) and len(str(error.value)) < 500
+
+
+def test_a_missing_file_is_named_without_a_gzip_hint(tmp_path):
+    with pytest.raises(ActualsError, match=rf"^{tmp_path}/nowhere.csv.gz: cannot read: No such file or directory$"):
+        read_actuals(tmp_path / "nowhere.csv.gz")
+
+
+def test_keys_no_row_can_have_are_simply_absent(tmp_path):
+    """The rows are held as sorted 62-bit codes of (store, item, day): a key outside the codes' ranges must not
+    wrap onto another row's code."""
+    path = tmp_path / "actuals.csv"
+    path.write_text("store_nbr,item_nbr,date,unit_sales\n32767,2147483647,2099-12-31,7\n1,1,2000-01-01,2\n")
+    actual = read_actuals(path)
+    assert actual[(32767, 2147483647, "2099-12-31")] == 7.0 and actual[(1, 1, "2000-01-01")] == 2.0
+    for key in [(32767 + 65536, 2147483647, "2099-12-31"), (0, 1, "2000-01-01"), (1, 2**31 + 1, "2000-01-01"),
+                (1, 1, "1999-12-31"), (1, 1, "not a date"), (1, 1, None), (-1, -1, "2000-01-01")]:
+        assert key not in actual
+    assert actual[(1, 1, "2099-12-31")] == 0.0  # a day of the file after its first: nothing sold
+    assert len(actual) == 3 and set(actual) == {(32767, 2147483647, "2099-12-31"), (1, 1, "2000-01-01"),
+                                                (1, 1, "2099-12-31")}
