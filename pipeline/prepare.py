@@ -49,7 +49,7 @@ from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.store_parts import append_part, write_part
 from pipeline.validate import (
     MAX_SHOWN, DataValidationError, check_references, describe_rows, fail, find_raw_file, ignored_columns,
-    read_batches, read_small, require_raw_file,
+    left_out_columns, read_batches, read_small, require_raw_file,
 )
 
 RAW_DIR = Path("data/raw")
@@ -193,14 +193,15 @@ def split_train_by_store(
     known_stores = pa.array(reference.stores["store_nbr"].to_numpy(dtype=np.int32))
     known_items = pa.array(reference.items["item_nbr"].to_numpy(dtype=np.int32))
     partitions = StorePartitions(workdir)
-    ids = IdTracker(workdir / ".ids")
+    ids, left_out = IdTracker(workdir / ".ids"), left_out_columns(path, spec)  # no id column: nothing to check
     day_rows: dict[int, list[int]] = {}  # day -> [rows, the first row that has it]
     try:
         with tqdm(unit="rows", unit_scale=True, desc=f"prepare: read {path.name}", disable=not progress) as bar:
             for offset, batch in read_batches(path, spec):
                 check_references(path, batch, offset, "store_nbr", known_stores, "stores")
                 check_references(path, batch, offset, "item_nbr", known_items, "items")
-                ids.add(batch.column("id").to_numpy(zero_copy_only=False))
+                if "id" not in left_out:
+                    ids.add(batch.column("id").to_numpy(zero_copy_only=False))
                 days = batch.column("date").cast(pa.int32()).to_numpy(zero_copy_only=False)
                 for day, first, rows in zip(*(a.tolist() for a in np.unique(days, return_index=True,
                                                                              return_counts=True))):
@@ -360,7 +361,8 @@ def side_tables(reference: Reference, calendar: np.ndarray, test: pd.DataFrame |
         "holidays": pa.table(holidays),
     }
     if test is not None:
-        tables["test"] = pa.Table.from_pandas(test.assign(onpromotion=test["onpromotion"].fillna(False).astype(bool)),
+        tables["test"] = pa.Table.from_pandas(test.assign(onpromotion=test["onpromotion"].fillna(False).astype(bool),
+                                                          id=test["id"].astype("Int64")),  # empty: no id column
                                               preserve_index=False)
     return tables
 

@@ -70,7 +70,9 @@ RAW_SCHEMAS: dict[str, RawFile] = {
     "train": RawFile(
         "train",
         (
-            Column("id", pa.int64(), min=0),
+            # Kaggle's row id: checked unique where given; a file of a store's own may leave it out (no feature
+            # reads it), but a column that is there needs a value on every row.
+            Column("id", pa.int64(), min=0, optional=True),
             Column("date", _DATE),
             Column("store_nbr", pa.int32(), min=1, max=32767),
             Column("item_nbr", pa.int32(), min=1),
@@ -85,7 +87,7 @@ RAW_SCHEMAS: dict[str, RawFile] = {
     "test": RawFile(
         "test",
         (
-            Column("id", pa.int64(), min=0),
+            Column("id", pa.int64(), min=0, optional=True),
             Column("date", _DATE),
             Column("store_nbr", pa.int32(), min=1, max=32767),
             Column("item_nbr", pa.int32(), min=1),

@@ -418,6 +418,7 @@ def _explain_unreadable(path: Path, error: Exception) -> None:
 def read_batches(path: Path, spec: RawFile, block_size: int = BLOCK_SIZE) -> Iterator[tuple[int, pa.RecordBatch]]:
     """Typed batches of a raw file with their first row number; structure and values checked."""
     _check_header(path, spec)
+    left_out = left_out_columns(path, spec)
     offset = 0
     iterator = _batches(path, spec, block_size=block_size)
     while True:
@@ -432,16 +433,25 @@ def read_batches(path: Path, spec: RawFile, block_size: int = BLOCK_SIZE) -> Ite
         except (OSError, EOFError, zlib.error) as exc:
             raise DataValidationError(f"{path.name}: cannot read after row {offset}: {exc} "
                                       "(truncated or corrupt gzip?)") from None
-        check_values(path, spec, batch, offset)
+        check_values(path, spec, batch, offset, left_out)
         yield offset, batch
         offset += batch.num_rows
     if offset < spec.min_rows:
         raise DataValidationError(f"{path.name}: has no data rows (header only)")
 
 
-def check_values(path: Path, spec: RawFile, batch: pa.RecordBatch, offset: int) -> None:
-    """Nulls, ranges, allowed values and date bounds of one batch."""
+def left_out_columns(path: Path, spec: RawFile) -> frozenset[str]:
+    """The optional columns the file leaves out: read as empty on every row (its values are not checked)."""
+    header = _header(path)
+    return frozenset(c.name for c in spec.columns if c.optional and c.name not in header)
+
+
+def check_values(path: Path, spec: RawFile, batch: pa.RecordBatch, offset: int,
+                 left_out: frozenset[str] = frozenset()) -> None:
+    """Nulls, ranges, allowed values and date bounds of one batch (``left_out``: columns the file has not)."""
     for column in spec.columns:
+        if column.name in left_out:
+            continue
         values = batch.column(column.name)
         if not column.nullable and values.null_count:
             rows = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))

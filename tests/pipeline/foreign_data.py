@@ -46,6 +46,9 @@ class ForeignShape:
     days: int
     item_ids: str = "dense"  # dense: 10, 11, ...; sparse: near 2**31, far apart
     train_ids: str = "dense"  # dense: 0..N-1 in file order; sparse: from 10**12, gaps, shuffled order
+    # kaggle: Kaggle's columns in Kaggle's order; own: a store's own export: no id column (train and test),
+    # the columns in another order, and columns of its own (a quoted product name holding commas, a margin)
+    layout: str = "kaggle"
     weekly: tuple[float, ...] = (1.0, 0.9, 0.9, 1.0, 1.2, 1.5, 1.3)  # Monday .. Sunday
     holidays: str = "full"  # full | early (ends 120 days before the last sales day) | none
     holiday_effect: float = 0.5  # demand multiplier on a national day off
@@ -67,7 +70,7 @@ FOREIGN_SHAPES: dict[str, ForeignShape] = {shape.name: shape for shape in (
     ForeignShape("other_years_and_holidays", stores=(3, 5), items=90, start="2021-09-01", days=500,
                  promotion_unknown_days=60, holiday_effect=0.3, seed=3),
     ForeignShape("no_oil_or_transactions", stores=(1, 2), items=80, start="2018-01-01", days=420,
-                 oil=False, transactions=False, seed=4),
+                 oil=False, transactions=False, layout="own", seed=4),
     ForeignShape("holidays_end_early", stores=(10,), items=100, start="2016-05-02", days=430,
                  holidays="early", test=False, seed=5),
     ForeignShape("eight_months", stores=(2, 3), items=120, start="2020-02-03", days=240, seed=6),
@@ -152,10 +155,16 @@ def write_foreign_dataset(shape: ForeignShape | str, directory: Path) -> Path:
     promo_text[d_idx < shape.promotion_unknown_days] = ""
     store_ids = np.array(shape.stores, dtype=np.int64)
     date_text = dates.astype(str)
-    lines = ["id,date,store_nbr,item_nbr,unit_sales,onpromotion"]
-    lines += [f"{i},{d},{s},{it},{v:g},{p}" for i, d, s, it, v, p in
-              zip(ids.tolist(), date_text[d_idx].tolist(), store_ids[s_idx].tolist(), items[i_idx].tolist(),
-                  values.tolist(), promo_text.tolist())]
+    if shape.layout == "own":
+        lines = ["store_nbr,item_nbr,product_name,date,unit_sales,margin,onpromotion"]
+        lines += [f'{s},{it},"Item {it}, {it % 3 + 1} kg",{d},{v:g},{0.1 + (it % 5) / 10:.2f},{p}'
+                  for d, s, it, v, p in zip(date_text[d_idx].tolist(), store_ids[s_idx].tolist(),
+                                            items[i_idx].tolist(), values.tolist(), promo_text.tolist())]
+    else:
+        lines = ["id,date,store_nbr,item_nbr,unit_sales,onpromotion"]
+        lines += [f"{i},{d},{s},{it},{v:g},{p}" for i, d, s, it, v, p in
+                  zip(ids.tolist(), date_text[d_idx].tolist(), store_ids[s_idx].tolist(), items[i_idx].tolist(),
+                      values.tolist(), promo_text.tolist())]
     train = "\n".join(lines) + "\n"
     if shape.gzip_train:
         (directory / "train.csv.gz").write_bytes(gzip.compress(train.encode("utf-8"), mtime=0))
@@ -189,10 +198,12 @@ def write_foreign_dataset(shape: ForeignShape | str, directory: Path) -> Path:
         for k in range(16):
             for s in shape.stores:
                 for item in items:
-                    rows.append(f"{next_id},{first_test + k},{s},{item},False")
+                    rows.append(f"{first_test + k},{s},{item},False" if shape.layout == "own" else
+                                f"{next_id},{first_test + k},{s},{item},False")
                     next_id += 1
-        (directory / "test.csv").write_text("id,date,store_nbr,item_nbr,onpromotion\n" + "\n".join(rows) + "\n",
-                                            encoding="utf-8")
+        header = "date,store_nbr,item_nbr,onpromotion" if shape.layout == "own" else \
+            "id,date,store_nbr,item_nbr,onpromotion"
+        (directory / "test.csv").write_text(header + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
     return directory
 
 

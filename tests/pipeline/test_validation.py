@@ -226,6 +226,30 @@ def test_columns_the_schema_lacks_are_read_past(tmp_path, capsys):
         prepare(raw, tmp_path / "bad", PARAMS, progress=False)
 
 
+def test_files_without_kaggle_ids_prepare_as_with_them(tmp_path):
+    """A store's own sales have no Kaggle row id; train.csv and test.csv without the id column were refused
+    ("column 'id': missing"), though nothing but the uniqueness check reads it."""
+    import pandas as pd
+
+    raw = write_kaggle_sample(tmp_path / "raw")
+    prepare(raw, tmp_path / "with", PARAMS, progress=False)
+    for name in ("train", "test"):
+        _edit(raw, name, lambda t: "\n".join(line.split(",", 1)[1] for line in t.splitlines()) + "\n")
+    assert (raw / "train.csv").read_text().startswith("date,store_nbr,item_nbr,unit_sales")
+    prepare(raw, tmp_path / "without", PARAMS, progress=False)
+    for path in sorted((tmp_path / "with").glob("*.parquet")):
+        without, with_ids = pd.read_parquet(tmp_path / "without" / path.name), pd.read_parquet(path)
+        if path.name == "test.parquet":  # its ids are kept, not read: absent, they are empty
+            assert with_ids.pop("id").notna().all() and without.pop("id").isna().all()
+        pd.testing.assert_frame_equal(without, with_ids)
+    # an id column that is there still needs a value on every row
+    _edit(raw, "train", lambda t: "\n".join(("id," if n == 0 else ("," if n == 7 else f"{n},")) + line
+                                            for n, line in enumerate(t.splitlines())) + "\n")
+    with pytest.raises(DataValidationError, match=r"train.csv: column 'id': empty value where one is required; "
+                                                  r"first offending: line 8$"):
+        prepare(raw, tmp_path / "bad", PARAMS, progress=False)
+
+
 def test_wrong_field_count_names_the_line(tmp_path):
     raw = write_kaggle_sample(tmp_path / "raw")
     _edit(raw, "train", lambda t: _replace_line(t, 30, _train_line(30) + ",extra"))
