@@ -19,6 +19,7 @@ EPOCH = dt.date(1970, 1, 1)  # Arrow's date32 counts days from here
 DAY_BITS = 16  # a date32 day of 2000…2099 (schema.EARLIEST_DATE…LATEST_DATE) is < 2**16
 ITEM_BITS = 31  # item_nbr: 1 … 2**31 - 1; store_nbr: 1 … 32,767 (15 bits): a key is 62 bits
 STORE_MAX = int(ACTUALS.column("store_nbr").max)
+CHUNK_ROWS = 1 << 23  # 64 MB of int64: above glibc's largest mmap threshold (32 MB), so a mapping of its own
 
 
 class ActualsError(ValueError):
@@ -40,19 +41,20 @@ def read_actuals(path: Path | str) -> SoldUnits:
     The file is read, and checked, as prepare reads train.csv (pipeline/validate.py: an error names the line and
     column); two rows of one store, item and day are refused, as prepare refuses them."""
     path = Path(path)
-    codes, units = [], []
+    codes, units = ChunkedArray(np.int64), ChunkedArray(np.float64)
+    is_day = np.zeros(1 << DAY_BITS, dtype=bool)  # the file's days: a row in some store
     try:
         with tqdm(desc=f"actuals: read {path.name}", unit="rows", unit_scale=True, disable=None) as bar:
             for _, batch in read_batches(path, ACTUALS):
-                codes.append(sold_codes(batch.column("store_nbr").to_numpy(zero_copy_only=False),
-                                        batch.column("item_nbr").to_numpy(zero_copy_only=False),
-                                        batch.column("date").cast(pa.int32()).to_numpy(zero_copy_only=False)))
-                units.append(np.maximum(batch.column("unit_sales").to_numpy(zero_copy_only=False), 0.0))
+                days = batch.column("date").cast(pa.int32()).to_numpy(zero_copy_only=False)
+                is_day[days] = True
+                codes.extend(sold_codes(batch.column("store_nbr").to_numpy(zero_copy_only=False),
+                                        batch.column("item_nbr").to_numpy(zero_copy_only=False), days))
+                units.extend(np.maximum(batch.column("unit_sales").to_numpy(zero_copy_only=False), 0.0))
                 bar.update(batch.num_rows)
-        code, sold = np.concatenate(codes), np.concatenate(units)
-        del codes, units  # Favorita's train.csv: 1 GB each; the peak is 4 arrays of its rows (~4.3 GB)
+        code, sold = codes.array(), units.array()  # Favorita's train.csv: 1 GB each
         pa.default_memory_pool().release_unused()  # the batches' buffers, held by Arrow's allocator until asked
-        order = np.argsort(code, kind="stable")
+        order = np.argsort(code, kind="stable")  # the peak: code, sold, order and one gathered copy (~4.3 GB)
         code = code[order]
         sold = sold[order]
         repeated = np.flatnonzero(code[1:] == code[:-1])
@@ -60,11 +62,39 @@ def read_actuals(path: Path | str) -> SoldUnits:
             rows = np.sort(np.concatenate([order[repeated], order[repeated + 1]]))
             fail(path, "date+store_nbr+item_nbr", "the same store, item and day twice", rows,
                  [_described(c) for c in np.sort(code[np.concatenate([repeated, repeated + 1])])[:5]])
+        del order
     except DataValidationError as exc:
         message = str(exc)
         raise ActualsError(f"{path}{message[len(path.name):]}" if message.startswith(path.name) else
                            f"{path}: {message}") from None
-    return SoldUnits(code, sold)
+    return SoldUnits(code, sold, np.flatnonzero(is_day))
+
+
+class ChunkedArray:
+    """A column that grows in CHUNK_ROWS chunks, each a memory mapping of its own that goes back to the system
+    when freed. Kept as a list of each batch's own arrays (~15 MB each), Favorita's train.csv left 1.7 GB in
+    the C heap after they were joined and freed: glibc's malloc serves blocks under its 32 MB mmap threshold
+    from the heap, and keeps them."""
+
+    def __init__(self, dtype):
+        self._dtype, self._chunks, self._filled = dtype, [], CHUNK_ROWS
+
+    def extend(self, values: np.ndarray) -> None:
+        while len(values):
+            if self._filled == CHUNK_ROWS:
+                self._chunks.append(np.empty(CHUNK_ROWS, self._dtype))  # untouched pages cost nothing yet
+                self._filled = 0
+            taken = min(len(values), CHUNK_ROWS - self._filled)
+            self._chunks[-1][self._filled:self._filled + taken] = values[:taken]
+            self._filled, values = self._filled + taken, values[taken:]
+
+    def array(self) -> np.ndarray:
+        """Every value in one array; the chunks are let go."""
+        if not self._chunks:
+            return np.empty(0, self._dtype)
+        self._chunks[-1] = self._chunks[-1][:self._filled]
+        joined, self._chunks, self._filled = np.concatenate(self._chunks), [], CHUNK_ROWS
+        return joined
 
 
 def _described(code: int) -> str:
@@ -83,14 +113,17 @@ class SoldUnits(Mapping):
     125 M rows in 2 GB, where a dict of them took ~230 bytes a row); the zero days are looked up, not stored: a
     year of one store's sales already holds more zero days than rows."""
 
-    def __init__(self, codes: np.ndarray, units: np.ndarray):
-        """``codes``: sold_codes of the rows, sorted and unique; ``units``: their units sold, in the same order."""
-        self._codes, self._units = codes, units
-        pairs = codes >> DAY_BITS
-        starts = np.flatnonzero(np.concatenate([[len(codes) > 0], pairs[1:] != pairs[:-1]]))
-        self._pairs = pairs[starts]
-        self._first = codes[starts] & ((1 << DAY_BITS) - 1)  # each store x item's first day in the file
-        self._days = np.unique(codes & ((1 << DAY_BITS) - 1))  # the file's days: a row in some store
+    def __init__(self, codes: np.ndarray, units: np.ndarray, days: np.ndarray):
+        """``codes``: sold_codes of the rows, sorted and unique; ``units``: their units sold, in the same order;
+        ``days``: the date32 days the rows have, sorted."""
+        self._codes, self._units, self._days = codes, units, days
+        starts = [np.zeros(min(len(codes), 1), dtype=np.int64)]
+        for low in range(0, len(codes), CHUNK_ROWS):  # a slice at a time: Favorita's pairs would be 1 GB more
+            pairs = codes[low:low + CHUNK_ROWS + 1] >> DAY_BITS
+            starts.append(np.flatnonzero(pairs[1:] != pairs[:-1]) + low + 1)
+        first_rows = np.concatenate(starts)
+        self._pairs = codes[first_rows] >> DAY_BITS
+        self._first = codes[first_rows] & ((1 << DAY_BITS) - 1)  # each store x item's first day in the file
 
     def _code(self, key: tuple[int, int, str]) -> int | None:
         try:

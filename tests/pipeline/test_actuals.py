@@ -82,3 +82,32 @@ def test_keys_no_row_can_have_are_simply_absent(tmp_path):
     assert actual[(1, 1, "2099-12-31")] == 0.0  # a day of the file after its first: nothing sold
     assert len(actual) == 3 and set(actual) == {(32767, 2147483647, "2099-12-31"), (1, 1, "2000-01-01"),
                                                 (1, 1, "2099-12-31")}
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 1 << 23])
+def test_the_rows_and_their_zero_days_are_the_files_whatever_the_chunking(tmp_path, monkeypatch, chunk_rows):
+    """read_actuals gathers rows in chunks (one memory mapping each) and finds each store x item's first day a
+    slice at a time: both must give what a plain reading of the file gives, across chunk boundaries too."""
+    import random
+
+    import pipeline.actuals
+
+    monkeypatch.setattr(pipeline.actuals, "CHUNK_ROWS", chunk_rows)
+    rng = random.Random(3)
+    days = [f"2017-08-{d:02d}" for d in range(1, 29) if d != 13]  # no store sells on the 13th
+    rows = {(rng.randint(1, 4), rng.choice([5, 77, 2**31 - 1]), rng.choice(days)): round(rng.uniform(-2, 9), 3)
+            for _ in range(150)}
+    path = tmp_path / "actuals.csv"
+    path.write_text("date,unit_sales,item_nbr,store_nbr\n" + "".join(
+        f"{d},{u},{i},{s}\n" for (s, i, d), u in rng.sample(sorted(rows.items()), len(rows))))
+    expected = {}
+    file_days = sorted({d for _, _, d in rows})
+    for store, item in {(s, i) for s, i, _ in rows}:
+        first = min(d for s, i, d in rows if (s, i) == (store, item))
+        for day in file_days:
+            if day >= first:
+                expected[(store, item, day)] = max(rows.get((store, item, day), 0.0), 0.0)
+    actual = read_actuals(path)
+    assert dict(actual) == expected and len(actual) == len(expected)
+    assert all(actual[key] == units for key, units in expected.items())
+    assert not any(date == "2017-08-13" for _, _, date in actual)
