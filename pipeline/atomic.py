@@ -8,7 +8,8 @@ to its target, flushed to disk, and renamed into place only when complete; an
 output directory is built aside and swapped in as a whole. Two commands that
 replace the same directory's contents in steps (promote, release) take its
 writer lock first (``one_writer``), so the second says who holds it instead of
-interleaving its steps with the first's.
+interleaving its steps with the first's; train holds its project directory so
+(``held_exclusively``: the one flock both take).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -190,6 +191,22 @@ class DirectoryBusy(RuntimeError):
 
 
 @contextlib.contextmanager
+def held_exclusively(fd: int, busy: Callable[[int], str]) -> Iterator[None]:
+    """Hold an exclusive flock on the open descriptor ``fd`` until the block ends, then close it: the one lock of
+    the pipeline's writers (``one_writer``; train's ``one_train``). A killed holder releases it with its last
+    descriptor, so nothing is left to clean up. It never waits: when another process holds it, DirectoryBusy at
+    once, with the message ``busy(fd)`` makes (which may read the holder's name from ``fd``)."""
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DirectoryBusy(busy(fd)) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def one_writer(directory: Path, command: str) -> Iterator[None]:
     """Hold ``directory``'s writer lock while ``command`` stages and swaps bundles in it.
 
@@ -202,20 +219,17 @@ def one_writer(directory: Path, command: str) -> Iterator[None]:
         fd, named = os.open(directory / WRITER_LOCK, os.O_RDWR | os.O_CREAT, 0o666), True  # the umask decides
     except PermissionError:  # another user's lock file in a directory both may write (a shared group): an flock
         fd, named = os.open(directory / WRITER_LOCK, os.O_RDONLY), False  # needs only a read descriptor
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 1000, 0).decode("utf-8", "replace").strip() or "another process"
-            raise DirectoryBusy(f"{directory} is being written by {holder}: run {command} again once it has "
-                                "finished") from None
+
+    def busy(fd: int) -> str:
+        holder = os.pread(fd, 1000, 0).decode("utf-8", "replace").strip() or "another process"
+        return f"{directory} is being written by {holder}: run {command} again once it has finished"
+
+    with held_exclusively(fd, busy):
         if named:
             since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{command} (pid {os.getpid()} on {socket.gethostname()}, since {since})\n".encode(), 0)
         yield
-    finally:
-        os.close(fd)
 
 
 def file_digest(path: Path | str, algorithm: str = "sha256") -> str:

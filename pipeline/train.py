@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import pipeline.blas  # noqa: F401 - first: pins OpenBLAS's kernels before numpy loads it (pipeline/blas.py)
 import contextlib
-import fcntl
 import os
 import sys
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import tracking
-from pipeline.atomic import DirectoryBusy, remove_directory
+from pipeline.atomic import DirectoryBusy, held_exclusively, remove_directory
 from pipeline.bundle import load_bundle, write_bundle
 from pipeline.cluster import ClusterError, dask_client, scheduler_address
 from pipeline.drift_stats import served_reference, training_statistics
@@ -307,15 +306,9 @@ def one_train(home: Path):
     """One train at a time in ``home`` (its checkpoints, feature shards and candidate): an flock on the directory
     itself, so nothing is written for it (a train that fails early leaves nothing behind), released with the
     process however it ends. A second train fails at once (DirectoryBusy)."""
-    fd = os.open(home, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DirectoryBusy(f"another train is running in {home}: run train again once it has finished") from None
+    with held_exclusively(os.open(home, os.O_RDONLY),
+                          lambda fd: f"another train is running in {home}: run train again once it has finished"):
         yield
-    finally:
-        os.close(fd)
 
 
 def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> dict:

@@ -14,6 +14,8 @@ import pytest
 
 from pipeline import atomic, tracking, train
 
+REPO = Path(__file__).resolve().parents[3]
+
 
 def _dead_pid() -> int:
     return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
@@ -174,3 +176,26 @@ def test_a_train_started_while_another_trains_the_project_fails_at_once_naming_i
     assert not (quick_project / train.CANDIDATE_DIR).exists()
     assert train.main(["--root", str(quick_project), "--quiet"]) == 0  # once it has finished, the rerun resumes
     assert not checkpoints.exists()
+
+
+def test_train_and_the_models_writers_take_the_one_lock_of_pipeline_atomic(tmp_path):
+    """train's lock repeated one_writer's flock lines (pipeline/train.py one_train): both now hold it through
+    atomic.held_exclusively, the only flock in pipeline/, which fails at once with the caller's message and closes
+    the descriptor however the block ends."""
+    callers = sorted(path.relative_to(REPO).as_posix() for path in (REPO / "pipeline").glob("*.py")
+                     if "fcntl.flock(" in path.read_text(encoding="utf-8"))
+    assert callers == ["pipeline/atomic.py"]
+    held = os.open(tmp_path, os.O_RDONLY)
+    with atomic.held_exclusively(held, lambda fd: "unused"):
+        second = os.open(tmp_path, os.O_RDONLY)  # another open file description: flock sees another holder
+        with pytest.raises(atomic.DirectoryBusy, match=f"^busy, told by descriptor {second}$"):
+            with atomic.held_exclusively(second, lambda fd: f"busy, told by descriptor {fd}"):
+                pass
+        with pytest.raises(OSError):
+            os.fstat(second)  # closed, though it never held the lock
+    with pytest.raises(OSError):
+        os.fstat(held)
+    with train.one_train(tmp_path), atomic.one_writer(tmp_path, "promote"):  # two locks, two files: no conflict
+        with pytest.raises(atomic.DirectoryBusy, match=f"^another train is running in {tmp_path}: run train again"):
+            with train.one_train(tmp_path):
+                pass
