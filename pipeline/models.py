@@ -27,6 +27,7 @@ stopped and ends exactly as an uninterrupted run with the same seed would.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -35,6 +36,7 @@ import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +57,7 @@ LOG1P_OUTPUT = "log1p_sales"
 MAX_LOG1P = 25.0
 STATE_FILE = "state.json"
 STATE_FORMAT = "shelfcast-train-state"
+STATE_VERSION = 2  # 2: the identity's parts (CheckpointIdentity); 1 kept only their hash ("fingerprint")
 STAGED_DATA = re.compile(r"(.+)\.npz-[0-9a-f]{16}")  # a checkpoint's data staged by engine/saver.py
 
 
@@ -231,11 +234,104 @@ class TrainingResult:
     expected_factor: float = 1.0  # expected units = factor * (prediction + 1) - 1 (set by pipeline.train.fit)
 
 
+@dataclass(frozen=True)
+class CheckpointIdentity:
+    """What a train's checkpoints are made from, part by part: the one definition of their identity. A rerun resumes
+    a checkpoint only when every part is the same (it then ends as an uninterrupted run would), and when one is not,
+    says which (``differences``). ``fingerprint``, the parts' hash, is the resume key a train's MLflow run is tagged
+    with (pipeline/train.py CHECKPOINT_TAG)."""
+
+    data: Mapping[str, str]  # md5 of each input file, by its path (pipeline/versions.py data_version)
+    params: Mapping[str, Any]  # every features and train param, by section ({"features": {...}, "train": {...}})
+    code: str  # sha256 of the model code (versions.code_version)
+    libraries: Mapping[str, str]  # Python, numpy, numba and the BLAS kernels (versions.runtime_version)
+    batch_order: str  # held, streamed, or streamed from a cluster's shards (train.PreparedTraining.batch_order)
+
+    def to_json(self) -> dict:
+        """The parts as state.json records them (through JSON: tuples are lists, as a read state's are)."""
+        return json.loads(json.dumps({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, sort_keys=True,
+                                     default=str))
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+
+    def differences(self, recorded: Mapping[str, Any]) -> list[str]:
+        """The parts in which ``recorded`` (a checkpoint's identity, as JSON) differs from this one, each as a
+        message names it: ``params (train.learning_rate 0.01 -> 0.02)``, ``libraries (numpy 2.1.0 -> 2.2.1)``,
+        ``code``. A value is shown only when short (a version, a param), never a digest."""
+        ours = self.to_json()
+        named = []
+        for part in [*(f.name for f in dataclasses.fields(self)), *sorted(set(recorded) - set(ours))]:
+            label = part.replace("_", " ")
+            old, new = recorded.get(part, _ABSENT), ours.get(part, _ABSENT)
+            if old == new:
+                continue
+            if isinstance(old, Mapping) and isinstance(new, Mapping):
+                old, new = _flat(old), _flat(new)
+                keys = sorted(k for k in old.keys() | new.keys() if old.get(k, _ABSENT) != new.get(k, _ABSENT))
+                changes = [_change(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in keys]
+                if len(changes) > IDENTITY_CHANGES_SHOWN:
+                    changes[IDENTITY_CHANGES_SHOWN:] = [f"{len(changes) - IDENTITY_CHANGES_SHOWN} more"]
+                named.append(f"{label} ({', '.join(changes)})")
+            else:
+                change = _change("", old, new)
+                named.append(f"{label} ({change})" if change else label)
+        return named
+
+
+IDENTITY_PARTS = tuple(f.name.replace("_", " ") for f in dataclasses.fields(CheckpointIdentity))  # as messages say
+IDENTITY_CHANGES_SHOWN = 3  # changed keys a part names, then "N more": the message stays one line
+_SHOWN_LENGTH = 24  # a value up to this long is shown (a version, a param); a digest (32+ hex digits) is not
+_ABSENT = object()
+
+
+def _flat(mapping: Mapping, prefix: str = "") -> dict[str, Any]:
+    """Nested keys as one ``section.key`` level (params' ``train.learning_rate``)."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _change(key: str, old: Any, new: Any) -> str:
+    """``key old -> new`` when both values are short, else ``key`` (or "" for no key)."""
+    shown = [_shown(value) for value in (old, new)]
+    if any(text is None or len(text) > _SHOWN_LENGTH for text in shown):
+        return key
+    return f"{key} {shown[0]} -> {shown[1]}".strip()
+
+
+def _shown(value: Any) -> str | None:
+    if value is _ABSENT:
+        return "none"
+    if value == "":
+        return "unset"
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _joined(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+class CheckpointOfOtherInputs(Exception):
+    """A checkpoint this train does not resume: made from other inputs, or by an older train (the message's tail
+    says which, after ``the checkpoint in <dir>``)."""
+
+
 class TrainingState:
     """The loop's position and early-stopping record, next to its checkpoints (what a resumed run reads)."""
 
-    def __init__(self, fingerprint: str):
-        self.fingerprint = fingerprint
+    def __init__(self, identity: CheckpointIdentity | None):
+        self.identity = identity.to_json() if identity is not None else {}  # None: no checkpoints to tell apart
         self.step = 0
         self.epoch = 0
         self.batch = 0  # batches of ``epoch`` already consumed
@@ -249,7 +345,7 @@ class TrainingState:
 
     def to_json(self) -> dict:
         fields = dict(self.__dict__)
-        return {"format": STATE_FORMAT, "version": 1, **fields, "checksum": _state_checksum(fields)}
+        return {"format": STATE_FORMAT, "version": STATE_VERSION, **fields, "checksum": _state_checksum(fields)}
 
     def note_checkpoint(self, directory: Path, name: str) -> str:
         """Record checkpoint ``name`` (just saved) by its data's digest, and keep only the two the state names."""
@@ -271,8 +367,9 @@ class TrainingState:
             raise ValueError(f"{path}: not the checkpoint {directory / STATE_FILE} recorded (another run's data)")
 
     @classmethod
-    def read(cls, directory: Path, fingerprint: str) -> TrainingState | None:
-        """The saved state, or None when there is none or it belongs to other data, params, code or libraries.
+    def read(cls, directory: Path, identity: CheckpointIdentity) -> TrainingState | None:
+        """The saved state, or None when there is none; CheckpointOfOtherInputs when it belongs to other inputs
+        (saying which parts of ``identity`` differ) or was written by an older train (which recorded one hash).
 
         ValueError naming the file and field when it is unreadable or a field is missing, of the wrong type or out
         of range (a position outside the run it records, a score that is not a finite number).
@@ -284,12 +381,18 @@ class TrainingState:
             return None
         except (ValueError, OSError) as exc:
             raise ValueError(f"{path}: unreadable training state ({exc})") from None
-        if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT or doc.get("fingerprint") != fingerprint:
-            return None
+        if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+            raise ValueError(f"{path}: not a training state (no format {STATE_FORMAT!r})")
         fields = {k: v for k, v in doc.items() if k not in ("format", "version", "checksum")}
         if doc.get("checksum") != _state_checksum(fields):
             raise ValueError(f"{path}: its checksum does not match its fields (edited by hand, or damaged)")
-        state = cls(fingerprint)
+        recorded = doc.get("identity")
+        if not isinstance(recorded, dict):  # version 1: one fingerprint, its parts not kept
+            raise CheckpointOfOtherInputs(f"predates checkpoints that record their {_joined(IDENTITY_PARTS)} "
+                                          "apart (an older train wrote it)")
+        if recorded != identity.to_json():
+            raise CheckpointOfOtherInputs(f"is of other {_joined(identity.differences(recorded))}")
+        state = cls(identity)
         for key, default in state.__dict__.items():
             value = doc.get(key)
             kind = float if isinstance(default, float) else type(default)
@@ -317,14 +420,9 @@ def _state_checksum(fields: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def fingerprint_of(*parts) -> str:
-    """A checkpoint belongs to one run configuration: the hash of its parts (params, data, code and runtime)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y: np.ndarray, val_w: np.ndarray, *,
           seed: int, max_steps: int, eval_every: int, patience: int, learning_rate: float,
-          checkpoint_dir: Path | None = None, fingerprint: str = "",
+          checkpoint_dir: Path | None = None, identity: CheckpointIdentity | None = None,
           on_eval: Callable[[int, dict[str, float]], None] | None = None,
           log: Callable[[str], None] | None = None,
           on_resume: Callable[[int], None] | None = None) -> TrainingResult:
@@ -332,12 +430,15 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
 
     Every ``eval_every`` steps (and at the last) the inner validation's NWRMSLE is computed; training stops
     after ``patience`` evaluations without improvement, and the best evaluation's weights are returned.
-    With ``checkpoint_dir``, each evaluation is a checkpoint a rerun with the same ``fingerprint`` resumes from;
-    ``log`` gets a line when it resumes, or when it starts over from a damaged checkpoint; ``on_resume`` gets the
+    With ``checkpoint_dir``, each evaluation is a checkpoint a rerun with the same ``identity`` resumes from;
+    ``log`` gets a line when it resumes, or when it starts over from a damaged checkpoint or one of other inputs
+    (naming the parts of ``identity`` that differ); ``on_resume`` gets the
     checkpoint's step as soon as it is resumed, before training goes on (a run interrupted again is linked too).
     """
     if max_steps < 1 or eval_every < 1 or patience < 1:
         raise ValueError("train: max_steps, eval_every and patience must be at least 1")
+    if checkpoint_dir is not None and identity is None:
+        raise ValueError("train: a checkpoint_dir needs the identity of what its checkpoints are made from")
     graph = en.Graph()
     with graph.as_default():
         en.set_random_seed(seed)
@@ -359,12 +460,12 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
     use_one_blas_thread()
     with en.Session(graph=graph) as sess:
         step_fn = sess.make_callable([train_op, loss], feed_order)
-        resumed = _resume(sess, directory, fingerprint, saver_model, saver_all, fetch_vars, say) if directory else None
+        resumed = _resume(sess, directory, identity, saver_model, saver_all, fetch_vars, say) if directory else None
         if resumed is None:  # initialized only here: its random streams then draw what an uninterrupted run draws
             if directory is not None:  # another run's files must not stay beside this run's (a kill between this
                 clear_checkpoints(directory)  # run's first checkpoint and its state left them under that state)
             sess.run(init)
-            state, best_values = TrainingState(fingerprint), sess.run(fetch_vars)
+            state, best_values = TrainingState(identity), sess.run(fetch_vars)
         else:
             state, best_values = resumed
             if on_resume is not None:
@@ -428,7 +529,7 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
                         "starting over")
                     _discard_checkpoint(directory)
                     sess.run(init)
-                    state, best_values = TrainingState(fingerprint), sess.run(fetch_vars)
+                    state, best_values = TrainingState(identity), sess.run(fetch_vars)
                     best_weights, resumed_at, total, weight_sum = dict(zip(names, best_values)), 0, 0.0, 0.0
                     continue
                 state.epoch += 1
@@ -456,25 +557,27 @@ def clear_checkpoints(directory: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
-def _resume(sess, directory: Path, fingerprint: str, saver_model, saver_all, fetch_vars: list,
+def _resume(sess, directory: Path, identity: CheckpointIdentity, saver_model, saver_all, fetch_vars: list,
             say: Callable[[str], None]) -> tuple[TrainingState, list] | None:
     """Load the saved state and both checkpoints into ``sess``: (state, the best evaluation's weights), or None
-    to start over: no checkpoint of this fingerprint, or a damaged one (logged, and its files deleted).
+    to start over: no checkpoint, one of other inputs (logged, naming the parts that differ), or a damaged one
+    (logged, and its files deleted).
 
     Checkpoints are written atomically, so damage means a disk error or a hand edit; the run that follows
     starting over ends as an uninterrupted one would, only later.
     """
     try:
-        state = TrainingState.read(directory, fingerprint)
+        state = TrainingState.read(directory, identity)
         if state is None:
-            if (directory / STATE_FILE).exists():
-                say(f"train: the checkpoint in {directory} is of other data, params, code or libraries; starting over")
             return None
         for name in (state.best_checkpoint, state.last_checkpoint):
             state.check_checkpoint(directory, name)
         saver_model.restore(sess, str(directory / state.best_checkpoint))
         best_values = sess.run(fetch_vars)
         saver_all.restore(sess, str(directory / state.last_checkpoint))
+    except CheckpointOfOtherInputs as exc:
+        say(f"train: the checkpoint in {directory} {exc}; starting over")  # train() deletes its files
+        return None
     except (ValueError, OSError, en.errors.OpError) as exc:
         say(f"train: the checkpoint in {directory} cannot be resumed ({exc}); starting over")
         _discard_checkpoint(directory)

@@ -14,8 +14,9 @@ the validation origin, so it forecasts exactly the validation window.
 Training runs ``train.max_steps`` optimizer steps at most, scored on the
 inner validation every ``train.eval_every_steps``, and checkpoints there into
 ``models/checkpoints/train/``: a stage killed mid-way resumes on the next run
-(same data, params and code) and ends with the model an uninterrupted run
-would have made; the checkpoints are removed as soon as the candidate they made
+(same data, params, code, libraries and batch order: models.CheckpointIdentity; a
+rerun with other ones starts over, saying which changed) and ends with the model an
+uninterrupted run would have made; the checkpoints are removed as soon as the candidate they made
 is in place. Its MLflow run records its process (host and pid, as every stage's run
 does): one killed outright stays RUNNING in MLflow until the next stage's run on that
 host marks it KILLED (pipeline/tracking.py close_killed_runs).
@@ -231,12 +232,12 @@ def eval_interval(tparams: TrainParams, data: PreparedTraining) -> int:
 
 
 def fit(tparams: TrainParams, data: PreparedTraining, spec: FeatureSpec, on_eval=None,
-        checkpoint_dir: Path | None = None, fingerprint: str = "", log=None, on_resume=None):
+        checkpoint_dir: Path | None = None, identity=None, log=None, on_resume=None):
     """Train one model on prepared examples: the train stage's, and one per backtest window.
 
     Returns (config, result); ``result.expected_factor`` is the expected-units correction fitted on the
-    inner validation. With ``checkpoint_dir`` an interrupted call resumes (same ``fingerprint``), calling
-    ``on_resume(step)`` when it does.
+    inner validation. With ``checkpoint_dir`` an interrupted call resumes (same ``identity``, a
+    pipeline.models.CheckpointIdentity), calling ``on_resume(step)`` when it does.
     """
     from pipeline import models
 
@@ -245,7 +246,7 @@ def fit(tparams: TrainParams, data: PreparedTraining, spec: FeatureSpec, on_eval
     result = models.train(config, batches, data.inner.matrix, data.inner.units, data.inner.weights,
                           seed=tparams.seed, max_steps=tparams.max_steps, eval_every=eval_interval(tparams, data),
                           patience=tparams.patience, learning_rate=tparams.learning_rate,
-                          checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, on_eval=on_eval, log=log,
+                          checkpoint_dir=checkpoint_dir, identity=identity, on_eval=on_eval, log=log,
                           on_resume=on_resume)
     inner_pred = models.predict_weights(config, result.weights, data.inner.matrix)
     result.expected_factor = models.expected_units_factor(data.inner.units, inner_pred)
@@ -365,9 +366,12 @@ def _run(root: Path, home: Path, raw: dict, fparams: FeatureParams, tparams: Tra
         from pipeline import models
 
         checkpoints = home / CHECKPOINT_DIR
-        fingerprint = models.fingerprint_of(bundle_params, versions, data.batch_order, runtime_version())
+        identity = models.CheckpointIdentity(data=versions["data_version"], params=bundle_params,
+                                             code=versions["code_version"], libraries=runtime_version(),
+                                             batch_order=data.batch_order)
+        fingerprint = identity.fingerprint
         mlflow_run.set_tags({CHECKPOINT_TAG: fingerprint})
-        config, result = fit(tparams, data, spec, on_eval, checkpoint_dir=checkpoints, fingerprint=fingerprint,
+        config, result = fit(tparams, data, spec, on_eval, checkpoint_dir=checkpoints, identity=identity,
                              log=say, on_resume=lambda step: link_resumed_run(mlflow_run, fingerprint, step, say))
         for curve in result.curves:  # all of them, also those a resumed run had written before the interruption
             mlflow_run.log_metrics({CURVE_PREFIX + k: v for k, v in curve.items() if k != "step"},

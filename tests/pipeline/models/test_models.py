@@ -43,6 +43,14 @@ def _config(kind, matrix):
                               dense_mean=mean, dense_std=std, dense_constant=constant, output_bias=1.0)
 
 
+def _identity(run: str, **parts) -> models.CheckpointIdentity:
+    """The identity of a run's checkpoints: ``run`` stands for its params."""
+    data = {"data/split/train.parquet": "0" * 32, "data/prepared/holidays.parquet": "2" * 32}
+    return models.CheckpointIdentity(**{"data": data, "params": {"train": {"run": run}},
+                                        "code": "c" * 64, "libraries": {"numpy": "2.1.0"}, "batch_order": "held",
+                                        **parts})
+
+
 def _train(kind, x, y, w, vx, vy, vw, *, seed, max_steps, eval_every, patience, batch_size, learning_rate, **kwargs):
     batches = models.in_memory_batches(x, y, w, batch_size, seed)
     return models.train(_config(kind, x), batches, vx, vy, vw, seed=seed, max_steps=max_steps, eval_every=eval_every,
@@ -126,18 +134,87 @@ def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(tmp_path):
     vx, vy, vw = _problem(300, 1)
     args = {"seed": 4, "eval_every": 20, "patience": 50, "batch_size": 64, "learning_rate": 0.01}
     straight = _train("mlp", x, y, w, vx, vy, vw, max_steps=140, **args)
-    first = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, fingerprint="f", **args)
+    first = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, identity=_identity("f"), **args)
     assert first.steps_run == 60 and (tmp_path / models.STATE_FILE).is_file()
     said = []  # the resume is announced when it happens, before the first evaluation, not after the whole fit
-    resumed = _train("mlp", x, y, w, vx, vy, vw, max_steps=140, checkpoint_dir=tmp_path, fingerprint="f",
+    resumed = _train("mlp", x, y, w, vx, vy, vw, max_steps=140, checkpoint_dir=tmp_path, identity=_identity("f"),
                      log=said.append, on_eval=lambda step, curve: said.append(step), **args)
     assert said[:2] == [f"train: resuming from the checkpoint at step 60 in {tmp_path}", 80]
     assert resumed.resumed_at_step == 60 and resumed.curves == straight.curves
     for name in straight.weights:
         np.testing.assert_array_equal(resumed.weights[name], straight.weights[name])
     # a checkpoint of another configuration is never resumed
-    other = _train("mlp", x, y, w, vx, vy, vw, max_steps=20, checkpoint_dir=tmp_path, fingerprint="g", **args)
+    other = _train("mlp", x, y, w, vx, vy, vw, max_steps=20, checkpoint_dir=tmp_path, identity=_identity("g"), **args)
     assert other.resumed_at_step == 0 and len(other.curves) == 1
+
+
+OTHER_INPUTS = {  # a part changed between the kill and the rerun -> what the rerun says of the checkpoint
+    "params": ({"params": {"features": {"horizon": 16}, "train": {"learning_rate": 0.02, "seed": 4}}},
+               "params (train.learning_rate 0.01 -> 0.02)"),
+    "a param added, one nested": ({"params": {"features": {"horizon": 16, "yearly": False},
+                                              "train": {"learning_rate": 0.01, "seed": 4, "dims": {"item": 4}}}},
+                                  "params (features.yearly none -> false, train.dims.item none -> 4)"),
+    "data": ({"data": {"data/split/train.parquet": "1" * 32, "data/prepared/holidays.parquet": "2" * 32}},
+             "data (data/split/train.parquet)"),  # a digest is not shown
+    "code": ({"code": "d" * 64}, "code"),
+    "libraries": ({"libraries": {"numpy": "2.2.1", "numba": "0.61.0", "python": "3.11.9", "OPENBLAS_CORETYPE": ""}},
+                  "libraries (numpy 2.1.0 -> 2.2.1)"),
+    "the BLAS kernels": ({"libraries": {"numpy": "2.1.0", "numba": "0.61.0", "python": "3.11.9",
+                                        "OPENBLAS_CORETYPE": "Haswell"}},
+                         "libraries (OPENBLAS_CORETYPE unset -> Haswell)"),
+    "batch order": ({"batch_order": "streamed from shards"}, "batch order (held -> streamed from shards)"),
+    "two parts": ({"params": {"features": {"horizon": 16}, "train": {"learning_rate": 0.02, "seed": 4}},
+                   "libraries": {"numpy": "2.2.1", "numba": "0.61.0", "python": "3.11.9", "OPENBLAS_CORETYPE": ""}},
+                  "params (train.learning_rate 0.01 -> 0.02) and libraries (numpy 2.1.0 -> 2.2.1)"),
+    "many params": ({"params": {"features": {"horizon": 8}, "train": {"learning_rate": 0.02, "seed": 5, "x": 1,
+                                                                      "hidden_units": [256, 128, 64, 32, 16, 8]}}},
+                    "params (features.horizon 16 -> 8, train.hidden_units, train.learning_rate 0.01 -> 0.02, 2 more)"),
+}
+
+
+@pytest.mark.parametrize("case", OTHER_INPUTS)
+def test_a_checkpoint_of_other_inputs_names_the_parts_that_differ_and_starts_over(tmp_path, case):
+    """It said only `is of other data, params, code or libraries`: a user could not tell which had changed since
+    the kill. The checkpoint now records its identity part by part, and the rerun names the parts (and the params
+    and libraries by name) that differ; it starts over, to the model an uninterrupted run makes."""
+    x, y, w = _problem(1000, 0)
+    vx, vy, vw = _problem(300, 1)
+    args = {"seed": 4, "eval_every": 20, "patience": 50, "batch_size": 64, "learning_rate": 0.01}
+    parts = {"params": {"features": {"horizon": 16}, "train": {"learning_rate": 0.01, "seed": 4}},
+             "libraries": {"numpy": "2.1.0", "numba": "0.61.0", "python": "3.11.9", "OPENBLAS_CORETYPE": ""}}
+    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path, identity=_identity("", **parts), **args)
+    changed, named = OTHER_INPUTS[case]
+    said = []
+    again = _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path,
+                   identity=_identity("", **{**parts, **changed}), log=said.append, **args)
+    assert said == [f"train: the checkpoint in {tmp_path} is of other {named}; starting over"]
+    straight = _train("mlp", x, y, w, vx, vy, vw, max_steps=40, **args)
+    assert again.resumed_at_step == 0 and again.curves == straight.curves
+
+
+def test_a_checkpoint_of_an_older_train_that_kept_one_hash_is_started_over_saying_so(tmp_path):
+    """A state.json written before checkpoints kept their parts (version 1: one ``fingerprint``) cannot say what it
+    was made of: the rerun says it predates that and starts over, to the model an uninterrupted run makes."""
+    import json
+
+    x, y, w = _problem(1000, 0)
+    vx, vy, vw = _problem(300, 1)
+    args = {"seed": 4, "eval_every": 20, "patience": 50, "batch_size": 64, "learning_rate": 0.01}
+    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path, identity=_identity("f"), **args)
+    path = tmp_path / models.STATE_FILE
+    doc = json.loads(path.read_text())
+    fields = {"fingerprint": "e" * 64, **{k: v for k, v in doc.items()
+                                          if k not in ("format", "version", "checksum", "identity")}}
+    path.write_text(json.dumps({"format": models.STATE_FORMAT, "version": 1, **fields,
+                                "checksum": models._state_checksum(fields)}, indent=1))
+    said = []
+    again = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, identity=_identity("f"),
+                   log=said.append, **args)
+    assert said == [f"train: the checkpoint in {tmp_path} predates checkpoints that record their data, params, code, "
+                    "libraries and batch order apart (an older train wrote it); starting over"]
+    straight = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, **args)
+    assert again.resumed_at_step == 0 and again.curves == straight.curves
+    assert json.loads(path.read_text())["version"] == models.STATE_VERSION  # its own checkpoint replaced it
 
 
 def _newest(directory, pattern):
@@ -170,7 +247,7 @@ def _another_runs_checkpoint(directory, prefix):
     other = directory.parent / f"other-{prefix}"
     x, y, w = _problem(1000, 0)
     vx, vy, vw = _problem(300, 1)
-    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=other, fingerprint="g", seed=5, eval_every=20,
+    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=other, identity=_identity("g"), seed=5, eval_every=20,
            patience=50, batch_size=64, learning_rate=0.02)
     step = name.rsplit("-", 1)[1]
     for suffix in (".npz", ".json"):  # the other run's checkpoint of that step, under this run's name
@@ -219,10 +296,10 @@ def test_a_damaged_checkpoint_is_reported_and_training_starts_over(tmp_path, dam
     vx, vy, vw = _problem(300, 1)
     args = {"seed": 4, "eval_every": 20, "patience": 50, "batch_size": 64, "learning_rate": 0.01}
     straight = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, **args)
-    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path, fingerprint="f", **args)
+    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path, identity=_identity("f"), **args)
     CHECKPOINT_DAMAGE[damage](tmp_path)
     said = []
-    again = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, fingerprint="f",
+    again = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, identity=_identity("f"),
                    log=said.append, **args)
     assert len(said) == 1 and said[0].startswith(f"train: the checkpoint in {tmp_path} cannot be resumed (")
     assert said[0].endswith("); starting over")
@@ -231,7 +308,7 @@ def test_a_damaged_checkpoint_is_reported_and_training_starts_over(tmp_path, dam
         np.testing.assert_array_equal(again.weights[name], straight.weights[name])
     # the damaged files are gone: the next rerun resumes from the new checkpoints without a word about damage
     said.clear()
-    resumed = _train("mlp", x, y, w, vx, vy, vw, max_steps=80, checkpoint_dir=tmp_path, fingerprint="f",
+    resumed = _train("mlp", x, y, w, vx, vy, vw, max_steps=80, checkpoint_dir=tmp_path, identity=_identity("f"),
                      log=said.append, **args)
     assert resumed.resumed_at_step == 60 and said == [f"train: resuming from the checkpoint at step 60 in {tmp_path}"]
 
@@ -243,10 +320,10 @@ def test_a_batch_past_the_epochs_end_is_reported_and_training_starts_over(tmp_pa
     vx, vy, vw = _problem(300, 1)
     args = {"seed": 4, "eval_every": 20, "patience": 50, "batch_size": 64, "learning_rate": 0.01}
     straight = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, **args)
-    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path, fingerprint="f", **args)
+    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path, identity=_identity("f"), **args)
     _set_state(tmp_path, batch=30)
     said = []
-    again = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, fingerprint="f",
+    again = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, identity=_identity("f"),
                    log=said.append, **args)
     assert said == [f"train: resuming from the checkpoint at step 40 in {tmp_path}",
                     f"train: the checkpoint in {tmp_path} cannot be resumed ({tmp_path / models.STATE_FILE}: field "
@@ -254,7 +331,7 @@ def test_a_batch_past_the_epochs_end_is_reported_and_training_starts_over(tmp_pa
     assert again.resumed_at_step == 0 and again.curves == straight.curves
     for name in straight.weights:
         np.testing.assert_array_equal(again.weights[name], straight.weights[name])
-    assert not (tmp_path / models.STATE_FILE).exists() or models.TrainingState.read(tmp_path, "f").step == 60
+    assert not (tmp_path / models.STATE_FILE).exists() or models.TrainingState.read(tmp_path, _identity("f")).step == 60
 
 
 def test_expected_units_sum_to_the_actual_units_where_the_factor_was_fitted():
