@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from engine.saver import npz_bytes
-from pipeline.atomic import atomic_directory, file_digest
+from pipeline.atomic import atomic_directory, file_digest, make_readable_by_all
 from pipeline.blas import use_one_blas_thread
 
 from pipeline.features import (
@@ -96,8 +96,14 @@ def _snapshot_arrays(snapshot: HistorySnapshot) -> tuple[dict[str, np.ndarray], 
 
 
 def write_bundle(target: Path | str, *, write_graph: Callable[[Path], None], metadata: Mapping[str, Any],
-                 snapshot: HistorySnapshot, training_stats: Mapping[str, Any]) -> str:
-    """Write a complete bundle to ``target`` atomically; returns its digest (sha256 of checksums.json)."""
+                 snapshot: HistorySnapshot, training_stats: Mapping[str, Any],
+                 before_swap: Callable[[Path, str], None] | None = None) -> str:
+    """Write a complete bundle to ``target`` atomically; returns its digest (sha256 of checksums.json).
+
+    ``before_swap(staged, digest)`` is called once the bundle is complete in its staging directory, and the bundle
+    is swapped in only after it returns: what must be true of any bundle at ``target`` (train: its MLflow run is
+    finished and tagged with the digest) is made true first, so a kill cannot leave the bundle without it. If it
+    raises, ``target`` is left as it was."""
     with atomic_directory(target) as staging:  # files 0644: the serving container runs as another user
         write_graph(staging)
         for name in GRAPH_FILES:
@@ -116,7 +122,11 @@ def write_bundle(target: Path | str, *, write_graph: Callable[[Path], None], met
         if extra:
             raise BundleError(f"unexpected file(s) in the bundle: {', '.join(extra)}")
         _write_json(staging / CHECKSUMS_FILE, {"files": {name: file_digest(staging / name) for name in listed}})
-        return file_digest(staging / CHECKSUMS_FILE)
+        digest = file_digest(staging / CHECKSUMS_FILE)
+        if before_swap is not None:
+            make_readable_by_all(staging)  # as it will be at ``target``: what reads it there reads the same files
+            before_swap(staging, digest)
+        return digest
 
 
 def copy_bundle(source: Path | str, target: Path | str) -> str:

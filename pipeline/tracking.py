@@ -315,7 +315,8 @@ def closed_run_note(run_id: str) -> str:
 
 class TrainingRun:
     """One MLflow run for one stage: ``with TrainingRun(root, name, tags) as run: run.log_metrics(...)``. It is
-    tagged with this process (PROCESS_TAG); ``closed`` lists the runs of killed processes it marked KILLED first."""
+    tagged with this process (PROCESS_TAG); ``closed`` lists the runs of killed processes it marked KILLED first.
+    It ends FINISHED with the block, FAILED when the block raises, unless ``finish()`` ended it FINISHED before."""
 
     def __init__(self, project_root: Path | str, run_name: str, tags: Mapping[str, str]):
         self.project_root = Path(project_root)
@@ -325,12 +326,21 @@ class TrainingRun:
         self.run = self.client.create_run(self.experiment_id, run_name=run_name,
                                           tags={PROCESS_TAG: this_process(), **tags})
         self.run_id = self.run.info.run_id
+        self.finished = False
 
     def __enter__(self) -> "TrainingRun":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.client.set_terminated(self.run_id, status="FINISHED" if exc_type is None else "FAILED")
+        if not self.finished:
+            self.client.set_terminated(self.run_id, status="FINISHED" if exc_type is None else "FAILED")
+
+    def finish(self) -> None:
+        """End the run FINISHED now, before the block's last steps: a stage whose output must never be in place
+        without a finished run (train's candidate, found by its bundle_digest tag) finishes it before installing
+        the output. What fails after that fails the stage, and the run, complete, stays FINISHED."""
+        self.client.set_terminated(self.run_id, status="FINISHED")
+        self.finished = True
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

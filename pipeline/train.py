@@ -17,7 +17,9 @@ inner validation every ``train.eval_every_steps``, and checkpoints there into
 (same data, params, code, libraries and batch order: models.CheckpointIdentity; a
 rerun with other ones starts over, saying which changed) and ends with the model an
 uninterrupted run would have made; the checkpoints are removed as soon as the candidate they made
-is in place. Its MLflow run records its process (host and pid, as every stage's run
+is in place. The candidate is swapped in only once its MLflow run is FINISHED and
+tagged with its digest (``bundle_digest``, what evaluate and promote look it up by),
+so no kill leaves a candidate without its run. Its MLflow run records its process (host and pid, as every stage's run
 does): one killed outright stays RUNNING in MLflow until the next stage's run on that
 host marks it KILLED (pipeline/tracking.py close_killed_runs).
 
@@ -422,17 +424,25 @@ def _run(root: Path, home: Path, raw: dict, fparams: FeatureParams, tparams: Tra
                 "dense": dense_feature_names(spec), "categorical": list(CATEGORICAL_FIELDS),
             },
         }
+
+        def record(staged: Path, digest: str) -> None:
+            """Check and record the complete bundle before it is swapped in as the candidate: its run, FINISHED
+            and tagged with its digest, is what evaluate and promote look the candidate up by. Swapped in first, a
+            kill before the run finished left a candidate no run was known to have made, which DVC does not
+            retrain when it is the model dvc.lock records."""
+            bundle = load_bundle(staged)  # the serving loader must reproduce the training process's predictions
+            served = bundle.predict_features(data.inner.matrix)
+            if not np.allclose(served, inner_pred, rtol=1e-5, atol=1e-5):
+                raise TrainError("the exported bundle does not reproduce the trained model's predictions")
+            mlflow_run.log_metrics(metrics)
+            mlflow_run.set_tags({tracking.BUNDLE_DIGEST_TAG: digest, "bundle_version": metadata["version"]})
+            mlflow_run.log_bundle(staged)
+            mlflow_run.finish()
+
         bundle_dir = home / CANDIDATE_DIR
         digest = write_bundle(bundle_dir, write_graph=write_graph, metadata=metadata,
-                              snapshot=snapshot, training_stats=stats)
+                              snapshot=snapshot, training_stats=stats, before_swap=record)
         _remove_resume_state(home)  # the candidate is in place: nothing is left to resume
-        bundle = load_bundle(bundle_dir)  # the serving loader must reproduce the training process's predictions
-        served = bundle.predict_features(data.inner.matrix)
-        if not np.allclose(served, inner_pred, rtol=1e-5, atol=1e-5):
-            raise TrainError("the exported bundle does not reproduce the trained model's predictions")
-        mlflow_run.log_metrics(metrics)
-        mlflow_run.set_tags({tracking.BUNDLE_DIGEST_TAG: digest, "bundle_version": metadata["version"]})
-        mlflow_run.log_bundle(bundle_dir)
     summary = {"run_id": mlflow_run.run_id, "bundle": str(bundle_dir), "digest": digest, "model_kind": tparams.model,
                **metrics, "seconds": time.perf_counter() - started}
     say(f"train: {summary_line(summary)} in {summary['seconds']:.1f} s")

@@ -124,6 +124,41 @@ def test_writing_is_atomic(trained_project):
     assert sorted(p.name for p in target.parent.iterdir()) == ["candidate"]
 
 
+def test_before_swap_sees_the_complete_bundle_and_a_failure_there_installs_nothing(trained_project):
+    """train records the candidate in MLflow in ``before_swap`` (the run FINISHED, tagged with the digest): the
+    staged bundle it gets is the complete, readable one the swap installs, and if recording fails the target stays
+    as it was (a candidate is never in place without its run)."""
+    import stat
+
+    root, _ = trained_project
+    target = root / "models/candidate"
+    before = verify_bundle(target)
+    bundle = load_bundle(target)
+    graph = {name: (target / name).read_bytes() for name in ("graph.json", "weights.npz")}
+
+    def copy_graph(directory):
+        for name, data in graph.items():
+            (directory / name).write_bytes(data)
+
+    seen = []
+
+    def failing_record(staged, digest):
+        seen.append((staged != target, verify_bundle(staged) == digest,
+                     all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in staged.iterdir())))
+        raise RuntimeError("MLflow refused")
+
+    args = {"write_graph": copy_graph, "metadata": bundle.metadata, "snapshot": bundle.snapshot,
+            "training_stats": bundle.training_stats}
+    with pytest.raises(RuntimeError, match="MLflow refused"):
+        write_bundle(target, before_swap=failing_record, **args)
+    assert seen == [(True, True, True)]
+    assert verify_bundle(target) == before
+    assert sorted(p.name for p in target.parent.iterdir()) == ["candidate"]
+    staged_digests = []
+    digest = write_bundle(target, before_swap=lambda staged, d: staged_digests.append(d), **args)
+    assert staged_digests == [digest] == [verify_bundle(target)]
+
+
 def test_copy_installs_a_verified_identical_bundle(trained_project):
     root, _ = trained_project
     digest = copy_bundle(root / "models/candidate", root / "models/production")

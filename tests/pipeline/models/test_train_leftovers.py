@@ -80,12 +80,95 @@ def _kill_at(monkeypatch, name: str) -> None:
 
 
 def test_checkpoints_go_once_the_candidate_is_in_place(quick_project, monkeypatch):
-    """Killed right after the swap, a train left models/checkpoints/ for ever: DVC does not rerun a train whose
-    candidate is the one dvc.lock records."""
-    _kill_at(monkeypatch, "load_bundle")  # the first step after the candidate's swap
-    with pytest.raises(Killed):
-        train.run(quick_project, quiet=True)
-    assert (quick_project / train.CANDIDATE_DIR / "bundle.json").is_file()
+    """Killed after the swap, a train left models/checkpoints/ for ever (DVC does not rerun a train whose candidate
+    is the one dvc.lock records): they went only once the bundle had been loaded back and logged to MLflow. Those
+    steps now come before the swap (the run is FINISHED first: see the test below), and the checkpoints' removal is
+    the one step after it."""
+    steps = []
+    real_swap, real_remove = atomic.swap_in_directory, train._remove_resume_state
+
+    def swap(staging, target):
+        real_swap(staging, target)
+        steps.append(f"swap {Path(target).name}")
+
+    def recorded(name, real):
+        def step(*args, **kwargs):
+            steps.append(name)
+            return real(*args, **kwargs)
+        return step
+
+    monkeypatch.setattr(atomic, "swap_in_directory", swap)
+    monkeypatch.setattr(train, "_remove_resume_state", recorded("remove checkpoints", real_remove))
+    for name in ("log_metrics", "set_tags", "log_bundle", "finish"):
+        monkeypatch.setattr(tracking.TrainingRun, name, recorded(name, getattr(tracking.TrainingRun, name)))
+    train.run(quick_project, quiet=True)
+    swapped = steps.index("swap candidate")
+    assert steps[swapped:] == ["swap candidate", "remove checkpoints"]
+    assert steps[swapped - 2:swapped] == ["log_bundle", "finish"]
+    assert not (quick_project / train.CHECKPOINT_DIR).parent.exists()
+
+
+# A train process that SIGKILLs itself as its candidate is swapped in: just before, or just after
+KILLED_AT_THE_SWAP = """
+import os, signal, sys
+from pathlib import Path
+from pipeline import atomic, train
+
+candidate, when = (Path(sys.argv[1]) / train.CANDIDATE_DIR).resolve(), sys.argv[2]
+swap = atomic.swap_in_directory
+
+def swap_and_die(staging, target):
+    if Path(target).resolve() == candidate and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    swap(staging, target)
+    if Path(target).resolve() == candidate:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+atomic.swap_in_directory = swap_and_die
+sys.exit(train.main(["--root", sys.argv[1], "--quiet"]))
+"""
+
+
+@pytest.mark.parametrize("when", ["after", "before"])
+def test_a_train_killed_at_its_candidates_swap_leaves_the_candidate_findable_by_promote(quick_project, when):
+    """Found by a probe: SIGKILL just after the candidate was swapped in, and before its MLflow run had the
+    bundle_digest tag and was FINISHED, left a model in models/candidate that no run was known to have made. DVC
+    does not rerun a train whose candidate is the one dvc.lock records (a deterministic retrain of committed
+    inputs), so evaluate then logged nothing ('no finished MLflow training run ... made bundle') and promote
+    refused ('no finished MLflow training run ... is tagged with the candidate's bundle digest') until a forced
+    retrain. The candidate is now swapped in last, once its run is FINISHED: killed after the swap, its run is
+    found as it is; killed before it, the rerun DVC then makes resumes the checkpoint to the same candidate."""
+    from pipeline import promote
+    from pipeline.bundle import verify_bundle
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run([sys.executable, "-c", KILLED_AT_THE_SWAP, str(quick_project), when], cwd=quick_project,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -9, done.stderr
+    candidate = quick_project / train.CANDIDATE_DIR
+    client = tracking.client(quick_project)
+    if when == "after":  # DVC sees nothing to do: evaluate and promote look the candidate's run up as it is
+        digest = verify_bundle(candidate)
+        run = promote.training_run(quick_project, digest)
+        assert run.info.status == "FINISHED"
+        assert client.list_artifacts(run.info.run_id, tracking.BUNDLE_ARTIFACT_PATH)  # the bundle is logged
+    else:  # no candidate: DVC reruns train, which resumes the checkpoint the killed one left
+        assert not candidate.exists()
+        assert (quick_project / train.CHECKPOINT_DIR / "state.json").is_file()
+    summary = train.run(quick_project, quiet=True)
+    digest = verify_bundle(candidate)
+    assert summary["digest"] == digest
+    run = promote.training_run(quick_project, digest)
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.BUNDLE_DIGEST_TAG] == digest
+    runs = client.search_runs([run.info.experiment_id], "tags.stage = 'train'")
+    assert len(runs) == 2 and "RUNNING" not in {r.info.status for r in runs}
+    if when == "after":  # the killed train's run is as complete as the rerun's
+        assert all(r.info.status == "FINISHED" and r.data.tags.get(tracking.BUNDLE_DIGEST_TAG) == digest
+                   for r in runs)
+    else:  # the rerun resumed the killed train's checkpoint, and says so
+        killed = next(r for r in runs if r.info.run_id != summary["run_id"])
+        assert client.get_run(summary["run_id"]).data.tags[train.RESUMED_FROM_TAG] == killed.info.run_id
     assert not (quick_project / train.CHECKPOINT_DIR).parent.exists()
 
 
