@@ -9,16 +9,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-from tqdm import tqdm
-
-from pipeline.schema import ACTUALS
-from pipeline.validate import DataValidationError, fail, read_batches
 
 EPOCH = dt.date(1970, 1, 1)  # Arrow's date32 counts days from here
 DAY_BITS = 16  # a date32 day of 2000…2099 (schema.EARLIEST_DATE…LATEST_DATE) is < 2**16
 ITEM_BITS = 31  # item_nbr: 1 … 2**31 - 1; store_nbr: 1 … 32,767 (15 bits): a key is 62 bits
-STORE_MAX = int(ACTUALS.column("store_nbr").max)
+STORE_BITS = 63 - ITEM_BITS - DAY_BITS  # what a code has room for (the file's own range is checked on reading)
 CHUNK_ROWS = 1 << 23  # 64 MB of int64: above glibc's largest mmap threshold (32 MB), so a mapping of its own
 
 
@@ -40,6 +35,14 @@ def read_actuals(path: Path | str) -> SoldUnits:
 
     The file is read, and checked, as prepare reads train.csv (pipeline/validate.py: an error names the line and
     column); two rows of one store, item and day are refused, as prepare refuses them."""
+    # Imported here: the serving image imports this module (monitoring's drift report names ActualsError) and
+    # has no pyarrow; only reading a file needs it.
+    import pyarrow as pa
+    from tqdm import tqdm
+
+    from pipeline.schema import ACTUALS
+    from pipeline.validate import DataValidationError, fail, read_batches
+
     path = Path(path)
     codes, units = ChunkedArray(np.int64), ChunkedArray(np.float64)
     is_day = np.zeros(1 << DAY_BITS, dtype=bool)  # the file's days: a row in some store
@@ -131,7 +134,7 @@ class SoldUnits(Mapping):
             day = (dt.date.fromisoformat(date) - EPOCH).days
         except (TypeError, ValueError):
             return None
-        if not (0 < store <= STORE_MAX and 0 < item < 1 << ITEM_BITS and 0 <= day < 1 << DAY_BITS):
+        if not (0 < store < 1 << STORE_BITS and 0 < item < 1 << ITEM_BITS and 0 <= day < 1 << DAY_BITS):
             return None  # no row can have it (and it would not fit the code)
         return (store << (ITEM_BITS + DAY_BITS)) | (item << DAY_BITS) | day
 
