@@ -67,6 +67,7 @@ from pipeline.metrics import (
 from pipeline.model_params import (EvaluateParams, evaluate_params, feature_params, train_params,
                                    validation_within_horizon)
 from pipeline.params import load_yaml
+from pipeline.source import shown_source
 from pipeline.stage import run_stage
 from pipeline.versions import code_version, data_version, params_version
 
@@ -367,7 +368,10 @@ def _log_to_mlflow(root: Path, evaluation: Mapping, metrics: Mapping, per_window
             root, run_id, passed=evaluation["passed"], headline=metrics, windows=per_window,
             params=evaluation_run_params(params, evaluation["rule"]), bundle_digest=evaluation["bundle_digest"],
             evaluation_json=json_text(evaluation),
-            artifacts=[home / f for f in RESULT_FILES if f != EVALUATION_FILE and (home / f).exists()])
+            artifacts=[home / f for f in RESULT_FILES if f != EVALUATION_FILE and (home / f).exists()],
+            data=tracking.RunData(shown_source(root), evaluation["data_version"], {
+                "validation_rows": metrics.get("validation", {}).get("rows"),
+                "backtest_windows": len(per_window)}))
     except (MlflowException, tracking.TrackingError) as exc:
         if not quiet:
             print(f"evaluate: note: could not record the evaluation in MLflow: {tracking.store_error_text(exc)}",

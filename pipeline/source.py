@@ -46,6 +46,20 @@ class SourceError(StageError):
     """A data source that cannot be reached or read to fingerprint it."""
 
 
+def shown_source(root: Path) -> str:
+    """The source the data stages last read (``data/source.json``) as it may be recorded and shown: a URL without
+    its user, password, query or fragment (they may hold a token); "unknown" before the source stage ran."""
+    try:
+        source = str(json.loads((Path(root) / FINGERPRINT_PATH).read_text(encoding="utf-8"))["source"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
+    if is_remote(source):
+        parsed = urllib.parse.urlparse(source)
+        return urllib.parse.urlunparse((parsed.scheme, parsed.hostname + (f":{parsed.port}" if parsed.port else ""),
+                                        parsed.path, "", "", ""))
+    return source
+
+
 def data_source(params: DataParams) -> str:
     """The source in effect: $SHELFCAST_DATA_SOURCE when set, else params.yaml's data.source."""
     chosen = os.environ.get(ENV_VAR, "").strip()

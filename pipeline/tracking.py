@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import socket
@@ -43,6 +44,33 @@ VERDICT_TAG = "threshold_test"
 EVALUATION_DIGEST_TAG = "evaluation_digest"
 PROCESS_TAG = "stage_process"  # a run's "<host>:<pid>": a run left RUNNING by a killed stage is found by it
 PREVIOUS_PRODUCTION_TAG = "previous_production"  # registered-model tag: the version a rollback returns to
+# A run's data, as MLflow's Datasets panel shows it (mlflow.log_input's record, through the client): named by
+# the source the data stages read (data/source.json), with the digest of the files the stage read and its role.
+DATA_SOURCE_TAG = "data_source"
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # the input tag mlflow.log_input(context=...) writes
+DATASET_DIGEST_CHARS = 16  # MLflow's stores keep at most 36 characters of a dataset digest
+
+
+class RunData(NamedTuple):
+    """What a stage's run read: ``source`` as pipeline.source.shown_source gives it, the digests of the files
+    (versions.data_version) and a profile (rows, days) for the Datasets panel."""
+
+    source: str
+    digests: Mapping[str, str]
+    profile: Mapping[str, Any]
+
+    def dataset_input(self, context: str):
+        """The MLflow DatasetInput of this data in the role ``context`` ("training", "evaluation")."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        digest = hashlib.sha256(json.dumps(sorted(self.digests.items())).encode("utf-8")).hexdigest()
+        kind = "http" if self.source.startswith(("http://", "https://")) else \
+            "code" if self.source == "synthetic" else "local"
+        name = self.source.rstrip("/").rsplit("/", 1)[-1] or self.source
+        return DatasetInput(Dataset(name=name, digest=digest[:DATASET_DIGEST_CHARS], source_type=kind,
+                                    source=json.dumps({"uri": self.source}),
+                                    profile=json.dumps(dict(self.profile), default=str)),
+                            [InputTag(DATASET_CONTEXT_TAG, context)])
 
 
 class TrackingError(StageError):
@@ -364,6 +392,11 @@ class TrainingRun:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
+    def log_data(self, data: RunData, context: str) -> None:
+        """Record what the run read: an MLflow dataset input (the Datasets panel), and the source as a tag."""
+        self.client.log_inputs(self.run_id, datasets=[data.dataset_input(context)])
+        self.client.set_tag(self.run_id, DATA_SOURCE_TAG, data.source)
+
     def log_bundle(self, bundle_dir: Path | str) -> str:
         self.client.log_artifacts(self.run_id, str(bundle_dir), BUNDLE_ARTIFACT_PATH)
         return f"runs:/{self.run_id}/{BUNDLE_ARTIFACT_PATH}"
@@ -407,7 +440,7 @@ def evaluation_digest(text: str) -> str:
 def log_evaluation(project_root: Path | str, training_run_id: str, *, passed: bool, headline: Mapping[str, Any],
                    windows: list[Mapping[str, Any]], params: Mapping[str, Any], artifacts: list[Path],
                    bundle_digest: str = "", evaluation_json: str = "",
-                   tags: Mapping[str, str] | None = None) -> EvaluationRecord:
+                   tags: Mapping[str, str] | None = None, data: RunData | None = None) -> EvaluationRecord:
     """Record one evaluation: a run of its own, nested under the candidate's training run.
 
     The evaluation run holds the held-out metrics (``heldout_*``; per backtest window as steps),
@@ -425,6 +458,8 @@ def log_evaluation(project_root: Path | str, training_run_id: str, *, passed: bo
                                                 EVALUATION_DIGEST_TAG: evaluation_digest(evaluation_json),
                                                 **(tags or {})}) as run:
         run.log_params(params)
+        if data is not None:
+            run.log_data(data, "evaluation")
         run.log_metrics(flat)
         for window in windows:
             run.log_metrics({f"{HELDOUT_PREFIX}window_{k}": float(v) for k, v in window.items()

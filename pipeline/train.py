@@ -56,6 +56,7 @@ from pipeline.metrics import nwrmsle
 from pipeline.model_params import (FeatureParams, TrainParams, feature_params, train_params,
                                    validation_within_horizon)
 from pipeline.params import load_yaml
+from pipeline.source import shown_source
 from pipeline.stage import run_stage
 from pipeline.versions import bundle_version, code_version, data_version, git_commit, runtime_version
 
@@ -360,6 +361,9 @@ def _run(root: Path, home: Path, raw: dict, fparams: FeatureParams, tparams: Tra
             say(f"train: note: {tracking.closed_run_note(run_id)}")
         bundle_params = {"features": fparams.to_json(), "train": tparams.to_json()}
         mlflow_run.log_params(bundle_params)
+        mlflow_run.log_data(tracking.RunData(shown_source(root), versions["data_version"], {
+            "examples": data.train_examples, "origins": len(data.train_origins), "series": len(history.store_nbr),
+            "first_day": _day(history.first_day), "last_day": _day(history.last_day)}), "training")
 
         def on_eval(step: int, curve: dict) -> None:
             say(f"  step {step:6d}/{tparams.max_steps}  train_loss {curve['train_loss']:.4f}  "

@@ -172,6 +172,10 @@ def test_the_evaluation_is_an_mlflow_run_of_its_own_with_heldout_names(trained_p
     assert metrics["heldout_backtest_improvement_low"] == pytest.approx(verdict["improvement_interval"]["low"])
     assert metrics["heldout_validation_candidate_nwrmsle"] == pytest.approx(verdict["candidate_nwrmsle"])
     assert params["evaluate.backtest_windows"] == "1"
+    (dataset_input,) = tracking.client(root).get_run(evaluation_run).inputs.dataset_inputs
+    assert [(t.key, t.value) for t in dataset_input.tags] == [("mlflow.data.context", "evaluation")]
+    headline = json.loads((root / "results/metrics.json").read_text())
+    assert json.loads(dataset_input.dataset.profile)["validation_rows"] == headline["validation"]["rows"] > 0
     artifacts = {a.path for a in tracking.client(root).list_artifacts(evaluation_run, "results")}
     assert {"results/metrics.json", "results/backtest.json", "results/slices.json"} <= artifacts
     _, train_metrics, train_tags = tracking.run_data(root, summary["run_id"])

@@ -53,6 +53,12 @@ def test_a_train_is_an_mlflow_run_with_params_curves_metrics_tags_and_the_bundle
     assert metrics["inner_validation_nwrmsle"] == pytest.approx(summary["inner_validation_nwrmsle"])
     assert tags["model_kind"] == "mlp" and tags["bundle_digest"] == summary["digest"]
     assert "train.parquet:" in tags["data_version"] and tags["git_commit"]
+    # the data it read, as MLflow's Datasets panel shows it (an MLflow user looks there, not in the tags)
+    (dataset_input,) = tracking.client(root).get_run(summary["run_id"]).inputs.dataset_inputs
+    assert [(t.key, t.value) for t in dataset_input.tags] == [("mlflow.data.context", "training")]
+    dataset = dataset_input.dataset
+    assert tags["data_source"] == json.loads(dataset.source)["uri"] and dataset.name and len(dataset.digest) == 16
+    assert json.loads(dataset.profile)["examples"] == summary["train_examples"]
     curve = tracking.metric_history(root, summary["run_id"], train.CURVE_PREFIX + "inner_validation_nwrmsle")
     assert len(tracking.metric_history(root, summary["run_id"], train.CURVE_PREFIX + "train_loss")) == len(curve)
     assert not any(name.startswith(("validation", "train_loss")) for name in metrics)  # curves apart: curve/*
