@@ -16,12 +16,16 @@ ENV_RELOAD_INTERVAL = "SHELFCAST_RELOAD_INTERVAL_S"
 ENV_MAX_BATCH = "SHELFCAST_MAX_BATCH"
 ENV_MAX_BODY = "SHELFCAST_MAX_BODY_BYTES"
 ENV_BODY_TIMEOUT = "SHELFCAST_BODY_TIMEOUT_S"
+ENV_HEADER_TIMEOUT = "SHELFCAST_HEADER_TIMEOUT_S"
 
 DEFAULT_MODEL_DIR = Path("models/production")
 DEFAULT_RELOAD_INTERVAL_S = 5.0
 DEFAULT_MAX_BATCH = 1000  # instances per POST /api/v1/predict (documented in the OpenAPI document)
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # larger request bodies get 413 before they are parsed
 DEFAULT_BODY_TIMEOUT_S = 10.0  # a body that stalls longer gets 408 (app/request_buffer.py)
+# a request whose headers are not all in by then gets 408 and its connection closed (app/gunicorn_worker.py);
+# 10 s as deploy/nginx.conf's client_header_timeout
+DEFAULT_HEADER_TIMEOUT_S = 10.0
 
 
 class SettingsError(ValueError):
@@ -35,10 +39,12 @@ class AppSettings:
     max_batch: int = DEFAULT_MAX_BATCH
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
 
     def __post_init__(self) -> None:
-        if not self.body_timeout_s > 0:
-            raise SettingsError(f"body_timeout_s: must be > 0, got {self.body_timeout_s!r}")
+        for name in ("body_timeout_s", "header_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name}: must be > 0, got {getattr(self, name)!r}")
         if not self.reload_interval_s >= 0:
             raise SettingsError(f"reload_interval_s: must be >= 0, got {self.reload_interval_s!r}")
         for name in ("max_batch", "max_body_bytes"):
@@ -60,6 +66,8 @@ class AppSettings:
             values["max_body_bytes"] = _number(env, ENV_MAX_BODY, int, 1)
         if env.get(ENV_BODY_TIMEOUT, "").strip():
             values["body_timeout_s"] = _number(env, ENV_BODY_TIMEOUT, float, 0.001)
+        if env.get(ENV_HEADER_TIMEOUT, "").strip():
+            values["header_timeout_s"] = _number(env, ENV_HEADER_TIMEOUT, float, 0.001)
         return cls(**values)
 
 

@@ -45,7 +45,9 @@ a dead worker's files are marked as such.
 
 Environment: SHELFCAST_BIND (default 127.0.0.1:5005; 0.0.0.0:5005 in a container),
 SHELFCAST_WORKERS (default: the cores this process may use), SHELFCAST_THREADS (default 8),
-SHELFCAST_PIN_WORKERS (default 1), SHELFCAST_ACCESS_LOG ("-" for stdout), PROMETHEUS_MULTIPROC_DIR.
+SHELFCAST_PIN_WORKERS (default 1), SHELFCAST_ACCESS_LOG ("-" for stdout), PROMETHEUS_MULTIPROC_DIR. The worker
+class (app/gunicorn_worker.py) reads SHELFCAST_HEADER_TIMEOUT_S, which app/config.py defines beside the app's
+other limits.
 """
 
 import collections
@@ -80,7 +82,7 @@ bind = setting("SHELFCAST_BIND", "127.0.0.1:5005")
 workers = count_setting("SHELFCAST_WORKERS", "0") or len(os.sched_getaffinity(0))
 if workers > MAX_WORKERS:
     raise RuntimeError(f"SHELFCAST_WORKERS: {workers} workers (each loads the model); at most {MAX_WORKERS}")
-worker_class = "app.gunicorn_worker.ThreadWorker"  # gthread, its graceful closes off the accepting thread
+worker_class = "app.gunicorn_worker.ThreadWorker"  # gthread: graceful closes off the accepting thread, headers timed
 threads = max(1, count_setting("SHELFCAST_THREADS", "8"))
 keepalive = 5
 timeout = 60  # a worker loads and warms up the bundle before it serves

@@ -12,18 +12,35 @@ forecasts beside a dozen such clients, so a gunicorn upgrade that changes the me
 A client that does not take in its response within the socket timeout the app sets for it (app/request_buffer.py)
 is disconnected by that timeout; gunicorn logs it as an error with a 15-line traceback, which `ClientTookTooLong`
 turns into one warning line: it is the client's doing, not the server's.
+
+gunicorn bounds only the wait for a connection's first bytes (5 s); a client that then stops mid-headers held its
+connection thread until it hung up, and SHELFCAST_THREADS such clients made a worker answer nobody. gunicorn has
+no setting for it, so this subclass bounds each request's headers by SHELFCAST_HEADER_TIMEOUT_S (app/config.py),
+the first request's from when the connection is accepted (as nginx's client_header_timeout), a kept-alive
+connection's next one from when its first bytes arrive: see `ThreadWorker.handle`.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
+import time
 
 from gunicorn.workers.gthread import ThreadWorker as GthreadWorker
 
+from app.config import DEFAULT_HEADER_TIMEOUT_S, AppSettings, SettingsError
+from app.request_buffer import READ_DEADLINES
+
 CLOSING_THREADS = 4  # each close waits at most 2 s for its client: 2 closes a second at the worst
 MOST_WAITING = 256  # closes queued beyond this happen at once, without the wait (a flood of such clients)
+# A connection that waited for a thread past its header deadline still gets this long for headers it has sent.
+LAST_CHANCE_S = 0.1
+# What a client whose headers ran out of time is sent, if its socket takes it at once (never waited for).
+TIMED_OUT_BODY = b"the request's headers did not arrive in time\n"
+REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (len(TIMED_OUT_BODY), TIMED_OUT_BODY))
 
 
 class GracefulCloser:
@@ -73,12 +90,20 @@ CLIENT_TOOK_TOO_LONG = ClientTookTooLong()
 
 
 class ThreadWorker(GthreadWorker):
-    """gthread, with each connection its main thread finishes closed by a GracefulCloser."""
+    """gthread, with each connection its main thread finishes closed by a GracefulCloser, and each request's
+    headers read within SHELFCAST_HEADER_TIMEOUT_S. gunicorn (26.2, pinned) has a setting for neither, so this
+    overrides four methods of its ThreadWorker: ``finish_request`` (the closes), ``enqueue_req``, ``handle`` and
+    ``handle_request`` (the header deadline). tests/app/test_served_by_gunicorn.py and
+    tests/app/test_served_request_headers.py fail if an upgrade changes how gunicorn calls them."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.closer = GracefulCloser()
         logging.getLogger("gunicorn.error").addFilter(CLIENT_TOOK_TOO_LONG)  # once: the same filter object
+        try:
+            self.header_timeout_s = AppSettings.from_environment().header_timeout_s
+        except SettingsError:  # never used: the app refuses to start with a bad setting, naming it (app/wsgi.py)
+            self.header_timeout_s = DEFAULT_HEADER_TIMEOUT_S
 
     def finish_request(self, conn, fs):
         if "close" not in vars(conn):  # once per connection (a kept-alive one comes back here per request)
@@ -92,3 +117,62 @@ class ThreadWorker(GthreadWorker):
 
             conn.close = close_elsewhere
         super().finish_request(conn, fs)
+
+    def enqueue_req(self, conn):
+        """Overrides gunicorn's ``enqueue_req(conn)``, which hands a connection to the thread pool (main thread)
+        once it is accepted, or once a kept-alive or idle one is readable again: the header deadline counts from
+        then, not from when a thread is free, so clients stalled mid-headers that queued for a thread behind
+        others hold it only briefly (``handle``)."""
+        conn.arrived = time.monotonic()
+        super().enqueue_req(conn)
+
+    def handle(self, conn):
+        """Overrides gunicorn's ``handle(conn)``: one request on a connection, on a connection thread, from the
+        read of its headers (the socket in blocking mode, no timeout) to its response. The headers get a
+        deadline here, SHELFCAST_HEADER_TIMEOUT_S after the connection was handed to the pool (or, for one that
+        waited longer than that for a thread, LAST_CHANCE_S from now: enough for headers already received), which
+        ``handle_request`` (entered once they are parsed) takes off again. If it passes first, the connection's
+        read side is shut (READ_DEADLINES, as for a body that takes too long): the blocked read returns at once
+        with nothing, gunicorn ends the request as a client that left (no log line), and here the client is sent
+        a 408 if its socket takes it at once, the timeout is logged as one warning line and the connection is
+        closed: its thread is free again. With the default 10 s this is always a client that stopped
+        mid-headers (gunicorn hands an idle new connection back to its poller after 5 s); under 5 s, a new
+        connection that sent nothing at all is closed too, also with a 408."""
+        now = time.monotonic()
+        deadline = max(getattr(conn, "arrived", now) + self.header_timeout_s, now + LAST_CHANCE_S)
+        conn.headers_due = READ_DEADLINES.watch(conn.sock, deadline)
+        try:
+            keep_alive = super().handle(conn)
+        finally:
+            in_time = self._headers_arrived(conn)
+        if in_time:
+            return keep_alive
+        try:
+            conn.sock.send(REQUEST_TIMEOUT, socket.MSG_DONTWAIT)  # the read side is shut, the write side is not
+        except OSError:  # its send buffer is full (it does not read) or it has gone: closed without a word
+            pass
+        self.log.warning("%s: a request's headers did not arrive within SHELFCAST_HEADER_TIMEOUT_S (%g s): "
+                         "answered 408, connection closed, its thread free again",
+                         _address(conn.client), self.header_timeout_s)
+        return False
+
+    def handle_request(self, req, conn):
+        """Overrides gunicorn's ``handle_request(req, conn)``, which it calls once ``req``'s headers are parsed,
+        before the app runs and reads the body (under its own limit, app/request_buffer.py): the header deadline
+        ``handle`` set ends here. (Should it have passed in the instant before, the request is still served; its
+        connection is closed after it, its read side being shut.)"""
+        self._headers_arrived(conn)
+        return super().handle_request(req, conn)
+
+    @staticmethod
+    def _headers_arrived(conn) -> bool:
+        """The header deadline off; False if it had passed (the connection's read side is shut by now)."""
+        watch, conn.headers_due = conn.headers_due, None
+        return watch is None or not READ_DEADLINES.release(watch)
+
+
+def _address(client) -> str:
+    """A client's address for a log line: host:port."""
+    if isinstance(client, (tuple, list)) and len(client) >= 2:
+        return f"{client[0]}:{client[1]}"
+    return repr(client)

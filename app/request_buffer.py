@@ -5,9 +5,9 @@ its headers and then stalls holds that thread while the app reads the body. Here
 body is read (into memory, at most SHELFCAST_MAX_BODY_BYTES, whether sent with a
 Content-Length or chunked: over it -> 413) by the connection's thread before the app is
 entered, within SHELFCAST_BODY_TIMEOUT_S for the whole body (a stalled or trickling body ->
-408 and the thread is free again; `BodyDeadlines`). A body the server cannot decode (a
-malformed chunked body) or one that ends before its Content-Length (an incomplete message,
-RFC 9112 6.3) is marked `BODY_MALFORMED`: the app answers 400 whatever the path, and the
+408 and the thread is free again; `ReadDeadlines`, which bounds the headers too, app/gunicorn_worker.py). A
+body the server cannot decode (a malformed chunked body) or one that ends before its Content-Length (an
+incomplete message, RFC 9112 6.3) is marked `BODY_MALFORMED`: the app answers 400 whatever the path, and the
 connection is not reused. The app itself then runs one request at a time per process, so the
 extra threads that wait on slow clients never compete for the GIL with a forecast being made
 (CPU-bound Python: one at a time per process is fastest), and in the order the requests
@@ -161,7 +161,7 @@ class BufferedRequests:
         watch = None
         if isinstance(client, socket.socket):
             client.settimeout(self.body_timeout_s)
-            watch = BODY_DEADLINES.watch(client, time.monotonic() + self.body_timeout_s)
+            watch = READ_DEADLINES.watch(client, time.monotonic() + self.body_timeout_s)
         body, timed_out, failure = None, False, None
         try:
             body = self._read_within_limit(environ["wsgi.input"], wanted, declared.isdigit())
@@ -175,7 +175,7 @@ class BufferedRequests:
             # nobody reads that 400) or ended its side of the connection early (IncompleteBody)
             failure = exc
         finally:
-            if watch is not None and BODY_DEADLINES.release(watch):
+            if watch is not None and READ_DEADLINES.release(watch):
                 timed_out = True  # the whole body took too long (what was read of it, if anything, is cut short)
             if isinstance(client, socket.socket):
                 client.settimeout(None)
@@ -211,16 +211,17 @@ class BufferedRequests:
         return None
 
 
-class BodyDeadlines:
-    """Ends the body reads that run past their deadline, by shutting the connection's read side: a blocked
-    recv() then returns at once with nothing, and the server closes the connection after the 408.
+class ReadDeadlines:
+    """Ends the reads that run past their deadline (a request's body here, its headers in
+    app/gunicorn_worker.py), by shutting the connection's read side: a blocked recv() then returns at once with
+    nothing, and the server closes the connection after the 408.
 
     Why: a socket timeout bounds one recv(), and one read of the server's body stream makes as many recv()s
     as it needs (gunicorn: until the size asked for, or a chunk's end), so a client that sends a byte just
-    within each timeout would otherwise hold the thread as long as it likes. One thread per process (started
-    with the first body read: after gunicorn's fork) sleeps until the earliest deadline, at most
-    ``check_every_s`` early or late; with nothing to watch, for the shortest timeout seen, so it costs an idle
-    worker one wake-up per timeout and a request no wake-up at all."""
+    within each timeout would otherwise hold the thread as long as it likes (gunicorn sets no timeout at all
+    on its header reads). One thread per process (started with the first watched read: after gunicorn's fork)
+    sleeps until the earliest deadline, at most ``check_every_s`` early or late; with nothing to watch, for the
+    shortest timeout seen, so it costs an idle worker one wake-up per timeout and a request no wake-up at all."""
 
     def __init__(self, check_every_s: float = DEADLINE_CHECK_S):
         self.check_every_s = check_every_s
@@ -232,7 +233,7 @@ class BodyDeadlines:
         self._wake_at = float("inf")
 
     def watch(self, client: socket.socket, deadline: float) -> int:
-        """Start watching a body read on ``client`` (time.monotonic() ``deadline``); the token for ``release``."""
+        """Start watching a read on ``client`` (time.monotonic() ``deadline``); the token for ``release``."""
         token = next(self._tokens)
         with self._wake:
             self._due[token] = (deadline, client)
@@ -260,7 +261,7 @@ class BodyDeadlines:
                 self._wake.wait(self._wake_at - now)
 
 
-BODY_DEADLINES = BodyDeadlines()
+READ_DEADLINES = ReadDeadlines()
 
 
 class IncompleteBody(Exception):

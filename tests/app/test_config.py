@@ -14,6 +14,7 @@ def test_defaults_work_on_a_laptop():
     settings = AppSettings.from_environment({})
     assert settings.model_dir == Path("models/production")
     assert settings.max_batch == 1000 and settings.max_body_bytes == 1024 * 1024 and settings.reload_interval_s == 5.0
+    assert settings.body_timeout_s == settings.header_timeout_s == 10.0  # as deploy/nginx.conf's client_*_timeout
 
 
 def test_the_environment_overrides_each_setting():
@@ -22,9 +23,21 @@ def test_the_environment_overrides_each_setting():
     assert settings == AppSettings(Path("/srv/model"), 0.5, 10, 4096)
 
 
+def test_the_header_and_body_timeouts_are_the_compose_proxys():
+    """Behind deploy/nginx.conf or not, a client gets the same time for its headers and for its body."""
+    import re
+
+    from app.config import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S
+
+    nginx = (Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf").read_text(encoding="utf-8")
+    seconds = {name: float(value) for name, value in re.findall(r"client_(header|body)_timeout (\d+)s;", nginx)}
+    assert seconds == {"header": DEFAULT_HEADER_TIMEOUT_S, "body": DEFAULT_BODY_TIMEOUT_S}
+
+
 @pytest.mark.parametrize("name, value", [("SHELFCAST_RELOAD_INTERVAL_S", "soon"), ("SHELFCAST_RELOAD_INTERVAL_S", "-1"),
                                          ("SHELFCAST_MAX_BATCH", "0"), ("SHELFCAST_MAX_BATCH", "2.5"),
-                                         ("SHELFCAST_MAX_BODY_BYTES", "1MB")])
+                                         ("SHELFCAST_MAX_BODY_BYTES", "1MB"), ("SHELFCAST_BODY_TIMEOUT_S", "0"),
+                                         ("SHELFCAST_HEADER_TIMEOUT_S", "10s"), ("SHELFCAST_HEADER_TIMEOUT_S", "0")])
 def test_a_bad_value_names_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
         AppSettings.from_environment({name: value})

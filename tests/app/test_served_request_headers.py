@@ -1,0 +1,208 @@
+"""Request headers through the server `make serve` runs (gunicorn, app/gunicorn_conf.py): a client that stops
+mid-headers, on a new connection or on a kept-alive one, holds a connection thread no longer than
+SHELFCAST_HEADER_TIMEOUT_S (app/gunicorn_worker.py), so more such clients than threads leave the others served.
+One worker of 2 threads, a 1 s header timeout, a 3 s body timeout; every socket on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import selectors
+import socket
+import threading
+import time
+
+import pytest
+
+from app import launch
+
+HEADER_TIMEOUT_S = 1.0
+BODY_TIMEOUT_S = 3.0
+THREADS = 2
+SLACK_S = 1.0  # a stall queued for a thread ends ~0.1-0.2 s after it gets one (gunicorn_worker.LAST_CHANCE_S)
+PARTIAL = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"  # and then nothing: the blank line never comes
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+TIMEOUT_WARNING = "a request's headers did not arrive within SHELFCAST_HEADER_TIMEOUT_S"
+
+
+@pytest.fixture(scope="module")
+def server(app_bundles, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("gunicorn-headers")
+    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_THREADS": str(THREADS),
+                           "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                           "SHELFCAST_PREDICTION_LOG": str(workdir / "p.jsonl"),
+                           "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+                           "SHELFCAST_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+                           "SHELFCAST_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)},
+                          workdir / "gunicorn.log")
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def read_all(client: socket.socket, timeout_s: float) -> bytes:
+    """What the server sends until it closes (TimeoutError if it has not within ``timeout_s`` a read)."""
+    client.settimeout(timeout_s)
+    reply = b""
+    while chunk := client.recv(65536):
+        reply += chunk
+    return reply
+
+
+def read_response(client: socket.socket) -> bytes:
+    """The head of one response with a Content-Length, read off a connection that stays open."""
+    client.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += client.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += client.recv(65536)
+    return head
+
+
+def get(port: int, path: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path.encode())
+        return read_all(client, 10).partition(b"\r\n\r\n")[2]
+
+
+def healthz_meanwhile(port: int, stalled: list[tuple[socket.socket, float]]) -> tuple[list[float], list]:
+    """/healthz from a normal client every ~0.2 s while the ``stalled`` clients (socket, when it stopped) wait;
+    each must be answered within the header timeout plus slack (on the server before, the first was not answered
+    at all). Returns those times, and each stalled client's (reply, seconds from its stall to the server closing
+    its connection: watched on a thread of its own), or None for one still open after 3 timeouts and 5 s more."""
+    ended: dict[int, tuple[bytes, float]] = {}
+    deadline = time.monotonic() + 3 * HEADER_TIMEOUT_S + 5
+
+    def watch_stalled() -> None:
+        replies = [b""] * len(stalled)
+        with selectors.DefaultSelector() as watched:
+            for k, (hog, _) in enumerate(stalled):
+                hog.setblocking(False)
+                watched.register(hog, selectors.EVENT_READ, k)
+            while len(ended) < len(stalled) and (left := deadline - time.monotonic()) > 0:
+                for key, _ in watched.select(left):
+                    hog, stopped = stalled[key.data]
+                    chunk = hog.recv(65536)
+                    replies[key.data] += chunk
+                    if not chunk:
+                        ended[key.data] = (replies[key.data], time.monotonic() - stopped)
+                        watched.unregister(hog)
+
+    watcher = threading.Thread(target=watch_stalled, daemon=True)
+    watcher.start()
+    took = []
+    while watcher.is_alive():
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(HEALTHZ)
+            reply = read_all(client, HEADER_TIMEOUT_S + SLACK_S)  # TimeoutError: not answered in time
+        assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
+        took.append(time.monotonic() - started)
+        watcher.join(0.2)
+    return took, [ended.get(k) for k in range(len(stalled))]
+
+
+def is_408(reply: bytes) -> bool:
+    """A whole 408 answer and nothing more: its body as long as its Content-Length says."""
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lengths = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+               if line.lower().startswith(b"content-length:")]
+    return head.startswith(b"HTTP/1.1 408 ") and lengths == [b"%d" % len(body)]
+
+
+def check_stalled_clients_were_closed(server, before: str, took: list[float], ended: list, low_s: float) -> None:
+    """Each stalled client got a 408 and was closed between ``low_s`` and the timeout plus slack after it stopped,
+    /healthz was answered each time within the timeout plus slack, and each closing is one warning line."""
+    assert None not in ended, [e and (e[0][:40], e[1]) for e in ended]
+    assert all(is_408(reply) for reply, _ in ended), [(e[0][:40], e[1]) for e in ended]
+    assert all(low_s <= seconds < HEADER_TIMEOUT_S + SLACK_S for _, seconds in ended), [e[1] for e in ended]
+    assert max(took) < HEADER_TIMEOUT_S + SLACK_S, took
+    time.sleep(0.2)
+    logged = server.log_path.read_text(encoding="utf-8")[len(before):]
+    assert logged.count(TIMEOUT_WARNING) == len(ended), logged
+    assert "Traceback" not in logged and "[ERROR]" not in logged, logged
+
+
+def test_clients_stalled_mid_headers_free_their_threads_within_the_timeout(server):
+    """6 clients on 2 threads send part of their headers and stop. Before, each held a thread until it hung up
+    (8 on one worker of `make serve`: /healthz unanswered for 45 s). Now each is answered 408 and closed once its
+    headers' time is up, counted from its arrival (not from when a thread got to it: 4 of them queue for one),
+    logged as one warning line, and /healthz is answered throughout within the timeout plus slack."""
+    before = server.log_path.read_text(encoding="utf-8")
+    hogs = []
+    try:
+        for _ in range(3 * THREADS):
+            hog = socket.create_connection(("127.0.0.1", server.port))
+            hog.sendall(PARTIAL)
+            hogs.append((hog, time.monotonic()))
+        took, ended = healthz_meanwhile(server.port, hogs)
+    finally:
+        for hog, _ in hogs:
+            hog.close()
+    print(f"{len(hogs)} clients stalled mid-headers on {THREADS} threads, {HEADER_TIMEOUT_S:g} s header timeout: "
+          f"/healthz answered {len(took)}/{len(took)}, slowest {max(took) * 1000:.0f} ms; the stalled ones closed "
+          f"after {', '.join(f'{e[1]:.2f}' for e in ended if e)} s")
+    check_stalled_clients_were_closed(server, before, took, ended, low_s=HEADER_TIMEOUT_S - 0.05)
+
+
+def test_a_kept_alive_connection_that_stalls_in_its_next_requests_headers_is_closed_within_the_timeout(server):
+    """The headers of a kept-alive connection's next request are bounded too: 4 clients on 2 threads each get
+    one answer, then send part of their next request on the same connection and stop."""
+    before = server.log_path.read_text(encoding="utf-8")
+    hogs = []
+    try:
+        for _ in range(2 * THREADS):
+            hog = socket.create_connection(("127.0.0.1", server.port))
+            hog.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(hog).startswith(b"HTTP/1.1 200 ")
+            hogs.append((hog, 0.0))
+        time.sleep(0.05)  # each back in gunicorn's keep-alive poller
+        for k, (hog, _) in enumerate(hogs):
+            hog.sendall(PARTIAL)
+            hogs[k] = (hog, time.monotonic())
+        took, ended = healthz_meanwhile(server.port, hogs)
+    finally:
+        for hog, _ in hogs:
+            hog.close()
+    check_stalled_clients_were_closed(server, before, took, ended, low_s=HEADER_TIMEOUT_S - 0.05)
+
+
+def test_headers_that_trickle_in_are_bounded_as_a_whole(server):
+    """A header byte every 0.3 s: no single read waits long, yet the headers as a whole are cut at the timeout."""
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
+        client.sendall(PARTIAL)
+        started = time.monotonic()
+        client.settimeout(0.3)
+        reply = b""
+        for byte in b"X-Slow: " + b"x" * 20:
+            try:
+                reply = client.recv(65536)
+            except TimeoutError:
+                client.sendall(bytes([byte]))
+                continue
+            break
+        took = time.monotonic() - started
+        reply += read_all(client, 10)
+    assert is_408(reply), reply[:200]
+    assert HEADER_TIMEOUT_S - 0.05 <= took < HEADER_TIMEOUT_S + SLACK_S, took
+
+
+def test_a_request_whose_body_takes_longer_than_the_header_timeout_is_served(server):
+    """The header deadline ends with the headers: a body sent over 1.5 s (within its own 3 s limit, beyond the
+    1 s for headers) is forecast, and the next request on the same connection is answered too."""
+    document = json.loads(get(server.port, "/api/v1/openapi.json"))
+    example = document["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    body = json.dumps(example).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        client.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n" % len(body))
+        for k in range(3):
+            time.sleep(0.5)
+            client.sendall(body[k * len(body) // 3:(k + 1) * len(body) // 3])
+        assert read_response(client).startswith(b"HTTP/1.1 200 ")
+        client.sendall(HEALTHZ)
+        assert read_all(client, 10).startswith(b"HTTP/1.1 200 ")
