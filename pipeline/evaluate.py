@@ -67,9 +67,8 @@ from pipeline.metrics import (
 from pipeline.model_params import (EvaluateParams, evaluate_params, feature_params, train_params,
                                    validation_within_horizon)
 from pipeline.params import load_yaml
-from pipeline.source import shown_source
 from pipeline.stage import run_stage
-from pipeline.versions import code_version, data_version, params_version
+from pipeline.versions import code_version, data_version, params_version, shown_source
 
 DATA_INPUTS = ("data/split/train.parquet", VALIDATION_DATA, "data/prepared/holidays.parquet")
 CANDIDATE_DIR = "models/candidate"

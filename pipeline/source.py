@@ -33,9 +33,9 @@ from pipeline.atomic import file_digest, write_json_atomic
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
 from pipeline.stage import StageError, run_stage, stage_params
+from pipeline.versions import SOURCE_FINGERPRINT_PATH
 
 ENV_VAR = "SHELFCAST_DATA_SOURCE"
-FINGERPRINT_PATH = Path("data/source.json")
 HASH_CACHE_PATH = Path("data/.source-hashes.json")
 # For each raw file the first of these that exists is the one fetched (pipeline.download).
 CANDIDATE_SUFFIXES = (".csv.gz", ".csv", ".csv.7z")
@@ -44,20 +44,6 @@ RAW_NAMES = RAW_FILES + OPTIONAL_RAW_FILES
 
 class SourceError(StageError):
     """A data source that cannot be reached or read to fingerprint it."""
-
-
-def shown_source(root: Path) -> str:
-    """The source the data stages last read (``data/source.json``) as it may be recorded and shown: a URL without
-    its user, password, query or fragment (they may hold a token); "unknown" before the source stage ran."""
-    try:
-        source = str(json.loads((Path(root) / FINGERPRINT_PATH).read_text(encoding="utf-8"))["source"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "unknown"
-    if is_remote(source):
-        parsed = urllib.parse.urlparse(source)
-        return urllib.parse.urlunparse((parsed.scheme, parsed.hostname + (f":{parsed.port}" if parsed.port else ""),
-                                        parsed.path, "", "", ""))
-    return source
 
 
 def data_source(params: DataParams) -> str:
@@ -175,7 +161,8 @@ def fingerprint(source: str, params: DataParams, cache: HashCache) -> dict:
     return {"source": source, "files": files}
 
 
-def write_fingerprint(params: DataParams, out: Path = FINGERPRINT_PATH, cache_path: Path = HASH_CACHE_PATH) -> str:
+def write_fingerprint(params: DataParams, out: Path = SOURCE_FINGERPRINT_PATH,
+                      cache_path: Path = HASH_CACHE_PATH) -> str:
     source = data_source(params)
     cache = HashCache(cache_path)
     content = fingerprint(source, params, cache)
@@ -189,7 +176,7 @@ def write_fingerprint(params: DataParams, out: Path = FINGERPRINT_PATH, cache_pa
 
 
 def _main(args: argparse.Namespace) -> str:
-    return write_fingerprint(data_params(stage_params(args)), args.root / FINGERPRINT_PATH,
+    return write_fingerprint(data_params(stage_params(args)), args.root / SOURCE_FINGERPRINT_PATH,
                              args.root / HASH_CACHE_PATH)
 
 

@@ -56,9 +56,9 @@ from pipeline.metrics import nwrmsle
 from pipeline.model_params import (FeatureParams, TrainParams, feature_params, train_params,
                                    validation_within_horizon)
 from pipeline.params import load_yaml
-from pipeline.source import shown_source
 from pipeline.stage import run_stage
-from pipeline.versions import bundle_version, code_version, data_version, git_commit, runtime_version
+from pipeline.versions import (bundle_version, code_version, data_version, git_commit, runtime_version,
+                               shown_source)
 
 TRAIN_DATA = "data/split/train.parquet"
 HOLIDAYS_DATA = "data/prepared/holidays.parquet"

@@ -16,10 +16,14 @@ import json
 import os
 import platform
 import subprocess
+import urllib.parse
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from pipeline.atomic import file_digest
+
+# The source stage's record of the data source in effect and its files' digests (pipeline/source.py).
+SOURCE_FINGERPRINT_PATH = Path("data/source.json")
 
 # The code a model and its evaluation depend on: exactly the train + evaluate deps in dvc.yaml,
 # so that any change here reruns evaluate (and a promote never waits on an evaluation DVC would not rerun).
@@ -104,3 +108,17 @@ def git_commit(root: Path) -> str:
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def shown_source(root: Path) -> str:
+    """The source the data stages last read (``data/source.json``) as it may be recorded and shown: a URL without
+    its user, password, query or fragment (they may hold a token); "unknown" before the source stage ran."""
+    try:
+        source = str(json.loads((Path(root) / SOURCE_FINGERPRINT_PATH).read_text(encoding="utf-8"))["source"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
+    if source.startswith(("http://", "https://")):
+        parsed = urllib.parse.urlparse(source)
+        return urllib.parse.urlunparse((parsed.scheme, parsed.hostname + (f":{parsed.port}" if parsed.port else ""),
+                                        parsed.path, "", "", ""))
+    return source

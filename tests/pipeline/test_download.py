@@ -433,12 +433,12 @@ def test_the_source_stage_refuses_a_folder_without_the_required_files(tmp_path, 
 def test_the_source_a_run_records_leaves_credentials_out(tmp_path):
     """MLflow runs record the data source (pipeline.tracking.RunData); a URL's user, password or token must not
     go with it into a tracking server others read."""
-    from pipeline.source import FINGERPRINT_PATH, shown_source
+    from pipeline.versions import SOURCE_FINGERPRINT_PATH, shown_source
 
     assert shown_source(tmp_path) == "unknown"  # before the source stage ran
-    (tmp_path / FINGERPRINT_PATH).parent.mkdir(parents=True)
+    (tmp_path / SOURCE_FINGERPRINT_PATH).parent.mkdir(parents=True)
     for source, shown in [("https://ann:s3cret@example.com:8443/sales/favorita.zip?token=abc#x",
                            "https://example.com:8443/sales/favorita.zip"),
                           ("/data/my-sales", "/data/my-sales"), ("synthetic", "synthetic")]:
-        (tmp_path / FINGERPRINT_PATH).write_text(json.dumps({"source": source}))
+        (tmp_path / SOURCE_FINGERPRINT_PATH).write_text(json.dumps({"source": source}))
         assert shown_source(tmp_path) == shown
