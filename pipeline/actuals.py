@@ -5,6 +5,8 @@ full size (125 M rows: 16 bytes a row in memory)."""
 from __future__ import annotations
 
 import datetime as dt
+import math
+import numbers
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -129,10 +131,15 @@ class SoldUnits(Mapping):
         self._first = codes[first_rows] & ((1 << DAY_BITS) - 1)  # each store x item's first day in the file
 
     def _code(self, key: tuple[int, int, str]) -> int | None:
+        """The key's code, or None where no row can have it: what logged events key by may be anything JSON holds
+        (a number, text, null), and a dict of the rows simply did not find those."""
         try:
             store, item, date = key
             day = (dt.date.fromisoformat(date) - EPOCH).days
         except (TypeError, ValueError):
+            return None
+        store, item = _whole(store), _whole(item)
+        if store is None or item is None:
             return None
         if not (0 < store < 1 << STORE_BITS and 0 < item < 1 << ITEM_BITS and 0 <= day < 1 << DAY_BITS):
             return None  # no row can have it (and it would not fit the code)
@@ -161,6 +168,13 @@ class SoldUnits(Mapping):
 
     def __len__(self) -> int:
         return int(len(self._days) * len(self._first) - np.searchsorted(self._days, self._first).sum())
+
+
+def _whole(value) -> int | None:
+    """A whole number as an int (1, 1.0, numpy's int32(1)), else None ("1", None, 1.5, NaN)."""
+    if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    return None
 
 
 def _holds(sorted_values: np.ndarray, value: int) -> bool:

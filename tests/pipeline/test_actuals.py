@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 
+import numpy as np
 import pytest
 
 from pipeline.actuals import ActualsError, read_actuals
@@ -77,8 +78,11 @@ def test_keys_no_row_can_have_are_simply_absent(tmp_path):
     actual = read_actuals(path)
     assert actual[(32767, 2147483647, "2099-12-31")] == 7.0 and actual[(1, 1, "2000-01-01")] == 2.0
     for key in [(32767 + 65536, 2147483647, "2099-12-31"), (0, 1, "2000-01-01"), (1, 2**31 + 1, "2000-01-01"),
-                (1, 1, "1999-12-31"), (1, 1, "not a date"), (1, 1, None), (-1, -1, "2000-01-01")]:
+                (1, 1, "1999-12-31"), (1, 1, "not a date"), (1, 1, None), (-1, -1, "2000-01-01"),
+                ("1", 1, "2000-01-01"), (None, 1, "2000-01-01"), (1, 1.5, "2000-01-01"), (1, float("nan"),
+                "2000-01-01"), (1, 1, 20000101), (1,), "1,1,2000-01-01"]:  # logged events key by any JSON value
         assert key not in actual
+    assert actual[(1.0, np.int32(1), "2000-01-01")] == 2.0  # a whole number is one, whatever its type
     assert actual[(1, 1, "2099-12-31")] == 0.0  # a day of the file after its first: nothing sold
     assert len(actual) == 3 and set(actual) == {(32767, 2147483647, "2099-12-31"), (1, 1, "2000-01-01"),
                                                 (1, 1, "2099-12-31")}
