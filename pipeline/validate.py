@@ -274,7 +274,10 @@ def _batches(
     try:
         header = _header(path)
         try:
+            # newlines_in_values: a quoted value may span lines (README); without it Arrow cuts its blocks at any
+            # newline, and one inside quotes at a block's end stopped the read ("parser got out of sync with chunker")
             reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block_size),
+                                    parse_options=pacsv.ParseOptions(newlines_in_values=True),
                                     convert_options=_convert_options(spec, as_text, header))
         except pa.ArrowKeyError:  # a column the header line has as we split it but the CSV reader does not
             raise DataValidationError(f"{path.name}: line 1: the header does not read as the columns "

@@ -386,3 +386,25 @@ def test_prepare_refuses_a_stray_last_date_naming_its_line_across_batches(tmp_pa
     assert "the last date, 2014-03-17, has 1 row(s) where a typical day has 60" in message
     assert f"line {line} ('2014-03-17')" in message
     assert not (tmp_path / "prepared").exists()
+
+
+def test_a_quoted_value_over_lines_is_read_across_the_readers_blocks(tmp_path, monkeypatch, capsys):
+    """A store's export with a note of its own over two lines ("line one,\\nline two") in every row: read in one
+    block it prepared, but a train.csv over one block (64 MB) stopped with "CSV parser got out of sync with
+    chunker" (Arrow cut a block at a newline inside the quotes), though README takes such values."""
+    import functools
+
+    import pandas as pd
+
+    from pipeline import prepare as prepare_module
+    from pipeline.validate import read_batches
+
+    raw = write_kaggle_sample(tmp_path / "raw")
+    prepare(raw, tmp_path / "plain", PARAMS, progress=False)
+    _edit(raw, "train", lambda t: "\n".join(line + (",memo" if n == 0 else ',"line one,\nline two"')
+                                            for n, line in enumerate(t.splitlines())) + "\n")
+    monkeypatch.setattr(prepare_module, "read_batches", functools.partial(read_batches, block_size=1000))
+    prepare(raw, tmp_path / "memo", PARAMS, progress=False)
+    assert "prepare: warning: train.csv: column(s) 'memo' not part of the train schema" in capsys.readouterr().err
+    for path in sorted((tmp_path / "plain").glob("*.parquet")):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "memo" / path.name), pd.read_parquet(path))
