@@ -12,6 +12,7 @@ import csv
 import datetime as dt
 import difflib
 import gzip
+import io
 import re
 import zlib
 from pathlib import Path
@@ -372,24 +373,31 @@ def _fail_on_integer_overflow(path: Path, column: Column, values: pa.Array, offs
 def _locate_wrong_field_count(path: Path, expected: int) -> None:
     """Name the first line whose field count differs from the header's (Arrow's message has no line).
 
-    Lines end at \\n, \\r or \\r\\n, and a quoted value may not span lines, as in Arrow's parser.
+    Lines end at \\n, \\r or \\r\\n, and a quoted value may span lines, as in Arrow's parser: a row is named by
+    the line it starts on.
     """
-    number = 0
     with _open_binary(path) as handle:
-        for chunk in handle:
-            for raw in chunk.splitlines():
-                number += 1
-                line = raw.decode("utf-8", errors="replace")
-                if not line:
-                    continue
-                try:
-                    fields = next(csv.reader([line], strict=True))
-                except csv.Error:
-                    fields = None
-                if fields is None or len(fields) != expected:
-                    found = "cannot be split into fields" if fields is None else f"has {len(fields)} fields"
-                    raise DataValidationError(f"{path.name}: line {number}: {found}, the header has {expected} "
-                                              f"({line[:80]!r})")
+        row: list[str] = []  # the physical lines of the row being read, as the file has them
+
+        def lines():
+            for line in io.TextIOWrapper(handle, encoding="utf-8", errors="replace", newline=""):
+                row.append(line)
+                yield line
+
+        reader, start = csv.reader(lines(), strict=True), 1
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                fields, found = None, f"cannot be split into fields ({exc})"
+            if fields is None or (fields and len(fields) != expected):  # []: a blank line, which the reader skips
+                found = found if fields is None else f"has {len(fields)} fields"
+                shown = "".join(row).rstrip("\r\n")
+                raise DataValidationError(f"{path.name}: line {start}: {found}, the header has {expected} "
+                                          f"({shown[:80]!r})")
+            start, row[:] = reader.line_num + 1, []
 
 
 def _explain_unreadable(path: Path, error: Exception) -> None:

@@ -408,3 +408,15 @@ def test_a_quoted_value_over_lines_is_read_across_the_readers_blocks(tmp_path, m
     assert "prepare: warning: train.csv: column(s) 'memo' not part of the train schema" in capsys.readouterr().err
     for path in sorted((tmp_path / "plain").glob("*.parquet")):
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "memo" / path.name), pd.read_parquet(path))
+
+
+def test_a_wrong_field_count_after_a_quoted_value_over_lines_names_its_own_line(tmp_path):
+    """The line locator read the file a physical line at a time: the first line of a quoted value spanning two
+    lines (valid, README) was named as the culprit, 'cannot be split into fields', and the bad line not at all."""
+    raw = write_kaggle_sample(tmp_path / "raw")
+    _edit(raw, "holidays_events", lambda t: t.replace("Dia de prueba,True", '"Dia de\nprueba",True')
+          .replace("Puente,False", "Puente,False,x"))
+    with pytest.raises(DataValidationError) as error:
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
+    assert str(error.value).startswith(f"holidays_events.csv: line {_holiday_line('2014-04-14,') + 1}: has 7 fields, "
+                                       "the header has 6")
