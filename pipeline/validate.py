@@ -260,8 +260,9 @@ def _check_complete_last_line(path: Path, tail: bytes, rows_read: int) -> None:
         return
     last = re.split(rb"\r\n|\r|\n", tail)[-1].decode("utf-8", errors="replace")
     header = _header(path)  # the file's order, and its columns the schema lacks
+    line = _file_lines(path, [rows_read - 1])[rows_read - 1]  # blank lines and values over lines before it count
     raise DataValidationError(
-        f"{path.name}: line {rows_read + 1}, column '{header[min(last.count(','), len(header) - 1)]}': the file "
+        f"{path.name}: line {line}, column '{header[min(last.count(','), len(header) - 1)]}': the file "
         "ends inside this line "
         f"({last[-60:]!r}, no end-of-line after it): it looks truncated; re-copy it "
         "(if the file is complete, add a newline at its end)"

@@ -420,3 +420,20 @@ def test_a_wrong_field_count_after_a_quoted_value_over_lines_names_its_own_line(
         prepare(raw, tmp_path / "out", PARAMS, progress=False)
     assert str(error.value).startswith(f"holidays_events.csv: line {_holiday_line('2014-04-14,') + 1}: has 7 fields, "
                                        "the header has 6")
+
+
+@pytest.mark.parametrize("before", ["blank lines", "a quoted value over two lines"])
+def test_a_cut_last_line_is_named_as_the_editor_numbers_it(tmp_path, before):
+    """The truncation check named the last line as rows + 1: blank lines or a value spanning lines before it put
+    the line named above the one cut."""
+    raw = write_kaggle_sample(tmp_path / "raw")
+    if before == "blank lines":
+        _edit(raw, "train", lambda t: t.replace("\n", "\n\n", 3))
+    else:
+        _edit(raw, "train", lambda t: "\n".join(line + (",memo" if n == 0 else ',"a\nb"' if n == 2 else ",m")
+                                                for n, line in enumerate(t.splitlines())) + "\n")
+    _edit(raw, "train", lambda t: t[: t.rstrip("\n").rindex(",") + 1])  # cut after the last comma
+    lines = (raw / "train.csv").read_text().count("\n") + 1
+    with pytest.raises(DataValidationError, match=rf"train.csv: line {lines}, column '(onpromotion|memo)': the file "
+                                                  "ends inside this line"):
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
