@@ -152,11 +152,9 @@ def _header(path: Path, strip: bool = True) -> list[str]:
         text = first.decode("utf-8").lstrip("\ufeff")
     except UnicodeDecodeError:
         raise DataValidationError(f"{path.name}: header (line 1) is not UTF-8 text") from None
-    if strip:
-        text = text.strip()
-    else:
-        return [name[1:-1] if len(name) > 1 and name[0] == name[-1] == '"' else name for name in text.split(",")]
-    return [name.strip().strip('"') for name in text.split(",")]
+    # split as the CSV reader splits it: a quoted name may hold a comma (a spreadsheet's "cost, EUR")
+    names = next(csv.reader([text.strip() if strip else text]), [""])
+    return [name.strip().strip('"') for name in names] if strip else names
 
 
 def _meant(name: str, candidates: list[str]) -> str | None:

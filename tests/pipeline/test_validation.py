@@ -437,3 +437,20 @@ def test_a_cut_last_line_is_named_as_the_editor_numbers_it(tmp_path, before):
     with pytest.raises(DataValidationError, match=rf"train.csv: line {lines}, column '(onpromotion|memo)': the file "
                                                   "ends inside this line"):
         prepare(raw, tmp_path / "out", PARAMS, progress=False)
+
+
+def test_a_quoted_column_name_with_a_comma_is_one_column_read_past(tmp_path, capsys):
+    """A spreadsheet's own column "cost, EUR": the header was split at every comma, quotes or not, so prepare
+    refused it ("column name ' EUR\\"' has spaces around it"), and warned of two columns 'cost', 'EUR' without
+    the space, while the CSV reader took one column."""
+    import pandas as pd
+
+    raw = write_kaggle_sample(tmp_path / "raw")
+    prepare(raw, tmp_path / "plain", PARAMS, progress=False)
+    capsys.readouterr()
+    _edit(raw, "train", lambda t: "\n".join(line + (',"cost, EUR"' if n == 0 else ",1.5")
+                                            for n, line in enumerate(t.splitlines())) + "\n")
+    prepare(raw, tmp_path / "cost", PARAMS, progress=False)
+    assert "train.csv: column(s) 'cost, EUR' not part of the train schema" in capsys.readouterr().err
+    for path in sorted((tmp_path / "plain").glob("*.parquet")):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "cost" / path.name), pd.read_parquet(path))
