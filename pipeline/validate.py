@@ -96,7 +96,7 @@ def _lines(rows: np.ndarray, values=None, path: Path | None = None) -> str:
     for k, row in enumerate(rows[:MAX_SHOWN]):
         text = f"line {lines[int(row)]}"
         if values is not None:
-            shown_value = repr(values[k])
+            shown_value = values[k].isoformat() if isinstance(values[k], dt.date) else repr(values[k])
             text += f" ({shown_value[:SHOWN_CHARS] + '...' if len(shown_value) > SHOWN_CHARS else shown_value})"
         shown.append(text)
     more = f" and {len(rows) - MAX_SHOWN} more" if len(rows) > MAX_SHOWN else ""
@@ -157,15 +157,23 @@ def _header(path: Path, strip: bool = True) -> list[str]:
     return [name.strip().strip('"') for name in names] if strip else names
 
 
+SIMILAR_FROM_CHARS = 5  # names this long or longer may be misspellings by similarity: 'pid' is no 'id'
+
+
 def _meant(name: str, candidates: list[str]) -> str | None:
-    """The schema column a header name was probably meant as (``Unit Sales``, ``unit_sale``), or None."""
+    """The schema column a header name was probably meant as (``Unit Sales``, ``unit_sale``), or None: the same
+    but for case, spaces, ``_``, ``-`` and ``.``; or, both names at least SIMILAR_FROM_CHARS long, difflib's ratio
+    >= 0.8 (for short names it is not telling: ``pid``, ``idx`` and ``uid`` are all 0.8 from ``id``)."""
     def folded(text: str) -> str:
         return re.sub(r"[\s_\-.]", "", text.casefold())
     same = [c for c in candidates if folded(c) == folded(name)]
-    close = same or difflib.get_close_matches(folded(name), [folded(c) for c in candidates], n=1, cutoff=0.8)
-    if not close:
+    if same:
+        return same[0]
+    if len(folded(name)) < SIMILAR_FROM_CHARS:
         return None
-    return same[0] if same else next(c for c in candidates if folded(c) == close[0])
+    long_enough = {folded(c): c for c in candidates if len(folded(c)) >= SIMILAR_FROM_CHARS}
+    close = difflib.get_close_matches(folded(name), list(long_enough), n=1, cutoff=0.8)
+    return long_enough[close[0]] if close else None
 
 
 def _check_header(path: Path, spec: RawFile) -> list[str]:
@@ -194,22 +202,22 @@ def _check_header(path: Path, spec: RawFile) -> list[str]:
     if spaced:
         raise DataValidationError(f"{path.name}: line 1: column name {spaced[0]!r} has spaces around it: remove "
                                   "them (column names are matched exactly)")
-    if len(set(names)) != len(names):
-        duplicate = next(n for n in names if names.count(n) > 1)
+    duplicate = next((n for n in names if n in spec.column_names and names.count(n) > 1), None)
+    if duplicate is not None:  # which one holds the values cannot be told; columns of the file's own may repeat
         raise DataValidationError(f"{path.name}: column '{duplicate}': appears twice in the header")
-    unknown = [n for n in names if n not in spec.column_names]
+    unknown = list(dict.fromkeys(n for n in names if n not in spec.column_names))
     absent = [c for c in spec.column_names if c not in names]
     for name in unknown:
         if meant := _meant(name, absent):
             raise DataValidationError(f"{path.name}: column '{name}': not part of the {spec.name} schema; is "
-                                      f"'{meant}' meant? (column names are matched exactly: rename it, or the "
-                                      f"file is read without '{meant}')")
+                                      f"'{meant}' meant? (column names are matched exactly: rename it '{meant}', "
+                                      f"or, if it is a column of the file's own, to a name less like it)")
     return unknown
 
 
 def ignored_columns(path: Path, spec: RawFile) -> list[str]:
-    """The header's columns that ``spec`` does not have: read_batches leaves them out."""
-    return [name for name in _header(path) if name not in spec.column_names]
+    """The header's columns that ``spec`` does not have, each name once: read_batches leaves them out."""
+    return list(dict.fromkeys(name for name in _header(path) if name not in spec.column_names))
 
 
 def _convert_options(spec: RawFile, as_text: bool, header: list[str]) -> pacsv.ConvertOptions:
