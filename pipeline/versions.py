@@ -119,6 +119,6 @@ def shown_source(root: Path) -> str:
         return "unknown"
     if source.startswith(("http://", "https://")):
         parsed = urllib.parse.urlparse(source)
-        return urllib.parse.urlunparse((parsed.scheme, parsed.hostname + (f":{parsed.port}" if parsed.port else ""),
-                                        parsed.path, "", "", ""))
+        host = parsed.netloc.rsplit("@", 1)[-1]  # without user and password; an IPv6 host keeps its brackets
+        return urllib.parse.urlunparse((parsed.scheme, host, parsed.path, "", "", ""))
     return source

@@ -439,6 +439,7 @@ def test_the_source_a_run_records_leaves_credentials_out(tmp_path):
     (tmp_path / SOURCE_FINGERPRINT_PATH).parent.mkdir(parents=True)
     for source, shown in [("https://ann:s3cret@example.com:8443/sales/favorita.zip?token=abc#x",
                            "https://example.com:8443/sales/favorita.zip"),
+                          ("http://tok@[::1]:8000/x.zip", "http://[::1]:8000/x.zip"), ("https:///x.zip", "https:///x.zip"),
                           ("/data/my-sales", "/data/my-sales"), ("synthetic", "synthetic")]:
         (tmp_path / SOURCE_FINGERPRINT_PATH).write_text(json.dumps({"source": source}))
         assert shown_source(tmp_path) == shown
