@@ -48,8 +48,8 @@ from pipeline.schema import HOLIDAY_FLAGS, PREPARED_SALES_SCHEMA, RAW_SCHEMAS
 from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.store_parts import append_part, write_part
 from pipeline.validate import (
-    MAX_SHOWN, DataValidationError, check_references, describe_rows, fail, find_raw_file, ignored_columns,
-    left_out_columns, read_batches, read_small, require_raw_file,
+    MAX_SHOWN, DataValidationError, check_header, check_references, describe_rows, fail, find_raw_file,
+    read_batches, read_small, require_raw_file,
 )
 
 RAW_DIR = Path("data/raw")
@@ -193,7 +193,7 @@ def split_train_by_store(
     known_stores = pa.array(reference.stores["store_nbr"].to_numpy(dtype=np.int32))
     known_items = pa.array(reference.items["item_nbr"].to_numpy(dtype=np.int32))
     partitions = StorePartitions(workdir)
-    ids, left_out = IdTracker(workdir / ".ids"), left_out_columns(path, spec)  # no id column: nothing to check
+    ids, left_out = IdTracker(workdir / ".ids"), check_header(path, spec).left_out  # no id column: nothing to check
     day_rows: dict[int, list[int]] = {}  # day -> [rows, the first row that has it]
     try:
         with tqdm(unit="rows", unit_scale=True, desc=f"prepare: read {path.name}", disable=not progress) as bar:
@@ -489,7 +489,7 @@ def ignored_columns_warnings(raw_dir: Path) -> list[str]:
     for name, spec in RAW_SCHEMAS.items():
         path = find_raw_file(raw_dir, name)
         try:
-            ignored = ignored_columns(path, spec) if path is not None else []
+            ignored = check_header(path, spec).ignored if path is not None else []
         except DataValidationError:
             continue  # an unreadable header: reading the file says so, in its turn
         if ignored:

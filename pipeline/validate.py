@@ -16,7 +16,7 @@ import io
 import re
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -176,11 +176,18 @@ def _meant(name: str, candidates: list[str]) -> str | None:
     return long_enough[close[0]] if close else None
 
 
-def _check_header(path: Path, spec: RawFile) -> list[str]:
-    """Check the header line against ``spec``; returns the names of the columns the schema does not have, which
-    the reader leaves out (a store's export often carries a column of its own). A name that looks like one of the
-    schema's columns the file lacks (``Unit_Sales``, ``onpromotions``) is refused instead: ignoring it would
-    silently read that column as absent."""
+class Header(NamedTuple):
+    """A raw file's header line, checked against its schema: what the reader and prepare need of it."""
+
+    names: list[str]  # the file's column names, in its order
+    ignored: list[str]  # its columns the schema lacks, each once: left out when reading (prepare warns)
+    left_out: frozenset[str]  # the schema's optional columns it lacks: read as empty on every row, not checked
+
+
+def check_header(path: Path, spec: RawFile) -> Header:
+    """Check the header line against ``spec``. Columns the schema does not have are read past (a store's export
+    often carries a column of its own), but a name that looks like one of the schema's columns the file lacks
+    (``Unit_Sales``, ``onpromotions``) is refused: ignoring it would silently read that column as absent."""
     names = _header(path)
     missing = [c.name for c in spec.columns if c.name not in names and not c.optional]
     if missing:
@@ -212,12 +219,7 @@ def _check_header(path: Path, spec: RawFile) -> list[str]:
             raise DataValidationError(f"{path.name}: column '{name}': not part of the {spec.name} schema; is "
                                       f"'{meant}' meant? (column names are matched exactly: rename it '{meant}', "
                                       f"or, if it is a column of the file's own, to a name less like it)")
-    return unknown
-
-
-def ignored_columns(path: Path, spec: RawFile) -> list[str]:
-    """The header's columns that ``spec`` does not have, each name once: read_batches leaves them out."""
-    return list(dict.fromkeys(name for name in _header(path) if name not in spec.column_names))
+    return Header(names, unknown, frozenset(c.name for c in spec.columns if c.optional and c.name not in names))
 
 
 def _convert_options(spec: RawFile, as_text: bool, header: list[str]) -> pacsv.ConvertOptions:
@@ -260,12 +262,12 @@ class _TailTracking:
         self.closed = True
 
 
-def _check_complete_last_line(path: Path, tail: bytes, rows_read: int) -> None:
-    """Every complete CSV file ends with an end-of-line; one that does not was cut short."""
+def _check_complete_last_line(path: Path, header: list[str], tail: bytes, rows_read: int) -> None:
+    """Every complete CSV file ends with an end-of-line; one that does not was cut short (``header``: the file's
+    column names, in its order, its own columns too)."""
     if not tail or tail.endswith((b"\n", b"\r")):  # \r alone: old Mac line endings, which the reader takes too
         return
     last = re.split(rb"\r\n|\r|\n", tail)[-1].decode("utf-8", errors="replace")
-    header = _header(path)  # the file's order, and its columns the schema lacks
     line = _file_lines(path, [rows_read - 1])[rows_read - 1]  # blank lines and values over lines before it count
     raise DataValidationError(
         f"{path.name}: line {line}, column '{header[min(last.count(','), len(header) - 1)]}': the file "
@@ -276,22 +278,21 @@ def _check_complete_last_line(path: Path, tail: bytes, rows_read: int) -> None:
 
 
 def _batches(
-    path: Path, spec: RawFile, as_text: bool = False, block_size: int = BLOCK_SIZE
+    path: Path, spec: RawFile, header: Header, as_text: bool = False, block_size: int = BLOCK_SIZE
 ) -> Iterator[pa.RecordBatch]:
     stream = _TailTracking(path)
     try:
-        header = _header(path)
         try:
             # newlines_in_values: a quoted value may span lines (README); without it Arrow cuts its blocks at any
             # newline, and one inside quotes at a block's end stopped the read ("parser got out of sync with chunker")
             reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block_size),
                                     parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                                    convert_options=_convert_options(spec, as_text, header))
+                                    convert_options=_convert_options(spec, as_text, header.names))
         except pa.ArrowKeyError:  # a column the header line has as we split it but the CSV reader does not
             raise DataValidationError(f"{path.name}: line 1: the header does not read as the columns "
-                                      f"{', '.join(header)}") from None
+                                      f"{', '.join(header.names)}") from None
         names = reader.schema.names
-        left_out = [c for c in spec.columns if c.optional and c.name not in names]
+        left_out = [c for c in spec.columns if c.name in header.left_out]
         if sorted(names + [c.name for c in left_out]) != sorted(spec.column_names):  # a quote or \r in the header
             raise DataValidationError(f"{path.name}: line 1: the header does not read as the columns "
                                       f"{', '.join(spec.column_names)} (got {', '.join(names)})")
@@ -305,7 +306,7 @@ def _batches(
                     names=list(spec.column_names))
             yield batch
         if not as_text:
-            _check_complete_last_line(path, stream.tail, rows)
+            _check_complete_last_line(path, header.names, stream.tail, rows)
     finally:
         stream.close()
 
@@ -320,11 +321,11 @@ def _pattern_for(column: Column) -> str | None:
     return None
 
 
-def _explain_conversion_failure(path: Path, spec: RawFile, error: Exception) -> None:
+def _explain_conversion_failure(path: Path, spec: RawFile, header: Header, error: Exception) -> None:
     """Re-read as text to find which column and lines could not be parsed, then fail."""
     offset = 0
     try:
-        for batch in _batches(path, spec, as_text=True):
+        for batch in _batches(path, spec, header, as_text=True):
             for column in spec.columns:
                 values = batch.column(column.name)
                 present = pc.invert(pc.equal(values, ""))
@@ -435,10 +436,9 @@ def _explain_unreadable(path: Path, error: Exception) -> None:
 
 def read_batches(path: Path, spec: RawFile, block_size: int = BLOCK_SIZE) -> Iterator[tuple[int, pa.RecordBatch]]:
     """Typed batches of a raw file with their first row number; structure and values checked."""
-    _check_header(path, spec)
-    left_out = left_out_columns(path, spec)
+    header = check_header(path, spec)
     offset = 0
-    iterator = _batches(path, spec, block_size=block_size)
+    iterator = _batches(path, spec, header, block_size=block_size)
     while True:
         try:
             batch = next(iterator)
@@ -446,22 +446,16 @@ def read_batches(path: Path, spec: RawFile, block_size: int = BLOCK_SIZE) -> Ite
             break
         except pa.ArrowInvalid as exc:
             if "conversion error" in str(exc) and "UTF8" not in str(exc):
-                _explain_conversion_failure(path, spec, exc)
+                _explain_conversion_failure(path, spec, header, exc)
             _explain_unreadable(path, exc)
         except (OSError, EOFError, zlib.error) as exc:
             raise DataValidationError(f"{path.name}: cannot read after row {offset}: {exc} "
                                       "(truncated or corrupt gzip?)") from None
-        check_values(path, spec, batch, offset, left_out)
+        check_values(path, spec, batch, offset, header.left_out)
         yield offset, batch
         offset += batch.num_rows
     if offset < spec.min_rows:
         raise DataValidationError(f"{path.name}: has no data rows (header only)")
-
-
-def left_out_columns(path: Path, spec: RawFile) -> frozenset[str]:
-    """The optional columns the file leaves out: read as empty on every row (its values are not checked)."""
-    header = _header(path)
-    return frozenset(c.name for c in spec.columns if c.optional and c.name not in header)
 
 
 def check_values(path: Path, spec: RawFile, batch: pa.RecordBatch, offset: int,
