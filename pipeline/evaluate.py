@@ -369,7 +369,7 @@ def _log_to_mlflow(root: Path, evaluation: Mapping, metrics: Mapping, per_window
             evaluation_json=json_text(evaluation),
             artifacts=[home / f for f in RESULT_FILES if f != EVALUATION_FILE and (home / f).exists()],
             data=tracking.RunData(shown_source(root), evaluation["data_version"], {
-                "validation_rows": metrics.get("validation", {}).get("rows"),
+                "validation_rows": metrics["validation"]["rows"],
                 "backtest_windows": len(per_window)}))
     except (MlflowException, tracking.TrackingError) as exc:
         if not quiet:

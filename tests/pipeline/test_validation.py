@@ -226,6 +226,12 @@ def test_columns_the_schema_lacks_are_read_past(tmp_path, capsys):
         prepare(raw, tmp_path / "bad", PARAMS, progress=False)
 
 
+def _train_without_id(header_prefix: str, row_prefix: str):
+    """An edit of train.csv: its id column replaced by ``header_prefix`` columns, each row's by ``row_prefix``."""
+    return lambda text: "\n".join((header_prefix if n == 0 else row_prefix) + line.split(",", 1)[1]
+                                  for n, line in enumerate(text.splitlines())) + "\n"
+
+
 def test_own_columns_may_repeat_or_be_short_where_a_schema_column_may_not(tmp_path, capsys):
     """Found by a probe: a file's own columns named twice ('note', two empty names) were refused as a duplicate,
     and any short own name near 'id' (pid, idx, uid: difflib's 0.8) as a misspelling of the id column a file
@@ -235,21 +241,18 @@ def test_own_columns_may_repeat_or_be_short_where_a_schema_column_may_not(tmp_pa
     raw = write_kaggle_sample(tmp_path / "raw")
     prepare(raw, tmp_path / "plain", PARAMS, progress=False)
     capsys.readouterr()
-    _edit(raw, "train", lambda t: "\n".join(
-        ("note,pid,,," + line.split(",", 1)[1] + ",note" if n == 0 else f"a,{n},,," + line.split(",", 1)[1] + ",b")
-        for n, line in enumerate(t.splitlines())) + "\n")
+    original = (raw / "train.csv").read_text()
+    _edit(raw, "train", _train_without_id("note,pid,,,note,", "a,7,,,b,"))
     prepare(raw, tmp_path / "own", PARAMS, progress=False)
     assert "train.csv: column(s) 'note', 'pid', '' not part of the train schema" in capsys.readouterr().err
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "own" / "sales.parquet"),
                                   pd.read_parquet(tmp_path / "plain" / "sales.parquet"))
-    for header, refused in [("note,Id,", "column 'Id': not part of the train schema; is 'id' meant?"),
-                            ("note,date,", "column 'date': appears twice in the header")]:
-        _edit(raw, "train", lambda t: "\n".join((header if n == 0 else "a,1,") + line.split(",", 3)[3]
-                                                for n, line in enumerate(t.splitlines())) + "\n")
+    for header, row, refused in [("note,Id,", "a,1,", "column 'Id': not part of the train schema; is 'id' meant?"),
+                                 ("note,date,", "a,2017-01-01,", "column 'date': appears twice in the header")]:
+        (raw / "train.csv").write_text(original)
+        _edit(raw, "train", _train_without_id(header, row))
         with pytest.raises(DataValidationError, match=refused):
             prepare(raw, tmp_path / "refused", PARAMS, progress=False)
-        _edit(raw, "train", lambda t: "\n".join(("note,pid,,," if n == 0 else "a,1,,,") + line.split(",", 2)[2]
-                                                for n, line in enumerate(t.splitlines())) + "\n")
 
 
 def test_files_without_kaggle_ids_prepare_as_with_them(tmp_path):
