@@ -232,6 +232,15 @@ def workers_cpu(app_pid: int) -> tuple[float, list[str]] | None:
     return ticks / os.sysconf("SC_CLK_TCK"), cores
 
 
+def workers_rss_gb(app_pid: int) -> list[float]:
+    """Each worker's resident memory now, in GB (VmRSS, Linux /proc); [] where it cannot be read."""
+    try:
+        return [int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                         if line.startswith("VmRSS:")).split()[1]) / 1024 ** 2 for pid in worker_pids(app_pid)]
+    except (OSError, StopIteration, IndexError, ValueError):  # a process gone mid-read, or no Linux /proc
+        return []
+
+
 def connections_per_worker(app_pid: int, port: int) -> list[int]:
     """Established connections to `port` held by each worker of the gunicorn at `app_pid`, largest
     first ([] where /proc is not Linux's)."""
@@ -314,9 +323,12 @@ def measure(bundle: Path, clients: int, seconds: float, workers: int, threads: i
         workdir = Path(tmp)
         receiver, fluentd_port = start_receiver(workdir / "received.jsonl")
         try:
+            started = time.monotonic()
             app = start_app(bundle, fluentd_port, workdir, workers, threads)
+            ready_s = time.monotonic() - started  # every worker has loaded the bundle and listens
             try:
                 figures = timed_load(app, request_bodies(app.url), clients, seconds, warm_up_s)
+                figures.update(ready_s=ready_s, worker_rss_gb=workers_rss_gb(app.pid))
             finally:
                 app.stop(timeout_s=60)  # workers flush their events to the receiver on exit
             log_tail = app.log_tail(2000)
@@ -442,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
                 ["events received / requests answered",
                  f"{figures['events_received']} / {figures['answered_incl_warm_up']} (incl. warm-up; duplicates "
                  f"{figures['duplicate_events']}, missing {figures['missing_events']})"],
+                ["ready after start (every worker listening)", f"{figures['ready_s']:.1f} s"],
+                ["worker resident memory after the run",
+                 " / ".join(f"{gb:.2f} GB" for gb in figures["worker_rss_gb"]) or "n/a"],
                 ["machine pace (pure-Python loop, before the run)", f"{speed:.1f} M iterations/s"],
                 ["S1 met", "yes" if met else "NO"]]
         print(common.format_table(["S1", "figure"], rows))
