@@ -44,7 +44,9 @@ for _tag, _pattern, _first in (
         ("int", r"[-+]?0b[0-1_]+|[-+]?0o[0-7_]+|[-+]?[0-9][0-9_]*|[-+]?0x[0-9a-fA-F_]+", "-+0123456789"),
         ("float", r"[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
                   r"|[-+]?\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)", "-+.0123456789"),
-        ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""])):
+        ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""]),
+        # `<<: *anchor` merges the anchored mapping, as DVC's reader does (not a key named '<<')
+        ("merge", r"<<", "<")):
     ParamsLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(rf"^(?:{_pattern})$"), list(_first))
 ParamsLoader.add_constructor("tag:yaml.org,2002:int", _core_int)
 

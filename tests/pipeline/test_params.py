@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from dataclasses import replace
 
@@ -138,3 +139,26 @@ def test_too_few_held_examples_to_stop_training_on_is_refused():
     raw["features"]["in_memory_examples"] = 999
     with pytest.raises(ParamsError, match=r"^features.in_memory_examples: must be >= 1000, got 999"):
         feature_params(raw)
+
+
+def test_yaml_merge_keys_are_merged_as_dvc_merges_them(tmp_path):
+    """`<<: *anchor` (YAML's merge key, which DVC's reader merges) was read as a key named '<<': train refused
+    "train.embedding_dims.<<: unknown key" for a params.yaml that `dvc params diff` and `dvc repro` read fine."""
+    from pipeline.model_params import train_params
+
+    text = (REPO / "params.yaml").read_text(encoding="utf-8")
+    default = load_yaml(REPO / "params.yaml")
+    dims = default["train"]["embedding_dims"]
+    merged = re.sub(r"(?m)^  embedding_dims: .*$",
+                    "  embedding_dims:\n    <<: *shop_dims\n    item_nbr: 24", text)
+    merged = "shop_dims: &shop_dims " + json.dumps(dims) + "\n" + merged  # a top-level key no stage reads
+    (tmp_path / "params.yaml").write_text(merged, encoding="utf-8")
+    raw = load_yaml(tmp_path / "params.yaml")
+    assert raw["train"]["embedding_dims"] == {**dims, "item_nbr": 24}
+    assert train_params(raw).embedding_dims == {**dims, "item_nbr": 24}
+    assert "<<" not in raw["train"]["embedding_dims"]
+
+
+def test_a_merged_key_may_be_overridden_without_counting_as_twice(tmp_path):
+    (tmp_path / "params.yaml").write_text("base: &b {a: 1, b: 2}\nx:\n  <<: *b\n  a: 3\n", encoding="utf-8")
+    assert load_yaml(tmp_path / "params.yaml")["x"] == {"a": 3, "b": 2}
