@@ -30,6 +30,43 @@ class ParamsLoader(yaml.SafeLoader):
 
     yaml_implicit_resolvers: dict = {}
 
+    def construct_document(self, node):
+        _refuse_duplicate_keys(node)
+        return super().construct_document(node)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping of params.yaml that names one key twice."""
+
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _refuse_duplicate_keys(node: yaml.Node, path: str = "", seen: set[int] | None = None) -> None:
+    """DuplicateKeyError for a key written twice in one mapping, naming it dotted and both lines. PyYAML keeps the last
+    silently; DVC (ruamel) refuses the whole file, so a stage run alone would have read a value DVC never tracked.
+    Keys a merge (``<<: *anchor``) brings in may be overridden: that is what a merge is for."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias: the anchored node was checked where it was written
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                _refuse_duplicate_keys(value_node, path, seen)
+                continue
+            key, line = key_node.value, key_node.start_mark.line + 1
+            dotted = f"{path}.{key}" if path else key
+            if key in lines:
+                raise DuplicateKeyError(f"{dotted}: written twice (lines {lines[key]} and {line}); keep one (DVC "
+                                        "refuses such a file, and only the last would be read here)")
+            lines[key] = line
+            _refuse_duplicate_keys(value_node, dotted, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{path}[{index}]", seen)
+
 
 def _core_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     text = loader.construct_scalar(node).replace("_", "")

@@ -159,6 +159,30 @@ def test_yaml_merge_keys_are_merged_as_dvc_merges_them(tmp_path):
     assert "<<" not in raw["train"]["embedding_dims"]
 
 
+@pytest.mark.parametrize("section, line", [("train", "  learning_rate: 0.01"), ("evaluate", "  min_improvement: -1"),
+                                           ("drift", "  psi_alert: 9")])
+def test_a_key_written_twice_is_refused_naming_it_and_its_line(tmp_path, section, line):
+    """A key written twice in a section (a pasted line) is refused by DVC ("YAML file structure is corrupted"), but
+    a stage run alone (python -m pipeline.train, monitoring.drift, the sweep) silently read the last value: a model
+    trained, gated or alarmed on a value the user may not have meant."""
+    from monitoring.drift_params import DriftParamsError, load_drift_params
+
+    text = (REPO / "params.yaml").read_text(encoding="utf-8")
+    edited = re.sub(rf"(?m)^{section}:.*$", lambda m: f"{m.group(0)}\n{line}", text, count=1)
+    assert edited != text
+    path = tmp_path / "params.yaml"
+    path.write_text(edited, encoding="utf-8")
+    number = edited.splitlines().index(line) + 1
+    key = line.split(":")[0].strip()
+    with pytest.raises(ParamsError) as error:
+        load_yaml(path)
+    message = str(error.value)
+    lines = re.search(rf"{section}\.{key}: written twice \(lines (\d+) and (\d+)\)", message)
+    assert lines is not None and number in map(int, lines.groups()), message
+    with pytest.raises(DriftParamsError, match=rf"{section}\.{key}.*twice"):
+        load_drift_params(path)
+
+
 def test_a_merged_key_may_be_overridden_without_counting_as_twice(tmp_path):
     (tmp_path / "params.yaml").write_text("base: &b {a: 1, b: 2}\nx:\n  <<: *b\n  a: 3\n", encoding="utf-8")
     assert load_yaml(tmp_path / "params.yaml")["x"] == {"a": 3, "b": 2}
