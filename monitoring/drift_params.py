@@ -39,6 +39,10 @@ class DriftParams:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise DriftParamsError(f"drift.{name}: expected an integer >= 1, got {value!r}")
+        if self.min_events > self.max_events:  # at most max_events are read: fewer than min_events, never a verdict
+            raise DriftParamsError(f"drift.min_events: {self.min_events} is more than drift.max_events "
+                                   f"({self.max_events}), the most events a report reads: it could never judge "
+                                   "(set min_events <= max_events)")
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any] | None) -> "DriftParams":

@@ -269,6 +269,16 @@ def test_drift_params_come_from_params_yaml(tmp_path):
         load_drift_params(tmp_path / "params.yaml")
 
 
+def test_a_minimum_of_events_above_the_most_read_is_refused(tmp_path):
+    """drift.min_events above drift.max_events: at most max_events are read, always fewer than min_events, so every
+    report said "fewer than drift.min_events: no verdict" and never alarmed, whatever the traffic did."""
+    (tmp_path / "params.yaml").write_text("drift:\n  min_events: 5000\n  max_events: 1000\n")
+    with pytest.raises(DriftParamsError, match=r"drift.min_events: 5000 .* drift.max_events \(1000\)"):
+        load_drift_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("drift:\n  min_events: 1000\n  max_events: 1000\n")
+    assert load_drift_params(tmp_path / "params.yaml").min_events == 1000
+
+
 def test_the_repository_params_yaml_has_valid_drift_thresholds(repo_root):
     params = load_drift_params(repo_root / "params.yaml")
     assert 0 < params.p_value_alert < 1 and params.psi_alert > 0
