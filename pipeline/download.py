@@ -29,6 +29,7 @@ import gzip
 import hashlib
 import http.client
 import json
+import re
 import shutil
 import urllib.error
 import urllib.parse
@@ -171,6 +172,14 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> Pa
         except (OSError, urllib.error.URLError, TimeoutError, http.client.HTTPException) as exc:
             last_error = exc  # interrupted: retry, resuming
             continue
+        if parsed.scheme in ("http", "https"):
+            page = html_page(part)
+            if page is not None:  # fetching again gets the same page: the source is what must change
+                discard(part)
+                raise DownloadError(f"{url}: the server answered with an HTML page{page}, not the file: a sign-in "
+                                    "or error page? data.source must be a direct download link (for a site that "
+                                    "needs signing in, such as Kaggle's, download the files yourself and point "
+                                    "data.source at their folder)")
         size = part.stat().st_size
         if expected is not None and size != expected:
             last_error = DownloadError(f"{name}: got {size} bytes, expected {expected}")
@@ -187,6 +196,19 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> Pa
         return part
     raise DownloadError(f"{url}: failed after {params.download.retries} attempt(s): {last_error} "
                         f"(partial data kept in {part} for the next run)")
+
+
+def html_page(path: Path) -> str | None:
+    """`` ('<title>')`` (or ``""``) when ``path`` holds an HTML page rather than data, else None: no raw file (CSV,
+    gzip, 7z, zip) starts with ``<!DOCTYPE html`` or ``<html``."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if not start.startswith((b"<!doctype html", b"<html")):
+        return None
+    title = re.search(rb"<title[^>]*>([^<]{1,200})", head, re.IGNORECASE)
+    text = " ".join(title.group(1).decode("utf-8", "replace").split()) if title else ""
+    return f" ({text!r})" if text else ""
 
 
 def discard(part: Path) -> None:

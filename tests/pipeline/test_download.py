@@ -443,3 +443,44 @@ def test_the_source_a_run_records_leaves_credentials_out(tmp_path):
                           ("/data/my-sales", "/data/my-sales"), ("synthetic", "synthetic")]:
         (tmp_path / SOURCE_FINGERPRINT_PATH).write_text(json.dumps({"source": source}))
         assert shown_source(tmp_path) == shown
+
+
+LOGIN_PAGE = (b"\xef\xbb\xbf\n<!DOCTYPE html>\n<html><head><title>Sign in - Data Portal</title></head>"
+              b"<body></body></html>\n")
+
+
+class _LoginWallHandler(http.server.BaseHTTPRequestHandler):
+    """A site that answers every address with its sign-in page, status 200 (Kaggle's download links, a portal)."""
+
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(LOGIN_PAGE)))
+        self.end_headers()
+
+    def do_GET(self):
+        self.do_HEAD()
+        self.wfile.write(LOGIN_PAGE)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("path", ["data/", "favorita.zip"])
+def test_an_html_page_instead_of_the_file_is_said_for_what_it_is(tmp_path, path):
+    """A URL that answers with a sign-in page was reported as a 'corrupt or truncated gzip' / 'corrupt zip archive
+    ... the next run fetches it again': a retry fetches the same page; the user must change the source."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LoginWallHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{path}"
+        with pytest.raises(DownloadError) as error:
+            download(_params(url), tmp_path / "raw", tmp_path / "partial", progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = str(error.value)
+    assert "an HTML page" in message and "'Sign in - Data Portal'" in message, message
+    assert url in message and "corrupt" not in message and "fetches it again" not in message, message
+    assert not (tmp_path / "raw").exists()
+    assert not [p for p in (tmp_path / "partial").iterdir() if p.suffix == ".part"]  # nothing to resume into
