@@ -44,7 +44,8 @@ from pipeline.cluster import ClusterError, dask_client, scheduler_address
 from pipeline.io import atomic_directory
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
-from pipeline.source import CANDIDATE_SUFFIXES, data_source, is_single_file, join, local_path, missing_raw_files
+from pipeline.source import (ABSENT_IN_FOLDER, CANDIDATE_SUFFIXES, data_source, forbidden_note, is_single_file, join,
+                             local_path, missing_raw_files)
 from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.synthetic import generate
 
@@ -106,7 +107,11 @@ def _copy_resuming(source: Path, part: Path, progress: bool) -> int:
 
 
 class _Missing(Exception):
-    """The server says there is no such file (HTTP 404/410)."""
+    """The server says there is no such file (HTTP 404/410), or refuses it (403: see source.ABSENT_IN_FOLDER)."""
+
+    def __init__(self, url: str, code: int):
+        super().__init__(url)
+        self.code = code
 
 
 def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> int | None:
@@ -122,8 +127,8 @@ def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> in
     try:
         response = urllib.request.urlopen(request, timeout=timeout_s)
     except urllib.error.HTTPError as exc:
-        if exc.code in (404, 410):
-            raise _Missing(url) from None
+        if exc.code in ABSENT_IN_FOLDER:
+            raise _Missing(url, exc.code) from None
         if exc.code == 416 and done:  # asked beyond the end: start again
             part.unlink()
             return _http_resuming(url, part, timeout_s, progress)
@@ -381,6 +386,7 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
     if not remote and not local_path(source).exists():
         raise DownloadError(f"data.source: {source} does not exist")
     fetched: set[str] = set()  # what data.sha256 may name
+    refused: list[str] = []  # a folder URL's names the server answered 403 for
     left_out: list[str] = []
     if is_single_file(source):
         if not remote:
@@ -388,7 +394,10 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
         name = Path(parsed.path).name
         try:
             archive = fetch(source, partial_dir, params, progress)
-        except _Missing:
+        except _Missing as missing:
+            if missing.code == 403:
+                raise DownloadError(f"data.source: {source}: HTTP 403 Forbidden (a private file, or a link that "
+                                    "needs credentials)") from None
             raise DownloadError(f"data.source: {source}: the server has no such file (HTTP 404/410)") from None
         fetched.add(name)
         try:
@@ -411,7 +420,9 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
                     continue
                 try:
                     got = fetch(url, partial_dir, params, progress)
-                except _Missing:
+                except _Missing as missing:
+                    if missing.code == 403:
+                        refused.append(f"{base}{suffix}")
                     continue
                 left_out += install(got, f"{base}{suffix}", staging)
                 fetched.add(f"{base}{suffix}")
@@ -419,7 +430,7 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
                 break
     missing = missing_raw_files({f"{base}.csv" for base in found})
     if missing:
-        raise DownloadError(f"data.source: {source} {missing}")
+        raise DownloadError(f"data.source: {source} {missing}{forbidden_note(refused, fetched)}")
     unchecked = sorted(set(params.sha256) - fetched)
     if unchecked:  # a typo, or train.csv listed where train.csv.gz was fetched: nothing would have been verified
         raise DownloadError(f"data.sha256.{unchecked[0]}: no file of that name was fetched from {source} "

@@ -112,14 +112,34 @@ class HashCache:
         write_json_atomic(self.path, self.entries)
 
 
-def _http_validators(url: str, timeout_s: float) -> dict | None:
-    """ETag / Last-Modified / Content-Length of a URL, or None when the server says it does not exist."""
+# What a server answers for a name it does not have: 404/410, and 403 from an S3 bucket read without list
+# permission (public objects, s3:GetObject only). A folder's raw files are looked for under three names each, so
+# these mean "not under this name"; a required file not found says which names were refused (forbidden_note).
+ABSENT = (404, 410)
+ABSENT_IN_FOLDER = (403, 404, 410)
+
+
+def forbidden_note(refused: list[str], found) -> str:
+    """What a 'has no ...' error adds when the server refused the missing required files' names with 403, which may
+    be a permission rather than an absence (``found``: the raw file names found)."""
+    missing = [base for base in RAW_FILES if not any(f"{base}{suffix}" in found for suffix in CANDIDATE_SUFFIXES)]
+    names = [name for name in refused if name.split(".")[0] in missing]
+    return (f"; the server answered 403 Forbidden for {', '.join(names)} (absent from an S3 bucket without list "
+            "permission, or there but private: check the files' permissions)") if names else ""
+
+
+def _http_validators(url: str, timeout_s: float, absent: tuple[int, ...] = ABSENT,
+                     refused: list[str] | None = None) -> dict | None:
+    """ETag / Last-Modified / Content-Length of a URL, or None when the server says it does not exist (a status of
+    ``absent``; a 403 among them is appended to ``refused``)."""
     request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "shelfcast-download"})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             headers = response.headers
     except urllib.error.HTTPError as exc:
-        if exc.code in (404, 410):
+        if exc.code in absent:
+            if exc.code == 403 and refused is not None:
+                refused.append(Path(urllib.parse.urlparse(url).path).name)
             return None
         raise SourceError(f"{url}: HTTP {exc.code} {exc.reason} (checking the source for changes)") from None
     except (OSError, urllib.error.URLError) as exc:
@@ -136,11 +156,13 @@ def fingerprint(source: str, params: DataParams, cache: HashCache) -> dict:
     if scheme not in ("", "file", "http", "https"):
         raise SourceError(f"data.source: unsupported URL scheme {scheme!r} (use http, https or file)")
     files: dict[str, dict] = {}
+    refused: list[str] = []  # names a folder URL answered 403 for
     archive = urllib.parse.urlparse(source).path.lower().endswith(".zip")
     if is_remote(source):
         urls = [source] if archive else [join(source, name) for name in candidate_names()]
         for url in urls:
-            validators = _http_validators(url, params.download.timeout_s)
+            validators = _http_validators(url, params.download.timeout_s, ABSENT if archive else ABSENT_IN_FOLDER,
+                                          refused)
             if validators is not None:
                 files[Path(urllib.parse.urlparse(url).path).name] = validators
         if archive and not files:
@@ -157,7 +179,7 @@ def fingerprint(source: str, params: DataParams, cache: HashCache) -> dict:
                 raise SourceError(f"{file}: cannot read it: {exc}") from None
     missing = None if is_single_file(source) else missing_raw_files(files)
     if missing:  # download would stop on it: say so now, not "0 file(s)" as if all were well
-        raise SourceError(f"data.source: {source} {missing}")
+        raise SourceError(f"data.source: {source} {missing}{forbidden_note(refused, files)}")
     return {"source": source, "files": files}
 
 

@@ -484,3 +484,48 @@ def test_an_html_page_instead_of_the_file_is_said_for_what_it_is(tmp_path, path)
     assert url in message and "corrupt" not in message and "fetches it again" not in message, message
     assert not (tmp_path / "raw").exists()
     assert not [p for p in (tmp_path / "partial").iterdir() if p.suffix == ".part"]  # nothing to resume into
+
+
+class _BucketHandler(_RangeHandler):
+    """An S3 bucket whose objects are public but not its listing: a missing object answers 403 AccessDenied (both
+    to HEAD and GET), as S3 does without s3:ListBucket."""
+
+    def send_error(self, code, message=None, explain=None):
+        super().send_error(403 if code == 404 else code, message, explain)
+
+
+@pytest.fixture
+def bucket(kaggle_sample):
+    def handler(*args, **kwargs):
+        return _BucketHandler(*args, directory=str(kaggle_sample), **kwargs)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_bucket_answering_403_for_absent_names_is_read_like_a_folder(bucket, kaggle_sample, tmp_path):
+    """Each raw file is looked for as NAME.csv.gz, NAME.csv, NAME.csv.7z: the names that are not there answered 403
+    on an S3 bucket without list permission, and source and download stopped at the first ('HTTP 403 Forbidden'),
+    so such a bucket could only serve a folder holding every optional file, each as .csv.gz."""
+    from pipeline.source import HashCache, SourceError, fingerprint
+
+    assert (kaggle_sample / "items.csv").exists() and not (kaggle_sample / "items.csv.gz").exists()
+    found = fingerprint(bucket, _params(bucket), HashCache(tmp_path / "hashes.json"))["files"]
+    assert set(found) == {p.name for p in kaggle_sample.iterdir() if p.is_file()}
+    raw = tmp_path / "raw"
+    download(_params(bucket), raw, tmp_path / "partial", progress=False)
+    assert _raw_names(raw) == RAW_NAMES
+    _prepares(raw, tmp_path)
+    # a required file the bucket refuses is named with the refusal, which may be a permission, not an absence
+    (kaggle_sample / "stores.csv").unlink()
+    with pytest.raises(DownloadError, match=r"has no stores .*403 Forbidden for stores.csv.gz, stores.csv, "
+                                            r"stores.csv.7z"):
+        download(_params(bucket), tmp_path / "raw2", tmp_path / "partial", progress=False)
+    with pytest.raises(SourceError, match=r"has no stores .*403 Forbidden for stores.csv.gz"):
+        fingerprint(bucket, _params(bucket), HashCache(tmp_path / "hashes.json"))
+    # ... and a single archive the server refuses is that refusal, not "no such file"
+    with pytest.raises(DownloadError, match=r"favorita.zip: HTTP 403"):
+        download(_params(bucket + "favorita.zip"), tmp_path / "raw3", tmp_path / "partial", progress=False)
