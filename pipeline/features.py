@@ -77,6 +77,14 @@ class FeatureSpec:
         object.__setattr__(self, "mean_windows", tuple(int(w) for w in self.mean_windows))
         object.__setattr__(self, "dow_weeks", tuple(int(w) for w in self.dow_weeks))
         object.__setattr__(self, "promo_windows", tuple(int(w) for w in self.promo_windows))
+        for name in ("mean_windows", "dow_weeks", "promo_windows"):
+            windows = getattr(self, name)
+            repeated = sorted({w for w in windows if windows.count(w) > 1})
+            if repeated:  # the same feature column twice: work and a wider model for nothing
+                raise FeatureInputError(f"features.{name}: {repeated[0]} is listed twice; list each window once")
+        if not self.mean_windows + self.promo_windows + self.dow_weeks:
+            raise FeatureInputError("features: mean_windows, dow_weeks and promo_windows are all empty; list at "
+                                    "least one window")
         longest = max(self.mean_windows + self.promo_windows + tuple(7 * k for k in self.dow_weeks))
         if self.history_days < longest:
             raise FeatureInputError(f"features.history_days: {self.history_days} is shorter than the longest window "

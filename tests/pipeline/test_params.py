@@ -141,6 +141,22 @@ def test_too_few_held_examples_to_stop_training_on_is_refused():
         feature_params(raw)
 
 
+@pytest.mark.parametrize("windows, message", [
+    ({"mean_windows": [3, 7, 7]}, "features.mean_windows: 7 is listed twice"),
+    ({"promo_windows": [14, 14]}, "features.promo_windows: 14 is listed twice"),
+    ({"mean_windows": [], "dow_weeks": [], "promo_windows": []}, "features: mean_windows, dow_weeks and promo_windows "
+                                                                  "are all empty"),
+])
+def test_windows_that_give_no_feature_or_one_twice_are_refused(windows, message):
+    """A repeated window trained the same feature column twice; no window at all crashed on max() of nothing."""
+    from pipeline.model_params import feature_params
+
+    raw = default_params()
+    raw["features"].update(windows)
+    with pytest.raises(ParamsError, match=rf"^{re.escape(message)}"):
+        feature_params(raw)
+
+
 def test_yaml_merge_keys_are_merged_as_dvc_merges_them(tmp_path):
     """`<<: *anchor` (YAML's merge key, which DVC's reader merges) was read as a key named '<<': train refused
     "train.embedding_dims.<<: unknown key" for a params.yaml that `dvc params diff` and `dvc repro` read fine."""
