@@ -57,10 +57,11 @@ def is_remote(source: str) -> bool:
 
 
 def local_path(source: str) -> Path:
+    """The file or folder a local source names; ``~`` is the user's home, as in the shell the path was copied from."""
     parsed = urllib.parse.urlparse(source)
     if parsed.scheme == "file":
         return Path(urllib.request.url2pathname(parsed.path))
-    return Path(source)
+    return Path(source).expanduser()
 
 
 def join(base: str, name: str) -> str:

@@ -48,6 +48,17 @@ def test_from_directory_then_prepare(kaggle_sample, tmp_path):
     _prepares(raw, tmp_path)
 
 
+def test_a_folder_under_the_home_directory_may_be_written_with_a_tilde(kaggle_sample, tmp_path, monkeypatch):
+    """`data.source: ~/favorita` was "does not exist": no shell expands a path read from params.yaml."""
+    from pipeline.source import HashCache, fingerprint
+
+    monkeypatch.setenv("HOME", str(kaggle_sample.parent))
+    source = f"~/{kaggle_sample.name}"
+    assert set(fingerprint(source, _params(source), HashCache(tmp_path / "hashes.json"))["files"]) >= {"items.csv"}
+    download(_params(source), tmp_path / "raw", tmp_path / "partial", progress=False)
+    assert _raw_names(tmp_path / "raw") == RAW_NAMES
+
+
 def test_from_file_url_then_prepare(kaggle_sample, tmp_path):
     raw = tmp_path / "raw"
     download(_params(kaggle_sample.as_uri()), raw, tmp_path / "partial", progress=False)
