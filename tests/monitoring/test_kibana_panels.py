@@ -286,3 +286,41 @@ def test_the_latency_panel_counts_each_request_once(logged_events):
     assert answer["hits"]["total"]["value"] == len(requests)
     values = answer["aggregations"]["all"]["values"]  # 3 requests at 1 ms, one at 900 ms: the median is 1 ms
     assert values["50.0"] == pytest.approx(1.0) and values["95.0"] > 1.0
+
+
+# What users asked and were served: a shadow forecasts a copy of every request after the response (never returned),
+# so its events must change none of these panels. The variants panel shows the shadow on purpose; the versions panel
+# names every model that forecast.
+SERVED_PANELS = ["shelfcast-predictions-over-time", "shelfcast-forecast-by-family", "shelfcast-forecast-by-store",
+                 "shelfcast-forecast-distribution", "shelfcast-promotion-share", "shelfcast-horizon",
+                 "shelfcast-latency-percentiles"]
+
+
+def test_a_shadow_changes_no_panel_of_what_users_were_served(logged_events):
+    """A shadow mirrors every request: its events doubled "Predictions over time", and a shadow forecasting 100x
+    moved "Mean forecast by family/store" and the forecast distribution, though no user was served those forecasts
+    (the latency panel already left it out)."""
+    from osmem_server import OsmemServer
+
+    panels = [v for v in VISUALIZATIONS if v["id"] in SERVED_PANELS]
+    assert {v["id"] for v in panels} == set(SERVED_PANELS)
+    shadow = [("shelfcast.prediction", {**event, "event_id": f"shadow-{event['event_id']}", "model_variant": "shadow",
+                                        "model_version": "shadow-version", "model_digest": "f" * 64,
+                                        "output": {"unit_sales": 100.0 * event["output"]["unit_sales"] + 50.0}})
+              for event in logged_events]
+    now = dt.datetime.now(dt.timezone.utc)
+    window = ((now - dt.timedelta(days=7)).isoformat(), (now + dt.timedelta(minutes=1)).isoformat())
+
+    def answers(search) -> dict[str, dict]:
+        return {v["id"]: search.request("POST", "/shelfcast-prediction-*/_search",
+                                        kibana_request(v, *window))["aggregations"] for v in panels}
+
+    with OsmemServer.start(japanese=False, addr="127.0.0.1:0") as server:
+        search = ElasticsearchEvents(server.url)
+        install_index_templates(search)
+        bulk_as_fluentd(search, [("shelfcast.prediction", event) for event in logged_events])
+        served = answers(search)
+        bulk_as_fluentd(search, shadow)
+        with_shadow = answers(search)
+    changed = [panel for panel in SERVED_PANELS if with_shadow[panel] != served[panel]]
+    assert not changed, f"a shadow's events changed {changed}"
