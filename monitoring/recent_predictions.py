@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.event_sources import EventSourceError, event_units, read_jsonl_events
 from pipeline.release import RequestLatencies, VariantTraffic, read_traffic
-from pipeline.release_store import CANARY, PRODUCTION, VARIANTS
+from pipeline.release_store import CANARY, PRODUCTION, SHADOW, VARIANTS
 
 STATISTICS_TTL_S = 5.0  # how long a process reuses the statistics of a log that keeps changing
 
@@ -79,13 +79,17 @@ def recent_statistics(path: Path | str, max_events: int = 5000) -> dict[str, Any
             error = str(exc)
     traffic = read_traffic(events)
     latencies = request_latencies(traffic)
-    units = np.asarray([u for u in map(event_units, events) if u is not None], float)
-    promo = [bool(e["inputs"].get("onpromotion")) for e in events if isinstance(e.get("inputs"), dict)]
+    # what users asked and were served: a shadow forecasts a copy of every request after the response, never
+    # returned (its own figures are in `variants`); counted in, a shadow at 100x moved the forecast mean 50x
+    served = [e for e in events if e.get("model_variant") != SHADOW]
+    units = np.asarray([u for u in map(event_units, served) if u is not None], float)
+    promo = [bool(e["inputs"].get("onpromotion")) for e in served if isinstance(e.get("inputs"), dict)]
     versions: dict[str, int] = {}
     sources: dict[str, int] = {}
     for event in events:
         version = str(event.get("model_version", "unknown"))
         versions[version] = versions.get(version, 0) + 1
+    for event in served:
         source = str(event.get("source", "unknown"))
         sources[source] = sources.get(source, 0) + 1
     stamps = sorted(str(e["timestamp"]) for e in events if e.get("timestamp"))

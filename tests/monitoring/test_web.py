@@ -111,6 +111,31 @@ def test_latency_is_counted_once_per_request_not_once_per_prediction(tmp_path, m
     assert "counted once per request however many predictions it asked for" in " ".join(page.split())
 
 
+def test_the_overall_forecasts_are_those_users_were_served_not_the_shadows(tmp_path, monkeypatch, jsonl):
+    """A shadow forecasts a copy of every request after the response (never returned): a shadow forecasting 100x
+    made the page's overall forecast mean 50x what users were served, and its promotion share and sources counted
+    every request twice. Its own figures stay in the per-variant table."""
+    client = client_for(tmp_path, monkeypatch)
+
+    def event(request, variant, units, promoted):
+        return {"timestamp": f"2026-12-01T10:00:{request % 60:02d}+00:00", "request_id": f"r{request}",
+                "instance_index": 0, "batch_size": 1, "model_variant": variant,
+                "model_version": {"shadow": "4"}.get(variant, "3"), "latency_ms": 5.0,
+                "output": {"unit_sales": units}, "source": "api",
+                "inputs": {"store_nbr": 1, "item_nbr": request, "date": "2017-08-16", "onpromotion": promoted}}
+
+    events = [event(i, "production", 2.0, i < 10) for i in range(40)]
+    events += [event(i, "shadow", 200.0, True) for i in range(40)]
+    jsonl(tmp_path / "predictions.jsonl", events)
+    recent = client.get("/api/v1/monitoring").get_json()["recent"]
+    assert recent["forecast_units"] == {"mean": 2.0, "p50": 2.0, "p95": 2.0}
+    assert recent["promotion_share"] == 0.25 and recent["sources"] == {"api": 40}
+    variants = {row["variant"]: row for row in recent["variants"]}
+    assert variants["shadow"]["forecast_mean"] == 200.0 and variants["shadow"]["predictions"] == 40
+    page = " ".join(client.get("/monitoring").get_data(as_text=True).split())
+    assert "Forecast mean / p50 / p95 served</th><td>2.00 / 2.00 / 2.00 units" in page
+
+
 def test_recent_predictions_are_read_as_the_release_decision_reads_them(tmp_path, monkeypatch, jsonl):
     """One reader for the page and `release decide`: other senders' records are not predictions, a torn last line
     (a writer killed mid-line) is skipped, and a line that is not JSON is skipped and counted, not allowed to
