@@ -74,6 +74,7 @@ MAX_LATENCY_RATIO = 1.5  # the latency bar: 1.5x production's p95 ...
 MIN_LATENCY_EXCESS_MS = 5.0  # ... and at least this many ms above it (millisecond jitter is no regression)
 SLOW_SHARE = 0.05  # a candidate whose p95 is within the bar has at most 5 % of its answers above it ...
 LATENCY_P_VALUE = 0.05  # ... rolled back only when more lie above it with 95 % one-sided confidence (binomial)
+MAX_SLOW_SHARE_PROMOTED = 0.15  # promoted only when at most this share lies above it, with 95 % confidence
 MAX_FORECAST_SHIFT = 0.5  # |median log1p(candidate) - log1p(production)| on the same requests (or series)
 MIN_VOLUME_SERIES = 10  # the total-units rule judges no fewer store×items (a canary at a small share has a few)
 NWRMSLE_MARGIN = 0.0  # with actuals: candidate NWRMSLE's 95 % bootstrap interval must not lie above production's + this
@@ -381,6 +382,8 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
       + 5 ms) with 95 % one-sided confidence: more than 5 % of its requests lie above the bar (exact
       binomial test), so two or three slow answers out of sixty on a busy host are no regression; one figure per
       request, as its predictions share the request's time (a slow batch of 200 is one slow request, not 200);
+      between the two (neither more than 5 % above the bar with 95 % confidence, nor at most 15 %): wait, as a
+      tail regression (one request in ten at 10x) shows 3 of 30 slow, no evidence yet either way;
     - forecast distribution: over pairs of forecasts for the same requests, the median of log1p(candidate)
       - log1p(production) is beyond ±0.5 (a factor of ~1.65), or log1p of the candidate's total units -
       log1p of production's is beyond ±0.5 with 95 % confidence (bootstrap over the pairs' store×items, at least
@@ -412,6 +415,7 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
             reasons.append(f"errors: {cand.errors} of {attempts} {candidate} answers failed "
                            f"({rate:.1%} vs production {base_rate:.1%})")
     requests = cand.latency.requests
+    latency_unsettled = None  # why promotion must wait for more requests, when their latency is not yet clear
     if cand.latency.ms and base.latency.ms:
         p95c, p95b = cand.latency.percentile(95), base.latency.percentile(95)
         bar = max(MAX_LATENCY_RATIO * p95b, p95b + MIN_LATENCY_EXCESS_MS)
@@ -425,6 +429,12 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
                            f"{bar:.1f} ms (max of {MAX_LATENCY_RATIO}x production's p95 {p95b:.1f} ms and "
                            f"+{MIN_LATENCY_EXCESS_MS:g} ms): its p95 {p95c:.1f} ms is above that "
                            f"with 95 % confidence (p = {p_value:.3g})")
+        within = 1.0 - binomial_tail(above + 1, max(requests, above), MAX_SLOW_SHARE_PROMOTED)  # P(this few | 15 %)
+        figures.update(latency_within_p_value=round(within, 4))
+        if within >= LATENCY_P_VALUE:
+            latency_unsettled = (f"{above} of {requests} {candidate} requests slower than {bar:.1f} ms: not yet "
+                                 f"shown to be at most {MAX_SLOW_SHARE_PROMOTED:.0%} of them (p = {within:.3g}); "
+                                 "more requests are needed to promote")
     pairs, pairing = _forecast_pairs(cand, base, candidate, replayed)
     if pairs and (candidate == SHADOW or len(pairs) >= MIN_EVENTS):
         c, b = (np.asarray(side, np.float64) for side in list(zip(*pairs))[:2])
@@ -474,6 +484,8 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     if base.predictions < MIN_EVENTS:  # nothing to judge latency and forecasts against: no rule could fire
         return Verdict(candidate, "wait", [f"only {base.predictions} production predictions to compare with; "
                                            f"{MIN_EVENTS} are needed for a decision"], figures)
+    if latency_unsettled:  # a tail regression at 30 requests: 3 slow of 30 is no proof either way
+        return Verdict(candidate, "wait", [latency_unsettled], figures)
     return Verdict(candidate, "promote", ["no rule broken"], figures)
 
 

@@ -235,6 +235,27 @@ def test_one_slow_batch_is_one_slow_request_not_hundreds():
     assert not [r for r in verdict.reasons if r.startswith("latency")], verdict
 
 
+@pytest.mark.parametrize("requests, decision", [(30, "wait"), (60, "wait"), (100, "rollback")])
+def test_a_tail_regression_is_not_promoted_before_its_latency_is_clear(requests, decision):
+    """One canary request in ten at 100 ms against production's 10 ms (bar 15 ms) was promoted at 30 requests
+    (3 slow: p = 0.19 against 5 %) and at 60, so `make deploy`, which stops at the first verdict, promoted it."""
+    def events(variant, latency):
+        return [{"model_variant": variant, "request_id": f"{variant}{n}", "instance_index": 0,
+                 "latency_ms": latency(n), "output": {"unit_sales": 3.0},
+                 "inputs": {"store_nbr": 1, "item_nbr": n, "date": "2017-08-16"}} for n in range(requests)]
+
+    traffic = release.read_traffic(events(PRODUCTION, lambda n: 10.0)
+                                   + events(CANARY, lambda n: 100.0 if n % 10 == 9 else 10.0))
+    verdict = release.compare(traffic, CANARY)
+    assert verdict.decision == decision, verdict
+    if decision == "wait":
+        assert verdict.reasons[0].startswith(f"{requests // 10} of {requests} canary requests slower than 15.0 ms: "
+                                             "not yet shown to be at most 15% of them"), verdict
+    same = release.compare(release.read_traffic(events(PRODUCTION, lambda n: 10.0) + events(CANARY, lambda n: 10.0)),
+                           CANARY)
+    assert same.decision == "promote", same
+
+
 def test_a_few_slow_answers_on_a_busy_host_are_no_latency_regression():
     """CI saw a canary rolled back for a few slow answers in sixty (p95 10.2 ms vs production's 3.4 ms) though
     both arms served the same model code: the latency rule asks for more of them than chance gives."""
