@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import numbers
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -48,13 +49,15 @@ def read_actuals(path: Path | str) -> SoldUnits:
     path = Path(path)
     codes, units = ChunkedArray(np.int64), ChunkedArray(np.float64)
     is_day = np.zeros(1 << DAY_BITS, dtype=bool)  # the file's days: a row in some store
+    store_days = []  # each batch's (store, day) pairs: Favorita's are 91 K in all
     try:
         with tqdm(desc=f"actuals: read {path.name}", unit="rows", unit_scale=True, disable=None) as bar:
             for _, batch in read_batches(path, ACTUALS):
                 days = batch.column("date").cast(pa.int32()).to_numpy(zero_copy_only=False)
                 is_day[days] = True
-                codes.extend(sold_codes(batch.column("store_nbr").to_numpy(zero_copy_only=False),
-                                        batch.column("item_nbr").to_numpy(zero_copy_only=False), days))
+                stores = batch.column("store_nbr").to_numpy(zero_copy_only=False)
+                store_days.append(np.unique((stores.astype(np.int64) << DAY_BITS) | days))
+                codes.extend(sold_codes(stores, batch.column("item_nbr").to_numpy(zero_copy_only=False), days))
                 units.extend(np.maximum(batch.column("unit_sales").to_numpy(zero_copy_only=False), 0.0))
                 bar.update(batch.num_rows)
         code, sold = codes.array(), units.array()  # Favorita's train.csv: 1 GB each
@@ -72,7 +75,35 @@ def read_actuals(path: Path | str) -> SoldUnits:
         message = str(exc)
         raise ActualsError(f"{path}{message[len(path.name):]}" if message.startswith(path.name) else
                            f"{path}: {message}") from None
-    return SoldUnits(code, sold, np.flatnonzero(is_day))
+    days = np.flatnonzero(is_day)
+    warning = unreported_store_days(np.unique(np.concatenate(store_days or [np.empty(0, np.int64)])), days)
+    if warning:
+        print(f"actuals: warning: {path}: {warning}", file=sys.stderr, flush=True)
+    return SoldUnits(code, sold, days)
+
+
+def unreported_store_days(store_days: np.ndarray, days: np.ndarray, shown: int = 3) -> str | None:
+    """What to say of stores without a single row on some of the file's days after their first: each of their items
+    counts as selling nothing then (README "What an absent day means"), right for a closed store, a false drop in
+    live accuracy for a store whose rows have not arrived yet. ``store_days``: sorted unique store << DAY_BITS | day."""
+    stores, day = store_days >> DAY_BITS, store_days & ((1 << DAY_BITS) - 1)
+    starts = np.flatnonzero(np.r_[True, stores[1:] != stores[:-1]])
+    held = np.diff(np.r_[starts, len(stores)])  # days each store has a row on
+    expected = len(days) - np.searchsorted(days, day[starts])  # the file's days from the store's first on
+    short = np.flatnonzero(held < expected)
+    if not len(short):
+        return None
+    described = []
+    for at in short[:shown]:
+        own = day[starts[at]:starts[at] + held[at]]
+        absent = np.setdiff1d(days[days >= own[0]], own, assume_unique=True)
+        dates = ", ".join(str(EPOCH + dt.timedelta(days=int(d))) for d in absent[:shown])
+        dates += ", …" if len(absent) > shown else ""
+        described.append(f"store {int(stores[starts[at]])} on {len(absent)} ({dates})")
+    more = f" and {len(short) - shown} more store(s)" if len(short) > shown else ""
+    return (f"no row for {'; '.join(described)}{more} of the file's days, which other stores have rows on: each of "
+            "its items counts as selling nothing then (a closed store); if those rows are not in yet, leave those "
+            "days out of the actuals, or live accuracy is judged against zeros")
 
 
 class ChunkedArray:

@@ -45,6 +45,22 @@ def test_a_day_without_a_row_counts_as_nothing_sold_as_evaluate_counts_it(tmp_pa
     assert actual[(1, 10, "2017-08-05")] == 4.0 and len(actual) == 9
 
 
+def test_a_store_without_rows_on_a_day_other_stores_report_is_said(tmp_path, capsys):
+    """Found by the monitoring probe: a daily feed where store 2's rows arrive late scored all of store 2's items
+    against zero that day, silently (a false live-accuracy alarm). The rule stays evaluate's; the reader says so."""
+    path = tmp_path / "actuals.csv"
+    path.write_text("store_nbr,item_nbr,date,unit_sales\n1,10,2017-08-01,2\n2,10,2017-08-01,3\n"
+                    "1,10,2017-08-02,4\n")  # store 2's rows of the 2nd not in yet
+    actual = read_actuals(path)
+    assert actual[(2, 10, "2017-08-02")] == 0.0
+    err = capsys.readouterr().err
+    assert f"actuals: warning: {path}: no row for store 2 on 1 (2017-08-02) of the file's days" in err, err
+    assert "leave those days out of the actuals" in err and err.count("\n") == 1, err
+    path.write_text(ROWS)  # one store, every day
+    read_actuals(path)
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("name, content, message", [
     ("actuals.csv", ROWS.encode()[:-12], "line 3: has 3 fields, the header has 4"),
     ("actuals.csv.gz", gzip.compress(ROWS.encode(), mtime=0)[:-6], "(corrupt or truncated gzip?)"),
