@@ -191,8 +191,7 @@ def run(bundle: Path, events_path: Path | None, elasticsearch: str | None, index
     judged_bundle = read_bundle_statistics(bundle)
     not_predictions: dict[str, int] = {}
     if elasticsearch:
-        source = ElasticsearchEvents(elasticsearch, index, username=os.environ.get("ELASTICSEARCH_USERNAME"),
-                                     password=os.environ.get("ELASTICSEARCH_PASSWORD"))
+        source = ElasticsearchEvents.from_environment(elasticsearch, index)
         events = source.events(params.max_events, None if since is None else since.isoformat())
         described = f"{elasticsearch}/{index}"
     else:

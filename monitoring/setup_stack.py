@@ -5,6 +5,8 @@
 Waits until each service answers healthy, then installs; re-running replaces the
 templates and overwrites the saved objects (idempotent). docker-compose runs it as
 the `setup` service; without Docker, point it at any Elasticsearch/OpenSearch + Kibana.
+A secured cluster's user: $ELASTICSEARCH_USERNAME / $ELASTICSEARCH_PASSWORD (both services),
+as drift and release read them; credentials refused end the wait at once.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from pipeline.event_sources import ElasticsearchEvents, EventSourceError
+from pipeline.event_sources import (CREDENTIALS_REFUSED, ElasticsearchEvents, EventSourceError, basic_authorization,
+                                    environment_credentials)
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE / "elasticsearch"
@@ -45,7 +48,14 @@ def wait_until(check, what: str, wait_s: float) -> None:
             if check():
                 return
             last = "not ready yet"
-        except (EventSourceError, OSError, ValueError) as exc:
+        except (EventSourceError, urllib.error.HTTPError) as exc:
+            status = getattr(exc, "status", None) or getattr(exc, "code", None)
+            if status in CREDENTIALS_REFUSED:  # waiting 300 s would not change the answer
+                given = "as given" if environment_credentials()[0] else "none given"
+                raise SetupError(f"{what}: HTTP {status}: credentials refused ({given}): set ELASTICSEARCH_USERNAME "
+                                 "and ELASTICSEARCH_PASSWORD to a user of the cluster") from None
+            last = str(exc)
+        except (OSError, ValueError) as exc:
             last = str(exc)
         if time.monotonic() >= deadline:
             raise SetupError(f"{what} did not become healthy within {wait_s:.0f} s ({last})")
@@ -70,7 +80,8 @@ def import_saved_objects(kibana_url: str, path: Path = SAVED_OBJECTS, timeout_s:
     body = head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
     request = urllib.request.Request(
         f"{kibana_url.rstrip('/')}/api/saved_objects/_import?overwrite=true", data=body, method="POST",
-        headers={"kbn-xsrf": "shelfcast-setup", "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        headers={"kbn-xsrf": "shelfcast-setup", "Content-Type": f"multipart/form-data; boundary={boundary}",
+                 **basic_authorization(*environment_credentials())})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             answer = json.loads(response.read().decode("utf-8"))
@@ -82,7 +93,9 @@ def import_saved_objects(kibana_url: str, path: Path = SAVED_OBJECTS, timeout_s:
 
 
 def kibana_available(kibana_url: str) -> bool:
-    with urllib.request.urlopen(f"{kibana_url.rstrip('/')}/api/status", timeout=10) as response:
+    request = urllib.request.Request(f"{kibana_url.rstrip('/')}/api/status",
+                                     headers=basic_authorization(*environment_credentials()))
+    with urllib.request.urlopen(request, timeout=10) as response:
         status = json.loads(response.read().decode("utf-8"))
     return status.get("status", {}).get("overall", {}).get("level") == "available"
 
@@ -95,7 +108,7 @@ def main(argv=None) -> int:
     parser.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for each service")
     args = parser.parse_args(argv)
     try:
-        elasticsearch = ElasticsearchEvents(args.elasticsearch)
+        elasticsearch = ElasticsearchEvents.from_environment(args.elasticsearch)
         wait_until(lambda: elasticsearch.request("GET", "/_cluster/health").get("status") in ("green", "yellow"),
                    f"Elasticsearch at {args.elasticsearch}", args.wait_s)
         names = install_index_templates(elasticsearch)

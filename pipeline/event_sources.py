@@ -50,7 +50,26 @@ UNDATED = dt.datetime.min.replace(tzinfo=dt.timezone.utc)  # where an event with
 
 
 class EventSourceError(RuntimeError):
-    """Events could not be read; the message names the file, line or URL."""
+    """Events could not be read; the message names the file, line or URL (``status``: the HTTP status, if one)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+CREDENTIALS_REFUSED = (401, 403)  # no retry makes these pass: the credentials must change
+
+
+def environment_credentials() -> tuple[str | None, str | None]:
+    """($ELASTICSEARCH_USERNAME, $ELASTICSEARCH_PASSWORD), None where unset or empty (Kibana takes the same users)."""
+    return os.environ.get("ELASTICSEARCH_USERNAME") or None, os.environ.get("ELASTICSEARCH_PASSWORD") or None
+
+
+def basic_authorization(username: str | None, password: str | None) -> dict[str, str]:
+    """The Authorization header of HTTP basic auth, or none without a username."""
+    if username is None:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")}
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -236,16 +255,13 @@ class ElasticsearchEvents:
         self.url = url.rstrip("/")
         self.index = index
         self.timeout_s = timeout_s
-        self._auth = None
-        if username is not None:
-            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
-            self._auth = f"Basic {token}"
+        self._authorization = basic_authorization(username, password)
 
     @classmethod
     def from_environment(cls, url: str, index: str = DEFAULT_INDEX_PATTERN) -> "ElasticsearchEvents":
         """With the credentials in $ELASTICSEARCH_USERNAME / $ELASTICSEARCH_PASSWORD, when set."""
-        return cls(url, index, username=os.environ.get("ELASTICSEARCH_USERNAME"),
-                   password=os.environ.get("ELASTICSEARCH_PASSWORD"))
+        username, password = environment_credentials()
+        return cls(url, index, username=username, password=password)
 
     def request(self, method: str, path: str, body: Any = None, ndjson: str | None = None) -> Any:
         data, content_type = None, "application/json"
@@ -253,16 +269,14 @@ class ElasticsearchEvents:
             data, content_type = ndjson.encode("utf-8"), "application/x-ndjson"
         elif body is not None:
             data = json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
-        if self._auth:
-            headers["Authorization"] = self._auth
+        headers = {"Content-Type": content_type, "Accept": "application/json", **self._authorization}
         request = urllib.request.Request(f"{self.url}{path}", data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 text = response.read().decode("utf-8")
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:500]
-            raise EventSourceError(f"{method} {self.url}{path}: HTTP {exc.code}: {detail}") from None
+            raise EventSourceError(f"{method} {self.url}{path}: HTTP {exc.code}: {detail}", exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             raise EventSourceError(f"{method} {self.url}{path}: {getattr(exc, 'reason', exc)}") from None
         try:

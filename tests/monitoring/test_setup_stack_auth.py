@@ -1,0 +1,84 @@
+"""monitoring.setup_stack against a secured cluster: credentials from the environment reach both services, and
+credentials refused end the wait at once (before: a 401 was retried for the whole --wait-s, 300 s by default).
+
+The cluster here is a loopback HTTP server that enforces basic auth only (the tests' OpenSearch-API server does not
+enforce any); what is checked is the setup client's side: the header it sends and what it does with a 401."""
+
+from __future__ import annotations
+
+import base64
+import os
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from monitoring.setup_stack import kibana_available
+
+USER, PASSWORD = "shelfcast", "s3cret"
+GRANTED = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+
+@pytest.fixture
+def secured():
+    """(url, the Authorization headers received): 401 without the user's; with it, a cluster still starting (503),
+    except Kibana's /api/status, which answers available."""
+    seen: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            if self.headers.get("Authorization") != GRANTED:
+                status, body = 401, {"error": "missing authentication credentials"}
+            elif self.path == "/api/status":
+                status, body = 200, {"status": {"overall": {"level": "available"}}}
+            else:
+                status, body = 503, {"error": "starting"}
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def _setup(url: str, env: dict, wait_s: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "monitoring.setup_stack", "--elasticsearch", url, "--kibana", "none",
+                           "--wait-s", str(wait_s)], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_credentials_refused_end_the_wait_at_once(secured):
+    url, _ = secured
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELASTICSEARCH_")}
+    started = time.monotonic()
+    done = _setup(url, env, wait_s=60)
+    assert time.monotonic() - started < 30, "a 401 was waited on"
+    assert done.returncode == 1, done
+    assert (f"setup: error: Elasticsearch at {url}: HTTP 401: credentials refused (none given): set "
+            "ELASTICSEARCH_USERNAME and ELASTICSEARCH_PASSWORD") in done.stderr, done.stderr
+    done = _setup(url, {**env, "ELASTICSEARCH_USERNAME": USER, "ELASTICSEARCH_PASSWORD": "wrong"}, wait_s=60)
+    assert done.returncode == 1 and "credentials refused (as given)" in done.stderr, done.stderr
+
+
+def test_the_environment_credentials_reach_elasticsearch_and_kibana(secured, monkeypatch):
+    url, seen = secured
+    env = {**os.environ, "ELASTICSEARCH_USERNAME": USER, "ELASTICSEARCH_PASSWORD": PASSWORD}
+    done = _setup(url, env, wait_s=3)  # granted, then 503 until the wait is up: waited on, as a starting cluster
+    assert done.returncode == 1 and "did not become healthy within 3 s" in done.stderr, done.stderr
+    assert seen and set(seen) == {GRANTED}, seen
+    monkeypatch.setenv("ELASTICSEARCH_USERNAME", USER)
+    monkeypatch.setenv("ELASTICSEARCH_PASSWORD", PASSWORD)
+    assert kibana_available(url)
