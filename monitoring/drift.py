@@ -244,14 +244,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def report_and_verdict(args: argparse.Namespace) -> int:
     report = run(args.bundle, args.events, args.elasticsearch, args.index, args.since, args.actuals,
                  args.params, args.output_dir)
-    if args.emit:
-        from monitoring.monitoring_events import emit_monitoring_event
-
-        print(f"drift: {DRIFT_TAG} summary sent to {emit_monitoring_event(DRIFT_TAG, drift_summary_event(report))}")
     for reason in report["reasons"]:
         print(f"drift: {reason}")
     print(summary_line(report, args.output_dir / REPORT_HTML))
-    return EXIT_ALARM if report["alarm"] else EXIT_OK
+    verdict = EXIT_ALARM if report["alarm"] else EXIT_OK
+    if args.emit:  # after the verdict is shown: a summary that cannot be sent must not hide an alarm
+        from monitoring.monitoring_events import emit_monitoring_event
+
+        try:
+            print(f"drift: {DRIFT_TAG} summary sent to {emit_monitoring_event(DRIFT_TAG, drift_summary_event(report))}")
+        except OSError as exc:
+            print(f"drift: error: the {DRIFT_TAG} summary could not be sent or logged: {exc}", file=sys.stderr)
+            return EXIT_ALARM if report["alarm"] else EXIT_ERROR  # the alarm is what cron must act on
+    return verdict
 
 
 if __name__ == "__main__":

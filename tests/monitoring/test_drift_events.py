@@ -142,3 +142,21 @@ def test_a_logs_directory_gives_the_prediction_events_only(stream, jsonl, produc
     assert code == drift.EXIT_OK and report["events"] == 200
     assert report["set_aside"]["not_predictions"] == {drift.DRIFT_TAG: 1}
     assert "1 record(s) that are not prediction events skipped (shelfcast.drift: 1)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("shifted", [True, False], ids=["alarm", "no alarm"])
+def test_a_summary_that_cannot_be_sent_hides_no_alarm(stream, jsonl, production_bundle, tmp_path, capsys, monkeypatch,
+                                                      shifted):
+    """Found by the monitoring probe: --emit sent the summary before the reasons were printed, so with Fluentd
+    unset and the monitoring log unwritable an alarm exited 2, with no reason shown."""
+    monkeypatch.delenv("FLUENTD_HOST", raising=False)
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv(ENV_MONITORING_LOG, str(tmp_path / "a_file" / "monitoring.jsonl"))  # under a file: unwritable
+    shift = (lambda d, c, p: p.__imul__(3)) if shifted else None
+    code, report = run_cli(tmp_path, production_bundle, jsonl(tmp_path / "p.jsonl", stream(400, seed=40, shift=shift)),
+                           "--emit")
+    captured = capsys.readouterr()
+    assert report["alarm"] is shifted
+    assert code == (drift.EXIT_ALARM if shifted else drift.EXIT_ERROR), captured
+    assert captured.out.splitlines()[-1].startswith("drift: ALARM" if shifted else "drift: ok"), captured.out
+    assert f"drift: error: the {drift.DRIFT_TAG} summary could not be sent or logged" in captured.err
