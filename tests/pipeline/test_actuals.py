@@ -54,10 +54,15 @@ def test_a_store_without_rows_on_a_day_other_stores_report_is_said(tmp_path, cap
     actual = read_actuals(path)
     assert actual[(2, 10, "2017-08-02")] == 0.0
     err = capsys.readouterr().err
-    assert f"actuals: warning: {path}: no row for store 2 on 1 (2017-08-02) of the file's days" in err, err
+    assert (f"actuals: warning: {path}: no row for store 2 on 2017-08-02, among the file's last 2 days, which other "
+            "stores have rows on") in err, err
     assert "leave those days out of the actuals" in err and err.count("\n") == 1, err
     path.write_text(ROWS)  # one store, every day
     read_actuals(path)
+    assert capsys.readouterr().err == ""
+    rows = [f"{store},10,2017-08-{day:02d},2" for day in range(1, 10) for store in (1, 2) if (store, day) != (2, 2)]
+    path.write_text("store_nbr,item_nbr,date,unit_sales\n" + "\n".join(rows) + "\n")  # store 2 closed on the 2nd
+    assert read_actuals(path)[(2, 10, "2017-08-02")] == 0.0  # before the file's last 7 days: a closed store, unsaid
     assert capsys.readouterr().err == ""
 
 
