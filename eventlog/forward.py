@@ -168,6 +168,7 @@ class Forwarder:
         self._connection = 0  # numbers the senders (connections) made: Segment.acknowledged_on holds these
         self._link_broke_at: float | None = None  # monotonic time a connection last broke with segments held
         self._proved_on = 0  # the connection that carried its one proof (see _prove_held)
+        self._refused_deletion = False  # a confirmed segment's deletion was refused (logged once until one succeeds)
 
     def pump(self, until: float) -> bool:
         """Send what is due until nothing is left or `until`; False if Fluentd failed (back off)."""
@@ -189,8 +190,10 @@ class Forwarder:
             if not self._send(segment):
                 return False
             if segment.lines == 0:  # nothing in it (a writer's torn-off tail): nothing to confirm
-                self._held.remove(segment)
-                segment.release(delete=True)
+                segment.delivered = True  # kept held (not claimed again) only if the folder refuses its deletion
+                if segment.delete() is None:
+                    self._held.remove(segment)
+                    segment.release(delete=False)
         if (idle and self._link_broke_at is not None and self._proved_on != self._connection
                 and time.monotonic() - self._link_broke_at < BROKEN_LINK_PROOF_S):
             if not self._prove_held(until):
@@ -205,8 +208,8 @@ class Forwarder:
         claimed is simply sent by the next."""
         last_claim = deadline - self._confirm_after_s - CONFIRM_MARGIN_S
         while time.monotonic() < deadline:
-            if self.pump(last_claim) and not self._held:
-                break  # all sent and confirmed, and no unclaimed segment left
+            if self.pump(last_claim) and all(segment.delivered for segment in self._held):
+                break  # all sent and confirmed (and deleted, unless the folder refuses), no unclaimed segment left
             time.sleep(0.05 if self.down_since is None else 0.2)
         self.release()
 
@@ -249,7 +252,8 @@ class Forwarder:
         them, could not be proven read on a link whose connections break before the usual confirmation. Once a
         connection: on a link healthy again the usual confirmation follows, and a proof after every segment sent
         cost 116 MB of heartbeats in the 5 s after one Fluentd restart at 500 events/s."""
-        ends = [s.sent_bytes for s in self._held if s.sent_at is not None and s.sent_bytes is not None]
+        ends = [s.sent_bytes for s in self._held
+                if s.sent_at is not None and s.sent_bytes is not None and not s.delivered]
         if not ends or self.stalled_since is not None:
             return True
         sender = self._connected()
@@ -323,10 +327,11 @@ class Forwarder:
         self._sender = None
         self._proof_target = None
         self._count("send_failures", 1)
-        if any(segment.sent_at is not None for segment in self._held):
+        if any(segment.sent_at is not None and not segment.delivered for segment in self._held):
             self._link_broke_at = time.monotonic()
         for segment in self._held:
-            segment.sent_at = None  # what the broken connection carried may not have arrived
+            if not segment.delivered:
+                segment.sent_at = None  # what the broken connection carried may not have arrived
         if self.down_since is None:
             self.down_since = time.monotonic()
             log.warning("%s: %s; keeping events in the spool %s until it is back", self.address, error,
@@ -338,7 +343,8 @@ class Forwarder:
         its peer's kernel never acknowledging them, held them until the next event came)."""
         self._confirm()
         now = time.monotonic()
-        due = [s for s in self._held if s.sent_at is not None and now - s.sent_at >= self._confirm_after_s]
+        due = [s for s in self._held
+               if s.sent_at is not None and not s.delivered and now - s.sent_at >= self._confirm_after_s]
         if due and (self._last_ok < max(s.sent_at for s in due) + self._confirm_after_s
                     or now - self._last_ok >= self._confirm_after_s):
             sender = self._connected()
@@ -377,9 +383,17 @@ class Forwarder:
         for segment in self._held:
             sent = segment.sent_at
             in_fluentd = segment.sent_bytes is None or (acknowledged is not None and acknowledged >= segment.sent_bytes)
-            if len(segment.acknowledged_on) >= ACKED_CONNECTIONS or (
-                    sent is not None and in_fluentd and self._last_ok - sent >= self._confirm_after_s):
-                segment.release(delete=True)
-            else:
-                kept.append(segment)
+            if not segment.delivered and (len(segment.acknowledged_on) >= ACKED_CONNECTIONS or (
+                    sent is not None and in_fluentd and self._last_ok - sent >= self._confirm_after_s)):
+                segment.delivered = True
+            refused = segment.delete() if segment.delivered else None
+            if segment.delivered and refused is None:
+                segment.release(delete=False)
+                self._refused_deletion = False
+                continue
+            if refused is not None and not self._refused_deletion:  # logged once until a deletion succeeds
+                self._refused_deletion = True
+                log.warning("event spool %s: cannot delete sent segment %s (%s); it stays held and is not sent "
+                            "again until it can be deleted", self._spool.root, segment.path.name, refused)
+            kept.append(segment)
         self._held = kept

@@ -63,6 +63,7 @@ class Segment:
     sent_bytes: int | None = None  # bytes written to the connection when it was sent (None: not counted)
     unsendable: set[int] = field(default_factory=set)  # records msgpack could not pack: dropped, counted once
     acknowledged_on: set[int] = field(default_factory=set)  # the connections (numbered) whose peer acknowledged all
+    delivered: bool = False  # confirmed, but the folder refused its deletion (read-only): kept held, not sent again
 
     def records(self, on_bad_line: Callable[[str], None]) -> list[dict[str, Any]]:
         if self.written is not None:  # used once: a re-send after a failure reads the file
@@ -86,13 +87,24 @@ class Segment:
         self.lines = len(records)
         return records
 
-    def release(self, delete: bool) -> None:
-        if delete:
-            try:
-                self.path.unlink()
-            except FileNotFoundError:
-                pass
-        os.close(self.fd)  # closing the last descriptor releases the flock
+    def delete(self) -> OSError | None:
+        """Remove the file (still held); the error if the folder refused (read-only, immutable), else None."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return exc
+        return None
+
+    def release(self, delete: bool) -> OSError | None:
+        """Let go of the segment (its lock), deleting it first if asked; the error if that deletion was refused:
+        the segment is then left in the spool, released all the same (before, a refused deletion raised before
+        the descriptor was closed, and its lock stayed held by this process until it exited: never sent)."""
+        try:
+            return self.delete() if delete else None
+        finally:
+            os.close(self.fd)  # closing the last descriptor releases the flock
 
 
 class Spool:
@@ -286,10 +298,14 @@ class Spool:
                 if path.name in self._unopenable:  # found just now: not counted against the limit either
                     total -= sizes[path]
                 continue
+            lines = len(segment.records(lambda _: None))
+            refused = segment.release(delete=True)
+            if refused is not None:  # the folder takes no deletions now (read-only): none of the others either
+                self._warn(f"event spool {self.root}: cannot delete the oldest segment {path.name} to make room "
+                           f"({refused}); it is kept, and sent once Fluentd takes it")
+                break
             with self._lock:
                 self._cached.pop(path, None)
-            lines = len(segment.records(lambda _: None))
-            segment.release(delete=True)
             total -= sizes[path]
             dropped += lines
             must_free = False

@@ -8,7 +8,9 @@ skip when Node.js is absent.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -28,6 +30,23 @@ class Counts(collections.Counter):
 
     def __call__(self, name: str, count: int) -> None:
         self[name] += count
+
+
+@contextlib.contextmanager
+def refusing_changes(folder: Path):
+    """``folder`` takes no new file and no deletion meanwhile (read-only, or immutable for root): a folder that
+    turns unwritable while the app runs."""
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not supported here, and root ignores a folder's permission bits")
+    else:
+        folder.chmod(0o555)
+    try:
+        yield folder
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
 
 
 def receiver_command() -> list[str]:

@@ -18,7 +18,7 @@ import pytest
 
 from eventlog.records import encode_line
 from eventlog.spool import Spool
-from tests.app.conftest import Counts
+from tests.app.conftest import Counts, refusing_changes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,6 +161,23 @@ def unwritable_folder(tmp_path: Path):
         if os.geteuid() == 0:
             subprocess.run(["chattr", "-i", str(folder)], check=True)
         folder.chmod(0o755)
+
+
+def test_a_folder_that_refuses_deletions_leaves_every_segment_claimable(tmp_path: Path, caplog) -> None:
+    # Over the limit, the check claimed the oldest segment and its deletion raised PermissionError before the
+    # descriptor was closed: a traceback every second, and each check left one more segment locked by this
+    # process for good, so its events were never sent while the process lived, Fluentd back or not.
+    root, counts = tmp_path / "spool", Counts()
+    spool = Spool(root, max_bytes=1, segment_max_bytes=200, count=counts)
+    for i in range(20):
+        assert spool.append(line(i))
+    spool.close()
+    with refusing_changes(root):
+        for _ in range(3):
+            assert spool.enforce_limit() == 0  # no room can be made: nothing dropped, nothing counted
+    assert counts == {"spooled": 20}
+    assert any("cannot delete the oldest segment" in r.getMessage() for r in caplog.records)
+    assert drain(spool) == list(range(20))  # writable again: all of them still there, none held
 
 
 def test_a_spool_folder_that_cannot_be_written_stops_the_process_at_start(unwritable_folder: Path) -> None:
