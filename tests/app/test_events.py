@@ -74,6 +74,35 @@ def test_without_fluentd_host_a_prediction_goes_to_the_log_named_by_the_environm
     assert "local log" in sink.destination
 
 
+def test_an_event_cut_short_by_a_full_disk_leaves_the_local_log_readable(tmp_path: Path) -> None:
+    """A write that a full disk cut short left part of a line at the log's end; the first event after room was
+    made continued it, so it was lost as well (counted as sent), and the drift report and `release decide`, which
+    read the log strictly, stopped at that line: `not JSON`. A real 64 KiB tmpfs (root only)."""
+    from pipeline.event_sources import read_jsonl_events
+    from tests.conftest import small_disk
+
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        filler = disk / "filler"
+        filler.write_bytes(b"x" * 16 * 1024)  # what the operator deletes to make room
+        sink = PredictionEventSink.from_environment({"SHELFCAST_PREDICTION_LOG": str(disk / "p.jsonl")})
+        try:
+            answered = []
+            for n in range(1000):
+                event_id = sink.emit({"request_id": f"r{n}", "output": 1.0, "pad": "x" * 700})
+                if event_id is None:
+                    break
+                answered.append(event_id)
+            assert 0 < len(answered) < 1000 and sink.stats.snapshot()["dropped"] == 1
+            assert (disk / "p.jsonl").read_bytes().endswith(b"\n")  # no part of the refused event is left
+            filler.unlink()
+            answered += [sink.emit({"request_id": f"after{n}", "output": 1.0, "pad": "x" * 700}) for n in range(5)]
+        finally:
+            sink.close()
+        assert None not in answered
+        read = read_jsonl_events(disk / "p.jsonl", 10**6)  # strict: an unreadable line mid-log is an error
+        assert [event["event_id"] for event in read.events] == answered
+
+
 @pytest.mark.parametrize("environ", [{}, {"FLUENTD_HOST": ""}, {"FLUENTD_HOST": "  "}])
 def test_the_embedded_default_is_logs_predictions_jsonl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         environ: dict) -> None:
