@@ -113,6 +113,15 @@ class BufferedRequests:
             else:
                 environ["wsgi.input"] = io.BytesIO(body or b"")
                 environ["CONTENT_LENGTH"] = str(len(body or b""))
+        elif environ.get("HTTP_TRANSFER_ENCODING", "").strip():
+            # a transfer coding, but not chunked, and no Content-Length: the body's length cannot be known (RFC 9112
+            # 6.3). The app names the coding (415); no request may follow on this connection (gunicorn would read
+            # the body as data until the client closes), so it closes once the answer is written.
+            environ[TRANSFER_CODINGS] = environ.pop("HTTP_TRANSFER_ENCODING")
+            environ["wsgi.input"] = io.BytesIO(b"")
+            client = environ.get("gunicorn.socket")
+            if isinstance(client, socket.socket):
+                _read_no_more(client)
         # the app times the request from here (its latency histogram, the events' latency_ms): the wait for the
         # turn below is part of what its client waits, the upload before it is the client's own
         environ[ARRIVED] = time.perf_counter()

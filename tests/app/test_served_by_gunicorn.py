@@ -146,6 +146,29 @@ def test_a_transfer_coding_other_than_chunked_is_415_naming_it(server):
     assert [e["field"] for e in json.loads(payload)["errors"]] == ["Transfer-Encoding"]
 
 
+@pytest.mark.parametrize("coding", ["gzip", "identity"])
+def test_a_transfer_coding_without_chunked_is_415_naming_it_and_the_connection_closes(server, coding):
+    """Found by a probe: with no chunked coding (and no Content-Length) the body was not read at all: the app
+    answered 400 'the body is not valid JSON' instead of the 415 naming the header, and with `identity` the
+    connection stayed open, gunicorn then reading the body as data until the client closed (the client waited
+    for the connection's end; RFC 9112 6.3: such a body's length cannot be known, answer and close)."""
+    client = socket.create_connection(("127.0.0.1", server), timeout=10)
+    client.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Transfer-Encoding: " + coding.encode() + b"\r\n\r\n" + predict_body(server))
+    client.settimeout(3)
+    answer = b""
+    try:
+        while chunk := client.recv(65536):
+            answer += chunk
+    except TimeoutError:
+        pytest.fail(f"the connection was left open: {answer[:200]!r}")
+    finally:
+        client.close()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 415"), answer[:300]
+    assert [e["field"] for e in json.loads(payload)["errors"]] == ["Transfer-Encoding"]
+
+
 def test_security_headers_on_pages_api_and_errors(server):
     for path in ("/", "/api/v1/model", "/no-such-page", "/metrics"):
         response = request(server, "GET", path)
