@@ -38,6 +38,7 @@ TAG = "shelfcast.prediction"
 ENV_EVENT_SPOOL = "SHELFCAST_EVENT_SPOOL"
 ENV_EVENT_SPOOL_MAX_BYTES = "SHELFCAST_EVENT_SPOOL_MAX_BYTES"
 LIMIT_CHECK_INTERVAL_S = 1.0  # the spool's limit (and room after a failed write) is checked this often
+FAILURE_LOG_INTERVAL_S = 60.0  # a background step that keeps failing alike logs its traceback this often
 COUNTS = ("emitted", "rejected", "spooled", "sent", "dropped", "send_failures")
 
 
@@ -93,6 +94,22 @@ class SinkSettings:
             return replace(cls(**values), **overrides)
         except ValueError as exc:  # what the operator set: the app says so in one line and does not start
             raise SettingsError(f"prediction event sink: {exc}") from None
+
+
+class FailureLog:
+    """Whether a background step's failure is to be logged (with its traceback): a new error at once, the same one
+    again only once FAILURE_LOG_INTERVAL_S has passed (the fsync loop runs 20 times a second and the limit check
+    every second: a lasting fault, a spool folder replaced by a file, must not flood the log)."""
+
+    def __init__(self) -> None:
+        self._last = ("", 0.0)  # the last error logged, and when
+
+    def due(self, exc: BaseException) -> bool:
+        now = time.monotonic()
+        if repr(exc) == self._last[0] and now - self._last[1] < FAILURE_LOG_INTERVAL_S:
+            return False
+        self._last = (repr(exc), now)
+        return True
 
 
 class SinkStats:
@@ -207,6 +224,7 @@ class PredictionEventSink:
 
     def _sync_until_closed(self) -> None:
         """Every sync_interval_s: fsync what was written; hand the open segment on while Fluentd is up."""
+        failed = FailureLog()
         while not self._stopping.wait(self.settings.sync_interval_s):
             try:
                 if self._forwarder is None:
@@ -214,22 +232,25 @@ class PredictionEventSink:
                 else:
                     up = self._forwarder.down_since is None
                     self._spool.sync(self.settings.sync_interval_s if up else self.settings.outage_segment_s)
-            except Exception:  # a disk error or a bug must not stop syncing for good
-                log.exception("prediction events: fsync failed; retrying")
+            except Exception as exc:  # a disk error or a bug must not stop syncing for good
+                if failed.due(exc):
+                    log.exception("prediction events: fsync failed; retrying")
 
     def _limit_until_closed(self) -> None:
         """Every second: drop the oldest events while the spool is over its limit or a write failed."""
+        failed = FailureLog()
         while True:
             try:
                 self._spool.enforce_limit()
-            except Exception:  # a disk error or a bug must not stop the limit for good
-                log.exception("prediction events: spool limit check failed; retrying in a second")
+            except Exception as exc:  # a disk error or a bug must not stop the limit for good
+                if failed.due(exc):
+                    log.exception("prediction events: spool limit check failed; retrying every second")
             if self._stopping.wait(LIMIT_CHECK_INTERVAL_S):
                 return
 
     def _deliver_until_closed(self) -> None:
         retry_at, backoff = 0.0, self.settings.sync_interval_s
-        failed = ("", 0.0)  # the last delivery error logged, and when
+        failed = FailureLog()
         while self._forwarder is not None and not self._stopping.wait(self.settings.sync_interval_s):
             now = time.monotonic()
             if now >= retry_at:
@@ -239,9 +260,8 @@ class PredictionEventSink:
                     else:
                         retry_at, backoff = now + backoff, min(backoff * 2, self.settings.retry_max_s)
                 except Exception as exc:  # a disk error or a bug must not stop delivery for good
-                    if repr(exc) != failed[0] or now - failed[1] >= 60:  # not 5 tracebacks a second
+                    if failed.due(exc):  # not 5 tracebacks a second
                         log.exception("prediction events: delivery step failed; retrying")
-                        failed = (repr(exc), now)
         self._stopping.wait()
         self._syncer.join()
         if self._limiter is not None:

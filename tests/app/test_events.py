@@ -447,3 +447,27 @@ def test_a_failing_limit_check_does_not_stop_sending(tmp_path: Path, silent_peer
     sink.emit({"output": 1})
     wait_until(lambda: silent_peer.bytes_received > 0, timeout_s=10)
     sink.close()
+
+
+def test_a_lasting_spool_fault_logs_one_traceback_not_one_a_second(tmp_path: Path, closed_port: int, caplog) -> None:
+    # The limit check logged its traceback every time it failed: with the spool folder replaced by a file
+    # (NotADirectoryError) that was one traceback a second, for as long as it lasted (the delivery step already
+    # logged a lasting failure once a minute).
+    root = tmp_path / "spool"
+    sink = PredictionEventSink.from_environment(fluent_environ(closed_port, root), close_timeout_s=0)
+    try:
+        sink.emit({"output": 1})
+        for path in root.iterdir():
+            path.unlink()
+        root.rmdir()
+        root.write_text("not a folder")  # a lasting fault: every check fails alike
+        started = time.monotonic()
+        while time.monotonic() - started < 3.5:  # 3 or 4 limit checks
+            sink.emit({"output": 1})  # dropped: counted, logged at most once per 10 s
+            time.sleep(0.05)
+        root.unlink()
+    finally:
+        sink.close()
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert 1 <= len(tracebacks) <= 2, [r.getMessage() for r in tracebacks]  # the limit check's, the delivery's
+    assert len({r.getMessage() for r in tracebacks}) == len(tracebacks)
