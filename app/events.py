@@ -38,6 +38,7 @@ TAG = "shelfcast.prediction"
 ENV_EVENT_SPOOL = "SHELFCAST_EVENT_SPOOL"
 ENV_EVENT_SPOOL_MAX_BYTES = "SHELFCAST_EVENT_SPOOL_MAX_BYTES"
 LIMIT_CHECK_INTERVAL_S = 1.0  # the spool's limit (and room after a failed write) is checked this often
+DROP_LOG_INTERVAL_S = 10.0  # the local log's drops are logged at most this often (the spool's: eventlog/spool.py)
 FAILURE_LOG_INTERVAL_S = 60.0  # a background step that keeps failing alike logs its traceback this often
 COUNTS = ("emitted", "rejected", "spooled", "sent", "dropped", "send_failures")
 
@@ -112,6 +113,30 @@ class FailureLog:
         return True
 
 
+class DropLog:
+    """The local log's drops, logged at most once per DROP_LOG_INTERVAL_S (a full disk must not flood the log with a
+    line per request); each line adds the drops held back since the one before, and ``report(force=True)`` at
+    close logs any still held back, so the logged numbers add up to the dropped count (as the spool's do)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._logged_at = -DROP_LOG_INTERVAL_S
+        self._held_back = 0
+
+    def report(self, message: str = "", force: bool = False) -> None:
+        """Log ``message`` (one event dropped) if due; with none, only drops held back (if due, or ``force``)."""
+        with self._lock:
+            now = time.monotonic()
+            if (now - self._logged_at < DROP_LOG_INTERVAL_S and not force) or not (message or self._held_back):
+                self._held_back += bool(message)
+                return
+            held_back, self._held_back, self._logged_at = self._held_back, 0, now
+        if held_back:
+            message = f"{message}; " if message else "prediction events: "
+            message += f"{held_back} more events dropped since the last message"
+        log.error(message)
+
+
 class SinkStats:
     """This process's counts (emitted, rejected, spooled, sent, dropped, send_failures)."""
 
@@ -146,6 +171,7 @@ class PredictionEventSink:
         self.stats = SinkStats(count)
         self._closed = False
         self._stopping = threading.Event()
+        self._drops = DropLog()  # the local log's (the spool logs its own)
         if settings.fluentd is not None:
             self._spool = Spool(settings.spool_root, settings.spool_max_bytes, settings.segment_max_bytes,
                                 self.stats.add)
@@ -199,7 +225,7 @@ class PredictionEventSink:
             self._log.append(line)
         except OSError as exc:
             self.stats.add("dropped")
-            log.error("prediction event %s dropped: %s", record["event_id"], exc)
+            self._drops.report(f"prediction event {record['event_id']} dropped: {exc}")
             return None
         self.stats.add("sent")
         return record["event_id"]
@@ -229,6 +255,7 @@ class PredictionEventSink:
             try:
                 if self._forwarder is None:
                     self._log.sync()
+                    self._drops.report()  # drops held back, once due, though no event comes
                 else:
                     up = self._forwarder.down_since is None
                     self._spool.sync(self.settings.sync_interval_s if up else self.settings.outage_segment_s)
@@ -268,6 +295,7 @@ class PredictionEventSink:
             self._limiter.join()
         try:
             if self._forwarder is None:
+                self._drops.report(force=True)  # this process will not say them later
                 self._log.close()
             else:
                 self._spool.close()

@@ -103,6 +103,29 @@ def test_an_event_cut_short_by_a_full_disk_leaves_the_local_log_readable(tmp_pat
         assert [event["event_id"] for event in read.events] == answered
 
 
+def test_events_a_full_disk_refuses_are_logged_once_per_10_s_adding_up_to_the_count(tmp_path: Path, caplog) -> None:
+    """The local log logged one line per dropped event: a full disk at 900 requests/s was 900 error lines a second
+    (README: a full disk must not flood the log). Now as the spool's drops: one line, then one per 10 s, each adding
+    the drops held back, and the rest at close, so the logged numbers add up to the count."""
+    import re
+
+    from tests.conftest import small_disk
+
+    caplog.set_level(logging.ERROR, logger="app.events")
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        sink = PredictionEventSink.from_environment({"SHELFCAST_PREDICTION_LOG": str(disk / "p.jsonl")})
+        try:
+            for n in range(300):  # ~220 of them find the disk full
+                sink.emit({"request_id": f"r{n}", "output": 1.0, "pad": "x" * 700})
+        finally:
+            sink.close()
+    dropped = sink.stats.snapshot()["dropped"]
+    lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    held_back = sum(int(n) for line in lines for n in re.findall(r"(\d+) more events dropped", line))
+    assert dropped > 100 and len(lines) <= 2, lines[:5]
+    assert sum(1 for line in lines if line.startswith("prediction event ")) + held_back == dropped, lines
+
+
 @pytest.mark.parametrize("environ", [{}, {"FLUENTD_HOST": ""}, {"FLUENTD_HOST": "  "}])
 def test_the_embedded_default_is_logs_predictions_jsonl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         environ: dict) -> None:
