@@ -30,6 +30,7 @@ import time
 
 from gunicorn.workers.gthread import ThreadWorker as GthreadWorker
 
+from app import SECURITY_HEADERS
 from app.config import DEFAULT_HEADER_TIMEOUT_S, AppSettings, SettingsError
 from app.request_buffer import READ_DEADLINES
 
@@ -39,8 +40,11 @@ MOST_WAITING = 256  # closes queued beyond this happen at once, without the wait
 LAST_CHANCE_S = 0.1
 # What a client whose headers ran out of time is sent, if its socket takes it at once (never waited for).
 TIMED_OUT_BODY = b"the request's headers did not arrive in time\n"
-REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                   b"Content-Length: %d\r\n\r\n%s" % (len(TIMED_OUT_BODY), TIMED_OUT_BODY))
+# With the headers every response of the app carries (README: before, this one had none, nor `Server: shelfcast`).
+REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nServer: shelfcast\r\nConnection: close\r\n"
+                   b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(TIMED_OUT_BODY)
+                   + b"".join(f"{name}: {value}\r\n".encode("ascii") for name, value in SECURITY_HEADERS.items())
+                   + b"\r\n" + TIMED_OUT_BODY)
 
 
 class GracefulCloser:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from app import launch
+from app import SECURITY_HEADERS, launch
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 3.0
@@ -189,6 +189,12 @@ def test_headers_that_trickle_in_are_bounded_as_a_whole(server):
         reply += read_all(client, 10)
     assert is_408(reply), reply[:200]
     assert HEADER_TIMEOUT_S - 0.05 <= took < HEADER_TIMEOUT_S + SLACK_S, took
+    # as every response the app writes (README); before, this 408 had none of them and no Server header
+    head = reply.partition(b"\r\n\r\n")[0].decode("ascii").split("\r\n")[1:]
+    headers = dict(line.split(": ", 1) for line in head)
+    assert headers["Server"] == "shelfcast"
+    for name, value in SECURITY_HEADERS.items():
+        assert headers.get(name) == value, (name, head)
 
 
 def test_a_request_whose_body_takes_longer_than_the_header_timeout_is_served(server):
