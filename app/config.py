@@ -26,6 +26,9 @@ DEFAULT_BODY_TIMEOUT_S = 10.0  # a body that stalls longer gets 408 (app/request
 # a request whose headers are not all in by then gets 408 and its connection closed (app/gunicorn_worker.py);
 # 10 s as deploy/nginx.conf's client_header_timeout
 DEFAULT_HEADER_TIMEOUT_S = 10.0
+# The longest header or body timeout: the deadline thread (app/request_buffer.py) sleeps until a deadline, and a
+# wait beyond threading.TIMEOUT_MAX (~292 years; `inf`) raised OverflowError there, killing it at every request.
+MAX_TIMEOUT_S = 3600.0
 
 
 class SettingsError(ValueError):
@@ -43,8 +46,8 @@ class AppSettings:
 
     def __post_init__(self) -> None:
         for name in ("body_timeout_s", "header_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise SettingsError(f"{name}: must be > 0, got {getattr(self, name)!r}")
+            if not 0 < getattr(self, name) <= MAX_TIMEOUT_S:
+                raise SettingsError(f"{name}: must be > 0 and <= {MAX_TIMEOUT_S:g}, got {getattr(self, name)!r}")
         if not self.reload_interval_s >= 0:
             raise SettingsError(f"reload_interval_s: must be >= 0, got {self.reload_interval_s!r}")
         for name in ("max_batch", "max_body_bytes"):
@@ -65,19 +68,20 @@ class AppSettings:
         if env.get(ENV_MAX_BODY, "").strip():
             values["max_body_bytes"] = _number(env, ENV_MAX_BODY, int, 1)
         if env.get(ENV_BODY_TIMEOUT, "").strip():
-            values["body_timeout_s"] = _number(env, ENV_BODY_TIMEOUT, float, 0.001)
+            values["body_timeout_s"] = _number(env, ENV_BODY_TIMEOUT, float, 0.001, MAX_TIMEOUT_S)
         if env.get(ENV_HEADER_TIMEOUT, "").strip():
-            values["header_timeout_s"] = _number(env, ENV_HEADER_TIMEOUT, float, 0.001)
+            values["header_timeout_s"] = _number(env, ENV_HEADER_TIMEOUT, float, 0.001, MAX_TIMEOUT_S)
         return cls(**values)
 
 
-def _number(env: Mapping[str, str], name: str, kind: type, minimum: float):
+def _number(env: Mapping[str, str], name: str, kind: type, minimum: float, maximum: float | None = None):
     text = env[name].strip()
+    bound = f" and <= {maximum:g}" if maximum is not None else ""
     try:
         value = kind(text)
     except ValueError:
-        raise SettingsError(f"{name}: expected {'an integer' if kind is int else 'a number'} >= {minimum}, "
+        raise SettingsError(f"{name}: expected {'an integer' if kind is int else 'a number'} >= {minimum}{bound}, "
                             f"got {text!r}") from None
-    if not value >= minimum:
-        raise SettingsError(f"{name}: expected a value >= {minimum}, got {text!r}")
+    if not (value >= minimum and (maximum is None or value <= maximum)):
+        raise SettingsError(f"{name}: expected a value >= {minimum}{bound}, got {text!r}")
     return value

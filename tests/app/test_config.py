@@ -37,7 +37,11 @@ def test_the_header_and_body_timeouts_are_the_compose_proxys():
 @pytest.mark.parametrize("name, value", [("SHELFCAST_RELOAD_INTERVAL_S", "soon"), ("SHELFCAST_RELOAD_INTERVAL_S", "-1"),
                                          ("SHELFCAST_MAX_BATCH", "0"), ("SHELFCAST_MAX_BATCH", "2.5"),
                                          ("SHELFCAST_MAX_BODY_BYTES", "1MB"), ("SHELFCAST_BODY_TIMEOUT_S", "0"),
-                                         ("SHELFCAST_HEADER_TIMEOUT_S", "10s"), ("SHELFCAST_HEADER_TIMEOUT_S", "0")])
+                                         ("SHELFCAST_HEADER_TIMEOUT_S", "10s"), ("SHELFCAST_HEADER_TIMEOUT_S", "0"),
+                                         # accepted before: the deadline thread died of OverflowError at every
+                                         # request (a traceback each), and with it the bound on a trickling body
+                                         ("SHELFCAST_HEADER_TIMEOUT_S", "inf"), ("SHELFCAST_BODY_TIMEOUT_S", "inf"),
+                                         ("SHELFCAST_BODY_TIMEOUT_S", "1e10"), ("SHELFCAST_HEADER_TIMEOUT_S", "3601")])
 def test_a_bad_value_names_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
         AppSettings.from_environment({name: value})
