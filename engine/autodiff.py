@@ -69,12 +69,21 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
 
     # Ops that ys depend on (through data edges) ...
     to_y = reached([y.op for y in ys], lambda op: [t.op for t in op.inputs])
+    # ... where a variable's other reads (read_value(): an op whose OpDef.variable_read names it, no data edge to
+    # it) are that variable too, as TensorFlow's read_value() (an identity) is: its gradient sums theirs
+    read_of: dict[str, list] = {}
+    for op in sorted(to_y, key=lambda o: o.id):
+        if op.op_def.variable_read is not None and op.op_def.variable_read(op) != op.name:
+            read_of.setdefault(op.op_def.variable_read(op), []).append(op.outputs[0])
+    reads = {x: read_of.get(x.op.name, []) for x in xs
+             if x.op.op_def.variable_read is not None and x.op.op_def.variable_read(x.op) == x.op.name}
+    extended = xs + [r for x in reads for r in reads[x]]
     # ... restricted to those reachable from xs: the ops gradients must flow through.
     consumers: dict[Tensor, list] = {}
     for op in to_y:
         for t in op.inputs:
             consumers.setdefault(t, []).append(op)
-    between = reached([c for x in xs for c in consumers.get(x, ())],
+    between = reached([c for x in extended for c in consumers.get(x, ())],
                        lambda op: [c for t in op.outputs for c in consumers.get(t, ())])
 
     pending: dict[Tensor, list] = {}
@@ -83,7 +92,7 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
             gy = A.ones_like(y) if gy is None else convert_to_tensor(gy, dtype=y.dtype)
             pending.setdefault(y, []).append(gy)
         aggregated: dict[Tensor, object] = {}
-        wanted = set(xs)
+        wanted = set(extended)
         for op in sorted(between, key=lambda o: o.id, reverse=True):
             out_grads = [_aggregate(pending.pop(t, [])) for t in op.outputs]
             aggregated.update(zip(op.outputs, out_grads))
@@ -107,7 +116,10 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
                 _check_static(op, k, t, g)
                 if t.op in between or t in wanted:
                     pending.setdefault(t, []).append(g)
-        for x in xs:  # an x no op consumes in between (a y itself): its pending gradients, once
+        for x in extended:  # an x no op consumes in between (a y itself): its pending gradients, once
             if x not in aggregated:
                 aggregated[x] = _aggregate(pending.pop(x, []))
+        for x, read in reads.items():
+            if read:
+                aggregated[x] = _aggregate([aggregated[x]] + [aggregated[r] for r in read])
     return [aggregated[x] for x in xs]

@@ -2,7 +2,8 @@
 
 Reads have TensorFlow 1.x reference semantics: an op consuming a variable sees its value at
 the time that op runs (assignments and optimizer updates write in place), so order side
-effects with ``control_dependencies``; ``read_value()`` takes a snapshot copy.
+effects with ``control_dependencies``; ``read_value()`` takes a snapshot copy (gradients with respect to the
+variable flow through it too, as through TensorFlow's identity read).
 
 A ``VariableV2`` op reads the session's value; ``Assign``/``AssignAdd``/``AssignSub`` name the
 variable by attribute (not by a data input), so assigning never needs the old value to exist

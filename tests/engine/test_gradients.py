@@ -304,3 +304,22 @@ def test_a_gradient_of_unknown_static_shape_passes_the_static_check():
     assert gb.shape == (4,)
     with en.Session() as s:
         np.testing.assert_array_equal(s.run(gb, {x: np.ones((3, 4)), b: np.zeros(4)}), [3, 3, 3, 3])
+
+
+def test_a_variables_gradient_sums_its_reads_through_read_value():
+    """``read_value()`` is the variable, as TensorFlow's identity read is: a loss using both it and the variable
+    got only the direct path's gradient (weight decay on a snapshot vanished silently), and one using the
+    snapshot alone got none ("No gradients provided")."""
+    graph = en.Graph()
+    with graph.as_default():
+        v = en.Variable(np.array([1.0, -2.0, 3.0]), name="v")
+        loss = en.reduce_sum(en.square(v)) + 3.0 * en.reduce_sum(v.read_value()) + en.reduce_sum(
+            en.exp(v.read_value()))
+        (g,) = en.gradients(loss, [v])
+        snapshot_only = en.train.GradientDescentOptimizer(0.5).minimize(en.reduce_sum(en.square(v.read_value())))
+        with en.Session() as sess:
+            sess.run(en.global_variables_initializer())
+            value = np.array([1.0, -2.0, 3.0])
+            np.testing.assert_allclose(sess.run(g), 2 * value + 3.0 + np.exp(value))
+            sess.run(snapshot_only)
+            np.testing.assert_allclose(sess.run(v), value - 0.5 * 2 * value)
