@@ -244,9 +244,9 @@ register("MatMul", infer=_matmul_infer, kernel=_matmul_reference, reference=NUMP
          examples=_matmul_examples, grad=_matmul_grad, out_kernel=_matmul_out_kernel, emit=_matmul_emit)
 
 
-def _reduce_infer(inputs, attrs):
+def _reduce_infer(inputs, attrs, kinds=NUMERIC):
     x = inputs[0]
-    d = same_dtype(inputs, NUMERIC)
+    d = same_dtype(inputs, kinds)
     if x.shape is None:
         return [(d, None)]
     axes = shapes.normalize_axes(attrs["axis"], len(x.shape))
@@ -296,7 +296,8 @@ def _max_reduce_grad(op, g):
 
 register("Sum", infer=_reduce_infer, kernel=_reduce_kernel("sum"), reference=_reduce_reference(np.sum),
          examples=_reduce_examples, grad=_spread_grad(False))
-register("Mean", infer=_reduce_infer, kernel=_reduce_kernel("mean"), reference=_reduce_reference(np.mean),
+register("Mean", infer=lambda inputs, attrs: _reduce_infer(inputs, attrs, FLOAT),  # an int mean: no int value
+         kernel=_reduce_kernel("mean"), reference=_reduce_reference(np.mean),
          examples=lambda rng: [e for e in _reduce_examples(rng) if e.inputs[0].dtype.kind == "f"],  # floats only
          grad=_spread_grad(True))
 register("Max", infer=_reduce_infer, kernel=_reduce_kernel("max"), reference=_reduce_reference(np.max),
@@ -331,10 +332,7 @@ def reduce_sum(x, axis=None, keepdims=False, name=None):
 
 
 def reduce_mean(x, axis=None, keepdims=False, name=None):
-    x = convert_to_tensor(x)
-    if not x.dtype.is_floating:
-        raise TypeError(f"reduce_mean of {x.name}: dtype {x.dtype.name} is not float; cast it first")
-    return _reduce("Mean", x, axis, keepdims, name)
+    return _reduce("Mean", convert_to_tensor(x), axis, keepdims, name)
 
 
 def reduce_max(x, axis=None, keepdims=False, name=None):

@@ -77,6 +77,9 @@ def test_dtype_errors_are_not_silent():
         f + np.array([1.0, 2.0])  # float64 array into a float32 op
     with pytest.raises(TypeError, match=r"RealDiv op .*dtype int32 is not supported \(needs float\)"):
         en.divide(i, i)
+    for build in (lambda: en.reduce_mean(i), lambda: i.graph.create_op("Mean", [i], {"axis": 0, "keepdims": False})):
+        with pytest.raises(TypeError, match=r"Mean op .*dtype int32 is not supported \(needs float\)"):
+            build()  # the op's own rule: its kernel could not run an int mean (the reference truncated one)
     assert (f * 2).dtype == en.float32 and (i * 2).dtype == en.int32
 
 
