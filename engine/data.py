@@ -41,7 +41,7 @@ def batches(arrays, batch_size: int, *, shuffle: bool = False, seed: int | None 
     With ``shuffle``, each epoch visits the rows in a new order drawn from ``seed`` (required,
     so runs are reproducible); the last short batch is kept unless ``drop_remainder``.
     """
-    batch_size = _count(batch_size, "batches: batch_size")
+    batch_size, epochs = _count(batch_size, "batches: batch_size"), _count(epochs, "batches: epochs")
     if shuffle and seed is None:
         raise ValueError("batches: shuffle=True needs a seed (runs must be reproducible)")
     keys = list(arrays) if isinstance(arrays, Mapping) else None
@@ -49,7 +49,7 @@ def batches(arrays, batch_size: int, *, shuffle: bool = False, seed: int | None 
     n = _rows(range(len(values)) if keys is None else keys, values)
     values = [np.asarray(v) for v in values]
     rng = np.random.default_rng(seed) if shuffle else None
-    for _ in range(int(epochs)):
+    for _ in range(epochs):
         order = rng.permutation(n) if shuffle else None
         stop = n - n % batch_size if drop_remainder else n
         for start in range(0, stop, batch_size):

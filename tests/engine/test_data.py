@@ -111,6 +111,8 @@ def test_batches_take_generators_and_whole_sizes_and_shuffle_buffer_needs_a_seed
     for bad in (2.7, 0, True, "2"):
         with pytest.raises(ValueError, match="batch_size must be a whole number"):
             list(data.batches((x,), bad))
+        with pytest.raises(ValueError, match="epochs must be a whole number"):  # 2.7 epochs were 2, "2" too
+            list(data.batches((x,), 2, epochs=bad))
     assert len(list(data.batches((x,), np.int64(2)))) == 3
     with pytest.raises(ValueError, match="needs a seed"):
         list(data.shuffle_buffer(range(5), 2, seed=None))
