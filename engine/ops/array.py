@@ -259,9 +259,10 @@ def _transpose_grad(op, g):
 
 
 register("Transpose", infer=_transpose_infer,
-         kernel=lambda op, ctx: (lambda x: np.asarray(np.transpose(x, op.attrs["perm"]), order="C")),
+         kernel=lambda op, ctx: (lambda x: np.array(np.transpose(x, op.attrs["perm"]), order="C")),  # always a copy
          reference=NUMPY_KERNEL, examples=_float_examples((((2, 3),), {"perm": None}),
-                                                          (((2, 3, 4),), {"perm": (1, 0, 2)})),
+                                                          (((2, 3, 4),), {"perm": (1, 0, 2)}),
+                                                          (((1, 3),), {"perm": None})),  # NumPy: a view, C-ordered
          grad=_transpose_grad)
 
 
