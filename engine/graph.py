@@ -213,7 +213,10 @@ class Graph:
             raise type(e)(f"{op_type} op '{op_name}': {e} (inputs: {described})") from None
         # the enclosing control_dependencies' ops, then the op's own, each once, in order of appearance
         controls = {id(c): c for group in self._control_stack for c in group}
-        controls.update((id(c), c) for c in map(_as_op, control_inputs))
+        for c in map(_as_op, control_inputs):
+            if c.graph is not self:
+                raise ValueError(f"{op_type} op '{op_name}': control input {c.name!r} is from another graph")
+            controls[id(c)] = c
         op = Operation(self, op_type, op_name, inputs, controls.values(), attrs, op_def, specs)
         self._ops.append(op)
         self._by_name[op_name] = op

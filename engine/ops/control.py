@@ -20,10 +20,10 @@ def no_op(name=None):
 
 
 def group(*inputs, name=None):
-    """An op that runs once all ``inputs`` (ops, tensors, or lists of them) have run."""
-    flat = [x for item in inputs for x in (item if isinstance(item, (list, tuple)) else [item])]
-    return get_default_graph().create_op("NoOp", name=name or "group_deps",
-                                         control_inputs=[x for x in flat if x is not None])
+    """An op that runs once all ``inputs`` (ops, tensors, or lists of them) have run, in their graph."""
+    flat = [x for item in inputs for x in (item if isinstance(item, (list, tuple)) else [item]) if x is not None]
+    return (flat[0].graph if flat else get_default_graph()).create_op("NoOp", name=name or "group_deps",
+                                                                       control_inputs=flat)
 
 
 def _check_kernel(all_finite):

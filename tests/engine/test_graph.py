@@ -150,6 +150,23 @@ def test_python_and_numpy_operands_join_the_tensors_graph_not_the_default_one():
         assert s.run(made[0], {x: np.ones((1, 2), np.float32)}).tolist() == [[2.0, 2.0]]
 
 
+def test_group_joins_its_inputs_graph_and_control_inputs_of_another_graph_are_refused():
+    """en.group (and variables_initializer) built its NoOp in the default graph whatever its inputs' graph: a
+    session of their graph could not run it, and one of the default graph ran the other graph's ops."""
+    g = en.Graph()
+    with g.as_default():
+        v = en.Variable(np.zeros(2, np.float32), name="v")
+        inc = v.assign_add(np.ones(2, np.float32))
+    step, init = en.group(inc.op), en.variables_initializer([v])
+    assert step.graph is g and init.graph is g
+    with en.Session(g) as sess:
+        sess.run(init)
+        sess.run(step)
+        assert sess.run(v).tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="control input 'AssignAdd' is from another graph"):
+        en.get_default_graph().create_op("NoOp", control_inputs=[inc.op])
+
+
 def test_gradients_of_another_graphs_tensors_are_refused():
     with en.Graph().as_default():
         x = en.placeholder(en.float32, (2,))
