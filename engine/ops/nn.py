@@ -112,7 +112,7 @@ register("Softmax", infer=_softmax_infer, kernel=lambda op, ctx: (lambda x: KN.s
 def leaky_relu(x, alpha=0.2, name=None):
     """``x`` where positive, ``alpha * x`` elsewhere (``alpha``: a number or a scalar tensor)."""
     x = convert_to_tensor(x)
-    return create("LeakyRelu", [x, convert_to_tensor(alpha, dtype=x.dtype)], name=name)
+    return create("LeakyRelu", [x, convert_to_tensor(alpha, dtype=x.dtype, graph=x.graph)], name=name)
 
 
 def softmax(logits, axis=-1, name=None):

@@ -142,7 +142,7 @@ def test_python_and_numpy_operands_join_the_tensors_graph_not_the_default_one():
         v = en.Variable(np.zeros(2, np.float32), name="v")
         c = en.placeholder(en.bool, (2,), name="c")
     made = [x * 2.0, 3.0 - x, en.where(c, 1.0, 0.0), en.concat([x, np.ones((1, 2), np.float32)], 0),
-            en.gather(v, [1, 0]), v.assign(np.ones(2, np.float32)), en.layers.Dense(3, seed=0)(x)]
+            en.gather(v, [1, 0]), v.assign(np.ones(2, np.float32)), en.layers.Dense(3, seed=0)(x), en.leaky_relu(x)]
     assert all(t.graph is g for t in made)
     assert en.get_default_graph().get_operations() == []
     with en.Session(g) as s:
