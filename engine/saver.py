@@ -336,6 +336,9 @@ def export_inference_graph(sess, export_dir: str, inputs, outputs) -> dict:
     ``{"graph": path, "weights": path, "weights_sha256": hex}``.
     """
     inputs, outputs = _as_named(inputs), _as_named(outputs)
+    for t in [*inputs.values(), *outputs.values()]:  # variables are frozen from the session's state, by name
+        if t.graph is not sess.graph:
+            raise ValueError(f"export_inference_graph: {t.name} is not in the session's graph")
     fed = set(inputs.values())
     needed = ops_needed(outputs.values(), fed)
     weights: dict = {}

@@ -192,6 +192,10 @@ def test_saver_refuses_a_session_of_another_graph(tmp_path):
         assert sess.run(other).shape == (5,) and not os.listdir(tmp_path)
     with pytest.raises(ValueError, match="different graphs"):
         en.train.Saver({"a": w, "b": other})
+    # nor does the export: it froze another graph's same-named variable (here of another shape) silently
+    with pytest.raises(ValueError, match="w:0 is not in the session's graph"):
+        en.train.export_inference_graph(sess, str(tmp_path / "model"), {}, {"w": w.value()})
+    assert not os.listdir(tmp_path)
 
 
 _OVERWRITE = textwrap.dedent('''
