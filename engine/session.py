@@ -282,6 +282,8 @@ class Session:
         return self._rngs[op.name]
 
     def _load_variable(self, variable, value) -> None:
+        if variable.graph is not self.graph:  # state is keyed by name: another graph's same-named variable
+            raise ValueError(f"cannot load variable {variable.op.name} into a session of another graph")
         arr = python_value_to_array(value, variable.dtype, what=f"value for variable {variable.op.name}")
         if arr.shape != variable.shape:
             raise InvalidArgumentError(f"value of shape {arr.shape} cannot be loaded into variable "

@@ -186,7 +186,8 @@ def test_saver_refuses_a_session_of_another_graph(tmp_path):
         other = en.Variable(np.zeros(5, np.float32), name="w")  # same name, another graph
         sess = en.Session()
         sess.run(other.initializer)
-        for act in (lambda: saver.save(sess, str(tmp_path / "m")), lambda: saver.restore(sess, str(tmp_path / "m"))):
+        for act in (lambda: saver.save(sess, str(tmp_path / "m")), lambda: saver.restore(sess, str(tmp_path / "m")),
+                    lambda: w.load(np.ones(3, np.float32), sess)):  # (load replaced the other graph's w)
             with pytest.raises(ValueError, match="another graph"):
                 act()
         assert sess.run(other).shape == (5,) and not os.listdir(tmp_path)
