@@ -449,9 +449,10 @@ class IndexedSlices:
 
     def dense(self) -> Tensor:
         """The dense tensor it stands for (one op, made on first use): what any op taking it reads."""
-        if self._dense is None:
-            self._dense = self.graph.create_op("ScatterAddDense", [self.values, self.indices, self.dense_shape],
-                                               {"shape": self.static_shape}).outputs[0]
+        if self._dense is None:  # shared by every use: none of their control_dependencies blocks' edges
+            with self.graph.control_dependencies(None):
+                self._dense = self.graph.create_op("ScatterAddDense", [self.values, self.indices, self.dense_shape],
+                                                   {"shape": self.static_shape}).outputs[0]
         return self._dense
 
     @property

@@ -281,6 +281,24 @@ def test_a_sparse_gradient_reaches_only_an_op_that_takes_it(monkeypatch):
             np.testing.assert_array_equal(s.run(g, {x: np.ones((4, 3))}), want)
 
 
+def test_a_sparse_gradients_dense_form_carries_no_control_edge_of_the_block_it_was_first_used_in():
+    """Its dense op is made once, at first use: made inside ``control_dependencies([bump])``, every later use of
+    the gradient ran ``bump`` too (a norm computed elsewhere incremented a counter at every run)."""
+    emb = en.Variable(np.ones((4, 2), np.float32), name="emb")
+    counter = en.Variable(np.zeros((), np.float32), name="counter", trainable=False)
+    ids = en.placeholder(en.int64, (None,))
+    (grad,) = en.gradients(en.reduce_sum(en.gather(emb, ids)), [emb])
+    bump = counter.assign_add(np.float32(1))
+    with en.control_dependencies([bump]):
+        scaled = en.multiply(grad, 0.5)
+    norm = en.reduce_sum(en.square(grad))
+    with en.Session() as s:
+        s.run(en.global_variables_initializer())
+        assert s.run(norm, {ids: [0, 1]}) == 4.0 and s.run(counter) == 0.0
+        s.run(scaled, {ids: [0, 1]})
+        assert s.run(counter) == 1.0  # the op made inside the block still waits for bump
+
+
 @pytest.mark.parametrize("grad,error,message", [
     (lambda op, g: [g, g], ValueError, r"gradient of FakeAdd op 'y' for input 1 has shape \(3, 4\); the input b:0"),
     (lambda op, g: [g, en.reduce_sum(g)], ValueError, r"input 1 has shape \(\); the input b:0 has shape \(4,\)"),
