@@ -125,19 +125,21 @@ class Variable(_OperatorsMixin):
     def __init__(self, initial_value, name=None, trainable=True, dtype=None, collections=None):
         graph = get_default_graph()
         var_name = graph.unique_name(name or "Variable")
-        with graph.name_scope(var_name + "/"):
+        # made as TensorFlow's init_scope makes them: no control edge of an enclosing control_dependencies block
+        with graph.control_dependencies(None), graph.name_scope(var_name + "/"):
             value = initial_value() if callable(initial_value) else initial_value
             init = convert_to_tensor(value, dtype=dtype, name="initial_value")
         if not shapes.is_fully_defined(init.shape):
             raise ValueError(f"Variable {var_name}: initial value shape {init.shape} must be fully defined")
         self._dtype = init.dtype
         self._shape = tuple(init.shape)
-        self.op = graph.create_op("VariableV2", (), {"dtype": init.dtype, "shape": self._shape},
-                                  name=var_name, exact_name=True)
+        with graph.control_dependencies(None):
+            self.op = graph.create_op("VariableV2", (), {"dtype": init.dtype, "shape": self._shape},
+                                      name=var_name, exact_name=True)
+            with graph.name_scope(var_name + "/"):
+                self.initializer = self._state_op("Assign", "Assign", init).op
         self._value = self.op.outputs[0]
         self.trainable = bool(trainable)
-        with graph.name_scope(var_name + "/"):
-            self.initializer = self._state_op("Assign", "Assign", init).op
         for key in collections or ([GLOBAL_VARIABLES] + ([TRAINABLE_VARIABLES] if trainable else [])):
             graph.add_to_collection(key, self)
 

@@ -193,3 +193,23 @@ def test_a_learning_rate_of_zero_or_a_tensor_is_accepted():
     en.train.GradientDescentOptimizer(0.0)
     with en.Graph().as_default():
         en.train.AdamOptimizer(en.placeholder(en.float32, shape=()))
+
+
+def test_an_optimizer_built_under_control_dependencies_initializes_without_them():
+    """TensorFlow 1.x's pattern ``with control_dependencies(update_ops): minimize(loss)``: the slots' and
+    Adam's step's initializers took the block's edge, so global_variables_initializer() ran the update op and
+    failed for its unfed placeholder. A variable is made outside the block, as TensorFlow's init_scope does;
+    the training step still runs after the update."""
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    stats = en.Variable(np.zeros(2, np.float32), name="stats", trainable=False)
+    update = stats.assign(en.reduce_mean(x, axis=0))
+    w = en.Variable(np.ones((2, 1), np.float32), name="w")
+    with en.control_dependencies([update]):
+        train_op = en.train.AdamOptimizer(0.1).minimize(en.reduce_sum(en.square(en.matmul(x, w))))
+        made_inside = en.Variable(np.zeros(1, np.float32), name="made_inside")
+    assert all(not v.initializer.control_inputs and not v.op.control_inputs for v in en.global_variables())
+    with en.Session() as sess:
+        sess.run(en.global_variables_initializer())
+        assert sess.run(made_inside).tolist() == [0.0]
+        sess.run(train_op, {x: np.array([[1.0, 3.0]], np.float32)})
+        assert sess.run(stats).tolist() == [1.0, 3.0]
