@@ -113,6 +113,9 @@ class Plan:
         """A fresh slot list holding the (checked, converted) feed values, in ``feed_tensors`` order."""
         if self.session.closed:
             raise RuntimeError("Attempted to use a closed Session")
+        feed_values = list(feed_values)
+        if len(feed_values) != len(self.feed_tensors):  # zip would drop extras, or leave a placeholder unfed
+            raise TypeError(f"expected {len(self.feed_tensors)} feed values, got {len(feed_values)}")
         vals = [None] * self.n_slots
         for slot, t, v in zip(self.feed_slots, self.feed_tensors, feed_values):
             vals[slot] = feed_value(t, v)

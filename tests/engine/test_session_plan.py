@@ -66,6 +66,17 @@ def test_make_callable_checks_feeds_cheaply_but_strictly():
         call()
 
 
+def test_a_plan_run_with_another_count_of_feed_values_is_refused():
+    """Plan.run, the public plan API the profiler uses, zipped the values with the feeds: an extra one was dropped
+    silently, a missing one left its placeholder unfed."""
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    plan = en.Session().plan([x * 2.0], [x])
+    np.testing.assert_array_equal(plan.run([np.ones((1, 2), np.float32)])[0], [[2.0, 2.0]])
+    for values in ([], [np.ones((1, 2), np.float32)] * 2):
+        with pytest.raises(TypeError, match=f"expected 1 feed values, got {len(values)}"):
+            plan.run(values)
+
+
 def test_session_config_validates_its_fields():
     with pytest.raises(ValueError, match="unknown pass"):
         en.SessionConfig(passes={"cse", "loop_unrolling"})
