@@ -311,14 +311,20 @@ def timed_load(app: launch.ServedApp, bodies: list[bytes], clients: int, seconds
     }
 
 
-def measure(bundle: Path, clients: int, seconds: float, workers: int, threads: int, warm_up_s: float = 2.0) -> dict:
+def check_bundle(bundle: Path) -> None:
+    """BenchmarkError, in one line saying what to run first, unless ``bundle`` is a model bundle (a fresh clone has
+    none: both S1 and --cpu-per-request need one)."""
     from pipeline.bundle import BundleError, verify_bundle
 
     try:
         verify_bundle(bundle)
     except BundleError as exc:
-        raise BenchmarkError(f"{exc} (train and promote a model: `dvc repro` then `python -m pipeline.promote`, "
-                             "or pass --bundle)") from None
+        raise BenchmarkError(f"{exc}: `dvc repro` then `python -m pipeline.promote` make one, "
+                             "or pass --bundle") from None
+
+
+def measure(bundle: Path, clients: int, seconds: float, workers: int, threads: int, warm_up_s: float = 2.0) -> dict:
+    check_bundle(bundle)
     with tempfile.TemporaryDirectory(prefix="shelfcast-s1-") as tmp:
         workdir = Path(tmp)
         receiver, fluentd_port = start_receiver(workdir / "received.jsonl")
@@ -369,6 +375,7 @@ def cpu_per_request(bundle: Path, requests: int) -> dict:
 
     Unlike latency on a shared machine, CPU time barely moves with other work, so it compares two
     versions of the app fairly (`--cpu-per-request N`, run from each version's checkout)."""
+    check_bundle(bundle)
     with tempfile.TemporaryDirectory(prefix="shelfcast-s1-cpu-") as tmp:
         workdir = Path(tmp)
         receiver, fluentd_port = start_receiver(workdir / "received.jsonl")

@@ -72,3 +72,15 @@ def test_a_response_the_clients_cannot_read_is_an_error_not_a_hang():
                         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1", "more bytes")):
         with pytest.raises(app_load.ProtocolError, match=reason):
             _answer(raw)
+
+
+@pytest.mark.parametrize("mode", [["--cpu-per-request", "5"], ["--seconds", "1"]])
+def test_no_bundle_is_one_line_saying_what_to_run_first(tmp_path, capsys, mode):
+    """A fresh clone has no models/production: both modes say, in one line, how to make one (--cpu-per-request
+    went on to start the app without a model and died in a KeyError traceback)."""
+    app_load = _benchmark_module("app_load")
+    assert app_load.main([*mode, "--bundle", str(tmp_path / "absent")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("app_load: error: ") and "no model bundle here" in err
+    assert "python -m pipeline.promote" in err and "--bundle" in err
