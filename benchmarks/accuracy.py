@@ -46,11 +46,11 @@ sys.path.insert(0, str(REPO))
 from pipeline import train  # noqa: E402 - after sys.path
 from pipeline.backtest import history_before, series_key  # noqa: E402 - after sys.path
 from pipeline.features import CATEGORICAL_FIELDS, build_features  # noqa: E402 - after sys.path
-from pipeline.history import build_history, load_history, read_sales, rows_at_origin  # noqa: E402 - after sys.path
+from pipeline.history import HistoryError, build_history, load_history, read_sales, rows_at_origin  # noqa: E402 - after sys.path
 from pipeline.metrics import improvement_interval, nwrmsle, perishable_weights, rmse  # noqa: E402 - after sys.path
 from pipeline.model_params import evaluate_params, feature_params, train_params  # noqa: E402 - after sys.path
 from pipeline.models import baseline_predict, predict_weights  # noqa: E402 - after sys.path
-from pipeline.params import data_params, load_yaml  # noqa: E402 - after sys.path
+from pipeline.params import ParamsError, data_params, load_yaml  # noqa: E402 - after sys.path
 
 import noise_floor  # noqa: E402  (benchmarks/ is on sys.path, as for common)
 
@@ -191,6 +191,14 @@ def _report(learner, actual, weights) -> None:
           file=sys.stderr, flush=True)
 
 
+def _lightgbm_installed() -> bool:
+    try:
+        import lightgbm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=REPO, help="project root with data/ and params.yaml")
@@ -201,10 +209,19 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", type=int, default=None,
                         help="backtest windows, the validation window included (default: evaluate.backtest_windows)")
     args = parser.parse_args(argv)
-
-    raw = load_yaml(args.root / "params.yaml")
-    fparams, tparams = feature_params(raw), train_params(raw)
-    history = load_history([args.root / train.TRAIN_DATA], days=train.days_needed(fparams))
+    # both checked before minutes of training, each in one line saying what to do (the peer's import failed only
+    # after the engine's fits, in a traceback; a fresh clone's missing data/ was a HistoryError traceback)
+    if not args.skip_lightgbm and not _lightgbm_installed():
+        print("accuracy: error: LightGBM (the peer) is not installed: `.venv/bin/pip install lightgbm==4.7.0` "
+              "(or `make bench`), or pass --skip-lightgbm", file=sys.stderr)
+        return 1
+    try:
+        raw = load_yaml(args.root / "params.yaml")
+        fparams, tparams = feature_params(raw), train_params(raw)
+        history = load_history([args.root / train.TRAIN_DATA], days=train.days_needed(fparams))
+    except (ParamsError, HistoryError) as error:
+        print(f"accuracy: error: {error}", file=sys.stderr)
+        return 1
     data = train.prepare_training(history, fparams, tparams.baseline_weeks)
     matrix, actual, weights, baseline, keys = validation_set(args.root, data, fparams, tparams.baseline_weeks)
 
