@@ -90,14 +90,25 @@ def _client(root: Path):
     return tracking.client(root)
 
 
-def aliases(root: Path, name: str = tracking.REGISTERED_MODEL) -> dict[str, str]:
+# what a registry with no registered model yet (a fresh clone's) needs first: every release command says it
+NOTHING_REGISTERED_HINT = ("; nothing is registered there yet: `dvc repro` then `python -m pipeline.promote` (or "
+                           "`make run`) registers and promotes the first version")
+
+
+def _registered_model(root: Path, name: str):
+    """The registered model ``name``; ReleaseError in one line, saying what to run first when there is none."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return {k: str(v) for k, v in _client(root).get_registered_model(name).aliases.items()}
+        return _client(root).get_registered_model(name)
     except MlflowException as exc:
         reason = tracking.store_error_text(exc)
-        raise ReleaseError(f"registered model {name} at {tracking.shown_uri(root)}: {reason}") from None
+        hint = NOTHING_REGISTERED_HINT if exc.error_code == "RESOURCE_DOES_NOT_EXIST" else ""
+        raise ReleaseError(f"registered model {name} at {tracking.shown_uri(root)}: {reason}{hint}") from None
+
+
+def aliases(root: Path, name: str = tracking.REGISTERED_MODEL) -> dict[str, str]:
+    return {k: str(v) for k, v in _registered_model(root, name).aliases.items()}
 
 
 def _version(root: Path, version: str, name: str):
@@ -199,7 +210,7 @@ def promote(root: Path, store: ReleaseStore, version: str | None = None, name: s
 
 def rollback(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MODEL) -> tuple[str, str]:
     """Production back to the previous production version (from disk: seconds); (from, to)."""
-    model = _client(root).get_registered_model(name)
+    model = _registered_model(root, name)
     previous = (model.tags or {}).get(PREVIOUS_TAG)
     current = None if model.aliases.get(PRODUCTION) is None else str(model.aliases[PRODUCTION])
     if not previous:
