@@ -274,7 +274,11 @@ def import_engine():
 
 
 class SideUnavailable(RuntimeError):
-    """A side cannot run here (engine not built yet, PyTorch not installed)."""
+    """A side cannot run here (engine not built yet, PyTorch not installed); ``side``: which, when known."""
+
+    def __init__(self, message: str, side: str | None = None):
+        super().__init__(message)
+        self.side = side
 
 
 def _engine_layers_usable(en) -> bool:
@@ -524,7 +528,7 @@ def run_side(side: str, args, workloads: Sequence[str], env: dict[str, str] | No
     run = common.run_child(side_command(side, args, workloads, first_step), env=env, timeout_s=args.timeout)
     if run.returncode == EXIT_SIDE_UNAVAILABLE:
         reason = run.stderr.strip().splitlines()
-        raise SideUnavailable(reason[-1] if reason else f"the {side} side cannot run here")
+        raise SideUnavailable(reason[-1] if reason else f"the {side} side cannot run here", side)
     if run.returncode != 0:
         raise RuntimeError(f"the {side} side failed ({' '.join(workloads)}): {run.failure_tail()}")
     return run.last_json_line(f"the {side} side"), run
@@ -663,7 +667,11 @@ def parent_main(args) -> int:
             for side in sides:
                 first_steps[side] = measure_first_step(side, args)
     except SideUnavailable as error:
-        print(f"cannot run: {error} (--sides torch runs the peer alone)", file=sys.stderr)
+        others = [side for side in sides if side != error.side] if error.side else []
+        # the side that can still run alone: without PyTorch that is the engine, not the peer
+        hint = (f" (--sides {others[0]} runs {'the engine' if others[0] == 'engine' else 'the peer'} alone)"
+                if others else "")
+        print(f"cannot run: {error}{hint}", file=sys.stderr)
         return EXIT_SIDE_UNAVAILABLE
     results = build_results(selected, runs, first_steps)
     same_model, check_lines = loss_check(runs)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+
+from tests.benchmarks.conftest import REPO_ROOT, SCRIPT
 
 
 def test_engine_side_trains_the_reference_model(engine_api, bench, run_script):
@@ -65,3 +70,19 @@ def test_w4_times_fresh_engine_processes_warm_and_cold(engine_api, run_script, j
     warm, cold = json_lines(stdout)
     assert (warm["id"], cold["id"]) == ("W4.warm", "W4.cold")
     assert 0 < warm["engine"] < cold["engine"]  # an empty Numba cache means compiling every kernel
+
+
+def test_without_pytorch_the_hint_names_the_engine_alone(engine_api, tmp_path):
+    """Without torch the line said '(--sides torch runs the peer alone)': the one side that cannot run. It names
+    --sides engine, which can."""
+    blocker = tmp_path / "torch"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text('raise ModuleNotFoundError("No module named \'torch\'", name="torch")\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO_ROOT),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--only", "W1"], capture_output=True, text=True,
+                          timeout=300, cwd=REPO_ROOT, env=env)
+    assert done.returncode == 3, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert "PyTorch is not installed" in line and "--sides engine runs the engine alone" in line, line
+    assert "--sides torch" not in line
