@@ -104,7 +104,7 @@ def drift(project: Path, bundle: Path, events: Path, actuals: Path, out: Path) -
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--project", type=Path, required=True, help="a project that ran dvc repro")
     parser.add_argument("--bundle", type=Path, help="the bundle to serve (default: PROJECT/models/candidate)")
     parser.add_argument("--requests", type=int, default=3000)
