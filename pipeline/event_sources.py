@@ -119,9 +119,10 @@ def jsonl_files(path: Path) -> list[Path]:
         return [path]
     if path.is_dir():
         return sorted(p for p in path.glob("*.jsonl") if p.is_file())
-    raise EventSourceError(f"{path}: no such file or directory (the app logs prediction events to "
-                           f"{prediction_log()}, ${ENV_PREDICTION_LOG} or else {DEFAULT_PREDICTION_LOG}; serve some "
-                           "predictions first)")
+    where = (f"{prediction_log()} (${ENV_PREDICTION_LOG})" if prediction_log() != DEFAULT_PREDICTION_LOG
+             else f"{DEFAULT_PREDICTION_LOG} unless ${ENV_PREDICTION_LOG} moves it")
+    raise EventSourceError(f"{path}: no such file or directory (the app logs prediction events to {where}; serve "
+                           "some predictions first)")
 
 
 # Why a line of a log cannot be an event (read_jsonl_events: an error naming the line, or skipped and counted)
