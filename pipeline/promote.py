@@ -48,7 +48,7 @@ from pipeline.evaluate import (BACKTEST_FILE, CANDIDATE_DIR, EVALUATION_FILE, ME
 from pipeline.model_params import evaluate_params, promote_params
 from pipeline.params import load_yaml
 from pipeline.serving_bundle import roll_forward
-from pipeline.stage import run_stage
+from pipeline.stage import StageError, run_stage
 
 PRODUCTION_DIR = "models/production"
 CANDIDATE_STAGING = "models/promoted-"  # + alias: the bundle while it is published and registered (.gitignore)
@@ -295,9 +295,14 @@ def _promote(root: Path, quiet: bool, candidate_root: Path | None) -> dict:
 
 def main(argv=None) -> int:
     def body(args) -> int | None:
+        candidate = None if args.candidate is None else args.root / args.candidate
+        if candidate is not None and not candidate.is_dir():  # said before promote takes models/ to write
+            raise StageError(f"--candidate {candidate}: no such directory (a folder laid out like the project, such "
+                             "as the sweep/ that `python -m pipeline.sweep`, i.e. `make sweep`, leaves: run that "
+                             "first)")
         try:
             with tracking.mlflow_errors_named(args.root):
-                run(args.root, candidate_root=None if args.candidate is None else args.root / args.candidate)
+                run(args.root, candidate_root=candidate)
         except PromotionRefused as exc:
             print(f"promote: refused: {exc}", file=sys.stderr)
             return REFUSED
