@@ -285,11 +285,15 @@ def _promote(root: Path, quiet: bool, candidate_root: Path | None) -> dict:
     summary = {"model": pparams.model_name, "version": str(version.version), "alias": alias,
                "registered": created, "installed": installed, "digest": digest, "dvc": dvc_note,
                "champion_challenger": comparison.to_json()}
+    # the candidate's digest, and the serving bundle's (its own digest: the one the app, `release status` and
+    # `make fetch-model` report) where this host serves it
+    served = installed_digest(root / PRODUCTION_DIR) if production else None
+    digests = f"candidate {digest[:12]}" + (f", served as {served[:12]}" if served else "")
     where = (f"{PRODUCTION_DIR} {'installed' if installed else 'already up to date'}" if production else
              f"{PRODUCTION_DIR} left as it is ('{alias}' is a candidate: `release sync` installs it where it serves)")
     say(f"promote: {pparams.model_name} version {version.version} "
         f"({'newly registered' if created else 'already registered'}) is now '{alias}'; "
-        f"{where} ({digest[:12]}); {dvc_note}")
+        f"{where} ({digests}); {dvc_note}")
     return summary
 
 

@@ -21,7 +21,13 @@ def test_a_passing_candidate_is_promoted_once(trained_project, capsys):
     root, summary = trained_project
     assert evaluate.main(["--root", str(root)]) == 0
     assert promote.main(["--root", str(root)]) == 0
-    assert "newly registered" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "newly registered" in out
+    # both digests, named: the line gave the candidate's alone, where the app and `release status` report the
+    # serving bundle's (another, as it carries the registry's provenance)
+    served = verify_bundle(root / "models/production")
+    assert served != summary["digest"]
+    assert f"installed (candidate {summary['digest'][:12]}, served as {served[:12]})" in out, out
     version = tracking.production_version(root)
     assert str(version.version) == "1" and version.tags["bundle_digest"] == summary["digest"]
     assert version.run_id == summary["run_id"]
