@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    phases = run(args.clients, args.phase_s, args.workers)
+    from pipeline.stage import artifact_bars_off
+
+    with artifact_bars_off(quiet=True):  # MLflow's download bars, drawn at each sync, between the phases' lines
+        phases = run(args.clients, args.phase_s, args.workers)
     if args.json:
         print(json.dumps(phases))
     else:
