@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in cpu.items()}))
         return 0
-    note = common.busy_machine_note(2)
+    note = common.busy_machine_note(2, "cores' worth of server workers and clients")
     speed = common.python_speed()  # before the server starts: the machine's own pace this hour
     try:
         figures = measure(args.bundle, args.clients, args.seconds, args.workers, args.threads, args.warm_up)
@@ -487,7 +487,7 @@ def load_rows(figures: dict, p99_note: str = "") -> list[list[str]]:
 
 
 def print_server_floor(args: argparse.Namespace) -> int:
-    note = common.busy_machine_note(2)
+    note = common.busy_machine_note(2, "cores' worth of server workers and clients")
     speed = common.python_speed()
     try:
         figures = server_floor(args.clients, args.seconds, args.workers, args.threads, args.warm_up)

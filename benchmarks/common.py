@@ -78,12 +78,12 @@ def thread_report() -> dict[str, Any]:
     return report
 
 
-def busy_machine_note(threads: int) -> str | None:
+def busy_machine_note(threads: int, runs: str = "thread(s) per side") -> str | None:
     """A warning when other work already keeps cores busy: timings taken now are unreliable.
 
     Both sides' thread pools assume `threads` free cores; with fewer, OpenMP
     barriers and BLAS threads wait on descheduled peers and figures can be
-    off by an order of magnitude (seen on this 2-core machine).
+    off by an order of magnitude (seen on this 2-core machine). ``runs``: what those threads are.
     """
     try:
         load = os.getloadavg()[0]
@@ -93,7 +93,7 @@ def busy_machine_note(threads: int) -> str | None:
     if free >= threads - 0.25:
         return None
     return (f"WARNING: load average {load:.2f} on {available_cores()} cores before the run; "
-            f"{threads} thread(s) per side will compete with other work, so these figures are unreliable")
+            f"{threads} {runs} will compete with other work, so these figures are unreliable")
 
 
 def python_speed(repeats: int = 5) -> float:
