@@ -150,17 +150,8 @@ def unwritable_folder(tmp_path: Path):
     """An existing folder this process cannot create files in (read-only, or immutable for root)."""
     folder = tmp_path / "spool"
     folder.mkdir()
-    if os.geteuid() == 0:  # root writes through permission bits: make the folder immutable instead
-        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
-            pytest.skip("chattr +i is not supported here, and root ignores a folder's permission bits")
-    else:
-        folder.chmod(0o555)
-    try:
+    with refusing_changes(folder):
         yield folder
-    finally:
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-        folder.chmod(0o755)
 
 
 def test_a_folder_that_refuses_deletions_leaves_every_segment_claimable(tmp_path: Path, caplog) -> None:
