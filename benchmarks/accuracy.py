@@ -30,6 +30,7 @@ Needs the data stages' outputs (``dvc repro split``) and, for the peer,
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import dataclasses
 import sys
 import time
@@ -192,11 +193,7 @@ def _report(learner, actual, weights) -> None:
 
 
 def _lightgbm_installed() -> bool:
-    try:
-        import lightgbm  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("lightgbm") is not None
 
 
 def main(argv=None) -> int:
