@@ -19,7 +19,8 @@ REGISTRY ?=
 DVC := PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc
 
 .PHONY: ml-pipeline threshold-test metrics-event promote dvc-push fetch-model lint-docker \
-        build-image publish-image deploy rollback release-status release-sync release-store-check compose-up drift \
+        build-image publish-image deploy rollback release-status release-sync release-store-check registry-check \
+        compose-up drift \
         monitoring-setup test-monitoring
 
 ml-pipeline: $(STAMP)                 ## dvc repro: download .. evaluate (evaluate's threshold test fails the run)
@@ -96,6 +97,29 @@ release-store-check:                  ## fail unless SHELFCAST_MODELS_HOST names
 	  echo "release-store-check: SHELFCAST_PREDICTION_LOG=$$log is inside the runner's checkout, which actions/checkout cleans and the serving app does not log to: name the app's log on the host (README, CI/CD)" >&2; exit 1; \
 	fi; \
 	echo "release-store-check: the host's release store is $$store; the canary check reads $${ELASTICSEARCH_URL:-$$log}"
+
+# The first step of every job that writes or reads the shared registry (ml-pipeline's promote on main, the app
+# pipeline's fetch and release). MLFLOW_TRACKING_URI is the only handoff between the two pipelines; GitHub passes an
+# unset repository variable as "", which pipeline/tracking.py reads as the checkout's own sqlite store: promote then
+# registered the candidate in the runner's mlflow.db, thrown away with the runner, and the ML pipeline passed, while
+# the app pipeline failed later at fetch-model with a traceback about a missing local bundle. A local store
+# (sqlite:, file:, a bare path) inside the checkout is refused likewise; one outside it (a self-hosted runner's) is
+# taken as shared.
+registry-check:                       ## fail unless MLFLOW_TRACKING_URI names a shared registry, not a store inside this checkout (CI)
+	@uri="$$(printf '%s' "$$MLFLOW_TRACKING_URI" | tr -d '[:space:]')"; path=; \
+	case "$$uri" in \
+	  sqlite:///*) path="$${uri#sqlite:///}"; path="$${path%%\?*}";; \
+	  file://*) path="$${uri#file://}";; \
+	  file:*) path="$${uri#file:}";; \
+	  *:*|databricks|databricks-uc) ;; \
+	  *) path="$$uri";; \
+	esac; \
+	if [ -z "$$uri" ]; then \
+	  echo "registry-check: MLFLOW_TRACKING_URI is not set: set the repository variable to the shared MLflow registry both pipelines use (README, CI/CD); unset, the runner's own store, thrown away with it, would be used" >&2; exit 1; \
+	elif [ -n "$$path" ]; then case "$$(realpath -m -- "$$path")/" in "$$(realpath -m -- "$(CURDIR)")/"*) \
+	  echo "registry-check: MLFLOW_TRACKING_URI=$$uri is a store inside the runner's checkout, which is thrown away with the runner: name the shared registry (README, CI/CD)" >&2; exit 1;; \
+	esac; fi; \
+	echo "registry-check: the shared registry is $${uri%%\?*}" | sed -E 's#//[^/@]*@#//#'
 
 compose-up: lint-docker               ## docker compose up (where Docker exists); the stack's files are validated first
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \

@@ -271,3 +271,57 @@ def test_write_permission_and_approval_where_they_are_used():
         if "write" in (job.get("permissions") or {}).values():
             assert "make publish-image" in run_steps(job), job_name
     assert [n for n, job in app["jobs"].items() if job.get("environment") == "production"] == ["release"]
+
+
+def run_with_real_checks(name: str, contexts: dict, checks: tuple[str, ...]):
+    """The workflow through the runner with every `run:` step stubbed but ``checks``, which run for real here (make
+    targets that read only the environment), in a clean runner's environment."""
+    from .actions import run_workflow, runner_environment
+
+    commands = {command: "stubbed" for job in workflow(name)["jobs"].values() for command in run_steps(job)
+                if command not in checks}
+    return run_workflow(WORKFLOWS / name, contexts, lambda job: REPO, lambda job: runner_environment(), commands,
+                        say=lambda line: None)
+
+
+def test_the_jobs_using_the_shared_registry_stop_at_their_start_without_it(tmp_path):
+    """GitHub passes an unset vars.MLFLOW_TRACKING_URI as "", which is the checkout's own sqlite store: the ML
+    pipeline on main promoted its candidate into the runner's mlflow.db, thrown away with the runner, and passed;
+    the app pipeline it started then failed at fetch-model with a traceback about a missing local bundle."""
+    checks = ("make registry-check",)
+    for uri in ("", "sqlite:///mlflow.db", f"sqlite:///{REPO / 'mlflow.db'}"):
+        ml = run_with_real_checks("ml-pipeline.yml", {**ML_CONTEXTS, "vars.MLFLOW_TRACKING_URI": uri,
+                                                      "github.ref": "refs/heads/main"}, checks)
+        assert ml.jobs["train-evaluate-promote"] == "failure", (uri, ml.jobs)
+        assert not {"make venv", "make ml-pipeline", "make promote"} & set(started(ml)), (uri, started(ml))
+        said = [line for line in ml.step("make registry-check").output.splitlines() if not line.startswith("make")]
+        assert len(said) == 1 and "MLFLOW_TRACKING_URI" in said[0], said
+
+        app = run_with_real_checks("app-pipeline.yml", {**APP_CONTEXTS, "vars.MLFLOW_TRACKING_URI": uri,
+                                                        "github.event_name": "workflow_dispatch",
+                                                        "github.ref": "refs/heads/main",
+                                                        "github.event.workflow_run.conclusion": "",
+                                                        "github.event.workflow_run.head_branch": ""}, checks)
+        assert app.jobs["build-publish"] == "failure" and app.jobs["release"] == "skipped", (uri, app.jobs)
+        assert "make fetch-model" not in started(app), started(app)
+
+    # a branch run trains and gates only: its runs may go to the runner's own store
+    branch = run_with_real_checks("ml-pipeline.yml", {**ML_CONTEXTS, "vars.MLFLOW_TRACKING_URI": "",
+                                                      "github.ref": "refs/heads/try-lr"}, checks)
+    assert branch.jobs["train-evaluate-promote"] == "success" and "make ml-pipeline" in started(branch)
+    # the shared registry set: every job runs, the check names it without the password it may carry
+    ml = run_with_real_checks("ml-pipeline.yml", {**ML_CONTEXTS, "vars.MLFLOW_TRACKING_URI": "http://ci:pw@registry",
+                                                  "github.ref": "refs/heads/main"}, checks)
+    assert ml.conclusion == "success" and "make promote" in started(ml)
+    assert "shared registry is http://registry" in ml.step("make registry-check").output
+    assert "pw" not in ml.step("make registry-check").output
+    outside = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a self-hosted runner's store outside its checkout
+    app = run_with_real_checks("app-pipeline.yml", {**APP_CONTEXTS, "vars.MLFLOW_TRACKING_URI": outside,
+                                                    "vars.SHELFCAST_PREDICTION_LOG": str(tmp_path / "app.jsonl"),
+                                                    "github.event_name": "workflow_dispatch",
+                                                    "github.ref": "refs/heads/main",
+                                                    "github.event.workflow_run.conclusion": "",
+                                                    "github.event.workflow_run.head_branch": ""},
+                              checks + ("make release-store-check",))
+    assert app.conclusion == "success" and "make deploy" in started(app), \
+        [(s.command, s.output) for s in app.steps if s.returncode]
