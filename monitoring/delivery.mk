@@ -36,8 +36,11 @@ metrics-event: $(STAMP)               ## validation metrics -> shelfcast.metrics
 promote: $(STAMP)                     ## registry alias + models/production/ (+ dvc push when a remote is set)
 	$(BIN)/python -m pipeline.promote
 
+# `dvc remote list` failing (a .dvc/config it cannot read: a merge left conflict markers in it) is not "no remote":
+# its output was tested alone, so the step said "nothing to push" and passed, and CI pushed nothing.
 dvc-push: $(STAMP)                    ## push data and models to the DVC remote, when one is configured
-	@if [ -n "$$($(DVC) remote list)" ]; then $(DVC) push; else echo "dvc-push: no DVC remote configured; nothing to push"; fi
+	@remotes="$$($(DVC) remote list)" || { echo "dvc-push: \`dvc remote list\` failed (above): nothing pushed" >&2; exit 1; }; \
+	if [ -n "$$remotes" ]; then $(DVC) push; else echo "dvc-push: no DVC remote configured; nothing to push"; fi
 
 MODEL_ALIAS ?= production
 MODEL_SOURCE ?= mlflow

@@ -325,3 +325,26 @@ def test_the_jobs_using_the_shared_registry_stop_at_their_start_without_it(tmp_p
                               checks + ("make release-store-check",))
     assert app.conclusion == "success" and "make deploy" in started(app), \
         [(s.command, s.output) for s in app.steps if s.returncode]
+
+
+def test_dvc_push_fails_when_dvc_cannot_read_its_remotes(tmp_path):
+    """`dvc remote list` failing (here: a merge left conflict markers in .dvc/config) read as "no remote": the step
+    said "nothing to push" and passed, and the ML pipeline pushed nothing."""
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, timeout=60)
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "dvc"), "init", "-q"], cwd=tmp_path, check=True, timeout=120)
+    (tmp_path / "stamp").touch()
+
+    def dvc_push() -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "-s", "--no-print-directory", "-f", str(REPO / "monitoring" / "delivery.mk"),
+                               "dvc-push", f"BIN={bin_dir}", f"STAMP={tmp_path / 'stamp'}"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+
+    done = dvc_push()  # a readable config without a remote: nothing to push, and that is fine
+    assert done.returncode == 0 and "no DVC remote configured" in done.stdout, done.stdout + done.stderr
+    (tmp_path / ".dvc" / "config").write_text(
+        "[core]\n<<<<<<< HEAD\n    remote = shared\n=======\n    remote = backup\n>>>>>>> other\n"
+        "['remote \"shared\"']\n    url = /nonexistent/shared\n", encoding="utf-8")
+    done = dvc_push()
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "nothing to push" not in done.stdout and "dvc-push: `dvc remote list` failed" in done.stderr
