@@ -18,12 +18,17 @@ function and its inputs and get the results back in input order.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError
 from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm import tqdm
@@ -42,6 +47,62 @@ R = TypeVar("R")
 
 class ClusterError(RuntimeError):
     """The configured scheduler cannot be reached or a task failed on a worker (message says which)."""
+
+
+class WorkerCodeError(RuntimeError):
+    """A worker runs other project code than the stage that sent it the task (raised on the worker)."""
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CODE_DIRS = ("pipeline", "engine")  # the project's code a task can run: what a worker must have as the stage has it
+_LOADED: dict[str, str] = {}  # on a worker: each project module's sha256 when this process first ran a task with it
+
+
+def _source_digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "unreadable"
+
+
+def code_digests(root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """sha256 of each .py file of the project's code as it is on disk now, by path relative to the project."""
+    return {path.relative_to(root).as_posix(): _source_digest(path)
+            for directory in CODE_DIRS for path in sorted((root / directory).rglob("*.py"))}
+
+
+def _loaded_code() -> dict[str, str]:
+    """This process's project modules and their source's digest when it first ran a task after importing them.
+
+    A worker outlives a stage and keeps the modules it imported: the files on the shared checkout may have changed
+    since (an edit, a ``git pull``), and Python does not reload them. Recorded as soon as a task follows the import
+    (unpickling a task imports its function's module), so the digest is that of the code it runs.
+    """
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if not file or not file.endswith(".py"):
+            continue
+        try:
+            relative = Path(file).resolve().relative_to(PROJECT_ROOT).as_posix()
+        except ValueError:
+            continue
+        if relative.split("/", 1)[0] in CODE_DIRS and relative not in _LOADED:
+            _LOADED[relative] = _source_digest(Path(file))
+    return _LOADED
+
+
+def _on_worker(fn: Callable[..., R], code: Mapping[str, str], item: Any, **kwargs) -> R:
+    """``fn(item, **kwargs)``, once this worker is known to run the code the stage runs (``code``)."""
+    differ = sorted(name for name, digest in _loaded_code().items() if code.get(name) != digest)
+    if differ:
+        from distributed import get_worker
+
+        raise WorkerCodeError(
+            f"a Dask worker at {get_worker().address} runs other code than this stage "
+            f"({', '.join(differ[:3])}{f' and {len(differ) - 3} more' if len(differ) > 3 else ''}): it imported "
+            "them before they changed, or runs another checkout; restart the workers (e.g. `docker compose "
+            "--profile cluster restart dask-worker`) from this checkout and rerun")
+    return fn(item, **kwargs)
 
 
 def scheduler_address(raw_params: Mapping | None = None, environ: Mapping[str, str] | None = None) -> str | None:
@@ -141,7 +202,8 @@ def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: An
         return results
     from distributed import wait
 
-    futures = client.map(fn, items, pure=False, **kwargs)
+    futures = client.map(partial(_on_worker, fn, code_digests()), items,
+                         key=[f"{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex}" for _ in items], **kwargs)
     index = {future.key: i for i, future in enumerate(futures)}
     results: list[Any] = [None] * len(items)
     pending, no_worker_since = set(futures), None
@@ -171,6 +233,9 @@ def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: An
                 except CancelledError:
                     _cancel(futures)
                     raise ClusterError(f"{desc}: {SCHEDULER_LOST}") from None
+                except WorkerCodeError as exc:  # not the task's input: the worker's code
+                    _cancel(futures)
+                    raise ClusterError(f"{desc}: {exc}") from None
                 except Exception as exc:  # noqa: BLE001 - re-raised with the failing input named
                     _cancel(futures)
                     raise ClusterError(f"{desc}: the task for {items[i]!r} failed on a Dask worker: "

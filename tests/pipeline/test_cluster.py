@@ -169,3 +169,29 @@ def test_a_lost_scheduler_is_said_as_such_not_blamed_on_a_task(tmp_path):
             if process is not None:
                 process.kill()
                 process.wait(timeout=30)
+
+
+def _pretend_this_worker_imported_other_code(relative: str | None) -> None:
+    """On a worker: as if ``relative`` had another content when this process imported it (None: forget)."""
+    import pipeline.cluster as cluster
+
+    loaded = cluster.__dict__.setdefault("_LOADED", {})
+    if relative is None:
+        loaded.clear()
+    else:
+        loaded[relative] = "0" * 64
+
+
+def test_a_worker_running_code_older_than_the_stages_is_refused_by_name(dask_cluster):
+    """A long-lived worker keeps the modules it imported: after pipeline/features.py changed on the shared checkout
+    its tasks ran the old code, and (with the new code's digest in their shards' names) were silently kept."""
+    with dask_client(dask_cluster) as client:
+        run_tasks(_square_with_pid, [1, 2], client=client, desc="squares", progress=False)  # the workers import
+        client.run(_pretend_this_worker_imported_other_code, "pipeline/features.py")
+        try:
+            with pytest.raises(ClusterError, match=r"^squares: a Dask worker at tcp://127\.0\.0\.1:\d+ runs other "
+                                                   r"code than this stage \(pipeline/features\.py\).*restart"):
+                run_tasks(_square_with_pid, [1, 2, 3], client=client, desc="squares", progress=False)
+        finally:
+            client.run(_pretend_this_worker_imported_other_code, None)
+        assert [v for v, _ in run_tasks(_square_with_pid, [3], client=client, desc="squares", progress=False)] == [9]
