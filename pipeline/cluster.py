@@ -215,14 +215,21 @@ def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: An
             except CancelledError:  # not by us: the scheduler went away and took every task with it
                 _cancel(futures)
                 raise ClusterError(f"{desc}: {SCHEDULER_LOST}") from None
-            except TimeoutError:  # nothing finished for a while: are there workers at all?
+            except TimeoutError:  # nothing finished for a while: is any worker able to run a task at all?
                 info = client.scheduler_info(n_workers=-1)
-                if info.get("workers"):
+                workers = list((info.get("workers") or {}).values())
+                if any(_can_work(worker) for worker in workers):
                     no_worker_since = None
                 elif no_worker_since is None:
                     no_worker_since = time.monotonic()
                 elif time.monotonic() - no_worker_since >= NO_WORKER_S:
                     _cancel(futures)
+                    if workers:  # every one paused past distributed.worker.memory.pause, running nothing
+                        raise ClusterError(
+                            f"{desc}: every Dask worker at {info.get('address')} ({len(workers)}) has been paused "
+                            f"for memory for {NO_WORKER_S:.0f} s, running no task (its process holds more than "
+                            "distributed.worker.memory.pause of its --memory-limit, e.g. memory a finished task "
+                            "left unreturned); restart the workers, or give them more memory, and rerun") from None
                     raise ClusterError(f"{desc}: no Dask worker at {info.get('address')} for "
                                        f"{NO_WORKER_S:.0f} s; start workers and rerun") from None
                 continue
@@ -242,6 +249,15 @@ def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: An
                                        f"{type(exc).__name__}: {exc}") from exc
                 bar.update(1)
     return results
+
+
+def _can_work(worker: Mapping) -> bool:
+    """Whether a worker (as scheduler_info lists it) runs tasks: not paused for memory, or still running one (a
+    worker pauses for memory with its task going on: that task may finish and free it)."""
+    if worker.get("status", "running") != "paused":
+        return True
+    counts = (worker.get("metrics") or {}).get("task_counts") or {}
+    return bool(counts.get("executing") or counts.get("long-running"))
 
 
 def _cancel(futures: list) -> None:

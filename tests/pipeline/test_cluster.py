@@ -136,6 +136,46 @@ def test_a_cluster_without_workers_fails_the_stage_instead_of_waiting_forever(mo
                 run_tasks(_square_with_pid, [1, 2], client=client, desc="squares", progress=False)
 
 
+def _pause(dask_worker) -> None:
+    from distributed.core import Status
+
+    dask_worker.status = Status.paused  # what its memory monitor does past distributed.worker.memory.pause
+
+
+def test_a_cluster_whose_every_worker_is_paused_for_memory_fails_the_stage_instead_of_waiting_forever(monkeypatch):
+    """Workers paused for memory that no task holds (left unmanaged, not given back to the OS) run nothing more:
+    the stage waited with a frozen bar and no end, as they still counted as workers."""
+    import threading
+
+    from distributed import LocalCluster
+
+    import pipeline.cluster as cluster
+
+    monkeypatch.setattr(cluster, "WATCH_S", 0.2)
+    monkeypatch.setattr(cluster, "NO_WORKER_S", 1.0)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, memory_limit=0, protocol="tcp://",
+                      host="127.0.0.1", dashboard_address="127.0.0.1:0") as paused:
+        with dask_client(paused.scheduler_address) as client:
+            client.run(_pause)
+            outcome: list = []
+
+            def stage() -> None:
+                try:
+                    outcome.append(run_tasks(_square_with_pid, [1, 2], client=client, desc="squares", progress=False))
+                except ClusterError as exc:
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=stage, daemon=True)
+            thread.start()
+            thread.join(timeout=20)
+            stuck = thread.is_alive()
+            if stuck:  # let the waiting stage end with the cluster
+                client.cancel(list(client.futures))
+    assert not stuck, "the stage still waits on workers that are all paused"
+    assert re.match(r"squares: every Dask worker at tcp://127\.0\.0\.1:\d+ \(1\) has been paused for memory for 1 s",
+                    str(outcome[0]))
+
+
 def test_a_lost_scheduler_is_said_as_such_not_blamed_on_a_task(tmp_path):
     """The scheduler killed mid-stage: the error named a store partition's task as having failed."""
     import subprocess
