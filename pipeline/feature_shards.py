@@ -191,16 +191,19 @@ def build_shards(history: SalesHistory, spec: FeatureSpec, vocab: Vocabularies, 
     for other in out_dir.glob("store=*"):  # stores no longer in the data
         if other.name not in known:
             shutil.rmtree(other, ignore_errors=True)
-    wave = len(tasks) if client is None else max(1, TASKS_PER_WORKER * sum(client.nthreads().values()))
     results = []
     with warnings.catch_warnings():
         # Each task carries its store's history slice (~20 MB at Favorita's 4,100 items), a wave at a time,
         # deliberately: reading one store on the worker would scan all of data/split/train.parquet (in date order).
         warnings.filterwarnings("ignore", message="Sending large graph")
-        for start in range(0, len(tasks), wave):
+        start = 0
+        while start < len(tasks):
+            # sized by the workers there are now: they may join after the stage began, or leave during it
+            wave = len(tasks) if client is None else max(1, TASKS_PER_WORKER * sum(client.nthreads().values()))
             results += run_tasks(build_store_shard, tasks[start:start + wave], client=client,
                                  desc=f"features: stores {start + 1}..{min(len(tasks), start + wave)} of {len(tasks)}",
                                  progress=progress)
+            start += wave
     for result in results:
         if result["rebuilt"]:  # said even with --quiet: a damaged file is news
             print(f"features: {result['rebuilt']}", file=sys.stderr, flush=True)

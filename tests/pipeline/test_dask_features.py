@@ -204,3 +204,31 @@ def test_the_train_stage_on_a_cluster_writes_the_candidate_it_writes_in_one_proc
     here, there = (root / train.CANDIDATE_DIR / "weights.npz" for root in roots)
     assert here.read_bytes() == there.read_bytes()
     assert not (roots[1] / feature_shards.SHARD_DIR).exists()  # the shards are gone once training finished
+
+
+def test_stores_are_sent_as_many_at_a_time_as_the_workers_there_are_now(history, tmp_path, monkeypatch):
+    """The wave size was fixed when the stage began: begun before the workers joined (``docker compose up`` then
+    the stage at once) it stayed one store at a time on one worker for the whole stage, and past a cluster that
+    lost workers it kept sending as many stores as the lost ones would have held."""
+    import pipeline.cluster as cluster
+
+    fparams, _ = _params()
+    _, _, origins = train.origins(history, fparams)
+    vocab = Vocabularies.fit(history.series_categorical())
+    sent, original = [], cluster.run_tasks
+
+    def run_here(fn, items, client=None, **kwargs):
+        sent.append(len(items))
+        return original(fn, items, client=None, **kwargs)
+
+    class Joining:  # no worker yet when the stage begins, two (one thread each) from the first wave on
+        def __init__(self):
+            self.calls = 0
+
+        def nthreads(self):
+            self.calls += 1
+            return {} if self.calls == 1 else {"tcp://a": 1, "tcp://b": 1}
+
+    monkeypatch.setattr(cluster, "run_tasks", run_here)
+    results = feature_shards.build_shards(history, fparams.spec, vocab, origins, tmp_path, client=Joining())
+    assert sent == [1, 2] and [r["store"] for r in results] == [1, 2, 3]
