@@ -181,12 +181,17 @@ def set_candidate(root: Path, store: ReleaseStore, variant: str, version: str, s
     return digest
 
 
-def end_candidate(root: Path, store: ReleaseStore, variant: str, name: str = tracking.REGISTERED_MODEL) -> None:
-    """Stop serving a candidate: alias deleted first (the registry's word), then the files."""
+def end_candidate(root: Path, store: ReleaseStore, variant: str, name: str = tracking.REGISTERED_MODEL,
+                  version: str | None = None) -> None:
+    """Stop serving a candidate: alias deleted first (the registry's word), then the files. With ``version``, the
+    alias is deleted only while it still names that version: a newer candidate the ML pipeline registered under it
+    meanwhile (CI's promote to ``shadow`` during a canary's observation) keeps it, for its own release."""
     from mlflow.exceptions import MlflowException
 
+    client = _client(root)
     try:
-        _client(root).delete_registered_model_alias(name, variant)
+        if version is None or str(client.get_model_version_by_alias(name, variant).version) == str(version):
+            client.delete_registered_model_alias(name, variant)
     except MlflowException:
         pass  # no such alias: nothing to end
     store.remove(variant)
@@ -204,7 +209,7 @@ def promote(root: Path, store: ReleaseStore, version: str | None = None, name: s
     tracking.point_alias(_client(root), name, PRODUCTION, version)
     for variant in (CANARY, SHADOW):
         if current.get(variant) == str(version):
-            end_candidate(root, store, variant, name)
+            end_candidate(root, store, variant, name, version)
     return str(version)
 
 
@@ -700,9 +705,9 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
         report["outcome"] = "promoted"
     except (ReleaseError, BundleError, registry_fetch.FetchError, EventSourceError, OSError) as exc:
         failed = time.perf_counter()
-        end_candidate(root, store, CANARY, name)
+        end_candidate(root, store, CANARY, name, version)
         if shadow_s > 0 or current.get(SHADOW) == str(version):
-            end_candidate(root, store, SHADOW, name)  # a rolled-back candidate is not left mirroring either
+            end_candidate(root, store, SHADOW, name, version)  # a rolled-back candidate is not left mirroring either
         report["outcome"] = "rolled back"
         report["reason"] = str(exc)
         try:  # until the app no longer answers with it (hot reload)
