@@ -162,7 +162,11 @@ def track_with_dvc(root: Path, bundle_dir: Path, shown: str | None = None) -> tu
     if not (root / ".dvc").is_dir():
         return f"not a DVC project: {shown} not tracked", None
     remotes = _dvc(root, "remote", "list")
-    if remotes.returncode != 0 or not remotes.stdout.strip():
+    if remotes.returncode != 0:  # e.g. a .dvc/config a merge left conflict markers in: not "no remote"
+        reason = (remotes.stderr.strip() or remotes.stdout.strip()).splitlines() or ["no output"]
+        return (f"`dvc remote list` failed ({reason[-1]}): {shown} not DVC-tracked or pushed (the registry's "
+                "artifact store has it)"), None
+    if not remotes.stdout.strip():
         return (f"no DVC remote configured: {shown} not DVC-tracked (the registry's artifact store has it; "
                 "`dvc remote add -d NAME URL` makes promote push it too)"), None
     added = _dvc(root, "add", relative)

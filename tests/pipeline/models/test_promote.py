@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -258,3 +259,18 @@ def test_a_candidate_alias_is_registered_without_replacing_production_on_this_ho
     shadow = tracking.client(root).get_model_version_by_alias("shelfcast-forecaster", "shadow")
     assert shadow.tags["serving_digest"] and shadow.tags["bundle_digest"] == summary["digest"]
     assert tracking.production_version(root) is None
+
+
+def test_a_dvc_config_that_cannot_be_read_is_not_said_to_have_no_remote(tmp_path):
+    """Noticed by the CI probe: `dvc remote list` failing (conflict markers a merge left in .dvc/config) read as
+    "no DVC remote configured", so a team with a remote was told it had none."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run([str(Path(sys.executable).with_name("dvc")), "init", "-q"], cwd=tmp_path, check=True)
+    bundle = tmp_path / "models" / "production"
+    bundle.mkdir(parents=True)
+    note, written = promote.track_with_dvc(tmp_path, bundle)
+    assert note.startswith("no DVC remote configured") and written is None
+    (tmp_path / ".dvc" / "config").write_text("<<<<<<< HEAD\n[core]\n    remote = team\n=======\n>>>>>>> b\n")
+    note, written = promote.track_with_dvc(tmp_path, bundle)
+    assert note.startswith("`dvc remote list` failed (") and "not DVC-tracked or pushed" in note, note
+    assert written is None
