@@ -217,6 +217,8 @@ def parse_form(form: Mapping[str, str], model: LoadedModel) -> FormInput:
     values = {**dict.fromkeys(FORM_FIELDS, ""), **form_values(form)}
     errors: dict[str, str] = {}
     store = _form_number(values["store"], "Choose a store.", "That is not a store number.", errors, "store")
+    if store is not None:  # "01" or an option's label is store 1: the list shows it selected, so a resubmit keeps it
+        values["store"] = str(store)
     item = _form_number(values["item"], "Type a product and pick it from the list.",
                         "Pick a product from the list (type part of its family or class), or type its item number.",
                         errors, "item")

@@ -385,3 +385,15 @@ def test_the_headline_number_is_written_as_the_table_writes_it(served, monkeypat
     html = forecast_page(served).get_data(as_text=True)
     assert shown_units(html) == "12,345.7" and shown_units(html, "forecast-expected-units") == "23,456.8"
     assert "<title>Forecast 12,345.7 units, item " in html
+
+
+@pytest.mark.parametrize("spelled", ["0{}", "{} — as the option reads", " 00{} "])
+def test_the_store_forecast_is_the_one_the_form_shows_selected(served, spelled):
+    """Found by a probe: store=01 (or a store's label) was forecast for store 1 while the page's store list showed
+    "Choose a store…" selected, so the next submit of that same form said "Choose a store." instead."""
+    store = next(iter(served.model.catalog.stores))
+    response = forecast_page(served, store=spelled.format(store))
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200 and 'id="forecast-units"' in html
+    assert re.findall(r'<option value="([^"]*)" selected>', html) == [str(store)]
+
