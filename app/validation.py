@@ -178,8 +178,9 @@ def check_forecastable(instances: list[Instance], model: LoadedModel) -> None:
 FORM_FIELDS = ("store", "item", "date", "onpromotion")
 FORM_VALUE_CHARS = 200  # a field's value is kept this long (the form's inputs take no more: a GET address stays short)
 # "1838989 — Dairy …": a number alone, or before a spaced dash or dot and a label (a picked option's text); a
-# number run on into anything else ("1.0", "1e400", "2.5", "1<script>") is no number, not its leading digits
-LEADING_NUMBER = re.compile(r"\s*([0-9]+)\s*(?:[-\u2013\u2014\u00b7]\s.*)?", re.S)
+# number run on into anything else ("1.0", "1e400", "2.5", "1<script>") is no number, not its leading digits. Any
+# script's decimal digits (\d: full-width ones from a CJK keyboard's number mode, Arabic-Indic ones), as int() reads
+LEADING_NUMBER = re.compile(r"\s*(\d+)\s*(?:[-\u2013\u2014\u00b7]\s.*)?", re.S)
 
 
 URLENCODED, MULTIPART = "application/x-www-form-urlencoded", "multipart/form-data"

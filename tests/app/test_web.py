@@ -397,3 +397,15 @@ def test_the_store_forecast_is_the_one_the_form_shows_selected(served, spelled):
     assert response.status_code == 200 and 'id="forecast-units"' in html
     assert re.findall(r'<option value="([^"]*)" selected>', html) == [str(store)]
 
+
+
+@pytest.mark.parametrize("digits", [str.maketrans("0123456789", "０１２３４５６７８９"),  # full-width (an IME's)
+                                    str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")])  # Arabic-Indic
+def test_an_item_number_typed_in_other_digits_is_understood(served, digits):
+    """Found by a probe: an item number typed in full-width digits (a Japanese or Chinese keyboard's number mode)
+    was "Pick a product from the list …, or type its item number" — though the product search found it."""
+    item = next(iter(served.model.catalog.items))
+    typed = str(item).translate(digits)
+    response = forecast_page(served, item=typed)
+    assert response.status_code == 200 and 'id="forecast-units"' in response.get_data(as_text=True)
+    assert served.events()[0]["inputs"]["item_nbr"] == item
