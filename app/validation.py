@@ -229,7 +229,9 @@ def parse_form(form: Mapping[str, str], model: LoadedModel) -> FormInput:
     else:
         field_errors: list[FieldError] = []
         date = check_date(values["date"], "date", field_errors)
-        if date is None:
+        if date is None and DATE_PATTERN.fullmatch(values["date"]):  # written right, but no such day (as the API says)
+            errors["date"] = f"{values['date']} is not a calendar date; use the date picker."
+        elif date is None:
             errors["date"] = "Use the date picker, or type the date as YYYY-MM-DD."
     onpromotion = values["onpromotion"] in ("on", "1", "true", "yes")
     if values["onpromotion"] not in ("", "on", "1", "true", "yes", "0", "false", "no", "off"):

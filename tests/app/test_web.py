@@ -120,7 +120,7 @@ def day(model, offset: int) -> str:
     ({"store": "99999999999999999999"}, "store", "Store 99999999999999999999 is not one this model knows"),
     ({"date": ""}, "date", "Choose a date"),
     ({"date": "next week"}, "date", "YYYY-MM-DD"),
-    ({"date": "2017-02-30"}, "date", "YYYY-MM-DD"),
+    ({"date": "2017-02-30"}, "date", "not a calendar date"),
     ({"date": "before"}, "date", "YYYY-MM-DD"),
     ({"onpromotion": "maybe"}, "onpromotion", "Tick the box"),
 ])
@@ -409,3 +409,14 @@ def test_an_item_number_typed_in_other_digits_is_understood(served, digits):
     response = forecast_page(served, item=typed)
     assert response.status_code == 200 and 'id="forecast-units"' in response.get_data(as_text=True)
     assert served.events()[0]["inputs"]["item_nbr"] == item
+
+
+@pytest.mark.parametrize("date", ["2017-02-29", "2017-02-30", "2017-04-31", "2017-13-01", "2017-00-10"])
+def test_a_date_written_as_yyyy_mm_dd_that_is_no_calendar_day_says_so(served, date):
+    """Found by a probe: /?date=2017-02-29 answered "type the date as YYYY-MM-DD", which it was; the API names
+    it as no calendar date. Now the form does too."""
+    errors = field_errors(forecast_page(served, date=date).get_data(as_text=True))
+    assert list(errors) == ["date"] and f"{date} is not a calendar date" in errors["date"]
+    api = served.client.post("/api/v1/predict", json={"instances": [
+        {"store_nbr": 1, "item_nbr": 1, "date": date, "onpromotion": False}]})
+    assert api.status_code == 400 and "not a calendar date" in api.json["errors"][0]["message"]
