@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, g, make_response, redirect, render_template, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.chart import SIZES, format_units, sales_chart_svg
@@ -19,10 +19,12 @@ from app.errors import FormTooLarge
 from app.examples import example_for
 from app.form_body import PostedForm, read_form
 from app.predictor import LoadedModel
-from app.service import day_numbers, forecast_instances, predict_and_log
+from app.service import day_numbers, forecast_instances
 from app.state import serving_state
 from app.validation import (FORM_FIELDS, FORM_VALUE_CHARS, FormInput, Instance, check_form_type, form_values,
                             parse_form)
+from app.variants import installed_candidates, predict_with_variants
+from pipeline.release_store import PRODUCTION
 
 web = Blueprint("web", __name__)
 web.add_app_template_filter(format_units, "units")  # the heading's number as the table and the chart write it
@@ -54,10 +56,21 @@ def index():
     if request.method == "HEAD":  # a link checker's or a preview's: nothing is shown, so nothing is forecast or logged
         return _page(model, form)
     instance = form.instance
-    [prediction] = predict_and_log(model, [instance], state.sink, g.request_id, g.started, source="web")
-    result = _result(model, instance, prediction["unit_sales"])
+    # the release variant the API answers this store×item with (a canary's share), so a person and a program get
+    # the same forecast, and a shadow sees the form's forecasts too
+    g.candidates = installed_candidates(state.variants)
+    [prediction], answered_by, shadow = predict_with_variants(model, state.variants, g.candidates, [instance],
+                                                              state.sink, g.request_id, g.started, source="web")
+    [(variant, answering)] = answered_by.items()
+    result = _result(answering, instance, prediction["unit_sales"])
     result["expected_units"] = prediction.get("expected_units")  # None for a bundle trained before them
-    return _page(model, form, result=result)
+    result["answered_by"] = None if variant == PRODUCTION else {"variant": variant, "name": answering.name,
+                                                                "version": answering.version}
+    response = make_response(_page(model, form, result=result))
+    response.headers["X-Model-Variant"] = variant
+    if shadow is not None:
+        response.call_on_close(shadow)  # after the page is sent, as the API does
+    return response
 
 
 @web.post("/")

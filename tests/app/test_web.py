@@ -376,12 +376,13 @@ def test_the_headline_number_is_written_as_the_table_writes_it(served, monkeypat
     """Thousands separated, one decimal (app.chart.format_units): 12,345.7, not 12345.7."""
     from app import routes_web
 
-    real = routes_web.predict_and_log
+    real = routes_web.predict_with_variants
 
     def large(*args, **kwargs):
-        return [{**p, "unit_sales": 12345.678, "expected_units": 23456.789} for p in real(*args, **kwargs)]
+        predictions, *rest = real(*args, **kwargs)
+        return [{**p, "unit_sales": 12345.678, "expected_units": 23456.789} for p in predictions], *rest
 
-    monkeypatch.setattr(routes_web, "predict_and_log", large)
+    monkeypatch.setattr(routes_web, "predict_with_variants", large)
     html = forecast_page(served).get_data(as_text=True)
     assert shown_units(html) == "12,345.7" and shown_units(html, "forecast-expected-units") == "23,456.8"
     assert "<title>Forecast 12,345.7 units, item " in html
@@ -420,3 +421,35 @@ def test_a_date_written_as_yyyy_mm_dd_that_is_no_calendar_day_says_so(served, da
     api = served.client.post("/api/v1/predict", json={"instances": [
         {"store_nbr": 1, "item_nbr": 1, "date": date, "onpromotion": False}]})
     assert api.status_code == 400 and "not a calendar date" in api.json["errors"][0]["message"]
+
+
+def test_a_canary_series_gets_the_same_forecast_on_the_form_as_from_the_api(make_app, production_dir, app_bundles):
+    """Found by a probe: with a canary installed, the API answered a store×item in its share with the canary and
+    the form answered the same store×item with production, so a person saw another number than a program (the
+    README: a series always gets the same variant, "so forecasts do not flip between models"), and the release
+    decision and the shadow never saw the form's traffic."""
+    from pipeline.bundle import copy_bundle
+    from pipeline.release_store import ReleaseStore
+
+    copy_bundle(app_bundles[1], production_dir.parent / "canary")
+    copy_bundle(app_bundles[1], production_dir.parent / "shadow")
+    ReleaseStore(production_dir.parent).set_canary_share(1.0)  # every series goes to the canary
+    served = make_app(production_dir)
+    canary = served.state.variants.canary_model()
+    values = form_for(served)
+    instance = {"store_nbr": int(values["store"]), "item_nbr": int(values["item"]), "date": values["date"],
+                "onpromotion": True}
+    api = served.client.post("/api/v1/predict", json={"instances": [instance]})
+    assert api.status_code == 200 and api.headers["X-Model-Variant"] == "canary"
+    from_api = api.get_json()["predictions"][0]["unit_sales"]
+    production = float(served.model.bundle.predict(instance["store_nbr"], instance["item_nbr"], values["date"], 1)[0])
+    assert round(production, 1) != round(from_api, 1), "the two bundles must differ here for the test to tell"
+    page = forecast_page(served)
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and page.headers["X-Model-Variant"] == "canary"
+    assert float(shown_units(html).replace(",", "")) == pytest.approx(from_api, abs=0.05)
+    assert canary.version in re.search(r'<p id="forecast-model">(.*?)</p>', html, re.S).group(1)
+    page.close()  # the shadow forecasts once the page has been sent
+    web = [e for e in served.events() if e["source"] == "web"]
+    assert sorted(e["model_variant"] for e in web) == ["canary", "shadow"]
+    assert {e["model_version"] for e in web} == {canary.version}
