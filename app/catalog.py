@@ -19,9 +19,11 @@ MAX_QUERY = 100  # the longest items search the API takes (GET /api/v1/items?q=)
 
 def search_fold(text: str) -> str:
     """Text as the items search compares it: accents dropped (NFKD, combining marks removed), case-folded, so
-    'electronique', 'Électronique' and 'ÉLECTRONIQUE' find one another whichever way round."""
+    'electronique', 'Électronique' and 'ÉLECTRONIQUE' find one another whichever way round; any script's decimal
+    digits as ASCII ones ('١٨٣' finds item 183, as the form reads that number)."""
     decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+    kept = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+    return kept if kept.isascii() else "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in kept)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_model_describes_name_version_metrics_origin_and_horizon(served):
     body = served.client.get("/api/v1/model").json
@@ -185,3 +187,13 @@ def test_items_search_ignores_accents_and_case_in_the_query_and_in_the_names():
         items, total = catalog.search(query, 10)
         assert total == 3 and {item.family for item in items} == set(families[:3]), query
     assert catalog.search("epicerie SALEE", 10)[1] == 1
+
+
+@pytest.mark.parametrize("digits", ["٠١٢٣٤٥٦٧٨٩", "۰۱۲۳۴۵۶۷۸۹", "०१२३४५६७८९"])  # Arabic-Indic, Persian, Devanagari
+def test_items_search_reads_an_item_number_in_any_scripts_digits(served, digits):
+    """Found by a probe: q=١٨٣٨٩٨٩ (an Arabic keyboard's digits) found nothing, though the form takes that number
+    and full-width digits were found (NFKD folds those, not these)."""
+    item = max(served.model.catalog.items)
+    typed = str(item).translate(str.maketrans("0123456789", digits))
+    response = served.client.get("/api/v1/items", query_string={"q": typed})
+    assert response.status_code == 200 and response.json["items"][0]["item_nbr"] == item
