@@ -56,8 +56,14 @@ def _nice_step(top: float, lines: int = 4) -> float:
     return 10 * power
 
 
-def _tick_label(value: float) -> str:
-    return f"{value:,.0f}" if value == int(value) else f"{value:,.1f}"
+def _tick_decimals(step: float) -> int:
+    """The fewest decimals that write every multiple of ``step`` (1, 2, 2.5 or 5 × 10^k) at its value: one decimal
+    wrote a slow seller's 0.025 steps as 0.0, 0.0, 0.1, 0.1 and a 0.25 step as 0.2, 0.5, 0.8."""
+    return next((d for d in range(10) if abs(round(step, d) - step) <= step * 1e-9), 10)
+
+
+def _tick_label(value: float, decimals: int) -> str:
+    return f"{value:,.{decimals}f}"  # every label of an axis alike: 0, 5, 10 or 0.00, 0.25, 0.50
 
 
 def sales_chart_svg(history_days: Sequence[int], history_units: Sequence[float], forecast_days: Sequence[int],
@@ -90,12 +96,12 @@ def sales_chart_svg(history_days: Sequence[int], history_units: Sequence[float],
         f'<desc id="{size.name}-desc">The table beside the chart lists the forecast for every day.</desc>',
         f'<text class="axis-title" x="{plot_left}" y="{plot_top - 10}" text-anchor="middle">units / day</text>',
     ]
-    value = 0.0
-    while value <= top_value + 1e-9:
+    decimals = _tick_decimals(step)
+    for line in range(round(top_value / step) + 1):
+        value = line * step  # not a running sum: no drift over the lines
         parts.append(f'<line class="grid" x1="{plot_left}" x2="{plot_right}" y1="{y(value):.1f}" y2="{y(value):.1f}"/>')
         parts.append(f'<text class="tick" x="{plot_left - 6}" y="{y(value) + font * 0.35:.1f}" text-anchor="end">'
-                     f'{_tick_label(value)}</text>')
-        value += step
+                     f'{_tick_label(value, decimals)}</text>')
     # Date ticks on Mondays (weekly sales patterns line up), every week (wide) or fortnight (narrow).
     monday = first + (7 - day_date(first).weekday()) % 7  # weekday(): Monday is 0
     for day in range(monday, last + 1, size.tick_every_days):

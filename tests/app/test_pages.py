@@ -226,3 +226,21 @@ def test_one_corrupt_line_in_the_middle_of_the_log_is_skipped_and_counted(served
     recent = served.client.get("/api/v1/monitoring").get_json()["recent"]
     assert (recent["events"], recent["error"], recent["unreadable_lines"], recent["unreadable"]) == \
         (10, None, 1, {why: 1})
+
+
+@pytest.mark.parametrize("peak", [0.004, 0.02, 0.07, 0.1, 0.12, 0.3, 0.9, 3.0, 7.5, 12.0, 480.0, 12_345.0])
+def test_the_charts_unit_ticks_are_distinct_and_read_their_value_whatever_the_scale(peak):
+    """Found by a probe: a slow-selling item (well under one unit a day, common in grocery data) got y-axis labels
+    '0, 0.0, 0.1, 0.1, 0.1, 0.1' (every tick at one decimal): four lines labelled alike, none at its value."""
+    from app.chart import SIZES, sales_chart_svg
+
+    for size in SIZES:
+        svg = sales_chart_svg([0, 1, 2], [0.0, peak / 3, peak / 2], [3, 4], [peak, peak / 4], 3, size)
+        ticks = re.findall(r'<line class="grid"[^>]*y1="([0-9.]+)"[^>]*/>\s*<text class="tick"[^>]*text-anchor="end">'
+                           r'([^<]*)</text>', svg)
+        labels = [label for _, label in ticks]
+        assert len(ticks) >= 2 and len(set(labels)) == len(labels), (peak, labels)
+        values = [float(label.replace(",", "")) for label in labels]
+        step = values[1] - values[0]
+        assert step > 0 and all(abs(b - a - step) <= step * 1e-6 for a, b in zip(values, values[1:])), (peak, labels)
+        assert values[-1] >= peak, (peak, labels)  # the axis reaches the peak
