@@ -10,8 +10,9 @@ import pytest
 from pipeline.event_sources import EventSourceError, jsonl_files
 
 
-def test_no_log_yet_names_the_default_once(monkeypatch):
+def test_no_log_yet_names_the_default_once(monkeypatch, tmp_path):
     monkeypatch.delenv("SHELFCAST_PREDICTION_LOG", raising=False)
+    monkeypatch.chdir(tmp_path)  # a project that has served nothing yet (the checkout's own logs/ may hold some)
     with pytest.raises(EventSourceError) as raised:
         jsonl_files(Path("logs/predictions.jsonl"))
     message = str(raised.value)

@@ -230,7 +230,8 @@ def test_a_worker_running_code_older_than_the_stages_is_refused_by_name(dask_clu
         client.run(_pretend_this_worker_imported_other_code, "pipeline/features.py")
         try:
             with pytest.raises(ClusterError, match=r"^squares: a Dask worker at tcp://127\.0\.0\.1:\d+ runs other "
-                                                   r"code than this stage \(pipeline/features\.py\).*restart"):
+                                                   r"code than this stage \(" + re.escape("pipeline/features.py")
+                                                   + r"\).*restart"):
                 run_tasks(_square_with_pid, [1, 2, 3], client=client, desc="squares", progress=False)
         finally:
             client.run(_pretend_this_worker_imported_other_code, None)
