@@ -106,6 +106,14 @@ def mix_by_horizon(overall: Mapping[str, Any], by_day: Mapping[str, Any], live_d
              "histogram": {"edges": overall["histogram"]["edges"], "counts": (mixed * rows).tolist()}}, judged, note)
 
 
+def distinct_observations(keys: Sequence[tuple[str, str, str]], values: Sequence[Any]) -> int:
+    """The events that are separate observations of `values`: distinct (store, item, value). A series' history
+    feature (or store, family, ...) asked for at each of its 16 days, or the same request repeated, is one
+    observation, not 16: counted 16 times, 300 random series' whole windows (a dashboard's traffic, the reference's
+    own shape) alarmed on `class` at chi-square p=0, and 10 series' on 7 history features at KS p < 1e-5."""
+    return len({(store, item, value) for (store, item, _), value in zip(keys, values)})
+
+
 def live_horizon_days(data: ServingData, horizon: int | None) -> np.ndarray | None:
     """Each event's horizon day (1 = the day after the origin), from its horizon feature; None if it cannot be told."""
     if not horizon or HORIZON_FEATURE not in data.dense:
@@ -131,7 +139,10 @@ def forecast_reference(training_stats: Mapping[str, Any], data: ServingData, hor
 
 
 def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: str = ROLE_HISTORY,
-                  events: int = 0) -> dict[str, Any]:
+                  events: int = 0, observations: int | None = None) -> dict[str, Any]:
+    """The verdict of one input (or the forecasts) with its reason; `observations`: the events that are distinct
+    observations (distinct_observations), which the tests counted."""
+    observations = events if observations is None else observations
     shifted = test.psi > psi_alert and test.p_value < params.p_value_alert
     test_name = "KS" if test.test == "ks" else "chi-square"
     if not events:  # the tests of nothing come out "no shift, p=1": say there was nothing to judge
@@ -146,11 +157,13 @@ def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: 
     elif shifted:
         verdict, note = VERDICT_DRIFT, f"PSI {test.psi:.3f} > {psi_alert} and {test_name} p={test.p_value:.2g}"
     elif test.test == "chi2" and events and test.cells < 2 <= test.categories:  # more events would tell
-        verdict, note = VERDICT_INCONCLUSIVE, (f"{events} events are too few to compare its categories one by one "
-                                               f"(each is expected in fewer than {MIN_EXPECTED:g} of them)")
+        verdict, note = VERDICT_INCONCLUSIVE, (f"{events} events ({observations} distinct series) are too few to "
+                                               "compare its categories one by one (each is expected in fewer than "
+                                               f"{MIN_EXPECTED:g} of them)")
     elif test.psi > psi_alert:
-        verdict, note = VERDICT_INCONCLUSIVE, (f"PSI {test.psi:.3f} > {psi_alert}, but at {events} events the "
-                                               f"{test_name} test cannot tell it from chance (p={test.p_value:.2g})")
+        verdict, note = VERDICT_INCONCLUSIVE, (f"PSI {test.psi:.3f} > {psi_alert}, but at {events} events "
+                                               f"({observations} distinct observations) the {test_name} test "
+                                               f"cannot tell it from chance (p={test.p_value:.2g})")
     else:
         verdict, note = VERDICT_OK, ""
     return {"psi": test.psi, "test": test.test, "statistic": test.statistic, "p_value": test.p_value,
@@ -292,11 +305,15 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
                 continue
             expected = trained
         role = ROLE_UNWEIGHTED if unweighted else reference["roles"].get(name, feature_role(name))
-        live, note = data.dense[name], ""
+        live, note, keys = data.dense[name], "", data.keys
         if expected.get("by_horizon") and live_days is not None and data.rows:  # at the requests' horizon days
             mixed, judged, note = mix_by_horizon(expected, expected["by_horizon"], live_days, "values")
-            expected, live = (expected, live) if mixed is None else (mixed, live[judged])
-        record = _shift_record(numeric_shift(live, expected), params, params.psi_alert, role, live.size)
+            if mixed is not None:
+                expected, live, keys = mixed, live[judged], [key for key, kept in zip(keys, judged) if kept]
+        effective = distinct_observations(keys, live.tolist())
+        record = _shift_record(numeric_shift(live, expected, effective), params, params.psi_alert, role, live.size,
+                               effective)
+        record["observations"] = effective
         if note:
             record["note"] = "; ".join(filter(None, (record["note"], note)))
         record["live_mean"] = float(np.mean(live)) if live.size else None
@@ -310,7 +327,10 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
             reasons.append(f"feature {name}: {record['note']}")
     for name, expected in reference["categorical"].items():
         labels = data.categorical.get(name, [])
-        record = _shift_record(categorical_shift(labels, expected), params, params.psi_alert, "category", data.rows)
+        effective = distinct_observations(data.keys, labels)
+        record = _shift_record(categorical_shift(labels, expected, effective), params, params.psi_alert, "category",
+                               data.rows, effective)
+        record["observations"] = effective
         report["categorical"][name] = record
         report["unseen"][name] = (sum(label == UNKNOWN_LABEL for label in labels) / len(labels)) if labels else 0.0
     followers = _follow_their_owner(report["categorical"], report["unseen"], params)
@@ -332,8 +352,13 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
     reference_forecasts = forecast_reference(training_stats, data, bundle_metadata.get("horizon"))
     expected, compared_with = reference_forecasts.expected, reference_forecasts.kind
     if expected.get("count", 0):
-        live = data.predictions if reference_forecasts.judged is None else data.predictions[reference_forecasts.judged]
-        record = _shift_record(numeric_shift(live, expected), params, params.prediction_psi_alert, "output", live.size)
+        judged = reference_forecasts.judged
+        live = data.predictions if judged is None else data.predictions[judged]
+        keys = data.keys if judged is None else [key for key, kept in zip(data.keys, judged) if kept]
+        effective = distinct_observations(keys, live.tolist())  # repeated requests count once
+        record = _shift_record(numeric_shift(live, expected, effective), params, params.prediction_psi_alert,
+                               "output", live.size, effective)
+        record["observations"] = effective
         record["live_mean"] = float(np.mean(live)) if live.size else None
         record["train_mean"] = expected.get("mean")
         record["reference"] = compared_with

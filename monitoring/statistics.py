@@ -119,8 +119,12 @@ def _upper_regularized_gamma(a: float, x: float) -> float:
     return float(min(1.0, math.exp(log_prefix) * h))
 
 
-def numeric_shift(values: np.ndarray, reference: Mapping) -> ShiftTest:
-    """Live numeric values against a training `distribution()` record (histogram edges + counts)."""
+def numeric_shift(values: np.ndarray, reference: Mapping, effective: float | None = None) -> ShiftTest:
+    """Live numeric values against a training `distribution()` record (histogram edges + counts).
+
+    `effective`: the live sample's effective size for the KS p-value (default: the values' count); events that
+    repeat what another event already said (a series' history asked for at each of its days) are not new evidence.
+    """
     edges = reference["histogram"]["edges"]
     train_counts = np.asarray(reference["histogram"]["counts"], np.float64)
     live_counts = bin_counts(values, edges).astype(np.float64)
@@ -130,12 +134,16 @@ def numeric_shift(values: np.ndarray, reference: Mapping) -> ShiftTest:
     statistic = float(np.max(np.abs(np.cumsum(live_shares) - np.cumsum(train_shares)))) if n else 0.0
     labels = [f"[{edges[i]:.4g}, {edges[i + 1]:.4g})" for i in range(len(edges) - 1)]
     return ShiftTest(psi=population_stability_index(live_shares, train_shares) if n else 0.0,
-                     statistic=statistic, p_value=kolmogorov_p_value(statistic, n, m), test="ks",
+                     statistic=statistic, test="ks",
+                     p_value=kolmogorov_p_value(statistic, _effective(n, effective), m),
                      live_shares=live_shares.tolist(), train_shares=train_shares.tolist(), labels=labels)
 
 
-def categorical_shift(live_labels: Sequence[str], reference: Mapping) -> ShiftTest:
+def categorical_shift(live_labels: Sequence[str], reference: Mapping, effective: float | None = None) -> ShiftTest:
     """Live category labels against a training `category_frequencies()` record (top shares + other).
+
+    `effective`: the labels' effective sample size (default: their count): the pooling, the chi-square test and
+    so the PSI's cells count that many observations, in the live shares' proportions.
 
     `psi`, the statistic and the p-value all use the pooled cells; `live_shares` and
     `train_shares` stay per label for the report's chart.
@@ -152,8 +160,9 @@ def categorical_shift(live_labels: Sequence[str], reference: Mapping) -> ShiftTe
     counts = np.zeros(len(labels), np.float64)
     for label in live_labels:
         counts[position.get(label, other)] += 1
-    n = int(counts.sum())
-    live_shares = counts / max(n, 1)
+    live_shares = counts / max(counts.sum(), 1)
+    n = _effective(int(counts.sum()), effective)
+    counts = live_shares * n
     observed, expected = _pooled_cells(counts, train_shares, n)
     statistic = float(np.sum((observed - expected) ** 2 / expected)) if n else 0.0
     dof = max(observed.size - 1, 0)
@@ -162,6 +171,11 @@ def categorical_shift(live_labels: Sequence[str], reference: Mapping) -> ShiftTe
                      test="chi2", live_shares=live_shares.tolist(), train_shares=train_shares.tolist(), labels=labels,
                      cells=int((train_shares[:-1] * n >= MIN_EXPECTED).sum()),
                      categories=int((train_shares > 0).sum()))
+
+
+def _effective(n: int, effective: float | None) -> int:
+    """The sample size a test counts: `effective` (at least 1, at most n) when given, else n."""
+    return n if effective is None or n == 0 else int(min(n, max(1, round(effective))))
 
 
 def _pooled_cells(observed: np.ndarray, train_shares: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -585,7 +585,7 @@ def test_the_summary_line_states_the_verdict_once(stream, jsonl, production_bund
     line = drift.summary_line(report, tmp_path / "d.html")
     assert "live accuracy over its bound, unseen categories" in line and "forecasts" not in line
     # the forecasts' check counts among the inconclusive ones (a probe's report had 4, the line said 3)
-    for record in report["features"].values():
+    for record in [*report["features"].values(), *report["categorical"].values()]:
         record["verdict"] = "ok"
     report["prediction"] = {"verdict": "inconclusive", "drifted": False}
     assert "; 1 inconclusive (too few events to tell)" in drift.summary_line(report, tmp_path / "d.html")
@@ -638,7 +638,7 @@ def test_a_category_with_one_value_in_training_is_ok_not_inconclusive_forever():
 
 
 def test_one_familys_traffic_names_the_family_that_moved_not_an_item_number_alone(
-        production_bundle, validation_requests, replay, tmp_path):
+        production_bundle, validation_requests, replay, tmp_path, monkeypatch):
     """family follows item_nbr (an item's attribute): the alarm is item_nbr's, whose 'most moved' is an item
     number; the family that moved was named nowhere (its record only said it follows)."""
     from collections import Counter
@@ -648,6 +648,9 @@ def test_one_familys_traffic_names_the_family_that_moved_not_an_item_number_alon
                  for e in map(json.loads, log.read_text().splitlines())}
     family, _ = Counter(family_of.values()).most_common(1)[0]
     ours = [r for r in validation_requests if family_of[(r["store_nbr"], r["item_nbr"])] == family]
+    # the tiny catalog has a handful of series per family, too few distinct observations to alarm on; the naming is
+    # what is tested here, so each repeated request counts as an observation (as every event did before)
+    monkeypatch.setattr(drift_analysis, "distinct_observations", lambda keys, values: len(values))
     code, report, html = run_cli(tmp_path, production_bundle, replay(production_bundle, ours * 5, tmp_path / "f.jsonl"))
     categorical = [reason for reason in report["reasons"] if reason.startswith("category")]
     assert len(categorical) == 1, categorical
@@ -657,3 +660,30 @@ def test_one_familys_traffic_names_the_family_that_moved_not_an_item_number_alon
     assert report["categorical"]["family"]["verdict"] == "follows"
     assert report["categorical"]["family"]["most_moved"].startswith(f"{family!r}, 100.0% of requests (")
     assert f"most moved: {family!r}" in report["categorical"]["family"]["note"]
+
+
+@pytest.mark.parametrize("series", [12, 25])
+def test_a_dashboards_traffic_every_day_of_a_few_series_raises_no_alarm(production_bundle, tiny_bundle,
+                                                                        validation_requests_for, replay, tmp_path,
+                                                                        series):
+    """A client forecasting its shelf asks for each of its series at every day of the window: the reference's own
+    shape. A series' history (its store, family, class) is one observation, not 16: counted 16 times, 300 random
+    series of the default data alarmed on `class` at chi-square p=0 and 10 series on 7 history features."""
+    rows = validation_requests_for(tiny_bundle, None)
+    keys = sorted({(r["store_nbr"], r["item_nbr"]) for r in rows})
+    picked = {keys[i] for i in np.random.default_rng(series).choice(len(keys), series, replace=False)}
+    requests = [r for r in rows if (r["store_nbr"], r["item_nbr"]) in picked]
+    assert len(requests) >= 100  # over drift.min_events: judged
+    log = replay(production_bundle, requests, tmp_path / "dashboard.jsonl")
+    code, report, html = run_cli(tmp_path, production_bundle, log)
+    assert code == drift.EXIT_OK and report["reasons"] == [], report["reasons"]
+    assert report["categorical"]["item_nbr"]["observations"] == series
+    # the same requests' values shifted still alarm: the repeats are discounted, not the evidence
+    shifted = tmp_path / "shifted.jsonl"
+    with log.open() as source, shifted.open("w") as sink:
+        for line in source:
+            event = json.loads(line)
+            event["features"]["dense"]["mean_log1p_28d"] += 3.0
+            sink.write(json.dumps(event) + "\n")
+    code, report, html = run_cli(tmp_path, production_bundle, shifted)
+    assert code == drift.EXIT_ALARM and any("feature mean_log1p_28d" in r for r in report["reasons"]), report["reasons"]
