@@ -112,7 +112,9 @@ def compare(root: Path, candidate: ModelBundle, production: ModelBundle, eparams
         production = at_origin(root, production, candidate.snapshot.origin_day)
     frame, _ = scoreable_rows(frame, production, path)
     challenger = validation_window(root, candidate, frame, baseline_weeks)
-    champion = validation_window(root, production, frame, baseline_weeks)
+    # production's baseline is not compared with: asked for over the candidate's recipe's weeks, a production with
+    # a shorter history (other features) could not give it (ValueError). The weeks it holds are as good as any.
+    champion = validation_window(root, production, frame, min(baseline_weeks, production.spec.history_days // 7))
     interval = improvement_interval(challenger.series, challenger.actual, challenger.candidate, champion.candidate,
                                     challenger.weights, confidence=eparams.confidence,
                                     resamples=eparams.bootstrap_resamples, seed=eparams.seed)

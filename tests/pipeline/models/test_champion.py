@@ -186,3 +186,23 @@ def test_max_regression_is_a_non_negative_number(tiny_params):
     tiny_params["promote"]["max_regression"] = -0.1
     with pytest.raises(ParamsError, match=r"promote.max_regression: must be >= 0.0, got -0.1"):
         promote_params(tiny_params)
+
+
+def test_production_with_a_history_shorter_than_the_baseline_is_still_compared(trained_project, tiny_params,
+                                                                              set_params):
+    """Production trained on 28 days of history; the candidate's recipe has an 8-week baseline (56 days). The
+    champion/challenger rule compares the two models only: production's baseline is never used, and computing it
+    (8 weeks out of 28 days) crashed promote with a ValueError."""
+    root, _ = trained_project
+    recipe = json.loads(json.dumps(tiny_params))
+    set_params(root, weak(tiny_params))
+    train.run(root, quiet=True)
+    evaluated(root)
+    promote.run(root, quiet=True)
+    assert load_bundle(root / "models/production").spec.history_days == 28
+    recipe["train"]["baseline_weeks"] = 8  # 56 days: the candidate's whole history
+    set_params(root, recipe)
+    train.run(root, quiet=True)
+    evaluated(root)
+    result = promote.run(root, quiet=True)["champion_challenger"]
+    assert result["status"] == champion.COMPARED and result["production_version"] == "1"
