@@ -111,6 +111,19 @@ def compare(root: Path, candidate: ModelBundle, production: ModelBundle, eparams
         whose = f"the current history at the candidate's origin ({production.spec.history_days} days)"
         production = at_origin(root, production, candidate.snapshot.origin_day)
     frame, _ = scoreable_rows(frame, production, path)
+    # Production's weights saw every day up to its own training origin (a rolled-forward bundle records it as
+    # evaluated_forecast_origin): a candidate's window that starts earlier (split.validation_days raised, the data
+    # cut back) holds days production was fitted on, where it would look better than it is. Both are scored on the
+    # days after it only.
+    trained_through = np.datetime64(production.metadata.get("evaluated_forecast_origin",
+                                                            production.metadata["forecast_origin"]), "D")
+    unseen = frame["date"].to_numpy(dtype="datetime64[D]") > trained_through
+    if not unseen.any():
+        raise Unscorable(f"production was trained on every day of the candidate's validation window (its training "
+                         f"data ends on {trained_through})")
+    if not unseen.all():
+        frame = frame[unseen].reset_index(drop=True)
+        whose += f", on the days after its training data (which ends on {trained_through})"
     challenger = validation_window(root, candidate, frame, baseline_weeks)
     # production's baseline is not compared with: asked for over the candidate's recipe's weeks, a production with
     # a shorter history (other features) could not give it (ValueError). The weeks it holds are as good as any.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -19,6 +20,8 @@ from pipeline import champion, evaluate, promote, tracking, train
 from pipeline.bundle import load_bundle, verify_bundle
 from pipeline.model_params import evaluate_params, promote_params
 from pipeline.params import ParamsError, load_yaml
+
+from .conftest import write_tiny_project
 
 NAME = "shelfcast-forecaster"
 NO_PRODUCTION_LINE = ("promote: no 'production' version of shelfcast-forecaster yet: nothing to compare the "
@@ -206,3 +209,28 @@ def test_production_with_a_history_shorter_than_the_baseline_is_still_compared(t
     evaluated(root)
     result = promote.run(root, quiet=True)["champion_challenger"]
     assert result["status"] == champion.COMPARED and result["production_version"] == "1"
+
+
+def test_production_trained_on_days_of_the_candidates_window_is_compared_only_after_them(trained_project,
+                                                                                         tiny_params, set_params):
+    """Production trained with split.validation_days 8 has seen the first 8 days of a 16-day validation window:
+    scored there it looked better than it was. The comparison keeps the days neither model was fitted on."""
+    root, _ = trained_project
+    write_tiny_project(root, validation_days=8)
+    tiny_params["split"]["validation_days"] = 8
+    set_params(root, tiny_params)
+    train.run(root, quiet=True)
+    evaluated(root)
+    promote.run(root, quiet=True)
+    trained_through = load_bundle(root / "models/production").metadata["evaluated_forecast_origin"]
+    write_tiny_project(root, validation_days=16)
+    tiny_params["split"]["validation_days"] = 16
+    set_params(root, tiny_params)
+    train.run(root, quiet=True)
+    evaluated(root)
+    validation = pd.read_parquet(root / "data/split/validation.parquet")
+    unseen = int((validation["date"] > pd.Timestamp(trained_through)).sum())
+    assert 0 < unseen < len(validation)
+    result = promote.run(root, quiet=True)["champion_challenger"]
+    assert result["status"] == champion.COMPARED and result["rows"] == unseen
+    assert f"on the days after its training data (which ends on {trained_through})" in result["note"]
