@@ -11,8 +11,10 @@ upper bound is below ``-promote.max_regression``: worse with confidence.
 Production's bundle is the one installed at models/production when its digest is the registered one,
 else the registry's copy. Its snapshot ends at its own origin (rolled forward when promoted), so it is
 given the snapshot train would ship at the candidate's origin, with production's own history length
-and horizon, from the current history. A production model that still cannot be scored (a bundle this
-code cannot read or fetch, a window past its horizon) is said in one line, and the baseline gate alone
+and horizon, from the current history. Only the window's days both can be judged on count: those after
+production's own training data and within its horizon. A production model that still cannot be scored (a
+bundle this code cannot read or fetch, a window wholly past its horizon or inside its training data) is said
+in one line, and the baseline gate alone
 decides. Not a DVC stage: registry state never reaches dvc.lock or results/.
 """
 
@@ -124,6 +126,16 @@ def compare(root: Path, candidate: ModelBundle, production: ModelBundle, eparams
     if not unseen.all():
         frame = frame[unseen].reset_index(drop=True)
         whose += f", on the days after its training data (which ends on {trained_through})"
+    # A production with a shorter horizon (features.horizon changed since) forecasts the window's first days only:
+    # compared on those rather than not at all (the baseline gate alone let a worse candidate through).
+    last_day = np.datetime64(int(production.snapshot.calendar_days[-1]), "D")
+    within = frame["date"].to_numpy(dtype="datetime64[D]") <= last_day
+    if not within.any():
+        raise Unscorable(f"no day of the candidate's validation window is within production's horizon "
+                         f"({production.spec.horizon} days, to {last_day})")
+    if not within.all():
+        frame = frame[within].reset_index(drop=True)
+        whose += f", on the days within its {production.spec.horizon}-day horizon (to {last_day})"
     challenger = validation_window(root, candidate, frame, baseline_weeks)
     # production's baseline is not compared with: asked for over the candidate's recipe's weeks, a production with
     # a shorter history (other features) could not give it (ValueError). The weeks it holds are as good as any.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
@@ -234,3 +235,28 @@ def test_production_trained_on_days_of_the_candidates_window_is_compared_only_af
     result = promote.run(root, quiet=True)["champion_challenger"]
     assert result["status"] == champion.COMPARED and result["rows"] == unseen
     assert f"on the days after its training data (which ends on {trained_through})" in result["note"]
+
+
+def test_production_with_a_shorter_horizon_is_compared_on_the_days_it_forecasts(trained_project, tiny_params,
+                                                                                set_params, tmp_path):
+    """Production trained with features.horizon 8, the candidate's window 16 days: the comparison was abandoned
+    (a window past its horizon: unscorable, the baseline gate alone decided), though production forecasts the
+    window's first 8 days. Both are compared on those."""
+    root, _ = trained_project
+    short = json.loads(json.dumps(tiny_params))
+    short["features"]["horizon"] = short["split"]["validation_days"] = 8
+    set_params(root, short)
+    train.run(root, quiet=True)
+    shutil.copytree(root / "models/candidate", tmp_path / "production")
+    production = load_bundle(tmp_path / "production")
+    set_params(root, tiny_params)
+    candidate = load_bundle(root / "models/candidate")  # the template's, trained with horizon 16
+    assert production.snapshot.origin_day == candidate.snapshot.origin_day and production.spec.horizon == 8
+    validation = pd.read_parquet(root / "data/split/validation.parquet")
+    last = pd.Timestamp(str(np.datetime64(int(candidate.snapshot.origin_day) + 8, "D")))
+    within = int((validation["date"] <= last).sum())
+    assert 0 < within < len(validation)
+    eparams = evaluate_params(tiny_params)
+    cand, prod, interval, rows, how = champion.compare(root, candidate, production, eparams, 4)
+    assert rows == within and interval.series > 0
+    assert how == f"its own snapshot, on the days within its 8-day horizon (to {last.date()})"
