@@ -13,7 +13,8 @@ the days before that window (``pipeline/backtest.py``).
    over the rows of all windows, the improvement 1 - NWRMSLE(candidate) /
    NWRMSLE(baseline) has a paired bootstrap interval over store×item series
    (``evaluate.confidence``, ``evaluate.bootstrap_resamples``) whose lower
-   bound is strictly above ``evaluate.min_improvement`` (0 allowed);
+   bound is strictly above ``evaluate.min_improvement`` (0 allowed), the interval
+   resting on at least ``evaluate.min_series`` series;
 2. if ``evaluate.max_nwrmsle`` is set (not null): the candidate's NWRMSLE over
    all windows is at most that;
 3. in the validation window, no family or store slice with at least
@@ -106,7 +107,7 @@ def gate_rule(params: EvaluateParams) -> str:
     rule = (f"the lower bound of the {params.confidence:.0%} paired-bootstrap interval (over store x item series, "
             f"{params.bootstrap_resamples} resamples) of the improvement over the baseline, 1 - NWRMSLE(candidate) / "
             f"NWRMSLE(baseline) over all {params.backtest_windows} backtest window(s), must exceed "
-            f"{params.min_improvement:g}")
+            f"{params.min_improvement:g}, over at least {params.min_series} series")
     if params.max_nwrmsle is not None:
         rule += f"; the candidate's NWRMSLE over all windows must be at most {params.max_nwrmsle:g}"
     return rule + (f"; no family/store slice of the validation window with >= {params.slice_bound.min_rows} rows "
@@ -121,6 +122,10 @@ def threshold_failures(pooled: Mapping, interval: ImprovementInterval, slices: M
     ``{"candidate": {"by_family": ..., "by_store": ...}, "rows": {"by_family": ..., "by_store": ...}}``.
     """
     failures = []
+    if interval.series < params.min_series:  # a bootstrap over 1 series has an interval of zero width
+        failures.append(f"evaluate.min_series: the improvement interval rests on {interval.series} series, fewer than "
+                        f"the {params.min_series} it needs to judge with confidence (lower evaluate.min_series to "
+                        "accept a verdict on so few)")
     if not interval.low > params.min_improvement:
         failures.append(
             f"evaluate.min_improvement: the candidate improves on the baseline by {interval.estimate:.2%} "

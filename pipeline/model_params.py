@@ -60,6 +60,7 @@ class SliceBound:
 class EvaluateParams:
     backtest_windows: int  # rolling windows scored, the latest (the candidate's own) included
     min_improvement: float  # the improvement interval's lower bound must exceed this
+    min_series: int  # ... and rest on at least this many store x item series (fewer: no confident verdict)
     confidence: float  # share of bootstrap resamples inside the improvement interval
     bootstrap_resamples: int
     max_nwrmsle: float | None  # optional absolute bound on the backtest NWRMSLE (None: no bound)
@@ -132,7 +133,7 @@ def train_params(raw: Mapping[str, Any]) -> TrainParams:
 
 
 def evaluate_params(raw: Mapping[str, Any]) -> EvaluateParams:
-    s = _Section(raw.get("evaluate"), "evaluate", ("backtest_windows", "min_improvement", "confidence",
+    s = _Section(raw.get("evaluate"), "evaluate", ("backtest_windows", "min_improvement", "min_series", "confidence",
                                                    "bootstrap_resamples", "max_nwrmsle", "slice", "plot_rows",
                                                    "seed"))
     sl = s.sub("slice", ("max_nwrmsle", "min_rows"))
@@ -141,7 +142,8 @@ def evaluate_params(raw: Mapping[str, Any]) -> EvaluateParams:
         raise ParamsError(f"evaluate.confidence: must be below 1 (e.g. 0.95), got {confidence}")
     return EvaluateParams(
         backtest_windows=s.integer("backtest_windows", 1, 104),
-        min_improvement=s.number("min_improvement", -1.0), confidence=confidence,
+        min_improvement=s.number("min_improvement", -1.0), min_series=s.integer("min_series", 1, 1_000_000),
+        confidence=confidence,
         bootstrap_resamples=s.integer("bootstrap_resamples", 100, 1_000_000),
         max_nwrmsle=None if s._get("max_nwrmsle") is None else s.number("max_nwrmsle", 0.0),
         slice_bound=SliceBound(max_nwrmsle=sl.number("max_nwrmsle", 0.0), min_rows=sl.integer("min_rows", 1)),

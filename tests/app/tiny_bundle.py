@@ -30,8 +30,9 @@ TINY_APP_PARAMS = {
               "embedding_dims": {"store_nbr": 2, "item_nbr": 4, "family": 2, "class": 2, "perishable": 1,
                                  "city": 1, "store_type": 1, "cluster": 1},
               "baseline_weeks": 4},
-    "evaluate": {"backtest_windows": 1, "min_improvement": -1.0, "confidence": 0.9, "bootstrap_resamples": 100,
-                 "max_nwrmsle": None, "slice": {"max_nwrmsle": 10.0, "min_rows": 20}, "plot_rows": 100, "seed": 0},
+    "evaluate": {"backtest_windows": 1, "min_improvement": -1.0, "min_series": 1, "confidence": 0.9,
+                 "bootstrap_resamples": 100, "max_nwrmsle": None, "slice": {"max_nwrmsle": 10.0, "min_rows": 20},
+                 "plot_rows": 100, "seed": 0},
     "promote": {"model_name": "shelfcast-forecaster", "alias": "production", "max_regression": 0.0},
 }
 

@@ -29,7 +29,7 @@ def _window(accuracy, index=2, with_peer=True):
     return accuracy.WindowForecasts(index, 17300, 17315, series, actual, np.ones(series.size), forecasts)
 
 
-PARAMS = EvaluateParams(backtest_windows=3, min_improvement=0.0, confidence=0.9, bootstrap_resamples=300,
+PARAMS = EvaluateParams(backtest_windows=3, min_improvement=0.0, min_series=30, confidence=0.9, bootstrap_resamples=300,
                         max_nwrmsle=None, slice_bound=SliceBound(1.0, 10), plot_rows=10, seed=0)
 
 

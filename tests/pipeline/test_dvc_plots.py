@@ -54,7 +54,8 @@ def plots_page(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     latest = _window(0, int(np.datetime64("2017-07-31", "D").astype(np.int64)), rng)
     windows = [latest, _window(1, latest.first_day - 16, rng), _window(2, latest.first_day - 32, rng)]
-    params = EvaluateParams(backtest_windows=3, min_improvement=0.0, confidence=0.95, bootstrap_resamples=100,
+    params = EvaluateParams(backtest_windows=3, min_improvement=0.0, min_series=30, confidence=0.95,
+                            bootstrap_resamples=100,
                             max_nwrmsle=None, slice_bound=SliceBound(1.0, 10), plot_rows=50, seed=0)
     evaluate._write_plots(root, windows, np.array(["DAIRY"] * latest.rows), params)
     shown = subprocess.run([str(DVC), "plots", "show", "-o", "out"], cwd=root, capture_output=True, text=True)

@@ -123,7 +123,7 @@ def test_the_gate_fails_a_score_that_is_not_a_number():
     from pipeline.model_params import evaluate_params
 
     params = evaluate_params(default_params())
-    interval = type("Interval", (), {"low": 0.5, "high": 0.6, "estimate": 0.55, "confidence": 0.95, "series": 9})()
+    interval = type("Interval", (), {"low": 0.5, "high": 0.6, "estimate": 0.55, "confidence": 0.95, "series": 90})()
     pooled = {"candidate_nwrmsle": float("nan"), "baseline_nwrmsle": 0.6}
     slices = {"candidate": {"by_family": {"DAIRY": float("nan")}, "by_store": {}},
               "rows": {"by_family": {"DAIRY": 10_000}, "by_store": {}}}

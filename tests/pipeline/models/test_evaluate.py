@@ -26,7 +26,7 @@ def test_scores_match_hand_computed_nwrmsle():
 
 
 def _params(**changes) -> EvaluateParams:
-    values = dict(backtest_windows=3, min_improvement=0.0, confidence=0.95, bootstrap_resamples=1000,
+    values = dict(backtest_windows=3, min_improvement=0.0, min_series=30, confidence=0.95, bootstrap_resamples=1000,
                   max_nwrmsle=None, slice_bound=SliceBound(max_nwrmsle=1.0, min_rows=10), plot_rows=10, seed=0)
     values.update(changes)
     return EvaluateParams(**values)
@@ -53,6 +53,21 @@ def test_a_better_point_estimate_without_confidence_fails_and_says_by_how_much()
                         "required 0.00% (lower bound short by 1.00%)"]
     # "clears" is strict: a lower bound exactly at the bar is not confidence of beating it
     assert evaluate.threshold_failures(POOLED, _interval(0.08, 0.0, 0.15), NO_SLICES, _params())
+
+
+def test_an_interval_over_too_few_series_is_no_confident_verdict():
+    """Found by the gate probe: the bootstrap of one series draws that series every time, so its interval had zero
+    width ([1.0, 1.0] for a perfect candidate) and the gate passed "with confidence" on one or two series."""
+    from pipeline.metrics import improvement_interval
+
+    actual = np.array([3.0, 5.0, 2.0, 4.0])
+    one = improvement_interval(np.array(["1/10"] * 4), actual, actual, actual + 2.0)
+    assert one.low == one.high == 1.0 and one.series == 1
+    assert evaluate.threshold_failures(POOLED, one, NO_SLICES, _params()) == [
+        "evaluate.min_series: the improvement interval rests on 1 series, fewer than the 30 it needs to judge with "
+        "confidence (lower evaluate.min_series to accept a verdict on so few)"]
+    assert evaluate.threshold_failures(POOLED, one, NO_SLICES, _params(min_series=1)) == []
+    assert "over at least 30 series" in evaluate.gate_rule(_params())
 
 
 def test_max_nwrmsle_is_optional_and_slices_with_enough_rows_are_bounded():
