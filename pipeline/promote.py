@@ -248,7 +248,8 @@ def _promote(root: Path, quiet: bool, candidate_root: Path | None) -> dict:
                 champion.record(root, pparams.model_name, None, trained.info.run_id, refused.comparison)
         except Exception as exc:  # noqa: BLE001  (any failure of MLflow here must not hide the refusal itself)
             print(f"promote: note: the refusal is not recorded on the training run {trained.info.run_id} in MLflow "
-                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", file=sys.stderr)
+                  f"({type(exc).__name__}: {tracking.without_credentials((str(exc).splitlines() or [''])[0])})",
+                  file=sys.stderr)
         raise
     say(f"promote: {comparison.note}")
     interval = evaluation["improvement_interval"]

@@ -54,7 +54,8 @@ def publish_serving_bundle(root: Path, run_id: str, bundle_dir: Path) -> dict[st
     try:
         mlflow_client.log_artifacts(run_id, str(bundle_dir), SERVING_ARTIFACT)
     except Exception as exc:  # noqa: BLE001 MlflowException or an artifact store's own (boto, requests) error
-        raise tracking.TrackingError(f"uploading {bundle_dir} to run {run_id}: {exc}") from None
+        raise tracking.TrackingError(f"uploading {bundle_dir} to run {run_id}: "
+                                     f"{tracking.without_credentials(str(exc))}") from None
     tags = {TAG_ARTIFACT: SERVING_ARTIFACT, TAG_DIGEST: digest}
     dvc_file = bundle_dir.with_name(bundle_dir.name + ".dvc")
     if dvc_file.is_file():
@@ -126,7 +127,8 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
             local = tracking.client(root).download_artifacts(version.run_id, artifact, scratch)
         except Exception as exc:  # noqa: BLE001 MlflowException or the artifact store's own error
             where = f"runs:/{version.run_id}/{artifact}"
-            raise FetchError(f"version {version.version}: downloading {where}: {exc}") from None
+            raise FetchError(f"version {version.version}: downloading {where}: "
+                             f"{tracking.without_credentials(str(exc))}") from None
         check(verify_bundle(local))
         return copy_bundle(local, into)
 

@@ -97,6 +97,16 @@ def shown_uri(project_root: Path | str = ".") -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+# The user and password of any URL in a text: MLflow's own errors name the request's whole URL ("API request to
+# http://user:password@host/api/2.0/... failed"), credentials included, when MLFLOW_TRACKING_URI carries them.
+_URL_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the user and password taken out of every URL in it (``http://host/...``)."""
+    return _URL_CREDENTIALS.sub(r"\1", text)
+
+
 def artifact_root(project_root: Path | str = ".") -> str:
     return (store_home(project_root) / "mlartifacts").as_uri()
 
@@ -188,7 +198,8 @@ def store_error_text(exc: BaseException) -> str:
     else:
         text = str(getattr(exc, "message", None) or exc)
         text = _SQLALCHEMY_APPENDIX.split(text, maxsplit=1)[0]
-    return " ".join(text.split()) or type(exc).__name__  # one line, whatever the message's own layout
+    # one line, whatever the message's own layout, never the credentials of the URL MLflow requested
+    return without_credentials(" ".join(text.split())) or type(exc).__name__
 
 
 def _database_error(exc: BaseException) -> BaseException | None:

@@ -404,3 +404,32 @@ def test_a_database_error_from_the_store_is_one_line_naming_it(tmp_path, monkeyp
                                                      r"the store file is broken"):
         with tracking.mlflow_errors_named(tmp_path), engine.connect() as connection:
             connection.execute(sqlalchemy.text("select * from missing"))
+
+
+def test_mlflows_own_errors_never_show_the_credentials_of_the_tracking_uri(tmp_path, monkeypatch):
+    """Found by a probe: with MLFLOW_TRACKING_URI=http://user:password@host, a server gone mid-stage (reached once,
+    then restarted or down) made MLflow raise "API request to http://alice:s3cret@host/api/2.0/... failed", and the
+    stage's one line, promote's upload error and a fetch's download error printed the password as it was."""
+    import socket
+    from types import SimpleNamespace
+
+    from pipeline import registry_fetch
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens there once closed
+    uri = f"http://alice:s3cret@127.0.0.1:{port}/"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a refused connection fails at once
+    monkeypatch.setattr(tracking, "_reached", {uri})  # reached when the stage started; gone since
+    with pytest.raises(tracking.TrackingError) as error:
+        with tracking.mlflow_errors_named(tmp_path):
+            tracking.client(tmp_path).get_experiment_by_name(tracking.EXPERIMENT_NAME)
+    assert "s3cret" not in str(error.value) and f"127.0.0.1:{port}" in str(error.value), error.value
+    version = SimpleNamespace(version="1", run_id="0" * 32,
+                              tags={registry_fetch.TAG_DIGEST: "d" * 64, tracking.VERDICT_TAG: "passed"})
+    with pytest.raises(registry_fetch.FetchError) as fetched:
+        registry_fetch.download_version(tmp_path, version, tmp_path / "production")
+    assert "s3cret" not in str(fetched.value) and f"127.0.0.1:{port}" in str(fetched.value), fetched.value
+    assert tracking.without_credentials("to https://a:b@h:1/x and s3://k@bucket/p, user@host") == \
+        "to https://h:1/x and s3://bucket/p, user@host"
