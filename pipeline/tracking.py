@@ -287,6 +287,15 @@ def ensure_experiment(mlflow_client, project_root: Path | str = ".", name: str =
     (traces) view; the tag is set when absent, never over a kind a user chose.
     """
     experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        # MLflow refuses a run in it ("must be in the 'active' state") and, until its store is garbage-collected,
+        # a new experiment of that name: every later stage failed the same way, without saying the way out.
+        eid = experiment.experiment_id
+        raise TrackingError(
+            f"MLflow at {shown_uri(project_root)}: experiment {name!r} (id {eid}) was deleted, and runs cannot be "
+            f"recorded in a deleted experiment: restore it (`mlflow experiments restore --experiment-id {eid}` with "
+            f"this MLFLOW_TRACKING_URI, or the UI), or remove it for good (`mlflow gc --experiment-ids {eid}` "
+            "against the tracking server's backend store), after which the next run creates a new one")
     if experiment is None:
         location = None if os.environ.get("MLFLOW_TRACKING_URI") else artifact_root(project_root)
         experiment_id = mlflow_client.create_experiment(name, artifact_location=location,

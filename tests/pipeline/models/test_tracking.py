@@ -433,3 +433,18 @@ def test_mlflows_own_errors_never_show_the_credentials_of_the_tracking_uri(tmp_p
     assert "s3cret" not in str(fetched.value) and f"127.0.0.1:{port}" in str(fetched.value), fetched.value
     assert tracking.without_credentials("to https://a:b@h:1/x and s3://k@bucket/p, user@host") == \
         "to https://h:1/x and s3://bucket/p, user@host"
+
+
+def test_a_deleted_experiment_says_how_to_restore_or_remove_it(store):
+    """Found by a probe: an experiment deleted in the UI (a clean-up) failed every later train and evaluate with
+    MLflow's "The experiment 1 must be in the 'active' state. Current state is deleted.", saying no way out."""
+    client = tracking.client(store)
+    experiment_id = tracking.ensure_experiment(client, store)
+    client.delete_experiment(experiment_id)
+    with pytest.raises(tracking.TrackingError, match=f"experiment 'shelfcast' \\(id {experiment_id}\\) was deleted.*"
+                       f"mlflow experiments restore --experiment-id {experiment_id}.*mlflow gc"):
+        tracking.TrainingRun(store, "train-mlp", {"stage": "train"})
+    client.restore_experiment(experiment_id)  # what the message says: runs are recorded again
+    with tracking.TrainingRun(store, "train-mlp", {"stage": "train"}) as run:
+        pass
+    assert client.get_run(run.run_id).info.experiment_id == experiment_id
