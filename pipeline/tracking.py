@@ -560,8 +560,15 @@ def register_production(project_root: Path | str, run_id: str, bundle_digest: st
     try:
         try:
             mlflow_client.get_registered_model(name)
-        except MlflowException:
-            mlflow_client.create_registered_model(name, description="Shelfcast daily unit-sales forecaster (bundle)")
+        except MlflowException as missing:
+            if missing.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise  # refused or failed: creating it would only fail with "already exists", hiding why
+            try:
+                mlflow_client.create_registered_model(name,
+                                                      description="Shelfcast daily unit-sales forecaster (bundle)")
+            except MlflowException as made:
+                if made.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise  # else another promote (another host, CI) created it meanwhile: use that one
         version = _version_of_bundle(mlflow_client, name, bundle_digest)
         created = version is None
         if created:

@@ -448,3 +448,26 @@ def test_a_deleted_experiment_says_how_to_restore_or_remove_it(store):
     with tracking.TrainingRun(store, "train-mlp", {"stage": "train"}) as run:
         pass
     assert client.get_run(run.run_id).info.experiment_id == experiment_id
+
+
+def test_a_first_promote_racing_another_for_the_new_registered_model_registers_its_version(store, monkeypatch):
+    """Found by a probe: two first promotes into a new registry (CI's shadow and a person's production, on two
+    hosts) both found no registered model and both created it; the later one failed with "Registered Model
+    (name=shelfcast-forecaster) already exists" after its upload, and nothing of it was registered."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    with tracking.TrainingRun(store, "a", {}) as run:
+        pass
+    real = MlflowClient.get_registered_model
+
+    def lost_the_race(self, name):  # not there yet when asked; the other promote creates it right after
+        monkeypatch.setattr(MlflowClient, "get_registered_model", real)
+        self.create_registered_model(name, tags={"owner": "other-team"})
+        raise MlflowException(f"Registered Model with name={name} not found", RESOURCE_DOES_NOT_EXIST)
+
+    monkeypatch.setattr(MlflowClient, "get_registered_model", lost_the_race)
+    version, created = tracking.register_production(store, run.run_id, "digest-1", {})
+    assert created and str(tracking.production_version(store).version) == str(version.version) == "1"
+    assert tracking.client(store).get_registered_model(tracking.REGISTERED_MODEL).tags == {"owner": "other-team"}
