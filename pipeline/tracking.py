@@ -139,14 +139,27 @@ def check_reachable(uri: str) -> None:
         except ValueError as exc:
             raise TrackingError(f"MLFLOW_TRACKING_URI: {exc}") from None
         where = f"{parts.scheme}://{parts.hostname}:{port}"  # never the credentials a URI may carry
-        proxied = parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname)
-        if not proxied:
-            try:
-                socket.create_connection((parts.hostname, port), timeout=REACH_TIMEOUT_S).close()
-            except OSError as exc:
-                raise TrackingError(f"MLflow tracking server {where} (MLFLOW_TRACKING_URI) cannot be reached: "
-                                    f"{exc.strerror or exc}; is it running?") from None
+        exc = _connect_error(uri, REACH_TIMEOUT_S)
+        if exc is not None:
+            raise TrackingError(f"MLflow tracking server {where} (MLFLOW_TRACKING_URI) cannot be reached: "
+                                f"{exc.strerror or exc}; is it running?") from None
     _reached.add(uri)
+
+
+def _connect_error(uri: str, timeout: float) -> OSError | None:
+    """Why a TCP connection to an http(s) tracking server cannot be made now, or None (it can; not an http(s) URI;
+    a proxy is configured for the host, which MLflow's requests go through)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname):
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        return exc
+    return None
 
 
 @contextlib.contextmanager
@@ -380,8 +393,17 @@ class TrainingRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if not self.finished:
-            self.client.set_terminated(self.run_id, status="FINISHED" if exc_type is None else "FAILED")
+        if self.finished:
+            return
+        if exc_type is None:
+            self.client.set_terminated(self.run_id, status="FINISHED")
+            return
+        # The block failed: its error is what the stage says. Marking the run FAILED must neither replace that error
+        # nor, with the tracking server gone (often why the block failed), wait out MLflow's retries (minutes) a
+        # second time: the run is then left RUNNING, and the next stage on this host marks it KILLED.
+        if _connect_error(tracking_uri(self.project_root), 2.0) is None:
+            with contextlib.suppress(Exception):
+                self.client.set_terminated(self.run_id, status="FAILED")
 
     def finish(self) -> None:
         """End the run FINISHED now, before the block's last steps: a stage whose output must never be in place

@@ -471,3 +471,29 @@ def test_a_first_promote_racing_another_for_the_new_registered_model_registers_i
     version, created = tracking.register_production(store, run.run_id, "digest-1", {})
     assert created and str(tracking.production_version(store).version) == str(version.version) == "1"
     assert tracking.client(store).get_registered_model(tracking.REGISTERED_MODEL).tags == {"owner": "other-team"}
+
+
+@pytest.mark.slow
+def test_a_stage_failing_while_the_server_is_gone_says_its_own_error_at_once(store, tmp_path, monkeypatch):
+    """Found by a probe: a stage that failed while its tracking server was down (stopped, restarting) waited out
+    MLflow's retries once more to mark its run FAILED (about 4 minutes at MLflow's defaults), then said MLflow's
+    connection error instead of its own. Its error now comes at once; the run, left RUNNING, is marked KILLED by
+    the next stage on this host, as a killed stage's is."""
+    import time
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # ~4 s of retries (MLflow's default: minutes)
+    backend = f"sqlite:///{(tmp_path / 'server.db').as_posix()}"
+    with mlflow_server(backend) as address:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
+        run = tracking.TrainingRun(store, "train-mlp", {"stage": "train"})
+    started = time.monotonic()  # the server is gone now
+    with pytest.raises(OSError, match="disk full"):
+        with run:
+            raise OSError(28, "disk full")
+    assert time.monotonic() - started < 3
+    with mlflow_server(backend) as address:  # back: the next stage closes the run the failed one left open
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
+        monkeypatch.setattr(tracking, "process_alive", lambda pid: False)  # this test's process stands in for it
+        with tracking.TrainingRun(store, "train-mlp", {"stage": "train"}) as later:
+            assert later.closed == [run.run_id]
+        assert tracking.client(store).get_run(run.run_id).info.status == "KILLED"
