@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+import pandas as pd
 
 from pipeline import registry_fetch, tracking
 from pipeline.backtest import VALIDATION_DATA
@@ -102,6 +103,16 @@ def at_origin(root: Path, bundle: ModelBundle, origin_day: int) -> ModelBundle:
     return dataclasses.replace(bundle, snapshot=snapshot_at(history, history.days - 1, spec.history_days, calendar))
 
 
+def _on_days(frame: pd.DataFrame, keep: np.ndarray, whose: str, none_left: str,
+             narrowed: str) -> tuple[pd.DataFrame, str]:
+    """The rows ``keep`` marks, with ``whose`` saying the comparison was narrowed; Unscorable when none are left."""
+    if not keep.any():
+        raise Unscorable(none_left)
+    if keep.all():
+        return frame, whose
+    return frame[keep].reset_index(drop=True), whose + narrowed
+
+
 def compare(root: Path, candidate: ModelBundle, production: ModelBundle, eparams: EvaluateParams,
             baseline_weeks: int) -> tuple[float, float, ImprovementInterval, int, str]:
     """(candidate NWRMSLE, production NWRMSLE, improvement interval, rows, production's snapshot) on the
@@ -119,23 +130,17 @@ def compare(root: Path, candidate: ModelBundle, production: ModelBundle, eparams
     # days after it only.
     trained_through = np.datetime64(production.metadata.get("evaluated_forecast_origin",
                                                             production.metadata["forecast_origin"]), "D")
-    unseen = frame["date"].to_numpy(dtype="datetime64[D]") > trained_through
-    if not unseen.any():
-        raise Unscorable(f"production was trained on every day of the candidate's validation window (its training "
-                         f"data ends on {trained_through})")
-    if not unseen.all():
-        frame = frame[unseen].reset_index(drop=True)
-        whose += f", on the days after its training data (which ends on {trained_through})"
+    frame, whose = _on_days(frame, frame["date"].to_numpy(dtype="datetime64[D]") > trained_through, whose,
+                            f"production was trained on every day of the candidate's validation window (its "
+                            f"training data ends on {trained_through})",
+                            f", on the days after its training data (which ends on {trained_through})")
     # A production with a shorter horizon (features.horizon changed since) forecasts the window's first days only:
     # compared on those rather than not at all (the baseline gate alone let a worse candidate through).
     last_day = np.datetime64(int(production.snapshot.calendar_days[-1]), "D")
-    within = frame["date"].to_numpy(dtype="datetime64[D]") <= last_day
-    if not within.any():
-        raise Unscorable(f"no day of the candidate's validation window is within production's horizon "
-                         f"({production.spec.horizon} days, to {last_day})")
-    if not within.all():
-        frame = frame[within].reset_index(drop=True)
-        whose += f", on the days within its {production.spec.horizon}-day horizon (to {last_day})"
+    frame, whose = _on_days(frame, frame["date"].to_numpy(dtype="datetime64[D]") <= last_day, whose,
+                            f"no day of the candidate's validation window is within production's horizon "
+                            f"({production.spec.horizon} days, to {last_day})",
+                            f", on the days within its {production.spec.horizon}-day horizon (to {last_day})")
     challenger = validation_window(root, candidate, frame, baseline_weeks)
     # production's baseline is not compared with: asked for over the candidate's recipe's weeks, a production with
     # a shorter history (other features) could not give it (ValueError). The weeks it holds are as good as any.
