@@ -291,6 +291,12 @@ def _batches(
         except pa.ArrowKeyError:  # a column the header line has as we split it but the CSV reader does not
             raise DataValidationError(f"{path.name}: line 1: the header does not read as the columns "
                                       f"{', '.join(header.names)}") from None
+        except pa.ArrowInvalid as exc:
+            # the header line alone with no newline after it (a spreadsheet's export of an empty sheet): Arrow
+            # finds no line end and calls the file empty, but check_header has read the header: no data rows
+            if "Empty CSV file" in str(exc):
+                return
+            raise
         names = reader.schema.names
         left_out = [c for c in spec.columns if c.name in header.left_out]
         if sorted(names + [c.name for c in left_out]) != sorted(spec.column_names):  # a quote or \r in the header

@@ -483,3 +483,28 @@ def test_a_quoted_column_name_with_a_comma_is_one_column_read_past(tmp_path, cap
     assert "train.csv: column(s) 'cost, EUR' not part of the train schema" in capsys.readouterr().err
     for path in sorted((tmp_path / "plain").glob("*.parquet")):
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "cost" / path.name), pd.read_parquet(path))
+
+
+@pytest.mark.parametrize("name", ["oil", "transactions", "holidays_events", "test"])
+def test_a_header_line_without_its_newline_is_read_as_the_header_alone(tmp_path, name):
+    """A spreadsheet's export of an empty sheet ends its one line without a newline: Arrow finds no line end and
+    called the file empty ('oil.csv: file is empty'), though it has its header; it is the header alone."""
+    import pandas as pd
+
+    raw = write_kaggle_sample(tmp_path / "raw")
+    _edit(raw, name, lambda t: t.splitlines()[0] + "\n")
+    prepare(raw, tmp_path / "with-newline", PARAMS, progress=False)
+    _edit(raw, name, lambda t: t.rstrip("\n"))
+    prepare(raw, tmp_path / "without", PARAMS, progress=False)
+    for table in ("sales", "holidays"):
+        with_newline, without = (pd.read_parquet(tmp_path / out / f"{table}.parquet")
+                                 for out in ("with-newline", "without"))
+        pd.testing.assert_frame_equal(with_newline, without)
+
+
+@pytest.mark.parametrize("name", ["train", "items", "stores"])
+def test_a_required_file_of_a_header_line_without_its_newline_has_no_data_rows(tmp_path, name):
+    raw = write_kaggle_sample(tmp_path / "raw")
+    _edit(raw, name, lambda t: t.splitlines()[0])
+    with pytest.raises(DataValidationError, match=rf"^{name}\.csv: has no data rows \(header only\)$"):
+        prepare(raw, tmp_path / "prepared", PARAMS, progress=False)
