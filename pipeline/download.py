@@ -44,8 +44,8 @@ from pipeline.cluster import ClusterError, dask_client, scheduler_address
 from pipeline.io import atomic_directory
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
-from pipeline.source import (ABSENT_IN_FOLDER, CANDIDATE_SUFFIXES, data_source, forbidden_note, is_single_file, join,
-                             local_path, missing_raw_files)
+from pipeline.source import (ABSENT_IN_FOLDER, CANDIDATE_SUFFIXES, check_raw_file_names, data_source, forbidden_note,
+                             is_single_file, join, local_path, missing_raw_files, other_formats_note)
 from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.synthetic import generate
 
@@ -306,9 +306,10 @@ def _zip_members(zipped: zipfile.ZipFile, name: str) -> dict[str, zipfile.ZipInf
     """Raw file -> its member; two members for one raw file (backup/train.csv and train.csv, or train.csv and
     train.csv.gz) are refused: either would be taken silently, and which is meant cannot be told."""
     chosen: dict[str, list[zipfile.ZipInfo]] = {}
-    for member in zipped.infolist():
-        if member.is_dir() or member.filename.startswith("__MACOSX/"):
-            continue
+    members = [member for member in zipped.infolist()
+               if not member.is_dir() and not member.filename.startswith("__MACOSX/")]
+    check_raw_file_names(name, [Path(member.filename).name for member in members], DownloadError)
+    for member in members:
         base = _wanted(Path(member.filename).name)
         if base is not None:
             chosen.setdefault(base, []).append(member)
@@ -407,6 +408,12 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
             raise
     else:
         found = set()
+        if not remote:  # Holidays_Events.csv would be read past: no holidays, without a word
+            check_raw_file_names(f"data.source: {source}", [entry.name for entry in local_path(source).iterdir()
+                                                            if entry.is_file()], DownloadError,
+                                 found={base for base in RAW_FILES + OPTIONAL_RAW_FILES
+                                        if any(local_path(join(source, f"{base}{suffix}")).is_file()
+                                               for suffix in CANDIDATE_SUFFIXES)})
         for base in RAW_FILES + OPTIONAL_RAW_FILES:
             if not remote:  # a folder: two copies of one file (a .csv beside its .csv.gz) would leave one unread
                 present = [f"{base}{suffix}" for suffix in CANDIDATE_SUFFIXES
@@ -430,7 +437,9 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
                 break
     missing = missing_raw_files({f"{base}.csv" for base in found})
     if missing:
-        raise DownloadError(f"data.source: {source} {missing}{forbidden_note(refused, fetched)}")
+        listed = [] if remote or is_single_file(source) else [entry.name for entry in local_path(source).iterdir()]
+        raise DownloadError(f"data.source: {source} {missing}{forbidden_note(refused, fetched)}"
+                            f"{other_formats_note(listed, found)}")
     unchecked = sorted(set(params.sha256) - fetched)
     if unchecked:  # a typo, or train.csv listed where train.csv.gz was fetched: nothing would have been verified
         raise DownloadError(f"data.sha256.{unchecked[0]}: no file of that name was fetched from {source} "

@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -82,6 +83,49 @@ def missing_raw_files(names) -> str | None:
     missing = [base for base in RAW_FILES if not any(f"{base}{suffix}" in names for suffix in CANDIDATE_SUFFIXES)]
     return (f"has no {', '.join(missing)} (looked for NAME{', NAME'.join(CANDIDATE_SUFFIXES)})" if missing
             else None)
+
+
+def _folded(text: str) -> str:
+    return re.sub(r"[\s_\-.]", "", text.casefold())
+
+
+def lookalike_raw_files(names, found=None) -> list[tuple[str, str, str | None]]:
+    """Files among ``names`` that look meant as a raw file the names lack under its exact names: (file, raw file,
+    its exact name or None). A raw name but for case, spaces, ``_``, ``-`` (``Holidays_Events.csv``,
+    ``Train.CSV``, ``holidays-events.csv.gz``) has that exact name: read past, the file would be silently absent
+    (no holidays, no oil), as a misspelt column would. A raw name in another format (``train.parquet``,
+    ``oil.xlsx``) has None: only CSV is read. ``found``: the raw files found (default: those ``names`` hold under
+    an exact name); a folder's are those that open, which on a case-insensitive file system Train.csv does."""
+    names = list(names)
+    if found is None:
+        found = {base for base in RAW_NAMES if any(f"{base}{suffix}" in names for suffix in CANDIDATE_SUFFIXES)}
+    wanted = {_folded(base): base for base in RAW_NAMES if base not in found}
+    alike = []
+    for name in sorted(names):
+        stem, dot, rest = name.partition(".")
+        base = wanted.get(_folded(stem))
+        if base is None or not dot:
+            continue
+        suffix = f".{rest.lower()}"
+        alike.append((name, base, f"{base}{suffix}" if suffix in CANDIDATE_SUFFIXES else None))
+    return alike
+
+
+def check_raw_file_names(where: str, names, error: type[StageError] | None = None, found=None) -> None:
+    """SourceError (or ``error``) for a file of ``names`` (a folder's, a zip's members') named a raw file but for
+    case or separators (see ``lookalike_raw_files``); ``where``: the source as the error names it."""
+    for name, base, exact in lookalike_raw_files(names, found):
+        if exact is not None:
+            raise (error or SourceError)(
+                f"{where} has {name} but no {base} file: is {exact} meant? (raw file names are matched exactly, "
+                f"in lowercase: rename it {exact}; read past, it would be as if there were none)")
+
+
+def other_formats_note(names, found=None) -> str:
+    """What a 'has no ...' error adds when the missing raw files are there in a format that is not read."""
+    other = [name for name, base, exact in lookalike_raw_files(names, found) if exact is None and base in RAW_FILES]
+    return (f"; found {', '.join(other)}: only CSV files are read (export it as NAME.csv or NAME.csv.gz)"
+            if other else "")
 
 
 def candidate_names() -> list[str]:
@@ -173,6 +217,9 @@ def fingerprint(source: str, params: DataParams, cache: HashCache) -> dict:
         if not path.exists():
             raise SourceError(f"data.source: {source} does not exist")
         found = [path] if path.is_file() else [path / name for name in candidate_names() if (path / name).is_file()]
+        if path.is_dir():
+            check_raw_file_names(f"data.source: {source}", [entry.name for entry in path.iterdir() if entry.is_file()],
+                                 found={file.name.split(".")[0] for file in found})
         for file in found:
             try:
                 files[file.name] = {"sha256": cache.sha256(file), "size": file.stat().st_size}
@@ -180,7 +227,9 @@ def fingerprint(source: str, params: DataParams, cache: HashCache) -> dict:
                 raise SourceError(f"{file}: cannot read it: {exc}") from None
     missing = None if is_single_file(source) else missing_raw_files(files)
     if missing:  # download would stop on it: say so now, not "0 file(s)" as if all were well
-        raise SourceError(f"data.source: {source} {missing}{forbidden_note(refused, files)}")
+        listed = [] if is_remote(source) else [entry.name for entry in local_path(source).iterdir()]
+        raise SourceError(f"data.source: {source} {missing}{forbidden_note(refused, files)}"
+                          f"{other_formats_note(listed, {name.split('.')[0] for name in files})}")
     return {"source": source, "files": files}
 
 

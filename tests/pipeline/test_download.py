@@ -540,3 +540,40 @@ def test_a_bucket_answering_403_for_absent_names_is_read_like_a_folder(bucket, k
     # ... and a single archive the server refuses is that refusal, not "no such file"
     with pytest.raises(DownloadError, match=r"favorita.zip: HTTP 403"):
         download(_params(bucket + "favorita.zip"), tmp_path / "raw3", tmp_path / "partial", progress=False)
+
+
+@pytest.mark.parametrize("name, meant", [("Holidays_Events.csv", "holidays_events.csv"), ("oil.CSV", "oil.csv"),
+                                         ("holidays-events.csv.gz", "holidays_events.csv.gz"),
+                                         ("Train.csv", "train.csv")])
+def test_a_raw_file_named_but_for_case_or_separators_is_refused_not_read_past(tmp_path, name, meant):
+    """A folder's Holidays_Events.csv was read past without a word: prepare ran with no holidays at all (and an
+    oil.CSV with no oil); a Train.csv was 'has no train', with no word of the file beside it."""
+    from pipeline.source import HashCache, SourceError, fingerprint
+
+    source = write_kaggle_sample(tmp_path / "src", compress=("holidays_events",) if name.endswith(".gz") else ())
+    base = meant.split(".")[0]
+    next(source.glob(f"{base}.csv*")).rename(source / name)
+    message = rf"has {name} but no {base} file: is {meant} meant\? \(raw file names are matched exactly"
+    with pytest.raises(SourceError, match=message):
+        fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))
+    with pytest.raises(DownloadError, match=message):
+        download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    assert not (tmp_path / "raw").exists()
+    archive = _zip_of(source, tmp_path / "data.zip")
+    with pytest.raises(DownloadError, match=rf"^data.zip {message}"):
+        download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
+
+
+def test_a_required_raw_file_in_another_format_is_named_in_the_error(tmp_path):
+    from pipeline.source import HashCache, SourceError, fingerprint
+
+    source = write_kaggle_sample(tmp_path / "src")
+    (source / "items.csv").rename(source / "items.parquet")
+    (source / "oil.csv").rename(source / "oil.xlsx")  # an optional file: not read, and no error of its own
+    message = r"has no items \(looked for .*\); found items.parquet: only CSV files are read"
+    with pytest.raises(SourceError, match=message):
+        fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))
+    with pytest.raises(DownloadError, match=message):
+        download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    (source / "items.parquet").rename(source / "items.csv")
+    assert "6 files" in download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
