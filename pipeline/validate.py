@@ -143,6 +143,7 @@ def _header(path: Path, strip: bool = True) -> list[str]:
         raise DataValidationError(f"{path.name}: cannot read: {exc} (corrupt or truncated gzip?)") from None
     except OSError as exc:  # no such file, a directory, no permission: the gzip hint would mislead
         raise DataValidationError(f"{path.name}: cannot read: {exc.strerror or exc}") from None
+    head = head.removeprefix(b"\xef\xbb\xbf")  # UTF-8's byte order mark (Excel's "CSV UTF-8"): no part of line 1
     first = re.split(rb"\r\n|\r|\n", head, maxsplit=1)[0]
     if not first.strip():
         if head.strip():

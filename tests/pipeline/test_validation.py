@@ -62,6 +62,10 @@ CASES = {
                                     .replace(_train_line(30), _with_field(_train_line(30), 2, "77")),
                                     ["train.csv", "'store_nbr'", "line 33 (77)"]),
     "a blank first line": ("items", lambda t: "\n" + t, ["items.csv", "line 1 is blank"]),
+    # Excel's "CSV UTF-8" starts every file with a byte order mark, an empty sheet's too: it was taken for a header
+    # line of one nameless column ("column 'item_nbr': missing (header has: )")
+    "a byte order mark and a blank first line": ("items", lambda t: "\ufeff\n" + t, ["items.csv: line 1 is blank"]),
+    "a byte order mark alone": ("oil", lambda t: "\ufeff", ["oil.csv: file is empty (no header line)"]),
     "unpadded date": ("train", lambda t: _replace_line(t, 40, _train_line(40).replace("2014-03-0", "2014-3-", 1)
                                                       .replace("2014-03-", "2014-3-", 1)),
                       ["train.csv", "'date'", "line 40", "2014-3-"]),
