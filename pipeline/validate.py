@@ -134,6 +134,27 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
+# What a file that is no CSV text starts with: said for what it is, not 'header (line 1) is not UTF-8 text'.
+OTHER_FORMATS = (
+    (b"\x1f\x8b", "gzip-compressed data", "name it NAME.csv.gz (a .csv.gz is read compressed)"),
+    (b"PK\x03\x04", "a zip archive (an Excel .xlsx workbook is one)",
+     "save or export it as CSV UTF-8 (a zip of raw files is a data.source of its own, not a raw file)"),
+    (b"\xd0\xcf\x11\xe0", "an old Excel .xls workbook", "save or export it as CSV UTF-8"),
+    (b"PAR1", "a Parquet file", "write it as CSV"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7z archive", "name it NAME.csv.7z in the source, where download unpacks it"),
+    (b"\xff\xfe", "UTF-16 text (Excel's 'Unicode Text')", "save it as CSV UTF-8"),
+    (b"\xfe\xff", "UTF-16 text", "save it as CSV UTF-8"),
+)
+
+
+def _refuse_other_formats(path: Path, head: bytes) -> None:
+    for magic, what, fix in OTHER_FORMATS:
+        if head.startswith(magic):
+            if magic == b"\x1f\x8b" and path.name.endswith(".gz"):
+                what, fix = "gzip-compressed twice", "gunzip it once"
+            raise DataValidationError(f"{path.name}: is {what}, not CSV text: {fix}")
+
+
 def _header(path: Path, strip: bool = True) -> list[str]:
     """The header's column names (quotes removed; with ``strip``, the spaces around them too)."""
     try:
@@ -143,6 +164,7 @@ def _header(path: Path, strip: bool = True) -> list[str]:
         raise DataValidationError(f"{path.name}: cannot read: {exc} (corrupt or truncated gzip?)") from None
     except OSError as exc:  # no such file, a directory, no permission: the gzip hint would mislead
         raise DataValidationError(f"{path.name}: cannot read: {exc.strerror or exc}") from None
+    _refuse_other_formats(path, head)
     head = head.removeprefix(b"\xef\xbb\xbf")  # UTF-8's byte order mark (Excel's "CSV UTF-8"): no part of line 1
     first = re.split(rb"\r\n|\r|\n", head, maxsplit=1)[0]
     if not first.strip():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import subprocess
 import sys
 
@@ -109,6 +110,49 @@ CASES = {
     "unknown store in transactions": ("transactions", lambda t: t + "2014-04-20,77,5\n",
                                       ["transactions.csv", "'store_nbr'", "77"]),
     "empty file": ("items", lambda t: "", ["items.csv", "empty"]),
+}
+
+# A raw file that is no CSV text at all was 'header (line 1) is not UTF-8 text', or a header of binary garbage
+BINARY_CASES = {
+    "gzip in a .csv": ("items", lambda b: gzip.compress(b), "items.csv: is gzip-compressed data, not CSV text: "
+                       "name it NAME.csv.gz"),
+    "an Excel workbook renamed .csv": ("stores", lambda b: _zipped("xl/workbook.xml", b),
+                                       "stores.csv: is a zip archive (an Excel .xlsx workbook is one), not CSV text"),
+    "UTF-16": ("oil", lambda b: b.decode("utf-8").encode("utf-16"), "oil.csv: is UTF-16 text (Excel's 'Unicode "
+               "Text'), not CSV text: save it as CSV UTF-8"),
+}
+
+
+def _zipped(name: str, data: bytes) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("case", sorted(BINARY_CASES))
+def test_a_raw_file_in_another_format_is_said_for_what_it_is(tmp_path, case):
+    name, change, expected = BINARY_CASES[case]
+    raw = write_kaggle_sample(tmp_path / "raw")
+    path = raw / f"{name}.csv"
+    path.write_bytes(change(path.read_bytes()))
+    with pytest.raises(DataValidationError, match=f"^{re.escape(expected)}"):
+        prepare(raw, tmp_path / "prepared", PARAMS, progress=False)
+
+
+def test_a_gzip_compressed_twice_is_said_so(tmp_path):
+    raw = write_kaggle_sample(tmp_path / "raw", compress=("train",))
+    path = raw / "train.csv.gz"
+    path.write_bytes(gzip.compress(path.read_bytes()))
+    with pytest.raises(DataValidationError, match=r"^train.csv.gz: is gzip-compressed twice, not CSV text: gunzip "
+                                                  "it once$"):
+        prepare(raw, tmp_path / "prepared", PARAMS, progress=False)
+
+
+CASES |= {
     "header only": ("train", lambda t: t.splitlines()[0] + "\n", ["train.csv", "no data rows"]),
     "missing value": ("transactions", lambda t: _replace_line(t, 5, ",1,1000"),
                       ["transactions.csv", "'date'", "line 5"]),
