@@ -88,17 +88,60 @@ def read_reference(raw_dir: Path) -> Reference:
     return Reference(items, stores, holidays, oil, transactions)
 
 
-class StorePartitions:
-    """Pass 1: train.csv split into one temporary Parquet file per store."""
+def open_files_budget() -> int:
+    """How many store partitions pass 1 keeps open at once: half the process's open-file limit, raised to its hard
+    limit first where the soft one is lower (macOS starts processes at 256, many Linux sessions at 1,024: a file
+    of 2,000 stores failed with 'Too many open files'). The other half is for Arrow, MLflow and Dask."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit to read
+        return 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 1 << 16) if hard != resource.RLIM_INFINITY else 1 << 16
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        for target in (wanted, 10240):  # macOS refuses more than OPEN_MAX (10,240) whatever the hard limit says
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(target, wanted), hard))
+                soft = min(target, wanted)
+                break
+            except (ValueError, OSError):
+                continue
+    return max(8, (wanted if soft == resource.RLIM_INFINITY else soft) // 2)
 
-    def __init__(self, directory: Path):
+
+class StorePartitions:
+    """Pass 1: train.csv split into one temporary Parquet file per store.
+
+    At most ``max_open`` stores' files are open at once (the process's open-file limit is finite, and a file in
+    Kaggle's order, by date then store, has every store in each block): when another store needs one, the least
+    recently written is closed, and that store's next rows go to a further part file; ``close`` joins each
+    store's parts into its one file, in the order written.
+    """
+
+    def __init__(self, directory: Path, max_open: int | None = None):
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.writers: dict[int, pq.ParquetWriter] = {}
+        self.max_open = max_open if max_open is not None else open_files_budget()
+        self.writers: dict[int, pq.ParquetWriter] = {}  # open ones, least recently written first
+        self.parts: dict[int, int] = {}  # store -> part files begun
         self.rows: dict[int, int] = {}
 
     def path(self, store: int) -> Path:
         return self.directory / f"store={store}.parquet"
+
+    def _part(self, store: int, k: int) -> Path:
+        return self.path(store) if k == 0 else self.directory / f"store={store}.part-{k}.parquet"
+
+    def _writer(self, store: int, schema: pa.Schema) -> pq.ParquetWriter:
+        writer = self.writers.pop(store, None)
+        if writer is None:
+            while len(self.writers) >= self.max_open:
+                self.writers.pop(next(iter(self.writers))).close()
+            k = self.parts.get(store, 0)
+            writer = parquet_writer(self._part(store, k), schema)
+            self.parts[store] = k + 1
+        self.writers[store] = writer  # (re)inserted: now the most recently written
+        return writer
 
     def add(self, batch: pa.RecordBatch, offset: int) -> None:
         stores = batch.column("store_nbr").to_numpy(zero_copy_only=False)
@@ -111,15 +154,22 @@ class StorePartitions:
         for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(order)]])):
             store = int(sorted_stores[lo])
             part = table.take(pa.array(order[lo:hi]))
-            if store not in self.writers:
-                self.writers[store] = parquet_writer(self.path(store), part.schema)
-                self.rows[store] = 0
-            self.writers[store].write_table(part)
-            self.rows[store] += hi - lo
+            self._writer(store, part.schema).write_table(part)
+            self.rows[store] = self.rows.get(store, 0) + hi - lo
 
     def close(self) -> None:
         for writer in self.writers.values():
             writer.close()
+        self.writers.clear()
+        for store, count in self.parts.items():
+            if count > 1:  # one store at a time: no more in memory than pass 2 reads of it
+                parts = [self._part(store, k) for k in range(count)]
+                table = pa.concat_tables([pq.read_table(part) for part in parts])
+                for part in parts:
+                    part.unlink()
+                with parquet_writer(self.path(store), table.schema) as writer:
+                    writer.write_table(table)
+                self.parts[store] = 1
 
 
 class IdTracker:
