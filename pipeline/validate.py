@@ -108,10 +108,17 @@ def describe_rows(path: Path, rows, values=None) -> str:
     return _lines(np.asarray(rows), values, path)
 
 
+# What an error about train.csv's or test.csv's id adds: a team's export often has an 'id' of its own (a SKU code,
+# receipt numbers that repeat), which the schema's row id refuses, though the file may simply leave the column out.
+ID_HINT = ("the id column is Kaggle's row id, which no feature reads: a file may leave it out, so rename or remove "
+           "a column of ids of your own")
+
+
 def fail(path: Path, column: str | None, problem: str, rows: np.ndarray | None = None, values=None) -> None:
     where = f"{path.name}: column '{column}'" if column else path.name
     detail = f"; first offending: {_lines(np.asarray(rows), values, path)}" if rows is not None and len(rows) else ""
-    raise DataValidationError(f"{where}: {problem}{detail}")
+    hint = f" ({ID_HINT})" if column == "id" else ""
+    raise DataValidationError(f"{where}: {problem}{detail}{hint}")
 
 
 def find_raw_file(raw_dir: Path, name: str) -> Path | None:

@@ -218,7 +218,21 @@ def test_negative_id_message_names_the_bound(tmp_path):
     with pytest.raises(DataValidationError) as error:
         prepare(raw, tmp_path / "out", PARAMS, progress=False)
     assert str(error.value) == ("train.csv: column 'id': value out of range (expected >= 0); "
-                                "first offending: line 12 (-7)")
+                                "first offending: line 12 (-7) (the id column is Kaggle's row id, which no feature "
+                                "reads: a file may leave it out, so rename or remove a column of ids of your own)")
+
+
+@pytest.mark.parametrize("name, value, problem", [("train", "SKU-0007", "not a valid int64"),
+                                                  ("test", "SKU-0007", "not a valid int64"),
+                                                  ("train", "7", "duplicate id")])
+def test_an_id_column_of_the_files_own_says_it_may_be_left_out(tmp_path, name, value, problem):
+    """A team's export with an 'id' of its own (SKU codes, receipt numbers that repeat) was refused as no valid row
+    id, with no word that the column may be left out (README: no feature reads it)."""
+    raw = write_kaggle_sample(tmp_path / "raw")
+    _edit(raw, name, lambda t: _replace_line(t, 3, _with_field(t.splitlines()[2], 0, value)))
+    with pytest.raises(DataValidationError, match=rf"^{name}.csv: column 'id': {problem}.* \(the id column is "
+                                                  "Kaggle's row id, which no feature reads: a file may leave it out"):
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
 
 
 def test_id_beyond_int64_is_located(tmp_path):
@@ -323,7 +337,7 @@ def test_files_without_kaggle_ids_prepare_as_with_them(tmp_path):
     _edit(raw, "train", lambda t: "\n".join(("id," if n == 0 else ("," if n == 7 else f"{n},")) + line
                                             for n, line in enumerate(t.splitlines())) + "\n")
     with pytest.raises(DataValidationError, match=r"train.csv: column 'id': empty value where one is required; "
-                                                  r"first offending: line 8$"):
+                                                  r"first offending: line 8 \(the id column is Kaggle's row id"):
         prepare(raw, tmp_path / "bad", PARAMS, progress=False)
 
 
