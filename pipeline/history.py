@@ -32,6 +32,8 @@ from pipeline.features import (
     FeatureRows,
     HistorySnapshot,
 )
+from pipeline.io import TRAIN_LAST_DAY_KEY
+
 
 SALES_COLUMNS = ("date", "store_nbr", "item_nbr", "unit_sales", "onpromotion", "family", "class", "perishable",
                  "city", "store_type", "cluster") + HOLIDAY_FLAGS
@@ -262,6 +264,12 @@ def _day_bounds(parquet: pq.ParquetFile, group: int) -> tuple[int, int] | None:
     return int(low), int(high)
 
 
+def declared_last_day(parquet: pq.ParquetFile) -> int:
+    """The last day a split file says it covers (``TRAIN_LAST_DAY_KEY``), rows or not; very early when it says none."""
+    value = (parquet.schema_arrow.metadata or {}).get(TRAIN_LAST_DAY_KEY)
+    return int(np.datetime64(value.decode(), "D").astype(np.int64)) if value else -10**9
+
+
 def load_history(paths: Iterable[Path | str], days: int | None = None, progress: bool = False) -> SalesHistory:
     """Dense history of the last ``days`` days (None: all) of prepared sales files, read row group by row group.
 
@@ -280,6 +288,7 @@ def load_history(paths: Iterable[Path | str], days: int | None = None, progress:
     else:
         last_day = max(int(_arrow_days(parquet.read_row_group(g, columns=["date"]).column(0)).max(initial=-10**9))
                        for _, parquet, g in groups)
+    last_day = max([last_day] + [declared_last_day(parquet) for _, parquet in files])
     floor = -10**9 if days is None else last_day - int(days) + 1
     groups = [group for group, b in zip(groups, bounds) if b is None or b[1] >= floor]
 

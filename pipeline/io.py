@@ -13,6 +13,12 @@ from pipeline.atomic import atomic_directory, atomic_file  # noqa: F401  (stages
 
 PARQUET_COMPRESSION = "zstd"
 
+# data/split/train.parquet's schema metadata: the last day it covers (ISO date), the day before the validation
+# window, which has rows only if it was a sales day. A chain closed on Sundays whose window starts on a Monday has
+# training rows to the Saturday; the training history still ends on the Sunday, so the model's forecast window
+# (its origin + 1 .. + horizon) is the validation window, not one day short of it.
+TRAIN_LAST_DAY_KEY = b"shelfcast.last_day"
+
 
 class _ReproducibleGzip(gzip.GzipFile):
     """gzip with no file name and time in its header: the same bytes give the same file, run after run."""

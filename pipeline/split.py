@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline.cluster import ClusterError, dask_client, run_tasks, scheduler_address
-from pipeline.io import atomic_directory, parquet_writer
+from pipeline.io import TRAIN_LAST_DAY_KEY, atomic_directory, parquet_writer
 from pipeline.params import SplitParams, split_params
 from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.store_parts import append_part, row_groups_by_store, write_part
@@ -133,7 +133,9 @@ def split(sales_path: Path, out_dir: Path, params: SplitParams, progress: bool =
     cutoff_scalar = pa.scalar(np.datetime64(cutoff, "ns"), type=sales.schema_arrow.field("date").type)
     counts = {"train": 0, "validation": 0}
     with atomic_directory(out_dir) as staging:
-        writers = {name: parquet_writer(staging / f"{name}.parquet", sales.schema_arrow) for name in counts}
+        declared = {"train": {TRAIN_LAST_DAY_KEY: str(cutoff - 1).encode()}, "validation": {}}
+        writers = {name: parquet_writer(staging / f"{name}.parquet", sales.schema_arrow.with_metadata(
+            {**(sales.schema_arrow.metadata or {}), **declared[name]})) for name in counts}
         try:
             if client is not None:
                 counts = _split_on_cluster(client, Path(sales_path), sales, cutoff, staging, writers, progress)
