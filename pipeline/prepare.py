@@ -524,6 +524,23 @@ NO_PROMOTIONS_WARNING = ("train.csv gives no promotion on any row (no onpromotio
                          "weight")
 
 
+SPARSE_DAYS_SHARE = 0.5  # sales on fewer of the days from the first date to the last: not daily data
+
+
+def sparse_days_warning(path: Path, calendar: np.ndarray) -> str | None:
+    """One line when train.csv has sales on under SPARSE_DAYS_SHARE of its days (weekly or monthly totals, each
+    dated on one day): a date without rows is no sales day, so such data were read as daily sales without a word,
+    and the model forecast a week's units for a day. Closed Sundays (6 days of 7) or weekends (5 of 7) pass."""
+    span = int((calendar[-1] - calendar[0]).astype(np.int64)) + 1 if len(calendar) else 0
+    if span < 28 or len(calendar) >= SPARSE_DAYS_SHARE * span:
+        return None
+    gaps = np.diff(calendar.astype(np.int64))
+    typical = int(np.median(gaps))
+    return (f"{path.name}: sales on {len(calendar):,} of the {span:,} days from {calendar[0]} to {calendar[-1]} "
+            f"(typically {typical} days apart): Shelfcast forecasts daily sales, one row per day, store and item "
+            "that sold; weekly or monthly totals are read as one day's sales, with no sales on the days between")
+
+
 def _any_promotion_known(sales_path: Path) -> bool:
     """Whether any prepared row knows its promotion flag: stops at the first batch that does."""
     for batch in pq.ParquetFile(sales_path).iter_batches(columns=["onpromotion_known"]):
@@ -565,6 +582,8 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool 
     with atomic_directory(out_dir) as staging:
         workdir = staging / ".by_store"
         partitions, calendar = split_train_by_store(raw_dir, reference, workdir, progress)
+        if warning := sparse_days_warning(train_path, calendar):
+            print(f"prepare: warning: {warning}", file=sys.stderr, flush=True)
         sales_path = staging / "sales.parquet"
         writer = parquet_writer(sales_path, PREPARED_SALES_SCHEMA)
         try:

@@ -379,3 +379,21 @@ def test_stores_whose_partitions_were_closed_early_are_joined_in_order(tmp_path,
     prepare(raw, tmp_path / "prepared", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
     assert parts[0] > 3  # the case this is about: stores' rows in several part files
     pd.testing.assert_frame_equal(_sales(tmp_path / "prepared"), _sales(tmp_path / "unlimited"))
+
+
+@pytest.mark.parametrize("every, warned", [(7, True), (30, True), (1, False)])
+def test_weekly_or_monthly_totals_are_warned_about(tmp_path, capsys, every, warned):
+    """Weekly totals dated on their Monday were prepared as daily sales without a word (six days of no sales a
+    week): the model forecast a week's units for a day. A chain closed on Sundays is daily data: no warning."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "stores.csv").write_text("store_nbr,city,state,type,cluster\n1,C,S,A,1\n")
+    (raw / "items.csv").write_text("item_nbr,family,class,perishable\n10,F,1,0\n")
+    days = [START + dt.timedelta(days=k) for k in range(400) if k % every == 0 and (every > 1 or k % 7 != 6)]
+    (raw / "train.csv").write_text("id,date,store_nbr,item_nbr,unit_sales,onpromotion\n"
+                                   + "".join(f"{n},{day},1,10,{20 + n % 5},False\n" for n, day in enumerate(days)))
+    prepare(raw, tmp_path / "prepared", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    err = capsys.readouterr().err
+    assert ("prepare: warning: train.csv: sales on" in err) == warned, err
+    if warned:
+        assert f"(typically {every} days apart): Shelfcast forecasts daily sales" in err
