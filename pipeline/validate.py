@@ -374,6 +374,9 @@ def _explain_conversion_failure(path: Path, spec: RawFile, header: Header, error
                 rows = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
                 if len(rows):
                     kind = "date YYYY-MM-DD" if column.type == pa.date32() else str(column.type)
+                    if pa.types.is_boolean(column.type):  # 'yes', 'Y', 'x': say what is read
+                        kind += (f" ({' / '.join(TRUE_VALUES)} or {' / '.join(FALSE_VALUES)}"
+                                 f"{', or empty where unknown' if column.nullable else ''})")
                     shown = values.take(rows[:MAX_SHOWN]).to_pylist()
                     fail(path, column.name, f"not a valid {kind}", rows + offset, shown)
                 if pa.types.is_integer(column.type):

@@ -95,6 +95,13 @@ CASES = {
                                     ["train.csv", "line 1", "column name 'onpromotion ' has spaces around it"]),
     "a spreadsheet's empty columns": ("stores", lambda t: t.replace("\n", ",,\n"),
                                       ["stores.csv", "line 1", "the header ends in 2 empty column name(s)"]),
+    # a team's own flags: what is read was not said
+    "promotion as yes/no": ("train", lambda t: _replace_line(t, 200, _with_field(_train_line(200), 5, "yes")),
+                            ["train.csv: column 'onpromotion': not a valid bool (True / true / TRUE / 1 or False / "
+                             "false / FALSE / 0, or empty where unknown); first offending: line 200 ('yes')"]),
+    "transferred as Y": ("holidays_events", lambda t: t.replace("Puente,False", "Puente,Y"),
+                         ["holidays_events.csv: column 'transferred': not a valid bool (True / true / TRUE / 1 or "
+                          "False / false / FALSE / 0); first offending: line"]),
     "not an integer": ("train", lambda t: _replace_line(t, 7, _with_field(_train_line(7), 2, "one")),
                        ["train.csv", "'store_nbr'", "line 7", "one"]),
     "duplicate key": ("train", lambda t: t + _train_line(20).replace(_train_line(20).split(",")[0], "999999", 1) + "\n",
