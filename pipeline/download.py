@@ -285,7 +285,15 @@ def install(fetched: Path, file_name: str, staging: Path, label: str | None = No
 
 
 def _check_gzip_complete(path: Path, file_name: str) -> None:
-    """A truncated .gz must be caught here, not as a half-read file in prepare."""
+    """A truncated .gz must be caught here, not as a half-read file in prepare; a file that is no gzip at all (a
+    plain CSV named .csv.gz) is said for what it is, not as 'corrupt or truncated'."""
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    if head and not head.startswith(b"\x1f\x8b"):
+        discard(path)
+        shown = head.split(b"\n")[0].decode("utf-8", errors="replace")
+        raise DownloadError(f"{file_name}: is not gzip-compressed (it starts {shown[:60]!r}): name a plain CSV "
+                            "NAME.csv, without .gz, or gzip it")
     try:
         with gzip.open(path, "rb") as handle:
             while handle.read(CHUNK):

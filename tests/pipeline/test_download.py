@@ -577,3 +577,14 @@ def test_a_required_raw_file_in_another_format_is_named_in_the_error(tmp_path):
         download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
     (source / "items.parquet").rename(source / "items.csv")
     assert "6 files" in download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+
+
+def test_a_plain_csv_named_csv_gz_is_said_for_what_it_is(tmp_path):
+    """A plain train.csv saved as train.csv.gz was 'corrupt or truncated gzip (Not a gzipped file (b'id'))': it is
+    neither, and re-copying it (what 'truncated' suggests) changes nothing."""
+    source = write_kaggle_sample(tmp_path / "src")
+    (source / "train.csv").rename(source / "train.csv.gz")
+    with pytest.raises(DownloadError, match=r"^train.csv.gz: is not gzip-compressed \(it starts 'id,date,store_nbr,"
+                                            r"item_nbr,unit_sales,onpromotion'\): name a plain CSV NAME.csv"):
+        download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    assert not (tmp_path / "raw").exists() and not list((tmp_path / "partial").glob("*"))
