@@ -362,6 +362,7 @@ def _explain_conversion_failure(path: Path, spec: RawFile, header: Header, error
     offset = 0
     try:
         for batch in _batches(path, spec, header, as_text=True):
+            _fail_on_repeated_header(path, spec, header, batch, offset)
             for column in spec.columns:
                 values = batch.column(column.name)
                 present = pc.invert(pc.equal(values, ""))
@@ -387,6 +388,21 @@ def _explain_conversion_failure(path: Path, spec: RawFile, header: Header, error
     except (OSError, EOFError, zlib.error) as read_error:
         raise DataValidationError(f"{path.name}: cannot read: {read_error} (truncated or corrupt gzip?)") from None
     _explain_unreadable(path, error)
+
+
+def _fail_on_repeated_header(path: Path, spec: RawFile, header: Header, batch: pa.RecordBatch, offset: int) -> None:
+    """Rows that are the header line again (exports joined with ``cat``, each with its header): named as that, not
+    as the first column's bad value ('not a valid int64 ('id')', which sent one to the id column)."""
+    repeated = None
+    for column in spec.columns:
+        if column.name in header.left_out:
+            continue
+        same = pc.equal(pc.utf8_ltrim(batch.column(column.name), characters="\ufeff"), column.name)
+        repeated = same if repeated is None else pc.and_(repeated, same)
+    rows = np.flatnonzero(pc.fill_null(repeated, False).to_numpy(zero_copy_only=False)) if repeated is not None else []
+    if len(rows):
+        fail(path, None, "the header line again, in the data (files joined together, each with its header line?): "
+             "remove it", rows + offset)
 
 
 def _not_a_date(values: pa.Array) -> pa.Array:

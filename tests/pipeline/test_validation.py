@@ -102,6 +102,15 @@ CASES = {
     "transferred as Y": ("holidays_events", lambda t: t.replace("Puente,False", "Puente,Y"),
                          ["holidays_events.csv: column 'transferred': not a valid bool (True / true / TRUE / 1 or "
                           "False / false / FALSE / 0); first offending: line"]),
+    # two exports joined with cat, each with its header line: 'column 'id': not a valid int64 ('id')' (and a hint
+    # that the id column may be left out) sent one to the wrong place
+    "a second header line": ("train", lambda t: _replace_line(t, 101, "id,date,store_nbr,item_nbr,unit_sales,"
+                                                                      "onpromotion\n" + _train_line(101)),
+                             ["train.csv: the header line again, in the data (files joined together, each with its "
+                              "header line?): remove it; first offending: line 101"]),
+    "a second header line with its byte order mark": (
+        "oil", lambda t: _replace_line(t, 9, "\ufeffdate,dcoilwtico\n" + t.splitlines()[8]),
+        ["oil.csv: the header line again, in the data", "line 9"]),
     "not an integer": ("train", lambda t: _replace_line(t, 7, _with_field(_train_line(7), 2, "one")),
                        ["train.csv", "'store_nbr'", "line 7", "one"]),
     "duplicate key": ("train", lambda t: t + _train_line(20).replace(_train_line(20).split(",")[0], "999999", 1) + "\n",
