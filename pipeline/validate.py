@@ -226,6 +226,9 @@ def check_header(path: Path, spec: RawFile) -> Header:
             if len(names) == 1 and {c.name for c in spec.columns if not c.optional} <= {
                     n.strip().strip('"') for n in names[0].split(delimiter)}:
                 hint = f": the file seems to use {shown} as delimiter; Shelfcast reads comma-separated files"
+        if re.fullmatch(r"sep=.?", ",".join(names).strip()):  # Excel writes it when asked to keep the separator
+            hint = (f": line 1 is a spreadsheet's {','.join(names).strip()!r} line, not the header: delete it (the "
+                    "header line must come first; Shelfcast reads comma-separated files)")
         if not hint and (meant := _meant(missing[0], [n for n in names if n not in spec.column_names])):
             hint = f": is '{meant}' meant? (column names are matched exactly)"
         raise DataValidationError(f"{path.name}: column '{missing[0]}': missing (header has: {', '.join(names)})"

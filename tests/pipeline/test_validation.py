@@ -111,6 +111,10 @@ CASES = {
     "a second header line with its byte order mark": (
         "oil", lambda t: _replace_line(t, 9, "\ufeffdate,dcoilwtico\n" + t.splitlines()[8]),
         ["oil.csv: the header line again, in the data", "line 9"]),
+    # Excel's first line when told to keep the separator: it was 'missing (header has: sep=, )'
+    "a spreadsheet's sep= line": ("train", lambda t: "sep=,\r\n" + t,
+                                  ["train.csv: column 'date': missing (header has: sep=, ): line 1 is a spreadsheet's "
+                                   "'sep=,' line, not the header: delete it"]),
     "not an integer": ("train", lambda t: _replace_line(t, 7, _with_field(_train_line(7), 2, "one")),
                        ["train.csv", "'store_nbr'", "line 7", "one"]),
     "duplicate key": ("train", lambda t: t + _train_line(20).replace(_train_line(20).split(",")[0], "999999", 1) + "\n",
