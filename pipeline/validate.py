@@ -14,6 +14,7 @@ import difflib
 import gzip
 import io
 import re
+import unicodedata
 import zlib
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -179,7 +180,7 @@ def _header(path: Path, strip: bool = True) -> list[str]:
             raise DataValidationError(f"{path.name}: line 1 is blank: the header line must come first")
         raise DataValidationError(f"{path.name}: file is empty (no header line)")
     try:
-        text = first.decode("utf-8").lstrip("\ufeff")
+        text = first.decode("utf-8")  # its byte order mark is off; a second one is named by check_header
     except UnicodeDecodeError:
         raise DataValidationError(f"{path.name}: header (line 1) is not UTF-8 text") from None
     # split as the CSV reader splits it: a quoted name may hold a comma (a spreadsheet's "cost, EUR")
@@ -219,6 +220,14 @@ def check_header(path: Path, spec: RawFile) -> Header:
     often carries a column of its own), but a name that looks like one of the schema's columns the file lacks
     (``Unit_Sales``, ``onpromotions``) is refused: ignoring it would silently read that column as absent."""
     names = _header(path)
+    for name in names:  # prints as the column's name, is not: a second byte order mark, a zero-width space
+        invisible = [char for char in name if unicodedata.category(char) == "Cf"]
+        if invisible and "".join(c for c in name if c not in invisible) in spec.column_names:
+            raise DataValidationError(
+                f"{path.name}: line 1: column name {ascii(name)} holds an invisible character "
+                f"(U+{ord(invisible[0]):04X} {unicodedata.name(invisible[0], 'FORMAT CHARACTER')}"
+                f"{': a second byte order mark?' if invisible[0] == chr(0xFEFF) else ''}): remove it (column names "
+                "are matched exactly)")
     missing = [c.name for c in spec.columns if c.name not in names and not c.optional]
     if missing:
         hint = ""

@@ -115,6 +115,14 @@ CASES = {
     "a spreadsheet's sep= line": ("train", lambda t: "sep=,\r\n" + t,
                                   ["train.csv: column 'date': missing (header has: sep=, ): line 1 is a spreadsheet's "
                                    "'sep=,' line, not the header: delete it"]),
+    # invisible characters print as the name they spoil: 'the header does not read as the columns id, date, ...', or
+    # "is '\u200bitem_nbr' meant?", both showing the very names expected
+    "two byte order marks": ("train", lambda t: "\ufeff\ufeff" + t,
+                             ["train.csv: line 1: column name '\\ufeffid' holds an invisible character (U+FEFF "
+                              "ZERO WIDTH NO-BREAK SPACE: a second byte order mark?): remove it"]),
+    "a zero-width space in a column name": ("items", lambda t: "\u200b" + t,
+                                            ["items.csv: line 1: column name '\\u200bitem_nbr' holds an invisible "
+                                             "character (U+200B ZERO WIDTH SPACE): remove it"]),
     "not an integer": ("train", lambda t: _replace_line(t, 7, _with_field(_train_line(7), 2, "one")),
                        ["train.csv", "'store_nbr'", "line 7", "one"]),
     "duplicate key": ("train", lambda t: t + _train_line(20).replace(_train_line(20).split(",")[0], "999999", 1) + "\n",
