@@ -129,7 +129,7 @@ def _plain(value: Any, depth: int) -> Any:
             raise _Unusual
         plain: dict[str, Any] = {}
         for key, item in value.items():
-            if type(key) is not str:
+            if type(key) is not str or not (key.isascii() or _encodable(key)):
                 raise _Unusual
             item_kind = type(item)
             plain[key] = item if item_kind is float or item is None or item_kind is bool else _plain(item, depth + 1)
@@ -155,6 +155,8 @@ def to_plain_named(value: Any, path: str, depth: int = 0) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise EventContentError(f"{path}: key {key!r} is a {type(key).__name__}; keys must be strings")
+            if not (key.isascii() or _encodable(key)):  # else encode_line's UTF-8 would raise out of emit()
+                raise EventContentError(f"{path}: key {key!r} is not valid UTF-8 text (a lone surrogate)")
             plain[str(key)] = to_plain_named(item, f"{path}.{key}", depth + 1)
         return plain
     if isinstance(value, (list, tuple)):
@@ -193,6 +195,14 @@ def checked_int(value: int, path: str) -> int:
     if not INT64_MIN <= value <= UINT64_MAX:
         raise EventContentError(f"{path}: integer {value} does not fit in 64 bits")
     return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def checked_str(value: str, path: str) -> str:

@@ -252,6 +252,9 @@ def cyclic() -> dict:
         ({"features": np.array([1 + 2j])}, "event.features: a numpy array of dtype complex128"),
         ({"inputs": {"ids": {1, 2}}}, "event.inputs.ids: a set"),
         ({"inputs": "\ud800"}, "event.inputs: not valid UTF-8"),
+        # a key with a lone surrogate passed the copy, then encode_line's UTF-8 raised out of emit()
+        ({"inputs": {"\ud800": 1}}, "event.inputs: key '\\ud800' is not valid UTF-8"),
+        ({"features": [{"a\udcff": 1.0}]}, "event.features[0]: key 'a\\udcff' is not valid UTF-8"),
         ({"inputs": b"raw"}, "event.inputs: a bytes"),
         ({"timestamp": "yesterday"}, "event.timestamp: expected an ISO-8601 time"),
         ({"timestamp": "2017-08-16T10:00:00"}, "event.timestamp: expected an ISO-8601 time"),
