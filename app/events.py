@@ -255,6 +255,9 @@ class PredictionEventSink:
             try:
                 if self._forwarder is None:
                     self._log.sync()
+                    lost = self._log.follow_path()  # removed or renamed under us: write where readers look
+                    if lost:
+                        self.stats.add("dropped", lost)
                     self._drops.report()  # drops held back, once due, though no event comes
                 else:
                     up = self._forwarder.down_since is None

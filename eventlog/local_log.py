@@ -12,24 +12,31 @@ process appends starts with a newline, ending the torn one (an empty line, which
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class JsonLinesLog:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._fd = self._open()
+        self._lock = threading.Lock()
+        self._unsynced = False
+        self._torn = False  # a line of this process was cut short and is still in the file: end it first
+        self._since_check = 0  # lines appended since the last follow_path()
+
+    def _open(self) -> int:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # read too: a line cut short by a full disk is checked to be the file's tail before it is cut off (a log this
         # user may write but not read is opened write-only as before: such a line is then ended, not cut off)
         try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         except PermissionError:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._lock = threading.Lock()
-        self._unsynced = False
-        self._torn = False  # a line of this process was cut short and is still in the file: end it first
+            return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def append(self, line: bytes) -> None:
         with self._lock:
@@ -49,6 +56,7 @@ class JsonLinesLog:
                 raise
             self._torn = False
             self._unsynced = True
+            self._since_check += 1
 
     def _cut_off(self, part: bytes) -> bool:
         """Remove ``part`` (what a failed write left) if it is still the file's tail, after a newline; whether it
@@ -64,6 +72,33 @@ class JsonLinesLog:
         except OSError:
             return False
         return True
+
+    def follow_path(self) -> int:
+        """If the path no longer names the open file (removed by hand, or renamed by a rotation without
+        copytruncate), open the path again, so the next line goes where readers look; how many lines this process
+        wrote into a removed file since the last call (lost with it; 0 otherwise). Before, every later event
+        went into the removed file, counted as sent, until the process restarted."""
+        with self._lock:
+            if self._fd < 0:
+                return 0
+            try:
+                named = os.stat(self.path)
+            except FileNotFoundError:
+                named = None
+            own = os.fstat(self._fd)
+            if named is not None and (named.st_dev, named.st_ino) == (own.st_dev, own.st_ino):
+                self._since_check = 0
+                return 0
+            fd = self._open()  # an OSError leaves this file in use, and the next call tries again
+            os.close(self._fd)
+            lost = self._since_check if own.st_nlink == 0 else 0
+            self._fd, self._torn, self._since_check = fd, False, 0
+        if own.st_nlink == 0:
+            log.error("event log %s was removed while in use; made it again (%d events written into the removed "
+                      "file since the last check are lost, counted as dropped)", self.path, lost)
+        else:
+            log.warning("event log %s was moved away (a rotation?); appending to a new file of that name", self.path)
+        return lost
 
     def sync(self) -> None:
         """fsync outside the lock, so a request thread never waits for the disk."""

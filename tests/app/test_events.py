@@ -126,6 +126,43 @@ def test_events_a_full_disk_refuses_are_logged_once_per_10_s_adding_up_to_the_co
     assert sum(1 for line in lines if line.startswith("prediction event ")) + held_back == dropped, lines
 
 
+def wait_for(condition, timeout_s: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("how", ["removed", "renamed"])
+def test_a_local_log_removed_or_renamed_while_in_use_is_made_again(tmp_path: Path, how: str, caplog) -> None:
+    """Removed by hand (or renamed by a rotation without copytruncate), the log's file kept taking every later event
+    until a restart: counted as sent, written nowhere a reader looks (removed: lost, uncounted)."""
+    log_path = tmp_path / "p.jsonl"
+    with local_sink(tmp_path) as sink:
+        first = sink.emit({"output": 0})
+        time.sleep(0.2)  # the sync loop has seen the file
+        if how == "removed":
+            log_path.unlink()
+        else:
+            log_path.rename(tmp_path / "p.jsonl.1")
+        between = [sink.emit({"output": n}) for n in range(1, 6)]
+        assert wait_for(log_path.exists), "the log was not made again"
+        after = [sink.emit({"output": n}) for n in range(6, 11)]
+    assert None not in [first, *between, *after]
+    found = [event["event_id"] for event in read_jsonl(log_path)]
+    assert found[-len(after):] == after and set(found) <= set(between + after)
+    counts = sink.stats.snapshot()
+    if how == "removed":
+        # what went into the removed file is lost, and counted: at most what was written since the last check
+        assert counts["dropped"] == len(between) - (len(found) - len(after)), (counts, found)
+        assert any("was removed while in use" in r.getMessage() for r in caplog.records)
+    else:  # nothing lost: the rotated file holds the rest
+        kept = [event["event_id"] for event in read_jsonl(tmp_path / "p.jsonl.1")]
+        assert kept + found == [first, *between, *after] and counts["dropped"] == 0
+
+
 @pytest.mark.parametrize("environ", [{}, {"FLUENTD_HOST": ""}, {"FLUENTD_HOST": "  "}])
 def test_the_embedded_default_is_logs_predictions_jsonl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         environ: dict) -> None:
