@@ -48,6 +48,7 @@ OPENING_SUFFIX = ".new"  # created and locked under this name, then renamed: nev
 # sends them without reading and parsing the file again; bounded (beyond it, segments are read from disk).
 CACHED_SEGMENTS = 8
 CACHED_RECORDS = 4096
+LIMIT_LOCK_WAIT_S = 1.0  # how long a limit check waits for another process's check before it runs all the same
 Count = Callable[[str, int], None]  # ("spooled" | "dropped", how many)
 
 
@@ -281,6 +282,50 @@ class Spool:
             must_free = write_failed = self._disk_full
             if write_failed:
                 self._seal_locked()
+        folder = self._lock_folder()  # one check at a time across processes: each sees what the others deleted
+        try:
+            dropped = self._drop_oldest(must_free)
+        finally:
+            if folder is not None:
+                os.close(folder)  # releases the flock
+        if write_failed:
+            with self._lock:
+                self._disk_full = False  # room was made, or there is none to make: let the next write try
+        if dropped:
+            self._count("dropped", dropped)
+            self._warn(f"event spool {self.root}: over its limit of {self.max_bytes} bytes or out of disk; "
+                       f"dropped the {dropped} oldest events", dropped=dropped)
+        else:
+            self._warn("")  # reports drops the last messages held back, once 10 s have passed
+        self._remove_orphans()
+        return dropped
+
+    def _lock_folder(self) -> int | None:
+        """The spool folder opened and flocked; None if it cannot be opened (gone, or not a folder: the check then
+        runs unlocked, and meets that itself) or another process held the lock for LIMIT_LOCK_WAIT_S (one stopped
+        mid-check, SIGSTOP: the check runs unlocked rather than never). Without it, workers whose checks ran at the
+        same moment (started together, every second) each saw the spool over its limit and each deleted its oldest
+        segment: four workers dropped up to four segments where one was over."""
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return None
+        give_up = time.monotonic() + LIMIT_LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() < give_up:
+                    time.sleep(0.005)
+                    continue
+            except OSError:
+                pass
+            os.close(fd)
+            return None
+
+    def _drop_oldest(self, must_free: bool) -> int:
+        """Delete the oldest unclaimed segments while over max_bytes (or one, if `must_free`); the events dropped."""
         sizes = {}
         for path in self.segment_paths():
             if path.name in self._unopenable:  # this process can neither count nor drop it
@@ -309,16 +354,6 @@ class Spool:
             total -= sizes[path]
             dropped += lines
             must_free = False
-        if write_failed:
-            with self._lock:
-                self._disk_full = False  # room was made, or there is none to make: let the next write try
-        if dropped:
-            self._count("dropped", dropped)
-            self._warn(f"event spool {self.root}: over its limit of {self.max_bytes} bytes or out of disk; "
-                       f"dropped the {dropped} oldest events", dropped=dropped)
-        else:
-            self._warn("")  # reports drops the last messages held back, once 10 s have passed
-        self._remove_orphans()
         return dropped
 
     def segment_paths(self) -> list[Path]:

@@ -90,6 +90,52 @@ def test_over_the_limit_the_oldest_events_are_dropped_and_counted(tmp_path: Path
     assert len(kept) + dropped == 60
 
 
+def test_workers_checking_the_limit_at_once_drop_only_the_excess(tmp_path: Path) -> None:
+    """Workers started together check the limit every second, in step. Each listed the spool, saw it over its limit
+    by one segment and deleted its own oldest: 4 workers dropped up to 4 segments (44 events where 11 were over, in
+    most of 20 rounds of a probe). One check at a time, each sees what the others deleted."""
+    for round_ in range(8):
+        root = tmp_path / f"round{round_}"
+        writer = Spool(root, max_bytes=10**9, segment_max_bytes=10_000, count=Counts())
+        for i in range(300):
+            writer.append(line(i, padding=900))  # 11 a segment
+        writer.close()
+        size = sum(p.stat().st_size for p in root.glob("*.jsonl"))
+        workers = [Spool(root, max_bytes=size - 5_000, segment_max_bytes=10_000, count=Counts()) for _ in range(4)]
+        in_step, dropped = threading.Barrier(len(workers)), []
+
+        def check(spool: Spool) -> None:
+            in_step.wait()
+            dropped.append(spool.enforce_limit())
+
+        threads = [threading.Thread(target=check, args=(spool,)) for spool in workers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert sorted(dropped) == [0, 0, 0, 11], f"round {round_}: dropped per worker {dropped}"
+        assert drain(workers[0]) == list(range(11, 300))
+
+
+def test_a_limit_check_does_not_wait_for_ever_on_a_stopped_one(tmp_path: Path) -> None:
+    """A process stopped mid-check (SIGSTOP) holds the folder's lock: the others' checks run all the same."""
+    import fcntl
+
+    spool = Spool(tmp_path, max_bytes=2_000, segment_max_bytes=500, count=Counts())
+    for i in range(60):
+        spool.append(line(i, padding=40))
+    spool.sync()
+    stopped = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(stopped, fcntl.LOCK_EX)
+        started = time.monotonic()
+        assert spool.enforce_limit() > 0
+        assert time.monotonic() - started < 3
+    finally:
+        os.close(stopped)
+    spool.close()
+
+
 def logged_drops(caplog) -> int:
     """The events the spool's log lines say were dropped."""
     total = 0
