@@ -73,6 +73,13 @@ class FluentdAddress:
     timeout_s: float = 3.0  # connect and send
 
     def __post_init__(self) -> None:
+        # fluent-logger connects over IPv4 (AF_INET) to `host`, or to a Unix socket given as unix://PATH: a host with
+        # a port or an IPv6 address in it cannot be reached at all, and was only ever logged as "Name or service not
+        # known" or "Address family for hostname not supported" while every event waited in the spool
+        if not self.host.startswith("unix://") and (":" in self.host or not self.host.isprintable()
+                                                      or any(c.isspace() for c in self.host)):
+            raise ValueError(f"{ENV_FLUENTD_HOST}: expected a host name or IPv4 address (the port goes in "
+                             f"{ENV_FLUENTD_PORT}; fluent-logger has no IPv6) or unix://PATH, got {self.host!r}")
         if not (isinstance(self.port, int) and 1 <= self.port <= 65535):
             raise ValueError(f"{ENV_FLUENTD_PORT}: expected an integer 1..65535, got {self.port!r}")
         if not (isinstance(self.timeout_s, (int, float)) and 0 < self.timeout_s <= MAX_TIMEOUT_S):

@@ -253,7 +253,7 @@ def report_and_verdict(args: argparse.Namespace) -> int:
 
         try:
             print(f"drift: {DRIFT_TAG} summary sent to {emit_monitoring_event(DRIFT_TAG, drift_summary_event(report))}")
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a malformed FLUENTD_HOST/PORT/TIMEOUT, named
             print(f"drift: error: the {DRIFT_TAG} summary could not be sent or logged: {exc}", file=sys.stderr)
             return EXIT_ALARM if report["alarm"] else EXIT_ERROR  # the alarm is what cron must act on
     return verdict

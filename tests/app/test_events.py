@@ -336,6 +336,11 @@ def test_emit_after_close_is_reported_not_raised(tmp_path: Path, caplog: pytest.
         ({"FLUENTD_HOST": "h", "FLUENTD_TIMEOUT": "inf"}, "FLUENTD_TIMEOUT: expected a number > 0 and <= 600"),
         ({"FLUENTD_HOST": "h", "FLUENTD_TIMEOUT": "1e400"}, "FLUENTD_TIMEOUT: .* got inf"),
         ({"FLUENTD_HOST": "h", "FLUENTD_TIMEOUT": "601"}, "FLUENTD_TIMEOUT: expected a number > 0 and <= 600"),
+        # a host with a port or an IPv6 address started, and only ever logged "Name or service not known" (or
+        # "Address family for hostname not supported") while every event waited in the spool
+        ({"FLUENTD_HOST": "fluentd:24224"}, "FLUENTD_HOST: expected a host name or IPv4 address .* 'fluentd:24224'"),
+        ({"FLUENTD_HOST": "::1"}, "FLUENTD_HOST: expected a host name or IPv4 address"),
+        ({"FLUENTD_HOST": "flu entd"}, "FLUENTD_HOST: expected a host name or IPv4 address"),
         # str.isdigit() takes superscripts and other digits int() refuses: the error named no variable
         ({"SHELFCAST_EVENT_SPOOL_MAX_BYTES": "²"}, "SHELFCAST_EVENT_SPOOL_MAX_BYTES: expected an integer >= 1"),
         ({"SHELFCAST_EVENT_SPOOL_MAX_BYTES": "10²"}, "SHELFCAST_EVENT_SPOOL_MAX_BYTES: expected an integer >= 1"),

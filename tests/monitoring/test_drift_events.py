@@ -144,14 +144,20 @@ def test_a_logs_directory_gives_the_prediction_events_only(stream, jsonl, produc
     assert "1 record(s) that are not prediction events skipped (shelfcast.drift: 1)" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("why", ["unwritable log", "malformed FLUENTD_HOST"])
 @pytest.mark.parametrize("shifted", [True, False], ids=["alarm", "no alarm"])
 def test_a_summary_that_cannot_be_sent_hides_no_alarm(stream, jsonl, production_bundle, tmp_path, capsys, monkeypatch,
-                                                      shifted):
+                                                      shifted, why):
     """Found by the monitoring probe: --emit sent the summary before the reasons were printed, so with Fluentd
-    unset and the monitoring log unwritable an alarm exited 2, with no reason shown."""
-    monkeypatch.delenv("FLUENTD_HOST", raising=False)
-    (tmp_path / "a_file").write_text("")
-    monkeypatch.setenv(ENV_MONITORING_LOG, str(tmp_path / "a_file" / "monitoring.jsonl"))  # under a file: unwritable
+    unset and the monitoring log unwritable an alarm exited 2, with no reason shown. A malformed FLUENTD_HOST
+    (a port in it) is named the same way."""
+    if why == "unwritable log":
+        monkeypatch.delenv("FLUENTD_HOST", raising=False)
+        (tmp_path / "a_file").write_text("")
+        monkeypatch.setenv(ENV_MONITORING_LOG, str(tmp_path / "a_file" / "monitoring.jsonl"))  # under a file
+    else:
+        monkeypatch.setenv("FLUENTD_HOST", "fluentd:24224")
+        monkeypatch.setenv(ENV_MONITORING_LOG, str(tmp_path / "monitoring.jsonl"))
     shift = (lambda d, c, p: p.__imul__(3)) if shifted else None
     code, report = run_cli(tmp_path, production_bundle, jsonl(tmp_path / "p.jsonl", stream(400, seed=40, shift=shift)),
                            "--emit")
