@@ -357,11 +357,14 @@ class Spool:
         return dropped
 
     def segment_paths(self) -> list[Path]:
-        """Sealed and open segments, oldest first (names start with the creation time)."""
+        """Sealed and open segments, oldest first (names start with the creation time; a name that does not, an
+        older version's `segment-000000000001.jsonl` or one given by hand, is placed by its last write: sorted by
+        name, it came after every new segment, so the limit dropped new events before those older ones)."""
         try:
-            names = sorted(name for name in os.listdir(self.root) if name.endswith(SUFFIX))
+            names = [name for name in os.listdir(self.root) if name.endswith(SUFFIX)]
         except FileNotFoundError:
             return []
+        names.sort(key=self._age)
         for name in reversed(names):  # another process's newest name, too: its clock may be ahead of ours
             stamp = _name_stamp(name)
             if stamp is not None:
@@ -369,6 +372,15 @@ class Spool:
                     self._last_stamp = max(self._last_stamp, stamp)
                 break
         return [self.root / name for name in names]
+
+    def _age(self, name: str) -> tuple[int, str]:
+        stamp = _name_stamp(name)
+        if stamp is None:
+            try:
+                stamp = os.stat(self.root / name).st_mtime_ns
+            except OSError:
+                stamp = 0
+        return stamp, name
 
     def _open_for_reading(self, path: Path) -> int | None:
         """A read descriptor of a regular file; None if it is gone or cannot be opened (logged once per file).

@@ -136,6 +136,26 @@ def test_a_limit_check_does_not_wait_for_ever_on_a_stopped_one(tmp_path: Path) -
     spool.close()
 
 
+def test_an_older_versions_segments_are_the_oldest_to_send_and_to_drop(tmp_path: Path) -> None:
+    """The spool before 2026-12-01 named its segments segment-000000000001.jsonl (with position.json beside them).
+    Sorted by name they came after every segment named by time: after an upgrade the limit dropped the new events
+    first and kept the older version's, and sent those last."""
+    old = tmp_path / "segment-000000000001.jsonl"
+    old.write_bytes(b"".join(line(i, padding=40) for i in range(7)))
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    (tmp_path / "position.json").write_text('{"segment": 1, "offset": 0}')
+    counts = Counts()
+    spool = Spool(tmp_path, max_bytes=10**9, segment_max_bytes=500, count=counts)
+    for i in range(7, 28):
+        spool.append(line(i, padding=40))  # 3 segments of 7
+    spool.close()
+    assert spool.segment_paths()[0] == old
+    spool.max_bytes = sum(p.stat().st_size for p in tmp_path.glob("*.jsonl")) - 100  # one segment over
+    assert spool.enforce_limit() == 7
+    assert not old.exists() and drain(spool) == list(range(7, 28))
+
+
 def logged_drops(caplog) -> int:
     """The events the spool's log lines say were dropped."""
     total = 0
