@@ -166,6 +166,8 @@ def to_plain_named(value: Any, path: str, depth: int = 0) -> Any:
     if isinstance(value, np.datetime64):
         return str(np.datetime_as_string(value))
     if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        if value.dtype.kind == "f" and value.dtype.itemsize > 8:  # a long double: .item() gives it back unchanged,
+            return float(value)  # and the recursion raised RecursionError out of emit()
         return to_plain_named(value.item(), path, depth)
     if isinstance(value, np.str_):
         return checked_str(str(value), path)
@@ -182,6 +184,8 @@ def to_plain_named(value: Any, path: str, depth: int = 0) -> Any:
 
 def array_to_plain(array: np.ndarray, path: str, depth: int) -> Any:
     kind = array.dtype.kind
+    if kind == "f" and array.dtype.itemsize > 8:  # long doubles: tolist() keeps them, and json.dumps raised TypeError
+        return array.astype(np.float64).tolist()
     if kind in "biuf":
         return array.tolist()
     if kind == "M":

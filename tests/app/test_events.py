@@ -233,6 +233,15 @@ def test_numpy_values_dates_and_subclasses_are_serialised_without_losing_meaning
     assert np.isnan(row["not_a_number"]) and row["nested"] == [{"k": [1, 2]}]
 
 
+def test_numpy_long_doubles_are_logged_as_floats(tmp_path: Path) -> None:
+    """A long double's .item() is a long double again: the copy recursed until RecursionError, and an array of them
+    reached json.dumps as long doubles (TypeError); both raised out of emit(), which promises never to raise."""
+    with local_sink(tmp_path) as sink:
+        assert sink.emit({"one": np.longdouble(0.25), "many": np.array([0.5, 1.5], dtype=np.longdouble)}) is not None
+    (row,) = read_jsonl(tmp_path / "p.jsonl")
+    assert (row["one"], row["many"]) == (0.25, [0.5, 1.5])
+
+
 def nested(levels: int, leaf: Any) -> Any:
     value = leaf
     for _ in range(levels):
