@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         where = emit_validation_metrics(args.metrics, args.evaluation)
-    except MetricsFileError as exc:
+    except ValueError as exc:  # MetricsFileError, or a malformed FLUENTD_HOST/PORT/TIMEOUT: one line, named
         print(f"metrics-event: error: {exc}", file=sys.stderr)
         return 2
     print(f"metrics-event: {TAG} sent to {where}")

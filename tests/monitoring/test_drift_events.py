@@ -166,3 +166,20 @@ def test_a_summary_that_cannot_be_sent_hides_no_alarm(stream, jsonl, production_
     assert code == (drift.EXIT_ALARM if shifted else drift.EXIT_ERROR), captured
     assert captured.out.splitlines()[-1].startswith("drift: ALARM" if shifted else "drift: ok"), captured.out
     assert f"drift: error: the {drift.DRIFT_TAG} summary could not be sent or logged" in captured.err
+
+
+@pytest.mark.parametrize("environ", [{"FLUENTD_HOST": "fluentd:24224"},
+                                     {"FLUENTD_HOST": "fluentd", "FLUENTD_PORT": "x"}])
+def test_metrics_event_names_a_malformed_fluentd_setting_in_one_line(tmp_path, capsys, monkeypatch, environ):
+    """`make metrics-event` with a malformed FLUENTD_* setting ended in a ValueError traceback."""
+    from monitoring import metrics_events
+
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"rows": 10, "candidate": {"nwrmsle": 0.5, "rmse": 1.0},
+                                   "baseline": {"nwrmsle": 0.6, "rmse": 1.2}, "improvement_over_baseline": 0.1,
+                                   "threshold_test_passed": True}))
+    code = metrics_events.main(["--metrics", str(metrics), "--evaluation", str(tmp_path / "none.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("metrics-event: error: FLUENTD_"), err
