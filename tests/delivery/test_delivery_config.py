@@ -348,3 +348,15 @@ def test_dvc_push_fails_when_dvc_cannot_read_its_remotes(tmp_path):
     done = dvc_push()
     assert done.returncode != 0, done.stdout + done.stderr
     assert "nothing to push" not in done.stdout and "dvc-push: `dvc remote list` failed" in done.stderr
+
+
+def test_compose_waits_for_the_apps_graceful_stop_before_killing_it():
+    """`docker compose stop` kills a container `stop_grace_period` after SIGTERM (Docker's default: 10 s); gunicorn
+    gives its workers graceful_timeout to send their spooled events. Shorter, and a stop with a backlog killed
+    workers mid-close."""
+    grace = yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8"))["services"]["app"].get(
+        "stop_grace_period", "10s")
+    seconds = int(re.fullmatch(r"(\d+)s", grace).group(1))
+    conf = (REPO / "app" / "gunicorn_conf.py").read_text(encoding="utf-8")
+    graceful = int(re.search(r"^graceful_timeout = (\d+)", conf, re.M).group(1))
+    assert seconds >= graceful + 10, (seconds, graceful)
