@@ -59,6 +59,7 @@ STATE_FILE = "state.json"
 STATE_FORMAT = "shelfcast-train-state"
 STATE_VERSION = 2  # 2: the identity's parts (CheckpointIdentity); 1 kept only their hash ("fingerprint")
 STAGED_DATA = re.compile(r"(.+)\.npz-[0-9a-f]{16}")  # a checkpoint's data staged by engine/saver.py
+PARTIAL_WRITE = re.compile(r"\.tmp-[A-Za-z0-9_]+")  # engine/saver.py atomic_write_bytes's copy a kill left
 
 
 def baseline_predict(rows: FeatureRows, weeks: int) -> np.ndarray:
@@ -587,9 +588,13 @@ def _resume(sess, directory: Path, identity: CheckpointIdentity, saver_model, sa
 
 
 def _remove_stale(directory: Path, keep: set[str]) -> None:
-    """Delete checkpoints no state refers to any more (the state file was written first), and the staged data
-    (``<name>.npz-<digest>``, engine/saver.py) of saves a kill or a full disk cut short."""
+    """Delete checkpoints no state refers to any more (the state file was written first), the staged data
+    (``<name>.npz-<digest>``, engine/saver.py) of saves a kill or a full disk cut short, and the temporary copy
+    (``.tmp-<random>``) a kill mid-write left: one train at a time writes here (pipeline/train.py one_train)."""
     for path in directory.iterdir():
+        if PARTIAL_WRITE.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            continue
         staged = STAGED_DATA.fullmatch(path.name)
         prefix = staged.group(1) if staged else path.name.rsplit(".", 1)[0]
         if (staged or path.suffix in (".npz", ".json")) and path.name != STATE_FILE and prefix not in keep:

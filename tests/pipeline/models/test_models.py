@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -311,6 +313,27 @@ def test_a_damaged_checkpoint_is_reported_and_training_starts_over(tmp_path, dam
     resumed = _train("mlp", x, y, w, vx, vy, vw, max_steps=80, checkpoint_dir=tmp_path, identity=_identity("f"),
                      log=said.append, **args)
     assert resumed.resumed_at_step == 60 and said == [f"train: resuming from the checkpoint at step 60 in {tmp_path}"]
+
+
+def test_the_partial_copy_a_kill_leaves_mid_write_is_deleted_by_the_next_checkpoint(tmp_path):
+    """Found by a probe: SIGKILL while a checkpoint's data was being written (engine/saver.py atomic_write_bytes)
+    left its temporary copy, ``.tmp-<random>``, up to a whole checkpoint's size; no later checkpoint deleted it
+    (only staged data, ``<name>.npz-<digest>``, was), so every such kill added one until the run finished."""
+    import tempfile
+
+    x, y, w = _problem(1000, 0)
+    vx, vy, vw = _problem(300, 1)
+    args = {"seed": 4, "eval_every": 20, "patience": 50, "batch_size": 64, "learning_rate": 0.01}
+    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path, identity=_identity("f"), **args)
+    fd, partial = tempfile.mkstemp(prefix=".tmp-", dir=tmp_path)  # the name the killed write had, half its bytes
+    with open(fd, "wb") as f:
+        f.write(_newest(tmp_path, "last-*.npz").read_bytes()[:1000])
+    said = []
+    resumed = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, identity=_identity("f"),
+                     log=said.append, **args)
+    assert resumed.resumed_at_step == 40 and said == [f"train: resuming from the checkpoint at step 40 in {tmp_path}"]
+    assert not os.path.exists(partial)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_a_batch_past_the_epochs_end_is_reported_and_training_starts_over(tmp_path):
