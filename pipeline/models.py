@@ -342,30 +342,34 @@ class TrainingState:
         self.curves: list[dict[str, float]] = []
         self.last_checkpoint = ""
         self.best_checkpoint = ""
-        self.checkpoint_digests: dict = {}  # checkpoint name -> its data's sha256 (the manifest's): the files it means
+        self.checkpoint_digests: dict = {}  # checkpoint name -> its manifest's sha256 (which names its data's)
 
     def to_json(self) -> dict:
         fields = dict(self.__dict__)
         return {"format": STATE_FORMAT, "version": STATE_VERSION, **fields, "checksum": _state_checksum(fields)}
 
     def note_checkpoint(self, directory: Path, name: str) -> str:
-        """Record checkpoint ``name`` (just saved) by its data's digest, and keep only the two the state names."""
-        manifest = json.loads((directory / f"{name}.json").read_text(encoding="utf-8"))
-        self.checkpoint_digests[name] = manifest["data_sha256"]
+        """Record checkpoint ``name`` (just saved) by its manifest's digest, and keep only the two the state names.
+
+        The manifest, not only the data it names: it also says which array is which variable, and a manifest edited
+        so (two names swapped) named the same data and was resumed, to another model or to NaN scores. Its digest
+        covers the data's too (the manifest records it, and restore checks the data against it)."""
+        self.checkpoint_digests[name] = _manifest_digest(directory / f"{name}.json")
         self.checkpoint_digests = {k: v for k, v in self.checkpoint_digests.items()
                                    if k in (name, self.last_checkpoint, self.best_checkpoint)}
         return name
 
     def check_checkpoint(self, directory: Path, name: str) -> None:
-        """ValueError unless checkpoint ``name``'s manifest names the data this state recorded for it (a checkpoint
-        of another run written or copied under the same name)."""
+        """ValueError unless checkpoint ``name``'s manifest is the one this state recorded for it (not a checkpoint
+        of another run written or copied under the same name, nor a manifest edited since)."""
         path = directory / f"{name}.json"
         try:
-            data = json.loads(path.read_text(encoding="utf-8")).get("data_sha256")
-        except (OSError, ValueError, AttributeError) as exc:
+            digest = _manifest_digest(path)
+        except OSError as exc:
             raise ValueError(f"{path}: unreadable checkpoint manifest ({exc})") from None
-        if data is None or data != self.checkpoint_digests.get(name):
-            raise ValueError(f"{path}: not the checkpoint {directory / STATE_FILE} recorded (another run's data)")
+        if digest != self.checkpoint_digests.get(name):
+            raise ValueError(f"{path}: not the checkpoint {directory / STATE_FILE} recorded (another run's, or "
+                             "edited since)")
 
     @classmethod
     def read(cls, directory: Path, identity: CheckpointIdentity) -> TrainingState | None:
@@ -415,6 +419,10 @@ class TrainingState:
     def write(self, directory: Path) -> None:
         with atomic_file(directory / STATE_FILE) as tmp:
             tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+
+
+def _manifest_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _state_checksum(fields: dict) -> str:

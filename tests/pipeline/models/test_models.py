@@ -257,6 +257,17 @@ def _another_runs_checkpoint(directory, prefix):
         shutil.copy(source, directory / f"{prefix}-{step}{suffix}")
 
 
+def _swap_names_in_manifest(directory, a, b):
+    """Swap the names of two variables of one shape in the last checkpoint's manifest (its data as it was)."""
+    import json
+
+    path = _newest(directory, "last-*.json")
+    manifest = json.loads(path.read_text())
+    entries = {e["name"]: e for e in manifest["variables"]}
+    entries[a]["name"], entries[b]["name"] = b, a
+    path.write_text(json.dumps(manifest, indent=1))
+
+
 CHECKPOINT_DAMAGE = {
     "the last checkpoint cut short": lambda d: _newest(d, "last-*.npz").write_bytes(
         _newest(d, "last-*.npz").read_bytes()[:100]),
@@ -281,6 +292,12 @@ CHECKPOINT_DAMAGE = {
         (d / models.STATE_FILE).read_text().replace('"best_step": 40', '"best_step": 20')),
     "another run's best checkpoint under its name": lambda d: _another_runs_checkpoint(d, "best"),
     "another run's last checkpoint under its name": lambda d: _another_runs_checkpoint(d, "last"),
+    # found by a probe: the state recorded a checkpoint's data, not its manifest, so an edited manifest was resumed:
+    # these two swapped, another model silently; Adam's two slots swapped, a traceback (NaN scores) on every rerun
+    "two variables' names swapped in a manifest": lambda d: _swap_names_in_manifest(
+        d, "embedding_city/embeddings", "embedding_family/embeddings"),
+    "Adam's two slots swapped in a manifest": lambda d: _swap_names_in_manifest(
+        d, "dense_0/kernel/Adam", "dense_0/kernel/Adam_1"),
     # found by a probe: "starting over", then the same error on every rerun (the files could not be deleted)
     "a folder where the state file should be": lambda d: ((d / models.STATE_FILE).unlink(),
                                                           (d / models.STATE_FILE / "x").mkdir(parents=True)),
