@@ -553,13 +553,17 @@ def _discard_checkpoint(directory: Path) -> None:
 
 def clear_checkpoints(directory: Path) -> None:
     """Delete what the checkpoint folder holds, whatever it is (a folder where a file should be, a file where the
-    folder should be), keeping the folder itself: it may be a link or a mount point on another disk."""
+    folder should be), keeping the folder itself: it may be a link or a mount point on another disk.
+
+    The state goes first: a kill part way leaves checkpoints no state names (the next train starts over without a
+    word, as when they are all gone), not a state naming checkpoints already deleted ('cannot be resumed')."""
     if directory.is_symlink() and not directory.exists():
         directory.unlink()  # a link to nothing
     elif directory.exists() and not directory.is_dir():
         directory.unlink()
     elif directory.is_dir():
-        for path in directory.iterdir():
+        state = directory / STATE_FILE
+        for path in sorted(directory.iterdir(), key=lambda path: path != state):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:

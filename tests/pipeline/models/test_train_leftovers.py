@@ -282,3 +282,45 @@ def test_train_and_the_models_writers_take_the_one_lock_of_pipeline_atomic(tmp_p
         with pytest.raises(atomic.DirectoryBusy, match=f"^another train is running in {tmp_path}: run train again"):
             with train.one_train(tmp_path):
                 pass
+
+
+def test_a_kill_while_checkpoints_on_another_disk_are_emptied_leaves_nothing_said_to_be_damaged(quick_project, tmp_path,
+                                                                                               monkeypatch, capsys):
+    """Found by a probe: a checkpoint folder that is a link (or a mount point) is emptied file by file, not renamed
+    aside, and a kill in the middle left state.json naming checkpoints already deleted: the next train said the
+    checkpoint 'cannot be resumed (... unreadable checkpoint manifest ...)' and trained again. The state goes first
+    now, so what a kill leaves is no checkpoint at all (gone, as a renamed-aside folder is)."""
+    from pipeline import models
+
+    elsewhere = tmp_path / "other-disk"
+    elsewhere.mkdir()
+    link = quick_project / train.CHECKPOINT_DIR
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(elsewhere, target_is_directory=True)
+    real_clear, real_unlink, real_iterdir = models.clear_checkpoints, Path.unlink, Path.iterdir
+
+    def killed_midway(directory):
+        def unlink(path, missing_ok=False):
+            real_unlink(path, missing_ok=missing_ok)
+            if path.name != models.STATE_FILE:  # a checkpoint's file deleted, then the process dies
+                raise Killed(str(path))
+
+        monkeypatch.setattr(Path, "unlink", unlink)
+        # listed by name, as a file system may list them (the order is its own): state.json after the checkpoints
+        monkeypatch.setattr(Path, "iterdir", lambda path: iter(sorted(real_iterdir(path))))
+        try:
+            real_clear(directory)
+        finally:
+            monkeypatch.setattr(Path, "unlink", real_unlink)
+            monkeypatch.setattr(Path, "iterdir", real_iterdir)
+
+    monkeypatch.setattr(models, "clear_checkpoints", killed_midway)
+    with pytest.raises(Killed):
+        train.run(quick_project, quiet=True)
+    monkeypatch.undo()
+    assert link.is_symlink() and any(elsewhere.iterdir()), sorted(p.name for p in elsewhere.iterdir())  # some left
+    capsys.readouterr()
+    train.run(quick_project)
+    printed = capsys.readouterr()
+    assert "cannot be resumed" not in printed.out + printed.err
+    assert link.is_symlink() and not any(elsewhere.iterdir())
