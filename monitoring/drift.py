@@ -170,8 +170,9 @@ def summary_line(report: Mapping[str, Any], html_path: Path) -> str:
         shown += f"; {sum(set_aside['not_predictions'].values())} record(s) that are not prediction events " \
                  f"skipped ({counts})"
     if report["status"] == "insufficient_data":
-        events = report["events"]
-        verdict = f"no verdict: {events} event{' is' if events == 1 else 's are'} too few"
+        events, requests = report["events"], report.get("distinct_requests", report["events"])
+        verdict = (f"no verdict: {events} event{' is' if events == 1 else 's are'} too few" if requests >= events else
+                   f"no verdict: {events} events, but {requests} distinct request(s) are too few")
     elif report["alarm"]:
         also = [what for what, hit in (
             ("the forecasts shifted", (report.get("prediction") or {}).get("drifted")),

@@ -138,11 +138,19 @@ def forecast_reference(training_stats: Mapping[str, Any], data: ServingData, hor
     return ForecastReference(overall if mixed is None else mixed, SERVED_FORECASTS, judged, note)
 
 
+def distinct_requests(keys: Sequence[tuple[str, str, str]]) -> int:
+    """The distinct requests (store, item, date) among events, which drift.min_events counts: a request sent again
+    (a retrying client, a reloading page) repeats every value, so it adds no observation to any test."""
+    return len(set(keys))
+
+
 def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: str = ROLE_HISTORY,
-                  events: int = 0, observations: int | None = None) -> dict[str, Any]:
+                  events: int = 0, observations: int | None = None, requests: int | None = None) -> dict[str, Any]:
     """The verdict of one input (or the forecasts) with its reason; `observations`: the events that are distinct
-    observations (distinct_observations), which the tests counted."""
+    observations (distinct_observations), which the tests counted; `requests`: the distinct requests among the
+    events (distinct_requests), which drift.min_events counts."""
     observations = events if observations is None else observations
+    requests = events if requests is None else requests
     shifted = test.psi > psi_alert and test.p_value < params.p_value_alert
     test_name = "KS" if test.test == "ks" else "chi-square"
     if not events:  # the tests of nothing come out "no shift, p=1": say there was nothing to judge
@@ -151,8 +159,9 @@ def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: 
         verdict, note = VERDICT_NOT_ALARMED, CALENDAR_REASON
     elif role == ROLE_UNWEIGHTED:
         verdict, note = VERDICT_NOT_ALARMED, UNWEIGHTED_REASON
-    elif events < params.min_events:  # the report's "no verdict" holds for each input too: shown, not judged
-        verdict, note = VERDICT_INCONCLUSIVE, (f"PSI {test.psi:.3f} on {events} events, fewer than "
+    elif requests < params.min_events:  # the report's "no verdict" holds for each input too: shown, not judged
+        counted = f" ({requests} distinct requests)" if requests < events else ""
+        verdict, note = VERDICT_INCONCLUSIVE, (f"PSI {test.psi:.3f} on {events} events{counted}, fewer than "
                                                f"drift.min_events={params.min_events}: shown, not judged")
     elif shifted:
         verdict, note = VERDICT_DRIFT, f"PSI {test.psi:.3f} > {psi_alert} and {test_name} p={test.p_value:.2g}"
@@ -289,10 +298,16 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
         "unweighted": {"features": [], "reason": UNWEIGHTED_REASON},
         "alarm": False, "reasons": [], "status": "ok", "unseen_over_bound": [],
     }
-    if data.rows < params.min_events:
+    requests = report["distinct_requests"] = distinct_requests(data.keys)
+    if requests < params.min_events:
         report["status"] = "insufficient_data"
-        report["reasons"].append(f"only {data.rows} event(s), "
-                                 f"fewer than drift.min_events={params.min_events}: no verdict")
+        if requests < data.rows:  # 150 events of 3 requests said "ok: 150 events", every input ok on 3 observations
+            report["reasons"].append(f"{data.rows} events, but only {requests} distinct request(s) (a repeated "
+                                     f"request is one observation), fewer than drift.min_events={params.min_events}: "
+                                     "no verdict")
+        else:
+            report["reasons"].append(f"only {data.rows} event(s), "
+                                     f"fewer than drift.min_events={params.min_events}: no verdict")
     reasons: list[str] = []
     live_days = live_horizon_days(data, bundle_metadata.get("horizon"))
     report["reference"]["history_by_horizon"] = any(r.get("by_horizon") for r in reference["dense"].values())
@@ -312,7 +327,7 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
                 expected, live, keys = mixed, live[judged], [key for key, kept in zip(keys, judged) if kept]
         effective = distinct_observations(keys, live.tolist())
         record = _shift_record(numeric_shift(live, expected, effective), params, params.psi_alert, role, live.size,
-                               effective)
+                               effective, distinct_requests(keys))
         record["observations"] = effective
         if note:
             record["note"] = "; ".join(filter(None, (record["note"], note)))
@@ -329,7 +344,7 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
         labels = data.categorical.get(name, [])
         effective = distinct_observations(data.keys, labels)
         record = _shift_record(categorical_shift(labels, expected, effective), params, params.psi_alert, "category",
-                               data.rows, effective)
+                               data.rows, effective, requests)
         record["observations"] = effective
         report["categorical"][name] = record
         report["unseen"][name] = (sum(label == UNKNOWN_LABEL for label in labels) / len(labels)) if labels else 0.0
@@ -357,7 +372,7 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
         keys = data.keys if judged is None else [key for key, kept in zip(data.keys, judged) if kept]
         effective = distinct_observations(keys, live.tolist())  # repeated requests count once
         record = _shift_record(numeric_shift(live, expected, effective), params, params.prediction_psi_alert,
-                               "output", live.size, effective)
+                               "output", live.size, effective, distinct_requests(keys))
         record["observations"] = effective
         record["live_mean"] = float(np.mean(live)) if live.size else None
         record["train_mean"] = expected.get("mean")

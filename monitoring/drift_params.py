@@ -23,7 +23,7 @@ class DriftParams:
     prediction_psi_alert: float = 0.1  # PSI of the served forecasts against the model's own, day by day (quantile bins)
     max_live_nwrmsle: float = 0.9  # live NWRMSLE when actual sales are supplied
     max_live_ratio_to_baseline: float = 1.0  # live NWRMSLE / the weekday baseline's on the same rows (95 % low end)
-    min_events: int = 100  # fewer events: report, never alarm
+    min_events: int = 100  # fewer distinct requests (store, item, date): report, never alarm
     max_events: int = 200_000  # most recent events read (bounded memory)
 
     def __post_init__(self) -> None:

@@ -102,6 +102,10 @@ def make_stream(metadata: dict, stats: dict, n: int, seed: int,
     if shift is not None:
         shift(dense, categorical, predictions)
     start = dt.datetime(2017, 8, 1, tzinfo=dt.timezone.utc)
+    # each request's date is its horizon day's, as the app's events have it (drift counts distinct requests by it)
+    first_day = dt.date.fromisoformat(metadata["horizon_dates"][0])
+    days = np.clip(np.rint(dense["horizon"] * metadata["horizon"]).astype(int), 1, metadata["horizon"]) \
+        if "horizon" in dense else np.ones(n, int)
     stores, items = metadata["vocabularies"]["store_nbr"], metadata["vocabularies"]["item_nbr"]
     events = []
     for i in range(n):
@@ -114,7 +118,8 @@ def make_stream(metadata: dict, stats: dict, n: int, seed: int,
             "model_name": metadata["name"], "model_version": metadata["version"],
             "inputs": {"store_nbr": int(stores[store - 1]) if store else 999,
                        "item_nbr": int(items[item - 1]) if item else 999999,
-                       "date": metadata["horizon_dates"][0], "onpromotion": bool(dense["target_onpromotion"][i] > 0.5)},
+                       "date": (first_day + dt.timedelta(days=int(days[i]) - 1)).isoformat(),
+                       "onpromotion": bool(dense["target_onpromotion"][i] > 0.5)},
             "features": {"dense": {name: float(values[i]) for name, values in dense.items()},
                          "categorical": {name: int(values[i]) for name, values in categorical.items()}},
             "output": {"unit_sales": float(max(predictions[i], 0.0))},

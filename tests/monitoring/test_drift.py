@@ -407,7 +407,8 @@ def test_one_days_traffic_is_judged_against_that_days_history_features(tiny_bund
     KS p=3e-17) and moved the weekday means (PSI 0.10-0.19, p < 1e-4): those history features are the series'
     past at the target's weekday or year-ago week, and were compared with every horizon day alike. Here: the
     weekday means moved 0.19 and 0.32 on the tiny bundle. Each day's reference is now mixed as the requests ask."""
-    requests = validation_requests_for(tiny_bundle, None, first_days=1) * 3  # every series, above drift.min_events
+    requests = validation_requests_for(tiny_bundle, None, first_days=1)  # every series: 72 distinct requests
+    (tmp_path / "none.yaml").write_text("drift:\n  min_events: 50\n")  # the tiny catalog's one day is below 100
     log = replay(production_bundle, requests, tmp_path / "first-day.jsonl")
     code, report, html = run_cli(tmp_path, production_bundle, log)
     assert code == drift.EXIT_OK and report["reasons"] == [], report["reasons"]
@@ -479,7 +480,7 @@ def test_a_bundle_without_per_day_forecasts_says_the_request_mix_may_be_behind_a
     for key in ("prediction_units", "prediction_by_horizon"):
         del older["served"][key]
     next_day = stream(STREAM_EVENTS, seed=9, horizon_day=1, shift=lambda d, c, p: p.__imul__(3))
-    report = analyse(next_day, metadata, older, DriftParams())
+    report = analyse(next_day, metadata, older, DriftParams(min_events=50))  # one day: the tiny catalog's 72 series
     assert report["prediction"]["reference"] == drift_analysis.INNER_VALIDATION_FORECASTS
     assert report["prediction"]["drifted"]
     assert "the requests ask for other horizon days than the reference" in report["prediction"]["note"]
@@ -651,6 +652,7 @@ def test_one_familys_traffic_names_the_family_that_moved_not_an_item_number_alon
     # the tiny catalog has a handful of series per family, too few distinct observations to alarm on; the naming is
     # what is tested here, so each repeated request counts as an observation (as every event did before)
     monkeypatch.setattr(drift_analysis, "distinct_observations", lambda keys, values: len(values))
+    monkeypatch.setattr(drift_analysis, "distinct_requests", len)
     code, report, html = run_cli(tmp_path, production_bundle, replay(production_bundle, ours * 5, tmp_path / "f.jsonl"))
     categorical = [reason for reason in report["reasons"] if reason.startswith("category")]
     assert len(categorical) == 1, categorical
@@ -687,3 +689,28 @@ def test_a_dashboards_traffic_every_day_of_a_few_series_raises_no_alarm(producti
             sink.write(json.dumps(event) + "\n")
     code, report, html = run_cli(tmp_path, production_bundle, shifted)
     assert code == drift.EXIT_ALARM and any("feature mean_log1p_28d" in r for r in report["reasons"]), report["reasons"]
+
+
+def test_one_request_repeated_past_min_events_is_no_verdict_not_ok(stream, jsonl, production_bundle, tmp_path,
+                                                                    capsys):
+    """150 events that are three requests sent 50 times each (a retrying client, a reloading page), forecasts x10:
+    the tests count 3 observations, yet drift.min_events counted 150 events, so the report said `drift: ok: 150
+    events, no feature drifted` (inputs `ok` on 3 observations), while the same three requests sent once were
+    `no verdict`."""
+    three = stream(3, seed=21, shift=lambda dense, categorical, predictions: predictions.__imul__(10.0))
+    events = jsonl(tmp_path / "p.jsonl", [copy.deepcopy(three[i % 3]) for i in range(150)])
+    code, report, html = run_cli(tmp_path, production_bundle, events)
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert code == drift.EXIT_OK and not report["alarm"]
+    assert report["status"] == "insufficient_data" and report["distinct_requests"] == 3
+    assert last.startswith("drift: no verdict: 150 events, but 3 distinct request(s) are too few"), last
+    assert report["reasons"] == ["150 events, but only 3 distinct request(s) (a repeated request is one observation), "
+                                 "fewer than drift.min_events=100: no verdict"]
+    judged = [r for r in (*report["features"].values(), *report["categorical"].values(), report["prediction"])
+              if r["verdict"] != "not alarmed"]
+    assert {r["verdict"] for r in judged} == {"inconclusive"}
+    assert "on 150 events (3 distinct requests), fewer than drift.min_events=100" in report["prediction"]["note"]
+    assert "Too few events for a verdict" in html
+    # distinct requests keep their verdict
+    code, report, _ = run_cli(tmp_path, production_bundle, jsonl(tmp_path / "q.jsonl", stream(150, seed=22)))
+    assert code == drift.EXIT_OK and report["status"] == "ok" and report["distinct_requests"] >= 100, report["reasons"]
