@@ -158,7 +158,9 @@ def summary_line(report: Mapping[str, Any], html_path: Path) -> str:
     shown = f"; {calendar} calendar feature(s) shown, not alarmed" if calendar else ""
     unweighted = len(report.get("unweighted", {}).get("features", []))
     shown += f"; {unweighted} feature(s) the model gives no weight shown, not alarmed" if unweighted else ""
-    rows = (*report["features"].values(), *report["categorical"].values(), *filter(None, [report.get("prediction")]))
+    # the inputs that can alarm, and the forecasts: a calendar feature is counted once, among those shown, even
+    # where no events make it inconclusive too (an empty log's line said 12 shown and 44 inconclusive of 44 records)
+    rows = (*alarmable(report).values(), *filter(None, [report.get("prediction")]))
     unsure = sum(r.get("verdict") == "inconclusive" for r in rows)
     shown += f"; {unsure} inconclusive (too few events to tell)" if unsure else ""
     set_aside = report.get("set_aside") or {}

@@ -227,6 +227,10 @@ def test_too_few_events_give_no_verdict(bundle_parts, stream, jsonl, production_
     # an empty log: each feature's test of nothing came out "ok, p=1" on the page
     code, report, html = run_cli(tmp_path, production_bundle, jsonl(tmp_path / "empty.jsonl", []))
     assert code == 0 and report["events"] == 0 and report["status"] == "insufficient_data"
+    # its line counted the calendar and unweighted features twice: "12 ... shown, not alarmed; ...; 44 inconclusive"
+    shown = len(report["not_alarmed"]["features"]) + len(report["unweighted"]["features"])
+    unsure = re.search(r"; (\d+) inconclusive", drift.summary_line(report, tmp_path / "d.html"))
+    assert shown and int(unsure.group(1)) == len(report["features"]) + len(report["categorical"]) + 1 - shown
     records = [*report["features"].values(), *report["categorical"].values(), report["prediction"]]
     assert {(r["verdict"], r["note"]) for r in records} == {("inconclusive", "no events to compare")}
 
