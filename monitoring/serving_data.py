@@ -20,6 +20,7 @@ from pipeline.drift_stats import UNKNOWN_LABEL
 from pipeline.event_sources import event_time
 
 OUTPUT_KEYS = ("unit_sales", "units", "forecast", "prediction")
+REQUEST_KEYS = ("store_nbr", "item_nbr", "date")  # an event's inputs that name its request
 
 
 class EventShapeError(ValueError):
@@ -104,8 +105,14 @@ def collect(events: Sequence[Mapping[str, Any]], dense_names: Sequence[str],
             categorical[name].append(UNKNOWN_LABEL if code == 0 else vocabulary[code - 1])
             unknown[i] |= code == 0
         predictions[i] = forecast_units(event, i)
-        inputs = event.get("inputs") if isinstance(event.get("inputs"), Mapping) else {}
-        keys.append((str(inputs.get("store_nbr")), str(inputs.get("item_nbr")), str(inputs.get("date"))))
+        inputs = event.get("inputs")
+        # which request it was: the tests count a request repeated once, and drift.min_events counts requests; an
+        # event without them read as one request repeated (every such event the same observation: no verdict)
+        missing = [name for name in REQUEST_KEYS if not isinstance(inputs, Mapping) or inputs.get(name) is None]
+        if missing:
+            raise EventShapeError(f"{_where(event, i)}: inputs.{missing[0]}: expected the request's "
+                                  f"{', '.join(REQUEST_KEYS)}, got {inputs!r}")
+        keys.append(tuple(str(inputs[name]) for name in REQUEST_KEYS))
         version = str(event.get("model_version", "unknown"))
         versions[version] = versions.get(version, 0) + 1
     stamps = sorted((moment, e["timestamp"]) for e in events if (moment := event_time(e)) is not None)  # instants

@@ -718,3 +718,22 @@ def test_one_request_repeated_past_min_events_is_no_verdict_not_ok(stream, jsonl
     # distinct requests keep their verdict
     code, report, _ = run_cli(tmp_path, production_bundle, jsonl(tmp_path / "q.jsonl", stream(150, seed=22)))
     assert code == drift.EXIT_OK and report["status"] == "ok" and report["distinct_requests"] >= 100, report["reasons"]
+
+
+@pytest.mark.parametrize("inputs", [None, {}, {"store_nbr": 1, "item_nbr": 2}, "1/2/2017-08-01"])
+def test_an_event_without_its_request_is_an_error_naming_it_not_one_request_repeated(
+        stream, jsonl, production_bundle, tmp_path, capsys, inputs):
+    """Events whose `inputs` were missing (another writer's, a hand-made file) all read as the one request
+    (None, None, None): one store's 1,152 events without them were `ok` (store_nbr inconclusive on 1 observation),
+    and, drift.min_events counting requests, `no verdict: 1152 events, but 1 distinct request(s)`."""
+    events = stream(STREAM_EVENTS, seed=23, shift=inflated_forecasts)
+    for event in events[7:]:
+        if inputs is None:
+            del event["inputs"]
+        else:
+            event["inputs"] = copy.deepcopy(inputs)
+    code = drift.main(["--bundle", str(production_bundle), "--events", str(jsonl(tmp_path / "p.jsonl", events)),
+                       "--params", str(tmp_path / "none.yaml"), "--output-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == drift.EXIT_ERROR and "event 7 (event_id" in err and "inputs." in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
