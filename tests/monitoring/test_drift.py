@@ -737,3 +737,26 @@ def test_an_event_without_its_request_is_an_error_naming_it_not_one_request_repe
     err = capsys.readouterr().err
     assert code == drift.EXIT_ERROR and "event 7 (event_id" in err and "inputs." in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_monitorings_own_records_read_from_elasticsearch_are_skipped_and_counted(
+        stream, production_bundle, tmp_path, monkeypatch, capsys, bundle_parts):
+    """`--elasticsearch URL --index 'shelfcast-*'` also matches shelfcast-monitoring-*: drift's own summaries
+    (Fluentd keeps their tag) name the model, so they were judged as its events and the report stopped at
+    `drift: error: event 0 (event_id ?): features: expected ...`; a log's are skipped and counted."""
+    from pipeline.event_sources import ElasticsearchEvents
+
+    metadata, _ = bundle_parts
+    events = stream(STREAM_EVENTS, seed=24)
+    summary = {"tag": "shelfcast.drift", "timestamp": "2017-08-01T00:00:00+00:00",
+               **drift.drift_summary_event({"status": "ok", "alarm": False, "events": 1, "features": {},
+                                            "categorical": {}, "unseen": {}, "model": metadata})}
+    monkeypatch.setattr(ElasticsearchEvents, "events", lambda self, max_events, since=None: [summary, *events])
+    code = drift.main(["--bundle", str(production_bundle), "--elasticsearch", "http://search.invalid:9200",
+                       "--index", "shelfcast-*", "--params", str(tmp_path / "none.yaml"),
+                       "--output-dir", str(tmp_path / "r")])
+    out = capsys.readouterr()
+    report = json.loads((tmp_path / "r" / "drift.json").read_text())
+    assert code == drift.EXIT_OK, out.err
+    assert report["events"] == STREAM_EVENTS and report["set_aside"]["not_predictions"] == {"shelfcast.drift": 1}
+    assert "1 record(s) that are not prediction events skipped (shelfcast.drift: 1)" in out.out.splitlines()[-1]
