@@ -230,14 +230,14 @@ def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | No
                         continue
                     raise EventSourceError(f"{file}: line {_line_number(handle, from_end)}: expected a JSON object, "
                                            f"got {type(record).__name__}")
+                moment = event_time(record)  # before the sender: another sender's records outside the window
+                if since is not None and moment is not None and moment < since:  # are neither counted nor read on
+                    if since - moment > ORDER_SLACK:
+                        break  # this line and those before it are older than the window
+                    continue
                 sender = other_sender(record)
                 if sender is not None:
                     skipped[sender] += 1
-                    continue
-                moment = event_time(record)
-                if since is not None and moment is not None and moment < since:
-                    if since - moment > ORDER_SLACK:
-                        break  # this line and those before it are older than the window
                     continue
                 kept.append((moment or UNDATED, -len(kept), record))
     kept.sort(key=lambda entry: entry[:2])

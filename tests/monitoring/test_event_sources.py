@@ -133,3 +133,19 @@ def test_an_unreadable_log_is_one_error_naming_it(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == f"refused: {log}: cannot be read (Permission denied)", done.stdout
+
+
+def test_other_senders_records_before_since_are_not_counted_nor_read(tmp_path):
+    """`--events logs/ --since T` said "500 record(s) that are not prediction events skipped (shelfcast.drift: 500)":
+    every drift summary monitoring.jsonl ever held, read to its first line, whatever T."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "predictions.jsonl").write_text(lines(event(3600), event(3601)))
+    (logs / "monitoring.jsonl").write_text(lines(
+        *({"tag": "shelfcast.drift", "kind": "drift", "timestamp": (START + dt.timedelta(seconds=s)).isoformat()}
+          for s in range(0, 3600, 10)),
+        {"tag": "shelfcast.drift", "kind": "drift", "timestamp": (START + dt.timedelta(seconds=3700)).isoformat()}))
+    found = read_jsonl_events(logs, 100, START + dt.timedelta(seconds=3600))
+    assert [e["event_id"] for e in found.events] == ["e3600", "e3601"]
+    assert found.not_predictions == {"shelfcast.drift": 1}
+    assert read_jsonl_events(logs, 100).not_predictions == {"shelfcast.drift": 361}
