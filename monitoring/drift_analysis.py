@@ -327,7 +327,7 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
                 expected, live, keys = mixed, live[judged], [key for key, kept in zip(keys, judged) if kept]
         effective = distinct_observations(keys, live.tolist())
         record = _shift_record(numeric_shift(live, expected, effective), params, params.psi_alert, role, live.size,
-                               effective, distinct_requests(keys))
+                               effective, requests if keys is data.keys else distinct_requests(keys))
         record["observations"] = effective
         if note:
             record["note"] = "; ".join(filter(None, (record["note"], note)))
@@ -371,8 +371,9 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
         live = data.predictions if judged is None else data.predictions[judged]
         keys = data.keys if judged is None else [key for key, kept in zip(data.keys, judged) if kept]
         effective = distinct_observations(keys, live.tolist())  # repeated requests count once
+        judged_requests = requests if keys is data.keys else distinct_requests(keys)
         record = _shift_record(numeric_shift(live, expected, effective), params, params.prediction_psi_alert,
-                               "output", live.size, effective, distinct_requests(keys))
+                               "output", live.size, effective, judged_requests)
         record["observations"] = effective
         record["live_mean"] = float(np.mean(live)) if live.size else None
         record["train_mean"] = expected.get("mean")
