@@ -129,7 +129,7 @@ def _plain(value: Any, depth: int) -> Any:
             raise _Unusual
         plain: dict[str, Any] = {}
         for key, item in value.items():
-            if type(key) is not str or not (key.isascii() or _encodable(key)):
+            if type(key) is not str or _utf8_error(key) is not None:
                 raise _Unusual
             item_kind = type(item)
             plain[key] = item if item_kind is float or item is None or item_kind is bool else _plain(item, depth + 1)
@@ -155,8 +155,9 @@ def to_plain_named(value: Any, path: str, depth: int = 0) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise EventContentError(f"{path}: key {key!r} is a {type(key).__name__}; keys must be strings")
-            if not (key.isascii() or _encodable(key)):  # else encode_line's UTF-8 would raise out of emit()
-                raise EventContentError(f"{path}: key {key!r} is not valid UTF-8 text (a lone surrogate)")
+            error = _utf8_error(key)
+            if error is not None:  # else encode_line's UTF-8 would raise out of emit()
+                raise EventContentError(f"{path}: key {key!r} is not valid UTF-8 text ({error})")
             plain[str(key)] = to_plain_named(item, f"{path}.{key}", depth + 1)
         return plain
     if isinstance(value, (list, tuple)):
@@ -201,20 +202,21 @@ def checked_int(value: int, path: str) -> int:
     return value
 
 
-def _encodable(text: str) -> bool:
+def _utf8_error(text: str) -> str | None:
+    """Why ``text`` cannot be written as UTF-8 (a lone surrogate), or None; the one check of values and keys."""
+    if text.isascii():
+        return None
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    except UnicodeEncodeError as exc:
+        return f"{exc.reason} at {exc.start}"
+    return None
 
 
 def checked_str(value: str, path: str) -> str:
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise EventContentError(f"{path}: not valid UTF-8 text ({exc.reason} at {exc.start})") from None
+    error = _utf8_error(value)
+    if error is not None:
+        raise EventContentError(f"{path}: not valid UTF-8 text ({error})")
     return value
 
 
