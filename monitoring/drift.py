@@ -28,8 +28,8 @@ from monitoring.drift_analysis import ROLE_UNWEIGHTED, analyse
 from pipeline.actuals import ActualsError, read_actuals
 from monitoring.drift_params import DriftParamsError, load_drift_params
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, DEFAULT_PREDICTION_LOG, ENV_PREDICTION_LOG,
-                                    ElasticsearchEvents, EventSourceError, other_sender, parse_time,
-                                    prediction_log, read_jsonl_events)
+                                    ElasticsearchEvents, EventSourceError, parse_time, prediction_log,
+                                    read_jsonl_events)
 from monitoring.report_html import render_report
 from monitoring.serving_data import EventShapeError
 from pipeline.atomic import write_json_atomic, write_text_atomic
@@ -195,13 +195,8 @@ def run(bundle: Path, events_path: Path | None, elasticsearch: str | None, index
     not_predictions: dict[str, int] = {}
     if elasticsearch:
         source = ElasticsearchEvents.from_environment(elasticsearch, index)
-        read = source.events(params.max_events, None if since is None else since.isoformat())
-        # an index pattern that also matches monitoring's indices (shelfcast-*) returns drift's and metrics' own
-        # records, Fluentd's tag kept: skipped and counted as from a log (they name the model, so were judged and
-        # stopped the report at `features: expected ...`)
-        senders = [other_sender(record) for record in read]
-        events = [record for record, sender in zip(read, senders) if sender is None]
-        not_predictions = dict(Counter(sender for sender in senders if sender is not None))
+        logged = source.prediction_events(params.max_events, None if since is None else since.isoformat())
+        events, not_predictions = logged.events, logged.not_predictions
         described = f"{elasticsearch}/{index}"
     else:
         events_path = events_path or prediction_log()

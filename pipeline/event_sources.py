@@ -293,6 +293,15 @@ class ElasticsearchEvents:
         found.reverse()
         return found
 
+    def prediction_events(self, max_events: int, since: str | None = None) -> JsonlEvents:
+        """`events`, with other senders' records (`other_sender`) skipped and counted as read_jsonl_events does: an
+        index pattern that also matches monitoring's indices (shelfcast-*) returns drift's and metrics' own records,
+        Fluentd's tag kept (they name the model, so drift judged them and stopped at `features: expected ...`)."""
+        read = self.events(max_events, since)
+        senders = [other_sender(record) for record in read]
+        return JsonlEvents(events=[record for record, sender in zip(read, senders) if sender is None],
+                           not_predictions=dict(Counter(sender for sender in senders if sender is not None)))
+
     def _pages(self, max_events: int, since: str | None) -> Iterator[dict[str, Any]]:
         query: dict[str, Any] = {"match_all": {}}
         if since:

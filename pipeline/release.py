@@ -358,7 +358,7 @@ class LoggedEvents:
         moment = None if since is None else dt.datetime.fromtimestamp(since, dt.timezone.utc)
         if self.search is not None:
             stamp = None if moment is None else moment.isoformat(timespec="milliseconds")
-            events = self.search.events(MAX_EVENTS, since=stamp)
+            events = self.search.prediction_events(MAX_EVENTS, since=stamp).events
         else:  # read from the log's end back to `since` only: the canary check polls this every second
             events = read_jsonl_events(self.path, MAX_EVENTS, since=moment).events
         return read_traffic(events, since)
