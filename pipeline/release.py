@@ -171,6 +171,23 @@ def host_state(root: Path, store: ReleaseStore, current: dict[str, str],
     return state
 
 
+def served_candidate(root: Path, store: ReleaseStore, current: dict[str, str], variant: str,
+                     name: str = tracking.REGISTERED_MODEL) -> str:
+    """The version ``variant``'s alias names, when this host serves its bundle as ``variant``; else ReleaseError.
+    ``decide --apply`` acts on it: the traffic judged is the served bundle's, so a verdict applied to an alias moved
+    or deleted since (by hand, or CI registering a newer candidate) would promote or end a version nobody judged."""
+    version = current.get(variant)
+    if version is not None and host_state(root, store, {variant: version}, name)[variant]["in_sync"]:
+        return version
+    served_digest, served = store.served_digest(variant), store.served_version(variant)
+    shown = ("nothing" if served_digest is None else f"version {served or '?'} (bundle {served_digest[:12]})")
+    named = f"has no {variant} alias (deleted, or never set)" if version is None else \
+        f"names version {version} as {variant}"
+    act = f"`release promote --version {served}` promotes the version judged, " if served else ""
+    raise ReleaseError(f"{name} {named} but this host serves {shown} as {variant}: the traffic judged is not the "
+                       f"alias's; nothing applied ({act}`make release-sync` makes the host follow the registry)")
+
+
 def set_candidate(root: Path, store: ReleaseStore, variant: str, version: str, share: float | None = None,
                   name: str = tracking.REGISTERED_MODEL) -> str:
     """Install ``version`` as shadow or canary, then move the alias (the registry never names what is not served)."""
@@ -795,6 +812,7 @@ def main(argv=None) -> int:
             elif args.command == "decide":
                 current = aliases(root, args.name)
                 variant = args.variant or (CANARY if CANARY in current else SHADOW)
+                judged = served_candidate(root, store, current, variant, args.name) if args.apply else None
                 actuals = read_actuals(args.actuals) if args.actuals else None
                 since = store.installed_at(variant)  # an earlier candidate's events are not this one's
                 verdict = judge(events.traffic(since=since), variant, actuals,
@@ -804,9 +822,9 @@ def main(argv=None) -> int:
                                                    .isoformat(timespec="seconds"))
                 print(json.dumps(asdict(verdict)))
                 if args.apply and verdict.decision == "promote":
-                    print(f"release: version {promote(root, store, current.get(variant), args.name)} is now production")
+                    print(f"release: version {promote(root, store, judged, args.name)} is now production")
                 elif args.apply and verdict.decision == "rollback":
-                    end_candidate(root, store, variant, args.name)
+                    end_candidate(root, store, variant, args.name, judged)
                     print(f"release: {variant} ended (rolled back)")
                 return 0 if verdict.decision != "rollback" else 2
             elif args.command == "smoke":

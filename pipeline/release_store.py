@@ -143,6 +143,13 @@ class ReleaseStore:
         """The digest of the bundle this host serves as ``variant``; None if none (or not a valid bundle)."""
         return self._digest(self.variant_dir(variant))
 
+    def served_version(self, variant: str) -> str | None:
+        """The release (version) whose bundle this host serves as ``variant``; None if none on disk has its digest."""
+        served = self.served_digest(variant)
+        if served is None:
+            return None
+        return next((path.name for path in self.releases() if self._digest(path) == served), None)
+
     def canary_share(self) -> float:
         return read_canary_share(self.root)
 

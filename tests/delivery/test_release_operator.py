@@ -1,0 +1,54 @@
+"""Release commands as an operator drives them against a registry in an odd state (aliases moved or deleted by
+hand, commands out of order): each says what is wrong in one line and changes nothing it has not judged."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import release, tracking
+from pipeline.bundle import verify_bundle
+from pipeline.registry_fetch import TAG_DIGEST
+from pipeline.release_store import CANARY, PRODUCTION, SHADOW
+
+NAME = tracking.REGISTERED_MODEL
+
+
+def _aliases(root) -> dict[str, str]:
+    return {k: str(v) for k, v in tracking.client(root).get_registered_model(NAME).aliases.items()}
+
+
+def _canary_events(root, store, path) -> None:
+    """Traffic the canary (version 2, share 0.5) answered well: `decide` says promote on it (test_release.py)."""
+    from .test_release import serve_one_row_requests
+
+    serve_one_row_requests(store, path)
+
+
+@pytest.mark.parametrize("registry_change", ["alias moved to another version", "alias deleted by hand"])
+def test_decide_apply_refuses_when_the_alias_no_longer_names_the_candidate_it_judged(host, tmp_path, capsys,
+                                                                                     registry_change):
+    """Found by a probe: `decide --apply` judged the canary the host serves (version 2) and then promoted whatever
+    the registry named at that moment: with the canary alias moved to version 1 (CI registering a candidate, a
+    hand edit in the MLflow UI) it promoted version 1 and removed the judged canary from the host; with the canary
+    alias deleted by hand it promoted the shadow's version, which nobody had judged."""
+    root, store, versions = host
+    events = tmp_path / "events.jsonl"
+    _canary_events(root, store, events)
+    client = tracking.client(root)
+    other = versions["production"]
+    if registry_change == "alias deleted by hand":
+        client.delete_registered_model_alias(NAME, CANARY)
+        client.set_registered_model_alias(NAME, SHADOW, other)
+    else:
+        client.set_registered_model_alias(NAME, CANARY, other)
+    served_canary = verify_bundle(store.variant_dir(CANARY))
+    before = _aliases(root)
+    status = release.main(["decide", "--root", str(root), "--models", str(store.root), "--variant", CANARY,
+                           "--events", str(events), "--apply"])
+    out, err = capsys.readouterr()
+    assert status == 1, (out, err)
+    assert "canary" in err and f"version {versions['canary']}" in err and "release-sync" in err, err
+    assert _aliases(root) == before  # nothing promoted, no alias deleted
+    assert verify_bundle(store.variant_dir(CANARY)) == served_canary  # the judged canary still serves
+    assert verify_bundle(store.variant_dir(PRODUCTION)) == \
+        client.get_model_version(NAME, versions["production"]).tags[TAG_DIGEST]
