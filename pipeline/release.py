@@ -57,7 +57,7 @@ from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, 
                                     prediction_log,
                                     event_units, finite_number, read_jsonl_events)
 from pipeline.release_replay import ProductionReplay, request_key
-from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
+from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore, check_share
 
 PREVIOUS_TAG = tracking.PREVIOUS_PRODUCTION_TAG  # registered-model tag: the version `rollback` returns to
 DEFAULT_SHARE = 0.1
@@ -191,6 +191,8 @@ def served_candidate(root: Path, store: ReleaseStore, current: dict[str, str], v
 def set_candidate(root: Path, store: ReleaseStore, variant: str, version: str, share: float | None = None,
                   name: str = tracking.REGISTERED_MODEL) -> str:
     """Install ``version`` as shadow or canary, then move the alias (the registry never names what is not served)."""
+    if variant == CANARY and share is not None:
+        check_share(share)  # before the install: a bad share must not leave a canary the registry does not name
     digest = install(root, store, variant, version, name)
     if variant == CANARY:
         store.set_canary_share(DEFAULT_SHARE if share is None else share)
@@ -680,6 +682,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
     long (or until the rule decides); a rollback verdict there ends the release before any user
     gets an answer from it. No verdict (too little traffic) lets it go on to the canary, which
     must earn a "promote" within ``observe_s``."""
+    check_share(share)  # before the shadow phase: not a ValueError once a candidate is installed
     current = aliases(root, name)
     version = version or current.get(CANARY) or current.get(SHADOW)
     if not version:  # an app-only change, or a candidate already decided: the release job has nothing to do
@@ -739,6 +742,13 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
 
 # --- the command line ---------------------------------------------------------------------------
 
+def _share_argument(text: str) -> float:
+    try:
+        return check_share(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("canary_share: ", "")) from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.release", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("status", "shadow", "canary", "decide", "promote", "rollback", "deploy",
@@ -751,7 +761,8 @@ def main(argv=None) -> int:
     parser.add_argument("--version", help="model version (default: what the candidate aliases name)")
     parser.add_argument("--alias", help="take the version another alias names (e.g. --alias shadow)")
     parser.add_argument("--variant", choices=(CANARY, SHADOW), help="for decide/end: which candidate")
-    parser.add_argument("--share", type=float, default=DEFAULT_SHARE, help="canary share of store×items (0..1)")
+    parser.add_argument("--share", type=_share_argument, default=DEFAULT_SHARE,
+                        help="canary share of store×items (0..1)")
     parser.add_argument("--events", type=Path, default=DEFAULT_EVENTS,
                         help="prediction events: a JSON-lines log or a directory of them (default: %(default)s)")
     parser.add_argument("--elasticsearch", metavar="URL", default=os.environ.get("ELASTICSEARCH_URL") or None,

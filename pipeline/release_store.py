@@ -154,9 +154,14 @@ class ReleaseStore:
         return read_canary_share(self.root)
 
     def set_canary_share(self, share: float) -> None:
-        if not 0.0 <= share <= 1.0:
-            raise ValueError(f"canary_share: expected 0..1, got {share!r}")
-        write_text_atomic(self.root / RELEASE_FILE, json.dumps({"canary_share": share}) + "\n")
+        write_text_atomic(self.root / RELEASE_FILE, json.dumps({"canary_share": check_share(share)}) + "\n")
+
+
+def check_share(share: float) -> float:
+    """``share`` when it is a canary share (a number 0..1), else ValueError naming the field."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+        raise ValueError(f"canary_share: expected a number 0..1, got {share!r}")
+    return float(share)
 
 
 def read_canary_share(models_dir: Path) -> float:
@@ -171,6 +176,7 @@ def read_canary_share(models_dir: Path) -> float:
         raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: expected {{\"canary_share\": 0..1}} ({exc})") from None
-    if not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
-        raise ValueError(f"{path}: canary_share must be a number 0..1, got {share!r}")
-    return float(share)
+    try:
+        return check_share(share)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None

@@ -52,3 +52,23 @@ def test_decide_apply_refuses_when_the_alias_no_longer_names_the_candidate_it_ju
     assert verify_bundle(store.variant_dir(CANARY)) == served_canary  # the judged canary still serves
     assert verify_bundle(store.variant_dir(PRODUCTION)) == \
         client.get_model_version(NAME, versions["production"]).tags[TAG_DIGEST]
+
+
+@pytest.mark.parametrize("command", [["canary", "--version", "2"], ["deploy", "--version", "2", "--shadow-s", "5"]])
+@pytest.mark.parametrize("share", ["1.5", "-0.1", "nan"])
+def test_a_canary_share_out_of_range_is_refused_before_anything_is_installed(host, capsys, command, share):
+    """Found by a probe: `release canary --version 2 --share 1.5` installed models/canary, then failed on the share
+    (`release: error: canary_share: expected 0..1, got 1.5`): the host served a canary the registry did not name, and
+    `release status` blamed a promote or release stopped half-way. `deploy` checked it only after its shadow phase."""
+    root, store, versions = host
+    release.end_candidate(root, store, CANARY)
+    before = _aliases(root)
+    with pytest.raises(SystemExit) as exited:
+        release.main([command[0], "--root", str(root), "--models", str(store.root), *command[1:], "--share", share])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"--share: expected a number 0..1, got {float(share)!r}" in err, err
+    assert not store.variant_dir(CANARY).exists() and not store.variant_dir(SHADOW).exists()
+    assert _aliases(root) == before and store.canary_share() == 0.0
+    with pytest.raises(ValueError, match="canary_share: expected a number 0..1, got 1.5"):
+        release.set_candidate(root, store, CANARY, versions["canary"], 1.5)
+    assert not store.variant_dir(CANARY).exists()
