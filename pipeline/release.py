@@ -157,17 +157,21 @@ def host_state(root: Path, store: ReleaseStore, current: dict[str, str],
                name: str = tracking.REGISTERED_MODEL) -> dict[str, dict]:
     """Per variant (production, canary, shadow): the version the registry's alias names, its serving digest,
     the digest of the bundle this host serves for it, and whether the two agree. A promote or release stopped
-    between moving an alias and installing its bundle leaves them apart, which ``sync`` mends."""
+    between moving an alias and installing its bundle leaves them apart, which ``sync`` mends. An alias naming a
+    version release refuses (registered by hand: no serving digest) is never in sync; ``refused`` says why."""
     state = {}
     for variant in (PRODUCTION, CANARY, SHADOW):
-        version = current.get(variant)
+        version, refused = current.get(variant), None
         try:
             registered = None if version is None else registry_fetch.promoted_digest(_version(root, version, name))
-        except registry_fetch.FetchError:
-            registered = None  # registered by hand: nothing to compare (sync refuses it, saying why)
+        except registry_fetch.FetchError as exc:
+            registered, refused = None, str(exc)  # nothing this host could serve for it: sync refuses it too
         served = store.served_digest(variant)
         state[variant] = {"version": version, "registered_digest": registered, "served_digest": served,
-                          "in_sync": served == registered if version is not None else served is None}
+                          "in_sync": (served == registered and refused is None) if version is not None
+                          else served is None}
+        if refused is not None:
+            state[variant]["refused"] = refused
     return state
 
 
@@ -799,7 +803,13 @@ def main(argv=None) -> int:
                 print(json.dumps({"aliases": current, "canary_share": store.canary_share(),
                                   "releases_on_disk": [p.name for p in store.releases()], "host": host,
                                   "in_sync": all(v["in_sync"] for v in host.values())}))
-                apart = [v for v, state in host.items() if not state["in_sync"]]
+                for variant, state in host.items():
+                    if "refused" in state:
+                        print(f"release: the {variant} alias names a version no host can serve: {state['refused']}; "
+                              f"point it at a promoted version (`release {variant} --version V`) or end it "
+                              f"(`release end --variant {variant}`)",
+                              file=sys.stderr)
+                apart = [v for v, state in host.items() if not state["in_sync"] and "refused" not in state]
                 if apart:
                     print(f"release: this host does not serve what the registry names for {', '.join(apart)} (a "
                           "promote or release stopped half-way?): `make release-sync` installs it", file=sys.stderr)

@@ -3,6 +3,8 @@ hand, commands out of order): each says what is wrong in one line and changes no
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipeline import release, tracking
@@ -72,3 +74,27 @@ def test_a_canary_share_out_of_range_is_refused_before_anything_is_installed(hos
     with pytest.raises(ValueError, match="canary_share: expected a number 0..1, got 1.5"):
         release.set_candidate(root, store, CANARY, versions["canary"], 1.5)
     assert not store.variant_dir(CANARY).exists()
+
+
+def test_status_says_an_alias_naming_a_version_registered_by_hand_is_not_served(host, capsys):
+    """Found by a probe: with the canary alias moved by hand to a version registered in the UI (no serving digest:
+    release and sync refuse it), `release status` printed `"canary": {..., "in_sync": true}` and `"in_sync": true`
+    while the registry named a canary this host does not (and cannot) serve."""
+    root, store, versions = host
+    release.end_candidate(root, store, CANARY)
+    client = tracking.client(root)
+    production = client.get_model_version(NAME, versions["production"])
+    by_hand = client.create_model_version(NAME, f"runs:/{production.run_id}/bundle", run_id=production.run_id)
+    try:
+        client.set_registered_model_alias(NAME, CANARY, by_hand.version)
+        assert release.main(["status", "--root", str(root), "--models", str(store.root)]) == 0
+        out, err = capsys.readouterr()
+        status = json.loads(out)
+        assert status["in_sync"] is False and status["host"][CANARY]["in_sync"] is False, status
+        refused = status["host"][CANARY]["refused"]
+        assert f"version {by_hand.version} was not registered by `pipeline.promote`" in refused
+        assert f"the canary alias names a version no host can serve: version {by_hand.version}" in err, err
+        assert "release-sync" not in err  # sync refuses it: no use suggesting it
+        assert status["host"][PRODUCTION]["in_sync"] is True and "refused" not in status["host"][PRODUCTION]
+    finally:
+        client.delete_model_version(NAME, by_hand.version)
