@@ -122,14 +122,19 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
     if via != "mlflow":
         raise FetchError(f"--from: expected mlflow or dvc, got {via!r}")
     artifact = tags.get(TAG_ARTIFACT, tracking.BUNDLE_ARTIFACT_PATH)
+    where = f"runs:/{version.run_id}/{artifact}"
     with tempfile.TemporaryDirectory(prefix=".fetch.", dir=into.parent) as scratch:
         try:
             local = tracking.client(root).download_artifacts(version.run_id, artifact, scratch)
         except Exception as exc:  # noqa: BLE001 MlflowException or the artifact store's own error
-            where = f"runs:/{version.run_id}/{artifact}"
             raise FetchError(f"version {version.version}: downloading {where}: "
                              f"{tracking.without_credentials(str(exc))}") from None
-        check(verify_bundle(local))
+        try:
+            digest = verify_bundle(local)
+        except BundleError as exc:  # named by where it is stored, not by the scratch copy about to be deleted
+            raise FetchError(f"version {version.version}: the registry's bundle {where} is damaged: "
+                             f"{str(exc).replace(str(local), where)}") from None
+        check(digest)
         return copy_bundle(local, into)
 
 

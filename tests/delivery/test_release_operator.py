@@ -4,6 +4,7 @@ hand, commands out of order): each says what is wrong in one line and changes no
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,49 @@ def test_status_says_an_alias_naming_a_version_registered_by_hand_is_not_served(
         assert status["host"][PRODUCTION]["in_sync"] is True and "refused" not in status["host"][PRODUCTION]
     finally:
         client.delete_model_version(NAME, by_hand.version)
+
+
+@pytest.mark.parametrize("damage", ["a file changed", "a file missing"])
+def test_a_damaged_bundle_in_the_registry_is_named_by_its_version_and_artifact(released, registry_env, tmp_path,
+                                                                              capsys, damage):
+    """Found by a probe: a registered version whose stored bundle was damaged (a file changed or lost in the artifact
+    store) was refused with `fetch-model: error: <target>/.fetch.krz8hsvx/serving_bundle/weights.npz: checksum
+    mismatch ...`: a scratch directory deleted by then, no version, no artifact to look at."""
+    import shutil
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    from pipeline import registry_fetch
+
+    root, _, versions = released
+    client = tracking.client(root)
+    version = client.get_model_version(NAME, versions["production"])
+    stored = Path(url2pathname(urlparse(client.get_run(version.run_id).info.artifact_uri).path)) / "serving_bundle"
+    backup = tmp_path / "backup"
+    shutil.copytree(stored, backup)
+    try:
+        if damage == "a file changed":
+            weights = stored / "weights.npz"
+            data = bytearray(weights.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            weights.write_bytes(bytes(data))
+        else:
+            (stored / "history.npz").unlink()
+        target = tmp_path / "models" / "production"
+        client.set_registered_model_alias(NAME, "probe-damaged", version.version)
+        assert registry_fetch.main(["--root", str(tmp_path), "--alias", "probe-damaged", "--to", str(target)]) == 1
+        err = capsys.readouterr().err
+        where = f"runs:/{version.run_id}/serving_bundle"
+        assert f"version {version.version}: the registry's bundle {where} is damaged: " in err, err
+        assert ".fetch." not in err and not target.exists()
+        assert (f"{where}/weights.npz: checksum mismatch" if damage == "a file changed"
+                else f"{where}: missing or unlisted file(s): history.npz") in err, err
+        store = release.ReleaseStore(tmp_path / "host")
+        assert release.main(["canary", "--root", str(tmp_path), "--models", str(store.root),
+                             "--version", str(version.version)]) == 1
+        assert f"the registry's bundle {where} is damaged" in capsys.readouterr().err
+        assert not store.variant_dir(CANARY).exists()
+    finally:
+        client.delete_registered_model_alias(NAME, "probe-damaged")
+        shutil.rmtree(stored)
+        shutil.copytree(backup, stored)
