@@ -99,16 +99,21 @@ def host(released, registry_env, tmp_path):
 
     _, _, versions = released
     client = tracking.client(tmp_path)
-    client.set_registered_model_alias(tracking.REGISTERED_MODEL, PRODUCTION, versions["production"])
-    client.set_registered_model_alias(tracking.REGISTERED_MODEL, CANARY, versions["canary"])
-    for alias in (SHADOW,):
-        try:
-            client.delete_registered_model_alias(tracking.REGISTERED_MODEL, alias)
-        except Exception:  # noqa: BLE001 (absent already)
-            pass
-    client.delete_registered_model_tag(tracking.REGISTERED_MODEL, release.PREVIOUS_TAG) if release.PREVIOUS_TAG in \
-        (client.get_registered_model(tracking.REGISTERED_MODEL).tags or {}) else None
+
+    def registry_as_released() -> None:
+        client.set_registered_model_alias(tracking.REGISTERED_MODEL, PRODUCTION, versions["production"])
+        client.set_registered_model_alias(tracking.REGISTERED_MODEL, CANARY, versions["canary"])
+        for alias in (SHADOW,):
+            try:
+                client.delete_registered_model_alias(tracking.REGISTERED_MODEL, alias)
+            except Exception:  # noqa: BLE001 (absent already)
+                pass
+        client.delete_registered_model_tag(tracking.REGISTERED_MODEL, release.PREVIOUS_TAG) if release.PREVIOUS_TAG \
+            in (client.get_registered_model(tracking.REGISTERED_MODEL).tags or {}) else None
+
+    registry_as_released()
     store = ReleaseStore(tmp_path / "models", keep=2)
     release.sync(tmp_path, store)
     store.set_canary_share(0.5)
-    return tmp_path, store, versions
+    yield tmp_path, store, versions
+    registry_as_released()  # the session's registry as `released` left it, for the tests that read it after
