@@ -208,18 +208,38 @@ def end_candidate(root: Path, store: ReleaseStore, variant: str, name: str = tra
                   version: str | None = None) -> None:
     """Stop serving a candidate: alias deleted first (the registry's word), then the files. With ``version``, the
     alias is deleted only while it still names that version: a newer candidate the ML pipeline registered under it
-    meanwhile (CI's promote to ``shadow`` during a canary's observation) keeps it, for its own release."""
+    meanwhile (CI's promote to ``shadow`` during a canary's observation) keeps it, for its own release. When the
+    registry cannot be asked (gone, refusing), the files are removed all the same (a rolled-back candidate stops
+    serving) and ReleaseError says the alias may still name it."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(root)
+    left = None
     try:
-        if version is None or str(client.get_model_version_by_alias(name, variant).version) == str(version):
-            client.delete_registered_model_alias(name, variant)
-    except MlflowException:
-        pass  # no such alias: nothing to end
+        with tracking.mlflow_errors_named(root):
+            client = _client(root)
+            try:
+                if version is None or str(client.get_model_version_by_alias(name, variant).version) == str(version):
+                    client.delete_registered_model_alias(name, variant)
+            except MlflowException as exc:
+                if not _no_such_alias(exc):
+                    raise
+    except (tracking.TrackingError, MlflowException) as exc:
+        left = tracking.store_error_text(exc) if isinstance(exc, MlflowException) else str(exc)
     store.remove(variant)
     if variant == CANARY:
         store.set_canary_share(0.0)
+    if left is not None:
+        raise ReleaseError(f"{variant} removed from this host, but its alias could not be deleted ({left}): the "
+                           f"{variant} alias may still name {'it' if version is None else f'version {version}'}, "
+                           f"and `make release-sync` would install it again; run `python -m pipeline.release end "
+                           f"--variant {variant}` once the registry answers")
+
+
+def _no_such_alias(exc) -> bool:
+    """Whether MLflow's ``exc`` says the alias (or the registered model) does not exist: a database store's
+    RESOURCE_DOES_NOT_EXIST, a tracking server's INVALID_PARAMETER_VALUE "... alias X not found"."""
+    return exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (exc.error_code == "INVALID_PARAMETER_VALUE"
+                                                           and "not found" in str(exc))
 
 
 def promote(root: Path, store: ReleaseStore, version: str | None = None, name: str = tracking.REGISTERED_MODEL) -> str:
@@ -729,11 +749,19 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
         report["outcome"] = "promoted"
     except (ReleaseError, BundleError, registry_fetch.FetchError, EventSourceError, OSError) as exc:
         failed = time.perf_counter()
-        end_candidate(root, store, CANARY, name, version)
-        if shadow_s > 0 or current.get(SHADOW) == str(version):
-            end_candidate(root, store, SHADOW, name, version)  # a rolled-back candidate is not left mirroring either
+        ending = [CANARY] + ([SHADOW] if shadow_s > 0 or current.get(SHADOW) == str(version) else [])
+        left = []  # a rolled-back candidate is not left mirroring either
+        for variant in ending:
+            try:
+                end_candidate(root, store, variant, name, version)
+            except ReleaseError as alias_left:  # its files are gone; the registry could not be told
+                left.append(str(alias_left))
         report["outcome"] = "rolled back"
         report["reason"] = str(exc)
+        if left:
+            report["aliases_left"] = left
+            for line in left:
+                say(f"deploy: rollback: {line}")
         try:  # until the app no longer answers with it (hot reload)
             wait_for_variant(url, CANARY, None, reload_timeout_s)
             report["rollback_s"] = round(time.perf_counter() - failed, 2)

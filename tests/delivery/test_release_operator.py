@@ -3,7 +3,13 @@ hand, commands out of order): each says what is wrong in one line and changes no
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -145,3 +151,52 @@ def test_a_damaged_bundle_in_the_registry_is_named_by_its_version_and_artifact(r
         client.delete_registered_model_alias(NAME, "probe-damaged")
         shutil.rmtree(stored)
         shutil.copytree(backup, stored)
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str):
+    """A real `mlflow server` on 127.0.0.1 over ``backend_uri``: (address, its process), stopped at the end."""
+    from app.launch import free_port
+
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+                               backend_uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_ending_a_candidate_while_the_registry_is_gone_says_its_alias_is_left(released, tmp_path, monkeypatch):
+    """Found by a probe: with the tracking server gone mid-release (a deploy rolling back a bad canary, `release end`),
+    end_candidate took MLflow's connection error for "no such alias": it removed the canary's files and said it had
+    ended, while the registry still named the rolled-back version as canary, so the next `make release-sync` (the
+    release job's first step, a restarted host) served it again. The candidate still stops serving at once; the
+    error says the alias is left and what to run."""
+    _, uri, versions = released
+    registry = tmp_path / "registry.db"
+    shutil.copy(Path(uri.removeprefix("sqlite:///")), registry)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's default retries a gone server for minutes
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    store = release.ReleaseStore(tmp_path / "models")
+    with mlflow_server(f"sqlite:///{registry.as_posix()}") as (address, server):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
+        assert release.sync(tmp_path, store)[CANARY] == versions["canary"]
+        server.terminate()
+        server.wait(30)
+        with pytest.raises(release.ReleaseError) as ended:
+            release.end_candidate(tmp_path, store, CANARY)
+    message = str(ended.value)
+    assert "canary alias" in message and "release end --variant canary" in message and "release-sync" in message, \
+        message
+    assert not store.variant_dir(CANARY).exists()  # out of service all the same
