@@ -138,8 +138,11 @@ def install(root: Path, store: ReleaseStore, variant: str, version: str, name: s
 
 
 def sync(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MODEL) -> dict[str, str | None]:
-    """Make the models directory match the aliases (what a fresh or restarted host runs)."""
+    """Make the models directory match the aliases (what a fresh or restarted host runs); nothing is installed
+    while the registry names no production version."""
     current = aliases(root, name)
+    if PRODUCTION not in current:
+        raise ReleaseError(no_production(store, name))
     done: dict[str, str | None] = {}
     for variant in (PRODUCTION, CANARY, SHADOW):
         if variant in current:
@@ -148,9 +151,17 @@ def sync(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MODEL)
         elif variant != PRODUCTION:
             store.remove(variant)
             done[variant] = None
-    if PRODUCTION not in current:
-        raise ReleaseError(f"models:/{name}@production does not exist yet: promote a model first")
     return done
+
+
+def no_production(store: ReleaseStore, name: str) -> str:
+    """What to say when the registry names no production version: a new registry promotes one first; a host that
+    serves one (the alias deleted by hand) names the version to point the alias at again."""
+    served = store.served_version(PRODUCTION)
+    if served is None:
+        return f"models:/{name}@production does not exist yet: promote a model first"
+    return (f"the registry names no production version of {name} (its alias deleted?) while this host serves version "
+            f"{served} as production: `python -m pipeline.release promote --version {served}` names it again")
 
 
 def host_state(root: Path, store: ReleaseStore, current: dict[str, str],
@@ -838,7 +849,9 @@ def main(argv=None) -> int:
                               f"(`release end --variant {variant}`)",
                               file=sys.stderr)
                 apart = [v for v, state in host.items() if not state["in_sync"] and "refused" not in state]
-                if apart:
+                if PRODUCTION not in current:  # sync cannot mend anything before one is named
+                    print(f"release: {no_production(store, args.name)}", file=sys.stderr)
+                elif apart:
                     print(f"release: this host does not serve what the registry names for {', '.join(apart)} (a "
                           "promote or release stopped half-way?): `make release-sync` installs it", file=sys.stderr)
             elif args.command == "sync":

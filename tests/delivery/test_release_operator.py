@@ -200,3 +200,23 @@ def test_ending_a_candidate_while_the_registry_is_gone_says_its_alias_is_left(re
     assert "canary alias" in message and "release end --variant canary" in message and "release-sync" in message, \
         message
     assert not store.variant_dir(CANARY).exists()  # out of service all the same
+
+
+def test_a_production_alias_deleted_by_hand_is_named_as_such_and_sync_changes_nothing(host, capsys):
+    """Found by a probe: with the production alias deleted by hand, `release status` said "this host does not serve
+    what the registry names for production (a promote or release stopped half-way?): `make release-sync` installs
+    it", and `release sync` then installed the canary and shadow and only failed after, "models:/...@production does
+    not exist yet: promote a model first", while this host still served the version to name again."""
+    root, store, versions = host
+    release.end_candidate(root, store, CANARY)
+    client = tracking.client(root)
+    client.set_registered_model_alias(NAME, SHADOW, versions["canary"])
+    client.delete_registered_model_alias(NAME, PRODUCTION)
+    assert release.main(["status", "--root", str(root), "--models", str(store.root)]) == 0
+    err = capsys.readouterr().err
+    hint = f"`python -m pipeline.release promote --version {versions['production']}`"
+    assert "names no production version" in err and hint in err and "release-sync" not in err, err
+    assert release.main(["sync", "--root", str(root), "--models", str(store.root)]) == 1
+    err = capsys.readouterr().err
+    assert "names no production version" in err and hint in err, err
+    assert not store.variant_dir(SHADOW).exists()  # nothing installed by a sync that cannot finish
