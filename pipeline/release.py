@@ -277,6 +277,12 @@ def rollback(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MO
     if previous == current:
         raise ReleaseError(f"{name}'s previous production version ({PREVIOUS_TAG}) is version {previous}, production "
                            "itself; nothing to roll back to (`release promote --version N` chooses one)")
+    try:
+        _version(root, previous, name)
+    except ReleaseError as exc:  # deleted since, or the tag edited by hand
+        raise ReleaseError(f"{name}'s previous production version ({PREVIOUS_TAG}) is {previous!r}, which the "
+                           f"registry cannot give ({exc}); nothing to roll back to (`release promote --version N` "
+                           "chooses one)") from None
     install(root, store, PRODUCTION, previous, name)
     tracking.point_alias(_client(root), name, PRODUCTION, previous)  # remembers current: a second rollback undoes
     if current:

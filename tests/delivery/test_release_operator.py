@@ -220,3 +220,17 @@ def test_a_production_alias_deleted_by_hand_is_named_as_such_and_sync_changes_no
     err = capsys.readouterr().err
     assert "names no production version" in err and hint in err, err
     assert not store.variant_dir(SHADOW).exists()  # nothing installed by a sync that cannot finish
+
+
+@pytest.mark.parametrize("previous", ["99", "abc"])
+def test_rollback_to_a_version_the_registry_no_longer_has_names_the_tag_it_read(host, capsys, previous):
+    """Found by a probe: with previous_production naming a version deleted since (or edited by hand), `release
+    rollback` said only `shelfcast-forecaster version 99: RESOURCE_DOES_NOT_EXIST: ...`, not where 99 came from nor
+    what to do instead."""
+    root, store, versions = host
+    tracking.client(root).set_registered_model_tag(NAME, release.PREVIOUS_TAG, previous)
+    assert release.main(["rollback", "--root", str(root), "--models", str(store.root)]) == 1
+    err = capsys.readouterr().err
+    assert f"previous production version ({release.PREVIOUS_TAG}) is {previous!r}, which the registry cannot give" \
+        in err and "nothing to roll back to" in err and "release promote --version N" in err, err
+    assert _aliases(root)[PRODUCTION] == versions["production"]
