@@ -880,6 +880,9 @@ def main(argv=None) -> int:
             elif args.command == "decide":
                 current = aliases(root, args.name)
                 variant = args.variant or (CANARY if CANARY in current else SHADOW)
+                if store.installed_at(variant) is None:  # else every event of any earlier candidate is judged
+                    raise ReleaseError(f"no {variant} is installed on this host ({store.variant_dir(variant)}): "
+                                       f"nothing to judge (`release {variant} --version V` starts one)")
                 judged = served_candidate(root, store, current, variant, args.name) if args.apply else None
                 actuals = read_actuals(args.actuals) if args.actuals else None
                 since = store.installed_at(variant)  # an earlier candidate's events are not this one's

@@ -234,3 +234,24 @@ def test_rollback_to_a_version_the_registry_no_longer_has_names_the_tag_it_read(
     assert f"previous production version ({release.PREVIOUS_TAG}) is {previous!r}, which the registry cannot give" \
         in err and "nothing to roll back to" in err and "release promote --version N" in err, err
     assert _aliases(root)[PRODUCTION] == versions["production"]
+
+
+def test_decide_on_a_candidate_this_host_does_not_serve_judges_nothing(host, tmp_path, capsys):
+    """Found by a probe: `release decide --variant shadow` with no shadow installed (ended, or never started) judged
+    every shadow event in the log, from any earlier shadow, and printed a verdict (`promote`) for a candidate that
+    does not exist; with --apply it then promoted the canary (`decide --apply` now refuses that, but not plain
+    decide)."""
+    root, store, versions = host
+    events = tmp_path / "events.jsonl"
+    _canary_events(root, store, events)
+    logged = events.read_text(encoding="utf-8").splitlines()
+    # an earlier shadow's traffic: production's events again, as the shadow's
+    earlier = [json.dumps({**json.loads(line), "model_variant": SHADOW}) for line in logged
+               if json.loads(line)["model_variant"] == PRODUCTION]
+    events.write_text("\n".join(logged + earlier) + "\n", encoding="utf-8")
+    assert not store.variant_dir(SHADOW).exists()
+    status = release.main(["decide", "--root", str(root), "--models", str(store.root), "--variant", SHADOW,
+                           "--events", str(events)])
+    out, err = capsys.readouterr()
+    assert status == 1 and out == "", out
+    assert f"no shadow is installed on this host ({store.variant_dir(SHADOW)}): nothing to judge" in err, err
