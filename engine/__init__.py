@@ -2,7 +2,7 @@
 
 from engine import config  # noqa: F401  (first: sets Numba/BLAS environment defaults)
 
-from engine import errors, layers, train
+from engine import data, errors, layers, train
 from engine.autodiff import gradients
 from engine.dtypes import DType, as_dtype, float32, float64, int32, int64
 from engine.dtypes import bool_ as bool  # noqa: A004  (TensorFlow's name: en.bool)
@@ -27,16 +27,16 @@ from engine.session import Session, SessionConfig, get_default_session
 
 __all__ = [
     "DType", "Graph", "IndexedSlices", "Operation", "Session", "SessionConfig", "Tensor", "Variable", "abs", "add",
-    "add_n", "as_dtype", "assign", "assign_add", "assign_sub", "bool", "cast", "check_numerics", "concat", "constant",
-    "control_dependencies", "convert_to_tensor", "cos", "divide", "dropout", "equal", "errors", "exp", "expand_dims",
-    "expm1", "float32", "float64", "gather", "get_default_graph", "get_default_session", "global_variables",
-    "global_variables_initializer", "gradients", "greater", "greater_equal", "group", "identity", "int32",
-    "int64", "layers", "leaky_relu", "less", "less_equal", "log", "log1p", "matmul", "maximum", "minimum", "multiply",
-    "name_scope", "negative", "nn", "no_op", "not_equal", "ones", "ones_like", "placeholder",
-    "placeholder_with_default", "pow", "random_normal", "random_uniform", "reduce_max", "reduce_mean",
-    "reduce_sum", "relu", "reset_default_graph", "reshape", "set_random_seed", "shape", "sigmoid", "sign", "sin",
-    "softmax", "softplus", "sqrt", "square", "squeeze", "stop_gradient", "subtract", "tanh", "train",
-    "trainable_variables", "transpose", "variables_initializer", "where", "zeros", "zeros_like",
+    "add_n", "as_dtype", "assign", "assign_add", "assign_sub", "bool", "cast", "check_numerics", "concat",
+    "constant", "control_dependencies", "convert_to_tensor", "cos", "data", "divide", "dropout", "equal", "errors",
+    "exp", "expand_dims", "expm1", "float32", "float64", "gather", "get_default_graph", "get_default_session",
+    "global_variables", "global_variables_initializer", "gradients", "greater", "greater_equal", "group",
+    "identity", "int32", "int64", "layers", "leaky_relu", "less", "less_equal", "log", "log1p", "matmul", "maximum",
+    "minimum", "multiply", "name_scope", "negative", "nn", "no_op", "not_equal", "ones", "ones_like", "placeholder",
+    "placeholder_with_default", "pow", "random_normal", "random_uniform", "reduce_max", "reduce_mean", "reduce_sum",
+    "relu", "reset_default_graph", "reshape", "set_random_seed", "shape", "sigmoid", "sign", "sin", "softmax",
+    "softplus", "sqrt", "square", "squeeze", "stop_gradient", "subtract", "tanh", "train", "trainable_variables",
+    "transpose", "variables_initializer", "where", "zeros", "zeros_like",
 ]
 
 # Serving and observability tools (issue 3): whole-plan compilation, per-op profiles, Graphviz export.

@@ -1,6 +1,6 @@
 """Feeding a training loop: batches of aligned arrays, a streaming shuffle buffer, background prefetch.
 
-``batches`` slices in-memory arrays (a tuple or dict of arrays sharing their first dimension)
+``batches`` slices in-memory arrays (an array, or a tuple or dict of arrays sharing their first dimension)
 into contiguous batches, optionally in a seeded random order per epoch; ``shuffle_buffer``
 shuffles a stream that does not fit in memory (as ``tf.data``'s buffer); ``prefetch`` builds
 the next items on a background thread while the session runs the current step.
@@ -36,7 +36,8 @@ def _count(value, what: str) -> int:
 
 def batches(arrays, batch_size: int, *, shuffle: bool = False, seed: int | None = None, epochs: int = 1,
             drop_remainder: bool = False) -> Iterator:
-    """Yield batches (same structure as ``arrays``: tuple or dict) of ``batch_size`` rows, C-contiguous.
+    """Yield batches (same structure as ``arrays``: one array, a tuple or a dict) of ``batch_size`` rows,
+    C-contiguous (one array is not a sequence of arrays: its rows are not taken for columns).
 
     With ``shuffle``, each epoch visits the rows in a new order drawn from ``seed`` (required,
     so runs are reproducible); the last short batch is kept unless ``drop_remainder``.
@@ -44,6 +45,8 @@ def batches(arrays, batch_size: int, *, shuffle: bool = False, seed: int | None 
     batch_size, epochs = _count(batch_size, "batches: batch_size"), _count(epochs, "batches: epochs")
     if shuffle and seed is None:
         raise ValueError("batches: shuffle=True needs a seed (runs must be reproducible)")
+    single = isinstance(arrays, np.ndarray)
+    arrays = (arrays,) if single else arrays
     keys = list(arrays) if isinstance(arrays, Mapping) else None
     values = list(arrays.values() if keys is not None else arrays)  # read once: a generator of arrays is spent then
     n = _rows(range(len(values)) if keys is None else keys, values)
@@ -56,7 +59,7 @@ def batches(arrays, batch_size: int, *, shuffle: bool = False, seed: int | None 
             end = min(start + batch_size, n)
             pick = slice(start, end) if order is None else order[start:end]
             parts = [np.ascontiguousarray(v[pick]) for v in values]
-            yield tuple(parts) if keys is None else dict(zip(keys, parts))
+            yield parts[0] if single else tuple(parts) if keys is None else dict(zip(keys, parts))
 
 
 def shuffle_buffer(items: Iterable, buffer_size: int, seed: int) -> Iterator:

@@ -116,3 +116,14 @@ def test_batches_take_generators_and_whole_sizes_and_shuffle_buffer_needs_a_seed
     assert len(list(data.batches((x,), np.int64(2)))) == 3
     with pytest.raises(ValueError, match="needs a seed"):
         list(data.shuffle_buffer(range(5), 2, seed=None))
+
+
+def test_one_array_is_batched_by_its_rows_and_the_package_exposes_data():
+    import engine as en
+
+    x = np.arange(12.0).reshape(6, 2)  # its 2 columns were taken for 6 "arrays" of 2 rows: one batch of 6 rows
+    out = list(en.data.batches(x, 4))
+    assert [b.shape for b in out] == [(4, 2), (2, 2)]
+    np.testing.assert_array_equal(np.concatenate(out), x)
+    shuffled = np.concatenate(list(en.data.batches(x, 4, shuffle=True, seed=1)))
+    assert sorted(shuffled[:, 0]) == list(x[:, 0])
