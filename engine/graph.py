@@ -411,9 +411,9 @@ def python_value_to_array(value, dtype: _dt.DType | None, what: str = "value") -
         raise RaggedValue(f"{what}: {value!r} is ragged (rows of different lengths)") from None
     if arr.dtype == object:
         raise TypeError(f"{what}: {value!r} is not a rectangular numeric value")
+    if arr.dtype.kind not in "fiub":  # a string or complex number is no number of ours, whatever ``dtype``
+        raise TypeError(f"{what}: unsupported value {value!r}")
     if dtype is None:
-        if arr.dtype.kind not in "fiub":
-            raise TypeError(f"{what}: unsupported value {value!r}")
         dtype = {"f": _dt.float32, "b": _dt.bool_}.get(arr.dtype.kind, _dt.int32)
     if dtype.is_bool and arr.dtype.kind != "b":
         raise TypeError(f"{what}: {value!r} is not boolean")

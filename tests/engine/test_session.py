@@ -122,7 +122,8 @@ def test_wrong_feed_shape_and_dtype_name_the_tensor():
 
 
 @pytest.mark.parametrize("given, dtype", [(np.array([True, False]), en.int64), (np.array([1, 0], np.int32), en.float64),
-                                          (np.array([True]), en.float32), ([[1, 2, 3], [1, 2]], en.float32)])
+                                          (np.array([True]), en.float32), ([[1, 2, 3], [1, 2]], en.float32),
+                                          ([["1.5"]], en.float32), ([[1 + 2j]], en.float32)])
 def test_a_feed_of_another_kind_or_ragged_is_refused_naming_the_tensor(given, dtype):
     """A bool array fed to an index placeholder would gather rows 1 and 0: no array changes kind in a feed
     (Python lists of the wrong kind were already refused), and a ragged list says so."""
@@ -130,6 +131,16 @@ def test_a_feed_of_another_kind_or_ragged_is_refused_naming_the_tensor(given, dt
     with en.Session() as s:
         with pytest.raises(en.errors.InvalidArgumentError, match=r"Cannot feed .* for tensor 'fed:0'"):
             s.run(x, {x: given})
+
+
+def test_a_string_or_complex_python_value_is_no_number():
+    """``x + "3"`` was ``x + 3.0`` and ``x + 1j`` silently ``x + 1.0`` (NumPy parses strings, drops imaginaries)."""
+    x = en.placeholder(en.float32, (None,), name="x")
+    for value in ("3", 1j, ["3"]):
+        with pytest.raises(TypeError, match="unsupported value"):
+            x + value
+        with pytest.raises(TypeError, match="unsupported value"):
+            en.constant(value, dtype=en.float32)
 
 
 def test_a_feed_widens_within_its_kind_exactly():
