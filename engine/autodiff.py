@@ -90,6 +90,11 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
     with graph.name_scope(name):
         for y, gy in zip(ys, grad_ys):
             gy = A.ones_like(y) if gy is None else convert_to_tensor(gy, dtype=y.dtype)
+            try:  # a weight per element of y: another shape failed later, blaming a gradient op, or was returned
+                shapes.merge(gy.shape, y.shape)
+            except ValueError:
+                raise ValueError(f"gradients: grad_ys for {y.name} has shape {gy.shape}; {y.name} has shape "
+                                 f"{y.shape}") from None
             pending.setdefault(y, []).append(gy)
         aggregated: dict[Tensor, object] = {}
         wanted = set(extended)

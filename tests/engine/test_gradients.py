@@ -154,6 +154,16 @@ def test_paths_join_and_grad_ys():
         np.testing.assert_allclose(s.run(g, {x: xv}), w * (2 * xv + np.exp(xv) + 1))
 
 
+def test_grad_ys_of_another_shape_than_y_is_refused_naming_y():
+    """A scalar weight for a (3,) y built a graph that failed at run time in a gradient op, and for y = x the
+    scalar came back as x's gradient."""
+    x = en.placeholder(en.float32, (3,), name="x")
+    y = en.multiply(x, 2.0, name="y")
+    for ys, weight in ((y, 1.0), (y, np.ones(5, np.float32)), (x, np.float32(3.0))):
+        with pytest.raises(ValueError, match=r"grad_ys for (y|x):0 has shape"):
+            en.gradients(ys, [x], grad_ys=[weight])
+
+
 def test_dropout_gradient_is_mask_over_keep_probability():
     x = en.placeholder(en.float64, (50, 4))
     y = en.dropout(x, rate=0.25, seed=3)
