@@ -436,7 +436,7 @@ def import_inference_graph(export_dir: str) -> InferenceModel:
             ops[rec["name"]] = graph.create_op(rec["type"], ins, attrs, name=rec["name"], control_inputs=controls,
                                                exact_name=True)
             graph.unique_name(rec["name"])  # reserve it, as building the graph would have
-        except (KeyError, NotFoundError, DataLossError, ValueError, TypeError) as e:
+        except (KeyError, IndexError, AttributeError, NotFoundError, DataLossError, ValueError, TypeError) as e:
             raise DataLossError(f"{graph_path}: op {rec['name']!r} cannot be rebuilt: {e}") from None
     try:
         inputs = {k: graph.get_tensor_by_name(v) for k, v in doc["inputs"].items()}

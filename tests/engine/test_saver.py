@@ -163,6 +163,8 @@ def test_export_refuses_stateful_graphs_and_import_refuses_corruption(tmp_path):
     (lambda g: g.update(outputs={"y": "ghost:0"}), "inputs or outputs name a tensor"),
     (lambda g: g.update(inputs=["x:0"]), "inputs must map"),
     (lambda g: g["ops"][-1]["attrs"].update(T={"no such encoding": 1}), "cannot be rebuilt"),
+    (lambda g: g["ops"][0]["attrs"].update(dtype="float32"), "cannot be rebuilt"),  # not {"dtype": ...}
+    (lambda g: g["ops"][1]["attrs"].update(value=2.0), "cannot be rebuilt"),  # not {"tensor": ...}
 ])
 def test_a_malformed_inference_graph_is_data_loss_naming_the_field(tmp_path, change, field):
     """graph.json that parses but has a field missing, of another type or pointing elsewhere: a DataLossError
