@@ -77,7 +77,8 @@ def merge(a: Shape, b: Shape) -> Shape:
 
 
 def normalize_axes(axis, rank: int, what: str = "axis") -> tuple:
-    """Axis (None, int or sequence; negatives allowed) as a sorted tuple of non-negative ints."""
+    """Axis (None, int or sequence; negatives allowed) as a sorted tuple of non-negative ints; an axis named twice
+    (``(0, 0)``, ``(0, -2)`` of rank 2) is an error, as in NumPy (the references), not a silent set."""
     if axis is None:
         return tuple(range(rank))
     if isinstance(axis, int):
@@ -87,5 +88,7 @@ def normalize_axes(axis, rank: int, what: str = "axis") -> tuple:
         a = int(a)
         if not -rank <= a < rank:
             raise ValueError(f"{what} {a} is out of range for rank {rank}")
+        if a % rank in out:
+            raise ValueError(f"{what} {tuple(axis)} names axis {a % rank} twice")
         out.add(a % rank)
     return tuple(sorted(out))

@@ -245,10 +245,12 @@ def squeeze(x, axis=None, name=None):
 def _transpose_infer(inputs, attrs):
     s = inputs[0].shape
     perm = attrs["perm"]
+    if perm is not None and sorted(perm) != list(range(len(perm))):  # (-1, 0): whatever the rank, NumPy's kernel
+        raise ValueError(f"perm {perm} is not a permutation of its {len(perm)} axes")  # alone took it
     if s is None:
         return [(inputs[0].dtype, None if perm is None else (None,) * len(perm))]
     perm = tuple(reversed(range(len(s)))) if perm is None else perm
-    if sorted(perm) != list(range(len(s))):
+    if len(perm) != len(s):
         raise ValueError(f"perm {perm} is not a permutation of the {len(s)} axes")
     return [(inputs[0].dtype, tuple(s[p] for p in perm))]
 

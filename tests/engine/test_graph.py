@@ -57,6 +57,20 @@ def test_static_shapes_and_dtypes():
     assert en.shape(x).dtype == en.int64
 
 
+def test_an_axis_named_twice_or_a_perm_that_is_no_permutation_is_refused_at_any_rank():
+    """Sum over (0, 0) summed axis 0 once in the kernels while NumPy (the reference) refused it; a perm of
+    (-1, 0) was refused for a known rank but ran as (1, 0) for an unknown one."""
+    known, unknown = en.placeholder(en.float32, (2, 3)), en.placeholder(en.float32)
+    for x in (known, unknown):
+        with pytest.raises(ValueError, match="not a permutation"):
+            en.transpose(x, (-1, 0))
+    with pytest.raises(ValueError, match=r"names axis 0 twice"):
+        en.reduce_sum(known, axis=(0, -2))
+    with en.Session() as s:
+        with pytest.raises(en.errors.InvalidArgumentError, match=r"names axis 0 twice"):
+            s.run(en.reduce_sum(unknown, axis=(0, 0)), {unknown: np.ones((2, 3), np.float32)})
+
+
 def test_shape_error_names_op_and_inputs():
     a = en.placeholder(en.float32, (3, 4), name="a")
     b = en.placeholder(en.float32, (5,), name="b")
