@@ -31,6 +31,8 @@ def _check(inputs, attrs, sparse):
         raise ValueError(f"gradient shape {grad.shape} differs from variable {attrs['var']} shape {var_shape}")
     if sparse and not inputs[1].dtype.is_integer:
         raise TypeError("sparse update indices must be integers")
+    if not shapes.compatible(inputs[-1].shape, ()):  # the kernels take float(lr); the references broadcast it
+        raise ValueError(f"learning rate {inputs[-1].name} must be a scalar, got shape {inputs[-1].shape}")
     return []
 
 

@@ -172,6 +172,18 @@ def test_learning_rate_can_be_a_fed_tensor():
         assert s.run(w) == 0.5
 
 
+@pytest.mark.parametrize("optimizer", [en.train.GradientDescentOptimizer, en.train.AdamOptimizer])
+def test_a_learning_rate_tensor_that_is_not_a_scalar_is_refused_when_built(optimizer):
+    """A (3, 1) rate for a (3, 1) variable built, then failed in the kernel ('only 0-dimensional arrays can be
+    converted') while the reference backend applied it per element; a (1,) rate passed (NumPy deprecation)."""
+    w = en.Variable(np.ones((3, 1), np.float32), name="w")
+    for rate in (np.full((3, 1), 0.1, np.float32), np.float32([0.1])):
+        with pytest.raises(ValueError, match=r"learning rate .* must be a scalar"):
+            optimizer(en.constant(rate)).minimize(en.reduce_sum(w * w))
+    with pytest.raises(ValueError, match=r"learning rate .* must be a scalar"):
+        optimizer(en.placeholder(en.float32, (None,))).minimize(en.reduce_sum(w * w))
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: en.train.GradientDescentOptimizer(-0.1), "learning_rate: expected a finite number in [0, inf)"),
     (lambda: en.train.GradientDescentOptimizer(float("nan")), "learning_rate"),
