@@ -180,6 +180,14 @@ def test_a_malformed_inference_graph_is_data_loss_naming_the_field(tmp_path, cha
         en.train.import_inference_graph(str(tmp_path / "model"))
 
 
+def test_saver_refuses_what_is_not_a_variable():
+    """A tensor in var_list was taken: its save then said 'cannot save uninitialized variable Mul'."""
+    w = en.Variable(np.ones(3, np.float32), name="w")
+    for var_list in ([w, w * 2.0], {"w": w, "doubled": w * 2.0}):
+        with pytest.raises(TypeError, match=r"Saver: <en.Tensor 'Mul_?\d*:0' .*> is not a variable"):
+            en.train.Saver(var_list)
+
+
 def test_saver_refuses_a_session_of_another_graph(tmp_path):
     with en.Graph().as_default():
         w = en.Variable(np.ones(3, np.float32), name="w")
