@@ -199,3 +199,15 @@ def test_ops_needed_stops_at_an_op_whose_outputs_are_all_fed():
     assert ops_needed([o], [h]) == {o.op}
     assert ops_needed([h.op], [h]) == set()
     assert ops_needed([o], []) == {o.op, h.op, x.op}
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: en.layers.Dense(2.5), "Dense dense: units"), (lambda: en.layers.Dense("3"), "Dense dense: units"),
+    (lambda: en.layers.Dense(0), "Dense dense: units"), (lambda: en.layers.Dense(True), "Dense dense: units"),
+    (lambda: en.layers.Embedding(5.9, 2), "Embedding embedding: input_dim"),
+    (lambda: en.layers.Embedding(5, 0, name="ids"), "Embedding ids: output_dim")])
+def test_a_layer_size_that_is_not_a_whole_number_of_at_least_1_is_refused_naming_it(make, field):
+    """Dense(2.5) built 2 units and Embedding(5.9, 2) 5 rows, silently; Dense(0) on 0 features divided by zero."""
+    with pytest.raises(ValueError, match=f"{field} must be a whole number of at least 1"):
+        make()
+    assert en.layers.Dense(np.int64(3))(en.placeholder(en.float32, (None, 2))).shape == (None, 3)
