@@ -97,10 +97,16 @@ def random_normal(shape, mean=0.0, stddev=1.0, dtype=dtypes.float32, seed=None, 
                                        "stddev": float(stddev), "seed": op_seeds(get_default_graph(), seed)}, name)
 
 
-def random_uniform(shape, minval=0.0, maxval=1.0, dtype=dtypes.float32, seed=None, name=None):
+def random_uniform(shape, minval=0.0, maxval=None, dtype=dtypes.float32, seed=None, name=None):
+    """Uniform in [minval, maxval) (maxval 1 for floats); an integer dtype needs whole bounds and a maxval:
+    [0.5, 2.5) drew from [0, 2), and [0, 1) only zeros (TensorFlow's rule)."""
     dtype = dtypes.as_dtype(dtype)
     if dtype.is_bool:
         raise TypeError("random_uniform cannot produce bool")
+    if dtype.is_integer and (maxval is None or any(float(b) != int(b) for b in (minval, maxval))):
+        raise ValueError(f"random_uniform of {dtype.name} needs whole bounds minval and maxval, got [{minval}, "
+                         f"{maxval})")
+    maxval = 1.0 if maxval is None else maxval
     if not maxval > minval:
         raise ValueError(f"random_uniform needs maxval > minval, got [{minval}, {maxval})")
     return create("RandomUniform", (), {"shape": _static_shape(shape), "dtype": dtype, "minval": float(minval),

@@ -198,6 +198,16 @@ def test_random_ops_are_seeded_and_advance_per_run():
     assert not np.array_equal(first[0][0], first[1][0])  # the stream advances between runs
 
 
+def test_integer_random_uniform_needs_whole_bounds_and_a_maxval():
+    """[0.5, 2.5) as int32 drew 0s (bounds truncated to [0, 2)); with no maxval, [0, 1) drew only zeros."""
+    for bounds in ((0.5, 2.5), (0, 2.5), (0,)):
+        with pytest.raises(ValueError, match="random_uniform of int32 needs whole bounds"):
+            en.random_uniform((3,), *bounds, dtype=en.int32)
+    ints = en.random_uniform((100,), -2, 3.0, dtype=en.int64, seed=1)
+    with en.Session() as s:
+        assert set(s.run(ints).tolist()) == {-2, -1, 0, 1, 2}
+
+
 def test_dropout_inference_and_training_flag():
     x = en.placeholder(en.float32, (4, 5))
     assert en.dropout(x, 0.5, training=False) is x
