@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def constant(value, dtype=None, shape=None, name=None):
     dtype = None if dtype is None else dtypes.as_dtype(dtype)
     arr = python_value_to_array(value, dtype, what=f"constant {name or 'Const'}")
     if shape is not None:
-        shape = tuple(int(d) for d in shape)
+        shape = shapes.as_shape(shape)  # (2.5,) was (2,)
         if arr.size == 1:
             arr = np.full(shape, arr.reshape(()), dtype=arr.dtype)
         elif arr.size == int(np.prod(shape)):
@@ -165,7 +166,7 @@ register("Reshape", infer=lambda inputs, attrs: [(inputs[0].dtype, _reshape_stat
 
 def reshape(x, shape, name=None):  # noqa: A002  (TensorFlow's name)
     """NumPy-style reshape with at most one -1 (the result shares memory with ``x``)."""
-    target = tuple(int(d) for d in shape)
+    target = tuple(operator.index(d) for d in shape)  # a whole number each: int() made 2.5 a 2
     if any(d < -1 for d in target):
         raise ValueError(f"reshape target {target} has a negative dimension")
     return create("Reshape", [convert_to_tensor(x)], {"shape": target}, name)
@@ -198,7 +199,7 @@ register("ExpandDims", infer=_expand_infer, kernel=lambda op, ctx: (lambda x: np
 
 
 def expand_dims(x, axis, name=None):
-    return create("ExpandDims", [convert_to_tensor(x)], {"axis": int(axis)}, name)
+    return create("ExpandDims", [convert_to_tensor(x)], {"axis": operator.index(axis)}, name)
 
 
 def _squeeze_axes(s, axis):
@@ -238,7 +239,8 @@ def squeeze(x, axis=None, name=None):
     stays a batch), so the output's static shape holds for every run; only when the rank itself
     is unknown does it remove every dimension that is 1 at run time.
     """
-    axis = None if axis is None else (tuple(int(a) for a in axis) if isinstance(axis, (list, tuple)) else (int(axis),))
+    if axis is not None:
+        axis = tuple(map(operator.index, axis if isinstance(axis, (list, tuple)) else (axis,)))
     return create("Squeeze", [convert_to_tensor(x)], {"axis": axis}, name)
 
 
@@ -269,7 +271,7 @@ register("Transpose", infer=_transpose_infer,
 
 
 def transpose(x, perm=None, name=None):
-    perm = None if perm is None else tuple(int(p) for p in perm)
+    perm = None if perm is None else tuple(map(operator.index, perm))
     return create("Transpose", [convert_to_tensor(x)], {"perm": perm}, name)
 
 
@@ -372,7 +374,7 @@ def concat(values, axis, name=None):
     values = [convert_to_tensor(v, graph=graph) for v in values]
     if not values:
         raise ValueError("concat needs at least one tensor")
-    return create("ConcatV2", values, {"axis": int(axis)}, name)
+    return create("ConcatV2", values, {"axis": operator.index(axis)}, name)
 
 
 # --- gather / where / cast -----------------------------------------------------------------------------

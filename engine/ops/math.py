@@ -324,7 +324,8 @@ def matmul(a, b, transpose_a=False, transpose_b=False, name=None):
 
 
 def _reduce(op_type, x, axis, keepdims, name):
-    axis = axis if axis is None else tuple(int(a) for a in axis) if isinstance(axis, (list, tuple)) else int(axis)
+    axis = axis if axis is None else tuple(map(operator.index, axis)) if isinstance(axis, (list, tuple)) else \
+        operator.index(axis)  # whole numbers: int() made axis 1.5 axis 1
     return create(op_type, [x], {"axis": axis, "keepdims": bool(keepdims)}, name)
 
 

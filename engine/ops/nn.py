@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from engine import dtypes, shapes
@@ -116,7 +118,7 @@ def leaky_relu(x, alpha=0.2, name=None):
 
 
 def softmax(logits, axis=-1, name=None):
-    return create("Softmax", [convert_to_tensor(logits)], {"axis": int(axis)}, name)
+    return create("Softmax", [convert_to_tensor(logits)], {"axis": operator.index(axis)}, name)
 
 
 def dropout(x, rate, training=True, seed=None, name=None):

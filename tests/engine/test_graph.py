@@ -211,3 +211,16 @@ def test_a_layer_size_that_is_not_a_whole_number_of_at_least_1_is_refused_naming
     with pytest.raises(ValueError, match=f"{field} must be a whole number of at least 1"):
         make()
     assert en.layers.Dense(np.int64(3))(en.placeholder(en.float32, (None, 2))).shape == (None, 3)
+
+
+@pytest.mark.parametrize("build", [
+    lambda x: en.reshape(x, (2.5, -1)), lambda x: en.constant(1.0, shape=(2.5,)),
+    lambda x: en.reduce_sum(x, axis=1.5), lambda x: en.reduce_max(x, axis=(0.5,)), lambda x: en.concat([x, x], 1.5),
+    lambda x: en.expand_dims(x, 0.5), lambda x: en.squeeze(x, 0.5), lambda x: en.transpose(x, (1.5, 0)),
+    lambda x: en.softmax(x, axis=0.5)])
+def test_a_fractional_axis_or_dimension_is_refused_not_truncated(build):
+    """int() made reshape(x, (2.5, -1)) a (2, 3) and reduce_sum(x, axis=1.5) a sum over axis 1, silently."""
+    x = en.placeholder(en.float32, (2, 3))
+    with pytest.raises(TypeError):
+        build(x)
+    assert en.reduce_sum(x, axis=np.int64(1)).shape == (2,) and en.reshape(x, [np.int32(3), -1]).shape == (3, 2)
