@@ -429,8 +429,8 @@ def exact_feeds(tensors) -> list:
 
 def feed_value(t: Tensor, value) -> np.ndarray:
     """``value`` as a C-contiguous array fit to feed ``t``; InvalidArgumentError naming ``t`` otherwise."""
-    if isinstance(value, np.ndarray) and value.dtype == t.dtype.np:
-        arr = value
+    if type(value) is np.ndarray and value.dtype == t.dtype.np:  # a subclass (np.matrix) is made an ndarray: its
+        arr = value                                                 # operators and Numba's typing are not ndarray's
     else:
         try:
             arr = python_value_to_array(value, t.dtype, what=f"feed for {t.name}")

@@ -143,6 +143,20 @@ def test_a_string_or_complex_python_value_is_no_number():
             en.constant(value, dtype=en.float32)
 
 
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix's own
+@pytest.mark.parametrize("config", [en.SessionConfig(), en.SessionConfig(backend="reference")])
+def test_an_ndarray_subclass_is_fed_as_an_ndarray(config):
+    """An np.matrix went to the kernels as it was: a Numba TypingError from the fused Mul (pages of it), and
+    'matrix.sum() got an unexpected keyword argument' from the reference Sum."""
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    fetches = [x * x, en.reduce_sum(x, axis=1)]
+    with en.Session(config=config) as s:
+        for got in (s.run(fetches, {x: np.matrix([[1, 2], [3, 4]], np.float32)}),
+                    s.make_callable(fetches, [x])(np.matrix([[1, 2], [3, 4]], np.float32))):
+            assert [type(g) for g in got] == [np.ndarray, np.ndarray]
+            assert got[0].tolist() == [[1, 4], [9, 16]] and got[1].tolist() == [3, 7]
+
+
 def test_a_feed_widens_within_its_kind_exactly():
     x = en.placeholder(en.float64, (None,), name="wide")
     i = en.placeholder(en.int64, (None,), name="index")
