@@ -133,6 +133,18 @@ def test_a_feed_of_another_kind_or_ragged_is_refused_naming_the_tensor(given, dt
             s.run(x, {x: given})
 
 
+def test_a_tensor_or_variable_fed_as_a_value_is_named_as_such():
+    """Feeding a tensor (TensorFlow's 'The value of a feed cannot be a tf.Tensor object') said 'Cannot feed value
+    of dtype object'."""
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    v = en.Variable(np.ones((1, 2), np.float32), name="v")
+    with en.Session() as s:
+        for value, name in ((en.constant([[1.0, 2.0]], name="c"), "Tensor 'c:0'"), (v, "Variable 'v:0'")):
+            message = rf"Cannot feed <en.{name} .*> \(a feed is a value: run the tensor first\) for tensor 'x:0'"
+            with pytest.raises(en.errors.InvalidArgumentError, match=message):
+                s.run(x * 2.0, {x: value})
+
+
 def test_a_string_or_complex_python_value_is_no_number():
     """``x + "3"`` was ``x + 3.0`` and ``x + 1j`` silently ``x + 1.0`` (NumPy parses strings, drops imaginaries)."""
     x = en.placeholder(en.float32, (None,), name="x")
