@@ -58,5 +58,5 @@ def _file_holds(path: str, source: str) -> bool:
     try:
         with open(path, encoding="utf-8") as handle:
             return handle.read() == source
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # unreadable or damaged (not UTF-8): written again
         return False

@@ -155,6 +155,21 @@ def test_generated_kernels_are_files_in_the_numba_cache_named_by_their_source_ha
     assert cached, "numba wrote no on-disk cache index for the generated module"
 
 
+def test_a_damaged_generated_module_in_the_cache_is_written_again(tmp_path, monkeypatch):
+    """A cached module that is not UTF-8 (a damaged disk, a truncated multi-byte write) raised
+    UnicodeDecodeError on every import, in every process sharing the cache."""
+    from engine import generated
+
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))
+    source = "VALUE = 'caf\u00e9'\n"
+    path = generated.module_path("damaged", "mod", "k0")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as f:
+        f.write(source.encode()[:-3])  # cut inside the two-byte UTF-8 of the e-acute
+    module = generated.import_generated(source, "k0", "damaged", "mod", "shelfcast_test_damaged_")
+    assert module.VALUE == "caf\u00e9" and open(path, encoding="utf-8").read() == source
+
+
 def test_training_the_same_model_with_and_without_passes_gives_the_same_losses():
     def train(config_):
         graph = en.Graph()
