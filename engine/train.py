@@ -57,6 +57,7 @@ class Optimizer:
         var_list = list(var_list) if var_list is not None else trainable_variables(loss.graph)
         if not var_list:
             raise ValueError("no variables to optimize")
+        _check_variables(var_list, "var_list")
         return list(zip(gradients(loss, [v._as_tensor() for v in var_list]), var_list))
 
     def apply_gradients(self, grads_and_vars, global_step=None, name=None):
@@ -65,6 +66,8 @@ class Optimizer:
         if not pairs:
             names = [v.name for _, v in grads_and_vars]
             raise ValueError(f"No gradients provided for any variable: {names}")
+        _check_variables([v for _, v in pairs] + ([] if global_step is None else [global_step]),
+                         "grads_and_vars" if global_step is None else "grads_and_vars or global_step")
         graph = pairs[0][1].graph
         with graph.as_default():
             for _, v in pairs:
@@ -172,6 +175,14 @@ class AdamOptimizer(Optimizer):
     def _finish(self, updates):
         with self._step.graph.control_dependencies(updates):
             return self._step.assign_add(np.ones((), np.int64), name="update_step").op
+
+
+def _check_variables(values, what: str) -> None:
+    """Updates and slots are keyed by variable: a tensor there failed as an AttributeError ('_as_tensor',
+    'assign_add')."""
+    for v in values:
+        if not isinstance(v, Variable):
+            raise TypeError(f"{what}: {v!r} is not a variable")
 
 
 def create_global_step(graph=None):

@@ -162,6 +162,19 @@ def test_global_step_compute_apply_and_errors():
         opt.minimize(w * 1.0, var_list=[unused])
 
 
+def test_a_tensor_where_a_variable_belongs_is_refused_naming_it():
+    """var_list=[a tensor] raised AttributeError: 'Tensor' object has no attribute '_as_tensor', and
+    global_step=3 AttributeError: 'int' object has no attribute 'assign_add'."""
+    w = en.Variable(np.ones(2, np.float32), name="w")
+    x = en.placeholder(en.float32, (2,), name="x")
+    loss = en.reduce_sum(w * x)
+    opt = en.train.GradientDescentOptimizer(0.1)
+    with pytest.raises(TypeError, match=r"var_list: <en.Tensor 'x:0' .*> is not a variable"):
+        opt.minimize(loss, var_list=[w, x])
+    with pytest.raises(TypeError, match=r"global_step: 3 is not a variable"):
+        opt.minimize(loss, global_step=3)
+
+
 def test_learning_rate_can_be_a_fed_tensor():
     w = en.Variable(1.0)
     lr = en.placeholder(en.float32, ())
