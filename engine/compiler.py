@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 
 import numpy as np
 from numba.core.errors import NumbaError
 
-from engine import generated
+from engine import config, generated
 from engine.errors import FailedPreconditionError
 from engine.graph import Operation, Tensor, may_alias_storage, ops_needed
 from engine.kernels import elementwise as EW
@@ -39,7 +38,7 @@ from engine.session import exact_feeds
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_ROWS = int(os.environ.get("SHELFCAST_COMPILED_MAX_ROWS", 16))
+DEFAULT_MAX_ROWS = config.env_int("SHELFCAST_COMPILED_MAX_ROWS", 16)
 """Batches of at most this many rows take the compiled function; larger ones the interpreted
 plan (BLAS matmuls win there). Measured crossover of the reference MLP on 2 cores: see README."""
 

@@ -46,6 +46,17 @@ def _apply_environment_defaults() -> None:
             _default(var, threads)
 
 
+def env_int(var: str, default: int) -> int:
+    """A whole number of at least 0 from ``var`` (unset or empty, as make and CI pass unset ones: ``default``); a
+    ValueError naming ``var`` for anything else (int() failed ``import engine`` on '' or '1e6', naming nothing)."""
+    text = os.environ.get(var, "").strip()
+    if not text:
+        return default
+    if not text.isdigit():
+        raise ValueError(f"environment variable {var} must be a whole number >= 0, got {text!r}")
+    return int(text)
+
+
 _apply_environment_defaults()
 
 CACHE_DIR: str = os.environ["NUMBA_CACHE_DIR"]
@@ -54,4 +65,4 @@ CACHE_DIR: str = os.environ["NUMBA_CACHE_DIR"]
 # below it, waking Numba's thread pool (and competing with BLAS threads that still spin
 # after a matmul) costs more than it saves. Measured on the 2-core reference machine: a
 # fused bias+ReLU over 262,144 float32 takes 21 µs serial, 1.9 ms with prange after a matmul.
-PARALLEL_MIN_ELEMENTS: int = int(os.environ.get("SHELFCAST_PARALLEL_MIN_ELEMENTS", 1 << 23))
+PARALLEL_MIN_ELEMENTS: int = env_int("SHELFCAST_PARALLEL_MIN_ELEMENTS", 1 << 23)

@@ -281,3 +281,18 @@ def test_compiled_fast_path_refuses_a_closed_session():
             fast(np.ones((rows, 2), np.float32))
     with pytest.raises(RuntimeError, match="closed Session"):
         fast.compiled(np.ones((1, 2), np.float32))
+
+
+@pytest.mark.parametrize("value, ok", [("", True), (" 8 ", True), ("1e6", False), ("-1", False)])
+def test_the_engines_size_settings_from_the_environment_are_whole_numbers_or_unset(value, ok):
+    """int() of SHELFCAST_COMPILED_MAX_ROWS / SHELFCAST_PARALLEL_MIN_ELEMENTS failed `import engine` on an empty
+    value (make and CI pass unset variables as empty) or '1e6', with 'invalid literal for int()' naming neither."""
+    env = {**os.environ, "SHELFCAST_COMPILED_MAX_ROWS": value, "SHELFCAST_PARALLEL_MIN_ELEMENTS": value}
+    done = subprocess.run([sys.executable, "-c", "import engine; print(engine.compiler.DEFAULT_MAX_ROWS, "
+                           "engine.config.PARALLEL_MIN_ELEMENTS)"], env=env, capture_output=True, text=True)
+    if ok:
+        assert done.returncode == 0 and done.stdout.split() == (["8", "8"] if value.strip() else ["16", "8388608"])
+    else:
+        assert done.returncode != 0
+        assert f"environment variable SHELFCAST_PARALLEL_MIN_ELEMENTS must be a whole number >= 0, got {value!r}" \
+            in done.stderr
