@@ -65,10 +65,12 @@ class Dense:
         if self.kernel is None:
             with graph.as_default(), graph.name_scope(self.name) as scope:
                 self._scope = scope
-                self.kernel = Variable(self.kernel_initializer((x.shape[1], self.units), self.dtype, self.seed),
-                                       name="kernel")
+                # initial values made by the Variable (a callable), outside any control_dependencies block the
+                # layer is first called in: global_variables_initializer() ran that block's ops
+                shape = (x.shape[1], self.units)
+                self.kernel = Variable(lambda: self.kernel_initializer(shape, self.dtype, self.seed), name="kernel")
                 if self.use_bias:
-                    self.bias = Variable(A.zeros((self.units,), self.dtype), name="bias")
+                    self.bias = Variable(lambda: A.zeros((self.units,), self.dtype), name="bias")
         elif self.kernel.shape[0] != x.shape[1]:
             raise ValueError(f"Dense {self.name}: built for {self.kernel.shape[0]} features, got {x.shape[1]}")
         with graph.name_scope(self._scope):
@@ -99,7 +101,7 @@ class Embedding:
         if self.embeddings is None:
             with graph.as_default(), graph.name_scope(self.name) as scope:
                 self._scope = scope
-                init = random_uniform((self.input_dim, self.output_dim), -0.05, 0.05, dtype=self.dtype, seed=self.seed)
-                self.embeddings = Variable(init, name="embeddings")
+                self.embeddings = Variable(lambda: random_uniform((self.input_dim, self.output_dim), -0.05, 0.05,
+                                                                  dtype=self.dtype, seed=self.seed), name="embeddings")
         with graph.name_scope(self._scope):
             return A.gather(self.embeddings, ids)

@@ -224,3 +224,16 @@ def test_a_fractional_axis_or_dimension_is_refused_not_truncated(build):
     with pytest.raises(TypeError):
         build(x)
     assert en.reduce_sum(x, axis=np.int64(1)).shape == (2,) and en.reshape(x, [np.int32(3), -1]).shape == (3, 2)
+
+
+def test_a_layer_first_called_under_control_dependencies_initializes_without_them():
+    """Dense's and Embedding's initial values (RandomUniform, zeros) took the block's control edge, so
+    global_variables_initializer() ran the block's op: here a counter's increment, left at 1 after init."""
+    x = en.placeholder(en.float32, (None, 3), name="x")
+    counter = en.Variable(0.0, name="counter")
+    with en.control_dependencies([counter.assign_add(1.0)]):
+        en.layers.Dense(2, seed=0)(x)
+        en.layers.Embedding(5, 2, seed=0)(en.constant([1]))
+    with en.Session() as s:
+        s.run(en.global_variables_initializer())
+        assert s.run(counter) == 0.0
