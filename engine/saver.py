@@ -50,7 +50,7 @@ import numpy as np
 from engine import dtypes
 from engine.errors import DataLossError, InvalidArgumentError, NotFoundError
 from engine.compiler import compile_callable
-from engine.graph import Graph, Operation, Tensor, convert_to_tensor, ops_needed
+from engine.graph import Graph, Operation, Tensor, convert_to_tensor, is_tensor_like, ops_needed
 from engine.ops.state import Variable, global_variables
 from engine.session import Session
 
@@ -182,7 +182,11 @@ class Saver:
         self._check_session(sess, "save")
         prefix = str(save_path)
         if global_step is not None:  # a number, or the tensor or variable holding it
-            step = global_step if isinstance(global_step, (int, np.integer)) else sess.run(global_step)
+            step = global_step if isinstance(global_step, (int, np.integer)) else (
+                sess.run(global_step) if is_tensor_like(global_step) else None)
+            if np.ndim(step) or np.asarray(step).dtype.kind not in "iu":  # a float's step was cut: 7.5 saved as -7
+                raise TypeError(f"Saver.save: global_step must be an integer or an integer scalar tensor, got "
+                                f"{global_step!r}" + ("" if step is global_step else f" (its value: {step!r})"))
             prefix += f"-{int(step)}"
         arrays, entries = {}, []
         for i, (name, var) in enumerate(sorted(self._vars.items())):

@@ -180,6 +180,21 @@ def test_a_malformed_inference_graph_is_data_loss_naming_the_field(tmp_path, cha
         en.train.import_inference_graph(str(tmp_path / "model"))
 
 
+def test_save_takes_an_integer_global_step_only(tmp_path):
+    """A float step tensor was cut (7.5 saved as model-7); a Python float failed with 'cannot fetch 7.5'."""
+    w = en.Variable(np.ones(3, np.float32), name="w")
+    step = en.Variable(np.int64(4), name="step", trainable=False)
+    with en.Session() as s:
+        s.run(en.global_variables_initializer())
+        saver = en.train.Saver([w])
+        for bad in (7.5, en.constant(7.5), "7", en.constant([1, 2])):
+            with pytest.raises(TypeError, match="global_step must be an integer"):
+                saver.save(s, str(tmp_path / "model"), global_step=bad)
+        assert not os.listdir(tmp_path)
+        assert saver.save(s, str(tmp_path / "model"), global_step=step).endswith("model-4")
+        assert saver.save(s, str(tmp_path / "model"), global_step=np.int32(5)).endswith("model-5")
+
+
 def test_saver_refuses_what_is_not_a_variable():
     """A tensor in var_list was taken: its save then said 'cannot save uninitialized variable Mul'."""
     w = en.Variable(np.ones(3, np.float32), name="w")
