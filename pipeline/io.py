@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -95,3 +96,21 @@ def write_parquet(table: pa.Table, path: Path) -> None:
 def parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
     """A Parquet writer for data written in row groups (the caller makes it atomic)."""
     return pq.ParquetWriter(path, schema, compression=PARQUET_COMPRESSION)
+
+
+def close_writers(writers: Iterable[pq.ParquetWriter]) -> None:
+    """Close every writer, even after one fails, and raise the first failure.
+
+    On a full disk a writer's close fails (its footer cannot be written) and pyarrow leaves it marked open, so its
+    finalizer closes it again at exit: a second error printed as a traceback after the stage's own, and at times an
+    aborted interpreter (exit 134). A failed writer is marked closed here: the stage's one error is the only one.
+    """
+    first: BaseException | None = None
+    for writer in list(writers):
+        try:
+            writer.close()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the other writers are closed
+            writer.is_open = False
+            first = first if first is not None else exc
+    if first is not None:
+        raise first

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from pipeline.cluster import ClusterError, dask_client, run_tasks, scheduler_address
 from pipeline.holidays import lookalike_key, place_name, store_day_flags, unmatched_locales
-from pipeline.io import atomic_directory, parquet_writer, write_parquet
+from pipeline.io import atomic_directory, close_writers, parquet_writer, write_parquet
 from pipeline.params import PrepareParams, prepare_params
 from pipeline.schema import HOLIDAY_FLAGS, PREPARED_SALES_SCHEMA, RAW_SCHEMAS
 from pipeline.stage import StageError, run_stage, stage_params
@@ -158,9 +158,10 @@ class StorePartitions:
             self.rows[store] = self.rows.get(store, 0) + hi - lo
 
     def close(self) -> None:
-        for writer in self.writers.values():
-            writer.close()
-        self.writers.clear()
+        try:
+            close_writers(self.writers.values())
+        finally:
+            self.writers.clear()
         for store, count in self.parts.items():
             if count > 1:  # one store at a time: no more in memory than pass 2 reads of it
                 parts = [self._part(store, k) for k in range(count)]
@@ -599,7 +600,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool 
                     total_rows += grid.num_rows
                     partitions.path(store).unlink()
         finally:
-            writer.close()
+            close_writers([writer])
         if total_rows and not _any_promotion_known(sales_path):
             print(f"prepare: warning: {NO_PROMOTIONS_WARNING}", file=sys.stderr, flush=True)
         shutil.rmtree(workdir)

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline.cluster import ClusterError, dask_client, run_tasks, scheduler_address
-from pipeline.io import TRAIN_LAST_DAY_KEY, atomic_directory, parquet_writer
+from pipeline.io import TRAIN_LAST_DAY_KEY, atomic_directory, close_writers, parquet_writer
 from pipeline.params import SplitParams, split_params
 from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.store_parts import append_part, row_groups_by_store, write_part
@@ -147,8 +147,7 @@ def split(sales_path: Path, out_dir: Path, params: SplitParams, progress: bool =
                             writers[name].write_table(part)
                             counts[name] += part.num_rows
         finally:
-            for writer in writers.values():
-                writer.close()
+            close_writers(writers.values())
     return (f"train {counts['train']:,} rows ({first_day} .. {cutoff - 1}), validation {counts['validation']:,} rows "
             f"({cutoff} .. {last_day}) in {out_dir}")
 

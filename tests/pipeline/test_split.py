@@ -83,3 +83,44 @@ def test_too_many_validation_days_is_refused(tmp_path):
     with pytest.raises(StageError, match="split.validation_days: 27 days leave no training days"):
         split(prepared / "sales.parquet", tmp_path / "split", SplitParams(validation_days=N_DAYS), progress=False)
     assert not (tmp_path / "split").exists()
+
+
+def _run_stage_with_file_size_limit(stage: str, root, limit: int):
+    """``python -m pipeline.<stage>`` with every file it writes capped at ``limit`` bytes: the kernel refuses the
+    write past it (EFBIG), as a full disk refuses one (ENOSPC), without needing root to mount a small disk."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    def cap():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", f"pipeline.{stage}", "--quiet"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120, preexec_fn=cap)
+
+
+def test_a_write_refused_as_the_outputs_close_gives_one_error_and_leaves_nothing(tmp_path):
+    """A full disk as split closed its Parquet files (their footers): the stage's one-line error, then pyarrow's
+    finalizer closed a writer again at exit: a second traceback ("Exception ignored in:
+    ParquetWriter.__del__"), at times an aborted interpreter (exit 134)."""
+    raw = write_kaggle_sample(tmp_path / "raw")
+    root = tmp_path / "project"
+    prepare(raw, root / "data" / "prepared", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    (root / "params.yaml").write_text(f"split:\n  validation_days: {VALIDATION_DAYS}\n", encoding="utf-8")
+    split(root / "data" / "prepared" / "sales.parquet", tmp_path / "unlimited", SplitParams(VALIDATION_DAYS),
+          progress=False)
+    # both files fail as their footers (the last bytes written) are: the first close raises, the other's is left
+    smaller = min(path.stat().st_size for path in (tmp_path / "unlimited").iterdir())
+
+    done = _run_stage_with_file_size_limit("split", root, smaller - 8)
+
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("split: error: ") and "File too large" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+    assert sorted(p.name for p in (root / "data").iterdir()) == ["prepared"]  # no split, no staging left
