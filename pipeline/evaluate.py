@@ -67,6 +67,7 @@ from pipeline.metrics import (
 )
 from pipeline.model_params import (EvaluateParams, evaluate_params, feature_params, train_params,
                                    validation_within_horizon)
+from pipeline.models import TrainingDiverged
 from pipeline.params import load_yaml
 from pipeline.stage import run_stage
 from pipeline.versions import code_version, data_version, params_version, shown_source
@@ -393,7 +394,7 @@ def _log_to_mlflow(root: Path, evaluation: Mapping, metrics: Mapping, per_window
 
 def main(argv=None) -> int:
     return run_stage("evaluate", _main, argv, errors=(BundleError, EvaluateError, BacktestError, HistoryError,
-                                                      ClusterError, FileNotFoundError),
+                                                      ClusterError, FileNotFoundError, TrainingDiverged),
                      description=__doc__.splitlines()[0])
 
 

@@ -429,6 +429,10 @@ def _state_checksum(fields: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
+class TrainingDiverged(ValueError):
+    """Adam's steps overflowed the weights (a learning rate far too high): names the param to lower."""
+
+
 def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y: np.ndarray, val_w: np.ndarray, *,
           seed: int, max_steps: int, eval_every: int, patience: int, learning_rate: float,
           checkpoint_dir: Path | None = None, identity: CheckpointIdentity | None = None,
@@ -502,7 +506,12 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
                     consumed += 1
                     if state.step % eval_every and state.step < max_steps:
                         continue
-                    score = nwrmsle(val_y, predict_in_session(sess, tensors, val_x), val_w)
+                    predicted = predict_in_session(sess, tensors, val_x)
+                    if not np.isfinite(predicted).all():  # NaN weights never improve: the error names the cause
+                        raise TrainingDiverged(
+                            f"train.learning_rate: training diverged by step {state.step} (the weights overflowed: "
+                            f"the inner-validation forecasts are not finite); lower it (now {learning_rate:g})")
+                    score = nwrmsle(val_y, predicted, val_w)
                     curve = {"step": state.step, "train_loss": total / max(weight_sum, 1e-12),
                              "inner_validation_nwrmsle": score}
                     total, weight_sum = 0.0, 0.0

@@ -52,6 +52,7 @@ from pipeline.evaluate import EVALUATION_FILE, THRESHOLD_FAILED, EvaluateError, 
 from pipeline.history import HistoryError
 from pipeline.io import atomic_file
 from pipeline.model_params import evaluate_params, feature_params, train_params, validation_within_horizon
+from pipeline.models import TrainingDiverged
 from pipeline.params import ParamsError, _Section, load_yaml
 from pipeline.stage import run_stage
 from pipeline.train import TrainError
@@ -154,7 +155,10 @@ def train_window(run: WindowRun) -> dict:
     """
     started = time.time()
     fparams, tparams, eparams = feature_params(run.params), train_params(run.params), evaluate_params(run.params)
-    scores = window_from_files(run.window, run.root, fparams, tparams)
+    try:
+        scores = window_from_files(run.window, run.root, fparams, tparams)
+    except TrainingDiverged as exc:  # the grid's value, not the project: named as a bad grid value is
+        raise ParamsError(f"sweep.grid: candidate {run.label}: {exc}") from None
     return {**window_summary(scores, eparams), "candidate": run.candidate, "weight_sum": float(scores.weights.sum()),
             "started_ms": int(started * 1000), "ended_ms": int(time.time() * 1000),
             "worker": f"{socket.gethostname()} pid {os.getpid()}"}

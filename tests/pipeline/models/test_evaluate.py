@@ -160,6 +160,20 @@ def test_more_windows_than_the_data_holds_is_a_clear_error(trained_project, tiny
     assert err.rstrip().endswith("lower evaluate.backtest_windows")
 
 
+def test_a_backtest_window_whose_training_diverges_names_the_learning_rate(trained_project, tiny_params, set_params,
+                                                                           capsys):
+    """Before: a traceback ending `MetricInputError: predicted: 752 non-finite value(s)` (the windows before the
+    validation window retrain with train.learning_rate, which may overflow where the candidate's training did not)."""
+    root, _ = trained_project
+    tiny_params["evaluate"]["backtest_windows"] = 2
+    tiny_params["train"]["learning_rate"] = 1e6
+    set_params(root, tiny_params)
+    assert evaluate.main(["--root", str(root), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("evaluate: error: train.learning_rate: training diverged by step ") and "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+
+
 def test_the_threshold_test_fails_the_stage_with_a_message(trained_project, tiny_params, set_params, capsys):
     root, _ = trained_project
     tiny_params["evaluate"]["min_improvement"] = 0.9

@@ -171,3 +171,16 @@ def test_evaluate_trains_its_backtest_windows_on_the_cluster_with_the_same_score
         assert {k: theirs[k] for k in numbers} == pytest.approx({k: ours[k] for k in numbers}, rel=1e-9)
         assert {k: v for k, v in theirs.items() if k not in numbers} == {k: v for k, v in ours.items()
                                                                          if k not in numbers}
+
+
+def test_a_grid_value_that_makes_training_diverge_is_named_without_a_traceback(tiny_project, tiny_params, set_params,
+                                                                             capsys):
+    """Before: a traceback from deep in the sweep (`MetricInputError: predicted: 752 non-finite value(s)`)."""
+    params = sweep_params(tiny_params, {"train.learning_rate": [1e6]})
+    params["evaluate"]["backtest_windows"] = 1
+    set_params(tiny_project, params)
+    assert sweep.main(["--root", str(tiny_project), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sweep: error: sweep.grid: candidate train.learning_rate=1000000.0: train.learning_rate: "
+                          "training diverged by step ") and "Traceback" not in err, err
+    assert not (tiny_project / "sweep").exists()

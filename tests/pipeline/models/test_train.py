@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -288,3 +289,15 @@ def test_a_checkpoint_of_other_libraries_is_not_resumed(trained_project_template
     assert train.RESUMED_FROM_TAG not in tracking.client(root).get_run(finished["run_id"]).data.tags
     assert (root / train.CANDIDATE_DIR / "weights.npz").read_bytes() == \
         (template / train.CANDIDATE_DIR / "weights.npz").read_bytes()
+
+
+def test_a_learning_rate_that_overflows_the_weights_is_named(tiny_project, tiny_params, set_params, capsys):
+    """Before: `train: error: predicted: 752 non-finite value(s), first at row 0 (np.float64(nan))`, naming no
+    param; and no candidate is written."""
+    tiny_params["train"]["learning_rate"] = 1e6
+    set_params(tiny_project, tiny_params)
+    assert train.main(["--root", str(tiny_project), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"train: error: train\.learning_rate: training diverged by step \d+ .*lower it \(now 1e\+06\)",
+                     err), err
+    assert "Traceback" not in err and not (tiny_project / "models" / "candidate").exists()
