@@ -233,6 +233,8 @@ def _flatten(fetches, leaves):
         if isinstance(fetches, tuple) and hasattr(fetches, "_fields"):  # a namedtuple takes its fields one by one
             return lambda results: kind(*[b(results) for b in builders])
         return lambda results: kind(b(results) for b in builders)
+    if isinstance(fetches, (set, frozenset)):  # a set was 'unhashable type: set' (the plan key), a frozenset a leaf
+        raise TypeError(f"cannot fetch the set {fetches!r}: its order is undefined; use a list or tuple")
     index = len(leaves)
     leaves.append(fetches)
     return lambda results: results[index]

@@ -68,6 +68,9 @@ def test_nested_fetches_and_ops_as_fetches():
         assert isinstance(out["p"], Pair) and out["p"].b == 2.0
         assert s.run(noop) is None
         assert s.run("Const:0") == 1.0
+        for fetches in ({a, b}, [frozenset([a])]):  # 'unhashable type: set', 'cannot fetch frozenset(...)'
+            with pytest.raises(TypeError, match="cannot fetch the set .*: its order is undefined"):
+                s.run(fetches)
 
 
 def test_plans_are_cached_per_fetches_and_feeds():
