@@ -440,8 +440,10 @@ def import_inference_graph(export_dir: str) -> InferenceModel:
             ins = [graph.get_tensor_by_name(n) for n in rec["inputs"]]
             controls = [ops[c] for c in rec["control_inputs"]]
             attrs = {k: _decode_attr(v, weights) for k, v in rec["attrs"].items()}
-            ops[rec["name"]] = graph.create_op(rec["type"], ins, attrs, name=rec["name"], control_inputs=controls,
-                                               exact_name=True)
+            op = ops[rec["name"]] = graph.create_op(rec["type"], ins, attrs, name=rec["name"],
+                                                    control_inputs=controls, exact_name=True)
+            if op.op_def.stateful or op.op_def.random:  # export refuses them: a run read uninitialized state or
+                raise ValueError("a stateful or random op, which no export writes")  # drew other outputs each time
             graph.unique_name(rec["name"])  # reserve it, as building the graph would have
         except (KeyError, IndexError, AttributeError, NotFoundError, DataLossError, ValueError, TypeError) as e:
             raise DataLossError(f"{graph_path}: op {rec['name']!r} cannot be rebuilt: {e}") from None

@@ -165,6 +165,11 @@ def test_export_refuses_stateful_graphs_and_import_refuses_corruption(tmp_path):
     (lambda g: g["ops"][-1]["attrs"].update(T={"no such encoding": 1}), "cannot be rebuilt"),
     (lambda g: g["ops"][0]["attrs"].update(dtype="float32"), "cannot be rebuilt"),  # not {"dtype": ...}
     (lambda g: g["ops"][1]["attrs"].update(value=2.0), "cannot be rebuilt"),  # not {"tensor": ...}
+    (lambda g: g["ops"].insert(1, {"name": "noise", "type": "RandomUniform", "inputs": ["x:0"], "control_inputs": [],
+                                   "attrs": {"shape": [None, 2], "dtype": {"dtype": "float32"}, "seed": [0, 1],
+                                             "minval": 0.0, "maxval": 1.0}}), "op 'noise' .* stateful or random"),
+    (lambda g: g["ops"].insert(1, {"name": "w", "type": "VariableV2", "inputs": [], "control_inputs": [],
+                                   "attrs": {"shape": [2], "dtype": {"dtype": "float32"}}}), "op 'w' .* stateful"),
 ])
 def test_a_malformed_inference_graph_is_data_loss_naming_the_field(tmp_path, change, field):
     """graph.json that parses but has a field missing, of another type or pointing elsewhere: a DataLossError
