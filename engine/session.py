@@ -26,8 +26,9 @@ import numpy as np
 
 from engine import shapes
 from engine.errors import InvalidArgumentError, OpError
-from engine.graph import (IndexedSlices, Operation, RaggedValue, Tensor, get_default_graph, get_default_session,
-                          is_tensor_like, may_alias_storage, ops_needed, python_value_to_array, session_stack)
+from engine.graph import (Graph, IndexedSlices, Operation, RaggedValue, Tensor, get_default_graph,
+                          get_default_session, is_tensor_like, may_alias_storage, ops_needed, python_value_to_array,
+                          session_stack)
 from engine.kernels import array as KA
 from engine.passes import PASS_NAMES, PlanIR, node_from_op, optimize
 from engine.passes.liveness import assign_buffer_groups
@@ -244,6 +245,9 @@ class Session:
     """Runs fetches of one graph; holds its variables' values and random streams."""
 
     def __init__(self, graph=None, config=None):
+        if graph is not None and not isinstance(graph, Graph):  # else every fetch was 'not in this session's graph'
+            raise TypeError(f"Session(graph=...) takes an en.Graph, got {type(graph).__name__}"
+                            + (" (a SessionConfig goes as config=...)" if isinstance(graph, SessionConfig) else ""))
         self.graph = graph or get_default_graph()
         if config is None:
             config = SessionConfig()

@@ -83,6 +83,11 @@ def test_session_config_validates_its_fields():
     with pytest.raises(TypeError, match="SessionConfig"):
         en.Session(config={"optimize": False})
     assert en.SessionConfig(optimize=False).enabled_passes == frozenset()
+    # the config as the first argument (the graph's) was taken for a graph: every fetch 'not in this session's graph'
+    with pytest.raises(TypeError, match=r"takes an en.Graph, got SessionConfig \(a SessionConfig goes as config="):
+        en.Session(en.SessionConfig(backend="reference"))
+    with pytest.raises(TypeError, match="takes an en.Graph, got str"):
+        en.Session("grpc://localhost:2222")
 
 
 def test_kernel_errors_name_the_op_with_buffers_and_fusion_on():
