@@ -845,9 +845,18 @@ def main(argv=None) -> int:
             if args.command == "status":
                 current = aliases(root, args.name)
                 host = host_state(root, store, current, args.name)
-                print(json.dumps({"aliases": current, "canary_share": store.canary_share(),
+                try:
+                    share, share_error = store.canary_share(), None
+                except ValueError as exc:  # the app serves a share of 0 meanwhile (app/variants.py): so says status
+                    share, share_error = 0.0, str(exc)
+                print(json.dumps({"aliases": current, "canary_share": share,
+                                  **({"canary_share_error": share_error} if share_error else {}),
                                   "releases_on_disk": [p.name for p in store.releases()], "host": host,
                                   "in_sync": all(v["in_sync"] for v in host.values())}))
+                if share_error:
+                    again = f"--version {current[CANARY]}" if CANARY in current else "--version V"
+                    print(f"release: {share_error}; the app serves a canary share of 0 until it is fixed: "
+                          f"`python -m pipeline.release canary {again} --share S` writes it", file=sys.stderr)
                 for variant, state in host.items():
                     if "refused" in state:
                         print(f"release: the {variant} alias names a version no host can serve: {state['refused']}; "

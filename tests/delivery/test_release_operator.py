@@ -255,3 +255,18 @@ def test_decide_on_a_candidate_this_host_does_not_serve_judges_nothing(host, tmp
     out, err = capsys.readouterr()
     assert status == 1 and out == "", out
     assert f"no shadow is installed on this host ({store.variant_dir(SHADOW)}): nothing to judge" in err, err
+
+
+def test_status_shows_the_host_when_its_release_file_is_malformed(host, capsys):
+    """Found by a probe: with models/release.json malformed (`{"canary_share": 5}`, edited by hand), `release status`
+    printed only `release: error: .../release.json: canary_share: ...` and exit 1: no aliases, no host state, while
+    the app serves a share of 0 until it is fixed (README). Status now reports what the app does, and the error."""
+    root, store, versions = host
+    (store.root / "release.json").write_text('{"canary_share": 5}\n', encoding="utf-8")
+    assert release.main(["status", "--root", str(root), "--models", str(store.root)]) == 0
+    out, err = capsys.readouterr()
+    status = json.loads(out)
+    assert status["aliases"][CANARY] == versions["canary"] and status["canary_share"] == 0.0, status
+    assert "canary_share: expected a number 0..1, got 5" in status["canary_share_error"], status
+    assert "release.json" in err and "share of 0" in err, err
+    assert f"release canary --version {versions['canary']}" in err, err
