@@ -270,3 +270,20 @@ def test_status_shows_the_host_when_its_release_file_is_malformed(host, capsys):
     assert "canary_share: expected a number 0..1, got 5" in status["canary_share_error"], status
     assert "release.json" in err and "share of 0" in err, err
     assert f"release canary --version {versions['canary']}" in err, err
+
+
+def test_a_sync_of_a_host_already_in_sync_reinstalls_nothing(host):
+    """Found by a probe: `make release-sync` on a host already in sync (the release job's first step, an operator
+    making sure) copied every variant in again: the canary's install time moved, so `release decide` judged only the
+    events since the sync (`judged_since`) and a canary's accumulated evidence was silently dropped; and each worker
+    reloaded the same bundles, production answering the canary's share meanwhile."""
+    root, store, versions = host
+    before = {v: (store.variant_dir(v).stat().st_ino, store.installed_at(v)) for v in (PRODUCTION, CANARY)}
+    time.sleep(0.05)
+    assert release.main(["sync", "--root", str(root), "--models", str(store.root)]) == 0
+    after = {v: (store.variant_dir(v).stat().st_ino, store.installed_at(v)) for v in (PRODUCTION, CANARY)}
+    assert after == before
+    (store.variant_dir(CANARY) / "bundle.json").write_text("{}", encoding="utf-8")  # a damaged install: replaced
+    assert release.main(["sync", "--root", str(root), "--models", str(store.root)]) == 0
+    assert verify_bundle(store.variant_dir(CANARY)) == \
+        tracking.client(root).get_model_version(NAME, versions["canary"]).tags[TAG_DIGEST]
