@@ -655,6 +655,17 @@ def _get_json(url: str, timeout: float = 5.0) -> dict:
         return json.loads(response.read())
 
 
+def app_info(url: str) -> dict:
+    """GET ``url``/api/v1/model, the running app's model and variants; ReleaseError naming the address when nothing
+    answers there (deploy asks before it installs anything, smoke before its forecasts)."""
+    try:
+        return _get_json(f"{url}/api/v1/model")
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise ReleaseError(f"{url}/api/v1/model: {reason}: is the app running there (--url, $SHELFCAST_URL)?") \
+            from None
+
+
 def _post_json(url: str, body: dict, timeout: float = 30.0) -> tuple[int, dict, str]:
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     try:
@@ -685,7 +696,7 @@ def wait_for_variant(url: str, variant: str, digest: str | None, timeout_s: floa
 
 def smoke_test(url: str, requests: int = 40) -> dict:
     """Predictions through the API over many store×items; every one must answer 200 with finite units."""
-    info = _get_json(f"{url}/api/v1/model")
+    info = app_info(url)
     stores = [s["store_nbr"] for s in info["stores"]]
     items = _get_json(f"{url}/api/v1/items?limit=50")["items"]
     first = info["horizon"]["first_date"]
@@ -735,6 +746,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
                 end_candidate(root, store, variant, name)  # serving production twice would only cost CPU
         say(f"deploy: version {version} is already production; nothing to deploy (its candidate aliases removed)")
         return {"version": str(version), "production_before": current.get(PRODUCTION), "outcome": NOTHING_TO_DEPLOY}
+    app_info(url)  # an app that does not answer is no release to judge: said now, nothing installed
     report: dict = {"version": str(version), "production_before": current.get(PRODUCTION)}
     started = time.time()
     try:

@@ -287,3 +287,24 @@ def test_a_sync_of_a_host_already_in_sync_reinstalls_nothing(host):
     assert release.main(["sync", "--root", str(root), "--models", str(store.root)]) == 0
     assert verify_bundle(store.variant_dir(CANARY)) == \
         tracking.client(root).get_model_version(NAME, versions["canary"]).tags[TAG_DIGEST]
+
+
+def test_deploy_to_an_app_that_does_not_answer_installs_nothing_and_names_the_url(host, tmp_path, capsys):
+    """Found by a probe: `release deploy --url http://127.0.0.1:5999` with no app there installed the canary, moved
+    its alias, waited the whole reload timeout (60 s), reported `canary ... not served after 60 s (hot reload)`, rolled
+    back and waited 60 s more; `release smoke` said only `<urlopen error [Errno 111] Connection refused>`."""
+    from app.launch import free_port
+
+    root, store, versions = host
+    release.end_candidate(root, store, CANARY)
+    url = f"http://127.0.0.1:{free_port()}"
+    before = _aliases(root)
+    started = time.monotonic()
+    with pytest.raises(release.ReleaseError) as refused:
+        release.deploy(root, store, url, release.LoggedEvents(tmp_path / "events.jsonl"), versions["canary"],
+                       reload_timeout_s=3, say=lambda line: None)
+    assert time.monotonic() - started < 3
+    assert f"{url}/api/v1/model" in str(refused.value) and "is the app running" in str(refused.value)
+    assert _aliases(root) == before and not store.variant_dir(CANARY).exists()
+    assert release.main(["smoke", "--url", url, "--requests", "1"]) == 1
+    assert f"{url}/api/v1/model" in capsys.readouterr().err
