@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -161,7 +163,7 @@ def mlflow_server(backend_uri: str):
     port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
                                backend_uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -173,8 +175,14 @@ def mlflow_server(backend_uri: str):
                 time.sleep(0.5)
         yield f"http://127.0.0.1:{port}", server
     finally:
-        server.terminate()
-        server.wait(30)
+        gone(server)
+
+
+def gone(server: subprocess.Popen) -> None:
+    """The server and its workers (uvicorn, job runners: its own process group) killed at once, as a crash would."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait(30)
 
 
 def test_ending_a_candidate_while_the_registry_is_gone_says_its_alias_is_left(released, tmp_path, monkeypatch):
@@ -192,8 +200,7 @@ def test_ending_a_candidate_while_the_registry_is_gone_says_its_alias_is_left(re
     with mlflow_server(f"sqlite:///{registry.as_posix()}") as (address, server):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
         assert release.sync(tmp_path, store)[CANARY] == versions["canary"]
-        server.terminate()
-        server.wait(30)
+        gone(server)
         with pytest.raises(release.ReleaseError) as ended:
             release.end_candidate(tmp_path, store, CANARY)
     message = str(ended.value)
