@@ -45,7 +45,7 @@ from pipeline.io import atomic_directory
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
 from pipeline.source import (ABSENT_IN_FOLDER, CANDIDATE_SUFFIXES, check_raw_file_names, data_source, forbidden_note,
-                             is_single_file, join, local_path, missing_raw_files, other_formats_note)
+                             is_single_file, join, local_path, located, missing_raw_files, other_formats_note)
 from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.synthetic import generate
 
@@ -480,7 +480,7 @@ def download(params: DataParams, raw_dir: Path = RAW_DIR, partial_dir: Path = PA
 def _main(args: argparse.Namespace) -> str:
     raw_params = stage_params(args)
     params = data_params(raw_params)
-    source = data_source(params)
+    source = located(data_source(params), args.root)
     address = scheduler_address(raw_params) if source == "synthetic" else None  # fetching needs no cluster
     with dask_client(address) as client:
         return download(params, args.root / RAW_DIR, args.root / PARTIAL_DIR, progress=not args.quiet,

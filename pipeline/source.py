@@ -53,6 +53,15 @@ def data_source(params: DataParams) -> str:
     return chosen or params.source
 
 
+def located(source: str, root: Path | str) -> str:
+    """``source`` as the stages read it: a relative local path from the project root ``root`` (where DVC runs them),
+    not from the directory a ``python -m pipeline.<stage> --root DIR`` was started in."""
+    if source == "synthetic" or urllib.parse.urlparse(source).scheme:
+        return source
+    path = Path(source).expanduser()
+    return source if path.is_absolute() else str(Path(root) / path)
+
+
 def is_remote(source: str) -> bool:
     return urllib.parse.urlparse(source).scheme in ("http", "https")
 
@@ -234,10 +243,10 @@ def fingerprint(source: str, params: DataParams, cache: HashCache) -> dict:
 
 
 def write_fingerprint(params: DataParams, out: Path = SOURCE_FINGERPRINT_PATH,
-                      cache_path: Path = HASH_CACHE_PATH) -> str:
+                      cache_path: Path = HASH_CACHE_PATH, root: Path = Path(".")) -> str:
     source = data_source(params)
     cache = HashCache(cache_path)
-    content = fingerprint(source, params, cache)
+    content = {**fingerprint(located(source, root), params, cache), "source": source}  # as written, wherever run
     if source != "synthetic" and not is_remote(source):
         cache.save()
     write_json_atomic(out, content)
@@ -249,7 +258,7 @@ def write_fingerprint(params: DataParams, out: Path = SOURCE_FINGERPRINT_PATH,
 
 def _main(args: argparse.Namespace) -> str:
     return write_fingerprint(data_params(stage_params(args)), args.root / SOURCE_FINGERPRINT_PATH,
-                             args.root / HASH_CACHE_PATH)
+                             args.root / HASH_CACHE_PATH, args.root)
 
 
 def main(argv: list[str] | None = None) -> int:

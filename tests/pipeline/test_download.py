@@ -59,6 +59,31 @@ def test_a_folder_under_the_home_directory_may_be_written_with_a_tilde(kaggle_sa
     assert _raw_names(tmp_path / "raw") == RAW_NAMES
 
 
+def test_a_relative_source_is_read_from_the_project_root_whatever_the_working_directory(tmp_path, monkeypatch):
+    """`python -m pipeline.source --root proj` (and download) from another directory read `data.source: ../own data`
+    from that directory: "data.source: ../own data does not exist", where `dvc repro` (run in the root) found it."""
+    import yaml
+
+    from pipeline import download as download_stage
+    from pipeline import source as source_stage
+
+    write_kaggle_sample(tmp_path / "own dätä", compress=("train",))
+    root = tmp_path / "proj"
+    root.mkdir()
+    params = default_params()
+    params["data"]["source"] = "../own dätä"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere" / "deeper"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+
+    assert source_stage.main(["--root", str(root), "--quiet"]) == 0
+    assert download_stage.main(["--root", str(root), "--quiet"]) == 0
+    assert _raw_names(root / "data" / "raw") == RAW_NAMES
+    # recorded as written, so that DVC's own run (from the root) finds the fingerprint unchanged
+    assert json.loads((root / "data" / "source.json").read_text(encoding="utf-8"))["source"] == "../own dätä"
+
+
 def test_from_file_url_then_prepare(kaggle_sample, tmp_path):
     raw = tmp_path / "raw"
     download(_params(kaggle_sample.as_uri()), raw, tmp_path / "partial", progress=False)
