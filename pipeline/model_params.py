@@ -140,9 +140,13 @@ def evaluate_params(raw: Mapping[str, Any]) -> EvaluateParams:
     confidence = s.number("confidence", 0.5)
     if confidence >= 1.0:
         raise ParamsError(f"evaluate.confidence: must be below 1 (e.g. 0.95), got {confidence}")
+    min_improvement = s.number("min_improvement", -1.0)
+    if min_improvement >= 1.0:  # 1 - NWRMSLE/baseline's is below 1 for any model that is not perfect
+        raise ParamsError(f"evaluate.min_improvement: must be below 1, a share (0.05: 5 % better than the baseline), "
+                          f"got {min_improvement}: no model could pass")
     return EvaluateParams(
         backtest_windows=s.integer("backtest_windows", 1, 104),
-        min_improvement=s.number("min_improvement", -1.0), min_series=s.integer("min_series", 1, 1_000_000),
+        min_improvement=min_improvement, min_series=s.integer("min_series", 1, 1_000_000),
         confidence=confidence,
         bootstrap_resamples=s.integer("bootstrap_resamples", 100, 1_000_000),
         max_nwrmsle=None if s._get("max_nwrmsle") is None else s.number("max_nwrmsle", 0.0),

@@ -117,6 +117,20 @@ def test_a_non_finite_number_is_refused_at_load_naming_its_key(path, value):
         loader(raw)
 
 
+@pytest.mark.parametrize("value", [1, 5, 1.0, 12.5])
+def test_a_required_improvement_no_model_can_reach_is_refused_at_load(value):
+    """`evaluate.min_improvement: 5` (meant: 5 %) was accepted: the improvement 1 - NWRMSLE/baseline's is below 1,
+    so every candidate trained for minutes and then failed the gate ("does not clear the required 500.00%")."""
+    from pipeline.model_params import evaluate_params
+
+    raw = default_params()
+    raw["evaluate"]["min_improvement"] = value
+    with pytest.raises(ParamsError, match=r"^evaluate\.min_improvement: must be below 1, a share \(0\.05: 5 % better"):
+        evaluate_params(raw)
+    raw["evaluate"]["min_improvement"] = 0.99
+    assert evaluate_params(raw).min_improvement == 0.99
+
+
 def test_the_gate_fails_a_score_that_is_not_a_number():
     """Bounds are checked as `not score <= bound`, so a NaN score (or bound) can never pass."""
     from pipeline.evaluate import threshold_failures
