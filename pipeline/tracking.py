@@ -85,7 +85,13 @@ def tracking_uri(project_root: Path | str = ".") -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if env:
         return env
-    return f"sqlite:///{(store_home(project_root) / 'mlflow.db').as_posix()}"
+    return sqlite_uri(store_home(project_root) / "mlflow.db")
+
+
+def sqlite_uri(db: Path) -> str:
+    """``sqlite:///<db>`` with the two characters SQLAlchemy reads specially in it escaped: a project folder named
+    ``runs?2`` put the store in a file ``runs`` beside it (the rest read as a query), and ``a%20b`` opened ``a b``."""
+    return "sqlite:///" + db.as_posix().replace("%", "%25").replace("?", "%3F")
 
 
 def shown_uri(project_root: Path | str = ".") -> str:
@@ -234,7 +240,7 @@ def local_store_path(uri: str) -> Path | None:
     """The database file of a local sqlite tracking URI (``sqlite:///<path>``), else None."""
     if not uri.startswith("sqlite:///") or "?" in uri or uri == "sqlite:///:memory:":
         return None
-    return Path(uri[len("sqlite:///"):])
+    return Path(urllib.parse.unquote(uri[len("sqlite:///"):]))  # as SQLAlchemy reads it
 
 
 def create_local_store(db: Path) -> None:
@@ -256,7 +262,7 @@ def create_local_store(db: Path) -> None:
             left.unlink()
     staging = db.with_name(f".{db.name}.{os.getpid()}.creating")
     staging.unlink(missing_ok=True)
-    uri = f"sqlite:///{staging.as_posix()}"
+    uri = sqlite_uri(staging)
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # makes every table, migrated to head
         try:

@@ -22,6 +22,22 @@ def test_default_store_is_inside_the_project(store, monkeypatch):
     assert tracking.tracking_uri(store) == "http://mlflow.example:5000"
 
 
+@pytest.mark.parametrize("folder", ["runs?2", "a%20b", "50% off"])
+def test_the_store_is_inside_a_project_whose_folder_name_has_a_query_or_percent_sign(store, folder):
+    """A project in `runs?2` wrote its runs to a file `runs` beside it (SQLAlchemy read `?2/mlflow.db` as a query),
+    which every project `runs?<anything>` then shared; in `a%20b` every stage failed "unable to open database file"
+    (it opened `a b/mlflow.db`)."""
+    root = store / folder
+    root.mkdir()
+    with tracking.TrainingRun(root, "train", {}) as run:
+        run.log_metrics({"x": 1.0})
+    assert (root / "mlflow.db").is_file()
+    # nothing written outside the project (MLflow 3 still makes the escaped name's folder, empty, beside it)
+    assert [p for p in store.rglob("*") if p.is_file() and root not in p.parents] == []
+    assert tracking.run_data(root, run.run_id)[1] == {"x": 1.0}
+    assert tracking.local_store_path(tracking.tracking_uri(root)) == root.resolve() / "mlflow.db"
+
+
 def test_a_training_run_logs_params_curves_metrics_tags_and_artifacts(store):
     bundle = store / "bundle"
     bundle.mkdir()
