@@ -134,7 +134,7 @@ class _Section:
             raise ParamsError(f"{self.key}.{name}: must be <= {maximum}, got {value}")
         return value
 
-    def number(self, name: str, minimum: float | None = None) -> float:
+    def number(self, name: str, minimum: float | None = None, maximum: float | None = None) -> float:
         value = self._get(name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{self.key}.{name}: expected a number, got {value!r}")
@@ -142,6 +142,8 @@ class _Section:
             raise ParamsError(f"{self.key}.{name}: expected a finite number, got {value!r}")
         if minimum is not None and value < minimum:
             raise ParamsError(f"{self.key}.{name}: must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ParamsError(f"{self.key}.{name}: must be <= {maximum}, got {value}")
         return float(value)
 
     def choice(self, name: str, choices: tuple[str, ...]) -> str:
@@ -181,6 +183,8 @@ class _Section:
 # Stores the generator makes: Favorita's 54, then further stores in the same cities (pipeline/synthetic.py);
 # the download stage holds a month of [days, stores, items] draws: ~5 MB a store at 4,100 items.
 MAX_SYNTHETIC_STORES = 1000
+# A socket's timeout: a day is more than any server is worth waiting for (1e12 s overflowed the socket's time_t)
+MAX_TIMEOUT_S = 86_400
 
 
 @dataclass(frozen=True)
@@ -239,7 +243,8 @@ def data_params(raw: Mapping[str, Any]) -> DataParams:
     return DataParams(
         source=section.text("source"),
         sha256=section.hex_digests("sha256"),
-        download=DownloadParams(retries=dl.integer("retries", 1, 100), timeout_s=dl.number("timeout_s", 1)),
+        download=DownloadParams(retries=dl.integer("retries", 1, 100),
+                                timeout_s=dl.number("timeout_s", 1, MAX_TIMEOUT_S)),
         synthetic=synthetic,
     )
 

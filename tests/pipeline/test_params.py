@@ -38,11 +38,13 @@ def test_default_params_load():
         ("synthetic", "seed", True, "data.synthetic.seed: expected an integer"),
         ("data", "sha256", {"train.csv": "abc"}, "data.sha256.train.csv: not a sha256"),
         ("data", "source", "", "data.source: expected a non-empty string"),
+        # an http source's socket refused it with a traceback: "OverflowError: timestamp out of range for time_t"
+        ("download", "timeout_s", 1e12, "data.download.timeout_s: must be <= 86400, got 1000000000000.0"),
     ],
 )
 def test_bad_value_names_its_key(section, key, value, message):
     raw = default_params()
-    target = raw["data"]["synthetic"] if section == "synthetic" else raw[section]
+    target = raw["data"][section] if section in ("synthetic", "download") else raw[section]
     target[key] = value
     loader = {"split": split_params, "prepare": prepare_params}.get(section, data_params)
     with pytest.raises(ParamsError) as error:
