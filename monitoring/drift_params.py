@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from pipeline.params import ParamsLoader
+from pipeline.params import ParamsError, ParamsLoader, params_text
 
 
 class DriftParamsError(ValueError):
@@ -60,9 +60,11 @@ def load_drift_params(path: Path | str = "params.yaml") -> DriftParams:
     if not path.is_file():
         return DriftParams()
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=ParamsLoader) or {}  # noqa: S506 - a SafeLoader
+        raw = yaml.load(params_text(path), Loader=ParamsLoader) or {}  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise DriftParamsError(f"{path}: not valid YAML ({exc})") from None
+    except ParamsError as exc:
+        raise DriftParamsError(str(exc)) from None
     if not isinstance(raw, Mapping):
         raise DriftParamsError(f"{path}: expected a mapping at the top level")
     section = raw.get("drift")

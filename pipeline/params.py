@@ -88,10 +88,22 @@ for _tag, _pattern, _first in (
 ParamsLoader.add_constructor("tag:yaml.org,2002:int", _core_int)
 
 
+def params_text(path: Path) -> str:
+    """The text of a params file, which DVC reads as UTF-8: one saved in another encoding (a Windows editor's
+    Latin-1 'Año' in a comment) is an error naming the line, not a UnicodeDecodeError traceback."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ParamsError(f"{path}: line {line}: not UTF-8 text (byte {data[exc.start]:#04x}); save the file as "
+                          "UTF-8") from None
+
+
 def load_yaml(path: Path | str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = params_text(path)
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
     try:

@@ -73,6 +73,21 @@ def test_unreadable_params_file(tmp_path):
         load_yaml(tmp_path / "missing.yaml")
 
 
+def test_a_params_file_not_saved_as_utf8_is_an_error_naming_its_line(tmp_path):
+    """A comment typed in a Latin-1 editor ("# A\xf1o fiscal") made every stage (and monitoring.drift) die with a
+    UnicodeDecodeError traceback."""
+    from monitoring.drift_params import DriftParamsError, load_drift_params
+
+    path = tmp_path / "params.yaml"
+    path.write_bytes((REPO / "params.yaml").read_bytes() + "# A\u00f1o fiscal\n".encode("latin-1"))
+    line = len(path.read_bytes().splitlines())
+    message = rf"params.yaml: line {line}: not UTF-8 text \(byte 0xf1\); save the file as UTF-8"
+    with pytest.raises(ParamsError, match=message):
+        load_yaml(path)
+    with pytest.raises(DriftParamsError, match=message):
+        load_drift_params(path)
+
+
 def test_numbers_in_exponent_notation_are_read_as_dvc_reads_them(tmp_path):
     """`dvc exp run -S train.learning_rate=0.0000001` writes 1e-07, which YAML 1.1 (PyYAML) read as text: refused as
     "expected a number"; and 2e-3 written for 0.002 left promote refusing ("params changed") while DVC saw no change."""
