@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import yaml
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # the one date form params.yaml takes: YYYY-MM-DD
 
 
 class ParamsError(ValueError):
@@ -171,11 +172,15 @@ class _Section:
         return value.strip()
 
     def date(self, name: str) -> dt.date:
+        """A date written YYYY-MM-DD (YAML reads it as a date; quoted, it is a string of that form). Only that form:
+        Python 3.11's date.fromisoformat also took 20160101 (an integer here) and ISO week dates (2016-W01-1)."""
         value = self._get(name)
         if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
             return value
         try:
-            return dt.date.fromisoformat(str(value))
+            if not isinstance(value, str) or not _ISO_DATE.fullmatch(value.strip()):
+                raise ValueError(value)
+            return dt.date.fromisoformat(value.strip())
         except ValueError:
             raise ParamsError(f"{self.key}.{name}: expected a date YYYY-MM-DD, got {value!r}") from None
 

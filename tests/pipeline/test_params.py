@@ -33,6 +33,10 @@ def test_default_params_load():
         ("prepare", "grid", None, "prepare.grid: must be one of"),
         ("synthetic", "stores", 1001, "data.synthetic.stores: must be <= 1000"),
         ("synthetic", "start_date", "2016-02-30", "data.synthetic.start_date: expected a date"),
+        # Python 3.11's date.fromisoformat took these as dates although the message asks for YYYY-MM-DD
+        ("synthetic", "start_date", 20160101, "data.synthetic.start_date: expected a date YYYY-MM-DD, got 20160101"),
+        ("synthetic", "start_date", "2016-W01-1", "data.synthetic.start_date: expected a date YYYY-MM-DD"),
+        ("synthetic", "end_date", "20170815", "data.synthetic.end_date: expected a date YYYY-MM-DD"),
         ("synthetic", "end_date", "2012-06-01", "data.synthetic.end_date: 2012-06-01 is before start_date"),
         ("synthetic", "compression", "zip", "data.synthetic.compression: must be one of gzip, none"),
         ("synthetic", "seed", True, "data.synthetic.seed: expected an integer"),
