@@ -92,9 +92,11 @@ sweep: $(STAMP)       ## a run per sweep.grid candidate x backtest window (Dask 
 	$(BIN)/python -m pipeline.sweep
 
 MLFLOW_PORT ?= 5000
+# The store's URI is the stages' (pipeline.tracking): '?' and '%' in the project's path are escaped there.
 mlflow-ui: $(STAMP)   ## MLflow's web UI on http://127.0.0.1:5000: runs, curves, registered models (Ctrl-C stops it)
 	@MLFLOW_TRACKING_URI= $(BIN)/python -c "from pipeline import tracking; print('MLflow UI: open', tracking.ui_address('http://127.0.0.1:$(MLFLOW_PORT)'), '(the model-training view)')"
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+	@uri=$$(MLFLOW_TRACKING_URI= $(BIN)/python -c "from pipeline import tracking; print(tracking.tracking_uri())") \
+	  && set -x && $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 clean:                ## remove .venv and pytest's cache (data, models and MLflow runs stay)
 	rm -rf $(VENV) .pytest_cache

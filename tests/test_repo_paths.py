@@ -91,3 +91,33 @@ def test_every_noqa_says_why():
             if match and not re.search(r"[A-Za-z]{3}", match.group("rest")):
                 bare.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert not bare, "\n".join(bare)
+
+
+def test_make_mlflow_ui_opens_the_store_the_stages_write_in_a_folder_named_with_query_characters(tmp_path):
+    """The target built ``sqlite:///$(CURDIR)/mlflow.db`` itself: in a project folder named ``runs?2`` SQLAlchemy read
+    ``?2/mlflow.db`` as a query and the UI opened (and created) a store ``runs`` beside it, and ``a%20b`` opened
+    ``a b``, while the stages (pipeline.tracking.sqlite_uri) escape both. The target asks pipeline.tracking."""
+    import os
+    import sys
+
+    from pipeline import tracking
+
+    project = tmp_path / "runs?2 100%20"
+    (project / "monitoring").mkdir(parents=True)
+    for name in ("Makefile", "pyproject.toml", "monitoring/delivery.mk"):
+        (project / name).write_bytes((REPO / name).read_bytes())
+    (project / ".venv" / "bin").mkdir(parents=True)
+    bin_dir = project / ".venv" / "bin"
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
+    # mlflow prints what it was started with instead of serving
+    (bin_dir / "mlflow").write_text('#!/bin/sh\nfor arg in "$@"; do echo "arg: $arg"; done\n', encoding="utf-8")
+    for tool in ("python", "mlflow"):
+        (bin_dir / tool).chmod(0o755)
+    (project / ".venv" / ".installed").touch()
+    env = dict(os.environ, PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI="http://elsewhere.invalid:5000")
+    done = subprocess.run(["make", "--no-print-directory", "-s", "mlflow-ui"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    args = [line[len("arg: "):] for line in done.stdout.splitlines() if line.startswith("arg: ")]
+    uri = args[args.index("--backend-store-uri") + 1]
+    assert uri == tracking.sqlite_uri(project / "mlflow.db") and tracking.local_store_path(uri) == project / "mlflow.db"
