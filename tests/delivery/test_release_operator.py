@@ -315,3 +315,52 @@ def test_deploy_to_an_app_that_does_not_answer_installs_nothing_and_names_the_ur
     assert _aliases(root) == before and not store.variant_dir(CANARY).exists()
     assert release.main(["smoke", "--url", url, "--requests", "1"]) == 1
     assert f"{url}/api/v1/model" in capsys.readouterr().err
+
+
+RELEASE_IN_TWO_STEPS = """
+import sys, time
+from pipeline import release
+args = sys.argv[1:]
+print("first:", release.main(args), flush=True)  # the server reached (tracking.check_reachable: once a process)
+sys.stdin.readline()  # the server is killed meanwhile
+started = time.monotonic()
+code = release.main(args)
+print(f"second: {code} after {time.monotonic() - started:.1f} s", flush=True)
+sys.exit(code)
+"""
+
+
+def test_a_release_command_whose_tracking_server_died_after_it_was_reached_fails_within_seconds(released, tmp_path):
+    """Found by a probe: reachability is checked once a process, and a deploy runs for minutes. A server that died
+    after that check was retried by MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) for about 4
+    minutes (measured 246 s) before the command failed, and before any rollback of a deploy. The release commands
+    bound MLflow's HTTP retries unless the user set them (release.HTTP_DEFAULTS)."""
+    from .conftest import REPO
+
+    _, uri, _ = released
+    registry = tmp_path / "registry.db"
+    shutil.copy(Path(uri.removeprefix("sqlite:///")), registry)
+    with mlflow_server(f"sqlite:///{registry.as_posix()}") as (address, server):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_")}  # MLflow's defaults
+        env.update(MLFLOW_TRACKING_URI=address, PYTHONPATH=str(REPO))
+        command = subprocess.Popen([sys.executable, "-c", RELEASE_IN_TWO_STEPS, "status", "--root", str(tmp_path)],
+                                   env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        try:
+            first = command.stdout.readline()
+            while first and not first.startswith("first:"):  # status's own JSON line comes before
+                first = command.stdout.readline()
+            assert first == "first: 0\n"  # `status` answered: the server was reached
+            gone(server)
+            started = time.monotonic()
+            out, err = command.communicate("go\n", timeout=90)  # MLflow's defaults take 246 s
+        finally:
+            if command.poll() is None:
+                command.kill()
+                command.wait(10)
+    took = time.monotonic() - started
+    print(f"release status with the server gone: exit {command.returncode} after {took:.1f} s")
+    assert command.returncode == 1, (out, err)
+    assert took < 45, out
+    assert err.count("release: error: ") == 1 and "Traceback" not in err, err
+    assert address.removeprefix("http://") in err, err
