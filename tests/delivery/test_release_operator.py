@@ -3,15 +3,12 @@ hand, commands out of order): each says what is wrong in one line and changes no
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from pipeline import release, tracking
 from pipeline.bundle import verify_bundle
 from pipeline.registry_fetch import TAG_DIGEST
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW
+from tests.mlflow_server import gone, mlflow_server
 
 NAME = tracking.REGISTERED_MODEL
 
@@ -153,36 +151,6 @@ def test_a_damaged_bundle_in_the_registry_is_named_by_its_version_and_artifact(r
         client.delete_registered_model_alias(NAME, "probe-damaged")
         shutil.rmtree(stored)
         shutil.copytree(backup, stored)
-
-
-@contextlib.contextmanager
-def mlflow_server(backend_uri: str):
-    """A real `mlflow server` on 127.0.0.1 over ``backend_uri``: (address, its process), stopped at the end."""
-    from app.launch import free_port
-
-    port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
-                               backend_uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}", server
-    finally:
-        gone(server)
-
-
-def gone(server: subprocess.Popen) -> None:
-    """The server and its workers (uvicorn, job runners: its own process group) killed at once, as a crash would."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGKILL)
-    server.wait(30)
 
 
 def test_ending_a_candidate_while_the_registry_is_gone_says_its_alias_is_left(released, tmp_path, monkeypatch):

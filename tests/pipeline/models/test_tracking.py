@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import tracking
+from tests.mlflow_server import mlflow_server
 
 
 @pytest.fixture
@@ -162,41 +163,12 @@ def test_the_experiment_opens_as_model_training_in_mlflow_3(store):
     assert kind == tracking.MODEL_TRAINING_KIND == "custom_model_development"
 
 
-@contextlib.contextmanager
-def mlflow_server(backend_uri: str):
-    """A real `mlflow server` on 127.0.0.1 over ``backend_uri``; yields its address."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    from app.launch import free_port
-
-    port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
-                               backend_uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(30)
-
-
 @pytest.mark.slow
 def test_a_run_on_a_tracking_server_prints_no_address_of_the_genai_overview(store, tmp_path, monkeypatch, capfd):
     """Found by a probe: against a server, MLflow itself printed `View experiment at: <server>/#/experiments/<id>`
     as every train, evaluate and promote run ended (--quiet too); that address opens MLflow 3.17's GenAI overview,
     no runs (see the test below). The stages name their run id in their own lines instead."""
-    with mlflow_server(f"sqlite:///{(tmp_path / 'server.db').as_posix()}") as address:
+    with mlflow_server(f"sqlite:///{(tmp_path / 'server.db').as_posix()}") as (address, _):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
         with tracking.TrainingRun(store, "train-mlp", {"stage": "train"}) as run:
             run.log_metrics({"curve/train_loss": 0.3}, step=1)
@@ -221,7 +193,7 @@ def test_make_mlflow_uis_address_opens_the_experiments_runs_not_the_genai_overvi
     run = client.create_run(tracking.ensure_experiment(client, store), run_name="train-mlp")
     client.log_metric(run.info.run_id, "train_loss", 0.3)
     client.set_terminated(run.info.run_id)
-    with mlflow_server(tracking.tracking_uri(store)) as server:
+    with mlflow_server(tracking.tracking_uri(store)) as (server, _):
         address = tracking.ui_address(server, store)
         assert address.endswith(f"/#/experiments/{run.info.experiment_id}?workflowType=machine_learning")
 
@@ -499,7 +471,7 @@ def test_a_stage_failing_while_the_server_is_gone_says_its_own_error_at_once(sto
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # ~4 s of retries (MLflow's default: minutes)
     backend = f"sqlite:///{(tmp_path / 'server.db').as_posix()}"
-    with mlflow_server(backend) as address:
+    with mlflow_server(backend) as (address, _):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
         run = tracking.TrainingRun(store, "train-mlp", {"stage": "train"})
     started = time.monotonic()  # the server is gone now
@@ -507,7 +479,7 @@ def test_a_stage_failing_while_the_server_is_gone_says_its_own_error_at_once(sto
         with run:
             raise OSError(28, "disk full")
     assert time.monotonic() - started < 3
-    with mlflow_server(backend) as address:  # back: the next stage closes the run the failed one left open
+    with mlflow_server(backend) as (address, _):  # back: the next stage closes the run the failed one left open
         monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
         monkeypatch.setattr(tracking, "process_alive", lambda pid: False)  # this test's process stands in for it
         with tracking.TrainingRun(store, "train-mlp", {"stage": "train"}) as later:
