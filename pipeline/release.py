@@ -763,6 +763,8 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
         say(f"deploy: version {version} is already production; nothing to deploy (its candidate aliases removed)")
         return {"version": str(version), "production_before": current.get(PRODUCTION), "outcome": NOTHING_TO_DEPLOY}
     app_info(url)  # an app that does not answer is no release to judge: said now, nothing installed
+    from mlflow.exceptions import MlflowException
+
     report: dict = {"version": str(version), "production_before": current.get(PRODUCTION)}
     started = time.time()
     try:
@@ -792,7 +794,8 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
         report["production_reload_s"] = round(wait_for_variant(url, PRODUCTION, digest, reload_timeout_s), 2)
         say(f"deploy: version {version} is production ({'; '.join(verdict.reasons)}; {verdict.figures})")
         report["outcome"] = "promoted"
-    except (ReleaseError, BundleError, registry_fetch.FetchError, EventSourceError, OSError) as exc:
+    except (ReleaseError, BundleError, registry_fetch.FetchError, EventSourceError, OSError, tracking.TrackingError,
+            MlflowException) as exc:  # the registry's own refusals too (an alias move after the install)
         failed = time.perf_counter()
         ending = [CANARY] + ([SHADOW] if shadow_s > 0 or current.get(SHADOW) == str(version) else [])
         left = []  # a rolled-back candidate is not left mirroring either
@@ -802,7 +805,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
             except ReleaseError as alias_left:  # its files are gone; the registry could not be told
                 left.append(str(alias_left))
         report["outcome"] = "rolled back"
-        report["reason"] = str(exc)
+        report["reason"] = tracking.store_error_text(exc) if isinstance(exc, MlflowException) else str(exc)
         if left:
             report["aliases_left"] = left
             for line in left:

@@ -332,3 +332,35 @@ def test_a_release_command_whose_tracking_server_died_after_it_was_reached_fails
     assert took < 45, out
     assert err.count("release: error: ") == 1 and "Traceback" not in err, err
     assert address.removeprefix("http://") in err, err
+
+
+def test_deploy_rolls_back_when_the_registry_refuses_the_alias_move(released, tmp_path, monkeypatch):
+    """Found by a probe: deploy rolled back on its own errors but not on the registry's (an MlflowException from the
+    alias move after the canary was installed: a server that died between two calls, a locked store). It raised
+    with the canary installed and served on the host while the registry did not name it. Here the store is locked
+    by another writer while deploy runs: reads answer, the alias move cannot."""
+    import sqlite3
+
+    from .test_release import ServedWithUsers
+
+    _, uri, versions = released
+    registry = tmp_path / "registry.db"
+    shutil.copy(Path(uri.removeprefix("sqlite:///")), registry)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{registry.as_posix()}")
+    store = release.ReleaseStore(tmp_path / "models")
+    release.sync(tmp_path, store)
+    release.end_candidate(tmp_path, store, CANARY)
+    served = ServedWithUsers(store, tmp_path / "events.jsonl", tmp_path, None)
+    writer = sqlite3.connect(registry, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # another writer holds the store: the alias move waits, then fails
+        report = release.deploy(tmp_path, store, served.url, release.LoggedEvents(tmp_path / "events.jsonl"),
+                                versions["canary"], share=0.5, observe_s=5, reload_timeout_s=10, say=lambda *a: None)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        served.close()
+    assert report["outcome"] == "rolled back", report
+    assert "locked" in report["reason"], report["reason"]
+    assert not store.variant_dir(CANARY).exists() and store.canary_share() == 0.0
+    assert CANARY not in _aliases(tmp_path)
