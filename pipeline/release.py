@@ -221,9 +221,13 @@ def served_candidate(root: Path, store: ReleaseStore, current: dict[str, str], v
 
 def set_candidate(root: Path, store: ReleaseStore, variant: str, version: str, share: float | None = None,
                   name: str = tracking.REGISTERED_MODEL) -> str:
-    """Install ``version`` as shadow or canary, then move the alias (the registry never names what is not served)."""
+    """Install ``version`` as shadow or canary, then move the alias (the registry never names what is not served).
+    Production's own version is refused: a candidate of it compares production with itself, and serves it twice."""
     if variant == CANARY and share is not None:
         check_share(share)  # before the install: a bad share must not leave a canary the registry does not name
+    if aliases(root, name).get(PRODUCTION) == str(version):
+        raise ReleaseError(f"version {version} is production already: a {variant} of it would be judged against "
+                           f"itself; name another version")
     digest = install(root, store, variant, version, name)
     if variant == CANARY:
         store.set_canary_share(DEFAULT_SHARE if share is None else share)

@@ -364,3 +364,17 @@ def test_deploy_rolls_back_when_the_registry_refuses_the_alias_move(released, tm
     assert "locked" in report["reason"], report["reason"]
     assert not store.variant_dir(CANARY).exists() and store.canary_share() == 0.0
     assert CANARY not in _aliases(tmp_path)
+
+
+@pytest.mark.parametrize("variant", [CANARY, SHADOW])
+def test_a_candidate_of_productions_own_version_is_refused_and_nothing_changes(host, capsys, variant):
+    """Found by a probe: `release canary --version <production's>` installed production's model as the canary (its
+    share served twice, judged against itself); `deploy` then failed its smoke test. Refused in one line now."""
+    root, store, versions = host
+    before, served = _aliases(root), verify_bundle(store.variant_dir(CANARY))
+    status = release.main([variant, "--root", str(root), "--models", str(store.root), "--version",
+                           versions["production"]])
+    err = capsys.readouterr().err
+    assert status == 1 and f"version {versions['production']} is production already" in err, err
+    assert _aliases(root) == before and verify_bundle(store.variant_dir(CANARY)) == served
+    assert not store.variant_dir(SHADOW).exists()
