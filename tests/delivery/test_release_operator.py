@@ -121,7 +121,7 @@ def test_a_damaged_bundle_in_the_registry_is_named_by_its_version_and_artifact(r
 
     root, _, versions = released
     client = tracking.client(root)
-    version = client.get_model_version(NAME, versions["production"])
+    version = client.get_model_version(NAME, versions["canary"])  # a candidate: production is refused as one
     stored = Path(url2pathname(urlparse(client.get_run(version.run_id).info.artifact_uri).path)) / "serving_bundle"
     backup = tmp_path / "backup"
     shutil.copytree(stored, backup)
@@ -378,3 +378,4 @@ def test_a_candidate_of_productions_own_version_is_refused_and_nothing_changes(h
     assert status == 1 and f"version {versions['production']} is production already" in err, err
     assert _aliases(root) == before and verify_bundle(store.variant_dir(CANARY)) == served
     assert not store.variant_dir(SHADOW).exists()
+
