@@ -155,18 +155,28 @@ def install(root: Path, store: ReleaseStore, variant: str, version: str, name: s
 
 def sync(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MODEL) -> dict[str, str | None]:
     """Make the models directory match the aliases (what a fresh or restarted host runs); nothing is installed
-    while the registry names no production version."""
+    while the registry names no production version. A candidate whose version cannot be served (registered by hand,
+    damaged) is left as this host had it while the other variants are synced; ReleaseError then names it."""
     current = aliases(root, name)
     if PRODUCTION not in current:
         raise ReleaseError(no_production(store, name))
     done: dict[str, str | None] = {}
+    refused: list[str] = []
     for variant in (PRODUCTION, CANARY, SHADOW):
         if variant in current:
-            install(root, store, variant, current[variant], name)
+            try:
+                install(root, store, variant, current[variant], name)
+            except (ReleaseError, registry_fetch.FetchError, BundleError) as exc:
+                if variant == PRODUCTION:
+                    raise
+                refused.append(f"{variant}: {exc}")
+                continue
             done[variant] = current[variant]
         elif variant != PRODUCTION:
             store.remove(variant)
             done[variant] = None
+    if refused:
+        raise ReleaseError(f"synced {done}; not synced, left as this host had it: {'; '.join(refused)}")
     return done
 
 

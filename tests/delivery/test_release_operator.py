@@ -379,3 +379,24 @@ def test_a_candidate_of_productions_own_version_is_refused_and_nothing_changes(h
     assert _aliases(root) == before and verify_bundle(store.variant_dir(CANARY)) == served
     assert not store.variant_dir(SHADOW).exists()
 
+
+def test_sync_installs_every_variant_it_can_when_one_alias_names_a_version_no_host_can_serve(host, capsys):
+    """Found by a probe: `release sync` (a restarted host's first step) stopped at the first refused candidate: with
+    the canary alias on a version registered by hand, the shadow the registry named was never installed. Every
+    other variant is synced now; the refused one is left as this host had it, and the command fails naming it."""
+    root, store, versions = host
+    client = tracking.client(root)
+    production = client.get_model_version(NAME, versions["production"])
+    by_hand = client.create_model_version(NAME, f"runs:/{production.run_id}/bundle", run_id=production.run_id)
+    canary_before = verify_bundle(store.variant_dir(CANARY))
+    try:
+        client.set_registered_model_alias(NAME, CANARY, by_hand.version)
+        client.set_registered_model_alias(NAME, SHADOW, versions["canary"])
+        status = release.main(["sync", "--root", str(root), "--models", str(store.root)])
+        err = capsys.readouterr().err
+        assert status == 1 and f"canary: version {by_hand.version}" in err and "not registered" in err, err
+        assert store.served_version(SHADOW) == versions["canary"]  # synced all the same
+        assert verify_bundle(store.variant_dir(CANARY)) == canary_before  # left as it was
+    finally:
+        client.set_registered_model_alias(NAME, CANARY, versions["canary"])
+        client.delete_model_version(NAME, by_hand.version)
