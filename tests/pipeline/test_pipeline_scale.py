@@ -24,9 +24,10 @@ def test_default_scale_fits_its_share_of_p1():
     code, records = _run("--default-scale", timeout=300)
     total = records[-1]
     assert [r["id"] for r in records] == ["P1-data.download", "P1-data.prepare", "P1-data.split", "P1-data"]
-    assert code == 0, total
     # Wall time is printed, not asserted: on a shared CI runner it measures the neighbours (BENCHMARKS.md P1 is
-    # the timed figure). Memory does not depend on load, so its bound stays.
+    # the timed figure). So the script's 2 (a target missed: 77 s against 40 once, at load ~6) passes where memory
+    # held; 1 is a stage that failed. Memory does not depend on load, so its bound stays.
+    assert code in (0, 2), total
     print(f"default-scale data stages: {total['wall_s']:.1f} s wall, {total['peak_rss_gb']:.2f} GB peak")
     assert total["peak_rss_gb"] <= 1.5 and total["grid_rows"] > 1_000_000
 
