@@ -22,8 +22,10 @@ connection's next one from when its first bytes arrive: see `ThreadWorker.handle
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
+import selectors
 import socket
 import threading
 import time
@@ -96,8 +98,9 @@ CLIENT_TOOK_TOO_LONG = ClientTookTooLong()
 class ThreadWorker(GthreadWorker):
     """gthread, with each connection its main thread finishes closed by a GracefulCloser, and each request's
     headers read within SHELFCAST_HEADER_TIMEOUT_S. gunicorn (26.2, pinned) has a setting for neither, so this
-    overrides four methods of its ThreadWorker: ``finish_request`` (the closes), ``enqueue_req``, ``handle`` and
-    ``handle_request`` (the header deadline). tests/app/test_served_by_gunicorn.py and
+    overrides five methods of its ThreadWorker: ``finish_request`` (the closes), ``enqueue_req``, ``handle`` and
+    ``handle_request`` (the header deadline), and ``set_accept_enabled`` (a graceful exit stops listening; with
+    ``finish_request``'s kept-alive connections, no request fails at a SIGHUP). tests/app/test_served_by_gunicorn.py and
     tests/app/test_served_request_headers.py fail if an upgrade changes how gunicorn calls them."""
 
     def __init__(self, *args, **kwargs):
@@ -120,6 +123,16 @@ class ThreadWorker(GthreadWorker):
                     close()
 
             conn.close = close_elsewhere
+        if not self.alive and not fs.cancelled() and fs.exception() is None and fs.result() is True:
+            # Its answer promised keep-alive before the worker began to exit: gunicorn closed it anyway, and the
+            # client's next request, often already sent, failed (RemoteDisconnected). Kept open, that request is
+            # served (with `Connection: close`) in the graceful exit; an idle one closes after `keepalive` s.
+            conn.sock.setblocking(False)
+            conn.set_timeout()
+            self.keepalived_conns.append(conn)
+            self.poller.register(conn.sock, selectors.EVENT_READ, functools.partial(self.on_client_socket_readable,
+                                                                                    conn))
+            return
         super().finish_request(conn, fs)
 
     def enqueue_req(self, conn):
@@ -159,6 +172,25 @@ class ThreadWorker(GthreadWorker):
                          "answered 408, connection closed, its thread free again",
                          _address(conn.client), self.header_timeout_s)
         return False
+
+    def set_accept_enabled(self, enabled):
+        """Overrides gunicorn's ``set_accept_enabled(enabled)``. At a graceful exit (SIGTERM: `kill -HUP` replaces
+        every worker, a scale-down) gunicorn only stops polling a worker's listening socket; with a socket of its
+        own (SO_REUSEPORT) that socket listened until the worker exited, so the kernel still queued new
+        connections there, and reset them at the exit: each client whose kept-alive connection the old worker
+        closed after its last answer reconnected, often to that socket, and failed (4 of 4 clients at every
+        SIGHUP). Now it takes what is queued (served before it exits, as gunicorn serves its open connections)
+        and closes the socket, so new connections go to the workers that go on."""
+        super().set_accept_enabled(enabled)
+        if enabled or self.alive or not self.cfg.reuse_port:
+            return
+        for listener in self.sockets:
+            while True:
+                accepted = self.nr_conns
+                self.accept(listener)  # non-blocking; nothing more queued: no change
+                if self.nr_conns == accepted:
+                    break
+            listener.close()
 
     def handle_request(self, req, conn):
         """Overrides gunicorn's ``handle_request(req, conn)``, which it calls once ``req``'s headers are parsed,
