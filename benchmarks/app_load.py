@@ -232,13 +232,19 @@ def workers_cpu(app_pid: int) -> tuple[float, list[str]] | None:
     return ticks / os.sysconf("SC_CLK_TCK"), cores
 
 
-def workers_rss_gb(app_pid: int) -> list[float]:
-    """Each worker's resident memory now, in GB (VmRSS, Linux /proc); [] where it cannot be read."""
+def process_rss_gb(pid: int) -> float | None:
+    """A process's resident memory now, in GB (VmRSS, Linux /proc); None where it cannot be read."""
     try:
-        return [int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                         if line.startswith("VmRSS:")).split()[1]) / 1024 ** 2 for pid in worker_pids(app_pid)]
+        return int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                        if line.startswith("VmRSS:")).split()[1]) / 1024 ** 2
     except (OSError, StopIteration, IndexError, ValueError):  # a process gone mid-read, or no Linux /proc
-        return []
+        return None
+
+
+def workers_rss_gb(app_pid: int) -> list[float]:
+    """Each worker's resident memory now, in GB; [] where one cannot be read."""
+    sizes = [process_rss_gb(pid) for pid in worker_pids(app_pid)]
+    return [] if None in sizes else sizes
 
 
 def connections_per_worker(app_pid: int, port: int) -> list[int]:

@@ -11,7 +11,7 @@ Reported: failed requests (non-200 or a connection error), latency p50/p99/max p
 answer from A came after the swap (both workers serve B), each worker's peak RSS, worker timeouts in gunicorn's
 log, and answers that are neither A's nor B's forecast (a half-loaded model).
 
-    python benchmarks/reload_load.py --a BUNDLE_A --b BUNDLE_B --workdir DIR [--clients 4] [--json]
+    python benchmarks/reload_load.py --a BUNDLE_A --b BUNDLE_B --workdir DIR [--clients 4]  (prints one JSON object)
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import app_load
@@ -66,13 +67,9 @@ def sample_rss(pid: int, stop: threading.Event, peaks: dict) -> None:
     """Each worker's peak VmRSS (GB), by worker pid, every 50 ms."""
     while not stop.is_set():
         for worker in app_load.worker_pids(pid):
-            try:
-                status = Path(f"/proc/{worker}/status").read_text()
-                line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
-                rss = int(line.split()[1]) / 1024 ** 2
-            except (OSError, StopIteration):
-                continue
-            peaks[worker] = max(peaks.get(worker, 0.0), rss)
+            rss = app_load.process_rss_gb(worker)
+            if rss is not None:
+                peaks[worker] = max(peaks.get(worker, 0.0), rss)
         time.sleep(0.05)
 
 
@@ -99,9 +96,9 @@ def run(a: Path, b: Path, workdir: Path, clients: int, before_s: float, after_s:
                        workdir / "gunicorn.log", timeout_s=300)
     figures = {"ready_s": round(time.monotonic() - started, 1)}
     try:
-        with launch.urllib.request.urlopen(f"{app.url}/api/v1/model", timeout=30) as response:
+        with urllib.request.urlopen(f"{app.url}/api/v1/model", timeout=30) as response:
             model = json.load(response)
-        with launch.urllib.request.urlopen(f"{app.url}/api/v1/items?limit=1", timeout=30) as response:
+        with urllib.request.urlopen(f"{app.url}/api/v1/items?limit=1", timeout=30) as response:
             items = [item["item_nbr"] for item in json.load(response)["items"]]
         body = json.dumps({"instances": [{"store_nbr": model["stores"][0]["store_nbr"], "item_nbr": items[0],
                                           "date": model["horizon"]["first_date"], "onpromotion": False}]}).encode()
@@ -116,8 +113,8 @@ def run(a: Path, b: Path, workdir: Path, clients: int, before_s: float, after_s:
         store.install(PRODUCTION, "2")
         swapped_at = time.monotonic()
         time.sleep(after_s)
-        rss_settled = {pid: round(gb, 2) for pid, gb in zip(app_load.worker_pids(app.pid),
-                                                            app_load.workers_rss_gb(app.pid))}
+        rss_settled = {pid: round(gb, 2) for pid in app_load.worker_pids(app.pid)
+                       if (gb := app_load.process_rss_gb(pid)) is not None}
         hup_at = time.monotonic()
         os.kill(app.pid, signal.SIGHUP)
         time.sleep(after_s)
