@@ -55,6 +55,8 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
     ``grad_ys`` weights each y (default: ones). A gather's parameters get an IndexedSlices.
     """
     ys = [convert_to_tensor(y) for y in _as_list(ys)]
+    if not ys:
+        raise ValueError("gradients: ys is empty; give at least one tensor to differentiate")
     xs = [convert_to_tensor(x) for x in _as_list(xs)]
     grad_ys = [None] * len(ys) if grad_ys is None else _as_list(grad_ys)
     if len(grad_ys) != len(ys):

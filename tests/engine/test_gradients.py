@@ -144,6 +144,14 @@ def test_unconnected_and_integer_inputs_get_none():
     assert gx is not None and gz is None and gi is None
 
 
+def test_no_ys_is_refused_and_no_xs_gives_no_gradients():
+    """gradients([], xs) raised IndexError from inside the engine."""
+    x = en.placeholder(en.float32, (2,), name="x")
+    with pytest.raises(ValueError, match="ys is empty"):
+        en.gradients([], [x])
+    assert en.gradients(en.reduce_sum(x * x), []) == []
+
+
 def test_paths_join_and_grad_ys():
     x = en.placeholder(en.float64, (3,))
     y = x * x + en.exp(x) + x  # three paths from x
