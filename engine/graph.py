@@ -378,6 +378,15 @@ def constant_tensor(arr: np.ndarray, name: str = "Const", graph=None) -> Tensor:
     return (graph or get_default_graph()).create_op("Const", (), {"value": arr}, name=name).outputs[0]
 
 
+def masked_values(value: np.ma.MaskedArray) -> str:
+    return (f"a masked array with {int(np.ma.count_masked(value))} masked values (their data would be taken as "
+            "they are: fill them first, value.filled(x))")
+
+
+class MaskedValue(TypeError):
+    """A masked array with masked values: np.asarray would take the data under the mask."""
+
+
 class RaggedValue(TypeError):
     """A nested list whose rows differ in length: no array at all."""
 
@@ -396,6 +405,8 @@ def python_value_to_array(value, dtype: _dt.DType | None, what: str = "value") -
     """Python/NumPy value as an array of ``dtype``. An array is only widened within its kind (float32 to
     float64, int32 to int64: exact); narrowing or a change of kind (bool or int to a number of another kind)
     is an error naming both dtypes. Python numbers take ``dtype`` when they are exactly representable."""
+    if isinstance(value, np.ma.MaskedArray) and np.ma.getmaskarray(value).any():  # asarray drops the mask
+        raise MaskedValue(f"{what}: {masked_values(value)}")
     if isinstance(value, (np.ndarray, np.generic)):
         arr = np.asarray(value)
         if dtype is None:

@@ -26,9 +26,9 @@ import numpy as np
 
 from engine import shapes
 from engine.errors import InvalidArgumentError, OpError
-from engine.graph import (Graph, IndexedSlices, Operation, RaggedValue, Tensor, get_default_graph,
-                          get_default_session, is_tensor_like, may_alias_storage, ops_needed, python_value_to_array,
-                          session_stack)
+from engine.graph import (Graph, IndexedSlices, MaskedValue, Operation, RaggedValue, Tensor, get_default_graph,
+                          get_default_session, is_tensor_like, masked_values, may_alias_storage, ops_needed,
+                          python_value_to_array, session_stack)
 from engine.kernels import array as KA
 from engine.passes import PASS_NAMES, PlanIR, node_from_op, optimize
 from engine.passes.liveness import assign_buffer_groups
@@ -442,6 +442,7 @@ def feed_value(t: Tensor, value) -> np.ndarray:
             arr = python_value_to_array(value, t.dtype, what=f"feed for {t.name}")
         except TypeError as exc:
             given = ("a ragged value (rows of different lengths)" if isinstance(exc, RaggedValue)
+                     else masked_values(value) if isinstance(exc, MaskedValue)
                      else f"{value!r} (a feed is a value: run the tensor first)" if is_tensor_like(value)
                      else f"value of dtype {np.asarray(value).dtype}")
             raise InvalidArgumentError(

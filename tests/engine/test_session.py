@@ -172,6 +172,22 @@ def test_an_ndarray_subclass_is_fed_as_an_ndarray(config):
             assert got[0].tolist() == [[1, 4], [9, 16]] and got[1].tolist() == [3, 7]
 
 
+@pytest.mark.parametrize("config", [en.SessionConfig(), en.SessionConfig(backend="reference")])
+def test_a_masked_array_is_fed_only_without_masked_values(config):
+    """np.asarray takes a masked array's data under its mask: a masked -999 placeholder was fed as -999."""
+    x = en.placeholder(en.float32, (None,), name="x")
+    unmasked = np.ma.array([1, 2, 3], mask=[0, 0, 0], dtype=np.float32)
+    masked = np.ma.array([1, -999, 3], mask=[0, 1, 0], dtype=np.float32)
+    with en.Session(config=config) as s:
+        call = s.make_callable([x * 2], [x])
+        assert s.run(x * 2, {x: unmasked}).tolist() == [2, 4, 6] and call(unmasked)[0].tolist() == [2, 4, 6]
+        for feed in (lambda v: s.run(x * 2, {x: v}), call):
+            with pytest.raises(en.errors.InvalidArgumentError, match="masked array with 1 masked values.*filled"):
+                feed(masked)
+    with pytest.raises(TypeError, match="masked array with 1 masked values"):
+        en.constant(masked)
+
+
 def test_a_feed_widens_within_its_kind_exactly():
     x = en.placeholder(en.float64, (None,), name="wide")
     i = en.placeholder(en.int64, (None,), name="index")
