@@ -229,12 +229,21 @@ def served_candidate(root: Path, store: ReleaseStore, current: dict[str, str], v
                        f"alias's; nothing applied ({act}`make release-sync` makes the host follow the registry)")
 
 
+def check_new_canary_share(share: float) -> float:
+    """``share`` when a new canary can be judged at it: above 0 (a canary at 0 answers nobody, so its smoke test
+    fails and decide has no events), at most 1. ValueError naming the field otherwise."""
+    if check_share(share) == 0.0:
+        raise ValueError("canary_share: 0 sends the canary no request; give a share above 0 (at most 1), or judge "
+                         "it on mirrored traffic with `release shadow`")
+    return float(share)
+
+
 def set_candidate(root: Path, store: ReleaseStore, variant: str, version: str, share: float | None = None,
                   name: str = tracking.REGISTERED_MODEL) -> str:
     """Install ``version`` as shadow or canary, then move the alias (the registry never names what is not served).
     Production's own version is refused: a candidate of it compares production with itself, and serves it twice."""
     if variant == CANARY and share is not None:
-        check_share(share)  # before the install: a bad share must not leave a canary the registry does not name
+        check_new_canary_share(share)  # before the install: a bad share must leave no canary the registry lacks
     if aliases(root, name).get(PRODUCTION) == str(version):
         raise ReleaseError(f"version {version} is production already: a {variant} of it would be judged against "
                            f"itself; name another version")
@@ -764,7 +773,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
     long (or until the rule decides); a rollback verdict there ends the release before any user
     gets an answer from it. No verdict (too little traffic) lets it go on to the canary, which
     must earn a "promote" within ``observe_s``."""
-    check_share(share)  # before the shadow phase: not a ValueError once a candidate is installed
+    check_new_canary_share(share)  # before the shadow phase: not a ValueError once a candidate is installed
     current = aliases(root, name)
     version = version or current.get(CANARY) or current.get(SHADOW)
     if not version:  # an app-only change, or a candidate already decided: the release job has nothing to do
@@ -838,7 +847,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
 
 def _share_argument(text: str) -> float:
     try:
-        return check_share(float(text))
+        return check_new_canary_share(float(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc).replace("canary_share: ", "")) from None
 
@@ -856,7 +865,7 @@ def main(argv=None) -> int:
     parser.add_argument("--alias", help="take the version another alias names (e.g. --alias shadow)")
     parser.add_argument("--variant", choices=(CANARY, SHADOW), help="for decide/end: which candidate")
     parser.add_argument("--share", type=_share_argument, default=DEFAULT_SHARE,
-                        help="canary share of store×items (0..1)")
+                        help="canary share of store×items (above 0, at most 1)")
     parser.add_argument("--events", type=Path, default=DEFAULT_EVENTS,
                         help="prediction events: a JSON-lines log or a directory of them (default: %(default)s)")
     parser.add_argument("--elasticsearch", metavar="URL", default=os.environ.get("ELASTICSEARCH_URL") or None,

@@ -83,6 +83,23 @@ def test_a_canary_share_out_of_range_is_refused_before_anything_is_installed(hos
     assert not store.variant_dir(CANARY).exists()
 
 
+@pytest.mark.parametrize("command", [["canary", "--version", "2"], ["deploy", "--version", "2", "--shadow-s", "5"]])
+def test_a_canary_share_of_0_is_refused_before_anything_is_installed(host, capsys, command):
+    """`release canary --share 0` installed a canary that answered nobody; `deploy --share 0` then failed its smoke
+    test and rolled back, and `decide` could never judge it (no events)."""
+    root, store, versions = host
+    release.end_candidate(root, store, CANARY)
+    before = _aliases(root)
+    with pytest.raises(SystemExit) as exited:
+        release.main([command[0], "--root", str(root), "--models", str(store.root), *command[1:], "--share", "0"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "--share: 0 sends the canary no request" in err and "release shadow" in err, err
+    assert not store.variant_dir(CANARY).exists() and _aliases(root) == before
+    with pytest.raises(ValueError, match="canary_share: 0 sends the canary no request"):
+        release.set_candidate(root, store, CANARY, versions["canary"], 0.0)
+    assert not store.variant_dir(CANARY).exists()
+
+
 def test_status_says_an_alias_naming_a_version_registered_by_hand_is_not_served(host, capsys):
     """Found by a probe: with the canary alias moved by hand to a version registered in the UI (no serving digest:
     release and sync refuse it), `release status` printed `"canary": {..., "in_sync": true}` and `"in_sync": true`
