@@ -17,7 +17,12 @@ from typing import Any, Mapping
 
 import yaml
 
+from pipeline.names import probably_meant
+
 DEFAULT_PARAMS_PATH = Path("params.yaml")
+# params.yaml's top-level sections Shelfcast reads (each read by its own module, this list says which exist): a
+# section of another name is one of a team's own stages, left alone, unless its name looks like one of these.
+SECTIONS = ("cluster", "data", "prepare", "split", "features", "train", "evaluate", "sweep", "promote", "drift")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # the one date form params.yaml takes: YYYY-MM-DD
 
 
@@ -113,6 +118,11 @@ def load_yaml(path: Path | str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(loaded, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    for section in loaded:
+        if section not in SECTIONS and (known := probably_meant(str(section), list(SECTIONS))):
+            raise ParamsError(f"{path}: section '{section}': not one Shelfcast reads; is '{known}' meant? (its "
+                              f"values would be ignored: rename it '{known}', or a section of your own stage to a "
+                              "name less like it)")
     return loaded
 
 

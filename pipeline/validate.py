@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import difflib
 import gzip
 import io
 import re
@@ -25,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from pipeline.names import probably_meant
 from pipeline.stage import StageError
 from pipeline.schema import EARLIEST_DATE, LATEST_DATE, RAW_SCHEMAS, RAW_SUFFIXES, Column, RawFile
 
@@ -188,25 +188,6 @@ def _header(path: Path, strip: bool = True) -> list[str]:
     return [name.strip().strip('"') for name in names] if strip else names
 
 
-SIMILAR_FROM_CHARS = 5  # names this long or longer may be misspellings by similarity: 'pid' is no 'id'
-
-
-def _meant(name: str, candidates: list[str]) -> str | None:
-    """The schema column a header name was probably meant as (``Unit Sales``, ``unit_sale``), or None: the same
-    but for case, spaces, ``_``, ``-`` and ``.``; or, both names at least SIMILAR_FROM_CHARS long, difflib's ratio
-    >= 0.8 (for short names it is not telling: ``pid``, ``idx`` and ``uid`` are all 0.8 from ``id``)."""
-    def folded(text: str) -> str:
-        return re.sub(r"[\s_\-.]", "", text.casefold())
-    same = [c for c in candidates if folded(c) == folded(name)]
-    if same:
-        return same[0]
-    if len(folded(name)) < SIMILAR_FROM_CHARS:
-        return None
-    long_enough = {folded(c): c for c in candidates if len(folded(c)) >= SIMILAR_FROM_CHARS}
-    close = difflib.get_close_matches(folded(name), list(long_enough), n=1, cutoff=0.8)
-    return long_enough[close[0]] if close else None
-
-
 class Header(NamedTuple):
     """A raw file's header line, checked against its schema: what the reader and prepare need of it."""
 
@@ -238,7 +219,7 @@ def check_header(path: Path, spec: RawFile) -> Header:
         if re.fullmatch(r"sep=.?", ",".join(names).strip()):  # Excel writes it when asked to keep the separator
             hint = (f": line 1 is a spreadsheet's {','.join(names).strip()!r} line, not the header: delete it (the "
                     "header line must come first; Shelfcast reads comma-separated files)")
-        if not hint and (meant := _meant(missing[0], [n for n in names if n not in spec.column_names])):
+        if not hint and (meant := probably_meant(missing[0], [n for n in names if n not in spec.column_names])):
             hint = f": is '{meant}' meant? (column names are matched exactly)"
         raise DataValidationError(f"{path.name}: column '{missing[0]}': missing (header has: {', '.join(names)})"
                                   f"{hint}")
@@ -257,7 +238,7 @@ def check_header(path: Path, spec: RawFile) -> Header:
     unknown = list(dict.fromkeys(n for n in names if n not in spec.column_names))
     absent = [c for c in spec.column_names if c not in names]
     for name in unknown:
-        if meant := _meant(name, absent):
+        if meant := probably_meant(name, absent):
             raise DataValidationError(f"{path.name}: column '{name}': not part of the {spec.name} schema; is "
                                       f"'{meant}' meant? (column names are matched exactly: rename it '{meant}', "
                                       f"or, if it is a column of the file's own, to a name less like it)")

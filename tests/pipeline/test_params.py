@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from pipeline.params import ParamsError, data_params, load_yaml, prepare_params, split_params
+from pipeline.params import SECTIONS, ParamsError, data_params, load_yaml, prepare_params, split_params
 
 from .conftest import REPO, default_params
 
@@ -67,6 +67,26 @@ def test_unknown_and_missing_keys_are_errors():
         prepare_params(raw)
     with pytest.raises(ParamsError, match=r"^split: missing"):
         split_params({})
+
+
+def test_the_sections_shelfcast_reads_are_the_shipped_params_sections():
+    assert set(SECTIONS) == set(load_yaml(REPO / "params.yaml"))
+
+
+@pytest.mark.parametrize("section", ["trian", "Train", "evalute", "data-", "drfit"])
+def test_a_section_named_like_one_shelfcast_reads_is_refused(tmp_path, section):
+    """A second block under a misspelt name (`trian:` beside `train:`, meant as an override) was skipped without a
+    word: the run used the values it was meant to change."""
+    text = (REPO / "params.yaml").read_text(encoding="utf-8") + f"\n{section}:\n  max_steps: 10\n"
+    (tmp_path / "params.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(ParamsError, match=rf"section '{section}': not one Shelfcast reads; is '[a-z]+' meant\?"):
+        load_yaml(tmp_path / "params.yaml")
+
+
+def test_a_section_of_a_teams_own_stage_is_left_alone(tmp_path):
+    text = (REPO / "params.yaml").read_text(encoding="utf-8") + "\nmy_report:\n  top_n: 10\nxgb:\n  depth: 6\n"
+    (tmp_path / "params.yaml").write_text(text, encoding="utf-8")
+    assert load_yaml(tmp_path / "params.yaml")["my_report"] == {"top_n": 10}
 
 
 def test_unreadable_params_file(tmp_path):
