@@ -31,7 +31,7 @@ import numpy as np
 from numba.core.errors import NumbaError
 
 from engine import config, generated
-from engine.errors import FailedPreconditionError
+from engine.errors import uninitialized
 from engine.graph import Operation, Tensor, may_alias_storage, ops_needed
 from engine.kernels import elementwise as EW
 from engine.session import exact_feeds
@@ -238,8 +238,7 @@ class CompiledPlan:
             try:
                 weights = [state[name] for name in variables] if variables else ()
             except KeyError as e:
-                raise FailedPreconditionError(f"Attempting to use uninitialized value {e.args[0]}",
-                                              e.args[0]) from None
+                raise uninitialized(e.args[0]) from None
             try:
                 results = function(*feed_values, *consts, *weights)
             except checked as e:

@@ -25,6 +25,13 @@ class FailedPreconditionError(OpError):
     """The graph ran before something it needs exists (an uninitialized variable)."""
 
 
+def uninitialized(name: str) -> FailedPreconditionError:
+    """TensorFlow's error for a read of a variable that was never initialized, with the way out: a variable made
+    from another one's value (``Variable(w * 2)``) reads it before ``w``'s own initializer has run."""
+    return FailedPreconditionError(f"Attempting to use uninitialized value {name} (run its initializer first; to "
+                                   f"make another variable from its value, use {name}.initial_value)", name)
+
+
 class NotFoundError(OpError):
     """A named thing (variable in a checkpoint, file, tensor name) does not exist."""
 

@@ -17,7 +17,7 @@ from functools import partial
 import numpy as np
 
 from engine import dtypes, shapes
-from engine.errors import FailedPreconditionError, InvalidArgumentError
+from engine.errors import InvalidArgumentError, uninitialized
 from engine.graph import (GLOBAL_VARIABLES, TRAINABLE_VARIABLES, _OperatorsMixin, convert_to_tensor,
                           get_default_graph)
 from engine.ops._util import declared
@@ -33,7 +33,7 @@ def read_state(ctx, name):
     try:
         return ctx.state[name]
     except KeyError:
-        raise FailedPreconditionError(f"Attempting to use uninitialized value {name}", name) from None
+        raise uninitialized(name) from None
 
 
 register("VariableV2", infer=declared, kernel=lambda op, ctx: partial(read_state, ctx, op.name),
@@ -138,6 +138,7 @@ class Variable(_OperatorsMixin):
                                       name=var_name, exact_name=True)
             with graph.name_scope(var_name + "/"):
                 self.initializer = self._state_op("Assign", "Assign", init).op
+        self.initial_value = init  # as TensorFlow's: what the initializer assigns, to make another variable from
         self._value = self.op.outputs[0]
         self.trainable = bool(trainable)
         for key in collections or ([GLOBAL_VARIABLES] + ([TRAINABLE_VARIABLES] if trainable else [])):

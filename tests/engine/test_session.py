@@ -204,6 +204,22 @@ def test_uninitialized_variable_names_the_variable():
             s.run(v + 1.0)
 
 
+@pytest.mark.parametrize("config", [en.SessionConfig(), en.SessionConfig(backend="reference")])
+def test_a_variable_made_from_another_ones_initial_value_shares_its_draw(config):
+    """Variable(w * 2) reads w before w's initializer has run (as in TensorFlow); the error now says to use
+    w.initial_value, which the engine's Variable lacked: one init run then gives both the same draw."""
+    w = en.Variable(en.random_uniform((3,), seed=1), name="w")
+    read_too_early = en.Variable(w * 2, name="v")
+    doubled = en.Variable(w.initial_value * 2, name="u")
+    with en.Session(config=config) as s:
+        with pytest.raises(en.errors.FailedPreconditionError, match=r"uninitialized value w \(.*w.initial_value\)"):
+            s.run(en.global_variables_initializer())
+        s.run(en.variables_initializer([w, doubled]))
+        got_w, got_doubled = s.run([w, doubled])
+    np.testing.assert_array_equal(got_doubled, got_w * 2)
+    assert read_too_early.initial_value.op.type == "Mul"
+
+
 def test_check_numerics_raises_with_message_and_op_name():
     x = en.placeholder(en.float32, (2,))
     y = en.check_numerics(en.log(x), "log of the input", name="checked")
