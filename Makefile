@@ -12,7 +12,6 @@ PYTEST_ARGS ?=
 # instead of 6 with a warm Numba cache; from a fresh clone with none, see README "Tests".
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n > 4 ? 4 : n )))
 
-export NUMBA_CACHE_DIR ?= $(HOME)/.cache/shelfcast/numba
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 export DVC_NO_ANALYTICS = 1
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 
 def _available_cores() -> int:
@@ -38,8 +39,51 @@ def _default(var: str, value: str) -> str:
     return os.environ[var]
 
 
+def _unwritable(path: str) -> str | None:
+    """Why this process cannot keep files in directory ``path`` (made if missing), or None if it can."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".writable-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def private_temp_cache_dir() -> str:
+    """This user's cache under the temporary directory, ``shelfcast-numba-<uid>`` (mode 0700); where another user
+    already holds that name (a shared /tmp), a fresh directory of this process's own."""
+    path = os.path.join(tempfile.gettempdir(), f"shelfcast-numba-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return tempfile.mkdtemp(prefix="shelfcast-numba-")
+    held = os.lstat(path)
+    if not os.path.isdir(path) or os.path.islink(path) or (hasattr(os, "getuid") and held.st_uid != os.getuid()):
+        return tempfile.mkdtemp(prefix="shelfcast-numba-")
+    return path
+
+
+def _usable_cache_dir() -> str:
+    """NUMBA_CACHE_DIR (unset or empty: ``default_cache_dir()``) if this process can write there; otherwise this
+    user's temporary one, said once on stderr. A read-only or missing HOME, or a cache directory of another user,
+    failed the first kernel with a PermissionError traceback from deep inside the engine."""
+    wanted = _default("NUMBA_CACHE_DIR", default_cache_dir())
+    why = _unwritable(wanted)
+    if why is None:
+        return wanted
+    fallback = private_temp_cache_dir()
+    print(f"engine: cannot write the kernel cache NUMBA_CACHE_DIR={wanted} ({why}); caching in {fallback} "
+          "instead (set NUMBA_CACHE_DIR to a writable directory to keep compiled kernels there)", file=sys.stderr)
+    os.environ["NUMBA_CACHE_DIR"] = fallback
+    return fallback
+
+
 def _apply_environment_defaults() -> None:
-    _default("NUMBA_CACHE_DIR", default_cache_dir())
+    _usable_cache_dir()
     threads = _default("NUMBA_NUM_THREADS", str(_available_cores()))
     if "numpy" not in sys.modules:  # BLAS reads these once, when numpy loads it
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -345,3 +345,58 @@ def test_squeeze_without_axis_removes_only_the_statically_known_ones(config):
             got, joined = sess.run([s, c], {x: np.ones((rows, 1, 3), np.float32)})
             assert got.shape == (rows, 3) and joined.shape == (2 * rows, 3)
         assert sess.run(anyrank).shape == (2,)  # unknown rank: every runtime 1 goes
+
+
+def _run_engine_with_cache_dir(tmp_path, cache_dir: str):
+    """A fresh process that imports the engine with NUMBA_CACHE_DIR=cache_dir and TMPDIR in tmp_path, and runs
+    one kernel: (its completed process, its temporary directory)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    temp = tmp_path / "tmp"
+    temp.mkdir(exist_ok=True)
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, TMPDIR=str(temp))
+    code = ("import numpy as np, os, engine as en; x = en.placeholder(en.float32, (None,), name='x'); "
+            "print(en.Session().run(x + 1.0, {x: np.ones(2, np.float32)}).tolist(), os.environ['NUMBA_CACHE_DIR'])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=env,
+                          capture_output=True, text=True, timeout=300)
+    return done, temp
+
+
+def test_an_unwritable_numba_cache_dir_falls_back_to_a_private_temporary_one_and_says_so(tmp_path):
+    """A read-only or missing HOME, or a NUMBA_CACHE_DIR the user cannot write, failed the first kernel with a
+    PermissionError traceback from engine/generated.py: the engine now caches in this user's directory under the
+    temporary one (mode 0700) and names the variable and both directories on stderr."""
+    import os
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    done, temp = _run_engine_with_cache_dir(tmp_path, str(blocker / "numba"))
+    assert done.returncode == 0, done.stderr
+    fallback = temp / f"shelfcast-numba-{os.getuid()}"
+    assert done.stdout.split() == ["[2.0,", "2.0]", str(fallback)]
+    assert f"NUMBA_CACHE_DIR={blocker / 'numba'}" in done.stderr and str(fallback) in done.stderr
+    assert "Traceback" not in done.stderr
+    assert fallback.is_dir() and fallback.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_temporary_cache_dir_another_user_holds_is_not_used(tmp_path):
+    """Another user's ``shelfcast-numba-<uid>`` (a fixed name in a shared /tmp) is neither written nor trusted:
+    the process takes a fresh directory of its own."""
+    import os
+
+    if os.getuid() != 0:
+        pytest.skip("needs root, to make a directory another user owns")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    taken = temp / f"shelfcast-numba-{os.getuid()}"
+    taken.mkdir(mode=0o777)
+    os.chown(taken, 65534, 65534)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    done, _ = _run_engine_with_cache_dir(tmp_path, str(blocker / "numba"))
+    assert done.returncode == 0, done.stderr
+    used = done.stdout.split()[-1]
+    assert used != str(taken) and os.path.dirname(used) == str(temp) and os.listdir(taken) == []
