@@ -111,7 +111,8 @@ def load_yaml(path: Path | str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
     try:
         text = params_text(path)
     except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found") from None
+        raise ParamsError(f"{path}: params file not found in {path.absolute().parent} (the stages read the project's "
+                          "params.yaml: run them in the project's root folder, or pass --root PROJECT)") from None
     try:
         loaded = yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:

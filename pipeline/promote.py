@@ -221,14 +221,14 @@ def publish(root: Path, home: Path, digest: str, trained, tags: dict, staging: P
 
 def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> dict:
     """Promote the evaluated candidate (see the module docstring); one promote or release at a time writes models/."""
-    with one_writer((root / PRODUCTION_DIR).parent, "promote"):
-        return _promote(root, quiet, candidate_root)
-
-
-def _promote(root: Path, quiet: bool, candidate_root: Path | None) -> dict:
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     home = root if candidate_root is None else Path(candidate_root)
-    raw = load_yaml(home / "params.yaml")
+    raw = load_yaml(home / "params.yaml")  # read before promote takes models/ to write (run elsewhere: none made)
+    with one_writer((root / PRODUCTION_DIR).parent, "promote"):
+        return _promote(root, quiet, home, raw)
+
+
+def _promote(root: Path, quiet: bool, home: Path, raw: dict) -> dict:
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     pparams = promote_params(raw)
     alias = registry_fetch.promote_alias(pparams.alias)  # refused before anything is written
     evaluation, digest = check_candidate(root, raw, home)

@@ -116,3 +116,21 @@ def test_quiet_also_silences_mlflows_artifact_download_bars(quiet, tmp_path, mon
     assert ("Downloading artifacts" in err) is not quiet, err
     assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # the stage left the environment as it found it
     assert sorted(p.name for p in (tmp_path / "fetched" / "bundle").iterdir()) == [f"part{k}.txt" for k in range(3)]
+
+
+@pytest.mark.parametrize("stage", ["source", "promote"])
+def test_a_stage_run_outside_the_project_says_where_it_looked_and_leaves_that_folder_alone(stage, tmp_path):
+    """`python -m pipeline.<stage>` from another folder said only 'params.yaml: params file not found' (which folder,
+    and what to do?), and promote made models/.writer.lock there first."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    done = subprocess.run([sys.executable, "-m", f"pipeline.{stage}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr == (f"{stage}: error: params.yaml: params file not found in {tmp_path} (the stages read the "
+                           "project's params.yaml: run them in the project's root folder, or pass --root PROJECT)\n")
+    assert list(tmp_path.iterdir()) == []
