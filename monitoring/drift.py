@@ -35,6 +35,7 @@ from monitoring.serving_data import EventShapeError
 from pipeline.atomic import write_json_atomic, write_text_atomic
 from pipeline.bundle import BundleError, verify_bundle
 from pipeline.drift_stats import ROLE_CALENDAR
+from pipeline.stage import output_any_terminal_can_take
 
 DEFAULT_BUNDLE = Path("models/production")
 DEFAULT_OUTPUT_DIR = Path("logs/drift")
@@ -215,6 +216,7 @@ def run(bundle: Path, events_path: Path | None, elasticsearch: str | None, index
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    output_any_terminal_can_take()
     parser = argparse.ArgumentParser(prog="python -m monitoring.drift", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="model bundle (default: %(default)s)")
     source = parser.add_mutually_exclusive_group()

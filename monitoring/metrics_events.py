@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from monitoring.monitoring_events import emit_monitoring_event
+from pipeline.stage import output_any_terminal_can_take
 
 TAG = "shelfcast.metrics"
 DEFAULT_METRICS = Path("results/metrics.json")
@@ -72,6 +73,7 @@ def emit_validation_metrics(metrics_path: Path | str = DEFAULT_METRICS,
 
 
 def main(argv=None) -> int:
+    output_any_terminal_can_take()
     parser = argparse.ArgumentParser(prog="python -m monitoring.metrics_events", description=__doc__.splitlines()[0])
     parser.add_argument("--metrics", type=Path, default=DEFAULT_METRICS)
     parser.add_argument("--evaluation", type=Path, default=DEFAULT_EVALUATION)

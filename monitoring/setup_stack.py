@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pipeline.event_sources import (CREDENTIALS_REFUSED, ElasticsearchEvents, EventSourceError, basic_authorization,
                                     environment_credentials)
+from pipeline.stage import output_any_terminal_can_take
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE / "elasticsearch"
@@ -101,6 +102,7 @@ def kibana_available(kibana_url: str) -> bool:
 
 
 def main(argv=None) -> int:
+    output_any_terminal_can_take()
     parser = argparse.ArgumentParser(prog="python -m monitoring.setup_stack", description=__doc__.splitlines()[0])
     parser.add_argument("--elasticsearch", default=os.environ.get("ELASTICSEARCH_URL", "http://localhost:9200"))
     parser.add_argument("--kibana", default=os.environ.get("KIBANA_URL", "http://localhost:5601"),

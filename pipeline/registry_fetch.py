@@ -28,6 +28,7 @@ import yaml
 
 from pipeline import tracking
 from pipeline.bundle import BundleError, copy_bundle, verify_bundle
+from pipeline.stage import output_any_terminal_can_take
 from pipeline.model_params import registry_alias
 from pipeline.release_store import PRODUCTION
 
@@ -179,6 +180,7 @@ def _installed_digest(target: Path) -> str | None:
 
 
 def main(argv=None) -> int:
+    output_any_terminal_can_take()
     parser = argparse.ArgumentParser(prog="python -m pipeline.registry_fetch", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
     parser.add_argument("--alias", default="production", help="registry alias (production, canary, shadow)")

@@ -53,6 +53,7 @@ from pipeline import registry_fetch, tracking
 from pipeline.actuals import read_actuals
 from pipeline.atomic import DirectoryBusy, one_writer
 from pipeline.bundle import BundleError
+from pipeline.stage import output_any_terminal_can_take
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, event_time,
                                     prediction_log,
                                     event_units, finite_number, read_jsonl_events)
@@ -853,6 +854,7 @@ def _share_argument(text: str) -> float:
 
 
 def main(argv=None) -> int:
+    output_any_terminal_can_take()
     parser = argparse.ArgumentParser(prog="python -m pipeline.release", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("status", "shadow", "canary", "decide", "promote", "rollback", "deploy",
                                             "sync", "end", "smoke"))

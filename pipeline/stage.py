@@ -75,6 +75,18 @@ def artifact_bars_off(quiet: bool) -> Iterator[None]:
             os.environ.pop(ARTIFACT_BARS_SWITCH, None)
 
 
+def output_any_terminal_can_take() -> None:
+    """Let stdout write what its encoding cannot as ``\\uXXXX`` escapes, as Python's stderr already does.
+
+    Help texts and summaries use a few characters beyond ASCII (—, ×, ±, …). Under a locale that is not UTF-8
+    (``LC_ALL=tr_TR``: ISO-8859-9; ``en_US``: ISO-8859-1; ``PYTHONIOENCODING=ascii``), printing one raised
+    UnicodeEncodeError: ``python -m pipeline.promote --help`` was a traceback instead of the help. (``LANG=C`` is
+    fine: Python reads it as UTF-8.) Called first by every command's ``main``."""
+    stream = sys.stdout
+    if stream is not None and getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors="backslashreplace")
+
+
 def run_stage(name: str, body: Body, argv: list[str] | None = None,
               errors: tuple[type[BaseException], ...] = (), description: str | None = None,
               options: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
@@ -85,6 +97,7 @@ def run_stage(name: str, body: Body, argv: list[str] | None = None,
     ``errors`` are further exception types that mean bad input rather than a bug;
     ``options`` adds a command's own options to the common ones.
     """
+    output_any_terminal_can_take()
     parser = argparse.ArgumentParser(prog=f"python -m pipeline.{name}", description=description)
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -134,3 +134,31 @@ def test_a_stage_run_outside_the_project_says_where_it_looked_and_leaves_that_fo
     assert done.stderr == (f"{stage}: error: params.yaml: params file not found in {tmp_path} (the stages read the "
                            "project's params.yaml: run them in the project's root folder, or pass --root PROJECT)\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def _run_ascii_only(args: list[str]):
+    """``python args`` with an ASCII-only stdout (as under a locale that is not UTF-8, e.g. LC_ALL=tr_TR's
+    ISO-8859-9, or PYTHONIOENCODING=ascii)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo), PYTHONIOENCODING="ascii")
+    return subprocess.run([sys.executable, *args], cwd=repo, env=env, capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize("command", ["pipeline.promote", "pipeline.release"])
+def test_help_on_a_terminal_that_is_not_utf8_is_the_help_not_a_traceback(command):
+    """`--help` of promote (an em dash) and release (store×item) was a UnicodeEncodeError traceback."""
+    done = _run_ascii_only(["-m", command, "--help"])
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.startswith(f"usage: python -m {command}".encode()) and b"Traceback" not in done.stderr
+
+
+def test_a_summary_beyond_ascii_on_a_terminal_that_is_not_utf8_is_written_escaped():
+    code = ("import sys; from pipeline.stage import run_stage; "
+            "sys.exit(run_stage('demo', lambda args: 'store\\u00d7item \\u2014 done', ['--quiet']))")
+    done = _run_ascii_only(["-c", code])
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.startswith(b"demo: store\\xd7item \\u2014 done in ")
