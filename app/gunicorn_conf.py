@@ -96,11 +96,27 @@ accesslog = os.environ.get("SHELFCAST_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("SHELFCAST_LOG_LEVEL", "info")
 raw_env = ["FLASK_DEBUG=0"]
+
+
+def control_socket_dir() -> str:
+    """$XDG_RUNTIME_DIR, else ~/.gunicorn where this user can write it, else the temporary directory: with a
+    read-only or missing HOME (CI runners, service accounts) gunicorn logged "[ERROR] Control server error:
+    [Errno 13] Permission denied: '/nonexistent'" at every start, and had no control socket."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "").strip()
+    if runtime:
+        return runtime
+    home = os.path.expanduser(os.path.join("~", ".gunicorn"))
+    try:
+        os.makedirs(home, mode=0o700, exist_ok=True)
+    except OSError:
+        return tempfile.gettempdir()
+    return home if os.access(home, os.W_OK | os.X_OK) else tempfile.gettempdir()
+
+
 # gunicorn 26's control socket (for `gunicornc -s PATH`) defaults to one path per user, so a second server on the
 # host took it over and either one's exit removed it: one per server, named by the master's pid.
-control_socket = setting("SHELFCAST_CONTROL_SOCKET", os.path.join(
-    os.environ.get("XDG_RUNTIME_DIR") or os.path.expanduser(os.path.join("~", ".gunicorn")),
-    f"shelfcast-{os.getpid()}.ctl"))
+control_socket = (setting("SHELFCAST_CONTROL_SOCKET", "")
+                  or os.path.join(control_socket_dir(), f"shelfcast-{os.getpid()}.ctl"))
 OWN_METRICS_DIR_ENV = "SHELFCAST_OWN_METRICS_DIR"  # the metrics directory this server made (and removes)
 
 # Set before any worker imports prometheus_client, which reads it at import. gunicorn reads this file again on

@@ -209,3 +209,24 @@ def test_gunicorn_leaves_cores_alone_when_pinning_is_off_or_workers_are_fewer_th
     conf = gunicorn_conf(monkeypatch, tmp_path)
     conf.pre_fork(None, types.SimpleNamespace(pid=10_000_000))
     assert conf.core_of_worker == {}
+
+
+def test_a_home_that_cannot_be_written_puts_the_control_socket_in_the_temporary_directory(monkeypatch, tmp_path):
+    """With a read-only or missing HOME gunicorn logged "[ERROR] Control server error: [Errno 13] Permission
+    denied: '/nonexistent'" at every start, and had no control socket (`gunicornc` could not reach the server)."""
+    import os
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("HOME", str(blocker / "home"))
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.delenv("SHELFCAST_CONTROL_SOCKET", raising=False)
+    monkeypatch.setattr("tempfile.tempdir", None)  # gettempdir() reads TMPDIR again
+    conf = gunicorn_conf(monkeypatch, tmp_path)
+    assert conf.control_socket == str(temp / f"shelfcast-{os.getpid()}.ctl")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert gunicorn_conf(monkeypatch, tmp_path).control_socket == str(
+        tmp_path / "home" / ".gunicorn" / f"shelfcast-{os.getpid()}.ctl")
