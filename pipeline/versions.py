@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -97,11 +98,17 @@ def bundle_version(model_kind: str, code: str, data: Mapping[str, str], params: 
 def git_commit(root: Path) -> str:
     """HEAD's commit, with ``-dirty`` when the work tree differs; ``unknown`` outside git.
 
-    Run provenance: an MLflow tag of the training run, never part of a tracked output.
+    Run provenance: an MLflow tag of the training run, never part of a tracked output. In a clone where git
+    refuses (a checkout another user owns: "detected dubious ownership", as in CI containers that run as root over
+    the runner's checkout; a repository without commits) it is ``unknown`` too, and git's reason is one line on
+    stderr: it was lost silently, and the served model said ``git_commit: unknown``.
     """
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=20)
         if head.returncode != 0:
+            if (Path(root) / ".git").exists():
+                print(f"note: git_commit is 'unknown': `git rev-parse HEAD` failed in {Path(root).absolute()}: "
+                      f"{' '.join(head.stderr.split())}", file=sys.stderr)
             return "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=20)
