@@ -14,6 +14,28 @@ log = logging.getLogger(__name__)
 JSON_PREFIXES = ("/api/", "/healthz", "/readyz")
 MAX_ERRORS_SHOWN = 50  # errors[] lists the first ones; `errors_omitted` counts the rest
 
+# Every `code` a JSON error answer carries, with what it means: the OpenAPI document lists exactly these (its Error
+# schema's enum, app/openapi.py). An HTTP error of Werkzeug's is named by http_error_code.
+ERROR_CODES = {
+    "invalid_request": "the body or a field is malformed (400)",
+    "bad_request": "the body could not be read: a malformed chunked body, or one shorter than its Content-Length "
+                   "(400)",
+    "not_found": "no such path (404)",
+    "method_not_allowed": "the path does not take this method; the Allow header lists the ones it takes (405)",
+    "request_timeout": "the body did not arrive within the server's body time limit (408)",
+    "body_too_large": "the body is larger than the server's body size limit (413)",
+    "unsupported_media_type": "not application/json, compressed (Content-Encoding, or a transfer coding but "
+                              "chunked), or a charset other than utf-8 (415)",
+    "not_forecastable": "a store/item the model was not trained on, or a date outside its horizon (422)",
+    "internal_error": "a fault of the server, logged with the answer's request_id (500)",
+    "model_unavailable": "no model is loaded yet; see GET /readyz (503)",
+}
+
+
+def http_error_code(exc: HTTPException) -> str:
+    """The code of an HTTP error of Werkzeug's (404 "Not Found" -> not_found)."""
+    return (exc.name or "error").lower().replace(" ", "_")
+
 
 class FormTooLarge(RequestEntityTooLarge):
     """413 from Werkzeug's form limits (parts, a field's size), within the body size limit: says which."""
@@ -56,7 +78,7 @@ def register_error_handlers(app: Flask, max_body_bytes: int) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         status = exc.code or 500
-        code = (exc.name or "error").lower().replace(" ", "_")
+        code = http_error_code(exc)
         if wants_json():
             response = error_response(status, code, exc.description or exc.name)
         else:

@@ -7,16 +7,9 @@ requests from it and checks every response against it, so it cannot drift from t
 from __future__ import annotations
 
 from app.catalog import MAX_QUERY
-from app.errors import MAX_ERRORS_SHOWN
+from app.errors import ERROR_CODES, MAX_ERRORS_SHOWN
 from app.examples import DEFAULT_DATA_EXAMPLE, Example
 from app.validation import MAX_ID
-
-ERROR_CODES = {
-    "invalid_request": "the body or a field is malformed (400)",
-    "not_forecastable": "a store/item the model was not trained on, or a date outside its horizon (422)",
-    "unsupported_media_type": "not application/json, compressed (Content-Encoding, or a transfer coding but "
-                              "chunked), or a charset other than utf-8 (415)",
-}
 
 
 def _json(schema_ref: str, description: str) -> dict:
@@ -110,7 +103,8 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
         "Error": {
             "type": "object", "required": ["code", "message", "errors"],
             "properties": {
-                "code": {"type": "string", "description": "; ".join(f"{k}: {v}" for k, v in ERROR_CODES.items())},
+                "code": {"type": "string", "enum": list(ERROR_CODES),
+                         "description": "; ".join(f"{k}: {v}" for k, v in ERROR_CODES.items())},
                 "message": {"type": "string"}, "request_id": {"type": "string"},
                 "errors": {"type": "array", "items": {
                     "type": "object", "required": ["field", "message"],

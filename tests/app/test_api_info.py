@@ -111,6 +111,38 @@ def test_openapi_document_lists_exactly_the_served_api(served):
             assert served.client.open(path, method=method.upper()).status_code != 405, (method, path)
 
 
+def test_every_error_code_the_api_answers_with_is_one_its_document_lists(served, make_app, tmp_path):
+    """Found by a probe: the document's Error.code described invalid_request, not_forecastable and
+    unsupported_media_type only, while its own 400 (a body shorter than its Content-Length), 408, 413 and 503
+    answers carried bad_request, request_timeout, body_too_large and model_unavailable, and a wrong method or path
+    method_not_allowed or not_found: a client handling errors by code met codes the document never named."""
+    from app.request_buffer import BODY_MALFORMED, BODY_TIMED_OUT, BODY_TOO_LARGE
+
+    schema = served.client.get("/api/v1/openapi.json").json["components"]["schemas"]["Error"]["properties"]["code"]
+    one = {"store_nbr": 1, "item_nbr": 1, "date": "2017-08-01", "onpromotion": False}
+    unknown_store = {**one, "store_nbr": 999, "item_nbr": int(next(iter(served.model.catalog.items)))}
+
+    def predict(client, body: object = None, content_type="application/json", **environ):
+        data = body if isinstance(body, str) else json.dumps(body if body is not None else {"instances": [one]})
+        return client.post("/api/v1/predict", data=data, content_type=content_type, environ_overrides=environ)
+
+    answers = {
+        "a malformed body": predict(served.client, "{"),
+        "a body the server could not decode": predict(served.client, **{BODY_MALFORMED: "a bad chunk size"}),
+        "an unknown path": served.client.get("/api/v1/nothing"),
+        "a wrong method": served.client.get("/api/v1/predict"),
+        "a body too slow": predict(served.client, **{BODY_TIMED_OUT: True}),
+        "a body too large": predict(served.client, **{BODY_TOO_LARGE: True}),
+        "not JSON": predict(served.client, "{}", content_type="text/plain"),
+        "an unknown store": predict(served.client, {"instances": [unknown_store]}),
+        "no model": predict(make_app(tmp_path / "nothing").client),
+    }
+    codes = {case: (answer.status_code, answer.json["code"]) for case, answer in answers.items()}
+    assert [case for case, (_, code) in codes.items() if code not in schema["enum"]] == [], codes
+    assert all(f"{code}: " in schema["description"] for code in schema["enum"])
+    assert sorted(status for status, _ in codes.values()) == [400, 400, 404, 405, 408, 413, 415, 422, 503], codes
+
+
 def test_openapi_describes_the_served_models_pairs_not_favoritas(served):
     description = served.client.get("/api/v1/openapi.json").json["info"]["description"]
     assert "Favorita" not in description and "store×item pairs of the served model's data" in description
