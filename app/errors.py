@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from flask import Flask, current_app, g, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from app.validation import FieldError, InputError
+from app.validation import FieldError, InputError, shorten
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,30 @@ def wants_json() -> bool:
     return request.path.startswith(JSON_PREFIXES)
 
 
+def routing_errors(exc: HTTPException) -> list[FieldError]:
+    """What a 404 or 405 names: the path (and the one it matches without a trailing slash), or the method and the
+    ones the path takes. Werkzeug's own text says neither ("check your spelling", for a path spelled right)."""
+    path = shorten(request.path, 80)
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        return [FieldError("method", f"{shorten(request.method)} is not allowed on {path}; it takes "
+                                     f"{', '.join(exc.valid_methods)}")]
+    if not isinstance(exc, NotFound):
+        return []
+    bare = request.path.rstrip("/")
+    if bare and bare != request.path:
+        try:
+            current_app.create_url_adapter(request).match(bare, method=request.method)
+            matched = True
+        except MethodNotAllowed:  # the path exists, for other methods
+            matched = True
+        except HTTPException:  # NotFound, or a redirect: no route without the slash either
+            matched = False
+        if matched:
+            return [FieldError("path", f"no such path {path}; without the trailing slash it is {shorten(bare, 80)}")]
+    where = "the API's paths are listed by /api/v1/openapi.json" if wants_json() else "see the pages linked above"
+    return [FieldError("path", f"no such path {path}; {where}")]
+
+
 def error_response(status: int, code: str, message: str, errors: list[FieldError] | None = None):
     """The one error body of the JSON routes; at most MAX_ERRORS_SHOWN errors, so its size is bounded."""
     errors = errors or []
@@ -79,10 +103,13 @@ def register_error_handlers(app: Flask, max_body_bytes: int) -> None:
     def http_error(exc: HTTPException):
         status = exc.code or 500
         code = http_error_code(exc)
+        named = routing_errors(exc)
         if wants_json():
-            response = error_response(status, code, exc.description or exc.name)
+            response = error_response(status, code, named[0].message if named else exc.description or exc.name,
+                                      named)
         else:
-            response = render_template("error.html", status=status, message=exc.description or exc.name), status
+            message = named[0].message if named else exc.description or exc.name
+            response = render_template("error.html", status=status, message=message), status
             response = app.make_response(response)
         if status == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)

@@ -162,6 +162,28 @@ def test_unknown_paths_are_404_json_under_api_and_a_page_elsewhere(served):
     assert page.status_code == 404 and page.mimetype == "text/html" and b"Back to the form" in page.data
 
 
+def test_a_wrong_path_or_method_is_named_with_what_would_work(served):
+    """Found by a probe: `curl -d @batch.json .../api/v1/predict/` (a trailing slash) was a 404 whose whole answer
+    was Werkzeug's "If you entered the URL manually please check your spelling", errors [] (the spelling was right),
+    and a GET or PUT of /api/v1/predict a 405 saying only "The method is not allowed for the requested URL"."""
+    body = json.dumps({"instances": []})
+    slash = served.client.post("/api/v1/predict/", data=body, content_type="application/json")
+    assert slash.status_code == 404 and slash.json["code"] == "not_found"
+    assert slash.json["errors"] == [{"field": "path", "message": "no such path /api/v1/predict/; without the "
+                                                                 "trailing slash it is /api/v1/predict"}]
+    assert slash.json["message"] == slash.json["errors"][0]["message"]
+    unknown = served.client.get("/api/v1/nothing/").json["errors"]
+    assert unknown == [{"field": "path", "message": "no such path /api/v1/nothing/; the API's paths are listed by "
+                                                    "/api/v1/openapi.json"}]
+    wrong = served.client.put("/api/v1/predict", data=body, content_type="application/json")
+    allowed = wrong.headers["Allow"]
+    assert wrong.status_code == 405 and set(allowed.split(", ")) == {"OPTIONS", "POST"}
+    assert wrong.json["errors"] == [{"field": "method", "message": f"PUT is not allowed on /api/v1/predict; it takes "
+                                                                   f"{allowed}"}]
+    page = served.client.get("/monitoring/")
+    assert page.status_code == 404 and b"without the trailing slash it is /monitoring" in page.data
+
+
 def test_the_items_search_example_is_one_the_api_takes_whatever_the_family_names(app_bundles):
     """A family whose first word is 405 characters long made an example the API refuses (q: at most 100
     characters); an empty family name would have raised building /docs."""
