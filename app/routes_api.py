@@ -38,12 +38,23 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return obj
 
 
+def _not_json_type(mimetype: str) -> str:
+    """Why a body's Content-Type is not taken, with the usual client's fix: no header at all (Python requests'
+    data=json.dumps(...)) was "got 'none'", as if 'none' had been sent."""
+    if not mimetype:
+        return ("expected application/json, but no Content-Type was sent: send the header with the JSON body "
+                "(requests: json=..., not data=...)")
+    hint = " (curl -d and wget --post-data send it unless told: add -H 'Content-Type: application/json')" \
+        if mimetype == "application/x-www-form-urlencoded" else ""
+    return f"expected application/json, got {shorten(mimetype)!r}{hint}"
+
+
 def parse_json_body() -> object:
     """The body as JSON, strictly (no NaN/Infinity, no key twice in an object); 415/400 InputErrors say what is
     wrong."""
     if request.mimetype != "application/json":
         raise InputError(415, "unsupported_media_type", "send the body as application/json",
-                         [FieldError("Content-Type", f"expected application/json, got {request.mimetype or 'none'!r}")])
+                         [FieldError("Content-Type", _not_json_type(request.mimetype))])
     raw = request.get_data(cache=False)  # beyond MAX_CONTENT_LENGTH this raises 413
     try:
         text = raw.decode("utf-8-sig")  # UTF-8 (RFC 8259), a BOM allowed; json.loads alone would take UTF-16 or 32

@@ -147,6 +147,21 @@ def test_a_body_that_is_not_json_is_415(served):
     assert fields_of(response) == ["Content-Type"]
 
 
+def test_a_json_body_sent_without_its_content_type_is_told_how_to_send_it(served):
+    """Found by a probe: Python requests' `data=json.dumps(body)` sends no Content-Type, and the 415 said
+    "expected application/json, got 'none'", as if the client had sent a type named none; curl -d's default type
+    got no hint either."""
+    body = json.dumps({"instances": [an_instance(served)]}).encode()
+    bare = served.client.post("/api/v1/predict", data=body)
+    assert "Content-Type" not in bare.request.headers  # as requests' data=... sends it
+    [error] = bare.json["errors"]
+    assert bare.status_code == 415 and error["field"] == "Content-Type"
+    assert error["message"] == ("expected application/json, but no Content-Type was sent: send the header with the "
+                                "JSON body (requests: json=..., not data=...)")
+    curl = served.client.post("/api/v1/predict", data=body, content_type="application/x-www-form-urlencoded")
+    assert "add -H 'Content-Type: application/json'" in curl.json["errors"][0]["message"]
+
+
 def test_an_oversized_body_is_413(make_app, production_dir):
     served = make_app(production_dir, max_body_bytes=2000)
     body = json.dumps({"instances": [an_instance(served)] * 100})
