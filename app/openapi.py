@@ -20,6 +20,7 @@ def _error(description: str) -> dict:
     return _json("#/components/schemas/Error", description)
 
 
+WHOLE_NUMBER = "written without a fraction or exponent: 1, not 1.0 or 1e0 (a 400 says how to write it)"
 UNIT_SALES_MEANING = ("forecast units sold, median-like: expm1 of the predicted log1p(units), the value the "
                       "log-error metric (NWRMSLE) scores; about half of the days sell more, so sums of it fall "
                       "short of total sales")
@@ -34,8 +35,10 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
         "type": "object", "additionalProperties": False,
         "required": ["store_nbr", "item_nbr", "date", "onpromotion"],
         "properties": {
-            "store_nbr": {"type": "integer", "minimum": 1, "maximum": MAX_ID, "example": example.store_nbr},
-            "item_nbr": {"type": "integer", "minimum": 1, "maximum": MAX_ID, "example": example.item_nbr},
+            "store_nbr": {"type": "integer", "minimum": 1, "maximum": MAX_ID, "example": example.store_nbr,
+                          "description": WHOLE_NUMBER},
+            "item_nbr": {"type": "integer", "minimum": 1, "maximum": MAX_ID, "example": example.item_nbr,
+                         "description": WHOLE_NUMBER},
             "date": {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
                      "description": "target day; must lie in the model's horizon (GET /api/v1/model)",
                      "example": example.date},

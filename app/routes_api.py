@@ -13,7 +13,7 @@ from app.metrics import UNFORECASTABLE, labelled
 from app.openapi import openapi_document
 from app.variants import installed_candidates, predict_with_variants
 from app.state import serving_state
-from app.validation import FieldError, InputError, check_forecastable, parse_instances, shorten
+from app.validation import FieldError, InputError, SentNumber, check_forecastable, parse_instances, shorten
 from pipeline.release_store import PRODUCTION
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -58,7 +58,8 @@ def parse_json_body() -> object:
     raw = request.get_data(cache=False)  # beyond MAX_CONTENT_LENGTH this raises 413
     try:
         text = raw.decode("utf-8-sig")  # UTF-8 (RFC 8259), a BOM allowed; json.loads alone would take UTF-16 or 32
-        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=SentNumber,
+                          object_pairs_hook=_unique_keys)
     except DuplicateKey as exc:
         raise InputError(400, "invalid_request", "the body repeats a key within one object",
                          [FieldError("body", f"duplicate key {shorten(exc.args[0])!r}: give each key once")]) from None

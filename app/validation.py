@@ -4,16 +4,17 @@ Two steps, two status codes: ``parse_instances`` checks the request's shape and 
 (400: the client sent something malformed), ``check_forecastable`` checks the values against
 the served model — a store or item it was not trained on, or a date outside its forecast
 horizon (422: well-formed, but not something this model can forecast). Before either, ``check_body_encoding``
-refuses a body that would be misread (415: compressed, or not UTF-8). Echoed client values are shortened
-(``shorten``), so an error stays small whatever was sent.
+refuses a body that would be misread (415: compressed, or not UTF-8). Echoed client values are written as the JSON
+that was sent and shortened (``_describe``, ``shorten``), so an error stays small whatever was sent.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from app.predictor import LoadedModel
 
@@ -56,8 +57,48 @@ def shorten(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _describe(value: Any) -> str:
-    return shorten(repr(value))
+class SentNumber(float):
+    """A JSON number with a fraction or exponent as the client wrote it (the body's parse_float): an error echoes
+    ``1e0`` or ``1e400``, not Python's ``1.0`` or ``inf``."""
+
+    text: str
+
+    def __new__(cls, text: str) -> "SentNumber":
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
+def _json_tokens(value: Any) -> Iterator[str]:
+    """``value`` written as JSON, piece by piece (a caller stops once it has enough: however long or deeply nested
+    the value, only what is shown is written)."""
+    if isinstance(value, dict):
+        yield "{"
+        for i, (key, item) in enumerate(value.items()):
+            yield (", " if i else "") + json.dumps(key, ensure_ascii=False) + ": "
+            yield from _json_tokens(item)
+        yield "}"
+    elif isinstance(value, list):
+        yield "["
+        for i, item in enumerate(value):
+            if i:
+                yield ", "
+            yield from _json_tokens(item)
+        yield "]"
+    else:
+        yield value.text if isinstance(value, SentNumber) else json.dumps(value, ensure_ascii=False)
+
+
+def _describe(value: Any, limit: int = 40) -> str:
+    """A value the client sent, echoed in JSON as it was written (null, true, "text", 1e0; not Python's None,
+    True, 'text', 1.0), at most ``limit`` characters."""
+    shown, length = [], 0
+    for token in _json_tokens(value):
+        shown.append(token)
+        length += len(token)
+        if length > limit:
+            break
+    return shorten("".join(shown), limit)
 
 
 def check_body_encoding(content_encoding: str, charset: str | None, transfer_encoding: str = "") -> None:
@@ -80,7 +121,9 @@ def check_body_encoding(content_encoding: str, charset: str | None, transfer_enc
 
 def check_id(value: Any, field: str, errors: list[FieldError]) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
-        errors.append(FieldError(field, f"expected an integer, got {_describe(value)}"))
+        whole = isinstance(value, float) and value.is_integer() and 1 <= value <= MAX_ID
+        hint = f" (write it as {int(value)}: a number with a fraction or exponent is not an integer)" if whole else ""
+        errors.append(FieldError(field, f"expected an integer, got {_describe(value)}{hint}"))
         return None
     if not 1 <= value <= MAX_ID:
         errors.append(FieldError(field, f"expected an integer 1..{MAX_ID}, got {_describe(value)}"))

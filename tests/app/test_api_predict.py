@@ -162,6 +162,31 @@ def test_a_json_body_sent_without_its_content_type_is_told_how_to_send_it(served
     assert "add -H 'Content-Type: application/json'" in curl.json["errors"][0]["message"]
 
 
+def test_a_refused_value_is_echoed_as_the_json_the_client_sent(served):
+    """Found by a probe: a refused value was echoed as Python wrote it after parsing, not as sent: `1e0` as "1.0",
+    `1e400` as "inf", null as "None", true as "True", "true" as "'true'". An integral number with a fraction or
+    exponent now also says how to write it."""
+    def messages(**fields) -> list[str]:
+        values = ", ".join(f'"{name}": {text}' for name, text in fields.items())
+        response = served.client.post("/api/v1/predict", data='{"instances": [{' + values + '}]}',
+                                      content_type="application/json")
+        assert response.status_code == 400, response.json
+        return [error["message"] for error in response.json["errors"]]
+
+    assert messages(store_nbr="1e0", item_nbr="2.50", date="null", onpromotion='"true"') == [
+        "expected an integer, got 1e0 (write it as 1: a number with a fraction or exponent is not an integer)",
+        "expected an integer, got 2.50",
+        "expected a date as YYYY-MM-DD, got null",
+        'expected true or false, got "true"']
+    assert messages(store_nbr="1e400", item_nbr="true", date='{"day": [1.0, null]}', onpromotion="1") == [
+        "expected an integer, got 1e400",
+        "expected an integer, got true",
+        'expected a date as YYYY-MM-DD, got {"day": [1.0, null]}',
+        "expected true or false, got 1"]
+    deep = messages(store_nbr="[" * 500 + "]" * 500, item_nbr="1", date='"2017-08-01"', onpromotion="false")
+    assert deep == ["expected an integer, got " + "[" * 37 + "..."]  # written only as far as it is shown
+
+
 def test_an_oversized_body_is_413(make_app, production_dir):
     served = make_app(production_dir, max_body_bytes=2000)
     body = json.dumps({"instances": [an_instance(served)] * 100})
