@@ -3,6 +3,12 @@
 ``create_app()`` builds one app per process: gunicorn calls it in each worker after the
 fork (app/wsgi.py), so every worker has its own model reference and prediction-event sink.
 Flask's debug mode is forced off here; only ``python -m app --dev`` turns it on.
+
+Importing this package loads no more than Flask and app/config.py: gunicorn's master imports it for the worker
+class (app/gunicorn_worker.py), and what the master has imported its workers inherit as it was, code and all. The
+app's own modules (the model, NumPy, Numba, the event sink) are imported by ``create_app``, in each worker after
+the fork, so a SIGHUP's new workers run the code now on disk, and a worker pinned to a core sizes its BLAS and Numba
+pools for it (app/gunicorn_conf.py).
 """
 
 from __future__ import annotations
@@ -13,20 +19,16 @@ import random
 import re
 import time
 
+from typing import TYPE_CHECKING
+
 from flask import Flask, g, request
 from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 
 from app.config import AppSettings
-from app.events import PredictionEventSink
-from app.metrics import REQUEST_DURATION, count_event, labelled, metrics_blueprint, observe_models
-from app.model_store import ProductionWithFallback
-from app.predictor import Predictor
-from app.request_buffer import (ARRIVED, BODY_MALFORMED, BODY_TIMED_OUT, BODY_TOO_LARGE, TRANSFER_CODINGS,
-                                BufferedRequests, malformed_body)
-from app.state import EXTENSION_KEY, ServingState
-from app.validation import check_body_encoding
-from app.variants import Variants, installed_candidates
-from pipeline.release_store import ReleaseStore
+
+if TYPE_CHECKING:
+    from app.events import PredictionEventSink
+    from app.predictor import Predictor
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # an X-Request-ID like this is echoed, any other replaced
 # Sent with every response unless a route set its own (a report page may need other sources).
@@ -49,11 +51,21 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
                predictor: Predictor | None = None) -> Flask:
     """The app, with the model loaded now if one is there (else /readyz answers 503 until it appears)."""
     from app.errors import register_error_handlers
+    from app.events import PredictionEventSink
+    from app.metrics import REQUEST_DURATION, count_event, labelled, metrics_blueprint, observe_models
+    from app.model_store import ProductionWithFallback
+    from app.predictor import Predictor
+    from app.request_buffer import (ARRIVED, BODY_MALFORMED, BODY_TIMED_OUT, BODY_TOO_LARGE, TRANSFER_CODINGS,
+                                    BufferedRequests, malformed_body)
     from app.routes_api import api
     from app.routes_docs import docs
     from app.routes_health import health
     from app.routes_web import web
+    from app.state import EXTENSION_KEY, ServingState
+    from app.validation import check_body_encoding
+    from app.variants import Variants, installed_candidates
     from monitoring.web import SERVING_MODEL, monitoring_blueprint
+    from pipeline.release_store import ReleaseStore
 
     settings = settings or AppSettings.from_environment()
     app = Flask(__name__)

@@ -62,6 +62,15 @@ from pathlib import Path
 import gunicorn.http.wsgi
 import gunicorn.sock
 
+# gunicorn runs this file in its master at start and again on SIGHUP, then loads the worker class
+# (app/gunicorn_worker.py) and forks workers, which inherit the master's modules as they stand. The modules of this
+# project the worker class brought in (app/__init__.py imports only app/config.py; the rest of the app is imported
+# by create_app, in each worker) are dropped here, so after a SIGHUP the worker class and the workers run the
+# code now on disk, all of it.
+if __name__ == "__config__":  # as gunicorn loads it (a test that loads this file keeps its modules)
+    for module in [name for name in sys.modules if name == "app" or name.startswith("app.")]:
+        del sys.modules[module]
+
 MAX_WORKERS = 256
 
 

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
+import shlex
+import shutil
 import signal
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from app import launch
@@ -188,3 +195,68 @@ def test_a_sighup_under_load_fails_no_request(app_bundles, tmp_path):
     log = (tmp_path / "gunicorn.log").read_text(encoding="utf-8")
     assert log.count("Booting worker") >= 4, "the workers were not replaced: the test shows nothing"
     assert outcomes[200] > 0 and set(outcomes) == {200}, dict(outcomes)
+
+
+def test_the_worker_class_brings_none_of_the_app_into_gunicorns_master(tmp_path):
+    """gunicorn's master imports the worker class (app/gunicorn_worker.py), and its workers inherit what it
+    imported as it was. Found by a probe: importing it imported app/__init__.py's whole app (the model code, NumPy,
+    Numba, prometheus_client), so a SIGHUP's workers ran the master's old copy of it, and the config file that
+    gunicorn reads again on SIGHUP must drop the few modules that remain."""
+    listing = ("import sys; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+               "('app', 'pipeline', 'engine', 'eventlog', 'monitoring', 'numpy', 'numba', 'prometheus_client'))))")
+    conf = Path(__file__).resolve().parents[2] / "app" / "gunicorn_conf.py"
+    reread = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('__config__', "
+              f"{str(conf)!r}); module = importlib.util.module_from_spec(spec); sys.modules['__config__'] = module; "
+              "spec.loader.exec_module(module)")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    master = subprocess.run([sys.executable, "-c", f"import app.gunicorn_worker; {listing}; {reread}; {listing}"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert master.returncode == 0, master.stderr
+    imported, after_reread = master.stdout.splitlines()
+    assert imported.split() == ["app", "app.config", "app.gunicorn_worker", "app.request_buffer"]
+    assert after_reread == ""  # gunicorn then imports the worker class again, from the code on disk
+
+
+def test_a_sighup_serves_the_app_code_now_on_disk(app_bundles, tmp_path):
+    """An operator changes the code (a fix, a deploy) and sends SIGHUP, gunicorn's reload. Found by a probe: the new
+    workers inherited the master's copy of app/validation.py and most of the app, so the fix was not served until
+    a restart; and a changed module that needed a new name from validation.py (an ImportError in the new worker)
+    made gunicorn stop the whole server ("Worker failed to boot")."""
+    code = tmp_path / "code"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "app", code / "app",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                           "SHELFCAST_PREDICTION_LOG": str(tmp_path / "predictions.jsonl"),
+                           "SHELFCAST_EVENT_SPOOL": str(tmp_path / "spool"),
+                           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+                           "PYTHONPATH": str(Path(__file__).resolve().parents[2]),  # pipeline, engine, ...
+                           "GUNICORN_CMD_ARGS": f"--chdir {shlex.quote(str(code))}"},  # the app: this copy
+                          tmp_path / "gunicorn.log")
+    body = json.dumps({"instances": [{"store_nbr": "x", "item_nbr": 1, "date": "2017-01-01",
+                                      "onpromotion": False}]}).encode()
+
+    def store_error() -> str:
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{served.url}/api/v1/predict", data=body, headers={
+                "Content-Type": "application/json"}), timeout=10)
+        except urllib.error.HTTPError as refused:
+            return json.loads(refused.read())["errors"][0]["message"]
+        raise AssertionError("the malformed instance was accepted")
+
+    try:
+        assert store_error() == 'expected an integer, got "x"'
+        validation, routes = code / "app" / "validation.py", code / "app" / "routes_api.py"
+        validation.write_text(validation.read_text(encoding="utf-8").replace(
+            "expected an integer, got", "expected a whole number, got") + "\nNEW_NAME = 1\n", encoding="utf-8")
+        routes.write_text(routes.read_text(encoding="utf-8") + "\nfrom app.validation import NEW_NAME  # noqa\n",
+                          encoding="utf-8")
+        os.kill(served.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while (message := store_error()) == 'expected an integer, got "x"':
+            assert served.process.poll() is None, served.log_tail()
+            assert time.monotonic() < deadline, f"still the old code 60 s after SIGHUP:\n{served.log_tail()}"
+            time.sleep(0.2)
+        assert message == 'expected a whole number, got "x"'
+        assert served.process.poll() is None and "Worker failed to boot" not in served.log_tail()
+    finally:
+        served.stop()
