@@ -53,7 +53,7 @@ def read_form(body: bytes, mimetype: str, options: Mapping[str, str], max_parts:
     """The form fields of a POST body of ``mimetype`` (``options``: its Content-Type parameters); any other type
     (check_form_type has refused those with a body) is an empty form."""
     if mimetype == URLENCODED:
-        parts: Iterator[_Part] = _urlencoded(body)
+        parts: Iterator[_Part] = urlencoded_parts(body)
     elif mimetype == MULTIPART:
         parts = _multipart(body, options.get("boundary", ""), max_parts, max_field_bytes)
     else:
@@ -77,9 +77,10 @@ def read_form(body: bytes, mimetype: str, options: Mapping[str, str], max_parts:
     return form
 
 
-def _urlencoded(body: bytes) -> Iterator[_Part]:
-    """name=value pairs as urllib's parse_qsl splits them (``&``, a pair without ``=`` has an empty value), each
-    decoded only from its %-escapes and ``+``: the text is decoded by the caller, strictly."""
+def urlencoded_parts(body: bytes) -> Iterator[_Part]:
+    """name=value pairs of a urlencoded body or query string as urllib's parse_qsl splits them (``&``, a pair
+    without ``=`` has an empty value), each decoded only from its %-escapes and ``+``: the text is decoded by the
+    caller, strictly."""
     for pair in body.split(b"&"):
         if pair:
             name, _, value = pair.partition(b"=")

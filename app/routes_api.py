@@ -9,6 +9,7 @@ from flask import Blueprint, g, jsonify, request
 from app.catalog import MAX_QUERY
 from app.errors import error_response
 from app.examples import example_for
+from app.form_body import urlencoded_parts
 from app.metrics import UNFORECASTABLE, labelled
 from app.openapi import openapi_document
 from app.variants import installed_candidates, predict_with_variants
@@ -115,15 +116,33 @@ def model_info():
     return jsonify({**model.describe(), **variants})
 
 
+def query_values(names: tuple[str, ...]) -> tuple[dict[str, str], list[FieldError]]:
+    """The first value of each of ``names`` in the query string, read strictly: one whose %-escapes are not UTF-8
+    text is an error naming it (Werkzeug's request.args keeps such an escape as its literal text, so a Latin-1
+    ``q=caf%E9`` searched for "caf%E9" and answered 200 with no items)."""
+    values: dict[str, str] = {}
+    errors = []
+    for part in urlencoded_parts(request.query_string):
+        if part.name not in names or part.name in values:
+            continue
+        try:
+            values[part.name] = part.data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            values[part.name] = ""
+            errors.append(FieldError(part.name, f"not UTF-8 text once %-decoded (byte 0x{part.data[exc.start]:02x} "
+                                                f"at position {exc.start}): %-encode it from UTF-8 (é is %C3%A9)"))
+    return values, errors
+
+
 @api.get("/items")
 def search_items():
-    query = request.args.get("q", "")
-    errors = []
+    values, errors = query_values(("q", "limit"))
+    query = values.get("q", "")
     if len(query) > MAX_QUERY:
         errors.append(FieldError("q", f"at most {MAX_QUERY} characters"))
-    limit_text = request.args.get("limit", "20")
+    limit_text = values.get("limit", "20")
     limit = int(limit_text) if limit_text.isascii() and limit_text.isdigit() else 0
-    if not 1 <= limit <= 50:
+    if not 1 <= limit <= 50 and "limit" not in {error.field for error in errors}:
         errors.append(FieldError("limit", f"expected an integer 1..50, got {limit_text[:20]!r}"))
     if errors:
         raise InputError(400, "invalid_request", "invalid query parameter(s)", errors)

@@ -98,6 +98,26 @@ def test_items_search_limits(served):
     assert served.client.get("/api/v1/items", query_string={"q": "no such thing"}).json == {"items": [], "total": 0}
 
 
+def test_an_items_query_that_is_not_utf8_is_named_not_searched_as_its_escape(served):
+    """Found by a probe: Werkzeug keeps a %-escape that is not UTF-8 as its literal text, so a Latin-1 client's
+    `q=caf%E9` searched for "caf%E9" and `limit=%FF` echoed '%FF': 200 with no items, as if none matched."""
+    latin1 = served.client.get("/api/v1/items?q=caf%E9&limit=%FF")
+    assert latin1.status_code == 400 and latin1.json["errors"] == [
+        {"field": "q", "message": "not UTF-8 text once %-decoded (byte 0xe9 at position 3): %-encode it from UTF-8 "
+                                  "(é is %C3%A9)"},
+        {"field": "limit", "message": "not UTF-8 text once %-decoded (byte 0xff at position 0): %-encode it from "
+                                      "UTF-8 (é is %C3%A9)"}]
+    family = next(iter(served.model.catalog.items.values())).family
+    word = family.split()[0].lower()
+    accented = word.replace("e", "\u00e9", 1) if "e" in word else word  # accents are ignored in a search
+    found = served.client.get("/api/v1/items", query_string={"q": accented, "limit": "50"}).json
+    assert found["total"] >= 1 and all(word in item["family"].lower() for item in found["items"])
+    escaped = served.client.get("/api/v1/items?q=%25E9+" + word).json  # "%E9" itself, sent escaped: searched
+    assert escaped == {"items": [], "total": 0}
+    first = served.client.get("/api/v1/items?limit=1&limit=x&q=").json
+    assert len(first["items"]) == 1  # the first of a repeated parameter, as request.args reads it
+
+
 def test_openapi_document_lists_exactly_the_served_api(served):
     document = served.client.get("/api/v1/openapi.json").json
     assert document["openapi"].startswith("3.")
