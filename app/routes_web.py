@@ -21,8 +21,9 @@ from app.form_body import PostedForm, read_form
 from app.predictor import LoadedModel
 from app.service import day_numbers, forecast_instances
 from app.state import serving_state
-from app.validation import (FORM_FIELDS, FORM_VALUE_CHARS, FormInput, Instance, check_form_type, form_values,
-                            parse_form)
+from app.catalog import MAX_QUERY, Item
+from app.validation import (FORM_FIELDS, FORM_VALUE_CHARS, LEADING_NUMBER, FormInput, Instance, check_form_type,
+                            form_values, parse_form, shorten)
 from app.variants import installed_candidates, predict_with_variants
 from pipeline.release_store import PRODUCTION
 
@@ -31,14 +32,31 @@ web.add_app_template_filter(format_units, "units")  # the heading's number as th
 CHART_HISTORY_DAYS = 56
 FAVICON = "favicon.svg"  # in app/static; base.html links it
 RESULT_ANCHOR = "result"  # the forecast's section: a submitted form lands there (on a phone it is below the form)
+SUGGESTED_ITEMS = 20  # products listed with a page whose product is no number: as many as the page's script asks for
+
+
+def _suggested_items(model: LoadedModel, form: FormInput) -> list[Item]:
+    """When the product typed is no number ("bread"), the products it names, sent with the page as the product
+    list's options, and the error says how many: the page's script offers them as one types, but without
+    JavaScript the list was empty while the error asked to pick from it."""
+    typed = form.values.get("item", "")
+    if "item" not in form.errors or not typed or LEADING_NUMBER.fullmatch(typed):
+        return []
+    items, total = model.catalog.search(typed[:MAX_QUERY], SUGGESTED_ITEMS)
+    if items:
+        shown = "" if total <= len(items) else f" (the first {len(items)} are listed)"
+        form.errors["item"] = (f"Pick a product from the list: {total} match “{shorten(typed)}”{shown}; or type "
+                               "its item number.")
+    return items
 
 
 def _page(model: LoadedModel | None, form: FormInput | None = None, result: dict | None = None, status: int = 200):
     values = form.values if form else dict.fromkeys(FORM_FIELDS, "")
+    item_options = [result["item"]] if result else _suggested_items(model, form) if form and model else []
     errors = form.errors if form else {}
     first_error = next((name for name in FORM_FIELDS if name in errors), None)  # focused: the page's order
     return render_template("index.html", model=model, values=values, errors=errors, first_error=first_error,
-                           result=result, example=example_for(model) if model else None,
+                           result=result, item_options=item_options, example=example_for(model) if model else None,
                            action=url_for("web.index", _anchor=RESULT_ANCHOR), max_chars=FORM_VALUE_CHARS), status
 
 

@@ -134,6 +134,26 @@ def test_each_mistake_gets_a_message_beside_its_field(served, changes, field, wo
     assert served.events() == []
 
 
+def test_a_product_typed_as_words_is_offered_as_the_products_it_names_without_javascript(served):
+    """Found by a probe, with JavaScript off: the product list is filled by the page's script as one types, so a
+    person who typed "produce" and pressed Enter got "Pick a product from the list" beside an empty list, and no
+    way on to a forecast without knowing an item number. The page now comes with the products the words name."""
+    catalog = served.model.catalog
+    family = next(iter(catalog.items.values())).family
+    word = family.split()[0].lower()
+    named = sorted(n for n, item in catalog.items.items() if word in item.family.lower())[:20]
+    response = forecast_page(served, item=word)
+    html = response.get_data(as_text=True)
+    datalist = re.search(r'<datalist id="item-options">(.*?)</datalist>', html, re.S).group(1)
+    options = [int(n) for n in re.findall(r'<option value="(\d+)">', datalist)]
+    assert response.status_code == 400 and options == named, (options, named)
+    total = sum(word in item.family.lower() for item in catalog.items.values())
+    assert field_errors(html)["item"].startswith(f"Pick a product from the list: {total} match “{word}”")
+    nothing = forecast_page(served, item="zzzz")  # nothing to offer: the list stays empty
+    assert re.search(r'<datalist id="item-options">\s*</datalist>', nothing.get_data(as_text=True))
+    assert served.events() == []
+
+
 @pytest.mark.parametrize("offset", [-1, 16])
 def test_a_date_outside_the_horizon_says_which_dates_work(served, offset):
     model = served.model
