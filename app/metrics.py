@@ -4,8 +4,8 @@ Each gunicorn worker is its own process with its own counters. app/gunicorn_conf
 PROMETHEUS_MULTIPROC_DIR at an emptied directory before the workers start, so every
 metric here is kept in a memory-mapped file per process and /metrics, whichever worker
 answers it, reads them all (prometheus_client's multiprocess mode; gunicorn_conf also
-marks a dead worker's files). Without that variable (`python -m app`, tests) the
-process-local registry is served.
+folds a dead worker's files into one per metric type: app/metrics_files.py). Without that
+variable (`python -m app`, tests) the process-local registry is served.
 
 Metrics: shelfcast_predictions_total{source}, shelfcast_request_duration_seconds{endpoint}
 (histogram), shelfcast_prediction_events_total{outcome} (emitted, rejected, spooled, sent,
@@ -19,10 +19,9 @@ import os
 import threading
 
 from flask import Blueprint, Response
-from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
-                               generate_latest)
-from prometheus_client import multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
+from app import metrics_files
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW
 
 ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -81,9 +80,7 @@ def observe_models(production, candidates=(None, None)) -> None:
 
 def exposition() -> bytes:
     if os.environ.get(ENV_MULTIPROC_DIR):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
+        return metrics_files.exposition(os.environ[ENV_MULTIPROC_DIR])
     return generate_latest(REGISTRY)
 
 

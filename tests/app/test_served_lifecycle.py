@@ -260,3 +260,71 @@ def test_a_sighup_serves_the_app_code_now_on_disk(app_bundles, tmp_path):
         assert served.process.poll() is None and "Worker failed to boot" not in served.log_tail()
     finally:
         served.stop()
+
+
+# One process that forks WORKERS children, each counting as a worker would, once; prints their pids.
+_SHORT_LIVED_WORKERS = """
+import os, sys
+from app.metrics import PREDICTIONS, REQUEST_DURATION, labelled
+pids = []
+for _ in range(int(sys.argv[1])):
+    pid = os.fork()
+    if pid == 0:
+        labelled(PREDICTIONS, "api").inc(3)
+        labelled(REQUEST_DURATION, "/healthz").observe(0.003)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    pids.append(pid)
+print(*pids)
+"""
+
+
+def test_the_metrics_folder_does_not_grow_with_every_worker_ever_started(monkeypatch, tmp_path):
+    """Found by a probe: every worker ever started (SIGHUP, --max-requests, a crash) left its counter and
+    histogram files in PROMETHEUS_MULTIPROC_DIR for the server's life, each read by every scrape (--max-requests
+    500 under load: 4 more files every ~2 s). The master now folds a dead worker's counts into one file per
+    type, under a lock that scrapes share: the totals stay exact at every scrape meanwhile."""
+    import subprocess
+    import sys
+    import threading
+    import types
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from app import metrics_files
+
+    workers = 12
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    conf = _load_conf(Path(__file__).resolve().parents[2] / "app" / "gunicorn_conf.py")
+    conf.on_starting(types.SimpleNamespace(cfg=types.SimpleNamespace(reuse_port=False)))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    pids = subprocess.run([sys.executable, "-c", _SHORT_LIVED_WORKERS, str(workers)], env=env, check=True,
+                          capture_output=True, text=True).stdout.split()
+    assert len(list((tmp_path / "metrics").glob("*.db"))) == 2 * workers
+
+    def totals() -> tuple[float, float]:
+        families = {f.name: f for f in text_string_to_metric_families(
+            metrics_files.exposition(tmp_path / "metrics").decode())}
+        served = [s.value for s in families["shelfcast_predictions"].samples if s.name.endswith("_total")]
+        timed = [s.value for s in families["shelfcast_request_duration_seconds"].samples
+                 if s.name.endswith("_count")]
+        return sum(served), sum(timed)
+
+    seen: list = []
+    retiring = threading.Event()
+
+    def scrape() -> None:
+        while not retiring.is_set():
+            seen.append(totals())
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        for pid in pids:
+            conf.child_exit(None, types.SimpleNamespace(pid=int(pid)))
+    finally:
+        retiring.set()
+        scraper.join()
+    assert sorted(p.name for p in (tmp_path / "metrics").glob("*.db")) == ["counter_dead.db", "histogram_dead.db"]
+    assert totals() == (3.0 * workers, float(workers))
+    assert seen and set(seen) == {(3.0 * workers, float(workers))}, collections.Counter(seen)
