@@ -164,9 +164,10 @@ def on_starting(server):
         for address in server.cfg.bind:
             if not address.startswith(("unix:", "fd://")):
                 refuse_a_taken_address(address)
+    from app.metrics_files import clear
+
     METRICS_DIR.mkdir(parents=True, exist_ok=True)
-    for stale in METRICS_DIR.glob("*.db"):
-        stale.unlink()
+    clear(METRICS_DIR)
 
 
 def when_ready(server):

@@ -10,7 +10,8 @@ variable (`python -m app`, tests) the process-local registry is served.
 Metrics: shelfcast_predictions_total{source}, shelfcast_request_duration_seconds{endpoint}
 (histogram), shelfcast_prediction_events_total{outcome} (emitted, rejected, spooled, sent,
 dropped, send_failures; see README "Prediction logging"), shelfcast_model_info{variant,version,kind}
-(1 for each model a live worker serves: production, and the canary and shadow when installed).
+(1 for each model a live worker serves: production, and the canary and shadow when installed; no series for
+a model no longer served: each worker's set is a file in the multiprocess folder, app/metrics_files.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import os
 import threading
 
 from flask import Blueprint, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from app import metrics_files
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW
@@ -40,8 +42,10 @@ UNFORECASTABLE = Counter(
     "horizon. "
     "They are not predictions, so no event and no drift report shows them: new items show here first",
     ["field"])
-MODEL = Gauge("shelfcast_model_info", "1 for each model a live worker serves: its release variant (production, "
-              "canary, shadow), version and kind", ["variant", "version", "kind"], multiprocess_mode="livemax")
+MODEL_INFO = "shelfcast_model_info"
+MODEL_INFO_HELP = ("1 for each model a live worker serves: its release variant (production, canary, shadow), version "
+                   "and kind")
+MODEL_LABELS = ("variant", "version", "kind")
 
 metrics_blueprint = Blueprint("metrics", __name__)
 _children: dict = {}  # (metric, label value) -> its child: labels() takes a lock and builds a key every call
@@ -71,16 +75,38 @@ def observe_models(production, candidates=(None, None)) -> None:
     if labels == _served["labels"]:
         return
     with _served_lock:
-        for gone in _served["labels"] - labels:
-            MODEL.labels(*gone).set(0)
-        for new in labels - _served["labels"]:
-            MODEL.labels(*new).set(1)
         _served["labels"] = labels
+        directory = os.environ.get(ENV_MULTIPROC_DIR)
+        if directory:  # where /metrics, answered by any worker, finds what each live worker serves
+            metrics_files.write_served(directory, os.getpid(), sorted(labels))
+
+
+def model_info(served) -> GaugeMetricFamily:
+    """shelfcast_model_info: one series, at 1, per (variant, version, kind) served; none for a model no longer
+    served (a prometheus_client Gauge cannot drop a label set in multiprocess mode: each one ever served stayed)."""
+    family = GaugeMetricFamily(MODEL_INFO, MODEL_INFO_HELP, labels=MODEL_LABELS)
+    for labels in sorted(served):
+        family.add_metric(labels, 1)
+    return family
+
+
+class ServedModels:
+    """A collector of shelfcast_model_info: this process's models, or with ``directory`` every live worker's."""
+
+    def __init__(self, directory: str | None = None):
+        self.directory = directory
+
+    def collect(self):
+        yield model_info(_served["labels"] if self.directory is None else metrics_files.read_served(self.directory))
+
+
+REGISTRY.register(ServedModels())
 
 
 def exposition() -> bytes:
     if os.environ.get(ENV_MULTIPROC_DIR):
-        return metrics_files.exposition(os.environ[ENV_MULTIPROC_DIR])
+        directory = os.environ[ENV_MULTIPROC_DIR]
+        return metrics_files.exposition(directory, ServedModels(directory))
     return generate_latest(REGISTRY)
 
 

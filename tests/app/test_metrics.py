@@ -3,6 +3,8 @@ gunicorn's workers are checked in test_served_by_gunicorn.py)."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import threading
 import time
 
@@ -81,3 +83,31 @@ def test_a_requests_latency_includes_its_wait_for_the_workers_turn(served, monke
         assert observed > 0.8 * sum(waited[endpoint]), (endpoint, observed, waited)
     latencies = sorted(e["latency_ms"] for e in served.events())
     assert len(latencies) == 2 and latencies[0] > 0.8 * 1000 * min(waited["/api/v1/predict"]), (latencies, waited)
+
+
+def served_models(text: str) -> list[tuple[dict, float]]:
+    return [(dict(re.findall(r'(\w+)="([^"]*)"', labels)), float(value))
+            for labels, value in re.findall(r"^shelfcast_model_info\{([^}]*)\} (\S+)$", text, re.M)]
+
+
+def test_models_no_longer_served_leave_no_series(make_app, production_dir, app_bundles):
+    """Found by a probe: each model a worker ever served kept a shelfcast_model_info series, at 0, for the
+    worker's life (prometheus_client's multiprocess gauge cannot drop one): hot reloads between two bundles
+    with a shadow installed and removed left 3 series for 1 model served, and every release of a new version
+    added one more. Only what is served now has a series."""
+    app = make_app(production_dir)
+    first = app.model.version
+    for bundle, shadow in ((app_bundles[1], True), (app_bundles[0], False), (app_bundles[1], False)):
+        if shadow:
+            copy_bundle(app_bundles[0], production_dir.parent / "shadow")
+        else:
+            shutil.rmtree(production_dir.parent / "shadow", ignore_errors=True)
+        copy_bundle(bundle, production_dir)
+        assert app.state.predictor.check_now()
+        app.state.variants.check_now()
+        assert app.client.get("/healthz").status_code == 200  # each response notes what is served
+        served = served_models(app.client.get("/metrics").get_data(as_text=True))
+        expected = [({"variant": "production", "version": app.model.version, "kind": "mlp"}, 1.0)]
+        if shadow:
+            expected.append(({"variant": "shadow", "version": first, "kind": "mlp"}, 1.0))
+        assert sorted(served, key=str) == sorted(expected, key=str), served

@@ -266,12 +266,14 @@ def test_a_sighup_serves_the_app_code_now_on_disk(app_bundles, tmp_path):
 _SHORT_LIVED_WORKERS = """
 import os, sys
 from app.metrics import PREDICTIONS, REQUEST_DURATION, labelled
+from app.metrics_files import write_served
 pids = []
 for _ in range(int(sys.argv[1])):
     pid = os.fork()
     if pid == 0:
         labelled(PREDICTIONS, "api").inc(3)
         labelled(REQUEST_DURATION, "/healthz").observe(0.003)
+        write_served(os.environ["PROMETHEUS_MULTIPROC_DIR"], os.getpid(), [("production", "v1", "mlp")])
         os._exit(0)
     os.waitpid(pid, 0)
     pids.append(pid)
@@ -301,6 +303,7 @@ def test_the_metrics_folder_does_not_grow_with_every_worker_ever_started(monkeyp
     pids = subprocess.run([sys.executable, "-c", _SHORT_LIVED_WORKERS, str(workers)], env=env, check=True,
                           capture_output=True, text=True).stdout.split()
     assert len(list((tmp_path / "metrics").glob("*.db"))) == 2 * workers
+    assert len(list((tmp_path / "metrics").glob("served_*.json"))) == workers
 
     def totals() -> tuple[float, float]:
         families = {f.name: f for f in text_string_to_metric_families(
@@ -326,5 +329,6 @@ def test_the_metrics_folder_does_not_grow_with_every_worker_ever_started(monkeyp
         retiring.set()
         scraper.join()
     assert sorted(p.name for p in (tmp_path / "metrics").glob("*.db")) == ["counter_dead.db", "histogram_dead.db"]
+    assert not list((tmp_path / "metrics").glob("served_*")), "a dead worker's models are still reported served"
     assert totals() == (3.0 * workers, float(workers))
     assert seen and set(seen) == {(3.0 * workers, float(workers))}, collections.Counter(seen)
