@@ -4,8 +4,10 @@ The release store (pipeline/release_store.py) keeps the last N versions that ser
 production on this host. A worker that starts while models/production is missing or refused
 (a broken install, a half-finished deploy) would otherwise answer 503 to everyone; with this
 it serves the newest good release until production loads again, and says so in /readyz
-(``fallback``, and why production was refused) and the log. It has the Predictor's interface
-(``model``, ``check_now``, ``path``, ``last_error``, ``last_error_at``), so routes use it unchanged.
+(``fallback``, and why production was refused) and the log. Once production serves, the release's
+model is let go (before, it stayed in memory for the worker's life, beside production's). It has the
+Predictor's interface (``model``, ``check_now``, ``path``, ``last_error``, ``last_error_at``), so routes use
+it unchanged.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ class ProductionWithFallback:
     def model(self) -> LoadedModel | None:
         model = self.primary.model
         if model is not None:
+            if self._fallback is not None and self._fallback.forget():
+                log.info("%s serves again; the release %s it stood in for is let go", self.primary.path,
+                         self._fallback.path.name)
+                self._fallback = None  # its model collected (Predictor.forget), not kept for the worker's life
             return model
         if self._fallback is None:
             self._pick_fallback()

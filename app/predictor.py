@@ -361,11 +361,14 @@ class Predictor:
         with self._checking:
             return self._check()
 
-    def forget(self) -> None:
-        """Drop the model: a candidate whose directory a release removed. Its memory is collected in the background
-        (loaded at start-up, it sits in the frozen heap) instead of staying for the worker's life."""
-        if self._model is None or not self._checking.acquire(blocking=False):
-            return  # nothing held, or a check is running: the next request asks again
+    def forget(self) -> bool:
+        """Drop the model: a candidate whose directory a release removed, a fallback production no longer needs.
+        Its memory is collected in the background (loaded at start-up, it sits in the frozen heap) instead of
+        staying for the worker's life. False while a check is running (nothing dropped: ask again later)."""
+        if self._model is None:
+            return True
+        if not self._checking.acquire(blocking=False):
+            return False  # a check is running: the next request asks again
 
         def collect() -> None:
             try:
@@ -378,6 +381,7 @@ class Predictor:
             threading.Thread(target=collect, name="bundle-forget", daemon=True).start()
         except RuntimeError:  # interpreter shutting down
             self._checking.release()
+        return True
 
     def _start_background_check(self) -> None:
         if not self._checking.acquire(blocking=False):

@@ -258,6 +258,40 @@ def test_a_worker_starting_on_an_unreadable_bundle_serves_the_last_good_release(
     assert str(production_dir / "weights.npz") in reason and "cannot be read" in reason, reason
 
 
+def test_a_release_that_stood_in_for_production_is_let_go_once_production_serves(make_app, production_dir,
+                                                                                 app_bundles):
+    """Found by a probe: a worker that started while production could not be loaded served the last good
+    release, and once production loaded it kept that release's whole model in memory for its life, beside
+    production's (a second bundle per worker: 414 MB on disk at P3's size). Now it is collected, frozen heap
+    and all (gunicorn workers freeze the heap they start with, the fallback included)."""
+    import gc
+    import weakref
+
+    from pipeline.release_store import ReleaseStore
+
+    store = ReleaseStore(production_dir.parent)
+    store.add_release("1", production_dir)
+    (store.release_dir("1") / ".good").touch()
+    corrupt_weights(production_dir)
+    served = make_app(production_dir)
+    assert served.state.predictor.serving_fallback
+    fallback = weakref.ref(served.model.bundle.model.graph)  # the graph sits in reference cycles
+    gc.collect()
+    gc.freeze()  # as gunicorn_conf.post_worker_init
+    try:
+        copy_bundle(app_bundles[1], production_dir)
+        assert served.state.predictor.check_now() is True
+        assert served.client.get("/healthz").status_code == 200
+        assert not served.state.predictor.serving_fallback
+        deadline = time.monotonic() + 10
+        while fallback() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)  # collected by a thread of its own (Predictor.forget)
+        assert fallback() is None, "the release's model is still in memory while production serves"
+        assert "fallback" not in served.client.get("/readyz").json
+    finally:
+        gc.unfreeze()
+
+
 def test_readyz_says_why_a_bundle_was_refused_while_the_old_model_serves(served, production_dir, app_bundles):
     import datetime as dt
 
