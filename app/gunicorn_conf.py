@@ -41,7 +41,7 @@ against not, 15 s runs: p99 lower in 11 of 12 alternated pairs (e.g. 61.4 -> 34.
 
 /metrics is summed over the workers with prometheus_client's multiprocess mode: the
 directory PROMETHEUS_MULTIPROC_DIR (default: a new temporary one) is emptied at start, and
-a dead worker's counts are folded into one file per metric type and its own files removed
+a dead worker's counts are folded into retired.json and its own files removed
 (app/metrics_files.py), so the folder does not grow with every worker ever started.
 
 Environment: SHELFCAST_BIND (default 127.0.0.1:5005; 0.0.0.0:5005 in a container),
@@ -229,7 +229,7 @@ def child_exit(server, worker):
     from app.metrics_files import retire_process
 
     core_of_worker.pop(id(worker), None)  # its core goes to the next worker started
-    retire_process(worker.pid, METRICS_DIR)  # its counts folded into one file per type (app/metrics_files.py)
+    retire_process(worker.pid, METRICS_DIR)  # its counts folded into retired.json (app/metrics_files.py)
 
 
 def worker_exit(server, worker):

@@ -4,7 +4,7 @@ Each gunicorn worker is its own process with its own counters. app/gunicorn_conf
 PROMETHEUS_MULTIPROC_DIR at an emptied directory before the workers start, so every
 metric here is kept in a memory-mapped file per process and /metrics, whichever worker
 answers it, reads them all (prometheus_client's multiprocess mode; gunicorn_conf also
-folds a dead worker's files into one per metric type: app/metrics_files.py). Without that
+folds a dead worker's counts into one file, retired.json: app/metrics_files.py). Without that
 variable (`python -m app`, tests) the process-local registry is served.
 
 Metrics: shelfcast_predictions_total{source}, shelfcast_request_duration_seconds{endpoint}

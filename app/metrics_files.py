@@ -1,11 +1,14 @@
 """prometheus_client's multiprocess files (PROMETHEUS_MULTIPROC_DIR) over a server's whole life.
 
 Every gunicorn worker keeps its counters and histograms in files of its own, ``counter_<pid>.db`` and
-``histogram_<pid>.db``, which must outlive it (its counts stay in the totals /metrics reports), and
+``histogram_<pid>.db``, whose counts must outlive it (they stay in the totals /metrics reports), and
 prometheus_client never removes them: each worker ever started (``kill -HUP``, ``--max-requests``, a crash)
 left two more files, each read by every scrape. ``retire_process()`` (the master, once a worker has exited)
-adds a dead worker's values into ``counter_dead.db`` and ``histogram_dead.db`` and removes its files, so the
-folder holds two files per live worker plus those two, however many workers came and went.
+reads a dead worker's two files with prometheus_client's MultiProcessCollector, adds its samples into
+``retired.json`` (ours: per metric family, each sample's total over the workers gone) and removes its files,
+so the folder holds two files per live worker plus that one, however many workers came and went. A scrape
+adds those totals to what the live workers' files hold (counters, and a histogram's cumulative buckets, count
+and sum, all add up). Only prometheus_client's public API is used: its file format is its own business.
 
 A scrape reads the files under a shared lock (``metrics.lock`` in the folder) and the master folds under an
 exclusive one, so no scrape sees a worker's counts twice (folded and still in its file) or not at all, nor a
@@ -22,15 +25,18 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.core import Metric, Sample
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 LOCK_FILE = "metrics.lock"
 FOLDED_TYPES = ("counter", "histogram")  # kept after a worker dies (its live gauges go: mark_process_dead)
-FOLDED_INTO = "dead"  # counter_dead.db, histogram_dead.db: read by prometheus_client as any other such file
+RETIRED = "retired.json"  # the dead workers' counter and histogram totals: [{name, type, documentation, samples}]
+RETIRING_PREFIX = "retiring-"  # a scratch folder holding links to the one dead worker's files being read
 SERVED_PREFIX = "served_"  # served_<pid>.json: the models a live worker serves (shelfcast_model_info)
 
 
@@ -45,15 +51,90 @@ def _locked(directory: Path, operation: int):
 
 
 def exposition(directory: Path | str, *collectors) -> bytes:
-    """/metrics in Prometheus text format, summed over every file in ``directory``, with ``collectors``' metrics
-    (read under the same lock)."""
+    """/metrics in Prometheus text format, summed over every live worker's file in ``directory`` and the totals
+    of those gone (``retired.json``), with ``collectors``' metrics (read under the same lock)."""
     directory = Path(directory)
     with _locked(directory, fcntl.LOCK_SH):
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(directory))
+        registry.register(_Families(_with_retired(_collected(directory), _read_retired(directory))))
         for collector in collectors:
             registry.register(collector)
         return generate_latest(registry)
+
+
+class _Families:
+    """A collector of metric families already collected."""
+
+    def __init__(self, families: list):
+        self.families = families
+
+    def collect(self):
+        return self.families
+
+
+def _collected(directory: Path) -> list:
+    """The metric families prometheus_client's MultiProcessCollector reads from the ``*.db`` files in
+    ``directory``, summed over them (a histogram's buckets cumulative, as exposed)."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    return list(registry.collect())
+
+
+def _sample_key(name: str, labels: dict) -> tuple:
+    return name, tuple(sorted(labels.items()))
+
+
+def _read_retired(directory: Path) -> list[dict]:
+    try:
+        return json.loads((directory / RETIRED).read_text(encoding="utf-8"))
+    except FileNotFoundError:  # no worker has been retired yet
+        return []
+
+
+def _add_retired(retired: list[dict], families) -> None:
+    """Add ``families``' samples into ``retired`` (``retired.json``'s families), per sample name and labels: a
+    family or sample not there yet is appended."""
+    by_name = {family["name"]: family for family in retired}
+    for metric in families:
+        family = by_name.get(metric.name)
+        if family is None:
+            family = by_name[metric.name] = {"name": metric.name, "type": metric.type,
+                                             "documentation": metric.documentation, "samples": []}
+            retired.append(family)
+        samples = family["samples"]  # [sample name, labels, value], in the order first seen
+        index = {_sample_key(name, labels): i for i, (name, labels, _) in enumerate(samples)}
+        for sample in metric.samples:
+            at = index.get(_sample_key(sample.name, sample.labels))
+            if at is None:
+                index[_sample_key(sample.name, sample.labels)] = len(samples)
+                samples.append([sample.name, dict(sample.labels), sample.value])
+            else:
+                samples[at][2] += sample.value
+
+
+def _with_retired(live: list, retired: list[dict]) -> list:
+    """The live families with the retired totals added to their matching samples; a retired sample or family
+    the live files lack is appended (one family per name)."""
+    retired_by_name = {family["name"]: family for family in retired}
+    merged = []
+    for metric in live:
+        family = retired_by_name.pop(metric.name, None)
+        if family is None:
+            merged.append(metric)
+            continue
+        totals = {_sample_key(name, labels): value for name, labels, value in family["samples"]}
+        summed = Metric(metric.name, metric.documentation, metric.type)
+        summed.samples = [Sample(s.name, s.labels, s.value + totals.pop(_sample_key(s.name, s.labels), 0.0))
+                          for s in metric.samples]
+        summed.samples += [Sample(name, labels, value) for name, labels, value in family["samples"]
+                           if _sample_key(name, labels) in totals]
+        merged.append(summed)
+    for family in retired:  # families no live worker has (yet)
+        if family["name"] in retired_by_name:
+            gone = Metric(family["name"], family["documentation"], family["type"])
+            gone.samples = [Sample(name, labels, value) for name, labels, value in family["samples"]]
+            merged.append(gone)
+    return merged
 
 
 def write_served(directory: Path | str, pid: int, labels: list) -> None:
@@ -77,14 +158,17 @@ def read_served(directory: Path | str) -> set[tuple]:
 
 def clear(directory: Path | str) -> None:
     """At the server's start: an earlier run's files, whose counts must not be added to this one's."""
-    for pattern in ("*.db", f"{SERVED_PREFIX}*.json*"):
-        for stale in Path(directory).glob(pattern):
+    directory = Path(directory)
+    for pattern in ("*.db", f"{SERVED_PREFIX}*.json*", f"{RETIRED}*"):
+        for stale in directory.glob(pattern):
             stale.unlink()
+    for scratch in directory.glob(f"{RETIRING_PREFIX}*"):
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def retire_process(pid: int, directory: Path | str) -> None:
-    """After process ``pid`` exited: its live gauges removed, its counters and histograms added into the folded
-    files and its own files removed."""
+    """After process ``pid`` exited: its live gauges removed, its counters' and histograms' samples added into
+    ``retired.json`` and its own files removed."""
     directory = Path(directory)
     mark_process_dead(pid, str(directory))
     if not directory.is_dir():  # no worker has started yet (the master makes it at start)
@@ -92,15 +176,23 @@ def retire_process(pid: int, directory: Path | str) -> None:
     with _locked(directory, fcntl.LOCK_EX):
         for served in (directory / f"{SERVED_PREFIX}{pid}.json", directory / f"{SERVED_PREFIX}{pid}.json.tmp"):
             served.unlink(missing_ok=True)
-        for kind in FOLDED_TYPES:
-            own = directory / f"{kind}_{pid}.db"
-            if not own.exists():
-                continue
-            folded = MmapedDict(str(directory / f"{kind}_{FOLDED_INTO}.db"))
-            try:  # per key (metric, labels, and a histogram's bucket): a sum, as a scrape adds the files up
-                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(str(own)):
-                    total, _ = folded.read_value(key)
-                    folded.write_value(key, total + value, timestamp)
-            finally:
-                folded.close()
-            own.unlink()
+        own = [path for kind in FOLDED_TYPES if (path := directory / f"{kind}_{pid}.db").exists()]
+        if not own:
+            return
+        scratch = Path(tempfile.mkdtemp(prefix=RETIRING_PREFIX, dir=directory))  # not *.db: no scrape reads it
+        try:  # MultiProcessCollector reads a folder's *.db files: this one holds only the dead worker's
+            for path in own:
+                try:
+                    os.link(path, scratch / path.name)
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(path, scratch / path.name)
+            families = _collected(scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        retired = _read_retired(directory)
+        _add_retired(retired, families)
+        staging = directory / f"{RETIRED}.tmp"
+        staging.write_text(json.dumps(retired), encoding="utf-8")
+        os.replace(staging, directory / RETIRED)  # a scrape (after the lock) sees the old totals or the new
+        for path in own:
+            path.unlink()

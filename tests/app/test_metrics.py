@@ -1,15 +1,23 @@
 """GET /metrics in one process: what its counters and its latency histogram count (the figures summed over
-gunicorn's workers are checked in test_served_by_gunicorn.py)."""
+gunicorn's workers are checked in test_served_by_gunicorn.py), and a dead worker's counts folded into the
+multiprocess folder's retired.json (app/metrics_files.py)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
+from app import metrics_files
 from pipeline.bundle import copy_bundle
 
 
@@ -111,3 +119,80 @@ def test_models_no_longer_served_leave_no_series(make_app, production_dir, app_b
         if shadow:
             expected.append(({"variant": "shadow", "version": first, "kind": "mlp"}, 1.0))
         assert sorted(served, key=str) == sorted(expected, key=str), served
+
+
+# Each worker (a forked child, its own pid) counts what its entry says, in PROMETHEUS_MULTIPROC_DIR, and exits.
+_WORKERS = """
+import json, os, sys
+from prometheus_client import Counter, Histogram
+requests = Counter("probe_requests", "Requests by route", ["route"])
+latency = Histogram("probe_latency_seconds", "Latency by route", ["route"], buckets=(0.25, 1.0))
+gone = Counter("probe_gone_only", "Counted only by workers retired", ["kind"])
+gone_latency = Histogram("probe_gone_only_seconds", "Timed only by workers retired", ["kind"], buckets=(0.5,))
+metrics = {"requests": requests, "latency": latency, "gone": gone, "gone_latency": gone_latency}
+pids = []
+for worker in json.loads(sys.argv[1]):
+    pid = os.fork()
+    if pid == 0:
+        for metric, label, value in worker:
+            child = metrics[metric].labels(label)
+            child.inc(value) if metric in ("requests", "gone") else child.observe(value)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    pids.append(pid)
+print(*pids)
+"""
+
+
+def families(text: str) -> dict:
+    """Each family's type, help and samples, whatever their order."""
+    return {f.name: (f.type, f.documentation, sorted((s.name, tuple(sorted(s.labels.items())), s.value)
+                                                     for s in f.samples))
+            for f in text_string_to_metric_families(text)}
+
+
+def test_a_retired_workers_counts_are_reported_as_its_files_reported_them(tmp_path):
+    """retire_process folds a dead worker's counters and histograms into retired.json through prometheus_client's
+    public API (MultiProcessCollector over its files alone) and removes its files; a scrape adds those totals
+    to the live files'. Two workers retired in turn, with a labelled counter and a histogram no live worker
+    has, and a counter and a histogram a live worker has (one label set shared, one not): /metrics says what
+    it said before, with every file still there."""
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    workers = [  # the first two are retired, the third lives on
+        [("requests", "/a", 2), ("requests", "/b", 1), ("latency", "/a", 0.125), ("latency", "/b", 2.0),
+         ("gone", "x", 4), ("gone_latency", "x", 0.25), ("gone_latency", "y", 0.75)],
+        [("requests", "/a", 5), ("latency", "/a", 0.5), ("latency", "/a", 0.125), ("gone", "x", 1),
+         ("gone", "z", 3), ("gone_latency", "x", 1.5)],
+        [("requests", "/a", 7), ("requests", "/c", 1), ("latency", "/a", 0.5), ("latency", "/c", 4.0)],
+    ]
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    pids = subprocess.run([sys.executable, "-c", _WORKERS, json.dumps(workers)], env=env, check=True,
+                          capture_output=True, text=True).stdout.split()
+    assert len(list(folder.glob("*.db"))) == 2 * len(workers)
+    unfolded = families(metrics_files.exposition(folder).decode())
+    assert unfolded["probe_requests"][2] == [("probe_requests_total", (("route", "/a"),), 14.0),
+                                            ("probe_requests_total", (("route", "/b"),), 1.0),
+                                            ("probe_requests_total", (("route", "/c"),), 1.0)]
+    assert ("probe_gone_only_seconds_bucket", (("kind", "x"), ("le", "0.5")), 1.0) in unfolded[
+        "probe_gone_only_seconds"][2]
+
+    for retired, pid in enumerate(pids[:2], 1):
+        metrics_files.retire_process(int(pid), folder)
+        assert not list(folder.glob(f"*_{pid}.db"))
+        assert len(list(folder.glob("*.db"))) == 2 * (len(workers) - retired)
+        text = metrics_files.exposition(folder).decode()
+        assert families(text) == unfolded, retired
+        typed = re.findall(r"^# TYPE (\S+) ", text, re.M)
+        assert len(typed) == len(set(typed)) == len(unfolded), text  # one family per name, live and retired
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [metrics_files.LOCK_FILE, metrics_files.RETIRED, f"counter_{pids[2]}.db", f"histogram_{pids[2]}.db"])
+
+    metrics_files.retire_process(int(pids[2]), folder)  # no live file left: retired.json alone says it all
+    assert not list(folder.glob("*.db"))
+    assert families(metrics_files.exposition(folder).decode()) == unfolded
+
+    metrics_files.clear(folder)  # a new server's start: nothing of the last one's counts
+    assert sorted(p.name for p in folder.iterdir()) == [metrics_files.LOCK_FILE]
+    assert families(metrics_files.exposition(folder).decode()) == {}

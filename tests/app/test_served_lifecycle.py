@@ -284,8 +284,8 @@ print(*pids)
 def test_the_metrics_folder_does_not_grow_with_every_worker_ever_started(monkeypatch, tmp_path):
     """Found by a probe: every worker ever started (SIGHUP, --max-requests, a crash) left its counter and
     histogram files in PROMETHEUS_MULTIPROC_DIR for the server's life, each read by every scrape (--max-requests
-    500 under load: 4 more files every ~2 s). The master now folds a dead worker's counts into one file per
-    type, under a lock that scrapes share: the totals stay exact at every scrape meanwhile."""
+    500 under load: 4 more files every ~2 s). The master now folds a dead worker's counts into one file,
+    retired.json, under a lock that scrapes share: the totals stay exact at every scrape meanwhile."""
     import subprocess
     import sys
     import threading
@@ -328,7 +328,8 @@ def test_the_metrics_folder_does_not_grow_with_every_worker_ever_started(monkeyp
     finally:
         retiring.set()
         scraper.join()
-    assert sorted(p.name for p in (tmp_path / "metrics").glob("*.db")) == ["counter_dead.db", "histogram_dead.db"]
+    assert not list((tmp_path / "metrics").glob("*.db"))
+    assert sorted(p.name for p in (tmp_path / "metrics").iterdir()) == ["metrics.lock", "retired.json"]
     assert not list((tmp_path / "metrics").glob("served_*")), "a dead worker's models are still reported served"
     assert totals() == (3.0 * workers, float(workers))
     assert seen and set(seen) == {(3.0 * workers, float(workers))}, collections.Counter(seen)
