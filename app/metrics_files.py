@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric, Sample
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 LOCK_FILE = "metrics.lock"
@@ -123,18 +123,40 @@ def _with_retired(live: list, retired: list[dict]) -> list:
             merged.append(metric)
             continue
         totals = {_sample_key(name, labels): value for name, labels, value in family["samples"]}
-        summed = Metric(metric.name, metric.documentation, metric.type)
-        summed.samples = [Sample(s.name, s.labels, s.value + totals.pop(_sample_key(s.name, s.labels), 0.0))
-                          for s in metric.samples]
-        summed.samples += [Sample(name, labels, value) for name, labels, value in family["samples"]
-                           if _sample_key(name, labels) in totals]
-        merged.append(summed)
+        samples = [(s.name, s.labels, s.value + totals.pop(_sample_key(s.name, s.labels), 0.0))
+                   for s in metric.samples]
+        samples += [(name, labels, value) for name, labels, value in family["samples"]
+                    if _sample_key(name, labels) in totals]
+        merged.append(_family(metric.name, metric.documentation, metric.type, samples))
     for family in retired:  # families no live worker has (yet)
         if family["name"] in retired_by_name:
-            gone = Metric(family["name"], family["documentation"], family["type"])
-            gone.samples = [Sample(name, labels, value) for name, labels, value in family["samples"]]
-            merged.append(gone)
+            merged.append(_family(family["name"], family["documentation"], family["type"], family["samples"]))
     return merged
+
+
+def _family(name: str, documentation: str, kind: str, samples: list):
+    """A counter's or histogram's samples ``(sample name, labels, value)`` as the family a custom collector yields,
+    built the way prometheus_client documents (CounterMetricFamily, HistogramMetricFamily); the only kinds the
+    folded files hold (FOLDED_TYPES)."""
+    label_names = [n for n in (samples[0][1] if samples else {}) if n != "le"]
+    by_labels: dict[tuple, dict] = {}
+    for sample_name, labels, value in samples:
+        series = by_labels.setdefault(tuple(labels[n] for n in label_names), {"buckets": [], "sum": 0.0, "total": 0.0})
+        if sample_name.endswith("_bucket"):
+            series["buckets"].append((labels["le"], value))
+        elif sample_name.endswith("_sum"):
+            series["sum"] = value
+        elif sample_name.endswith("_total") or sample_name == name:
+            series["total"] = value
+    if kind == "histogram":
+        family = HistogramMetricFamily(name, documentation, labels=label_names)
+        for values, series in by_labels.items():
+            family.add_metric(list(values), series["buckets"], series["sum"])
+    else:
+        family = CounterMetricFamily(name, documentation, labels=label_names)
+        for values, series in by_labels.items():
+            family.add_metric(list(values), series["total"])
+    return family
 
 
 def write_served(directory: Path | str, pid: int, labels: list) -> None:
