@@ -388,13 +388,16 @@ class TrainingState:
             raise ValueError(f"{path}: unreadable training state ({exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
             raise ValueError(f"{path}: not a training state (no format {STATE_FORMAT!r})")
+        recorded = doc.get("identity")
+        if doc.get("version") == 1 and not isinstance(recorded, dict):  # one fingerprint, its parts not kept; a
+            # train before 2026-12-04 wrote no checksum either, and its state read as "edited by hand, or damaged"
+            raise CheckpointOfOtherInputs(f"predates checkpoints that record their {_joined(IDENTITY_PARTS)} "
+                                          "apart (an older train wrote it)")
         fields = {k: v for k, v in doc.items() if k not in ("format", "version", "checksum")}
         if doc.get("checksum") != _state_checksum(fields):
             raise ValueError(f"{path}: its checksum does not match its fields (edited by hand, or damaged)")
-        recorded = doc.get("identity")
-        if not isinstance(recorded, dict):  # version 1: one fingerprint, its parts not kept
-            raise CheckpointOfOtherInputs(f"predates checkpoints that record their {_joined(IDENTITY_PARTS)} "
-                                          "apart (an older train wrote it)")
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{path}: field 'identity' is missing or not an object")
         if recorded != identity.to_json():
             raise CheckpointOfOtherInputs(f"is of other {_joined(identity.differences(recorded))}")
         state = cls(identity)

@@ -194,9 +194,12 @@ def test_a_checkpoint_of_other_inputs_names_the_parts_that_differ_and_starts_ove
     assert again.resumed_at_step == 0 and again.curves == straight.curves
 
 
-def test_a_checkpoint_of_an_older_train_that_kept_one_hash_is_started_over_saying_so(tmp_path):
+@pytest.mark.parametrize("with_checksum", [True, False], ids=["checksummed", "before-checksums"])
+def test_a_checkpoint_of_an_older_train_that_kept_one_hash_is_started_over_saying_so(tmp_path, with_checksum):
     """A state.json written before checkpoints kept their parts (version 1: one ``fingerprint``) cannot say what it
-    was made of: the rerun says it predates that and starts over, to the model an uninterrupted run makes."""
+    was made of: the rerun says it predates that and starts over, to the model an uninterrupted run makes. A train
+    before 2026-12-04 wrote version 1 without a checksum (and its curves' ``validation_nwrmsle``): the same line,
+    not "its checksum does not match its fields (edited by hand, or damaged)" (what an upgrade said before)."""
     import json
 
     x, y, w = _problem(1000, 0)
@@ -207,8 +210,12 @@ def test_a_checkpoint_of_an_older_train_that_kept_one_hash_is_started_over_sayin
     doc = json.loads(path.read_text())
     fields = {"fingerprint": "e" * 64, **{k: v for k, v in doc.items()
                                           if k not in ("format", "version", "checksum", "identity")}}
-    path.write_text(json.dumps({"format": models.STATE_FORMAT, "version": 1, **fields,
-                                "checksum": models._state_checksum(fields)}, indent=1))
+    if not with_checksum:  # as pipeline/models.py at 907d910 wrote it
+        fields = {k: v for k, v in fields.items() if k != "checkpoint_digests"}
+        fields["curves"] = [{"validation_nwrmsle" if k == "inner_validation_nwrmsle" else k: v for k, v in c.items()}
+                            for c in fields["curves"]]
+    checksum = {"checksum": models._state_checksum(fields)} if with_checksum else {}
+    path.write_text(json.dumps({"format": models.STATE_FORMAT, "version": 1, **fields, **checksum}, indent=1))
     said = []
     again = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, identity=_identity("f"),
                    log=said.append, **args)
