@@ -43,6 +43,7 @@ VERDICT_TAG = "threshold_test"
 # the evaluation it promotes on, not to another of the same bundle (other params, another teammate's).
 EVALUATION_DIGEST_TAG = "evaluation_digest"
 PROCESS_TAG = "stage_process"  # a run's "<host>:<pid>": a run left RUNNING by a killed stage is found by it
+OLDER_PROCESS_TAG = "train_process"  # the same, on the train runs of the code before 2026-12-05 (an upgraded store)
 PREVIOUS_PRODUCTION_TAG = "previous_production"  # registered-model tag: the version a rollback returns to
 # A run's data, as MLflow's Datasets panel shows it (mlflow.log_input's record, through the client): named by
 # the source the data stages read (data/source.json), with the digest of the files the stage read and its role.
@@ -363,12 +364,14 @@ def this_process() -> str:
 def close_killed_runs(mlflow_client, experiment_id: str) -> list[str]:
     """Mark KILLED the experiment's runs still RUNNING whose stage process, on this host, is gone: a stage killed
     outright (SIGKILL, out of memory, a power cut) could not close its run, which would show RUNNING forever (an
-    evaluate's with its verdict tag). Runs of another host, and runs without PROCESS_TAG, are left as they are:
-    nothing here can tell they ended."""
+    evaluate's with its verdict tag). A train run the older code left so (tagged OLDER_PROCESS_TAG: a train killed
+    before an upgrade) is closed too; before, it stayed RUNNING after the upgrade. Runs of another host, and runs
+    without either tag, are left as they are: nothing here can tell they ended."""
     host = socket.gethostname()
     closed = []
     for run in mlflow_client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
-        owner, _, pid = run.data.tags.get(PROCESS_TAG, "").rpartition(":")
+        tags = run.data.tags
+        owner, _, pid = (tags.get(PROCESS_TAG) or tags.get(OLDER_PROCESS_TAG, "")).rpartition(":")
         if owner == host and pid.isdigit() and int(pid) > 0 and not process_alive(int(pid)):
             mlflow_client.set_terminated(run.info.run_id, status="KILLED")
             closed.append(run.info.run_id)

@@ -50,6 +50,24 @@ def test_a_train_marks_killed_the_runs_left_running_by_stage_processes_gone_from
     assert run.data.tags[tracking.PROCESS_TAG] == f"{host}:{os.getpid()}" and run.info.status == "FINISHED"
 
 
+def test_a_train_run_the_older_code_left_running_is_closed_after_an_upgrade(quick_project):
+    """The code before 2026-12-05 tagged a train run with its process as ``train_process`` (now ``stage_process``):
+    a train killed outright before an upgrade stayed RUNNING in MLflow for ever after it (an upgrade probe: the
+    run of 907d910's `dvc repro -f -s train`, `kill -9`-ed, still RUNNING after the new code's train and promote).
+    The next stage's run marks it KILLED; one of another host, or of a live process, is left as it is."""
+    host, dead = socket.gethostname(), _dead_pid()
+    client = tracking.client(quick_project)
+    experiment_id = tracking.ensure_experiment(client, quick_project)
+    left = {case: client.create_run(experiment_id, run_name="train-mlp",  # tagged as the older train tagged its run
+                                    tags={"stage": "train", "train_process": owner}).info.run_id
+            for case, owner in {"killed": f"{host}:{dead}", "live": f"{host}:{os.getpid()}",
+                                "other host": f"{host}-elsewhere:{dead}"}.items()}
+    with tracking.TrainingRun(quick_project, "evaluate", {"stage": "evaluate"}) as run:
+        assert run.closed == [left["killed"]]
+    status = {case: client.get_run(run_id).info.status for case, run_id in left.items()}
+    assert status == {"killed": "KILLED", "live": "RUNNING", "other host": "RUNNING"}
+
+
 def test_an_evaluate_killed_outright_is_closed_by_the_next_stage_run(quick_project):
     """The process of an evaluate is killed (SIGKILL) while its run is open: the run, tagged with its verdict, stays
     RUNNING; the next stage that opens a run (here an evaluate's) marks it KILLED and says so."""
