@@ -236,6 +236,14 @@ class ModelBundle:
         return self.predict_features(self.features(rows))
 
 
+def other_code_remedy(metadata: Mapping[str, Any]) -> str:
+    """What a refusal of a bundle another version of Shelfcast wrote says to do (an upgrade, or a rollback of the
+    code, left models/ as the other code wrote it): before, it named the mismatch only."""
+    return (f"it was made by other code (git_commit {str(metadata.get('git_commit') or 'unknown')[:12]}): train and "
+            "promote a model with this code (`dvc repro`, then `make promote`; README \"Upgrading Shelfcast\"), or "
+            "serve it with the code that made it")
+
+
 def load_bundle(path: Path | str) -> ModelBundle:
     """Verify, then load a bundle; any doubt is a BundleError naming the file."""
     path = Path(path)
@@ -250,14 +258,17 @@ def _load_verified(path: Path, digest: str) -> ModelBundle:
     except ValueError as exc:
         raise BundleError(f"{path}: bundle.json/training_stats.json is not valid JSON ({exc})") from None
     if metadata.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path / 'bundle.json'}: format {metadata.get('format')!r}, this code reads {BUNDLE_FORMAT}")
+        raise BundleError(f"{path / 'bundle.json'}: format {metadata.get('format')!r}, this code reads "
+                          f"{BUNDLE_FORMAT}; {other_code_remedy(metadata)}")
     try:
         spec = FeatureSpec.from_json(metadata["features"])
         vocab = Vocabularies.from_json(metadata["vocabularies"])
         if metadata["input_schema"]["dense"] != dense_feature_names(spec):
-            raise BundleError(f"{path / 'bundle.json'}: dense feature names differ from this code's features")
+            raise BundleError(f"{path / 'bundle.json'}: dense feature names differ from this code's features; "
+                              f"{other_code_remedy(metadata)}")
         if tuple(metadata["input_schema"]["categorical"]) != CATEGORICAL_FIELDS:
-            raise BundleError(f"{path / 'bundle.json'}: categorical fields differ from this code's features")
+            raise BundleError(f"{path / 'bundle.json'}: categorical fields differ from this code's features; "
+                              f"{other_code_remedy(metadata)}")
     except (KeyError, TypeError) as exc:
         raise BundleError(f"{path / 'bundle.json'}: missing or malformed field {exc}") from None
     history = _load_npz(path / "history.npz")

@@ -192,3 +192,32 @@ def test_every_file_of_a_written_or_installed_bundle_is_world_readable(trained_p
         os.umask(umask)
     for installed in (root / "models/production", root / "models/releases/1"):
         assert modes(installed) == all_readable(installed)
+
+
+@pytest.mark.parametrize("change", ["format", "dense", "categorical"])
+def test_a_bundle_of_other_code_is_refused_saying_what_to_do(trained_project, change):
+    """A bundle another version of Shelfcast wrote (an upgrade left models/ as the older code wrote it), intact but
+    of another format or features, is refused naming the file, the code that made it and what to run: before, the
+    line named the mismatch only (`bundle.json: dense feature names differ from this code's features`)."""
+    from pipeline.atomic import file_digest
+
+    root, _ = trained_project
+    bundle_dir = root / "models/candidate"
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    meta["git_commit"] = "907d910705a9030be11db4d3cc20097d5b5cdcb1"
+    if change == "format":
+        meta["format"] = 2
+    elif change == "dense":
+        meta["input_schema"]["dense"] = meta["input_schema"]["dense"][:-1]
+    else:
+        meta["input_schema"]["categorical"] = meta["input_schema"]["categorical"][:-1]
+    (bundle_dir / "bundle.json").write_text(json.dumps(meta))
+    checksums = json.loads((bundle_dir / "checksums.json").read_text())
+    checksums["files"]["bundle.json"] = file_digest(bundle_dir / "bundle.json")  # intact, as that code wrote it
+    (bundle_dir / "checksums.json").write_text(json.dumps(checksums))
+    with pytest.raises(BundleError) as refused:
+        load_bundle(bundle_dir)
+    message = str(refused.value)
+    assert message.startswith(f"{bundle_dir / 'bundle.json'}: ")
+    assert "made by other code (git_commit 907d910705a9)" in message
+    assert "`dvc repro`, then `make promote`" in message
