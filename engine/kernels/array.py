@@ -136,12 +136,12 @@ def merge_sparse_rows(values: np.ndarray, indices: np.ndarray, n_rows: int, scra
 
 @njit(cache=True)
 def outer_into(out, a, b):
-    """``out[i, j] = a[i] * b[j]``: a product with inner dimension 1 (one multiply per element, as
-    ``np.multiply`` of a column by a row)."""
+    """``out[i, j] = a[i] * b[j]``: a product with inner dimension 1, its one term added to +0.0 as
+    ``np.matmul`` (BLAS) and the compiled plans' loops add it (so ``-0.0 * 1`` gives 0.0 there too)."""
     for i in range(a.size):
         x = a[i]
         for j in range(b.size):
-            out[i, j] = x * b[j]
+            out[i, j] = 0.0 + x * b[j]
 
 
 @njit(cache=True)

@@ -177,7 +177,8 @@ def _matmul_reference(op, ctx):
 
 
 def _matmul_out_kernel(op, ctx):
-    """Writes into the plan's kept buffer; an outer product (k = 1) as a broadcast multiply (5x gemm)."""
+    """Writes into the plan's kept buffer; an outer product (k = 1) as a broadcast multiply (5x gemm), each
+    product added to +0.0 as gemm adds it (a -0.0 product is 0.0 both ways)."""
     ta, tb = op.attrs["transpose_a"], op.attrs["transpose_b"]
 
     def matmul_into(out, a, b):
@@ -192,7 +193,8 @@ def _matmul_out_kernel(op, ctx):
             if out.dtype.kind == "f" and out.flags.c_contiguous:
                 KA.outer_into(out, a2.reshape(-1), b2.reshape(-1))  # (reshape copies a strided column)
                 return out
-            return np.multiply(a2, b2, out=out)
+            np.multiply(a2, b2, out=out)
+            return np.add(out, 0, out=out) if out.dtype.kind == "f" else out  # +0.0 as np.matmul: outer_into
         return np.matmul(a2, b2, out=out)
 
     return matmul_into

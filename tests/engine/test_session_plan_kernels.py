@@ -59,3 +59,23 @@ def test_concat_of_a_large_batch_along_columns_is_numpy_concatenate_bit_for_bit(
     np.testing.assert_array_equal(out(*parts), np.square(np.concatenate(parts, axis=1)))
     with pytest.raises(en.errors.InvalidArgumentError):  # rows that differ are still the usual error
         out(parts[0], parts[1][:-1], parts[2], parts[3])
+
+
+@pytest.mark.parametrize("dtype", [en.float32, en.float64])
+@pytest.mark.parametrize("transpose_a", [False, True])
+def test_an_outer_product_matmul_gives_np_matmuls_signs_of_zero(dtype, transpose_a):
+    """Found by a probe: the outer-product path (inner dimension 1) of a plan with passes on gave -0.0 where
+    np.matmul, the passes-off plan and the reference backend give 0.0 (gemm adds each product to +0.0)."""
+    a = np.array([[-0.0], [1.0], [0.0], [-2.0]], dtype.np)
+    b = np.array([[1.0, -0.0, -3.0]], dtype.np)
+    x = en.placeholder(dtype, a.T.shape if transpose_a else a.shape)
+    y = en.placeholder(dtype, b.shape)
+    product = en.matmul(x, y, transpose_a=transpose_a)
+    fetch = en.square(product)  # a consumer: the product is written into a kept buffer
+    feed = {x: a.T.copy() if transpose_a else a, y: b}
+    want = np.matmul(a, b)
+    for config in (en.SessionConfig(), en.SessionConfig(optimize=False, reuse_buffers=False),
+                   en.SessionConfig(optimize=False, backend="reference")):
+        got, _ = en.Session(config=config).run([product, fetch], feed)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want), err_msg=f"{config}: signs of zero")
