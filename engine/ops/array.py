@@ -516,6 +516,8 @@ def _sum_to_shape_reference(g, like):
     lead = g.ndim - like.ndim
     stretched = tuple(lead + i for i, d in enumerate(like.shape) if d == 1 and g.shape[lead + i] != 1)
     axes = tuple(range(lead)) + stretched
+    if not axes:  # nothing to sum: g itself, as the kernel (np.sum over no axes adds +0.0: -0.0 became 0.0)
+        return g.copy()
     return np.sum(g, axis=axes).reshape(like.shape)
 
 

@@ -8,6 +8,7 @@ returns the function users call (``sin = elementwise("Sin", ...)``).
 from __future__ import annotations
 
 import operator
+from functools import reduce
 
 import numpy as np
 
@@ -140,7 +141,7 @@ def _add_n_examples(rng):
 def _add_all_reference(*xs):
     if len({x.shape for x in xs}) > 1:
         raise ValueError(f"add_n needs inputs of equal shapes: {[x.shape for x in xs]}")
-    return np.sum(np.stack(xs), axis=0, dtype=xs[0].dtype)
+    return reduce(np.add, xs[1:], xs[0].copy())  # a chain of Adds: np.sum starts from +0.0 (-0.0 + -0.0 gave 0.0)
 
 
 register("AddN", infer=_add_n_infer, kernel=simple_kernel(_add_all), reference=simple_kernel(_add_all_reference),

@@ -400,3 +400,15 @@ def test_a_temporary_cache_dir_another_user_holds_is_not_used(tmp_path):
     assert done.returncode == 0, done.stderr
     used = done.stdout.split()[-1]
     assert used != str(taken) and os.path.dirname(used) == str(temp) and os.listdir(taken) == []
+
+
+def test_the_reference_backend_keeps_a_negative_zero_where_the_kernels_do():
+    """Found by a probe: the reference backend's AddN (np.sum of the stacked inputs) and SumToShape with nothing
+    to sum (np.sum over no axes) added +0.0, so -0.0 + -0.0 gave 0.0 and a -0.0 gradient came back 0.0, where
+    the kernels, a chain of Adds and IEEE 754 give -0.0."""
+    z = np.full((2, 3), -0.0)
+    a, b = en.placeholder(en.float64, (2, 3)), en.placeholder(en.float64, (2, 3))
+    fetch = [en.add_n([a, b, a]), en.get_default_graph().create_op("SumToShape", [a, b]).outputs[0]]
+    for config in (en.SessionConfig(optimize=False, backend="reference"), en.SessionConfig()):
+        for got in en.Session(config=config).run(fetch, {a: z, b: z}):
+            assert np.signbit(got).all(), f"{config}: {got}"
