@@ -13,7 +13,7 @@ from engine.graph import (IndexedSlices, constant_tensor, convert_to_tensor, gra
                           python_value_to_array)
 from engine.kernels import array as KA
 from engine.kernels import reduce as R
-from engine.ops._util import (NUMERIC, constructor, create, declared, elementwise, same_dtype, sample,
+from engine.ops._util import (FLOAT, NUMERIC, constructor, create, declared, elementwise, same_dtype, sample,
                               tensors_for_binary, unbroadcast)
 from engine.registry import NUMPY_KERNEL, Example, register, simple_kernel
 
@@ -571,7 +571,12 @@ def _broadcast_reduced_reference(op, ctx):
     return expand
 
 
-register("BroadcastReduced", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1].shape)],
+def _broadcast_reduced_infer(inputs, attrs):
+    """g's dtype; a mean's g must be float (as Mean's input): g / count of an int g has no int value."""
+    return [(same_dtype(inputs[:1], FLOAT if attrs["mean"] else None), inputs[1].shape)]
+
+
+register("BroadcastReduced", infer=_broadcast_reduced_infer,
          kernel=_broadcast_reduced_kernel, reference=_broadcast_reduced_reference,
          examples=_float_examples((((4,), (3, 4)), {"axis": 0, "keepdims": False, "mean": False}),
                                   (((3, 1), (3, 4)), {"axis": 1, "keepdims": True, "mean": True}),

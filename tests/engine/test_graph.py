@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import engine as en
+from engine.ops import array as A
 
 
 def test_unique_names_and_scopes():
@@ -94,6 +95,14 @@ def test_dtype_errors_are_not_silent():
     for build in (lambda: en.reduce_mean(i), lambda: i.graph.create_op("Mean", [i], {"axis": 0, "keepdims": False})):
         with pytest.raises(TypeError, match=r"Mean op .*dtype int32 is not supported \(needs float\)"):
             build()  # the op's own rule: its kernel could not run an int mean (the reference truncated one)
+    # found by a probe: BroadcastReduced (a reduction's gradient) said int32 for a mean of ints, and both its
+    # kernel and its reference returned float64 (g / count)
+    x = en.placeholder(en.int32, (2, 3))
+    with pytest.raises(TypeError, match=r"BroadcastReduced op .*dtype int32 is not supported \(needs float\)"):
+        A.broadcast_reduced(en.placeholder(en.int32, (2, 1)), x, 1, True, mean=True)
+    summed = A.broadcast_reduced(en.placeholder(en.int32, (2, 1)), x, 1, True, mean=False)
+    value = en.Session().run(summed, {summed.op.inputs[0]: [[1], [2]], x: np.zeros((2, 3), np.int32)})
+    assert summed.dtype == en.int32 and value.dtype == np.int32
     assert (f * 2).dtype == en.float32 and (i * 2).dtype == en.int32
 
 
