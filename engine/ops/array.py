@@ -518,7 +518,7 @@ def _sum_to_shape_reference(g, like):
     axes = tuple(range(lead)) + stretched
     if not axes:  # nothing to sum: g itself, as the kernel (np.sum over no axes adds +0.0: -0.0 became 0.0)
         return g.copy()
-    return np.sum(g, axis=axes).reshape(like.shape)
+    return np.sum(g, axis=axes, dtype=g.dtype).reshape(like.shape)  # (int32 would sum to int64)
 
 
 register("SumToShape", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1].shape)],

@@ -412,3 +412,13 @@ def test_the_reference_backend_keeps_a_negative_zero_where_the_kernels_do():
     for config in (en.SessionConfig(optimize=False, backend="reference"), en.SessionConfig()):
         for got in en.Session(config=config).run(fetch, {a: z, b: z}):
             assert np.signbit(got).all(), f"{config}: {got}"
+
+
+def test_the_reference_backend_sums_an_int32_broadcast_back_to_int32():
+    """Found by a probe: SumToShape's reference (np.sum) returned int64 for int32, the kernel and the rule int32."""
+    g, like = en.placeholder(en.int32, (3, 4)), en.placeholder(en.int32, (4,))
+    summed = en.get_default_graph().create_op("SumToShape", [g, like]).outputs[0]
+    feed = {g: np.arange(12, dtype=np.int32).reshape(3, 4), like: np.zeros(4, np.int32)}
+    for config in (en.SessionConfig(optimize=False, backend="reference"), en.SessionConfig()):
+        got = en.Session(config=config).run(summed, feed)
+        assert got.dtype == np.int32 and got.tolist() == [12, 15, 18, 21], f"{config}: {got!r}"
