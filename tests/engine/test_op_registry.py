@@ -1,7 +1,8 @@
 """The engine's main test: every registered op, driven by its OpDef, checked three independent ways.
 
 For each op in ``registered_ops()`` and each of its ``examples`` (dtypes, broadcasting, empty
-arrays, NaN): the kernel against the plain-NumPy reference backend, both against the op's own
+arrays, NaN), and each example derived from those (NaN, infinities and -0.0 in its floats, other
+dtypes: ``_derived_examples``): the kernel against the plain-NumPy reference backend, both against the op's own
 shape/dtype rule (the static dtype and every known dimension), passes on (fused, kept buffers)
 against passes off bit for bit, the compiled plan (where the op compiles; once per distinct input
 shapes and attributes) against the reference, and its gradient (every finite float64 example, so
@@ -66,8 +67,9 @@ class Built:
         sess = en.Session(self.graph, config)
         sess.state.update({k: np.array(v, copy=True) for k, v in (self.example.state or {}).items()})
         try:
-            out = sess.run(fetch if fetch is not None else self.fetch,
-                           dict(zip(self.feeds, inputs if inputs is not None else self.example.inputs)))
+            with np.errstate(all="ignore"):  # NumPy's warnings of NaN and infinities in kernels and references
+                out = sess.run(fetch if fetch is not None else self.fetch,
+                               dict(zip(self.feeds, inputs if inputs is not None else self.example.inputs)))
         except (OpError, ValueError, TypeError, IndexError) as e:
             return e, None
         return out, sess.state
@@ -118,10 +120,18 @@ def test_op(op_type):
         f"{op_type}: register a gradient, or say why no gradient flows: not_differentiable='why'"
     examples = op_def.examples(np.random.default_rng(zlib.crc32(op_type.encode())))
     assert examples, f"{op_type}: register examples"
+    own = len(examples)
+    examples = examples + _derived_examples(op_def, examples)
     compiled, gradient_checks = set(), 0  # compiled: the input shapes and attributes compiled so far
     for k, example in enumerate(examples):
-        what = f"{op_type} example {k} ({[f'{a.dtype}{a.shape}' for a in example.inputs]}, {example.attrs})"
-        built = Built(op_type, example)
+        what = (f"{op_type} {'example' if k < own else 'derived example'} {k} "
+                f"({[f'{a.dtype}{a.shape}' for a in example.inputs]}, {example.attrs})")
+        try:
+            built = Built(op_type, example)
+        except TypeError:
+            if k < own:
+                raise
+            continue  # a dtype the op's rule refuses
         want = built.run(REFERENCE)
         unfused = built.run(UNFUSED)
         if built.static_error is not None:
@@ -158,6 +168,43 @@ def test_op(op_type):
         fused = [f for e in producer if (f := _check_row_sum(ROW_SUM_PRODUCER, e, op_type)) is not None]
         assert fused[:ROW_SUM_EXAMPLES] and all(fused), \
             f"{op_type}: says sums_broadcast but fusion did not compute it inside {ROW_SUM_PRODUCER}'s kernel"
+
+
+DERIVED_DTYPES = (np.float32, np.float64, np.int32)  # every example of an op's first float dtype is cast to those
+# of these none of its examples feeds
+SPECIAL_VALUES = ((np.nan,), (np.inf, -np.inf, -0.0))  # each example again with these written into its floats
+
+
+def _derived_examples(op_def, examples) -> list:
+    """What every op that is not elementwise is run on besides its own examples (an elementwise op's are generated
+    with these already, ``_util.elementwise_examples``), so no op is checked only where its author looked: each
+    example with NaN, and with infinities and -0.0, written into its float data inputs; and the examples of its
+    first float dtype cast to each of ``DERIVED_DTYPES`` none of its examples feeds (a dtype its rule refuses is
+    skipped). Found by a probe: a Max or Softmax kernel blind to NaN, and a kernel wrong for ints whose examples
+    were all float, passed."""
+    if op_def.fusible:
+        return []
+    out = []
+    for example in examples:
+        data = [k for k in op_def.data_inputs(len(example.inputs))
+                if example.inputs[k].dtype.kind == "f" and example.inputs[k].size]
+        for specials in SPECIAL_VALUES if data else ():
+            changed = [np.array(a, copy=True) for a in example.inputs]
+            for k in data:  # spread out: a NaN in one row of a reduction, each infinity in a row of its own
+                flat = changed[k].reshape(-1)
+                for j, v in enumerate(specials):
+                    flat[min(j * max(1, flat.size // len(specials)), flat.size - 1)] = v
+            out.append(dataclasses.replace(example, inputs=tuple(changed)))
+    floats = [[k for k in op_def.data_inputs(len(e.inputs)) if e.inputs[k].dtype.kind == "f"] for e in examples]
+    first = next((e.inputs[ks[0]].dtype for e, ks in zip(examples, floats) if ks), None)
+    fed = {e.inputs[k].dtype for e, ks in zip(examples, floats) for k in ks}
+    for dtype in [np.dtype(d) for d in DERIVED_DTYPES if np.dtype(d) not in fed]:
+        for example, ks in zip(examples, floats):
+            if ks and all(example.inputs[k].dtype == first and np.isfinite(example.inputs[k]).all()
+                          and np.all(np.abs(example.inputs[k]) < 2 ** 31) for k in ks):  # int32's range
+                out.append(dataclasses.replace(example, inputs=tuple(
+                    a.astype(dtype) if k in ks else a for k, a in enumerate(example.inputs))))
+    return out
 
 
 def _kernel_modules(factory, seen=None) -> set:
@@ -451,7 +498,7 @@ def _mean_to_shape(op, ctx):
     """SumToShape divided by the rows summed: a mean, whose kernel and reference agree; only the flag
     sums_broadcast (kept from SumToShape) is wrong: fusion would compute a sum in its producer's kernel."""
     reduce = get_op_def("SumToShape").reference(op, ctx)
-    return lambda g, like: reduce(g, like) / (g.size // max(like.size, 1))
+    return lambda g, like: (reduce(g, like) / (g.size // max(like.size, 1))).astype(g.dtype)
 
 
 def _refuses_empty(error):
@@ -476,6 +523,39 @@ def test_the_registry_test_checks_what_an_op_says_of_itself(monkeypatch, base, c
     """Found by a probe: each of these passed the registry test before. A wrong sums_broadcast gave wrong fused
     results (24 where 8 was right) only inside a graph; a wrong shape_only_inputs turned off that input's
     gradient check; any two errors counted as agreement."""
+    name = _fake(monkeypatch, base, **changes)
+    with pytest.raises(AssertionError, match=message):
+        test_op(name)
+
+
+def _nan_blind(base, fill):
+    """``base``'s reference as a kernel that reads NaN as ``fill``: right wherever an example has no NaN."""
+    def make(op, ctx):
+        reference = get_op_def(base).reference(op, ctx)
+        return lambda x: reference(np.where(np.isnan(x), fill, x) if x.dtype.kind == "f" else x)
+    return make
+
+
+def _wrong_for_ints(op, ctx):
+    """Max's reference as a kernel, one too high for ints."""
+    reference = get_op_def("Max").reference(op, ctx)
+    return lambda x: reference(x) if x.dtype.kind == "f" else reference(x) + x.dtype.type(1)
+
+
+def _float_examples_of(base):
+    return lambda rng: [e for e in get_op_def(base).examples(rng) if e.inputs[0].dtype.kind == "f"]
+
+
+@pytest.mark.parametrize("base,changes,message", [
+    ("Max", {"kernel": _nan_blind("Max", -np.inf)}, r"derived example .*kernel vs reference"),
+    ("Softmax", {"kernel": _nan_blind("Softmax", 0.0)}, r"derived example .*kernel vs reference"),
+    ("Max", {"kernel": _wrong_for_ints, "examples": _float_examples_of("Max")},
+     r"derived example .*int32.*kernel vs reference"),
+], ids=["reduction that skips NaN", "softmax that reads NaN as 0", "wrong for ints, float examples only"])
+def test_the_registry_test_runs_every_op_on_nan_and_on_every_dtype(monkeypatch, base, changes, message):
+    """Found by a probe: an op that is not elementwise was checked only on its own examples, and none of Max's or
+    Softmax's has a NaN: each of these kernels passed. Each example is now also run with NaN, with infinities and
+    -0.0, and cast to the dtypes none of them feeds."""
     name = _fake(monkeypatch, base, **changes)
     with pytest.raises(AssertionError, match=message):
         test_op(name)
