@@ -248,11 +248,13 @@ def _check_rule(built, result, what):
 
 
 def _signature(example):
-    """What the generated code of an example's compiled plan depends on besides dtypes: input shapes, attributes."""
+    """What the generated code of an example's compiled plan depends on besides dtypes: input shapes, attributes;
+    and whether its values are all finite (a derived example's NaN and infinities are compiled too)."""
     def key(v):
         return ("array", v.dtype.str, v.shape) if isinstance(v, np.ndarray) else repr(v)
     return (tuple(a.shape for a in example.inputs),
-            tuple(sorted((k, key(v)) for k, v in (example.attrs or {}).items())))
+            tuple(sorted((k, key(v)) for k, v in (example.attrs or {}).items())),
+            all(np.isfinite(a).all() for a in example.inputs if a.dtype.kind == "f"))
 
 
 def _check_declared_view(op_def, outputs, inputs, what):
@@ -542,6 +544,11 @@ def _wrong_for_ints(op, ctx):
     return lambda x: reference(x) if x.dtype.kind == "f" else reference(x) + x.dtype.type(1)
 
 
+def _nan_blind_emit(c, op, ins):
+    """MatMul's emitter with NaN replaced by 0 in the compiled code: right wherever the inputs are finite."""
+    return f"np.nan_to_num({get_op_def('MatMul').emit(c, op, ins)})"
+
+
 def _float_examples_of(base):
     return lambda rng: [e for e in get_op_def(base).examples(rng) if e.inputs[0].dtype.kind == "f"]
 
@@ -551,7 +558,9 @@ def _float_examples_of(base):
     ("Softmax", {"kernel": _nan_blind("Softmax", 0.0)}, r"derived example .*kernel vs reference"),
     ("Max", {"kernel": _wrong_for_ints, "examples": _float_examples_of("Max")},
      r"derived example .*int32.*kernel vs reference"),
-], ids=["reduction that skips NaN", "softmax that reads NaN as 0", "wrong for ints, float examples only"])
+    ("MatMul", {"emit": _nan_blind_emit}, r"derived example .*compiled vs reference"),
+], ids=["reduction that skips NaN", "softmax that reads NaN as 0", "wrong for ints, float examples only",
+        "compiled code that skips NaN"])
 def test_the_registry_test_runs_every_op_on_nan_and_on_every_dtype(monkeypatch, base, changes, message):
     """Found by a probe: an op that is not elementwise was checked only on its own examples, and none of Max's or
     Softmax's has a NaN: each of these kernels passed. Each example is now also run with NaN, with infinities and
