@@ -374,36 +374,63 @@ def _check_gradient(built, what, eps=1e-6):
 ELEMENTWISE = sorted(n for n, d in registered_ops().items() if d.fusible)
 
 
-@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+FUZZ_SPECIALS = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1e30, -1e30, 3e38])  # large: float32 overflows
+
+
+def _fuzz_values(rng, shape, dtype, special):
+    """Values of ``dtype``; with ``special``, a third of them NaN, infinities, signed zeros or large magnitudes
+    (floats) or the whole int32 range (ints: overflow wraps, in NumPy and in the kernels alike)."""
+    if np.dtype(dtype).kind == "i":
+        lo, hi = (-2 ** 31, 2 ** 31) if special else (-5, 6)
+        return rng.integers(lo, hi, size=shape).astype(dtype)
+    v = rng.uniform(-2, 2, shape)
+    if special:
+        v = np.where(rng.random(shape) < 1 / 3, rng.choice(FUZZ_SPECIALS, size=shape), v)
+    with np.errstate(over="ignore"):
+        return v.astype(dtype)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(ELEMENTWISE), st.integers(0, 1 << 16)), min_size=1, max_size=6),
-       st.integers(0, 2 ** 32 - 1), st.booleans())
-def test_random_graphs_agree_compiled_interpreted_and_reference(steps, seed, with_matmul):
-    """Random DAGs over a (batch, 4) input: fusion may group any of their ops; all three ways agree.
+       st.integers(0, 2 ** 32 - 1), st.booleans(), st.sampled_from(["float64", "float32", "int32"]),
+       st.sampled_from([3, 1, 0]), st.booleans())
+def test_random_graphs_agree_compiled_interpreted_and_reference(steps, seed, with_matmul, dtype, rows, special):
+    """Random DAGs over a (batch, 4) input of float64, float32 or int32, batches of 3, 1 or 0 rows, values with
+    NaN, infinities, signed zeros and large magnitudes or not: fusion may group any of their ops; all three ways
+    agree.
 
     Derandomized: the same graphs every run, so their generated kernels come from Numba's disk cache.
     """
     rng = np.random.default_rng(seed)
+    dt = en.as_dtype(dtype)
     graph = en.Graph()
     with graph.as_default():
-        x = en.placeholder(en.float64, (None, 4), name="x")
-        values = [x, en.constant(rng.uniform(-1, 1, 4)), en.constant(rng.uniform(0.5, 1.5, ()))]
+        x = en.placeholder(dt, (None, 4), name="x")
+        values = [x, en.constant(_fuzz_values(rng, 4, dt.np, special)),
+                  en.constant(_fuzz_values(rng, (), dt.np, special))]
         if with_matmul:
-            values.append(en.matmul(x, en.constant(rng.uniform(-1, 1, (4, 4)))))
+            values.append(en.matmul(x, en.constant(_fuzz_values(rng, (4, 4), dt.np, False))))
+        conditions = []  # the bool values so far: Select's first operand
         for op_type, pick in steps:
             arity = len(get_op_def(op_type).examples(rng)[0].inputs)
             operands = [values[(pick >> (3 * k)) % len(values)] for k in range(arity)]
+            if conditions and get_op_def(op_type).examples(rng)[0].inputs[0].dtype == bool:
+                operands[0] = conditions[pick % len(conditions)]
             try:
                 y = graph.create_op(op_type, operands).outputs[0]
-            except TypeError:  # e.g. Select wants a bool condition
+            except TypeError:  # a float-only op on ints, Select without a bool condition
                 continue
-            values.append(y if y.dtype == en.float64 else en.cast(y, en.float64))
+            if y.dtype == en.bool:
+                conditions.append(y)
+            values.append(y if y.dtype == dt else en.cast(y, dt))
         fetches = [v for v in values[3:] if v.shape is not None and len(v.shape) == 2] or [x]
         # and half the time the last value summed over rows, as a bias gradient (fusion joins it to its producer)
         summed = [graph.create_op("SumToShape", [fetches[-1], values[1]]).outputs[0]] if seed % 2 else []
-    feed = rng.uniform(-2, 2, (3, 4))
-    want = en.Session(graph, REFERENCE).run(fetches + summed, {x: feed})
-    unfused = en.Session(graph, UNFUSED).run(fetches + summed, {x: feed})
-    fused = en.Session(graph, OPTIMIZED).run(fetches + summed, {x: feed})
+    feed = {x: _fuzz_values(rng, (rows, 4), dt.np, special)}
+    with np.errstate(all="ignore"):
+        want = en.Session(graph, REFERENCE).run(fetches + summed, feed)
+        unfused = en.Session(graph, UNFUSED).run(fetches + summed, feed)
+        fused = en.Session(graph, OPTIMIZED).run(fetches + summed, feed)
     _close(unfused, want, "interpreted vs reference")
     _close(fused, unfused, "fused vs unfused", exact=True)
     want = want[:len(fetches)]
@@ -411,7 +438,9 @@ def test_random_graphs_agree_compiled_interpreted_and_reference(steps, seed, wit
         plan = compiler.CompiledPlan(en.Session(graph), fetches, [x])
     except compiler.UnsupportedGraphError:
         return
-    _close(list(plan(feed)), want, "compiled vs reference")
+    with np.errstate(all="ignore"):
+        got = list(plan(*feed.values()))
+    _close(got, want, "compiled vs reference")
 
 
 # --- the test above fails for an op registered without what it checks ---------------------------------
