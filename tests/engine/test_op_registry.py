@@ -66,13 +66,17 @@ class Built:
         """(outputs, state after the run) in a fresh session holding the example's state; or the error."""
         sess = en.Session(self.graph, config)
         sess.state.update({k: np.array(v, copy=True) for k, v in (self.example.state or {}).items()})
+        inputs = self.example.inputs if inputs is None else inputs
+        before = [np.array(a, copy=True) for a in inputs]
         try:
             with np.errstate(all="ignore"):  # NumPy's warnings of NaN and infinities in kernels and references
-                out = sess.run(fetch if fetch is not None else self.fetch,
-                               dict(zip(self.feeds, inputs if inputs is not None else self.example.inputs)))
+                out = sess.run(fetch if fetch is not None else self.fetch, dict(zip(self.feeds, inputs)))
         except (OpError, ValueError, TypeError, IndexError) as e:
-            return e, None
-        return out, sess.state
+            out = e
+        for k, (a, b) in enumerate(zip(inputs, before)):  # a feed is the caller's array: no kernel writes into it
+            assert a.tobytes() == b.tobytes(), (f"{self.op.type}: the {config.backend} run wrote into input {k}, "
+                                                "the caller's array (a kernel may return input 0, never write it)")
+        return (out, None) if isinstance(out, Exception) else (out, sess.state)
 
 
 def _close(got, want, what, exact=False):
@@ -427,10 +431,12 @@ def test_random_graphs_agree_compiled_interpreted_and_reference(steps, seed, wit
         # and half the time the last value summed over rows, as a bias gradient (fusion joins it to its producer)
         summed = [graph.create_op("SumToShape", [fetches[-1], values[1]]).outputs[0]] if seed % 2 else []
     feed = {x: _fuzz_values(rng, (rows, 4), dt.np, special)}
+    fed = feed[x].tobytes()
     with np.errstate(all="ignore"):
         want = en.Session(graph, REFERENCE).run(fetches + summed, feed)
         unfused = en.Session(graph, UNFUSED).run(fetches + summed, feed)
         fused = en.Session(graph, OPTIMIZED).run(fetches + summed, feed)
+    assert feed[x].tobytes() == fed, "a run wrote into the caller's feed (an in-place kernel reused its buffer)"
     _close(unfused, want, "interpreted vs reference")
     _close(fused, unfused, "fused vs unfused", exact=True)
     want = want[:len(fetches)]
@@ -532,6 +538,11 @@ def _mean_to_shape(op, ctx):
     return lambda g, like: (reduce(g, like) / (g.size // max(like.size, 1))).astype(g.dtype)
 
 
+def _negate_in_place(x):
+    """Neg written into its input, returned as its output (declared: output_aliases='input')."""
+    return np.negative(x, out=x)
+
+
 def _refuses_empty(error):
     def make(op, ctx):
         def run(x):
@@ -548,12 +559,15 @@ def _refuses_empty(error):
     ("Mul", {"shape_only_inputs": (1,)}, r"input 1 is said to be shape-only"),
     ("Relu", {"kernel": _refuses_empty(ValueError), "reference": _refuses_empty(IndexError), "scalar": None,
               "emit": None}, r"refused for different reasons: ValueError\('empty'\) vs IndexError\('empty'\)"),
+    ("Neg", {"kernel": simple_kernel(_negate_in_place), "scalar": None, "output_aliases": "input"},
+     r"FakeNeg: the \w+ run wrote into input 0, the caller's array"),
 ], ids=["sums_broadcast on an op that does not sum", "shape_only_inputs on an input whose values count",
-        "kernel and reference refuse for different reasons"])
+        "kernel and reference refuse for different reasons", "output_aliases='input' on a kernel that writes input 0"])
 def test_the_registry_test_checks_what_an_op_says_of_itself(monkeypatch, base, changes, message):
     """Found by a probe: each of these passed the registry test before. A wrong sums_broadcast gave wrong fused
     results (24 where 8 was right) only inside a graph; a wrong shape_only_inputs turned off that input's
-    gradient check; any two errors counted as agreement."""
+    gradient check; any two errors counted as agreement; a kernel that wrote into its input (the caller's feed)
+    and returned it agreed with itself: the runs after it compared their outputs with that same array."""
     name = _fake(monkeypatch, base, **changes)
     with pytest.raises(AssertionError, match=message):
         test_op(name)
