@@ -36,16 +36,24 @@ _OPERATORS = {operator.add: "a + b", operator.sub: "a - b", operator.mul: "a * b
               operator.le: "a <= b", operator.eq: "a == b", operator.ne: "a != b", operator.neg: "-a"}
 
 
-def _definition(fn) -> ast.FunctionDef:
-    """The def of scalar function ``fn``: its own source, or the one an operator or ufunc stands for."""
+@lru_cache(maxsize=None)
+def _source(fn) -> str:
+    """The def of scalar function ``fn`` as text: its own source, or the one an operator or ufunc stands for.
+
+    Read once, when the op registers (``check_scalar``): ``inspect.getsource`` reads the file as it is *now*, so a
+    kernel generated after the file was edited (an upgrade under a running process) got the lines now at the
+    function's old line number: another formula, silently."""
     if isinstance(fn, np.ufunc):
         args = ", ".join("ab"[:fn.nin])
-        source = f"def {fn.__name__}({args}):\n    return np.{fn.__name__}({args})"
-    elif fn in _OPERATORS:
-        source = f"def {fn.__name__}({'a, b' if ' b' in _OPERATORS[fn] else 'a'}):\n    return {_OPERATORS[fn]}"
-    else:
-        source = textwrap.dedent(inspect.getsource(fn))
-    return ast.parse(source).body[0]
+        return f"def {fn.__name__}({args}):\n    return np.{fn.__name__}({args})"
+    if fn in _OPERATORS:
+        return f"def {fn.__name__}({'a, b' if ' b' in _OPERATORS[fn] else 'a'}):\n    return {_OPERATORS[fn]}"
+    return textwrap.dedent(inspect.getsource(fn))
+
+
+def _definition(fn) -> ast.FunctionDef:
+    """A fresh AST of ``fn``'s def (callers may rename it)."""
+    return ast.parse(_source(fn)).body[0]
 
 
 def arity(fn) -> int:

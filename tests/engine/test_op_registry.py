@@ -20,6 +20,7 @@ ways. Adding an op needs no edit of this file.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 import zlib
 
@@ -658,3 +659,22 @@ def test_an_elementwise_op_without_a_reference_cannot_be_registered(scratch_regi
     with pytest.raises(TypeError, match="register a NumPy reference"):
         _util.elementwise("Unchecked", np.sin, None, _util.FLOAT, grad=get_op_def("Sin").grad)
     assert "Unchecked" not in registered_ops()
+
+
+def test_an_elementwise_op_keeps_the_formula_it_registered_with_when_its_file_changes(scratch_registry, tmp_path):
+    """Found by a probe: kernels are generated from the scalar function's source, read when a kernel was first
+    built; a module edited on disk after the import (an upgrade under a running process) gave the op the lines
+    now at the function's line number: 'a * 2' registered, 'a * 3' computed, silently. The source is read once,
+    when the op registers."""
+    path = tmp_path / "probe_scalars.py"
+    path.write_text("def twice(a):\n    return a * 2\n")
+    spec = importlib.util.spec_from_file_location("probe_scalars", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _util.elementwise("ProbeTwice", module.twice, lambda a: a * 2, _util.FLOAT, not_differentiable="a test op")
+    path.write_text("def thrice(a):\n    return a * 3  # the file as edited after the import\n")
+    x = en.placeholder(en.float64, (None,))
+    y = en.get_default_graph().create_op("ProbeTwice", [x]).outputs[0]
+    for config in (UNFUSED, OPTIMIZED):
+        np.testing.assert_array_equal(en.Session(config=config).run(y, {x: [1.0, 2.0]}), [2.0, 4.0])
+    np.testing.assert_array_equal(compiler.CompiledPlan(en.Session(), [y], [x])(np.array([1.0, 2.0]))[0], [2.0, 4.0])
