@@ -32,7 +32,8 @@ MODEL_CODE = ("engine", "pipeline/features.py", "pipeline/history.py", "pipeline
               "pipeline/feature_shards.py", "pipeline/cluster.py", "pipeline/models.py", "pipeline/bundle.py",
               "pipeline/blas.py", "pipeline/train.py", "pipeline/evaluate.py", "pipeline/backtest.py",
               "pipeline/metrics.py", "pipeline/model_params.py", "pipeline/drift_stats.py", "pipeline/tracking.py",
-              "pipeline/versions.py", "pipeline/params.py", "pipeline/io.py", "pipeline/atomic.py", "pipeline/stage.py")
+              "pipeline/versions.py", "pipeline/params.py", "pipeline/names.py", "pipeline/io.py", "pipeline/atomic.py",
+              "pipeline/stage.py")
 
 
 # The code a training example is computed by: a feature shard built by other code is built again
