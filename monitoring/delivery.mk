@@ -38,9 +38,11 @@ promote: $(STAMP)                     ## registry alias + models/production/ (+ 
 
 # `dvc remote list` failing (a .dvc/config it cannot read: a merge left conflict markers in it) is not "no remote":
 # its output was tested alone, so the step said "nothing to push" and passed, and CI pushed nothing.
+# A failed push ends in one line with DVC's reason and what to do (pipeline/dvc_remote.py): DVC's own said
+# "unexpected error" for a store it cannot reach, a missing bucket or refused credentials, then its support blurb.
 dvc-push: $(STAMP)                    ## push data and models to the DVC remote, when one is configured
 	@remotes="$$($(DVC) remote list)" || { echo "dvc-push: \`dvc remote list\` failed (above): nothing pushed" >&2; exit 1; }; \
-	if [ -n "$$remotes" ]; then $(DVC) push; else echo "dvc-push: no DVC remote configured; nothing to push"; fi
+	if [ -n "$$remotes" ]; then $(BIN)/python -m pipeline.dvc_remote push; else echo "dvc-push: no DVC remote configured; nothing to push"; fi
 
 MODEL_ALIAS ?= production
 MODEL_SOURCE ?= mlflow

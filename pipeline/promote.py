@@ -36,13 +36,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 from pipeline import champion, registry_fetch, tracking
 from pipeline.atomic import DirectoryBusy, one_writer, remove_abandoned_copies, swap_in_directory
 from pipeline.bundle import BundleError, verify_bundle
+from pipeline.dvc_remote import dvc as _dvc
+from pipeline.dvc_remote import failure as dvc_failure
 from pipeline.evaluate import (BACKTEST_FILE, CANDIDATE_DIR, EVALUATION_FILE, METRICS_FILE, RESULT_FILES,
                                current_versions, evaluation_run_params)
 from pipeline.model_params import evaluate_params, promote_params
@@ -145,12 +146,6 @@ def provenance(run) -> dict[str, str]:
             "mlflow_run_id": run.info.run_id}
 
 
-def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
-    dvc = Path(sys.executable).with_name("dvc")
-    command = [str(dvc) if dvc.exists() else "dvc", *args]
-    return subprocess.run(command, cwd=root, capture_output=True, text=True)
-
-
 def track_with_dvc(root: Path, bundle_dir: Path, shown: str | None = None) -> tuple[str, Path | None]:
     """dvc add + push the promoted bundle when a DVC remote is configured (``shown``: what the note calls it, e.g.
     models/production for its staging copy).
@@ -179,7 +174,8 @@ def track_with_dvc(root: Path, bundle_dir: Path, shown: str | None = None) -> tu
     pushed = _dvc(root, "push", f"{relative}.dvc")
     if pushed.returncode != 0:
         dvc_file.unlink(missing_ok=True)
-        raise PromotionRefused(f"`dvc push` failed: {pushed.stderr.strip() or pushed.stdout.strip()}")
+        raise PromotionRefused(f"{dvc_failure(f'dvc push {relative}.dvc', pushed)}; nothing registered: promote "
+                               "again once fixed")
     return (f"dvc add + push to the configured remote ({remotes.stdout.split()[0]}); the model version records its "
             "DVC entry"), dvc_file
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import tracking
+from pipeline import dvc_remote, tracking
 from pipeline.bundle import BundleError, copy_bundle, verify_bundle
 from pipeline.stage import output_any_terminal_can_take
 from pipeline.model_params import registry_alias
@@ -150,12 +149,10 @@ def _dvc_pull(root: Path, version, into: Path) -> None:
     out = {**json.loads(recorded), "path": into.name}
     md5 = out.get("md5")
     dvc_file.write_text(yaml.safe_dump({"outs": [out]}, sort_keys=False), encoding="utf-8")
-    dvc = Path(sys.executable).with_name("dvc")
-    done = subprocess.run([str(dvc) if dvc.exists() else "dvc", "pull", str(dvc_file.relative_to(root))], cwd=root,
-                          capture_output=True, text=True)
+    done = dvc_remote.dvc(root, "pull", str(dvc_file.relative_to(root)))
     if done.returncode != 0:
-        why = done.stderr.strip() or done.stdout.strip()
-        raise FetchError(f"`dvc pull` of version {version.version} ({md5}): {why}")
+        raise FetchError(f"version {version.version} ({md5}): "
+                         f"{dvc_remote.failure(f'dvc pull {dvc_file.relative_to(root)}', done)}")
 
 
 def fetch(root: Path, alias: str, target: Path, name: str = tracking.REGISTERED_MODEL, via: str = "mlflow") -> Fetched:

@@ -350,6 +350,29 @@ def test_dvc_push_fails_when_dvc_cannot_read_its_remotes(tmp_path):
     assert "nothing to push" not in done.stdout and "dvc-push: `dvc remote list` failed" in done.stderr
 
 
+def test_a_failed_dvc_push_ends_in_one_line_saying_what_to_do(tmp_path):
+    """DVC's own error for a remote it cannot write ("unexpected error - ...", then "Having any troubles? Hit us up
+    at https://dvc.org/support") was the step's last word: no remedy. Now one line: DVC's reason and what to do."""
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, timeout=60)
+    bin_dir = Path(sys.executable).parent
+    dvc = str(bin_dir / "dvc")
+    subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True, timeout=120)
+    (tmp_path / "data.txt").write_text("sales\n", encoding="utf-8")
+    subprocess.run([dvc, "add", "-q", "data.txt"], cwd=tmp_path, check=True, timeout=120)
+    (tmp_path / "blocker").touch()  # the remote's folder lies under a file: no object can be written there
+    subprocess.run([dvc, "remote", "add", "-d", "shared", str(tmp_path / "blocker" / "remote")], cwd=tmp_path,
+                   check=True, timeout=120)
+    (tmp_path / "stamp").touch()
+    done = subprocess.run(["make", "-s", "--no-print-directory", "-f", str(REPO / "monitoring" / "delivery.mk"),
+                           "dvc-push", f"BIN={bin_dir}", f"STAMP={tmp_path / 'stamp'}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0, done.stdout + done.stderr
+    told = [line for line in done.stderr.splitlines() if not line.startswith("make")]
+    assert len(told) == 1, done.stderr
+    assert told[0].startswith("dvc-push: error: `dvc push` failed: ") and "Not a directory" in told[0], told
+    assert "rerun `make dvc-push` once fixed" in told[0] and "Having any troubles" not in done.stderr
+
+
 def test_compose_waits_for_the_apps_graceful_stop_before_killing_it():
     """`docker compose stop` kills a container `stop_grace_period` after SIGTERM (Docker's default: 10 s); gunicorn
     gives its workers graceful_timeout to send their spooled events. Shorter, and a stop with a backlog killed

@@ -182,6 +182,28 @@ def test_in_a_dvc_project_the_production_bundle_is_pushed_when_there_is_a_remote
     assert not list((root / "models").glob("promoted-*"))
 
 
+def test_a_failed_push_to_the_dvc_remote_refuses_in_one_line_saying_what_to_do(trained_project, capsys):
+    """A remote promote cannot write: the refusal was DVC's several lines ("unexpected error - ...", then "Having
+    any troubles? Hit us up at https://dvc.org/support"), with no remedy. Now one line, and nothing registered."""
+    root, _ = trained_project
+    if promote._dvc(root, "version").returncode != 0:
+        pytest.skip("dvc CLI not available")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    shutil.copy(Path(__file__).resolve().parents[3] / ".gitignore", root / ".gitignore")
+    assert promote._dvc(root, "init", "-q").returncode == 0
+    (root.parent / "blocker").touch()  # the remote's folder lies under a file: nothing can be written there
+    assert promote._dvc(root, "remote", "add", "-d", "shared", str(root.parent / "blocker" / "remote")).returncode == 0
+    assert evaluate.main(["--root", str(root)]) == 0
+    capsys.readouterr()
+    assert promote.main(["--root", str(root)]) == promote.REFUSED
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Having any troubles" not in err, err
+    assert err.startswith("promote: refused: `dvc push models/promoted-production.dvc` failed: ") and \
+        "Not a directory" in err and err.endswith("nothing registered: promote again once fixed"), err
+    assert tracking.production_version(root) is None
+    assert not list((root / "models").glob("promoted-*"))
+
+
 def test_the_hashed_model_code_is_exactly_what_reruns_evaluate():
     """promote compares the hash of MODEL_CODE; DVC must rerun evaluate whenever any of it changes."""
     from pathlib import Path

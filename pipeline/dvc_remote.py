@@ -1,0 +1,88 @@
+"""The DVC CLI as promote, fetch-model (``--from dvc``) and ``make dvc-push`` run it against the repository's
+DVC remote, and a failure of it as one line that says what went wrong and what to do.
+
+DVC's own error is several lines (its reason, then "Having any troubles? Hit us up at https://dvc.org/support"),
+says "unexpected error" for a remote it cannot reach, a bucket that does not exist or credentials the store
+refuses, and never says what to do: ``failure`` keeps its reason and adds the remedy.
+
+    python -m pipeline.dvc_remote push    # make dvc-push: dvc push, or one line saying why not and what to do
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+CREDENTIALS = ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (an s3:// remote; CI: the secrets "
+               "DVC_REMOTE_ACCESS_KEY_ID and DVC_REMOTE_SECRET_ACCESS_KEY)")
+# (what DVC or the S3 client says, what to do): the first that matches the reason
+REMEDIES = (
+    (("Unable to locate credentials", "NoCredentialsError"), f"no credentials for the remote: set {CREDENTIALS}"),
+    (("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "(403)"),
+     f"the remote refused these credentials: check {CREDENTIALS} and that they may read and write the remote's "
+     "bucket"),
+    (("NoSuchBucket", "bucket does not exist"),
+     "the remote's bucket does not exist: create it, or correct the remote's url (`dvc remote list`)"),
+    (("Could not connect", "Connect timeout", "Connection refused", "Name or service not known",
+      "EndpointConnectionError"),
+     "the remote cannot be reached: check its endpointurl (`dvc config remote.<name>.endpointurl`) and that the "
+     "store is up"),
+    (("Missing cache files", "Checkout failed", "missing-files"),
+     "the remote lacks these objects: push them again from a clone that has them (`dvc push`), or rebuild them "
+     "(`dvc repro` recomputes what is missing)"),
+    (("requires 'dvc-",), "install the remote's DVC plugin: `make clean && make venv VENV_EXTRAS=s3` (README, CI/CD)"),
+)
+DVC_SUPPORT_LINE = "Having any troubles?"
+
+
+def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run this environment's ``dvc`` (the one beside this interpreter, else PATH's) in ``root``, output captured."""
+    beside = Path(sys.executable).with_name("dvc")
+    return subprocess.run([str(beside) if beside.exists() else "dvc", *args], cwd=root, capture_output=True,
+                          text=True)
+
+
+def reason(done: subprocess.CompletedProcess) -> str:
+    """DVC's error on one line, without its support blurb."""
+    lines = [line.strip() for line in f"{done.stderr or ''}\n{done.stdout or ''}".splitlines()]
+    kept = [line for line in lines if line and not line.startswith(DVC_SUPPORT_LINE)]
+    return " ".join(kept) or f"exit status {done.returncode}"
+
+
+def remedy(why: str) -> str:
+    for signs, what_to_do in REMEDIES:
+        if any(sign in why for sign in signs):
+            return what_to_do
+    return ("check the remote (`dvc remote list`), its endpointurl and credentials, then run it again (a push sends "
+            "only what the remote lacks)")
+
+
+def failure(command: str, done: subprocess.CompletedProcess) -> str:
+    """``command`` failed: DVC's reason and what to do, one line."""
+    why = reason(done)
+    return f"`{command}` failed: {why} -> {remedy(why)}"
+
+
+def push(root: Path) -> int:
+    """``dvc push`` to the default remote (make dvc-push): its summary, or one line saying why not."""
+    done = dvc(root, "push")
+    if done.stdout.strip():
+        print(done.stdout.rstrip(), flush=True)
+    if done.returncode != 0:
+        print(f"dvc-push: error: {failure('dvc push', done)} (rerun `make dvc-push` once fixed: it sends only what "
+              "the remote lacks)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["push"]:
+        print("usage: python -m pipeline.dvc_remote push", file=sys.stderr)
+        return 2
+    return push(Path.cwd())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
