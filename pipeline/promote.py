@@ -52,7 +52,7 @@ from pipeline.serving_bundle import roll_forward
 from pipeline.stage import StageError, run_stage
 
 PRODUCTION_DIR = "models/production"
-CANDIDATE_STAGING = "models/promoted-"  # + alias: the bundle while it is published and registered (.gitignore)
+CANDIDATE_STAGING = registry_fetch.DVC_STAGING  # + alias: the bundle while it is published and registered
 REFUSED = 3
 WORSE_THAN_PRODUCTION = 2  # the champion/challenger rule: a gate said no, as evaluate's threshold test exits
 

@@ -15,8 +15,10 @@ verified against the digest the registry recorded before it is installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -35,6 +37,9 @@ SERVING_ARTIFACT = "serving_bundle"
 ENV_PROMOTE_ALIAS = "SHELFCAST_PROMOTE_ALIAS"  # CI: promote registers a candidate (e.g. shadow), not production
 ALREADY_INSTALLED = "already installed"  # Fetched.source when the target holds the registered bundle already
 TAG_ARTIFACT, TAG_DIGEST, TAG_DVC = "serving_artifact", "serving_digest", "dvc_out"
+# + a name: where a bundle is staged for DVC, in models/ of the project (promote: + the alias; fetch --from dvc:
+# fetch). The .gitignore un-ignores its .dvc file: DVC refuses to write or read a git-ignored one.
+DVC_STAGING = "models/promoted-"
 
 
 class FetchError(RuntimeError):
@@ -117,8 +122,9 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
         return digest
 
     if via == "dvc":
-        _dvc_pull(root, version, into)  # DVC checks the content against the recorded hash
-        return check(verify_bundle(into))
+        with _dvc_pull(root, version) as pulled:  # DVC checks the content against the recorded hash
+            check(verify_bundle(pulled))
+            return copy_bundle(pulled, into)
     if via != "mlflow":
         raise FetchError(f"--from: expected mlflow or dvc, got {via!r}")
     artifact = tags.get(TAG_ARTIFACT, tracking.BUNDLE_ARTIFACT_PATH)
@@ -138,21 +144,36 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
         return copy_bundle(local, into)
 
 
-def _dvc_pull(root: Path, version, into: Path) -> None:
+@contextlib.contextmanager
+def _dvc_pull(root: Path, version, name: str = "fetch"):
+    """Pull the version's recorded DVC entry into ``models/promoted-fetch/`` of ``root`` (its ``.dvc`` file is one
+    the project's .gitignore does not ignore: DVC refuses to read an ignored one, as it refused
+    models/production.dvc) and yield that folder; both are removed afterwards, whatever happens."""
     recorded = (version.tags or {}).get(TAG_DVC)
     if not recorded:
         raise FetchError(f"version {version.version} records no DVC hash ({TAG_DVC}); fetch it from MLflow instead")
     if not (root / ".dvc").is_dir():
         raise FetchError(f"{root}: not a DVC project; `--from dvc` needs the repository's .dvc/ and a remote")
-    into.parent.mkdir(parents=True, exist_ok=True)
-    dvc_file = into.with_name(into.name + ".dvc")
-    out = {**json.loads(recorded), "path": into.name}
+    staging = root / f"{DVC_STAGING}{name}"
+    dvc_file = staging.with_name(staging.name + ".dvc")
+    out = {**json.loads(recorded), "path": staging.name}
     md5 = out.get("md5")
-    dvc_file.write_text(yaml.safe_dump({"outs": [out]}, sort_keys=False), encoding="utf-8")
-    done = dvc_remote.dvc(root, "pull", str(dvc_file.relative_to(root)))
-    if done.returncode != 0:
-        raise FetchError(f"version {version.version} ({md5}): "
-                         f"{dvc_remote.failure(f'dvc pull {dvc_file.relative_to(root)}', done)}")
+
+    def clean() -> None:
+        dvc_file.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+    clean()  # what a run killed midway left
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dvc_file.write_text(yaml.safe_dump({"outs": [out]}, sort_keys=False), encoding="utf-8")
+        shown = dvc_file.relative_to(root).as_posix()
+        done = dvc_remote.dvc(root, "pull", shown)
+        if done.returncode != 0:
+            raise FetchError(f"version {version.version} ({md5}): {dvc_remote.failure(f'dvc pull {shown}', done)}")
+        yield staging
+    finally:
+        clean()
 
 
 def fetch(root: Path, alias: str, target: Path, name: str = tracking.REGISTERED_MODEL, via: str = "mlflow") -> Fetched:

@@ -204,6 +204,35 @@ def test_a_failed_push_to_the_dvc_remote_refuses_in_one_line_saying_what_to_do(t
     assert not list((root / "models").glob("promoted-*"))
 
 
+def test_a_clone_of_the_project_fetches_the_promoted_bundle_from_the_dvc_remote(trained_project, tmp_path):
+    """`make fetch-model MODEL_SOURCE=dvc` in a clone of this repository failed every time: it wrote
+    models/production.dvc, which the project's .gitignore ignores, and `dvc pull` refused it ("bad DVC file name
+    'models/production.dvc' is git-ignored"), leaving that file behind; `--to` outside the project was a ValueError
+    traceback. Now the entry is pulled into models/promoted-fetch/ (its .dvc file not ignored) and installed where
+    asked, verified; nothing is left in models/."""
+    from pipeline import registry_fetch
+
+    root, _ = trained_project
+    if promote._dvc(root, "version").returncode != 0:
+        pytest.skip("dvc CLI not available")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    shutil.copy(Path(__file__).resolve().parents[3] / ".gitignore", root / ".gitignore")  # as in every clone
+    assert promote._dvc(root, "init", "-q").returncode == 0
+    assert promote._dvc(root, "remote", "add", "-d", "shared", str(tmp_path / "remote")).returncode == 0
+    assert evaluate.main(["--root", str(root)]) == 0
+    assert "push" in promote.run(root, quiet=True)["dvc"]
+    want = tracking.production_version(root).tags[registry_fetch.TAG_DIGEST]
+    shutil.rmtree(root / "models/production")
+    shutil.rmtree(root / ".dvc/cache")  # a fresh clone: only the remote has it
+    assert registry_fetch.main(["--root", str(root), "--from", "dvc"]) == 0
+    assert verify_bundle(root / "models/production") == want
+    host = tmp_path / "host" / "production"  # outside the project, e.g. a serving host's store
+    assert registry_fetch.main(["--root", str(root), "--from", "dvc", "--to", str(host)]) == 0
+    assert verify_bundle(host) == want
+    assert not list((root / "models").glob("*.dvc")) and not list((root / "models").glob("promoted-*"))
+    assert not list(host.parent.glob("*.dvc"))
+
+
 def test_the_hashed_model_code_is_exactly_what_reruns_evaluate():
     """promote compares the hash of MODEL_CODE; DVC must rerun evaluate whenever any of it changes."""
     from pathlib import Path
