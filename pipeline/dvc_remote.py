@@ -45,7 +45,8 @@ def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 def reason(done: subprocess.CompletedProcess) -> str:
     """DVC's error on one line, without its support blurb."""
-    lines = [line.strip() for line in f"{done.stderr or ''}\n{done.stdout or ''}".splitlines()]
+    said = (done.stderr or "").strip() or (done.stdout or "")  # stdout: a summary ("7 files fetched"), unless alone
+    lines = [line.strip() for line in said.splitlines()]
     kept = [line for line in lines if line and not line.startswith(DVC_SUPPORT_LINE)]
     return " ".join(kept) or f"exit status {done.returncode}"
 

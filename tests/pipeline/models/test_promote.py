@@ -204,7 +204,8 @@ def test_a_failed_push_to_the_dvc_remote_refuses_in_one_line_saying_what_to_do(t
     assert not list((root / "models").glob("promoted-*"))
 
 
-def test_a_clone_of_the_project_fetches_the_promoted_bundle_from_the_dvc_remote(trained_project, tmp_path):
+def test_a_clone_of_the_project_fetches_the_promoted_bundle_from_the_dvc_remote(trained_project, tmp_path,
+                                                                                   capsys):
     """`make fetch-model MODEL_SOURCE=dvc` in a clone of this repository failed every time: it wrote
     models/production.dvc, which the project's .gitignore ignores, and `dvc pull` refused it ("bad DVC file name
     'models/production.dvc' is git-ignored"), leaving that file behind; `--to` outside the project was a ValueError
@@ -231,6 +232,16 @@ def test_a_clone_of_the_project_fetches_the_promoted_bundle_from_the_dvc_remote(
     assert verify_bundle(host) == want
     assert not list((root / "models").glob("*.dvc")) and not list((root / "models").glob("promoted-*"))
     assert not list(host.parent.glob("*.dvc"))
+
+    # the remote lost the bundle (an object deleted from the bucket): one line naming what is missing, what to do
+    shutil.rmtree(tmp_path / "remote")
+    shutil.rmtree(root / ".dvc/cache")
+    capsys.readouterr()
+    assert registry_fetch.main(["--root", str(root), "--from", "dvc", "--to", str(tmp_path / "again")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Missing cache files" in err and "files fetched" not in err, err
+    assert err.endswith("the registry's artifact store has it too (MODEL_SOURCE=mlflow, the default)"), err
+    assert not (tmp_path / "again").exists() and not list((root / "models").glob("promoted-*"))
 
 
 def test_the_hashed_model_code_is_exactly_what_reruns_evaluate():
