@@ -16,6 +16,7 @@ from pathlib import Path
 
 CREDENTIALS = ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (an s3:// remote; CI: the secrets "
                "DVC_REMOTE_ACCESS_KEY_ID and DVC_REMOTE_SECRET_ACCESS_KEY)")
+MISSING = ("Missing cache files", "Checkout failed", "missing-files")  # objects neither in the cache nor the remote
 # (what DVC or the S3 client says, what to do): the first that matches the reason
 REMEDIES = (
     (("Unable to locate credentials", "NoCredentialsError"), f"no credentials for the remote: set {CREDENTIALS}"),
@@ -28,7 +29,7 @@ REMEDIES = (
       "EndpointConnectionError"),
      "the remote cannot be reached: check its endpointurl (`dvc config remote.<name>.endpointurl`) and that the "
      "store is up"),
-    (("Missing cache files", "Checkout failed", "missing-files"),
+    (MISSING,
      "the remote lacks these objects: push them again from a clone that has them (`dvc push`), or rebuild them "
      "(`dvc repro` recomputes what is missing)"),
     (("requires 'dvc-",), "install the remote's DVC plugin: `make clean && make venv VENV_EXTRAS=s3` (README, CI/CD)"),
@@ -51,7 +52,10 @@ def reason(done: subprocess.CompletedProcess) -> str:
     return " ".join(kept) or f"exit status {done.returncode}"
 
 
-def remedy(why: str) -> str:
+def remedy(why: str, missing: str | None = None) -> str:
+    """What to do about ``why``; ``missing``: the caller's own remedy for objects the remote lacks."""
+    if missing and any(sign in why for sign in MISSING):
+        return missing
     for signs, what_to_do in REMEDIES:
         if any(sign in why for sign in signs):
             return what_to_do
@@ -59,10 +63,10 @@ def remedy(why: str) -> str:
             "only what the remote lacks)")
 
 
-def failure(command: str, done: subprocess.CompletedProcess) -> str:
-    """``command`` failed: DVC's reason and what to do, one line."""
+def failure(command: str, done: subprocess.CompletedProcess, missing: str | None = None) -> str:
+    """``command`` failed: DVC's reason and what to do, one line (``missing``: as for ``remedy``)."""
     why = reason(done)
-    return f"`{command}` failed: {why} -> {remedy(why)}"
+    return f"`{command}` failed: {why} -> {remedy(why, missing)}"
 
 
 def push(root: Path) -> int:

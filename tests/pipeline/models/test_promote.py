@@ -241,6 +241,7 @@ def test_a_clone_of_the_project_fetches_the_promoted_bundle_from_the_dvc_remote(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Missing cache files" in err and "files fetched" not in err, err
     assert err.endswith("the registry's artifact store has it too (MODEL_SOURCE=mlflow, the default)"), err
+    assert "the remote lacks this version's bundle" in err and "`dvc push`" not in err, err  # no .dvc file to push
     assert not (tmp_path / "again").exists() and not list((root / "models").glob("promoted-*"))
 
 
