@@ -44,6 +44,7 @@ from pipeline.atomic import DirectoryBusy, one_writer, remove_abandoned_copies, 
 from pipeline.bundle import BundleError, verify_bundle
 from pipeline.dvc_remote import dvc as _dvc
 from pipeline.dvc_remote import failure as dvc_failure
+from pipeline.dvc_remote import reason as dvc_reason
 from pipeline.evaluate import (BACKTEST_FILE, CANDIDATE_DIR, EVALUATION_FILE, METRICS_FILE, RESULT_FILES,
                                current_versions, evaluation_run_params)
 from pipeline.model_params import evaluate_params, promote_params
@@ -165,11 +166,12 @@ def track_with_dvc(root: Path, bundle_dir: Path, shown: str | None = None) -> tu
         return (f"no DVC remote configured: {shown} not DVC-tracked (the registry's artifact store has it; "
                 "`dvc remote add -d NAME URL` makes promote push it too)"), None
     added = _dvc(root, "add", relative)
-    if added.returncode != 0:
-        message = added.stderr.strip() or added.stdout.strip()
+    if added.returncode != 0:  # a local failure (the cache, the .gitignore): DVC's reason on one line
+        message = dvc_reason(added)
         if "git-ignored" in message:
             message += (f" (un-ignore it, e.g. .gitignore: `/models/*` and `!/{relative}.dvc`)")
-        raise PromotionRefused(f"`dvc add {relative}` failed: {message}")
+        raise PromotionRefused(f"`dvc add {relative}` failed: {message}; nothing registered: promote again once "
+                               "fixed")
     dvc_file = root / f"{relative}.dvc"
     pushed = _dvc(root, "push", f"{relative}.dvc")
     if pushed.returncode != 0:

@@ -204,6 +204,26 @@ def test_a_failed_push_to_the_dvc_remote_refuses_in_one_line_saying_what_to_do(t
     assert not list((root / "models").glob("promoted-*"))
 
 
+def test_a_failed_dvc_add_refuses_in_one_line(trained_project, tmp_path, capsys):
+    """`dvc add` of the promoted bundle refused (here a .gitignore that ignores its .dvc file): the refusal was
+    DVC's several lines, its support blurb included. Now one line with the way out, and nothing registered."""
+    root, _ = trained_project
+    if promote._dvc(root, "version").returncode != 0:
+        pytest.skip("dvc CLI not available")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    (root / ".gitignore").write_text("/models/*\n", encoding="utf-8")  # no exception for promoted-*.dvc
+    assert promote._dvc(root, "init", "-q").returncode == 0
+    assert promote._dvc(root, "remote", "add", "-d", "shared", str(tmp_path / "remote")).returncode == 0
+    assert evaluate.main(["--root", str(root)]) == 0
+    capsys.readouterr()
+    assert promote.main(["--root", str(root)]) == promote.REFUSED
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Having any troubles" not in err, err
+    assert err.startswith("promote: refused: `dvc add models/promoted-production` failed: ") and \
+        "git-ignored" in err and "un-ignore it" in err and err.endswith("promote again once fixed"), err
+    assert tracking.production_version(root) is None
+
+
 def test_a_clone_of_the_project_fetches_the_promoted_bundle_from_the_dvc_remote(trained_project, tmp_path,
                                                                                    capsys):
     """`make fetch-model MODEL_SOURCE=dvc` in a clone of this repository failed every time: it wrote
