@@ -263,6 +263,14 @@ def _promote(root: Path, quiet: bool, home: Path, raw: dict) -> dict:
     # Production (params' alias) is installed on this host; a candidate alias (CI's SHELFCAST_PROMOTE_ALIAS=shadow)
     # is only published: `release` installs candidates, and this host's production stays what it serves.
     production = alias == pparams.alias
+    if not production and registered is not None:
+        serving_now = tracking.production_version(root, pparams.model_name, pparams.alias)
+        if serving_now is not None and str(serving_now.version) == str(registered.version):
+            say(f"promote: {pparams.model_name} version {registered.version} is '{pparams.alias}' already: "
+                f"'{alias}' not moved (a candidate of production would be judged against itself: nothing to release)")
+            return {"model": pparams.model_name, "version": str(registered.version), "alias": pparams.alias,
+                    "registered": False, "installed": False, "digest": digest,
+                    "dvc": "nothing uploaded or pushed", "champion_challenger": comparison.to_json()}
     target, staging = root / PRODUCTION_DIR, root / f"{CANDIDATE_STAGING}{alias}"
     staging.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(staging, ignore_errors=True)  # a killed promote's

@@ -344,6 +344,21 @@ def test_a_candidate_alias_is_registered_without_replacing_production_on_this_ho
     assert tracking.production_version(root) is None
 
 
+def test_a_candidate_alias_is_not_moved_onto_production_itself(trained_project, monkeypatch, capsys):
+    """CI's promote (SHELFCAST_PROMOTE_ALIAS=shadow) of a bundle that is production already (a rerun with nothing
+    changed) moved `shadow` onto production's version: the release job's `release shadow` then refused it as
+    production itself, and `release status` showed one version as both. Now the alias stays, and promote says so."""
+    root, summary = trained_project
+    assert evaluate.main(["--root", str(root)]) == 0
+    assert promote.main(["--root", str(root)]) == 0  # production, version 1
+    capsys.readouterr()
+    monkeypatch.setenv("SHELFCAST_PROMOTE_ALIAS", "shadow")
+    assert promote.main(["--root", str(root)]) == 0
+    assert "version 1 is 'production' already: 'shadow' not moved" in capsys.readouterr().out
+    assert "shadow" not in tracking.client(root).get_registered_model("shelfcast-forecaster").aliases
+    assert str(tracking.production_version(root).version) == "1"
+
+
 def test_a_dvc_config_that_cannot_be_read_is_not_said_to_have_no_remote(tmp_path):
     """Noticed by the CI probe: `dvc remote list` failing (conflict markers a merge left in .dvc/config) read as
     "no DVC remote configured", so a team with a remote was told it had none."""
