@@ -142,16 +142,26 @@ def test_no_evaluation_no_promotion(trained_project, capsys):
     assert "no evaluation found" in capsys.readouterr().err
 
 
+def dvc_project(root: Path, remote: Path | None = None, gitignore: str | None = None) -> None:
+    """Make ``root`` a git + DVC project with the repository's .gitignore (or ``gitignore``), and ``remote`` as its
+    default DVC remote; skips the test without the dvc CLI."""
+    if promote._dvc(root, "version").returncode != 0:
+        pytest.skip("dvc CLI not available")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    if gitignore is None:  # models/* ignored, as in every clone
+        shutil.copy(Path(__file__).resolve().parents[3] / ".gitignore", root / ".gitignore")
+    else:
+        (root / ".gitignore").write_text(gitignore, encoding="utf-8")
+    assert promote._dvc(root, "init", "-q").returncode == 0
+    if remote is not None:
+        assert promote._dvc(root, "remote", "add", "-d", "shared", str(remote)).returncode == 0
+
+
 def test_in_a_dvc_project_the_production_bundle_is_pushed_when_there_is_a_remote(trained_project, capsys):
     """No remote: nothing to push to, no .dvc file. A remote: pushed, and its DVC entry is a tag of the model
     version (what `registry_fetch --from dvc` pulls by), so no models/production.dvc is left for git either."""
     root, _ = trained_project
-    dvc = promote._dvc(root, "version")
-    if dvc.returncode != 0:
-        pytest.skip("dvc CLI not available")
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    shutil.copy(Path(__file__).resolve().parents[3] / ".gitignore", root / ".gitignore")  # models/* ignored, as here
-    assert promote._dvc(root, "init", "-q").returncode == 0
+    dvc_project(root)
     assert evaluate.main(["--root", str(root)]) == 0
     assert promote.main(["--root", str(root)]) == 0
     assert "no DVC remote configured: models/production not DVC-tracked" in capsys.readouterr().out
@@ -182,46 +192,28 @@ def test_in_a_dvc_project_the_production_bundle_is_pushed_when_there_is_a_remote
     assert not list((root / "models").glob("promoted-*"))
 
 
-def test_a_failed_push_to_the_dvc_remote_refuses_in_one_line_saying_what_to_do(trained_project, capsys):
-    """A remote promote cannot write: the refusal was DVC's several lines ("unexpected error - ...", then "Having
-    any troubles? Hit us up at https://dvc.org/support"), with no remedy. Now one line, and nothing registered."""
+@pytest.mark.parametrize("failing", ["push", "add"])
+def test_a_failed_dvc_push_or_add_refuses_in_one_line_saying_what_to_do(trained_project, capsys, failing):
+    """A remote promote cannot write (push), or a .gitignore that ignores the bundle's .dvc file (add): the refusal
+    was DVC's several lines ("unexpected error - ...", then "Having any troubles? Hit us up at
+    https://dvc.org/support"), with no remedy. Now one line, and nothing registered."""
     root, _ = trained_project
-    if promote._dvc(root, "version").returncode != 0:
-        pytest.skip("dvc CLI not available")
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    shutil.copy(Path(__file__).resolve().parents[3] / ".gitignore", root / ".gitignore")
-    assert promote._dvc(root, "init", "-q").returncode == 0
-    (root.parent / "blocker").touch()  # the remote's folder lies under a file: nothing can be written there
-    assert promote._dvc(root, "remote", "add", "-d", "shared", str(root.parent / "blocker" / "remote")).returncode == 0
+    if failing == "push":
+        (root.parent / "blocker").touch()  # the remote's folder lies under a file: nothing can be written there
+        dvc_project(root, remote=root.parent / "blocker" / "remote")
+        command, said = "dvc push models/promoted-production.dvc", ("Not a directory",)
+    else:
+        dvc_project(root, remote=root.parent / "remote", gitignore="/models/*\n")  # promoted-*.dvc ignored too
+        command, said = "dvc add models/promoted-production", ("git-ignored", "un-ignore it")
     assert evaluate.main(["--root", str(root)]) == 0
     capsys.readouterr()
     assert promote.main(["--root", str(root)]) == promote.REFUSED
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Having any troubles" not in err, err
-    assert err.startswith("promote: refused: `dvc push models/promoted-production.dvc` failed: ") and \
-        "Not a directory" in err and err.endswith("nothing registered: promote again once fixed"), err
+    assert err.startswith(f"promote: refused: `{command}` failed: ") and all(s in err for s in said) and \
+        err.endswith("nothing registered: promote again once fixed"), err
     assert tracking.production_version(root) is None
     assert not list((root / "models").glob("promoted-*"))
-
-
-def test_a_failed_dvc_add_refuses_in_one_line(trained_project, tmp_path, capsys):
-    """`dvc add` of the promoted bundle refused (here a .gitignore that ignores its .dvc file): the refusal was
-    DVC's several lines, its support blurb included. Now one line with the way out, and nothing registered."""
-    root, _ = trained_project
-    if promote._dvc(root, "version").returncode != 0:
-        pytest.skip("dvc CLI not available")
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    (root / ".gitignore").write_text("/models/*\n", encoding="utf-8")  # no exception for promoted-*.dvc
-    assert promote._dvc(root, "init", "-q").returncode == 0
-    assert promote._dvc(root, "remote", "add", "-d", "shared", str(tmp_path / "remote")).returncode == 0
-    assert evaluate.main(["--root", str(root)]) == 0
-    capsys.readouterr()
-    assert promote.main(["--root", str(root)]) == promote.REFUSED
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Having any troubles" not in err, err
-    assert err.startswith("promote: refused: `dvc add models/promoted-production` failed: ") and \
-        "git-ignored" in err and "un-ignore it" in err and err.endswith("promote again once fixed"), err
-    assert tracking.production_version(root) is None
 
 
 def test_a_clone_of_the_project_fetches_the_promoted_bundle_from_the_dvc_remote(trained_project, tmp_path,
@@ -234,12 +226,7 @@ def test_a_clone_of_the_project_fetches_the_promoted_bundle_from_the_dvc_remote(
     from pipeline import registry_fetch
 
     root, _ = trained_project
-    if promote._dvc(root, "version").returncode != 0:
-        pytest.skip("dvc CLI not available")
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    shutil.copy(Path(__file__).resolve().parents[3] / ".gitignore", root / ".gitignore")  # as in every clone
-    assert promote._dvc(root, "init", "-q").returncode == 0
-    assert promote._dvc(root, "remote", "add", "-d", "shared", str(tmp_path / "remote")).returncode == 0
+    dvc_project(root, remote=tmp_path / "remote")
     assert evaluate.main(["--root", str(root)]) == 0
     assert "push" in promote.run(root, quiet=True)["dvc"]
     want = tracking.production_version(root).tags[registry_fetch.TAG_DIGEST]
