@@ -127,7 +127,7 @@ def test_op(op_type):
     assert examples, f"{op_type}: register examples"
     own = len(examples)
     examples = examples + _derived_examples(op_def, examples)
-    compiled, gradient_checks = set(), 0  # compiled: the input shapes and attributes compiled so far
+    compiled, gradient_checks, outputs = set(), 0, False  # compiled: the input shapes and attributes compiled so far
     for k, example in enumerate(examples):
         what = (f"{op_type} {'example' if k < own else 'derived example'} {k} "
                 f"({[f'{a.dtype}{a.shape}' for a in example.inputs]}, {example.attrs})")
@@ -137,6 +137,7 @@ def test_op(op_type):
             if k < own:
                 raise
             continue  # a dtype the op's rule refuses
+        outputs = outputs or bool(built.op.outputs)
         want = built.run(REFERENCE)
         unfused = built.run(UNFUSED)
         if built.static_error is not None:
@@ -161,6 +162,9 @@ def test_op(op_type):
             gradient_checks += 1
     if op_def.grad is not None:
         assert gradient_checks, f"{op_type}: no finite float64 example to check its gradient with"
+    if op_def.emit is not None and outputs and not op_def.must_feed:  # NoOp (no outputs), Placeholder: by design
+        assert compiled, (f"{op_type}: registers an emitter (emit) but none of its examples compiled: "
+                          "the compiled path never ran it")
     if op_def.fusible:
         for summer in _row_summers():
             fused = []  # the first two examples that can show it (each builds new kernels: a cold cache compiles them)
