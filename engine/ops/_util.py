@@ -15,6 +15,9 @@ from engine.registry import Example, get_op_def, register
 
 NUMERIC = ("float", "int")
 FLOAT = ("float",)
+# NaN and infinities propagate as computed, without NumPy's RuntimeWarnings in users' logs (check_numerics catches
+# them); a decorator of the NumPy kernels and references that meet them (thread-safe as one; never a `with`)
+quiet = np.errstate(invalid="ignore", over="ignore")
 
 
 def tensors_for_binary(x, y, graph=None):

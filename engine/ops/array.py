@@ -13,7 +13,7 @@ from engine.graph import (IndexedSlices, constant_tensor, convert_to_tensor, gra
                           python_value_to_array)
 from engine.kernels import array as KA
 from engine.kernels import reduce as R
-from engine.ops._util import (FLOAT, NUMERIC, constructor, create, declared, elementwise, same_dtype, sample,
+from engine.ops._util import (FLOAT, NUMERIC, constructor, create, declared, elementwise, quiet, same_dtype, sample,
                               tensors_for_binary, unbroadcast)
 from engine.registry import NUMPY_KERNEL, Example, register, simple_kernel
 
@@ -495,7 +495,7 @@ def _cast_examples(rng):
 
 
 register("Cast", infer=lambda inputs, attrs: [(attrs["dtype"], inputs[0].shape)],
-         kernel=lambda op, ctx: (lambda x, _d=op.attrs["dtype"].np: x.astype(_d)), reference=NUMPY_KERNEL,
+         kernel=lambda op, ctx: quiet(lambda x, _d=op.attrs["dtype"].np: x.astype(_d)), reference=NUMPY_KERNEL,
          examples=_cast_examples, grad=_cast_grad,
          emit=lambda c, op, ins: f"{ins[0]}.astype(np.{op.outputs[0].dtype.name})")
 
@@ -512,6 +512,7 @@ def cast(x, dtype, name=None):
 # --- gradient helpers ---------------------------------------------------------------------------------
 
 
+@quiet
 def _sum_to_shape_reference(g, like):
     lead = g.ndim - like.ndim
     stretched = tuple(lead + i for i, d in enumerate(like.shape) if d == 1 and g.shape[lead + i] != 1)

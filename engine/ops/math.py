@@ -16,7 +16,7 @@ from engine import graph, shapes
 from engine.graph import convert_to_tensor
 from engine.kernels import array as KA
 from engine.kernels import reduce as R
-from engine.ops._util import (BOOL, FLOAT, NUMERIC, create, elementwise, same_dtype, sample,
+from engine.ops._util import (BOOL, FLOAT, NUMERIC, create, elementwise, quiet, same_dtype, sample,
                               tensors_for_binary, unbroadcast)
 from engine.ops.array import broadcast_reduced, cast, ones_like, select_grads, where, zeros_like
 from engine.registry import NUMPY_KERNEL, Example, register, simple_kernel
@@ -124,6 +124,7 @@ def _add_n_infer(inputs, attrs):
     return [(d, shape)]
 
 
+@quiet
 def _add_all(*xs):
     if any(x.shape != xs[0].shape for x in xs):
         raise ValueError(f"add_n needs inputs of equal shapes: {[x.shape for x in xs]}")
@@ -138,6 +139,7 @@ def _add_n_examples(rng):
         Example((sample(rng, (3, 2), np.float64), sample(rng, (1, 2), np.float64)))]  # refused: no broadcasting
 
 
+@quiet
 def _add_all_reference(*xs):
     if len({x.shape for x in xs}) > 1:
         raise ValueError(f"add_n needs inputs of equal shapes: {[x.shape for x in xs]}")
@@ -174,7 +176,7 @@ def _matmul_infer(inputs, attrs):
 
 def _matmul_reference(op, ctx):
     ta, tb = op.attrs["transpose_a"], op.attrs["transpose_b"]
-    return lambda a, b: np.matmul(a.T if ta else a, b.T if tb else b)
+    return quiet(lambda a, b: np.matmul(a.T if ta else a, b.T if tb else b))
 
 
 def _matmul_out_kernel(op, ctx):
@@ -182,6 +184,7 @@ def _matmul_out_kernel(op, ctx):
     product added to +0.0 as gemm adds it (a -0.0 product is 0.0 both ways)."""
     ta, tb = op.attrs["transpose_a"], op.attrs["transpose_b"]
 
+    @quiet
     def matmul_into(out, a, b):
         a2 = a.T if ta else a  # transposes are views: BLAS reads them with its trans flag
         b2 = b.T if tb else b
@@ -272,7 +275,7 @@ def _reduce_kernel(kind):
 def _reduce_reference(fn):
     def make(op, ctx):
         axis, keepdims = op.attrs["axis"], op.attrs["keepdims"]
-        return lambda x: np.asarray(fn(x, axis=axis, keepdims=keepdims), dtype=x.dtype)
+        return quiet(lambda x: np.asarray(fn(x, axis=axis, keepdims=keepdims), dtype=x.dtype))
 
     return make
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import types
+import warnings
 import zlib
 
 import numpy as np
@@ -70,10 +71,13 @@ class Built:
         inputs = self.example.inputs if inputs is None else inputs
         before = [np.array(a, copy=True) for a in inputs]
         try:
-            with np.errstate(all="ignore"):  # NumPy's warnings of NaN and infinities in kernels and references
+            with warnings.catch_warnings():  # NaN and infinities propagate without a warning (ops._util.quiet)
+                warnings.simplefilter("error", RuntimeWarning)
                 out = sess.run(fetch if fetch is not None else self.fetch, dict(zip(self.feeds, inputs)))
         except (OpError, ValueError, TypeError, IndexError) as e:
             out = e
+        assert not isinstance(getattr(out, "__cause__", None), RuntimeWarning), \
+            f"{self.op.type}: the {config.backend} run warned (users' logs): {out.__cause__}"
         for k, (a, b) in enumerate(zip(inputs, before)):  # a feed is the caller's array: no kernel writes into it
             assert a.tobytes() == b.tobytes(), (f"{self.op.type}: the {config.backend} run wrote into input {k}, "
                                                 "the caller's array (a kernel may return input 0, never write it)")

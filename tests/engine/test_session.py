@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import collections
+import warnings
 
 import numpy as np
 import pytest
 
 import engine as en
+from engine import compiler
 
 
 def test_pruning_does_not_run_unneeded_stateful_ops():
@@ -228,6 +230,29 @@ def test_check_numerics_raises_with_message_and_op_name():
         message = r"log of the input : Tensor had NaN values \(op 'checked'\)"
         with pytest.raises(en.errors.InvalidArgumentError, match=message):
             s.run(y, {x: [1.0, -1.0]})
+
+
+
+@pytest.mark.parametrize("backend", ["session", "reference", "compiled"])
+def test_nan_and_infinities_propagate_without_numpy_warnings(backend):
+    """Found by a probe: a served request with an extreme value, or training on a NaN, printed NumPy's
+    'RuntimeWarning: invalid value encountered in cast/matmul/subtract/reduce' into logs. NaN and infinities
+    propagate as computed (check_numerics catches them), silently, in every backend."""
+    x = en.placeholder(en.float32, (2, 3))
+    y = en.placeholder(en.float32, (3, 2))
+    fetches = [en.cast(x, en.int32), en.matmul(x, y), en.nn.softmax(x), en.reduce_sum(x), en.reduce_mean(x, 0),
+               en.add_n([x, x]), en.get_default_graph().create_op("SumToShape", [x, en.zeros((3,))]).outputs[0]]
+    big = np.float32(3e38)
+    feed = {x: np.array([[np.nan, np.inf, -np.inf], [big, big, 1.0]], np.float32),
+            y: np.array([[np.inf, 1.0], [-np.inf, 2.0], [big, 0.0]], np.float32)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if backend == "compiled":
+            got = compiler.CompiledPlan(en.Session(), fetches[:2], [x, y])(*feed.values())
+        else:
+            config = en.SessionConfig(optimize=False, backend="reference") if backend == "reference" else None
+            got = en.Session(config=config).run(fetches, feed)
+    assert np.isnan(got[1]).any() and np.isinf(got[1]).any()
 
 
 def test_kernel_failure_names_the_op():
