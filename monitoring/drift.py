@@ -172,6 +172,8 @@ def summary_line(report: Mapping[str, Any], html_path: Path) -> str:
         counts = ", ".join(f"{sender}: {n}" for sender, n in sorted(set_aside["not_predictions"].items()))
         shown += f"; {sum(set_aside['not_predictions'].values())} record(s) that are not prediction events " \
                  f"skipped ({counts})"
+    if (report.get("reference") or {}).get("forecast_note"):
+        shown += f"; {report['reference']['forecast_note']}"
     if report["status"] == "insufficient_data":
         events, requests = report["events"], report.get("distinct_requests", report["events"])
         verdict = (f"no verdict: {events} event{' is' if events == 1 else 's are'} too few" if requests >= events else

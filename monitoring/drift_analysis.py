@@ -47,6 +47,8 @@ UNWEIGHTED_REASON = ("the same in every training example (e.g. no promotion ever
 TRAINING_REFERENCE_NOTE = ("this bundle has no served-horizon reference (made before it existed): requests are "
                            "compared with the training rows, from earlier origins; "
                            "retrain for a like-for-like reference")
+NO_FORECAST_REFERENCE_NOTE = ("this bundle has no per-horizon forecast reference (promoted by older code): "
+                              "`dvc repro` and `make promote` give one")
 VERDICT_DRIFT, VERDICT_OK, VERDICT_INCONCLUSIVE, VERDICT_NOT_ALARMED = "drift", "ok", "inconclusive", "not alarmed"
 MIN_LIVE_SERIES = 30  # series with known sales below which live accuracy (NWRMSLE, the baseline ratio) is shown,
 # never alarmed: one real, ordinary row scored 1.17 against the 0.9 bound; random real subsets of 20 rows
@@ -329,6 +331,9 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
     reasons: list[str] = []
     live_days = live_horizon_days(data, bundle_metadata.get("horizon"))
     report["reference"]["history_by_horizon"] = any(r.get("by_horizon") for r in reference["dense"].values())
+    served = training_stats.get("served") or {}  # forecasts then fall back to the inner-validation ones: say so
+    if not (served.get("prediction_units") and served.get("prediction_by_horizon")):
+        report["reference"]["forecast_note"] = NO_FORECAST_REFERENCE_NOTE
     for name in dense_names:
         expected = reference["dense"][name]
         trained = training_stats.get("dense", {}).get(name, {})

@@ -78,6 +78,8 @@ def _reference_html(report: Mapping[str, Any]) -> str:
                 + (f" Forecasts are compared with the model's {escape(str(forecasts))}." if forecasts else ""))
     else:
         text = f"Reference: the training rows. {escape(str(reference.get('note', '')))}"
+    if reference.get("forecast_note"):
+        text += f" Note: {escape(reference['forecast_note'])}."
     return f'<p id="drift-reference">{text}</p>'
 
 

@@ -26,7 +26,9 @@ Two references, both plain JSON (numpy only):
   shifts them though nothing changed (a year-end window: PSI 0.44 on the year-ago season change).
 * the training rows' own distributions (``dense``, ``categorical``, ``target_units``,
   ``prediction_units``: the inner-validation forecasts, one origin at every horizon),
-  kept for the model card and for bundles made before ``served`` existed.
+  kept for the model card and for bundles made before ``served`` existed. A bundle whose ``served``
+  lacks ``prediction_units``/``prediction_by_horizon`` (promoted by older code) has its forecasts compared
+  with these, and monitoring's report and summary line say so (``NO_FORECAST_REFERENCE_NOTE``).
 """
 
 from __future__ import annotations

@@ -495,6 +495,28 @@ def test_a_bundle_without_per_day_forecasts_says_the_request_mix_may_be_behind_a
     assert every_day["prediction"]["drifted"] and "horizon days" not in every_day["prediction"]["note"]
 
 
+def test_a_bundle_without_per_day_forecasts_tells_the_operator_how_to_get_them(bundle_parts, stream, tmp_path):
+    """Found by a probe: a bundle promoted by older code (no served prediction_units / prediction_by_horizon)
+    fell back to the inner-validation forecasts silently: the report named that reference, but nothing said how
+    to get the per-horizon one. The report's reference paragraph and `make drift`'s summary line say it."""
+    metadata, stats = bundle_parts
+    events = stream(STREAM_EVENTS, seed=9)
+    current = analyse(events, metadata, stats, DriftParams())
+    assert "forecast_note" not in current["reference"]
+    assert "per-horizon" not in drift.summary_line(current, tmp_path / "d.html")
+    older = copy.deepcopy(stats)
+    for key in ("prediction_units", "prediction_by_horizon"):
+        del older["served"][key]
+    report = analyse(events, metadata, older, DriftParams())
+    says = ("this bundle has no per-horizon forecast reference (promoted by older code): "
+            "`dvc repro` and `make promote` give one")
+    assert report["prediction"]["reference"] == drift_analysis.INNER_VALIDATION_FORECASTS
+    assert report["reference"]["forecast_note"] == says
+    assert f"; {says};" in drift.summary_line(report, tmp_path / "d.html")
+    paragraph = render_report(report).split('<p id="drift-reference">')[1].split("</p>")[0]
+    assert html_escape(says) in paragraph
+
+
 def test_a_feature_constant_in_training_is_shown_not_alarmed(bundle_parts, stream):
     """A store's data without promotions: every training example has target_onpromotion 0, so the model gives it no
     weight (pipeline/models.py). Traffic flagged promoted alarmed when the files said False, and was left out of
