@@ -268,7 +268,7 @@ def _promote(root: Path, quiet: bool, home: Path, raw: dict) -> dict:
         if serving_now is not None and str(serving_now.version) == str(registered.version):
             say(f"promote: {pparams.model_name} version {registered.version} is '{pparams.alias}' already: "
                 f"'{alias}' not moved (a candidate of production would be judged against itself: nothing to release)")
-            return {"model": pparams.model_name, "version": str(registered.version), "alias": pparams.alias,
+            return {"model": pparams.model_name, "version": str(registered.version), "alias": alias, "moved": False,
                     "registered": False, "installed": False, "digest": digest,
                     "dvc": "nothing uploaded or pushed", "champion_challenger": comparison.to_json()}
     target, staging = root / PRODUCTION_DIR, root / f"{CANDIDATE_STAGING}{alias}"

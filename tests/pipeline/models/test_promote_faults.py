@@ -217,7 +217,9 @@ def test_a_bundle_promoted_again_is_installed_as_its_registered_version_serves_i
     assert again["version"] == "1" and not again["installed"]
 
 
-def test_a_candidate_alias_promoted_again_moves_without_uploading(two_candidates, monkeypatch):
+def test_a_candidate_alias_promoted_again_as_production_is_neither_uploaded_nor_moved(two_candidates, monkeypatch):
+    """The retrained candidate is production's bundle (the same digest): nothing is uploaded, and the candidate
+    alias is not moved onto production's own version (a release would judge it against itself)."""
     root, first, second = two_candidates
     promote.run(root, quiet=True)
     v1 = production(root)
@@ -225,7 +227,8 @@ def test_a_candidate_alias_promoted_again_moves_without_uploading(two_candidates
     monkeypatch.setenv("SHELFCAST_PROMOTE_ALIAS", "shadow")
     summary = promote.run(root, quiet=True)
     assert summary["version"] == "1" and not summary["registered"] and not summary["installed"]
-    assert str(tracking.client(root).get_model_version_by_alias(tracking.REGISTERED_MODEL, "shadow").version) == "1"
+    assert summary["alias"] == "shadow" and summary["moved"] is False
+    assert "shadow" not in tracking.client(root).get_registered_model(tracking.REGISTERED_MODEL).aliases
     assert tracking.client(root).list_artifacts(retrained["run_id"], "serving_bundle") == []
     assert verify_bundle(root / "models/production") == v1.tags[TAG_DIGEST] and leftovers(root) == []
 
