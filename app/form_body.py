@@ -8,13 +8,13 @@ bytes replaced by U+FFFD; a field sent as a multipart file part (``curl -F store
 then shown, or forecast, as a field left empty or mistyped.
 
 Here the body is read for the form's own fields (FORM_FIELDS, the first part of each name): a value that is not
-text in its charset (UTF-8, or a multipart part's declared one), or one sent as a file, is an error keyed by its
-field, for the page to show beside it. A file is refused, not read as the value: the form has no file input, so
-a file part is a client's mistake, a file is not held to the form's field size limit (Werkzeug spools a large
-one to disk), and the form takes nothing it would have to guess at. A multipart body that does not parse is
-InputError(400). Other fields are skipped unread, as the form ignores them. Werkzeug's multipart decoder does the
-parsing, with the app's form limits (MAX_FORM_PARTS, MAX_FORM_MEMORY_SIZE: over them it raises
-RequestEntityTooLarge, as ``request.form`` does).
+text in its charset (UTF-8, or a multipart part's declared one), one sent as a file, or a field sent more than
+once (which value was meant?) is an error keyed by its field, for the page to show beside it. A file is refused,
+not read as the value: the form has no file input, so a file part is a client's mistake, a file is not held
+to the form's field size limit (Werkzeug spools a large one to disk), and the form takes nothing it would
+have to guess at. A multipart body that does not parse is InputError(400). Other fields are skipped unread, as
+the form ignores them. Werkzeug's multipart decoder does the parsing, with the app's form limits (MAX_FORM_PARTS,
+MAX_FORM_MEMORY_SIZE: over them it raises RequestEntityTooLarge, as ``request.form`` does).
 """
 
 from __future__ import annotations
@@ -60,7 +60,10 @@ def read_form(body: bytes, mimetype: str, options: Mapping[str, str], max_parts:
         parts = iter(())
     form = PostedForm()
     for part in parts:
-        if part.name not in FORM_FIELDS or part.name in form.values:
+        if part.name not in FORM_FIELDS:
+            continue
+        if part.name in form.values:
+            form.errors[part.name] = repeated_field(part.name)
             continue
         if part.filename is not None:
             form.values[part.name] = ""
@@ -75,6 +78,11 @@ def read_form(body: bytes, mimetype: str, options: Mapping[str, str], max_parts:
                                       f"0x{part.data[exc.start]:02x} at position {exc.start} of its value), so it "
                                       "could not be read; send the form encoded as UTF-8.")
     return form
+
+
+def repeated_field(name: str) -> str:
+    """The form page's error for a field sent more than once (the page sends each once: a script's mistake)."""
+    return f"The field {name!r} was sent more than once, so it was not read; send it once."
 
 
 def urlencoded_parts(body: bytes) -> Iterator[_Part]:

@@ -162,9 +162,11 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
                     {"name": "q", "in": "query", "required": False,
                      "schema": {"type": "string", "maxLength": MAX_QUERY},
                      "example": example.search,
-                     "description": "words that must all appear (e.g. a family and a class)"},
+                     "description": "words that must all appear (e.g. a family and a class); given at most "
+                                    "once (a repeated parameter is 400)"},
                     {"name": "limit", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 20}}],
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 20},
+                     "description": "at most this many items; given at most once (a repeated parameter is 400)"}],
                 "responses": {"200": _json("#/components/schemas/ItemSearch", "matching items, by number"),
                               "400": _error("an invalid query parameter"), "503": unavailable}}},
             "/api/v1/openapi.json": {"get": {

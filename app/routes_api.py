@@ -117,13 +117,20 @@ def model_info():
 
 
 def query_values(names: tuple[str, ...]) -> tuple[dict[str, str], list[FieldError]]:
-    """The first value of each of ``names`` in the query string, read strictly: one whose %-escapes are not UTF-8
+    """The value of each of ``names`` in the query string, read strictly: one whose %-escapes are not UTF-8
     text is an error naming it (Werkzeug's request.args keeps such an escape as its literal text, so a Latin-1
-    ``q=caf%E9`` searched for "caf%E9" and answered 200 with no items)."""
+    ``q=caf%E9`` searched for "caf%E9" and answered 200 with no items), and so is one given more than once
+    (``limit=1&limit=50`` used the first silently: the client's mistake, named rather than guessed at)."""
     values: dict[str, str] = {}
     errors = []
+    repeated: set[str] = set()
     for part in urlencoded_parts(request.query_string):
-        if part.name not in names or part.name in values:
+        if part.name not in names:
+            continue
+        if part.name in values:
+            if part.name not in repeated:
+                repeated.add(part.name)
+                errors.append(FieldError(part.name, "given more than once in the query string: give it once"))
             continue
         try:
             values[part.name] = part.data.decode("utf-8")

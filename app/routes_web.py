@@ -17,7 +17,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from app.chart import SIZES, format_units, sales_chart_svg
 from app.errors import FormTooLarge
 from app.examples import example_for
-from app.form_body import PostedForm, read_form
+from app.form_body import PostedForm, read_form, repeated_field
 from app.predictor import LoadedModel
 from app.service import day_numbers, forecast_instances
 from app.state import serving_state
@@ -69,6 +69,10 @@ def index():
     if not form_values(request.args):
         return _page(model)
     form = parse_form(request.args, model)
+    for name in FORM_FIELDS:  # /?store=1&store=2 forecast store 1: a repeated field is the sender's mistake, named
+        if len(request.args.getlist(name)) > 1:
+            form.errors[name] = repeated_field(name)
+            form.instance = None
     if form.instance is None:
         return _page(model, form, status=400)
     if request.method == "HEAD":  # a link checker's or a preview's: nothing is shown, so nothing is forecast or logged

@@ -114,8 +114,8 @@ def test_an_items_query_that_is_not_utf8_is_named_not_searched_as_its_escape(ser
     assert found["total"] >= 1 and all(word in item["family"].lower() for item in found["items"])
     escaped = served.client.get("/api/v1/items?q=%25E9+" + word).json  # "%E9" itself, sent escaped: searched
     assert escaped == {"items": [], "total": 0}
-    first = served.client.get("/api/v1/items?limit=1&limit=x&q=").json
-    assert len(first["items"]) == 1  # the first of a repeated parameter, as request.args reads it
+    repeated = served.client.get("/api/v1/items?limit=1&limit=x&q=")
+    assert repeated.status_code == 400 and [e["field"] for e in repeated.json["errors"]] == ["limit"]
 
 
 def test_openapi_document_lists_exactly_the_served_api(served):
@@ -271,3 +271,15 @@ def test_items_search_reads_an_item_number_in_any_scripts_digits(served, digits)
     typed = str(item).translate(str.maketrans("0123456789", digits))
     response = served.client.get("/api/v1/items", query_string={"q": typed})
     assert response.status_code == 200 and response.json["items"][0]["item_nbr"] == item
+
+
+@pytest.mark.parametrize("query, field", [("limit=1&limit=50", "limit"), ("q=dairy&q=bread", "q"),
+                                          ("limit=2&q=a&limit=2", "limit")])
+def test_an_items_parameter_given_twice_is_400_naming_it_not_the_first_used(served, query, field):
+    """Found by a probe: /api/v1/items?limit=1&limit=50 answered one item, the second limit silently dropped."""
+    response = served.client.get(f"/api/v1/items?{query}")
+    assert response.status_code == 400
+    assert response.json["errors"] == [{"field": field,
+                                        "message": "given more than once in the query string: give it once"}]
+    parameters = served.client.get("/api/v1/openapi.json").json["paths"]["/api/v1/items"]["get"]["parameters"]
+    assert all("given at most once" in parameter["description"] for parameter in parameters)

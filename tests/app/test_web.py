@@ -473,3 +473,19 @@ def test_a_canary_series_gets_the_same_forecast_on_the_form_as_from_the_api(make
     web = [e for e in served.events() if e["source"] == "web"]
     assert sorted(e["model_variant"] for e in web) == ["canary", "shadow"]
     assert {e["model_version"] for e in web} == {canary.version}
+
+
+@pytest.mark.parametrize("field", ["store", "item", "date", "onpromotion"])
+def test_a_field_sent_twice_is_400_beside_it_not_the_first_value_forecast(served, field):
+    """Found by a probe: /?store=1&store=2 forecast store 1, the second value silently dropped. A form field sent
+    twice is a client's mistake (the page sends each once): 400 with the error beside it, GET or POST."""
+    values = form_for(served)
+    query = "&".join(f"{name}={value}" for name, value in values.items()) + f"&{field}={values[field]}"
+    response = served.client.get(f"/?{query}")
+    assert response.status_code == 400
+    assert field_errors(response.get_data(as_text=True)) == {
+        field: f"The field {field!r} was sent more than once, so it was not read; send it once."}
+    posted = served.client.post("/", data=query, content_type="application/x-www-form-urlencoded")
+    assert posted.status_code == 400 and list(field_errors(posted.get_data(as_text=True))) == [field]
+    assert served.events() == []
+    assert served.client.get("/", query_string=values).status_code == 200
