@@ -92,7 +92,7 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
     ids = random.Random(os.urandom(32))
 
     @app.before_request
-    def start_request() -> None:
+    def start_request():
         g.started = request.environ.get(ARRIVED) or time.perf_counter()  # read whole, before its turn's wait
         given = request.headers.get("X-Request-ID", "")
         g.request_id = given if REQUEST_ID.fullmatch(given) else f"{ids.getrandbits(128):032x}"
@@ -106,6 +106,20 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
         if request.content_length or transfer:  # a sized or a chunked body
             check_body_encoding(request.headers.get("Content-Encoding", ""), request.mimetype_params.get("charset"),
                                 transfer)
+        if request.method == "OPTIONS" and request.environ.get("PATH_INFO") == "*":
+            return server_options()
+        return None
+
+    server_methods = None
+
+    def server_options():
+        """``OPTIONS *`` (RFC 9110 §9.3.7, asking about the server, not a resource): 200 with the methods some
+        path here takes. Werkzeug reads the target ``*`` as the path ``/*``, and it had answered the HTML 404
+        "no such path /*"."""
+        nonlocal server_methods
+        if server_methods is None:
+            server_methods = ", ".join(sorted({m for rule in app.url_map.iter_rules() for m in rule.methods or ()}))
+        return app.response_class(status=200, headers={"Allow": server_methods, "Content-Length": "0"})
 
     @app.after_request
     def tag_response(response):

@@ -239,3 +239,16 @@ def test_schemathesis_over_http_finds_no_server_error(server):
             answers_as_documented()
     print(f"schemathesis over HTTP: {sum(statuses.values())} requests, statuses {dict(sorted(statuses.items()))}")
     assert statuses and not any(status >= 500 for status in statuses)
+
+
+def test_options_asterisk_asks_about_the_server_200_with_allow_and_security_headers(server):
+    """Found by a probe: `OPTIONS * HTTP/1.1` (RFC 9110 §9.3.7: about the server, not a resource) answered the
+    HTML 404 "no such path /*". Now 200, empty, with the methods the server takes; a path /* is still 404."""
+    response = request(server, "OPTIONS", "*")
+    headers = {k.lower(): v for k, v in response.getheaders()}
+    assert response.status == 200 and headers["content-length"] == "0"
+    assert set(headers["allow"].split(", ")) == {"GET", "HEAD", "POST", "OPTIONS"}
+    assert "default-src 'self'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
+    assert headers["x-request-id"]
+    assert request(server, "OPTIONS", "/*").status == 404
+    assert request(server, "OPTIONS", "/api/v1/predict").status == 200  # a path's own OPTIONS, as before
