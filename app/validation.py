@@ -21,6 +21,8 @@ from app.predictor import LoadedModel
 INSTANCE_FIELDS = ("store_nbr", "item_nbr", "date", "onpromotion")
 MAX_ID = 2**31 - 1
 DATE_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+# a year past 9999 (an HTML date input takes 12017-08-01): no date here can have it, so it is out of range
+LONG_YEAR_DATE = re.compile(r"0*([1-9][0-9]{4,})-[0-9]{2}-[0-9]{2}")
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,12 @@ def check_id(value: Any, field: str, errors: list[FieldError]) -> int | None:
 
 
 def check_date(value: Any, field: str, errors: list[FieldError]) -> dt.date | None:
+    long_year = LONG_YEAR_DATE.fullmatch(value) if isinstance(value, str) else None
+    if long_year is not None:
+        errors.append(FieldError(field, f"year {shorten(long_year.group(1))} is out of range: a date is YYYY-MM-DD, "
+                                        "years 0001..9999, and the model forecasts only its horizon (GET "
+                                        "/api/v1/model)"))
+        return None
     if not isinstance(value, str) or not DATE_PATTERN.fullmatch(value):
         errors.append(FieldError(field, f"expected a date as YYYY-MM-DD, got {_describe(value)}"))
         return None
@@ -272,7 +280,12 @@ def parse_form(form: Mapping[str, str], model: LoadedModel) -> FormInput:
     else:
         field_errors: list[FieldError] = []
         date = check_date(values["date"], "date", field_errors)
-        if date is None and DATE_PATTERN.fullmatch(values["date"]):  # written right, but no such day (as the API says)
+        long_year = LONG_YEAR_DATE.fullmatch(values["date"])
+        if long_year is not None:  # a valid HTML date (12017-08-01), but a year no forecast can be for
+            errors["date"] = (f"The year {shorten(long_year.group(1))} is out of range: the model forecasts "
+                              f"{model.first_date.isoformat()} to {model.last_date.isoformat()} only; choose a "
+                              "date in that range.")
+        elif date is None and DATE_PATTERN.fullmatch(values["date"]):  # written right, no such day (as the API says)
             errors["date"] = f"{values['date']} is not a calendar date; use the date picker."
         elif date is None:
             errors["date"] = "Use the date picker, or type the date as YYYY-MM-DD."

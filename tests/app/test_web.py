@@ -489,3 +489,19 @@ def test_a_field_sent_twice_is_400_beside_it_not_the_first_value_forecast(served
     assert posted.status_code == 400 and list(field_errors(posted.get_data(as_text=True))) == [field]
     assert served.events() == []
     assert served.client.get("/", query_string=values).status_code == 200
+
+
+@pytest.mark.parametrize("date", ["12017-08-01", "275760-09-13", "99999999999999999999-01-01"])
+def test_a_date_with_a_year_past_9999_says_the_year_is_out_of_range(served, date):
+    """Found by a probe: 12017-08-01 (a valid HTML date: a date input takes 5-digit years) got "Use the date
+    picker, or type the date as YYYY-MM-DD". It is a date, in a year no forecast can be for: the form says the
+    year is out of range and which dates work, as the API says the year is out of range."""
+    model = served.model
+    errors = field_errors(forecast_page(served, date=date).get_data(as_text=True))
+    year = date.rsplit("-", 2)[0]
+    assert errors == {"date": f"The year {year} is out of range: the model forecasts {model.first_date.isoformat()} "
+                              f"to {model.last_date.isoformat()} only; choose a date in that range."}
+    api = served.client.post("/api/v1/predict", json={"instances": [
+        {"store_nbr": 1, "item_nbr": 1, "date": date, "onpromotion": False}]})
+    assert api.status_code == 400
+    assert api.json["errors"][0]["message"].startswith(f"year {year} is out of range")
