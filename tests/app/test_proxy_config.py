@@ -125,11 +125,14 @@ class Upstream:
         import threading
 
         headers = self.APP_HEADERS
+        self.received: list[list[tuple[str, str]]] = []  # each request's header fields as the app got them
+        received = self.received
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+                received.append([(name.lower(), value) for name, value in self.headers.items()])
                 own = self.path == "/app"
                 self.send_response(200 if own else 431)
                 for name, value in (headers.items() if own else ()):
@@ -220,3 +223,32 @@ def test_every_answer_through_the_proxy_carries_the_security_headers_once(tmp_pa
         assert dict(headers).get("server") == "nginx", (case, headers)  # never gunicorn's
     assert [answers[case][0].split()[1] for case in cases if case.startswith("nginx")] == \
         ["413", "413", "400", "414"] and answers["nginx's 502 (the app is down)"][0].split()[1] == "502"
+
+
+def test_the_proxy_sets_the_forwarded_headers_a_client_cannot_forge(tmp_path):
+    """Found by a probe: nginx passed a client's own `X-Forwarded-Proto: https` (and X-Real-IP) to the app
+    unchanged, so a plain-HTTP client could claim https, or any address. The proxy now sets them from the
+    connection: X-Forwarded-Proto from $scheme, X-Real-IP from the peer's address, X-Forwarded-For with the peer
+    appended last, X-Forwarded-Host from the Host it serves, and a client's RFC 7239 `Forwarded` is dropped."""
+    upstream = Upstream()
+    proxy, port = start_proxy(tmp_path, upstream.port)
+    try:
+        status, _ = answer_headers(port, b"GET /app HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n"
+                                         b"X-Forwarded-Proto: https\r\nX-Real-IP: 10.9.9.9\r\n"
+                                         b"X-Forwarded-For: 10.8.8.8\r\nX-Forwarded-Host: evil.example\r\n"
+                                         b"Forwarded: for=10.7.7.7;proto=https\r\n\r\n")
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        upstream.stop()
+    assert status.split()[1] == "200"
+    [received] = upstream.received
+    names = [name for name, _ in received]
+    for name in ("x-forwarded-proto", "x-real-ip", "x-forwarded-for", "x-forwarded-host"):
+        assert names.count(name) == 1, (name, received)
+    headers = dict(received)
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-real-ip"] == "127.0.0.1"
+    assert headers["x-forwarded-for"] == "10.8.8.8, 127.0.0.1"  # the last address is the one nginx saw
+    assert headers["x-forwarded-host"] == "shop.example" and headers["host"] == "shop.example"
+    assert "forwarded" not in headers
