@@ -40,7 +40,8 @@ against not, 15 s runs: p99 lower in 11 of 12 alternated pairs (e.g. 61.4 -> 34.
 "Serving performance"). Where other busy programs share the cores, 0 lets the kernel move workers.
 
 /metrics is summed over the workers with prometheus_client's multiprocess mode: the
-directory PROMETHEUS_MULTIPROC_DIR (default: a new temporary one) is emptied at start, and
+directory PROMETHEUS_MULTIPROC_DIR (default: a new temporary one, removed on exit, or at a later start when
+the master was SIGKILLed: app/metrics_files.py remove_orphaned) is emptied at start, and
 a dead worker's counts are folded into retired.json and its own files removed
 (app/metrics_files.py), so the folder does not grow with every worker ever started.
 
@@ -128,12 +129,13 @@ def control_socket_dir() -> str:
 control_socket = (setting("SHELFCAST_CONTROL_SOCKET", "")
                   or os.path.join(control_socket_dir(), f"shelfcast-{os.getpid()}.ctl"))
 OWN_METRICS_DIR_ENV = "SHELFCAST_OWN_METRICS_DIR"  # the metrics directory this server made (and removes)
+METRICS_DIR_PREFIX = "shelfcast-metrics-"  # in the temporary directory; a SIGKILLed master's is removed at start
 
 # Set before any worker imports prometheus_client, which reads it at import. gunicorn reads this file again on
 # SIGHUP, with the variable set by then: which directory is ours (removed on exit) is kept in a second one.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[OWN_METRICS_DIR_ENV] = tempfile.mkdtemp(
-        prefix="shelfcast-metrics-")
+        prefix=METRICS_DIR_PREFIX)
 METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 OWN_METRICS_DIR = os.environ.get(OWN_METRICS_DIR_ENV) == str(METRICS_DIR)
 GIL_SWITCH_INTERVAL_S = 0.001  # see the module docstring
@@ -164,10 +166,17 @@ def on_starting(server):
         for address in server.cfg.bind:
             if not address.startswith(("unix:", "fd://")):
                 refuse_a_taken_address(address)
-    from app.metrics_files import clear
+    from app.metrics_files import claim, clear, disown, remove_orphaned
 
     METRICS_DIR.mkdir(parents=True, exist_ok=True)
     clear(METRICS_DIR)
+    if OWN_METRICS_DIR:  # named for the master (after any daemonizing fork), which removes it on exit
+        claim(METRICS_DIR, os.getpid())
+    else:
+        disown(METRICS_DIR)
+    # a SIGKILLed master never ran on_exit: its directory is removed here, at the next start of any server
+    for orphan in remove_orphaned(tempfile.gettempdir(), METRICS_DIR_PREFIX):
+        server.log.info("removed %s, the metrics directory of a server that is gone", orphan)
 
 
 def when_ready(server):

@@ -17,6 +17,13 @@ file removed between prometheus_client's listing and its read (an error for coun
 ``served_<pid>.json`` holds the models a live worker serves (shelfcast_model_info, app/metrics.py), rewritten
 when they change and removed with the worker: a prometheus_client Gauge cannot drop a label set in
 multiprocess mode, so each model a worker ever served kept a series, at 0, for the worker's life.
+
+A directory the server made itself (the default, ``shelfcast-metrics-*`` in the temporary directory) names its
+master in ``master.pid`` (``claim()``), and is removed when the server exits; a master that was SIGKILLed (or
+lost with its machine's power) never exits, so each such start left one behind. ``remove_orphaned()``, at every
+start, removes those whose master is gone: the same user's directory, whose master.pid names no live process of
+that user started when the master was. One without master.pid (a directory a user set, which ``disown()`` keeps
+unnamed, or one made by an older version or not yet claimed) is never removed.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -38,6 +46,7 @@ FOLDED_TYPES = ("counter", "histogram")  # kept after a worker dies (its live ga
 RETIRED = "retired.json"  # the dead workers' counter and histogram totals: [{name, type, documentation, samples}]
 RETIRING_PREFIX = "retiring-"  # a scratch folder holding links to the one dead worker's files being read
 SERVED_PREFIX = "served_"  # served_<pid>.json: the models a live worker serves (shelfcast_model_info)
+OWNER = "master.pid"  # "<pid> <start time>" of the master that made the directory (and is to remove it)
 
 
 @contextlib.contextmanager
@@ -218,3 +227,67 @@ def retire_process(pid: int, directory: Path | str) -> None:
         os.replace(staging, directory / RETIRED)  # a scrape (after the lock) sees the old totals or the new
         for path in own:
             path.unlink()
+
+
+def _start_time(pid: int) -> str | None:
+    """Process ``pid``'s start time (clock ticks since boot, /proc/<pid>/stat field 22): with the pid, it names
+    one process, not whichever process is given the pid next. None where /proc does not tell."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def claim(directory: Path | str, pid: int) -> None:
+    """Name master ``pid`` as the owner of ``directory``, a directory it made (written whole, then renamed)."""
+    directory = Path(directory)
+    scratch = directory / f"{OWNER}.tmp"
+    scratch.write_text(f"{pid} {_start_time(pid) or '-'}\n", encoding="ascii")
+    scratch.replace(directory / OWNER)
+
+
+def disown(directory: Path | str) -> None:
+    """``directory`` was given to this server (PROMETHEUS_MULTIPROC_DIR): no owner named in it, so it is never
+    taken for an orphan, even where a server had made it once."""
+    (Path(directory) / OWNER).unlink(missing_ok=True)
+
+
+def _owner_alive(pid: int, started: str, uid: int) -> bool:
+    """Whether the master that wrote ``pid started`` may still run: a process ``pid`` of user ``uid``, started
+    then. In doubt (its start time or owner unreadable), alive."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: not the master, which ran as the directory's owner
+        return False
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != uid:  # root may signal anyone: compare the owner itself
+            return False
+    except OSError:
+        return True
+    now = _start_time(pid)
+    return started == "-" or now is None or now == started  # a different start time: the pid was reused
+
+
+def remove_orphaned(parent: Path | str, prefix: str) -> list[Path]:
+    """Remove the directories ``prefix*`` in ``parent`` that this user's servers made and whose master is gone
+    (SIGKILLed: its on_exit never ran); the paths removed. Never one with no owner named, another user's, a
+    link, or one whose master still runs."""
+    removed = []
+    uid = os.getuid()
+    for path in Path(parent).glob(f"{prefix}*"):
+        try:
+            info = path.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
+                continue
+            pid_text, started = (path / OWNER).read_text(encoding="ascii").split()
+            pid = int(pid_text)
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        if pid > 0 and not _owner_alive(pid, started, uid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

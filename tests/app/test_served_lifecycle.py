@@ -76,6 +76,7 @@ def test_a_directory_a_server_was_given_is_never_removed(monkeypatch, tmp_path):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     monkeypatch.setenv("SHELFCAST_OWN_METRICS_DIR", "")
     monkeypatch.delenv("SHELFCAST_OWN_METRICS_DIR")
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where on_starting looks for orphaned directories
     conf = _load_conf(Path(__file__).resolve().parents[2] / "app" / "gunicorn_conf.py")
     conf.on_starting(type("Server", (), {"cfg": type("Cfg", (), {"reuse_port": False})()})())
     conf.on_exit(None)
@@ -97,6 +98,50 @@ def test_a_sighup_leaves_no_metrics_directory_behind(app_bundles, tmp_path):
     finally:
         served.stop()
     assert not made[0].exists()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def test_a_sigkilled_servers_metrics_directory_is_removed_at_the_next_start(app_bundles, tmp_path):
+    """Found by a probe: a SIGKILLed master never runs on_exit, so its default /tmp/shelfcast-metrics-* directory
+    stayed, one more at each such restart. The next server to start removes it (its master.pid names a master
+    that is gone), and never a live server's directory, one a user set (even one a server had made), or one that
+    names no master."""
+    settings = {"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                "SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl"), "TMPDIR": str(tmp_path),
+                "PROMETHEUS_MULTIPROC_DIR": ""}
+    unnamed = tmp_path / "shelfcast-metrics-unnamed"  # no master.pid: an older version's, or not yet claimed
+    unnamed.mkdir()
+    given = tmp_path / "shelfcast-metrics-given"  # made by a server once, then set by a user for another one
+    servers = [launch.start(settings, tmp_path / "killed.log")]
+    try:
+        killed = servers[0]
+        workers = _children(killed.pid)
+        [orphan] = set(tmp_path.glob("shelfcast-metrics-*")) - {unnamed}
+        assert (orphan / "master.pid").read_text().split()[0] == str(killed.pid)
+        shutil.copytree(orphan, given)
+        servers.append(launch.start(settings, tmp_path / "live.log"))
+        live = servers[1]
+        [live_dir] = set(tmp_path.glob("shelfcast-metrics-*")) - {orphan, given, unnamed}
+        killed.process.kill()
+        killed.stop()
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in workers):  # its orphaned worker notices and exits
+            assert time.monotonic() < deadline, "the SIGKILLed master's worker did not exit"
+            time.sleep(0.1)
+        assert orphan.is_dir()
+        servers.append(launch.start({**settings, "PROMETHEUS_MULTIPROC_DIR": str(given)}, tmp_path / "given.log"))
+        assert not orphan.exists(), "the SIGKILLed master's directory was left"
+        assert live_dir.is_dir() and given.is_dir() and unnamed.is_dir()
+        assert "the metrics directory of a server that is gone" in servers[2].log_tail()
+        assert request(live.port, "GET", "/metrics").status == 200
+    finally:
+        for server in servers:
+            server.stop()
+    assert not live_dir.exists() and given.is_dir() and unnamed.is_dir()
 
 
 def test_changing_a_bundle_files_owner_changes_its_signature(tmp_path):
