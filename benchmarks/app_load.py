@@ -255,14 +255,24 @@ def connections_per_worker(app_pid: int, port: int) -> list[int]:
         established = launch.socket_inodes(port, launch.ESTABLISHED)
         if established is None:
             return []
-        counts = []
-        for pid in workers:
-            inodes = {os.readlink(fd)[8:-1] for fd in Path(f"/proc/{pid}/fd").iterdir()
-                      if os.readlink(fd).startswith("socket:[")}
-            counts.append(len(inodes & established))
+        counts = [len(socket_inodes_of(pid) & established) for pid in workers]
     except (OSError, IndexError, ValueError):  # a process gone mid-read, or no Linux /proc
         return []
     return sorted(counts, reverse=True)
+
+
+def socket_inodes_of(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` holds. A descriptor closed between the listing and its read is
+    skipped: under load a worker opens and closes files all the time (a whole sample was lost to one such fd)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
 
 
 def stop(process: subprocess.Popen, timeout_s: float) -> None:

@@ -34,6 +34,34 @@ def test_a_process_ending_while_the_workers_are_listed_is_skipped(monkeypatch):
         child.wait()
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="Linux's /proc")
+def test_a_descriptor_closed_while_a_workers_sockets_are_read_is_skipped(monkeypatch):
+    """A worker under load closes files while S1 reads its descriptors: one closed between the listing and its
+    read lost the whole sample (connections_per_worker was [], and the slow S1 test failed on 0 == 4)."""
+    app_load = _benchmark_module("app_load")
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    served, _ = listener.accept()
+    doomed = os.open(os.devnull, os.O_RDONLY)
+    readlink = os.readlink
+
+    def closed_meanwhile(path):
+        if os.path.basename(str(path)) == str(doomed) and doomed_open:
+            doomed_open.pop()
+            os.close(doomed)  # really closed: the read that follows fails as it did under load
+        return readlink(path)
+
+    doomed_open = [True]
+    monkeypatch.setattr(os, "readlink", closed_meanwhile)
+    monkeypatch.setattr(app_load, "worker_pids", lambda app_pid: [os.getpid()])
+    try:
+        assert app_load.connections_per_worker(os.getpid(), listener.getsockname()[1]) == [1]
+        assert not doomed_open  # the closed descriptor was met
+    finally:
+        for sock in (served, client, listener):
+            sock.close()
+
+
 def _answer(raw: bytes, *, pieces: int = 1):
     """read_response over a real socket pair, the peer writing `raw` in `pieces` sends and then closing."""
     app_load = _benchmark_module("app_load")
