@@ -293,7 +293,7 @@ def _promote(root: Path, quiet: bool, home: Path, raw: dict) -> dict:
     if created or comparison.status != champion.SAME_BUNDLE:  # already that version: its record is what it was
         champion.record(root, pparams.model_name, None if created else str(version.version), version.run_id,
                         comparison)  # promoted on, never "already production" over it (`make run` promotes each run)
-    summary = {"model": pparams.model_name, "version": str(version.version), "alias": alias,
+    summary = {"model": pparams.model_name, "version": str(version.version), "alias": alias, "moved": True,
                "registered": created, "installed": installed, "digest": digest, "dvc": dvc_note,
                "champion_challenger": comparison.to_json()}
     # the candidate's digest, and the serving bundle's (its own digest: the one the app, `release status` and

@@ -186,7 +186,7 @@ def test_in_a_dvc_project_the_production_bundle_is_pushed_when_there_is_a_remote
         summary = promote.run(root, quiet=True)
     finally:
         del os.environ["SHELFCAST_PROMOTE_ALIAS"]
-    assert "push" in summary["dvc"] and summary["alias"] == "shadow"
+    assert "push" in summary["dvc"] and summary["alias"] == "shadow" and summary["moved"] is True
     shadow = tracking.client(root).get_model_version_by_alias(tracking.REGISTERED_MODEL, "shadow")
     assert json.loads(shadow.tags["dvc_out"])["md5"].endswith(".dir")
     assert not list((root / "models").glob("promoted-*"))
@@ -342,6 +342,7 @@ def test_a_candidate_alias_is_not_moved_onto_production_itself(trained_project, 
     monkeypatch.setenv("SHELFCAST_PROMOTE_ALIAS", "shadow")
     assert promote.main(["--root", str(root)]) == 0
     assert "version 1 is 'production' already: 'shadow' not moved" in capsys.readouterr().out
+    assert promote.run(root, quiet=True)["moved"] is False  # one summary shape: a promote that moved says True
     assert "shadow" not in tracking.client(root).get_registered_model("shelfcast-forecaster").aliases
     assert str(tracking.production_version(root).version) == "1"
 
