@@ -55,7 +55,7 @@ def promote_alias(configured: str) -> str:
 def publish_serving_bundle(root: Path, run_id: str, bundle_dir: Path) -> dict[str, str]:
     """Upload the installed production bundle to the candidate's run; returns the version tags that find it."""
     digest = verify_bundle(bundle_dir)
-    mlflow_client = tracking.client(root)
+    mlflow_client = tracking.client(root, create=False)
     try:
         mlflow_client.log_artifacts(run_id, str(bundle_dir), SERVING_ARTIFACT)
     except Exception as exc:  # noqa: BLE001 MlflowException or an artifact store's own (boto, requests) error
@@ -85,7 +85,7 @@ def resolve(root: Path, alias: str, name: str = tracking.REGISTERED_MODEL):
     from mlflow.exceptions import MlflowException
 
     try:
-        return tracking.client(root).get_model_version_by_alias(name, alias)
+        return tracking.client(root, create=False).get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         hint = ""
         if alias == PRODUCTION:  # CI registers candidates as shadow: the very first production is made by hand, once
@@ -131,7 +131,7 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
     where = f"runs:/{version.run_id}/{artifact}"
     with tempfile.TemporaryDirectory(prefix=".fetch.", dir=into.parent) as scratch:
         try:
-            local = tracking.client(root).download_artifacts(version.run_id, artifact, scratch)
+            local = tracking.client(root, create=False).download_artifacts(version.run_id, artifact, scratch)
         except Exception as exc:  # noqa: BLE001 MlflowException or the artifact store's own error
             raise FetchError(f"version {version.version}: downloading {where}: "
                              f"{tracking.without_credentials(str(exc))}") from None

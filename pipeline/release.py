@@ -104,7 +104,7 @@ class ReleaseError(RuntimeError):
 # --- registry state ---------------------------------------------------------------------------
 
 def _client(root: Path):
-    return tracking.client(root)
+    return tracking.client(root, create=False)
 
 
 # what a registry with no registered model yet (a fresh clone's) needs first: every release command says it
@@ -892,6 +892,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     writes = args.command not in ("status", "smoke") and (args.command != "decide" or args.apply)
     try:
+        if args.command != "smoke":  # the registry first: run in the wrong folder, it makes nothing there, no models/
+            _client(root)
         with tracking.mlflow_errors_named(root), (one_writer(store.root, f"release {args.command}") if writes
                                                   else contextlib.nullcontext()):
             version = args.version

@@ -277,9 +277,11 @@ def create_local_store(db: Path) -> None:
         staging.unlink(missing_ok=True)
 
 
-def client(project_root: Path | str = "."):
+def client(project_root: Path | str = ".", create: bool = True):
     """An MlflowClient on the project's store (imported here, never at module import); a local sqlite store that
-    does not exist yet is created whole first (create_local_store)."""
+    does not exist yet is created whole first (create_local_store), or, for ``create=False`` (the commands that
+    only read or move what a train and a promote recorded), refused: run in the wrong folder, they made an empty
+    ``mlflow.db`` there."""
     import logging
 
     from mlflow import MlflowClient
@@ -296,6 +298,11 @@ def client(project_root: Path | str = "."):
     with mlflow_errors_named(project_root):
         db = local_store_path(uri)
         if db is not None and not db.exists():
+            if not create:
+                raise TrackingError(f"no MLflow store in {db.parent} ({db.name} not found): nothing was trained or "
+                                    "promoted there. Run this in the project's root folder or pass --root PROJECT; "
+                                    "a fresh clone's first: `dvc repro` then `python -m pipeline.promote` (or "
+                                    "`make run`); a team's registry: set MLFLOW_TRACKING_URI")
             create_local_store(db)
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
 

@@ -75,6 +75,7 @@ def test_an_unknown_alias_is_a_clear_error(registry_env, tmp_path):
 def test_a_new_registry_without_production_says_how_the_first_one_is_made(tmp_path, capsys, monkeypatch):
     """CI registers every candidate as @shadow; the app pipeline's first fetch of @production needs one made by hand."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'new-registry.db'}")
+    tracking.client(tmp_path)  # the team's new registry: a store that CI's candidates may already be in
     done = registry_fetch.main(["--root", str(tmp_path), "--alias", "production", "--to", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert done == 1 and "promoted by hand, once" in err and "SHELFCAST_PROMOTE_ALIAS unset" in err

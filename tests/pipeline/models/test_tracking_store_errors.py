@@ -77,7 +77,7 @@ def test_release_and_fetch_say_a_refusing_store_in_one_line(full_store: Path, mo
                 raise refused.value
             return refuse
 
-    monkeypatch.setattr(tracking, "client", lambda root=".": RefusingClient())
+    monkeypatch.setattr(tracking, "client", lambda root=".", create=True: RefusingClient())
     with pytest.raises(release.ReleaseError) as error:
         release.aliases(full_store)
     _one_line_naming_the_cause(str(error.value))
