@@ -27,6 +27,9 @@ UNIT_SALES_MEANING = ("forecast units sold, median-like: expm1 of the predicted 
 EXPECTED_UNITS_MEANING = ("expected units sold (the bias-corrected mean: unit_sales + 1 times a factor fitted on "
                           "the model's inner validation, minus 1): sum these for orders and totals; absent when "
                           "the served model predates them")
+STORE_CLOSED_MEANING = ("present (true) when the store sold nothing on the same date a year earlier though it sold "
+                        "in the days around it (a day it closes, such as Christmas): unit_sales and expected_units "
+                        "are then 0")
 
 
 def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEFAULT_DATA_EXAMPLE) -> dict:
@@ -51,6 +54,7 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
         "properties": {**instance["properties"],
                        "unit_sales": {"type": "number", "minimum": 0, "description": UNIT_SALES_MEANING},
                        "expected_units": {"type": "number", "minimum": 0, "description": EXPECTED_UNITS_MEANING},
+                       "store_closed": {"type": "boolean", "enum": [True], "description": STORE_CLOSED_MEANING},
                        "model_version": {"type": "string", "description": "the model that made this forecast: "
                                          "production's, or the canary's for the store×items it answers"}},
     }

@@ -30,6 +30,7 @@ import numpy as np
 
 from app.catalog import Catalog
 from pipeline.bundle import EXPECTED_OUTPUT, PREDICTION_OUTPUT, BundleError, ModelBundle, load_bundle
+from pipeline.closed_days import closed_store_days
 from pipeline.features import (CATEGORICAL_FIELDS, SMALL_BATCH_ROWS, UNKNOWN_ID, FeatureMatrix, dense_feature_names,
                                rows_from_snapshot)
 from pipeline.models import CONSTANT_FEATURE_STD
@@ -81,6 +82,7 @@ class Forecast:
     units: np.ndarray  # [N] float32, median-like (what the log-error metric scores)
     features: FeatureMatrix
     expected_units: np.ndarray | None = None  # [N] float32, bias-corrected mean units (None: a bundle without them)
+    store_closed: np.ndarray | None = None  # [N] bool: a day the store is closed (pipeline/closed_days.py): 0 units
 
 
 @dataclass
@@ -101,6 +103,8 @@ class LoadedModel:
         self.catalog = Catalog(self.bundle.snapshot)
         self.dense_names = dense_feature_names(self.bundle.spec)
         self._item_keys = np.asarray(self.bundle.snapshot.items["item_nbr"], np.int64)
+        self._store_keys = np.asarray(self.bundle.snapshot.stores["store_nbr"], np.int64)
+        self.closed_days = closed_store_days(self.bundle.snapshot)  # [stores, horizon days]
 
     @property
     def name(self) -> str:
@@ -154,7 +158,14 @@ class LoadedModel:
                                   np.asarray(onpromotion, np.uint8))
         matrix = self.bundle.features(rows)
         out = self.bundle.forecast_features(matrix)
-        return Forecast(units=out[PREDICTION_OUTPUT], features=matrix, expected_units=out.get(EXPECTED_OUTPUT))
+        units, expected = out[PREDICTION_OUTPUT], out.get(EXPECTED_OUTPUT)
+        # a day the store was closed a year earlier (Christmas): no sales day, which no model trains on
+        closed = self.closed_days[np.searchsorted(self._store_keys, np.asarray(store_nbr, np.int64)),
+                                  np.asarray(rows.horizon, np.int64) - 1]
+        if closed.any():
+            units = np.where(closed, 0, units).astype(units.dtype)
+            expected = None if expected is None else np.where(closed, 0, expected).astype(expected.dtype)
+        return Forecast(units=units, features=matrix, expected_units=expected, store_closed=closed)
 
     def feature_record(self, matrix: FeatureMatrix, row: int) -> dict:
         """One row's features by name (what the prediction event carries, for drift checks)."""

@@ -86,6 +86,7 @@ def index():
     [(variant, answering)] = answered_by.items()
     result = _result(answering, instance, prediction["unit_sales"])
     result["expected_units"] = prediction.get("expected_units")  # None for a bundle trained before them
+    result["store_closed"] = prediction.get("store_closed", False)
     result["answered_by"] = None if variant == PRODUCTION else {"variant": variant, "name": answering.name,
                                                                 "version": answering.version}
     response = make_response(_page(model, form, result=result))

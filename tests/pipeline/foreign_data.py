@@ -14,6 +14,8 @@ contract of README "Bring your own data") into a directory, deterministically:
 * ``eight_months``: 240 days of sales, so no target has a year-ago day (the yearly features are
   all zeros, flagged unknown), and fewer training origins than the default 13.
 
+``CHRISTMAS_CLOSED`` (2015-11-02 .. 2016-12-20): no store sells on Christmas, a store opens in March 2016, a leap
+day; the served horizon holds the next Christmas, which the app must answer as a closed day.
 ``TOO_SHORT`` (130 days) is too short for one training origin: train must say so and which params to lower.
 ``FIVE_MONTHS`` (165 days) trains on one origin, has no room for a second backtest window (evaluate must say
 so), and with one window its model is worse than the baseline: the gate must refuse it, saying by how much.
@@ -60,6 +62,8 @@ class ForeignShape:
                                                          ("Rancagua", "Centro")))
     gzip_train: bool = False
     closed_weekdays: tuple[int, ...] = ()  # days of the week (0: Monday) every store is closed: no rows at all
+    closed_dates: tuple[str, ...] = ()  # MM-DD dates every store is closed each year (Christmas): no rows at all
+    store_openings: tuple[tuple[int, str], ...] = ()  # (store, the first day it sells): no rows before it
     seed: int = 0
 
 
@@ -82,6 +86,10 @@ TOO_SHORT = ForeignShape("too_short", stores=(1,), items=40, start="2022-01-03",
 # Trains (one origin: 960 examples), but too short for a second backtest window, and too little to beat the baseline.
 FIVE_MONTHS = ForeignShape("five_months", stores=(1,), items=60, start="2022-01-03", days=165, seed=8)
 SHORT_SHAPES = {shape.name: shape for shape in (TOO_SHORT, FIVE_MONTHS)}
+# Favorita's calendar: every store closed on Christmas (no rows at all), a store that opens in March 2016, a leap day;
+# the data end on 2016-12-20, so the served horizon holds 2016-12-25 and the history the Christmas a year earlier.
+CHRISTMAS_CLOSED = ForeignShape("christmas_closed", stores=(1, 2, 3), items=30, start="2015-11-02", days=415,
+                                closed_dates=("12-25",), store_openings=((3, "2016-03-15"),), seed=10)
 # Closed on Sundays, the data ending on a Tuesday: the day before the 16-day validation window is a Sunday, so the
 # training rows end on the Saturday (evaluate refused the model: its forecast window was a day short).
 CLOSED_SUNDAYS = ForeignShape("closed_sundays", stores=(1, 2), items=30, start="2021-01-05", days=421,
@@ -145,6 +153,9 @@ def write_foreign_dataset(shape: ForeignShape | str, directory: Path) -> Path:
     mean = level[:, :, None] * day_effect[None, None, :] * np.where(promo, 1.8, 1.0)
     units = rng.poisson(mean)
     units[:, :, np.isin(dow, shape.closed_weekdays)] = 0
+    units[:, :, np.isin([str(d)[5:] for d in dates], shape.closed_dates)] = 0
+    for store, first in shape.store_openings:
+        units[shape.stores.index(store), :, dates < np.datetime64(first, "D")] = 0
     s_idx, i_idx, d_idx = np.nonzero((units > 0) & (np.arange(shape.days)[None, None, :] >= launch[:, :, None]))
     order = np.lexsort((i_idx, s_idx, d_idx))  # Kaggle's order: by date, then store, then item
     s_idx, i_idx, d_idx = s_idx[order], i_idx[order], d_idx[order]

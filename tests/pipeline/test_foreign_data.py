@@ -31,6 +31,7 @@ from pipeline import source as source_stage
 
 from .conftest import REPO, default_params
 from .foreign_data import (
+    CHRISTMAS_CLOSED,
     CLOSED_SUNDAYS,
     FOREIGN_SHAPES,
     SHORT_SHAPES,
@@ -59,7 +60,7 @@ def _ok(result: subprocess.CompletedProcess, what: str) -> str:
 
 
 def _project(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    shape = SHORT_SHAPES.get(name) or (CLOSED_SUNDAYS if name == CLOSED_SUNDAYS.name else name)
+    shape = SHORT_SHAPES.get(name) or {s.name: s for s in (CLOSED_SUNDAYS, CHRISTMAS_CLOSED)}.get(name, name)
     source = write_foreign_dataset(shape, tmp_path / f"{name}-source")
     root = tmp_path / "project"
     root.mkdir()
@@ -198,3 +199,46 @@ def test_a_chain_closed_on_sundays_is_evaluated_on_its_validation_window(tmp_pat
     assert "outside the model's forecast window" not in err, err
     assert "evaluate: error" not in err, err
     assert "window(s)" in out, out
+
+
+def test_christmas_when_every_store_closed_a_year_ago_is_served_as_zero(tmp_path, monkeypatch):
+    """No store had a row on 2015-12-25 (closed), so no model trains on a Christmas target, and a request for
+    2016-12-25 got an ordinary forecast where the stores sell nothing (0.37 units of item 10 at store 1). The
+    served horizon's Christmas is now 0 units with ``store_closed`` for every store, the one opened in March 2016
+    too; the days around it are forecast as before."""
+    from app import create_app
+    from app.config import AppSettings
+    from app.events import PredictionEventSink
+    from pipeline.serving_bundle import roll_forward
+
+    root, source = _project(tmp_path, CHRISTMAS_CLOSED.name)
+    _ingest_in_process(root, source, monkeypatch)
+    sales = pd.read_parquet(root / "data/prepared/sales.parquet", columns=["date", "store_nbr"])
+    assert not (sales["date"].dt.strftime("%m-%d") == "12-25").any()  # not a sales day: no rows, no zero-fill
+    assert sales.loc[sales["store_nbr"] == 3, "date"].min() == pd.Timestamp("2016-03-15")  # no zeros before opening
+    assert (sales["date"] == pd.Timestamp("2016-02-29")).any()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert train.main(["--root", str(root), "--quiet"]) == 0
+    production = root / "models/production"
+    roll_forward(root, root / "models/candidate", production, candidate_digest="test")  # what promote installs
+    events = tmp_path / "events" / "predictions.jsonl"
+    sink = PredictionEventSink.from_environment({}, log_path=events, spool_root=events.parent / "spool")
+    client = create_app(AppSettings(model_dir=production), sink=sink).test_client()
+    days = ("2016-12-24", "2016-12-25", "2016-12-26")
+    item = int(item_ids(CHRISTMAS_CLOSED)[0])
+    for store in CHRISTMAS_CLOSED.stores:
+        response = client.post("/api/v1/predict", json={"instances": [
+            {"store_nbr": store, "item_nbr": item, "date": day, "onpromotion": False} for day in days]})
+        assert response.status_code == 200, response.get_data(as_text=True)
+        before, christmas, after = response.get_json()["predictions"]
+        assert christmas["unit_sales"] == 0 and christmas["expected_units"] == 0, christmas
+        assert christmas["store_closed"] is True
+        assert before["unit_sales"] > 0 and after["unit_sales"] > 0
+        assert "store_closed" not in before and "store_closed" not in after
+    page = client.get(f"/?store=1&item={item}&date=2016-12-25")
+    assert page.status_code == 200 and 'id="forecast-closed"' in page.get_data(as_text=True)
+    sink.close()
+    closed_events = [json.loads(line)["output"] for line in events.read_text().splitlines()
+                     if json.loads(line)["inputs"]["date"] == "2016-12-25"]
+    assert closed_events and all(e == {"unit_sales": 0.0, "expected_units": 0.0, "store_closed": True}
+                                 for e in closed_events), closed_events

@@ -1,0 +1,78 @@
+"""Days of a model's horizon on which a store is closed, read from its own sales a year earlier.
+
+A date with no sales is no sales day (README "What an absent day means"): Christmas, when
+every Favorita store is closed, has no rows, so no model ever trains on a Christmas target,
+and a request for one got an ordinary (holiday-flagged, so larger) forecast. A store is
+taken to be closed on a horizon day when, on the same calendar date a year earlier, it sold
+nothing at all (no item, summed over every series the bundle ships) although it sold within
+``GUARD_DAYS`` days before that date and within ``GUARD_DAYS`` days after it: a day it was
+closed, as Christmas or (for most stores) New Year's Day, not a store that had not opened
+yet, had shut for weeks, or lies before the data. A date on which no store sold, by the same
+rule over all stores together (no sales day for the chain), closes every store, those that
+opened since too. February 29 has no such date a year
+earlier, so it is never a closed day. The year-ago date must lie inside the bundle's history
+window (``features.history_days`` of at least 366 + horizon + ``GUARD_DAYS``; the default
+392 does): a shorter window knows no closed days.
+
+The app answers 0 units for such a store-day (``store_closed`` in the prediction). Numpy and
+the standard library only: serving imports this.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+
+from pipeline.features import HistorySnapshot
+
+GUARD_DAYS = 3  # the store sold within this many days before and after the closed date a year earlier
+
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+
+
+def year_earlier(day: int) -> int | None:
+    """The same calendar date a year before day number ``day``; None for February 29 (or outside datetime.date)."""
+    try:
+        date = dt.date.fromordinal(int(day) + _EPOCH_ORDINAL)
+        return date.replace(year=date.year - 1).toordinal() - _EPOCH_ORDINAL
+    except ValueError:  # February 29, or year 1
+        return None
+
+
+def closed_store_days(snapshot: HistorySnapshot) -> np.ndarray:
+    """[K, H] bool, stores in ``snapshot.stores['store_nbr']`` order and the horizon's ``calendar_days``: True where
+    the store is taken to be closed (module docstring)."""
+    stores = np.asarray(snapshot.stores["store_nbr"], np.int64)
+    days = np.asarray(snapshot.calendar_days, np.int64)
+    closed = np.zeros((stores.size, days.size), bool)
+    width = snapshot.sales.shape[1]
+    first_column_day = int(snapshot.origin_day) - width + 1
+    columns = {}  # horizon position -> column of its year-ago date, where the guard days lie in the window
+    for h, day in enumerate(days.tolist()):
+        before = year_earlier(day)
+        if before is not None and GUARD_DAYS <= before - first_column_day < width - GUARD_DAYS:
+            columns[h] = before - first_column_day
+    if not columns or snapshot.store_nbr.size == 0:
+        return closed
+    low, high = min(columns.values()) - GUARD_DAYS, max(columns.values()) + GUARD_DAYS + 1
+    series_store = np.asarray(snapshot.store_nbr, np.int64)  # sorted: each store's series are one run
+    starts = np.flatnonzero(np.r_[True, series_store[1:] != series_store[:-1]])
+    # units each store sold on each day of the span (one pass over the series: Favorita's 220 k x ~30 days)
+    by_store = np.add.reduceat(np.ascontiguousarray(snapshot.sales[:, low:high]), starts, axis=0)  # >= 0: no cancelling
+    position = np.searchsorted(series_store[starts], stores)
+    has_series = (position < starts.size) & (series_store[starts[np.minimum(position, starts.size - 1)]] == stores)
+    chain = by_store.sum(axis=0)
+    for h, column in columns.items():
+        around = slice(column - GUARD_DAYS - low, column + GUARD_DAYS + 1 - low)
+        if _closed_between_sales(chain[around]):
+            closed[:, h] = True  # no sales day for the whole chain: every store, those opened since too
+            continue
+        for k in np.flatnonzero(has_series).tolist():
+            closed[k, h] = _closed_between_sales(by_store[position[k], around])
+    return closed
+
+
+def _closed_between_sales(totals: np.ndarray) -> bool:
+    """Units sold on the 2 * GUARD_DAYS + 1 days around a date: none on it, some before it and some after it."""
+    return bool(totals[GUARD_DAYS] <= 0 and np.any(totals[:GUARD_DAYS] > 0) and np.any(totals[GUARD_DAYS + 1:] > 0))

@@ -1,0 +1,95 @@
+"""Closed store-days of a bundle's horizon (pipeline/closed_days.py), read from the snapshot a year earlier."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.closed_days import GUARD_DAYS, closed_store_days, year_earlier
+from pipeline.features import HOLIDAY_FLAGS, HistorySnapshot
+
+
+def _day(text: str) -> int:
+    return int(np.datetime64(text, "D").astype(np.int64))
+
+
+ORIGIN = _day("2016-12-20")
+
+
+def _snapshot(sales_by_store: dict[int, np.ndarray], width: int = 400) -> HistorySnapshot:
+    """Store 1 has two items, every other store one; ``sales_by_store`` gives each store's daily units [width]."""
+    stores, items, rows = [], [], []
+    for store, daily in sorted(sales_by_store.items()):
+        for item in ((10, 11) if store == 1 else (10,)):
+            stores.append(store)
+            items.append(item)
+            rows.append(daily[-width:])
+    n_stores = len(sales_by_store)
+    return HistorySnapshot(
+        origin_day=ORIGIN, store_nbr=np.asarray(stores, np.int32), item_nbr=np.asarray(items, np.int32),
+        sales=np.asarray(rows, np.float32), promo=np.zeros((len(rows), width), np.uint8),
+        items={"item_nbr": np.asarray([10, 11], np.int32), "family": np.asarray(["A", "B"]),
+               "class": np.asarray([1, 2], np.int32), "perishable": np.asarray([0, 1], np.int32)},
+        stores={"store_nbr": np.asarray(sorted(sales_by_store), np.int32),
+                "city": np.asarray(["Quito"] * n_stores), "store_type": np.asarray(["A"] * n_stores),
+                "cluster": np.asarray([1] * n_stores, np.int32)},
+        calendar_days=ORIGIN + 1 + np.arange(16, dtype=np.int64),
+        calendar_holidays=np.zeros((n_stores, 16, len(HOLIDAY_FLAGS)), np.uint8))
+
+
+def _daily(width: int = 400, zero: tuple[str, ...] = (), zero_before: str | None = None,
+           zero_between: tuple[str, str] | None = None) -> np.ndarray:
+    days = ORIGIN - width + 1 + np.arange(width)
+    units = np.full(width, 3.0)
+    for text in zero:
+        units[days == _day(text)] = 0
+    if zero_before:
+        units[days < _day(zero_before)] = 0
+    if zero_between:
+        units[(days >= _day(zero_between[0])) & (days <= _day(zero_between[1]))] = 0
+    return units
+
+
+def _closed(snapshot: HistorySnapshot) -> dict[int, list[str]]:
+    flags = closed_store_days(snapshot)
+    return {int(store): [str(np.datetime64(int(d), "D")) for d in snapshot.calendar_days[flags[k]]]
+            for k, store in enumerate(snapshot.stores["store_nbr"])}
+
+
+def test_christmas_closed_chain_wide_and_new_year_closed_by_store():
+    """Every store sold nothing on 2015-12-25: 2016-12-25 is closed for all, store 3 (opened in March) too.
+    Only store 2 was closed on 2016-01-01: only it is closed on 2017-01-01."""
+    snapshot = _snapshot({
+        1: _daily(zero=("2015-12-25",)),
+        2: _daily(zero=("2015-12-25", "2016-01-01")),
+        3: _daily(zero_before="2016-03-15"),
+    })
+    assert _closed(snapshot) == {1: ["2016-12-25"], 2: ["2016-12-25", "2017-01-01"], 3: ["2016-12-25"]}
+
+
+def test_a_store_not_yet_open_or_shut_for_weeks_is_not_closed():
+    """Zeros without sales on both sides within GUARD_DAYS: before the store opened, or weeks shut."""
+    snapshot = _snapshot({
+        1: _daily(),
+        2: _daily(zero_before="2015-12-31"),  # opened 2015-12-31: 2015-12-25 lies before it
+        3: _daily(zero_between=("2015-12-22", "2016-01-03")),  # shut two weeks
+    })
+    assert _closed(snapshot) == {1: [], 2: [], 3: []}
+
+
+def test_a_single_item_store_closed_on_the_date_and_sales_right_around_it():
+    snapshot = _snapshot({1: _daily(), 2: _daily(zero=("2015-12-28",))})
+    assert _closed(snapshot) == {1: [], 2: ["2016-12-28"]}
+    guard_edge = _snapshot({1: _daily(), 2: _daily(zero_between=("2015-12-25", f"2015-12-{28 + GUARD_DAYS - 1}"))})
+    assert _closed(guard_edge) == {1: [], 2: []}  # closed on every guard day after it too: shut, not a day off
+
+
+def test_a_history_window_without_the_year_ago_date_knows_no_closed_days():
+    snapshot = _snapshot({1: _daily(zero=("2015-12-25",)), 2: _daily(zero=("2015-12-25",))}, width=112)
+    assert not closed_store_days(snapshot).any()
+
+
+def test_the_year_earlier_date_across_february_29():
+    assert year_earlier(_day("2017-02-28")) == _day("2016-02-28")
+    assert year_earlier(_day("2017-03-01")) == _day("2016-03-01")
+    assert year_earlier(_day("2016-03-01")) == _day("2015-03-01")
+    assert year_earlier(_day("2016-02-29")) is None  # no such date in 2015: never a closed day
