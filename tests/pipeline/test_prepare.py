@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.params import PrepareParams
+from pipeline import prepare as prepare_module
 from pipeline.prepare import HOLIDAY_LOOKAHEAD_DAYS, IdTracker, daily_oil, prepare
 from pipeline.schema import HOLIDAY_FLAGS, PREPARED_SALES_SCHEMA
 from pipeline.validate import DataValidationError
@@ -397,3 +398,35 @@ def test_weekly_or_monthly_totals_are_warned_about(tmp_path, capsys, every, warn
     assert ("prepare: warning: train.csv: sales on" in err) == warned, err
     if warned:
         assert f"(typically {every} days apart): Shelfcast forecasts daily sales" in err
+
+
+@pytest.mark.parametrize("grid", ["from_first_sale", "full"])
+def test_a_store_that_closed_is_not_zero_filled_to_the_end(tmp_path, capsys, grid):
+    """Store 2 sells nothing after day 29 of 60 (closed): its items were zero-filled to the last date, 30 days of
+    zero targets each, and in the validation window easy zeros scored as forecasts. Its grid ends at its last row;
+    store 3, without rows on the last 15 sales days only (shut for a fortnight, or late) and store 4 with none on
+    Christmas and the days around it, are zero-filled to the end as before; prepare names store 2."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "stores.csv").write_text("store_nbr,city,state,type,cluster\n"
+                                    + "".join(f"{s},C,S,A,{s}\n" for s in (1, 2, 3, 4)))
+    (raw / "items.csv").write_text("item_nbr,family,class,perishable\n10,F,1,0\n11,G,2,1\n")
+    start = dt.date(2016, 12, 1)
+    last_sold = {1: 59, 2: 29, 3: 59 - prepare_module.CLOSED_STORE_SALES_DAYS + 1, 4: 59}
+    rows = ["id,date,store_nbr,item_nbr,unit_sales,onpromotion"]
+    for d in range(60):
+        for store in (1, 2, 3, 4):
+            if d <= last_sold[store] and not (store == 4 and 22 <= d <= 26):
+                for item in (10, 11):
+                    rows.append(f"{len(rows) - 1},{start + dt.timedelta(days=d)},{store},{item},3,False")
+    (raw / "train.csv").write_text("\n".join(rows) + "\n")
+    prepare(raw, tmp_path / "prepared", PrepareParams(returns="zero", grid=grid), progress=False)
+    sales = _sales(tmp_path / "prepared")
+    last = sales.groupby("store_nbr")["date"].max().dt.date.to_dict()
+    assert last == {1: start + dt.timedelta(days=59), 2: start + dt.timedelta(days=29),
+                    3: start + dt.timedelta(days=59), 4: start + dt.timedelta(days=59)}
+    assert (sales.groupby("store_nbr").size() == pd.Series({1: 120, 2: 60, 3: 120, 4: 120})).all()
+    err = capsys.readouterr().err
+    assert ("prepare: warning: train.csv: store 2 (last row 2016-12-30, none on the 30 sales days after it): taken "
+            "as closed, its rows end there (not zero-filled to 2017-01-29") in err, err
+    assert "store 3 " not in err and "store 4 " not in err
