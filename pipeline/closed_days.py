@@ -5,14 +5,16 @@ every Favorita store is closed, has no rows, so no model ever trains on a Christ
 and a request for one got an ordinary (holiday-flagged, so larger) forecast. A store is
 taken to be closed on a horizon day when, on the same calendar date a year earlier, it sold
 nothing at all (no item, summed over every series the bundle ships) although it sold within
-``GUARD_DAYS`` days before that date and within ``GUARD_DAYS`` days after it: a day it was
-closed, as Christmas or (for most stores) New Year's Day, not a store that had not opened
-yet, had shut for weeks, or lies before the data. A date on which no store sold, by the same
+``GUARD_DAYS`` days before that date and within ``GUARD_DAYS`` days after it, and sold on the
+same weekday a week before or a week after: a day it was closed, as Christmas or (for most
+stores) New Year's Day, not a store that had not opened yet, had shut for weeks, lies before
+the data, or closes on that weekday every week (a chain closed on Sundays is daily data, and
+last year's Sunday is this year's Monday). A date on which no store sold, by the same
 rule over all stores together (no sales day for the chain), closes every store, those that
 opened since too. February 29 has no such date a year
-earlier, so it is never a closed day. The year-ago date must lie inside the bundle's history
-window (``features.history_days`` of at least 366 + horizon + ``GUARD_DAYS``; the default
-392 does): a shorter window knows no closed days.
+earlier, so it is never a closed day. The year-ago date and the week around it must lie inside
+the bundle's history window (``features.history_days`` of at least 366 + ``WEEK_DAYS``; the
+default 392 does): a shorter window knows no closed days.
 
 The app answers 0 units for such a store-day (``store_closed`` in the prediction). Numpy and
 the standard library only: serving imports this.
@@ -27,6 +29,7 @@ import numpy as np
 from pipeline.features import HistorySnapshot
 
 GUARD_DAYS = 3  # the store sold within this many days before and after the closed date a year earlier
+WEEK_DAYS = 7  # ... and on the same weekday a week before or after it (else it closes on that weekday every week)
 
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 
@@ -51,11 +54,11 @@ def closed_store_days(snapshot: HistorySnapshot) -> np.ndarray:
     columns = {}  # horizon position -> column of its year-ago date, where the guard days lie in the window
     for h, day in enumerate(days.tolist()):
         before = year_earlier(day)
-        if before is not None and GUARD_DAYS <= before - first_column_day < width - GUARD_DAYS:
+        if before is not None and WEEK_DAYS <= before - first_column_day < width - WEEK_DAYS:
             columns[h] = before - first_column_day
     if not columns or snapshot.store_nbr.size == 0:
         return closed
-    low, high = min(columns.values()) - GUARD_DAYS, max(columns.values()) + GUARD_DAYS + 1
+    low, high = min(columns.values()) - WEEK_DAYS, max(columns.values()) + WEEK_DAYS + 1
     series_store = np.asarray(snapshot.store_nbr, np.int64)  # sorted: each store's series are one run
     starts = np.flatnonzero(np.r_[True, series_store[1:] != series_store[:-1]])
     # units each store sold on each day of the span (one pass over the series: Favorita's 220 k x ~30 days)
@@ -64,7 +67,7 @@ def closed_store_days(snapshot: HistorySnapshot) -> np.ndarray:
     has_series = (position < starts.size) & (series_store[starts[np.minimum(position, starts.size - 1)]] == stores)
     chain = by_store.sum(axis=0)
     for h, column in columns.items():
-        around = slice(column - GUARD_DAYS - low, column + GUARD_DAYS + 1 - low)
+        around = slice(column - WEEK_DAYS - low, column + WEEK_DAYS + 1 - low)
         if _closed_between_sales(chain[around]):
             closed[:, h] = True  # no sales day for the whole chain: every store, those opened since too
             continue
@@ -74,5 +77,8 @@ def closed_store_days(snapshot: HistorySnapshot) -> np.ndarray:
 
 
 def _closed_between_sales(totals: np.ndarray) -> bool:
-    """Units sold on the 2 * GUARD_DAYS + 1 days around a date: none on it, some before it and some after it."""
-    return bool(totals[GUARD_DAYS] <= 0 and np.any(totals[:GUARD_DAYS] > 0) and np.any(totals[GUARD_DAYS + 1:] > 0))
+    """Units sold on the 2 * WEEK_DAYS + 1 days around a date: none on it, some in the GUARD_DAYS before it and some in
+    the GUARD_DAYS after it, and some on the same weekday a week before or after it."""
+    day = WEEK_DAYS
+    return bool(totals[day] <= 0 and np.any(totals[day - GUARD_DAYS:day] > 0)
+                and np.any(totals[day + 1:day + 1 + GUARD_DAYS] > 0) and (totals[0] > 0 or totals[-1] > 0))

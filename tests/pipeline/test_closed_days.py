@@ -83,6 +83,18 @@ def test_a_single_item_store_closed_on_the_date_and_sales_right_around_it():
     assert _closed(guard_edge) == {1: [], 2: []}  # closed on every guard day after it too: shut, not a day off
 
 
+def test_a_store_closed_on_one_weekday_every_week_is_not_closed_a_year_later():
+    """A chain closed on Sundays is daily data (prepare says so). 2015-12-27 was a Sunday, 2016-12-27 a Tuesday:
+    taken as a closed day, every date whose year-ago date was a Sunday (a seventh of them) was forecast 0. Store 2
+    closes on Sundays; store 3 closes on Sundays and was closed on Christmas 2015 (a Friday) too."""
+    days = ORIGIN - 400 + 1 + np.arange(400)
+    sundays = (days + 3) % 7 == 6  # day 0 (1970-01-01) was a Thursday: (day + 3) % 7 is the weekday, Monday 0
+    assert str(np.datetime64(int(days[sundays][-1]), "D")) == "2016-12-18"
+    weekly = np.where(sundays, 0.0, 3.0)
+    snapshot = _snapshot({1: _daily(), 2: weekly, 3: np.where(days == _day("2015-12-25"), 0.0, weekly)})
+    assert _closed(snapshot) == {1: [], 2: [], 3: ["2016-12-25"]}
+
+
 def test_a_history_window_without_the_year_ago_date_knows_no_closed_days():
     snapshot = _snapshot({1: _daily(zero=("2015-12-25",)), 2: _daily(zero=("2015-12-25",))}, width=112)
     assert not closed_store_days(snapshot).any()
