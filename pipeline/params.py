@@ -142,7 +142,8 @@ class _Section:
 
     def _get(self, name: str) -> Any:
         if name not in self.values:
-            raise ParamsError(f"{self.key}.{name}: missing")
+            raise ParamsError(f"{self.key}.{name}: missing (a params.yaml from an older Shelfcast lacks the params "
+                              "added since: copy them, with their comments, from this Shelfcast's params.yaml)")
         return self.values[name]
 
     def sub(self, name: str, known: tuple[str, ...]) -> "_Section":
@@ -244,6 +245,7 @@ class DataParams:
 class PrepareParams:
     returns: str  # "zero" | "keep"
     grid: str  # "from_first_sale" | "full"
+    closed_after_days: int  # a store with no row on train.csv's last this many sales days has closed
 
 
 @dataclass(frozen=True)
@@ -278,10 +280,11 @@ def data_params(raw: Mapping[str, Any]) -> DataParams:
 
 
 def prepare_params(raw: Mapping[str, Any]) -> PrepareParams:
-    section = _Section(raw.get("prepare"), "prepare", ("returns", "grid"))
+    section = _Section(raw.get("prepare"), "prepare", ("returns", "grid", "closed_after_days"))
     return PrepareParams(
         returns=section.choice("returns", ("zero", "keep")),
         grid=section.choice("grid", ("from_first_sale", "full")),
+        closed_after_days=section.integer("closed_after_days", 1, 3650),
     )
 
 

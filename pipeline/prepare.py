@@ -12,7 +12,7 @@ not a sales day). ``from_first_sale`` (default, Kaggle practice) starts each
 store×item at its first row in train.csv, so items not yet launched or stores
 not yet open get no zero rows; ``full`` starts every store×item that ever sold
 at the first date. Either way it ends at the last date of train.csv, except for a
-store with no row on its last CLOSED_STORE_SALES_DAYS sales days: closed, its grid ends
+store with no row on its last ``closed_after_days`` sales days: closed, its grid ends
 at its last row (``store_grid_end``), and prepare warns naming it.
 
 Everything is written into a staging directory that replaces data/prepared
@@ -349,7 +349,8 @@ class GridBuilder:
         np.minimum.at(first, items, days)
         if self.params.grid == "full":
             first[first < n_cal] = 0
-        end = store_grid_end(int(days.max()), n_cal) if len(days) else n_cal  # a closed store's ends at its last row
+        end = (store_grid_end(int(days.max()), n_cal, self.params.closed_after_days) if len(days)
+               else n_cal)  # a closed store's ends at its last row
         lengths = np.maximum(end - first, 0)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         total = int(lengths.sum())
@@ -531,27 +532,25 @@ NO_PROMOTIONS_WARNING = ("train.csv gives no promotion on any row (no onpromotio
                          "weight")
 
 
-CLOSED_STORE_SALES_DAYS = 16  # a store without a row on train.csv's last this many sales days has closed
-
-
-def store_grid_end(last_row_day: int, n_sales_days: int) -> int:
+def store_grid_end(last_row_day: int, n_sales_days: int, closed_after_days: int) -> int:
     """Where a store's grid ends (an index into the sales days, exclusive), given the index of its last row: the last
-    sales day, unless the store has no row on any of the last CLOSED_STORE_SALES_DAYS (the competition's horizon):
+    sales day, unless the store has no row on any of the last ``closed_after_days`` (16: the competition's horizon):
     then it has closed (or its rows stopped coming), and its grid ends at its last row. Zero-filled to the end, its
     items were days of zero targets for training and, in the validation window, easy zeros scored as forecasts
     (a store closed for the last 4 months of a probe made a quarter of the validation rows: NWRMSLE 0.483 with
     them, 0.555 without). A store closed for a while and open again keeps its zero rows for the days it was shut."""
-    closed = n_sales_days - 1 - last_row_day >= CLOSED_STORE_SALES_DAYS
+    closed = n_sales_days - 1 - last_row_day >= closed_after_days
     return last_row_day + 1 if closed else n_sales_days
 
 
-def closed_stores_warning(path: Path, last_day: dict[int, int], calendar: np.ndarray, shown: int = 3) -> str | None:
+def closed_stores_warning(path: Path, last_day: dict[int, int], calendar: np.ndarray, closed_after_days: int,
+                          shown: int = 3) -> str | None:
     """One line naming the stores whose grid ends before the last sales day (``store_grid_end``), or None."""
     days = calendar.astype(np.int64)
     closed = []
     for store, last in sorted(last_day.items()):
         index = int(np.searchsorted(days, last))
-        if store_grid_end(index, len(days)) < len(days):
+        if store_grid_end(index, len(days), closed_after_days) < len(days):
             closed.append((store, np.datetime64(last, "D"), len(days) - 1 - index))
     if not closed:
         return None
@@ -623,7 +622,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool 
         partitions, calendar = split_train_by_store(raw_dir, reference, workdir, progress)
         if warning := sparse_days_warning(train_path, calendar):
             print(f"prepare: warning: {warning}", file=sys.stderr, flush=True)
-        if warning := closed_stores_warning(train_path, partitions.last_day, calendar):
+        if warning := closed_stores_warning(train_path, partitions.last_day, calendar, params.closed_after_days):
             print(f"prepare: warning: {warning}", file=sys.stderr, flush=True)
         sales_path = staging / "sales.parquet"
         writer = parquet_writer(sales_path, PREPARED_SALES_SCHEMA)

@@ -19,7 +19,7 @@ TINY_APP_PARAMS = {
         "synthetic": {"seed": 11, "stores": 2, "items": 40, "start_date": "2017-02-01", "end_date": "2017-08-15",
                       "test_days": 0, "compression": "none"},
     },
-    "prepare": {"returns": "zero", "grid": "from_first_sale"},
+    "prepare": {"returns": "zero", "grid": "from_first_sale", "closed_after_days": 16},
     "split": {"validation_days": 16},
     "features": {"history_days": 56, "mean_windows": [3, 7, 14, 28, 56], "dow_weeks": [4, 8], "promo_windows": [14],
                  "horizon": 16, "yearly": False, "train_origins": 3, "origin_stride_days": 7,

@@ -134,6 +134,15 @@ def default_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
+def prepare_with(**fields):
+    """params.yaml's prepare section with ``fields`` set: a test names what it depends on, the rest is the repo's."""
+    import dataclasses
+
+    from pipeline.params import prepare_params
+
+    return dataclasses.replace(prepare_params(default_params()), **fields)
+
+
 def tiny_params(**synthetic) -> dict:
     """params.yaml at a tiny synthetic scale for fast tests."""
     params = default_params()

@@ -27,12 +27,12 @@ import yaml
 from pipeline import download, prepare, split
 from pipeline import source as source_stage
 from pipeline.cluster import SCHEDULER_ENV, ClusterError, dask_client, run_tasks
-from pipeline.params import PrepareParams, SplitParams
+from pipeline.params import SplitParams
 from pipeline.prepare import StoreGridTask, build_store_grid
 from pipeline.stage import StageError
 from pipeline.store_parts import row_groups_by_store
 
-from .conftest import REPO, default_params, kaggle_sample_files, write_kaggle_sample
+from .conftest import REPO, default_params, kaggle_sample_files, prepare_with, write_kaggle_sample
 from .foreign_data import write_foreign_dataset
 
 OUTPUTS = ("data/raw", "data/prepared", "data/split")
@@ -139,7 +139,7 @@ def test_a_task_that_fails_on_a_worker_names_its_store_partition(tmp_path, dask_
     with dask_client(dask_cluster) as client, \
             pytest.raises(ClusterError, match=r"store partition store_nbr=7 .*not-shared.* failed on a Dask worker"):
         run_tasks(build_store_grid, [task], client=client, desc="prepare: stores", progress=False,
-                  params=PrepareParams(returns="zero", grid="from_first_sale"), train_name="train.csv",
+                  params=prepare_with(returns="zero", grid="from_first_sale"), train_name="train.csv",
                   row_group_rows=1000)
 
 

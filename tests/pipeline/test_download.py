@@ -15,9 +15,8 @@ import pytest
 from pipeline.download import DownloadError, download, fetch
 from pipeline.params import data_params
 from pipeline.prepare import prepare
-from pipeline.params import PrepareParams
 
-from .conftest import REPO, default_params, kaggle_sample_files, write_kaggle_sample
+from .conftest import REPO, default_params, kaggle_sample_files, prepare_with, write_kaggle_sample
 
 RAW_NAMES = {"train", "test", "items", "stores", "holidays_events", "oil", "transactions"}
 
@@ -34,7 +33,7 @@ def _raw_names(raw_dir: Path) -> set[str]:
 
 
 def _prepares(raw_dir: Path, tmp_path: Path) -> None:
-    prepare(raw_dir, tmp_path / "prepared", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    prepare(raw_dir, tmp_path / "prepared", prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     assert (tmp_path / "prepared" / "sales.parquet").exists()
 
 

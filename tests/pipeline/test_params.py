@@ -63,7 +63,7 @@ def test_unknown_and_missing_keys_are_errors():
         split_params(raw)
     raw = default_params()
     del raw["prepare"]["grid"]
-    with pytest.raises(ParamsError, match=r"prepare.grid: missing"):
+    with pytest.raises(ParamsError, match=r"prepare.grid: missing \(a params.yaml from an older Shelfcast lacks"):
         prepare_params(raw)
     with pytest.raises(ParamsError, match=r"^split: missing"):
         split_params({})

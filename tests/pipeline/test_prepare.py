@@ -12,19 +12,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.params import PrepareParams
-from pipeline import prepare as prepare_module
 from pipeline.prepare import HOLIDAY_LOOKAHEAD_DAYS, IdTracker, daily_oil, prepare
 from pipeline.schema import HOLIDAY_FLAGS, PREPARED_SALES_SCHEMA
 from pipeline.validate import DataValidationError
 
-from .conftest import ITEMS, N_DAYS, START, STORES, kaggle_sample_files
+from .conftest import ITEMS, N_DAYS, START, STORES, kaggle_sample_files, prepare_with
 
 
 @pytest.fixture
 def prepared(kaggle_sample, tmp_path):
     out = tmp_path / "prepared"
-    summary = prepare(kaggle_sample, out, PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    summary = prepare(kaggle_sample, out, prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     return out, summary
 
 
@@ -66,7 +64,7 @@ def test_grid_is_zero_filled_from_each_items_first_sale(prepared):
 
 
 def test_data_with_promotions_gets_no_warning_about_them(kaggle_sample, tmp_path, capsys):
-    prepare(kaggle_sample, tmp_path / "prepared", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    prepare(kaggle_sample, tmp_path / "prepared", prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     assert "promotion" not in capsys.readouterr().err
 
 
@@ -109,7 +107,7 @@ def test_files_without_a_promotion_column_read_as_promotions_unknown(kaggle_samp
             (raw / f"{stem}.csv").write_text(change(text) if stem in ("train", "test") else text, encoding="utf-8")
         assert "onpromotion" not in (raw / "train.csv").read_text().splitlines()[0] or name == "empty"
         outputs[name] = tmp_path / f"prepared-{name}"
-        prepare(raw, outputs[name], PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+        prepare(raw, outputs[name], prepare_with(returns="zero", grid="from_first_sale"), progress=False)
         assert "prepare: warning: train.csv gives no promotion on any row" in capsys.readouterr().err  # says so
     sales = _sales(outputs["left out"])
     assert len(sales) > 0 and not sales["onpromotion_known"].any() and not sales["onpromotion"].any()
@@ -122,14 +120,14 @@ def test_returns_zeroed_or_kept(kaggle_sample, tmp_path):
     key = (pd.Timestamp(START + dt.timedelta(days=11)), 2, 96995)
     for returns, expected in (("zero", 0.0), ("keep", -2.0)):
         out = tmp_path / returns
-        prepare(kaggle_sample, out, PrepareParams(returns=returns, grid="from_first_sale"), progress=False)
+        prepare(kaggle_sample, out, prepare_with(returns=returns, grid="from_first_sale"), progress=False)
         sales = _sales(out).set_index(["date", "store_nbr", "item_nbr"])
         assert sales.loc[key, "unit_sales"] == expected
 
 
 def test_full_grid_starts_every_pair_at_the_first_date(kaggle_sample, tmp_path):
     out = tmp_path / "full"
-    prepare(kaggle_sample, out, PrepareParams(returns="zero", grid="full"), progress=False)
+    prepare(kaggle_sample, out, prepare_with(returns="zero", grid="full"), progress=False)
     sales = _sales(out)
     assert len(sales) == len(STORES) * len(ITEMS) * N_DAYS
     assert (sales.groupby("item_nbr")["date"].min() == pd.Timestamp(START)).all()
@@ -206,7 +204,7 @@ def test_holidays_oil_and_transactions_are_optional(tmp_path):
     for name in ("train", "items", "stores"):
         (raw / f"{name}.csv").write_text(files[name])
     out = tmp_path / "prepared"
-    prepare(raw, out, PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    prepare(raw, out, prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     sales = _sales(out)
     assert len(sales) and not sales[list(HOLIDAY_FLAGS)].to_numpy().any()
     assert sales["dcoilwtico"].isna().all()
@@ -223,7 +221,7 @@ def test_holiday_calendar_reaches_past_a_holiday_file_that_ends_early(tmp_path):
     files["holidays_events"] = "\n".join(files["holidays_events"].splitlines()[:3]) + "\n"  # ends 2014-04-01
     for name in ("train", "items", "stores", "holidays_events"):
         (raw / f"{name}.csv").write_text(files[name])
-    prepare(raw, tmp_path / "out", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    prepare(raw, tmp_path / "out", prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     holidays = pd.read_parquet(tmp_path / "out" / "holidays.parquet")
     last_sale = START + dt.timedelta(days=N_DAYS - 1)
     assert holidays["date"].max() == pd.Timestamp(last_sale) + pd.Timedelta(days=HOLIDAY_LOOKAHEAD_DAYS)
@@ -243,7 +241,7 @@ def test_sparse_huge_ids_are_accepted_without_an_id_sized_allocation(tmp_path):
     files["train"] = "\n".join(lines) + "\n"
     for name, text in files.items():
         (raw / f"{name}.csv").write_text(text)
-    prepare(raw, tmp_path / "out", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    prepare(raw, tmp_path / "out", prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     assert len(_sales(tmp_path / "out"))
 
 
@@ -278,7 +276,7 @@ def test_holiday_places_match_stores_ignoring_case_and_spaces_and_the_rest_are_n
     for name, text in files.items():
         (raw / f"{name}.csv").write_text(text)
     out = tmp_path / "prepared"
-    prepare(raw, out, PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    prepare(raw, out, prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     sales = _sales(out)
     assert bool(_flags(sales, "2014-04-08", 2)["is_local_holiday"])
     assert not bool(_flags(sales, "2014-04-08", 1)["is_local_holiday"])
@@ -308,7 +306,7 @@ def test_holiday_places_match_stores_in_any_unicode_form_and_lookalikes_are_show
     for name, text in files.items():
         (raw / f"{name}.csv").write_text(text, encoding="utf-8")
     out = tmp_path / "prepared"
-    prepare(raw, out, PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    prepare(raw, out, prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     sales = _sales(out)
     assert bool(_flags(sales, "2014-04-08", 2)["is_local_holiday"])  # the NFD holiday reaches the NFC store
     assert bool(_flags(sales, "2014-04-08", 1)["is_local_holiday"])  # ... and the NFD store
@@ -346,15 +344,15 @@ def test_more_stores_than_the_open_file_limit_allows(tmp_path):
     raw = _many_stores(tmp_path / "raw", stores=150)
     script = ("import resource, sys\n"
               "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
-              "from pipeline.params import PrepareParams\n"
+              "from pipeline.params import load_yaml, prepare_params\n"
               "from pipeline.prepare import prepare\n"
-              "print(prepare(sys.argv[1], sys.argv[2], PrepareParams(returns='zero', grid='from_first_sale'), "
+              "print(prepare(sys.argv[1], sys.argv[2], prepare_params(load_yaml('params.yaml')), "
               "progress=False))\n")
     result = subprocess.run([sys.executable, "-c", script, str(raw), str(tmp_path / "prepared")],
                             capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "of 150 stores" in result.stdout
-    prepare(raw, tmp_path / "unlimited", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    prepare(raw, tmp_path / "unlimited", prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     pd.testing.assert_frame_equal(_sales(tmp_path / "prepared"), _sales(tmp_path / "unlimited"))
 
 
@@ -366,7 +364,7 @@ def test_stores_whose_partitions_were_closed_early_are_joined_in_order(tmp_path,
     from pipeline.validate import read_batches
 
     raw = _many_stores(tmp_path / "raw", stores=30)
-    prepare(raw, tmp_path / "unlimited", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    prepare(raw, tmp_path / "unlimited", prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     monkeypatch.setattr(prepare_module, "open_files_budget", lambda: 2)
     monkeypatch.setattr(prepare_module, "read_batches", functools.partial(read_batches, block_size=2048))
     parts = []
@@ -377,7 +375,7 @@ def test_stores_whose_partitions_were_closed_early_are_joined_in_order(tmp_path,
         real_close(self)
 
     monkeypatch.setattr(prepare_module.StorePartitions, "close", close)
-    prepare(raw, tmp_path / "prepared", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    prepare(raw, tmp_path / "prepared", prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     assert parts[0] > 3  # the case this is about: stores' rows in several part files
     pd.testing.assert_frame_equal(_sales(tmp_path / "prepared"), _sales(tmp_path / "unlimited"))
 
@@ -393,7 +391,7 @@ def test_weekly_or_monthly_totals_are_warned_about(tmp_path, capsys, every, warn
     days = [START + dt.timedelta(days=k) for k in range(400) if k % every == 0 and (every > 1 or k % 7 != 6)]
     (raw / "train.csv").write_text("id,date,store_nbr,item_nbr,unit_sales,onpromotion\n"
                                    + "".join(f"{n},{day},1,10,{20 + n % 5},False\n" for n, day in enumerate(days)))
-    prepare(raw, tmp_path / "prepared", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    prepare(raw, tmp_path / "prepared", prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     err = capsys.readouterr().err
     assert ("prepare: warning: train.csv: sales on" in err) == warned, err
     if warned:
@@ -412,7 +410,7 @@ def test_a_store_that_closed_is_not_zero_filled_to_the_end(tmp_path, capsys, gri
                                     + "".join(f"{s},C,S,A,{s}\n" for s in (1, 2, 3, 4)))
     (raw / "items.csv").write_text("item_nbr,family,class,perishable\n10,F,1,0\n11,G,2,1\n")
     start = dt.date(2016, 12, 1)
-    last_sold = {1: 59, 2: 29, 3: 59 - prepare_module.CLOSED_STORE_SALES_DAYS + 1, 4: 59}
+    last_sold = {1: 59, 2: 29, 3: 59 - prepare_with().closed_after_days + 1, 4: 59}
     rows = ["id,date,store_nbr,item_nbr,unit_sales,onpromotion"]
     for d in range(60):
         for store in (1, 2, 3, 4):
@@ -420,7 +418,7 @@ def test_a_store_that_closed_is_not_zero_filled_to_the_end(tmp_path, capsys, gri
                 for item in (10, 11):
                     rows.append(f"{len(rows) - 1},{start + dt.timedelta(days=d)},{store},{item},3,False")
     (raw / "train.csv").write_text("\n".join(rows) + "\n")
-    prepare(raw, tmp_path / "prepared", PrepareParams(returns="zero", grid=grid), progress=False)
+    prepare(raw, tmp_path / "prepared", prepare_with(returns="zero", grid=grid), progress=False)
     sales = _sales(tmp_path / "prepared")
     last = sales.groupby("store_nbr")["date"].max().dt.date.to_dict()
     assert last == {1: start + dt.timedelta(days=59), 2: start + dt.timedelta(days=29),

@@ -8,12 +8,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.params import PrepareParams, SplitParams
+from pipeline.params import SplitParams
 from pipeline.prepare import prepare
 from pipeline.split import split
 from pipeline.stage import StageError
 
-from .conftest import N_DAYS, START, write_kaggle_sample
+from .conftest import N_DAYS, START, prepare_with, write_kaggle_sample
 
 VALIDATION_DAYS = 5
 CUTOFF = START + dt.timedelta(days=N_DAYS - VALIDATION_DAYS)
@@ -21,7 +21,7 @@ CUTOFF = START + dt.timedelta(days=N_DAYS - VALIDATION_DAYS)
 
 def _prepare_and_split(raw, tmp_path, tag):
     prepared = tmp_path / f"prepared-{tag}"
-    prepare(raw, prepared, PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    prepare(raw, prepared, prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     out = tmp_path / f"split-{tag}"
     summary = split(prepared / "sales.parquet", out, SplitParams(validation_days=VALIDATION_DAYS), progress=False)
     return prepared, out, summary
@@ -79,7 +79,7 @@ def test_no_validation_information_leaks_into_training(tmp_path):
 def test_too_many_validation_days_is_refused(tmp_path):
     raw = write_kaggle_sample(tmp_path / "raw")
     prepared = tmp_path / "prepared"
-    prepare(raw, prepared, PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    prepare(raw, prepared, prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     with pytest.raises(StageError, match="split.validation_days: 27 days leave no training days"):
         split(prepared / "sales.parquet", tmp_path / "split", SplitParams(validation_days=N_DAYS), progress=False)
     assert not (tmp_path / "split").exists()
@@ -111,7 +111,7 @@ def test_a_write_refused_as_the_outputs_close_gives_one_error_and_leaves_nothing
     ParquetWriter.__del__"), at times an aborted interpreter (exit 134)."""
     raw = write_kaggle_sample(tmp_path / "raw")
     root = tmp_path / "project"
-    prepare(raw, root / "data" / "prepared", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    prepare(raw, root / "data" / "prepared", prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     (root / "params.yaml").write_text(f"split:\n  validation_days: {VALIDATION_DAYS}\n", encoding="utf-8")
     split(root / "data" / "prepared" / "sales.parquet", tmp_path / "unlimited", SplitParams(VALIDATION_DAYS),
           progress=False)

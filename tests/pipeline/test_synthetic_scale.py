@@ -22,10 +22,11 @@ import pytest
 
 from pipeline import synthetic
 from pipeline.cluster import dask_client
-from pipeline.params import PrepareParams, SyntheticParams
+from pipeline.params import SyntheticParams
 from pipeline.prepare import prepare
 from pipeline.synthetic import (CITIES, FAVORITA_STORES, LATE_OPENINGS, STORE_TYPE_COUNTS, TYPE_CLUSTERS, MonthPart,
                                 generate, make_stores, store_openings, write_csv_member, write_month_member)
+from .conftest import prepare_with
 
 # params.yaml's data.synthetic at the committed dvc.lock (2 stores x 4,100 items, 2016-01-01 .. 2017-08-15)
 DEFAULT = SyntheticParams(seed=20170815, stores=2, items=4100, start_date=dt.date(2016, 1, 1),
@@ -128,7 +129,7 @@ def test_60_stores_have_the_54_stores_rows_first_and_sales_in_the_new_ones(more,
 
 def test_60_stores_pass_prepares_validation(more, tmp_path):
     out, _ = more
-    prepare(out, tmp_path / "prepared", PrepareParams(returns="zero", grid="from_first_sale"), progress=False)
+    prepare(out, tmp_path / "prepared", prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     stores = pd.read_parquet(tmp_path / "prepared" / "stores.parquet")
     assert len(stores) == 60
 

@@ -10,13 +10,12 @@ import sys
 
 import pytest
 
-from pipeline.params import PrepareParams
 from pipeline.prepare import prepare
 from pipeline.validate import DataValidationError
 
-from .conftest import REPO, kaggle_sample_files, write_kaggle_sample
+from .conftest import REPO, kaggle_sample_files, prepare_with, write_kaggle_sample
 
-PARAMS = PrepareParams(returns="zero", grid="from_first_sale")
+PARAMS = prepare_with(returns="zero", grid="from_first_sale")
 
 
 def _edit(directory, name, change):
@@ -392,7 +391,8 @@ def test_failure_keeps_the_previous_output(tmp_path):
 def test_stage_cli_reports_without_traceback(tmp_path):
     write_kaggle_sample(tmp_path / "data" / "raw")
     _edit(tmp_path / "data" / "raw", "train", lambda t: t + "999998,2014-04-20,99,96995,1.0,False\n")
-    (tmp_path / "params.yaml").write_text("prepare:\n  returns: zero\n  grid: from_first_sale\n")
+    (tmp_path / "params.yaml").write_text("prepare:\n  returns: zero\n  grid: from_first_sale\n"
+                                          "  closed_after_days: 16\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-m", "pipeline.prepare", "--quiet"], cwd=tmp_path, env=env,
                             capture_output=True, text=True)
