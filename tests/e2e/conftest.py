@@ -17,6 +17,7 @@ from app import launch
 
 REPO = Path(__file__).resolve().parents[2]
 WEBDRIVER_PATH = Path(__file__).with_name("webdriver.py")
+AXE_AUDIT_PATH = Path(__file__).with_name("axe_audit.py")
 
 
 def _load(name: str, path: Path):
@@ -27,6 +28,7 @@ def _load(name: str, path: Path):
 
 
 webdriver = _load("shelfcast_e2e_webdriver", WEBDRIVER_PATH)
+axe_audit = _load("shelfcast_e2e_axe_audit", AXE_AUDIT_PATH)
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +78,9 @@ def browser(tmp_path) -> Iterator:
             session.quit()
     finally:
         service.stop()
+
+
+@pytest.fixture(scope="session")
+def axe():
+    """axe-core, to run in a page (tests/e2e/axe_audit.py); skips without npm, fails when not installed."""
+    return axe_audit.Axe.installed()

@@ -1,0 +1,43 @@
+"""Every page as axe-core audits it (WCAG 2.1 A and AA), at 320 px wide and at 1280 px, in headless Chromium.
+
+320 px is the reflow width of WCAG 1.4.10 (a 1280 px window at 400 % zoom; 640 px is 200 %): each page must also
+fit it without sideways scrolling. The form is audited empty, with its errors, and showing a forecast; the
+monitoring page once it has predictions to show. /docs is audited without Swagger UI's own markup (a third-party
+package whose violations are its own; the page around it is ours).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+WIDTHS = (320, 1280)
+
+
+def pages(server) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """name -> (address, CSS selectors left out of the audit)."""
+    return {
+        "the empty form": ("/", ()),
+        "the form with its errors": ("/?store=&item=no-such-product&date=", ()),
+        "a forecast": ("/?store=1&item={item}&date={date}#result", ()),
+        "the monitoring page": ("/monitoring", ()),
+        "the API docs page": ("/docs", ("#swagger-ui",)),
+    }
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_every_page_passes_axe_and_reflows(gunicorn_server, browser, axe, width):
+    browser.set_window_size(width, 900)
+    inner = browser.execute("return window.innerWidth;")
+    assert abs(inner - width) <= 20, f"the window is {inner} px wide, not {width}"
+    browser.get(gunicorn_server.url + "/")
+    example = browser.execute("return document.getElementById('item').placeholder.split(', ').pop();")
+    first_day = browser.execute("return document.getElementById('date').min;")
+    found = {}
+    for name, (address, exclude) in pages(gunicorn_server).items():
+        browser.get(gunicorn_server.url + address.format(item=example, date=first_day))
+        scroll_width, inner = browser.execute("return [document.documentElement.scrollWidth, window.innerWidth];")
+        assert scroll_width <= inner, f"{name}: {scroll_width} px of content in a {inner} px window"
+        violations = axe.violations(browser, exclude)
+        if violations:
+            found[name] = axe.describe(violations)
+    assert not found, "\n".join(f"{name} at {width} px:\n{text}" for name, text in found.items())
