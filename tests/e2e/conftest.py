@@ -41,8 +41,8 @@ def e2e_bundle(tmp_path_factory) -> Path:
 
 
 class RunningServer:
-    def __init__(self, url: str, events_path: Path):
-        self.url, self.events_path = url, events_path
+    def __init__(self, url: str, events_path: Path, model_dir: Path, drift_dir: Path):
+        self.url, self.events_path, self.model_dir, self.drift_dir = url, events_path, model_dir, drift_dir
 
 
 @pytest.fixture
@@ -53,11 +53,13 @@ def gunicorn_server(e2e_bundle, tmp_path) -> Iterator[RunningServer]:
     production = tmp_path / "models" / "production"
     copy_bundle(e2e_bundle, production)
     events_path = tmp_path / "logs" / "predictions.jsonl"
+    drift_dir = tmp_path / "logs" / "drift"  # the test's own: not the repository's logs/drift, whatever is there
     served = launch.start({"SHELFCAST_MODEL_DIR": str(production), "SHELFCAST_PREDICTION_LOG": str(events_path),
-                           "SHELFCAST_EVENT_SPOOL": str(tmp_path / "logs" / "spool"), "SHELFCAST_WORKERS": "1"},
+                           "SHELFCAST_EVENT_SPOOL": str(tmp_path / "logs" / "spool"), "SHELFCAST_WORKERS": "1",
+                           "SHELFCAST_DRIFT_DIR": str(drift_dir)},
                           tmp_path / "gunicorn.log", timeout_s=90)
     try:
-        yield RunningServer(served.url, events_path)
+        yield RunningServer(served.url, events_path, production, drift_dir)
     finally:
         served.stop(timeout_s=30)
 
