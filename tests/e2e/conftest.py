@@ -41,8 +41,9 @@ def e2e_bundle(tmp_path_factory) -> Path:
 
 
 class RunningServer:
-    def __init__(self, url: str, events_path: Path, model_dir: Path, drift_dir: Path):
-        self.url, self.events_path, self.model_dir, self.drift_dir = url, events_path, model_dir, drift_dir
+    def __init__(self, served: launch.ServedApp, events_path: Path, model_dir: Path, drift_dir: Path):
+        self.url, self.events_path, self.model_dir, self.drift_dir = served.url, events_path, model_dir, drift_dir
+        self.stop = served.stop  # a test may take the server away mid-page (the fixture's own stop then does nothing)
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def gunicorn_server(e2e_bundle, tmp_path) -> Iterator[RunningServer]:
                            "SHELFCAST_DRIFT_DIR": str(drift_dir)},
                           tmp_path / "gunicorn.log", timeout_s=90)
     try:
-        yield RunningServer(served.url, events_path, production, drift_dir)
+        yield RunningServer(served, events_path, production, drift_dir)
     finally:
         served.stop(timeout_s=30)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 import urllib.request
 from urllib.parse import parse_qs, urlsplit
 
@@ -117,3 +118,48 @@ def test_a_forecast_is_an_address_to_reload_bookmark_and_go_back_to(gunicorn_ser
     kept = browser.execute("return ['store', 'item', 'date'].map(function (id) {"
                            " return document.getElementById(id).value; });")
     assert kept[1:] == [str(item["item_nbr"]), date] and kept[0], kept
+
+
+TYPE = """
+var input = document.getElementById('item');
+input.value = arguments[0];
+input.dispatchEvent(new Event('input', {bubbles: true}));
+"""
+
+
+def status_after_typing(browser, text: str, timeout_s: float = 15) -> str:
+    """What the product search's live region (#item-status, read out by screen readers) says once ``text`` is
+    typed: set as a person's typing leaves it (WebDriver cannot type characters beyond the BMP, such as emoji)."""
+    browser.execute("document.getElementById('item-status').textContent = '';")
+    browser.execute(TYPE, text)
+    deadline = time.monotonic() + timeout_s
+    while not (said := browser.find("#item-status").text):
+        assert time.monotonic() < deadline, f"the product search said nothing after {text!r} was typed"
+        time.sleep(0.1)
+    return said
+
+
+def test_the_product_search_says_what_it_found_and_when_it_cannot(gunicorn_server, browser):
+    """Found by a probe: a search that matched nothing, a server that answered an error or could not be reached,
+    all left the list empty without a word (a person could not tell "no such product" from "search broken", and a
+    screen reader said nothing either way); a query of over 100 characters cut inside an emoji (100 UTF-16 units)
+    made the script throw, and the search stopped silently."""
+    item = api(gunicorn_server, "/api/v1/items?limit=1")["items"][0]
+    word = item["family"].split()[0].lower()
+    total = api(gunicorn_server, "/api/v1/items?limit=1&q=" + urllib.parse.quote(word))["total"]
+    browser.get(gunicorn_server.url + "/")
+    assert browser.execute("return document.getElementById('item-status').getAttribute('role');") == "status"
+
+    said = status_after_typing(browser, word)
+    assert said.startswith(f"{total} products match" if total > 1 else "1 product matches"), said
+    assert ("are listed" in said) == (total > 20), said
+    assert status_after_typing(browser, "no-such-product") == "No product matches \u201cno-such-product\u201d."
+    long_query = "a" + "\U0001F34E" * 60  # 121 UTF-16 units: the 100th is half an emoji
+    assert status_after_typing(browser, long_query).startswith("No product matches"), "the search stopped"
+    assert browser.find_all("#item-options option") == []
+
+    gunicorn_server.stop(timeout_s=30)  # the network gone: the page stays, its searches fail
+    said = status_after_typing(browser, word)
+    assert said == "The product search is not answering (the server cannot be reached); you can still type an " \
+                   "item number.", said
+    assert browser.find_all("#item-options option") == []
