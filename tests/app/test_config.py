@@ -230,3 +230,24 @@ def test_a_home_that_cannot_be_written_puts_the_control_socket_in_the_temporary_
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert gunicorn_conf(monkeypatch, tmp_path).control_socket == str(
         tmp_path / "home" / ".gunicorn" / f"shelfcast-{os.getpid()}.ctl")
+
+
+def test_an_unexpected_error_on_the_form_page_shows_its_request_id(served, monkeypatch):
+    """Found by a probe: the form's 500 page said "internal error; it has been logged with this request id" and
+    showed no id (only the X-Request-ID header had it), so a store manager had nothing to quote."""
+    import app.routes_web as routes_web
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(routes_web, "predict_with_variants", broken)
+    model = served.model
+    response = served.client.get("/", query_string={"store": next(iter(model.catalog.stores)),
+                                                    "item": next(iter(model.catalog.items)),
+                                                    "date": model.first_date.isoformat()})
+    assert response.status_code == 500 and response.mimetype == "text/html"
+    request_id = response.headers["X-Request-ID"]
+    page = response.get_data(as_text=True)
+    assert f'<p id="request-id">Request id: <code>{request_id}</code>' in page, page
+    assert "secret internals" not in page and "Traceback" not in page
+    assert 'id="request-id"' not in served.client.get("/no-such-page").get_data(as_text=True)  # a 404: no id
