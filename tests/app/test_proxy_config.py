@@ -115,7 +115,8 @@ def test_pipelined_requests_wait_on_gunicorn_and_are_answered_at_once_behind_the
 
 class Upstream:
     """A stand-in for gunicorn on 127.0.0.1: /app answers as the app does (its own security headers, here the drift
-    report's policy), any other path as gunicorn's own error pages do (a 431: no such headers)."""
+    report's policy), /app-502 too but with a 502 of its own, any other path as gunicorn's own error pages do (a 431:
+    no such headers)."""
 
     APP_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
                    "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin"}
@@ -133,8 +134,8 @@ class Upstream:
 
             def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
                 received.append([(name.lower(), value) for name, value in self.headers.items()])
-                own = self.path == "/app"
-                self.send_response(200 if own else 431)
+                own = self.path in ("/app", "/app-502")
+                self.send_response(502 if self.path == "/app-502" else 200 if own else 431)
                 for name, value in (headers.items() if own else ()):
                     self.send_header(name, value)
                 self.send_header("Content-Length", "2")
@@ -223,6 +224,42 @@ def test_every_answer_through_the_proxy_carries_the_security_headers_once(tmp_pa
         assert dict(headers).get("server") == "nginx", (case, headers)  # never gunicorn's
     assert [answers[case][0].split()[1] for case in cases if case.startswith("nginx")] == \
         ["413", "413", "400", "414"] and answers["nginx's 502 (the app is down)"][0].split()[1] == "502"
+
+
+def test_a_person_the_app_does_not_answer_gets_a_page_saying_what_to_do(tmp_path):
+    """Found by a probe of what a failed request looks like: with the app down or restarting behind compose's nginx,
+    a store manager sending the form got nginx's bare "502 Bad Gateway" page (no language, no words about what
+    happened, nothing to click). The proxy's own 502 and 504 are now a page of Shelfcast's, with the status kept;
+    an error the app itself answers passes through as it was."""
+    import http.client
+
+    from app import SECURITY_HEADERS
+
+    def get(port: int, path: str) -> tuple[int, dict[str, str], str]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read().decode()
+        finally:
+            connection.close()
+
+    upstream = Upstream()
+    proxy, port = start_proxy(tmp_path, upstream.port)
+    try:
+        own_status, own_headers, own_body = get(port, "/app-502")
+        upstream.stop()
+        status, headers, body = get(port, "/?store=1&item=2&date=2017-08-16")
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+    assert (own_status, own_body) == (502, "ok")  # the app's own error: not replaced
+    assert status == 502 and headers["content-type"] == "text/html; charset=utf-8", (status, headers)
+    assert body.startswith("<!doctype html>") and '<html lang="en">' in body, body
+    assert "<h1>Shelfcast is not answering right now</h1>" in body and '<a href="/">Back to the form</a>' in body
+    assert "answered 502 at 20" in body, body  # the status and the time, to quote
+    for name, value in SECURITY_HEADERS.items():
+        assert headers[name.lower()] == value, (name, headers)
 
 
 def test_the_proxy_sets_the_forwarded_headers_a_client_cannot_forge(tmp_path):
