@@ -806,3 +806,22 @@ def test_an_attributes_shift_is_its_owners_alarm_when_the_owner_is_too_sparse_to
         [r for r in report["reasons"] if r.startswith("category item_nbr: perishable")], report["reasons"]
     assert categorical["item_nbr"]["verdict"] == "drift" and categorical["perishable"]["verdict"] == "follows"
     assert "too few to compare its categories one by one" in categorical["item_nbr"]["note"]
+
+
+def test_the_reports_charts_can_be_read_without_seeing_them(stream, jsonl, production_bundle, tmp_path):
+    """Found by an accessibility probe of drift.html: each chart was an image named only after its feature (the bars'
+    titles are hidden inside an image from a screen reader), so its shares could not be heard; and the forecast
+    table's head told the bars apart by colour alone ("reference ▮ vs live ▮", in black). Each chart's name now
+    holds every bin's two shares, and each head says which bar is which by place as well."""
+    events = jsonl(tmp_path / "predictions.jsonl", stream(300, seed=2))
+    code, report, html = run_cli(tmp_path, production_bundle, events)
+    names = re.findall(r'<svg [^>]*role="img" aria-label="([^"]*)"', html)
+    charted = {**report["categorical"], **report["features"], "forecast units": report["prediction"]}
+    assert len(names) == len(charted)
+    for name, record in charted.items():
+        bins = record["bins"]
+        [spoken] = [n for n in names if n.startswith(html_escape(f"{name}: share per bin, reference vs live: "))]
+        for label, train, live in zip(bins["labels"], bins["train"], bins["live"]):
+            assert html_escape(f"{label} {train:.3f} vs {live:.3f}") in spoken, (name, label, spoken[:300])
+    heads = re.findall(r"<th>[^<]*<span[^>]*>reference</span>([^<]*)<span[^>]*>live</span>([^<]*)</th>", html)
+    assert len(heads) == 4 and set(heads) == {(" (left bar) vs ", " (right bar)")}, heads
