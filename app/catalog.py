@@ -15,6 +15,10 @@ import numpy as np
 from pipeline.features import HistorySnapshot
 
 MAX_QUERY = 100  # the longest items search the API takes (GET /api/v1/items?q=)
+# Unicode's explicit direction controls (embeddings, overrides, isolates and their ends): in a name from the data,
+# they reorder the text after it, not only the name.
+DIRECTION_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+FIRST_STRONG_ISOLATE, POP_DIRECTIONAL_ISOLATE = "\u2068", "\u2069"
 
 
 def search_fold(text: str) -> str:
@@ -24,6 +28,19 @@ def search_fold(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text)
     kept = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
     return kept if kept.isascii() else "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in kept)
+
+
+def shown_name(name: str) -> str:
+    """A store's city or an item's family as a label shows it: a name holding direction controls between FSI and PDI
+    (U+2068, U+2069), so they order the name alone. A right-to-left override (U+202E) in a family read the rest of
+    the sentence backwards on the page: "Item 5 (evil · class 1) at store 1 — Quito (type D, cluster 2)" showed as
+    "(yadnoM no (2 retsulc ,D epyt) otiuQ — 1 erots ta". An isolate of the name's own could end ours early, so
+    those are left out of the label. Any other name (right-to-left script included: it is ordered right already) is
+    shown as it is; the name itself (``family``, ``city``) is unchanged everywhere."""
+    if DIRECTION_CONTROLS.isdisjoint(name):
+        return name
+    inner = "".join(c for c in name if c not in "\u2066\u2067\u2068\u2069")
+    return f"{FIRST_STRONG_ISOLATE}{inner}{POP_DIRECTIONAL_ISOLATE}"
 
 
 @dataclass(frozen=True)
@@ -36,7 +53,7 @@ class Item:
     @property
     def label(self) -> str:
         # the family as the data spells it: title() made "Produits d'entretien" "Produits D'Entretien"
-        return f"{self.family} · class {self.item_class}{' · perishable' if self.perishable else ''}"
+        return f"{shown_name(self.family)} · class {self.item_class}{' · perishable' if self.perishable else ''}"
 
     def to_json(self) -> dict:
         return {"item_nbr": self.item_nbr, "family": self.family, "class": self.item_class,
@@ -52,7 +69,7 @@ class Store:
 
     @property
     def label(self) -> str:
-        return f"{self.store_nbr} — {self.city} (type {self.store_type}, cluster {self.cluster})"
+        return f"{self.store_nbr} — {shown_name(self.city)} (type {self.store_type}, cluster {self.cluster})"
 
     def to_json(self) -> dict:
         return {"store_nbr": self.store_nbr, "city": self.city, "type": self.store_type, "cluster": self.cluster,

@@ -251,6 +251,26 @@ def test_item_labels_show_the_family_as_the_data_spells_it():
     assert [label.split(" · ")[0] for label in labels] == families
 
 
+def test_a_direction_control_in_a_name_orders_only_that_name_on_the_page():
+    """Found by a probe with a user's own stores.csv/items.csv: a right-to-left override (U+202E) in a family or a
+    city reversed the rest of the text it was shown in (the form's store list, the forecast's summary: "... at store
+    1 — Quito (type D, cluster 2)" read "(2 retsulc ,D epyt) otiuQ — 1 erots ta"). A label now isolates such a name
+    (FSI ... PDI), leaving out an isolate of the name's own that could end that early; other names, right-to-left
+    script included, are shown as they are, and the names themselves are unchanged."""
+    from app.catalog import Store
+
+    rlo, fsi, pdi = "\u202e", "\u2068", "\u2069"
+    families = [f"{rlo}evil", f"{pdi}{rlo}evil", "عربي مرحبا 5", "Bébé <0-3 ans>"]
+    catalog = _catalog(families)
+    labels = [item.label for item in catalog.items.values()]
+    assert labels == [f"{fsi}{rlo}evil{pdi} · class 70001", f"{fsi}{rlo}evil{pdi} · class 70001",
+                      "عربي مرحبا 5 · class 70001", "Bébé <0-3 ans> · class 70001"]
+    assert [item.family for item in catalog.items.values()] == families  # the data's names, as they are
+    assert [item.to_json()["family"] for item in catalog.items.values()] == families
+    assert Store(1, f"Quito{rlo}", "D", 2).label == f"1 — {fsi}Quito{rlo}{pdi} (type D, cluster 2)"
+    assert Store(2, "القاهرة", "A", 1).label == "2 — القاهرة (type A, cluster 1)"
+
+
 def test_items_search_ignores_accents_and_case_in_the_query_and_in_the_names():
     """q=electronique found no 'Électronique' item while q=électronique did; now either finds both spellings."""
     import unicodedata
