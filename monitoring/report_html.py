@@ -9,6 +9,10 @@ from monitoring.drift_analysis import ROLE_UNWEIGHTED
 from pipeline.drift_stats import ROLE_CALENDAR
 
 CHART_WIDTH, CHART_HEIGHT = 360, 120
+# The first and last bins' names under a chart, each in half its width at 10 px (about 6 px a character): a longer
+# name is cut with an ellipsis there (in full in the chart's text alternative and each bar's title). Two long names,
+# a family of 500 characters from the user's items.csv, were drawn over each other and past the chart's edges.
+AXIS_LABEL_CHARS = 28
 # Also the colours of the words "reference" and "live" in each table's head, so each has 4.5:1 contrast or more on
 # the white page (WCAG 2.1 AA for text; the bars get 3:1 and more): #8aa4c8 and #e07b39 had 2.55:1 and 2.97:1.
 TRAIN_COLOUR, LIVE_COLOUR = "#4a6b9b", "#b35309"
@@ -34,11 +38,11 @@ def share_chart_svg(title: str, labels: Sequence[str], train: Sequence[float], l
                          f'fill="{colour}"><title>{escape(str(label))}: {"train" if j == 0 else "live"} '
                          f'{value:.3f}</title></rect>')
     parts.append(f'<line x1="0" y1="{CHART_HEIGHT}" x2="{CHART_WIDTH}" y2="{CHART_HEIGHT}" stroke="#555"/>')
-    first_label = escape(str(labels[0]) if labels else "")
+    first_label = escape(_axis_label(labels[0]) if labels else "")
     parts.append(f'<text x="0" y="{CHART_HEIGHT + 13}" font-size="10">{first_label}</text>')
     if len(labels) > 1:
         parts.append(f'<text x="{CHART_WIDTH}" y="{CHART_HEIGHT + 13}" font-size="10" text-anchor="end">'
-                     f'{escape(str(labels[-1]))}</text>')
+                     f'{escape(_axis_label(labels[-1]))}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -47,6 +51,11 @@ def share_chart_svg(title: str, labels: Sequence[str], train: Sequence[float], l
 # vs live ▮" in black, the colour the only cue.
 CHART_LEGEND = (f"<span style='color:{TRAIN_COLOUR}'>reference</span> (left bar) vs "
                 f"<span style='color:{LIVE_COLOUR}'>live</span> (right bar)")
+
+
+def _axis_label(label: object) -> str:
+    text = str(label)
+    return text if len(text) <= AXIS_LABEL_CHARS else text[:AXIS_LABEL_CHARS - 1] + "…"
 
 
 def _number(value: Any, digits: int = 4) -> str:

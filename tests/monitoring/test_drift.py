@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import html
 import re
 from html import escape as html_escape
 from pathlib import Path
@@ -825,3 +826,20 @@ def test_the_reports_charts_can_be_read_without_seeing_them(stream, jsonl, produ
             assert html_escape(f"{label} {train:.3f} vs {live:.3f}") in spoken, (name, label, spoken[:300])
     heads = re.findall(r"<th>[^<]*<span[^>]*>reference</span>([^<]*)<span[^>]*>live</span>([^<]*)</th>", html)
     assert len(heads) == 4 and set(heads) == {(" (left bar) vs ", " (right bar)")}, heads
+
+
+def test_a_long_category_name_is_cut_under_its_chart_and_kept_whole_in_its_text():
+    """Found by a probe with a user's items.csv holding a family of 500 characters: the names of a chart's first and
+    last bins are drawn under it, from its left edge and to its right edge, so two long ones were drawn over each
+    other and far past the chart. Each is cut to fit half the chart now, with an ellipsis; the chart's text
+    alternative and the bars' titles keep the names whole."""
+    from monitoring.report_html import AXIS_LABEL_CHARS, CHART_WIDTH, share_chart_svg
+
+    first, last = "F" * 500, "<b>Fruits & légumes</b> " + "G" * 40
+    svg = share_chart_svg("family", [first, "short", last], [0.5, 0.25, 0.25], [0.4, 0.4, 0.2])
+    drawn = [html.unescape(text) for text in re.findall(r"<text [^>]*>([^<]*)</text>", svg)]
+    assert drawn == [first[:AXIS_LABEL_CHARS - 1] + "…", last[:AXIS_LABEL_CHARS - 1] + "…"], drawn
+    assert AXIS_LABEL_CHARS * 6 <= CHART_WIDTH / 2  # about 6 px a character at 10 px: each fits its half
+    [spoken] = re.findall(r'aria-label="([^"]*)"', svg)
+    assert f"{first} 0.500 vs 0.400" in html.unescape(spoken) and f"{last} 0.250 vs 0.200" in html.unescape(spoken)
+    assert "<b>" not in svg  # escaped, wherever it is written
