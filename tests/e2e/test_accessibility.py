@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from monitoring import drift
 
 WIDTHS = (320, 1280)
@@ -41,22 +39,25 @@ def write_drift_report(server, tmp_path) -> None:
                 "--params", str(tmp_path / "no-params.yaml"), "--output-dir", str(server.drift_dir)])
 
 
-@pytest.mark.parametrize("width", WIDTHS)
-def test_every_page_passes_axe_and_reflows(gunicorn_server, browser, axe, width, tmp_path):
-    browser.set_window_size(width, 900)
-    inner = browser.execute("return window.innerWidth;")
-    assert abs(inner - width) <= 20, f"the window is {inner} px wide, not {width}"
+def test_every_page_passes_axe_and_reflows(gunicorn_server, browser, axe, tmp_path):
+    """One server and one browser for both widths (each page is loaded again at each)."""
     browser.get(gunicorn_server.url + "/")
     example = browser.execute("return document.getElementById('item').placeholder.split(', ').pop();")
     first_day = browser.execute("return document.getElementById('date').min;")
     browser.get(gunicorn_server.url + f"/?store=1&item={example}&date={first_day}")  # a prediction to monitor
     write_drift_report(gunicorn_server, tmp_path)
-    found = {}
-    for name, (address, exclude) in pages(gunicorn_server).items():
-        browser.get(gunicorn_server.url + address.format(item=example, date=first_day))
-        scroll_width, inner = browser.execute("return [document.documentElement.scrollWidth, window.innerWidth];")
-        assert scroll_width <= inner, f"{name}: {scroll_width} px of content in a {inner} px window"
-        violations = axe.violations(browser, exclude)
-        if violations:
-            found[name] = axe.describe(violations)
-    assert not found, "\n".join(f"{name} at {width} px:\n{text}" for name, text in found.items())
+    found, too_wide = {}, []
+    for width in WIDTHS:
+        browser.set_window_size(width, 900)
+        inner = browser.execute("return window.innerWidth;")
+        assert abs(inner - width) <= 20, f"the window is {inner} px wide, not {width}"
+        for name, (address, exclude) in pages(gunicorn_server).items():
+            browser.get(gunicorn_server.url + address.format(item=example, date=first_day))
+            scroll_width, inner = browser.execute("return [document.documentElement.scrollWidth, window.innerWidth];")
+            if scroll_width > inner:
+                too_wide.append(f"{name}: {scroll_width} px of content in a {inner} px window")
+            violations = axe.violations(browser, exclude)
+            if violations:
+                found[f"{name} at {width} px"] = axe.describe(violations)
+    assert not too_wide, too_wide
+    assert not found, "\n".join(f"{name}:\n{text}" for name, text in found.items())
