@@ -29,6 +29,8 @@ ERROR_CODES = {
     "not_forecastable": "a store/item the model was not trained on, or a date outside its horizon (422)",
     "internal_error": "a fault of the server, logged with the answer's request_id (500)",
     "model_unavailable": "no model is loaded yet; see GET /readyz (503)",
+    "upstream_unavailable": "from the proxy in front of the app (docker compose's nginx, deploy/nginx.conf): the app "
+                            "did not answer, restarting or down (502), or not in time (504); retry later",
 }
 
 

@@ -262,6 +262,54 @@ def test_a_person_the_app_does_not_answer_gets_a_page_saying_what_to_do(tmp_path
         assert headers[name.lower()] == value, (name, headers)
 
 
+def test_an_api_client_gets_the_apis_json_error_from_the_proxy_too(tmp_path):
+    """Found by a probe: behind compose's nginx, an API client got nginx's HTML for a body over 1 MiB (413) and for
+    the app down (502), where the OpenAPI document promises its JSON Error body (code, message, errors, request_id)
+    and the app itself answers one. The proxy's own errors on the app's JSON paths are now that body, with codes
+    from the app's list (body_too_large; upstream_unavailable); a person at "/" keeps the page."""
+    import http.client
+    import json
+    import re
+
+    from app.errors import ERROR_CODES, JSON_PREFIXES
+    from app.openapi import openapi_document
+
+    mapped = re.search(r"map \$uri \$shelfcast_error_kind \{(.*?)\}", CONF.read_text(encoding="utf-8"), re.S).group(1)
+    assert sorted(re.findall(r"~\^(\S+)\s+json;", mapped)) == sorted(JSON_PREFIXES), mapped
+
+    def send(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, str, str]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            return response.status, response.getheader("Content-Type"), response.read().decode()
+        finally:
+            connection.close()
+
+    upstream = Upstream()
+    proxy, port = start_proxy(tmp_path, upstream.port)
+    try:
+        too_large = send(port, "POST", "/api/v1/predict", b" " * (1024 * 1024 + 1))
+        form_too_large = send(port, "POST", "/", b" " * (1024 * 1024 + 1))
+        upstream.stop()
+        down = {path: send(port, "GET", path) for path in ("/api/v1/model", "/healthz", "/readyz", "/")}
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+    required = openapi_document(200, 1 << 20)["components"]["schemas"]["Error"]["required"]
+    for (status, content_type, body), code in [(too_large, "body_too_large"),
+                                              *((down[path], "upstream_unavailable") for path in JSON_PREFIXES
+                                                if path != "/api/"),
+                                              (down["/api/v1/model"], "upstream_unavailable")]:
+        assert content_type == "application/json", (status, content_type, body)
+        answer = json.loads(body)
+        assert answer["code"] == code and code in ERROR_CODES and set(required) <= set(answer), answer
+        assert status == (413 if code == "body_too_large" else 502), (status, answer)
+    assert "502" in json.loads(down["/healthz"][2])["message"]
+    assert down["/"][0] == 502 and down["/"][1].startswith("text/html") and "Shelfcast is not answering" in down["/"][2]
+    assert form_too_large[0] == 413 and form_too_large[1].startswith("text/html"), form_too_large
+
+
 def test_the_proxy_sets_the_forwarded_headers_a_client_cannot_forge(tmp_path):
     """Found by a probe: nginx passed a client's own `X-Forwarded-Proto: https` (and X-Real-IP) to the app
     unchanged, so a plain-HTTP client could claim https, or any address. The proxy now sets them from the
