@@ -48,8 +48,12 @@ def use_one_blas_thread() -> None:
 
 
 def pin_blas_kernels() -> str | None:
-    """Set OPENBLAS_CORETYPE to BLAS_KERNELS if it can still take effect and the CPU has them; what was set."""
-    if ENV_BLAS_KERNELS in os.environ or "numpy" in sys.modules:
+    """Set OPENBLAS_CORETYPE to BLAS_KERNELS if it can still take effect and the CPU has them; what was set.
+
+    Set but empty counts as unset (CI systems and `docker run -e OPENBLAS_CORETYPE` pass unset variables as
+    empty), as for every other setting: OpenBLAS reads an empty one as none and picks by CPU, so on an AVX-512
+    machine an empty OPENBLAS_CORETYPE trained another model (its SkylakeX kernels) than an unset one."""
+    if os.environ.get(ENV_BLAS_KERNELS, "").strip() or "numpy" in sys.modules:
         return None  # the user's choice, or too late: numpy has loaded OpenBLAS already
     if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= _cpu_flags():
         return None  # other kernels altogether (ARM), or a CPU without them

@@ -40,6 +40,13 @@ def test_kernels_chosen_in_the_environment_are_kept() -> None:
     assert openblas_kernels_after_importing("pipeline.train", OPENBLAS_CORETYPE="Sandybridge") == ["Sandybridge"]
 
 
+def test_an_empty_openblas_coretype_counts_as_unset() -> None:
+    """CI systems pass unset variables as empty: OpenBLAS reads an empty OPENBLAS_CORETYPE as none and picks by
+    CPU (SkylakeX on an AVX-512 machine: another model than the committed one), so the pin must still apply."""
+    assert openblas_kernels_after_importing("pipeline.train", OPENBLAS_CORETYPE="") == [blas.BLAS_KERNELS]
+    assert openblas_kernels_after_importing("pipeline.train", OPENBLAS_CORETYPE="  ") == [blas.BLAS_KERNELS]
+
+
 def test_this_test_process_runs_them_too() -> None:
     """tests/conftest.py imports pipeline.blas first: a model trained here equals one a stage process trains."""
     import numpy  # noqa: F401 - loads OpenBLAS, if nothing has yet
