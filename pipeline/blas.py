@@ -47,6 +47,20 @@ def use_one_blas_thread() -> None:
             _limiter = _controller.limit(limits=1, user_api="blas")
 
 
+def kernels_in_use() -> str:
+    """The kernels the loaded BLAS libraries run, as OpenBLAS names them (``Haswell``; loads numpy's if nothing
+    has yet): what a model's bits depend on, where OPENBLAS_CORETYPE is only a request. OpenBLAS takes ``haswell``
+    and ``Zen`` for its Haswell kernels too, and a name it does not know (``Skylake``), or none, for "pick by CPU"
+    (SkylakeX on an AVX-512 machine). Several libraries (numpy's and scipy's OpenBLAS) read the same variable, so
+    they are named once; a BLAS that names no kernels (MKL) by its library, ``mkl``."""
+    import numpy  # noqa: F401 - loads numpy's BLAS, if nothing has yet
+    import threadpoolctl
+
+    names = {info.get("architecture") or info["internal_api"]
+             for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"}
+    return ", ".join(sorted(names))
+
+
 def pin_blas_kernels() -> str | None:
     """Set OPENBLAS_CORETYPE to BLAS_KERNELS if it can still take effect and the CPU has them; what was set.
 

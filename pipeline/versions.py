@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -75,8 +74,15 @@ RUNTIME_PACKAGES = ("numpy", "numba")
 
 
 def runtime_version() -> dict[str, str]:
-    """The Python, numerical libraries and BLAS kernels this process trains with (a checkpoint's identity)."""
-    versions = {"python": platform.python_version(), "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "")}
+    """The Python, numerical libraries and BLAS kernels this process trains with (a checkpoint's identity). The
+    kernels are those OpenBLAS runs (pipeline/blas.py kernels_in_use), not OPENBLAS_CORETYPE's text: ``haswell``,
+    ``Zen`` and an unset variable pinned to ``Haswell`` run the same kernels (a resume was refused for it), and
+    ``Skylake``, a name OpenBLAS does not know, runs the kernels the CPU picks, which differ between machines.
+    Thread counts are no part of it: the model's bits do not depend on them (README "Configuration")."""
+    from pipeline.blas import kernels_in_use  # here, not at the top: importing pipeline.blas pins the kernels, which
+    # a process that only reads versions (promote, the app) has no reason to do
+
+    versions = {"python": platform.python_version(), "blas_kernels": kernels_in_use()}
     for package in RUNTIME_PACKAGES:
         try:
             versions[package] = importlib.metadata.version(package)

@@ -47,6 +47,39 @@ def test_an_empty_openblas_coretype_counts_as_unset() -> None:
     assert openblas_kernels_after_importing("pipeline.train", OPENBLAS_CORETYPE="  ") == [blas.BLAS_KERNELS]
 
 
+def libraries_recorded_by_a_checkpoint(**environ: str) -> dict[str, str]:
+    """versions.runtime_version() (a checkpoint's `libraries`) in a fresh training process."""
+    code = "import pipeline.train, json; from pipeline import versions; print(json.dumps(versions.runtime_version()))"
+    env = {k: v for k, v in os.environ.items() if k != blas.ENV_BLAS_KERNELS} | environ
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_checkpoint_records_the_kernels_openblas_runs_not_the_variables_text() -> None:
+    """It recorded OPENBLAS_CORETYPE as written: a train killed with `haswell` (or `Zen`, OpenBLAS's name for the
+    same kernels) and rerun without it (pinned `Haswell`) said `is of other libraries (OPENBLAS_CORETYPE Haswell ->
+    haswell); starting over`, for the same bits; and a name OpenBLAS does not know (`Skylake`) was recorded as such,
+    where the kernels it ran were the CPU's pick, which differ between machines."""
+    pinned = libraries_recorded_by_a_checkpoint()
+    assert pinned["blas_kernels"] == blas.BLAS_KERNELS
+    for written in ("haswell", "Zen", ""):
+        assert libraries_recorded_by_a_checkpoint(OPENBLAS_CORETYPE=written) == pinned, written
+    other = libraries_recorded_by_a_checkpoint(OPENBLAS_CORETYPE="Sandybridge")
+    assert other == {**pinned, "blas_kernels": "Sandybridge"}
+    unknown = libraries_recorded_by_a_checkpoint(OPENBLAS_CORETYPE="Skylake")["blas_kernels"]
+    assert unknown != "Skylake" and unknown == cpus_own_pick()
+
+
+def cpus_own_pick() -> str:
+    code = "import numpy, threadpoolctl; print(threadpoolctl.threadpool_info()[0]['architecture'])"
+    env = {k: v for k, v in os.environ.items() if k != blas.ENV_BLAS_KERNELS}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
 def test_this_test_process_runs_them_too() -> None:
     """tests/conftest.py imports pipeline.blas first: a model trained here equals one a stage process trains."""
     import numpy  # noqa: F401 - loads OpenBLAS, if nothing has yet

@@ -159,14 +159,14 @@ OTHER_INPUTS = {  # a part changed between the kill and the rerun -> what the re
     "data": ({"data": {"data/split/train.parquet": "1" * 32, "data/prepared/holidays.parquet": "2" * 32}},
              "data (data/split/train.parquet)"),  # a digest is not shown
     "code": ({"code": "d" * 64}, "code"),
-    "libraries": ({"libraries": {"numpy": "2.2.1", "numba": "0.61.0", "python": "3.11.9", "OPENBLAS_CORETYPE": ""}},
+    "libraries": ({"libraries": {"numpy": "2.2.1", "numba": "0.61.0", "python": "3.11.9", "blas_kernels": "Haswell"}},
                   "libraries (numpy 2.1.0 -> 2.2.1)"),
     "the BLAS kernels": ({"libraries": {"numpy": "2.1.0", "numba": "0.61.0", "python": "3.11.9",
-                                        "OPENBLAS_CORETYPE": "Haswell"}},
-                         "libraries (OPENBLAS_CORETYPE unset -> Haswell)"),
+                                        "blas_kernels": "SkylakeX"}},
+                         "libraries (blas_kernels Haswell -> SkylakeX)"),
     "batch order": ({"batch_order": "streamed from shards"}, "batch order (held -> streamed from shards)"),
     "two parts": ({"params": {"features": {"horizon": 16}, "train": {"learning_rate": 0.02, "seed": 4}},
-                   "libraries": {"numpy": "2.2.1", "numba": "0.61.0", "python": "3.11.9", "OPENBLAS_CORETYPE": ""}},
+                   "libraries": {"numpy": "2.2.1", "numba": "0.61.0", "python": "3.11.9", "blas_kernels": "Haswell"}},
                   "params (train.learning_rate 0.01 -> 0.02) and libraries (numpy 2.1.0 -> 2.2.1)"),
     "many params": ({"params": {"features": {"horizon": 8}, "train": {"learning_rate": 0.02, "seed": 5, "x": 1,
                                                                       "hidden_units": [256, 128, 64, 32, 16, 8]}}},
@@ -183,7 +183,7 @@ def test_a_checkpoint_of_other_inputs_names_the_parts_that_differ_and_starts_ove
     vx, vy, vw = _problem(300, 1)
     args = {"seed": 4, "eval_every": 20, "patience": 50, "batch_size": 64, "learning_rate": 0.01}
     parts = {"params": {"features": {"horizon": 16}, "train": {"learning_rate": 0.01, "seed": 4}},
-             "libraries": {"numpy": "2.1.0", "numba": "0.61.0", "python": "3.11.9", "OPENBLAS_CORETYPE": ""}}
+             "libraries": {"numpy": "2.1.0", "numba": "0.61.0", "python": "3.11.9", "blas_kernels": "Haswell"}}
     _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path, identity=_identity("", **parts), **args)
     changed, named = OTHER_INPUTS[case]
     said = []
