@@ -46,7 +46,8 @@ a dead worker's counts are folded into retired.json and its own files removed
 (app/metrics_files.py), so the folder does not grow with every worker ever started.
 
 Environment: SHELFCAST_BIND (default 127.0.0.1:5005; 0.0.0.0:5005 in a container),
-SHELFCAST_WORKERS (default: the cores this process may use), SHELFCAST_THREADS (default 8),
+SHELFCAST_WORKERS (default: the cores this process may use, fewer where its cgroup's CPU limit is lower:
+engine/cores.py), SHELFCAST_THREADS (default 8),
 SHELFCAST_PIN_WORKERS (default 1), SHELFCAST_ACCESS_LOG ("-" for stdout), PROMETHEUS_MULTIPROC_DIR. The worker
 class (app/gunicorn_worker.py) reads SHELFCAST_HEADER_TIMEOUT_S, which app/config.py defines beside the app's
 other limits.
@@ -54,6 +55,7 @@ other limits.
 
 import collections
 import gc
+import importlib.util
 import os
 import shutil
 import socket
@@ -90,7 +92,20 @@ def count_setting(name: str, default: str) -> int:
 
 
 bind = setting("SHELFCAST_BIND", "127.0.0.1:5005")
-workers = count_setting("SHELFCAST_WORKERS", "0") or len(os.sched_getaffinity(0))
+def _cores_module():
+    """engine/cores.py, loaded by its path: importing the engine here would fix the thread pools' sizes for every
+    worker before a worker is pinned to its core (see the module docstring)."""
+    spec = importlib.util.spec_from_file_location("shelfcast_cores", Path(__file__).resolve().parents[1] / "engine"
+                                                  / "cores.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cores = _cores_module()
+# One per usable core: the cores this process may run on, its cgroup's CPU limit counted (a container run with
+# --cpus 1 on a 16-core host started 16 workers, each loading the model, throttled to one core in all).
+workers = count_setting("SHELFCAST_WORKERS", "0") or cores.usable_cores()
 if workers > MAX_WORKERS:
     raise RuntimeError(f"SHELFCAST_WORKERS: {workers} workers (each loads the model); at most {MAX_WORKERS}")
 worker_class = "app.gunicorn_worker.ThreadWorker"  # gthread: graceful closes off the accepting thread, headers timed

@@ -6,7 +6,8 @@ place before numba (or numpy's BLAS) reads them.
 Thread policy: one level of parallelism at a time. The executor runs one kernel
 at a time, so a parallel Numba kernel never runs concurrently with a BLAS call;
 both pools get the same size (``NUMBA_NUM_THREADS``, default: the cores this
-process may use), so neither oversubscribes the machine. Users override with
+process may use, its cgroup's CPU limit counted: engine/cores.py), so neither
+oversubscribes the machine. Users override with
 the usual variables (``NUMBA_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``,
 ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``) set before ``import engine``.
 """
@@ -17,12 +18,7 @@ import os
 import sys
 import tempfile
 
-
-def _available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not every platform has affinity
-        return max(1, os.cpu_count() or 1)
+from engine.cores import usable_cores
 
 
 def default_cache_dir() -> str:
@@ -84,7 +80,7 @@ def _usable_cache_dir() -> str:
 
 def _apply_environment_defaults() -> None:
     _usable_cache_dir()
-    threads = _default("NUMBA_NUM_THREADS", str(_available_cores()))
+    threads = _default("NUMBA_NUM_THREADS", str(usable_cores()))
     if "numpy" not in sys.modules:  # BLAS reads these once, when numpy loads it
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             _default(var, threads)

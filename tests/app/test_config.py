@@ -99,7 +99,7 @@ def test_empty_server_settings_mean_their_defaults_and_a_bad_count_names_its_var
         monkeypatch.setenv(name, "")
     conf = gunicorn_conf(monkeypatch, tmp_path)
     assert conf.bind == "127.0.0.1:5005" and conf.threads == 8
-    assert conf.workers == len(os.sched_getaffinity(0))
+    assert conf.workers == conf.cores.usable_cores() <= len(os.sched_getaffinity(0))
     monkeypatch.setenv("SHELFCAST_WORKERS", "two")
     with pytest.raises(RuntimeError, match="SHELFCAST_WORKERS: expected a whole number, got 'two'"):
         gunicorn_conf(monkeypatch, tmp_path)

@@ -15,7 +15,7 @@ ENGINE = ROOT / "engine"
 
 # Lowest first: a module may import only modules of its own or an earlier layer.
 LAYERS = [
-    ["engine.config", "engine.errors", "engine.dtypes", "engine.shapes", "engine.generated"],
+    ["engine.cores", "engine.config", "engine.errors", "engine.dtypes", "engine.shapes", "engine.generated"],
     ["engine.kernels"],
     ["engine.registry"],
     ["engine.graph"],
