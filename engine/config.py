@@ -80,7 +80,13 @@ def _usable_cache_dir() -> str:
 
 def _apply_environment_defaults() -> None:
     _usable_cache_dir()
-    threads = _default("NUMBA_NUM_THREADS", str(usable_cores()))
+    threads = _default("NUMBA_NUM_THREADS", str(usable_cores())).strip()
+    if not (threads.isascii() and threads.isdigit() and int(threads) >= 1):
+        # Numba's own checks: 0 failed every `import engine` with a traceback from numba's internals naming no
+        # variable; 'two' was a warning, then Numba's default (every core of the host) and OPENBLAS_NUM_THREADS='two'
+        raise ValueError(f"environment variable NUMBA_NUM_THREADS must be a whole number >= 1 (the engine's thread "
+                         f"pools; unset: the cores this process can use, {usable_cores()}), got {threads!r}")
+    os.environ["NUMBA_NUM_THREADS"] = threads
     if "numpy" not in sys.modules:  # BLAS reads these once, when numpy loads it
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             _default(var, threads)

@@ -127,3 +127,17 @@ def test_the_engines_thread_default_is_the_usable_cores():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "1"
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
+def test_a_thread_count_numba_cannot_use_is_an_error_naming_the_variable(value):
+    """0 failed every `import engine` (every stage, the app) with a 25-line traceback from Numba's internals
+    naming no variable; 'two' was a warning, then Numba's own default, every core of the host."""
+    code = "import engine"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, NUMBA_NUM_THREADS=value),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (f"ValueError: environment variable NUMBA_NUM_THREADS must be a whole number >= 1 (the engine's "
+                    f"thread pools; unset: the cores this process can use, {cores.usable_cores()}), got {value!r}")
+    assert "site-packages/numba" not in done.stderr  # raised before Numba loads, not from inside it
