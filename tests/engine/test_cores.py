@@ -141,3 +141,43 @@ def test_a_thread_count_numba_cannot_use_is_an_error_naming_the_variable(value):
     assert last == (f"ValueError: environment variable NUMBA_NUM_THREADS must be a whole number >= 1 (the engine's "
                     f"thread pools; unset: the cores this process can use, {cores.usable_cores()}), got {value!r}")
     assert "site-packages/numba" not in done.stderr  # raised before Numba loads, not from inside it
+
+
+THREAD_COUNT_PROBE = """
+import hashlib, numba, numpy as np
+import engine as en
+from pipeline import blas
+blas.use_one_blas_thread()
+rng = np.random.default_rng(0)
+xv, yv = rng.normal(size=(512, 80)).astype(np.float32), rng.normal(size=(512, 1)).astype(np.float32)
+digests = []
+for threads in (1, numba.config.NUMBA_NUM_THREADS):
+    numba.set_num_threads(threads)
+    en.reset_default_graph()
+    en.set_random_seed(1)
+    x, y = en.placeholder(en.float32, (None, 80)), en.placeholder(en.float32, (None, 1))
+    h = en.layers.Dense(96, activation="relu", seed=2, name="hidden")(x)
+    out = en.layers.Dense(1, seed=3, name="out")(h)
+    loss = en.reduce_mean(en.square(out - y)) + en.reduce_sum(en.reduce_max(h, axis=0))
+    step = en.train.AdamOptimizer(0.01).minimize(loss)
+    with en.Session() as s:
+        s.run(en.global_variables_initializer())
+        for _ in range(20):
+            s.run(step, {x: xv, y: yv})
+        weights = s.run(en.trainable_variables())
+    digests.append(hashlib.sha256(b"".join(w.tobytes() for w in weights)).hexdigest())
+print(numba.threading_layer(), *digests)
+"""
+
+
+@pytest.mark.parametrize("layer", ["default", "workqueue"])
+def test_the_engines_parallel_kernels_give_the_same_bits_on_any_number_of_threads(layer):
+    """README: a model's bits do not depend on thread settings, so checkpoints resume across them. Every kernel runs
+    parallel here (SHELFCAST_PARALLEL_MIN_ELEMENTS=1: a 16-step tiny train otherwise never reaches the 8 M elements
+    where they start) on 1 thread, then on 4 (more than this machine may have: the split is what could differ)."""
+    env = dict(os.environ, SHELFCAST_PARALLEL_MIN_ELEMENTS="1", NUMBA_NUM_THREADS="4", NUMBA_THREADING_LAYER=layer)
+    done = subprocess.run([sys.executable, "-c", THREAD_COUNT_PROBE], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    used, one, many = done.stdout.strip().splitlines()[-1].split()
+    assert layer in ("default", used) and one == many
