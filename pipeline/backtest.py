@@ -114,7 +114,8 @@ def earlier_windows(root: Path, fparams: FeatureParams, tparams: TrainParams, wi
     if client is not None:
         say(f"evaluate: backtest windows 1..{windows - 1} as Dask tasks, each trained on the days before it")
         return run_tasks(window_from_files, range(1, windows), client=client, desc="evaluate: backtest windows",
-                         progress=progress, root=str(Path(root).resolve()), fparams=fparams, tparams=tparams)
+                         progress=progress, same_blas_kernels=True, root=str(Path(root).resolve()), fparams=fparams,
+                         tparams=tparams)
     results = []
     for k, cut in enumerate(cuts, start=1):
         first_day = history.first_day + cut

@@ -49,8 +49,16 @@ class ClusterError(RuntimeError):
     """The configured scheduler cannot be reached or a task failed on a worker (message says which)."""
 
 
-class WorkerCodeError(RuntimeError):
+class WorkerMismatch(RuntimeError):
+    """A worker cannot run the stage's task as the stage would (raised on the worker; the message says why)."""
+
+
+class WorkerCodeError(WorkerMismatch):
     """A worker runs other project code than the stage that sent it the task (raised on the worker)."""
+
+
+class WorkerKernelsError(WorkerMismatch):
+    """A worker's BLAS runs other kernels than the stage's, for a task whose numbers depend on them."""
 
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -91,8 +99,21 @@ def _loaded_code() -> dict[str, str]:
     return _LOADED
 
 
-def _on_worker(fn: Callable[..., R], code: Mapping[str, str], item: Any, **kwargs) -> R:
-    """``fn(item, **kwargs)``, once this worker is known to run the code the stage runs (``code``)."""
+def _on_worker(fn: Callable[..., R], code: Mapping[str, str], kernels: str | None, item: Any, **kwargs) -> R:
+    """``fn(item, **kwargs)``, once this worker is known to run the code the stage runs (``code``) and, for a task
+    that trains or scores (``kernels`` given), OpenBLAS's kernels the stage runs (pipeline/blas.py)."""
+    if kernels is not None:
+        from pipeline.blas import ENV_BLAS_KERNELS, kernels_in_use
+
+        ours = kernels_in_use()
+        if ours != kernels:
+            from distributed import get_worker
+
+            # A `dask worker` has loaded numpy (and OpenBLAS) before any task imports pipeline.blas: too late to pin
+            raise WorkerKernelsError(
+                f"a Dask worker at {get_worker().address} runs OpenBLAS's {ours or 'no'} kernels, this stage "
+                f"{kernels}: the models it trains would differ from this stage's in their last bits; start the "
+                f"workers with {ENV_BLAS_KERNELS}={kernels} in their environment and rerun")
     differ = sorted(name for name, digest in _loaded_code().items() if code.get(name) != digest)
     if differ:
         from distributed import get_worker
@@ -187,12 +208,13 @@ def _missing_transport(address: str) -> str | None:
 
 
 def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: Any = None, desc: str = "tasks",
-              progress: bool = True, **kwargs) -> list[R]:
+              progress: bool = True, same_blas_kernels: bool = False, **kwargs) -> list[R]:
     """``[fn(item, **kwargs) for item in items]``, on the cluster's workers when ``client`` is given.
 
     Results come back in input order whatever order the workers finish in. A task
     that fails raises here with its input named, so a bad store partition is
-    findable. Progress is one bar over the tasks either way.
+    findable. Progress is one bar over the tasks either way. ``same_blas_kernels``: the tasks train or score, so a
+    worker must run the BLAS kernels this process runs (pipeline/blas.py), or the stage stops saying so.
     """
     items = list(items)
     if client is None:
@@ -202,7 +224,12 @@ def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: An
         return results
     from distributed import wait
 
-    futures = client.map(partial(_on_worker, fn, code_digests()), items,
+    kernels = None
+    if same_blas_kernels:
+        from pipeline.blas import kernels_in_use
+
+        kernels = kernels_in_use()
+    futures = client.map(partial(_on_worker, fn, code_digests(), kernels), items,
                          key=[f"{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex}" for _ in items], **kwargs)
     index = {future.key: i for i, future in enumerate(futures)}
     results: list[Any] = [None] * len(items)
@@ -240,7 +267,7 @@ def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: An
                 except CancelledError:
                     _cancel(futures)
                     raise ClusterError(f"{desc}: {SCHEDULER_LOST}") from None
-                except WorkerCodeError as exc:  # not the task's input: the worker's code
+                except WorkerMismatch as exc:  # not the task's input: the worker's code or BLAS kernels
                     _cancel(futures)
                     raise ClusterError(f"{desc}: {exc}") from None
                 except Exception as exc:  # noqa: BLE001 - re-raised with the failing input named

@@ -248,7 +248,8 @@ def run(root: Path, quiet: bool = False) -> dict:
                                      "candidates": len(candidates), "windows": windows, "runs": len(runs),
                                      "cluster": address or "in process"}})
         with dask_client(address) as client:
-            results = run_tasks(train_window, runs, client=client, desc="sweep: training runs", progress=not quiet)
+            results = run_tasks(train_window, runs, client=client, desc="sweep: training runs", progress=not quiet,
+                                same_blas_kernels=True)
         board = []
         for candidate in candidates:
             mine = [r for r in results if r["candidate"] == candidate.index]

@@ -236,3 +236,36 @@ def test_a_worker_running_code_older_than_the_stages_is_refused_by_name(dask_clu
         finally:
             client.run(_pretend_this_worker_imported_other_code, None)
         assert [v for v, _ in run_tasks(_square_with_pid, [3], client=client, desc="squares", progress=False)] == [9]
+
+
+def test_a_worker_running_other_blas_kernels_is_refused_for_tasks_that_train(dask_cluster, monkeypatch):
+    """A `dask worker` has loaded numpy, and OpenBLAS with it, before a task imports pipeline.blas: too late to pin
+    the Haswell kernels. On an AVX-512 machine such a worker ran SkylakeX's, so the backtest windows and sweep runs
+    it trained differed from the one-process ones (probed: `dask worker --nworkers 1 --nthreads 1` without
+    OPENBLAS_CORETYPE reported ['SkylakeX'] after importing pipeline.blas). A worker whose OpenBLAS runs other
+    kernels (here: started with OPENBLAS_CORETYPE=Sandybridge) is now refused for such tasks, saying how to start
+    it; data tasks, whose numbers do not depend on BLAS, still run there."""
+    from distributed import LocalCluster
+
+    from pipeline import blas
+
+    if not {"avx2", "fma"} <= blas._cpu_flags():
+        pytest.skip("the CPU has no AVX2 + FMA: the stage runs the kernels the CPU picks")
+    ours = blas.kernels_in_use()
+    with monkeypatch.context() as started:  # the worker processes start with it, as from a shell that sets it
+        started.setenv(blas.ENV_BLAS_KERNELS, "Sandybridge")
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="2GB",
+                               host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    with cluster:
+        with dask_client(cluster.scheduler_address) as client:
+            with pytest.raises(ClusterError) as refused:
+                run_tasks(_square_with_pid, [1, 2], client=client, desc="sweep: training runs", progress=False,
+                          same_blas_kernels=True)
+            assert re.fullmatch(r"sweep: training runs: a Dask worker at tcp://127\.0\.0\.1:\d+ runs OpenBLAS's "
+                                rf"Sandybridge kernels, this stage {ours}: the models it trains would differ from "
+                                rf"this stage's in their last bits; start the workers with OPENBLAS_CORETYPE={ours} "
+                                "in their environment and rerun", str(refused.value)), str(refused.value)
+            assert [v for v, _ in run_tasks(_square_with_pid, [1, 2], client=client, progress=False)] == [1, 4]
+    with dask_client(dask_cluster) as client:  # workers started with this process's pinned kernels
+        assert [v for v, _ in run_tasks(_square_with_pid, [3], client=client, progress=False,
+                                        same_blas_kernels=True)] == [9]
