@@ -81,22 +81,6 @@ MIN_VOLUME_SERIES = 10  # the total-units rule judges no fewer store×items (a c
 NWRMSLE_MARGIN = 0.0  # with actuals: candidate NWRMSLE's 95 % bootstrap interval must not lie above production's + this
 
 
-# MLflow's HTTP retries as the release commands use them, where the user has not set them: MLflow's defaults (7
-# retries, backoff factor 2, 120 s a request) retry a tracking server that died for about 4 minutes (246 s measured),
-# and reachability is checked once a process (tracking.check_reachable), so a server that died mid-deploy held the
-# command, and its rollback, that long. With these, a server gone fails a request within seconds (3 tries, 0 + 2 s
-# apart plus MLflow's jitter) and one that hangs within about a minute (3 x 20 s); a slow answer still has 20 s.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-
-
-def bound_http_retries(environ=os.environ) -> None:
-    """Set HTTP_DEFAULTS in ``environ`` where the user has not set them (MLflow reads them at each request)."""
-    for key, value in HTTP_DEFAULTS.items():
-        if not environ.get(key, "").strip():
-            environ[key] = value
-
-
 class ReleaseError(RuntimeError):
     """A release step cannot be done; the message says which and why."""
 
@@ -883,7 +867,6 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", type=int, default=5, help="releases kept on disk")
     parser.add_argument("--requests", type=int, default=40, help="smoke/deploy: one-row forecasts the smoke test sends")
     args = parser.parse_args(argv)
-    bound_http_retries()
     root = args.root.resolve()
     # a relative log (the default, $SHELFCAST_PREDICTION_LOG's) is the project's, as --models is: under --root
     events = LoggedEvents.choose(args.events if args.events.is_absolute() else root / args.events, args.elasticsearch,

@@ -82,6 +82,24 @@ REACH_TIMEOUT_S = 10.0  # how long a tracking server has to answer its first req
 _reached: set[str] = set()  # tracking servers this process has reached
 
 
+# MLflow's HTTP retries for every command that talks to a tracking server (train, evaluate, promote, fetch-model,
+# release), where the user has not set them. MLflow's defaults (7 retries, backoff factor 2, 120 s a request) held a
+# command for about 4 minutes (246 s measured) once the server it had reached died or restarted, and about 18
+# minutes on a server (or proxy) that accepts connections and never answers: reachability is only checked once a
+# process (check_reachable), by a TCP connection, which such a server accepts. With these, a server gone fails a
+# request within seconds (3 tries, 0 + 2 s apart plus MLflow's jitter) and one that hangs within about a minute
+# (3 x 20 s); a slow answer still has 20 s (a read timeout: between bytes, so a large upload is not cut short).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+def bound_http_retries(environ=os.environ) -> None:
+    """Set HTTP_DEFAULTS in ``environ`` where the user has not set them (MLflow reads them at each request)."""
+    for key, value in HTTP_DEFAULTS.items():
+        if not environ.get(key, "").strip():
+            environ[key] = value
+
+
 def tracking_uri(project_root: Path | str = ".") -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if env:
@@ -290,6 +308,7 @@ def client(project_root: Path | str = ".", create: bool = True):
     # too): an address that opens MLflow 3.17's GenAI overview, no runs (ui_address says why). The stages name
     # their runs themselves; unless the user chose otherwise, MLflow prints no address.
     os.environ.setdefault(PRINT_URL_SWITCH, "true")
+    bound_http_retries()
     # its exception() logs a database error as a traceback with the statement and parameters: our one line says it
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)

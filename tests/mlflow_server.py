@@ -40,3 +40,15 @@ def gone(server: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(server.pid, signal.SIGKILL)
     server.wait(30)
+
+
+@contextlib.contextmanager
+def unanswering_server():
+    """The address of a server that takes connections and never answers (a hung tracking server, or a proxy in front
+    of one that died): a socket that listens and never accepts, so the kernel completes every TCP handshake."""
+    import socket
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(64)
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}"

@@ -319,7 +319,7 @@ def test_a_release_command_whose_tracking_server_died_after_it_was_reached_fails
     """Found by a probe: reachability is checked once a process, and a deploy runs for minutes. A server that died
     after that check was retried by MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) for about 4
     minutes (measured 246 s) before the command failed, and before any rollback of a deploy. The release commands
-    bound MLflow's HTTP retries unless the user set them (release.HTTP_DEFAULTS)."""
+    bound MLflow's HTTP retries unless the user set them (tracking.HTTP_DEFAULTS)."""
     from .conftest import REPO
 
     _, uri, _ = released

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import tracking
-from tests.mlflow_server import mlflow_server
+from tests.mlflow_server import mlflow_server, unanswering_server
 
 
 @pytest.fixture
@@ -130,6 +130,82 @@ def test_an_unreachable_or_scheme_less_tracking_server_is_one_error_at_once(tmp_
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         tracking.check_reachable(f"https://alice:s3cret@127.0.0.1:{listening.getsockname()[1]}/prefix")
+
+
+def _mlflow_http_settings_unset(monkeypatch) -> None:
+    """MLflow's own HTTP defaults, as a user who set none of them has them (restored after the test)."""
+    for key in tracking.HTTP_DEFAULTS:
+        monkeypatch.setenv(key, "")  # recorded as it was, so that what the code under test sets is undone
+        monkeypatch.delenv(key)
+
+
+def test_every_stage_bounds_mlflows_http_retries_unless_the_user_set_them(tmp_path, monkeypatch):
+    """Found by a probe: only the release commands bounded MLflow's HTTP retries. train, evaluate, promote and
+    fetch-model, whose server died or restarted after they reached it, waited out MLflow's defaults (7 retries with
+    backoff factor 2: about 4 minutes) before failing; tracking.client now bounds them for every command."""
+    import socket
+    import time
+
+    _mlflow_http_settings_unset(monkeypatch)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")  # a user's own setting is kept
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens there once closed
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(tracking, "_reached", {uri})  # reached when the stage started; gone since
+    started = time.monotonic()
+    with pytest.raises(tracking.TrackingError, match=f"MLflow at {uri}: .*(?:Connection refused|Max retries)"):
+        with tracking.mlflow_errors_named(tmp_path):
+            tracking.client(tmp_path).get_experiment_by_name(tracking.EXPERIMENT_NAME)
+    assert time.monotonic() - started < 15  # 3 tries, 0 + 2 s apart (MLflow's defaults: about 246 s)
+    import os
+
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+
+
+def test_a_tracking_server_that_takes_connections_and_never_answers_fails_a_stage_in_bounded_time(tmp_path,
+                                                                                                  monkeypatch):
+    """Found by a probe: a server that accepts TCP connections and never answers (hung, or a proxy in front of one
+    that died) passes the reachability check; each request then waited out MLflow's read timeout on every retry.
+    The timeout here is 1 s (the user's; the default is 20 s) so that the retries' bound shows within seconds:
+    MLflow's own 7 retries took about 4 minutes of backoff on top."""
+    import time
+
+    _mlflow_http_settings_unset(monkeypatch)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    with unanswering_server() as address:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
+        started = time.monotonic()
+        with pytest.raises(tracking.TrackingError, match=f"MLflow at {address}: .*[Tt]imed out"):
+            with tracking.mlflow_errors_named(tmp_path):
+                tracking.client(tmp_path).get_experiment_by_name(tracking.EXPERIMENT_NAME)
+        assert time.monotonic() - started < 15  # 3 x 1 s, 0 + 2 s apart
+
+
+@pytest.mark.slow
+def test_promote_against_a_server_that_never_answers_fails_within_about_a_minute(trained_project):
+    """The same with every MLflow HTTP setting left at Shelfcast's defaults, through promote's command line: one line
+    within 3 x 20 s plus backoff (before: MLflow's 8 x 120 s, about 18 minutes)."""
+    import subprocess
+    import sys
+    import time
+
+    from pipeline import evaluate
+
+    root, _ = trained_project
+    assert evaluate.main(["--root", str(root), "--quiet"]) == 0  # an evaluated candidate, in the local store
+
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MLFLOW_")}
+    with unanswering_server() as address:
+        env.update(MLFLOW_TRACKING_URI=address, PYTHONPATH=str(Path(__file__).resolve().parents[3]))
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "pipeline.promote", "--root", str(root)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        took = time.monotonic() - started
+    assert done.returncode != 0 and took < 90, (took, done.stderr)
+    assert f"promote: error: MLflow at {address}: " in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_messages_never_show_the_credentials_of_a_tracking_uri(tmp_path, monkeypatch):
