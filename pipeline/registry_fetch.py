@@ -60,7 +60,7 @@ def publish_serving_bundle(root: Path, run_id: str, bundle_dir: Path) -> dict[st
         mlflow_client.log_artifacts(run_id, str(bundle_dir), SERVING_ARTIFACT)
     except Exception as exc:  # noqa: BLE001 MlflowException or an artifact store's own (boto, requests) error
         raise tracking.TrackingError(f"uploading {bundle_dir} to run {run_id}: "
-                                     f"{tracking.without_credentials(str(exc))}") from None
+                                     f"{tracking.without_credentials(str(exc))}{tracking.access_hint(exc)}") from None
     tags = {TAG_ARTIFACT: SERVING_ARTIFACT, TAG_DIGEST: digest}
     dvc_file = bundle_dir.with_name(bundle_dir.name + ".dvc")
     if dvc_file.is_file():
@@ -88,7 +88,9 @@ def resolve(root: Path, alias: str, name: str = tracking.REGISTERED_MODEL):
         return tracking.client(root, create=False).get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         hint = ""
-        if alias == PRODUCTION:  # CI registers candidates as shadow: the very first production is made by hand, once
+        # CI registers candidates as shadow: the very first production is made by hand, once (not said for a refused
+        # login: the line then says which credentials to set, and the model may well exist)
+        if alias == PRODUCTION and exc.error_code != "UNAUTHENTICATED":
             hint = ("; a new registry has no production model until one is promoted by hand, once: `make run` (or "
                     "`dvc repro` then `make promote`) with MLFLOW_TRACKING_URI set to this registry and "
                     "SHELFCAST_PROMOTE_ALIAS unset (README, CI/CD)")
@@ -134,7 +136,7 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
             local = tracking.client(root, create=False).download_artifacts(version.run_id, artifact, scratch)
         except Exception as exc:  # noqa: BLE001 MlflowException or the artifact store's own error
             raise FetchError(f"version {version.version}: downloading {where}: "
-                             f"{tracking.without_credentials(str(exc))}") from None
+                             f"{tracking.without_credentials(str(exc))}{tracking.access_hint(exc)}") from None
         try:
             digest = verify_bundle(local)
         except BundleError as exc:  # named by where it is stored, not by the scratch copy about to be deleted

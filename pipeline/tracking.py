@@ -237,7 +237,45 @@ def store_error_text(exc: BaseException) -> str:
         text = str(getattr(exc, "message", None) or exc)
         text = _SQLALCHEMY_APPENDIX.split(text, maxsplit=1)[0]
     # one line, whatever the message's own layout, never the credentials of the URL MLflow requested
-    return without_credentials(" ".join(text.split())) or type(exc).__name__
+    return (without_credentials(" ".join(text.split())) or type(exc).__name__) + access_hint(exc)
+
+
+# What a tracking server behind authentication (`mlflow server --app-name basic-auth`, or a proxy asking for a login)
+# answers: 401, no or wrong credentials; 403, an account without the permission (MLflow's error codes, or the HTTP
+# status of an artifact request, which MLflow raises as requests' HTTPError).
+_AUTH_STATUS = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
+_AUTH_TEXT = re.compile(r"\b(401|403) Client Error\b")
+
+
+def _auth_status(exc: BaseException) -> int | None:
+    status = _AUTH_STATUS.get(getattr(exc, "error_code", None))
+    response = getattr(exc, "response", None)
+    if status is None and getattr(response, "status_code", None) in (401, 403):
+        status = response.status_code
+    found = _AUTH_TEXT.search(str(exc)) if status is None else None
+    return int(found.group(1)) if found else status
+
+
+def access_hint(exc: BaseException) -> str:
+    """What to set when the tracking server refused ``exc``'s request for its credentials or their permissions, as
+    a clause to append to the error's line (never the password); "" for any other error."""
+    status = _auth_status(exc)
+    if status is None:
+        return ""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME", "").strip()
+    if status == 401:
+        if os.environ.get("MLFLOW_TRACKING_TOKEN", "").strip():
+            return "; the tracking server refused MLFLOW_TRACKING_TOKEN: set a valid one"
+        if user:
+            return (f"; the tracking server refused user {user!r}: check MLFLOW_TRACKING_USERNAME and "
+                    "MLFLOW_TRACKING_PASSWORD")
+        return ("; the tracking server asks for credentials: set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account of that server")
+    who = f"user {user!r} (MLFLOW_TRACKING_USERNAME)" if user else "this account"
+    return (f"; {who} lacks the permission: train, evaluate and promote need EDIT on the experiment "
+            f"{EXPERIMENT_NAME!r}, promote and release EDIT on the registered model {REGISTERED_MODEL!r}, fetch-model "
+            "READ on both, which the server's admin grants (MLflow basic-auth: its permissions API); a basic-auth "
+            "server also answers 403 for a registered model that does not exist yet")
 
 
 def _database_error(exc: BaseException) -> BaseException | None:
