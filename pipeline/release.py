@@ -256,7 +256,7 @@ def end_candidate(root: Path, store: ReleaseStore, variant: str, name: str = tra
                 if version is None or str(client.get_model_version_by_alias(name, variant).version) == str(version):
                     client.delete_registered_model_alias(name, variant)
             except MlflowException as exc:
-                if not _no_such_alias(exc):
+                if not tracking.no_such_alias(exc):
                     raise
     except (tracking.TrackingError, MlflowException) as exc:
         left = tracking.store_error_text(exc) if isinstance(exc, MlflowException) else str(exc)
@@ -268,13 +268,6 @@ def end_candidate(root: Path, store: ReleaseStore, variant: str, name: str = tra
                            f"{variant} alias may still name {'it' if version is None else f'version {version}'}, "
                            f"and `make release-sync` would install it again; run `python -m pipeline.release end "
                            f"--variant {variant}` once the registry answers")
-
-
-def _no_such_alias(exc) -> bool:
-    """Whether MLflow's ``exc`` says the alias (or the registered model) does not exist: a database store's
-    RESOURCE_DOES_NOT_EXIST, a tracking server's INVALID_PARAMETER_VALUE "... alias X not found"."""
-    return exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (exc.error_code == "INVALID_PARAMETER_VALUE"
-                                                           and "not found" in str(exc))
 
 
 def promote(root: Path, store: ReleaseStore, version: str | None = None, name: str = tracking.REGISTERED_MODEL) -> str:

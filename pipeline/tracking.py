@@ -613,15 +613,42 @@ def metric_history(project_root: Path | str, run_id: str, key: str) -> list[tupl
     return [(m.step, m.value) for m in client(project_root).get_metric_history(run_id, key)]
 
 
+def no_such_alias(exc) -> bool:
+    """Whether MLflow's ``exc`` says the alias (or the registered model) does not exist: a database store's
+    RESOURCE_DOES_NOT_EXIST, a tracking server's INVALID_PARAMETER_VALUE "... alias X not found"."""
+    return exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (exc.error_code == "INVALID_PARAMETER_VALUE"
+                                                           and "not found" in str(exc))
+
+
+def _alias_version(mlflow_client, name: str, alias: str):
+    """The version ``alias`` names, or None when the alias or the registered model does not exist; MLflow's error
+    otherwise (a server gone or failing, a refused login): before, every error read as "no such alias", so a
+    registry that failed that one request made promote skip the champion/challenger comparison ("no production
+    yet") and point_alias forget the version a rollback returns to."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if no_such_alias(exc):
+            return None
+        # MLflow's basic-auth server answers 403, not 404, for a registered model that does not exist
+        if exc.error_code == "PERMISSION_DENIED" and not mlflow_client.search_registered_models(
+                f"name = '{name}'"):
+            return None
+        raise
+
+
 def production_version(project_root: Path | str, name: str = REGISTERED_MODEL, alias: str = PRODUCTION_ALIAS):
-    """The model version the alias (``production``) points at, or None."""
+    """The model version the alias (``production``) points at, or None when there is none; TrackingError when the
+    registry cannot say."""
     from mlflow.exceptions import MlflowException
 
     mlflow_client = client(project_root)
     try:
-        return mlflow_client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+        return _alias_version(mlflow_client, name, alias)
+    except MlflowException as exc:
+        raise TrackingError(f"model registry at {shown_uri(project_root)}: {store_error_text(exc)}") from None
 
 
 def _version_of_bundle(mlflow_client, name: str, bundle_digest: str):
@@ -681,12 +708,8 @@ def point_alias(mlflow_client, name: str, alias: str, version) -> None:
     """Point ``alias`` at ``version``. Moving ``production`` remembers the version it leaves
     (``previous_production``): whoever moves it (promote, a release, a rollback), a rollback returns there."""
     if alias == PRODUCTION_ALIAS:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            leaving = str(mlflow_client.get_model_version_by_alias(name, alias).version)
-        except MlflowException:
-            leaving = None  # no production yet
+        current = _alias_version(mlflow_client, name, alias)
+        leaving = None if current is None else str(current.version)  # None: no production yet
         if leaving is not None and leaving != str(version):
             mlflow_client.set_registered_model_tag(name, PREVIOUS_PRODUCTION_TAG, leaving)
     mlflow_client.set_registered_model_alias(name, alias, str(version))

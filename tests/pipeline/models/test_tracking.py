@@ -183,6 +183,32 @@ def test_a_tracking_server_that_takes_connections_and_never_answers_fails_a_stag
         assert time.monotonic() - started < 15  # 3 x 1 s, 0 + 2 s apart
 
 
+def test_a_registry_that_fails_is_not_taken_for_one_without_production(store, monkeypatch):
+    """Found by a probe: production_version read every MLflow error as "no production yet", so a tracking server
+    that failed that one request (restarting, a proxy's 502) made promote skip the champion/challenger comparison
+    ("nothing to compare the candidate with") and register a candidate worse than production; point_alias then
+    recorded no previous_production for a rollback. Only a missing alias or registered model is None now."""
+    import socket
+
+    client = tracking.client(store)
+    assert tracking.production_version(store) is None  # no registered model
+    client.create_registered_model(tracking.REGISTERED_MODEL)
+    assert tracking.production_version(store) is None  # no alias
+    _mlflow_http_settings_unset(monkeypatch)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens there once closed
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(tracking, "_reached", {uri})  # reached when promote started; gone since
+    with pytest.raises(tracking.TrackingError, match=f"model registry at {uri}: .*Connection refused"):
+        tracking.production_version(store)
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="Connection refused"):  # not read as "no production yet"
+        tracking.point_alias(tracking.client(store), tracking.REGISTERED_MODEL, tracking.PRODUCTION_ALIAS, "2")
+
+
 @pytest.mark.slow
 def test_promote_against_a_server_that_never_answers_fails_within_about_a_minute(trained_project):
     """The same with every MLflow HTTP setting left at Shelfcast's defaults, through promote's command line: one line

@@ -56,6 +56,7 @@ def test_the_stages_against_a_basic_auth_tracking_server(tmp_path, monkeypatch):
         project.mkdir()
         # an account's credentials: a run with a bundle through the server's artifact proxy, a version, the alias
         _as(monkeypatch, "alice", USERS["alice"])
+        assert tracking.production_version(project) is None  # the server answers 403 for a model not made yet
         bundle = tmp_path / "bundle"
         bundle.mkdir()
         (bundle / "bundle.json").write_text("{}", encoding="utf-8")
