@@ -78,8 +78,9 @@ def test_the_stages_against_a_basic_auth_tracking_server(tmp_path, monkeypatch):
                 registry_fetch.resolve(project, "production")
             assert says in str(fetched.value) and "no production model until" not in str(fetched.value)
 
-        # READ only (the default): no run is left behind, and the alias stays where it was
+        # READ only (the default): a serving host resolves production; no run is left behind, and the alias stays
         _as(monkeypatch, "reader", USERS["reader"])
+        assert str(registry_fetch.resolve(project, "production").version) == "1"
         with pytest.raises(tracking.TrackingError, match="user 'reader' .* lacks the permission: .*EDIT"), \
                 tracking.mlflow_errors_named(project):
             tracking.TrainingRun(project, "train-mlp", {"stage": "train"})
