@@ -85,3 +85,16 @@ def test_the_app_pipeline_needs_no_git_commit_from_the_ml_pipeline(repo_root):
     release = app["jobs"]["release"]
     assert "MLFLOW_TRACKING_URI" in release["env"] and "self-hosted" in release["runs-on"]
     assert make_targets_in({"jobs": {"release": release}})[-1] == "deploy"
+
+
+def test_every_job_that_talks_to_the_registry_can_log_in_to_it(repo_root):
+    """Found by a probe: the jobs passed MLFLOW_TRACKING_URI alone, so a team whose tracking server asks for a login
+    (`mlflow server --app-name basic-auth`) had every registry step fail 401 in CI. Each job that names the server
+    also passes its account from the repository's secrets (unset: empty, and MLflow sends no login)."""
+    jobs = [(name, job) for file in ("ml-pipeline.yml", "app-pipeline.yml")
+            for name, job in workflow(repo_root, file)["jobs"].items()
+            if "MLFLOW_TRACKING_URI" in job.get("env", {})]
+    assert len(jobs) == 3, [name for name, _ in jobs]
+    for name, job in jobs:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            assert job["env"].get(key) == f"${{{{ secrets.{key} }}}}", (name, key)
