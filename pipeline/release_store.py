@@ -2,7 +2,8 @@
 
 Layout under the models directory (default ``models/``)::
 
-    releases/<version>/   verified bundles of registry versions fetched to this host (newest N kept)
+    releases/<version>/   verified bundles of registry versions fetched to this host (newest N kept, and
+                          the one production replaced last, named in releases/.rollback)
     production/           what the app answers with (a verified copy of one release)
     canary/  shadow/      candidates the app routes a share of traffic to / mirrors every request to
     release.json          {"canary_share": 0.1} — read by the app's variant router
@@ -30,6 +31,7 @@ VARIANTS = (PRODUCTION, CANARY, SHADOW)
 RELEASES = "releases"
 RELEASE_FILE = "release.json"
 GOOD_MARK = ".good"
+ROLLBACK_FILE = ".rollback"  # in releases/: the version production replaced last (kept by prune)
 KEEP_RELEASES = 5
 
 
@@ -86,8 +88,10 @@ class ReleaseStore:
     def install(self, variant: str, version: str | int) -> str:
         """Serve release ``version`` as ``variant`` (atomic swap the app's hot reload picks up). A variant that
         serves that very bundle already is left as it is: its install time is when the candidate went live (the
-        traffic ``release decide`` judges starts there), and the workers keep the model they hold."""
+        traffic ``release decide`` judges starts there), and the workers keep the model they hold. Production's
+        install records the release it replaces (``releases/.rollback``), which ``prune`` then keeps."""
         source, target = self.release_dir(version), self.variant_dir(variant)
+        leaving = self._claimed_version(PRODUCTION) if variant == PRODUCTION else None
         claimed = _manifest_digest(source)  # cheap: the whole check only when the two claim the same bundle
         if claimed is not None and claimed == _manifest_digest(target) and self.served_digest(variant) == claimed \
                 and verify_bundle(source) == claimed:
@@ -96,6 +100,8 @@ class ReleaseStore:
             digest = copy_bundle(source, target)
         if variant == PRODUCTION:
             (self.release_dir(version) / GOOD_MARK).touch()
+            if leaving is not None and leaving != str(version):
+                write_text_atomic(self.root / RELEASES / ROLLBACK_FILE, leaving + "\n")
         return digest
 
     def withdraw(self, version: str | int) -> None:
@@ -139,12 +145,29 @@ class ReleaseStore:
                 good.append(path)
         return good
 
+    def rollback_release(self) -> str | None:
+        """The release production last replaced on this host (what ``make rollback`` returns to), if recorded."""
+        try:
+            return (self.root / RELEASES / ROLLBACK_FILE).read_text(encoding="utf-8").strip() or None
+        except OSError:
+            return None
+
+    def _claimed_version(self, variant: str) -> str | None:
+        """The release whose manifest the variant's claims (no file hashed: a bundle is verified when loaded)."""
+        claimed = _manifest_digest(self.variant_dir(variant))
+        if claimed is None:
+            return None
+        return next((path.name for path in self.releases() if _manifest_digest(path) == claimed), None)
+
     def prune(self) -> list[Path]:
-        """Keep the newest ``keep`` releases plus whatever production/canary/shadow currently serve."""
+        """Keep the newest ``keep`` releases plus whatever production/canary/shadow currently serve and the release
+        production replaced (the rollback's: newer candidates installed and ended since, a daily canary each, no
+        longer push it out, so a rollback still installs it from disk)."""
         serving = {self.served_digest(v) for v in VARIANTS} - {None}
+        rollback = self.rollback_release()
         removed = []
         for path in self.releases()[self.keep:]:
-            if self._digest(path) in serving:
+            if path.name == rollback or self._digest(path) in serving:
                 continue
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)

@@ -182,6 +182,25 @@ def test_the_store_keeps_the_last_n_releases_and_what_is_served(host):
     assert names[0] == "7" and "1" in names  # 1 is production: kept although it is the oldest
 
 
+def test_the_release_production_replaced_stays_on_disk_however_many_candidates_follow(host):
+    """Daily candidates each installed as a release (a canary a day, most ended) pushed the one a rollback returns
+    to out of the newest `keep`: `make rollback` then had to download it from the registry, the one thing a
+    rollback from the host's disk should not need."""
+    root, store, versions = host
+    assert release.promote(root, store) == versions["canary"]  # production 2, previous_production 1
+    for candidate in ("7", "8", "9"):  # newer candidates installed since (store.keep is 2)
+        store.add_release(candidate, store.release_dir(versions["canary"]))
+    assert versions["production"] in [p.name for p in store.releases()]
+    assert store.rollback_release() == versions["production"]
+    kept = store.release_dir(versions["production"])
+    before = kept.stat().st_ino
+    assert release.main(["rollback", "--root", str(root), "--models", str(store.root)]) == 0
+    assert kept.stat().st_ino == before, "installed from the release on disk, not downloaded again"
+    assert verify_bundle(store.variant_dir(PRODUCTION)) == digest_of(root, versions["production"])
+    # production 1 replaced 2's bundle (releases 7-9 are copies of it here): that bundle stays for a second rollback
+    assert verify_bundle(store.release_dir(store.rollback_release())) == digest_of(root, versions["canary"])
+
+
 def test_promote_then_rollback_in_seconds(host):
     root, store, versions = host
     assert release.promote(root, store) == versions["canary"]
