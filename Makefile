@@ -21,7 +21,7 @@ export DVC_NO_ANALYTICS = 1
 # CI/CD steps (ml-pipeline, promote, build-image, deploy, drift ...): one make target each.
 include monitoring/delivery.mk
 
-.PHONY: venv run serve test test-slow test-long lint bench clean help dag status metrics plots mlflow-ui sweep
+.PHONY: venv run serve test test-slow test-long lint bench clean help dag status metrics plots mlflow-ui sweep prune
 
 # `make help` is generated from the `## ` comment after each target in every Makefile read
 # (this one and monitoring/delivery.mk), so it cannot fall behind; a test checks every target has one.
@@ -90,6 +90,11 @@ plots: $(STAMP)       ## the evaluation's plots as HTML in dvc_plots/index.html 
 
 sweep: $(STAMP)       ## a run per sweep.grid candidate x backtest window (Dask if set); best gated in sweep/
 	$(BIN)/python -m pipeline.sweep
+
+# `make prune PRUNE_ARGS=--dry-run` lists what would go; params.yaml's prune section says how much is kept
+PRUNE_ARGS ?=
+prune: $(STAMP)       ## delete old model versions, MLflow runs and DVC cache objects; keeps production, rollback, candidate
+	$(BIN)/python -m pipeline.prune $(PRUNE_ARGS)
 
 MLFLOW_PORT ?= 5000
 # The store's URI is the stages' (pipeline.tracking): '?' and '%' in the project's path are escaped there.

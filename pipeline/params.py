@@ -22,7 +22,8 @@ from pipeline.names import probably_meant
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 # params.yaml's top-level sections Shelfcast reads (each read by its own module, this list says which exist): a
 # section of another name is one of a team's own stages, left alone, unless its name looks like one of these.
-SECTIONS = ("cluster", "data", "prepare", "split", "features", "train", "evaluate", "sweep", "promote", "drift")
+SECTIONS = ("cluster", "data", "prepare", "split", "features", "train", "evaluate", "sweep", "promote", "prune",
+            "drift")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # the one date form params.yaml takes: YYYY-MM-DD
 
 

@@ -1,0 +1,356 @@
+"""``prune`` (``make prune``): bound what daily retrains accumulate, keeping everything a release can need.
+
+Every cycle of ``dvc repro`` + ``promote`` adds a training run and an evaluation run to MLflow (the candidate
+bundle, and for a promoted one its serving bundle, as artifacts), usually a model version, and new data and model
+objects to the DVC cache and remote. None of it is ever removed by the pipeline (README "Disk over a year of
+retrains" has the measured growth). This removes the old ones and never what these still name:
+
+- the registered versions an alias names (``production``, ``canary``, ``shadow``, any other), the version a
+  rollback returns to (the registered model's ``previous_production`` tag), the versions this host serves or
+  keeps in ``releases/`` (project ``models/`` and ``--models``), the current candidate's (``models/candidate``, by
+  its digest), and the newest ``prune.keep_versions``;
+- the MLflow runs behind those versions, the current candidate's runs, the newest ``prune.keep_runs`` training
+  runs, any run still RUNNING, and the evaluation runs nested under a kept run; a run of any other kind (a sweep's)
+  is left alone;
+- in DVC: what the workspace's ``dvc.lock`` and ``.dvc`` files, the tips of all branches and all tags use, plus the
+  DVC entry (``dvc_out``) of every kept version (production's bundle and rollback's are not used by any ``.dvc`` file:
+  promote deletes its ``.dvc`` once the version records the entry, so a bare ``dvc gc -w`` deleted them).
+
+Order: model versions first, then runs (deleted, then ``mlflow gc`` on a local store, which removes their artifacts
+for good), then ``dvc gc`` of the cache, and of the remote when ``prune.dvc_remote`` is true. ``--dry-run`` lists
+all of it and deletes nothing. One writer at a time: it holds ``models/``'s lock, as promote and release do.
+
+    python -m pipeline.prune [--dry-run] [--models DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import unquote, urlsplit
+
+import yaml
+
+from pipeline import dvc_remote, registry_fetch, tracking
+from pipeline.atomic import DirectoryBusy, one_writer
+from pipeline.bundle import BundleError, verify_bundle
+from pipeline.model_params import promote_params
+from pipeline.params import ParamsError, _Section, load_yaml
+from pipeline.release_store import RELEASES, VARIANTS
+from pipeline.stage import StageError, run_stage
+
+CANDIDATE_DIR = "models/candidate"
+KEEP_FILE_PREFIX = ".prune-keep-"  # + version + .dvc: at the project root, where `dvc gc` reads .dvc files (it
+# never walks models/, which .gitignore's `/models/*` hides from it); written for one gc, removed after it
+
+
+@dataclass(frozen=True)
+class PruneParams:
+    keep_versions: int  # newest registered versions kept besides those something names
+    keep_runs: int  # newest training runs kept besides those behind kept versions
+    dvc_remote: bool  # also `dvc gc --cloud` the default remote
+
+
+def prune_params(raw: Mapping[str, Any]) -> PruneParams:
+    s = _Section(raw.get("prune"), "prune", ("keep_versions", "keep_runs", "dvc_remote"))
+    remote = s._get("dvc_remote")
+    if not isinstance(remote, bool):
+        raise ParamsError(f"prune.dvc_remote: expected true or false, got {remote!r}")
+    return PruneParams(keep_versions=s.integer("keep_versions", 0), keep_runs=s.integer("keep_runs", 0),
+                       dvc_remote=remote)
+
+
+@dataclass
+class Plan:
+    model_name: str
+    kept_versions: dict[str, list[str]] = field(default_factory=dict)  # version -> why kept
+    versions: list[str] = field(default_factory=list)  # to delete
+    kept_runs: dict[str, str] = field(default_factory=dict)  # run id -> why kept
+    runs: dict[str, int | None] = field(default_factory=dict)  # to delete: run id -> artifact bytes (None: remote)
+    dvc_keep: dict[str, dict] = field(default_factory=dict)  # kept version -> its DVC entry
+    run_dirs: list[Path] = field(default_factory=list)  # the deleted runs' local artifact folders
+
+    def summary(self) -> dict:
+        sizes = [size for size in self.runs.values() if size is not None]
+        return {"model": self.model_name,
+                "kept_versions": {v: ", ".join(why) for v, why in sorted(self.kept_versions.items(), key=_numeric)},
+                "deleted_versions": sorted(self.versions, key=int),
+                "kept_runs": len(self.kept_runs), "deleted_runs": sorted(self.runs),
+                "deleted_artifact_bytes": sum(sizes) if sizes else (None if self.runs else 0)}
+
+
+def _numeric(item) -> int:
+    return int(item[0]) if str(item[0]).isdigit() else -1
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return verify_bundle(path)
+    except BundleError:
+        return None
+
+
+def host_digests(models_dirs: list[Path]) -> dict[str, str]:
+    """Bundle digest -> where, for every bundle this host serves or keeps (variants and releases/)."""
+    found: dict[str, str] = {}
+    for models in models_dirs:
+        places = [models / variant for variant in VARIANTS]
+        if (models / RELEASES).is_dir():
+            places += sorted(p for p in (models / RELEASES).iterdir() if p.is_dir() and not p.name.startswith("."))
+        for place in places:
+            digest = _digest(place) if place.is_dir() else None
+            if digest is not None:
+                found.setdefault(digest, str(place))
+    return found
+
+
+def local_artifact_bytes(artifact_uri: str) -> int | None:
+    """Bytes under a run's artifact location when it is a local folder (file:// or a path); None otherwise."""
+    path = local_artifact_dir(artifact_uri)
+    if path is None:
+        return None
+    if not path.exists():
+        return 0
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _all_runs(client, experiment_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time DESC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Path]) -> Plan:
+    """What prune keeps and deletes, and why; reads only."""
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.client(root)
+    result = Plan(model_name)
+    candidate = _digest(root / CANDIDATE_DIR)
+    on_host = host_digests(models_dirs)
+
+    def keep(version: str, why: str) -> None:
+        result.kept_versions.setdefault(str(version), []).append(why)
+
+    try:
+        model = client.get_registered_model(model_name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        model = None
+    versions = [] if model is None else list(client.search_model_versions(f"name='{model_name}'"))
+    by_number = {str(v.version): v for v in versions}
+    if model is not None:
+        for alias, version in (model.aliases or {}).items():
+            keep(version, f"alias {alias}")
+        previous = (model.tags or {}).get(tracking.PREVIOUS_PRODUCTION_TAG)
+        if previous in by_number:
+            keep(previous, f"{tracking.PREVIOUS_PRODUCTION_TAG}: a rollback returns to it")
+    for v in versions:
+        tags = v.tags or {}
+        if tags.get(registry_fetch.TAG_DIGEST) in on_host:
+            keep(v.version, f"on this host: {on_host[tags[registry_fetch.TAG_DIGEST]]}")
+        if candidate is not None and tags.get(tracking.BUNDLE_DIGEST_TAG) == candidate:
+            keep(v.version, f"the current candidate ({CANDIDATE_DIR})")
+    for v in sorted(versions, key=lambda v: int(v.version), reverse=True)[:params.keep_versions]:
+        keep(v.version, f"newest {params.keep_versions} (prune.keep_versions)")
+    result.versions = [str(v.version) for v in versions if str(v.version) not in result.kept_versions]
+    for number in result.kept_versions:
+        recorded = (by_number[number].tags or {}).get(registry_fetch.TAG_DVC) if number in by_number else None
+        if recorded:
+            result.dvc_keep[number] = json.loads(recorded)
+
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT_NAME)
+    runs = [] if experiment is None else _all_runs(client, experiment.experiment_id)
+    for number in result.kept_versions:
+        v = by_number.get(number)
+        if v is not None and v.run_id:
+            result.kept_runs.setdefault(v.run_id, f"backs version {number}")
+            evaluation = (v.tags or {}).get("evaluation_run_id")
+            if evaluation:
+                result.kept_runs.setdefault(evaluation, f"the evaluation of version {number}")
+    training = [r for r in runs if r.data.tags.get("stage") == "train"]  # newest first
+    for r in training[:params.keep_runs]:
+        result.kept_runs.setdefault(r.info.run_id, f"newest {params.keep_runs} training runs (prune.keep_runs)")
+    for r in runs:
+        tags = r.data.tags
+        if candidate is not None and tags.get(tracking.BUNDLE_DIGEST_TAG) == candidate:
+            result.kept_runs.setdefault(r.info.run_id, f"the current candidate ({CANDIDATE_DIR})")
+        if r.info.status == "RUNNING":
+            result.kept_runs.setdefault(r.info.run_id, "running")
+    for r in runs:  # nested runs follow their parent (an evaluation its training run)
+        parent = r.data.tags.get(tracking.PARENT_RUN_TAG)
+        if parent in result.kept_runs:
+            result.kept_runs.setdefault(r.info.run_id, f"nested under {parent}")
+    prunable = {r.info.run_id for r in training}
+    prunable |= {r.info.run_id for r in runs if r.data.tags.get(tracking.PARENT_RUN_TAG) in prunable
+                 and r.data.tags.get("stage") == "evaluate"}
+    for r in runs:
+        if r.info.run_id in prunable and r.info.run_id not in result.kept_runs:
+            result.runs[r.info.run_id] = local_artifact_bytes(r.info.artifact_uri)
+            if (folder := local_artifact_dir(r.info.artifact_uri)) is not None:
+                result.run_dirs.append(folder)
+    return result
+
+
+def local_artifact_dir(artifact_uri: str) -> Path | None:
+    parts = urlsplit(artifact_uri)
+    return Path(unquote(parts.path)) if parts.scheme in ("", "file") else None
+
+
+def remove_empty_run_folders(run_dirs: list[Path]) -> None:
+    """``mlflow gc`` deletes a local run's artifact files and leaves its folders (``<run>/artifacts/...``): one
+    empty tree per run, for good. Removed here, bottom up, only while empty."""
+    for artifacts in run_dirs:
+        for folder in sorted((p for p in artifacts.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
+                             reverse=True) + [artifacts, artifacts.parent]:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (something else is in it), or gone
+                pass
+
+
+def delete_registry(root: Path, result: Plan) -> list[str]:
+    """Delete the planned model versions and runs; returns the run ids to garbage-collect."""
+    client = tracking.client(root)
+    for version in result.versions:
+        client.delete_model_version(result.model_name, version)
+    for run_id in result.runs:
+        client.delete_run(run_id)
+    return list(result.runs)
+
+
+def mlflow_gc(root: Path, run_ids: list[str]) -> str:
+    """``mlflow gc`` of the deleted runs on a local store (their artifacts go for good); on a server, the command
+    to run where its backend store is."""
+    if not run_ids:
+        return "no MLflow runs to garbage-collect"
+    uri = tracking.tracking_uri(root)
+    if tracking.local_store_path(uri) is None:
+        return (f"{len(run_ids)} runs deleted (recoverable until garbage-collected): on the tracking server's host run "
+                f"`mlflow gc --backend-store-uri <its database> --run-ids {','.join(run_ids)}` (with "
+                "MLFLOW_TRACKING_URI set to the server when it proxies artifacts) to free their artifacts")
+    beside = Path(sys.executable).with_name("mlflow")
+    done = subprocess.run([str(beside) if beside.exists() else "mlflow", "gc", "--backend-store-uri", uri,
+                           "--tracking-uri", uri, "--run-ids", ",".join(run_ids)], cwd=root, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        said = [line.strip() for line in (done.stderr or done.stdout or "").splitlines() if line.strip()]
+        raise StageError(f"`mlflow gc` failed ({said[-1] if said else f'exit status {done.returncode}'}); the runs "
+                         "are deleted, not yet removed: run prune again")
+    return f"mlflow gc removed {len(run_ids)} runs and their artifacts"
+
+
+def remove_keep_files(root: Path) -> None:
+    for stale in root.glob(f"{KEEP_FILE_PREFIX}*.dvc"):
+        stale.unlink(missing_ok=True)
+
+
+def _gc(root: Path, args: list[str]) -> subprocess.CompletedProcess:
+    done = dvc_remote.dvc(root, *args)
+    if done.returncode != 0:
+        raise StageError(dvc_remote.failure(f"dvc {' '.join(args)}", done))
+    return done
+
+
+def dvc_gc(root: Path, result: Plan, cloud: bool, dry_run: bool) -> dict:
+    """``dvc gc`` keeping the workspace, all branch tips and tags, and every kept version's DVC entry. Run with
+    ``--dry`` first, which names every object it would remove: their count and (where they are files on this
+    machine: the cache, a local remote) bytes, then for real unless ``dry_run``."""
+    if not (root / ".dvc").is_dir():
+        return {"note": "not a DVC project: no DVC cache to collect"}
+    remove_keep_files(root)  # what a prune killed midway left
+    try:
+        for version, entry in result.dvc_keep.items():
+            out = {**entry, "path": f"models/{KEEP_FILE_PREFIX.strip('.')}{version}"}
+            (root / f"{KEEP_FILE_PREFIX}{version}.dvc").write_text(yaml.safe_dump({"outs": [out]}, sort_keys=False),
+                                                                    encoding="utf-8")
+        args = ["gc", "--workspace", "--all-branches", "--all-tags", "--force"] + (["--cloud"] if cloud else [])
+        listed = _gc(root, args + ["--dry"])
+        doomed = [line[len("Removing "):].strip() for line in listed.stdout.splitlines()
+                  if line.startswith("Removing ")]
+        freed = sum(os.path.getsize(path) for path in doomed if "://" not in path and os.path.isfile(path))
+        if not dry_run:
+            _gc(root, args)
+    finally:
+        remove_keep_files(root)
+    return {"objects": len(doomed), "bytes_on_local_disks": freed, "remote": cloud}
+
+
+def run(root: Path, dry_run: bool = False, models_dir: Path | None = None) -> dict:
+    raw = load_yaml(root / "params.yaml")
+    params = prune_params(raw)
+    name = promote_params(raw).model_name
+    models = root / "models"
+    dirs = [models] + ([models_dir] if models_dir is not None and models_dir.resolve() != models.resolve() else [])
+    with one_writer(models, "prune"):
+        result = plan(root, params, name, dirs)
+        summary = result.summary()
+        if dry_run:
+            summary["mlflow"] = "dry run: nothing deleted"
+        else:
+            summary["mlflow"] = mlflow_gc(root, delete_registry(root, result))
+            if tracking.local_store_path(tracking.tracking_uri(root)) is not None:
+                remove_empty_run_folders(result.run_dirs)
+        summary["dvc"] = dvc_gc(root, result, params.dvc_remote, dry_run)
+    summary["dry_run"] = dry_run
+    return summary
+
+
+def report(summary: dict) -> str:
+    verb = "would delete" if summary["dry_run"] else "deleted"
+    freed = summary["deleted_artifact_bytes"]
+    lines = [f"prune: {summary['model']}: keeps version {v} ({why})" for v, why in summary["kept_versions"].items()]
+    lines.append(f"prune: {verb} {len(summary['deleted_versions'])} model versions"
+                 + (f" ({', '.join(summary['deleted_versions'])})" if summary["deleted_versions"] else ""))
+    lines.append(f"prune: keeps {summary['kept_runs']} MLflow runs; {verb} {len(summary['deleted_runs'])}"
+                 + ("" if freed is None else f" ({freed / 1e6:.1f} MB of artifacts)"))
+    lines.append(f"prune: {summary['mlflow']}")
+    dvc = summary["dvc"]
+    if "note" in dvc:
+        lines.append(f"prune: {dvc['note']}")
+    else:
+        where = "the DVC cache and remote" if dvc["remote"] else "the DVC cache"
+        lines.append(f"prune: {verb} {dvc['objects']} objects from {where} ({dvc['bytes_on_local_disks'] / 1e6:.1f} MB "
+                     "on this machine's disks)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    def body(args) -> None:
+        root = args.root.resolve()
+        models = None if args.models is None else (args.models if args.models.is_absolute() else root / args.models)
+        with tracking.mlflow_errors_named(root):
+            summary = run(root, dry_run=args.dry_run, models_dir=models)
+        print(report(summary), flush=True)
+        if args.json:
+            print(json.dumps(summary, indent=1))
+
+    def options(parser) -> None:
+        parser.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
+        parser.add_argument("--models", type=Path, default=_host_store(),
+                            help="the serving host's release store, when not the project's models/ (its variants "
+                                 "and releases/ are kept); default $SHELFCAST_MODELS_HOST")
+        parser.add_argument("--json", action="store_true", help="also print the summary as JSON")
+
+    return run_stage("prune", body, argv, errors=(BundleError, tracking.TrackingError, DirectoryBusy),
+                     description=__doc__.splitlines()[0], options=options)
+
+
+def _host_store() -> Path | None:
+    value = os.environ.get("SHELFCAST_MODELS_HOST", "").strip()
+    return Path(value) if value else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""prune: old model versions, MLflow runs and DVC objects go; production, rollback, the host's and the candidate's stay.
+
+The registry is built the way promote builds it (a real training run per version, its bundle rolled forward with
+pipeline/serving_bundle.py, pushed with promote's own `dvc add` + `dvc push`, uploaded and tagged by
+registry_fetch.publish_serving_bundle), in a store of the test's own, then pruned with every keep at 0.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import promote, prune, registry_fetch, tracking
+from pipeline.bundle import verify_bundle
+from pipeline.params import ParamsError
+from pipeline.serving_bundle import roll_forward
+
+from .conftest import copy_tree
+
+NAME = tracking.REGISTERED_MODEL
+STAGING = "models/promoted-production"
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+    done = promote._dvc(root, *args)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def _project(template: Path, tmp_path: Path, with_dvc: bool) -> Path:
+    """The trained tiny project with a store of its own (the template's records the template's artifact folder,
+    which a gc here must not touch), every prune keep at 0; ``with_dvc``: a git + DVC project with a local remote."""
+    root = copy_tree(template, tmp_path / "project")
+    (root / "mlflow.db").unlink()
+    shutil.rmtree(root / "mlartifacts", ignore_errors=True)
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    params["prune"] = {"keep_versions": 0, "keep_runs": 0, "dvc_remote": True}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    if with_dvc:
+        if promote._dvc(root, "version").returncode != 0:
+            pytest.skip("dvc CLI not available")
+        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+        shutil.copy(Path(__file__).resolve().parents[3] / ".gitignore", root / ".gitignore")
+        _dvc(root, "init", "-q")
+        _dvc(root, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
+    return root
+
+
+def _training_run(client, experiment_id: str, root: Path, digest: str, status: str = "FINISHED") -> str:
+    run = client.create_run(experiment_id, tags={"stage": "train", tracking.BUNDLE_DIGEST_TAG: digest})
+    client.log_artifacts(run.info.run_id, str(root / "models/candidate"), tracking.BUNDLE_ARTIFACT_PATH)
+    evaluation = client.create_run(experiment_id, tags={"stage": "evaluate", tracking.BUNDLE_DIGEST_TAG: digest,
+                                                        tracking.PARENT_RUN_TAG: run.info.run_id})
+    client.log_artifacts(evaluation.info.run_id, str(root / "results"), "results")
+    client.set_terminated(evaluation.info.run_id)
+    if status != "RUNNING":
+        client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+def _promoted_version(client, experiment_id: str, root: Path, digest: str) -> tuple[str, str]:
+    """A version registered as promote registers one: (version, its serving digest)."""
+    run_id = _training_run(client, experiment_id, root, digest)
+    staging = root / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    roll_forward(root, root / "models/candidate", staging, digest, {"mlflow_run_id": run_id})
+    _, dvc_file = promote.track_with_dvc(root, staging)
+    tags = registry_fetch.publish_serving_bundle(root, run_id, staging)
+    if dvc_file is not None:
+        dvc_file.unlink()
+    version = client.create_model_version(NAME, f"runs:/{run_id}/bundle", run_id=run_id,
+                                          tags={tracking.BUNDLE_DIGEST_TAG: digest, tracking.VERDICT_TAG: "passed",
+                                                **tags})
+    return str(version.version), tags[registry_fetch.TAG_DIGEST]
+
+
+def _registry(root: Path, tmp_path: Path) -> dict:
+    """Six versions as promote registers them: 5 production, 2 previous_production, 4 the canary, 3 on the
+    serving host's store (releases/), 6 the current candidate's; 1 named by nothing. Plus a refused
+    candidate's run, a train running now and a sweep run."""
+    client = tracking.client(root)
+    experiment = tracking.ensure_experiment(client, root)
+    client.create_registered_model(NAME)
+    candidate = verify_bundle(root / "models/candidate")
+    made = {n: _promoted_version(client, experiment, root, f"{n:064x}")[0] for n in range(1, 6)}  # old bundles
+    made[6] = _promoted_version(client, experiment, root, candidate)[0]  # the candidate's, registered as a shadow
+    client.set_registered_model_alias(NAME, "production", made[5])
+    client.set_registered_model_tag(NAME, tracking.PREVIOUS_PRODUCTION_TAG, made[2])
+    client.set_registered_model_alias(NAME, "canary", made[4])
+    host = tmp_path / "host-models"  # the serving host's store ($SHELFCAST_MODELS_HOST) keeps version 3's bundle
+    (host / "releases").mkdir(parents=True)
+    registry_fetch.download_version(root, client.get_model_version(NAME, made[3]), host / "releases" / made[3])
+    registry_fetch.download_version(root, client.get_model_version(NAME, made[5]), root / "models/production")
+    return {"client": client, "made": made, "host": host, "gone": [made[1]],
+            "refused": _training_run(client, experiment, root, f"{99:064x}"),  # champion/challenger refused it
+            "running": _training_run(client, experiment, root, f"{98:064x}", status="RUNNING"),  # a train now
+            "sweep": client.create_run(experiment, tags={"stage": "sweep"}).info.run_id}  # not prune's kind
+
+
+def _versions(client) -> set[str]:
+    return {str(v.version) for v in client.search_model_versions(f"name='{NAME}'")}
+
+
+def _prune_and_check(root: Path, r: dict) -> dict:
+    """Dry run (nothing goes), then prune with every keep at 0: what production, rollback, the host and the candidate
+    need stays, the rest goes, and the artifacts freed are the bytes it reported."""
+    client, made, host = r["client"], r["made"], r["host"]
+    artifacts_before, cache_before = _size(root / "mlartifacts"), _size(root / ".dvc/cache")
+    listed = prune.run(root, dry_run=True, models_dir=host)
+    assert listed["deleted_versions"] == r["gone"]
+    assert set(listed["deleted_runs"]) >= {client.get_model_version(NAME, v).run_id for v in r["gone"]} | {r["refused"]}
+    assert _size(root / "mlartifacts") == artifacts_before and _size(root / ".dvc/cache") == cache_before
+    assert _versions(client) == set(made.values())
+
+    done = prune.run(root, models_dir=host)
+    kept = done["kept_versions"]
+    assert "alias production" in kept[made[5]] and "previous_production" in kept[made[2]]
+    assert "alias canary" in kept[made[4]] and str(host / "releases") in kept[made[3]]
+    assert "the current candidate" in kept[made[6]]
+    assert done["deleted_versions"] == listed["deleted_versions"] and done["deleted_runs"] == listed["deleted_runs"]
+    assert _versions(client) == set(made.values()) - set(r["gone"])
+    assert artifacts_before - _size(root / "mlartifacts") == done["deleted_artifact_bytes"] > 0
+    assert not any((root / "mlartifacts" / run_id).exists() for run_id in done["deleted_runs"])
+    for run_id in (r["running"], r["sweep"]):
+        assert client.get_run(run_id).info.lifecycle_stage == "active"
+    for number in (made[5], made[2], made[4], made[6]):  # production, rollback, canary, candidate: still install
+        version = client.get_model_version(NAME, number)
+        fetched = registry_fetch.download_version(root, version, root.parent / f"fetched-{number}")
+        assert fetched == version.tags[registry_fetch.TAG_DIGEST]
+    return done
+
+
+def test_prune_keeps_production_rollback_the_host_and_the_candidate_and_frees_what_it_says(trained_project_template,
+                                                                                           tmp_path, capsys):
+    root = _project(trained_project_template[0], tmp_path, with_dvc=False)
+    registry = _registry(root, tmp_path)
+    _prune_and_check(root, registry)
+    again = prune.main(["--root", str(root), "--models", str(registry["host"])])  # nothing left to delete
+    assert again == 0 and "deleted 0 model versions" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_dvc_gc_through_prune_keeps_the_bundles_a_bare_dvc_gc_deletes(trained_project_template, tmp_path):
+    """Production's and rollback's bundles are in the DVC remote under no .dvc file (promote removes it once the
+    version records the entry): `dvc gc --workspace --cloud` deleted them; prune keeps every kept version's."""
+    root = _project(trained_project_template[0], tmp_path, with_dvc=True)
+    r = _registry(root, tmp_path)
+    entry = {number: json.loads(r["client"].get_model_version(NAME, number).tags[registry_fetch.TAG_DVC])["md5"]
+             for number in r["made"].values()}
+    bare = _dvc(root, "gc", "--workspace", "--cloud", "--force", "--dry").stdout
+    assert f"{entry[r['made'][5]][:2]}/{entry[r['made'][5]][2:]}" in bare  # production's, by a bare dvc gc
+    remote = tmp_path / "remote"
+    dvc_before = _size(root / ".dvc/cache") + _size(remote)
+    done = _prune_and_check(root, r)
+    assert done["dvc"]["objects"] > 0 and done["dvc"]["remote"]  # freed from the cache and the (local) remote:
+    assert _size(root / ".dvc/cache") + _size(remote) == dvc_before - done["dvc"]["bytes_on_local_disks"]
+    assert not list(root.glob(prune.KEEP_FILE_PREFIX + "*")), "the keep files are removed"
+    for number, md5 in entry.items():
+        stored = (remote / "files" / "md5" / md5[:2] / md5[2:]).exists()
+        assert stored == (number not in r["gone"]), number
+    shutil.rmtree(root / ".dvc/cache")  # a fresh runner: production and rollback install from the DVC remote
+    for number in (r["made"][5], r["made"][2]):
+        version = r["client"].get_model_version(NAME, number)
+        assert registry_fetch.download_version(root, version, tmp_path / f"dvc-{number}", "dvc") == \
+            version.tags[registry_fetch.TAG_DIGEST]
+
+
+def test_prune_refuses_keeps_it_cannot_read(tiny_project):
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text(encoding="utf-8"))
+    for bad, field in (({"keep_versions": -1, "keep_runs": 3, "dvc_remote": False}, "prune.keep_versions"),
+                       ({"keep_versions": 1, "keep_runs": "all", "dvc_remote": False}, "prune.keep_runs"),
+                       ({"keep_versions": 1, "keep_runs": 3, "dvc_remote": "yes"}, "prune.dvc_remote"),
+                       ({"keep_versions": 1, "keep_runs": 3}, "prune.dvc_remote")):
+        with pytest.raises(ParamsError, match=field):
+            prune.prune_params({**params, "prune": bad})
+
+
+def test_a_project_with_no_registered_model_keeps_its_candidate_run(trained_project, capsys):
+    """Dry run on the trained project (its store is the session template's: nothing may be deleted there)."""
+    root, summary = trained_project
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    params["prune"] = {"keep_versions": 0, "keep_runs": 0, "dvc_remote": False}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    assert prune.main(["--root", str(root), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would delete 0 model versions" in out and "would delete 0 (0.0 MB" in out
+    assert "not a DVC project" in out
