@@ -102,6 +102,24 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def scratch_directory(parent: Path, prefix: str) -> Iterator[Path]:
+    """A temporary folder ``<prefix><pid>-<random>`` in ``parent``, removed when the block ends. A process killed
+    outright (SIGKILL, out of memory, a reboot) cannot remove it: each call first deletes the ones of ``prefix``
+    whose process is gone, and those named without a process id (``<prefix><random>``, from before ids were in the
+    name). A release or fetch killed while downloading left a whole bundle there for good (17 MB at the default
+    params, ~410 MB at Favorita's size), one per kill."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for path in parent.glob(f"{glob.escape(prefix)}*"):
+        owner, dash, _ = path.name[len(prefix):].partition("-")
+        if dash and owner.isdigit() and process_alive(int(owner)):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-", dir=parent) as scratch:
+        yield Path(scratch)
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import dvc_remote, tracking
+from pipeline.atomic import scratch_directory
 from pipeline.bundle import BundleError, copy_bundle, verify_bundle
 from pipeline.stage import output_any_terminal_can_take
 from pipeline.model_params import registry_alias
@@ -131,9 +131,9 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
         raise FetchError(f"--from: expected mlflow or dvc, got {via!r}")
     artifact = tags.get(TAG_ARTIFACT, tracking.BUNDLE_ARTIFACT_PATH)
     where = f"runs:/{version.run_id}/{artifact}"
-    with tempfile.TemporaryDirectory(prefix=".fetch.", dir=into.parent) as scratch:
+    with scratch_directory(into.parent, ".fetch.") as scratch:  # a killed fetch's is deleted by the next
         try:
-            local = tracking.client(root, create=False).download_artifacts(version.run_id, artifact, scratch)
+            local = tracking.client(root, create=False).download_artifacts(version.run_id, artifact, str(scratch))
         except Exception as exc:  # noqa: BLE001 MlflowException or the artifact store's own error
             raise FetchError(f"version {version.version}: downloading {where}: "
                              f"{tracking.without_credentials(str(exc))}{tracking.access_hint(exc)}") from None

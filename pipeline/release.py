@@ -39,7 +39,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -51,7 +50,7 @@ import numpy as np
 
 from pipeline import registry_fetch, tracking
 from pipeline.actuals import read_actuals
-from pipeline.atomic import DirectoryBusy, one_writer
+from pipeline.atomic import DirectoryBusy, one_writer, scratch_directory
 from pipeline.bundle import BundleError
 from pipeline.stage import output_any_terminal_can_take
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, event_time,
@@ -128,9 +127,9 @@ def ensure_release(root: Path, store: ReleaseStore, version: str, name: str = tr
     if store.has_release(version, want):
         return want
     store.root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".download.", dir=store.root) as scratch:
-        registry_fetch.download_version(root, mv, Path(scratch) / "bundle")
-        return store.add_release(version, Path(scratch) / "bundle")
+    with scratch_directory(store.root, ".download.") as scratch:  # a killed download's is deleted by the next
+        registry_fetch.download_version(root, mv, scratch / "bundle")
+        return store.add_release(version, scratch / "bundle")
 
 
 def install(root: Path, store: ReleaseStore, variant: str, version: str, name: str = tracking.REGISTERED_MODEL) -> str:

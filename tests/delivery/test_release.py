@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -70,6 +71,27 @@ def test_sync_installs_what_the_aliases_name(host):
     assert verify_bundle(store.variant_dir(CANARY)) == digest_of(root, versions["canary"])
     assert not store.variant_dir(SHADOW).exists()
     assert [p.name for p in store.releases()] == ["2", "1"]
+
+
+def test_a_download_killed_midway_leaves_no_bundle_behind_for_good(host):
+    """A release killed outright while downloading (SIGKILL, out of memory) left `.download.<random>/bundle`, a whole
+    bundle, in the host's models/ for good: one per kill (17 MB at the default params). The next download deletes
+    those of processes that are gone, and of a process still running none."""
+    import shutil
+    import subprocess
+
+    root, store, versions = host
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    left = {name: store.root / name for name in (f".download.{finished.pid}-k1ll3d", ".download.q8x0_2ab",
+                                                  f".download.{os.getpid()}-running")}
+    for path in left.values():  # what a killed download leaves: the bundle, whole or in part
+        shutil.copytree(store.release_dir(versions["canary"]), path / "bundle")
+    shutil.rmtree(store.release_dir(versions["canary"]))  # so sync downloads it again
+    release.sync(root, store)
+    assert verify_bundle(store.release_dir(versions["canary"])) == digest_of(root, versions["canary"])
+    assert sorted(p.name for p in store.root.glob(".download.*")) == [f".download.{os.getpid()}-running"]
+    shutil.rmtree(left[f".download.{os.getpid()}-running"])
 
 
 def test_the_canary_answers_a_sticky_share_and_every_event_names_its_variant(host, tmp_path):
