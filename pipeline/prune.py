@@ -269,6 +269,13 @@ def dvc_gc(root: Path, result: Plan, cloud: bool, dry_run: bool) -> dict:
     machine: the cache, a local remote) bytes, then for real unless ``dry_run``."""
     if not (root / ".dvc").is_dir():
         return {"note": "not a DVC project: no DVC cache to collect"}
+    note = None
+    if cloud:
+        remotes = dvc_remote.dvc(root, "remote", "list")
+        if remotes.returncode != 0:  # a .dvc/config it cannot read is not "no remote" (make dvc-push says the same)
+            raise StageError(dvc_remote.failure("dvc remote list", remotes))
+        if not remotes.stdout.strip():
+            cloud, note = False, "prune.dvc_remote: no DVC remote configured; the cache only"
     remove_keep_files(root)  # what a prune killed midway left
     try:
         for version, entry in result.dvc_keep.items():
@@ -284,7 +291,7 @@ def dvc_gc(root: Path, result: Plan, cloud: bool, dry_run: bool) -> dict:
             _gc(root, args)
     finally:
         remove_keep_files(root)
-    return {"objects": len(doomed), "bytes_on_local_disks": freed, "remote": cloud}
+    return {"objects": len(doomed), "bytes_on_local_disks": freed, "remote": cloud, **({"note": note} if note else {})}
 
 
 def run(root: Path, dry_run: bool = False, models_dir: Path | None = None) -> dict:
@@ -319,7 +326,7 @@ def report(summary: dict) -> str:
     dvc = summary["dvc"]
     if "note" in dvc:
         lines.append(f"prune: {dvc['note']}")
-    else:
+    if "objects" in dvc:
         where = "the DVC cache and remote" if dvc["remote"] else "the DVC cache"
         lines.append(f"prune: {verb} {dvc['objects']} objects from {where} ({dvc['bytes_on_local_disks'] / 1e6:.1f} MB "
                      "on this machine's disks)")

@@ -194,3 +194,12 @@ def test_a_project_with_no_registered_model_keeps_its_candidate_run(trained_proj
     out = capsys.readouterr().out
     assert "would delete 0 model versions" in out and "would delete 0 (0.0 MB" in out
     assert "not a DVC project" in out
+    if promote._dvc(root, "version").returncode != 0:
+        pytest.skip("dvc CLI not available")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    _dvc(root, "init", "-q")  # prune.dvc_remote without a remote: the cache alone, said so (DVC's own: an error)
+    params["prune"]["dvc_remote"] = True
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    assert prune.main(["--root", str(root), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "no DVC remote configured; the cache only" in out and "objects from the DVC cache (" in out
