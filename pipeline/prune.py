@@ -134,7 +134,7 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
     """What prune keeps and deletes, and why; reads only."""
     from mlflow.exceptions import MlflowException
 
-    client = tracking.client(root)
+    client = tracking.client(root, create=False)  # a project with no store has nothing to prune: not given one
     result = Plan(model_name)
     candidate = _digest(root / CANDIDATE_DIR)
     on_host = host_digests(models_dirs)
@@ -222,7 +222,7 @@ def remove_empty_run_folders(run_dirs: list[Path]) -> None:
 
 def delete_registry(root: Path, result: Plan) -> list[str]:
     """Delete the planned model versions and runs; returns the run ids to garbage-collect."""
-    client = tracking.client(root)
+    client = tracking.client(root, create=False)
     for version in result.versions:
         client.delete_model_version(result.model_name, version)
     for run_id in result.runs:
