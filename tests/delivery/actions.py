@@ -252,6 +252,13 @@ def _run_step(job: str, label: str, command: str, workdir: Path, env: dict, time
                       "\n".join(line for _, line in lines), lines=lines)
 
 
+def unset_secrets(path: Path) -> dict[str, str]:
+    """Every ``secrets.NAME`` the workflow reads, as GitHub passes a secret nobody set: an empty string (so a test's
+    contexts follow the workflow: a secret added to it needs no edit in each test that runs it)."""
+    names = set(re.findall(r"\bsecrets\.([A-Za-z_][A-Za-z0-9_]*)", path.read_text(encoding="utf-8")))
+    return {f"secrets.{name}": "" for name in sorted(names)}
+
+
 def runner_environment(**extra: str) -> dict:
     """A clean runner's environment: none of this test process's project, MLflow or pytest variables, and
     not this test's virtual environment on PATH (each job's make targets use its own clone's .venv)."""

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from .actions import unset_secrets
+
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / ".github" / "workflows"
 
@@ -82,11 +84,11 @@ def started(run) -> list[str]:
 
 
 ML_CONTEXTS = {"vars.MLFLOW_TRACKING_URI": "http://registry", "vars.SHELFCAST_DATA_SOURCE": "",
-               "secrets.DVC_REMOTE_ACCESS_KEY_ID": "", "secrets.DVC_REMOTE_SECRET_ACCESS_KEY": ""}
+               **unset_secrets(WORKFLOWS / "ml-pipeline.yml")}
 APP_CONTEXTS = {"github.repository_owner": "Owner", "vars.MLFLOW_TRACKING_URI": "http://registry",
                 "vars.SHELFCAST_URL": "", "vars.SHELFCAST_MODELS_HOST": "/srv/shelfcast/models",
                 "vars.SHELFCAST_PREDICTION_LOG": "", "vars.ELASTICSEARCH_URL": "",
-                "secrets.DVC_REMOTE_ACCESS_KEY_ID": "", "secrets.DVC_REMOTE_SECRET_ACCESS_KEY": ""}
+                **unset_secrets(WORKFLOWS / "app-pipeline.yml")}
 
 
 def test_a_run_on_another_branch_runs_the_gate_and_registers_nothing(tmp_path):

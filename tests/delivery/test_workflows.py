@@ -40,7 +40,7 @@ import pytest
 from pipeline import release, tracking
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 
-from .actions import run_workflow, runner_environment
+from .actions import run_workflow, runner_environment, unset_secrets
 from .conftest import REPO, evaluate_and_promote, predict_status, tiny_bundle_module
 from .runners import clone, set_params, source_repository
 
@@ -168,7 +168,7 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
     def ml_pipeline(run: int, data_source: str = ""):
         contexts = {"github.ref": "refs/heads/main", "vars.MLFLOW_TRACKING_URI": uri,
                     "vars.SHELFCAST_DATA_SOURCE": data_source,
-                    "secrets.DVC_REMOTE_ACCESS_KEY_ID": "", "secrets.DVC_REMOTE_SECRET_ACCESS_KEY": ""}
+                    **unset_secrets(repository / ".github/workflows/ml-pipeline.yml")}
         return run_workflow(repository / ".github/workflows/ml-pipeline.yml", contexts,
                             lambda job: clone(repository, tmp_path / f"run{run}-ml-{job}"),
                             lambda job: runner_environment(), NOT_RUN)
@@ -179,7 +179,7 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
                     "github.repository_owner": "Shelfcast-Demo", "vars.MLFLOW_TRACKING_URI": uri,
                     "vars.SHELFCAST_URL": served.url, "vars.SHELFCAST_MODELS_HOST": str(store.root),
                     "vars.SHELFCAST_PREDICTION_LOG": str(events), "vars.ELASTICSEARCH_URL": "",
-                    "secrets.DVC_REMOTE_ACCESS_KEY_ID": "", "secrets.DVC_REMOTE_SECRET_ACCESS_KEY": ""}
+                    **unset_secrets(repository / ".github/workflows/app-pipeline.yml")}
         users = Users(served.url, series)
         try:
             return run_workflow(repository / ".github/workflows/app-pipeline.yml", contexts,
