@@ -140,7 +140,7 @@ class Graph:
     # --- names --------------------------------------------------------------------
     def unique_name(self, name: str) -> str:
         """``scope/name``, suffixed ``_1``, ``_2`` ... when already taken (TensorFlow's rule); marked as taken."""
-        if not _VALID_NAME.match(name):
+        if not _VALID_NAME.fullmatch(name):  # match's $ let a name end in a newline
             raise ValueError(f"invalid op name {name!r}")
         full = f"{self._scope}/{name}" if self._scope else name
         key = full.lower()
@@ -217,6 +217,8 @@ class Graph:
             if c.graph is not self:
                 raise ValueError(f"{op_type} op '{op_name}': control input {c.name!r} is from another graph")
             controls[id(c)] = c
+        for _, shape in specs:
+            _check_static_shape(shape, f"{op_type} op '{op_name}'")
         op = Operation(self, op_type, op_name, inputs, controls.values(), attrs, op_def, specs)
         self._ops.append(op)
         self._by_name[op_name] = op
@@ -253,6 +255,21 @@ class Graph:
 
     def get_collection(self, key: str) -> list:
         return list(self._collections.get(key, ()))
+
+
+def _check_static_shape(shape, owner: str) -> None:
+    """ValueError unless ``shape`` is None or a sequence of dimensions that are each None or a whole number >= 0.
+
+    A shape is copied verbatim into the compiled plan's source (engine/compiler.py); an imported graph.json's
+    attributes are whatever the file says, and a string "dimension" an op's rule passed through (a reshape of a
+    batch of unknown size, a placeholder's declared shape) was Python code run when the plan was imported."""
+    if shape is None:
+        return
+    if not isinstance(shape, (tuple, list)) or not all(
+            d is None or (isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d >= 0)
+            for d in shape):
+        raise ValueError(f"{owner}: output shape {shape!r} is not a shape (each dimension a whole number >= 0 or "
+                         "None)")
 
 
 def _as_op(x) -> Operation:

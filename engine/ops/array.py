@@ -154,7 +154,7 @@ def _reshape_static(in_shape, target):
 def _reshape_emit(c, op, ins):
     if op.inputs[0].ndim is None:
         c.unsupported("the input's rank is unknown")
-    target = ", ".join(str(d) for d in op.attrs["shape"])
+    target = ", ".join(str(operator.index(d)) for d in op.attrs["shape"])  # numbers only: this text is code
     return f"np.ascontiguousarray({ins[0]}).reshape(({target}{',' if len(op.attrs['shape']) == 1 else ''}))"
 
 
@@ -325,7 +325,7 @@ def _concat_emit(c, op, ins):
     rank = op.outputs[0].ndim
     if rank is None or any(x.ndim != rank for x in op.inputs):
         c.unsupported("inputs need one known rank")
-    return f"np.concatenate(({', '.join(ins)},), axis={op.attrs['axis'] % rank})"
+    return f"np.concatenate(({', '.join(ins)},), axis={operator.index(op.attrs['axis']) % rank})"
 
 
 register("ConcatV2", infer=_concat_infer,

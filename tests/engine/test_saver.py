@@ -168,6 +168,7 @@ def test_export_refuses_stateful_graphs_and_import_refuses_corruption(tmp_path):
     (lambda g: g["ops"].insert(1, {"name": "noise", "type": "RandomUniform", "inputs": ["x:0"], "control_inputs": [],
                                    "attrs": {"shape": [None, 2], "dtype": {"dtype": "float32"}, "seed": [0, 1],
                                              "minval": 0.0, "maxval": 1.0}}), "op 'noise' .* stateful or random"),
+    (lambda g: g["ops"][-1].update(name=g["ops"][-1]["name"] + "\n"), "invalid op name"),  # regex $ passed it
     (lambda g: g["ops"].insert(1, {"name": "w", "type": "VariableV2", "inputs": [], "control_inputs": [],
                                    "attrs": {"shape": [2], "dtype": {"dtype": "float32"}}}), "op 'w' .* stateful"),
 ])
@@ -183,6 +184,29 @@ def test_a_malformed_inference_graph_is_data_loss_naming_the_field(tmp_path, cha
     json.dump(graph, open(path, "w"))
     with pytest.raises(en.errors.DataLossError, match=rf"graph.json.*{field}"):
         en.train.import_inference_graph(str(tmp_path / "model"))
+
+
+@pytest.mark.parametrize("op", ["y", "x"])  # a reshape's target; a placeholder's declared shape
+@pytest.mark.parametrize("escape", [
+    "2))\n{code}\ndef _pad():\n    return ((1",  # out of the plan's body: a module-level statement
+    '""";{code};"""',  # out of the plan's docstring (the header lists every op's shape)
+])
+def test_an_imported_graph_cannot_run_code_through_a_shape(tmp_path, op, escape):
+    """A shape in graph.json is a list of whole numbers: a string there was copied into the compiled plan's source
+    and ran when the plan was imported (the load's warm-up), whatever the file's checksums said."""
+    marker = tmp_path / "ran"
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    y = en.reshape(x * 2.0, (-1, 2), name="y")
+    with en.Session() as s:
+        en.train.export_inference_graph(s, str(tmp_path / "model"), {"x": x}, {"y": y})
+    path = tmp_path / "model" / "graph.json"
+    graph = json.load(open(path))
+    (rec,) = [r for r in graph["ops"] if r["name"] == op]
+    rec["attrs"]["shape"] = [-1 if op == "y" else None, escape.format(code=f"open({str(marker)!r}, 'w').close()")]
+    json.dump(graph, open(path, "w"))
+    with pytest.raises(en.errors.DataLossError, match=rf"op '{op}' cannot be rebuilt: .* is not a shape"):
+        en.train.import_inference_graph(str(tmp_path / "model")).warm_up()
+    assert not marker.exists()
 
 
 def test_save_takes_an_integer_global_step_only(tmp_path):
