@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -118,6 +119,34 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+def read_npz(path: str) -> dict:
+    """The arrays of the ``.npz`` at ``path`` (no pickle), reading no more bytes than the file holds.
+
+    ``np.load`` trusts each member's zip and ``.npy`` headers: a deflated member of a few MB that inflates to GBs (a
+    zip bomb), or a header declaring more data than follows, had it allocate and fill what the headers said, and a
+    worker loading such a file died of memory instead of refusing it. Every ``.npz`` the engine and the bundle write
+    is stored uncompressed (``npz_bytes``; ``np.savez`` too), so each member must be stored and hold exactly the
+    bytes its header declares: ValueError naming the member otherwise."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"member {info.filename} is compressed ({info.file_size} bytes from "
+                                 f"{info.compress_size}); arrays are stored uncompressed")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version not in ((1, 0), (2, 0)):
+                    raise ValueError(f"member {info.filename} has .npy format version {version}; expected 1.0 or 2.0")
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(member)
+                declared = member.tell() + math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+            if declared != info.file_size:
+                raise ValueError(f"member {info.filename} declares shape {shape} {dtype} ({declared} bytes with its "
+                                 f"header), it holds {info.file_size}")
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
 def _verified_npz(path: str, sha: str, manifest_path: str, what: str) -> dict:
     """The arrays of the ``.npz`` at ``path`` once its sha256 is ``sha``, the one ``manifest_path`` names."""
     if not os.path.exists(path):
@@ -125,8 +154,7 @@ def _verified_npz(path: str, sha: str, manifest_path: str, what: str) -> dict:
     if sha256_file(path) != sha:
         raise DataLossError(f"{what} file {path} is corrupt (sha256 does not match {manifest_path})")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        return read_npz(path)
     except FileNotFoundError:
         raise NotFoundError(f"{what} file {path} does not exist") from None
     except Exception as e:  # noqa: BLE001  (zip/npy format errors of any kind: the file is unreadable)

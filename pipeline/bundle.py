@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from engine.saver import npz_bytes
+from engine.saver import npz_bytes, read_npz
 from pipeline.atomic import atomic_directory, file_digest, make_readable_by_all
 from pipeline.blas import use_one_blas_thread
 
@@ -186,8 +186,7 @@ def _verify_bundle(path: Path) -> str:
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        return read_npz(str(path))  # bounded by the file's size: no zip bomb
     except (ValueError, OSError) as exc:
         raise BundleError(f"{path}: unreadable ({exc})") from None
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import threading
 import time
+import zipfile
 
+import numpy as np
 import pytest
 
 from pipeline.atomic import file_digest
@@ -116,6 +119,27 @@ def test_a_damaged_file_with_a_matching_checksum_is_a_refusal_naming_it_never_a_
     assert served.model is old
     assert named in served.state.predictor.last_error, served.state.predictor.last_error
     assert served.client.get("/api/v1/model").status_code == 200
+
+def test_a_zip_bomb_in_the_history_is_refused_before_it_is_inflated(app_bundles, tmp_path):
+    """Found by a probe: a history.npz rewritten with deflated members (its checksum made to match) was inflated in
+    full before anything was checked: a 2.2 MB file took the load to a 2.2 GB peak RSS, a larger one kills the
+    worker (the OOM killer) at every start instead of /readyz naming the file. Refused now from the zip headers."""
+    from app.predictor import load_model
+    from pipeline.bundle import BundleError
+
+    with np.load(app_bundles[1] / "history.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["sales"] = np.zeros((1 << 18, 56), np.float32)  # 56 MiB of zeros, 56 KiB deflated
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, array, allow_pickle=False)
+            archive.writestr(f"{name}.npy", member.getvalue())
+    bad = rewritten(app_bundles[1], tmp_path / "bad", "history.npz", buf.getvalue())
+    with pytest.raises(BundleError, match=r"bad/history.npz: unreadable \(member \S+\.npy is compressed"):
+        load_model(bad)
+
 
 def test_an_app_started_on_a_corrupt_bundle_is_not_ready_and_says_why(make_app, production_dir):
     corrupt_weights(production_dir)

@@ -209,6 +209,55 @@ def test_an_imported_graph_cannot_run_code_through_a_shape(tmp_path, op, escape)
     assert not marker.exists()
 
 
+def _npz_of(members: dict, compression: int) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+def _npy(array=None, header_shape=None, data=b"") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    if array is not None:
+        np.lib.format.write_array(buf, array, allow_pickle=False)
+    else:
+        np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": header_shape})
+    return buf.getvalue() + data
+
+
+@pytest.mark.parametrize("npz, said", [
+    # 64 MiB of zeros deflated to 64 KiB: np.load allocated and inflated whatever the zip said (a 20 MB bomb is 20 GB)
+    (lambda: _npz_of({"c0.npy": _npy(np.zeros(1 << 24, np.float32))}, 8), r"member c0.npy is compressed"),
+    # a header declaring 4 TB before 64 bytes: read as far as the data went, after an allocation of what it declared
+    (lambda: _npz_of({"c0.npy": _npy(header_shape=(10**6, 10**6), data=bytes(64))}, 0),
+     r"member c0.npy declares shape \(1000000, 1000000\) float32 \(4000000000128 bytes with its header\), "
+     r"it holds 192"),
+], ids=["zip bomb", "header larger than its data"])
+def test_an_npz_is_read_within_its_own_size(tmp_path, npz, said):
+    """Found by a probe: a bundle's 2.2 MB history.npz inflated to a 2.2 GB peak RSS before it was refused (and a
+    larger one killed the worker); every member must be stored uncompressed, as the engine and the bundle write it,
+    and hold exactly the bytes its .npy header declares."""
+    import hashlib
+
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    with en.Session() as s:
+        en.train.export_inference_graph(s, str(tmp_path / "model"), {"x": x}, {"y": x * 2.0})
+    data = npz()
+    (tmp_path / "model" / "weights.npz").write_bytes(data)
+    path = tmp_path / "model" / "graph.json"
+    graph = json.load(open(path))
+    graph["weights"]["sha256"] = hashlib.sha256(data).hexdigest()  # rewritten with it: the checksum matches
+    json.dump(graph, open(path, "w"))
+    with pytest.raises(en.errors.DataLossError, match=rf"weights.npz is unreadable: {said}"):
+        en.train.import_inference_graph(str(tmp_path / "model"))
+
+
 def test_save_takes_an_integer_global_step_only(tmp_path):
     """A float step tensor was cut (7.5 saved as model-7); a Python float failed with 'cannot fetch 7.5'."""
     w = en.Variable(np.ones(3, np.float32), name="w")
