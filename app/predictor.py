@@ -284,7 +284,7 @@ def damaged_file(path: Path) -> Path | None:
         try:
             if isinstance(json.loads(file.read_text(encoding="utf-8")), dict):
                 continue
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep to parse
             pass
         return file
     return None

@@ -167,7 +167,7 @@ def _load_json(path: str, what: str, fmt: str) -> dict:
             doc = json.load(f)
     except FileNotFoundError:
         raise NotFoundError(f"{what} manifest {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise DataLossError(f"{what} manifest {path} is not valid JSON: {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         raise DataLossError(f"{path} is not a {fmt} file")

@@ -167,8 +167,11 @@ def _verify_bundle(path: Path) -> str:
         raise BundleError(f"{path}: {CHECKSUMS_FILE} is missing; refusing a bundle that cannot be verified")
     try:
         files = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         raise BundleError(f"{manifest_path}: unreadable manifest ({exc})") from None
+    if not isinstance(files, dict):
+        raise BundleError(f"{manifest_path}: unreadable manifest (files is a {type(files).__name__}, expected an "
+                          "object of file name to sha256)")
     expected = set(GRAPH_FILES + DATA_FILES)
     if set(files) != expected:
         raise BundleError(f"{manifest_path}: lists {sorted(files)}, expected {sorted(expected)}")
@@ -254,7 +257,7 @@ def _load_verified(path: Path, digest: str) -> ModelBundle:
     try:
         metadata = json.loads((path / "bundle.json").read_text(encoding="utf-8"))
         stats = json.loads((path / "training_stats.json").read_text(encoding="utf-8"))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to parse
         raise BundleError(f"{path}: bundle.json/training_stats.json is not valid JSON ({exc})") from None
     if metadata.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path / 'bundle.json'}: format {metadata.get('format')!r}, this code reads "

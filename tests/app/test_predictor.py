@@ -102,8 +102,10 @@ def rewritten(source, target, name: str, content: bytes):
     ("bundle.json", lambda data: b"[1, 2]", "bundle.json"),
     ("training_stats.json", lambda data: b"[1, 2]", "training_stats.json"),
     ("bundle.json", lambda data: json.dumps({**json.loads(data), "metrics": [1]}).encode(), "bundle.json"),
+    ("bundle.json", lambda data: b"[" * 100_000 + b"]" * 100_000, "bundle.json"),  # RecursionError escaped
+    ("training_stats.json", lambda data: b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "training_stats.json"),
 ], ids=["history.npz cut short", "calendar.npz empty", "bundle.json a list", "training_stats.json a list",
-        "metrics a list"])
+        "metrics a list", "bundle.json nested too deep", "training_stats.json nested too deep"])
 def test_a_damaged_file_with_a_matching_checksum_is_a_refusal_naming_it_never_a_crash(served, production_dir,
                                                                                       app_bundles, tmp_path, name,
                                                                                       damage, named):

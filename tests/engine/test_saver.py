@@ -209,6 +209,25 @@ def test_an_imported_graph_cannot_run_code_through_a_shape(tmp_path, op, escape)
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("manifest", ["graph", "checkpoint"])
+def test_a_manifest_nested_too_deep_is_data_loss(tmp_path, manifest):
+    """JSON nested deeper than the parser recurses raised RecursionError, no DataLossError naming the file."""
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    v = en.Variable(np.float32([1, 2]), name="v")
+    with en.Session() as s:
+        s.run(en.global_variables_initializer())
+        en.train.export_inference_graph(s, str(tmp_path / "model"), {"x": x}, {"y": x * 2.0})
+        saver = en.train.Saver([v])
+        saver.save(s, str(tmp_path / "ckpt"))
+        path = tmp_path / ("model/graph.json" if manifest == "graph" else "ckpt.json")
+        path.write_text("[" * 100_000 + "]" * 100_000)
+        with pytest.raises(en.errors.DataLossError, match=rf"{path.name} is not valid JSON: .*recursion"):
+            if manifest == "graph":
+                en.train.import_inference_graph(str(tmp_path / "model"))
+            else:
+                saver.restore(s, str(tmp_path / "ckpt"))
+
+
 def _npz_of(members: dict, compression: int) -> bytes:
     import io
     import zipfile

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from pipeline import models, tracking, train
-from pipeline.bundle import BundleError, copy_bundle, load_bundle, verify_bundle, write_bundle
+from pipeline.bundle import (DATA_FILES, GRAPH_FILES, BundleError, copy_bundle, load_bundle, verify_bundle,
+                             write_bundle)
 from pipeline.history import load_history
 from pipeline.model_params import feature_params, train_params
 from pipeline.params import load_yaml
@@ -80,7 +81,7 @@ def test_a_fresh_process_loads_the_bundle_and_predicts_the_same(trained_project)
 
 
 @pytest.mark.parametrize("damage", ["flip_weights_byte", "delete_history", "extra_file", "edit_metadata",
-                                    "no_manifest"])
+                                    "no_manifest", "manifest_nested_too_deep", "manifest_files_a_list"])
 def test_a_bundle_that_cannot_be_trusted_is_refused(trained_project, damage):
     root, _ = trained_project
     bundle_dir = root / "models/candidate"
@@ -100,11 +101,19 @@ def test_a_bundle_that_cannot_be_trusted_is_refused(trained_project, damage):
         meta["forecast_origin"] = "2030-01-01"
         (bundle_dir / "bundle.json").write_text(json.dumps(meta))
         match = "bundle.json: checksum mismatch"
+    elif damage == "manifest_nested_too_deep":  # RecursionError escaped: fetch-model, release sync a traceback
+        (bundle_dir / "checksums.json").write_text("[" * 100_000 + "]" * 100_000)
+        match = "checksums.json: unreadable manifest .*recursion"
+    elif damage == "manifest_files_a_list":  # the right names, as a list: AttributeError escaped
+        (bundle_dir / "checksums.json").write_text(json.dumps({"files": sorted(GRAPH_FILES + DATA_FILES)}))
+        match = "checksums.json: unreadable manifest .files is a list"
     else:
         (bundle_dir / "checksums.json").unlink()
         match = "checksums.json is missing"
     with pytest.raises(BundleError, match=match):
         load_bundle(bundle_dir)
+    with pytest.raises(BundleError, match=match):  # what fetch-model, release sync and promote check a bundle by
+        verify_bundle(bundle_dir)
 
 
 def test_writing_is_atomic(trained_project):
