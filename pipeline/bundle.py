@@ -285,11 +285,60 @@ def _load_verified(path: Path, digest: str) -> ModelBundle:
         )
     except KeyError as exc:
         raise BundleError(f"{path}: history.npz/calendar.npz lacks array {exc}") from None
-    if snapshot.sales.shape[1] != spec.history_days or snapshot.calendar_holidays.shape[2] != len(HOLIDAY_FLAGS):
-        raise BundleError(f"{path / 'history.npz'}: window shape {snapshot.sales.shape} does not match the "
-                          "feature spec")
+    check_snapshot(snapshot, spec, path)
     return ModelBundle(path=path, digest=digest, metadata=metadata, spec=spec, vocab=vocab, snapshot=snapshot,
                        training_stats=stats, model=_import_graph(path))
+
+
+def check_snapshot(snapshot: HistorySnapshot, spec: FeatureSpec, path: Path) -> None:
+    """BundleError naming the file and array unless the snapshot's arrays agree with each other and the spec: each
+    table's columns one length, its keys whole numbers in strictly increasing order (every lookup is a binary
+    search), the window [series, history_days] and the calendar the horizon's days from the origin on. A hand-edited
+    or damaged history.npz or calendar.npz (its checksum made to match) loaded before: a table column cut short
+    dropped its items from the catalog without a word, unsorted keys forecast a store×item from another's history."""
+    history, calendar = path / "history.npz", path / "calendar.npz"
+
+    def need(ok: bool, where: Path, what: str) -> None:
+        if not ok:
+            raise BundleError(f"{where}: {what}")
+
+    def keys(array: np.ndarray, name: str, where: Path = history) -> None:
+        need(array.ndim == 1 and array.dtype.kind in "iu", where, f"{name} must be whole numbers, one per row "
+             f"(got {array.dtype} of shape {array.shape})")
+
+    def table(columns: Mapping[str, np.ndarray], key: str, prefix: str) -> None:
+        keys(columns[key], f"{prefix}.{key}")
+        for name, column in columns.items():
+            need(column.shape == columns[key].shape, history, f"{prefix}.{name} has shape {column.shape}, "
+                 f"{prefix}.{key} {columns[key].shape}: one value per row")
+        need(bool(np.all(np.diff(columns[key].astype(np.int64)) > 0)), history,
+             f"{prefix}.{key} is not in strictly increasing order")
+
+    table(snapshot.items, "item_nbr", "items")
+    table(snapshot.stores, "store_nbr", "stores")
+    series = (spec.history_days,)
+    need(snapshot.sales.ndim == 2 and snapshot.sales.shape[1:] == series and snapshot.sales.dtype.kind == "f",
+         history, f"window shape {snapshot.sales.shape} ({snapshot.sales.dtype}) does not match the feature spec "
+         f"([series, {spec.history_days}] numbers)")
+    rows = snapshot.sales.shape[:1]
+    need(snapshot.promo.shape == snapshot.sales.shape and snapshot.promo.dtype.kind in "biu", history,
+         f"promo has shape {snapshot.promo.shape} ({snapshot.promo.dtype}), sales {snapshot.sales.shape}")
+    for name in ("store_nbr", "item_nbr"):
+        keys(getattr(snapshot, name), name)
+        need(getattr(snapshot, name).shape == rows, history, f"{name} has shape {getattr(snapshot, name).shape}, "
+             f"sales {snapshot.sales.shape}: one per series")
+    pairs = np.stack([snapshot.store_nbr.astype(np.int64), snapshot.item_nbr.astype(np.int64)])
+    step = np.diff(pairs, axis=1)
+    need(bool(np.all((step[0] > 0) | ((step[0] == 0) & (step[1] > 0)))), history,
+         "store_nbr, item_nbr are not in strictly increasing order")
+    days = snapshot.calendar_days
+    keys(days, "days", calendar)
+    need(np.array_equal(days, int(snapshot.origin_day) + 1 + np.arange(spec.horizon)), calendar,
+         f"days must be the {spec.horizon} days after the origin, one each")
+    need(snapshot.calendar_holidays.shape == (snapshot.stores["store_nbr"].shape[0], spec.horizon,
+                                              len(HOLIDAY_FLAGS)), calendar,
+         f"holidays has shape {snapshot.calendar_holidays.shape}, expected [stores, {spec.horizon} days, "
+         f"{len(HOLIDAY_FLAGS)} flags]")
 
 
 def _import_graph(path: Path):

@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from engine.saver import npz_bytes
 from pipeline.atomic import file_digest
 from pipeline.bundle import copy_bundle
 
@@ -96,6 +97,16 @@ def rewritten(source, target, name: str, content: bytes):
     return target
 
 
+def npz_changed(change):
+    """A damage: the .npz's arrays with ``change`` applied to them (a dict, in place), written as a bundle writes."""
+    def damage(data: bytes) -> bytes:
+        with np.load(io.BytesIO(data)) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+        change(arrays)
+        return npz_bytes(arrays)
+    return damage
+
+
 @pytest.mark.parametrize(("name", "damage", "named"), [
     ("history.npz", lambda data: data[: len(data) // 2], "history.npz"),
     ("calendar.npz", lambda data: b"", "calendar.npz"),
@@ -104,8 +115,17 @@ def rewritten(source, target, name: str, content: bytes):
     ("bundle.json", lambda data: json.dumps({**json.loads(data), "metrics": [1]}).encode(), "bundle.json"),
     ("bundle.json", lambda data: b"[" * 100_000 + b"]" * 100_000, "bundle.json"),  # RecursionError escaped
     ("training_stats.json", lambda data: b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "training_stats.json"),
+    ("history.npz", npz_changed(lambda a: a.update({"items.family": a["items.family"][:-1]})),
+     "history.npz: items.family has shape"),  # loaded: its last item was left out of the catalog without a word
+    ("history.npz", npz_changed(lambda a: a.update({k: a[k][::-1].copy() for k in ("store_nbr", "item_nbr")})),
+     "history.npz: store_nbr, item_nbr are not in strictly increasing order"),  # loaded: lookups found other rows
+    ("history.npz", npz_changed(lambda a: a.update({"store_nbr": a["store_nbr"].astype(np.float64)})),
+     "history.npz: store_nbr must be whole numbers"),
+    ("calendar.npz", npz_changed(lambda a: a.update({"days": a["days"][:3]})),
+     "calendar.npz: days must be the"),  # loaded: 3 forecastable days, holidays of 16
 ], ids=["history.npz cut short", "calendar.npz empty", "bundle.json a list", "training_stats.json a list",
-        "metrics a list", "bundle.json nested too deep", "training_stats.json nested too deep"])
+        "metrics a list", "bundle.json nested too deep", "training_stats.json nested too deep",
+        "an item column cut short", "series out of order", "store numbers not whole", "calendar days cut short"])
 def test_a_damaged_file_with_a_matching_checksum_is_a_refusal_naming_it_never_a_crash(served, production_dir,
                                                                                       app_bundles, tmp_path, name,
                                                                                       damage, named):
