@@ -139,6 +139,9 @@ def read_npz(path: str) -> dict:
                 read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
                     np.lib.format.read_array_header_2_0
                 shape, _, dtype = read_header(member)
+                if dtype.hasobject:
+                    raise ValueError(f"member {info.filename} holds Python objects (dtype {dtype}): a pickle, which "
+                                     "is never loaded")
                 declared = member.tell() + math.prod(shape) * dtype.itemsize  # Python ints: no overflow
             if declared != info.file_size:
                 raise ValueError(f"member {info.filename} declares shape {shape} {dtype} ({declared} bytes with its "

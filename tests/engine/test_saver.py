@@ -239,12 +239,12 @@ def _npz_of(members: dict, compression: int) -> bytes:
     return buf.getvalue()
 
 
-def _npy(array=None, header_shape=None, data=b"") -> bytes:
+def _npy(array=None, header_shape=None, data=b"", pickle=False) -> bytes:
     import io
 
     buf = io.BytesIO()
     if array is not None:
-        np.lib.format.write_array(buf, array, allow_pickle=False)
+        np.lib.format.write_array(buf, array, allow_pickle=pickle)
     else:
         np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": header_shape})
     return buf.getvalue() + data
@@ -257,7 +257,10 @@ def _npy(array=None, header_shape=None, data=b"") -> bytes:
     (lambda: _npz_of({"c0.npy": _npy(header_shape=(10**6, 10**6), data=bytes(64))}, 0),
      r"member c0.npy declares shape \(1000000, 1000000\) float32 \(4000000000128 bytes with its header\), "
      r"it holds 192"),
-], ids=["zip bomb", "header larger than its data"])
+    # a pickled object array: np.load(allow_pickle=False) refuses it too, the member named as what it is
+    (lambda: _npz_of({"c0.npy": _npy(np.array([{"a": 1}], dtype=object), pickle=True)}, 0),
+     r"member c0.npy holds Python objects \(dtype object\): a pickle, which is never loaded"),
+], ids=["zip bomb", "header larger than its data", "pickled objects"])
 def test_an_npz_is_read_within_its_own_size(tmp_path, npz, said):
     """Found by a probe: a bundle's 2.2 MB history.npz inflated to a 2.2 GB peak RSS before it was refused (and a
     larger one killed the worker); every member must be stored uncompressed, as the engine and the bundle write it,
