@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -179,12 +180,22 @@ def _verify_bundle(path: Path) -> str:
     if present != expected:
         odd = sorted(present ^ expected)
         raise BundleError(f"{path}: missing or unlisted file(s): {', '.join(odd)}")
+    for name in sorted(files):  # before any is opened: a FIFO blocks open(), /dev/zero never ends a read
+        mode = (path / name).stat().st_mode  # a symlink's target (DVC's symlink cache links every file)
+        if not stat.S_ISREG(mode):
+            raise BundleError(f"{path / name}: cannot be read (not a regular file: {_file_kind(mode)})")
     for name, want in files.items():
         got = file_digest(path / name)
         if got != want:
             raise BundleError(f"{path / name}: checksum mismatch (expected sha256 {want[:12]}…, got {got[:12]}…); "
                               "the bundle was modified or corrupted")
     return file_digest(manifest_path)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "not a plain file")
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -114,6 +116,33 @@ def test_a_bundle_that_cannot_be_trusted_is_refused(trained_project, damage):
         load_bundle(bundle_dir)
     with pytest.raises(BundleError, match=match):  # what fetch-model, release sync and promote check a bundle by
         verify_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize("kind", ["a symlink to /dev/zero", "a named pipe"])
+def test_a_bundle_file_that_is_no_regular_file_is_refused_without_reading_it(trained_project, kind):
+    """Found by a probe: verify_bundle hashed history.npz whatever it was: a symlink to /dev/zero was read for ever,
+    a named pipe blocked its open() for ever (no checksum needs to match: hashing comes first). The app's reload
+    thread then held its lock for good (no bundle loaded again until a restart), a starting worker never booted, and
+    fetch-model, release sync and promote's copy hung."""
+    root, _ = trained_project
+    history = root / "models/candidate/history.npz"
+    history.unlink()
+    if kind == "a named pipe":
+        os.mkfifo(history)
+    else:
+        history.symlink_to("/dev/zero")
+    outcome: dict = {}
+
+    def verify() -> None:
+        try:
+            verify_bundle(history.parent)
+        except BundleError as exc:
+            outcome["error"] = str(exc)
+
+    worker = threading.Thread(target=verify, daemon=True)  # without the fix it never ends
+    worker.start()
+    worker.join(10)
+    assert "history.npz: cannot be read (not a regular file" in outcome.get("error", "still reading after 10 s"), outcome
 
 
 def test_writing_is_atomic(trained_project):
