@@ -228,6 +228,27 @@ def test_a_manifest_nested_too_deep_is_data_loss(tmp_path, manifest):
                 saver.restore(s, str(tmp_path / "ckpt"))
 
 
+@pytest.mark.parametrize("pad, said", [
+    (lambda text: text[:-1] + " " * (16 << 20) + "}", r"is \d+ bytes; at most 16777216 are read"),
+    (lambda text: json.dumps({**json.loads(text), "ops": json.loads(text)["ops"] + [
+        {"name": f"junk{i}", "type": "Relu", "inputs": ["x:0"], "control_inputs": [], "attrs": {}}
+        for i in range(3)]}), r"is corrupt: 3 op\(s\) needed by no output \(e.g. 'junk0'\)"),
+], ids=["over 16 MiB", "ops no output needs"])
+def test_a_padded_graph_is_refused(tmp_path, pad, said):
+    """Found by a probe: a graph.json padded with 10^6 ops no output needs (95 MB) took 76 s and a 1.5 GB peak RSS to
+    load, and then served; an export writes only what its outputs need, in a few hundred bytes an op (the size is
+    checked before the file is parsed)."""
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    unused = en.placeholder(en.float32, (None, 2), name="unused")  # an input no output needs is still written
+    with en.Session() as s:
+        en.train.export_inference_graph(s, str(tmp_path / "model"), {"x": x, "unused": unused}, {"y": x * 2.0})
+    en.train.import_inference_graph(str(tmp_path / "model"))
+    path = tmp_path / "model" / "graph.json"
+    path.write_text(pad(path.read_text()))
+    with pytest.raises(en.errors.DataLossError, match=rf"graph.json {said}"):
+        en.train.import_inference_graph(str(tmp_path / "model"))
+
+
 def _npz_of(members: dict, compression: int) -> bytes:
     import io
     import zipfile
