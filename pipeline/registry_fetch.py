@@ -156,10 +156,17 @@ def _dvc_pull(root: Path, version, name: str = "fetch"):
         raise FetchError(f"version {version.version} records no DVC hash ({TAG_DVC}); fetch it from MLflow instead")
     if not (root / ".dvc").is_dir():
         raise FetchError(f"{root}: not a DVC project; `--from dvc` needs the repository's .dvc/ and a remote")
+    try:
+        entry = json.loads(recorded)
+    except ValueError:
+        entry = None
+    if not isinstance(entry, dict) or not isinstance(entry.get("md5"), str):  # a tag edited by hand, or cut short
+        raise FetchError(f"version {version.version}: its {TAG_DVC} tag is no DVC output entry with an md5 "
+                         f"({recorded[:80]!r}); fetch it from MLflow instead (MODEL_SOURCE=mlflow, the default)")
     staging = root / f"{DVC_STAGING}{name}"
     dvc_file = staging.with_name(staging.name + ".dvc")
-    out = {**json.loads(recorded), "path": staging.name}
-    md5 = out.get("md5")
+    out = {**entry, "path": staging.name}
+    md5 = out["md5"]
 
     def clean() -> None:
         dvc_file.unlink(missing_ok=True)

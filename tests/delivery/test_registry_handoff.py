@@ -95,6 +95,29 @@ def test_a_bundle_that_is_not_the_registered_one_is_refused(released, registry_e
                                             recorded)
 
 
+@pytest.mark.parametrize("recorded", ["{not json", "[1, 2]", '{"size": 3}'])
+def test_a_damaged_dvc_tag_is_a_clear_error(released, registry_env, tmp_path, capsys, recorded):
+    """Found by a probe: a dvc_out tag that is no JSON object with an md5 (edited by hand in the UI, cut short) made
+    `fetch-model --from dvc` (and release sync) end in a JSONDecodeError or TypeError traceback."""
+    root, _, _ = released
+    mlflow_client = tracking.client(root)
+    version = mlflow_client.get_model_version_by_alias(tracking.REGISTERED_MODEL, "production")
+    before = (version.tags or {}).get(registry_fetch.TAG_DVC)
+    mlflow_client.set_model_version_tag(tracking.REGISTERED_MODEL, version.version, registry_fetch.TAG_DVC, recorded)
+    (tmp_path / ".dvc").mkdir()  # a DVC project: the entry is read before DVC runs
+    try:
+        assert registry_fetch.main(["--root", str(tmp_path), "--from", "dvc"]) == 1
+        err = capsys.readouterr().err
+        assert f"version {version.version}: its dvc_out tag is no DVC output entry with an md5" in err, err
+        assert not (tmp_path / "models/production").exists()
+    finally:
+        if before is None:
+            mlflow_client.delete_model_version_tag(tracking.REGISTERED_MODEL, version.version, registry_fetch.TAG_DVC)
+        else:
+            mlflow_client.set_model_version_tag(tracking.REGISTERED_MODEL, version.version, registry_fetch.TAG_DVC,
+                                                before)
+
+
 def test_a_version_registered_by_hand_is_refused(released, registry_env, tmp_path, capsys):
     """A version made in the UI or by a script from a training run (its candidate bundle: never judged by the threshold
     test, never rolled forward) was installed as production with nothing verified."""
