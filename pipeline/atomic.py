@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import glob
 import hashlib
@@ -24,6 +25,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -251,9 +253,17 @@ def one_writer(directory: Path, command: str) -> Iterator[None]:
 
 
 def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
-    """Hex digest of a file's bytes, read in 1 MiB blocks (bundles: sha256; DVC's file hash: md5)."""
+    """Hex digest of a file's bytes, read in 1 MiB blocks (bundles: sha256; DVC's file hash: md5).
+
+    A path that is no regular file (a named pipe, a device such as /dev/zero; a symlink is followed) is an OSError
+    naming it, at once: before, opening a pipe waited for a writer for ever and /dev/zero was read for ever (a
+    planted models/production/checksums.json hung `release install`)."""
     digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a named pipe's open does not wait for a writer
+    with open(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -145,6 +145,25 @@ def test_a_bundle_file_that_is_no_regular_file_is_refused_without_reading_it(tra
     assert "history.npz: cannot be read (not a regular file" in outcome.get("error", "still reading after 10 s"), outcome
 
 
+def test_a_release_installs_over_a_production_whose_checksums_file_is_a_named_pipe(trained_project, tmp_path):
+    """Found by a probe: ReleaseStore.install reads the digest models/production's checksums.json claims before
+    anything else (file_digest); a named pipe there blocked its open() for ever and `release install` hung. Any
+    path that is no regular file is an OSError at once now: treated as no claim, and the release is installed."""
+    from pipeline.release_store import ReleaseStore
+
+    root, _ = trained_project
+    store = ReleaseStore(tmp_path / "models")
+    digest = store.add_release("1", root / "models/candidate")
+    production = store.variant_dir("production")
+    production.mkdir(parents=True)
+    os.mkfifo(production / "checksums.json")
+    done: dict = {}
+    worker = threading.Thread(target=lambda: done.update(digest=store.install("production", "1")), daemon=True)
+    worker.start()
+    worker.join(20)  # without the fix it never ends
+    assert done.get("digest") == digest and verify_bundle(production) == digest
+
+
 def test_writing_is_atomic(trained_project):
     root, _ = trained_project
     target = root / "models/candidate"
