@@ -70,6 +70,8 @@ def reference_statistics(training_stats: Mapping[str, Any]) -> dict[str, Any]:
             "origin": None, "horizon_dates": None, "note": TRAINING_REFERENCE_NOTE}
 
 
+CLOSED_DAYS_NOTE = ("{} event(s) of a day the store is closed (answered 0 with store_closed by the closed-day rule, "
+                    "pipeline/closed_days.py, not by the model) left out")
 SERVED_FORECASTS = "served forecasts at the requests' horizon days"
 INNER_VALIDATION_FORECASTS = "inner-validation forecasts, every horizon day alike"
 
@@ -132,12 +134,18 @@ def forecast_reference(training_stats: Mapping[str, Any], data: ServingData, hor
     served = training_stats.get("served") or {}
     overall, by_day = served.get("prediction_units") or {}, served.get("prediction_by_horizon") or {}
     live_days = live_horizon_days(data, horizon)
+    opened = ~data.closed  # a closed store-day's 0 is the closed-day rule's answer: the model made no forecast there
+    closed_note = CLOSED_DAYS_NOTE.format(int(data.closed.sum())) if data.closed.any() else ""
     if not (overall.get("count") and by_day and live_days is not None):
-        return ForecastReference(training_stats.get("prediction_units", {}), INNER_VALIDATION_FORECASTS)
+        return ForecastReference(training_stats.get("prediction_units", {}), INNER_VALIDATION_FORECASTS,
+                                 opened if closed_note else None, closed_note)
     if not data.rows:
         return ForecastReference(overall, SERVED_FORECASTS)
-    mixed, judged, note = mix_by_horizon(overall, by_day, live_days, "forecasts")
-    return ForecastReference(overall if mixed is None else mixed, SERVED_FORECASTS, judged, note)
+    mixed, judged_open, note = mix_by_horizon(overall, by_day, live_days[opened], "forecasts")
+    judged = np.zeros(data.rows, bool)
+    judged[opened] = judged_open
+    return ForecastReference(overall if mixed is None else mixed, SERVED_FORECASTS, judged,
+                             "; ".join(filter(None, (note, closed_note))))
 
 
 def distinct_requests(keys: Sequence[tuple[str, str, str]]) -> int:
@@ -262,13 +270,15 @@ def live_accuracy(data: ServingData, actuals: Mapping[tuple[int, int, str], floa
     beating the baseline from a harder mix."""
     sold = {}  # event index -> its actual units: looked up by the events' keys, the file is never walked
     for i, (store, item, date) in enumerate(data.keys):
+        if data.closed[i]:  # the closed-day rule's 0, not the model's forecast: the baseline knows no closed day
+            continue
         try:
             sold[i] = actuals[(int(store), int(item), date)]
         except (KeyError, ValueError):
             continue
     matched = list(sold)
     live: dict[str, Any] = {"rows": len(matched), "nwrmsle": None, "baseline_nwrmsle": None,
-                            "ratio_to_baseline": None, "ratio_interval": None}
+                            "ratio_to_baseline": None, "ratio_interval": None, "closed_rows": int(data.closed.sum())}
     if not matched:
         return live
     index = np.asarray(matched)
@@ -431,6 +441,10 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
                                 f"{MIN_LIVE_SERIES}: too few to tell the model from the baseline")
             else:
                 live["note"] = "no baseline ratio: the baseline's NWRMSLE is 0"
+        if live["closed_rows"]:
+            closed = (f"{live['closed_rows']} event(s) of a day the store is closed left out: answered 0 by the "
+                      "closed-day rule, not the model, where the weekday baseline knows no closed day")
+            live["note"] = "; ".join(filter(None, (live.get("note"), closed)))
         report["live"] = live
         over_absolute = live["nwrmsle"] is not None and live["nwrmsle"] > params.max_live_nwrmsle
         if over_absolute and live["series"] < MIN_LIVE_SERIES:  # a few rows' error is mostly luck: not alarmed

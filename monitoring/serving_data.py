@@ -3,7 +3,8 @@
 An event (app/events.py, app/predictor.py's feature_record) carries
 `features = {"dense": {name: value}, "categorical": {field: vocabulary id}}`,
 `inputs = {"store_nbr", "item_nbr", "date", "onpromotion"}` and `output`, the
-forecast in units: `{"unit_sales": x}` as app/service.py logs it (or a bare number).
+forecast in units: `{"unit_sales": x}` as app/service.py logs it (or a bare number), with
+`"store_closed": true` where the app answered 0 by pipeline/closed_days.py's rule, not the model.
 Categorical ids are turned back into the training labels through the bundle's
 vocabularies (id 0 = a value never seen in training).
 """
@@ -33,6 +34,7 @@ class ServingData:
     categorical: dict[str, list[str]] = field(default_factory=dict)
     unknown_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # any categorical id 0
     predictions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    closed: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # answered 0 as a closed store-day
     keys: list[tuple[str, str, str]] = field(default_factory=list)  # (store_nbr, item_nbr, date) per row
     model_versions: dict[str, int] = field(default_factory=dict)
     first_timestamp: str | None = None
@@ -74,6 +76,13 @@ def forecast_units(event: Mapping[str, Any], index: int) -> float:
     return float(output)
 
 
+def is_closed_day(event: Mapping[str, Any]) -> bool:
+    """Whether the app answered this event 0 units as a day its store is closed (``output.store_closed``,
+    pipeline/closed_days.py): a rule's answer, not the model's forecast."""
+    output = event.get("output")
+    return isinstance(output, Mapping) and output.get("store_closed") is True
+
+
 def collect(events: Sequence[Mapping[str, Any]], dense_names: Sequence[str],
             vocabularies: Mapping[str, Sequence[str]]) -> ServingData:
     """Arrays of every feature the bundle has statistics for; an event without them is an error."""
@@ -83,6 +92,7 @@ def collect(events: Sequence[Mapping[str, Any]], dense_names: Sequence[str],
     categorical: dict[str, list[str]] = {name: [] for name in labels}
     unknown = np.zeros(n, bool)
     predictions = np.empty(n, np.float64)
+    closed = np.zeros(n, bool)
     keys: list[tuple[str, str, str]] = []
     versions: dict[str, int] = {}
     for i, event in enumerate(events):
@@ -105,6 +115,7 @@ def collect(events: Sequence[Mapping[str, Any]], dense_names: Sequence[str],
             categorical[name].append(UNKNOWN_LABEL if code == 0 else vocabulary[code - 1])
             unknown[i] |= code == 0
         predictions[i] = forecast_units(event, i)
+        closed[i] = is_closed_day(event)
         inputs = event.get("inputs")
         # which request it was: the tests count a request repeated once, and drift.min_events counts requests; an
         # event without them read as one request repeated (every such event the same observation: no verdict)
@@ -116,6 +127,7 @@ def collect(events: Sequence[Mapping[str, Any]], dense_names: Sequence[str],
         version = str(event.get("model_version", "unknown"))
         versions[version] = versions.get(version, 0) + 1
     stamps = sorted((moment, e["timestamp"]) for e in events if (moment := event_time(e)) is not None)  # instants
-    return ServingData(dense=dense, categorical=categorical, unknown_rows=unknown, predictions=predictions, keys=keys,
+    return ServingData(dense=dense, categorical=categorical, unknown_rows=unknown, predictions=predictions,
+                       closed=closed, keys=keys,
                        model_versions=versions, first_timestamp=stamps[0][1] if stamps else None,
                        last_timestamp=stamps[-1][1] if stamps else None)

@@ -843,3 +843,28 @@ def test_a_long_category_name_is_cut_under_its_chart_and_kept_whole_in_its_text(
     [spoken] = re.findall(r'aria-label="([^"]*)"', svg)
     assert f"{first} 0.500 vs 0.400" in html.unescape(spoken) and f"{last} 0.250 vs 0.200" in html.unescape(spoken)
     assert "<b>" not in svg  # escaped, wherever it is written
+
+
+def test_a_closed_days_zero_is_left_out_of_the_forecast_comparison_and_live_accuracy(bundle_parts, stream):
+    """The app answers a store-day closed a year earlier (Christmas) 0 units with store_closed
+    (pipeline/closed_days.py), the rule's answer, not the model's: a probe's Christmas-week traffic (a fifth of it
+    closed) alarmed on the forecasts (PSI 0.288), and its New Year's zeros, where the store sold nothing, scored as
+    perfect forecasts the weekday baseline missed. Both now judge the model's forecasts only."""
+    metadata, stats = bundle_parts
+    events = stream(600, seed=11)
+    actuals = {}
+    for i, event in enumerate(events):
+        event["inputs"]["date"] = f"2017-08-{1 + i % 16:02d}"
+        event["inputs"]["item_nbr"] = 1_000_000 + i  # one row per key
+        if i % 3 == 0:
+            event["output"] = {"unit_sales": 0.0, "expected_units": 0.0, "store_closed": True}
+        actuals[sold_key(event)] = event["output"]["unit_sales"] * 1.2
+    report = analyse(events, metadata, stats, DriftParams(), actuals)
+    prediction, live = report["prediction"], report["live"]
+    assert not report["alarm"] and prediction["verdict"] == "ok", report["reasons"]
+    assert prediction["observations"] == 400 and "200 event(s) of a day the store is closed" in prediction["note"]
+    assert live["rows"] == 400 and live["closed_rows"] == 200 and "200 event(s)" in live["note"]
+    assert live["nwrmsle"] == pytest.approx(analyse([e for e in events if "store_closed" not in e["output"]],
+                                                    metadata, stats, DriftParams(), actuals)["live"]["nwrmsle"])
+    opened = [e for i, e in enumerate(events) if i % 3]
+    assert analyse(opened, metadata, stats, DriftParams())["prediction"]["psi"] == pytest.approx(prediction["psi"])
