@@ -30,7 +30,7 @@ import numpy as np
 
 from app.catalog import Catalog
 from pipeline.bundle import EXPECTED_OUTPUT, PREDICTION_OUTPUT, BundleError, ModelBundle, load_bundle
-from pipeline.closed_days import closed_store_days
+from pipeline.closed_days import ClosedDays
 from pipeline.features import (CATEGORICAL_FIELDS, SMALL_BATCH_ROWS, UNKNOWN_ID, FeatureMatrix, dense_feature_names,
                                rows_from_snapshot)
 from pipeline.models import CONSTANT_FEATURE_STD
@@ -103,8 +103,7 @@ class LoadedModel:
         self.catalog = Catalog(self.bundle.snapshot)
         self.dense_names = dense_feature_names(self.bundle.spec)
         self._item_keys = np.asarray(self.bundle.snapshot.items["item_nbr"], np.int64)
-        self._store_keys = np.asarray(self.bundle.snapshot.stores["store_nbr"], np.int64)
-        self.closed_days = closed_store_days(self.bundle.snapshot)  # [stores, horizon days]
+        self.closed_days = ClosedDays(self.bundle.snapshot)
 
     @property
     def name(self) -> str:
@@ -160,8 +159,7 @@ class LoadedModel:
         out = self.bundle.forecast_features(matrix)
         units, expected = out[PREDICTION_OUTPUT], out.get(EXPECTED_OUTPUT)
         # a day the store was closed a year earlier (Christmas): no sales day, which no model trains on
-        closed = self.closed_days[np.searchsorted(self._store_keys, np.asarray(store_nbr, np.int64)),
-                                  np.asarray(rows.horizon, np.int64) - 1]
+        closed = self.closed_days.of(store_nbr, date_days)
         if closed.any():
             units = np.where(closed, 0, units).astype(units.dtype)
             expected = None if expected is None else np.where(closed, 0, expected).astype(expected.dtype)

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pipeline.drift_stats import UNKNOWN_LABEL
-from pipeline.event_sources import event_time
+from pipeline.event_sources import event_time, is_closed_day
 
 OUTPUT_KEYS = ("unit_sales", "units", "forecast", "prediction")
 REQUEST_KEYS = ("store_nbr", "item_nbr", "date")  # an event's inputs that name its request
@@ -74,13 +74,6 @@ def forecast_units(event: Mapping[str, Any], index: int) -> float:
     if not is_finite_number(output):
         raise EventShapeError(f"{_where(event, index)}: output: expected a finite number of units, got {output!r}")
     return float(output)
-
-
-def is_closed_day(event: Mapping[str, Any]) -> bool:
-    """Whether the app answered this event 0 units as a day its store is closed (``output.store_closed``,
-    pipeline/closed_days.py): a rule's answer, not the model's forecast."""
-    output = event.get("output")
-    return isinstance(output, Mapping) and output.get("store_closed") is True
 
 
 def collect(events: Sequence[Mapping[str, Any]], dense_names: Sequence[str],

@@ -16,8 +16,9 @@ earlier, so it is never a closed day. The year-ago date and the week around it m
 the bundle's history window (``features.history_days`` of at least 366 + ``WEEK_DAYS``; the
 default 392 does): a shorter window knows no closed days.
 
-The app answers 0 units for such a store-day (``store_closed`` in the prediction). Numpy and
-the standard library only: serving imports this.
+The app answers 0 units for such a store-day (``store_closed`` in the prediction), and the canary check's
+replay of production (pipeline/release_replay.py) knows it as production's answer: both look it up through
+``ClosedDays``. Numpy and the standard library only: serving imports this.
 """
 
 from __future__ import annotations
@@ -82,3 +83,19 @@ def _closed_between_sales(totals: np.ndarray) -> bool:
     day = WEEK_DAYS
     return bool(totals[day] <= 0 and np.any(totals[day - GUARD_DAYS:day] > 0)
                 and np.any(totals[day + 1:day + 1 + GUARD_DAYS] > 0) and (totals[0] > 0 or totals[-1] > 0))
+
+
+class ClosedDays:
+    """``closed_store_days`` of one snapshot, looked up for request rows: the one lookup the app (app/predictor.py)
+    and the replay of production's answers (pipeline/release_replay.py) share."""
+
+    def __init__(self, snapshot: HistorySnapshot):
+        self.table = closed_store_days(snapshot)  # [stores, horizon days]
+        self._stores = np.asarray(snapshot.stores["store_nbr"], np.int64)
+        self._first_day = int(snapshot.origin_day) + 1
+
+    def of(self, store_nbr, days) -> np.ndarray:
+        """[N] bool: whether each row's store is closed on its day; stores the snapshot has, days (day numbers since
+        1970-01-01) of its horizon, as the app's validation leaves them."""
+        return self.table[np.searchsorted(self._stores, np.asarray(store_nbr, np.int64)),
+                          np.asarray(days, np.int64) - self._first_day]

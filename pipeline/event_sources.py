@@ -102,6 +102,14 @@ def event_units(event: dict[str, Any]) -> float | None:
     return finite_number(output.get("unit_sales") if isinstance(output, dict) else output)
 
 
+def is_closed_day(event: dict[str, Any]) -> bool:
+    """Whether the app answered this event 0 units as a day its store is closed (``output.store_closed``,
+    pipeline/closed_days.py): the closed-day rule's answer, not the model's forecast, which drift and the release
+    decision leave out of their forecast comparisons and live accuracy."""
+    output = event.get("output")
+    return isinstance(output, dict) and output.get("store_closed") is True
+
+
 def other_sender(record: dict[str, Any]) -> str | None:
     """What a record that is not a prediction event is (its tag, or its monitoring `kind`); None for one that is.
 

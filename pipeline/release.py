@@ -55,7 +55,7 @@ from pipeline.bundle import BundleError
 from pipeline.stage import output_any_terminal_can_take
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, event_time,
                                     prediction_log,
-                                    event_units, finite_number, read_jsonl_events)
+                                    event_units, finite_number, is_closed_day, read_jsonl_events)
 from pipeline.release_replay import ProductionReplay, request_key
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore, check_share
 
@@ -357,6 +357,10 @@ class VariantTraffic:
     digests: set = field(default_factory=set)  # the model_digest of every event (the bundles that answered)
     by_series: dict[tuple, list[float]] = field(default_factory=dict)  # (store, item, date) -> units
     by_inputs: dict[tuple, list[float]] = field(default_factory=dict)  # (store, item, date, onpromotion) -> units
+    # (store, item, date) answered 0 as a closed store-day (pipeline/closed_days.py): the rule's answer, not the
+    # model's, so never paired in the forecast comparison or scored in live accuracy (both answer 0 there)
+    closed: set = field(default_factory=set)
+    closed_answers: int = 0  # predictions answered so (counted in `predictions` too)
 
 
 def _event_time(event: dict) -> float:
@@ -397,6 +401,10 @@ def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str
         series = _key(inputs.get("store_nbr"), inputs.get("item_nbr"), inputs.get("date"))
         if series is not None:
             t.by_series.setdefault(series, []).append(units)
+            if is_closed_day(event):
+                t.closed.add(series)
+        if is_closed_day(event):
+            t.closed_answers += 1
         replayable = request_key(inputs)
         if replayable is not None:
             t.by_inputs.setdefault(replayable, []).append(units)
@@ -489,7 +497,10 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
       production RMSLE lies entirely above 0 (paired over the same series: a shadow's, or a canary's
       with ``replayed``; without it, over each variant's own series, resampled apart).
     The latency rule needs MIN_EVENTS (30) candidate requests, the distribution rule as many predictions (a p95
-    of ten is their maximum); fewer than that and no rule broken: wait (no decision).
+    of ten is their maximum); fewer than that and no rule broken: wait (no decision). A closed store-day's answer
+    (0 units with store_closed, pipeline/closed_days.py) is the closed-day rule's, not a model's: it counts for the
+    errors and latency, never in a forecast pair or live accuracy (production's replay leaves those requests out
+    too), and a candidate needs MIN_EVENTS predictions of its model's own.
     """
     base, cand = traffic.get(PRODUCTION, VariantTraffic()), traffic.get(candidate, VariantTraffic())
     figures: dict = {"production_predictions": base.predictions, f"{candidate}_predictions": cand.predictions,
@@ -546,9 +557,9 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     elif candidate != SHADOW and cand.by_series:
         # no production forecasts for the canary's series (its bundle not on this host, or too few of them): compare
         # the two variants' forecast levels, over different series, instead
-        cand_all = [u for v in cand.by_series.values() for u in v]
-        base_all = [u for v in base.by_series.values() for u in v]
-        if base_all:
+        cand_all = [u for k, v in cand.by_series.items() if k not in cand.closed for u in v]
+        base_all = [u for k, v in base.by_series.items() if k not in base.closed for u in v]
+        if base_all and cand_all:
             shift = float(np.median(np.log1p(cand_all)) - np.median(np.log1p(base_all)))
             figures.update(forecast_log_shift=round(shift, 4), forecast_pairing="levels of different series")
             if abs(shift) > MAX_FORECAST_SHIFT and len(cand_all) >= MIN_EVENTS:
@@ -570,6 +581,11 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     if cand.predictions < MIN_EVENTS:
         return Verdict(candidate, "wait", [f"only {cand.predictions} {candidate} predictions logged; "
                                            f"{MIN_EVENTS} are needed for a decision"], figures)
+    if cand.predictions - cand.closed_answers < MIN_EVENTS:  # its model's forecasts were hardly compared at all
+        return Verdict(candidate, "wait", [f"only {cand.predictions - cand.closed_answers} of the {cand.predictions} "
+                                           f"{candidate} predictions are its model's forecasts ({cand.closed_answers} "
+                                           "answered 0 as a day the store is closed); "
+                                           f"{MIN_EVENTS} are needed for a decision"], figures)
     if cand.latency.ms and requests < MIN_EVENTS:  # its latency is not judged yet (a few large batches)
         return Verdict(candidate, "wait", [f"only {requests} {candidate} requests logged ({cand.predictions} "
                                            f"predictions); {MIN_EVENTS} are needed to judge its latency"], figures)
@@ -585,16 +601,17 @@ def _forecast_pairs(cand: VariantTraffic, base: VariantTraffic, candidate: str, 
                     ) -> tuple[list[tuple[float, float, tuple]], str]:
     """(candidate, production, store×item) forecasts for the same requests, and what they are (for the figures and
     reasons); in key order, so the same events give the same verdict in whatever order a source returns them."""
+    closed = cand.closed | base.closed  # a closed store-day's 0 is no model's forecast (VariantTraffic.closed)
     if candidate == SHADOW:
-        keys = sorted(cand.by_request.keys() & base.by_request.keys(), key=str)
+        keys = sorted((k for k in cand.by_request.keys() & base.by_request.keys() if k[2:5] not in closed), key=str)
         return ([(cand.by_request[k], base.by_request[k], cand.request_series.get(k, k)) for k in keys],
                 "the same requests")
     if replayed:  # every canary answer, as the shadow's: a series asked for twice counts twice
-        keys = sorted(cand.by_inputs.keys() & replayed.keys(), key=str)
+        keys = sorted((k for k in cand.by_inputs.keys() & replayed.keys() if k[:3] not in closed), key=str)
         pairs = [(units, replayed[k], k[:2]) for k in keys for units in sorted(cand.by_inputs[k])]
         if len(pairs) >= MIN_EVENTS:
             return pairs, f"the canary's {len(pairs)} answers, forecast by production's bundle too"
-    keys = sorted(cand.by_series.keys() & base.by_series.keys(), key=str)
+    keys = sorted((cand.by_series.keys() & base.by_series.keys()) - closed, key=str)
     return ([(float(np.mean(cand.by_series[k])), float(np.mean(base.by_series[k])), k[:2]) for k in keys],
             "the store×item×dates both answered")
 
@@ -631,12 +648,18 @@ def judge(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tupl
     verdict = compare(traffic, candidate, actuals, replayed=replayed)
     if error:
         verdict.figures["production_replay_error"] = error
+    if replayed is not None:  # a closed store-day one side answers 0 by the rule and the other forecasts (left out)
+        canary = traffic[CANARY]
+        otherwise = sum(len(units) for key, units in canary.by_inputs.items()
+                        if (key in replay.closed) != (key[:3] in canary.closed))
+        if otherwise:
+            verdict.figures["closed_days_answered_otherwise"] = otherwise
     return verdict
 
 
 def _log_errors(traffic: VariantTraffic, actuals: dict[tuple, float]) -> dict[tuple, float]:
     return {key: (math.log1p(float(np.mean(units))) - math.log1p(actuals[key])) ** 2
-            for key, units in traffic.by_series.items() if key in actuals}
+            for key, units in traffic.by_series.items() if key not in traffic.closed and key in actuals}
 
 
 def _live_accuracy(cand: VariantTraffic, base: VariantTraffic, actuals: dict[tuple, float], paired: bool,

@@ -5,7 +5,9 @@ answers, and comparing the two variants' forecast levels compares different seri
 little, so that comparison is weak: a canary trained on a feed with every quantity ×100 moved the median
 level by 0.2–1.0 depending on the split alone (against the rule's 0.5). The host holds production's
 bundle, so the release tool forecasts the canary's own requests with it, as production would have answered
-them (the same bundle, the same feature code the app runs), and the rule compares each pair.
+them (the same bundle, the same feature code the app runs), and the rule compares each pair. A request for a
+day the store is closed (pipeline/closed_days.py) production answers 0 by that rule, not its model: it is kept
+apart (``closed``), never paired, as the canary's own closed answers are not.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Iterable
 import numpy as np
 
 from pipeline.bundle import BundleError, ModelBundle, load_bundle
+from pipeline.closed_days import ClosedDays
 
 Request = tuple  # (store_nbr, item_nbr, date "YYYY-MM-DD", onpromotion): what a prediction event's inputs say
 ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -46,6 +49,8 @@ class ProductionReplay:
         self.error: str | None = None  # why nothing can be replayed (no or unreadable production bundle)
         self._bundle: ModelBundle | None = None
         self._units: dict[Request, float | None] = {}  # None: production could not have answered it
+        self.closed: set[Request] = set()  # requests production answers 0 as a closed store-day (not its model)
+        self._closed_days: ClosedDays | None = None
 
     @property
     def digest(self) -> str | None:
@@ -61,8 +66,10 @@ class ProductionReplay:
         return self._bundle
 
     def forecasts(self, requests: Iterable[Request]) -> dict[Request, float]:
-        """Production's forecast (units, as the API rounds them) for every request it would have answered; requests
-        for a store or item it does not know, or a date outside its window, are left out (it answers those 422)."""
+        """Production's forecast (units, as the API rounds them) for every request its model would have answered;
+        requests for a store or item it does not know, or a date outside its window, are left out (it answers those
+        422), and so are those for a day the store is closed (added to ``closed``: answered 0 by the closed-day
+        rule)."""
         new = [r for r in dict.fromkeys(requests) if r not in self._units]
         bundle = self._load() if new else self._bundle
         if new and bundle is not None:
@@ -73,6 +80,12 @@ class ProductionReplay:
             first, last = (int(snapshot.calendar_days[0]), int(snapshot.calendar_days[-1]))
             answerable = [r for r in new if r[0] in known_stores and r[1] in known_items
                           and first <= _day(r[2]) <= last]
+            if answerable:
+                if self._closed_days is None:
+                    self._closed_days = ClosedDays(snapshot)
+                shut = self._closed_days.of([r[0] for r in answerable], [_day(r[2]) for r in answerable])
+                self.closed.update(r for r, is_shut in zip(answerable, shut.tolist()) if is_shut)
+                answerable = [r for r, is_shut in zip(answerable, shut.tolist()) if not is_shut]
             if answerable:
                 self._units.update(zip(answerable, _predict(bundle, answerable)))
         return {r: u for r in dict.fromkeys(requests) if (u := self._units.get(r)) is not None}

@@ -180,3 +180,25 @@ def test_a_production_bundle_that_did_not_answer_productions_traffic_is_not_repl
     status, verdict = decide(root, store, capsys, "--events", str(tmp_path / "events.jsonl"))
     assert "is not the one that answered production's traffic" in verdict["figures"]["production_replay_error"]
     assert not verdict["figures"].get("forecast_pairing", "").startswith("the canary's"), verdict
+
+
+def test_closed_day_answers_are_never_paired_nor_scored():
+    """A shadow and production both answer a closed store-day 0 (store_closed): the closed-day rule's answer, not
+    either model's. Counted as agreeing pairs they hid a shadow 3x production's on every other request (median
+    shift 0.0 with half the requests closed), and scored against the actual 0 as perfect forecasts of both."""
+    def answered(variant: str, n: int, units: float, closed: bool) -> dict:
+        e = event(variant, n, 0.0 if closed else units)
+        e["request_id"] = f"r{n}"
+        if closed:
+            e["output"]["store_closed"] = True
+        return e
+
+    events = [answered(PRODUCTION, n, 2.0, n % 2 == 0) for n in range(80)]
+    events += [answered("shadow", n, 6.0, n % 2 == 0) for n in range(80)]
+    traffic = release.read_traffic(events)
+    actuals = {(1, n, "2017-08-16"): 0.0 if n % 2 == 0 else 2.0 for n in range(80)}
+    verdict = release.compare(traffic, "shadow", actuals)
+    assert verdict.decision == "rollback" and verdict.figures["compared_pairs"] == 40, verdict
+    assert verdict.figures["forecast_log_shift"] == pytest.approx(np.log1p(6.0) - np.log1p(2.0), abs=1e-4)
+    assert verdict.figures["live_series"] == [40, 40] and verdict.figures["production_live_rmsle"] == 0.0
+    assert traffic["shadow"].closed_answers == 40 and len(traffic["shadow"].closed) == 40

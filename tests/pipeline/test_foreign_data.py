@@ -201,7 +201,22 @@ def test_a_chain_closed_on_sundays_is_evaluated_on_its_validation_window(tmp_pat
     assert "window(s)" in out, out
 
 
-def test_christmas_when_every_store_closed_a_year_ago_is_served_as_zero(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def christmas_project(tmp_path_factory) -> Path:
+    """CHRISTMAS_CLOSED ingested, trained and rolled forward to models/production as promote installs it (~20 s):
+    the served horizon (2016-12-21 .. 2017-01-05) holds Christmas, on which every store sold nothing a year before."""
+    from pipeline.serving_bundle import roll_forward
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        root, source = _project(tmp_path_factory.mktemp("christmas"), CHRISTMAS_CLOSED.name)
+        _ingest_in_process(root, source, monkeypatch)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        assert train.main(["--root", str(root), "--quiet"]) == 0
+        roll_forward(root, root / "models/candidate", root / "models/production", candidate_digest="test")
+    return root
+
+
+def test_christmas_when_every_store_closed_a_year_ago_is_served_as_zero(christmas_project, tmp_path):
     """No store had a row on 2015-12-25 (closed), so no model trains on a Christmas target, and a request for
     2016-12-25 got an ordinary forecast where the stores sell nothing (0.37 units of item 10 at store 1). The
     served horizon's Christmas is now 0 units with ``store_closed`` for every store, the one opened in March 2016
@@ -209,18 +224,13 @@ def test_christmas_when_every_store_closed_a_year_ago_is_served_as_zero(tmp_path
     from app import create_app
     from app.config import AppSettings
     from app.events import PredictionEventSink
-    from pipeline.serving_bundle import roll_forward
 
-    root, source = _project(tmp_path, CHRISTMAS_CLOSED.name)
-    _ingest_in_process(root, source, monkeypatch)
+    root = christmas_project
     sales = pd.read_parquet(root / "data/prepared/sales.parquet", columns=["date", "store_nbr"])
     assert not (sales["date"].dt.strftime("%m-%d") == "12-25").any()  # not a sales day: no rows, no zero-fill
     assert sales.loc[sales["store_nbr"] == 3, "date"].min() == pd.Timestamp("2016-03-15")  # no zeros before opening
     assert (sales["date"] == pd.Timestamp("2016-02-29")).any()
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert train.main(["--root", str(root), "--quiet"]) == 0
     production = root / "models/production"
-    roll_forward(root, root / "models/candidate", production, candidate_digest="test")  # what promote installs
     events = tmp_path / "events" / "predictions.jsonl"
     sink = PredictionEventSink.from_environment({}, log_path=events, spool_root=events.parent / "spool")
     client = create_app(AppSettings(model_dir=production), sink=sink).test_client()
@@ -242,3 +252,46 @@ def test_christmas_when_every_store_closed_a_year_ago_is_served_as_zero(tmp_path
                      if json.loads(line)["inputs"]["date"] == "2016-12-25"]
     assert closed_events and all(e == {"unit_sales": 0.0, "expected_units": 0.0, "store_closed": True}
                                  for e in closed_events), closed_events
+
+
+@pytest.mark.parametrize("days, decision", [(("2016-12-24", "2016-12-25", "2016-12-26"), "promote"),
+                                            (("2016-12-25",), "wait")])
+def test_a_canary_is_judged_on_its_models_forecasts_not_on_closed_days(christmas_project, tmp_path, days, decision):
+    """A canary the same as production, half the store x items, over Christmas: both answer Christmas 0 units
+    (store_closed), but the release check's replay of production forecast those requests with the model alone, so an
+    identical canary was 20 % short of production on the Christmas week (log1p volume ratio -0.22) and rolled back on
+    Christmas-day traffic (0.0 units against 36.3). The closed-day answers are left out of the pairs, production's
+    replay knows the closed days, and traffic of closed days alone leaves no forecast to judge: wait."""
+    import shutil
+
+    from app import create_app
+    from app.config import AppSettings
+    from app.events import PredictionEventSink
+    from pipeline import release
+    from pipeline.release_replay import ProductionReplay
+    from pipeline.release_store import CANARY, ReleaseStore
+
+    models = tmp_path / "models"
+    for variant in ("production", CANARY):
+        shutil.copytree(christmas_project / "models/production", models / variant)
+    ReleaseStore(models).set_canary_share(0.5)
+    log = tmp_path / "events" / "predictions.jsonl"
+    sink = PredictionEventSink.from_environment({}, log_path=log, spool_root=log.parent / "spool")
+    client = create_app(AppSettings(model_dir=models / "production"), sink=sink).test_client()
+    for store in CHRISTMAS_CLOSED.stores:
+        for item in item_ids(CHRISTMAS_CLOSED).tolist():
+            response = client.post("/api/v1/predict", json={"instances": [
+                {"store_nbr": store, "item_nbr": item, "date": day, "onpromotion": False} for day in days]})
+            assert response.status_code == 200, response.get_data(as_text=True)
+    sink.close()
+    traffic = release.read_traffic(json.loads(line) for line in log.read_text().splitlines())
+    verdict = release.judge(traffic, CANARY, replay=ProductionReplay(models / "production"))
+    assert verdict.decision == decision, verdict
+    canary = traffic[CANARY]
+    if decision == "promote":
+        assert verdict.figures["forecast_volume_log_ratio"] == 0.0 and verdict.figures["forecast_log_shift"] == 0.0
+        assert verdict.figures["compared_pairs"] == canary.predictions * 2 // 3  # Christmas left out
+        assert "closed_days_answered_otherwise" not in verdict.figures
+    else:
+        assert "answered 0 as a day the store is closed" in verdict.reasons[0], verdict
+    assert canary.closed_answers == canary.predictions // len(days) >= 30  # every store closed on Christmas
