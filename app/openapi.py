@@ -10,6 +10,7 @@ from app.catalog import MAX_QUERY
 from app.errors import ERROR_CODES, MAX_ERRORS_SHOWN
 from app.examples import DEFAULT_DATA_EXAMPLE, Example
 from app.validation import MAX_ID
+from pipeline.closed_days import CLOSED_DAY_MEANING
 
 
 def _json(schema_ref: str, description: str) -> dict:
@@ -27,9 +28,7 @@ UNIT_SALES_MEANING = ("forecast units sold, median-like: expm1 of the predicted 
 EXPECTED_UNITS_MEANING = ("expected units sold (the bias-corrected mean: unit_sales + 1 times a factor fitted on "
                           "the model's inner validation, minus 1): sum these for orders and totals; absent when "
                           "the served model predates them")
-STORE_CLOSED_MEANING = ("present (true) when the store sold nothing on the same date a year earlier though it sold "
-                        "in the days around it (a day it closes, such as Christmas): unit_sales and expected_units "
-                        "are then 0")
+STORE_CLOSED_MEANING = f"present (true) on {CLOSED_DAY_MEANING}: unit_sales and expected_units are then 0"
 
 
 def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEFAULT_DATA_EXAMPLE) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 from flask import Blueprint, current_app, g, make_response, redirect, render_template, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -25,6 +26,7 @@ from app.catalog import MAX_QUERY, Item
 from app.validation import (FORM_FIELDS, FORM_VALUE_CHARS, LEADING_NUMBER, FormInput, Instance, check_form_type,
                             form_values, parse_form, shorten)
 from app.variants import installed_candidates, predict_with_variants
+from pipeline.closed_days import CLOSED_DAY_MEANING
 from pipeline.release_store import PRODUCTION
 
 web = Blueprint("web", __name__)
@@ -57,7 +59,8 @@ def _page(model: LoadedModel | None, form: FormInput | None = None, result: dict
     first_error = next((name for name in FORM_FIELDS if name in errors), None)  # focused: the page's order
     return render_template("index.html", model=model, values=values, errors=errors, first_error=first_error,
                            result=result, item_options=item_options, example=example_for(model) if model else None,
-                           action=url_for("web.index", _anchor=RESULT_ANCHOR), max_chars=FORM_VALUE_CHARS), status
+                           action=url_for("web.index", _anchor=RESULT_ANCHOR), max_chars=FORM_VALUE_CHARS,
+                           closed_meaning=CLOSED_DAY_MEANING), status
 
 
 @web.get("/")
@@ -141,15 +144,17 @@ def _result(model: LoadedModel, instance: Instance, units: float) -> dict:
     horizon = model.horizon_days
     over_horizon = [Instance(instance.store_nbr, instance.item_nbr, day, instance.onpromotion)
                     for day in _dates(horizon)]
-    horizon_units = forecast_instances(model, over_horizon).units
+    over = forecast_instances(model, over_horizon)
+    horizon_units = over.units
+    closed = np.zeros(len(over_horizon), bool) if over.store_closed is None else over.store_closed
     history = model.catalog.recent_sales(instance.store_nbr, instance.item_nbr, CHART_HISTORY_DAYS)
     origin = int(model.bundle.snapshot.origin_day)
     history_days = list(range(origin - history.size + 1, origin + 1))
     chosen = int(day_numbers([instance.date])[0])
     charts = [sales_chart_svg(history_days, history.tolist(), horizon.tolist(), horizon_units.tolist(), chosen, size)
               for size in SIZES]
-    days = [{"date": date, "units": format_units(u), "chosen": int(d) == chosen}
-            for d, date, u in zip(horizon, _dates(horizon), horizon_units.tolist())]
+    days = [{"date": date, "units": format_units(u), "chosen": int(d) == chosen, "closed": bool(shut)}
+            for d, date, u, shut in zip(horizon, _dates(horizon), horizon_units.tolist(), closed.tolist())]
     return {
         "units": units, "instance": instance,
         "item": model.catalog.items[instance.item_nbr], "store": model.catalog.stores[instance.store_nbr],

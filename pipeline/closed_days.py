@@ -29,6 +29,11 @@ import numpy as np
 
 from pipeline.features import HistorySnapshot
 
+# what a closed answer means, in the words the API's description and the form show (one text: both said "the store
+# sold nothing a year earlier though it sold in the days around it", false of a store opened since the chain closed)
+CLOSED_DAY_MEANING = ("a day the store is closed, such as Christmas: on the same date a year earlier it sold nothing "
+                      "though it sold in the days before and after, or no store sold at all (a store opened since "
+                      "closes with the others)")
 GUARD_DAYS = 3  # the store sold within this many days before and after the closed date a year earlier
 WEEK_DAYS = 7  # ... and on the same weekday a week before or after it (else it closes on that weekday every week)
 
