@@ -298,8 +298,10 @@ def test_a_canary_is_judged_on_its_models_forecasts_not_on_closed_days(christmas
                 {"store_nbr": store, "item_nbr": item, "date": day, "onpromotion": False} for day in days]})
             assert response.status_code == 200, response.get_data(as_text=True)
     sink.close()
-    traffic = release.read_traffic(json.loads(line) for line in log.read_text().splitlines())
-    verdict = release.judge(traffic, CANARY, replay=ProductionReplay(models / "production"))
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    traffic = release.read_traffic(events)
+    replay = ProductionReplay(models / "production")
+    verdict = release.judge(traffic, CANARY, replay=replay)
     assert verdict.decision == decision, verdict
     canary = traffic[CANARY]
     if decision == "promote":
@@ -309,3 +311,8 @@ def test_a_canary_is_judged_on_its_models_forecasts_not_on_closed_days(christmas
     else:
         assert "answered 0 as a day the store is closed" in verdict.reasons[0], verdict
     assert canary.closed_answers == canary.predictions // len(days) >= 30  # every store closed on Christmas
+    # a canary that knows no closed day (a bundle with features.history_days under 373) forecasts Christmas: counted
+    unaware = [{**e, "output": {"unit_sales": 1.0}} if e.get("model_variant") == CANARY and
+               e["output"].get("store_closed") else e for e in events]
+    verdict = release.judge(release.read_traffic(unaware), CANARY, replay=replay)
+    assert verdict.figures["closed_days_answered_otherwise"] == canary.closed_answers, verdict
