@@ -7,6 +7,7 @@ README's example on the default data.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ RECENT_DAYS = 28  # "best-selling" over the last four weeks, so the example fore
 class Example:
     store_nbr: int
     item_nbr: int
-    date: str  # ISO day: the first day of the model's horizon
+    date: str  # ISO day: the first day of the model's horizon the store is open (pipeline/closed_days.py)
     search: str  # a word of the item's family, for GET /api/v1/items?q=
 
     def instance(self) -> dict:
@@ -32,7 +33,8 @@ DEFAULT_DATA_EXAMPLE = Example(store_nbr=1, item_nbr=1838989, date="2017-08-16",
 
 
 def example_for(model: LoadedModel | None) -> Example:
-    """The first store's best-selling item over the last four weeks, on the horizon's first day."""
+    """The first store's best-selling item over the last four weeks, on the horizon's first day the store is open: a
+    data set ending on December 31 starts its horizon on New Year's Day, which the app answers 0 (store_closed)."""
     if model is None:
         return DEFAULT_DATA_EXAMPLE
     snapshot = model.bundle.snapshot
@@ -47,4 +49,7 @@ def example_for(model: LoadedModel | None) -> Example:
     # a word of its family (a prefix matches too, within the API's length limit), else its number
     words = model.catalog.items[item].family.split()
     search = words[0].lower()[:MAX_QUERY] if words else str(item)
-    return Example(store_nbr=store, item_nbr=item, date=model.first_date.isoformat(), search=search)
+    days = model.horizon_days
+    opened = days[~model.closed_days.of(np.full(days.size, store), days)]
+    date = dt.date(1970, 1, 1) + dt.timedelta(days=int(opened[0] if opened.size else days[0]))
+    return Example(store_nbr=store, item_nbr=item, date=date.isoformat(), search=search)

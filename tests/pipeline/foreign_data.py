@@ -16,6 +16,7 @@ contract of README "Bring your own data") into a directory, deterministically:
 
 ``CHRISTMAS_CLOSED`` (2015-11-02 .. 2016-12-20): no store sells on Christmas, a store opens in March 2016, a leap
 day; the served horizon holds the next Christmas, which the app must answer as a closed day.
+``NEW_YEAR_CLOSED``: the same, closed on New Year's Day too and ending on 2016-12-31 (the horizon starts closed).
 ``TOO_SHORT`` (130 days) is too short for one training origin: train must say so and which params to lower.
 ``FIVE_MONTHS`` (165 days) trains on one origin, has no room for a second backtest window (evaluate must say
 so), and with one window its model is worse than the baseline: the gate must refuse it, saying by how much.
@@ -90,6 +91,9 @@ SHORT_SHAPES = {shape.name: shape for shape in (TOO_SHORT, FIVE_MONTHS)}
 # the data end on 2016-12-20, so the served horizon holds 2016-12-25 and the history the Christmas a year earlier.
 CHRISTMAS_CLOSED = ForeignShape("christmas_closed", stores=(1, 2, 3), items=30, start="2015-11-02", days=415,
                                 closed_dates=("12-25",), store_openings=((3, "2016-03-15"),), seed=10)
+# The same chain closed on New Year's Day too, its data ending on December 31: the served horizon starts closed.
+NEW_YEAR_CLOSED = ForeignShape("new_year_closed", stores=(1, 2, 3), items=30, start="2015-11-02", days=426,
+                               closed_dates=("12-25", "01-01"), store_openings=((3, "2016-03-15"),), seed=10)
 # Closed on Sundays, the data ending on a Tuesday: the day before the 16-day validation window is a Sunday, so the
 # training rows end on the Saturday (evaluate refused the model: its forecast window was a day short).
 CLOSED_SUNDAYS = ForeignShape("closed_sundays", stores=(1, 2), items=30, start="2021-01-05", days=421,

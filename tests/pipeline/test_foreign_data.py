@@ -33,6 +33,7 @@ from pipeline import source as source_stage
 from .conftest import REPO, default_params
 from .foreign_data import (
     CHRISTMAS_CLOSED,
+    NEW_YEAR_CLOSED,
     CLOSED_SUNDAYS,
     FOREIGN_SHAPES,
     SHORT_SHAPES,
@@ -61,7 +62,8 @@ def _ok(result: subprocess.CompletedProcess, what: str) -> str:
 
 
 def _project(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    shape = SHORT_SHAPES.get(name) or {s.name: s for s in (CLOSED_SUNDAYS, CHRISTMAS_CLOSED)}.get(name, name)
+    shapes = {s.name: s for s in (CLOSED_SUNDAYS, CHRISTMAS_CLOSED, NEW_YEAR_CLOSED)}
+    shape = SHORT_SHAPES.get(name) or shapes.get(name, name)
     source = write_foreign_dataset(shape, tmp_path / f"{name}-source")
     root = tmp_path / "project"
     root.mkdir()
@@ -316,3 +318,29 @@ def test_a_canary_is_judged_on_its_models_forecasts_not_on_closed_days(christmas
                e["output"].get("store_closed") else e for e in events]
     verdict = release.judge(release.read_traffic(unaware), CANARY, replay=replay)
     assert verdict.figures["closed_days_answered_otherwise"] == canary.closed_answers, verdict
+
+
+def test_the_example_request_is_for_a_day_the_store_is_open(tmp_path, monkeypatch):
+    """Data ending on December 31 start the served horizon on New Year's Day, which every store closed a year
+    earlier: the example request (the form's placeholder, the OpenAPI document and /docs) was for that day, and
+    trying it gave 0 units with store_closed. It is now for the first day the example's store is open."""
+    from app import create_app
+    from app.config import AppSettings
+    from app.events import PredictionEventSink
+    from pipeline.serving_bundle import roll_forward
+
+    root, source = _project(tmp_path, NEW_YEAR_CLOSED.name)
+    _ingest_in_process(root, source, monkeypatch)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert train.main(["--root", str(root), "--quiet"]) == 0
+    roll_forward(root, root / "models/candidate", root / "models/production", candidate_digest="test")
+    log = tmp_path / "events" / "predictions.jsonl"
+    sink = PredictionEventSink.from_environment({}, log_path=log, spool_root=log.parent / "spool")
+    client = create_app(AppSettings(model_dir=root / "models/production"), sink=sink).test_client()
+    assert client.get("/api/v1/model").get_json()["horizon"]["first_date"] == "2017-01-01"
+    document = client.get("/api/v1/openapi.json").get_json()
+    example = document["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    assert example["instances"][0]["date"] == "2017-01-02", example
+    answer = client.post("/api/v1/predict", json=example).get_json()["predictions"][0]
+    assert answer["unit_sales"] > 0 and "store_closed" not in answer, answer
+    sink.close()
