@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.event_sources import EventSourceError, event_units, read_jsonl_events
+from pipeline.event_sources import EventSourceError, event_units, is_closed_day, read_jsonl_events
 from pipeline.release import RequestLatencies, VariantTraffic, read_traffic
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, VARIANTS
 
@@ -102,6 +102,9 @@ def recent_statistics(path: Path | str, max_events: int = 5000) -> dict[str, Any
         "forecast_units": {"mean": float(units.mean()) if units.size else None, "p50": _pct(units, 50),
                            "p95": _pct(units, 95)},
         "promotion_share": (sum(promo) / len(promo)) if promo else None,
+        # served 0 by the closed-day rule (pipeline/closed_days.py): in the figures above, out of drift's and release
+        # decide's forecast comparisons, so the page says how many there were (a Christmas dip in the mean)
+        "closed_day_answers": sum(map(is_closed_day, served)),
         "model_versions": versions, "sources": sources, "variants": variant_statistics(events, traffic),
     }
 

@@ -263,3 +263,19 @@ def test_without_a_named_serving_model_or_a_reports_model_nothing_is_compared(tm
     page = client.get("/monitoring").get_data(as_text=True)
     assert client.get("/api/v1/monitoring").get_json()["drift"]["of_serving_model"] is None
     assert 'id="drift-other-model"' not in page and "<h1>Monitoring</h1>" in page  # the bare layout has it too
+
+
+def test_closed_day_answers_are_counted_where_the_forecast_mean_includes_them(tmp_path, monkeypatch, jsonl):
+    """A store-day closed a year earlier is served 0 units with store_closed (pipeline/closed_days.py): the served
+    forecast mean dips over Christmas while drift and release decide leave those answers out; the page counts them."""
+    client = client_for(tmp_path, monkeypatch)
+    events = [{"timestamp": f"2026-12-01T10:00:{i:02d}+00:00", "request_id": f"r{i}", "instance_index": 0,
+               "batch_size": 1, "model_variant": "production", "model_version": "3", "latency_ms": 5.0,
+               "output": {"unit_sales": 0.0, "store_closed": True} if i < 10 else {"unit_sales": 4.0},
+               "inputs": {"store_nbr": 1, "item_nbr": i, "date": "2016-12-25", "onpromotion": False}}
+              for i in range(40)]
+    jsonl(tmp_path / "predictions.jsonl", events)
+    recent = client.get("/api/v1/monitoring").get_json()["recent"]
+    assert recent["closed_day_answers"] == 10 and recent["forecast_units"]["mean"] == 3.0
+    page = " ".join(client.get("/monitoring").get_data(as_text=True).split())
+    assert '<tr id="closed-day-answers"><th scope="row">Closed-day answers</th><td>10: 0 units' in page
