@@ -145,6 +145,9 @@ def render_report(report: Mapping[str, Any]) -> str:
             low, high = ("∞" if end is None else _number(end) for end in live["ratio_interval"])
             versus = (f"; the weekday baseline's on the same rows {_number(live['baseline_nwrmsle'])} (ratio "
                       f"{_number(live['ratio_to_baseline'])}, 95% interval {low} … {high})")
+            if live.get("closed_rows"):  # the note, which says so too, is shown only where there is no ratio
+                versus += (f"; {live['closed_rows']} closed-day answer(s) left out (0 units by the closed-day rule, "
+                           "not the model)")
         elif live.get("note"):
             versus = f"; {escape(live['note'])}"
         live_html = (f"<h2>Live accuracy</h2><p>NWRMSLE {_number(live['nwrmsle'])} over {live['rows']} forecasts "

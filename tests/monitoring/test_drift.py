@@ -866,5 +866,8 @@ def test_a_closed_days_zero_is_left_out_of_the_forecast_comparison_and_live_accu
     assert live["rows"] == 400 and live["closed_rows"] == 200 and "200 event(s)" in live["note"]
     assert live["nwrmsle"] == pytest.approx(analyse([e for e in events if "store_closed" not in e["output"]],
                                                     metadata, stats, DriftParams(), actuals)["live"]["nwrmsle"])
+    assert live["ratio_to_baseline"] is not None  # the report's live line then shows the ratio, and the count
+    [line] = re.findall(r"<h2>Live accuracy</h2><p>(.*?)</p>", render_report(report))
+    assert "200 closed-day answer(s) left out" in line, line
     opened = [e for i, e in enumerate(events) if i % 3]
     assert analyse(opened, metadata, stats, DriftParams())["prediction"]["psi"] == pytest.approx(prediction["psi"])
