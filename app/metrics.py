@@ -30,6 +30,9 @@ ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 PREDICTIONS = Counter("shelfcast_predictions", "Forecasts served, one per instance (a shadow's are not served)",
                       ["source"])
+CLOSED_DAY_ANSWERS = Counter(
+    "shelfcast_closed_day_answers", "Of the forecasts served, those answered 0 units for a day the store is closed "
+    "(store_closed: pipeline/closed_days.py, not the model)", ["source"])
 REQUEST_DURATION = Histogram(
     "shelfcast_request_duration_seconds", "Time from the request's arrival (read whole) to its response, its "
     "wait for the worker's turn included, by route",

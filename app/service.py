@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from app.events import PredictionEventSink, prediction_event
-from app.metrics import PREDICTIONS, labelled
+from app.metrics import CLOSED_DAY_ANSWERS, PREDICTIONS, labelled
 from app.predictor import Forecast, LoadedModel
 from app.validation import Instance
 from pipeline.release_store import SHADOW
@@ -50,6 +50,8 @@ def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: Pre
     expected = None if result.expected_units is None else [round(float(u), 4) for u in result.expected_units]
     if variant != SHADOW:  # a shadow's forecasts are logged (events), never returned: not predictions served
         labelled(PREDICTIONS, source).inc(len(units))
+        if result.store_closed is not None and result.store_closed.any():
+            labelled(CLOSED_DAY_ANSWERS, source).inc(int(result.store_closed.sum()))
     latency_ms = (time.perf_counter() - started) * 1000.0
     predictions = []
     for index, (instance, value) in enumerate(zip(instances, units)):

@@ -228,6 +228,8 @@ def test_christmas_when_every_store_closed_a_year_ago_is_served_as_zero(christma
     from app.config import AppSettings
     from app.events import PredictionEventSink
 
+    from prometheus_client import REGISTRY
+
     jsonschema = pytest.importorskip("jsonschema")
     root = christmas_project
     sales = pd.read_parquet(root / "data/prepared/sales.parquet", columns=["date", "store_nbr"])
@@ -240,6 +242,7 @@ def test_christmas_when_every_store_closed_a_year_ago_is_served_as_zero(christma
     client = create_app(AppSettings(model_dir=production), sink=sink).test_client()
     days = ("2016-12-24", "2016-12-25", "2016-12-26")
     item = int(item_ids(CHRISTMAS_CLOSED)[0])
+    closed_before = REGISTRY.get_sample_value("shelfcast_closed_day_answers_total", {"source": "api"}) or 0.0
     document = client.get("/api/v1/openapi.json").get_json()
     response_schema = {**document["components"]["schemas"]["PredictResponse"], "components": document["components"]}
     for store in CHRISTMAS_CLOSED.stores:
@@ -252,6 +255,9 @@ def test_christmas_when_every_store_closed_a_year_ago_is_served_as_zero(christma
         jsonschema.validate(response.get_json(), response_schema)  # the fuzz test's bundle has no closed day
         assert before["unit_sales"] > 0 and after["unit_sales"] > 0
         assert "store_closed" not in before and "store_closed" not in after
+    metrics = client.get("/metrics").get_data(as_text=True)  # one closed answer a store, served through the API
+    assert f'shelfcast_closed_day_answers_total{{source="api"}} {closed_before + len(CHRISTMAS_CLOSED.stores)}' \
+        in metrics, metrics
     page = client.get(f"/?store=1&item={item}&date=2016-12-25")
     assert page.status_code == 200 and 'id="forecast-closed"' in page.get_data(as_text=True)
     # store 3 opened in March 2016: closed with the chain, which the page says (it said the store itself sold in
