@@ -324,3 +324,33 @@ def test_a_shadow_changes_no_panel_of_what_users_were_served(logged_events):
         with_shadow = answers(search)
     changed = [panel for panel in SERVED_PANELS if with_shadow[panel] != served[panel]]
     assert not changed, f"a shadow's events changed {changed}"
+
+
+CLOSED_DAY_FIELD = "output.store_closed"
+
+
+def test_closed_day_answers_can_be_told_apart_on_the_forecast_panels(logged_events):
+    """A day the store is closed is served 0 units with output.store_closed (pipeline/closed_days.py): the forecast
+    panels count those answers, as served, and say how to see them apart; the filter they name must select exactly
+    them from the indices the template maps (a field the template left unmapped would match nothing)."""
+    from osmem_server import OsmemServer
+
+    panels = [v for v in VISUALIZATIONS if CLOSED_DAY_FIELD in v["attributes"].get("description", "")]
+    assert {v["id"] for v in panels} == {"shelfcast-forecast-by-family", "shelfcast-forecast-by-store",
+                                         "shelfcast-forecast-distribution"}
+    answered_closed = {"unit_sales": 0.0, "expected_units": 0.0, "store_closed": True}
+    closed = [{**event, "event_id": f"closed-{event['event_id']}", "output": answered_closed}
+              for event in logged_events[:7]]
+    now = dt.datetime.now(dt.timezone.utc)
+    window = ((now - dt.timedelta(days=7)).isoformat(), (now + dt.timedelta(minutes=1)).isoformat())
+    with OsmemServer.start(japanese=False, addr="127.0.0.1:0") as server:
+        search = ElasticsearchEvents(server.url)
+        install_index_templates(search)
+        bulk_as_fluentd(search, [("shelfcast.prediction", event) for event in logged_events + closed])
+        for panel in panels:
+            body = kibana_request(panel, *window)
+            every = search.request("POST", "/shelfcast-prediction-*/_search", body)["hits"]["total"]["value"]
+            assert every == len(logged_events) + len(closed), panel["id"]
+            body["query"]["bool"]["filter"].append({"match_phrase": {CLOSED_DAY_FIELD: True}})
+            answer = search.request("POST", "/shelfcast-prediction-*/_search", body)
+            assert answer["hits"]["total"]["value"] == len(closed), panel["id"]
