@@ -14,7 +14,8 @@ connections over them by address hash. With one shared socket the worker that wa
 accepts, and on a busy machine one worker often took 7 or all 8 of S1's keep-alive clients
 (12 runs: 4/4 once, 7/1 four times, 8/0 once; with SO_REUSEPORT 4/4 four times, 5/3 five,
 6/2 three). As SO_REUSEPORT would also let a second server share the port unnoticed, the
-master first checks that nothing listens there. Connections still queued on a worker's
+master first checks that nothing listens there (with any number of workers: one line, and the exit).
+Connections still queued on a worker's
 socket when that worker dies are reset instead of going to another worker; a worker replacing a dead one
 beside live workers opens its socket only once its app has loaded (post_fork, post_worker_init), so it takes
 no connection it could not answer for the seconds its model takes to load; and while every worker is
@@ -175,9 +176,18 @@ def refuse_a_taken_address(address: str) -> None:
                                "(is another server running there?)") from None
 
 
+def inherits_its_sockets(environ=os.environ) -> bool:
+    """Whether gunicorn is handed listening sockets rather than binding them: systemd socket activation
+    (LISTEN_FDS) or a USR2 upgrade (GUNICORN_FD, the old master still listening). The address is then taken on
+    purpose."""
+    return bool(environ.get("LISTEN_FDS", "").strip() or environ.get("GUNICORN_FD", "").strip())
+
+
 def on_starting(server):
-    """Counts from an earlier run must not be added to this one's; the address must be free."""
-    if server.cfg.reuse_port:
+    """Counts from an earlier run must not be added to this one's; the address must be free. Checked for any
+    number of workers: a single worker shares the master's socket, and gunicorn itself, finding the port taken,
+    logged two errors a second for 5 s and then "Can't connect to ('127.0.0.1', 5005)"."""
+    if not inherits_its_sockets():
         for address in server.cfg.bind:
             if not address.startswith(("unix:", "fd://")):
                 refuse_a_taken_address(address)

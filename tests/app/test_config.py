@@ -177,6 +177,38 @@ def test_gunicorn_refuses_an_address_another_server_listens_on(monkeypatch, tmp_
     conf.refuse_a_taken_address(address)  # free again
 
 
+def test_a_server_started_on_a_taken_port_says_so_in_one_line_and_exits(tmp_path):
+    """Found by a probe (a second server on one host, one worker): gunicorn itself logged "Connection in use" and
+    "connection to ... failed" each second for 5 s, then "Can't connect to ('127.0.0.1', PORT)". The master now
+    checks the address whatever the number of workers."""
+    import socket
+    import subprocess
+
+    from app import launch
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        env = {**os.environ, "SHELFCAST_BIND": f"127.0.0.1:{port}", "SHELFCAST_WORKERS": "1",
+               "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "SHELFCAST_CONTROL_SOCKET": str(tmp_path / "c")}
+        done = subprocess.run(launch.gunicorn_command(), cwd=launch.REPO, env=env, capture_output=True, text=True,
+                              timeout=60)
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if "ERROR" in line or "Error" in line]
+    assert done.returncode != 0, done.stderr
+    assert errors == [f"Error: cannot serve at 127.0.0.1:{port}: Address already in use (is another server "
+                      "running there?)"], done.stderr
+
+
+def test_sockets_handed_to_gunicorn_are_not_refused_as_taken(monkeypatch, tmp_path):
+    """systemd socket activation (LISTEN_FDS) and a USR2 upgrade (GUNICORN_FD) hand gunicorn an address already
+    listening: the check must not refuse it."""
+    conf = gunicorn_conf(monkeypatch, tmp_path)
+    assert not conf.inherits_its_sockets({})
+    assert conf.inherits_its_sockets({"LISTEN_FDS": "1"}) and conf.inherits_its_sockets({"GUNICORN_FD": "5"})
+    assert not conf.inherits_its_sockets({"LISTEN_FDS": "", "GUNICORN_FD": " "})
+
+
 def test_gunicorn_gives_each_new_worker_the_least_used_core(monkeypatch, tmp_path):
     """pre_fork (master) records a core per worker; child_exit frees it for the worker that replaces it."""
     import types

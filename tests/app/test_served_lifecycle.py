@@ -78,7 +78,7 @@ def test_a_directory_a_server_was_given_is_never_removed(monkeypatch, tmp_path):
     monkeypatch.delenv("SHELFCAST_OWN_METRICS_DIR")
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where on_starting looks for orphaned directories
     conf = _load_conf(Path(__file__).resolve().parents[2] / "app" / "gunicorn_conf.py")
-    conf.on_starting(type("Server", (), {"cfg": type("Cfg", (), {"reuse_port": False})()})())
+    conf.on_starting(type("Server", (), {"cfg": type("Cfg", (), {"reuse_port": False, "bind": []})()})())
     conf.on_exit(None)
     assert not conf.OWN_METRICS_DIR and (tmp_path / "metrics").is_dir()
 
@@ -343,7 +343,7 @@ def test_the_metrics_folder_does_not_grow_with_every_worker_ever_started(monkeyp
     workers = 12
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     conf = _load_conf(Path(__file__).resolve().parents[2] / "app" / "gunicorn_conf.py")
-    conf.on_starting(types.SimpleNamespace(cfg=types.SimpleNamespace(reuse_port=False)))
+    conf.on_starting(types.SimpleNamespace(cfg=types.SimpleNamespace(reuse_port=False, bind=[])))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     pids = subprocess.run([sys.executable, "-c", _SHORT_LIVED_WORKERS, str(workers)], env=env, check=True,
                           capture_output=True, text=True).stdout.split()
