@@ -154,6 +154,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         prefix=METRICS_DIR_PREFIX)
 METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 OWN_METRICS_DIR = os.environ.get(OWN_METRICS_DIR_ENV) == str(METRICS_DIR)
+held_metrics_dir: list[int] = []  # the descriptor holding METRICS_DIR's server.lock (app/metrics_files.py hold)
 GIL_SWITCH_INTERVAL_S = 0.001  # see the module docstring
 # Fewer workers than cores: not pinned, so a worker's other threads (event delivery, BLAS) keep the spare cores.
 PIN_WORKERS = (hasattr(os, "sched_setaffinity") and os.environ.get("SHELFCAST_PIN_WORKERS", "1") != "0"
@@ -191,14 +192,23 @@ def on_starting(server):
         for address in server.cfg.bind:
             if not address.startswith(("unix:", "fd://")):
                 refuse_a_taken_address(address)
-    from app.metrics_files import claim, clear, disown, remove_orphaned
+    from app.metrics_files import DirectoryInUse, claim, clear, disown, hold, remove_orphaned
 
-    METRICS_DIR.mkdir(parents=True, exist_ok=True)
-    clear(METRICS_DIR)
-    if OWN_METRICS_DIR:  # named for the master (after any daemonizing fork), which removes it on exit
-        claim(METRICS_DIR, os.getpid())
-    else:
-        disown(METRICS_DIR)
+    try:
+        METRICS_DIR.mkdir(parents=True, exist_ok=True)
+        # one server per directory: a second one given it emptied it, deleting the first one's live counts
+        held_metrics_dir.append(hold(METRICS_DIR))
+        clear(METRICS_DIR)
+        if OWN_METRICS_DIR:  # named for the master (after any daemonizing fork), which removes it on exit
+            claim(METRICS_DIR, os.getpid())
+        else:
+            disown(METRICS_DIR)
+    except DirectoryInUse as exc:
+        raise RuntimeError(f"PROMETHEUS_MULTIPROC_DIR: {exc}; give each server a directory of its own (unset: "
+                           "a new one for each)") from None
+    except OSError as exc:  # e.g. another user's directory: a PermissionError traceback from metrics_files
+        raise RuntimeError(f"PROMETHEUS_MULTIPROC_DIR={METRICS_DIR}: cannot keep this server's metrics there "
+                           f"({exc.strerror or exc}: {exc.filename or METRICS_DIR})") from None
     # a SIGKILLed master never ran on_exit: its directory is removed here, at the next start of any server
     for orphan in remove_orphaned(tempfile.gettempdir(), METRICS_DIR_PREFIX):
         server.log.info("removed %s, the metrics directory of a server that is gone", orphan)
@@ -255,6 +265,8 @@ def post_worker_init(worker):
 
 
 def on_exit(server):
+    while held_metrics_dir:
+        os.close(held_metrics_dir.pop())
     if OWN_METRICS_DIR:
         shutil.rmtree(METRICS_DIR, ignore_errors=True)
 

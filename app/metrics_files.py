@@ -23,7 +23,14 @@ master in ``master.pid`` (``claim()``), and is removed when the server exits; a 
 lost with its machine's power) never exits, so each such start left one behind. ``remove_orphaned()``, at every
 start, removes those whose master is gone: the same user's directory, whose master.pid names no live process of
 that user started when the master was. One without master.pid (a directory a user set, which ``disown()`` keeps
-unnamed, or one made by an older version or not yet claimed) is never removed.
+unnamed, or one made by an older version or not yet claimed) is never removed, nor one whose ``server.lock`` is
+held.
+
+One server at a time uses a directory: its master holds an exclusive flock on ``server.lock`` in it from its
+start (``hold()``; its workers inherit the lock, so it lasts until the last of them has exited). Two servers
+given one PROMETHEUS_MULTIPROC_DIR (a staging and a production server sharing an environment file) each emptied
+it at start, deleting the other's live counts, and each /metrics then summed both servers' requests; the second
+one is now refused at start, naming the first's pid.
 """
 
 from __future__ import annotations
@@ -47,6 +54,11 @@ RETIRED = "retired.json"  # the dead workers' counter and histogram totals: [{na
 RETIRING_PREFIX = "retiring-"  # a scratch folder holding links to the one dead worker's files being read
 SERVED_PREFIX = "served_"  # served_<pid>.json: the models a live worker serves (shelfcast_model_info)
 OWNER = "master.pid"  # "<pid> <start time>" of the master that made the directory (and is to remove it)
+SERVER_LOCK = "server.lock"  # flocked by the server using the directory, for its life; holds its master's pid
+
+
+class DirectoryInUse(RuntimeError):
+    """Another running server holds the directory (``hold()``)."""
 
 
 @contextlib.contextmanager
@@ -252,6 +264,42 @@ def disown(directory: Path | str) -> None:
     (Path(directory) / OWNER).unlink(missing_ok=True)
 
 
+def hold(directory: Path | str) -> int:
+    """Take ``directory`` for this server, before anything in it is touched: an exclusive flock on its
+    ``server.lock``, naming this process, held as long as the descriptor returned stays open in this process or a
+    child forked from it (a server's master keeps it for its life). DirectoryInUse naming the holder's pid where
+    another running server holds it; OSError where the file cannot be opened."""
+    descriptor = os.open(Path(directory) / SERVER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(descriptor)
+        raise DirectoryInUse(f"{directory} is the metrics directory of another running server (pid {holder}, or "
+                             "its workers, still exiting)") from None
+    except BaseException:
+        os.close(descriptor)
+        raise
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
+    return descriptor
+
+
+def _held(directory: Path) -> bool:
+    """Whether a running server holds ``directory`` (``hold()``); False where it has no server.lock."""
+    try:
+        descriptor = os.open(directory / SERVER_LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)
+    return False
+
+
 def _owner_alive(pid: int, started: str, uid: int) -> bool:
     """Whether the master that wrote ``pid started`` may still run: a process ``pid`` of user ``uid``, started
     then. In doubt (its start time or owner unreadable), alive."""
@@ -275,7 +323,7 @@ def _owner_alive(pid: int, started: str, uid: int) -> bool:
 def remove_orphaned(parent: Path | str, prefix: str) -> list[Path]:
     """Remove the directories ``prefix*`` in ``parent`` that this user's servers made and whose master is gone
     (SIGKILLed: its on_exit never ran); the paths removed. Never one with no owner named, another user's, a
-    link, or one whose master still runs."""
+    link, one whose master still runs, or one a server holds (its workers outlive a SIGKILLed master a while)."""
     removed = []
     uid = os.getuid()
     for path in Path(parent).glob(f"{prefix}*"):
@@ -287,7 +335,7 @@ def remove_orphaned(parent: Path | str, prefix: str) -> list[Path]:
             pid = int(pid_text)
         except (OSError, ValueError, UnicodeDecodeError):
             continue
-        if pid > 0 and not _owner_alive(pid, started, uid):
+        if pid > 0 and not _owner_alive(pid, started, uid) and not _held(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

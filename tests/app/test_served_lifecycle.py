@@ -374,7 +374,85 @@ def test_the_metrics_folder_does_not_grow_with_every_worker_ever_started(monkeyp
         retiring.set()
         scraper.join()
     assert not list((tmp_path / "metrics").glob("*.db"))
-    assert sorted(p.name for p in (tmp_path / "metrics").iterdir()) == ["metrics.lock", "retired.json"]
+    assert sorted(p.name for p in (tmp_path / "metrics").iterdir()) == ["metrics.lock", "retired.json",
+                                                                         "server.lock"]
     assert not list((tmp_path / "metrics").glob("served_*")), "a dead worker's models are still reported served"
     assert totals() == (3.0 * workers, float(workers))
     assert seen and set(seen) == {(3.0 * workers, float(workers))}, collections.Counter(seen)
+    conf.on_exit(None)  # releases the directory's server.lock
+
+
+def _predictions_served(port: int) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    return sum(s.value for s in families["shelfcast_predictions"].samples if s.name.endswith("_total"))
+
+
+def test_a_second_server_given_a_running_servers_metrics_directory_is_refused(app_bundles, tmp_path):
+    """Found by a probe (staging and production sharing an environment file): the second server emptied the shared
+    PROMETHEUS_MULTIPROC_DIR at start, deleting the first one's live counts (5 predictions served, then 0 on both
+    servers' /metrics), and each /metrics summed both servers' requests from then on. The second is refused in one
+    line naming the first one's pid, and the first keeps its counts."""
+    settings = {"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                "SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl"),
+                "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    first = launch.start(settings, tmp_path / "first.log")
+    try:
+        body = predict_body(first.port)
+        for _ in range(3):
+            assert request(first.port, "POST", "/api/v1/predict", body, {"Content-Type": "application/json"}).status \
+                == 200
+        assert _predictions_served(first.port) == 3
+        port = launch.free_port()
+        env = {**os.environ, **settings, "SHELFCAST_BIND": f"127.0.0.1:{port}",
+               "SHELFCAST_CONTROL_SOCKET": str(tmp_path / "second.ctl")}
+        second = subprocess.run(launch.gunicorn_command(), cwd=launch.REPO, env=env, capture_output=True, text=True,
+                                timeout=60)
+        errors = [line for line in (second.stdout + second.stderr).splitlines() if "Error" in line]
+        assert second.returncode != 0 and errors == [
+            f"Error: PROMETHEUS_MULTIPROC_DIR: {tmp_path / 'metrics'} is the metrics directory of another running "
+            f"server (pid {first.pid}, or its workers, still exiting); give each server a directory of its own "
+            "(unset: a new one for each)"], second.stderr
+        assert _predictions_served(first.port) == 3
+    finally:
+        first.stop()
+    after = launch.start(settings, tmp_path / "after.log")  # free again once the first has stopped
+    after.stop()
+
+
+def test_a_metrics_directory_that_cannot_be_used_is_one_line_naming_the_variable(monkeypatch, tmp_path):
+    """Another user's directory (or a path through a file) was a PermissionError traceback from metrics_files."""
+    import types
+
+    import pytest
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "file" / "metrics"))
+    conf = _load_conf(Path(__file__).resolve().parents[2] / "app" / "gunicorn_conf.py")
+    with pytest.raises(RuntimeError, match=r"^PROMETHEUS_MULTIPROC_DIR=.*/file/metrics: cannot keep this server's "
+                                           r"metrics there \(Not a directory: .*/file/metrics\)$"):
+        conf.on_starting(types.SimpleNamespace(cfg=types.SimpleNamespace(bind=[])))
+
+
+def test_a_metrics_directory_a_server_holds_is_never_taken_for_an_orphan(tmp_path):
+    """A SIGKILLed master's workers outlive it for a while, still writing to its directory: while they hold it,
+    remove_orphaned leaves it."""
+    import pytest
+
+    from app import metrics_files
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    orphan = tmp_path / "shelfcast-metrics-x"
+    orphan.mkdir()
+    (orphan / metrics_files.OWNER).write_text(f"{gone} 1\n")
+    held = metrics_files.hold(orphan)
+    try:
+        assert metrics_files.remove_orphaned(tmp_path, "shelfcast-metrics-") == []
+        with pytest.raises(metrics_files.DirectoryInUse, match=f"pid {os.getpid()}"):
+            metrics_files.hold(orphan)
+    finally:
+        os.close(held)
+    assert metrics_files.remove_orphaned(tmp_path, "shelfcast-metrics-") == [orphan]
