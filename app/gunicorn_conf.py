@@ -58,8 +58,10 @@ import collections
 import gc
 import importlib.util
 import os
+import re
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -142,8 +144,57 @@ def control_socket_dir() -> str:
 
 # gunicorn 26's control socket (for `gunicornc -s PATH`) defaults to one path per user, so a second server on the
 # host took it over and either one's exit removed it: one per server, named by the master's pid.
+CONTROL_SOCKET_NAME = re.compile(r"shelfcast-([0-9]+)\.ctl")
+OWN_CONTROL_SOCKET = not setting("SHELFCAST_CONTROL_SOCKET", "")
 control_socket = (setting("SHELFCAST_CONTROL_SOCKET", "")
                   or os.path.join(control_socket_dir(), f"shelfcast-{os.getpid()}.ctl"))
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+def remove_dead_control_sockets(directory: str) -> list[str]:
+    """The control sockets this user's servers left in ``directory`` when their master was SIGKILLed (gunicorn
+    removes its own only when it exits): each ``shelfcast-<pid>.ctl`` socket of this user whose pid runs no
+    process and on which nothing listens (a connection is refused) is removed; the paths removed. Never another
+    user's file, one that is no socket, or a live server's."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        match = CONTROL_SOCKET_NAME.fullmatch(name)
+        path = os.path.join(directory, name)
+        if match is None or int(match.group(1)) == os.getpid() or _process_runs(int(match.group(1))):
+            continue
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(path)
+                continue  # something answers there
+            except ConnectionRefusedError:
+                pass
+            except OSError:
+                continue
+        try:
+            os.unlink(path)
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
 OWN_METRICS_DIR_ENV = "SHELFCAST_OWN_METRICS_DIR"  # the metrics directory this server made (and removes)
 METRICS_DIR_PREFIX = "shelfcast-metrics-"  # in the temporary directory; a SIGKILLed master's is removed at start
 
@@ -212,6 +263,9 @@ def on_starting(server):
     # a SIGKILLed master never ran on_exit: its directory is removed here, at the next start of any server
     for orphan in remove_orphaned(tempfile.gettempdir(), METRICS_DIR_PREFIX):
         server.log.info("removed %s, the metrics directory of a server that is gone", orphan)
+    if OWN_CONTROL_SOCKET:  # and the control socket it left (the default ones' folder only)
+        for orphan in remove_dead_control_sockets(os.path.dirname(control_socket)):
+            server.log.info("removed %s, the control socket of a server that is gone", orphan)
 
 
 def when_ready(server):

@@ -264,6 +264,46 @@ def test_a_home_that_cannot_be_written_puts_the_control_socket_in_the_temporary_
         tmp_path / "home" / ".gunicorn" / f"shelfcast-{os.getpid()}.ctl")
 
 
+def test_control_sockets_of_servers_that_are_gone_are_removed_and_no_other(monkeypatch, tmp_path):
+    """Found by a probe: a SIGKILLed master never removes its control socket, and each such start left one more
+    shelfcast-<pid>.ctl in ~/.gunicorn (10 on a shared box after a day of test runs). A socket is removed only
+    when its pid runs no process and nothing answers on it."""
+    import socket
+    import subprocess
+    import sys
+
+    conf = gunicorn_conf(monkeypatch, tmp_path)
+    gone = [int(pid) for pid in subprocess.run(
+        [sys.executable, "-c", "import os\nfor _ in range(3):\n    pid = os.fork()\n    if pid == 0: os._exit(0)\n"
+         "    os.waitpid(pid, 0); print(pid)"], capture_output=True, text=True, check=True).stdout.split()]
+    sockets = tmp_path / "sockets"
+    sockets.mkdir()
+
+    def bound(name: str, listening: bool = False) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(sockets / name))
+        if listening:
+            sock.listen()
+        return sock
+
+    dead = bound(f"shelfcast-{gone[0]}.ctl")
+    dead.close()  # its file stays, as a SIGKILLed master's does
+    answering = bound(f"shelfcast-{gone[1]}.ctl", listening=True)  # its name's pid is gone, but it answers
+    running = bound(f"shelfcast-{os.getppid()}.ctl")  # a process with that pid runs
+    running.close()
+    other_name = bound(f"other-{gone[0]}.ctl")
+    other_name.close()
+    (sockets / f"shelfcast-{gone[2]}.ctl").write_text("")  # not a socket
+    try:
+        assert conf.remove_dead_control_sockets(str(sockets)) == [str(sockets / f"shelfcast-{gone[0]}.ctl")]
+    finally:
+        answering.close()
+    assert sorted(p.name for p in sockets.iterdir()) == sorted(
+        [f"shelfcast-{gone[1]}.ctl", f"shelfcast-{os.getppid()}.ctl", f"other-{gone[0]}.ctl",
+         f"shelfcast-{gone[2]}.ctl"])
+    assert conf.remove_dead_control_sockets(str(tmp_path / "missing")) == []
+
+
 def test_an_unexpected_error_on_the_form_page_shows_its_request_id(served, monkeypatch):
     """Found by a probe: the form's 500 page said "internal error; it has been logged with this request id" and
     showed no id (only the X-Request-ID header had it), so a store manager had nothing to quote."""

@@ -105,14 +105,16 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
-def test_a_sigkilled_servers_metrics_directory_is_removed_at_the_next_start(app_bundles, tmp_path):
+def test_a_sigkilled_servers_metrics_directory_and_control_socket_are_removed_at_the_next_start(app_bundles,
+                                                                                                 tmp_path):
     """Found by a probe: a SIGKILLed master never runs on_exit, so its default /tmp/shelfcast-metrics-* directory
     stayed, one more at each such restart. The next server to start removes it (its master.pid names a master
     that is gone), and never a live server's directory, one a user set (even one a server had made), or one that
     names no master."""
     settings = {"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
                 "SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl"), "TMPDIR": str(tmp_path),
-                "PROMETHEUS_MULTIPROC_DIR": ""}
+                "PROMETHEUS_MULTIPROC_DIR": "", "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    (tmp_path / "run").mkdir()
     unnamed = tmp_path / "shelfcast-metrics-unnamed"  # no master.pid: an older version's, or not yet claimed
     unnamed.mkdir()
     given = tmp_path / "shelfcast-metrics-given"  # made by a server once, then set by a user for another one
@@ -126,6 +128,10 @@ def test_a_sigkilled_servers_metrics_directory_is_removed_at_the_next_start(app_
         servers.append(launch.start(settings, tmp_path / "live.log"))
         live = servers[1]
         [live_dir] = set(tmp_path.glob("shelfcast-metrics-*")) - {orphan, given, unnamed}
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "run" / f"shelfcast-{killed.pid}.ctl").is_socket():
+            assert time.monotonic() < deadline, "the first server made no control socket"
+            time.sleep(0.05)
         killed.process.kill()
         killed.stop()
         deadline = time.monotonic() + 30
@@ -138,6 +144,10 @@ def test_a_sigkilled_servers_metrics_directory_is_removed_at_the_next_start(app_
         assert live_dir.is_dir() and given.is_dir() and unnamed.is_dir()
         assert "the metrics directory of a server that is gone" in servers[2].log_tail()
         assert request(live.port, "GET", "/metrics").status == 200
+        # and its control socket, which it left too (one more in ~/.gunicorn at each such restart); not the live one's
+        sockets = {path.name for path in (tmp_path / "run").iterdir()}
+        assert f"shelfcast-{killed.pid}.ctl" not in sockets and f"shelfcast-{live.pid}.ctl" in sockets, sockets
+        assert "the control socket of a server that is gone" in servers[2].log_tail()
     finally:
         for server in servers:
             server.stop()
