@@ -97,8 +97,12 @@ prune: $(STAMP)       ## delete old model versions, MLflow runs and DVC cache ob
 	$(BIN)/python -m pipeline.prune $(PRUNE_ARGS)
 
 MLFLOW_PORT ?= 5000
+# A port in use (another project's or user's MLflow UI on this host) stops the target at once, in one line: mlflow
+# itself took a minute to start its server, logged the bind error and exited 0, and the address printed above
+# opened the other UI's runs.
 # The store's URI is the stages' (pipeline.tracking): '?' and '%' in the project's path are escaped there.
 mlflow-ui: $(STAMP)   ## MLflow's web UI on http://127.0.0.1:5000: runs, curves, registered models (Ctrl-C stops it)
+	@$(BIN)/python -m app.address 127.0.0.1:$(MLFLOW_PORT) "choose another port: make mlflow-ui MLFLOW_PORT=5001"
 	@MLFLOW_TRACKING_URI= $(BIN)/python -c "from pipeline import tracking; print('MLflow UI: open', tracking.ui_address('http://127.0.0.1:$(MLFLOW_PORT)'), '(the model-training view)')"
 	@uri=$$(MLFLOW_TRACKING_URI= $(BIN)/python -c "from pipeline import tracking; print(tracking.tracking_uri())") \
 	  && set -x && $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1

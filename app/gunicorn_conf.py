@@ -215,19 +215,6 @@ core_of_worker: dict[int, int] = {}  # the master's record: id(worker) -> the co
 gunicorn.http.wsgi.SERVER = "shelfcast"
 
 
-def refuse_a_taken_address(address: str) -> None:
-    """RuntimeError if something already listens at host:port, as a plain bind would report it."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn: TIME_WAIT is no obstacle
-        try:
-            probe.bind((host, int(port)))
-        except OSError as exc:
-            raise RuntimeError(f"cannot serve at {address}: {exc.strerror} "
-                               "(is another server running there?)") from None
-
-
 def inherits_its_sockets(environ=os.environ) -> bool:
     """Whether gunicorn is handed listening sockets rather than binding them: systemd socket activation
     (LISTEN_FDS) or a USR2 upgrade (GUNICORN_FD, the old master still listening). The address is then taken on
@@ -239,6 +226,8 @@ def on_starting(server):
     """Counts from an earlier run must not be added to this one's; the address must be free. Checked for any
     number of workers: a single worker shares the master's socket, and gunicorn itself, finding the port taken,
     logged two errors a second for 5 s and then "Can't connect to ('127.0.0.1', 5005)"."""
+    from app.address import refuse_a_taken_address
+
     if not inherits_its_sockets():
         for address in server.cfg.bind:
             if not address.startswith(("unix:", "fd://")):

@@ -121,3 +121,36 @@ def test_make_mlflow_ui_opens_the_store_the_stages_write_in_a_folder_named_with_
     args = [line[len("arg: "):] for line in done.stdout.splitlines() if line.startswith("arg: ")]
     uri = args[args.index("--backend-store-uri") + 1]
     assert uri == tracking.sqlite_uri(project / "mlflow.db") and tracking.local_store_path(uri) == project / "mlflow.db"
+
+
+def test_make_mlflow_ui_on_a_port_in_use_stops_at_once_in_one_line(tmp_path):
+    """Found by a probe (two users' MLflow UIs on one host, both on the default 5000): mlflow ui took a minute
+    (69 s on a busy 2-core machine) to start its server, logged "[Errno 98] error while attempting to bind", and
+    exited 0, so make reported success and the address it had printed opened the other user's runs. The target
+    now checks the port first (app/address.py, as gunicorn's master does) and mlflow is never started."""
+    import os
+    import socket
+    import sys
+
+    project = tmp_path / "project"
+    (project / "monitoring").mkdir(parents=True)
+    for name in ("Makefile", "pyproject.toml", "monitoring/delivery.mk"):
+        (project / name).write_bytes((REPO / name).read_bytes())
+    bin_dir = project / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
+    (bin_dir / "mlflow").write_text('#!/bin/sh\necho "mlflow started"\n', encoding="utf-8")
+    for tool in ("python", "mlflow"):
+        (bin_dir / tool).chmod(0o755)
+    (project / ".venv" / ".installed").touch()
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=str(REPO), MLFLOW_PORT=str(port))
+        done = subprocess.run(["make", "--no-print-directory", "-s", "mlflow-ui"], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "mlflow started" not in done.stdout, (done.stdout, done.stderr)
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("make")]
+    assert errors == [f"Error: cannot serve at 127.0.0.1:{port}: Address already in use (is another server running "
+                      "there? choose another port: make mlflow-ui MLFLOW_PORT=5001)"], done.stderr

@@ -167,14 +167,15 @@ def test_gunicorn_refuses_an_address_another_server_listens_on(monkeypatch, tmp_
 
     import pytest
 
-    conf = gunicorn_conf(monkeypatch, tmp_path)
+    from app.address import refuse_a_taken_address
+
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()
         address = f"127.0.0.1:{other.getsockname()[1]}"
         with pytest.raises(RuntimeError, match="another server"):
-            conf.refuse_a_taken_address(address)
-    conf.refuse_a_taken_address(address)  # free again
+            refuse_a_taken_address(address)
+    refuse_a_taken_address(address)  # free again
 
 
 def test_a_server_started_on_a_taken_port_says_so_in_one_line_and_exits(tmp_path):
