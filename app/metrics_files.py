@@ -269,7 +269,10 @@ def hold(directory: Path | str) -> int:
     ``server.lock``, naming this process, held as long as the descriptor returned stays open in this process or a
     child forked from it (a server's master keeps it for its life). DirectoryInUse naming the holder's pid where
     another running server holds it; OSError where the file cannot be opened."""
-    descriptor = os.open(Path(directory) / SERVER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        descriptor, named = os.open(Path(directory) / SERVER_LOCK, os.O_RDWR | os.O_CREAT, 0o666), True  # umask
+    except PermissionError:  # another user's lock file in a directory both may write (a shared group): an flock
+        descriptor, named = os.open(Path(directory) / SERVER_LOCK, os.O_RDONLY), False  # needs only reading
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -280,8 +283,9 @@ def hold(directory: Path | str) -> int:
     except BaseException:
         os.close(descriptor)
         raise
-    os.ftruncate(descriptor, 0)
-    os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
+    if named:
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
     return descriptor
 
 

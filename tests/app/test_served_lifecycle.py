@@ -466,3 +466,18 @@ def test_a_metrics_directory_a_server_holds_is_never_taken_for_an_orphan(tmp_pat
     finally:
         os.close(held)
     assert metrics_files.remove_orphaned(tmp_path, "shelfcast-metrics-") == [orphan]
+
+
+def test_a_metrics_directory_another_user_served_from_before_can_be_held(tmp_path):
+    """A directory two users' servers take turns on (a shared group's): the first one's server.lock cannot be
+    opened for writing by the second, whose server still holds the directory (an flock needs only a read
+    descriptor) rather than refusing to start."""
+    from tests.conftest import honouring_file_modes
+
+    (tmp_path / "server.lock").write_text("1\n")
+    (tmp_path / "server.lock").chmod(0o444)  # as another user's file is to this one
+    code = ("import sys; from app.metrics_files import hold, DirectoryInUse; hold(sys.argv[1]); "
+            "print(open(sys.argv[1] + '/server.lock').read().strip())")
+    done = subprocess.run(honouring_file_modes([sys.executable, "-c", code, str(tmp_path)]), capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(launch.REPO)})
+    assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr
