@@ -200,7 +200,8 @@ METRICS_DIR_PREFIX = "shelfcast-metrics-"  # in the temporary directory; a SIGKI
 
 # Set before any worker imports prometheus_client, which reads it at import. gunicorn reads this file again on
 # SIGHUP, with the variable set by then: which directory is ours (removed on exit) is kept in a second one.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+MADE_METRICS_DIR_NOW = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # by this read of the file (not a SIGHUP's)
+if MADE_METRICS_DIR_NOW:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[OWN_METRICS_DIR_ENV] = tempfile.mkdtemp(
         prefix=METRICS_DIR_PREFIX)
 METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
@@ -223,9 +224,21 @@ def inherits_its_sockets(environ=os.environ) -> bool:
 
 
 def on_starting(server):
-    """Counts from an earlier run must not be added to this one's; the address must be free. Checked for any
-    number of workers: a single worker shares the master's socket, and gunicorn itself, finding the port taken,
-    logged two errors a second for 5 s and then "Can't connect to ('127.0.0.1', 5005)"."""
+    """Counts from an earlier run must not be added to this one's; the address must be free. A server refused here
+    never runs on_exit: the metrics directory it made goes now (it names no master yet, so no later start would
+    take it for an orphan: each refused start left one in the temporary directory)."""
+    try:
+        _prepare(server)
+    except BaseException:
+        if MADE_METRICS_DIR_NOW:  # never one inherited (a USR2 upgrade's new master: the old one's, in use)
+            shutil.rmtree(METRICS_DIR, ignore_errors=True)
+        raise
+
+
+def _prepare(server):
+    """on_starting's work. The address is checked for any number of workers: a single worker shares the master's
+    socket, and gunicorn itself, finding the port taken, logged two errors a second for 5 s and then "Can't
+    connect to ('127.0.0.1', 5005)"."""
     from app.address import refuse_a_taken_address
 
     if not inherits_its_sockets():

@@ -201,6 +201,27 @@ def test_a_server_started_on_a_taken_port_says_so_in_one_line_and_exits(tmp_path
                       "running there?)"], done.stderr
 
 
+def test_a_server_refused_at_start_leaves_no_metrics_directory_behind(tmp_path):
+    """Found by a probe: the metrics directory a server makes (shelfcast-metrics-* in the temporary directory)
+    stayed when the server was refused at start (a taken port, a metrics directory in use): on_exit never runs
+    then, and the directory names no master yet, so no later start removed it."""
+    import socket
+    import subprocess
+
+    from app import launch
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        env = {**os.environ, "SHELFCAST_BIND": f"127.0.0.1:{other.getsockname()[1]}", "SHELFCAST_WORKERS": "1",
+               "PROMETHEUS_MULTIPROC_DIR": "", "SHELFCAST_OWN_METRICS_DIR": "", "TMPDIR": str(tmp_path),
+               "SHELFCAST_CONTROL_SOCKET": str(tmp_path / "c")}
+        done = subprocess.run(launch.gunicorn_command(), cwd=launch.REPO, env=env, capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode != 0 and "cannot serve at" in done.stderr, done.stderr
+    assert not list(tmp_path.glob("shelfcast-metrics-*"))
+
+
 def test_sockets_handed_to_gunicorn_are_not_refused_as_taken(monkeypatch, tmp_path):
     """systemd socket activation (LISTEN_FDS) and a USR2 upgrade (GUNICORN_FD) hand gunicorn an address already
     listening: the check must not refuse it."""
