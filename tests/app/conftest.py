@@ -19,7 +19,13 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+import prometheus_client  # noqa: F401 - see below
 import pytest
+
+# prometheus_client picks its value class when first imported, for the process's life: multiprocess files when
+# PROMETHEUS_MULTIPROC_DIR is set then. A test that runs gunicorn_conf's on_starting in-process sets it to a directory
+# of its own (removed after it); imported first there, every later app in that test process counted into files in a
+# deleted directory, and its error pages failed on it (a 500 'internal_server_error' instead of 'internal_error').
 
 RECEIVER_DIR = Path(__file__).resolve().parents[1] / "fluentd_receiver"
 INSTALL_COMMAND = "scripts/install_test_services.sh"
