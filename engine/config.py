@@ -1,15 +1,10 @@
-"""Numba cache location and the thread policy, decided once for the whole engine.
+"""Numba's cache location and the thread policy, set in the environment once, before numba (or numpy's BLAS) reads
+it: ``engine/__init__.py`` imports this module first.
 
-Imported first by ``engine/__init__.py`` so that its environment defaults are in
-place before numba (or numpy's BLAS) reads them.
-
-Thread policy: one level of parallelism at a time. The executor runs one kernel
-at a time, so a parallel Numba kernel never runs concurrently with a BLAS call;
-both pools get the same size (``NUMBA_NUM_THREADS``, default: the cores this
-process may use, its cgroup's CPU limit counted: engine/cores.py), so neither
-oversubscribes the machine. Users override with
-the usual variables (``NUMBA_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``,
-``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``) set before ``import engine``.
+One level of parallelism at a time: the executor runs one kernel at a time, so a parallel Numba kernel never runs
+beside a BLAS call, and both pools get the same size (``NUMBA_NUM_THREADS``, default: the cores this process may use,
+engine/cores.py). Users override with NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, OMP_NUM_THREADS or MKL_NUM_THREADS
+set before ``import engine``.
 """
 
 from __future__ import annotations
@@ -50,15 +45,15 @@ def _unwritable(path: str) -> str | None:
 def private_temp_cache_dir() -> str:
     """This user's cache under the temporary directory, ``shelfcast-numba-<uid>`` (mode 0700); where another user
     already holds that name (a shared /tmp), a fresh directory of this process's own."""
-    path = os.path.join(tempfile.gettempdir(), f"shelfcast-numba-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    path = os.path.join(tempfile.gettempdir(), f"shelfcast-numba-{uid}")
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
     except OSError:
         return tempfile.mkdtemp(prefix="shelfcast-numba-")
-    held = os.lstat(path)
-    if not os.path.isdir(path) or os.path.islink(path) or (hasattr(os, "getuid") and held.st_uid != os.getuid()):
+    if os.path.islink(path) or not os.path.isdir(path) or os.lstat(path).st_uid != uid:
         return tempfile.mkdtemp(prefix="shelfcast-numba-")
     return path
 
