@@ -1,35 +1,28 @@
-"""Checkpoints (``Saver``) and the frozen inference-graph export the model bundle ships.
+"""Checkpoints (``Saver``) and the frozen inference-graph export the model bundle ships; no pickle anywhere.
 
-Checkpoint: ``<prefix>.npz`` (variables as arrays, no pickle) + ``<prefix>.json`` manifest::
+Checkpoint: ``<prefix>.npz`` (the variables' arrays) + the ``<prefix>.json`` manifest::
 
     {"format": "shelfcast-engine-checkpoint", "version": 1, "data_file": "<prefix>.npz",
      "data_sha256": "...", "variables": [{"name": "dense/kernel", "key": "v0", "dtype": "float32",
                                            "shape": [20, 256], "sha256": "..."}]}
 
-Inference graph export (format ``shelfcast-engine-graph``, version 1): a directory with
-``weights.npz`` and ``graph.json``::
+Inference graph: a directory of ``weights.npz`` and ``graph.json``::
 
     {"format": "shelfcast-engine-graph", "version": 1,
-     "inputs":  {"<input name>": "<tensor name, e.g. features:0>"},
-     "outputs": {"<output name>": "<tensor name>"},
+     "inputs":  {"<input name>": "<tensor name, e.g. features:0>"}, "outputs": {"<output name>": "<tensor name>"},
      "weights": {"file": "weights.npz", "sha256": "<hex of the file>"},
      "ops": [{"name": "dense/MatMul", "type": "MatMul", "inputs": ["features:0", "dense/kernel:0"],
               "control_inputs": [], "attrs": {"transpose_a": false, "transpose_b": false}}, ...]}
 
-``ops`` are in execution (creation) order; every input names an earlier op's output.
-Attribute values are JSON scalars, lists (read back as tuples), ``{"dtype": "float32"}`` for
-element types and ``{"tensor": "<key in weights.npz>"}`` for constant arrays. Variables and their
-reads (``read_value``) are frozen into ``Const`` ops of the same name holding the variable's value,
-the graph is pruned to what the outputs need (inputs become placeholders), and other stateful or
-random ops are refused. Loading needs only
-``engine``: op types are looked up in the registry, so the code that built the graph is not
-needed, and the same kernels on the same constants give bit-identical outputs.
+``ops`` are in creation order (each input an earlier op's output); attribute values are JSON scalars, lists (read back
+as tuples), ``{"dtype": "float32"}`` or ``{"tensor": "<key in weights.npz>"}``. Variables and their reads are frozen
+into ``Const`` ops of the same name, the graph is pruned to what the outputs need (inputs become placeholders) and
+other stateful or random ops are refused. Loading needs only ``engine`` (op types are looked up in the registry): the
+same kernels on the same constants give bit-identical outputs.
 
-Every file is written to a temporary name and renamed into place (``os.replace``); the JSON
-manifest is written last, so a reader never sees a manifest whose data is incomplete. A checkpoint
-overwritten in place switches over at its manifest: the new data is staged as
-``<prefix>.npz-<sha256[:16]>``, the manifest (naming ``<prefix>.npz`` and the new checksum) replaces
-the old, then the staged file becomes ``<prefix>.npz``; ``restore`` reads the staged file while
+Files are written to a temporary name and renamed into place, the manifest last. A checkpoint overwritten in place
+switches over at its manifest: the new data is staged as ``<prefix>.npz-<sha256[:16]>``, the manifest naming its
+checksum replaces the old, then the staged file becomes ``<prefix>.npz``; ``restore`` reads the staged file while
 ``<prefix>.npz`` still holds the old data (a save killed between the two renames).
 """
 
@@ -164,8 +157,12 @@ def _verified_npz(path: str, sha: str, manifest_path: str, what: str) -> dict:
         raise DataLossError(f"{what} file {path} is unreadable: {e}") from None
 
 
-def _load_json(path: str, what: str, fmt: str) -> dict:
+def _load_json(path: str, what: str, fmt: str, max_bytes: int | None = None) -> dict:
     try:
+        size = os.path.getsize(path)
+        if max_bytes is not None and size > max_bytes:
+            raise DataLossError(f"{what} {path} is {size} bytes; at most {max_bytes} are read (its structure only: "
+                                "the constants are in the weights file)")
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
     except FileNotFoundError:
@@ -289,15 +286,18 @@ def _need(what: str, ok: bool, field: str) -> None:
         raise DataLossError(f"{what} is corrupt: {field}")
 
 
+def _is_file_name(name) -> bool:
+    """A plain file name: a data file is read beside its manifest, never from a path the manifest gives."""
+    return isinstance(name, str) and name not in ("", ".", "..") and os.path.basename(name) == name
+
+
 def _checked_manifest(manifest: dict, path: str) -> dict:
-    """The manifest's fields ``restore`` reads, each of its type; DataLossError naming the first that is not
-    (a hand-edited or half-written manifest), and the data file a plain name beside the manifest."""
+    """The manifest's fields ``restore`` reads, each of its type; DataLossError naming the first that is not (a
+    hand-edited or half-written manifest)."""
     need = partial(_need, f"checkpoint manifest {path}")
-    data_file = manifest.get("data_file")
-    need(isinstance(data_file, str) and data_file not in ("", ".", "..") and os.path.basename(data_file) == data_file,
-         f"data_file must be a file name beside it, got {data_file!r}")
+    data_file, entries = manifest.get("data_file"), manifest.get("variables")
+    need(_is_file_name(data_file), f"data_file must be a file name beside it, got {data_file!r}")
     need(isinstance(manifest.get("data_sha256"), str), "data_sha256 must be a string")
-    entries = manifest.get("variables")
     need(isinstance(entries, list), f"variables must be a list, got {type(entries).__name__}")
     for k, entry in enumerate(entries):
         need(isinstance(entry, dict) and all(isinstance(entry.get(f), str) for f in ("name", "key", "sha256")),
@@ -307,13 +307,11 @@ def _checked_manifest(manifest: dict, path: str) -> dict:
 
 def _checked_graph_doc(doc: dict, path: str) -> dict:
     """The inference graph's fields ``import_inference_graph`` reads, each of its type; DataLossError naming the
-    first that is not (a hand-edited or damaged graph.json), and the weights file a plain name beside it."""
+    first that is not (a hand-edited or damaged graph.json)."""
     need = partial(_need, f"inference graph {path}")
     weights = doc.get("weights")
     need(isinstance(weights, dict), "weights must be an object")
-    name = weights.get("file")
-    need(isinstance(name, str) and name not in ("", ".", "..") and os.path.basename(name) == name,
-         f"weights.file must be a file name beside it, got {name!r}")
+    need(_is_file_name(weights.get("file")), f"weights.file must be a file name beside it, got {weights.get('file')!r}")
     need(isinstance(weights.get("sha256"), str), "weights.sha256 must be a string")
     need(isinstance(doc.get("ops"), list), "ops must be a list")
     for k, rec in enumerate(doc["ops"]):
@@ -467,14 +465,7 @@ def import_inference_graph(export_dir: str) -> InferenceModel:
     A graph.json over ``MAX_GRAPH_BYTES`` is refused before it is parsed, one with an op no output needs once built:
     a padded one (10^6 ops, 95 MB) took 76 s and a 1.5 GB peak RSS to load, and was served."""
     graph_path = os.path.join(export_dir, "graph.json")
-    try:
-        size = os.path.getsize(graph_path)
-    except FileNotFoundError:
-        raise NotFoundError(f"inference graph manifest {graph_path} does not exist") from None
-    if size > MAX_GRAPH_BYTES:
-        raise DataLossError(f"inference graph {graph_path} is {size} bytes; at most {MAX_GRAPH_BYTES} are read (its "
-                            "structure only: the constants are in the weights file)")
-    doc = _checked_graph_doc(_load_json(graph_path, "inference graph", GRAPH_FORMAT), graph_path)
+    doc = _checked_graph_doc(_load_json(graph_path, "inference graph", GRAPH_FORMAT, MAX_GRAPH_BYTES), graph_path)
     weights = _verified_npz(os.path.join(export_dir, doc["weights"]["file"]), doc["weights"]["sha256"], graph_path,
                             "weights")
     graph = Graph()
