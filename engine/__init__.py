@@ -23,13 +23,13 @@ from engine.ops.nn import dropout, leaky_relu, relu, sigmoid, softmax, softplus,
 from engine.ops.random import random_normal, random_uniform
 from engine.ops.state import (Variable, assign, assign_add, assign_sub, global_variables,
                               global_variables_initializer, trainable_variables, variables_initializer)
-from engine.session import Session, SessionConfig, get_default_session
+from engine.session import Session, SessionConfig
 
 __all__ = [
     "DType", "Graph", "IndexedSlices", "Operation", "Session", "SessionConfig", "Tensor", "Variable", "abs", "add",
     "add_n", "as_dtype", "assign", "assign_add", "assign_sub", "bool", "cast", "check_numerics", "concat",
     "constant", "control_dependencies", "convert_to_tensor", "cos", "data", "divide", "dropout", "equal", "errors",
-    "exp", "expand_dims", "expm1", "float32", "float64", "gather", "get_default_graph", "get_default_session",
+    "exp", "expand_dims", "expm1", "float32", "float64", "gather", "get_default_graph",
     "global_variables", "global_variables_initializer", "gradients", "greater", "greater_equal", "group",
     "identity", "int32", "int64", "layers", "leaky_relu", "less", "less_equal", "log", "log1p", "matmul", "maximum",
     "minimum", "multiply", "name_scope", "negative", "nn", "no_op", "not_equal", "ones", "ones_like", "placeholder",

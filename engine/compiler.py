@@ -1,25 +1,18 @@
 """Whole-plan compilation: a stateless inference plan becomes ONE Numba function (the serving path).
 
-Why: a batch-1 prediction through the interpreted plan pays Python dispatch for every op
-(tens of µs); the same work in one compiled function costs a few µs. The generated source
-is a pure function of the graph (op types, attributes, static shapes and dtypes, wiring);
-weights are *arguments*, never baked in. It is written once, atomically, to
-``$NUMBA_CACHE_DIR/shelfcast_compiled/plan_<sha256 of the source>.py`` and imported from
-there with ``@njit(cache=True)``, so a fresh process loads the machine code from Numba's
-cache instead of compiling.
+Why: a batch-1 prediction through the interpreted plan pays Python dispatch for every op (tens of µs); one compiled
+function costs a few µs. The generated source is a pure function of the graph (op types, attributes, static shapes
+and dtypes, wiring), weights are arguments: it is written once, atomically, to
+``$NUMBA_CACHE_DIR/shelfcast_compiled/plan_<sha256 of the source>.py`` and imported with ``@njit(cache=True)``, so a
+fresh process loads the machine code from Numba's cache.
 
-Semantics: every op is emitted from its OpDef: an elementwise op from its one scalar function
-(the same source its interpreted and fused kernels are generated from, ``kernels/elementwise.py``),
-any other op by its ``emit``; gathers, concatenations and casts copy exactly.
-Matrix products are plain loops (no BLAS), so they may differ from the interpreted plan in
-the last bits: results agree within ``rtol=1e-5, atol=1e-6`` for float32 (exact for
-everything else). Whenever a run-time check in the compiled code fails (a shape that static
-inference allowed but the compiled code does not handle, an index out of range, a division
-by zero) the call is re-run by the interpreted plan, which computes the result or raises
-the engine's usual error: results never depend on the compiler. A graph with an op the
-compiler does not know (no scalar function, no ``emit``) is refused with :class:`UnsupportedGraphError`
-naming the ops, and
-:class:`SmallBatchCallable` then uses the interpreted plan for every batch.
+Every op is emitted from its OpDef: an elementwise op from its one scalar function (as its interpreted and fused
+kernels, ``kernels/elementwise.py``), any other by its ``emit``. Matrix products are plain loops (no BLAS): float32
+results agree with the interpreted plan within ``rtol=1e-5, atol=1e-6``, everything else exactly. When a run-time
+check in the compiled code fails (a shape it does not handle, an index out of range, a division by zero) the
+interpreted plan runs the call, computing the result or raising the engine's usual error: results never depend on
+the compiler. A graph with an op it does not know is refused (:class:`UnsupportedGraphError`, naming the ops) and
+:class:`SmallBatchCallable` then runs the interpreted plan for every batch.
 """
 
 from __future__ import annotations
@@ -39,8 +32,8 @@ from engine.session import exact_feeds
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ROWS = config.env_int("SHELFCAST_COMPILED_MAX_ROWS", 16)
-"""Batches of at most this many rows take the compiled function; larger ones the interpreted
-plan (BLAS matmuls win there). Measured crossover of the reference MLP on 2 cores: see README."""
+"""Batches of at most this many rows take the compiled function, larger ones the interpreted plan (BLAS matmuls
+win there): the reference MLP's crossover on 2 cores, README."""
 
 CACHE_SUBDIR = "shelfcast_compiled"
 
@@ -49,20 +42,10 @@ class UnsupportedGraphError(ValueError):
     """The plan has ops (or shapes) the compiler does not handle; the interpreted plan still runs it."""
 
 
-def _fetch_tensors(fetches) -> list:
-    """The tensors of a flat fetch list; ops and IndexedSlices are refused (inference returns arrays)."""
-    for f in fetches:
-        if not isinstance(f, Tensor):
-            raise UnsupportedGraphError(f"fetch {f!r} is not a tensor; compiled plans return arrays only")
-    return list(fetches)
-
-
 class Emitter:
-    """What an ``OpDef.emit(c, op, ins) -> expression`` writes through (``ins``: its inputs' variables).
-
-    The expression is assigned to the op's variable; an emitter returning one of ``ins`` (or a
-    parameter) makes the op an alias of it; ``None`` means the op computes nothing.
-    """
+    """What an ``OpDef.emit(c, op, ins) -> expression`` writes through (``ins``: its inputs' variables). The
+    expression is assigned to the op's variable; one of ``ins`` (or a parameter) makes the op an alias of it; ``None``
+    means the op computes nothing."""
 
     def __init__(self):
         self.helpers: dict[str, str] = {}
@@ -122,13 +105,9 @@ def _emit_elementwise(c: Emitter, op: Operation, ins: list) -> str:
 
 
 def generate(fetch_tensors, feed_tensors):
-    """Source of ``plan(feeds..., consts..., variables...)`` and where each parameter comes from.
-
-    Returns ``(source, consts, variables, aliased)``: ``consts`` the Const arrays and
-    ``variables`` the variable names the caller passes after the feeds, ``aliased`` the output
-    positions that are a parameter or may be a view of one (the wrapper copies those so no caller
-    aliases state: a reshaped variable is a view of it, and a Const's view would come back writable).
-    """
+    """``(source, consts, variables, aliased)`` of ``plan(feeds..., consts..., variables...)``: the Const arrays and
+    variable names the caller passes after the feeds, and the output positions that are a parameter or may be a view
+    of one (the wrapper copies those: a reshaped variable is a view of it, a Const's view would come back writable)."""
     fed = list(feed_tensors)
     names: dict[Tensor, str] = {t: f"f{i}" for i, t in enumerate(fed)}
     c, problems = Emitter(), []
@@ -217,14 +196,14 @@ def load_plan_function(source: str):
 
 
 class CompiledPlan:
-    """One Numba function computing flat fetches from feeds; parameters are read at each call.
-
-    ``__call__(*feed_values)`` returns the fetches' arrays in order. It raises
-    :class:`CompiledCheckFailed` when a run-time check inside the compiled code fails; callers
-    then run the interpreted plan. Feeds must already be C-contiguous arrays of the feeds' dtypes.
-    """
+    """One Numba function: ``__call__(*feed_values)`` returns the flat fetches' arrays, reading the parameters at each
+    call. Feeds must be C-contiguous arrays of their dtypes; :class:`CompiledCheckFailed` when a run-time check in
+    the compiled code fails (callers then run the interpreted plan)."""
 
     def __init__(self, session, fetch_tensors, feed_tensors):
+        for f in fetch_tensors:  # no op or IndexedSlices: inference returns arrays
+            if not isinstance(f, Tensor):
+                raise UnsupportedGraphError(f"fetch {f!r} is not a tensor; compiled plans return arrays only")
         self.session = session
         self.feed_tensors = list(feed_tensors)
         self.source, consts, self.variables, aliased = generate(fetch_tensors, self.feed_tensors)
@@ -264,14 +243,10 @@ class CompiledCheckFailed(RuntimeError):
 
 
 class SmallBatchCallable:
-    """``session.make_callable`` with a compiled fast path for batches of at most ``max_rows`` rows.
-
-    The compiled function is built on the first small call (or by :meth:`warm_up`). When the
-    plan cannot be compiled, the reason is logged once and kept in ``compile_error``, and every
-    call runs the interpreted plan. Feeds that are not already exact arrays (wrong dtype, a
-    list, non-contiguous, a known dimension that differs) go the interpreted way too, which
-    converts them or raises its clear errors.
-    """
+    """``session.make_callable`` with a compiled fast path for batches of at most ``max_rows`` rows, built on the first
+    small call (or by :meth:`warm_up`). A plan that cannot be compiled runs interpreted (why: logged once, and
+    ``compile_error``); so do feeds that are not exact arrays (dtype, list, layout, a known dimension), which the
+    interpreted path converts or refuses with its clear errors."""
 
     def __init__(self, session, fetches, feed_list, max_rows: int | None = None):
         self.session = session
@@ -302,7 +277,7 @@ class SmallBatchCallable:
         if not self._tried:
             self._tried = True
             try:
-                self.compiled = CompiledPlan(self.session, _fetch_tensors(self._plan.fetches), self._feeds)
+                self.compiled = CompiledPlan(self.session, self._plan.fetches, self._feeds)
             except UnsupportedGraphError as e:
                 self.compile_error = str(e)
                 log.info("compiled fast path off, the interpreted plan runs every batch: %s", e)

@@ -329,9 +329,7 @@ def may_alias_storage(t: Tensor, fed) -> bool:
 
 
 def _stack() -> list[Graph]:
-    if not hasattr(_local, "stack"):
-        _local.stack = []
-    return _local.stack
+    return _local.__dict__.setdefault("stack", [])
 
 
 def get_default_graph() -> Graph:
@@ -395,17 +393,13 @@ def constant_tensor(arr: np.ndarray, name: str = "Const", graph=None) -> Tensor:
     return (graph or get_default_graph()).create_op("Const", (), {"value": arr}, name=name).outputs[0]
 
 
-def masked_values(value: np.ma.MaskedArray) -> str:
-    return (f"a masked array with {int(np.ma.count_masked(value))} masked values (their data would be taken as "
-            "they are: fill them first, value.filled(x))")
+class UnfitValue(TypeError):
+    """A value no array stands for as it is: ragged rows, or masked values (np.asarray would take the data under the
+    mask); ``given`` says which, for a feed's error."""
 
-
-class MaskedValue(TypeError):
-    """A masked array with masked values: np.asarray would take the data under the mask."""
-
-
-class RaggedValue(TypeError):
-    """A nested list whose rows differ in length: no array at all."""
+    def __init__(self, message: str, given: str):
+        super().__init__(message)
+        self.given = given
 
 
 def _kind(np_dtype) -> str:
@@ -423,7 +417,9 @@ def python_value_to_array(value, dtype: _dt.DType | None, what: str = "value") -
     float64, int32 to int64: exact); narrowing or a change of kind (bool or int to a number of another kind)
     is an error naming both dtypes. Python numbers take ``dtype`` when they are exactly representable."""
     if isinstance(value, np.ma.MaskedArray) and np.ma.getmaskarray(value).any():  # asarray drops the mask
-        raise MaskedValue(f"{what}: {masked_values(value)}")
+        given = (f"a masked array with {int(np.ma.count_masked(value))} masked values (their data would be taken as "
+                 "they are: fill them first, value.filled(x))")
+        raise UnfitValue(f"{what}: {given}", given)
     if isinstance(value, (np.ndarray, np.generic)):
         arr = np.asarray(value)
         if dtype is None:
@@ -436,7 +432,8 @@ def python_value_to_array(value, dtype: _dt.DType | None, what: str = "value") -
     try:
         arr = np.asarray(value)
     except ValueError:  # a ragged nesting (NumPy 2 refuses it)
-        raise RaggedValue(f"{what}: {value!r} is ragged (rows of different lengths)") from None
+        raise UnfitValue(f"{what}: {value!r} is ragged (rows of different lengths)",
+                         "a ragged value (rows of different lengths)") from None
     if arr.dtype == object:
         raise TypeError(f"{what}: {value!r} is not a rectangular numeric value")
     if arr.dtype.kind not in "fiub":  # a string or complex number is no number of ours, whatever ``dtype``
@@ -493,19 +490,3 @@ class IndexedSlices:
 
     def __repr__(self) -> str:
         return f"<en.IndexedSlices values={self.values.name} indices={self.indices.name}>"
-
-
-# --- the default session (a stack per thread; ``with session:`` pushes) ------------------------------
-
-
-def session_stack() -> list:
-    if not hasattr(_local, "sessions"):
-        _local.sessions = []
-    return _local.sessions
-
-
-def get_default_session():
-    stack = session_stack()
-    if not stack:
-        raise ValueError("no default session: use `with en.Session() as sess:` or pass session=")
-    return stack[-1]

@@ -1,21 +1,16 @@
 """Session: runs the part of a graph that fetches need, with feeds replacing any tensor.
 
-Partial execution (whitepaper section 4.2): a run prunes the graph to the ops its fetches
-depend on (data and control edges), stopping at fed tensors, whose producers do not run.
-The result is an execution *plan* cached per (fetches, fed tensors): the op order, each
-op's kernel (resolved once by its factory) and integer slots for every value, so a run is a
-flat loop of step closures. At plan time the pruned ops become a small IR that the passes in
-``engine/passes`` rewrite (CSE, constant folding, dead-node pruning, elementwise fusion; see
-``SessionConfig``), and steps whose kernels can write into ``out`` get buffers kept across
-runs, shared by steps whose values are dead (liveness). ``make_callable`` is the hot path.
-
-Variables live in ``session.state`` (name -> array); random ops keep one NumPy Generator
-per op in the session, seeded from the op's (graph seed, op seed).
+Partial execution (whitepaper section 4.2): a run prunes the graph to the ops its fetches depend on (data and control
+edges), stopping at fed tensors. The result is an execution *plan* cached per (fetches, fed tensors): each op's kernel
+(resolved once by its factory) and integer slots for every value, so a run is a flat loop of step closures. At plan
+time the passes in ``engine/passes`` rewrite the pruned ops (``SessionConfig``), and steps whose kernels can write
+into ``out`` get buffers kept across runs, shared by steps whose values are dead (liveness). ``make_callable`` is
+the hot path. Variables live in ``session.state`` (name -> array); each random op has a NumPy Generator in the
+session, seeded from its (graph seed, op seed).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import threading
 from collections.abc import Mapping
@@ -26,9 +21,8 @@ import numpy as np
 
 from engine import shapes
 from engine.errors import InvalidArgumentError, OpError
-from engine.graph import (Graph, IndexedSlices, MaskedValue, Operation, RaggedValue, Tensor, get_default_graph,
-                          get_default_session, is_tensor_like, masked_values, may_alias_storage, ops_needed,
-                          python_value_to_array, session_stack)
+from engine.graph import (Graph, IndexedSlices, Operation, Tensor, UnfitValue, get_default_graph, is_tensor_like,
+                          may_alias_storage, ops_needed, python_value_to_array)
 from engine.kernels import array as KA
 from engine.passes import PASS_NAMES, PlanIR, node_from_op, optimize
 from engine.passes.liveness import assign_buffer_groups
@@ -38,13 +32,9 @@ BACKENDS = ("kernels", "reference")
 
 @dataclass(frozen=True)
 class SessionConfig:
-    """How a Session builds plans: which graph rewrites run, whether buffers are reused, which backend.
-
-    ``optimize=False`` turns every pass off (the plan runs the graph's ops as written);
-    ``passes`` picks some of ``PASS_NAMES`` ("cse", "constant_folding", "pruning", "fusion").
-    ``backend="reference"`` runs every op by its plain-NumPy reference (OpDef.reference): slow,
-    independent of Numba, the yardstick tests compare the kernels against (no fusion, no buffers).
-    """
+    """How a Session builds plans. ``optimize=False`` turns every pass off, ``passes`` picks some of ``PASS_NAMES``;
+    ``backend="reference"`` runs every op by its plain-NumPy reference (OpDef.reference, no fusion, no buffers): slow,
+    independent of Numba, the yardstick the tests compare the kernels against."""
 
     optimize: bool = True
     passes: frozenset = frozenset(PASS_NAMES)
@@ -84,13 +74,10 @@ class Step:
 
 
 class Plan:
-    """Everything a run of some fetches with some feeds needs, computed once (``Session.plan``).
-
-    Public: ``feed_tensors`` (the order :meth:`run` takes feed values in), ``fetches`` (resolved
-    fetch leaves), ``steps`` (:class:`Step`, after graph rewrites), :meth:`slots`, :meth:`run`
-    and :meth:`structure`; the profiler and the compiler use these. ``runners`` are the same
-    steps as closures over slots and kept buffers, which is what a run executes.
-    """
+    """Everything a run of some fetches with some feeds needs, computed once (``Session.plan``). The profiler and the
+    compiler use ``feed_tensors`` (the order :meth:`run` takes feed values in), ``fetches`` (resolved leaves),
+    ``steps`` (:class:`Step`, after rewrites), :meth:`slots`, :meth:`run` and :meth:`structure`; ``runners`` are the
+    same steps as closures over slots and kept buffers, what a run executes."""
 
     def __init__(self, session, feed_tensors, feed_slots, fetches, build, steps, getters, n_slots, runners, labels,
                  n_buffers, nodes, groups):
@@ -259,25 +246,15 @@ class Session:
         self._plans: dict = {}
         self.closed = False
 
-    # --- context management -----------------------------------------------------------------
+    # --- context management: ``with Session(graph) as sess`` makes its graph the default one --------------------
     def __enter__(self):
-        session_stack().append(self)
         self._graph_ctx = self.graph.as_default()
         self._graph_ctx.__enter__()
         return self
 
     def __exit__(self, *exc):
         self._graph_ctx.__exit__(*exc)
-        session_stack().pop()
         self.close()
-
-    @contextlib.contextmanager
-    def as_default(self):
-        session_stack().append(self)
-        try:
-            yield self
-        finally:
-            session_stack().pop()
 
     def close(self) -> None:
         self.closed = True
@@ -301,21 +278,15 @@ class Session:
 
     # --- running ------------------------------------------------------------------------------
     def run(self, fetches, feed_dict=None, options=None, run_metadata=None):
-        """Values of ``fetches`` (a tensor, op, name, or nested list/tuple/dict/namedtuple of them).
-
-        Ops fetched return None. ``feed_dict`` maps tensors (or their names) to values that
-        replace them for this run.
-        """
+        """Values of ``fetches`` (a tensor, op, name, or nested list/tuple/dict/namedtuple of them; an op's is None),
+        ``feed_dict``'s values (keys: tensors or their names) replacing those tensors for this run."""
         feed_dict = feed_dict or {}
         plan = self.plan(fetches, list(feed_dict))
         return plan.structure(plan.run(list(feed_dict.values())))
 
     def make_callable(self, fetches, feed_list=None):
-        """A function of the ``feed_list`` values returning the fetches: the hot path.
-
-        The plan is built once; a call only checks each feed's type, dtype, contiguity and known
-        dimensions (anything else goes through the full conversion and its clear errors).
-        """
+        """A function of the ``feed_list`` values returning the fetches: the hot path. A call only checks each feed's
+        type, dtype, contiguity and known dimensions (anything else goes through the full conversion and its errors)."""
         plan = self.plan(fetches, feed_list or [])
         feeds = [(slot, t, *spec)
                  for slot, t, spec in zip(plan.feed_slots, plan.feed_tensors, exact_feeds(plan.feed_tensors))]
@@ -441,8 +412,7 @@ def feed_value(t: Tensor, value) -> np.ndarray:
         try:
             arr = python_value_to_array(value, t.dtype, what=f"feed for {t.name}")
         except TypeError as exc:
-            given = ("a ragged value (rows of different lengths)" if isinstance(exc, RaggedValue)
-                     else masked_values(value) if isinstance(exc, MaskedValue)
+            given = (exc.given if isinstance(exc, UnfitValue)
                      else f"{value!r} (a feed is a value: run the tensor first)" if is_tensor_like(value)
                      else f"value of dtype {np.asarray(value).dtype}")
             raise InvalidArgumentError(
@@ -453,4 +423,4 @@ def feed_value(t: Tensor, value) -> np.ndarray:
     return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
 
 
-__all__ = ["BACKENDS", "Plan", "Session", "SessionConfig", "Step", "exact_feeds", "feed_value", "get_default_session"]
+__all__ = ["BACKENDS", "Plan", "Session", "SessionConfig", "Step", "exact_feeds", "feed_value"]
