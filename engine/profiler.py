@@ -1,16 +1,11 @@
 """Per-op profile of a Session run: where the time and the bytes go.
 
-``profile(sess, fetches, feed_dict, runs=10)`` builds (or reuses) the session's execution plan
-for those fetches and feeds and runs its steps itself, timing each kernel call with
-``perf_counter_ns``. It uses the public plan API (``Session.plan``; ``Plan.steps`` for names, slots
-and types, ``Plan.runners`` for what a run executes), so it times exactly what a run does, after graph
-rewrites (a fused node shows as one step) and with the plan's kept buffers (a fused step written over
-its dying input runs its in-place loop, as in a run). Stateful steps really run: profiling a training
-step trains (as TensorFlow's profiler does).
-
-The result prints as a table (per op and per op type) and exports as a Chrome trace
-(``chrome://tracing`` or https://ui.perfetto.dev): one complete event ("ph": "X") per step
-per run, op type as category, bytes in ``args``.
+``profile(sess, fetches, feed_dict, runs=10)`` runs the steps of the session's plan for those fetches and feeds itself
+(the public plan API: ``Plan.steps``, ``Plan.runners``), timing each kernel call with ``perf_counter_ns``: exactly
+what a run does, after graph rewrites (a fused node is one step) and with the plan's kept buffers. Stateful steps
+really run: profiling a training step trains (as TensorFlow's profiler does). The result prints as tables (per op,
+per op type) and exports as a Chrome trace (``chrome://tracing``, https://ui.perfetto.dev): one complete event per
+step per run, op type as category, bytes in ``args``.
 """
 
 from __future__ import annotations
@@ -106,10 +101,8 @@ def _nbytes(value) -> int:
 
 
 def profile(sess, fetches, feed_dict=None, runs: int = 10, warmup: int = 1) -> Profile:
-    """Run the plan of ``fetches``/``feed_dict`` ``warmup + runs`` times, timing every step.
-
-    Warm-up runs (compilation, first allocations) are not recorded.
-    """
+    """Run the plan of ``fetches``/``feed_dict`` ``warmup + runs`` times, timing every step of the last ``runs``
+    (warm-up: compilation, first allocations)."""
     if runs < 1 or warmup < 0:
         raise ValueError(f"profile: runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     feed_dict = feed_dict or {}

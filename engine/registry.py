@@ -1,22 +1,13 @@
-"""The op table: every fact about an op type in ONE definition (an :class:`OpDef`).
+"""The op table: every fact about an op type in ONE definition (an :class:`OpDef`), registered next to the constructor
+users call (``engine/ops``). Sessions, passes, the compiler, autodiff and the registry test
+(``tests/engine/test_op_registry.py``) read its fields and flags; none of them names an op type.
 
-Each ``engine/ops/*.py`` module registers its ops with :func:`register` (or
-``ops._util.elementwise``) next to the constructor users call. Session, graph passes,
-compiler, autodiff and the registry-driven test (``tests/engine/test_op_registry.py``) read
-these fields and flags; none of them names an op type.
-
-Kernel convention: ``kernel(op, ctx)`` is a *factory* called once when a Session builds an
-execution plan; it returns a callable ``f(*input_arrays) -> array`` (or ``None`` for ops
-with no outputs) that the plan calls on every run. Attributes are read, and stateful ops
-find their session state, at factory time, so the per-run loop does no lookups
-(``ctx`` is the Session: ``ctx.state`` holds variables, ``ctx.rng(op)`` random streams).
-``reference`` has the same convention and computes the same values with plain NumPy (the
-``SessionConfig(backend="reference")`` backend and the tests' independent check); an op
-whose kernel already is plain NumPy says so with ``reference=NUMPY_KERNEL``. Kernels never
-keep a reference to an input array after the call (state ops copy what they store).
-
-Gradient convention: ``grad(op, grad_of_output) -> [grad_of_input_i or None, ...]``,
-built from ops (so gradients are graph extensions, whitepaper section 4.1).
+``kernel(op, ctx)`` is a factory called once when a Session builds a plan (``ctx`` is the Session: ``ctx.state``,
+``ctx.rng(op)``), so attributes and state are looked up then, not per run. It returns ``f(*input_arrays) -> array``
+(``None`` for ops without outputs), which never keeps an input after the call (state ops copy what they store).
+``reference`` computes the same with plain NumPy (``SessionConfig(backend="reference")``, the tests' independent
+check), or is ``NUMPY_KERNEL`` where the kernel already is plain NumPy. ``grad(op, grad_of_output) -> [grad_of_input_i
+or None, ...]`` builds ops: gradients extend the graph (whitepaper section 4.1).
 """
 
 from __future__ import annotations
@@ -34,8 +25,7 @@ NUMPY_KERNEL = "the kernel is plain NumPy"
 
 @dataclass(frozen=True)
 class Example:
-    """One input case of an op for the registry-driven test: arrays fed to its inputs, attrs,
-    and session state (variable name -> array) present before it runs."""
+    """One case of an op for the registry test: its inputs, attrs and session state (variable name -> array)."""
 
     inputs: tuple = ()
     attrs: Optional[dict] = None
@@ -89,14 +79,10 @@ class OpDef:
 
 
 def register(name: str, **fields) -> OpDef:
-    """Add an op type to the table (``fields``: :class:`OpDef`'s); a second definition of a name is an error.
-
-    ``name`` is CamelCase, a Python identifier (the compiler names generated functions after it).
-    A ``grad`` makes the op differentiable; without one, ``not_differentiable="why"`` says in the op's own
-    definition why no gradient flows (comparisons, shapes, integer outputs, state updates), so an op with
-    float outputs never skips the registry test's gradient check silently. Neither: "not defined"
-    (``gradients()`` raises for it, and the registry test fails it).
-    """
+    """Add an op type (``fields``: :class:`OpDef`'s) under a CamelCase name, a Python identifier (the compiler names
+    generated functions after it), once. Without a ``grad``, ``not_differentiable="why"`` says why no gradient flows,
+    so no op with float outputs skips the registry test's gradient check silently (neither: ``gradients()`` and the
+    registry test fail it)."""
     if not isinstance(name, str) or not _OP_NAME.fullmatch(name):
         raise ValueError(f"op name {name!r}: must be CamelCase: a capital letter, then letters, digits or _ "
                          "(a Python identifier, as TensorFlow's op names are)")

@@ -1,13 +1,10 @@
 """Optimizers (TensorFlow 1.x ``tf.train`` names): each variable's step is one fused-kernel op.
 
-Slots (momentum accumulators, Adam's m and v, Adagrad's accumulators) are non-trainable
-variables named ``<variable>/<Optimizer>`` (``/<Optimizer>_1`` for a second slot), so
-``Saver`` checkpoints them and ``global_variables_initializer`` (run after the optimizer is
-built) initializes them.
-
-Sparse gradients (from ``gather``) update only the gathered rows: for Adam this is *lazy
-Adam* (as ``tf.contrib.opt.LazyAdamOptimizer``): rows not in the batch keep their value and
-their m and v untouched (no decay); the bias correction uses the optimizer's global step count.
+Slots (momentum accumulators, Adam's m and v, Adagrad's accumulators) are non-trainable variables named
+``<variable>/<Optimizer>`` (``/<Optimizer>_1`` for a second slot): ``Saver`` checkpoints them and
+``global_variables_initializer`` (run after the optimizer is built) initializes them. Sparse gradients (from
+``gather``) update only the gathered rows: for Adam this is lazy Adam (``tf.contrib.opt.LazyAdamOptimizer``), rows
+not in the batch keep their value, m and v (no decay); the bias correction counts the optimizer's steps.
 """
 
 from __future__ import annotations
@@ -38,8 +35,8 @@ def hyperparameter(name: str, value, upper: float = np.inf, upper_open: bool = F
 
 
 class Optimizer:
-    """Base: compute_gradients / apply_gradients / minimize, as in TensorFlow 1.x. A subclass gives its update
-    ops' ``kind`` (``Apply<kind>``/``SparseApply<kind>``, engine/ops/training.py), their slots and attributes."""
+    """compute_gradients / apply_gradients / minimize, as in TensorFlow 1.x; a subclass gives its update ops' ``kind``
+    (``Apply<kind>``/``SparseApply<kind>``, engine/ops/training.py), their slots and attributes."""
 
     def __init__(self, learning_rate, name, kind=""):
         if not is_tensor_like(learning_rate):
@@ -111,8 +108,7 @@ class Optimizer:
         return sorted({s for _, s in self._slots})
 
     def _create_slots(self, var) -> dict:
-        """The update's attributes naming ``var``'s slots (``<variable>/<name>``, ``<variable>/<name>_1`` …),
-        created on first use."""
+        """The update's attributes naming ``var``'s slots, created on first use."""
         return {attr: self._slot(var, self._name + (f"_{k}" if k else ""), init).op.name
                 for k, (attr, init) in enumerate(self._slot_inits)}
 
@@ -178,8 +174,7 @@ class AdamOptimizer(Optimizer):
 
 
 def _check_variables(values, what: str) -> None:
-    """Updates and slots are keyed by variable: a tensor there failed as an AttributeError ('_as_tensor',
-    'assign_add')."""
+    """Updates and slots are keyed by variable: a tensor there failed as an AttributeError ('assign_add')."""
     for v in values:
         if not isinstance(v, Variable):
             raise TypeError(f"{what}: {v!r} is not a variable")

@@ -1,7 +1,5 @@
-"""Indexing kernels: gather rows, scatter-add rows (densify sparse gradients), merge duplicate sparse rows.
-
-Pure data movement (reshape, transpose, concat, cast) uses NumPy directly in ``ops/array.py``:
-it is a memory copy that Numba would not make faster.
+"""Indexing kernels: gather rows, scatter-add rows (densify sparse gradients), merge duplicate sparse rows. Pure
+data movement (reshape, transpose, concat, cast) is NumPy's in ``ops/array.py``: a copy Numba would not make faster.
 """
 
 from __future__ import annotations
@@ -79,12 +77,9 @@ def scatter_add_dense(values: np.ndarray, indices: np.ndarray, dense_shape) -> n
 
 @njit(cache=True)
 def merge_duplicate_rows(values, idx, pos, uniq, merged):
-    """Sum the rows of a sparse gradient that share an index, without sorting or densifying.
-
-    ``pos`` (one entry per variable row, all -1) maps a row to its place in ``uniq``/``merged``
-    and is restored to -1 before returning. Rows are summed in occurrence order. Returns the
-    number of distinct rows, or -(k+1) when ``idx[k]`` is out of range.
-    """
+    """Sum the rows of a sparse gradient that share an index, in occurrence order, without sorting: ``pos`` (one entry
+    per variable row, all -1, restored) maps a row to its place in ``uniq``/``merged``. Returns the number of distinct
+    rows, or -(k+1) when ``idx[k]`` is out of range."""
     u = 0
     n_rows = pos.size
     result = 0
@@ -109,11 +104,8 @@ def merge_duplicate_rows(values, idx, pos, uniq, merged):
 
 
 def merge_sparse_rows(values: np.ndarray, indices: np.ndarray, n_rows: int, scratch: dict | None = None):
-    """(distinct row indices, their summed gradient rows) of a sparse gradient; ValueError on a bad index.
-
-    ``scratch`` (a dict the caller keeps, one per update op) holds the row map and the output
-    buffers between calls, so a training step allocates nothing here (the row map is left all -1).
-    """
+    """(distinct row indices, their summed gradient rows) of a sparse gradient; ValueError on a bad index. ``scratch``
+    (a dict the caller keeps, one per update op) holds the row map and buffers, so a step allocates nothing here."""
     idx = np.ascontiguousarray(indices).reshape(-1)
     v2 = np.ascontiguousarray(values).reshape(idx.size, _row_size(np.shape(values)[np.ndim(indices):]))
     scratch = {} if scratch is None else scratch
@@ -129,8 +121,7 @@ def merge_sparse_rows(values: np.ndarray, indices: np.ndarray, n_rows: int, scra
         pos = scratch["pos"] = np.full(n_rows, -1, np.int64)
     count = merge_duplicate_rows(v2, idx, pos, uniq, merged)
     if count < 0:
-        bad = -count - 1
-        raise out_of_range(idx, bad, n_rows, "sparse gradient index")
+        raise out_of_range(idx, -count - 1, n_rows, "sparse gradient index")
     return uniq[:count], merged[:count]
 
 

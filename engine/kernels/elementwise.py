@@ -1,15 +1,12 @@
 """Elementwise kernels generated from ONE scalar function per op (PyTensor's ScalarOp idea).
 
-An elementwise op registers a plain Python function of scalars (``def relu(x): return x if x > 0
-else 0``), or a Python operator or NumPy ufunc that is one (``operator.add``: ``a + b``; ``np.exp``:
-``np.exp(a)``). Its source is copied into generated Numba modules: the op's own kernel (any number of
-operands, NumPy broadcasting), the fused kernel of a chain of such ops (``passes/fusion.py``)
-and the compiled inference plan (``compiler.py``). So one formula defines all three, and fused
-and unfused results agree bit for bit: every step rounds to the output dtype, as an array store does.
-
-Modules are named by a digest of their source (which includes each formula) and kept under
-``$NUMBA_CACHE_DIR/shelfcast_fused/`` (atomically written), so a fresh process loads the compiled
-code instead of compiling, and editing a formula can never run a stale kernel.
+An elementwise op registers a plain Python function of scalars (``def relu(x): return x if x > 0 else 0``), or a
+Python operator or NumPy ufunc that is one (``operator.add``: ``a + b``). Its source is copied into generated Numba
+modules: the op's own kernel (NumPy broadcasting), the fused kernel of a chain of such ops (``passes/fusion.py``) and
+the compiled inference plan (``compiler.py``). One formula defines all three, so fused and unfused results agree bit
+for bit: every step rounds to the output dtype, as an array store does. Modules are named by a digest of their source
+and kept under ``$NUMBA_CACHE_DIR/shelfcast_fused/``: a fresh process loads the compiled code, and an edited formula
+never runs a stale kernel.
 """
 
 from __future__ import annotations
@@ -38,11 +35,9 @@ _OPERATORS = {operator.add: "a + b", operator.sub: "a - b", operator.mul: "a * b
 
 @lru_cache(maxsize=None)
 def _source(fn) -> str:
-    """The def of scalar function ``fn`` as text: its own source, or the one an operator or ufunc stands for.
-
-    Read once, when the op registers (``check_scalar``): ``inspect.getsource`` reads the file as it is *now*, so a
-    kernel generated after the file was edited (an upgrade under a running process) got the lines now at the
-    function's old line number: another formula, silently."""
+    """The def of scalar function ``fn`` as text: its own source, or the one an operator or ufunc stands for. Read
+    once, when the op registers: ``inspect.getsource`` reads the file as it is *now*, so a kernel generated after an
+    upgrade under a running process got the lines now at the function's old line number, another formula."""
     if isinstance(fn, np.ufunc):
         args = ", ".join("ab"[:fn.nin])
         return f"def {fn.__name__}({args}):\n    return np.{fn.__name__}({args})"
@@ -169,20 +164,15 @@ def op_kernel(fn, arity: int, out_dtype=None):
 
 
 def chain_source(steps, leaf_kinds, dtype: str, inner: int, row_sum: bool = False) -> str:
-    """Source of ``serial(out, x0, x1, ...)`` and ``parallel(...)`` for one chain of elementwise ops.
+    """Source of ``serial(out, x0, x1, ...)`` and ``parallel(...)`` computing one chain of elementwise ops.
 
-    ``steps``: [(scalar function, [operand refs])], a ref being ("leaf", k) or ("step", j);
-    ``leaf_kinds``: "full" (same shape as the output), "row" (a suffix of ``inner`` elements,
-    repeated per row) or "scalar". The output is the last step's value. ``row_sum`` adds
-    ``serial_sum(out, sums, x0, ...)``, which also sums the output over its rows of ``inner``
-    elements into ``sums`` (a bias gradient), adding rows in order in float64 as ``kernels/reduce.py`` does.
-
-    Each function also comes as ``<name>_io<k>`` for every full leaf k: the same loop with the
-    output written over operand k (the plan's buffer reuse, ``passes/liveness.py``), which is not
-    passed. Handed one array as both ``out`` and ``x<k>``, LLVM cannot prove they are the same
-    and runs its scalar fallback (2-3x slower on bias+ReLU); read and written through one name,
-    the loop vectorizes. Numba compiles a function on its first call, so unused variants cost nothing.
-    """
+    ``steps``: [(scalar function, [operand refs])], a ref being ("leaf", k) or ("step", j); ``leaf_kinds``: "full"
+    (the output's shape), "row" (a suffix of ``inner`` elements, repeated per row) or "scalar". The output is the last
+    step's value. ``row_sum`` adds ``serial_sum(out, sums, x0, ...)``, which also sums the output's rows into ``sums``
+    (a bias gradient), in order and in float64 as ``kernels/reduce.py`` does. Each function also comes as
+    ``<name>_io<k>`` per full leaf k, writing the output over operand k (liveness's buffer reuse): handed one array as
+    both ``out`` and ``x<k>``, LLVM cannot prove them the same and runs its scalar fallback (2-3x slower on bias+ReLU).
+    Numba compiles a function on its first call, so unused variants cost nothing."""
     names: dict = {}
     defs = []
     for fn, _ in steps:

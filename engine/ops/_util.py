@@ -72,11 +72,8 @@ def constructor(op_type: str, python_name: str, doc: str = ""):
 
 
 def unbroadcast(grad, like):
-    """Sum ``grad`` back to the shape of ``like`` (an input that was broadcast in the forward op).
-
-    Statically equal, fully known shapes need nothing; otherwise a ``SumToShape`` op reduces at
-    run time, so unknown (batch) dimensions work.
-    """
+    """Sum ``grad`` back to the shape of ``like`` (an input the forward op broadcast): nothing for equal, fully known
+    shapes, else a ``SumToShape`` op that reduces at run time, so unknown (batch) dimensions work."""
     if grad is None:
         return None
     if grad.shape == like.shape and shapes.is_fully_defined(like.shape):
@@ -135,15 +132,12 @@ def elementwise_examples(arity, kinds, domain=(-3.0, 3.0), operand_dtypes=None):
 
 def elementwise(name, scalar, reference, kinds, *, grad=None, out_dtype=None, not_differentiable="", infer=None,
                 domain=(-3.0, 3.0), operand_dtypes=None, examples=None, python_name=None, doc="", **fields):
-    """Register an elementwise op from its scalar function (the kernel, fused kernels and compiled
-    plans are all generated from it) and its NumPy reference (``reference(*arrays)``, e.g. ``np.sin``);
-    dtypes of ``kinds``, NumPy broadcasting. ``operand_dtypes``: (dtype of ``kinds``) -> each operand's dtype,
-    for the generated examples of an op whose operands differ (Select's bool condition); ``examples``: cases
-    run besides the generated ones (every dtype, broadcasting, empty, NaN, special values), never instead;
-    ``not_differentiable``: why no gradient flows; ``fields``: any other of ``register``'s.
-
-    Returns the op's constructor (:func:`constructor`; ``python_name`` defaults to the op's name in snake case),
-    so one statement defines the op and the function users call: ``sin = elementwise("Sin", np.sin, ...)``."""
+    """Register an elementwise op (dtypes of ``kinds``, NumPy broadcasting) from its scalar function, which its
+    kernel, fused kernels and compiled plans are generated from, and its NumPy reference (``np.sin``). The registry
+    test runs ``examples`` besides the generated ones (every dtype, broadcasting, empty, NaN, special values; each
+    operand's dtype by ``operand_dtypes``: Select's bool condition); ``fields``: any other of ``register``'s. Returns
+    the op's :func:`constructor` (``python_name``: the op's name in snake case), so one statement defines the op and
+    the function users call: ``sin = elementwise("Sin", np.sin, ...)``."""
     if not callable(reference):
         raise TypeError(f"op {name!r}: register a NumPy reference (a function of arrays, e.g. np.sin), "
                         f"not {reference!r}: the registry test and the reference backend run it")
