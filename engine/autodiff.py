@@ -1,11 +1,9 @@
 """Reverse-mode differentiation by extending the graph (whitepaper section 4.1).
 
-``gradients(ys, xs)`` finds the ops on paths from ``xs`` to ``ys``, then visits them from
-the last created to the first (a reverse topological order: every consumer of an op's output
-is created after it, so its gradient contributions are all pending-free by then), calling each
-op's registered gradient function. Contributions meeting at a tensor are summed with one
-``add_n``; sparse contributions (from ``gather``) stay IndexedSlices while all of them are
-sparse, so optimizers can update only the touched rows.
+``gradients(ys, xs)`` visits the ops on paths from ``xs`` to ``ys`` from the last created to the first (every consumer
+of an op's output is created after it: all its gradient contributions are in by then), calling each op's registered
+gradient function. Contributions meeting at a tensor are summed by one ``add_n``; sparse ones (from ``gather``) stay
+IndexedSlices while all are sparse, so optimizers update only the touched rows.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Feeding a training loop: batches of aligned arrays, a streaming shuffle buffer, background prefetch.
-
-``batches`` slices in-memory arrays (an array, or a tuple or dict of arrays sharing their first dimension)
-into contiguous batches, optionally in a seeded random order per epoch; ``shuffle_buffer``
-shuffles a stream that does not fit in memory (as ``tf.data``'s buffer); ``prefetch`` builds
-the next items on a background thread while the session runs the current step.
+"""Feeding a training loop: ``batches`` of in-memory arrays (contiguous, optionally in a seeded order per epoch),
+``shuffle_buffer`` for a stream that does not fit in memory (as ``tf.data``'s), and ``prefetch``, which builds the next
+items on a background thread while the session runs the current step.
 """
 
 from __future__ import annotations
@@ -36,12 +33,9 @@ def _count(value, what: str) -> int:
 
 def batches(arrays, batch_size: int, *, shuffle: bool = False, seed: int | None = None, epochs: int = 1,
             drop_remainder: bool = False) -> Iterator:
-    """Yield batches (same structure as ``arrays``: one array, a tuple or a dict) of ``batch_size`` rows,
-    C-contiguous (one array is not a sequence of arrays: its rows are not taken for columns).
-
-    With ``shuffle``, each epoch visits the rows in a new order drawn from ``seed`` (required,
-    so runs are reproducible); the last short batch is kept unless ``drop_remainder``.
-    """
+    """Batches of ``batch_size`` rows, C-contiguous, in the structure of ``arrays`` (one array, whose rows are not
+    taken for columns, a tuple or a dict); with ``shuffle``, in a new order each epoch drawn from ``seed`` (required:
+    runs are reproducible). The last short batch is kept unless ``drop_remainder``."""
     batch_size, epochs = _count(batch_size, "batches: batch_size"), _count(epochs, "batches: epochs")
     if shuffle and seed is None:
         raise ValueError("batches: shuffle=True needs a seed (runs must be reproducible)")
@@ -105,11 +99,8 @@ def _produce(source, out: queue.Queue, stop: threading.Event) -> None:
 
 
 class prefetch(Iterator):  # noqa: N801  (used like a function: for batch in prefetch(batches(...)))
-    """Iterate ``items`` while a background thread produces up to ``depth`` items ahead.
-
-    An exception in the producer is re-raised in the consumer; ``close()`` (or leaving a
-    ``with`` block, or garbage collection of an abandoned loop) stops the thread.
-    """
+    """Iterate ``items`` while a background thread produces up to ``depth`` items ahead; the producer's exception is
+    raised in the consumer; ``close()`` (or leaving a ``with`` block, or collecting an abandoned loop) stops it."""
 
     def __init__(self, items: Iterable, depth: int = 2):
         self._stop = threading.Event()

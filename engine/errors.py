@@ -1,8 +1,5 @@
-"""Run-time errors of the engine, named like TensorFlow's ``tf.errors`` so users know what each means.
-
-Graph-construction mistakes (bad shapes, bad dtypes) raise ``ValueError``/``TypeError``
-naming the op and its inputs; these classes are for what goes wrong when a graph runs
-or a checkpoint/export is read.
+"""Run-time errors of the engine, named like TensorFlow's ``tf.errors`` so users know what each means: for what goes
+wrong when a graph runs or a checkpoint/export is read (building a graph raises ValueError/TypeError naming the op).
 """
 
 from __future__ import annotations

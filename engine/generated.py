@@ -1,9 +1,7 @@
 """Generated Python/Numba source, kept as modules in the on-disk cache so a fresh process compiles nothing.
 
-Elementwise kernels (``kernels/elementwise.py``) and compiled inference plans
-(``compiler.py``) both write their source once under ``config.CACHE_DIR``,
-named by a digest of the source, and import it from there: Numba's
-``cache=True`` keys its machine code to that file. Writes are atomic, so
+Elementwise kernels and compiled inference plans write their source once under ``config.CACHE_DIR``, named by its
+digest, and import it from there (Numba's ``cache=True`` keys its machine code to that file); atomic writes, so
 processes sharing a cache never import a half-written module.
 """
 
@@ -28,11 +26,8 @@ def module_path(subdir: str, stem: str, key: str) -> str:
 
 
 def import_generated(source: str, key: str, subdir: str, stem: str, module_prefix: str) -> ModuleType:
-    """The module holding ``source``: written once (atomically), imported once per process.
-
-    It is imported as ``<module_prefix><key>``; Numba's cached machine code refers to that
-    name, so it must stay the same across releases for existing caches to load.
-    """
+    """The module holding ``source``, written once (atomically), imported once per process as ``module_prefix + key``:
+    Numba's cached machine code refers to that name, so existing caches load across releases."""
     with _lock:
         module = _modules.get((subdir, key))
         if module is not None:

@@ -1,8 +1,6 @@
-"""Graph, Operation and Tensor: the dataflow graph a Session runs (whitepaper section 2).
-
-A Graph holds its operations in creation order. Every input and control input of an op
-exists before the op does, so creation order is a topological order; executors and
-``gradients`` rely on that (no sorting needed, deterministic).
+"""Graph, Operation and Tensor: the dataflow graph a Session runs (whitepaper section 2). Every input and control
+input of an op exists before the op, so the creation order a Graph keeps is a topological order: executors and
+``gradients`` rely on it (no sorting, deterministic).
 """
 
 from __future__ import annotations
@@ -25,11 +23,8 @@ _VALID_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")
 
 
 class _OperatorsMixin:
-    """Python operators for Tensor and Variable, building graph ops (NumPy broadcasting).
-
-    ``==`` and ``!=`` keep Python identity semantics (as in TensorFlow 1.x) so tensors can be
-    dict keys and list members; use ``en.equal`` for elementwise equality.
-    """
+    """Python operators for Tensor and Variable, building graph ops (NumPy broadcasting). ``==`` and ``!=`` keep
+    Python identity (as in TensorFlow 1.x), so tensors can be dict keys; ``en.equal`` compares elementwise."""
 
     __array_priority__ = 100  # numpy defers to our operators: ndarray + tensor -> tensor
 
@@ -188,10 +183,8 @@ class Graph:
     # --- op creation --------------------------------------------------------------
     def create_op(self, op_type: str, inputs=(), attrs=None, name: str | None = None, control_inputs=(),
                   exact_name: bool = False):
-        """Add an op, inferring and checking its output dtypes/shapes with the registry's rule.
-
-        ``exact_name`` takes ``name`` verbatim (the caller reserved it with ``unique_name``).
-        """
+        """Add an op, its output dtypes/shapes inferred and checked by the registry's rule; ``exact_name`` takes
+        ``name`` verbatim (the caller reserved it with ``unique_name``)."""
         op_def = get_op_def(op_type)
         attrs = dict(attrs or {})
         inputs = list(inputs)
@@ -286,12 +279,8 @@ _global_default: list[Graph] = [Graph()]
 
 def ops_needed(targets, fed=()) -> set[Operation]:
     """Every op that computing ``targets`` (tensors or ops) runs: data and control edges, stopping at ``fed`` tensors.
-
-    The pruning rule of partial execution; sessions, the compiler and the inference-graph
-    exporter all cut a graph with it. An op whose outputs are all fed does not run, so neither
-    it nor its ancestors are needed, even when it is reached by a control edge or fetched as an op
-    (as TensorFlow): a run then needs the same ops under every pass configuration and backend.
-    """
+    The pruning rule of sessions, the compiler and the exporter alike: an op whose outputs are all fed does not run,
+    nor do its ancestors, even reached by a control edge or fetched as an op (as TensorFlow)."""
     fed = set(fed)
 
     def runs(op: Operation) -> bool:
@@ -359,11 +348,8 @@ def control_dependencies(control_inputs):
 
 
 def convert_to_tensor(value, dtype=None, name: str | None = None, graph: Graph | None = None) -> Tensor:
-    """A Tensor from a Tensor, Variable, IndexedSlices (densified, as TensorFlow) or Python/NumPy value
-    (Python numbers take ``dtype``), a value becoming a constant of ``graph`` (default: the default graph).
-
-    A Tensor or NumPy array of another dtype is an error, never silently cast.
-    """
+    """A Tensor from a Tensor, Variable, IndexedSlices (densified, as TensorFlow) or a Python/NumPy value, which
+    becomes a constant of ``graph`` (default: the default graph); another dtype is an error, never silently cast."""
     if dtype is not None:
         dtype = _dt.as_dtype(dtype)
     if isinstance(value, IndexedSlices):
@@ -459,11 +445,8 @@ def python_value_to_array(value, dtype: _dt.DType | None, what: str = "value") -
 
 
 class IndexedSlices:
-    """A sparse gradient: rows ``indices`` of a tensor of shape ``dense_shape`` hold ``values``.
-
-    ``gather``'s gradient stays in this form so optimizers touch only the gathered rows;
-    ``Session.run`` returns it densified.
-    """
+    """A sparse gradient, ``gather``'s: rows ``indices`` of a tensor of shape ``dense_shape`` hold ``values``, so
+    optimizers touch only those rows (``Session.run`` returns it densified)."""
 
     def __init__(self, values: Tensor, indices: Tensor, dense_shape: Tensor, static_shape=None):
         self.values = values

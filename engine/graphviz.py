@@ -1,9 +1,6 @@
-"""Graphviz (DOT) export of a graph: what it looks like, for a user reading it.
-
-One node per op (its type and name), data edges labelled with the tensor's dtype and static
-shape, control edges dashed, name scopes drawn as nested clusters. ``to_dot(graph)`` shows the
-whole graph; ``to_dot(fetches)`` only what those tensors/ops depend on. Render with
-``dot -Tsvg graph.dot -o graph.svg`` (Graphviz is not a dependency of the engine).
+"""Graphviz (DOT) export of a graph, for a user reading it: one node per op (type and name), data edges labelled with
+dtype and static shape, control edges dashed, name scopes as nested clusters. ``to_dot(graph)`` shows all of it,
+``to_dot(fetches)`` what they depend on; ``dot -Tsvg graph.dot -o graph.svg`` renders it (no engine dependency).
 """
 
 from __future__ import annotations

@@ -95,12 +95,9 @@ NPZ_MEMBER_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can say: the bytes
 
 
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """An ``.npz`` (what ``np.load`` reads) whose bytes depend on the arrays alone.
-
-    ``np.savez`` stamps each member with the time and writes its zip headers as the running CPython's
-    ``zipfile`` does, which changed within 3.11 (zip64 headers from 3.11.4): the same weights would get
-    another digest on another patch release. Here members are stored uncompressed, in the given order,
-    with fixed times and attributes, and the arrays in NumPy's own ``.npy`` format (no pickle)."""
+    """An ``.npz`` whose bytes depend on the arrays alone: ``np.savez`` stamps each member with the time and writes
+    zip headers as the running CPython does (zip64 ones from 3.11.4), so the same weights got another digest on
+    another patch release. Members are ``.npy`` (no pickle), stored uncompressed, in order, with fixed attributes."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, value in arrays.items():
@@ -113,13 +110,10 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 def read_npz(path: str) -> dict:
-    """The arrays of the ``.npz`` at ``path`` (no pickle), reading no more bytes than the file holds.
-
-    ``np.load`` trusts each member's zip and ``.npy`` headers: a deflated member of a few MB that inflates to GBs (a
-    zip bomb), or a header declaring more data than follows, had it allocate and fill what the headers said, and a
-    worker loading such a file died of memory instead of refusing it. Every ``.npz`` the engine and the bundle write
-    is stored uncompressed (``npz_bytes``; ``np.savez`` too), so each member must be stored and hold exactly the
-    bytes its header declares: ValueError naming the member otherwise."""
+    """The arrays of the ``.npz`` at ``path`` (no pickle), reading no more bytes than the file holds. ``np.load``
+    trusts each member's headers: a member inflating to GBs (a zip bomb), or a header declaring more data than follows,
+    killed a worker for memory. Every ``.npz`` the engine and the bundle write is stored uncompressed (``np.savez``
+    too), so a member must be stored and hold exactly the bytes its header declares: ValueError naming it otherwise."""
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             if info.compress_type != zipfile.ZIP_STORED:
@@ -366,11 +360,8 @@ def _as_named(tensors) -> dict:
 
 
 def export_inference_graph(sess, export_dir: str, inputs, outputs) -> dict:
-    """Freeze and prune the graph of ``sess`` to ``outputs`` and write it to ``export_dir``.
-
-    ``inputs``/``outputs``: dicts {name: tensor} (or lists, named by op). Returns
-    ``{"graph": path, "weights": path, "weights_sha256": hex}``.
-    """
+    """Freeze and prune the graph of ``sess`` to ``outputs`` ({name: tensor}, or a list named by op) fed ``inputs``,
+    write it to ``export_dir``; returns ``{"graph": path, "weights": path, "weights_sha256": hex}``."""
     inputs, outputs = _as_named(inputs), _as_named(outputs)
     for t in [*inputs.values(), *outputs.values()]:  # variables are frozen from the session's state, by name
         if t.graph is not sess.graph:
@@ -414,12 +405,9 @@ def export_inference_graph(sess, export_dir: str, inputs, outputs) -> dict:
 
 
 class InferenceModel:
-    """A loaded inference graph: ``run({input name: array}) -> {output name: array}``.
-
-    Batches of at most ``max_rows`` rows run as one compiled Numba function (engine/compiler.py,
-    loaded from the on-disk cache), larger ones through the interpreted plan (BLAS matmuls);
-    a graph the compiler cannot handle runs interpreted at every size (``compile_error`` says why).
-    """
+    """A loaded inference graph: ``run({input name: array}) -> {output name: array}``. Batches of at most ``max_rows``
+    rows run as one compiled Numba function (engine/compiler.py), larger ones interpreted (BLAS matmuls), as do all
+    of a graph the compiler cannot handle (``compile_error`` says why)."""
 
     def __init__(self, graph: Graph, inputs: dict, outputs: dict, max_rows: int | None = None):
         self.graph = graph

@@ -1,5 +1,3 @@
-"""Numba kernels by family: pure functions on NumPy arrays, no graph knowledge.
-
-Elementwise kernels work on 1-D contiguous data (the wrappers ravel/broadcast first), so each
-op compiles once per dtype, not once per (dtype, ndim, layout): a cold cache compiles fast.
+"""Numba kernels by family: pure functions on NumPy arrays, no graph knowledge. Elementwise kernels work on 1-D
+contiguous data (the wrappers ravel/broadcast first): one compilation per dtype, not per (dtype, ndim, layout).
 """

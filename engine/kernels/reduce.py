@@ -1,7 +1,5 @@
-"""Reductions (sum, max) over any axes, via two 2-D kernels: over rows' tails or over leading rows.
-
-The wrapper reshapes so the reduced axes are either trailing (``(M, R)`` -> row kernel) or
-leading (``(R, M)`` -> column kernel, the bias-gradient case); anything else is transposed once.
+"""Reductions (sum, max) over any axes by two 2-D kernels: reduced axes trailing (``(M, R)``, row kernel) or leading
+(``(R, M)``, column kernel: the bias gradient); any other layout is transposed once.
 """
 
 from __future__ import annotations

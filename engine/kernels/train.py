@@ -1,14 +1,10 @@
 """Fused optimizer updates: one pass over a variable (and its slots) per step, in place.
 
-Adam's scalars (``c1 = 1 - beta1``, ``c2 = 1 - beta2``, the rate) come in the variable's
-dtype, so a float32 variable is updated in float32 arithmetic throughout (as PyTorch's fused
-Adam does) and a float64 one in float64.
-
-Each optimizer's arithmetic is written once (Adam: ``_adam_step``, inlined into the dense loop
-over flat arrays and the sparse loop over the rows a gather's gradient touched, unique row
-indices); the sparse form leaves every other row (and its slots) untouched. ``error_model="numpy"``: a division is
-IEEE (no ZeroDivisionError check), which lets LLVM vectorize the loops (Adam: ~5x); the
-values are the same.
+Adam's scalars (``c1 = 1 - beta1``, ``c2 = 1 - beta2``, the rate) come in the variable's dtype: a float32 variable is
+updated in float32 throughout (as PyTorch's fused Adam) and a float64 one in float64. Each optimizer's arithmetic is
+written once (Adam's ``_adam_step`` is inlined into the dense loop and the sparse loop over the distinct rows a
+gather's gradient touched; other rows and their slots stay untouched). ``error_model="numpy"``: IEEE division, no
+ZeroDivisionError check, which lets LLVM vectorize the loops (Adam: ~5x) with the same values.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""Math ops: elementwise arithmetic with NumPy broadcasting, comparisons, reductions, matmul.
-
-Each elementwise op is one ``elementwise(...)`` statement: its scalar function (the formula every
-kernel is generated from), its NumPy reference, the dtype kinds it accepts and its gradient; it
-returns the function users call (``sin = elementwise("Sin", ...)``).
+"""Math ops: elementwise arithmetic with NumPy broadcasting, comparisons, reductions, matmul. An elementwise op is one
+``elementwise(...)`` statement (scalar function, NumPy reference, dtype kinds, gradient) returning the function users
+call (``sin = elementwise("Sin", ...)``).
 """
 
 from __future__ import annotations
@@ -214,12 +212,9 @@ def _matmul_examples(rng):
 
 
 def _matmul_emit(c, op, ins):
-    """Loops, not BLAS: at a few rows a call into BLAS costs more than the product.
-
-    Without ``transpose_b`` the inner loop runs along a row of ``b`` (vectorized) and the sum
-    over ``p`` is unrolled by four, each output element still adding its terms in order ``p =
-    0, 1, 2 ...`` (the same rounding as the plain loop, a quarter of the loads and stores).
-    """
+    """Loops, not BLAS: at a few rows a call into BLAS costs more than the product. Without ``transpose_b`` the inner
+    loop runs along a row of ``b`` (vectorized) and the sum over ``p`` is unrolled by four, each output element still
+    adding its terms in order (the plain loop's rounding, a quarter of the loads and stores)."""
     a, b = op.inputs
     dtype = op.outputs[0].dtype.name
     if a.ndim != 2 or b.ndim != 2:

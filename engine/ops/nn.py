@@ -123,11 +123,8 @@ def softmax(logits, axis=-1, name=None):
 
 
 def dropout(x, rate, training=True, seed=None, name=None):
-    """Zero each element with probability ``rate`` and scale the rest by 1/(1-rate) when training.
-
-    ``training`` is a Python bool (False: ``x`` itself, nothing random in the graph) or a bool
-    tensor (e.g. ``en.placeholder_with_default(False, ())``) choosing at run time.
-    """
+    """Zero each element with probability ``rate`` and scale the rest by 1/(1-rate) when ``training``: a Python bool
+    (False: ``x`` itself, nothing random in the graph) or a bool tensor choosing at run time."""
     x = convert_to_tensor(x)
     rate = float(rate)
     if not 0.0 <= rate < 1.0:

@@ -1,9 +1,6 @@
-"""Seeded random ops (TensorFlow 1.x seeding: graph-level seed + op-level seed).
-
-An op's stream is fixed by (graph seed, op seed); with no op seed the op's creation index is
-used. Unlike TensorFlow, a graph with no seed at all is deterministic too (graph seed 0), so
-every run of the project is reproducible. Each run of a random op draws the next values of
-its stream; a new Session starts the streams again.
+"""Seeded random ops: an op's stream is fixed by (graph seed, op seed), TensorFlow 1.x's seeding, the op seed being
+its creation index when not given. Unlike TensorFlow's, a graph without a seed is deterministic too (graph seed 0):
+every run of the project is reproducible. Each run draws the next values; a new Session starts the streams again.
 """
 
 from __future__ import annotations

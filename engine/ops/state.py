@@ -1,13 +1,10 @@
 """Variables: named state that lives in a Session and survives across runs (whitepaper section 2).
 
-Reads have TensorFlow 1.x reference semantics: an op consuming a variable sees its value at
-the time that op runs (assignments and optimizer updates write in place), so order side
-effects with ``control_dependencies``; ``read_value()`` takes a snapshot copy (gradients with respect to the
-variable flow through it too, as through TensorFlow's identity read).
-
-A ``VariableV2`` op reads the session's value; ``Assign``/``AssignAdd``/``AssignSub`` name the
-variable by attribute (not by a data input), so assigning never needs the old value to exist
-and reading never runs an assignment (partial execution stays exact).
+Reads have TensorFlow 1.x reference semantics: an op consuming a variable sees its value when that op runs
+(assignments and optimizer updates write in place), so side effects are ordered with ``control_dependencies``;
+``read_value()`` takes a snapshot copy (gradients flow through it to the variable, as through TensorFlow's identity
+read). ``Assign``/``AssignAdd``/``AssignSub`` name the variable by attribute, not by a data input: assigning never
+needs the old value and reading never runs an assignment (partial execution stays exact).
 """
 
 from __future__ import annotations
@@ -116,11 +113,8 @@ for _name, _kernel in (("Assign", _assign_kernel), ("AssignAdd", _assign_update_
 
 
 class Variable(_OperatorsMixin):
-    """A trainable (or not) tensor whose value persists in the Session between runs.
-
-    Use it wherever a tensor is expected; ``.initializer`` (or
-    ``en.global_variables_initializer()``) gives it its initial value.
-    """
+    """A tensor whose value persists in the Session between runs; ``.initializer`` (or
+    ``en.global_variables_initializer()``) gives it its initial value."""
 
     def __init__(self, initial_value, name=None, trainable=True, dtype=None, collections=None):
         graph = get_default_graph()

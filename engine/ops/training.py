@@ -1,9 +1,7 @@
-"""Optimizer update ops: each updates one variable (and its slots) in place with ONE fused kernel.
-
-Variables and slots are named by attribute (like ``Assign``); inputs are the gradient (dense,
-or the ``values``/``indices`` of an IndexedSlices for the ``Sparse*`` forms) and the learning
-rate (a scalar tensor, so schedules can feed it). Sparse forms merge duplicate indices first
-and touch only those rows of the variable and of its slots ("lazy" updates).
+"""Optimizer update ops: each updates one variable (and its slots, named by attribute as ``Assign``'s) in place with
+ONE fused kernel. Inputs: the gradient (dense, or an IndexedSlices' ``values``/``indices`` for ``Sparse*``) and the
+learning rate (a scalar tensor: schedules can feed it). Sparse forms merge duplicate indices first and touch only
+those rows of the variable and its slots ("lazy" updates).
 """
 
 from __future__ import annotations
@@ -56,11 +54,8 @@ def _adam_scalars(op, ctx, lr, dtype):
 
 
 def _update_kernel(kernel, slot_names, scalars, sparse):
-    """Kernel factory: the variable and its slots from session state, then ONE Numba ``kernel`` call.
-
-    Dense: flat views of variable, slots and gradient. Sparse: row views, and the distinct rows
-    with their summed gradients (duplicates merged in one pass, no sort) -- a lazy update.
-    """
+    """Kernel factory: the variable and its slots from session state, then ONE Numba ``kernel`` call on flat views
+    (dense) or on row views and the distinct rows with their summed gradients (sparse: a lazy update)."""
     def make(op, ctx):
         names = [op.attrs["var"]] + [op.attrs[s] for s in slot_names]
         scratch, busy = {}, threading.Lock()  # the sparse merge's buffers, reused by one run at a time

@@ -1,7 +1,5 @@
-"""Graph rewrites applied to a pruned execution plan (never to the user's Graph).
-
-Each pass is a function ``PlanIR -> PlanIR`` in its own module; :func:`optimize` runs the
-enabled ones in a fixed order. ``SessionConfig`` (engine/session.py) chooses which.
+"""Graph rewrites of a pruned execution plan (never of the user's Graph): each pass is a function ``PlanIR -> PlanIR``
+in its own module; :func:`optimize` runs those ``SessionConfig`` enables, in a fixed order.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""Constant folding: a pure node whose inputs are all constants is computed once, at plan time.
+"""Constant folding: a pure node whose inputs are all constants (a ``Const`` has none) is computed once, at plan time.
 
-A pure node without inputs (a ``Const``) is evaluated too, so constants are found from OpDef
-flags alone. Never folded: stateful or random ops, nodes with control inputs (their order is
-part of their meaning), and nodes whose kernel fails here (an unfed placeholder; the run reports
-the error then). Folded values are read-only, like ``Const`` values, so no kernel can write them.
+Never folded: stateful or random ops, nodes with control inputs (their order is part of their meaning) and nodes whose
+kernel fails here (an unfed placeholder: the run reports it). Folded values are read-only, as ``Const`` values are.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Common-subexpression elimination: two nodes of the same type, attributes and inputs compute once.
 
-Never merged: stateful ops (variables, assignments, updates), random ops (two draws are two
-draws), and anything whose attributes cannot be compared exactly. Variable
-reads are by reference, so a node is only merged with an earlier one when no state-writing
-node runs between them (the ``epoch`` in the key).
+Never merged: stateful or random ops (two draws are two draws) and attributes that cannot be compared exactly.
+Variable reads are by reference, so a node merges with an earlier one only when no state write runs between (the
+``epoch`` in the key).
 """
 
 from __future__ import annotations

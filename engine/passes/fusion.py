@@ -1,16 +1,12 @@
 """Elementwise fusion: a tree of elementwise ops becomes ONE generated Numba kernel.
 
-A producer joins its consumer's group when its value is read by that consumer only, is not
-fetched, has the same static shape and dtype as the group's output, and no state-writing
-node runs in between (variable reads are by reference). Operands of the group ("leaves")
-must be the output's shape, a fully known suffix of it (a bias row) or a scalar; the fused
-kernel checks that at run time and otherwise runs the member ops one by one, so results never
-depend on the pass. Groups of one op are lowered too: they gain the row-broadcast loop, the
-output buffer and the parallel loop.
-
-A consumer that sums the group's value back to a row (``OpDef.sums_broadcast``: the bias
-gradient after ``ReluGrad``) joins the group as a second output: one pass over the gradient
-computes both, adding rows in the order the reduction kernel does (same values, bit for bit).
+A producer joins its consumer's group when only that consumer reads it, it is not fetched, has the group output's
+static shape and dtype, and no state-writing node runs in between (variable reads are by reference). The group's
+operands ("leaves") must be the output's shape, a fully known suffix of it (a bias row) or a scalar; the fused kernel
+checks that at run time and otherwise runs the member ops one by one, so results never depend on the pass. Groups of
+one op are lowered too (row-broadcast loop, output buffer, parallel loop). A consumer that sums the group's value back
+to a row (``OpDef.sums_broadcast``: the bias gradient after ``ReluGrad``) joins as a second output: one pass computes
+both, adding rows in the reduction kernel's order (bit for bit).
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
-"""A small IR of a pruned execution plan: the thing graph rewrites transform.
+"""A small IR of a pruned execution plan: what graph rewrites transform, never the user's Graph.
 
-A plan is a list of :class:`Node` in a valid execution order; each produces at most one
-value (an integer slot) from input slots, except that a fused elementwise node may also write
-the row sums of its value (``also``: a bias gradient computed in the same pass). Passes build
-new node lists and never touch the user's Graph: a node keeps the :class:`~engine.graph.Operation`
-it came from (for names in errors and for its kernel factory) but its inputs are slots, so
-rewiring is just integers.
+A plan is a list of :class:`Node` in execution order, each computing at most one value (an integer slot) from input
+slots; a fused elementwise node may also write its value's row sums (``also``: a bias gradient). A node keeps the
+Operation it came from (names in errors, its kernel factory), but its inputs are slots: rewiring is just integers.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Buffer assignment: which steps may write into a buffer kept across runs, and which share one.
 
-A step whose kernel can write into ``out`` gets a buffer *group*; two steps share a group when
-their static output shape and dtype agree and the first one's value (and every value that may
-alias it) is dead before the second runs. Values that leave the run (fetched) never get a
-group: the caller owns them. Kernels never keep an input after the call (registry.py), and
-inputs an OpDef lists in ``shape_only_inputs`` neither keep a value alive nor alias it.
+A step whose kernel can write into ``out`` gets a buffer *group*, shared with a later step of the same static shape
+and dtype once its value (and every value that may alias it) is dead. Fetched values never get one: the caller owns
+them. Kernels keep no input after the call (registry.py); ``shape_only_inputs`` neither keep a value alive nor alias it.
 """
 
 from __future__ import annotations
@@ -60,12 +58,9 @@ def assign_buffer_groups(ir: PlanIR) -> tuple[dict, int]:
 
 
 def _dying_input_group(node, i, ir, key, slot_group, last_use, roots):
-    """The group of an input buffer (same shape and dtype) whose last reader is this node, if any.
-
-    Safe for fused elementwise kernels only: each reads element ``i`` of every operand before
-    writing element ``i`` of the output. So no other operand may be a view of that buffer: a row or
-    a transpose of it is read at other positions than the one being written.
-    """
+    """The group of an input buffer (same shape and dtype) whose last reader is this node, if any. Safe for fused
+    elementwise kernels only, which read element ``i`` of every operand before writing element ``i`` of the output,
+    and only where no other operand is a view of that buffer (a row of it is read at other positions)."""
     for s in node.inputs:
         t = ir.slot_tensors[s]
         if (s in slot_group and last_use.get(s) == i and roots.get(s) == frozenset([s])

@@ -1,7 +1,5 @@
-"""Dead-node pruning: drop nodes whose value nobody reads (after CSE and folding made some dead).
-
-A node stays when it writes state, is fetched as an op, is a control input of a kept node,
-or produces a slot that a kept node or a fetch reads.
+"""Dead-node pruning (after CSE and folding made some dead): a node stays when it writes state, is fetched as an op,
+is a control input of a kept node, or computes a slot a kept node or a fetch reads.
 """
 
 from __future__ import annotations
