@@ -28,6 +28,7 @@ from engine.errors import uninitialized
 from engine.graph import Operation, Tensor, may_alias_storage, ops_needed
 from engine.kernels import elementwise as EW
 from engine.session import exact_feeds
+from engine.shapes import whole_number
 
 log = logging.getLogger(__name__)
 
@@ -267,9 +268,7 @@ class SmallBatchCallable:
 
     @max_rows.setter
     def max_rows(self, value) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"max_rows must be an integer >= 0, got {value!r}")
-        self._max_rows = int(value)
+        self._max_rows = whole_number(value, "max_rows", minimum=0)
         self._small = _small_batch_test(self._feeds, self._batch_feed, self._max_rows)
 
     def warm_up(self) -> bool:

@@ -72,22 +72,21 @@ def _limits_up_to(root: str, point: str, path: str, v2: bool) -> list[float]:
     directory = os.path.normpath(os.path.join(point, path[len(root):].lstrip("/")))
     found = []
     while True:
-        limit = _limit(directory, v2)
-        if limit is not None:
-            found.append(limit)
+        found += _limit(directory, v2)
         if directory == point or not directory.startswith(point + os.sep):
             return found
         directory = os.path.dirname(directory)
 
 
-def _limit(directory: str, v2: bool) -> float | None:
+def _limit(directory: str, v2: bool) -> list[float]:
+    """The CPU limit set in ``directory``, in cores: one, or none."""
     if v2:  # cpu.max: "<quota> <period>" in microseconds, or "max <period>" for none
         fields = _read(os.path.join(directory, "cpu.max")).split()
     else:  # a quota of -1 is none
         fields = [_read(os.path.join(directory, name)) for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us")]
     if len(fields) == 2 and all(f.isdigit() and int(f) > 0 for f in fields):
-        return int(fields[0]) / int(fields[1])
-    return None
+        return [int(fields[0]) / int(fields[1])]
+    return []
 
 
 def _read(path: str) -> str:

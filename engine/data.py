@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
+from engine.shapes import whole_number
+
 
 def _rows(names, values: list) -> int:
     if not values:
@@ -24,19 +26,12 @@ def _rows(names, values: list) -> int:
     return counts.pop()
 
 
-def _count(value, what: str) -> int:
-    """A whole number of at least 1 (2.7 is an error, not 2)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a whole number of at least 1, got {value!r}")
-    return int(value)
-
-
 def batches(arrays, batch_size: int, *, shuffle: bool = False, seed: int | None = None, epochs: int = 1,
             drop_remainder: bool = False) -> Iterator:
     """Batches of ``batch_size`` rows, C-contiguous, in the structure of ``arrays`` (one array, whose rows are not
     taken for columns, a tuple or a dict); with ``shuffle``, in a new order each epoch drawn from ``seed`` (required:
     runs are reproducible). The last short batch is kept unless ``drop_remainder``."""
-    batch_size, epochs = _count(batch_size, "batches: batch_size"), _count(epochs, "batches: epochs")
+    batch_size, epochs = whole_number(batch_size, "batches: batch_size"), whole_number(epochs, "batches: epochs")
     if shuffle and seed is None:
         raise ValueError("batches: shuffle=True needs a seed (runs must be reproducible)")
     single = isinstance(arrays, np.ndarray)
@@ -58,7 +53,7 @@ def batches(arrays, batch_size: int, *, shuffle: bool = False, seed: int | None 
 
 def shuffle_buffer(items: Iterable, buffer_size: int, seed: int) -> Iterator:
     """Items of a stream in a random order, keeping at most ``buffer_size`` of them in memory."""
-    buffer_size = _count(buffer_size, "shuffle_buffer: buffer_size")
+    buffer_size = whole_number(buffer_size, "shuffle_buffer: buffer_size")
     if seed is None:
         raise ValueError("shuffle_buffer: needs a seed (runs must be reproducible)")
     rng = np.random.default_rng(seed)
@@ -104,7 +99,7 @@ class prefetch(Iterator):  # noqa: N801  (used like a function: for batch in pre
 
     def __init__(self, items: Iterable, depth: int = 2):
         self._stop = threading.Event()
-        self._queue: queue.Queue = queue.Queue(maxsize=_count(depth, "prefetch: depth"))
+        self._queue: queue.Queue = queue.Queue(maxsize=whole_number(depth, "prefetch: depth"))
         self._finished = False
         # the thread holds the queue and the stop flag, never ``self``: an abandoned loop is collected, and
         # ``__del__`` stops the thread

@@ -123,7 +123,6 @@ class Graph:
         self._collections: dict[str, list] = {}
         self.seed: int | None = None
 
-    # --- default-graph handling -------------------------------------------------
     @contextlib.contextmanager
     def as_default(self):
         _stack().append(self)
@@ -132,7 +131,6 @@ class Graph:
         finally:
             _stack().pop()
 
-    # --- names --------------------------------------------------------------------
     def unique_name(self, name: str) -> str:
         """``scope/name``, suffixed ``_1``, ``_2`` ... when already taken (TensorFlow's rule); marked as taken."""
         if not _VALID_NAME.fullmatch(name):  # match's $ let a name end in a newline
@@ -165,26 +163,20 @@ class Graph:
         finally:
             self._scope = old
 
-    # --- control dependencies ----------------------------------------------------------
     @contextlib.contextmanager
     def control_dependencies(self, control_inputs):
         """Ops created inside run only after ``control_inputs`` (ops or tensors); None clears."""
-        saved, ops = self._control_stack, []
-        for c in map(_as_op, () if control_inputs is None else control_inputs):
-            if c.graph is not self:
-                raise ValueError(f"control input {c.name!r} is from another graph")
-            ops.append(c)
+        saved = self._control_stack
+        ops = [_as_op(c, self) for c in (() if control_inputs is None else control_inputs)]
         self._control_stack = [] if control_inputs is None else saved + [ops]
         try:
             yield
         finally:
             self._control_stack = saved
 
-    # --- op creation --------------------------------------------------------------
     def create_op(self, op_type: str, inputs=(), attrs=None, name: str | None = None, control_inputs=(),
                   exact_name: bool = False):
-        """Add an op, its output dtypes/shapes inferred and checked by the registry's rule; ``exact_name`` takes
-        ``name`` verbatim (the caller reserved it with ``unique_name``)."""
+        """Add an op, checked by the registry's rule; ``exact_name``: ``name`` as reserved by ``unique_name``."""
         op_def = get_op_def(op_type)
         attrs = dict(attrs or {})
         inputs = list(inputs)
@@ -206,9 +198,8 @@ class Graph:
             raise type(e)(f"{op_type} op '{op_name}': {e} (inputs: {described})") from None
         # the enclosing control_dependencies' ops, then the op's own, each once, in order of appearance
         controls = {id(c): c for group in self._control_stack for c in group}
-        for c in map(_as_op, control_inputs):
-            if c.graph is not self:
-                raise ValueError(f"{op_type} op '{op_name}': control input {c.name!r} is from another graph")
+        for c in control_inputs:
+            c = _as_op(c, self, f"{op_type} op '{op_name}': ")
             controls[id(c)] = c
         for _, shape in specs:
             _check_static_shape(shape, f"{op_type} op '{op_name}'")
@@ -217,7 +208,6 @@ class Graph:
         self._by_name[op_name] = op
         return op
 
-    # --- lookup -------------------------------------------------------------------------
     def get_operations(self) -> list[Operation]:
         return list(self._ops)
 
@@ -242,7 +232,6 @@ class Graph:
             return self.get_tensor_by_name(obj) if ":" in obj else self.get_operation_by_name(obj)
         return obj
 
-    # --- collections ------------------------------------------------------------------------
     def add_to_collection(self, key: str, value) -> None:
         self._collections.setdefault(key, []).append(value)
 
@@ -265,12 +254,14 @@ def _check_static_shape(shape, owner: str) -> None:
                          "None)")
 
 
-def _as_op(x) -> Operation:
-    if isinstance(x, Operation):
-        return x
-    if hasattr(x, "op") and isinstance(x.op, Operation):  # a Tensor or Variable
-        return x.op
-    raise TypeError(f"{x!r} is not an operation or tensor")
+def _as_op(x, graph: Graph, owner: str = "") -> Operation:
+    """The op of a control input (an op, tensor or variable) of ``graph``'s ops."""
+    op = x if isinstance(x, Operation) else getattr(x, "op", None)
+    if not isinstance(op, Operation):
+        raise TypeError(f"{x!r} is not an operation or tensor")
+    if op.graph is not graph:
+        raise ValueError(f"{owner}control input {op.name!r} is from another graph")
+    return op
 
 
 _local = threading.local()
@@ -388,12 +379,6 @@ class UnfitValue(TypeError):
         self.given = given
 
 
-def _kind(np_dtype) -> str:
-    """bool, int (signed or unsigned) or float: what a feed may not change."""
-    kind = np.dtype(np_dtype).kind
-    return "i" if kind == "u" else kind
-
-
 def is_tensor_like(x) -> bool:
     return isinstance(x, (Tensor, IndexedSlices)) or hasattr(x, "_as_tensor")
 
@@ -412,7 +397,7 @@ def python_value_to_array(value, dtype: _dt.DType | None, what: str = "value") -
             return arr.astype(_dt.as_dtype(arr.dtype).np, copy=False)
         if arr.dtype == dtype.np:
             return arr
-        if np.can_cast(arr.dtype, dtype.np, "safe") and _kind(arr.dtype) == _kind(dtype.np):
+        if np.can_cast(arr.dtype, dtype.np, "safe") and arr.dtype.kind.replace("u", "i") == dtype.np.kind:
             return arr.astype(dtype.np)
         raise TypeError(f"{what}: array of dtype {arr.dtype} cannot be used as {dtype.name} without an explicit cast")
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 from engine import dtypes
 from engine.graph import convert_to_tensor, graph_of
@@ -12,17 +11,10 @@ from engine.ops import math as M
 from engine.ops import nn as N
 from engine.ops.random import random_uniform
 from engine.ops.state import Variable
+from engine.shapes import whole_number
 
 _ACTIVATIONS = {None: None, "linear": None, "relu": N.relu, "sigmoid": N.sigmoid, "tanh": N.tanh,
                 "softplus": N.softplus}
-
-
-def _size(value, what: str) -> int:
-    """A whole number of at least 1: Dense(2.5) had 2 units and Dense("3") 3, silently; Dense(0) on 0 features
-    divided by zero in its initializer."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{what} must be a whole number of at least 1, got {value!r}")
-    return int(value)
 
 
 def glorot_uniform(shape, dtype=dtypes.float32, seed=None):
@@ -42,7 +34,7 @@ class Dense:
                 known = sorted(k for k in _ACTIVATIONS if k)
                 raise ValueError(f"unknown activation {activation!r}; use one of {known}")
             activation = _ACTIVATIONS[activation]
-        self.units = _size(units, f"Dense {name}: units")
+        self.units = whole_number(units, f"Dense {name}: units")
         self.activation = activation
         self.use_bias = use_bias
         self.seed = seed
@@ -84,8 +76,8 @@ class Embedding:
     """Rows of a ``(input_dim, output_dim)`` table looked up by integer ids (sparse gradient)."""
 
     def __init__(self, input_dim, output_dim, seed=None, dtype=dtypes.float32, name="embedding"):
-        self.input_dim = _size(input_dim, f"Embedding {name}: input_dim")
-        self.output_dim = _size(output_dim, f"Embedding {name}: output_dim")
+        self.input_dim = whole_number(input_dim, f"Embedding {name}: input_dim")
+        self.output_dim = whole_number(output_dim, f"Embedding {name}: output_dim")
         self.seed = seed
         self.dtype = dtypes.as_dtype(dtype)
         self.name = name

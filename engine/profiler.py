@@ -101,8 +101,7 @@ def _nbytes(value) -> int:
 
 
 def profile(sess, fetches, feed_dict=None, runs: int = 10, warmup: int = 1) -> Profile:
-    """Run the plan of ``fetches``/``feed_dict`` ``warmup + runs`` times, timing every step of the last ``runs``
-    (warm-up: compilation, first allocations)."""
+    """Run the plan of ``fetches``/``feed_dict`` ``warmup + runs`` times, timing every step after the warm-up."""
     if runs < 1 or warmup < 0:
         raise ValueError(f"profile: runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     feed_dict = feed_dict or {}

@@ -286,8 +286,7 @@ def _is_file_name(name) -> bool:
 
 
 def _checked_manifest(manifest: dict, path: str) -> dict:
-    """The manifest's fields ``restore`` reads, each of its type; DataLossError naming the first that is not (a
-    hand-edited or half-written manifest)."""
+    """The manifest's fields ``restore`` reads, each of its type, or a DataLossError naming the first that is not."""
     need = partial(_need, f"checkpoint manifest {path}")
     data_file, entries = manifest.get("data_file"), manifest.get("variables")
     need(_is_file_name(data_file), f"data_file must be a file name beside it, got {data_file!r}")
@@ -300,8 +299,7 @@ def _checked_manifest(manifest: dict, path: str) -> dict:
 
 
 def _checked_graph_doc(doc: dict, path: str) -> dict:
-    """The inference graph's fields ``import_inference_graph`` reads, each of its type; DataLossError naming the
-    first that is not (a hand-edited or damaged graph.json)."""
+    """The graph.json fields ``import_inference_graph`` reads, each of its type, or a DataLossError naming one."""
     need = partial(_need, f"inference graph {path}")
     weights = doc.get("weights")
     need(isinstance(weights, dict), "weights must be an object")

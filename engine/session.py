@@ -246,7 +246,6 @@ class Session:
         self._plans: dict = {}
         self.closed = False
 
-    # --- context management: ``with Session(graph) as sess`` makes its graph the default one --------------------
     def __enter__(self):
         self._graph_ctx = self.graph.as_default()
         self._graph_ctx.__enter__()
@@ -260,23 +259,12 @@ class Session:
         self.closed = True
         self._plans.clear()
 
-    # --- services kernels use -------------------------------------------------------------------
     def rng(self, op: Operation) -> np.random.Generator:
         """The random stream of a random op, created on first use from its seeds."""
         if op.name not in self._rngs:
             self._rngs[op.name] = np.random.default_rng(list(op.attrs["seed"]))
         return self._rngs[op.name]
 
-    def _load_variable(self, variable, value) -> None:
-        if variable.graph is not self.graph:  # state is keyed by name: another graph's same-named variable
-            raise ValueError(f"cannot load variable {variable.op.name} into a session of another graph")
-        arr = python_value_to_array(value, variable.dtype, what=f"value for variable {variable.op.name}")
-        if arr.shape != variable.shape:
-            raise InvalidArgumentError(f"value of shape {arr.shape} cannot be loaded into variable "
-                                       f"{variable.op.name} of shape {variable.shape}", variable.op.name)
-        self.state[variable.op.name] = np.array(arr, copy=True, order="C")
-
-    # --- running ------------------------------------------------------------------------------
     def run(self, fetches, feed_dict=None, options=None, run_metadata=None):
         """Values of ``fetches`` (a tensor, op, name, or nested list/tuple/dict/namedtuple of them; an op's is None),
         ``feed_dict``'s values (keys: tensors or their names) replacing those tensors for this run."""
@@ -305,10 +293,8 @@ class Session:
 
         return call
 
-    # --- planning ---------------------------------------------------------------------------------
     def plan(self, fetches, feed_list=()) -> Plan:
-        """The execution plan of ``fetches`` (any structure ``run`` takes) fed ``feed_list`` (tensors
-        or names), built once and cached; see :class:`Plan`."""
+        """The :class:`Plan` of ``fetches`` (what ``run`` takes) fed ``feed_list`` (tensors or names), built once."""
         feed_tensors = [self._feed_key(k) for k in feed_list]
         leaves: list = []
         build = _flatten(fetches, leaves)

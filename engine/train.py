@@ -22,8 +22,7 @@ GLOBAL_STEP = "global_step"
 
 
 def hyperparameter(name: str, value, upper: float = np.inf, upper_open: bool = False) -> float:
-    """`value` as a float in [0, upper] (or [0, upper)): a negative or NaN learning rate trained silently
-    towards a worse loss, or to NaN weights."""
+    """`value` as a float in [0, upper] (or [0, upper)): a negative or NaN learning rate trained silently to NaN."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -92,7 +91,6 @@ class Optimizer:
                 rates[var.dtype] = convert_to_tensor(float(self._lr), dtype=var.dtype, name="learning_rate")
         return rates[var.dtype]
 
-    # --- slots -----------------------------------------------------------------------------------
     def _slot(self, var, slot: str, init: float) -> Variable:
         key = (var.op.name, slot)
         if key not in self._slots:

@@ -130,8 +130,7 @@ def op_kernel_source(fn, arity: int) -> str:
 
 
 def _flat_operand(x: np.ndarray, out_shape: tuple) -> np.ndarray:
-    """``x`` flattened: as is when its shape equals the output's or is a suffix of it (read modulo its
-    size), otherwise broadcast (copied) to the output's shape."""
+    """``x`` flattened: as is when its shape is the output's or a suffix of it (read modulo its size), or broadcast."""
     if x.shape != out_shape:
         row = core(x.shape)
         if row != out_shape[len(out_shape) - len(row):]:
@@ -141,8 +140,7 @@ def _flat_operand(x: np.ndarray, out_shape: tuple) -> np.ndarray:
 
 @lru_cache(maxsize=None)
 def op_kernel(fn, arity: int, out_dtype=None):
-    """``f(*arrays) -> array`` computing the op with NumPy broadcasting (``out_dtype``: None = input 0's);
-    built once per (function, arity, dtype)."""
+    """``f(*arrays) -> array``: the op with NumPy broadcasting (``out_dtype`` None: input 0's), built once."""
     kernel = load(op_kernel_source(fn, arity)).kernel
     npd = None if out_dtype is None else np.dtype(out_dtype)
 
@@ -222,6 +220,5 @@ def chain_source(steps, leaf_kinds, dtype: str, inner: int, row_sum: bool = Fals
 
 
 def chain_kernels(source: str):
-    """The module of a :func:`chain_source`: ``serial``, ``parallel`` (and ``serial_sum`` when asked for),
-    each also as ``<name>_io<k>``."""
+    """The module of a :func:`chain_source`: ``serial``, ``parallel`` (``serial_sum``), each with its ``_io<k>``."""
     return load(source)

@@ -74,11 +74,7 @@ def max_cols(x, out):
                 out[j] = v
 
 
-_FLOAT_ZERO = np.float64(0.0)
-
-
-def _zero(dtype):
-    return _FLOAT_ZERO if dtype.kind == "f" else np.int64(0)
+_ZEROS = (np.float64(0.0), np.int64(0))  # the accumulators' types: float64 for floats, int64 for integers
 
 
 _LAYOUTS: dict = {}  # (shape, axes, keepdims) -> (out_shape, m, r, layout): worked out once per shape
@@ -129,7 +125,7 @@ def reduce(x: np.ndarray, axes: tuple, keepdims: bool, kind: str) -> np.ndarray:
     elif kind == "max":
         largest(x2, out)
     else:
-        total(x2, out, _zero(x.dtype))
+        total(x2, out, _ZEROS[x.dtype.kind != "f"])
     if kind == "mean":
         out /= r
     return out.reshape(out_shape)

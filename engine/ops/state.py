@@ -16,7 +16,7 @@ import numpy as np
 from engine import dtypes, shapes
 from engine.errors import InvalidArgumentError, uninitialized
 from engine.graph import (GLOBAL_VARIABLES, TRAINABLE_VARIABLES, _OperatorsMixin, convert_to_tensor,
-                          get_default_graph)
+                          get_default_graph, python_value_to_array)
 from engine.ops._util import declared
 from engine.ops.control import group
 from engine.registry import NUMPY_KERNEL, Example, register
@@ -113,8 +113,7 @@ for _name, _kernel in (("Assign", _assign_kernel), ("AssignAdd", _assign_update_
 
 
 class Variable(_OperatorsMixin):
-    """A tensor whose value persists in the Session between runs; ``.initializer`` (or
-    ``en.global_variables_initializer()``) gives it its initial value."""
+    """A tensor whose value persists in the Session between runs, from when its ``.initializer`` runs."""
 
     def __init__(self, initial_value, name=None, trainable=True, dtype=None, collections=None):
         graph = get_default_graph()
@@ -143,7 +142,6 @@ class Variable(_OperatorsMixin):
         attrs = {"var": self.op.name, "dtype": self._dtype, "shape": self._shape}
         return self.op.graph.create_op(op_type, inputs, attrs, name=name).outputs[0]
 
-    # --- TensorFlow 1.x Variable surface ---------------------------------------------------------
     @property
     def name(self) -> str:
         return self.op.name + ":0"
@@ -182,7 +180,13 @@ class Variable(_OperatorsMixin):
 
     def load(self, value, session):
         """Set the value directly in ``session`` (no graph op), checked against shape and dtype."""
-        session._load_variable(self, value)
+        if self.graph is not session.graph:  # state is keyed by name: another graph's same-named variable
+            raise ValueError(f"cannot load variable {self.op.name} into a session of another graph")
+        arr = python_value_to_array(value, self._dtype, what=f"value for variable {self.op.name}")
+        if arr.shape != self._shape:
+            raise InvalidArgumentError(f"value of shape {arr.shape} cannot be loaded into variable {self.op.name} "
+                                       f"of shape {self._shape}", self.op.name)
+        session.state[self.op.name] = np.array(arr, copy=True, order="C")
 
     def __repr__(self) -> str:
         return f"<en.Variable '{self.name}' shape={self._shape} dtype={self._dtype.name}>"

@@ -149,8 +149,7 @@ def _fused_node(members, ir, summed=None):
 
 
 def _run_members(member_kernels, xs, summed=False):
-    """The group's ops one by one with their own kernels (the reference the fused kernel matches);
-    with a row sum: (the chain's value, its sum)."""
+    """The group's ops one by one (what the fused kernel matches); with a row sum: (the chain's value, its sum)."""
     vals = []
     for kernel, refs in member_kernels:
         vals.append(kernel(*[vals[k] if kind == "step" else xs[k] for kind, k in refs]))

@@ -78,8 +78,7 @@ class PlanIR:
 
 
 def node_from_op(op, ins, out, controls, reuse_buffers: bool = True, reference: bool = False) -> Node:
-    """The node for one graph op: its kernel (or NumPy reference), writing into a kept buffer when
-    its OpDef has an ``out_kernel`` and buffers are reused."""
+    """The node of one graph op: its kernel (or reference), its ``out_kernel`` where buffers are reused."""
     op_def = op.op_def
     if reference:
         return Node(op, op.type, list(ins), out, lambda ctx: op_def.reference_kernel(op, ctx), frozenset(controls))
