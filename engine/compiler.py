@@ -1,10 +1,7 @@
-"""Whole-plan compilation: a stateless inference plan becomes ONE Numba function (the serving path).
-
-Why: a batch-1 prediction through the interpreted plan pays Python dispatch for every op (tens of µs); one compiled
-function costs a few µs. The generated source is a pure function of the graph (op types, attributes, static shapes
-and dtypes, wiring), weights are arguments: it is written once, atomically, to
-``$NUMBA_CACHE_DIR/shelfcast_compiled/plan_<sha256 of the source>.py`` and imported with ``@njit(cache=True)``, so a
-fresh process loads the machine code from Numba's cache.
+"""Whole-plan compilation: a stateless inference plan becomes ONE Numba function (the serving path), as a batch-1
+prediction through the interpreted plan pays Python dispatch for every op (tens of µs), the compiled one a few µs.
+Its source is a pure function of the graph, weights are arguments: written once to
+``$NUMBA_CACHE_DIR/shelfcast_compiled/plan_<sha256 of the source>.py``, a fresh process loads its machine code.
 
 Every op is emitted from its OpDef: an elementwise op from its one scalar function (as its interpreted and fused
 kernels, ``kernels/elementwise.py``), any other by its ``emit``. Matrix products are plain loops (no BLAS): float32
@@ -179,8 +176,6 @@ def _docstring_text(text: str) -> str:
     return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 
-# --- loading through the on-disk cache -------------------------------------------------------------
-
 def cache_key(source: str) -> str:
     """The module's stable name: sha256 of its source (ops, attrs, shapes, dtypes; never weights)."""
     return hashlib.sha256(source.encode()).hexdigest()[:24]
@@ -191,9 +186,6 @@ def load_plan_function(source: str):
     key = cache_key(source)
     module = generated.import_generated(source, key, CACHE_SUBDIR, "plan", "shelfcast_compiled_plan_")
     return module.plan, generated.module_path(CACHE_SUBDIR, "plan", key)
-
-
-# --- the compiled plan and the small-batch dispatcher ----------------------------------------------
 
 
 class CompiledPlan:

@@ -53,9 +53,6 @@ GRAPH_FORMAT = "shelfcast-engine-graph"
 FORMAT_VERSION = 1
 
 
-# --- files --------------------------------------------------------------------------------------
-
-
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -173,9 +170,6 @@ def _load_json(path: str, what: str, fmt: str, max_bytes: int | None = None) -> 
 
 def _array_sha(arr: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(arr, order="C").tobytes()).hexdigest()
-
-
-# --- checkpoints -------------------------------------------------------------------------------
 
 
 class Saver:
@@ -315,9 +309,6 @@ def _checked_graph_doc(doc: dict, path: str) -> dict:
         need(isinstance(doc.get(field), dict) and all(isinstance(v, str) for v in doc[field].values()),
              f"{field} must map names to tensor names")
     return doc
-
-
-# --- inference graph export ----------------------------------------------------------------------
 
 
 def _encode_attr(value, weights: dict, owner: str):

@@ -1,12 +1,8 @@
-"""Session: runs the part of a graph that fetches need, with feeds replacing any tensor.
-
-Partial execution (whitepaper section 4.2): a run prunes the graph to the ops its fetches depend on (data and control
-edges), stopping at fed tensors. The result is an execution *plan* cached per (fetches, fed tensors): each op's kernel
-(resolved once by its factory) and integer slots for every value, so a run is a flat loop of step closures. At plan
-time the passes in ``engine/passes`` rewrite the pruned ops (``SessionConfig``), and steps whose kernels can write
-into ``out`` get buffers kept across runs, shared by steps whose values are dead (liveness). ``make_callable`` is
-the hot path. Variables live in ``session.state`` (name -> array); each random op has a NumPy Generator in the
-session, seeded from its (graph seed, op seed).
+"""Session: runs the part of a graph that fetches need (partial execution, whitepaper section 4.2), feeds replacing
+any tensor. A run is a flat loop of step closures: the *plan* cached per (fetches, fed tensors) holds each op's kernel,
+resolved once, and integer slots for every value; at plan time ``engine/passes`` rewrite the pruned ops and steps
+whose kernels can write into ``out`` get buffers kept across runs (liveness). Variables live in ``session.state``
+(name -> array); each random op has a NumPy Generator seeded from its (graph seed, op seed).
 """
 
 from __future__ import annotations
@@ -236,11 +232,9 @@ class Session:
             raise TypeError(f"Session(graph=...) takes an en.Graph, got {type(graph).__name__}"
                             + (" (a SessionConfig goes as config=...)" if isinstance(graph, SessionConfig) else ""))
         self.graph = graph or get_default_graph()
-        if config is None:
-            config = SessionConfig()
-        elif not isinstance(config, SessionConfig):
+        if config is not None and not isinstance(config, SessionConfig):
             raise TypeError(f"Session(config=...) takes an en.SessionConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = config or SessionConfig()
         self.state: dict[str, np.ndarray] = {}
         self._rngs: dict[str, np.random.Generator] = {}
         self._plans: dict = {}

@@ -109,9 +109,6 @@ def operand_kind(shape, out_shape):
     return None, 0
 
 
-# --- one op: any operand count, NumPy broadcasting ---------------------------------------------
-
-
 def op_kernel_source(fn, arity: int) -> str:
     """``kernel(out, x0, x1, ...)`` on flat arrays: equal sizes, or operands repeated modulo their size."""
     xs = [f"x{k}" for k in range(arity)]
@@ -156,9 +153,6 @@ def op_kernel(fn, arity: int, out_dtype=None):
         return out
 
     return run
-
-
-# --- a fused chain of ops ------------------------------------------------------------------------
 
 
 def chain_source(steps, leaf_kinds, dtype: str, inner: int, row_sum: bool = False) -> str:

@@ -254,17 +254,12 @@ def _transpose_infer(inputs, attrs):
     return [(inputs[0].dtype, tuple(s[p] for p in perm))]
 
 
-def _transpose_grad(op, g):
-    perm = op.attrs["perm"]
-    return [transpose(g, None if perm is None else np.argsort(perm))]  # the inverse permutation
-
-
-register("Transpose", infer=_transpose_infer,
+register("Transpose", infer=_transpose_infer,  # its gradient: the inverse permutation, argsort(perm)
          kernel=lambda op, ctx: (lambda x: np.array(np.transpose(x, op.attrs["perm"]), order="C")),  # always a copy
          reference=NUMPY_KERNEL, examples=_float_examples((((2, 3),), {"perm": None}),
                                                           (((2, 3, 4),), {"perm": (1, 0, 2)}),
                                                           (((1, 3),), {"perm": None})),  # NumPy: a view, C-ordered
-         grad=_transpose_grad)
+         grad=lambda op, g: [transpose(g, None if op.attrs["perm"] is None else np.argsort(op.attrs["perm"]))])
 
 
 def transpose(x, perm=None, name=None):

@@ -47,9 +47,6 @@ def _leaky_relu(x, alpha):
     return x if x > 0 else alpha * x
 
 
-# --- NumPy references --------------------------------------------------------------------------------
-
-
 def _sigmoid_reference(x):
     return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
 

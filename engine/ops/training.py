@@ -152,8 +152,7 @@ def _examples(slot_names, sparse):
         out = []
         for dtype in (np.float32, np.float64):
             attrs = {"var": "w", "dtype": dtypes.as_dtype(dtype), "shape": (4, 3), "momentum": 0.9, "nesterov": False,
-                     "beta1": 0.9, "beta2": 0.999,
-                     "epsilon": 1e-7, "step": "t", **{s: s for s in slot_names}}
+                     "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-7, "step": "t", **{s: s for s in slot_names}}
             state = {"w": rng.standard_normal((4, 3)).astype(dtype), "t": np.array(2, np.int64),
                      **{s: rng.uniform(0.1, 1.0, (4, 3)).astype(dtype) for s in slot_names}}
             lr = np.array(0.1, dtype)
