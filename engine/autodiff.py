@@ -1,9 +1,8 @@
 """Reverse-mode differentiation by extending the graph (whitepaper section 4.1).
 
-``gradients(ys, xs)`` visits the ops on paths from ``xs`` to ``ys`` from the last created to the first (every consumer
-of an op's output is created after it: all its gradient contributions are in by then), calling each op's registered
-gradient function. Contributions meeting at a tensor are summed by one ``add_n``; sparse ones (from ``gather``) stay
-IndexedSlices while all are sparse, so optimizers update only the touched rows.
+``gradients(ys, xs)`` visits the ops between them last created first (an op's consumers are created after it: its
+gradient is complete by then), summing contributions by one ``add_n``; sparse ones (``gather``'s) stay IndexedSlices
+while all are sparse, so optimizers update only the touched rows.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Numba's cache location and the thread policy, set in the environment once, before numba (or numpy's BLAS) reads
 it: ``engine/__init__.py`` imports this module first.
 
-One level of parallelism at a time: the executor runs one kernel at a time, so a parallel Numba kernel never runs
-beside a BLAS call, and both pools get the same size (``NUMBA_NUM_THREADS``, default: the cores this process may use,
-engine/cores.py). Users override with NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, OMP_NUM_THREADS or MKL_NUM_THREADS
-set before ``import engine``.
+One level of parallelism at a time: the executor runs one kernel at a time, so Numba's and BLAS's pools never run
+together and get the same size (NUMBA_NUM_THREADS, default engine/cores.py's count; OPENBLAS_NUM_THREADS,
+OMP_NUM_THREADS or MKL_NUM_THREADS set before ``import engine`` override BLAS's).
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
-"""How many cores this process can use: the one definition for Numba's and BLAS's pools, gunicorn's default worker
-count and `make test`'s pytest-xdist processes.
+"""How many cores this process can use, the one definition for Numba's and BLAS's pools, gunicorn's workers and
+`make test`'s processes: its affinity (``taskset``, a cpuset) capped by the CPU limit, rounded up, of its cgroup and
+those above it. With the affinity alone, a container run with ``--cpus 1.5`` on 16 cores started 16 gunicorn workers
+of 16 Numba threads each.
 
-Its affinity (``taskset``, a cpuset), capped by the CPU time its cgroup and every cgroup above it may take (v2
-``cpu.max``, v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``), rounded up: a container run with ``--cpus 1.5`` on a
-16-core host started 16 gunicorn workers with 16 Numba threads each when only the affinity counted.
-
-Standard library only, no engine import: gunicorn's master loads this file by its path (importing the engine there
-would size every worker's pools before it is pinned), and the Makefile runs ``python3 engine/cores.py`` before
-``.venv`` exists.
+Standard library only, no engine import: gunicorn's master loads this file by its path (the engine would size every
+worker's pools before it is pinned), and the Makefile runs ``python3 engine/cores.py`` before ``.venv`` exists.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""Per-op profile of a Session run: where the time and the bytes go.
-
-``profile(sess, fetches, feed_dict, runs=10)`` runs the steps of the session's plan for those fetches and feeds itself
-(the public plan API: ``Plan.steps``, ``Plan.runners``), timing each kernel call with ``perf_counter_ns``: exactly
-what a run does, after graph rewrites (a fused node is one step) and with the plan's kept buffers. Stateful steps
-really run: profiling a training step trains (as TensorFlow's profiler does). The result prints as tables (per op,
-per op type) and exports as a Chrome trace (``chrome://tracing``, https://ui.perfetto.dev): one complete event per
-step per run, op type as category, bytes in ``args``.
+"""Per-op profile of a Session run: where the time and the bytes go. ``profile`` runs the steps of the session's plan
+itself (``Plan.steps``, ``Plan.runners``), timing each kernel call: exactly what a run does, after graph rewrites and
+with the kept buffers (profiling a training step trains, as TensorFlow's profiler does). It prints as tables and
+exports as a Chrome trace (``chrome://tracing``, https://ui.perfetto.dev): one event per step per run.
 """
 
 from __future__ import annotations
@@ -112,7 +108,6 @@ def profile(sess, fetches, feed_dict=None, runs: int = 10, warmup: int = 1) -> P
     result = Profile(ops, runs, 0)
     clock = time.perf_counter_ns
     origin = clock()
-    wall = 0
     with plan.lock:  # the kept buffers: one run at a time, as Plan.execute
         for run in range(-warmup, runs):
             vals = plan.slots(feed_values)
@@ -136,6 +131,5 @@ def profile(sess, fetches, feed_dict=None, runs: int = 10, warmup: int = 1) -> P
                     stats.input_bytes = input_bytes
                     result.events.append((run, step, start - origin, end - start))
             if run >= 0:
-                wall += clock() - begin
-    result.wall_ns = wall
+                result.wall_ns += clock() - begin
     return result

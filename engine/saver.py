@@ -45,7 +45,7 @@ from engine import dtypes
 from engine.errors import DataLossError, InvalidArgumentError, NotFoundError
 from engine.compiler import compile_callable
 from engine.graph import Graph, Operation, Tensor, convert_to_tensor, is_tensor_like, ops_needed
-from engine.ops.state import Variable, global_variables
+from engine.ops.state import check_variables, global_variables
 from engine.session import Session
 
 CHECKPOINT_FORMAT = "shelfcast-engine-checkpoint"
@@ -180,9 +180,7 @@ class Saver:
         self._vars = dict(var_list) if isinstance(var_list, dict) else {v.op.name: v for v in var_list}
         if not self._vars:
             raise ValueError("Saver: no variables to save")
-        for v in self._vars.values():  # a tensor's value is no state: its save said 'uninitialized variable'
-            if not isinstance(v, Variable):
-                raise TypeError(f"Saver: {v!r} is not a variable")
+        check_variables(self._vars.values(), "Saver")
         graphs = {id(v.graph): v.graph for v in self._vars.values()}
         if len(graphs) > 1:
             raise ValueError("Saver: the variables belong to different graphs")

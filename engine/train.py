@@ -1,10 +1,9 @@
 """Optimizers (TensorFlow 1.x ``tf.train`` names): each variable's step is one fused-kernel op.
 
-Slots (momentum accumulators, Adam's m and v, Adagrad's accumulators) are non-trainable variables named
-``<variable>/<Optimizer>`` (``/<Optimizer>_1`` for a second slot): ``Saver`` checkpoints them and
-``global_variables_initializer`` (run after the optimizer is built) initializes them. Sparse gradients (from
-``gather``) update only the gathered rows: for Adam this is lazy Adam (``tf.contrib.opt.LazyAdamOptimizer``), rows
-not in the batch keep their value, m and v (no decay); the bias correction counts the optimizer's steps.
+Slots (accumulators, Adam's m and v) are non-trainable variables ``<variable>/<Optimizer>`` (``_1`` for a second):
+``Saver`` checkpoints them, ``global_variables_initializer`` run after the optimizer is built initializes them. Sparse
+gradients (``gather``'s) update only the gathered rows: lazy Adam (``tf.contrib.opt.LazyAdamOptimizer``) leaves other
+rows' values, m and v as they are; the bias correction counts the optimizer's steps.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from engine.autodiff import gradients
 from engine.graph import IndexedSlices, convert_to_tensor, get_default_graph, is_tensor_like
 from engine.ops.array import cast
 from engine.ops.control import group
-from engine.ops.state import Variable, trainable_variables
+from engine.ops.state import Variable, check_variables, trainable_variables
 from engine.saver import Saver, export_inference_graph, import_inference_graph, InferenceModel  # noqa: F401  (tf.train names)
 
 GLOBAL_STEP = "global_step"
@@ -53,7 +52,7 @@ class Optimizer:
         var_list = list(var_list) if var_list is not None else trainable_variables(loss.graph)
         if not var_list:
             raise ValueError("no variables to optimize")
-        _check_variables(var_list, "var_list")
+        check_variables(var_list, "var_list")
         return list(zip(gradients(loss, [v._as_tensor() for v in var_list]), var_list))
 
     def apply_gradients(self, grads_and_vars, global_step=None, name=None):
@@ -62,8 +61,8 @@ class Optimizer:
         if not pairs:
             names = [v.name for _, v in grads_and_vars]
             raise ValueError(f"No gradients provided for any variable: {names}")
-        _check_variables([v for _, v in pairs] + ([] if global_step is None else [global_step]),
-                         "grads_and_vars" if global_step is None else "grads_and_vars or global_step")
+        check_variables([v for _, v in pairs] + ([] if global_step is None else [global_step]),
+                        "grads_and_vars" if global_step is None else "grads_and_vars or global_step")
         graph = pairs[0][1].graph
         with graph.as_default():
             for _, v in pairs:
@@ -169,13 +168,6 @@ class AdamOptimizer(Optimizer):
     def _finish(self, updates):
         with self._step.graph.control_dependencies(updates):
             return self._step.assign_add(np.ones((), np.int64), name="update_step").op
-
-
-def _check_variables(values, what: str) -> None:
-    """Updates and slots are keyed by variable: a tensor there failed as an AttributeError ('assign_add')."""
-    for v in values:
-        if not isinstance(v, Variable):
-            raise TypeError(f"{what}: {v!r} is not a variable")
 
 
 def create_global_step(graph=None):

@@ -2,11 +2,9 @@
 
 An elementwise op registers a plain Python function of scalars (``def relu(x): return x if x > 0 else 0``), or a
 Python operator or NumPy ufunc that is one (``operator.add``: ``a + b``). Its source is copied into generated Numba
-modules: the op's own kernel (NumPy broadcasting), the fused kernel of a chain of such ops (``passes/fusion.py``) and
-the compiled inference plan (``compiler.py``). One formula defines all three, so fused and unfused results agree bit
-for bit: every step rounds to the output dtype, as an array store does. Modules are named by a digest of their source
-and kept under ``$NUMBA_CACHE_DIR/shelfcast_fused/``: a fresh process loads the compiled code, and an edited formula
-never runs a stale kernel.
+modules: the op's own kernel, the fused kernel of a chain of such ops and the compiled inference plan. One formula
+defines all three, so fused and unfused results agree bit for bit (every step rounds to the output dtype, as an array
+store does). Modules are named by their source's digest: an edited formula never runs a stale kernel.
 """
 
 from __future__ import annotations

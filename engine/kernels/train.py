@@ -1,10 +1,9 @@
 """Fused optimizer updates: one pass over a variable (and its slots) per step, in place.
 
-Adam's scalars (``c1 = 1 - beta1``, ``c2 = 1 - beta2``, the rate) come in the variable's dtype: a float32 variable is
-updated in float32 throughout (as PyTorch's fused Adam) and a float64 one in float64. Each optimizer's arithmetic is
-written once (Adam's ``_adam_step`` is inlined into the dense loop and the sparse loop over the distinct rows a
-gather's gradient touched; other rows and their slots stay untouched). ``error_model="numpy"``: IEEE division, no
-ZeroDivisionError check, which lets LLVM vectorize the loops (Adam: ~5x) with the same values.
+Adam's scalars (``c1 = 1 - beta1``, ``c2 = 1 - beta2``, the rate) come in the variable's dtype: float32 variables are
+updated in float32 throughout, as PyTorch's fused Adam. Each optimizer's arithmetic is written once; the sparse loops
+touch only the distinct rows a gather's gradient names. ``error_model="numpy"``: IEEE division, no ZeroDivisionError
+check, lets LLVM vectorize the loops (Adam: ~5x) with the same values.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Variables: named state that lives in a Session and survives across runs (whitepaper section 2).
 
-Reads have TensorFlow 1.x reference semantics: an op consuming a variable sees its value when that op runs
-(assignments and optimizer updates write in place), so side effects are ordered with ``control_dependencies``;
-``read_value()`` takes a snapshot copy (gradients flow through it to the variable, as through TensorFlow's identity
-read). ``Assign``/``AssignAdd``/``AssignSub`` name the variable by attribute, not by a data input: assigning never
-needs the old value and reading never runs an assignment (partial execution stays exact).
+Reads have TensorFlow 1.x reference semantics: an op sees a variable's value when it runs (updates write in place),
+so ``control_dependencies`` order side effects; ``read_value()`` takes a snapshot (gradients flow through it to the
+variable). Assignments name the variable by attribute, not by a data input: assigning never needs the old value and
+reading never runs an assignment (partial execution stays exact).
 """
 
 from __future__ import annotations
@@ -190,6 +189,14 @@ class Variable(_OperatorsMixin):
 
     def __repr__(self) -> str:
         return f"<en.Variable '{self.name}' shape={self._shape} dtype={self._dtype.name}>"
+
+
+def check_variables(values, what: str) -> None:
+    """TypeError naming ``what`` unless every value is a Variable: updates, slots and checkpoints are keyed by
+    variable (a tensor there failed as an AttributeError, 'assign_add', or was saved as 'uninitialized variable')."""
+    for v in values:
+        if not isinstance(v, Variable):
+            raise TypeError(f"{what}: {v!r} is not a variable")
 
 
 def global_variables(graph=None):

@@ -3,10 +3,9 @@
 A producer joins its consumer's group when only that consumer reads it, it is not fetched, has the group output's
 static shape and dtype, and no state-writing node runs in between (variable reads are by reference). The group's
 operands ("leaves") must be the output's shape, a fully known suffix of it (a bias row) or a scalar; the fused kernel
-checks that at run time and otherwise runs the member ops one by one, so results never depend on the pass. Groups of
-one op are lowered too (row-broadcast loop, output buffer, parallel loop). A consumer that sums the group's value back
-to a row (``OpDef.sums_broadcast``: the bias gradient after ``ReluGrad``) joins as a second output: one pass computes
-both, adding rows in the reduction kernel's order (bit for bit).
+checks that at run time, else runs the member ops one by one: results never depend on the pass. A consumer summing
+the group's value back to a row (``OpDef.sums_broadcast``: the bias gradient after ``ReluGrad``) joins as a second
+output, its rows added in the reduction kernel's order (bit for bit).
 """
 
 from __future__ import annotations
