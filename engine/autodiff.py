@@ -47,10 +47,8 @@ def _check_static(op, k, x, g):
 
 
 def gradients(ys, xs, grad_ys=None, name="gradients"):
-    """Symbolic d(sum of ys)/d(x) for each x: a list aligned with ``xs``; None for an unconnected x.
-
-    ``grad_ys`` weights each y (default: ones). A gather's parameters get an IndexedSlices.
-    """
+    """Symbolic d(sum of ys, each weighted by ``grad_ys``, default ones)/d(x) for each of ``xs``: None for an
+    unconnected x, an IndexedSlices for a gather's parameters."""
     ys = [convert_to_tensor(y) for y in _as_list(ys)]
     if not ys:
         raise ValueError("gradients: ys is empty; give at least one tensor to differentiate")

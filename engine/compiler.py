@@ -3,13 +3,11 @@ prediction through the interpreted plan pays Python dispatch for every op (tens 
 Its source is a pure function of the graph, weights are arguments: written once to
 ``$NUMBA_CACHE_DIR/shelfcast_compiled/plan_<sha256 of the source>.py``, a fresh process loads its machine code.
 
-Every op is emitted from its OpDef: an elementwise op from its one scalar function (as its interpreted and fused
-kernels, ``kernels/elementwise.py``), any other by its ``emit``. Matrix products are plain loops (no BLAS): float32
-results agree with the interpreted plan within ``rtol=1e-5, atol=1e-6``, everything else exactly. When a run-time
-check in the compiled code fails (a shape it does not handle, an index out of range, a division by zero) the
-interpreted plan runs the call, computing the result or raising the engine's usual error: results never depend on
-the compiler. A graph with an op it does not know is refused (:class:`UnsupportedGraphError`, naming the ops) and
-:class:`SmallBatchCallable` then runs the interpreted plan for every batch.
+Every op is emitted from its OpDef: an elementwise op from its scalar function, any other by its ``emit``. Matrix
+products are plain loops (no BLAS): float32 results agree with the interpreted plan within ``rtol=1e-5, atol=1e-6``,
+all else exactly. When a run-time check in the compiled code fails (a shape, an index, a division by zero) the
+interpreted plan runs the call: results never depend on the compiler. A graph with an op it does not know is refused
+(:class:`UnsupportedGraphError`) and :class:`SmallBatchCallable` runs it interpreted.
 """
 
 from __future__ import annotations
@@ -41,9 +39,8 @@ class UnsupportedGraphError(ValueError):
 
 
 class Emitter:
-    """What an ``OpDef.emit(c, op, ins) -> expression`` writes through (``ins``: its inputs' variables). The
-    expression is assigned to the op's variable; one of ``ins`` (or a parameter) makes the op an alias of it; ``None``
-    means the op computes nothing."""
+    """What an ``OpDef.emit(c, op, ins) -> expression`` writes through (``ins``: its inputs' variables); returning one
+    of ``ins`` (or a parameter) makes the op an alias of it, ``None`` means it computes nothing."""
 
     def __init__(self):
         self.helpers: dict[str, str] = {}
@@ -170,9 +167,8 @@ def generate(fetch_tensors, feed_tensors):
 
 
 def _docstring_text(text: str) -> str:
-    """``text`` as it may stand in the module's docstring: backslashes, quotes and control characters escaped, so no
-    op name or shape of an imported graph can end the docstring and run as code (the same text where there are none,
-    as in every graph the engine builds: the cache keys of existing plans are unchanged)."""
+    """``text`` with backslashes, quotes and control characters escaped, so no op name or shape of an imported graph
+    can end the module's docstring and run as code (graphs the engine builds have none: the cache keys stand)."""
     return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 
@@ -237,9 +233,8 @@ class CompiledCheckFailed(RuntimeError):
 
 class SmallBatchCallable:
     """``session.make_callable`` with a compiled fast path for batches of at most ``max_rows`` rows, built on the first
-    small call (or by :meth:`warm_up`). A plan that cannot be compiled runs interpreted (why: logged once, and
-    ``compile_error``); so do feeds that are not exact arrays (dtype, list, layout, a known dimension), which the
-    interpreted path converts or refuses with its clear errors."""
+    small call (or :meth:`warm_up`). A plan that cannot be compiled (``compile_error``, logged once) and feeds that are
+    not exact arrays run interpreted: it converts them or refuses them with its clear errors."""
 
     def __init__(self, session, fetches, feed_list, max_rows: int | None = None):
         self.session = session

@@ -58,9 +58,8 @@ def private_temp_cache_dir() -> str:
 
 
 def _usable_cache_dir() -> str:
-    """NUMBA_CACHE_DIR (unset or empty: ``default_cache_dir()``) if this process can write there; otherwise this
-    user's temporary one, said once on stderr. A read-only or missing HOME, or a cache directory of another user,
-    failed the first kernel with a PermissionError traceback from deep inside the engine."""
+    """NUMBA_CACHE_DIR (default ``default_cache_dir()``) if writable, else this user's temporary one, said on stderr: a
+    read-only HOME or another user's cache failed the first kernel with a PermissionError from deep in the engine."""
     wanted = _default("NUMBA_CACHE_DIR", default_cache_dir())
     why = _unwritable(wanted)
     if why is None:

@@ -61,9 +61,8 @@ def _mount(line: str) -> tuple[str, str, str, set[str]] | None:
 
 
 def _limits_up_to(root: str, point: str, path: str, v2: bool) -> list[float]:
-    """The limits set in cgroup ``path``'s directory under a mount of ``root`` at ``point``, and in each directory
-    above it up to ``point``. A container sees its own cgroup as the mount's root, while /proc/self/cgroup may still
-    name it from the host's root."""
+    """The limits set in cgroup ``path``'s directory under a mount of ``root`` at ``point`` and in those above it (a
+    container's mount root is its own cgroup, which /proc/self/cgroup may name from the host's root)."""
     if root and path != root and not path.startswith(root + "/"):
         return []
     directory = os.path.normpath(os.path.join(point, path[len(root):].lstrip("/")))

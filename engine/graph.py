@@ -240,11 +240,9 @@ class Graph:
 
 
 def _check_static_shape(shape, owner: str) -> None:
-    """ValueError unless ``shape`` is None or a sequence of dimensions that are each None or a whole number >= 0.
-
-    A shape is copied verbatim into the compiled plan's source (engine/compiler.py); an imported graph.json's
-    attributes are whatever the file says, and a string "dimension" an op's rule passed through (a reshape of a
-    batch of unknown size, a placeholder's declared shape) was Python code run when the plan was imported."""
+    """ValueError unless ``shape`` is None or dimensions that are None or whole numbers >= 0: a shape is copied into the
+    compiled plan's source, and a string "dimension" an imported graph.json gave a Reshape or a Placeholder was Python
+    code run when the plan was imported."""
     if shape is None:
         return
     if not isinstance(shape, (tuple, list)) or not all(

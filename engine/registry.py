@@ -79,10 +79,9 @@ class OpDef:
 
 
 def register(name: str, **fields) -> OpDef:
-    """Add an op type (``fields``: :class:`OpDef`'s) under a CamelCase name, a Python identifier (the compiler names
-    generated functions after it), once. Without a ``grad``, ``not_differentiable="why"`` says why no gradient flows,
-    so no op with float outputs skips the registry test's gradient check silently (neither: ``gradients()`` and the
-    registry test fail it)."""
+    """Add an op type (``fields``: :class:`OpDef`'s) once, its CamelCase name a Python identifier (the compiler names
+    functions after it). Without a ``grad``, ``not_differentiable="why"`` says why no gradient flows: no op skips the
+    registry test's gradient check silently (with neither, ``gradients()`` and the registry test fail it)."""
     if not isinstance(name, str) or not _OP_NAME.fullmatch(name):
         raise ValueError(f"op name {name!r}: must be CamelCase: a capital letter, then letters, digits or _ "
                          "(a Python identifier, as TensorFlow's op names are)")

@@ -20,10 +20,9 @@ into ``Const`` ops of the same name, the graph is pruned to what the outputs nee
 other stateful or random ops are refused. Loading needs only ``engine`` (op types are looked up in the registry): the
 same kernels on the same constants give bit-identical outputs.
 
-Files are written to a temporary name and renamed into place, the manifest last. A checkpoint overwritten in place
-switches over at its manifest: the new data is staged as ``<prefix>.npz-<sha256[:16]>``, the manifest naming its
-checksum replaces the old, then the staged file becomes ``<prefix>.npz``; ``restore`` reads the staged file while
-``<prefix>.npz`` still holds the old data (a save killed between the two renames).
+Files are written to a temporary name and renamed into place, the manifest last: an overwritten checkpoint switches
+over at its manifest (its data staged as ``<prefix>.npz-<sha256[:16]>``, renamed after it), and ``restore`` reads the
+staged file while ``<prefix>.npz`` still holds the old data (a save killed between the two renames).
 """
 
 from __future__ import annotations
@@ -62,10 +61,8 @@ def sha256_file(path: str) -> str:
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename.
-
-    An OSError names ``path``: a full disk's (ENOSPC from a write) names no file at all, and the temporary
-    file's name means nothing to whoever reads the error."""
+    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename. An OSError names ``path``:
+    a full disk's (ENOSPC) names no file at all, and the temporary file's name means nothing to its reader."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
@@ -392,9 +389,8 @@ def export_inference_graph(sess, export_dir: str, inputs, outputs) -> dict:
 
 
 class InferenceModel:
-    """A loaded inference graph: ``run({input name: array}) -> {output name: array}``. Batches of at most ``max_rows``
-    rows run as one compiled Numba function (engine/compiler.py), larger ones interpreted (BLAS matmuls), as do all
-    of a graph the compiler cannot handle (``compile_error`` says why)."""
+    """A loaded inference graph, ``run({input name: array}) -> {output name: array}``: batches of up to ``max_rows``
+    rows run compiled (engine/compiler.py), larger ones or a graph the compiler refuses interpreted (BLAS matmuls)."""
 
     def __init__(self, graph: Graph, inputs: dict, outputs: dict, max_rows: int | None = None):
         self.graph = graph
@@ -435,10 +431,9 @@ MAX_GRAPH_BYTES = 16 << 20  # graph.json is structure only (~200 bytes an op; co
 
 
 def import_inference_graph(export_dir: str) -> InferenceModel:
-    """Load a directory written by :func:`export_inference_graph` (verifying its weights' checksum).
-
-    A graph.json over ``MAX_GRAPH_BYTES`` is refused before it is parsed, one with an op no output needs once built:
-    a padded one (10^6 ops, 95 MB) took 76 s and a 1.5 GB peak RSS to load, and was served."""
+    """Load a directory written by :func:`export_inference_graph`, its weights' checksum verified. A graph.json over
+    ``MAX_GRAPH_BYTES`` is refused before it is parsed, one with an op no output needs once built: a padded one (10^6
+    ops, 95 MB) took 76 s and a 1.5 GB peak RSS to load, and was served."""
     graph_path = os.path.join(export_dir, "graph.json")
     doc = _checked_graph_doc(_load_json(graph_path, "inference graph", GRAPH_FORMAT, MAX_GRAPH_BYTES), graph_path)
     weights = _verified_npz(os.path.join(export_dir, doc["weights"]["file"]), doc["weights"]["sha256"], graph_path,

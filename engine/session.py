@@ -28,9 +28,8 @@ BACKENDS = ("kernels", "reference")
 
 @dataclass(frozen=True)
 class SessionConfig:
-    """How a Session builds plans. ``optimize=False`` turns every pass off, ``passes`` picks some of ``PASS_NAMES``;
-    ``backend="reference"`` runs every op by its plain-NumPy reference (OpDef.reference, no fusion, no buffers): slow,
-    independent of Numba, the yardstick the tests compare the kernels against."""
+    """How a Session builds plans: ``optimize=False`` or ``passes`` turn passes off; ``backend="reference"`` runs each
+    op's plain-NumPy reference (no fusion, no buffers), independent of Numba: the yardstick of the kernels' tests."""
 
     optimize: bool = True
     passes: frozenset = frozenset(PASS_NAMES)
@@ -70,10 +69,8 @@ class Step:
 
 
 class Plan:
-    """Everything a run of some fetches with some feeds needs, computed once (``Session.plan``). The profiler and the
-    compiler use ``feed_tensors`` (the order :meth:`run` takes feed values in), ``fetches`` (resolved leaves),
-    ``steps`` (:class:`Step`, after rewrites), :meth:`slots`, :meth:`run` and :meth:`structure`; ``runners`` are the
-    same steps as closures over slots and kept buffers, what a run executes."""
+    """Everything a run of some fetches with some feeds needs, computed once: ``feed_tensors`` (the order of
+    :meth:`run`'s values), ``fetches``, ``steps`` (after rewrites; ``runners``: the closures a run executes)."""
 
     def __init__(self, session, feed_tensors, feed_slots, fetches, build, steps, getters, n_slots, runners, labels,
                  n_buffers, nodes, groups):

@@ -161,8 +161,8 @@ def chain_source(steps, leaf_kinds, dtype: str, inner: int, row_sum: bool = Fals
     step's value. ``row_sum`` adds ``serial_sum(out, sums, x0, ...)``, which also sums the output's rows into ``sums``
     (a bias gradient), in order and in float64 as ``kernels/reduce.py`` does. Each function also comes as
     ``<name>_io<k>`` per full leaf k, writing the output over operand k (liveness's buffer reuse): handed one array as
-    both ``out`` and ``x<k>``, LLVM cannot prove them the same and runs its scalar fallback (2-3x slower on bias+ReLU).
-    Numba compiles a function on its first call, so unused variants cost nothing."""
+    both ``out`` and ``x<k>``, LLVM runs its scalar fallback (2-3x slower on bias+ReLU). Unused variants cost nothing:
+    Numba compiles a function on its first call."""
     names: dict = {}
     defs = []
     for fn, _ in steps:

@@ -233,9 +233,8 @@ register("Squeeze", infer=_squeeze_infer, kernel=_squeeze_kernel,
 
 
 def squeeze(x, axis=None, name=None):
-    """``x`` without the size-1 dimensions ``axis``; with no axis, those whose static size is 1. A dimension of unknown
-    size is kept even when it is 1 at run time (a batch of one stays a batch), so the static shape holds for every
-    run; only an unknown rank removes every dimension that is 1 at run time."""
+    """``x`` without the size-1 dimensions ``axis``, by default those of static size 1: a batch of one stays a batch,
+    so the static shape holds for every run (only an unknown rank removes every dimension that is 1 at run time)."""
     if axis is not None:
         axis = tuple(map(operator.index, axis if isinstance(axis, (list, tuple)) else (axis,)))
     return create("Squeeze", [convert_to_tensor(x)], {"axis": axis}, name)

@@ -42,9 +42,6 @@ def _sign(a):
     return 1 if a > 0 else (-1 if a < 0 else (0 if a == 0 else a))  # NaN stays NaN, as np.sign
 
 
-# --- gradients ---------------------------------------------------------------------------------
-
-
 def _div_grad(op, g):
     x, y = op.inputs
     z = op.outputs[0]
@@ -63,8 +60,6 @@ def _pow_grad(op, g):
     dy = multiply(g, where(equal(x, 0), at_zero, where(positive, multiply(z, safe_log), zeros_like(z))))
     return [unbroadcast(dx, x), unbroadcast(dy, y)]
 
-
-# --- elementwise registrations ---------------------------------------------------------------------
 
 POSITIVE = (0.1, 3.0)
 add = elementwise("Add", operator.add, np.add, NUMERIC,
@@ -305,8 +300,6 @@ register("Mean", infer=lambda inputs, attrs: _reduce_infer(inputs, attrs, FLOAT)
 register("Max", infer=_reduce_infer, kernel=_reduce_kernel("max"), reference=_reduce_reference(np.max),
          examples=lambda rng: [e for e in _reduce_examples(rng) if e.inputs[0].size],  # non-empty inputs only
          grad=_max_reduce_grad)
-
-# --- constructors ----------------------------------------------------------------------------------
 
 
 def add_n(inputs, name=None):

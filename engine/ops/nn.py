@@ -16,8 +16,6 @@ from engine.ops.array import cast, where
 from engine.ops.random import random_uniform_like
 from engine.registry import Example, register
 
-# --- scalar functions ------------------------------------------------------------------------------
-
 
 def _relu(x):
     return x if (x > 0 or x != x) else 0  # NaN propagates, as in torch and TensorFlow
@@ -50,8 +48,6 @@ def _leaky_relu(x, alpha):
 def _sigmoid_reference(x):
     return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
 
-
-# --- registrations --------------------------------------------------------------------------------------
 
 relu = _elementwise("Relu", _relu, lambda x: np.where((x > 0) | np.isnan(x), x, 0), FLOAT,
                     grad=lambda op, g: [create("ReluGrad", [g, op.outputs[0]])])
@@ -105,8 +101,6 @@ register("Softmax", infer=_softmax_infer, kernel=lambda op, ctx: (lambda x: KN.s
          examples=lambda rng: [Example((sample(rng, shape, t),), {"axis": axis}) for t in (np.float32, np.float64)
                                for shape, axis in (((3, 4), -1), ((3, 4), 0), ((2, 3, 4), 1), ((0, 4), -1),
                                                    ((3, 0), -1))])
-
-# --- constructors --------------------------------------------------------------------------------------
 
 
 def leaky_relu(x, alpha=0.2, name=None):
