@@ -365,8 +365,7 @@ def export_inference_graph(sess, export_dir: str, inputs, outputs) -> dict:
             var = op.op_def.variable_read(op)
             if var not in sess.state:
                 raise InvalidArgumentError(f"cannot freeze uninitialized variable {var}", op.name)
-            attrs = {"value": np.array(sess.state[var], copy=True)}
-            op_type = "Const"
+            attrs, op_type = {"value": np.array(sess.state[var], copy=True)}, "Const"
         elif op.op_def.must_feed:
             raise ValueError(f"placeholder {op.name} is needed by the outputs but is not among the inputs")
         elif op.op_def.stateful or op.op_def.random:

@@ -165,8 +165,7 @@ def _examples(slot_names, sparse):
                 inputs = (rng.standard_normal((4, 3)).astype(dtype), lr)
                 edges = [(np.ones(shape, dtype), lr) for shape in ((4, 1), (2, 3))]  # broadcastable, or smaller
             huge = (np.full_like(inputs[0], 1e30),) + inputs[1:]  # g * g overflows float32
-            out.append(Example(inputs, attrs, state))
-            out.append(Example(inputs, {**attrs, "nesterov": True}, state))
+            out += [Example(inputs, attrs, state), Example(inputs, {**attrs, "nesterov": True}, state)]
             out += [Example(edge, attrs, state) for edge in [huge] + edges]
         return out
 
