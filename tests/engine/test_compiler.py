@@ -77,6 +77,17 @@ def test_large_batches_take_the_interpreted_plan(exported):
     assert out.shape == (50, 1)
 
 
+@pytest.mark.parametrize("value", [2.5, True, -1, "3"])
+def test_a_max_rows_that_is_not_a_whole_number_is_refused_as_sizes_are(exported, value):
+    """max_rows shares the engine's one size check (shapes.whole_number) with batch sizes and layer sizes: the same
+    refusal, the same words; 0 (never compiled) stays allowed."""
+    model = import_inference_graph(exported)
+    with pytest.raises(ValueError, match=rf"max_rows must be a whole number of at least 0, got {value!r}"):
+        model._call.max_rows = value
+    model._call.max_rows = 0
+    assert model._call.max_rows == 0
+
+
 def test_live_session_reads_variables_at_each_call():
     rng = np.random.default_rng(3)
     store, dense, y = _mlp(rng)
