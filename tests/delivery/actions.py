@@ -8,8 +8,10 @@ What stands in for GitHub:
   ``success()``/``failure()``/``always()``); a job whose ``needs`` did not succeed is skipped; a step's ``if:``
   without a status function means ``success() && (...)``, as on GitHub; a step skipped by it is recorded, not run;
 - ``uses:`` steps of GitHub-hosted actions (``HOSTED_ACTIONS``) are not run: ``actions/checkout`` is the
-  fresh clone each job gets (``checkout``), ``actions/setup-python`` / ``setup-node`` are the machine's
-  interpreters, ``upload-artifact`` and ``docker/login-action`` talk to GitHub and a registry only;
+  fresh clone each job gets (``checkout``; its ``ref:`` input, evaluated, is recorded in the step's ``inputs``
+  and, given ``at_ref``, checked out), ``actions/setup-python`` / ``setup-node`` are the machine's
+  interpreters, ``docker/login-action`` talks to a registry only; ``upload-artifact`` / ``download-artifact``
+  copy files between a run's jobs through ``artifacts`` when one is given (else they are recorded only);
   any other ``uses:`` fails the run;
 - a ``run:`` step in ``not_run`` (command -> why) is not run, and says why (``make test``: the suite
   this runs inside).
@@ -31,7 +33,7 @@ from typing import Callable, Mapping
 import yaml
 
 HOSTED_ACTIONS = ("actions/checkout", "actions/setup-python", "actions/setup-node", "actions/upload-artifact",
-                  "docker/login-action")
+                  "actions/download-artifact", "docker/login-action")
 EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 STATUS_CALL = re.compile(r"\b(?:success|failure|always|cancelled)\(\)")
 TOKEN = re.compile(r"\s*(?:(?P<string>'(?:[^']|'')*')|(?P<op>==|!=|&&|\|\||!|\(|\))|(?P<name>[A-Za-z_][\w.-]*)"
@@ -141,6 +143,7 @@ class StepResult:
     output: str = ""
     why: str = ""
     lines: list[tuple[float, str]] = field(default_factory=list)  # (time.monotonic(), line) as printed
+    inputs: dict[str, str] = field(default_factory=dict)  # a uses: step's `with:`, its expressions evaluated
 
 
 @dataclass
@@ -161,9 +164,12 @@ class WorkflowRun:
 
 def run_workflow(path: Path, contexts: Mapping[str, str], checkout: Callable[[str], Path],
                  runner_env: Callable[[str], dict], not_run: Mapping[str, str], say: Callable[[str], None] = print,
-                 step_timeout_s: float = 600.0) -> WorkflowRun:
+                 step_timeout_s: float = 600.0, at_ref: Callable[[Path, str], None] | None = None,
+                 artifacts: Path | None = None) -> WorkflowRun:
     """Every job of the workflow at ``path``, in order; ``checkout(job)`` makes the job's fresh clone and
-    ``runner_env(job)`` its runner's environment (the job's and workflow's ``env:`` are added to it)."""
+    ``runner_env(job)`` its runner's environment (the job's and workflow's ``env:`` are added to it).
+    ``at_ref(clone, ref)`` checks out an ``actions/checkout`` step's non-empty ``ref:``; ``artifacts`` is the
+    run's artifact store (a directory per artifact name)."""
     workflow = yaml.safe_load(path.read_text(encoding="utf-8"))
     result = WorkflowRun(workflow["name"])
     pending = dict(workflow["jobs"])
@@ -182,7 +188,7 @@ def run_workflow(path: Path, contexts: Mapping[str, str], checkout: Callable[[st
             say(f"{result.name} / {name}: skipped (if: {condition}; needs {'met' if needs_ok else 'not met'})")
             continue
         result.jobs[name] = _run_job(result, name, job, workflow, contexts, checkout, runner_env, not_run, say,
-                                     step_timeout_s)
+                                     step_timeout_s, at_ref, artifacts)
     return result
 
 
@@ -193,7 +199,8 @@ def _needs(job: dict) -> list[str]:
 
 def _run_job(result: WorkflowRun, name: str, job: dict, workflow: dict, contexts: Mapping[str, str],
              checkout: Callable[[str], Path], runner_env: Callable[[str], dict], not_run: Mapping[str, str],
-             say: Callable[[str], None], step_timeout_s: float) -> str:
+             say: Callable[[str], None], step_timeout_s: float, at_ref: Callable[[Path, str], None] | None,
+             artifacts: Path | None) -> str:
     workdir = checkout(name)
     env = dict(runner_env(name))
     for scope in (workflow.get("env") or {}, job.get("env") or {}):
@@ -210,7 +217,10 @@ def _run_job(result: WorkflowRun, name: str, job: dict, workflow: dict, contexts
             say(f"{result.name} / {name} / {label}: skipped (if: {condition})")
             continue
         if "uses" in step:
-            result.steps.append(StepResult(name, label, step["uses"], None, why="GitHub-hosted action"))
+            inputs = {key: substitute(value, contexts) for key, value in (step.get("with") or {}).items()}
+            result.steps.append(StepResult(name, label, step["uses"], None, why="GitHub-hosted action",
+                                           inputs=inputs))
+            _hosted_action(step["uses"].split("@")[0], inputs, workdir, at_ref, artifacts)
             continue
         command = substitute(step["run"], contexts).strip()
         if command in not_run:
@@ -224,6 +234,29 @@ def _run_job(result: WorkflowRun, name: str, job: dict, workflow: dict, contexts
         if done.returncode != 0:
             status = "failure"
     return status
+
+
+def _hosted_action(action: str, inputs: dict, workdir: Path, at_ref: Callable[[Path, str], None] | None,
+                   artifacts: Path | None) -> None:
+    """What of a GitHub-hosted action this runner stands in for: checkout's ``ref:`` and the artifact copies."""
+    import shutil
+
+    if action == "actions/checkout" and inputs.get("ref") and at_ref is not None:
+        at_ref(workdir, inputs["ref"])
+    elif action == "actions/upload-artifact" and artifacts is not None:
+        store = artifacts / inputs["name"]
+        for pattern in filter(None, (line.strip() for line in inputs.get("path", "").splitlines())):
+            source = workdir / pattern
+            if source.is_dir():
+                shutil.copytree(source, store / pattern, dirs_exist_ok=True)
+            elif source.is_file():
+                (store / pattern).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, store / pattern)
+    elif action == "actions/download-artifact" and artifacts is not None:
+        store = artifacts / inputs["name"]
+        if not store.is_dir():
+            raise WorkflowError(f"download-artifact: no artifact {inputs['name']!r} was uploaded in this run")
+        shutil.copytree(store, workdir / inputs.get("path", "."), dirs_exist_ok=True)
 
 
 def step_condition(step: dict) -> str:

@@ -85,10 +85,19 @@ def started(run) -> list[str]:
 
 ML_CONTEXTS = {"vars.MLFLOW_TRACKING_URI": "http://registry", "vars.SHELFCAST_DATA_SOURCE": "",
                **unset_secrets(WORKFLOWS / "ml-pipeline.yml")}
-APP_CONTEXTS = {"github.repository_owner": "Owner", "vars.MLFLOW_TRACKING_URI": "http://registry",
+AFTER_ML = {"github.event_name": "workflow_run", "github.ref": "refs/heads/main", "github.sha": "main-now",
+            "github.repository": "Owner/shelfcast", "github.event.workflow_run.conclusion": "success",
+            "github.event.workflow_run.head_branch": "main", "github.event.workflow_run.head_sha": "tested",
+            "github.event.workflow_run.event": "push",
+            "github.event.workflow_run.head_repository.full_name": "Owner/shelfcast"}
+# started by hand on main (another event: the workflow_run fields are empty, as GitHub leaves them)
+BY_HAND = {**AFTER_ML, "github.event_name": "workflow_dispatch", "github.sha": "dispatched",
+           **{key: "" for key in AFTER_ML if key.startswith("github.event.workflow_run.")}}
+APP_CONTEXTS = {"github.repository_owner": "Owner", "github.actor": "someone",
+                "vars.MLFLOW_TRACKING_URI": "http://registry",
                 "vars.SHELFCAST_URL": "", "vars.SHELFCAST_MODELS_HOST": "/srv/shelfcast/models",
                 "vars.SHELFCAST_PREDICTION_LOG": "", "vars.ELASTICSEARCH_URL": "",
-                **unset_secrets(WORKFLOWS / "app-pipeline.yml")}
+                **unset_secrets(WORKFLOWS / "app-pipeline.yml"), **BY_HAND}
 
 
 def test_a_run_on_another_branch_runs_the_gate_and_registers_nothing(tmp_path):
@@ -100,17 +109,13 @@ def test_a_run_on_another_branch_runs_the_gate_and_registers_nothing(tmp_path):
     assert "make ml-pipeline" in on_branch and "make threshold-test" in on_branch
     assert not {"make promote", "make dvc-push"} & set(on_branch), on_branch
 
-    after = {**APP_CONTEXTS, "github.event_name": "workflow_run", "github.ref": "refs/heads/main",
-             "github.event.workflow_run.conclusion": "success"}
+    after = {**APP_CONTEXTS, **AFTER_ML}
     from_main = dry_run("app-pipeline.yml", {**after, "github.event.workflow_run.head_branch": "main"}, tmp_path)
     assert "make deploy" in started(from_main)
     from_branch = dry_run("app-pipeline.yml", {**after, "github.event.workflow_run.head_branch": "try-lr"}, tmp_path)
     assert set(from_branch.jobs.values()) == {"skipped"}
     # started by hand on a branch: its code is tested and its image built, but nothing is released
-    by_hand = dry_run("app-pipeline.yml", {**APP_CONTEXTS, "github.event_name": "workflow_dispatch",
-                                           "github.ref": "refs/heads/try-lr",
-                                           "github.event.workflow_run.conclusion": "",
-                                           "github.event.workflow_run.head_branch": ""}, tmp_path)
+    by_hand = dry_run("app-pipeline.yml", {**APP_CONTEXTS, "github.ref": "refs/heads/try-lr"}, tmp_path)
     assert by_hand.jobs["release"] == "skipped" and "make publish-image" in started(by_hand)
     assert triggers_of("app-pipeline.yml")["workflow_run"]["branches"] == ["main"]  # GitHub's filter, before the if:
 
@@ -385,3 +390,50 @@ def test_compose_waits_for_the_apps_graceful_stop_before_killing_it():
     conf = (REPO / "app" / "gunicorn_conf.py").read_text(encoding="utf-8")
     graceful = int(re.search(r"^graceful_timeout = (\d+)", conf, re.M).group(1))
     assert seconds >= graceful + 10, (seconds, graceful)
+
+
+# --- the app pipeline after the ML pipeline: the commit that run tested, and only a run worth releasing ----------
+
+def checkouts(run) -> dict[str, list[dict]]:
+    """job -> the evaluated `with:` of each actions/checkout step it ran."""
+    found: dict[str, list[dict]] = {}
+    for step in run.steps:
+        if step.command.split("@")[0] == "actions/checkout" and step.why == "GitHub-hosted action":
+            found.setdefault(step.job, []).append(step.inputs)
+    return found
+
+
+def test_a_release_after_the_ml_pipeline_checks_out_the_commit_that_run_tested(tmp_path):
+    """The workflow_run-triggered jobs checked out the latest main (actions/checkout's default for workflow_run),
+    not `github.event.workflow_run.head_sha`: a push landing between the two runs was released untested."""
+    after = dry_run("app-pipeline.yml", {**APP_CONTEXTS, **AFTER_ML}, tmp_path)
+    assert after.jobs == {"test": "success", "build-publish": "success", "release": "success"}
+    assert {job: [c.get("ref") for c in found] for job, found in checkouts(after).items()} == \
+        {"test": ["tested"], "build-publish": ["tested"], "release": ["tested"]}
+    # a push or a run by hand: its own commit
+    for contexts in ({**BY_HAND, "github.event_name": "push"}, BY_HAND):
+        own = dry_run("app-pipeline.yml", {**APP_CONTEXTS, **contexts}, tmp_path)
+        assert {c.get("ref") for found in checkouts(own).values() for c in found} == {contexts["github.sha"]}
+
+
+def test_only_a_successful_ml_pipeline_run_on_this_repository_s_main_is_released(tmp_path):
+    """`branches: [main]` matches the head branch's name alone: a pull request from a fork's branch called main
+    passed it, and the release (with the repository's secrets and the production host) would have checked out the
+    fork's head_sha. Every job that runs after the ML pipeline checks the run's conclusion, event and repository."""
+    assert "workflow_run" in triggers_of("app-pipeline.yml")
+    for wrong in ({"github.event.workflow_run.conclusion": "failure"},
+                  {"github.event.workflow_run.head_branch": "try-lr"},
+                  {"github.event.workflow_run.event": "pull_request"},
+                  {"github.event.workflow_run.event": "pull_request_target"},
+                  {"github.event.workflow_run.head_repository.full_name": "someone/shelfcast"}):
+        run = dry_run("app-pipeline.yml", {**APP_CONTEXTS, **AFTER_ML, **wrong}, tmp_path)
+        assert set(run.jobs.values()) == {"skipped"} and not run.steps, (wrong, run.jobs)
+    for event in ("push", "schedule", "workflow_dispatch"):
+        run = dry_run("app-pipeline.yml", {**APP_CONTEXTS, **AFTER_ML, "github.event.workflow_run.event": event},
+                      tmp_path)
+        assert run.jobs["release"] == "success", (event, run.jobs)
+    # each job guards itself: none relies on a `needs` chain alone (a job added without `needs: test` would not)
+    for job_name, job in workflow("app-pipeline.yml")["jobs"].items():
+        condition = str(job.get("if", ""))
+        for name in ("conclusion", "head_branch", "event", "head_repository.full_name"):
+            assert f"github.event.workflow_run.{name}" in condition, (job_name, name)

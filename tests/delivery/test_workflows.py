@@ -42,13 +42,18 @@ from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 
 from .actions import run_workflow, runner_environment, unset_secrets
 from .conftest import REPO, evaluate_and_promote, predict_status, tiny_bundle_module
-from .runners import clone, set_params, source_repository
+from .runners import clone, git, set_params, source_repository
 
 pytestmark = pytest.mark.slow
 NAME = tracking.REGISTERED_MODEL
 NOT_RUN = {"make test": "the test suite this test runs inside (CI runs it: .ci/run)"}
 # the serving host's runner: a shorter release than the defaults (README "Releases"), so the test stays short
 RELEASE_SETTINGS = {"SHADOW_S": "10", "CANARY_SHARE": "0.5", "OBSERVE_S": "40", "SMOKE_REQUESTS": "60"}
+
+
+def checkout_ref(checkout: Path, ref: str) -> None:
+    """actions/checkout's `ref:` in a job's fresh clone (the app pipeline's: the commit the ML pipeline tested)."""
+    git(checkout, "checkout", "-q", "--detach", ref)
 
 
 @pytest.fixture
@@ -165,17 +170,24 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
     user_statuses: list[int] = []
     print(f"set-up (repository, first production, app): {time.monotonic() - began:.1f} s")
 
+    tested: dict[int, str] = {}  # run -> the commit its ML pipeline ran on (workflow_run's head_sha)
+
     def ml_pipeline(run: int, data_source: str = ""):
-        contexts = {"github.ref": "refs/heads/main", "vars.MLFLOW_TRACKING_URI": uri,
-                    "vars.SHELFCAST_DATA_SOURCE": data_source,
+        tested[run] = git(repository, "rev-parse", "HEAD").strip()
+        contexts = {"github.event_name": "push", "github.ref": "refs/heads/main", "github.sha": tested[run],
+                    "vars.MLFLOW_TRACKING_URI": uri, "vars.SHELFCAST_DATA_SOURCE": data_source,
                     **unset_secrets(repository / ".github/workflows/ml-pipeline.yml")}
         return run_workflow(repository / ".github/workflows/ml-pipeline.yml", contexts,
                             lambda job: clone(repository, tmp_path / f"run{run}-ml-{job}"),
-                            lambda job: runner_environment(), NOT_RUN)
+                            lambda job: runner_environment(), NOT_RUN, at_ref=checkout_ref)
 
     def app_pipeline(run: int, ml_run, **settings: str):
         contexts = {"github.event_name": "workflow_run", "github.event.workflow_run.conclusion": ml_run.conclusion,
                     "github.event.workflow_run.head_branch": "main", "github.ref": "refs/heads/main",
+                    "github.event.workflow_run.head_sha": tested[run], "github.event.workflow_run.event": "push",
+                    "github.event.workflow_run.head_repository.full_name": "Shelfcast-Demo/shelfcast",
+                    "github.repository": "Shelfcast-Demo/shelfcast", "github.sha": git(repository, "rev-parse", "HEAD"),
+                    "github.actor": "shelfcast-bot",
                     "github.repository_owner": "Shelfcast-Demo", "vars.MLFLOW_TRACKING_URI": uri,
                     "vars.SHELFCAST_URL": served.url, "vars.SHELFCAST_MODELS_HOST": str(store.root),
                     "vars.SHELFCAST_PREDICTION_LOG": str(events), "vars.ELASTICSEARCH_URL": "",
@@ -185,7 +197,8 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
             return run_workflow(repository / ".github/workflows/app-pipeline.yml", contexts,
                                 lambda job: clone(repository, tmp_path / f"run{run}-app-{job}"),
                                 lambda job: runner_environment(**({**RELEASE_SETTINGS, **settings}
-                                                                  if job == "release" else {})), NOT_RUN)
+                                                                  if job == "release" else {})), NOT_RUN,
+                                at_ref=checkout_ref)
         finally:
             user_statuses.extend(users.close())
 
@@ -201,6 +214,8 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
         app = app_pipeline(1, ml)
         assert app.jobs == {"test": "success", "build-publish": "success", "release": "success"}, \
             [(s.command, s.output[-2000:]) for s in app.steps if s.returncode]
+        assert {s.inputs.get("ref") for s in app.steps if s.command.startswith("actions/checkout")} == {tested[1]}
+        assert all(git(tmp_path / f"run1-app-{job}", "rev-parse", "HEAD").strip() == tested[1] for job in app.jobs)
         deploy = app.step("make deploy")
         report = deploy_report(deploy)
         handoff_s = first_line_at(deploy, "the app serves the canary") - started
