@@ -83,7 +83,8 @@ def started(run) -> list[str]:
     return [step.command for step in run.steps if step.why == "stubbed"]
 
 
-ML_CONTEXTS = {"vars.MLFLOW_TRACKING_URI": "http://registry", "vars.SHELFCAST_DATA_SOURCE": "",
+ML_CONTEXTS = {"github.event_name": "push", "github.sha": "pushed", "vars.MLFLOW_TRACKING_URI": "http://registry",
+               "vars.SHELFCAST_DATA_SOURCE": "",
                **unset_secrets(WORKFLOWS / "ml-pipeline.yml")}
 AFTER_ML = {"github.event_name": "workflow_run", "github.ref": "refs/heads/main", "github.sha": "main-now",
             "github.repository": "Owner/shelfcast", "github.event.workflow_run.conclusion": "success",
@@ -437,3 +438,41 @@ def test_only_a_successful_ml_pipeline_run_on_this_repository_s_main_is_released
         condition = str(job.get("if", ""))
         for name in ("conclusion", "head_branch", "event", "head_repository.full_name"):
             assert f"github.event.workflow_run.{name}" in condition, (job_name, name)
+
+
+# --- pull requests: tested and gated, with nothing to write to and no secrets ----------------------------------
+
+PULL_REQUEST = {"github.event_name": "pull_request", "github.ref": "refs/pull/7/merge", "github.sha": "merge-of-7",
+                **{key: "" for key in AFTER_ML if key.startswith("github.event.workflow_run.")}}
+
+
+def test_a_pull_request_to_main_is_tested_and_gated_without_secrets_or_writes(tmp_path):
+    """No workflow ran on a pull request: a team's changes reached main untested. Now both run on one to main: the
+    tests, and the ML pipeline's gate on the PR's code; nothing that writes the registry, the DVC remote, the image
+    registry or the serving host, and no job that reads a secret (a fork's pull request gets none)."""
+    for name in ("ml-pipeline.yml", "app-pipeline.yml"):
+        triggers = triggers_of(name)
+        assert triggers["pull_request"]["branches"] == ["main"], name
+        assert triggers["pull_request"]["paths"] == triggers["push"]["paths"], name  # what a push to main would run
+
+    ml = dry_run("ml-pipeline.yml", {**ML_CONTEXTS, **PULL_REQUEST}, tmp_path)
+    assert {"make test", "make venv", "make ml-pipeline", "make threshold-test"} <= set(started(ml)), started(ml)
+    app = dry_run("app-pipeline.yml", {**APP_CONTEXTS, **PULL_REQUEST}, tmp_path)
+    assert {"make test", "make lint-docker"} <= set(started(app)), started(app)
+    writes = {"make registry-check", "make promote", "make dvc-push", "make metrics-event", "make commit-lock",
+              "make fetch-model", "make publish-image", "make release-sync", "make deploy"}
+    assert not writes & set(started(ml) + started(app)), started(ml) + started(app)
+
+    for name, run in (("ml-pipeline.yml", ml), ("app-pipeline.yml", app)):
+        document = workflow(name)
+        assert "secrets." not in yaml.safe_dump(document.get("env") or {}), name
+        assert set((document.get("permissions") or {}).values()) <= {"read"}, name
+        for job_name, outcome in run.jobs.items():
+            if outcome == "skipped":
+                continue
+            job = document["jobs"][job_name]
+            assert "secrets." not in yaml.safe_dump(job), (name, job_name)
+            assert "environment" not in job, (name, job_name)  # a deployment environment's secrets and approval
+            assert set((job.get("permissions") or {}).values()) <= {"read"}, (name, job_name)
+            runs_on = job["runs-on"] if isinstance(job["runs-on"], list) else [job["runs-on"]]
+            assert "self-hosted" not in runs_on, (name, job_name)  # a fork's code on the serving host
