@@ -2,6 +2,8 @@
 # here too. Included by the Makefile (`include monitoring/delivery.mk`).
 # Steps that need a Docker engine or a DVC remote say so and do the part that can run.
 
+# this file's folder (make -f another/checkout/monitoring/delivery.mk finds its scripts/ beside it)
+DELIVERY_DIR := $(dir $(lastword $(MAKEFILE_LIST)))
 BIN ?= .venv/bin
 STAMP ?= $(BIN)/../.installed
 IMAGE ?= shelfcast-app
@@ -18,7 +20,7 @@ IMAGE_TAG ?= $(IMAGE_COMMIT)$(IMAGE_MODEL)
 REGISTRY ?=
 DVC := PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc
 
-.PHONY: ml-pipeline threshold-test metrics-event promote dvc-push fetch-model lint-docker \
+.PHONY: ml-pipeline threshold-test metrics-event promote dvc-push commit-lock fetch-model lint-docker \
         build-image publish-image deploy rollback release-status release-sync release-store-check registry-check \
         compose-up drift \
         monitoring-setup test-monitoring
@@ -43,6 +45,17 @@ promote: $(STAMP)                     ## registry alias + models/production/ (+ 
 dvc-push: $(STAMP)                    ## push data and models to the DVC remote, when one is configured
 	@remotes="$$($(DVC) remote list)" || { echo "dvc-push: \`dvc remote list\` failed (above): nothing pushed" >&2; exit 1; }; \
 	if [ -n "$$remotes" ]; then $(BIN)/python -m pipeline.dvc_remote push; else echo "dvc-push: no DVC remote configured; nothing to push"; fi
+
+# The versioned record (CD4ML): dvc.lock names the data and model versions the promoted model came from, and the
+# metrics files are evaluate's cache: false outputs, tracked by git, whose hashes dvc.lock records (committing one
+# without the other leaves `dvc status` reporting them changed). ml-pipeline's `record` job runs this on main after
+# promote; only git runs here (no venv). scripts/commit_lock.sh says what it refuses.
+LOCK_METRICS ?= results/metrics.json results/evaluation.json results/backtest.json results/slices.json \
+                results/plots/daily.csv results/plots/predictions.csv
+LOCK_REMOTE ?= origin
+LOCK_BRANCH ?= main
+commit-lock:                          ## commit dvc.lock + the metrics files to main and push, when dvc.lock changed (main only, nothing else changed)
+	@LOCK_REMOTE='$(LOCK_REMOTE)' LOCK_BRANCH='$(LOCK_BRANCH)' $(DELIVERY_DIR)../scripts/commit_lock.sh dvc.lock $(LOCK_METRICS)
 
 MODEL_ALIAS ?= production
 MODEL_SOURCE ?= mlflow

@@ -476,3 +476,38 @@ def test_a_pull_request_to_main_is_tested_and_gated_without_secrets_or_writes(tm
             assert set((job.get("permissions") or {}).values()) <= {"read"}, (name, job_name)
             runs_on = job["runs-on"] if isinstance(job["runs-on"], list) else [job["runs-on"]]
             assert "self-hosted" not in runs_on, (name, job_name)  # a fork's code on the serving host
+
+
+# --- the record: dvc.lock and the metrics committed to main ----------------------------------------------------
+
+def test_the_ml_pipeline_records_its_lock_on_main_from_a_job_that_runs_git_alone(tmp_path):
+    """ml-pipeline never committed dvc.lock: the repository did not record which data and model versions a promoted
+    model came from. The `record` job commits it (make commit-lock) on main, never for a pull request or another
+    branch, and is the only job that may write the repository; it runs no pipeline code and reads no secret."""
+    for event in ("push", "schedule", "workflow_dispatch"):
+        run = dry_run("ml-pipeline.yml", {**ML_CONTEXTS, "github.event_name": event, "github.ref": "refs/heads/main"},
+                      tmp_path)
+        assert run.jobs["record"] == "success" and started(run)[-1] == "make commit-lock", (event, started(run))
+        assert started(run).index("make promote") < started(run).index("make commit-lock")
+    branch = dry_run("ml-pipeline.yml", {**ML_CONTEXTS, "github.event_name": "workflow_dispatch",
+                                         "github.ref": "refs/heads/try-lr"}, tmp_path)
+    pull_request = dry_run("ml-pipeline.yml", {**ML_CONTEXTS, **PULL_REQUEST}, tmp_path)
+    for run in (branch, pull_request):
+        assert run.jobs["record"] == "skipped" and "make commit-lock" not in started(run), run.jobs
+
+    document = workflow("ml-pipeline.yml")
+    assert document["permissions"] == {"contents": "read"}
+    writers = {name: job["permissions"] for name, job in document["jobs"].items()
+               if "write" in (job.get("permissions") or {}).values()}
+    assert writers == {"record": {"contents": "write"}}, writers
+    record = document["jobs"]["record"]
+    assert run_steps(record) == ["make commit-lock"] and "secrets." not in yaml.safe_dump(record)
+    assert "environment" not in record and record["needs"] == "train-evaluate-promote"
+    # what it commits is what train-evaluate-promote wrote, handed over as an artifact
+    uploads = {step["with"]["name"]: step["with"]["path"].split()
+               for step in document["jobs"]["train-evaluate-promote"]["steps"]
+               if step.get("uses", "").startswith("actions/upload-artifact")}
+    downloads = [step["with"]["name"] for step in record["steps"]
+                 if step.get("uses", "").startswith("actions/download-artifact")]
+    assert len(downloads) == 1 and {"dvc.lock", "results/"} <= set(uploads[downloads[0]]), (uploads, downloads)
+    assert triggered("scripts/commit_lock.sh", push_paths("ml-pipeline.yml"))  # the step's recipe

@@ -157,6 +157,7 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
                           cwd=repository, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     set_params(repository, "small scale for the test; the DVC remote everyone shares")
+    git(repository, "config", "receive.denyCurrentBranch", "updateInstead")  # the record job pushes dvc.lock to it
 
     # once, by an operator: the first production model (the same small-scale recipe, seed 3)
     operator = tmp_path / "operator"
@@ -179,7 +180,8 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
                     **unset_secrets(repository / ".github/workflows/ml-pipeline.yml")}
         return run_workflow(repository / ".github/workflows/ml-pipeline.yml", contexts,
                             lambda job: clone(repository, tmp_path / f"run{run}-ml-{job}"),
-                            lambda job: runner_environment(), NOT_RUN, at_ref=checkout_ref)
+                            lambda job: runner_environment(), NOT_RUN, at_ref=checkout_ref,
+                            artifacts=tmp_path / f"run{run}-ml-artifacts")
 
     def app_pipeline(run: int, ml_run, **settings: str):
         contexts = {"github.event_name": "workflow_run", "github.event.workflow_run.conclusion": ml_run.conclusion,
@@ -211,6 +213,14 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
         ml_s = time.monotonic() - started
         assert aliases(host) == {PRODUCTION: "1", SHADOW: "2"}
         assert "dvc add + push" in ml.step("make promote").output  # the bundle is in the DVC remote too
+        # the record: this run's dvc.lock and metrics committed to main on top of the commit it ran on
+        assert ml.jobs["record"] == "success" and "committed and pushed" in ml.step("make commit-lock").output
+        assert git(repository, "rev-parse", "HEAD^").strip() == tested[1]
+        assert set(git(repository, "diff", "--name-only", "HEAD^", "HEAD").split()) <= {
+            "dvc.lock", "results/metrics.json", "results/evaluation.json", "results/backtest.json",
+            "results/slices.json", "results/plots/daily.csv", "results/plots/predictions.csv"}
+        assert git(repository, "show", "HEAD:dvc.lock") == (tmp_path / "run1-ml-train-evaluate-promote" /
+                                                             "dvc.lock").read_text(encoding="utf-8")
         app = app_pipeline(1, ml)
         assert app.jobs == {"test": "success", "build-publish": "success", "release": "success"}, \
             [(s.command, s.output[-2000:]) for s in app.steps if s.returncode]
@@ -236,6 +246,7 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
         set_params(repository, "a worse model: one training step", seed=4, max_steps=1, eval_every_steps=1)
         ml = ml_pipeline(2)
         assert ml.jobs["train-evaluate-promote"] == "failure"
+        assert ml.jobs["record"] == "skipped" and git(repository, "rev-parse", "HEAD").strip() == tested[2]
         failed = [s for s in ml.steps if s.returncode][0]
         assert failed.command == "make ml-pipeline" and "THRESHOLD TEST FAILED" in failed.output, failed.output[-2000:]
         app = app_pipeline(2, ml)

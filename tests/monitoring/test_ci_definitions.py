@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-ML_ORDER = ["test", "ml-pipeline", "threshold-test", "promote", "dvc-push"]
+ML_ORDER = ["test", "ml-pipeline", "threshold-test", "promote", "dvc-push", "commit-lock"]
 APP_ORDER = ["test", "fetch-model", "build-image", "publish-image", "deploy"]
 
 
@@ -79,7 +79,7 @@ def test_the_app_pipeline_needs_no_git_commit_from_the_ml_pipeline(repo_root):
     """The handoff is the registry alias (pipeline/registry_fetch.py), not a committed models/production.dvc."""
     ml, app = workflow(repo_root, "ml-pipeline.yml"), workflow(repo_root, "app-pipeline.yml")
     assert ml["jobs"]["train-evaluate-promote"]["env"]["SHELFCAST_PROMOTE_ALIAS"] == "shadow"
-    assert ml["permissions"] == {"contents": "read"}  # it could not push a commit if it tried
+    assert ml["permissions"] == {"contents": "read"}  # only its `record` job may push (dvc.lock), not the model
     triggers = app.get("on") or app.get(True)
     assert not any(".dvc" in p for p in triggers["push"]["paths"])
     release = app["jobs"]["release"]
