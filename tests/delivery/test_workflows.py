@@ -173,9 +173,9 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
 
     tested: dict[int, str] = {}  # run -> the commit its ML pipeline ran on (workflow_run's head_sha)
 
-    def ml_pipeline(run: int, data_source: str = ""):
+    def ml_pipeline(run: int, data_source: str = "", event: str = "push", ref: str = "refs/heads/main"):
         tested[run] = git(repository, "rev-parse", "HEAD").strip()
-        contexts = {"github.event_name": "push", "github.ref": "refs/heads/main", "github.sha": tested[run],
+        contexts = {"github.event_name": event, "github.ref": ref, "github.sha": tested[run],
                     "vars.MLFLOW_TRACKING_URI": uri, "vars.SHELFCAST_DATA_SOURCE": data_source,
                     **unset_secrets(repository / ".github/workflows/ml-pipeline.yml")}
         return run_workflow(repository / ".github/workflows/ml-pipeline.yml", contexts,
@@ -241,6 +241,20 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
               f"{handoff_s:.0f} s; promoted {time.monotonic() - started:.0f} s after the ML pipeline started "
               f"(canary: {figures.get('compared_pairs')} pairs, median log1p shift {figures.get('forecast_log_shift')},"
               f" total {figures.get('forecast_volume_log_ratio')})")
+
+        # a pull request (the same code, standing in for its merge commit): the gate on a fresh runner with no
+        # registry, no secret, nothing written; no app pipeline follows (its guard is checked by
+        # tests/delivery/test_delivery_config.py)
+        started = time.monotonic()
+        pull_request = ml_pipeline(12, event="pull_request", ref="refs/pull/1/merge")
+        assert pull_request.jobs == {"test": "success", "train-evaluate-promote": "skipped", "record": "skipped",
+                                     "gate": "success"}, [(s.command, s.output[-1500:]) for s in pull_request.steps
+                                                          if s.returncode]
+        assert "passed" in pull_request.step("make threshold-test").output
+        assert git(repository, "rev-parse", "HEAD").strip() == tested[12]
+        assert aliases(host) == {PRODUCTION: "2"}
+        assert len(tracking.client(host).search_model_versions(f"name='{NAME}'")) == 2
+        print(f"pull request: gated in {time.monotonic() - started:.0f} s; nothing registered or committed")
 
         # run 2: a deliberately worse model: one training step
         set_params(repository, "a worse model: one training step", seed=4, max_steps=1, eval_every_steps=1)
