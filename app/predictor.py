@@ -15,13 +15,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import gc
-import json
 import logging
 import math
 import os
 import threading
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,8 +28,9 @@ import numpy as np
 
 from app.catalog import Catalog
 from pipeline.bundle import EXPECTED_OUTPUT, PREDICTION_OUTPUT, BundleError, ModelBundle, load_bundle
+from pipeline.bundle_checks import cannot_be_loaded, check_servable
 from pipeline.closed_days import ClosedDays
-from pipeline.features import (CATEGORICAL_FIELDS, SMALL_BATCH_ROWS, UNKNOWN_ID, FeatureMatrix, dense_feature_names,
+from pipeline.features import (CATEGORICAL_FIELDS, SMALL_BATCH_ROWS, FeatureMatrix, dense_feature_names,
                                rows_from_snapshot)
 from pipeline.models import CONSTANT_FEATURE_STD
 
@@ -202,95 +201,10 @@ def _as_date(day_number) -> dt.date:
     return dt.date(1970, 1, 1) + dt.timedelta(days=int(day_number))
 
 
-MAX_ABS_WEIGHT = 1e6  # trained weights are O(1..100); a larger one is a broken training run or a damaged file
-MAX_UNITS = 1e6  # units of one item in one store on one day; Favorita's largest day is below 1e5
-PLAUSIBILITY_ROWS = 256  # rows of the sample forecast again with each categorical field at its unseen-value id
-
-
-def check_plausible(model: LoadedModel, path: Path) -> None:
-    """BundleError unless every weight is finite and moderate and forecasts are finite, >= 0 and <= MAX_UNITS for
-    every store and every item (each once, over the horizon days and both promotion flags: one item's embedding
-    row alone can make only its forecasts absurd) and, on a sample of those rows, for each categorical field at
-    the id its embedding keeps for values unseen in training (a store or an item that first sold after the model
-    was trained is forecast with it): such a bundle passes its checksums yet would serve NaN or absurd numbers."""
-    for op in model.bundle.model.graph.get_operations():
-        for name, value in op.attrs.items():
-            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size:
-                if not np.all(np.isfinite(value)):
-                    raise BundleError(f"{path}: weight {op.name}.{name} has non-finite values")
-                largest = float(np.max(np.abs(value)))
-                if largest > MAX_ABS_WEIGHT:
-                    raise BundleError(f"{path}: weight {op.name}.{name} has |value| {largest:.3g} > {MAX_ABS_WEIGHT:g}")
-    stores, items = sorted(model.catalog.stores), sorted(model.catalog.items)
-    rows = max(len(items), len(stores))  # the longer list each once, the other spread over them
-    pick = lambda values: [values[i * len(values) // rows] for i in range(rows)]  # noqa: E731 spread over all
-    days = model.horizon_days
-    store_of, item_of, day_of = pick(stores), pick(items), [days[i % days.size] for i in range(rows)]
-    forecast = model.forecast(store_of, item_of, day_of, [i % 2 for i in range(rows)])
-
-    def check(outputs: dict, what: str = "") -> None:
-        for name, units in outputs.items():
-            bad = ~np.isfinite(units) | (units < 0) | (units > MAX_UNITS)
-            if bad.any():
-                k = int(np.flatnonzero(bad)[0])
-                where = "" if what else \
-                    f" for store {store_of[k]} item {item_of[k]} on {_as_date(day_of[k]).isoformat()}"
-                raise BundleError(f"{path}: {int(bad.sum())} of {units.size} sample forecasts{what} give implausible "
-                                  f"{name} (e.g. {units[k]!r}{where}; expected finite, 0..{MAX_UNITS:g})")
-
-    check({"units": forecast.units, **({} if forecast.expected_units is None else
-                                       {"expected units": forecast.expected_units})})
-    spread = np.unique(np.linspace(0, rows - 1, min(rows, PLAUSIBILITY_ROWS)).astype(np.int64))  # over all stores
-    dense, categorical = forecast.features.dense[spread], forecast.features.categorical[spread]
-    for j, unseen_field in enumerate(CATEGORICAL_FIELDS):
-        unseen = categorical.copy()
-        unseen[:, j] = UNKNOWN_ID
-        out = model.bundle.forecast_features(FeatureMatrix(dense=dense, categorical=unseen))
-        check({("expected units" if name == EXPECTED_OUTPUT else "units"): units for name, units in out.items()},
-              f" with a {unseen_field} unseen in training")
-
-
-def check_history(model: LoadedModel, path: Path) -> None:
-    """BundleError unless every day of the history the bundle ships (its forecasts' input) is a finite, non-negative
-    number of units, as features require: one impossible day otherwise failed every forecast of its store×item (a
-    500), or the load itself with an error that was no BundleError (a worker that could not start)."""
-    snapshot = model.bundle.snapshot
-    sales = np.asarray(snapshot.sales)
-    bad = ~np.isfinite(sales) | (sales < 0)
-    if bad.any():
-        series, day = (int(k) for k in np.argwhere(bad)[0])
-        count = int(bad.any(axis=1).sum())
-        store, item = int(snapshot.store_nbr[series]), int(snapshot.item_nbr[series])
-        raise BundleError(f"{path / 'history.npz'}: {count} store×item histor{'y holds' if count == 1 else 'ies hold'} "
-                          f"impossible sales (e.g. store {store} item {item}, day {day} of {sales.shape[1]}: "
-                          f"{float(sales[series, day])!r}; expected finite, >= 0)")
-
-
-def damaged_file(path: Path) -> Path | None:
-    """The first file of the bundle at ``path`` that is no readable archive (*.npz) or JSON object (*.json), if any:
-    what a load that failed with an error that names no file stumbled on (a file damaged before its checksum was
-    taken passes verification)."""
-    for file in sorted(path.glob("*.npz")):
-        try:
-            with zipfile.ZipFile(file) as archive:
-                if archive.testzip() is None:
-                    continue
-        except (OSError, zipfile.BadZipFile):
-            pass
-        return file
-    for file in sorted(path.glob("*.json")):
-        try:
-            if isinstance(json.loads(file.read_text(encoding="utf-8")), dict):
-                continue
-        except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep to parse
-            pass
-        return file
-    return None
-
-
 def load_model(path: Path) -> LoadedModel:
     """Load, verify and warm up a bundle; BundleError if it cannot serve: any error of the load is one, so that a
-    damaged bundle is refused (the previous model serving, /readyz saying why), never a worker that cannot start."""
+    damaged bundle is refused (the previous model serving, /readyz saying why), never a worker that cannot start.
+    Whether it can serve is pipeline/bundle_checks.py's ``check_servable``, the check every install runs too."""
     before = directory_signature(path)
     try:
         bundle = load_bundle(path)
@@ -298,27 +212,8 @@ def load_model(path: Path) -> LoadedModel:
     except BundleError:
         raise
     except Exception as exc:  # a file damaged before its checksum was taken: BadZipFile, EOFError, a JSON list ...
-        raise BundleError(f"{damaged_file(path) or path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
-    if not model.catalog.stores or not model.catalog.items or model.horizon_days.size == 0:
-        raise BundleError(f"{path}: the bundle lists no stores, items or horizon days; nothing could be forecast")
-    check_history(model, path)
-    try:
-        warm_up = getattr(bundle.model, "warm_up", None)
-        if warm_up is not None:
-            warm_up()  # compile/load the fast path now, not on the first request
-        store = next(iter(model.catalog.stores))
-        item = next(iter(model.catalog.items))
-        units = model.forecast([store], [item], [model.horizon_days[0]], [0]).units
-    except Exception as exc:  # anything a request would have hit: refuse the bundle instead
-        raise BundleError(f"{path}: a warm-up prediction failed ({type(exc).__name__}: {exc})") from exc
-    try:
-        check_plausible(model, path)  # first: a non-finite weight is named (relu passes NaN on to the forecast)
-    except BundleError:
-        raise
-    except Exception as exc:  # a forecast of the sample failed: what a request would have hit
-        raise BundleError(f"{path}: a sample forecast failed ({type(exc).__name__}: {exc})") from exc
-    if units.shape != (1,) or not np.all(np.isfinite(units)):
-        raise BundleError(f"{path}: a warm-up prediction gave {units!r}, expected one finite number")
+        raise cannot_be_loaded(path, exc) from exc
+    check_servable(bundle, path, model.closed_days)
     try:
         model.describe()  # what GET /api/v1/model answers: built once here, so a malformed bundle is no 500 there
     except Exception as exc:

@@ -42,6 +42,7 @@ from pathlib import Path
 from pipeline import champion, registry_fetch, tracking
 from pipeline.atomic import DirectoryBusy, one_writer, remove_abandoned_copies, swap_in_directory
 from pipeline.bundle import BundleError, verify_bundle
+from pipeline.bundle_checks import load_servable
 from pipeline.dvc_remote import dvc as _dvc
 from pipeline.dvc_remote import failure as dvc_failure
 from pipeline.dvc_remote import reason as dvc_reason
@@ -201,11 +202,22 @@ def installed_digest(bundle_dir: Path) -> str | None:
         return None  # none, or damaged: replaced
 
 
+def refuse_unservable(staging: Path, candidate: Path) -> None:
+    """PromotionRefused unless the rolled-forward bundle passes the app's own check that it can serve
+    (pipeline/bundle_checks.py): one the app would refuse is never registered or installed."""
+    try:
+        load_servable(staging)
+    except BundleError as exc:  # its graph and weights are the candidate's: named there, not by the staging copy
+        reason = str(exc).replace(str(staging), f"{candidate} rolled forward")
+        raise PromotionRefused(f"the candidate cannot serve: {reason}; nothing registered or installed") from None
+
+
 def publish(root: Path, home: Path, digest: str, trained, tags: dict, staging: Path, name: str, alias: str,
             shown: str) -> tuple:
     """Roll the candidate forward into ``staging``, push it to DVC (with a remote), upload it to its training run,
     register it and move the alias; returns (version, created, what DVC did)."""
     roll_forward(root, home / CANDIDATE_DIR, staging, digest, provenance(trained))
+    refuse_unservable(staging, home / CANDIDATE_DIR)
     dvc_note, dvc_file = track_with_dvc(root, staging, shown)
     try:  # the rolled-forward bundle goes to the registry's artifact store: the app side fetches it by alias
         tags = {**tags, **registry_fetch.publish_serving_bundle(root, trained.info.run_id, staging)}

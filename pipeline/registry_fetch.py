@@ -7,7 +7,9 @@ tracked it, its DVC entry (``dvc_out``: hash, size, files). The app side needs n
 tracking URI (``MLFLOW_TRACKING_URI``) it resolves ``models:/shelfcast-forecaster@<alias>``
 and downloads the bundle from the tracking server's artifact store, or — ``--from dvc`` —
 pulls the same bytes from the DVC remote by the recorded hash. Either way the bundle is
-verified against the digest the registry recorded before it is installed.
+verified against the digest the registry recorded, and must pass the app's own check that it can serve
+(pipeline/bundle_checks.py: finite, moderate weights, plausible forecasts, a possible history), before it is
+installed; a bundle that fails either is refused and what was installed stays.
 
     python -m pipeline.registry_fetch [--alias production] [--to models/production] [--from mlflow|dvc]
 """
@@ -29,6 +31,7 @@ import yaml
 from pipeline import dvc_remote, tracking
 from pipeline.atomic import scratch_directory
 from pipeline.bundle import BundleError, copy_bundle, verify_bundle
+from pipeline.bundle_checks import load_servable
 from pipeline.stage import output_any_terminal_can_take
 from pipeline.model_params import registry_alias
 from pipeline.release_store import PRODUCTION
@@ -123,9 +126,17 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
                              f"{want[:12]}; refusing it")
         return digest
 
+    def servable(bundle: Path, shown: str) -> None:  # what the app would refuse is never installed
+        try:
+            load_servable(bundle)
+        except BundleError as exc:  # named by where it is stored, not by the copy about to be deleted
+            raise FetchError(f"version {version.version}: the registry's bundle cannot serve, not installed: "
+                             f"{str(exc).replace(str(bundle), shown)}") from None
+
     if via == "dvc":
         with _dvc_pull(root, version) as pulled:  # DVC checks the content against the recorded hash
             check(verify_bundle(pulled))
+            servable(pulled, f"the DVC remote's {want[:12]}")
             return copy_bundle(pulled, into)
     if via != "mlflow":
         raise FetchError(f"--from: expected mlflow or dvc, got {via!r}")
@@ -143,6 +154,7 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
             raise FetchError(f"version {version.version}: the registry's bundle {where} is damaged: "
                              f"{str(exc).replace(str(local), where)}") from None
         check(digest)
+        servable(local, where)
         return copy_bundle(local, into)
 
 

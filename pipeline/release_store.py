@@ -12,8 +12,9 @@ A release is marked good (``releases/<version>/.good``, a dotfile the bundle che
 ignore) once it has served as production, and unmarked when production is rolled back from
 it; the app falls back to the newest good release
 when the production directory cannot be loaded, so a worker never starts or stays without a
-model while a good one is on disk. Every install is atomic (pipeline/bundle.copy_bundle).
-Standard library + pipeline.bundle only: the app imports this module.
+model while a good one is on disk. Every install is atomic (pipeline/bundle.copy_bundle), of a bundle that passed
+the app's own check that it can serve (pipeline/bundle_checks.py). Standard library + pipeline.bundle and
+bundle_checks only: the app imports this module.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from pipeline.atomic import file_digest, write_text_atomic
 from pipeline.bundle import CHECKSUMS_FILE, BundleError, copy_bundle, verify_bundle
+from pipeline.bundle_checks import load_servable
 
 PRODUCTION, CANARY, SHADOW = "production", "canary", "shadow"
 VARIANTS = (PRODUCTION, CANARY, SHADOW)
@@ -97,6 +99,7 @@ class ReleaseStore:
                 and verify_bundle(source) == claimed:
             digest = claimed
         else:
+            load_servable(source)  # a release the app would refuse is never served (one an older fetch kept)
             digest = copy_bundle(source, target)
         if variant == PRODUCTION:
             (self.release_dir(version) / GOOD_MARK).touch()

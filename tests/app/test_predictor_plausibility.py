@@ -6,8 +6,6 @@ astronomically large forecasts; the previous good model must keep serving.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -16,25 +14,7 @@ import pytest
 
 from pipeline.atomic import file_digest
 from pipeline.bundle import copy_bundle
-
-
-def tampered_bundle(source: Path, target: Path, change) -> Path:
-    """A copy of `source` with `change(weights)` applied and every checksum made to match again."""
-    copy_bundle(source, target)
-    with np.load(target / "weights.npz", allow_pickle=False) as data:
-        weights = {name: data[name].copy() for name in data.files}
-    change(weights)
-    buffer = io.BytesIO()
-    np.savez(buffer, **weights)
-    (target / "weights.npz").write_bytes(buffer.getvalue())
-    graph = json.loads((target / "graph.json").read_text())
-    graph["weights"]["sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
-    (target / "graph.json").write_text(json.dumps(graph))
-    manifest = json.loads((target / "checksums.json").read_text())
-    for name in ("weights.npz", "graph.json"):
-        manifest["files"][name] = file_digest(target / name)
-    (target / "checksums.json").write_text(json.dumps(manifest))
-    return target
+from tests.app.tiny_bundle import tampered_bundle, tensor_of
 
 
 def largest_matrix(weights: dict) -> str:
@@ -79,21 +59,14 @@ def test_an_app_started_on_an_implausible_bundle_is_not_ready(make_app, producti
     assert response.status_code == 503 and "non-finite" in response.json["reason"]
 
 
-def tensor_of(bundle: Path, op_name: str) -> str:
-    """The weights.npz name of the tensor the graph's Const ``op_name`` holds."""
-    graph = json.loads((bundle / "graph.json").read_text())
-    [op] = [op for op in graph["ops"] if op["name"] == op_name]
-    return op["attrs"]["value"]["tensor"]
-
-
 def test_one_item_with_absurd_forecasts_is_refused_however_many_items_there_are(served, production_dir, app_bundles,
                                                                                 tmp_path, monkeypatch):
     """Found by a probe: the check forecast a sample of at most 256 items, so with more items than that (Favorita's
     4,100: the bundle `dvc repro` trains) one item's embedding row at 1e3, well within the weight limit, loaded
     and that item was forecast 7.2e10 units. A sample of 4 rows stands in for 256 here (the tiny bundle has 37)."""
-    import app.predictor
+    import pipeline.bundle_checks
 
-    monkeypatch.setattr(app.predictor, "PLAUSIBILITY_ROWS", 4)
+    monkeypatch.setattr(pipeline.bundle_checks, "PLAUSIBILITY_ROWS", 4)
     items = sorted(served.model.catalog.items)
     victim = items[1]  # not among the 4 a sample spread over the items would take (items 0, 9, 18, 27)
     row = served.model.bundle.vocab.ids("item_nbr")[str(victim)]

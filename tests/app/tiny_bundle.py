@@ -7,8 +7,12 @@ a few dozen items and a short history, so the whole thing takes seconds. No fake
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 TINY_APP_PARAMS = {
@@ -76,3 +80,58 @@ def tiny_bundles(base: Path) -> tuple[Path, Path]:
         (base / "bundle-b.tmp").rename(second)
         (base / "bundle-a.tmp").rename(first)
     return first, second
+
+
+def tampered_bundle(source: Path, target: Path, change) -> Path:
+    """A copy of `source` with `change(weights)` applied and every checksum made to match again: what a diverged
+    training run, a bad export or a hand edit that rewrote the checksums leaves (it passes verification)."""
+    from pipeline.atomic import file_digest
+    from pipeline.bundle import copy_bundle
+
+    copy_bundle(source, target)
+    with np.load(target / "weights.npz", allow_pickle=False) as data:
+        weights = {name: data[name].copy() for name in data.files}
+    change(weights)
+    buffer = io.BytesIO()
+    np.savez(buffer, **weights)
+    (target / "weights.npz").write_bytes(buffer.getvalue())
+    graph = json.loads((target / "graph.json").read_text())
+    graph["weights"]["sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    (target / "graph.json").write_text(json.dumps(graph))
+    manifest = json.loads((target / "checksums.json").read_text())
+    for name in ("weights.npz", "graph.json"):
+        manifest["files"][name] = file_digest(target / name)
+    (target / "checksums.json").write_text(json.dumps(manifest))
+    return target
+
+
+def tensor_of(bundle: Path, op_name: str) -> str:
+    """The weights.npz name of the tensor the graph's Const ``op_name`` holds."""
+    graph = json.loads((bundle / "graph.json").read_text())
+    [op] = [op for op in graph["ops"] if op["name"] == op_name]
+    return op["attrs"]["value"]["tensor"]
+
+
+def absurd_item_row(source: Path, target: Path) -> Path:
+    """A copy of ``source`` (at ``target``) in which one item's embedding row is ±1e3, well within the weight limit,
+    so that the app refuses it for that item's astronomical forecasts: the first item whose row does that (another's
+    may collapse its forecasts to 0 units instead, which the app serves)."""
+    import shutil
+
+    from app.predictor import load_model
+    from pipeline.bundle import BundleError
+
+    table = tensor_of(source, "embedding_item_nbr/embeddings")
+    for row in range(1, 20):  # 0: the id of values unseen in training
+        for sign in (1.0, -1.0):
+            def change(weights: dict) -> None:
+                weights[table][row] = np.where(weights[table][row] >= 0, sign * 1e3, -sign * 1e3)
+
+            shutil.rmtree(target, ignore_errors=True)
+            tampered_bundle(source, target, change)
+            try:
+                load_model(target)
+            except BundleError as exc:
+                if "implausible units" in str(exc):
+                    return target
+    raise AssertionError(f"no item row of {source} at ±1e3 made the app refuse the bundle")

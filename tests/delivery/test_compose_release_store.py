@@ -10,8 +10,6 @@ what the release store installs on the host must be readable by anyone.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import stat
 from pathlib import Path, PurePosixPath
@@ -19,7 +17,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from app.config import AppSettings, DEFAULT_MODEL_DIR, ENV_MODEL_DIR
-from pipeline.atomic import file_digest
+from pipeline import registry_fetch, tracking
 from pipeline.bundle import CHECKSUMS_FILE, DATA_FILES, GRAPH_FILES, verify_bundle
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 
@@ -55,16 +53,16 @@ def test_compose_mounts_the_host_release_store_where_the_app_reads_it():
         assert "pipeline.release" in recipe and "--models" not in recipe, target  # the default store: the mounted one
 
 
-def test_what_the_store_installs_is_readable_by_the_containers_user(tmp_path):
+def test_what_the_store_installs_is_readable_by_the_containers_user(released, registry_env, tmp_path):
     user = re.search(r"^USER (\S+)", (REPO / "Dockerfile").read_text(encoding="utf-8"), re.M).group(1)
     assert user.split(":")[0] not in ("0", "root")  # another uid than the host's: "others" permissions apply
-    source = tmp_path / "fetched"
-    source.mkdir()
-    for name in GRAPH_FILES + DATA_FILES:
-        (source / name).write_bytes(os.urandom(64))
+    root, _, _ = released  # a real serving bundle: the store installs none the app would refuse
+    client = tracking.client(root)
+    version = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, PRODUCTION)
+    source = Path(client.download_artifacts(version.run_id, version.tags[registry_fetch.TAG_ARTIFACT],
+                                            str(tmp_path)))
+    for name in GRAPH_FILES + DATA_FILES + (CHECKSUMS_FILE,):
         (source / name).chmod(0o600)  # e.g. a private download
-    checksums = {"files": {name: file_digest(source / name) for name in GRAPH_FILES + DATA_FILES}}
-    (source / CHECKSUMS_FILE).write_text(json.dumps(checksums), encoding="utf-8")
     digest = verify_bundle(source)
     store = ReleaseStore(tmp_path / "models")
     assert store.add_release("3", source) == digest and store.install(PRODUCTION, "3") == digest
