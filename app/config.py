@@ -6,9 +6,12 @@ variable instead of failing some later request.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Mapping
 
 ENV_MODEL_DIR = "SHELFCAST_MODEL_DIR"
@@ -29,6 +32,24 @@ DEFAULT_HEADER_TIMEOUT_S = 10.0
 # The longest header or body timeout: the deadline thread (app/request_buffer.py) sleeps until a deadline, and a
 # wait beyond threading.TIMEOUT_MAX (~292 years; `inf`) raised OverflowError there, killing it at every request.
 MAX_TIMEOUT_S = 3600.0
+
+
+@functools.cache
+def engine_cores() -> ModuleType:
+    """engine/cores.py (how many cores this process can use), loaded by its path, once: the one loader of it for the
+    app's side. gunicorn's master (app/gunicorn_conf.py: its default worker count) imports only the worker class and
+    this file, and app/launch.py (the workers it waits for) starts that server: importing the engine package in
+    either would size the thread pools (engine/config.py) in the master, or in the environment the server
+    inherits, before a worker is pinned to its core. engine/cores.py is standard library only, as this file is.
+    The engine is the one this process would import (found, not imported): the app's code may be a copy elsewhere
+    (gunicorn --chdir), the engine beside the rest of the project on sys.path."""
+    found = importlib.util.find_spec("engine")  # a top-level name: nothing is imported to find it
+    engine = Path(found.submodule_search_locations[0]) if found and found.submodule_search_locations else \
+        Path(__file__).resolve().parents[1] / "engine"
+    spec = importlib.util.spec_from_file_location("shelfcast_engine_cores", engine / "cores.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class SettingsError(ValueError):

@@ -56,7 +56,6 @@ other limits.
 
 import collections
 import gc
-import importlib.util
 import os
 import re
 import shutil
@@ -77,6 +76,8 @@ import gunicorn.sock
 if __name__ == "__config__":  # as gunicorn loads it (a test that loads this file keeps its modules)
     for module in [name for name in sys.modules if name == "app" or name.startswith("app.")]:
         del sys.modules[module]
+# app/config.py (standard library only; the worker class imports it too): engine/cores.py's one loader
+from app.config import engine_cores  # noqa: E402 - after the drop above, so from the code on disk
 
 MAX_WORKERS = 256
 
@@ -95,17 +96,7 @@ def count_setting(name: str, default: str) -> int:
 
 
 bind = setting("SHELFCAST_BIND", "127.0.0.1:5005")
-def _cores_module():
-    """engine/cores.py, loaded by its path: importing the engine here would fix the thread pools' sizes for every
-    worker before a worker is pinned to its core (see the module docstring)."""
-    spec = importlib.util.spec_from_file_location("shelfcast_cores", Path(__file__).resolve().parents[1] / "engine"
-                                                  / "cores.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cores = _cores_module()
+cores = engine_cores()  # engine/cores.py, by its path: the engine itself is never imported here
 # One per usable core: the cores this process may run on, its cgroup's CPU limit counted (a container run with
 # --cpus 1 on a 16-core host started 16 workers, each loading the model, throttled to one core in all).
 workers = count_setting("SHELFCAST_WORKERS", "0") or cores.usable_cores()

@@ -6,7 +6,6 @@ sockets, and the serving benchmarks, so what they measure is what `make serve` r
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -16,6 +15,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Mapping
+
+from app.config import engine_cores
 
 CONFIG = Path(__file__).with_name("gunicorn_conf.py")
 REPO = CONFIG.parents[1]
@@ -98,22 +99,13 @@ def start(settings: Mapping[str, str], log_path: Path, cores: set[int] | None = 
         raise
     served = ServedApp(process, port, log_path, log)
     count = env.get("SHELFCAST_WORKERS", "").strip()
-    workers = (int(count) if count.isdigit() else 0) or _cores_module().usable_cores(cores)  # as gunicorn_conf
+    workers = (int(count) if count.isdigit() else 0) or engine_cores().usable_cores(cores)  # as gunicorn_conf
     try:
         wait_until_ready(served, timeout_s, workers)
     except BaseException:
         served.stop(timeout_s=10)
         raise
     return served
-
-
-def _cores_module():
-    """engine/cores.py by its path, as app/gunicorn_conf.py loads it: importing the engine here would set its thread
-    defaults in this process's environment, which the server it starts inherits."""
-    spec = importlib.util.spec_from_file_location("shelfcast_cores", REPO / "engine" / "cores.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 LISTEN, ESTABLISHED = "0A", "01"  # TCP states as /proc/net/tcp writes them

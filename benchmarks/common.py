@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
 # ---------------------------------------------------------------------------
@@ -36,12 +39,22 @@ THREAD_ENV_VARS = (
 )
 
 
-def available_cores() -> int:
-    """Cores this process may run on (affinity-aware, unlike os.cpu_count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+def available_cores(proc_self: str = "/proc/self") -> int:
+    """The cores this process can use: engine/cores.py's ``usable_cores`` (its affinity, capped by its cgroup's CPU
+    limit), the count the engine's pools and gunicorn's workers default to. Before, the affinity alone: in a
+    container limited to 2 CPUs on a 16-core host the benchmarks ran 16 threads a side, throttled to 2 cores."""
+    return _engine_cores().usable_cores(None, proc_self)
+
+
+@functools.cache
+def _engine_cores():
+    """engine/cores.py (standard library only) by its path: importing the engine package would load numba and
+    numpy and read the thread variables (engine/config.py) before a benchmark has set them for its sides."""
+    spec = importlib.util.spec_from_file_location("shelfcast_engine_cores",
+                                                  Path(__file__).resolve().parents[1] / "engine" / "cores.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def thread_env(threads: int, base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:

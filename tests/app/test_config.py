@@ -9,6 +9,8 @@ import pytest
 
 from app.config import AppSettings, SettingsError
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def test_defaults_work_on_a_laptop():
     settings = AppSettings.from_environment({})
@@ -103,6 +105,20 @@ def test_empty_server_settings_mean_their_defaults_and_a_bad_count_names_its_var
     monkeypatch.setenv("SHELFCAST_WORKERS", "two")
     with pytest.raises(RuntimeError, match="SHELFCAST_WORKERS: expected a whole number, got 'two'"):
         gunicorn_conf(monkeypatch, tmp_path)
+
+
+def test_engine_cores_is_loaded_by_one_definition_on_the_apps_side(monkeypatch, tmp_path):
+    """gunicorn's default worker count (app/gunicorn_conf.py) and the workers app/launch.py waits for are one count:
+    engine/cores.py was loaded by its path in two near-copies of a loader, one in each; now app/config.py's
+    ``engine_cores`` (the master imports that file already) is the one, and both use it."""
+    from app import config, launch
+
+    conf = gunicorn_conf(monkeypatch, tmp_path)
+    assert conf.cores is config.engine_cores() and conf.cores.__file__ == str(REPO / "engine" / "cores.py")
+    assert launch.engine_cores is config.engine_cores
+    loaders = sorted(path.relative_to(REPO).as_posix() for path in (REPO / "app").rglob("*.py")
+                     if "spec_from_file_location" in path.read_text(encoding="utf-8"))
+    assert loaders == ["app/config.py"]
 
 
 def test_gunicorn_says_where_it_serves(monkeypatch, tmp_path):

@@ -264,12 +264,15 @@ def test_the_worker_class_brings_none_of_the_app_into_gunicorns_master(tmp_path)
               f"{str(conf)!r}); module = importlib.util.module_from_spec(spec); sys.modules['__config__'] = module; "
               "spec.loader.exec_module(module)")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
-    master = subprocess.run([sys.executable, "-c", f"import app.gunicorn_worker; {listing}; {reread}; {listing}"],
-                            capture_output=True, text=True, timeout=60, env=env)
+    config = "print(id(sys.modules['app.config']))"  # which copy of app/config.py the master holds
+    master = subprocess.run([sys.executable, "-c", f"import app.gunicorn_worker; {listing}; {config}; {reread}; "
+                             f"{listing}; {config}"], capture_output=True, text=True, timeout=60, env=env)
     assert master.returncode == 0, master.stderr
-    imported, after_reread = master.stdout.splitlines()
+    imported, before, after_reread, after = master.stdout.splitlines()
     assert imported.split() == ["app", "app.config", "app.gunicorn_worker", "app.request_buffer"]
-    assert after_reread == ""  # gunicorn then imports the worker class again, from the code on disk
+    # the config file's own import of app/config.py (engine/cores.py's loader: no engine) is made again from the
+    # code on disk; gunicorn then imports the worker class again, from the code on disk too
+    assert after_reread.split() == ["app", "app.config"] and after != before
 
 
 def test_a_sighup_serves_the_app_code_now_on_disk(app_bundles, tmp_path):

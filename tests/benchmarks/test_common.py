@@ -82,3 +82,36 @@ def test_python_speed_is_a_rate_that_falls_when_python_runs_slower(common, monke
     ticks = iter(range(0, 10**9, 3))  # a clock on which every loop takes 3 s: 0.1 M iterations / 3 s
     monkeypatch.setattr(common.time, "perf_counter", lambda: next(ticks))
     assert common.python_speed(repeats=2) == pytest.approx(0.1 / 3)
+
+
+def test_available_cores_counts_the_cgroups_cpu_limit(common, tmp_path):
+    """The benchmarks' default thread count is the cores this process can use as engine/cores.py counts them (the
+    engine's pools and gunicorn's workers take that count): before, the affinity alone, so in a container limited to
+    1 CPU the benchmarks ran a thread a core on cores the container could not use. The cgroup is laid out under
+    tmp_path in the kernel's formats (as tests/engine/test_cores.py does)."""
+    import os
+
+    proc = tmp_path / "proc-self"
+    proc.mkdir()
+    (proc / "cgroup").write_text("0::/job.service\n", encoding="utf-8")
+    (proc / "mountinfo").write_text(f"41 31 0:38 / {tmp_path}/cgroup rw,relatime - cgroup2 cgroup2 rw\n",
+                                    encoding="utf-8")
+    (tmp_path / "cgroup" / "job.service").mkdir(parents=True)
+    (tmp_path / "cgroup" / "job.service" / "cpu.max").write_text("100000 100000\n", encoding="ascii")  # 1 CPU
+    assert common.available_cores(str(proc)) == 1
+    (tmp_path / "cgroup" / "job.service" / "cpu.max").write_text("max 100000\n", encoding="ascii")  # no limit
+    assert common.available_cores(str(proc)) == len(os.sched_getaffinity(0))
+
+
+def test_counting_cores_loads_neither_the_engine_nor_numpy():
+    """A benchmark counts cores for its thread variables before numba and numpy read them (thread_env)."""
+    import subprocess
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
+    done = subprocess.run([sys.executable, "-c", "import sys, common; n = common.available_cores(); print(n, sorted("
+                           "m for m in sys.modules if m.split('.')[0] in ('engine', 'numpy', 'numba')))"],
+                          cwd=benchmarks, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    count, loaded = done.stdout.split(" ", 1)
+    assert int(count) >= 1 and loaded.strip() == "[]"
