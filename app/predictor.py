@@ -28,10 +28,9 @@ import numpy as np
 
 from app.catalog import Catalog
 from pipeline.bundle import EXPECTED_OUTPUT, PREDICTION_OUTPUT, BundleError, ModelBundle, load_bundle
-from pipeline.bundle_checks import cannot_be_loaded, check_servable
+from pipeline.bundle_checks import cannot_be_loaded, check_servable, served_forecast
 from pipeline.closed_days import ClosedDays
-from pipeline.features import (CATEGORICAL_FIELDS, SMALL_BATCH_ROWS, FeatureMatrix, dense_feature_names,
-                               rows_from_snapshot)
+from pipeline.features import CATEGORICAL_FIELDS, SMALL_BATCH_ROWS, FeatureMatrix, dense_feature_names
 from pipeline.models import CONSTANT_FEATURE_STD
 
 log = logging.getLogger(__name__)
@@ -151,17 +150,9 @@ class LoadedModel:
         items = np.asarray(item_nbr, np.int64)
         # a few rows are looked up one by one (no table conversion): the cut would only cost time there
         snapshot = self.bundle.snapshot if items.size <= SMALL_BATCH_ROWS else self._snapshot_for(items)
-        rows = rows_from_snapshot(snapshot, np.asarray(store_nbr, np.int64), items,
-                                  np.asarray(date_days, np.int64).astype("datetime64[D]"),
-                                  np.asarray(onpromotion, np.uint8))
-        matrix = self.bundle.features(rows)
-        out = self.bundle.forecast_features(matrix)
-        units, expected = out[PREDICTION_OUTPUT], out.get(EXPECTED_OUTPUT)
-        # a day the store was closed a year earlier (Christmas): no sales day, which no model trains on
-        closed = self.closed_days.of(store_nbr, date_days)
-        if closed.any():
-            units = np.where(closed, 0, units).astype(units.dtype)
-            expected = None if expected is None else np.where(closed, 0, expected).astype(expected.dtype)
+        outputs, matrix, closed = served_forecast(self.bundle, self.closed_days, store_nbr, items, date_days,
+                                                  onpromotion, snapshot)
+        units, expected = outputs[PREDICTION_OUTPUT], outputs.get(EXPECTED_OUTPUT)
         return Forecast(units=units, features=matrix, expected_units=expected, store_closed=closed)
 
     def feature_record(self, matrix: FeatureMatrix, row: int) -> dict:

@@ -86,7 +86,8 @@ def check_servable(bundle: ModelBundle, path: Path, closed_days: ClosedDays | No
         if warm_up is not None:
             warm_up()  # compile/load the fast path now, not on the first request
         store, item = snapshot.stores["store_nbr"][0], snapshot.items["item_nbr"][0]
-        units = _forecast(bundle, closed_days, [store], [item], [snapshot.calendar_days[0]], [0])[PREDICTION_OUTPUT]
+        outputs = served_forecast(bundle, closed_days, [store], [item], [snapshot.calendar_days[0]], [0])[0]
+        units = outputs[PREDICTION_OUTPUT]
     except Exception as exc:  # anything a request would have hit: refuse the bundle instead
         raise BundleError(f"{path}: a warm-up prediction failed ({type(exc).__name__}: {exc})") from exc
     try:
@@ -99,16 +100,20 @@ def check_servable(bundle: ModelBundle, path: Path, closed_days: ClosedDays | No
         raise BundleError(f"{path}: a warm-up prediction gave {units!r}, expected one finite number")
 
 
-def _forecast(bundle: ModelBundle, closed_days: ClosedDays, store_nbr, item_nbr, days, onpromotion) -> dict:
-    """Every output for request rows as the app answers them: the model's, 0 on a day the store is closed."""
-    rows = rows_from_snapshot(bundle.snapshot, np.asarray(store_nbr, np.int64), np.asarray(item_nbr, np.int64),
-                              np.asarray(days, np.int64).astype("datetime64[D]"), np.asarray(onpromotion, np.uint8))
+def served_forecast(bundle: ModelBundle, closed_days: ClosedDays, store_nbr, item_nbr, days, onpromotion,
+                    snapshot=None) -> tuple[dict[str, np.ndarray], FeatureMatrix, np.ndarray]:
+    """Every output for request rows as the app answers them (app/predictor.py serves through this, the checks
+    forecast with it): the model's, 0 on a day the store is closed; with the features and the closed flags.
+    ``snapshot``: the bundle's own unless given (the app passes one with its item table cut to the request)."""
+    rows = rows_from_snapshot(bundle.snapshot if snapshot is None else snapshot, np.asarray(store_nbr, np.int64),
+                              np.asarray(item_nbr, np.int64), np.asarray(days, np.int64).astype("datetime64[D]"),
+                              np.asarray(onpromotion, np.uint8))
     matrix = bundle.features(rows)
-    out = bundle.forecast_features(matrix)
-    closed = closed_days.of(store_nbr, days)
-    outputs = {name: np.where(closed, 0, units).astype(units.dtype) if closed.any() else units
-               for name, units in out.items()}
-    return {**outputs, "features": matrix}
+    outputs = bundle.forecast_features(matrix)
+    closed = closed_days.of(store_nbr, days)  # a day the store was closed a year earlier (Christmas): no model's
+    if closed.any():
+        outputs = {name: np.where(closed, 0, units).astype(units.dtype) for name, units in outputs.items()}
+    return outputs, matrix, closed
 
 
 def check_plausible(bundle: ModelBundle, path: Path, closed_days: ClosedDays | None = None) -> None:
@@ -134,7 +139,8 @@ def check_plausible(bundle: ModelBundle, path: Path, closed_days: ClosedDays | N
     days = np.asarray(snapshot.calendar_days, np.int64)
     store_of, item_of, day_of = pick(stores), pick(items), [int(days[i % days.size]) for i in range(rows)]
     closed_days = ClosedDays(snapshot) if closed_days is None else closed_days
-    forecast = _forecast(bundle, closed_days, store_of, item_of, day_of, [i % 2 for i in range(rows)])
+    forecast, matrix, _ = served_forecast(bundle, closed_days, store_of, item_of, day_of,
+                                          [i % 2 for i in range(rows)])
 
     def check(outputs: dict, what: str = "") -> None:
         for name, units in outputs.items():
@@ -146,10 +152,8 @@ def check_plausible(bundle: ModelBundle, path: Path, closed_days: ClosedDays | N
                 raise BundleError(f"{path}: {int(bad.sum())} of {units.size} sample forecasts{what} give implausible "
                                   f"{name} (e.g. {units[k]!r}{where}; expected finite, 0..{MAX_UNITS:g})")
 
-    check({("expected units" if name == EXPECTED_OUTPUT else "units"): units for name, units in forecast.items()
-           if name != "features"})
+    check({("expected units" if name == EXPECTED_OUTPUT else "units"): units for name, units in forecast.items()})
     spread = np.unique(np.linspace(0, rows - 1, min(rows, PLAUSIBILITY_ROWS)).astype(np.int64))  # over all stores
-    matrix = forecast["features"]
     dense, categorical = matrix.dense[spread], matrix.categorical[spread]
     for j, unseen_field in enumerate(CATEGORICAL_FIELDS):
         unseen = categorical.copy()
