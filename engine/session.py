@@ -69,8 +69,9 @@ class Step:
 
 
 class Plan:
-    """Everything a run of some fetches with some feeds needs, computed once: ``feed_tensors`` (the order of
-    :meth:`run`'s values), ``fetches``, ``steps`` (after rewrites; ``runners``: the closures a run executes)."""
+    """Everything a run of some fetches with some feeds needs, computed once; the public plan API the compiler and
+    the profiler read: ``feed_tensors`` (the order of :meth:`run`'s values), ``fetches``, ``steps`` (after rewrites;
+    ``runners``: the closures a run executes)."""
 
     def __init__(self, session, feed_tensors, feed_slots, fetches, build, steps, getters, n_slots, runners, labels,
                  n_buffers, nodes, groups):
