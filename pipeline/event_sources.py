@@ -5,7 +5,8 @@ directory's *.jsonl files (not its subdirectories: under logs/ those are the spo
 events still on their way to Fluentd, and the drift reports). Records another sender
 wrote there (monitoring's own events in logs/monitoring.jsonl, tagged `shelfcast.drift`
 or `shelfcast.metrics`; a Fluentd file output's other tags) are skipped and counted.
-A file is read from its end, so the cost follows the events asked for, not the log's size.
+A file is read from its end, so the cost follows the events asked for, not the log's size; with a `since`,
+every line is looked at (no order is assumed), those older than it by their timestamp alone.
 Elasticsearch (or OpenSearch): the daily indices Fluentd writes, paged with `search_after`
 over urllib, so no client library is needed. Two readers use it: the release
 decision (pipeline/release.py, so `make deploy` can judge a compose stack) and
@@ -20,13 +21,14 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 DEFAULT_INDEX_PATTERN = "shelfcast-prediction-*"
 ENV_PREDICTION_LOG = "SHELFCAST_PREDICTION_LOG"  # where the app writes its events without Fluentd, and readers look
@@ -41,11 +43,17 @@ def prediction_log(environ=None) -> Path:
 PAGE_SIZE = 1000
 PREDICTION_TAG = "shelfcast.prediction"  # app/events.py TAG: the Fluentd tag of prediction events
 READ_BLOCK = 1 << 20  # bytes read at a time, from a file's end backwards
-# How far out of time order a log's lines may be. The app stamps an event in the call that appends it
-# (app/events.py emit), so its log's lines follow their timestamps within moments; reading back to a `since`
-# stops at the first line older than it by more than this. (A log whose lines can be further out of order,
-# such as events re-sent after an outage, may then be read short of its oldest events in the window.)
-ORDER_SLACK = dt.timedelta(seconds=60)
+# No line order is assumed: a clock stepped back, a caller-given `timestamp`, or events re-sent after an outage
+# (a Fluentd file output) put older times after newer ones, and a reading back to a `since` that stopped at the
+# first older line hid the window's earlier-written events. So a read with `since` goes through every line, and
+# one that opens with plain string fields up to its only `"timestamp"` (as the app writes) is placed by that
+# field alone, without parsing it: a line older than the window costs about a microsecond.
+# A block's lines are placed at once where each has one `"timestamp"`, in the app's UTC form (fixed width, so the
+# texts compare as the times): a block older than the window costs no Python-level work per line.
+_PLAIN_FIELDS = rb'(?:"[^"\\\n]*"[ \t]*:[ \t]*"[^"\\\n]*"[ \t]*,[ \t]*)*?'
+APP_TIMESTAMPS = re.compile(rb'\n[ \t]*\{[ \t]*' + _PLAIN_FIELDS + rb'"timestamp"[ \t]*:[ \t]*'
+                            rb'"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00)"')
+LEADING_TIMESTAMP = re.compile(rb'\s*\{\s*(?:"[^"\\]*"\s*:\s*"[^"\\]*"\s*,\s*)*?"timestamp"\s*:\s*"([^"\\]*)"')
 UNDATED = dt.datetime.min.replace(tzinfo=dt.timezone.utc)  # where an event without a readable time sorts
 
 
@@ -151,24 +159,40 @@ class JsonlEvents:
         return sum(self.unreadable.values())
 
 
-def _lines_from_end(handle: BinaryIO) -> Iterator[tuple[int, bytes, bool]]:
-    """(index from the last line, 0 = last; the line without its newline; whether it lacks one), last first."""
+def _lines_from_end(handle: BinaryIO, older: Callable[[bytes, int, int], list[bool] | None] | None = None
+                    ) -> Iterator[tuple[int, bytes, bool, bool | None]]:
+    """(index from the last line, 0 = last; the line without its newline; whether it lacks one; whether it is older
+    than the window, None: not known), last first.
+
+    `older(data, start, count)`, if given, is asked about each block's whole lines but the file's last block's: the
+    `count` lines of `data` from `start` on, each after a newline; it answers for each, in order, or None (not
+    known). A block of lines all older is left out (its lines counted, for the line numbers of errors)."""
     position = handle.seek(0, os.SEEK_END)
     partial, from_end, at_end = b"", 0, True
     while position > 0:
         step = min(READ_BLOCK, position)
         position -= step
         handle.seek(position)
-        lines = (handle.read(step) + partial).split(b"\n")
+        data = handle.read(step) + partial
+        known: list[bool] | None = None
+        if older is not None and not at_end:
+            first = data.find(b"\n")  # the block's whole lines follow, each after a newline
+            count = 0 if first < 0 else data.count(b"\n", first)
+            known = older(data, first, count) if count else None
+            if known is not None and all(known):
+                partial, from_end = data[:first], from_end + count
+                continue
+        lines = data.split(b"\n")
         partial = lines[0]
-        for line in reversed(lines[1:]):
+        for index in range(len(lines) - 1, 0, -1):
+            line = lines[index]
             unterminated, at_end = at_end, False
             if unterminated and not line:  # the file ends with a newline: nothing after it
                 continue
-            yield from_end, line, unterminated
+            yield from_end, line, unterminated, None if known is None else known[index - 1]
             from_end += 1
     if partial or not at_end:
-        yield from_end, partial, at_end
+        yield from_end, partial, at_end, None
 
 
 def _line_number(handle: BinaryIO, from_end: int) -> int:
@@ -180,15 +204,39 @@ def _line_number(handle: BinaryIO, from_end: int) -> int:
     return newlines + (last != b"\n") - from_end
 
 
+def _older_lines(data: bytes, start: int, count: int, since: bytes) -> list[bool] | None:
+    """For each of the `count` lines of `data` from `start` on (each after a newline), whether it is older than `since`
+    (the app's UTC form) by its timestamp alone; None unless each opens with plain string fields up to its only
+    `"timestamp"`, in the app's UTC form (APP_TIMESTAMPS), so that the text of the times compares as the times."""
+    stamps = APP_TIMESTAMPS.findall(data, start)
+    if len(stamps) != count or data.count(b'"timestamp"', start) != count:
+        return None
+    return [stamp < since for stamp in stamps]
+
+
+def _line_time(line: bytes) -> dt.datetime | None:
+    """The line's top-level `timestamp` read without parsing the line (LEADING_TIMESTAMP); None where that cannot be
+    told so (another layout, a second `"timestamp"` anywhere in it, a time that does not read): parse it then."""
+    match = LEADING_TIMESTAMP.match(line)
+    if match is None or line.count(b'"timestamp"') != 1:
+        return None
+    try:
+        return parse_time(match.group(1).decode("ascii"))
+    except ValueError:  # UnicodeDecodeError too
+        return None
+
+
 def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | None = None, *,
                       skip_unreadable: bool = False) -> JsonlEvents:
     """The last `max_events` prediction events of the JSON-lines file(s) at `path` (at or after `since`), oldest first.
 
     The files, in name order (the app's log is one; Fluentd's file output and spool segments are named by
-    time), are read as one log from its end backwards; reading stops once `max_events` are kept, and leaves
-    a file at a line older than `since` by more than ORDER_SLACK (the earlier files are still read): time
-    and memory follow what is kept, not the log's size. Records of other senders (`other_sender`) are
-    skipped and counted. With `since`, an event without a readable timestamp is kept (it cannot be placed).
+    time), are read as one log from its end backwards; reading stops once `max_events` are kept (the last
+    written, whatever their times), so memory follows what is kept. With `since`, no order of the lines is
+    assumed (see LEADING_TIMESTAMP): every line is looked at, and one older than `since` is skipped after
+    reading its timestamp only (`_line_time`), never parsed, so time follows the log's size at about a
+    microsecond a line older than the window. Records of other senders (`other_sender`) are skipped and
+    counted. With `since`, an event without a readable timestamp is kept (it cannot be placed).
     A torn last line (a writer that crashed mid-line) is skipped; any other unreadable line (not UTF-8, not
     JSON, or a JSON value that is not an object) is an error naming the file and line, because it means the log
     is not ours -- or, with `skip_unreadable` (a reader that shows what it can: the /monitoring page), skipped
@@ -205,6 +253,10 @@ def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | No
         return {names.setdefault(name, name): value for name, value in pairs}
 
     junk_budget = max(max_events, UNREADABLE_READ_MIN)
+    older = None
+    if since is not None:
+        since_text = since.astimezone(dt.timezone.utc).isoformat(timespec="microseconds").encode("ascii")
+        older = lambda data, start, count: _older_lines(data, start, count, since_text)  # noqa: E731
 
     def done() -> bool:  # unreadable lines are bounded too: junk must not make a read unbounded
         return len(kept) >= max_events or unreadable.total() >= junk_budget
@@ -217,11 +269,15 @@ def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | No
         except OSError as exc:
             raise EventSourceError(f"{file}: cannot be read ({exc.strerror or exc})") from None
         with handle:
-            for from_end, line, unterminated in _lines_from_end(handle):
+            for from_end, line, unterminated, is_older in _lines_from_end(handle, older):
                 if done():
                     break
-                if not line.strip():
+                if is_older or not line.strip():
                     continue
+                if since is not None and is_older is None:  # older by its timestamp alone: not parsed, not counted
+                    moment = _line_time(line)
+                    if moment is not None and moment < since:
+                        continue
                 try:  # UTF-8, as the app writes: json.loads(bytes) would guess UTF-16/32 for binary junk
                     record = json.loads(line.decode("utf-8"), object_pairs_hook=shared_names)
                 except ValueError as exc:
@@ -239,9 +295,7 @@ def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | No
                     raise EventSourceError(f"{file}: line {_line_number(handle, from_end)}: expected a JSON object, "
                                            f"got {type(record).__name__}")
                 moment = event_time(record)  # before the sender: another sender's records outside the window
-                if since is not None and moment is not None and moment < since:  # are neither counted nor read on
-                    if since - moment > ORDER_SLACK:
-                        break  # this line and those before it are older than the window
+                if since is not None and moment is not None and moment < since:  # are neither counted nor kept
                     continue
                 sender = other_sender(record)
                 if sender is not None:

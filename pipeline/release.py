@@ -443,7 +443,7 @@ class LoggedEvents:
         if self.search is not None:
             stamp = None if moment is None else moment.isoformat(timespec="milliseconds")
             events = self.search.prediction_events(MAX_EVENTS, since=stamp).events
-        else:  # read from the log's end back to `since` only: the canary check polls this every second
+        else:  # lines before `since` placed by their timestamp alone, not parsed: the canary check polls this
             events = read_jsonl_events(self.path, MAX_EVENTS, since=moment).events
         return read_traffic(events, since)
 

@@ -72,13 +72,18 @@ def test_the_canary_window_is_read_back_to_its_start_only(tmp_path):
 
     since = START + dt.timedelta(hours=2)
     log = tmp_path / "predictions.jsonl"
-    log.write_text("not json\n" + lines(
+    log.write_text(lines(
         event(0), event(7205, model_variant="canary"),
-        event(7170),  # written late, within ORDER_SLACK: skipped, and the reading goes on past it
+        event(7170),  # written late: skipped, and the reading goes on past it
         event(7201), event(7202, model_variant="canary")))
     traffic = LoggedEvents(path=log).traffic(since=since.timestamp())
     assert (traffic["production"].predictions, traffic["canary"].predictions) == (1, 2)
     assert [e["event_id"] for e in read_jsonl_events(log, 100, since).events] == ["e7201", "e7202", "e7205"]
+    # every line is looked at: one that is not an event is an error wherever it is (before, one before the window
+    # was never read, as the reading stopped at the first line more than 60 s older than it)
+    log.write_text("not json\n" + log.read_text())
+    with pytest.raises(EventSourceError, match=r"predictions\.jsonl: line 1: not JSON"):
+        read_jsonl_events(log, 100, since)
 
 
 def test_records_of_other_senders_are_skipped_and_counted(tmp_path):
@@ -149,3 +154,57 @@ def test_other_senders_records_before_since_are_not_counted_nor_read(tmp_path):
     assert [e["event_id"] for e in found.events] == ["e3600", "e3601"]
     assert found.not_predictions == {"shelfcast.drift": 1}
     assert read_jsonl_events(logs, 100).not_predictions == {"shelfcast.drift": 361}
+
+
+def app_line(second: float, **fields) -> bytes:
+    """A line as the app writes it (eventlog/records.py encode_line): compact, `timestamp` third, microseconds."""
+    stamp = (START + dt.timedelta(seconds=second)).isoformat(timespec="microseconds")
+    record = {"event_id": f"e{second}", "request_id": f"r{second}", "timestamp": stamp, "output": {"unit_sales": 1.0},
+              **fields}
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+@pytest.mark.parametrize("layout", ["app", "spaced"])
+def test_a_window_is_read_whole_whatever_the_order_of_the_lines(tmp_path, monkeypatch, layout):
+    """A clock stepped back (or events re-sent after an outage: a Fluentd file output) writes older times after newer
+    ones. The reading back to `since` stopped at the first line more than 60 s older than it, so the window's events
+    written before that line were never read: here all but the last 10 of 2,010. Many blocks (READ_BLOCK small), so
+    the whole-block skip and the line-by-line reading both meet the window's lines among older ones."""
+    monkeypatch.setattr(event_sources, "READ_BLOCK", 4096)
+    since = START + dt.timedelta(hours=2)
+    write = app_line if layout == "app" else (lambda second, **f: lines(event(second, **f)).encode())
+    window = [7200 + s for s in range(2000)]  # in the window, written first
+    stepped_back = range(600, 3000)  # the clock stepped back 2 hours: older than the window, written after it
+    log = tmp_path / "predictions.jsonl"
+    log.write_bytes(b"".join(write(s) for s in range(0, 600)) + b"".join(write(s) for s in window)
+                    + b"".join(write(s) for s in stepped_back)
+                    + b"".join(write(s) for s in range(9300, 9310)))  # the clock right again
+    found = read_jsonl_events(log, 100_000, since)
+    assert [e["event_id"] for e in found.events] == [f"e{s}" for s in [*window, *range(9300, 9310)]]
+    assert [e["event_id"] for e in read_jsonl_events(log, 5, since).events] == [f"e{s}" for s in range(9305, 9310)]
+
+
+def test_lines_placed_by_their_timestamp_alone_are_only_those_it_places_for_sure(tmp_path, monkeypatch):
+    """Lines older than the window are skipped by their `"timestamp"` field without parsing them, a block of them at
+    a time; a line where that field may not be the event's time (a second `"timestamp"`, a nested one before the
+    top-level, a number before it, another time form) is parsed, and placed by what json.loads reads."""
+    monkeypatch.setattr(event_sources, "READ_BLOCK", 256)
+    since = START + dt.timedelta(hours=1)
+    old, new = (START + dt.timedelta(seconds=5)).isoformat(timespec="microseconds"), (
+        START + dt.timedelta(hours=2)).isoformat(timespec="microseconds")
+    tricky = [
+        {"event_id": "dup"},  # the timestamp twice, the older first: json.loads keeps the last
+        {"event_id": "nested", "inputs": {"timestamp": old}, "timestamp": new},
+        {"event_id": "number", "latency_ms": 1.5, "timestamp": new},
+        {"event_id": "z", "request_id": "r", "timestamp": new.replace("+00:00", "Z")},
+    ]
+    body = b"".join(app_line(s) for s in range(100))  # older than the window: whole blocks of them skipped
+    for record in tricky:
+        text = json.dumps(record, separators=(",", ":"))
+        if record["event_id"] == "dup":  # a dict holds a key once: written by hand, as an edited line would be
+            text = f'{{"event_id":"dup","request_id":"r","timestamp":"{old}","output":1.0,"timestamp":"{new}"}}'
+        body += text.encode() + b"\n" + b"".join(app_line(s) for s in range(100, 110))
+    log = tmp_path / "predictions.jsonl"
+    log.write_bytes(body + app_line(7300))
+    found = read_jsonl_events(log, 100, since)
+    assert [e["event_id"] for e in found.events] == ["dup", "nested", "number", "z", "e7300"]
