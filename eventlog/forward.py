@@ -198,7 +198,9 @@ class Forwarder:
                 return False
             if segment.lines == 0:  # nothing in it (a writer's torn-off tail): nothing to confirm
                 segment.delivered = True  # kept held (not claimed again) only if the folder refuses its deletion
-                if segment.delete() is None:
+                refused = segment.delete()
+                self._account(segment)
+                if refused is None:
                     self._held.remove(segment)
                     segment.release(delete=False)
         if (idle and self._link_broke_at is not None and self._proved_on != self._connection
@@ -292,8 +294,8 @@ class Forwarder:
                 stamped.append((event_time(record), record))
             except UnsendableTime as exc:
                 bad.append(f"{segment.path.name} record {number}: {exc}")
-        if bad and first_read:  # a re-send meets the same lines: they were counted and logged once
-            self._count("dropped", len(bad))
+        segment.bad_lines = len(bad)  # counted as dropped when the segment leaves the spool (_account)
+        if bad and first_read:  # a re-send meets the same lines: logged once
             log.error("event spool: %d unreadable line(s) dropped, first: %s", len(bad), bad[0])
         sender = self._connected()
         sent = 0
@@ -301,9 +303,8 @@ class Forwarder:
             try:
                 ok = sender.emit_with_time(None, timestamp, record)
             except Exception as exc:  # noqa: BLE001 msgpack cannot pack it (an older version's or a hand-edited line)
-                if number not in segment.unsendable:  # counted and logged once, whatever the re-sends
+                if number not in segment.unsendable:  # logged once, whatever the re-sends; counted by _account
                     segment.unsendable.add(number)
-                    self._count("dropped", 1)
                     log.error("event spool: %s record %d cannot be sent (%s: %s); dropped", segment.path.name,
                               number + 1, type(exc).__name__, exc)
                 continue
@@ -312,11 +313,10 @@ class Forwarder:
                 return False
             sent += 1
             self._last_ok = time.monotonic()
-        segment.sent_at = time.monotonic()
+        segment.sent_at, segment.sent_records = time.monotonic(), sent
         progress = connection_bytes(sender)
         segment.sent_bytes = None if progress is None else progress[0]
         self._note_acknowledged(progress)
-        self._count("sent", sent)
         if self.down_since is not None and self.stalled_since is None:  # while stalled, a send proves nothing
             log.warning("%s is back after %.1f s; sending the spooled events", self.address,
                         time.monotonic() - self.down_since)
@@ -343,6 +343,20 @@ class Forwarder:
             self.down_since = time.monotonic()
             log.warning("%s: %s; keeping events in the spool %s until it is back", self.address, error,
                         self._spool.root)
+
+    def _account(self, segment: Segment) -> None:
+        """Count a delivered segment's lines once, as it leaves the spool: its records sent, the lines that could not
+        be sent dropped. Counted at each send, a segment sent again (after a broken connection, or by the next
+        process after a kill -9) was counted again, so `sent` exceeded the events there were; counted here, only
+        the process that deletes it counts it (one whose deletion the folder refuses counts it on confirmation, and
+        a later process that sends it again counts it again)."""
+        if segment.accounted:
+            return
+        segment.accounted = True
+        if segment.sent_records:
+            self._count("sent", segment.sent_records)
+        if segment.bad_lines or segment.unsendable:
+            self._count("dropped", segment.bad_lines + len(segment.unsendable))
 
     def _heartbeat_if_due(self) -> bool:
         """With sent segments waiting and no later event, a heartbeat checks the connection: once they are due,
@@ -394,6 +408,8 @@ class Forwarder:
                     sent is not None and in_fluentd and self._last_ok - sent >= self._confirm_after_s)):
                 segment.delivered = True
             refused = segment.delete() if segment.delivered else None
+            if segment.delivered:
+                self._account(segment)
             if segment.delivered and refused is None:
                 segment.release(delete=False)
                 self._refused_deletion = False

@@ -65,17 +65,20 @@ class Segment:
     unsendable: set[int] = field(default_factory=set)  # records msgpack could not pack: dropped, counted once
     acknowledged_on: set[int] = field(default_factory=set)  # the connections (numbered) whose peer acknowledged all
     delivered: bool = False  # confirmed, but the folder refused its deletion (read-only): kept held, not sent again
+    bad_lines: int = 0  # lines of the last reading that are no record (not JSON, not an object)
+    sent_records: int = 0  # records its last whole send handed to the connection
+    accounted: bool = False  # its lines counted as sent or dropped: once, when it leaves the spool
 
     def records(self, on_bad_line: Callable[[str], None]) -> list[dict[str, Any]]:
         if self.written is not None:  # used once: a re-send after a failure reads the file
             records, self.written = self.written, None
-            self.lines = len(records)
+            self.lines, self.bad_lines = len(records), 0
             return records
         os.lseek(self.fd, 0, os.SEEK_SET)
         with os.fdopen(os.dup(self.fd), "rb") as handle:
             data = handle.read()
-        records = []
-        for number, line in enumerate(data.splitlines(), 1):
+        records, lines = [], data.splitlines()
+        for number, line in enumerate(lines, 1):
             if number % 64 == 0:
                 time.sleep(0)  # a long segment must not hold the GIL from request threads for 5 ms
             try:
@@ -85,7 +88,7 @@ class Segment:
                 records.append(record)
             except (ValueError, RecursionError) as exc:  # a line torn by a full disk, or edited by hand
                 on_bad_line(f"{self.path.name} line {number}: {type(exc).__name__}: {exc}")
-        self.lines = len(records)
+        self.lines, self.bad_lines = len(records), len(lines) - len(records)
         return records
 
     def delete(self) -> OSError | None:
@@ -343,7 +346,8 @@ class Spool:
                 if path.name in self._unopenable:  # found just now: not counted against the limit either
                     total -= sizes[path]
                 continue
-            lines = len(segment.records(lambda _: None))
+            segment.records(lambda _: None)
+            lines = segment.lines + segment.bad_lines  # a line that is no record is dropped with it, and counted
             refused = segment.release(delete=True)
             if refused is not None:  # the folder takes no deletions now (read-only): none of the others either
                 self._warn(f"event spool {self.root}: cannot delete the oldest segment {path.name} to make room "

@@ -90,6 +90,23 @@ def test_over_the_limit_the_oldest_events_are_dropped_and_counted(tmp_path: Path
     assert len(kept) + dropped == 60
 
 
+def test_lines_that_are_no_event_in_a_segment_the_limit_drops_are_counted_as_dropped(tmp_path: Path) -> None:
+    """An older version's or a hand-edited segment with lines that are no record (torn, not JSON, not an object):
+    dropped whole by the limit, only its records were counted (7 of 10 here), so the count said fewer lines left
+    the spool unsent than did; sending counts them (tests/app/test_events_fluentd.py), so dropping does too."""
+    old = tmp_path / f"{1:020d}-1-0.jsonl"
+    old.write_bytes(line(0, padding=40) + b'{"torn": \n' + b"[1, 2]\n" + b"\xff\xfe not text\n"
+                    + b"".join(line(i, padding=40) for i in range(1, 7)))
+    counts = Counts()
+    spool = Spool(tmp_path, max_bytes=10**9, segment_max_bytes=500, count=counts)
+    for i in range(7, 28):
+        spool.append(line(i, padding=40))  # 3 segments of 7, newer than the old one
+    spool.close()
+    spool.max_bytes = sum(p.stat().st_size for p in tmp_path.glob("*.jsonl")) - 100  # one segment over
+    assert spool.enforce_limit() == 10 and counts["dropped"] == 10
+    assert not old.exists() and drain(spool) == list(range(7, 28))
+
+
 def test_workers_checking_the_limit_at_once_drop_only_the_excess(tmp_path: Path) -> None:
     """Workers started together check the limit every second, in step. Each listed the spool, saw it over its limit
     by one segment and deleted its own oldest: 4 workers dropped up to 4 segments (44 events where 11 were over, in
