@@ -21,7 +21,8 @@ Why this shape (the contract is in README.md, "Prediction logging"):
   events sort (and be dropped) as the oldest.
 - A segment this process cannot open (another user's) is left alone: not sent, not dropped, not
   counted against the limit. A spool folder removed while in use is made again by the next event;
-  the events of the open segment that went with it are counted as dropped.
+  the events of the open segment that went with it are counted as dropped. One moved away is followed:
+  the next limit check moves its segments back under the spool's path (`follow_folder`).
 """
 
 from __future__ import annotations
@@ -92,11 +93,13 @@ class Segment:
         return records
 
     def delete(self) -> OSError | None:
-        """Remove the file (still held); the error if the folder refused (read-only, immutable), else None."""
+        """Remove the file (still held); the error if the folder refused (read-only, immutable) or the file is not
+        at its path but still somewhere (its folder moved away: Spool.follow_folder moves it back), else None."""
         try:
             self.path.unlink()
-        except FileNotFoundError:
-            pass
+        except FileNotFoundError as exc:
+            if os.fstat(self.fd).st_nlink > 0:  # deleted, it would be sent again once moved back, and counted again
+                return exc
         except OSError as exc:
             return exc
         return None
@@ -138,6 +141,10 @@ class Spool:
         self._unlogged_drops = 0  # drops since the last drop message: the next one (or close) reports them
         self._warn_lock = threading.Lock()
         _check_writable(self.root)
+        self._folder = -1  # the spool folder as opened (follow_folder: one moved away is still reachable by it)
+        self._folder_id: tuple[int, int] | None = None
+        self._follow_lock = threading.Lock()
+        self.follow_folder()
         self.segment_paths()  # reads the newest name already in the spool (a restart after a clock step)
 
     # --- writing (request threads) ---------------------------------------------------
@@ -186,9 +193,9 @@ class Spool:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
         try:
             fd = os.open(opening, flags, 0o644)
-        except FileNotFoundError:  # the folder was removed under us (a backlog cleared by hand, a tmp cleaner)
+        except FileNotFoundError:  # the folder was removed (a backlog cleared by hand, a tmp cleaner) or moved away
             self.root.mkdir(parents=True, exist_ok=True)
-            log.warning("event spool %s: the folder was removed while in use; made it again", self.root)
+            log.warning("event spool %s: the folder was removed or moved away while in use; made it again", self.root)
             fd = os.open(opening, flags, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -262,6 +269,66 @@ class Spool:
             self._seal_locked()
         self.sync()
         self._warn("", force=True)  # drops not reported yet: this process will not say them later
+        with self._follow_lock:
+            if self._folder >= 0:
+                os.close(self._folder)  # a later follow_folder (a limit check after close) opens the path again
+                self._folder, self._folder_id = -1, None
+
+    def __del__(self) -> None:  # a Spool dropped without close() (tests, a failed start) must not keep its folder open
+        folder = getattr(self, "_folder", -1)
+        if folder >= 0:
+            try:
+                os.close(folder)
+            except OSError:
+                pass
+
+    def follow_folder(self) -> int:
+        """If the spool's path no longer names the folder this process opened (moved away, by its own name or a
+        folder's above it), move the segments left in that folder, still open here wherever it went, back under
+        the path, where they are sent as any others; how many. Before, they stayed there, never sent nor counted.
+        The names stay the same, so every process's claims and open segments name them again. A folder removed has
+        none left (its open segments were counted as dropped when sealed). Called by each limit check."""
+        with self._follow_lock:
+            try:
+                named = os.stat(self.root)
+            except FileNotFoundError:
+                named = None
+            if named is not None and (named.st_dev, named.st_ino) == self._folder_id:
+                return 0
+            moved, names, old = 0, [], self._folder
+            if old >= 0:
+                try:
+                    names = sorted(name for name in os.listdir(old) if name.endswith(SUFFIX))
+                except OSError:  # removed with its files: nothing left to move
+                    names = []
+            if names:
+                where = _folder_path(old)
+                try:
+                    self.root.mkdir(parents=True, exist_ok=True)
+                    for name in names:
+                        try:
+                            os.rename(name, self.root / name, src_dir_fd=old)
+                            moved += 1
+                        except FileNotFoundError:  # another process moved it back, or it was sent and deleted
+                            pass
+                except OSError as exc:  # another filesystem there now (EXDEV), or the path cannot be written
+                    self._warn(f"event spool {self.root}: the folder was moved away while in use (now {where}) and "
+                               f"its {len(names) - moved} segments cannot be moved back ({exc}): they are not sent "
+                               f"until they are moved into {self.root}")
+                    return moved
+                log.warning("event spool %s: the folder was moved away while in use (now %s); moved its %d "
+                            "segments back, to be sent", self.root, where, moved)
+            elif named is None and old >= 0:
+                return 0  # nothing to move, and no folder at the path yet: the next event makes it
+            try:
+                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                return moved  # gone again, or not a folder: the next check looks again
+            if old >= 0:
+                os.close(old)
+            status = os.fstat(fd)
+            self._folder, self._folder_id = fd, (status.st_dev, status.st_ino)
+            return moved
 
     def claim_next(self, held: set[Path]) -> Segment | None:
         """The oldest sealed segment no process holds, locked for this process; None if none."""
@@ -281,6 +348,7 @@ class Spool:
         keep the oldest segment from being deleted. Only a failure seen when the check began is cleared
         at its end: a write that fails while it runs leaves the flag for the next check (which frees
         room even if no write comes in between)."""
+        self.follow_folder()
         with self._lock:
             must_free = write_failed = self._disk_full
             if write_failed:
@@ -463,6 +531,14 @@ def _check_writable(root: Path) -> None:
         raise OSError(exc.errno, f"event spool {root}: cannot create files in it ({exc.strerror})") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def _folder_path(fd: int) -> str:
+    """Where an open folder is now (Linux's /proc), for a message; a description where that cannot be told."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "another path"
 
 
 def _name_stamp(name: str) -> int | None:

@@ -246,6 +246,45 @@ def test_a_spool_folder_that_turns_unwritable_delivers_every_answered_event_once
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
+@pytest.mark.parametrize("fluentd_up", [False, True], ids=["fluentd down", "fluentd up"])
+def test_a_spool_folder_moved_away_while_in_use_keeps_delivering(fluentd_receiver, tmp_path: Path, caplog,
+                                                                  fluentd_up: bool) -> None:
+    """`mv logs/spool elsewhere` (or of a folder above it) while the app runs. Before, the segments in it stayed
+    there, never sent and never counted (with Fluentd down: every event answered before the move), while the next
+    event made the folder again. Now each limit check (every second) finds the path names another folder and
+    moves the segments back from the one it opened, still open to it wherever it went, so they are sent."""
+    if not fluentd_up:
+        fluentd_receiver.stop()
+    spool, moved = tmp_path / "logs" / "spool", tmp_path / "logs.moved"
+    sink = fluent_sink(fluentd_receiver.port, spool, segment_max_bytes=20_000)
+    answered: list[str] = []
+
+    def emit(count: int, prefix: str) -> None:
+        for n in range(count):
+            event_id = sink.emit({"request_id": f"{prefix}{n}", "output": 1.0, "pad": "x" * 200})
+            assert event_id is not None
+            answered.append(event_id)
+            time.sleep(0.002)
+
+    try:
+        emit(300, "before-")
+        (tmp_path / "logs").rename(moved)  # a folder above the spool: the spool's path names nothing now
+        emit(300, "after-")
+        if not fluentd_up:
+            fluentd_receiver.start()
+        wait_until(lambda: not list(spool.glob("*.jsonl")) and not list(moved.rglob("*.jsonl")), timeout_s=20)
+    finally:
+        sink.close()
+    fluentd_receiver.stop()
+    stats = sink.stats.snapshot()
+    lost, duplicated = lost_and_duplicated(answered, received_ids(fluentd_receiver))
+    print(f"spool folder moved away (Fluentd {'up' if fluentd_up else 'down'}): {len(answered)} answered, {lost} "
+          f"lost, {duplicated} duplicated")
+    assert lost == 0 and stats["sent"] == len(answered) and stats["dropped"] == 0
+    assert any("moved away" in r.getMessage() for r in caplog.records), "the move was not logged"
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
 def test_kill_9_right_after_answering_loses_nothing(fluentd_receiver, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     process = emitter(fluentd_receiver.port, spool, "--then", "wait", "--rate", "3000")

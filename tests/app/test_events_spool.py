@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -444,6 +445,57 @@ def test_a_removed_spool_folder_is_made_again_and_the_events_it_took_are_counted
     assert spool.append(line(3)) and root.is_dir()
     spool.close()
     assert drain(spool) == [3] and counts == {"spooled": 4, "dropped": 2}
+
+
+def test_a_spool_folder_moved_away_has_its_segments_moved_back_by_the_next_limit_check(tmp_path: Path) -> None:
+    """Before, the segments in a folder moved away stayed there (the next event made the folder again): never
+    claimed, never counted. A segment claimed before the move and deleted while away was taken for gone, and
+    would have been sent again once back; it now stays held until it can be deleted where it is named."""
+    root, moved, counts = tmp_path / "logs" / "spool", tmp_path / "logs.moved", Counts()
+    spool = Spool(root, max_bytes=10**9, segment_max_bytes=200, count=counts)
+    for i in range(20):
+        spool.append(line(i))
+    spool.sync()
+    held = spool.claim_next(set())  # a segment this process was sending when the folder went
+    assert held is not None
+    (tmp_path / "logs").rename(moved)
+    assert isinstance(held.delete(), FileNotFoundError)  # not at its path, but not gone: kept, not deleted
+    for i in range(20, 30):
+        spool.append(line(i))  # into the open segment, moved with the folder, then into a new folder
+    assert root.is_dir() and drain(spool) == []  # only the new folder's sealed segments are claimable (none yet)
+    away = sorted(p.name for p in moved.rglob("*.jsonl"))
+    assert spool.enforce_limit() == 0 and spool.follow_folder() == 0  # moved back; a second look finds nothing new
+    assert not list(moved.rglob("*.jsonl")) and set(away) <= {p.name for p in root.glob("*.jsonl")}
+    assert held.delete() is None and not held.path.exists()  # named again: deleted where the spool has it
+    held_records = held.records(lambda _: None)
+    held.release(delete=False)
+    spool.close()
+    assert sorted(drain(spool) + [r["i"] for r in held_records]) == list(range(30))
+    assert counts == {"spooled": 30}
+
+
+def test_a_spool_folder_moved_where_its_segments_cannot_follow_is_logged_naming_both(tmp_path: Path, caplog) -> None:
+    """The spool's path now on another filesystem (a folder above it swapped for a link to a tmpfs): its segments
+    cannot be moved back (EXDEV). They stay where the folder went, unsent and not counted as dropped (they are
+    there to be moved by hand), and the check says so, naming both folders, at most every 10 s."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a filesystem other than the test's tmp folder")
+    elsewhere = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        root, moved, counts = tmp_path / "logs" / "spool", tmp_path / "logs.moved", Counts()
+        spool = Spool(root, max_bytes=10**9, segment_max_bytes=200, count=counts)
+        for i in range(10):
+            spool.append(line(i))
+        spool.sync(seal_older_than_s=0)
+        (tmp_path / "logs").rename(moved)
+        (tmp_path / "logs").symlink_to(elsewhere)
+        assert spool.follow_folder() == 0 and spool.follow_folder() == 0
+        logged = [r.getMessage() for r in caplog.records if "cannot be moved back" in r.getMessage()]
+        assert len(logged) == 1 and str(moved / "spool") in logged[0] and str(root) in logged[0], logged
+        assert len(list((moved / "spool").glob("*.jsonl"))) > 1 and counts == {"spooled": 10}
+    finally:
+        shutil.rmtree(elsewhere)
 
 
 def test_after_the_wall_clock_steps_back_the_newest_events_are_still_the_last_dropped(
