@@ -213,9 +213,14 @@ def refuse_unservable(staging: Path, candidate: Path) -> None:
 
 
 def publish(root: Path, home: Path, digest: str, trained, tags: dict, staging: Path, name: str, alias: str,
-            shown: str) -> tuple:
+            shown: str, say=lambda *a: None) -> tuple:
     """Roll the candidate forward into ``staging``, push it to DVC (with a remote), upload it to its training run,
-    register it and move the alias; returns (version, created, what DVC did)."""
+    register it and move the alias; returns (version, created, what DVC did).
+
+    Another host's promote of the same bundle (a second CI runner on one tracking server) may register it first:
+    the registry then keeps that version (tracking.register_production keeps one per bundle, the lowest), the
+    alias moves there, and ``staging`` is made that version's serving bundle, so the host installs what the
+    registry serves."""
     roll_forward(root, home / CANDIDATE_DIR, staging, digest, provenance(trained))
     refuse_unservable(staging, home / CANDIDATE_DIR)
     dvc_note, dvc_file = track_with_dvc(root, staging, shown)
@@ -226,6 +231,13 @@ def publish(root: Path, home: Path, digest: str, trained, tags: dict, staging: P
             dvc_file.unlink(missing_ok=True)
     # The alias moves last: it is what says "this is production" to everyone reading the registry.
     version, created = tracking.register_production(root, trained.info.run_id, digest, tags, name=name, alias=alias)
+    if not created:  # registered meanwhile by another promote: its serving bundle, not this host's roll, is served
+        serving = registered_serving_digest(version, name, digest)
+        if installed_digest(staging) != serving:
+            shutil.rmtree(staging, ignore_errors=True)
+            registry_fetch.download_version(root, version, staging)  # verified against serving_digest
+        say(f"promote: another promote registered this bundle meanwhile as version {version.version}: that version "
+            "is kept (one version per bundle), this one's duplicate deleted")
     return version, created, dvc_note
 
 
@@ -289,7 +301,8 @@ def _promote(root: Path, quiet: bool, home: Path, raw: dict) -> dict:
     try:  # nothing reaches models/production before the alias has moved: on any failure it stays as it was
         if registered is None:
             version, created, dvc_note = publish(root, home, digest, trained, tags, staging, pparams.model_name, alias,
-                                                 PRODUCTION_DIR if production else staging.relative_to(root).as_posix())
+                                                 PRODUCTION_DIR if production else staging.relative_to(root).as_posix(),
+                                                 say)
         else:
             if production and installed_digest(target) != serving:
                 registry_fetch.download_version(root, registered, staging)  # verified against serving_digest
@@ -302,9 +315,10 @@ def _promote(root: Path, quiet: bool, home: Path, raw: dict) -> dict:
             swap_in_directory(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if created or comparison.status != champion.SAME_BUNDLE:  # already that version: its record is what it was
+    adopted = registered is None and not created  # another promote registered it meanwhile: its record stands
+    if (created or comparison.status != champion.SAME_BUNDLE) and not adopted:  # already that version: its record
         champion.record(root, pparams.model_name, None if created else str(version.version), version.run_id,
-                        comparison)  # promoted on, never "already production" over it (`make run` promotes each run)
+                        comparison)  # is what it was promoted on, never "already production" (`make run` promotes)
     summary = {"model": pparams.model_name, "version": str(version.version), "alias": alias, "moved": True,
                "registered": created, "installed": installed, "digest": digest, "dvc": dvc_note,
                "champion_challenger": comparison.to_json()}

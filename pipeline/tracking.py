@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -44,6 +45,12 @@ VERDICT_TAG = "threshold_test"
 EVALUATION_DIGEST_TAG = "evaluation_digest"
 PROCESS_TAG = "stage_process"  # a run's "<host>:<pid>": a run left RUNNING by a killed stage is found by it
 OLDER_PROCESS_TAG = "train_process"  # the same, on the train runs of the code before 2026-12-05 (an upgraded store)
+# A file: register_production, having found no version of the bundle, writes <file>.held and waits (at most
+# HOLD_LIMIT_S) until the file exists before it registers one: tests/pipeline/models/test_promote_races.py stops one
+# of two racing promotes there, where both have looked and neither has registered.
+HOLD_BEFORE_REGISTER = "SHELFCAST_PROMOTE_HOLD_BEFORE_REGISTER"
+HOLD_LIMIT_S = 600.0
+DUPLICATE_TAG = "duplicate_of"  # a version a racing promote registered twice and could not delete: never chosen
 PREVIOUS_PRODUCTION_TAG = "previous_production"  # registered-model tag: the version a rollback returns to
 # A run's data, as MLflow's Datasets panel shows it (mlflow.log_input's record, through the client): named by
 # the source the data stages read (data/source.json), with the digest of the files the stage read and its role.
@@ -651,15 +658,22 @@ def production_version(project_root: Path | str, name: str = REGISTERED_MODEL, a
         raise TrackingError(f"model registry at {shown_uri(project_root)}: {store_error_text(exc)}") from None
 
 
+def _versions_of_bundle(mlflow_client, name: str, bundle_digest: str) -> list:
+    """The versions registered from this bundle, lowest first; a duplicate a racing promote left (DUPLICATE_TAG,
+    where the registry refused to delete it) is not one of them."""
+    found = [v for v in mlflow_client.search_model_versions(f"name='{name}'")
+             if (v.tags or {}).get(BUNDLE_DIGEST_TAG) == bundle_digest and DUPLICATE_TAG not in (v.tags or {})]
+    return sorted(found, key=lambda v: int(v.version))
+
+
 def _version_of_bundle(mlflow_client, name: str, bundle_digest: str):
-    existing = [v for v in mlflow_client.search_model_versions(f"name='{name}'")
-                if (v.tags or {}).get(BUNDLE_DIGEST_TAG) == bundle_digest]
-    return max(existing, key=lambda v: int(v.version)) if existing else None
+    existing = _versions_of_bundle(mlflow_client, name, bundle_digest)
+    return existing[0] if existing else None
 
 
 def version_of_bundle(project_root: Path | str, bundle_digest: str, name: str = REGISTERED_MODEL):
-    """The newest model version registered from this bundle (tag ``bundle_digest``), or None: the one
-    ``register_production`` would reuse."""
+    """The model version registered from this bundle (tag ``bundle_digest``; the lowest, should two promotes have
+    raced), or None: the one ``register_production`` would reuse."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -668,13 +682,51 @@ def version_of_bundle(project_root: Path | str, bundle_digest: str, name: str = 
         raise TrackingError(f"model registry at {shown_uri(project_root)}: {store_error_text(exc)}") from None
 
 
+def _one_version_per_bundle(mlflow_client, name: str, bundle_digest: str, mine):
+    """The version to keep once ``mine`` is registered: the lowest of this bundle's. Two promotes on two hosts (two
+    CI runners sharing one tracking server) both found no version of the bundle, and both registered it: two
+    versions, one digest, the alias on whichever moved last. The registry numbers versions in the order they are
+    committed, so whatever the interleaving each racer finds the same lowest one, and the one that made another
+    marks its own (``duplicate_of``) and deletes it: the alias is only ever pointed at the version both keep, which
+    was complete when it was created (its serving bundle uploaded, its tags written with it)."""
+    from mlflow.exceptions import MlflowException
+
+    existing = _versions_of_bundle(mlflow_client, name, bundle_digest)
+    first = existing[0] if existing else mine
+    if int(first.version) >= int(mine.version):
+        return mine
+    mlflow_client.set_model_version_tag(name, str(mine.version), DUPLICATE_TAG, str(first.version))
+    try:
+        mlflow_client.delete_model_version(name, str(mine.version))
+    except MlflowException:  # e.g. an account with EDIT, not MANAGE: the tag keeps it from ever being chosen
+        pass
+    return first
+
+
+def hold_before_registering() -> None:
+    """Where two promotes race (``HOLD_BEFORE_REGISTER``): once this one has found no version of its bundle, wait
+    for the file the variable names, if it is set."""
+    release = os.environ.get(HOLD_BEFORE_REGISTER, "").strip()
+    if not release:
+        return
+    Path(f"{release}.held").touch()
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while not Path(release).exists():
+        if time.monotonic() > deadline:
+            raise TrackingError(f"{HOLD_BEFORE_REGISTER}: {release} did not appear in {HOLD_LIMIT_S:.0f} s; nothing "
+                                "registered")
+        time.sleep(0.05)
+
+
 def register_production(project_root: Path | str, run_id: str, bundle_digest: str, tags: Mapping[str, str],
                         name: str = REGISTERED_MODEL, alias: str = PRODUCTION_ALIAS):
     """Register the run's bundle as a model version and point the alias (``production``) at it.
 
-    Idempotent: a version of this bundle (same digest) is reused as it is, not registered twice: ``run_id`` and
-    ``tags`` are then ignored (its run, serving bundle and tags are what it was promoted with; pipeline/promote.py
-    installs that version's serving bundle, never another). Returns (version, created: bool).
+    Idempotent: a version of this bundle (same digest) is reused as it is, not registered twice, even by two
+    promotes racing on two hosts (``_one_version_per_bundle``: the one that registered second keeps the first's and
+    returns created False): ``run_id`` and ``tags`` are then ignored (its run, serving bundle and tags are what it
+    was promoted with; pipeline/promote.py installs that version's serving bundle, never another). Returns
+    (version, created: bool).
     """
     from mlflow.exceptions import MlflowException
 
@@ -694,10 +746,13 @@ def register_production(project_root: Path | str, run_id: str, bundle_digest: st
         version = _version_of_bundle(mlflow_client, name, bundle_digest)
         created = version is None
         if created:
-            version = mlflow_client.create_model_version(
+            hold_before_registering()
+            mine = mlflow_client.create_model_version(
                 name, f"runs:/{run_id}/{BUNDLE_ARTIFACT_PATH}", run_id=run_id,
                 tags={BUNDLE_DIGEST_TAG: bundle_digest, **tags},
             )
+            version = _one_version_per_bundle(mlflow_client, name, bundle_digest, mine)
+            created = version is mine
         point_alias(mlflow_client, name, alias, version.version)
     except MlflowException as exc:
         raise TrackingError(f"model registry at {shown_uri(project_root)}: {store_error_text(exc)}") from None
