@@ -26,7 +26,9 @@ exit 2 when refused, the comparison recorded on the version and its run). Then:
 
 A bundle already registered (a version tagged with its digest) is not uploaded or registered again: the alias moves
 to that version and ``models/production/`` gets that version's own serving bundle (downloaded, verified against its
-``serving_digest``), so what is installed is always what the registry serves. Re-running is harmless.
+``serving_digest``), so what is installed is always what the registry serves; with a DVC remote, that version's DVC
+entry is checked there (``dvc status -c``) and pushed again when the remote lost it. Re-running is harmless. Two
+promotes of one bundle on two hosts at once register one version (tracking.register_production).
 
     python -m pipeline.promote [--root DIR]
 """
@@ -38,6 +40,8 @@ import json
 import shutil
 import sys
 from pathlib import Path
+
+import yaml
 
 from pipeline import champion, registry_fetch, tracking
 from pipeline.atomic import DirectoryBusy, one_writer, remove_abandoned_copies, swap_in_directory
@@ -183,6 +187,90 @@ def track_with_dvc(root: Path, bundle_dir: Path, shown: str | None = None) -> tu
             "DVC entry"), dvc_file
 
 
+DVC_CHECK = f"{CANDIDATE_STAGING}dvc-check"  # where a registered version's DVC entry is checked and pushed again
+LOST = ("neither locally nor on remote",)  # `dvc status -c`: objects in neither the cache nor the remote
+
+
+def _in_dvc_remote(root: Path, shown: str) -> str:
+    """Where the objects of the .dvc file ``shown`` are: "remote" (there, whether or not cached here), "cache" (here
+    only: a push sends them) or "lost" (neither: the registry's copy is needed); PromotionRefused when DVC cannot
+    say (the remote unreachable, credentials refused)."""
+    done = _dvc(root, "status", "-c", "--json", shown)
+    if done.returncode != 0:
+        raise PromotionRefused(f"{dvc_failure(f'dvc status -c {shown}', done)}; nothing moved: promote again once "
+                               "fixed")
+    if any(sign in done.stderr for sign in LOST):  # DVC says "{}" (nothing to push) and only warns
+        return "lost"
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    try:
+        states = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        states = None
+    if not isinstance(states, dict):
+        raise PromotionRefused(f"`dvc status -c --json {shown}` answered {done.stdout.strip()[:80]!r}, not a JSON "
+                               "object; nothing moved")
+    if all(state == "deleted" for state in states.values()):  # "deleted": in the remote, not in this cache
+        return "remote"
+    return "cache" if all(state in ("new", "deleted") for state in states.values()) else "lost"
+
+
+def ensure_in_dvc_remote(root: Path, version) -> str:
+    """A bundle promoted again is not published again (its version is registered), so the DVC remote was never
+    looked at: objects it had lost (a bucket emptied, a `dvc gc -c` elsewhere) stayed lost, and `fetch-model
+    MODEL_SOURCE=dvc` failed for good. Its recorded entry (``dvc_out``) is checked with `dvc status -c` (one call,
+    ~1.5 s, nothing sent when present) and pushed again when missing: from this clone's DVC cache, else from the
+    registry's copy (downloaded, verified against ``serving_digest``, `dvc add`-ed: the same hash). Returns what
+    was done; PromotionRefused, before anything moved, when DVC fails."""
+    head = f"version {version.version}'s serving bundle is in the registry: nothing uploaded"
+    recorded = (version.tags or {}).get(registry_fetch.TAG_DVC)
+    if not recorded:
+        return f"{head} or pushed (the version records no DVC entry)"
+    remotes = _dvc(root, "remote", "list") if (root / ".dvc").is_dir() else None
+    if remotes is None or remotes.returncode != 0 or not remotes.stdout.strip():
+        return f"{head}; no DVC remote here to check its DVC entry in"
+    try:
+        entry = json.loads(recorded)
+    except ValueError:
+        entry = None
+    if not isinstance(entry, dict) or not isinstance(entry.get("md5"), str):  # a tag edited by hand, or cut short
+        return f"{head}; its {registry_fetch.TAG_DVC} tag is no DVC output entry: not checked in the DVC remote"
+    staging = root / DVC_CHECK
+    dvc_file = staging.with_name(staging.name + ".dvc")
+    shown = dvc_file.relative_to(root).as_posix()
+
+    def clean() -> None:
+        dvc_file.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+    clean()  # a killed promote's
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dvc_file.write_text(yaml.safe_dump({"outs": [{**entry, "path": staging.name}]}, sort_keys=False),
+                            encoding="utf-8")
+        where = _in_dvc_remote(root, shown)
+        if where == "remote":
+            return f"{head}; its DVC entry is in the DVC remote (`dvc status -c`): nothing pushed"
+        source = "from this clone's DVC cache"
+        if where == "lost":
+            source = "from the registry's copy"
+            registry_fetch.download_version(root, version, staging)  # verified against serving_digest
+            added = _dvc(root, "add", staging.relative_to(root).as_posix())
+            if added.returncode != 0:
+                raise PromotionRefused(f"`dvc add {staging.relative_to(root).as_posix()}` failed: "
+                                       f"{dvc_reason(added)}; nothing moved: promote again once fixed")
+            made = ((yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs") or [{}])[0].get("md5")
+            if made != entry["md5"]:
+                raise PromotionRefused(f"version {version.version}: its registry bundle hashes to {made} in DVC, not "
+                                       f"the recorded {entry['md5']}; nothing pushed or moved")
+        pushed = _dvc(root, "push", shown)
+        if pushed.returncode != 0:
+            raise PromotionRefused(f"{dvc_failure(f'dvc push {shown}', pushed)}; nothing moved: promote again once "
+                                   "fixed")
+        return f"{head}; the DVC remote had lost it: pushed again {source} ({remotes.stdout.split()[0]})"
+    finally:
+        clean()
+
+
 def registered_serving_digest(version, name: str, digest: str) -> str:
     """The serving digest of the version already registered from this bundle, else PromotionRefused: without one
     (registered by hand, or not judged by the threshold test) there is no serving bundle to install or serve."""
@@ -287,6 +375,8 @@ def _promote(root: Path, quiet: bool, home: Path, raw: dict) -> dict:
     # Production (params' alias) is installed on this host; a candidate alias (CI's SHELFCAST_PROMOTE_ALIAS=shadow)
     # is only published: `release` installs candidates, and this host's production stays what it serves.
     production = alias == pparams.alias
+    # a bundle registered before is not published again: its DVC entry is checked in the remote, pushed when lost
+    dvc_note = None if registered is None else ensure_in_dvc_remote(root, registered)
     if not production and registered is not None:
         serving_now = tracking.production_version(root, pparams.model_name, pparams.alias)
         if serving_now is not None and str(serving_now.version) == str(registered.version):
@@ -294,7 +384,7 @@ def _promote(root: Path, quiet: bool, home: Path, raw: dict) -> dict:
                 f"'{alias}' not moved (a candidate of production would be judged against itself: nothing to release)")
             return {"model": pparams.model_name, "version": str(registered.version), "alias": alias, "moved": False,
                     "registered": False, "installed": False, "digest": digest,
-                    "dvc": "nothing uploaded or pushed", "champion_challenger": comparison.to_json()}
+                    "dvc": dvc_note, "champion_challenger": comparison.to_json()}
     target, staging = root / PRODUCTION_DIR, root / f"{CANDIDATE_STAGING}{alias}"
     staging.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(staging, ignore_errors=True)  # a killed promote's
@@ -308,7 +398,6 @@ def _promote(root: Path, quiet: bool, home: Path, raw: dict) -> dict:
                 registry_fetch.download_version(root, registered, staging)  # verified against serving_digest
             version, created = tracking.register_production(root, registered.run_id, digest, tags,
                                                             name=pparams.model_name, alias=alias)
-            dvc_note = f"version {version.version}'s serving bundle is in the registry: nothing uploaded or pushed"
         installed = production and staging.is_dir()
         if installed:
             remove_abandoned_copies(target)

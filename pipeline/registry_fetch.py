@@ -191,8 +191,8 @@ def _dvc_pull(root: Path, version, name: str = "fetch"):
         shown = dvc_file.relative_to(root).as_posix()
         done = dvc_remote.dvc(root, "pull", shown)
         if done.returncode != 0:
-            lost = ("the remote lacks this version's bundle (deleted from the store, or never pushed; promoting the "
-                    "same bundle again does not push it)")
+            lost = ("the remote lacks this version's bundle (deleted from the store, or never pushed): promoting the "
+                    "same bundle again (`make promote`) pushes it back")
             raise FetchError(f"version {version.version} ({md5}): "
                              f"{dvc_remote.failure(f'dvc pull {shown}', done, missing=lost)}; the registry's artifact "
                              "store has it too (MODEL_SOURCE=mlflow, the default)")

@@ -252,6 +252,55 @@ def test_a_clone_of_the_project_fetches_the_promoted_bundle_from_the_dvc_remote(
     assert not (tmp_path / "again").exists() and not list((root / "models").glob("promoted-*"))
 
 
+def test_a_bundle_the_dvc_remote_lost_is_pushed_again_when_promoted_again(trained_project, tmp_path, capsys):
+    """promote saw the version registered and skipped publishing: a bundle whose objects the DVC remote had lost (a
+    bucket emptied, a `dvc gc -c` elsewhere) stayed lost, and `fetch-model MODEL_SOURCE=dvc` failed for good. Now a
+    re-promote checks the version's recorded entry in the remote (`dvc status -c`) and pushes it when missing: from
+    this clone's DVC cache, or, where that lacks it too (a fresh CI runner), from the registry's copy."""
+    from pipeline import registry_fetch
+
+    root, _ = trained_project
+    remote = tmp_path / "remote"
+    dvc_project(root, remote=remote)
+    assert evaluate.main(["--root", str(root)]) == 0
+    assert "push" in promote.run(root, quiet=True)["dvc"]
+    entry = tracking.production_version(root).tags[registry_fetch.TAG_DVC]
+
+    def fetched_from_the_remote_alone(where: str) -> None:
+        shutil.rmtree(root / ".dvc/cache")
+        assert registry_fetch.main(["--root", str(root), "--from", "dvc", "--to", str(tmp_path / where)]) == 0
+        assert verify_bundle(tmp_path / where) == tracking.production_version(root).tags[registry_fetch.TAG_DIGEST]
+
+    again = promote.run(root, quiet=True)  # present: checked, nothing sent
+    assert again["version"] == "1" and not again["registered"]
+    assert "in the DVC remote (`dvc status -c`): nothing pushed" in again["dvc"], again["dvc"]
+    for n, (lost, how) in enumerate((("the remote", "from this clone's DVC cache"),
+                                     ("the remote and the cache", "from the registry's copy"))):
+        shutil.rmtree(remote)
+        if lost == "the remote and the cache":
+            shutil.rmtree(root / ".dvc/cache")
+        capsys.readouterr()
+        assert promote.main(["--root", str(root)]) == 0
+        out = capsys.readouterr().out
+        assert f"the DVC remote had lost it: pushed again {how}" in out, out
+        assert tracking.production_version(root).tags[registry_fetch.TAG_DVC] == entry  # the same objects
+        assert not list((root / "models").glob("promoted-*")) and not list((root / "models").glob("*.dvc"))
+        fetched_from_the_remote_alone(f"fetched-{n}")
+    assert str(tracking.production_version(root).version) == "1"
+    assert len(tracking.client(root).search_model_versions("name='shelfcast-forecaster'")) == 1
+    # a remote DVC cannot check (here: its folder lies under a file) refuses in one line, nothing moved or left
+    (tmp_path / "blocker").touch()
+    assert promote._dvc(root, "remote", "add", "-f", "-d", "shared", str(tmp_path / "blocker" / "remote")).returncode \
+        == 0
+    capsys.readouterr()
+    assert promote.main(["--root", str(root)]) == promote.REFUSED
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("promote: refused: `dvc status -c models/promoted-dvc-check.dvc"
+                                                         "` failed: ") and "Not a directory" in err, err
+    assert err.endswith("nothing moved: promote again once fixed"), err
+    assert not list((root / "models").glob("promoted-*")) and str(tracking.production_version(root).version) == "1"
+
+
 def test_the_hashed_model_code_is_exactly_what_reruns_evaluate():
     """promote compares the hash of MODEL_CODE; DVC must rerun evaluate whenever any of it changes."""
     from pathlib import Path
