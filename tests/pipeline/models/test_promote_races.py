@@ -111,3 +111,52 @@ def test_two_hosts_promoting_different_bundles_at_once_leave_the_alias_on_a_comp
         assert model.tags[tracking.PREVIOUS_PRODUCTION_TAG] == "1"
         fetched = registry_fetch.fetch(root, "production", tmp_path / "fetched")  # complete: downloads and verifies
         assert fetched.digest == registry_fetch.promoted_digest(production)
+
+
+@pytest.mark.slow
+def test_a_duplicate_the_account_may_not_delete_is_marked_and_never_chosen(tmp_path, monkeypatch):
+    """A CI account with EDIT on the registered model, not MANAGE, may register a version but not delete one
+    (MLflow's basic-auth server answers 403): the racer's duplicate then stays, tagged ``duplicate_of``, and
+    neither the alias nor a later promote ever takes it."""
+    pytest.importorskip("flask_wtf", reason="mlflow[auth]'s Flask-WTF: pyproject.toml's test extra pins it")
+    from mlflow.server.auth.client import AuthServiceClient
+
+    from tests.mlflow_server import ADMIN, basic_auth_mlflow_server
+
+    users = {"alice": "alice-password-1", "ci-runner": "ci-runner-password-2"}
+    project = tmp_path / "project"
+    project.mkdir()
+    with basic_auth_mlflow_server(tmp_path / "server", users) as (address, _):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
+        for key, value in zip(("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"), ADMIN):
+            monkeypatch.setenv(key, value)
+        client = tracking.client(project)
+        client.create_registered_model(tracking.REGISTERED_MODEL)
+        for user, permission in (("alice", "MANAGE"), ("ci-runner", "EDIT")):
+            AuthServiceClient(address).grant_user_permission(user, "registered_model", tracking.REGISTERED_MODEL,
+                                                             permission)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", users["alice"])
+        with tracking.TrainingRun(project, "train-mlp", {"stage": "train"}) as run:
+            pass
+        release = tmp_path / "release"
+        runner = subprocess.Popen(
+            [sys.executable, "-c", "import sys\nfrom pipeline import tracking\n"
+             "version, created = tracking.register_production(sys.argv[1], sys.argv[2], 'digest-1', {})\n"
+             "print(version.version, created)", str(project), run.run_id], cwd=REPO, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_USERNAME": "ci-runner",
+                 "MLFLOW_TRACKING_PASSWORD": users["ci-runner"], tracking.HOLD_BEFORE_REGISTER: str(release)})
+        deadline = time.monotonic() + 120
+        while not Path(f"{release}.held").exists():  # it has looked, found no version of digest-1, and waits
+            assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()[0]
+            time.sleep(0.1)
+        first, created = tracking.register_production(project, run.run_id, "digest-1", {})  # alice, meanwhile
+        assert created and str(first.version) == "1"
+        release.touch()
+        out, _ = runner.communicate(timeout=120)
+        assert runner.returncode == 0 and out.strip().splitlines()[-1] == "1 False", out
+        kept = {str(v.version): v.tags for v in client.search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")}
+        assert kept["2"][tracking.DUPLICATE_TAG] == "1" and tracking.DUPLICATE_TAG not in kept["1"], kept
+        assert str(tracking.production_version(project).version) == "1"
+        assert str(tracking.version_of_bundle(project, "digest-1").version) == "1"
