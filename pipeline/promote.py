@@ -226,7 +226,9 @@ def ensure_in_dvc_remote(root: Path, version) -> str:
     if not recorded:
         return f"{head} or pushed (the version records no DVC entry)"
     remotes = _dvc(root, "remote", "list") if (root / ".dvc").is_dir() else None
-    if remotes is None or remotes.returncode != 0 or not remotes.stdout.strip():
+    if remotes is not None and remotes.returncode != 0:  # e.g. conflict markers in .dvc/config: not "no remote"
+        return f"{head}; `dvc remote list` failed ({dvc_reason(remotes)}): its DVC entry not checked in the remote"
+    if remotes is None or not remotes.stdout.strip():
         return f"{head}; no DVC remote here to check its DVC entry in"
     try:
         entry = json.loads(recorded)
@@ -325,7 +327,7 @@ def publish(root: Path, home: Path, digest: str, trained, tags: dict, staging: P
             shutil.rmtree(staging, ignore_errors=True)
             registry_fetch.download_version(root, version, staging)  # verified against serving_digest
         say(f"promote: another promote registered this bundle meanwhile as version {version.version}: that version "
-            "is kept (one version per bundle), this one's duplicate deleted")
+            "is kept and installed (one version per bundle; a duplicate this promote registered is deleted)")
     return version, created, dvc_note
 
 
