@@ -28,7 +28,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
 DEFAULT_INDEX_PATTERN = "shelfcast-prediction-*"
 ENV_PREDICTION_LOG = "SHELFCAST_PREDICTION_LOG"  # where the app writes its events without Fluentd, and readers look
@@ -159,18 +159,19 @@ class JsonlEvents:
         return sum(self.unreadable.values())
 
 
-def _lines_from_end(handle: BinaryIO, older: Callable[[bytes, int, int], list[bool] | None] | None = None
-                    ) -> Iterator[tuple[int, bytes, bool, bool | None]]:
+def _lines_from_end(handle: BinaryIO, older: Callable[[bytes, int, int], list[bool] | None] | None = None,
+                    floor: int = 0) -> Iterator[tuple[int, bytes, bool, bool | None]]:
     """(index from the last line, 0 = last; the line without its newline; whether it lacks one; whether it is older
     than the window, None: not known), last first.
 
     `older(data, start, count)`, if given, is asked about each block's whole lines but the file's last block's: the
     `count` lines of `data` from `start` on, each after a newline; it answers for each, in order, or None (not
-    known). A block of lines all older is left out (its lines counted, for the line numbers of errors)."""
+    known). A block of lines all older is left out (its lines counted, for the line numbers of errors). The bytes
+    before `floor` (a line's start) are not read."""
     position = handle.seek(0, os.SEEK_END)
     partial, from_end, at_end = b"", 0, True
-    while position > 0:
-        step = min(READ_BLOCK, position)
+    while position > floor:
+        step = min(READ_BLOCK, position - floor)
         position -= step
         handle.seek(position)
         data = handle.read(step) + partial
@@ -226,8 +227,40 @@ def _line_time(line: bytes) -> dt.datetime | None:
         return None
 
 
+MARK_BYTES = 256  # a mark keeps the last bytes before it: a log truncated and grown past it since does not match
+
+
+def log_marks(path: Path | str) -> dict[Path, tuple[int, bytes]]:
+    """Where each file of the log at `path` ends now, and its last MARK_BYTES: where a reader that began now
+    starts (`read_jsonl_events`'s `start_offsets`)."""
+    marks: dict[Path, tuple[int, bytes]] = {}
+    try:
+        files = jsonl_files(Path(path))
+    except EventSourceError:  # no log yet: the one made later is read whole
+        return marks
+    for file in files:
+        try:
+            with open(file, "rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - MARK_BYTES))
+                marks[file] = (size, handle.read(MARK_BYTES))
+        except OSError:  # gone since it was listed: a new one is read whole
+            pass
+    return marks
+
+
+def _floor(handle: BinaryIO, mark: tuple[int, bytes] | None) -> int:
+    """The offset a mark leaves out of `handle`'s file, 0 unless the bytes before it are still the marked ones."""
+    if mark is None:
+        return 0
+    size, tail = mark
+    handle.seek(max(0, size - len(tail)))
+    return size if handle.read(len(tail)) == tail else 0  # else truncated (logrotate's copytruncate), rewritten
+
+
 def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | None = None, *,
-                      skip_unreadable: bool = False) -> JsonlEvents:
+                      skip_unreadable: bool = False,
+                      start_offsets: Mapping[Path, tuple[int, bytes]] | None = None) -> JsonlEvents:
     """The last `max_events` prediction events of the JSON-lines file(s) at `path` (at or after `since`), oldest first.
 
     The files, in name order (the app's log is one; Fluentd's file output and spool segments are named by
@@ -242,6 +275,9 @@ def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | No
     is not ours -- or, with `skip_unreadable` (a reader that shows what it can: the /monitoring page), skipped
     and counted by why in `unreadable`, not counting towards `max_events`; the read stops at max(`max_events`,
     UNREADABLE_READ_MIN) such lines as well (300,000 lines of junk after the events took 1.4 s a read).
+    `start_offsets` (`log_marks` when a reader began: the release's canary poll, every second) leaves out each
+    file's bytes written before then, so a poll costs what was appended since, not the whole log; a file whose
+    bytes before its mark changed (truncated by logrotate's copytruncate, and maybe grown again) is read whole.
     """
     kept: list[tuple[dt.datetime, int, dict[str, Any]]] = []  # (time, place in the log counted from its end)
     skipped: Counter[str] = Counter()
@@ -269,7 +305,8 @@ def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | No
         except OSError as exc:
             raise EventSourceError(f"{file}: cannot be read ({exc.strerror or exc})") from None
         with handle:
-            for from_end, line, unterminated, is_older in _lines_from_end(handle, older):
+            floor = _floor(handle, (start_offsets or {}).get(file))
+            for from_end, line, unterminated, is_older in _lines_from_end(handle, older, floor):
                 if done():
                     break
                 if is_older or not line.strip():

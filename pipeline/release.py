@@ -42,9 +42,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -54,8 +54,8 @@ from pipeline.atomic import DirectoryBusy, one_writer, scratch_directory
 from pipeline.bundle import BundleError
 from pipeline.stage import output_any_terminal_can_take
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, event_time,
-                                    prediction_log,
-                                    event_units, finite_number, is_closed_day, read_jsonl_events)
+                                    event_units, finite_number, is_closed_day, log_marks, prediction_log,
+                                    read_jsonl_events)
 from pipeline.release_replay import ProductionReplay, request_key
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore, check_share
 
@@ -424,6 +424,7 @@ class LoggedEvents:
 
     path: Path | None = None
     search: ElasticsearchEvents | None = None
+    marks: Mapping[Path, tuple[int, bytes]] | None = None  # the log as it was when a release began (`marked`)
 
     @classmethod
     def choose(cls, path: Path, elasticsearch: str | None, index: str = DEFAULT_INDEX_PATTERN) -> "LoggedEvents":
@@ -435,6 +436,11 @@ class LoggedEvents:
     def __str__(self) -> str:
         return f"{self.search.url}/{self.search.index}" if self.search is not None else str(self.path)
 
+    def marked(self) -> "LoggedEvents":
+        """These events, read from now on only: what a release's polls of the log read (each second, and a log read
+        whole costs ~3 s of CPU a GB); the search indices are queried by time already."""
+        return self if self.path is None else replace(self, marks=log_marks(self.path))
+
     def traffic(self, since: float | None = None) -> dict[str, VariantTraffic]:
         """Per-variant traffic of the events logged at or after ``since`` (epoch seconds; None: all)."""
         import datetime as dt
@@ -443,8 +449,8 @@ class LoggedEvents:
         if self.search is not None:
             stamp = None if moment is None else moment.isoformat(timespec="milliseconds")
             events = self.search.prediction_events(MAX_EVENTS, since=stamp).events
-        else:  # lines before `since` placed by their timestamp alone, not parsed: the canary check polls this
-            events = read_jsonl_events(self.path, MAX_EVENTS, since=moment).events
+        else:  # a marked log (deploy's polls) from its marks on; lines older than `since` are not parsed
+            events = read_jsonl_events(self.path, MAX_EVENTS, since=moment, start_offsets=self.marks).events
         return read_traffic(events, since)
 
 
@@ -789,6 +795,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
     from mlflow.exceptions import MlflowException
 
     report: dict = {"version": str(version), "production_before": current.get(PRODUCTION)}
+    events = events.marked()  # each poll reads what was logged since (marked before the clock: nothing between)
     started = time.time()
     try:
         if shadow_s > 0:
@@ -800,6 +807,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
             if verdict.decision == "rollback":
                 raise ReleaseError(f"shadow check: rollback: {'; '.join(verdict.reasons)}")
             say(f"deploy: shadow check {verdict.decision} ({verdict.figures})")
+            events = events.marked()
             started = time.time()
         digest = set_candidate(root, store, CANARY, version, share, name)
         say(f"deploy: alias canary -> version {version} ({digest[:12]}), share {share:.0%}")

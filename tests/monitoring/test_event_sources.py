@@ -86,6 +86,36 @@ def test_the_canary_window_is_read_back_to_its_start_only(tmp_path):
         read_jsonl_events(log, 100, since)
 
 
+def test_a_release_polls_only_what_was_logged_since_it_began(tmp_path, monkeypatch):
+    """deploy's canary poll runs every second: reading a whole log (no line order is assumed) cost ~3 s of CPU a GB
+    each time, so a release marks the log (its files' ends) and polls from there. The bytes before the mark are
+    never read (a head that is not JSON raises nothing), those after it whatever their times; a log truncated
+    since (logrotate's copytruncate) and grown past the mark again is read whole."""
+    from pipeline.release import LoggedEvents
+
+    monkeypatch.setattr(event_sources, "READ_BLOCK", 64)
+    since = START + dt.timedelta(hours=2)
+    log = tmp_path / "predictions.jsonl"
+    log.write_text("not json\n" * 50 + lines(event(7300), event(7301, model_variant="canary")))
+    marked = LoggedEvents(path=log).marked()
+    with log.open("a") as handle:  # after the mark: a late line (older time) and the window's
+        handle.write(lines(event(7190), event(7205, model_variant="canary"), event(7206)))
+    assert marked.marks[log][0] < log.stat().st_size
+    traffic = marked.traffic(since=since.timestamp())
+    assert (traffic["production"].predictions, traffic["canary"].predictions) == (1, 1)
+    with pytest.raises(EventSourceError, match="not JSON"):  # unmarked, the same read reaches the head
+        LoggedEvents(path=log).traffic(since=since.timestamp())
+    # copytruncate, then more traffic than the log held at the mark: all of it is the window's
+    log.write_text(lines(*(event(7210 + s, model_variant="canary") for s in range(40))))
+    assert log.stat().st_size > marked.marks[log][0]
+    assert marked.traffic(since=since.timestamp())["canary"].predictions == 40
+    # a log that does not exist yet at the mark is read whole once it does
+    later = tmp_path / "later.jsonl"
+    marked_before = LoggedEvents(path=later).marked()
+    later.write_text(lines(event(7211, model_variant="canary")))
+    assert marked_before.traffic(since=since.timestamp())["canary"].predictions == 1
+
+
 def test_records_of_other_senders_are_skipped_and_counted(tmp_path):
     logs = tmp_path / "fluentd"  # a Fluentd file output (include_tag_key) next to monitoring's local log
     logs.mkdir()
