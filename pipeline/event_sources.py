@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -292,7 +293,7 @@ def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | No
     older = None
     if since is not None:
         since_text = since.astimezone(dt.timezone.utc).isoformat(timespec="microseconds").encode("ascii")
-        older = lambda data, start, count: _older_lines(data, start, count, since_text)  # noqa: E731
+        older = functools.partial(_older_lines, since=since_text)
 
     def done() -> bool:  # unreadable lines are bounded too: junk must not make a read unbounded
         return len(kept) >= max_events or unreadable.total() >= junk_budget
