@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import functools
 import json
 import signal
 import socket
@@ -205,6 +206,22 @@ def test_a_spool_left_by_four_workers_is_delivered_by_two(fluentd_receiver, tmp_
     assert lost == 0 and sum(sink.stats.snapshot()["sent"] for sink in two) >= 4000
 
 
+def delivered(sink, receiver, answered: list[str]) -> tuple[dict, tuple[int, int]]:
+    """Once the sink is closed: its counters, and (lost, duplicated) of ``answered`` at the stopped receiver."""
+    receiver.stop()
+    return sink.stats.snapshot(), lost_and_duplicated(answered, received_ids(receiver))
+
+
+def emit_paced(sink, answered: list[str], count: int, prefix: str, refused_ok: bool = True) -> None:
+    """``count`` events of ~250 bytes, 2 ms apart, the ids of those the sink took appended to ``answered``."""
+    for n in range(count):
+        event_id = sink.emit({"request_id": f"{prefix}{n}", "output": 1.0, "pad": "x" * 200})
+        assert refused_ok or event_id is not None
+        if event_id is not None:
+            answered.append(event_id)
+        time.sleep(0.002)
+
+
 @pytest.mark.parametrize("fluentd_up", [False, True], ids=["fluentd down", "fluentd up"])
 def test_a_spool_folder_that_turns_unwritable_delivers_every_answered_event_once_writable_again(
         fluentd_receiver, tmp_path: Path, caplog, fluentd_up: bool) -> None:
@@ -218,13 +235,7 @@ def test_a_spool_folder_that_turns_unwritable_delivers_every_answered_event_once
     spool = tmp_path / "spool"
     sink = fluent_sink(fluentd_receiver.port, spool, segment_max_bytes=20_000)
     answered: list[str] = []
-
-    def emit(count: int, prefix: str) -> None:
-        for n in range(count):
-            event_id = sink.emit({"request_id": f"{prefix}{n}", "output": 1.0, "pad": "x" * 200})
-            if event_id is not None:
-                answered.append(event_id)
-            time.sleep(0.002)
+    emit = functools.partial(emit_paced, sink, answered)
 
     try:
         emit(300, "before-")
@@ -237,9 +248,7 @@ def test_a_spool_folder_that_turns_unwritable_delivers_every_answered_event_once
         wait_until(lambda: not list(spool.glob("*.jsonl")), timeout_s=15)
     finally:
         sink.close()
-    fluentd_receiver.stop()
-    stats = sink.stats.snapshot()
-    lost, duplicated = lost_and_duplicated(answered, received_ids(fluentd_receiver))
+    stats, (lost, duplicated) = delivered(sink, fluentd_receiver, answered)
     print(f"unwritable spool folder (Fluentd {'up' if fluentd_up else 'down'}): {len(answered)} answered, "
           f"{stats['emitted'] - len(answered)} refused (dropped), {lost} lost, {duplicated} duplicated")
     assert lost == 0 and duplicated == 0 and stats["dropped"] == stats["emitted"] - len(answered)
@@ -258,13 +267,7 @@ def test_a_spool_folder_moved_away_while_in_use_keeps_delivering(fluentd_receive
     spool, moved = tmp_path / "logs" / "spool", tmp_path / "logs.moved"
     sink = fluent_sink(fluentd_receiver.port, spool, segment_max_bytes=20_000)
     answered: list[str] = []
-
-    def emit(count: int, prefix: str) -> None:
-        for n in range(count):
-            event_id = sink.emit({"request_id": f"{prefix}{n}", "output": 1.0, "pad": "x" * 200})
-            assert event_id is not None
-            answered.append(event_id)
-            time.sleep(0.002)
+    emit = functools.partial(emit_paced, sink, answered, refused_ok=False)
 
     try:
         emit(300, "before-")
@@ -275,9 +278,7 @@ def test_a_spool_folder_moved_away_while_in_use_keeps_delivering(fluentd_receive
         wait_until(lambda: not list(spool.glob("*.jsonl")) and not list(moved.rglob("*.jsonl")), timeout_s=20)
     finally:
         sink.close()
-    fluentd_receiver.stop()
-    stats = sink.stats.snapshot()
-    lost, duplicated = lost_and_duplicated(answered, received_ids(fluentd_receiver))
+    stats, (lost, duplicated) = delivered(sink, fluentd_receiver, answered)
     print(f"spool folder moved away (Fluentd {'up' if fluentd_up else 'down'}): {len(answered)} answered, {lost} "
           f"lost, {duplicated} duplicated")
     assert lost == 0 and stats["sent"] == len(answered) and stats["dropped"] == 0
@@ -285,14 +286,20 @@ def test_a_spool_folder_moved_away_while_in_use_keeps_delivering(fluentd_receive
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
-def test_kill_9_right_after_answering_loses_nothing(fluentd_receiver, tmp_path: Path) -> None:
-    spool = tmp_path / "spool"
-    process = emitter(fluentd_receiver.port, spool, "--then", "wait", "--rate", "3000")
-    first = after_answers(process, 1000)
+def killed_then_replayed(receiver, spool: Path, answers: int, *options: str) -> tuple[list[str], Any]:
+    """An emitter (3,000 events/s) killed with SIGKILL once it answered ``answers``, then a sink in a new process's
+    place sending what the dead one held until the spool is empty: (every id answered, that sink, closed)."""
+    process = emitter(receiver.port, spool, "--then", "wait", "--rate", "3000", *options)
+    first = after_answers(process, answers)
     process.kill()
     answered = first + answered_by(process)
-    with fluent_sink(fluentd_receiver.port, spool) as sink:  # the next process replays what the dead one held
+    with fluent_sink(receiver.port, spool) as sink:
         wait_until(lambda: not list(spool.glob("*.jsonl")))
+    return answered, sink
+
+
+def test_kill_9_right_after_answering_loses_nothing(fluentd_receiver, tmp_path: Path) -> None:
+    answered, sink = killed_then_replayed(fluentd_receiver, tmp_path / "spool", 1000)
     fluentd_receiver.stop()
     lost, duplicated = lost_and_duplicated(answered, received_ids(fluentd_receiver))
     print(f"kill -9: {len(answered)} answered, {lost} lost, {duplicated} duplicated")
@@ -314,13 +321,8 @@ def test_a_segment_sent_again_after_a_kill_9_is_counted_as_sent_once(fluentd_rec
     receiver gets those events twice, as at-least-once allows. `sent` was counted at each send, so both processes
     counted them and /metrics (which keeps a killed worker's counts) said more events were sent than there were
     (here, by the ~3,000 duplicates); counted when a delivered segment leaves the spool, each event is counted once."""
-    spool, stats = tmp_path / "spool", tmp_path / "killed.counts"
-    process = emitter(fluentd_receiver.port, spool, "--then", "wait", "--rate", "3000", "--stats", str(stats))
-    first = after_answers(process, 4000)
-    process.kill()
-    answered = first + answered_by(process)
-    with fluent_sink(fluentd_receiver.port, spool) as sink:  # the next process sends what the dead one held
-        wait_until(lambda: not list(spool.glob("*.jsonl")))
+    stats = tmp_path / "killed.counts"
+    answered, sink = killed_then_replayed(fluentd_receiver, tmp_path / "spool", 4000, "--stats", str(stats))
     fluentd_receiver.stop()
     received = received_ids(fluentd_receiver)
     lost, duplicated = lost_and_duplicated(answered, received)
