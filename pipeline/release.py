@@ -128,8 +128,8 @@ def ensure_release(root: Path, store: ReleaseStore, version: str, name: str = tr
         return want
     store.root.mkdir(parents=True, exist_ok=True)
     with scratch_directory(store.root, ".download.") as scratch:  # a killed download's is deleted by the next
-        registry_fetch.download_version(root, mv, scratch / "bundle")
-        return store.add_release(version, scratch / "bundle")
+        registry_fetch.download_version(root, mv, scratch / "bundle")  # checked: it can serve
+        return store.add_release(version, scratch / "bundle", servable=True)
 
 
 def install(root: Path, store: ReleaseStore, variant: str, version: str, name: str = tracking.REGISTERED_MODEL) -> str:

@@ -58,6 +58,7 @@ class ReleaseStore:
             raise ValueError(f"keep: at least 2 releases (production and the one to roll back to), got {keep}")
         self.root = Path(models_dir)
         self.keep = keep
+        self._servable: dict[str, str] = {}  # release -> the digest this process found servable (add_release)
 
     def variant_dir(self, variant: str) -> Path:
         if variant not in VARIANTS:
@@ -81,9 +82,13 @@ class ReleaseStore:
         except BundleError:
             return False
 
-    def add_release(self, version: str | int, bundle_dir: Path) -> str:
-        """Install a verified copy of ``bundle_dir`` as release ``version``; returns its digest."""
+    def add_release(self, version: str | int, bundle_dir: Path, servable: bool = False) -> str:
+        """Install a verified copy of ``bundle_dir`` as release ``version``; returns its digest. ``servable``: the
+        caller has run ``load_servable`` on it (registry_fetch.download_version does), so installing it as a variant
+        in this process does not load it again (a second full load and sample forecast, per release step)."""
         digest = copy_bundle(bundle_dir, self.release_dir(version))
+        if servable:
+            self._servable[str(version)] = digest
         self.prune()
         return digest
 
@@ -99,7 +104,8 @@ class ReleaseStore:
                 and verify_bundle(source) == claimed:
             digest = claimed
         else:
-            load_servable(source)  # a release the app would refuse is never served (one an older fetch kept)
+            if claimed is None or self._servable.get(str(version)) != claimed:  # checked when added, else now
+                load_servable(source)  # a release the app would refuse is never served (one an older fetch kept)
             digest = copy_bundle(source, target)
         if variant == PRODUCTION:
             (self.release_dir(version) / GOOD_MARK).touch()

@@ -9,6 +9,7 @@ registers one (its serving bundle uploaded to a run, the version tagged with its
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,28 @@ def test_a_release_an_older_sync_kept_on_disk_is_checked_before_it_serves(implau
     assert len(err.splitlines()) == 1 and err.startswith(f"release: error: {store.release_dir(version)}"), err
     assert reason in err, err
     assert store.served_digest(PRODUCTION) == served
+
+
+def test_a_downloaded_release_is_checked_once_on_its_way_to_serving(host, monkeypatch):
+    """download_version checks what it fetched; installing that release as a variant in the same process loaded and
+    forecast it a second time (on Favorita's size, a second of each release step). A release found on disk is
+    still checked at install (the test above)."""
+    from pipeline import bundle_checks, release_store
+
+    root, store, versions = host
+    checked: list[str] = []
+
+    def counting(path):
+        checked.append(Path(path).name)
+        return bundle_checks.load_servable(path)
+
+    monkeypatch.setattr(registry_fetch, "load_servable", counting)
+    monkeypatch.setattr(release_store, "load_servable", counting)
+    version = versions["production"]
+    shutil.rmtree(store.release_dir(version))  # not on disk: downloaded
+    release.install(root, store, CANARY, version)
+    assert len(checked) == 1, checked  # the download's check only
+    assert store.served_digest(CANARY) == verify_bundle(store.release_dir(version))
+    fresh = release_store.ReleaseStore(store.root, keep=2)  # another process: the release on disk is checked again
+    release.install(root, fresh, release_store.SHADOW, version)
+    assert len(checked) == 2, checked
