@@ -3,22 +3,45 @@
 # package-lock.json: the Fluentd forward-protocol receiver (tests/fluentd_receiver) and axe-core, the
 # accessibility checker the browser tests run in each page (tests/e2e/axe).
 # Idempotent: does nothing for a folder whose installed packages already match its lock file.
-# Without npm it says so and exits 0; the tests that need these packages then skip with a reason.
+# Without npm, or when `npm ci` fails (offline, a registry that refuses), it says so and exits 0: the tests that
+# need the packages then skip, naming the reason (written to <folder>/.install-failed). With
+# SHELFCAST_REQUIRE_TEST_SERVICES=1 (.ci/run sets it) either is an error instead, and those tests fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+required=${SHELFCAST_REQUIRE_TEST_SERVICES:-0}
 
 if ! command -v npm >/dev/null 2>&1; then
     echo "install_test_services: npm not found; the Fluentd receiver and accessibility tests will be skipped" >&2
+    [ "$required" = 1 ] && { echo "install_test_services: SHELFCAST_REQUIRE_TEST_SERVICES=1: failing" >&2; exit 1; }
     exit 0
 fi
 
+failed=0
 for folder in tests/fluentd_receiver tests/e2e/axe; do
     stamp="$folder/node_modules/.shelfcast-lock.sha256"
     wanted=$(sha256sum "$folder/package-lock.json" | cut -d' ' -f1)
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
+        rm -f "$folder/.install-failed"
         continue
     fi
     echo "install_test_services: npm ci in $folder"
-    (cd "$folder" && npm ci --no-audit --no-fund --loglevel=error)
-    echo "$wanted" > "$stamp"
+    if log=$(cd "$folder" && npm ci --no-audit --no-fund --loglevel=error 2>&1); then
+        echo "$wanted" > "$stamp"
+        rm -f "$folder/.install-failed"
+    else
+        # a half-installed tree would pass the tests' "is it installed" check: none at all skips them cleanly
+        rm -rf "$folder/node_modules"
+        # npm's telling line: the fetch that failed and why, or an HTTP refusal (403, 404), or its first error line
+        reason=$( { printf '%s\n' "$log" | grep -m1 -E 'reason:|npm error [45][0-9][0-9] ' ||
+                    printf '%s\n' "$log" | grep -m1 'npm error' || printf '%s\n' "$log" | tail -n 1; } |
+                  sed 's/^npm error //')
+        printf 'npm ci failed in %s: %s\n' "$folder" "$reason" > "$folder/.install-failed"
+        printf '%s\n' "$log" >&2
+        echo "install_test_services: npm ci failed in $folder ($reason); the tests that need it will be skipped" >&2
+        failed=1
+    fi
 done
+if [ "$failed" = 1 ] && [ "$required" = 1 ]; then
+    echo "install_test_services: SHELFCAST_REQUIRE_TEST_SERVICES=1: failing" >&2
+    exit 1
+fi

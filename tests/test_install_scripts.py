@@ -1,14 +1,18 @@
-"""scripts/apt_install.sh (behind install_browser.sh and install_nginx.sh) as a user who is not root: `make test`
-goes on, and says what it skips and how to install it."""
+"""The install scripts `make test` runs where they cannot install: scripts/apt_install.sh (behind install_browser.sh
+and install_nginx.sh) as a user who is not root, and install_test_services.sh offline. `make test` goes on, and
+says what it skips and how to install it; CI fails instead."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.node_packages import FAILED_MARK, REQUIRE_VARIABLE, require_installed
 
 REPO = Path(__file__).resolve().parents[1]
 NOBODY = 65534
@@ -35,3 +39,53 @@ def test_apt_install_as_a_user_without_root_or_sudo_skips_with_a_line_naming_wha
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == ("apt_install: not root and no password-less sudo; the widget tests will be "
                                    "skipped (as root: apt-get install shelfcast-widget)")
+
+
+def offline_copy(tmp_path: Path) -> tuple[Path, dict]:
+    """scripts/install_test_services.sh with the two package folders, in ``tmp_path``, and an environment whose npm
+    registry refuses connections (as offline: nothing cached, no retries)."""
+    if shutil.which("npm") is None:
+        pytest.skip("npm not found: nothing to install offline")
+    (tmp_path / "scripts").mkdir()
+    shutil.copy2(REPO / "scripts" / "install_test_services.sh", tmp_path / "scripts")
+    for folder in ("tests/fluentd_receiver", "tests/e2e/axe"):
+        (tmp_path / folder).mkdir(parents=True)
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy2(REPO / folder / name, tmp_path / folder / name)
+    with socket.socket() as closed:  # a port nothing listens on: bound, never listening
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "npm_config_registry": f"http://127.0.0.1:{port}/",
+           "npm_config_cache": str(tmp_path / "npm-cache"), "npm_config_fetch_retries": "0"}
+    return tmp_path, env
+
+
+def test_make_test_goes_on_offline_with_npm_installed_and_the_tests_skip_naming_npms_error(tmp_path):
+    """`npm ci` without its registry stopped `make test` (set -e) before any test ran, though the script promised
+    to skip what it cannot install; and had it gone on, the receiver tests would have failed ('run
+    scripts/install_test_services.sh'), not skipped."""
+    root, env = offline_copy(tmp_path)
+    done = subprocess.run(["scripts/install_test_services.sh"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    for folder in ("tests/fluentd_receiver", "tests/e2e/axe"):
+        assert not (root / folder / "node_modules").exists()  # no half-installed tree to pass for installed
+        reason = (root / folder / FAILED_MARK).read_text(encoding="utf-8")
+        assert reason.startswith(f"npm ci failed in {folder}: ") and "ECONNREFUSED" in reason, reason
+        assert f"npm ci failed in {folder} (" in done.stderr
+    receiver = root / "tests/fluentd_receiver"
+    with pytest.raises(pytest.skip.Exception, match="@fluent-org/logger is not installed: npm ci failed in tests/"):
+        require_installed(receiver / "node_modules" / "@fluent-org" / "logger", receiver, "@fluent-org/logger")
+
+
+def test_ci_fails_where_the_test_services_cannot_be_installed(tmp_path, monkeypatch):
+    """.ci/run sets SHELFCAST_REQUIRE_TEST_SERVICES=1: CI must not pass by skipping the receiver's tests."""
+    root, env = offline_copy(tmp_path)
+    done = subprocess.run(["scripts/install_test_services.sh"], cwd=root, capture_output=True, text=True,
+                          env={**env, REQUIRE_VARIABLE: "1"}, timeout=120)
+    assert done.returncode == 1 and f"{REQUIRE_VARIABLE}=1: failing" in done.stderr
+    assert f"export {REQUIRE_VARIABLE}=1" in (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    monkeypatch.setenv(REQUIRE_VARIABLE, "1")
+    axe = root / "tests/e2e/axe"
+    with pytest.raises(pytest.fail.Exception, match=f"axe-core is not installed: .*ECONNREFUSED.*{REQUIRE_VARIABLE}"):
+        require_installed(axe / "node_modules" / "axe-core" / "axe.min.js", axe, "axe-core")

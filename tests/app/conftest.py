@@ -22,13 +22,14 @@ from typing import Any, Iterator
 import prometheus_client  # noqa: F401 - see below
 import pytest
 
+from tests.node_packages import require_installed
+
 # prometheus_client picks its value class when first imported, for the process's life: multiprocess files when
 # PROMETHEUS_MULTIPROC_DIR is set then. A test that runs gunicorn_conf's on_starting in-process sets it to a directory
 # of its own (removed after it); imported first there, every later app in that test process counted into files in a
 # deleted directory, and its error pages failed on it (a 500 'internal_server_error' instead of 'internal_error').
 
 RECEIVER_DIR = Path(__file__).resolve().parents[1] / "fluentd_receiver"
-INSTALL_COMMAND = "scripts/install_test_services.sh"
 
 
 class Counts(collections.Counter):
@@ -60,10 +61,7 @@ def receiver_command() -> list[str]:
     node = shutil.which("node")
     if node is None:
         pytest.skip("node not found on PATH: the Fluentd forward-protocol receiver tests need Node.js >= 18")
-    if not (RECEIVER_DIR / "node_modules" / "@fluent-org" / "logger").is_dir():
-        if shutil.which("npm") is None:
-            pytest.skip(f"@fluent-org/logger is not installed in {RECEIVER_DIR} and npm is not found to install it")
-        pytest.fail(f"@fluent-org/logger is not installed in {RECEIVER_DIR}: run {INSTALL_COMMAND}")
+    require_installed(RECEIVER_DIR / "node_modules" / "@fluent-org" / "logger", RECEIVER_DIR, "@fluent-org/logger")
     return [node, str(RECEIVER_DIR / "receiver.js")]
 
 

@@ -7,10 +7,10 @@ the pages are audited under the policy they are served with.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import pytest
+
+from tests.node_packages import require_installed
 
 AXE_DIR = Path(__file__).resolve().parent / "axe"
 AXE_SCRIPT = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
@@ -38,10 +38,7 @@ class Axe:
     @classmethod
     def installed(cls) -> "Axe":
         """axe-core's script, or a skip (no npm to install it) / failure (npm there, not installed) saying why."""
-        if not AXE_SCRIPT.is_file():
-            if shutil.which("npm") is None:
-                pytest.skip(f"axe-core is not installed in {AXE_DIR} and npm is not found to install it")
-            pytest.fail(f"axe-core is not installed in {AXE_DIR}: run scripts/install_test_services.sh")
+        require_installed(AXE_SCRIPT, AXE_DIR, "axe-core")
         return cls(AXE_SCRIPT.read_text(encoding="utf-8"))
 
     def violations(self, browser, exclude: tuple[str, ...] = ()) -> list[dict]:
