@@ -10,8 +10,10 @@ refuses, and never says what to do: ``failure`` keeps its reason and adds the re
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 CREDENTIALS = ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (an s3:// remote; CI: the secrets "
@@ -69,9 +71,39 @@ def failure(command: str, done: subprocess.CompletedProcess, missing: str | None
     return f"`{command}` failed: {why} -> {remedy(why, missing)}"
 
 
+def dvc_showing_progress(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """``dvc`` as ``dvc`` runs it, with DVC's progress bars passed through to this process's stderr as they come
+    (a push of a large data set shows how far it is, not minutes of silence). DVC draws bars only on a terminal,
+    so it is told to draw them on the pipe (``DVC_IGNORE_ISATTY``); each bar line (one with a carriage return)
+    goes on to the terminal, every other line (DVC's log: its error) is kept for ``failure`` as ``stderr``."""
+    beside = Path(sys.executable).with_name("dvc")
+    command = [str(beside) if beside.exists() else "dvc", *args]
+    env = {**os.environ, "DVC_IGNORE_ISATTY": "true"}
+    with subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as process:
+        stdout: list[bytes] = []
+        reader = threading.Thread(target=lambda: stdout.append(process.stdout.read()), daemon=True)
+        reader.start()
+        kept, line, in_bar = [], b"", False
+        while chunk := os.read(process.stderr.fileno(), 65536):
+            line += chunk
+            while (end := min((i for i in (line.find(b"\r"), line.find(b"\n")) if i >= 0), default=-1)) >= 0:
+                piece, sep, line = line[:end], line[end:end + 1], line[end + 1:]
+                if sep == b"\r" or in_bar:  # a bar's frame, or the newline that ends a bar
+                    sys.stderr.buffer.write(piece + sep)
+                    sys.stderr.flush()
+                    in_bar = sep == b"\r"
+                else:
+                    kept.append(piece.decode("utf-8", "replace"))
+        kept.append(line.decode("utf-8", "replace"))
+        reader.join()
+    return subprocess.CompletedProcess(command, process.returncode, b"".join(stdout).decode("utf-8", "replace"),
+                                       "\n".join(kept))
+
+
 def push(root: Path) -> int:
-    """``dvc push`` to the default remote (make dvc-push): its summary, or one line saying why not."""
-    done = dvc(root, "push")
+    """``dvc push`` to the default remote (make dvc-push): its progress on a terminal, its summary, or one line
+    saying why not."""
+    done = dvc_showing_progress(root, "push") if sys.stderr.isatty() else dvc(root, "push")
     if done.stdout.strip():
         print(done.stdout.rstrip(), flush=True)
     if done.returncode != 0:

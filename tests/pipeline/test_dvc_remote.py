@@ -1,12 +1,17 @@
 """pipeline/dvc_remote.py: DVC's errors against an S3 remote, as dvc 3.67.1 + dvc-s3 3.3.0 printed them against a
 real S3 API (moto in server mode), each reduced to one line with what to do."""
 
+import os
+import pty
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from pipeline import dvc_remote
 
+REPO = Path(__file__).resolve().parents[2]
 BLURB = "\n\nHaving any troubles? Hit us up at https://dvc.org/support, we are always happy to help!\n"
 SEEN = {
     "unreachable": ('ERROR: unexpected error - Could not connect to the endpoint URL: "http://127.0.0.1:6199/'
@@ -40,3 +45,54 @@ def test_each_remote_failure_is_one_line_with_dvcs_reason_and_what_to_do(case):
 def test_a_reason_nothing_matches_still_says_what_to_do():
     line = dvc_remote.failure("dvc push", subprocess.CompletedProcess(["dvc"], 1, "", "ERROR: something new" + BLURB))
     assert line.startswith("`dvc push` failed: ERROR: something new -> check the remote (`dvc remote list`)")
+
+
+def dvc_project(tmp_path: Path, remote: Path) -> Path:
+    """A git + DVC project tracking 200 small files, its default remote at ``remote``."""
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    project = tmp_path / "project"
+    (project / "sales").mkdir(parents=True)
+    for k in range(200):
+        (project / "sales" / f"day{k}.csv").write_text(f"store,units\n1,{k}\n", encoding="utf-8")
+    for command in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "add", "-q", "sales"],
+                    [dvc, "remote", "add", "-d", "shared", str(remote)]):
+        subprocess.run(command, cwd=project, check=True, capture_output=True, timeout=120)
+    return project
+
+
+def push_on_a_terminal(project: Path) -> tuple[int, str, str]:
+    """``python -m pipeline.dvc_remote push`` (make dvc-push) with its stderr on a pseudo-terminal, as a person runs
+    it: (exit status, what the terminal showed, stdout)."""
+    terminal, their_end = pty.openpty()
+    with subprocess.Popen([sys.executable, "-m", "pipeline.dvc_remote", "push"], cwd=project, stdout=subprocess.PIPE,
+                          stderr=their_end, env={**os.environ, "PYTHONPATH": str(REPO)}) as process:
+        os.close(their_end)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # EIO: the other end closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+        stdout = process.stdout.read().decode()
+    os.close(terminal)
+    return process.wait(timeout=120), shown.decode("utf-8", "replace"), stdout
+
+
+def test_make_dvc_push_shows_dvcs_progress_on_a_terminal_and_still_ends_a_failure_in_one_line(tmp_path):
+    """dvc push ran with its stderr captured, so DVC drew no progress bars: a push of a large data set was minutes
+    of silence. On a terminal they now come through; DVC's error is still folded into the one line of what to do."""
+    project = dvc_project(tmp_path, tmp_path / "remote")
+    status, shown, stdout = push_on_a_terminal(project)
+    assert status == 0 and "files pushed" in stdout, shown + stdout
+    assert "Pushing" in shown and "\r" in shown, repr(shown)  # DVC's bars, frame by frame
+
+    (tmp_path / "blocker").touch()  # a remote under a file: nothing can be written there
+    blocked = dvc_project(tmp_path / "again", tmp_path / "blocker" / "remote")
+    status, shown, stdout = push_on_a_terminal(blocked)
+    told = [line for line in shown.replace("\r", "\n").splitlines() if line.startswith(("dvc-push", "ERROR"))]
+    assert status == 1 and len(told) == 1, repr(shown)
+    assert told[0].startswith("dvc-push: error: `dvc push` failed: ") and "Not a directory" in told[0]
+    assert "Having any troubles" not in shown
