@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml
 	@echo "venv: installing Shelfcast and its pinned dependencies into $(VENV) (the first time: a few minutes)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	bash -o pipefail -c "$(BIN)/python -m pip install --progress-bar off -e '$(VENV_INSTALL)' | grep --line-buffered -E '^(Collecting|Installing|Successfully)'"
+	$(BIN)/python scripts/pip_install.py -e '$(VENV_INSTALL)'
 	$(BIN)/python -c "import engine, numba, pandas, mlflow, dvc"
 	touch $(STAMP)
 	@echo "venv: ready ($(VENV)); use it with \`source $(VENV)/bin/activate\` or through the make targets"

@@ -4,10 +4,12 @@ says what it skips and how to install it; CI fails instead."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,39 @@ def test_ci_fails_where_the_test_services_cannot_be_installed(tmp_path, monkeypa
     axe = root / "tests/e2e/axe"
     with pytest.raises(pytest.fail.Exception, match=f"axe-core is not installed: .*ECONNREFUSED.*{REQUIRE_VARIABLE}"):
         require_installed(axe / "node_modules" / "axe-core" / "axe.min.js", axe, "axe-core")
+
+
+def pip_install_module():
+    spec = importlib.util.spec_from_file_location("pip_install", REPO / "scripts" / "pip_install.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_venv_says_how_many_packages_pip_has_installed_while_it_is_silent(tmp_path, capsys):
+    """pip printed one 'Installing collected packages' line, then nothing until it was done: `make run` on a fresh
+    clone (the README walkthrough, tests/e2e/test_readme.py) went 144 s without a line at load 9."""
+    pip_install = pip_install_module()
+    progress = pip_install.Progress(tmp_path, every_s=0.0)
+    progress.pip_said("Installing collected packages: numpy, pandas, mlflow")
+    for name in ("numpy-2.2.6.dist-info", "pandas-2.3.3.dist-info"):
+        (tmp_path / name).mkdir()
+    progress.beat()
+    assert capsys.readouterr().out.splitlines() == ["Installing collected packages: numpy, pandas, mlflow",
+                                                    "venv: 2 of 3 packages installed (0 s)"]
+
+
+def test_pip_install_says_the_step_it_is_on_when_a_build_is_silent(tmp_path):
+    """A real pip building a package whose build takes 2 s without a word: the heartbeat names pip's step."""
+    project = tmp_path / "slow_build"
+    project.mkdir()
+    (project / "setup.py").write_text("import time\nfrom setuptools import setup\ntime.sleep(2)\n"
+                                      "setup(name='slow-build', version='1.0', py_modules=[])\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "pip_install.py"), "--no-index",
+                           "--no-build-isolation", "--target", str(tmp_path / "target"), str(project)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SHELFCAST_PIP_HEARTBEAT_S": "0.5"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = done.stdout.splitlines()
+    assert said[-1].startswith("Successfully installed slow-build"), said
+    assert any(line.startswith("venv: pip is still on: ") for line in said), said
