@@ -259,7 +259,12 @@ class Session:
 
     def run(self, fetches, feed_dict=None, options=None, run_metadata=None):
         """Values of ``fetches`` (a tensor, op, name, or nested list/tuple/dict/namedtuple of them; an op's is None),
-        ``feed_dict``'s values (keys: tensors or their names) replacing those tensors for this run."""
+        ``feed_dict``'s values (keys: tensors or their names) replacing those tensors for this run. TensorFlow's
+        ``options``/``run_metadata`` are refused, not ignored: per-op timings are ``engine.profiler.profile``'s."""
+        for arg, value in (("options", options), ("run_metadata", run_metadata)):
+            if value is not None:
+                raise TypeError(f"Session.run: {arg} is not supported (the engine records no RunMetadata); "
+                                f"for per-op timings use engine.profiler.profile(sess, fetches, feed_dict)")
         feed_dict = feed_dict or {}
         plan = self.plan(fetches, list(feed_dict))
         return plan.structure(plan.run(list(feed_dict.values())))

@@ -447,3 +447,14 @@ def test_the_reference_backend_sums_an_int32_broadcast_back_to_int32():
     for config in (en.SessionConfig(optimize=False, backend="reference"), en.SessionConfig()):
         got = en.Session(config=config).run(summed, feed)
         assert got.dtype == np.int32 and got.tolist() == [12, 15, 18, 21], f"{config}: {got!r}"
+
+
+@pytest.mark.parametrize("given", [{"options": object()}, {"run_metadata": object()}])
+def test_run_options_and_metadata_are_refused_pointing_at_the_profiler(given):
+    """TensorFlow users pass RunOptions/RunMetadata for per-op timings; run ignored them, so the metadata they
+    read afterwards stayed empty without a word. The engine's per-op timings are engine.profiler's."""
+    x = en.constant(1.0)
+    with en.Session() as s:
+        with pytest.raises(TypeError, match=rf"{next(iter(given))}.*engine\.profiler\.profile"):
+            s.run(x, **given)
+        assert s.run(x, options=None, run_metadata=None) == 1.0
