@@ -29,7 +29,7 @@ def _aggregate(grads):
             indices = [A.cast(i, dtypes.int64) for i in indices]
         return IndexedSlices(A.concat([g.values for g in grads], 0), A.concat(indices, 0),
                              grads[0].dense_shape, grads[0].static_shape)
-    return M.add_n([A.densify(g) if isinstance(g, IndexedSlices) else g for g in grads])
+    return M.add_n([A.densify(g, g.static_shape) if isinstance(g, IndexedSlices) else g for g in grads])
 
 
 def _check_static(op, k, x, g):
@@ -108,7 +108,7 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
             with graph.name_scope(op.name.replace("/", "_") + "_grad"):
                 dy = out_grads[0] if len(out_grads) == 1 else out_grads
                 if isinstance(dy, IndexedSlices) and not op_def.sparse_grad:
-                    dy = A.reshape_like(A.densify(dy), op.outputs[0])
+                    dy = A.reshape_like(A.densify(dy, dy.static_shape), op.outputs[0])
                 in_grads = op_def.grad(op, dy)
             if len(in_grads) != len(op.inputs):
                 raise RuntimeError(f"gradient of {op.type} returned {len(in_grads)} values for {len(op.inputs)} inputs")

@@ -359,3 +359,18 @@ def test_a_variables_gradient_sums_its_reads_through_read_value():
             np.testing.assert_allclose(sess.run(g), 2 * value + 3.0 + np.exp(value))
             sess.run(snapshot_only)
             np.testing.assert_allclose(sess.run(v), value - 0.5 * 2 * value)
+
+
+def test_a_sparse_gradient_summed_with_a_dense_one_keeps_its_static_shape():
+    """A variable read by a gather and by a dense op: its sparse gradient is densified to join the dense one in
+    an add_n. The densified tensor had no static shape (densify was not given the IndexedSlices'), so nothing
+    downstream of it could check or plan by its shape."""
+    p = en.Variable(np.arange(12.0).reshape(4, 3), name="p")
+    x = en.placeholder(en.float64, (None, 3))
+    y = en.reduce_sum(en.gather(p, np.array([3, 0, 3]))) + en.reduce_sum(en.matmul(x, p, transpose_b=True))
+    (g,) = en.gradients(y, [p])
+    assert g.op.type == "AddN" and [t.op.type for t in g.op.inputs].count("ScatterAddDense") == 1
+    assert [t.shape for t in g.op.inputs] == [(4, 3), (4, 3)]
+    with en.Session() as s:
+        s.run(en.global_variables_initializer())
+        np.testing.assert_array_equal(s.run(g, {x: np.ones((2, 3))}), [[3, 3, 3], [2, 2, 2], [2, 2, 2], [4, 4, 4]])
