@@ -33,7 +33,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import secrets
 import zipfile
 from functools import partial
 from typing import Mapping
@@ -62,12 +62,13 @@ def sha256_file(path: str) -> str:
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same directory and a rename. An OSError names ``path``:
-    a full disk's (ENOSPC) names no file at all, and the temporary file's name means nothing to its reader."""
+    a full disk's (ENOSPC) names no file at all, and the temporary file's name means nothing to its reader. The file's
+    mode is the umask's, as an ``open`` would make it (mkstemp's 0600 kept checkpoints from other users)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

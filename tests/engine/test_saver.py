@@ -471,3 +471,25 @@ def test_checkpoints_and_exports_are_written_with_fixed_headers(tmp_path):
         en.train.export_inference_graph(sess, str(tmp_path / "export"), {"ids": ids, "dense": dense}, {"out": out})
     for path in (prefix + ".npz", tmp_path / "export" / "weights.npz"):
         assert {header[1:4] for header in _zip_headers(open(path, "rb").read())} == {((1980, 1, 1, 0, 0, 0), 20, 0)}
+
+
+def test_checkpoint_and_export_files_honour_the_umask(tmp_path):
+    """Checkpoints were written 0600 (mkstemp's mode) where every other file the pipeline writes follows the
+    umask, as an open() would: another user (the serving container's) could not read them."""
+    old = os.umask(0o022)
+    try:
+        g = en.Graph()
+        with g.as_default():
+            x = en.placeholder(en.float32, (None,), name="x")
+            w = en.Variable(np.ones(3, np.float32), name="w")
+            with en.Session() as sess:
+                sess.run(en.global_variables_initializer())
+                prefix = en.train.Saver().save(sess, str(tmp_path / "ckpt" / "m"))
+                en.saver.export_inference_graph(sess, str(tmp_path / "export"), {"x": x}, {"y": x * w})
+        os.umask(0o077)
+        en.saver.atomic_write_bytes(str(tmp_path / "private"), b"x")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for d in ("ckpt", "export") for p in (tmp_path / d).iterdir()}
+    assert modes == {"m.json": 0o644, "m.npz": 0o644, "graph.json": 0o644, "weights.npz": 0o644}
+    assert prefix == str(tmp_path / "ckpt" / "m") and (tmp_path / "private").stat().st_mode & 0o777 == 0o600
