@@ -106,10 +106,10 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
                     raise LookupError(f"No gradient defined for op '{op.name}' of type {op.type}")
                 continue
             with graph.name_scope(op.name.replace("/", "_") + "_grad"):
-                dy = out_grads[0] if len(out_grads) == 1 else out_grads
-                if isinstance(dy, IndexedSlices) and not op_def.sparse_grad:
-                    dy = A.reshape_like(A.densify(dy, dy.static_shape), op.outputs[0])
-                in_grads = op_def.grad(op, dy)
+                if not op_def.sparse_grad:  # each output's: an op of several outputs gets a list of them
+                    out_grads = [A.reshape_like(A.densify(g, g.static_shape), t) if isinstance(g, IndexedSlices)
+                                 else g for g, t in zip(out_grads, op.outputs)]
+                in_grads = op_def.grad(op, out_grads[0] if len(out_grads) == 1 else out_grads)
             if len(in_grads) != len(op.inputs):
                 raise RuntimeError(f"gradient of {op.type} returned {len(in_grads)} values for {len(op.inputs)} inputs")
             for k, (t, g) in enumerate(zip(op.inputs, in_grads)):

@@ -4,10 +4,11 @@ users call (``engine/ops``). Sessions, passes, the compiler, autodiff and the re
 
 ``kernel(op, ctx)`` is a factory called once when a Session builds a plan (``ctx`` is the Session: ``ctx.state``,
 ``ctx.rng(op)``), so attributes and state are looked up then, not per run. It returns ``f(*input_arrays) -> array``
-(``None`` for ops without outputs), which never keeps an input after the call (state ops copy what they store).
-``reference`` computes the same with plain NumPy (``SessionConfig(backend="reference")``, the tests' independent
-check), or is ``NUMPY_KERNEL`` where the kernel already is plain NumPy. ``grad(op, grad_of_output) -> [grad_of_input_i
-or None, ...]`` builds ops: gradients extend the graph (whitepaper section 4.1).
+(``None`` for ops without outputs, a tuple for several), which never keeps an input after the call (state ops copy
+what they store). ``reference`` computes the same with plain NumPy (``SessionConfig(backend="reference")``, the tests'
+independent check), or is ``NUMPY_KERNEL`` where the kernel already is plain NumPy. ``grad(op, grad_of_output) ->
+[grad_of_input_i or None, ...]`` (several outputs: a list of their gradients, None where none flows) builds ops:
+gradients extend the graph (whitepaper section 4.1).
 """
 
 from __future__ import annotations

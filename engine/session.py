@@ -65,7 +65,7 @@ class Step:
     kernel: object
     inputs: tuple  # slots read
     output: int  # slot written, -1 for none
-    also: tuple = ()  # further slots written (a fused row sum): then the kernel returns a tuple
+    also: tuple = ()  # further slots written (outputs after the first, a fused row sum): the kernel returns a tuple
 
 
 class Plan:
@@ -180,9 +180,11 @@ def _runner(fn, ins, out, group, out_kernel):
     return run
 
 
-def _several_outputs_runner(fn, step, group):
-    """A closure running a step that writes several slots (its out-kernel returns a tuple)."""
+def _several_outputs_runner(fn, step, group, out_kernel):
+    """A closure running a step that writes several slots (a fused row sum's out-kernel, an op of several outputs:
+    its kernel returns a tuple)."""
     ins, written = step.inputs, (step.output, *step.also)
+    fn = fn if out_kernel else partial(_drop_out, fn)
 
     def run(vals, bufs):
         values = fn(bufs[group] if group is not None else None, *[vals[j] for j in ins])
@@ -192,6 +194,10 @@ def _several_outputs_runner(fn, step, group):
             vals[slot] = v
 
     return run
+
+
+def _drop_out(fn, out, *xs):
+    return fn(*xs)
 
 
 def _flatten(fetches, leaves):
@@ -337,20 +343,24 @@ class Session:
 
         slots: dict[Tensor, int] = {t: k for k, t in enumerate(feed_tensors)}  # each fed once (Session.plan)
         feed_slots = list(slots.values())
+        slot_tensors = {j: t for t, j in slots.items()}
         nodes, node_of = [], {}
         for op in sorted(ops_needed(targets, fed), key=lambda o: o.id):  # creation order is a topological order
             ins = tuple(slots[t] for t in op.inputs)
-            out = -1
-            if op.outputs:  # not fed: ops_needed leaves out an op whose outputs all are
-                out = slots[op.outputs[0]] = len(slots)
+            written = []  # a slot per output; a fed output of an op run for its others: a slot no one reads
+            for t in op.outputs:
+                written.append(len(slot_tensors))
+                slot_tensors[written[-1]] = t
+                slots.setdefault(t, written[-1])
             controls = [node_of[c].id for c in op.control_inputs if c in node_of]
-            node = node_from_op(op, ins, out, controls, self.config.buffers, self.config.backend == "reference")
+            node = node_from_op(op, ins, written[0] if written else -1, controls, self.config.buffers,
+                                self.config.backend == "reference", tuple(written[1:]))
             node_of[op] = node
             nodes.append(node)
 
         fetch_slots = {slots[t] for t in targets if isinstance(t, Tensor)}
         fetch_ops = {node_of[t].id for t in targets if isinstance(t, Operation) and t in node_of}
-        ir = PlanIR(nodes, feed_slots, fetch_slots, fetch_ops, len(slots), {j: t for t, j in slots.items()})
+        ir = PlanIR(nodes, feed_slots, fetch_slots, fetch_ops, len(slot_tensors), slot_tensors)
         ir = optimize(ir, self.config.enabled_passes, self)
         groups, n_buffers = assign_buffer_groups(ir) if self.config.buffers else ({}, 0)
 
@@ -361,7 +371,8 @@ class Session:
             step = Step(node.op, node.type, node.label, plain, tuple(node.inputs), node.output, node.also)
             steps.append(step)
             runners.append(_runner(fn, tuple(node.inputs), node.output, groups.get(node.id), node.out_kernel)
-                           if not node.also else _several_outputs_runner(fn, step, groups.get(node.id)))
+                           if not node.also else _several_outputs_runner(fn, step, groups.get(node.id),
+                                                                         node.out_kernel))
 
         getters = []
         for r in resolved:
@@ -376,8 +387,9 @@ class Session:
                     getters.append(lambda vals, j=j: np.array(vals[j], copy=True))
                 else:  # a folded constant is read-only storage of the plan: hand out a copy
                     getters.append(lambda vals, j=j: vals[j] if vals[j].flags.writeable else np.array(vals[j]))
-        labels = {j: t.name for t, j in slots.items()}
-        return Plan(self, list(feed_tensors), feed_slots, resolved, None, steps, getters, len(slots), runners, labels,
+        labels = {j: t.name for j, t in slot_tensors.items()}
+        return Plan(self, list(feed_tensors), feed_slots, resolved, None, steps, getters, len(slot_tensors), runners,
+                    labels,
                     n_buffers, ir.nodes, groups)
 
 

@@ -39,7 +39,8 @@ def eliminate_common_subexpressions(ir: PlanIR) -> PlanIR:
         node.inputs = [rename.get(s, s) for s in node.inputs]
         if node.writes_state:
             epoch += 1
-        mergeable = node.output >= 0 and node.pure and node.output not in ir.fetch_slots and not node.members
+        mergeable = (node.output >= 0 and node.pure and not node.members
+                     and not ir.fetch_slots.intersection((node.output, *node.also)))
         if mergeable:
             try:
                 key = (node.type, _freeze(node.op.attrs), tuple(node.inputs), node.controls, epoch,
@@ -49,7 +50,7 @@ def eliminate_common_subexpressions(ir: PlanIR) -> PlanIR:
             if key is not None:
                 first = seen.get(key)
                 if first is not None:
-                    rename[node.output] = first.output
+                    rename.update(zip((node.output, *node.also), (first.output, *first.also)))
                     continue
                 seen[key] = node
         kept.append(node)

@@ -1,7 +1,8 @@
 """A small IR of a pruned execution plan: what graph rewrites transform, never the user's Graph.
 
-A plan is a list of :class:`Node` in execution order, each computing at most one value (an integer slot) from input
-slots; a fused elementwise node may also write its value's row sums (``also``: a bias gradient). A node keeps the
+A plan is a list of :class:`Node` in execution order, each computing one value (an integer slot) from input slots, or
+none; a node may also write further slots (``also``): an op's outputs after its first, a fused node's row sums (a bias
+gradient). A node keeps the
 Operation it came from (names in errors, its kernel factory), but its inputs are slots: rewiring is just integers.
 """
 
@@ -26,7 +27,7 @@ class Node:
     out_kernel: bool = False  # kernel signature is f(out_or_None, *inputs) -> array
     const_value: Optional[np.ndarray] = None  # set for folded constants
     members: tuple = ()  # ops a fused node stands for
-    also: tuple = ()  # further slots it writes (a fused reduction); its kernel then returns a tuple
+    also: tuple = ()  # further slots it writes (outputs after the first, a fused row sum): its kernel returns a tuple
     id: int = field(default_factory=lambda: next(_ids))
 
     @property
@@ -77,12 +78,14 @@ class PlanIR:
         return {c for n in self.nodes for c in n.controls}
 
 
-def node_from_op(op, ins, out, controls, reuse_buffers: bool = True, reference: bool = False) -> Node:
-    """The node of one graph op: its kernel (or reference), its ``out_kernel`` where buffers are reused."""
+def node_from_op(op, ins, out, controls, reuse_buffers: bool = True, reference: bool = False, also=()) -> Node:
+    """The node of one graph op: its kernel (or reference), its ``out_kernel`` where buffers are reused; ``also``:
+    the slots of its outputs after the first (its kernel returns them all, a tuple)."""
     op_def = op.op_def
     if reference:
-        return Node(op, op.type, list(ins), out, lambda ctx: op_def.reference_kernel(op, ctx), frozenset(controls))
-    if op_def.out_kernel is not None and reuse_buffers and out >= 0:
+        return Node(op, op.type, list(ins), out, lambda ctx: op_def.reference_kernel(op, ctx), frozenset(controls),
+                    also=also)
+    if op_def.out_kernel is not None and reuse_buffers and out >= 0 and not also:
         return Node(op, op.type, list(ins), out, lambda ctx: op_def.out_kernel(op, ctx), frozenset(controls),
                     out_kernel=True)
-    return Node(op, op.type, list(ins), out, lambda ctx: op_def.kernel(op, ctx), frozenset(controls))
+    return Node(op, op.type, list(ins), out, lambda ctx: op_def.kernel(op, ctx), frozenset(controls), also=also)

@@ -12,7 +12,7 @@ def prune(ir: PlanIR) -> PlanIR:
     live_ids = set(ir.fetch_ops)
     kept = []
     for node in reversed(ir.nodes):
-        if node.id in live_ids or node.writes_state or (node.output >= 0 and node.output in live_slots):
+        if node.id in live_ids or node.writes_state or live_slots.intersection((node.output, *node.also)):
             kept.append(node)
             live_slots.update(node.inputs)
             live_ids.update(node.controls)

@@ -458,3 +458,36 @@ def test_run_options_and_metadata_are_refused_pointing_at_the_profiler(given):
         with pytest.raises(TypeError, match=rf"{next(iter(given))}.*engine\.profiler\.profile"):
             s.run(x, **given)
         assert s.run(x, options=None, run_metadata=None) == 1.0
+
+
+@pytest.mark.parametrize("config", [en.SessionConfig(), en.SessionConfig(optimize=False, reuse_buffers=False),
+                                    en.SessionConfig(backend="reference")], ids=["passes", "no passes", "reference"])
+def test_an_op_of_two_outputs_runs_for_either_output_and_leaves_a_fed_one_alone(moments_op, config):
+    """A plan gave an op one slot (its first output): fetching the second was a KeyError; the pruning pass kept a
+    node for its first output only; a fed output of an op run for its other was overwritten by the kernel."""
+    x = en.placeholder(en.float64, (None, 4))
+    mean, var = moments_op(x)
+    mean2, var2 = moments_op(x)  # the same op again: CSE merges it, both outputs renamed
+    data = np.arange(8.0).reshape(2, 4) ** 2
+    with en.Session(config=config) as s:
+        np.testing.assert_array_equal(s.run(var, {x: data}), np.var(data, axis=1))
+        got = s.run([var2, mean2 + var], {x: data})
+        np.testing.assert_allclose(got[0], np.var(data, axis=1))
+        np.testing.assert_allclose(got[1], np.mean(data, axis=1) + np.var(data, axis=1))
+        assert s.run([mean, var], {x: data, mean: [7.0, 8.0]})[0].tolist() == [7.0, 8.0]
+        np.testing.assert_allclose(s.run(var + mean, {x: data, mean: [7.0, 8.0]}), np.var(data, axis=1) + [7, 8])
+
+
+def test_a_sparse_gradient_of_one_output_of_several_reaches_the_gradient_function_dense(moments_op):
+    """Only an op flagged ``sparse_grad`` takes a gather's IndexedSlices: the densifying skipped ops of several
+    outputs, whose gradient function got the IndexedSlices in its list."""
+    x = en.placeholder(en.float64, (3, 4))
+    mean, var = moments_op(x)
+    y = en.reduce_sum(en.gather(var, np.array([2, 2, 0]))) + en.reduce_sum(mean)
+    (g,) = en.gradients(y, [x])
+    assert [type(d) for d in moments_op.grad_seen[0]] == [en.Tensor, en.Tensor]
+    assert moments_op.grad_seen[0][1].shape == (3,)
+    data = np.arange(12.0).reshape(3, 4) ** 2
+    with en.Session() as s:
+        want = 2 * (data - data.mean(1, keepdims=True)) / 4 * np.array([[1], [0], [2]]) + 0.25
+        np.testing.assert_allclose(s.run(g, {x: data}), want)
