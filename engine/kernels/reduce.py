@@ -120,13 +120,13 @@ def reduce(x: np.ndarray, axes: tuple, keepdims: bool, kind: str) -> np.ndarray:
     else:
         x2 = np.ascontiguousarray(np.transpose(x, layout)).reshape(m, r)
         largest, total = max_rows, sum_rows
-    if r == 0:
-        out[:] = 0
+    if r == 0:  # a mean of nothing is NaN, without 0 / 0's RuntimeWarning
+        out[:] = np.nan if kind == "mean" else 0
     elif kind == "max":
         largest(x2, out)
     else:
         total(x2, out, _ZEROS[x.dtype.kind != "f"])
-    if kind == "mean":
+    if kind == "mean" and r:
         out /= r
     return out.reshape(out_shape)
 
