@@ -58,6 +58,9 @@ def check_scalar(fn, op_name: str) -> int:
     """The number of operands of a scalar function; ValueError when it cannot be copied into a kernel."""
     if fn in _OPERATORS or (isinstance(fn, np.ufunc) and fn.nin <= 2 and fn.nout == 1):
         return arity(fn)
+    if getattr(fn, "__module__", None) in ("operator", "_operator"):
+        raise ValueError(f"op {op_name!r}: operator.{fn.__name__} is not one of the operators a scalar function may "
+                         f"be ({', '.join('operator.' + f.__name__ for f in _OPERATORS)}): write it as a def")
     if not inspect.isfunction(fn) or fn.__name__ == "<lambda>" or fn.__closure__:
         raise ValueError(f"op {op_name!r}: the scalar function must be a plain module-level def (no lambda, "
                          "no closure): its source is copied into generated kernels")

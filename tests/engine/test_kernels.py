@@ -47,6 +47,9 @@ def test_scalar_functions_must_be_copyable_into_kernels():
 
     with pytest.raises(ValueError, match="no closure"):
         EW.check_scalar(closure, "Bad")
+    # an operator the generator has no expression for: told which ones it has (it was told to write a def only)
+    with pytest.raises(ValueError, match=r"operator\.floordiv is not one of the operators .*operator\.truediv"):
+        EW.check_scalar(operator.floordiv, "FloorDiv")
 
 
 @pytest.mark.parametrize("dtype", NUMERIC)
