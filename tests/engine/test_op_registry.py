@@ -344,21 +344,23 @@ def _check_compiled(built, want, what) -> int:
 
 
 def _gradient_checkable(built, want):
+    """Float64 finite inputs and float outputs (no gradient flows through an int one: top_k's indices), float64
+    and finite."""
     floats = [a for a in built.example.inputs if a.dtype.kind == "f"]
-    outputs = want[0] if isinstance(want[0], list) else []
+    outputs = [np.asarray(o) for o in want[0] if np.asarray(o).dtype.kind == "f"] if isinstance(want[0], list) else []
     return (floats and all(a.dtype == np.float64 and a.size and np.isfinite(a).all() for a in floats)
-            and outputs and all(np.asarray(o).dtype == np.float64 and np.isfinite(o).all() for o in outputs))
+            and outputs and all(o.dtype == np.float64 and np.isfinite(o).all() for o in outputs))
 
 
 def _check_gradient(built, what, eps=1e-6):
-    """``en.gradients`` of the sum of each output * r (every output: an op of two outputs had the second's gradient
-    unchecked) against central differences computed by the reference backend."""
+    """``en.gradients`` of the sum of each float output * r (every one: an op of two outputs had the second's
+    gradient unchecked) against central differences computed by the reference backend."""
     inputs = list(built.example.inputs)
     positions = [k for k in built.op.op_def.data_inputs(len(inputs)) if inputs[k].dtype == np.float64]
     rng = np.random.default_rng(1)
     with built.graph.as_default():
         loss = en.add_n([en.reduce_sum(en.multiply(out, en.constant(rng.uniform(0.5, 1.5, size=np.shape(value)))))
-                         for out, value in zip(built.op.outputs, built.run(REFERENCE)[0])])
+                         for out, value in zip(built.op.outputs, built.run(REFERENCE)[0]) if out.dtype.is_floating])
         try:  # en.gradients refuses a gradient whose static shape or dtype is not its input's
             grads = en.gradients(loss, [built.feeds[k] for k in positions])
         except (ValueError, TypeError) as e:
@@ -699,3 +701,32 @@ def test_an_op_of_two_outputs_is_checked_by_the_registry_test_output_by_output(m
     monkeypatch.setitem(registry._REGISTRY, "TestMoments", wrong)
     with pytest.raises(AssertionError, match="gradient of input 0"):
         test_op("TestMoments")
+
+
+def _top1(x):
+    """Each row's largest value and its position: an op of a float and an int output (as nn.top_k)."""
+    i = np.argmax(x, axis=-1)
+    return np.take_along_axis(x, i[..., None], -1)[..., 0], i.astype(np.int64)
+
+
+def _top1_grad(scale):
+    def grad(op, dys):
+        x, (top, _) = op.inputs[0], op.outputs
+        return [M.multiply(en.cast(en.equal(x, en.expand_dims(top, -1)), x.dtype), en.expand_dims(dys[0], -1) * scale)]
+    return grad
+
+
+@pytest.mark.parametrize("scale,fails", [(1.0, False), (0.5, True)], ids=["right gradient", "wrong gradient"])
+def test_an_op_with_an_int_output_beside_a_float_one_has_its_gradient_checked(scratch_registry, scale, fails):
+    """Found by a probe: the gradient check wanted every output float64, so an op with an int output (top_k's
+    indices) had no example to check its gradient with and could not pass, whatever its gradient."""
+    registry.register("Top1", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[0].shape[:-1]),
+                                                          (en.int64, inputs[0].shape[:-1])],
+                      kernel=simple_kernel(_top1), grad=_top1_grad(scale),
+                      reference=simple_kernel(lambda x: (np.max(x, axis=-1), np.argmax(x, axis=-1).astype(np.int64))),
+                      examples=lambda rng: [Example((_util.sample(rng, (3, 4), t),)) for t in (np.float32, np.float64)])
+    if fails:
+        with pytest.raises(AssertionError, match="gradient of input 0"):
+            test_op("Top1")
+    else:
+        test_op("Top1")
