@@ -389,8 +389,7 @@ class Session:
                     getters.append(lambda vals, j=j: vals[j] if vals[j].flags.writeable else np.array(vals[j]))
         labels = {j: t.name for j, t in slot_tensors.items()}
         return Plan(self, list(feed_tensors), feed_slots, resolved, None, steps, getters, len(slot_tensors), runners,
-                    labels,
-                    n_buffers, ir.nodes, groups)
+                    labels, n_buffers, ir.nodes, groups)
 
 
 def exact_feeds(tensors) -> list:
