@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import sys
-import tempfile
 import threading
 from types import ModuleType
 
@@ -36,8 +36,9 @@ def import_generated(source: str, key: str, subdir: str, stem: str, module_prefi
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
         if not _file_holds(path, source):
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{stem}_", suffix=".py")
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            tmp = os.path.join(directory, f".{stem}_{secrets.token_hex(8)}.py")
+            # the umask's mode, not mkstemp's 0600: another user sharing the cache reads it
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8") as handle:
                 handle.write(source)
             os.replace(tmp, path)
         name = f"{module_prefix}{key}"

@@ -278,3 +278,17 @@ def test_a_chain_over_rows_of_zero_width_gives_the_empty_result(rows):
     for session_config in (en.SessionConfig(), OFF):
         out = en.Session(graph, config=session_config).run(y, feeds)
         assert out.shape == (rows, 0) and out.dtype == np.float32
+
+
+def test_a_generated_module_follows_the_umask_so_another_user_sharing_the_cache_reads_it(tmp_path, monkeypatch):
+    """Generated modules were written 0600 (mkstemp's mode): a process of another user sharing NUMBA_CACHE_DIR (a
+    cache warmed by a deploy user, served by the app's) could not read one, and failed writing it again."""
+    from engine import generated
+
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))
+    old = os.umask(0o022)
+    try:
+        generated.import_generated("VALUE = 1\n", "k1", "modes", "mod", "shelfcast_test_modes_")
+    finally:
+        os.umask(old)
+    assert os.stat(generated.module_path("modes", "mod", "k1")).st_mode & 0o777 == 0o644
