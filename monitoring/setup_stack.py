@@ -3,7 +3,11 @@
     python -m monitoring.setup_stack [--elasticsearch URL] [--kibana URL] [--wait-s 300]
 
 Waits until each service answers healthy, then installs; re-running replaces the
-templates and overwrites the saved objects (idempotent). docker-compose runs it as
+templates and overwrites the saved objects (idempotent). A template applies only to indices created after it:
+an index that already exists (events indexed before setup, or a template changed by an upgrade) gets the fields
+it lacks added, and each of its fields mapped otherwise (e.g. `family` as text, `store` as a number) is named;
+--reindex copies such an index into <index>-remapped with the template's mappings and deletes it (run it with
+Fluentd stopped: writes to the index are blocked while it is copied). docker-compose runs it as
 the `setup` service; without Docker, point it at any Elasticsearch/OpenSearch + Kibana.
 A secured cluster's user: $ELASTICSEARCH_USERNAME / $ELASTICSEARCH_PASSWORD (both services),
 as drift and release read them; credentials refused end the wait at once.
@@ -73,6 +77,75 @@ def install_index_templates(elasticsearch: ElasticsearchEvents) -> list[str]:
     return installed
 
 
+NUMBER_KINDS = {**dict.fromkeys(("long", "integer", "short", "byte", "unsigned_long"), "whole number"),
+                **dict.fromkeys(("float", "double", "half_float", "scaled_float"), "decimal number")}
+
+
+def leaf_types(properties: dict, prefix: str = "") -> dict[str, str]:
+    """A mapping's fields as dotted path -> type (an object's own fields, not the object)."""
+    out = {}
+    for name, field in properties.items():
+        if "properties" in field:
+            out.update(leaf_types(field["properties"], f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = field.get("type", "object")
+    return out
+
+
+def _subset(properties: dict, paths: set[str], prefix: str = "") -> dict:
+    """The part of `properties` that maps `paths` (and the objects holding them)."""
+    out = {}
+    for name, field in properties.items():
+        path = f"{prefix}{name}"
+        if "properties" in field:
+            inner = _subset(field["properties"], paths, f"{path}.")
+            if inner:
+                out[name] = {**{k: v for k, v in field.items() if k != "properties"}, "properties": inner}
+        elif path in paths:
+            out[name] = field
+    return out
+
+
+def reconcile_existing_indices(elasticsearch: ElasticsearchEvents, reindex: bool = False) -> list[str]:
+    """Bring indices created before their template in line with it, as far as a mapping can change: fields they lack
+    are added; a field mapped as another kind cannot change in place, so each such index is named (one line each)
+    or, with `reindex`, copied into <index>-remapped (created by the template) and deleted. Returns the lines."""
+    lines = []
+    for name, body in index_templates().items():
+        wanted_properties = body["template"]["mappings"]["properties"]
+        wanted = leaf_types(wanted_properties)
+        patterns = ",".join(body["index_patterns"])
+        found = elasticsearch.request("GET", f"/{patterns}/_mapping?ignore_unavailable=true&allow_no_indices=true")
+        for index, mapping in sorted(found.items()):
+            have = leaf_types(mapping.get("mappings", {}).get("properties", {}))
+            missing = {path for path in wanted if path not in have}
+            differ = {path: have[path] for path in wanted if path in have
+                      and NUMBER_KINDS.get(have[path], have[path]) != NUMBER_KINDS.get(wanted[path], wanted[path])}
+            if missing:
+                elasticsearch.request("PUT", f"/{index}/_mapping", {"properties": _subset(wanted_properties, missing)})
+                lines.append(f"index {index}: {len(missing)} field(s) of template {name} added to its mapping")
+            if not differ:
+                continue
+            fields = ", ".join(f"{path} is {kind}, the template maps {wanted[path]}"
+                               for path, kind in sorted(differ.items()))
+            if not reindex:
+                lines.append(f"warning: index {index} was created before template {name}: {fields}; panels on those "
+                             "fields show nothing for its events; run setup again with --reindex (Fluentd stopped) to "
+                             "copy it into a mapped index")
+                continue
+            target = f"{index}-remapped"
+            elasticsearch.request("PUT", f"/{index}/_settings", {"index.blocks.write": True})
+            copied = elasticsearch.request("POST", "/_reindex?refresh=true",
+                                           {"source": {"index": index}, "dest": {"index": target}})
+            if copied.get("failures"):
+                raise SetupError(f"{elasticsearch.url}: reindex of {index} into {target} failed "
+                                 f"(its writes stay blocked): {copied['failures'][:3]}")
+            elasticsearch.request("DELETE", f"/{index}")
+            lines.append(f"index {index} ({fields}) copied into {target} with template {name}'s mappings "
+                         f"({copied.get('created', 0)} documents) and deleted; new events to it get the template")
+    return lines
+
+
 def import_saved_objects(kibana_url: str, path: Path = SAVED_OBJECTS, timeout_s: float = 60.0) -> dict:
     """POST the .ndjson to Kibana's saved-objects import API (multipart, overwrite)."""
     boundary = uuid.uuid4().hex
@@ -107,6 +180,9 @@ def main(argv=None) -> int:
     parser.add_argument("--elasticsearch", default=os.environ.get("ELASTICSEARCH_URL", "http://localhost:9200"))
     parser.add_argument("--kibana", default=os.environ.get("KIBANA_URL", "http://localhost:5601"),
                         help="Kibana URL; 'none' skips the saved objects")
+    parser.add_argument("--reindex", action="store_true",
+                        help="copy each existing index whose mapping differs from its template into <index>-remapped "
+                             "and delete it (stop Fluentd first: its writes to that index are refused meanwhile)")
     parser.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for each service")
     args = parser.parse_args(argv)
     try:
@@ -115,6 +191,8 @@ def main(argv=None) -> int:
                    f"Elasticsearch at {args.elasticsearch}", args.wait_s)
         names = install_index_templates(elasticsearch)
         print(f"setup: index templates {', '.join(names)} installed in {args.elasticsearch}")
+        for line in reconcile_existing_indices(elasticsearch, args.reindex):
+            print(f"setup: {line}", file=sys.stderr if line.startswith("warning") else sys.stdout)
         if args.kibana.lower() != "none":
             wait_until(lambda: kibana_available(args.kibana), f"Kibana at {args.kibana}", args.wait_s)
             answer = import_saved_objects(args.kibana)

@@ -354,3 +354,41 @@ def test_closed_day_answers_can_be_told_apart_on_the_forecast_panels(logged_even
             body["query"]["bool"]["filter"].append({"match_phrase": {CLOSED_DAY_FIELD: True}})
             answer = search.request("POST", "/shelfcast-prediction-*/_search", body)
             assert answer["hits"]["total"]["value"] == len(closed), panel["id"]
+
+
+def test_setup_after_the_first_events_makes_every_panel_work(logged_events, capsys):
+    """An index template applies only to indices created after it: events that arrived before setup (or a template
+    changed by an upgrade) left today's index mapped by guess -- family and model_variant as text, store as a number
+    -- and the panels grouping by them failed until the next day's index. setup names each such index and its fields;
+    with --reindex it copies the index into one the template maps, and every panel has data again."""
+    from osmem_server import OsmemServer
+
+    from monitoring.setup_stack import main as setup
+
+    now = dt.datetime.now(dt.timezone.utc)
+    window = ((now - dt.timedelta(days=7)).isoformat(), (now + dt.timedelta(minutes=1)).isoformat())
+    before = [("shelfcast.prediction", {**event, "store": int(event["inputs"]["store_nbr"])})  # an older app's store
+              for event in logged_events]
+    with OsmemServer.start(japanese=False, addr="127.0.0.1:0") as server:
+        search = ElasticsearchEvents(server.url)
+        bulk_as_fluentd(search, before)  # Fluentd wrote before setup ran
+        today = f"shelfcast-prediction-{now:%Y.%m.%d}"
+        assert setup(["--elasticsearch", server.url, "--kibana", "none", "--wait-s", "5"]) == 0
+        warned = capsys.readouterr().err
+        assert f"index {today} was created before template shelfcast-prediction" in warned
+        assert "family is text, the template maps keyword" in warned and "store is long" in warned
+        assert setup(["--elasticsearch", server.url, "--kibana", "none", "--wait-s", "5", "--reindex"]) == 0
+        assert f"index {today} (" in capsys.readouterr().out
+        later = {**logged_events[0], "event_id": "after-setup"}
+        bulk_as_fluentd(search, [("shelfcast.prediction", later)])  # the daily index again, now by the template
+        mapping = search.request("GET", f"/{today}/_mapping")[today]["mappings"]["properties"]
+        assert mapping["family"]["type"] == "keyword" and mapping["store"]["type"] == "keyword"
+        panels = [v for v in VISUALIZATIONS if "prediction" in next(
+            o for o in saved_objects() if o["id"] == v["references"][0]["id"])["attributes"]["title"]]
+        for panel in panels:
+            answer = search.request("POST", "/shelfcast-prediction-*/_search", kibana_request(panel, *window))
+            state = json.loads(panel["attributes"]["visState"])
+            buckets = innermost_buckets(answer, [a for a in state["aggs"] if a["schema"] != "metric"])
+            assert any(b["doc_count"] for b in buckets), panel["id"]
+        assert setup(["--elasticsearch", server.url, "--kibana", "none", "--wait-s", "5"]) == 0
+        assert "warning" not in capsys.readouterr().err  # a second run finds every index mapped
