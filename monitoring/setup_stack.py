@@ -130,7 +130,8 @@ def reconcile_existing_indices(elasticsearch: ElasticsearchEvents, reindex: bool
                                for path, kind in sorted(differ.items()))
             if not reindex:
                 lines.append(f"warning: index {index} was created before template {name}: {fields}; panels on those "
-                             "fields show nothing for its events; run setup again with --reindex (Fluentd stopped) to "
+                             "fields show nothing for its events, and drift and release cannot read it if they are "
+                             "timestamp or event_id; run setup again with --reindex (Fluentd stopped) to "
                              "copy it into a mapped index")
                 continue
             target = f"{index}-remapped"

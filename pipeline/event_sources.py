@@ -414,7 +414,15 @@ class ElasticsearchEvents:
                                     "sort": [{"timestamp": "desc"}, {"event_id": "desc"}]}
             if search_after is not None:
                 body["search_after"] = search_after
-            answer = self.request("POST", path, body)
+            try:
+                answer = self.request("POST", path, body)
+            except EventSourceError as exc:  # an index made before the template: timestamp or event_id mapped as text
+                if exc.status == 400 and "Text fields" in str(exc):
+                    raise EventSourceError(f"{self.url}: an index of {self.index} maps timestamp or event_id as text, "
+                                           "not as its index template does (it was made before the template): run "
+                                           "`python -m monitoring.setup_stack --reindex` (README: Monitoring)",
+                                           400) from None
+                raise
             hits = answer.get("hits", {}).get("hits", [])
             if not hits:
                 return

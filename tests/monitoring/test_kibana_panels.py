@@ -20,7 +20,7 @@ import pytest
 from monitoring.drift import drift_summary_event
 from monitoring.drift_analysis import analyse
 from monitoring.drift_params import DriftParams
-from pipeline.event_sources import ElasticsearchEvents
+from pipeline.event_sources import ElasticsearchEvents, EventSourceError
 from monitoring.metrics_events import metrics_event
 from monitoring.setup_stack import SAVED_OBJECTS, install_index_templates
 
@@ -377,6 +377,9 @@ def test_setup_after_the_first_events_makes_every_panel_work(logged_events, caps
         warned = capsys.readouterr().err
         assert f"index {today} was created before template shelfcast-prediction" in warned
         assert "family is text, the template maps keyword" in warned and "store is long" in warned
+        hint = r"made before the template\): run `python -m monitoring.setup_stack --reindex`"
+        with pytest.raises(EventSourceError, match=hint):
+            search.events(10)  # drift and release read through this: sorting on event_id (text) failed with HTTP 400
         assert setup(["--elasticsearch", server.url, "--kibana", "none", "--wait-s", "5", "--reindex"]) == 0
         assert f"index {today} (" in capsys.readouterr().out
         later = {**logged_events[0], "event_id": "after-setup"}
@@ -390,5 +393,6 @@ def test_setup_after_the_first_events_makes_every_panel_work(logged_events, caps
             state = json.loads(panel["attributes"]["visState"])
             buckets = innermost_buckets(answer, [a for a in state["aggs"] if a["schema"] != "metric"])
             assert any(b["doc_count"] for b in buckets), panel["id"]
+        assert len(search.events(1000)) == len(logged_events) + 1
         assert setup(["--elasticsearch", server.url, "--kibana", "none", "--wait-s", "5"]) == 0
         assert "warning" not in capsys.readouterr().err  # a second run finds every index mapped
