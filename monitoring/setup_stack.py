@@ -123,7 +123,10 @@ def reconcile_existing_indices(elasticsearch: ElasticsearchEvents, reindex: bool
                       and NUMBER_KINDS.get(have[path], have[path]) != NUMBER_KINDS.get(wanted[path], wanted[path])}
             if missing:
                 elasticsearch.request("PUT", f"/{index}/_mapping", {"properties": _subset(wanted_properties, missing)})
-                lines.append(f"index {index}: {len(missing)} field(s) of template {name} added to its mapping")
+                # a field added to a mapping covers the documents indexed after it: the earlier ones are read again
+                again = elasticsearch.request("POST", f"/{index}/_update_by_query?conflicts=proceed&refresh=true", {})
+                lines.append(f"index {index}: {len(missing)} field(s) of template {name} added to its mapping, its "
+                             f"{again.get('updated', 0)} document(s) indexed again for them")
             if not differ:
                 continue
             fields = ", ".join(f"{path} is {kind}, the template maps {wanted[path]}"

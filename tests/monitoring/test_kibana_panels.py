@@ -396,3 +396,31 @@ def test_setup_after_the_first_events_makes_every_panel_work(logged_events, caps
         assert len(search.events(1000)) == len(logged_events) + 1
         assert setup(["--elasticsearch", server.url, "--kibana", "none", "--wait-s", "5"]) == 0
         assert "warning" not in capsys.readouterr().err  # a second run finds every index mapped
+
+
+def test_setup_after_an_upgrade_adds_the_new_fields_to_todays_index_and_its_events(logged_events, capsys):
+    """Today's index made by the previous template, which lacked fields the panels now group by (here
+    model_variant and horizon_days): setup adds them to its mapping and indexes its events again for them (a field
+    added to a mapping covers only the documents indexed after it), so the panels need not wait for tomorrow."""
+    from osmem_server import OsmemServer
+
+    from monitoring.setup_stack import index_templates, main as setup
+
+    now = dt.datetime.now(dt.timezone.utc)
+    today = f"shelfcast-prediction-{now:%Y.%m.%d}"
+    older = index_templates()["shelfcast-prediction"]["template"]
+    mappings = {**older["mappings"], "properties": {k: v for k, v in older["mappings"]["properties"].items()
+                                                    if k not in ("model_variant", "horizon_days")}}
+    with OsmemServer.start(japanese=False, addr="127.0.0.1:0") as server:
+        search = ElasticsearchEvents(server.url)
+        search.request("PUT", f"/{today}", {"settings": older["settings"], "mappings": mappings})
+        bulk_as_fluentd(search, [("shelfcast.prediction", event) for event in logged_events])
+        assert setup(["--elasticsearch", server.url, "--kibana", "none", "--wait-s", "5"]) == 0
+        out, err = capsys.readouterr()
+        assert f"index {today}: 2 field(s) of template shelfcast-prediction added to its mapping, its " \
+               f"{len(logged_events)} document(s) indexed again" in out and "warning" not in err
+        mapping = search.request("GET", f"/{today}/_mapping")[today]["mappings"]["properties"]
+        assert mapping["model_variant"]["type"] == "keyword" and mapping["horizon_days"]["type"] == "integer"
+        answer = search.request("POST", "/shelfcast-prediction-*/_search", {
+            "size": 0, "aggs": {"variant": {"terms": {"field": "model_variant"}}}})
+        assert answer["aggregations"]["variant"]["buckets"][0]["doc_count"] == len(logged_events)
