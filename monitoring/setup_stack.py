@@ -1,13 +1,14 @@
 """One-shot setup of the monitoring stack: index templates into Elasticsearch, saved objects into Kibana.
 
-    python -m monitoring.setup_stack [--elasticsearch URL] [--kibana URL] [--wait-s 300]
+    python -m monitoring.setup_stack [--elasticsearch URL] [--kibana URL] [--wait-s 300] [--reindex]
 
 Waits until each service answers healthy, then installs; re-running replaces the
 templates and overwrites the saved objects (idempotent). A template applies only to indices created after it:
 an index that already exists (events indexed before setup, or a template changed by an upgrade) gets the fields
 it lacks added, and each of its fields mapped otherwise (e.g. `family` as text, `store` as a number) is named;
 --reindex copies such an index into <index>-remapped with the template's mappings and deletes it (run it with
-Fluentd stopped: writes to the index are blocked while it is copied). docker-compose runs it as
+Fluentd stopped: writes to the index are blocked while it is copied; exit 1 if an index is still unmatched); an
+index that refuses a change (read-only) is named and setup goes on. docker-compose runs it as
 the `setup` service; without Docker, point it at any Elasticsearch/OpenSearch + Kibana.
 A secured cluster's user: $ELASTICSEARCH_USERNAME / $ELASTICSEARCH_PASSWORD (both services),
 as drift and release read them; credentials refused end the wait at once.
@@ -113,41 +114,46 @@ def reconcile_existing_indices(elasticsearch: ElasticsearchEvents, reindex: bool
     lines = []
     for name, body in index_templates().items():
         wanted_properties = body["template"]["mappings"]["properties"]
-        wanted = leaf_types(wanted_properties)
         patterns = ",".join(body["index_patterns"])
         found = elasticsearch.request("GET", f"/{patterns}/_mapping?ignore_unavailable=true&allow_no_indices=true")
         for index, mapping in sorted(found.items()):
-            have = leaf_types(mapping.get("mappings", {}).get("properties", {}))
-            missing = {path for path in wanted if path not in have}
-            differ = {path: have[path] for path in wanted if path in have
-                      and NUMBER_KINDS.get(have[path], have[path]) != NUMBER_KINDS.get(wanted[path], wanted[path])}
-            if missing:
-                elasticsearch.request("PUT", f"/{index}/_mapping", {"properties": _subset(wanted_properties, missing)})
-                # a field added to a mapping covers the documents indexed after it: the earlier ones are read again
-                again = elasticsearch.request("POST", f"/{index}/_update_by_query?conflicts=proceed&refresh=true", {})
-                lines.append(f"index {index}: {len(missing)} field(s) of template {name} added to its mapping, its "
-                             f"{again.get('updated', 0)} document(s) indexed again for them")
-            if not differ:
-                continue
-            fields = ", ".join(f"{path} is {kind}, the template maps {wanted[path]}"
-                               for path, kind in sorted(differ.items()))
-            if not reindex:
-                lines.append(f"warning: index {index} was created before template {name}: {fields}; panels on those "
-                             "fields show nothing for its events, and drift and release cannot read it if they are "
-                             "timestamp or event_id; run setup again with --reindex (Fluentd stopped) to "
-                             "copy it into a mapped index")
-                continue
-            target = f"{index}-remapped"
-            elasticsearch.request("PUT", f"/{index}/_settings", {"index.blocks.write": True})
-            copied = elasticsearch.request("POST", "/_reindex?refresh=true",
-                                           {"source": {"index": index}, "dest": {"index": target}})
-            if copied.get("failures"):
-                raise SetupError(f"{elasticsearch.url}: reindex of {index} into {target} failed "
-                                 f"(its writes stay blocked): {copied['failures'][:3]}")
-            elasticsearch.request("DELETE", f"/{index}")
-            lines.append(f"index {index} ({fields}) copied into {target} with template {name}'s mappings "
-                         f"({copied.get('created', 0)} documents) and deleted; new events to it get the template")
+            try:
+                lines.extend(_reconcile_index(elasticsearch, name, index, mapping, wanted_properties, reindex))
+            except EventSourceError as exc:  # e.g. a read-only index (disk flood stage): the others, Kibana go on
+                lines.append(f"warning: index {index} does not match template {name} and could not be changed: {exc}")
     return lines
+
+
+def _reconcile_index(elasticsearch: ElasticsearchEvents, name: str, index: str, mapping: dict,
+                     wanted_properties: dict, reindex: bool) -> list[str]:
+    lines = []
+    wanted = leaf_types(wanted_properties)
+    have = leaf_types(mapping.get("mappings", {}).get("properties", {}))
+    missing = {path for path in wanted if path not in have}
+    differ = {path: have[path] for path in wanted if path in have
+              and NUMBER_KINDS.get(have[path], have[path]) != NUMBER_KINDS.get(wanted[path], wanted[path])}
+    if missing:
+        elasticsearch.request("PUT", f"/{index}/_mapping", {"properties": _subset(wanted_properties, missing)})
+        # a field added to a mapping covers the documents indexed after it: the earlier ones are read again
+        again = elasticsearch.request("POST", f"/{index}/_update_by_query?conflicts=proceed&refresh=true", {})
+        lines.append(f"index {index}: {len(missing)} field(s) of template {name} added to its mapping, its "
+                     f"{again.get('updated', 0)} document(s) indexed again for them")
+    if not differ:
+        return lines
+    fields = ", ".join(f"{path} is {kind}, the template maps {wanted[path]}" for path, kind in sorted(differ.items()))
+    if not reindex:
+        return [*lines, f"warning: index {index} was created before template {name}: {fields}; panels on those fields "
+                        "show nothing for its events, and drift and release cannot read it if they are timestamp or "
+                        "event_id; run setup again with --reindex (Fluentd stopped) to copy it into a mapped index"]
+    target = f"{index}-remapped"
+    elasticsearch.request("PUT", f"/{index}/_settings", {"index.blocks.write": True})
+    copied = elasticsearch.request("POST", "/_reindex?refresh=true",
+                                   {"source": {"index": index}, "dest": {"index": target}})
+    if copied.get("failures"):
+        raise EventSourceError(f"reindex into {target} failed (its writes stay blocked): {copied['failures'][:3]}")
+    elasticsearch.request("DELETE", f"/{index}")
+    return [*lines, f"index {index} ({fields}) copied into {target} with template {name}'s mappings "
+                    f"({copied.get('created', 0)} documents) and deleted; new events to it get the template"]
 
 
 def import_saved_objects(kibana_url: str, path: Path = SAVED_OBJECTS, timeout_s: float = 60.0) -> dict:
@@ -195,7 +201,9 @@ def main(argv=None) -> int:
                    f"Elasticsearch at {args.elasticsearch}", args.wait_s)
         names = install_index_templates(elasticsearch)
         print(f"setup: index templates {', '.join(names)} installed in {args.elasticsearch}")
+        unmatched = 0
         for line in reconcile_existing_indices(elasticsearch, args.reindex):
+            unmatched += line.startswith("warning")
             print(f"setup: {line}", file=sys.stderr if line.startswith("warning") else sys.stdout)
         if args.kibana.lower() != "none":
             wait_until(lambda: kibana_available(args.kibana), f"Kibana at {args.kibana}", args.wait_s)
@@ -205,7 +213,7 @@ def main(argv=None) -> int:
     except (SetupError, EventSourceError) as exc:
         print(f"setup: error: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return 1 if args.reindex and unmatched else 0  # without --reindex an index left as it was is a warning
 
 
 if __name__ == "__main__":

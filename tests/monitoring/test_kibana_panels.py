@@ -424,3 +424,28 @@ def test_setup_after_an_upgrade_adds_the_new_fields_to_todays_index_and_its_even
         answer = search.request("POST", "/shelfcast-prediction-*/_search", {
             "size": 0, "aggs": {"variant": {"terms": {"field": "model_variant"}}}})
         assert answer["aggregations"]["variant"]["buckets"][0]["doc_count"] == len(logged_events)
+
+
+def test_an_index_that_cannot_be_changed_is_named_and_setup_goes_on(logged_events, capsys):
+    """An older index Elasticsearch made read-only (the disk's flood-stage watermark) refuses the fields setup adds:
+    that stopped setup with exit 1 before the dashboard was imported (and docker compose's Fluentd waits for setup to
+    succeed). Now the index is named with the cluster's reason, and setup goes on; --reindex, asked for, exits 1."""
+    from osmem_server import OsmemServer
+
+    from monitoring.setup_stack import index_templates, main as setup
+
+    older = index_templates()["shelfcast-prediction"]["template"]
+    mappings = {**older["mappings"], "properties": {k: v for k, v in older["mappings"]["properties"].items()
+                                                    if k != "model_variant"}}
+    index = "shelfcast-prediction-2026.01.05"
+    with OsmemServer.start(japanese=False, addr="127.0.0.1:0") as server:
+        search = ElasticsearchEvents(server.url)
+        search.request("PUT", f"/{index}", {"settings": older["settings"], "mappings": mappings})
+        event = {**logged_events[0], "@timestamp": "2026-01-05T10:00:00Z"}
+        search.request("POST", f"/{index}/_doc?refresh=true", event)
+        search.request("PUT", f"/{index}/_settings", {"index.blocks.read_only_allow_delete": True})
+        assert setup(["--elasticsearch", server.url, "--kibana", "none", "--wait-s", "5"]) == 0
+        err = capsys.readouterr().err
+        assert f"warning: index {index} does not match template shelfcast-prediction and could not be changed" in err
+        assert "flood-stage" in err and "setup: error" not in err
+        assert setup(["--elasticsearch", server.url, "--kibana", "none", "--wait-s", "5", "--reindex"]) == 1
