@@ -147,10 +147,16 @@ def _reconcile_index(elasticsearch: ElasticsearchEvents, name: str, index: str, 
                         "event_id; run setup again with --reindex (Fluentd stopped) to copy it into a mapped index"]
     target = f"{index}-remapped"
     elasticsearch.request("PUT", f"/{index}/_settings", {"index.blocks.write": True})
-    copied = elasticsearch.request("POST", "/_reindex?refresh=true",
-                                   {"source": {"index": index}, "dest": {"index": target}})
-    if copied.get("failures"):
-        raise EventSourceError(f"reindex into {target} failed (its writes stay blocked): {copied['failures'][:3]}")
+    try:
+        copied = elasticsearch.request("POST", "/_reindex?refresh=true",
+                                       {"source": {"index": index}, "dest": {"index": target}})
+        if copied.get("failures"):
+            raise EventSourceError(str(copied["failures"][:1]))
+    except EventSourceError as exc:  # a document the template cannot take: no half copy counted twice, writes back
+        elasticsearch.request("DELETE", f"/{target}?ignore_unavailable=true")
+        elasticsearch.request("PUT", f"/{index}/_settings", {"index.blocks.write": False})
+        raise EventSourceError(f"copying it into {target} failed, so it is left as it was (writable, no copy): "
+                               f"{exc}") from None
     elasticsearch.request("DELETE", f"/{index}")
     return [*lines, f"index {index} ({fields}) copied into {target} with template {name}'s mappings "
                     f"({copied.get('created', 0)} documents) and deleted; new events to it get the template"]

@@ -449,3 +449,27 @@ def test_an_index_that_cannot_be_changed_is_named_and_setup_goes_on(logged_event
         assert f"warning: index {index} does not match template shelfcast-prediction and could not be changed" in err
         assert "flood-stage" in err and "setup: error" not in err
         assert setup(["--elasticsearch", server.url, "--kibana", "none", "--wait-s", "5", "--reindex"]) == 1
+
+
+def test_a_copy_that_fails_leaves_the_index_writable_and_no_half_copy(logged_events, capsys):
+    """--reindex blocks writes to the index while copying it: a document the template cannot take (a horizon_days
+    an older sender wrote as words) failed the copy, and the index stayed write-blocked (Fluentd's events refused
+    from then on) beside a half copy the index pattern also matched (its events counted twice by panels and drift).
+    Now the copy is removed, the block lifted, and the index named; setup exits 1 as --reindex did not do its job."""
+    from osmem_server import OsmemServer
+
+    from monitoring.setup_stack import main as setup
+
+    now = dt.datetime.now(dt.timezone.utc)
+    today = f"shelfcast-prediction-{now:%Y.%m.%d}"
+    words = {**logged_events[1], "event_id": "in-words", "horizon_days": "three"}
+    with OsmemServer.start(japanese=False, addr="127.0.0.1:0") as server:
+        search = ElasticsearchEvents(server.url)
+        bulk_as_fluentd(search, [("shelfcast.prediction", event) for event in [words, logged_events[0]]])
+        assert setup(["--elasticsearch", server.url, "--kibana", "none", "--wait-s", "5", "--reindex"]) == 1
+        err = capsys.readouterr().err
+        assert f"index {today} does not match" in err and "left as it was (writable, no copy)" in err
+        bulk_as_fluentd(search, [("shelfcast.prediction", logged_events[2])])  # Fluentd can write to it again
+        indices = [row["index"] for row in search.request("GET", "/_cat/indices/shelfcast-*?format=json")]
+        assert indices == [today]
+        assert search.request("POST", "/shelfcast-prediction-*/_count", {})["count"] == 3
