@@ -162,7 +162,7 @@ def test_the_jobs_holding_the_dvc_remote_s_credentials_install_its_plugin():
     def installs(*args: str, **env: str) -> str:
         out = subprocess.run(["make", "-n", "-W", "pyproject.toml", "venv", *args], cwd=REPO, capture_output=True,
                              text=True, env={**os.environ, **env}).stdout
-        return re.search(r"pip install --progress-bar off -e '([^']+)'", out).group(1)
+        return re.search(r"scripts/pip_install.py -e '([^']+)'", out).group(1)
 
     assert installs() == ".[test]"
     assert installs(VENV_EXTRAS="s3") == ".[test,s3]"  # as the workflows set it: in the job's env
