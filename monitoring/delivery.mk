@@ -43,8 +43,7 @@ promote: $(STAMP)                     ## registry alias + models/production/ (+ 
 # A failed push ends in one line with DVC's reason and what to do (pipeline/dvc_remote.py): DVC's own said
 # "unexpected error" for a store it cannot reach, a missing bucket or refused credentials, then its support blurb.
 dvc-push: $(STAMP)                    ## push data and models to the DVC remote, when one is configured
-	@remotes="$$($(DVC) remote list)" || { echo "dvc-push: \`dvc remote list\` failed (above): nothing pushed" >&2; exit 1; }; \
-	if [ -n "$$remotes" ]; then $(BIN)/python -m pipeline.dvc_remote push; else echo "dvc-push: no DVC remote configured; nothing to push"; fi
+	@$(BIN)/python -m pipeline.dvc_remote push
 
 # The versioned record (CD4ML): dvc.lock names the data and model versions the promoted model came from, and the
 # metrics files are evaluate's cache: false outputs, tracked by git, whose hashes dvc.lock records (committing one

@@ -1,11 +1,12 @@
-"""The DVC CLI as promote, fetch-model (``--from dvc``) and ``make dvc-push`` run it against the repository's
-DVC remote, and a failure of it as one line that says what went wrong and what to do.
+"""The DVC CLI as promote, fetch-model (``--from dvc``), prune and ``make dvc-push`` run it against the repository's
+DVC remote, and a failure of it as one line that says what went wrong and what to do; ``remote_names``: the one
+reading of `dvc remote list` (a config DVC cannot read is an error, never "no remote").
 
 DVC's own error is several lines (its reason, then "Having any troubles? Hit us up at https://dvc.org/support"),
 says "unexpected error" for a remote it cannot reach, a bucket that does not exist or credentials the store
 refuses, and never says what to do: ``failure`` keeps its reason and adds the remedy.
 
-    python -m pipeline.dvc_remote push    # make dvc-push: dvc push, or one line saying why not and what to do
+    python -m pipeline.dvc_remote push    # make dvc-push: dvc push (none without a remote), or one line saying why not
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ REMEDIES = (
     (MISSING,
      "the remote lacks these objects: push them again from a clone that has them (`dvc push`), or rebuild them "
      "(`dvc repro` recomputes what is missing)"),
+    (("config file error",), "DVC cannot read its config: mend .dvc/config (or .dvc/config.local), e.g. the "
+     "conflict markers a merge left, then run it again"),
     (("requires 'dvc-",), "install the remote's DVC plugin: `make clean && make venv VENV_EXTRAS=s3` (README, CI/CD)"),
 )
 DVC_SUPPORT_LINE = "Having any troubles?"
+TRACEBACK_LINE = "Traceback (most recent call last)"  # DVC prints one after its ERROR line for a config it cannot parse
 
 
 def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -47,9 +51,11 @@ def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def reason(done: subprocess.CompletedProcess) -> str:
-    """DVC's error on one line, without its support blurb."""
+    """DVC's error on one line, without its support blurb or a Python traceback after it."""
     said = (done.stderr or "").strip() or (done.stdout or "")  # stdout: a summary ("7 files fetched"), unless alone
     lines = [line.strip() for line in said.splitlines()]
+    cut = next((n for n, line in enumerate(lines) if n and line.startswith(TRACEBACK_LINE)), len(lines))
+    lines = lines[:cut]  # the ERROR line said it; the traceback is DVC's internals
     kept = [line for line in lines if line and not line.startswith(DVC_SUPPORT_LINE)]
     return " ".join(kept) or f"exit status {done.returncode}"
 
@@ -100,9 +106,35 @@ def dvc_showing_progress(root: Path, *args: str) -> subprocess.CompletedProcess:
                                        "\n".join(kept))
 
 
+class RemoteListError(RuntimeError):
+    """``dvc remote list`` failed (e.g. conflict markers a merge left in .dvc/config): DVC cannot say which remotes
+    there are, which is not "no remote". ``reason``: DVC's, on one line; str(): ``failure``'s line."""
+
+    def __init__(self, done: subprocess.CompletedProcess):
+        self.reason = reason(done)
+        super().__init__(failure("dvc remote list", done))
+
+
+def remote_names(root: Path) -> list[str]:
+    """The DVC remotes configured for the project at ``root``, in `dvc remote list`'s order ([]: none); the one
+    place that command is run and read (promote, its re-promote check, prune, make dvc-push). RemoteListError when
+    DVC cannot say."""
+    done = dvc(root, "remote", "list")
+    if done.returncode != 0:
+        raise RemoteListError(done)
+    return [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
+
+
 def push(root: Path) -> int:
     """``dvc push`` to the default remote (make dvc-push): its progress on a terminal, its summary, or one line
-    saying why not."""
+    saying why not; nothing to push without a remote."""
+    try:
+        if not remote_names(root):
+            print("dvc-push: no DVC remote configured; nothing to push", flush=True)
+            return 0
+    except RemoteListError as exc:
+        print(f"dvc-push: {exc}: nothing pushed", file=sys.stderr)
+        return 1
     done = dvc_showing_progress(root, "push") if sys.stderr.isatty() else dvc(root, "push")
     if done.stdout.strip():
         print(done.stdout.rstrip(), flush=True)

@@ -47,6 +47,7 @@ from pipeline import champion, registry_fetch, tracking
 from pipeline.atomic import DirectoryBusy, one_writer, remove_abandoned_copies, swap_in_directory
 from pipeline.bundle import BundleError, verify_bundle
 from pipeline.bundle_checks import load_servable
+from pipeline.dvc_remote import RemoteListError, remote_names
 from pipeline.dvc_remote import dvc as _dvc
 from pipeline.dvc_remote import failure as dvc_failure
 from pipeline.dvc_remote import reason as dvc_reason
@@ -162,12 +163,12 @@ def track_with_dvc(root: Path, bundle_dir: Path, shown: str | None = None) -> tu
     shown = shown or relative
     if not (root / ".dvc").is_dir():
         return f"not a DVC project: {shown} not tracked", None
-    remotes = _dvc(root, "remote", "list")
-    if remotes.returncode != 0:  # e.g. a .dvc/config a merge left conflict markers in: not "no remote"
-        reason = (remotes.stderr.strip() or remotes.stdout.strip()).splitlines() or ["no output"]
-        return (f"`dvc remote list` failed ({reason[-1]}): {shown} not DVC-tracked or pushed (the registry's "
+    try:
+        remotes = remote_names(root)
+    except RemoteListError as exc:  # e.g. a .dvc/config a merge left conflict markers in: not "no remote"
+        return (f"`dvc remote list` failed ({exc.reason}): {shown} not DVC-tracked or pushed (the registry's "
                 "artifact store has it)"), None
-    if not remotes.stdout.strip():
+    if not remotes:
         return (f"no DVC remote configured: {shown} not DVC-tracked (the registry's artifact store has it; "
                 "`dvc remote add -d NAME URL` makes promote push it too)"), None
     added = _dvc(root, "add", relative)
@@ -183,7 +184,7 @@ def track_with_dvc(root: Path, bundle_dir: Path, shown: str | None = None) -> tu
         dvc_file.unlink(missing_ok=True)
         raise PromotionRefused(f"{dvc_failure(f'dvc push {relative}.dvc', pushed)}; nothing registered: promote "
                                "again once fixed")
-    return (f"dvc add + push to the configured remote ({remotes.stdout.split()[0]}); the model version records its "
+    return (f"dvc add + push to the configured remote ({remotes[0]}); the model version records its "
             "DVC entry"), dvc_file
 
 
@@ -225,10 +226,11 @@ def ensure_in_dvc_remote(root: Path, version) -> str:
     recorded = (version.tags or {}).get(registry_fetch.TAG_DVC)
     if not recorded:
         return f"{head} or pushed (the version records no DVC entry)"
-    remotes = _dvc(root, "remote", "list") if (root / ".dvc").is_dir() else None
-    if remotes is not None and remotes.returncode != 0:  # e.g. conflict markers in .dvc/config: not "no remote"
-        return f"{head}; `dvc remote list` failed ({dvc_reason(remotes)}): its DVC entry not checked in the remote"
-    if remotes is None or not remotes.stdout.strip():
+    try:
+        remotes = remote_names(root) if (root / ".dvc").is_dir() else []
+    except RemoteListError as exc:  # e.g. conflict markers in .dvc/config: not "no remote"
+        return f"{head}; `dvc remote list` failed ({exc.reason}): its DVC entry not checked in the remote"
+    if not remotes:
         return f"{head}; no DVC remote here to check its DVC entry in"
     try:
         entry = json.loads(recorded)
@@ -268,7 +270,7 @@ def ensure_in_dvc_remote(root: Path, version) -> str:
         if pushed.returncode != 0:
             raise PromotionRefused(f"{dvc_failure(f'dvc push {shown}', pushed)}; nothing moved: promote again once "
                                    "fixed")
-        return f"{head}; the DVC remote had lost it: pushed again {source} ({remotes.stdout.split()[0]})"
+        return f"{head}; the DVC remote had lost it: pushed again {source} ({remotes[0]})"
     finally:
         clean()
 

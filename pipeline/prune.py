@@ -271,10 +271,11 @@ def dvc_gc(root: Path, result: Plan, cloud: bool, dry_run: bool) -> dict:
         return {"note": "not a DVC project: no DVC cache to collect"}
     note = None
     if cloud:
-        remotes = dvc_remote.dvc(root, "remote", "list")
-        if remotes.returncode != 0:  # a .dvc/config it cannot read is not "no remote" (make dvc-push says the same)
-            raise StageError(dvc_remote.failure("dvc remote list", remotes))
-        if not remotes.stdout.strip():
+        try:
+            remotes = dvc_remote.remote_names(root)
+        except dvc_remote.RemoteListError as exc:  # a .dvc/config it cannot read is not "no remote" (as dvc-push)
+            raise StageError(str(exc)) from None
+        if not remotes:
             cloud, note = False, "prune.dvc_remote: no DVC remote configured; the cache only"
     remove_keep_files(root)  # what a prune killed midway left
     try:

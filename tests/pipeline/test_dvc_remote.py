@@ -96,3 +96,47 @@ def test_make_dvc_push_shows_dvcs_progress_on_a_terminal_and_still_ends_a_failur
     assert status == 1 and len(told) == 1, repr(shown)
     assert told[0].startswith("dvc-push: error: `dvc push` failed: ") and "Not a directory" in told[0]
     assert "Having any troubles" not in shown
+
+
+CONFLICTED_CONFIG = "<<<<<<< HEAD\n[core]\n    remote = team\n=======\n>>>>>>> b\n"  # what a merge can leave
+
+
+def test_every_caller_of_dvc_remote_list_says_the_same_one_line_reason(tmp_path):
+    """`dvc remote list` was run and read in four places (promote's publish and its re-promote check, prune, make
+    dvc-push), each wording its failure its own way: against a .dvc/config a merge left conflict markers in, DVC
+    prints its ERROR line and then a Python traceback; promote's note kept the traceback's last line ("First error
+    at line 2.", not what failed) and prune's error the whole traceback on "one line". Now one function reads it
+    (dvc_remote.remote_names) and each caller's message carries the same one-line reason."""
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.entities.model_registry.model_version_tag import ModelVersionTag
+
+    from pipeline import promote, prune, registry_fetch
+    from pipeline.stage import StageError
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True, timeout=60)
+    subprocess.run([str(Path(sys.executable).with_name("dvc")), "init", "-q"], cwd=tmp_path, check=True, timeout=120)
+    assert dvc_remote.remote_names(tmp_path) == []  # a readable config without a remote
+    (tmp_path / ".dvc" / "config").write_text(CONFLICTED_CONFIG, encoding="utf-8")
+    with pytest.raises(dvc_remote.RemoteListError) as failed:
+        dvc_remote.remote_names(tmp_path)
+    why = failed.value.reason
+    assert why.startswith("ERROR: configuration error - config file error") and "Traceback" not in why, why
+    bundle = tmp_path / "models" / "production"
+    bundle.mkdir(parents=True)
+    published, written = promote.track_with_dvc(tmp_path, bundle)
+    entry = '{"md5": "0123456789abcdef0123456789abcdef.dir", "path": "production"}'
+    version = ModelVersion("shelfcast-forecaster", "3", 0, tags=[ModelVersionTag(registry_fetch.TAG_DVC, entry)])
+    checked = promote.ensure_in_dvc_remote(tmp_path, version)
+    with pytest.raises(StageError) as pruned:
+        prune.dvc_gc(tmp_path, None, cloud=True, dry_run=True)
+    pushed = subprocess.run(["make", "-s", "--no-print-directory", "-f",
+                             str(Path(__file__).parents[2] / "monitoring" / "delivery.mk"), "dvc-push",
+                             f"BIN={Path(sys.executable).parent}", f"STAMP={tmp_path / '.dvc' / 'config'}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert written is None and pushed.returncode != 0
+    made = [line for line in pushed.stderr.splitlines() if not line.startswith("make: ")]  # make's "Error 1"
+    for said in (published, checked, str(pruned.value), "\n".join(made)):
+        assert f"`dvc remote list` failed ({why})" in said or f"`dvc remote list` failed: {why}" in said, said
+        assert "Traceback" not in said and said.strip().count("\n") == 0, said
+    assert "not DVC-tracked or pushed" in published and "not checked in the remote" in checked
+    assert "mend .dvc/config" in str(pruned.value) and "mend .dvc/config" in pushed.stderr  # what to do
