@@ -18,6 +18,7 @@ import socket
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
@@ -50,6 +51,15 @@ OLDER_PROCESS_TAG = "train_process"  # the same, on the train runs of the code b
 # of two racing promotes there, where both have looked and neither has registered.
 HOLD_BEFORE_REGISTER = "SHELFCAST_PROMOTE_HOLD_BEFORE_REGISTER"
 HOLD_LIMIT_S = 600.0
+# The same for point_alias's moves of production (tests/pipeline/models/test_alias_races.py): HOLD_ALIAS_MOVE once it
+# has read production, before it moves it; HOLD_ALIAS_SET once the alias is moved, before its MOVE_SET_TAG says so.
+HOLD_ALIAS_MOVE = "SHELFCAST_HOLD_ALIAS_MOVE"
+HOLD_ALIAS_SET = "SHELFCAST_HOLD_ALIAS_SET"
+# A version's record of its latest move to production (point_alias), JSON {"id", "from", "after"}: the move's own id,
+# the version it replaced, and the id of that version's move (its tenure as production: "<version>@untracked" for
+# one moved before these records, "none" for no production); MOVE_SET_TAG: that id once the alias has moved.
+MOVE_TAG = "production_move"
+MOVE_SET_TAG = "production_move_set"
 DUPLICATE_TAG = "duplicate_of"  # a version a racing promote registered twice and could not delete: never chosen
 PREVIOUS_PRODUCTION_TAG = "previous_production"  # registered-model tag: the version a rollback returns to
 # A run's data, as MLflow's Datasets panel shows it (mlflow.log_input's record, through the client): named by
@@ -706,15 +716,20 @@ def _one_version_per_bundle(mlflow_client, name: str, bundle_digest: str, mine):
 def hold_before_registering() -> None:
     """Where two promotes race (``HOLD_BEFORE_REGISTER``): once this one has found no version of its bundle, wait
     for the file the variable names, if it is set."""
-    release = os.environ.get(HOLD_BEFORE_REGISTER, "").strip()
+    hold(HOLD_BEFORE_REGISTER)
+
+
+def hold(variable: str) -> None:
+    """A test's hold point: with ``variable`` naming a file, write <file>.held and wait (at most HOLD_LIMIT_S) until
+    the file exists."""
+    release = os.environ.get(variable, "").strip()
     if not release:
         return
     Path(f"{release}.held").touch()
     deadline = time.monotonic() + HOLD_LIMIT_S
     while not Path(release).exists():
         if time.monotonic() > deadline:
-            raise TrackingError(f"{HOLD_BEFORE_REGISTER}: {release} did not appear in {HOLD_LIMIT_S:.0f} s; nothing "
-                                "registered")
+            raise TrackingError(f"{variable}: {release} did not appear in {HOLD_LIMIT_S:.0f} s; stopped there")
         time.sleep(0.05)
 
 
@@ -760,11 +775,76 @@ def register_production(project_root: Path | str, run_id: str, bundle_digest: st
 
 
 def point_alias(mlflow_client, name: str, alias: str, version) -> None:
-    """Point ``alias`` at ``version``. Moving ``production`` remembers the version it leaves
-    (``previous_production``): whoever moves it (promote, a release, a rollback), a rollback returns there."""
-    if alias == PRODUCTION_ALIAS:
-        current = _alias_version(mlflow_client, name, alias)
-        leaving = None if current is None else str(current.version)  # None: no production yet
-        if leaving is not None and leaving != str(version):
-            mlflow_client.set_registered_model_tag(name, PREVIOUS_PRODUCTION_TAG, leaving)
-    mlflow_client.set_registered_model_alias(name, alias, str(version))
+    """Point ``alias`` at ``version``. Moving ``production`` records the version it replaced (MOVE_TAG on the
+    version, mirrored in the registered model's ``previous_production`` tag): whoever moves it (promote, a release,
+    a rollback), a rollback returns there.
+
+    MLflow has no compare-and-set: two movers (promotes or releases on two hosts) may both read production A, then
+    move it to B and to C, and C's mover believes it replaced A while B was production in between. So a move is
+    recorded on its version before the alias moves, and marked done (MOVE_SET_TAG) after; then, of two moves from
+    the same production (the same ``after``), the later one is repaired to have replaced the earlier: by the later
+    mover, which finds the earlier one's move done before it re-reads production as its own (the earlier's alias
+    set came first), or by the earlier mover, which re-reads production as the later's (the later's set came
+    after its own). Either way the record of the version left in production names the one production held just
+    before it (for two racers at a time; a third at once may be recorded as one of the other two; a production
+    set by hand, not through here, is ordered from its next move on). Then
+    ``previous_production`` is made to match the production version's record, re-read until it does, so the last
+    writer of either leaves them agreeing."""
+    version = str(version)
+    if alias != PRODUCTION_ALIAS:
+        mlflow_client.set_registered_model_alias(name, alias, version)
+        return
+    known = mlflow_client.search_model_versions(f"name='{name}'")  # before production is read: see below
+    current = _alias_version(mlflow_client, name, alias)
+    leaving = None if current is None else str(current.version)  # None: no production yet
+    hold(HOLD_ALIAS_MOVE)
+    if leaving == version:  # not a move: its record stands
+        mlflow_client.set_registered_model_alias(name, alias, version)
+        return
+    after = "none" if current is None else ((_move_of(current) or {}).get("id") or f"{leaving}@untracked")
+    if current is not None and any(_move_done(v, after) for v in known):
+        # a move from that tenure was done before production was read as it: production was set back by hand (the
+        # MLflow UI), not through here; this move cannot be ordered against a racer, nor taken for an old move's
+        after = f"{leaving}@{uuid.uuid4().hex}"
+    move = {"id": uuid.uuid4().hex, "from": leaving, "after": after}
+    mlflow_client.set_model_version_tag(name, version, MOVE_TAG, json.dumps(move))
+    mlflow_client.set_registered_model_alias(name, alias, version)
+    hold(HOLD_ALIAS_SET)
+    mlflow_client.set_model_version_tag(name, version, MOVE_SET_TAG, move["id"])
+    earlier = [str(v.version) for v in mlflow_client.search_model_versions(f"name='{name}'")
+               if str(v.version) != version and _move_done(v, after)]
+    now = _alias_version(mlflow_client, name, alias)  # after the search: a move done before it was set before this
+    if now is not None and str(now.version) == version:
+        if earlier:  # moved from the same production, and done before production read as mine: it came first
+            mlflow_client.set_model_version_tag(name, version, MOVE_TAG, json.dumps({**move, "from": earlier[0]}))
+    elif now is not None:
+        theirs = _move_of(now)
+        if theirs and theirs.get("after") == after and theirs.get("from") == leaving:  # read before my move
+            mlflow_client.set_model_version_tag(name, str(now.version), MOVE_TAG,
+                                                json.dumps({**theirs, "from": version}))
+    _mirror_previous(mlflow_client, name, alias)
+
+
+def _move_of(version) -> dict | None:
+    """A version's MOVE_TAG record, or None (never moved to production since these records, or edited by hand)."""
+    try:
+        move = json.loads((version.tags or {}).get(MOVE_TAG) or "null")
+    except ValueError:
+        return None
+    return move if isinstance(move, dict) and isinstance(move.get("id"), str) else None
+
+
+def _move_done(version, after: str) -> bool:
+    """Whether ``version``'s latest move to production replaced the tenure ``after`` and its alias move is done."""
+    move = _move_of(version)
+    return move is not None and move.get("after") == after and (version.tags or {}).get(MOVE_SET_TAG) == move["id"]
+
+
+def _mirror_previous(mlflow_client, name: str, alias: str, tries: int = 10) -> None:
+    """``previous_production`` = what the production version's record says it replaced, re-read until they agree."""
+    for _ in range(tries):
+        now = _alias_version(mlflow_client, name, alias)
+        want = None if now is None else (_move_of(now) or {}).get("from")
+        if want is None or (mlflow_client.get_registered_model(name).tags or {}).get(PREVIOUS_PRODUCTION_TAG) == want:
+            return
+        mlflow_client.set_registered_model_tag(name, PREVIOUS_PRODUCTION_TAG, str(want))
