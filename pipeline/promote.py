@@ -27,7 +27,9 @@ exit 2 when refused, the comparison recorded on the version and its run). Then:
 A bundle already registered (a version tagged with its digest) is not uploaded or registered again: the alias moves
 to that version and ``models/production/`` gets that version's own serving bundle (downloaded, verified against its
 ``serving_digest``), so what is installed is always what the registry serves; with a DVC remote, that version's DVC
-entry is checked there (``dvc status -c``) and pushed again when the remote lost it. Re-running is harmless. Two
+entry is checked there (``dvc status -c``) and pushed again when the remote lost it; a version that records none
+(registered where no remote was configured) has the registry's copy pushed and its entry recorded. Re-running is
+harmless. Two
 promotes of one bundle on two hosts at once register one version (tracking.register_production).
 
     python -m pipeline.promote [--root DIR]
@@ -224,14 +226,16 @@ def ensure_in_dvc_remote(root: Path, version) -> str:
     was done; PromotionRefused, before anything moved, when DVC fails."""
     head = f"version {version.version}'s serving bundle is in the registry: nothing uploaded"
     recorded = (version.tags or {}).get(registry_fetch.TAG_DVC)
-    if not recorded:
-        return f"{head} or pushed (the version records no DVC entry)"
     try:
         remotes = remote_names(root) if (root / ".dvc").is_dir() else []
     except RemoteListError as exc:  # e.g. conflict markers in .dvc/config: not "no remote"
         return f"{head}; `dvc remote list` failed ({exc.reason}): its DVC entry not checked in the remote"
+    if not recorded and not remotes:
+        return f"{head} or pushed (the version records no DVC entry, and there is no DVC remote here to push it to)"
     if not remotes:
         return f"{head}; no DVC remote here to check its DVC entry in"
+    if not recorded:  # registered where no remote was configured: pushed now, and its entry recorded
+        return _push_unrecorded(root, version, remotes[0], head)
     try:
         entry = json.loads(recorded)
     except ValueError:
@@ -273,6 +277,40 @@ def ensure_in_dvc_remote(root: Path, version) -> str:
         return f"{head}; the DVC remote had lost it: pushed again {source} ({remotes[0]})"
     finally:
         clean()
+
+
+def _push_unrecorded(root: Path, version, remote: str, head: str) -> str:
+    """A version registered where no DVC remote was configured records no DVC entry, so a re-promote with a remote
+    never pushed it and `fetch-model MODEL_SOURCE=dvc` refused it for good: its serving bundle is downloaded from
+    the registry (verified against ``serving_digest``), `dvc add`-ed, pushed, and the entry recorded on the version
+    (as publish records it). PromotionRefused, before anything moved, when DVC fails."""
+    staging = root / DVC_CHECK
+    dvc_file = staging.with_name(staging.name + ".dvc")
+    relative = staging.relative_to(root).as_posix()
+
+    def clean() -> None:
+        dvc_file.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+    clean()  # a killed promote's
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        registry_fetch.download_version(root, version, staging)  # verified against serving_digest
+        added = _dvc(root, "add", relative)
+        if added.returncode != 0:
+            raise PromotionRefused(f"`dvc add {relative}` failed: {dvc_reason(added)}; nothing moved: promote again "
+                                   "once fixed")
+        pushed = _dvc(root, "push", f"{relative}.dvc")
+        if pushed.returncode != 0:
+            raise PromotionRefused(f"{dvc_failure(f'dvc push {relative}.dvc', pushed)}; nothing moved: promote again "
+                                   "once fixed")
+        entry = ((yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs") or [{}])[0]
+        tracking.client(root).set_model_version_tag(version.name, str(version.version), registry_fetch.TAG_DVC,
+                                                    json.dumps(entry, sort_keys=True))
+    finally:
+        clean()
+    return (f"{head}; it recorded no DVC entry (registered where no DVC remote was configured): its registry copy "
+            f"pushed to the DVC remote ({remote}) and the entry recorded on the version")
 
 
 def registered_serving_digest(version, name: str, digest: str) -> str:

@@ -165,7 +165,9 @@ def _dvc_pull(root: Path, version, name: str = "fetch"):
     models/production.dvc) and yield that folder; both are removed afterwards, whatever happens."""
     recorded = (version.tags or {}).get(TAG_DVC)
     if not recorded:
-        raise FetchError(f"version {version.version} records no DVC hash ({TAG_DVC}); fetch it from MLflow instead")
+        raise FetchError(f"version {version.version} records no DVC hash ({TAG_DVC}): registered where no DVC remote "
+                         "was configured; fetch it from MLflow instead, or promote the same bundle again where one is "
+                         "(`make promote` pushes it and records the hash)")
     if not (root / ".dvc").is_dir():
         raise FetchError(f"{root}: not a DVC project; `--from dvc` needs the repository's .dvc/ and a remote")
     try:

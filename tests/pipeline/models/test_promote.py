@@ -409,3 +409,31 @@ def test_a_dvc_config_that_cannot_be_read_is_not_said_to_have_no_remote(tmp_path
     note, written = promote.track_with_dvc(tmp_path, bundle)
     assert note.startswith("`dvc remote list` failed (") and "not DVC-tracked or pushed" in note, note
     assert written is None
+
+
+def test_a_version_registered_without_a_remote_is_pushed_and_its_entry_recorded_when_promoted_again(trained_project,
+                                                                                                     tmp_path):
+    """A bundle first promoted where no DVC remote was configured (a laptop's `make run`, CI before the remote was
+    set up) has a version with no DVC entry; promoting it again once a remote exists said "nothing uploaded or pushed
+    (the version records no DVC entry)", so that version never reached the remote and `fetch-model
+    MODEL_SOURCE=dvc` refused it for good. Now the re-promote pushes the registry's copy and records the entry."""
+    from pipeline import registry_fetch
+
+    root, _ = trained_project
+    dvc_project(root)
+    assert evaluate.main(["--root", str(root)]) == 0
+    assert "no DVC remote configured" in promote.run(root, quiet=True)["dvc"]
+    assert registry_fetch.TAG_DVC not in tracking.production_version(root).tags
+    remote = tmp_path / "remote"
+    assert promote._dvc(root, "remote", "add", "-d", "shared", str(remote)).returncode == 0
+    again = promote.run(root, quiet=True)
+    assert again["version"] == "1" and not again["registered"]
+    assert "pushed" in again["dvc"] and "records no DVC entry" not in again["dvc"], again["dvc"]
+    production = tracking.production_version(root)
+    assert json.loads(production.tags[registry_fetch.TAG_DVC])["md5"].endswith(".dir")
+    assert not list((root / "models").glob("promoted-*")) and not list((root / "models").glob("*.dvc"))
+    shutil.rmtree(root / ".dvc/cache")  # the remote alone has it now
+    assert registry_fetch.main(["--root", str(root), "--from", "dvc", "--to", str(tmp_path / "fetched")]) == 0
+    assert verify_bundle(tmp_path / "fetched") == production.tags[registry_fetch.TAG_DIGEST]
+    third = promote.run(root, quiet=True)  # recorded now: checked in the remote, nothing sent
+    assert "in the DVC remote (`dvc status -c`): nothing pushed" in third["dvc"], third["dvc"]
