@@ -22,7 +22,8 @@ exit 2 when refused, the comparison recorded on the version and its run). Then:
    serves a model the registry does not name. Killed between the alias move and the swap, the registry is ahead
    of the host: rerunning promote, or ``release sync``, installs what the alias names. A candidate alias
    (``SHELFCAST_PROMOTE_ALIAS``, CI's ``shadow``) is published and registered, never installed here: ``release``
-   installs candidates where they serve.
+   installs candidates where they serve. Another host's move of production landing after this one's: once
+   installed, the alias is read again and the version it names then is installed instead (``follow_production``).
 
 A bundle already registered (a version tagged with its digest) is not uploaded or registered again: the alias moves
 to that version and ``models/production/`` gets that version's own serving bundle (downloaded, verified against its
@@ -446,6 +447,8 @@ def _promote(root: Path, quiet: bool, home: Path, raw: dict) -> dict:
             swap_in_directory(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if production:  # another host's move landing after this one's leaves the registry naming another version
+        installed = follow_production(root, pparams.model_name, alias, str(version.version)) or installed
     adopted = registered is None and not created  # another promote registered it meanwhile: its record stands
     if (created or comparison.status != champion.SAME_BUNDLE) and not adopted:  # already that version: its record
         champion.record(root, pparams.model_name, None if created else str(version.version), version.run_id,
@@ -463,6 +466,29 @@ def _promote(root: Path, quiet: bool, home: Path, raw: dict) -> dict:
         f"({'newly registered' if created else 'already registered'}) is now '{alias}'; "
         f"{where} ({digests}); {dvc_note}")
     return summary
+
+
+def follow_production(root: Path, name: str, alias: str, moved: str) -> bool:
+    """After this host moved production to ``moved`` and installed it: when the alias names another version now
+    (another host's promote or release moved it after this one), install that version's serving bundle instead, as
+    `release sync` would (before, this host served ``moved`` until someone ran it). Returns whether it installed."""
+    now = tracking.production_version(root, name, alias)
+    if now is None or str(now.version) == moved:
+        return False
+    target, staging = root / PRODUCTION_DIR, root / f"{CANDIDATE_STAGING}{alias}"
+    serving = registry_fetch.promoted_digest(now)  # FetchError: registered by hand, nothing this host can serve
+    if installed_digest(target) != serving:
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            registry_fetch.download_version(root, now, staging)  # verified against serving_digest
+            remove_abandoned_copies(target)
+            swap_in_directory(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    print(f"promote: another move made version {now.version} '{alias}' after this promote moved it to {moved} "
+          f"(another host's promote or release): {PRODUCTION_DIR} now holds version {now.version}, as the registry "
+          "names it", file=sys.stderr)
+    return True
 
 
 def main(argv=None) -> int:

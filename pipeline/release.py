@@ -280,7 +280,21 @@ def promote(root: Path, store: ReleaseStore, version: str | None = None, name: s
     for variant in (CANARY, SHADOW):
         if current.get(variant) == str(version):
             end_candidate(root, store, variant, name, version)
-    return str(version)
+    return follow_production(root, store, str(version), name)
+
+
+def follow_production(root: Path, store: ReleaseStore, moved: str, name: str = tracking.REGISTERED_MODEL) -> str:
+    """The version production names once this host has moved it to ``moved``, installed here. This host installs
+    before it moves the alias; another host's move (its promote or rollback) landing after this one's leaves the
+    registry naming another version, which this host then serves instead (before, it served ``moved`` until someone
+    ran `release sync`); said on stderr. A move landing after this re-read is not seen: `release status` says so."""
+    now = aliases(root, name).get(PRODUCTION)
+    if now is None or now == moved:
+        return moved
+    install(root, store, PRODUCTION, now, name)
+    print(f"release: another move made version {now} production after this host moved it to {moved} (another "
+          f"host's promote or rollback): this host installed version {now}, as the registry names it", file=sys.stderr)
+    return now
 
 
 def rollback(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MODEL) -> tuple[str, str]:
@@ -305,7 +319,7 @@ def rollback(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MO
         store.withdraw(current)  # judged bad: a worker that cannot load production must not fall back to it
     for variant in (CANARY, SHADOW):
         end_candidate(root, store, variant, name)
-    return str(current), previous
+    return str(current), follow_production(root, store, previous, name)
 
 
 # --- the decision on logged traffic -----------------------------------------------------------
@@ -821,7 +835,13 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
         report["verdict"] = asdict(verdict)
         if verdict.decision != "promote":
             raise ReleaseError(f"canary check: {verdict.decision}: {'; '.join(verdict.reasons)}")
-        promote(root, store, version, name)
+        production = promote(root, store, version, name)
+        if production != str(version):  # another host moved production after this one: it serves that now
+            report.update(outcome="superseded", production=production,
+                          reason=f"version {version} was promoted, then another move made version {production} "
+                                 "production; this host installed that")
+            say(f"deploy: {report['reason']}")
+            return report
         report["production_reload_s"] = round(wait_for_variant(url, PRODUCTION, digest, reload_timeout_s), 2)
         say(f"deploy: version {version} is production ({'; '.join(verdict.reasons)}; {verdict.figures})")
         report["outcome"] = "promoted"

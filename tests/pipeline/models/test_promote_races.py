@@ -160,3 +160,35 @@ def test_a_duplicate_the_account_may_not_delete_is_marked_and_never_chosen(tmp_p
         assert kept["2"][tracking.DUPLICATE_TAG] == "1" and tracking.DUPLICATE_TAG not in kept["1"], kept
         assert str(tracking.production_version(project).version) == "1"
         assert str(tracking.version_of_bundle(project, "digest-1").version) == "1"
+
+
+@pytest.mark.slow
+def test_a_promote_overtaken_by_another_hosts_move_installs_what_production_names(two_candidates, tmp_path,
+                                                                                   monkeypatch):  # noqa: F811
+    """This host promotes the second candidate (version 2): registers it, moves the alias; another host then moves
+    production back to version 1 (its own promote or rollback) before this one has installed. This host then
+    served version 2 while the registry named 1, until someone ran `release sync`; now it re-reads the alias after
+    its move, installs version 1's serving bundle and says so."""
+    from pipeline import promote
+
+    root, first, second = two_candidates
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert promote.main(["--root", str(root), "--quiet"]) == 0  # version 1, the first candidate
+    use(root, second)
+    hold = tmp_path / "promote-moved"
+    promoting = promote_process(root, tracking.tracking_uri(root), **{tracking.HOLD_ALIAS_SET: str(hold)})
+    deadline = time.monotonic() + 300
+    while not Path(f"{hold}.held").exists():
+        assert promoting.poll() is None and time.monotonic() < deadline, promoting.communicate()[0]
+        time.sleep(0.1)
+    client = tracking.client(root)
+    assert str(tracking.production_version(root).version) == "2"
+    tracking.point_alias(client, tracking.REGISTERED_MODEL, tracking.PRODUCTION_ALIAS, "1")  # the other host's move
+    hold.touch()
+    out, _ = promoting.communicate(timeout=300)
+    assert promoting.returncode == 0, out
+    assert str(tracking.production_version(root).version) == "1"
+    assert verify_bundle(root / "models/production") == registry_fetch.promoted_digest(
+        client.get_model_version(tracking.REGISTERED_MODEL, "1")), out
+    assert "another move made version 1 'production'" in out, out
+    assert not list((root / "models").glob("promoted-*"))

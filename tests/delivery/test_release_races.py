@@ -1,0 +1,58 @@
+"""A host whose production move loses the alias to another host's: it must serve what the registry names, not the
+version it moved to (which it had installed before moving the alias), without waiting for a `release sync`.
+
+Each command is its own process against the session's real (sqlite) MLflow registry; the promote is held just after
+its alias move (tracking.HOLD_ALIAS_SET) while another host moves production, to make the interleaving certain.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline import tracking
+from pipeline.bundle import verify_bundle
+from pipeline.registry_fetch import TAG_DIGEST
+from pipeline.release_store import PRODUCTION
+
+from .conftest import REPO
+
+NAME = tracking.REGISTERED_MODEL
+
+
+def held_release(root: Path, models: Path, hold: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), tracking.HOLD_ALIAS_SET: str(hold)}
+    return subprocess.Popen([sys.executable, "-m", "pipeline.release", *args, "--root", str(root), "--models",
+                             str(models)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def wait_held(process: subprocess.Popen, hold: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not Path(f"{hold}.held").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+        time.sleep(0.05)
+
+
+def test_a_release_promote_overtaken_by_another_hosts_move_installs_what_production_names(host, tmp_path):
+    """This host promotes the canary (2): installs it, moves the alias; another host then moves production to 1
+    (its own promote or rollback) before this one has finished. This host served 2, the registry named 1, until
+    someone ran `release sync`. Now it re-reads the alias after its move, installs 1 and says so."""
+    root, store, versions = host
+    hold = tmp_path / "promote-moved"
+    promoting = held_release(root, store.root, hold, "promote")
+    wait_held(promoting, hold)
+    client = tracking.client(root)
+    assert str(client.get_registered_model(NAME).aliases[PRODUCTION]) == versions["canary"]
+    tracking.point_alias(client, NAME, PRODUCTION, versions["production"])  # the other host's move
+    hold.touch()
+    out, _ = promoting.communicate(timeout=120)
+    assert promoting.returncode == 0, out
+    assert str(client.get_registered_model(NAME).aliases[PRODUCTION]) == versions["production"]
+    served = verify_bundle(store.variant_dir(PRODUCTION))
+    assert served == client.get_model_version(NAME, versions["production"]).tags[TAG_DIGEST], out
+    assert f"another move made version {versions['production']} production" in out, out
+
