@@ -33,6 +33,7 @@ compose stack's Fluentd writes (``--index``): `make deploy ELASTICSEARCH_URL=...
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime
 import json
@@ -50,7 +51,7 @@ import numpy as np
 
 from pipeline import registry_fetch, tracking
 from pipeline.actuals import read_actuals
-from pipeline.atomic import DirectoryBusy, one_writer, scratch_directory
+from pipeline.atomic import DirectoryBusy, one_writer, scratch_directory, write_text_atomic
 from pipeline.bundle import BundleError
 from pipeline.stage import output_any_terminal_can_take
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, event_time,
@@ -137,7 +138,38 @@ def install(root: Path, store: ReleaseStore, variant: str, version: str, name: s
     return store.install(variant, version)
 
 
-def sync(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MODEL) -> dict[str, str | None]:
+LOG_MARKS_FILE = ".log-marks-{variant}.json"  # in the models directory: where the event log ended at its install
+
+
+def install_candidate(root: Path, store: ReleaseStore, variant: str, version: str,
+                      name: str = tracking.REGISTERED_MODEL, events_log: Path | None = None) -> str:
+    """Install ``version`` as a candidate; with ``events_log`` (the app's JSON-lines log), where that log ends is
+    recorded first (``log_marks``, in LOG_MARKS_FILE) once the install changed what the variant serves: ``release
+    decide`` then reads only the bytes logged since (read_jsonl_events' start_offsets), as deploy's polls do."""
+    marks = None if events_log is None else log_marks(events_log)  # before the install: nothing logged between
+    before = store.installed_at(variant)
+    digest = install(root, store, variant, version, name)
+    if marks is not None and store.installed_at(variant) != before:  # else the candidate went live earlier
+        text = {str(path): [size, base64.b64encode(tail).decode("ascii")] for path, (size, tail) in marks.items()}
+        write_text_atomic(store.root / LOG_MARKS_FILE.format(variant=variant), json.dumps(text) + "\n")
+    return digest
+
+
+def installed_log_marks(store: ReleaseStore, variant: str) -> dict[Path, tuple[int, bytes]] | None:
+    """The marks ``install_candidate`` recorded for ``variant``, or None (none recorded, or unreadable: the log is
+    then read whole, its older lines skipped by their timestamps). Marks from an earlier install of the variant
+    are earlier offsets: reading from them reads more, never less."""
+    path = store.root / LOG_MARKS_FILE.format(variant=variant)
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        return {Path(file): (int(size), base64.b64decode(tail, validate=True))
+                for file, (size, tail) in recorded.items()}
+    except (OSError, ValueError, TypeError, AttributeError):  # binascii.Error is a ValueError
+        return None
+
+
+def sync(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MODEL,
+         events_log: Path | None = None) -> dict[str, str | None]:
     """Make the models directory match the aliases (what a fresh or restarted host runs); nothing is installed
     while the registry names no production version. A candidate whose version cannot be served (registered by hand,
     damaged) is left as this host had it while the other variants are synced; ReleaseError then names it."""
@@ -149,7 +181,10 @@ def sync(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MODEL)
     for variant in (PRODUCTION, CANARY, SHADOW):
         if variant in current:
             try:
-                install(root, store, variant, current[variant], name)
+                if variant == PRODUCTION:
+                    install(root, store, variant, current[variant], name)
+                else:
+                    install_candidate(root, store, variant, current[variant], name, events_log)
             except (ReleaseError, registry_fetch.FetchError, BundleError) as exc:
                 if variant == PRODUCTION:
                     raise
@@ -223,7 +258,7 @@ def check_new_canary_share(share: float) -> float:
 
 
 def set_candidate(root: Path, store: ReleaseStore, variant: str, version: str, share: float | None = None,
-                  name: str = tracking.REGISTERED_MODEL) -> str:
+                  name: str = tracking.REGISTERED_MODEL, events_log: Path | None = None) -> str:
     """Install ``version`` as shadow or canary, then move the alias (the registry never names what is not served).
     Production's own version is refused: a candidate of it compares production with itself, and serves it twice."""
     if variant == CANARY and share is not None:
@@ -231,7 +266,7 @@ def set_candidate(root: Path, store: ReleaseStore, variant: str, version: str, s
     if aliases(root, name).get(PRODUCTION) == str(version):
         raise ReleaseError(f"version {version} is production already: a {variant} of it would be judged against "
                            f"itself; name another version")
-    digest = install(root, store, variant, version, name)
+    digest = install_candidate(root, store, variant, version, name, events_log)
     if variant == CANARY:
         store.set_canary_share(DEFAULT_SHARE if share is None else share)
     _client(root).set_registered_model_alias(name, variant, str(version))
@@ -813,7 +848,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
     started = time.time()
     try:
         if shadow_s > 0:
-            digest = set_candidate(root, store, SHADOW, version, None, name)
+            digest = set_candidate(root, store, SHADOW, version, None, name, events.path)
             report["shadow_reload_s"] = round(wait_for_variant(url, SHADOW, digest, reload_timeout_s), 2)
             say(f"deploy: alias shadow -> version {version}; served as shadow after {report['shadow_reload_s']} s")
             verdict = observe(events, started, SHADOW, shadow_s, actuals)
@@ -823,7 +858,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
             say(f"deploy: shadow check {verdict.decision} ({verdict.figures})")
             events = events.marked()
             started = time.time()
-        digest = set_candidate(root, store, CANARY, version, share, name)
+        digest = set_candidate(root, store, CANARY, version, share, name, events.path)
         say(f"deploy: alias canary -> version {version} ({digest[:12]}), share {share:.0%}")
         report["reload_s"] = round(wait_for_variant(url, CANARY, digest, reload_timeout_s), 2)
         say(f"deploy: the app serves the canary after {report['reload_s']} s (hot reload)")
@@ -955,11 +990,11 @@ def main(argv=None) -> int:
                     print(f"release: this host does not serve what the registry names for {', '.join(apart)} (a "
                           "promote or release stopped half-way?): `make release-sync` installs it", file=sys.stderr)
             elif args.command == "sync":
-                print(f"release: synced {sync(root, store, args.name)}")
+                print(f"release: synced {sync(root, store, args.name, events.path)}")
             elif args.command in (SHADOW, CANARY):
                 if not version:
                     raise ReleaseError(f"{args.command}: give --version or --alias")
-                digest = set_candidate(root, store, args.command, version, args.share, args.name)
+                digest = set_candidate(root, store, args.command, version, args.share, args.name, events.path)
                 print(f"release: version {version} ({digest[:12]}) is now {args.command}"
                       + (f" ({args.share:.0%} of store×items)" if args.command == CANARY else ""))
             elif args.command == "end":
@@ -980,8 +1015,13 @@ def main(argv=None) -> int:
                 judged = served_candidate(root, store, current, variant, args.name) if args.apply else None
                 actuals = read_actuals(args.actuals) if args.actuals else None
                 since = store.installed_at(variant)  # an earlier candidate's events are not this one's
+                marks = installed_log_marks(store, variant) if events.path is not None else None
+                if marks is not None:  # the log's bytes from where it ended at the install on: not the whole log
+                    events = replace(events, marks=marks)
                 verdict = judge(events.traffic(since=since), variant, actuals,
                                 ProductionReplay(store.variant_dir(PRODUCTION)))
+                if marks is not None:
+                    verdict.figures["log_read_from"] = {str(path): size for path, (size, _) in marks.items()}
                 verdict.figures["judged_since"] = (None if since is None else
                                                    datetime.datetime.fromtimestamp(since, datetime.timezone.utc)
                                                    .isoformat(timespec="seconds"))
