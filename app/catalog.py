@@ -7,6 +7,7 @@ family and class, and a search over thousands of items by number, family or clas
 
 from __future__ import annotations
 
+import datetime as dt
 import unicodedata
 from dataclasses import dataclass
 
@@ -66,6 +67,7 @@ class Store:
     city: str
     store_type: str
     cluster: int
+    closed_since: str | None = None  # closed for good: its last sales date (ISO; HistorySnapshot.closed_stores)
 
     @property
     def label(self) -> str:
@@ -73,7 +75,11 @@ class Store:
 
     def to_json(self) -> dict:
         return {"store_nbr": self.store_nbr, "city": self.city, "type": self.store_type, "cluster": self.cluster,
-                "label": self.label}
+                "label": self.label, **({} if self.closed_since is None else {"closed_since": self.closed_since})}
+
+
+def _iso_day(day_number: int) -> str:
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=int(day_number))).isoformat()
 
 
 class Catalog:
@@ -86,8 +92,9 @@ class Catalog:
             for n, f, c, p in zip(items["item_nbr"], items["family"], items["class"], items["perishable"])
         }
         stores = snapshot.stores
+        closed = {store: _iso_day(day) for store, day in snapshot.closed_stores.items()}
         self.stores: dict[int, Store] = {
-            int(n): Store(int(n), str(c), str(t), int(k))
+            int(n): Store(int(n), str(c), str(t), int(k), closed.get(int(n)))
             for n, c, t, k in zip(stores["store_nbr"], stores["city"], stores["store_type"], stores["cluster"])
         }
         self._item_order = sorted(self.items)

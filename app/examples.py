@@ -34,11 +34,13 @@ DEFAULT_DATA_EXAMPLE = Example(store_nbr=1, item_nbr=1838989, date="2017-08-16",
 
 def example_for(model: LoadedModel | None) -> Example:
     """The first store's best-selling item over the last four weeks, on the horizon's first day the store is open: a
-    data set ending on December 31 starts its horizon on New Year's Day, which the app answers 0 (store_closed)."""
+    data set ending on December 31 starts its horizon on New Year's Day, which the app answers 0 (store_closed); a
+    store closed for good is open on none, so the first store that has not closed is taken."""
     if model is None:
         return DEFAULT_DATA_EXAMPLE
     snapshot = model.bundle.snapshot
-    store = min(model.catalog.stores)
+    open_stores = [n for n, s in model.catalog.stores.items() if s.closed_since is None]  # not closed for good
+    store = min(open_stores or model.catalog.stores)
     rows = np.flatnonzero(np.asarray(snapshot.store_nbr) == store)
     known = [r for r in rows if int(snapshot.item_nbr[r]) in model.catalog.items]
     if known:

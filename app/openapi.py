@@ -10,7 +10,7 @@ from app.catalog import MAX_QUERY
 from app.errors import ERROR_CODES, MAX_ERRORS_SHOWN
 from app.examples import DEFAULT_DATA_EXAMPLE, Example
 from app.validation import MAX_ID
-from pipeline.closed_days import CLOSED_DAY_MEANING
+from pipeline.closed_days import CLOSED_DAY_MEANING, CLOSED_FOR_GOOD_MEANING
 
 
 def _json(schema_ref: str, description: str) -> dict:
@@ -28,7 +28,11 @@ UNIT_SALES_MEANING = ("forecast units sold, median-like: expm1 of the predicted 
 EXPECTED_UNITS_MEANING = ("expected units sold (the bias-corrected mean: unit_sales + 1 times a factor fitted on "
                           "the model's inner validation, minus 1): sum these for orders and totals; absent when "
                           "the served model predates them")
-STORE_CLOSED_MEANING = f"present (true) on {CLOSED_DAY_MEANING}: unit_sales and expected_units are then 0"
+STORE_CLOSED_MEANING = (f"present (true) on {CLOSED_DAY_MEANING}; and on every day after the last sales date of "
+                        f"{CLOSED_FOR_GOOD_MEANING}: unit_sales and expected_units are then 0")
+CLOSED_REASON_MEANING = ("present with store_closed: why the store is closed that day, either the closed-day meaning "
+                         "above or, for a store closed for good, 'the store has closed for good: no sales since "
+                         "YYYY-MM-DD' (its last sales date)")
 
 
 def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEFAULT_DATA_EXAMPLE) -> dict:
@@ -54,6 +58,7 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
                        "unit_sales": {"type": "number", "minimum": 0, "description": UNIT_SALES_MEANING},
                        "expected_units": {"type": "number", "minimum": 0, "description": EXPECTED_UNITS_MEANING},
                        "store_closed": {"type": "boolean", "enum": [True], "description": STORE_CLOSED_MEANING},
+                       "closed_reason": {"type": "string", "description": CLOSED_REASON_MEANING},
                        "model_version": {"type": "string", "description": "the model that made this forecast: "
                                          "production's, or the canary's for the store×items it answers"}},
     }
@@ -95,7 +100,10 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
         "Store": {"type": "object", "required": ["store_nbr", "city", "type", "cluster", "label"],
                   "properties": {"store_nbr": {"type": "integer"}, "city": {"type": "string"},
                                  "type": {"type": "string"}, "cluster": {"type": "integer"},
-                                 "label": {"type": "string"}}},
+                                 "label": {"type": "string"},
+                                 "closed_since": {"type": "string", "format": "date", "description": "present for "
+                                                  f"{CLOSED_FOR_GOOD_MEANING}: its last sales date; every later day "
+                                                  "is answered 0 with store_closed"}}},
         "Item": {"type": "object", "required": ["item_nbr", "family", "class", "perishable", "label"],
                  "properties": {"item_nbr": {"type": "integer"}, "family": {"type": "string"},
                                 "class": {"type": "integer"}, "perishable": {"type": "boolean"},

@@ -81,6 +81,7 @@ class Forecast:
     features: FeatureMatrix
     expected_units: np.ndarray | None = None  # [N] float32, bias-corrected mean units (None: a bundle without them)
     store_closed: np.ndarray | None = None  # [N] bool: a day the store is closed (pipeline/closed_days.py): 0 units
+    closed_reason: list[str | None] | None = None  # [N] why (ClosedDays.reasons), None where open
 
 
 @dataclass
@@ -153,7 +154,9 @@ class LoadedModel:
         outputs, matrix, closed = served_forecast(self.bundle, self.closed_days, store_nbr, items, date_days,
                                                   onpromotion, snapshot)
         units, expected = outputs[PREDICTION_OUTPUT], outputs.get(EXPECTED_OUTPUT)
-        return Forecast(units=units, features=matrix, expected_units=expected, store_closed=closed)
+        reasons = self.closed_days.reasons(store_nbr, date_days) if closed.any() else [None] * closed.size
+        return Forecast(units=units, features=matrix, expected_units=expected, store_closed=closed,
+                        closed_reason=reasons)
 
     def feature_record(self, matrix: FeatureMatrix, row: int) -> dict:
         """One row's features by name (what the prediction event carries, for drift checks)."""

@@ -26,7 +26,6 @@ from app.catalog import MAX_QUERY, Item
 from app.validation import (FORM_FIELDS, FORM_VALUE_CHARS, LEADING_NUMBER, FormInput, Instance, check_form_type,
                             form_values, parse_form, shorten)
 from app.variants import installed_candidates, predict_with_variants
-from pipeline.closed_days import CLOSED_DAY_MEANING
 from pipeline.release_store import PRODUCTION
 
 web = Blueprint("web", __name__)
@@ -59,8 +58,7 @@ def _page(model: LoadedModel | None, form: FormInput | None = None, result: dict
     first_error = next((name for name in FORM_FIELDS if name in errors), None)  # focused: the page's order
     return render_template("index.html", model=model, values=values, errors=errors, first_error=first_error,
                            result=result, item_options=item_options, example=example_for(model) if model else None,
-                           action=url_for("web.index", _anchor=RESULT_ANCHOR), max_chars=FORM_VALUE_CHARS,
-                           closed_meaning=CLOSED_DAY_MEANING), status
+                           action=url_for("web.index", _anchor=RESULT_ANCHOR), max_chars=FORM_VALUE_CHARS), status
 
 
 @web.get("/")
@@ -90,6 +88,7 @@ def index():
     result = _result(answering, instance, prediction["unit_sales"])
     result["expected_units"] = prediction.get("expected_units")  # None for a bundle trained before them
     result["store_closed"] = prediction.get("store_closed", False)
+    result["closed_reason"] = prediction.get("closed_reason")  # a day it is closed, or closed for good since when
     result["answered_by"] = None if variant == PRODUCTION else {"variant": variant, "name": answering.name,
                                                                 "version": answering.version}
     response = make_response(_page(model, form, result=result))

@@ -68,7 +68,8 @@ def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: Pre
             model_digest=model.bundle.digest, model_kind=model.kind, **readable_fields(model, instance, variant),
             **({"canary_failed": True} if canary_failed else {}),
         ))
-        closed = {"store_closed": True} if result.store_closed is not None and result.store_closed[index] else {}
+        closed = {"store_closed": True, "closed_reason": result.closed_reason[index]} \
+            if result.store_closed is not None and result.store_closed[index] else {}
         predictions.append({**inputs, "unit_sales": value,
                             **({} if expected is None else {"expected_units": expected[index]}),
                             **closed, "model_version": model.version})

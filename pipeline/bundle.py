@@ -9,7 +9,11 @@ A directory, no pickle anywhere (every ``.npz`` is loaded with
                           corrected mean units; bundles before it lack this output))
     weights.npz           its constants (engine export)
     bundle.json           name, version, created, code/data versions, params, metrics,
-                          input schema, feature spec, vocabularies, forecast origin, horizon
+                          input schema, feature spec, vocabularies, forecast origin, horizon,
+                          closed_stores (each store closed for good by the origin and its last
+                          sales date, [{"store_nbr": 4, "last_sales_date": "2016-08-31"}]:
+                          pipeline/history.py ``closed_stores``; bundles before it lack the
+                          field and are read as none closed)
     history.npz           per store×item sales/promotion window up to the origin,
                           item and store attributes
     calendar.npz          holiday flags per store for the horizon days
@@ -29,6 +33,7 @@ the standard library only: this is the serving code path.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import shutil
 import stat
@@ -63,6 +68,7 @@ DATA_FILES = ("bundle.json", "history.npz", "calendar.npz", "training_stats.json
 CHECKSUMS_FILE = "checksums.json"
 DENSE_INPUT, CATEGORICAL_INPUT, PREDICTION_OUTPUT = "dense", "categorical", "prediction"
 EXPECTED_OUTPUT = "expected_units"
+CLOSED_STORES_FIELD = "closed_stores"  # bundle.json: stores closed for good (HistorySnapshot.closed_stores)
 
 
 class BundleError(ValueError):
@@ -116,6 +122,8 @@ def write_bundle(target: Path | str, *, write_graph: Callable[[Path], None], met
         meta = dict(metadata)
         meta["format"] = BUNDLE_FORMAT
         meta["forecast_origin"] = str(np.datetime64(int(snapshot.origin_day), "D"))
+        meta[CLOSED_STORES_FIELD] = [{"store_nbr": int(store), "last_sales_date": str(np.datetime64(int(day), "D"))}
+                                     for store, day in sorted(snapshot.closed_stores.items())]
         _write_json(staging / "bundle.json", meta)
         _write_json(staging / "training_stats.json", training_stats)
         listed = GRAPH_FILES + DATA_FILES
@@ -293,12 +301,37 @@ def _load_verified(path: Path, digest: str) -> ModelBundle:
             items={k: history[f"items.{k}"] for k in ("item_nbr",) + ITEM_FIELDS},
             stores={k: history[f"stores.{k}"] for k in ("store_nbr",) + STORE_FIELDS},
             calendar_days=calendar["days"], calendar_holidays=calendar["holidays"],
+            closed_stores=_closed_stores(metadata, path / "bundle.json"),
         )
     except KeyError as exc:
         raise BundleError(f"{path}: history.npz/calendar.npz lacks array {exc}") from None
     check_snapshot(snapshot, spec, path)
     return ModelBundle(path=path, digest=digest, metadata=metadata, spec=spec, vocab=vocab, snapshot=snapshot,
                        training_stats=stats, model=_import_graph(path))
+
+
+def _closed_stores(metadata: Mapping[str, Any], where: Path) -> dict[int, int]:
+    """bundle.json's ``closed_stores`` as store_nbr -> day number of its last sales date; none for a bundle written
+    before the field. BundleError naming the file and the field when it is there but not a list of
+    {"store_nbr": whole number, "last_sales_date": "YYYY-MM-DD"}, or names a store twice."""
+    entries = metadata.get(CLOSED_STORES_FIELD, [])
+    shape = 'a list of {"store_nbr": whole number, "last_sales_date": "YYYY-MM-DD"}'
+    if not isinstance(entries, list):
+        raise BundleError(f"{where}: {CLOSED_STORES_FIELD} is a {type(entries).__name__}, expected {shape}")
+    closed: dict[int, int] = {}
+    for entry in entries:
+        store = entry.get("store_nbr") if isinstance(entry, dict) else None
+        date = entry.get("last_sales_date") if isinstance(entry, dict) else None
+        try:
+            if isinstance(store, bool) or not isinstance(store, int) or not isinstance(date, str):
+                raise ValueError(date)
+            day = (dt.date.fromisoformat(date) - dt.date(1970, 1, 1)).days
+        except ValueError:
+            raise BundleError(f"{where}: {CLOSED_STORES_FIELD} entry {entry!r} is not {shape}") from None
+        if store in closed:
+            raise BundleError(f"{where}: {CLOSED_STORES_FIELD} names store {store} twice")
+        closed[store] = day
+    return closed
 
 
 def check_snapshot(snapshot: HistorySnapshot, spec: FeatureSpec, path: Path) -> None:
@@ -342,6 +375,9 @@ def check_snapshot(snapshot: HistorySnapshot, spec: FeatureSpec, path: Path) -> 
     step = np.diff(pairs, axis=1)
     need(bool(np.all((step[0] > 0) | ((step[0] == 0) & (step[1] > 0)))), history,
          "store_nbr, item_nbr are not in strictly increasing order")
+    late = [store for store, day in snapshot.closed_stores.items() if day > int(snapshot.origin_day)]
+    need(not late, path / "bundle.json", f"{CLOSED_STORES_FIELD}: store {late[0] if late else ''} has its last sales "
+         "date after the forecast origin: it had not closed by then")
     days = snapshot.calendar_days
     keys(days, "days", calendar)
     need(np.array_equal(days, int(snapshot.origin_day) + 1 + np.arange(spec.horizon)), calendar,

@@ -16,9 +16,13 @@ earlier, so it is never a closed day. The year-ago date and the week around it m
 the bundle's history window (``features.history_days`` of at least 366 + ``WEEK_DAYS``; the
 default 392 does): a shorter window knows no closed days.
 
-The app answers 0 units for such a store-day (``store_closed`` in the prediction), and the canary check's
-replay of production (pipeline/release_replay.py) knows it as production's answer: both look it up through
-``ClosedDays``. Numpy and the standard library only: serving imports this.
+A store that has closed for good (the bundle's ``closed_stores``: prepare ended its grid at its last row, as it
+had no row on train.csv's last ``prepare.closed_after_days`` sales days; pipeline/history.py ``closed_stores``) is
+closed on every day after its last sales date, whatever it did a year earlier.
+
+The app answers 0 units for such a store-day (``store_closed`` in the prediction, with ``closed_reason``), and the
+canary check's replay of production (pipeline/release_replay.py) knows it as production's answer: both look it up
+through ``ClosedDays``. Numpy and the standard library only: serving imports this.
 """
 
 from __future__ import annotations
@@ -34,6 +38,16 @@ from pipeline.features import HistorySnapshot
 CLOSED_DAY_MEANING = ("a day the store is closed, such as Christmas: on the same date a year earlier it sold nothing "
                       "though it sold in the days before and after, or no store sold at all (a store opened since "
                       "closes with the others)")
+CLOSED_FOR_GOOD_MEANING = ("a store that has closed for good (no sales on the last prepare.closed_after_days sales "
+                           "days of the model's data)")
+
+
+def closed_for_good_reason(last_sales_day: int) -> str:
+    """What a closed-for-good answer says, in the API's ``closed_reason`` and on the form."""
+    last = dt.date(1970, 1, 1) + dt.timedelta(days=int(last_sales_day))
+    return f"the store has closed for good: no sales since {last.isoformat()}"
+
+
 GUARD_DAYS = 3  # the store sold within this many days before and after the closed date a year earlier
 WEEK_DAYS = 7  # ... and on the same weekday a week before or after it (else it closes on that weekday every week)
 
@@ -51,10 +65,11 @@ def year_earlier(day: int) -> int | None:
 
 def closed_store_days(snapshot: HistorySnapshot) -> np.ndarray:
     """[K, H] bool, stores in ``snapshot.stores['store_nbr']`` order and the horizon's ``calendar_days``: True where
-    the store is taken to be closed (module docstring)."""
+    the store is taken to be closed (module docstring): on a date it was closed a year earlier, or on every day
+    after the last sales date of a store closed for good."""
     stores = np.asarray(snapshot.stores["store_nbr"], np.int64)
     days = np.asarray(snapshot.calendar_days, np.int64)
-    closed = np.zeros((stores.size, days.size), bool)
+    closed = _closed_for_good(snapshot, stores, days) >= 0
     width = snapshot.sales.shape[1]
     first_column_day = int(snapshot.origin_day) - width + 1
     columns = {}  # horizon position -> column of its year-ago date, where the guard days lie in the window
@@ -78,8 +93,14 @@ def closed_store_days(snapshot: HistorySnapshot) -> np.ndarray:
             closed[:, h] = True  # no sales day for the whole chain: every store, those opened since too
             continue
         for k in np.flatnonzero(has_series).tolist():
-            closed[k, h] = _closed_between_sales(by_store[position[k], around])
+            closed[k, h] |= _closed_between_sales(by_store[position[k], around])
     return closed
+
+
+def _closed_for_good(snapshot: HistorySnapshot, stores: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """[K, H] int64: the store's last sales day where it has closed for good by that horizon day, else -1."""
+    last = np.asarray([snapshot.closed_stores.get(int(store), -1) for store in stores.tolist()], np.int64)
+    return np.where((last[:, None] >= 0) & (days[None, :] > last[:, None]), last[:, None], -1)
 
 
 def _closed_between_sales(totals: np.ndarray) -> bool:
@@ -98,9 +119,19 @@ class ClosedDays:
         self.table = closed_store_days(snapshot)  # [stores, horizon days]
         self._stores = np.asarray(snapshot.stores["store_nbr"], np.int64)
         self._first_day = int(snapshot.origin_day) + 1
+        # [stores, horizon days]: the last sales day of a store closed for good by then, else -1
+        self._for_good = _closed_for_good(snapshot, self._stores, np.asarray(snapshot.calendar_days, np.int64))
 
     def of(self, store_nbr, days) -> np.ndarray:
         """[N] bool: whether each row's store is closed on its day; stores the snapshot has, days (day numbers since
         1970-01-01) of its horizon, as the app's validation leaves them."""
         return self.table[np.searchsorted(self._stores, np.asarray(store_nbr, np.int64)),
                           np.asarray(days, np.int64) - self._first_day]
+
+    def reasons(self, store_nbr, days) -> list[str | None]:
+        """Why each row's store is closed on its day, as the API's ``closed_reason`` says it: closed for good since
+        its last sales date, or CLOSED_DAY_MEANING; None where it is open. Rows as for ``of``."""
+        rows = np.searchsorted(self._stores, np.asarray(store_nbr, np.int64))
+        columns = np.asarray(days, np.int64) - self._first_day
+        return [None if not shut else closed_for_good_reason(last) if last >= 0 else CLOSED_DAY_MEANING
+                for shut, last in zip(self.table[rows, columns].tolist(), self._for_good[rows, columns].tolist())]

@@ -511,6 +511,9 @@ class HistorySnapshot:
     stores: dict[str, np.ndarray]  # store_nbr [K] + STORE_FIELDS
     calendar_days: np.ndarray  # [H] int64 days: origin+1..origin+H
     calendar_holidays: np.ndarray  # [K, H, len(HOLIDAY_FLAGS)] uint8 (stores in stores['store_nbr'] order)
+    # stores closed for good by the origin: store_nbr -> day number of its last row (pipeline/history.py
+    # ``closed_stores``); bundles written before it have none
+    closed_stores: dict[int, int] = field(default_factory=dict)
 
 
 def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

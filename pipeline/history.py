@@ -429,6 +429,30 @@ def rows_at_origin(history: SalesHistory, origin_col: int, history_days: int, ho
                           observed_only)
 
 
+def closed_stores(history: SalesHistory, origin_col: int) -> dict[int, int]:
+    """The stores that have closed for good by ``origin_col``, each with the day number of its last row.
+
+    Prepare decides it (``prepare.store_grid_end``: no row on train.csv's last ``prepare.closed_after_days`` sales
+    days) and ends such a store's grid at its last row, where an open store's runs to the last sales day (and one
+    shut for fewer days keeps its zero rows). So it is read here, not decided again: a store whose grid rows end
+    before the last sales day up to the origin has closed, its last row its last sales day. A store with no row up
+    to the origin (it opens later) has not."""
+    observed = history.observed[:, :origin_col + 1]
+    if observed.size == 0 or history.store_nbr.size == 0:
+        return {}
+    series_store = np.asarray(history.store_nbr, np.int64)  # sorted: each store's series are one run
+    starts = np.flatnonzero(np.r_[True, series_store[1:] != series_store[:-1]])
+    by_store = np.logical_or.reduceat(observed, starts, axis=0)  # [stores, days]: any grid row of the store
+    sales_days = by_store.any(axis=0)
+    if not sales_days.any():
+        return {}
+    last_sales_col = int(np.flatnonzero(sales_days)[-1])
+    has_row = by_store.any(axis=1)
+    last_col = by_store.shape[1] - 1 - np.argmax(by_store[:, ::-1], axis=1)
+    closed = has_row & (last_col < last_sales_col)
+    return {int(series_store[starts[k]]): history.first_day + int(last_col[k]) for k in np.flatnonzero(closed)}
+
+
 def snapshot_at(history: SalesHistory, origin_col: int, history_days: int, calendar: np.ndarray) -> HistorySnapshot:
     """The bundle's history snapshot: the window up to the origin, and the horizon's calendar."""
     if origin_col - history_days + 1 < 0:
@@ -440,6 +464,7 @@ def snapshot_at(history: SalesHistory, origin_col: int, history_days: int, calen
         sales=np.ascontiguousarray(history.sales[:, window]), promo=np.ascontiguousarray(history.promo[:, window]),
         items={k: v.copy() for k, v in history.items.items()}, stores={k: v.copy() for k, v in history.stores.items()},
         calendar_days=origin_day + 1 + np.arange(calendar.shape[1], dtype=np.int64), calendar_holidays=calendar,
+        closed_stores=closed_stores(history, origin_col),
     )
 
 

@@ -558,8 +558,8 @@ def closed_stores_warning(path: Path, last_day: dict[int, int], calendar: np.nda
                       for store, day, gap in closed[:shown])
     more = f" and {len(closed) - shown} more store(s)" if len(closed) > shown else ""
     return (f"{path.name}: {named}{more}: taken as closed, its rows end there (not zero-filled to {calendar[-1]}: "
-            "neither trained on nor scored after it; the app forecasts it from its last days, all zeros). If its rows "
-            "are only late, add them and rerun")
+            "neither trained on nor scored after it; the app answers it 0 units, closed for good, after it). If its "
+            "rows are only late, add them and rerun")
 
 
 SPARSE_DAYS_SHARE = 0.5  # sales on fewer of the days from the first date to the last: not daily data

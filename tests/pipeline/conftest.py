@@ -143,6 +143,29 @@ def prepare_with(**fields):
     return dataclasses.replace(prepare_params(default_params()), **fields)
 
 
+STOPPING_START = dt.date(2016, 12, 1)  # write_stores_that_stop: the first of its 60 sales days
+
+
+def write_stores_that_stop(raw: Path) -> dict[int, int]:
+    """Raw files of 4 stores x 2 items over 60 days from STOPPING_START; returns each store's last day (0-based).
+    Store 2 sells nothing after day 29 (closed: no row on the last ``prepare.closed_after_days``), store 3 has no
+    row on the last closed_after_days - 1 days only (shut for a fortnight, or late: not closed), store 4 none on
+    days 22-26 (shut a few days, open again)."""
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "stores.csv").write_text("store_nbr,city,state,type,cluster\n"
+                                    + "".join(f"{s},C,S,A,{s}\n" for s in (1, 2, 3, 4)))
+    (raw / "items.csv").write_text("item_nbr,family,class,perishable\n10,F,1,0\n11,G,2,1\n")
+    last_sold = {1: 59, 2: 29, 3: 59 - prepare_with().closed_after_days + 1, 4: 59}
+    rows = ["id,date,store_nbr,item_nbr,unit_sales,onpromotion"]
+    for d in range(60):
+        for store in (1, 2, 3, 4):
+            if d <= last_sold[store] and not (store == 4 and 22 <= d <= 26):
+                for item in (10, 11):
+                    rows.append(f"{len(rows) - 1},{STOPPING_START + dt.timedelta(days=d)},{store},{item},3,False")
+    (raw / "train.csv").write_text("\n".join(rows) + "\n")
+    return last_sold
+
+
 def tiny_params(**synthetic) -> dict:
     """params.yaml at a tiny synthetic scale for fast tests."""
     params = default_params()

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
 
-from pipeline.closed_days import GUARD_DAYS, closed_store_days, year_earlier
+import numpy as np
+import pytest
+
+from pipeline.closed_days import CLOSED_DAY_MEANING, GUARD_DAYS, ClosedDays, closed_store_days, year_earlier
 from pipeline.features import HOLIDAY_FLAGS, HistorySnapshot
+from pipeline.history import closed_stores, load_history, snapshot_at
+from pipeline.prepare import prepare
+
+from .conftest import STOPPING_START, prepare_with, write_stores_that_stop
 
 
 def _day(text: str) -> int:
@@ -105,3 +112,36 @@ def test_the_year_earlier_date_across_february_29():
     assert year_earlier(_day("2017-03-01")) == _day("2016-03-01")
     assert year_earlier(_day("2016-03-01")) == _day("2015-03-01")
     assert year_earlier(_day("2016-02-29")) is None  # no such date in 2015: never a closed day
+
+
+def test_a_store_closed_for_good_is_closed_on_every_day_after_its_last_sales_date():
+    """Store 2 has closed for good (the bundle's closed_stores): every horizon day is closed, whatever it did a
+    year earlier, with a reason that names its last sales date; store 1's Christmas stays a closed day of its own."""
+    snapshot = dataclasses.replace(_snapshot({1: _daily(zero=("2015-12-25",)), 2: _daily()}),
+                                   closed_stores={2: _day("2016-11-30")})
+    assert _closed(snapshot) == {1: ["2016-12-25"], 2: [str(np.datetime64(ORIGIN + 1 + h, "D")) for h in range(16)]}
+    days = [_day("2016-12-21"), _day("2016-12-25"), _day("2016-12-21"), _day("2016-12-25")]
+    lookup = ClosedDays(snapshot)
+    assert lookup.of([1, 1, 2, 2], days).tolist() == [False, True, True, True]
+    assert lookup.reasons([1, 1, 2, 2], days) == [
+        None, CLOSED_DAY_MEANING, "the store has closed for good: no sales since 2016-11-30",
+        "the store has closed for good: no sales since 2016-11-30"]
+
+
+@pytest.mark.parametrize("grid", ["from_first_sale", "full"])
+def test_closed_stores_are_those_whose_prepared_grid_ends_before_the_last_sales_day(tmp_path, grid):
+    """Prepare ends a closed store's grid at its last row (prepare.closed_after_days): that is what the bundle
+    records, read from the prepared rows, not decided a second time. Store 2 (no row on the last 30 sales days) has
+    closed, its last sales date day 29; store 3 (none on the last closed_after_days - 1: shut a fortnight, or its
+    rows late) and store 4 (shut 5 days and open again) have not. At an origin before store 2's last day (or on it)
+    it has not closed yet."""
+    write_stores_that_stop(tmp_path / "raw")
+    prepare(tmp_path / "raw", tmp_path / "prepared", prepare_with(returns="zero", grid=grid), progress=False)
+    history = load_history([tmp_path / "prepared" / "sales.parquet"])
+    assert history.days == 60
+    day_29 = int(np.datetime64(STOPPING_START, "D").astype(np.int64)) + 29
+    assert closed_stores(history, history.days - 1) == {2: day_29}
+    assert closed_stores(history, 40) == {2: day_29}
+    assert closed_stores(history, 29) == {} and closed_stores(history, 10) == {}
+    calendar = np.zeros((4, 16, len(HOLIDAY_FLAGS)), np.uint8)
+    assert snapshot_at(history, history.days - 1, 28, calendar).closed_stores == {2: day_29}

@@ -16,7 +16,9 @@ from pipeline.prepare import HOLIDAY_LOOKAHEAD_DAYS, IdTracker, daily_oil, prepa
 from pipeline.schema import HOLIDAY_FLAGS, PREPARED_SALES_SCHEMA
 from pipeline.validate import DataValidationError
 
-from .conftest import ITEMS, N_DAYS, START, STORES, kaggle_sample_files, prepare_with
+from .conftest import (
+    ITEMS, N_DAYS, START, STOPPING_START, STORES, kaggle_sample_files, prepare_with, write_stores_that_stop,
+)
 
 
 @pytest.fixture
@@ -405,19 +407,8 @@ def test_a_store_that_closed_is_not_zero_filled_to_the_end(tmp_path, capsys, gri
     store 3, without rows on the last 15 sales days only (shut for a fortnight, or late) and store 4 with none on
     Christmas and the days around it, are zero-filled to the end as before; prepare names store 2."""
     raw = tmp_path / "raw"
-    raw.mkdir()
-    (raw / "stores.csv").write_text("store_nbr,city,state,type,cluster\n"
-                                    + "".join(f"{s},C,S,A,{s}\n" for s in (1, 2, 3, 4)))
-    (raw / "items.csv").write_text("item_nbr,family,class,perishable\n10,F,1,0\n11,G,2,1\n")
-    start = dt.date(2016, 12, 1)
-    last_sold = {1: 59, 2: 29, 3: 59 - prepare_with().closed_after_days + 1, 4: 59}
-    rows = ["id,date,store_nbr,item_nbr,unit_sales,onpromotion"]
-    for d in range(60):
-        for store in (1, 2, 3, 4):
-            if d <= last_sold[store] and not (store == 4 and 22 <= d <= 26):
-                for item in (10, 11):
-                    rows.append(f"{len(rows) - 1},{start + dt.timedelta(days=d)},{store},{item},3,False")
-    (raw / "train.csv").write_text("\n".join(rows) + "\n")
+    write_stores_that_stop(raw)
+    start = STOPPING_START
     prepare(raw, tmp_path / "prepared", prepare_with(returns="zero", grid=grid), progress=False)
     sales = _sales(tmp_path / "prepared")
     last = sales.groupby("store_nbr")["date"].max().dt.date.to_dict()

@@ -44,8 +44,9 @@ def test_bundle_contents_and_a_request(trained_project):
     bundle = load_bundle(root / train.CANDIDATE_DIR)
     meta = bundle.metadata
     for key in ("name", "version", "code_version", "data_version", "params", "metrics",
-                "input_schema", "vocabularies", "forecast_origin", "horizon"):
+                "input_schema", "vocabularies", "forecast_origin", "horizon", "closed_stores"):
         assert key in meta, key
+    assert meta["closed_stores"] == []  # no synthetic store closes for good (tests/app/test_closed_for_good.py)
     # what the bundle was made from, never when, where or by which run: the same inputs give the same bytes
     assert not {"created", "git_commit", "mlflow_run_id"} & set(meta) and bundle.digest == summary["digest"]
     assert meta["version"] == bundle_version("mlp", meta["code_version"], meta["data_version"], meta["params"])
