@@ -20,10 +20,14 @@ Two references, both plain JSON (numpy only):
   histogram over all of them (``prediction_units``) and, on the same edges, one per horizon
   day (``prediction_by_horizon``), so monitoring mixes the days in the proportions the
   requests ask for them (a model forecasts day 1 otherwise than day 16, and traffic for the
-  next day alone is ordinary). Each history feature likewise keeps its counts per horizon day
-  (``by_horizon``, on its own histogram's edges): the weekday means and the year-ago features are
-  the series' past *at the target's weekday or week*, so traffic for one day of the window
-  shifts them though nothing changed (a year-end window: PSI 0.44 on the year-ago season change).
+  next day alone is ordinary). The forecasts leave out the rows of a day the store is closed
+  (pipeline/closed_days.py: a closed day a year earlier, or a store closed for good), which the
+  app answers 0 by that rule, not the model, and drift leaves out of the live forecasts too;
+  their features stay (they are requests all the same). Each history feature likewise keeps
+  its counts per horizon day (``by_horizon``, on its own histogram's edges): the weekday means
+  and the year-ago features are the series' past *at the target's weekday or week*, so traffic
+  for one day of the window shifts them though nothing changed (a year-end window: PSI 0.44 on
+  the year-ago season change).
 * the training rows' own distributions (``dense``, ``categorical``, ``target_units``,
   ``prediction_units``: the inner-validation forecasts, one origin at every horizon),
   kept for the model card and for bundles made before ``served`` existed. A bundle whose ``served``
@@ -37,6 +41,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from pipeline.closed_days import ClosedDays
 from pipeline.features import (
     CATEGORICAL_FIELDS,
     HORIZON_FEATURE,
@@ -144,10 +149,12 @@ def served_reference(spec: FeatureSpec, vocab: Vocabularies, snapshot: HistorySn
                         for j, name in enumerate(CATEGORICAL_FIELDS)},
         "roles": {name: feature_role(name) for name in names},
     }
-    if predict is not None:
-        forecasts = np.asarray(predict(matrix), np.float64).ravel()
+    # the model's forecasts only: a closed store-day is answered 0 by the closed-day rule (drift leaves those out)
+    opened = ~ClosedDays(snapshot).of(snapshot.store_nbr[row], snapshot.calendar_days[day])
+    if predict is not None and opened.any():
+        forecasts = np.asarray(predict(matrix), np.float64).ravel()[opened]
         served["prediction_units"] = distribution(forecasts, bins="quantile")
-        served["prediction_by_horizon"] = by_horizon_day(forecasts, np.asarray(rows.horizon),
+        served["prediction_by_horizon"] = by_horizon_day(forecasts, np.asarray(rows.horizon)[opened],
                                                          served["prediction_units"])
     return served
 

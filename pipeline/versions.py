@@ -30,7 +30,8 @@ SOURCE_FINGERPRINT_PATH = Path("data/source.json")
 MODEL_CODE = ("engine", "pipeline/features.py", "pipeline/history.py", "pipeline/examples.py",
               "pipeline/feature_shards.py", "pipeline/cluster.py", "pipeline/models.py", "pipeline/bundle.py",
               "pipeline/blas.py", "pipeline/train.py", "pipeline/evaluate.py", "pipeline/backtest.py",
-              "pipeline/metrics.py", "pipeline/model_params.py", "pipeline/drift_stats.py", "pipeline/tracking.py",
+              "pipeline/metrics.py", "pipeline/model_params.py", "pipeline/drift_stats.py", "pipeline/closed_days.py",
+              "pipeline/tracking.py",
               "pipeline/versions.py", "pipeline/params.py", "pipeline/names.py", "pipeline/io.py", "pipeline/atomic.py",
               "pipeline/stage.py")
 

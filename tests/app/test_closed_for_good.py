@@ -77,6 +77,12 @@ def test_the_bundles_list_the_store_closed_for_good_and_not_the_one_that_stopped
     production = load_bundle(closing_project / "models/production")
     assert production.snapshot.closed_stores == {CLOSED: (pd.Timestamp(CLOSED_AFTER) - pd.Timestamp(0)).days}
     assert {CLOSED, STOPPED_LATE, OPEN} <= set(production.snapshot.stores["store_nbr"].tolist())
+    # drift's reference forecasts are the model's: the closed store's requests are answered by the rule (drift
+    # leaves those answers out of the live side); their features stay, as requests all the same
+    for bundle in (load_bundle(closing_project / "models/candidate"), production):
+        served = bundle.training_stats["served"]
+        closed_rows = round(served["categorical"]["store_nbr"]["top"][str(CLOSED)] * served["rows"])
+        assert closed_rows > 0 and served["prediction_units"]["count"] == served["rows"] - closed_rows
 
 
 def test_the_api_and_the_form_answer_it_closed_and_forecast_the_others(closing_project, make_app):
