@@ -175,6 +175,7 @@ class PredictionEventSink:
         if settings.fluentd is not None:
             self._spool = Spool(settings.spool_root, settings.spool_max_bytes, settings.segment_max_bytes,
                                 self.stats.add)
+            self._spool.hold_destination(str(settings.fluentd))
             self._forwarder: Forwarder | None = Forwarder(self._spool, TAG, settings.fluentd, self.stats.add,
                                                           settings.confirm_after_s)
             self.destination = f"{settings.fluentd} (spool {settings.spool_root})"
@@ -305,3 +306,6 @@ class PredictionEventSink:
                 self._forwarder.finish(time.monotonic() + self.settings.close_timeout_s)
         except Exception:
             log.exception("prediction events: closing failed; unsent events stay in %s", self.settings.spool_root)
+        finally:
+            if self._forwarder is not None:
+                self._spool.release_destination()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import itertools
 import json
 import logging
@@ -49,6 +50,7 @@ OPENING_SUFFIX = ".new"  # created and locked under this name, then renamed: nev
 # sends them without reading and parsing the file again; bounded (beyond it, segments are read from disk).
 CACHED_SEGMENTS = 8
 CACHED_RECORDS = 4096
+DESTINATION_PREFIX = ".destination-"  # + a digest of where its events go; held (flock, shared) by who sends there
 LIMIT_LOCK_WAIT_S = 1.0  # how long a limit check waits for another process's check before it runs all the same
 Count = Callable[[str, int], None]  # ("spooled" | "dropped", how many)
 
@@ -144,6 +146,7 @@ class Spool:
         self._folder = -1  # the spool folder as opened (follow_folder: one moved away is still reachable by it)
         self._folder_id: tuple[int, int] | None = None
         self._follow_lock = threading.Lock()
+        self._destination = -1  # the held .destination-* file (hold_destination)
         self.follow_folder()
         self.segment_paths()  # reads the newest name already in the spool (a restart after a clock step)
 
@@ -275,12 +278,57 @@ class Spool:
                 self._folder, self._folder_id = -1, None
 
     def __del__(self) -> None:  # a Spool dropped without close() (tests, a failed start) must not keep its folder open
-        folder = getattr(self, "_folder", -1)
-        if folder >= 0:
-            try:
+        for held in (getattr(self, "_folder", -1), getattr(self, "_destination", -1)):
+            if held >= 0:
+                try:
+                    os.close(held)
+                except OSError:
+                    pass
+
+    def hold_destination(self, destination: str) -> None:
+        """Take this spool for `destination` (e.g. "Fluentd at host:port") for as long as this process runs, or raise
+        SpoolInUse when a live process holds it for another: any process sends any segment of its spool, so two
+        servers of one checkout given different Fluentds (the default `logs/spool` for both) sent each other's
+        events to the wrong one (a probe: 631 of one server's 1,562 events). Processes sending to one destination
+        share the spool, their claims by segment locks. A file per destination, each process holding it shared; a
+        file no process holds is a stopped server's, removed. Checked under the folder lock, so two starting at once
+        cannot both pass."""
+        mine = DESTINATION_PREFIX + hashlib.sha256(destination.encode()).hexdigest()[:16]
+        folder = self._lock_folder()
+        try:
+            for name in sorted(os.listdir(self.root)):
+                if not name.startswith(DESTINATION_PREFIX) or name == mine:
+                    continue
+                try:
+                    fd = os.open(self.root / name, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                try:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        other = os.read(fd, 1024).decode("utf-8", "replace") or "another destination"
+                        raise SpoolInUse(errno.EBUSY, f"event spool {self.root}: a running server sends its events to "
+                                         f"{other}, this one to {destination}; each would send the other's events: "
+                                         f"give each its own SHELFCAST_EVENT_SPOOL") from None
+                    if folder is not None:
+                        os.unlink(self.root / name)  # a stopped server's
+                finally:
+                    os.close(fd)
+            fd = os.open(self.root / mine, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            os.pwrite(fd, destination.encode(), 0)  # the same bytes by every process that holds it
+            self.release_destination()
+            self._destination = fd
+        finally:
+            if folder is not None:
                 os.close(folder)
-            except OSError:
-                pass
+
+    def release_destination(self) -> None:
+        """Let another destination take the spool (once this process has sent what it will)."""
+        if self._destination >= 0:
+            os.close(self._destination)
+            self._destination = -1
 
     def follow_folder(self) -> int:
         """If the spool's path no longer names the folder this process opened (moved away, by its own name or a
@@ -520,6 +568,10 @@ class Spool:
                     f"{held_back} more events dropped since the last message"
             self._last_warning, self._unlogged_drops = now, 0
         log.error(message)
+
+
+class SpoolInUse(OSError):
+    """The spool folder is held by a running process that sends to another destination."""
 
 
 def _check_writable(root: Path) -> None:

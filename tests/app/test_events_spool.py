@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from eventlog.records import encode_line
-from eventlog.spool import Spool
+from eventlog.spool import Spool, SpoolInUse
 from tests.app.conftest import Counts, refusing_changes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -62,11 +62,28 @@ def test_a_segment_held_by_one_process_is_not_claimed_by_another(tmp_path: Path)
     assert drain(other) == [1]
 
 
+def test_a_spool_is_held_for_one_destination_while_a_process_sends_there(tmp_path: Path) -> None:
+    first = Spool(tmp_path, 10**9, 10**6, Counts())
+    first.hold_destination("Fluentd at 127.0.0.1:1")
+    also = Spool(tmp_path, 10**9, 10**6, Counts())
+    also.hold_destination("Fluentd at 127.0.0.1:1")  # the same destination shares it (a server's workers)
+    other = Spool(tmp_path, 10**9, 10**6, Counts())
+    with pytest.raises(SpoolInUse, match=r"sends its events to Fluentd at 127\.0\.0\.1:1, this one to Fluentd at "
+                                          r"127\.0\.0\.1:2; .* its own SHELFCAST_EVENT_SPOOL"):
+        other.hold_destination("Fluentd at 127.0.0.1:2")
+    first.release_destination()
+    with pytest.raises(SpoolInUse):
+        other.hold_destination("Fluentd at 127.0.0.1:2")  # `also` still holds it
+    also.release_destination()
+    other.hold_destination("Fluentd at 127.0.0.1:2")  # a stopped server's destination is no longer held
+    assert len(list(tmp_path.glob(".destination-*"))) == 1  # the stopped destination's file removed
+
+
 def test_segments_of_a_process_that_died_are_claimed_by_the_next_one(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os
         from eventlog.records import encode_line
-        from eventlog.spool import Spool
+        from eventlog.spool import Spool, SpoolInUse
         spool = Spool({str(tmp_path)!r}, 10**9, 300, lambda *a: None)
         for i in range(10):
             spool.append(encode_line({{"i": i}}))
