@@ -254,7 +254,7 @@ class Spool:
             self._unsynced = False
         for path in paths:
             try:  # a descriptor of its own: a dup of the writer's would hold its lock through the fsync
-                fd = os.open(path, os.O_RDONLY)
+                fd = self._open_to_sync(path)
             except FileNotFoundError:
                 continue  # sent and deleted already: nothing left to lose
             except OSError as exc:
@@ -266,6 +266,20 @@ class Spool:
                 self._warn(f"event spool {self.root}: fsync failed ({exc})")
             finally:
                 os.close(fd)
+
+    def _open_to_sync(self, path: Path) -> int:
+        """A read descriptor of a segment at its path or, its folder moved away, in the folder this process opened
+        (wherever it is now; follow_folder moves it back under the lock held here): FileNotFoundError: deleted."""
+        try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            with self._follow_lock:
+                if self._folder >= 0:
+                    try:
+                        return os.open(path.name, os.O_RDONLY, dir_fd=self._folder)
+                    except FileNotFoundError:
+                        pass
+                return os.open(path, os.O_RDONLY)  # moved back meanwhile
 
     def close(self) -> None:
         with self._lock:
