@@ -56,6 +56,7 @@ other limits.
 
 import collections
 import gc
+import json
 import os
 import re
 import shutil
@@ -236,6 +237,7 @@ def _prepare(server):
         for address in server.cfg.bind:
             if not address.startswith(("unix:", "fd://")):
                 refuse_a_taken_address(address)
+    from app.gunicorn_worker import RELOAD_MARKER
     from app.metrics_files import DirectoryInUse, claim, clear, disown, hold, remove_orphaned
 
     try:
@@ -243,6 +245,7 @@ def _prepare(server):
         # one server per directory: a second one given it emptied it, deleting the first one's live counts
         held_metrics_dir.append(hold(METRICS_DIR))
         clear(METRICS_DIR)
+        (METRICS_DIR / RELOAD_MARKER).unlink(missing_ok=True)  # an earlier server's: pids that may be reused
         if OWN_METRICS_DIR:  # named for the master (after any daemonizing fork), which removes it on exit
             claim(METRICS_DIR, os.getpid())
         else:
@@ -280,15 +283,41 @@ def least_used_core(cores: list[int], taken) -> int:
     return min(cores, key=lambda core: (held[core], core))
 
 
+replaced_in_reload: set[int] = set()  # master (and the workers it forks): the workers the SIGHUP in progress replaces
+
+
+def on_reload(server):
+    """SIGHUP, before the new workers fork: name the old ones (RELOAD_MARKER), which keep serving until the new ones
+    listen (app/gunicorn_worker.py handle_exit), and whose presence makes each new worker open its socket only once
+    its app has loaded (post_fork). Before, gunicorn stopped the old workers at once and the new ones listened at
+    the fork: every request of the reload waited for their load (4.8-6.1 s for a tiny model, up to 7.2 s at
+    Favorita's width)."""
+    from app.gunicorn_worker import RELOAD_MARKER
+
+    replaced_in_reload.clear()
+    # only workers of a class that hands over (the master's objects of the running workers' class): after an
+    # upgrade from a version without it, the old ones stop at once, and the new ones must listen at the fork
+    replaced_in_reload.update(pid for pid, worker in server.WORKERS.items() if hasattr(worker, "exit_once_replaced"))
+    staging = METRICS_DIR / f".{RELOAD_MARKER}.{os.getpid()}"
+    try:
+        staging.write_text(json.dumps({"replaced": sorted(replaced_in_reload), "workers": server.cfg.workers}),
+                           "utf-8")
+        os.replace(staging, METRICS_DIR / RELOAD_MARKER)
+    except OSError as exc:  # an exception here would stop the master: the old workers stop at once, as before
+        replaced_in_reload.clear()
+        server.log.warning("reload: the old workers stop at once (cannot write %s: %s)", staging, exc)
+
+
 def post_fork(server, worker):
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    if server.cfg.reuse_port and 0 < len(server.WORKERS) < server.num_workers:
+    if server.cfg.reuse_port and (0 < len(server.WORKERS) < server.num_workers
+                                  or replaced_in_reload & set(server.WORKERS)):
         # A replacement beside live workers (this child's copy of WORKERS holds the others). gunicorn opened its
         # socket at the fork, before the app loads (seconds; 20-40 s for a Favorita-size model beside its
         # candidates): the kernel would hash new connections to it meanwhile and they would wait unanswered. It
         # listens once the app can answer (post_worker_init); until then the live workers take every new
-        # connection. Not at start-up or when every worker died (nothing else listens: its socket queues them),
-        # nor in a reload (SIGHUP: as many or more workers than wanted, the old ones about to stop).
+        # connection. The same in a reload (SIGHUP) while a worker it replaces lives: those serve until the new ones
+        # listen (on_reload). Not at start-up or when every worker died (nothing else listens: its socket queues them).
         for listener in worker.sockets:
             listener.close()
         worker.sockets = []

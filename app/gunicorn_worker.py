@@ -23,12 +23,15 @@ connection's next one from when its first bytes arrive: see `ThreadWorker.handle
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
 import queue
 import selectors
 import socket
 import threading
 import time
+from pathlib import Path
 
 from gunicorn.workers.gthread import ThreadWorker as GthreadWorker
 
@@ -43,6 +46,7 @@ LAST_CHANCE_S = 0.1
 # What a client whose headers ran out of time is sent, if its socket takes it at once (never waited for).
 TIMED_OUT_BODY = b"the request's headers did not arrive in time\n"
 # With the headers every response of the app carries (README: before, this one had none, nor `Server: shelfcast`).
+RELOAD_MARKER = "reloading.json"  # in PROMETHEUS_MULTIPROC_DIR: the workers a SIGHUP replaces (app/gunicorn_conf.py)
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nServer: shelfcast\r\nConnection: close\r\n"
                    b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(TIMED_OUT_BODY)
                    + b"".join(f"{name}: {value}\r\n".encode("ascii") for name, value in SECURITY_HEADERS.items())
@@ -111,6 +115,34 @@ class ThreadWorker(GthreadWorker):
             self.header_timeout_s = AppSettings.from_environment().header_timeout_s
         except SettingsError:  # never used: the app refuses to start with a bad setting, naming it (app/wsgi.py)
             self.header_timeout_s = DEFAULT_HEADER_TIMEOUT_S
+
+    def handle_exit(self, sig, frame):
+        """Overrides gunicorn's SIGTERM handler. A worker a SIGHUP replaces (app/gunicorn_conf.py on_reload names it)
+        keeps serving until the new workers listen (each opens its socket once its app has loaded), at most the
+        worker timeout, then exits gracefully. gunicorn stops the old workers right after forking the new ones, so
+        every new connection waited for a new worker's load: requests held 4.8-6.1 s at each SIGHUP of a tiny
+        model (README "Serving"). A second SIGTERM (a stop meanwhile) exits at once."""
+        if self.alive and not getattr(self, "handing_over", False) and self.cfg.reuse_port:
+            replaced = replaced_by_reload(os.getpid())
+            if replaced is not None:
+                self.handing_over = True
+                threading.Thread(target=self.exit_once_replaced, args=(replaced,), name="reload-handover",
+                                 daemon=True).start()
+                return
+        super().handle_exit(sig, frame)
+
+    def exit_once_replaced(self, workers: int) -> None:
+        from app.launch import LISTEN, socket_inodes  # the worker only: the master imports this module
+
+        ports = {listener.getsockname()[1] for listener in self.sockets}
+        ours = {port: socket_inodes(port, LISTEN) or set() for port in ports}  # the new workers' are not open yet
+        deadline = time.monotonic() + self.cfg.timeout
+        while self.alive and time.monotonic() < deadline and self.is_parent_alive():
+            listening = {port: socket_inodes(port, LISTEN) for port in ports}
+            if all(now is None or len(now - ours[port]) >= workers for port, now in listening.items()):
+                break
+            time.sleep(0.05)
+        super().handle_exit(None, None)
 
     def finish_request(self, conn, fs):
         if "close" not in vars(conn):  # once per connection (a kept-alive one comes back here per request)
@@ -205,6 +237,15 @@ class ThreadWorker(GthreadWorker):
         """The header deadline off; False if it had passed (the connection's read side is shut by now)."""
         watch, conn.headers_due = conn.headers_due, None
         return watch is None or not READ_DEADLINES.release(watch)
+
+
+def replaced_by_reload(pid: int) -> int | None:
+    """How many new workers replace worker ``pid`` in the SIGHUP in progress; None if it is not being replaced."""
+    try:
+        marker = json.loads((Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]) / RELOAD_MARKER).read_text("utf-8"))
+        return int(marker["workers"]) if pid in marker["replaced"] else None
+    except (KeyError, OSError, ValueError, TypeError):
+        return None
 
 
 def _address(client) -> str:
