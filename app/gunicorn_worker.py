@@ -102,10 +102,12 @@ CLIENT_TOOK_TOO_LONG = ClientTookTooLong()
 class ThreadWorker(GthreadWorker):
     """gthread, with each connection its main thread finishes closed by a GracefulCloser, and each request's
     headers read within SHELFCAST_HEADER_TIMEOUT_S. gunicorn (26.2, pinned) has a setting for neither, so this
-    overrides five methods of its ThreadWorker: ``finish_request`` (the closes), ``enqueue_req``, ``handle`` and
-    ``handle_request`` (the header deadline), and ``set_accept_enabled`` (a graceful exit stops listening; with
-    ``finish_request``'s kept-alive connections, no request fails at a SIGHUP). tests/app/test_served_by_gunicorn.py and
-    tests/app/test_served_request_headers.py fail if an upgrade changes how gunicorn calls them."""
+    overrides six methods of its ThreadWorker: ``finish_request`` (the closes, and a pipelined request already read
+    handed on), ``enqueue_req``, ``handle`` and ``handle_request`` (the header deadline), ``set_accept_enabled`` (a
+    graceful exit stops listening; with ``finish_request``'s kept-alive connections, no request fails at a SIGHUP) and
+    ``handle_exit`` (a SIGHUP's old workers serve until the new ones listen). tests/app/test_served_by_gunicorn.py,
+    tests/app/test_served_request_headers.py and tests/app/test_served_lifecycle.py fail if an upgrade changes how
+    gunicorn calls them."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -155,7 +157,13 @@ class ThreadWorker(GthreadWorker):
                     close()
 
             conn.close = close_elsewhere
-        if not self.alive and not fs.cancelled() and fs.exception() is None and fs.result() is True:
+        kept_alive = not fs.cancelled() and fs.exception() is None and fs.result() is True
+        if kept_alive and _read_ahead(conn):
+            # A pipelining client's next request, read with this one: the socket will not turn readable for it, and
+            # gunicorn's poller waited for that until the keep-alive ran out (1 of 3 pipelined requests answered).
+            self.enqueue_req(conn)
+            return
+        if not self.alive and kept_alive:
             # Its answer promised keep-alive before the worker began to exit: gunicorn closed it anyway, and the
             # client's next request, often already sent, failed (RemoteDisconnected). Kept open, that request is
             # served (with `Connection: close`) in the graceful exit; an idle one closes after `keepalive` s.
@@ -237,6 +245,15 @@ class ThreadWorker(GthreadWorker):
         """The header deadline off; False if it had passed (the connection's read side is shut by now)."""
         watch, conn.headers_due = conn.headers_due, None
         return watch is None or not READ_DEADLINES.release(watch)
+
+
+def _read_ahead(conn) -> bool:
+    """Whether gunicorn's parser holds bytes of the connection's next request already (pipelined)."""
+    buffered = getattr(getattr(getattr(conn, "parser", None), "unreader", None), "buf", None)
+    if buffered is None:
+        return False
+    with buffered.getbuffer() as view:  # released at once: the parser writes into it again
+        return view.nbytes > 0
 
 
 def replaced_by_reload(pid: int) -> int | None:

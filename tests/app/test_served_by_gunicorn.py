@@ -252,3 +252,25 @@ def test_options_asterisk_asks_about_the_server_200_with_allow_and_security_head
     assert headers["x-request-id"]
     assert request(server, "OPTIONS", "/*").status == 404
     assert request(server, "OPTIONS", "/api/v1/predict").status == 200  # a path's own OPTIONS, as before
+
+
+def test_pipelined_requests_are_each_answered_in_order(server):
+    """HTTP/1.1 lets a client send its next requests before the answers (RFC 9112 section 9.3.2). gunicorn's gthread
+    reads them ahead with the first, then waits on the socket for bytes already taken: only the first was answered,
+    and the connection closed after the 5 s keep-alive (a probe: 1 of 3, GETs and POSTs alike)."""
+    body = predict_body(server)
+    predict = (b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    model = b"GET /api/v1/model HTTP/1.1\r\nHost: x\r\n\r\n"
+    last = b"GET /api/v1/items?limit=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server), timeout=10) as client:
+        client.sendall(predict + model + predict + last)
+        received = b""
+        while chunk := client.recv(65536):
+            received += chunk
+    answers = re.findall(rb"HTTP/1\.1 (\d{3})", received)
+    assert answers == [b"200"] * 4 and time.monotonic() - started < 3, (answers, time.monotonic() - started)
+    responses = received.split(b"HTTP/1.1 200")[1:]
+    for response, kind in zip(responses, [b'"predictions"', b'"horizon"', b'"predictions"', b'"items"']):
+        assert kind in response, (kind, response[-300:])
