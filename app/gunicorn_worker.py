@@ -45,8 +45,8 @@ MOST_WAITING = 256  # closes queued beyond this happen at once, without the wait
 LAST_CHANCE_S = 0.1
 # What a client whose headers ran out of time is sent, if its socket takes it at once (never waited for).
 TIMED_OUT_BODY = b"the request's headers did not arrive in time\n"
-# With the headers every response of the app carries (README: before, this one had none, nor `Server: shelfcast`).
 RELOAD_MARKER = "reloading.json"  # in PROMETHEUS_MULTIPROC_DIR: the workers a SIGHUP replaces (app/gunicorn_conf.py)
+# With the headers every response of the app carries (README: before, this one had none, nor `Server: shelfcast`).
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nServer: shelfcast\r\nConnection: close\r\n"
                    b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(TIMED_OUT_BODY)
                    + b"".join(f"{name}: {value}\r\n".encode("ascii") for name, value in SECURITY_HEADERS.items())
