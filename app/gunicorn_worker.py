@@ -36,7 +36,7 @@ from pathlib import Path
 from gunicorn.workers.gthread import ThreadWorker as GthreadWorker
 
 from app import SECURITY_HEADERS
-from app.config import DEFAULT_HEADER_TIMEOUT_S, AppSettings, SettingsError
+from app.config import AppSettings, SettingsError
 from app.request_buffer import READ_DEADLINES
 
 CLOSING_THREADS = 4  # each close waits at most 2 s for its client: 2 closes a second at the worst
@@ -114,9 +114,10 @@ class ThreadWorker(GthreadWorker):
         self.closer = GracefulCloser()
         logging.getLogger("gunicorn.error").addFilter(CLIENT_TOOK_TOO_LONG)  # once: the same filter object
         try:
-            self.header_timeout_s = AppSettings.from_environment().header_timeout_s
+            settings = AppSettings.from_environment()
         except SettingsError:  # never used: the app refuses to start with a bad setting, naming it (app/wsgi.py)
-            self.header_timeout_s = DEFAULT_HEADER_TIMEOUT_S
+            settings = AppSettings()
+        self.header_timeout_s, self.max_body_bytes = settings.header_timeout_s, settings.max_body_bytes
 
     def handle_exit(self, sig, frame):
         """Overrides gunicorn's SIGTERM handler. A worker a SIGHUP replaces (app/gunicorn_conf.py on_reload names it)
@@ -236,8 +237,13 @@ class ThreadWorker(GthreadWorker):
         """Overrides gunicorn's ``handle_request(req, conn)``, which it calls once ``req``'s headers are parsed,
         before the app runs and reads the body (under its own limit, app/request_buffer.py): the header deadline
         ``handle`` set ends here. (Should it have passed in the instant before, the request is still served; its
-        connection is closed after it, its read side being shut.)"""
+        connection is closed after it, its read side being shut.) A request announcing a body over the limit gets no
+        `100 Continue`: gunicorn sends one for every `Expect: 100-continue` before the app runs, and the app then
+        answered 413, the client invited to upload it all first."""
         self._headers_arrived(conn)
+        declared = next((value for name, value in req.headers if name == "CONTENT-LENGTH"), "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            req._expected_100_continue = False  # gunicorn 26.2's flag (pinned; tests/app/test_served_by_gunicorn.py)
         return super().handle_request(req, conn)
 
     @staticmethod

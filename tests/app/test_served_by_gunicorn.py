@@ -274,3 +274,24 @@ def test_pipelined_requests_are_each_answered_in_order(server):
     responses = received.split(b"HTTP/1.1 200")[1:]
     for response, kind in zip(responses, [b'"predictions"', b'"horizon"', b'"predictions"', b'"items"']):
         assert kind in response, (kind, response[-300:])
+
+
+def test_expect_100_continue_over_the_body_limit_gets_413_without_an_invitation_to_send(server):
+    """RFC 9110 10.1.1: a client sending `Expect: 100-continue` waits for 100 before it sends the body. gunicorn sent
+    100 Continue for every such request before the app ran, so a client announcing a body over the limit was invited
+    to upload it all, then answered 413 (a probe: 99,999,999 bytes announced). Within the limit it still gets 100."""
+    with socket.create_connection(("127.0.0.1", server), timeout=5) as client:
+        client.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (2 * MIB))
+        reply = client.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    body = predict_body(server)
+    with socket.create_connection(("127.0.0.1", server), timeout=5) as client:
+        client.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n" % len(body))
+        assert client.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        client.sendall(body)
+        reply = b""
+        while chunk := client.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
