@@ -38,6 +38,7 @@ promotes of one bundle on two hosts at once register one version (tracking.regis
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import shutil
@@ -243,17 +244,8 @@ def ensure_in_dvc_remote(root: Path, version) -> str:
         entry = None
     if not isinstance(entry, dict) or not isinstance(entry.get("md5"), str):  # a tag edited by hand, or cut short
         return f"{head}; its {registry_fetch.TAG_DVC} tag is no DVC output entry: not checked in the DVC remote"
-    staging = root / DVC_CHECK
-    dvc_file = staging.with_name(staging.name + ".dvc")
-    shown = dvc_file.relative_to(root).as_posix()
-
-    def clean() -> None:
-        dvc_file.unlink(missing_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-
-    clean()  # a killed promote's
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with _dvc_staging(root) as (staging, dvc_file):
+        shown = dvc_file.relative_to(root).as_posix()
         dvc_file.write_text(yaml.safe_dump({"outs": [{**entry, "path": staging.name}]}, sort_keys=False),
                             encoding="utf-8")
         where = _in_dvc_remote(root, shown)
@@ -262,22 +254,12 @@ def ensure_in_dvc_remote(root: Path, version) -> str:
         source = "from this clone's DVC cache"
         if where == "lost":
             source = "from the registry's copy"
-            registry_fetch.download_version(root, version, staging)  # verified against serving_digest
-            added = _dvc(root, "add", staging.relative_to(root).as_posix())
-            if added.returncode != 0:
-                raise PromotionRefused(f"`dvc add {staging.relative_to(root).as_posix()}` failed: "
-                                       f"{dvc_reason(added)}; nothing moved: promote again once fixed")
-            made = ((yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs") or [{}])[0].get("md5")
+            made = _add_registry_copy(root, version, staging, dvc_file).get("md5")
             if made != entry["md5"]:
                 raise PromotionRefused(f"version {version.version}: its registry bundle hashes to {made} in DVC, not "
                                        f"the recorded {entry['md5']}; nothing pushed or moved")
-        pushed = _dvc(root, "push", shown)
-        if pushed.returncode != 0:
-            raise PromotionRefused(f"{dvc_failure(f'dvc push {shown}', pushed)}; nothing moved: promote again once "
-                                   "fixed")
+        _push_staged(root, shown)
         return f"{head}; the DVC remote had lost it: pushed again {source} ({remotes[0]})"
-    finally:
-        clean()
 
 
 def _push_unrecorded(root: Path, version, remote: str, head: str) -> str:
@@ -285,33 +267,51 @@ def _push_unrecorded(root: Path, version, remote: str, head: str) -> str:
     never pushed it and `fetch-model MODEL_SOURCE=dvc` refused it for good: its serving bundle is downloaded from
     the registry (verified against ``serving_digest``), `dvc add`-ed, pushed, and the entry recorded on the version
     (as publish records it). PromotionRefused, before anything moved, when DVC fails."""
+    with _dvc_staging(root) as (staging, dvc_file):
+        entry = _add_registry_copy(root, version, staging, dvc_file)
+        _push_staged(root, dvc_file.relative_to(root).as_posix())
+        tracking.client(root).set_model_version_tag(version.name, str(version.version), registry_fetch.TAG_DVC,
+                                                    json.dumps(entry, sort_keys=True))
+    return (f"{head}; it recorded no DVC entry (registered where no DVC remote was configured): its registry copy "
+            f"pushed to the DVC remote ({remote}) and the entry recorded on the version")
+
+
+@contextlib.contextmanager
+def _dvc_staging(root: Path):
+    """(folder, its .dvc file) at DVC_CHECK, where a version's bundle is staged to check or push its DVC entry:
+    empty to start with (a killed promote's removed), removed after."""
     staging = root / DVC_CHECK
     dvc_file = staging.with_name(staging.name + ".dvc")
-    relative = staging.relative_to(root).as_posix()
 
     def clean() -> None:
         dvc_file.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
 
-    clean()  # a killed promote's
+    clean()
     staging.parent.mkdir(parents=True, exist_ok=True)
     try:
-        registry_fetch.download_version(root, version, staging)  # verified against serving_digest
-        added = _dvc(root, "add", relative)
-        if added.returncode != 0:
-            raise PromotionRefused(f"`dvc add {relative}` failed: {dvc_reason(added)}; nothing moved: promote again "
-                                   "once fixed")
-        pushed = _dvc(root, "push", f"{relative}.dvc")
-        if pushed.returncode != 0:
-            raise PromotionRefused(f"{dvc_failure(f'dvc push {relative}.dvc', pushed)}; nothing moved: promote again "
-                                   "once fixed")
-        entry = ((yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs") or [{}])[0]
-        tracking.client(root).set_model_version_tag(version.name, str(version.version), registry_fetch.TAG_DVC,
-                                                    json.dumps(entry, sort_keys=True))
+        yield staging, dvc_file
     finally:
         clean()
-    return (f"{head}; it recorded no DVC entry (registered where no DVC remote was configured): its registry copy "
-            f"pushed to the DVC remote ({remote}) and the entry recorded on the version")
+
+
+def _add_registry_copy(root: Path, version, staging: Path, dvc_file: Path) -> dict:
+    """The version's serving bundle downloaded from the registry into ``staging`` (verified against
+    ``serving_digest``) and `dvc add`-ed: the DVC output entry that made (PromotionRefused when DVC fails)."""
+    registry_fetch.download_version(root, version, staging)
+    relative = staging.relative_to(root).as_posix()
+    added = _dvc(root, "add", relative)
+    if added.returncode != 0:
+        raise PromotionRefused(f"`dvc add {relative}` failed: {dvc_reason(added)}; nothing moved: promote again once "
+                               "fixed")
+    return ((yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs") or [{}])[0]
+
+
+def _push_staged(root: Path, shown: str) -> None:
+    """`dvc push` of the staged .dvc file ``shown`` (PromotionRefused, before anything moved, when it fails)."""
+    pushed = _dvc(root, "push", shown)
+    if pushed.returncode != 0:
+        raise PromotionRefused(f"{dvc_failure(f'dvc push {shown}', pushed)}; nothing moved: promote again once fixed")
 
 
 def registered_serving_digest(version, name: str, digest: str) -> str:
