@@ -295,3 +295,20 @@ def test_expect_100_continue_over_the_body_limit_gets_413_without_an_invitation_
         while chunk := client.recv(65536):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+
+
+def test_expect_100_continue_over_the_body_limit_closes_the_connection_it_did_not_read(server):
+    """Found by a review probe: with no `100 Continue`, the client does not send the body (RFC 9110 10.1.1), but the
+    413 promised keep-alive and gunicorn waited for the announced bytes: the client's next request on the connection
+    was read as body, never answered, and the connection hung until the keep-alive ran out (5 s). A server answering
+    before reading the body says whether it will read it (RFC 9110 10.1.1): this one closes."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server), timeout=10) as client:
+        client.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (2 * MIB))
+        reply = b""
+        while chunk := client.recv(65536):
+            reply += chunk
+    head = reply.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 413") and b"connection: close" in head, reply[:300]
+    assert time.monotonic() - started < 2.5, time.monotonic() - started
