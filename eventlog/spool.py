@@ -147,6 +147,7 @@ class Spool:
         self._folder_id: tuple[int, int] | None = None
         self._follow_lock = threading.Lock()
         self._destination = -1  # the held .destination-* file (hold_destination)
+        self._destination_name = ""
         self.follow_folder()
         self.segment_paths()  # reads the newest name already in the spool (a restart after a clock step)
 
@@ -308,6 +309,7 @@ class Spool:
         file no process holds is a stopped server's, removed. Checked under the folder lock, so two starting at once
         cannot both pass."""
         mine = DESTINATION_PREFIX + hashlib.sha256(destination.encode()).hexdigest()[:16]
+        self._destination_name = destination  # held again where the path points if the folder moves (follow_folder)
         folder = self._lock_folder()
         try:
             for name in sorted(os.listdir(self.root)):
@@ -390,6 +392,11 @@ class Spool:
                 os.close(old)
             status = os.fstat(fd)
             self._folder, self._folder_id = fd, (status.st_dev, status.st_ino)
+            if self._destination >= 0:  # its .destination-* went with the folder moved away: hold the new one
+                try:
+                    self.hold_destination(self._destination_name)
+                except SpoolInUse as exc:  # another destination took the new folder first: say so, go on
+                    self._warn(str(exc))
             return moved
 
     def claim_next(self, held: set[Path]) -> Segment | None:

@@ -79,6 +79,21 @@ def test_a_spool_is_held_for_one_destination_while_a_process_sends_there(tmp_pat
     assert len(list(tmp_path.glob(".destination-*"))) == 1  # the stopped destination's file removed
 
 
+def test_a_spool_folder_moved_away_is_held_again_where_its_path_now_points(tmp_path: Path) -> None:
+    """Found by a review: a process follows its spool path to a new folder (follow_folder, after `mv logs logs.old`)
+    but its .destination-* stayed in the folder moved away, so a server sending elsewhere started on the new folder
+    unrefused, and each sent the other's events."""
+    root = tmp_path / "spool"
+    first = Spool(root, 10**9, 10**6, Counts())
+    first.hold_destination("Fluentd at 127.0.0.1:1")
+    root.rename(tmp_path / "spool.old")
+    first.append(line(0))  # an event after the move: the spool makes its folder again, at its path
+    first.follow_folder()
+    other = Spool(root, 10**9, 10**6, Counts())
+    with pytest.raises(SpoolInUse, match=r"sends its events to Fluentd at 127\.0\.0\.1:1"):
+        other.hold_destination("Fluentd at 127.0.0.1:2")
+
+
 def test_segments_of_a_process_that_died_are_claimed_by_the_next_one(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os
