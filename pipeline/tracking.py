@@ -802,9 +802,10 @@ def point_alias(mlflow_client, name: str, alias: str, version) -> None:
         mlflow_client.set_registered_model_alias(name, alias, version)
         return
     after = "none" if current is None else ((_move_of(current) or {}).get("id") or f"{leaving}@untracked")
-    if current is not None and any(_move_done(v, after) for v in known):
+    if any(_move_done(v, after) for v in known):
         # a move from that tenure was done before production was read as it: production was set back by hand (the
-        # MLflow UI), not through here; this move cannot be ordered against a racer, nor taken for an old move's
+        # MLflow UI), not through here; this move cannot be ordered against a racer, nor taken for an old move's.
+        # "none" too: the alias deleted by hand after the first move ever, whose version is no racer of this one
         after = f"{leaving}@{uuid.uuid4().hex}"
     move = {"id": uuid.uuid4().hex, "from": leaving, "after": after}
     mlflow_client.set_model_version_tag(name, version, MOVE_TAG, json.dumps(move))

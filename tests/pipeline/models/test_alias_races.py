@@ -120,3 +120,17 @@ def test_a_production_set_back_by_hand_is_not_taken_for_a_race_with_an_old_move(
     client.set_registered_model_alias(NAME, tracking.PRODUCTION_ALIAS, "1")  # by hand: no record
     tracking.point_alias(client, NAME, tracking.PRODUCTION_ALIAS, "3")
     assert production_and_previous(registry) == ("3", "1")
+
+
+def test_a_production_alias_deleted_by_hand_and_named_again_keeps_the_rollback_target(registry):
+    """Production 1 -> 2 -> 3, then the alias is deleted by hand; `release promote --version 3` names the version the
+    host serves again (what `release` itself says to run). The first move ever (to 1, from no production) is a move
+    from "no production" that is done: the new move from no production must not be taken for its racer and record
+    version 1 as what 3 replaced, or a rollback returns to the first version ever, not to 2."""
+    client = tracking.client(registry)
+    tracking.point_alias(client, NAME, tracking.PRODUCTION_ALIAS, "2")
+    tracking.point_alias(client, NAME, tracking.PRODUCTION_ALIAS, "3")
+    assert production_and_previous(registry) == ("3", "2")
+    client.delete_registered_model_alias(NAME, tracking.PRODUCTION_ALIAS)  # by hand
+    tracking.point_alias(client, NAME, tracking.PRODUCTION_ALIAS, "3")
+    assert production_and_previous(registry) == ("3", "2")
