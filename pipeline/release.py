@@ -335,8 +335,13 @@ def follow_production(root: Path, store: ReleaseStore, moved: str, name: str = t
 def rollback(root: Path, store: ReleaseStore, name: str = tracking.REGISTERED_MODEL) -> tuple[str, str]:
     """Production back to the previous production version (from disk: seconds); (from, to)."""
     model = _registered_model(root, name)
-    previous = (model.tags or {}).get(PREVIOUS_TAG)
     current = None if model.aliases.get(PRODUCTION) is None else str(model.aliases[PRODUCTION])
+    previous = (model.tags or {}).get(PREVIOUS_TAG)
+    production = None if current is None else _version(root, current, name)
+    # a move not yet marked done (its mover between the alias move and its record's MOVE_SET_TAG, or killed there)
+    # has not mirrored PREVIOUS_TAG: its own record says what it replaced (the tag was unset, or an older version's)
+    if production is not None and (not previous or not tracking.move_marked_done(production)):
+        previous = tracking.recorded_previous(production) or previous
     if not previous:
         raise ReleaseError(f"{name} records no previous production version ({PREVIOUS_TAG}); nothing to roll back to")
     if previous == current:

@@ -835,6 +835,18 @@ def _move_of(version) -> dict | None:
     return move if isinstance(move, dict) and isinstance(move.get("id"), str) else None
 
 
+def recorded_previous(version) -> str | None:
+    """The version ``version``'s latest move to production replaced, as its record says (None: none recorded)."""
+    found = (_move_of(version) or {}).get("from")
+    return None if found is None else str(found)
+
+
+def move_marked_done(version) -> bool:
+    """Whether ``version``'s latest move to production is marked done (MOVE_SET_TAG), so mirrored or being mirrored."""
+    move = _move_of(version)
+    return move is not None and (version.tags or {}).get(MOVE_SET_TAG) == move["id"]
+
+
 def _move_done(version, after: str) -> bool:
     """Whether ``version``'s latest move to production replaced the tenure ``after`` and its alias move is done."""
     move = _move_of(version)

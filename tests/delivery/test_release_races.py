@@ -56,3 +56,29 @@ def test_a_release_promote_overtaken_by_another_hosts_move_installs_what_product
     assert served == client.get_model_version(NAME, versions["production"]).tags[TAG_DIGEST], out
     assert f"another move made version {versions['production']} production" in out, out
 
+
+
+def test_a_rollback_right_after_another_hosts_promote_returns_to_the_version_that_promote_replaced(host, tmp_path):
+    """Another host promotes the canary (2): its alias move is done, its `previous_production` not yet mirrored
+    (held just after the move). An operator rolls back at once: production must return to 1, which version 2's own
+    record says it replaced; the tag still said nothing (or an older version), so rollback refused "nothing to roll
+    back to" (or went further back than 1)."""
+    from pipeline import release
+
+    root, store, versions = host
+    hold = tmp_path / "promote-moved"
+    promoting = held_release(root, tmp_path / "other-host", hold, "promote")
+    wait_held(promoting, hold)
+    client = tracking.client(root)
+    assert str(client.get_registered_model(NAME).aliases[PRODUCTION]) == versions["canary"]
+    try:
+        assert release.main(["rollback", "--root", str(root), "--models", str(store.root)]) == 0
+    finally:
+        hold.touch()
+        out, _ = promoting.communicate(timeout=120)
+    assert promoting.returncode == 0, out
+    model = client.get_registered_model(NAME)
+    assert str(model.aliases[PRODUCTION]) == versions["production"]
+    assert model.tags[release.PREVIOUS_TAG] == versions["canary"]  # a second rollback undoes this one
+    served = verify_bundle(store.variant_dir(PRODUCTION))
+    assert served == client.get_model_version(NAME, versions["production"]).tags[TAG_DIGEST]
