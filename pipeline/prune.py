@@ -6,7 +6,8 @@ objects to the DVC cache and remote. None of it is ever removed by the pipeline 
 retrains" has the measured growth). This removes the old ones and never what these still name:
 
 - the registered versions an alias names (``production``, ``canary``, ``shadow``, any other), the version a
-  rollback returns to (the registered model's ``previous_production`` tag), the versions this host serves or
+  rollback returns to (the registered model's ``previous_production`` tag, and production's ``production_move``
+  record's), the versions this host serves or
   keeps in ``releases/`` (project ``models/`` and ``--models``), the current candidate's (``models/candidate``, by
   its digest), and the newest ``prune.keep_versions``;
 - the MLflow runs behind those versions, the current candidate's runs, the newest ``prune.keep_runs`` training
@@ -156,6 +157,10 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
         previous = (model.tags or {}).get(tracking.PREVIOUS_PRODUCTION_TAG)
         if previous in by_number:
             keep(previous, f"{tracking.PREVIOUS_PRODUCTION_TAG}: a rollback returns to it")
+        production = by_number.get(str((model.aliases or {}).get(tracking.PRODUCTION_ALIAS)))
+        recorded = None if production is None else tracking.recorded_previous(production)
+        if recorded in by_number:  # what rollback returns to while production's move is not marked done
+            keep(recorded, f"production's {tracking.MOVE_TAG}: a rollback returns to it")
     for v in versions:
         tags = v.tags or {}
         if tags.get(registry_fetch.TAG_DIGEST) in on_host:

@@ -134,3 +134,20 @@ def test_a_production_alias_deleted_by_hand_and_named_again_keeps_the_rollback_t
     client.delete_registered_model_alias(NAME, tracking.PRODUCTION_ALIAS)  # by hand
     tracking.point_alias(client, NAME, tracking.PRODUCTION_ALIAS, "3")
     assert production_and_previous(registry) == ("3", "2")
+
+
+def test_prune_keeps_the_version_a_move_killed_before_it_was_marked_done_replaced(registry, tmp_path):
+    """Production 1 -> 2 (previous_production 1), then a move to 3 killed once the alias moved, before it was marked
+    done and mirrored: production is 3, whose record says it replaced 2, and `release rollback` returns there (the
+    tag still says 1). prune must keep 2 as it keeps the tag's version; it deleted it, leaving no rollback."""
+    from pipeline import prune
+
+    tracking.point_alias(tracking.client(registry), NAME, tracking.PRODUCTION_ALIAS, "2")
+    hold = tmp_path / "three-set"
+    killed = mover(registry, "3", **{tracking.HOLD_ALIAS_SET: hold})
+    wait_held(killed, hold)
+    killed.kill()
+    killed.communicate(timeout=120)
+    assert production_and_previous(registry) == ("3", "1")
+    plan = prune.plan(registry, prune.PruneParams(keep_versions=0, keep_runs=0, dvc_remote=False), NAME, [])
+    assert "2" in plan.kept_versions and "2" not in plan.versions, plan.summary()
