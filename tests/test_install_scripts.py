@@ -4,12 +4,16 @@ says what it skips and how to install it; CI fails instead."""
 
 from __future__ import annotations
 
+import http.server
 import importlib.util
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -62,10 +66,11 @@ def offline_copy(tmp_path: Path) -> tuple[Path, dict]:
     return tmp_path, env
 
 
-def test_make_test_goes_on_offline_with_npm_installed_and_the_tests_skip_naming_npms_error(tmp_path):
+def test_make_test_goes_on_offline_with_npm_installed_and_the_tests_skip_naming_npms_error(tmp_path, monkeypatch):
     """`npm ci` without its registry stopped `make test` (set -e) before any test ran, though the script promised
     to skip what it cannot install; and had it gone on, the receiver tests would have failed ('run
     scripts/install_test_services.sh'), not skipped."""
+    monkeypatch.delenv(REQUIRE_VARIABLE, raising=False)  # as a person's make test: .ci/run sets it
     root, env = offline_copy(tmp_path)
     done = subprocess.run(["scripts/install_test_services.sh"], cwd=root, env=env, capture_output=True, text=True,
                           timeout=120)
@@ -113,17 +118,52 @@ def test_make_venv_says_how_many_packages_pip_has_installed_while_it_is_silent(t
                                                     "venv: 2 of 3 packages installed (0 s)"]
 
 
-def test_pip_install_says_the_step_it_is_on_when_a_build_is_silent(tmp_path):
-    """A real pip building a package whose build takes 2 s without a word: the heartbeat names pip's step."""
-    project = tmp_path / "slow_build"
-    project.mkdir()
-    (project / "setup.py").write_text("import time\nfrom setuptools import setup\ntime.sleep(2)\n"
-                                      "setup(name='slow-build', version='1.0', py_modules=[])\n", encoding="utf-8")
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "pip_install.py"), "--no-index",
-                           "--no-build-isolation", "--target", str(tmp_path / "target"), str(project)],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "SHELFCAST_PIP_HEARTBEAT_S": "0.5"})
+def a_wheel(folder: Path) -> Path:
+    """A minimal pure-Python wheel, slow_wheel 1.0, built by hand (no setuptools: a fresh .venv has none)."""
+    path = folder / "slow_wheel-1.0-py3-none-any.whl"
+    files = {"slow_wheel.py": "", "slow_wheel-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: slow-wheel\n"
+             "Version: 1.0\n", "slow_wheel-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: shelfcast-tests\n"
+             "Root-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{name},,\n" for name in files) + "slow_wheel-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, text in {**files, "slow_wheel-1.0.dist-info/RECORD": record}.items():
+            wheel.writestr(name, text)
+    return path
+
+
+def test_pip_install_says_the_step_it_is_on_while_a_download_is_silent(tmp_path):
+    """A real pip downloading a wheel from a server that takes 2 s to send it (a large wheel, its bar off): the
+    heartbeat names the step pip is on."""
+    wheel = a_wheel(tmp_path)
+
+    class SlowWheels(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name for it
+            if self.path.endswith(".whl"):
+                time.sleep(2)
+                body, kind = wheel.read_bytes(), "application/octet-stream"
+            else:
+                body, kind = f'<a href="/{wheel.name}">{wheel.name}</a>'.encode(), "text/html"
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowWheels)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {**os.environ, "SHELFCAST_PIP_HEARTBEAT_S": "0.5", "PIP_CONFIG_FILE": os.devnull}
+        env.pop("PIP_FIND_LINKS", None)
+        done = subprocess.run([sys.executable, str(REPO / "scripts" / "pip_install.py"), "--no-index", "--no-cache-dir",
+                               "--find-links", f"http://127.0.0.1:{server.server_port}/", "--target",
+                               str(tmp_path / "target"), "slow-wheel"], capture_output=True, text=True, timeout=120,
+                              env=env)
+    finally:
+        server.shutdown()
     assert done.returncode == 0, done.stdout + done.stderr
     said = done.stdout.splitlines()
-    assert said[-1].startswith("Successfully installed slow-build"), said
-    assert any(line.startswith("venv: pip is still on: ") for line in said), said
+    assert said[-1].startswith("Successfully installed slow-wheel"), said
+    assert any(line.startswith("venv: pip is still on: Collecting slow-wheel") for line in said), said
