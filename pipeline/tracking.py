@@ -849,15 +849,14 @@ def move_marked_done(version) -> bool:
 
 def _move_done(version, after: str) -> bool:
     """Whether ``version``'s latest move to production replaced the tenure ``after`` and its alias move is done."""
-    move = _move_of(version)
-    return move is not None and move.get("after") == after and (version.tags or {}).get(MOVE_SET_TAG) == move["id"]
+    return move_marked_done(version) and _move_of(version).get("after") == after
 
 
 def _mirror_previous(mlflow_client, name: str, alias: str, tries: int = 10) -> None:
     """``previous_production`` = what the production version's record says it replaced, re-read until they agree."""
     for _ in range(tries):
         now = _alias_version(mlflow_client, name, alias)
-        want = None if now is None else (_move_of(now) or {}).get("from")
+        want = None if now is None else recorded_previous(now)
         if want is None or (mlflow_client.get_registered_model(name).tags or {}).get(PREVIOUS_PRODUCTION_TAG) == want:
             return
         mlflow_client.set_registered_model_tag(name, PREVIOUS_PRODUCTION_TAG, str(want))

@@ -14,19 +14,8 @@ import re
 import pytest
 import yaml
 
-from monitoring.setup_stack import SAVED_OBJECTS, index_templates
+from monitoring.setup_stack import SAVED_OBJECTS, index_templates, leaf_types
 from pipeline.features import CATEGORICAL_FIELDS, FeatureSpec, dense_feature_names
-
-
-def mapped_fields(properties: dict, prefix: str = "") -> dict[str, str]:
-    """Dotted field name -> type for every leaf of a mapping."""
-    fields = {}
-    for name, spec in properties.items():
-        if "properties" in spec:
-            fields.update(mapped_fields(spec["properties"], f"{prefix}{name}."))
-        else:
-            fields[f"{prefix}{name}"] = spec["type"]
-    return fields
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +36,7 @@ def template_for(templates: dict, index_title: str) -> dict:
 
 
 def test_prediction_template_maps_every_event_field_explicitly(templates, repo_root):
-    fields = mapped_fields(templates["shelfcast-prediction"]["template"]["mappings"]["properties"])
+    fields = leaf_types(templates["shelfcast-prediction"]["template"]["mappings"]["properties"])
     for name in ("@timestamp", "tag", "timestamp", "event_id", "request_id", "model_name", "model_version",
                  "latency_ms", "inputs.store_nbr", "inputs.item_nbr", "inputs.date", "inputs.onpromotion",
                  "output.unit_sales", "family", "store", "horizon_days", "model_variant"):
@@ -115,7 +104,7 @@ def test_every_field_a_panel_uses_is_mapped(saved_objects, templates):
             continue
         view = views[obj["references"][0]["id"]]
         mapping = template_for(templates, view["attributes"]["title"])["template"]["mappings"]["properties"]
-        fields = mapped_fields(mapping)
+        fields = leaf_types(mapping)
         assert view["attributes"]["timeFieldName"] in fields
         state = json.loads(obj["attributes"]["visState"])
         source = json.loads(obj["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
@@ -134,7 +123,7 @@ def test_monitoring_events_fields_are_mapped(templates):
     from monitoring.drift import drift_summary_event
     from monitoring.metrics_events import metrics_event
 
-    fields = mapped_fields(templates["shelfcast-monitoring"]["template"]["mappings"]["properties"])
+    fields = leaf_types(templates["shelfcast-monitoring"]["template"]["mappings"]["properties"])
     metrics = {"rows": 10, "candidate": {"nwrmsle": 0.5, "rmse": 2.0}, "baseline": {"nwrmsle": 0.6, "rmse": 2.5},
                "improvement_over_baseline": 0.1, "threshold_test_passed": 1}
     report = {"status": "ok", "alarm": False, "events": 5, "features": {"horizon": {"psi": 0.1, "drifted": False}},
