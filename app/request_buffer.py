@@ -105,6 +105,8 @@ class BufferedRequests:
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         if _has_body(environ):
             body = self._read_body(environ)
+            if BODY_MALFORMED in environ or BODY_TIMED_OUT in environ or BODY_TOO_LARGE in environ:
+                _say_close(start_response)  # the rest of the body is unread or unframed: no request follows
             environ[TRANSFER_CODINGS] = environ.pop("HTTP_TRANSFER_ENCODING", "")
             if BODY_MALFORMED in environ:
                 environ["wsgi.input"] = UndecodableBody(environ[BODY_MALFORMED])
@@ -122,6 +124,7 @@ class BufferedRequests:
             client = environ.get("gunicorn.socket")
             if isinstance(client, socket.socket):
                 _read_no_more(client)
+            _say_close(start_response)
         # the app times the request from here (its latency histogram, the events' latency_ms): the wait for the
         # turn below is part of what its client waits, the upload before it is the client's own
         environ[ARRIVED] = time.perf_counter()
@@ -305,6 +308,17 @@ def _read_no_more(client: socket.socket) -> None:
         client.shutdown(socket.SHUT_RD)
     except OSError:
         pass  # already closed by the client
+
+
+def _say_close(start_response: Callable) -> None:
+    """Make the response say `Connection: close` where the server closes after it anyway (no request can be read
+    after this one's body): an app's own `Connection` header is hop-by-hop, and gunicorn drops it, so its response
+    said keep-alive and a client that trusted it sent its next request into a closing connection. gunicorn's
+    start_response is its Response's method; ``force_close()`` is how gunicorn itself ends a connection after a
+    response (other servers: nothing to do)."""
+    force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+    if callable(force_close):
+        force_close()
 
 
 class _ClosedBody:

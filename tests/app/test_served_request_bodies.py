@@ -93,6 +93,7 @@ def test_a_malformed_chunked_body_is_the_apps_400_and_the_connection_is_closed(s
     assert error["code"] == "bad_request" and "malformed" in error["message"]
     assert error["request_id"] == headers["x-request-id"] == "malformed-1"
     assert headers["x-content-type-options"] == "nosniff" and headers["server"] == "shelfcast"
+    assert headers["connection"] == "close"  # said keep-alive, then closed (the 413 of a chunked body the same)
     time.sleep(0.2)
     logged = server.log_path.read_text(encoding="utf-8")[len(before):]
     assert "Traceback" not in logged and "[ERROR]" not in logged, logged
