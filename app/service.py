@@ -56,20 +56,19 @@ def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: Pre
     predictions = []
     for index, (instance, value) in enumerate(zip(instances, units)):
         inputs = instance.to_json()
+        closed = {"store_closed": True, "closed_reason": result.closed_reason[index]} \
+            if result.store_closed is not None and result.store_closed[index] else {}
         sink.emit(prediction_event(
             request_id=request_id, model_name=model.name, model_version=model.version, inputs=inputs,
             features=model.feature_record(result.features, index),
             output={"unit_sales": value, **({} if expected is None else {"expected_units": expected[index]}),
-                    **({"store_closed": True} if result.store_closed is not None and result.store_closed[index]
-                       else {})},
+                    **closed},  # the answer's closed fields: a dashboard or a replay tells the two reasons apart
             latency_ms=round(latency_ms, 3), source=source,
             instance_index=index if positions is None else int(positions[index]),
             batch_size=batch_size or len(instances),
             model_digest=model.bundle.digest, model_kind=model.kind, **readable_fields(model, instance, variant),
             **({"canary_failed": True} if canary_failed else {}),
         ))
-        closed = {"store_closed": True, "closed_reason": result.closed_reason[index]} \
-            if result.store_closed is not None and result.store_closed[index] else {}
         predictions.append({**inputs, "unit_sales": value,
                             **({} if expected is None else {"expected_units": expected[index]}),
                             **closed, "model_version": model.version})

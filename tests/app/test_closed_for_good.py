@@ -117,7 +117,8 @@ def test_the_api_and_the_form_answer_it_closed_and_forecast_the_others(closing_p
     example = document["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["example"]
     assert example["instances"][0]["store_nbr"] != CLOSED  # the example request is for a store that is open
     events = {e["inputs"]["store_nbr"]: e["output"] for e in served.events() if e["inputs"]["date"] == first}
-    assert events[CLOSED] == {"unit_sales": 0.0, "expected_units": 0.0, "store_closed": True}  # drift, release
+    # drift and release read store_closed; the reason tells a dashboard a store closed for good from a holiday
+    assert events[CLOSED] == {"unit_sales": 0.0, "expected_units": 0.0, "store_closed": True, "closed_reason": REASON}
 
 
 def test_the_canary_replay_of_production_knows_it_closed(closing_project):

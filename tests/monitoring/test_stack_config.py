@@ -47,6 +47,7 @@ def test_prediction_template_maps_every_event_field_explicitly(templates, repo_r
     assert fields["timestamp"] == fields["@timestamp"] == fields["inputs.date"] == "date"
     assert fields["latency_ms"] == fields["output.unit_sales"] == "float"
     assert fields["output.store_closed"] == "boolean"  # a closed store-day's 0 units (pipeline/closed_days.py)
+    assert fields["output.closed_reason"] == "keyword"  # and why: a holiday's rule or closed for good
     params = yaml.safe_load((repo_root / "params.yaml").read_text())["features"]
     spec_keys = ("history_days", "mean_windows", "dow_weeks", "promo_windows", "horizon")
     spec = FeatureSpec(**{k: params[k] for k in spec_keys})
