@@ -155,7 +155,11 @@ def elementwise(name, scalar, reference, kinds, *, grad=None, out_dtype=None, no
 
         def run(*xs):
             with np.errstate(all="ignore"):
-                return np.asarray(reference(*xs), dtype=npd)
+                out = np.asarray(reference(*xs))
+            if out.dtype != npd:  # never cast: a cast hid a wrong rule, computed the same wrong way by the kernel
+                raise TypeError(f"op {name!r}: its NumPy reference gives {out.dtype}, its dtype rule "
+                                f"{npd} (a comparison needs out_dtype=BOOL; a float formula, kinds=FLOAT)")
+            return out
 
         return run
 

@@ -84,11 +84,16 @@ class Built:
         return (out, None) if isinstance(out, Exception) else (out, sess.state)
 
 
+def _brief(value):
+    """An error as itself; a result by its type only, so the error beside it leads the message."""
+    return repr(value) if isinstance(value, Exception) else f"a result ({type(value).__name__})"
+
+
 def _close(got, want, what, exact=False):
     """Same type, dtype and shape; equal values (NaN == NaN), within float rounding unless ``exact``."""
     if isinstance(want, Exception) or isinstance(got, Exception):
         assert type(got) is type(want) or (isinstance(got, OpError) and isinstance(want, OpError)), \
-            f"{what}: {got!r} vs {want!r}"
+            f"{what}: {_brief(got)} vs {_brief(want)}"
         # a run wraps a kernel's own exception (session.step_error): both sides must refuse for the same reason,
         # not, say, a kernel's IndexError where the reference raised a ValueError
         assert type(got.__cause__) is type(want.__cause__), \
@@ -315,7 +320,11 @@ def _check_row_sum(op_type, example, summer="SumToShape"):
         out = graph.create_op(op_type, feeds).outputs[0]
         if out.dtype.np != dtype:
             return None
-        fetch = [out, graph.create_op(summer, [out, bias]).outputs[0]]
+        try:
+            fetch = [out, graph.create_op(summer, [out, bias]).outputs[0]]
+        except (KeyError, TypeError, ValueError) as e:  # not the KeyError of its missing attributes
+            raise AssertionError(f"{summer} says sums_broadcast (its output: input 0 summed back to input 1's shape, "
+                                 f"as SumToShape) but cannot take (value, like): {e!r}") from e
     what = f"{op_type} {[f'{a.dtype}{a.shape}' for a in example.inputs]} summed over rows by {summer}"
     runs = {config: en.Session(graph, config).run(fetch, dict(zip(feeds, example.inputs)))
             for config in (REFERENCE, UNFUSED, OPTIMIZED)}
@@ -533,11 +542,18 @@ def _mul_grad_wrong_for_a_scalar(op, g):
      r"gradient of FakeMul op 'subject' for input 0 has shape \(3, 4\)"),
     ("Mul", {"grad": _mul_grad_wrong_for_a_scalar}, r"float64\(3, 4\)', 'float64\(\)'.*gradient of input 1"),
     ("MatMul", {"emit": _transpose_a_negated}, r"'transpose_a': True.*compiled vs reference"),
+    ("Greater", {"infer": lambda inputs, attrs: [(inputs[0].dtype, shapes.broadcast(*(t.shape for t in inputs)))]},
+     r"float32\(3, 4\).*its NumPy reference gives bool, its dtype rule float32 \(a comparison needs out_dtype=BOOL"),
+    ("Abs", {"infer": lambda inputs, attrs: [(en.float32, inputs[0].shape)]},
+     r"float64\(3, 4\).*its NumPy reference gives float64, its dtype rule float32"),
 ], ids=["rule's dtype", "rule's shape", "rule ignores broadcasting", "gradient not summed back to a broadcast input",
-        "gradient wrong for a scalar operand only", "compiled code wrong for one attribute only"])
+        "gradient wrong for a scalar operand only", "compiled code wrong for one attribute only",
+        "elementwise rule's dtype: a comparison's", "elementwise rule's dtype: float64 narrowed"])
 def test_the_registry_test_checks_every_example(monkeypatch, base, changes, message):
     """Each of these ops is right on its first examples and wrong on a later one (or where nothing ran the
-    rule against the kernel): the registry test must find it."""
+    rule against the kernel): the registry test must find it. Found by a probe: an elementwise op's reference was
+    cast to its rule's dtype, which its kernel writes too, so a comparison registered without out_dtype=BOOL passed
+    (0.0/1.0 floats both ways) and a rule that narrowed float64 failed only as "no finite float64 example"."""
     name = _fake(monkeypatch, base, **changes)
     with pytest.raises(AssertionError, match=message):
         test_op(name)
@@ -573,13 +589,16 @@ def _refuses_empty(error):
               "emit": None}, r"refused for different reasons: ValueError\('empty'\) vs IndexError\('empty'\)"),
     ("Neg", {"kernel": simple_kernel(_negate_in_place), "scalar": None, "output_aliases": "input"},
      r"FakeNeg: the \w+ run wrote into input 0, the caller's array"),
+    ("Sum", {"sums_broadcast": True}, r"FakeSum says sums_broadcast .*cannot take \(value, like\): KeyError\('axis'\)"),
 ], ids=["sums_broadcast on an op that does not sum", "shape_only_inputs on an input whose values count",
-        "kernel and reference refuse for different reasons", "output_aliases='input' on a kernel that writes input 0"])
+        "kernel and reference refuse for different reasons", "output_aliases='input' on a kernel that writes input 0",
+        "sums_broadcast on a reduction of other inputs"])
 def test_the_registry_test_checks_what_an_op_says_of_itself(monkeypatch, base, changes, message):
     """Found by a probe: each of these passed the registry test before. A wrong sums_broadcast gave wrong fused
     results (24 where 8 was right) only inside a graph; a wrong shape_only_inputs turned off that input's
     gradient check; any two errors counted as agreement; a kernel that wrote into its input (the caller's feed)
-    and returned it agreed with itself: the runs after it compared their outputs with that same array."""
+    and returned it agreed with itself: the runs after it compared their outputs with that same array. A reduction
+    flagged sums_broadcast failed every elementwise op's test with a bare KeyError."""
     name = _fake(monkeypatch, base, **changes)
     with pytest.raises(AssertionError, match=message):
         test_op(name)
