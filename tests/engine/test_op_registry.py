@@ -10,7 +10,9 @@ every broadcasting pattern) against central finite differences of the reference,
 gradient of that input's shape; an elementwise op's value summed over rows by each ``sums_broadcast`` op (a
 bias gradient, which fusion computes inside the op's kernel) fused against unfused bit for bit. What an op says
 of itself is checked too: a shape-only input fed other values changes nothing, a ``sums_broadcast`` op is
-fused into an elementwise producer and must agree, and kernel and reference refuse for the same reason. An
+fused into an elementwise producer and must agree, kernel and reference refuse for the same reason, the op
+applied twice to constants and run twice, its state changed between runs, agrees passes on and off (an unflagged
+state read is folded, two unflagged updates merged), and an op with a scalar function is elementwise. An
 op registered without
 a reference, examples, or a gradient (unless it says why none flows: ``not_differentiable``) fails here.
 Hypothesis then builds random graphs of the registered elementwise ops and runs them all three
@@ -43,6 +45,7 @@ REFERENCE = en.SessionConfig(optimize=False, backend="reference")
 UNFUSED = en.SessionConfig(optimize=False, reuse_buffers=False)
 OPTIMIZED = en.SessionConfig()
 ROW_SUM_EXAMPLES = 2  # float examples of an elementwise op whose row sum is checked fused vs unfused
+IN_CONTEXT_EXAMPLES = 2  # examples of each op that _check_in_context runs (the flags it checks are the op's)
 ROW_SUM_PRODUCER = "Relu"  # the elementwise op a sums_broadcast op is checked after (its fused kernel sums rows)
 
 
@@ -137,6 +140,7 @@ def test_op(op_type):
     own = len(examples)
     examples = examples + _derived_examples(op_def, examples)
     compiled, gradient_checks, outputs = set(), 0, False  # compiled: the input shapes and attributes compiled so far
+    in_context = 0  # examples run by _check_in_context
     for k, example in enumerate(examples):
         what = (f"{op_type} {'example' if k < own else 'derived example'} {k} "
                 f"({[f'{a.dtype}{a.shape}' for a in example.inputs]}, {example.attrs})")
@@ -162,6 +166,14 @@ def test_op(op_type):
             assert stored is not None, f"{what}: variable_read names {op_def.variable_read(built.op)!r}, not its state"
             _close(want[0], [stored], f"{what}: the output vs the stored value variable_read names", exact=True)
         _close(built.run(OPTIMIZED), unfused, f"{what}: passes on (fused) vs off", exact=not op_def.random)
+        if not isinstance(want[0], Exception) and in_context < IN_CONTEXT_EXAMPLES:
+            in_context += 1
+            _check_in_context(op_type, example, what)
+        if op_def.fusible and built.static_error is None:  # fusion computes it from its scalar, element by element
+            assert not example.attrs and all(t.shape == np.broadcast_shapes(*(a.shape for a in example.inputs))
+                                             for t in built.op.outputs), \
+                f"{what}: says it is elementwise (a scalar function) but has attributes or its output is not its " \
+                "inputs broadcast: fusion would compute it element by element; register it without scalar="
         signature = _signature(example)
         if not isinstance(want[0], Exception) and not op_def.writes_state and signature not in compiled:
             if _check_compiled(built, want[0], what):
@@ -263,6 +275,36 @@ def _check_rule(built, result, what):
             f"{what}: output {k} is {value.dtype}; its shape/dtype rule says {t.dtype.name}"
         assert shapes.compatible(t.shape, value.shape), \
             f"{what}: output {k} has shape {value.shape}; its shape/dtype rule says {t.shape}"
+
+
+def _check_in_context(op_type, example, what):
+    """The op as a model's graph holds it, where passes act on what it says of itself: its inputs constants
+    (constant folding), applied twice to them (CSE), run twice in one session with its state changed in between.
+    Passes on must agree with passes off: an op that reads or writes state or draws random numbers without saying so
+    (``stateful``, ``random``) was computed once at plan time or merged with its twin, and passed."""
+    graph = en.Graph()
+    with graph.as_default():
+        inputs = [en.constant(a) for a in example.inputs]
+        ops = [graph.create_op(op_type, inputs, dict(example.attrs or {}), name=n) for n in ("subject", "twin")]
+        fetch = [[en.identity(t) for t in op.outputs] or op for op in ops]  # CSE leaves a fetched value alone
+    state = dict(example.state or {})
+    state.update({"twin": state["subject"]} if "subject" in state else {})  # a variable's state: by its op's name
+    runs = {}
+    for config in (UNFUSED, OPTIMIZED):
+        sess = en.Session(graph, config)
+        sess.state.update({k: np.array(v, copy=True) for k, v in state.items()})
+        runs[config] = []
+        for _ in range(2):
+            try:
+                with np.errstate(all="ignore"):
+                    out = sess.run(fetch)
+            except (OpError, ValueError, TypeError, IndexError) as e:
+                out = e
+            runs[config].append(out if isinstance(out, Exception) else
+                                [[np.array(v, copy=True) for v in o] if isinstance(o, list) else o for o in out])
+            sess.state.update({k: (v + 1).astype(v.dtype) for k, v in sess.state.items()})
+    _close(runs[OPTIMIZED], runs[UNFUSED], f"{what}: twice on constants, run twice, its state changed in between: "
+           "passes on vs off (stateful but not flagged so? folded or merged)", exact=not get_op_def(op_type).random)
 
 
 def _signature(example):
@@ -590,15 +632,22 @@ def _refuses_empty(error):
     ("Neg", {"kernel": simple_kernel(_negate_in_place), "scalar": None, "output_aliases": "input"},
      r"FakeNeg: the \w+ run wrote into input 0, the caller's array"),
     ("Sum", {"sums_broadcast": True}, r"FakeSum says sums_broadcast .*cannot take \(value, like\): KeyError\('axis'\)"),
+    ("ReadVariable", {"stateful": False}, r"FakeReadVariable .*twice on constants, run twice, its state changed"),
+    ("AssignAdd", {"stateful": False, "writes_state": False}, r"FakeAssignAdd .*twice on constants.*passes on vs off"),
+    ("Sum", {"scalar": get_op_def("Relu").scalar}, r"FakeSum .*says it is elementwise \(a scalar function\) but"),
 ], ids=["sums_broadcast on an op that does not sum", "shape_only_inputs on an input whose values count",
         "kernel and reference refuse for different reasons", "output_aliases='input' on a kernel that writes input 0",
-        "sums_broadcast on a reduction of other inputs"])
+        "sums_broadcast on a reduction of other inputs", "a state read not flagged stateful",
+        "a state update not flagged stateful", "a reduction given a scalar function (fusible)"])
 def test_the_registry_test_checks_what_an_op_says_of_itself(monkeypatch, base, changes, message):
     """Found by a probe: each of these passed the registry test before. A wrong sums_broadcast gave wrong fused
     results (24 where 8 was right) only inside a graph; a wrong shape_only_inputs turned off that input's
     gradient check; any two errors counted as agreement; a kernel that wrote into its input (the caller's feed)
     and returned it agreed with itself: the runs after it compared their outputs with that same array. A reduction
-    flagged sums_broadcast failed every elementwise op's test with a bare KeyError."""
+    flagged sums_broadcast failed every elementwise op's test with a bare KeyError. A state read or update not
+    flagged stateful ran right where every input was fed, yet constant folding computed it once at plan time (a
+    read went stale) and CSE merged two updates into one; a reduction given a scalar function is fusible, which
+    fusion computes element by element."""
     name = _fake(monkeypatch, base, **changes)
     with pytest.raises(AssertionError, match=message):
         test_op(name)
