@@ -182,7 +182,9 @@ def test_op(op_type):
             _check_gradient(built, what)
             gradient_checks += 1
     if op_def.grad is not None:
-        assert gradient_checks, f"{op_type}: no finite float64 example to check its gradient with"
+        assert gradient_checks, f"{op_type}: no finite float64 example to check its gradient with" + (
+            " (an elementwise op defined on part of the line, as Log, draws its examples there: "
+            "elementwise(..., domain=(lo, hi)))" if op_def.fusible else "")
     if op_def.emit is not None and outputs and not op_def.must_feed:  # NoOp (no outputs), Placeholder: by design
         assert compiled, (f"{op_type}: registers an emitter (emit) but none of its examples compiled: "
                           "the compiled path never ran it")
@@ -635,10 +637,13 @@ def _refuses_empty(error):
     ("ReadVariable", {"stateful": False}, r"FakeReadVariable .*twice on constants, run twice, its state changed"),
     ("AssignAdd", {"stateful": False, "writes_state": False}, r"FakeAssignAdd .*twice on constants.*passes on vs off"),
     ("Sum", {"scalar": get_op_def("Relu").scalar}, r"FakeSum .*says it is elementwise \(a scalar function\) but"),
+    ("Log", {"examples": _util.elementwise_examples(1, _util.FLOAT, domain=(-3.0, -0.5))},
+     r"FakeLog: no finite float64 example .*elementwise\(\.\.\., domain=\(lo, hi\)\)"),
 ], ids=["sums_broadcast on an op that does not sum", "shape_only_inputs on an input whose values count",
         "kernel and reference refuse for different reasons", "output_aliases='input' on a kernel that writes input 0",
         "sums_broadcast on a reduction of other inputs", "a state read not flagged stateful",
-        "a state update not flagged stateful", "a reduction given a scalar function (fusible)"])
+        "a state update not flagged stateful", "a reduction given a scalar function (fusible)",
+        "examples outside an elementwise op's domain"])
 def test_the_registry_test_checks_what_an_op_says_of_itself(monkeypatch, base, changes, message):
     """Found by a probe: each of these passed the registry test before. A wrong sums_broadcast gave wrong fused
     results (24 where 8 was right) only inside a graph; a wrong shape_only_inputs turned off that input's
@@ -647,7 +652,8 @@ def test_the_registry_test_checks_what_an_op_says_of_itself(monkeypatch, base, c
     flagged sums_broadcast failed every elementwise op's test with a bare KeyError. A state read or update not
     flagged stateful ran right where every input was fed, yet constant folding computed it once at plan time (a
     read went stale) and CSE merged two updates into one; a reduction given a scalar function is fusible, which
-    fusion computes element by element."""
+    fusion computes element by element. An elementwise op registered without the domain it is defined on (arctanh
+    on the default -3..3) failed as "no finite float64 example", naming nothing to give."""
     name = _fake(monkeypatch, base, **changes)
     with pytest.raises(AssertionError, match=message):
         test_op(name)
