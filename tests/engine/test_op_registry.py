@@ -11,8 +11,9 @@ gradient of that input's shape; an elementwise op's value summed over rows by ea
 bias gradient, which fusion computes inside the op's kernel) fused against unfused bit for bit. What an op says
 of itself is checked too: a shape-only input fed other values changes nothing, a ``sums_broadcast`` op is
 fused into an elementwise producer and must agree, kernel and reference refuse for the same reason, the op
-applied twice to constants and run twice, its state changed between runs, agrees passes on and off (an unflagged
-state read is folded, two unflagged updates merged), and an op with a scalar function is elementwise. An
+applied twice to constants and run twice, its state changed between runs, its variables read before and after it,
+agrees passes on and off (an unflagged state read is folded, two unflagged updates merged, a read fused across an
+unflagged write), and an op with a scalar function is elementwise. An
 op registered without
 a reference, examples, or a gradient (unless it says why none flows: ``not_differentiable``) fails here.
 Hypothesis then builds random graphs of the registered elementwise ops and runs them all three
@@ -281,14 +282,20 @@ def _check_rule(built, result, what):
 
 def _check_in_context(op_type, example, what):
     """The op as a model's graph holds it, where passes act on what it says of itself: its inputs constants
-    (constant folding), applied twice to them (CSE), run twice in one session with its state changed in between.
-    Passes on must agree with passes off: an op that reads or writes state or draws random numbers without saying so
-    (``stateful``, ``random``) was computed once at plan time or merged with its twin, and passed."""
+    (constant folding), applied twice to them (CSE), each variable of its state negated before it and again after
+    it (fusion), run twice in one session with its state changed in between. Passes on must agree with passes off:
+    an op that reads or writes state without saying so (``stateful``, ``writes_state``) was computed once at plan
+    time, merged with its twin, or had a read fused across its write, and passed."""
     graph = en.Graph()
-    with graph.as_default():
+    with graph.as_default():  # each variable of its state read by a pure op before it, negated again after it:
+        reads = [M.negative(graph.create_op("VariableV2", [], {"dtype": en.as_dtype(v.dtype), "shape": v.shape},
+                                            name=k).outputs[0])  # fusion may not join the two across a state write
+                 for k, v in (example.state or {}).items() if k != "subject"]
         inputs = [en.constant(a) for a in example.inputs]
         ops = [graph.create_op(op_type, inputs, dict(example.attrs or {}), name=n) for n in ("subject", "twin")]
-        fetch = [[en.identity(t) for t in op.outputs] or op for op in ops]  # CSE leaves a fetched value alone
+        with en.control_dependencies(ops):
+            fetch = [en.identity(M.negative(r)) for r in reads]
+        fetch += [[en.identity(t) for t in op.outputs] or op for op in ops]  # CSE leaves a fetched value alone
     state = dict(example.state or {})
     state.update({"twin": state["subject"]} if "subject" in state else {})  # a variable's state: by its op's name
     runs = {}
@@ -306,7 +313,8 @@ def _check_in_context(op_type, example, what):
                                 [[np.array(v, copy=True) for v in o] if isinstance(o, list) else o for o in out])
             sess.state.update({k: (v + 1).astype(v.dtype) for k, v in sess.state.items()})
     _close(runs[OPTIMIZED], runs[UNFUSED], f"{what}: twice on constants, run twice, its state changed in between: "
-           "passes on vs off (stateful but not flagged so? folded or merged)", exact=not get_op_def(op_type).random)
+           "passes on vs off (stateful or writes_state unflagged? folded, merged, or fused across a write)",
+           exact=not get_op_def(op_type).random)
 
 
 def _signature(example):
@@ -636,13 +644,15 @@ def _refuses_empty(error):
     ("Sum", {"sums_broadcast": True}, r"FakeSum says sums_broadcast .*cannot take \(value, like\): KeyError\('axis'\)"),
     ("ReadVariable", {"stateful": False}, r"FakeReadVariable .*twice on constants, run twice, its state changed"),
     ("AssignAdd", {"stateful": False, "writes_state": False}, r"FakeAssignAdd .*twice on constants.*passes on vs off"),
+    ("ApplyAdam", {"writes_state": False}, r"FakeApplyAdam .*twice on constants.*passes on vs off"),
     ("Sum", {"scalar": get_op_def("Relu").scalar}, r"FakeSum .*says it is elementwise \(a scalar function\) but"),
     ("Log", {"examples": _util.elementwise_examples(1, _util.FLOAT, domain=(-3.0, -0.5))},
      r"FakeLog: no finite float64 example .*elementwise\(\.\.\., domain=\(lo, hi\)\)"),
 ], ids=["sums_broadcast on an op that does not sum", "shape_only_inputs on an input whose values count",
         "kernel and reference refuse for different reasons", "output_aliases='input' on a kernel that writes input 0",
         "sums_broadcast on a reduction of other inputs", "a state read not flagged stateful",
-        "a state update not flagged stateful", "a reduction given a scalar function (fusible)",
+        "a state update not flagged stateful", "an update not flagged writes_state",
+        "a reduction given a scalar function (fusible)",
         "examples outside an elementwise op's domain"])
 def test_the_registry_test_checks_what_an_op_says_of_itself(monkeypatch, base, changes, message):
     """Found by a probe: each of these passed the registry test before. A wrong sums_broadcast gave wrong fused
@@ -651,7 +661,8 @@ def test_the_registry_test_checks_what_an_op_says_of_itself(monkeypatch, base, c
     and returned it agreed with itself: the runs after it compared their outputs with that same array. A reduction
     flagged sums_broadcast failed every elementwise op's test with a bare KeyError. A state read or update not
     flagged stateful ran right where every input was fed, yet constant folding computed it once at plan time (a
-    read went stale) and CSE merged two updates into one; a reduction given a scalar function is fusible, which
+    read went stale) and CSE merged two updates into one; an optimizer's update not flagged writes_state let fusion
+    compute a read of its variable made before it after it; a reduction given a scalar function is fusible, which
     fusion computes element by element. An elementwise op registered without the domain it is defined on (arctanh
     on the default -3..3) failed as "no finite float64 example", naming nothing to give."""
     name = _fake(monkeypatch, base, **changes)
