@@ -2,13 +2,15 @@
 
 Shared by the app's prediction events and monitoring's one-shot events, so both carry the
 same ids (event_id is the Elasticsearch document id downstream) and never hand a value the
-delivery thread cannot serialise.
+delivery thread cannot serialise. NaN and infinities become null: Fluentd's Elasticsearch output
+(Yajl) cannot encode them and Elasticsearch refuses them, so such an event was never stored.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import random
 import time
@@ -111,7 +113,9 @@ def _plain(value: Any, depth: int) -> Any:
     if depth > MAX_NESTING:
         raise _Unusual
     kind = type(value)
-    if value is None or kind is bool or kind is float:
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if value is None or kind is bool:
         return value
     if kind is str:
         if not value.isascii():
@@ -132,7 +136,10 @@ def _plain(value: Any, depth: int) -> Any:
             if type(key) is not str or _utf8_error(key) is not None:
                 raise _Unusual
             item_kind = type(item)
-            plain[key] = item if item_kind is float or item is None or item_kind is bool else _plain(item, depth + 1)
+            if item_kind is float:
+                plain[key] = item if math.isfinite(item) else None
+            else:
+                plain[key] = item if item is None or item_kind is bool else _plain(item, depth + 1)
         return plain
     if kind is list or kind is tuple:
         return [_plain(item, depth + 1) for item in value]
@@ -144,7 +151,9 @@ def to_plain_named(value: Any, path: str, depth: int = 0) -> Any:
     if depth > MAX_NESTING:
         raise EventContentError(f"{path}: nested more than {MAX_NESTING} levels deep (a cycle?)")
     kind = type(value)
-    if value is None or kind is bool or kind is float:
+    if kind is float:
+        return value if math.isfinite(value) else None  # what Fluentd's Elasticsearch output can encode
+    if value is None or kind is bool:
         return value
     if kind is int:
         return checked_int(value, path)
@@ -168,7 +177,7 @@ def to_plain_named(value: Any, path: str, depth: int = 0) -> Any:
         return str(np.datetime_as_string(value))
     if isinstance(value, np.generic) and value.dtype.kind in "biuf":
         if value.dtype.kind == "f" and value.dtype.itemsize > 8:  # a long double: .item() gives it back unchanged,
-            return float(value)  # and the recursion raised RecursionError out of emit()
+            return to_plain_named(float(value), path, depth)  # and the recursion raised RecursionError out of emit()
         return to_plain_named(value.item(), path, depth)
     if isinstance(value, np.str_):
         return checked_str(str(value), path)
@@ -185,9 +194,13 @@ def to_plain_named(value: Any, path: str, depth: int = 0) -> Any:
 
 def array_to_plain(array: np.ndarray, path: str, depth: int) -> Any:
     kind = array.dtype.kind
-    if kind == "f" and array.dtype.itemsize > 8:  # long doubles: tolist() keeps them, and json.dumps raised TypeError
-        return array.astype(np.float64).tolist()
-    if kind in "biuf":
+    if kind == "f":
+        if array.dtype.itemsize > 8:  # long doubles: tolist() keeps them, and json.dumps raised TypeError
+            array = array.astype(np.float64)
+        if not np.isfinite(array).all():  # NaN and infinities as null, as for a float (to_plain_named)
+            return np.where(np.isfinite(array), array, None).tolist()
+        return array.tolist()
+    if kind in "biu":
         return array.tolist()
     if kind == "M":
         return np.datetime_as_string(array).tolist()
@@ -221,7 +234,7 @@ def checked_str(value: str, path: str) -> str:
 
 
 def encode_line(record: Mapping[str, Any]) -> bytes:
-    """One JSON line; NaN and infinities are written as JSON's common NaN/Infinity tokens."""
+    """One JSON line (prepare_event's records hold no NaN or infinity: strict JSON)."""
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
 

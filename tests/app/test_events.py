@@ -230,7 +230,42 @@ def test_numpy_values_dates_and_subclasses_are_serialised_without_losing_meaning
     assert row["days"] == ["2017-08-16", "2017-08-17"] and row["day"] == "2017-08-16T10:30"
     assert row["words"] == ["a", "b"] and row["objects"] == [1, "x", None]
     assert row["when"] == "2017-08-16T10:30:00+00:00" and row["family"] == 12
-    assert np.isnan(row["not_a_number"]) and row["nested"] == [{"k": [1, 2]}]
+    assert row["not_a_number"] is None and row["nested"] == [{"k": [1, 2]}]
+
+
+def strict_json(line: str) -> Any:
+    """JSON as Elasticsearch and Fluentd's encoder read it: NaN and Infinity are no JSON numbers."""
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{token} is not JSON")
+    return json.loads(line, parse_constant=refuse)
+
+
+NON_FINITE = {
+    "output": {"unit_sales": float("nan"), "expected_units": float("inf")},
+    "features": [1.5, -float("inf"), {"k": np.float32("nan")}],
+    "array": np.array([[0.5, np.nan], [np.inf, -np.inf]]),
+    "scalar": np.float64("-inf"), "long": np.longdouble("nan"), "finite": 2.5,
+}
+NON_FINITE_AS_NULL = {
+    "output": {"unit_sales": None, "expected_units": None}, "features": [1.5, None, {"k": None}],
+    "array": [[0.5, None], [None, None]], "scalar": None, "long": None, "finite": 2.5,
+}
+
+
+def test_nan_and_infinities_are_logged_as_null_in_the_log_and_the_spool(tmp_path: Path, closed_port: int) -> None:
+    """Fluentd's Elasticsearch output encodes a record with Yajl, which raises on NaN and Infinity ("'NaN' is an
+    invalid number"), and Elasticsearch refuses them as JSON tokens: such an event was counted as sent and never
+    stored. The local log held JSON's non-standard NaN tokens, which strict readers (jq, Elasticsearch) refuse."""
+    with local_sink(tmp_path) as sink:
+        assert sink.emit(NON_FINITE) is not None
+    (line,) = (tmp_path / "p.jsonl").read_text(encoding="utf-8").splitlines()
+    assert {k: v for k, v in strict_json(line).items() if k in NON_FINITE} == NON_FINITE_AS_NULL
+    sink = PredictionEventSink.from_environment(fluent_environ(closed_port, tmp_path / "spool"), close_timeout_s=0)
+    assert sink.emit(NON_FINITE) is not None
+    sink.close()
+    (line,) = [text for segment in (tmp_path / "spool").glob("*.jsonl")
+               for text in segment.read_text(encoding="utf-8").splitlines()]
+    assert {k: v for k, v in strict_json(line).items() if k in NON_FINITE} == NON_FINITE_AS_NULL
 
 
 def test_numpy_long_doubles_are_logged_as_floats(tmp_path: Path) -> None:
@@ -260,6 +295,7 @@ class Key(str):
     nested(RECORD_NESTING, 0.5), nested(RECORD_NESTING + 1, 0.5), nested(RECORD_NESTING, {}),
     nested(RECORD_NESTING + 1, {}), nested(RECORD_NESTING, [1.0]), nested(RECORD_NESTING - 1, [[1.0]]),
     {"big": 2**64}, {"bad": "\udc80"}, {1: 2.0}, {"x": {"y": [object()]}},
+    {"nan": float("nan"), "inf": [float("inf"), {"k": -float("inf")}], "np": np.float32("nan")},
 ])
 def test_the_quick_copy_gives_what_the_field_by_field_copy_gives(value: Any) -> None:
     """records.to_plain copies plain dicts without a field path per value; the value or the error (naming the
