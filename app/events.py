@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from app.config import SettingsError
-from eventlog.forward import FluentdAddress, Forwarder
+from eventlog.forward import MAX_MESSAGE_BYTES, FluentdAddress, Forwarder, oversized
 from eventlog.local_log import JsonLinesLog
 from eventlog.records import EventContentError, encode_line, prepare_event
 from eventlog.spool import Spool
@@ -219,9 +219,17 @@ class PredictionEventSink:
             self.stats.add("rejected")
             log.error("prediction event %s not logged: the event sink is closed", record["event_id"])
             return None
-        self.stats.add("emitted")
         if self._forwarder is not None:
+            size = oversized(record, len(line))
+            if size is not None:  # Fluentd would discard it after taking it: counted as sent, never stored
+                self.stats.add("rejected")
+                log.error("prediction event %s not logged: %d bytes in the forward protocol, over the %d a Fluentd "
+                          "buffer chunk takes (chunk_limit_size 8MB, less what Fluentd adds)", record["event_id"],
+                          size, MAX_MESSAGE_BYTES)
+                return None
+            self.stats.add("emitted")
             return record["event_id"] if self._spool.append(line, record) else None
+        self.stats.add("emitted")
         try:
             self._log.append(line)
         except OSError as exc:

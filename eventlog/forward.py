@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
+import msgpack
 from fluent.sender import EventTime, FluentSender
 
 from eventlog.records import EVENT_TIME_END_S, EVENT_TIME_MIN_S, EVENT_TIME_RANGE, event_seconds
@@ -61,6 +62,10 @@ PROOF_BYTES = 2 * 1024 * 1024
 PADDING = {"padding": "0" * 65536}  # a heartbeat's body while proving: 32 proof heartbeats at most
 TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in Linux's struct tcp_info (since 4.1)
 ACKED_CONNECTIONS = 3  # a segment read on this many connections is confirmed however short they lived
+# An event's forward-protocol message may be at most this large: Fluentd discards a record larger than its buffer's
+# chunk_limit_size (8MB in monitoring/fluentd/fluent.conf) after its kernel took it, so it was counted as sent and
+# never stored; half of it leaves room for what Fluentd's outputs add (@timestamp, the tag).
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 BROKEN_LINK_PROOF_S = 60.0  # this long after a connection broke with segments held, an idle spool proves them read
 
 
@@ -119,6 +124,16 @@ def _env_number(env: Mapping[str, str], name: str, kind: type, default):
 def emit_record(sender: FluentSender, record: Mapping) -> bool:
     """One event in the forward protocol's Message mode, stamped with its own timestamp."""
     return sender.emit_with_time(None, event_time(record), record)
+
+
+def oversized(record: Mapping, line_bytes: int) -> int | None:
+    """The record's size in the forward protocol (msgpack) if over MAX_MESSAGE_BYTES, else None. `line_bytes`, the
+    length of its JSON line, spares packing an ordinary event: msgpack takes at most 9/4 of it (a float is 9 bytes
+    in msgpack, as few as 4 in JSON: `0.0,`), so a line under 4/9 of the limit cannot be over it."""
+    if line_bytes * 9 // 4 <= MAX_MESSAGE_BYTES:
+        return None
+    size = len(msgpack.packb(record))
+    return size if size > MAX_MESSAGE_BYTES else None
 
 
 def event_time(record: Mapping) -> EventTime:

@@ -461,6 +461,24 @@ def test_with_fluentd_down_every_event_is_spooled_and_left_for_the_next_start(tm
     assert not (tmp_path / "p.jsonl").exists()
 
 
+def test_an_event_fluentd_would_discard_for_its_size_is_rejected_and_a_1_mb_one_is_spooled(
+        tmp_path: Path, closed_port: int, caplog) -> None:
+    """Fluentd discards a record larger than its buffer's chunk_limit_size (8MB in monitoring/fluentd/fluent.conf:
+    "a ... bytes record is larger than buffer chunk limit size") after its kernel took it, so the app counted it as
+    sent and it was never stored. One whose forward-protocol message is over 4 MiB is now rejected at emit, naming
+    its size; floats weigh 9 bytes in msgpack against as few as 4 in JSON, so the JSON line alone cannot tell."""
+    sink = PredictionEventSink.from_environment(fluent_environ(closed_port, tmp_path / "spool"), close_timeout_s=0)
+    accepted = sink.emit({"inputs": {"note": "x" * 1_000_000}})
+    floats = [0.0] * 500_000  # a 2 MB JSON line, a 4.5 MB message
+    assert sink.emit({"features": floats}) is None
+    assert sink.emit({"inputs": {"note": "é" * 2_500_000}}) is None
+    sink.close()
+    assert accepted is not None and [r["event_id"] for r in spooled_records(tmp_path / "spool")] == [accepted]
+    assert sink.stats.snapshot()["rejected"] == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert sum("bytes in the forward protocol, over the 4194304" in e for e in errors) == 2, errors
+
+
 def test_a_peer_that_never_answers_does_not_slow_emit(tmp_path: Path, silent_peer) -> None:
     # Emit only writes to the spool; the delivery thread alone talks to the network.
     sink = PredictionEventSink.from_environment(fluent_environ(silent_peer.port, tmp_path / "spool"),

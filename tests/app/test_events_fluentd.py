@@ -111,6 +111,16 @@ def test_events_arrive_with_the_tag_their_time_and_their_content(fluentd_receive
     assert not list((tmp_path / "spool").glob("*.jsonl")), "a confirmed segment is deleted"
 
 
+def test_an_event_with_a_1_mb_field_arrives_whole(fluentd_receiver, tmp_path: Path) -> None:
+    big = "é" * 500_000 + "x" * 24_288  # 1 MiB of UTF-8 in one field
+    with fluent_sink(fluentd_receiver.port, tmp_path / "spool") as sink:
+        ids = [sink.emit({"inputs": {"note": big}, "n": n}) for n in range(3)]
+        wait_until(lambda: not list((tmp_path / "spool").glob("*.jsonl")), timeout_s=15)
+    fluentd_receiver.stop()
+    received = [e["record"] for e in fluentd_receiver.events() if e["tag"] == TAG]
+    assert [r["event_id"] for r in received] == ids and all(r["inputs"]["note"] == big for r in received)
+
+
 def test_outages_under_load_lose_nothing(fluentd_receiver, tmp_path: Path) -> None:
     threads, per_thread = 4, 1000
     spool = tmp_path / "spool"
