@@ -88,6 +88,9 @@ class Segment:
                 record = json.loads(line)
                 if not isinstance(record, dict):
                     raise ValueError("not a JSON object")
+                if not (isinstance(record.get("event_id"), str) and record["event_id"]):
+                    # Elasticsearch would store it under an id of its own: a new document each time it is re-sent
+                    raise ValueError("no event_id (not an event this app wrote)")
                 records.append(record)
             except (ValueError, RecursionError) as exc:  # a line torn by a full disk, or edited by hand
                 on_bad_line(f"{self.path.name} line {number}: {type(exc).__name__}: {exc}")

@@ -12,6 +12,7 @@ import collections
 import datetime as dt
 import functools
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -385,7 +386,11 @@ def _deeply_nested(now: str, depth: int) -> bytes:
     (lambda now: [b'{"event_id": "big", "timestamp": "%s", "n": %d}\n' % (now.encode(), 2 ** 70)], "OverflowError"),
     (lambda now: [b'{"event_id": "surrogate", "timestamp": "%s", "s": "\\ud800"}\n' % now.encode()],
      "UnicodeEncodeError"),
-], ids=["stamped outside EventTime", "nested 2,000 deep", "an integer msgpack cannot carry", "a lone surrogate"])
+    # stored under an id of Elasticsearch's choosing, a new document each time it was sent again
+    (lambda now: [encode_line({"timestamp": now, "x": 1}), encode_line({"event_id": "", "timestamp": now})],
+     "no event_id"),
+], ids=["stamped outside EventTime", "nested 2,000 deep", "an integer msgpack cannot carry", "a lone surrogate",
+        "without an event_id"])
 def test_spooled_lines_that_cannot_be_sent_are_dropped_counted_and_the_rest_is_sent_once(
         fluentd_receiver, tmp_path: Path, caplog, bad_lines, why) -> None:
     """Lines an older version spooled or a hand edit left. Before, each stopped its segment for good:
@@ -413,6 +418,40 @@ def test_spooled_lines_that_cannot_be_sent_are_dropped_counted_and_the_rest_is_s
     assert sink.stats.snapshot()["dropped"] == len(bad) and sink.stats.snapshot()["sent"] == 100
     logged = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     assert len(logged) == 1 and why in logged[0], logged
+
+
+@pytest.mark.parametrize("damage", [
+    lambda data: data[:len(data) * 3 // 8 + 17],
+    lambda data: data + bytes(random.Random(1).randrange(256) for _ in range(3000)),
+    lambda data: data + b"\0" * 4096,
+    lambda data: b"",
+], ids=["torn at a byte mid-line", "garbage appended", "a tail of NULs", "zero-length"])
+def test_a_damaged_segment_delivers_every_whole_event_before_the_damage_and_the_spool_goes_on(
+        fluentd_receiver, tmp_path: Path, caplog, damage) -> None:
+    """A power cut can leave a segment torn, or with a tail of garbage or NULs; none may stop the spool or cost
+    an event written whole before the damage."""
+    spool, now = tmp_path / "spool", dt.datetime.now(dt.timezone.utc).isoformat()
+    writer = Spool(spool, max_bytes=10**9, segment_max_bytes=10**9, count=Counts())
+    written = []
+    for segment in range(3):
+        written.append([f"s{segment}-e{i}-é" for i in range(200)])
+        for event_id in written[-1]:
+            writer.append(encode_line({"event_id": event_id, "timestamp": now, "pad": "ü" * (event_id.count("1"))}))
+        writer.close()  # seals it: the next event opens another segment
+    damaged = sorted(spool.glob("*.jsonl"))[1]
+    original = damaged.read_bytes()
+    data = damage(original)
+    damaged.write_bytes(data)
+    same = next((i for i, (a, b) in enumerate(zip(data, original)) if a != b), min(len(data), len(original)))
+    whole_bytes = original[:same].rfind(b"\n") + 1  # the events before the damage, each whole
+    with fluent_sink(fluentd_receiver.port, spool):
+        wait_until(lambda: not list(spool.glob("*.jsonl")), timeout_s=15)
+    fluentd_receiver.stop()
+    received = received_ids(fluentd_receiver)
+    expected = set(written[0]) | set(written[1][:original[:whole_bytes].count(b"\n")]) | set(written[2])
+    assert set(received) == expected and max(received.values()) == 1
+    if len(data) > whole_bytes:  # the damage is named
+        assert any(damaged.name in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
 
 
 class StalledFluentd:

@@ -101,7 +101,7 @@ def test_segments_of_a_process_that_died_are_claimed_by_the_next_one(tmp_path: P
         from eventlog.spool import Spool, SpoolInUse
         spool = Spool({str(tmp_path)!r}, 10**9, 300, lambda *a: None)
         for i in range(10):
-            spool.append(encode_line({{"i": i}}))
+            spool.append(encode_line({{"event_id": f"e{{i}}", "i": i}}))
         os._exit(0)  # no close, no fsync: the open segment's lock dies with the process
     """)
     subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, check=True, timeout=60)
