@@ -550,8 +550,9 @@ def test_a_spool_folder_moved_where_its_segments_cannot_follow_is_logged_naming_
         shutil.rmtree(elsewhere)
 
 
+@pytest.mark.parametrize("step_s", [-3600, 3600], ids=["an hour back", "an hour forward, then back"])
 def test_after_the_wall_clock_steps_back_the_newest_events_are_still_the_last_dropped(
-        tmp_path: Path, monkeypatch) -> None:
+        tmp_path: Path, monkeypatch, step_s: int) -> None:
     # Segment names began with time.time_ns() and the oldest is the first by name: after NTP stepped the
     # clock back, the newest segments sorted first and the limit dropped them, keeping the old ones.
     counts = Counts()
@@ -560,10 +561,13 @@ def test_after_the_wall_clock_steps_back_the_newest_events_are_still_the_last_dr
         spool.append(line(i, padding=40))
     spool.close()
     real_time_ns = time.time_ns
-    monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() - 3600 * 10**9)  # one hour back
+    monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() + step_s * 10**9)
+    # (stepped forward, the restart below comes after the clock was set right again: back an hour)
     for i in range(30, 60):
         spool.append(line(i, padding=40))
     spool.close()
+    if step_s > 0:
+        monkeypatch.setattr(time, "time_ns", real_time_ns)
     restarted = Spool(tmp_path, max_bytes=3_000, segment_max_bytes=500, count=counts)  # a new process
     for i in range(60, 90):
         restarted.append(line(i, padding=40))
