@@ -9,7 +9,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir \
         numpy==2.4.6 numba==0.68.1 llvmlite==0.50.0 \
-        flask==3.1.3 werkzeug==3.1.9 fluent-logger==0.11.1 gunicorn==26.2.0 pyyaml==6.0.3 \
+        flask==3.1.3 werkzeug==3.1.9 fluent-logger==0.11.1 msgpack==1.2.4 gunicorn==26.2.0 pyyaml==6.0.3 \
         prometheus_client==0.26.0 threadpoolctl==3.8.0 swagger-ui-bundle==1.1.0
 WORKDIR /srv/shelfcast
 COPY engine/ engine/

@@ -204,9 +204,9 @@ class PredictionEventSink:
     def emit(self, event: Mapping[str, Any]) -> str | None:
         """Write one event now (one write(), no fsync); its event_id, or None if rejected or dropped.
 
-        Never raises: an event that cannot be logged (the error names the field) or one
-        emitted after close() is logged and counted as rejected; one the disk refused is
-        counted as dropped.
+        Never raises: an event that cannot be logged (the error names the field), one Fluentd
+        would discard for its size (eventlog.forward.MAX_MESSAGE_BYTES) or one emitted after
+        close() is logged and counted as rejected; one the disk refused is counted as dropped.
         """
         try:
             record = prepare_event(event)
