@@ -80,6 +80,7 @@ def check_servable(bundle: ModelBundle, path: Path, closed_days: ClosedDays | No
         raise BundleError(f"{path}: the bundle lists no stores, items or horizon days; nothing could be forecast")
     check_history(bundle, path)
     check_described(bundle, path)
+    check_embeddings_fit(bundle, path)
     try:
         closed_days = ClosedDays(snapshot) if closed_days is None else closed_days
         warm_up = getattr(bundle.model, "warm_up", None)
@@ -161,6 +162,24 @@ def check_plausible(bundle: ModelBundle, path: Path, closed_days: ClosedDays | N
         out = bundle.forecast_features(FeatureMatrix(dense=dense, categorical=unseen))
         check({("expected units" if name == EXPECTED_OUTPUT else "units"): units for name, units in out.items()},
               f" with a {unseen_field} unseen in training")
+
+
+def check_embeddings_fit(bundle: ModelBundle, path: Path) -> None:
+    """BundleError unless each categorical field's embedding table in the graph has one row per id of the bundle's
+    vocabulary of that field (its values + the id of values unseen in training), as train builds it: the weights of a
+    model trained on another data set beside this one's vocabularies (or the reverse) look a store or item up in a row
+    another one trained, and serve finite, moderate, wrong forecasts (or fail on an id past the table's end)."""
+    tables = {op.name: op.attrs.get("value") for op in bundle.model.graph.get_operations()}
+    unfit = []
+    for field in CATEGORICAL_FIELDS:
+        table = tables.get(f"embedding_{field}/embeddings")
+        if isinstance(table, np.ndarray) and table.ndim == 2 and table.shape[0] != bundle.vocab.size(field):
+            unfit.append(f"embedding_{field} has {table.shape[0]} rows, the vocabulary {field} "
+                         f"{bundle.vocab.size(field)} ids")
+    if unfit:
+        raise BundleError(f"{path / 'graph.json'}: the model's embeddings do not fit the bundle's vocabularies "
+                          f"(bundle.json), one row per id, the unseen-value id included: {'; '.join(unfit)}; the "
+                          f"weights and the vocabularies come from different training runs or data sets")
 
 
 def check_history(bundle: ModelBundle, path: Path) -> None:

@@ -135,3 +135,47 @@ def test_an_app_started_on_a_bundle_with_a_nan_in_its_history_is_not_ready(make_
     copy_bundle(tmp_path / "bad", production_dir)
     response = make_app(production_dir).client.get("/readyz")
     assert response.status_code == 503 and "history.npz" in response.json["reason"]
+
+
+@pytest.fixture(scope="module")
+def foreign_bundle(tmp_path_factory) -> Path:
+    """A real bundle trained on another data set: 4 stores and ~90 items where the app's bundles have 2 and ~40."""
+    import copy
+
+    from tests.app.tiny_bundle import TINY_APP_PARAMS, build_tiny_project
+
+    params = copy.deepcopy(TINY_APP_PARAMS)
+    params["data"]["synthetic"].update(stores=4, items=90, seed=12)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return build_tiny_project(tmp_path_factory.mktemp("foreign"), params)
+
+
+def with_model_of(data_from: Path, model_from: Path, target: Path) -> Path:
+    """``data_from``'s bundle (vocabularies, history, calendar) with ``model_from``'s graph and weights, every
+    checksum made to match: a model installed beside another data set's vocabularies."""
+    copy_bundle(data_from, target)
+    for name in ("weights.npz", "graph.json"):
+        (target / name).write_bytes((model_from / name).read_bytes())
+    manifest = json.loads((target / "checksums.json").read_text())
+    for name in manifest["files"]:
+        manifest["files"][name] = file_digest(target / name)
+    (target / "checksums.json").write_text(json.dumps(manifest))
+    return target
+
+
+@pytest.mark.parametrize("model_of", ["foreign", "ours"], ids=["a foreign model, ours the vocabularies",
+                                                              "our model, foreign vocabularies"])
+def test_a_model_whose_embeddings_do_not_fit_the_bundles_vocabularies_is_refused(served, production_dir, app_bundles,
+                                                                                  foreign_bundle, tmp_path, model_of):
+    """Found by a probe: the weights of a model trained on another data set (4 stores, 90 items) with this data set's
+    vocabularies (2 stores, 37 items) loaded and served: store 1 was looked up in row 1 of a 5-row table that the
+    other data set's store 1 had trained. Every forecast was finite and moderate, so no plausibility check could
+    tell; the reverse (more ids than rows) was refused only by a warm-up's GatherV2 error that named no field."""
+    old = served.model
+    data, model = (app_bundles[1], foreign_bundle) if model_of == "foreign" else (foreign_bundle, app_bundles[1])
+    copy_bundle(with_model_of(data, model, tmp_path / "mixed"), production_dir)
+    assert served.state.predictor.check_now() is False
+    assert served.model is old
+    reason = served.state.predictor.last_error
+    assert "graph.json" in reason and "embedding_store_nbr" in reason and "vocabulary store_nbr" in reason, reason
