@@ -279,3 +279,16 @@ def test_closed_day_answers_are_counted_where_the_forecast_mean_includes_them(tm
     assert recent["closed_day_answers"] == 10 and recent["forecast_units"]["mean"] == 3.0
     page = " ".join(client.get("/monitoring").get_data(as_text=True).split())
     assert '<tr id="closed-day-answers"><th scope="row">Closed-day answers</th><td>10: 0 units' in page
+
+
+def test_a_drift_report_that_is_json_but_no_object_is_reported_unreadable_not_a_500(tmp_path, monkeypatch):
+    """Found by a probe: a drift.json holding valid JSON that is no object (a list, a string; another tool's file, or
+    an older one of another shape) made /monitoring and /api/v1/monitoring answer 500 (AttributeError in the page's
+    summary), where an invalid one is shown as unreadable."""
+    (tmp_path / "drift").mkdir()
+    client = client_for(tmp_path, monkeypatch)
+    for text in ("[1]", '"ok"', "null"):
+        (tmp_path / "drift" / drift.REPORT_JSON).write_text(text)
+        assert client.get("/monitoring").status_code == 200, text
+        shown = client.get("/api/v1/monitoring").get_json()["drift"]
+        assert shown["status"] == "unreadable" and "not a JSON object" in shown["reasons"][0], (text, shown)
