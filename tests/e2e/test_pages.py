@@ -2,7 +2,8 @@
 
 Checks what a person sees: no horizontal scrolling, chart text at a readable size, a day's value
 shown on focus, the 16 days as a table (beside the chart on a desktop, below it on a phone), the
-API docs page rendering and running its example, and local times on the monitoring page. The
+API docs page rendering and running its example, and local times on the monitoring page, none of it refused by
+the app's Content-Security-Policy (Chromium's console logs each refusal). The
 screenshots are written to $SHELFCAST_SCREENSHOTS (or the test's tmp dir) to look at.
 """
 
@@ -135,3 +136,22 @@ def test_the_pages_read_well_on_a_phone_and_a_desktop(gunicorn_server, browser, 
     check_forecast(gunicorn_server, browser, width, tmp_path)  # the forecast view: chart, values, table
     check_api_docs(gunicorn_server, browser, width, tmp_path)  # /docs renders offline and runs its example
     check_monitoring(gunicorn_server, browser, width, tmp_path)  # same layout, local times
+    assert_no_policy_violations(browser)  # all three under the app's Content-Security-Policy
+
+
+def csp_violations(entries: list[dict]) -> list[str]:
+    return [e["message"] for e in entries if "Content Security Policy" in e.get("message", "")]
+
+
+def assert_no_policy_violations(browser) -> None:
+    """Nothing the pages did above (the form, a forecast and its chart, Swagger UI running its example, the
+    monitoring page) broke the app's Content-Security-Policy: Chromium logs each refused script, style or source to
+    the console. Then a violation made on purpose must be logged, so a silent log cannot pass this check."""
+    violations = csp_violations(browser.browser_log())
+    assert not violations, violations
+    browser.execute("var d = document.createElement('div'); d.setAttribute('style', 'color: red');"
+                    "document.body.appendChild(d);")  # an inline style: refused by default-src 'self'
+    deadline = time.monotonic() + 5
+    while not csp_violations(browser.browser_log()):
+        assert time.monotonic() < deadline, "an inline style made on purpose logged no policy violation"
+        time.sleep(0.2)

@@ -106,6 +106,11 @@ class Session:
     def execute(self, script: str, *args: Any) -> Any:
         return self.command("POST", "/execute/sync", {"script": script, "args": list(args)})
 
+    def browser_log(self) -> list[dict]:
+        """The console messages since the last call ({"level", "message", ...}): chromedriver's log command, which
+        the W3C protocol lacks (it needs the session's goog:loggingPrefs, as ChromeDriver.session asks)."""
+        return self.command("POST", "/se/log", {"type": "browser"})
+
     def wait_for(self, css: str, timeout_s: float = 15.0) -> Element:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -138,7 +143,9 @@ class ChromeDriver:
     def session(self) -> Session:
         self.profile_dir.mkdir(parents=True, exist_ok=False)  # a new, empty profile
         options = {"binary": self.browser, "args": [*CHROMIUM_FLAGS, f"--user-data-dir={self.profile_dir}"]}
-        return Session(self.url, {"browserName": "chrome", "goog:chromeOptions": options})
+        # the console's messages kept for Session.browser_log (a Content-Security-Policy violation is one)
+        return Session(self.url, {"browserName": "chrome", "goog:chromeOptions": options,
+                                  "goog:loggingPrefs": {"browser": "ALL"}})
 
     def stop(self) -> None:
         self.process.terminate()
