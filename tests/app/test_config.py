@@ -26,7 +26,8 @@ def test_the_environment_overrides_each_setting():
 
 
 def test_the_header_and_body_timeouts_are_the_compose_proxys():
-    """Behind deploy/nginx.conf or not, a client gets the same time for its headers and for its body."""
+    """Behind deploy/nginx.conf or not, a client gets the same time for its headers; a body gets as long a pause
+    between two reads as the app gives it in all (nginx has no bound on a whole body: README "The web app")."""
     import re
 
     from app.config import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S
