@@ -116,6 +116,11 @@ class Catalog:
             hits.sort(key=lambda n: (not str(n).startswith(words[0]), n))
         return [self.items[n] for n in hits[:limit]], len(hits)
 
+    def has_history(self, store_nbr: int, item_nbr: int) -> bool:
+        """Whether the store×item has rows in the bundle's history: one without any (an item the store never sold)
+        is forecast from an all-zero history, and its prediction event says so (``new_series``) for drift."""
+        return (int(store_nbr), int(item_nbr)) in self._series
+
     def recent_sales(self, store_nbr: int, item_nbr: int, days: int) -> np.ndarray:
         """The last ``days`` days of units sold up to the origin (zeros for a store×item without history)."""
         row = self._series.get((store_nbr, item_nbr))

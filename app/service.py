@@ -67,6 +67,7 @@ def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: Pre
             instance_index=index if positions is None else int(positions[index]),
             batch_size=batch_size or len(instances),
             model_digest=model.bundle.digest, model_kind=model.kind, **readable_fields(model, instance, variant),
+            **({} if model.catalog.has_history(instance.store_nbr, instance.item_nbr) else {"new_series": True}),
             **({"canary_failed": True} if canary_failed else {}),
         ))
         predictions.append({**inputs, "unit_sales": value,

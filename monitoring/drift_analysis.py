@@ -72,6 +72,8 @@ def reference_statistics(training_stats: Mapping[str, Any]) -> dict[str, Any]:
 
 CLOSED_DAYS_NOTE = ("{} event(s) of a day the store is closed (answered 0 with store_closed by the closed-day rule, "
                     "pipeline/closed_days.py, not by the model) left out")
+NEW_SERIES_NOTE = ("{} event(s) for a store×item with no rows in the bundle's history (new_series: forecast from an "
+                   "empty history, which the reference, the snapshot's own series, does not hold) left out")
 SERVED_FORECASTS = "served forecasts at the requests' horizon days"
 INNER_VALIDATION_FORECASTS = "inner-validation forecasts, every horizon day alike"
 
@@ -136,6 +138,11 @@ def forecast_reference(training_stats: Mapping[str, Any], data: ServingData, hor
     live_days = live_horizon_days(data, horizon)
     opened = ~data.closed  # a closed store-day's 0 is the closed-day rule's answer: the model made no forecast there
     closed_note = CLOSED_DAYS_NOTE.format(int(data.closed.sum())) if data.closed.any() else ""
+    if data.new_series.any():  # the reference forecasts the snapshot's series: an empty history's forecast is no shift
+        new = data.new_series & opened
+        opened = opened & ~data.new_series
+        closed_note = "; ".join(filter(None, (closed_note, NEW_SERIES_NOTE.format(int(new.sum())) if new.any()
+                                              else "")))
     if not (overall.get("count") and by_day and live_days is not None):
         return ForecastReference(training_stats.get("prediction_units", {}), INNER_VALIDATION_FORECASTS,
                                  opened if closed_note else None, closed_note)
@@ -353,9 +360,15 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
                 continue
             expected = trained
         role = ROLE_UNWEIGHTED if unweighted else reference["roles"].get(name, feature_role(name))
-        live, note, keys = data.dense[name], "", data.keys
-        if expected.get("by_horizon") and live_days is not None and data.rows:  # at the requests' horizon days
-            mixed, judged, note = mix_by_horizon(expected, expected["by_horizon"], live_days, "values")
+        live, note, keys, days = data.dense[name], "", data.keys, live_days
+        if role == ROLE_HISTORY and data.new_series.any():  # the reference holds the snapshot's series only
+            kept = ~data.new_series
+            live, keys = live[kept], [key for key, known in zip(keys, kept) if known]
+            days = None if days is None else days[kept]
+            note = NEW_SERIES_NOTE.format(int(data.new_series.sum()))
+        if expected.get("by_horizon") and days is not None and live.size:  # at the requests' horizon days
+            mixed, judged, day_note = mix_by_horizon(expected, expected["by_horizon"], days, "values")
+            note = "; ".join(filter(None, (note, day_note)))
             if mixed is not None:
                 expected, live, keys = mixed, live[judged], [key for key, kept in zip(keys, judged) if kept]
         effective = distinct_observations(keys, live.tolist())
@@ -397,6 +410,13 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
             reasons.append(f"category {name}: {unseen:.1%} of requests have a value unseen in training "
                            f"(> {params.unseen_share_alert:.1%}){also}")
     report["unseen"]["any"] = float(data.unknown_rows.mean()) if data.rows else 0.0
+    new_series = int(data.new_series.sum())
+    report["new_series"] = {"events": new_series, "share": new_series / data.rows if data.rows else 0.0}
+    if report["new_series"]["share"] > params.unseen_share_alert:  # one fact, one reason (not every history feature)
+        reasons.append(f"series: {report['new_series']['share']:.1%} of requests ({new_series} event(s)) are for a "
+                       f"store×item with no rows in the bundle's history (> {params.unseen_share_alert:.1%}): "
+                       "forecast from an empty history, left out of the history features' and the forecasts' "
+                       "comparison; new listings to retrain on, or clients asking for what a store does not sell")
     reference_forecasts = forecast_reference(training_stats, data, bundle_metadata.get("horizon"))
     expected, compared_with = reference_forecasts.expected, reference_forecasts.kind
     if expected.get("count", 0):

@@ -122,6 +122,16 @@ def _scrolling_table(label: str, rows: str) -> str:
     return f'<div class="scroll" tabindex="0" role="region" aria-label="{escape(label)}"><table>{rows}</table></div>'
 
 
+def _new_series_html(report: Mapping[str, Any]) -> str:
+    """Requests for a store×item the bundle has no history of (events' new_series); a report made before: nothing."""
+    new = report.get("new_series") or {}
+    if not new.get("events"):
+        return ""
+    return (f"<p>Requests for a store×item with no rows in the bundle's history: {new['share']:.1%} "
+            f"({new['events']} events), forecast from an empty history and left out of the history features' and "
+            "the forecasts' comparison.</p>")
+
+
 def render_report(report: Mapping[str, Any]) -> str:
     status = report["status"]
     banner = {"drift": "Drift alarm", "ok": "No drift above the thresholds",
@@ -182,6 +192,7 @@ served versions: {versions}. Generated {escape(report['generated_at'])}.</p>
 {_reference_html(report)}
 <h2>Reasons</h2><ul>{reasons}</ul>
 <p>Requests with any category unseen in training: {report['unseen'].get('any', 0.0):.1%}.</p>
+{_new_series_html(report)}
 {prediction}{live_html}
 <h2>Categorical inputs</h2>{_scrolling_table("Categorical inputs", head.format('<th>unseen</th>') + categorical_rows)}
 <h2>Dense features</h2>{_scrolling_table("Dense features", head.format('') + _shift_rows(alarmable))}

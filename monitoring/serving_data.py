@@ -4,7 +4,8 @@ An event (app/events.py, app/predictor.py's feature_record) carries
 `features = {"dense": {name: value}, "categorical": {field: vocabulary id}}`,
 `inputs = {"store_nbr", "item_nbr", "date", "onpromotion"}` and `output`, the
 forecast in units: `{"unit_sales": x}` as app/service.py logs it (or a bare number), with
-`"store_closed": true` where the app answered 0 by pipeline/closed_days.py's rule, not the model.
+`"store_closed": true` where the app answered 0 by pipeline/closed_days.py's rule, not the model, and
+`"new_series": true` where the store×item has no rows in the bundle's history (forecast from an empty one).
 Categorical ids are turned back into the training labels through the bundle's
 vocabularies (id 0 = a value never seen in training).
 """
@@ -35,6 +36,7 @@ class ServingData:
     unknown_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # any categorical id 0
     predictions: np.ndarray = field(default_factory=lambda: np.zeros(0))
     closed: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # answered 0 as a closed store-day
+    new_series: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # a store×item without history
     keys: list[tuple[str, str, str]] = field(default_factory=list)  # (store_nbr, item_nbr, date) per row
     model_versions: dict[str, int] = field(default_factory=dict)
     first_timestamp: str | None = None
@@ -86,6 +88,7 @@ def collect(events: Sequence[Mapping[str, Any]], dense_names: Sequence[str],
     unknown = np.zeros(n, bool)
     predictions = np.empty(n, np.float64)
     closed = np.zeros(n, bool)
+    new_series = np.zeros(n, bool)
     keys: list[tuple[str, str, str]] = []
     versions: dict[str, int] = {}
     for i, event in enumerate(events):
@@ -109,6 +112,7 @@ def collect(events: Sequence[Mapping[str, Any]], dense_names: Sequence[str],
             unknown[i] |= code == 0
         predictions[i] = forecast_units(event, i)
         closed[i] = is_closed_day(event)
+        new_series[i] = event.get("new_series") is True
         inputs = event.get("inputs")
         # which request it was: the tests count a request repeated once, and drift.min_events counts requests; an
         # event without them read as one request repeated (every such event the same observation: no verdict)
@@ -121,6 +125,6 @@ def collect(events: Sequence[Mapping[str, Any]], dense_names: Sequence[str],
         versions[version] = versions.get(version, 0) + 1
     stamps = sorted((moment, e["timestamp"]) for e in events if (moment := event_time(e)) is not None)  # instants
     return ServingData(dense=dense, categorical=categorical, unknown_rows=unknown, predictions=predictions,
-                       closed=closed, keys=keys,
+                       closed=closed, new_series=new_series, keys=keys,
                        model_versions=versions, first_timestamp=stamps[0][1] if stamps else None,
                        last_timestamp=stamps[-1][1] if stamps else None)

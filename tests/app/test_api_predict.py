@@ -63,6 +63,24 @@ def test_a_batch_keeps_its_order_and_logs_one_event_per_prediction(served):
                                                         "city", "store_type", "cluster"}
 
 
+def test_a_store_item_without_history_is_served_and_its_event_says_so(served):
+    """An item the store never sold (a user's own assortment: not every store sells every item) is forecast from an
+    empty history; its event carries new_series, which drift counts as one fact instead of shifted history features."""
+    model = served.model
+    snapshot = model.bundle.snapshot
+    sold = set(zip(snapshot.store_nbr.tolist(), snapshot.item_nbr.tolist()))
+    never = [(s, i) for s in model.catalog.stores for i in model.catalog.items if (s, i) not in sold]
+    assert never, "the tiny data set sells every item in every store: nothing to ask for"
+    (store, item), (known_store, known_item) = never[0], sorted(sold)[0]
+    instances = [an_instance(served, store_nbr=store, item_nbr=item),
+                 an_instance(served, store_nbr=known_store, item_nbr=known_item)]
+    response = served.client.post("/api/v1/predict", json={"instances": instances})
+    assert response.status_code == 200, response.json
+    events = sorted(served.events(), key=lambda e: e["instance_index"])
+    assert [e.get("new_series") for e in events] == [True, None]
+    assert events[0]["features"]["dense"]["days_since_first_sale"] == 0.0
+
+
 def test_the_batch_limit_is_enforced_and_named(make_app, production_dir):
     served = make_app(production_dir, max_batch=3)
     ok = served.client.post("/api/v1/predict", json={"instances": [an_instance(served)] * 3})
