@@ -142,7 +142,8 @@ def drift_summary_event(report: Mapping[str, Any]) -> dict[str, Any]:
         sum(r["drifted"] for r in report["categorical"].values())
     summary: dict[str, Any] = {"status": report["status"], "alarm": report["alarm"], "events": report["events"],
                                "max_feature_psi": psi[worst] if worst else 0.0, "max_feature_psi_name": worst or "",
-                               "drifted_features": drifted, "unseen_share": report["unseen"].get("any", 0.0)}
+                               "drifted_features": drifted, "unseen_share": report["unseen"].get("any", 0.0),
+                               "new_series_share": (report.get("new_series") or {}).get("share", 0.0)}
     if report.get("prediction"):
         summary["prediction_psi"] = report["prediction"]["psi"]
     if report.get("live") and report["live"].get("nwrmsle") is not None:

@@ -473,3 +473,46 @@ def test_a_copy_that_fails_leaves_the_index_writable_and_no_half_copy(logged_eve
         indices = [row["index"] for row in search.request("GET", "/_cat/indices/shelfcast-*?format=json")]
         assert indices == [today]
         assert search.request("POST", "/shelfcast-prediction-*/_count", {})["count"] == 3
+
+
+def test_the_drift_panel_shows_requests_for_a_store_item_without_history(tiny_bundle, bundle_parts, replay, tmp_path):
+    """Drift alarms when too many requests are for a store×item the bundle has no history of (the app's new_series
+    events); the dashboard's drift panels showed only the feature PSIs and unseen categories, all near 0 then, so
+    an alarm showed as a calm dashboard. The unseen panel now draws that share too, from drift --emit's summary."""
+    from osmem_server import OsmemServer
+
+    from pipeline.bundle import load_bundle
+
+    metadata, stats = bundle_parts
+    snapshot = load_bundle(tiny_bundle).snapshot
+    sold = set(zip(snapshot.store_nbr.tolist(), snapshot.item_nbr.tolist()))
+    never = [(s, i) for s in snapshot.stores["store_nbr"].tolist() for i in snapshot.items["item_nbr"].tolist()
+             if (s, i) not in sold]
+    assert never, "the tiny data set sells every item in every store: nothing to ask for"
+    day = metadata["horizon_dates"][0]
+    requests = [{"store_nbr": s, "item_nbr": i, "date": day, "onpromotion": False} for s, i in sorted(sold)[:30]]
+    requests += [{"store_nbr": s, "item_nbr": i, "date": day, "onpromotion": False} for s, i in never]
+    log = replay(tiny_bundle, requests, tmp_path / "events.jsonl")
+    events = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    report = analyse(events, metadata, stats, DriftParams(min_events=10))
+    share = len(never) / len(requests)
+    assert report["new_series"]["share"] == pytest.approx(share)
+    summary = {**drift_summary_event(report), "event_id": "drift-1",
+               "timestamp": dt.datetime.now(dt.timezone.utc).isoformat()}
+    assert summary["drift"]["new_series_share"] == pytest.approx(share)
+    panel = next(v for v in VISUALIZATIONS if v["id"] == "shelfcast-drift-unseen")
+    state = json.loads(panel["attributes"]["visState"])
+    metric = next(a for a in state["aggs"] if a["schema"] == "metric" and a["params"]["field"] ==
+                  "drift.new_series_share")
+    now = dt.datetime.now(dt.timezone.utc)
+    with OsmemServer.start(japanese=False, addr="127.0.0.1:0") as server:
+        search = ElasticsearchEvents(server.url)
+        install_index_templates(search)
+        bulk_as_fluentd(search, [("shelfcast.drift", summary)])
+        answer = search.request("POST", "/shelfcast-monitoring-*/_search", kibana_request(
+            panel, (now - dt.timedelta(days=7)).isoformat(), (now + dt.timedelta(minutes=1)).isoformat()))
+        mapping = search.request("GET", "/shelfcast-monitoring-*/_mapping")
+    buckets = innermost_buckets(answer, [a for a in state["aggs"] if a["schema"] != "metric"])
+    assert [metric_value(b, metric) for b in buckets] == [pytest.approx(share, rel=1e-6)]
+    assert all(m["mappings"]["properties"]["drift"]["properties"]["new_series_share"]["type"] == "float"
+               for m in mapping.values())
