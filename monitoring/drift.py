@@ -179,11 +179,15 @@ def summary_line(report: Mapping[str, Any], html_path: Path) -> str:
         events, requests = report["events"], report.get("distinct_requests", report["events"])
         verdict = (f"no verdict: {events} event{' is' if events == 1 else 's are'} too few" if requests >= events else
                    f"no verdict: {events} events, but {requests} distinct request(s) are too few")
+        if report.get("possible_requests"):
+            verdict += (f" (this bundle can be asked at most {report['possible_requests']:,} distinct requests: lower "
+                        "drift.min_events)")
     elif report["alarm"]:
         also = [what for what, hit in (
             ("the forecasts shifted", (report.get("prediction") or {}).get("drifted")),
             ("live accuracy over its bound", (report.get("live") or {}).get("over_bound")),
-            ("unseen categories", report.get("unseen_over_bound"))) if hit]
+            ("unseen categories", report.get("unseen_over_bound")),
+            ("requests for a store×item without history", (report.get("new_series") or {}).get("over_bound"))) if hit]
         verdict = (f"ALARM: {len(report['reasons'])} reason(s) over {report['events']} events, "
                    f"{dense} feature(s) and {categorical} categorical input(s) drifted"
                    + "".join(f", {what}" for what in also))

@@ -345,6 +345,14 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
         else:
             report["reasons"].append(f"only {data.rows} event(s), "
                                      f"fewer than drift.min_events={params.min_events}: no verdict")
+        vocabularies = bundle_metadata.get("vocabularies") or {}
+        stores, items = len(vocabularies.get("store_nbr") or ()), len(vocabularies.get("item_nbr") or ())
+        possible = stores * items * int(bundle_metadata.get("horizon") or 0)
+        if 0 < possible < params.min_events:  # a small shop's window: waiting for more traffic gives no verdict ever
+            report["possible_requests"] = possible
+            report["reasons"][-1] += (f"; this bundle can be asked at most {possible:,} distinct requests ({stores} "
+                                      f"store(s) × {items} item(s) × {bundle_metadata['horizon']} days): lower "
+                                      f"drift.min_events to at most {possible:,} for a verdict")
     reasons: list[str] = []
     live_days = live_horizon_days(data, bundle_metadata.get("horizon"))
     report["reference"]["history_by_horizon"] = any(r.get("by_horizon") for r in reference["dense"].values())
@@ -412,7 +420,8 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
     report["unseen"]["any"] = float(data.unknown_rows.mean()) if data.rows else 0.0
     new_series = int(data.new_series.sum())
     report["new_series"] = {"events": new_series, "share": new_series / data.rows if data.rows else 0.0}
-    if report["new_series"]["share"] > params.unseen_share_alert:  # one fact, one reason (not every history feature)
+    report["new_series"]["over_bound"] = report["new_series"]["share"] > params.unseen_share_alert
+    if report["new_series"]["over_bound"]:  # one fact, one reason (not every history feature)
         reasons.append(f"series: {report['new_series']['share']:.1%} of requests ({new_series} event(s)) are for a "
                        f"store×item with no rows in the bundle's history (> {params.unseen_share_alert:.1%}): "
                        "forecast from an empty history, left out of the history features' and the forecasts' "

@@ -236,6 +236,30 @@ def test_too_few_events_give_no_verdict(bundle_parts, stream, jsonl, production_
     assert {(r["verdict"], r["note"]) for r in records} == {("inconclusive", "no events to compare")}
 
 
+def test_a_bundle_that_can_never_be_asked_min_events_requests_says_so(bundle_parts, stream, jsonl,
+                                                                       production_bundle, tmp_path):
+    """A small shop (one store, 5 items: 80 distinct requests in its 16-day window, a probe) never reaches the default
+    drift.min_events of 100: every report said "80 events are too few", as if more traffic would give a verdict."""
+    metadata, _ = bundle_parts
+    stores, items = len(metadata["vocabularies"]["store_nbr"]), len(metadata["vocabularies"]["item_nbr"])
+    possible = stores * items * metadata["horizon"]
+    params = tmp_path / "params.yaml"
+    params.write_text(f"drift:\n  min_events: {possible + 1}\n")
+    events = jsonl(tmp_path / "p.jsonl", stream(300, seed=6))
+    code, report, _ = run_cli(tmp_path, production_bundle, events, "--params", str(params))
+    assert code == 0 and report["status"] == "insufficient_data" and report["possible_requests"] == possible
+    [reason] = report["reasons"]
+    suffix = (f"; this bundle can be asked at most {possible:,} distinct requests ({stores} store(s) × {items} "
+              f"item(s) × {metadata['horizon']} days): lower drift.min_events to at most {possible:,} for a verdict")
+    assert reason.endswith(f"fewer than drift.min_events={possible + 1}: no verdict{suffix}"), reason
+    assert f"(this bundle can be asked at most {possible:,} distinct requests: lower drift.min_events); " in \
+        drift.summary_line(report, tmp_path / "d.html")
+    params.write_text(f"drift:\n  min_events: {possible}\n")  # reachable: the reason is the plain one
+    code, report, _ = run_cli(tmp_path, production_bundle, events, "--params", str(params))
+    assert "possible_requests" not in report and report["reasons"] == [
+        reason[:-len(suffix)].replace(f"={possible + 1}:", f"={possible}:")]
+
+
 def test_bad_inputs_exit_2_with_a_message_naming_the_problem(bundle_parts, stream, jsonl, production_bundle, tmp_path,
                                                              capsys):
     metadata, stats = bundle_parts
@@ -376,7 +400,8 @@ def test_requests_for_items_a_store_never_sold_are_one_reason_not_every_history_
     [reason] = report["reasons"]
     assert reason.startswith(f"series: {len(unsold) / (len(known) + len(unsold)):.1%} of requests ({len(unsold)} "
                              "event(s)) are for a store×item with no rows in the bundle's history"), reason
-    assert report["new_series"] == {"events": len(unsold), "share": len(unsold) / (len(known) + len(unsold))}
+    assert report["new_series"] == {"events": len(unsold), "share": len(unsold) / (len(known) + len(unsold)),
+                                    "over_bound": True}
     history = {n: r for n, r in report["features"].items() if r["role"] == "history"}
     assert history and all(r["verdict"] == "ok" and r["observations"] <= len(known) for r in history.values())
     assert f"{len(unsold)} event(s) for a store×item with no rows" in history["days_since_first_sale"]["note"]
@@ -385,8 +410,11 @@ def test_requests_for_items_a_store_never_sold_are_one_reason_not_every_history_
     assert f"Requests for a store×item with no rows in the bundle's history: {report['new_series']['share']:.1%} " \
            f"({len(unsold)} events)" in html
 
+    assert ", requests for a store×item without history; " in drift.summary_line(report, tmp_path / "d.html")
+
     code, report, html = run_cli(tmp_path, production_bundle, replay(production_bundle, known, tmp_path / "k.jsonl"))
-    assert code == drift.EXIT_OK and report["new_series"] == {"events": 0, "share": 0.0}, report["reasons"]
+    assert code == drift.EXIT_OK, report["reasons"]
+    assert report["new_series"] == {"events": 0, "share": 0.0, "over_bound": False}
 
 
 def test_requests_for_one_day_of_the_window_alarm_on_no_calendar_feature(bundle_parts, stream, jsonl,
