@@ -186,6 +186,15 @@ def test_the_threshold_test_fails_the_stage_with_a_message(trained_project, tiny
     assert json.loads((root / "results/metrics.json").read_text())["threshold_test_passed"] == 0
 
 
+@pytest.mark.parametrize("improvement, low, high, said", [
+    (0.09, 0.086, 0.094, "9.0% better [8.6%, 9.4%]"),
+    (-0.473, -0.502, -0.441, "47.3% worse [44.1%, 50.2%]"),  # read "-47.3% better [-50.2%, -44.1%]" (a probe)
+    (-0.01, -0.03, 0.01, "1.0% worse [-1.0%, 3.0%]"),
+])
+def test_the_summary_says_worse_for_a_model_worse_than_the_baseline(improvement, low, high, said):
+    assert evaluate.than_baseline(improvement, low, high) == said
+
+
 def test_evaluating_without_a_candidate_is_a_clear_error(tiny_project, capsys):
     assert evaluate.main(["--root", str(tiny_project)]) == 1
     assert "no model bundle here" in capsys.readouterr().err
