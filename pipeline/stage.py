@@ -4,7 +4,8 @@ Every ``python -m pipeline.<stage>`` (download, prepare, split, source, train,
 evaluate, promote) runs through ``run_stage``. It gives each the same options
 (``--root`` project directory, ``--quiet``), turns the errors a user can fix
 into one line ``<stage>: error: ...`` (exit 1, or the error's own
-``exit_code``), and prints the body's summary with the time it took.
+``exit_code``), Ctrl-C and SIGTERM into one line too (exit 130, 143; SIGTERM unwinds as Ctrl-C does, so
+``finally`` blocks run), and prints the body's summary with the time it took.
 
 This module imports only params.py and atomic.py (stdlib), so depending on it costs a stage nothing
 (the dvc.yaml deps test checks every stage's imports).
@@ -15,7 +16,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -33,6 +36,12 @@ class StageError(RuntimeError):
 
     exit_code = 1
     label = "error"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``docker stop``, systemd, a cancelled CI job, ``kill PID``) while a stage runs: it unwinds as Ctrl-C's
+    KeyboardInterrupt does (``finally`` blocks run: train's MLflow run is marked FAILED, its checkpoint kept), where
+    before the process ended at once, with no word and its MLflow run left RUNNING."""
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError, StageError)
@@ -75,6 +84,29 @@ def artifact_bars_off(quiet: bool) -> Iterator[None]:
             os.environ.pop(ARTIFACT_BARS_SWITCH, None)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated`; a second SIGTERM ends the process at once (its
+    default), as does one where this is not the main thread or SIGTERM was set to be ignored (left as it was)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one while the stage cleans up: ends it at once
+        raise Terminated()
+
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def output_any_terminal_can_take() -> None:
     """Let stdout write what its encoding cannot as ``\\uXXXX`` escapes, as Python's stderr already does.
 
@@ -106,7 +138,7 @@ def run_stage(name: str, body: Body, argv: list[str] | None = None,
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
-        with artifact_bars_off(args.quiet):
+        with sigterm_as_interrupt(), artifact_bars_off(args.quiet):
             outcome = body(args)
     except USER_ERRORS + tuple(errors) as exc:
         label, code = getattr(exc, "label", "error"), getattr(exc, "exit_code", 1)
@@ -115,10 +147,11 @@ def run_stage(name: str, body: Body, argv: list[str] | None = None,
     except OSError as exc:  # a full disk, a read-only folder, a busy mount point: the file and why, no traceback
         print(f"{name}: error: {os_error_text(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{name}: interrupted; rerun it (an output is only ever replaced whole: none is half-written)",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"{name}: {'terminated (SIGTERM)' if terminated else 'interrupted'}; rerun it (an output is only ever "
+              "replaced whole: none is half-written)", file=sys.stderr)
+        return 143 if terminated else 130  # 128 + the signal, as a shell reports a process the signal ended
     if isinstance(outcome, int) and not isinstance(outcome, bool):
         return outcome
     if outcome is not None:

@@ -162,3 +162,35 @@ def test_a_summary_beyond_ascii_on_a_terminal_that_is_not_utf8_is_written_escape
     done = _run_ascii_only(["-c", code])
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.startswith(b"demo: store\\xd7item \\u2014 done in ")
+
+
+TERMINATED_BODY = """
+import os, signal, sys, time
+from pathlib import Path
+from pipeline.stage import run_stage
+
+def body(args):
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # docker stop, systemd, a cancelled CI job, kill PID
+        time.sleep(30)
+    finally:
+        Path("cleaned-up").write_text("yes")  # what a stage's cleanup (an MLflow run marked FAILED) stands for
+    return "not reached"
+
+sys.exit(run_stage("demo", body, ["--quiet"]))
+"""
+
+
+def test_sigterm_ends_a_stage_as_ctrl_c_does_one_line_its_cleanup_run_and_status_143(tmp_path):
+    """SIGTERM killed a stage outright: no word on stderr (exit -15), no ``finally`` run (train's MLflow run stayed
+    RUNNING until the next stage's run marked it KILLED). It now unwinds as Ctrl-C's KeyboardInterrupt does."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", TERMINATED_BODY], cwd=tmp_path, env=dict(os.environ,
+                          PYTHONPATH=str(repo)), capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (143, "demo: terminated (SIGTERM); rerun it (an output is only ever "
+                                                   "replaced whole: none is half-written)\n")
+    assert (tmp_path / "cleaned-up").read_text() == "yes"

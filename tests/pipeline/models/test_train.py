@@ -192,6 +192,40 @@ def test_a_killed_train_stage_resumes_and_ends_as_an_uninterrupted_run(trained_p
     assert int(finished.data.tags["resumed_at_step"]) == state["step"]
 
 
+@pytest.mark.slow
+def test_a_train_stage_sent_sigterm_says_so_keeps_its_checkpoint_and_resumes_to_the_same_model(
+        trained_project_template, tmp_path):
+    """``docker stop``, systemd, a cancelled CI job: SIGTERM mid-epoch. Before, the stage died silently (exit -15) and
+    its MLflow run stayed RUNNING; now it is one line, exit 143, the run FAILED, and the rerun resumes, bit for bit."""
+    template, uninterrupted = trained_project_template
+    root = write_tiny_project(tmp_path / "project")
+    write_params(root, TINY_PARAMS)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(REPO)
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--root", str(root), "--quiet"], cwd=root,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if _state(root) is not None:
+            process.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.002)
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == 143, (process.returncode, stderr)
+    assert stderr == ("train: terminated (SIGTERM); rerun it (an output is only ever replaced whole: none is "
+                      "half-written)\n")
+    state = _state(root)
+    assert 0 < state["step"] < uninterrupted["steps_run"] and not (root / train.CANDIDATE_DIR).exists()
+    client = tracking.client(root)
+    terminated = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT_NAME).experiment_id])
+    assert [run.info.status for run in terminated] == ["FAILED"]  # not RUNNING until another stage marks it KILLED
+
+    resumed = train.run(root, quiet=True)
+    assert (root / train.CANDIDATE_DIR / "weights.npz").read_bytes() == \
+        (template / train.CANDIDATE_DIR / "weights.npz").read_bytes()
+    assert int(client.get_run(resumed["run_id"]).data.tags["resumed_at_step"]) == state["step"]
+
+
 class Interrupted(BaseException):
     """Stands for Ctrl-C at that point (the run's MLflow status becomes FAILED, as SIGINT's does)."""
 
