@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
@@ -74,9 +75,9 @@ def shuffle_buffer(items: Iterable, buffer_size: int, seed: int) -> Iterator:
 _DONE = object()
 
 
-def _produce(source, out: queue.Queue, stop: threading.Event) -> None:
+def _produce(source, out: queue.Queue, stop: threading.Event, owner: weakref.ref) -> None:
     def put(entry) -> bool:
-        while not stop.is_set():
+        while not stop.is_set() and owner() is not None:  # closed, or its prefetch collected: stop
             try:
                 out.put(entry, timeout=0.05)
                 return True
@@ -101,10 +102,12 @@ class prefetch(Iterator):  # noqa: N801  (used like a function: for batch in pre
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue(maxsize=whole_number(depth, "prefetch: depth"))
         self._finished = False
-        # the thread holds the queue and the stop flag, never ``self``: an abandoned loop is collected, and
-        # ``__del__`` stops the thread
-        self._thread = threading.Thread(target=_produce, args=(iter(items), self._queue, self._stop), daemon=True,
-                                        name="engine-prefetch")
+        # the thread holds the queue, the stop flag and a weak reference to ``self``, never ``self``: an abandoned
+        # loop is collected, and the thread sees it gone (within 0.05 s). No ``__del__``: a finalizer is Python code,
+        # and a Ctrl-C whose handler runs there is printed as "Exception ignored" and lost (the train stage drops an
+        # epoch's prefetch as the next epoch starts: a Ctrl-C at that boundary was lost and training went on)
+        self._thread = threading.Thread(target=_produce, args=(iter(items), self._queue, self._stop,
+                                                               weakref.ref(self)), daemon=True, name="engine-prefetch")
         self._thread.start()
 
     def __next__(self):
@@ -129,6 +132,3 @@ class prefetch(Iterator):  # noqa: N801  (used like a function: for batch in pre
 
     def __exit__(self, *exc):
         self.close()
-
-    def __del__(self):
-        self._stop.set()
