@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from pipeline import download, prepare, split, train
+from pipeline.closed_days import CLOSED_DAY_MEANING
 from pipeline import source as source_stage
 
 from .conftest import REPO, default_params
@@ -300,8 +301,9 @@ def test_christmas_when_every_store_closed_a_year_ago_is_served_as_zero(christma
     sink.close()
     closed_events = [json.loads(line)["output"] for line in events.read_text().splitlines()
                      if json.loads(line)["inputs"]["date"] == "2016-12-25"]
-    assert closed_events and all(e == {"unit_sales": 0.0, "expected_units": 0.0, "store_closed": True}
-                                 for e in closed_events), closed_events
+    answered_closed = {"unit_sales": 0.0, "expected_units": 0.0, "store_closed": True,
+                       "closed_reason": CLOSED_DAY_MEANING}  # the reason tells a holiday from closed for good
+    assert closed_events and all(e == answered_closed for e in closed_events), closed_events
 
 
 @pytest.mark.parametrize("days, decision", [(("2016-12-24", "2016-12-25", "2016-12-26"), "promote"),
