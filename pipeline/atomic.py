@@ -24,9 +24,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -178,15 +180,51 @@ def make_readable_by_all(directory: Path) -> None:
 
 
 def swap_in_directory(staging: Path, target: Path) -> None:
-    """Replace ``target`` by the complete ``staging`` directory (a reader sees the old or the new one)."""
+    """Replace ``target`` by the complete ``staging`` directory (a reader sees the old or the new one).
+
+    Ctrl-C and SIGTERM (an exception in a stage: pipeline/stage.py) wait for both renames: raised between them, the
+    caller's cleanup deleted ``staging`` with ``target`` moved aside, and the output was gone."""
     previous = None
     if target.exists():
         previous = target.with_name(f".{target.name}.old-{os.getpid()}")
         shutil.rmtree(previous, ignore_errors=True)
-        os.replace(target, previous)
-    os.replace(staging, target)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
+    swapped = False
+    try:
+        with signals_deferred():
+            if previous is not None:
+                os.replace(target, previous)
+            os.replace(staging, target)
+            swapped = True
+    finally:  # a signal held back is raised as the block ends: the old copy is deleted all the same
+        if swapped and previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+
+
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold back SIGINT and SIGTERM where Python handles them (KeyboardInterrupt, a stage's Terminated) until the
+    block is done, then deliver them: for steps that must not be parted (a signal's default action, killing the
+    process, and SIGKILL still can). Python runs handlers in the main thread only, so elsewhere nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    saved = {}
+    for number in DEFERRED_SIGNALS:
+        handler = signal.getsignal(number)
+        if callable(handler):
+            saved[number] = handler
+            signal.signal(number, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(pending):
+            signal.raise_signal(number)
 
 
 def remove_directory(target: Path | str) -> None:

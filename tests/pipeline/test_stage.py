@@ -194,3 +194,46 @@ def test_sigterm_ends_a_stage_as_ctrl_c_does_one_line_its_cleanup_run_and_status
     assert (done.returncode, done.stderr) == (143, "demo: terminated (SIGTERM); rerun it (an output is only ever "
                                                    "replaced whole: none is half-written)\n")
     assert (tmp_path / "cleaned-up").read_text() == "yes"
+
+
+SWAP_INTERRUPTED_BODY = """
+import os, signal, sys
+from pathlib import Path
+from pipeline.atomic import atomic_directory
+from pipeline.stage import run_stage
+
+SIGNAL = getattr(signal, sys.argv[1])
+target = Path("out")
+
+def between_the_renames(event, args):
+    # the directory swap's second rename (staging -> target): the old output has just been moved aside
+    if event == "os.rename" and str(args[1]) == str(target) and ".tmp" in str(args[0]):
+        os.kill(os.getpid(), SIGNAL)  # docker stop, or Ctrl-C, at the worst moment
+
+def body(args):
+    with atomic_directory(target) as staging:
+        (staging / "model").write_text("new")
+    return "not reached"
+
+sys.addaudithook(between_the_renames)
+sys.exit(run_stage("demo", body, ["--quiet"]))
+"""
+
+
+@pytest.mark.parametrize("signal_name, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_between_a_directory_swaps_renames_leaves_the_new_output_in_place(signal_name, status, tmp_path):
+    """A directory is swapped in by two renames (the old one aside, the new one in). SIGTERM (now an exception, as
+    Ctrl-C's) raised between them unwound through atomic_directory, which deleted the new copy: the output was gone,
+    the old one left only as ``.out.old-<pid>`` for the next write to delete. The swap now finishes first."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model").write_text("old")
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", SWAP_INTERRUPTED_BODY, signal_name], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True, timeout=60)
+    assert done.returncode == status, done.stderr
+    assert (tmp_path / "out" / "model").read_text() == "new"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]  # no staging copy, no old one aside
