@@ -55,7 +55,7 @@ from pipeline.model_params import evaluate_params, feature_params, train_params,
 from pipeline.models import TrainingDiverged
 from pipeline.params import ParamsError, _Section, load_yaml
 from pipeline.stage import run_stage
-from pipeline.train import TrainError
+from pipeline.train import TrainError, weekdays_missed
 
 SWEEP_DIR = "sweep"  # the best candidate's params.yaml, models/candidate and results/ (promote --candidate sweep)
 SUMMARY_FILE = "sweep.json"  # every candidate's scores per window and pooled, the MLflow runs, the verdict
@@ -125,10 +125,14 @@ def sweep_grid(raw: Mapping[str, Any]) -> list[Candidate]:
             _set(params, key, value)
         candidate = Candidate(index, values, params)
         try:
-            feature_params(params), train_params(params), evaluate_params(params)
+            fparams, _, _ = feature_params(params), train_params(params), evaluate_params(params)
             validation_within_horizon(params)
         except ParamsError as exc:
             raise ParamsError(f"sweep.grid: candidate {candidate.label}: {exc}") from None
+        # what train would refuse of any data: said now, naming the candidate, not by its first training run
+        missed = weekdays_missed([-k * fparams.origin_stride_days for k in range(fparams.train_origins)], fparams)
+        if missed:
+            raise ParamsError(f"sweep.grid: candidate {candidate.label}: {missed}")
         candidates.append(candidate)
     return candidates
 

@@ -102,10 +102,22 @@ def origins(history: SalesHistory, fparams: FeatureParams) -> tuple[int, int, li
             f"least {spec.longest_window + 2 * spec.horizon}: shorten those windows to at most "
             f"{max(days - 2 * spec.horizon, 0)} days, or use more data (features.history_days may stay: the days "
             "before the data count as unknown)")
+    missed = weekdays_missed(train, fparams)
+    if missed:
+        raise TrainError(missed)
+    return validation_origin, inner_origin, train
+
+
+def weekdays_missed(train: list[int], fparams: FeatureParams) -> str | None:
+    """Why the training origins ``train`` (column indices) cannot train a model of every weekday, or None: with a
+    horizon under 7 and origins a whole number of weeks apart, every target falls on the same few weekdays (the
+    sweep asks it of each grid candidate's params before training: its origins as they are when the data has room
+    for all of them)."""
+    spec = fparams.spec
     weekdays = {(origin + ahead) % 7 for origin in train for ahead in range(1, spec.horizon + 1)}
     if len(weekdays) < 7:  # the rest are served (the inner validation's and the window's days) but never learnt
         stride = fparams.origin_stride_days
-        raise TrainError(
+        return (
             f"features: the training targets fall on {len(weekdays)} of the 7 weekdays ({len(train)} origin(s) "
             f"features.origin_stride_days={stride} apart, each with features.horizon={spec.horizon} days), so the "
             "model would never learn the weekly cycle of the days it then forecasts (a probe, horizon 2: 20 origins "
@@ -114,7 +126,7 @@ def origins(history: SalesHistory, fparams: FeatureParams) -> tuple[int, int, li
                else "use ")
             + "enough features.train_origins (and data for them) that their targets cover every weekday, or a "
             "features.horizon of 7 or more")
-    return validation_origin, inner_origin, train
+    return None
 
 
 def examples_at(history: SalesHistory, spec: FeatureSpec, vocab: Vocabularies, origin_cols: list[int],

@@ -125,6 +125,22 @@ def test_a_bad_grid_names_its_key(tiny_params, grid, message):
     assert message in str(error.value)
 
 
+def test_a_grid_value_whose_targets_miss_a_weekday_is_named_before_any_training(tiny_params):
+    """train refuses a horizon under 7 whose origins, a whole number of weeks apart, give targets on only some
+    weekdays. A sweep learnt that from its first training run of such a candidate, after every earlier candidate's
+    runs, in words that named no candidate (`sweep: error: features: the training targets fall on 2 of the 7
+    weekdays ...`). The grid is refused before any training, naming the candidate, as a bad grid value is."""
+    params = sweep_params(tiny_params, grid={"features.origin_stride_days": [8, 14]})
+    params["split"]["validation_days"] = 2
+    params["features"].update(horizon=2, train_origins=6, origin_stride_days=8)  # 6 origins 8 days apart: 7 weekdays
+    with pytest.raises(ParamsError) as refused:
+        sweep.sweep_grid(params)
+    assert str(refused.value).startswith("sweep.grid: candidate features.origin_stride_days=14: features: the "
+                                         "training targets fall on 2 of the 7 weekdays"), refused.value
+    params["sweep"]["grid"] = {"features.origin_stride_days": [8, 15]}
+    assert len(sweep.sweep_grid(params)) == 2
+
+
 def test_a_bad_grid_key_stops_the_command_before_any_training(tiny_project, tiny_params, set_params, capsys):
     set_params(tiny_project, sweep_params(tiny_params, grid={"train.hiden_units": [[8]]}))
     assert sweep.main(["--root", str(tiny_project), "--quiet"]) == 1
