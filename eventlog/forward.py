@@ -8,9 +8,11 @@ counts them: TCP_INFO's bytes_acked) and a later emit on a healthy connection su
 least `confirm_after_s` after it: only then is it deleted. When no later event comes, a
 heartbeat (tag `<tag>.heartbeat`, discarded by Fluentd) is that later emit, repeated every `confirm_after_s`
 while a sent segment waits (a connection that died quietly is found by the next send). Any failure re-sends
-every segment not yet confirmed. A link that breaks more often than that (a proxy capping each connection's age
-or bytes) would confirm nothing and re-send the same segments forever, so a segment that ACKED_CONNECTIONS
-different connections *read* is confirmed by that alone: at most that many copies, and progress. A connection
+every segment not yet confirmed. A link that breaks more often than that (a proxy capping each connection's age,
+or its bytes above PROOF_BYTES) would confirm nothing and re-send the same segments forever, so a segment that
+ACKED_CONNECTIONS different connections *read* is confirmed by that alone: at most that many copies, and progress
+(a link capping each connection below PROOF_BYTES never proves a read: its segments go again on every new
+connection for as long as it stays so; README, Prediction logging). A connection
 read a segment when its peer's kernel acknowledged PROOF_BYTES beyond it (a peer that does not read cannot
 acknowledge more than its receive buffer); after a broken link, padded heartbeats carry that proof past the
 last segment. Counting acknowledgements alone, a peer that accepted connections and closed them unread made
