@@ -1,7 +1,7 @@
 """Release variants in the app: a canary answers a sticky share of store×items, a shadow mirrors every request.
 
 Which bundles are the canary and the shadow is decided in the registry (aliases ``canary``
-and ``shadow`` of shelfcast-forecaster; pipeline/release.py moves them and installs the
+and ``shadow`` of the registered model; pipeline/release.py moves them and installs the
 bundles under models/canary and models/shadow); this module only serves what is installed,
 hot-reloading like production. The canary's share comes from models/release.json.
 

@@ -58,7 +58,7 @@ commit-lock:                          ## commit dvc.lock + the metrics files to 
 
 MODEL_ALIAS ?= production
 MODEL_SOURCE ?= mlflow
-fetch-model: $(STAMP)                 ## models:/shelfcast-forecaster@production (MODEL_ALIAS=) from the registry at MLFLOW_TRACKING_URI (MODEL_SOURCE=dvc: the DVC remote)
+fetch-model: $(STAMP)                 ## models:/<params.yaml promote.model_name>@production (MODEL_ALIAS=) from the registry at MLFLOW_TRACKING_URI (MODEL_SOURCE=dvc: the DVC remote)
 	@if [ -n "$$MLFLOW_TRACKING_URI" ]; then \
 	  $(BIN)/python -m pipeline.registry_fetch --alias $(MODEL_ALIAS) --to models/$(MODEL_ALIAS) --from $(MODEL_SOURCE); \
 	else $(BIN)/python -c "from pipeline.bundle import verify_bundle; print('fetch-model: no MLFLOW_TRACKING_URI; local models/production', verify_bundle('models/production')[:12])"; fi

@@ -39,7 +39,8 @@ def _read_json(path: Path) -> dict:
 
 
 def metrics_event(metrics: Mapping[str, Any], evaluation: Mapping[str, Any] | None, source: str = "") -> dict:
-    """The event body: the overall scores (slices stay in MLflow and results/metrics.json)."""
+    """The event body: the overall scores (slices stay in MLflow and results/metrics.json), named by the evaluated
+    bundle's name and version (``bundle_name``, ``bundle_version`` of results/evaluation.json)."""
     try:
         if "validation" in metrics:  # evaluate's layout: the validation window's scores, and the backtest's
             validation = metrics["validation"]
@@ -58,7 +59,7 @@ def metrics_event(metrics: Mapping[str, Any], evaluation: Mapping[str, Any] | No
     except (KeyError, TypeError, ValueError) as exc:
         raise MetricsFileError(f"{source or 'metrics'}: missing or malformed field {exc}") from None
     evaluation = evaluation or {}
-    return {"kind": "validation_metrics", "model_name": "shelfcast-forecaster",
+    return {"kind": "validation_metrics", "model_name": evaluation.get("bundle_name") or "unknown",
             "model_version": evaluation.get("bundle_version") or "unknown", "metrics": body}
 
 

@@ -341,7 +341,7 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     evaluation = {
         "passed": not failures, "failures": failures, "rule": gate_rule(eparams),
         "improvement_interval": pooled_interval.to_json(), "bundle_digest": bundle.digest,
-        "bundle_version": bundle.metadata.get("version"),
+        "bundle_version": bundle.metadata.get("version"), "bundle_name": bundle.metadata.get("name"),
         "candidate_nwrmsle": validation["candidate_nwrmsle"], "baseline_nwrmsle": validation["baseline_nwrmsle"],
         "backtest_candidate_nwrmsle": pooled["candidate_nwrmsle"],
         "backtest_baseline_nwrmsle": pooled["baseline_nwrmsle"],

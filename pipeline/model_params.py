@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.features import CATEGORICAL_FIELDS, FeatureInputError, FeatureSpec
-from pipeline.params import ParamsError, _Section, split_params
+from pipeline.params import ParamsError, _Section, load_yaml, split_params
 
 
 @dataclass(frozen=True)
@@ -155,14 +156,34 @@ def evaluate_params(raw: Mapping[str, Any]) -> EvaluateParams:
     )
 
 
-def promote_params(raw: Mapping[str, Any]) -> PromoteParams:
-    s = _Section(raw.get("promote"), "promote", ("model_name", "alias", "max_regression"))
-    name = s.text("model_name")
+PROMOTE_KEYS = ("model_name", "alias", "max_regression")
+
+
+def model_name_param(raw: Mapping[str, Any]) -> str:
+    """``promote.model_name`` alone, checked as promote_params checks it: the name train gives the bundle, and every
+    command its registered model, need not wait on the rest of the section."""
+    name = _Section(raw.get("promote"), "promote", PROMOTE_KEYS).text("model_name")
     if "'" in name or '"' in name:  # the registry is searched with name='...'
         raise ParamsError(f"promote.model_name: may not contain quotes, got {name!r}")
+    return name
+
+
+def promote_params(raw: Mapping[str, Any]) -> PromoteParams:
+    s = _Section(raw.get("promote"), "promote", PROMOTE_KEYS)
+    name = model_name_param(raw)
     max_regression = s.number("max_regression", 0.0)
     return PromoteParams(model_name=name, alias=registry_alias(s.text("alias"), "promote.alias"),
                          max_regression=max_regression)
+
+
+def registered_model(root: Path | str) -> str:
+    """The MLflow registered model's name: ``promote.model_name`` of the project's params.yaml (``root``), the one
+    definition train (the bundle's name), promote, release and fetch-model read; their ``--name`` may override it."""
+    path = Path(root) / "params.yaml"
+    if not path.is_file():
+        raise ParamsError(f"{path}: not found: the registered model's name is its promote.model_name (run in the "
+                          "project's root folder, pass --root PROJECT, or name the model with --name)")
+    return model_name_param(load_yaml(path))
 
 
 def registry_alias(alias: str, where: str) -> str:

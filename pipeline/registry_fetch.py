@@ -3,10 +3,10 @@
 The ML pipeline's ``promote`` uploads the bundle it installed (rolled forward to the last
 known day) to the candidate's MLflow run under ``serving_bundle/`` and records on the model
 version where it is (``serving_artifact``), its digest (``serving_digest``) and, when DVC
-tracked it, its DVC entry (``dvc_out``: hash, size, files). The app side needs nothing from git: given the
-tracking URI (``MLFLOW_TRACKING_URI``) it resolves ``models:/shelfcast-forecaster@<alias>``
-and downloads the bundle from the tracking server's artifact store, or — ``--from dvc`` —
-pulls the same bytes from the DVC remote by the recorded hash. Either way the bundle is
+tracked it, its DVC entry (``dvc_out``: hash, size, files). The app side needs nothing from git but params.yaml:
+given the tracking URI (``MLFLOW_TRACKING_URI``) it resolves ``models:/<name>@<alias>`` (the name: params.yaml's
+``promote.model_name``, or ``--name``) and downloads the bundle from the tracking server's artifact store, or —
+``--from dvc`` — pulls the same bytes from the DVC remote by the recorded hash. Either way the bundle is
 verified against the digest the registry recorded, and must pass the app's own check that it can serve
 (pipeline/bundle_checks.py: finite, moderate weights, plausible forecasts, a possible history), before it is
 installed; a bundle that fails either is refused and what was installed stays.
@@ -33,7 +33,8 @@ from pipeline.atomic import scratch_directory
 from pipeline.bundle import BundleError, copy_bundle, verify_bundle
 from pipeline.bundle_checks import load_servable
 from pipeline.stage import output_any_terminal_can_take
-from pipeline.model_params import registry_alias
+from pipeline.model_params import registered_model, registry_alias
+from pipeline.params import ParamsError
 from pipeline.release_store import PRODUCTION
 
 SERVING_ARTIFACT = "serving_bundle"
@@ -83,9 +84,11 @@ class Fetched:
     seconds: float
 
 
-def resolve(root: Path, alias: str, name: str = tracking.REGISTERED_MODEL):
+def resolve(root: Path, alias: str, name: str | None = None):
     """The model version ``models:/<name>@<alias>`` names; FetchError when there is none."""
     from mlflow.exceptions import MlflowException
+
+    name = name or registered_model(root)
 
     try:
         return tracking.client(root, create=False).get_model_version_by_alias(name, alias)
@@ -203,8 +206,9 @@ def _dvc_pull(root: Path, version, name: str = "fetch"):
         clean()
 
 
-def fetch(root: Path, alias: str, target: Path, name: str = tracking.REGISTERED_MODEL, via: str = "mlflow") -> Fetched:
+def fetch(root: Path, alias: str, target: Path, name: str | None = None, via: str = "mlflow") -> Fetched:
     """Install the bundle of ``models:/<name>@<alias>`` at ``target`` (verified; atomic)."""
+    name = name or registered_model(root)
     started = time.perf_counter()
     version = resolve(root, alias, name)
     target = target if target.is_absolute() else root / target
@@ -232,11 +236,11 @@ def main(argv=None) -> int:
     parser.add_argument("--to", type=Path, default=Path("models/production"), help="where to install the bundle")
     parser.add_argument("--from", dest="via", choices=("mlflow", "dvc"), default="mlflow",
                         help="the tracking server's artifact store (default) or the DVC remote")
-    parser.add_argument("--name", default=tracking.REGISTERED_MODEL, help="registered model name")
+    parser.add_argument("--name", help="registered model name (default: promote.model_name of --root's params.yaml)")
     args = parser.parse_args(argv)
     try:
         got = fetch(args.root.resolve(), args.alias, args.to, args.name, args.via)
-    except (FetchError, BundleError, tracking.TrackingError) as exc:
+    except (FetchError, BundleError, tracking.TrackingError, ParamsError) as exc:
         print(f"fetch-model: error: {exc}", file=sys.stderr)
         return 1
     how = "already installed at" if got.source == ALREADY_INSTALLED else f"from {got.source} ->"

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 from pipeline.atomic import process_alive
+from pipeline.model_params import registered_model
 from pipeline.stage import StageError
 
 EXPERIMENT_NAME = "shelfcast"
-REGISTERED_MODEL = "shelfcast-forecaster"
+# The registered model's name is no constant: params.yaml's promote.model_name (model_params.registered_model)
 PRODUCTION_ALIAS = "production"
 BUNDLE_ARTIFACT_PATH = "bundle"
 # MLflow 3's UI reads this experiment tag to choose its view; "custom_model_development" is its
@@ -290,8 +291,9 @@ def access_hint(exc: BaseException) -> str:
                 "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account of that server")
     who = f"user {user!r} (MLFLOW_TRACKING_USERNAME)" if user else "this account"
     return (f"; {who} lacks the permission: train, evaluate and promote need EDIT on the experiment "
-            f"{EXPERIMENT_NAME!r}, promote and release EDIT on the registered model {REGISTERED_MODEL!r}, fetch-model "
-            "READ on both, which the server's admin grants (MLflow basic-auth: its permissions API); a basic-auth "
+            f"{EXPERIMENT_NAME!r}, promote and release EDIT on the registered model (params.yaml's "
+            "promote.model_name), fetch-model READ on both, which the server's admin grants (MLflow basic-auth: its "
+            "permissions API); a basic-auth "
             "server also answers 403 for a registered model that does not exist yet")
 
 
@@ -656,11 +658,12 @@ def _alias_version(mlflow_client, name: str, alias: str):
         raise
 
 
-def production_version(project_root: Path | str, name: str = REGISTERED_MODEL, alias: str = PRODUCTION_ALIAS):
+def production_version(project_root: Path | str, name: str | None = None, alias: str = PRODUCTION_ALIAS):
     """The model version the alias (``production``) points at, or None when there is none; TrackingError when the
-    registry cannot say."""
+    registry cannot say. ``name``: the project's registered model (params.yaml) unless given."""
     from mlflow.exceptions import MlflowException
 
+    name = name or registered_model(project_root)
     mlflow_client = client(project_root)
     try:
         return _alias_version(mlflow_client, name, alias)
@@ -681,11 +684,12 @@ def _version_of_bundle(mlflow_client, name: str, bundle_digest: str):
     return existing[0] if existing else None
 
 
-def version_of_bundle(project_root: Path | str, bundle_digest: str, name: str = REGISTERED_MODEL):
+def version_of_bundle(project_root: Path | str, bundle_digest: str, name: str | None = None):
     """The model version registered from this bundle (tag ``bundle_digest``; the lowest, should two promotes have
-    raced), or None: the one ``register_production`` would reuse."""
+    raced), or None: the one ``register_production`` would reuse. ``name``: the project's (params.yaml) unless given."""
     from mlflow.exceptions import MlflowException
 
+    name = name or registered_model(project_root)
     try:
         return _version_of_bundle(client(project_root), name, bundle_digest)
     except MlflowException as exc:
@@ -734,17 +738,18 @@ def hold(variable: str) -> None:
 
 
 def register_production(project_root: Path | str, run_id: str, bundle_digest: str, tags: Mapping[str, str],
-                        name: str = REGISTERED_MODEL, alias: str = PRODUCTION_ALIAS):
+                        name: str | None = None, alias: str = PRODUCTION_ALIAS):
     """Register the run's bundle as a model version and point the alias (``production``) at it.
 
     Idempotent: a version of this bundle (same digest) is reused as it is, not registered twice, even by two
     promotes racing on two hosts (``_one_version_per_bundle``: the one that registered second keeps the first's and
     returns created False): ``run_id`` and ``tags`` are then ignored (its run, serving bundle and tags are what it
     was promoted with; pipeline/promote.py installs that version's serving bundle, never another). Returns
-    (version, created: bool).
+    (version, created: bool). ``name``: the project's registered model (params.yaml) unless given.
     """
     from mlflow.exceptions import MlflowException
 
+    name = name or registered_model(project_root)
     mlflow_client = client(project_root)
     try:
         try:

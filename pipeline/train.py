@@ -53,7 +53,7 @@ from pipeline.features import (
 )
 from pipeline.history import SalesHistory, future_calendar, load_history, snapshot_at
 from pipeline.metrics import nwrmsle
-from pipeline.model_params import (FeatureParams, TrainParams, feature_params, train_params,
+from pipeline.model_params import (FeatureParams, TrainParams, feature_params, model_name_param, train_params,
                                    validation_within_horizon)
 from pipeline.params import load_yaml
 from pipeline.stage import run_stage
@@ -354,6 +354,7 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     home = root if candidate_root is None else Path(candidate_root)
     raw = load_yaml(home / "params.yaml")
     fparams, tparams = feature_params(raw), train_params(raw)
+    model_name_param(raw)  # promote.model_name names the bundle: a bad one refused now, not after training
     validation_within_horizon(raw)
     with one_train(home):
         return _run(root, home, raw, fparams, tparams, quiet, started)
@@ -431,7 +432,7 @@ def _run(root: Path, home: Path, raw: dict, fparams: FeatureParams, tparams: Tra
             graph_io.update(models.export_model(config, result.weights, directory, result.expected_factor))
 
         metadata = {
-            "name": tracking.REGISTERED_MODEL,
+            "name": model_name_param(raw),  # the registered model's (promote registers it under it)
             "version": bundle_version(tparams.model, versions["code_version"], versions["data_version"],
                                       bundle_params),
             **versions, "params": bundle_params,

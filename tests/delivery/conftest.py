@@ -12,13 +12,30 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+MODEL_NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
+
 REPO = Path(__file__).resolve().parents[2]
+
+
+def a_clone(path: Path) -> Path:
+    """A serving host's checkout as far as `release` and `fetch-model` read it: the repository's params.yaml, whose
+    promote.model_name names the registered model (the tiny projects' name too), and nothing else."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(REPO / "params.yaml", path / "params.yaml")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def host_checkout(tmp_path):
+    """Each test's tmp_path, the host root most of them run `release` and `fetch-model` in, is a_clone."""
+    return a_clone(tmp_path)
 
 
 def predict_status(url: str, instance: dict) -> int:
@@ -101,15 +118,15 @@ def host(released, registry_env, tmp_path):
     client = tracking.client(tmp_path)
 
     def registry_as_released() -> None:
-        client.set_registered_model_alias(tracking.REGISTERED_MODEL, PRODUCTION, versions["production"])
-        client.set_registered_model_alias(tracking.REGISTERED_MODEL, CANARY, versions["canary"])
+        client.set_registered_model_alias(MODEL_NAME, PRODUCTION, versions["production"])
+        client.set_registered_model_alias(MODEL_NAME, CANARY, versions["canary"])
         for alias in (SHADOW,):
             try:
-                client.delete_registered_model_alias(tracking.REGISTERED_MODEL, alias)
+                client.delete_registered_model_alias(MODEL_NAME, alias)
             except Exception:  # noqa: BLE001 (absent already)
                 pass
-        client.delete_registered_model_tag(tracking.REGISTERED_MODEL, release.PREVIOUS_TAG) if release.PREVIOUS_TAG \
-            in (client.get_registered_model(tracking.REGISTERED_MODEL).tags or {}) else None
+        client.delete_registered_model_tag(MODEL_NAME, release.PREVIOUS_TAG) if release.PREVIOUS_TAG \
+            in (client.get_registered_model(MODEL_NAME).tags or {}) else None
 
     registry_as_released()
     store = ReleaseStore(tmp_path / "models", keep=2)

@@ -21,6 +21,8 @@ from pipeline import registry_fetch, tracking
 from pipeline.bundle import CHECKSUMS_FILE, DATA_FILES, GRAPH_FILES, verify_bundle
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 
+MODEL_NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -58,7 +60,7 @@ def test_what_the_store_installs_is_readable_by_the_containers_user(released, re
     assert user.split(":")[0] not in ("0", "root")  # another uid than the host's: "others" permissions apply
     root, _, _ = released  # a real serving bundle: the store installs none the app would refuse
     client = tracking.client(root)
-    version = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, PRODUCTION)
+    version = client.get_model_version_by_alias(MODEL_NAME, PRODUCTION)
     source = Path(client.download_artifacts(version.run_id, version.tags[registry_fetch.TAG_ARTIFACT],
                                             str(tmp_path)))
     for name in GRAPH_FILES + DATA_FILES + (CHECKSUMS_FILE,):

@@ -21,6 +21,10 @@ from pipeline.bundle import BundleError, copy_bundle, verify_bundle
 from pipeline.release_store import CANARY, PRODUCTION
 from tests.app.tiny_bundle import absurd_item_row, tampered_bundle, tensor_of
 
+from .conftest import a_clone
+
+MODEL_NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
+
 IMPLAUSIBLE_ALIAS = "implausible"
 
 
@@ -43,7 +47,7 @@ def implausible(request, released, registry_env, tmp_path):
     root, _, _ = released
     make_change, reason = CHANGES[request.param]
     client = tracking.client(root)
-    production = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, PRODUCTION)
+    production = client.get_model_version_by_alias(MODEL_NAME, PRODUCTION)
     good = tmp_path / "registered"
     good.mkdir()
     local = Path(client.download_artifacts(production.run_id, production.tags[registry_fetch.TAG_ARTIFACT], str(good)))
@@ -53,23 +57,23 @@ def implausible(request, released, registry_env, tmp_path):
     run = client.create_run(client.get_experiment_by_name(tracking.EXPERIMENT_NAME).experiment_id)
     client.log_artifacts(run.info.run_id, str(bad), registry_fetch.SERVING_ARTIFACT)
     client.set_terminated(run.info.run_id)
-    version = client.create_model_version(tracking.REGISTERED_MODEL, f"runs:/{run.info.run_id}/serving_bundle",
+    version = client.create_model_version(MODEL_NAME, f"runs:/{run.info.run_id}/serving_bundle",
                                           run_id=run.info.run_id)
     tags = {k: v for k, v in production.tags.items() if k != registry_fetch.TAG_DVC}
     tags[registry_fetch.TAG_DIGEST] = verify_bundle(bad)  # passes verification: only the check can refuse it
     for key, value in tags.items():
-        client.set_model_version_tag(tracking.REGISTERED_MODEL, version.version, key, value)
-    client.set_registered_model_alias(tracking.REGISTERED_MODEL, IMPLAUSIBLE_ALIAS, version.version)
+        client.set_model_version_tag(MODEL_NAME, version.version, key, value)
+    client.set_registered_model_alias(MODEL_NAME, IMPLAUSIBLE_ALIAS, version.version)
     try:
         yield str(version.version), reason, bad
     finally:
-        client.delete_model_version(tracking.REGISTERED_MODEL, version.version)
+        client.delete_model_version(MODEL_NAME, version.version)
         client.delete_run(run.info.run_id)
 
 
 def test_fetch_model_refuses_it_and_keeps_what_was_installed(implausible, tmp_path, capsys):
     version, reason, _ = implausible
-    fresh = tmp_path / "host"
+    fresh = a_clone(tmp_path / "host")
     target = fresh / "models/production"
     assert registry_fetch.main(["--root", str(fresh)]) == 0  # the good production first
     before = verify_bundle(target)
@@ -79,7 +83,7 @@ def test_fetch_model_refuses_it_and_keeps_what_was_installed(implausible, tmp_pa
     assert err.startswith(f"fetch-model: error: version {version}: "), err
     assert reason in err and "runs:/" in err, err
     assert verify_bundle(target) == before  # what was there stays
-    empty = tmp_path / "empty"
+    empty = a_clone(tmp_path / "empty")
     assert registry_fetch.main(["--root", str(empty), "--alias", IMPLAUSIBLE_ALIAS, "--to", "models/canary"]) == 1
     assert not (empty / "models/canary").exists()
     assert sorted(p.name for p in (empty / "models").iterdir()) == []  # no scratch copy left either
@@ -91,7 +95,7 @@ def test_release_sync_refuses_it_for_production_and_for_a_candidate(implausible,
     served = {variant: store.served_digest(variant) for variant in (PRODUCTION, CANARY)}
     client = tracking.client(root)
     for variant in (PRODUCTION, CANARY):
-        client.set_registered_model_alias(tracking.REGISTERED_MODEL, variant, version)
+        client.set_registered_model_alias(MODEL_NAME, variant, version)
         capsys.readouterr()
         assert release.main(["sync", "--root", str(root), "--models", str(store.root)]) == 1
         err = capsys.readouterr().err.strip().splitlines()[-1]  # (after MLflow's download progress)
@@ -99,7 +103,7 @@ def test_release_sync_refuses_it_for_production_and_for_a_candidate(implausible,
         assert reason in err and f"version {version}" in err, err
         assert {v: store.served_digest(v) for v in (PRODUCTION, CANARY)} == served  # what was there stays
         assert not store.release_dir(version).exists()  # nor kept among the releases to install later
-        client.set_registered_model_alias(tracking.REGISTERED_MODEL, variant, versions[variant])
+        client.set_registered_model_alias(MODEL_NAME, variant, versions[variant])
 
 
 def test_a_release_an_older_sync_kept_on_disk_is_checked_before_it_serves(implausible, host, capsys):
@@ -109,7 +113,7 @@ def test_a_release_an_older_sync_kept_on_disk_is_checked_before_it_serves(implau
     version, reason, bad = implausible
     copy_bundle(bad, store.release_dir(version))  # as an older `release sync` left it
     served = store.served_digest(PRODUCTION)
-    tracking.client(root).set_registered_model_alias(tracking.REGISTERED_MODEL, PRODUCTION, version)
+    tracking.client(root).set_registered_model_alias(MODEL_NAME, PRODUCTION, version)
     capsys.readouterr()
     assert release.main(["sync", "--root", str(root), "--models", str(store.root)]) == 1
     err = capsys.readouterr().err.strip()

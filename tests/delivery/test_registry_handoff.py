@@ -12,36 +12,38 @@ import pytest
 from pipeline import registry_fetch, tracking
 from pipeline.bundle import load_bundle, verify_bundle
 
-from .conftest import REPO
+from .conftest import REPO, a_clone
+
+MODEL_NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
 
 
 def test_promote_records_where_the_serving_bundle_is(released, registry_env):
     root, _, versions = released
-    version = tracking.client(root).get_model_version_by_alias(tracking.REGISTERED_MODEL, "production")
+    version = tracking.client(root).get_model_version_by_alias(MODEL_NAME, "production")
     assert str(version.version) == versions["production"] == "1"
     assert version.tags[registry_fetch.TAG_ARTIFACT] == registry_fetch.SERVING_ARTIFACT
     assert len(version.tags[registry_fetch.TAG_DIGEST]) == 64
-    canary = tracking.client(root).get_model_version_by_alias(tracking.REGISTERED_MODEL, "canary")
+    canary = tracking.client(root).get_model_version_by_alias(MODEL_NAME, "canary")
     assert str(canary.version) == versions["canary"] == "2"
     assert canary.tags[registry_fetch.TAG_DIGEST] != version.tags[registry_fetch.TAG_DIGEST]
 
 
 def test_fetch_by_alias_into_an_empty_directory(released, registry_env, tmp_path):
-    fresh = tmp_path / "host"
+    fresh = a_clone(tmp_path / "host")
     assert registry_fetch.main(["--root", str(fresh), "--alias", "production"]) == 0
-    version = tracking.client(fresh).get_model_version_by_alias(tracking.REGISTERED_MODEL, "production")
+    version = tracking.client(fresh).get_model_version_by_alias(MODEL_NAME, "production")
     assert verify_bundle(fresh / "models/production") == version.tags[registry_fetch.TAG_DIGEST]
 
 
 def test_a_second_fetch_of_the_installed_version_downloads_nothing(released, registry_env, tmp_path, capsys):
-    fresh = tmp_path / "host"
+    fresh = a_clone(tmp_path / "host")
     args = ["--root", str(fresh), "--alias", "production"]
     assert registry_fetch.main(args) == 0 and "from mlflow" in capsys.readouterr().out
     assert registry_fetch.main(args) == 0 and "already installed at" in capsys.readouterr().out
     damaged = next(p for p in sorted((fresh / "models/production").rglob("*")) if p.is_file())
     damaged.write_bytes(b"damaged")
     assert registry_fetch.main(args) == 0 and "from mlflow" in capsys.readouterr().out  # fetched again
-    version = tracking.client(fresh).get_model_version_by_alias(tracking.REGISTERED_MODEL, "production")
+    version = tracking.client(fresh).get_model_version_by_alias(MODEL_NAME, "production")
     assert verify_bundle(fresh / "models/production") == version.tags[registry_fetch.TAG_DIGEST]
 
 
@@ -49,8 +51,7 @@ def test_a_second_fetch_of_the_installed_version_downloads_nothing(released, reg
 def test_a_fresh_clone_with_only_the_tracking_uri_fetches_and_can_serve(released, registry_env, tmp_path):
     from app.predictor import load_model
 
-    fresh = tmp_path / "app-runner"
-    fresh.mkdir()
+    fresh = a_clone(tmp_path / "app-runner")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(REPO)}
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pipeline.registry_fetch", "--root", str(fresh), "--alias", "canary",
@@ -58,7 +59,7 @@ def test_a_fresh_clone_with_only_the_tracking_uri_fetches_and_can_serve(released
     seconds = time.perf_counter() - started
     assert done.returncode == 0, done.stderr
     assert "version 2" in done.stdout, done.stdout
-    version = tracking.client(fresh).get_model_version_by_alias(tracking.REGISTERED_MODEL, "canary")
+    version = tracking.client(fresh).get_model_version_by_alias(MODEL_NAME, "canary")
     assert verify_bundle(fresh / "models/canary") == version.tags[registry_fetch.TAG_DIGEST]
     model = load_model(fresh / "models/canary")  # verified, warmed up, plausible: it can serve
     # the rolled-forward bundle (forecasts the days after the data), not the evaluated candidate
@@ -84,14 +85,14 @@ def test_a_new_registry_without_production_says_how_the_first_one_is_made(tmp_pa
 def test_a_bundle_that_is_not_the_registered_one_is_refused(released, registry_env, tmp_path):
     root, _, _ = released
     mlflow_client = tracking.client(root)
-    version = mlflow_client.get_model_version_by_alias(tracking.REGISTERED_MODEL, "production")
+    version = mlflow_client.get_model_version_by_alias(MODEL_NAME, "production")
     recorded = version.tags[registry_fetch.TAG_DIGEST]
-    mlflow_client.set_model_version_tag(tracking.REGISTERED_MODEL, version.version, registry_fetch.TAG_DIGEST, "0" * 64)
+    mlflow_client.set_model_version_tag(MODEL_NAME, version.version, registry_fetch.TAG_DIGEST, "0" * 64)
     try:
         assert registry_fetch.main(["--root", str(tmp_path), "--to", str(tmp_path / "models/production")]) == 1
         assert not (tmp_path / "models/production").exists()
     finally:
-        mlflow_client.set_model_version_tag(tracking.REGISTERED_MODEL, version.version, registry_fetch.TAG_DIGEST,
+        mlflow_client.set_model_version_tag(MODEL_NAME, version.version, registry_fetch.TAG_DIGEST,
                                             recorded)
 
 
@@ -101,9 +102,9 @@ def test_a_damaged_dvc_tag_is_a_clear_error(released, registry_env, tmp_path, ca
     `fetch-model --from dvc` (and release sync) end in a JSONDecodeError or TypeError traceback."""
     root, _, _ = released
     mlflow_client = tracking.client(root)
-    version = mlflow_client.get_model_version_by_alias(tracking.REGISTERED_MODEL, "production")
+    version = mlflow_client.get_model_version_by_alias(MODEL_NAME, "production")
     before = (version.tags or {}).get(registry_fetch.TAG_DVC)
-    mlflow_client.set_model_version_tag(tracking.REGISTERED_MODEL, version.version, registry_fetch.TAG_DVC, recorded)
+    mlflow_client.set_model_version_tag(MODEL_NAME, version.version, registry_fetch.TAG_DVC, recorded)
     (tmp_path / ".dvc").mkdir()  # a DVC project: the entry is read before DVC runs
     try:
         assert registry_fetch.main(["--root", str(tmp_path), "--from", "dvc"]) == 1
@@ -112,9 +113,9 @@ def test_a_damaged_dvc_tag_is_a_clear_error(released, registry_env, tmp_path, ca
         assert not (tmp_path / "models/production").exists()
     finally:
         if before is None:
-            mlflow_client.delete_model_version_tag(tracking.REGISTERED_MODEL, version.version, registry_fetch.TAG_DVC)
+            mlflow_client.delete_model_version_tag(MODEL_NAME, version.version, registry_fetch.TAG_DVC)
         else:
-            mlflow_client.set_model_version_tag(tracking.REGISTERED_MODEL, version.version, registry_fetch.TAG_DVC,
+            mlflow_client.set_model_version_tag(MODEL_NAME, version.version, registry_fetch.TAG_DVC,
                                                 before)
 
 
@@ -123,10 +124,10 @@ def test_a_version_registered_by_hand_is_refused(released, registry_env, tmp_pat
     test, never rolled forward) was installed as production with nothing verified."""
     root, _, _ = released
     mlflow_client = tracking.client(root)
-    production = mlflow_client.get_model_version_by_alias(tracking.REGISTERED_MODEL, "production")
-    by_hand = mlflow_client.create_model_version(tracking.REGISTERED_MODEL, f"runs:/{production.run_id}/bundle",
+    production = mlflow_client.get_model_version_by_alias(MODEL_NAME, "production")
+    by_hand = mlflow_client.create_model_version(MODEL_NAME, f"runs:/{production.run_id}/bundle",
                                                  run_id=production.run_id)
-    mlflow_client.set_registered_model_alias(tracking.REGISTERED_MODEL, "by-hand", by_hand.version)
+    mlflow_client.set_registered_model_alias(MODEL_NAME, "by-hand", by_hand.version)
     try:
         assert registry_fetch.main(["--root", str(tmp_path), "--alias", "by-hand",
                                     "--to", str(tmp_path / "models/production")]) == 1
@@ -135,14 +136,14 @@ def test_a_version_registered_by_hand_is_refused(released, registry_env, tmp_pat
         # nor when the bundle is already installed where it would go: the tags are asked first
         assert registry_fetch.main(["--root", str(tmp_path), "--to", str(tmp_path / "models/production")]) == 0
         for key, value in production.tags.items():
-            mlflow_client.set_model_version_tag(tracking.REGISTERED_MODEL, by_hand.version, key, value)
-        mlflow_client.set_model_version_tag(tracking.REGISTERED_MODEL, by_hand.version, "threshold_test", "failed")
+            mlflow_client.set_model_version_tag(MODEL_NAME, by_hand.version, key, value)
+        mlflow_client.set_model_version_tag(MODEL_NAME, by_hand.version, "threshold_test", "failed")
         capsys.readouterr()
         assert registry_fetch.main(["--root", str(tmp_path), "--alias", "by-hand",
                                     "--to", str(tmp_path / "models/production")]) == 1
         assert "was not registered by `pipeline.promote`" in capsys.readouterr().err
     finally:
-        mlflow_client.delete_model_version(tracking.REGISTERED_MODEL, by_hand.version)
+        mlflow_client.delete_model_version(MODEL_NAME, by_hand.version)
 
 
 @pytest.mark.slow
@@ -171,7 +172,7 @@ def test_from_the_dvc_remote_by_the_recorded_entry(released, tmp_path, monkeypat
     train.run(ml, quiet=True)
     assert evaluate.main(["--root", str(ml), "--quiet"]) == 0
     assert "push" in promote.run(ml, quiet=True)["dvc"]
-    version = tracking.client(ml).get_model_version_by_alias(tracking.REGISTERED_MODEL, "production")
+    version = tracking.client(ml).get_model_version_by_alias(MODEL_NAME, "production")
     assert registry_fetch.TAG_DVC in version.tags
     app = tmp_path / "app"
     assert registry_fetch.main(["--root", str(app), "--from", "dvc"]) == 0

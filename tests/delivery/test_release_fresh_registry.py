@@ -34,4 +34,4 @@ def test_a_folder_with_no_store_is_refused_and_left_as_it_was(command, tmp_path,
     assert len(err.splitlines()) == 1, err
     assert f"no MLflow store in {tmp_path} (mlflow.db not found)" in err
     assert "--root PROJECT" in err and "python -m pipeline.promote" in err and "MLFLOW_TRACKING_URI" in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # the clone's own (conftest.a_clone)

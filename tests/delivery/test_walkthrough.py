@@ -20,7 +20,9 @@ import pytest
 from pipeline import tracking
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW
 
-from .conftest import REPO
+from .conftest import REPO, a_clone
+
+MODEL_NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
 
 WALKTHROUGH = REPO / "docs" / "walkthrough.md"
 RELEASE_PART = "## 3. Release"  # parts 1-2 train (a fresh clone at a small scale); 3-5 release (a registry, an app)
@@ -97,7 +99,7 @@ def test_the_loop_and_the_broken_gate_run_on_a_fresh_clone(tmp_path, monkeypatch
                 served = readme.Background(command, laptop, env, tmp_path / "mlflow-ui.log")
                 try:
                     served.wait_until(f"http://127.0.0.1:{port}/health", 180)
-                    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/get?name={tracking.REGISTERED_MODEL}"
+                    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/get?name={MODEL_NAME}"
                     with urllib.request.urlopen(url, timeout=30) as answer:
                         model = json.loads(answer.read())["registered_model"]
                     assert {a["alias"]: a["version"] for a in model["aliases"]} == {PRODUCTION: "1"}, model
@@ -114,7 +116,7 @@ def test_the_loop_and_the_broken_gate_run_on_a_fresh_clone(tmp_path, monkeypatch
                 assert done.returncode == 0, (command, output[-3000:])
             print(f"{command}: exit {done.returncode} after {time.monotonic() - started:.0f} s")
     assert json.loads((laptop / "results" / "evaluation.json").read_text(encoding="utf-8"))["passed"]
-    versions = tracking.client(laptop).search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")
+    versions = tracking.client(laptop).search_model_versions(f"name='{MODEL_NAME}'")
     assert len(versions) == 1  # the refused promote registered nothing
     assert subprocess.run(["git", "status", "--porcelain", "params.yaml"], cwd=laptop, capture_output=True,
                           text=True).stdout == ""  # the page's fix put params.yaml back as it was
@@ -128,7 +130,7 @@ def test_every_release_command_runs_in_order(released, registry_env, tmp_path):
 
     _, uri, versions = released
     client = tracking.client(tmp_path)
-    name = tracking.REGISTERED_MODEL
+    name = MODEL_NAME
     # where part 2 leaves the registry: the CI's candidate (version 2) is @shadow
     client.set_registered_model_alias(name, PRODUCTION, versions["production"])
     client.set_registered_model_alias(name, SHADOW, versions["canary"])
@@ -136,8 +138,7 @@ def test_every_release_command_runs_in_order(released, registry_env, tmp_path):
         client.delete_registered_model_alias(name, CANARY)
     except Exception:  # noqa: BLE001 (absent already)
         pass
-    host = tmp_path / "host"
-    host.mkdir()
+    host = a_clone(tmp_path / "host")  # "any clone of this repository": its params.yaml names the model
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO),
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
            "SHELFCAST_PREDICTION_LOG": str(host / "logs" / "predictions.jsonl")}

@@ -41,11 +41,11 @@ from pipeline import release, tracking
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 
 from .actions import run_workflow, runner_environment, unset_secrets
-from .conftest import REPO, evaluate_and_promote, predict_status, tiny_bundle_module
+from .conftest import REPO, a_clone, evaluate_and_promote, predict_status, tiny_bundle_module
 from .runners import clone, git, set_params, source_repository
 
 pytestmark = pytest.mark.slow
-NAME = tracking.REGISTERED_MODEL
+NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
 NOT_RUN = {"make test": "the test suite this test runs inside (CI runs it: .ci/run)"}
 # the serving host's runner: a shorter release than the defaults (README "Releases"), so the test stays short
 RELEASE_SETTINGS = {"SHADOW_S": "10", "CANARY_SHARE": "0.5", "OBSERVE_S": "40", "SMOKE_REQUESTS": "60"}
@@ -163,7 +163,7 @@ def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, mo
     operator = tmp_path / "operator"
     tiny_bundle_module().build_tiny_project(operator)
     evaluate_and_promote(operator, PRODUCTION)
-    host = tmp_path / "host"
+    host = a_clone(tmp_path / "host")
     store, events = ReleaseStore(host / "models"), host / "logs" / "predictions.jsonl"
     release.sync(host, store)
     served = ServedWithUsers(store, events, tmp_path, None)

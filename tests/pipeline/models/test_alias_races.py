@@ -21,7 +21,7 @@ import pytest
 from pipeline import tracking
 
 REPO = Path(__file__).resolve().parents[3]
-NAME = tracking.REGISTERED_MODEL
+NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def mover(project: Path, version: str, **holds: Path) -> subprocess.Popen:
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen(
         [sys.executable, "-c", "import sys\nfrom pipeline import tracking\n"
-         "tracking.point_alias(tracking.client(sys.argv[1]), tracking.REGISTERED_MODEL, 'production', sys.argv[2])",
+         "tracking.point_alias(tracking.client(sys.argv[1]), 'shelfcast-forecaster', 'production', sys.argv[2])",
          str(project), version], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -17,6 +17,8 @@ import pandas as pd
 
 from pipeline.bundle import load_bundle, verify_bundle
 
+MODEL_NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
+
 
 def test_a_passing_candidate_is_promoted_once(trained_project, capsys):
     root, summary = trained_project
@@ -169,7 +171,7 @@ def test_in_a_dvc_project_the_production_bundle_is_pushed_when_there_is_a_remote
     assert "dvc_out" not in tracking.production_version(root).tags
     remote = root.parent / "remote"
     assert promote._dvc(root, "remote", "add", "-d", "local", str(remote)).returncode == 0
-    tracking.client(root).delete_model_version(tracking.REGISTERED_MODEL, "1")  # register anew, with the entry
+    tracking.client(root).delete_model_version(MODEL_NAME, "1")  # register anew, with the entry
     summary = promote.run(root, quiet=True)
     assert "push" in summary["dvc"] and remote.is_dir() and any(remote.rglob("*"))
     assert not (root / "models/production.dvc").exists() and not (root / "models/promoted-production.dvc").exists()
@@ -178,7 +180,7 @@ def test_in_a_dvc_project_the_production_bundle_is_pushed_when_there_is_a_remote
     assert entry["md5"].endswith(".dir") and entry["path"] == "promoted-production"
     # a candidate alias (CI: SHELFCAST_PROMOTE_ALIAS=shadow) is pushed too: its staging folder's .dvc file is one
     # git does not ignore (DVC refuses to write an ignored one: every CI promote was refused)
-    tracking.client(root).delete_model_version(tracking.REGISTERED_MODEL, tracking.production_version(root).version)
+    tracking.client(root).delete_model_version(MODEL_NAME, tracking.production_version(root).version)
     import os
 
     os.environ["SHELFCAST_PROMOTE_ALIAS"] = "shadow"
@@ -187,7 +189,7 @@ def test_in_a_dvc_project_the_production_bundle_is_pushed_when_there_is_a_remote
     finally:
         del os.environ["SHELFCAST_PROMOTE_ALIAS"]
     assert "push" in summary["dvc"] and summary["alias"] == "shadow" and summary["moved"] is True
-    shadow = tracking.client(root).get_model_version_by_alias(tracking.REGISTERED_MODEL, "shadow")
+    shadow = tracking.client(root).get_model_version_by_alias(MODEL_NAME, "shadow")
     assert json.loads(shadow.tags["dvc_out"])["md5"].endswith(".dir")
     assert not list((root / "models").glob("promoted-*"))
 

@@ -26,6 +26,8 @@ from pipeline.registry_fetch import TAG_DIGEST
 from pipeline.release_store import ReleaseStore
 from tests.conftest import small_disk
 
+MODEL_NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
+
 CANDIDATE_STATE = ("models/candidate", "results", "params.yaml")
 
 
@@ -228,7 +230,7 @@ def test_a_candidate_alias_promoted_again_as_production_is_neither_uploaded_nor_
     summary = promote.run(root, quiet=True)
     assert summary["version"] == "1" and not summary["registered"] and not summary["installed"]
     assert summary["alias"] == "shadow" and summary["moved"] is False
-    assert "shadow" not in tracking.client(root).get_registered_model(tracking.REGISTERED_MODEL).aliases
+    assert "shadow" not in tracking.client(root).get_registered_model(MODEL_NAME).aliases
     assert tracking.client(root).list_artifacts(retrained["run_id"], "serving_bundle") == []
     assert verify_bundle(root / "models/production") == v1.tags[TAG_DIGEST] and leftovers(root) == []
 
@@ -238,8 +240,8 @@ def test_a_bundle_registered_by_hand_without_a_serving_bundle_is_refused(trained
     root, summary = trained_project
     assert evaluate.main(["--root", str(root), "--quiet"]) == 0
     client = tracking.client(root)
-    client.create_registered_model(tracking.REGISTERED_MODEL)
-    client.create_model_version(tracking.REGISTERED_MODEL, f"runs:/{summary['run_id']}/bundle",
+    client.create_registered_model(MODEL_NAME)
+    client.create_model_version(MODEL_NAME, f"runs:/{summary['run_id']}/bundle",
                                 run_id=summary["run_id"], tags={tracking.BUNDLE_DIGEST_TAG: summary["digest"]})
     capsys.readouterr()
     assert promote.main(["--root", str(root), "--quiet"]) == promote.REFUSED

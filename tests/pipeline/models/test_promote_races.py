@@ -9,6 +9,7 @@ the lowest, and the alias ends there whoever finishes first.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +22,8 @@ from pipeline.bundle import verify_bundle
 from tests.mlflow_server import mlflow_server
 from tests.pipeline.models.conftest import copy_tree
 from tests.pipeline.models.test_promote_faults import two_candidates, use  # noqa: F401 (a fixture)
+
+MODEL_NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -51,7 +54,7 @@ def race(held: Path, runs_through: Path, address: str, tmp_path: Path) -> list[t
 
 
 def versions(root: Path) -> list:
-    return tracking.client(root).search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")
+    return tracking.client(root).search_model_versions(f"name='{MODEL_NAME}'")
 
 
 def on_a_shared_server(tmp_path: Path, root: Path):
@@ -83,7 +86,7 @@ def test_two_hosts_promoting_the_same_bundle_at_once_register_one_version(traine
         assert "version 1 (newly registered) is now 'production'" in through_out, through_out
         assert "another promote registered this bundle meanwhile as version 1" in held_out, held_out
         assert "version 1 (already registered) is now 'production'" in held_out, held_out
-        model = tracking.client(root).get_registered_model(tracking.REGISTERED_MODEL)
+        model = tracking.client(root).get_registered_model(MODEL_NAME)
         assert {k: str(v) for k, v in model.aliases.items()} == {"production": "1"}
         assert tracking.PREVIOUS_PRODUCTION_TAG not in model.tags  # production never left version 1
 
@@ -107,7 +110,7 @@ def test_two_hosts_promoting_different_bundles_at_once_leave_the_alias_on_a_comp
         production = tracking.production_version(root)
         assert str(production.version) == "2" and production.tags[tracking.BUNDLE_DIGEST_TAG] == \
             verify_bundle(first / "models/candidate")
-        model = tracking.client(root).get_registered_model(tracking.REGISTERED_MODEL)
+        model = tracking.client(root).get_registered_model(MODEL_NAME)
         assert model.tags[tracking.PREVIOUS_PRODUCTION_TAG] == "1"
         fetched = registry_fetch.fetch(root, "production", tmp_path / "fetched")  # complete: downloads and verifies
         assert fetched.digest == registry_fetch.promoted_digest(production)
@@ -126,14 +129,15 @@ def test_a_duplicate_the_account_may_not_delete_is_marked_and_never_chosen(tmp_p
     users = {"alice": "alice-password-1", "ci-runner": "ci-runner-password-2"}
     project = tmp_path / "project"
     project.mkdir()
+    shutil.copyfile(REPO / "params.yaml", project / "params.yaml")  # its promote.model_name names the model
     with basic_auth_mlflow_server(tmp_path / "server", users) as (address, _):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
         for key, value in zip(("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"), ADMIN):
             monkeypatch.setenv(key, value)
         client = tracking.client(project)
-        client.create_registered_model(tracking.REGISTERED_MODEL)
+        client.create_registered_model(MODEL_NAME)
         for user, permission in (("alice", "MANAGE"), ("ci-runner", "EDIT")):
-            AuthServiceClient(address).grant_user_permission(user, "registered_model", tracking.REGISTERED_MODEL,
+            AuthServiceClient(address).grant_user_permission(user, "registered_model", MODEL_NAME,
                                                              permission)
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", users["alice"])
@@ -156,7 +160,7 @@ def test_a_duplicate_the_account_may_not_delete_is_marked_and_never_chosen(tmp_p
         release.touch()
         out, _ = runner.communicate(timeout=120)
         assert runner.returncode == 0 and out.strip().splitlines()[-1] == "1 False", out
-        kept = {str(v.version): v.tags for v in client.search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")}
+        kept = {str(v.version): v.tags for v in client.search_model_versions(f"name='{MODEL_NAME}'")}
         assert kept["2"][tracking.DUPLICATE_TAG] == "1" and tracking.DUPLICATE_TAG not in kept["1"], kept
         assert str(tracking.production_version(project).version) == "1"
         assert str(tracking.version_of_bundle(project, "digest-1").version) == "1"
@@ -183,12 +187,12 @@ def test_a_promote_overtaken_by_another_hosts_move_installs_what_production_name
         time.sleep(0.1)
     client = tracking.client(root)
     assert str(tracking.production_version(root).version) == "2"
-    tracking.point_alias(client, tracking.REGISTERED_MODEL, tracking.PRODUCTION_ALIAS, "1")  # the other host's move
+    tracking.point_alias(client, MODEL_NAME, tracking.PRODUCTION_ALIAS, "1")  # the other host's move
     hold.touch()
     out, _ = promoting.communicate(timeout=300)
     assert promoting.returncode == 0, out
     assert str(tracking.production_version(root).version) == "1"
     assert verify_bundle(root / "models/production") == registry_fetch.promoted_digest(
-        client.get_model_version(tracking.REGISTERED_MODEL, "1")), out
+        client.get_model_version(MODEL_NAME, "1")), out
     assert "another move made version 1 'production'" in out, out
     assert not list((root / "models").glob("promoted-*"))

@@ -19,6 +19,8 @@ from pipeline import evaluate, promote, tracking
 from pipeline.bundle import copy_bundle, verify_bundle
 from tests.app.tiny_bundle import absurd_item_row, tampered_bundle, tensor_of
 
+MODEL_NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
+
 
 def nan_weight(source: Path, target: Path) -> Path:
     table = tensor_of(source, "embedding_store_nbr/embeddings")
@@ -48,5 +50,5 @@ def test_a_candidate_the_app_would_refuse_is_neither_registered_nor_installed(tr
     assert len(err.splitlines()) == 1 and err.startswith("promote: refused: the candidate cannot serve: "), err
     assert reason in err and f"{candidate} rolled forward" in err and "nothing registered or installed" in err, err
     assert not (root / "models/production").exists()
-    assert not tracking.client(root).search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")
+    assert not tracking.client(root).search_model_versions(f"name='{MODEL_NAME}'")
     assert not list((root / "models").glob("promoted-*"))  # its staging copy removed

@@ -22,7 +22,7 @@ from pipeline.serving_bundle import roll_forward
 
 from .conftest import copy_tree
 
-NAME = tracking.REGISTERED_MODEL
+NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
 STAGING = "models/promoted-production"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,20 @@ import pytest
 from pipeline import tracking
 from tests.mlflow_server import mlflow_server, unanswering_server
 
+MODEL_NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
+
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def project(store):
+    """``store`` as a project: its params.yaml (the repository's) names the registered model the registry calls use."""
+    shutil.copyfile(Path(__file__).resolve().parents[3] / "params.yaml", store / "params.yaml")
+    return store
 
 
 def test_default_store_is_inside_the_project(store, monkeypatch):
@@ -69,28 +79,28 @@ def test_a_failed_train_marks_the_run_failed(store):
     assert tracking.client(store).get_run(run.run_id).info.status == "FAILED"
 
 
-def test_registering_is_idempotent_and_moves_the_alias(store):
-    with tracking.TrainingRun(store, "a", {}) as first:
+def test_registering_is_idempotent_and_moves_the_alias(project):
+    with tracking.TrainingRun(project, "a", {}) as first:
         pass
-    with tracking.TrainingRun(store, "b", {}) as second:
+    with tracking.TrainingRun(project, "b", {}) as second:
         pass
-    assert tracking.production_version(store) is None
-    v1, created = tracking.register_production(store, first.run_id, "digest-1", {"data_version": "x"})
+    assert tracking.production_version(project) is None
+    v1, created = tracking.register_production(project, first.run_id, "digest-1", {"data_version": "x"})
     assert created and str(v1.version) == "1"
-    again, created = tracking.register_production(store, first.run_id, "digest-1", {})
+    again, created = tracking.register_production(project, first.run_id, "digest-1", {})
     assert not created and str(again.version) == "1"
-    v2, created = tracking.register_production(store, second.run_id, "digest-2", {})
+    v2, created = tracking.register_production(project, second.run_id, "digest-2", {})
     assert created and str(v2.version) == "2"
-    current = tracking.production_version(store)
+    current = tracking.production_version(project)
     assert str(current.version) == "2" and current.tags["bundle_digest"] == "digest-2"
     assert current.source == f"runs:/{second.run_id}/bundle"
     # moving production remembers the version it left: `release rollback` returns there (promote never set it,
     # so a rollback after `make run` twice found nothing, or an older version)
-    client = tracking.client(store)
+    client = tracking.client(project)
     assert client.get_registered_model("shelfcast-forecaster").tags[tracking.PREVIOUS_PRODUCTION_TAG] == "1"
-    tracking.register_production(store, second.run_id, "digest-2", {})  # production again: nothing left
+    tracking.register_production(project, second.run_id, "digest-2", {})  # production again: nothing left
     assert client.get_registered_model("shelfcast-forecaster").tags[tracking.PREVIOUS_PRODUCTION_TAG] == "1"
-    tracking.register_production(store, first.run_id, "digest-1", {}, alias="shadow")  # not production
+    tracking.register_production(project, first.run_id, "digest-1", {}, alias="shadow")  # not production
     assert client.get_registered_model("shelfcast-forecaster").tags[tracking.PREVIOUS_PRODUCTION_TAG] == "1"
 
 
@@ -183,17 +193,17 @@ def test_a_tracking_server_that_takes_connections_and_never_answers_fails_a_stag
         assert time.monotonic() - started < 15  # 3 x 1 s, 0 + 2 s apart
 
 
-def test_a_registry_that_fails_is_not_taken_for_one_without_production(store, monkeypatch):
+def test_a_registry_that_fails_is_not_taken_for_one_without_production(project, monkeypatch):
     """Found by a probe: production_version read every MLflow error as "no production yet", so a tracking server
     that failed that one request (restarting, a proxy's 502) made promote skip the champion/challenger comparison
     ("nothing to compare the candidate with") and register a candidate worse than production; point_alias then
     recorded no previous_production for a rollback. Only a missing alias or registered model is None now."""
     import socket
 
-    client = tracking.client(store)
-    assert tracking.production_version(store) is None  # no registered model
-    client.create_registered_model(tracking.REGISTERED_MODEL)
-    assert tracking.production_version(store) is None  # no alias
+    client = tracking.client(project)
+    assert tracking.production_version(project) is None  # no registered model
+    client.create_registered_model(MODEL_NAME)
+    assert tracking.production_version(project) is None  # no alias
     _mlflow_http_settings_unset(monkeypatch)
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
@@ -202,11 +212,11 @@ def test_a_registry_that_fails_is_not_taken_for_one_without_production(store, mo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setattr(tracking, "_reached", {uri})  # reached when promote started; gone since
     with pytest.raises(tracking.TrackingError, match=f"model registry at {uri}: .*Connection refused"):
-        tracking.production_version(store)
+        tracking.production_version(project)
     from mlflow.exceptions import MlflowException
 
     with pytest.raises(MlflowException, match="Connection refused"):  # not read as "no production yet"
-        tracking.point_alias(tracking.client(store), tracking.REGISTERED_MODEL, tracking.PRODUCTION_ALIAS, "2")
+        tracking.point_alias(tracking.client(project), MODEL_NAME, tracking.PRODUCTION_ALIAS, "2")
 
 
 @pytest.mark.slow
@@ -319,29 +329,29 @@ def test_an_existing_experiment_gets_the_kind_but_a_users_choice_is_kept(store):
     assert client.get_experiment(other).tags[tracking.EXPERIMENT_KIND_TAG] == "forecasting"
 
 
-def test_an_evaluation_is_nested_and_writes_the_verdict_only_on_an_unregistered_run(store):
-    with tracking.TrainingRun(store, "train-mlp", {}) as train_run:
+def test_an_evaluation_is_nested_and_writes_the_verdict_only_on_an_unregistered_run(project):
+    with tracking.TrainingRun(project, "train-mlp", {}) as train_run:
         train_run.log_metrics({"curve/inner_validation_nwrmsle": 0.7}, step=0)
     headline = {"threshold_test_passed": 1, "backtest": {"improvement_low": 0.02, "windows": 3}}
     windows = [{"window": 0, "improvement": 0.05, "model": "candidate"}, {"window": 1, "improvement": 0.04}]
-    first = tracking.log_evaluation(store, train_run.run_id, passed=True, headline=headline, windows=windows,
+    first = tracking.log_evaluation(project, train_run.run_id, passed=True, headline=headline, windows=windows,
                                     params={"evaluate": {"confidence": 0.95}}, artifacts=[])
     assert first.training_run_updated
-    _, metrics, tags = tracking.run_data(store, first.run_id)
+    _, metrics, tags = tracking.run_data(project, first.run_id)
     assert tags["mlflow.parentRunId"] == train_run.run_id and tags["threshold_test"] == "passed"
     assert metrics["heldout_backtest_improvement_low"] == 0.02 and metrics["heldout_threshold_test_passed"] == 1
-    assert tracking.metric_history(store, first.run_id, "heldout_window_improvement") == [(0, 0.05), (1, 0.04)]
-    _, train_metrics, train_tags = tracking.run_data(store, train_run.run_id)
+    assert tracking.metric_history(project, first.run_id, "heldout_window_improvement") == [(0, 0.05), (1, 0.04)]
+    _, train_metrics, train_tags = tracking.run_data(project, train_run.run_id)
     assert train_tags["threshold_test"] == "passed" and train_metrics["curve/inner_validation_nwrmsle"] == 0.7
-    curve = tracking.metric_history(store, train_run.run_id, "curve/inner_validation_nwrmsle")
+    curve = tracking.metric_history(project, train_run.run_id, "curve/inner_validation_nwrmsle")
     assert curve == [(0, 0.7)]  # curve untouched
 
-    tracking.register_production(store, train_run.run_id, "digest", {})
-    second = tracking.log_evaluation(store, train_run.run_id, passed=False, headline={"threshold_test_passed": 0},
+    tracking.register_production(project, train_run.run_id, "digest", {})
+    second = tracking.log_evaluation(project, train_run.run_id, passed=False, headline={"threshold_test_passed": 0},
                                      windows=[], params={}, artifacts=[])
     assert not second.training_run_updated
-    assert tracking.run_data(store, train_run.run_id)[2]["threshold_test"] == "passed"
-    assert tracking.run_data(store, second.run_id)[2]["threshold_test"] == "failed"
+    assert tracking.run_data(project, train_run.run_id)[2]["threshold_test"] == "passed"
+    assert tracking.run_data(project, second.run_id)[2]["threshold_test"] == "failed"
 
 
 def _in_a_new_process(code: str, root):
@@ -540,7 +550,7 @@ def test_a_deleted_experiment_says_how_to_restore_or_remove_it(store):
     assert client.get_run(run.run_id).info.experiment_id == experiment_id
 
 
-def test_a_first_promote_racing_another_for_the_new_registered_model_registers_its_version(store, monkeypatch):
+def test_a_first_promote_racing_another_for_the_new_registered_model_registers_its_version(project, monkeypatch):
     """Found by a probe: two first promotes into a new registry (CI's shadow and a person's production, on two
     hosts) both found no registered model and both created it; the later one failed with "Registered Model
     (name=shelfcast-forecaster) already exists" after its upload, and nothing of it was registered."""
@@ -548,7 +558,7 @@ def test_a_first_promote_racing_another_for_the_new_registered_model_registers_i
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-    with tracking.TrainingRun(store, "a", {}) as run:
+    with tracking.TrainingRun(project, "a", {}) as run:
         pass
     real = MlflowClient.get_registered_model
 
@@ -558,9 +568,9 @@ def test_a_first_promote_racing_another_for_the_new_registered_model_registers_i
         raise MlflowException(f"Registered Model with name={name} not found", RESOURCE_DOES_NOT_EXIST)
 
     monkeypatch.setattr(MlflowClient, "get_registered_model", lost_the_race)
-    version, created = tracking.register_production(store, run.run_id, "digest-1", {})
-    assert created and str(tracking.production_version(store).version) == str(version.version) == "1"
-    assert tracking.client(store).get_registered_model(tracking.REGISTERED_MODEL).tags == {"owner": "other-team"}
+    version, created = tracking.register_production(project, run.run_id, "digest-1", {})
+    assert created and str(tracking.production_version(project).version) == str(version.version) == "1"
+    assert tracking.client(project).get_registered_model(MODEL_NAME).tags == {"owner": "other-team"}
 
 
 @pytest.mark.slow

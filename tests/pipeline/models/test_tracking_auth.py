@@ -4,6 +4,9 @@ password, with nothing half written."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from pipeline import registry_fetch, tracking
@@ -54,6 +57,7 @@ def test_the_stages_against_a_basic_auth_tracking_server(tmp_path, monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
         project = tmp_path / "project"
         project.mkdir()
+        shutil.copyfile(Path(__file__).resolve().parents[3] / "params.yaml", project / "params.yaml")  # the name
         # an account's credentials: a run with a bundle through the server's artifact proxy, a version, the alias
         _as(monkeypatch, "alice", USERS["alice"])
         assert tracking.production_version(project) is None  # the server answers 403 for a model not made yet

@@ -7,6 +7,7 @@ is a real one: a 2 MiB tmpfs mounted for the test (needs root or CAP_SYS_ADMIN; 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ def full_store(tmp_path, monkeypatch):
     with small_disk(tmp_path / "disk", "2m") as disk:
         root = disk / "project"
         root.mkdir()
+        shutil.copyfile(Path(__file__).resolve().parents[3] / "params.yaml", root / "params.yaml")  # the model's name
         with tracking.TrainingRun(root, "train", {"stage": "train"}):
             pass
         try:
