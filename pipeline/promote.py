@@ -106,6 +106,10 @@ def check_candidate(root: Path, raw_params, candidate_root: Path | None = None) 
         if now[key] != evaluation.get(key):
             raise PromotionRefused(f"the {label} changed since the evaluation; run `dvc repro` to evaluate the "
                                    "current state before promoting")
+    named, name = evaluation.get("bundle_name"), promote_params(raw_params).model_name
+    if named != name:  # the bundle says its name wherever it serves: registered under another, it would lie
+        raise PromotionRefused(f"the candidate bundle is named {named!r}, promote.model_name is {name!r}; run `dvc "
+                               "repro` (train names the bundle after it) before promoting")
     return evaluation, digest
 
 

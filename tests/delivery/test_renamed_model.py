@@ -128,3 +128,19 @@ def test_release_and_fetch_model_without_params_yaml_say_so_and_take_name(acme_e
     assert release.main(["status", "--root", str(bare), "--models", str(bare / "models"), "--name", ACME]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["aliases"] == {PRODUCTION: "1", CANARY: "2"}
 
+
+def test_promote_refuses_a_candidate_named_otherwise_than_params(acme_env, capsys):
+    """promote.model_name changed after train: the bundle would be registered under a name it does not carry."""
+    from pipeline import promote
+
+    root, _, _ = acme_env
+    params = root / "params.yaml"
+    before = params.read_text()
+    params.write_text(before.replace(f"model_name: {ACME}", "model_name: beta-forecaster"))
+    try:
+        with pytest.raises(promote.PromotionRefused, match="named 'acme-forecaster', promote.model_name is "
+                                                           "'beta-forecaster'; run `dvc repro`"):
+            promote.run(root, quiet=True)
+    finally:
+        params.write_text(before)
+    assert registered_names(root) == [ACME]
