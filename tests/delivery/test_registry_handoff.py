@@ -174,6 +174,6 @@ def test_from_the_dvc_remote_by_the_recorded_entry(released, tmp_path, monkeypat
     assert "push" in promote.run(ml, quiet=True)["dvc"]
     version = tracking.client(ml).get_model_version_by_alias(MODEL_NAME, "production")
     assert registry_fetch.TAG_DVC in version.tags
-    app = tmp_path / "app"
+    app = a_clone(tmp_path / "app")  # a serving host's checkout: the model's name is its params.yaml's
     assert registry_fetch.main(["--root", str(app), "--from", "dvc"]) == 0
     assert verify_bundle(app / "models/production") == version.tags[registry_fetch.TAG_DIGEST]
