@@ -239,14 +239,12 @@ class ThreadWorker(GthreadWorker):
         ``handle`` set ends here. (Should it have passed in the instant before, the request is still served; its
         connection is closed after it, its read side being shut.) A request announcing a body over the limit gets no
         `100 Continue`: gunicorn sends one for every `Expect: 100-continue` before the app runs, and the app then
-        answered 413, the client invited to upload it all first. Such a 413 closes the connection (`Connection:
-        close`): it said keep-alive, then gunicorn waited up to 5 s for the unread body (not sent, uninvited; or sent,
-        but over the 64 KiB gunicorn drains) and closed, the client's next request unanswered."""
+        answered 413, the client invited to upload it all first. (That 413 says `Connection: close`, as every answer
+        that leaves a body unread does: app/request_buffer.py ``_say_close``.)"""
         self._headers_arrived(conn)
         declared = next((value for name, value in req.headers if name == "CONTENT-LENGTH"), "")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             req._expected_100_continue = False  # gunicorn 26.2's flag (pinned; tests/app/test_served_by_gunicorn.py)
-            req.must_close = True  # its body is not read: no next request can be found after it
         return super().handle_request(req, conn)
 
     @staticmethod
