@@ -17,6 +17,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
@@ -124,6 +126,7 @@ def test_the_build_context_rules_read_as_dockers():
     assert not in_build_context("kept/x/a.py", rules) and not in_build_context("kept/x", rules)
 
 
+@pytest.mark.slow  # end to end, 20-70 s: make test stays well under its 10 minutes
 def test_the_image_builds_serves_and_sets_up_the_stack_with_only_its_own_files_and_packages(app_bundles, tmp_path):
     tree = image_tree(REPO, app_bundles[0], tmp_path / "srv")
     allowed = image_distributions(REPO)

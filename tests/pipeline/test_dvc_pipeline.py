@@ -58,6 +58,7 @@ def repo(tmp_path: Path) -> Path:
     return repo
 
 
+@pytest.mark.slow  # end to end, 20-70 s: make test stays well under its 10 minutes
 def test_repro_is_incremental_and_param_changes_rerun_exactly_their_stages(repo):
     first = _run([DVC, "repro"], repo)
     assert _stages_run(first) == list(DATA_STAGES)

@@ -81,6 +81,7 @@ def push_on_a_terminal(project: Path) -> tuple[int, str, str]:
     return process.wait(timeout=120), shown.decode("utf-8", "replace"), stdout
 
 
+@pytest.mark.slow  # end to end, 20-70 s: make test stays well under its 10 minutes
 def test_make_dvc_push_shows_dvcs_progress_on_a_terminal_and_still_ends_a_failure_in_one_line(tmp_path):
     """dvc push ran with its stderr captured, so DVC drew no progress bars: a push of a large data set was minutes
     of silence. On a terminal they now come through; DVC's error is still folded into the one line of what to do."""

@@ -20,6 +20,7 @@ def _run(*args: str, timeout: int) -> tuple[int, list[dict]]:
     return result.returncode, records
 
 
+@pytest.mark.slow  # end to end, 20-70 s: make test stays well under its 10 minutes
 def test_default_scale_fits_its_share_of_p1():
     code, records = _run("--default-scale", timeout=300)
     total = records[-1]

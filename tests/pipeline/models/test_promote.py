@@ -254,6 +254,7 @@ def test_a_clone_of_the_project_fetches_the_promoted_bundle_from_the_dvc_remote(
     assert not (tmp_path / "again").exists() and not list((root / "models").glob("promoted-*"))
 
 
+@pytest.mark.slow  # end to end, 20-70 s: make test stays well under its 10 minutes
 def test_a_bundle_the_dvc_remote_lost_is_pushed_again_when_promoted_again(trained_project, tmp_path, capsys):
     """promote saw the version registered and skipped publishing: a bundle whose objects the DVC remote had lost (a
     bucket emptied, a `dvc gc -c` elsewhere) stayed lost, and `fetch-model MODEL_SOURCE=dvc` failed for good. Now a
