@@ -11,8 +11,7 @@ while a sent segment waits (a connection that died quietly is found by the next 
 every segment not yet confirmed. A link that breaks more often than that (a proxy capping each connection's age,
 or its bytes above PROOF_BYTES) would confirm nothing and re-send the same segments forever, so a segment that
 ACKED_CONNECTIONS different connections *read* is confirmed by that alone: at most that many copies, and progress
-(a link capping each connection below PROOF_BYTES never proves a read: its segments go again on every new
-connection for as long as it stays so; README, Prediction logging). A connection
+(a link capping each connection below PROOF_BYTES never proves a read: see stalled, below). A connection
 read a segment when its peer's kernel acknowledged PROOF_BYTES beyond it (a peer that does not read cannot
 acknowledge more than its receive buffer); after a broken link, padded heartbeats carry that proof past the
 last segment. Counting acknowledgements alone, a peer that accepted connections and closed them unread made
@@ -26,7 +25,13 @@ What is lost when Fluentd dies is what its kernel acknowledged and it had not re
 buffer. A Fluentd that stops reading makes a send time out; from then on nothing is confirmed and
 no new segment is claimed or sent again (each new connection would have a fresh receive buffer to
 fill) until a connection proves that Fluentd reads again: its kernel acknowledges PROOF_BYTES of
-heartbeats, more than a new connection's receive buffer holds unread. What a connection loses when
+heartbeats, more than a new connection's receive buffer holds unread. A segment that UNREAD_CARRIES connections
+took (whole or in part) and broke before they read or confirmed it counts as such a stall too: a link capping
+each connection's bytes below PROOF_BYTES re-sent every held segment on every new connection, as long as it stayed
+so (14 copies of one event in 4 s), and each copy is a receive buffer that a peer closing unread could discard.
+Sending less per connection (a window that fits the cap) instead would not do: what gets through such a cap fits
+an unread peer's receive buffer too, and the 1 s rule confirmed it there, lost (connections closed unread after
+2 s: 115-209 events of 1,000 lost that way, against 5-68 without windows). What a connection loses when
 its reader dies is its receive buffer as Linux grew it while the reader kept up: 128 KiB on a fresh
 connection, MiBs on one that carried a burst (up to net.ipv4.tcp_rmem's maximum).
 """
@@ -69,6 +74,9 @@ ACKED_CONNECTIONS = 3  # a segment read on this many connections is confirmed ho
 # never stored; half of it leaves room for what Fluentd's outputs add (@timestamp, the tag).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 BROKEN_LINK_PROOF_S = 60.0  # this long after a connection broke with segments held, an idle spool proves them read
+# A segment that this many connections took (whole or in part) and broke before they read or confirmed it makes the
+# link count as stalled (see the docstring): its next copy waits for a connection that proves its peer reads
+UNREAD_CARRIES = 3
 
 
 @dataclass(frozen=True)
@@ -328,6 +336,8 @@ class Forwarder:
             if not ok:
                 self._failed(sender)
                 return False
+            if not sent:
+                segment.carried_on.add(self._connection)
             sent += 1
             self._last_ok = time.monotonic()
         segment.sent_at, segment.sent_records = time.monotonic(), sent
@@ -353,6 +363,11 @@ class Forwarder:
         self._count("send_failures", 1)
         if any(segment.sent_at is not None and not segment.delivered for segment in self._held):
             self._link_broke_at = time.monotonic()
+        if self.stalled_since is None and any(len(s.carried_on - s.acknowledged_on) >= UNREAD_CARRIES
+                                              for s in self._held if not s.delivered):
+            self.stalled_since = time.monotonic()
+            log.warning("%s: %d connections broke before they read or confirmed what they carried; confirming "
+                        "nothing and claiming no new events until one reads", self.address, UNREAD_CARRIES)
         for segment in self._held:
             if not segment.delivered:
                 segment.sent_at = None  # what the broken connection carried may not have arrived

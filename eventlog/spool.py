@@ -67,6 +67,7 @@ class Segment:
     sent_bytes: int | None = None  # bytes written to the connection when it was sent (None: not counted)
     unsendable: set[int] = field(default_factory=set)  # records msgpack could not pack: dropped, counted once
     acknowledged_on: set[int] = field(default_factory=set)  # the connections (numbered) whose peer acknowledged all
+    carried_on: set[int] = field(default_factory=set)  # the connections (numbered) that took some of it
     delivered: bool = False  # confirmed, but the folder refused its deletion (read-only): kept held, not sent again
     bad_lines: int = 0  # lines of the last reading that are no record (not JSON, not an object)
     sent_records: int = 0  # records its last whole send handed to the connection

@@ -666,3 +666,65 @@ def test_proof_padding_after_a_fluentd_restart_is_bounded(fluentd_receiver, tmp_
           f"{connections} connections")
     assert None not in answered and padded, "the restart broke no link with segments held: it shows nothing"
     assert padded * len(PADDING["padding"]) <= connections * (PROOF_BYTES + len(PADDING["padding"]))
+
+
+class ByteCappedLink(ShortLivedLink):
+    """A proxy in front of Fluentd that closes each connection once it passed on 10–200 KB (a receiver dying mid-answer
+    again and again, a proxy capping a connection's bytes), writing half a forward-protocol `ack` back as it goes: what
+    it read arrives, what the sender's kernel had handed on beyond it is thrown away unread. `capped = False` lifts the
+    cap: connections then live until the sender closes them."""
+
+    def __init__(self, upstream_port: int, seed: int = 13) -> None:
+        self._random = random.Random(seed)
+        self.capped = True
+        super().__init__(0, upstream_port, 0.0)
+
+    def _pipe(self, client: socket.socket) -> None:
+        cap, carried = self._random.randint(10_000, 200_000), 0
+        upstream = socket.create_connection(("127.0.0.1", self._upstream))
+        try:
+            while carried < cap or not self.capped:
+                data = client.recv(65536)
+                if not data:
+                    break
+                upstream.sendall(data)
+                carried += len(data)
+            client.sendall(b"\x81\xa3ac")  # {"ac...: cut off
+        except OSError:
+            pass
+        self.closed += 1
+        client.close()
+        time.sleep(0.2)  # let Fluentd read what arrived before its side closes too
+        upstream.close()
+
+
+def test_connections_capped_at_10_to_200_kb_send_each_event_a_bounded_number_of_times(fluentd_receiver,
+                                                                                       tmp_path: Path) -> None:
+    # Found by a probe: such a connection never carries PROOF_BYTES beyond a segment and rarely lives the 1 s the usual
+    # confirmation takes, so every reconnect re-sent every held segment, as often as the link stayed so: 3,000 events
+    # at 500/s through 12 s of it, 3,581 duplicates, up to 14 copies of one. Now a segment that UNREAD_CARRIES
+    # connections took and broke before reading makes the link count as stalled: nothing is sent again until a
+    # connection proves its peer reads (eventlog/forward.py).
+    from eventlog.forward import UNREAD_CARRIES
+
+    link = ByteCappedLink(fluentd_receiver.port)
+    spool = tmp_path / "spool"
+    sink = fluent_sink(link.port, spool)
+    answered, started = [], time.monotonic()
+    while len(answered) < 2000:  # 500 a second for 4 s, ~400 bytes each, all through the capped link
+        answered.append(sink.emit({"request_id": f"r{len(answered)}", "output": 1.0, "pad": "x" * 200}))
+        time.sleep(max(0.0, started + len(answered) / 500 - time.monotonic()))
+    capped_connections, link.capped = link.closed, False
+    wait_until(lambda: not list(spool.glob("*.jsonl")), timeout_s=30)
+    sink.close()
+    link.close()
+    fluentd_receiver.stop()
+    received = received_ids(fluentd_receiver)
+    lost, duplicated = lost_and_duplicated(answered, received)
+    print(f"connections capped at 10-200 KB for 4 s: {len(answered)} answered, {lost} lost, {duplicated} duplicated, "
+          f"at most {max(received.values())} copies of one, {capped_connections} connections capped")
+    assert None not in answered and lost == 0
+    assert capped_connections >= UNREAD_CARRIES, "the link broke too few connections: it shows nothing"
+    # the connections that broke unread, the proved one after the cap, and one for fluent-logger's close(), which
+    # sends the message a send failed on again on a connection of its own
+    assert max(received.values()) <= UNREAD_CARRIES + 2
