@@ -8,6 +8,9 @@ import pipeline.blas  # noqa: F401 - first, before anything loads numpy
 # MLflow 3 reports usage to its servers and writes ~/.config/mlflow from every process: the tests (and the
 # stages, servers and clones they start, which inherit this) stay on 127.0.0.1 and out of the user's home.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# DVC does the same unless a repository's config says `analytics = false` (ours does; the repositories tests `dvc
+# init` do not): each dvc command there left a report in the temp folder for a daemon that never reached its server.
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
 def honouring_file_modes(command: list[str]) -> list[str]:
