@@ -9,7 +9,8 @@ retrains" has the measured growth). This removes the old ones and never what the
   rollback returns to (the registered model's ``previous_production`` tag, and production's ``production_move``
   record's), the versions this host serves or
   keeps in ``releases/`` (project ``models/`` and ``--models``), the current candidate's (``models/candidate``, by
-  its digest), and the newest ``prune.keep_versions``;
+  its digest), and the newest ``prune.keep_versions``; another registered model's versions are not this prune's
+  (``promote.model_name`` names the one it judges): all they name stays;
 - the MLflow runs behind those versions, the current candidate's runs, the newest ``prune.keep_runs`` training
   runs, any run still RUNNING, and the evaluation runs nested under a kept run; a run of any other kind (a sweep's)
   is left alone;
@@ -177,13 +178,20 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
 
     experiment = client.get_experiment_by_name(tracking.EXPERIMENT_NAME)
     runs = [] if experiment is None else _all_runs(client, experiment.experiment_id)
-    for number in result.kept_versions:
-        v = by_number.get(number)
+    backing = [(by_number.get(number), f"version {number}") for number in result.kept_versions]
+    for index, v in enumerate(other_models_versions(client, model_name)):
+        # another registered model in this experiment (the name before promote.model_name changed, another
+        # project's): not this prune's to judge, so all it names stays: its runs and its DVC entries
+        backing.append((v, f"{v.name} version {v.version} (another registered model)"))
+        recorded = (v.tags or {}).get(registry_fetch.TAG_DVC)
+        if recorded:
+            result.dvc_keep[f"other-{index}"] = json.loads(recorded)
+    for v, which in backing:
         if v is not None and v.run_id:
-            result.kept_runs.setdefault(v.run_id, f"backs version {number}")
+            result.kept_runs.setdefault(v.run_id, f"backs {which}")
             evaluation = (v.tags or {}).get("evaluation_run_id")
             if evaluation:
-                result.kept_runs.setdefault(evaluation, f"the evaluation of version {number}")
+                result.kept_runs.setdefault(evaluation, f"the evaluation of {which}")
     training = [r for r in runs if r.data.tags.get("stage") == "train"]  # newest first
     for r in training[:params.keep_runs]:
         result.kept_runs.setdefault(r.info.run_id, f"newest {params.keep_runs} training runs (prune.keep_runs)")
@@ -206,6 +214,17 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
             if (folder := local_artifact_dir(r.info.artifact_uri)) is not None:
                 result.run_dirs.append(folder)
     return result
+
+
+def other_models_versions(client, model_name: str) -> list:
+    """Every registered version of the models not named ``model_name``."""
+    versions, token = [], None
+    while True:
+        page = client.search_model_versions(max_results=1000, page_token=token)
+        versions.extend(v for v in page if v.name != model_name)
+        token = page.token
+        if not token:
+            return versions
 
 
 def local_artifact_dir(artifact_uri: str) -> Path | None:

@@ -203,3 +203,28 @@ def test_a_project_with_no_registered_model_keeps_its_candidate_run(trained_proj
     assert prune.main(["--root", str(root), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "no DVC remote configured; the cache only" in out and "objects from the DVC cache (" in out
+
+
+def test_prune_of_a_renamed_model_leaves_the_other_registered_models_runs(trained_project_template, tmp_path):
+    """promote.model_name changed (or a second project's model beside this one, README "Releases"): the registry and
+    the experiment still hold the other name's versions, production among them. Prune is this model's: before, every
+    training run but the newest and the candidate's was prunable, so it deleted the runs behind the other model's
+    versions and `mlflow gc` their bundles, and its production could no longer be fetched."""
+    root = _project(trained_project_template[0], tmp_path, with_dvc=False)
+    registry = _registry(root, tmp_path)
+    client, made = registry["client"], registry["made"]
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    params["promote"]["model_name"] = "acme-forecaster"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    theirs = {v: client.get_model_version(NAME, v) for v in made.values()}
+    behind = {version.run_id for version in theirs.values()}
+
+    done = prune.run(root, models_dir=registry["host"])
+    assert done["model"] == "acme-forecaster" and done["deleted_versions"] == []
+    assert not behind & set(done["deleted_runs"]), done
+    assert registry["refused"] in done["deleted_runs"]  # an unregistered run is still prunable
+    assert _versions(client) == set(made.values())
+    for number, version in theirs.items():  # every version of the other model still installs
+        assert client.get_run(version.run_id).info.lifecycle_stage == "active"
+        fetched = registry_fetch.download_version(root, version, root.parent / f"theirs-{number}")
+        assert fetched == version.tags[registry_fetch.TAG_DIGEST]
