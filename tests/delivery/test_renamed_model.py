@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline import registry_fetch, release, tracking
 from pipeline.bundle import load_bundle, verify_bundle
@@ -21,6 +27,7 @@ from tests.mlflow_server import mlflow_server
 from .conftest import evaluate_and_promote, prepare_registry, tiny_bundle_module
 
 ACME = "acme-forecaster"
+SHIPPED = "shelfcast-forecaster"  # params.yaml's promote.model_name as shipped
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +151,123 @@ def test_promote_refuses_a_candidate_named_otherwise_than_params(acme_env, capsy
     finally:
         params.write_text(before)
     assert registered_names(root) == [ACME]
+
+
+@pytest.mark.slow
+def test_the_workflow_files_train_release_and_prune_a_renamed_model(tmp_path, monkeypatch):
+    """The repository's params.yaml names acme-forecaster, on an MLflow server where another project's
+    shelfcast-forecaster (the shipped name) has its production already: a wrong lookup would find a real model, not
+    fail. ml-pipeline.yml then app-pipeline.yml run as tests/delivery/test_workflows.py runs them (fresh clones, a
+    real `mlflow server`, a running Shelfcast on the serving host): train -> gate -> promote (@shadow) -> metrics
+    event -> record, then fetch -> build -> release (shadow, canary, promote). Then `make fetch-model
+    MODEL_SOURCE=dvc` and `make prune` (every keep at 0) on a fresh runner. Every step finds and writes
+    acme-forecaster; nothing is served or logged as the shipped name, and the other model keeps its version, its
+    alias and its runs (before, prune deleted the runs behind every other model's versions)."""
+    from .actions import run_workflow, runner_environment, unset_secrets
+    from .conftest import REPO
+    from .runners import clone, commit, git, set_params, source_repository
+    from .test_release import ServedWithUsers
+    from .test_workflows import NOT_RUN, RELEASE_SETTINGS, Users, catalog_series, checkout_ref, deploy_report
+
+    from pipeline.release_store import SHADOW, ReleaseStore
+
+    with mlflow_server(f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}", "--artifacts-destination",
+                       str(tmp_path / "mlflow-artifacts")) as (uri, _):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        repository = source_repository(REPO, tmp_path / "github")
+        dvc = subprocess.run([str(Path(sys.executable).with_name("dvc")), "remote", "add", "-d", "shared",
+                              str(tmp_path / "dvc-remote")], cwd=repository, capture_output=True, text=True,
+                             timeout=120)
+        assert dvc.returncode == 0, dvc.stderr
+        params = yaml.safe_load((repository / "params.yaml").read_text(encoding="utf-8"))
+        params["promote"]["model_name"] = ACME
+        (repository / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+        commit(repository, "our model's name in the shared registry")
+        set_params(repository, "small scale for the test; another seed than the first production's", seed=4)
+        git(repository, "config", "receive.denyCurrentBranch", "updateInstead")  # the record job pushes to it
+
+        tiny = tiny_bundle_module()  # once, by an operator: the first production model, under the new name
+        first = copy.deepcopy(tiny.TINY_APP_PARAMS)
+        first["promote"]["model_name"] = ACME
+        tiny.build_tiny_project(tmp_path / "operator", first)
+        other = shutil.copytree(tmp_path / "operator", tmp_path / "other-project")  # the shipped name's project
+        (other / "params.yaml").write_text((other / "params.yaml").read_text(encoding="utf-8").replace(
+            f"model_name: {ACME}", f"model_name: {SHIPPED}"), encoding="utf-8")
+        tiny.retrain(other, seed=5)
+        evaluate_and_promote(other, PRODUCTION)
+        evaluate_and_promote(tmp_path / "operator", PRODUCTION)
+        theirs = tracking.client(other).get_model_version(SHIPPED, "1")
+        host = tmp_path / "host"  # the serving host's checkout: the repository's params.yaml
+        host.mkdir()
+        (host / "params.yaml").write_text((repository / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+        store, events = ReleaseStore(host / "models"), host / "logs" / "predictions.jsonl"
+        release.sync(host, store)
+        served = ServedWithUsers(store, events, tmp_path, None)
+        try:
+            tested = git(repository, "rev-parse", "HEAD").strip()
+            contexts = {"github.event_name": "push", "github.ref": "refs/heads/main", "github.sha": tested,
+                        "vars.MLFLOW_TRACKING_URI": uri, "vars.SHELFCAST_DATA_SOURCE": "",
+                        **unset_secrets(repository / ".github/workflows/ml-pipeline.yml")}
+            ml = run_workflow(repository / ".github/workflows/ml-pipeline.yml", contexts,
+                              lambda job: clone(repository, tmp_path / f"ml-{job}"), lambda job: runner_environment(),
+                              NOT_RUN, at_ref=checkout_ref, artifacts=tmp_path / "ml-artifacts")
+            assert ml.conclusion == "success", [(s.command, s.output[-1500:]) for s in ml.steps if s.returncode]
+            assert f"promote: {ACME} version 2" in ml.step("make promote").output
+            model = tracking.client(host).get_registered_model(ACME)
+            assert {k: str(v) for k, v in model.aliases.items()} == {PRODUCTION: "1", SHADOW: "2"}
+            [metrics] = [json.loads(line) for line in
+                         (tmp_path / "ml-train-evaluate-promote/logs/monitoring.jsonl").read_text().splitlines()]
+            assert metrics["model_name"] == ACME
+
+            contexts = {"github.event_name": "workflow_run", "github.event.workflow_run.conclusion": ml.conclusion,
+                        "github.event.workflow_run.head_branch": "main", "github.ref": "refs/heads/main",
+                        "github.event.workflow_run.head_sha": tested, "github.event.workflow_run.event": "push",
+                        "github.event.workflow_run.head_repository.full_name": "Acme/shelfcast",
+                        "github.repository": "Acme/shelfcast", "github.sha": git(repository, "rev-parse", "HEAD"),
+                        "github.actor": "acme-bot", "github.repository_owner": "Acme", "vars.MLFLOW_TRACKING_URI": uri,
+                        "vars.SHELFCAST_URL": served.url, "vars.SHELFCAST_MODELS_HOST": str(store.root),
+                        "vars.SHELFCAST_PREDICTION_LOG": str(events), "vars.ELASTICSEARCH_URL": "",
+                        **unset_secrets(repository / ".github/workflows/app-pipeline.yml")}
+            users = Users(served.url, catalog_series(store.variant_dir(PRODUCTION)))  # ~10 forecasts a second
+            app = run_workflow(repository / ".github/workflows/app-pipeline.yml", contexts,
+                               lambda job: clone(repository, tmp_path / f"app-{job}"),
+                               lambda job: runner_environment(**(RELEASE_SETTINGS if job == "release" else {})),
+                               NOT_RUN, at_ref=checkout_ref)
+            assert set(users.close()) == {200}
+            assert app.jobs == {"test": "success", "build-publish": "success", "release": "success"}, \
+                [(s.command, s.output[-2000:]) for s in app.steps if s.returncode]
+            assert f"models:/{ACME}@production = version 1" in app.step("make fetch-model").output
+            report = deploy_report(app.step("make deploy"))
+            assert report["outcome"] == "promoted", report
+            model = tracking.client(host).get_registered_model(ACME)
+            assert {k: str(v) for k, v in model.aliases.items()} == {PRODUCTION: "2"}
+            with urllib.request.urlopen(f"{served.url}/api/v1/model", timeout=30) as answer:
+                assert json.loads(answer.read())["name"] == ACME
+        finally:
+            served.close()
+        logged = {json.loads(line).get("model_name") for line in events.read_text(encoding="utf-8").splitlines()}
+        assert logged == {ACME}, logged
+
+        runner = clone(repository, tmp_path / "fetcher")  # a fresh runner: the bundle from the DVC remote
+        env = runner_environment(MLFLOW_TRACKING_URI=uri)
+        done = subprocess.run(["make", "fetch-model", "MODEL_SOURCE=dvc"], cwd=runner, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0 and f"models:/{ACME}@production = version 2" in done.stdout, \
+            done.stdout + done.stderr
+        assert verify_bundle(runner / "models/production") == \
+            tracking.client(host).get_model_version(ACME, "2").tags[registry_fetch.TAG_DIGEST]
+        params = yaml.safe_load((runner / "params.yaml").read_text(encoding="utf-8"))
+        params["prune"].update(keep_versions=0, keep_runs=0)
+        (runner / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+        done = subprocess.run(["make", "prune"], cwd=runner, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"prune: {ACME}: keeps version 2 (alias production" in done.stdout, done.stdout
+        assert f"prune: {ACME}: keeps version 1 (previous_production" in done.stdout, done.stdout
+        assert "deleted 0 model versions" in done.stdout, done.stdout
+        # the other project's model: as it was, its run and evaluation run not deleted
+        assert registered_names(host) == sorted([ACME, SHIPPED])
+        shipped = tracking.client(host).get_registered_model(SHIPPED)
+        assert {k: str(v) for k, v in shipped.aliases.items()} == {PRODUCTION: "1"}
+        assert len(tracking.client(host).search_model_versions(f"name='{SHIPPED}'")) == 1
+        for run_id in (theirs.run_id, theirs.tags["evaluation_run_id"]):
+            assert tracking.client(host).get_run(run_id).info.lifecycle_stage == "active", done.stdout
