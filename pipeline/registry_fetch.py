@@ -97,7 +97,8 @@ def resolve(root: Path, alias: str, name: str | None = None):
         # CI registers candidates as shadow: the very first production is made by hand, once (not said for a refused
         # login: the line then says which credentials to set, and the model may well exist)
         if alias == PRODUCTION and exc.error_code != "UNAUTHENTICATED":
-            hint = ("; a new registry has no production model until one is promoted by hand, once: `make run` (or "
+            hint = ("; a new registry (or a new promote.model_name) has no production model until one is promoted by "
+                    "hand, once: `make run` (or "
                     "`dvc repro` then `make promote`) with MLFLOW_TRACKING_URI set to this registry and "
                     "SHELFCAST_PROMOTE_ALIAS unset (README, CI/CD)")
         reason = tracking.store_error_text(exc)

@@ -211,8 +211,23 @@ def no_production(store: ReleaseStore, name: str) -> str:
     served = store.served_version(PRODUCTION)
     if served is None:
         return f"models:/{name}@production does not exist yet: promote a model first"
+    other = served_model_name(store)
+    if other is not None and other != name:  # promote.model_name renamed: release `served` is the other model's
+        return (f"models:/{name}@production does not exist yet and this host serves {other}'s version {served} as "
+                f"production: promote.model_name is {name!r}, not the deployed model's name; make {name}'s first "
+                "production by hand, once (`make run`, or `dvc repro` then `make promote`, with MLFLOW_TRACKING_URI "
+                f"set and SHELFCAST_PROMOTE_ALIAS unset: README, CI/CD), or set promote.model_name back to {other!r}")
     return (f"the registry names no production version of {name} (its alias deleted?) while this host serves version "
             f"{served} as production: `python -m pipeline.release promote --version {served}` names it again")
+
+
+def served_model_name(store: ReleaseStore) -> str | None:
+    """The registered model's name the bundle served as production carries (bundle.json ``name``); None if unread."""
+    try:
+        name = json.loads((store.variant_dir(PRODUCTION) / "bundle.json").read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError):  # a JSON array or scalar: AttributeError
+        return None
+    return name if isinstance(name, str) else None
 
 
 def host_state(root: Path, store: ReleaseStore, current: dict[str, str],

@@ -153,6 +153,32 @@ def test_promote_refuses_a_candidate_named_otherwise_than_params(acme_env, capsy
     assert registered_names(root) == [ACME]
 
 
+
+def test_a_host_serving_the_former_names_production_is_not_told_to_promote_its_version(acme, host, monkeypatch,
+                                                                                           capsys):
+    """promote.model_name renamed on a deployed host: it serves the shipped name's version 1, and acme-forecaster
+    (registered by CI's first promote, a @shadow) names no production yet. Before, `release status` and `sync` took
+    that for a deleted alias and said `python -m pipeline.release promote --version 1` names it again, which would
+    have made acme-forecaster's version 1 (a candidate no release judged) production. They now name the rename and
+    the first production to make by hand."""
+    root_acme, uri, versions = acme
+    host_root, store, _ = host  # serves shelfcast-forecaster's version 1 as production
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    (host_root / "params.yaml").write_text((host_root / "params.yaml").read_text(encoding="utf-8").replace(
+        f"model_name: {SHIPPED}", f"model_name: {ACME}"), encoding="utf-8")
+    client = tracking.client(root_acme)
+    client.delete_registered_model_alias(ACME, PRODUCTION)
+    try:
+        for command, code in (("status", 0), ("sync", 1)):
+            assert release.main([command, "--root", str(host_root), "--models", str(store.root)]) == code
+            err = capsys.readouterr().err
+            assert "promote --version" not in err, err
+            assert f"this host serves {SHIPPED}'s version 1 as production" in err, err
+            assert f"promote.model_name is {ACME!r}" in err and "by hand" in err, err
+        assert load_bundle(store.variant_dir(PRODUCTION)).metadata["name"] == SHIPPED  # nothing installed
+    finally:
+        client.set_registered_model_alias(ACME, PRODUCTION, versions[PRODUCTION])
+
 @pytest.mark.slow
 def test_the_workflow_files_train_release_and_prune_a_renamed_model(tmp_path, monkeypatch):
     """The repository's params.yaml names acme-forecaster, on an MLflow server where another project's
