@@ -28,10 +28,10 @@ def nginx_binary() -> str:
     return nginx
 
 
-def proxy_config(tmp_path: Path, upstream_port: int, listen_port: int) -> Path:
+def proxy_config(tmp_path: Path, upstream_port: int, listen_port: int, edit=lambda text: text) -> Path:
     """deploy/nginx.conf with the app at 127.0.0.1:``upstream_port``, listening on ``listen_port``, in the
-    foreground and writing only under ``tmp_path``."""
-    text = CONF.read_text(encoding="utf-8")
+    foreground and writing only under ``tmp_path``; ``edit``: a change of the config's text first."""
+    text = edit(CONF.read_text(encoding="utf-8"))
     assert "server app:5005;" in text and "client_max_body_size 1m;" in text and "proxy_request_buffering on;" in text
     (tmp_path / "site.conf").write_text(text.replace("server app:5005;", f"server 127.0.0.1:{upstream_port};")
                                         .replace("listen 5005;", f"listen 127.0.0.1:{listen_port};"))
@@ -157,9 +157,9 @@ class Upstream:
         self.server.server_close()
 
 
-def start_proxy(tmp_path: Path, upstream_port: int) -> tuple[subprocess.Popen, int]:
+def start_proxy(tmp_path: Path, upstream_port: int, edit=lambda text: text) -> tuple[subprocess.Popen, int]:
     listen = launch.free_port()
-    proxy = subprocess.Popen([nginx_binary(), "-c", str(proxy_config(tmp_path, upstream_port, listen))],
+    proxy = subprocess.Popen([nginx_binary(), "-c", str(proxy_config(tmp_path, upstream_port, listen, edit))],
                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
     while True:
@@ -338,3 +338,59 @@ def test_the_proxy_sets_the_forwarded_headers_a_client_cannot_forge(tmp_path):
     assert headers["x-forwarded-for"] == "10.8.8.8, 127.0.0.1"  # the last address is the one nginx saw
     assert headers["x-forwarded-host"] == "shop.example" and headers["host"] == "shop.example"
     assert "forwarded" not in headers
+
+
+def status_of(port: int, request: bytes) -> tuple[int, bytes]:
+    """The status and the body of the answer to one raw request on a connection of its own."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(request)
+        reply = b""
+        while chunk := client.recv(65536):
+            reply += chunk
+    return int(reply.split(b" ", 2)[1]), reply.partition(b"\r\n\r\n")[2]
+
+
+METRICS_RULE = "        location = /metrics {\n            deny all;\n"
+
+
+@pytest.mark.slow  # ~10 s: a gunicorn server and nginx, twice
+def test_metrics_are_refused_through_the_proxy_and_served_to_the_scraper_on_the_apps_port(app_bundles, tmp_path):
+    """Found by a review of what the public proxy serves: /metrics (model versions, error and event counts) went to
+    anyone who could reach compose's published port. The shipped config now refuses it (403) however the path is
+    spelt, while the app's own port (app:5005 on the compose network, where Prometheus scrapes) serves it; the
+    opening the config documents (an `allow` line above `deny all`) serves it through the proxy to that address."""
+    assert CONF.read_text(encoding="utf-8").count(METRICS_RULE) == 1, "the shipped /metrics rule changed"
+    nginx_binary()
+    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                           "SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl"),
+                           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}, tmp_path / "gunicorn.log")
+    spellings = [b"GET /metrics", b"GET /metrics?format=text", b"GET /%6detrics", b"GET //metrics",
+                 b"GET /./metrics", b"GET /api/../metrics", b"HEAD /metrics", b"GET http://x/metrics"]
+    closing = b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    try:
+        direct = status_of(served.port, b"GET /metrics" + closing)
+        (tmp_path / "shipped").mkdir()
+        proxy, listen = start_proxy(tmp_path / "shipped", served.port)
+        try:
+            refused = {line: status_of(listen, line + closing) for line in spellings}
+            others = status_of(listen, b"GET /healthz" + closing)
+        finally:
+            proxy.terminate()
+            proxy.wait(timeout=10)
+        # as the config says to open it to a scraper that reaches only the proxy: its address above `deny all`
+        (tmp_path / "opened").mkdir()
+        proxy, listen = start_proxy(tmp_path / "opened", served.port,
+                                    edit=lambda text: text.replace(METRICS_RULE, METRICS_RULE.replace(
+                                        "deny all;", "allow 127.0.0.1;\n            deny all;")))
+        try:
+            allowed = status_of(listen, b"GET /metrics" + closing)
+        finally:
+            proxy.terminate()
+            proxy.wait(timeout=10)
+    finally:
+        served.stop()
+    assert direct[0] == 200 and b"shelfcast_model_info" in direct[1], direct
+    assert others[0] == 200, others
+    for line, (status, body) in refused.items():
+        assert status == 403 and b"shelfcast_" not in body, (line, status, body[:200])
+    assert allowed[0] == 200 and b"shelfcast_model_info" in allowed[1], allowed[0]
