@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from app.state import serving_state
+from monitoring.public_paths import PublicPaths
 
 health = Blueprint("health", __name__)
 
@@ -21,17 +22,22 @@ def readyz():
 
     While a model serves, the last refusal of the bundle at the model path (what and when: a corrupt or
     unreadable new bundle, the older model still serving) and the release served in production's place, if
-    any, are reported too, so an operator sees why a promotion did not take; both go once a good bundle loads."""
+    any, are reported too, so an operator sees why a promotion did not take; both go once a good bundle loads.
+    Bundles are named as monitoring/public_paths.py says (``models/production``), never by the host's absolute
+    path: the probe is public behind the compose proxy; the server's log names them in full."""
     predictor = serving_state().predictor
     model = predictor.model
+    # the model folder and its release store (releases/, the fallbacks) are what a refusal's reason can name
+    paths = PublicPaths([predictor.path, predictor.path.parent])
     if model is None:
-        reason = predictor.last_error or f"no model bundle loaded yet from {predictor.path}"
+        reason = paths.text(predictor.last_error) if predictor.last_error else \
+            f"no model bundle loaded yet from {paths.path(predictor.path)}"
         return jsonify({"status": "unavailable", "reason": reason}), 503
     ready = {"status": "ready", "model": {"name": model.name, "version": model.version}}
     fallback = predictor.fallback_path
     if fallback is not None:
-        ready["fallback"] = {"serving": str(fallback), "instead_of": str(predictor.path)}
+        ready["fallback"] = {"serving": paths.path(fallback), "instead_of": paths.path(predictor.path)}
     if predictor.last_error:
-        ready["refused"] = {"bundle": str(predictor.path), "reason": predictor.last_error,
+        ready["refused"] = {"bundle": paths.path(predictor.path), "reason": paths.text(predictor.last_error),
                             "at": predictor.last_error_at}
     return jsonify(ready)

@@ -31,6 +31,7 @@ from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, DEFAULT_PREDICTION_LO
                                     ElasticsearchEvents, EventSourceError, parse_time, prediction_log,
                                     read_jsonl_events)
 from monitoring.report_html import render_report
+from monitoring.public_paths import PublicPaths
 from monitoring.serving_data import EventShapeError
 from pipeline.atomic import write_json_atomic, write_text_atomic
 from pipeline.bundle import BundleError, verify_bundle
@@ -210,7 +211,9 @@ def run(bundle: Path, events_path: Path | None, elasticsearch: str | None, index
         events_path = events_path or prediction_log()
         logged = read_jsonl_events(events_path, params.max_events, since)
         events, not_predictions = logged.events, logged.not_predictions
-        described = str(events_path)
+        # the report is served (/monitoring/drift-report, public behind the proxy): the log named relative to the
+        # app's root, or by its folder's and its own name, never the host's absolute path (monitoring/public_paths.py)
+        described = PublicPaths([Path(events_path).parent]).path(events_path)
     events, other_models = answered_by(judged_bundle, events)
     set_aside = {"events": sum(other_models.values()), "by_model": other_models, "reason": SET_ASIDE_REASON,
                  "not_predictions": not_predictions}

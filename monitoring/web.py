@@ -11,6 +11,8 @@ Where to read: SHELFCAST_PREDICTION_LOG (default logs/predictions.jsonl) and
 SHELFCAST_DRIFT_DIR (default logs/drift). The prediction statistics are at most
 monitoring.recent_predictions.STATISTICS_TTL_S old (`StatisticsCache`); the drift report is read on every call.
 A host app that names the model it serves (``SERVING_MODEL``) gets a warning when the report judged another one.
+The answers name files as monitoring/public_paths.py says (relative to the app's root, never the host's absolute
+path): the log, an unreadable report's or log's reasons, and the paths inside the served drift report.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, abort, current_app, jsonify, render_template, send_file
+from flask import Blueprint, abort, current_app, jsonify, render_template
 from markupsafe import Markup
 
 from monitoring.drift import DEFAULT_OUTPUT_DIR, REPORT_HTML, REPORT_JSON, alarmable
+from monitoring.public_paths import PublicPaths
 from monitoring.recent_predictions import StatisticsCache
 from pipeline.event_sources import prediction_log
 
@@ -54,6 +57,12 @@ def readable_time(value: object) -> Markup | str:
 
 def _drift_dir() -> Path:
     return Path(os.environ.get(ENV_DRIFT_DIR, "").strip() or DEFAULT_OUTPUT_DIR)
+
+
+def public_paths() -> PublicPaths:
+    """How these answers name the files they read: the log, its folder and the drift folder are known."""
+    log = prediction_log()
+    return PublicPaths([log, log.parent, _drift_dir()])
 
 
 def latest_drift_report() -> dict[str, Any] | None:
@@ -87,13 +96,15 @@ def same_model(reported: dict[str, Any], serving: dict[str, Any]) -> bool:
 def page_data() -> dict[str, Any]:
     drift = latest_drift_report()
     serving = serving_model()
+    paths = public_paths()
     summary = None
     if drift is not None:
         features = alarmable(drift)  # what can alarm: a calendar or unweighted feature's PSI says nothing of the data
         worst = sorted(features.items(), key=lambda item: -item[1].get("psi", 0.0))[:8]
         summary = {"status": drift.get("status"), "alarm": drift.get("alarm", False),
                    "generated_at": drift.get("generated_at"), "events": drift.get("events"),
-                   "reasons": drift.get("reasons", []), "model": drift.get("model", {}),
+                   "reasons": [paths.text(str(reason)) for reason in drift.get("reasons") or []],
+                   "model": drift.get("model", {}),
                    "of_serving_model": (None if serving is None or not drift.get("model")
                                         else same_model(drift["model"], serving)),  # None: nothing to compare
                    "unseen_share": drift.get("unseen", {}).get("any"),
@@ -103,7 +114,11 @@ def page_data() -> dict[str, Any]:
                                      "drifted": record.get("drifted"),
                                      "verdict": record.get("verdict") or ("drift" if record.get("drifted") else "ok")}
                                     for name, record in worst]}
-    return {"recent": RECENT_STATISTICS.get(prediction_log()), "drift": summary, "serving_model": serving,
+    recent = dict(RECENT_STATISTICS.get(prediction_log()))  # a copy: the cache's own is shared by later calls
+    recent["log"] = paths.path(recent["log"])
+    if recent.get("error"):
+        recent["error"] = paths.text(str(recent["error"]))
+    return {"recent": recent, "drift": summary, "serving_model": serving,
             "drift_report_available": (_drift_dir() / REPORT_HTML).is_file()}
 
 
@@ -117,9 +132,12 @@ def monitoring_page():
 @monitoring_blueprint.get("/monitoring/drift-report")
 def drift_report_page():
     path = _drift_dir() / REPORT_HTML
-    if not path.is_file():
+    try:  # read, not sent as the file: the paths in it (the log it read) are named as the other answers name them
+        report = path.read_text(encoding="utf-8", errors="replace")
+    except (FileNotFoundError, IsADirectoryError):
         abort(404, description="no drift report yet: run `python -m monitoring.drift`")
-    response = send_file(path.resolve(), mimetype="text/html", max_age=0)
+    response = current_app.response_class(public_paths().text(report), mimetype="text/html")
+    response.headers["Cache-Control"] = "no-cache"
     # The report is one self-contained file (it is also opened from disk), so its styles are inline:
     # allow those, and nothing else — no scripts, no other sources.
     response.headers["Content-Security-Policy"] = (

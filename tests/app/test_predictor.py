@@ -299,9 +299,9 @@ def test_a_worker_starting_on_an_unreadable_bundle_serves_the_last_good_release(
     assert served.model is not None and served.state.predictor.serving_fallback
     ready = served.client.get("/readyz")
     assert ready.status_code == 200 and ready.json["status"] == "ready"
-    assert ready.json["fallback"]["serving"] == str(store.release_dir("1"))
+    assert ready.json["fallback"]["serving"] == "models/releases/1"  # named from the store (a public probe)
     reason = ready.json["refused"]["reason"]
-    assert str(production_dir / "weights.npz") in reason and "cannot be read" in reason, reason
+    assert "models/production/weights.npz" in reason and "cannot be read" in reason, reason
 
 
 def test_a_release_that_stood_in_for_production_is_let_go_once_production_serves(make_app, production_dir,
@@ -349,7 +349,7 @@ def test_readyz_says_why_a_bundle_was_refused_while_the_old_model_serves(served,
     assert ready.status_code == 200 and ready.json["status"] == "ready"
     assert ready.json["model"]["version"] == old.version
     refused = ready.json["refused"]
-    assert refused["bundle"] == str(production_dir) and "weights.npz: checksum mismatch" in refused["reason"]
+    assert refused["bundle"] == "models/production" and "weights.npz: checksum mismatch" in refused["reason"]
     assert dt.datetime.fromisoformat(refused["at"]) >= before
     copy_bundle(app_bundles[1], production_dir)  # a good bundle: the refusal is over
     assert served.state.predictor.check_now() is True

@@ -160,8 +160,8 @@ def test_recent_predictions_are_read_as_the_release_decision_reads_them(tmp_path
     page = client.get("/monitoring").get_data(as_text=True)
     assert "cannot be read" not in page and "4 events, from" in page
     skipped = " ".join(re.search(r'<p id="unreadable-lines"[^>]*>(.*?)</p>', page, re.S).group(1).split())
-    assert skipped.startswith(f"1 line of <code>{log}</code> could not be read as an event and was skipped "
-                              "(not JSON: 1)")
+    assert skipped.startswith(f"1 line of <code>{log.parent.name}/{log.name}</code> could not be read as an event "
+                              "and was skipped (not JSON: 1)")
 
 
 def prediction(i: int, onpromotion: bool = False) -> dict:
