@@ -20,6 +20,7 @@ ENV_MAX_BATCH = "SHELFCAST_MAX_BATCH"
 ENV_MAX_BODY = "SHELFCAST_MAX_BODY_BYTES"
 ENV_BODY_TIMEOUT = "SHELFCAST_BODY_TIMEOUT_S"
 ENV_HEADER_TIMEOUT = "SHELFCAST_HEADER_TIMEOUT_S"
+ENV_MAX_HEADER_BYTES = "SHELFCAST_MAX_HEADER_BYTES"
 
 DEFAULT_MODEL_DIR = Path("models/production")
 DEFAULT_RELOAD_INTERVAL_S = 5.0
@@ -29,6 +30,12 @@ DEFAULT_BODY_TIMEOUT_S = 10.0  # a body that stalls longer gets 408 (app/request
 # a request whose headers are not all in by then gets 408 and its connection closed (app/gunicorn_worker.py);
 # 10 s as deploy/nginx.conf's client_header_timeout
 DEFAULT_HEADER_TIMEOUT_S = 10.0
+# a request's header fields in all (the request line aside): more get 431 (app/gunicorn_worker.py). gunicorn's own
+# bound is limit_request_fields x limit_request_field_size, 100 x 8190: 800 KB a request, 29 ms of a worker's CPU
+# to read and 60+ MB more memory under 16 such clients; 32 KiB as deploy/nginx.conf's large_client_header_buffers
+# (4 x 8k), which bounds them so in front of the app
+DEFAULT_MAX_HEADER_BYTES = 32 * 1024
+MIN_HEADER_BYTES = 1024
 # The longest header or body timeout: the deadline thread (app/request_buffer.py) sleeps until a deadline, and a
 # wait beyond threading.TIMEOUT_MAX (~292 years; `inf`) raised OverflowError there, killing it at every request.
 MAX_TIMEOUT_S = 3600.0
@@ -64,11 +71,16 @@ class AppSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
 
     def __post_init__(self) -> None:
         for name in ("body_timeout_s", "header_timeout_s"):
             if not 0 < getattr(self, name) <= MAX_TIMEOUT_S:
                 raise SettingsError(f"{name}: must be > 0 and <= {MAX_TIMEOUT_S:g}, got {getattr(self, name)!r}")
+        if not (isinstance(self.max_header_bytes, int) and not isinstance(self.max_header_bytes, bool)
+                and self.max_header_bytes >= MIN_HEADER_BYTES):
+            raise SettingsError(f"max_header_bytes: must be an integer >= {MIN_HEADER_BYTES}, "
+                                f"got {self.max_header_bytes!r}")
         if not self.reload_interval_s >= 0:
             raise SettingsError(f"reload_interval_s: must be >= 0, got {self.reload_interval_s!r}")
         for name in ("max_batch", "max_body_bytes"):
@@ -92,6 +104,8 @@ class AppSettings:
             values["body_timeout_s"] = _number(env, ENV_BODY_TIMEOUT, float, 0.001, MAX_TIMEOUT_S)
         if env.get(ENV_HEADER_TIMEOUT, "").strip():
             values["header_timeout_s"] = _number(env, ENV_HEADER_TIMEOUT, float, 0.001, MAX_TIMEOUT_S)
+        if env.get(ENV_MAX_HEADER_BYTES, "").strip():
+            values["max_header_bytes"] = _number(env, ENV_MAX_HEADER_BYTES, int, MIN_HEADER_BYTES)
         return cls(**values)
 
 

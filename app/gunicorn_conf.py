@@ -50,8 +50,8 @@ Environment: SHELFCAST_BIND (default 127.0.0.1:5005; 0.0.0.0:5005 in a container
 SHELFCAST_WORKERS (default: the cores this process may use, fewer where its cgroup's CPU limit is lower:
 engine/cores.py), SHELFCAST_THREADS (default 8),
 SHELFCAST_PIN_WORKERS (default 1), SHELFCAST_ACCESS_LOG ("-" for stdout), PROMETHEUS_MULTIPROC_DIR. The worker
-class (app/gunicorn_worker.py) reads SHELFCAST_HEADER_TIMEOUT_S, which app/config.py defines beside the app's
-other limits.
+class (app/gunicorn_worker.py) reads SHELFCAST_HEADER_TIMEOUT_S and SHELFCAST_MAX_HEADER_BYTES, which app/config.py
+defines beside the app's other limits.
 """
 
 import collections

@@ -18,6 +18,12 @@ connection thread until it hung up, and SHELFCAST_THREADS such clients made a wo
 no setting for it, so this subclass bounds each request's headers by SHELFCAST_HEADER_TIMEOUT_S (app/config.py),
 the first request's from when the connection is accepted (as nginx's client_header_timeout), a kept-alive
 connection's next one from when its first bytes arrive: see `ThreadWorker.handle`.
+
+gunicorn bounds each header field (limit_request_field_size, 8190 bytes) and their number (limit_request_fields,
+100), so a request could carry 800 KB of headers: 29 ms of a worker's CPU to read (its parser copies and searches
+what it holds at each 8 KiB read) against 0.6 ms for a plain request, and 16 clients sending such requests took a
+worker from 178 to 300 MB. `HeaderBoundRequest` bounds them in all by SHELFCAST_MAX_HEADER_BYTES (32 KiB, as the
+compose proxy's large_client_header_buffers): gunicorn's 431 past it.
 """
 
 from __future__ import annotations
@@ -33,10 +39,13 @@ import threading
 import time
 from pathlib import Path
 
+from gunicorn.http.errors import LimitRequestHeaders
+from gunicorn.http.message import Request
+from gunicorn.http.parser import RequestParser
 from gunicorn.workers.gthread import ThreadWorker as GthreadWorker
 
 from app import SECURITY_HEADERS
-from app.config import AppSettings, SettingsError
+from app.config import DEFAULT_MAX_HEADER_BYTES, AppSettings, SettingsError
 from app.request_buffer import READ_DEADLINES
 
 CLOSING_THREADS = 4  # each close waits at most 2 s for its client: 2 closes a second at the worst
@@ -45,6 +54,7 @@ MOST_WAITING = 256  # closes queued beyond this happen at once, without the wait
 LAST_CHANCE_S = 0.1
 # What a client whose headers ran out of time is sent, if its socket takes it at once (never waited for).
 TIMED_OUT_BODY = b"the request's headers did not arrive in time\n"
+READ_SIZE = 8192  # the most gunicorn's parser reads from a socket at once (its SocketUnreader's mxchunk)
 RELOAD_MARKER = "reloading.json"  # in PROMETHEUS_MULTIPROC_DIR: the workers a SIGHUP replaces (app/gunicorn_conf.py)
 # With the headers every response of the app carries (README: before, this one had none, nor `Server: shelfcast`).
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nServer: shelfcast\r\nConnection: close\r\n"
@@ -99,12 +109,39 @@ class ClientTookTooLong(logging.Filter):
 CLIENT_TOOK_TOO_LONG = ClientTookTooLong()
 
 
+class HeaderBoundRequest(Request):
+    """gunicorn's request (26.2, pinned), its header fields bounded in all by ``max_header_bytes`` (the request line
+    aside, bounded by limit_request_line): a header block over it is gunicorn's LimitRequestHeaders, a 431 as for a
+    field over limit_request_field_size. gunicorn stops reading a head once it holds ``max_buffer_headers`` bytes
+    without the blank line that ends it (its own: limit_request_fields x (limit_request_field_size + 2) + 4, 800 KB);
+    that is capped here to the bound and one read more (a body's first bytes may arrive with the blank line, so a head
+    within the bound is never refused for them), and the head itself is measured exactly once the blank line is in.
+    ``ThreadWorker.init_process`` makes it the class gunicorn's parser builds requests with."""
+
+    max_header_bytes = DEFAULT_MAX_HEADER_BYTES  # the worker's SHELFCAST_MAX_HEADER_BYTES (init_process)
+
+    @property
+    def max_buffer_headers(self) -> int:
+        return self._max_buffer_headers
+
+    @max_buffer_headers.setter
+    def max_buffer_headers(self, gunicorns: int) -> None:  # set by gunicorn's Message.__init__, read by its parser
+        self._max_buffer_headers = min(gunicorns, self.max_header_bytes + READ_SIZE)
+
+    def parse_headers(self, data, from_trailer=False):
+        if not from_trailer and len(data) > self.max_header_bytes:
+            raise LimitRequestHeaders(f"the header fields are {len(data)} bytes, over SHELFCAST_MAX_HEADER_BYTES "
+                                      f"({self.max_header_bytes})")
+        return super().parse_headers(data, from_trailer)
+
+
 class ThreadWorker(GthreadWorker):
     """gthread, with each connection its main thread finishes closed by a GracefulCloser, and each request's
-    headers read within SHELFCAST_HEADER_TIMEOUT_S. gunicorn (26.2, pinned) has a setting for neither, so this
-    overrides six methods of its ThreadWorker: ``finish_request`` (the closes, and a pipelined request already read
-    handed on), ``enqueue_req``, ``handle`` and ``handle_request`` (the header deadline), ``set_accept_enabled`` (a
-    graceful exit stops listening; with ``finish_request``'s kept-alive connections, no request fails at a SIGHUP) and
+    headers read within SHELFCAST_HEADER_TIMEOUT_S and SHELFCAST_MAX_HEADER_BYTES. gunicorn (26.2, pinned) has a
+    setting for none of these, so this overrides seven methods of its ThreadWorker: ``finish_request`` (the closes,
+    and a pipelined request already read handed on), ``enqueue_req``, ``handle`` and ``handle_request`` (the header
+    deadline), ``init_process`` (the header bound: its parser's request class), ``set_accept_enabled`` (a graceful
+    exit stops listening; with ``finish_request``'s kept-alive connections, no request fails at a SIGHUP) and
     ``handle_exit`` (a SIGHUP's old workers serve until the new ones listen). tests/app/test_served_by_gunicorn.py,
     tests/app/test_served_request_headers.py and tests/app/test_served_lifecycle.py fail if an upgrade changes how
     gunicorn calls them."""
@@ -118,6 +155,14 @@ class ThreadWorker(GthreadWorker):
         except SettingsError:  # never used: the app refuses to start with a bad setting, naming it (app/wsgi.py)
             settings = AppSettings()
         self.header_timeout_s, self.max_body_bytes = settings.header_timeout_s, settings.max_body_bytes
+        self.max_header_bytes = settings.max_header_bytes
+
+    def init_process(self):
+        """In the worker (after the fork; the master parses no request): gunicorn's HTTP/1 parser builds
+        ``HeaderBoundRequest``s, bounded by this worker's SHELFCAST_MAX_HEADER_BYTES."""
+        HeaderBoundRequest.max_header_bytes = self.max_header_bytes
+        RequestParser.mesg_class = HeaderBoundRequest
+        super().init_process()
 
     def handle_exit(self, sig, frame):
         """Overrides gunicorn's SIGTERM handler. A worker a SIGHUP replaces (app/gunicorn_conf.py on_reload names it)

@@ -37,6 +37,20 @@ def test_the_header_and_body_timeouts_are_the_compose_proxys():
     assert seconds == {"header": DEFAULT_HEADER_TIMEOUT_S, "body": DEFAULT_BODY_TIMEOUT_S}
 
 
+def test_the_header_bound_is_the_compose_proxys():
+    """Behind deploy/nginx.conf or not, a request's header fields are bounded in all by the same ~32 KiB: nginx's
+    large_client_header_buffers (number x size), the app's SHELFCAST_MAX_HEADER_BYTES (app/gunicorn_worker.py)."""
+    import re
+
+    from app.config import DEFAULT_MAX_HEADER_BYTES
+
+    nginx = (REPO / "deploy" / "nginx.conf").read_text(encoding="utf-8")
+    number, size = re.search(r"^\s*large_client_header_buffers (\d+) (\d+)k;", nginx, re.M).groups()
+    assert int(number) * int(size) * 1024 == DEFAULT_MAX_HEADER_BYTES
+    assert AppSettings.from_environment({}).max_header_bytes == DEFAULT_MAX_HEADER_BYTES
+    assert AppSettings.from_environment({"SHELFCAST_MAX_HEADER_BYTES": "65536"}).max_header_bytes == 65536
+
+
 @pytest.mark.parametrize("name, value", [("SHELFCAST_RELOAD_INTERVAL_S", "soon"), ("SHELFCAST_RELOAD_INTERVAL_S", "-1"),
                                          ("SHELFCAST_MAX_BATCH", "0"), ("SHELFCAST_MAX_BATCH", "2.5"),
                                          ("SHELFCAST_MAX_BODY_BYTES", "1MB"), ("SHELFCAST_BODY_TIMEOUT_S", "0"),
@@ -44,7 +58,8 @@ def test_the_header_and_body_timeouts_are_the_compose_proxys():
                                          # accepted before: the deadline thread died of OverflowError at every
                                          # request (a traceback each), and with it the bound on a trickling body
                                          ("SHELFCAST_HEADER_TIMEOUT_S", "inf"), ("SHELFCAST_BODY_TIMEOUT_S", "inf"),
-                                         ("SHELFCAST_BODY_TIMEOUT_S", "1e10"), ("SHELFCAST_HEADER_TIMEOUT_S", "3601")])
+                                         ("SHELFCAST_BODY_TIMEOUT_S", "1e10"), ("SHELFCAST_HEADER_TIMEOUT_S", "3601"),
+                                         ("SHELFCAST_MAX_HEADER_BYTES", "32k"), ("SHELFCAST_MAX_HEADER_BYTES", "100")])
 def test_a_bad_value_names_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
         AppSettings.from_environment({name: value})

@@ -394,3 +394,24 @@ def test_metrics_are_refused_through_the_proxy_and_served_to_the_scraper_on_the_
     for line, (status, body) in refused.items():
         assert status == 403 and b"shelfcast_" not in body, (line, status, body[:200])
     assert allowed[0] == 200 and b"shelfcast_model_info" in allowed[1], allowed[0]
+
+
+def test_the_proxy_bounds_a_requests_head_in_all(tmp_path):
+    """The shipped large_client_header_buffers (4 8k): a header line over 8 KiB, or headers over ~32 KiB in all, are
+    nginx's 400 and never reach the app (as SHELFCAST_MAX_HEADER_BYTES bounds them at gunicorn); within, they pass."""
+    def request(fields: int, size: int) -> bytes:
+        return b"GET /app HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-Field-%03d: %s\r\n" % (k, b"a" * (size - 14))
+                                                             for k in range(fields)) + b"Connection: close\r\n\r\n"
+
+    upstream = Upstream()
+    proxy, port = start_proxy(tmp_path, upstream.port)
+    try:
+        statuses = {(fields, size): status_of(port, request(fields, size))[0]
+                    for fields, size in [(3, 8000), (60, 500), (5, 8000), (40, 1000), (98, 8190), (1, 8300)]}
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        upstream.stop()
+    assert statuses == {(3, 8000): 200, (60, 500): 200, (5, 8000): 400, (40, 1000): 400, (98, 8190): 400,
+                        (1, 8300): 400}, statuses
+    assert len(upstream.received) == 2  # the refused ones never reached the app

@@ -212,3 +212,63 @@ def test_a_request_whose_body_takes_longer_than_the_header_timeout_is_served(ser
         assert read_response(client).startswith(b"HTTP/1.1 200 ")
         client.sendall(HEALTHZ)
         assert read_all(client, 10).startswith(b"HTTP/1.1 200 ")
+
+
+def head_of(size: int, first: list[bytes]) -> bytes:
+    """The header block ``first`` and padding fields of at most 8,000 bytes each, ``size`` bytes in all as gunicorn
+    measures it (the fields and the line breaks between them; not the request line, nor the blank line)."""
+    fields = list(first)
+    taken = lambda: sum(map(len, fields)) + 2 * (len(fields) - 1)  # noqa: E731
+    while taken() < size:
+        room = size - taken() - 2  # the line break before a new field
+        fields.append(b"X-Pad-%03d: " % len(fields) + b"a" * max(1, min(8000, room - 11)))
+    assert taken() == size, (taken(), size)
+    return b"\r\n".join(fields)
+
+
+def worker_cpu_s(master: int) -> float:
+    """The CPU time (user and system) the server's worker has used so far (one worker: the master's one child)."""
+    import os
+
+    [worker] = open(f"/proc/{master}/task/{master}/children").read().split()
+    fields = open(f"/proc/{worker}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_requests_header_fields_are_bounded_in_all(server):
+    """Found by a review of what the served app takes from whoever reaches it: gunicorn bounds each header field
+    (8190 bytes) and their number (100), not their sum, so a request carried 800 KB of headers and was served: 29 ms
+    of a worker's CPU each (a plain request: 0.6 ms; its parser copies and searches all it holds at every 8 KiB read)
+    and 16 clients sending them took the worker from 178 to 300 MB. SHELFCAST_MAX_HEADER_BYTES (32 KiB, as the compose
+    proxy's large_client_header_buffers) bounds them in all: past it, gunicorn's 431, read no further than one read
+    past the bound. A head of exactly the bound is served, also when a body's first bytes come in the same read."""
+    from app.config import DEFAULT_MAX_HEADER_BYTES
+
+    def answer(request: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            try:
+                client.sendall(request)
+            except (BrokenPipeError, ConnectionResetError):  # refused before all was sent: its answer is read
+                pass
+            return read_all(client, 10)
+
+    huge = b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-Field-%02d: %s\r\n" % (k, b"a" * 8176) for k in range(98)) + \
+        b"Host: x\r\nConnection: close\r\n\r\n"
+    assert len(huge) > 800_000
+    spent = worker_cpu_s(server.pid)
+    refused = [answer(huge) for _ in range(20)]
+    spent = worker_cpu_s(server.pid) - spent
+    assert all(reply.startswith(b"HTTP/1.1 431 ") for reply in refused), refused[0][:300]
+    assert spent < 0.2, f"20 requests with 800 KB of headers took {spent:.2f} s of the worker's CPU"  # before: 0.58
+
+    body = b'{"instances": []}' + b" " * 6000  # its first bytes come in the read that ends the head
+    post = [b"Host: x", b"Content-Type: application/json", b"Content-Length: %d" % len(body), b"Connection: close"]
+    at_bound = b"POST /api/v1/predict HTTP/1.1\r\n" + head_of(DEFAULT_MAX_HEADER_BYTES, post) + b"\r\n\r\n" + body
+    served = answer(at_bound)  # the app's own answer to an empty batch: the head passed, the body was read
+    assert served.startswith(b"HTTP/1.1 400 ") and b"at least one instance" in served, served[:300]
+    plain = [b"Host: x", b"Connection: close"]
+    assert answer(b"GET /healthz HTTP/1.1\r\n" + head_of(DEFAULT_MAX_HEADER_BYTES, plain) + b"\r\n\r\n"
+                  ).startswith(b"HTTP/1.1 200 ")
+    over = answer(b"GET /healthz HTTP/1.1\r\n" + head_of(DEFAULT_MAX_HEADER_BYTES + 1, plain) + b"\r\n\r\n")
+    assert over.startswith(b"HTTP/1.1 431 ") and b"SHELFCAST_MAX_HEADER_BYTES" in over, over[:300]
+    assert json.loads(get(server.port, "/healthz")) == {"status": "ok"}  # the worker serves on
