@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from app.state import serving_state
-from monitoring.public_paths import PublicPaths
+from monitoring.public_paths import public_paths
 
 health = Blueprint("health", __name__)
 
@@ -28,7 +28,7 @@ def readyz():
     predictor = serving_state().predictor
     model = predictor.model
     # the model folder and its release store (releases/, the fallbacks) are what a refusal's reason can name
-    paths = PublicPaths([predictor.path, predictor.path.parent])
+    paths = public_paths(predictor.path, predictor.path.parent)
     if model is None:
         reason = paths.text(predictor.last_error) if predictor.last_error else \
             f"no model bundle loaded yet from {paths.path(predictor.path)}"

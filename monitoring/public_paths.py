@@ -19,6 +19,7 @@ given.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -82,3 +83,14 @@ class PublicPaths:
             last = end
         out.append(text[last:])
         return "".join(out)
+
+
+def public_paths(*folders: Path | str) -> PublicPaths:
+    """``PublicPaths(folders)`` with the default roots, built once per set of folders and working directory: a
+    build resolves each folder and root on the file system (~0.2 ms), and /readyz is probed every few seconds."""
+    return _built(tuple(os.fspath(folder) for folder in folders), os.getcwd())
+
+
+@functools.lru_cache(maxsize=64)
+def _built(folders: tuple[str, ...], cwd: str) -> PublicPaths:
+    return PublicPaths(folders, roots=[PROJECT, cwd])

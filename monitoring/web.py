@@ -27,7 +27,7 @@ from flask import Blueprint, abort, current_app, jsonify, render_template
 from markupsafe import Markup
 
 from monitoring.drift import DEFAULT_OUTPUT_DIR, REPORT_HTML, REPORT_JSON, alarmable
-from monitoring.public_paths import PublicPaths
+from monitoring.public_paths import PublicPaths, public_paths as named_by
 from monitoring.recent_predictions import StatisticsCache
 from pipeline.event_sources import prediction_log
 
@@ -62,7 +62,7 @@ def _drift_dir() -> Path:
 def public_paths() -> PublicPaths:
     """How these answers name the files they read: the log, its folder and the drift folder are known."""
     log = prediction_log()
-    return PublicPaths([log, log.parent, _drift_dir()])
+    return named_by(log, log.parent, _drift_dir())
 
 
 def latest_drift_report() -> dict[str, Any] | None:

@@ -37,3 +37,15 @@ def test_the_project_and_the_working_directory_are_the_default_roots(tmp_path, m
     assert paths.path(PROJECT / "logs" / "predictions.jsonl") == "logs/predictions.jsonl"
     assert paths.path(tmp_path / "models" / "production") == "models/production"
     assert paths.text(f"from {Path.cwd()}/models/production") == "from models/production"
+
+
+def test_the_built_names_are_kept_per_folders_and_working_directory(tmp_path, monkeypatch):
+    from monitoring.public_paths import public_paths
+
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert public_paths("/elsewhere/logs").path(tmp_path / "a" / "x") == "a/x"
+    assert public_paths("/elsewhere/logs") is public_paths("/elsewhere/logs")  # built once
+    monkeypatch.chdir(tmp_path / "a")  # another working directory: another root
+    assert public_paths("/elsewhere/logs").path(tmp_path / "a" / "x") == "x"
+    assert public_paths("/elsewhere/logs").path("/elsewhere/logs/p.jsonl") == "logs/p.jsonl"
