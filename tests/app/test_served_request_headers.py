@@ -218,7 +218,10 @@ def head_of(size: int, first: list[bytes]) -> bytes:
     """The header block ``first`` and padding fields of at most 8,000 bytes each, ``size`` bytes in all as gunicorn
     measures it (the fields and the line breaks between them; not the request line, nor the blank line)."""
     fields = list(first)
-    taken = lambda: sum(map(len, fields)) + 2 * (len(fields) - 1)  # noqa: E731
+
+    def taken() -> int:
+        return sum(map(len, fields)) + 2 * (len(fields) - 1)
+
     while taken() < size:
         room = size - taken() - 2  # the line break before a new field
         fields.append(b"X-Pad-%03d: " % len(fields) + b"a" * max(1, min(8000, room - 11)))
