@@ -23,6 +23,9 @@ NWRMSLE every ``eval_every`` steps. With a checkpoint directory, every
 evaluation writes an ``en.train.Saver`` checkpoint (weights, Adam's slots
 and step) and the loop's position, so a killed run resumes where it
 stopped and ends exactly as an uninterrupted run with the same seed would.
+The evaluation before it is kept too (its state and checkpoints), so a newest
+checkpoint that a disk error or a hand edit damaged costs one evaluation's
+steps, not the whole run.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ from pipeline.metrics import nwrmsle
 LOG1P_OUTPUT = "log1p_sales"
 MAX_LOG1P = 25.0
 STATE_FILE = "state.json"
+PREVIOUS_STATE_FILE = "previous-state.json"  # the evaluation before state.json's, whose checkpoints are kept with it:
+# a newest checkpoint that cannot be read is skipped for it, not trained again from step 0
 STATE_FORMAT = "shelfcast-train-state"
 STATE_VERSION = 2  # 2: the identity's parts (CheckpointIdentity); 1 kept only their hash ("fingerprint")
 STAGED_DATA = re.compile(r"(.+)\.npz-[0-9a-f]{16}")  # a checkpoint's data staged by engine/saver.py
@@ -331,6 +336,8 @@ class CheckpointOfOtherInputs(Exception):
 class TrainingState:
     """The loop's position and early-stopping record, next to its checkpoints (what a resumed run reads)."""
 
+    _text = ""  # the JSON this state was read from or last written as: the next evaluation keeps it as the previous
+
     def __init__(self, identity: CheckpointIdentity | None):
         self.identity = identity.to_json() if identity is not None else {}  # None: no checkpoints to tell apart
         self.step = 0
@@ -345,7 +352,7 @@ class TrainingState:
         self.checkpoint_digests: dict = {}  # checkpoint name -> its manifest's sha256 (which names its data's)
 
     def to_json(self) -> dict:
-        fields = dict(self.__dict__)
+        fields = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
         return {"format": STATE_FORMAT, "version": STATE_VERSION, **fields, "checksum": _state_checksum(fields)}
 
     def note_checkpoint(self, directory: Path, name: str) -> str:
@@ -372,16 +379,18 @@ class TrainingState:
                              "edited since)")
 
     @classmethod
-    def read(cls, directory: Path, identity: CheckpointIdentity) -> TrainingState | None:
-        """The saved state, or None when there is none; CheckpointOfOtherInputs when it belongs to other inputs
-        (saying which parts of ``identity`` differ) or was written by an older train (which recorded one hash).
+    def read(cls, directory: Path, identity: CheckpointIdentity, name: str = STATE_FILE) -> TrainingState | None:
+        """The saved state (``name``: state.json, or the one before it), or None when there is none;
+        CheckpointOfOtherInputs when it belongs to other inputs (saying which parts of ``identity`` differ) or was
+        written by an older train (which recorded one hash).
 
         ValueError naming the file and field when it is unreadable or a field is missing, of the wrong type or out
         of range (a position outside the run it records, a score that is not a finite number).
         """
-        path = directory / STATE_FILE
+        path = directory / name
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            doc = json.loads(text)
         except FileNotFoundError:
             return None
         except (ValueError, OSError) as exc:
@@ -417,11 +426,32 @@ class TrainingState:
         unimproved = state.best_step == 0 and state.best_score == math.inf  # every evaluation so far diverged
         if not ((math.isfinite(state.best_score) and state.best_score >= 0) or unimproved):
             raise ValueError(f"{path}: field 'best_score' is {state.best_score}, not a score (a finite NWRMSLE)")
+        state._text = text
         return state
 
-    def write(self, directory: Path) -> None:
-        with atomic_file(directory / STATE_FILE) as tmp:
-            tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+    @property
+    def checkpoints(self) -> set[str]:
+        return {self.last_checkpoint, self.best_checkpoint}
+
+    def write(self, directory: Path) -> set[str]:
+        """state.json, then the state it replaces as previous-state.json; returns the checkpoints the two name (the
+        ones to keep). In that order, a kill in between leaves the state before the replaced one there, whose
+        checkpoints are still on disk: only the clean-up after this write deletes them."""
+        previous, text = self._text, json.dumps(self.to_json(), indent=1) + "\n"
+        _write_text(directory / STATE_FILE, text)
+        self._text = text
+        if not previous:
+            return self.checkpoints
+        _write_text(directory / PREVIOUS_STATE_FILE, previous)
+        doc = json.loads(previous)
+        return self.checkpoints | {doc["last_checkpoint"], doc["best_checkpoint"]}
+
+
+def _write_text(path: Path, text: str) -> None:
+    if path.is_dir() and not path.is_symlink():  # a folder where the file should be (a hand edit): os.replace fails
+        shutil.rmtree(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _manifest_digest(path: Path) -> str:
@@ -530,8 +560,7 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
                     if directory is not None:
                         state.last_checkpoint = state.note_checkpoint(directory, Path(saver_all.save(
                             sess, str(directory / "last"), global_step=state.step)).name)
-                        state.write(directory)
-                        _remove_stale(directory, {state.last_checkpoint, state.best_checkpoint})
+                        _remove_stale(directory, state.write(directory))
                     if on_eval is not None:
                         on_eval(state.step, curve)
                     if state.evals_since_best >= patience or state.step >= max_steps:
@@ -567,15 +596,15 @@ def clear_checkpoints(directory: Path) -> None:
     """Delete what the checkpoint folder holds, whatever it is (a folder where a file should be, a file where the
     folder should be), keeping the folder itself: it may be a link or a mount point on another disk.
 
-    The state goes first: a kill part way leaves checkpoints no state names (the next train starts over without a
+    The states go first: a kill part way leaves checkpoints no state names (the next train starts over without a
     word, as when they are all gone), not a state naming checkpoints already deleted ('cannot be resumed')."""
     if directory.is_symlink() and not directory.exists():
         directory.unlink()  # a link to nothing
     elif directory.exists() and not directory.is_dir():
         directory.unlink()
     elif directory.is_dir():
-        state = directory / STATE_FILE
-        for path in sorted(directory.iterdir(), key=lambda path: path != state):
+        states = (directory / STATE_FILE, directory / PREVIOUS_STATE_FILE)
+        for path in sorted(directory.iterdir(), key=lambda path: path not in states):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
@@ -584,45 +613,79 @@ def clear_checkpoints(directory: Path) -> None:
 
 def _resume(sess, directory: Path, identity: CheckpointIdentity, saver_model, saver_all, fetch_vars: list,
             say: Callable[[str], None]) -> tuple[TrainingState, list] | None:
-    """Load the saved state and both checkpoints into ``sess``: (state, the best evaluation's weights), or None
+    """Load the saved state and both its checkpoints into ``sess``: (state, the best evaluation's weights), or None
     to start over: no checkpoint, one of other inputs (logged, naming the parts that differ), or a damaged one
-    (logged, and its files deleted).
+    (logged, and its files deleted) with no intact one before it.
 
-    Checkpoints are written atomically, so damage means a disk error or a hand edit; the run that follows
-    starting over ends as an uninterrupted one would, only later.
+    Checkpoints are written atomically, so damage means a disk error or a hand edit. The newest (state.json and
+    the checkpoints it names) is skipped for the evaluation before it (previous-state.json's), saying why; either
+    ends as an uninterrupted run would, only later.
     """
+    state = None
     try:
         state = TrainingState.read(directory, identity)
         if state is None:
             return None
-        for name in (state.best_checkpoint, state.last_checkpoint):
-            state.check_checkpoint(directory, name)
-        saver_model.restore(sess, str(directory / state.best_checkpoint))
-        best_values = sess.run(fetch_vars)
-        saver_all.restore(sess, str(directory / state.last_checkpoint))
+        best_values = _restored(sess, directory, state, saver_model, saver_all, fetch_vars)
     except CheckpointOfOtherInputs as exc:
         say(f"train: the checkpoint in {directory} {exc}; starting over")  # train() deletes its files
         return None
     except (ValueError, OSError, en.errors.OpError) as exc:
-        say(f"train: the checkpoint in {directory} cannot be resumed ({exc}); starting over")
+        newest = exc
+    else:
+        say(f"train: resuming from the checkpoint at step {state.step} in {directory}")
+        return state, best_values
+    try:  # the newest cannot be resumed: the evaluation before it, whose state and checkpoints were kept
+        older = TrainingState.read(directory, identity, PREVIOUS_STATE_FILE)
+        if older is None or (state is not None and older.step >= state.step):
+            older = None  # none (a run's first evaluation), or the same one (state.json became it at a skip)
+        else:
+            best_values = _restored(sess, directory, older, saver_model, saver_all, fetch_vars)
+    except (CheckpointOfOtherInputs, ValueError, OSError, en.errors.OpError) as exc:
+        say(f"train: the checkpoint in {directory} cannot be resumed ({newest}), nor the one before it ({exc}); "
+            "starting over")
         _discard_checkpoint(directory)
         return None
-    say(f"train: resuming from the checkpoint at step {state.step} in {directory}")
-    return state, best_values
+    if older is None:
+        say(f"train: the checkpoint in {directory} cannot be resumed ({newest}); starting over")
+        _discard_checkpoint(directory)
+        return None
+    newest_step = f"at step {state.step} " if state is not None else ""
+    say(f"train: the newest checkpoint {newest_step}in {directory} cannot be resumed ({newest}); skipped for the "
+        f"one before it, at step {older.step}")
+    _write_text(directory / STATE_FILE, older._text)  # the newest's files go: its next checkpoint is written anew
+    _remove_stale(directory, older.checkpoints)
+    say(f"train: resuming from the checkpoint at step {older.step} in {directory}")
+    return older, best_values
+
+
+def _restored(sess, directory: Path, state: TrainingState, saver_model, saver_all, fetch_vars: list) -> list:
+    """Restore ``state``'s checkpoints into ``sess`` (both checked to be the ones it recorded); the best's weights."""
+    for name in (state.best_checkpoint, state.last_checkpoint):
+        state.check_checkpoint(directory, name)
+    saver_model.restore(sess, str(directory / state.best_checkpoint))
+    best_values = sess.run(fetch_vars)
+    saver_all.restore(sess, str(directory / state.last_checkpoint))
+    return best_values
 
 
 def _remove_stale(directory: Path, keep: set[str]) -> None:
-    """Delete checkpoints no state refers to any more (the state file was written first), the staged data
+    """Delete checkpoints neither state refers to any more (the state files were written first), the staged data
     (``<name>.npz-<digest>``, engine/saver.py) of saves a kill or a full disk cut short, and the temporary copy
-    (``.tmp-<random>``) a kill mid-write left: one train at a time writes here (pipeline/train.py one_train)."""
+    (``.tmp-<random>``) a kill mid-write left: one train at a time writes here (pipeline/train.py one_train). A
+    checkpoint's name that is a folder (a hand edit) goes too: the next save of that name could not replace it."""
     for path in directory.iterdir():
         if PARTIAL_WRITE.fullmatch(path.name) and path.is_file() and not path.is_symlink():
             path.unlink(missing_ok=True)
             continue
         staged = STAGED_DATA.fullmatch(path.name)
         prefix = staged.group(1) if staged else path.name.rsplit(".", 1)[0]
-        if (staged or path.suffix in (".npz", ".json")) and path.name != STATE_FILE and prefix not in keep:
-            path.unlink(missing_ok=True)
+        if ((staged or path.suffix in (".npz", ".json")) and path.name not in (STATE_FILE, PREVIOUS_STATE_FILE)
+                and prefix not in keep):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def expected_units_factor(units: np.ndarray, predicted: np.ndarray) -> float:

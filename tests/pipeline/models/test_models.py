@@ -275,9 +275,26 @@ def _swap_names_in_manifest(directory, a, b):
     path.write_text(json.dumps(manifest, indent=1))
 
 
+def _without_a_member(path):
+    """Rewrite a checkpoint's .npz without its first array (a zip member deleted: `zip -d`)."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path) as whole:
+        members = [(info, whole.read(info)) for info in whole.infolist()]
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as cut:
+        for info, data in members[1:]:
+            cut.writestr(info, data)
+    path.write_bytes(out.getvalue())
+
+
 CHECKPOINT_DAMAGE = {
     "the last checkpoint cut short": lambda d: _newest(d, "last-*.npz").write_bytes(
         _newest(d, "last-*.npz").read_bytes()[:100]),
+    "a byte flipped in the last checkpoint": lambda d: _flip_a_byte(_newest(d, "last-*.npz")),
+    "a member deleted from the last checkpoint": lambda d: _without_a_member(_newest(d, "last-*.npz")),
+    "a member deleted from the best checkpoint": lambda d: _without_a_member(_newest(d, "best-*.npz")),
     "a byte flipped in the best checkpoint": lambda d: _flip_a_byte(_newest(d, "best-*.npz")),
     "the last checkpoint's manifest deleted": lambda d: _newest(d, "last-*.json").unlink(),
     "the manifest cut short": lambda d: _newest(d, "last-*.json").write_text('{"format": "shelfc'),
@@ -314,29 +331,99 @@ CHECKPOINT_DAMAGE = {
 }
 
 
+def _same_model(result, straight):
+    assert result.curves == straight.curves
+    for name in straight.weights:
+        np.testing.assert_array_equal(result.weights[name], straight.weights[name])
+
+
 @pytest.mark.parametrize("damage", CHECKPOINT_DAMAGE)
-def test_a_damaged_checkpoint_is_reported_and_training_starts_over(tmp_path, damage):
-    """Damage after a kill (a disk error, a hand edit): one line names the folder, and the run starts over to
-    the model an uninterrupted run makes, not a traceback on every rerun."""
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before_it(tmp_path, damage):
+    """Damage after a kill (a disk error, a hand edit) to the newest checkpoint (state.json or a file it names): the
+    run says which it skipped and why, resumes from the evaluation before it (kept with it), and ends on the bytes
+    of an uninterrupted run. Before, it started over from step 0 although that older checkpoint was intact."""
+    x, y, w = _problem(1000, 0)
+    vx, vy, vw = _problem(300, 1)
+    args = {"seed": 4, "eval_every": 20, "patience": 50, "batch_size": 64, "learning_rate": 0.01}
+    straight = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, **args)
+    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path, identity=_identity("f"), **args)
+    assert {p.name for p in tmp_path.iterdir()} == {models.STATE_FILE, models.PREVIOUS_STATE_FILE, "best-20.json",
+                                                   "best-20.npz", "best-40.json", "best-40.npz", "last-20.json",
+                                                   "last-20.npz", "last-40.json", "last-40.npz"}
+    CHECKPOINT_DAMAGE[damage](tmp_path)
+    said = []
+    again = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, identity=_identity("f"),
+                   log=said.append, **args)
+    assert len(said) == 2, said
+    assert said[0].startswith("train: the newest checkpoint ") and f"in {tmp_path} cannot be resumed (" in said[0]
+    assert said[0].endswith("); skipped for the one before it, at step 20")
+    assert said[1] == f"train: resuming from the checkpoint at step 20 in {tmp_path}"
+    assert again.resumed_at_step == 20
+    _same_model(again, straight)
+    # the damaged files are gone: the next rerun resumes from the new checkpoints without a word about damage
+    said.clear()
+    resumed = _train("mlp", x, y, w, vx, vy, vw, max_steps=80, checkpoint_dir=tmp_path, identity=_identity("f"),
+                     log=said.append, **args)
+    assert resumed.resumed_at_step == 60 and said == [f"train: resuming from the checkpoint at step 60 in {tmp_path}"]
+    _same_model(resumed, _train("mlp", x, y, w, vx, vy, vw, max_steps=80, **args))
+
+
+@pytest.mark.parametrize("damage", CHECKPOINT_DAMAGE)
+def test_a_damaged_checkpoint_with_none_intact_before_it_is_reported_and_training_starts_over(tmp_path, damage):
+    """The newest damaged and no evaluation before it (a run's first, or its state deleted): one line names the
+    folder, and the run starts over to the model an uninterrupted run makes, not a traceback on every rerun."""
     x, y, w = _problem(1000, 0)
     vx, vy, vw = _problem(300, 1)
     args = {"seed": 4, "eval_every": 20, "patience": 50, "batch_size": 64, "learning_rate": 0.01}
     straight = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, **args)
     _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path, identity=_identity("f"), **args)
     CHECKPOINT_DAMAGE[damage](tmp_path)
+    (tmp_path / models.PREVIOUS_STATE_FILE).unlink(missing_ok=True)
     said = []
     again = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, identity=_identity("f"),
                    log=said.append, **args)
     assert len(said) == 1 and said[0].startswith(f"train: the checkpoint in {tmp_path} cannot be resumed (")
     assert said[0].endswith("); starting over")
-    assert again.resumed_at_step == 0 and again.curves == straight.curves
-    for name in straight.weights:
-        np.testing.assert_array_equal(again.weights[name], straight.weights[name])
+    assert again.resumed_at_step == 0
+    _same_model(again, straight)
     # the damaged files are gone: the next rerun resumes from the new checkpoints without a word about damage
     said.clear()
     resumed = _train("mlp", x, y, w, vx, vy, vw, max_steps=80, checkpoint_dir=tmp_path, identity=_identity("f"),
                      log=said.append, **args)
     assert resumed.resumed_at_step == 60 and said == [f"train: resuming from the checkpoint at step 60 in {tmp_path}"]
+
+
+def test_both_kept_checkpoints_damaged_are_reported_and_training_starts_over(tmp_path):
+    """The newest and the one before it both unreadable: one line gives both reasons, and the run starts over."""
+    x, y, w = _problem(1000, 0)
+    vx, vy, vw = _problem(300, 1)
+    args = {"seed": 4, "eval_every": 20, "patience": 50, "batch_size": 64, "learning_rate": 0.01}
+    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path, identity=_identity("f"), **args)
+    _flip_a_byte(tmp_path / "last-40.npz")
+    _without_a_member(tmp_path / "last-20.npz")
+    said = []
+    again = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, identity=_identity("f"),
+                   log=said.append, **args)
+    assert len(said) == 1 and said[0].startswith(f"train: the checkpoint in {tmp_path} cannot be resumed (")
+    assert "last-40" in said[0] and "), nor the one before it (" in said[0] and "last-20" in said[0]
+    assert said[0].endswith("); starting over")
+    assert again.resumed_at_step == 0
+    _same_model(again, _train("mlp", x, y, w, vx, vy, vw, max_steps=60, **args))
+
+
+def test_a_run_keeps_the_checkpoints_of_its_last_two_evaluations_only(tmp_path):
+    """Every evaluation's clean-up deletes what neither state.json nor previous-state.json names."""
+    import json
+
+    x, y, w = _problem(1000, 0)
+    vx, vy, vw = _problem(300, 1)
+    _train("mlp", x, y, w, vx, vy, vw, max_steps=100, checkpoint_dir=tmp_path, identity=_identity("f"), seed=4,
+           eval_every=20, patience=50, batch_size=64, learning_rate=0.01)
+    states = [json.loads((tmp_path / name).read_text()) for name in (models.STATE_FILE, models.PREVIOUS_STATE_FILE)]
+    assert [state["step"] for state in states] == [100, 80]
+    named = {state[k] for state in states for k in ("last_checkpoint", "best_checkpoint")}
+    assert {p.name for p in tmp_path.iterdir()} == {models.STATE_FILE, models.PREVIOUS_STATE_FILE} | {
+        f"{name}{suffix}" for name in named for suffix in (".json", ".npz")}
 
 
 def test_the_partial_copy_a_kill_leaves_mid_write_is_deleted_by_the_next_checkpoint(tmp_path):

@@ -246,10 +246,11 @@ def test_a_resume_interrupted_too_keeps_every_run_named_by_the_one_that_continue
         written = []
 
         def write(state, directory):
-            real_write(state, directory)
+            kept = real_write(state, directory)  # the checkpoints its two states name
             written.append(state.step)
             if len(written) == evaluations:
                 raise Interrupted(state.step)
+            return kept
         return write
 
     steps = []
