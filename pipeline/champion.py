@@ -35,7 +35,7 @@ from pipeline.bundle import BundleError, ModelBundle, load_bundle, verify_bundle
 from pipeline.evaluate import CANDIDATE_DIR, EvaluateError, read_validation, scoreable_rows, validation_window
 from pipeline.features import FeatureInputError
 from pipeline.history import HistoryError, future_calendar, load_history, snapshot_at
-from pipeline.metrics import ImprovementInterval, MetricInputError, improvement_interval, nwrmsle
+from pipeline.metrics import ImprovementInterval, MetricInputError, improvement_interval, improvement_words, nwrmsle
 from pipeline.model_params import EvaluateParams, evaluate_params, promote_params, train_params
 from pipeline.train import HOLIDAYS_DATA, TRAIN_DATA
 
@@ -192,20 +192,20 @@ def challenge(root: Path, home: Path, raw: Mapping, candidate_digest: str, insta
                                       f"window ({exc}); the threshold test against the baseline decides",
                           production_version=number)
     figures = (f"candidate NWRMSLE {cand:.4f} vs '{alias}' version {number}'s {prod:.4f} on the candidate's "
-               f"validation window ({rows:,} rows; production forecast from {whose}): improvement "
-               f"{interval.estimate:.2%}, {interval.confidence:.0%} interval [{interval.low:.2%}, {interval.high:.2%}] "
-               f"over {interval.series} series")
+               f"validation window ({rows:,} rows; production forecast from {whose}): "
+               f"{improvement_words(interval.estimate, interval.low, interval.high, digits=2)} "
+               f"({interval.confidence:.0%} interval over {interval.series} series)")
     bound = -pparams.max_regression
-    shown = f"{bound:.2%}" if bound else "0"
+    allowed = (f"worse than production by more than {pparams.max_regression:.2%}" if bound else
+               "worse than production")
     measured = dict(production_version=number, candidate_nwrmsle=cand, production_nwrmsle=prod, interval=interval,
                     rows=rows, production_snapshot=whose)
     if interval.high < bound:
-        message = (f"promote.max_regression: {figures}: its upper bound is below {shown}, so the candidate is worse "
-                   "than production with confidence; nothing registered or installed (raise promote.max_regression "
-                   "to promote it on purpose)")
+        message = (f"promote.max_regression: {figures}: the candidate is {allowed} with confidence; nothing "
+                   "registered or installed (raise promote.max_regression to promote it on purpose)")
         raise WorseThanProduction(message, Comparison(REFUSED, message, **measured))
-    return Comparison(COMPARED, f"champion/challenger passed: {figures} (refused when the upper bound is below "
-                                f"{shown}: promote.max_regression)", **measured)
+    return Comparison(COMPARED, f"champion/challenger passed: {figures} (refused when {allowed} with "
+                                "confidence: promote.max_regression)", **measured)
 
 
 def record(root: Path, name: str, version: str | None, run_id: str, comparison: Comparison) -> None:

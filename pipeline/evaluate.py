@@ -60,6 +60,7 @@ from pipeline.metrics import (
     ImprovementInterval,
     MetricInputError,
     improvement_interval,
+    improvement_words,
     nwrmsle,
     nwrmsle_by,
     perishable_weights,
@@ -398,20 +399,12 @@ def main(argv=None) -> int:
                      description=__doc__.splitlines()[0])
 
 
-def than_baseline(improvement: float, low: float, high: float) -> str:
-    """The improvement over the baseline in words, with its interval: "9.0% better [8.6%, 9.4%]", and for a worse
-    model "47.3% worse [44.1%, 50.2%]" (it read "-47.3% better [-50.2%, -44.1%]")."""
-    if improvement >= 0:
-        return f"{improvement:.1%} better [{low:.1%}, {high:.1%}]"
-    return f"{-improvement:.1%} worse [{-high:.1%}, {-low:.1%}]"
-
-
 def _main(args) -> int:
     metrics, failures = run(args.root, quiet=args.quiet)
     pooled, validation = metrics["backtest"], metrics["validation"]
     summary = (f"evaluate: {pooled['windows']} window(s), {pooled['rows']:,} rows: candidate NWRMSLE "
                f"{pooled['candidate_nwrmsle']:.4f} vs baseline {pooled['baseline_nwrmsle']:.4f}, "
-               f"{than_baseline(pooled['improvement'], pooled['improvement_low'], pooled['improvement_high'])}; "
+               f"{improvement_words(pooled['improvement'], pooled['improvement_low'], pooled['improvement_high'])}; "
                f"validation window {validation['candidate_nwrmsle']:.4f} vs {validation['baseline_nwrmsle']:.4f}")
     if failures:
         print(summary, file=sys.stderr)

@@ -108,6 +108,27 @@ class ImprovementInterval(NamedTuple):
         return self._asdict()
 
 
+def improvement_words(estimate: float, low: float, high: float, digits: int = 1) -> str:
+    """An improvement (1 - NWRMSLE ratio) and its interval in words, one line, each figure an amount beside its
+    word so no sign can contradict it: "9.0% better [8.6%, 9.4%]", "47.3% worse [44.1%, 50.2%]", and, when the
+    interval holds no change, "1.0% worse, not clearly: [3.0% worse, 1.0% better] includes no change" (it read
+    "1.0% worse [-1.0%, 3.0%]", which a reader took for worse). The one wording of evaluate's summary and
+    promote's champion/challenger line."""
+    def amount(value: float) -> str:
+        return f"{abs(value):.{digits}%}"
+
+    def said(value: float) -> str:
+        return "no change" if value == 0 else f"{amount(value)} {'better' if value > 0 else 'worse'}"
+
+    if estimate > 0 and low > 0:
+        return f"{amount(estimate)} better [{amount(low)}, {amount(high)}]"
+    if estimate < 0 and high < 0:
+        return f"{amount(estimate)} worse [{amount(high)}, {amount(low)}]"
+    if low <= 0 <= high:
+        return f"{said(estimate)}{', not clearly' if estimate else ''}: [{said(low)}, {said(high)}] includes no change"
+    return f"{said(estimate)} [{said(low)}, {said(high)}]"  # an estimate outside its own interval: both ends named
+
+
 def improvement_interval(series, actual, candidate, baseline, weights=None, *, confidence: float = 0.95,
                          resamples: int = 1000, seed: int = 0) -> ImprovementInterval:
     """The candidate's improvement over the baseline, with a paired bootstrap interval over series.

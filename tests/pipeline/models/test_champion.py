@@ -58,7 +58,9 @@ def test_a_candidate_worse_than_production_is_refused_though_it_beats_the_baseli
     assert promote.main(["--root", str(root), "--quiet"]) == promote.WORSE_THAN_PRODUCTION
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("promote: refused: promote.max_regression: candidate NWRMSLE ")
-    assert "vs 'production' version 1's " in err and "interval [" in err and "nothing registered or installed" in err
+    assert "vs 'production' version 1's " in err and "nothing registered or installed" in err
+    # evaluate's words (pipeline/metrics.py improvement_words): an amount beside "worse", no signed interval
+    assert "% worse [" in err and "interval over" in err and ": the candidate is worse than production with " in err
     assert len(tracking.client(root).search_model_versions(f"name='{NAME}'")) == 1
     assert str(tracking.production_version(root).version) == "1"
     assert verify_bundle(root / "models/production") == installed

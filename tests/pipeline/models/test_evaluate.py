@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import evaluate, tracking
-from pipeline.metrics import ImprovementInterval
+from pipeline import champion, evaluate, tracking
+from pipeline.metrics import ImprovementInterval, improvement_words
 from pipeline.model_params import EvaluateParams, SliceBound
 
 
@@ -186,13 +186,21 @@ def test_the_threshold_test_fails_the_stage_with_a_message(trained_project, tiny
     assert json.loads((root / "results/metrics.json").read_text())["threshold_test_passed"] == 0
 
 
-@pytest.mark.parametrize("improvement, low, high, said", [
-    (0.09, 0.086, 0.094, "9.0% better [8.6%, 9.4%]"),
-    (-0.473, -0.502, -0.441, "47.3% worse [44.1%, 50.2%]"),  # read "-47.3% better [-50.2%, -44.1%]" (a probe)
-    (-0.01, -0.03, 0.01, "1.0% worse [-1.0%, 3.0%]"),
+@pytest.mark.parametrize("improvement, low, high, digits, said", [
+    (0.09, 0.086, 0.094, 1, "9.0% better [8.6%, 9.4%]"),
+    (-0.473, -0.502, -0.441, 1, "47.3% worse [44.1%, 50.2%]"),  # read "-47.3% better [-50.2%, -44.1%]" (a probe)
+    # an interval that holds no change: it read "1.0% worse [-1.0%, 3.0%]", taken for worse; no sign now, a word
+    (-0.01, -0.03, 0.01, 1, "1.0% worse, not clearly: [3.0% worse, 1.0% better] includes no change"),
+    (0.02, -0.01, 0.05, 1, "2.0% better, not clearly: [1.0% worse, 5.0% better] includes no change"),
+    (0.0, -0.01, 0.01, 1, "no change: [1.0% worse, 1.0% better] includes no change"),
+    (0.03, 0.0, 0.06, 1, "3.0% better, not clearly: [no change, 6.0% better] includes no change"),
+    (-0.0146, -0.0183, -0.0111, 2, "1.46% worse [1.11%, 1.83%]"),  # promote's champion/challenger line: 2 digits
+    (-0.005, 0.01, 0.02, 1, "0.5% worse [1.0% better, 2.0% better]"),  # an estimate outside its interval
 ])
-def test_the_summary_says_worse_for_a_model_worse_than_the_baseline(improvement, low, high, said):
-    assert evaluate.than_baseline(improvement, low, high) == said
+def test_an_improvement_is_said_in_words_that_its_interval_supports(improvement, low, high, digits, said):
+    """evaluate's summary and promote's champion/challenger line say an improvement in this one function's words."""
+    assert improvement_words(improvement, low, high, digits=digits) == said
+    assert evaluate.improvement_words is champion.improvement_words is improvement_words
 
 
 def test_evaluating_without_a_candidate_is_a_clear_error(tiny_project, capsys):
