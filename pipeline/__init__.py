@@ -1,1 +1,56 @@
-"""Shelfcast ML pipeline: one module per DVC stage plus the shared domain code."""
+"""Shelfcast ML pipeline: one module per DVC stage plus the shared domain code.
+
+``python -m pipeline.<command>`` (how dvc.yaml runs every stage) imports this package first, before the
+command's module and its imports (numpy, numba, pandas, MLflow: 1-5 s before ``run_stage`` is reached). Ctrl-C
+there was a KeyboardInterrupt traceback through the import machinery (exit -2), SIGTERM an end with no word
+(-15). From here until ``run_stage`` takes over (:func:`command_started`), either ends the process at once with
+the line ``run_stage`` prints and its status, 130 or 143: the command has done nothing yet that could unwind.
+Imported any other way (the app, tests), this does nothing. Standard library only: it runs before the command's
+first import.
+"""
+
+import os as _os
+import signal as _signal
+import sys as _sys
+
+
+def interruption_line(command: str, terminated: bool) -> str:
+    """What a command says when Ctrl-C (``terminated``: SIGTERM) ends it: the one wording, run_stage's too."""
+    return (f"{command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}; rerun it (an output is only ever "
+            "replaced whole: none is half-written)")
+
+
+def _command_of(argv: list[str]) -> str:
+    """``train`` of ``python [options] -m pipeline.train [args]``."""
+    for arg, after in zip(argv, [*argv[1:], ""]):
+        if arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
+            return (after if arg == "-m" else arg[2:]).rpartition(".")[2] or "pipeline"
+    return "pipeline"
+
+
+_before_start: dict = {}  # signal number -> its handler before the guard (restored by command_started)
+
+
+def _interrupted_while_starting(signum, frame):
+    """The line, then the process ends at once: nothing has started to unwind. An exception would not do: raised
+    where C code imports (numpy's extension importing datetime), it became that import's ImportError, a traceback
+    and exit 1."""
+    line = interruption_line(_command_of(getattr(_sys, "orig_argv", [])), signum == _signal.SIGTERM)
+    _os.write(2, (line + "\n").encode(errors="backslashreplace"))  # not print: stderr may be mid-write
+    _os._exit(128 + signum)
+
+
+def command_started() -> None:
+    """The command's main has started (``run_stage`` calls this first): Ctrl-C and SIGTERM are its own again."""
+    while _before_start:
+        signum, handler = _before_start.popitem()
+        if _signal.getsignal(signum) is _interrupted_while_starting:
+            _signal.signal(signum, handler)
+
+
+# sys.argv[0] is "-m" only while `python -m` locates its module, which imports that module's packages alone
+if _sys.argv[:1] == ["-m"]:
+    for _signum, _default in ((_signal.SIGINT, _signal.default_int_handler), (_signal.SIGTERM, _signal.SIG_DFL)):
+        if _signal.getsignal(_signum) is _default:  # one ignored (a background job's SIGINT) stays ignored
+            _before_start[_signum] = _default
+            _signal.signal(_signum, _interrupted_while_starting)

@@ -17,6 +17,8 @@ import sys
 import threading
 from pathlib import Path
 
+from pipeline import command_started
+
 CREDENTIALS = ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (an s3:// remote; CI: the secrets "
                "DVC_REMOTE_ACCESS_KEY_ID and DVC_REMOTE_SECRET_ACCESS_KEY)")
 MISSING = ("Missing cache files", "Checkout failed", "missing-files")  # objects neither in the cache nor the remote
@@ -146,6 +148,7 @@ def push(root: Path) -> int:
 
 
 def main(argv=None) -> int:
+    command_started()  # not a run_stage command: Ctrl-C is its own from here (pipeline/__init__.py)
     args = sys.argv[1:] if argv is None else argv
     if args != ["push"]:
         print("usage: python -m pipeline.dvc_remote push", file=sys.stderr)

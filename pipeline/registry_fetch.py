@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import dvc_remote, tracking
+from pipeline import command_started, dvc_remote, tracking
 from pipeline.atomic import scratch_directory
 from pipeline.bundle import BundleError, copy_bundle, verify_bundle
 from pipeline.bundle_checks import load_servable
@@ -230,6 +230,7 @@ def _installed_digest(target: Path) -> str | None:
 
 
 def main(argv=None) -> int:
+    command_started()  # not a run_stage command: Ctrl-C is its own from here (pipeline/__init__.py)
     output_any_terminal_can_take()
     parser = argparse.ArgumentParser(prog="python -m pipeline.registry_fetch", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")

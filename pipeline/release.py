@@ -49,7 +49,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from pipeline import registry_fetch, tracking
+from pipeline import command_started, registry_fetch, tracking
 from pipeline.actuals import read_actuals
 from pipeline.atomic import DirectoryBusy, one_writer, scratch_directory, write_text_atomic
 from pipeline.bundle import BundleError
@@ -951,6 +951,7 @@ def _share_argument(text: str) -> float:
 
 
 def main(argv=None) -> int:
+    command_started()  # not a run_stage command: Ctrl-C is its own from here (pipeline/__init__.py)
     output_any_terminal_can_take()
     parser = argparse.ArgumentParser(prog="python -m pipeline.release", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("status", "shadow", "canary", "decide", "promote", "rollback", "deploy",

@@ -5,10 +5,11 @@ evaluate, promote) runs through ``run_stage``. It gives each the same options
 (``--root`` project directory, ``--quiet``), turns the errors a user can fix
 into one line ``<stage>: error: ...`` (exit 1, or the error's own
 ``exit_code``), Ctrl-C and SIGTERM into one line too (exit 130, 143; SIGTERM unwinds as Ctrl-C does, so
-``finally`` blocks run), and prints the body's summary with the time it took.
+``finally`` blocks run), and prints the body's summary with the time it took. Before it is reached, while the
+command's module still imports, pipeline/__init__.py gives Ctrl-C and SIGTERM the same line and status.
 
-This module imports only params.py and atomic.py (stdlib), so depending on it costs a stage nothing
-(the dvc.yaml deps test checks every stage's imports).
+This module imports only the package's __init__, params.py and atomic.py (stdlib), so depending on it costs a
+stage nothing (the dvc.yaml deps test checks every stage's imports).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from pipeline import command_started, interruption_line
 from pipeline.atomic import target_of_copy
 from pipeline.params import ParamsError, load_yaml
 
@@ -138,6 +140,7 @@ def run_stage(name: str, body: Body, argv: list[str] | None = None,
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
+        command_started()  # Ctrl-C and SIGTERM are this try's from here (before, pipeline/__init__.py's one line)
         with sigterm_as_interrupt(), artifact_bars_off(args.quiet):
             outcome = body(args)
     except USER_ERRORS + tuple(errors) as exc:
@@ -149,8 +152,7 @@ def run_stage(name: str, body: Body, argv: list[str] | None = None,
         return 1
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
-        print(f"{name}: {'terminated (SIGTERM)' if terminated else 'interrupted'}; rerun it (an output is only ever "
-              "replaced whole: none is half-written)", file=sys.stderr)
+        print(interruption_line(name, terminated), file=sys.stderr)
         return 143 if terminated else 130  # 128 + the signal, as a shell reports a process the signal ended
     if isinstance(outcome, int) and not isinstance(outcome, bool):
         return outcome

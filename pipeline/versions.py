@@ -33,7 +33,7 @@ MODEL_CODE = ("engine", "pipeline/features.py", "pipeline/history.py", "pipeline
               "pipeline/metrics.py", "pipeline/model_params.py", "pipeline/drift_stats.py", "pipeline/closed_days.py",
               "pipeline/tracking.py",
               "pipeline/versions.py", "pipeline/params.py", "pipeline/names.py", "pipeline/io.py", "pipeline/atomic.py",
-              "pipeline/stage.py")
+              "pipeline/stage.py", "pipeline/__init__.py")
 
 
 # The code a training example is computed by: a feature shard built by other code is built again
