@@ -130,11 +130,12 @@ def threshold_failures(pooled: Mapping, interval: ImprovementInterval, slices: M
                         "accept a verdict on so few)")
     if not interval.low > params.min_improvement:
         failures.append(
-            f"evaluate.min_improvement: the candidate improves on the baseline by {interval.estimate:.2%} "
-            f"(NWRMSLE {pooled['candidate_nwrmsle']:.4f} vs {pooled['baseline_nwrmsle']:.4f}), but the "
-            f"{interval.confidence:.0%} interval [{interval.low:.2%}, {interval.high:.2%}] "
-            f"over {interval.series} series does not clear the required {params.min_improvement:.2%} "
-            f"(lower bound short by {params.min_improvement - interval.low:.2%})")
+            f"evaluate.min_improvement: against the baseline the candidate is "
+            f"{improvement_words(interval.estimate, interval.low, interval.high, digits=2)} (NWRMSLE "
+            f"{pooled['candidate_nwrmsle']:.4f} vs {pooled['baseline_nwrmsle']:.4f}; the {interval.confidence:.0%} "
+            f"interval over {interval.series} series), and its lower end, an improvement of {interval.low:.2%}, "
+            f"does not clear the required {params.min_improvement:.2%} (short by "
+            f"{params.min_improvement - interval.low:.2%})")
     cand = pooled["candidate_nwrmsle"]
     if params.max_nwrmsle is not None and not cand <= params.max_nwrmsle:  # a NaN score fails too
         failures.append(f"evaluate.max_nwrmsle: candidate NWRMSLE {cand:.4f} is above the threshold "

@@ -201,7 +201,8 @@ def test_five_months_of_one_store_get_the_reasons_not_a_model(tmp_path):
     assert evaluated.returncode == 2, evaluated.stderr[-3000:]
     assert "evaluate: THRESHOLD TEST FAILED" in evaluated.stderr and "Traceback" not in evaluated.stderr
     reason = next(line for line in evaluated.stderr.splitlines() if "evaluate.min_improvement:" in line)
-    assert "the candidate improves on the baseline by -" in reason and "over 60 series does not clear" in reason
+    assert "against the baseline the candidate is " in reason and "% worse [" in reason \
+        and "interval over 60 series), and its lower end" in reason and "does not clear" in reason
     promoted = _stage("pipeline.promote", root, source, _left(deadline))
     assert promoted.returncode == 3 and "refused: the candidate failed its evaluation: evaluate.min_improvement" \
         in promoted.stderr

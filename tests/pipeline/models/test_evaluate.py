@@ -48,9 +48,10 @@ def test_the_gate_passes_when_the_lower_bound_clears_min_improvement():
 
 def test_a_better_point_estimate_without_confidence_fails_and_says_by_how_much():
     failures = evaluate.threshold_failures(POOLED, _interval(0.08, -0.01, 0.15), NO_SLICES, _params())
-    assert failures == ["evaluate.min_improvement: the candidate improves on the baseline by 8.00% (NWRMSLE 0.5500 "
-                        "vs 0.6000), but the 95% interval [-1.00%, 15.00%] over 80 series does not clear the "
-                        "required 0.00% (lower bound short by 1.00%)"]
+    assert failures == ["evaluate.min_improvement: against the baseline the candidate is 8.00% better, not clearly: "
+                        "[1.00% worse, 15.00% better] includes no change (NWRMSLE 0.5500 vs 0.6000; the 95% interval "
+                        "over 80 series), and its lower end, an improvement of -1.00%, does not clear the required "
+                        "0.00% (short by 1.00%)"]
     # "clears" is strict: a lower bound exactly at the bar is not confidence of beating it
     assert evaluate.threshold_failures(POOLED, _interval(0.08, 0.0, 0.15), NO_SLICES, _params())
 
