@@ -396,7 +396,7 @@ def _promote(root: Path, quiet: bool, home: Path, raw: dict) -> dict:
         comparison = champion.challenge(root, home, raw, digest, root / PRODUCTION_DIR)
     except champion.WorseThanProduction as refused:  # nothing registered or installed; the run says why
         try:
-            versions = tracking.client(root).search_model_versions(f"run_id='{trained.info.run_id}'")
+            versions = tracking.model_versions(tracking.client(root), f"run_id='{trained.info.run_id}'")
             if versions:  # a registered version's run keeps the comparison it was promoted on
                 print(f"promote: note: the refusal is not recorded on the training run {trained.info.run_id}: version "
                       f"{min(int(v.version) for v in versions)} was registered from it, and its record is the "

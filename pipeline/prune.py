@@ -150,7 +150,7 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         model = None
-    versions = [] if model is None else list(client.search_model_versions(f"name='{model_name}'"))
+    versions = [] if model is None else tracking.model_versions(client, f"name='{model_name}'")
     by_number = {str(v.version): v for v in versions}
     if model is not None:
         for alias, version in (model.aliases or {}).items():

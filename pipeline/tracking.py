@@ -542,9 +542,35 @@ class EvaluationRecord(NamedTuple):
     closed: list[str]  # runs of killed stage processes marked KILLED first (TrainingRun.closed)
 
 
+# Model versions one search asks for (max_results). MlflowClient.search_model_versions returns one page, a PagedList
+# whose ``token`` names the next: MLflow's client asks for 10,000 by default, another registry or a proxy in front
+# may answer fewer, and a team retraining daily passes any page in time. Before, prune, promote's lookup of a bundle's
+# version and the record of production's moves read the first page only: a version beyond it was never pruned, its
+# DVC entry not kept from `dvc gc`, its bundle registered again. model_versions reads every page.
+VERSIONS_PAGE = 1000
+
+
+def model_versions(mlflow_client, filter_string: str, page_size: int | None = None) -> list:
+    """Every model version ``filter_string`` matches (e.g. ``name='shelfcast-forecaster'``), each page of
+    ``page_size`` (default VERSIONS_PAGE) read in turn by its page token. TrackingError when the registry hands back
+    a token it gave already (a loop that would never end)."""
+    found, token, seen = [], None, set()
+    while True:
+        page = mlflow_client.search_model_versions(filter_string, max_results=page_size or VERSIONS_PAGE,
+                                                   page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+        if token in seen:
+            raise TrackingError(f"model registry: searching model versions ({filter_string}) returned the page "
+                                f"token {token[:40]!r} twice after {len(found)} versions; stopped there")
+        seen.add(token)
+
+
 def is_registered(mlflow_client, run_id: str) -> bool:
-    """Whether a registered model version was made from this run (its verdict is then history)."""
-    return bool(mlflow_client.search_model_versions(f"run_id='{run_id}'"))
+    """Whether a registered model version was made from this run (its verdict is then history): one is enough."""
+    return bool(mlflow_client.search_model_versions(f"run_id='{run_id}'", max_results=1))
 
 
 def run_of_bundle(project_root: Path | str, bundle_digest: str, stage: str = "train",
@@ -674,7 +700,7 @@ def production_version(project_root: Path | str, name: str | None = None, alias:
 def _versions_of_bundle(mlflow_client, name: str, bundle_digest: str) -> list:
     """The versions registered from this bundle, lowest first; a duplicate a racing promote left (DUPLICATE_TAG,
     where the registry refused to delete it) is not one of them."""
-    found = [v for v in mlflow_client.search_model_versions(f"name='{name}'")
+    found = [v for v in model_versions(mlflow_client, f"name='{name}'")
              if (v.tags or {}).get(BUNDLE_DIGEST_TAG) == bundle_digest and DUPLICATE_TAG not in (v.tags or {})]
     return sorted(found, key=lambda v: int(v.version))
 
@@ -799,7 +825,7 @@ def point_alias(mlflow_client, name: str, alias: str, version) -> None:
     if alias != PRODUCTION_ALIAS:
         mlflow_client.set_registered_model_alias(name, alias, version)
         return
-    known = mlflow_client.search_model_versions(f"name='{name}'")  # before production is read: see below
+    known = model_versions(mlflow_client, f"name='{name}'")  # before production is read: see below
     current = _alias_version(mlflow_client, name, alias)
     leaving = None if current is None else str(current.version)  # None: no production yet
     hold(HOLD_ALIAS_MOVE)
@@ -817,7 +843,7 @@ def point_alias(mlflow_client, name: str, alias: str, version) -> None:
     mlflow_client.set_registered_model_alias(name, alias, version)
     hold(HOLD_ALIAS_SET)
     mlflow_client.set_model_version_tag(name, version, MOVE_SET_TAG, move["id"])
-    earlier = [str(v.version) for v in mlflow_client.search_model_versions(f"name='{name}'")
+    earlier = [str(v.version) for v in model_versions(mlflow_client, f"name='{name}'")
                if str(v.version) != version and _move_done(v, after)]
     now = _alias_version(mlflow_client, name, alias)  # after the search: a move done before it was set before this
     if now is not None and str(now.version) == version:
