@@ -56,11 +56,12 @@ LOCK_BRANCH ?= main
 commit-lock:                          ## commit dvc.lock + the metrics files to main and push, when dvc.lock changed (main only, nothing else changed)
 	@LOCK_REMOTE='$(LOCK_REMOTE)' LOCK_BRANCH='$(LOCK_BRANCH)' $(DELIVERY_DIR)../scripts/commit_lock.sh dvc.lock $(LOCK_METRICS)
 
-MODEL_ALIAS ?= production
+# empty: production's alias, params.yaml's promote.alias, into models/production; canary or shadow: models/<alias>
+MODEL_ALIAS ?=
 MODEL_SOURCE ?= mlflow
-fetch-model: $(STAMP)                 ## models:/<params.yaml promote.model_name>@production (MODEL_ALIAS=) from the registry at MLFLOW_TRACKING_URI (MODEL_SOURCE=dvc: the DVC remote)
+fetch-model: $(STAMP)                 ## models:/<params.yaml promote.model_name>@<promote.alias> (MODEL_ALIAS=) from the registry at MLFLOW_TRACKING_URI (MODEL_SOURCE=dvc: the DVC remote)
 	@if [ -n "$$MLFLOW_TRACKING_URI" ]; then \
-	  $(BIN)/python -m pipeline.registry_fetch --alias $(MODEL_ALIAS) --to models/$(MODEL_ALIAS) --from $(MODEL_SOURCE); \
+	  $(BIN)/python -m pipeline.registry_fetch $(if $(MODEL_ALIAS),--alias $(MODEL_ALIAS)) --from $(MODEL_SOURCE); \
 	else $(BIN)/python -c "from pipeline.bundle import verify_bundle; print('fetch-model: no MLFLOW_TRACKING_URI; local models/production', verify_bundle('models/production')[:12])"; fi
 
 lint-docker: $(STAMP)                 ## hadolint both Dockerfiles + compose-spec validation of docker-compose.yml

@@ -172,8 +172,23 @@ def promote_params(raw: Mapping[str, Any]) -> PromoteParams:
     s = _Section(raw.get("promote"), "promote", PROMOTE_KEYS)
     name = model_name_param(raw)
     max_regression = s.number("max_regression", 0.0)
-    return PromoteParams(model_name=name, alias=registry_alias(s.text("alias"), "promote.alias"),
-                         max_regression=max_regression)
+    return PromoteParams(model_name=name, alias=production_alias_param(raw), max_regression=max_regression)
+
+
+CANDIDATE_ALIASES = ("canary", "shadow")  # the release candidates' own aliases (pipeline/release_store.py's variants)
+SHIPPED_ALIAS = "production"  # params.yaml's promote.alias as shipped: only for a folder without params.yaml
+
+
+def production_alias_param(raw: Mapping[str, Any]) -> str:
+    """``promote.alias`` alone: the registry alias of the version this project serves as production (promote moves
+    and installs it; release, rollback, prune, the champion gate and fetch-model read it). A candidate's alias
+    (``canary``, ``shadow``) is refused: release moves those itself, and production would be judged against itself."""
+    alias = registry_alias(_Section(raw.get("promote"), "promote", PROMOTE_KEYS).text("alias"), "promote.alias")
+    if alias in CANDIDATE_ALIASES:
+        raise ParamsError(f"promote.alias: {alias!r} is a release candidate's alias (canary, shadow); name the "
+                          "production alias, e.g. production or champion (a candidate is promoted under "
+                          "SHELFCAST_PROMOTE_ALIAS)")
+    return alias
 
 
 def registered_model(root: Path | str) -> str:
@@ -184,6 +199,14 @@ def registered_model(root: Path | str) -> str:
         raise ParamsError(f"{path}: not found: the registered model's name is its promote.model_name (run in the "
                           "project's root folder, pass --root PROJECT, or name the model with --name)")
     return model_name_param(load_yaml(path))
+
+
+def production_alias(root: Path | str) -> str:
+    """The registry alias of production: ``promote.alias`` of the project's params.yaml (``root``), the one
+    definition promote, release, prune, the champion gate and fetch-model read. A folder without params.yaml (a
+    command given the model's name with --name) has the alias params.yaml ships with, ``production``."""
+    path = Path(root) / "params.yaml"
+    return production_alias_param(load_yaml(path)) if path.is_file() else SHIPPED_ALIAS
 
 
 def registry_alias(alias: str, where: str) -> str:

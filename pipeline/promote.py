@@ -348,9 +348,10 @@ def refuse_unservable(staging: Path, candidate: Path) -> None:
 
 
 def publish(root: Path, home: Path, digest: str, trained, tags: dict, staging: Path, name: str, alias: str,
-            shown: str, say=lambda *a: None) -> tuple:
+            shown: str, say=lambda *a: None, *, production: str) -> tuple:
     """Roll the candidate forward into ``staging``, push it to DVC (with a remote), upload it to its training run,
-    register it and move the alias; returns (version, created, what DVC did).
+    register it and move the alias (``production``: production's alias, promote.alias); returns (version, created,
+    what DVC did).
 
     Another host's promote of the same bundle (a second CI runner on one tracking server) may register it first:
     the registry then keeps that version (tracking.register_production keeps one per bundle, the lowest), the
@@ -365,7 +366,8 @@ def publish(root: Path, home: Path, digest: str, trained, tags: dict, staging: P
         if dvc_file is not None:
             dvc_file.unlink(missing_ok=True)
     # The alias moves last: it is what says "this is production" to everyone reading the registry.
-    version, created = tracking.register_production(root, trained.info.run_id, digest, tags, name=name, alias=alias)
+    version, created = tracking.register_production(root, trained.info.run_id, digest, tags, name=name, alias=alias,
+                                                    production=production)
     if not created:  # registered meanwhile by another promote: its serving bundle, not this host's roll, is served
         serving = registered_serving_digest(version, name, digest)
         if installed_digest(staging) != serving:
@@ -439,12 +441,13 @@ def _promote(root: Path, quiet: bool, home: Path, raw: dict) -> dict:
         if registered is None:
             version, created, dvc_note = publish(root, home, digest, trained, tags, staging, pparams.model_name, alias,
                                                  PRODUCTION_DIR if production else staging.relative_to(root).as_posix(),
-                                                 say)
+                                                 say, production=pparams.alias)
         else:
             if production and installed_digest(target) != serving:
                 registry_fetch.download_version(root, registered, staging)  # verified against serving_digest
             version, created = tracking.register_production(root, registered.run_id, digest, tags,
-                                                            name=pparams.model_name, alias=alias)
+                                                            name=pparams.model_name, alias=alias,
+                                                            production=pparams.alias)
         installed = production and staging.is_dir()
         if installed:
             remove_abandoned_copies(target)

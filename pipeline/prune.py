@@ -41,7 +41,7 @@ import yaml
 from pipeline import dvc_remote, registry_fetch, tracking
 from pipeline.atomic import DirectoryBusy, one_writer
 from pipeline.bundle import BundleError, verify_bundle
-from pipeline.model_params import promote_params
+from pipeline.model_params import production_alias, promote_params
 from pipeline.params import ParamsError, _Section, load_yaml
 from pipeline.release_store import RELEASES, VARIANTS
 from pipeline.stage import StageError, run_stage
@@ -132,12 +132,15 @@ def _all_runs(client, experiment_id: str) -> list:
             return runs
 
 
-def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Path]) -> Plan:
-    """What prune keeps and deletes, and why; reads only."""
+def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Path], production: str | None = None
+         ) -> Plan:
+    """What prune keeps and deletes, and why; reads only. ``production``: production's alias (promote.alias of the
+    project's params.yaml unless given), whose version's move record names the version a rollback returns to."""
     from mlflow.exceptions import MlflowException
 
     client = tracking.client(root, create=False)  # a project with no store has nothing to prune: not given one
     result = Plan(model_name)
+    production = production or production_alias(root)
     candidate = _digest(root / CANDIDATE_DIR)
     on_host = host_digests(models_dirs)
 
@@ -158,10 +161,10 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
         previous = (model.tags or {}).get(tracking.PREVIOUS_PRODUCTION_TAG)
         if previous in by_number:
             keep(previous, f"{tracking.PREVIOUS_PRODUCTION_TAG}: a rollback returns to it")
-        production = by_number.get(str((model.aliases or {}).get(tracking.PRODUCTION_ALIAS)))
-        recorded = None if production is None else tracking.recorded_previous(production)
+        serving = by_number.get(str((model.aliases or {}).get(production)))
+        recorded = None if serving is None else tracking.recorded_previous(serving)
         if recorded in by_number:  # what rollback returns to while production's move is not marked done
-            keep(recorded, f"production's {tracking.MOVE_TAG}: a rollback returns to it")
+            keep(recorded, f"{production}'s {tracking.MOVE_TAG}: a rollback returns to it")
     for v in versions:
         tags = v.tags or {}
         if tags.get(registry_fetch.TAG_DIGEST) in on_host:
@@ -322,11 +325,12 @@ def dvc_gc(root: Path, result: Plan, cloud: bool, dry_run: bool) -> dict:
 def run(root: Path, dry_run: bool = False, models_dir: Path | None = None) -> dict:
     raw = load_yaml(root / "params.yaml")
     params = prune_params(raw)
-    name = promote_params(raw).model_name
+    pparams = promote_params(raw)
+    name = pparams.model_name
     models = root / "models"
     dirs = [models] + ([models_dir] if models_dir is not None and models_dir.resolve() != models.resolve() else [])
     with one_writer(models, "prune"):
-        result = plan(root, params, name, dirs)
+        result = plan(root, params, name, dirs, pparams.alias)
         summary = result.summary()
         if dry_run:
             summary["mlflow"] = "dry run: nothing deleted"

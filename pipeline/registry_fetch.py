@@ -11,7 +11,10 @@ verified against the digest the registry recorded, and must pass the app's own c
 (pipeline/bundle_checks.py: finite, moderate weights, plausible forecasts, a possible history), before it is
 installed; a bundle that fails either is refused and what was installed stays.
 
-    python -m pipeline.registry_fetch [--alias production] [--to models/production] [--from mlflow|dvc]
+    python -m pipeline.registry_fetch [--alias A] [--to DIR] [--from mlflow|dvc]
+
+``--alias`` defaults to production's, params.yaml's ``promote.alias``, installed at models/production; another
+alias (``canary``, ``shadow``) at models/<alias>.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pipeline.atomic import scratch_directory
 from pipeline.bundle import BundleError, copy_bundle, verify_bundle
 from pipeline.bundle_checks import load_servable
 from pipeline.stage import output_any_terminal_can_take
-from pipeline.model_params import registered_model, registry_alias
+from pipeline.model_params import production_alias, registered_model, registry_alias
 from pipeline.params import ParamsError
 from pipeline.release_store import PRODUCTION
 
@@ -96,7 +99,7 @@ def resolve(root: Path, alias: str, name: str | None = None):
         hint = ""
         # CI registers candidates as shadow: the very first production is made by hand, once (not said for a refused
         # login: the line then says which credentials to set, and the model may well exist)
-        if alias == PRODUCTION and exc.error_code != "UNAUTHENTICATED":
+        if alias == production_alias(root) and exc.error_code != "UNAUTHENTICATED":
             hint = ("; a new registry (or a new promote.model_name) has no production model until one is promoted by "
                     "hand, once: `make run` (or "
                     "`dvc repro` then `make promote`) with MLFLOW_TRACKING_URI set to this registry and "
@@ -234,14 +237,20 @@ def main(argv=None) -> int:
     output_any_terminal_can_take()
     parser = argparse.ArgumentParser(prog="python -m pipeline.registry_fetch", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
-    parser.add_argument("--alias", default="production", help="registry alias (production, canary, shadow)")
-    parser.add_argument("--to", type=Path, default=Path("models/production"), help="where to install the bundle")
+    parser.add_argument("--alias", help="registry alias (default: production's, promote.alias of --root's "
+                                         "params.yaml; canary, shadow)")
+    parser.add_argument("--to", type=Path, help="where to install the bundle (default: models/production for "
+                                                "production's alias, else models/<alias>)")
     parser.add_argument("--from", dest="via", choices=("mlflow", "dvc"), default="mlflow",
                         help="the tracking server's artifact store (default) or the DVC remote")
     parser.add_argument("--name", help="registered model name (default: promote.model_name of --root's params.yaml)")
     args = parser.parse_args(argv)
     try:
-        got = fetch(args.root.resolve(), args.alias, args.to, args.name, args.via)
+        root = args.root.resolve()
+        production = production_alias(root)
+        alias = args.alias or production
+        args.to = args.to or Path("models") / (PRODUCTION if alias == production else alias)
+        got = fetch(root, alias, args.to, args.name, args.via)
     except (FetchError, BundleError, tracking.TrackingError, ParamsError) as exc:
         print(f"fetch-model: error: {exc}", file=sys.stderr)
         return 1

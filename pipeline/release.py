@@ -1,7 +1,8 @@
 """Releases on the serving host: registry aliases are the state, the models directory follows them.
 
-The aliases ``production``, ``canary`` and ``shadow`` of the registered model (params.yaml's
-``promote.model_name``, or ``--name``; visible in the MLflow UI) say which version plays which part; every
+The aliases of the registered model (params.yaml's ``promote.model_name``, or ``--name``; visible in the MLflow UI)
+say which version plays which part: production's is params.yaml's ``promote.alias`` (``production`` as shipped,
+``champion`` or another where a team names it so), the candidates' ``canary`` and ``shadow``; every
 command here first moves or reads an alias, then installs the bundles it names from the host's release store (pipeline/
 release_store.py, the last N versions on disk; fetched from the registry once), and the
 running app hot-reloads them (app/variants.py).
@@ -54,7 +55,7 @@ from pipeline.actuals import read_actuals
 from pipeline.atomic import DirectoryBusy, one_writer, scratch_directory, write_text_atomic
 from pipeline.bundle import BundleError
 from pipeline.stage import output_any_terminal_can_take
-from pipeline.model_params import registered_model
+from pipeline.model_params import production_alias, registered_model
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, event_time,
                                     event_units, finite_number, is_closed_day, log_marks, prediction_log,
                                     read_jsonl_events)
@@ -110,8 +111,24 @@ def _registered_model(root: Path, name: str):
 
 
 def aliases(root: Path, name: str | None = None) -> dict[str, str]:
+    """The registered model's aliases as the registry names them: {alias: version}."""
     name = name or registered_model(root)
     return {k: str(v) for k, v in _registered_model(root, name).aliases.items()}
+
+
+def variant_alias(root: Path, variant: str) -> str:
+    """The registry alias that names ``variant``'s version: production's is params.yaml's promote.alias, a
+    candidate's its own name (canary, shadow)."""
+    return production_alias(root) if variant == PRODUCTION else variant
+
+
+def variant_versions(root: Path, name: str | None = None, named: Mapping[str, str] | None = None) -> dict[str, str]:
+    """{variant: version} for the variants whose alias the registry names (``named``: its aliases, read unless
+    given). Before, release read the literal alias ``production``: a project whose promote.alias is ``champion``
+    had promote move ``champion`` while release found no production at all."""
+    named = aliases(root, name) if named is None else named
+    return {variant: named[variant_alias(root, variant)] for variant in (PRODUCTION, CANARY, SHADOW)
+            if variant_alias(root, variant) in named}
 
 
 def _version(root: Path, version: str, name: str):
@@ -179,9 +196,9 @@ def sync(root: Path, store: ReleaseStore, name: str | None = None,
     while the registry names no production version. A candidate whose version cannot be served (registered by hand,
     damaged) is left as this host had it while the other variants are synced; ReleaseError then names it."""
     name = name or registered_model(root)
-    current = aliases(root, name)
+    current = variant_versions(root, name)
     if PRODUCTION not in current:
-        raise ReleaseError(no_production(store, name))
+        raise ReleaseError(no_production(store, name, production_alias(root)))
     done: dict[str, str | None] = {}
     refused: list[str] = []
     for variant in (PRODUCTION, CANARY, SHADOW):
@@ -205,20 +222,21 @@ def sync(root: Path, store: ReleaseStore, name: str | None = None,
     return done
 
 
-def no_production(store: ReleaseStore, name: str) -> str:
-    """What to say when the registry names no production version: a new registry promotes one first; a host that
-    serves one (the alias deleted by hand) names the version to point the alias at again."""
+def no_production(store: ReleaseStore, name: str, alias: str) -> str:
+    """What to say when the registry names no production version (``alias``: production's): a new registry promotes
+    one first; a host that serves one (the alias deleted by hand) names the version to point the alias at again."""
     served = store.served_version(PRODUCTION)
     if served is None:
-        return f"models:/{name}@production does not exist yet: promote a model first"
+        return f"models:/{name}@{alias} does not exist yet: promote a model first"
     other = served_model_name(store)
     if other is not None and other != name:  # promote.model_name renamed: release `served` is the other model's
-        return (f"models:/{name}@production does not exist yet and this host serves {other}'s version {served} as "
+        return (f"models:/{name}@{alias} does not exist yet and this host serves {other}'s version {served} as "
                 f"production: promote.model_name is {name!r}, not the deployed model's name; make {name}'s first "
                 "production by hand, once (`make run`, or `dvc repro` then `make promote`, with MLFLOW_TRACKING_URI "
                 f"set and SHELFCAST_PROMOTE_ALIAS unset: README, CI/CD), or set promote.model_name back to {other!r}")
-    return (f"the registry names no production version of {name} (its alias deleted?) while this host serves version "
-            f"{served} as production: `python -m pipeline.release promote --version {served}` names it again")
+    return (f"the registry names no production version of {name} (its alias {alias!r} deleted?) while this host "
+            f"serves version {served} as production: `python -m pipeline.release promote --version {served}` names "
+            "it again")
 
 
 def served_model_name(store: ReleaseStore) -> str | None:
@@ -232,7 +250,8 @@ def served_model_name(store: ReleaseStore) -> str | None:
 
 def host_state(root: Path, store: ReleaseStore, current: dict[str, str],
                name: str | None = None) -> dict[str, dict]:
-    """Per variant (production, canary, shadow): the version the registry's alias names, its serving digest,
+    """Per variant (production, canary, shadow; ``current``: variant_versions): the version its alias names, its
+    serving digest,
     the digest of the bundle this host serves for it, and whether the two agree. A promote or release stopped
     between moving an alias and installing its bundle leaves them apart, which ``sync`` mends. An alias naming a
     version release refuses (registered by hand: no serving digest) is never in sync; ``refused`` says why."""
@@ -287,7 +306,7 @@ def set_candidate(root: Path, store: ReleaseStore, variant: str, version: str, s
     name = name or registered_model(root)
     if variant == CANARY and share is not None:
         check_new_canary_share(share)  # before the install: a bad share must leave no canary the registry lacks
-    if aliases(root, name).get(PRODUCTION) == str(version):
+    if variant_versions(root, name).get(PRODUCTION) == str(version):
         raise ReleaseError(f"version {version} is production already: a {variant} of it would be judged against "
                            f"itself; name another version")
     digest = install_candidate(root, store, variant, version, name, events_log)
@@ -333,12 +352,13 @@ def end_candidate(root: Path, store: ReleaseStore, variant: str, name: str | Non
 def promote(root: Path, store: ReleaseStore, version: str | None = None, name: str | None = None) -> str:
     """Make ``version`` (default: the canary's, else the shadow's) production; the old one is remembered."""
     name = name or registered_model(root)
-    current = aliases(root, name)
+    current = variant_versions(root, name)
     version = version or current.get(CANARY) or current.get(SHADOW)
     if not version:
         raise ReleaseError("nothing to promote: no --version and no canary or shadow alias")
     install(root, store, PRODUCTION, version, name)
-    tracking.point_alias(_client(root), name, PRODUCTION, version)
+    alias = production_alias(root)
+    tracking.point_alias(_client(root), name, alias, version, production=alias)
     for variant in (CANARY, SHADOW):
         if current.get(variant) == str(version):
             end_candidate(root, store, variant, name, version)
@@ -351,7 +371,7 @@ def follow_production(root: Path, store: ReleaseStore, moved: str, name: str | N
     registry naming another version, which this host then serves instead (before, it served ``moved`` until someone
     ran `release sync`); said on stderr. A move landing after this re-read is not seen: `release status` says so."""
     name = name or registered_model(root)
-    now = aliases(root, name).get(PRODUCTION)
+    now = variant_versions(root, name).get(PRODUCTION)
     if now is None or now == moved:
         return moved
     install(root, store, PRODUCTION, now, name)
@@ -364,7 +384,8 @@ def rollback(root: Path, store: ReleaseStore, name: str | None = None) -> tuple[
     """Production back to the previous production version (from disk: seconds); (from, to)."""
     name = name or registered_model(root)
     model = _registered_model(root, name)
-    current = None if model.aliases.get(PRODUCTION) is None else str(model.aliases[PRODUCTION])
+    alias = production_alias(root)
+    current = None if model.aliases.get(alias) is None else str(model.aliases[alias])
     previous = (model.tags or {}).get(PREVIOUS_TAG)
     production = None if current is None else _version(root, current, name)
     # a move not yet marked done (its mover between the alias move and its record's MOVE_SET_TAG, or killed there)
@@ -383,7 +404,8 @@ def rollback(root: Path, store: ReleaseStore, name: str | None = None) -> tuple[
                            f"registry cannot give ({exc}); nothing to roll back to (`release promote --version N` "
                            "chooses one)") from None
     install(root, store, PRODUCTION, previous, name)
-    tracking.point_alias(_client(root), name, PRODUCTION, previous)  # remembers current: a second rollback undoes
+    # remembers current: a second rollback undoes
+    tracking.point_alias(_client(root), name, alias, previous, production=alias)
     if current:
         store.withdraw(current)  # judged bad: a worker that cannot load production must not fall back to it
     for variant in (CANARY, SHADOW):
@@ -864,7 +886,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
     must earn a "promote" within ``observe_s``."""
     name = name or registered_model(root)
     check_new_canary_share(share)  # before the shadow phase: not a ValueError once a candidate is installed
-    current = aliases(root, name)
+    current = variant_versions(root, name)
     version = version or current.get(CANARY) or current.get(SHADOW)
     if not version:  # an app-only change, or a candidate already decided: the release job has nothing to do
         say("deploy: nothing to deploy: no --version and no canary or shadow alias")
@@ -1000,13 +1022,14 @@ def main(argv=None) -> int:
                 if version is None:
                     raise ReleaseError(f"no alias {args.alias!r} on {args.name}")
             if args.command == "status":
-                current = aliases(root, args.name)
+                named = aliases(root, args.name)
+                current = variant_versions(root, args.name, named)
                 host = host_state(root, store, current, args.name)
                 try:
                     share, share_error = store.canary_share(), None
                 except ValueError as exc:  # the app serves a share of 0 meanwhile (app/variants.py): so says status
                     share, share_error = 0.0, str(exc)
-                print(json.dumps({"aliases": current, "canary_share": share,
+                print(json.dumps({"aliases": named, "production_alias": production_alias(root), "canary_share": share,
                                   **({"canary_share_error": share_error} if share_error else {}),
                                   "releases_on_disk": [p.name for p in store.releases()], "host": host,
                                   "in_sync": all(v["in_sync"] for v in host.values())}))
@@ -1016,13 +1039,13 @@ def main(argv=None) -> int:
                           f"`python -m pipeline.release canary {again} --share S` writes it", file=sys.stderr)
                 for variant, state in host.items():
                     if "refused" in state:
-                        print(f"release: the {variant} alias names a version no host can serve: {state['refused']}; "
-                              f"point it at a promoted version (`release {variant} --version V`) or end it "
-                              f"(`release end --variant {variant}`)",
+                        print(f"release: the {variant_alias(root, variant)} alias names a version no host can "
+                              f"serve: {state['refused']}; point it at a promoted version (`release {variant} "
+                              f"--version V`) or end it (`release end --variant {variant}`)",
                               file=sys.stderr)
                 apart = [v for v, state in host.items() if not state["in_sync"] and "refused" not in state]
                 if PRODUCTION not in current:  # sync cannot mend anything before one is named
-                    print(f"release: {no_production(store, args.name)}", file=sys.stderr)
+                    print(f"release: {no_production(store, args.name, production_alias(root))}", file=sys.stderr)
                 elif apart:
                     print(f"release: this host does not serve what the registry names for {', '.join(apart)} (a "
                           "promote or release stopped half-way?): `make release-sync` installs it", file=sys.stderr)
@@ -1044,7 +1067,7 @@ def main(argv=None) -> int:
                 print(f"release: production rolled back from version {was} to {now} "
                       f"in {time.perf_counter() - started:.2f} s")
             elif args.command == "decide":
-                current = aliases(root, args.name)
+                current = variant_versions(root, args.name)
                 variant = args.variant or (CANARY if CANARY in current else SHADOW)
                 if store.installed_at(variant) is None:  # else every event of any earlier candidate is judged
                     raise ReleaseError(f"no {variant} is installed on this host ({store.variant_dir(variant)}): "

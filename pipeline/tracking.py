@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 from pipeline.atomic import process_alive
-from pipeline.model_params import registered_model
+from pipeline.model_params import production_alias, registered_model
 from pipeline.stage import StageError
 
 EXPERIMENT_NAME = "shelfcast"
-# The registered model's name is no constant: params.yaml's promote.model_name (model_params.registered_model)
-PRODUCTION_ALIAS = "production"
+# The registered model's name is no constant: params.yaml's promote.model_name (model_params.registered_model), nor is
+# production's alias: its promote.alias (model_params.production_alias)
 BUNDLE_ARTIFACT_PATH = "bundle"
 # MLflow 3's UI reads this experiment tag to choose its view; "custom_model_development" is its
 # "Machine learning" (model training) kind, "genai_development" the GenAI one (mlflow/server/js).
@@ -684,12 +684,14 @@ def _alias_version(mlflow_client, name: str, alias: str):
         raise
 
 
-def production_version(project_root: Path | str, name: str | None = None, alias: str = PRODUCTION_ALIAS):
-    """The model version the alias (``production``) points at, or None when there is none; TrackingError when the
-    registry cannot say. ``name``: the project's registered model (params.yaml) unless given."""
+def production_version(project_root: Path | str, name: str | None = None, alias: str | None = None):
+    """The model version the alias points at (production's, params.yaml's promote.alias, unless given), or None when
+    there is none; TrackingError when the registry cannot say. ``name``: the project's registered model (params.yaml)
+    unless given."""
     from mlflow.exceptions import MlflowException
 
     name = name or registered_model(project_root)
+    alias = alias or production_alias(project_root)
     mlflow_client = client(project_root)
     try:
         return _alias_version(mlflow_client, name, alias)
@@ -764,8 +766,9 @@ def hold(variable: str) -> None:
 
 
 def register_production(project_root: Path | str, run_id: str, bundle_digest: str, tags: Mapping[str, str],
-                        name: str | None = None, alias: str = PRODUCTION_ALIAS):
-    """Register the run's bundle as a model version and point the alias (``production``) at it.
+                        name: str | None = None, alias: str | None = None, production: str | None = None):
+    """Register the run's bundle as a model version and point the alias at it (``alias``; production's,
+    ``production``, unless given: both default to the project's promote.alias).
 
     Idempotent: a version of this bundle (same digest) is reused as it is, not registered twice, even by two
     promotes racing on two hosts (``_one_version_per_bundle``: the one that registered second keeps the first's and
@@ -776,6 +779,8 @@ def register_production(project_root: Path | str, run_id: str, bundle_digest: st
     from mlflow.exceptions import MlflowException
 
     name = name or registered_model(project_root)
+    production = production or production_alias(project_root)
+    alias = alias or production
     mlflow_client = client(project_root)
     try:
         try:
@@ -799,16 +804,17 @@ def register_production(project_root: Path | str, run_id: str, bundle_digest: st
             )
             version = _one_version_per_bundle(mlflow_client, name, bundle_digest, mine)
             created = version is mine
-        point_alias(mlflow_client, name, alias, version.version)
+        point_alias(mlflow_client, name, alias, version.version, production=production)
     except MlflowException as exc:
         raise TrackingError(f"model registry at {shown_uri(project_root)}: {store_error_text(exc)}") from None
     return version, created
 
 
-def point_alias(mlflow_client, name: str, alias: str, version) -> None:
-    """Point ``alias`` at ``version``. Moving ``production`` records the version it replaced (MOVE_TAG on the
-    version, mirrored in the registered model's ``previous_production`` tag): whoever moves it (promote, a release,
-    a rollback), a rollback returns there.
+def point_alias(mlflow_client, name: str, alias: str, version, *, production: str) -> None:
+    """Point ``alias`` at ``version``. Moving ``production`` (the project's promote.alias: ``production``,
+    ``champion``, ...) records the version it replaced (MOVE_TAG on the version, mirrored in the registered model's
+    ``previous_production`` tag, named so whatever the alias): whoever moves it (promote, a release, a rollback), a
+    rollback returns there.
 
     MLflow has no compare-and-set: two movers (promotes or releases on two hosts) may both read production A, then
     move it to B and to C, and C's mover believes it replaced A while B was production in between. So a move is
@@ -822,7 +828,7 @@ def point_alias(mlflow_client, name: str, alias: str, version) -> None:
     ``previous_production`` is made to match the production version's record, re-read until it does, so the last
     writer of either leaves them agreeing."""
     version = str(version)
-    if alias != PRODUCTION_ALIAS:
+    if alias != production:
         mlflow_client.set_registered_model_alias(name, alias, version)
         return
     known = model_versions(mlflow_client, f"name='{name}'")  # before production is read: see below

@@ -47,7 +47,8 @@ def test_a_release_promote_overtaken_by_another_hosts_move_installs_what_product
     wait_held(promoting, hold)
     client = tracking.client(root)
     assert str(client.get_registered_model(NAME).aliases[PRODUCTION]) == versions["canary"]
-    tracking.point_alias(client, NAME, PRODUCTION, versions["production"])  # the other host's move
+    # the other host's move
+    tracking.point_alias(client, NAME, PRODUCTION, versions["production"], production=PRODUCTION)
     hold.touch()
     out, _ = promoting.communicate(timeout=120)
     assert promoting.returncode == 0, out

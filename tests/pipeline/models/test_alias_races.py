@@ -22,6 +22,7 @@ from pipeline import tracking
 
 REPO = Path(__file__).resolve().parents[3]
 NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
+PRODUCTION = "production"  # promote.alias of the same params.yaml
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def registry(tmp_path, monkeypatch):
     client.create_registered_model(NAME)
     for _ in range(3):
         client.create_model_version(NAME, f"runs:/{run.run_id}/bundle", run_id=run.run_id)
-    tracking.point_alias(client, NAME, tracking.PRODUCTION_ALIAS, "1")
+    tracking.point_alias(client, NAME, PRODUCTION, "1", production=PRODUCTION)
     return project
 
 
@@ -46,7 +47,8 @@ def mover(project: Path, version: str, **holds: Path) -> subprocess.Popen:
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen(
         [sys.executable, "-c", "import sys\nfrom pipeline import tracking\n"
-         "tracking.point_alias(tracking.client(sys.argv[1]), 'shelfcast-forecaster', 'production', sys.argv[2])",
+         "tracking.point_alias(tracking.client(sys.argv[1]), 'shelfcast-forecaster', 'production', sys.argv[2],\n"
+         "    production='production')",
          str(project), version], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -66,7 +68,7 @@ def finish(process: subprocess.Popen, hold: Path | None = None) -> None:
 
 def production_and_previous(project: Path) -> tuple[str, str | None]:
     model = tracking.client(project).get_registered_model(NAME)
-    return str(model.aliases[tracking.PRODUCTION_ALIAS]), (model.tags or {}).get(tracking.PREVIOUS_PRODUCTION_TAG)
+    return str(model.aliases[PRODUCTION]), (model.tags or {}).get(tracking.PREVIOUS_PRODUCTION_TAG)
 
 
 def test_two_moves_from_the_same_production_leave_previous_on_the_one_moved_first(registry, tmp_path):
@@ -82,7 +84,7 @@ def test_two_moves_from_the_same_production_leave_previous_on_the_one_moved_firs
     finish(second, to_three)
     assert production_and_previous(registry) == ("3", "2")
     # and the record goes on from there: a rollback (a move to previous) returns to 2 and remembers 3
-    tracking.point_alias(tracking.client(registry), NAME, tracking.PRODUCTION_ALIAS, "2")
+    tracking.point_alias(tracking.client(registry), NAME, PRODUCTION, "2", production=PRODUCTION)
     assert production_and_previous(registry) == ("2", "3")
 
 
@@ -106,9 +108,9 @@ def test_a_mover_overtaken_before_it_said_it_moved_repairs_the_record_of_the_one
 
 def test_a_move_nobody_races_records_what_it_replaced(registry):
     client = tracking.client(registry)
-    tracking.point_alias(client, NAME, tracking.PRODUCTION_ALIAS, "3")
+    tracking.point_alias(client, NAME, PRODUCTION, "3", production=PRODUCTION)
     assert production_and_previous(registry) == ("3", "1")
-    tracking.point_alias(client, NAME, tracking.PRODUCTION_ALIAS, "3")  # not a move: the record stays
+    tracking.point_alias(client, NAME, PRODUCTION, "3", production=PRODUCTION)  # not a move: the record stays
     assert production_and_previous(registry) == ("3", "1")
 
 
@@ -116,9 +118,9 @@ def test_a_production_set_back_by_hand_is_not_taken_for_a_race_with_an_old_move(
     """Production 1 -> 2 (a move from version 1's tenure), then set back to 1 by hand in the MLflow UI (no record);
     a move 1 -> 3 must record 1, not take the old move to 2 (from the same tenure, done) for a racer before it."""
     client = tracking.client(registry)
-    tracking.point_alias(client, NAME, tracking.PRODUCTION_ALIAS, "2")
-    client.set_registered_model_alias(NAME, tracking.PRODUCTION_ALIAS, "1")  # by hand: no record
-    tracking.point_alias(client, NAME, tracking.PRODUCTION_ALIAS, "3")
+    tracking.point_alias(client, NAME, PRODUCTION, "2", production=PRODUCTION)
+    client.set_registered_model_alias(NAME, PRODUCTION, "1")  # by hand: no record
+    tracking.point_alias(client, NAME, PRODUCTION, "3", production=PRODUCTION)
     assert production_and_previous(registry) == ("3", "1")
 
 
@@ -128,11 +130,11 @@ def test_a_production_alias_deleted_by_hand_and_named_again_keeps_the_rollback_t
     from "no production" that is done: the new move from no production must not be taken for its racer and record
     version 1 as what 3 replaced, or a rollback returns to the first version ever, not to 2."""
     client = tracking.client(registry)
-    tracking.point_alias(client, NAME, tracking.PRODUCTION_ALIAS, "2")
-    tracking.point_alias(client, NAME, tracking.PRODUCTION_ALIAS, "3")
+    tracking.point_alias(client, NAME, PRODUCTION, "2", production=PRODUCTION)
+    tracking.point_alias(client, NAME, PRODUCTION, "3", production=PRODUCTION)
     assert production_and_previous(registry) == ("3", "2")
-    client.delete_registered_model_alias(NAME, tracking.PRODUCTION_ALIAS)  # by hand
-    tracking.point_alias(client, NAME, tracking.PRODUCTION_ALIAS, "3")
+    client.delete_registered_model_alias(NAME, PRODUCTION)  # by hand
+    tracking.point_alias(client, NAME, PRODUCTION, "3", production=PRODUCTION)
     assert production_and_previous(registry) == ("3", "2")
 
 
@@ -142,7 +144,7 @@ def test_prune_keeps_the_version_a_move_killed_before_it_was_marked_done_replace
     tag still says 1). prune must keep 2 as it keeps the tag's version; it deleted it, leaving no rollback."""
     from pipeline import prune
 
-    tracking.point_alias(tracking.client(registry), NAME, tracking.PRODUCTION_ALIAS, "2")
+    tracking.point_alias(tracking.client(registry), NAME, PRODUCTION, "2", production=PRODUCTION)
     hold = tmp_path / "three-set"
     killed = mover(registry, "3", **{tracking.HOLD_ALIAS_SET: hold})
     wait_held(killed, hold)

@@ -24,6 +24,7 @@ from tests.pipeline.models.conftest import copy_tree
 from tests.pipeline.models.test_promote_faults import two_candidates, use  # noqa: F401 (a fixture)
 
 MODEL_NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
+PRODUCTION = "production"  # promote.alias of the same params.yaml
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -187,7 +188,7 @@ def test_a_promote_overtaken_by_another_hosts_move_installs_what_production_name
         time.sleep(0.1)
     client = tracking.client(root)
     assert str(tracking.production_version(root).version) == "2"
-    tracking.point_alias(client, MODEL_NAME, tracking.PRODUCTION_ALIAS, "1")  # the other host's move
+    tracking.point_alias(client, MODEL_NAME, PRODUCTION, "1", production=PRODUCTION)  # the other host's move
     hold.touch()
     out, _ = promoting.communicate(timeout=300)
     assert promoting.returncode == 0, out

@@ -12,6 +12,7 @@ from pipeline import tracking
 from tests.mlflow_server import mlflow_server, unanswering_server
 
 MODEL_NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
+PRODUCTION = "production"  # promote.alias of the same params.yaml
 
 
 @pytest.fixture
@@ -216,7 +217,7 @@ def test_a_registry_that_fails_is_not_taken_for_one_without_production(project, 
     from mlflow.exceptions import MlflowException
 
     with pytest.raises(MlflowException, match="Connection refused"):  # not read as "no production yet"
-        tracking.point_alias(tracking.client(project), MODEL_NAME, tracking.PRODUCTION_ALIAS, "2")
+        tracking.point_alias(tracking.client(project), MODEL_NAME, PRODUCTION, "2", production=PRODUCTION)
 
 
 @pytest.mark.slow
