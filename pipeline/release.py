@@ -65,6 +65,7 @@ from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore, che
 PREVIOUS_TAG = tracking.PREVIOUS_PRODUCTION_TAG  # registered-model tag: the version `rollback` returns to
 DEFAULT_SHARE = 0.1
 NOTHING_TO_DEPLOY = "nothing_to_deploy"  # deploy's outcome without a candidate (or with production's version): exit 0
+SUPERSEDED = "superseded"  # deploy promoted its candidate, then another host's move named another production: exit 0
 DEFAULT_EVENTS = prediction_log()
 # the serving host's release store: $SHELFCAST_MODELS_HOST (docker-compose.yml mounts the same) or ./models
 DEFAULT_MODELS = Path(os.environ.get("SHELFCAST_MODELS_HOST", "").strip() or "models")
@@ -929,7 +930,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
             raise ReleaseError(f"canary check: {verdict.decision}: {'; '.join(verdict.reasons)}")
         production = promote(root, store, version, name)
         if production != str(version):  # another host moved production after this one: it serves that now
-            report.update(outcome="superseded", production=production,
+            report.update(outcome=SUPERSEDED, production=production,
                           reason=f"version {version} was promoted, then another move made version {production} "
                                  "production; this host installed that")
             say(f"deploy: {report['reason']}")
@@ -961,6 +962,16 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
         say(f"deploy: rolled back: {exc}" + (f" (candidate out of service after {report['rollback_s']} s)"
                                              if report["rollback_s"] is not None else ""))
     return report
+
+
+def deploy_exit_status(report: dict) -> int:
+    """`release deploy`'s exit status: 0 when the release did its part — the candidate promoted; or promoted, then
+    another host's move (its promote or rollback) named another production, which this host installed
+    (``superseded``: it serves what the registry names, as `release promote` and `rollback` overtaken the same way
+    exit 0); or nothing to deploy — and 2 when the candidate was rolled back (judged worse, or any step failed).
+    Before, ``superseded`` exited 2, as a rollback: the release job failed for a candidate that had passed every
+    check, on a host already in sync with the registry, and nothing there to mend."""
+    return 0 if report["outcome"] in ("promoted", SUPERSEDED, NOTHING_TO_DEPLOY) else 2
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -1099,7 +1110,7 @@ def main(argv=None) -> int:
                 report = deploy(root, store, args.url.rstrip("/"), events, version, args.share, args.observe_s,
                                 actuals=actuals, name=args.name, shadow_s=args.shadow_s, smoke_requests=args.requests)
                 print(json.dumps(report))
-                return 0 if report["outcome"] in ("promoted", NOTHING_TO_DEPLOY) else 2
+                return deploy_exit_status(report)
     except (ReleaseError, BundleError, registry_fetch.FetchError, tracking.TrackingError, EventSourceError, ValueError,
             OSError, DirectoryBusy) as exc:  # an ActualsError is a ValueError
         print(f"release: error: {exc}", file=sys.stderr)

@@ -83,3 +83,15 @@ def test_a_rollback_right_after_another_hosts_promote_returns_to_the_version_tha
     assert model.tags[release.PREVIOUS_TAG] == versions["canary"]  # a second rollback undoes this one
     served = verify_bundle(store.variant_dir(PRODUCTION))
     assert served == client.get_model_version(NAME, versions["production"]).tags[TAG_DIGEST]
+
+
+def test_a_deploy_overtaken_by_another_hosts_move_exits_0_as_release_promote_does():
+    """deploy's candidate passed and was promoted, then another host's move named another production, which this
+    host installed (outcome superseded): the release did its part, and `release promote` overtaken the same way
+    (above) exits 0. It exited 2, a rollback's status, failing the app pipeline's release job with nothing to mend."""
+    from pipeline import release
+
+    assert release.deploy_exit_status({"outcome": release.SUPERSEDED}) == 0
+    assert release.deploy_exit_status({"outcome": "promoted"}) == 0
+    assert release.deploy_exit_status({"outcome": release.NOTHING_TO_DEPLOY}) == 0
+    assert release.deploy_exit_status({"outcome": "rolled back"}) == 2
