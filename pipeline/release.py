@@ -128,8 +128,8 @@ def variant_versions(root: Path, name: str | None = None, named: Mapping[str, st
     given). Before, release read the literal alias ``production``: a project whose promote.alias is ``champion``
     had promote move ``champion`` while release found no production at all."""
     named = aliases(root, name) if named is None else named
-    return {variant: named[variant_alias(root, variant)] for variant in (PRODUCTION, CANARY, SHADOW)
-            if variant_alias(root, variant) in named}
+    alias_of = {PRODUCTION: production_alias(root), CANARY: CANARY, SHADOW: SHADOW}  # params.yaml read once
+    return {variant: named[alias] for variant, alias in alias_of.items() if alias in named}
 
 
 def _version(root: Path, version: str, name: str):

@@ -100,7 +100,8 @@ def test_an_alias_the_registry_refuses_is_refused_before_anything_is_installed(t
     assert promote.main(["--root", str(root)]) == 1
     key = "promote.alias" if where == "params" else "SHELFCAST_PROMOTE_ALIAS"
     assert capsys.readouterr().err.startswith(f"promote: error: {key}: {alias!r} is not a registry alias")
-    assert tracking.production_version(root) is None and not (root / "models/production").exists()
+    # production's alias is promote.alias, refused here too: the shipped one's version is looked up by name
+    assert tracking.production_version(root, alias="production") is None and not (root / "models/production").exists()
     assert tracking.client(root).search_model_versions("name='shelfcast-forecaster'") == []
 
 
