@@ -1050,10 +1050,11 @@ def main(argv=None) -> int:
                           f"`python -m pipeline.release canary {again} --share S` writes it", file=sys.stderr)
                 for variant, state in host.items():
                     if "refused" in state:
+                        mend = ("(`release promote --version V`) or return to the one before (`release rollback`)"
+                                if variant == PRODUCTION else
+                                f"(`release {variant} --version V`) or end it (`release end --variant {variant}`)")
                         print(f"release: the {variant_alias(root, variant)} alias names a version no host can "
-                              f"serve: {state['refused']}; point it at a promoted version (`release {variant} "
-                              f"--version V`) or end it (`release end --variant {variant}`)",
-                              file=sys.stderr)
+                              f"serve: {state['refused']}; point it at a promoted version {mend}", file=sys.stderr)
                 apart = [v for v, state in host.items() if not state["in_sync"] and "refused" not in state]
                 if PRODUCTION not in current:  # sync cannot mend anything before one is named
                     print(f"release: {no_production(store, args.name, production_alias(root))}", file=sys.stderr)

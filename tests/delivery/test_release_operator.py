@@ -100,27 +100,36 @@ def test_a_canary_share_of_0_is_refused_before_anything_is_installed(host, capsy
     assert not store.variant_dir(CANARY).exists()
 
 
-def test_status_says_an_alias_naming_a_version_registered_by_hand_is_not_served(host, capsys):
+@pytest.mark.parametrize("variant", [CANARY, PRODUCTION])
+def test_status_says_an_alias_naming_a_version_registered_by_hand_is_not_served(host, capsys, variant):
     """Found by a probe: with the canary alias moved by hand to a version registered in the UI (no serving digest:
     release and sync refuse it), `release status` printed `"canary": {..., "in_sync": true}` and `"in_sync": true`
-    while the registry named a canary this host does not (and cannot) serve."""
+    while the registry named a canary this host does not (and cannot) serve. For production it then advised
+    `release production --version V` and `release end --variant production`, neither a command."""
     root, store, versions = host
     release.end_candidate(root, store, CANARY)
     client = tracking.client(root)
     production = client.get_model_version(NAME, versions["production"])
     by_hand = client.create_model_version(NAME, f"runs:/{production.run_id}/bundle", run_id=production.run_id)
+    alias = "production" if variant == PRODUCTION else variant
     try:
-        client.set_registered_model_alias(NAME, CANARY, by_hand.version)
+        client.set_registered_model_alias(NAME, alias, by_hand.version)
         assert release.main(["status", "--root", str(root), "--models", str(store.root)]) == 0
         out, err = capsys.readouterr()
         status = json.loads(out)
-        assert status["in_sync"] is False and status["host"][CANARY]["in_sync"] is False, status
-        refused = status["host"][CANARY]["refused"]
+        assert status["in_sync"] is False and status["host"][variant]["in_sync"] is False, status
+        refused = status["host"][variant]["refused"]
         assert f"version {by_hand.version} was not registered by `pipeline.promote`" in refused
-        assert f"the canary alias names a version no host can serve: version {by_hand.version}" in err, err
+        assert f"the {alias} alias names a version no host can serve: version {by_hand.version}" in err, err
         assert "release-sync" not in err  # sync refuses it: no use suggesting it
-        assert status["host"][PRODUCTION]["in_sync"] is True and "refused" not in status["host"][PRODUCTION]
+        if variant == PRODUCTION:
+            assert "`release promote --version V`" in err and "`release rollback`" in err, err
+            assert "release production" not in err and "--variant production" not in err, err
+        else:
+            assert "`release canary --version V`" in err and "`release end --variant canary`" in err, err
+            assert status["host"][PRODUCTION]["in_sync"] is True and "refused" not in status["host"][PRODUCTION]
     finally:
+        client.set_registered_model_alias(NAME, "production", versions["production"])
         client.delete_model_version(NAME, by_hand.version)
 
 
