@@ -177,7 +177,7 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
     for number in result.kept_versions:
         recorded = (by_number[number].tags or {}).get(registry_fetch.TAG_DVC) if number in by_number else None
         if recorded:
-            result.dvc_keep[number] = json.loads(recorded)
+            result.dvc_keep[number] = dvc_entry(model_name, number, recorded)
 
     experiment = client.get_experiment_by_name(tracking.EXPERIMENT_NAME)
     runs = [] if experiment is None else _all_runs(client, experiment.experiment_id)
@@ -188,7 +188,7 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
         backing.append((v, f"{v.name} version {v.version} (another registered model)"))
         recorded = (v.tags or {}).get(registry_fetch.TAG_DVC)
         if recorded:
-            result.dvc_keep[f"other-{index}"] = json.loads(recorded)
+            result.dvc_keep[f"other-{index}"] = dvc_entry(v.name, str(v.version), recorded)
     for v, which in backing:
         if v is not None and v.run_id:
             result.kept_runs.setdefault(v.run_id, f"backs {which}")
@@ -217,6 +217,20 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
             if (folder := local_artifact_dir(r.info.artifact_uri)) is not None:
                 result.run_dirs.append(folder)
     return result
+
+
+def dvc_entry(name: str, version: str, recorded: str) -> dict:
+    """A kept version's recorded DVC entry (its ``dvc_out`` tag), which DVC's gc must keep; StageError, naming the
+    version and the tag, when it is no DVC output entry (edited by hand, cut short): DVC's gc could not keep it."""
+    try:
+        entry = json.loads(recorded)
+    except ValueError:
+        entry = None
+    if not isinstance(entry, dict) or not isinstance(entry.get("md5"), str):
+        raise StageError(f"{name} version {version}: its {registry_fetch.TAG_DVC} tag is no DVC output entry with an "
+                         f"md5 ({recorded[:80]!r}), so DVC's gc could not keep its bundle; delete the tag (`make "
+                         f"promote` of that version then pushes the bundle and records it again), then prune again")
+    return entry
 
 
 def other_models_versions(client, model_name: str) -> list:

@@ -228,3 +228,18 @@ def test_prune_of_a_renamed_model_leaves_the_other_registered_models_runs(traine
         assert client.get_run(version.run_id).info.lifecycle_stage == "active"
         fetched = registry_fetch.download_version(root, version, root.parent / f"theirs-{number}")
         assert fetched == version.tags[registry_fetch.TAG_DIGEST]
+
+
+def test_a_kept_version_whose_dvc_out_tag_is_no_entry_is_named_in_one_line(trained_project_template, tmp_path,
+                                                                          capsys):
+    """A ``dvc_out`` tag edited by hand or cut short: before, prune's json.loads of it ended in a traceback. It is
+    refused (DVC's gc could not keep that version's bundle) in one line naming the version and the tag."""
+    root = _project(trained_project_template[0], tmp_path, with_dvc=False)
+    registry = _registry(root, tmp_path)
+    production = registry["made"][5]
+    registry["client"].set_model_version_tag(NAME, production, registry_fetch.TAG_DVC, '{"md5": "ab')
+    capsys.readouterr()  # the registry's download bars
+    assert prune.main(["--root", str(root), "--dry-run", "--models", str(registry["host"])]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"version {production}" in err and registry_fetch.TAG_DVC in err and NAME in err
