@@ -74,6 +74,8 @@ def latest_drift_report() -> dict[str, Any] | None:
         return None
     except ValueError as exc:
         return {"status": "unreadable", "reasons": [f"{path}: not valid JSON ({exc})"], "events": 0}
+    except RecursionError:  # deeper than Python's parser recurses: before, the pages answered 500
+        return {"status": "unreadable", "reasons": [f"{path}: JSON nested too deep to parse"], "events": 0}
     if not isinstance(report, dict):  # a list, a string, null: the page reads fields of an object
         return {"status": "unreadable", "reasons": [f"{path}: not a JSON object (a {type(report).__name__})"],
                 "events": 0}

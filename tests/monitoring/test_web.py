@@ -292,3 +292,16 @@ def test_a_drift_report_that_is_json_but_no_object_is_reported_unreadable_not_a_
         assert client.get("/monitoring").status_code == 200, text
         shown = client.get("/api/v1/monitoring").get_json()["drift"]
         assert shown["status"] == "unreadable" and "not a JSON object" in shown["reasons"][0], (text, shown)
+
+
+def test_a_drift_report_nested_too_deep_to_parse_is_reported_unreadable_not_a_500(tmp_path, monkeypatch):
+    """Found by an outside review's probe of every GET route: a drift.json of JSON nested deeper than Python's
+    parser recurses (cut short or not; another tool's file, a damaged disk) made /monitoring and /api/v1/monitoring
+    answer 500 (a RecursionError, not a ValueError), as a checksums.json or bundle.json did before."""
+    (tmp_path / "drift").mkdir()
+    client = client_for(tmp_path, monkeypatch)
+    for text in ('{"a": [' * 3000, "[" * 100_000 + "]" * 100_000):
+        (tmp_path / "drift" / drift.REPORT_JSON).write_text(text)
+        assert client.get("/monitoring").status_code == 200, text[:20]
+        shown = client.get("/api/v1/monitoring").get_json()["drift"]
+        assert shown["status"] == "unreadable" and "nested too deep" in shown["reasons"][0], shown
