@@ -244,7 +244,7 @@ def served_model_name(store: ReleaseStore) -> str | None:
     """The registered model's name the bundle served as production carries (bundle.json ``name``); None if unread."""
     try:
         name = json.loads((store.variant_dir(PRODUCTION) / "bundle.json").read_text(encoding="utf-8")).get("name")
-    except (OSError, ValueError, AttributeError):  # a JSON array or scalar: AttributeError
+    except (OSError, ValueError, AttributeError, RecursionError):  # a JSON array or scalar; nested too deep
         return None
     return name if isinstance(name, str) else None
 

@@ -297,3 +297,18 @@ def test_the_workflow_files_train_release_and_prune_a_renamed_model(tmp_path, mo
         assert len(tracking.client(host).search_model_versions(f"name='{SHIPPED}'")) == 1
         for run_id in (theirs.run_id, theirs.tags["evaluation_run_id"]):
             assert tracking.client(host).get_run(run_id).info.lifecycle_stage == "active", done.stdout
+
+
+def test_the_served_models_name_of_an_unreadable_bundle_json_is_unknown_not_a_traceback(tmp_path):
+    """Found by an outside review: the rename advice reads the served production's bundle.json; one nested deeper
+    than Python's parser recurses (a damaged disk, a hand edit) raised RecursionError, no ValueError, out of `release
+    status` and `sync` as a traceback. Unreadable in any way, the name is unknown and the usual advice is given."""
+    from pipeline.release_store import ReleaseStore
+
+    store = ReleaseStore(tmp_path / "models")
+    store.variant_dir(PRODUCTION).mkdir(parents=True)
+    bundle_json = store.variant_dir(PRODUCTION) / "bundle.json"
+    for text, name in (('{"name": "acme-forecaster"}', "acme-forecaster"), ('{"name": [' * 5000, None),
+                       ("[" * 100_000, None), ("[1]", None), ('{"name": 3}', None)):
+        bundle_json.write_text(text, encoding="utf-8")
+        assert release.served_model_name(store) == name, text[:20]
