@@ -59,6 +59,16 @@ def lost_and_duplicated(answered: list[str], received: collections.Counter) -> t
     return lost, duplicated
 
 
+def drained_through(link, sink, spool: Path, receiver) -> collections.Counter:
+    """Once the spool is empty: the sink closed, then the link in front of the receiver, then the receiver, and what
+    it got (received_ids)."""
+    wait_until(lambda: not list(spool.glob("*.jsonl")), timeout_s=30)
+    sink.close()
+    link.close()
+    receiver.stop()
+    return received_ids(receiver)
+
+
 def spooled_ids(spool_root: Path) -> set[str]:
     """The event_ids in the spool's segments now (unsent or sent and not yet confirmed), read while a sink runs:
     a segment confirmed and deleted meanwhile is skipped, as is the line being written."""
@@ -574,11 +584,7 @@ def test_connections_shorter_than_the_confirmation_delay_still_drain_the_spool(f
     answered = [sink.emit({"request_id": f"r{n}", "output": float(n), "inputs": {"pad": "x" * 1200}})
                 for n in range(3000)]
     link = ShortLivedLink(port, fluentd_receiver.port, 0.5)  # back, behind connections that live 0.5 s
-    wait_until(lambda: not list(spool.glob("*.jsonl")), timeout_s=30)
-    sink.close()
-    link.close()
-    fluentd_receiver.stop()
-    received = received_ids(fluentd_receiver)
+    received = drained_through(link, sink, spool, fluentd_receiver)
     lost, duplicated = lost_and_duplicated(answered, received)
     print(f"connections closed after 0.5 s: {len(answered)} answered, {lost} lost, {duplicated} duplicated, "
           f"{link.closed} connections closed")
@@ -715,11 +721,7 @@ def test_connections_capped_at_10_to_200_kb_send_each_event_a_bounded_number_of_
         answered.append(sink.emit({"request_id": f"r{len(answered)}", "output": 1.0, "pad": "x" * 200}))
         time.sleep(max(0.0, started + len(answered) / 500 - time.monotonic()))
     capped_connections, link.capped = link.closed, False
-    wait_until(lambda: not list(spool.glob("*.jsonl")), timeout_s=30)
-    sink.close()
-    link.close()
-    fluentd_receiver.stop()
-    received = received_ids(fluentd_receiver)
+    received = drained_through(link, sink, spool, fluentd_receiver)
     lost, duplicated = lost_and_duplicated(answered, received)
     print(f"connections capped at 10-200 KB for 4 s: {len(answered)} answered, {lost} lost, {duplicated} duplicated, "
           f"at most {max(received.values())} copies of one, {capped_connections} connections capped")
