@@ -24,6 +24,12 @@ gunicorn bounds each header field (limit_request_field_size, 8190 bytes) and the
 what it holds at each 8 KiB read) against 0.6 ms for a plain request, and 16 clients sending such requests took a
 worker from 178 to 300 MB. `HeaderBoundRequest` bounds them in all by SHELFCAST_MAX_HEADER_BYTES (32 KiB, as the
 compose proxy's large_client_header_buffers): gunicorn's 431 past it.
+
+Each request the worker answers itself, its app not called (the 408 above; gunicorn's 400, 403, 417, 431, 501 for
+what its parser refuses, a 500 for an exception outside the app's error handling), is counted in /metrics,
+shelfcast_refused_requests_total{reason} (app/metrics.py REFUSAL_REASONS): before, a flood of them showed only as
+warning lines in the log. gunicorn answers all of its own through the worker's ``handle_error``, which
+``ThreadWorker`` overrides to count them.
 """
 
 from __future__ import annotations
@@ -35,11 +41,27 @@ import os
 import queue
 import selectors
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
 
-from gunicorn.http.errors import LimitRequestHeaders
+from gunicorn.http.errors import (
+    ExpectationFailed,
+    ForbiddenProxyRequest,
+    InvalidH2CPreface,
+    InvalidHeader,
+    InvalidHeaderName,
+    InvalidHTTPVersion,
+    InvalidProxyLine,
+    InvalidRequestLine,
+    InvalidRequestMethod,
+    InvalidSchemeHeaders,
+    LimitRequestHeaders,
+    LimitRequestLine,
+    ObsoleteFolding,
+    UnsupportedTransferCoding,
+)
 from gunicorn.http.message import Request
 from gunicorn.http.parser import RequestParser
 from gunicorn.workers.gthread import ThreadWorker as GthreadWorker
@@ -56,6 +78,17 @@ LAST_CHANCE_S = 0.1
 TIMED_OUT_BODY = b"the request's headers did not arrive in time\n"
 READ_SIZE = 8192  # the most gunicorn's parser reads from a socket at once (its SocketUnreader's mxchunk)
 RELOAD_MARKER = "reloading.json"  # in PROMETHEUS_MULTIPROC_DIR: the workers a SIGHUP replaces (app/gunicorn_conf.py)
+# What gunicorn 26.2's ``handle_error`` (workers/base.py) answers each exception with, as app/metrics.py's
+# REFUSAL_REASONS (the first that matches); any other exception is its 500, "server_error".
+REFUSALS = (
+    (LimitRequestHeaders, "headers_too_large"),  # 431
+    (LimitRequestLine, "request_line_too_long"),  # 400
+    (ExpectationFailed, "expectation_failed"),  # 417
+    (UnsupportedTransferCoding, "unsupported_transfer_coding"),  # 501
+    ((ForbiddenProxyRequest, ssl.SSLError), "forbidden"),  # 403
+    ((InvalidRequestLine, InvalidRequestMethod, InvalidHTTPVersion, InvalidHeader, InvalidHeaderName, ObsoleteFolding,
+      InvalidProxyLine, InvalidSchemeHeaders, InvalidH2CPreface), "bad_request"),  # 400
+)
 # With the headers every response of the app carries (README: before, this one had none, nor `Server: shelfcast`).
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nServer: shelfcast\r\nConnection: close\r\n"
                    b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(TIMED_OUT_BODY)
@@ -138,11 +171,12 @@ class HeaderBoundRequest(Request):
 class ThreadWorker(GthreadWorker):
     """gthread, with each connection its main thread finishes closed by a GracefulCloser, and each request's
     headers read within SHELFCAST_HEADER_TIMEOUT_S and SHELFCAST_MAX_HEADER_BYTES. gunicorn (26.2, pinned) has a
-    setting for none of these, so this overrides seven methods of its ThreadWorker: ``finish_request`` (the closes,
+    setting for none of these, so this overrides eight methods of its ThreadWorker: ``finish_request`` (the closes,
     and a pipelined request already read handed on), ``enqueue_req``, ``handle`` and ``handle_request`` (the header
     deadline), ``init_process`` (the header bound: its parser's request class), ``set_accept_enabled`` (a graceful
-    exit stops listening; with ``finish_request``'s kept-alive connections, no request fails at a SIGHUP) and
-    ``handle_exit`` (a SIGHUP's old workers serve until the new ones listen). tests/app/test_served_by_gunicorn.py,
+    exit stops listening; with ``finish_request``'s kept-alive connections, no request fails at a SIGHUP),
+    ``handle_exit`` (a SIGHUP's old workers serve until the new ones listen) and ``handle_error`` (each request gunicorn
+    refuses counted in /metrics, as ``handle`` counts its 408s). tests/app/test_served_by_gunicorn.py,
     tests/app/test_served_request_headers.py and tests/app/test_served_lifecycle.py fail if an upgrade changes how
     gunicorn calls them."""
 
@@ -159,10 +193,23 @@ class ThreadWorker(GthreadWorker):
 
     def init_process(self):
         """In the worker (after the fork; the master parses no request): gunicorn's HTTP/1 parser builds
-        ``HeaderBoundRequest``s, bounded by this worker's SHELFCAST_MAX_HEADER_BYTES."""
+        ``HeaderBoundRequest``s, bounded by this worker's SHELFCAST_MAX_HEADER_BYTES; and the counter of requests it
+        refuses (app/metrics.py, imported here: the master imports this module, and must import none of the app),
+        each reason's series made now, at 0, so an alert on one has a series before its first refusal."""
+        from app.metrics import REFUSAL_REASONS, REFUSED, labelled
+
+        self.refused = {reason: labelled(REFUSED, reason) for reason in REFUSAL_REASONS}
         HeaderBoundRequest.max_header_bytes = self.max_header_bytes
         RequestParser.mesg_class = HeaderBoundRequest
         super().init_process()
+
+    def handle_error(self, req, client, addr, exc):
+        """Overrides gunicorn's ``handle_error(req, client, addr, exc)``: where its worker answers each request it
+        refuses itself (called from ``handle`` on a connection thread: a parser error is 400, 403, 417, 431 or 501;
+        any other exception 500) and logs it. Counted here by the answer it gets (REFUSALS), then answered as
+        before."""
+        self.refused[refusal_reason(exc)].inc()
+        super().handle_error(req, client, addr, exc)
 
     def handle_exit(self, sig, frame):
         """Overrides gunicorn's SIGTERM handler. A worker a SIGHUP replaces (app/gunicorn_conf.py on_reload names it)
@@ -254,6 +301,7 @@ class ThreadWorker(GthreadWorker):
             conn.sock.send(REQUEST_TIMEOUT, socket.MSG_DONTWAIT)  # the read side is shut, the write side is not
         except OSError:  # its send buffer is full (it does not read) or it has gone: closed without a word
             pass
+        self.refused["header_timeout"].inc()
         self.log.warning("%s: a request's headers did not arrive within SHELFCAST_HEADER_TIMEOUT_S (%g s): "
                          "answered 408, connection closed, its thread free again",
                          _address(conn.client), self.header_timeout_s)
@@ -297,6 +345,12 @@ class ThreadWorker(GthreadWorker):
         """The header deadline off; False if it had passed (the connection's read side is shut by now)."""
         watch, conn.headers_due = conn.headers_due, None
         return watch is None or not READ_DEADLINES.release(watch)
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """Why gunicorn refuses a request it fails with ``exc`` (app/metrics.py REFUSAL_REASONS): "server_error" for
+    an exception it answers 500."""
+    return next((reason for kinds, reason in REFUSALS if isinstance(exc, kinds)), "server_error")
 
 
 def _read_ahead(conn) -> bool:

@@ -9,7 +9,8 @@ variable (`python -m app`, tests) the process-local registry is served.
 
 Metrics: shelfcast_predictions_total{source}, shelfcast_request_duration_seconds{endpoint}
 (histogram), shelfcast_prediction_events_total{outcome} (emitted, rejected, spooled, sent,
-dropped, send_failures; see README "Prediction logging"), shelfcast_model_info{variant,version,kind}
+dropped, send_failures; see README "Prediction logging"), shelfcast_refused_requests_total{reason} (answered by
+the gunicorn worker itself, not the app: REFUSAL_REASONS), shelfcast_model_info{variant,version,kind}
 (1 for each model a live worker serves: production, and the canary and shadow when installed; no series for
 a model no longer served: each worker's set is a file in the multiprocess folder, app/metrics_files.py).
 """
@@ -45,6 +46,22 @@ UNFORECASTABLE = Counter(
     "horizon. "
     "They are not predictions, so no event and no drift report shows them: new items show here first",
     ["field"])
+# Why the server answered a request itself, not its app (app/gunicorn_worker.py ThreadWorker.handle and handle_error),
+# with the status it sent; each series is there from a worker's start, at 0 (ThreadWorker.init_process).
+REFUSAL_REASONS = {
+    "header_timeout": 408,  # its headers not in within SHELFCAST_HEADER_TIMEOUT_S
+    "headers_too_large": 431,  # over SHELFCAST_MAX_HEADER_BYTES, or gunicorn's limit_request_fields / _field_size
+    "request_line_too_long": 400,  # over gunicorn's limit_request_line
+    "bad_request": 400,  # malformed: request line, method, version, a header field
+    "expectation_failed": 417,  # an Expect other than 100-continue
+    "unsupported_transfer_coding": 501,  # a Transfer-Encoding gunicorn does not implement
+    "forbidden": 403,  # a proxy line or TLS handshake gunicorn refuses
+    "server_error": 500,  # an exception outside the app's own error handling (its traceback is in the log)
+}
+REFUSED = Counter(
+    "shelfcast_refused_requests", "Requests the server answered itself, not its app, by reason: "
+    "header_timeout (408), headers_too_large (431), request_line_too_long, bad_request (400), expectation_failed "
+    "(417), unsupported_transfer_coding (501), forbidden (403), server_error (500)", ["reason"])
 MODEL_INFO = "shelfcast_model_info"
 MODEL_INFO_HELP = ("1 for each model a live worker serves: its release variant (production, canary, shadow), version "
                    "and kind")

@@ -5,7 +5,11 @@ One worker of 2 threads, a 1 s header timeout, a 3 s body timeout; every socket 
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import re
+import signal
 import selectors
 import socket
 import threading
@@ -229,10 +233,18 @@ def head_of(size: int, first: list[bytes]) -> bytes:
     return b"\r\n".join(fields)
 
 
+def answer_to(port: int, request: bytes) -> bytes:
+    """All the server answers ``request`` on a connection of its own, until it closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        try:
+            client.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):  # refused before all was sent: its answer is read
+            pass
+        return read_all(client, 10)
+
+
 def worker_cpu_s(master: int) -> float:
     """The CPU time (user and system) the server's worker has used so far (one worker: the master's one child)."""
-    import os
-
     [worker] = open(f"/proc/{master}/task/{master}/children").read().split()
     fields = open(f"/proc/{worker}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -247,13 +259,7 @@ def test_a_requests_header_fields_are_bounded_in_all(server):
     past the bound. A head of exactly the bound is served, also when a body's first bytes come in the same read."""
     from app.config import DEFAULT_MAX_HEADER_BYTES
 
-    def answer(request: bytes) -> bytes:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
-            try:
-                client.sendall(request)
-            except (BrokenPipeError, ConnectionResetError):  # refused before all was sent: its answer is read
-                pass
-            return read_all(client, 10)
+    answer = functools.partial(answer_to, server.port)
 
     huge = b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-Field-%02d: %s\r\n" % (k, b"a" * 8176) for k in range(98)) + \
         b"Host: x\r\nConnection: close\r\n\r\n"
@@ -275,3 +281,57 @@ def test_a_requests_header_fields_are_bounded_in_all(server):
     over = answer(b"GET /healthz HTTP/1.1\r\n" + head_of(DEFAULT_MAX_HEADER_BYTES + 1, plain) + b"\r\n\r\n")
     assert over.startswith(b"HTTP/1.1 431 ") and b"SHELFCAST_MAX_HEADER_BYTES" in over, over[:300]
     assert json.loads(get(server.port, "/healthz")) == {"status": "ok"}  # the worker serves on
+
+
+def refusal_counts(port: int) -> dict[str, float]:
+    """shelfcast_refused_requests_total per reason, as /metrics shows it (a reason without a series: absent)."""
+    text = get(port, "/metrics").decode()
+    return {reason: float(value) for reason, value in
+            re.findall(r'^shelfcast_refused_requests_total\{reason="(\w+)"\} (\S+)$', text, re.MULTILINE)}
+
+
+def test_requests_the_worker_refuses_itself_are_counted_in_metrics_also_after_it_is_replaced(server):
+    """Found by a review of what an operator sees: the requests the worker answers itself, its app never called
+    (its own 408 and 431, gunicorn's 400 and 431, ...), were in no /metrics series, only in the log's warning lines,
+    so a client flood of them went unseen on the dashboards. Each is now counted by reason, with the status it got
+    (app/metrics.py REFUSAL_REASONS); every reason has its series, at 0 until the first, and the counts outlive the
+    worker (folded into retired.json when it exits, as every counter's)."""
+    from app.config import DEFAULT_MAX_HEADER_BYTES
+    from app.metrics import REFUSAL_REASONS
+
+    before = refusal_counts(server.port)
+    assert set(before) == set(REFUSAL_REASONS), before  # each from the worker's start
+    plain = [b"Host: x", b"Connection: close"]
+    sent = {
+        "headers_too_large": [  # over SHELFCAST_MAX_HEADER_BYTES; more fields than gunicorn's limit_request_fields
+            b"GET /healthz HTTP/1.1\r\n" + head_of(DEFAULT_MAX_HEADER_BYTES + 1, plain) + b"\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-F%d: y\r\n" % k for k in range(101)) + b"\r\n"],
+        "bad_request": [b"\x16\x03\x01 no request line\r\n\r\n", b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n"],
+        "request_line_too_long": [b"GET /" + b"a" * 8000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"],
+        "expectation_failed": [b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: something\r\n\r\n"],
+        "header_timeout": [PARTIAL],  # and then nothing: answered once SHELFCAST_HEADER_TIMEOUT_S is up
+    }
+    for reason, requests in sent.items():
+        for request in requests:
+            reply = answer_to(server.port, request)
+            assert reply.startswith(b"HTTP/1.1 %d " % REFUSAL_REASONS[reason]), (reason, request[:60], reply[:200])
+    time.sleep(0.1)  # a 408's count follows its answer
+    counted = refusal_counts(server.port)
+    expected = {reason: before[reason] + len(sent.get(reason, ())) for reason in REFUSAL_REASONS}
+    assert counted == expected, counted
+
+    [worker] = open(f"/proc/{server.pid}/task/{server.pid}/children").read().split()
+    os.kill(int(worker), signal.SIGTERM)  # gunicorn's master starts another in its place
+    deadline = time.monotonic() + 60
+    while (replaced := open(f"/proc/{server.pid}/task/{server.pid}/children").read().split()) in ([], [worker]):
+        assert time.monotonic() < deadline, f"no worker in place of {worker} after 60 s:\n{server.log_tail()}"
+        time.sleep(0.1)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            assert json.loads(get(server.port, "/healthz")) == {"status": "ok"}
+            break
+        except OSError:  # the new worker not listening yet
+            assert time.monotonic() < deadline, f"worker {replaced} not serving after 60 s:\n{server.log_tail()}"
+            time.sleep(0.2)
+    assert refusal_counts(server.port) == expected  # the old worker's counts, retired, and the new one's zeros
