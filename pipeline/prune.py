@@ -13,14 +13,17 @@ retrains" has the measured growth). This removes the old ones and never what the
   (``promote.model_name`` names the one it judges): all they name stays;
 - the MLflow runs behind those versions, the current candidate's runs, the newest ``prune.keep_runs`` training
   runs, any run still RUNNING, and the evaluation runs nested under a kept run; a run of any other kind (a sweep's)
-  is left alone;
+  is left alone. A kept run deleted by hand (the MLflow UI) is restored: deleted, it lives only until the next
+  ``mlflow gc``, which would remove a kept version's bundle for good. A training run (or its evaluation) deleted by
+  hand that nothing keeps is garbage-collected with the runs prune deletes, so its artifacts are freed;
 - in DVC: what the workspace's ``dvc.lock`` and ``.dvc`` files, the tips of all branches and all tags use, plus the
   DVC entry (``dvc_out``) of every kept version (production's bundle and rollback's are not used by any ``.dvc`` file:
   promote deletes its ``.dvc`` once the version records the entry, so a bare ``dvc gc -w`` deleted them).
 
-Order: model versions first, then runs (deleted, then ``mlflow gc`` on a local store, which removes their artifacts
-for good), then ``dvc gc`` of the cache, and of the remote when ``prune.dvc_remote`` is true. ``--dry-run`` lists
-all of it and deletes nothing. One writer at a time: it holds ``models/``'s lock, as promote and release do.
+Order: the kept runs deleted by hand are restored first (before any ``mlflow gc`` can run), then model versions
+are deleted, then runs (deleted, then ``mlflow gc`` on a local store, which removes their artifacts for good),
+then ``dvc gc`` of the cache, and of the remote when ``prune.dvc_remote`` is true. ``--dry-run`` lists all of it
+and deletes (and restores) nothing. One writer at a time: it holds ``models/``'s lock, as promote and release do.
 
     python -m pipeline.prune [--dry-run] [--models DIR]
 """
@@ -76,14 +79,18 @@ class Plan:
     runs: dict[str, int | None] = field(default_factory=dict)  # to delete: run id -> artifact bytes (None: remote)
     dvc_keep: dict[str, dict] = field(default_factory=dict)  # kept version -> its DVC entry
     run_dirs: list[Path] = field(default_factory=list)  # the deleted runs' local artifact folders
+    restore: dict[str, str] = field(default_factory=dict)  # kept runs deleted by hand -> why kept
+    freed: dict[str, int | None] = field(default_factory=dict)  # runs deleted by hand, kept by nothing: gc only
 
     def summary(self) -> dict:
-        sizes = [size for size in self.runs.values() if size is not None]
+        sizes = [size for size in [*self.runs.values(), *self.freed.values()] if size is not None]
+        gone = self.runs or self.freed
         return {"model": self.model_name,
                 "kept_versions": {v: ", ".join(why) for v, why in sorted(self.kept_versions.items(), key=_numeric)},
                 "deleted_versions": sorted(self.versions, key=int),
                 "kept_runs": len(self.kept_runs), "deleted_runs": sorted(self.runs),
-                "deleted_artifact_bytes": sum(sizes) if sizes else (None if self.runs else 0)}
+                "restored_runs": dict(sorted(self.restore.items())), "freed_deleted_runs": sorted(self.freed),
+                "deleted_artifact_bytes": sum(sizes) if sizes else (None if gone else 0)}
 
 
 def _numeric(item) -> int:
@@ -122,9 +129,12 @@ def local_artifact_bytes(artifact_uri: str) -> int | None:
 
 
 def _all_runs(client, experiment_id: str) -> list:
+    """Every run of the experiment, the deleted ones (by hand, awaiting `mlflow gc`) too, newest first."""
+    from mlflow.entities import ViewType
+
     runs, token = [], None
     while True:
-        page = client.search_runs([experiment_id], max_results=1000, page_token=token,
+        page = client.search_runs([experiment_id], run_view_type=ViewType.ALL, max_results=1000, page_token=token,
                                   order_by=["attributes.start_time DESC"])
         runs.extend(page)
         token = page.token
@@ -196,7 +206,8 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
             if evaluation:
                 result.kept_runs.setdefault(evaluation, f"the evaluation of {which}")
     training = [r for r in runs if r.data.tags.get("stage") == "train"]  # newest first
-    for r in training[:params.keep_runs]:
+    active_training = [r for r in training if r.info.lifecycle_stage != "deleted"]  # one deleted by hand is no keep
+    for r in active_training[:params.keep_runs]:
         result.kept_runs.setdefault(r.info.run_id, f"newest {params.keep_runs} training runs (prune.keep_runs)")
     for r in runs:
         tags = r.data.tags
@@ -213,10 +224,29 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
                  and r.data.tags.get("stage") == "evaluate"}
     for r in runs:
         if r.info.run_id in prunable and r.info.run_id not in result.kept_runs:
-            result.runs[r.info.run_id] = local_artifact_bytes(r.info.artifact_uri)
+            deleted = r.info.lifecycle_stage == "deleted"  # by hand: only `mlflow gc` still has to free it
+            (result.freed if deleted else result.runs)[r.info.run_id] = local_artifact_bytes(r.info.artifact_uri)
             if (folder := local_artifact_dir(r.info.artifact_uri)) is not None:
                 result.run_dirs.append(folder)
+    listed = {r.info.run_id: r.info.lifecycle_stage for r in runs}
+    for run_id, why in result.kept_runs.items():
+        if why == "running":  # a train deleted while it runs: left as its deleter left it (nor collected)
+            continue
+        stage = listed.get(run_id) or _lifecycle(client, run_id)  # a kept version's run in another experiment
+        if stage == "deleted":
+            result.restore[run_id] = why
     return result
+
+
+def _lifecycle(client, run_id: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id).info.lifecycle_stage
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return None  # gone for good already: nothing to restore
 
 
 def dvc_entry(name: str, version: str, recorded: str) -> dict:
@@ -261,14 +291,23 @@ def remove_empty_run_folders(run_dirs: list[Path]) -> None:
                 pass
 
 
+def restore_runs(root: Path, result: Plan) -> None:
+    """Restore the kept runs deleted by hand, before anything is deleted or collected: a kept version's run left
+    deleted loses its bundle to the next `mlflow gc`, prune's or an operator's."""
+    client = tracking.client(root, create=False)
+    for run_id in result.restore:
+        client.restore_run(run_id)
+
+
 def delete_registry(root: Path, result: Plan) -> list[str]:
-    """Delete the planned model versions and runs; returns the run ids to garbage-collect."""
+    """Delete the planned model versions and runs; returns the run ids to garbage-collect (those, and the runs
+    deleted by hand that nothing keeps)."""
     client = tracking.client(root, create=False)
     for version in result.versions:
         client.delete_model_version(result.model_name, version)
     for run_id in result.runs:
         client.delete_run(run_id)
-    return list(result.runs)
+    return list(result.runs) + list(result.freed)
 
 
 def mlflow_gc(root: Path, run_ids: list[str]) -> str:
@@ -349,6 +388,7 @@ def run(root: Path, dry_run: bool = False, models_dir: Path | None = None) -> di
         if dry_run:
             summary["mlflow"] = "dry run: nothing deleted"
         else:
+            restore_runs(root, result)  # first: no gc may run while a kept run is deleted
             summary["mlflow"] = mlflow_gc(root, delete_registry(root, result))
             if tracking.local_store_path(tracking.tracking_uri(root)) is not None:
                 remove_empty_run_folders(result.run_dirs)
@@ -363,7 +403,15 @@ def report(summary: dict) -> str:
     lines = [f"prune: {summary['model']}: keeps version {v} ({why})" for v, why in summary["kept_versions"].items()]
     lines.append(f"prune: {verb} {len(summary['deleted_versions'])} model versions"
                  + (f" ({', '.join(summary['deleted_versions'])})" if summary["deleted_versions"] else ""))
+    restored = summary["restored_runs"]
+    if restored:
+        lines.append(f"prune: {'would restore' if summary['dry_run'] else 'restored'} {len(restored)} deleted MLflow "
+                     "runs it keeps (deleted by hand, the next `mlflow gc` would have removed their artifacts): "
+                     + "; ".join(f"{run_id} ({why})" for run_id, why in restored.items()))
+    earlier = summary["freed_deleted_runs"]
     lines.append(f"prune: keeps {summary['kept_runs']} MLflow runs; {verb} {len(summary['deleted_runs'])}"
+                 + (f", and {'would free' if summary['dry_run'] else 'freed'} {len(earlier)} deleted by hand earlier"
+                    if earlier else "")
                  + ("" if freed is None else f" ({freed / 1e6:.1f} MB of artifacts)"))
     lines.append(f"prune: {summary['mlflow']}")
     dvc = summary["dvc"]

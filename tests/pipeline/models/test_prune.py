@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,59 @@ def test_a_kept_version_whose_dvc_out_tag_is_no_entry_is_named_in_one_line(train
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert f"version {production}" in err and registry_fetch.TAG_DVC in err and NAME in err
+
+
+def _plain_mlflow_gc(root: Path) -> None:
+    """What an operator runs (or a prune's own gc did): every deleted run of the store, not only prune's."""
+    uri = tracking.tracking_uri(root)
+    mlflow = Path(sys.executable).with_name("mlflow")
+    done = subprocess.run([str(mlflow) if mlflow.exists() else "mlflow", "gc", "--backend-store-uri", uri,
+                           "--tracking-uri", uri], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_kept_versions_run_deleted_by_hand_is_restored_so_no_gc_can_take_productions_bundle(
+        trained_project_template, tmp_path, capsys):
+    """Production's run deleted in the MLflow UI: its bundle stays only until someone runs `mlflow gc`. Before, prune
+    said "keeps version 5" and left the run deleted, so the next plain gc removed production's bundle for good (no
+    fetch, no rollback to it). prune restores it, and says so; a dry run says it would."""
+    root = _project(trained_project_template[0], tmp_path, with_dvc=False)
+    r = _registry(root, tmp_path)
+    client, production = r["client"], r["made"][5]
+    run_id = client.get_model_version(NAME, production).run_id
+    client.delete_run(run_id)
+
+    listed = prune.run(root, dry_run=True, models_dir=r["host"])
+    assert run_id in listed["restored_runs"] and "would restore" in prune.report(listed)
+    assert client.get_run(run_id).info.lifecycle_stage == "deleted"  # a dry run changes nothing
+
+    assert prune.main(["--root", str(root), "--models", str(r["host"])]) == 0
+    out = capsys.readouterr().out
+    assert f"restored {len(listed['restored_runs'])} deleted MLflow runs" in out and f"version {production}" in out
+    assert client.get_run(run_id).info.lifecycle_stage == "active"
+    _plain_mlflow_gc(root)
+    version = client.get_model_version(NAME, production)
+    fetched = registry_fetch.download_version(root, version, tmp_path / "fetched-production")
+    assert fetched == version.tags[registry_fetch.TAG_DIGEST]
+
+
+def test_a_pruned_versions_run_deleted_by_hand_earlier_is_freed(trained_project_template, tmp_path):
+    """Version 1's run deleted in the UI before its version was pruned: before, prune searched active runs only, so
+    that run was never garbage-collected and its bundles stayed on disk for good. Its artifacts now go."""
+    root = _project(trained_project_template[0], tmp_path, with_dvc=False)
+    r = _registry(root, tmp_path)
+    client = r["client"]
+    run_id = client.get_model_version(NAME, r["made"][1]).run_id
+    folder = prune.local_artifact_dir(client.get_run(run_id).info.artifact_uri)
+    size = _size(folder)
+    assert size > 0
+    client.delete_run(run_id)
+    sweep = client.create_run(client.get_run(run_id).info.experiment_id, tags={"stage": "sweep"}).info.run_id
+    client.delete_run(sweep)  # a deleted run of another kind: not prune's to free
+
+    listed = prune.run(root, dry_run=True, models_dir=r["host"])
+    assert listed["freed_deleted_runs"] == [run_id] and run_id not in listed["deleted_runs"]
+    done = prune.run(root, models_dir=r["host"])
+    assert done["freed_deleted_runs"] == [run_id] and done["deleted_artifact_bytes"] >= size
+    assert not folder.exists()
+    assert client.get_run(sweep).info.lifecycle_stage == "deleted"
