@@ -54,9 +54,19 @@ class FetchError(RuntimeError):
 
 
 def promote_alias(configured: str) -> str:
-    """The alias promote moves: params.yaml's, unless ``SHELFCAST_PROMOTE_ALIAS`` names another."""
+    """The alias promote moves: params.yaml's (``configured``, production's), unless ``SHELFCAST_PROMOTE_ALIAS``
+    names a candidate's; naming ``configured`` itself is production's promote, as when unset. ``production`` while
+    production's alias is another (``champion``) is refused: it would register a candidate under the name everyone
+    reads as production, beside the real production alias, and no release would ever judge it."""
     chosen = os.environ.get(ENV_PROMOTE_ALIAS, "").strip()
-    return registry_alias(chosen, ENV_PROMOTE_ALIAS) if chosen else configured
+    if not chosen:
+        return configured
+    chosen = registry_alias(chosen, ENV_PROMOTE_ALIAS)
+    if chosen.lower() == PRODUCTION and chosen != configured:
+        raise ParamsError(f"{ENV_PROMOTE_ALIAS}: {chosen!r} is not production's alias here: promote.alias is "
+                          f"{configured!r}; unset {ENV_PROMOTE_ALIAS} (or set it to {configured!r}) to promote "
+                          "production, or name a candidate's alias (shadow, canary)")
+    return chosen
 
 
 def publish_serving_bundle(root: Path, run_id: str, bundle_dir: Path) -> dict[str, str]:

@@ -105,6 +105,30 @@ def test_an_alias_the_registry_refuses_is_refused_before_anything_is_installed(t
     assert tracking.client(root).search_model_versions("name='shelfcast-forecaster'") == []
 
 
+def test_production_as_the_candidate_alias_beside_another_production_alias_is_refused(trained_project, tiny_params,
+                                                                                      set_params, monkeypatch, capsys):
+    """promote.alias is champion and SHELFCAST_PROMOTE_ALIAS=production (a pipeline copied from a project that
+    ships `production`): before, promote registered the version under a second alias "production" beside the real
+    champion, as a candidate nobody releases, silently. It is refused in one line naming both, before anything is
+    registered. SHELFCAST_PROMOTE_ALIAS equal to promote.alias is production's own promote, as when unset."""
+    root, _ = trained_project
+    tiny_params["promote"]["alias"] = "champion"
+    set_params(root, tiny_params)
+    assert evaluate.main(["--root", str(root)]) == 0
+    monkeypatch.setenv("SHELFCAST_PROMOTE_ALIAS", "production")
+    capsys.readouterr()
+    assert promote.main(["--root", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("promote: error: SHELFCAST_PROMOTE_ALIAS: 'production' ") and len(err.splitlines()) == 1
+    assert "promote.alias is 'champion'" in err, err
+    assert tracking.client(root).search_model_versions("name='shelfcast-forecaster'") == []
+    assert not (root / "models/production").exists()
+    monkeypatch.setenv("SHELFCAST_PROMOTE_ALIAS", "champion")
+    assert promote.main(["--root", str(root)]) == 0
+    assert tracking.client(root).get_registered_model("shelfcast-forecaster").aliases == {"champion": 1}
+    assert verify_bundle(root / "models/production")
+
+
 def test_a_candidate_changed_after_evaluation_is_refused(trained_project, capsys):
     root, _ = trained_project
     assert evaluate.main(["--root", str(root)]) == 0
