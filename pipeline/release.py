@@ -60,7 +60,7 @@ from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, 
                                     event_units, finite_number, is_closed_day, log_marks, prediction_log,
                                     read_jsonl_events)
 from pipeline.release_replay import ProductionReplay, request_key
-from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore, check_share
+from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore, bundle_name, check_share
 
 PREVIOUS_TAG = tracking.PREVIOUS_PRODUCTION_TAG  # registered-model tag: the version `rollback` returns to
 DEFAULT_SHARE = 0.1
@@ -151,13 +151,13 @@ def ensure_release(root: Path, store: ReleaseStore, version: str, name: str | No
     store.root.mkdir(parents=True, exist_ok=True)
     with scratch_directory(store.root, ".download.") as scratch:  # a killed download's is deleted by the next
         registry_fetch.download_version(root, mv, scratch / "bundle")  # checked: it can serve
-        return store.add_release(version, scratch / "bundle", servable=True)
+        return store.add_release(version, scratch / "bundle", servable=True, name=name)
 
 
 def install(root: Path, store: ReleaseStore, variant: str, version: str, name: str | None = None) -> str:
     name = name or registered_model(root)
     ensure_release(root, store, version, name)
-    return store.install(variant, version)
+    return store.install(variant, version, name)
 
 
 LOG_MARKS_FILE = ".log-marks-{variant}.json"  # in the models directory: where the event log ended at its install
@@ -242,11 +242,7 @@ def no_production(store: ReleaseStore, name: str, alias: str) -> str:
 
 def served_model_name(store: ReleaseStore) -> str | None:
     """The registered model's name the bundle served as production carries (bundle.json ``name``); None if unread."""
-    try:
-        name = json.loads((store.variant_dir(PRODUCTION) / "bundle.json").read_text(encoding="utf-8")).get("name")
-    except (OSError, ValueError, AttributeError, RecursionError):  # a JSON array or scalar; nested too deep
-        return None
-    return name if isinstance(name, str) else None
+    return bundle_name(store.variant_dir(PRODUCTION))
 
 
 def host_state(root: Path, store: ReleaseStore, current: dict[str, str],
@@ -282,8 +278,11 @@ def served_candidate(root: Path, store: ReleaseStore, current: dict[str, str], v
     version = current.get(variant)
     if version is not None and host_state(root, store, {variant: version}, name)[variant]["in_sync"]:
         return version
-    served_digest, served = store.served_digest(variant), store.served_version(variant)
-    shown = ("nothing" if served_digest is None else f"version {served or '?'} (bundle {served_digest[:12]})")
+    served_digest, served = store.served_digest(variant), store.served_version(variant, name)
+    other = bundle_name(store.variant_dir(variant))  # the name before a rename: its numbers are not this model's
+    shown = ("nothing" if served_digest is None
+             else f"{other}'s bundle {served_digest[:12]}" if other not in (None, name)
+             else f"version {served or '?'} (bundle {served_digest[:12]})")
     named = f"has no {variant} alias (deleted, or never set)" if version is None else \
         f"names version {version} as {variant}"
     act = f"`release promote --version {served}` promotes the version judged, " if served else ""

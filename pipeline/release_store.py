@@ -41,6 +41,22 @@ def _version_key(path: Path) -> tuple[int, str]:
     return (int(path.name), "") if path.name.isdigit() else (-1, path.name)
 
 
+def bundle_name(path: Path) -> str | None:
+    """The registered model's name ``path``'s bundle.json carries (``name``); None when it cannot be read."""
+    try:
+        name = json.loads((path / "bundle.json").read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError, RecursionError):  # a JSON array or scalar; nested too deep
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _another_models(path: Path, name: str | None) -> bool:
+    """Whether release ``path`` is a version of a model other than ``name`` (promote.model_name renamed: the new
+    name's versions count from 1 again, so its numbers clash with the former model's releases)."""
+    carried = None if name is None else bundle_name(path)
+    return carried is not None and carried != name
+
+
 def _manifest_digest(path: Path) -> str | None:
     """The digest ``path``'s checksums.json claims (bundle.verify_bundle's result once every file checks); None
     without one."""
@@ -82,23 +98,27 @@ class ReleaseStore:
         except BundleError:
             return False
 
-    def add_release(self, version: str | int, bundle_dir: Path, servable: bool = False) -> str:
+    def add_release(self, version: str | int, bundle_dir: Path, servable: bool = False, name: str | None = None) -> str:
         """Install a verified copy of ``bundle_dir`` as release ``version``; returns its digest. ``servable``: the
         caller has run ``load_servable`` on it (registry_fetch.download_version does), so installing it as a variant
-        in this process does not load it again (a second full load and sample forecast, per release step)."""
+        in this process does not load it again (a second full load and sample forecast, per release step). ``name``:
+        the registered model's (prune's)."""
         digest = copy_bundle(bundle_dir, self.release_dir(version))
         if servable:
             self._servable[str(version)] = digest
-        self.prune()
+        self.prune(name)
         return digest
 
-    def install(self, variant: str, version: str | int) -> str:
+    def install(self, variant: str, version: str | int, name: str | None = None) -> str:
         """Serve release ``version`` as ``variant`` (atomic swap the app's hot reload picks up). A variant that
         serves that very bundle already is left as it is: its install time is when the candidate went live (the
         traffic ``release decide`` judges starts there), and the workers keep the model they hold. Production's
-        install records the release it replaces (``releases/.rollback``), which ``prune`` then keeps."""
+        install records the release it replaces (``releases/.rollback``), which ``prune`` then keeps. ``name``: the
+        registered model's; once production serves it, releases of another model (the name before a rename) that
+        serve nothing are deleted, so none is taken for a version of this one (the app's fallback, the rollback
+        record, ``release status``)."""
         source, target = self.release_dir(version), self.variant_dir(variant)
-        leaving = self._claimed_version(PRODUCTION) if variant == PRODUCTION else None
+        leaving = self._claimed_version(PRODUCTION, name) if variant == PRODUCTION else None
         claimed = _manifest_digest(source)  # cheap: the whole check only when the two claim the same bundle
         if claimed is not None and claimed == _manifest_digest(target) and self.served_digest(variant) == claimed \
                 and verify_bundle(source) == claimed:
@@ -111,6 +131,8 @@ class ReleaseStore:
             (self.release_dir(version) / GOOD_MARK).touch()
             if leaving is not None and leaving != str(version):
                 write_text_atomic(self.root / RELEASES / ROLLBACK_FILE, leaving + "\n")
+            if name is not None:
+                self.prune(name)
         return digest
 
     def withdraw(self, version: str | int) -> None:
@@ -161,22 +183,27 @@ class ReleaseStore:
         except OSError:
             return None
 
-    def _claimed_version(self, variant: str) -> str | None:
-        """The release whose manifest the variant's claims (no file hashed: a bundle is verified when loaded)."""
+    def _claimed_version(self, variant: str, name: str | None = None) -> str | None:
+        """The release whose manifest the variant's claims (no file hashed: a bundle is verified when loaded); with
+        ``name``, only a release of that model."""
         claimed = _manifest_digest(self.variant_dir(variant))
         if claimed is None:
             return None
-        return next((path.name for path in self.releases() if _manifest_digest(path) == claimed), None)
+        return next((path.name for path in self.releases() if _manifest_digest(path) == claimed
+                     and not _another_models(path, name)), None)
 
-    def prune(self) -> list[Path]:
+    def prune(self, name: str | None = None) -> list[Path]:
         """Keep the newest ``keep`` releases plus whatever production/canary/shadow currently serve and the release
         production replaced (the rollback's: newer candidates installed and ended since, a daily canary each, no
-        longer push it out, so a rollback still installs it from disk)."""
+        longer push it out, so a rollback still installs it from disk). With ``name`` (the registered model's),
+        another model's releases are kept only while a variant serves them."""
         serving = {self.served_digest(v) for v in VARIANTS} - {None}
         rollback = self.rollback_release()
         removed = []
-        for path in self.releases()[self.keep:]:
-            if path.name == rollback or self._digest(path) in serving:
+        releases = self.releases()
+        others = [path for path in releases if _another_models(path, name)]
+        for path in others + [path for path in releases if path not in others][self.keep:]:
+            if (path.name == rollback and path not in others) or self._digest(path) in serving:
                 continue
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
@@ -192,12 +219,14 @@ class ReleaseStore:
         """The digest of the bundle this host serves as ``variant``; None if none (or not a valid bundle)."""
         return self._digest(self.variant_dir(variant))
 
-    def served_version(self, variant: str) -> str | None:
-        """The release (version) whose bundle this host serves as ``variant``; None if none on disk has its digest."""
+    def served_version(self, variant: str, name: str | None = None) -> str | None:
+        """The release (version) whose bundle this host serves as ``variant``; None if none on disk has its digest.
+        With ``name``, a version of that model only: another's number (the name before a rename) is not its."""
         served = self.served_digest(variant)
         if served is None:
             return None
-        return next((path.name for path in self.releases() if self._digest(path) == served), None)
+        return next((path.name for path in self.releases() if self._digest(path) == served
+                     and not _another_models(path, name)), None)
 
     def canary_share(self) -> float:
         return read_canary_share(self.root)

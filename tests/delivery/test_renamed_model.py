@@ -312,3 +312,55 @@ def test_the_served_models_name_of_an_unreadable_bundle_json_is_unknown_not_a_tr
                        ("[" * 100_000, None), ("[1]", None), ('{"name": 3}', None)):
         bundle_json.write_text(text, encoding="utf-8")
         assert release.served_model_name(store) == name, text[:20]
+
+
+def test_a_renamed_models_releases_never_stand_for_the_former_models_on_the_host(tmp_path, monkeypatch):
+    """The host released the shipped name's versions 1 and 2 (production 2, rolled back from 1), then
+    promote.model_name was renamed and the new name's version 1 (its versions count from 1 again) made production.
+    Before, releases/2 still held the former model's version 2, marked good: the newest good release, which the app
+    falls back to when production cannot be loaded, was the other model; releases/.rollback named "2" (the former
+    model's number, for a version of the new one); and a candidate the host serves of the former model was reported
+    as the new name's version of that number (`release promote --version 2` told, which promotes another bundle).
+    Checked by digest and by bundle.json's name."""
+    from pipeline.release_store import ReleaseStore
+
+    uri = f"sqlite:///{(tmp_path / 'registry.db').as_posix()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    prepare_registry(uri, tmp_path / "artifacts")
+    tiny = tiny_bundle_module()
+    ml = tmp_path / "ml"
+    tiny.build_tiny_project(ml)
+    assert evaluate_and_promote(ml, PRODUCTION)["version"] == "1"
+    tiny.retrain(ml, seed=4)
+    assert evaluate_and_promote(ml, CANARY)["version"] == "2"
+    host_root = tmp_path / "host"
+    host_root.mkdir()
+    shutil.copy(ml / "params.yaml", host_root / "params.yaml")
+    store = ReleaseStore(host_root / "models")
+    client = tracking.client(ml)
+    release.sync(host_root, store)
+    assert release.main(["promote", "--version", "2", "--root", str(host_root), "--models", str(store.root)]) == 0
+    release.set_candidate(host_root, store, CANARY, "1", share=0.5)  # the former model's 1, a canary again
+    former = {v: verify_bundle(store.release_dir(v)) for v in ("1", "2")}
+
+    for root in (ml, host_root):  # the rename, on both sides
+        (root / "params.yaml").write_text((root / "params.yaml").read_text(encoding="utf-8").replace(
+            f"model_name: {SHIPPED}", f"model_name: {ACME}"), encoding="utf-8")
+    # before the new name's first production: the former's canary is not the new name's version 1
+    with pytest.raises(release.ReleaseError) as refused:
+        release.served_candidate(host_root, store, {}, CANARY, ACME)
+    assert "--version 1" not in str(refused.value) and f"{SHIPPED}'s bundle" in str(refused.value), refused.value
+    tiny.retrain(ml, seed=5)
+    assert evaluate_and_promote(ml, PRODUCTION)["version"] == "1"  # the new name's first production, by hand
+    assert client.get_registered_model(SHIPPED).aliases == {PRODUCTION: 2, CANARY: 1}  # the other model's
+
+    assert release.main(["sync", "--root", str(host_root), "--models", str(store.root)]) == 0
+    served = verify_bundle(store.variant_dir(PRODUCTION))
+    assert served == registry_fetch.promoted_digest(client.get_model_version(ACME, "1"))
+    assert served not in former.values()
+    for path in store.releases():  # every release on disk is the new name's: no folder stands for the other's
+        assert load_bundle(path).metadata["name"] == ACME, path
+        assert verify_bundle(path) not in former.values(), path
+    assert [p.name for p in store.good_releases()] == ["1"]  # the app's fallback: the new name's production only
+    assert store.rollback_release() in (None, "1") and store.served_version(PRODUCTION) == "1"
+    assert not store.variant_dir(CANARY).exists()  # the new name names no canary
