@@ -559,9 +559,13 @@ class ShortLivedLink:
                 upstream.sendall(data)
         except OSError:
             pass
+        self._hang_up(client, upstream)
+
+    def _hang_up(self, client: socket.socket, upstream: socket.socket) -> None:
+        """The client's side closed and counted; Fluentd's after it has had time to read what arrived."""
         self.closed += 1
         client.close()
-        time.sleep(0.2)  # let Fluentd read what arrived before its side closes too
+        time.sleep(0.2)
         upstream.close()
 
     def close(self) -> None:
@@ -698,10 +702,7 @@ class ByteCappedLink(ShortLivedLink):
             client.sendall(b"\x81\xa3ac")  # {"ac...: cut off
         except OSError:
             pass
-        self.closed += 1
-        client.close()
-        time.sleep(0.2)  # let Fluentd read what arrived before its side closes too
-        upstream.close()
+        self._hang_up(client, upstream)
 
 
 def test_connections_capped_at_10_to_200_kb_send_each_event_a_bounded_number_of_times(fluentd_receiver,
