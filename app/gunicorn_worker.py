@@ -29,7 +29,9 @@ Each request the worker answers itself, its app not called (the 408 above; gunic
 what its parser refuses, a 500 for an exception outside the app's error handling), is counted in /metrics,
 shelfcast_refused_requests_total{reason} (app/metrics.py REFUSAL_REASONS): before, a flood of them showed only as
 warning lines in the log. gunicorn answers all of its own through the worker's ``handle_error``, which
-``ThreadWorker`` overrides to count them.
+``ThreadWorker`` overrides to count them, and to write the answer itself (`own_answer`): gunicorn's had none of the
+headers every answer of the app carries (app/__init__.py SECURITY_HEADERS, `Server`), and gunicorn has no setting
+for them.
 """
 
 from __future__ import annotations
@@ -44,9 +46,14 @@ import socket
 import ssl
 import threading
 import time
+from datetime import timedelta
+from http import HTTPStatus
 from pathlib import Path
 
+import gunicorn.http.wsgi
+from gunicorn import util
 from gunicorn.http.errors import (
+    ConfigurationProblem,
     ExpectationFailed,
     ForbiddenProxyRequest,
     InvalidH2CPreface,
@@ -89,11 +96,17 @@ REFUSALS = (
     ((InvalidRequestLine, InvalidRequestMethod, InvalidHTTPVersion, InvalidHeader, InvalidHeaderName, ObsoleteFolding,
       InvalidProxyLine, InvalidSchemeHeaders, InvalidH2CPreface), "bad_request"),  # 400
 )
-# With the headers every response of the app carries (README: before, this one had none, nor `Server: shelfcast`).
-REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nServer: shelfcast\r\nConnection: close\r\n"
-                   b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(TIMED_OUT_BODY)
-                   + b"".join(f"{name}: {value}\r\n".encode("ascii") for name, value in SECURITY_HEADERS.items())
-                   + b"\r\n" + TIMED_OUT_BODY)
+
+
+
+def own_answer(status: int, body: bytes) -> bytes:
+    """A whole response the worker writes itself, not its app (its 408, the refusals gunicorn's ``handle_error``
+    answers): plain text, the connection closed after it, with the `Server` header and the security headers every
+    response of the app carries (README "Serving"; before, gunicorn's had none of them, the 408 no Date)."""
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Server: {gunicorn.http.wsgi.SERVER}",
+            f"Date: {util.http_date()}", "Connection: close", "Content-Type: text/plain; charset=utf-8",
+            f"Content-Length: {len(body)}", *(f"{name}: {value}" for name, value in SECURITY_HEADERS.items())]
+    return "\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body
 
 
 class GracefulCloser:
@@ -176,9 +189,9 @@ class ThreadWorker(GthreadWorker):
     deadline), ``init_process`` (the header bound: its parser's request class), ``set_accept_enabled`` (a graceful
     exit stops listening; with ``finish_request``'s kept-alive connections, no request fails at a SIGHUP),
     ``handle_exit`` (a SIGHUP's old workers serve until the new ones listen) and ``handle_error`` (each request gunicorn
-    refuses counted in /metrics, as ``handle`` counts its 408s). tests/app/test_served_by_gunicorn.py,
-    tests/app/test_served_request_headers.py and tests/app/test_served_lifecycle.py fail if an upgrade changes how
-    gunicorn calls them."""
+    refuses counted in /metrics, as ``handle`` counts its 408s, and answered with the app's headers).
+    tests/app/test_served_by_gunicorn.py, tests/app/test_served_request_headers.py and
+    tests/app/test_served_lifecycle.py fail if an upgrade changes how gunicorn calls them."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -199,6 +212,7 @@ class ThreadWorker(GthreadWorker):
         from app.metrics import REFUSAL_REASONS, REFUSED, labelled
 
         self.refused = {reason: labelled(REFUSED, reason) for reason in REFUSAL_REASONS}
+        self.refusal_status = REFUSAL_REASONS
         HeaderBoundRequest.max_header_bytes = self.max_header_bytes
         RequestParser.mesg_class = HeaderBoundRequest
         super().init_process()
@@ -206,10 +220,33 @@ class ThreadWorker(GthreadWorker):
     def handle_error(self, req, client, addr, exc):
         """Overrides gunicorn's ``handle_error(req, client, addr, exc)``: where its worker answers each request it
         refuses itself (called from ``handle`` on a connection thread: a parser error is 400, 403, 417, 431 or 501;
-        any other exception 500) and logs it. Counted here by the answer it gets (REFUSALS), then answered as
-        before."""
-        self.refused[refusal_reason(exc)].inc()
-        super().handle_error(req, client, addr, exc)
+        any other exception 500). Counted here by the answer it gets (REFUSALS), logged and written to the access
+        log as gunicorn does (a warning line, or the traceback of a 500 other than its ConfigurationProblem), and
+        answered by `own_answer`: the status gunicorn sends (its 500 said "Bad Request"), a body saying what was
+        wrong with the request (nothing about the server's own error, nor the client's address), and the app's
+        headers."""
+        reason = refusal_reason(exc)
+        self.refused[reason].inc()
+        status = self.refusal_status[reason]
+        addr = addr or ("", -1)  # a unix socket's client
+        if reason != "server_error" or isinstance(exc, ConfigurationProblem):
+            self.log.warning("Invalid request from ip=%s: %s", addr[0], exc)
+        else:
+            self.log.exception("Error handling request %s %s", getattr(req, "method", ""),
+                               getattr(req, "uri", "(no URI read)"))
+        said = f": {exc}" if reason not in ("server_error", "forbidden") else ""
+        body = f"{HTTPStatus(status).phrase}{said}\n".encode("utf-8", "replace")
+        req = req if req is not None else getattr(exc, "req", None)  # gunicorn's header errors carry theirs
+        if req is not None:
+            environ = gunicorn.http.wsgi.default_environ(req, client, self.cfg)
+            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = addr[0], str(addr[1])
+            response = gunicorn.http.wsgi.Response(req, client, self.cfg)
+            response.status, response.response_length = f"{status} {HTTPStatus(status).phrase}", len(body)
+            self.log.access(response, req, environ, timedelta(0))
+        try:
+            util.write_nonblock(client, own_answer(status, body))
+        except OSError:  # the client has gone, or does not read (its send buffer full): nothing more to do
+            self.log.debug("Failed to send error message.")
 
     def handle_exit(self, sig, frame):
         """Overrides gunicorn's SIGTERM handler. A worker a SIGHUP replaces (app/gunicorn_conf.py on_reload names it)
@@ -298,7 +335,8 @@ class ThreadWorker(GthreadWorker):
         if in_time:
             return keep_alive
         try:
-            conn.sock.send(REQUEST_TIMEOUT, socket.MSG_DONTWAIT)  # the read side is shut, the write side is not
+            # the read side is shut, the write side is not
+            conn.sock.send(own_answer(408, TIMED_OUT_BODY), socket.MSG_DONTWAIT)
         except OSError:  # its send buffer is full (it does not read) or it has gone: closed without a word
             pass
         self.refused["header_timeout"].inc()

@@ -1,7 +1,8 @@
 """Request headers through the server `make serve` runs (gunicorn, app/gunicorn_conf.py): a client that stops
 mid-headers, on a new connection or on a kept-alive one, holds a connection thread no longer than
-SHELFCAST_HEADER_TIMEOUT_S (app/gunicorn_worker.py), so more such clients than threads leave the others served.
-One worker of 2 threads, a 1 s header timeout, a 3 s body timeout; every socket on 127.0.0.1."""
+SHELFCAST_HEADER_TIMEOUT_S (app/gunicorn_worker.py), so more such clients than threads leave the others served;
+each request the worker refuses itself is counted, and answered with the app's headers.
+One worker of 2 threads, a 1 s header timeout, a 3 s body timeout, the access log on; every socket on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import selectors
 import socket
 import threading
 import time
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 
 import pytest
 
@@ -26,6 +29,11 @@ SLACK_S = 1.0  # a stall queued for a thread ends ~0.1-0.2 s after it gets one (
 PARTIAL = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"  # and then nothing: the blank line never comes
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 TIMEOUT_WARNING = "a request's headers did not arrive within SHELFCAST_HEADER_TIMEOUT_S"
+# A body coding gunicorn does not implement: its 501.
+UNSUPPORTED_CODING = b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: br\r\n\r\n"
+# gunicorn takes SCRIPT_NAME from a header of a peer in forwarded_allow_ips (127.0.0.1 by default) and answers a path
+# outside it with the 500 of its ConfigurationProblem, before the app is called: a worker-level 500 a client can cause.
+OUTSIDE_SCRIPT_NAME = b"GET /healthz HTTP/1.1\r\nHost: x\r\nSCRIPT_NAME: /elsewhere\r\n\r\n"
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +44,7 @@ def server(app_bundles, tmp_path_factory):
                            "SHELFCAST_PREDICTION_LOG": str(workdir / "p.jsonl"),
                            "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
                            "SHELFCAST_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-                           "SHELFCAST_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)},
+                           "SHELFCAST_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S), "SHELFCAST_ACCESS_LOG": "-"},
                           workdir / "gunicorn.log")
     try:
         yield served
@@ -309,6 +317,8 @@ def test_requests_the_worker_refuses_itself_are_counted_in_metrics_also_after_it
         "bad_request": [b"\x16\x03\x01 no request line\r\n\r\n", b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n"],
         "request_line_too_long": [b"GET /" + b"a" * 8000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"],
         "expectation_failed": [b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: something\r\n\r\n"],
+        "unsupported_transfer_coding": [UNSUPPORTED_CODING],
+        "server_error": [OUTSIDE_SCRIPT_NAME],
         "header_timeout": [PARTIAL],  # and then nothing: answered once SHELFCAST_HEADER_TIMEOUT_S is up
     }
     for reason, requests in sent.items():
@@ -318,6 +328,7 @@ def test_requests_the_worker_refuses_itself_are_counted_in_metrics_also_after_it
     time.sleep(0.1)  # a 408's count follows its answer
     counted = refusal_counts(server.port)
     expected = {reason: before[reason] + len(sent.get(reason, ())) for reason in REFUSAL_REASONS}
+    assert set(REFUSAL_REASONS) - set(sent) == {"forbidden"}  # a PROXY line refused: the test after this one
     assert counted == expected, counted
 
     [worker] = open(f"/proc/{server.pid}/task/{server.pid}/children").read().split()
@@ -335,3 +346,80 @@ def test_requests_the_worker_refuses_itself_are_counted_in_metrics_also_after_it
             assert time.monotonic() < deadline, f"worker {replaced} not serving after 60 s:\n{server.log_tail()}"
             time.sleep(0.2)
     assert refusal_counts(server.port) == expected  # the old worker's counts, retired, and the new one's zeros
+
+
+def answer_parts(reply: bytes) -> tuple[str, dict[str, str], bytes]:
+    """(status line, headers by name, body) of one whole answer; AssertionError for a header sent twice."""
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    fields = [line.split(": ", 1) for line in lines]
+    headers = dict(fields)
+    assert len(headers) == len(fields), f"a header sent twice: {lines}"
+    return status, headers, body
+
+
+def test_answers_the_worker_writes_itself_carry_the_apps_headers(server):
+    """Found by a review of what error answers carry: every answer of the app has its Content-Security-Policy,
+    X-Content-Type-Options, X-Frame-Options, Referrer-Policy and `Server: shelfcast` (app/__init__.py), but gunicorn
+    answers some requests itself, its app never called (400, 417, 431, 501, and its 500 said "500 Bad Request"), and
+    those had none of them, nor a Date, an HTML page echoing the request. The worker's handle_error now writes them:
+    the app's headers, plain text, and nothing else (no X-Request-ID: the app never saw the request)."""
+    from app.config import DEFAULT_MAX_HEADER_BYTES
+
+    app_status, app_headers, _ = answer_parts(answer_to(server.port, b"GET /no-such-page HTTP/1.1\r\nHost: x\r\n"
+                                                                     b"Connection: close\r\n\r\n"))
+    assert app_status.startswith("HTTP/1.1 404 "), app_status
+    before = server.log_path.read_text(encoding="utf-8")
+    plain = [b"Host: x", b"Connection: close"]
+    refused = {
+        400: b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
+        417: b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: something\r\n\r\n",
+        431: b"GET /healthz HTTP/1.1\r\n" + head_of(DEFAULT_MAX_HEADER_BYTES + 1, plain) + b"\r\n\r\n",
+        501: UNSUPPORTED_CODING,
+        500: OUTSIDE_SCRIPT_NAME,
+    }
+    for status, request in refused.items():
+        line, headers, body = answer_parts(answer_to(server.port, request))
+        assert line == f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", (line, request[:60])
+        assert set(headers) == {"Server", "Date", "Connection", "Content-Type", "Content-Length", *SECURITY_HEADERS}, \
+            (status, headers)
+        for name in ("Server", *SECURITY_HEADERS):
+            assert headers[name] == app_headers[name], (status, name, headers[name])
+        assert headers["Connection"] == "close" and headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert int(headers["Content-Length"]) == len(body) and body.startswith(HTTPStatus(status).phrase.encode())
+        assert abs(time.time() - parsedate_to_datetime(headers["Date"]).timestamp()) < 60, headers["Date"]
+    assert b"SHELFCAST_MAX_HEADER_BYTES" in answer_to(server.port, refused[431])  # what was wrong, to the client
+    assert answer_parts(answer_to(server.port, OUTSIDE_SCRIPT_NAME))[2] == b"Internal Server Error\n"  # no more
+    time.sleep(0.1)
+    logged = server.log_path.read_text(encoding="utf-8")[len(before):]
+    assert logged.count("Invalid request from ip=127.0.0.1") == len(refused) + 2, logged  # as gunicorn logs them
+    assert '"GET /healthz HTTP/1.1" 500 ' in logged, logged  # its access line, as gunicorn writes it
+    assert "Traceback" not in logged, logged
+
+
+def test_a_proxy_line_refused_is_counted_and_answered_with_the_apps_headers(app_bundles, tmp_path):
+    """`forbidden` (403): gunicorn refuses a PROXY protocol line from a peer not in proxy_allow_ips. `make serve`
+    does not turn the PROXY protocol on; an operator can (GUNICORN_CMD_ARGS="--proxy-protocol", behind HAProxy),
+    and then each refusal is counted and answered as the others are."""
+    from app.metrics import REFUSAL_REASONS
+
+    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_THREADS": "2",
+                           "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                           "SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl"),
+                           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+                           "GUNICORN_CMD_ARGS": "--proxy-protocol v1 --proxy-allow-from 192.0.2.1"},
+                          tmp_path / "gunicorn.log")
+    try:
+        before = refusal_counts(served.port)
+        reply = answer_to(served.port, b"PROXY TCP4 198.51.100.7 192.0.2.9 40000 80\r\n"
+                                       b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert json.loads(get(served.port, "/healthz")) == {"status": "ok"}  # no PROXY line: served as before
+        after = refusal_counts(served.port)
+    finally:
+        served.stop()
+    line, headers, body = answer_parts(reply)
+    assert line == f"HTTP/1.1 {REFUSAL_REASONS['forbidden']} Forbidden" and body == b"Forbidden\n", reply
+    for name, value in SECURITY_HEADERS.items():
+        assert headers[name] == value, (name, headers)
+    assert headers["Server"] == "shelfcast"
+    assert after == {**before, "forbidden": before["forbidden"] + 1}, (before, after)
