@@ -206,7 +206,9 @@ def run(bundle: Path, events_path: Path | None, elasticsearch: str | None, index
         source = ElasticsearchEvents.from_environment(elasticsearch, index)
         logged = source.prediction_events(params.max_events, None if since is None else since.isoformat())
         events, not_predictions = logged.events, logged.not_predictions
-        described = f"{elasticsearch}/{index}"
+        # the report is served: the events named by their index, not by the cluster's address (nor a login its URL
+        # holds), as a log is named without the host's folders (monitoring/public_paths.py)
+        described = f"Elasticsearch index {index}"
     else:
         events_path = events_path or prediction_log()
         logged = read_jsonl_events(events_path, params.max_events, since)

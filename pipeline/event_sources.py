@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
+from pipeline.url_credentials import split_credentials, without_credentials
+
 DEFAULT_INDEX_PATTERN = "shelfcast-prediction-*"
 ENV_PREDICTION_LOG = "SHELFCAST_PREDICTION_LOG"  # where the app writes its events without Fluentd, and readers look
 DEFAULT_PREDICTION_LOG = Path("logs/predictions.jsonl")
@@ -346,13 +348,23 @@ def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | No
 
 
 class ElasticsearchEvents:
-    """Reads events from an Elasticsearch/OpenSearch cluster over plain HTTP(S)."""
+    """Reads events from an Elasticsearch/OpenSearch cluster over plain HTTP(S). A user and password in the URL
+    (``https://user:password@host:9200``) are its login where none is given (ELASTICSEARCH_USERNAME/_PASSWORD), and
+    ``url`` is kept without them, so no message names them: before, urllib took ``user:password@host`` for the host
+    name, and the error line showed the password."""
 
     def __init__(self, url: str, index: str = DEFAULT_INDEX_PATTERN, timeout_s: float = 30.0,
                  username: str | None = None, password: str | None = None):
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise EventSourceError(f"--elasticsearch: expected an http(s):// URL, got {url!r}")
+            raise EventSourceError(f"--elasticsearch: expected an http(s):// URL, got {without_credentials(url)!r}")
+        if parsed.query or parsed.fragment:  # not echoed: a token may be what it holds
+            raise EventSourceError("--elasticsearch: the URL has a query or fragment (?… #…), which no request "
+                                   "here sends: give the login as ELASTICSEARCH_USERNAME/ELASTICSEARCH_PASSWORD or "
+                                   "as https://user:password@host")
+        url, url_username, url_password = split_credentials(url)
+        if username is None:
+            username, password = url_username, url_password
         self.url = url.rstrip("/")
         self.index = index
         self.timeout_s = timeout_s

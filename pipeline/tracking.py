@@ -25,6 +25,7 @@ from typing import Any, Mapping, NamedTuple
 from pipeline.atomic import process_alive
 from pipeline.model_params import production_alias, registered_model
 from pipeline.stage import StageError
+from pipeline.url_credentials import split_credentials, without_credentials  # noqa: F401 - tracking.without_credentials
 
 EXPERIMENT_NAME = "shelfcast"
 # The registered model's name is no constant: params.yaml's promote.model_name (model_params.registered_model), nor is
@@ -133,21 +134,7 @@ def sqlite_uri(db: Path) -> str:
 
 def shown_uri(project_root: Path | str = ".") -> str:
     """tracking_uri as messages show it: without the user and password a URI may carry."""
-    uri = tracking_uri(project_root)
-    parts = urllib.parse.urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
-# The user and password of any URL in a text: MLflow's own errors name the request's whole URL ("API request to
-# http://user:password@host/api/2.0/... failed"), credentials included, when MLFLOW_TRACKING_URI carries them.
-_URL_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
-
-
-def without_credentials(text: str) -> str:
-    """``text`` with the user and password taken out of every URL in it (``http://host/...``)."""
-    return _URL_CREDENTIALS.sub(r"\1", text)
+    return split_credentials(tracking_uri(project_root))[0]
 
 
 def artifact_root(project_root: Path | str = ".") -> str:

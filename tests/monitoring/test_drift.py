@@ -934,3 +934,64 @@ def test_a_closed_days_zero_is_left_out_of_the_forecast_comparison_and_live_accu
     assert "200 closed-day answer(s) left out" in line, line
     opened = [e for i, e in enumerate(events) if i % 3]
     assert analyse(opened, metadata, stats, DriftParams())["prediction"]["psi"] == pytest.approx(prediction["psi"])
+
+
+def test_a_login_in_the_elasticsearch_url_is_read_with_and_shown_nowhere(stream, production_bundle, tmp_path, capsys,
+                                                                          monkeypatch):
+    """Found by a review of what the drift report shows: its source line (drift.html, served at
+    /monitoring/drift-report) was the URL given, `http://user:password@host:9200/index`, and such a URL was not even
+    read: urllib took `user:password@host` for the host name, and the one error line showed the password. The
+    login in the URL is now sent as ELASTICSEARCH_USERNAME/_PASSWORD are, and the report names its events by their
+    index alone, as it names a log without the host's folders (monitoring/public_paths.py): neither the login nor
+    the cluster's address is in the report or the command's output."""
+    from osmem_server import OsmemServer
+
+    from monitoring.setup_stack import install_index_templates
+    from pipeline.event_sources import ElasticsearchEvents
+
+    monkeypatch.delenv("ELASTICSEARCH_USERNAME", raising=False)
+    monkeypatch.delenv("ELASTICSEARCH_PASSWORD", raising=False)
+    events = stream(40, seed=31)  # enough to read back: the verdict is not what is looked at
+    with OsmemServer.start(japanese=False, addr="127.0.0.1:0") as server:
+        search = ElasticsearchEvents(server.url)
+        install_index_templates(search)
+        lines = [json.dumps(line) for event in events
+                 for line in ({"index": {"_index": "shelfcast-prediction-2017.08.01", "_id": event["event_id"]}},
+                              event)]
+        assert not search.request("POST", "/_bulk?refresh=true", ndjson="\n".join(lines) + "\n")["errors"]
+        host = server.url.split("://", 1)[1].rstrip("/")
+        with_login = f"http://shelfcast:s%40cret-pw@{host}"
+        code = drift.main(["--bundle", str(production_bundle), "--elasticsearch", with_login,
+                           "--params", str(tmp_path / "none.yaml"), "--output-dir", str(tmp_path / "r")])
+    out = capsys.readouterr()
+    assert code == drift.EXIT_OK, out.err
+    report = json.loads((tmp_path / "r" / "drift.json").read_text())
+    assert report["events"] == len(events) and report["source"] == "Elasticsearch index shelfcast-prediction-*"
+    shown = out.out + out.err + "".join((tmp_path / "r" / name).read_text() for name in ("drift.json", "drift.html"))
+    for secret in ("s%40cret", "s@cret", "shelfcast:", host):
+        assert secret not in shown, secret
+
+
+def test_an_elasticsearch_url_that_fails_is_named_without_its_login_and_one_with_a_query_is_refused(monkeypatch):
+    """The error line of a cluster that does not answer names the URL without the login in it; a URL with a query
+    (a token in it: `?api_key=…`) was sent with each request's path after its query, so every request went to `/`:
+    now refused in one line that does not repeat it."""
+    import socket
+
+    from pipeline.event_sources import ElasticsearchEvents, EventSourceError
+
+    monkeypatch.delenv("ELASTICSEARCH_USERNAME", raising=False)
+    with socket.socket() as closed:  # a port nothing listens at: bound, never listening
+        closed.bind(("127.0.0.1", 0))
+        with pytest.raises(EventSourceError) as failed:
+            ElasticsearchEvents.from_environment(f"http://shelfcast:s3cret@127.0.0.1:{closed.getsockname()[1]}"
+                                                 ).events(10)
+    assert "s3cret" not in str(failed.value) and "shelfcast@" not in str(failed.value), failed.value
+    assert "http://127.0.0.1:" in str(failed.value) and "refused" in str(failed.value), failed.value
+    for url in ("http://127.0.0.1:9200/?api_key=t0ken", "http://127.0.0.1:9200#t0ken"):
+        with pytest.raises(EventSourceError, match="the URL has a query or fragment") as refused:
+            ElasticsearchEvents(url)
+        assert "t0ken" not in str(refused.value)
+    with pytest.raises(EventSourceError) as refused:
+        ElasticsearchEvents("ftp://shelfcast:s3cret@127.0.0.1/")
+    assert "s3cret" not in str(refused.value) and "ftp://127.0.0.1/" in str(refused.value), refused.value

@@ -82,3 +82,24 @@ def test_the_environment_credentials_reach_elasticsearch_and_kibana(secured, mon
     monkeypatch.setenv("ELASTICSEARCH_USERNAME", USER)
     monkeypatch.setenv("ELASTICSEARCH_PASSWORD", PASSWORD)
     assert kibana_available(url)
+
+
+def test_a_login_in_the_url_is_sent_as_the_environments_is(secured, monkeypatch):
+    """`--elasticsearch http://user:password@host` (drift, release, setup): the login is sent as basic auth, where
+    urllib had taken `user:password@host` for the host name; the environment's, when set, is sent instead."""
+    from pipeline.event_sources import ElasticsearchEvents, EventSourceError
+
+    url, seen = secured
+    monkeypatch.delenv("ELASTICSEARCH_USERNAME", raising=False)
+    monkeypatch.delenv("ELASTICSEARCH_PASSWORD", raising=False)
+    with_login = url.replace("http://", f"http://{USER}:{PASSWORD}@")
+    search = ElasticsearchEvents.from_environment(with_login)
+    with pytest.raises(EventSourceError) as answered:
+        search.request("GET", "/")
+    assert (answered.value.status, seen[-1]) == (503, GRANTED), answered.value  # let in: the cluster is starting
+    assert search.url == url and PASSWORD not in str(answered.value)
+    monkeypatch.setenv("ELASTICSEARCH_USERNAME", USER)
+    monkeypatch.setenv("ELASTICSEARCH_PASSWORD", "other")
+    with pytest.raises(EventSourceError) as answered:
+        ElasticsearchEvents.from_environment(with_login).request("GET", "/")
+    assert answered.value.status == 401 and seen[-1] != GRANTED

@@ -1,0 +1,32 @@
+"""The user and password a URL may carry (``http://user:password@host``), kept out of what is shown.
+
+One definition for the URLs the project is given with credentials in them: MLflow's tracking URI
+(pipeline/tracking.py: its messages, MLflow's own errors) and the Elasticsearch URL drift, release and setup read
+events from (pipeline/event_sources.py: its error lines, and the login it sends). Standard library only: the
+serving app imports event_sources.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+
+# The user and password of any URL in a text: MLflow's own errors name the request's whole URL ("API request to
+# http://user:password@host/api/2.0/... failed"), credentials included, when MLFLOW_TRACKING_URI carries them.
+_URL_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the user and password taken out of every URL in it (``http://host/...``)."""
+    return _URL_CREDENTIALS.sub(r"\1", text)
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """(``url`` without its user and password, the user, the password), the last two percent-decoded, None where
+    the URL has none."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None, None
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    unquoted = [None if part is None else urllib.parse.unquote(part) for part in (parts.username, parts.password)]
+    return bare, unquoted[0], unquoted[1]
