@@ -98,7 +98,6 @@ REFUSALS = (
 )
 
 
-
 def own_answer(status: int, body: bytes) -> bytes:
     """A whole response the worker writes itself, not its app (its 408, the refusals gunicorn's ``handle_error``
     answers): plain text, the connection closed after it, with the `Server` header and the security headers every
