@@ -252,6 +252,7 @@ class CheckpointIdentity:
     code: str  # sha256 of the model code (versions.code_version)
     libraries: Mapping[str, str]  # Python, numpy, numba and the BLAS kernels (versions.runtime_version)
     batch_order: str  # held, streamed, or streamed from a cluster's shards (train.PreparedTraining.batch_order)
+    batches_per_epoch: int  # what a state's position (epoch, batch) is counted in: it must come to the state's step
 
     def to_json(self) -> dict:
         """The parts as state.json records them (through JSON: tuples are lists, as a read state's are)."""
@@ -423,6 +424,10 @@ class TrainingState:
                           ("evals_since_best", len(state.curves))):
             if not 0 <= getattr(state, key) <= most:
                 raise ValueError(f"{path}: field {key!r} is {getattr(state, key)}, outside 0 .. {most}")
+        per_epoch = identity.batches_per_epoch
+        if state.batch > per_epoch or state.epoch * per_epoch + state.batch != state.step:
+            raise ValueError(f"{path}: fields 'epoch' and 'batch' ({state.epoch}, {state.batch}) are not step "
+                             f"{state.step}'s place at {per_epoch} batches an epoch")
         unimproved = state.best_step == 0 and state.best_score == math.inf  # every evaluation so far diverged
         if not ((math.isfinite(state.best_score) and state.best_score >= 0) or unimproved):
             raise ValueError(f"{path}: field 'best_score' is {state.best_score}, not a score (a finite NWRMSLE)")
@@ -573,15 +578,10 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
             if not stopped:
                 if consumed == 0 and state.batch == 0:
                     raise ValueError("train: the batch source gave no batches (no training examples?)")
-                if available < state.batch:  # only a resumed state can say so: a hand edit, as _resume's damage
-                    say(f"train: the checkpoint in {directory} cannot be resumed ({directory / STATE_FILE}: field "
-                        f"'batch' is {state.batch}, past the {available} batches of epoch {state.epoch}); "
-                        "starting over")
-                    _discard_checkpoint(directory)
-                    sess.run(init)
-                    state, best_values = TrainingState(identity), sess.run(fetch_vars)
-                    best_weights, resumed_at, total, weight_sum = dict(zip(names, best_values)), 0, 0.0, 0.0
-                    continue
+                if identity is not None and available != identity.batches_per_epoch:  # the caller's count is wrong:
+                    # a resumed position counted in it would skip or repeat batches
+                    raise ValueError(f"train: epoch {state.epoch} gave {available} batches, not the "
+                                     f"{identity.batches_per_epoch} of the checkpoint identity's batches_per_epoch")
                 state.epoch += 1
                 state.batch = 0
     return TrainingResult(weights={k: np.array(v) for k, v in best_weights.items()}, best_step=int(state.best_step),

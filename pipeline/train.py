@@ -14,7 +14,7 @@ the validation origin, so it forecasts exactly the validation window.
 Training runs ``train.max_steps`` optimizer steps at most, scored on the
 inner validation every ``train.eval_every_steps``, and checkpoints there into
 ``models/checkpoints/train/``: a stage killed mid-way resumes on the next run
-(same data, params, code, libraries and batch order: models.CheckpointIdentity; a
+(same data, params, code, libraries, batch order and batches per epoch: models.CheckpointIdentity; a
 rerun with other ones starts over, saying which changed) and ends with the model an
 uninterrupted run would have made; the checkpoints are removed as soon as the candidate they made
 is in place. The candidate is swapped in only once its MLflow run is FINISHED and
@@ -164,6 +164,11 @@ class PreparedTraining:
     def train_examples(self) -> int:
         """Training examples in all (``train`` holds only a sample of them when they stream)."""
         return len(self.train) if self.in_memory else self.train_stream.count_rows()
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        """Batches in each epoch of ``batch_source``: all full but the last (en.data.batches and
+        examples.shuffled_batches keep the remainder). A checkpoint's position is counted in them."""
+        return -(-self.train_examples // batch_size)
 
     def batch_source(self, batch_size: int, seed: int):
         """The training batches (pipeline.models.BatchSource): from memory, or streamed when they do not fit."""
@@ -399,7 +404,8 @@ def _run(root: Path, home: Path, raw: dict, fparams: FeatureParams, tparams: Tra
         checkpoints = home / CHECKPOINT_DIR
         identity = models.CheckpointIdentity(data=versions["data_version"], params=bundle_params,
                                              code=versions["code_version"], libraries=runtime_version(),
-                                             batch_order=data.batch_order)
+                                             batch_order=data.batch_order,
+                                             batches_per_epoch=data.batches_per_epoch(tparams.batch_size))
         fingerprint = identity.fingerprint
         mlflow_run.set_tags({CHECKPOINT_TAG: fingerprint})
         config, result = fit(tparams, data, spec, on_eval, checkpoint_dir=checkpoints, identity=identity,

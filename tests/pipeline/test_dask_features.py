@@ -70,7 +70,7 @@ def test_streamed_shards_are_every_example_once_and_training_runs(dask_cluster, 
     every = here.train_stream.materialize()
     assert there.train_examples == len(every)
     streamed = list(there.train_stream.batches(256, seed=5))
-    assert all(len(b["weight"]) == 256 for b in streamed[:-1])
+    assert all(len(b["weight"]) == 256 for b in streamed[:-1]) and len(streamed) == there.batches_per_epoch(256)
 
     def rows(dense, log1p):
         return sorted(map(bytes, np.column_stack([dense, log1p[:, None].astype(np.float32)])))

@@ -96,6 +96,9 @@ def test_more_examples_than_in_memory_stream_with_a_sampled_inner_validation(tin
     assert first["dense"].shape == (128, data.train.matrix.dense.shape[1])
     held = train.prepare_training(history, FeatureParams(SPEC, 5, 7, in_memory_examples=10**9), 4, seed=1)
     assert held.in_memory and len(held.train) == data.train_examples
+    for prepared in (data, held):  # what a checkpoint's place is counted in (models.CheckpointIdentity)
+        assert data.train_examples % 128  # a short last batch: counted
+        assert len(list(prepared.batch_source(128, seed=1)(0))) == prepared.batches_per_epoch(128)
 
 
 def test_window_forecasts_chunk_by_chunk_equal_one_build(tiny_frame):

@@ -46,11 +46,11 @@ def _config(kind, matrix):
 
 
 def _identity(run: str, **parts) -> models.CheckpointIdentity:
-    """The identity of a run's checkpoints: ``run`` stands for its params."""
+    """The identity of a run's checkpoints: ``run`` stands for its params (16 batches an epoch: 1000 rows of 64)."""
     data = {"data/split/train.parquet": "0" * 32, "data/prepared/holidays.parquet": "2" * 32}
     return models.CheckpointIdentity(**{"data": data, "params": {"train": {"run": run}},
                                         "code": "c" * 64, "libraries": {"numpy": "2.1.0"}, "batch_order": "held",
-                                        **parts})
+                                        "batches_per_epoch": 16, **parts})
 
 
 def _train(kind, x, y, w, vx, vy, vw, *, seed, max_steps, eval_every, patience, batch_size, learning_rate, **kwargs):
@@ -220,7 +220,7 @@ def test_a_checkpoint_of_an_older_train_that_kept_one_hash_is_started_over_sayin
     again = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, identity=_identity("f"),
                    log=said.append, **args)
     assert said == [f"train: the checkpoint in {tmp_path} predates checkpoints that record their data, params, code, "
-                    "libraries and batch order apart (an older train wrote it); starting over"]
+                    "libraries, batch order and batches per epoch apart (an older train wrote it); starting over"]
     straight = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, **args)
     assert again.resumed_at_step == 0 and again.curves == straight.curves
     assert json.loads(path.read_text())["version"] == models.STATE_VERSION  # its own checkpoint replaced it
@@ -310,6 +310,11 @@ CHECKPOINT_DAMAGE = {
     "a best step after the step": lambda d: _set_state(d, best_step=400),
     "a step other than the last evaluation's": lambda d: _set_state(d, step=4_000_000),
     "more evaluations since the best than were made": lambda d: _set_state(d, evals_since_best=9),
+    # a position other than the step's (16 batches an epoch: step 40 is epoch 2, batch 8): resumed, the run skipped
+    # the rest of epoch 2 without a word (at its end) or said so only after resuming and starting over (past it)
+    "a batch at its epoch's end, though the step is not": lambda d: _set_state(d, batch=16),
+    "a batch past its epoch's end": lambda d: _set_state(d, batch=30),
+    "an epoch other than the step's": lambda d: _set_state(d, epoch=1),
     # found by a probe: resumed silently, to another model (a kill between another run's checkpoint and its state
     # left that run's files under this state; a hand edit; a file copied in)
     "a field edited by hand (its checksum not)": lambda d: (d / models.STATE_FILE).write_text(
@@ -447,25 +452,31 @@ def test_the_partial_copy_a_kill_leaves_mid_write_is_deleted_by_the_next_checkpo
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_a_batch_past_the_epochs_end_is_reported_and_training_starts_over(tmp_path):
-    """A hand-edited state whose batch is past its epoch's end (in range of the step, so it reads): before, the
-    resumed run silently skipped the rest of that epoch and ended on other weights than an uninterrupted run."""
-    x, y, w = _problem(1000, 0)  # 16 batches an epoch: the checkpoint at step 40 is epoch 2, batch 8
+def test_a_training_set_of_another_size_is_another_identity_and_training_starts_over(tmp_path):
+    """Half the rows, 8 batches an epoch where the checkpoint counted 16: its place (epoch 2, batch 8 at step 40) is
+    the end of epoch 2 in the smaller set, and an identity without the count resumed there without a word, having
+    skipped the rest of that epoch. The count is a part of the identity: the rerun names it and starts over."""
+    x, y, w = _problem(1000, 0)
     vx, vy, vw = _problem(300, 1)
     args = {"seed": 4, "eval_every": 20, "patience": 50, "batch_size": 64, "learning_rate": 0.01}
-    straight = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, **args)
     _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path, identity=_identity("f"), **args)
-    _set_state(tmp_path, batch=30)
+    half = FeatureMatrix(x.dense[:500], x.categorical[:500]), y[:500], w[:500]
     said = []
-    again = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path, identity=_identity("f"),
-                   log=said.append, **args)
-    assert said == [f"train: resuming from the checkpoint at step 40 in {tmp_path}",
-                    f"train: the checkpoint in {tmp_path} cannot be resumed ({tmp_path / models.STATE_FILE}: field "
-                    "'batch' is 30, past the 16 batches of epoch 2); starting over"]
-    assert again.resumed_at_step == 0 and again.curves == straight.curves
-    for name in straight.weights:
-        np.testing.assert_array_equal(again.weights[name], straight.weights[name])
-    assert not (tmp_path / models.STATE_FILE).exists() or models.TrainingState.read(tmp_path, _identity("f")).step == 60
+    again = _train("mlp", *half, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path,
+                   identity=_identity("f", batches_per_epoch=8), log=said.append, **args)
+    assert said == [f"train: the checkpoint in {tmp_path} is of other batches per epoch (16 -> 8); starting over"]
+    _same_model(again, _train("mlp", *half, vx, vy, vw, max_steps=60, **args))
+
+
+def test_a_batch_source_that_gives_other_than_the_identitys_count_is_an_error(tmp_path):
+    """The identity's count is checked at every epoch's end: a caller that counted wrong gets an error naming both
+    numbers, not checkpoints whose places skip or repeat batches when resumed."""
+    x, y, w = _problem(500, 0)  # 8 batches an epoch
+    vx, vy, vw = _problem(300, 1)
+    with pytest.raises(ValueError, match=r"^train: epoch 0 gave 8 batches, not the 16 of the checkpoint identity's "
+                                         r"batches_per_epoch$"):
+        _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path, identity=_identity("f"), seed=4,
+               eval_every=20, patience=50, batch_size=64, learning_rate=0.01)
 
 
 def test_expected_units_sum_to_the_actual_units_where_the_factor_was_fitted():
