@@ -5,8 +5,9 @@ evaluate, promote) runs through ``run_stage``. It gives each the same options
 (``--root`` project directory, ``--quiet``), turns the errors a user can fix
 into one line ``<stage>: error: ...`` (exit 1, or the error's own
 ``exit_code``), Ctrl-C and SIGTERM into one line too (exit 130, 143; SIGTERM unwinds as Ctrl-C does, so
-``finally`` blocks run), and prints the body's summary with the time it took. Before it is reached, while the
-command's module still imports, pipeline/__init__.py gives Ctrl-C and SIGTERM the same line and status.
+``finally`` blocks run; also when an import or a cleanup turned either into another error), and prints the
+body's summary with the time it took. Before it is reached, while the command's module still imports,
+pipeline/__init__.py gives Ctrl-C and SIGTERM the same line and status.
 
 This module imports only the package's __init__, params.py and atomic.py (stdlib), so depending on it costs a
 stage nothing (the dvc.yaml deps test checks every stage's imports).
@@ -52,6 +53,24 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError, StageError)
 ARTIFACT_BARS_SWITCH = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 Body = Callable[[argparse.Namespace], "str | int | None"]
+
+
+def interruption_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (KeyboardInterrupt) or SIGTERM (:class:`Terminated`) ``exc`` is, or was raised from or while
+    handling, else None. Python and libraries turn one into their own error where it meets them: Python 3.11 wraps
+    it in RuntimeError when it arrives in a descriptor's ``__set_name__`` (``import mlflow`` has such classes), and
+    a handler or ``finally`` that fails while it unwinds raises an error of its own: the stage was interrupted all
+    the same, and says so in run_stage's one line, not a traceback."""
+    pending, seen = [exc], set()
+    while pending:
+        link = pending.pop()
+        if link is None or id(link) in seen:
+            continue
+        if isinstance(link, KeyboardInterrupt):
+            return link
+        seen.add(id(link))
+        pending += [link.__context__, link.__cause__]
+    return None
 
 
 def stage_params(args: argparse.Namespace) -> dict:
@@ -143,17 +162,20 @@ def run_stage(name: str, body: Body, argv: list[str] | None = None,
         command_started()  # Ctrl-C and SIGTERM are this try's from here (before, pipeline/__init__.py's one line)
         with sigterm_as_interrupt(), artifact_bars_off(args.quiet):
             outcome = body(args)
-    except USER_ERRORS + tuple(errors) as exc:
-        label, code = getattr(exc, "label", "error"), getattr(exc, "exit_code", 1)
-        print(f"{name}: {label}: {exc}", file=sys.stderr)
-        return code
-    except OSError as exc:  # a full disk, a read-only folder, a busy mount point: the file and why, no traceback
-        print(f"{name}: error: {os_error_text(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, Terminated)
-        print(interruption_line(name, terminated), file=sys.stderr)
-        return 143 if terminated else 130  # 128 + the signal, as a shell reports a process the signal ended
+    except (KeyboardInterrupt, Exception) as exc:
+        interruption = interruption_behind(exc)
+        if interruption is not None:
+            terminated = isinstance(interruption, Terminated)
+            print(interruption_line(name, terminated), file=sys.stderr)
+            return 143 if terminated else 130  # 128 + the signal, as a shell reports a process the signal ended
+        if isinstance(exc, USER_ERRORS + tuple(errors)):
+            label, code = getattr(exc, "label", "error"), getattr(exc, "exit_code", 1)
+            print(f"{name}: {label}: {exc}", file=sys.stderr)
+            return code
+        if isinstance(exc, OSError):  # a full disk, a read-only folder, a busy mount point: the file and why
+            print(f"{name}: error: {os_error_text(exc)}", file=sys.stderr)
+            return 1
+        raise
     if isinstance(outcome, int) and not isinstance(outcome, bool):
         return outcome
     if outcome is not None:

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from pipeline.atomic import atomic_directory, atomic_file
-from pipeline.stage import os_error_text, run_stage
+from pipeline.stage import Terminated, os_error_text, run_stage
 
 
 def stage_failing_with(error: BaseException):
@@ -48,6 +48,33 @@ def test_a_library_error_without_a_file_names_the_output_being_written(writer, t
     assert capsys.readouterr().err == (f"prepare: error: {target}: Error writing bytes to file. Detail: [errno 28] "
                                        "No space left on device\n")
     assert sorted(p.name for p in target.parent.iterdir()) == []  # nothing half-written left beside it
+
+
+def _cleanup_failing_after(interruption: BaseException):
+    def body(args):
+        try:
+            raise interruption
+        finally:  # a cleanup that fails while the interruption unwinds (a half-imported library, say)
+            raise ValueError("cleanup failed")
+    return body
+
+
+@pytest.mark.parametrize("interruption, status, words", [
+    (KeyboardInterrupt(), 130, "interrupted"), (Terminated(), 143, "terminated (SIGTERM)")])
+@pytest.mark.parametrize("errors", [(), (ValueError,)], ids=["a bug's error", "an error of the stage's"])
+def test_an_error_raised_while_an_interruption_unwinds_is_the_interruption(interruption, status, words, errors,
+                                                                          capsys):
+    """A ``finally`` that failed while Ctrl-C or SIGTERM unwound was a traceback and exit 1 (or ``error: cleanup
+    failed``, exit 1, when the stage names the error): the stage was interrupted, and says so in one line."""
+    assert run_stage("demo", _cleanup_failing_after(interruption), [], errors=errors) == status
+    assert capsys.readouterr().err == (f"demo: {words}; rerun it (an output is only ever replaced whole: none is "
+                                       "half-written)\n")
+
+
+def test_an_error_of_a_stage_that_caught_nothing_is_still_a_traceback():
+    """Only an interruption's own chain is read as one: a bug stays a bug."""
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_stage("demo", stage_failing_with(RuntimeError("a bug")), [])
 
 
 def test_an_output_folder_under_a_file_is_one_line(tmp_path, capsys):

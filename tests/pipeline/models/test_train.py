@@ -336,3 +336,79 @@ def test_a_learning_rate_that_overflows_the_weights_is_named(tiny_project, tiny_
     assert re.search(r"train: error: train\.learning_rate: training diverged by step \d+ .*lower it \(now 1e\+06\)",
                      err), err
     assert "Traceback" not in err and not (tiny_project / "models" / "candidate").exists()
+
+
+# Put first on PYTHONPATH of a test's stage (as sitecustomize.py): the stage's first import of MODULE, inside its body
+# (after run_stage started), writes MARKER and waits there for the test's signal, in the module's own code or in a
+# class's descriptor (``__set_name__``, which Python 3.11 wraps an exception of in RuntimeError), then imports it.
+SLOW_IMPORT = '''
+import importlib.abc, importlib.machinery, sys, time
+from pathlib import Path
+
+MODULE, MARKER, WHERE = {module!r}, Path({marker!r}), {where!r}
+
+
+def wait_for_the_signal():
+    MARKER.write_text("importing")
+    time.sleep(60)
+
+
+class WaitingDescriptor:
+    def __set_name__(self, owner, name):
+        wait_for_the_signal()
+
+
+class SlowFirstImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != MODULE:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        real = spec.loader
+
+        class Loader(importlib.abc.Loader):
+            def create_module(self, spec):
+                return real.create_module(spec)
+
+            def exec_module(self, module):
+                if WHERE == "module code":
+                    wait_for_the_signal()
+                else:
+                    class Lazy:
+                        attribute = WaitingDescriptor()
+                real.exec_module(module)
+
+        spec.loader = Loader()
+        return spec
+
+
+sys.meta_path.insert(0, SlowFirstImport())
+'''
+
+
+@pytest.mark.parametrize("where", ["module code", "a descriptor's __set_name__"])
+@pytest.mark.parametrize("signal_name, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_while_the_stage_body_imports_mlflow_is_the_one_line_and_nothing_written(
+        tiny_project, tmp_path, where, signal_name, status):
+    """train imports MLflow in its body (tracking.TrainingRun), a second or more after run_stage started. A signal
+    there that Python turned into another error (3.11: RuntimeError "Error calling __set_name__ on 'cached_property'
+    instance 'data' in 'LazyLocalNamespace'", 1 of 40 Ctrl-Cs at random moments of `import mlflow`) was a
+    traceback and exit 1; it is run_stage's one line and 130 or 143, like any other, and the project is as it was."""
+    hook, marker = tmp_path / "hook", tmp_path / "importing"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_IMPORT.format(module="mlflow", marker=str(marker), where=where))
+    before = sorted(str(path.relative_to(tiny_project)) for path in tiny_project.rglob("*"))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), str(REPO)])
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--root", str(tiny_project), "--quiet"],
+                               cwd=tiny_project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists(), f"the stage never imported mlflow: {process.communicate(timeout=60)}"
+    process.send_signal(getattr(signal, signal_name))
+    out, err = process.communicate(timeout=60)
+    word = "terminated (SIGTERM)" if signal_name == "SIGTERM" else "interrupted"
+    assert (process.returncode, out, err) == (
+        status, "", f"train: {word}; rerun it (an output is only ever replaced whole: none is half-written)\n")
+    assert sorted(str(path.relative_to(tiny_project)) for path in tiny_project.rglob("*")) == before
