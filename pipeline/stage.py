@@ -108,7 +108,11 @@ def artifact_bars_off(quiet: bool) -> Iterator[None]:
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """While the block runs, SIGTERM raises :class:`Terminated`; a second SIGTERM ends the process at once (its
-    default), as does one where this is not the main thread or SIGTERM was set to be ignored (left as it was)."""
+    default), as does one where this is not the main thread or SIGTERM was set to be ignored (left as it was).
+
+    This decides what SIGTERM does for a stage's whole run (an exception, where its default kills);
+    pipeline/atomic.py ``signals_deferred`` only delays, for a few steps that must not be parted, the exception
+    this (or Ctrl-C) raises."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
