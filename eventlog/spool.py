@@ -20,9 +20,12 @@ Why this shape (the contract is in README.md, "Prediction logging"):
   the newest name this process has seen in the spool, so a clock stepped back cannot make new
   events sort (and be dropped) as the oldest.
 - A segment this process cannot open (another user's) is left alone: not sent, not dropped, not
-  counted against the limit. A spool folder removed while in use is made again by the next event;
-  the events of the open segment that went with it are counted as dropped. One moved away is followed:
-  the next limit check moves its segments back under the spool's path (`follow_folder`).
+  counted against the limit; so is a symbolic link (opened with O_NOFOLLOW, never followed: the file it
+  names, anywhere, must not be sent as events, truncated or deleted) and a `.jsonl` file not named as a
+  segment (`SEGMENT_NAME`: the local prediction log, in a spool set to its folder, is no segment).
+  A spool folder removed while in use is made again by the next event; the events of the open segment
+  that went with it are counted as dropped. One moved away is followed: the next limit check moves its
+  segments back under the spool's path (`follow_folder`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import stat
 import tempfile
 import threading
@@ -50,6 +54,9 @@ OPENING_SUFFIX = ".new"  # created and locked under this name, then renamed: nev
 # sends them without reading and parsing the file again; bounded (beyond it, segments are read from disk).
 CACHED_SEGMENTS = 8
 CACHED_RECORDS = 4096
+# What the spool's writers name a segment: the wall clock in ns, the pid and a counter; or the version before
+# 2026-12-01's `segment-000000000001.jsonl`. Any other `.jsonl` file in the folder is no segment: left alone.
+SEGMENT_NAME = re.compile(r"[0-9]{20}-[0-9]+-[0-9]+\.jsonl|segment-[0-9]{12}\.jsonl")
 DESTINATION_PREFIX = ".destination-"  # + a digest of where its events go; held (flock, shared) by who sends there
 LIMIT_LOCK_WAIT_S = 1.0  # how long a limit check waits for another process's check before it runs all the same
 Count = Callable[[str, int], None]  # ("spooled" | "dropped", how many)
@@ -141,7 +148,7 @@ class Spool:
         self._names = itertools.count()
         self._lines = 0  # events written into the open segment
         self._last_stamp = 0  # the newest segment name's time: new names never sort before it (a clock step)
-        self._unopenable: set[str] = set()  # segments this process cannot open: logged once each, left alone
+        self._left_alone: set[str] = set()  # files this process cannot open or must not (links): logged once each
         self._disk_full = False  # set by a failed write, cleared by the next enforce_limit() that began after it
         self._last_warning = 0.0
         self._unlogged_drops = 0  # drops since the last drop message: the next one (or close) reports them
@@ -320,8 +327,13 @@ class Spool:
                 if not name.startswith(DESTINATION_PREFIX) or name == mine:
                     continue
                 try:
-                    fd = os.open(self.root / name, os.O_RDONLY)
+                    fd = os.open(self.root / name, os.O_RDONLY | os.O_NOFOLLOW)
                 except FileNotFoundError:
+                    continue
+                except OSError as exc:  # a link: whether a server holds it cannot be told, and it is not ours to remove
+                    if exc.errno != errno.ELOOP:
+                        raise
+                    self._leave_alone(self.root / name)
                     continue
                 try:
                     try:
@@ -335,7 +347,14 @@ class Spool:
                         os.unlink(self.root / name)  # a stopped server's
                 finally:
                     os.close(fd)
-            fd = os.open(self.root / mine, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # O_NOFOLLOW: through a link, the address below was written over a file anywhere, or made one
+                fd = os.open(self.root / mine, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                raise SpoolLink(errno.ELOOP, f"event spool {self.root}: {mine}, the file that holds this spool for "
+                                f"{destination}, is {_link_text(self.root / mine)}; it must be the spool's own "
+                                f"file: remove it") from None
             fcntl.flock(fd, fcntl.LOCK_SH)
             os.pwrite(fd, destination.encode(), 0)  # the same bytes by every process that holds it
             self.release_destination()
@@ -366,7 +385,7 @@ class Spool:
             moved, names, old = 0, [], self._folder
             if old >= 0:
                 try:
-                    names = sorted(name for name in os.listdir(old) if name.endswith(SUFFIX))
+                    names = sorted(name for name in os.listdir(old) if SEGMENT_NAME.fullmatch(name))
                 except OSError:  # removed with its files: nothing left to move
                     names = []
             if names:
@@ -399,7 +418,8 @@ class Spool:
             if self._destination >= 0:  # its .destination-* went with the folder moved away: hold the new one
                 try:
                     self.hold_destination(self._destination_name)
-                except SpoolInUse as exc:  # another destination took the new folder first: say so, go on
+                except (SpoolInUse, SpoolLink) as exc:  # another destination took the new folder first, or a link
+                    # is where its file goes: say so, go on
                     self._warn(str(exc))
             return moved
 
@@ -472,19 +492,23 @@ class Spool:
         """Delete the oldest unclaimed segments while over max_bytes (or one, if `must_free`); the events dropped."""
         sizes = {}
         for path in self.segment_paths():
-            if path.name in self._unopenable:  # this process can neither count nor drop it
+            if path.name in self._left_alone:  # this process can neither count nor drop it
                 continue
             try:
-                sizes[path] = path.stat().st_size
+                status = os.lstat(path)
             except FileNotFoundError:
-                pass
+                continue
+            if stat.S_ISLNK(status.st_mode):  # never followed (a dangling one, too): reported once, left alone
+                self._leave_alone(path)
+            else:
+                sizes[path] = status.st_size
         total, dropped = sum(sizes.values()), 0
         for path in sizes:
             if total <= self.max_bytes and not must_free:
                 break
             segment = self._try_claim(path)
             if segment is None:
-                if path.name in self._unopenable:  # found just now: not counted against the limit either
+                if path.name in self._left_alone:  # found just now: not counted against the limit either
                     total -= sizes[path]
                 continue
             segment.records(lambda _: None)
@@ -502,13 +526,19 @@ class Spool:
         return dropped
 
     def segment_paths(self) -> list[Path]:
-        """Sealed and open segments, oldest first (names start with the creation time; a name that does not, an
-        older version's `segment-000000000001.jsonl` or one given by hand, is placed by its last write: sorted by
-        name, it came after every new segment, so the limit dropped new events before those older ones)."""
+        """Sealed and open segments, oldest first (names start with the creation time; an older version's
+        `segment-000000000001.jsonl` is placed by its last write: sorted by name, it came after every new segment,
+        so the limit dropped new events before those older ones). Other `.jsonl` names are no segment: logged once."""
         try:
-            names = [name for name in os.listdir(self.root) if name.endswith(SUFFIX)]
+            listed = os.listdir(self.root)
         except FileNotFoundError:
             return []
+        names = []
+        for name in listed:
+            if SEGMENT_NAME.fullmatch(name):
+                names.append(name)
+            elif name.endswith(SUFFIX):  # e.g. the local prediction log, in a spool set to its folder
+                self._leave_alone(self.root / name, "not named as a segment (<20-digit time>-<pid>-<n>.jsonl)")
         names.sort(key=self._age)
         for name in reversed(names):  # another process's newest name, too: its clock may be ahead of ours
             stamp = _name_stamp(name)
@@ -532,12 +562,15 @@ class Spool:
 
         A segment written by another user (e.g. root with umask 077) is left to whoever can read it: it
         must not stop this process from sending, or dropping, the others."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO here must not hang us
+        try:  # O_NONBLOCK: a FIFO here must not hang us; O_NOFOLLOW: a link is never followed (ELOOP)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            self._cannot_open(path, exc.strerror or str(exc))
+            if exc.errno == errno.ELOOP:
+                self._leave_alone(path)
+            else:
+                self._cannot_open(path, exc.strerror or str(exc))
             return None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
@@ -546,10 +579,19 @@ class Spool:
         return fd
 
     def _cannot_open(self, path: Path, reason: str) -> None:
-        if path.name not in self._unopenable:
-            self._unopenable.add(path.name)
+        if path.name not in self._left_alone:
+            self._left_alone.add(path.name)
             log.error("event spool %s: cannot open %s (%s); leaving it in place, neither sent, dropped nor "
                       "counted against the spool's limit", self.root, path.name, reason)
+
+    def _leave_alone(self, path: Path, why: str = "") -> None:
+        """Log once that a file in the spool is not one of its own (a symbolic link unless `why` says otherwise):
+        placed by an operator, a restore tool, or someone who can write only to the spool folder, it may name a
+        file anywhere, which the spool must neither send as events nor truncate nor delete."""
+        if path.name not in self._left_alone:
+            self._left_alone.add(path.name)
+            log.warning("event spool %s: %s is %s; leaving it in place, neither sent, dropped nor counted against "
+                        "the spool's limit", self.root, path.name, why or _link_text(path))
 
     def _try_claim(self, path: Path) -> Segment | None:
         fd = self._open_for_reading(path)
@@ -570,10 +612,10 @@ class Spool:
             names = os.listdir(self.root)
         except FileNotFoundError:  # the spool folder was removed under us: nothing to tidy
             return
-        self._unopenable &= set(names)  # forget files that are gone (an orphan's name too: logged once)
+        self._left_alone &= set(names)  # forget files that are gone (an orphan's name too: logged once)
         for name in names:
             path = self.root / name
-            if name.endswith(OPENING_SUFFIX) and time.time() - _mtime(path) > 60:
+            if name.endswith(OPENING_SUFFIX) and time.time() - _mtime(path) > 60:  # a link: its own age
                 segment = self._try_claim(path)
                 if segment is not None:
                     segment.release(delete=True)
@@ -597,6 +639,18 @@ class Spool:
 
 class SpoolInUse(OSError):
     """The spool folder is held by a running process that sends to another destination."""
+
+
+class SpoolLink(OSError):
+    """The spool's file that this process must write (its destination's) is a symbolic link: never followed."""
+
+
+def _link_text(path: Path) -> str:
+    """'a symbolic link to <target>', for a message."""
+    try:
+        return f"a symbolic link to {os.readlink(path)}"
+    except OSError:
+        return "a symbolic link"
 
 
 def _check_writable(root: Path) -> None:
@@ -626,6 +680,6 @@ def _name_stamp(name: str) -> int | None:
 
 def _mtime(path: Path) -> float:
     try:
-        return path.stat().st_mtime
+        return os.lstat(path).st_mtime
     except FileNotFoundError:
         return time.time()

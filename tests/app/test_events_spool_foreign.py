@@ -1,0 +1,186 @@
+"""Files in the spool folder that are not its own segments (eventlog/spool.py): symbolic links, files named otherwise,
+and lines that are no event. Nothing outside the spool may be read as events, changed or deleted, and `dropped` counts
+only events lost (README "Prediction logging")."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from eventlog.records import encode_line
+from eventlog.spool import DESTINATION_PREFIX, Spool
+from tests.app.conftest import Counts
+
+
+def line(i: int, padding: int = 40) -> bytes:
+    return encode_line({"event_id": f"e{i}", "i": i, "pad": "x" * padding})
+
+
+def drain(spool: Spool) -> list[int]:
+    """Claim every sealed segment, read it, delete it: the `i` of every record."""
+    seen, held = [], set()
+    while (segment := spool.claim_next(held)) is not None:
+        seen.extend(record["i"] for record in segment.records(lambda _: None))
+        segment.release(delete=True)
+    return seen
+
+
+def foreign_file(folder: Path, name: str = "foreign.jsonl") -> Path:
+    """A file outside the spool holding lines that look like events (another spool's, an exported log)."""
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_bytes(b"".join(encode_line({"event_id": f"foreign-{i}", "i": 1000 + i}) for i in range(5)))
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    return path
+
+
+def untouched(path: Path, content: bytes) -> bool:
+    return path.read_bytes() == content and path.stat().st_mtime < time.time() - 1000
+
+
+def mentions(caplog, name: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if name in r.getMessage()]
+
+
+def test_a_segment_linked_to_a_file_outside_is_left_alone_and_reported_once(tmp_path: Path, caplog) -> None:
+    """Before, the link was claimed like a segment: the file it points to was read and its lines sent as events (or
+    counted as dropped by the limit), and the link deleted."""
+    spool_dir, target = tmp_path / "spool", foreign_file(tmp_path / "outside")
+    content = target.read_bytes()
+    spool_dir.mkdir()
+    link = spool_dir / f"{1:020d}-1-0.jsonl"  # named as the oldest segment
+    link.symlink_to(target)
+    counts = Counts()
+    spool = Spool(spool_dir, max_bytes=10**9, segment_max_bytes=500, count=counts)
+    for i in range(20):
+        spool.append(line(i))
+    spool.close()
+    assert drain(spool) == list(range(20))  # ours, and not one of the target's lines
+    for i in range(20, 40):
+        spool.append(line(i))
+    spool.close()
+    spool.max_bytes = 0
+    assert spool.enforce_limit() == 20 and counts["dropped"] == 20  # ours only
+    spool.enforce_limit()
+    assert link.is_symlink() and untouched(target, content)
+    reported = mentions(caplog, link.name)
+    assert len(reported) == 1 and "symbolic link" in reported[0] and str(target) in reported[0], reported
+
+
+def test_a_dangling_link_is_left_alone_and_reported_once_by_the_limit_check(tmp_path: Path, caplog) -> None:
+    """Before, it was skipped silently by every limit check (its size could not be read) and by claims."""
+    dangling = tmp_path / f"{1:020d}-1-0.jsonl"
+    dangling.symlink_to(tmp_path.parent / "not-there" / "segment.jsonl")
+    spool = Spool(tmp_path, max_bytes=10**9, segment_max_bytes=500, count=Counts())
+    for _ in range(3):
+        spool.enforce_limit()
+    assert dangling.is_symlink() and not dangling.exists()
+    reported = mentions(caplog, dangling.name)
+    assert len(reported) == 1 and "symbolic link" in reported[0], reported
+
+
+def test_a_link_to_a_folder_of_segments_is_left_alone(tmp_path: Path, caplog) -> None:
+    """A folder of another spool (a worker's, a restored copy) linked in under a segment's name: its segments are
+    neither sent nor dropped nor deleted."""
+    other = tmp_path / "other-spool"
+    theirs = foreign_file(other, f"{5:020d}-9-0.jsonl")
+    content = theirs.read_bytes()
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    link = spool_dir / f"{1:020d}-1-0.jsonl"
+    link.symlink_to(other, target_is_directory=True)
+    counts = Counts()
+    spool = Spool(spool_dir, max_bytes=0, segment_max_bytes=500, count=counts)
+    spool.append(line(1))
+    spool.close()
+    assert spool.enforce_limit() == 1 and drain(spool) == []
+    assert link.is_symlink() and untouched(theirs, content) and counts["dropped"] == 1
+    assert len(mentions(caplog, link.name)) == 1
+
+
+def test_an_orphan_that_is_a_link_is_left_alone_and_its_target_kept(tmp_path: Path, caplog) -> None:
+    """A `.new` name is an orphan's (a process died before naming its segment) and is removed after 60 s: a link
+    under such a name was judged by its target's age."""
+    target = foreign_file(tmp_path / "outside")
+    content = target.read_bytes()
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    orphan, dangling = spool_dir / f"{1:020d}-1-0.new", spool_dir / f"{2:020d}-1-0.new"
+    orphan.symlink_to(target)
+    dangling.symlink_to(tmp_path / "not-there")
+    for link in (orphan, dangling):
+        os.utime(link, (time.time() - 120, time.time() - 120), follow_symlinks=False)
+    spool = Spool(spool_dir, max_bytes=10**6, segment_max_bytes=10**5, count=Counts())
+    for _ in range(3):
+        spool.enforce_limit()
+    assert orphan.is_symlink() and dangling.is_symlink() and untouched(target, content)
+    for link in (orphan, dangling):
+        reported = mentions(caplog, link.name)
+        assert len(reported) == 1 and "symbolic link" in reported[0], reported
+
+
+def destination_file(destination: str) -> str:
+    return DESTINATION_PREFIX + hashlib.sha256(destination.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["to a file", "dangling"])
+def test_a_destination_file_that_is_a_link_stops_the_start_and_nothing_outside_is_written(
+        tmp_path: Path, dangling: bool) -> None:
+    """Before, the server wrote its Fluentd's address over the start of the linked file (a file of the app's user
+    anywhere), or made the file a dangling link named."""
+    spool_dir, outside = tmp_path / "spool", tmp_path / "outside"
+    spool_dir.mkdir()
+    outside.mkdir()
+    target = outside / "precious.txt"
+    if not dangling:
+        target.write_text("precious content that must stay\n")
+    destination = "Fluentd at 127.0.0.1:1"
+    (spool_dir / destination_file(destination)).symlink_to(target)
+    spool = Spool(spool_dir, 10**9, 10**6, Counts())
+    name = destination_file(destination)
+    with pytest.raises(OSError, match=rf"event spool {re.escape(str(spool_dir))}: {name}, .* is a symbolic link to "
+                                      rf"{re.escape(str(target))}.* remove it"):
+        spool.hold_destination(destination)
+    assert (target.read_text() == "precious content that must stay\n") if not dangling else not target.exists()
+    assert sorted(p.name for p in outside.iterdir()) == ([] if dangling else ["precious.txt"])
+
+
+def test_another_destinations_link_is_neither_followed_nor_removed(tmp_path: Path, caplog) -> None:
+    """A `.destination-*` file no process holds is a stopped server's and is removed; one that is a link was opened
+    (flocked: its target's lock taken) through the link."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    target = foreign_file(tmp_path / "outside")
+    content = target.read_bytes()
+    link = spool_dir / destination_file("Fluentd at 127.0.0.1:2")
+    link.symlink_to(target)
+    Spool(spool_dir, 10**9, 10**6, Counts()).hold_destination("Fluentd at 127.0.0.1:1")
+    assert link.is_symlink() and untouched(target, content)
+    reported = mentions(caplog, link.name)
+    assert len(reported) == 1 and "symbolic link" in reported[0], reported
+
+
+def test_a_file_not_named_as_a_segment_is_not_one(tmp_path: Path, caplog) -> None:
+    """SHELFCAST_EVENT_SPOOL=logs, the folder of the local log: every `*.jsonl` was taken for a segment, so
+    `predictions.jsonl` (what drift reads) was sent, then deleted, or dropped whole by the limit, its lines counted."""
+    log = tmp_path / "predictions.jsonl"
+    log.write_bytes(b"".join(line(100 + i) for i in range(30)) + b"\0\0 torn tail")
+    content = log.read_bytes()
+    counts = Counts()
+    spool = Spool(tmp_path, max_bytes=0, segment_max_bytes=500, count=counts)
+    spool.append(line(1))
+    spool.close()
+    assert spool.enforce_limit() == 1 and counts == {"spooled": 1, "dropped": 1}
+    for i in range(2, 5):
+        spool.append(line(i))
+    spool.close()
+    assert drain(spool) == [2, 3, 4] and log.read_bytes() == content
+    reported = mentions(caplog, log.name)
+    assert len(reported) == 1 and "not named as a segment" in reported[0], reported
+
