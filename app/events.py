@@ -40,7 +40,8 @@ ENV_EVENT_SPOOL_MAX_BYTES = "SHELFCAST_EVENT_SPOOL_MAX_BYTES"
 LIMIT_CHECK_INTERVAL_S = 1.0  # the spool's limit (and room after a failed write) is checked this often
 DROP_LOG_INTERVAL_S = 10.0  # the local log's drops are logged at most this often (the spool's: eventlog/spool.py)
 FAILURE_LOG_INTERVAL_S = 60.0  # a background step that keeps failing alike logs its traceback this often
-COUNTS = ("emitted", "rejected", "spooled", "sent", "dropped", "send_failures")
+# not_events: lines found in the spool that are no event (junk, other JSON), removed with their segment: no event lost
+COUNTS = ("emitted", "rejected", "spooled", "sent", "dropped", "not_events", "send_failures")
 
 
 def prediction_event(*, request_id: str, model_name: str, model_version: str, inputs: Any, features: Any,
@@ -138,7 +139,7 @@ class DropLog:
 
 
 class SinkStats:
-    """This process's counts (emitted, rejected, spooled, sent, dropped, send_failures)."""
+    """This process's counts (COUNTS: emitted, rejected, spooled, sent, dropped, not_events, send_failures)."""
 
     def __init__(self, also: Callable[[str, int], None] | None = None) -> None:
         self._lock = threading.Lock()

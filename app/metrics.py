@@ -7,12 +7,12 @@ answers it, reads them all (prometheus_client's multiprocess mode; gunicorn_conf
 folds a dead worker's counts into one file, retired.json: app/metrics_files.py). Without that
 variable (`python -m app`, tests) the process-local registry is served.
 
-Metrics: shelfcast_predictions_total{source}, shelfcast_request_duration_seconds{endpoint}
-(histogram), shelfcast_prediction_events_total{outcome} (emitted, rejected, spooled, sent,
-dropped, send_failures; see README "Prediction logging"), shelfcast_refused_requests_total{reason} (answered by
-the gunicorn worker itself, not the app: REFUSAL_REASONS), shelfcast_model_info{variant,version,kind}
-(1 for each model a live worker serves: production, and the canary and shadow when installed; no series for
-a model no longer served: each worker's set is a file in the multiprocess folder, app/metrics_files.py).
+Metrics: shelfcast_predictions_total{source}, shelfcast_request_duration_seconds{endpoint} (histogram),
+shelfcast_prediction_events_total{outcome} (emitted, rejected, spooled, sent, dropped, not_events, send_failures:
+app/events.py COUNTS; see README "Prediction logging"), shelfcast_refused_requests_total{reason} (answered by the
+gunicorn worker itself, not the app: REFUSAL_REASONS), shelfcast_model_info{variant,version,kind} (1 for each model a
+live worker serves: production, and the canary and shadow when installed; no series for a model no longer served: each
+worker's set is a file in the multiprocess folder, app/metrics_files.py).
 """
 
 from __future__ import annotations

@@ -313,15 +313,17 @@ class Forwarder:
         first_read = segment.lines == 0
         bad: list[str] = []
         records = segment.records(bad.append)
-        stamped = []  # (EventTime, record): a line EventTime cannot carry is dropped like a torn one
+        stamped = []  # (EventTime, record): an event EventTime cannot carry is dropped like a torn one
         for number, record in enumerate(records, 1):
             try:
                 stamped.append((event_time(record), record))
             except UnsendableTime as exc:
                 bad.append(f"{segment.path.name} record {number}: {exc}")
-        segment.bad_lines = len(bad)  # counted as dropped when the segment leaves the spool (_account)
+        segment.unstamped = len(bad) - segment.torn_events - segment.not_events  # counted by _account, as it leaves
         if bad and first_read:  # a re-send meets the same lines: logged once
-            log.error("event spool: %d unreadable line(s) dropped, first: %s", len(bad), bad[0])
+            kinds = [f"{len(bad) - segment.not_events} event(s) dropped"] if len(bad) > segment.not_events else []
+            kinds += [f"{segment.not_events} no event (counted as not_events)"] if segment.not_events else []
+            log.error("event spool: %d unreadable line(s), %s; first: %s", len(bad), ", ".join(kinds), bad[0])
         sender = self._connected()
         sent = 0
         for number, (timestamp, record) in enumerate(stamped):  # each send() hands the GIL to request threads
@@ -377,18 +379,22 @@ class Forwarder:
                         self._spool.root)
 
     def _account(self, segment: Segment) -> None:
-        """Count a delivered segment's lines once, as it leaves the spool: its records sent, the lines that could not
-        be sent dropped. Counted at each send, a segment sent again (after a broken connection, or by the next
-        process after a kill -9) was counted again, so `sent` exceeded the events there were; counted here, only
-        the process that deletes it counts it (one whose deletion the folder refuses counts it on confirmation, and
-        a later process that sends it again counts it again)."""
+        """Count a delivered segment's lines once, as it leaves the spool: its records sent, the events that could not
+        be sent dropped, the lines that are no event as not_events (before, as dropped: junk overstated the losses).
+        Counted at each send, a segment sent again (after a broken connection, or by the next process after a kill -9)
+        was counted again, so `sent` exceeded the events there were; counted here, only the process that deletes it
+        counts it (one whose deletion the folder refuses counts it on confirmation, and a later process that sends it
+        again counts it again)."""
         if segment.accounted:
             return
         segment.accounted = True
         if segment.sent_records:
             self._count("sent", segment.sent_records)
-        if segment.bad_lines or segment.unsendable:
-            self._count("dropped", segment.bad_lines + len(segment.unsendable))
+        lost = segment.torn_events + segment.unstamped + len(segment.unsendable)
+        if lost:
+            self._count("dropped", lost)
+        if segment.not_events:
+            self._count("not_events", segment.not_events)
 
     def _heartbeat_if_due(self) -> bool:
         """With sent segments waiting and no later event, a heartbeat checks the connection: once they are due,

@@ -59,7 +59,10 @@ CACHED_RECORDS = 4096
 SEGMENT_NAME = re.compile(r"[0-9]{20}-[0-9]+-[0-9]+\.jsonl|segment-[0-9]{12}\.jsonl")
 DESTINATION_PREFIX = ".destination-"  # + a digest of where its events go; held (flock, shared) by who sends there
 LIMIT_LOCK_WAIT_S = 1.0  # how long a limit check waits for another process's check before it runs all the same
-Count = Callable[[str, int], None]  # ("spooled" | "dropped", how many)
+Count = Callable[[str, int], None]  # ("spooled" | "dropped" | "not_events", how many)
+# How every event line the spool's writers write begins (eventlog/records.py puts event_id first): a line that does
+# so and cannot be read is an event cut short (a crash's torn tail), lost; any other unreadable line is no event.
+EVENT_LINE_START = re.compile(rb'\{\s*"event_id"\s*:')
 
 
 @dataclass
@@ -76,33 +79,42 @@ class Segment:
     acknowledged_on: set[int] = field(default_factory=set)  # the connections (numbered) whose peer acknowledged all
     carried_on: set[int] = field(default_factory=set)  # the connections (numbered) that took some of it
     delivered: bool = False  # confirmed, but the folder refused its deletion (read-only): kept held, not sent again
-    bad_lines: int = 0  # lines of the last reading that are no record (not JSON, not an object)
+    torn_events: int = 0  # lines of the last reading that began as events and cannot be read: events lost
+    not_events: int = 0  # lines of the last reading that are no event (binary junk, other JSON): not events lost
+    unstamped: int = 0  # records whose timestamp the forward protocol cannot carry (eventlog/forward.py): lost
     sent_records: int = 0  # records its last whole send handed to the connection
     accounted: bool = False  # its lines counted as sent or dropped: once, when it leaves the spool
 
     def records(self, on_bad_line: Callable[[str], None]) -> list[dict[str, Any]]:
         if self.written is not None:  # used once: a re-send after a failure reads the file
             records, self.written = self.written, None
-            self.lines, self.bad_lines = len(records), 0
+            self.lines, self.torn_events, self.not_events = len(records), 0, 0
             return records
         os.lseek(self.fd, 0, os.SEEK_SET)
         with os.fdopen(os.dup(self.fd), "rb") as handle:
             data = handle.read()
-        records, lines = [], data.splitlines()
+        records, torn, lines = [], 0, data.splitlines()
         for number, line in enumerate(lines, 1):
             if number % 64 == 0:
                 time.sleep(0)  # a long segment must not hold the GIL from request threads for 5 ms
             try:
                 record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-                if not (isinstance(record.get("event_id"), str) and record["event_id"]):
-                    # Elasticsearch would store it under an id of its own: a new document each time it is re-sent
-                    raise ValueError("no event_id (not an event this app wrote)")
+            except (ValueError, RecursionError) as exc:  # a line torn by a crash, or junk
+                if EVENT_LINE_START.match(line):
+                    torn += 1
+                    on_bad_line(f"{self.path.name} line {number}: an event that cannot be read, dropped "
+                                f"({type(exc).__name__}: {exc})")
+                else:
+                    on_bad_line(f"{self.path.name} line {number}: no event ({type(exc).__name__}: {exc})")
+                continue
+            if not isinstance(record, dict):
+                on_bad_line(f"{self.path.name} line {number}: no event (JSON, not an object)")
+            elif not (isinstance(record.get("event_id"), str) and record["event_id"]):
+                # Elasticsearch would store it under an id of its own: a new document each time it is re-sent
+                on_bad_line(f"{self.path.name} line {number}: no event (no event_id: not one this app wrote)")
+            else:
                 records.append(record)
-            except (ValueError, RecursionError) as exc:  # a line torn by a full disk, or edited by hand
-                on_bad_line(f"{self.path.name} line {number}: {type(exc).__name__}: {exc}")
-        self.lines, self.bad_lines = len(records), len(lines) - len(records)
+        self.lines, self.torn_events, self.not_events = len(records), torn, len(lines) - len(records) - torn
         return records
 
     def delete(self) -> OSError | None:
@@ -448,13 +460,17 @@ class Spool:
                 self._seal_locked()
         folder = self._lock_folder()  # one check at a time across processes: each sees what the others deleted
         try:
-            dropped = self._drop_oldest(must_free)
+            dropped, not_events = self._drop_oldest(must_free)
         finally:
             if folder is not None:
                 os.close(folder)  # releases the flock
         if write_failed:
             with self._lock:
                 self._disk_full = False  # room was made, or there is none to make: let the next write try
+        if not_events:  # rare (junk put in a segment, a crash's tail of NULs): not throttled
+            self._count("not_events", not_events)
+            log.warning("event spool %s: %d line(s) that were no event went with the oldest segments; counted as "
+                        "not_events, not as dropped", self.root, not_events)
         if dropped:
             self._count("dropped", dropped)
             self._warn(f"event spool {self.root}: over its limit of {self.max_bytes} bytes or out of disk; "
@@ -488,8 +504,9 @@ class Spool:
             os.close(fd)
             return None
 
-    def _drop_oldest(self, must_free: bool) -> int:
-        """Delete the oldest unclaimed segments while over max_bytes (or one, if `must_free`); the events dropped."""
+    def _drop_oldest(self, must_free: bool) -> tuple[int, int]:
+        """Delete the oldest unclaimed segments while over max_bytes (or one, if `must_free`): (the events dropped,
+        the lines in them that were no event)."""
         sizes = {}
         for path in self.segment_paths():
             if path.name in self._left_alone:  # this process can neither count nor drop it
@@ -502,7 +519,7 @@ class Spool:
                 self._leave_alone(path)
             else:
                 sizes[path] = status.st_size
-        total, dropped = sum(sizes.values()), 0
+        total, dropped, not_events = sum(sizes.values()), 0, 0
         for path in sizes:
             if total <= self.max_bytes and not must_free:
                 break
@@ -512,7 +529,7 @@ class Spool:
                     total -= sizes[path]
                 continue
             segment.records(lambda _: None)
-            lines = segment.lines + segment.bad_lines  # a line that is no record is dropped with it, and counted
+            lines = segment.lines + segment.torn_events  # its events, those cut short too; junk is no event lost
             refused = segment.release(delete=True)
             if refused is not None:  # the folder takes no deletions now (read-only): none of the others either
                 self._warn(f"event spool {self.root}: cannot delete the oldest segment {path.name} to make room "
@@ -522,8 +539,9 @@ class Spool:
                 self._cached.pop(path, None)
             total -= sizes[path]
             dropped += lines
+            not_events += segment.not_events
             must_free = False
-        return dropped
+        return dropped, not_events
 
     def segment_paths(self) -> list[Path]:
         """Sealed and open segments, oldest first (names start with the creation time; an older version's

@@ -388,21 +388,22 @@ def _deeply_nested(now: str, depth: int) -> bytes:
     return b'{"event_id": "deep", "timestamp": "%s", "x": %s1%s}\n' % (now.encode(), b"[" * depth, b"]" * depth)
 
 
-@pytest.mark.parametrize("bad_lines,why", [
+@pytest.mark.parametrize("bad_lines,why,counted", [
     (lambda now: [encode_line({"event_id": "before-1970", "timestamp": "1969-12-31T23:59:59+00:00"}),
                   encode_line({"event_id": "after-2106", "timestamp": "2106-02-07T06:28:16+00:00"})],
-     "1969-12-31T23:59:59+00:00"),
-    (lambda now: [_deeply_nested(now, 2000)], "RecursionError"),
-    (lambda now: [b'{"event_id": "big", "timestamp": "%s", "n": %d}\n' % (now.encode(), 2 ** 70)], "OverflowError"),
+     "1969-12-31T23:59:59+00:00", "dropped"),
+    (lambda now: [_deeply_nested(now, 2000)], "RecursionError", "dropped"),
+    (lambda now: [b'{"event_id": "big", "timestamp": "%s", "n": %d}\n' % (now.encode(), 2 ** 70)], "OverflowError",
+     "dropped"),
     (lambda now: [b'{"event_id": "surrogate", "timestamp": "%s", "s": "\\ud800"}\n' % now.encode()],
-     "UnicodeEncodeError"),
-    # stored under an id of Elasticsearch's choosing, a new document each time it was sent again
+     "UnicodeEncodeError", "dropped"),
+    # stored under an id of Elasticsearch's choosing, a new document each time it was sent again; no event lost
     (lambda now: [encode_line({"timestamp": now, "x": 1}), encode_line({"event_id": "", "timestamp": now})],
-     "no event_id"),
+     "no event_id", "not_events"),
 ], ids=["stamped outside EventTime", "nested 2,000 deep", "an integer msgpack cannot carry", "a lone surrogate",
         "without an event_id"])
 def test_spooled_lines_that_cannot_be_sent_are_dropped_counted_and_the_rest_is_sent_once(
-        fluentd_receiver, tmp_path: Path, caplog, bad_lines, why) -> None:
+        fluentd_receiver, tmp_path: Path, caplog, bad_lines, why, counted) -> None:
     """Lines an older version spooled or a hand edit left. Before, each stopped its segment for good:
     - EventTime packs seconds since 1970 as a uint32: a time outside it raised struct.error mid-segment (the
       lines before it sent again every 0.2 s, those after it never, nothing counted);
@@ -425,8 +426,9 @@ def test_spooled_lines_that_cannot_be_sent_are_dropped_counted_and_the_rest_is_s
     assert all("event_id" in e["record"] for e in fluentd_receiver.events() if e["tag"] == TAG)
     received = received_ids(fluentd_receiver)
     assert lost_and_duplicated(written, received) == (0, 0) and set(received) == set(written)
-    assert sink.stats.snapshot()["dropped"] == len(bad) and sink.stats.snapshot()["sent"] == 100
-    logged = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    stats = sink.stats.snapshot()
+    assert stats[counted] == len(bad) and stats["dropped"] + stats["not_events"] == len(bad) and stats["sent"] == 100
+    logged = [m for m in (r.getMessage() for r in caplog.records) if "dropped" in m or "not_events" in m]
     assert len(logged) == 1 and why in logged[0], logged
 
 
@@ -454,12 +456,19 @@ def test_a_damaged_segment_delivers_every_whole_event_before_the_damage_and_the_
     damaged.write_bytes(data)
     same = next((i for i, (a, b) in enumerate(zip(data, original)) if a != b), min(len(data), len(original)))
     whole_bytes = original[:same].rfind(b"\n") + 1  # the events before the damage, each whole
-    with fluent_sink(fluentd_receiver.port, spool):
+    with fluent_sink(fluentd_receiver.port, spool) as sink:
         wait_until(lambda: not list(spool.glob("*.jsonl")), timeout_s=15)
     fluentd_receiver.stop()
     received = received_ids(fluentd_receiver)
     expected = set(written[0]) | set(written[1][:original[:whole_bytes].count(b"\n")]) | set(written[2])
     assert set(received) == expected and max(received.values()) == 1
+    # an event cut short is an event lost; garbage after whole events is none (before, each of its lines counted
+    # as a dropped event)
+    damage_lines = data[whole_bytes:].splitlines()
+    torn = int(data[whole_bytes:].startswith(b'{"event_id":'))
+    stats = sink.stats.snapshot()
+    print(f"damaged segment: {stats['dropped']} dropped, {stats['not_events']} not_events")
+    assert (stats["dropped"], stats["not_events"]) == (torn, len(damage_lines) - torn)
     if len(data) > whole_bytes:  # the damage is named
         assert any(damaged.name in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
 

@@ -123,10 +123,11 @@ def test_over_the_limit_the_oldest_events_are_dropped_and_counted(tmp_path: Path
     assert len(kept) + dropped == 60
 
 
-def test_lines_that_are_no_event_in_a_segment_the_limit_drops_are_counted_as_dropped(tmp_path: Path) -> None:
-    """An older version's or a hand-edited segment with lines that are no record (torn, not JSON, not an object):
-    dropped whole by the limit, only its records were counted (7 of 10 here), so the count said fewer lines left
-    the spool unsent than did; sending counts them (tests/app/test_events_fluentd.py), so dropping does too."""
+def test_a_segments_events_the_limit_drops_are_counted_whole_and_lines_that_are_no_event_apart(tmp_path: Path) -> None:
+    """An older version's or a hand-edited segment with lines that are no record: dropped whole by the limit, only its
+    records were counted at first (7 of 10 here), then every line (10); now its 7 events as dropped and the 3 lines
+    that are no event (not JSON, JSON but no object, binary) as not_events. Cut-short events:
+    tests/app/test_events_spool_foreign.py."""
     old = tmp_path / f"{1:020d}-1-0.jsonl"
     old.write_bytes(line(0, padding=40) + b'{"torn": \n' + b"[1, 2]\n" + b"\xff\xfe not text\n"
                     + b"".join(line(i, padding=40) for i in range(1, 7)))
@@ -136,7 +137,7 @@ def test_lines_that_are_no_event_in_a_segment_the_limit_drops_are_counted_as_dro
         spool.append(line(i, padding=40))  # 3 segments of 7, newer than the old one
     spool.close()
     spool.max_bytes = sum(p.stat().st_size for p in tmp_path.glob("*.jsonl")) - 100  # one segment over
-    assert spool.enforce_limit() == 10 and counts["dropped"] == 10
+    assert spool.enforce_limit() == 7 and counts["dropped"] == 7 and counts["not_events"] == 3
     assert not old.exists() and drain(spool) == list(range(7, 28))
 
 

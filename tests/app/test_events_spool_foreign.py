@@ -4,6 +4,7 @@ only events lost (README "Prediction logging")."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import re
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from app.events import TAG
 from eventlog.records import encode_line
 from eventlog.spool import DESTINATION_PREFIX, Spool
 from tests.app.conftest import Counts
+from tests.app.test_events_fluentd import fluent_sink, received_ids, wait_until
 
 
 def line(i: int, padding: int = 40) -> bytes:
@@ -184,3 +187,55 @@ def test_a_file_not_named_as_a_segment_is_not_one(tmp_path: Path, caplog) -> Non
     reported = mentions(caplog, log.name)
     assert len(reported) == 1 and "not named as a segment" in reported[0], reported
 
+
+def junk_segment(folder: Path) -> tuple[Path, int, int]:
+    """A segment (named as one) with 4 events, 2 events cut short (a crash's torn lines) and 5 lines that are no
+    event: (its path, the events lost, the lines that are none)."""
+    path = folder / f"{1:020d}-1-0.jsonl"
+    path.write_bytes(line(900) + b'{"event_id":"torn-1","i":9\n'  # an event cut short mid-segment
+                     + b"[1, 2]\n" + b"\xff\xfe binary junk \x00\x01\n" + b'{"no": "event_id"}\n'
+                     + line(901) + b'{"event_id": ""}\n' + b"just text\n" + line(902) + line(903)
+                     + b'{"event_id":"torn-2","timesta')  # the torn tail of a power cut
+    return path, 2, 5
+
+
+def test_lines_that_are_no_event_are_not_counted_as_dropped_when_the_limit_drops_their_segment(
+        tmp_path: Path, caplog) -> None:
+    """Before, every line of a dropped segment that was no record counted as a dropped event: 7 here, 2 of them
+    events cut short."""
+    path, torn, not_events = junk_segment(tmp_path)
+    counts = Counts()
+    spool = Spool(tmp_path, max_bytes=10**9, segment_max_bytes=500, count=counts)
+    for i in range(21):
+        spool.append(line(i))
+    spool.close()
+    spool.max_bytes = sum(p.stat().st_size for p in tmp_path.glob("*.jsonl")) - 100  # the junk segment is over
+    assert spool.enforce_limit() == 4 + torn
+    assert counts == {"spooled": 21, "dropped": 4 + torn, "not_events": not_events}
+    assert not path.exists() and drain(spool) == list(range(21))
+    assert any("no event" in message and "not_events" in message for message in mentions(caplog, str(tmp_path)))
+
+
+def test_lines_that_are_no_event_are_counted_apart_when_their_segment_is_sent(
+        fluentd_receiver, tmp_path: Path, caplog) -> None:
+    """Through the app's sink to the real receiver: the segment's events arrive, the torn ones count as dropped and
+    the rest as not_events (before: all 7 lines as dropped); the links and the stray log beside it stay as they are."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    junk_segment(spool_dir)
+    target = foreign_file(tmp_path / "outside")
+    content = target.read_bytes()
+    (spool_dir / f"{2:020d}-1-0.jsonl").symlink_to(target)
+    stray = spool_dir / "predictions.jsonl"
+    stray.write_bytes(line(500))
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    with fluent_sink(fluentd_receiver.port, spool_dir) as sink:
+        written = [sink.emit({"timestamp": now, "i": i}) for i in range(50)]
+        wait_until(lambda: sink.stats.snapshot()["sent"] == 54, timeout_s=15)
+    fluentd_receiver.stop()
+    received = received_ids(fluentd_receiver)
+    assert set(received) == {*written, "e900", "e901", "e902", "e903"} and max(received.values()) == 1
+    stats = sink.stats.snapshot()
+    assert stats["dropped"] == 2 and stats["not_events"] == 5
+    assert untouched(target, content) and stray.read_bytes() == line(500)
+    assert all(e["tag"] == TAG for e in fluentd_receiver.events() if "event_id" in e["record"])
