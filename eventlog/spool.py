@@ -339,13 +339,18 @@ class Spool:
                 if not name.startswith(DESTINATION_PREFIX) or name == mine:
                     continue
                 try:
-                    fd = os.open(self.root / name, os.O_RDONLY | os.O_NOFOLLOW)
+                    # O_NONBLOCK: a FIFO put under such a name would block this open until a writer came
+                    fd = os.open(self.root / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
                 except FileNotFoundError:
                     continue
                 except OSError as exc:  # a link: whether a server holds it cannot be told, and it is not ours to remove
                     if exc.errno != errno.ELOOP:
                         raise
                     self._leave_alone(self.root / name)
+                    continue
+                if not stat.S_ISREG(os.fstat(fd).st_mode):  # no server's file (a FIFO, a device): not ours either
+                    os.close(fd)
+                    self._leave_alone(self.root / name, "not a regular file")
                     continue
                 try:
                     try:
@@ -360,13 +365,17 @@ class Spool:
                 finally:
                     os.close(fd)
             try:  # O_NOFOLLOW: through a link, the address below was written over a file anywhere, or made one
-                fd = os.open(self.root / mine, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+                fd = os.open(self.root / mine, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
             except OSError as exc:
                 if exc.errno != errno.ELOOP:
                     raise
                 raise SpoolLink(errno.ELOOP, f"event spool {self.root}: {mine}, the file that holds this spool for "
                                 f"{destination}, is {_link_text(self.root / mine)}; it must be the spool's own "
                                 f"file: remove it") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise SpoolLink(errno.EINVAL, f"event spool {self.root}: {mine}, the file that holds this spool for "
+                                f"{destination}, is not a regular file; it must be the spool's own file: remove it")
             fcntl.flock(fd, fcntl.LOCK_SH)
             os.pwrite(fd, destination.encode(), 0)  # the same bytes by every process that holds it
             self.release_destination()
@@ -660,7 +669,8 @@ class SpoolInUse(OSError):
 
 
 class SpoolLink(OSError):
-    """The spool's file that this process must write (its destination's) is a symbolic link: never followed."""
+    """The spool's file that this process must write (its destination's) is a symbolic link (never followed) or no
+    regular file (a FIFO would block the open, and take no address)."""
 
 
 def _link_text(path: Path) -> str:

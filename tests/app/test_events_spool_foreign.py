@@ -170,6 +170,32 @@ def test_another_destinations_link_is_neither_followed_nor_removed(tmp_path: Pat
     assert len(reported) == 1 and "symbolic link" in reported[0], reported
 
 
+def test_a_fifo_under_a_destination_name_neither_hangs_the_start_nor_is_taken(tmp_path: Path, caplog) -> None:
+    """Before, opening another destination's FIFO for reading blocked the server's start until a writer came (for
+    ever); this server's own destination name as a FIFO is refused in one line. Run in a thread: a hang fails."""
+    import threading
+
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    other = spool_dir / destination_file("Fluentd at 127.0.0.1:2")
+    os.mkfifo(other)
+    outcome: list = []
+    starting = threading.Thread(target=lambda: outcome.append(
+        Spool(spool_dir, 10**9, 10**6, Counts()).hold_destination("Fluentd at 127.0.0.1:1")), daemon=True)
+    starting.start()
+    starting.join(10)
+    if starting.is_alive():
+        os.close(os.open(other, os.O_WRONLY | os.O_NONBLOCK))  # let the blocked open go, so the test ends
+        pytest.fail("the start blocked opening a FIFO named as another destination's file")
+    assert outcome == [None] and other.exists()
+    reported = mentions(caplog, other.name)
+    assert len(reported) == 1 and "not a regular file" in reported[0], reported
+    mine = "Fluentd at 127.0.0.1:3"
+    os.mkfifo(spool_dir / destination_file(mine))
+    with pytest.raises(OSError, match=r"is not a regular file; it must be the spool's own file: remove it"):
+        Spool(spool_dir, 10**9, 10**6, Counts()).hold_destination(mine)
+
+
 def test_a_file_not_named_as_a_segment_is_not_one(tmp_path: Path, caplog) -> None:
     """SHELFCAST_EVENT_SPOOL=logs, the folder of the local log: every `*.jsonl` was taken for a segment, so
     `predictions.jsonl` (what drift reads) was sent, then deleted, or dropped whole by the limit, its lines counted."""
