@@ -13,10 +13,15 @@ so both see the same minutes of a machine whose speed drifts.
 The hand step's losses are checked against the engine's first (same start, same batches): it is the
 same computation, or the script stops (exit 2).
 
-    python benchmarks/e1_hand_step.py [--rounds 5] [--steps 200] [--threads N] [--all-input-columns] [--quick]
+    python benchmarks/e1_hand_step.py [--rounds 5] [--steps 200] [--threads N] [--all-input-columns] [--split N]
+        [--quick]
 
 Both steps run in this one process with --threads for BLAS and Numba (default: the cores available, as
-engine_vs_torch.py), set through threadpoolctl and numba.set_num_threads.
+engine_vs_torch.py), set through threadpoolctl and numba.set_num_threads. --split N adds a third side: the same
+hand step with its forward and backward on N row blocks of the batch, one Python thread each (BLAS on one thread,
+the loops release the GIL), their weight gradients summed before the Adam updates: the step's own loops and copies
+on every core as well as its matmuls (data parallelism, where the engine and the default hand step parallelize
+each matmul alone).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import argparse
 import math
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -40,7 +46,7 @@ def _kernels():
     """The hand step's loops (compiled once, cached with the engine's kernels)."""
     from numba import njit
 
-    @njit(cache=True)
+    @njit(cache=True, nogil=True)
     def gather_concat(out, tables, ids, dense):
         """out[i] = [tables[0][ids[0][i]], ..., dense[i]]: each row written once."""
         for i in range(out.shape[0]):
@@ -54,23 +60,25 @@ def _kernels():
             for k in range(dense.shape[1]):
                 out[i, start + k] = dense[i, k]
 
-    @njit(cache=True, error_model="numpy")
+    @njit(cache=True, nogil=True, error_model="numpy")
     def bias_relu(h, b):
         for i in range(h.shape[0]):
             for j in range(h.shape[1]):
                 x = h[i, j] + b[j]
                 h[i, j] = x if x > 0 else np.float32(0)
 
-    @njit(cache=True, error_model="numpy")
-    def head(h, w, b, y, g, dw, db_hidden):
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def head(h, w, b, y, g, dw, db_hidden, n=0):
         """Last layer (one output), mean squared error, and the gradients: into ``g`` (masked by the
-        hidden ReLU), ``dw``, ``db_hidden`` (the hidden bias); returns (loss, the output bias's gradient)."""
-        n, m = h.shape
+        hidden ReLU), ``dw``, ``db_hidden`` (the hidden bias); returns (loss, the output bias's gradient).
+        ``n``: the batch's rows where ``h`` holds a block of them (0: all)."""
+        n = n or h.shape[0]
+        m = h.shape[1]
         dw[:] = 0
         db_hidden[:] = 0
         loss, db = np.float32(0), np.float32(0)
         scale = np.float32(2) / np.float32(n)
-        for i in range(n):
+        for i in range(h.shape[0]):
             out = b[0]
             for j in range(m):
                 out += h[i, j] * w[j, 0]
@@ -85,7 +93,7 @@ def _kernels():
                 db_hidden[j] += x
         return loss / np.float32(n), db
 
-    @njit(cache=True, error_model="numpy")
+    @njit(cache=True, nogil=True, error_model="numpy")
     def relu_grad_sum(g, h, s):
         s[:] = 0
         for i in range(g.shape[0]):
@@ -100,7 +108,7 @@ def _kernels():
 class HandStep:
     """One W1 training step (forward, backward, lazy Adam) on its own copy of the weights."""
 
-    def __init__(self, weights: dict[str, np.ndarray], all_input_columns: bool = False):
+    def __init__(self, weights: dict[str, np.ndarray], all_input_columns: bool = False, split: int = 1):
         from engine.kernels import array as KA
         from engine.kernels import train as KT
 
@@ -109,7 +117,7 @@ class HandStep:
         self.w = {k: v.copy() for k, v in weights.items()}
         self.m = {k: np.zeros_like(v) for k, v in weights.items()}
         self.v = {k: np.zeros_like(v) for k, v in weights.items()}
-        self.grad = {k: np.empty_like(v) for k, v in weights.items()}
+        self.grad = grad = {k: np.empty_like(v) for k, v in weights.items()}
         rows, (h1, h2, _) = bench.TRAIN_BATCH, bench.LAYER_WIDTHS
         self.embedding_width = sum(width for _, _, width in bench.EMBEDDINGS)
         # dense1's input gradient: the embedding columns only (as a person would), or all of them (as the engine)
@@ -120,6 +128,15 @@ class HandStep:
         self.gx = np.empty((rows, self.input_columns), np.float32)
         self.scratch = {name: {} for name, _, _ in bench.EMBEDDINGS}
         self.t = 0
+        # --split: block k of the batch's rows on thread k (block 0 on the caller's), into grads[k]
+        self.blocks = [(k * rows // split, (k + 1) * rows // split) for k in range(split)]
+        self.grads = [grad, *({k: np.empty_like(v) for k, v in grad.items() if k.startswith("dense")}
+                              for _ in range(split - 1))]
+        self.results: list = [None] * split
+        self.batch = None
+        self.go, self.done = [threading.Semaphore(0) for _ in range(split)], threading.Semaphore(0)
+        for k in range(1, split):
+            threading.Thread(target=self._serve, args=(k,), daemon=True, name=f"hand-step-block-{k}").start()
 
     def _adam_scalars(self):
         """The engine's Adam (engine/ops/training.py): bias-corrected rate, float32 scalars. Its defaults are
@@ -128,21 +145,50 @@ class HandStep:
         lr_t = bench.LEARNING_RATE * math.sqrt(1.0 - b2 ** self.t) / (1.0 - b1 ** self.t)
         return tuple(np.float32(s) for s in (lr_t, b1, 1.0 - b1, b2, 1.0 - b2, 1e-8))
 
+    def _serve(self, k: int) -> None:
+        while True:
+            self.go[k].acquire()
+            try:
+                self.results[k] = self._rows(self.batch, k)
+            except Exception as error:  # noqa: BLE001 raised again in the caller's thread, never lost
+                self.results[k] = error
+            self.done.release()
+
+    def _rows(self, batch: bench.Batch, k: int):
+        """Forward and backward on row block k: its loss share, weight gradients into grads[k], its gx rows."""
+        (lo, hi), w, grad = self.blocks[k], self.w, self.grads[k]
+        x, h1, h2, g1, g2 = (a[lo:hi] for a in (self.x, self.h1, self.h2, self.g1, self.g2))
+        names = [name for name, _, _ in bench.EMBEDDINGS]
+        self.gather_concat(x, tuple(w[f"{n}_embedding"] for n in names), tuple(i[lo:hi] for i in batch.inputs()[:3]),
+                           batch.dense[lo:hi])
+        np.matmul(x, w["dense1_kernel"], out=h1)
+        self.bias_relu(h1, w["dense1_bias"])
+        np.matmul(h1, w["dense2_kernel"], out=h2)
+        self.bias_relu(h2, w["dense2_bias"])
+        loss, grad["dense3_bias"][0] = self.head(h2, w["dense3_kernel"], w["dense3_bias"], batch.target[lo:hi], g2,
+                                                 grad["dense3_kernel"], grad["dense2_bias"], len(self.x))
+        np.matmul(g2, w["dense2_kernel"].T, out=g1)
+        np.matmul(h1.T, g2, out=grad["dense2_kernel"])
+        self.relu_grad_sum(g1, h1, grad["dense1_bias"])
+        np.matmul(g1, w["dense1_kernel"][:self.input_columns].T, out=self.gx[lo:hi])
+        np.matmul(x.T, g1, out=grad["dense1_kernel"])
+        return loss
+
     def __call__(self, batch: bench.Batch) -> float:
         w, grad = self.w, self.grad
-        names = [name for name, _, _ in bench.EMBEDDINGS]
-        self.gather_concat(self.x, tuple(w[f"{n}_embedding"] for n in names), batch.inputs()[:3], batch.dense)
-        np.matmul(self.x, w["dense1_kernel"], out=self.h1)
-        self.bias_relu(self.h1, w["dense1_bias"])
-        np.matmul(self.h1, w["dense2_kernel"], out=self.h2)
-        self.bias_relu(self.h2, w["dense2_bias"])
-        loss, grad["dense3_bias"][0] = self.head(self.h2, w["dense3_kernel"], w["dense3_bias"], batch.target,
-                                                 self.g2, grad["dense3_kernel"], grad["dense2_bias"])
-        np.matmul(self.g2, w["dense2_kernel"].T, out=self.g1)
-        np.matmul(self.h1.T, self.g2, out=grad["dense2_kernel"])
-        self.relu_grad_sum(self.g1, self.h1, grad["dense1_bias"])
-        np.matmul(self.g1, w["dense1_kernel"][:self.input_columns].T, out=self.gx)
-        np.matmul(self.x.T, self.g1, out=grad["dense1_kernel"])
+        self.batch = batch
+        for k in range(1, len(self.blocks)):
+            self.go[k].release()
+        loss = self._rows(batch, 0)
+        for k in range(1, len(self.blocks)):
+            self.done.acquire()
+        for part in self.results[1:]:
+            if isinstance(part, Exception):
+                raise part
+            loss += part
+        for part in self.grads[1:]:
+            for key, value in part.items():
+                np.add(grad[key], value, out=grad[key])
         self.t += 1
         scalars = self._adam_scalars()
         start = 0
@@ -183,35 +229,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 round of 5 steps (a smoke run)")
     parser.add_argument("--all-input-columns", action="store_true",
                         help="the hand step computes dense1's input gradient for all 64 columns, as the engine does")
+    parser.add_argument("--split", type=int, default=1, metavar="N",
+                        help="also time the hand step on N row blocks, one thread each, BLAS on one thread (default 1: "
+                             "no third side)")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be at least 1")
+    if not 1 <= args.split <= bench.TRAIN_BATCH:
+        parser.error(f"--split must be 1 to {bench.TRAIN_BATCH}")
     weights = bench.initial_weights(0)
     engine, hand = bench.build_engine_model(weights), HandStep(weights, args.all_input_columns)
+    split = HandStep(weights, args.all_input_columns, args.split) if args.split > 1 else None
     import numba
     from threadpoolctl import threadpool_limits
 
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     with threadpool_limits(args.threads):  # every BLAS and OpenMP pool loaded by now (both steps are built)
-        return _measure(args, engine, hand)
+        return _measure(args, engine, hand, split)
 
 
-def _measure(args, engine, hand: HandStep) -> int:
+def _measure(args, engine, hand: HandStep, split: HandStep | None = None) -> int:
+    from threadpoolctl import threadpool_limits
+
     rounds, steps = (1, 5) if args.quick else (args.rounds, args.steps)
     settings = bench.Settings.for_run(args.quick)
     batches = bench.workload_data(0).training
     loss_lines = check_losses(hand, engine, batches)
+    if split is not None:
+        with threadpool_limits(1, user_api="blas"):
+            split_lines = check_losses(split, bench.build_engine_model(bench.initial_weights(0)), batches)
+        loss_lines.append(f"  split into {args.split} row blocks:{split_lines[-1].split(' steps:')[1]}")
     flops_per_step = bench.TRAIN_BATCH * bench.training_flops_per_row()
-    hand_s, engine_s, matmul = [], [], []
+    hand_s, engine_s, split_s, matmul = [], [], [], []
+    sides = [(hand, hand_s, args.threads), (engine.train_step, engine_s, args.threads)]
+    sides += [(split, split_s, 1)] if split is not None else []
     for r in range(rounds):
-        for side, times in ((hand, hand_s), (engine.train_step, engine_s)):
-            seconds = common.time_loop(lambda k, side=side: side(batches[k % len(batches)]), steps, warmup=5)
+        for side, times, blas_threads in sides:
+            with threadpool_limits(blas_threads, user_api="blas"):
+                seconds = common.time_loop(lambda k, side=side: side(batches[k % len(batches)]), steps, warmup=5)
             times.append(seconds / steps)
         matmul.append(bench.numpy_matmul_flops(settings))
-        print(f"round {r + 1}/{rounds}: hand {hand_s[-1] * 1e3:.3f} ms, engine {engine_s[-1] * 1e3:.3f} ms per step; "
-              f"1024³ matmul {matmul[-1] / 1e9:.0f} GFLOP/s", flush=True)
+        print(f"round {r + 1}/{rounds}: hand {hand_s[-1] * 1e3:.3f} ms, engine {engine_s[-1] * 1e3:.3f} ms"
+              + (f", split {split_s[-1] * 1e3:.3f} ms" if split_s else "")
+              + f" per step; 1024³ matmul {matmul[-1] / 1e9:.0f} GFLOP/s", flush=True)
     e1 = {name: [flops_per_step / s / f for s, f in zip(times, matmul)]
-          for name, times in (("hand", hand_s), ("engine", engine_s))}
+          for name, times in (("hand", hand_s), ("engine", engine_s), ("split", split_s))}
     print("loss check (same start, same batches):")
     print("\n".join(loss_lines))
     import numba
@@ -220,6 +282,11 @@ def _measure(args, engine, hand: HandStep) -> int:
     numpy_blas = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"
                   and f"{os.sep}numpy" in p.get("filepath", "")]  # the BLAS both steps call (np.matmul)
     print(f"threads: numpy's BLAS {numpy_blas}, Numba {numba.get_num_threads()}")
+    if split_s:
+        ratios = ", ".join(f"{s / h:.2f}" for s, h in zip(split_s, hand_s))
+        print(f"hand step on {args.split} row blocks, {args.split} threads, BLAS on 1 each: "
+              f"{common.median(split_s) * 1e3:.3f} ms -> E1 {common.median(e1['split']):.3f} "
+              f"({common.median(split_s) / common.median(hand_s):.2f}x the hand step's time; per round {ratios})")
     print(f"E1 reachable here: hand step {common.median(hand_s) * 1e3:.3f} ms -> E1 {common.median(e1['hand']):.3f}; "
           f"engine {common.median(engine_s) * 1e3:.3f} ms -> E1 {common.median(e1['engine']):.3f} "
           f"(medians of {rounds} round(s); the engine takes {common.median(engine_s) / common.median(hand_s):.2f}x "

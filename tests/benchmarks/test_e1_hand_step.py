@@ -27,8 +27,8 @@ def test_a_hand_step_that_computes_something_else_is_refused(bench, hand_step, e
     hand = hand_step.HandStep(weights)
     head = hand.head
 
-    def head_without_hidden_bias_gradient(h, w, b, y, g, dw, db_hidden):
-        loss, db = head(h, w, b, y, g, dw, db_hidden)
+    def head_without_hidden_bias_gradient(h, w, b, y, g, dw, db_hidden, n=0):
+        loss, db = head(h, w, b, y, g, dw, db_hidden, n)
         db_hidden[:] = 0
         return loss, db
 
@@ -53,3 +53,36 @@ def test_threads_pin_both_pools_for_both_steps(hand_step, engine_api, capsys) ->
     assert hand_step.main(["--quick", "--threads", "1"]) == 0
     threads_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("threads:"))
     assert threads_line == "threads: numpy's BLAS [1], Numba 1"
+
+
+def test_the_hand_step_on_two_row_blocks_trains_as_the_engine(bench, hand_step, engine_api) -> None:
+    """--split 2: each block's gradients summed, the loss's share of each block scaled by the whole batch."""
+    weights, batches = bench.initial_weights(0), bench.workload_data(0).training
+    split = hand_step.HandStep(weights, split=2)
+    assert split.blocks == [(0, bench.TRAIN_BATCH // 2), (bench.TRAIN_BATCH // 2, bench.TRAIN_BATCH)]
+    lines = hand_step.check_losses(split, bench.build_engine_model(weights), batches)
+    assert "largest relative difference" in lines[-1]
+
+
+def test_a_failing_row_block_is_raised_in_the_callers_thread(bench, hand_step, engine_api, monkeypatch) -> None:
+    weights, batches = bench.initial_weights(0), bench.workload_data(0).training
+    split = hand_step.HandStep(weights, split=2)
+    rows = split._rows
+
+    def second_block_fails(batch, k):
+        if k == 1:
+            raise MemoryError("block 1")
+        return rows(batch, k)
+
+    monkeypatch.setattr(split, "_rows", second_block_fails)
+    with pytest.raises(MemoryError, match="block 1"):
+        split(batches[0])
+
+
+def test_a_quick_split_run_reports_the_third_side(hand_step, engine_api, capsys) -> None:
+    assert hand_step.main(["--quick", "--split", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "  split into 2 row blocks: " in out
+    line = next(line for line in out.splitlines() if line.startswith("hand step on 2 row blocks"))
+    assert float(line.split("-> E1 ")[1].split()[0]) > 0
+    assert out.strip().splitlines()[-1].startswith("E1 reachable here: hand step")  # the summary stays last
