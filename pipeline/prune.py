@@ -13,9 +13,12 @@ retrains" has the measured growth). This removes the old ones and never what the
   (``promote.model_name`` names the one it judges): all they name stays;
 - the MLflow runs behind those versions, the current candidate's runs, the newest ``prune.keep_runs`` training
   runs, any run still RUNNING, and the evaluation runs nested under a kept run; a run of any other kind (a sweep's)
-  is left alone. A kept run deleted by hand (the MLflow UI) is restored: deleted, it lives only until the next
-  ``mlflow gc``, which would remove a kept version's bundle for good. A training run (or its evaluation) deleted by
-  hand that nothing keeps is garbage-collected with the runs prune deletes, so its artifacts are freed;
+  is left alone, and so is a run of another registered model (``tracking.REGISTERED_MODEL_TAG``: another project
+  sharing the tracking server, the name before a rename), and a run without that tag (made before runs recorded it)
+  unless a version of this model was registered from it (``own_run``). A kept run deleted by hand (the MLflow UI)
+  is restored: deleted, it lives only until the next ``mlflow gc``, which would remove a kept version's bundle for
+  good. A training run (or its evaluation) deleted by hand that nothing keeps is garbage-collected with the runs
+  prune deletes, so its artifacts are freed;
 - in DVC: what the workspace's ``dvc.lock`` and ``.dvc`` files, the tips of all branches and all tags use, plus the
   DVC entry (``dvc_out``) of every kept version (production's bundle and rollback's are not used by any ``.dvc`` file:
   promote deletes its ``.dvc`` once the version records the entry, so a bare ``dvc gc -w`` deleted them).
@@ -81,6 +84,7 @@ class Plan:
     run_dirs: list[Path] = field(default_factory=list)  # the deleted runs' local artifact folders
     restore: dict[str, str] = field(default_factory=dict)  # kept runs deleted by hand -> why kept
     freed: dict[str, int | None] = field(default_factory=dict)  # runs deleted by hand, kept by nothing: gc only
+    unclaimed: int = 0  # training runs without REGISTERED_MODEL_TAG that are not this model's by its registry: left
 
     def summary(self) -> dict:
         sizes = [size for size in [*self.runs.values(), *self.freed.values()] if size is not None]
@@ -90,6 +94,7 @@ class Plan:
                 "deleted_versions": sorted(self.versions, key=int),
                 "kept_runs": len(self.kept_runs), "deleted_runs": sorted(self.runs),
                 "restored_runs": dict(sorted(self.restore.items())), "freed_deleted_runs": sorted(self.freed),
+                "untagged_runs_left": self.unclaimed,
                 "deleted_artifact_bytes": sum(sizes) if sizes else (None if gone else 0)}
 
 
@@ -205,7 +210,11 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
             evaluation = (v.tags or {}).get("evaluation_run_id")
             if evaluation:
                 result.kept_runs.setdefault(evaluation, f"the evaluation of {which}")
+    registered = {v.run_id for v in versions} | {(v.tags or {}).get("evaluation_run_id") for v in versions}
     training = [r for r in runs if r.data.tags.get("stage") == "train"]  # newest first
+    result.unclaimed = sum(1 for r in training if tracking.REGISTERED_MODEL_TAG not in r.data.tags
+                           and r.info.run_id not in registered and r.info.lifecycle_stage != "deleted")
+    training = [r for r in training if own_run(r, model_name, registered)]
     active_training = [r for r in training if r.info.lifecycle_stage != "deleted"]  # one deleted by hand is no keep
     for r in active_training[:params.keep_runs]:
         result.kept_runs.setdefault(r.info.run_id, f"newest {params.keep_runs} training runs (prune.keep_runs)")
@@ -221,7 +230,8 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
             result.kept_runs.setdefault(r.info.run_id, f"nested under {parent}")
     prunable = {r.info.run_id for r in training}
     prunable |= {r.info.run_id for r in runs if r.data.tags.get(tracking.PARENT_RUN_TAG) in prunable
-                 and r.data.tags.get("stage") == "evaluate"}
+                 and r.data.tags.get("stage") == "evaluate"
+                 and r.data.tags.get(tracking.REGISTERED_MODEL_TAG, model_name) == model_name}
     for r in runs:
         if r.info.run_id in prunable and r.info.run_id not in result.kept_runs:
             deleted = r.info.lifecycle_stage == "deleted"  # by hand: only `mlflow gc` still has to free it
@@ -236,6 +246,15 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
         if stage == "deleted":
             result.restore[run_id] = why
     return result
+
+
+def own_run(run, model_name: str, registered: set) -> bool:
+    """Whether ``run`` is this prune's model's to judge: its REGISTERED_MODEL_TAG names ``model_name``. A run without
+    the tag (made before runs recorded it) is so only when a version of ``model_name`` was registered from it or
+    names it as its evaluation (``registered``): another project sharing the tracking server and experiment made
+    the rest as likely as this one, and nothing else recorded on a run tells them apart."""
+    tagged = run.data.tags.get(tracking.REGISTERED_MODEL_TAG)
+    return tagged == model_name if tagged is not None else run.info.run_id in registered
 
 
 def _lifecycle(client, run_id: str) -> str | None:
@@ -413,6 +432,11 @@ def report(summary: dict) -> str:
                  + (f", and {'would free' if summary['dry_run'] else 'freed'} {len(earlier)} deleted by hand earlier"
                     if earlier else "")
                  + ("" if freed is None else f" ({freed / 1e6:.1f} MB of artifacts)"))
+    if summary["untagged_runs_left"]:
+        lines.append(f"prune: leaves {summary['untagged_runs_left']} training runs that record no registered model "
+                     f"({tracking.REGISTERED_MODEL_TAG} tag: made before runs recorded it) and back no version of "
+                     f"{summary['model']}: another project on this tracking server may have made them (README, "
+                     "make prune)")
     lines.append(f"prune: {summary['mlflow']}")
     dvc = summary["dvc"]
     if "note" in dvc:

@@ -196,7 +196,7 @@ def log_child_run(parent: tracking.TrainingRun, candidate: Candidate, result: di
 
     window = result["window"]
     tags = {tracking.PARENT_RUN_TAG: parent.run_id, "stage": "sweep", "sweep_candidate": candidate.label,
-            "backtest_window": str(window), "worker": result["worker"]}
+            "backtest_window": str(window), "worker": result["worker"], **parent.model_tag()}
     run = parent.client.create_run(parent.experiment_id, start_time=result["started_ms"], tags=tags,
                                    run_name=f"candidate-{candidate.index}-window-{window}")
     child = run.info.run_id

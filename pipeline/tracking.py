@@ -46,6 +46,10 @@ VERDICT_TAG = "threshold_test"
 # An evaluate run's tag: the sha256 of the results/evaluation.json it wrote, so promote links a model version to
 # the evaluation it promotes on, not to another of the same bundle (other params, another teammate's).
 EVALUATION_DIGEST_TAG = "evaluation_digest"
+# Every run's registered model: promote.model_name of the project it was made in (TrainingRun tags it, a sweep's
+# child runs copy it). Projects sharing one tracking server share the `shelfcast` experiment; prune deletes only its
+# own model's runs by it (a run without it predates it: pipeline/prune.py says which of those are its own).
+REGISTERED_MODEL_TAG = "registered_model"
 PROCESS_TAG = "stage_process"  # a run's "<host>:<pid>": a run left RUNNING by a killed stage is found by it
 OLDER_PROCESS_TAG = "train_process"  # the same, on the train runs of the code before 2026-12-05 (an upgraded store)
 # A file: register_production, having found no version of the bundle, writes <file>.held and waits (at most
@@ -455,18 +459,25 @@ def closed_run_note(run_id: str) -> str:
 
 class TrainingRun:
     """One MLflow run for one stage: ``with TrainingRun(root, name, tags) as run: run.log_metrics(...)``. It is
-    tagged with this process (PROCESS_TAG); ``closed`` lists the runs of killed processes it marked KILLED first.
+    tagged with this process (PROCESS_TAG) and, in a project (a folder with params.yaml), with its registered model
+    (REGISTERED_MODEL_TAG, ``model_name``); ``closed`` lists the runs of killed processes it marked KILLED first.
     It ends FINISHED with the block, FAILED when the block raises, unless ``finish()`` ended it FINISHED before."""
 
     def __init__(self, project_root: Path | str, run_name: str, tags: Mapping[str, str]):
         self.project_root = Path(project_root)
+        self.model_name = registered_model(project_root) if (self.project_root / "params.yaml").is_file() else None
         self.client = client(project_root)
         self.experiment_id = ensure_experiment(self.client, project_root)
         self.closed = close_killed_runs(self.client, self.experiment_id)
         self.run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                          tags={PROCESS_TAG: this_process(), **tags})
+                                          tags={PROCESS_TAG: this_process(), **self.model_tag(), **tags})
         self.run_id = self.run.info.run_id
         self.finished = False
+
+    def model_tag(self) -> dict[str, str]:
+        """The REGISTERED_MODEL_TAG of this run, for a run nested under it too (a sweep's child runs); {} outside a
+        project."""
+        return {} if self.model_name is None else {REGISTERED_MODEL_TAG: self.model_name}
 
     def __enter__(self) -> "TrainingRun":
         return self

@@ -227,6 +227,8 @@ def test_the_evaluation_is_an_mlflow_run_of_its_own_with_heldout_names(trained_p
     assert {"results/metrics.json", "results/backtest.json", "results/slices.json"} <= artifacts
     _, train_metrics, train_tags = tracking.run_data(root, summary["run_id"])
     assert train_tags["threshold_test"] == "passed"
+    # both record the registered model they were made for (prune tells projects sharing a tracking server apart by it)
+    assert train_tags[tracking.REGISTERED_MODEL_TAG] == tags[tracking.REGISTERED_MODEL_TAG] == "shelfcast-forecaster"
     # held-out scores never share a name with the training curves
     curves = {k for k in train_metrics if not k.startswith(tracking.HELDOUT_PREFIX)}
     assert curves and not any(k.startswith("heldout") for k in curves)

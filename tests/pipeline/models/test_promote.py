@@ -385,6 +385,7 @@ def test_an_evaluation_dvc_skipped_is_recorded_by_promote(trained_project, capsy
     recorded = client.get_run(version.tags["evaluation_run_id"])
     assert recorded.data.tags["recorded_by"] == "promote" and recorded.data.tags["threshold_test"] == "passed"
     assert recorded.data.tags[tracking.PARENT_RUN_TAG] == summary["run_id"]
+    assert recorded.data.tags[tracking.REGISTERED_MODEL_TAG] == version.name  # as evaluate's own would (prune)
     evaluation = json.loads((root / "results/evaluation.json").read_text())
     assert recorded.data.metrics["heldout_validation_candidate_nwrmsle"] == pytest.approx(
         evaluation["candidate_nwrmsle"])

@@ -56,11 +56,15 @@ def _project(template: Path, tmp_path: Path, with_dvc: bool) -> Path:
     return root
 
 
-def _training_run(client, experiment_id: str, root: Path, digest: str, status: str = "FINISHED") -> str:
-    run = client.create_run(experiment_id, tags={"stage": "train", tracking.BUNDLE_DIGEST_TAG: digest})
+def _training_run(client, experiment_id: str, root: Path, digest: str, status: str = "FINISHED",
+                  model: str | None = NAME) -> str:
+    """A training run and its evaluation, tagged as train and evaluate tag theirs (``model``: their registered model;
+    None: none recorded, as runs made before they recorded it)."""
+    owner = {} if model is None else {tracking.REGISTERED_MODEL_TAG: model}
+    run = client.create_run(experiment_id, tags={"stage": "train", tracking.BUNDLE_DIGEST_TAG: digest, **owner})
     client.log_artifacts(run.info.run_id, str(root / "models/candidate"), tracking.BUNDLE_ARTIFACT_PATH)
     evaluation = client.create_run(experiment_id, tags={"stage": "evaluate", tracking.BUNDLE_DIGEST_TAG: digest,
-                                                        tracking.PARENT_RUN_TAG: run.info.run_id})
+                                                        tracking.PARENT_RUN_TAG: run.info.run_id, **owner})
     client.log_artifacts(evaluation.info.run_id, str(root / "results"), "results")
     client.set_terminated(evaluation.info.run_id)
     if status != "RUNNING":
@@ -223,7 +227,9 @@ def test_prune_of_a_renamed_model_leaves_the_other_registered_models_runs(traine
     done = prune.run(root, models_dir=registry["host"])
     assert done["model"] == "acme-forecaster" and done["deleted_versions"] == []
     assert not behind & set(done["deleted_runs"]), done
-    assert registry["refused"] in done["deleted_runs"]  # an unregistered run is still prunable
+    # the old name's unregistered run records the old name: not this prune's (prune under the old name judges it)
+    assert registry["refused"] not in done["deleted_runs"]
+    assert client.get_run(registry["refused"]).info.lifecycle_stage == "active"
     assert _versions(client) == set(made.values())
     for number, version in theirs.items():  # every version of the other model still installs
         assert client.get_run(version.run_id).info.lifecycle_stage == "active"
@@ -300,3 +306,80 @@ def test_a_pruned_versions_run_deleted_by_hand_earlier_is_freed(trained_project_
     assert done["freed_deleted_runs"] == [run_id] and done["deleted_artifact_bytes"] >= size
     assert not folder.exists()
     assert client.get_run(sweep).info.lifecycle_stage == "deleted"
+
+
+def _shared_store_project(tmp_path: Path, monkeypatch, folder: str = "ours", model_name: str = NAME) -> Path:
+    """A project folder whose params.yaml names ``model_name`` (every prune keep at 0), recording into the store
+    shared by every project of the test (MLFLOW_TRACKING_URI: one sqlite store, one ``shelfcast`` experiment)."""
+    from tests.delivery.conftest import prepare_registry
+
+    from .conftest import TINY_PARAMS
+
+    uri = tracking.sqlite_uri(tmp_path / "shared.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    if not (tmp_path / "shared.db").exists():
+        prepare_registry(uri, tmp_path / "artifacts")
+    root = tmp_path / folder
+    root.mkdir()
+    params = {**TINY_PARAMS, "promote": {**TINY_PARAMS["promote"], "model_name": model_name},
+              "prune": {"keep_versions": 0, "keep_runs": 0, "dvc_remote": False}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return root
+
+
+def _stage_runs(root: Path, digest: str) -> tuple[str, str]:
+    """A training run and its evaluation, recorded as train and evaluate record them (TrainingRun, log_evaluation),
+    a file as the training run's bundle: (training run, evaluation run)."""
+    bundle = root / "bundle"
+    bundle.mkdir(exist_ok=True)
+    (bundle / "weights.bin").write_bytes(b"\0" * 4096)
+    with tracking.TrainingRun(root, "train-mlp", {"stage": "train", tracking.BUNDLE_DIGEST_TAG: digest}) as run:
+        run.log_bundle(bundle)
+    evaluation = tracking.log_evaluation(root, run.run_id, passed=True, headline={"nwrmsle": 0.5}, windows=[],
+                                         params={}, artifacts=[], bundle_digest=digest, evaluation_json="{}")
+    return run.run_id, evaluation.run_id
+
+
+def test_prune_of_one_project_leaves_another_projects_runs_on_the_same_tracking_server(tmp_path, monkeypatch):
+    """Two projects, two registered models (promote.model_name), one tracking store and one `shelfcast` experiment
+    (README "Releases": a second project beside this one). Before, a run recorded no model: prune took every
+    unregistered training run of the experiment for its own, deleted the other project's and `mlflow gc` removed
+    their artifacts. Runs now record the model they were made for, and prune deletes its own model's only."""
+    ours = _shared_store_project(tmp_path, monkeypatch)
+    theirs = _shared_store_project(tmp_path, monkeypatch, "theirs", "acme-forecaster")
+    their_runs, our_runs = _stage_runs(theirs, f"{1:064x}"), _stage_runs(ours, f"{2:064x}")
+    client = tracking.client(ours, create=False)
+    for run_id in their_runs + our_runs:
+        owner = NAME if run_id in our_runs else "acme-forecaster"
+        assert client.get_run(run_id).data.tags[tracking.REGISTERED_MODEL_TAG] == owner
+
+    done = prune.run(ours)
+    assert done["deleted_runs"] == sorted(our_runs) and "mlflow gc removed 2 runs" in done["mlflow"]
+    for run_id in their_runs:  # still there, artifacts and all
+        assert client.get_run(run_id).info.lifecycle_stage == "active"
+    assert [a.path for a in client.list_artifacts(their_runs[0], "bundle")] == ["bundle/weights.bin"]
+    assert prune.run(theirs, dry_run=True)["deleted_runs"] == sorted(their_runs)  # the other prunes its own
+
+
+def test_runs_made_before_runs_recorded_their_model_are_pruned_only_when_its_registry_claims_them(
+        tmp_path, monkeypatch):
+    """A store upgraded from before REGISTERED_MODEL_TAG: its runs say no model. One behind a version of this model
+    (and its evaluation) is this project's and goes with its pruned version; one no version of it was registered
+    from may be another project's on the same server: left, and the report says how many."""
+    ours = _shared_store_project(tmp_path, monkeypatch)
+    client = tracking.client(ours, create=False)
+    experiment = tracking.ensure_experiment(client, ours)
+    (ours / "models/candidate").mkdir(parents=True)
+    (ours / "models/candidate/weights.bin").write_bytes(b"\0" * 64)
+    (ours / "results").mkdir()
+    old = _training_run(client, experiment, ours, f"{97:064x}", model=None)
+    old_evaluation = client.search_runs([experiment], f"tags.`{tracking.PARENT_RUN_TAG}` = '{old}'")[0].info.run_id
+    client.create_registered_model(NAME)
+    behind = client.create_model_version(NAME, f"runs:/{old}/bundle", run_id=old).version
+    unclaimed = _training_run(client, experiment, ours, f"{96:064x}", model=None)
+
+    planned = prune.run(ours, dry_run=True)
+    assert planned["deleted_versions"] == [str(behind)]
+    assert planned["deleted_runs"] == sorted([old, old_evaluation]) and unclaimed not in planned["deleted_runs"]
+    assert planned["untagged_runs_left"] == 1
+    assert "leaves 1 training runs that record no registered model" in prune.report(planned)

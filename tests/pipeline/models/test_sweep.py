@@ -81,6 +81,10 @@ def test_a_sweep_on_a_local_cluster_logs_a_child_run_per_candidate_and_window_an
     trained = tracking.client(root).get_run(summary["candidate_run_id"])
     assert trained.data.tags["sweep_run_id"] == parent.info.run_id and trained.data.tags["stage"] == "train"
     assert parent.data.tags[tracking.VERDICT_TAG] == "passed"
+    # every run of the sweep records the registered model it was made for (prune tells projects apart by it)
+    judged = tracking.run_of_bundle(root, evaluation["bundle_digest"], "evaluate")
+    assert {r.data.tags.get(tracking.REGISTERED_MODEL_TAG) for r in (parent, *children, trained, judged)} == {
+        tiny_params["promote"]["model_name"]}
 
     # ... and promotable as any candidate
     assert promote.main(["--root", str(root), "--quiet", "--candidate", "sweep"]) == 0
