@@ -116,9 +116,11 @@ class ReleaseStore:
         install records the release it replaces (``releases/.rollback``), which ``prune`` then keeps. ``name``: the
         registered model's; once production serves it, releases of another model (the name before a rename) that
         serve nothing are deleted, so none is taken for a version of this one (the app's fallback, the rollback
-        record, ``release status``)."""
+        record, ``release status``), and a rollback record made while production was another model's is removed:
+        its number is the other model's, and would keep this model's release of that number as the rollback's."""
         source, target = self.release_dir(version), self.variant_dir(variant)
         leaving = self._claimed_version(PRODUCTION, name) if variant == PRODUCTION else None
+        replacing_another_model = variant == PRODUCTION and _another_models(target, name)
         claimed = _manifest_digest(source)  # cheap: the whole check only when the two claim the same bundle
         if claimed is not None and claimed == _manifest_digest(target) and self.served_digest(variant) == claimed \
                 and verify_bundle(source) == claimed:
@@ -131,6 +133,8 @@ class ReleaseStore:
             (self.release_dir(version) / GOOD_MARK).touch()
             if leaving is not None and leaving != str(version):
                 write_text_atomic(self.root / RELEASES / ROLLBACK_FILE, leaving + "\n")
+            elif replacing_another_model:  # its record names the other model's number: no version of this one
+                (self.root / RELEASES / ROLLBACK_FILE).unlink(missing_ok=True)
             if name is not None:
                 self.prune(name)
         return digest

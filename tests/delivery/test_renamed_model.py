@@ -364,3 +364,52 @@ def test_a_renamed_models_releases_never_stand_for_the_former_models_on_the_host
     assert [p.name for p in store.good_releases()] == ["1"]  # the app's fallback: the new name's production only
     assert store.rollback_release() in (None, "1") and store.served_version(PRODUCTION) == "1"
     assert not store.variant_dir(CANARY).exists()  # the new name names no canary
+
+
+def _named_bundle(source: Path, target: Path, name: str, mark: str) -> Path:
+    """A copy of the real bundle ``source`` that names registered model ``name`` (bundle.json), its version field
+    marked with ``mark`` so each copy is a bundle of its own, its checksums made again: what train writes for a
+    project of that name."""
+    from pipeline.atomic import file_digest
+    from pipeline.bundle import copy_bundle
+
+    copy_bundle(source, target)
+    metadata = json.loads((target / "bundle.json").read_text(encoding="utf-8"))
+    metadata.update(name=name, version=f"{metadata['version']}-{mark}")
+    (target / "bundle.json").write_text(json.dumps(metadata), encoding="utf-8")
+    manifest = json.loads((target / "checksums.json").read_text(encoding="utf-8"))
+    manifest["files"]["bundle.json"] = file_digest(target / "bundle.json")
+    (target / "checksums.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return target
+
+
+def test_a_rollback_record_of_the_former_model_is_dropped_when_the_new_names_production_replaces_it(
+        tmp_path_factory, tmp_path):
+    """releases/.rollback names a release by number. The former model's production 1 had replaced its version 2
+    (.rollback "2"); then the renamed model's version 1 replaced production. Before, .rollback still said "2": the
+    former model's number, which the store's cleanup then read as the new name's version 2 and kept that release
+    as the rollback's past the newest --keep, though production never served it (`release rollback` asks the
+    registry and installs by digest, so it was never installed). The record goes when another model's production
+    is replaced; the new name's next production move records its own."""
+    from pipeline.release_store import ReleaseStore
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        bases = tiny_bundle_module().tiny_bundles(tmp_path_factory.getbasetemp() / "app-bundles")
+    store = ReleaseStore(tmp_path / "models", keep=2)
+    for version, base in (("2", bases[1]), ("1", bases[0])):  # the former model's 2, then a rollback to its 1
+        former = _named_bundle(base, tmp_path / f"{SHIPPED}-{version}", SHIPPED, "former")
+        store.add_release(version, former, name=SHIPPED)
+        store.install(PRODUCTION, version, SHIPPED)
+    assert store.rollback_release() == "2"
+
+    bundles = {n: _named_bundle(bases[n % 2], tmp_path / f"{ACME}-{n}", ACME, str(n)) for n in (1, 2, 3, 4)}
+    store.add_release("1", bundles[1], name=ACME)
+    store.install(PRODUCTION, "1", ACME)  # the renamed model's first production replaces the former's 1
+    assert store.rollback_release() is None
+    for n in (2, 3, 4):  # candidates of the new name, none of them production
+        store.add_release(str(n), bundles[n], name=ACME)
+    assert [p.name for p in store.releases()] == ["4", "3", "1"]  # newest 2 and production: 2 is no rollback's
+
+    store.install(PRODUCTION, "4", ACME)  # the new name's own move: recorded as before
+    assert store.rollback_release() == "1"
