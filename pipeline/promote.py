@@ -21,9 +21,10 @@ exit 2 when refused, the comparison recorded on the version and its run). Then:
    that fails or is killed before the alias moved leaves ``models/production/`` as it was, so the host never
    serves a model the registry does not name. Killed between the alias move and the swap, the registry is ahead
    of the host: rerunning promote, or ``release sync``, installs what the alias names. A candidate alias
-   (``SHELFCAST_PROMOTE_ALIAS``, CI's ``shadow``) is published and registered, never installed here: ``release``
-   installs candidates where they serve. Another host's move of production landing after this one's: once
-   installed, the alias is read again and the version it names then is installed instead (``follow_production``).
+   (``SHELFCAST_PROMOTE_ALIAS``: CI's ``shadow``, or ``canary``; any other alias is refused) is published and
+   registered, never installed here: ``release`` installs candidates where they serve. Another host's move of
+   production landing after this one's: once installed, the alias is read again and the version it names then is
+   installed instead (``follow_production``).
 
 A bundle already registered (a version tagged with its digest) is not uploaded or registered again: the alias moves
 to that version and ``models/production/`` gets that version's own serving bundle (downloaded, verified against its

@@ -36,12 +36,12 @@ from pipeline.atomic import scratch_directory
 from pipeline.bundle import BundleError, copy_bundle, verify_bundle
 from pipeline.bundle_checks import load_servable
 from pipeline.stage import output_any_terminal_can_take
-from pipeline.model_params import production_alias, registered_model, registry_alias
+from pipeline.model_params import CANDIDATE_ALIASES, production_alias, registered_model, registry_alias
 from pipeline.params import ParamsError
 from pipeline.release_store import PRODUCTION
 
 SERVING_ARTIFACT = "serving_bundle"
-ENV_PROMOTE_ALIAS = "SHELFCAST_PROMOTE_ALIAS"  # CI: promote registers a candidate (e.g. shadow), not production
+ENV_PROMOTE_ALIAS = "SHELFCAST_PROMOTE_ALIAS"  # CI: promote registers a candidate (shadow, canary), not production
 ALREADY_INSTALLED = "already installed"  # Fetched.source when the target holds the registered bundle already
 TAG_ARTIFACT, TAG_DIGEST, TAG_DVC = "serving_artifact", "serving_digest", "dvc_out"
 # + a name: where a bundle is staged for DVC, in models/ of the project (promote: + the alias; fetch --from dvc:
@@ -55,18 +55,23 @@ class FetchError(RuntimeError):
 
 def promote_alias(configured: str) -> str:
     """The alias promote moves: params.yaml's (``configured``, production's), unless ``SHELFCAST_PROMOTE_ALIAS``
-    names a candidate's; naming ``configured`` itself is production's promote, as when unset. ``production`` while
-    production's alias is another (``champion``) is refused: it would register a candidate under the name everyone
-    reads as production, beside the real production alias, and no release would ever judge it."""
+    names a release candidate's (shadow, canary: what `release deploy` and `sync` read); naming ``configured`` itself
+    is production's promote, as when unset. Any other alias is refused: a version registered under ``staging``, or
+    under ``production`` while production's alias is ``champion``, is read by no release command, so it would never
+    be judged or deployed, and nothing would say so."""
     chosen = os.environ.get(ENV_PROMOTE_ALIAS, "").strip()
     if not chosen:
         return configured
     chosen = registry_alias(chosen, ENV_PROMOTE_ALIAS)
-    if chosen.lower() == PRODUCTION and chosen != configured:
+    if chosen == configured or chosen in CANDIDATE_ALIASES:
+        return chosen
+    accepted = (f"unset {ENV_PROMOTE_ALIAS} (or set it to {configured!r}) to promote production, or name a release "
+                f"candidate's alias ({', '.join(CANDIDATE_ALIASES)})")
+    if chosen.lower() == PRODUCTION:
         raise ParamsError(f"{ENV_PROMOTE_ALIAS}: {chosen!r} is not production's alias here: promote.alias is "
-                          f"{configured!r}; unset {ENV_PROMOTE_ALIAS} (or set it to {configured!r}) to promote "
-                          "production, or name a candidate's alias (shadow, canary)")
-    return chosen
+                          f"{configured!r}; {accepted}")
+    raise ParamsError(f"{ENV_PROMOTE_ALIAS}: {chosen!r} is neither production's alias (promote.alias: {configured!r}) "
+                      f"nor a release candidate's, so no release would ever judge or deploy it; {accepted}")
 
 
 def publish_serving_bundle(root: Path, run_id: str, bundle_dir: Path) -> dict[str, str]:

@@ -129,6 +129,28 @@ def test_production_as_the_candidate_alias_beside_another_production_alias_is_re
     assert verify_bundle(root / "models/production")
 
 
+@pytest.mark.parametrize("alias", ["staging", "Shadow"])
+def test_an_alias_no_release_reads_is_refused_before_anything_is_registered(trained_project, monkeypatch, capsys,
+                                                                            alias):
+    """SHELFCAST_PROMOTE_ALIAS=staging registered the version under an alias no `release` command reads (deploy and
+    sync take canary, shadow and production's): the candidate was never judged or deployed, silently. Such an alias
+    is refused in one line naming the variable, the value and what it accepts; CI's shadow still registers."""
+    root, _ = trained_project
+    assert evaluate.main(["--root", str(root)]) == 0
+    monkeypatch.setenv("SHELFCAST_PROMOTE_ALIAS", alias)
+    capsys.readouterr()
+    assert promote.main(["--root", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"promote: error: SHELFCAST_PROMOTE_ALIAS: {alias!r} is neither production's alias "
+                          "(promote.alias: 'production')") and len(err.splitlines()) == 1, err
+    assert "a release candidate's alias (canary, shadow)" in err, err
+    assert tracking.client(root).search_model_versions("name='shelfcast-forecaster'") == []
+    assert not (root / "models/production").exists()
+    monkeypatch.setenv("SHELFCAST_PROMOTE_ALIAS", "shadow")
+    assert promote.main(["--root", str(root)]) == 0
+    assert tracking.client(root).get_registered_model("shelfcast-forecaster").aliases == {"shadow": 1}
+
+
 def test_a_candidate_changed_after_evaluation_is_refused(trained_project, capsys):
     root, _ = trained_project
     assert evaluate.main(["--root", str(root)]) == 0
