@@ -6,14 +6,18 @@ key is an error that names it; nothing falls back silently to a default.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from pipeline.features import CATEGORICAL_FIELDS, FeatureInputError, FeatureSpec
 from pipeline.params import ParamsError, _Section, load_yaml, split_params
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -191,14 +195,35 @@ def production_alias_param(raw: Mapping[str, Any]) -> str:
     return alias
 
 
-def registered_model(root: Path | str) -> str:
-    """The MLflow registered model's name: ``promote.model_name`` of the project's params.yaml (``root``), the one
-    definition train (the bundle's name), promote, release and fetch-model read; their ``--name`` may override it."""
+def registered_model(root: Path | str, given: str | None = None) -> str:
+    """The MLflow registered model's name: ``given`` (a command's ``--name``) when given, else ``promote.model_name``
+    of the project's params.yaml (``root``), the one definition train (the bundle's name), promote, release and
+    fetch-model read."""
+    if given:
+        return given
     path = Path(root) / "params.yaml"
     if not path.is_file():
         raise ParamsError(f"{path}: not found: the registered model's name is its promote.model_name (run in the "
                           "project's root folder, pass --root PROJECT, or name the model with --name)")
     return model_name_param(load_yaml(path))
+
+
+def model_named(command: Callable[..., T]) -> Callable[..., T]:
+    """``command`` whose ``name`` argument, when not given (None, empty), is ``registered_model`` of its first
+    argument, the project root: the functions of release, fetch-model and the registry take a ``--name`` override,
+    and this is the one place it falls back to params.yaml, before the body runs."""
+    signature = inspect.signature(command)
+    root_parameter = next(iter(signature.parameters))
+    if "name" not in signature.parameters:
+        raise TypeError(f"model_named: {command.__qualname__} has no parameter 'name'")
+
+    @functools.wraps(command)
+    def with_model_name(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.arguments["name"] = registered_model(bound.arguments[root_parameter], bound.arguments.get("name"))
+        return command(*bound.args, **bound.kwargs)
+
+    return with_model_name
 
 
 def production_alias(root: Path | str) -> str:

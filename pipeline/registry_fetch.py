@@ -36,7 +36,7 @@ from pipeline.atomic import scratch_directory
 from pipeline.bundle import BundleError, copy_bundle, verify_bundle
 from pipeline.bundle_checks import load_servable
 from pipeline.stage import output_any_terminal_can_take
-from pipeline.model_params import CANDIDATE_ALIASES, production_alias, registered_model, registry_alias
+from pipeline.model_params import CANDIDATE_ALIASES, model_named, production_alias, registry_alias
 from pipeline.params import ParamsError
 from pipeline.release_store import PRODUCTION
 
@@ -102,11 +102,10 @@ class Fetched:
     seconds: float
 
 
+@model_named
 def resolve(root: Path, alias: str, name: str | None = None):
     """The model version ``models:/<name>@<alias>`` names; FetchError when there is none."""
     from mlflow.exceptions import MlflowException
-
-    name = name or registered_model(root)
 
     try:
         return tracking.client(root, create=False).get_model_version_by_alias(name, alias)
@@ -225,9 +224,9 @@ def _dvc_pull(root: Path, version, name: str = "fetch"):
         clean()
 
 
+@model_named
 def fetch(root: Path, alias: str, target: Path, name: str | None = None, via: str = "mlflow") -> Fetched:
     """Install the bundle of ``models:/<name>@<alias>`` at ``target`` (verified; atomic)."""
-    name = name or registered_model(root)
     started = time.perf_counter()
     version = resolve(root, alias, name)
     target = target if target.is_absolute() else root / target

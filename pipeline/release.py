@@ -55,7 +55,7 @@ from pipeline.actuals import read_actuals
 from pipeline.atomic import DirectoryBusy, one_writer, scratch_directory, write_text_atomic
 from pipeline.bundle import BundleError
 from pipeline.stage import output_any_terminal_can_take
-from pipeline.model_params import production_alias, registered_model
+from pipeline.model_params import model_named, production_alias, registered_model
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, event_time,
                                     event_units, finite_number, is_closed_day, log_marks, prediction_log,
                                     read_jsonl_events)
@@ -111,9 +111,9 @@ def _registered_model(root: Path, name: str):
         raise ReleaseError(f"registered model {name} at {tracking.shown_uri(root)}: {reason}{hint}") from None
 
 
+@model_named
 def aliases(root: Path, name: str | None = None) -> dict[str, str]:
     """The registered model's aliases as the registry names them: {alias: version}."""
-    name = name or registered_model(root)
     return {k: str(v) for k, v in _registered_model(root, name).aliases.items()}
 
 
@@ -141,9 +141,9 @@ def _version(root: Path, version: str, name: str):
         raise ReleaseError(f"{name} version {version}: {tracking.store_error_text(exc)}") from None
 
 
+@model_named
 def ensure_release(root: Path, store: ReleaseStore, version: str, name: str | None = None) -> str:
     """Release ``version`` on disk (downloaded once from the registry, verified); returns its digest."""
-    name = name or registered_model(root)
     mv = _version(root, version, name)
     want = registry_fetch.promoted_digest(mv)
     if store.has_release(version, want):
@@ -154,8 +154,8 @@ def ensure_release(root: Path, store: ReleaseStore, version: str, name: str | No
         return store.add_release(version, scratch / "bundle", servable=True, name=name)
 
 
+@model_named
 def install(root: Path, store: ReleaseStore, variant: str, version: str, name: str | None = None) -> str:
-    name = name or registered_model(root)
     ensure_release(root, store, version, name)
     return store.install(variant, version, name)
 
@@ -163,12 +163,12 @@ def install(root: Path, store: ReleaseStore, variant: str, version: str, name: s
 LOG_MARKS_FILE = ".log-marks-{variant}.json"  # in the models directory: where the event log ended at its install
 
 
+@model_named
 def install_candidate(root: Path, store: ReleaseStore, variant: str, version: str,
                       name: str | None = None, events_log: Path | None = None) -> str:
     """Install ``version`` as a candidate; with ``events_log`` (the app's JSON-lines log), where that log ends is
     recorded first (``log_marks``, in LOG_MARKS_FILE) once the install changed what the variant serves: ``release
     decide`` then reads only the bytes logged since (read_jsonl_events' start_offsets), as deploy's polls do."""
-    name = name or registered_model(root)
     marks = None if events_log is None else log_marks(events_log)  # before the install: nothing logged between
     before = store.installed_at(variant)
     digest = install(root, store, variant, version, name)
@@ -191,12 +191,12 @@ def installed_log_marks(store: ReleaseStore, variant: str) -> dict[Path, tuple[i
         return None
 
 
+@model_named
 def sync(root: Path, store: ReleaseStore, name: str | None = None,
          events_log: Path | None = None) -> dict[str, str | None]:
     """Make the models directory match the aliases (what a fresh or restarted host runs); nothing is installed
     while the registry names no production version. A candidate whose version cannot be served (registered by hand,
     damaged) is left as this host had it while the other variants are synced; ReleaseError then names it."""
-    name = name or registered_model(root)
     current = variant_versions(root, name)
     if PRODUCTION not in current:
         raise ReleaseError(no_production(store, name, production_alias(root)))
@@ -245,6 +245,7 @@ def served_model_name(store: ReleaseStore) -> str | None:
     return bundle_name(store.variant_dir(PRODUCTION))
 
 
+@model_named
 def host_state(root: Path, store: ReleaseStore, current: dict[str, str],
                name: str | None = None) -> dict[str, dict]:
     """Per variant (production, canary, shadow; ``current``: variant_versions): the version its alias names, its
@@ -252,7 +253,6 @@ def host_state(root: Path, store: ReleaseStore, current: dict[str, str],
     the digest of the bundle this host serves for it, and whether the two agree. A promote or release stopped
     between moving an alias and installing its bundle leaves them apart, which ``sync`` mends. An alias naming a
     version release refuses (registered by hand: no serving digest) is never in sync; ``refused`` says why."""
-    name = name or registered_model(root)
     state = {}
     for variant in (PRODUCTION, CANARY, SHADOW):
         version, refused = current.get(variant), None
@@ -269,12 +269,12 @@ def host_state(root: Path, store: ReleaseStore, current: dict[str, str],
     return state
 
 
+@model_named
 def served_candidate(root: Path, store: ReleaseStore, current: dict[str, str], variant: str,
                      name: str | None = None) -> str:
     """The version ``variant``'s alias names, when this host serves its bundle as ``variant``; else ReleaseError.
     ``decide --apply`` acts on it: the traffic judged is the served bundle's, so a verdict applied to an alias moved
     or deleted since (by hand, or CI registering a newer candidate) would promote or end a version nobody judged."""
-    name = name or registered_model(root)
     version = current.get(variant)
     if version is not None and host_state(root, store, {variant: version}, name)[variant]["in_sync"]:
         return version
@@ -299,11 +299,11 @@ def check_new_canary_share(share: float) -> float:
     return float(share)
 
 
+@model_named
 def set_candidate(root: Path, store: ReleaseStore, variant: str, version: str, share: float | None = None,
                   name: str | None = None, events_log: Path | None = None) -> str:
     """Install ``version`` as shadow or canary, then move the alias (the registry never names what is not served).
     Production's own version is refused: a candidate of it compares production with itself, and serves it twice."""
-    name = name or registered_model(root)
     if variant == CANARY and share is not None:
         check_new_canary_share(share)  # before the install: a bad share must leave no canary the registry lacks
     if variant_versions(root, name).get(PRODUCTION) == str(version):
@@ -316,6 +316,7 @@ def set_candidate(root: Path, store: ReleaseStore, variant: str, version: str, s
     return digest
 
 
+@model_named
 def end_candidate(root: Path, store: ReleaseStore, variant: str, name: str | None = None,
                   version: str | None = None) -> None:
     """Stop serving a candidate: alias deleted first (the registry's word), then the files. With ``version``, the
@@ -324,8 +325,6 @@ def end_candidate(root: Path, store: ReleaseStore, variant: str, name: str | Non
     registry cannot be asked (gone, refusing), the files are removed all the same (a rolled-back candidate stops
     serving) and ReleaseError says the alias may still name it."""
     from mlflow.exceptions import MlflowException
-
-    name = name or registered_model(root)
 
     left = None
     try:
@@ -349,9 +348,9 @@ def end_candidate(root: Path, store: ReleaseStore, variant: str, name: str | Non
                            f"--variant {variant}` once the registry answers")
 
 
+@model_named
 def promote(root: Path, store: ReleaseStore, version: str | None = None, name: str | None = None) -> str:
     """Make ``version`` (default: the canary's, else the shadow's) production; the old one is remembered."""
-    name = name or registered_model(root)
     current = variant_versions(root, name)
     version = version or current.get(CANARY) or current.get(SHADOW)
     if not version:
@@ -365,12 +364,12 @@ def promote(root: Path, store: ReleaseStore, version: str | None = None, name: s
     return follow_production(root, store, str(version), name)
 
 
+@model_named
 def follow_production(root: Path, store: ReleaseStore, moved: str, name: str | None = None) -> str:
     """The version production names once this host has moved it to ``moved``, installed here. This host installs
     before it moves the alias; another host's move (its promote or rollback) landing after this one's leaves the
     registry naming another version, which this host then serves instead (before, it served ``moved`` until someone
     ran `release sync`); said on stderr. A move landing after this re-read is not seen: `release status` says so."""
-    name = name or registered_model(root)
     now = variant_versions(root, name).get(PRODUCTION)
     if now is None or now == moved:
         return moved
@@ -380,9 +379,9 @@ def follow_production(root: Path, store: ReleaseStore, moved: str, name: str | N
     return now
 
 
+@model_named
 def rollback(root: Path, store: ReleaseStore, name: str | None = None) -> tuple[str, str]:
     """Production back to the previous production version (from disk: seconds); (from, to)."""
-    name = name or registered_model(root)
     model = _registered_model(root, name)
     alias = production_alias(root)
     current = None if model.aliases.get(alias) is None else str(model.aliases[alias])
@@ -874,6 +873,7 @@ def observe(events: LoggedEvents, since: float, variant: str, seconds: float, ac
         time.sleep(1.0)
 
 
+@model_named
 def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, version: str | None = None,
            share: float = DEFAULT_SHARE, observe_s: float = 30.0, reload_timeout_s: float = 60.0,
            actuals: dict | None = None, say=print, name: str | None = None,
@@ -884,7 +884,6 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
     long (or until the rule decides); a rollback verdict there ends the release before any user
     gets an answer from it. No verdict (too little traffic) lets it go on to the canary, which
     must earn a "promote" within ``observe_s``."""
-    name = name or registered_model(root)
     check_new_canary_share(share)  # before the shadow phase: not a ValueError once a candidate is installed
     current = variant_versions(root, name)
     version = version or current.get(CANARY) or current.get(SHADOW)
@@ -1023,7 +1022,7 @@ def main(argv=None) -> int:
     try:
         if args.command != "smoke":  # the registry first: run in the wrong folder, it makes nothing there, no models/
             _client(root)
-            args.name = args.name or registered_model(root)  # params.yaml's promote.model_name: ParamsError names it
+            args.name = registered_model(root, args.name)  # params.yaml's promote.model_name: ParamsError names it
         with tracking.mlflow_errors_named(root), (one_writer(store.root, f"release {args.command}") if writes
                                                   else contextlib.nullcontext()):
             version = args.version

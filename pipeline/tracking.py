@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 from pipeline.atomic import process_alive
-from pipeline.model_params import production_alias, registered_model
+from pipeline.model_params import model_named, production_alias
 from pipeline.stage import StageError
 from pipeline.url_credentials import split_credentials, without_credentials  # noqa: F401 - tracking.without_credentials
 
@@ -682,13 +682,13 @@ def _alias_version(mlflow_client, name: str, alias: str):
         raise
 
 
+@model_named
 def production_version(project_root: Path | str, name: str | None = None, alias: str | None = None):
     """The model version the alias points at (production's, params.yaml's promote.alias, unless given), or None when
     there is none; TrackingError when the registry cannot say. ``name``: the project's registered model (params.yaml)
     unless given."""
     from mlflow.exceptions import MlflowException
 
-    name = name or registered_model(project_root)
     alias = alias or production_alias(project_root)
     mlflow_client = client(project_root)
     try:
@@ -710,12 +710,12 @@ def _version_of_bundle(mlflow_client, name: str, bundle_digest: str):
     return existing[0] if existing else None
 
 
+@model_named
 def version_of_bundle(project_root: Path | str, bundle_digest: str, name: str | None = None):
     """The model version registered from this bundle (tag ``bundle_digest``; the lowest, should two promotes have
     raced), or None: the one ``register_production`` would reuse. ``name``: the project's (params.yaml) unless given."""
     from mlflow.exceptions import MlflowException
 
-    name = name or registered_model(project_root)
     try:
         return _version_of_bundle(client(project_root), name, bundle_digest)
     except MlflowException as exc:
@@ -763,6 +763,7 @@ def hold(variable: str) -> None:
         time.sleep(0.05)
 
 
+@model_named
 def register_production(project_root: Path | str, run_id: str, bundle_digest: str, tags: Mapping[str, str],
                         name: str | None = None, alias: str | None = None, production: str | None = None):
     """Register the run's bundle as a model version and point the alias at it (``alias``; production's,
@@ -776,7 +777,6 @@ def register_production(project_root: Path | str, run_id: str, bundle_digest: st
     """
     from mlflow.exceptions import MlflowException
 
-    name = name or registered_model(project_root)
     production = production or production_alias(project_root)
     alias = alias or production
     mlflow_client = client(project_root)
