@@ -1,6 +1,7 @@
 """The evaluate stage's validation metrics as a `shelfcast.metrics` event, so Kibana shows model quality.
 
     python -m monitoring.metrics_events [--metrics results/metrics.json] [--evaluation results/evaluation.json]
+                                        [--candidate models/candidate]
 
 Call `emit_validation_metrics()` at the end of evaluate, or run the command after it
 (`make metrics-event`). Goes to Fluentd when FLUENTD_HOST is set, else to logs/monitoring.jsonl.
@@ -15,11 +16,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from monitoring.monitoring_events import emit_monitoring_event
+from pipeline.bundle import BundleError, verify_bundle
 from pipeline.stage import output_any_terminal_can_take
 
 TAG = "shelfcast.metrics"
 DEFAULT_METRICS = Path("results/metrics.json")
 DEFAULT_EVALUATION = Path("results/evaluation.json")
+DEFAULT_CANDIDATE = Path("models/candidate")  # the bundle evaluate judges (pipeline/evaluate.py's CANDIDATE_DIR)
 
 
 class MetricsFileError(ValueError):
@@ -63,13 +66,34 @@ def metrics_event(metrics: Mapping[str, Any], evaluation: Mapping[str, Any] | No
             "model_version": evaluation.get("bundle_version") or "unknown", "metrics": body}
 
 
+def with_judged_bundle_names(evaluation: Mapping[str, Any], candidate: Path) -> dict:
+    """``evaluation`` with ``bundle_name``/``bundle_version`` it lacks (an evaluation.json written before evaluate
+    recorded them) taken from the bundle it judged: ``candidate``'s bundle.json, when that bundle's digest is the
+    evaluation's ``bundle_digest``. A bundle retrained since, damaged or absent tells nothing: they stay unknown."""
+    evaluation = dict(evaluation)
+    if evaluation.get("bundle_name") and evaluation.get("bundle_version"):
+        return evaluation
+    try:
+        if not evaluation.get("bundle_digest") or verify_bundle(candidate) != evaluation["bundle_digest"]:
+            return evaluation
+        metadata = json.loads((candidate / "bundle.json").read_text(encoding="utf-8"))
+    except (BundleError, OSError, ValueError, RecursionError):
+        return evaluation
+    if isinstance(metadata, dict):
+        for field, key in (("bundle_name", "name"), ("bundle_version", "version")):
+            if not evaluation.get(field) and isinstance(metadata.get(key), str):
+                evaluation[field] = metadata[key]
+    return evaluation
+
+
 def emit_validation_metrics(metrics_path: Path | str = DEFAULT_METRICS,
-                            evaluation_path: Path | str | None = DEFAULT_EVALUATION) -> str:
+                            evaluation_path: Path | str | None = DEFAULT_EVALUATION,
+                            candidate_path: Path | str = DEFAULT_CANDIDATE) -> str:
     """Emit the metrics file as one event; returns where it went."""
     metrics_path = Path(metrics_path)
     evaluation = None
     if evaluation_path is not None and Path(evaluation_path).is_file():
-        evaluation = _read_json(Path(evaluation_path))
+        evaluation = with_judged_bundle_names(_read_json(Path(evaluation_path)), Path(candidate_path))
     return emit_monitoring_event(TAG, metrics_event(_read_json(metrics_path), evaluation, str(metrics_path)))
 
 
@@ -78,9 +102,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monitoring.metrics_events", description=__doc__.splitlines()[0])
     parser.add_argument("--metrics", type=Path, default=DEFAULT_METRICS)
     parser.add_argument("--evaluation", type=Path, default=DEFAULT_EVALUATION)
+    parser.add_argument("--candidate", type=Path, default=DEFAULT_CANDIDATE,
+                        help="the bundle the evaluation judged: its name and version when the evaluation lacks them")
     args = parser.parse_args(argv)
     try:
-        where = emit_validation_metrics(args.metrics, args.evaluation)
+        where = emit_validation_metrics(args.metrics, args.evaluation, args.candidate)
     except ValueError as exc:  # MetricsFileError, or a malformed FLUENTD_HOST/PORT/TIMEOUT: one line, named
         print(f"metrics-event: error: {exc}", file=sys.stderr)
         return 2
