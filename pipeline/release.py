@@ -862,14 +862,50 @@ def smoke_test(url: str, requests: int = 40) -> dict:
     return answered
 
 
+@dataclass(frozen=True)
+class Observation:
+    """How a candidate's observation ended. The rule decides as soon as the traffic logged since the install (a
+    canary's smoke test's included, docs/walkthrough.md: its own traffic) is enough, so a phase may end seconds into a
+    40 s limit; deploy's report (``record``) and printout (``line``) say how long it ran and why it ended."""
+
+    verdict: Verdict
+    seconds: float  # how long the rule was polled
+    limit_s: float  # at most this long (--shadow-s, --observe-s)
+
+    @property
+    def decided(self) -> bool:
+        return self.verdict.decision != "wait"
+
+    def record(self) -> dict:
+        """``seconds``, ``limit_s``, ``ended`` (decided, or time ran out) and the candidate's ``predictions`` and
+        ``requests`` judged (requests: None while its latency could not be compared)."""
+        figures = self.verdict.figures
+        return {"seconds": round(self.seconds, 2), "limit_s": self.limit_s,
+                "ended": "decided" if self.decided else "time ran out",
+                "predictions": figures.get(f"{self.verdict.candidate}_predictions", 0),
+                "requests": figures.get("latency_requests")}
+
+    def line(self) -> str:
+        seen, candidate = self.record(), self.verdict.candidate
+        traffic = f"{seen['predictions']} {candidate} predictions" + (
+            "" if seen["requests"] is None else f" ({seen['requests']} requests)")
+        traffic += " logged since its install" + (", the smoke test's included" if candidate == CANARY else "")
+        if self.decided:
+            return (f"{candidate} observed {self.seconds:.1f} s of at most {self.limit_s:g} s: the rule decided "
+                    f"{self.verdict.decision} on {traffic}")
+        return (f"{candidate} observed {self.seconds:.1f} s: its {self.limit_s:g} s ran out without a decision on "
+                f"{traffic} ({'; '.join(self.verdict.reasons)})")
+
+
 def observe(events: LoggedEvents, since: float, variant: str, seconds: float, actuals: dict | None,
-            replay: ProductionReplay | None = None) -> Verdict:
+            replay: ProductionReplay | None = None) -> Observation:
     """``judge`` on the traffic logged since ``since`` until it decides, or ``seconds`` are up."""
+    started = time.perf_counter()
     deadline = time.time() + seconds
     while True:
         verdict = judge(events.traffic(since=since), variant, actuals, replay)
         if verdict.decision != "wait" or time.time() >= deadline:
-            return verdict
+            return Observation(verdict, time.perf_counter() - started, seconds)
         time.sleep(1.0)
 
 
@@ -907,8 +943,10 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
             digest = set_candidate(root, store, SHADOW, version, None, name, events.path)
             report["shadow_reload_s"] = round(wait_for_variant(url, SHADOW, digest, reload_timeout_s), 2)
             say(f"deploy: alias shadow -> version {version}; served as shadow after {report['shadow_reload_s']} s")
-            verdict = observe(events, started, SHADOW, shadow_s, actuals)
-            report["shadow_verdict"] = asdict(verdict)
+            observed = observe(events, started, SHADOW, shadow_s, actuals)
+            verdict = observed.verdict
+            report["shadow_verdict"], report["shadow_observed"] = asdict(verdict), observed.record()
+            say(f"deploy: {observed.line()}")
             if verdict.decision == "rollback":
                 raise ReleaseError(f"shadow check: rollback: {'; '.join(verdict.reasons)}")
             say(f"deploy: shadow check {verdict.decision} ({verdict.figures})")
@@ -922,10 +960,13 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
         if CANARY not in report["smoke"]:
             raise ReleaseError(f"smoke test: no request was answered by the canary ({report['smoke']})")
         say(f"deploy: smoke test passed, answered by {report['smoke']}")
-        verdict = observe(events, started, CANARY, observe_s, actuals, ProductionReplay(store.variant_dir(PRODUCTION)))
-        report["verdict"] = asdict(verdict)
+        observed = observe(events, started, CANARY, observe_s, actuals, ProductionReplay(store.variant_dir(PRODUCTION)))
+        verdict = observed.verdict
+        report["verdict"], report["canary_observed"] = asdict(verdict), observed.record()
+        say(f"deploy: {observed.line()}")
         if verdict.decision != "promote":
-            raise ReleaseError(f"canary check: {verdict.decision}: {'; '.join(verdict.reasons)}")
+            raise ReleaseError(f"canary check: {verdict.decision}: {'; '.join(verdict.reasons)}" if observed.decided
+                               else f"canary check: {observed.line()}")
         production = promote(root, store, version, name)
         if production != str(version):  # another host moved production after this one: it serves that now
             report.update(outcome=SUPERSEDED, production=production,

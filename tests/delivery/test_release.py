@@ -452,12 +452,21 @@ def test_deploy_shadow_then_canary_with_reload_smoke_test_and_checks_then_promot
     release.end_candidate(root, store, CANARY)
     events = tmp_path / "events.jsonl"
     served = serve(store, events)
+    said = []
     report = release.deploy(root, store, served.url, release.LoggedEvents(events), versions["canary"], share=0.5,
                             observe_s=90,
-                            shadow_s=90, say=lambda *a: None)
+                            shadow_s=90, say=said.append)
     time.sleep(1.0)
     served.close()
     assert report["outcome"] == "promoted", report.get("reason")
+    # each phase says how long it was observed and why it ended: the rule decided on enough traffic, long before 90 s
+    for variant, key in ((SHADOW, "shadow_observed"), (CANARY, "canary_observed")):
+        observed = report[key]
+        assert observed["ended"] == "decided" and observed["limit_s"] == 90 and observed["seconds"] < 90, observed
+        assert observed["predictions"] >= release.MIN_EVENTS and observed["requests"] >= release.MIN_EVENTS, observed
+        line = next(line for line in said if line.startswith(f"deploy: {variant} observed"))
+        assert f"of at most 90 s: the rule decided promote on {observed['predictions']} {variant} predictions" in line
+    assert "the smoke test's included" in next(line for line in said if line.startswith("deploy: canary observed"))
     assert str(tracking.client(root).get_registered_model(NAME).aliases[PRODUCTION]) == versions["canary"]
     assert report["shadow_verdict"]["decision"] == "promote" and report["shadow_verdict"]["figures"]["compared_pairs"]
     assert report["verdict"]["decision"] == "promote" and CANARY in report["smoke"]
@@ -715,6 +724,32 @@ def test_a_canary_of_a_few_large_batches_waits_until_its_latency_can_be_judged()
     assert verdict.decision == "wait" and "4 canary requests" in verdict.reasons[0], verdict
     events += [e for n in range(30) for e in _answers(CANARY, f"d{n}", 60.0, [n])]  # now enough to judge
     assert release.compare(release.read_traffic(events), CANARY).decision == "rollback"
+
+
+def test_an_observation_says_how_long_it_ran_and_whether_the_rule_decided_or_the_time_ran_out(tmp_path):
+    """A workflow's deploy ended 16 s in with OBSERVE_S 40: the rule promotes as soon as the traffic logged since the
+    install is enough (the smoke test's own included), by design, but nothing said so. The observation now says how
+    long it ran, at most how long, why it ended, and on how much traffic."""
+    log = tmp_path / "events.jsonl"
+    production = [e for n in range(60) for e in _answers(PRODUCTION, f"p{n}", 3.0, [n])]
+
+    def observed(canary_requests: int, limit_s: float) -> release.Observation:
+        canary = [e for n in range(canary_requests) for e in _answers(CANARY, f"c{n}", 3.0, [n])]
+        log.write_text("".join(json.dumps(e) + "\n" for e in production + canary), encoding="utf-8")
+        return release.observe(release.LoggedEvents(log), 0.0, CANARY, limit_s, None)
+
+    enough = observed(40, 30.0)
+    assert enough.verdict.decision == "promote" and enough.seconds < 30.0
+    assert enough.record() == {"seconds": round(enough.seconds, 2), "limit_s": 30.0, "ended": "decided",
+                               "predictions": 40, "requests": 40}
+    assert enough.line().startswith(f"canary observed {enough.seconds:.1f} s of at most 30 s: the rule decided "
+                                    "promote on 40 canary predictions (40 requests) logged since its install, the "
+                                    "smoke test's included"), enough.line()
+    few = observed(5, 1.5)
+    assert few.verdict.decision == "wait" and few.seconds >= 1.5
+    assert few.record()["ended"] == "time ran out" and few.record()["predictions"] == 5
+    assert few.line().startswith(f"canary observed {few.seconds:.1f} s: its 1.5 s ran out without a decision on 5 "
+                                 "canary predictions (5 requests)") and "30 are needed" in few.line(), few.line()
 
 
 def test_one_request_id_on_every_request_neither_merges_their_latencies_nor_mispairs_forecasts():
