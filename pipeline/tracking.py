@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 from pipeline.atomic import process_alive
-from pipeline.model_params import model_named, production_alias
+from pipeline.model_params import model_named, production_alias, registered_model
 from pipeline.stage import StageError
 from pipeline.url_credentials import split_credentials, without_credentials  # noqa: F401 - tracking.without_credentials
 
