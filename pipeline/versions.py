@@ -31,7 +31,7 @@ MODEL_CODE = ("engine", "pipeline/features.py", "pipeline/history.py", "pipeline
               "pipeline/feature_shards.py", "pipeline/cluster.py", "pipeline/models.py", "pipeline/bundle.py",
               "pipeline/blas.py", "pipeline/train.py", "pipeline/evaluate.py", "pipeline/backtest.py",
               "pipeline/metrics.py", "pipeline/model_params.py", "pipeline/drift_stats.py", "pipeline/closed_days.py",
-              "pipeline/tracking.py",
+              "pipeline/tracking.py", "pipeline/url_credentials.py",
               "pipeline/versions.py", "pipeline/params.py", "pipeline/names.py", "pipeline/io.py", "pipeline/atomic.py",
               "pipeline/stage.py", "pipeline/__init__.py")
 
