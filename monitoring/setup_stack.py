@@ -1,12 +1,14 @@
 """One-shot setup of the monitoring stack: index templates into Elasticsearch, saved objects into Kibana.
 
-    python -m monitoring.setup_stack [--elasticsearch URL] [--kibana URL] [--wait-s 300] [--reindex]
+    python -m monitoring.setup_stack [--elasticsearch URL] [--kibana URL] [--wait-s 300]
+                                     [--reindex [--progress-s 5] [--stall-s 300]]
 
 Waits until each service answers healthy, then installs; re-running replaces the
 templates and overwrites the saved objects (idempotent). A template applies only to indices created after it:
 an index that already exists (events indexed before setup, or a template changed by an upgrade) gets the fields
 it lacks added, and each of its fields mapped otherwise (e.g. `family` as text, `store` as a number) is named;
---reindex copies such an index into <index>-remapped with the template's mappings and deletes it (run it with
+--reindex copies such an index into <index>-remapped with the template's mappings (a task on the cluster, followed
+with progress lines: monitoring/index_copy.py) and deletes it once the copy counts as many documents (run it with
 Fluentd stopped: writes to the index are blocked while it is copied; exit 1 if an index is still unmatched); an
 index that refuses a change (read-only) is named and setup goes on. docker-compose runs it as
 the `setup` service; without Docker, point it at any Elasticsearch/OpenSearch + Kibana.
@@ -25,9 +27,11 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from pipeline.event_sources import (CREDENTIALS_REFUSED, ElasticsearchEvents, EventSourceError, basic_authorization,
                                     environment_credentials)
+from monitoring.index_copy import CopyPace, copy_index
 from pipeline.stage import output_any_terminal_can_take
 
 HERE = Path(__file__).resolve().parent
@@ -107,10 +111,12 @@ def _subset(properties: dict, paths: set[str], prefix: str = "") -> dict:
     return out
 
 
-def reconcile_existing_indices(elasticsearch: ElasticsearchEvents, reindex: bool = False) -> list[str]:
+def reconcile_existing_indices(elasticsearch: ElasticsearchEvents, reindex: bool = False,
+                               say: Callable[[str], None] = print, pace: CopyPace = CopyPace()) -> list[str]:
     """Bring indices created before their template in line with it, as far as a mapping can change: fields they lack
     are added; a field mapped as another kind cannot change in place, so each such index is named (one line each)
-    or, with `reindex`, copied into <index>-remapped (created by the template) and deleted. Returns the lines."""
+    or, with `reindex`, copied into <index>-remapped (created by the template; `say` gets the copy's progress lines
+    as it runs) and deleted once the copy counts as many documents. Returns the lines."""
     lines = []
     for name, body in index_templates().items():
         wanted_properties = body["template"]["mappings"]["properties"]
@@ -118,14 +124,16 @@ def reconcile_existing_indices(elasticsearch: ElasticsearchEvents, reindex: bool
         found = elasticsearch.request("GET", f"/{patterns}/_mapping?ignore_unavailable=true&allow_no_indices=true")
         for index, mapping in sorted(found.items()):
             try:
-                lines.extend(_reconcile_index(elasticsearch, name, index, mapping, wanted_properties, reindex))
+                lines.extend(_reconcile_index(elasticsearch, name, index, mapping, wanted_properties, reindex, say,
+                                              pace))
             except EventSourceError as exc:  # e.g. a read-only index (disk flood stage): the others, Kibana go on
                 lines.append(f"warning: index {index} does not match template {name} and could not be changed: {exc}")
     return lines
 
 
 def _reconcile_index(elasticsearch: ElasticsearchEvents, name: str, index: str, mapping: dict,
-                     wanted_properties: dict, reindex: bool) -> list[str]:
+                     wanted_properties: dict, reindex: bool, say: Callable[[str], None],
+                     pace: CopyPace) -> list[str]:
     lines = []
     wanted = leaf_types(wanted_properties)
     have = leaf_types(mapping.get("mappings", {}).get("properties", {}))
@@ -148,18 +156,21 @@ def _reconcile_index(elasticsearch: ElasticsearchEvents, name: str, index: str, 
     target = f"{index}-remapped"
     elasticsearch.request("PUT", f"/{index}/_settings", {"index.blocks.write": True})
     try:
-        copied = elasticsearch.request("POST", "/_reindex?refresh=true",
-                                       {"source": {"index": index}, "dest": {"index": target}})
-        if copied.get("failures"):
-            raise EventSourceError(str(copied["failures"][:1]))
-    except EventSourceError as exc:  # a document the template cannot take: no half copy counted twice, writes back
-        elasticsearch.request("DELETE", f"/{target}?ignore_unavailable=true")
+        copy = copy_index(elasticsearch, index, target, say, pace)
+    except EventSourceError as exc:  # the copy may still be running: neither index is deleted
         elasticsearch.request("PUT", f"/{index}/_settings", {"index.blocks.write": False})
-        raise EventSourceError(f"copying it into {target} failed, so it is left as it was (writable, no copy): "
-                               f"{exc}") from None
+        raise EventSourceError(f"copying it into {target} failed, so it is left as it was (writable, beside "
+                               f"whatever {target} holds): {exc}") from None
+    if not copy.complete:  # never the source on a shortfall; nor the copy, which a task no one can read may still fill
+        elasticsearch.request("PUT", f"/{index}/_settings", {"index.blocks.write": False})
+        refused = f" (it refused {len(copy.failures)}, the first: {copy.failures[0]})" if copy.failures else ""
+        return [*lines, f"warning: index {index}: its copy {target} holds {copy.copied} of its {copy.total} documents"
+                        f"{refused}, so neither is deleted (the source writable again; their events count twice "
+                        "until one goes): run setup --reindex again to complete the copy"]
     elasticsearch.request("DELETE", f"/{index}")
     return [*lines, f"index {index} ({fields}) copied into {target} with template {name}'s mappings "
-                    f"({copied.get('created', 0)} documents) and deleted; new events to it get the template"]
+                    f"({copy.copied} of {copy.total} documents, counted) and deleted; new events to it get the "
+                    "template"]
 
 
 def import_saved_objects(kibana_url: str, path: Path = SAVED_OBJECTS, timeout_s: float = 60.0) -> dict:
@@ -190,6 +201,10 @@ def kibana_available(kibana_url: str) -> bool:
     return status.get("status", {}).get("overall", {}).get("level") == "available"
 
 
+def _progress(line: str) -> None:
+    print(f"setup: {line}", flush=True)
+
+
 def main(argv=None) -> int:
     output_any_terminal_can_take()
     parser = argparse.ArgumentParser(prog="python -m monitoring.setup_stack", description=__doc__.splitlines()[0])
@@ -199,6 +214,11 @@ def main(argv=None) -> int:
     parser.add_argument("--reindex", action="store_true",
                         help="copy each existing index whose mapping differs from its template into <index>-remapped "
                              "and delete it (stop Fluentd first: its writes to that index are refused meanwhile)")
+    parser.add_argument("--progress-s", type=float, default=CopyPace.poll_s,
+                        help="--reindex: seconds between a copy's progress lines")
+    parser.add_argument("--stall-s", type=float, default=CopyPace.stall_s,
+                        help="--reindex, where the copy's task cannot be read (no tasks API, no monitor privilege): "
+                             "a copy whose document count has not grown for this long is judged as it stands")
     parser.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for each service")
     args = parser.parse_args(argv)
     try:
@@ -208,7 +228,8 @@ def main(argv=None) -> int:
         names = install_index_templates(elasticsearch)
         print(f"setup: index templates {', '.join(names)} installed in {args.elasticsearch}")
         unmatched = 0
-        for line in reconcile_existing_indices(elasticsearch, args.reindex):
+        pace = CopyPace(poll_s=args.progress_s, stall_s=args.stall_s)
+        for line in reconcile_existing_indices(elasticsearch, args.reindex, say=_progress, pace=pace):
             unmatched += line.startswith("warning")
             print(f"setup: {line}", file=sys.stderr if line.startswith("warning") else sys.stdout)
         if args.kibana.lower() != "none":

@@ -1,0 +1,93 @@
+"""setup --reindex on an index too big to copy within one HTTP request's timeout.
+
+At Favorita's scale an index holds tens of millions of prediction events and its copy runs for many minutes; the
+client's timeout (ElasticsearchEvents' 30 s) ended the synchronous `POST /_reindex` long before. The copy here is
+made to outlast a lowered request timeout instead: a few thousand events against a 0.3 s timeout, on osmem-server
+(the tests' OpenSearch-API server, which copies ~10,000 documents a second and answers nothing else meanwhile).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from monitoring.index_copy import CopyPace
+from monitoring.setup_stack import index_templates, install_index_templates, reconcile_existing_indices
+from pipeline.event_sources import ElasticsearchEvents
+
+INDEX = "shelfcast-prediction-2026.01.05"
+TARGET = f"{INDEX}-remapped"
+EVENTS = 6000
+SHORT_TIMEOUT_S = 0.3
+
+
+def _index_made_before_the_template(search: ElasticsearchEvents, events: int) -> None:
+    """The template's mapping but for `store` as a number (an older app's), `events` prediction events in it."""
+    older = index_templates()["shelfcast-prediction"]["template"]
+    properties = {**older["mappings"]["properties"], "store": {"type": "long"}}
+    search.request("PUT", f"/{INDEX}", {"settings": older["settings"],
+                                        "mappings": {**older["mappings"], "properties": properties}})
+    for start in range(0, events, 2000):
+        lines = []
+        for n in range(start, min(events, start + 2000)):
+            lines.append(json.dumps({"index": {"_index": INDEX, "_id": f"event-{n}"}}))
+            lines.append(json.dumps({"event_id": f"event-{n}", "timestamp": "2026-01-05T10:00:00+00:00",
+                                     "@timestamp": "2026-01-05T10:00:00.000+00:00", "store": 1 + n % 54,
+                                     "family": "GROCERY I", "model_variant": "production", "horizon_days": 1 + n % 16,
+                                     "prediction": 1.5}))
+        search.request("POST", "/_bulk", ndjson="\n".join(lines) + "\n")
+    search.request("POST", f"/{INDEX}/_refresh")
+    install_index_templates(search)
+
+
+def _indices(search: ElasticsearchEvents) -> dict[str, int]:
+    return {row["index"]: int(row["docs.count"])
+            for row in search.request("GET", "/_cat/indices/shelfcast-*?format=json")}
+
+
+@pytest.fixture
+def search():
+    from osmem_server import OsmemServer
+
+    with OsmemServer.start(japanese=False, addr="127.0.0.1:0") as server:
+        yield ElasticsearchEvents(server.url, timeout_s=60.0)
+
+
+def test_a_copy_longer_than_the_request_timeout_is_followed_to_its_end_and_counted(search):
+    """Before: the reindex request timed out, its clean-up (deleting the copy) timed out behind it on the busy
+    cluster, and the index was left write-blocked (Fluentd's events refused) and named as one that 'could not be
+    changed'. Now the copy runs as a task, setup follows it with progress lines and deletes the source only once the
+    copy counts as many documents."""
+    _index_made_before_the_template(search, EVENTS)
+    short = ElasticsearchEvents(search.url, timeout_s=SHORT_TIMEOUT_S)
+    said: list[str] = []
+    lines = reconcile_existing_indices(short, reindex=True, say=said.append, pace=CopyPace(poll_s=0.2, stall_s=90))
+    assert lines == [f"index {INDEX} (store is long, the template maps keyword) copied into {TARGET} with template "
+                     f"shelfcast-prediction's mappings ({EVENTS} of {EVENTS} documents, counted) and deleted; new "
+                     "events to it get the template"]
+    assert any("following" in line and f"{TARGET}'s document count" in line for line in said), said
+    assert _indices(search) == {TARGET: EVENTS}
+    mapping = search.request("GET", f"/{TARGET}/_mapping")[TARGET]["mappings"]["properties"]
+    assert mapping["store"]["type"] == "keyword"
+
+
+def test_a_rerun_after_an_interrupted_copy_copies_what_is_missing_once(search, capsys):
+    """An interrupted run leaves <index>-remapped holding part of the events (and the source write-blocked). The rerun
+    says so and copies only the documents the copy lacks (op_type=create: a prediction event's _id is its event_id):
+    no event twice, the source deleted once the counts agree."""
+    from monitoring.setup_stack import main as setup
+
+    _index_made_before_the_template(search, 1000)
+    search.request("POST", "/_reindex?refresh=true", {"max_docs": 400, "source": {"index": INDEX},
+                                                      "dest": {"index": TARGET}})  # the interrupted copy's part
+    search.request("PUT", f"/{INDEX}/_settings", {"index.blocks.write": True})
+    assert _indices(search) == {INDEX: 1000, TARGET: 400}
+    assert setup(["--elasticsearch", search.url, "--kibana", "none", "--wait-s", "5", "--reindex"]) == 0
+    out = capsys.readouterr().out
+    assert f"setup: {TARGET} already holds 400 of {INDEX}'s 1000 documents (an earlier copy was interrupted)" in out
+    assert f"({1000} of {1000} documents, counted) and deleted" in out
+    assert _indices(search) == {TARGET: 1000}
+    ids = search.request("POST", f"/{TARGET}/_search", {"size": 0, "aggs": {"ids": {"cardinality": {
+        "field": "event_id"}}}})["aggregations"]["ids"]["value"]
+    assert ids == 1000
