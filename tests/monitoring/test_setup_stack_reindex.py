@@ -3,7 +3,8 @@
 At Favorita's scale an index holds tens of millions of prediction events and its copy runs for many minutes; the
 client's timeout (ElasticsearchEvents' 30 s) ended the synchronous `POST /_reindex` long before. The copy here is
 made to outlast a lowered request timeout instead: a few thousand events against a 0.3 s timeout, on osmem-server
-(the tests' OpenSearch-API server, which copies ~10,000 documents a second and answers nothing else meanwhile).
+(the tests' OpenSearch-API server: no tasks API, and it answers `wait_for_completion=false`, and nothing else,
+only once it has copied).
 """
 
 from __future__ import annotations
@@ -91,3 +92,23 @@ def test_a_rerun_after_an_interrupted_copy_copies_what_is_missing_once(search, c
     ids = search.request("POST", f"/{TARGET}/_search", {"size": 0, "aggs": {"ids": {"cardinality": {
         "field": "event_id"}}}})["aggregations"]["ids"]["value"]
     assert ids == 1000
+
+
+def test_a_copy_that_cannot_be_counted_deletes_nothing_and_leaves_the_index_writable(search, capsys):
+    """A `-remapped` index the copy cannot be counted in (here one blocked for reads): before, setup deleted the
+    source on the copy request's answer alone, never reading the copy back. Now a copy it cannot count deletes
+    nothing (one it cannot follow may still be running, and deleting its index lets the task's next batch recreate
+    it); the block is lifted, the index named, and setup exits 1."""
+    from monitoring.setup_stack import main as setup
+
+    _index_made_before_the_template(search, 10)
+    search.request("PUT", f"/{TARGET}", {})
+    search.request("PUT", f"/{TARGET}/_settings", {"index.blocks.read": True})
+    assert setup(["--elasticsearch", search.url, "--kibana", "none", "--wait-s", "5", "--reindex"]) == 1
+    err = capsys.readouterr().err
+    assert (f"setup: warning: index {INDEX} does not match template shelfcast-prediction and could not be changed: "
+            f"copying it into {TARGET} failed, so it is left as it was (writable, beside whatever {TARGET} "
+            "holds)") in err
+    search.request("POST", f"/{INDEX}/_doc/later?refresh=true", {"event_id": "later", "store": 2})  # writable
+    assert search.request("GET", f"/{INDEX}/_count")["count"] == 11
+    assert search.request("GET", f"/{TARGET}?ignore_unavailable=true")  # still there
