@@ -19,19 +19,13 @@ from eventlog.records import encode_line
 from eventlog.spool import DESTINATION_PREFIX, Spool
 from tests.app.conftest import Counts
 from tests.app.test_events_fluentd import fluent_sink, received_ids, wait_until
+from tests.app.test_events_spool import drain
+from tests.app.test_events_spool import line as spool_line
 
 
-def line(i: int, padding: int = 40) -> bytes:
-    return encode_line({"event_id": f"e{i}", "i": i, "pad": "x" * padding})
-
-
-def drain(spool: Spool) -> list[int]:
-    """Claim every sealed segment, read it, delete it: the `i` of every record."""
-    seen, held = [], set()
-    while (segment := spool.claim_next(held)) is not None:
-        seen.extend(record["i"] for record in segment.records(lambda _: None))
-        segment.release(delete=True)
-    return seen
+def line(i: int) -> bytes:
+    """An event of ~70 bytes: a few to a segment of these tests' size."""
+    return spool_line(i, padding=40)
 
 
 def foreign_file(folder: Path, name: str = "foreign.jsonl") -> Path:
