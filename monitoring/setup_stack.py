@@ -6,7 +6,8 @@
 Waits until each service answers healthy, then installs; re-running replaces the
 templates and overwrites the saved objects (idempotent). A template applies only to indices created after it:
 an index that already exists (events indexed before setup, or a template changed by an upgrade) gets the fields
-it lacks added, and each of its fields mapped otherwise (e.g. `family` as text, `store` as a number) is named;
+it lacks added and its documents indexed again for them (a task followed with progress lines: monitoring/index_again.py;
+exit 1 unless all were), and each of its fields mapped otherwise (e.g. `family` as text, `store` as a number) is named;
 --reindex copies such an index into <index>-remapped with the template's mappings (a task on the cluster, followed
 with progress lines: monitoring/index_copy.py) and deletes it once the copy counts as many documents (run it with
 Fluentd stopped: writes to the index are blocked while it is copied; exit 1 if an index is still unmatched); an
@@ -31,7 +32,9 @@ from typing import Callable
 
 from pipeline.event_sources import (CREDENTIALS_REFUSED, ElasticsearchEvents, EventSourceError, basic_authorization,
                                     environment_credentials)
-from monitoring.index_copy import CopyPace, copy_index
+from monitoring.cluster_task import TaskPace
+from monitoring.index_again import index_again
+from monitoring.index_copy import copy_index
 from pipeline.stage import output_any_terminal_can_take
 
 HERE = Path(__file__).resolve().parent
@@ -112,7 +115,7 @@ def _subset(properties: dict, paths: set[str], prefix: str = "") -> dict:
 
 
 def reconcile_existing_indices(elasticsearch: ElasticsearchEvents, reindex: bool = False,
-                               say: Callable[[str], None] = print, pace: CopyPace = CopyPace()) -> list[str]:
+                               say: Callable[[str], None] = print, pace: TaskPace = TaskPace()) -> list[str]:
     """Bring indices created before their template in line with it, as far as a mapping can change: fields they lack
     are added; a field mapped as another kind cannot change in place, so each such index is named (one line each)
     or, with `reindex`, copied into <index>-remapped (created by the template; `say` gets the copy's progress lines
@@ -133,7 +136,7 @@ def reconcile_existing_indices(elasticsearch: ElasticsearchEvents, reindex: bool
 
 def _reconcile_index(elasticsearch: ElasticsearchEvents, name: str, index: str, mapping: dict,
                      wanted_properties: dict, reindex: bool, say: Callable[[str], None],
-                     pace: CopyPace) -> list[str]:
+                     pace: TaskPace) -> list[str]:
     lines = []
     wanted = leaf_types(wanted_properties)
     have = leaf_types(mapping.get("mappings", {}).get("properties", {}))
@@ -143,9 +146,7 @@ def _reconcile_index(elasticsearch: ElasticsearchEvents, name: str, index: str, 
     if missing:
         elasticsearch.request("PUT", f"/{index}/_mapping", {"properties": _subset(wanted_properties, missing)})
         # a field added to a mapping covers the documents indexed after it: the earlier ones are read again
-        again = elasticsearch.request("POST", f"/{index}/_update_by_query?conflicts=proceed&refresh=true", {})
-        lines.append(f"index {index}: {len(missing)} field(s) of template {name} added to its mapping, its "
-                     f"{again.get('updated', 0)} document(s) indexed again for them")
+        lines.append(_indexed_again(elasticsearch, name, index, missing, say, pace))
     if not differ:
         return lines
     fields = ", ".join(f"{path} is {kind}, the template maps {wanted[path]}" for path, kind in sorted(differ.items()))
@@ -171,6 +172,25 @@ def _reconcile_index(elasticsearch: ElasticsearchEvents, name: str, index: str, 
     return [*lines, f"index {index} ({fields}) copied into {target} with template {name}'s mappings "
                     f"({copy.copied} of {copy.total} documents, counted) and deleted; new events to it get the "
                     "template"]
+
+
+def _indexed_again(elasticsearch: ElasticsearchEvents, name: str, index: str, added: set[str],
+                   say: Callable[[str], None], pace: TaskPace) -> str:
+    """The line for fields added to `index`: its documents indexed again for them, or an error line (the next run
+    finds the fields mapped and will not index them again, so the line says what to run)."""
+    added_line = f"index {index}: {len(added)} field(s) of template {name} added to its mapping"
+    rerun = (f"panels on those fields miss the rest of its events; index them again with POST /{index}/"
+             "_update_by_query?conflicts=proceed&wait_for_completion=false")
+    try:
+        again = index_again(elasticsearch, index, say, pace)
+    except EventSourceError as exc:
+        return f"error: {added_line}, but indexing its documents again for them failed: {exc}; {rerun}"
+    if again.complete:
+        return (f"{added_line}, its {again.done} of {again.total} document(s) indexed again for them "
+                f"({again.measured_by})")
+    refused = f"; it refused {len(again.failures)}, the first: {again.failures[0]}" if again.failures else ""
+    return (f"error: {added_line}, but only {again.done} of its {again.total} documents were indexed again for them "
+            f"({again.measured_by}{refused}); {rerun}")
 
 
 def import_saved_objects(kibana_url: str, path: Path = SAVED_OBJECTS, timeout_s: float = 60.0) -> dict:
@@ -214,11 +234,12 @@ def main(argv=None) -> int:
     parser.add_argument("--reindex", action="store_true",
                         help="copy each existing index whose mapping differs from its template into <index>-remapped "
                              "and delete it (stop Fluentd first: its writes to that index are refused meanwhile)")
-    parser.add_argument("--progress-s", type=float, default=CopyPace.poll_s,
-                        help="--reindex: seconds between a copy's progress lines")
-    parser.add_argument("--stall-s", type=float, default=CopyPace.stall_s,
-                        help="--reindex, where the copy's task cannot be read (no tasks API, no monitor privilege): "
-                             "a copy whose document count has not grown for this long is judged as it stands")
+    parser.add_argument("--progress-s", type=float, default=TaskPace.poll_s,
+                        help="seconds between the progress lines of a copy (--reindex) or of indexing documents "
+                             "again for added fields")
+    parser.add_argument("--stall-s", type=float, default=TaskPace.stall_s,
+                        help="where a copy's or an update's task cannot be read (no tasks API, no monitor "
+                             "privilege): one whose document count has not grown for this long is judged as it stands")
     parser.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for each service")
     args = parser.parse_args(argv)
     try:
@@ -228,10 +249,12 @@ def main(argv=None) -> int:
         names = install_index_templates(elasticsearch)
         print(f"setup: index templates {', '.join(names)} installed in {args.elasticsearch}")
         unmatched = 0
-        pace = CopyPace(poll_s=args.progress_s, stall_s=args.stall_s)
+        pace = TaskPace(poll_s=args.progress_s, stall_s=args.stall_s)
+        failed = 0
         for line in reconcile_existing_indices(elasticsearch, args.reindex, say=_progress, pace=pace):
             unmatched += line.startswith("warning")
-            print(f"setup: {line}", file=sys.stderr if line.startswith("warning") else sys.stdout)
+            failed += line.startswith("error")
+            print(f"setup: {line}", file=sys.stderr if line.startswith(("warning", "error")) else sys.stdout)
         if args.kibana.lower() != "none":
             wait_until(lambda: kibana_available(args.kibana), f"Kibana at {args.kibana}", args.wait_s)
             answer = import_saved_objects(args.kibana)
@@ -240,7 +263,8 @@ def main(argv=None) -> int:
     except (SetupError, EventSourceError) as exc:
         print(f"setup: error: {exc}", file=sys.stderr)
         return 1
-    return 1 if args.reindex and unmatched else 0  # without --reindex an index left as it was is a warning
+    # without --reindex an index left as it was is a warning; documents not indexed again are an error either way
+    return 1 if failed or (args.reindex and unmatched) else 0
 
 
 if __name__ == "__main__":

@@ -418,7 +418,7 @@ def test_setup_after_an_upgrade_adds_the_new_fields_to_todays_index_and_its_even
         assert setup(["--elasticsearch", server.url, "--kibana", "none", "--wait-s", "5"]) == 0
         out, err = capsys.readouterr()
         assert f"index {today}: 2 field(s) of template shelfcast-prediction added to its mapping, its " \
-               f"{len(logged_events)} document(s) indexed again" in out and "warning" not in err
+               f"{len(logged_events)} of {len(logged_events)} document(s) indexed again" in out and "warning" not in err
         mapping = search.request("GET", f"/{today}/_mapping")[today]["mappings"]["properties"]
         assert mapping["model_variant"]["type"] == "keyword" and mapping["horizon_days"]["type"] == "integer"
         answer = search.request("POST", "/shelfcast-prediction-*/_search", {

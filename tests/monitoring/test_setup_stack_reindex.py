@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from monitoring.index_copy import CopyPace
+from monitoring.cluster_task import TaskPace
 from monitoring.setup_stack import index_templates, install_index_templates, reconcile_existing_indices
 from pipeline.event_sources import ElasticsearchEvents
 
@@ -63,7 +63,7 @@ def test_a_copy_longer_than_the_request_timeout_is_followed_to_its_end_and_count
     _index_made_before_the_template(search, EVENTS)
     short = ElasticsearchEvents(search.url, timeout_s=SHORT_TIMEOUT_S)
     said: list[str] = []
-    lines = reconcile_existing_indices(short, reindex=True, say=said.append, pace=CopyPace(poll_s=0.2, stall_s=90))
+    lines = reconcile_existing_indices(short, reindex=True, say=said.append, pace=TaskPace(poll_s=0.2, stall_s=90))
     assert lines == [f"index {INDEX} (store is long, the template maps keyword) copied into {TARGET} with template "
                      f"shelfcast-prediction's mappings ({EVENTS} of {EVENTS} documents, counted) and deleted; new "
                      "events to it get the template"]
