@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
-from pipeline.url_credentials import split_credentials, without_credentials
+from pipeline.url_credentials import refused_url_shown, split_credentials
 
 DEFAULT_INDEX_PATTERN = "shelfcast-prediction-*"
 ENV_PREDICTION_LOG = "SHELFCAST_PREDICTION_LOG"  # where the app writes its events without Fluentd, and readers look
@@ -357,7 +357,7 @@ class ElasticsearchEvents:
                  username: str | None = None, password: str | None = None):
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise EventSourceError(f"--elasticsearch: expected an http(s):// URL, got {without_credentials(url)!r}")
+            raise EventSourceError(f"--elasticsearch: expected an http(s):// URL, got {refused_url_shown(url)!r}")
         if parsed.query or parsed.fragment:  # not echoed: a token may be what it holds
             raise EventSourceError("--elasticsearch: the URL has a query or fragment (?… #…), which no request "
                                    "here sends: give the login as ELASTICSEARCH_USERNAME/ELASTICSEARCH_PASSWORD or "

@@ -21,6 +21,14 @@ def without_credentials(text: str) -> str:
     return _URL_CREDENTIALS.sub(r"\1", text)
 
 
+def refused_url_shown(url: str) -> str:
+    """A URL refused as malformed, as its error line may show it: ``without_credentials``, and nothing before its
+    last ``@`` when one is left. Without ``scheme://`` (``user:password@host:9200``, ``http:/user:password@host``)
+    neither urlsplit nor the pattern above finds the login, and the line showed the password."""
+    shown = without_credentials(url)
+    return shown.rpartition("@")[2] if "@" in shown else shown
+
+
 def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     """(``url`` without its user and password, the user, the password), the last two percent-decoded, None where
     the URL has none."""

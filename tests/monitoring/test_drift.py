@@ -995,3 +995,15 @@ def test_an_elasticsearch_url_that_fails_is_named_without_its_login_and_one_with
     with pytest.raises(EventSourceError) as refused:
         ElasticsearchEvents("ftp://shelfcast:s3cret@127.0.0.1/")
     assert "s3cret" not in str(refused.value) and "ftp://127.0.0.1/" in str(refused.value), refused.value
+
+
+def test_an_elasticsearch_url_without_its_scheme_is_refused_without_its_login(monkeypatch):
+    """Found by review: `--elasticsearch shelfcast:s3cret@host:9200` (the scheme forgotten) was refused with the
+    password in the line, `expected an http(s):// URL, got 'shelfcast:s3cret@host:9200'`: urlsplit takes no login
+    in it (its scheme is `shelfcast`), and the login pattern of messages needs a `scheme://`."""
+    from pipeline.event_sources import ElasticsearchEvents, EventSourceError
+
+    for url in ("shelfcast:s3cret@127.0.0.1:9200", "http:/shelfcast:s3cret@127.0.0.1:9200"):
+        with pytest.raises(EventSourceError, match="expected an http") as refused:
+            ElasticsearchEvents(url)
+        assert "s3cret" not in str(refused.value) and "127.0.0.1:9200" in str(refused.value), refused.value
