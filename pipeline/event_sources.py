@@ -358,6 +358,11 @@ class ElasticsearchEvents:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise EventSourceError(f"--elasticsearch: expected an http(s):// URL, got {refused_url_shown(url)!r}")
+        try:
+            parsed.port  # checked here: a first request raised http.client.InvalidURL, a traceback
+        except ValueError:
+            raise EventSourceError(f"--elasticsearch: the URL's port is not a number from 0 to 65535: "
+                                   f"{refused_url_shown(url)!r}") from None
         if parsed.query or parsed.fragment:  # not echoed: a token may be what it holds
             raise EventSourceError("--elasticsearch: the URL has a query or fragment (?… #…), which no request "
                                    "here sends: give the login as ELASTICSEARCH_USERNAME/ELASTICSEARCH_PASSWORD or "

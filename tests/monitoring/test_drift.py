@@ -1007,3 +1007,14 @@ def test_an_elasticsearch_url_without_its_scheme_is_refused_without_its_login(mo
         with pytest.raises(EventSourceError, match="expected an http") as refused:
             ElasticsearchEvents(url)
         assert "s3cret" not in str(refused.value) and "127.0.0.1:9200" in str(refused.value), refused.value
+
+
+def test_an_elasticsearch_url_whose_port_is_no_port_is_refused_in_one_line(monkeypatch):
+    """Found by review: `http://user:pw@host:92OO` was taken, and its first request raised http.client.InvalidURL,
+    which drift printed as a bug's traceback (exit 2): the URL is now refused as the other malformed ones are."""
+    from pipeline.event_sources import ElasticsearchEvents, EventSourceError
+
+    for url in ("http://shelfcast:s3cret@127.0.0.1:92OO", "http://127.0.0.1:99999"):
+        with pytest.raises(EventSourceError, match="port") as refused:
+            ElasticsearchEvents(url)
+        assert "s3cret" not in str(refused.value) and "127.0.0.1" in str(refused.value), refused.value
