@@ -433,7 +433,9 @@ def report(summary: dict) -> str:
                     if earlier else "")
                  + ("" if freed is None else f" ({freed / 1e6:.1f} MB of artifacts)"))
     if summary["untagged_runs_left"]:
-        lines.append(f"prune: leaves {summary['untagged_runs_left']} training runs that record no registered model "
+        left = summary["untagged_runs_left"]
+        runs = "1 training run that records" if left == 1 else f"{left} training runs that record"
+        lines.append(f"prune: leaves {runs} no registered model "
                      f"({tracking.REGISTERED_MODEL_TAG} tag: made before runs recorded it) and back no version of "
                      f"{summary['model']}: another project on this tracking server may have made them (README, "
                      "make prune)")

@@ -382,4 +382,4 @@ def test_runs_made_before_runs_recorded_their_model_are_pruned_only_when_its_reg
     assert planned["deleted_versions"] == [str(behind)]
     assert planned["deleted_runs"] == sorted([old, old_evaluation]) and unclaimed not in planned["deleted_runs"]
     assert planned["untagged_runs_left"] == 1
-    assert "leaves 1 training runs that record no registered model" in prune.report(planned)
+    assert "leaves 1 training run that records no registered model" in prune.report(planned)
