@@ -13,7 +13,9 @@ import urllib.parse
 
 # The user and password of any URL in a text: MLflow's own errors name the request's whole URL ("API request to
 # http://user:password@host/api/2.0/... failed"), credentials included, when MLFLOW_TRACKING_URI carries them.
-_URL_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
+# Up to the last `@` before the host's end (`/`, `?`, `#`), as urlsplit reads it: a password may hold a raw `@` or
+# quote (stopped at the first, "http://u:p@ss@host" was shown as "http://ss@host").
+_URL_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]+@")
 
 
 def without_credentials(text: str) -> str:
