@@ -97,15 +97,19 @@ REFUSALS = (
       InvalidProxyLine, InvalidSchemeHeaders, InvalidH2CPreface), "bad_request"),  # 400
 )
 
+# The attribute HeaderBoundRequest.parse sets on an error it raises: the request's method, None before it was read.
+REFUSED_METHOD = "shelfcast_request_method"
 
-def own_answer(status: int, body: bytes) -> bytes:
+
+def own_answer(status: int, body: bytes, head_only: bool = False) -> bytes:
     """A whole response the worker writes itself, not its app (its 408, the refusals gunicorn's ``handle_error``
     answers): plain text, the connection closed after it, with the `Server` header and the security headers every
-    response of the app carries (README "Serving"; before, gunicorn's had none of them, the 408 no Date)."""
+    response of the app carries (README "Serving"; before, gunicorn's had none of them, the 408 no Date). To a HEAD
+    request (`head_only`), the head alone, as every HEAD answer: its text was read as the next answer's start."""
     head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Server: {gunicorn.http.wsgi.SERVER}",
             f"Date: {util.http_date()}", "Connection: close", "Content-Type: text/plain; charset=utf-8",
             f"Content-Length: {len(body)}", *(f"{name}: {value}" for name, value in SECURITY_HEADERS.items())]
-    return "\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body
+    return "\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + (b"" if head_only else body)
 
 
 class GracefulCloser:
@@ -172,6 +176,15 @@ class HeaderBoundRequest(Request):
     @max_buffer_headers.setter
     def max_buffer_headers(self, gunicorns: int) -> None:  # set by gunicorn's Message.__init__, read by its parser
         self._max_buffer_headers = min(gunicorns, self.max_header_bytes + READ_SIZE)
+
+    def parse(self, unreader):
+        """gunicorn's, an error it raises once the request line is read tagged with its method (`REFUSED_METHOD`):
+        its parser errors carry no request, and a HEAD request's refusal must be answered without a body."""
+        try:
+            return super().parse(unreader)
+        except Exception as exc:
+            setattr(exc, REFUSED_METHOD, self.method)
+            raise
 
     def parse_headers(self, data, from_trailer=False):
         if not from_trailer and len(data) > self.max_header_bytes:
@@ -243,7 +256,8 @@ class ThreadWorker(GthreadWorker):
             response.status, response.response_length = f"{status} {HTTPStatus(status).phrase}", len(body)
             self.log.access(response, req, environ, timedelta(0))
         try:
-            util.write_nonblock(client, own_answer(status, body))
+            method = getattr(req, "method", None) or getattr(exc, REFUSED_METHOD, None)
+            util.write_nonblock(client, own_answer(status, body, head_only=method == "HEAD"))
         except OSError:  # the client has gone, or does not read (its send buffer full): nothing more to do
             self.log.debug("Failed to send error message.")
 

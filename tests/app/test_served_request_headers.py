@@ -397,6 +397,17 @@ def test_answers_the_worker_writes_itself_carry_the_apps_headers(server):
     assert "Traceback" not in logged, logged
 
 
+def test_a_head_request_the_worker_refuses_is_answered_without_a_body(server):
+    """Found in review: the answers handle_error writes (own_answer) carried their text also to a HEAD request,
+    which an answer must not (RFC 9110 9.3.2): a client that keeps the connection reads it as the start of the next
+    answer. Now the head alone, its Content-Length that of the GET's answer, as the app's HEAD answers are."""
+    for request in (OUTSIDE_SCRIPT_NAME, b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: something\r\n\r\n"):
+        status, headers, body = answer_parts(answer_to(server.port, request))
+        head_status, head_headers, head_body = answer_parts(answer_to(server.port, b"HEAD" + request[3:]))
+        assert head_status == status and head_body == b"", (head_status, head_body)
+        assert head_headers["Content-Length"] == headers["Content-Length"] == str(len(body)), (head_headers, body)
+
+
 def test_a_proxy_line_refused_is_counted_and_answered_with_the_apps_headers(app_bundles, tmp_path):
     """`forbidden` (403): gunicorn refuses a PROXY protocol line from a peer not in proxy_allow_ips. `make serve`
     does not turn the PROXY protocol on; an operator can (GUNICORN_CMD_ARGS="--proxy-protocol", behind HAProxy),
