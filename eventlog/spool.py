@@ -63,6 +63,9 @@ Count = Callable[[str, int], None]  # ("spooled" | "dropped" | "not_events", how
 # How every event line the spool's writers write begins (eventlog/records.py puts event_id first): a line that does
 # so and cannot be read is an event cut short (a crash's torn tail), lost; any other unreadable line is no event.
 EVENT_LINE_START = re.compile(rb'\{\s*"event_id"\s*:')
+# ... and how it begins as written (eventlog/records.py encode_line): a segment's last line, no newline after it,
+# cut within these bytes is an event torn before its event_id: lost (before, counted as no event).
+EVENT_LINE_HEAD = b'{"event_id":'
 
 
 @dataclass
@@ -94,13 +97,14 @@ class Segment:
         with os.fdopen(os.dup(self.fd), "rb") as handle:
             data = handle.read()
         records, torn, lines = [], 0, data.splitlines()
+        unterminated = len(lines) if data and not data.endswith((b"\n", b"\r")) else 0  # a torn tail's number
         for number, line in enumerate(lines, 1):
             if number % 64 == 0:
                 time.sleep(0)  # a long segment must not hold the GIL from request threads for 5 ms
             try:
                 record = json.loads(line)
             except (ValueError, RecursionError) as exc:  # a line torn by a crash, or junk
-                if EVENT_LINE_START.match(line):
+                if EVENT_LINE_START.match(line) or (number == unterminated and EVENT_LINE_HEAD.startswith(line)):
                     torn += 1
                     on_bad_line(f"{self.path.name} line {number}: an event that cannot be read, dropped "
                                 f"({type(exc).__name__}: {exc})")

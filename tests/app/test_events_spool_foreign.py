@@ -237,6 +237,30 @@ def test_lines_that_are_no_event_are_not_counted_as_dropped_when_the_limit_drops
     assert any("no event" in message and "not_events" in message for message in mentions(caplog, str(tmp_path)))
 
 
+@pytest.mark.parametrize("tail", [b"{", b'{"ev', b'{"event_id"'])
+def test_an_event_torn_before_its_event_id_is_counted_as_dropped(tmp_path: Path, tail: bytes) -> None:
+    """Found in review: a crash's torn tail is counted as an event lost only if it holds `{"event_id":` whole, so an
+    event cut within its first 12 bytes (the file's last line, no newline after it) was counted as not_events, no
+    event. Such a tail is the start of an event line the spool wrote: dropped, counted so."""
+    path = tmp_path / f"{1:020d}-1-0.jsonl"
+    path.write_bytes(spool_line(1) + spool_line(2) + tail)
+    counts = Counts()
+    spool = Spool(tmp_path, max_bytes=10**9, segment_max_bytes=500, count=counts)
+    spool.max_bytes = 0
+    assert spool.enforce_limit() == 3 and counts == {"dropped": 3}, dict(counts)
+    assert not path.exists()
+
+
+def test_a_line_that_only_starts_like_an_event_mid_segment_is_no_event(tmp_path: Path) -> None:
+    """Only the file's last line, with no newline after it, can be a torn tail: a `{` line between events is junk."""
+    path = tmp_path / f"{1:020d}-1-0.jsonl"
+    path.write_bytes(spool_line(1) + b"{\n" + spool_line(2))
+    counts = Counts()
+    spool = Spool(tmp_path, max_bytes=10**9, segment_max_bytes=500, count=counts)
+    spool.max_bytes = 0
+    assert spool.enforce_limit() == 2 and counts == {"dropped": 2, "not_events": 1}, dict(counts)
+
+
 def test_lines_that_are_no_event_are_counted_apart_when_their_segment_is_sent(
         fluentd_receiver, tmp_path: Path, caplog) -> None:
     """Through the app's sink to the real receiver: the segment's events arrive, the torn ones count as dropped and
