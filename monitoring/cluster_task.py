@@ -17,6 +17,7 @@ from typing import Callable
 from pipeline.event_sources import ElasticsearchEvents, EventSourceError
 
 REFUSED_TASK_READS = (400, 403, 404, 405)  # no tasks API here, no `monitor` privilege, or no record of the task
+BUSY_ANSWERS = (429, 502, 503, 504)  # a cluster (or its proxy) too busy to answer now: the task goes on regardless
 
 
 @dataclass(frozen=True)
@@ -45,16 +46,27 @@ def start_task(elasticsearch: ElasticsearchEvents, path: str, body: dict, what: 
 def follow_task(elasticsearch: ElasticsearchEvents, task: str, doing: str, total: int, counted: str,
                 say: Callable[[str], None], pace: TaskPace) -> dict | None:
     """The task's result once completed (`GET /_tasks/<id>`), or None where the task cannot be read; a task that
-    stopped on an error raises it."""
+    stopped on an error raises it. A busy answer (429, 5xx of a gateway) or none in time is asked again, up to
+    `pace.stall_s` of them in a row: the task runs on whether its reader is answered or not, and giving up on it at
+    the first one reported a copy that went on as failed (and gave its source back to writers)."""
     path = f"/_tasks/{urllib.parse.quote(task, safe=':')}"
+    unanswered_since = None
     while True:
         try:
             answer = elasticsearch.request("GET", path)
         except EventSourceError as exc:
-            if exc.status is not None and exc.status not in REFUSED_TASK_READS:
+            busy = exc.status is None or exc.status in BUSY_ANSWERS
+            if exc.status is not None and not busy and exc.status not in REFUSED_TASK_READS:
                 raise
+            if busy:
+                unanswered_since = unanswered_since or time.monotonic()
+                if time.monotonic() - unanswered_since < pace.stall_s:
+                    say(f"{doing}: task {task} not answered this time ({exc}); asking again")
+                    time.sleep(pace.poll_s)
+                    continue
             say(f"task {task} cannot be read ({exc}): following {counted}")
             return None
+        unanswered_since = None
         if answer.get("completed"):
             if answer.get("error"):
                 raise EventSourceError(f"task {task} stopped: {answer['error'].get('reason', answer['error'])}")
