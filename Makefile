@@ -9,8 +9,8 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 # `make test` runs the default suite in this many pytest-xdist processes (the cores this process may use, its
 # cgroup's CPU limit counted: engine/cores.py; at most 4: each holds its own session fixtures and Numba kernels);
-# 0 or 1 runs it in one process. On 2 cores: 3.3 min instead of 6 with a warm Numba cache; from a fresh clone with
-# none, see README "Tests". Not nproc: it answers OMP_NUM_THREADS (set to 1 by many CI setups) and no CPU quota.
+# 0 or 1 runs it in one process. On 2 cores, about half the time of one process (README "Tests" has the figures).
+# Not nproc: it answers OMP_NUM_THREADS (set to 1 by many CI setups) and no CPU quota.
 TEST_WORKERS ?= $(shell n=$$($(PYTHON) "$(CURDIR)/engine/cores.py" 2>/dev/null || echo 1); echo $$(( n > 4 ? 4 : n )))
 
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
