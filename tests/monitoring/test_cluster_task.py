@@ -5,14 +5,11 @@ documented GET /_tasks/<id> document (running, then completed) behind a few such
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from monitoring.cluster_task import TaskPace, follow_task
 from pipeline.event_sources import ElasticsearchEvents, EventSourceError
+from tests.monitoring.loopback_cluster import json_cluster
 
 TASK = "node-1:42"
 RUNNING = {"completed": False, "task": {"status": {"total": 1000, "created": 400}}}
@@ -24,26 +21,13 @@ def tasks_api():
     """(url, answers): GET /_tasks/<TASK> answers each (status, body) of the list in turn, then the last for ever."""
     answers: list[tuple[int, dict]] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            status, body = answers.pop(0) if len(answers) > 1 else answers[0]
-            if self.path != f"/_tasks/{TASK}":
-                status, body = 404, {"error": f"no handler for {self.path}"}
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def rule(request):
+        if request.path != f"/_tasks/{TASK}":
+            return 404, {"error": f"no handler for {request.path}"}
+        return answers.pop(0) if len(answers) > 1 else answers[0]
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", answers
-    server.shutdown()
-    server.server_close()
+    with json_cluster(rule) as url:
+        yield url, answers
 
 
 def _follow(url: str, stall_s: float, lines: list[str]):

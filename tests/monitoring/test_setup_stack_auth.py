@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import base64
 import os
-import json
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from monitoring.setup_stack import kibana_available
+from tests.monitoring.loopback_cluster import json_cluster
 
 USER, PASSWORD = "shelfcast", "s3cret"
 GRANTED = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -29,30 +27,16 @@ def secured():
     except Kibana's /api/status, which answers available."""
     seen: list[str | None] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            seen.append(self.headers.get("Authorization"))
-            if self.headers.get("Authorization") != GRANTED:
-                status, body = 401, {"error": "missing authentication credentials"}
-            elif self.path == "/api/status":
-                status, body = 200, {"status": {"overall": {"level": "available"}}}
-            else:
-                status, body = 503, {"error": "starting"}
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def rule(request):
+        seen.append(request.headers.get("Authorization"))
+        if request.headers.get("Authorization") != GRANTED:
+            return 401, {"error": "missing authentication credentials"}
+        if request.path == "/api/status":
+            return 200, {"status": {"overall": {"level": "available"}}}
+        return 503, {"error": "starting"}
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
+    with json_cluster(rule) as url:
+        yield url, seen
 
 
 def _setup(url: str, env: dict, wait_s: float) -> subprocess.CompletedProcess:
