@@ -300,17 +300,22 @@ def test_a_spool_folder_writable_again_is_accepted_and_left_empty(tmp_path: Path
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_server_says_why_it_cannot_start_in_one_line(unwritable_folder: Path, tmp_path: Path) -> None:
-    """`make serve` with such a folder: before, gunicorn's 30-line "Exception in worker process" traceback came
-    above the message; now the message alone, and the server stops instead of restarting the worker."""
+def refused_start_log(spool_dir: Path, tmp_path: Path) -> str:
+    """The log of a one-worker server started on ``spool_dir`` that must stop at start (gunicorn's exit 3)."""
     from app import launch
 
     log = tmp_path / "gunicorn.log"
     with pytest.raises(launch.ServerNotReady, match=r"gunicorn exited \(3\)"):
-        launch.start({"FLUENTD_HOST": "127.0.0.1", "FLUENTD_PORT": "1", "SHELFCAST_EVENT_SPOOL": str(unwritable_folder),
+        launch.start({"FLUENTD_HOST": "127.0.0.1", "FLUENTD_PORT": "1", "SHELFCAST_EVENT_SPOOL": str(spool_dir),
                       "SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(tmp_path / "no-model"),
                       "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}, log, timeout_s=60)
-    text = log.read_text(encoding="utf-8")
+    return log.read_text(encoding="utf-8")
+
+
+def test_the_server_says_why_it_cannot_start_in_one_line(unwritable_folder: Path, tmp_path: Path) -> None:
+    """`make serve` with such a folder: before, gunicorn's 30-line "Exception in worker process" traceback came
+    above the message; now the message alone, and the server stops instead of restarting the worker."""
+    text = refused_start_log(unwritable_folder, tmp_path)
     assert f"cannot start: PermissionError: [Errno {errno.EPERM if os.geteuid() == 0 else errno.EACCES}] event " \
            f"spool {unwritable_folder}: cannot create files in it" in text
     assert "Traceback" not in text and "Worker failed to boot" in text

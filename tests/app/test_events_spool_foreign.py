@@ -19,7 +19,7 @@ from eventlog.records import encode_line
 from eventlog.spool import DESTINATION_PREFIX, Spool
 from tests.app.conftest import Counts
 from tests.app.test_events_fluentd import fluent_sink, received_ids, wait_until
-from tests.app.test_events_spool import drain
+from tests.app.test_events_spool import drain, refused_start_log
 from tests.app.test_events_spool import line as spool_line
 
 
@@ -289,19 +289,12 @@ def test_lines_that_are_no_event_are_counted_apart_when_their_segment_is_sent(
 def test_a_server_whose_destination_file_is_a_link_says_so_in_one_line_and_stops(tmp_path: Path) -> None:
     """The README's line: gunicorn stops (exit 3) after one line naming the link; before, the server started and
     wrote its Fluentd's address over the linked file."""
-    from app import launch
-
     spool_dir, target = tmp_path / "spool", foreign_file(tmp_path / "outside")
     content = target.read_bytes()
     spool_dir.mkdir()
     name = destination_file("Fluentd at 127.0.0.1:1")
     (spool_dir / name).symlink_to(target)
-    log = tmp_path / "gunicorn.log"
-    with pytest.raises(launch.ServerNotReady, match=r"gunicorn exited \(3\)"):
-        launch.start({"FLUENTD_HOST": "127.0.0.1", "FLUENTD_PORT": "1", "SHELFCAST_EVENT_SPOOL": str(spool_dir),
-                      "SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(tmp_path / "no-model"),
-                      "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}, log, timeout_s=60)
-    text = log.read_text(encoding="utf-8")
+    text = refused_start_log(spool_dir, tmp_path)
     assert f"cannot start: SpoolLink: [Errno {errno.ELOOP}] event spool {spool_dir}: {name}, the file that holds " \
            f"this spool for Fluentd at 127.0.0.1:1, is a symbolic link to {target}; it must be the spool's own " \
            f"file: remove it" in text
