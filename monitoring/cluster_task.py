@@ -84,13 +84,19 @@ def documents_done(status: dict) -> int:
 def follow_count(count: Callable[[], int | None], doing: str, total: int, say: Callable[[str], None],
                  pace: TaskPace) -> bool:
     """Until `count()` reaches `total` (True), or has not grown for `pace.stall_s` (False). A count of None (a request
-    the busy cluster did not answer in time, an index not there yet) is no growth."""
+    the busy cluster did not answer in time, an index not there yet) is no growth. A count that falls (False at
+    once) is no operation's progress: documents deleted or the index replaced by someone else; before, it was taken
+    as growth, a line of progress, and restarted the stall time, so a count falling and growing again never stalled."""
     last, grew_at = -1, time.monotonic()
     while True:
         counted = count()
         counted = last if counted is None else counted
         if counted >= total:
             return True
+        if 0 <= counted < last:
+            say(f"{doing}: the count fell from {last} to {counted} of {total} documents: documents deleted or the "
+                "index replaced meanwhile, not by this operation; judged as it stands")
+            return False
         if counted != last:
             last, grew_at = counted, time.monotonic()
             say(f"{doing}: {max(counted, 0)} of {total} documents")

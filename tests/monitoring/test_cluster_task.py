@@ -5,9 +5,11 @@ documented GET /_tasks/<id> document (running, then completed) behind a few such
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from monitoring.cluster_task import TaskPace, follow_task
+from monitoring.cluster_task import TaskPace, follow_count, follow_task
 from pipeline.event_sources import ElasticsearchEvents, EventSourceError
 from tests.monitoring.loopback_cluster import json_cluster
 
@@ -63,3 +65,25 @@ def test_a_task_read_refused_for_good_falls_back_at_once_and_another_error_is_ra
     answers[:] = [(500, {"error": "a bug"})]
     with pytest.raises(EventSourceError, match="HTTP 500"):
         _follow(url, 30.0, [])
+
+
+def test_a_count_that_falls_ends_the_follow_as_no_progress():
+    """A copy's count that falls (its documents deleted, its index replaced) is not the copy's progress. Before, it
+    was a line of progress and restarted the stall time, so a count falling and growing again was followed for ever;
+    here the follow ran until its 5 s stall time."""
+    counts = iter([0, 400, 700, 300] + [300] * 1000)
+    lines: list[str] = []
+    started = time.monotonic()
+    pace = TaskPace(poll_s=0.01, stall_s=5.0)
+    assert follow_count(lambda: next(counts), "copying", 1000, lines.append, pace) is False
+    assert time.monotonic() - started < 2.0, lines
+    assert lines == ["copying: 0 of 1000 documents", "copying: 400 of 1000 documents", "copying: 700 of 1000 documents",
+                     "copying: the count fell from 700 to 300 of 1000 documents: documents deleted or the index "
+                     "replaced meanwhile, not by this operation; judged as it stands"]
+
+
+def test_a_count_not_answered_is_no_growth_and_one_that_reaches_the_total_ends_the_follow():
+    counts = iter([None, 200, None, 1000])
+    lines: list[str] = []
+    assert follow_count(lambda: next(counts), "copying", 1000, lines.append, TaskPace(poll_s=0.01, stall_s=5.0))
+    assert lines == ["copying: 200 of 1000 documents"]
