@@ -4,11 +4,15 @@ A field added to a mapping covers only the documents indexed after it, so setup 
 `_update_by_query`. Sent synchronously, that request over an index of tens of millions of events answered after the
 client's 30 s timeout: the index was named as one that "could not be changed" while the cluster went on. So it runs
 as a task, followed to its end (monitoring/cluster_task.py), and its end is reported as measured: the task's own
-count of documents updated of its total, or, where the task cannot be read, how far the index's highest sequence
-number (`max` of `_seq_no`) has advanced since the start, of its document count: the update writes each document
-once, whether or not its event holds a new field (the documents that hold one, an `exists` count, never reach the
-total when the older events lack the new fields, the usual case after an upgrade). That measure is exact for an index
-of one shard (the template's); events written meanwhile count too, and they are indexed with the new fields anyway.
+count of documents updated of its total, or, where the task cannot be read, how many of the documents there at the
+start have been written since. Each shard numbers its writes (`_seq_no`) in a sequence of its own, so each shard's
+highest number once the fields were added is its mark, and a document at or below its shard's mark has not been
+written since: the update writes each once, whether or not its event holds a new field, and new events Fluentd
+writes meanwhile land above the mark, so neither they nor the shards' numbering make an unfinished update look
+finished. Before, the measure was how far the index's highest `_seq_no` advanced: Fluentd's writes counted as the
+update's (one that stopped half way was reported complete) and an index of several shards advanced by a fraction
+(one that completed was reported stopped). Counting the documents that hold a new field (`exists`) would never
+reach the total where older events lack the new fields, the usual case after an upgrade.
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ def index_again(elasticsearch: ElasticsearchEvents, index: str, say: Callable[[s
     """Run `_update_by_query` over `index` as a task and follow it to its end."""
     elasticsearch.request("POST", f"/{index}/_refresh")
     total = int(elasticsearch.request("GET", f"/{index}/_count")["count"])
-    start = highest_sequence_number(elasticsearch, index)
-    counted = f"{index}'s highest sequence number"
+    marks = shard_marks(elasticsearch, index)
+    counted = f"{index}'s documents not written since the fields were added"
     doing = f"indexing {index} again"
     started = start_task(elasticsearch, f"/{index}/_update_by_query?conflicts=proceed&refresh=true"
                          "&wait_for_completion=false", {}, "the update by query", counted, say)
@@ -53,23 +57,41 @@ def index_again(elasticsearch: ElasticsearchEvents, index: str, say: Callable[[s
         return IndexedAgain(int(started["total"]), documents_done(started), "updated",
                             list(started.get("failures") or []))
 
-    def written_since_start() -> int | None:
+    def written_since_marks() -> int | None:
         try:
-            return highest_sequence_number(elasticsearch, index) - start
+            return total - not_written_since(elasticsearch, index, marks)
         except EventSourceError as exc:
             if exc.status is not None:
                 raise
             return None  # busy updating: not answered in time
 
-    follow_count(written_since_start, doing, total, say, pace)
+    follow_count(written_since_marks, doing, total, say, pace)
+    return IndexedAgain(total, max(0, total - not_written_since(elasticsearch, index, marks)),
+                        "counted: its documents written again since the fields were added, shard by shard")
+
+
+def shard_marks(elasticsearch: ElasticsearchEvents, index: str) -> dict[int, int]:
+    """Each shard's highest `_seq_no` now (-1 when it is empty): a document written later, a new one or again, is
+    numbered above its shard's mark."""
+    settings = next(iter(elasticsearch.request("GET", f"/{index}/_settings").values()))
+    shards = int(settings["settings"]["index"]["number_of_shards"])
+    marks = {}
+    for shard in range(shards):
+        answer = elasticsearch.request("POST", f"/{index}/_search?preference=_shards:{shard}", {
+            "size": 0, "aggs": {"highest": {"max": {"field": "_seq_no"}}}})
+        value = answer["aggregations"]["highest"]["value"]
+        marks[shard] = -1 if value is None else int(value)
+    return marks
+
+
+def not_written_since(elasticsearch: ElasticsearchEvents, index: str, marks: dict[int, int]) -> int:
+    """The documents of `index` numbered at or below their shard's mark: not written since the marks were taken (a
+    `range` aggregation, which reads `_seq_no`'s doc values as `max` does; OpenSearch-API servers that keep no index
+    of `_seq_no` answer a range query on it with nothing)."""
     elasticsearch.request("POST", f"/{index}/_refresh")
-    return IndexedAgain(total, min(total, highest_sequence_number(elasticsearch, index) - start),
-                        "counted: the sequence numbers written since it started")
-
-
-def highest_sequence_number(elasticsearch: ElasticsearchEvents, index: str) -> int:
-    """The index's highest `_seq_no` (-1 when empty): each document written, a new one or again, raises it by one."""
-    answer = elasticsearch.request("POST", f"/{index}/_search", {
-        "size": 0, "aggs": {"highest": {"max": {"field": "_seq_no"}}}})
-    value = answer["aggregations"]["highest"]["value"]
-    return -1 if value is None else int(value)
+    left = 0
+    for shard, mark in marks.items():
+        answer = elasticsearch.request("POST", f"/{index}/_search?preference=_shards:{shard}", {
+            "size": 0, "aggs": {"not_since": {"range": {"field": "_seq_no", "ranges": [{"to": mark + 1}]}}}})
+        left += int(answer["aggregations"]["not_since"]["buckets"][0]["doc_count"])
+    return left

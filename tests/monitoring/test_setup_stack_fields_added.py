@@ -3,7 +3,8 @@
 A field added to an existing index's mapping covers only later documents, so setup indexes the earlier ones again
 (`_update_by_query`). At Favorita's scale (tens of millions of events) that ran past the client's 30 s timeout. As
 in test_setup_stack_reindex.py, the update here is made to outlast a lowered request timeout instead: a few thousand
-events against 0.3 s, on osmem-server (no tasks API: setup follows how far the index's sequence numbers advance).
+events against 0.3 s, on osmem-server (no tasks API: setup counts the documents not written since the fields were added,
+by each shard's sequence numbers).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ EVENTS = 6000
 SHORT_TIMEOUT_S = 0.3
 
 
-def _index_made_by_the_previous_template(search: ElasticsearchEvents, events: int, without_added: int = 0) -> None:
+def _index_made_by_the_previous_template(search: ElasticsearchEvents, events: int, without_added: int = 0,
+                                         shards: int = 1) -> None:
     """The template's mapping less ADDED, `events` prediction events in it (the last `without_added` of them, an older
     app's, lacking the ADDED fields), then the current template installed."""
     older = index_templates()["shelfcast-prediction"]["template"]
     properties = {k: v for k, v in older["mappings"]["properties"].items() if k not in ADDED}
-    search.request("PUT", f"/{INDEX}", {"settings": older["settings"],
+    search.request("PUT", f"/{INDEX}", {"settings": {**older["settings"], "number_of_shards": shards},
                                         "mappings": {**older["mappings"], "properties": properties}})
     for start in range(0, events, 2000):
         lines = []
@@ -57,18 +59,21 @@ def search():
         yield ElasticsearchEvents(server.url, timeout_s=60.0)
 
 
-def test_indexing_again_longer_than_the_request_timeout_is_followed_to_its_end_and_counted(search):
+@pytest.mark.parametrize("shards", [1, 3])
+def test_indexing_again_longer_than_the_request_timeout_is_followed_to_its_end_and_counted(search, shards):
     """Before: the synchronous `_update_by_query` timed out, and the index was named as one that 'could not be
     changed' (while the cluster went on). Now the update runs as a task, followed with progress lines, and its end is
-    reported as measured; older events that lack the new fields (here 600) count as indexed again too."""
-    _index_made_by_the_previous_template(search, EVENTS, without_added=600)
+    reported as measured; older events that lack the new fields (here 600) count as indexed again too. (An index
+    of several shards as an Elasticsearch cluster numbers them: tests/monitoring/test_index_again_measure.py.)"""
+    _index_made_by_the_previous_template(search, EVENTS, without_added=600, shards=shards)
     short = ElasticsearchEvents(search.url, timeout_s=SHORT_TIMEOUT_S)
     said: list[str] = []
     lines = reconcile_existing_indices(short, say=said.append, pace=TaskPace(poll_s=0.2, stall_s=90))
     assert lines == [f"index {INDEX}: 2 field(s) of template shelfcast-prediction added to its mapping, its {EVENTS} "
-                     f"of {EVENTS} document(s) indexed again for them (counted: the sequence numbers written since it "
-                     "started)"]
-    assert any(f"following {INDEX}'s highest sequence number" in line for line in said), said
+                     f"of {EVENTS} document(s) indexed again for them (counted: its documents written again since the "
+                     "fields were added, shard by shard)"]
+    assert any(f"following {INDEX}'s documents not written since the fields were added" in line
+               for line in said), said
     assert _indexed_with_variant(search) == EVENTS - 600
 
 
