@@ -1,7 +1,7 @@
 """Following a long operation on the cluster (a copy, an update by query) to its end, whatever its size.
 
 Sent as one synchronous request, an operation over tens of millions of events answers after the client's timeout
-(ElasticsearchEvents' 30 s) or a proxy's: the client gives up while the cluster goes on. So it is started as a task
+(setup's --request-timeout-s) or a proxy's: the client gives up while the cluster goes on. So it is started as a task
 (`wait_for_completion=false`) and followed with a progress line every few seconds: by the task's status, or, where
 the cluster has no tasks API or the user lacks the `monitor` privilege, by a document count that the operation
 makes grow (the caller's: a copy's `_count`, the documents that hold a new field).

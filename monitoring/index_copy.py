@@ -1,7 +1,7 @@
 """Copying one index into another on the cluster (setup --reindex) at any size.
 
 A copy of months of prediction events runs for many minutes: sent as one synchronous `POST /_reindex`, its answer
-came after the client's timeout (ElasticsearchEvents' 30 s) or a proxy's, setup gave up while the cluster kept
+came after the client's timeout (setup's --request-timeout-s) or a proxy's, setup gave up while the cluster kept
 copying, and its clean-up deleted a copy still being written. So the copy is started as a task and followed to its
 end (monitoring/cluster_task.py: the task's status, or the copy's own document count), and judged by counting:
 the source may go only when the copy holds as many documents as it.

@@ -1,6 +1,6 @@
 """One-shot setup of the monitoring stack: index templates into Elasticsearch, saved objects into Kibana.
 
-    python -m monitoring.setup_stack [--elasticsearch URL] [--kibana URL] [--wait-s 300]
+    python -m monitoring.setup_stack [--elasticsearch URL] [--kibana URL] [--wait-s 300] [--request-timeout-s 60]
                                      [--reindex [--progress-s 5] [--stall-s 300]]
 
 Waits until each service answers healthy, then installs; re-running replaces the
@@ -11,7 +11,8 @@ exit 1 unless all were), and each of its fields mapped otherwise (e.g. `family` 
 --reindex copies such an index into <index>-remapped with the template's mappings (a task on the cluster, followed
 with progress lines: monitoring/index_copy.py) and deletes it once the copy counts as many documents (run it with
 Fluentd stopped: writes to the index are blocked while it is copied; exit 1 if an index is still unmatched); an
-index that refuses a change (read-only) is named and setup goes on. docker-compose runs it as
+index that refuses a change (read-only) is named and setup goes on. Every request waits --request-timeout-s for its
+answer (a big or starting cluster's may take longer than the 30 s it once had). docker-compose runs it as
 the `setup` service; without Docker, point it at any Elasticsearch/OpenSearch + Kibana.
 A secured cluster's user: $ELASTICSEARCH_USERNAME / $ELASTICSEARCH_PASSWORD (both services),
 as drift and release read them; credentials refused end the wait at once.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -41,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE / "elasticsearch"
 SAVED_OBJECTS = HERE / "kibana" / "shelfcast.ndjson"
 TEMPLATE_SUFFIX = ".index-template.json"
+SETUP_REQUEST_TIMEOUT_S = 60.0  # how long setup waits for one answer of Elasticsearch or Kibana: --request-timeout-s
 
 
 class SetupError(RuntimeError):
@@ -193,7 +196,8 @@ def _indexed_again(elasticsearch: ElasticsearchEvents, name: str, index: str, ad
             f"({again.measured_by}{refused}); {rerun}")
 
 
-def import_saved_objects(kibana_url: str, path: Path = SAVED_OBJECTS, timeout_s: float = 60.0) -> dict:
+def import_saved_objects(kibana_url: str, path: Path = SAVED_OBJECTS,
+                         timeout_s: float = SETUP_REQUEST_TIMEOUT_S) -> dict:
     """POST the .ndjson to Kibana's saved-objects import API (multipart, overwrite)."""
     boundary = uuid.uuid4().hex
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
@@ -213,10 +217,10 @@ def import_saved_objects(kibana_url: str, path: Path = SAVED_OBJECTS, timeout_s:
     return answer
 
 
-def kibana_available(kibana_url: str) -> bool:
+def kibana_available(kibana_url: str, timeout_s: float = SETUP_REQUEST_TIMEOUT_S) -> bool:
     request = urllib.request.Request(f"{kibana_url.rstrip('/')}/api/status",
                                      headers=basic_authorization(*environment_credentials()))
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
         status = json.loads(response.read().decode("utf-8"))
     return status.get("status", {}).get("overall", {}).get("level") == "available"
 
@@ -241,9 +245,16 @@ def main(argv=None) -> int:
                         help="where a copy's or an update's task cannot be read (no tasks API, no monitor "
                              "privilege): one whose document count has not grown for this long is judged as it stands")
     parser.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for each service")
+    parser.add_argument("--request-timeout-s", type=float, default=SETUP_REQUEST_TIMEOUT_S,
+                        help="how long to wait for one answer of Elasticsearch or Kibana (a health check while a "
+                             "cluster starts, a mapping change, a refresh or count of a big index, the saved-objects "
+                             "import); one not answered in time is retried while waiting for the service, else an "
+                             "error")
     args = parser.parse_args(argv)
+    if not 0 < args.request_timeout_s < math.inf:
+        parser.error(f"--request-timeout-s: expected a number of seconds above 0, got {args.request_timeout_s:g}")
     try:
-        elasticsearch = ElasticsearchEvents.from_environment(args.elasticsearch)
+        elasticsearch = ElasticsearchEvents.from_environment(args.elasticsearch, timeout_s=args.request_timeout_s)
         wait_until(lambda: elasticsearch.request("GET", "/_cluster/health").get("status") in ("green", "yellow"),
                    f"Elasticsearch at {args.elasticsearch}", args.wait_s)
         names = install_index_templates(elasticsearch)
@@ -256,8 +267,9 @@ def main(argv=None) -> int:
             failed += line.startswith("error")
             print(f"setup: {line}", file=sys.stderr if line.startswith(("warning", "error")) else sys.stdout)
         if args.kibana.lower() != "none":
-            wait_until(lambda: kibana_available(args.kibana), f"Kibana at {args.kibana}", args.wait_s)
-            answer = import_saved_objects(args.kibana)
+            wait_until(lambda: kibana_available(args.kibana, args.request_timeout_s), f"Kibana at {args.kibana}",
+                       args.wait_s)
+            answer = import_saved_objects(args.kibana, timeout_s=args.request_timeout_s)
             print(f"setup: {answer.get('successCount')} saved objects imported into {args.kibana} "
                   "(dashboard: Shelfcast monitoring)")
     except (SetupError, EventSourceError) as exc:

@@ -68,6 +68,7 @@ class EventSourceError(RuntimeError):
         self.status = status
 
 
+REQUEST_TIMEOUT_S = 30.0  # how long drift and release wait for one answer of the cluster (setup: its own setting)
 CREDENTIALS_REFUSED = (401, 403)  # no retry makes these pass: the credentials must change
 
 
@@ -353,7 +354,7 @@ class ElasticsearchEvents:
     ``url`` is kept without them, so no message names them: before, urllib took ``user:password@host`` for the host
     name, and the error line showed the password."""
 
-    def __init__(self, url: str, index: str = DEFAULT_INDEX_PATTERN, timeout_s: float = 30.0,
+    def __init__(self, url: str, index: str = DEFAULT_INDEX_PATTERN, timeout_s: float = REQUEST_TIMEOUT_S,
                  username: str | None = None, password: str | None = None):
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -376,10 +377,11 @@ class ElasticsearchEvents:
         self._authorization = basic_authorization(username, password)
 
     @classmethod
-    def from_environment(cls, url: str, index: str = DEFAULT_INDEX_PATTERN) -> "ElasticsearchEvents":
+    def from_environment(cls, url: str, index: str = DEFAULT_INDEX_PATTERN,
+                         timeout_s: float = REQUEST_TIMEOUT_S) -> "ElasticsearchEvents":
         """With the credentials in $ELASTICSEARCH_USERNAME / $ELASTICSEARCH_PASSWORD, when set."""
         username, password = environment_credentials()
-        return cls(url, index, username=username, password=password)
+        return cls(url, index, timeout_s, username=username, password=password)
 
     def request(self, method: str, path: str, body: Any = None, ndjson: str | None = None) -> Any:
         data, content_type = None, "application/json"

@@ -1,0 +1,44 @@
+"""setup's wait for one answer (--request-timeout-s) against a cluster slower than it: before, every request to
+Elasticsearch had a fixed 30 s, so a cluster that answered its health check or a mapping change later (a big one
+starting, or busy) was never set up. The cluster here is a loopback one answering each request after a delay."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from monitoring.setup_stack import index_templates, main as setup
+from tests.monitoring.loopback_cluster import json_cluster
+
+ANSWER_AFTER_S = 0.8
+
+
+def _slow_cluster(request) -> tuple[int, dict]:
+    """A cluster that answers each request after ANSWER_AFTER_S: healthy, templates acknowledged, no indices."""
+    time.sleep(ANSWER_AFTER_S)
+    if request.path == "/_cluster/health":
+        return 200, {"status": "green"}
+    if request.path.startswith("/_index_template/"):
+        return 200, {"acknowledged": True}
+    if "/_mapping" in request.path:
+        return 200, {}
+    return 404, {"error": f"no handler for {request.command} {request.path}"}
+
+
+def test_a_cluster_slower_than_the_request_timeout_is_set_up_given_a_longer_one(capsys):
+    with json_cluster(_slow_cluster) as url:
+        command = ["--elasticsearch", url, "--kibana", "none", "--wait-s", "2"]
+        assert setup([*command, "--request-timeout-s", "0.3"]) == 1
+        assert f"setup: error: Elasticsearch at {url} did not become healthy within 2 s (" in capsys.readouterr().err
+        assert setup([*command, "--request-timeout-s", "5"]) == 0
+    out = capsys.readouterr().out
+    assert f"setup: index templates {', '.join(index_templates())} installed in {url}" in out, out
+
+
+def test_a_request_timeout_that_is_no_time_is_refused_naming_the_flag(capsys):
+    for given in ("0", "-1", "inf", "nan"):
+        with pytest.raises(SystemExit) as refused:
+            setup(["--kibana", "none", "--request-timeout-s", given])
+        assert refused.value.code == 2
+        assert "--request-timeout-s: expected a number of seconds above 0" in capsys.readouterr().err, given
