@@ -14,8 +14,8 @@ Fluentd stopped: writes to the index are blocked while it is copied; exit 1 if a
 index that refuses a change (read-only) is named and setup goes on. Every request waits --request-timeout-s for its
 answer (a big or starting cluster's may take longer than the 30 s it once had). docker-compose runs it as
 the `setup` service; without Docker, point it at any Elasticsearch/OpenSearch + Kibana.
-A secured cluster's user: $ELASTICSEARCH_USERNAME / $ELASTICSEARCH_PASSWORD (both services),
-as drift and release read them; credentials refused end the wait at once.
+A secured cluster's user: $ELASTICSEARCH_USERNAME / $ELASTICSEARCH_PASSWORD (both services), else each URL's own,
+part by part, as drift and release read them (event_sources.cluster_login); credentials refused end the wait at once.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.event_sources import (CREDENTIALS_REFUSED, ElasticsearchEvents, EventSourceError, basic_authorization,
-                                    environment_credentials)
+                                    cluster_login, environment_credentials)
 from monitoring.cluster_task import TaskPace
 from monitoring.index_again import index_again
 from monitoring.index_copy import copy_index
@@ -56,7 +56,7 @@ def index_templates() -> dict[str, dict]:
             for p in sorted(TEMPLATE_DIR.glob(f"*{TEMPLATE_SUFFIX}"))}
 
 
-def wait_until(check, what: str, wait_s: float) -> None:
+def wait_until(check, what: str, wait_s: float, login_sent: bool) -> None:
     deadline = time.monotonic() + wait_s
     last = ""
     while True:
@@ -67,7 +67,7 @@ def wait_until(check, what: str, wait_s: float) -> None:
         except (EventSourceError, urllib.error.HTTPError) as exc:
             status = getattr(exc, "status", None) or getattr(exc, "code", None)
             if status in CREDENTIALS_REFUSED:  # waiting 300 s would not change the answer
-                given = "as given" if environment_credentials()[0] else "none given"
+                given = "as given" if login_sent else "none given"
                 raise SetupError(f"{what}: HTTP {status}: credentials refused ({given}): set ELASTICSEARCH_USERNAME "
                                  "and ELASTICSEARCH_PASSWORD to a user of the cluster") from None
             last = str(exc)
@@ -196,31 +196,38 @@ def _indexed_again(elasticsearch: ElasticsearchEvents, name: str, index: str, ad
             f"({again.measured_by}{refused}); {rerun}")
 
 
+def kibana_request(kibana_url: str, path: str, **kwargs) -> urllib.request.Request:
+    """A request to Kibana at `path`, logged in by the rule drift, release and setup's Elasticsearch requests follow
+    (event_sources.cluster_login: the environment's user and password, else the URL's); before, Kibana's URL was
+    sent as given, and urllib took a login in it (`http://user:password@kibana:5601`) for the host name."""
+    bare, username, password = cluster_login(kibana_url, *environment_credentials())
+    headers = {**kwargs.pop("headers", {}), **basic_authorization(username, password)}
+    return urllib.request.Request(f"{bare.rstrip('/')}{path}", headers=headers, **kwargs)
+
+
 def import_saved_objects(kibana_url: str, path: Path = SAVED_OBJECTS,
                          timeout_s: float = SETUP_REQUEST_TIMEOUT_S) -> dict:
     """POST the .ndjson to Kibana's saved-objects import API (multipart, overwrite)."""
+    shown = cluster_login(kibana_url)[0]
     boundary = uuid.uuid4().hex
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
             "Content-Type: application/ndjson\r\n\r\n").encode()
     body = head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(
-        f"{kibana_url.rstrip('/')}/api/saved_objects/_import?overwrite=true", data=body, method="POST",
-        headers={"kbn-xsrf": "shelfcast-setup", "Content-Type": f"multipart/form-data; boundary={boundary}",
-                 **basic_authorization(*environment_credentials())})
+    request = kibana_request(kibana_url, "/api/saved_objects/_import?overwrite=true", data=body, method="POST",
+                             headers={"kbn-xsrf": "shelfcast-setup",
+                                      "Content-Type": f"multipart/form-data; boundary={boundary}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             answer = json.loads(response.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
-        raise SetupError(f"{kibana_url}: saved-objects import: HTTP {exc.code}: {exc.read()[:300]!r}") from None
+        raise SetupError(f"{shown}: saved-objects import: HTTP {exc.code}: {exc.read()[:300]!r}") from None
     if not answer.get("success"):
-        raise SetupError(f"{kibana_url}: saved-objects import failed: {answer.get('errors')}")
+        raise SetupError(f"{shown}: saved-objects import failed: {answer.get('errors')}")
     return answer
 
 
 def kibana_available(kibana_url: str, timeout_s: float = SETUP_REQUEST_TIMEOUT_S) -> bool:
-    request = urllib.request.Request(f"{kibana_url.rstrip('/')}/api/status",
-                                     headers=basic_authorization(*environment_credentials()))
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+    with urllib.request.urlopen(kibana_request(kibana_url, "/api/status"), timeout=timeout_s) as response:
         status = json.loads(response.read().decode("utf-8"))
     return status.get("status", {}).get("overall", {}).get("level") == "available"
 
@@ -256,9 +263,9 @@ def main(argv=None) -> int:
     try:
         elasticsearch = ElasticsearchEvents.from_environment(args.elasticsearch, timeout_s=args.request_timeout_s)
         wait_until(lambda: elasticsearch.request("GET", "/_cluster/health").get("status") in ("green", "yellow"),
-                   f"Elasticsearch at {args.elasticsearch}", args.wait_s)
+                   f"Elasticsearch at {elasticsearch.url}", args.wait_s, elasticsearch.login_sent)
         names = install_index_templates(elasticsearch)
-        print(f"setup: index templates {', '.join(names)} installed in {args.elasticsearch}")
+        print(f"setup: index templates {', '.join(names)} installed in {elasticsearch.url}")
         unmatched = 0
         pace = TaskPace(poll_s=args.progress_s, stall_s=args.stall_s)
         failed = 0
@@ -267,10 +274,11 @@ def main(argv=None) -> int:
             failed += line.startswith("error")
             print(f"setup: {line}", file=sys.stderr if line.startswith(("warning", "error")) else sys.stdout)
         if args.kibana.lower() != "none":
-            wait_until(lambda: kibana_available(args.kibana, args.request_timeout_s), f"Kibana at {args.kibana}",
-                       args.wait_s)
+            kibana, kibana_user, _ = cluster_login(args.kibana, *environment_credentials())  # shown without login
+            wait_until(lambda: kibana_available(args.kibana, args.request_timeout_s), f"Kibana at {kibana}",
+                       args.wait_s, kibana_user is not None)
             answer = import_saved_objects(args.kibana, timeout_s=args.request_timeout_s)
-            print(f"setup: {answer.get('successCount')} saved objects imported into {args.kibana} "
+            print(f"setup: {answer.get('successCount')} saved objects imported into {kibana} "
                   "(dashboard: Shelfcast monitoring)")
     except (SetupError, EventSourceError) as exc:
         print(f"setup: error: {exc}", file=sys.stderr)

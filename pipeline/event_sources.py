@@ -77,6 +77,19 @@ def environment_credentials() -> tuple[str | None, str | None]:
     return os.environ.get("ELASTICSEARCH_USERNAME") or None, os.environ.get("ELASTICSEARCH_PASSWORD") or None
 
 
+def cluster_login(url: str, username: str | None = None,
+                  password: str | None = None) -> tuple[str, str | None, str | None]:
+    """(``url`` without its user and password, the user to send, the password to send): the one rule for a cluster
+    URL and the login given beside it (drift, release and setup give the environment's, ``environment_credentials``;
+    setup's Kibana URL too). The user given, else the URL's; the password given, else the URL's when the URL's user
+    is the one sent. So ``http://shelfcast@host:9200`` with ELASTICSEARCH_PASSWORD logs in as shelfcast with it
+    (before, the password was dropped and the cluster refused a user without one)."""
+    bare, url_username, url_password = split_credentials(url)
+    if username is None:
+        return bare, url_username, password if password is not None else url_password
+    return bare, username, password
+
+
 def basic_authorization(username: str | None, password: str | None) -> dict[str, str]:
     """The Authorization header of HTTP basic auth, or none without a username."""
     if username is None:
@@ -350,7 +363,7 @@ def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | No
 
 class ElasticsearchEvents:
     """Reads events from an Elasticsearch/OpenSearch cluster over plain HTTP(S). A user and password in the URL
-    (``https://user:password@host:9200``) are its login where none is given (ELASTICSEARCH_USERNAME/_PASSWORD), and
+    (``https://user:password@host:9200``) are its login where none is given, part by part (``cluster_login``), and
     ``url`` is kept without them, so no message names them: before, urllib took ``user:password@host`` for the host
     name, and the error line showed the password."""
 
@@ -368,13 +381,12 @@ class ElasticsearchEvents:
             raise EventSourceError("--elasticsearch: the URL has a query or fragment (?… #…), which no request "
                                    "here sends: give the login as ELASTICSEARCH_USERNAME/ELASTICSEARCH_PASSWORD or "
                                    "as https://user:password@host")
-        url, url_username, url_password = split_credentials(url)
-        if username is None:
-            username, password = url_username, url_password
+        url, username, password = cluster_login(url, username, password)
         self.url = url.rstrip("/")
         self.index = index
         self.timeout_s = timeout_s
         self._authorization = basic_authorization(username, password)
+        self.login_sent = username is not None
 
     @classmethod
     def from_environment(cls, url: str, index: str = DEFAULT_INDEX_PATTERN,

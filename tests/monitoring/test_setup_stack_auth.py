@@ -87,3 +87,50 @@ def test_a_login_in_the_url_is_sent_as_the_environments_is(secured, monkeypatch)
     with pytest.raises(EventSourceError) as answered:
         ElasticsearchEvents.from_environment(with_login).request("GET", "/")
     assert answered.value.status == 401 and seen[-1] != GRANTED
+
+
+def test_a_url_that_carries_only_a_user_takes_the_environments_password(secured, monkeypatch):
+    """`http://shelfcast@host:9200` with ELASTICSEARCH_PASSWORD (and no ELASTICSEARCH_USERNAME): before, the password
+    was dropped, the user sent without one, and the cluster answered 401."""
+    from pipeline.event_sources import ElasticsearchEvents, EventSourceError
+
+    url, seen = secured
+    monkeypatch.delenv("ELASTICSEARCH_USERNAME", raising=False)
+    monkeypatch.setenv("ELASTICSEARCH_PASSWORD", PASSWORD)
+    with pytest.raises(EventSourceError) as answered:
+        ElasticsearchEvents.from_environment(url.replace("http://", f"http://{USER}@")).request("GET", "/")
+    assert (answered.value.status, seen[-1]) == (503, GRANTED), answered.value
+
+
+def test_setup_logs_in_to_both_services_by_one_rule_and_shows_neither_login():
+    """Setup's Kibana requests follow the rule its Elasticsearch requests do (before, Kibana's URL was sent as
+    given: urllib took `user:password@host` for its host), and no line shows a URL's password (before, "installed
+    in" and "did not become healthy" printed the URL as given)."""
+    seen: list[str | None] = []
+
+    def rule(request):
+        seen.append(request.headers.get("Authorization"))
+        request.rfile.read(int(request.headers.get("Content-Length") or 0))
+        if request.headers.get("Authorization") != GRANTED:
+            return 401, {"error": "missing authentication credentials"}
+        if request.path == "/_cluster/health":
+            return 200, {"status": "green"}
+        if request.path.startswith("/_index_template/"):
+            return 200, {"acknowledged": True}
+        if request.path == "/api/status":
+            return 200, {"status": {"overall": {"level": "available"}}}
+        if request.path.startswith("/api/saved_objects/_import"):
+            return 200, {"success": True, "successCount": 3}
+        return 200, {}  # the mappings of shelfcast-* indices: none
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ELASTICSEARCH_")},
+           "ELASTICSEARCH_PASSWORD": PASSWORD}
+    with json_cluster(rule) as url:
+        done = subprocess.run([sys.executable, "-m", "monitoring.setup_stack",
+                               "--elasticsearch", url.replace("http://", f"http://{USER}@"),
+                               "--kibana", url.replace("http://", f"http://{USER}:{PASSWORD}@"), "--wait-s", "5"],
+                              capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done
+    assert set(seen) == {GRANTED}, seen
+    assert f"installed in {url}\n" in done.stdout and f"imported into {url} " in done.stdout, done.stdout
+    assert PASSWORD not in done.stdout + done.stderr
