@@ -61,6 +61,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import stat
 import sys
 import tempfile
@@ -267,8 +268,20 @@ def _prepare(server):
 def when_ready(server):
     """Say where it serves: with a socket per worker (SO_REUSEPORT) gunicorn's own "Listening at:" line is empty."""
     for address in server.cfg.bind:
-        shown = address if address.startswith(("unix:", "fd://")) else f"http://{address}"
+        scheme = "https" if server.cfg.is_ssl else "http"
+        shown = address if address.startswith(("unix:", "fd://")) else f"{scheme}://{address}"
         server.log.info("Shelfcast serves at %s (%d workers)", shown, server.cfg.workers)
+
+
+def ssl_context(conf, default_ssl_context_factory):
+    """gunicorn's TLS context (given --certfile/--keyfile), a peer's end of the stream without TLS' close_notify taken
+    as an end rather than as an error, which OpenSSL 3 makes fatal: a read side the worker shuts itself (a header or
+    body deadline, app/request_buffer.py) reads as such an end, and the connection could then send nothing more,
+    its 408 neither. Requests are framed by HTTP (Content-Length, chunks), so one cut short is still told apart, as
+    with gunicorn's own suppress_ragged_eofs (on by default)."""
+    context = default_ssl_context_factory()
+    context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
+    return context
 
 
 def pre_fork(server, worker):

@@ -42,7 +42,6 @@ import logging
 import os
 import queue
 import selectors
-import socket
 import ssl
 import threading
 import time
@@ -348,10 +347,11 @@ class ThreadWorker(GthreadWorker):
         if in_time:
             return keep_alive
         try:
-            # the read side is shut, the write side is not
-            conn.sock.send(own_answer(408, TIMED_OUT_BODY), socket.MSG_DONTWAIT)
-        except OSError:  # its send buffer is full (it does not read) or it has gone: closed without a word
-            pass
+            # the read side is shut, the write side is not: sent if the socket takes it at once, as TLS records
+            # over TLS (before, with socket.MSG_DONTWAIT, a flag an SSLSocket refuses)
+            util.write_nonblock(conn.sock, own_answer(408, TIMED_OUT_BODY))
+        except OSError:  # its send buffer is full (it does not read), it has gone, or gunicorn closed it (a TLS
+            pass  # handshake cut short): closed without a word
         self.refused["header_timeout"].inc()
         self.log.warning("%s: a request's headers did not arrive within SHELFCAST_HEADER_TIMEOUT_S (%g s): "
                          "answered 408, connection closed, its thread free again",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -52,10 +53,11 @@ class ServedApp:
     port: int
     log_path: Path
     _log: IO[str]
+    tls: ssl.SSLContext | None = None  # the client side of a server given --certfile/--keyfile: it speaks https
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -80,11 +82,12 @@ class ServedApp:
 
 
 def start(settings: Mapping[str, str], log_path: Path, cores: set[int] | None = None,
-          timeout_s: float = 120, wsgi_app: str = WSGI_APP) -> ServedApp:
+          timeout_s: float = 120, wsgi_app: str = WSGI_APP, tls: ssl.SSLContext | None = None) -> ServedApp:
     """The server on a free loopback port, answering /readyz; ``settings`` are environment variables
     (SHELFCAST_*, PROMETHEUS_MULTIPROC_DIR, FLUENTD_*) over this process's environment; ``cores``: the cores
     it may use (Linux), as `taskset` would give them; ``wsgi_app``: another app under the same settings (it must
-    answer GET /readyz). ServerNotReady if it exits first or time runs out."""
+    answer GET /readyz); ``tls``: the client context that trusts its certificate, for a server given one
+    (GUNICORN_CMD_ARGS="--certfile ... --keyfile ..."). ServerNotReady if it exits first or time runs out."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     env.update(settings)
@@ -97,7 +100,7 @@ def start(settings: Mapping[str, str], log_path: Path, cores: set[int] | None = 
     except BaseException:  # e.g. no gunicorn next to this Python: the error as it is, no open log left behind
         log.close()
         raise
-    served = ServedApp(process, port, log_path, log)
+    served = ServedApp(process, port, log_path, log, tls)
     count = env.get("SHELFCAST_WORKERS", "").strip()
     workers = (int(count) if count.isdigit() else 0) or engine_cores().usable_cores(cores)  # as gunicorn_conf
     try:
@@ -142,7 +145,7 @@ def wait_until_ready(served: ServedApp, timeout_s: float, workers: int = 1) -> N
             raise ServerNotReady(f"gunicorn exited ({served.process.returncode}) before it was ready; "
                                  f"{served.log_path}:\n{served.log_tail()}", served.pid)
         try:
-            with urllib.request.urlopen(f"{served.url}/readyz", timeout=2) as response:
+            with urllib.request.urlopen(f"{served.url}/readyz", timeout=2, context=served.tls) as response:
                 listening = listening_sockets(served.port)
                 if response.status == 200 and (listening is None or listening >= workers):
                     return

@@ -29,11 +29,14 @@ docker-compose.yml) does the same for the whole connection.
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import io
 import itertools
 import logging
+import os
 import socket
+import ssl
 import struct
 import termios
 import threading
@@ -233,7 +236,10 @@ class ReadDeadlines:
     within each timeout would otherwise hold the thread as long as it likes (gunicorn sets no timeout at all
     on its header reads). One thread per process (started with the first watched read: after gunicorn's fork)
     sleeps until the earliest deadline, at most ``check_every_s`` early or late; with nothing to watch, for the
-    shortest timeout seen, so it costs an idle worker one wake-up per timeout and a request no wake-up at all."""
+    shortest timeout seen, so it costs an idle worker one wake-up per timeout and a request no wake-up at all.
+    Each watched connection is held by a socket of its own on a copy of its descriptor (`own_handle`): gunicorn
+    wraps a TLS connection after its header deadline is set, and the socket it was set on is then detached
+    (before, such a deadline shut nothing: a TLS client that stopped mid-headers held its thread for good)."""
 
     def __init__(self, check_every_s: float = DEADLINE_CHECK_S):
         self.check_every_s = check_every_s
@@ -246,9 +252,9 @@ class ReadDeadlines:
 
     def watch(self, client: socket.socket, deadline: float) -> int:
         """Start watching a read on ``client`` (time.monotonic() ``deadline``); the token for ``release``."""
-        token = next(self._tokens)
+        token, held = next(self._tokens), own_handle(client)
         with self._wake:
-            self._due[token] = (deadline, client)
+            self._due[token] = (deadline, held)
             self._idle_s = min(self._idle_s, max(deadline - time.monotonic(), self.check_every_s))
             if self._watcher is None or not self._watcher.is_alive():
                 self._watcher = threading.Thread(target=self._run, name="body-deadlines", daemon=True)
@@ -260,14 +266,19 @@ class ReadDeadlines:
     def release(self, token: int) -> bool:
         """Stop watching; True if the deadline passed first (the connection's read side is shut)."""
         with self._wake:
-            return self._due.pop(token, None) is None  # the watcher took it: the deadline passed
+            due = self._due.pop(token, None)
+        if due is None:
+            return True  # the watcher took it: the deadline passed
+        due[1].close()  # the copy only: the connection stays open
+        return False
 
     def _run(self) -> None:
         with self._wake:
             while True:
                 now = time.monotonic()
                 for token in [t for t, (deadline, _) in self._due.items() if deadline <= now]:
-                    _read_no_more(self._due.pop(token)[1])
+                    with self._due.pop(token)[1] as held:
+                        _read_no_more(held)
                 earliest = min((deadline for deadline, _ in self._due.values()), default=now + self._idle_s)
                 self._wake_at = max(earliest, now + self.check_every_s)
                 self._wake.wait(self._wake_at - now)
@@ -301,11 +312,20 @@ class UndecodableBody(io.RawIOBase):
         raise malformed_body(self.reason)
 
 
+def own_handle(client: socket.socket) -> socket.socket:
+    """A plain socket on a copy of ``client``'s descriptor: the same connection whatever becomes of ``client``
+    (detached by a TLS wrap, closed), until this copy is closed."""
+    return socket.socket(fileno=os.dup(client.fileno()))
+
+
 def _read_no_more(client: socket.socket) -> None:
     """Shut the connection's read side: a blocked recv() returns at once with nothing, and the server, which
-    then reads no further request on it, closes the connection once the response is written."""
+    then reads no further request on it, closes the connection once the response is written. Never by an
+    SSLSocket's own shutdown(), which drops its TLS layer: the answer written after it went out as plain text into
+    the TLS stream, which the client could not read."""
     try:
-        client.shutdown(socket.SHUT_RD)
+        with own_handle(client) if isinstance(client, ssl.SSLSocket) else contextlib.nullcontext(client) as plain:
+            plain.shutdown(socket.SHUT_RD)
     except OSError:
         pass  # already closed by the client
 
