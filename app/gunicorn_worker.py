@@ -59,6 +59,7 @@ from gunicorn.http.errors import (
     InvalidHeader,
     InvalidHeaderName,
     InvalidHTTPVersion,
+    InvalidProxyHeader,
     InvalidProxyLine,
     InvalidRequestLine,
     InvalidRequestMethod,
@@ -93,7 +94,8 @@ REFUSALS = (
     (UnsupportedTransferCoding, "unsupported_transfer_coding"),  # 501
     ((ForbiddenProxyRequest, ssl.SSLError), "forbidden"),  # 403
     ((InvalidRequestLine, InvalidRequestMethod, InvalidHTTPVersion, InvalidHeader, InvalidHeaderName, ObsoleteFolding,
-      InvalidProxyLine, InvalidSchemeHeaders, InvalidH2CPreface), "bad_request"),  # 400
+      InvalidProxyLine, InvalidProxyHeader, InvalidSchemeHeaders, InvalidH2CPreface), "bad_request"),  # 400
+    # (InvalidProxyHeader, a malformed PROXY v2 header, is a 500 in gunicorn's own handle_error: a 400 here)
 )
 
 # The attribute HeaderBoundRequest.parse sets on an error it raises: the request's method, None before it was read.

@@ -434,3 +434,70 @@ def test_a_proxy_line_refused_is_counted_and_answered_with_the_apps_headers(app_
         assert headers[name] == value, (name, headers)
     assert headers["Server"] == "shelfcast"
     assert after == {**before, "forbidden": before["forbidden"] + 1}, (before, after)
+
+
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_v2(version_command: int, family_protocol: int, addresses: bytes) -> bytes:
+    """A PROXY protocol v2 header: its signature, version and command, family and transport, the addresses' length
+    and the addresses."""
+    return PROXY_V2_SIGNATURE + bytes([version_command, family_protocol]) + len(addresses).to_bytes(2, "big") + \
+        addresses
+
+
+def test_a_malformed_proxy_v2_header_is_a_counted_400(app_bundles, tmp_path):
+    """Found in review: gunicorn's InvalidProxyHeader (a v2 header it cannot take) was in none of the refusals, so
+    it was answered 500 and counted as server_error, its traceback logged: a client's malformed bytes, not the
+    server's fault. Now 400 bad_request, as a malformed v1 line; real bytes on a raw socket, from an allowed peer."""
+    from app.metrics import REFUSAL_REASONS
+
+    tcp4 = bytes([127, 0, 0, 1, 127, 0, 0, 1]) + (40000).to_bytes(2, "big") + (80).to_bytes(2, "big")
+    malformed = {
+        "version 1": proxy_v2(0x11, 0x11, tcp4),
+        "command 15": proxy_v2(0x2F, 0x11, tcp4),
+        "UDP": proxy_v2(0x21, 0x12, tcp4),
+        "IPv4 addresses cut short": proxy_v2(0x21, 0x11, tcp4[:4]),
+        "family 7": proxy_v2(0x21, 0x71, tcp4),
+    }
+    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_THREADS": "2",
+                           "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                           "SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl"),
+                           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+                           "GUNICORN_CMD_ARGS": "--proxy-protocol auto --proxy-allow-from 127.0.0.1"},
+                          tmp_path / "gunicorn.log")
+    try:
+        before = refusal_counts(served.port)
+        replies = {case: answer_to(served.port, header + HEALTHZ) for case, header in malformed.items()}
+        well_formed = answer_to(served.port, proxy_v2(0x21, 0x11, tcp4) + HEALTHZ)
+        after = refusal_counts(served.port)
+    finally:
+        served.stop()
+    for case, reply in replies.items():
+        line, headers, body = answer_parts(reply)
+        assert line == f"HTTP/1.1 {REFUSAL_REASONS['bad_request']} Bad Request", (case, reply[:300])
+        assert body.startswith(b"Bad Request: Invalid PROXY header: "), (case, body)
+        for name, value in SECURITY_HEADERS.items():
+            assert headers[name] == value, (case, name, headers)
+    assert well_formed.startswith(b"HTTP/1.1 200 "), well_formed[:300]
+    assert after == {**before, "bad_request": before["bad_request"] + len(malformed)}, (before, after)
+    logged = served.log_path.read_text(encoding="utf-8")
+    assert "Traceback" not in logged and "[ERROR]" not in logged, logged
+
+
+def test_every_request_gunicorn_cannot_parse_is_a_refusal_of_the_clients_not_a_server_error():
+    """Each of gunicorn's parse errors (http/errors.py) is the client's doing and has its reason (REFUSALS), save its
+    ConfigurationProblem (a path outside a proxy's SCRIPT_NAME: its 500). A new one in a gunicorn upgrade fails here
+    rather than answering 500 with a traceback, as InvalidProxyHeader did."""
+    import inspect
+
+    import gunicorn.http.errors as errors
+
+    from app.gunicorn_worker import refusal_reason
+
+    parse_errors = [kind for _, kind in inspect.getmembers(errors, inspect.isclass)
+                    if issubclass(kind, errors.ParseException) and kind not in (errors.ParseException,
+                                                                                errors.ConfigurationProblem)]
+    assert errors.InvalidProxyHeader in parse_errors
+    unmapped = [kind.__name__ for kind in parse_errors if refusal_reason(kind.__new__(kind)) == "server_error"]
+    assert unmapped == [], unmapped
