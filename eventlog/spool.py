@@ -21,8 +21,10 @@ Why this shape (the contract is in README.md, "Prediction logging"):
   events sort (and be dropped) as the oldest.
 - A segment this process cannot open (another user's) is left alone: not sent, not dropped, not
   counted against the limit; so is a symbolic link (opened with O_NOFOLLOW, never followed: the file it
-  names, anywhere, must not be sent as events, truncated or deleted) and a `.jsonl` file not named as a
-  segment (`SEGMENT_NAME`: the local prediction log, in a spool set to its folder, is no segment).
+  names, anywhere, must not be sent as events, truncated or deleted), a hard link (a file with more than one
+  name: the spool's writers make each segment under one name, so another is a file from elsewhere), and a
+  `.jsonl` file not named as a segment (`SEGMENT_NAME`: the local prediction log, in a spool set to its folder,
+  is no segment).
   A spool folder removed while in use is made again by the next event; the events of the open segment
   that went with it are counted as dropped. One moved away is followed: the next limit check moves its
   segments back under the spool's path (`follow_folder`).
@@ -286,7 +288,14 @@ class Spool:
             except FileNotFoundError:
                 continue  # sent and deleted already: nothing left to lose
             except OSError as exc:
-                self._warn(f"event spool {self.root}: fsync failed ({exc})")
+                if exc.errno == errno.ELOOP:  # a symbolic link put in its place: never followed, as everywhere else
+                    self._leave_alone(path)
+                else:
+                    self._warn(f"event spool {self.root}: fsync failed ({exc})")
+                continue
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # put in its place (a FIFO, a device): not ours to fsync
+                os.close(fd)
+                self._cannot_open(path, "not a regular file")
                 continue
             try:
                 os.fsync(fd)  # flushes the file's pages, whichever descriptor wrote them
@@ -297,17 +306,20 @@ class Spool:
 
     def _open_to_sync(self, path: Path) -> int:
         """A read descriptor of a segment at its path or, its folder moved away, in the folder this process opened
-        (wherever it is now; follow_folder moves it back under the lock held here): FileNotFoundError: deleted."""
+        (wherever it is now; follow_folder moves it back under the lock held here): FileNotFoundError: deleted;
+        ELOOP: a symbolic link is there now (never followed, as every open of the spool's; before, this one followed
+        it, and one to a FIFO hung the delivery thread in its open). O_NONBLOCK: a FIFO put there cannot either."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
-            return os.open(path, os.O_RDONLY)
+            return os.open(path, flags)
         except FileNotFoundError:
             with self._follow_lock:
                 if self._folder >= 0:
                     try:
-                        return os.open(path.name, os.O_RDONLY, dir_fd=self._folder)
+                        return os.open(path.name, flags, dir_fd=self._folder)
                     except FileNotFoundError:
                         pass
-                return os.open(path, os.O_RDONLY)  # moved back meanwhile
+                return os.open(path, flags)  # moved back meanwhile
 
     def close(self) -> None:
         with self._lock:
@@ -530,6 +542,8 @@ class Spool:
                 continue
             if stat.S_ISLNK(status.st_mode):  # never followed (a dangling one, too): reported once, left alone
                 self._leave_alone(path)
+            elif status.st_nlink > 1:  # a hard link: not counted, nor dropped, as a symbolic one
+                self._leave_alone(path, _hard_link_text(status.st_nlink))
             else:
                 sizes[path] = status.st_size
         total, dropped, not_events = sum(sizes.values()), 0, 0
@@ -603,9 +617,14 @@ class Spool:
             else:
                 self._cannot_open(path, exc.strerror or str(exc))
             return None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
             os.close(fd)
             self._cannot_open(path, "not a regular file")
+            return None
+        if status.st_nlink > 1:  # before, read and sent as events, then its name here deleted
+            os.close(fd)
+            self._leave_alone(path, _hard_link_text(status.st_nlink))
             return None
         return fd
 
@@ -683,6 +702,11 @@ def _link_text(path: Path) -> str:
         return f"a symbolic link to {os.readlink(path)}"
     except OSError:
         return "a symbolic link"
+
+
+def _hard_link_text(names: int) -> str:
+    """What a hard link in the spool is, for a message."""
+    return f"a hard link ({names} names for one file, where a segment has one: its lines may be another file's)"
 
 
 def _check_writable(root: Path) -> None:

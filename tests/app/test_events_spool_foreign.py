@@ -9,6 +9,7 @@ import errno
 import hashlib
 import os
 import re
+import stat
 import time
 from pathlib import Path
 
@@ -299,3 +300,78 @@ def test_a_server_whose_destination_file_is_a_link_says_so_in_one_line_and_stops
            f"this spool for Fluentd at 127.0.0.1:1, is a symbolic link to {target}; it must be the spool's own " \
            f"file: remove it" in text
     assert "Traceback" not in text and untouched(target, content)
+
+
+def test_a_segment_that_is_a_hard_link_to_a_file_outside_is_left_alone_and_reported_once(
+        tmp_path: Path, caplog) -> None:
+    """Found in review: a hard link (a second name for a file elsewhere, made by whoever can write to the spool
+    folder) was claimed as a segment, its file's lines sent as events (or counted as dropped by the limit), and its
+    name here deleted. O_NOFOLLOW does not see it: a hard link is a name like any other, told by its link count."""
+    spool_dir, target = tmp_path / "spool", foreign_file(tmp_path / "outside")
+    content = target.read_bytes()
+    spool_dir.mkdir()
+    linked = spool_dir / f"{1:020d}-1-0.jsonl"  # named as the oldest segment
+    os.link(target, linked)
+    counts = Counts()
+    spool = Spool(spool_dir, max_bytes=10**9, segment_max_bytes=500, count=counts)
+    for i in range(20):
+        spool.append(line(i))
+    spool.close()
+    assert drain(spool) == list(range(20))  # ours, and not one of the target's lines
+    for i in range(20, 40):
+        spool.append(line(i))
+    spool.close()
+    spool.max_bytes = 0
+    assert spool.enforce_limit() == 20 and counts["dropped"] == 20  # ours only
+    spool.enforce_limit()
+    assert linked.exists() and os.path.samefile(linked, target) and untouched(target, content)
+    reported = mentions(caplog, linked.name)
+    assert len(reported) == 1 and "a hard link (2 names" in reported[0], reported
+
+
+def test_a_hard_link_is_not_counted_against_the_limit(tmp_path: Path) -> None:
+    """Its size is not the spool's: counted, a large foreign file linked in under a newer segment's name made the
+    limit drop the spool's own older events to make room for it."""
+    spool_dir, outside = tmp_path / "spool", tmp_path / "outside"
+    spool_dir.mkdir()
+    outside.mkdir()
+    big = outside / "big.jsonl"
+    big.write_bytes(b"".join(encode_line({"event_id": f"foreign-{i}", "pad": "x" * 200}) for i in range(50)))
+    counts = Counts()
+    spool = Spool(spool_dir, max_bytes=10**9, segment_max_bytes=500, count=counts)
+    for i in range(10):
+        spool.append(line(i))
+    spool.close()
+    os.link(big, spool_dir / f"{time.time_ns() + 10**12:020d}-1-0.jsonl")  # sorts after ours
+    spool.max_bytes = sum(p.stat().st_size for p in spool_dir.glob("*.jsonl") if p.stat().st_nlink == 1)
+    assert spool.enforce_limit() == 0 and counts["dropped"] == 0
+    assert drain(spool) == list(range(10))
+
+
+def test_the_fsync_thread_follows_no_link_put_in_a_segments_place(tmp_path: Path, caplog) -> None:
+    """Found in review: every open of the spool's was made with O_NOFOLLOW but the fsync thread's, which opened a
+    sealed segment's path as it found it: a symbolic link put there was followed, and one to a FIFO hung the
+    delivery thread in that open for good. Now the link is left alone, reported once. Run in a thread: a hang
+    fails."""
+    import threading
+
+    spool_dir, outside = tmp_path / "spool", tmp_path / "outside"
+    spool_dir.mkdir()
+    outside.mkdir()
+    fifo = outside / "fifo"
+    os.mkfifo(fifo)
+    spool = Spool(spool_dir, max_bytes=10**9, segment_max_bytes=100, count=Counts())
+    spool.append(line(1) + line(2))  # over the segment size: sealed, its fsync left to sync()
+    [segment] = spool_dir.glob("*.jsonl")
+    segment.unlink()
+    segment.symlink_to(fifo)
+    syncing = threading.Thread(target=spool.sync, daemon=True)
+    syncing.start()
+    syncing.join(10)
+    if syncing.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # let the blocked open go, so the test ends
+        pytest.fail("the fsync thread blocked opening the FIFO a link in the spool named")
+    assert segment.is_symlink() and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    reported = mentions(caplog, segment.name)
+    assert len(reported) == 1 and "symbolic link" in reported[0], reported
+    assert not mentions(caplog, "fsync failed")
