@@ -341,7 +341,7 @@ class ThreadWorker(GthreadWorker):
         connection that sent nothing at all is closed too, also with a 408."""
         now = time.monotonic()
         deadline = max(getattr(conn, "arrived", now) + self.header_timeout_s, now + LAST_CHANCE_S)
-        conn.headers_due = READ_DEADLINES.watch(conn.sock, deadline)
+        conn.headers_due = READ_DEADLINES.watch(conn.sock, deadline, tls=self.cfg.is_ssl)
         try:
             keep_alive = super().handle(conn)
         finally:

@@ -237,24 +237,27 @@ class ReadDeadlines:
     on its header reads). One thread per process (started with the first watched read: after gunicorn's fork)
     sleeps until the earliest deadline, at most ``check_every_s`` early or late; with nothing to watch, for the
     shortest timeout seen, so it costs an idle worker one wake-up per timeout and a request no wake-up at all.
-    Each watched connection is held by a socket of its own on a copy of its descriptor (`own_handle`): gunicorn
-    wraps a TLS connection after its header deadline is set, and the socket it was set on is then detached
-    (before, such a deadline shut nothing: a TLS client that stopped mid-headers held its thread for good)."""
+    A TLS connection is held by a socket of its own on a copy of its descriptor (`own_handle`; a plain one needs
+    no copy, which costs a few microseconds): gunicorn wraps it after its header deadline is set, which detaches
+    the socket the deadline was set on (before, such a deadline shut nothing: a TLS client that stopped
+    mid-headers held its thread for good), and an SSLSocket's own shutdown() would drop its TLS layer."""
 
     def __init__(self, check_every_s: float = DEADLINE_CHECK_S):
         self.check_every_s = check_every_s
         self._wake = threading.Condition()
-        self._due: dict[int, tuple[float, socket.socket]] = {}
+        self._due: dict[int, tuple[float, socket.socket, bool]] = {}  # deadline, what to shut, a copy?
         self._tokens = itertools.count()
         self._watcher: threading.Thread | None = None
         self._idle_s = float("inf")  # the shortest timeout seen: how long the watcher sleeps with nothing due
         self._wake_at = float("inf")
 
-    def watch(self, client: socket.socket, deadline: float) -> int:
-        """Start watching a read on ``client`` (time.monotonic() ``deadline``); the token for ``release``."""
-        token, held = next(self._tokens), own_handle(client)
+    def watch(self, client: socket.socket, deadline: float, tls: bool = False) -> int:
+        """Start watching a read on ``client`` (time.monotonic() ``deadline``); the token for ``release``. ``tls``:
+        the connection is to be wrapped in TLS (an SSLSocket is known as one)."""
+        token = next(self._tokens)
+        held = own_handle(client) if tls or isinstance(client, ssl.SSLSocket) else None
         with self._wake:
-            self._due[token] = (deadline, held)
+            self._due[token] = (deadline, client if held is None else held, held is not None)
             self._idle_s = min(self._idle_s, max(deadline - time.monotonic(), self.check_every_s))
             if self._watcher is None or not self._watcher.is_alive():
                 self._watcher = threading.Thread(target=self._run, name="body-deadlines", daemon=True)
@@ -269,17 +272,21 @@ class ReadDeadlines:
             due = self._due.pop(token, None)
         if due is None:
             return True  # the watcher took it: the deadline passed
-        due[1].close()  # the copy only: the connection stays open
+        _, handle, copied = due
+        if copied:
+            handle.close()  # the copy only: the connection stays open
         return False
 
     def _run(self) -> None:
         with self._wake:
             while True:
                 now = time.monotonic()
-                for token in [t for t, (deadline, _) in self._due.items() if deadline <= now]:
-                    with self._due.pop(token)[1] as held:
-                        _read_no_more(held)
-                earliest = min((deadline for deadline, _ in self._due.values()), default=now + self._idle_s)
+                for token in [t for t, (deadline, _, _) in self._due.items() if deadline <= now]:
+                    _, handle, copied = self._due.pop(token)
+                    _read_no_more(handle)
+                    if copied:
+                        handle.close()
+                earliest = min((deadline for deadline, _, _ in self._due.values()), default=now + self._idle_s)
                 self._wake_at = max(earliest, now + self.check_every_s)
                 self._wake.wait(self._wake_at - now)
 
