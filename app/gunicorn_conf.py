@@ -205,7 +205,10 @@ GIL_SWITCH_INTERVAL_S = 0.001  # see the module docstring
 PIN_WORKERS = (hasattr(os, "sched_setaffinity") and os.environ.get("SHELFCAST_PIN_WORKERS", "1") != "0"
                and workers >= len(os.sched_getaffinity(0)))
 core_of_worker: dict[int, int] = {}  # the master's record: id(worker) -> the core it was given
-# gunicorn has no setting for its Server header; this is the value it writes ("gunicorn" otherwise).
+# gunicorn has no setting for its Server header (upstream, benoitc/gunicorn#825 and #2189: "use a proxy"), and an
+# app's own Server header would go out beside gunicorn's, two fields. The issue asks that `make serve`, which has
+# no proxy, not name its server, so this module constant (no underscore, read by every Response gunicorn builds)
+# is the one rewritten library value in the project; tests/app/test_served_request_bodies.py checks it on a real server.
 gunicorn.http.wsgi.SERVER = "shelfcast"
 
 
