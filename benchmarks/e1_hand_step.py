@@ -120,7 +120,7 @@ class HandStep:
         self.grad = grad = {k: np.empty_like(v) for k, v in weights.items()}
         rows, (h1, h2, _) = bench.TRAIN_BATCH, bench.LAYER_WIDTHS
         self.embedding_width = sum(width for _, _, width in bench.EMBEDDINGS)
-        # dense1's input gradient: the embedding columns only (as a person would), or all of them (as the engine)
+        # dense1's input gradient: the embedding columns only (as a person would, and the engine's narrowing), or all
         self.input_columns = bench.CONCAT_WIDTH if all_input_columns else self.embedding_width
         self.x = np.empty((rows, bench.CONCAT_WIDTH), np.float32)
         self.h1, self.g1 = np.empty((rows, h1), np.float32), np.empty((rows, h1), np.float32)
@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="BLAS and Numba threads (default: the cores available, as engine_vs_torch.py)")
     parser.add_argument("--quick", action="store_true", help="1 round of 5 steps (a smoke run)")
     parser.add_argument("--all-input-columns", action="store_true",
-                        help="the hand step computes dense1's input gradient for all 64 columns, as the engine does")
+                        help="the hand step computes dense1's input gradient for all 64 columns (as the engine did "
+                             "before its narrowing pass)")
     parser.add_argument("--split", type=int, default=1, metavar="N",
                         help="also time the hand step on N row blocks, one thread each, BLAS on one thread (default 1: "
                              "no third side)")

@@ -52,6 +52,8 @@ class OpDef:
     shape_only_inputs: tuple = ()  # input positions whose kernel reads only the array's shape
     sums_broadcast: bool = False  # output = input 0 summed back to the output's shape (a bias gradient): fusible
     out_kernel: Optional[Callable] = None  # (op, ctx) -> f(out_or_None, *arrays): may write a kept buffer
+    narrow: Optional[Callable] = None  # (op, axis, start, stop) -> f(out_or_None, *arrays): that part of its output
+    slices: Optional[Callable] = None  # (op) -> (axis, start, stop): its output is that part of input 0 (None: unknown)
     emit: Optional[Callable] = None  # compiler emitter (engine/compiler.py's Emitter protocol)
     scalar: Optional[Callable] = None  # elementwise ops: the ONE scalar function every kernel is built from
     variable_read: Optional[Callable] = None  # (op) -> the variable whose stored value it outputs: export freezes it

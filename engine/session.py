@@ -29,7 +29,7 @@ BACKENDS = ("kernels", "reference")
 @dataclass(frozen=True)
 class SessionConfig:
     """How a Session builds plans: ``optimize=False`` or ``passes`` turn passes off; ``backend="reference"`` runs each
-    op's plain-NumPy reference (no fusion, no buffers), independent of Numba: the yardstick of the kernels' tests."""
+    op's plain-NumPy reference (no fusion, no narrowing, no buffers), independent of Numba: the kernels' yardstick."""
 
     optimize: bool = True
     passes: frozenset = frozenset(PASS_NAMES)
@@ -48,7 +48,7 @@ class SessionConfig:
     def enabled_passes(self) -> frozenset:
         if not self.optimize:
             return frozenset()
-        return self.passes - {"fusion"} if self.backend == "reference" else self.passes
+        return self.passes - {"fusion", "narrowing"} if self.backend == "reference" else self.passes
 
     @property
     def buffers(self) -> bool:

@@ -348,6 +348,18 @@ def _concat_slice_grad(op, g):
     return [create("ConcatV2", parts, {"axis": op.attrs["axis"]})] + [None] * len(values)
 
 
+def _concat_slice_span(op):
+    """(axis, start, stop) of input 0 it copies, where the parts up to its own have known sizes along the axis."""
+    values = op.inputs[1:]
+    if values[0].shape is None:
+        return None
+    (axis,) = shapes.normalize_axes(op.attrs["axis"], len(values[0].shape))
+    sizes = [v.shape[axis] if v.shape is not None else None for v in values[:op.attrs["index"] + 1]]
+    if None in sizes:
+        return None
+    return axis, sum(sizes[:-1]), sum(sizes)
+
+
 def _concat_slice_reference(op, ctx):
     axis, index = op.attrs["axis"], op.attrs["index"]
     return lambda g, *values: np.split(g, np.cumsum([v.shape[axis] for v in values])[:-1], axis=axis)[index].copy()
@@ -357,7 +369,7 @@ register("ConcatSlice", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1 
          kernel=_concat_slice_kernel, reference=_concat_slice_reference,
          examples=_float_examples((((2, 5), (2, 2), (2, 3)), {"axis": 1, "index": 1}),
                                   (((5, 2), (2, 2), (3, 2)), {"axis": 0, "index": 0})),
-         grad=_concat_slice_grad, shape_only_inputs=slice(1, None), output_aliases="input")
+         grad=_concat_slice_grad, shape_only_inputs=slice(1, None), output_aliases="input", slices=_concat_slice_span)
 
 
 def concat(values, axis, name=None):

@@ -172,29 +172,41 @@ def _matmul_reference(op, ctx):
     return quiet(lambda a, b: np.matmul(a.T if ta else a, b.T if tb else b))
 
 
-def _matmul_out_kernel(op, ctx):
-    """Writes into the plan's kept buffer; an outer product (k = 1) as a broadcast multiply (5x gemm), each
+@quiet
+def _product_into(out, a2, b2):
+    """``a2 @ b2`` into ``out`` where it fits; an outer product (k = 1) as a broadcast multiply (5x gemm), each
     product added to +0.0 as gemm adds it (a -0.0 product is 0.0 both ways)."""
+    if a2.ndim != 2 or b2.ndim != 2 or a2.shape[1] != b2.shape[0]:
+        return np.matmul(a2, b2)  # the ordinary path raises the usual error
+    shape = (a2.shape[0], b2.shape[1])
+    if out is None or out.shape != shape or out.dtype != a2.dtype:
+        out = np.empty(shape, a2.dtype)
+    if a2.shape[1] == 1:
+        if out.dtype.kind == "f" and out.flags.c_contiguous:
+            KA.outer_into(out, a2.reshape(-1), b2.reshape(-1))  # (reshape copies a strided column)
+            return out
+        np.multiply(a2, b2, out=out)
+        return np.add(out, 0, out=out) if out.dtype.kind == "f" else out  # +0.0 as np.matmul: outer_into
+    return np.matmul(a2, b2, out=out)
+
+
+def _matmul_out_kernel(op, ctx):
+    """Writes into the plan's kept buffer (transposes are views: BLAS reads them with its trans flag)."""
     ta, tb = op.attrs["transpose_a"], op.attrs["transpose_b"]
+    return lambda out, a, b: _product_into(out, a.T if ta else a, b.T if tb else b)
 
-    @quiet
-    def matmul_into(out, a, b):
-        a2 = a.T if ta else a  # transposes are views: BLAS reads them with its trans flag
-        b2 = b.T if tb else b
-        if a2.ndim != 2 or b2.ndim != 2 or a2.shape[1] != b2.shape[0]:
-            return np.matmul(a2, b2)  # the ordinary path raises the usual error
-        shape = (a2.shape[0], b2.shape[1])
-        if out is None or out.shape != shape or out.dtype != a.dtype:
-            out = np.empty(shape, a.dtype)
-        if a2.shape[1] == 1:
-            if out.dtype.kind == "f" and out.flags.c_contiguous:
-                KA.outer_into(out, a2.reshape(-1), b2.reshape(-1))  # (reshape copies a strided column)
-                return out
-            np.multiply(a2, b2, out=out)
-            return np.add(out, 0, out=out) if out.dtype.kind == "f" else out  # +0.0 as np.matmul: outer_into
-        return np.matmul(a2, b2, out=out)
 
-    return matmul_into
+def _matmul_narrow(op, axis, start, stop):
+    """Rows ``start:stop`` of the product from those rows of ``a``, columns from those columns of ``b``: a
+    gradient ``g @ W.T`` of which only some columns are read (passes/narrowing.py) reads only those rows of ``W``."""
+    ta, tb = op.attrs["transpose_a"], op.attrs["transpose_b"]
+    part = slice(start, stop)
+
+    def narrowed(out, a, b):
+        a2, b2 = a.T if ta else a, b.T if tb else b
+        return _product_into(out, a2[part], b2) if axis == 0 else _product_into(out, a2, b2[:, part])
+
+    return narrowed
 
 
 def _matmul_examples(rng):
@@ -237,7 +249,8 @@ def _matmul_emit(c, op, ins):
 
 
 register("MatMul", infer=_matmul_infer, kernel=_matmul_reference, reference=NUMPY_KERNEL,
-         examples=_matmul_examples, grad=_matmul_grad, out_kernel=_matmul_out_kernel, emit=_matmul_emit)
+         examples=_matmul_examples, grad=_matmul_grad, out_kernel=_matmul_out_kernel, narrow=_matmul_narrow,
+         emit=_matmul_emit)
 
 
 def _reduce_infer(inputs, attrs, kinds=NUMERIC):

@@ -9,7 +9,8 @@ shapes and attributes) against the reference, and its gradient (every finite flo
 every broadcasting pattern) against central finite differences of the reference, each input's
 gradient of that input's shape; an elementwise op's value summed over rows by each ``sums_broadcast`` op (a
 bias gradient, which fusion computes inside the op's kernel) fused against unfused bit for bit. What an op says
-of itself is checked too: a shape-only input fed other values changes nothing, a ``sums_broadcast`` op is
+of itself is checked too: a shape-only input fed other values changes nothing, an op's ``slices`` and ``narrow``
+give the parts they say (narrowing), a ``sums_broadcast`` op is
 fused into an elementwise producer and must agree, kernel and reference refuse for the same reason, the op
 applied twice to constants and run twice, its state changed between runs, its variables read before and after it,
 agrees passes on and off (an unflagged state read is folded, two unflagged updates merged, a read fused across an
@@ -162,6 +163,7 @@ def test_op(op_type):
         _check_rule(built, unfused, f"{what}: kernel")
         _check_declared_view(op_def, unfused[0], example.inputs, what)
         _check_shape_only(built, op_def, unfused, what)
+        _check_parts(built, op_def, unfused, what)
         if op_def.variable_read is not None and not isinstance(want[0], Exception):  # what export freezes
             stored = (built.example.state or {}).get(op_def.variable_read(built.op))
             assert stored is not None, f"{what}: variable_read names {op_def.variable_read(built.op)!r}, not its state"
@@ -353,6 +355,28 @@ def _check_shape_only(built, op_def, result, what):
         inputs = [other if j == k else a for j, a in enumerate(built.example.inputs)]
         _close(built.run(UNFUSED, inputs), result, f"{what}: input {k} is said to be shape-only (shape_only_inputs) "
                "but its values change the result", exact=not op_def.random)
+
+
+def _check_parts(built, op_def, result, what):
+    """What narrowing (passes/narrowing.py) relies on: an op that says its output is a part of input 0 (``slices``)
+    outputs that part, and one that computes a part of its output (``narrow``) computes it as the whole's part."""
+    if isinstance(result[0], Exception):
+        return
+    inputs = built.example.inputs
+    if op_def.slices is not None and (span := op_def.slices(built.op)) is not None:
+        axis, start, stop = span
+        part = (slice(None),) * axis + (slice(start, stop),)
+        _close(result[0][0], inputs[0][part], f"{what}: says its output is input 0's {span} (slices)", exact=True)
+    if op_def.narrow is not None:
+        whole = result[0][0]
+        for axis in range(whole.ndim):
+            start, stop = min(1, whole.shape[axis]), whole.shape[axis]
+            part = (slice(None),) * axis + (slice(start, stop),)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                got = op_def.narrow(built.op, axis, start, stop)(None, *inputs)
+            _close(got, whole[part], f"{what}: its narrowed output ({axis}, {start}, {stop}) is not that part "
+                   "of its output (narrow)")
 
 
 def _check_row_sum(op_type, example, summer="SumToShape"):
@@ -611,6 +635,11 @@ def test_the_registry_test_checks_every_example(monkeypatch, base, changes, mess
         test_op(name)
 
 
+def _matmul_part(op, axis, start, stop):
+    """MatMul's narrow for the part [start, stop): asked for another part, it gives the wrong one."""
+    return get_op_def("MatMul").narrow(op, axis, start, stop)
+
+
 def _mean_to_shape(op, ctx):
     """SumToShape divided by the rows summed: a mean, whose kernel and reference agree; only the flag
     sums_broadcast (kept from SumToShape) is wrong: fusion would compute a sum in its producer's kernel."""
@@ -648,12 +677,16 @@ def _refuses_empty(error):
     ("Sum", {"scalar": get_op_def("Relu").scalar}, r"FakeSum .*says it is elementwise \(a scalar function\) but"),
     ("Log", {"examples": _util.elementwise_examples(1, _util.FLOAT, domain=(-3.0, -0.5))},
      r"FakeLog: no finite float64 example .*elementwise\(\.\.\., domain=\(lo, hi\)\)"),
+    ("ConcatSlice", {"slices": lambda op: (0, 0, 1)}, r"FakeConcatSlice .*says its output is input 0's \(0, 0, 1\)"),
+    ("MatMul", {"narrow": lambda op, axis, start, stop: _matmul_part(op, axis, 0, stop - start)},
+     r"FakeMatMul .*its narrowed output \(0, 1, \d+\) is not that part"),
 ], ids=["sums_broadcast on an op that does not sum", "shape_only_inputs on an input whose values count",
         "kernel and reference refuse for different reasons", "output_aliases='input' on a kernel that writes input 0",
         "sums_broadcast on a reduction of other inputs", "a state read not flagged stateful",
         "a state update not flagged stateful", "an update not flagged writes_state",
         "a reduction given a scalar function (fusible)",
-        "examples outside an elementwise op's domain"])
+        "examples outside an elementwise op's domain", "slices naming another part",
+        "narrow computing another part"])
 def test_the_registry_test_checks_what_an_op_says_of_itself(monkeypatch, base, changes, message):
     """Found by a probe: each of these passed the registry test before. A wrong sums_broadcast gave wrong fused
     results (24 where 8 was right) only inside a graph; a wrong shape_only_inputs turned off that input's
