@@ -15,7 +15,9 @@ retrains" has the measured growth). This removes the old ones and never what the
   runs, any run still RUNNING, and the evaluation runs nested under a kept run; a run of any other kind (a sweep's)
   is left alone, and so is a run of another registered model (``tracking.REGISTERED_MODEL_TAG``: another project
   sharing the tracking server, the name before a rename), and a run without that tag (made before runs recorded it)
-  unless a version of this model was registered from it (``own_run``). A kept run deleted by hand (the MLflow UI)
+  unless a version of this model was registered from it (``own_run``). An evaluation run is its training run's,
+  whatever model it records (one made after a rename records the new name under a run of the old): it goes with
+  that run, and stays with it. A kept run deleted by hand (the MLflow UI)
   is restored: deleted, it lives only until the next ``mlflow gc``, which would remove a kept version's bundle for
   good. A training run (or its evaluation) deleted by hand that nothing keeps is garbage-collected with the runs
   prune deletes, so its artifacts are freed;
@@ -229,9 +231,10 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
         if parent in result.kept_runs:
             result.kept_runs.setdefault(r.info.run_id, f"nested under {parent}")
     prunable = {r.info.run_id for r in training}
+    # an evaluation is its training run's, whatever model it records: one recorded after a rename (evaluate finds
+    # the candidate's run by its digest) records the new name under a run of the old, and went with neither
     prunable |= {r.info.run_id for r in runs if r.data.tags.get(tracking.PARENT_RUN_TAG) in prunable
-                 and r.data.tags.get("stage") == "evaluate"
-                 and r.data.tags.get(tracking.REGISTERED_MODEL_TAG, model_name) == model_name}
+                 and r.data.tags.get("stage") == "evaluate"}
     for r in runs:
         if r.info.run_id in prunable and r.info.run_id not in result.kept_runs:
             deleted = r.info.lifecycle_stage == "deleted"  # by hand: only `mlflow gc` still has to free it

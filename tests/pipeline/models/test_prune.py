@@ -383,3 +383,27 @@ def test_runs_made_before_runs_recorded_their_model_are_pruned_only_when_its_reg
     assert planned["deleted_runs"] == sorted([old, old_evaluation]) and unclaimed not in planned["deleted_runs"]
     assert planned["untagged_runs_left"] == 1
     assert "leaves 1 training run that records no registered model" in prune.report(planned)
+
+
+def test_an_evaluation_recorded_after_a_rename_goes_with_the_training_run_it_is_nested_under(tmp_path, monkeypatch):
+    """promote.model_name renamed between train and evaluate: evaluate finds the candidate's training run by its
+    digest and nests under it, so the evaluation records the new name under a run that records the old. Before, prune
+    under the new name left both (the training run is the old name's), and prune under the old name deleted the
+    training run but not its evaluation (another model's by its tag): an orphan no prune ever judged, kept for good.
+    An evaluation is its training run's: pruned with it, under the name the training run records."""
+    ours = _shared_store_project(tmp_path, monkeypatch)  # promote.model_name: NAME (the old one)
+    with tracking.TrainingRun(ours, "train-mlp", {"stage": "train", tracking.BUNDLE_DIGEST_TAG: f"{5:064x}"}) as run:
+        pass
+    params = yaml.safe_load((ours / "params.yaml").read_text(encoding="utf-8"))
+    params["promote"]["model_name"] = "acme-forecaster"  # the rename, before evaluate runs
+    (ours / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    evaluation = tracking.log_evaluation(ours, run.run_id, passed=True, headline={"nwrmsle": 0.5}, windows=[],
+                                         params={}, artifacts=[], bundle_digest=f"{5:064x}", evaluation_json="{}")
+    client = tracking.client(ours, create=False)
+    assert client.get_run(evaluation.run_id).data.tags[tracking.REGISTERED_MODEL_TAG] == "acme-forecaster"
+
+    assert prune.run(ours, dry_run=True)["deleted_runs"] == []  # the new name's prune: both are the old name's
+    old_name = _shared_store_project(tmp_path, monkeypatch, "old-checkout")  # promote.model_name set back
+    done = prune.run(old_name)
+    assert done["deleted_runs"] == sorted([run.run_id, evaluation.run_id])
+    assert "mlflow gc removed 2 runs" in done["mlflow"]
