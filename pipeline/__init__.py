@@ -5,8 +5,10 @@ command's module and its imports (numpy, numba, pandas, MLflow: 1-5 s before ``r
 there was a KeyboardInterrupt traceback through the import machinery (exit -2), SIGTERM an end with no word
 (-15). From here until ``run_stage`` takes over (:func:`command_started`), either ends the process at once with
 the line ``run_stage`` prints and its status, 130 or 143: the command has done nothing yet that could unwind.
-Imported any other way (the app, tests), this does nothing. Standard library only: it runs before the command's
-first import.
+``run_stage`` takes both signals over from this guard in one step each (``handler_before_start``), before it calls
+``command_started``: there is no moment with neither (SIGTERM's default action there killed the command without its
+line, its cleanup or status 143). Imported any other way (the app, tests), this does nothing. Standard library
+only: it runs before the command's first import.
 """
 
 import os as _os
@@ -29,15 +31,36 @@ def _command_of(argv: list[str]) -> str:
 
 
 _before_start: dict = {}  # signal number -> its handler before the guard (restored by command_started)
+# sys.argv[0] is "-m" only while `python -m` locates its module, which imports that module's packages alone
+_AS_COMMAND = _sys.argv[:1] == ["-m"]
+
+
+def running_as_command() -> bool:
+    """Whether this process is a ``python -m pipeline.<command>``, which ends when its command does (run in-process,
+    by a test or the app, a command's end is not the process's)."""
+    return _AS_COMMAND
+
+
+def end_at_once(line: str | None, status: int):
+    """Write ``line`` (None: nothing) to stderr and end the process now with ``status``, no cleanup: for a signal
+    handler where nothing is left to unwind. Not print: stderr's buffer may be mid-write."""
+    if line is not None:
+        _os.write(2, (line + "\n").encode(errors="backslashreplace"))
+    _os._exit(status)
 
 
 def _interrupted_while_starting(signum, frame):
     """The line, then the process ends at once: nothing has started to unwind. An exception would not do: raised
     where C code imports (numpy's extension importing datetime), it became that import's ImportError, a traceback
     and exit 1."""
-    line = interruption_line(_command_of(getattr(_sys, "orig_argv", [])), signum == _signal.SIGTERM)
-    _os.write(2, (line + "\n").encode(errors="backslashreplace"))  # not print: stderr may be mid-write
-    _os._exit(128 + signum)
+    end_at_once(interruption_line(_command_of(getattr(_sys, "orig_argv", [])), signum == _signal.SIGTERM),
+                128 + signum)
+
+
+def handler_before_start(signum: int, handler):
+    """``handler`` (a ``signal.getsignal``), or where it is the start guard, the handler the guard stands in for: what
+    a command that replaces the guard's handler restores when it is done."""
+    return _before_start.get(signum, handler) if handler is _interrupted_while_starting else handler
 
 
 def command_started() -> None:
@@ -48,8 +71,7 @@ def command_started() -> None:
             _signal.signal(signum, handler)
 
 
-# sys.argv[0] is "-m" only while `python -m` locates its module, which imports that module's packages alone
-if _sys.argv[:1] == ["-m"]:
+if _AS_COMMAND:
     for _signum, _default in ((_signal.SIGINT, _signal.default_int_handler), (_signal.SIGTERM, _signal.SIG_DFL)):
         if _signal.getsignal(_signum) is _default:  # one ignored (a background job's SIGINT) stays ignored
             _before_start[_signum] = _default

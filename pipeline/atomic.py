@@ -209,8 +209,8 @@ def signals_deferred() -> Iterator[None]:
     block is done, then deliver them: for steps that must not be parted (a signal's default action, killing the
     process, and SIGKILL still can). Python runs handlers in the main thread only, so elsewhere nothing is held.
 
-    It makes no signal an exception, unlike pipeline/stage.py ``sigterm_as_interrupt`` (SIGTERM's, for a stage's
-    whole run): it only delays, for a few steps, the exception a signal already raises."""
+    It makes no signal an exception, unlike pipeline/stage.py ``StageSignals`` (Ctrl-C's and SIGTERM's, for a
+    stage's whole run): it only delays, for a few steps, the exception a signal already raises."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

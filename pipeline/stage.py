@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from pipeline import command_started, interruption_line
+from pipeline import command_started, end_at_once, handler_before_start, interruption_line, running_as_command
 from pipeline.atomic import target_of_copy
 from pipeline.params import ParamsError, load_yaml
 
@@ -105,31 +105,83 @@ def artifact_bars_off(quiet: bool) -> Iterator[None]:
             os.environ.pop(ARTIFACT_BARS_SWITCH, None)
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """While the block runs, SIGTERM raises :class:`Terminated`; a second SIGTERM ends the process at once (its
-    default), as does one where this is not the main thread or SIGTERM was set to be ignored (left as it was).
+class StageSignals:
+    """Ctrl-C and SIGTERM while a stage runs: ``with StageSignals(name):`` around its body, ``reported`` after.
 
-    This decides what SIGTERM does for a stage's whole run (an exception, where its default kills);
-    pipeline/atomic.py ``signals_deferred`` only delays, for a few steps that must not be parted, the exception
-    this (or Ctrl-C) raises."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    In the block Ctrl-C raises KeyboardInterrupt and SIGTERM :class:`Terminated` (where its default killed), so the
+    stage unwinds and its ``finally`` blocks run. Each is taken over from pipeline/__init__.py's start guard in one
+    ``signal.signal`` (before ``command_started``): the guard's SIGTERM had been handed back to its default first,
+    and SIGTERM then killed the stage without its line, its cleanup or status 143. One ignored (a background job's
+    Ctrl-C, a ``nohup``'s SIGTERM), or where this is not the main thread, is left as it is.
 
-    def terminated(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one while the stage cleans up: ends it at once
-        raise Terminated()
+    A second one, in a ``python -m pipeline.<stage>``, ends the process at once: the line once and the first's
+    status (130, 143), no traceback. Cleanup still to run is skipped (an MLflow run left RUNNING is marked KILLED by
+    the next stage on this host); train's checkpoints are not at risk, each is complete on disk before state.json
+    names it, so the rerun resumes the last complete one. While the line is written (``reported``) a second one is
+    held, then ends the process: before, it raised KeyboardInterrupt out of run_stage, a traceback instead of the
+    line. Run in-process (a test), a second Ctrl-C raises again and a second SIGTERM kills, as Python's own do,
+    except while the line is written: dropped then.
 
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous == signal.SIG_IGN:
-        yield
-        return
-    signal.signal(signal.SIGTERM, terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    This decides what the signals do for a stage's whole run; pipeline/atomic.py ``signals_deferred`` only delays,
+    for a few steps that must not be parted, the exception this raises."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.taken: dict[int, object] = {}  # signal -> the handler to restore (the guard's stand-in resolved)
+
+    def __enter__(self) -> "StageSignals":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for signum, own in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, None)):
+            previous = handler_before_start(signum, signal.getsignal(signum))
+            if previous is None or previous == signal.SIG_IGN or (own is not None and previous is not own):
+                continue  # ignored, set outside Python, or Ctrl-C given another meaning: not ours to take
+            self.taken[signum] = previous
+            signal.signal(signum, self._first)
+        return self
+
+    def _first(self, signum, frame):
+        terminated = signum == signal.SIGTERM
+        if running_as_command():
+            self._second_ends(terminated)
+        elif terminated:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # in-process, a second one kills, as it did
+        raise Terminated() if terminated else KeyboardInterrupt()
+
+    def _second_ends(self, terminated: bool) -> None:
+        """From now on a signal writes the interruption's line and ends the command at once with its status."""
+        line, status = interruption_line(self.name, terminated), 143 if terminated else 130
+        for number in self.taken:
+            signal.signal(number, lambda *_: end_at_once(line, status))
+
+    def _restore(self) -> None:
+        for signum, handler in self.taken.items():
+            signal.signal(signum, handler)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        interruption = interruption_behind(exc) if exc is not None else None
+        if interruption is not None and running_as_command():  # the command ends: the handlers stay to its end
+            self._second_ends(isinstance(interruption, Terminated))
+        else:
+            self._restore()
+
+    def reported(self, terminated: bool) -> int:
+        """Print the interruption's one line; return its status, 143 (SIGTERM) or 130 (Ctrl-C). A signal while it is
+        written is held: the line is written whole, once. Then, in a command, that one or any later one until the
+        process exits with this status ends it at once (nothing is left to unwind); in-process it is dropped."""
+        held: list[int] = []
+        for number in self.taken:
+            signal.signal(number, lambda signum, frame: held.append(signum))
+        print(interruption_line(self.name, terminated), file=sys.stderr, flush=True)
+        status = 143 if terminated else 130  # 128 + the signal, as a shell reports a process the signal ended
+        if not (running_as_command() and self.taken):
+            self._restore()
+            return status
+        for number in self.taken:
+            signal.signal(number, lambda *_: end_at_once(None, status))
+        if held:
+            end_at_once(None, status)
+        return status
 
 
 def output_any_terminal_can_take() -> None:
@@ -162,16 +214,16 @@ def run_stage(name: str, body: Body, argv: list[str] | None = None,
         options(parser)
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    signals = StageSignals(name)
     try:
-        command_started()  # Ctrl-C and SIGTERM are this try's from here (before, pipeline/__init__.py's one line)
-        with sigterm_as_interrupt(), artifact_bars_off(args.quiet):
-            outcome = body(args)
+        with signals:  # Ctrl-C and SIGTERM go from the start guard's to this block's handlers, one step each
+            command_started()
+            with artifact_bars_off(args.quiet):
+                outcome = body(args)
     except (KeyboardInterrupt, Exception) as exc:
         interruption = interruption_behind(exc)
         if interruption is not None:
-            terminated = isinstance(interruption, Terminated)
-            print(interruption_line(name, terminated), file=sys.stderr)
-            return 143 if terminated else 130  # 128 + the signal, as a shell reports a process the signal ended
+            return signals.reported(isinstance(interruption, Terminated))
         if isinstance(exc, USER_ERRORS + tuple(errors)):
             label, code = getattr(exc, "label", "error"), getattr(exc, "exit_code", 1)
             print(f"{name}: {label}: {exc}", file=sys.stderr)

@@ -355,3 +355,119 @@ def test_every_pipeline_command_takes_its_signals_back_from_the_start_guard() ->
     silent = [str(path.relative_to(package)) for path in commands
               if not any(call in path.read_text(encoding="utf-8") for call in ("run_stage(", "command_started()"))]
     assert not silent, f"commands that never take Ctrl-C back from pipeline/__init__.py's guard: {silent}"
+
+
+SIGNAL_AT_A_LINE = '''
+import os, signal, sys
+from pathlib import Path
+
+AT, counted, tracing = int(os.environ["SIGNAL_AT_LINE"]), [0], [False]
+OURS = (os.path.join("pipeline", "stage.py"), os.path.join("pipeline", "__init__.py"))
+
+
+def lines(frame, event, arg):
+    if event == "line" and tracing[0]:
+        counted[0] += 1
+        if counted[0] == AT:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return lines
+
+
+def calls(frame, event, arg):
+    code = frame.f_code
+    if code.co_name == "_main" and code.co_filename.endswith(os.path.join("pipeline", "source.py")):
+        Path(os.environ["BODY_REACHED"]).write_text(str(counted[0]))  # the stage's body: every moment before is done
+        sys.settrace(None)
+        return None
+    if code.co_name == "run_stage" and code.co_filename.endswith(OURS[0]):
+        tracing[0] = True
+    return lines if code.co_filename.endswith(OURS) else None
+
+
+sys.settrace(calls)
+'''
+
+
+@pytest.mark.slow  # 44 runs of `python -m pipeline.source`: 21 s
+def test_sigterm_at_any_line_from_run_stage_to_its_body_is_the_line_and_status_143(tmp_path):
+    """run_stage handed SIGTERM back from pipeline/__init__.py's start guard to its default (command_started) and
+    only then made it an exception (sigterm_as_interrupt): SIGTERM in between killed `python -m pipeline.<stage>`
+    with no line (exit -15) and none of the promises (cleanup, status 143). Sent before each line run_stage and its
+    helpers run on the way to the stage's body, in turn, it is now the line and 143 at every one."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    hook, reached = tmp_path / "hook", tmp_path / "body-reached"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SIGNAL_AT_A_LINE)
+    repo = Path(__file__).resolve().parents[2]
+    outcomes = {}
+    for line in range(1, 200):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook), str(repo)]), SIGNAL_AT_LINE=str(line),
+                   BODY_REACHED=str(reached))
+        done = subprocess.run([sys.executable, "-m", "pipeline.source", "--root", str(tmp_path), "--quiet"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        if reached.exists():
+            break
+        outcomes[line] = (done.returncode, done.stderr)
+    assert reached.exists(), "the stage's body was never reached"
+    assert len(outcomes) >= 10, outcomes  # run_stage's own lines, command_started's and the signals' hand-over
+    wrong = {line: outcome for line, outcome in outcomes.items()
+             if outcome != (128 + signal.SIGTERM, TERMINATED_LINE.format("source"))}
+    assert not wrong, wrong
+
+
+SECOND_SIGNAL_WHILE_REPORTING = '''
+import os, signal, sys
+
+SECOND = getattr(signal, os.environ["SECOND_SIGNAL"])
+
+
+class ReportWatched:
+    """stderr, which sends the second signal as the interruption's line is being written to it."""
+
+    def __init__(self, stream):
+        self.stream, self.sent = stream, False
+
+    def write(self, text):
+        if "interrupted" in text and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), SECOND)
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def calls(frame, event, arg):
+    code = frame.f_code
+    if code.co_name == "_main" and code.co_filename.endswith(os.path.join("pipeline", "source.py")):
+        sys.settrace(None)
+        sys.stderr = ReportWatched(sys.stderr)
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C, as the stage's body starts
+    return None
+
+
+sys.settrace(calls)
+'''
+
+
+@pytest.mark.parametrize("second", ["SIGINT", "SIGTERM"])
+def test_a_second_signal_while_the_interruption_line_is_written_is_that_line_once_and_status_130(second, tmp_path):
+    """A second Ctrl-C as run_stage printed the first's line raised KeyboardInterrupt out of run_stage: a traceback
+    "During handling of the above exception" and no line (a second SIGTERM: killed, no line, -15). The line is now
+    written whole, once, and the process ends with the first's status."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SECOND_SIGNAL_WHILE_REPORTING)
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook), str(repo)]), SECOND_SIGNAL=second)
+    done = subprocess.run([sys.executable, "-m", "pipeline.source", "--root", str(tmp_path), "--quiet"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", INTERRUPTED_LINE.format("source"))

@@ -226,6 +226,59 @@ def test_a_train_stage_sent_sigterm_says_so_keeps_its_checkpoint_and_resumes_to_
     assert int(client.get_run(resumed["run_id"]).data.tags["resumed_at_step"]) == state["step"]
 
 
+CTRL_C_TWICE_WHILE_CHECKPOINTING = '''
+import os, signal, sys
+
+CHECKPOINTS, SENT, sent = os.environ["CHECKPOINTS"], os.environ["SENT"], []
+
+
+def audit(event, args):
+    if event == "os.rename" and not sent and str(args[1]).startswith(CHECKPOINTS) \\
+            and os.path.exists(os.path.join(CHECKPOINTS, "state.json")):
+        sent.append("first")  # Ctrl-C as a later checkpoint's file is renamed into place
+        with open(SENT, "a") as record:
+            record.write("first ")
+        os.kill(os.getpid(), signal.SIGINT)
+    elif event == "os.remove" and sent == ["first"]:
+        sent.append("second")  # Ctrl-C again as the interrupted save deletes what it staged
+        with open(SENT, "a") as record:
+            record.write("second ")
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+sys.addaudithook(audit)
+'''
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_while_a_checkpoint_is_saved_is_one_line_and_the_rerun_resumes_the_last_complete_one(
+        trained_project_template, tmp_path):
+    """Ctrl-C as a checkpoint's file is renamed into place, and again as the interrupted save cleans up: the stage
+    ends at once with its one line and 130 (no traceback), and the checkpoint on disk is the last complete one:
+    the rerun resumes it and ends, bit for bit, as an uninterrupted run."""
+    template, uninterrupted = trained_project_template
+    root = write_tiny_project(tmp_path / "project")
+    write_params(root, TINY_PARAMS)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CTRL_C_TWICE_WHILE_CHECKPOINTING)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(PYTHONPATH=os.pathsep.join([str(hook), str(REPO)]), CHECKPOINTS=str(root / train.CHECKPOINT_DIR),
+               SENT=str(tmp_path / "sent"))
+    done = subprocess.run([sys.executable, "-m", "pipeline.train", "--root", str(root), "--quiet"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        130, "", "train: interrupted; rerun it (an output is only ever replaced whole: none is half-written)\n")
+    assert (tmp_path / "sent").read_text() == "first second "
+    state = _state(root)
+    assert 0 < state["step"] < uninterrupted["steps_run"] and not (root / train.CANDIDATE_DIR).exists()
+
+    resumed = train.run(root, quiet=True)
+    assert (root / train.CANDIDATE_DIR / "weights.npz").read_bytes() == \
+        (template / train.CANDIDATE_DIR / "weights.npz").read_bytes()
+    assert int(tracking.client(root).get_run(resumed["run_id"]).data.tags["resumed_at_step"]) == state["step"]
+
+
 class Interrupted(BaseException):
     """Stands for Ctrl-C at that point (the run's MLflow status becomes FAILED, as SIGINT's does)."""
 
