@@ -31,7 +31,9 @@ shelfcast_refused_requests_total{reason} (app/metrics.py REFUSAL_REASONS): befor
 warning lines in the log. gunicorn answers all of its own through the worker's ``handle_error``, which
 ``ThreadWorker`` overrides to count them, and to write the answer itself (`own_answer`): gunicorn's had none of the
 headers every answer of the app carries (app/__init__.py SECURITY_HEADERS, `Server`), and gunicorn has no setting
-for them.
+for them. With TLS in gunicorn (--certfile) nothing can be answered before a handshake completes: a handshake that
+fails or stalls is counted once by what happened and closed (`ThreadWorker._handshake_ended`), plain HTTP on the
+TLS port answered 400 in plain text; a ClientHello on a plain port is refused at once (`TLSOnPlainPort`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import logging
 import os
 import queue
 import selectors
+import socket
 import ssl
 import threading
 import time
@@ -67,6 +70,7 @@ from gunicorn.http.errors import (
     LimitRequestHeaders,
     LimitRequestLine,
     ObsoleteFolding,
+    ParseException,
     UnsupportedTransferCoding,
 )
 from gunicorn.http.message import Request
@@ -75,7 +79,7 @@ from gunicorn.workers.gthread import ThreadWorker as GthreadWorker
 
 from app import SECURITY_HEADERS
 from app.config import DEFAULT_MAX_HEADER_BYTES, AppSettings, SettingsError
-from app.request_buffer import READ_DEADLINES
+from app.request_buffer import READ_DEADLINES, own_handle
 
 CLOSING_THREADS = 4  # each close waits at most 2 s for its client: 2 closes a second at the worst
 MOST_WAITING = 256  # closes queued beyond this happen at once, without the wait (a flood of such clients)
@@ -85,6 +89,21 @@ LAST_CHANCE_S = 0.1
 TIMED_OUT_BODY = b"the request's headers did not arrive in time\n"
 READ_SIZE = 8192  # the most gunicorn's parser reads from a socket at once (its SocketUnreader's mxchunk)
 RELOAD_MARKER = "reloading.json"  # in PROMETHEUS_MULTIPROC_DIR: the workers a SIGHUP replaces (app/gunicorn_conf.py)
+# OpenSSL's reasons for a handshake whose first bytes were a plain HTTP request (GET, POST, HEAD, PUT; CONNECT).
+PLAIN_HTTP_HANDSHAKES = {"HTTP_REQUEST", "HTTPS_PROXY_REQUEST"}
+PLAIN_HTTP_BODY = b"this port speaks TLS: send the request over https\n"
+# What a TLS handshake read when its client went (or a header deadline shut the read side): a client that left.
+TLS_CLIENT_LEFT = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
+TLS_HANDSHAKE_RECORD = 0x16  # the first byte of a TLS ClientHello; no HTTP request (nor PROXY header) starts with it
+
+
+class TLSOnPlainPort(ParseException):
+    """A connection to a plain-HTTP port that opened with a TLS handshake record: a client given https:// for it."""
+
+    def __str__(self) -> str:
+        return "a TLS handshake on a port that speaks plain HTTP (use http://)"
+
+
 # What gunicorn 26.2's ``handle_error`` (workers/base.py) answers each exception with, as app/metrics.py's
 # REFUSAL_REASONS (the first that matches); any other exception is its 500, "server_error".
 REFUSALS = (
@@ -92,7 +111,9 @@ REFUSALS = (
     (LimitRequestLine, "request_line_too_long"),  # 400
     (ExpectationFailed, "expectation_failed"),  # 417
     (UnsupportedTransferCoding, "unsupported_transfer_coding"),  # 501
-    ((ForbiddenProxyRequest, ssl.SSLError), "forbidden"),  # 403
+    (ForbiddenProxyRequest, "forbidden"),  # 403
+    (ssl.SSLError, "tls_error"),  # gunicorn's 403, which cannot reach a client whose TLS failed: no answer
+    (TLSOnPlainPort, "tls_to_plain_port"),  # 400 (before, a 408 once SHELFCAST_HEADER_TIMEOUT_S was up)
     ((InvalidRequestLine, InvalidRequestMethod, InvalidHTTPVersion, InvalidHeader, InvalidHeaderName, ObsoleteFolding,
       InvalidProxyLine, InvalidProxyHeader, InvalidSchemeHeaders, InvalidH2CPreface), "bad_request"),  # 400
     # (InvalidProxyHeader, a malformed PROXY v2 header, is a 500 in gunicorn's own handle_error: a 400 here)
@@ -180,8 +201,16 @@ class HeaderBoundRequest(Request):
 
     def parse(self, unreader):
         """gunicorn's, an error it raises once the request line is read tagged with its method (`REFUSED_METHOD`):
-        its parser errors carry no request, and a HEAD request's refusal must be answered without a body."""
+        its parser errors carry no request, and a HEAD request's refusal must be answered without a body. A plain
+        connection's first request that opens with a TLS record is refused at once (`TLSOnPlainPort`): gunicorn
+        waited for its request line's end, which a ClientHello never sends, and answered 408 once
+        SHELFCAST_HEADER_TIMEOUT_S was up."""
         try:
+            if self.req_number == 1 and not self.cfg.is_ssl:
+                first = unreader.read()
+                unreader.unread(first)
+                if first[:1] == bytes([TLS_HANDSHAKE_RECORD]):
+                    raise TLSOnPlainPort()
             return super().parse(unreader)
         except Exception as exc:
             setattr(exc, REFUSED_METHOD, self.method)
@@ -209,6 +238,7 @@ class ThreadWorker(GthreadWorker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.closer = GracefulCloser()
+        self.handshakes = threading.local()  # failed: the TLS handshake error handle_error met on this thread
         logging.getLogger("gunicorn.error").addFilter(CLIENT_TOOK_TOO_LONG)  # once: the same filter object
         try:
             settings = AppSettings.from_environment()
@@ -237,11 +267,18 @@ class ThreadWorker(GthreadWorker):
         log as gunicorn does (a warning line, or the traceback of a 500 other than its ConfigurationProblem), and
         answered by `own_answer`: the status gunicorn sends (its 500 said "Bad Request"), a body saying what was
         wrong with the request (nothing about the server's own error, nor the client's address), and the app's
-        headers."""
+        headers. A TLS error is not answered (gunicorn's 403 never reached the client); one in a handshake is left to
+        ``handle``, which knows whether the header deadline ended it."""
+        if isinstance(exc, ssl.SSLError) and not _tls_established(client):
+            self.handshakes.failed = exc  # `handle` tells why, knowing whether the header deadline had passed
+            return
         reason = refusal_reason(exc)
         self.refused[reason].inc()
         status = self.refusal_status[reason]
         addr = addr or ("", -1)  # a unix socket's client
+        if status is None:
+            self.log.warning("%s: %s: connection closed without an answer", _address(addr), exc)
+            return
         if reason != "server_error" or isinstance(exc, ConfigurationProblem):
             self.log.warning("Invalid request from ip=%s: %s", addr[0], exc)
         else:
@@ -338,27 +375,65 @@ class ThreadWorker(GthreadWorker):
         a 408 if its socket takes it at once, the timeout is logged as one warning line and the connection is
         closed: its thread is free again. With the default 10 s this is always a client that stopped
         mid-headers (gunicorn hands an idle new connection back to its poller after 5 s); under 5 s, a new
-        connection that sent nothing at all is closed too, also with a 408."""
+        connection that sent nothing at all is closed too, also with a 408. A TLS connection whose handshake had not
+        completed by then is closed with nothing sent, counted once as a `tls_handshake_timeout`
+        (``_handshake_ended``, which also takes the handshakes that failed)."""
         now = time.monotonic()
         deadline = max(getattr(conn, "arrived", now) + self.header_timeout_s, now + LAST_CHANCE_S)
         conn.headers_due = READ_DEADLINES.watch(conn.sock, deadline, tls=self.cfg.is_ssl)
+        self.handshakes.failed = None
         try:
             keep_alive = super().handle(conn)
         finally:
             in_time = self._headers_arrived(conn)
+        failed, self.handshakes.failed = self.handshakes.failed, None
+        if self.cfg.is_ssl and (failed is not None or not in_time) and not _tls_established(conn.sock):
+            self._handshake_ended(conn, failed, in_time)
+            return False
         if in_time:
             return keep_alive
         try:
             # the read side is shut, the write side is not: sent if the socket takes it at once, as TLS records
             # over TLS (before, with socket.MSG_DONTWAIT, a flag an SSLSocket refuses)
             util.write_nonblock(conn.sock, own_answer(408, TIMED_OUT_BODY))
-        except OSError:  # its send buffer is full (it does not read), it has gone, or gunicorn closed it (a TLS
-            pass  # handshake cut short): closed without a word
+            answered = "answered 408"
+        except OSError:  # its send buffer is full (it does not read), or it has gone: closed without a word
+            answered = "its 408 not sent (the client does not read, or has gone)"
         self.refused["header_timeout"].inc()
         self.log.warning("%s: a request's headers did not arrive within SHELFCAST_HEADER_TIMEOUT_S (%g s): "
-                         "answered 408, connection closed, its thread free again",
-                         _address(conn.client), self.header_timeout_s)
+                         "%s, connection closed, its thread free again",
+                         _address(conn.client), self.header_timeout_s, answered)
         return False
+
+    def _handshake_ended(self, conn, failed: ssl.SSLError | None, in_time: bool) -> None:
+        """A TLS connection whose handshake did not complete (``failed``: the error gunicorn met in it; None where
+        gunicorn ended it quietly), counted once by what happened. Before, a client stalled mid-handshake counted
+        twice, as gunicorn's 403 (`forbidden`) and as a 408 logged "answered 408", and a client that left
+        mid-handshake (a load balancer's TCP probe) as a 403: nothing is sent before a handshake completes. Plain
+        HTTP is answered 400 in plain text, as nginx does: the client reads it."""
+        address = _address(conn.client)
+        if failed is None or isinstance(failed, TLS_CLIENT_LEFT):
+            if in_time:  # as gunicorn takes a plain client that left before its request: no refusal
+                self.log.debug("%s: the client left during its TLS handshake", address)
+                return
+            self.refused["tls_handshake_timeout"].inc()
+            self.log.warning("%s: a TLS handshake did not complete within SHELFCAST_HEADER_TIMEOUT_S (%g s): "
+                             "connection closed, nothing sent (nothing can be before it completes), its thread free "
+                             "again", address, self.header_timeout_s)
+            return
+        if failed.reason not in PLAIN_HTTP_HANDSHAKES:
+            self.refused["tls_error"].inc()
+            self.log.warning("%s: TLS handshake refused: %s: connection closed without an answer", address, failed)
+            return
+        try:  # OpenSSL sent nothing (no alert for these); the client, which speaks plain HTTP, reads plain text
+            with own_handle(conn.sock) as plain:
+                plain.send(own_answer(400, PLAIN_HTTP_BODY), socket.MSG_DONTWAIT)
+            answered = "answered 400"
+        except OSError:
+            answered = "its 400 not sent (the client has gone)"
+        self.refused["plain_http_to_tls_port"].inc()
+        self.log.warning("%s: a plain HTTP request on a port that speaks TLS: %s, connection closed", address,
+                         answered)
 
     def set_accept_enabled(self, enabled):
         """Overrides gunicorn's ``set_accept_enabled(enabled)``. At a graceful exit (SIGTERM: `kill -HUP` replaces
@@ -404,6 +479,11 @@ def refusal_reason(exc: BaseException) -> str:
     """Why gunicorn refuses a request it fails with ``exc`` (app/metrics.py REFUSAL_REASONS): "server_error" for
     an exception it answers 500."""
     return next((reason for kinds, reason in REFUSALS if isinstance(exc, kinds)), "server_error")
+
+
+def _tls_established(client) -> bool:
+    """Whether ``client`` is a TLS connection whose handshake completed (an SSLSocket's version: None before)."""
+    return isinstance(client, ssl.SSLSocket) and client.version() is not None
 
 
 def _read_ahead(conn) -> bool:

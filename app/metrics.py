@@ -47,21 +47,28 @@ UNFORECASTABLE = Counter(
     "They are not predictions, so no event and no drift report shows them: new items show here first",
     ["field"])
 # Why the server answered a request itself, not its app (app/gunicorn_worker.py ThreadWorker.handle and handle_error),
-# with the status it sent; each series is there from a worker's start, at 0 (ThreadWorker.init_process).
-REFUSAL_REASONS = {
+# with the status it sent (None: the connection closed without an answer); each series is there from a worker's start,
+# at 0 (ThreadWorker.init_process).
+REFUSAL_REASONS: dict[str, int | None] = {
     "header_timeout": 408,  # its headers not in within SHELFCAST_HEADER_TIMEOUT_S
     "headers_too_large": 431,  # over SHELFCAST_MAX_HEADER_BYTES, or gunicorn's limit_request_fields / _field_size
     "request_line_too_long": 400,  # over gunicorn's limit_request_line
     "bad_request": 400,  # malformed: request line, method, version, a header field
     "expectation_failed": 417,  # an Expect other than 100-continue
     "unsupported_transfer_coding": 501,  # a Transfer-Encoding gunicorn does not implement
-    "forbidden": 403,  # a proxy line or TLS handshake gunicorn refuses
+    "forbidden": 403,  # a PROXY line from a peer outside gunicorn's proxy_allow_ips
     "server_error": 500,  # an exception outside the app's own error handling (its traceback is in the log)
+    # A port given --certfile speaks TLS: no answer can be sent before its handshake completes, nor once TLS failed.
+    "tls_handshake_timeout": None,  # no handshake within SHELFCAST_HEADER_TIMEOUT_S: closed, nothing sent
+    "tls_error": None,  # a handshake refused (no common version or cipher, not TLS) or a bad record: closed
+    "plain_http_to_tls_port": 400,  # plain HTTP on the TLS port: answered in plain text, which the client reads
+    "tls_to_plain_port": 400,  # a TLS handshake on a plain-HTTP port: answered at once (the client sees bad TLS)
 }
 REFUSED = Counter(
     "shelfcast_refused_requests", "Requests the server answered itself, not its app, by reason: "
     "header_timeout (408), headers_too_large (431), request_line_too_long, bad_request (400), expectation_failed "
-    "(417), unsupported_transfer_coding (501), forbidden (403), server_error (500)", ["reason"])
+    "(417), unsupported_transfer_coding (501), forbidden (403), server_error (500), tls_handshake_timeout and "
+    "tls_error (closed, no answer), plain_http_to_tls_port, tls_to_plain_port (400)", ["reason"])
 MODEL_INFO = "shelfcast_model_info"
 MODEL_INFO_HELP = ("1 for each model a live worker serves: its release variant (production, canary, shadow), version "
                    "and kind")

@@ -13,6 +13,7 @@ import re
 import signal
 import selectors
 import socket
+import ssl
 import threading
 import time
 from email.utils import parsedate_to_datetime
@@ -21,6 +22,7 @@ from http import HTTPStatus
 import pytest
 
 from app import SECURITY_HEADERS, launch
+from tests.app.test_served_tls import client_hello
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 3.0
@@ -314,7 +316,8 @@ def test_requests_the_worker_refuses_itself_are_counted_in_metrics_also_after_it
         "headers_too_large": [  # over SHELFCAST_MAX_HEADER_BYTES; more fields than gunicorn's limit_request_fields
             b"GET /healthz HTTP/1.1\r\n" + head_of(DEFAULT_MAX_HEADER_BYTES + 1, plain) + b"\r\n\r\n",
             b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-F%d: y\r\n" % k for k in range(101)) + b"\r\n"],
-        "bad_request": [b"\x16\x03\x01 no request line\r\n\r\n", b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n"],
+        "bad_request": [b"\x01\x03\x01 no request line\r\n\r\n", b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n"],
+        "tls_to_plain_port": [client_hello()],  # a client given https:// for this plain port
         "request_line_too_long": [b"GET /" + b"a" * 8000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"],
         "expectation_failed": [b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: something\r\n\r\n"],
         "unsupported_transfer_coding": [UNSUPPORTED_CODING],
@@ -328,7 +331,9 @@ def test_requests_the_worker_refuses_itself_are_counted_in_metrics_also_after_it
     time.sleep(0.1)  # a 408's count follows its answer
     counted = refusal_counts(server.port)
     expected = {reason: before[reason] + len(sent.get(reason, ())) for reason in REFUSAL_REASONS}
-    assert set(REFUSAL_REASONS) - set(sent) == {"forbidden"}  # a PROXY line refused: the test after this one
+    # a PROXY line refused: the test after this one; a TLS port's refusals: tests/app/test_served_tls.py
+    assert set(REFUSAL_REASONS) - set(sent) == {"forbidden", "tls_handshake_timeout", "tls_error",
+                                                "plain_http_to_tls_port"}
     assert counted == expected, counted
 
     [worker] = open(f"/proc/{server.pid}/task/{server.pid}/children").read().split()
@@ -406,6 +411,28 @@ def test_a_head_request_the_worker_refuses_is_answered_without_a_body(server):
         head_status, head_headers, head_body = answer_parts(answer_to(server.port, b"HEAD" + request[3:]))
         assert head_status == status and head_body == b"", (head_status, head_body)
         assert head_headers["Content-Length"] == headers["Content-Length"] == str(len(body)), (head_headers, body)
+
+
+def test_a_tls_client_on_the_plain_port_is_refused_at_once(server):
+    """A client given https:// for the plain port sends a ClientHello, which has no request line's end: gunicorn
+    waited for one, and the client waited with it until SHELFCAST_HEADER_TIMEOUT_S (10 s by default), counted as a
+    `header_timeout` (a stalled client, to an operator). Now its first byte (a TLS record's) is refused at once:
+    `tls_to_plain_port`, a 400 in plain text, which the TLS client takes for a wrong protocol version."""
+    before_log, before = server.log_path.read_text(encoding="utf-8"), refusal_counts(server.port)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        with pytest.raises(ssl.SSLError, match="WRONG_VERSION_NUMBER|wrong version number|record layer failure"):
+            ssl.create_default_context().wrap_socket(raw, server_hostname="127.0.0.1")
+    took = time.monotonic() - started
+    assert took < HEADER_TIMEOUT_S / 2, took
+    status, headers, body = answer_parts(answer_to(server.port, client_hello()))
+    assert status == "HTTP/1.1 400 Bad Request" and headers["Server"] == "shelfcast", (status, headers)
+    assert body == b"Bad Request: a TLS handshake on a port that speaks plain HTTP (use http://)\n", body
+    time.sleep(0.1)
+    assert refusal_counts(server.port) == {**before, "tls_to_plain_port": before["tls_to_plain_port"] + 2}
+    logged = server.log_path.read_text(encoding="utf-8")[len(before_log):]
+    assert logged.count("a TLS handshake on a port that speaks plain HTTP") == 2, logged
+    assert "Traceback" not in logged and "[ERROR]" not in logged, logged
 
 
 def test_a_proxy_line_refused_is_counted_and_answered_with_the_apps_headers(app_bundles, tmp_path):

@@ -145,3 +145,94 @@ def test_a_kept_alive_tls_connection_that_stalls_in_its_next_requests_headers_is
             pass
     assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), reply[:300]
     assert "Shelfcast serves at https://127.0.0.1:" in tls_server.log_path.read_text(encoding="utf-8")
+
+
+def client_hello() -> bytes:
+    """The first flight of a real TLS client (Python's default context): a ClientHello, as records on the wire."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    handshake = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        handshake.do_handshake()
+    return outgoing.read()
+
+
+def refusals(served) -> dict[str, float]:
+    """shelfcast_refused_requests_total per reason, as /metrics shows it over TLS."""
+    reply, _ = exchange(served, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    return {reason.decode(): float(value) for reason, value in
+            re.findall(rb'^shelfcast_refused_requests_total\{reason="(\w+)"\} (\S+)$', reply, re.MULTILINE)}
+
+
+def raw_exchange(served, sent: bytes, wait_s: float = 10, close_after_s: float | None = None) -> tuple[bytes, float]:
+    """What the server sends back on a plain TCP connection to the TLS port for ``sent``, until it closes the
+    connection, and when it closed; with ``close_after_s`` this client closes first, that long after sending."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", served.port), timeout=wait_s) as client:
+        client.sendall(sent)
+        if close_after_s is not None:
+            time.sleep(close_after_s)
+            return b"", time.monotonic() - started
+        reply = b""
+        try:
+            while chunk := client.recv(65536):
+                reply += chunk
+        except ConnectionResetError:
+            pass
+        return reply, time.monotonic() - started
+
+
+def logged_since(served, before: str) -> str:
+    time.sleep(0.2)  # a count and its line follow the close
+    return served.log_path.read_text(encoding="utf-8")[len(before):]
+
+
+def test_a_tls_client_that_stalls_mid_handshake_is_closed_and_counted_once(tls_server):
+    """Before, a client that sent half a ClientHello and stopped was closed at the header deadline but counted twice,
+    as gunicorn's 403 (`forbidden`, its handshake error) and as a `header_timeout` logged "answered 408", with
+    nothing sent: no answer can be before the handshake completes. Now one `tls_handshake_timeout`, one line."""
+    before_log, before = tls_server.log_path.read_text(encoding="utf-8"), refusals(tls_server)
+    hello = client_hello()
+    reply, took = raw_exchange(tls_server, hello[:len(hello) // 2])
+    assert reply == b"", reply[:200]
+    assert HEADER_TIMEOUT_S - 0.2 <= took < HEADER_TIMEOUT_S + 1.0, took
+    logged = logged_since(tls_server, before_log)
+    assert refusals(tls_server) == {**before, "tls_handshake_timeout": before["tls_handshake_timeout"] + 1}
+    assert logged.count("a TLS handshake did not complete within SHELFCAST_HEADER_TIMEOUT_S (1 s): connection "
+                        "closed, nothing sent") == 1, logged
+    assert "408" not in logged and "Invalid request" not in logged, logged
+    assert "Traceback" not in logged and "[ERROR]" not in logged, logged
+
+
+def test_a_client_that_leaves_mid_handshake_is_no_refusal(tls_server):
+    """A client gone before its handshake completed (a load balancer's TCP probe; a client that gave up) was counted
+    as gunicorn's 403, `forbidden`, with a warning line: over plain HTTP a client gone before its request is no
+    refusal (gunicorn's debug line), and now over TLS neither."""
+    before_log, before = tls_server.log_path.read_text(encoding="utf-8"), refusals(tls_server)
+    hello = client_hello()
+    raw_exchange(tls_server, hello[:len(hello) // 2], close_after_s=0.2)
+    raw_exchange(tls_server, b"", close_after_s=0.2)
+    logged = logged_since(tls_server, before_log)
+    assert refusals(tls_server) == before
+    assert "WARNING" not in logged and "ERROR" not in logged, logged
+
+
+def test_plain_http_on_the_tls_port_is_a_counted_400_and_bytes_that_are_no_tls_a_counted_close(tls_server):
+    """Before, each was gunicorn's 403, `forbidden`, that never reached the client (written into a TLS layer whose
+    handshake had failed): a bare close, a plain-HTTP client told nothing. Plain HTTP is now answered 400 in plain
+    text, which such a client reads (nginx's way); any other handshake the server refuses, `tls_error`, is closed
+    without an answer (nothing the client could read), one warning line each."""
+    before_log, before = tls_server.log_path.read_text(encoding="utf-8"), refusals(tls_server)
+    for method in (b"GET", b"POST", b"HEAD"):
+        reply, took = raw_exchange(tls_server, method + b" /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n") and reply.endswith(
+            b"\r\n\r\nthis port speaks TLS: send the request over https\n"), reply[:300]
+        assert b"\r\nServer: shelfcast\r\n" in reply and b"\r\nConnection: close\r\n" in reply, reply[:300]
+        assert took < HEADER_TIMEOUT_S, took
+    reply, took = raw_exchange(tls_server, b"\x16\x03\x01\x00\x04 not a ClientHello")
+    assert b"HTTP" not in reply and took < HEADER_TIMEOUT_S, (reply, took)  # at most OpenSSL's alert
+    logged = logged_since(tls_server, before_log)
+    assert refusals(tls_server) == {**before, "plain_http_to_tls_port": before["plain_http_to_tls_port"] + 3,
+                                    "tls_error": before["tls_error"] + 1}
+    assert logged.count("a plain HTTP request on a port that speaks TLS: answered 400") == 3, logged
+    assert logged.count("TLS handshake refused: ") == 1, logged
+    assert "Traceback" not in logged and "[ERROR]" not in logged, logged
