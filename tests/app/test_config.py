@@ -143,7 +143,7 @@ def test_gunicorn_says_where_it_serves(monkeypatch, tmp_path):
 
     conf = gunicorn_conf(monkeypatch, tmp_path)
     said = []
-    server = SimpleNamespace(cfg=SimpleNamespace(bind=["127.0.0.1:5005"], workers=2),
+    server = SimpleNamespace(cfg=SimpleNamespace(bind=["127.0.0.1:5005"], workers=2, is_ssl=False),
                              log=SimpleNamespace(info=lambda message, *args: said.append(message % args)))
     conf.when_ready(server)
     assert said == ["Shelfcast serves at http://127.0.0.1:5005 (2 workers)"]
