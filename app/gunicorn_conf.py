@@ -68,7 +68,6 @@ import tempfile
 from pathlib import Path
 
 import gunicorn.http.wsgi
-import gunicorn.sock
 
 # gunicorn runs this file in its master at start and again on SIGHUP, then loads the worker class
 # (app/gunicorn_worker.py) and forks workers, which inherit the master's modules as they stand. The modules of this
@@ -349,10 +348,18 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     """The app is created and its bundle loaded: what exists now lives as long as the worker. With a socket per
-    worker, this worker's socket opens now (see post_fork)."""
+    worker, this worker's socket opens now (see post_fork), set as gunicorn sets the ones it opens at the fork
+    (app/address.py listen_beside: gunicorn has no public call for it). Should the address be taken meanwhile (by
+    another user's program: our live workers hold it), this worker exits and gunicorn starts another."""
+    from app.address import listen_beside
+
     gc.freeze()
     if worker.cfg.reuse_port and not worker.sockets:
-        worker.sockets = gunicorn.sock.create_sockets(worker.cfg, worker.log)
+        try:
+            worker.sockets = [listen_beside(address, worker.cfg.backlog) for address in worker.cfg.bind]
+        except OSError as exc:
+            worker.log.error("worker %s: cannot listen at %s: %s", os.getpid(), ", ".join(worker.cfg.bind), exc)
+            raise SystemExit(1) from None
         worker.wait_fds = worker.sockets + [worker.PIPE[0]]
 
 

@@ -184,6 +184,13 @@ def test_a_worker_listens_only_once_its_app_can_answer(monkeypatch, tmp_path):
         conf.post_worker_init(worker)
         assert listening_sockets(port) == 1
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        # set as gunicorn sets the sockets it opens at the fork, and, as its worker makes those, not inherited by a
+        # program the worker runs (gunicorn.sock.create_sockets, called here before, left it inheritable: such a
+        # program would have held the port open after the worker exited)
+        [listener] = worker.sockets
+        assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) and listener.getsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY) and listener.getblocking() is False
+        assert not listener.get_inheritable()
     finally:
         __import__("gc").unfreeze()  # post_worker_init froze this test process's heap
         for listener in worker.sockets:
