@@ -6,6 +6,7 @@
 # Without npm, or when `npm ci` fails (offline, a registry that refuses), it says so and exits 0: the tests that
 # need the packages then skip, naming the reason (written to <folder>/.install-failed). With
 # SHELFCAST_REQUIRE_TEST_SERVICES=1 (.ci/run sets it) either is an error instead, and those tests fail.
+# Where npm's cache (~/.npm) cannot be written (a read-only or missing HOME), it caches under TMPDIR instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 required=${SHELFCAST_REQUIRE_TEST_SERVICES:-0}
@@ -16,7 +17,31 @@ if ! command -v npm >/dev/null 2>&1; then
     exit 0
 fi
 
+# npm caches every package it fetches in ~/.npm: with a read-only or missing HOME (CI runners, service accounts)
+# each `npm ci` failed with EACCES and the tests that need the packages skipped (.ci/run failed). Then npm caches
+# where the engine's kernel cache goes in that case: shelfcast-npm-<uid> under TMPDIR (mode 0700; a fresh folder
+# of this run's own where another user, or a link, holds that name).
+use_a_writable_npm_cache() {
+    local cache probe uid temporary fallback
+    cache=$(npm config get cache 2>/dev/null) || return 0
+    if mkdir -p "$cache" 2>/dev/null && probe=$(mktemp "$cache/.writable-XXXXXX" 2>/dev/null); then
+        rm -f "$probe"
+        return 0
+    fi
+    uid=$(id -u)
+    temporary=${TMPDIR:-/tmp}
+    fallback="$temporary/shelfcast-npm-$uid"
+    if ! mkdir -m 700 "$fallback" 2>/dev/null &&
+       { [ -L "$fallback" ] || [ ! -d "$fallback" ] || [ ! -O "$fallback" ]; }; then
+        fallback=$(mktemp -d "$temporary/shelfcast-npm-XXXXXX") || return 0
+    fi
+    echo "install_test_services: cannot write npm's cache $cache; caching in $fallback instead" \
+         "(set npm_config_cache to keep it elsewhere)" >&2
+    export npm_config_cache="$fallback"
+}
+
 failed=0
+cache_checked=0
 for folder in tests/fluentd_receiver tests/e2e/axe; do
     stamp="$folder/node_modules/.shelfcast-lock.sha256"
     wanted=$(sha256sum "$folder/package-lock.json" | cut -d' ' -f1)
@@ -24,6 +49,7 @@ for folder in tests/fluentd_receiver tests/e2e/axe; do
         rm -f "$folder/.install-failed"
         continue
     fi
+    [ "$cache_checked" = 1 ] || { use_a_writable_npm_cache; cache_checked=1; }
     echo "install_test_services: npm ci in $folder"
     if log=$(cd "$folder" && npm ci --no-audit --no-fund --loglevel=error 2>&1); then
         echo "$wanted" > "$stamp"

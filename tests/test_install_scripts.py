@@ -4,13 +4,19 @@ says what it skips and how to install it; CI fails instead."""
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
 import http.server
 import importlib.util
+import io
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import zipfile
@@ -96,6 +102,85 @@ def test_ci_fails_where_the_test_services_cannot_be_installed(tmp_path, monkeypa
     axe = root / "tests/e2e/axe"
     with pytest.raises(pytest.fail.Exception, match=f"axe-core is not installed: .*ECONNREFUSED.*{REQUIRE_VARIABLE}"):
         require_installed(axe / "node_modules" / "axe-core" / "axe.min.js", axe, "axe-core")
+
+
+def a_package_served_on_loopback(folder: Path, served: Path, server_port: int) -> None:
+    """package.json and package-lock.json in ``folder`` for one dependency, tiny 1.0.0, whose tarball (made here, in
+    ``served``) the lock resolves to http://127.0.0.1:<server_port>/: `npm ci` installs it without npm's registry."""
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz") as tarball:
+        for name, body in (("package/package.json", b'{"name": "tiny", "version": "1.0.0"}'),
+                           ("package/index.js", b"module.exports = 1;\n")):
+            member = tarfile.TarInfo(name)
+            member.size, member.mode = len(body), 0o644
+            tarball.addfile(member, io.BytesIO(body))
+    (served / "tiny-1.0.0.tgz").write_bytes(packed.getvalue())
+    integrity = "sha512-" + base64.b64encode(hashlib.sha512(packed.getvalue()).digest()).decode()
+    manifest = {"name": "probe", "version": "1.0.0", "private": True, "dependencies": {"tiny": "1.0.0"}}
+    lock = {"name": "probe", "version": "1.0.0", "lockfileVersion": 3, "requires": True, "packages": {
+        "": {key: manifest[key] for key in ("name", "version", "dependencies")},
+        "node_modules/tiny": {"version": "1.0.0", "integrity": integrity,
+                              "resolved": f"http://127.0.0.1:{server_port}/tiny-1.0.0.tgz"}}}
+    (folder / "package.json").write_text(json.dumps(manifest), encoding="utf-8")
+    (folder / "package-lock.json").write_text(json.dumps(lock), encoding="utf-8")
+
+
+PACKAGE_FOLDERS = ("tests/fluentd_receiver", "tests/e2e/axe")
+
+
+def install_where_home_cannot_be_written(tmp_path: Path, temporary: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """install_test_services.sh (a copy in ``tmp_path``) with HOME under a regular file, where no user, root
+    included, can make a folder, TMPDIR ``temporary``, and each package folder depending on a tarball on loopback."""
+    root, env = offline_copy(tmp_path)
+    served = tmp_path / "tarballs"
+    served.mkdir()
+    tarballs = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served)))
+    threading.Thread(target=tarballs.serve_forever, daemon=True).start()
+    for folder in PACKAGE_FOLDERS:
+        a_package_served_on_loopback(root / folder, served, tarballs.server_port)
+    del env["npm_config_cache"]  # npm's own default: $HOME/.npm
+    (tmp_path / "not-a-folder").write_text("", encoding="utf-8")
+    env.update(HOME=str(tmp_path / "not-a-folder" / "home"), TMPDIR=str(temporary))
+    try:
+        done = subprocess.run(["scripts/install_test_services.sh"], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=120)
+    finally:
+        tarballs.shutdown()
+    assert done.returncode == 0, done.stderr
+    for folder in PACKAGE_FOLDERS:
+        assert (root / folder / "node_modules" / "tiny" / "index.js").is_file(), done.stderr
+        assert not (root / folder / FAILED_MARK).exists()
+    return root, done
+
+
+def test_npm_ci_where_home_cannot_be_written_caches_under_the_temporary_directory(tmp_path, monkeypatch):
+    """npm keeps its cache in ~/.npm: with a read-only or missing HOME (CI runners, service accounts; the engine's
+    kernel cache already moves for it) every `npm ci` failed with EACCES, and `make test` skipped the receiver and
+    accessibility tests (.ci/run failed). The temporary directory here has a space in its name."""
+    monkeypatch.delenv(REQUIRE_VARIABLE, raising=False)
+    temporary = tmp_path / "temporary files"
+    temporary.mkdir()
+    _, done = install_where_home_cannot_be_written(tmp_path, temporary)
+    cache = temporary / f"shelfcast-npm-{os.getuid()}"
+    assert cache.is_dir() and cache.stat().st_mode & 0o777 == 0o700
+    assert done.stderr == (f"install_test_services: cannot write npm's cache {tmp_path}/not-a-folder/home/.npm; "
+                           f"caching in {cache} instead (set npm_config_cache to keep it elsewhere)\n")
+
+
+def test_npm_ci_where_home_cannot_be_written_takes_no_cache_folder_it_does_not_own(tmp_path, monkeypatch):
+    """A shared /tmp: another user could hold shelfcast-npm-<uid> first (here a link to a folder of theirs), and
+    npm would have cached into it. The script makes a fresh folder of its own instead."""
+    monkeypatch.delenv(REQUIRE_VARIABLE, raising=False)
+    temporary, theirs = tmp_path / "tmp", tmp_path / "theirs"
+    temporary.mkdir()
+    theirs.mkdir()
+    (temporary / f"shelfcast-npm-{os.getuid()}").symlink_to(theirs)
+    _, done = install_where_home_cannot_be_written(tmp_path, temporary)
+    assert list(theirs.iterdir()) == []
+    caches = [path for path in temporary.iterdir() if not path.is_symlink()]
+    assert len(caches) == 1 and caches[0].name.startswith("shelfcast-npm-"), caches
+    assert caches[0].stat().st_mode & 0o777 == 0o700 and f"caching in {caches[0]} instead" in done.stderr
 
 
 def pip_install_module():
