@@ -325,7 +325,19 @@ def test_a_home_that_cannot_be_written_puts_the_control_socket_in_the_temporary_
         tmp_path / "home" / ".gunicorn" / f"shelfcast-{os.getpid()}.ctl")
 
 
-def test_control_sockets_of_servers_that_are_gone_are_removed_and_no_other(monkeypatch, tmp_path):
+@pytest.fixture
+def socket_folder():
+    """A folder for Unix sockets under /tmp: bind() takes at most 107 bytes of path, which pytest's tmp_path under
+    a longer TMPDIR than /tmp (macOS's /var/folders/…, a folder or two deeper) already nearly fills."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="shelfcast-sockets-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_control_sockets_of_servers_that_are_gone_are_removed_and_no_other(monkeypatch, tmp_path, socket_folder):
     """Found by a probe: a SIGKILLed master never removes its control socket, and each such start left one more
     shelfcast-<pid>.ctl in ~/.gunicorn (10 on a shared box after a day of test runs). A socket is removed only
     when its pid runs no process and nothing answers on it."""
@@ -337,8 +349,7 @@ def test_control_sockets_of_servers_that_are_gone_are_removed_and_no_other(monke
     gone = [int(pid) for pid in subprocess.run(
         [sys.executable, "-c", "import os\nfor _ in range(3):\n    pid = os.fork()\n    if pid == 0: os._exit(0)\n"
          "    os.waitpid(pid, 0); print(pid)"], capture_output=True, text=True, check=True).stdout.split()]
-    sockets = tmp_path / "sockets"
-    sockets.mkdir()
+    sockets = socket_folder
 
     def bound(name: str, listening: bool = False) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
