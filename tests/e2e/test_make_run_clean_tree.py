@@ -5,7 +5,9 @@ the committed dvc.lock and results/ must be what this machine's run writes, byte
 appear for git. The session's environment stands in for `make venv` (`.venv` is linked to it, and the clone's
 pyproject.toml is dated before its install stamp, so make does not reinstall), so this takes the pipeline's time
 only: a few minutes on 2 cores. The README walkthrough (tests/e2e/test_readme.py, marker long) does the same
-from scratch.
+from scratch. The clone lies in a folder whose path has a space and a non-ASCII letter, as a user's may (`my
+projects/shélfcast`): the Makefile's commands, DVC's stages, MLflow's store and file: artifact URIs and the
+served bundle all take such a path.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def test_make_run_on_a_fresh_clone_leaves_git_status_empty(tmp_path):
     if not (Path(sys.prefix) / ".installed").is_file():
         pytest.skip(f"{sys.prefix} was not made by `make venv` (no .installed stamp): make would install anew")
     helpers = _readme_helpers()
-    clone = helpers.fresh_clone(tmp_path)
+    clone = helpers.fresh_clone(tmp_path / "my projects" / "shélfcast")
     (clone / ".venv").symlink_to(Path(sys.prefix))  # the environment this test runs in
     with open(clone / ".git" / "info" / "exclude", "a", encoding="utf-8") as exclude:
         exclude.write("/.venv\n")  # a link, which `.venv/` in .gitignore (a directory pattern) does not match
