@@ -14,7 +14,10 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= $(shell n=$$($(PYTHON) "$(CURDIR)/engine/cores.py" 2>/dev/null || echo 1); echo $$(( n > 4 ? 4 : n )))
 
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
+# Neither tool reports usage from a make target: DVC sends analytics, MLflow 3 telemetry (and writes
+# ~/.config/mlflow from every process) unless told not to; a team's CI is often offline or HOME read-only.
 export DVC_NO_ANALYTICS = 1
+export MLFLOW_DISABLE_TELEMETRY = true
 
 .DEFAULT_GOAL := help
 

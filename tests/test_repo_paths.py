@@ -7,6 +7,7 @@ the Makefiles.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -154,3 +155,13 @@ def test_make_mlflow_ui_on_a_port_in_use_stops_at_once_in_one_line(tmp_path):
     errors = [line for line in done.stderr.splitlines() if not line.startswith("make")]
     assert errors == [f"Error: cannot serve at 127.0.0.1:{port}: Address already in use (is another server running "
                       "there? choose another port: make mlflow-ui MLFLOW_PORT=5001)"], done.stderr
+
+
+def test_make_targets_run_with_dvc_analytics_and_mlflow_telemetry_off():
+    """Every recipe (make run's stages, the servers) inherits both opt-outs, whatever the user's environment says."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DVC_NO_ANALYTICS", "MLFLOW_DISABLE_TELEMETRY")}
+    shown = subprocess.run(["make", "-s", "--no-print-directory", "--eval",
+                            "show-opt-outs: ; @echo $$DVC_NO_ANALYTICS $$MLFLOW_DISABLE_TELEMETRY", "show-opt-outs"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split() == ["1", "true"]
