@@ -326,7 +326,29 @@ def _zip_members(zipped: zipfile.ZipFile, name: str) -> dict[str, zipfile.ZipInf
             both = " and ".join(m.filename for m in members)
             raise DownloadError(f"{name}: has both {both} for {base}: keep one (which is meant cannot be told, and "
                                 "the other would be ignored)")
+        _check_unpackable(members[0], name)
     return {base: members[0] for base, members in chosen.items()}
+
+
+# Python's zipfile unpacks stored, deflate, bzip2 and LZMA members; others are named for what they are.
+UNPACKABLE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+OTHER_METHODS = {9: "Deflate64 (Windows' 'Compressed (zipped) folder' can use it for large files)", 93: "Zstandard",
+                 95: "XZ", 98: "PPMd"}
+
+
+def _check_unpackable(member: zipfile.ZipInfo, name: str) -> None:
+    """A password-protected member, or one compressed by a method zipfile lacks, is no corrupt archive: it was a
+    RuntimeError traceback (encrypted) or 'corrupt zip archive ... replace it', and fetching it again cannot help."""
+    if member.flag_bits & 0x1:
+        problem, again = "is password-protected (encrypted)", "without a password"
+    elif member.compress_type not in UNPACKABLE_METHODS:
+        method = OTHER_METHODS.get(member.compress_type, "an unknown method")
+        problem = f"is compressed with {method}, zip method {member.compress_type}, which Python cannot unpack"
+        again = "with ordinary Deflate"
+    else:
+        return
+    raise DownloadError(f"{name}: member {member.filename} {problem}; the archive is not corrupt: unpack it "
+                        f"yourself (7-Zip, unzip) and point data.source at the folder, or zip the files again {again}")
 
 
 def install_zip(archive: Path, staging: Path, partial_dir: Path, name: str, remote: bool = True

@@ -6,6 +6,7 @@ import hashlib
 import json
 import http.server
 import os
+import struct
 import threading
 import zipfile
 from pathlib import Path
@@ -424,6 +425,45 @@ def test_a_file_that_is_no_zip_is_said_for_what_it_is_and_kept(tmp_path, kind):
     assert message.startswith(f"data.source: {source} {expected}") and "a .zip of them" in message
     assert "corrupt zip" not in message
     assert source.read_bytes() == before
+
+
+def _mark_members(archive: Path, method: int | None = None, flags: int | None = None) -> None:
+    """Set every member's compression method or general-purpose flags, in its local header and the central
+    directory, as Windows' Deflate64 zips or a password-protected zip carry them (zipfile writes neither)."""
+    data = bytearray(archive.read_bytes())
+    for signature, flags_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = data.find(signature)
+        while at >= 0:
+            if flags is not None:
+                struct.pack_into("<H", data, at + flags_at, flags)
+            if method is not None:
+                struct.pack_into("<H", data, at + method_at, method)
+            at = data.find(signature, at + 4)
+    archive.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("mark, expected, again", [
+    (dict(flags=0x1), "is password-protected (encrypted)", "without a password"),
+    (dict(method=9), "is compressed with Deflate64 (Windows' 'Compressed (zipped) folder' can use it for large "
+                     "files), zip method 9, which Python cannot unpack", "with ordinary Deflate"),
+])
+def test_a_zip_python_cannot_unpack_is_said_for_what_it_is_not_corrupt(tmp_path, mark, expected, again):
+    """An encrypted member was a RuntimeError traceback with the archive's copy left in data/.downloads; a Deflate64
+    one was 'corrupt zip archive ... replace it with a complete one', which a new copy could not help."""
+    plain = write_kaggle_sample(tmp_path / "plain")
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zipped:
+        for csv in sorted(plain.iterdir()):
+            zipped.write(csv, arcname=csv.name)
+    _mark_members(archive, **mark)
+    partial = tmp_path / "partial"
+    with pytest.raises(DownloadError) as error:
+        download(_params(str(archive)), tmp_path / "raw", partial, progress=False)
+    assert str(error.value) == (f"data.zip: member holidays_events.csv {expected}; the archive is not corrupt: "
+                                "unpack it yourself (7-Zip, unzip) and point data.source at the folder, or zip the "
+                                f"files again {again}")
+    assert list(partial.iterdir()) == []
+    assert not (tmp_path / "raw").exists()
 
 
 def test_a_corrupt_local_zip_is_not_said_to_be_fetched_again(tmp_path):
