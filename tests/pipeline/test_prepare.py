@@ -135,6 +135,42 @@ def test_full_grid_starts_every_pair_at_the_first_date(kaggle_sample, tmp_path):
     assert (sales.groupby("item_nbr")["date"].min() == pd.Timestamp(START)).all()
 
 
+ONE_STORE_ITEM, LATE_STORE, LATE_STORE_OPENS = 105574, 3, 10  # sold in store 1 alone; store 3 opens on day 10
+
+
+def _one_store_item_and_a_late_store(directory: Path) -> Path:
+    """The sample as Favorita's own history has it: an item only one store stocks, a store that opens mid-history."""
+    directory.mkdir(parents=True)
+    for name, text in kaggle_sample_files().items():
+        if name == "train":
+            header, *rows = text.splitlines()
+            opening = (START + dt.timedelta(days=LATE_STORE_OPENS)).isoformat()
+            rows = [row for row in rows if not (
+                (row.split(",")[3] == str(ONE_STORE_ITEM) and row.split(",")[2] != "1")
+                or (row.split(",")[2] == str(LATE_STORE) and row.split(",")[1] < opening))]
+            text = "\n".join([header, *rows]) + "\n"
+        (directory / f"{name}.csv").write_text(text, encoding="utf-8")
+    return directory
+
+
+@pytest.mark.parametrize("grid", ["from_first_sale", "full"])
+def test_a_pair_that_never_sold_gets_no_rows_and_a_late_store_none_before_it_opens(tmp_path, grid):
+    """``full`` starts every store x item *that ever sold*: the sample's every item sells in every store from the first
+    days, so a grid that crossed every store with every item, or started a late store's items before its first
+    row under from_first_sale, held the other tests all the same."""
+    raw = _one_store_item_and_a_late_store(tmp_path / "raw")
+    prepare(raw, tmp_path / "out", prepare_with(returns="zero", grid=grid), progress=False)
+    sales = _sales(tmp_path / "out")
+    assert sorted(sales.loc[sales["item_nbr"] == ONE_STORE_ITEM, "store_nbr"].unique()) == [1]
+    pairs = sales.groupby(["store_nbr", "item_nbr"], observed=True)["date"].min()
+    assert len(pairs) == len(STORES) * len(ITEMS) - (len(STORES) - 1)
+    late = pairs.xs(LATE_STORE, level="store_nbr")
+    if grid == "full":  # every pair that sold, the late store's too, from the chain's first date
+        assert (pairs == pd.Timestamp(START)).all()
+    else:
+        assert (late >= pd.Timestamp(START + dt.timedelta(days=LATE_STORE_OPENS))).all()
+
+
 def test_attributes_are_denormalized(prepared):
     sales = _sales(prepared[0])
     row = sales[(sales["store_nbr"] == 2) & (sales["item_nbr"] == 105574)].iloc[0]
