@@ -32,6 +32,15 @@ STORE_TYPES = ("A", "B", "C", "D", "E")
 PROMOTION_KNOWN_FROM = "2014-04-01"
 
 
+# Dates outside this window are certainly typos in the store's own files (sales, receipts, days to forecast) ...
+EARLIEST_DATE = "2000-01-01"
+LATEST_DATE = "2099-12-31"
+# ... but not in the calendars of the world outside, which prepare reads from the first sales day on: FRED's WTI
+# series (DCOILWTICO, oil.csv's column) starts in 1986, and a holiday calendar may list decades. A bound stays, as
+# pandas' nanosecond timestamps end before 1678.
+EARLIEST_CALENDAR_DATE = "1900-01-01"
+
+
 @dataclass(frozen=True)
 class Column:
     """One raw CSV column: its Arrow type, and the values it may hold."""
@@ -55,6 +64,7 @@ class RawFile:
     # column -> (file, column) it must exist in
     references: dict[str, tuple[str, str]] = field(default_factory=dict)
     min_rows: int = 1
+    earliest_date: str = EARLIEST_DATE  # EARLIEST_CALENDAR_DATE for a calendar of the world outside the store
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -130,6 +140,7 @@ RAW_SCHEMAS: dict[str, RawFile] = {
         ),
         # Kaggle's file has a few dates with two events of the same locale, so no key.
         min_rows=0,
+        earliest_date=EARLIEST_CALENDAR_DATE,
     ),
     "oil": RawFile(
         "oil",
@@ -139,6 +150,7 @@ RAW_SCHEMAS: dict[str, RawFile] = {
         ),
         key=("date",),
         min_rows=0,  # header only: no price at all, the same as no oil.csv
+        earliest_date=EARLIEST_CALENDAR_DATE,
     ),
     "transactions": RawFile(
         "transactions",
@@ -160,10 +172,6 @@ ACTUALS = RawFile(
     tuple(RAW_SCHEMAS["train"].column(name) for name in ("store_nbr", "item_nbr", "date", "unit_sales")),
     key=("date", "store_nbr", "item_nbr"),
 )
-
-# Dates outside this window are certainly typos, not Favorita data.
-EARLIEST_DATE = "2000-01-01"
-LATEST_DATE = "2099-12-31"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 
 from pipeline.names import probably_meant
 from pipeline.stage import StageError
-from pipeline.schema import EARLIEST_DATE, LATEST_DATE, RAW_SCHEMAS, RAW_SUFFIXES, Column, RawFile
+from pipeline.schema import LATEST_DATE, RAW_SCHEMAS, RAW_SUFFIXES, Column, RawFile
 
 BLOCK_SIZE = 64 << 20
 MAX_SHOWN = 5
@@ -526,7 +526,7 @@ def check_values(path: Path, spec: RawFile, batch: pa.RecordBatch, offset: int,
             if not pc.all(finite).as_py():
                 rows = np.flatnonzero(~finite.to_numpy(zero_copy_only=False))
                 fail(path, column.name, "not a finite number", rows + offset, values.take(rows[:MAX_SHOWN]).to_pylist())
-        for outside, expected in _bounds(column, values):
+        for outside, expected in _bounds(column, values, spec.earliest_date):
             outside = pc.fill_null(outside, False)
             if pc.any(outside).as_py():
                 rows = np.flatnonzero(outside.to_numpy(zero_copy_only=False))
@@ -538,12 +538,13 @@ def _number(value: float, column: Column) -> str:
     return str(int(value)) if pa.types.is_integer(column.type) else f"{value:g}"
 
 
-def _bounds(column: Column, values: pa.Array) -> list[tuple[pa.Array, str]]:
-    """(mask of values outside, what was expected) for each limit the column has."""
+def _bounds(column: Column, values: pa.Array, earliest_date: str) -> list[tuple[pa.Array, str]]:
+    """(mask of values outside, what was expected) for each limit the column has (a date's: from the file's
+    ``earliest_date``)."""
     if column.type == pa.date32():
-        low, high = (pa.scalar(dt.date.fromisoformat(day), pa.date32()) for day in (EARLIEST_DATE, LATEST_DATE))
+        low, high = (pa.scalar(dt.date.fromisoformat(day), pa.date32()) for day in (earliest_date, LATEST_DATE))
         return [(pc.or_(pc.less(values, low), pc.greater(values, high)),
-                 f"a date within [{EARLIEST_DATE}, {LATEST_DATE}]")]
+                 f"a date within [{earliest_date}, {LATEST_DATE}]")]
     if column.allowed is not None:
         outside = pc.invert(pc.is_in(values, value_set=pa.array(column.allowed)))
         return [(outside, f"one of {', '.join(column.allowed)}")]

@@ -419,6 +419,31 @@ def test_oil_takes_a_negative_price_and_a_file_without_any_price_is_no_oil(tmp_p
     pd.testing.assert_frame_equal(without, no_oil)
 
 
+def test_oil_and_holidays_may_reach_back_before_2000_where_sales_may_not(tmp_path):
+    """FRED's WTI series (DCOILWTICO, oil.csv's column) starts on 1986-01-02, and a holiday calendar may list decades:
+    both were refused whole ('value out of range (expected a date within [2000-01-01, 2099-12-31])'), though prepare
+    reads them from the first sales day on. In the store's own files a date before 2000 is still a typo."""
+    import pandas as pd
+
+    raw = write_kaggle_sample(tmp_path / "raw")
+    prepare(raw, tmp_path / "as-shipped", PARAMS, progress=False)
+    _edit(raw, "oil", lambda t: t.replace("date,dcoilwtico\n", "date,dcoilwtico\n1986-01-02,25.56\n1999-12-31,25.6\n"))
+    _edit(raw, "holidays_events", lambda t: t + "1990-01-01,Holiday,National,Ecuador,Primer dia del ano,False\n")
+    prepare(raw, tmp_path / "with-history", PARAMS, progress=False)
+    for table in ("sales", "holidays"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "with-history" / f"{table}.parquet"),
+                                      pd.read_parquet(tmp_path / "as-shipped" / f"{table}.parquet"))
+    _edit(raw, "oil", lambda t: t.replace("1986-01-02", "1899-12-29"))
+    with pytest.raises(DataValidationError, match=r"^oil.csv: column 'date': value out of range \(expected a date "
+                                                  r"within \[1900-01-01, 2099-12-31\]\); first offending: line 2 "):
+        prepare(raw, tmp_path / "too-old", PARAMS, progress=False)
+    _edit(raw, "oil", lambda t: t.replace("1899-12-29", "1986-01-02"))
+    _edit(raw, "train", lambda t: _replace_line(t, 40, _with_field(_train_line(40), 1, "1999-12-31")))
+    with pytest.raises(DataValidationError, match=r"^train.csv: column 'date': value out of range \(expected a date "
+                                                  r"within \[2000-01-01, 2099-12-31\]\); first offending: line 40 "):
+        prepare(raw, tmp_path / "typo", PARAMS, progress=False)
+
+
 def test_a_file_whose_lines_end_in_cr_alone_is_read_like_any_other(tmp_path):
     """Old Mac line endings: the header was read as the whole file ('cluster' missing, 'cluster1, Quito, ...')."""
     raw = write_kaggle_sample(tmp_path / "raw")
