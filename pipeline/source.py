@@ -75,9 +75,13 @@ def local_path(source: str) -> Path:
 
 
 def join(base: str, name: str) -> str:
-    """``name`` inside the directory ``base`` (a path or a URL)."""
-    if urllib.parse.urlparse(base).scheme in ("http", "https", "file"):
-        return base.rstrip("/") + "/" + urllib.parse.quote(name)
+    """``name`` inside the directory ``base`` (a path or a URL). A folder URL's query goes with every file: a token
+    that grants the folder (an Azure container's SAS, ``?token=...``) was read as part of the name, each file
+    missing."""
+    parts = urllib.parse.urlsplit(base)
+    if parts.scheme in ("http", "https", "file"):
+        path = parts.path.rstrip("/") + "/" + urllib.parse.quote(name)
+        return urllib.parse.urlunsplit(parts._replace(path=path, fragment=""))
     return str(Path(base) / name)
 
 

@@ -300,6 +300,21 @@ def test_from_http(http_server, kaggle_sample, tmp_path):
     _prepares(raw, tmp_path)
 
 
+def test_a_folder_url_with_a_token_in_its_query_sends_it_with_every_file(http_server, kaggle_sample, tmp_path):
+    """An Azure container's SAS URL (https://acct.blob.core.windows.net/sales?sv=...&sig=...) grants its files as
+    .../sales/train.csv.gz?sv=...: the query was read as part of each name ('?sig=x/train.csv.gz'), every file
+    missing."""
+    from pipeline.source import HashCache, fingerprint
+
+    source = http_server + "?sv=2024-01-01&sig=x%2By"
+    raw = tmp_path / "raw"
+    download(_params(source), raw, tmp_path / "partial", progress=False)
+    assert (raw / "train.csv.gz").read_bytes() == (kaggle_sample / "train.csv.gz").read_bytes()
+    assert _raw_names(raw) == RAW_NAMES
+    assert ("train.csv.gz?sv=2024-01-01&sig=x%2By", None) in _RangeHandler.requests
+    assert "train.csv.gz" in fingerprint(source, _params(source), HashCache(tmp_path / "hashes.json"))["files"]
+
+
 def test_interrupted_http_download_resumes(http_server, kaggle_sample, tmp_path):
     _RangeHandler.cut_after["train.csv.gz"] = 700
     raw = tmp_path / "raw"
