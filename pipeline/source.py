@@ -102,11 +102,26 @@ def _folded(text: str) -> str:
     return re.sub(r"[\s_\-.]", "", text.casefold())
 
 
+# What a browser or an editor adds to the name it was given: a second download's copy number (train (1).csv), an
+# extension Windows hides (train.csv saved as train.csv.txt by Notepad, or as train.csv.csv), a trailing space.
+_COPY_NUMBER = re.compile(r"\s*\(\d+\)$")
+_ADDED_EXTENSIONS = (".txt", ".csv")
+
+
+def _suffix_meant(suffix: str) -> str | None:
+    """The raw file suffix ``suffix`` (lowercase) is, or was before an editor added an extension; None if neither."""
+    if suffix in CANDIDATE_SUFFIXES:
+        return suffix
+    added = next((end for end in _ADDED_EXTENSIONS if suffix.endswith(end)), None)
+    return suffix[:-len(added)] if added and suffix[:-len(added)] in CANDIDATE_SUFFIXES else None
+
+
 def lookalike_raw_files(names, found=None) -> list[tuple[str, str, str | None]]:
     """Files among ``names`` that look meant as a raw file the names lack under its exact names: (file, raw file,
     its exact name or None). A raw name but for case, spaces, ``_``, ``-`` (``Holidays_Events.csv``,
-    ``Train.CSV``, ``holidays-events.csv.gz``) has that exact name: read past, the file would be silently absent
-    (no holidays, no oil), as a misspelt column would. A raw name in another format (``train.parquet``,
+    ``Train.CSV``, ``holidays-events.csv.gz``), a copy number, an added ``.txt`` or a trailing space
+    (``holidays_events (1).csv``, ``oil.csv.txt``) has that exact name: read past, the file would be silently
+    absent (no holidays, no oil), as a misspelt column would. A raw name in another format (``train.parquet``,
     ``oil.xlsx``) has None: only CSV is read. ``found``: the raw files found (default: those ``names`` hold under
     an exact name); a folder's are those that open, which on a case-insensitive file system Train.csv does."""
     names = list(names)
@@ -115,12 +130,12 @@ def lookalike_raw_files(names, found=None) -> list[tuple[str, str, str | None]]:
     wanted = {_folded(base): base for base in RAW_NAMES if base not in found}
     alike = []
     for name in sorted(names):
-        stem, dot, rest = name.partition(".")
-        base = wanted.get(_folded(stem))
+        stem, dot, rest = name.strip().partition(".")
+        base = wanted.get(_folded(_COPY_NUMBER.sub("", stem)))
         if base is None or not dot:
             continue
-        suffix = f".{rest.lower()}"
-        alike.append((name, base, f"{base}{suffix}" if suffix in CANDIDATE_SUFFIXES else None))
+        suffix = _suffix_meant(f".{rest.lower()}")
+        alike.append((name, base, f"{base}{suffix}" if suffix else None))
     return alike
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import http.server
 import os
+import re
 import struct
 import threading
 import zipfile
@@ -623,16 +624,23 @@ def test_a_bucket_answering_403_for_absent_names_is_read_like_a_folder(bucket, k
 
 @pytest.mark.parametrize("name, meant", [("Holidays_Events.csv", "holidays_events.csv"), ("oil.CSV", "oil.csv"),
                                          ("holidays-events.csv.gz", "holidays_events.csv.gz"),
-                                         ("Train.csv", "train.csv")])
+                                         ("Train.csv", "train.csv"),
+                                         # what a browser or an editor adds: a copy number, a hidden extension
+                                         ("holidays_events (1).csv", "holidays_events.csv"),
+                                         ("holidays_events.csv.txt", "holidays_events.csv"),
+                                         ("oil.csv.csv", "oil.csv"), ("oil.csv ", "oil.csv"),
+                                         ("train.csv.txt", "train.csv")])
 def test_a_raw_file_named_but_for_case_or_separators_is_refused_not_read_past(tmp_path, name, meant):
     """A folder's Holidays_Events.csv was read past without a word: prepare ran with no holidays at all (and an
-    oil.CSV with no oil); a Train.csv was 'has no train', with no word of the file beside it."""
+    oil.CSV with no oil); a Train.csv was 'has no train', with no word of the file beside it. So were a second
+    download's holidays_events (1).csv and Notepad's holidays_events.csv.txt (Windows hides the extension), and
+    train.csv.txt was 'only CSV files are read (export it as NAME.csv ...)', though it is CSV."""
     from pipeline.source import HashCache, SourceError, fingerprint
 
     source = write_kaggle_sample(tmp_path / "src", compress=("holidays_events",) if name.endswith(".gz") else ())
     base = meant.split(".")[0]
     next(source.glob(f"{base}.csv*")).rename(source / name)
-    message = rf"has {name} but no {base} file: is {meant} meant\? \(raw file names are matched exactly"
+    message = rf"has {re.escape(name)} but no {base} file: is {meant} meant\? \(raw file names are matched exactly"
     with pytest.raises(SourceError, match=message):
         fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))
     with pytest.raises(DownloadError, match=message):
