@@ -509,6 +509,7 @@ def read_batches(path: Path, spec: RawFile, block_size: int = BLOCK_SIZE) -> Ite
 def check_values(path: Path, spec: RawFile, batch: pa.RecordBatch, offset: int,
                  left_out: frozenset[str] = frozenset()) -> None:
     """Nulls, ranges, allowed values and date bounds of one batch (``left_out``: columns the file has not)."""
+    _fail_on_empty_rows(path, spec, batch, offset, left_out)
     for column in spec.columns:
         if column.name in left_out:
             continue
@@ -532,6 +533,20 @@ def check_values(path: Path, spec: RawFile, batch: pa.RecordBatch, offset: int,
                 rows = np.flatnonzero(outside.to_numpy(zero_copy_only=False))
                 fail(path, column.name, f"value out of range (expected {expected})", rows + offset,
                      values.take(rows[:MAX_SHOWN]).to_pylist())
+
+
+def _fail_on_empty_rows(path: Path, spec: RawFile, batch: pa.RecordBatch, offset: int,
+                        left_out: frozenset[str]) -> None:
+    """Rows with every field empty, as a spreadsheet exports rows once formatted (``,,,,,``), are said as such: they
+    were the first column's 'empty value where one is required' (train.csv's with the hint to drop its id column)."""
+    empty = None
+    for column in spec.columns:
+        if column.name not in left_out:
+            missing = batch.column(column.name).is_null()
+            empty = missing if empty is None else pc.and_(empty, missing)
+    if empty is not None and pc.any(empty).as_py():
+        fail(path, None, "a row with every field empty (a spreadsheet's empty rows, such as ',,,,,'?): delete those "
+             "lines", np.flatnonzero(empty.to_numpy(zero_copy_only=False)) + offset)
 
 
 def _number(value: float, column: Column) -> str:

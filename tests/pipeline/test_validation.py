@@ -44,6 +44,8 @@ def _holiday_line(starts: str) -> int:
                 if line.startswith(starts))
 
 
+t_lines = len(kaggle_sample_files()["train"].splitlines()) - 1  # data rows of the sample's train.csv
+
 CASES = {
     "missing column": ("train", lambda t: "\n".join(",".join(f for i, f in enumerate(line.split(",")) if i != 4)
                                                    for line in t.splitlines()) + "\n",
@@ -137,6 +139,12 @@ CASES = {
     "unknown store in transactions": ("transactions", lambda t: t + "2014-04-20,77,5\n",
                                       ["transactions.csv", "'store_nbr'", "77"]),
     "empty file": ("items", lambda t: "", ["items.csv", "empty"]),
+    # a spreadsheet exports rows once formatted as fields without values: it was "column 'id': empty value where
+    # one is required" with the hint to leave the id column out
+    "a spreadsheet's empty rows": ("train", lambda t: t.replace("\n", "\r\n") + ",,,,,\r\n,,,,,\r\n",
+                                   ["train.csv: a row with every field empty (a spreadsheet's empty rows, such as "
+                                    f"',,,,,'?): delete those lines; first offending: line {t_lines + 2}, line "
+                                    f"{t_lines + 3}"]),
 }
 
 # A raw file that is no CSV text at all was 'header (line 1) is not UTF-8 text', or a header of binary garbage
