@@ -509,6 +509,33 @@ def test_a_zip_url_answering_404_is_a_one_line_error(http_server, tmp_path, caps
     assert err.startswith("download: error: data.source: ") and "Traceback" not in err and err.count("\n") == 1
 
 
+def test_the_source_hash_is_reused_for_an_unchanged_file_and_redone_for_one_rewritten_with_its_mtime_put_back(
+        tmp_path, monkeypatch):
+    """README: a local raw file is hashed once, then remembered while its size, inode, mtime and ctime stay the same.
+    A file rewritten in place to the same size with its mtime put back (cp -p, rsync -t, a tool restoring
+    timestamps) differs only in its ctime: a cache keyed on the rest would keep the old hash, and download would
+    not rerun on the new data."""
+    import pipeline.source as source_module
+    from pipeline.source import HashCache
+
+    hashed, digest = [], source_module.file_digest  # the real hashing, counted
+    monkeypatch.setattr(source_module, "file_digest", lambda file: hashed.append(file.name) or digest(file))
+    items = tmp_path / "items.csv"
+    items.write_text("item_nbr,family,class,perishable\n1,A,1,0\n")
+    before = items.stat()
+    cache = HashCache(tmp_path / "hashes.json")
+    first = cache.sha256(items)
+    cache.save()
+    assert HashCache(tmp_path / "hashes.json").sha256(items) == first and hashed == ["items.csv"]
+
+    with open(items, "r+b") as handle:  # same inode, same size
+        handle.write(b"item_nbr,family,class,perishable\n2,B,1,0\n")
+    os.utime(items, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (items.stat().st_size, items.stat().st_ino, items.stat().st_mtime_ns) == (
+        before.st_size, before.st_ino, before.st_mtime_ns)
+    assert HashCache(tmp_path / "hashes.json").sha256(items) != first and hashed == ["items.csv", "items.csv"]
+
+
 def test_the_source_stage_refuses_a_folder_without_the_required_files(tmp_path, kaggle_sample):
     from pipeline.source import HashCache, SourceError, fingerprint
 
