@@ -25,6 +25,7 @@ holds a partial file.
 from __future__ import annotations
 
 import argparse
+import errno
 import gzip
 import hashlib
 import http.client
@@ -54,6 +55,9 @@ PARTIAL_DIR = Path("data/.downloads")
 CHUNK = 1 << 20
 # What makes unpacking fail on a corrupt archive (the file is then deleted, not resumed).
 CORRUPT_ARCHIVE = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
+# A write the system refuses (a full disk, a quota, a file size limit, a read-only folder): retrying at once cannot
+# help, as it can after a cut connection or a timeout.
+REFUSED_WRITES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 class DownloadError(StageError):
@@ -175,6 +179,10 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> Pa
         except _Missing:
             raise
         except (OSError, urllib.error.URLError, TimeoutError, http.client.HTTPException) as exc:
+            if isinstance(exc, OSError) and exc.errno in REFUSED_WRITES:
+                kept = part.stat().st_size if part.exists() else 0
+                raise DownloadError(f"{part}: {exc.strerror} (while fetching {url}; the {kept:,} bytes fetched are "
+                                    "kept there: make room and rerun, it resumes)") from None
             last_error = exc  # interrupted: retry, resuming
             continue
         if parsed.scheme in ("http", "https"):

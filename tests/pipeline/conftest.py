@@ -188,3 +188,21 @@ def dask_cluster():
         yield cluster.scheduler_address
     finally:
         cluster.close()
+
+
+def run_stage_with_file_size_limit(stage: str, root, limit: int):
+    """``python -m pipeline.<stage>`` with every file it writes capped at ``limit`` bytes: the kernel refuses the
+    write past it (EFBIG), as a full disk refuses one (ENOSPC), without needing root to mount a small disk."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def cap():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", f"pipeline.{stage}", "--quiet"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120, preexec_fn=cap)

@@ -18,7 +18,8 @@ from pipeline.download import DownloadError, download, fetch
 from pipeline.params import data_params
 from pipeline.prepare import prepare
 
-from .conftest import REPO, default_params, kaggle_sample_files, prepare_with, write_kaggle_sample
+from .conftest import (REPO, default_params, kaggle_sample_files, prepare_with, run_stage_with_file_size_limit,
+                       write_kaggle_sample)
 
 RAW_NAMES = {"train", "test", "items", "stores", "holidays_events", "oil", "transactions"}
 
@@ -173,6 +174,29 @@ def test_interrupted_local_copy_resumes_only_from_the_same_file(tmp_path):
     source.write_bytes(b"y" * 6000)  # replaced meanwhile: same prefix length must not be trusted
     os.utime(source, ns=(1, 1))
     assert fetch(str(source), partial, params, progress=False).read_bytes() == b"y" * 6000
+
+
+def test_a_write_refused_while_fetching_is_one_line_naming_the_copy_and_the_next_run_resumes(tmp_path, monkeypatch):
+    """A full disk (here a file size limit: EFBIG, as ENOSPC without mounting a small disk) was retried as a cut
+    connection would be and said as '<source>/train.csv: failed after 3 attempt(s): [Errno 27] File too large'."""
+    source = write_kaggle_sample(tmp_path / "src")
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    monkeypatch.setenv("SHELFCAST_DATA_SOURCE", str(source))
+    limit = 4000
+    assert (source / "train.csv").stat().st_size > limit > max(p.stat().st_size for p in source.iterdir()
+                                                               if p.name != "train.csv")
+
+    done = run_stage_with_file_size_limit("download", root, limit)
+
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert re.fullmatch(rf"download: error: data/\.downloads/\w+-train\.csv\.part: File too large \(while fetching "
+                        rf"{re.escape(str(source))}/train\.csv; the 4,000 bytes fetched are kept there: make room and "
+                        r"rerun, it resumes\)\n", done.stderr), done.stderr
+    assert not (root / "data" / "raw").exists()
+    download(_params(str(source)), root / "data" / "raw", root / "data" / ".downloads", progress=False)
+    assert (root / "data" / "raw" / "train.csv").read_bytes() == (source / "train.csv").read_bytes()
 
 
 def test_sha256_is_verified(kaggle_sample, tmp_path):

@@ -13,7 +13,7 @@ from pipeline.prepare import prepare
 from pipeline.split import split
 from pipeline.stage import StageError
 
-from .conftest import N_DAYS, START, prepare_with, write_kaggle_sample
+from .conftest import N_DAYS, START, prepare_with, run_stage_with_file_size_limit, write_kaggle_sample
 
 VALIDATION_DAYS = 5
 CUTOFF = START + dt.timedelta(days=N_DAYS - VALIDATION_DAYS)
@@ -85,26 +85,6 @@ def test_too_many_validation_days_is_refused(tmp_path):
     assert not (tmp_path / "split").exists()
 
 
-def _run_stage_with_file_size_limit(stage: str, root, limit: int):
-    """``python -m pipeline.<stage>`` with every file it writes capped at ``limit`` bytes: the kernel refuses the
-    write past it (EFBIG), as a full disk refuses one (ENOSPC), without needing root to mount a small disk."""
-    import os
-    import resource
-    import signal
-    import subprocess
-    import sys
-
-    from .conftest import REPO
-
-    def cap():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", f"pipeline.{stage}", "--quiet"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=120, preexec_fn=cap)
-
-
 def test_a_write_refused_as_the_outputs_close_gives_one_error_and_leaves_nothing(tmp_path):
     """A full disk as split closed its Parquet files (their footers): the stage's one-line error, then pyarrow's
     finalizer closed a writer again at exit: a second traceback ("Exception ignored in:
@@ -118,7 +98,7 @@ def test_a_write_refused_as_the_outputs_close_gives_one_error_and_leaves_nothing
     # both files fail as their footers (the last bytes written) are: the first close raises, the other's is left
     smaller = min(path.stat().st_size for path in (tmp_path / "unlimited").iterdir())
 
-    done = _run_stage_with_file_size_limit("split", root, smaller - 8)
+    done = run_stage_with_file_size_limit("split", root, smaller - 8)
 
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith("split: error: ") and "File too large" in done.stderr
