@@ -56,22 +56,28 @@ class FetchError(RuntimeError):
 def promote_alias(configured: str) -> str:
     """The alias promote moves: params.yaml's (``configured``, production's), unless ``SHELFCAST_PROMOTE_ALIAS``
     names a release candidate's (shadow, canary: what `release deploy` and `sync` read); naming ``configured`` itself
-    is production's promote, as when unset. Any other alias is refused: a version registered under ``staging``, or
-    under ``production`` while production's alias is ``champion``, is read by no release command, so it would never
-    be judged or deployed, and nothing would say so."""
+    is production's promote, as when unset. Any other alias is refused in one line naming the ones accepted: a
+    version registered under ``staging``, under ``production`` while production's alias is ``champion``, or under
+    ``Production`` (MLflow's aliases are case-sensitive: a second alias beside ``production``) is read by no release
+    command, so it would never be judged or deployed, and nothing would say so."""
     chosen = os.environ.get(ENV_PROMOTE_ALIAS, "").strip()
     if not chosen:
         return configured
     chosen = registry_alias(chosen, ENV_PROMOTE_ALIAS)
-    if chosen == configured or chosen in CANDIDATE_ALIASES:
+    accepted = (configured, *CANDIDATE_ALIASES)
+    if chosen in accepted:
         return chosen
-    accepted = (f"unset {ENV_PROMOTE_ALIAS} (or set it to {configured!r}) to promote production, or name a release "
-                f"candidate's alias ({', '.join(CANDIDATE_ALIASES)})")
-    if chosen.lower() == PRODUCTION:
-        raise ParamsError(f"{ENV_PROMOTE_ALIAS}: {chosen!r} is not production's alias here: promote.alias is "
-                          f"{configured!r}; {accepted}")
-    raise ParamsError(f"{ENV_PROMOTE_ALIAS}: {chosen!r} is neither production's alias (promote.alias: {configured!r}) "
-                      f"nor a release candidate's, so no release would ever judge or deploy it; {accepted}")
+    same_letters = [alias for alias in accepted if alias.lower() == chosen.lower()]
+    if same_letters:
+        why = (f"not {same_letters[0]!r}: registry aliases are case-sensitive (MLflow would register a second alias "
+               f"{chosen!r} beside {same_letters[0]!r})")
+    elif chosen == PRODUCTION:
+        why = f"not production's alias here (promote.alias is {configured!r})"
+    else:
+        why = "an alias no release reads, so the version would never be judged or deployed"
+    candidates = ", ".join(map(repr, CANDIDATE_ALIASES))
+    raise ParamsError(f"{ENV_PROMOTE_ALIAS}: {chosen!r} is {why}; it takes exactly {configured!r} (production's, "
+                      f"promote.alias; as when unset) or a release candidate's: {candidates}")
 
 
 def publish_serving_bundle(root: Path, run_id: str, bundle_dir: Path) -> dict[str, str]:
