@@ -142,6 +142,24 @@ def _version(root: Path, version: str, name: str):
 
 
 @model_named
+def aliased_version(root: Path, alias: str, command: str, name: str | None = None) -> str:
+    """The version ``alias`` names, for ``command`` (``--alias``); ReleaseError in one line naming the alias when it
+    names nothing (the model's aliases listed: MLflow's are case-sensitive, so ``Production`` is not ``production``)
+    or, for a shadow or canary, production's own version (a candidate judged against itself, served twice)."""
+    named = aliases(root, name)
+    if alias not in named:
+        other_case = [known for known in named if known.lower() == alias.lower()]
+        hint = f"; registry aliases are case-sensitive: {other_case[0]!r}?" if other_case else ""
+        raise ReleaseError(f"--alias {alias!r} names no version of {name} (its aliases: "
+                           f"{', '.join(f'{a} -> {v}' for a, v in sorted(named.items())) or 'none'}){hint}")
+    production = named.get(production_alias(root))
+    if command in (SHADOW, CANARY) and named[alias] == production:
+        raise ReleaseError(f"--alias {alias!r} names version {production}, production's own: a {command} of it would "
+                           f"be judged against itself; name a candidate's version (--alias shadow, --version V)")
+    return named[alias]
+
+
+@model_named
 def ensure_release(root: Path, store: ReleaseStore, version: str, name: str | None = None) -> str:
     """Release ``version`` on disk (downloaded once from the registry, verified); returns its digest."""
     mv = _version(root, version, name)
@@ -1067,10 +1085,12 @@ def main(argv=None) -> int:
         with tracking.mlflow_errors_named(root), (one_writer(store.root, f"release {args.command}") if writes
                                                   else contextlib.nullcontext()):
             version = args.version
-            if args.alias and not version:
-                version = aliases(root, args.name).get(args.alias)
-                if version is None:
-                    raise ReleaseError(f"no alias {args.alias!r} on {args.name}")
+            if args.alias:
+                if args.command not in (SHADOW, CANARY, "promote", "deploy"):
+                    raise ReleaseError(f"--alias is for shadow, canary, promote and deploy, not {args.command}")
+                if version:
+                    raise ReleaseError(f"--alias {args.alias!r} and --version {version}: give one of them")
+                version = aliased_version(root, args.alias, args.command, args.name)
             if args.command == "status":
                 named = aliases(root, args.name)
                 current = variant_versions(root, args.name, named)

@@ -426,3 +426,35 @@ def test_sync_installs_every_variant_it_can_when_one_alias_names_a_version_no_ho
     finally:
         client.set_registered_model_alias(NAME, CANARY, versions["canary"])
         client.delete_model_version(NAME, by_hand.version)
+
+
+@pytest.mark.parametrize("variant", [CANARY, SHADOW])
+@pytest.mark.parametrize("alias, said", [
+    ("production", "--alias 'production' names version {production}, production's own: a {variant} of it would be "
+                   "judged against itself"),
+    ("nosuch", "--alias 'nosuch' names no version of shelfcast-forecaster (its aliases: canary -> {canary}, "
+               "production -> {production})"),
+    ("Production", "--alias 'Production' names no version of shelfcast-forecaster (its aliases: canary -> {canary}, "
+                   "production -> {production}); registry aliases are case-sensitive: 'production'?"),
+])
+def test_a_candidate_alias_naming_production_or_nothing_is_refused_naming_it(host, capsys, variant, alias, said):
+    """`release shadow|canary --alias A` takes the version another alias names: a candidate's (CI's shadow made the
+    canary), any alias naming a version that is not production's own. Production's alias was refused as "version 1 is
+    production already", naming no alias; an alias naming nothing said "no alias 'Production' on …", without the
+    aliases there are (MLflow's are case-sensitive); and --alias beside --version was ignored. Each is one line now
+    naming the alias, and nothing changes."""
+    root, store, versions = host
+    before, served = _aliases(root), verify_bundle(store.variant_dir(CANARY))
+    args = [variant, "--root", str(root), "--models", str(store.root)]
+    assert release.main([*args, "--alias", alias]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"release: error: {said.format(variant=variant, **versions)}"), err
+    assert len(err.splitlines()) == 1 and _aliases(root) == before, err
+    assert release.main([*args, "--alias", CANARY, "--version", versions["canary"]]) == 1
+    assert capsys.readouterr().err.startswith(f"release: error: --alias 'canary' and --version {versions['canary']}: "
+                                              "give one of them")
+    assert _aliases(root) == before and verify_bundle(store.variant_dir(CANARY)) == served
+    assert not store.variant_dir(SHADOW).exists()
+    if variant == SHADOW:  # the canary's alias names a version that is not production's: it may be mirrored too
+        assert release.main([*args, "--alias", CANARY]) == 0
+        assert _aliases(root) == {**before, SHADOW: versions["canary"]}
