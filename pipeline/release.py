@@ -22,7 +22,8 @@ running app hot-reloads them (app/variants.py).
 ``deploy`` is `make deploy`: a shadow phase first (``--shadow-s``: alias ``shadow``, judged
 by the same rule) -> alias ``canary`` -> hot reload (waits until GET /api/v1/model shows the
 canary's digest) -> smoke test (predictions through the API, the canary among those who
-answer) -> canary check (``compare`` on the traffic logged since the canary went live) ->
+answer) -> canary check (``compare`` on the users' traffic logged since the canary went live, the smoke
+test's left out) ->
 promote, or roll back automatically. The decision rule is ``compare``'s docstring.
 
 The traffic judged is read from the app's JSON-lines event log (``--events``, default
@@ -72,6 +73,9 @@ DEFAULT_MODELS = Path(os.environ.get("SHELFCAST_MODELS_HOST", "").strip() or "mo
 MAX_EVENTS = 200_000  # the most recent events one decision reads (a release's traffic, not the archive)
 # the decision rule's numbers (stated in compare's docstring and README "Releases")
 MIN_EVENTS = 30  # fewer candidate predictions than this: no decision, keep observing
+# the smoke test's X-Request-ID starts so (app/__init__.py keeps a client's id): its requests show a candidate answers,
+# they are no users' traffic, so the rule never judges them (read_traffic); a canary is judged on what users asked
+SMOKE_REQUEST_PREFIX = "release-smoke."
 MAX_EXTRA_ERROR_RATE = 0.01  # candidate errors may exceed production's by at most 1 point ...
 Z_ONE_SIDED_95 = 1.645  # ... with 95 % one-sided confidence (two-proportion z-test)
 MAX_LATENCY_RATIO = 1.5  # the latency bar: 1.5x production's p95 ...
@@ -483,6 +487,7 @@ class VariantTraffic:
     # model's, so never paired in the forecast comparison or scored in live accuracy (both answer 0 there)
     closed: set = field(default_factory=set)
     closed_answers: int = 0  # predictions answered so (counted in `predictions` too)
+    smoke_predictions: int = 0  # the smoke test's answers (SMOKE_REQUEST_PREFIX): left out of everything above
 
 
 def _event_time(event: dict) -> float:
@@ -503,6 +508,9 @@ def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str
         units = event_units(event)
         inputs = event.get("inputs") if isinstance(event.get("inputs"), dict) else {}
         t = traffic.setdefault(variant, VariantTraffic())
+        if is_smoke_request(event):  # no user's request: neither evidence for the candidate nor against it
+            t.smoke_predictions += units is not None
+            continue
         if event.get("canary_failed") is True:
             traffic.setdefault(CANARY, VariantTraffic()).errors += 1
         if units is None:
@@ -531,6 +539,12 @@ def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str
         if replayable is not None:
             t.by_inputs.setdefault(replayable, []).append(units)
     return traffic
+
+
+def is_smoke_request(event: dict) -> bool:
+    """Whether ``event`` answered `release smoke` / deploy's smoke test (its request id, SMOKE_REQUEST_PREFIX)."""
+    request_id = event.get("request_id")
+    return isinstance(request_id, str) and request_id.startswith(SMOKE_REQUEST_PREFIX)
 
 
 def _key(*parts) -> tuple | None:
@@ -628,11 +642,15 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     of ten is their maximum); fewer than that and no rule broken: wait (no decision). A closed store-day's answer
     (0 units with store_closed, pipeline/closed_days.py) is the closed-day rule's, not a model's: it counts for the
     errors and latency, never in a forecast pair or live accuracy (production's replay leaves those requests out
-    too), and a candidate needs MIN_EVENTS predictions of its model's own.
+    too), and a candidate needs MIN_EVENTS predictions of its model's own. The smoke test's requests
+    (SMOKE_REQUEST_PREFIX) are left out of every rule and count: a canary is judged on users' requests it answered.
     """
     base, cand = traffic.get(PRODUCTION, VariantTraffic()), traffic.get(candidate, VariantTraffic())
     figures: dict = {"production_predictions": base.predictions, f"{candidate}_predictions": cand.predictions,
                      f"{candidate}_errors": cand.errors}
+    smoke = sum(t.smoke_predictions for t in traffic.values())
+    if smoke:
+        figures["smoke_predictions_left_out"] = smoke
     reasons: list[str] = []
     attempts = cand.predictions + cand.errors
     if attempts and cand.errors:
@@ -707,7 +725,9 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     if reasons:
         return Verdict(candidate, "rollback", reasons, figures)
     if cand.predictions < MIN_EVENTS:
-        return Verdict(candidate, "wait", [f"only {cand.predictions} {candidate} predictions logged; "
+        smoke_said = (f" (besides {cand.smoke_predictions} answers to the smoke test, which are not judged)"
+                      if cand.smoke_predictions else "")
+        return Verdict(candidate, "wait", [f"only {cand.predictions} {candidate} predictions logged{smoke_said}; "
                                            f"{MIN_EVENTS} are needed for a decision"], figures)
     if cand.predictions - cand.closed_answers < MIN_EVENTS:  # its model's forecasts were hardly compared at all
         return Verdict(candidate, "wait", [f"only {cand.predictions - cand.closed_answers} of the {cand.predictions} "
@@ -833,8 +853,9 @@ def app_info(url: str) -> dict:
             from None
 
 
-def _post_json(url: str, body: dict, timeout: float = 30.0) -> tuple[int, dict, str]:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+def _post_json(url: str, body: dict, timeout: float = 30.0, request_id: str | None = None) -> tuple[int, dict, str]:
+    headers = {"Content-Type": "application/json", **({"X-Request-ID": request_id} if request_id else {})}
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read()), response.headers.get("X-Model-Variant", "")
@@ -862,7 +883,10 @@ def wait_for_variant(url: str, variant: str, digest: str | None, timeout_s: floa
 
 
 def smoke_test(url: str, requests: int = 40) -> dict:
-    """Predictions through the API over many store×items; every one must answer 200 with finite units."""
+    """Predictions through the API over many store×items; every one must answer 200 with finite units. Each carries
+    an X-Request-ID starting SMOKE_REQUEST_PREFIX, so the decision rule leaves its events out: before, a canary at a
+    share of 0.5 could be promoted on the smoke test's own answers, no user's request among them."""
+    run = f"{SMOKE_REQUEST_PREFIX}{os.urandom(6).hex()}."  # the app keeps ids of [A-Za-z0-9._:-]{1,64}
     info = app_info(url)
     stores = [s["store_nbr"] for s in info["stores"]]
     items = _get_json(f"{url}/api/v1/items?limit=50")["items"]
@@ -871,7 +895,7 @@ def smoke_test(url: str, requests: int = 40) -> dict:
     for n in range(requests):
         body = {"instances": [{"store_nbr": stores[n % len(stores)], "item_nbr": items[n % len(items)]["item_nbr"],
                                "date": first, "onpromotion": False}]}
-        status, payload, variants = _post_json(f"{url}/api/v1/predict", body)
+        status, payload, variants = _post_json(f"{url}/api/v1/predict", body, request_id=f"{run}{n}")
         units = (payload.get("predictions") or [{}])[0].get("unit_sales") if status == 200 else None
         if status != 200 or not isinstance(units, (int, float)) or not math.isfinite(units):
             raise ReleaseError(f"smoke test: POST /api/v1/predict answered {status} ({payload or 'no body'})")
@@ -882,9 +906,9 @@ def smoke_test(url: str, requests: int = 40) -> dict:
 
 @dataclass(frozen=True)
 class Observation:
-    """How a candidate's observation ended. The rule decides as soon as the traffic logged since the install (a
-    canary's smoke test's included, docs/walkthrough.md: its own traffic) is enough, so a phase may end seconds into a
-    40 s limit; deploy's report (``record``) and printout (``line``) say how long it ran and why it ended."""
+    """How a candidate's observation ended. The rule decides as soon as the users' traffic logged since the install
+    (never the smoke test's: SMOKE_REQUEST_PREFIX) is enough, so a phase may end seconds into a 40 s limit; deploy's
+    report (``record``) and printout (``line``) say how long it ran and why it ended."""
 
     verdict: Verdict
     seconds: float  # how long the rule was polled
@@ -907,7 +931,10 @@ class Observation:
         seen, candidate = self.record(), self.verdict.candidate
         traffic = f"{seen['predictions']} {candidate} predictions" + (
             "" if seen["requests"] is None else f" ({seen['requests']} requests)")
-        traffic += " logged since its install" + (", the smoke test's included" if candidate == CANARY else "")
+        traffic += " logged since its install"
+        smoke = self.verdict.figures.get("smoke_predictions_left_out")
+        if smoke:
+            traffic += f", {smoke} answers to the smoke test left out"
         if self.decided:
             return (f"{candidate} observed {self.seconds:.1f} s of at most {self.limit_s:g} s: the rule decided "
                     f"{self.verdict.decision} on {traffic}")

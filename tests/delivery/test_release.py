@@ -466,7 +466,8 @@ def test_deploy_shadow_then_canary_with_reload_smoke_test_and_checks_then_promot
         assert observed["predictions"] >= release.MIN_EVENTS and observed["requests"] >= release.MIN_EVENTS, observed
         line = next(line for line in said if line.startswith(f"deploy: {variant} observed"))
         assert f"of at most 90 s: the rule decided promote on {observed['predictions']} {variant} predictions" in line
-    assert "the smoke test's included" in next(line for line in said if line.startswith("deploy: canary observed"))
+    canary_line = next(line for line in said if line.startswith("deploy: canary observed"))
+    assert "answers to the smoke test left out" in canary_line, canary_line
     assert str(tracking.client(root).get_registered_model(NAME).aliases[PRODUCTION]) == versions["canary"]
     assert report["shadow_verdict"]["decision"] == "promote" and report["shadow_verdict"]["figures"]["compared_pairs"]
     assert report["verdict"]["decision"] == "promote" and CANARY in report["smoke"]
@@ -728,8 +729,8 @@ def test_a_canary_of_a_few_large_batches_waits_until_its_latency_can_be_judged()
 
 def test_an_observation_says_how_long_it_ran_and_whether_the_rule_decided_or_the_time_ran_out(tmp_path):
     """A workflow's deploy ended 16 s in with OBSERVE_S 40: the rule promotes as soon as the traffic logged since the
-    install is enough (the smoke test's own included), by design, but nothing said so. The observation now says how
-    long it ran, at most how long, why it ended, and on how much traffic."""
+    install is enough (users' requests; the smoke test's are left out), by design, but nothing said so. The
+    observation now says how long it ran, at most how long, why it ended, and on how much traffic."""
     log = tmp_path / "events.jsonl"
     production = [e for n in range(60) for e in _answers(PRODUCTION, f"p{n}", 3.0, [n])]
 
@@ -743,8 +744,8 @@ def test_an_observation_says_how_long_it_ran_and_whether_the_rule_decided_or_the
     assert enough.record() == {"seconds": round(enough.seconds, 2), "limit_s": 30.0, "ended": "decided",
                                "predictions": 40, "requests": 40}
     assert enough.line().startswith(f"canary observed {enough.seconds:.1f} s of at most 30 s: the rule decided "
-                                    "promote on 40 canary predictions (40 requests) logged since its install, the "
-                                    "smoke test's included"), enough.line()
+                                    "promote on 40 canary predictions (40 requests) logged since its install"), \
+        enough.line()
     few = observed(5, 1.5)
     assert few.verdict.decision == "wait" and few.seconds >= 1.5
     assert few.record()["ended"] == "time ran out" and few.record()["predictions"] == 5
@@ -799,3 +800,41 @@ def test_decide_reads_only_what_was_logged_since_the_candidate_was_installed(hos
     verdict = json.loads(out.splitlines()[0])
     assert verdict["decision"] == "promote" and verdict["figures"][f"{CANARY}_errors"] == 0, verdict
     assert verdict["figures"]["log_read_from"] == {str(log): marked_at}, verdict["figures"]
+
+
+def test_a_canary_answering_only_the_smoke_tests_requests_is_never_promoted(host, tmp_path, capsys):
+    """Found by review: the smoke test's requests were judged as the canary's traffic, so at a share of 0.5 a deploy
+    could promote a canary no user had asked anything (`the smoke test's included`). They carry an X-Request-ID of
+    their own now (release.SMOKE_REQUEST_PREFIX), left out of every rule: 120 smoke requests, the canary answering
+    more than MIN_EVENTS of them, and users' requests production answered, leave the canary waiting; once users'
+    requests it answered are MIN_EVENTS, it is judged (promoted) on those alone."""
+    from app.variants import goes_to_canary
+
+    root, store, versions = host
+    events = tmp_path / "events.jsonl"
+    served = ServedWithUsers(store, events, tmp_path, None)
+    try:
+        answered = release.smoke_test(served.url, 120)
+        assert answered.get(CANARY, 0) >= release.MIN_EVENTS, answered
+        series = all_series(make_app(store, tmp_path / "probe-events.jsonl"))
+        users = [s for s in series if not goes_to_canary(s["store_nbr"], s["item_nbr"], 0.5)]
+        canary_users = [s for s in series if goes_to_canary(s["store_nbr"], s["item_nbr"], 0.5)]
+        for instance in users * 2:
+            assert predict_status(served.url, instance) == 200
+        time.sleep(0.5)  # the workers' log writes
+        status, verdict = decide(root, store, capsys, "--events", str(events))
+        assert status == 0 and verdict["decision"] == "wait", verdict
+        figures = verdict["figures"]
+        assert figures[f"{CANARY}_predictions"] == 0 and figures["production_predictions"] >= release.MIN_EVENTS
+        assert figures["smoke_predictions_left_out"] == 120, figures
+        assert "answers to the smoke test, which are not judged" in verdict["reasons"][0], verdict
+        while sum(1 for e in read_events(events) if e.get("model_variant") == CANARY
+                  and not e["request_id"].startswith(release.SMOKE_REQUEST_PREFIX)) < release.MIN_EVENTS:
+            for instance in canary_users:
+                assert predict_status(served.url, instance) == 200
+            time.sleep(0.5)
+    finally:
+        served.close()
+    status, verdict = decide(root, store, capsys, "--events", str(events))
+    assert verdict["decision"] == "promote", verdict
+    assert verdict["figures"][f"{CANARY}_predictions"] >= release.MIN_EVENTS

@@ -125,7 +125,7 @@ def test_the_loop_and_the_broken_gate_run_on_a_fresh_clone(tmp_path, monkeypatch
 @pytest.mark.slow
 def test_every_release_command_runs_in_order(released, registry_env, tmp_path):
     """Parts 3-5 as a user runs them: a fresh host directory, only MLFLOW_TRACKING_URI and a running app."""
-    from .test_release import ServedWithUsers
+    from .test_release import ServedWithUsers, all_series, make_app
     from pipeline.release_store import ReleaseStore
 
     _, uri, versions = released
@@ -146,9 +146,11 @@ def test_every_release_command_runs_in_order(released, registry_env, tmp_path):
     served = None
     try:
         for number, commands in enumerate(blocks):
-            if number == 1:  # "Serve it in another terminal": after sync, before the first curl
-                served = ServedWithUsers(ReleaseStore(host / "models"), host / "logs" / "predictions.jsonl", tmp_path,
-                                         None)
+            if number == 1:  # "Serve it in another terminal": after sync, before the first curl; and its users, whose
+                # requests the canary check judges (never the smoke test's): one-row forecasts over the catalog
+                store = ReleaseStore(host / "models")
+                served = ServedWithUsers(store, host / "logs" / "predictions.jsonl", tmp_path,
+                                         all_series(make_app(store, tmp_path / "probe-events.jsonl")))
                 env["SHELFCAST_URL"] = served.url
             for command in commands:
                 done = subprocess.run(["bash", "-c", command], cwd=host, env=env, capture_output=True, text=True,
