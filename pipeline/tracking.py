@@ -816,15 +816,12 @@ def point_alias(mlflow_client, name: str, alias: str, version, *, production: st
 
     MLflow has no compare-and-set: two movers (promotes or releases on two hosts) may both read production A, then
     move it to B and to C, and C's mover believes it replaced A while B was production in between. So a move is
-    recorded on its version before the alias moves, and marked done (MOVE_SET_TAG) after; then, of two moves from
-    the same production (the same ``after``), the later one is repaired to have replaced the earlier: by the later
-    mover, which finds the earlier one's move done before it re-reads production as its own (the earlier's alias
-    set came first), or by the earlier mover, which re-reads production as the later's (the later's set came
-    after its own). Either way the record of the version left in production names the one production held just
-    before it (for two racers at a time; a third at once may be recorded as one of the other two; a production
-    set by hand, not through here, is ordered from its next move on). Then
-    ``previous_production`` is made to match the production version's record, re-read until it does, so the last
-    writer of either leaves them agreeing."""
+    recorded on its version before the alias moves, and marked done (MOVE_SET_TAG) after; then every mover chains
+    the moves from the same production (the same ``after``) into one sequence, production's last (_chain_racers):
+    of two racers, the record of the version left in production names the one production held just before it; of
+    three or more, every racer is in the sequence once, in an order the registry cannot contradict (a production
+    set by hand, not through here, is ordered from its next move on). Then ``previous_production`` is made to match
+    the production version's record, re-read until it does, so the last writer of either leaves them agreeing."""
     version = str(version)
     if alias != production:
         mlflow_client.set_registered_model_alias(name, alias, version)
@@ -847,18 +844,55 @@ def point_alias(mlflow_client, name: str, alias: str, version, *, production: st
     mlflow_client.set_registered_model_alias(name, alias, version)
     hold(HOLD_ALIAS_SET)
     mlflow_client.set_model_version_tag(name, version, MOVE_SET_TAG, move["id"])
-    earlier = [str(v.version) for v in model_versions(mlflow_client, f"name='{name}'")
-               if str(v.version) != version and _move_done(v, after)]
-    now = _alias_version(mlflow_client, name, alias)  # after the search: a move done before it was set before this
-    if now is not None and str(now.version) == version:
-        if earlier:  # moved from the same production, and done before production read as mine: it came first
-            mlflow_client.set_model_version_tag(name, version, MOVE_TAG, json.dumps({**move, "from": earlier[0]}))
-    elif now is not None:
-        theirs = _move_of(now)
-        if theirs and theirs.get("after") == after and theirs.get("from") == leaving:  # read before my move
-            mlflow_client.set_model_version_tag(name, str(now.version), MOVE_TAG,
-                                                json.dumps({**theirs, "from": version}))
+    _chain_racers(mlflow_client, name, alias, after, leaving)
     _mirror_previous(mlflow_client, name, alias)
+
+
+def _chain_racers(mlflow_client, name: str, alias: str, after: str, leaving: str | None, tries: int = 10) -> None:
+    """The moves from one production (``after``: its tenure; ``leaving``: its version) recorded as one sequence: the
+    racers done, and production when it is one of them (its alias set is certain, done or not), each recorded as
+    replacing the one before, the first ``leaving``. Production is last: its alias set came last. The others keep
+    the order their records already chain in from ``leaving`` (each mover that finished found the ones before it
+    done), the rest by version number: which of them held production in between MLflow cannot tell (no
+    compare-and-set), so this is one sequence that explains the registry, never two versions that each replaced the
+    same one (before, of three racers finishing in turn, the third recorded the first as what it replaced, as the
+    second did: a rollback skipped the second). Each racer runs it after its move is done, re-reading until the
+    records agree, so the last to finish leaves the whole group chained whatever the others saw."""
+    for _ in range(tries):
+        versions = model_versions(mlflow_client, f"name='{name}'")
+        now = _alias_version(mlflow_client, name, alias)  # after the search: every racer done before it is in it
+        group = {str(v.version): v for v in versions if _move_done(v, after)}
+        last = None
+        if now is not None and (_move_of(now) or {}).get("after") == after:
+            last = str(now.version)
+            group[last] = now
+        if not group:
+            return
+        moves = {v: _move_of(record) for v, record in group.items()}
+        order, step = [], leaving
+        while True:  # the chain the records already form from leaving
+            following = [v for v in group if v != last and v not in order and moves[v].get("from") == step]
+            if len(following) != 1:
+                break
+            order.append(following[0])
+            step = following[0]
+        order += sorted((v for v in group if v != last and v not in order), key=_version_number)
+        order += [last] if last is not None else []
+        wrote = False
+        for before, v in zip([leaving, *order], order):
+            if moves[v].get("from") != before:
+                if (_move_of(mlflow_client.get_model_version(name, v)) or {}).get("id") != moves[v]["id"]:
+                    wrote = True  # moved again since the search: its new record is not this group's; read again
+                    continue
+                mlflow_client.set_model_version_tag(name, v, MOVE_TAG, json.dumps({**moves[v], "from": before}))
+                wrote = True
+        if not wrote:
+            return
+
+
+def _version_number(version: str) -> tuple[int, str]:
+    """A model version's sort key: its number (versions are numbered strings), its text for anything else."""
+    return (int(version), "") if version.isdigit() else (0, version)
 
 
 def _move_of(version) -> dict | None:
