@@ -368,7 +368,6 @@ def _build_small(spec: FeatureSpec, vocab: Vocabularies, rows: FeatureRows, n: i
     for every row) divided by its length; counts of 0/1 values are exact in any order; the calendar is computed
     with Python integers where ``datetime.date`` reaches (the same proleptic Gregorian calendar as datetime64).
     """
-    w = spec.history_days
     window = rows.window_index().tolist()
     log_sales = np.log1p(np.asarray(rows.sales, dtype=np.float64))
     promo = np.asarray(rows.promo, dtype=np.float64)
@@ -379,45 +378,87 @@ def _build_small(spec: FeatureSpec, vocab: Vocabularies, rows: FeatureRows, n: i
     origins = origins.tolist()
     target_promo = np.asarray(rows.target_promo, dtype=np.float64).tolist()
     holidays = np.asarray(rows.holidays, dtype=np.float64).tolist()
-    add = np.add.reduce
     dense = []
     for i in range(n):
-        ls, sd, pr = log_sales[window[i]], sold[window[i]], promo[window[i]]
-        h, target_day = horizons[i], target_days[i]
-        values: list = [add(ls[w - k:]) / k for k in spec.mean_windows]
-        values += [np.count_nonzero(sd[w - k:]) / k for k in spec.mean_windows]
-        last_same_dow = (w - 1) - (((origins[i] + 3) % 7 - (target_day + 3) % 7) % 7)
-        for k in spec.dow_weeks:
-            steps = _DOW_STEPS.get(k)
-            if steps is None:
-                steps = _DOW_STEPS.setdefault(k, 7 * np.arange(k))
-            values.append(add(ls[last_same_dow - steps]) / k)
-        sale_days = np.flatnonzero(sd)
-        if sale_days.size:
-            first_sale, last_sale = int(sale_days[0]), int(sale_days[-1])
-            values += [(w - 1 - last_sale) / w, (w - 1 - first_sale) / w]
-        else:
-            values += [w / w, 0 / w]
-        values += [add(pr[w - k:]) / k for k in spec.promo_windows]
-        promo_days = add(pr)
-        off_days = w - promo_days
-        on_promo = add(ls * pr) / promo_days if promo_days > 0 else 0.0
-        off_promo = add(ls * (1 - pr)) / off_days if off_days > 0 else 0.0
-        values += [on_promo, on_promo - off_promo if promo_days > 0 and off_days > 0 else 0.0]
-        values += [target_promo[i], h / spec.horizon]
-        values += _calendar_values(target_day)
-        values += holidays[i]
-        if spec.yearly:
-            values += _yearly_values(ls, sale_days, h, target_day)
-        dense.append(values)
+        series = series_window(spec, log_sales[window[i]], sold[window[i]], promo[window[i]])
+        target = target_day_of(spec, horizons[i], target_days[i])
+        dense.append(row_values(spec, series, origins[i], target, target_promo[i], holidays[i]))
     categorical = [[vocab.ids(f).get(text, UNKNOWN_ID) for text in _texts(rows.categorical[f])]
                    for f in CATEGORICAL_FIELDS]
     return FeatureMatrix(dense=np.asarray(dense, dtype=np.float64).astype(np.float32),
                          categorical=np.asarray(categorical, dtype=np.int32).T.copy())
 
 
-def _calendar_values(target_day: int) -> list:
-    """The target day's calendar columns of ``_build_batch`` (``calendar_of``) for one day number."""
+@dataclass(frozen=True)
+class SeriesWindow:
+    """The columns of one history window that no target day or promotion flag changes (``_build_small``'s, per
+    window row; pipeline/served_features.py keeps them per store×item), and the window's log1p sales, which the
+    target's weekday and year-ago columns read."""
+
+    log_sales: np.ndarray  # [W] float64
+    before_dow: list  # mean_log1p_*, sale_days_share_*
+    after_dow: list  # days_since_last/first_sale, promo_share_*, mean_log1p_on_promo, promo_uplift_log1p
+    yearly: tuple  # (year_ago_known flag, year-ago base mean, recent mean) with spec.yearly; () without
+
+
+def series_window(spec: FeatureSpec, log_sales: np.ndarray, sold: np.ndarray, promo: np.ndarray) -> SeriesWindow:
+    """One window row's SeriesWindow (``log_sales``/``promo`` float64, ``sold`` = log_sales > 0, all [W])."""
+    w = spec.history_days
+    add = np.add.reduce
+    before: list = [add(log_sales[w - k:]) / k for k in spec.mean_windows]
+    before += [np.count_nonzero(sold[w - k:]) / k for k in spec.mean_windows]
+    sale_days = np.flatnonzero(sold)
+    if sale_days.size:
+        first_sale, last_sale = int(sale_days[0]), int(sale_days[-1])
+        after: list = [(w - 1 - last_sale) / w, (w - 1 - first_sale) / w]
+    else:
+        after = [w / w, 0 / w]
+    after += [add(promo[w - k:]) / k for k in spec.promo_windows]
+    promo_days = add(promo)
+    off_days = w - promo_days
+    on_promo = add(log_sales * promo) / promo_days if promo_days > 0 else 0.0
+    off_promo = add(log_sales * (1 - promo)) / off_days if off_days > 0 else 0.0
+    after += [on_promo, on_promo - off_promo if promo_days > 0 and off_days > 0 else 0.0]
+    return SeriesWindow(log_sales=log_sales, before_dow=before, after_dow=after,
+                        yearly=_yearly_window(log_sales, sale_days) if spec.yearly else ())
+
+
+@dataclass(frozen=True)
+class TargetDay:
+    """A target day's columns that no series changes: its horizon, and the horizon and calendar columns."""
+
+    horizon: int
+    day: int  # day number
+    calendar: list  # the horizon column, then the calendar columns (``_build_batch``'s)
+    day_of_year: list  # sine and cosine with spec.yearly; [] without
+
+
+def target_day_of(spec: FeatureSpec, horizon: int, day: int) -> TargetDay:
+    return TargetDay(horizon=horizon, day=day, calendar=target_day_values(spec, horizon, day),
+                     day_of_year=day_of_year_values(day) if spec.yearly else [])
+
+
+def row_values(spec: FeatureSpec, series: SeriesWindow, origin: int, target: TargetDay, target_promo: float,
+               holidays: list) -> list:
+    """One row's dense values, in ``dense_feature_names`` order: its window's, its target day's, its promotion
+    flag and the target day's holiday flags (floats) at its store."""
+    w = spec.history_days
+    log_sales = series.log_sales
+    last_same_dow = (w - 1) - (((origin + 3) % 7 - (target.day + 3) % 7) % 7)
+    dow = []
+    for k in spec.dow_weeks:
+        steps = _DOW_STEPS.get(k)
+        if steps is None:
+            steps = _DOW_STEPS.setdefault(k, 7 * np.arange(k))
+        dow.append(np.add.reduce(log_sales[last_same_dow - steps]) / k)
+    values = series.before_dow + dow + series.after_dow + [target_promo] + target.calendar + holidays
+    if spec.yearly:
+        values += _yearly_values(log_sales, series.yearly, target.horizon) + target.day_of_year
+    return values
+
+
+def target_day_values(spec: FeatureSpec, horizon: int, target_day: int) -> list:
+    """The horizon column and the target day's calendar columns of ``_build_batch`` for one row."""
     if not _FIRST_DAY <= target_day <= _LAST_DAY:  # beyond datetime.date: datetime64's own arithmetic
         dow, day_of_month, is_payday, to_payday = (int(a[0]) for a in calendar_of(np.asarray([target_day])))
     else:
@@ -428,22 +469,13 @@ def _calendar_values(target_day: int) -> list:
         dow = (target_day + 3) % 7
         is_payday = day_of_month == 15 or target_day == month_end
         to_payday = 15 - day_of_month if day_of_month <= 15 else month_end - target_day
-    values = [float(dow == d) for d in range(7)]
+    values = [horizon / spec.horizon] + [float(dow == d) for d in range(7)]
     return values + [day_of_month / 31.0, float(is_payday), float(day_of_month == 1 or day_of_month == 16),
                      to_payday / 16.0]
 
 
-def _yearly_values(log_sales: np.ndarray, sale_days: np.ndarray, horizon: int, target_day: int) -> list:
-    """``_yearly_columns`` for one row (``log_sales`` its window, ``sale_days`` the columns with a sale)."""
-    w = log_sales.shape[0]
-    add = np.add.reduce
-    year_ago = (w - 1) + horizon - YEAR_DAYS
-    base_end = (w - 1) - YEAR_DAYS
-    base = add(log_sales[base_end - YEAR_AGO_BASE_DAYS + 1:base_end + 1]) / YEAR_AGO_BASE_DAYS
-    known = bool(sale_days.size) and int(sale_days[0]) < base_end - YEAR_AGO_BASE_DAYS + 2
-    week = add(log_sales[year_ago + _YEAR_AGO_WEEK_OFFSETS]) / _YEAR_AGO_WEEK_OFFSETS.size
-    day = log_sales[year_ago]
-    recent = add(log_sales[w - YEAR_AGO_BASE_DAYS:]) / YEAR_AGO_BASE_DAYS
+def day_of_year_values(target_day: int) -> list:
+    """The target's day of the year as ``_yearly_columns``' sine and cosine, for one day number."""
     if _FIRST_DAY <= target_day <= _LAST_DAY:
         day_of_year = target_day - (dt.date.fromordinal(target_day + _EPOCH_ORDINAL).replace(month=1, day=1)
                                     .toordinal() - _EPOCH_ORDINAL)
@@ -451,9 +483,27 @@ def _yearly_values(log_sales: np.ndarray, sale_days: np.ndarray, horizon: int, t
         day_of_year = int(target_day - np.int64(target_day).astype("datetime64[D]").astype("datetime64[Y]")
                           .astype("datetime64[D]").astype(np.int64))
     angle = np.asarray([2 * np.pi * day_of_year / 365.25])
-    flag = float(known)
-    return [flag, day * flag, week * flag, base * flag, (week - base) * flag, (recent - base) * flag,
-            np.sin(angle)[0], np.cos(angle)[0]]
+    return [np.sin(angle)[0], np.cos(angle)[0]]
+
+
+def _yearly_window(log_sales: np.ndarray, sale_days: np.ndarray) -> tuple:
+    """``_yearly_columns``' window-only parts for one window: (known flag, year-ago base mean, recent mean)."""
+    w = log_sales.shape[0]
+    add = np.add.reduce
+    base_end = (w - 1) - YEAR_DAYS
+    base = add(log_sales[base_end - YEAR_AGO_BASE_DAYS + 1:base_end + 1]) / YEAR_AGO_BASE_DAYS
+    known = bool(sale_days.size) and int(sale_days[0]) < base_end - YEAR_AGO_BASE_DAYS + 2
+    recent = add(log_sales[w - YEAR_AGO_BASE_DAYS:]) / YEAR_AGO_BASE_DAYS
+    return float(known), base, recent
+
+
+def _yearly_values(log_sales: np.ndarray, window_part: tuple, horizon: int) -> list:
+    """``_yearly_columns`` but the day of year, for one row (``window_part``: its window's ``_yearly_window``)."""
+    flag, base, recent = window_part
+    year_ago = (log_sales.shape[0] - 1) + horizon - YEAR_DAYS
+    week = np.add.reduce(log_sales[year_ago + _YEAR_AGO_WEEK_OFFSETS]) / _YEAR_AGO_WEEK_OFFSETS.size
+    day = log_sales[year_ago]
+    return [flag, day * flag, week * flag, base * flag, (week - base) * flag, (recent - base) * flag]
 
 
 def _texts(raw) -> list[str]:
@@ -558,6 +608,15 @@ def _series_lookup_small(snapshot: HistorySnapshot, stores: list[int], items: li
     return np.asarray(positions, np.int64), np.asarray(known, bool)
 
 
+def series_history(snapshot: HistorySnapshot, series_pos: np.ndarray, series_known: np.ndarray) -> tuple[np.ndarray,
+                                                                                                        np.ndarray]:
+    """The (sales float32, promo uint8) history rows of request rows: their series' snapshot rows, all zero for
+    a store×item without history (``series_known`` False)."""
+    sales = np.where(series_known[:, None], snapshot.sales[series_pos], 0).astype(np.float32)
+    promo = np.where(series_known[:, None], snapshot.promo[series_pos], 0).astype(np.uint8)
+    return sales, promo
+
+
 def rows_from_snapshot(snapshot: HistorySnapshot, store_nbr, item_nbr, date, onpromotion) -> FeatureRows:
     """Feature inputs for requests (store, item, target date, promotion) from a bundle's snapshot.
 
@@ -600,10 +659,8 @@ def rows_from_snapshot(snapshot: HistorySnapshot, store_nbr, item_nbr, date, onp
     else:
         series_key = np.asarray(snapshot.store_nbr, np.int64) * (1 << 32) + np.asarray(snapshot.item_nbr, np.int64)
         series_pos, series_known = _lookup(series_key, stores * (1 << 32) + items)
-    w = snapshot.sales.shape[1]
-    sales = np.where(series_known[:, None], snapshot.sales[series_pos], 0).astype(np.float32)
-    promo = np.where(series_known[:, None], snapshot.promo[series_pos], 0).astype(np.uint8)
-    assert sales.shape == (n, w)
+    sales, promo = series_history(snapshot, series_pos, series_known)
+    assert sales.shape == (n, snapshot.sales.shape[1])
 
     categorical: dict[str, np.ndarray] = {"store_nbr": stores, "item_nbr": items}
     if small:
