@@ -32,6 +32,7 @@ from pipeline.bundle_checks import cannot_be_loaded, check_servable, served_fore
 from pipeline.closed_days import ClosedDays
 from pipeline.features import CATEGORICAL_FIELDS, SMALL_BATCH_ROWS, FeatureMatrix, dense_feature_names
 from pipeline.models import CONSTANT_FEATURE_STD
+from pipeline.served_features import ServedFeatures
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class LoadedModel:
         self.dense_names = dense_feature_names(self.bundle.spec)
         self._item_keys = np.asarray(self.bundle.snapshot.items["item_nbr"], np.int64)
         self.closed_days = ClosedDays(self.bundle.snapshot)
+        self.served_features = ServedFeatures(self.bundle.spec, self.bundle.vocab, self.bundle.snapshot)
 
     @property
     def name(self) -> str:
@@ -152,7 +154,7 @@ class LoadedModel:
         # a few rows are looked up one by one (no table conversion): the cut would only cost time there
         snapshot = self.bundle.snapshot if items.size <= SMALL_BATCH_ROWS else self._snapshot_for(items)
         outputs, matrix, closed = served_forecast(self.bundle, self.closed_days, store_nbr, items, date_days,
-                                                  onpromotion, snapshot)
+                                                  onpromotion, snapshot, self.served_features)
         units, expected = outputs[PREDICTION_OUTPUT], outputs.get(EXPECTED_OUTPUT)
         reasons = self.closed_days.reasons(store_nbr, date_days) if closed.any() else [None] * closed.size
         return Forecast(units=units, features=matrix, expected_units=expected, store_closed=closed,

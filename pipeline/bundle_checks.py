@@ -23,6 +23,7 @@ import numpy as np
 from pipeline.bundle import EXPECTED_OUTPUT, PREDICTION_OUTPUT, BundleError, ModelBundle, load_bundle
 from pipeline.closed_days import ClosedDays
 from pipeline.features import CATEGORICAL_FIELDS, UNKNOWN_ID, FeatureMatrix, rows_from_snapshot
+from pipeline.served_features import ServedFeatures
 
 MAX_ABS_WEIGHT = 1e6  # trained weights are O(1..100); a larger one is a broken training run or a damaged file
 MAX_UNITS = 1e6  # units of one item in one store on one day; Favorita's largest day is below 1e5
@@ -102,14 +103,18 @@ def check_servable(bundle: ModelBundle, path: Path, closed_days: ClosedDays | No
 
 
 def served_forecast(bundle: ModelBundle, closed_days: ClosedDays, store_nbr, item_nbr, days, onpromotion,
-                    snapshot=None) -> tuple[dict[str, np.ndarray], FeatureMatrix, np.ndarray]:
+                    snapshot=None, served: ServedFeatures | None = None) -> tuple[dict[str, np.ndarray],
+                                                                                 FeatureMatrix, np.ndarray]:
     """Every output for request rows as the app answers them (app/predictor.py serves through this, the checks
     forecast with it): the model's, 0 on a day the store is closed; with the features and the closed flags.
-    ``snapshot``: the bundle's own unless given (the app passes one with its item table cut to the request)."""
-    rows = rows_from_snapshot(bundle.snapshot if snapshot is None else snapshot, np.asarray(store_nbr, np.int64),
-                              np.asarray(item_nbr, np.int64), np.asarray(days, np.int64).astype("datetime64[D]"),
-                              np.asarray(onpromotion, np.uint8))
-    matrix = bundle.features(rows)
+    ``snapshot``: the bundle's own unless given (the app passes one with its item table cut to the request);
+    ``served``: the bundle's ServedFeatures (the app's), whose features of a request's rows are the same bits."""
+    matrix = None if served is None else served.matrix(store_nbr, item_nbr, days, onpromotion)
+    if matrix is None:
+        rows = rows_from_snapshot(bundle.snapshot if snapshot is None else snapshot, np.asarray(store_nbr, np.int64),
+                                  np.asarray(item_nbr, np.int64), np.asarray(days, np.int64).astype("datetime64[D]"),
+                                  np.asarray(onpromotion, np.uint8))
+        matrix = bundle.features(rows)
     outputs = bundle.forecast_features(matrix)
     closed = closed_days.of(store_nbr, days)  # a day the store was closed a year earlier (Christmas): no model's
     if closed.any():

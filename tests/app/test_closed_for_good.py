@@ -18,6 +18,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -175,3 +176,31 @@ def test_a_malformed_closed_stores_field_is_refused_naming_it(closing_project, t
     _rewrite_bundle_json(damaged, lambda metadata: metadata.update(closed_stores=value))
     with pytest.raises(BundleError, match=f"bundle.json: {match}"):
         load_bundle(damaged)
+
+
+def test_every_request_has_the_features_and_answer_of_the_path_before_the_kept_series_columns(closing_project):
+    """The app's features of a request (pipeline/served_features.py: each store×item's window columns kept) against
+    the batch build of the same rows, and its answers against the row-by-row path's, for every store×item of the
+    bundle and some without history, on each horizon day with and without promotion: the store closed for good,
+    the one that stopped lately and the closed days (Christmas in the tiny data's horizon or not) alike."""
+    from app.predictor import load_model
+    from pipeline.bundle_checks import served_forecast
+
+    model = load_model(closing_project / "models/production")
+    snapshot, bundle = model.bundle.snapshot, model.bundle
+    series = list(zip(snapshot.store_nbr.tolist(), snapshot.item_nbr.tolist()))
+    series += [(store, int(snapshot.items["item_nbr"][k])) for k, store in enumerate((OPEN, CLOSED, STOPPED_LATE))
+               if (store, int(snapshot.items["item_nbr"][k])) not in series]
+    days = snapshot.calendar_days.tolist()
+    rows = [(store, item, day, (j + k) % 2) for j, (store, item) in enumerate(series) for k, day in enumerate(days)]
+    stores, items, row_days, flags = (list(column) for column in zip(*rows))
+    _, batch, _ = served_forecast(bundle, model.closed_days, stores, items, row_days, flags)  # the batch build
+    for round_, step in ((0, 1), (1, 5)):  # a miss, then a hit
+        for k, (store, item, day, flag) in list(enumerate(rows))[::step]:
+            got = model.forecast([store], np.asarray([item]), np.asarray([day]), [flag])
+            want, _, closed = served_forecast(bundle, model.closed_days, [store], [item], [day], [flag])
+            assert got.features.dense.tobytes() == batch.dense[k:k + 1].tobytes(), (round_, store, item, day, flag)
+            assert got.features.categorical.tolist() == batch.categorical[k:k + 1].tolist()
+            assert got.units.tobytes() == want["prediction"].tobytes() and got.store_closed.tolist() == closed.tolist()
+    assert len(model.served_features) == len(series)  # every row took the kept columns' path
+    assert any(model.closed_days.of([CLOSED], [days[-1]]))
