@@ -184,20 +184,16 @@ def _several_outputs_runner(fn, step, group, out_kernel):
     """A closure running a step that writes several slots (a fused row sum's out-kernel, an op of several outputs:
     its kernel returns a tuple)."""
     ins, written = step.inputs, (step.output, *step.also)
-    fn = fn if out_kernel else partial(_drop_out, fn)
+    call = fn if out_kernel else (lambda out, *xs: fn(*xs))
 
     def run(vals, bufs):
-        values = fn(bufs[group] if group is not None else None, *[vals[j] for j in ins])
+        values = call(bufs[group] if group is not None else None, *[vals[j] for j in ins])
         if group is not None:
             bufs[group] = values[0]
         for slot, v in zip(written, values):
             vals[slot] = v
 
     return run
-
-
-def _drop_out(fn, out, *xs):
-    return fn(*xs)
 
 
 def _flatten(fetches, leaves):
