@@ -82,10 +82,7 @@ def node_from_op(op, ins, out, controls, reuse_buffers: bool = True, reference: 
     """The node of one graph op: its kernel (or reference), its ``out_kernel`` where buffers are reused; ``also``:
     the slots of its outputs after the first (its kernel returns them all, a tuple)."""
     op_def = op.op_def
-    if reference:
-        return Node(op, op.type, list(ins), out, lambda ctx: op_def.reference_kernel(op, ctx), frozenset(controls),
-                    also=also)
-    if op_def.out_kernel is not None and reuse_buffers and out >= 0 and not also:
-        return Node(op, op.type, list(ins), out, lambda ctx: op_def.out_kernel(op, ctx), frozenset(controls),
-                    out_kernel=True)
-    return Node(op, op.type, list(ins), out, lambda ctx: op_def.kernel(op, ctx), frozenset(controls), also=also)
+    out_kernel = not reference and op_def.out_kernel is not None and reuse_buffers and out >= 0 and not also
+    factory = op_def.reference_kernel if reference else op_def.out_kernel if out_kernel else op_def.kernel
+    return Node(op, op.type, list(ins), out, lambda ctx: factory(op, ctx), frozenset(controls), out_kernel=out_kernel,
+                also=also)
