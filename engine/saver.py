@@ -401,11 +401,6 @@ class InferenceModel:
         self._call = compile_callable(self.session, dict(outputs), list(inputs.values()), max_rows)
 
     @property
-    def input_names(self) -> list:
-        """The order :meth:`predict` takes its arrays in."""
-        return list(self._input_names)
-
-    @property
     def compile_error(self):
         """Why the compiled fast path is off (None while it is on or not yet tried)."""
         return self._call.compile_error
@@ -423,7 +418,7 @@ class InferenceModel:
         return self._call(*[feed[k] for k in self._input_names])
 
     def predict(self, *arrays) -> dict:
-        """The hot path: arrays in :attr:`input_names` order, no dict checks; same result as :meth:`run`."""
+        """The hot path: arrays in the order of :attr:`inputs`, no dict checks; same result as :meth:`run`."""
         return self._call(*arrays)
 
 
