@@ -49,6 +49,7 @@ from pipeline.source import (ABSENT_IN_FOLDER, CANDIDATE_SUFFIXES, check_raw_fil
                              is_single_file, join, local_path, located, missing_raw_files, other_formats_note)
 from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.synthetic import generate
+from pipeline.url_credentials import shown_url
 
 RAW_DIR = Path("data/raw")
 PARTIAL_DIR = Path("data/.downloads")
@@ -136,7 +137,7 @@ def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> in
         if exc.code == 416 and done:  # asked beyond the end: start again
             part.unlink()
             return _http_resuming(url, part, timeout_s, progress)
-        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        raise DownloadError(f"{shown_url(url)}: HTTP {exc.code} {exc.reason}") from None
     with response:
         status = response.status
         length = response.headers.get("Content-Length")
@@ -144,7 +145,7 @@ def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> in
             content_range = response.headers.get("Content-Range", "")
             start = int(content_range.split(" ")[1].split("-")[0]) if content_range.startswith("bytes ") else -1
             if start != done:
-                raise DownloadError(f"{url}: server resumed at byte {start}, expected {done}")
+                raise DownloadError(f"{shown_url(url)}: server resumed at byte {start}, expected {done}")
             total_known = "/" in content_range and not content_range.endswith("*")
             total = int(content_range.rsplit("/", 1)[1]) if total_known else None
             mode = "ab"
@@ -155,8 +156,9 @@ def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> in
         meta = {"etag": response.headers.get("ETag"), "last_modified": response.headers.get("Last-Modified"),
                 "total": total}
         meta_path.write_text(json.dumps(meta))
+        name = Path(urllib.parse.urlsplit(url).path).name  # not the query: it may hold a token
         with open(part, mode) as out, tqdm(total=total, initial=done, unit="B", unit_scale=True,
-                                           desc=f"download: {Path(url).name}", disable=not progress) as bar:
+                                           desc=f"download: {name}", disable=not progress) as bar:
             for block in iter(lambda: response.read(CHUNK), b""):
                 out.write(block)
                 bar.update(len(block))
@@ -169,6 +171,7 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> Pa
     part = _part_path(partial_dir, url)
     name = Path(urllib.parse.urlparse(url).path).name
     parsed = urllib.parse.urlparse(url)
+    shown = shown_url(url)
     last_error: Exception | None = None
     for _attempt in range(params.download.retries):
         try:
@@ -181,7 +184,7 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> Pa
         except (OSError, urllib.error.URLError, TimeoutError, http.client.HTTPException) as exc:
             if isinstance(exc, OSError) and exc.errno in REFUSED_WRITES:
                 kept = part.stat().st_size if part.exists() else 0
-                raise DownloadError(f"{part}: {exc.strerror} (while fetching {url}; the {kept:,} bytes fetched are "
+                raise DownloadError(f"{part}: {exc.strerror} (while fetching {shown}; the {kept:,} bytes fetched are "
                                     "kept there: make room and rerun, it resumes)") from None
             last_error = exc  # interrupted: retry, resuming
             continue
@@ -189,7 +192,7 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> Pa
             page = html_page(part)
             if page is not None:  # fetching again gets the same page: the source is what must change
                 discard(part)
-                raise DownloadError(f"{url}: the server answered with an HTML page{page}, not the file: a sign-in "
+                raise DownloadError(f"{shown}: the server answered with an HTML page{page}, not the file: a sign-in "
                                     "or error page? data.source must be a direct download link (for a site that "
                                     "needs signing in, such as Kaggle's, download the files yourself and point "
                                     "data.source at their folder)")
@@ -207,7 +210,7 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> Pa
                 raise DownloadError(f"{name}: sha256 {actual} does not match data.sha256.{name} = {wanted}")
         part.with_suffix(".json").unlink(missing_ok=True)
         return part
-    raise DownloadError(f"{url}: failed after {params.download.retries} attempt(s): {last_error} "
+    raise DownloadError(f"{shown}: failed after {params.download.retries} attempt(s): {last_error} "
                         f"(partial data kept in {part} for the next run)")
 
 
@@ -420,6 +423,7 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
     """
     parsed = urllib.parse.urlparse(source)
     remote = parsed.scheme in ("http", "https")
+    shown = shown_url(source)
     if parsed.scheme not in ("", "file", "http", "https"):
         raise DownloadError(f"data.source: unsupported URL scheme {parsed.scheme!r} (use http, https or file)")
     if not remote and not local_path(source).exists():
@@ -435,9 +439,9 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
             archive = fetch(source, partial_dir, params, progress)
         except _Missing as missing:
             if missing.code == 403:
-                raise DownloadError(f"data.source: {source}: HTTP 403 Forbidden (a private file, or a link that "
+                raise DownloadError(f"data.source: {shown}: HTTP 403 Forbidden (a private file, or a link that "
                                     "needs credentials)") from None
-            raise DownloadError(f"data.source: {source}: the server has no such file (HTTP 404/410)") from None
+            raise DownloadError(f"data.source: {shown}: the server has no such file (HTTP 404/410)") from None
         fetched.add(name)
         try:
             found, left_out = install_zip(archive, staging, partial_dir, name, remote=remote)
@@ -476,11 +480,11 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
     missing = missing_raw_files({f"{base}.csv" for base in found})
     if missing:
         listed = [] if remote or is_single_file(source) else [entry.name for entry in local_path(source).iterdir()]
-        raise DownloadError(f"data.source: {source} {missing}{forbidden_note(refused, fetched)}"
+        raise DownloadError(f"data.source: {shown} {missing}{forbidden_note(refused, fetched)}"
                             f"{other_formats_note(listed, found)}")
     unchecked = sorted(set(params.sha256) - fetched)
     if unchecked:  # a typo, or train.csv listed where train.csv.gz was fetched: nothing would have been verified
-        raise DownloadError(f"data.sha256.{unchecked[0]}: no file of that name was fetched from {source} "
+        raise DownloadError(f"data.sha256.{unchecked[0]}: no file of that name was fetched from {shown} "
                             f"(fetched: {', '.join(sorted(fetched))})")
     return sorted(found), left_out
 
@@ -504,7 +508,7 @@ def download(params: DataParams, raw_dir: Path = RAW_DIR, partial_dir: Path = PA
                     f"{syn.start_date} .. {syn.end_date} (seed {syn.seed}) in {raw_dir}")
         found, left_out = fetch_source(source, staging, Path(partial_dir), params, progress)
     ignored = f" (left out, not its archive's own file: {', '.join(left_out)})" if left_out else ""
-    return f"{len(found)} files ({', '.join(found)}) from {source} in {raw_dir}{ignored}"
+    return f"{len(found)} files ({', '.join(found)}) from {shown_url(source)} in {raw_dir}{ignored}"
 
 
 def _main(args: argparse.Namespace) -> str:

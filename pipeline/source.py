@@ -34,6 +34,7 @@ from pipeline.atomic import file_digest, write_json_atomic
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
 from pipeline.stage import StageError, run_stage, stage_params
+from pipeline.url_credentials import shown_url
 from pipeline.versions import SOURCE_FINGERPRINT_PATH
 
 ENV_VAR = "SHELFCAST_DATA_SOURCE"
@@ -214,9 +215,9 @@ def _http_validators(url: str, timeout_s: float, absent: tuple[int, ...] = ABSEN
             if exc.code == 403 and refused is not None:
                 refused.append(Path(urllib.parse.urlparse(url).path).name)
             return None
-        raise SourceError(f"{url}: HTTP {exc.code} {exc.reason} (checking the source for changes)") from None
+        raise SourceError(f"{shown_url(url)}: HTTP {exc.code} {exc.reason} (checking the source for changes)") from None
     except (OSError, urllib.error.URLError) as exc:
-        raise SourceError(f"{url}: cannot reach it to check for changes: {exc}") from None
+        raise SourceError(f"{shown_url(url)}: cannot reach it to check for changes: {exc}") from None
     return {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"),
             "size": headers.get("Content-Length")}
 
@@ -239,7 +240,7 @@ def fingerprint(source: str, params: DataParams, cache: HashCache) -> dict:
             if validators is not None:
                 files[Path(urllib.parse.urlparse(url).path).name] = validators
         if archive and not files:
-            raise SourceError(f"data.source: {source}: the server has no such file (HTTP 404/410)")
+            raise SourceError(f"data.source: {shown_url(source)}: the server has no such file (HTTP 404/410)")
     else:
         path = local_path(source)
         if not path.exists():
@@ -256,7 +257,7 @@ def fingerprint(source: str, params: DataParams, cache: HashCache) -> dict:
     missing = None if is_single_file(source) else missing_raw_files(files)
     if missing:  # download would stop on it: say so now, not "0 file(s)" as if all were well
         listed = [] if is_remote(source) else [entry.name for entry in local_path(source).iterdir()]
-        raise SourceError(f"data.source: {source} {missing}{forbidden_note(refused, files)}"
+        raise SourceError(f"data.source: {shown_url(source)} {missing}{forbidden_note(refused, files)}"
                           f"{other_formats_note(listed, {name.split('.')[0] for name in files})}")
     return {"source": source, "files": files}
 
@@ -272,7 +273,7 @@ def write_fingerprint(params: DataParams, out: Path = SOURCE_FINGERPRINT_PATH,
     text = out.read_text(encoding="utf-8")
     via = f" (from ${ENV_VAR})" if os.environ.get(ENV_VAR, "").strip() else ""
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-    return f"{source}{via}: {len(content.get('files', {}))} file(s), fingerprint {digest} in {out}"
+    return f"{shown_url(source)}{via}: {len(content.get('files', {}))} file(s), fingerprint {digest} in {out}"
 
 
 def _main(args: argparse.Namespace) -> str:

@@ -1,9 +1,11 @@
-"""The user and password a URL may carry (``http://user:password@host``), kept out of what is shown.
+"""The user and password a URL may carry (``http://user:password@host``), and the token its query may carry
+(``?sv=...&sig=...``), kept out of what is shown.
 
 One definition for the URLs the project is given with credentials in them: MLflow's tracking URI
-(pipeline/tracking.py: its messages, MLflow's own errors) and the Elasticsearch URL drift, release and setup read
-events from (pipeline/event_sources.py: its error lines, and the login it sends). Standard library only: the
-serving app imports event_sources.
+(pipeline/tracking.py: its messages, MLflow's own errors), the Elasticsearch URL drift, release and setup read
+events from (pipeline/event_sources.py: its error lines, and the login it sends) and the data source
+(pipeline/source.py, pipeline/download.py: their lines; pipeline/versions.py: what a run records). Standard
+library only: the serving app imports event_sources.
 """
 
 from __future__ import annotations
@@ -40,3 +42,15 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     unquoted = [None if part is None else urllib.parse.unquote(part) for part in (parts.username, parts.password)]
     return bare, unquoted[0], unquoted[1]
+
+
+def shown_url(url: str) -> str:
+    """An http(s) URL as a line, a progress bar or a record may show it: without its user and password, query and
+    fragment. A folder's query is its token (an Azure SAS ``?sv=...&sig=...``, an S3 presigned
+    ``?X-Amz-Signature=...``), and each file's URL carries it: printed, it reached terminals and CI logs. Anything
+    else (a path, which may hold a ``?``) is returned as it is."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        return url
+    host = parts.netloc.rpartition("@")[2]  # an IPv6 host keeps its brackets
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))

@@ -16,11 +16,11 @@ import json
 import platform
 import subprocess
 import sys
-import urllib.parse
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from pipeline.atomic import file_digest
+from pipeline.url_credentials import shown_url
 
 # The source stage's record of the data source in effect and its files' digests (pipeline/source.py).
 SOURCE_FINGERPRINT_PATH = Path("data/source.json")
@@ -132,8 +132,4 @@ def shown_source(root: Path) -> str:
         source = str(json.loads((Path(root) / SOURCE_FINGERPRINT_PATH).read_text(encoding="utf-8"))["source"])
     except (OSError, ValueError, KeyError, TypeError):
         return "unknown"
-    if source.startswith(("http://", "https://")):
-        parsed = urllib.parse.urlparse(source)
-        host = parsed.netloc.rsplit("@", 1)[-1]  # without user and password; an IPv6 host keeps its brackets
-        return urllib.parse.urlunparse((parsed.scheme, host, parsed.path, "", "", ""))
-    return source
+    return shown_url(source)

@@ -340,6 +340,42 @@ def test_a_folder_url_with_a_token_in_its_query_sends_it_with_every_file(http_se
     assert "train.csv.gz" in fingerprint(source, _params(source), HashCache(tmp_path / "hashes.json"))["files"]
 
 
+def test_a_folder_urls_token_is_in_no_line_source_or_download_prints(http_server, kaggle_sample, tmp_path, capsys,
+                                                                     monkeypatch):
+    """An Azure SAS folder URL (?sv=...&sig=...) or an S3 presigned one (?X-Amz-Signature=...): the query went with
+    every error line, the summary and each progress bar ('download: train.csv.gz?sv=...&sig=...'), so the token
+    reached terminals and CI logs. Lines show the URL as url_credentials.shown_url gives it."""
+    import yaml
+
+    from pipeline.download import main as download_main
+    from pipeline.source import main as source_main
+
+    shown = http_server  # http://127.0.0.1:PORT/
+    monkeypatch.setenv("SHELFCAST_DATA_SOURCE", f"{shown}?sv=2024-01-01&sig=S3CRETsig%2B&X-Amz-Signature=S3CRETamz")
+    raw = default_params()
+    raw["data"]["download"]["retries"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+
+    def lines(main) -> tuple[int, str]:
+        status = main(["--root", str(tmp_path)])  # with progress bars
+        out, err = capsys.readouterr()
+        assert "S3CRET" not in out + err, out + err
+        return status, out + err
+
+    status, text = lines(source_main)
+    assert status == 0 and text.startswith(f"source: {shown} (from $SHELFCAST_DATA_SOURCE): 7 file(s)"), text
+    status, text = lines(download_main)
+    assert status == 0 and f"from {shown} in " in text and "download: train.csv.gz" in text, text
+    _RangeHandler.cut_after["train.csv.gz"] = 300  # one attempt, cut short: "failed after 1 attempt(s)"
+    status, text = lines(download_main)
+    assert status == 1 and f"{shown}train.csv.gz: failed after 1 attempt(s)" in text, text
+    (kaggle_sample / "stores.csv").unlink()  # "has no stores", from both stages
+    status, text = lines(source_main)
+    assert status == 1 and f"data.source: {shown} has no stores" in text, text
+    status, text = lines(download_main)
+    assert status == 1 and f"data.source: {shown} has no stores" in text, text
+
+
 def test_interrupted_http_download_resumes(http_server, kaggle_sample, tmp_path):
     _RangeHandler.cut_after["train.csv.gz"] = 700
     raw = tmp_path / "raw"
