@@ -59,6 +59,10 @@ CORRUPT_ARCHIVE = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError
 # A write the system refuses (a full disk, a quota, a file size limit, a read-only folder): retrying at once cannot
 # help, as it can after a cut connection or a timeout.
 REFUSED_WRITES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+# The Content-Encoding an S3 object uploaded gzipped carries (``--content-encoding gzip``). urllib does not decode it,
+# and need not: the bytes as sent are a gzip of the file, kept as they come so that a Range request (which addresses
+# the encoded bytes, as S3 and RFC 9110 have it) resumes them; a NAME.csv so sent is installed as NAME.csv.gz.
+GZIP_CODINGS = ("gzip", "x-gzip")
 
 
 class DownloadError(StageError):
@@ -119,8 +123,22 @@ class _Missing(Exception):
         self.code = code
 
 
-def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> int | None:
-    """GET ``url`` into ``part``, resuming with Range/If-Range; returns the expected size if known."""
+def _content_coding(response, url: str) -> str:
+    """The response's Content-Encoding ("" for none); one download cannot read is refused before its body is
+    fetched: brotli, deflate, zstd, or gzip around an archive (a .zip or .7z would be called corrupt, and fetched
+    again, each run)."""
+    coding = (response.headers.get("Content-Encoding") or "").strip().lower()
+    name = Path(urllib.parse.urlsplit(url).path).name
+    if coding in ("", "identity") or (coding in GZIP_CODINGS and name.endswith((".csv", ".csv.gz"))):
+        return "" if coding == "identity" else coding
+    raise DownloadError(f"{shown_url(url)}: the server sends it with Content-Encoding: {coding}, which download "
+                        "reads only for a NAME.csv or NAME.csv.gz sent gzip-encoded: store the file without a "
+                        "content encoding (on S3: remove its Content-Encoding metadata)")
+
+
+def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> tuple[int | None, str]:
+    """GET ``url`` into ``part``, resuming with Range/If-Range; returns the expected size if known and the
+    Content-Encoding of the bytes ("" for none)."""
     meta_path = part.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.exists() and part.exists() else {}
     done = part.stat().st_size if part.exists() else 0
@@ -141,6 +159,7 @@ def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> in
     with response:
         status = response.status
         length = response.headers.get("Content-Length")
+        coding = _content_coding(response, url)
         if status == 206:
             content_range = response.headers.get("Content-Range", "")
             start = int(content_range.split(" ")[1].split("-")[0]) if content_range.startswith("bytes ") else -1
@@ -162,11 +181,12 @@ def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> in
             for block in iter(lambda: response.read(CHUNK), b""):
                 out.write(block)
                 bar.update(len(block))
-    return total
+    return total, coding
 
 
-def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> Path:
-    """A complete, verified local copy of ``url`` (an http(s)/file URL or a path)."""
+def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> tuple[Path, str]:
+    """A complete, verified local copy of ``url`` (an http(s)/file URL or a path), and the file name its content
+    has: the URL's, or NAME.csv.gz for a NAME.csv the server sent gzip-encoded (``GZIP_CODINGS``)."""
     partial_dir.mkdir(parents=True, exist_ok=True)
     part = _part_path(partial_dir, url)
     name = Path(urllib.parse.urlparse(url).path).name
@@ -176,9 +196,9 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> Pa
     for _attempt in range(params.download.retries):
         try:
             if parsed.scheme in ("http", "https"):
-                expected = _http_resuming(url, part, params.download.timeout_s, progress)
+                expected, coding = _http_resuming(url, part, params.download.timeout_s, progress)
             else:
-                expected = _copy_resuming(local_path(url), part, progress)
+                expected, coding = _copy_resuming(local_path(url), part, progress), ""
         except _Missing:
             raise
         except (OSError, urllib.error.URLError, TimeoutError, http.client.HTTPException) as exc:
@@ -209,7 +229,7 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> Pa
                 discard(part)
                 raise DownloadError(f"{name}: sha256 {actual} does not match data.sha256.{name} = {wanted}")
         part.with_suffix(".json").unlink(missing_ok=True)
-        return part
+        return part, f"{name}.gz" if coding in GZIP_CODINGS and name.endswith(".csv") else name
     raise DownloadError(f"{shown}: failed after {params.download.retries} attempt(s): {last_error} "
                         f"(partial data kept in {part} for the next run)")
 
@@ -436,7 +456,7 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
             _check_local_file_source(source, local_path(source))
         name = Path(parsed.path).name
         try:
-            archive = fetch(source, partial_dir, params, progress)
+            archive, _name = fetch(source, partial_dir, params, progress)
         except _Missing as missing:
             if missing.code == 403:
                 raise DownloadError(f"data.source: {shown}: HTTP 403 Forbidden (a private file, or a link that "
@@ -468,12 +488,13 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
                 if not remote and not local_path(url).is_file():
                     continue
                 try:
-                    got = fetch(url, partial_dir, params, progress)
+                    got, held = fetch(url, partial_dir, params, progress)
                 except _Missing as missing:
                     if missing.code == 403:
                         refused.append(f"{base}{suffix}")
                     continue
-                left_out += install(got, f"{base}{suffix}", staging)
+                sent = f"{base}{suffix}" + (" (sent gzip-encoded)" if held != f"{base}{suffix}" else "")
+                left_out += install(got, held, staging, label=sent)
                 fetched.add(f"{base}{suffix}")
                 found.add(base)
                 break
