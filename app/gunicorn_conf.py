@@ -280,9 +280,11 @@ def ssl_context(conf, default_ssl_context_factory):
     as an end rather than as an error, which OpenSSL 3 makes fatal: a read side the worker shuts itself (a header or
     body deadline, app/request_buffer.py) reads as such an end, and the connection could then send nothing more,
     its 408 neither. Requests are framed by HTTP (Content-Length, chunks), so one cut short is still told apart, as
-    with gunicorn's own suppress_ragged_eofs (on by default)."""
+    with gunicorn's own suppress_ragged_eofs (on by default). The option exists only in a Python built on OpenSSL 3;
+    before it, such an end is no fatal error (suppress_ragged_eofs takes it), so there is nothing to set (read
+    unconditionally, the hook raised AttributeError on every connection there)."""
     context = default_ssl_context_factory()
-    context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
+    context.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
     return context
 
 

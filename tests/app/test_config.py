@@ -149,6 +149,27 @@ def test_gunicorn_says_where_it_serves(monkeypatch, tmp_path):
     assert said == ["Shelfcast serves at http://127.0.0.1:5005 (2 workers)"]
 
 
+def test_the_tls_context_hook_works_with_an_openssl_that_has_no_unexpected_eof_option(monkeypatch, tmp_path):
+    """ssl.OP_IGNORE_UNEXPECTED_EOF exists only where Python was built on OpenSSL 3 (RHEL 8's python3.11 links
+    OpenSSL 1.1.1, where a peer's end without close_notify is no fatal error and suppress_ragged_eofs covers it).
+    Read unconditionally, gunicorn's ssl_context hook raised AttributeError there on every connection: TLS served
+    nothing. The option is set where it exists, and the context is gunicorn's own either way."""
+    import ssl
+
+    conf = gunicorn_conf(monkeypatch, tmp_path)
+    made = []
+
+    def factory():
+        made.append(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
+        return made[-1]
+
+    context = conf.ssl_context(None, factory)
+    assert context is made[-1] and context.options & ssl.OP_IGNORE_UNEXPECTED_EOF
+    monkeypatch.delattr(ssl, "OP_IGNORE_UNEXPECTED_EOF")  # as ssl is on an OpenSSL before 3.0
+    context = conf.ssl_context(None, factory)
+    assert context is made[-1] and isinstance(context, ssl.SSLContext)
+
+
 def test_a_worker_listens_only_once_its_app_can_answer(monkeypatch, tmp_path):
     """With a socket per worker gunicorn opens a new worker's socket at the fork: while a replacement loaded a
     Favorita-size model (20-40 s), the kernel hashed a share of new connections to it and they hung (a third of
