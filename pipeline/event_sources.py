@@ -82,12 +82,14 @@ def cluster_login(url: str, username: str | None = None,
     """(``url`` without its user and password, the user to send, the password to send): the one rule for a cluster
     URL and the login given beside it (drift, release and setup give the environment's, ``environment_credentials``;
     setup's Kibana URL too). The user given, else the URL's; the password given, else the URL's when the URL's user
-    is the one sent. So ``http://shelfcast@host:9200`` with ELASTICSEARCH_PASSWORD logs in as shelfcast with it
-    (before, the password was dropped and the cluster refused a user without one)."""
+    is the one sent (given by the URL, or the same name given beside it). So ``http://shelfcast@host:9200`` with
+    ELASTICSEARCH_PASSWORD logs in as shelfcast with it (before, the password was dropped and the cluster refused a
+    user without one), as does ``http://shelfcast:pw@host:9200`` with ELASTICSEARCH_USERNAME=shelfcast alone."""
     bare, url_username, url_password = split_credentials(url)
-    if username is None:
-        return bare, url_username, password if password is not None else url_password
-    return bare, username, password
+    sent = url_username if username is None else username
+    if password is None and sent == url_username:  # the URL's own user, whichever way named: with its password
+        password = url_password
+    return bare, sent, password
 
 
 def basic_authorization(username: str | None, password: str | None) -> dict[str, str]:

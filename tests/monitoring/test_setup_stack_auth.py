@@ -134,3 +134,23 @@ def test_setup_logs_in_to_both_services_by_one_rule_and_shows_neither_login():
     assert set(seen) == {GRANTED}, seen
     assert f"installed in {url}\n" in done.stdout and f"imported into {url} " in done.stdout, done.stdout
     assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_the_environments_user_that_is_the_urls_own_goes_with_the_urls_password(secured, monkeypatch):
+    """ELASTICSEARCH_USERNAME=shelfcast (no ELASTICSEARCH_PASSWORD) and `http://shelfcast:s3cret@host`: the user sent
+    is the URL's, so its password goes with it (cluster_login: "the URL's when the URL's user is the one sent").
+    Before, a user given beside the URL dropped the URL's password whoever it named: shelfcast was sent without one
+    and the cluster answered 401. Another user named in the environment still gets none of the URL's."""
+    from pipeline.event_sources import ElasticsearchEvents, EventSourceError
+
+    url, seen = secured
+    monkeypatch.setenv("ELASTICSEARCH_USERNAME", USER)
+    monkeypatch.delenv("ELASTICSEARCH_PASSWORD", raising=False)
+    with pytest.raises(EventSourceError) as answered:
+        ElasticsearchEvents.from_environment(url.replace("http://", f"http://{USER}:{PASSWORD}@")).request("GET", "/")
+    assert (answered.value.status, seen[-1]) == (503, GRANTED), answered.value  # let in: the cluster is starting
+    monkeypatch.setenv("ELASTICSEARCH_USERNAME", "someone-else")
+    with pytest.raises(EventSourceError) as answered:
+        ElasticsearchEvents.from_environment(url.replace("http://", f"http://{USER}:{PASSWORD}@")).request("GET", "/")
+    assert answered.value.status == 401
+    assert seen[-1] == "Basic " + base64.b64encode(b"someone-else:").decode()
