@@ -5,7 +5,7 @@ A gradient ``dX = dY @ W.T`` of a concatenation's ``X`` is read only by the slic
 computed for nothing. A node whose OpDef has ``narrow`` and whose every reader has ``slices`` (each reading it as
 input 0 only) computes the span ``[start, stop)`` those readers cover along their one axis, and each reader slices
 that narrower value at its offset within the span: ``dX[:, cols] = dY @ W[cols, :].T``. Not for the reference backend
-(its kernels are the references).
+(its kernels are the references), nor for a product constant folding has computed already.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ def narrow_products(ir: PlanIR) -> PlanIR:
     users = ir.consumers()
     for node in ir.nodes:
         narrow = node.op_def.narrow
-        if narrow is None or node.members or node.also or node.output < 0 or node.output in ir.fetch_slots:
-            continue
+        if (narrow is None or node.members or node.also or node.const_value is not None or node.output < 0
+                or node.output in ir.fetch_slots):
+            continue  # a folded product (a Const node keeping its op) is computed already, and has no inputs
         readers = users.get(node.output, [])
         spans = [_span(r, node.output) for r in readers]
         if not readers or None in spans or len({axis for axis, _, _ in spans}) != 1:

@@ -97,3 +97,26 @@ def test_narrowing_fires_on_the_products_training_step():
     width = sum(dims.values())
     assert [shape for _, shape in _narrowed_products(plan, vals)] == [(rows, width)]
     assert f"[{dense_size}:{dense_size + width} of axis 1]" in _narrowed_products(plan, vals)[0][0]
+
+
+def test_a_product_folded_to_a_constant_is_not_narrowed():
+    """A product of constants (here dense1's input gradient under a constant grad_ys with a constant kernel) is
+    folded at plan time into a Const node that keeps its MatMul op, so its OpDef still has `narrow`. The pass took
+    it for a product to compute and gave it the narrowed kernel, which has no inputs to read there: every run failed
+    ("narrowed() missing 2 required positional arguments"). A folded value is left whole; its slices read it."""
+    rng = np.random.default_rng(5)
+    with en.Graph().as_default():
+        features = en.placeholder(en.float64, (8, 3), name="features")
+        table = en.Variable(rng.normal(size=(8, 4)), name="table")
+        kernel = en.constant(rng.normal(size=(7, 5)))
+        product = en.matmul(en.concat([features, table], axis=1), kernel)
+        grads = en.gradients(product, [table], grad_ys=[en.constant(rng.normal(size=(8, 5)))])
+        results = {}
+        for backend in ("kernels", "reference"):
+            sess = en.Session(config=en.SessionConfig(backend=backend))
+            sess.run(en.global_variables_initializer())
+            plan = sess.plan(grads, [features])
+            results[backend] = plan.execute(plan.slots([np.zeros((8, 3))]))[0]
+            if backend == "kernels":
+                assert any(n.const_value is not None and n.op_def.narrow is not None for n in plan.nodes)  # folded
+    np.testing.assert_allclose(results["kernels"], results["reference"], rtol=1e-12, atol=1e-12)
