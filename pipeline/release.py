@@ -508,11 +508,11 @@ def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str
         units = event_units(event)
         inputs = event.get("inputs") if isinstance(event.get("inputs"), dict) else {}
         t = traffic.setdefault(variant, VariantTraffic())
-        if is_smoke_request(event):  # no user's request: neither evidence for the candidate nor against it
+        if event.get("canary_failed") is True:  # whoever asked: the smoke test passes on production's fallback
+            traffic.setdefault(CANARY, VariantTraffic()).errors += 1
+        if is_smoke_request(event):  # no user's request: its answers are no evidence for the candidate
             t.smoke_predictions += units is not None
             continue
-        if event.get("canary_failed") is True:
-            traffic.setdefault(CANARY, VariantTraffic()).errors += 1
         if units is None:
             continue
         t.predictions += 1
@@ -642,8 +642,9 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     of ten is their maximum); fewer than that and no rule broken: wait (no decision). A closed store-day's answer
     (0 units with store_closed, pipeline/closed_days.py) is the closed-day rule's, not a model's: it counts for the
     errors and latency, never in a forecast pair or live accuracy (production's replay leaves those requests out
-    too), and a candidate needs MIN_EVENTS predictions of its model's own. The smoke test's requests
-    (SMOKE_REQUEST_PREFIX) are left out of every rule and count: a canary is judged on users' requests it answered.
+    too), and a candidate needs MIN_EVENTS predictions of its model's own. The smoke test's answers
+    (SMOKE_REQUEST_PREFIX) are left out of every rule and count: a canary is judged on users' requests it answered;
+    its failures on the smoke test's requests (production answered them) are still its errors.
     """
     base, cand = traffic.get(PRODUCTION, VariantTraffic()), traffic.get(candidate, VariantTraffic())
     figures: dict = {"production_predictions": base.predictions, f"{candidate}_predictions": cand.predictions,

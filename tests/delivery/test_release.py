@@ -838,3 +838,21 @@ def test_a_canary_answering_only_the_smoke_tests_requests_is_never_promoted(host
     status, verdict = decide(root, store, capsys, "--events", str(events))
     assert verdict["decision"] == "promote", verdict
     assert verdict["figures"][f"{CANARY}_predictions"] >= release.MIN_EVENTS
+
+
+def test_a_canary_failing_on_the_smoke_tests_requests_still_counts_its_errors():
+    """Found by review: leaving the smoke test's events out left out its canary failures too. A canary that fails
+    on a smoke request falls back to production (200, canary_failed), and the smoke test passes while the canary
+    answers one of its requests; those failures were canary errors before the smoke test's id, and are evidence
+    against it whoever asked, so they still count: only the smoke test's answers are left out."""
+    smoke = [{"model_variant": PRODUCTION, "canary_failed": True, "request_id": f"{release.SMOKE_REQUEST_PREFIX}ab.{n}",
+              "instance_index": 0, "latency_ms": 5.0, "output": {"unit_sales": 3.0},
+              "inputs": {"store_nbr": 1, "item_nbr": n, "date": "2017-08-16"}} for n in range(20)]
+    users = [{"model_variant": v, "request_id": f"r{n}-{v}", "instance_index": 0, "latency_ms": 5.0,
+              "output": {"unit_sales": 3.0}, "inputs": {"store_nbr": 1, "item_nbr": n, "date": "2017-08-16"}}
+             for n in range(100) for v in (PRODUCTION, CANARY)]
+    seen = release.read_traffic(users + smoke)
+    assert seen[CANARY].errors == 20 and seen[CANARY].predictions == 100, seen[CANARY]
+    assert seen[PRODUCTION].predictions == 100 and seen[PRODUCTION].smoke_predictions == 20, seen[PRODUCTION]
+    verdict = release.compare(seen, CANARY)
+    assert verdict.decision == "rollback" and "errors" in verdict.reasons[0], verdict
