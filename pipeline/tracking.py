@@ -856,7 +856,8 @@ def _chain_racers(mlflow_client, name: str, alias: str, after: str, leaving: str
     done), the rest by version number: which of them held production in between MLflow cannot tell (no
     compare-and-set), so this is one sequence that explains the registry, never two versions that each replaced the
     same one (before, of three racers finishing in turn, the third recorded the first as what it replaced, as the
-    second did: a rollback skipped the second). Each racer runs it after its move is done, re-reading until the
+    second did: a rollback skipped the second). When a later move has replaced the group's last already, that move's
+    records name it (_tenure_last). Each racer runs it after its move is done, re-reading until the
     records agree, so the last to finish leaves the whole group chained whatever the others saw."""
     for _ in range(tries):
         versions = model_versions(mlflow_client, f"name='{name}'")
@@ -866,6 +867,10 @@ def _chain_racers(mlflow_client, name: str, alias: str, after: str, leaving: str
         if now is not None and (_move_of(now) or {}).get("after") == after:
             last = str(now.version)
             group[last] = now
+        elif now is not None:  # a later move replaced the group's last: its record says which that was
+            last = _tenure_last(versions, after, _move_of(now))
+            if last is not None:
+                group[last] = next(v for v in versions if str(v.version) == last)
         if not group:
             return
         moves = {v: _move_of(record) for v, record in group.items()}
@@ -888,6 +893,25 @@ def _chain_racers(mlflow_client, name: str, alias: str, after: str, leaving: str
                 wrote = True
         if not wrote:
             return
+
+
+def _tenure_last(versions, after: str, record: dict | None) -> str | None:
+    """The version that held production last in the tenure ``after``, when later moves (``record``: production's)
+    replaced it: the moves' ``after`` ids followed back to the one move of that tenure (its alias set is certain: a
+    later mover read it as production); None where a record is gone (a version moved again since) or edited.
+    Without it, two racers overtaken before the second said it moved went by version number: 2 then 3, where 3
+    held production before 2, and 3 and the later move each recorded replacing 2."""
+    by_id = {move["id"]: (str(v.version), move) for v in versions if (move := _move_of(v)) is not None}
+    seen: set = set()
+    while record is not None and record.get("after") not in seen:
+        seen.add(record.get("after"))
+        found = by_id.get(record.get("after"))
+        if found is None:
+            return None
+        version, record = found
+        if record.get("after") == after:
+            return version
+    return None
 
 
 def _version_number(version: str) -> tuple[int, str]:

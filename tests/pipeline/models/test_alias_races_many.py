@@ -146,3 +146,25 @@ def test_four_moves_let_loose_at_once_leave_one_sequence(served):
     for process in movers:
         finish(process)
     one_sequence_explains(project, "1", set("2345"))
+
+
+def test_two_racers_overtaken_by_a_later_move_before_the_second_said_it_moved_leave_one_sequence(served, tmp_path):
+    """Found by review: the moves to 3 and to 2 read production 1; 3 moves the alias, then 2; the move to 4 reads
+    production 2 and runs whole; then 3 and 2 say they moved. Production (4) was no racer of theirs, so neither
+    mover knew which of them held production last, and the records went by version number: 2 then 3, so 3 and 4
+    each recorded replacing 2 and 3's time in production was left out of the sequence. 4's record says it replaced
+    2: that is the racers' last."""
+    uri, project = served
+    read = {v: tmp_path / f"to-{v}" for v in "32"}
+    set_ = {v: tmp_path / f"set-{v}" for v in "32"}
+    movers = {v: mover(uri, project, v, **{tracking.HOLD_ALIAS_MOVE: read[v], tracking.HOLD_ALIAS_SET: set_[v]})
+              for v in "32"}
+    for v in "32":
+        wait_held(movers[v], read[v])  # both have read production 1
+    for v in "32":
+        read[v].touch()
+        wait_held(movers[v], set_[v])  # the alias names 3, then 2
+    finish(mover(uri, project, "4"))
+    for v in "32":
+        finish(movers[v], set_[v])
+    assert one_sequence_explains(project, "1", set("234")) == ["1", "3", "2", "4"]
