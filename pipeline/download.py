@@ -49,7 +49,7 @@ from pipeline.source import (ABSENT_IN_FOLDER, CANDIDATE_SUFFIXES, check_raw_fil
                              is_single_file, join, local_path, located, missing_raw_files, other_formats_note)
 from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.synthetic import generate
-from pipeline.url_credentials import shown_url
+from pipeline.url_credentials import shown_url, source_identity
 
 RAW_DIR = Path("data/raw")
 PARTIAL_DIR = Path("data/.downloads")
@@ -73,7 +73,9 @@ class DownloadError(StageError):
 
 
 def _part_path(partial_dir: Path, url: str) -> Path:
-    tag = hashlib.sha256(url.encode("utf-8")).hexdigest()[:12]
+    """The partial copy of ``url``, named by its ``source_identity``: a run whose token was rotated (CI mints one per
+    run) resumes it, with the ETag / Last-Modified recorded beside it as the If-Range validator."""
+    tag = hashlib.sha256(source_identity(url).encode("utf-8")).hexdigest()[:12]
     name = Path(urllib.parse.urlparse(url).path).name or "download"
     return partial_dir / f"{tag}-{name}.part"
 

@@ -3,7 +3,8 @@
 DVC reruns a stage when a dependency's *content* changes, but a source outside
 the project (a directory of CSV files, a URL) is no file DVC tracks. This stage
 runs on every ``dvc repro`` (``always_changed`` in dvc.yaml) and writes
-data/source.json: the source in effect and, per raw file, its SHA-256 (local
+data/source.json: the source in effect (a URL as ``url_credentials.source_identity`` gives it: no
+login or token, which CI may rotate each run) and, per raw file, its SHA-256 (local
 files) or its HTTP validators (ETag / Last-Modified / Content-Length). The
 download stage depends on that file, so it reruns exactly when the source's
 content, or the choice of source, changed; otherwise DVC skips it.
@@ -34,7 +35,7 @@ from pipeline.atomic import file_digest, write_json_atomic
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
 from pipeline.stage import StageError, run_stage, stage_params
-from pipeline.url_credentials import shown_url
+from pipeline.url_credentials import shown_url, source_identity
 from pipeline.versions import SOURCE_FINGERPRINT_PATH
 
 ENV_VAR = "SHELFCAST_DATA_SOURCE"
@@ -266,7 +267,8 @@ def write_fingerprint(params: DataParams, out: Path = SOURCE_FINGERPRINT_PATH,
                       cache_path: Path = HASH_CACHE_PATH, root: Path = Path(".")) -> str:
     source = data_source(params)
     cache = HashCache(cache_path)
-    content = {**fingerprint(located(source, root), params, cache), "source": source}  # as written, wherever run
+    # As written, wherever run, and without a token: a rotated one alone is no change of source (url_credentials).
+    content = {**fingerprint(located(source, root), params, cache), "source": source_identity(source)}
     if source != "synthetic" and not is_remote(source):
         cache.save()
     write_json_atomic(out, content)

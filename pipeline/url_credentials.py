@@ -4,8 +4,8 @@
 One definition for the URLs the project is given with credentials in them: MLflow's tracking URI
 (pipeline/tracking.py: its messages, MLflow's own errors), the Elasticsearch URL drift, release and setup read
 events from (pipeline/event_sources.py: its error lines, and the login it sends) and the data source
-(pipeline/source.py, pipeline/download.py: their lines; pipeline/versions.py: what a run records). Standard
-library only: the serving app imports event_sources.
+(pipeline/source.py, pipeline/download.py: their lines, the partial download's name and data/source.json;
+pipeline/versions.py: what a run records). Standard library only: the serving app imports event_sources.
 """
 
 from __future__ import annotations
@@ -54,3 +54,38 @@ def shown_url(url: str) -> str:
         return url
     host = parts.netloc.rpartition("@")[2]  # an IPv6 host keeps its brackets
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+# Query keys that carry a credential, not a choice of data: a token minted anew (each CI run mints one) must not make
+# the same file another source. Azure SAS (https://learn.microsoft.com/rest/api/storageservices/create-service-sas),
+# the older S3 and GCS query signatures, and the generic names of a bearer token or key. Matched without case.
+CREDENTIAL_QUERY_KEYS = frozenset({
+    "sv", "ss", "srt", "sp", "se", "st", "spr", "sig", "sr", "si", "sdd", "ses", "skoid", "sktid", "skt", "ske",
+    "sks", "skv", "saoid", "suoid", "scid",  # Azure SAS
+    "awsaccesskeyid", "googleaccessid", "signature", "expires",  # S3 and GCS signatures before v4
+    "token", "access_token", "api_key", "apikey", "key",
+})
+# S3 (SigV4: X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token, ...) and GCS (X-Goog-Signature, ...).
+CREDENTIAL_QUERY_PREFIXES = ("x-amz-", "x-goog-")
+
+
+def is_credential_key(key: str) -> bool:
+    """Whether a query key carries a credential (``CREDENTIAL_QUERY_KEYS``) rather than selecting data
+    (``?version=2``, S3's ``versionId``)."""
+    folded = key.strip().lower()
+    return folded in CREDENTIAL_QUERY_KEYS or folded.startswith(CREDENTIAL_QUERY_PREFIXES)
+
+
+def source_identity(url: str) -> str:
+    """What identifies an http(s) source across runs: the URL without its user and password, credential query keys
+    (``is_credential_key``) and fragment; the other query fields are kept as written, in their order, as they may
+    select the data. A rotated SAS or presigned token thus leaves the partial download's name (pipeline/download.py) and
+    data/source.json (pipeline/source.py) as they were, and the token is not written to disk. Anything else (a
+    path, a file:// URL) is returned as it is."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        return url
+    kept = [field for field in parts.query.split("&")  # as written: re-encoding could change what the server reads
+            if field and not is_credential_key(urllib.parse.unquote_plus(field.partition("=")[0]))]
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "&".join(kept), ""))

@@ -456,6 +456,40 @@ def test_changed_remote_file_restarts_from_zero(http_server, kaggle_sample, tmp_
     assert fetched.read_bytes() == (kaggle_sample / "items.csv").read_bytes()
 
 
+def test_a_download_cut_half_way_resumes_after_its_token_was_rotated(http_server, kaggle_sample, tmp_path):
+    """CI mints a new SAS / presigned token each run: the partial copy's name hashed the whole URL, token and all, so
+    the next run started from zero instead of resuming. It is named by url_credentials.source_identity now."""
+    partial = tmp_path / "partial"
+    params = _params(http_server)
+    params = type(params)(params.source, params.sha256, type(params.download)(retries=1, timeout_s=10),
+                          params.synthetic)
+    _RangeHandler.cut_after["train.csv.gz"] = 500
+    with pytest.raises(DownloadError, match="partial data kept"):
+        fetch(http_server + "train.csv.gz?sv=2024-01-01&se=2026-12-06&sig=first", partial, params, progress=False)
+    fetched, _name = fetch(http_server + "train.csv.gz?sv=2024-01-01&se=2026-12-07&sig=second", partial, params,
+                           progress=False)
+    assert fetched.read_bytes() == (kaggle_sample / "train.csv.gz").read_bytes()
+    assert _RangeHandler.requests[-1] == ("train.csv.gz?sv=2024-01-01&se=2026-12-07&sig=second", "bytes=500-")
+
+
+def test_a_rotated_token_alone_leaves_the_source_fingerprint_as_it_was(http_server, tmp_path, monkeypatch):
+    """data/source.json held the whole URL, token included: a rotated token alone made DVC rerun download on the same
+    data, and kept a secret on disk. A query key that may select data (?version=2) is still part of it."""
+    from pipeline.source import write_fingerprint
+
+    out = tmp_path / "source.json"
+
+    def written(query: str) -> str:
+        monkeypatch.setenv("SHELFCAST_DATA_SOURCE", f"{http_server}?{query}")
+        write_fingerprint(_params("synthetic"), out, tmp_path / "hashes.json", tmp_path)
+        return out.read_text()
+
+    first = written("version=2&sv=2024-01-01&sig=S3CRETone&X-Amz-Signature=S3CRETamz")
+    assert "S3CRET" not in first and json.loads(first)["source"] == f"{http_server}?version=2"
+    assert written("version=2&sv=2024-01-01&sig=S3CRETtwo&X-Amz-Signature=S3CRETzon") == first
+    assert written("version=3&sv=2024-01-01&sig=S3CRETtwo") != first
+
+
 # ---------------------------------------------------------------- sources that are not what they seem
 
 

@@ -32,3 +32,20 @@ def test_a_urls_shown_form_has_no_query_token_login_or_fragment():
                        ("http://u:p@ss@[::1]:8000/x.zip?t=1", "http://[::1]:8000/x.zip"),
                        ("/data/what?now", "/data/what?now"), ("synthetic", "synthetic")]:
         assert shown_url(url) == shown, url
+
+
+def test_a_sources_identity_drops_credential_query_keys_and_keeps_those_that_select_data():
+    """What names a partial download and data/source.json: a token CI rotates each run (Azure SAS, S3/GCS presigned,
+    a generic token) must not make the same file another source; ?version=2 or S3's versionId selects data."""
+    from pipeline.url_credentials import source_identity
+
+    assert source_identity("https://u:p@acct.blob.core.windows.net/sales/?sv=2024-01-01&ss=b&srt=co&sp=rl"
+                           "&se=2026-12-07T00:00Z&st=2026-12-06&spr=https&sig=a%2Bb%3D&version=2#top") == \
+        "https://acct.blob.core.windows.net/sales/?version=2"
+    assert source_identity("https://b.s3.amazonaws.com/train.csv.gz?versionId=v7&X-Amz-Algorithm=AWS4-HMAC-SHA256"
+                           "&x-amz-credential=K%2F1&X-Amz-Signature=ff") == \
+        "https://b.s3.amazonaws.com/train.csv.gz?versionId=v7"
+    assert source_identity("https://storage.googleapis.com/b/x.zip?X-Goog-Signature=1&Token=t&API_KEY=k") == \
+        "https://storage.googleapis.com/b/x.zip"
+    for unchanged in ("/data/my-sales?sig=x", "file:///data/sales", "synthetic", "https://host/a?b"):
+        assert source_identity(unchanged) == unchanged
