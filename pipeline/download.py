@@ -59,6 +59,9 @@ CORRUPT_ARCHIVE = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError
 # A write the system refuses (a full disk, a quota, a file size limit, a read-only folder): retrying at once cannot
 # help, as it can after a cut connection or a timeout.
 REFUSED_WRITES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+# A folder the partial copies cannot be written to (its mode or owner: chmod 0500, another user's data/): as little
+# helped by retrying, and said of the folder, not of one copy in it.
+NOT_PERMITTED = (errno.EACCES, errno.EPERM)
 # The Content-Encoding an S3 object uploaded gzipped carries (``--content-encoding gzip``). urllib does not decode it,
 # and need not: the bytes as sent are a gzip of the file, kept as they come so that a Range request (which addresses
 # the encoded bytes, as S3 and RFC 9110 have it) resumes them; a NAME.csv so sent is installed as NAME.csv.gz.
@@ -78,6 +81,12 @@ def _part_path(partial_dir: Path, url: str) -> Path:
     tag = hashlib.sha256(source_identity(url).encode("utf-8")).hexdigest()[:12]
     name = Path(urllib.parse.urlparse(url).path).name or "download"
     return partial_dir / f"{tag}-{name}.part"
+
+
+def _is_in(filename, folder: Path) -> bool:
+    """Whether an OSError's ``filename`` is a file directly in ``folder`` (a partial copy or its record), not the
+    source being read."""
+    return filename is not None and Path(filename).parent == folder
 
 
 def _sha256(path: Path) -> str:
@@ -204,6 +213,10 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> tu
         except _Missing:
             raise
         except (OSError, urllib.error.URLError, TimeoutError, http.client.HTTPException) as exc:
+            if isinstance(exc, OSError) and exc.errno in NOT_PERMITTED and _is_in(exc.filename, partial_dir):
+                raise DownloadError(f"{partial_dir}: {exc.strerror}: download cannot write its partial copies there "
+                                    f"(while fetching {shown}): make the folder writable by this user, or remove "
+                                    "it, and rerun") from None
             if isinstance(exc, OSError) and exc.errno in REFUSED_WRITES:
                 kept = part.stat().st_size if part.exists() else 0
                 raise DownloadError(f"{part}: {exc.strerror} (while fetching {shown}; the {kept:,} bytes fetched are "

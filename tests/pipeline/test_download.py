@@ -201,6 +201,36 @@ def test_a_write_refused_while_fetching_is_one_line_naming_the_copy_and_the_next
     assert (root / "data" / "raw" / "train.csv").read_bytes() == (source / "train.csv").read_bytes()
 
 
+def test_a_downloads_folder_that_cannot_be_written_is_one_line_naming_it_not_retried(tmp_path, monkeypatch):
+    """data/.downloads at mode 0500 (or another user's): EACCES was retried as a cut connection would be and said as
+    '<source>/train.csv: failed after 3 attempt(s): [Errno 13] ... (partial data kept ...)', though nothing was. Root
+    ignores the mode, so as root the stage runs without CAP_DAC_OVERRIDE (setpriv), as any other user would."""
+    import shutil
+    import subprocess
+    import sys
+
+    as_user = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root, which ignores a folder's mode, and no setpriv to drop that")
+        as_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    source = write_kaggle_sample(tmp_path / "src")
+    root = tmp_path / "project"
+    (root / "data" / ".downloads").mkdir(parents=True)
+    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (root / "data" / ".downloads").chmod(0o500)
+    env = dict(os.environ, PYTHONPATH=str(REPO), SHELFCAST_DATA_SOURCE=str(source))
+    try:
+        done = subprocess.run(as_user + [sys.executable, "-m", "pipeline.download", "--quiet"], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        (root / "data" / ".downloads").chmod(0o700)
+    assert done.returncode == 1 and done.stderr == (
+        f"download: error: data/.downloads: Permission denied: download cannot write its partial copies there (while "
+        f"fetching {source}/train.csv): make the folder writable by this user, or remove it, and rerun\n"), done.stderr
+    assert not (root / "data" / "raw").exists()
+
+
 def test_sha256_is_verified(kaggle_sample, tmp_path):
     good = hashlib.sha256((kaggle_sample / "items.csv").read_bytes()).hexdigest()
     raw = tmp_path / "raw"
