@@ -179,12 +179,15 @@ def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> tu
             total_known = "/" in content_range and not content_range.endswith("*")
             total = int(content_range.rsplit("/", 1)[1]) if total_known else None
             mode = "ab"
+            # The bytes continue the 200's (If-Range matched their ETag): their coding is the one it named, which
+            # a 206 (a CDN's) may leave out.
+            coding = meta.get("coding", coding)
         else:
             done = 0
             total = int(length) if length is not None else None
             mode = "wb"
         meta = {"etag": response.headers.get("ETag"), "last_modified": response.headers.get("Last-Modified"),
-                "total": total}
+                "total": total, "coding": coding}
         meta_path.write_text(json.dumps(meta))
         name = Path(urllib.parse.urlsplit(url).path).name  # not the query: it may hold a token
         with open(part, mode) as out, tqdm(total=total, initial=done, unit="B", unit_scale=True,
