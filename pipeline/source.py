@@ -49,10 +49,21 @@ class SourceError(StageError):
     """A data source that cannot be reached or read to fingerprint it."""
 
 
+# What an HTTP request line cannot carry (http.client refuses it with InvalidURL, whose text is the path and query,
+# a token included; urlsplit silently drops a tab or newline instead).
+_NOT_IN_A_REQUEST = re.compile(r"[\x00-\x20\x7f]")
+
+
 def data_source(params: DataParams) -> str:
-    """The source in effect: $SHELFCAST_DATA_SOURCE when set, else params.yaml's data.source."""
+    """The source in effect: $SHELFCAST_DATA_SOURCE when set, else params.yaml's data.source. An http(s) URL with a
+    space or control character in it is refused here, for both stages, naming where it was set."""
     chosen = os.environ.get(ENV_VAR, "").strip()
-    return chosen or params.source
+    source = chosen or params.source
+    if is_remote(source) and _NOT_IN_A_REQUEST.search(source):
+        where = f"${ENV_VAR}" if chosen else "data.source"
+        raise SourceError(f"{where}: {shown_url(source)!r} has a space or control character, which no HTTP request "
+                          "can carry: percent-encode it (a space as %20)")
+    return source
 
 
 def located(source: str, root: Path | str) -> str:

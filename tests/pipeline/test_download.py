@@ -419,6 +419,27 @@ def test_a_folder_urls_token_is_in_no_line_source_or_download_prints(http_server
     assert status == 1 and f"data.source: {shown} has no stores" in text, text
 
 
+@pytest.mark.parametrize("folder", ["my data/", "data\t/", "data/\n"])
+def test_a_url_with_a_space_or_control_character_is_one_line_without_its_token(http_server, tmp_path, capsys,
+                                                                                 monkeypatch, folder):
+    """urlopen refuses such a URL with http.client.InvalidURL, whose text is the request's path and query: source
+    stopped on it with a traceback, and download retried it as a cut connection and printed it, token included
+    ("failed after 3 attempt(s): URL can't contain control characters. '/my data/train.csv.gz?sv=...&sig=...'")."""
+    import yaml
+
+    from pipeline.download import main as download_main
+    from pipeline.source import main as source_main
+
+    monkeypatch.setenv("SHELFCAST_DATA_SOURCE", f"{http_server}{folder}?sv=2024-01-01&sig=S3CRETsig")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params()))
+    for main in (source_main, download_main):
+        status = main(["--root", str(tmp_path), "--quiet"] if main is download_main else ["--root", str(tmp_path)])
+        out, err = capsys.readouterr()
+        assert status == 1 and "S3CRET" not in out + err and "Traceback" not in err, out + err
+        assert "$SHELFCAST_DATA_SOURCE: " in err and "percent-encode" in err and "attempt" not in err, err
+    assert not list((tmp_path / "data").glob(".downloads/*.part"))
+
+
 def test_a_csv_sent_gzip_encoded_is_installed_as_csv_gz_and_resumes(http_server, kaggle_sample, tmp_path):
     """S3 sends an object uploaded with Content-Encoding: gzip as its gzip bytes; urllib does not decode them, and
     items.csv was installed holding gzip data, which prepare refused ('name it NAME.csv.gz'). The bytes are kept
