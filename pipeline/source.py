@@ -218,10 +218,8 @@ def _http_validators(url: str, timeout_s: float, absent: tuple[int, ...] = ABSEN
                      refused: list[str] | None = None) -> dict | None:
     """ETag / Last-Modified / Content-Length of a URL, or None when the server says it does not exist (a status of
     ``absent``; a 403 among them is appended to ``refused``)."""
-    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "shelfcast-download"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            headers = response.headers
+        headers, size = _validator_headers(url, timeout_s)
     except urllib.error.HTTPError as exc:
         if exc.code in absent:
             if exc.code == 403 and refused is not None:
@@ -230,8 +228,24 @@ def _http_validators(url: str, timeout_s: float, absent: tuple[int, ...] = ABSEN
         raise SourceError(f"{shown_url(url)}: HTTP {exc.code} {exc.reason} (checking the source for changes)") from None
     except (OSError, urllib.error.URLError) as exc:
         raise SourceError(f"{shown_url(url)}: cannot reach it to check for changes: {exc}") from None
-    return {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"),
-            "size": headers.get("Content-Length")}
+    return {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"), "size": size}
+
+
+def _validator_headers(url: str, timeout_s: float) -> tuple:
+    """A HEAD's headers and Content-Length; where HEAD is refused with 403, a GET of the first byte's, and the whole
+    size from its Content-Range: an S3 presigned URL signs its method, and one made for GET refuses HEAD."""
+    head = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "shelfcast-download"})
+    try:
+        with urllib.request.urlopen(head, timeout=timeout_s) as response:
+            return response.headers, response.headers.get("Content-Length")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 403:
+            raise
+    first_byte = urllib.request.Request(url, headers={"User-Agent": "shelfcast-download", "Range": "bytes=0-0"})
+    with urllib.request.urlopen(first_byte, timeout=timeout_s) as response:  # a 403 again: refused after all
+        content_range = response.headers.get("Content-Range", "")
+        whole = content_range.rpartition("/")[2] if response.status == 206 else ""
+        return response.headers, whole if whole.isdigit() else response.headers.get("Content-Length")
 
 
 def fingerprint(source: str, params: DataParams, cache: HashCache) -> dict:

@@ -303,6 +303,13 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     requests: list[tuple[str, str | None]] = []
     encoded: dict[str, str] = {}
     coding_on_206 = True  # False: a server (a CDN) that names the Content-Encoding on a 200 only
+    head_refused = False  # True: HEAD is answered 403, as S3 answers it on a URL presigned for GET
+
+    def do_HEAD(self):  # noqa: N802 (http.server's naming)
+        if self.head_refused:
+            self.send_error(403)
+            return
+        super().do_HEAD()
 
     def log_message(self, *args):  # keep test output clean
         pass
@@ -347,6 +354,7 @@ def http_server(kaggle_sample):
     _RangeHandler.cut_after = {}
     _RangeHandler.encoded = {}
     _RangeHandler.coding_on_206 = True
+    _RangeHandler.head_refused = False
 
     def handler(*args, **kwargs):
         return _RangeHandler(*args, directory=str(kaggle_sample), **kwargs)
@@ -438,6 +446,21 @@ def test_a_url_with_a_space_or_control_character_is_one_line_without_its_token(h
         assert status == 1 and "S3CRET" not in out + err and "Traceback" not in err, out + err
         assert "$SHELFCAST_DATA_SOURCE: " in err and "percent-encode" in err and "attempt" not in err, err
     assert not list((tmp_path / "data").glob(".downloads/*.part"))
+
+
+def test_a_url_presigned_for_get_is_fingerprinted_though_head_is_refused(http_server, kaggle_sample, tmp_path):
+    """An S3 presigned URL signs its method: one made for GET (the kind `aws s3 presign` makes) answers HEAD with
+    403, and source, which checked a .zip only by HEAD, stopped on 'HTTP 403 Forbidden' for a file download fetches.
+    The validators then come from a GET of its first byte; the size is the whole file's (Content-Range)."""
+    from pipeline.source import HashCache, fingerprint
+
+    _zip_of(write_kaggle_sample(tmp_path / "plain"), kaggle_sample / "favorita.zip")
+    source = http_server + "favorita.zip?X-Amz-Signature=abc"
+    _RangeHandler.head_refused = True
+    data = (kaggle_sample / "favorita.zip").read_bytes()
+    assert fingerprint(source, _params(source), HashCache(tmp_path / "hashes.json"))["files"]["favorita.zip"] == {
+        "etag": '"' + hashlib.sha256(data).hexdigest()[:16] + '"', "last_modified": None, "size": str(len(data))}
+    assert _RangeHandler.requests == [("favorita.zip?X-Amz-Signature=abc", "bytes=0-0")]  # HEAD is not logged
 
 
 def test_a_csv_sent_gzip_encoded_is_installed_as_csv_gz_and_resumes(http_server, kaggle_sample, tmp_path):
