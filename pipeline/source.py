@@ -50,8 +50,10 @@ class SourceError(StageError):
 
 
 # What an HTTP request line cannot carry (http.client refuses it with InvalidURL, whose text is the path and query,
-# a token included; urlsplit silently drops a tab or newline instead).
+# a token included; urlsplit silently drops a tab or newline instead), and what its path and query cannot (a
+# non-ASCII letter: http.client stops with a UnicodeEncodeError; a host may be one, as IDNA encodes it).
 _NOT_IN_A_REQUEST = re.compile(r"[\x00-\x20\x7f]")
+_NOT_IN_A_PATH = re.compile(r"[^\x00-\x7f]")
 
 
 def data_source(params: DataParams) -> str:
@@ -59,10 +61,11 @@ def data_source(params: DataParams) -> str:
     space or control character in it is refused here, for both stages, naming where it was set."""
     chosen = os.environ.get(ENV_VAR, "").strip()
     source = chosen or params.source
-    if is_remote(source) and _NOT_IN_A_REQUEST.search(source):
+    parts = urllib.parse.urlsplit(source)
+    if is_remote(source) and (_NOT_IN_A_REQUEST.search(source) or _NOT_IN_A_PATH.search(parts.path + parts.query)):
         where = f"${ENV_VAR}" if chosen else "data.source"
-        raise SourceError(f"{where}: {shown_url(source)!r} has a space or control character, which no HTTP request "
-                          "can carry: percent-encode it (a space as %20)")
+        raise SourceError(f"{where}: {shown_url(source)!r} has a space, control or non-ASCII character, which no "
+                          "HTTP request can carry: percent-encode it (a space as %20, é as %C3%A9)")
     return source
 
 

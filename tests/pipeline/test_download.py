@@ -427,12 +427,14 @@ def test_a_folder_urls_token_is_in_no_line_source_or_download_prints(http_server
     assert status == 1 and f"data.source: {shown} has no stores" in text, text
 
 
-@pytest.mark.parametrize("folder", ["my data/", "data\t/", "data/\n"])
-def test_a_url_with_a_space_or_control_character_is_one_line_without_its_token(http_server, tmp_path, capsys,
+@pytest.mark.parametrize("folder", ["my data/", "data\t/", "data/\n", "données/"])
+def test_a_url_with_a_space_control_or_non_ascii_character_is_one_line_without_its_token(http_server, tmp_path, capsys,
                                                                                  monkeypatch, folder):
     """urlopen refuses such a URL with http.client.InvalidURL, whose text is the request's path and query: source
     stopped on it with a traceback, and download retried it as a cut connection and printed it, token included
-    ("failed after 3 attempt(s): URL can't contain control characters. '/my data/train.csv.gz?sv=...&sig=...'")."""
+    ("failed after 3 attempt(s): URL can't contain control characters. '/my data/train.csv.gz?sv=...&sig=...'").
+    A non-ASCII letter in the path (as a browser's address bar shows 'données') stopped both with a traceback
+    (UnicodeEncodeError from http.client)."""
     import yaml
 
     from pipeline.download import main as download_main
