@@ -76,7 +76,7 @@ DATASET_DIGEST_CHARS = 16  # MLflow's stores keep at most 36 characters of a dat
 
 
 class RunData(NamedTuple):
-    """What a stage's run read: ``source`` as pipeline.source.shown_source gives it, the digests of the files
+    """What a stage's run read: ``source`` as pipeline.versions.shown_source gives it, the digests of the files
     (versions.data_version) and a profile (rows, days) for the Datasets panel."""
 
     source: str
