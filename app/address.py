@@ -1,4 +1,5 @@
-"""Whether a server may listen at a TCP address: nothing listens there yet; and a worker's own listening socket.
+"""The one reading of a bind address (each form gunicorn's --bind takes); whether a server may listen at a TCP
+address: nothing listens there yet; and a worker's own listening socket.
 
 One check for gunicorn's master (app/gunicorn_conf.py on_starting) and `make mlflow-ui` (``python -m app.address
 HOST:PORT [HINT]``), so a second server on a host (staging beside production, another user's MLflow UI on the
@@ -10,12 +11,51 @@ from __future__ import annotations
 import socket
 import sys
 
+GUNICORN_DEFAULT_PORT = 8000  # gunicorn's port for a bind address that names a host only
+
+
+class BindAddressError(RuntimeError):
+    """A bind address no server here could listen at: gunicorn's master prints it as one line and exits."""
+
 
 def host_and_port(address: str) -> tuple[socket.AddressFamily, str, int]:
-    """The family, host and port of ``host:port`` (an IPv6 host in brackets; no host: every IPv4 address)."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
+    """The family, host and port of a TCP bind address in each form gunicorn's --bind reads it: ``host:port``,
+    ``host`` alone (port 8000), ``tcp://host:port``, an IPv6 host in brackets (``[::1]:port``); no host: every
+    IPv4 address. BindAddressError for a ``unix:`` or ``fd://`` one (see is_tcp) or one that is no address."""
+    if not is_tcp(address):
+        raise BindAddressError(f"bind address {address!r} is no TCP address (host:port)")
+    netloc = address[len("tcp://"):] if address.startswith("tcp://") else address
+    default = str(GUNICORN_DEFAULT_PORT)
+    if netloc.startswith("["):
+        host, closed, rest = netloc[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise BindAddressError(f"bind address {address!r}: write an IPv6 host in brackets, e.g. [::1]:5005")
+        port = rest[1:] if rest else default
+    elif netloc.count(":") > 1:  # gunicorn reads up to the second colon: an IPv6 host must be in brackets
+        raise BindAddressError(f"bind address {address!r}: write an IPv6 host in brackets, e.g. [::1]:5005")
+    else:
+        host, colon, port = netloc.partition(":")
+        port = port if colon else default
+    if not (port.isascii() and port.isdigit() and int(port) < 65536):
+        raise BindAddressError(f"bind address {address!r}: {port!r} is no port number; write HOST:PORT, "
+                               "e.g. 127.0.0.1:5005")
+    host = host or "0.0.0.0"
     return socket.AF_INET6 if ":" in host else socket.AF_INET, host, int(port)
+
+
+def is_tcp(address: str) -> bool:
+    """Whether a bind address is a TCP one, not a Unix socket's path (``unix:PATH``) or an inherited descriptor
+    (``fd://N``): neither has a port to check or to share between workers."""
+    return not address.startswith(("unix:", "fd://"))
+
+
+def shown(address: str, scheme: str = "http") -> str:
+    """A bind address as a client reaches it: ``http://host:port`` (the port gunicorn takes for a host alone),
+    a ``unix:`` or ``fd://`` one as given."""
+    if not is_tcp(address):
+        return address
+    _, host, port = host_and_port(address)
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def refuse_a_taken_address(address: str, hint: str = "") -> None:

@@ -78,6 +78,7 @@ if __name__ == "__config__":  # as gunicorn loads it (a test that loads this fil
     for module in [name for name in sys.modules if name == "app" or name.startswith("app.")]:
         del sys.modules[module]
 # app/config.py (standard library only; the worker class imports it too): engine/cores.py's one loader
+from app.address import BindAddressError, host_and_port, is_tcp, shown  # noqa: E402 - the same: standard library
 from app.config import engine_cores  # noqa: E402 - after the drop above, so from the code on disk
 
 MAX_WORKERS = 256
@@ -109,10 +110,31 @@ keepalive = 5
 timeout = 60  # a worker loads and warms up the bundle before it serves
 graceful_timeout = 30  # time to flush prediction events on shutdown
 preload_app = False
-# One worker gains nothing from a socket of its own, and would leave none listening while it is replaced
-# (--max-requests, a timeout): connections would be refused, where the master's shared socket queues them.
-reuse_port = (sys.platform == "linux" and workers >= 2 and not bind.startswith(("unix:", "fd://"))
-              and not bind.endswith(":0"))
+
+
+def a_socket_per_worker(binds: list[str], worker_count: int) -> bool:
+    """Whether each worker listens on a socket of its own (SO_REUSEPORT): on Linux, for 2 or more workers, every
+    bind address a TCP one with a fixed port. One worker gains nothing from it, and would leave none listening while
+    it is replaced (--max-requests, a timeout): connections would be refused, where the master's shared socket
+    queues them. A Unix socket's path is one file (each worker binding it removed the one before), an ``fd://``
+    one socket already, and port 0 a different port for each worker. An address that is none (a bad port) is
+    gunicorn's to refuse."""
+    try:
+        return (sys.platform == "linux" and worker_count >= 2
+                and all(is_tcp(address) and host_and_port(address)[2] != 0 for address in binds))
+    except BindAddressError:
+        return False
+
+
+def settle_reuse_port(cfg) -> None:
+    """reuse_port as the settings gunicorn serves with decide it: GUNICORN_CMD_ARGS (--bind, --workers) override
+    this file, which saw only SHELFCAST_BIND and SHELFCAST_WORKERS (`--bind unix:PATH` with 2 workers was a ValueError
+    in every worker). Only ever turned off; at start and at each SIGHUP, which reads this file again."""
+    if cfg.reuse_port and not a_socket_per_worker(cfg.bind, cfg.workers):
+        cfg.set("reuse_port", False)
+
+
+reuse_port = a_socket_per_worker([bind], workers)
 accesslog = os.environ.get("SHELFCAST_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("SHELFCAST_LOG_LEVEL", "info")
@@ -236,9 +258,10 @@ def _prepare(server):
     connect to ('127.0.0.1', 5005)"."""
     from app.address import refuse_a_taken_address
 
+    settle_reuse_port(server.cfg)
     if not inherits_its_sockets():
         for address in server.cfg.bind:
-            if not address.startswith(("unix:", "fd://")):
+            if is_tcp(address):
                 refuse_a_taken_address(address)
     from app.gunicorn_worker import RELOAD_MARKER
     from app.metrics_files import DirectoryInUse, claim, clear, disown, hold, remove_orphaned
@@ -270,9 +293,8 @@ def _prepare(server):
 def when_ready(server):
     """Say where it serves: with a socket per worker (SO_REUSEPORT) gunicorn's own "Listening at:" line is empty."""
     for address in server.cfg.bind:
-        scheme = "https" if server.cfg.is_ssl else "http"
-        shown = address if address.startswith(("unix:", "fd://")) else f"{scheme}://{address}"
-        server.log.info("Shelfcast serves at %s (%d workers)", shown, server.cfg.workers)
+        server.log.info("Shelfcast serves at %s (%d workers)", shown(address, "https" if server.cfg.is_ssl else "http"),
+                        server.cfg.workers)
 
 
 def ssl_context(conf, default_ssl_context_factory):
@@ -311,6 +333,7 @@ def on_reload(server):
     Favorita's width)."""
     from app.gunicorn_worker import RELOAD_MARKER
 
+    settle_reuse_port(server.cfg)  # gunicorn has just read this file again: its reuse_port, not the settled one
     replaced_in_reload.clear()
     # only workers of a class that hands over (the master's objects of the running workers' class): after an
     # upgrade from a version without it, the old ones stop at once, and the new ones must listen at the fork

@@ -286,9 +286,10 @@ def test_the_worker_class_brings_none_of_the_app_into_gunicorns_master(tmp_path)
     assert master.returncode == 0, master.stderr
     imported, before, after_reread, after = master.stdout.splitlines()
     assert imported.split() == ["app", "app.config", "app.gunicorn_worker", "app.request_buffer"]
-    # the config file's own import of app/config.py (engine/cores.py's loader: no engine) is made again from the
-    # code on disk; gunicorn then imports the worker class again, from the code on disk too
-    assert after_reread.split() == ["app", "app.config"] and after != before
+    # the config file's own imports, app/config.py (engine/cores.py's loader: no engine) and app/address.py (the bind
+    # addresses, standard library only), are made again from the code on disk; gunicorn then imports the worker
+    # class again, from the code on disk too
+    assert after_reread.split() == ["app", "app.address", "app.config"] and after != before
 
 
 def test_a_sighup_serves_the_app_code_now_on_disk(app_bundles, tmp_path):
@@ -462,7 +463,7 @@ def test_a_metrics_directory_that_cannot_be_used_is_one_line_naming_the_variable
     conf = _load_conf(Path(__file__).resolve().parents[2] / "app" / "gunicorn_conf.py")
     with pytest.raises(RuntimeError, match=r"^PROMETHEUS_MULTIPROC_DIR=.*/file/metrics: cannot keep this server's "
                                            r"metrics there \(Not a directory: .*/file/metrics\)$"):
-        conf.on_starting(types.SimpleNamespace(cfg=types.SimpleNamespace(bind=[])))
+        conf.on_starting(types.SimpleNamespace(cfg=types.SimpleNamespace(reuse_port=False, bind=[])))
 
 
 def test_a_metrics_directory_a_server_holds_is_never_taken_for_an_orphan(tmp_path):
