@@ -75,15 +75,20 @@ def exchange(served, request: bytes, wait_s: float = 10) -> tuple[bytes, str]:
     with tls_connection(served) as client:
         client.sendall(request)
         client.settimeout(wait_s)
-        reply = b""
-        try:
-            while chunk := client.recv(65536):
-                reply += chunk
-        except ssl.SSLEOFError:
-            pass
-        except ssl.SSLError as exc:
-            return reply, f"TLS error: {exc}"
-        return reply, "closed"
+        return read_to_close(client)
+
+
+def read_to_close(client: ssl.SSLSocket) -> tuple[bytes, str]:
+    """What the server sends until it closes the connection, and how it ended (see `exchange`)."""
+    reply = b""
+    try:
+        while chunk := client.recv(65536):
+            reply += chunk
+    except ssl.SSLEOFError:
+        pass
+    except ssl.SSLError as exc:
+        return reply, f"TLS error: {exc}"
+    return reply, "closed"
 
 
 def header_timeouts(served) -> float:
@@ -137,13 +142,8 @@ def test_a_kept_alive_tls_connection_that_stalls_in_its_next_requests_headers_is
             first += client.recv(65536)
         assert first.startswith(b"HTTP/1.1 200 ") and b"keep-alive" in first.lower(), first[:300]
         client.sendall(PARTIAL)
-        reply = b""
-        try:
-            while chunk := client.recv(65536):
-                reply += chunk
-        except ssl.SSLEOFError:
-            pass
-    assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), reply[:300]
+        reply, ended = read_to_close(client)
+    assert ended == "closed" and reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), (ended, reply[:300])
     assert "Shelfcast serves at https://127.0.0.1:" in tls_server.log_path.read_text(encoding="utf-8")
 
 
