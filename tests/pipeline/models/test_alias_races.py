@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from pipeline import tracking
+from tests.pipeline.models.test_alias_races_many import finish, wait_held  # one hold protocol, bounded
 
 REPO = Path(__file__).resolve().parents[3]
 NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
@@ -50,20 +50,6 @@ def mover(project: Path, version: str, **holds: Path) -> subprocess.Popen:
          "tracking.point_alias(tracking.client(sys.argv[1]), 'shelfcast-forecaster', 'production', sys.argv[2],\n"
          "    production='production')",
          str(project), version], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_held(process: subprocess.Popen, hold: Path) -> None:
-    deadline = time.monotonic() + 120
-    while not Path(f"{hold}.held").exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
-        time.sleep(0.05)
-
-
-def finish(process: subprocess.Popen, hold: Path | None = None) -> None:
-    if hold is not None:
-        hold.touch()
-    out, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, out
 
 
 def production_and_previous(project: Path) -> tuple[str, str | None]:
