@@ -85,7 +85,9 @@ def serve_and_reload(app_bundles, tmp_path: Path, settings: dict[str, str], addr
         process = subprocess.Popen(launch.gunicorn_command(), cwd=launch.REPO, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, pass_fds=pass_fds)
     try:
-        every_ready = lambda: all(ready(address) for address in addresses)  # noqa: E731
+        def every_ready() -> bool:
+            return all(ready(address) for address in addresses)
+
         wait_for(every_ready, process, log, 60, "answer at start")
         process.send_signal(signal.SIGHUP)
         wait_for(lambda: log.read_text().count("Booting worker") >= 4, process, log, 60, "new workers")
