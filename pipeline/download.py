@@ -56,9 +56,9 @@ PARTIAL_DIR = Path("data/.downloads")
 CHUNK = 1 << 20
 # What makes unpacking fail on a corrupt archive (the file is then deleted, not resumed).
 CORRUPT_ARCHIVE = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
-# A write the system refuses (a full disk, a quota, a file size limit, a read-only folder): retrying at once cannot
-# help, as it can after a cut connection or a timeout.
-REFUSED_WRITES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+# A write the system refuses for want of room (a full disk, a quota, a file size limit): retrying at once cannot
+# help, as it can after a cut connection or a timeout; room made, the next run resumes the bytes kept.
+REFUSED_WRITES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # A folder the partial copies cannot be written to (its mode or owner: chmod 0500, another user's data/): as little
 # helped by retrying, and said of the folder, not of one copy in it.
 NOT_PERMITTED = (errno.EACCES, errno.EPERM)
@@ -115,14 +115,14 @@ def _copy_resuming(source: Path, part: Path, progress: bool) -> int:
     if done and (recorded != identity or done > total):
         part.unlink()
         done = 0
-    meta_path.write_text(json.dumps(identity))
-    with open(source, "rb") as src, open(part, "ab") as dst, \
-            tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=f"download: {source.name}",
-                 disable=not progress) as bar:
-        src.seek(done)
-        for block in iter(lambda: src.read(CHUNK), b""):
-            dst.write(block)
-            bar.update(len(block))
+    with open(source, "rb") as src:  # opened before the record: an unreadable source leaves nothing in the folder
+        meta_path.write_text(json.dumps(identity))
+        with open(part, "ab") as dst, tqdm(total=total, initial=done, unit="B", unit_scale=True,
+                                           desc=f"download: {source.name}", disable=not progress) as bar:
+            src.seek(done)
+            for block in iter(lambda: src.read(CHUNK), b""):
+                dst.write(block)
+                bar.update(len(block))
     return total
 
 
@@ -216,6 +216,14 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> tu
         except _Missing:
             raise
         except (OSError, urllib.error.URLError, TimeoutError, http.client.HTTPException) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.EROFS:  # no room to make: the mount is the matter
+                raise DownloadError(f"{partial_dir}: {exc.strerror}: download cannot write its partial copies there "
+                                    f"(while fetching {shown}): remount that file system read-write, or make data/ "
+                                    "a link to a folder on a writable one, and rerun") from None
+            if isinstance(exc, OSError) and exc.errno in NOT_PERMITTED and not parsed.scheme.startswith("http") \
+                    and not _is_in(exc.filename, partial_dir):  # the source file's mode or owner, not a cut transfer
+                raise DownloadError(f"{exc.filename or shown}: {exc.strerror}: download cannot read this source "
+                                    "file: make it readable by this user and rerun") from None
             if isinstance(exc, OSError) and exc.errno in NOT_PERMITTED and _is_in(exc.filename, partial_dir):
                 raise DownloadError(f"{partial_dir}: {exc.strerror}: download cannot write its partial copies there "
                                     f"(while fetching {shown}): make the folder writable by this user, or remove "

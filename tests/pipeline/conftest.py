@@ -206,3 +206,29 @@ def run_stage_with_file_size_limit(stage: str, root, limit: int):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", f"pipeline.{stage}", "--quiet"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=120, preexec_fn=cap)
+
+
+def without_root_file_access() -> list[str]:
+    """A command prefix under which a file's mode holds for this process: root ignores it (CAP_DAC_OVERRIDE), so as
+    root the command runs without that capability (setpriv), as any other user would; skips where it cannot."""
+    import os
+    import shutil
+
+    import pytest
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root, which ignores a file's mode, and no setpriv to drop that")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def run_download_stage(root, source, prefix=()):
+    """``python -m pipeline.download --quiet`` in ``root`` with ``source`` as data.source, behind ``prefix``."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), SHELFCAST_DATA_SOURCE=str(source))
+    return subprocess.run([*prefix, sys.executable, "-m", "pipeline.download", "--quiet"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)

@@ -19,8 +19,8 @@ from pipeline.download import DownloadError, download, fetch
 from pipeline.params import data_params
 from pipeline.prepare import prepare
 
-from .conftest import (REPO, default_params, kaggle_sample_files, prepare_with, run_stage_with_file_size_limit,
-                       write_kaggle_sample)
+from .conftest import (REPO, default_params, kaggle_sample_files, prepare_with, run_download_stage,
+                       run_stage_with_file_size_limit, without_root_file_access, write_kaggle_sample)
 
 RAW_NAMES = {"train", "test", "items", "stores", "holidays_events", "oil", "transactions"}
 
@@ -205,30 +205,67 @@ def test_a_downloads_folder_that_cannot_be_written_is_one_line_naming_it_not_ret
     """data/.downloads at mode 0500 (or another user's): EACCES was retried as a cut connection would be and said as
     '<source>/train.csv: failed after 3 attempt(s): [Errno 13] ... (partial data kept ...)', though nothing was. Root
     ignores the mode, so as root the stage runs without CAP_DAC_OVERRIDE (setpriv), as any other user would."""
-    import shutil
-    import subprocess
-    import sys
-
-    as_user = []
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root, which ignores a folder's mode, and no setpriv to drop that")
-        as_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    as_user = without_root_file_access()
     source = write_kaggle_sample(tmp_path / "src")
     root = tmp_path / "project"
     (root / "data" / ".downloads").mkdir(parents=True)
     (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
     (root / "data" / ".downloads").chmod(0o500)
-    env = dict(os.environ, PYTHONPATH=str(REPO), SHELFCAST_DATA_SOURCE=str(source))
     try:
-        done = subprocess.run(as_user + [sys.executable, "-m", "pipeline.download", "--quiet"], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=120)
+        done = run_download_stage(root, source, as_user)
     finally:
         (root / "data" / ".downloads").chmod(0o700)
     assert done.returncode == 1 and done.stderr == (
         f"download: error: data/.downloads: Permission denied: download cannot write its partial copies there (while "
         f"fetching {source}/train.csv): make the folder writable by this user, or remove it, and rerun\n"), done.stderr
     assert not (root / "data" / "raw").exists()
+
+
+def test_a_downloads_folder_on_a_read_only_file_system_is_said_for_what_it_is(tmp_path):
+    """EROFS was told the full disk's 'the 0 bytes fetched are kept there: make room and rerun': no room helps a
+    read-only mount (as a disk with errors is remounted). A real read-only tmpfs on data/.downloads."""
+    import shutil
+    import subprocess
+
+    source = write_kaggle_sample(tmp_path / "src")
+    root = tmp_path / "project"
+    partial = root / "data" / ".downloads"
+    partial.mkdir(parents=True)
+    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command here")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(partial)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        done = run_download_stage(root, source)
+    finally:
+        subprocess.run(["umount", str(partial)], check=True)
+    assert done.returncode == 1 and done.stderr == (
+        f"download: error: data/.downloads: Read-only file system: download cannot write its partial copies there "
+        f"(while fetching {source}/train.csv): remount that file system read-write, or make data/ a link to a "
+        "folder on a writable one, and rerun\n"), done.stderr
+    assert not (root / "data" / "raw").exists()
+
+
+def test_a_local_source_file_that_cannot_be_read_is_one_line_naming_it_not_retried(tmp_path):
+    """items.csv at mode 000: EACCES on the source was retried three times and said as 'failed after 3 attempt(s)
+    ... (partial data kept in ...)', though nothing was kept, and its resume record was left behind."""
+    as_user = without_root_file_access()
+    source = write_kaggle_sample(tmp_path / "src")
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (source / "items.csv").chmod(0o000)
+    try:
+        done = run_download_stage(root, source, as_user)
+    finally:
+        (source / "items.csv").chmod(0o644)
+    assert done.returncode == 1 and done.stderr == (
+        f"download: error: {source}/items.csv: Permission denied: download cannot read this source file: make it "
+        "readable by this user and rerun\n"), done.stderr
+    assert not (root / "data" / "raw").exists()
+    assert not [p.name for p in (root / "data" / ".downloads").iterdir() if "items" in p.name]
 
 
 def test_sha256_is_verified(kaggle_sample, tmp_path):
