@@ -68,6 +68,11 @@ NOT_PERMITTED = (errno.EACCES, errno.EPERM)
 GZIP_CODINGS = ("gzip", "x-gzip")
 
 
+# The files download writes in data/.downloads (``_part_path``, its record, ``install_zip``'s member): what a run that
+# fetched its source whole may remove as stale; anything else there is not download's and is left.
+PARTIAL_NAME = re.compile(r"[0-9a-f]{12}-.+\.(part|json)|unzipped-.+")
+
+
 class DownloadError(StageError):
     """A source that cannot be fetched or does not verify."""
 
@@ -277,6 +282,19 @@ def discard(part: Path) -> None:
     """Forget a fetched file and its resume record: the next run fetches it from zero."""
     part.unlink(missing_ok=True)
     part.with_suffix(".json").unlink(missing_ok=True)
+
+
+def remove_stale_partials(partial_dir: Path) -> int:
+    """Remove download's files left in ``partial_dir`` after a run that fetched its source whole; return the bytes
+    freed. Every file that run fetched was installed or discarded, so what is left no run resumes: another source's
+    interrupted copy, or one named under an older rule (before ``source_identity`` the whole URL, token included,
+    named it: one orphan per rotated token), which would otherwise stay for ever."""
+    freed = 0
+    for path in partial_dir.iterdir() if partial_dir.is_dir() else ():
+        if path.is_file() and PARTIAL_NAME.fullmatch(path.name):
+            freed += path.stat().st_size
+            path.unlink()
+    return freed
 
 
 # ---------------------------------------------------------------- unpacking into data/raw
@@ -555,7 +573,9 @@ def download(params: DataParams, raw_dir: Path = RAW_DIR, partial_dir: Path = PA
                     f"{syn.start_date} .. {syn.end_date} (seed {syn.seed}) in {raw_dir}")
         found, left_out = fetch_source(source, staging, Path(partial_dir), params, progress)
     ignored = f" (left out, not its archive's own file: {', '.join(left_out)})" if left_out else ""
-    return f"{len(found)} files ({', '.join(found)}) from {shown_url(source)} in {raw_dir}{ignored}"
+    freed = remove_stale_partials(Path(partial_dir))
+    stale = f"; {freed:,} bytes of stale partial copies removed from {partial_dir}" if freed else ""
+    return f"{len(found)} files ({', '.join(found)}) from {shown_url(source)} in {raw_dir}{ignored}{stale}"
 
 
 def _main(args: argparse.Namespace) -> str:

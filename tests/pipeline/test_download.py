@@ -268,6 +268,31 @@ def test_a_local_source_file_that_cannot_be_read_is_one_line_naming_it_not_retri
     assert not [p.name for p in (root / "data" / ".downloads").iterdir() if "items" in p.name]
 
 
+def test_a_complete_run_removes_stale_partial_copies_and_a_failed_one_keeps_them(tmp_path):
+    """A partial copy named under the whole-URL hash (before source_identity: one per rotated token) or of another
+    source was never resumed nor removed: data/.downloads grew with each. A run that fetched its source whole
+    removes download's files left there, and only those; a failed run keeps them (it resumes its own)."""
+    source = write_kaggle_sample(tmp_path / "src")
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    stale = {"0123456789ab-train.csv.part": 5000, "0123456789ab-train.csv.json": 40, "unzipped-train.csv": 10}
+    for name, size in stale.items():
+        (partial / name).write_bytes(b"x" * size)
+    (partial / "notes.txt").write_text("not download's")
+    (source / "stores.csv").rename(tmp_path / "stores.csv")
+    with pytest.raises(DownloadError):
+        download(_params(str(source)), tmp_path / "raw", partial, progress=False)
+    assert set(stale) <= {p.name for p in partial.iterdir()}
+    (tmp_path / "stores.csv").rename(source / "stores.csv")
+
+    summary = download(_params(str(source)), tmp_path / "raw", partial, progress=False)
+
+    assert summary.endswith(f"; 5,050 bytes of stale partial copies removed from {partial}"), summary
+    assert sorted(p.name for p in partial.iterdir()) == ["notes.txt"]
+    assert _raw_names(tmp_path / "raw") == RAW_NAMES
+    assert "removed" not in download(_params(str(source)), tmp_path / "raw", partial, progress=False)
+
+
 def test_sha256_is_verified(kaggle_sample, tmp_path):
     good = hashlib.sha256((kaggle_sample / "items.csv").read_bytes()).hexdigest()
     raw = tmp_path / "raw"
