@@ -10,6 +10,7 @@ Training-only: serving code never imports this module (nor MLflow).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -371,7 +372,50 @@ def client(project_root: Path | str = ".", create: bool = True):
                                     "a fresh clone's first: `dvc repro` then `python -m pipeline.promote` (or "
                                     "`make run`); a team's registry: set MLFLOW_TRACKING_URI")
             create_local_store(db)
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return _registry_writes_retried(MlflowClient)(tracking_uri=uri, registry_uri=uri)
+
+
+# How a database says an insert lost a race to an equal one (SQLite, PostgreSQL, MySQL, SQL Server), in the text
+# MLflow passes on, from its own store or through a server's 400 (its SQLAlchemy error as the message).
+UNIQUE_RACE_MARKS = ("unique constraint", "uniqueviolation", "duplicate entry", "duplicate key")
+RACE_TRIES = 5  # a lost race's retry is an update (the row now exists): one retry does; 5 bound an odd store
+
+
+def lost_insert_race(exc: BaseException) -> bool:
+    """Whether ``exc`` is a registry write that lost an insert race (another writer made the row first)."""
+    text = str(exc).lower()
+    return any(mark in text for mark in UNIQUE_RACE_MARKS)
+
+
+@functools.cache
+def _registry_writes_retried(client_class):
+    """``client_class`` (MlflowClient) whose registry tag and alias writes retry an insert race.
+
+    MLflow's store sets a registered-model tag, a version tag or an alias by reading the row and inserting it when
+    absent (SQLAlchemy's merge): two writers of the same new key (four releases moving production at once, each
+    writing ``previous_production``) both read none and the second insert fails, "UNIQUE constraint failed", and
+    its command ended with a traceback. The retry finds the row and updates it: last writer wins, as for any tag,
+    and point_alias re-reads until the records agree."""
+
+    def retried(method):
+        def write(self, *args, **kwargs):
+            from mlflow.exceptions import MlflowException
+
+            for attempt in range(RACE_TRIES):
+                try:
+                    return method(self, *args, **kwargs)
+                except MlflowException as exc:
+                    if attempt == RACE_TRIES - 1 or not lost_insert_race(exc):
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
+
+        write.__name__ = write.__qualname__ = method.__name__
+        write.__doc__ = method.__doc__
+        return write
+
+    return type("RegistryRaceSafeClient", (client_class,), {
+        name: retried(getattr(client_class, name))
+        for name in ("set_registered_model_tag", "set_model_version_tag", "set_registered_model_alias")})
 
 
 def ensure_experiment(mlflow_client, project_root: Path | str = ".", name: str = EXPERIMENT_NAME) -> str:
