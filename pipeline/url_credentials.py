@@ -78,14 +78,27 @@ def is_credential_key(key: str) -> bool:
 
 def source_identity(url: str) -> str:
     """What identifies an http(s) source across runs: the URL without its user and password, credential query keys
-    (``is_credential_key``) and fragment; the other query fields are kept as written, in their order, as they may
-    select the data. A rotated SAS or presigned token thus leaves the partial download's name (pipeline/download.py) and
-    data/source.json (pipeline/source.py) as they were, and the token is not written to disk. Anything else (a
-    path, a file:// URL) is returned as it is."""
+    (``is_credential_key``; fields split by `&` or `;`) and fragment; the other query fields are kept as written,
+    in their order, as they may select the data. A rotated SAS or presigned token thus leaves the partial download's
+    name (pipeline/download.py) and data/source.json (pipeline/source.py) as they were, and the token is not written
+    to disk. Anything else (a path, a file:// URL) is returned as it is."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme.lower() not in ("http", "https"):
         return url
-    kept = [field for field in parts.query.split("&")  # as written: re-encoding could change what the server reads
-            if field and not is_credential_key(urllib.parse.unquote_plus(field.partition("=")[0]))]
+    query = ""
+    for separator, field in _query_fields(parts.query):  # as written: re-encoding could change what the server reads
+        if field and not is_credential_key(urllib.parse.unquote_plus(field.partition("=")[0])):
+            query += (separator if query else "") + field
     host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "&".join(kept), ""))
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, query, ""))
+
+
+# What separates a query's fields: `&`, or `;` (the older form HTML 4 recommended, which servers still accept:
+# ``?sp=r;sig=...``). Split on `&` alone, ``sp=r;sig=SECRET`` was one field, kept whole, the token with it.
+_QUERY_SEPARATOR = re.compile(r"([&;])")
+
+
+def _query_fields(query: str) -> list[tuple[str, str]]:
+    """(the separator before it, "" for the first; the field as written) for each field of ``query``."""
+    pieces = _QUERY_SEPARATOR.split(query)
+    return [("" if index == 0 else pieces[index - 1], pieces[index]) for index in range(0, len(pieces), 2)]

@@ -629,15 +629,17 @@ def test_a_download_cut_half_way_resumes_after_its_token_was_rotated(http_server
     assert _RangeHandler.requests[-1] == ("train.csv.gz?sv=2024-01-01&se=2026-12-07&sig=second", "bytes=500-")
 
 
-def test_a_rotated_token_alone_leaves_the_source_fingerprint_as_it_was(http_server, tmp_path, monkeypatch):
+@pytest.mark.parametrize("sep", ["&", ";"])
+def test_a_rotated_token_alone_leaves_the_source_fingerprint_as_it_was(http_server, tmp_path, monkeypatch, sep):
     """data/source.json held the whole URL, token included: a rotated token alone made DVC rerun download on the same
-    data, and kept a secret on disk. A query key that may select data (?version=2) is still part of it."""
+    data, and kept a secret on disk. A query key that may select data (?version=2) is still part of it. Fields split
+    by `;` (the older form) were one field, token and all."""
     from pipeline.source import write_fingerprint
 
     out = tmp_path / "source.json"
 
     def written(query: str) -> str:
-        monkeypatch.setenv("SHELFCAST_DATA_SOURCE", f"{http_server}?{query}")
+        monkeypatch.setenv("SHELFCAST_DATA_SOURCE", f"{http_server}?{query.replace('&', sep)}")
         write_fingerprint(_params("synthetic"), out, tmp_path / "hashes.json", tmp_path)
         return out.read_text()
 

@@ -49,3 +49,17 @@ def test_a_sources_identity_drops_credential_query_keys_and_keeps_those_that_sel
         "https://storage.googleapis.com/b/x.zip"
     for unchanged in ("/data/my-sales?sig=x", "file:///data/sales", "synthetic", "https://host/a?b"):
         assert source_identity(unchanged) == unchanged
+
+
+def test_credential_query_keys_are_dropped_whether_fields_are_split_by_ampersand_or_semicolon():
+    """Found in review: fields were split on `&` alone, so in `?sp=r;sig=SECRET` (the `;` form servers still accept)
+    the token was part of one kept field, written to data/source.json and named the partial download. Fields that
+    select data are kept with the separator written before them."""
+    from pipeline.url_credentials import shown_url, source_identity
+
+    for separator in ("&", ";"):
+        url = f"https://acct.blob.core.windows.net/sales/?version=2{separator}sp=r{separator}sig=SECRET{separator}b=1"
+        assert source_identity(url) == f"https://acct.blob.core.windows.net/sales/?version=2{separator}b=1", url
+        assert shown_url(url) == "https://acct.blob.core.windows.net/sales/", url
+    assert source_identity("https://h/d/?sig=SECRET;version=2&se=2026;b=1") == "https://h/d/?version=2;b=1"
+    assert source_identity("https://h/d/?sv=1;sig=SECRET") == "https://h/d/"
