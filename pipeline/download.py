@@ -46,10 +46,11 @@ from pipeline.io import atomic_directory
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
 from pipeline.source import (ABSENT_IN_FOLDER, CANDIDATE_SUFFIXES, check_raw_file_names, data_source, forbidden_note,
-                             is_single_file, join, local_path, located, missing_raw_files, other_formats_note)
+                             is_single_file, join, local_path, located, login_note, missing_raw_files,
+                             other_formats_note)
 from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.synthetic import generate
-from pipeline.url_credentials import shown_url, source_identity
+from pipeline.url_credentials import login_request, shown_url, source_identity
 
 RAW_DIR = Path("data/raw")
 PARTIAL_DIR = Path("data/.downloads")
@@ -158,7 +159,7 @@ def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> tu
     meta_path = part.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.exists() and part.exists() else {}
     done = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "shelfcast-download"})
+    request = login_request(url, headers={"User-Agent": "shelfcast-download"})
     validator = meta.get("etag") or meta.get("last_modified")
     if done and validator:
         request.add_header("Range", f"bytes={done}-")
@@ -171,7 +172,7 @@ def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> tu
         if exc.code == 416 and done:  # asked beyond the end: start again
             part.unlink()
             return _http_resuming(url, part, timeout_s, progress)
-        raise DownloadError(f"{shown_url(url)}: HTTP {exc.code} {exc.reason}") from None
+        raise DownloadError(f"{shown_url(url)}: HTTP {exc.code} {exc.reason}{login_note(url, exc.code)}") from None
     with response:
         status = response.status
         length = response.headers.get("Content-Length")

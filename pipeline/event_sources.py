@@ -16,7 +16,6 @@ pipeline, never the other way round.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import functools
 import json
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
-from pipeline.url_credentials import refused_url_shown, split_credentials
+from pipeline.url_credentials import basic_authorization, refused_url_shown, split_credentials
 
 DEFAULT_INDEX_PATTERN = "shelfcast-prediction-*"
 ENV_PREDICTION_LOG = "SHELFCAST_PREDICTION_LOG"  # where the app writes its events without Fluentd, and readers look
@@ -90,13 +89,6 @@ def cluster_login(url: str, username: str | None = None,
     if password is None and sent == url_username:  # the URL's own user, whichever way named: with its password
         password = url_password
     return bare, sent, password
-
-
-def basic_authorization(username: str | None, password: str | None) -> dict[str, str]:
-    """The Authorization header of HTTP basic auth, or none without a username."""
-    if username is None:
-        return {}
-    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")}
 
 
 def parse_time(text: str) -> dt.datetime:

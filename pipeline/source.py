@@ -35,7 +35,7 @@ from pipeline.atomic import file_digest, write_json_atomic
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
 from pipeline.stage import StageError, run_stage, stage_params
-from pipeline.url_credentials import shown_url, source_identity
+from pipeline.url_credentials import login_request, shown_url, source_identity, split_credentials
 from pipeline.versions import SOURCE_FINGERPRINT_PATH
 
 ENV_VAR = "SHELFCAST_DATA_SOURCE"
@@ -217,6 +217,17 @@ def forbidden_note(refused: list[str], found) -> str:
             "permission, or there but private: check the files' permissions)") if names else ""
 
 
+def login_note(url: str, status: int) -> str:
+    """What an error line adds for a 401: the login the URL gives was refused, or none was given and where to give
+    one (not params.yaml, which git commits and DVC records)."""
+    if status != 401:
+        return ""
+    if split_credentials(url)[1] is not None:
+        return ": the server refused the login the URL gives (check its user and password)"
+    return (f": the server asks for a login: give it in the URL, http(s)://USER:PASSWORD@host/..., set in ${ENV_VAR} "
+            "(a CI secret) rather than params.yaml, which git commits")
+
+
 def _http_validators(url: str, timeout_s: float, absent: tuple[int, ...] = ABSENT,
                      refused: list[str] | None = None) -> dict | None:
     """ETag / Last-Modified / Content-Length of a URL, or None when the server says it does not exist (a status of
@@ -228,7 +239,8 @@ def _http_validators(url: str, timeout_s: float, absent: tuple[int, ...] = ABSEN
             if exc.code == 403 and refused is not None:
                 refused.append(Path(urllib.parse.urlparse(url).path).name)
             return None
-        raise SourceError(f"{shown_url(url)}: HTTP {exc.code} {exc.reason} (checking the source for changes)") from None
+        raise SourceError(f"{shown_url(url)}: HTTP {exc.code} {exc.reason} (checking the source for changes)"
+                          f"{login_note(url, exc.code)}") from None
     except (OSError, urllib.error.URLError) as exc:
         raise SourceError(f"{shown_url(url)}: cannot reach it to check for changes: {exc}") from None
     return {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"), "size": size}
@@ -237,14 +249,14 @@ def _http_validators(url: str, timeout_s: float, absent: tuple[int, ...] = ABSEN
 def _validator_headers(url: str, timeout_s: float) -> tuple:
     """A HEAD's headers and Content-Length; where HEAD is refused with 403, a GET of the first byte's, and the whole
     size from its Content-Range: an S3 presigned URL signs its method, and one made for GET refuses HEAD."""
-    head = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "shelfcast-download"})
+    head = login_request(url, method="HEAD", headers={"User-Agent": "shelfcast-download"})
     try:
         with urllib.request.urlopen(head, timeout=timeout_s) as response:
             return response.headers, response.headers.get("Content-Length")
     except urllib.error.HTTPError as exc:
         if exc.code != 403:
             raise
-    first_byte = urllib.request.Request(url, headers={"User-Agent": "shelfcast-download", "Range": "bytes=0-0"})
+    first_byte = login_request(url, headers={"User-Agent": "shelfcast-download", "Range": "bytes=0-0"})
     with urllib.request.urlopen(first_byte, timeout=timeout_s) as response:  # a 403 again: refused after all
         content_range = response.headers.get("Content-Range", "")
         whole = content_range.rpartition("/")[2] if response.status == 206 else ""

@@ -4,14 +4,17 @@
 One definition for the URLs the project is given with credentials in them: MLflow's tracking URI
 (pipeline/tracking.py: its messages, MLflow's own errors), the Elasticsearch URL drift, release and setup read
 events from (pipeline/event_sources.py: its error lines, and the login it sends) and the data source
-(pipeline/source.py, pipeline/download.py: their lines, the partial download's name and data/source.json;
-pipeline/versions.py: what a run records). Standard library only: the serving app imports event_sources.
+(pipeline/source.py, pipeline/download.py: their lines, the partial download's name and data/source.json, and
+the login their requests send; pipeline/versions.py: what a run records). Standard library only: the serving app
+imports event_sources.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import urllib.parse
+import urllib.request
 
 # The user and password of any URL in a text: MLflow's own errors name the request's whole URL ("API request to
 # http://user:password@host/api/2.0/... failed"), credentials included, when MLFLOW_TRACKING_URI carries them.
@@ -42,6 +45,25 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     unquoted = [None if part is None else urllib.parse.unquote(part) for part in (parts.username, parts.password)]
     return bare, unquoted[0], unquoted[1]
+
+
+def basic_authorization(username: str | None, password: str | None) -> dict[str, str]:
+    """The Authorization header of HTTP basic auth, or none without a username."""
+    if username is None:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")}
+
+
+def login_request(url: str, method: str | None = None, headers: dict[str, str] | None = None
+                  ) -> urllib.request.Request:
+    """A request for ``url`` that sends the login it carries (``https://user:password@host/...``) as HTTP basic
+    auth, to that host only: urllib took ``user:password@host`` for the host's name (a failed DNS lookup, or an
+    InvalidURL naming the password). Unredirected: a redirect elsewhere (a CDN, a bucket) does not get it."""
+    bare, username, password = split_credentials(url)
+    request = urllib.request.Request(bare, method=method, headers=headers or {})
+    for name, value in basic_authorization(username, password).items():
+        request.add_unredirected_header(name, value)
+    return request
 
 
 def shown_url(url: str) -> str:
