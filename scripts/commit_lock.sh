@@ -5,7 +5,8 @@
 # same after `make run`.
 #
 # Refuses (non-zero, nothing committed) on a branch other than $LOCK_BRANCH (main), in a pull request's run, with
-# changes to tracked files other than these, and when the local branch holds commits the remote's lacks. Does
+# changes to tracked files other than these, when the local branch holds commits the remote's lacks, and without a
+# git identity to commit with (user.name/user.email or GIT_AUTHOR_*/GIT_COMMITTER_*). Does
 # nothing when dvc.lock is unchanged since HEAD. The commit is made on top of the remote's branch: when another
 # push landed there since HEAD (the run's commit), the files are committed as this run wrote them, on top of it, and
 # the message names the commit the run tested. A push that loses a race is retried on the new tip.
@@ -41,6 +42,13 @@ if git diff --quiet HEAD -- "$lock" && git ls-files --error-unmatch -- "$lock" >
   say "$lock unchanged since $(git rev-parse --short=12 HEAD): nothing to commit"
   exit 0
 fi
+
+# The commit needs an author and a committer. ml-pipeline's record job sets GIT_AUTHOR_*/GIT_COMMITTER_* (the
+# github-actions bot); another CI runner or a fresh laptop has neither those nor user.name/user.email, and git's
+# refusal was a dozen lines after the fetch. No identity is made up here: whose name a commit to main carries is the
+# team's choice. `git var` answers as the commit would (strict: a guessed address git accepts passes here too).
+git var GIT_AUTHOR_IDENT >/dev/null 2>&1 && git var GIT_COMMITTER_IDENT >/dev/null 2>&1 || \
+  fail "git has no identity to commit with: set user.name and user.email (git config), or GIT_AUTHOR_NAME, GIT_AUTHOR_EMAIL, GIT_COMMITTER_NAME and GIT_COMMITTER_EMAIL as ml-pipeline.yml's record job does; nothing committed"
 
 tested="$(git rev-parse HEAD)"
 git fetch -q "$remote" "$branch" || fail "cannot fetch $branch from $remote: nothing committed"

@@ -127,6 +127,41 @@ def test_it_refuses_and_commits_nothing(origin, tmp_path, situation):
     assert tip(origin) == before and git(work, "rev-parse", "HEAD") == head
 
 
+def without_identity(tmp_path: Path) -> dict[str, str]:
+    """A fresh CI runner's git: an empty HOME, no system config, and no address guessed from the host name (git
+    guesses one where the host has a domain; user.useConfigOnly makes every host the one without)."""
+    (tmp_path / "empty-home").mkdir()
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "GIT_", "LOCK_", "EMAIL"))}
+    return {**bare, "HOME": str(tmp_path / "empty-home"), "XDG_CONFIG_HOME": str(tmp_path / "empty-home"),
+            "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "user.useConfigOnly",
+            "GIT_CONFIG_VALUE_0": "true"}
+
+
+@pytest.mark.parametrize("identity", ["none", "the clone's git config"])
+def test_without_a_git_identity_it_says_what_to_set_in_one_line(origin, tmp_path, identity):
+    """Before, a runner with no user.name/user.email ended in git's own dozen lines ("Author identity unknown ...
+    Please tell me who you are"); the workflow's record job sets GIT_AUTHOR_*/GIT_COMMITTER_*, another CI does not."""
+    work = clone(origin, tmp_path / "runner")
+    before = tip(origin)
+    if identity != "none":
+        git(work, "config", "user.name", "Shelfcast CI")
+        git(work, "config", "user.email", "ci@shelfcast.invalid")
+    write(work, "dvc.lock", "the new run's lock\n")
+    done = subprocess.run(["make", "-s", "-f", str(REPO / "monitoring" / "delivery.mk"), "commit-lock"], cwd=work,
+                          capture_output=True, text=True, timeout=120, env=without_identity(tmp_path))
+    if identity == "none":
+        assert done.returncode != 0 and done.stderr.startswith("commit-lock: git has no identity"), done.stderr
+        said = done.stderr.strip().splitlines()
+        assert said[0].startswith("commit-lock:") and "user.name and user.email" in said[0], done.stderr
+        assert "GIT_COMMITTER_EMAIL" in said[0] and "nothing committed" in said[0], done.stderr
+        assert not any(line.startswith("commit-lock") for line in said[1:]), done.stderr  # make's own line after it
+        assert tip(origin) == before
+    else:
+        assert done.returncode == 0, done.stdout + done.stderr
+        recorded_by = git(origin, "log", "-1", "--format=%an <%ae>|%cn", "main")
+        assert recorded_by == "Shelfcast CI <ci@shelfcast.invalid>|Shelfcast CI"
+
+
 def test_when_main_moved_on_the_run_s_files_are_committed_on_top(origin, tmp_path):
     """A push landed on main while the pipeline ran: the lock goes on top of it (not rebased into a mix), the other
     push's change kept, the message naming the commit the run tested."""
