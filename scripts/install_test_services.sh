@@ -6,7 +6,8 @@
 # Without npm, or when `npm ci` fails (offline, a registry that refuses), it says so and exits 0: the tests that
 # need the packages then skip, naming the reason (written to <folder>/.install-failed). With
 # SHELFCAST_REQUIRE_TEST_SERVICES=1 (.ci/run sets it) either is an error instead, and those tests fail.
-# Where npm's cache (~/.npm) cannot be written (a read-only or missing HOME), it caches under TMPDIR instead.
+# Where npm's cache (~/.npm) cannot be written (a read-only or missing HOME, or a root-owned ~/.npm/_cacache), it
+# caches under TMPDIR instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 required=${SHELFCAST_REQUIRE_TEST_SERVICES:-0}
@@ -18,15 +19,35 @@ if ! command -v npm >/dev/null 2>&1; then
 fi
 
 # npm caches every package it fetches in ~/.npm: with a read-only or missing HOME (CI runners, service accounts)
-# each `npm ci` failed with EACCES and the tests that need the packages skipped (.ci/run failed). Then npm caches
-# where the engine's kernel cache goes in that case: shelfcast-npm-<uid> under TMPDIR (mode 0700; a fresh folder
-# of this run's own where another user, or a link, holds that name).
-use_a_writable_npm_cache() {
-    local cache probe uid temporary fallback
-    cache=$(npm config get cache 2>/dev/null) || return 0
-    if mkdir -p "$cache" 2>/dev/null && probe=$(mktemp "$cache/.writable-XXXXXX" 2>/dev/null); then
+# each `npm ci` failed with EACCES and the tests that need the packages skipped (.ci/run failed). Likewise where
+# HOME can be written but npm's store in it, ~/.npm/_cacache, or a folder in it cannot (root-owned after a
+# `sudo npm install`: npm's "Your cache folder contains root-owned files"). Then npm caches where the engine's
+# kernel cache goes in that case: shelfcast-npm-<uid> under TMPDIR (mode 0700; a fresh folder of this run's own
+# where another user, or a link, holds that name).
+
+# The first place in npm's cache ($1) that npm writes to and this user cannot; nothing when there is none. npm
+# makes folders in _cacache (tmp, content-v2, index-v5 and theirs) and appends to index-v5's files; its _logs
+# may be unwritable (npm only warns).
+unwritable_in_npm_cache() {
+    local where probe
+    for where in "$1" "$1/_cacache"; do
+        if ! { mkdir -p "$where" 2>/dev/null && probe=$(mktemp "$where/.writable-XXXXXX" 2>/dev/null); }; then
+            printf '%s\n' "$where"
+            return 0
+        fi
         rm -f "$probe"
-        return 0
+    done
+    find "$1/_cacache" \( -type d -o -type f -path '*/index-v5/*' \) ! -writable -print -quit 2>/dev/null || true
+}
+
+use_a_writable_npm_cache() {
+    local cache unwritable why uid temporary fallback
+    cache=$(npm config get cache 2>/dev/null) || return 0
+    unwritable=$(unwritable_in_npm_cache "$cache")
+    [ -n "$unwritable" ] || return 0
+    why=""
+    if [ "$unwritable" != "$cache" ]; then
+        why=" (its $unwritable is not writable: root-owned? \`chown -R $(id -u):$(id -g) $cache\` as root mends it)"
     fi
     uid=$(id -u)
     temporary=${TMPDIR:-/tmp}
@@ -35,7 +56,7 @@ use_a_writable_npm_cache() {
        { [ -L "$fallback" ] || [ ! -d "$fallback" ] || [ ! -O "$fallback" ]; }; then
         fallback=$(mktemp -d "$temporary/shelfcast-npm-XXXXXX") || return 0
     fi
-    echo "install_test_services: cannot write npm's cache $cache; caching in $fallback instead" \
+    echo "install_test_services: cannot write npm's cache $cache$why; caching in $fallback instead" \
          "(set npm_config_cache to keep it elsewhere)" >&2
     export npm_config_cache="$fallback"
 }

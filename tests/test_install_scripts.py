@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 import zipfile
@@ -128,9 +129,12 @@ def a_package_served_on_loopback(folder: Path, served: Path, server_port: int) -
 PACKAGE_FOLDERS = ("tests/fluentd_receiver", "tests/e2e/axe")
 
 
-def install_where_home_cannot_be_written(tmp_path: Path, temporary: Path) -> tuple[Path, subprocess.CompletedProcess]:
-    """install_test_services.sh (a copy in ``tmp_path``) with HOME under a regular file, where no user, root
-    included, can make a folder, TMPDIR ``temporary``, and each package folder depending on a tarball on loopback."""
+def install_from_loopback(tmp_path: Path, home: Path, temporary: Path, as_user: tuple[str, ...] = (),
+                          owner: int | None = None, unwritable: tuple[Path, ...] = (),
+                          ) -> tuple[Path, subprocess.CompletedProcess]:
+    """install_test_services.sh (a copy in ``tmp_path``) with HOME ``home``, TMPDIR ``temporary``, and each package
+    folder depending on a tarball on loopback; run with the command prefix ``as_user`` after ``tmp_path`` is given to
+    ``owner``, all but ``unwritable``, which stay root's."""
     root, env = offline_copy(tmp_path)
     served = tmp_path / "tarballs"
     served.mkdir()
@@ -140,11 +144,14 @@ def install_where_home_cannot_be_written(tmp_path: Path, temporary: Path) -> tup
     for folder in PACKAGE_FOLDERS:
         a_package_served_on_loopback(root / folder, served, tarballs.server_port)
     del env["npm_config_cache"]  # npm's own default: $HOME/.npm
-    (tmp_path / "not-a-folder").write_text("", encoding="utf-8")
-    env.update(HOME=str(tmp_path / "not-a-folder" / "home"), TMPDIR=str(temporary))
+    env.update(HOME=str(home), TMPDIR=str(temporary), npm_config_update_notifier="false")
+    if owner is not None:
+        for path in (tmp_path, *tmp_path.rglob("*")):
+            if not any(path == kept or kept in path.parents for kept in unwritable):
+                os.chown(path, owner, owner, follow_symlinks=False)
     try:
-        done = subprocess.run(["scripts/install_test_services.sh"], cwd=root, env=env, capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run([*as_user, "scripts/install_test_services.sh"], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=120)
     finally:
         tarballs.shutdown()
     assert done.returncode == 0, done.stderr
@@ -152,6 +159,12 @@ def install_where_home_cannot_be_written(tmp_path: Path, temporary: Path) -> tup
         assert (root / folder / "node_modules" / "tiny" / "index.js").is_file(), done.stderr
         assert not (root / folder / FAILED_MARK).exists()
     return root, done
+
+
+def install_where_home_cannot_be_written(tmp_path: Path, temporary: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """install_from_loopback with HOME under a regular file, where no user, root included, can make a folder."""
+    (tmp_path / "not-a-folder").write_text("", encoding="utf-8")
+    return install_from_loopback(tmp_path, tmp_path / "not-a-folder" / "home", temporary)
 
 
 def test_npm_ci_where_home_cannot_be_written_caches_under_the_temporary_directory(tmp_path, monkeypatch):
@@ -181,6 +194,44 @@ def test_npm_ci_where_home_cannot_be_written_takes_no_cache_folder_it_does_not_o
     caches = [path for path in temporary.iterdir() if not path.is_symlink()]
     assert len(caches) == 1 and caches[0].name.startswith("shelfcast-npm-"), caches
     assert caches[0].stat().st_mode & 0o777 == 0o700 and f"caching in {caches[0]} instead" in done.stderr
+
+
+@pytest.mark.parametrize("store", ["root-owned", "root-owned index-v5", "a file"])
+def test_npm_ci_where_home_is_writable_but_npm_s_store_in_it_is_not_caches_under_the_temporary_directory(
+        tmp_path, monkeypatch, store):
+    """~/.npm could be written, so the cache stayed there, but npm writes into ~/.npm/_cacache: root-owned (a `sudo
+    npm install` once; here the script runs as nobody), or a folder in it root-owned, or a file in its place (no
+    user can write in it, root included), every `npm ci` failed EACCES/ENOTDIR and the tests that need the packages
+    skipped."""
+    monkeypatch.delenv(REQUIRE_VARIABLE, raising=False)
+    as_user, owner, folder = (), None, tmp_path
+    if store.startswith("root-owned"):
+        if os.getuid() != 0:
+            pytest.skip("a root-owned cache folder needs root to make it")
+        as_user, owner = tuple(as_a_plain_user()), NOBODY
+        # nobody must reach the copy: pytest's own temporary folders are root's alone
+        folder = Path(tempfile.mkdtemp(prefix="shelfcast-npm-store-", dir="/tmp"))
+        folder.chmod(0o755)
+    try:
+        home, temporary = folder / "home", folder / "temporary"
+        store_path = home / ".npm" / "_cacache"
+        (store_path / "index-v5").mkdir(parents=True)
+        temporary.mkdir()
+        unwritable = {"root-owned": store_path, "root-owned index-v5": store_path / "index-v5"}.get(store)
+        if store == "a file":
+            shutil.rmtree(store_path)
+            store_path.write_text("", encoding="utf-8")
+        _, done = install_from_loopback(folder, home, temporary, as_user, owner, (unwritable,) if unwritable else ())
+        uid, gid = (owner, owner) if owner is not None else (os.getuid(), os.getgid())
+        cache = temporary / f"shelfcast-npm-{uid}"
+        assert cache.is_dir() and (cache / "_cacache").is_dir(), done.stderr
+        assert done.stderr.strip().splitlines() == [
+            f"install_test_services: cannot write npm's cache {home}/.npm (its {unwritable or store_path} is not "
+            f"writable: root-owned? `chown -R {uid}:{gid} {home}/.npm` as root mends it); caching in {cache} "
+            "instead (set npm_config_cache to keep it elsewhere)"], done.stderr
+    finally:
+        if folder != tmp_path:
+            shutil.rmtree(folder)
 
 
 def pip_install_module():
