@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import gzip
 import hashlib
 import http.client
 import json
@@ -42,6 +41,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.cluster import ClusterError, dask_client, scheduler_address
+from pipeline.gzip_data import MAGIC, gzip_end
 from pipeline.io import atomic_directory
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
@@ -362,21 +362,29 @@ def install(fetched: Path, file_name: str, staging: Path, label: str | None = No
 
 def _check_gzip_complete(path: Path, file_name: str) -> None:
     """A truncated .gz must be caught here, not as a half-read file in prepare; a file that is no gzip at all (a
-    plain CSV named .csv.gz) is said for what it is, not as 'corrupt or truncated'."""
+    plain CSV named .csv.gz) is said for what it is, not as 'corrupt or truncated'. Zero padding after the gzip
+    data is dropped from the copy, as GNU gzip ignores it; other bytes after it are refused (``gzip_data``)."""
     with open(path, "rb") as handle:
         head = handle.read(64)
-    if head and not head.startswith(b"\x1f\x8b"):
+    if head and not head.startswith(MAGIC):
         discard(path)
         shown = head.split(b"\n")[0].decode("utf-8", errors="replace")
         raise DownloadError(f"{file_name}: is not gzip-compressed (it starts {shown[:60]!r}): name a plain CSV "
                             "NAME.csv, without .gz, or gzip it")
     try:
-        with gzip.open(path, "rb") as handle:
-            while handle.read(CHUNK):
-                pass
+        end = gzip_end(path)
     except (OSError, EOFError, zlib.error) as exc:
         discard(path)
         raise DownloadError(f"{file_name}: corrupt or truncated gzip ({exc})") from None
+    if end.after:
+        discard(path)
+        raise DownloadError(f"{file_name}: the {end.size - end.data_end:,} bytes after its gzip data (byte "
+                            f"{end.data_end:,} on) are neither gzip nor zero padding ({end.after!r} at byte "
+                            f"{end.after_at:,}): something was appended to the file or it is damaged (GNU gzip "
+                            "reads past them as 'trailing garbage'); replace it with a good copy")
+    if end.data_end < end.size:
+        with open(path, "r+b") as handle:
+            handle.truncate(end.data_end)
 
 
 def _wanted(file_name: str) -> str | None:

@@ -338,6 +338,42 @@ def test_truncated_gzip_source_is_rejected(tmp_path):
     assert not (tmp_path / "raw").exists()
 
 
+def test_a_gzip_padded_with_zero_bytes_is_read_as_gnu_gzip_reads_it(tmp_path):
+    """Tape and backup tools and padded uploads leave zero bytes after a .gz's data, which GNU gzip ignores
+    ('trailing zero bytes ignored'): download installed such a train.csv.gz as it was and prepare called it corrupt
+    (Arrow's 'zlib inflate failed: unknown compression method'). Its copy now ends where its data ends; the
+    members' own trailing zeros (a small file's length field is 00 00 at its end) are kept."""
+    source = write_kaggle_sample(tmp_path / "src")
+    text = (source / "train.csv").read_bytes()
+    (source / "train.csv").unlink()
+    whole = gzip.compress(text[:500], mtime=0) + gzip.compress(text[500:], mtime=0)  # two members, as synthetic's
+    assert whole.endswith(b"\0")
+    (source / "train.csv.gz").write_bytes(whole + b"\0" * 4096)
+    raw = tmp_path / "raw"
+    download(_params(str(source)), raw, tmp_path / "partial", progress=False)
+    assert (raw / "train.csv.gz").read_bytes() == whole
+    assert (source / "train.csv.gz").stat().st_size == len(whole) + 4096  # the source file is left as it is
+    _prepares(raw, tmp_path)
+
+
+def test_other_bytes_after_a_gzips_data_are_one_line_naming_the_file(tmp_path):
+    """GNU gzip reads past them with a warning ('trailing garbage ignored'); they cannot be told from damage, so
+    they are refused, saying where they start and what they are, not as 'corrupt or truncated gzip'."""
+    source = write_kaggle_sample(tmp_path / "src", compress=("train",))
+    whole = (source / "train.csv.gz").read_bytes()
+    (source / "train.csv.gz").write_bytes(whole + b"\0\0junk\n")
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    done = run_download_stage(root, source)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == (f"download: error: train.csv.gz: the 7 bytes after its gzip data (byte {len(whole):,} "
+                           f"on) are neither gzip nor zero padding (b'junk\\n' at byte {len(whole) + 2:,}): something "
+                           "was appended to the file or it is damaged (GNU gzip reads past them as 'trailing "
+                           "garbage'); replace it with a good copy\n")
+    assert not (root / "data" / "raw").exists() and not list((root / "data" / ".downloads").glob("*.part"))
+
+
 def test_kaggle_zip_of_7z_archives(tmp_path):
     py7zr = pytest.importorskip("py7zr")
     plain = write_kaggle_sample(tmp_path / "plain")
