@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gzip
 import hashlib
 import http.client
 import json
@@ -41,7 +42,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.cluster import ClusterError, dask_client, scheduler_address
-from pipeline.gzip_data import MAGIC, gzip_end
+from pipeline.gzip_data import MAGIC, decoded_head, gzip_end
 from pipeline.io import atomic_directory
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
@@ -206,7 +207,7 @@ def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> tu
 
 def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> tuple[Path, str]:
     """A complete, verified local copy of ``url`` (an http(s)/file URL or a path), and the file name its content
-    has: the URL's, or NAME.csv.gz for a NAME.csv the server sent gzip-encoded (``GZIP_CODINGS``)."""
+    has (``_content_name``)."""
     partial_dir.mkdir(parents=True, exist_ok=True)
     part = _part_path(partial_dir, url)
     name = Path(urllib.parse.urlparse(url).path).name
@@ -261,9 +262,19 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> tu
                 discard(part)
                 raise DownloadError(f"{name}: sha256 {actual} does not match data.sha256.{name} = {wanted}")
         part.with_suffix(".json").unlink(missing_ok=True)
-        return part, f"{name}.gz" if coding in GZIP_CODINGS and name.endswith(".csv") else name
+        return part, _content_name(name, coding, part)
     raise DownloadError(f"{shown}: failed after {params.download.retries} attempt(s): {last_error} "
                         f"(partial data kept in {part} for the next run)")
+
+
+def _content_name(name: str, coding: str, part: Path) -> str:
+    """The file name the bytes fetched as ``name`` have: its own; under a gzip Content-Encoding (``GZIP_CODINGS``)
+    NAME.csv.gz for a NAME.csv, and one more .gz where the decoded bytes are gzip again (a server compressing a
+    NAME.csv.gz it serves), which ``install`` decodes once, as any HTTP client would."""
+    if coding not in GZIP_CODINGS:
+        return name
+    held = name if name.endswith(".gz") else f"{name}.gz"
+    return f"{held}.gz" if decoded_head(part, len(MAGIC)) == MAGIC else held
 
 
 def html_page(path: Path) -> str | None:
@@ -347,13 +358,22 @@ def _install_7z(archive: Path, file_name: str, staging: Path, label: str) -> lis
 
 
 def install(fetched: Path, file_name: str, staging: Path, label: str | None = None) -> list[str]:
-    """Place a fetched NAME.csv / NAME.csv.gz / NAME.csv.7z into the staging directory.
+    """Place a fetched NAME.csv / NAME.csv.gz / NAME.csv.7z (or NAME.csv.gz.gz: decoded once) into the staging
+    directory.
 
     Returns the members of a .7z left out (not its own file); ``label`` names the source file in messages.
     """
     label = label or file_name
     if file_name.endswith(".7z"):
         return _install_7z(fetched, file_name, staging, label)
+    if file_name.endswith(".gz.gz"):  # only fetch names one so: a gzip Content-Encoding around a NAME.csv.gz
+        _check_gzip_complete(fetched, label)
+        inner = staging / file_name.removesuffix(".gz")
+        with gzip.open(fetched, "rb") as encoded, open(inner, "wb") as out:
+            shutil.copyfileobj(encoded, out, CHUNK)
+        discard(fetched)
+        _check_gzip_complete(inner, label)
+        return []
     if file_name.endswith(".gz"):
         _check_gzip_complete(fetched, label)
     shutil.move(str(fetched), staging / file_name)

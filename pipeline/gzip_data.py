@@ -64,3 +64,14 @@ def gzip_end(path: Path) -> GzipEnd:
             at += len(block)
     return GzipEnd(end, size, b"", size)
 
+
+
+def decoded_head(path: Path, size: int = 4096) -> bytes:
+    """The first ``size`` bytes of a gzip file's content; as many as decode (maybe none) where it is cut or
+    corrupt, which ``gzip_end`` then names."""
+    decoder = zlib.decompressobj(GZIP_WBITS)
+    try:
+        with open(path, "rb") as handle:
+            return decoder.decompress(handle.read(1 << 16), size)
+    except zlib.error:
+        return b""

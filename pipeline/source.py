@@ -157,12 +157,17 @@ def lookalike_raw_files(names, found=None) -> list[tuple[str, str, str | None]]:
 
 def check_raw_file_names(where: str, names, error: type[StageError] | None = None, found=None) -> None:
     """SourceError (or ``error``) for a file of ``names`` (a folder's, a zip's members') named a raw file but for
-    case or separators (see ``lookalike_raw_files``); ``where``: the source as the error names it."""
+    case or separators (see ``lookalike_raw_files``), or gzipped twice (``NAME.csv.gz.gz``: ``gzip`` run on a .gz);
+    ``where``: the source as the error names it."""
     for name, base, exact in lookalike_raw_files(names, found):
         if exact is not None:
             raise (error or SourceError)(
                 f"{where} has {name} but no {base} file: is {exact} meant? (raw file names are matched exactly, "
                 f"in lowercase: rename it {exact}; read past, it would be as if there were none)")
+        if name.strip().lower().endswith(".csv.gz.gz"):
+            raise (error or SourceError)(
+                f"{where} has {name} but no {base} file: its name says gzip-compressed twice: gunzip it once, into "
+                f"{base}.csv.gz (read past, it would be as if there were none)")
 
 
 def other_formats_note(names, found=None) -> str:

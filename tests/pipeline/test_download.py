@@ -397,11 +397,13 @@ def test_kaggle_zip_of_7z_archives(tmp_path):
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     """Serves a directory with ETag and Range support; can cut the first response short. A file named in
     ``encoded`` is sent with that Content-Encoding, as S3 sends an object uploaded with it: for gzip, the file's
-    gzip (a .gz file as it is), and Range and ETag are of those bytes."""
+    gzip (a .gz file as it is, unless named in ``recompressed``: a server gzipping all it sends), and Range and ETag
+    are of those bytes."""
 
     cut_after: dict[str, int] = {}
     requests: list[tuple[str, str | None]] = []
     encoded: dict[str, str] = {}
+    recompressed: set[str] = set()
     coding_on_206 = True  # False: a server (a CDN) that names the Content-Encoding on a 200 only
     head_refused = False  # True: HEAD is answered 403, as S3 answers it on a URL presigned for GET
 
@@ -422,7 +424,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
             return
         data = path.read_bytes()
         coding = self.encoded.get(path.name)
-        if coding == "gzip" and not path.name.endswith(".gz"):
+        if coding == "gzip" and (not path.name.endswith(".gz") or path.name in self.recompressed):
             data = gzip.compress(data, mtime=0)
         etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
         start = 0
@@ -453,6 +455,7 @@ def http_server(kaggle_sample):
     _RangeHandler.requests = []
     _RangeHandler.cut_after = {}
     _RangeHandler.encoded = {}
+    _RangeHandler.recompressed = set()
     _RangeHandler.coding_on_206 = True
     _RangeHandler.head_refused = False
 
@@ -597,6 +600,48 @@ def test_a_csv_sent_gzip_encoded_is_installed_as_csv_gz_when_the_resuming_206_do
     assert not (raw / "items.csv").exists()
     assert gzip.decompress((raw / "items.csv.gz").read_bytes()) == (kaggle_sample / "items.csv").read_bytes()
     _prepares(raw, tmp_path)
+
+
+def test_a_csv_gz_the_server_gzips_again_is_decoded_once(http_server, kaggle_sample, tmp_path):
+    """A server that gzips what it sends (Content-Encoding: gzip) around a train.csv.gz: the bytes were installed
+    as they came, a gzip of the gzip, which prepare refused ('gzip-compressed twice: gunzip it once'), though the
+    user's file is fine. An HTTP client decodes a content coding once: download does, after fetching (a resumed
+    Range addresses the encoded bytes), and installs the train.csv.gz inside."""
+    _RangeHandler.encoded = {"train.csv.gz": "gzip"}
+    _RangeHandler.recompressed = {"train.csv.gz"}
+    _RangeHandler.cut_after["train.csv.gz"] = 40
+    raw = tmp_path / "raw"
+    download(_params(http_server), raw, tmp_path / "partial", progress=False)
+    assert [r for r in _RangeHandler.requests if r[0] == "train.csv.gz"] == [("train.csv.gz", None),
+                                                                           ("train.csv.gz", "bytes=40-")]
+    assert (raw / "train.csv.gz").read_bytes() == (kaggle_sample / "train.csv.gz").read_bytes()
+    assert not [p for p in (tmp_path / "partial").iterdir()]
+    _prepares(raw, tmp_path)
+
+
+@pytest.mark.parametrize("base", ["train", "oil"])
+def test_a_raw_file_gzipped_twice_by_name_is_one_line_saying_so(tmp_path, base):
+    """`gzip train.csv.gz` leaves train.csv.gz.gz: it was 'has no train ...; found train.csv.gz.gz: only CSV files
+    are read (export it as NAME.csv ...)', though it is CSV, and an oil.csv.gz.gz was read past without a word."""
+    from pipeline.source import HashCache, SourceError, fingerprint
+
+    source = write_kaggle_sample(tmp_path / "src", compress=(base,))
+    gzipped = (source / f"{base}.csv.gz").read_bytes()
+    (source / f"{base}.csv.gz").unlink()
+    (source / f"{base}.csv.gz.gz").write_bytes(gzip.compress(gzipped))
+    message = (f"has {base}.csv.gz.gz but no {base} file: its name says gzip-compressed twice: gunzip it once, into "
+               f"{base}.csv.gz (read past, it would be as if there were none)")
+    with pytest.raises(SourceError) as error:
+        fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))
+    assert str(error.value) == f"data.source: {source} {message}"
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    done = run_download_stage(root, source)
+    assert (done.returncode, done.stderr) == (1, f"download: error: data.source: {source} {message}\n")
+    archive = _zip_of(source, tmp_path / "data.zip")
+    with pytest.raises(DownloadError, match=rf"^data.zip {re.escape(message)}$"):
+        download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
 
 
 @pytest.mark.parametrize("name, coding", [("items.csv", "br"), ("items.csv", "deflate"),
