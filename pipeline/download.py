@@ -144,11 +144,13 @@ class _Missing(Exception):
 def _content_coding(response, url: str) -> str:
     """The response's Content-Encoding ("" for none); one download cannot read is refused before its body is
     fetched: brotli, deflate, zstd, or gzip around an archive (a .zip or .7z would be called corrupt, and fetched
-    again, each run)."""
+    again, each run); said as an HTML page where the response says it is one."""
     coding = (response.headers.get("Content-Encoding") or "").strip().lower()
     name = Path(urllib.parse.urlsplit(url).path).name
     if coding in ("", "identity") or (coding in GZIP_CODINGS and name.endswith((".csv", ".csv.gz"))):
         return "" if coding == "identity" else coding
+    if response.headers.get_content_type() == "text/html":  # a sign-in or error page, not a file stored so
+        raise not_the_file(shown_url(url), "")
     raise DownloadError(f"{shown_url(url)}: the server sends it with Content-Encoding: {coding}, which download "
                         "reads only for a NAME.csv or NAME.csv.gz sent gzip-encoded: store the file without a "
                         "content encoding (on S3: remove its Content-Encoding metadata)")
@@ -242,13 +244,10 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> tu
             last_error = exc  # interrupted: retry, resuming
             continue
         if parsed.scheme in ("http", "https"):
-            page = html_page(part)
+            page = html_page(part, coding)
             if page is not None:  # fetching again gets the same page: the source is what must change
                 discard(part)
-                raise DownloadError(f"{shown}: the server answered with an HTML page{page}, not the file: a sign-in "
-                                    "or error page? data.source must be a direct download link (for a site that "
-                                    "needs signing in, such as Kaggle's, download the files yourself and point "
-                                    "data.source at their folder)")
+                raise not_the_file(shown, page)
         size = part.stat().st_size
         if expected is not None and size != expected:
             last_error = DownloadError(f"{name}: got {size} bytes, expected {expected}")
@@ -277,11 +276,22 @@ def _content_name(name: str, coding: str, part: Path) -> str:
     return f"{held}.gz" if decoded_head(part, len(MAGIC)) == MAGIC else held
 
 
-def html_page(path: Path) -> str | None:
+def not_the_file(shown: str, page: str) -> DownloadError:
+    """The error for a URL answered with an HTML page (``page``: its title as ``html_page`` gives it, or "")."""
+    return DownloadError(f"{shown}: the server answered with an HTML page{page}, not the file: a sign-in or error "
+                         "page? data.source must be a direct download link (for a site that needs signing in, such as "
+                         "Kaggle's, download the files yourself and point data.source at their folder)")
+
+
+def html_page(path: Path, coding: str = "") -> str | None:
     """`` ('<title>')`` (or ``""``) when ``path`` holds an HTML page rather than data, else None: no raw file (CSV,
-    gzip, 7z, zip) starts with ``<!DOCTYPE html`` or ``<html``."""
-    with open(path, "rb") as handle:
-        head = handle.read(4096)
+    gzip, 7z, zip) starts with ``<!DOCTYPE html`` or ``<html``. ``coding``: the Content-Encoding of its bytes; a
+    page sent gzip-encoded (a proxy's error page) is read decoded."""
+    if coding in GZIP_CODINGS:
+        head = decoded_head(path)
+    else:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
     start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if not start.startswith((b"<!doctype html", b"<html")):
         return None

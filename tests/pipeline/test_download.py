@@ -948,26 +948,39 @@ LOGIN_PAGE = (b"\xef\xbb\xbf\n<!DOCTYPE html>\n<html><head><title>Sign in - Data
 
 
 class _LoginWallHandler(http.server.BaseHTTPRequestHandler):
-    """A site that answers every address with its sign-in page, status 200 (Kaggle's download links, a portal)."""
+    """A site that answers every address with its sign-in page, status 200 (Kaggle's download links, a portal);
+    with ``coding``, sent gzip-compressed under that Content-Encoding, as a proxy that compresses pages does."""
+
+    coding: str | None = None
+
+    def _page(self) -> bytes:
+        return LOGIN_PAGE if self.coding is None else gzip.compress(LOGIN_PAGE)
 
     def do_HEAD(self):
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(LOGIN_PAGE)))
+        self.send_header("Content-Length", str(len(self._page())))
+        if self.coding is not None:
+            self.send_header("Content-Encoding", self.coding)
         self.end_headers()
 
     def do_GET(self):
         self.do_HEAD()
-        self.wfile.write(LOGIN_PAGE)
+        self.wfile.write(self._page())
 
     def log_message(self, *args):
         pass
 
 
+@pytest.mark.parametrize("coding", [None, "gzip", "br"])
 @pytest.mark.parametrize("path", ["data/", "favorita.zip"])
-def test_an_html_page_instead_of_the_file_is_said_for_what_it_is(tmp_path, path):
+def test_an_html_page_instead_of_the_file_is_said_for_what_it_is(tmp_path, path, coding, monkeypatch):
     """A URL that answers with a sign-in page was reported as a 'corrupt or truncated gzip' / 'corrupt zip archive
-    ... the next run fetches it again': a retry fetches the same page; the user must change the source."""
+    ... the next run fetches it again': a retry fetches the same page; the user must change the source. Sent
+    gzip-encoded in place of a CSV, the page was installed as NAME.csv.gz and prepare said 'column 'id': missing
+    (header has: <!DOCTYPE html>...)'; with a coding download refuses before the body (brotli, gzip around a .zip),
+    'store the file without a content encoding': the page is said for what it is there too, untitled."""
+    monkeypatch.setattr(_LoginWallHandler, "coding", coding)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LoginWallHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -978,7 +991,9 @@ def test_an_html_page_instead_of_the_file_is_said_for_what_it_is(tmp_path, path)
         server.shutdown()
         server.server_close()
     message = str(error.value)
-    assert "an HTML page" in message and "'Sign in - Data Portal'" in message, message
+    body_read = coding is None or (coding == "gzip" and path == "data/")
+    assert "an HTML page" in message and ("'Sign in - Data Portal'" in message) == body_read, message
+    assert "\n" not in message and "Content-Encoding" not in message, message
     assert url in message and "corrupt" not in message and "fetches it again" not in message, message
     assert not (tmp_path / "raw").exists()
     assert not [p for p in (tmp_path / "partial").iterdir() if p.suffix == ".part"]  # nothing to resume into
