@@ -43,6 +43,8 @@ HASH_CACHE_PATH = Path("data/.source-hashes.json")
 # For each raw file the first of these that exists is the one fetched (pipeline.download).
 CANDIDATE_SUFFIXES = (".csv.gz", ".csv", ".csv.7z")
 RAW_NAMES = RAW_FILES + OPTIONAL_RAW_FILES
+# What a raw file in another format (train.parquet, oil.xlsx) is told: it is not read.
+ONLY_CSV = "only CSV files are read (export it as NAME.csv or NAME.csv.gz)"
 
 
 class SourceError(StageError):
@@ -157,8 +159,8 @@ def lookalike_raw_files(names, found=None) -> list[tuple[str, str, str | None]]:
 
 def check_raw_file_names(where: str, names, error: type[StageError] | None = None, found=None) -> None:
     """SourceError (or ``error``) for a file of ``names`` (a folder's, a zip's members') named a raw file but for
-    case or separators (see ``lookalike_raw_files``), or gzipped twice (``NAME.csv.gz.gz``: ``gzip`` run on a .gz);
-    ``where``: the source as the error names it."""
+    case or separators (see ``lookalike_raw_files``), gzipped twice (``NAME.csv.gz.gz``: ``gzip`` run on a .gz), or
+    an optional raw file in another format (``oil.xlsx``); ``where``: the source as the error names it."""
     for name, base, exact in lookalike_raw_files(names, found):
         if exact is not None:
             raise (error or SourceError)(
@@ -168,13 +170,16 @@ def check_raw_file_names(where: str, names, error: type[StageError] | None = Non
             raise (error or SourceError)(
                 f"{where} has {name} but no {base} file: its name says gzip-compressed twice: gunzip it once, into "
                 f"{base}.csv.gz (read past, it would be as if there were none)")
+        if base in OPTIONAL_RAW_FILES:  # a required one is named in the error that it is missing (other_formats_note)
+            raise (error or SourceError)(
+                f"{where} has {name} but no {base} file: {ONLY_CSV.replace('NAME', base)}; or, if no {base} data "
+                "are meant, move it out of the folder (read past, it would be as if there were none)")
 
 
 def other_formats_note(names, found=None) -> str:
     """What a 'has no ...' error adds when the missing raw files are there in a format that is not read."""
     other = [name for name, base, exact in lookalike_raw_files(names, found) if exact is None and base in RAW_FILES]
-    return (f"; found {', '.join(other)}: only CSV files are read (export it as NAME.csv or NAME.csv.gz)"
-            if other else "")
+    return f"; found {', '.join(other)}: {ONLY_CSV}" if other else ""
 
 
 def candidate_names() -> list[str]:

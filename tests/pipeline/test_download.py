@@ -1078,13 +1078,40 @@ def test_a_required_raw_file_in_another_format_is_named_in_the_error(tmp_path):
 
     source = write_kaggle_sample(tmp_path / "src")
     (source / "items.csv").rename(source / "items.parquet")
-    (source / "oil.csv").rename(source / "oil.xlsx")  # an optional file: not read, and no error of its own
     message = r"has no items \(looked for .*\); found items.parquet: only CSV files are read"
     with pytest.raises(SourceError, match=message):
         fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))
     with pytest.raises(DownloadError, match=message):
         download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
     (source / "items.parquet").rename(source / "items.csv")
+    assert "7 files" in download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+
+
+@pytest.mark.parametrize("name", ["oil.xlsx", "holidays_events.parquet", "transactions.xls"])
+def test_an_optional_raw_file_in_another_format_is_one_line_naming_it(tmp_path, name):
+    """An oil.xlsx was read past without a word: prepare ran without oil prices, as if the user had none, where a
+    required items.xlsx is refused ('only CSV files are read'). source, download and a zip's members refuse it."""
+    from pipeline.source import HashCache, SourceError, fingerprint
+
+    source = write_kaggle_sample(tmp_path / "src")
+    base = name.split(".")[0]
+    (source / f"{base}.csv").rename(source / name)
+    message = (f"has {name} but no {base} file: only CSV files are read (export it as {base}.csv or {base}.csv.gz); "
+               f"or, if no {base} data are meant, move it out of the folder (read past, it would be as if there were "
+               "none)")
+    with pytest.raises(SourceError) as error:
+        fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))
+    assert str(error.value) == f"data.source: {source} {message}"
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    done = run_download_stage(root, source)
+    assert (done.returncode, done.stderr) == (1, f"download: error: data.source: {source} {message}\n")
+    assert not (root / "data" / "raw").exists()
+    archive = _zip_of(source, tmp_path / "data.zip")
+    with pytest.raises(DownloadError, match=rf"^data.zip {re.escape(message)}$"):
+        download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    (source / name).unlink()  # no such file at all: an optional file may be absent
     assert "6 files" in download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
 
 
