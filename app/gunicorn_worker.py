@@ -226,13 +226,14 @@ class HeaderBoundRequest(Request):
 class ThreadWorker(GthreadWorker):
     """gthread, with each connection its main thread finishes closed by a GracefulCloser, and each request's
     headers read within SHELFCAST_HEADER_TIMEOUT_S and SHELFCAST_MAX_HEADER_BYTES. gunicorn (26.2, pinned) has a
-    setting for none of these, so this overrides eight methods of its ThreadWorker: ``finish_request`` (the closes,
+    setting for none of these, so this overrides nine methods of its ThreadWorker: ``finish_request`` (the closes,
     and a pipelined request already read handed on), ``enqueue_req``, ``handle`` and ``handle_request`` (the header
-    deadline), ``init_process`` (the header bound: its parser's request class), ``set_accept_enabled`` (a graceful
-    exit stops listening; with ``finish_request``'s kept-alive connections, no request fails at a SIGHUP),
+    deadline), ``murder_pending`` (a TLS connection that sends nothing held to the same deadline), ``init_process``
+    (the header bound: its parser's request class), ``set_accept_enabled`` (a graceful exit stops listening; with
+    ``finish_request``'s kept-alive connections, no request fails at a SIGHUP),
     ``handle_exit`` (a SIGHUP's old workers serve until the new ones listen) and ``handle_error`` (each request gunicorn
     refuses counted in /metrics, as ``handle`` counts its 408s, and answered with the app's headers).
-    tests/app/test_served_by_gunicorn.py, tests/app/test_served_request_headers.py and
+    tests/app/test_served_by_gunicorn.py, tests/app/test_served_request_headers.py, tests/app/test_served_tls.py and
     tests/app/test_served_lifecycle.py fail if an upgrade changes how gunicorn calls them."""
 
     def __init__(self, *args, **kwargs):
@@ -360,9 +361,40 @@ class ThreadWorker(GthreadWorker):
         """Overrides gunicorn's ``enqueue_req(conn)``, which hands a connection to the thread pool (main thread)
         once it is accepted, or once a kept-alive or idle one is readable again: the header deadline counts from
         then, not from when a thread is free, so clients stalled mid-headers that queued for a thread behind
-        others hold it only briefly (``handle``)."""
-        conn.arrived = time.monotonic()
+        others hold it only briefly (``handle``). A TLS connection's handshake counts from its acceptance however
+        often it comes back: one that sent nothing for 5 s (gunicorn's wait, then its poller) and then half a
+        ClientHello got a whole timeout more."""
+        if not (hasattr(conn, "arrived") and self._before_handshake(conn)):
+            conn.arrived = time.monotonic()
         super().enqueue_req(conn)
+
+    def murder_pending(self):
+        """Overrides gunicorn's ``murder_pending()`` (main thread, about once a second), which closes the new
+        connections that sent nothing within gunicorn's 5 s wait and then nothing within `keepalive` (5 s) on its
+        poller, where they hold no thread. A TLS one is closed once SHELFCAST_HEADER_TIMEOUT_S from its acceptance
+        has passed, counted and logged as a `tls_handshake_timeout` (``_handshake_timed_out``): before, it went
+        after 10 s whatever the timeout, neither counted nor logged, while half a ClientHello was both. Every
+        connection due is closed, not only those up to the first one that is not (gunicorn's order: they are
+        deferred by when their thread's wait began, not by when they arrived)."""
+        now = time.monotonic()
+        for conn in [conn for conn in self.pending_conns if self._pending_until(conn) <= now]:
+            self.pending_conns.remove(conn)
+            try:
+                self.poller.unregister(conn.sock)
+            except (OSError, KeyError, ValueError):
+                pass  # already unregistered
+            self.nr_conns -= 1
+            if self._before_handshake(conn):
+                self._handshake_timed_out(conn.client)
+            conn.close()
+
+    def _before_handshake(self, conn) -> bool:
+        """Whether ``conn`` is a TLS connection gunicorn has not begun to wrap (it does so once bytes arrive)."""
+        return self.cfg.is_ssl and not conn.initialized
+
+    def _pending_until(self, conn) -> float:
+        """When a connection waiting for its first bytes on gunicorn's poller is closed (``murder_pending``)."""
+        return conn.arrived + self.header_timeout_s if self._before_handshake(conn) else conn.timeout
 
     def handle(self, conn):
         """Overrides gunicorn's ``handle(conn)``: one request on a connection, on a connection thread, from the
@@ -416,10 +448,7 @@ class ThreadWorker(GthreadWorker):
             if in_time:  # as gunicorn takes a plain client that left before its request: no refusal
                 self.log.debug("%s: the client left during its TLS handshake", address)
                 return
-            self.refused["tls_handshake_timeout"].inc()
-            self.log.warning("%s: a TLS handshake did not complete within SHELFCAST_HEADER_TIMEOUT_S (%g s): "
-                             "connection closed, nothing sent (nothing can be before it completes), its thread free "
-                             "again", address, self.header_timeout_s)
+            self._handshake_timed_out(conn.client)
             return
         if failed.reason not in PLAIN_HTTP_HANDSHAKES:
             self.refused["tls_error"].inc()
@@ -434,6 +463,14 @@ class ThreadWorker(GthreadWorker):
         self.refused["plain_http_to_tls_port"].inc()
         self.log.warning("%s: a plain HTTP request on a port that speaks TLS: %s, connection closed", address,
                          answered)
+
+    def _handshake_timed_out(self, client) -> None:
+        """Count and log a TLS connection closed because its handshake had not completed within
+        SHELFCAST_HEADER_TIMEOUT_S: mid-handshake (``handle``) or before its first byte (``murder_pending``)."""
+        self.refused["tls_handshake_timeout"].inc()
+        self.log.warning("%s: a TLS handshake did not complete within SHELFCAST_HEADER_TIMEOUT_S (%g s): "
+                         "connection closed, nothing sent (nothing can be before it completes)", _address(client),
+                         self.header_timeout_s)
 
     def set_accept_enabled(self, enabled):
         """Overrides gunicorn's ``set_accept_enabled(enabled)``. At a graceful exit (SIGTERM: `kill -HUP` replaces

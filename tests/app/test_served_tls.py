@@ -10,6 +10,7 @@ import ipaddress
 import re
 import socket
 import ssl
+import threading
 import time
 from pathlib import Path
 
@@ -236,3 +237,62 @@ def test_plain_http_on_the_tls_port_is_a_counted_400_and_bytes_that_are_no_tls_a
     assert logged.count("a plain HTTP request on a port that speaks TLS: answered 400") == 3, logged
     assert logged.count("TLS handshake refused: ") == 1, logged
     assert "Traceback" not in logged and "[ERROR]" not in logged, logged
+
+
+SLOW_HANDSHAKE_TIMEOUT_S = 7.0  # over gunicorn's 5 s wait for a new connection's first bytes
+
+
+def test_a_tls_client_that_sends_nothing_is_closed_at_the_header_timeout_and_counted(app_bundles, tmp_path):
+    """A TLS connection that sends nothing leaves its thread after gunicorn's 5 s wait for it to gunicorn's poller.
+    Before, gunicorn closed it there 5 s later whatever SHELFCAST_HEADER_TIMEOUT_S (10 s after it connected: 20 s
+    set, 10 s), with no count and no line, while half a ClientHello was closed at the timeout and counted; and one
+    that sent nothing for those 5 s and then half a ClientHello got a whole timeout more (13 s, not 7). Both now go
+    at the timeout from their connect, `tls_handshake_timeout` each; meanwhile they hold no thread: with 3 threads
+    and 3 such clients, a request is answered at once."""
+    cert, key = self_signed(tmp_path)
+    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_THREADS": "3",
+                           "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                           "SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl"),
+                           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+                           "SHELFCAST_HEADER_TIMEOUT_S": str(SLOW_HANDSHAKE_TIMEOUT_S),
+                           "GUNICORN_CMD_ARGS": f"--certfile {cert} --keyfile {key}"},
+                          tmp_path / "gunicorn.log", tls=ssl.create_default_context(cafile=str(cert)))
+    try:
+        before_log, before = served.log_path.read_text(encoding="utf-8"), refusals(served)
+        hello = client_hello()
+        closed_after: dict[str, float] = {}
+
+        def client(name: str, send_after_s: float | None) -> None:
+            with socket.create_connection(("127.0.0.1", served.port), timeout=30) as raw:
+                connected = time.monotonic()
+                if send_after_s is not None:
+                    time.sleep(send_after_s)
+                    raw.sendall(hello[:len(hello) // 2])
+                try:
+                    assert raw.recv(65536) == b""
+                except ConnectionResetError:
+                    pass
+                closed_after[name] = time.monotonic() - connected
+
+        clients = [threading.Thread(target=client, args=("silent 1", None)),
+                   threading.Thread(target=client, args=("silent 2", None)),
+                   threading.Thread(target=client, args=("half a hello at 6 s", SLOW_HANDSHAKE_TIMEOUT_S - 1))]
+        for thread in clients:
+            thread.start()
+        time.sleep(SLOW_HANDSHAKE_TIMEOUT_S - 1)
+        asked = time.monotonic()
+        healthz, _ = exchange(served, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answered_after = time.monotonic() - asked
+        for thread in clients:
+            thread.join(timeout=30)
+        assert healthz.startswith(b"HTTP/1.1 200 ") and answered_after < 0.5, (answered_after, healthz[:200])
+        assert len(closed_after) == 3 and all(
+            SLOW_HANDSHAKE_TIMEOUT_S - 0.2 <= took < SLOW_HANDSHAKE_TIMEOUT_S + 1.2 for took in closed_after.values()
+        ), closed_after
+        logged = logged_since(served, before_log)
+        assert refusals(served) == {**before, "tls_handshake_timeout": before["tls_handshake_timeout"] + 3}
+        assert logged.count("a TLS handshake did not complete within SHELFCAST_HEADER_TIMEOUT_S (7 s): connection "
+                            "closed, nothing sent") == 3, logged
+        assert "Traceback" not in logged and "[ERROR]" not in logged, logged
+    finally:
+        served.stop()
