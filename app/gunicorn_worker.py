@@ -92,6 +92,7 @@ RELOAD_MARKER = "reloading.json"  # in PROMETHEUS_MULTIPROC_DIR: the workers a S
 # OpenSSL's reasons for a handshake whose first bytes were a plain HTTP request (GET, POST, HEAD, PUT; CONNECT).
 PLAIN_HTTP_HANDSHAKES = {"HTTP_REQUEST", "HTTPS_PROXY_REQUEST"}
 PLAIN_HTTP_BODY = b"this port speaks TLS: send the request over https\n"
+HEAD_REQUEST = b"HEAD "  # how a plain HTTP HEAD request opens: its 400 on the TLS port goes without a body
 # What a TLS handshake read when its client went (or a header deadline shut the read side): a client that left.
 TLS_CLIENT_LEFT = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of a TLS ClientHello; no HTTP request (nor PROXY header) starts with it
@@ -414,6 +415,8 @@ class ThreadWorker(GthreadWorker):
         deadline = max(getattr(conn, "arrived", now) + self.header_timeout_s, now + LAST_CHANCE_S)
         conn.headers_due = READ_DEADLINES.watch(conn.sock, deadline, tls=self.cfg.is_ssl)
         self.handshakes.failed = None
+        if self._before_handshake(conn) and "init" not in vars(conn):
+            conn.init = functools.partial(_init_after_peek, conn, conn.init)
         try:
             keep_alive = super().handle(conn)
         finally:
@@ -454,9 +457,10 @@ class ThreadWorker(GthreadWorker):
             self.refused["tls_error"].inc()
             self.log.warning("%s: TLS handshake refused: %s: connection closed without an answer", address, failed)
             return
+        head_only = getattr(conn, "opening", b"") == HEAD_REQUEST  # its text was read as the next answer's start
         try:  # OpenSSL sent nothing (no alert for these); the client, which speaks plain HTTP, reads plain text
             with own_handle(conn.sock) as plain:
-                plain.send(own_answer(400, PLAIN_HTTP_BODY), socket.MSG_DONTWAIT)
+                plain.send(own_answer(400, PLAIN_HTTP_BODY, head_only), socket.MSG_DONTWAIT)
             answered = "answered 400"
         except OSError:
             answered = "its 400 not sent (the client has gone)"
@@ -516,6 +520,20 @@ def refusal_reason(exc: BaseException) -> str:
     """Why gunicorn refuses a request it fails with ``exc`` (app/metrics.py REFUSAL_REASONS): "server_error" for
     an exception it answers 500."""
     return next((reason for kinds, reason in REFUSALS if isinstance(exc, kinds)), "server_error")
+
+
+def _init_after_peek(conn, init) -> None:
+    """gunicorn's ``conn.init()`` (it wraps the socket in TLS and reads the handshake), the connection's opening
+    bytes first noted unread (``conn.opening``): OpenSSL consumes them, and a plain HTTP request's 400 must know
+    whether it was a HEAD. gunicorn calls it on a connection thread once bytes have arrived; the peek waits for
+    five (a TLS record's header is five: a real ClientHello never waits), so a request line sent a byte at a time
+    is still told, and the header deadline, which shuts the read side, ends that wait as it ends a handshake's."""
+    if not conn.initialized:
+        try:
+            conn.opening = conn.sock.recv(len(HEAD_REQUEST), socket.MSG_PEEK | socket.MSG_WAITALL)
+        except OSError:
+            conn.opening = b""
+    init()
 
 
 def _tls_established(client) -> bool:

@@ -225,8 +225,10 @@ def test_plain_http_on_the_tls_port_is_a_counted_400_and_bytes_that_are_no_tls_a
     before_log, before = tls_server.log_path.read_text(encoding="utf-8"), refusals(tls_server)
     for method in (b"GET", b"POST", b"HEAD"):
         reply, took = raw_exchange(tls_server, method + b" /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n") and reply.endswith(
-            b"\r\n\r\nthis port speaks TLS: send the request over https\n"), reply[:300]
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), reply[:300]
+        # an answer to HEAD has no body (RFC 9110 9.3.2): a client would read it as its next answer's start
+        assert body == (b"" if method == b"HEAD" else b"this port speaks TLS: send the request over https\n"), reply
         assert b"\r\nServer: shelfcast\r\n" in reply and b"\r\nConnection: close\r\n" in reply, reply[:300]
         assert took < HEADER_TIMEOUT_S, took
     reply, took = raw_exchange(tls_server, b"\x16\x03\x01\x00\x04 not a ClientHello")
@@ -238,6 +240,19 @@ def test_plain_http_on_the_tls_port_is_a_counted_400_and_bytes_that_are_no_tls_a
     assert logged.count("TLS handshake refused: ") == 1, logged
     assert "Traceback" not in logged and "[ERROR]" not in logged, logged
 
+
+
+def test_a_plain_head_request_sent_a_byte_at_a_time_to_the_tls_port_gets_no_body(tls_server):
+    """OpenSSL reads the request's first bytes as a TLS record header, so whether it was a HEAD is noted before the
+    handshake, from the bytes left unread: a request line that arrives in pieces is told too."""
+    with socket.create_connection(("127.0.0.1", tls_server.port), timeout=10) as client:
+        for piece in (b"H", b"EA", b"D /healthz HTTP/1.1\r\nHost: x\r\n\r\n"):
+            client.sendall(piece)
+            time.sleep(0.1)
+        reply = b""
+        while chunk := client.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n") and reply.endswith(b"\r\n\r\n"), reply
 
 SLOW_HANDSHAKE_TIMEOUT_S = 7.0  # over gunicorn's 5 s wait for a new connection's first bytes
 
