@@ -8,6 +8,7 @@ same port) is refused in one line at once. Standard library only: gunicorn's mas
 
 from __future__ import annotations
 
+import errno
 import socket
 import sys
 
@@ -15,7 +16,28 @@ GUNICORN_DEFAULT_PORT = 8000  # gunicorn's port for a bind address that names a 
 
 
 class BindAddressError(RuntimeError):
-    """A bind address no server here could listen at: gunicorn's master prints it as one line and exits."""
+    """A bind address no server here could listen at: gunicorn's master prints it as one line and exits. Its
+    ``problem`` and a well-formed ``example`` apart, for a message that names the setting that gave the address
+    (app/gunicorn_conf.py)."""
+
+    def __init__(self, address: str, problem: str, example: str):
+        super().__init__(f"bind address {address!r}: {problem}; write HOST:PORT, e.g. {example}")
+        self.address, self.problem, self.example = address, problem, example
+
+
+class CannotListenAt(RuntimeError):
+    """A TCP bind address that cannot be listened at: something listens there already (EADDRINUSE), or another
+    ``error`` of the bind (a port under 1024 without the privilege, a host that is none of this machine's)."""
+
+    def __init__(self, address: str, error: OSError, hint: str = ""):
+        question = "is another server running there?" if self.in_use(error) else ""
+        said = " ".join(part for part in (question, hint) if part)
+        super().__init__(f"cannot serve at {address}: {error.strerror or error}{f' ({said})' if said else ''}")
+        self.address, self.error = address, error
+
+    @staticmethod
+    def in_use(error: OSError) -> bool:
+        return error.errno == errno.EADDRINUSE
 
 
 def host_and_port(address: str) -> tuple[socket.AddressFamily, str, int]:
@@ -23,22 +45,21 @@ def host_and_port(address: str) -> tuple[socket.AddressFamily, str, int]:
     ``host`` alone (port 8000), ``tcp://host:port``, an IPv6 host in brackets (``[::1]:port``); no host: every
     IPv4 address. BindAddressError for a ``unix:`` or ``fd://`` one (see is_tcp) or one that is no address."""
     if not is_tcp(address):
-        raise BindAddressError(f"bind address {address!r} is no TCP address (host:port)")
+        raise BindAddressError(address, "no TCP address", "127.0.0.1:5005")
     netloc = address[len("tcp://"):] if address.startswith("tcp://") else address
     default = str(GUNICORN_DEFAULT_PORT)
     if netloc.startswith("["):
         host, closed, rest = netloc[1:].partition("]")
         if not closed or (rest and not rest.startswith(":")):
-            raise BindAddressError(f"bind address {address!r}: write an IPv6 host in brackets, e.g. [::1]:5005")
+            raise BindAddressError(address, "an IPv6 host must be in brackets", "[::1]:5005")
         port = rest[1:] if rest else default
     elif netloc.count(":") > 1:  # gunicorn reads up to the second colon: an IPv6 host must be in brackets
-        raise BindAddressError(f"bind address {address!r}: write an IPv6 host in brackets, e.g. [::1]:5005")
+        raise BindAddressError(address, "an IPv6 host must be in brackets", "[::1]:5005")
     else:
         host, colon, port = netloc.partition(":")
         port = port if colon else default
     if not (port.isascii() and port.isdigit() and int(port) < 65536):
-        raise BindAddressError(f"bind address {address!r}: {port!r} is no port number; write HOST:PORT, "
-                               "e.g. 127.0.0.1:5005")
+        raise BindAddressError(address, f"{port!r} is no port number (0 to 65535)", "127.0.0.1:5005")
     host = host or "0.0.0.0"
     return socket.AF_INET6 if ":" in host else socket.AF_INET, host, int(port)
 
@@ -59,7 +80,7 @@ def shown(address: str, scheme: str = "http") -> str:
 
 
 def refuse_a_taken_address(address: str, hint: str = "") -> None:
-    """RuntimeError if something already listens at ``host:port`` (an IPv6 host in brackets), as a plain bind
+    """CannotListenAt if something already listens at ``host:port`` (an IPv6 host in brackets), as a plain bind
     would report it; ``hint`` (what to do instead) ends the message."""
     family, host, port = host_and_port(address)
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -67,8 +88,7 @@ def refuse_a_taken_address(address: str, hint: str = "") -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise RuntimeError(f"cannot serve at {address}: {exc.strerror} (is another server running there?"
-                               f"{' ' + hint if hint else ''})") from None
+            raise CannotListenAt(address, exc, hint) from None
 
 
 def listen_beside(address: str, backlog: int) -> socket.socket:

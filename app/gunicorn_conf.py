@@ -78,7 +78,13 @@ if __name__ == "__config__":  # as gunicorn loads it (a test that loads this fil
     for module in [name for name in sys.modules if name == "app" or name.startswith("app.")]:
         del sys.modules[module]
 # app/config.py (standard library only; the worker class imports it too): engine/cores.py's one loader
-from app.address import BindAddressError, host_and_port, is_tcp, shown  # noqa: E402 - the same: standard library
+from app.address import (  # noqa: E402 - the same: standard library
+    BindAddressError,
+    CannotListenAt,
+    host_and_port,
+    is_tcp,
+    shown,
+)
 from app.config import engine_cores  # noqa: E402 - after the drop above, so from the code on disk
 
 MAX_WORKERS = 256
@@ -97,7 +103,44 @@ def count_setting(name: str, default: str) -> int:
     return int(text)
 
 
-bind = setting("SHELFCAST_BIND", "127.0.0.1:5005")
+DEFAULT_BIND = "127.0.0.1:5005"
+bind = setting("SHELFCAST_BIND", DEFAULT_BIND)
+
+
+def given_as(address: str) -> tuple[str, str]:
+    """How the server was given ``address``, for an error that names it, and the start of a corrected one:
+    SHELFCAST_BIND (`make serve`'s setting, "(the default)" when unset), or --bind where the command line or
+    GUNICORN_CMD_ARGS overrode it."""
+    if address != bind:
+        return f"--bind {address}", "--bind "
+    unset = not os.environ.get("SHELFCAST_BIND", "").strip()
+    return f"SHELFCAST_BIND={address}{' (the default)' if unset else ''}", "SHELFCAST_BIND="
+
+
+def bind_refusal(address: str, refused: BindAddressError | CannotListenAt) -> str:
+    """One line for a bind address the server cannot listen at: the setting, its value, what to do. Before,
+    gunicorn's own line named neither (`Error: 'abc' is not a valid port number.`), and the master's check named the
+    address but no setting (`Error: cannot serve at 127.0.0.1:5005: Address already in use`)."""
+    given, corrected = given_as(address)
+    if isinstance(refused, BindAddressError):
+        return f"{given}: {refused.problem}; write HOST:PORT, e.g. {corrected}{refused.example}"
+    if not CannotListenAt.in_use(refused.error):  # a port under 1024 unprivileged, a host not of this machine
+        return (f"{given}: cannot serve there: {refused.error.strerror or refused.error}; choose an address of this "
+                f"machine, e.g. {corrected}{DEFAULT_BIND} (0.0.0.0:5005: every interface)")
+    _, host, port = host_and_port(address)
+    free = f"{f'[{host}]' if ':' in host else host}:{port + 1 if port < 65535 else port - 1}"
+    return (f"{given}: cannot serve there: {refused.error.strerror} (is another server running there? stop it, or "
+            f"serve at a free port, e.g. {corrected}{free})")
+
+
+# SHELFCAST_BIND is checked as it is read: gunicorn parsed a bad port first (`:abc`: "Error: 'abc' is not a valid port
+# number.", naming no setting) and took 99999 for one. SystemExit, not an exception: gunicorn prints those raised by
+# this file as "Failed to read config file" and a traceback. (A SIGHUP reads this file again in the same environment.)
+if is_tcp(bind):
+    try:
+        host_and_port(bind)
+    except BindAddressError as bad:
+        raise SystemExit(f"Error: {bind_refusal(bind, bad)}") from None
 cores = engine_cores()  # engine/cores.py, by its path: the engine itself is never imported here
 # One per usable core: the cores this process may run on, its cgroup's CPU limit counted (a container run with
 # --cpus 1 on a 16-core host started 16 workers, each loading the model, throttled to one core in all).
@@ -118,7 +161,7 @@ def a_socket_per_worker(binds: list[str], worker_count: int) -> bool:
     it is replaced (--max-requests, a timeout): connections would be refused, where the master's shared socket
     queues them. A Unix socket's path is one file (each worker binding it removed the one before), an ``fd://``
     one socket already, and port 0 a different port for each worker. An address that is none (a bad port) is
-    gunicorn's to refuse."""
+    refused at start (`bind_refusal`)."""
     try:
         return (sys.platform == "linux" and worker_count >= 2
                 and all(is_tcp(address) and host_and_port(address)[2] != 0 for address in binds))
@@ -262,7 +305,10 @@ def _prepare(server):
     if not inherits_its_sockets():
         for address in server.cfg.bind:
             if is_tcp(address):
-                refuse_a_taken_address(address)
+                try:
+                    refuse_a_taken_address(address)
+                except (BindAddressError, CannotListenAt) as refused:  # --bind 127.0.0.1:99999 (gunicorn takes it)
+                    raise RuntimeError(bind_refusal(address, refused)) from None
     from app.gunicorn_worker import RELOAD_MARKER
     from app.metrics_files import DirectoryInUse, claim, clear, disown, hold, remove_orphaned
 

@@ -257,8 +257,38 @@ def test_a_server_started_on_a_taken_port_says_so_in_one_line_and_exits(tmp_path
                               timeout=60)
     errors = [line for line in (done.stdout + done.stderr).splitlines() if "ERROR" in line or "Error" in line]
     assert done.returncode != 0, done.stderr
-    assert errors == [f"Error: cannot serve at 127.0.0.1:{port}: Address already in use (is another server "
-                      "running there?)"], done.stderr
+    assert errors == [f"Error: SHELFCAST_BIND=127.0.0.1:{port}: cannot serve there: Address already in use (is "
+                      "another server running there? stop it, or serve at a free port, e.g. "
+                      f"SHELFCAST_BIND=127.0.0.1:{port + 1})"], done.stderr
+
+
+def test_a_refused_bind_address_names_the_setting_that_gave_it(monkeypatch, tmp_path):
+    """The master's refusals name where the address came from: SHELFCAST_BIND, "(the default)" when unset (a second
+    `make serve` on a host), or --bind where the command line or GUNICORN_CMD_ARGS overrode it; an address that is
+    none of this machine's is told to choose one that is. Before, each named the address alone."""
+    import errno
+    import subprocess
+
+    from app import launch
+    from app.address import CannotListenAt
+
+    monkeypatch.delenv("SHELFCAST_BIND", raising=False)
+    conf = gunicorn_conf(monkeypatch, tmp_path)
+    in_use = CannotListenAt("127.0.0.1:5005", OSError(errno.EADDRINUSE, "Address already in use"))
+    assert conf.bind_refusal("127.0.0.1:5005", in_use) == (
+        "SHELFCAST_BIND=127.0.0.1:5005 (the default): cannot serve there: Address already in use (is another server "
+        "running there? stop it, or serve at a free port, e.g. SHELFCAST_BIND=127.0.0.1:5006)")
+    elsewhere = CannotListenAt("[::1]:8080", OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"))
+    assert conf.bind_refusal("[::1]:8080", elsewhere) == (
+        "--bind [::1]:8080: cannot serve there: Cannot assign requested address; choose an address of this machine, "
+        "e.g. --bind 127.0.0.1:5005 (0.0.0.0:5005: every interface)")
+    env = {**os.environ, "GUNICORN_CMD_ARGS": "--bind 127.0.0.1:99999", "SHELFCAST_WORKERS": "1",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m"), "SHELFCAST_CONTROL_SOCKET": str(tmp_path / "c")}
+    done = subprocess.run(launch.gunicorn_command(), cwd=launch.REPO, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0 and [line for line in done.stderr.splitlines() if "rror" in line] == [
+        "Error: --bind 127.0.0.1:99999: '99999' is no port number (0 to 65535); write HOST:PORT, e.g. "
+        "--bind 127.0.0.1:5005"], done.stderr
 
 
 def test_a_server_refused_at_start_leaves_no_metrics_directory_behind(tmp_path):
@@ -278,7 +308,7 @@ def test_a_server_refused_at_start_leaves_no_metrics_directory_behind(tmp_path):
                "SHELFCAST_CONTROL_SOCKET": str(tmp_path / "c")}
         done = subprocess.run(launch.gunicorn_command(), cwd=launch.REPO, env=env, capture_output=True, text=True,
                               timeout=60)
-    assert done.returncode != 0 and "cannot serve at" in done.stderr, done.stderr
+    assert done.returncode != 0 and "cannot serve there" in done.stderr, done.stderr
     assert not list(tmp_path.glob("shelfcast-metrics-*"))
 
 

@@ -155,4 +155,55 @@ def test_an_ipv6_host_out_of_brackets_is_refused_in_one_line(tmp_path):
                           timeout=60)
     errors = [line for line in (done.stdout + done.stderr).splitlines() if "rror" in line or "Traceback" in line]
     assert done.returncode != 0
-    assert errors == ["Error: bind address 'localhost:5005:x': write an IPv6 host in brackets, e.g. [::1]:5005"]
+    assert errors == ["Error: SHELFCAST_BIND=localhost:5005:x: an IPv6 host must be in brackets; write HOST:PORT, "
+                      "e.g. SHELFCAST_BIND=[::1]:5005"]
+
+
+def make_serve(tmp_path: Path, bind: str) -> tuple[int, list[str]]:
+    """`make serve` with SHELFCAST_BIND=``bind``, in a copy of the project's make files whose .venv runs this
+    Python's gunicorn on the project's app/: its exit status and the lines it printed that are no make's own."""
+    project = tmp_path / "project"
+    (project / "monitoring").mkdir(parents=True)
+    for name in ("Makefile", "pyproject.toml", "monitoring/delivery.mk"):
+        (project / name).write_bytes((launch.REPO / name).read_bytes())
+    (project / "app").symlink_to(launch.REPO / "app")
+    bin_dir = project / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "gunicorn").write_text(f'#!/bin/sh\nexec "{launch.gunicorn_command()[0]}" "$@"\n', encoding="utf-8")
+    (bin_dir / "gunicorn").chmod(0o755)
+    (project / ".venv" / ".installed").touch()
+    env = {**os.environ, "PYTHONPATH": str(launch.REPO), "SHELFCAST_BIND": bind, "SHELFCAST_WORKERS": "1",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m"), "SHELFCAST_CONTROL_SOCKET": str(tmp_path / "c.ctl")}
+    process = subprocess.Popen(["make", "--no-print-directory", "-s", "serve"], cwd=project, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:  # it serves: the check under test let the address through
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+    return process.returncode, [line for line in output.splitlines()
+                                if line.strip() and "[INFO]" not in line and not line.startswith("make")]
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1:99999", ":abc"])
+def test_make_serve_refuses_a_port_that_is_none_naming_the_setting_and_the_fix(tmp_path, bind):
+    """Before, `:abc` was gunicorn's own "Error: 'abc' is not a valid port number.", naming neither the setting nor
+    the address, and 99999 the master's check naming the address but not SHELFCAST_BIND."""
+    status, lines = make_serve(tmp_path, bind)
+    port = bind.rpartition(":")[2]
+    assert status != 0 and lines == [f"Error: SHELFCAST_BIND={bind}: '{port}' is no port number (0 to 65535); write "
+                                     "HOST:PORT, e.g. SHELFCAST_BIND=127.0.0.1:5005"], lines
+
+
+def test_make_serve_refuses_a_port_in_use_naming_the_setting_and_the_fix(tmp_path):
+    """Before: "Error: cannot serve at 127.0.0.1:PORT: Address already in use (is another server running there?)",
+    which named no setting to change."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        status, lines = make_serve(tmp_path, f"127.0.0.1:{port}")
+    assert status != 0 and lines == [f"Error: SHELFCAST_BIND=127.0.0.1:{port}: cannot serve there: Address already in "
+                                     "use (is another server running there? stop it, or serve at a free port, e.g. "
+                                     f"SHELFCAST_BIND=127.0.0.1:{port + 1})"], lines
