@@ -45,7 +45,8 @@ def variant_statistics(events: list[dict[str, Any]],
     request, forecast.
 
     Counted by the release decision's own reader (pipeline.release.read_traffic, or its `traffic` of these
-    events), so the page shows the traffic `python -m pipeline.release decide` judges. Errors are known for the
+    events), so the page shows the traffic `python -m pipeline.release decide` judges, the smoke test's answers
+    included (their nonce is the release commands', pipeline/release_smoke.py, not the app's). Errors are known for the
     canary only (its failed attempts, which production answered, are logged with ``canary_failed``); a failed
     production request or shadow forecast writes no prediction event, so theirs are None."""
     traffic = read_traffic(events) if traffic is None else traffic

@@ -61,6 +61,8 @@ from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, 
                                     event_units, finite_number, is_closed_day, log_marks, prediction_log,
                                     read_jsonl_events)
 from pipeline.release_replay import ProductionReplay, request_key
+from pipeline.release_smoke import (draw_nonce, installed_nonces, is_smoke_request, recorded_nonce, smoke_nonce,
+                                    smoke_request_id)
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore, bundle_name, check_share
 
 PREVIOUS_TAG = tracking.PREVIOUS_PRODUCTION_TAG  # registered-model tag: the version `rollback` returns to
@@ -73,9 +75,6 @@ DEFAULT_MODELS = Path(os.environ.get("SHELFCAST_MODELS_HOST", "").strip() or "mo
 MAX_EVENTS = 200_000  # the most recent events one decision reads (a release's traffic, not the archive)
 # the decision rule's numbers (stated in compare's docstring and README "Releases")
 MIN_EVENTS = 30  # fewer candidate predictions than this: no decision, keep observing
-# the smoke test's X-Request-ID starts so (app/__init__.py keeps a client's id): its requests show a candidate answers,
-# they are no users' traffic, so the rule never judges them (read_traffic); a canary is judged on what users asked
-SMOKE_REQUEST_PREFIX = "release-smoke."
 MAX_EXTRA_ERROR_RATE = 0.01  # candidate errors may exceed production's by at most 1 point ...
 Z_ONE_SIDED_95 = 1.645  # ... with 95 % one-sided confidence (two-proportion z-test)
 MAX_LATENCY_RATIO = 1.5  # the latency bar: 1.5x production's p95 ...
@@ -190,10 +189,13 @@ def install_candidate(root: Path, store: ReleaseStore, variant: str, version: st
                       name: str | None = None, events_log: Path | None = None) -> str:
     """Install ``version`` as a candidate; with ``events_log`` (the app's JSON-lines log), where that log ends is
     recorded first (``log_marks``, in LOG_MARKS_FILE) once the install changed what the variant serves: ``release
-    decide`` then reads only the bytes logged since (read_jsonl_events' start_offsets), as deploy's polls do."""
+    decide`` then reads only the bytes logged since (read_jsonl_events' start_offsets), as deploy's polls do. Such an
+    install draws the candidate's smoke-id nonce too (pipeline/release_smoke.py), as does one that finds none."""
     marks = None if events_log is None else log_marks(events_log)  # before the install: nothing logged between
     before = store.installed_at(variant)
     digest = install(root, store, variant, version, name)
+    if store.installed_at(variant) != before or recorded_nonce(store, variant) is None:
+        draw_nonce(store, variant)  # an earlier install's smoke ids (replayed by a client) are a user's now
     if marks is not None and store.installed_at(variant) != before:  # else the candidate went live earlier
         text = {str(path): [size, base64.b64encode(tail).decode("ascii")] for path, (size, tail) in marks.items()}
         write_text_atomic(store.root / LOG_MARKS_FILE.format(variant=variant), json.dumps(text) + "\n")
@@ -487,7 +489,7 @@ class VariantTraffic:
     # model's, so never paired in the forecast comparison or scored in live accuracy (both answer 0 there)
     closed: set = field(default_factory=set)
     closed_answers: int = 0  # predictions answered so (counted in `predictions` too)
-    smoke_predictions: int = 0  # the smoke test's answers (SMOKE_REQUEST_PREFIX): left out of everything above
+    smoke_predictions: int = 0  # the smoke test's answers (release_smoke.is_smoke_request): left out of all above
 
 
 def _event_time(event: dict) -> float:
@@ -497,7 +499,10 @@ def _event_time(event: dict) -> float:
     return math.inf if moment is None else moment.timestamp()
 
 
-def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str, VariantTraffic]:
+def read_traffic(events: Iterable[dict], since: float | None = None,
+                 smoke_nonces: frozenset[str] = frozenset()) -> dict[str, VariantTraffic]:
+    """Per-variant traffic of ``events``; those answering a smoke test under one of ``smoke_nonces`` (the installed
+    candidates', release_smoke.installed_nonces) are left out of all but a canary's errors."""
     traffic: dict[str, VariantTraffic] = {}
     for event in events:
         if since is not None and _event_time(event) < since:
@@ -510,7 +515,7 @@ def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str
         t = traffic.setdefault(variant, VariantTraffic())
         if event.get("canary_failed") is True:  # whoever asked: the smoke test passes on production's fallback
             traffic.setdefault(CANARY, VariantTraffic()).errors += 1
-        if is_smoke_request(event):  # no user's request: its answers are no evidence for the candidate
+        if is_smoke_request(event, smoke_nonces):  # no user's request: its answers are no evidence for the candidate
             t.smoke_predictions += units is not None
             continue
         if units is None:
@@ -539,12 +544,6 @@ def read_traffic(events: Iterable[dict], since: float | None = None) -> dict[str
         if replayable is not None:
             t.by_inputs.setdefault(replayable, []).append(units)
     return traffic
-
-
-def is_smoke_request(event: dict) -> bool:
-    """Whether ``event`` answered `release smoke` / deploy's smoke test (its request id, SMOKE_REQUEST_PREFIX)."""
-    request_id = event.get("request_id")
-    return isinstance(request_id, str) and request_id.startswith(SMOKE_REQUEST_PREFIX)
 
 
 def _key(*parts) -> tuple | None:
@@ -577,8 +576,10 @@ class LoggedEvents:
         whole costs ~3 s of CPU a GB); the search indices are queried by time already."""
         return self if self.path is None else replace(self, marks=log_marks(self.path))
 
-    def traffic(self, since: float | None = None) -> dict[str, VariantTraffic]:
-        """Per-variant traffic of the events logged at or after ``since`` (epoch seconds; None: all)."""
+    def traffic(self, since: float | None = None,
+                smoke_nonces: frozenset[str] = frozenset()) -> dict[str, VariantTraffic]:
+        """Per-variant traffic of the events logged at or after ``since`` (epoch seconds; None: all), the smoke
+        test's under ``smoke_nonces`` left out (read_traffic)."""
         import datetime as dt
 
         moment = None if since is None else dt.datetime.fromtimestamp(since, dt.timezone.utc)
@@ -587,7 +588,7 @@ class LoggedEvents:
             events = self.search.prediction_events(MAX_EVENTS, since=stamp).events
         else:  # a marked log (deploy's polls) from its marks on; lines older than `since` are not parsed
             events = read_jsonl_events(self.path, MAX_EVENTS, since=moment, start_offsets=self.marks).events
-        return read_traffic(events, since)
+        return read_traffic(events, since, smoke_nonces)
 
 
 @dataclass
@@ -643,8 +644,9 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     (0 units with store_closed, pipeline/closed_days.py) is the closed-day rule's, not a model's: it counts for the
     errors and latency, never in a forecast pair or live accuracy (production's replay leaves those requests out
     too), and a candidate needs MIN_EVENTS predictions of its model's own. The smoke test's answers
-    (SMOKE_REQUEST_PREFIX) are left out of every rule and count: a canary is judged on users' requests it answered;
-    its failures on the smoke test's requests (production answered them) are still its errors.
+    (pipeline/release_smoke.py: its ids with an installed candidate's nonce) are left out of every rule and count:
+    a canary is judged on users' requests it answered; its failures on the smoke test's requests (production
+    answered them) are still its errors.
     """
     base, cand = traffic.get(PRODUCTION, VariantTraffic()), traffic.get(candidate, VariantTraffic())
     figures: dict = {"production_predictions": base.predictions, f"{candidate}_predictions": cand.predictions,
@@ -883,11 +885,13 @@ def wait_for_variant(url: str, variant: str, digest: str | None, timeout_s: floa
         time.sleep(0.2)
 
 
-def smoke_test(url: str, requests: int = 40) -> dict:
+def smoke_test(url: str, requests: int = 40, nonce: str | None = None) -> dict:
     """Predictions through the API over many store×items; every one must answer 200 with finite units. Each carries
-    an X-Request-ID starting SMOKE_REQUEST_PREFIX, so the decision rule leaves its events out: before, a canary at a
-    share of 0.5 could be promoted on the smoke test's own answers, no user's request among them."""
-    run = f"{SMOKE_REQUEST_PREFIX}{os.urandom(6).hex()}."  # the app keeps ids of [A-Za-z0-9._:-]{1,64}
+    an X-Request-ID of the installed candidate's ``nonce`` (release_smoke.smoke_nonce), so the decision rule leaves
+    its events out: before, a canary at a share of 0.5 could be promoted on the smoke test's own answers, no user's
+    request among them. Without a nonce (no candidate installed here) its answers count as users'."""
+    nonce = nonce or os.urandom(8).hex()  # no installed candidate's: a user's, as any other id
+    run = os.urandom(4).hex()
     info = app_info(url)
     stores = [s["store_nbr"] for s in info["stores"]]
     items = _get_json(f"{url}/api/v1/items?limit=50")["items"]
@@ -896,7 +900,8 @@ def smoke_test(url: str, requests: int = 40) -> dict:
     for n in range(requests):
         body = {"instances": [{"store_nbr": stores[n % len(stores)], "item_nbr": items[n % len(items)]["item_nbr"],
                                "date": first, "onpromotion": False}]}
-        status, payload, variants = _post_json(f"{url}/api/v1/predict", body, request_id=f"{run}{n}")
+        status, payload, variants = _post_json(f"{url}/api/v1/predict", body,
+                                               request_id=smoke_request_id(nonce, run, n))
         units = (payload.get("predictions") or [{}])[0].get("unit_sales") if status == 200 else None
         if status != 200 or not isinstance(units, (int, float)) or not math.isfinite(units):
             raise ReleaseError(f"smoke test: POST /api/v1/predict answered {status} ({payload or 'no body'})")
@@ -908,8 +913,8 @@ def smoke_test(url: str, requests: int = 40) -> dict:
 @dataclass(frozen=True)
 class Observation:
     """How a candidate's observation ended. The rule decides as soon as the users' traffic logged since the install
-    (never the smoke test's: SMOKE_REQUEST_PREFIX) is enough, so a phase may end seconds into a 40 s limit; deploy's
-    report (``record``) and printout (``line``) say how long it ran and why it ended."""
+    (never the smoke test's: pipeline/release_smoke.py) is enough, so a phase may end seconds into a 40 s limit;
+    deploy's report (``record``) and printout (``line``) say how long it ran and why it ended."""
 
     verdict: Verdict
     seconds: float  # how long the rule was polled
@@ -944,12 +949,13 @@ class Observation:
 
 
 def observe(events: LoggedEvents, since: float, variant: str, seconds: float, actuals: dict | None,
-            replay: ProductionReplay | None = None) -> Observation:
-    """``judge`` on the traffic logged since ``since`` until it decides, or ``seconds`` are up."""
+            replay: ProductionReplay | None = None, smoke_nonces: frozenset[str] = frozenset()) -> Observation:
+    """``judge`` on the traffic logged since ``since`` until it decides, or ``seconds`` are up (the smoke test's
+    under ``smoke_nonces`` left out)."""
     started = time.perf_counter()
     deadline = time.time() + seconds
     while True:
-        verdict = judge(events.traffic(since=since), variant, actuals, replay)
+        verdict = judge(events.traffic(since, smoke_nonces), variant, actuals, replay)
         if verdict.decision != "wait" or time.time() >= deadline:
             return Observation(verdict, time.perf_counter() - started, seconds)
         time.sleep(1.0)
@@ -989,7 +995,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
             digest = set_candidate(root, store, SHADOW, version, None, name, events.path)
             report["shadow_reload_s"] = round(wait_for_variant(url, SHADOW, digest, reload_timeout_s), 2)
             say(f"deploy: alias shadow -> version {version}; served as shadow after {report['shadow_reload_s']} s")
-            observed = observe(events, started, SHADOW, shadow_s, actuals)
+            observed = observe(events, started, SHADOW, shadow_s, actuals, smoke_nonces=installed_nonces(store))
             verdict = observed.verdict
             report["shadow_verdict"], report["shadow_observed"] = asdict(verdict), observed.record()
             say(f"deploy: {observed.line()}")
@@ -1002,11 +1008,12 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
         say(f"deploy: alias canary -> version {version} ({digest[:12]}), share {share:.0%}")
         report["reload_s"] = round(wait_for_variant(url, CANARY, digest, reload_timeout_s), 2)
         say(f"deploy: the app serves the canary after {report['reload_s']} s (hot reload)")
-        report["smoke"] = smoke_test(url, smoke_requests)
+        report["smoke"] = smoke_test(url, smoke_requests, recorded_nonce(store, CANARY))
         if CANARY not in report["smoke"]:
             raise ReleaseError(f"smoke test: no request was answered by the canary ({report['smoke']})")
         say(f"deploy: smoke test passed, answered by {report['smoke']}")
-        observed = observe(events, started, CANARY, observe_s, actuals, ProductionReplay(store.variant_dir(PRODUCTION)))
+        observed = observe(events, started, CANARY, observe_s, actuals, ProductionReplay(store.variant_dir(PRODUCTION)),
+                           installed_nonces(store))
         verdict = observed.verdict
         report["verdict"], report["canary_observed"] = asdict(verdict), observed.record()
         say(f"deploy: {observed.line()}")
@@ -1177,7 +1184,7 @@ def main(argv=None) -> int:
                 marks = installed_log_marks(store, variant) if events.path is not None else None
                 if marks is not None:  # the log's bytes from where it ended at the install on: not the whole log
                     events = replace(events, marks=marks)
-                verdict = judge(events.traffic(since=since), variant, actuals,
+                verdict = judge(events.traffic(since, installed_nonces(store)), variant, actuals,
                                 ProductionReplay(store.variant_dir(PRODUCTION)))
                 if marks is not None:
                     verdict.figures["log_read_from"] = {str(path): size for path, (size, _) in marks.items()}
@@ -1192,7 +1199,13 @@ def main(argv=None) -> int:
                     print(f"release: {variant} ended (rolled back)")
                 return 0 if verdict.decision != "rollback" else 2
             elif args.command == "smoke":
-                print(f"release: smoke test passed; answered by {smoke_test(args.url.rstrip('/'), args.requests)}")
+                nonce = smoke_nonce(store)
+                if nonce is None and any(store.installed_at(v) is not None for v in (CANARY, SHADOW)):
+                    print(f"release: no candidate in {store.root} records a smoke-id nonce (installed before they "
+                          "were; `release sync` records one): these answers will count as users' requests",
+                          file=sys.stderr)
+                answered = smoke_test(args.url.rstrip('/'), args.requests, nonce)
+                print(f"release: smoke test passed; answered by {answered}")
             elif args.command == "deploy":
                 actuals = read_actuals(args.actuals) if args.actuals else None
                 report = deploy(root, store, args.url.rstrip("/"), events, version, args.share, args.observe_s,

@@ -38,10 +38,12 @@ def host_checkout(tmp_path):
     return a_clone(tmp_path)
 
 
-def predict_status(url: str, instance: dict) -> int:
-    """POST one instance to the app as a user would: the HTTP status, or 0 when nothing answered."""
+def predict_status(url: str, instance: dict, request_id: str | None = None) -> int:
+    """POST one instance to the app as a user would (with ``request_id`` as its X-Request-ID): the HTTP status, or
+    0 when nothing answered."""
     body = json.dumps({"instances": [instance]}).encode()
-    request = urllib.request.Request(f"{url}/api/v1/predict", body, {"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"X-Request-ID": request_id} if request_id else {})}
+    request = urllib.request.Request(f"{url}/api/v1/predict", body, headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status

@@ -805,17 +805,25 @@ def test_decide_reads_only_what_was_logged_since_the_candidate_was_installed(hos
 def test_a_canary_answering_only_the_smoke_tests_requests_is_never_promoted(host, tmp_path, capsys):
     """Found by review: the smoke test's requests were judged as the canary's traffic, so at a share of 0.5 a deploy
     could promote a canary no user had asked anything (`the smoke test's included`). They carry an X-Request-ID of
-    their own now (release.SMOKE_REQUEST_PREFIX), left out of every rule: 120 smoke requests, the canary answering
-    more than MIN_EVENTS of them, and users' requests production answered, leave the canary waiting; once users'
-    requests it answered are MIN_EVENTS, it is judged (promoted) on those alone."""
+    their own now (pipeline/release_smoke.py), left out of every rule: 120 smoke requests (`release smoke` on this
+    host), the canary answering more than MIN_EVENTS of them, and users' requests production answered, leave the
+    canary waiting; once users' requests it answered are MIN_EVENTS, it is judged (promoted) on those alone.
+
+    Found by the next review: any client's id starting ``release-smoke.`` was left out too, so a client could starve
+    a canary of judged requests or hide its answers. The canary's users here send such ids, forged (a made-up nonce,
+    none, the smoke test's own shape): they count as users' requests, and only the release's own are left out."""
     from app.variants import goes_to_canary
+    from pipeline.release_smoke import SMOKE_REQUEST_PREFIX, installed_nonces, is_smoke_request, smoke_nonce
 
     root, store, versions = host
     events = tmp_path / "events.jsonl"
     served = ServedWithUsers(store, events, tmp_path, None)
+    forged = [f"{SMOKE_REQUEST_PREFIX}anything", f"{SMOKE_REQUEST_PREFIX}0123456789abcdef.0a1b2c3d.7",
+              SMOKE_REQUEST_PREFIX, f"{SMOKE_REQUEST_PREFIX}{smoke_nonce(store)}x.1.2"]
     try:
-        answered = release.smoke_test(served.url, 120)
-        assert answered.get(CANARY, 0) >= release.MIN_EVENTS, answered
+        assert release.main(["smoke", "--url", served.url, "--requests", "120", "--models", str(store.root)]) == 0
+        answered = capsys.readouterr().out
+        assert int(re.search(r"'canary': (\d+)", answered)[1]) >= release.MIN_EVENTS, answered
         series = all_series(make_app(store, tmp_path / "probe-events.jsonl"))
         users = [s for s in series if not goes_to_canary(s["store_nbr"], s["item_nbr"], 0.5)]
         canary_users = [s for s in series if goes_to_canary(s["store_nbr"], s["item_nbr"], 0.5)]
@@ -828,16 +836,43 @@ def test_a_canary_answering_only_the_smoke_tests_requests_is_never_promoted(host
         assert figures[f"{CANARY}_predictions"] == 0 and figures["production_predictions"] >= release.MIN_EVENTS
         assert figures["smoke_predictions_left_out"] == 120, figures
         assert "answers to the smoke test, which are not judged" in verdict["reasons"][0], verdict
-        while sum(1 for e in read_events(events) if e.get("model_variant") == CANARY
-                  and not e["request_id"].startswith(release.SMOKE_REQUEST_PREFIX)) < release.MIN_EVENTS:
+        sent = 0
+        while sent < 2 * release.MIN_EVENTS:  # as many forged ids the canary answers, whatever its share
             for instance in canary_users:
-                assert predict_status(served.url, instance) == 200
-            time.sleep(0.5)
+                assert predict_status(served.url, instance, forged[sent % len(forged)]) == 200
+                sent += 1
+        time.sleep(0.5)
     finally:
         served.close()
+    logged = [e for e in read_events(events) if e.get("model_variant") == CANARY]
+    assert sum(not is_smoke_request(e, installed_nonces(store)) for e in logged) == sent
     status, verdict = decide(root, store, capsys, "--events", str(events))
     assert verdict["decision"] == "promote", verdict
-    assert verdict["figures"][f"{CANARY}_predictions"] >= release.MIN_EVENTS
+    assert verdict["figures"][f"{CANARY}_predictions"] == sent
+    assert verdict["figures"]["smoke_predictions_left_out"] == 120, verdict["figures"]
+
+
+def test_each_install_of_a_candidate_draws_its_own_smoke_nonce(host, tmp_path):
+    """A smoke id is the release's own while its candidate is installed: the next install of the variant draws a new
+    nonce, so an earlier release's smoke ids (a load tester replaying a logged day) count as users' requests; an
+    install that leaves the variant as it was (sync on a restarted host) keeps it, and an ended one's counts no more."""
+    from pipeline.release_smoke import installed_nonces, recorded_nonce, smoke_request_id
+
+    root, store, versions = host
+    first = recorded_nonce(store, CANARY)
+    assert first is not None and installed_nonces(store) == {first}
+    release.sync(root, store)  # nothing changed: the same release, the same nonce
+    assert recorded_nonce(store, CANARY) == first
+    replayed = {"model_variant": CANARY, "request_id": smoke_request_id(first, "0a1b2c3d", 0), "instance_index": 0,
+                "latency_ms": 5.0, "output": {"unit_sales": 3.0},
+                "inputs": {"store_nbr": 1, "item_nbr": 1, "date": "2017-08-16"}}
+    assert release.read_traffic([replayed], smoke_nonces=installed_nonces(store))[CANARY].predictions == 0
+    release.end_candidate(root, store, CANARY)
+    assert installed_nonces(store) == frozenset()
+    release.set_candidate(root, store, CANARY, versions["canary"], 0.5)
+    second = recorded_nonce(store, CANARY)
+    assert second not in (None, first) and installed_nonces(store) == {second}
+    assert release.read_traffic([replayed], smoke_nonces=installed_nonces(store))[CANARY].predictions == 1
 
 
 def test_a_canary_failing_on_the_smoke_tests_requests_still_counts_its_errors():
@@ -845,13 +880,14 @@ def test_a_canary_failing_on_the_smoke_tests_requests_still_counts_its_errors():
     on a smoke request falls back to production (200, canary_failed), and the smoke test passes while the canary
     answers one of its requests; those failures were canary errors before the smoke test's id, and are evidence
     against it whoever asked, so they still count: only the smoke test's answers are left out."""
-    smoke = [{"model_variant": PRODUCTION, "canary_failed": True, "request_id": f"{release.SMOKE_REQUEST_PREFIX}ab.{n}",
+    nonce = "0123456789abcdef"
+    smoke = [{"model_variant": PRODUCTION, "canary_failed": True, "request_id": f"release-smoke.{nonce}.ab.{n}",
               "instance_index": 0, "latency_ms": 5.0, "output": {"unit_sales": 3.0},
               "inputs": {"store_nbr": 1, "item_nbr": n, "date": "2017-08-16"}} for n in range(20)]
     users = [{"model_variant": v, "request_id": f"r{n}-{v}", "instance_index": 0, "latency_ms": 5.0,
               "output": {"unit_sales": 3.0}, "inputs": {"store_nbr": 1, "item_nbr": n, "date": "2017-08-16"}}
              for n in range(100) for v in (PRODUCTION, CANARY)]
-    seen = release.read_traffic(users + smoke)
+    seen = release.read_traffic(users + smoke, smoke_nonces=frozenset({nonce}))
     assert seen[CANARY].errors == 20 and seen[CANARY].predictions == 100, seen[CANARY]
     assert seen[PRODUCTION].predictions == 100 and seen[PRODUCTION].smoke_predictions == 20, seen[PRODUCTION]
     verdict = release.compare(seen, CANARY)
