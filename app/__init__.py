@@ -76,9 +76,10 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
     variants = None
     if predictor is None:  # production, its last good releases, and the canary/shadow beside it (models/)
         models_dir = settings.model_dir.parent
-        predictor = ProductionWithFallback(Predictor(settings.model_dir, settings.reload_interval_s),
+        predictor = ProductionWithFallback(Predictor(settings.model_dir, settings.reload_interval_s,
+                                                     series_cache_entries=settings.series_cache_entries),
                                            ReleaseStore(models_dir))
-        variants = Variants(models_dir, settings.reload_interval_s)
+        variants = Variants(models_dir, settings.reload_interval_s, series_cache_entries=settings.series_cache_entries)
         variants.check_now()
     predictor.check_now()
     if predictor.model is None:

@@ -21,6 +21,7 @@ ENV_MAX_BODY = "SHELFCAST_MAX_BODY_BYTES"
 ENV_BODY_TIMEOUT = "SHELFCAST_BODY_TIMEOUT_S"
 ENV_HEADER_TIMEOUT = "SHELFCAST_HEADER_TIMEOUT_S"
 ENV_MAX_HEADER_BYTES = "SHELFCAST_MAX_HEADER_BYTES"
+ENV_SERIES_CACHE = "SHELFCAST_SERIES_CACHE_ENTRIES"
 
 DEFAULT_MODEL_DIR = Path("models/production")
 DEFAULT_RELOAD_INTERVAL_S = 5.0
@@ -36,6 +37,10 @@ DEFAULT_HEADER_TIMEOUT_S = 10.0
 # (4 x 8k), which bounds them so in front of the app
 DEFAULT_MAX_HEADER_BYTES = 32 * 1024
 MIN_HEADER_BYTES = 1024
+# store×items whose feature window columns each loaded bundle keeps (pipeline/served_features.py): ~4.5 KB each at
+# 392 history days, at most 19.1 MB at this bound; 0 keeps none. Favorita has 221,400 store×items: a host serving all of
+# them evenly misses most of 4,096, and a small container may want fewer
+DEFAULT_SERIES_CACHE_ENTRIES = 4096
 # The longest header or body timeout: the deadline thread (app/request_buffer.py) sleeps until a deadline, and a
 # wait beyond threading.TIMEOUT_MAX (~292 years; `inf`) raised OverflowError there, killing it at every request.
 MAX_TIMEOUT_S = 3600.0
@@ -72,6 +77,7 @@ class AppSettings:
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    series_cache_entries: int = DEFAULT_SERIES_CACHE_ENTRIES
 
     def __post_init__(self) -> None:
         for name in ("body_timeout_s", "header_timeout_s"):
@@ -83,10 +89,10 @@ class AppSettings:
                                 f"got {self.max_header_bytes!r}")
         if not self.reload_interval_s >= 0:
             raise SettingsError(f"reload_interval_s: must be >= 0, got {self.reload_interval_s!r}")
-        for name in ("max_batch", "max_body_bytes"):
+        for name, minimum in (("max_batch", 1), ("max_body_bytes", 1), ("series_cache_entries", 0)):
             value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise SettingsError(f"{name}: must be an integer >= 1, got {value!r}")
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
+                raise SettingsError(f"{name}: must be an integer >= {minimum}, got {value!r}")
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> "AppSettings":
@@ -106,6 +112,8 @@ class AppSettings:
             values["header_timeout_s"] = _number(env, ENV_HEADER_TIMEOUT, float, 0.001, MAX_TIMEOUT_S)
         if env.get(ENV_MAX_HEADER_BYTES, "").strip():
             values["max_header_bytes"] = _number(env, ENV_MAX_HEADER_BYTES, int, MIN_HEADER_BYTES)
+        if env.get(ENV_SERIES_CACHE, "").strip():
+            values["series_cache_entries"] = _number(env, ENV_SERIES_CACHE, int, 0)
         return cls(**values)
 
 

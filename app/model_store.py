@@ -75,7 +75,8 @@ class ProductionWithFallback:
 
     def _pick_fallback(self) -> None:
         for release in self.store.good_releases():
-            candidate = Predictor(release, self.primary.reload_interval_s)
+            candidate = Predictor(release, self.primary.reload_interval_s,
+                                  series_cache_entries=self.primary.series_cache_entries)
             candidate.check_now()
             if candidate.model is not None:
                 self._fallback = candidate

@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from app.catalog import Catalog
+from app.config import DEFAULT_SERIES_CACHE_ENTRIES
 from pipeline.bundle import EXPECTED_OUTPUT, PREDICTION_OUTPUT, BundleError, ModelBundle, load_bundle
 from pipeline.bundle_checks import cannot_be_loaded, check_servable, served_forecast
 from pipeline.closed_days import ClosedDays
@@ -92,6 +93,7 @@ class LoadedModel:
     bundle: ModelBundle
     signature: Signature | None
     loaded_at: str
+    series_cache_entries: int = DEFAULT_SERIES_CACHE_ENTRIES  # SHELFCAST_SERIES_CACHE_ENTRIES: ServedFeatures' bound
     catalog: Catalog = field(init=False)
     dense_names: list[str] = field(init=False)
 
@@ -104,7 +106,8 @@ class LoadedModel:
         self.dense_names = dense_feature_names(self.bundle.spec)
         self._item_keys = np.asarray(self.bundle.snapshot.items["item_nbr"], np.int64)
         self.closed_days = ClosedDays(self.bundle.snapshot)
-        self.served_features = ServedFeatures(self.bundle.spec, self.bundle.vocab, self.bundle.snapshot)
+        self.served_features = ServedFeatures(self.bundle.spec, self.bundle.vocab, self.bundle.snapshot,
+                                              self.series_cache_entries)
 
     @property
     def name(self) -> str:
@@ -197,14 +200,16 @@ def _as_date(day_number) -> dt.date:
     return dt.date(1970, 1, 1) + dt.timedelta(days=int(day_number))
 
 
-def load_model(path: Path) -> LoadedModel:
+def load_model(path: Path, series_cache_entries: int = DEFAULT_SERIES_CACHE_ENTRIES) -> LoadedModel:
     """Load, verify and warm up a bundle; BundleError if it cannot serve: any error of the load is one, so that a
     damaged bundle is refused (the previous model serving, /readyz saying why), never a worker that cannot start.
-    Whether it can serve is pipeline/bundle_checks.py's ``check_servable``, the check every install runs too."""
+    Whether it can serve is pipeline/bundle_checks.py's ``check_servable``, the check every install runs too.
+    ``series_cache_entries``: the store×items whose feature columns it keeps (SHELFCAST_SERIES_CACHE_ENTRIES)."""
     before = directory_signature(path)
     try:
         bundle = load_bundle(path)
-        model = LoadedModel(bundle=bundle, signature=before, loaded_at=_utc_now())
+        model = LoadedModel(bundle=bundle, signature=before, loaded_at=_utc_now(),
+                            series_cache_entries=series_cache_entries)
     except BundleError:
         raise
     except Exception as exc:  # a file damaged before its checksum was taken: BadZipFile, EOFError, a JSON list ...
@@ -236,9 +241,11 @@ def collect_replaced_models() -> None:
 class Predictor:
     """Holds the current model and replaces it when a valid new bundle appears at ``path``."""
 
-    def __init__(self, path: Path | str, reload_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, path: Path | str, reload_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 series_cache_entries: int = DEFAULT_SERIES_CACHE_ENTRIES):
         self.path = Path(path)
         self.reload_interval_s = reload_interval_s
+        self.series_cache_entries = series_cache_entries  # each model it loads keeps so many store×items' features
         self._clock = clock
         self._model: LoadedModel | None = None
         self._checking = threading.Lock()  # one check/load at a time
@@ -310,7 +317,7 @@ class Predictor:
         if signature is None or signature == self._refused or (current is not None and signature == current.signature):
             return False
         try:
-            model = load_model(self.path)
+            model = load_model(self.path, self.series_cache_entries)
         except BundleError as exc:
             if directory_signature(self.path) is None:  # removed while it loaded (a release ended a candidate)
                 log.info("model bundle %s was removed while it was being loaded", self.path)

@@ -23,6 +23,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
+from app.config import DEFAULT_SERIES_CACHE_ENTRIES
 from app.events import PredictionEventSink
 from app.predictor import LoadedModel, Predictor, directory_head
 from app.service import predict_and_log
@@ -59,10 +60,11 @@ def installed_candidates(variants: Variants | None) -> Candidates:
 class Variants:
     """The canary and shadow predictors beside production's, and the canary share."""
 
-    def __init__(self, models_dir: Path, reload_interval_s: float, clock=time.monotonic):
+    def __init__(self, models_dir: Path, reload_interval_s: float, clock=time.monotonic,
+                 series_cache_entries: int = DEFAULT_SERIES_CACHE_ENTRIES):
         self.models_dir = Path(models_dir)
-        self.canary = Predictor(self.models_dir / CANARY, reload_interval_s)
-        self.shadow = Predictor(self.models_dir / SHADOW, reload_interval_s)
+        self.canary = Predictor(self.models_dir / CANARY, reload_interval_s, series_cache_entries=series_cache_entries)
+        self.shadow = Predictor(self.models_dir / SHADOW, reload_interval_s, series_cache_entries=series_cache_entries)
         self.reload_interval_s = reload_interval_s
         self._clock = clock
         self._share = 0.0

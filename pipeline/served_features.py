@@ -3,13 +3,15 @@
 ``build_features(rows_from_snapshot(...))`` on one request row spends most of its time on ~25 reductions over
 the store×item's history window (means, shares of sale days, promotion response, the year-ago base) and on
 lookups; the request's date and promotion flag change none of them. ``ServedFeatures`` keeps them per
-store×item (``features.SeriesWindow``) in a least-recently-used cache of at most ``max_series`` entries, and from
+store×item (``features.SeriesWindow``) in a least-recently-used cache of at most ``max_series`` entries (the app's
+SHELFCAST_SERIES_CACHE_ENTRIES, app/config.py), and from
 the load what depends on the target day alone (its horizon and calendar columns, each store's holiday flags) and
 each store's and item's vocabulary ids; a request then adds its target weekday's and year-ago columns (four
 small reductions) and its flag. The features are bit-identical to that path's (``features.row_values``, one
 definition for both; tests/pipeline/models/test_served_features.py). An entry holds the window's log1p sales
-(8 bytes a day: 3,136 at 392 days) and under 1,536 bytes more; the default bound, 4,096 entries, is at most 19.1 MB a
-loaded bundle, whatever the number of series (Favorita's 4,100 items × 54 stores would take ~1 GB as entries).
+(8 bytes a day: 3,136 at 392 days) and under 1,536 bytes more; the app's default bound, 4,096 entries, is at most
+19.1 MB a loaded bundle, whatever the number of series (Favorita's 4,100 items × 54 stores would take ~1 GB as
+entries).
 Rows that path would refuse, or more than SMALL_BATCH_ROWS, are left to it (``matrix`` answers None): it says why.
 """
 
@@ -25,16 +27,15 @@ from pipeline.features import (HOLIDAY_FLAGS, SMALL_BATCH_ROWS, STORE_FIELDS, IT
                                Vocabularies, _equal_range, _series_lookup_small, _texts, row_values, series_history,
                                series_window, target_day_of)
 
-SERIES_CACHE_ENTRIES = 4096  # store×items whose window columns a loaded bundle keeps (~4.5 KB each at 392 days)
 ENTRY_BYTES_BEYOND_WINDOW = 1536  # an entry's memory beyond its window's 8 bytes a day (a test measures it)
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 class ServedFeatures:
-    """One bundle's request features (``matrix``), its store×items' window columns cached (see the module)."""
+    """One bundle's request features (``matrix``), its store×items' window columns cached (see the module): at most
+    ``max_series`` of them, 0 none."""
 
-    def __init__(self, spec: FeatureSpec, vocab: Vocabularies, snapshot: HistorySnapshot,
-                 max_series: int = SERIES_CACHE_ENTRIES):
+    def __init__(self, spec: FeatureSpec, vocab: Vocabularies, snapshot: HistorySnapshot, max_series: int):
         if max_series < 0:
             raise ValueError(f"max_series: must be >= 0, got {max_series!r}")
         self._spec, self._vocab, self._snapshot, self.max_series = spec, vocab, snapshot, max_series

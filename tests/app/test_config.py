@@ -59,10 +59,42 @@ def test_the_header_bound_is_the_compose_proxys():
                                          # request (a traceback each), and with it the bound on a trickling body
                                          ("SHELFCAST_HEADER_TIMEOUT_S", "inf"), ("SHELFCAST_BODY_TIMEOUT_S", "inf"),
                                          ("SHELFCAST_BODY_TIMEOUT_S", "1e10"), ("SHELFCAST_HEADER_TIMEOUT_S", "3601"),
-                                         ("SHELFCAST_MAX_HEADER_BYTES", "32k"), ("SHELFCAST_MAX_HEADER_BYTES", "100")])
+                                         ("SHELFCAST_MAX_HEADER_BYTES", "32k"), ("SHELFCAST_MAX_HEADER_BYTES", "100"),
+                                         ("SHELFCAST_SERIES_CACHE_ENTRIES", "-1"),
+                                         ("SHELFCAST_SERIES_CACHE_ENTRIES", "4k"),
+                                         ("SHELFCAST_SERIES_CACHE_ENTRIES", "2.5")])
 def test_a_bad_value_names_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
         AppSettings.from_environment({name: value})
+
+
+@pytest.mark.parametrize("entries", [0, 2, 4096])
+def test_the_series_cache_setting_bounds_each_loaded_bundles_cache(make_app, production_dir, app_bundles, entries):
+    """The store×items whose feature columns a loaded bundle keeps (pipeline/served_features.py) were a constant,
+    4,096: ~19 MB a bundle, whatever the host; a team serving Favorita's ~210,000 store×items on a large host, or a
+    small container, could not size it. SHELFCAST_SERIES_CACHE_ENTRIES sizes it for production and the candidates
+    alike: 0 keeps none; N at most N, the most recently asked."""
+    from app.variants import goes_to_canary
+    from pipeline.bundle import copy_bundle
+    from pipeline.release_store import ReleaseStore
+
+    copy_bundle(app_bundles[1], production_dir.parent / "canary")
+    ReleaseStore(production_dir.parent).set_canary_share(0.5)
+    settings = AppSettings.from_environment({"SHELFCAST_SERIES_CACHE_ENTRIES": str(entries)})
+    assert settings.series_cache_entries == entries
+    served = make_app(production_dir, series_cache_entries=settings.series_cache_entries)
+    models = {False: served.model, True: served.state.variants.canary_model()}
+    first = models[False].first_date.isoformat()
+    asked = {False: [], True: []}  # each model's series, in the order asked
+    for store in sorted(models[False].catalog.stores):
+        for item in sorted(models[False].catalog.items):
+            body = {"instances": [{"store_nbr": store, "item_nbr": item, "date": first, "onpromotion": False}]}
+            assert served.client.post("/api/v1/predict", json=body).status_code == 200
+            asked[goes_to_canary(store, item, 0.5)].append((store, item))
+    for to_canary, model in models.items():
+        assert len(asked[to_canary]) > 2 and model.served_features.max_series == entries
+        assert list(model.served_features._series) == asked[to_canary][len(asked[to_canary]) - entries:] \
+            if entries else len(model.served_features) == 0
 
 
 def test_debug_is_off_even_when_flask_debug_is_set(monkeypatch, make_app, production_dir):

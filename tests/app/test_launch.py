@@ -55,6 +55,14 @@ def test_a_setting_the_app_cannot_start_with_is_one_line_and_the_boot_error_code
     assert "Traceback" not in started.stderr
 
 
+def test_a_bad_series_cache_size_is_refused_at_start_in_one_line(tmp_path):
+    started = _import_wsgi(tmp_path, {"SHELFCAST_SERIES_CACHE_ENTRIES": "-1"})
+    assert started.returncode == Arbiter.WORKER_BOOT_ERROR, started.stderr
+    assert ("cannot start: SettingsError: SHELFCAST_SERIES_CACHE_ENTRIES: expected a value >= 0, got '-1'"
+            in started.stderr), started.stderr
+    assert "Traceback" not in started.stderr and len(started.stderr.strip().splitlines()) == 1, started.stderr
+
+
 def test_a_bug_at_start_keeps_its_traceback(tmp_path):
     """The one-line message is for what the operator set; a ValueError from a bug was hidden behind it too."""
     started = _import_wsgi(tmp_path, {}, before="import app; app.create_app = lambda: int('a bug')")

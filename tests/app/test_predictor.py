@@ -399,7 +399,7 @@ def test_a_bundle_removed_while_it_loads_is_no_refusal(tmp_path, app_bundles, mo
     copy_bundle(app_bundles[0], candidate)
     real = predictor_module.load_model
 
-    def removed_mid_load(path):
+    def removed_mid_load(path, series_cache_entries):
         shutil.rmtree(path)
         raise BundleError(f"{path}/calendar.npz: unreadable ([Errno 2] No such file or directory)")
 

@@ -132,7 +132,7 @@ def test_the_cache_keeps_the_most_recent_series_within_its_entries_and_bytes():
 ])
 def test_a_row_the_path_refuses_is_left_to_it(request_, message):
     snap = SB.snapshot(np.random.default_rng(3))
-    served = ServedFeatures(SB.SPECS["yearly"], SB.snapshot_vocab(snap), snap)
+    served = ServedFeatures(SB.SPECS["yearly"], SB.snapshot_vocab(snap), snap, max_series=16)
     store, item, day, promo = request_
     assert served.matrix([1, store], [1000, item], [int(snap.calendar_days[0]), int(snap.calendar_days[0]) + day],
                          [0, promo]) is None
@@ -145,7 +145,7 @@ def test_a_series_whose_history_the_build_refuses_is_left_to_it():
     spec = SB.SPECS["yearly"]
     snap = SB.snapshot(np.random.default_rng(4))
     snap.sales[5, 17] = np.nan
-    served = ServedFeatures(spec, SB.snapshot_vocab(snap), snap)
+    served = ServedFeatures(spec, SB.snapshot_vocab(snap), snap, max_series=16)
     store, item, day = int(snap.store_nbr[5]), int(snap.item_nbr[5]), int(snap.calendar_days[0])
     assert served.matrix([store], [item], [day], [0]) is None and len(served) == 0
     with pytest.raises(F.FeatureInputError, match="sales: row 0, day 17"):
