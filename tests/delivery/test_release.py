@@ -875,6 +875,24 @@ def test_each_install_of_a_candidate_draws_its_own_smoke_nonce(host, tmp_path):
     assert release.read_traffic([replayed], smoke_nonces=installed_nonces(store))[CANARY].predictions == 1
 
 
+def test_a_candidate_installed_without_a_nonce_is_said_and_sync_draws_one(host, capsys):
+    """A canary installed before smoke ids carried a nonce has none: `release smoke` then sends ids nobody left out,
+    whose answers count as users'. It says so (before its first request) and what records one."""
+    from app.launch import free_port
+    from pipeline.release_smoke import NONCE_FILE, recorded_nonce
+
+    root, store, _ = host
+    (store.root / NONCE_FILE.format(variant=CANARY)).unlink()
+    url = f"http://127.0.0.1:{free_port()}"  # nothing answers: the smoke test fails after the note
+    assert release.main(["smoke", "--url", url, "--requests", "1", "--models", str(store.root)]) == 1
+    err = capsys.readouterr().err
+    assert "records a smoke-id nonce" in err and "count as users' requests" in err and "`release sync`" in err, err
+    release.sync(root, store)
+    assert recorded_nonce(store, CANARY) is not None
+    assert release.main(["smoke", "--url", url, "--requests", "1", "--models", str(store.root)]) == 1
+    assert "nonce" not in capsys.readouterr().err
+
+
 def test_a_canary_failing_on_the_smoke_tests_requests_still_counts_its_errors():
     """Found by review: leaving the smoke test's events out left out its canary failures too. A canary that fails
     on a smoke request falls back to production (200, canary_failed), and the smoke test passes while the canary
