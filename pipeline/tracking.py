@@ -422,10 +422,25 @@ def ensure_experiment(mlflow_client, project_root: Path | str = ".", name: str =
     """The experiment's id (created on first use), marked as model training for MLflow 3's UI.
 
     MLflow 3 opens an experiment without the ``mlflow.experimentKind`` tag in its GenAI
-    (traces) view; the tag is set when absent, never over a kind a user chose.
+    (traces) view; the tag is set when absent, never over a kind a user chose. Stages that find no experiment at
+    once (two first trains: on two CI runners sharing a server, or `dvc exp run --jobs 2` in a fresh clone) all
+    create it; MLflow refuses all but the first (RESOURCE_ALREADY_EXISTS), and those record into the first's.
     """
+    from mlflow.exceptions import MlflowException
+
     experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is not None and experiment.lifecycle_stage == "deleted":
+    if experiment is None:
+        location = None if os.environ.get("MLFLOW_TRACKING_URI") else artifact_root(project_root)
+        try:
+            return mlflow_client.create_experiment(name, artifact_location=location,
+                                                   tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = mlflow_client.get_experiment_by_name(name)  # another stage created it meanwhile
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
         # MLflow refuses a run in it ("must be in the 'active' state") and, until its store is garbage-collected,
         # a new experiment of that name: every later stage failed the same way, without saying the way out.
         eid = experiment.experiment_id
@@ -434,11 +449,6 @@ def ensure_experiment(mlflow_client, project_root: Path | str = ".", name: str =
             f"recorded in a deleted experiment: restore it (`mlflow experiments restore --experiment-id {eid}` with "
             f"this MLFLOW_TRACKING_URI, or the UI), or remove it for good (`mlflow gc --experiment-ids {eid}` "
             "against the tracking server's backend store), after which the next run creates a new one")
-    if experiment is None:
-        location = None if os.environ.get("MLFLOW_TRACKING_URI") else artifact_root(project_root)
-        experiment_id = mlflow_client.create_experiment(name, artifact_location=location,
-                                                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
-        return experiment_id
     if EXPERIMENT_KIND_TAG not in experiment.tags:
         mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     return experiment.experiment_id
