@@ -372,30 +372,40 @@ def client(project_root: Path | str = ".", create: bool = True):
                                     "a fresh clone's first: `dvc repro` then `python -m pipeline.promote` (or "
                                     "`make run`); a team's registry: set MLFLOW_TRACKING_URI")
             create_local_store(db)
-        return _registry_writes_retried(MlflowClient)(tracking_uri=uri, registry_uri=uri)
+        return _insert_races_retried(MlflowClient)(tracking_uri=uri, registry_uri=uri)
 
 
 # How a database says an insert lost a race to an equal one (SQLite, PostgreSQL, MySQL, SQL Server), in the text
 # MLflow passes on, from its own store or through a server's 400 (its SQLAlchemy error as the message).
 UNIQUE_RACE_MARKS = ("unique constraint", "uniqueviolation", "duplicate entry", "duplicate key")
 RACE_TRIES = 5  # a lost race's retry is an update (the row now exists): one retry does; 5 bound an odd store
+# The MlflowClient writes Shelfcast's stages make at once on one key, each of which MLflow's store does by reading
+# the row and inserting it when absent: the registered model's previous_production tag (racing releases), a
+# version's tags and production's alias (racing movers), the experiment's mlflow.experimentKind mark (stages
+# starting on an experiment made without it), a run's tags (two evaluates or promotes of one candidate tag its
+# training run) and a dataset (stages reading the same data log it in the one experiment: the retry finds the
+# dataset and links it to its own run). tests/pipeline/models/test_registry_write_races.py races the registry's
+# against a real server, test_tracking_write_races.py the others against one and the local store.
+INSERT_RACED_WRITES = ("set_registered_model_tag", "set_model_version_tag", "set_registered_model_alias",
+                       "set_experiment_tag", "set_tag", "log_inputs")
 
 
 def lost_insert_race(exc: BaseException) -> bool:
-    """Whether ``exc`` is a registry write that lost an insert race (another writer made the row first)."""
+    """Whether ``exc`` is a write that lost an insert race (another writer made the row first)."""
     text = str(exc).lower()
     return any(mark in text for mark in UNIQUE_RACE_MARKS)
 
 
 @functools.cache
-def _registry_writes_retried(client_class):
-    """``client_class`` (MlflowClient) whose registry tag and alias writes retry an insert race.
+def _insert_races_retried(client_class):
+    """``client_class`` (MlflowClient) whose INSERT_RACED_WRITES retry a lost insert race.
 
-    MLflow's store sets a registered-model tag, a version tag or an alias by reading the row and inserting it when
-    absent (SQLAlchemy's merge): two writers of the same new key (four releases moving production at once, each
-    writing ``previous_production``) both read none and the second insert fails, "UNIQUE constraint failed", and
-    its command ended with a traceback. The retry finds the row and updates it: last writer wins, as for any tag,
-    and point_alias re-reads until the records agree."""
+    MLflow's store sets a tag or an alias, and logs a dataset, by reading the row and inserting it when absent
+    (SQLAlchemy's merge, or its own select then add): two writers of the same new key (four releases moving
+    production at once, each writing ``previous_production``) both read none and the second insert fails, "UNIQUE
+    constraint failed", and its command ended with a traceback. The store rolls the failed write back whole; the
+    retry finds the row and updates (or, a dataset, reuses) it: last writer wins, as for any tag, and point_alias
+    re-reads until the records agree."""
 
     def retried(method):
         def write(self, *args, **kwargs):
@@ -413,9 +423,8 @@ def _registry_writes_retried(client_class):
         write.__doc__ = method.__doc__
         return write
 
-    return type("RegistryRaceSafeClient", (client_class,), {
-        name: retried(getattr(client_class, name))
-        for name in ("set_registered_model_tag", "set_model_version_tag", "set_registered_model_alias")})
+    return type("InsertRaceSafeClient", (client_class,),
+                {name: retried(getattr(client_class, name)) for name in INSERT_RACED_WRITES})
 
 
 def ensure_experiment(mlflow_client, project_root: Path | str = ".", name: str = EXPERIMENT_NAME) -> str:

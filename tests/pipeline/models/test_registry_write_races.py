@@ -3,7 +3,7 @@
 Found by CI: four releases moving production at once each wrote the registered model's ``previous_production`` tag
 for the first time; MLflow's store reads the row, finds none and inserts it, so the second insert failed ("UNIQUE
 constraint failed") and that release ended in a traceback. The same holds for a version's tag and an alias. Six
-threads here write each new key at once, ten rounds: before the retry (tracking._registry_writes_retried) a round
+threads here write each new key at once, ten rounds: before the retry (tracking._insert_races_retried) a round
 lost a race in about half the rounds measured (14 of 30 for the model tag, 5 of 30 for the alias)."""
 
 from __future__ import annotations
