@@ -51,7 +51,7 @@ from pipeline.source import (ABSENT_IN_FOLDER, CANDIDATE_SUFFIXES, check_raw_fil
                              other_formats_note)
 from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.synthetic import generate
-from pipeline.url_credentials import login_request, shown_url, source_identity
+from pipeline.url_credentials import login_request, open_login_request, shown_url, source_identity
 
 RAW_DIR = Path("data/raw")
 PARTIAL_DIR = Path("data/.downloads")
@@ -168,7 +168,7 @@ def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> tu
         request.add_header("Range", f"bytes={done}-")
         request.add_header("If-Range", validator)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)
+        response = open_login_request(request, timeout_s)
     except urllib.error.HTTPError as exc:
         if exc.code in ABSENT_IN_FOLDER:
             raise _Missing(url, exc.code) from None

@@ -35,7 +35,7 @@ from pipeline.atomic import file_digest, write_json_atomic
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
 from pipeline.stage import StageError, run_stage, stage_params
-from pipeline.url_credentials import login_request, shown_url, source_identity, split_credentials
+from pipeline.url_credentials import login_request, open_login_request, shown_url, source_identity, split_credentials
 from pipeline.versions import SOURCE_FINGERPRINT_PATH
 
 ENV_VAR = "SHELFCAST_DATA_SOURCE"
@@ -261,13 +261,13 @@ def _validator_headers(url: str, timeout_s: float) -> tuple:
     size from its Content-Range: an S3 presigned URL signs its method, and one made for GET refuses HEAD."""
     head = login_request(url, method="HEAD", headers={"User-Agent": "shelfcast-download"})
     try:
-        with urllib.request.urlopen(head, timeout=timeout_s) as response:
+        with open_login_request(head, timeout_s) as response:
             return response.headers, response.headers.get("Content-Length")
     except urllib.error.HTTPError as exc:
         if exc.code != 403:
             raise
     first_byte = login_request(url, headers={"User-Agent": "shelfcast-download", "Range": "bytes=0-0"})
-    with urllib.request.urlopen(first_byte, timeout=timeout_s) as response:  # a 403 again: refused after all
+    with open_login_request(first_byte, timeout_s) as response:  # a 403 again: refused after all
         content_range = response.headers.get("Content-Range", "")
         whole = content_range.rpartition("/")[2] if response.status == 206 else ""
         return response.headers, whole if whole.isdigit() else response.headers.get("Content-Length")

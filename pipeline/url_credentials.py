@@ -58,12 +58,52 @@ def login_request(url: str, method: str | None = None, headers: dict[str, str] |
                   ) -> urllib.request.Request:
     """A request for ``url`` that sends the login it carries (``https://user:password@host/...``) as HTTP basic
     auth, to that host only: urllib took ``user:password@host`` for the host's name (a failed DNS lookup, or an
-    InvalidURL naming the password). Unredirected: a redirect elsewhere (a CDN, a bucket) does not get it."""
+    InvalidURL naming the password). Unredirected: a redirect elsewhere (a CDN, a bucket) does not get it; opened
+    with ``open_login_request``, one within its origin does."""
     bare, username, password = split_credentials(url)
     request = urllib.request.Request(bare, method=method, headers=headers or {})
     for name, value in basic_authorization(username, password).items():
         request.add_unredirected_header(name, value)
     return request
+
+
+def open_login_request(request: urllib.request.Request, timeout: float):
+    """``urllib.request.urlopen(request, timeout=...)`` for a ``login_request``, whose login also follows a redirect
+    within its origin (``same_origin``): dropped there too, an http:// URL the server moves to https://, or a
+    folder moved on the same host, was refused with 401 and said to be a wrong password."""
+    return _LOGIN_OPENER.open(request, timeout=timeout)
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_origin(url: str, redirected: str) -> bool:
+    """Whether ``redirected`` is on the host and port ``url`` names, in its scheme or upgraded from http to https
+    (both on their default ports), the redirects a login is sent on to, as the requests library does."""
+    old, new = urllib.parse.urlsplit(url), urllib.parse.urlsplit(redirected)
+    try:
+        ports = (old.port or DEFAULT_PORTS.get(old.scheme.lower()), new.port or DEFAULT_PORTS.get(new.scheme.lower()))
+    except ValueError:  # a port that is none
+        return False
+    schemes = (old.scheme.lower(), new.scheme.lower())
+    if old.hostname is None or old.hostname != new.hostname:
+        return False
+    return (schemes[0] == schemes[1] and ports[0] == ports[1]) or (schemes == ("http", "https") and ports == (80, 443))
+
+
+
+class _LoginOnWithinItsOrigin(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects, a login (an unredirected Authorization header) carried on where ``same_origin``."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        redirected = super().redirect_request(req, fp, code, msg, headers, newurl)
+        login = req.unredirected_hdrs.get("Authorization")
+        if redirected is not None and login is not None and same_origin(req.full_url, redirected.full_url):
+            redirected.add_unredirected_header("Authorization", login)
+        return redirected
+
+
+_LOGIN_OPENER = urllib.request.build_opener(_LoginOnWithinItsOrigin)
 
 
 def shown_url(url: str) -> str:

@@ -1235,3 +1235,67 @@ def test_a_login_is_not_sent_on_to_the_host_a_redirect_names(login_server, tmp_p
         server.shutdown()
         server.server_close()
     assert _LoginHandler.logins == [None]
+
+
+class _MovedLoginHandler(_LoginHandler):
+    """The login server with its folder moved: /old/NAME redirects (301, before any login check, as nginx's
+    `return 301` does) to /NAME on the same host and port."""
+
+    def _moved(self) -> bool:
+        if not self.path.startswith("/old/"):
+            return False
+        self.send_response(301)
+        self.send_header("Location", self.path.removeprefix("/old"))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
+
+    def do_HEAD(self):  # noqa: N802 (http.server's naming)
+        if not self._moved():
+            super().do_HEAD()
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        if not self._moved():
+            super().do_GET()
+
+
+def test_a_login_follows_a_redirect_on_its_own_host(kaggle_sample, tmp_path, capsys, monkeypatch):
+    """A folder moved on the same server (or http:// moved to https://) is followed with its login: dropped at the
+    redirect, source and download stopped on 401 saying "the server refused the login the URL gives (check its
+    user and password)" for a password that was right."""
+    import yaml
+
+    from pipeline.download import main as download_main
+    from pipeline.source import main as source_main
+
+    _LoginHandler.logins = []
+    _LoginHandler.requests = []
+    _LoginHandler.cut_after = {}
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *args, **kwargs: _MovedLoginHandler(*args, directory=str(kaggle_sample), **kwargs))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params()))
+    login = f"ann:{urllib.parse.quote(PASSWORD, safe='')}"
+    monkeypatch.setenv("SHELFCAST_DATA_SOURCE", f"http://{login}@127.0.0.1:{server.server_address[1]}/old/")
+    try:
+        for main in (source_main, download_main):
+            status = main(["--root", str(tmp_path), "--quiet"])
+            out, err = capsys.readouterr()
+            assert status == 0, out + err
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (tmp_path / "data/raw/train.csv.gz").read_bytes() == (kaggle_sample / "train.csv.gz").read_bytes()
+    assert _LoginHandler.logins and all(sent is not None for sent in _LoginHandler.logins)
+
+
+@pytest.mark.parametrize("redirected, carried", [
+    ("https://data.example:443/b", True), ("http://data.example/b", True), ("http://data.example:80/b", True),
+    ("http://data.example:8080/b", False), ("http://cdn.example/b", False), ("https://data.example:8443/b", False),
+    ("ftp://data.example/b", False), ("http://data.example:99999/b", False)])
+def test_a_login_is_carried_only_to_its_own_origin(redirected, carried):
+    """Same host, port and scheme, or http upgraded to https on the default ports; any other host or port not."""
+    from pipeline.url_credentials import same_origin
+
+    assert same_origin("http://data.example/a", redirected) is carried
+    assert not same_origin("https://data.example/a", "http://data.example/b")  # never downgraded to plain http
