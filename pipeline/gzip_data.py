@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
+FEED = 1 << 16  # input given a member's decoder at a time (``_member_end``)
 GZIP_WBITS = 31  # zlib's gzip framing: header, deflate data, CRC-32 and length checked
 
 
@@ -28,42 +29,72 @@ class GzipEnd(NamedTuple):
     after_at: int
 
 
-def _member_end(handle, start: int) -> int:
-    """The byte after the gzip member at ``start``; zlib.error for bad data, CRC or length, EOFError if cut."""
-    handle.seek(start)
+class _ForwardReader:
+    """A file read once, front to back, in CHUNK reads handed out as pieces (views, not copies); the unread end of
+    the last piece can be given back, as a gzip member's decoder leaves the bytes after it (``unused_data``)."""
+
+    def __init__(self, handle):
+        self.handle, self.chunk, self.at, self.chunk_start = handle, memoryview(b""), 0, 0
+
+    def tell(self) -> int:
+        return self.chunk_start + self.at
+
+    def piece(self, size: int) -> memoryview:
+        """Up to ``size`` bytes from here (fewer at a chunk's end; none at the file's)."""
+        if self.at == len(self.chunk):
+            self._refill(b"")
+        piece = self.chunk[self.at:self.at + size]
+        self.at += len(piece)
+        return piece
+
+    def give_back(self, count: int) -> None:
+        """The last ``count`` bytes of the last piece, to be read again."""
+        self.at -= count
+
+    def peek(self, size: int) -> bytes:
+        """The next ``size`` bytes (fewer at the file's end), not consumed."""
+        if len(self.chunk) - self.at < size:
+            self._refill(bytes(self.chunk[self.at:]))
+        return bytes(self.chunk[self.at:self.at + size])
+
+    def _refill(self, kept: bytes) -> None:
+        self.chunk_start += self.at
+        self.chunk, self.at = memoryview(kept + self.handle.read(CHUNK)), 0
+
+
+def _member_end(reader: _ForwardReader) -> int:
+    """The byte after the gzip member that starts where ``reader`` is, which is left there; zlib.error for bad
+    data, CRC or length, EOFError if cut. Fed FEED bytes at a time: the decoder copies what follows a member's end
+    (``unused_data``), and a whole chunk's copy for each of many small members (as an appending logger writes them;
+    the gzip module reads the same way) made the walk quadratic."""
     decoder = zlib.decompressobj(GZIP_WBITS)
-    read = 0
     while not decoder.eof:
-        data = handle.read(CHUNK)
+        data = reader.piece(FEED)
         if not data:
-            raise EOFError(f"the file ends inside a gzip member, at byte {start + read:,}")
-        read += len(data)
+            raise EOFError(f"the file ends inside a gzip member, at byte {reader.tell():,}")
         while data and not decoder.eof:
             decoder.decompress(data, CHUNK)  # output bounded and dropped: only the checks matter here
             data = decoder.unconsumed_tail
-    return start + read - len(decoder.unused_data)
+    reader.give_back(len(decoder.unused_data))
+    return reader.tell()
 
 
 def gzip_end(path: Path) -> GzipEnd:
     """Every member of ``path`` checked to its end (zlib.error / EOFError as for ``_member_end``), and what
-    follows the last one."""
+    follows the last one; the file is read once, front to back."""
     size = path.stat().st_size
     with open(path, "rb") as handle:
+        reader = _ForwardReader(handle)
         end = 0
-        while end < size:
-            handle.seek(end)
-            if handle.read(2) != MAGIC:
-                break
-            end = _member_end(handle, end)
-        handle.seek(end)
+        while reader.peek(len(MAGIC)) == MAGIC:
+            end = _member_end(reader)
         at = end
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            rest = block.lstrip(b"\0")
+        for block in iter(lambda: reader.piece(CHUNK), b""):
+            rest = bytes(block).lstrip(b"\0")
             if rest:
                 return GzipEnd(end, size, rest[:16], at + len(block) - len(rest))
             at += len(block)
     return GzipEnd(end, size, b"", size)
-
 
 
 def decoded_head(path: Path, size: int = 4096) -> bytes:
