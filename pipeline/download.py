@@ -96,9 +96,10 @@ def _is_in(filename, folder: Path) -> bool:
     return filename is not None and Path(filename).parent == folder
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, decoded: bool = False) -> str:
+    """The SHA-256 of ``path``'s bytes, or (``decoded``) of its gzip content, streamed."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with (gzip.open(path, "rb") if decoded else open(path, "rb")) as handle:
         for block in iter(lambda: handle.read(CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -254,14 +255,12 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> tu
             if size > expected:
                 part.unlink()
             continue
+        content_name = _content_name(name, coding, part)
         wanted = params.sha256.get(name)
         if wanted is not None:
-            actual = _sha256(part)
-            if actual != wanted:
-                discard(part)
-                raise DownloadError(f"{name}: sha256 {actual} does not match data.sha256.{name} = {wanted}")
+            _check_sha256(part, name, wanted, inside_coding=content_name.endswith(".gz.gz"))
         part.with_suffix(".json").unlink(missing_ok=True)
-        return part, _content_name(name, coding, part)
+        return part, content_name
     raise DownloadError(f"{shown}: failed after {params.download.retries} attempt(s): {last_error} "
                         f"(partial data kept in {part} for the next run)")
 
@@ -274,6 +273,21 @@ def _content_name(name: str, coding: str, part: Path) -> str:
         return name
     held = name if name.endswith(".gz") else f"{name}.gz"
     return f"{held}.gz" if decoded_head(part, len(MAGIC)) == MAGIC else held
+
+
+def _check_sha256(part: Path, name: str, wanted: str, inside_coding: bool) -> None:
+    """DownloadError (``part`` discarded) unless ``name``'s SHA-256 is ``wanted``: of the bytes fetched, or
+    (``inside_coding``) of the file inside the gzip a server adds as it sends (``_content_name``'s .gz.gz): that
+    coding's bytes are the server's (its level, its header), never the file's whose sha256 the user gives."""
+    try:
+        actual = _sha256(part, decoded=inside_coding)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        discard(part)
+        raise DownloadError(f"{name}: corrupt or truncated gzip Content-Encoding ({exc})") from None
+    if actual != wanted:
+        discard(part)
+        within = " (of the file inside the gzip Content-Encoding it was sent in)" if inside_coding else ""
+        raise DownloadError(f"{name}: sha256 {actual}{within} does not match data.sha256.{name} = {wanted}")
 
 
 def not_the_file(shown: str, page: str) -> DownloadError:

@@ -619,6 +619,22 @@ def test_a_csv_gz_the_server_gzips_again_is_decoded_once(http_server, kaggle_sam
     _prepares(raw, tmp_path)
 
 
+def test_the_sha256_of_a_csv_gz_the_server_gzips_again_is_the_files(http_server, kaggle_sample, tmp_path):
+    """data.sha256.train.csv.gz is `sha256sum train.csv.gz` of the file the server holds; the bytes the server
+    gzips around it are its own (its level, its header). They were hashed: every run refused the right file,
+    'sha256 ... does not match', and fetched it again. A wrong sha256 is still refused, saying which bytes."""
+    _RangeHandler.encoded = {"train.csv.gz": "gzip"}
+    _RangeHandler.recompressed = {"train.csv.gz"}
+    raw = tmp_path / "raw"
+    right = hashlib.sha256((kaggle_sample / "train.csv.gz").read_bytes()).hexdigest()
+    download(_params(http_server, sha256={"train.csv.gz": right}), raw, tmp_path / "partial", progress=False)
+    assert (raw / "train.csv.gz").read_bytes() == (kaggle_sample / "train.csv.gz").read_bytes()
+    with pytest.raises(DownloadError, match=r"train.csv.gz: sha256 [0-9a-f]{64} \(of the file inside the gzip "
+                                            r"Content-Encoding it was sent in\) does not match data.sha256"):
+        download(_params(http_server, sha256={"train.csv.gz": "0" * 64}), tmp_path / "raw2", tmp_path / "partial",
+                 progress=False)
+
+
 @pytest.mark.parametrize("base", ["train", "oil"])
 def test_a_raw_file_gzipped_twice_by_name_is_one_line_saying_so(tmp_path, base):
     """`gzip train.csv.gz` leaves train.csv.gz.gz: it was 'has no train ...; found train.csv.gz.gz: only CSV files
