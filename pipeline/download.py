@@ -176,7 +176,8 @@ def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> tu
         if exc.code == 416 and done:  # asked beyond the end: start again
             part.unlink()
             return _http_resuming(url, part, timeout_s, progress)
-        raise DownloadError(f"{shown_url(url)}: HTTP {exc.code} {exc.reason}{login_note(url, exc.code)}") from None
+        raise DownloadError(f"{shown_url(url)}: HTTP {exc.code} {exc.reason}"
+                            f"{login_note(url, exc.code, exc.url)}") from None
     with response:
         status = response.status
         length = response.headers.get("Content-Length")

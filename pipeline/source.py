@@ -35,7 +35,8 @@ from pipeline.atomic import file_digest, write_json_atomic
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
 from pipeline.stage import StageError, run_stage, stage_params
-from pipeline.url_credentials import login_request, open_login_request, shown_url, source_identity, split_credentials
+from pipeline.url_credentials import (login_request, open_login_request, same_origin, shown_url, source_identity,
+                                     split_credentials)
 from pipeline.versions import SOURCE_FINGERPRINT_PATH
 
 ENV_VAR = "SHELFCAST_DATA_SOURCE"
@@ -227,12 +228,17 @@ def forbidden_note(refused: list[str], found) -> str:
             "permission, or there but private: check the files' permissions)") if names else ""
 
 
-def login_note(url: str, status: int) -> str:
-    """What an error line adds for a 401: the login the URL gives was refused, or none was given and where to give
-    one (not params.yaml, which git commits and DVC records)."""
+def login_note(url: str, status: int, answered_by: str | None = None) -> str:
+    """What an error line adds for a 401: the login the URL gives was refused, or it was not sent where a redirect
+    led (``answered_by``: the URL that answered, ``url_credentials.same_origin``), or none was given and where to
+    give one (not params.yaml, which git commits and DVC records)."""
     if status != 401:
         return ""
-    if split_credentials(url)[1] is not None:
+    bare, user, _ = split_credentials(url)
+    if user is not None and answered_by and not same_origin(bare, answered_by):
+        return (f": it redirects to {shown_url(answered_by)}, which is not sent the login the URL gives (another host "
+                "or port): point data.source at the URL it redirects to, with the login")
+    if user is not None:
         return ": the server refused the login the URL gives (check its user and password)"
     return (f": the server asks for a login: give it in the URL, http(s)://USER:PASSWORD@host/..., set in ${ENV_VAR} "
             "(a CI secret) rather than params.yaml, which git commits")
@@ -250,7 +256,7 @@ def _http_validators(url: str, timeout_s: float, absent: tuple[int, ...] = ABSEN
                 refused.append(Path(urllib.parse.urlparse(url).path).name)
             return None
         raise SourceError(f"{shown_url(url)}: HTTP {exc.code} {exc.reason} (checking the source for changes)"
-                          f"{login_note(url, exc.code)}") from None
+                          f"{login_note(url, exc.code, exc.url)}") from None
     except (OSError, urllib.error.URLError) as exc:
         raise SourceError(f"{shown_url(url)}: cannot reach it to check for changes: {exc}") from None
     return {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"), "size": size}

@@ -1244,13 +1244,18 @@ def test_a_login_is_not_sent_on_to_the_host_a_redirect_names(login_server, tmp_p
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         login = f"ann:{urllib.parse.quote(PASSWORD, safe='')}"
-        with pytest.raises(DownloadError, match="HTTP 401"):
+        with pytest.raises(DownloadError, match="HTTP 401") as refused:
             fetch(f"http://{login}@127.0.0.1:{server.server_address[1]}/items.csv", tmp_path / "partial",
                   _params("synthetic"), progress=False)
     finally:
         server.shutdown()
         server.server_close()
     assert _LoginHandler.logins == [None]
+    # not 'check its user and password': they were never sent there
+    assert str(refused.value).endswith(f": it redirects to http://{login_server}items.csv, which is not sent the login "
+                                       "the URL gives (another host or port): point data.source at the URL it "
+                                       "redirects to, with the login"), refused.value
+    assert "p%40ss" not in str(refused.value) and "ann" not in str(refused.value)
 
 
 class _MovedLoginHandler(_LoginHandler):
