@@ -61,7 +61,7 @@ from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, 
                                     event_units, finite_number, is_closed_day, log_marks, prediction_log,
                                     read_jsonl_events)
 from pipeline.release_replay import ProductionReplay, request_key
-from pipeline.release_smoke import (draw_nonce, installed_nonces, is_smoke_request, recorded_nonce, smoke_nonce,
+from pipeline.release_smoke import (SmokeAnswers, draw_nonce, installed_nonces, recorded_nonce, smoke_nonce,
                                     smoke_request_id)
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore, bundle_name, check_share
 
@@ -489,7 +489,7 @@ class VariantTraffic:
     # model's, so never paired in the forecast comparison or scored in live accuracy (both answer 0 there)
     closed: set = field(default_factory=set)
     closed_answers: int = 0  # predictions answered so (counted in `predictions` too)
-    smoke_predictions: int = 0  # the smoke test's answers (release_smoke.is_smoke_request): left out of all above
+    smoke_predictions: int = 0  # the smoke test's answers (release_smoke.SmokeAnswers): left out of all above
 
 
 def _event_time(event: dict) -> float:
@@ -501,9 +501,10 @@ def _event_time(event: dict) -> float:
 
 def read_traffic(events: Iterable[dict], since: float | None = None,
                  smoke_nonces: frozenset[str] = frozenset()) -> dict[str, VariantTraffic]:
-    """Per-variant traffic of ``events``; those answering a smoke test under one of ``smoke_nonces`` (the installed
-    candidates', release_smoke.installed_nonces) are left out of all but a canary's errors."""
+    """Per-variant traffic of ``events``; those answering a smoke test signed under one of ``smoke_nonces`` (the
+    installed candidates', release_smoke.installed_nonces) are left out of all but a canary's errors."""
     traffic: dict[str, VariantTraffic] = {}
+    smoke = SmokeAnswers(smoke_nonces)
     for event in events:
         if since is not None and _event_time(event) < since:
             continue
@@ -515,7 +516,7 @@ def read_traffic(events: Iterable[dict], since: float | None = None,
         t = traffic.setdefault(variant, VariantTraffic())
         if event.get("canary_failed") is True:  # whoever asked: the smoke test passes on production's fallback
             traffic.setdefault(CANARY, VariantTraffic()).errors += 1
-        if is_smoke_request(event, smoke_nonces):  # no user's request: its answers are no evidence for the candidate
+        if smoke.left_out(event, variant):  # no user's request: its answers are no evidence for the candidate
             t.smoke_predictions += units is not None
             continue
         if units is None:
@@ -887,9 +888,9 @@ def wait_for_variant(url: str, variant: str, digest: str | None, timeout_s: floa
 
 def smoke_test(url: str, requests: int = 40, nonce: str | None = None) -> dict:
     """Predictions through the API over many store×items; every one must answer 200 with finite units. Each carries
-    an X-Request-ID of the installed candidate's ``nonce`` (release_smoke.smoke_nonce), so the decision rule leaves
-    its events out: before, a canary at a share of 0.5 could be promoted on the smoke test's own answers, no user's
-    request among them. Without a nonce (no candidate installed here) its answers count as users'."""
+    an X-Request-ID signed with the installed candidate's ``nonce`` (release_smoke.smoke_nonce), so the decision rule
+    leaves its events out: before, a canary at a share of 0.5 could be promoted on the smoke test's own answers, no
+    user's request among them. Without a nonce (no candidate installed here) its answers count as users'."""
     nonce = nonce or os.urandom(8).hex()  # no installed candidate's: a user's, as any other id
     run = os.urandom(4).hex()
     info = app_info(url)

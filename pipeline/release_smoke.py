@@ -3,13 +3,18 @@
 The smoke test's requests show that a candidate answers; a canary is judged on users' requests only. They were told
 apart by an ``X-Request-ID`` starting SMOKE_REQUEST_PREFIX, which any client can send: its answers were then left out
 of the canary's counts, so a client (or a load tester replaying logged ids) could starve a canary of judged requests
-or hide its answers. Now a smoke id also carries a secret nonce drawn at the candidate's install and kept in the
-host's models directory (NONCE_FILE), which only the release commands read; an id with another nonce is a user's.
-A nonce counts while its candidate is installed; the next install of that variant draws a new one.
+or hide its answers. Now a smoke id is signed with a secret nonce drawn at the candidate's install and kept in the
+host's models directory (NONCE_FILE), which only the release commands read; an id signed otherwise is a user's.
+A nonce counts while its candidate is installed; the next install of that variant draws a new one. The id carries
+an HMAC of its run and number, never the nonce: every id is logged (the event log, Kibana, the app's error lines),
+and one that carried the nonce let whoever read it mint ids left out without end. A logged id replayed is left out
+once per variant (SmokeAnswers), where its own request was: replays are users' requests.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from pathlib import Path
 
@@ -18,7 +23,8 @@ from pipeline.release_store import CANARY, SHADOW, ReleaseStore
 
 SMOKE_REQUEST_PREFIX = "release-smoke."
 NONCE_FILE = ".smoke-nonce-{variant}"  # in the models directory, beside the candidate it was drawn for
-NONCE_BYTES = 8  # 16 hex digits: the app keeps request ids of [A-Za-z0-9._:-]{1,64}
+NONCE_BYTES = 8  # 16 hex digits
+SIGNATURE_HEX = 16  # an id's HMAC-SHA256 under the nonce, cut to 64 bits: the app keeps ids of [A-Za-z0-9._:-]{1,64}
 
 
 def _nonce_path(store: ReleaseStore, variant: str) -> Path:
@@ -59,14 +65,38 @@ def smoke_nonce(store: ReleaseStore) -> str | None:
 
 
 def smoke_request_id(nonce: str, run: str, n: int) -> str:
-    """The ``n``-th request id of smoke run ``run`` under ``nonce``."""
-    return f"{SMOKE_REQUEST_PREFIX}{nonce}.{run}.{n}"
+    """The ``n``-th request id of smoke run ``run`` (hex), signed under ``nonce``, which it does not show."""
+    signed = f"{run}.{n}"
+    return f"{SMOKE_REQUEST_PREFIX}{signed}.{_signature(nonce, signed)}"
+
+
+def _signature(nonce: str, signed: str) -> str:
+    return hmac.new(bytes.fromhex(nonce), signed.encode("ascii"), hashlib.sha256).hexdigest()[:SIGNATURE_HEX]
 
 
 def is_smoke_request(event: dict, nonces: frozenset[str]) -> bool:
-    """Whether ``event`` answered a smoke test of an installed candidate: its request id is SMOKE_REQUEST_PREFIX and
-    one of ``nonces``. Any other id, ``release-smoke.`` ones included, is a user's."""
+    """Whether ``event``'s request id is a smoke id signed under one of ``nonces`` (an installed candidate's). Any
+    other id, ``release-smoke.`` ones included, is a user's."""
     request_id = event.get("request_id")
-    if not (isinstance(request_id, str) and request_id.startswith(SMOKE_REQUEST_PREFIX)):
+    if not (isinstance(request_id, str) and request_id.startswith(SMOKE_REQUEST_PREFIX) and request_id.isascii()):
         return False
-    return request_id[len(SMOKE_REQUEST_PREFIX):].split(".", 1)[0] in nonces
+    signed, _, signature = request_id[len(SMOKE_REQUEST_PREFIX):].rpartition(".")
+    return bool(signed) and len(signature) == SIGNATURE_HEX and any(
+        hmac.compare_digest(_signature(nonce, signed), signature) for nonce in nonces)
+
+
+class SmokeAnswers:
+    """Which events of one read answered the smoke test: a signed id's first event per variant (a smoke request is
+    one row, answered once by each variant); the same id again is a replay of a logged id, a user's request."""
+
+    def __init__(self, nonces: frozenset[str]):
+        self.nonces, self._seen = nonces, set()
+
+    def left_out(self, event: dict, variant: str) -> bool:
+        if not is_smoke_request(event, self.nonces):
+            return False
+        key = (variant, event["request_id"])
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True

@@ -898,8 +898,10 @@ def test_a_canary_failing_on_the_smoke_tests_requests_still_counts_its_errors():
     on a smoke request falls back to production (200, canary_failed), and the smoke test passes while the canary
     answers one of its requests; those failures were canary errors before the smoke test's id, and are evidence
     against it whoever asked, so they still count: only the smoke test's answers are left out."""
+    from pipeline.release_smoke import smoke_request_id
+
     nonce = "0123456789abcdef"
-    smoke = [{"model_variant": PRODUCTION, "canary_failed": True, "request_id": f"release-smoke.{nonce}.ab.{n}",
+    smoke = [{"model_variant": PRODUCTION, "canary_failed": True, "request_id": smoke_request_id(nonce, "ab", n),
               "instance_index": 0, "latency_ms": 5.0, "output": {"unit_sales": 3.0},
               "inputs": {"store_nbr": 1, "item_nbr": n, "date": "2017-08-16"}} for n in range(20)]
     users = [{"model_variant": v, "request_id": f"r{n}-{v}", "instance_index": 0, "latency_ms": 5.0,
@@ -910,3 +912,32 @@ def test_a_canary_failing_on_the_smoke_tests_requests_still_counts_its_errors():
     assert seen[PRODUCTION].predictions == 100 and seen[PRODUCTION].smoke_predictions == 20, seen[PRODUCTION]
     verdict = release.compare(seen, CANARY)
     assert verdict.decision == "rollback" and "errors" in verdict.reasons[0], verdict
+
+
+def test_a_logged_smoke_id_lets_no_reader_hide_the_canarys_answers():
+    """Found by review: a smoke id carried its nonce in plain text, and every id is logged (the event log, Kibana,
+    the app's error lines): whoever read one could send any number of requests under that nonce while the canary was
+    installed, all left out of its judgement, as could a load tester replaying the logged ids. An id now carries a
+    signature of its run and number under the nonce, never the nonce; a logged id replayed is left out once per
+    variant, where the smoke test's own request was, and its replays are users' requests."""
+    import secrets
+
+    from pipeline.release_smoke import smoke_request_id
+
+    nonce = secrets.token_hex(8)
+    logged = smoke_request_id(nonce, "0a1b2c3d", 7)
+    assert nonce not in logged and len(logged) <= 64
+
+    def answer(request_id, item):
+        return {"model_variant": CANARY, "request_id": request_id, "instance_index": 0, "latency_ms": 5.0,
+                "output": {"unit_sales": 3.0}, "inputs": {"store_nbr": 1, "item_nbr": item, "date": "2017-08-16"}}
+
+    minted = [answer(f"release-smoke.{nonce}.{'ff' * 4}.{n}", n) for n in range(40)]  # the old shape, the nonce read
+    forged = [answer(f"{logged[:-1]}{'0' if logged[-1] != '0' else '1'}", 40),
+              answer(logged.replace(".7.", ".8."), 41)]
+    replays = [answer(logged, 100 + n) for n in range(40)]
+    seen = release.read_traffic([answer(logged, 99)] + minted + forged + replays, smoke_nonces=frozenset({nonce}))
+    assert seen[CANARY].smoke_predictions == 1 and seen[CANARY].predictions == 40 + 2 + 40, seen[CANARY]
+    shadowed = release.read_traffic([answer(logged, 1), {**answer(logged, 1), "model_variant": SHADOW}],
+                                    smoke_nonces=frozenset({nonce}))
+    assert seen[CANARY].smoke_predictions == shadowed[SHADOW].smoke_predictions == 1, shadowed
