@@ -1201,10 +1201,13 @@ def main(argv=None) -> int:
                 return 0 if verdict.decision != "rollback" else 2
             elif args.command == "smoke":
                 nonce = smoke_nonce(store)
-                if nonce is None and any(store.installed_at(v) is not None for v in (CANARY, SHADOW)):
-                    print(f"release: no candidate in {store.root} records a smoke-id nonce (installed before they "
-                          "were; `release sync` records one): these answers will count as users' requests",
-                          file=sys.stderr)
+                if nonce is None:  # before any request: its answers would be judged as users', unsaid
+                    why = (f"no candidate in {store.root} records a smoke-id nonce (installed before they were; "
+                           "`release sync` records one)" if any(store.installed_at(v) is not None
+                                                                for v in (CANARY, SHADOW)) else
+                           f"no canary or shadow is installed in {store.root}, whose nonce would sign its ids (run it "
+                           "on the serving host, with its --models)")
+                    print(f"release: {why}: these answers will count as users' requests", file=sys.stderr)
                 answered = smoke_test(args.url.rstrip('/'), args.requests, nonce)
                 print(f"release: smoke test passed; answered by {answered}")
             elif args.command == "deploy":

@@ -941,3 +941,19 @@ def test_a_logged_smoke_id_lets_no_reader_hide_the_canarys_answers():
     shadowed = release.read_traffic([answer(logged, 1), {**answer(logged, 1), "model_variant": SHADOW}],
                                     smoke_nonces=frozenset({nonce}))
     assert seen[CANARY].smoke_predictions == shadowed[SHADOW].smoke_predictions == 1, shadowed
+
+
+def test_a_smoke_test_run_away_from_the_candidates_store_says_its_answers_count(tmp_path, capsys):
+    """Found by review: `release smoke` run where no candidate is installed (on a laptop or CI runner against the
+    serving host's URL, or with the wrong --models) finds no nonce, so its ids are nobody's smoke ids and a canary is
+    judged on their answers, as before the smoke test had an id (a canary promoted on the smoke test alone), without
+    a word; it said so only for a candidate installed without a nonce. It says so, naming the store, before its
+    first request."""
+    from app.launch import free_port
+
+    models = tmp_path / "elsewhere-models"
+    url = f"http://127.0.0.1:{free_port()}"  # nothing answers: the smoke test fails after the note
+    assert release.main(["smoke", "--url", url, "--requests", "1", "--models", str(models)]) == 1
+    err = capsys.readouterr().err
+    assert f"no canary or shadow is installed in {models}" in err and "count as users' requests" in err, err
+    assert "--models" in err and not models.exists()
