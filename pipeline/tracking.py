@@ -425,7 +425,21 @@ def _insert_races_retried(client_class):
         write.__doc__ = getattr(client_class, name).__doc__
         return write
 
-    return type("InsertRaceSafeClient", (client_class,), {name: retried(name) for name in INSERT_RACED_WRITES})
+    return type(RACE_SAFE_CLIENT, (client_class,), {name: retried(name) for name in INSERT_RACED_WRITES})
+
+
+RACE_SAFE_CLIENT = "InsertRaceSafeClient"  # the name of _insert_races_retried(MlflowClient), as pickle finds it
+
+
+def __getattr__(name: str):
+    """The race-safe client class by its name (PEP 562), made on first use so MLflow loads only then: pickle finds
+    an object's class by module and name, and an MlflowClient pickles (into a process pool, a Dask task), so
+    tracking.client's must as well; a made class is in no module's namespace and failed to pickle."""
+    if name == RACE_SAFE_CLIENT:
+        from mlflow import MlflowClient
+
+        return _insert_races_retried(MlflowClient)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def ensure_experiment(mlflow_client, project_root: Path | str = ".", name: str = EXPERIMENT_NAME) -> str:

@@ -598,3 +598,22 @@ def test_a_stage_failing_while_the_server_is_gone_says_its_own_error_at_once(sto
         with tracking.TrainingRun(store, "train-mlp", {"stage": "train"}) as later:
             assert later.closed == [run.run_id]
         assert tracking.client(store).get_run(run.run_id).info.status == "KILLED"
+
+
+def test_the_race_safe_client_pickles_into_another_process_as_mlflows_does(store):
+    """Found by review: tracking.client's class (MlflowClient with INSERT_RACED_WRITES retried) was made at run time
+    and in no module's namespace, so pickling a client failed ("attribute lookup InsertRaceSafeClient on
+    pipeline.tracking failed"), where an MlflowClient pickles: handing one to a process pool or a Dask task broke.
+    It now unpickles in a fresh process as the same class, reading the same store."""
+    import pickle
+    import subprocess
+    import sys
+
+    client = tracking.client(store)
+    experiment_id = tracking.ensure_experiment(client, store)
+    read = ("import pickle, sys; c = pickle.loads(sys.stdin.buffer.read()); "
+            "print(type(c).__name__, c.set_tag.__name__, c.get_experiment_by_name('shelfcast').experiment_id)")
+    done = subprocess.run([sys.executable, "-c", read], input=pickle.dumps(client), capture_output=True,
+                          cwd=Path(__file__).resolve().parents[3], timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().split() == [tracking.RACE_SAFE_CLIENT, "set_tag", experiment_id]
