@@ -22,11 +22,20 @@ def interruption_line(command: str, terminated: bool) -> str:
             "replaced whole: none is half-written)")
 
 
+# the commands that name themselves in their lines as their make target does, not as their module
+_NAMED_AS_TARGET = {"dvc_remote": "dvc-push", "registry_fetch": "fetch-model"}
+
+
+def command_name(module: str) -> str:
+    """What ``python -m pipeline.<module>`` calls itself in its lines: the module's name, or its make target's."""
+    return _NAMED_AS_TARGET.get(module, module)
+
+
 def _command_of(argv: list[str]) -> str:
-    """``train`` of ``python [options] -m pipeline.train [args]``."""
+    """``train`` of ``python [options] -m pipeline.train [args]`` (``fetch-model``: ``-m pipeline.registry_fetch``)."""
     for arg, after in zip(argv, [*argv[1:], ""]):
         if arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
-            return (after if arg == "-m" else arg[2:]).rpartition(".")[2] or "pipeline"
+            return command_name((after if arg == "-m" else arg[2:]).rpartition(".")[2] or "pipeline")
     return "pipeline"
 
 

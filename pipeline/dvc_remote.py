@@ -17,7 +17,8 @@ import sys
 import threading
 from pathlib import Path
 
-from pipeline import command_started
+from pipeline import command_name
+from pipeline.stage import run_interruptible
 
 CREDENTIALS = ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (an s3:// remote; CI: the secrets "
                "DVC_REMOTE_ACCESS_KEY_ID and DVC_REMOTE_SECRET_ACCESS_KEY)")
@@ -92,16 +93,21 @@ def dvc_showing_progress(root: Path, *args: str) -> subprocess.CompletedProcess:
         reader = threading.Thread(target=lambda: stdout.append(process.stdout.read()), daemon=True)
         reader.start()
         kept, line, in_bar = [], b"", False
-        while chunk := os.read(process.stderr.fileno(), 65536):
-            line += chunk
-            while (end := min((i for i in (line.find(b"\r"), line.find(b"\n")) if i >= 0), default=-1)) >= 0:
-                piece, sep, line = line[:end], line[end:end + 1], line[end + 1:]
-                if sep == b"\r" or in_bar:  # a bar's frame, or the newline that ends a bar
-                    sys.stderr.buffer.write(piece + sep)
-                    sys.stderr.flush()
-                    in_bar = sep == b"\r"
-                else:
-                    kept.append(piece.decode("utf-8", "replace"))
+        try:
+            while chunk := os.read(process.stderr.fileno(), 65536):
+                line += chunk
+                while (end := min((i for i in (line.find(b"\r"), line.find(b"\n")) if i >= 0), default=-1)) >= 0:
+                    piece, sep, line = line[:end], line[end:end + 1], line[end + 1:]
+                    if sep == b"\r" or in_bar:  # a bar's frame, or the newline that ends a bar
+                        sys.stderr.buffer.write(piece + sep)
+                        sys.stderr.flush()
+                        in_bar = sep == b"\r"
+                    else:
+                        kept.append(piece.decode("utf-8", "replace"))
+        except BaseException:  # Ctrl-C, SIGTERM: DVC ends with this command, as subprocess.run's does; Popen's exit
+            process.kill()  # alone waited for it to finish (SIGTERM) or left it running, orphaned (Ctrl-C)
+            process.wait()
+            raise
         kept.append(line.decode("utf-8", "replace"))
         reader.join()
     return subprocess.CompletedProcess(command, process.returncode, b"".join(stdout).decode("utf-8", "replace"),
@@ -148,12 +154,13 @@ def push(root: Path) -> int:
 
 
 def main(argv=None) -> int:
-    command_started()  # not a run_stage command: Ctrl-C is its own from here (pipeline/__init__.py)
+    """Not a stage (no run_stage): Ctrl-C and SIGTERM end it as they end one (`dvc push` ended with it, not left
+    running), then the one line and 130 / 143."""
     args = sys.argv[1:] if argv is None else argv
     if args != ["push"]:
         print("usage: python -m pipeline.dvc_remote push", file=sys.stderr)
         return 2
-    return push(Path.cwd())
+    return run_interruptible(command_name("dvc_remote"), lambda: push(Path.cwd()))
 
 
 if __name__ == "__main__":

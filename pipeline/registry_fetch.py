@@ -31,11 +31,11 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import command_started, dvc_remote, tracking
+from pipeline import command_name, dvc_remote, tracking
 from pipeline.atomic import scratch_directory
 from pipeline.bundle import BundleError, copy_bundle, verify_bundle
 from pipeline.bundle_checks import load_servable
-from pipeline.stage import output_any_terminal_can_take
+from pipeline.stage import output_any_terminal_can_take, run_interruptible
 from pipeline.model_params import CANDIDATE_ALIASES, model_named, production_alias, registry_alias
 from pipeline.params import ParamsError
 from pipeline.release_store import PRODUCTION
@@ -253,7 +253,12 @@ def _installed_digest(target: Path) -> str | None:
 
 
 def main(argv=None) -> int:
-    command_started()  # not a run_stage command: Ctrl-C is its own from here (pipeline/__init__.py)
+    """Not a stage (no run_stage): Ctrl-C and SIGTERM end it as they end one, its scratch copy removed, then the one
+    line and 130 / 143."""
+    return run_interruptible(command_name("registry_fetch"), lambda: _fetch_model(argv))
+
+
+def _fetch_model(argv) -> int:
     output_any_terminal_can_take()
     parser = argparse.ArgumentParser(prog="python -m pipeline.registry_fetch", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")

@@ -51,11 +51,11 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from pipeline import command_started, registry_fetch, tracking
+from pipeline import registry_fetch, tracking
 from pipeline.actuals import read_actuals
 from pipeline.atomic import DirectoryBusy, one_writer, scratch_directory, write_text_atomic
 from pipeline.bundle import BundleError
-from pipeline.stage import output_any_terminal_can_take
+from pipeline.stage import output_any_terminal_can_take, run_interruptible
 from pipeline.model_params import model_named, production_alias, registered_model
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, event_time,
                                     event_units, finite_number, is_closed_day, log_marks, prediction_log,
@@ -1077,7 +1077,12 @@ def _share_argument(text: str) -> float:
 
 
 def main(argv=None) -> int:
-    command_started()  # not a run_stage command: Ctrl-C is its own from here (pipeline/__init__.py)
+    """Not a stage (no run_stage): Ctrl-C and SIGTERM end it as they end one, its cleanup run (the models
+    directory's lock let go), then the one line and 130 / 143."""
+    return run_interruptible("release", lambda: _release(argv))
+
+
+def _release(argv) -> int:
     output_any_terminal_can_take()
     parser = argparse.ArgumentParser(prog="python -m pipeline.release", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("status", "shadow", "canary", "decide", "promote", "rollback", "deploy",

@@ -7,7 +7,9 @@ into one line ``<stage>: error: ...`` (exit 1, or the error's own
 ``exit_code``), Ctrl-C and SIGTERM into one line too (exit 130, 143; SIGTERM unwinds as Ctrl-C does, so
 ``finally`` blocks run; also when an import or a cleanup turned either into another error), and prints the
 body's summary with the time it took. Before it is reached, while the command's module still imports,
-pipeline/__init__.py gives Ctrl-C and SIGTERM the same line and status.
+pipeline/__init__.py gives Ctrl-C and SIGTERM the same line and status. The commands that are not stages
+(release, fetch-model, dvc-push) have mains of their own and run them through ``run_interruptible``, run_stage's
+signal handling alone.
 
 This module imports only the package's __init__, params.py and atomic.py (stdlib), so depending on it costs a
 stage nothing (the dvc.yaml deps test checks every stage's imports).
@@ -214,26 +216,45 @@ def run_stage(name: str, body: Body, argv: list[str] | None = None,
         options(parser)
     args = parser.parse_args(argv)
     started = time.perf_counter()
+
+    def summarised() -> int:
+        try:
+            with artifact_bars_off(args.quiet):
+                outcome = body(args)
+        except Exception as exc:
+            if interruption_behind(exc) is not None:
+                raise  # run_interruptible's line and status, not an error's
+            if isinstance(exc, USER_ERRORS + tuple(errors)):
+                label, code = getattr(exc, "label", "error"), getattr(exc, "exit_code", 1)
+                print(f"{name}: {label}: {exc}", file=sys.stderr)
+                return code
+            if isinstance(exc, OSError):  # a full disk, a read-only folder, a busy mount point: the file and why
+                print(f"{name}: error: {os_error_text(exc)}", file=sys.stderr)
+                return 1
+            raise
+        if isinstance(outcome, int) and not isinstance(outcome, bool):
+            return outcome
+        if outcome is not None:
+            print(f"{name}: {outcome} in {time.perf_counter() - started:.1f} s", flush=True)
+        return 0
+
+    return run_interruptible(name, summarised)
+
+
+def run_interruptible(name: str, command: Callable[[], int]) -> int:
+    """Run ``command()`` (a command's whole main: it parses its own arguments, returns its exit status) so that
+    Ctrl-C and SIGTERM end it as they end a stage: its ``finally`` blocks run, then the one line
+    ``<name>: interrupted`` / ``terminated (SIGTERM)`` and 130 / 143 (:class:`StageSignals`). run_stage runs every
+    stage through this; release, fetch-model and dvc-push, which are not stages, call it themselves. Before, they
+    only handed the signals back to Python's defaults (``command_started``): Ctrl-C was a KeyboardInterrupt
+    traceback (exit -2), SIGTERM an end with no word (-15) that left `dvc push` running, orphaned, with DVC's lock."""
     signals = StageSignals(name)
     try:
         with signals:  # Ctrl-C and SIGTERM go from the start guard's to this block's handlers, one step each
             command_started()
-            with artifact_bars_off(args.quiet):
-                outcome = body(args)
+            return command()
     except (KeyboardInterrupt, Exception) as exc:
         interruption = interruption_behind(exc)
-        if interruption is not None:
-            return signals.reported(isinstance(interruption, Terminated))
-        if isinstance(exc, USER_ERRORS + tuple(errors)):
-            label, code = getattr(exc, "label", "error"), getattr(exc, "exit_code", 1)
-            print(f"{name}: {label}: {exc}", file=sys.stderr)
-            return code
-        if isinstance(exc, OSError):  # a full disk, a read-only folder, a busy mount point: the file and why
-            print(f"{name}: error: {os_error_text(exc)}", file=sys.stderr)
-            return 1
-        raise
-    if isinstance(outcome, int) and not isinstance(outcome, bool):
-        return outcome
-    if outcome is not None:
-        print(f"{name}: {outcome} in {time.perf_counter() - started:.1f} s", flush=True)
-    return 0
+        if interruption is None:
+            raise
+        return signals.reported(isinstance(interruption, Terminated))
