@@ -261,6 +261,7 @@ def _plain_mlflow_gc(root: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow  # 20-22 s on 2 cores (two `mlflow gc` processes, prune's and an operator's, ~5 s each)
 def test_a_kept_versions_run_deleted_by_hand_is_restored_so_no_gc_can_take_productions_bundle(
         trained_project_template, tmp_path, capsys):
     """Production's run deleted in the MLflow UI: its bundle stays only until someone runs `mlflow gc`. Before, prune
