@@ -46,18 +46,23 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def start_tls(app_bundles, workdir: Path, threads: int, header_timeout_s: float, **settings: str):
+    """One gunicorn worker of ``threads`` threads serving over its own TLS (a self-signed certificate in
+    ``workdir``), with ``settings`` added to its environment."""
+    cert, key = self_signed(workdir)
+    return launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_THREADS": str(threads),
+                         "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                         "SHELFCAST_PREDICTION_LOG": str(workdir / "p.jsonl"),
+                         "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+                         "SHELFCAST_HEADER_TIMEOUT_S": str(header_timeout_s),
+                         "GUNICORN_CMD_ARGS": f"--certfile {cert} --keyfile {key}", **settings},
+                        workdir / "gunicorn.log", tls=ssl.create_default_context(cafile=str(cert)))
+
+
 @pytest.fixture(scope="module")
 def tls_server(app_bundles, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("gunicorn-tls")
-    cert, key = self_signed(workdir)
-    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_THREADS": "2",
-                           "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
-                           "SHELFCAST_PREDICTION_LOG": str(workdir / "p.jsonl"),
-                           "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
-                           "SHELFCAST_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-                           "SHELFCAST_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
-                           "GUNICORN_CMD_ARGS": f"--certfile {cert} --keyfile {key}"},
-                          workdir / "gunicorn.log", tls=ssl.create_default_context(cafile=str(cert)))
+    served = start_tls(app_bundles, tmp_path_factory.mktemp("gunicorn-tls"), threads=2,
+                       header_timeout_s=HEADER_TIMEOUT_S, SHELFCAST_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S))
     try:
         yield served
     finally:
@@ -264,14 +269,7 @@ def test_a_tls_client_that_sends_nothing_is_closed_at_the_header_timeout_and_cou
     that sent nothing for those 5 s and then half a ClientHello got a whole timeout more (13 s, not 7). Both now go
     at the timeout from their connect, `tls_handshake_timeout` each; meanwhile they hold no thread: with 3 threads
     and 3 such clients, a request is answered at once."""
-    cert, key = self_signed(tmp_path)
-    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_THREADS": "3",
-                           "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
-                           "SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl"),
-                           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-                           "SHELFCAST_HEADER_TIMEOUT_S": str(SLOW_HANDSHAKE_TIMEOUT_S),
-                           "GUNICORN_CMD_ARGS": f"--certfile {cert} --keyfile {key}"},
-                          tmp_path / "gunicorn.log", tls=ssl.create_default_context(cafile=str(cert)))
+    served = start_tls(app_bundles, tmp_path, threads=3, header_timeout_s=SLOW_HANDSHAKE_TIMEOUT_S)
     try:
         before_log, before = served.log_path.read_text(encoding="utf-8"), refusals(served)
         hello = client_hello()

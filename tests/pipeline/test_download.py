@@ -115,6 +115,25 @@ def test_optional_files_may_be_absent(tmp_path):
     _prepares(raw, tmp_path)
 
 
+def _refused_by_source_download_and_zip(tmp_path: Path, source: Path, message: str) -> None:
+    """``source`` (a folder) refused with ``message`` by the source stage's fingerprint, by the download stage run
+    as a command (nothing installed in data/raw), and as a zip of it."""
+    from pipeline.source import HashCache, SourceError, fingerprint
+
+    with pytest.raises(SourceError) as error:
+        fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))
+    assert str(error.value) == f"data.source: {source} {message}"
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    done = run_download_stage(root, source)
+    assert (done.returncode, done.stderr) == (1, f"download: error: data.source: {source} {message}\n")
+    assert not (root / "data" / "raw").exists()
+    archive = _zip_of(source, tmp_path / "data.zip")
+    with pytest.raises(DownloadError, match=rf"^data.zip {re.escape(message)}$"):
+        download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
+
+
 def _zip_of(directory: Path, archive: Path) -> Path:
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
         for csv in sorted(directory.iterdir()):
@@ -639,25 +658,13 @@ def test_the_sha256_of_a_csv_gz_the_server_gzips_again_is_the_files(http_server,
 def test_a_raw_file_gzipped_twice_by_name_is_one_line_saying_so(tmp_path, base):
     """`gzip train.csv.gz` leaves train.csv.gz.gz: it was 'has no train ...; found train.csv.gz.gz: only CSV files
     are read (export it as NAME.csv ...)', though it is CSV, and an oil.csv.gz.gz was read past without a word."""
-    from pipeline.source import HashCache, SourceError, fingerprint
-
     source = write_kaggle_sample(tmp_path / "src", compress=(base,))
     gzipped = (source / f"{base}.csv.gz").read_bytes()
     (source / f"{base}.csv.gz").unlink()
     (source / f"{base}.csv.gz.gz").write_bytes(gzip.compress(gzipped))
     message = (f"has {base}.csv.gz.gz but no {base} file: its name says gzip-compressed twice: gunzip it once, into "
                f"{base}.csv.gz (read past, it would be as if there were none)")
-    with pytest.raises(SourceError) as error:
-        fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))
-    assert str(error.value) == f"data.source: {source} {message}"
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
-    done = run_download_stage(root, source)
-    assert (done.returncode, done.stderr) == (1, f"download: error: data.source: {source} {message}\n")
-    archive = _zip_of(source, tmp_path / "data.zip")
-    with pytest.raises(DownloadError, match=rf"^data.zip {re.escape(message)}$"):
-        download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    _refused_by_source_download_and_zip(tmp_path, source, message)
 
 
 @pytest.mark.parametrize("name, coding", [("items.csv", "br"), ("items.csv", "deflate"),
@@ -1107,26 +1114,13 @@ def test_a_required_raw_file_in_another_format_is_named_in_the_error(tmp_path):
 def test_an_optional_raw_file_in_another_format_is_one_line_naming_it(tmp_path, name):
     """An oil.xlsx was read past without a word: prepare ran without oil prices, as if the user had none, where a
     required items.xlsx is refused ('only CSV files are read'). source, download and a zip's members refuse it."""
-    from pipeline.source import HashCache, SourceError, fingerprint
-
     source = write_kaggle_sample(tmp_path / "src")
     base = name.split(".")[0]
     (source / f"{base}.csv").rename(source / name)
     message = (f"has {name} but no {base} file: only CSV files are read (export it as {base}.csv or {base}.csv.gz); "
                f"or, if no {base} data are meant, move it out of the folder (read past, it would be as if there were "
                "none)")
-    with pytest.raises(SourceError) as error:
-        fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))
-    assert str(error.value) == f"data.source: {source} {message}"
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
-    done = run_download_stage(root, source)
-    assert (done.returncode, done.stderr) == (1, f"download: error: data.source: {source} {message}\n")
-    assert not (root / "data" / "raw").exists()
-    archive = _zip_of(source, tmp_path / "data.zip")
-    with pytest.raises(DownloadError, match=rf"^data.zip {re.escape(message)}$"):
-        download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    _refused_by_source_download_and_zip(tmp_path, source, message)
     (source / name).unlink()  # no such file at all: an optional file may be absent
     assert "6 files" in download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
 
