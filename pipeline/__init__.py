@@ -16,10 +16,12 @@ import signal as _signal
 import sys as _sys
 
 
-def interruption_line(command: str, terminated: bool) -> str:
-    """What a command says when Ctrl-C (``terminated``: SIGTERM) ends it: the one wording, run_stage's too."""
-    return (f"{command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}; rerun it (an output is only ever "
-            "replaced whole: none is half-written)")
+def interruption_line(command: str, terminated: bool, outcome: str | None = None) -> str:
+    """What a command says when Ctrl-C (``terminated``: SIGTERM) ends it: the one wording, run_stage's too.
+    ``outcome``: what the command did about it or left undone (release deploy: its candidate withdrawn), said
+    instead of "rerun it"."""
+    return (f"{command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}; " + (
+        outcome or "rerun it (an output is only ever replaced whole: none is half-written)"))
 
 
 # the commands that name themselves in their lines as their make target does, not as their module

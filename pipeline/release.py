@@ -24,7 +24,8 @@ by the same rule) -> alias ``canary`` -> hot reload (waits until GET /api/v1/mod
 canary's digest) -> smoke test (predictions through the API, the canary among those who
 answer) -> canary check (``compare`` on the users' traffic logged since the canary went live, the smoke
 test's left out) ->
-promote, or roll back automatically. The decision rule is ``compare``'s docstring.
+promote, or roll back automatically; Ctrl-C or SIGTERM before the promote rolls back the same way, then ends with
+its one line saying so (``withdraw``). The decision rule is ``compare``'s docstring.
 
 The traffic judged is read from the app's JSON-lines event log (``--events``, default
 $SHELFCAST_PREDICTION_LOG or logs/predictions.jsonl: a host running `make serve`) or, with
@@ -55,7 +56,8 @@ from pipeline import registry_fetch, tracking
 from pipeline.actuals import read_actuals
 from pipeline.atomic import DirectoryBusy, one_writer, scratch_directory, write_text_atomic
 from pipeline.bundle import BundleError
-from pipeline.stage import output_any_terminal_can_take, run_interruptible
+from pipeline.stage import (interruption_behind, output_any_terminal_can_take, run_interruptible, second_signal_leaves,
+                            settled)
 from pipeline.model_params import model_named, production_alias, registered_model
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, event_time,
                                     event_units, finite_number, is_closed_day, log_marks, prediction_log,
@@ -65,6 +67,9 @@ from pipeline.release_smoke import (SmokeAnswers, draw_nonce, installed_nonces, 
                                     smoke_request_id)
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore, bundle_name, check_share
 
+# A test's hold point (tracking.hold): deploy's withdraw waits there, before it ends anything, for the file the
+# variable names (tests/delivery/test_release_interrupted.py sends the second signal there).
+HOLD_WITHDRAW = "SHELFCAST_HOLD_DEPLOY_WITHDRAW"
 PREVIOUS_TAG = tracking.PREVIOUS_PRODUCTION_TAG  # registered-model tag: the version `rollback` returns to
 DEFAULT_SHARE = 0.1
 NOTHING_TO_DEPLOY = "nothing_to_deploy"  # deploy's outcome without a candidate (or with production's version): exit 0
@@ -967,7 +972,8 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
            share: float = DEFAULT_SHARE, observe_s: float = 30.0, reload_timeout_s: float = 60.0,
            actuals: dict | None = None, say=print, name: str | None = None,
            shadow_s: float = 0.0, smoke_requests: int = 40) -> dict:
-    """The whole release of one candidate; returns what happened (and rolls back on any failure).
+    """The whole release of one candidate; returns what happened (and rolls back on any failure). Ctrl-C or SIGTERM
+    rolls back the same way (:func:`withdraw`), then raises on with the interruption worded as what it did.
 
     With ``shadow_s`` > 0 a shadow phase comes first: the candidate mirrors every request that
     long (or until the rule decides); a rollback verdict there ends the release before any user
@@ -991,6 +997,8 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
     report: dict = {"version": str(version), "production_before": current.get(PRODUCTION)}
     events = events.marked()  # each poll reads what was logged since (marked before the clock: nothing between)
     started = time.time()
+    ending = [CANARY] + ([SHADOW] if shadow_s > 0 or current.get(SHADOW) == str(version) else [])
+    promoting = False
     try:
         if shadow_s > 0:
             digest = set_candidate(root, store, SHADOW, version, None, name, events.path)
@@ -1021,6 +1029,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
         if verdict.decision != "promote":
             raise ReleaseError(f"canary check: {verdict.decision}: {'; '.join(verdict.reasons)}" if observed.decided
                                else f"canary check: {observed.line()}")
+        promoting = True
         production = promote(root, store, version, name)
         if production != str(version):  # another host moved production after this one: it serves that now
             report.update(outcome=SUPERSEDED, production=production,
@@ -1031,10 +1040,39 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
         report["production_reload_s"] = round(wait_for_variant(url, PRODUCTION, digest, reload_timeout_s), 2)
         say(f"deploy: version {version} is production ({'; '.join(verdict.reasons)}; {verdict.figures})")
         report["outcome"] = "promoted"
-    except (ReleaseError, BundleError, registry_fetch.FetchError, EventSourceError, OSError, tracking.TrackingError,
-            MlflowException) as exc:  # the registry's own refusals too (an alias move after the install)
+    except (KeyboardInterrupt, ReleaseError, BundleError, registry_fetch.FetchError, EventSourceError, OSError,
+            tracking.TrackingError, MlflowException) as exc:  # the registry's own refusals too (an alias move after
+        # the install); Ctrl-C and SIGTERM (or an error one became) take the candidate back out as a failure does
+        interruption = interruption_behind(exc)
+        if interruption is not None and promoting:  # production is moving to it: not deploy's to undo
+            settled(interruption, f"deploy was promoting version {version}: `python -m pipeline.release status` says "
+                                  "what production names and this host serves; `python -m pipeline.release sync` "
+                                  "installs it")
+            raise
+        withdraw(root, store, url, version, ending, name, reload_timeout_s, report, say,
+                 "interrupted" if interruption is not None else
+                 tracking.store_error_text(exc) if isinstance(exc, MlflowException) else str(exc))
+        if interruption is not None:
+            settled(interruption, withdrawn_line(report, version))
+            raise
+        say(f"deploy: rolled back: {exc}" + (f" (candidate out of service after {report['rollback_s']} s)"
+                                             if report["rollback_s"] is not None else ""))
+    return report
+
+
+def withdraw(root: Path, store: ReleaseStore, url: str, version: str, ending: list[str], name: str,
+             reload_timeout_s: float, report: dict, say, reason: str) -> None:
+    """deploy's rollback, after a failure or an interruption alike: each of ``ending`` (canary, shadow) ended — its
+    files removed, its alias deleted where it still names ``version`` — then a wait, at most ``reload_timeout_s``,
+    until the app no longer answers with the canary (hot reload). Production is not touched. A Ctrl-C or SIGTERM
+    meanwhile ends the command saying what may be left and the `release end` that finishes it."""
+    leaves = (f"deploy was withdrawing version {version}: it may still be installed or served as "
+              f"{' and '.join(ending)}; production is untouched; "
+              + " then ".join(f"`python -m pipeline.release end --variant {variant}`" for variant in ending)
+              + " finishes it")
+    with second_signal_leaves(leaves):
+        tracking.hold(HOLD_WITHDRAW)
         failed = time.perf_counter()
-        ending = [CANARY] + ([SHADOW] if shadow_s > 0 or current.get(SHADOW) == str(version) else [])
         left = []  # a rolled-back candidate is not left mirroring either
         for variant in ending:
             try:
@@ -1042,7 +1080,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
             except ReleaseError as alias_left:  # its files are gone; the registry could not be told
                 left.append(str(alias_left))
         report["outcome"] = "rolled back"
-        report["reason"] = tracking.store_error_text(exc) if isinstance(exc, MlflowException) else str(exc)
+        report["reason"] = reason
         if left:
             report["aliases_left"] = left
             for line in left:
@@ -1052,9 +1090,18 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
             report["rollback_s"] = round(time.perf_counter() - failed, 2)
         except ReleaseError:
             report["rollback_s"] = None
-        say(f"deploy: rolled back: {exc}" + (f" (candidate out of service after {report['rollback_s']} s)"
-                                             if report["rollback_s"] is not None else ""))
-    return report
+
+
+def withdrawn_line(report: dict, version: str) -> str:
+    """What an interrupted deploy says it did (after :func:`withdraw`): instead of "rerun it", which left the canary
+    serving users."""
+    served = (f"out of service after {report['rollback_s']} s" if report["rollback_s"] is not None else
+              "the app still answered with it when the wait ended (`python -m pipeline.release status` shows it)")
+    line = f"deploy withdrew version {version} (files removed, {served}); production version " \
+           f"{report['production_before']} unchanged"
+    if report.get("aliases_left"):
+        line += "; " + "; ".join(report["aliases_left"])
+    return line
 
 
 def deploy_exit_status(report: dict) -> int:
@@ -1077,8 +1124,8 @@ def _share_argument(text: str) -> float:
 
 
 def main(argv=None) -> int:
-    """Not a stage (no run_stage): Ctrl-C and SIGTERM end it as they end one, its cleanup run (the models
-    directory's lock let go), then the one line and 130 / 143."""
+    """Not a stage (no run_stage): Ctrl-C and SIGTERM end it as they end one, its cleanup run (deploy's candidate
+    withdrawn, the models directory's lock let go), then the one line and 130 / 143."""
     return run_interruptible("release", lambda: _release(argv))
 
 

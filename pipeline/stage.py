@@ -107,6 +107,34 @@ def artifact_bars_off(quiet: bool) -> Iterator[None]:
             os.environ.pop(ARTIFACT_BARS_SWITCH, None)
 
 
+_second_signal_leaves: list[str] = []  # innermost last: see second_signal_leaves
+
+
+@contextlib.contextmanager
+def second_signal_leaves(what: str) -> Iterator[None]:
+    """While the block runs (a command's own undoing after a first Ctrl-C or SIGTERM: release deploy withdrawing its
+    candidate), a second one that ends the command at once says ``what`` — the state it leaves and the command that
+    finishes the job — instead of "rerun it"; a first one that arrives in the block is worded so too
+    (:func:`settled`)."""
+    _second_signal_leaves.append(what)
+    try:
+        yield
+    except KeyboardInterrupt as interruption:
+        if getattr(interruption, OUTCOME, None) is None:
+            settled(interruption, what)
+        raise
+    finally:
+        _second_signal_leaves.pop()
+
+
+OUTCOME = "outcome"  # the attribute of an interruption that settled sets, run_interruptible's line reads
+
+
+def settled(interruption: KeyboardInterrupt, outcome: str) -> None:
+    """Word ``interruption``'s one line with what the command did about it (``outcome``), instead of "rerun it"."""
+    setattr(interruption, OUTCOME, outcome)
+
+
 class StageSignals:
     """Ctrl-C and SIGTERM while a stage runs: ``with StageSignals(name):`` around its body, ``reported`` after.
 
@@ -152,9 +180,14 @@ class StageSignals:
 
     def _second_ends(self, terminated: bool) -> None:
         """From now on a signal writes the interruption's line and ends the command at once with its status."""
-        line, status = interruption_line(self.name, terminated), 143 if terminated else 130
+        status = 143 if terminated else 130
+
+        def ends(*_):
+            end_at_once(interruption_line(self.name, terminated,
+                                          _second_signal_leaves[-1] if _second_signal_leaves else None), status)
+
         for number in self.taken:
-            signal.signal(number, lambda *_: end_at_once(line, status))
+            signal.signal(number, ends)
 
     def _restore(self) -> None:
         for signum, handler in self.taken.items():
@@ -167,14 +200,14 @@ class StageSignals:
         else:
             self._restore()
 
-    def reported(self, terminated: bool) -> int:
+    def reported(self, terminated: bool, outcome: str | None = None) -> int:
         """Print the interruption's one line; return its status, 143 (SIGTERM) or 130 (Ctrl-C). A signal while it is
         written is held: the line is written whole, once. Then, in a command, that one or any later one until the
         process exits with this status ends it at once (nothing is left to unwind); in-process it is dropped."""
         held: list[int] = []
         for number in self.taken:
             signal.signal(number, lambda signum, frame: held.append(signum))
-        print(interruption_line(self.name, terminated), file=sys.stderr, flush=True)
+        print(interruption_line(self.name, terminated, outcome), file=sys.stderr, flush=True)
         status = 143 if terminated else 130  # 128 + the signal, as a shell reports a process the signal ended
         if not (running_as_command() and self.taken):
             self._restore()
@@ -257,4 +290,4 @@ def run_interruptible(name: str, command: Callable[[], int]) -> int:
         interruption = interruption_behind(exc)
         if interruption is None:
             raise
-        return signals.reported(isinstance(interruption, Terminated))
+        return signals.reported(isinstance(interruption, Terminated), getattr(interruption, OUTCOME, None))
