@@ -85,6 +85,9 @@ CLOSING_THREADS = 4  # each close waits at most 2 s for its client: 2 closes a s
 MOST_WAITING = 256  # closes queued beyond this happen at once, without the wait (a flood of such clients)
 # A connection that waited for a thread past its header deadline still gets this long for headers it has sent.
 LAST_CHANCE_S = 0.1
+# In a graceful exit, a kept-alive connection idle this long is closed (not after `keepalive`): a client sending
+# requests back to back has its next one in by then, and is answered `Connection: close`.
+EXIT_IDLE_GRACE_S = 0.25
 # What a client whose headers ran out of time is sent, if its socket takes it at once (never waited for).
 TIMED_OUT_BODY = b"the request's headers did not arrive in time\n"
 READ_SIZE = 8192  # the most gunicorn's parser reads from a socket at once (its SocketUnreader's mxchunk)
@@ -227,9 +230,11 @@ class HeaderBoundRequest(Request):
 class ThreadWorker(GthreadWorker):
     """gthread, with each connection its main thread finishes closed by a GracefulCloser, and each request's
     headers read within SHELFCAST_HEADER_TIMEOUT_S and SHELFCAST_MAX_HEADER_BYTES. gunicorn (26.2, pinned) has a
-    setting for none of these, so this overrides nine methods of its ThreadWorker: ``finish_request`` (the closes,
+    setting for none of these, so this overrides eleven methods of its ThreadWorker: ``finish_request`` (the closes,
     and a pipelined request already read handed on), ``enqueue_req``, ``handle`` and ``handle_request`` (the header
-    deadline), ``murder_pending`` (a TLS connection that sends nothing held to the same deadline), ``init_process``
+    deadline), ``murder_pending`` (a TLS connection that sends nothing held to the same deadline),
+    ``murder_keepalived`` and ``wait_for_and_dispatch_events`` (a graceful exit closes idle kept-alive connections at
+    once, and ends with the last request in flight, not after graceful_timeout), ``init_process``
     (the header bound: its parser's request class), ``set_accept_enabled`` (a graceful exit stops listening; with
     ``finish_request``'s kept-alive connections, no request fails at a SIGHUP),
     ``handle_exit`` (a SIGHUP's old workers serve until the new ones listen) and ``handle_error`` (each request gunicorn
@@ -349,7 +354,8 @@ class ThreadWorker(GthreadWorker):
         if not self.alive and kept_alive:
             # Its answer promised keep-alive before the worker began to exit: gunicorn closed it anyway, and the
             # client's next request, often already sent, failed (RemoteDisconnected). Kept open, that request is
-            # served (with `Connection: close`) in the graceful exit; an idle one closes after `keepalive` s.
+            # served (with `Connection: close`) in the graceful exit; one left idle is closed after
+            # EXIT_IDLE_GRACE_S (``murder_keepalived``).
             conn.sock.setblocking(False)
             conn.set_timeout()
             self.keepalived_conns.append(conn)
@@ -388,6 +394,42 @@ class ThreadWorker(GthreadWorker):
             if self._before_handshake(conn):
                 self._handshake_timed_out(conn.client)
             conn.close()
+
+    def murder_keepalived(self):
+        """Overrides gunicorn's ``murder_keepalived()`` (main thread, after each wake-up of its loop), which closes
+        the kept-alive connections idle for `keepalive` (5 s). In a graceful exit one idle for EXIT_IDLE_GRACE_S is
+        closed (``_kept_alive_until``): there is no more to wait for from a browser tab or nginx's upstream pool, and
+        each such connection held the exit for `keepalive`, or (``wait_for_and_dispatch_events``) the whole 30 s
+        graceful_timeout. A request that arrived before the close is served first: the wake-up that this follows
+        hands each readable connection to a thread."""
+        now = time.monotonic()
+        for conn in [conn for conn in self.keepalived_conns if self._kept_alive_until(conn) <= now]:
+            self.keepalived_conns.remove(conn)
+            try:
+                self.poller.unregister(conn.sock)
+            except (OSError, KeyError, ValueError):
+                pass  # already unregistered
+            self.nr_conns -= 1
+            conn.close()
+
+    def _kept_alive_until(self, conn) -> float:
+        """When a kept-alive connection idle on gunicorn's poller is closed (``murder_keepalived``)."""
+        if self.alive:
+            return conn.timeout
+        idle_since = conn.timeout - self.cfg.keepalive  # gunicorn's set_timeout, as the connection went idle
+        return min(conn.timeout, idle_since + EXIT_IDLE_GRACE_S)
+
+    def wait_for_and_dispatch_events(self, timeout):
+        """Overrides gunicorn's ``wait_for_and_dispatch_events(timeout)``. Its graceful exit waits for an event for
+        all that is left of graceful_timeout, and closes the connections whose time is up only after it: an idle
+        kept-alive connection (which sends no event) held every SIGTERM stop for the whole 30 s (`docker stop` with
+        a browser tab open; 0.5 s without it). In the exit the wait ends when the next idle connection is due."""
+        if not self.alive:
+            due = [self._kept_alive_until(conn) for conn in self.keepalived_conns]
+            due += [self._pending_until(conn) for conn in self.pending_conns]
+            if due:
+                timeout = min(timeout, max(min(due) - time.monotonic(), 0))
+        super().wait_for_and_dispatch_events(timeout)
 
     def _before_handshake(self, conn) -> bool:
         """Whether ``conn`` is a TLS connection gunicorn has not begun to wrap (it does so once bytes arrive)."""

@@ -503,3 +503,42 @@ def test_a_metrics_directory_another_user_served_from_before_can_be_held(tmp_pat
     done = subprocess.run(honouring_file_modes([sys.executable, "-c", code, str(tmp_path)]), capture_output=True,
                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(launch.REPO)})
     assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr
+
+
+def test_a_stop_waits_for_the_request_in_flight_not_for_an_idle_kept_alive_connection(app_bundles, tmp_path):
+    """SIGTERM with one idle keep-alive connection (answered, left open: a browser tab, nginx's upstream pool) and
+    one request in flight (its headers and a byte of its body sent). Before, the idle connection held the stop for
+    the whole 30 s graceful_timeout (30.2 s; 0.5 s without it): gunicorn's graceful exit slept until that timeout
+    before it looked at its keep-alive timers. Now the idle connection is closed, the request in flight still gets
+    its whole answer, and the stop takes about as long as that request."""
+    import http.client
+
+    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                           "SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl"),
+                           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}, tmp_path / "gunicorn.log")
+    try:
+        body = predict_body(served.port)
+        idle = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
+        idle.request("GET", "/readyz")
+        answered = idle.getresponse()
+        answered.read()
+        assert answered.status == 200 and not answered.will_close, "not kept alive: the test shows nothing"
+        in_flight = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
+        in_flight.putrequest("POST", "/api/v1/predict")
+        in_flight.putheader("Content-Type", "application/json")
+        in_flight.putheader("Content-Length", str(len(body)))
+        in_flight.endheaders(body[:1])
+        time.sleep(0.5)  # the worker is reading its body now
+        stopping = time.monotonic()
+        served.process.terminate()
+        time.sleep(1)  # the worker has begun its graceful exit
+        in_flight.send(body[1:])
+        response = in_flight.getresponse()
+        answer = response.read()
+        assert response.status == 200 and json.loads(answer)["predictions"], answer
+        served.process.wait(timeout=60)
+        stopped_s = time.monotonic() - stopping
+    finally:
+        served.stop()
+    assert stopped_s < 5, f"the stop took {stopped_s:.1f} s: the idle keep-alive connection held it"
+    assert idle.sock is not None and idle.sock.recv(1) == b"", "the idle connection was not closed"
