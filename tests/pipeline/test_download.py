@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import gzip
 import hashlib
 import json
@@ -132,6 +134,19 @@ def _refused_by_source_download_and_zip(tmp_path: Path, source: Path, message: s
     archive = _zip_of(source, tmp_path / "data.zip")
     with pytest.raises(DownloadError, match=rf"^data.zip {re.escape(message)}$"):
         download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
+
+
+@contextlib.contextmanager
+def _serving(handler_class, directory: Path | None = None):
+    """A loopback HTTP server of ``handler_class`` (serving ``directory``, where given) on a thread: its port."""
+    handler = handler_class if directory is None else functools.partial(handler_class, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _zip_of(directory: Path, archive: Path) -> Path:
@@ -478,15 +493,8 @@ def http_server(kaggle_sample):
     _RangeHandler.coding_on_206 = True
     _RangeHandler.head_refused = False
 
-    def handler(*args, **kwargs):
-        return _RangeHandler(*args, directory=str(kaggle_sample), **kwargs)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    with _serving(_RangeHandler, kaggle_sample) as port:
+        yield f"http://127.0.0.1:{port}/"
 
 
 def test_from_http(http_server, kaggle_sample, tmp_path):
@@ -1004,15 +1012,9 @@ def test_an_html_page_instead_of_the_file_is_said_for_what_it_is(tmp_path, path,
     (header has: <!DOCTYPE html>...)'; with a coding download refuses before the body (brotli, gzip around a .zip),
     'store the file without a content encoding': the page is said for what it is there too, untitled."""
     monkeypatch.setattr(_LoginWallHandler, "coding", coding)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LoginWallHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/{path}"
-        with pytest.raises(DownloadError) as error:
-            download(_params(url), tmp_path / "raw", tmp_path / "partial", progress=False)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(_LoginWallHandler) as port, pytest.raises(DownloadError) as error:
+        url = f"http://127.0.0.1:{port}/{path}"
+        download(_params(url), tmp_path / "raw", tmp_path / "partial", progress=False)
     message = str(error.value)
     body_read = coding is None or (coding == "gzip" and path == "data/")
     assert "an HTML page" in message and ("'Sign in - Data Portal'" in message) == body_read, message
@@ -1032,14 +1034,8 @@ class _BucketHandler(_RangeHandler):
 
 @pytest.fixture
 def bucket(kaggle_sample):
-    def handler(*args, **kwargs):
-        return _BucketHandler(*args, directory=str(kaggle_sample), **kwargs)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    with _serving(_BucketHandler, kaggle_sample) as port:
+        yield f"http://127.0.0.1:{port}/"
 
 
 def test_a_bucket_answering_403_for_absent_names_is_read_like_a_folder(bucket, kaggle_sample, tmp_path):
@@ -1174,14 +1170,8 @@ def login_server(kaggle_sample):
     _LoginHandler.requests = []
     _LoginHandler.cut_after = {}
 
-    def handler(*args, **kwargs):
-        return _LoginHandler(*args, directory=str(kaggle_sample), **kwargs)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    with _serving(_LoginHandler, kaggle_sample) as port:
+        yield f"127.0.0.1:{port}/"
 
 
 def test_a_login_in_the_source_url_is_sent_as_basic_auth_and_never_shown_or_written(login_server, kaggle_sample,
@@ -1234,16 +1224,10 @@ def test_a_login_is_not_sent_on_to_the_host_a_redirect_names(login_server, tmp_p
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        login = f"ann:{urllib.parse.quote(PASSWORD, safe='')}"
-        with pytest.raises(DownloadError, match="HTTP 401") as refused:
-            fetch(f"http://{login}@127.0.0.1:{server.server_address[1]}/items.csv", tmp_path / "partial",
-                  _params("synthetic"), progress=False)
-    finally:
-        server.shutdown()
-        server.server_close()
+    login = f"ann:{urllib.parse.quote(PASSWORD, safe='')}"
+    with _serving(Redirect) as port, pytest.raises(DownloadError, match="HTTP 401") as refused:
+        fetch(f"http://{login}@127.0.0.1:{port}/items.csv", tmp_path / "partial", _params("synthetic"),
+              progress=False)
     assert _LoginHandler.logins == [None]
     # not 'check its user and password': they were never sent there
     assert str(refused.value).endswith(f": it redirects to http://{login_server}items.csv, which is not sent the login "
@@ -1286,20 +1270,14 @@ def test_a_login_follows_a_redirect_on_its_own_host(kaggle_sample, tmp_path, cap
     _LoginHandler.logins = []
     _LoginHandler.requests = []
     _LoginHandler.cut_after = {}
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), lambda *args, **kwargs: _MovedLoginHandler(*args, directory=str(kaggle_sample), **kwargs))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params()))
     login = f"ann:{urllib.parse.quote(PASSWORD, safe='')}"
-    monkeypatch.setenv("SHELFCAST_DATA_SOURCE", f"http://{login}@127.0.0.1:{server.server_address[1]}/old/")
-    try:
+    with _serving(_MovedLoginHandler, kaggle_sample) as port:
+        monkeypatch.setenv("SHELFCAST_DATA_SOURCE", f"http://{login}@127.0.0.1:{port}/old/")
         for main in (source_main, download_main):
             status = main(["--root", str(tmp_path), "--quiet"])
             out, err = capsys.readouterr()
             assert status == 0, out + err
-    finally:
-        server.shutdown()
-        server.server_close()
     assert (tmp_path / "data/raw/train.csv.gz").read_bytes() == (kaggle_sample / "train.csv.gz").read_bytes()
     assert _LoginHandler.logins and all(sent is not None for sent in _LoginHandler.logins)
 
