@@ -179,6 +179,7 @@ def test_a_damaged_bundle_in_the_registry_is_named_by_its_version_and_artifact(r
         shutil.copytree(backup, stored)
 
 
+@pytest.mark.slow  # a registry stopped and MLflow's bounded retries waited out: 34 s in a loaded default run
 def test_ending_a_candidate_while_the_registry_is_gone_says_its_alias_is_left(released, tmp_path, monkeypatch):
     """Found by a probe: with the tracking server gone mid-release (a deploy rolling back a bad canary, `release end`),
     end_candidate took MLflow's connection error for "no such alias": it removed the canary's files and said it had
@@ -324,6 +325,7 @@ sys.exit(code)
 """
 
 
+@pytest.mark.slow  # a tracking server started, killed, and each command's bounded retries: 27-61 s
 def test_a_release_command_whose_tracking_server_died_after_it_was_reached_fails_within_seconds(released, tmp_path):
     """Found by a probe: reachability is checked once a process, and a deploy runs for minutes. A server that died
     after that check was retried by MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) for about 4
@@ -360,6 +362,7 @@ def test_a_release_command_whose_tracking_server_died_after_it_was_reached_fails
     assert address.removeprefix("http://") in err, err
 
 
+@pytest.mark.slow  # a whole deploy against a served app, then its rollback: 25-29 s
 def test_deploy_rolls_back_when_the_registry_refuses_the_alias_move(released, tmp_path, monkeypatch):
     """Found by a probe: deploy rolled back on its own errors but not on the registry's (an MlflowException from the
     alias move after the canary was installed: a server that died between two calls, a locked store). It raised

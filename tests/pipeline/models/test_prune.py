@@ -287,6 +287,7 @@ def test_a_kept_versions_run_deleted_by_hand_is_restored_so_no_gc_can_take_produ
     assert fetched == version.tags[registry_fetch.TAG_DIGEST]
 
 
+@pytest.mark.slow  # two `mlflow gc` runs and a DVC gc: 21 s in a loaded default run
 def test_a_pruned_versions_run_deleted_by_hand_earlier_is_freed(trained_project_template, tmp_path):
     """Version 1's run deleted in the UI before its version was pruned: before, prune searched active runs only, so
     that run was never garbage-collected and its bundles stayed on disk for good. Its artifacts now go."""
@@ -341,6 +342,7 @@ def _stage_runs(root: Path, digest: str) -> tuple[str, str]:
     return run.run_id, evaluation.run_id
 
 
+@pytest.mark.slow  # a real mlflow server and two projects trained: 25 s in a loaded default run
 def test_prune_of_one_project_leaves_another_projects_runs_on_the_same_tracking_server(tmp_path, monkeypatch):
     """Two projects, two registered models (promote.model_name), one tracking store and one `shelfcast` experiment
     (README "Releases": a second project beside this one). Before, a run recorded no model: prune took every

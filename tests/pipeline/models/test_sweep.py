@@ -39,6 +39,7 @@ def child_scores(children) -> dict:
             r.data.metrics["heldout_window_candidate_nwrmsle"] for r in children}
 
 
+@pytest.mark.slow  # a Dask LocalCluster and a sweep of trainings: 23 s in a loaded default run
 def test_a_sweep_on_a_local_cluster_logs_a_child_run_per_candidate_and_window_and_gates_the_best(
         tiny_project, tiny_params, set_params, dask_cluster, monkeypatch, capsys):
     root = tiny_project
