@@ -94,6 +94,7 @@ def test_every_noqa_says_why():
     assert not bare, "\n".join(bare)
 
 
+@pytest.mark.slow  # make mlflow-ui with a real server, 12 s: make test stays under 10 min
 def test_make_mlflow_ui_opens_the_store_the_stages_write_in_a_folder_named_with_query_characters(tmp_path):
     """The target built ``sqlite:///$(CURDIR)/mlflow.db`` itself: in a project folder named ``runs?2`` SQLAlchemy read
     ``?2/mlflow.db`` as a query and the UI opened (and created) a store ``runs`` beside it, and ``a%20b`` opened

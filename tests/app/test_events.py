@@ -533,6 +533,7 @@ class SlowReader:
         self._server.close()
 
 
+@pytest.mark.slow  # a slow Fluentd for 15 s: make test stays under 10 min
 def test_the_spool_limit_is_checked_every_second_while_a_slow_fluentd_holds_a_send(tmp_path: Path,
                                                                                     monkeypatch) -> None:
     """The limit was checked between sends, in the delivery thread: behind a Fluentd reading 20 KB/s a 256 KB

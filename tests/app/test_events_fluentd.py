@@ -499,6 +499,7 @@ class StalledFluentd:
             connection.close()
 
 
+@pytest.mark.slow  # Fluentd faults played out, 7-11 s: make test stays under 10 min
 def test_a_fluentd_that_stops_reading_loses_at_most_its_first_receive_buffer(tmp_path: Path) -> None:
     # Before: writes landing in the socket buffers "confirmed" earlier sends, and each reconnection after a
     # send timed out (every FLUENTD_TIMEOUT) had fresh buffers to fill: 9 MB of events sent into a Fluentd that
@@ -624,6 +625,7 @@ class ClosingUnread(ShortLivedLink):
         self._server.close()
 
 
+@pytest.mark.slow  # Fluentd faults played out, 7-11 s: make test stays under 10 min
 @pytest.mark.parametrize("lifetime_s", [0.5, 2.0])
 def test_connections_closed_unread_lose_nothing_and_the_spool_drains_when_fluentd_is_back(tmp_path: Path,
                                                                                            lifetime_s: float) -> None:

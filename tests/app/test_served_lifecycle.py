@@ -15,12 +15,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from app import launch
 from app.predictor import directory_signature
 
 from .test_served_by_gunicorn import predict_body, request
 
 
+@pytest.mark.slow  # servers started and killed, 8-14 s on 2 cores: make test stays under 10 min
 def test_a_recycled_single_worker_refuses_no_connection(app_bundles, fluentd_receiver, tmp_path):
     """One worker, replaced every 40 requests (--max-requests) while it flushes its events to a real Fluentd:
     with a listening socket of its own (SO_REUSEPORT) nothing listened meanwhile and ~30 % of connections
@@ -107,6 +110,7 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
+@pytest.mark.slow  # servers started and killed, 8-14 s on 2 cores: make test stays under 10 min
 def test_a_sigkilled_servers_metrics_directory_and_control_socket_are_removed_at_the_next_start(app_bundles,
                                                                                                  tmp_path):
     """Found by a probe: a SIGKILLed master never runs on_exit, so its default /tmp/shelfcast-metrics-* directory
@@ -226,6 +230,7 @@ def _keep_alive_client(port: int, body: bytes, stop, outcomes: collections.Count
         connection.close()
 
 
+@pytest.mark.slow  # servers started and killed, 8-14 s on 2 cores: make test stays under 10 min
 def test_a_sighup_under_load_fails_no_request_and_holds_none_for_the_new_workers_load(app_bundles, tmp_path):
     """Two workers (a socket each, SO_REUSEPORT) replaced by `kill -HUP` while 4 clients send predicts. Before,
     3-4 requests failed every time (the same at Favorita's width, benchmarks/reload_load.py): an old worker
@@ -422,6 +427,7 @@ def _predictions_served(port: int) -> float:
     return sum(s.value for s in families["shelfcast_predictions"].samples if s.name.endswith("_total"))
 
 
+@pytest.mark.slow  # servers started and killed, 8-14 s on 2 cores: make test stays under 10 min
 def test_a_second_server_given_a_running_servers_metrics_directory_is_refused(app_bundles, tmp_path):
     """Found by a probe (staging and production sharing an environment file): the second server emptied the shared
     PROMETHEUS_MULTIPROC_DIR at start, deleting the first one's live counts (5 predictions served, then 0 on both

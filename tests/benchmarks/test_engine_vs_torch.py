@@ -49,6 +49,7 @@ def test_profile_shows_where_a_training_step_spends_its_time(engine_api, run_scr
     assert "gradients/dense1_MatMul_grad/MatMul" in stdout
 
 
+@pytest.mark.slow  # a PyTorch run, 17 s: make test stays under 10 min
 def test_torch_side_quick_table(run_script):
     pytest.importorskip("torch")
     status, stdout, stderr = run_script("--sides", "torch", "--quick", "--threads", "1", "--only", "W1,W2")

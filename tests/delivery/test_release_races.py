@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline import tracking
 from pipeline.bundle import verify_bundle
 from pipeline.registry_fetch import TAG_DIGEST
@@ -37,6 +39,7 @@ def wait_held(process: subprocess.Popen, hold: Path) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # two hosts' releases raced, 15 s: make test stays under 10 min
 def test_a_release_promote_overtaken_by_another_hosts_move_installs_what_production_names(host, tmp_path):
     """This host promotes the canary (2): installs it, moves the alias; another host then moves production to 1
     (its own promote or rollback) before this one has finished. This host served 2, the registry named 1, until
@@ -59,6 +62,7 @@ def test_a_release_promote_overtaken_by_another_hosts_move_installs_what_product
 
 
 
+@pytest.mark.slow  # two hosts' releases raced, 15 s: make test stays under 10 min
 def test_a_rollback_right_after_another_hosts_promote_returns_to_the_version_that_promote_replaced(host, tmp_path):
     """Another host promotes the canary (2): its alias move is done, its `previous_production` not yet mirrored
     (held just after the move). An operator rolls back at once: production must return to 1, which version 2's own

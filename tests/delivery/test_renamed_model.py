@@ -26,6 +26,9 @@ from tests.mlflow_server import mlflow_server
 
 from .conftest import evaluate_and_promote, prepare_registry, tiny_bundle_module
 
+# A real mlflow server and a project trained, promoted and released: 70-100 s a module on 2 cores
+pytestmark = pytest.mark.slow
+
 ACME = "acme-forecaster"
 SHIPPED = "shelfcast-forecaster"  # params.yaml's promote.model_name as shipped
 

@@ -8,6 +8,12 @@ import urllib.parse
 import urllib.request
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+
+# gunicorn and a headless Chromium through four journeys, 35-60 s on 2 cores: the slow suite (test_accessibility
+# keeps a browser in make test)
+pytestmark = pytest.mark.slow
+
 
 def api(server, path: str, body: dict | None = None) -> dict:
     data = None if body is None else json.dumps(body).encode()

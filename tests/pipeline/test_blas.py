@@ -57,6 +57,7 @@ def libraries_recorded_by_a_checkpoint(**environ: str) -> dict[str, str]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # trains in a subprocess per BLAS setting, 16 s: make test stays under 10 min
 def test_a_checkpoint_records_the_kernels_openblas_runs_not_the_variables_text() -> None:
     """It recorded OPENBLAS_CORETYPE as written: a train killed with `haswell` (or `Zen`, OpenBLAS's name for the
     same kernels) and rerun without it (pinned `Haswell`) said `is of other libraries (OPENBLAS_CORETYPE Haswell ->

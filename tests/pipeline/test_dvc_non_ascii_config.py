@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 DVC = str(Path(sys.executable).with_name("dvc"))
 
@@ -30,6 +32,7 @@ def a_clone(tmp_path: Path) -> Path:
     return project
 
 
+@pytest.mark.slow  # a real dvc push, 14 s: make test stays under 10 min
 def test_a_non_ascii_remote_written_by_hand_as_utf8_is_read_and_takes_a_push(tmp_path):
     """The README's way round DVC's writer: the remote's lines put in .dvc/config by hand, as UTF-8."""
     project = a_clone(tmp_path)

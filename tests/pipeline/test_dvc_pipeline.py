@@ -92,6 +92,7 @@ def _own_data(repo: Path, name: str = "own") -> Path:
     return write_kaggle_sample(repo.parent / name, compress=("train",))
 
 
+@pytest.mark.slow  # two real dvc repros, 22 s: make test stays under 10 min
 def test_new_content_in_the_source_directory_reruns_download(repo):
     """The source is outside the project: its content fingerprint (data/source.json) is what DVC compares."""
     source = _own_data(repo)

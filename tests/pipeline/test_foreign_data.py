@@ -209,6 +209,7 @@ def test_five_months_of_one_store_get_the_reasons_not_a_model(tmp_path):
     assert not (root / "models/production").exists()
 
 
+@pytest.mark.slow  # the data stages end to end, 12-17 s on 2 cores: make test stays under 10 min
 def test_a_chain_closed_on_sundays_is_evaluated_on_its_validation_window(tmp_path, monkeypatch, capsys):
     """The day before the validation window a Sunday with no sales anywhere: the training history ended on the
     Saturday, so the model forecast from the Saturday and evaluate stopped ('2022-03-01 is outside the model's
@@ -357,6 +358,7 @@ def test_a_canary_is_judged_on_its_models_forecasts_not_on_closed_days(christmas
     assert verdict.figures["closed_days_answered_otherwise"] == canary.closed_answers, verdict
 
 
+@pytest.mark.slow  # the data stages end to end, 12-17 s on 2 cores: make test stays under 10 min
 def test_the_example_request_is_for_a_day_the_store_is_open(tmp_path, monkeypatch):
     """Data ending on December 31 start the served horizon on New Year's Day, which every store closed a year
     earlier: the example request (the form's placeholder, the OpenAPI document and /docs) was for that day, and

@@ -144,6 +144,7 @@ def _prune_and_check(root: Path, r: dict) -> dict:
     return done
 
 
+@pytest.mark.slow  # mlflow gc in its own process, 7-19 s on 2 cores: make test stays under 10 min
 def test_prune_keeps_production_rollback_the_host_and_the_candidate_and_frees_what_it_says(trained_project_template,
                                                                                            tmp_path, capsys):
     root = _project(trained_project_template[0], tmp_path, with_dvc=False)
@@ -210,6 +211,7 @@ def test_a_project_with_no_registered_model_keeps_its_candidate_run(trained_proj
     assert "no DVC remote configured; the cache only" in out and "objects from the DVC cache (" in out
 
 
+@pytest.mark.slow  # mlflow gc in its own process, 7-19 s on 2 cores: make test stays under 10 min
 def test_prune_of_a_renamed_model_leaves_the_other_registered_models_runs(trained_project_template, tmp_path):
     """promote.model_name changed (or a second project's model beside this one, README "Releases"): the registry and
     the experiment still hold the other name's versions, production among them. Prune is this model's: before, every
@@ -388,6 +390,7 @@ def test_runs_made_before_runs_recorded_their_model_are_pruned_only_when_its_reg
     assert "leaves 1 training run that records no registered model" in prune.report(planned)
 
 
+@pytest.mark.slow  # mlflow gc in its own process, 7-19 s on 2 cores: make test stays under 10 min
 def test_an_evaluation_recorded_after_a_rename_goes_with_the_training_run_it_is_nested_under(tmp_path, monkeypatch):
     """promote.model_name renamed between train and evaluate: evaluate finds the candidate's training run by its
     digest and nests under it, so the evaluation records the new name under a run that records the old. Before, prune

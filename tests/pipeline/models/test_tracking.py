@@ -194,6 +194,7 @@ def test_a_tracking_server_that_takes_connections_and_never_answers_fails_a_stag
         assert time.monotonic() - started < 15  # 3 x 1 s, 0 + 2 s apart
 
 
+@pytest.mark.slow  # MLflow in other processes, 8-17 s on 2 cores: make test stays under 10 min
 def test_a_registry_that_fails_is_not_taken_for_one_without_production(project, monkeypatch):
     """Found by a probe: production_version read every MLflow error as "no production yet", so a tracking server
     that failed that one request (restarting, a proxy's 502) made promote skip the champion/challenger comparison
@@ -411,6 +412,7 @@ def test_a_killed_creations_staging_file_and_its_sqlite_journal_are_removed(stor
     assert sorted(p.name for p in store.iterdir()) == sorted(["mlflow.db", alive.name])
 
 
+@pytest.mark.slow  # MLflow in other processes, 8-17 s on 2 cores: make test stays under 10 min
 def test_a_first_run_killed_while_mlflow_creates_its_store_leaves_none_or_a_whole_one(store):
     """Killed (kill -9, Ctrl-C) among MLflow's schema migrations, the first train left a half-migrated mlflow.db that
     every later run failed on ("duplicate column name", "table ... already exists") until the user deleted it."""
@@ -467,6 +469,7 @@ def _half_migrated_store(root) -> None:
     connection.close()
 
 
+@pytest.mark.slow  # MLflow in other processes, 8-17 s on 2 cores: make test stays under 10 min
 def test_a_broken_local_store_is_one_line_saying_how_to_recover(tmp_path, monkeypatch):
     """A half-migrated or damaged mlflow.db gave a 100+ line SQLAlchemy traceback on every run."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -600,6 +603,7 @@ def test_a_stage_failing_while_the_server_is_gone_says_its_own_error_at_once(sto
         assert tracking.client(store).get_run(run.run_id).info.status == "KILLED"
 
 
+@pytest.mark.slow  # MLflow in other processes, 8-17 s on 2 cores: make test stays under 10 min
 def test_the_race_safe_client_pickles_into_another_process_as_mlflows_does(store):
     """Found by review: tracking.client's class (MlflowClient with INSERT_RACED_WRITES retried) was made at run time
     and in no module's namespace, so pickling a client failed ("attribute lookup InsertRaceSafeClient on

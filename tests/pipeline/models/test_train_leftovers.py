@@ -68,6 +68,7 @@ def test_a_train_run_the_older_code_left_running_is_closed_after_an_upgrade(quic
     assert status == {"killed": "KILLED", "live": "RUNNING", "other host": "RUNNING"}
 
 
+@pytest.mark.slow  # a stage killed mid-way, 7-15 s on 2 cores: make test stays under 10 min
 def test_an_evaluate_killed_outright_is_closed_by_the_next_stage_run(quick_project):
     """The process of an evaluate is killed (SIGKILL) while its run is open: the run, tagged with its verdict, stays
     RUNNING; the next stage that opens a run (here an evaluate's) marks it KILLED and says so."""
@@ -147,6 +148,7 @@ sys.exit(train.main(["--root", sys.argv[1], "--quiet"]))
 """
 
 
+@pytest.mark.slow  # a stage killed mid-way, 7-15 s on 2 cores: make test stays under 10 min
 @pytest.mark.parametrize("when", ["after", "before"])
 def test_a_train_killed_at_its_candidates_swap_leaves_the_candidate_findable_by_promote(quick_project, when):
     """Found by a probe: SIGKILL just after the candidate was swapped in, and before its MLflow run had the
@@ -190,6 +192,7 @@ def test_a_train_killed_at_its_candidates_swap_leaves_the_candidate_findable_by_
     assert not (quick_project / train.CHECKPOINT_DIR).parent.exists()
 
 
+@pytest.mark.slow  # a stage killed mid-way, 7-15 s on 2 cores: make test stays under 10 min
 def test_checkpoints_stay_for_a_resume_until_the_candidate_is_in_place(quick_project, monkeypatch):
     _kill_at(monkeypatch, "write_bundle")
     with pytest.raises(Killed):
@@ -198,6 +201,7 @@ def test_checkpoints_stay_for_a_resume_until_the_candidate_is_in_place(quick_pro
     assert (quick_project / train.CHECKPOINT_DIR / "state.json").is_file()
 
 
+@pytest.mark.slow  # a stage killed mid-way, 7-15 s on 2 cores: make test stays under 10 min
 def test_a_kill_while_the_checkpoints_are_deleted_leaves_them_whole_or_gone(quick_project, monkeypatch, capsys):
     """The checkpoints were deleted file by file: a probe's SIGKILL mid-delete left best-3500.json without its
     .npz, and the next train said the checkpoint 'cannot be resumed (... does not exist)' and trained again."""
@@ -257,6 +261,7 @@ def test_checkpoints_on_another_disk_are_emptied_and_the_link_stays(quick_projec
         not (quick_project / train.CHECKPOINT_DIR).exists()
 
 
+@pytest.mark.slow  # a stage killed mid-way, 7-15 s on 2 cores: make test stays under 10 min
 def test_a_train_started_while_another_trains_the_project_fails_at_once_naming_it(quick_project, monkeypatch, capsys):
     """`dvc repro` killed with SIGKILL leaves its train running, orphaned; the rerun trained beside it in the same
     checkpoint folder: each deleted the other's staged files and checkpoints, and one of them failed with a bare
@@ -302,6 +307,7 @@ def test_train_and_the_models_writers_take_the_one_lock_of_pipeline_atomic(tmp_p
                 pass
 
 
+@pytest.mark.slow  # a stage killed mid-way, 7-15 s on 2 cores: make test stays under 10 min
 def test_a_kill_while_checkpoints_on_another_disk_are_emptied_leaves_nothing_said_to_be_damaged(quick_project, tmp_path,
                                                                                                monkeypatch, capsys):
     """Found by a probe: a checkpoint folder that is a link (or a mount point) is emptied file by file, not renamed
