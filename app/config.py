@@ -22,6 +22,8 @@ ENV_BODY_TIMEOUT = "SHELFCAST_BODY_TIMEOUT_S"
 ENV_HEADER_TIMEOUT = "SHELFCAST_HEADER_TIMEOUT_S"
 ENV_MAX_HEADER_BYTES = "SHELFCAST_MAX_HEADER_BYTES"
 ENV_SERIES_CACHE = "SHELFCAST_SERIES_CACHE_ENTRIES"
+ENV_WORKERS = "SHELFCAST_WORKERS"
+ENV_THREADS = "SHELFCAST_THREADS"
 
 DEFAULT_MODEL_DIR = Path("models/production")
 DEFAULT_RELOAD_INTERVAL_S = 5.0
@@ -44,6 +46,8 @@ DEFAULT_SERIES_CACHE_ENTRIES = 4096
 # The longest header or body timeout: the deadline thread (app/request_buffer.py) sleeps until a deadline, and a
 # wait beyond threading.TIMEOUT_MAX (~292 years; `inf`) raised OverflowError there, killing it at every request.
 MAX_TIMEOUT_S = 3600.0
+MAX_WORKERS = 256  # gunicorn worker processes, each loading the model
+DEFAULT_THREADS = 8  # connection threads per worker (app/gunicorn_conf.py)
 
 
 @functools.cache
@@ -66,6 +70,33 @@ def engine_cores() -> ModuleType:
 
 class SettingsError(ValueError):
     """An environment variable the app cannot start with; the message names it."""
+
+
+def worker_count(environ: Mapping[str, str] | None = None, cores: set[int] | None = None) -> int:
+    """SHELFCAST_WORKERS as the server runs it: unset or empty, one per core of ``cores`` (default: this process's)
+    that it may use (engine/cores.py); else a whole number from 1 to MAX_WORKERS. The one reading of it, for
+    gunicorn's master (app/gunicorn_conf.py) and the workers app/launch.py waits for: `abc`, `-1` and `2.5` were a
+    traceback, 0 silently one per core, and launch.py read it apart. SettingsError names the setting, the value and
+    the fix."""
+    env = os.environ if environ is None else environ
+    text = env.get(ENV_WORKERS, "").strip()
+    if not text:
+        return engine_cores().usable_cores(cores)
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_WORKERS):
+        raise SettingsError(f"{ENV_WORKERS}={text}: not a number of worker processes (1 to {MAX_WORKERS}, each loads "
+                            f"the model); write a whole number, e.g. {ENV_WORKERS}=2, or leave it unset: one per core")
+    return int(text)
+
+
+def thread_count(environ: Mapping[str, str] | None = None) -> int:
+    """SHELFCAST_THREADS: each worker's connection threads, default 8; 0 counts as 1. SettingsError as
+    `worker_count`'s for one that is no whole number (a traceback before)."""
+    env = os.environ if environ is None else environ
+    text = env.get(ENV_THREADS, "").strip() or str(DEFAULT_THREADS)
+    if not (text.isascii() and text.isdigit()):
+        raise SettingsError(f"{ENV_THREADS}={text}: not a number of connection threads per worker; write a whole "
+                            f"number, e.g. {ENV_THREADS}={DEFAULT_THREADS} (the default)")
+    return max(1, int(text))
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,11 @@ the master was SIGKILLed: app/metrics_files.py remove_orphaned) is emptied at st
 a dead worker's counts are folded into retired.json and its own files removed
 (app/metrics_files.py), so the folder does not grow with every worker ever started.
 
-Environment: SHELFCAST_BIND (default 127.0.0.1:5005; 0.0.0.0:5005 in a container),
+Environment: SHELFCAST_BIND (default 127.0.0.1:5005; 0.0.0.0:5005 in a container; --bind wins over it),
 SHELFCAST_WORKERS (default: the cores this process may use, fewer where its cgroup's CPU limit is lower:
-engine/cores.py), SHELFCAST_THREADS (default 8),
-SHELFCAST_PIN_WORKERS (default 1), SHELFCAST_ACCESS_LOG ("-" for stdout), PROMETHEUS_MULTIPROC_DIR. The worker
+engine/cores.py; app/config.py worker_count), SHELFCAST_THREADS (default 8), SHELFCAST_PIN_WORKERS (default 1),
+SHELFCAST_ACCESS_LOG ("-" for stdout), PROMETHEUS_MULTIPROC_DIR; a bad bind address, worker or thread count stops the
+start in one line naming the setting, its value and the fix. The worker
 class (app/gunicorn_worker.py) reads SHELFCAST_HEADER_TIMEOUT_S and SHELFCAST_MAX_HEADER_BYTES, which app/config.py
 defines beside the app's other limits.
 """
@@ -77,7 +78,7 @@ import gunicorn.http.wsgi
 if __name__ == "__config__":  # as gunicorn loads it (a test that loads this file keeps its modules)
     for module in [name for name in sys.modules if name == "app" or name.startswith("app.")]:
         del sys.modules[module]
-# app/config.py (standard library only; the worker class imports it too): engine/cores.py's one loader
+# app/config.py (standard library only; the worker class imports it too): the one reading of SHELFCAST_WORKERS
 from app.address import (  # noqa: E402 - the same: standard library
     BindAddressError,
     CannotListenAt,
@@ -85,22 +86,13 @@ from app.address import (  # noqa: E402 - the same: standard library
     is_tcp,
     shown,
 )
-from app.config import engine_cores  # noqa: E402 - after the drop above, so from the code on disk
-
-MAX_WORKERS = 256
+from app.config import SettingsError, thread_count, worker_count  # noqa: E402 - after the drop above: code on disk
 
 
 def setting(name: str, default: str) -> str:
     """An environment setting; empty counts as unset (CI systems pass unset variables as empty: an empty
     SHELFCAST_BIND listened nowhere, an empty SHELFCAST_WORKERS was a traceback)."""
     return os.environ.get(name, "").strip() or default
-
-
-def count_setting(name: str, default: str) -> int:
-    text = setting(name, default)
-    if not (text.isascii() and text.isdigit()):
-        raise RuntimeError(f"{name}: expected a whole number, got {text!r}")
-    return int(text)
 
 
 DEFAULT_BIND = "127.0.0.1:5005"
@@ -133,22 +125,43 @@ def bind_refusal(address: str, refused: BindAddressError | CannotListenAt) -> st
             f"serve at a free port, e.g. {corrected}{free})")
 
 
-# SHELFCAST_BIND is checked as it is read: gunicorn parsed a bad port first (`:abc`: "Error: 'abc' is not a valid port
-# number.", naming no setting) and took 99999 for one. SystemExit, not an exception: gunicorn prints those raised by
-# this file as "Failed to read config file" and a traceback. (A SIGHUP reads this file again in the same environment.)
-if is_tcp(bind):
-    try:
-        host_and_port(bind)
-    except BindAddressError as bad:
-        raise SystemExit(f"Error: {bind_refusal(bind, bad)}") from None
-cores = engine_cores()  # engine/cores.py, by its path: the engine itself is never imported here
+def command_line_binds(argv: list[str]) -> list[str]:
+    """The --bind (-b) addresses that replace this file's ``bind``, read by gunicorn's own parser as gunicorn reads
+    them: it applies this file, then GUNICORN_CMD_ARGS, then its command line, each replacing the one before
+    (gunicorn/app/base.py load_config). Empty where neither gives one. By the time gunicorn reads this file it has
+    parsed both already, so neither can fail here."""
+    from gunicorn.config import Config
+
+    config = Config()
+    parser = config.parser()
+    return (parser.parse_known_args(argv)[0].bind or parser.parse_known_args(config.get_cmd_args_from_env())[0].bind
+            or [])
+
+
+def refuse_unusable_binds(addresses: list[str]) -> None:
+    """SystemExit with `bind_refusal`'s one line for the first TCP address no server could listen at. Run as this file
+    is read, on the addresses gunicorn will serve at: gunicorn parses them before any hook runs (`:abc`: "Error: 'abc'
+    is not a valid port number.", naming no setting) and took 99999 for a port. SystemExit, not an exception: gunicorn
+    prints those raised by this file as "Failed to read config file" and a traceback. Only the addresses used: a bad
+    SHELFCAST_BIND that --bind overrides stopped the server. (A SIGHUP reads this file again, the same way.)"""
+    for address in addresses:
+        if is_tcp(address):
+            try:
+                host_and_port(address)
+            except BindAddressError as bad:
+                raise SystemExit(f"Error: {bind_refusal(address, bad)}") from None
+
+
+# gunicorn loads this file as "__config__" with its own command line in sys.argv; a test loading it has another
+refuse_unusable_binds(command_line_binds(sys.argv[1:] if __name__ == "__config__" else []) or [bind])
 # One per usable core: the cores this process may run on, its cgroup's CPU limit counted (a container run with
 # --cpus 1 on a 16-core host started 16 workers, each loading the model, throttled to one core in all).
-workers = count_setting("SHELFCAST_WORKERS", "0") or cores.usable_cores()
-if workers > MAX_WORKERS:
-    raise RuntimeError(f"SHELFCAST_WORKERS: {workers} workers (each loads the model); at most {MAX_WORKERS}")
+try:
+    workers = worker_count()
+    threads = thread_count()
+except SettingsError as bad:  # one line naming the setting, the value and the fix (see refuse_unusable_binds)
+    raise SystemExit(f"Error: {bad}") from None
 worker_class = "app.gunicorn_worker.ThreadWorker"  # gthread: graceful closes off the accepting thread, headers timed
-threads = max(1, count_setting("SHELFCAST_THREADS", "8"))
 keepalive = 5
 timeout = 60  # a worker loads and warms up the bundle before it serves
 graceful_timeout = 30  # time to flush prediction events on shutdown

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Mapping
 
-from app.config import engine_cores
+from app.config import worker_count
 
 CONFIG = Path(__file__).with_name("gunicorn_conf.py")
 REPO = CONFIG.parents[1]
@@ -87,11 +87,13 @@ def start(settings: Mapping[str, str], log_path: Path, cores: set[int] | None = 
     (SHELFCAST_*, PROMETHEUS_MULTIPROC_DIR, FLUENTD_*) over this process's environment; ``cores``: the cores
     it may use (Linux), as `taskset` would give them; ``wsgi_app``: another app under the same settings (it must
     answer GET /readyz); ``tls``: the client context that trusts its certificate, for a server given one
-    (GUNICORN_CMD_ARGS="--certfile ... --keyfile ..."). ServerNotReady if it exits first or time runs out."""
+    (GUNICORN_CMD_ARGS="--certfile ... --keyfile ..."). ServerNotReady if it exits first or time runs out;
+    app.config.SettingsError, nothing started, for a SHELFCAST_WORKERS gunicorn_conf would refuse."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     env.update(settings)
     env["SHELFCAST_BIND"] = f"127.0.0.1:{port}"
+    workers = worker_count(env, cores)  # as gunicorn_conf reads it; SettingsError (naming it) before a start
     log = open(log_path, "w", encoding="utf-8")
     try:
         process = subprocess.Popen(gunicorn_command(wsgi_app), cwd=REPO, env=env, stdout=log,
@@ -101,8 +103,6 @@ def start(settings: Mapping[str, str], log_path: Path, cores: set[int] | None = 
         log.close()
         raise
     served = ServedApp(process, port, log_path, log, tls)
-    count = env.get("SHELFCAST_WORKERS", "").strip()
-    workers = (int(count) if count.isdigit() else 0) or engine_cores().usable_cores(cores)  # as gunicorn_conf
     try:
         wait_until_ready(served, timeout_s, workers)
     except BaseException:

@@ -147,23 +147,29 @@ def test_empty_server_settings_mean_their_defaults_and_a_bad_count_names_its_var
 
     for name in ("SHELFCAST_BIND", "SHELFCAST_WORKERS", "SHELFCAST_THREADS"):
         monkeypatch.setenv(name, "")
+    from app.config import engine_cores
+
     conf = gunicorn_conf(monkeypatch, tmp_path)
     assert conf.bind == "127.0.0.1:5005" and conf.threads == 8
-    assert conf.workers == conf.cores.usable_cores() <= len(os.sched_getaffinity(0))
+    assert conf.workers == engine_cores().usable_cores() <= len(os.sched_getaffinity(0))
     monkeypatch.setenv("SHELFCAST_WORKERS", "two")
-    with pytest.raises(RuntimeError, match="SHELFCAST_WORKERS: expected a whole number, got 'two'"):
+    with pytest.raises(SystemExit, match="^Error: SHELFCAST_WORKERS=two: not a number of worker processes"):
         gunicorn_conf(monkeypatch, tmp_path)
 
 
-def test_engine_cores_is_loaded_by_one_definition_on_the_apps_side(monkeypatch, tmp_path):
-    """gunicorn's default worker count (app/gunicorn_conf.py) and the workers app/launch.py waits for are one count:
-    engine/cores.py was loaded by its path in two near-copies of a loader, one in each; now app/config.py's
-    ``engine_cores`` (the master imports that file already) is the one, and both use it."""
+def test_the_worker_count_is_read_by_one_definition_on_the_apps_side(monkeypatch, tmp_path):
+    """gunicorn's worker count (app/gunicorn_conf.py) and the workers app/launch.py waits for are one count:
+    engine/cores.py was loaded by its path in two near-copies of a loader, one in each, and SHELFCAST_WORKERS parsed
+    apart in each (launch.py took `abc` for one per core, gunicorn_conf a traceback); now app/config.py's
+    ``worker_count`` (the master imports that file already) is the one, and both use it."""
     from app import config, launch
 
     conf = gunicorn_conf(monkeypatch, tmp_path)
-    assert conf.cores is config.engine_cores() and conf.cores.__file__ == str(REPO / "engine" / "cores.py")
-    assert launch.engine_cores is config.engine_cores
+    assert conf.worker_count is launch.worker_count is config.worker_count
+    assert config.engine_cores().__file__ == str(REPO / "engine" / "cores.py")
+    readers = sorted(path.relative_to(REPO).as_posix() for path in (REPO / "app").rglob("*.py")
+                     if '"SHELFCAST_WORKERS"' in path.read_text(encoding="utf-8"))
+    assert readers == ["app/config.py"]
     loaders = sorted(path.relative_to(REPO).as_posix() for path in (REPO / "app").rglob("*.py")
                      if "spec_from_file_location" in path.read_text(encoding="utf-8"))
     assert loaders == ["app/config.py"]
@@ -321,6 +327,36 @@ def test_a_refused_bind_address_names_the_setting_that_gave_it(monkeypatch, tmp_
     assert done.returncode != 0 and [line for line in done.stderr.splitlines() if "rror" in line] == [
         "Error: --bind 127.0.0.1:99999: '99999' is no port number (0 to 65535); write HOST:PORT, e.g. "
         "--bind 127.0.0.1:5005"], done.stderr
+
+
+@pytest.mark.parametrize("count", ["abc", "-1", "0", "2.5", "257"])
+def test_make_serve_refuses_a_bad_worker_count_in_one_line_naming_the_setting_and_the_fix(tmp_path, count):
+    """Before: "Failed to read config file" and a RuntimeError traceback (`abc`, `-1`, `2.5`), one per core (`0`)."""
+    from app import launch
+    from tests.app.make_serve import make_serve
+
+    status, lines = make_serve(tmp_path, {"SHELFCAST_WORKERS": count,
+                                          "SHELFCAST_BIND": f"127.0.0.1:{launch.free_port()}"})
+    assert status != 0 and lines == [f"Error: SHELFCAST_WORKERS={count}: not a number of worker processes (1 to 256, "
+                                     "each loads the model); write a whole number, e.g. SHELFCAST_WORKERS=2, or leave "
+                                     "it unset: one per core"], lines
+
+
+def test_a_bad_thread_count_is_refused_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("SHELFCAST_THREADS", "eight")
+    with pytest.raises(SystemExit, match="^Error: SHELFCAST_THREADS=eight: not a number of connection threads per "
+                                         "worker; write a whole number, e.g. SHELFCAST_THREADS=8 "):
+        gunicorn_conf(monkeypatch, tmp_path)
+
+
+def test_launch_refuses_a_bad_worker_count_as_gunicorn_does_starting_nothing(tmp_path):
+    """launch.py read SHELFCAST_WORKERS apart: `abc` was one per core there, and it waited for a server that had
+    exited with a traceback."""
+    from app import launch
+
+    with pytest.raises(SettingsError, match="^SHELFCAST_WORKERS=abc: not a number of worker processes"):
+        launch.start({"SHELFCAST_WORKERS": "abc"}, tmp_path / "gunicorn.log")
+    assert not (tmp_path / "gunicorn.log").exists()
 
 
 def test_a_server_refused_at_start_leaves_no_metrics_directory_behind(tmp_path):

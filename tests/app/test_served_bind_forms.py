@@ -17,6 +17,7 @@ from gunicorn.util import parse_address
 
 from app import launch
 from app.address import host_and_port, shown
+from tests.app.make_serve import make_serve
 
 TCP_FORMS = ["127.0.0.1:5005", "localhost", "tcp://127.0.0.1:5005", "tcp://localhost", "[::1]:5005", "[::1]",
              ":5005", "0.0.0.0:0"]
@@ -47,15 +48,15 @@ class UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-def ready(address: str) -> bool:
-    """Whether the server at a bind address (``unix:PATH`` or a TCP one) answers GET /readyz with 200."""
+def ready(address: str, path: str = "/readyz") -> bool:
+    """Whether the server at a bind address (``unix:PATH`` or a TCP one) answers GET ``path`` with 200."""
     if address.startswith("unix:"):
         connection = UnixConnection(address[len("unix:"):], timeout=2)
     else:
         _, host, port = host_and_port(address)
         connection = http.client.HTTPConnection(host, port, timeout=2)
     try:
-        connection.request("GET", "/readyz")
+        connection.request("GET", path)
         return connection.getresponse().status == 200
     except OSError:
         return False
@@ -159,38 +160,11 @@ def test_an_ipv6_host_out_of_brackets_is_refused_in_one_line(tmp_path):
                       "e.g. SHELFCAST_BIND=[::1]:5005"]
 
 
-def make_serve(tmp_path: Path, bind: str) -> tuple[int, list[str]]:
-    """`make serve` with SHELFCAST_BIND=``bind``, in a copy of the project's make files whose .venv runs this
-    Python's gunicorn on the project's app/: its exit status and the lines it printed that are no make's own."""
-    project = tmp_path / "project"
-    (project / "monitoring").mkdir(parents=True)
-    for name in ("Makefile", "pyproject.toml", "monitoring/delivery.mk"):
-        (project / name).write_bytes((launch.REPO / name).read_bytes())
-    (project / "app").symlink_to(launch.REPO / "app")
-    bin_dir = project / ".venv" / "bin"
-    bin_dir.mkdir(parents=True)
-    (bin_dir / "gunicorn").write_text(f'#!/bin/sh\nexec "{launch.gunicorn_command()[0]}" "$@"\n', encoding="utf-8")
-    (bin_dir / "gunicorn").chmod(0o755)
-    (project / ".venv" / ".installed").touch()
-    env = {**os.environ, "PYTHONPATH": str(launch.REPO), "SHELFCAST_BIND": bind, "SHELFCAST_WORKERS": "1",
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m"), "SHELFCAST_CONTROL_SOCKET": str(tmp_path / "c.ctl")}
-    process = subprocess.Popen(["make", "--no-print-directory", "-s", "serve"], cwd=project, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:  # it serves: the check under test let the address through
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
-    return process.returncode, [line for line in output.splitlines()
-                                if line.strip() and "[INFO]" not in line and not line.startswith("make")]
-
-
 @pytest.mark.parametrize("bind", ["127.0.0.1:99999", ":abc"])
 def test_make_serve_refuses_a_port_that_is_none_naming_the_setting_and_the_fix(tmp_path, bind):
     """Before, `:abc` was gunicorn's own "Error: 'abc' is not a valid port number.", naming neither the setting nor
     the address, and 99999 the master's check naming the address but not SHELFCAST_BIND."""
-    status, lines = make_serve(tmp_path, bind)
+    status, lines = make_serve(tmp_path, {"SHELFCAST_BIND": bind})
     port = bind.rpartition(":")[2]
     assert status != 0 and lines == [f"Error: SHELFCAST_BIND={bind}: '{port}' is no port number (0 to 65535); write "
                                      "HOST:PORT, e.g. SHELFCAST_BIND=127.0.0.1:5005"], lines
@@ -203,7 +177,50 @@ def test_make_serve_refuses_a_port_in_use_naming_the_setting_and_the_fix(tmp_pat
         other.bind(("127.0.0.1", 0))
         other.listen()
         port = other.getsockname()[1]
-        status, lines = make_serve(tmp_path, f"127.0.0.1:{port}")
+        status, lines = make_serve(tmp_path, {"SHELFCAST_BIND": f"127.0.0.1:{port}"})
     assert status != 0 and lines == [f"Error: SHELFCAST_BIND=127.0.0.1:{port}: cannot serve there: Address already in "
                                      "use (is another server running there? stop it, or serve at a free port, e.g. "
                                      f"SHELFCAST_BIND=127.0.0.1:{port + 1})"], lines
+
+
+def start_until_it_serves(tmp_path: Path, settings: dict[str, str], arguments: list[str], port: int) -> str:
+    """gunicorn (`make serve`'s command line and ``arguments``) with ``settings``, one worker and no model, until its
+    worker answers GET /healthz at ``port``, then stopped: its log."""
+    log = tmp_path / "gunicorn.log"
+    env = {**os.environ, "SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(tmp_path / "no-model"),
+           "SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl"), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m"),
+           "SHELFCAST_CONTROL_SOCKET": str(tmp_path / "c.ctl"), **settings}
+    with open(log, "w", encoding="utf-8") as out:
+        process = subprocess.Popen(launch.gunicorn_command() + arguments, cwd=launch.REPO, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: ready(f"127.0.0.1:{port}", "/healthz"), process, log, 60, f"an answer at port {port}")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return log.read_text()
+
+
+@pytest.mark.parametrize("given", ["-b", "GUNICORN_CMD_ARGS"])
+def test_a_bad_shelfcast_bind_that_bind_overrides_does_not_stop_the_server(tmp_path, given):
+    """gunicorn reads this file, then GUNICORN_CMD_ARGS, then its command line, each replacing the one before: the
+    address used is --bind's. Before, SHELFCAST_BIND was checked as the file was read, whatever replaced it, and
+    `SHELFCAST_BIND=:abc gunicorn ... --bind 127.0.0.1:PORT` stopped with `Error: SHELFCAST_BIND=:abc: ...`."""
+    port = launch.free_port()
+    settings, arguments = {"SHELFCAST_BIND": ":abc"}, [given, f"127.0.0.1:{port}"]
+    if given == "GUNICORN_CMD_ARGS":
+        settings["GUNICORN_CMD_ARGS"], arguments = f"--bind 127.0.0.1:{port}", []
+    text = start_until_it_serves(tmp_path, settings, arguments, port)
+    assert "SHELFCAST_BIND" not in text and "Traceback" not in text, text
+
+
+def test_a_bind_gunicorn_cannot_parse_on_the_command_line_is_refused_in_one_line_naming_it(tmp_path):
+    """`--bind :abc` was gunicorn's own "Error: 'abc' is not a valid port number.", naming neither the option nor the
+    fix: the addresses used are checked as SHELFCAST_BIND is."""
+    env = {**os.environ, "SHELFCAST_BIND": f"127.0.0.1:{launch.free_port()}", "SHELFCAST_WORKERS": "1",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m"), "SHELFCAST_CONTROL_SOCKET": str(tmp_path / "c.ctl")}
+    done = subprocess.run(launch.gunicorn_command() + ["--bind", ":abc"], cwd=launch.REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip() and "[INFO]" not in line]
+    assert done.returncode != 0 and lines == [
+        "Error: --bind :abc: 'abc' is no port number (0 to 65535); write HOST:PORT, e.g. --bind 127.0.0.1:5005"], lines
