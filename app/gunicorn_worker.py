@@ -380,20 +380,14 @@ class ThreadWorker(GthreadWorker):
         connections that sent nothing within gunicorn's 5 s wait and then nothing within `keepalive` (5 s) on its
         poller, where they hold no thread. A TLS one is closed once SHELFCAST_HEADER_TIMEOUT_S from its acceptance
         has passed, counted and logged as a `tls_handshake_timeout` (``_handshake_timed_out``): before, it went
-        after 10 s whatever the timeout, neither counted nor logged, while half a ClientHello was both. Every
-        connection due is closed, not only those up to the first one that is not (gunicorn's order: they are
-        deferred by when their thread's wait began, not by when they arrived)."""
-        now = time.monotonic()
-        for conn in [conn for conn in self.pending_conns if self._pending_until(conn) <= now]:
-            self.pending_conns.remove(conn)
-            try:
-                self.poller.unregister(conn.sock)
-            except (OSError, KeyError, ValueError):
-                pass  # already unregistered
-            self.nr_conns -= 1
-            if self._before_handshake(conn):
-                self._handshake_timed_out(conn.client)
-            conn.close()
+        after 10 s whatever the timeout, neither counted nor logged, while half a ClientHello was both (pending
+        connections are queued by when their thread's wait began, not by when they arrived: ``_close_due``)."""
+        self._close_due(self.pending_conns, self._pending_until, closing=self._count_a_handshake_not_begun)
+
+    def _count_a_handshake_not_begun(self, conn) -> None:
+        """A pending connection ``murder_pending`` closes: counted and logged if it is TLS and sent nothing."""
+        if self._before_handshake(conn):
+            self._handshake_timed_out(conn.client)
 
     def murder_keepalived(self):
         """Overrides gunicorn's ``murder_keepalived()`` (main thread, after each wake-up of its loop), which closes
@@ -402,14 +396,23 @@ class ThreadWorker(GthreadWorker):
         each such connection held the exit for `keepalive`, or (``wait_for_and_dispatch_events``) the whole 30 s
         graceful_timeout. A request that arrived before the close is served first: the wake-up that this follows
         hands each readable connection to a thread."""
+        self._close_due(self.keepalived_conns, self._kept_alive_until)
+
+    def _close_due(self, conns, until, closing=None) -> None:
+        """Close each connection of ``conns`` (one of gunicorn's queues of connections idle on its poller) whose
+        ``until(conn)`` has passed, as gunicorn's murder_* methods do: out of the queue and the poller, uncounted,
+        closed, ``closing(conn)`` just before. Every one due, not only those up to the first one that is not
+        (gunicorn's order is when each was queued, not when each is due)."""
         now = time.monotonic()
-        for conn in [conn for conn in self.keepalived_conns if self._kept_alive_until(conn) <= now]:
-            self.keepalived_conns.remove(conn)
+        for conn in [conn for conn in conns if until(conn) <= now]:
+            conns.remove(conn)
             try:
                 self.poller.unregister(conn.sock)
             except (OSError, KeyError, ValueError):
                 pass  # already unregistered
             self.nr_conns -= 1
+            if closing is not None:
+                closing(conn)
             conn.close()
 
     def _kept_alive_until(self, conn) -> float:
