@@ -75,6 +75,7 @@ from gunicorn.http.errors import (
 )
 from gunicorn.http.message import Request
 from gunicorn.http.parser import RequestParser
+from gunicorn.workers.gthread import _DEFER as TO_THE_POLLER  # what handle() returns for a connection with no bytes yet
 from gunicorn.workers.gthread import ThreadWorker as GthreadWorker
 
 from app import SECURITY_HEADERS
@@ -232,7 +233,8 @@ class ThreadWorker(GthreadWorker):
     headers read within SHELFCAST_HEADER_TIMEOUT_S and SHELFCAST_MAX_HEADER_BYTES. gunicorn (26.2, pinned) has a
     setting for none of these, so this overrides eleven methods of its ThreadWorker: ``finish_request`` (the closes,
     and a pipelined request already read handed on), ``enqueue_req``, ``handle`` and ``handle_request`` (the header
-    deadline), ``murder_pending`` (a TLS connection that sends nothing held to the same deadline),
+    deadline; a new connection with no bytes yet sent to the poller at once, not waited for on a thread),
+    ``murder_pending`` (a connection that sends nothing held to the same deadline, a TLS one counted),
     ``murder_keepalived`` and ``wait_for_and_dispatch_events`` (a graceful exit closes idle kept-alive connections at
     once, and ends with the last request in flight, not after graceful_timeout), ``init_process``
     (the header bound: its parser's request class), ``set_accept_enabled`` (a graceful exit stops listening; with
@@ -378,9 +380,10 @@ class ThreadWorker(GthreadWorker):
     def murder_pending(self):
         """Overrides gunicorn's ``murder_pending()`` (main thread, about once a second), which closes the new
         connections that sent nothing within gunicorn's 5 s wait and then nothing within `keepalive` (5 s) on its
-        poller, where they hold no thread. A TLS one is closed once SHELFCAST_HEADER_TIMEOUT_S from its acceptance
-        has passed, counted and logged as a `tls_handshake_timeout` (``_handshake_timed_out``): before, it went
-        after 10 s whatever the timeout, neither counted nor logged, while half a ClientHello was both (pending
+        poller, where they hold no thread (``handle`` puts them there at once). Each is closed once
+        SHELFCAST_HEADER_TIMEOUT_S from its acceptance has passed (``_pending_until``), a TLS one counted and logged as
+        a `tls_handshake_timeout` (``_handshake_timed_out``): before, it went after 10 s whatever the timeout, neither
+        counted nor logged, while half a ClientHello was both (pending
         connections are queued by when their thread's wait began, not by when they arrived: ``_close_due``)."""
         self._close_due(self.pending_conns, self._pending_until, closing=self._count_a_handshake_not_begun)
 
@@ -439,8 +442,9 @@ class ThreadWorker(GthreadWorker):
         return self.cfg.is_ssl and not conn.initialized
 
     def _pending_until(self, conn) -> float:
-        """When a connection waiting for its first bytes on gunicorn's poller is closed (``murder_pending``)."""
-        return conn.arrived + self.header_timeout_s if self._before_handshake(conn) else conn.timeout
+        """When a connection waiting for its first bytes on gunicorn's poller is closed (``murder_pending``):
+        SHELFCAST_HEADER_TIMEOUT_S after it connected, as its headers would be."""
+        return conn.arrived + self.header_timeout_s
 
     def handle(self, conn):
         """Overrides gunicorn's ``handle(conn)``: one request on a connection, on a connection thread, from the
@@ -451,11 +455,14 @@ class ThreadWorker(GthreadWorker):
         read side is shut (READ_DEADLINES, as for a body that takes too long): the blocked read returns at once
         with nothing, gunicorn ends the request as a client that left (no log line), and here the client is sent
         a 408 if its socket takes it at once, the timeout is logged as one warning line and the connection is
-        closed: its thread is free again. With the default 10 s this is always a client that stopped
-        mid-headers (gunicorn hands an idle new connection back to its poller after 5 s); under 5 s, a new
-        connection that sent nothing at all is closed too, also with a 408. A TLS connection whose handshake had not
+        closed: its thread is free again. A new connection whose first bytes are not in yet goes back to gunicorn's
+        poller at once (``murder_pending`` closes it at the same deadline if none come): gunicorn waited up to 5 s
+        for them on this thread, and 3 clients that connect and send nothing held a worker's 3 threads, a request
+        meanwhile answered after 4.7 s, not 5 ms. A TLS connection whose handshake had not
         completed by then is closed with nothing sent, counted once as a `tls_handshake_timeout`
         (``_handshake_ended``, which also takes the handshakes that failed)."""
+        if not conn.initialized and not conn.data_ready and not conn.wait_for_data(0):
+            return TO_THE_POLLER  # gunicorn's wait (5 s) held this thread: see the docstring
         now = time.monotonic()
         deadline = max(getattr(conn, "arrived", now) + self.header_timeout_s, now + LAST_CHANCE_S)
         conn.headers_due = READ_DEADLINES.watch(conn.sock, deadline, tls=self.cfg.is_ssl)

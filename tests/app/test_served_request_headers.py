@@ -163,6 +163,27 @@ def test_clients_stalled_mid_headers_free_their_threads_within_the_timeout(serve
     check_stalled_clients_were_closed(server, before, took, ended, low_s=HEADER_TIMEOUT_S - 0.05)
 
 
+def test_clients_that_connect_and_send_nothing_hold_no_thread(server):
+    """As many clients as threads connect and send nothing. gunicorn waited up to 5 s on a thread for each one's first
+    bytes (here until the 1 s header deadline): a request meanwhile waited ~0.8 s (3 such clients on 3 threads, the
+    default 10 s timeout: 4.7 s). Now they wait on gunicorn's poller, a request is answered at once, and each is
+    closed at the header timeout, with nothing sent (there is no request to answer)."""
+    silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(THREADS)]
+    try:
+        time.sleep(0.2)  # each connection accepted and handed to a thread
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            client.sendall(HEALTHZ)
+            reply = read_all(client, 10)
+        took = time.monotonic() - started
+        assert reply.startswith(b"HTTP/1.1 200 ") and took < 0.5, (took, reply[:100])
+        for client in silent:  # murder_pending runs about once a second
+            assert read_all(client, HEADER_TIMEOUT_S + SLACK_S + 1) == b""
+    finally:
+        for client in silent:
+            client.close()
+
+
 def test_a_kept_alive_connection_that_stalls_in_its_next_requests_headers_is_closed_within_the_timeout(server):
     """The headers of a kept-alive connection's next request are bounded too: 4 clients on 2 threads each get
     one answer, then send part of their next request on the same connection and stop."""

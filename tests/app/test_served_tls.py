@@ -263,12 +263,12 @@ SLOW_HANDSHAKE_TIMEOUT_S = 7.0  # over gunicorn's 5 s wait for a new connection'
 
 
 def test_a_tls_client_that_sends_nothing_is_closed_at_the_header_timeout_and_counted(app_bundles, tmp_path):
-    """A TLS connection that sends nothing leaves its thread after gunicorn's 5 s wait for it to gunicorn's poller.
-    Before, gunicorn closed it there 5 s later whatever SHELFCAST_HEADER_TIMEOUT_S (10 s after it connected: 20 s
-    set, 10 s), with no count and no line, while half a ClientHello was closed at the timeout and counted; and one
-    that sent nothing for those 5 s and then half a ClientHello got a whole timeout more (13 s, not 7). Both now go
-    at the timeout from their connect, `tls_handshake_timeout` each; meanwhile they hold no thread: with 3 threads
-    and 3 such clients, a request is answered at once."""
+    """A TLS connection that sends nothing waits on gunicorn's poller (after gunicorn's 5 s wait on a thread, before
+    the worker sent it there at once). Before, gunicorn closed it there 5 s later whatever SHELFCAST_HEADER_TIMEOUT_S
+    (10 s after it connected: 20 s set, 10 s), with no count and no line, while half a ClientHello was closed at the
+    timeout and counted; and one that sent nothing for those 5 s and then half a ClientHello got a whole timeout more
+    (13 s, not 7). Both now go at the timeout from their connect, `tls_handshake_timeout` each; meanwhile they hold
+    no thread: with 3 threads and 3 such clients, a request is answered at once."""
     served = start_tls(app_bundles, tmp_path, threads=3, header_timeout_s=SLOW_HANDSHAKE_TIMEOUT_S)
     try:
         before_log, before = served.log_path.read_text(encoding="utf-8"), refusals(served)
