@@ -320,7 +320,7 @@ def _prepare(server):
             if is_tcp(address):
                 try:
                     refuse_a_taken_address(address)
-                except (BindAddressError, CannotListenAt) as refused:  # --bind 127.0.0.1:99999 (gunicorn takes it)
+                except (BindAddressError, CannotListenAt) as refused:  # malformed: refused as this file was read
                     raise RuntimeError(bind_refusal(address, refused)) from None
     from app.gunicorn_worker import RELOAD_MARKER
     from app.metrics_files import DirectoryInUse, claim, clear, disown, hold, remove_orphaned
