@@ -34,8 +34,11 @@ from typing import Any, Callable, Iterator
 
 
 @contextlib.contextmanager
-def atomic_file(target: Path | str) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; rename it over ``target`` on success."""
+def atomic_file(target: Path | str, mode: int = 0o644) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it over ``target`` on success, with permissions ``mode``.
+
+    The copy is made 0600 (mkstemp) and given ``mode`` before the rename: a private file (0o600, a secret) is never
+    readable by others under either name; a chmod after the rename left a window where it was."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_copies(target)
@@ -44,7 +47,7 @@ def atomic_file(target: Path | str) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o644)  # mkstemp's 0600 would make outputs private
+        os.chmod(tmp_path, mode)  # mkstemp's 0600 would make outputs private unless asked
         _fsync(tmp_path)  # the bytes are on disk before the name points at them (a power cut leaves old or new)
         os.replace(tmp_path, target)
     except OSError as exc:
@@ -132,9 +135,10 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: Path | str, text: str) -> None:
-    """Replace ``path`` by ``text`` (UTF-8) in one step: readers see the old content or the new."""
-    with atomic_file(path) as tmp:
+def write_text_atomic(path: Path | str, text: str, mode: int = 0o644) -> None:
+    """Replace ``path`` by ``text`` (UTF-8) in one step: readers see the old content or the new (``mode``:
+    atomic_file's)."""
+    with atomic_file(path, mode) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 

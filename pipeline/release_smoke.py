@@ -23,6 +23,7 @@ from pipeline.release_store import CANARY, SHADOW, ReleaseStore
 
 SMOKE_REQUEST_PREFIX = "release-smoke."
 NONCE_FILE = ".smoke-nonce-{variant}"  # in the models directory, beside the candidate it was drawn for
+NONCE_MODE = 0o600  # the release commands' user's alone: whoever reads the nonce can sign smoke ids
 NONCE_BYTES = 8  # 16 hex digits
 SIGNATURE_HEX = 16  # an id's HMAC-SHA256 under the nonce, cut to 64 bits: the app keeps ids of [A-Za-z0-9._:-]{1,64}
 
@@ -41,9 +42,11 @@ def recorded_nonce(store: ReleaseStore, variant: str) -> str | None:
 
 
 def draw_nonce(store: ReleaseStore, variant: str) -> str:
-    """A new nonce for ``variant``'s new install, recorded (atomically) before any smoke request can carry it."""
+    """A new nonce for ``variant``'s new install, recorded (atomically, NONCE_MODE from its first byte) before any
+    smoke request can carry it. Before, it was written 0644 like the store's other files: any user with a shell on
+    the host could read it and sign ids left out of the canary's judgement."""
     nonce = secrets.token_hex(NONCE_BYTES)
-    write_text_atomic(_nonce_path(store, variant), nonce + "\n")
+    write_text_atomic(_nonce_path(store, variant), nonce + "\n", NONCE_MODE)
     return nonce
 
 

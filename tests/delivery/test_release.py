@@ -875,6 +875,24 @@ def test_each_install_of_a_candidate_draws_its_own_smoke_nonce(host, tmp_path):
     assert release.read_traffic([replayed], smoke_nonces=installed_nonces(store))[CANARY].predictions == 1
 
 
+def test_a_candidates_smoke_nonce_is_readable_by_its_owner_alone(host):
+    """Found by review: the nonce was written 0644, as the store's other files are, so any user with a shell on the
+    host could read it and sign smoke ids left out of the canary's judgement. It is 0600, the install's own file
+    (not only a sync's rewrite), and the store's other files stay readable by the app's user."""
+    import stat
+
+    from pipeline.release_smoke import NONCE_FILE
+    from pipeline.release_store import RELEASE_FILE
+
+    root, store, versions = host
+    release.end_candidate(root, store, CANARY)
+    release.set_candidate(root, store, CANARY, versions["canary"], 0.5)
+    nonce = store.root / NONCE_FILE.format(variant=CANARY)
+    assert stat.S_IMODE(nonce.stat().st_mode) == 0o600, oct(nonce.stat().st_mode)
+    assert not list(store.root.glob(f".{nonce.name}.*"))  # no staging copy left beside it
+    assert stat.S_IMODE((store.root / RELEASE_FILE).stat().st_mode) == 0o644  # the share, the app reads it
+
+
 def test_a_candidate_installed_without_a_nonce_is_said_and_sync_draws_one(host, capsys):
     """A canary installed before smoke ids carried a nonce has none: `release smoke` then sends ids nobody left out,
     whose answers count as users'. It says so (before its first request) and what records one."""
