@@ -973,7 +973,10 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
            actuals: dict | None = None, say=print, name: str | None = None,
            shadow_s: float = 0.0, smoke_requests: int = 40) -> dict:
     """The whole release of one candidate; returns what happened (and rolls back on any failure). Ctrl-C or SIGTERM
-    rolls back the same way (:func:`withdraw`), then raises on with the interruption worded as what it did.
+    rolls back the same way (:func:`withdraw`), then raises on with the interruption worded as what it did; so does
+    one a library turned into its own error (interruption_behind). Any other exception once the candidate may be
+    installed (a bug, an error no step expects) is withdrawn too, then raised unchanged, a note saying what deploy
+    did: before, only the errors named here were, and anything else left the canary serving users.
 
     With ``shadow_s`` > 0 a shadow phase comes first: the candidate mirrors every request that
     long (or until the rule decides); a rollback verdict there ends the release before any user
@@ -1040,20 +1043,24 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
         report["production_reload_s"] = round(wait_for_variant(url, PRODUCTION, digest, reload_timeout_s), 2)
         say(f"deploy: version {version} is production ({'; '.join(verdict.reasons)}; {verdict.figures})")
         report["outcome"] = "promoted"
-    except (KeyboardInterrupt, ReleaseError, BundleError, registry_fetch.FetchError, EventSourceError, OSError,
-            tracking.TrackingError, MlflowException) as exc:  # the registry's own refusals too (an alias move after
-        # the install); Ctrl-C and SIGTERM (or an error one became) take the candidate back out as a failure does
+    except BaseException as exc:  # any failure once a candidate may be installed takes it back out (see below)
         interruption = interruption_behind(exc)
         if interruption is not None and promoting:  # production is moving to it: not deploy's to undo
             settled(interruption, f"deploy was promoting version {version}: `python -m pipeline.release status` says "
                                   "what production names and this host serves; `python -m pipeline.release sync` "
                                   "installs it")
             raise
+        foreseen = isinstance(exc, (ReleaseError, BundleError, registry_fetch.FetchError, EventSourceError,
+                                    OSError, tracking.TrackingError, MlflowException))  # MLflow: the registry refused
         withdraw(root, store, url, version, ending, name, reload_timeout_s, report, say,
                  "interrupted" if interruption is not None else
-                 tracking.store_error_text(exc) if isinstance(exc, MlflowException) else str(exc))
+                 tracking.store_error_text(exc) if isinstance(exc, MlflowException) else
+                 str(exc) if foreseen else f"{type(exc).__name__}: {exc}")
         if interruption is not None:
             settled(interruption, withdrawn_line(report, version))
+            raise
+        if not foreseen:  # a bug, or an error no step names: withdrawn all the same, then raised as it was
+            exc.add_note(f"deploy: {withdrawn_line(report, version)}")
             raise
         say(f"deploy: rolled back: {exc}" + (f" (candidate out of service after {report['rollback_s']} s)"
                                              if report["rollback_s"] is not None else ""))

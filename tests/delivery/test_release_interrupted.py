@@ -117,3 +117,58 @@ def test_a_second_signal_while_the_canary_is_withdrawn_ends_at_once_naming_the_c
         assert_canary_gone(root, store, served.url, production)
     finally:
         served.close()
+
+
+class Unforeseen(Exception):
+    """An error no step of deploy names (a bug in a step, a library's own exception type)."""
+
+
+def failing_once_served(failure: BaseException):
+    """deploy's ``say`` (its output, a public parameter) that raises ``failure`` where the app serves the canary:
+    the failure then comes out of deploy's own code with the candidate installed, served and aliased."""
+    def say(line: str) -> None:
+        if line.startswith("deploy: the app serves the canary"):
+            raise failure
+    return say
+
+
+def interruption_a_library_wrapped() -> RuntimeError:
+    """A SIGTERM a library turned into its own error (as Python 3.11 wraps one arriving in ``__set_name__``)."""
+    from pipeline.stage import Terminated
+
+    try:
+        try:
+            raise Terminated()
+        except Terminated as terminated:
+            raise RuntimeError("Error calling __set_name__ on '_Attr' instance 'x'") from terminated
+    except RuntimeError as wrapped:
+        return wrapped
+
+
+def test_a_deploy_failing_otherwise_after_the_install_withdraws_its_canary_and_raises_the_error(host, tmp_path):
+    """Found by review: deploy withdrew its candidate on the errors it names and on a bare Ctrl-C or SIGTERM only.
+    An interruption a library wrapped in its own error, or any error no step expects, left the canary installed,
+    aliased and answering its share of users. Both withdraw it now; the error is raised as it was (its message
+    kept; a bug's gets a note saying what deploy did) and an interruption's line says it withdrew."""
+    from pipeline.stage import OUTCOME, interruption_behind
+
+    root, store, versions = host
+    production = versions["production"]
+    served = ServedWithUsers(store, tmp_path / "events.jsonl", tmp_path, None)  # no users: nothing to wait for
+    try:
+        for failure in (Unforeseen("a step's own bug"), interruption_a_library_wrapped()):
+            release.end_candidate(root, store, CANARY)
+            with pytest.raises(type(failure)) as raised:
+                release.deploy(root, store, served.url, release.LoggedEvents(tmp_path / "events.jsonl"),
+                               versions["canary"], share=0.5, observe_s=5, reload_timeout_s=30, smoke_requests=1,
+                               say=failing_once_served(failure))
+            assert raised.value is failure and str(raised.value) == str(failure)
+            assert_canary_gone(root, store, served.url, production)
+            withdrew = f"deploy withdrew version {versions['canary']} (files removed, out of service after "
+            interruption = interruption_behind(raised.value)
+            if interruption is None:
+                assert [note.startswith(f"deploy: {withdrew}") for note in raised.value.__notes__] == [True]
+            else:
+                assert getattr(interruption, OUTCOME).startswith(withdrew), getattr(interruption, OUTCOME, None)
+    finally:
+        served.close()
