@@ -13,11 +13,17 @@ import importlib.util
 import json
 import os
 import shutil
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from pipeline.release_store import ReleaseStore
 
 MODEL_NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
 
@@ -51,6 +57,41 @@ def predict_status(url: str, instance: dict, request_id: str | None = None) -> i
         return exc.code
     except OSError:
         return 0
+
+
+class ServedWithUsers:
+    """Shelfcast as `make serve` runs it (gunicorn, 2 workers, hot reload every 0.2 s) on 127.0.0.1,
+    with a user thread sending one-instance forecasts over every store×item while a release happens. Here, not in
+    test_release.py: the deploy tests of five files serve through it."""
+
+    def __init__(self, store: ReleaseStore, events: Path, workdir: Path, series: list[dict] | None):
+        from app import launch
+        from pipeline.release_store import PRODUCTION
+
+        self.served = launch.start({"SHELFCAST_WORKERS": "2", "SHELFCAST_MODEL_DIR": str(store.variant_dir(PRODUCTION)),
+                                    "SHELFCAST_PREDICTION_LOG": str(events), "SHELFCAST_RELOAD_INTERVAL_S": "0.2",
+                                    "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")},
+                                   workdir / "gunicorn.log")
+        self.url = self.served.url
+        self.series = series
+        self.stop = threading.Event()
+        self.statuses: list[int] = []
+        self.users = threading.Thread(target=self._users, daemon=True)
+        if series:  # None: no user traffic
+            self.users.start()
+
+    def _users(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            self.statuses.append(predict_status(self.url, self.series[n % len(self.series)]))
+            n += 1
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.users.is_alive():
+            self.users.join(30)
+        self.served.stop()
 
 
 def tiny_bundle_module():

@@ -5,20 +5,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from app import launch
 from pipeline import release, tracking
 from pipeline.bundle import verify_bundle
 from pipeline.registry_fetch import TAG_DIGEST
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore
 
-from .conftest import REPO, predict_status
+from .conftest import REPO, ServedWithUsers, predict_status
 
 NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
 
@@ -399,37 +397,6 @@ def test_the_decision_reads_the_compose_stacks_search_indices_as_it_reads_the_lo
     expected = release.LoggedEvents(events).traffic(since=since)
     assert {v: t.predictions for v, t in later.items()} == {v: t.predictions for v, t in expected.items()}
     assert sum(t.predictions for t in later.values()) < len(logged)  # since: only the later half
-
-
-class ServedWithUsers:
-    """Shelfcast as `make serve` runs it (gunicorn, 2 workers, hot reload every 0.2 s) on 127.0.0.1,
-    with a user thread sending one-instance forecasts over every store×item while a release happens."""
-
-    def __init__(self, store: ReleaseStore, events: Path, workdir: Path, series: list[dict] | None):
-        self.served = launch.start({"SHELFCAST_WORKERS": "2", "SHELFCAST_MODEL_DIR": str(store.variant_dir(PRODUCTION)),
-                                    "SHELFCAST_PREDICTION_LOG": str(events), "SHELFCAST_RELOAD_INTERVAL_S": "0.2",
-                                    "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")},
-                                   workdir / "gunicorn.log")
-        self.url = self.served.url
-        self.series = series
-        self.stop = threading.Event()
-        self.statuses: list[int] = []
-        self.users = threading.Thread(target=self._users, daemon=True)
-        if series:  # None: no user traffic
-            self.users.start()
-
-    def _users(self) -> None:
-        n = 0
-        while not self.stop.is_set():
-            self.statuses.append(predict_status(self.url, self.series[n % len(self.series)]))
-            n += 1
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        self.stop.set()
-        if self.users.is_alive():
-            self.users.join(30)
-        self.served.stop()
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ import pytest
 from pipeline import release, tracking
 from pipeline.release_store import CANARY, PRODUCTION
 
-from .conftest import REPO
-from .test_release import NAME, ServedWithUsers
+from .conftest import REPO, ServedWithUsers
+from .test_release import NAME
 
 SERVING_LINE = "deploy: smoke test passed"
 

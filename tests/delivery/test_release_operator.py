@@ -370,7 +370,7 @@ def test_deploy_rolls_back_when_the_registry_refuses_the_alias_move(released, tm
     by another writer while deploy runs: reads answer, the alias move cannot."""
     import sqlite3
 
-    from .test_release import ServedWithUsers
+    from .conftest import ServedWithUsers
 
     _, uri, versions = released
     registry = tmp_path / "registry.db"

@@ -193,9 +193,8 @@ def test_the_workflow_files_train_release_and_prune_a_renamed_model(tmp_path, mo
     acme-forecaster; nothing is served or logged as the shipped name, and the other model keeps its version, its
     alias and its runs (before, prune deleted the runs behind every other model's versions)."""
     from .actions import run_workflow, runner_environment, unset_secrets
-    from .conftest import REPO
+    from .conftest import REPO, ServedWithUsers
     from .runners import clone, commit, git, set_params, source_repository
-    from .test_release import ServedWithUsers
     from .test_workflows import NOT_RUN, RELEASE_SETTINGS, Users, catalog_series, checkout_ref, deploy_report
 
     from pipeline.release_store import SHADOW, ReleaseStore

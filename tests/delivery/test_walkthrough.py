@@ -125,7 +125,8 @@ def test_the_loop_and_the_broken_gate_run_on_a_fresh_clone(tmp_path, monkeypatch
 @pytest.mark.slow
 def test_every_release_command_runs_in_order(released, registry_env, tmp_path):
     """Parts 3-5 as a user runs them: a fresh host directory, only MLFLOW_TRACKING_URI and a running app."""
-    from .test_release import ServedWithUsers, all_series, make_app
+    from .conftest import ServedWithUsers
+    from .test_release import all_series, make_app
     from pipeline.release_store import ReleaseStore
 
     _, uri, versions = released

@@ -147,7 +147,7 @@ def first_line_at(step, text: str) -> float:
 
 
 def test_the_workflow_files_run_as_two_runners_would(mlflow_server, tmp_path, monkeypatch):
-    from .test_release import ServedWithUsers
+    from .conftest import ServedWithUsers
 
     uri, began = mlflow_server, time.monotonic()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
