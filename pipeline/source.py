@@ -46,6 +46,9 @@ CANDIDATE_SUFFIXES = (".csv.gz", ".csv", ".csv.7z")
 RAW_NAMES = RAW_FILES + OPTIONAL_RAW_FILES
 # What a raw file in another format (train.parquet, oil.xlsx) is told: it is not read.
 ONLY_CSV = "only CSV files are read (export it as NAME.csv or NAME.csv.gz)"
+# A checksum or signature of another file, as data portals publish beside each file (oil.csv.sha256,
+# train.csv.gz.asc): no data of its own, so never taken for a raw file in another format (``is_side_file``).
+SIDE_FILE_SUFFIXES = (".md5", ".sha1", ".sha256", ".sha512", ".sig", ".asc")
 
 
 class SourceError(StageError):
@@ -117,6 +120,12 @@ def missing_raw_files(names) -> str | None:
             else None)
 
 
+def is_side_file(name: str) -> bool:
+    """Whether ``name`` is a checksum or signature file (SIDE_FILE_SUFFIXES, any case): read past, as it holds no
+    data; its hash is not checked (data.sha256 is where an expected hash is given)."""
+    return name.strip().lower().endswith(SIDE_FILE_SUFFIXES)
+
+
 def _folded(text: str) -> str:
     return re.sub(r"[\s_\-.]", "", text.casefold())
 
@@ -141,9 +150,10 @@ def lookalike_raw_files(names, found=None) -> list[tuple[str, str, str | None]]:
     ``Train.CSV``, ``holidays-events.csv.gz``), a copy number, an added ``.txt`` or a trailing space
     (``holidays_events (1).csv``, ``oil.csv.txt``) has that exact name: read past, the file would be silently
     absent (no holidays, no oil), as a misspelt column would. A raw name in another format (``train.parquet``,
-    ``oil.xlsx``) has None: only CSV is read. ``found``: the raw files found (default: those ``names`` hold under
-    an exact name); a folder's are those that open, which on a case-insensitive file system Train.csv does."""
-    names = list(names)
+    ``oil.xlsx``) has None: only CSV is read. A checksum or signature file (``oil.csv.sha256``: ``is_side_file``) is
+    none of these. ``found``: the raw files found (default: those ``names`` hold under an exact name); a folder's
+    are those that open, which on a case-insensitive file system Train.csv does."""
+    names = [name for name in names if not is_side_file(name)]
     if found is None:
         found = {base for base in RAW_NAMES if any(f"{base}{suffix}" in names for suffix in CANDIDATE_SUFFIXES)}
     wanted = {_folded(base): base for base in RAW_NAMES if base not in found}

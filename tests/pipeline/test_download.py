@@ -1121,6 +1121,36 @@ def test_an_optional_raw_file_in_another_format_is_one_line_naming_it(tmp_path, 
     assert "6 files" in download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
 
 
+def test_checksum_and_signature_files_beside_the_data_are_read_past_and_oil_xlsx_still_refused(tmp_path):
+    """Data portals publish a checksum or signature beside each file. The refusal of an optional file in another
+    format (oil.xlsx) took oil.csv.sha256 (its oil.csv not there) for one: source and download stopped on a folder
+    that holds nothing but CSV data. Side files are read past by source, download and a zip's members alike."""
+    from pipeline.source import HashCache, fingerprint
+
+    source = write_kaggle_sample(tmp_path / "src", compress=("train",))
+    (source / "oil.csv").unlink()
+    sides = ["oil.csv.sha256", "oil.csv.MD5", "transactions.csv.sig", "oil.csv.gz.asc", "train.csv.gz.sha256",
+             "items.csv.sha512", "stores.csv.sha1"]
+    for side in sides:
+        (source / side).write_text(f"{'0' * 64}  {side.rsplit('.', 1)[0]}\n", encoding="utf-8")
+    assert set(fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))["files"]) == {
+        "train.csv.gz", "test.csv", "items.csv", "stores.csv", "holidays_events.csv", "transactions.csv"}
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    done = run_download_stage(root, source)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (root / "data" / "raw").iterdir()) == sorted(
+        ["train.csv.gz", "test.csv", "items.csv", "stores.csv", "holidays_events.csv", "transactions.csv"])
+    archive = _zip_of(source, tmp_path / "data.zip")
+    assert "6 files" in download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    (source / "oil.xlsx").write_bytes(b"PK\x03\x04")  # beside its checksum, the workbook is still refused
+    (tmp_path / "xlsx").mkdir()
+    _refused_by_source_download_and_zip(tmp_path / "xlsx", source, "has oil.xlsx but no oil file: only CSV files are "
+                                        "read (export it as oil.csv or oil.csv.gz); or, if no oil data are meant, "
+                                        "move it out of the folder (read past, it would be as if there were none)")
+
+
 def test_a_plain_csv_named_csv_gz_is_said_for_what_it_is(tmp_path):
     """A plain train.csv saved as train.csv.gz was 'corrupt or truncated gzip (Not a gzipped file (b'id'))': it is
     neither, and re-copying it (what 'truncated' suggests) changes nothing."""
