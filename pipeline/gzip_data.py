@@ -1,10 +1,12 @@
-"""Where a fetched gzip file's data ends: the shapes of .gz download accepts.
+"""Where a gzip file's data ends: the shapes of .gz download accepts, and the bytes prepare reads of one.
 
 GNU gzip reads members one after another and ignores zero bytes after the last (tape and backup tools, padded
 uploads leave them: "trailing zero bytes ignored"); Arrow, which prepare reads through, takes them for a member
 and fails ("unknown compression method"). So download measures where the data ends, drops such padding from its
 copy, and refuses anything else after the data, which GNU gzip only warns of ("trailing garbage ignored") and
-which cannot be told from a damaged file. Stdlib only.
+which cannot be told from a damaged file; and the raw file reader (``validate``) reads a .gz only to where its
+data ends (``data_size``), so a padded file put in data/raw by hand reads as its download would, unchanged.
+Stdlib only.
 """
 
 from __future__ import annotations
@@ -95,6 +97,21 @@ def gzip_end(path: Path) -> GzipEnd:
                 return GzipEnd(end, size, rest[:16], at + len(block) - len(rest))
             at += len(block)
     return GzipEnd(end, size, b"", size)
+
+
+def data_size(path: Path) -> int:
+    """The bytes of the .gz at ``path`` that a reader decodes: up to the end of its data (``gzip_end``) when only zero
+    padding follows it, else the whole file (other bytes after it are left for the reader to fail on). Only a file
+    that ends in a zero byte is walked: padding does, and so does a member whose length field's high byte is 0 (under
+    16 MiB decoded, modulo 4 GiB), so a large unpadded file is seldom read an extra time. zlib.error / EOFError as
+    for ``gzip_end``."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        handle.seek(max(size - 1, 0))
+        if handle.read(1) != b"\0":
+            return size
+    end = gzip_end(path)
+    return end.data_end if end.data_end and not end.after else size
 
 
 def decoded_head(path: Path, size: int = 4096) -> bytes:

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from pipeline.gzip_data import data_size
 from pipeline.names import probably_meant
 from pipeline.stage import StageError
 from pipeline.schema import LATEST_DATE, RAW_SCHEMAS, RAW_SUFFIXES, Column, RawFile
@@ -258,13 +259,19 @@ class _TailTracking:
 
     A file cut inside its last line (say right after a comma, or inside a number) is
     still valid CSV with a plausible last row; only the missing end-of-line gives it
-    away. Decompression (.gz) stays in Arrow; this only watches the bytes go by.
+    away. Decompression (.gz) stays in Arrow; this only watches the bytes go by. A .gz
+    is read to where its data ends (``gzip_data.data_size``): zero padding after it,
+    which GNU gzip ignores, failed Arrow as 'corrupt gzip'.
     """
 
     KEEP = 4096
 
     def __init__(self, path: Path):
-        self._raw = pa.input_stream(str(path), compression="detect")
+        size = data_size(path) if path.name.endswith(".gz") else None
+        if size is not None and size < path.stat().st_size:  # mapped, not copied: the file is left as it is
+            self._raw = pa.CompressedInputStream(pa.BufferReader(pa.memory_map(str(path)).read_buffer(size)), "gzip")
+        else:
+            self._raw = pa.input_stream(str(path), compression="detect")
         self.tail = b""
         self.closed = False
 

@@ -59,3 +59,14 @@ def test_members_padding_and_garbage_are_placed_exactly_across_read_boundaries(t
     path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # the last member's length field
     with pytest.raises(zlib.error):
         gzip_end(path)
+
+
+def test_data_size_leaves_out_zero_padding_only(tmp_path):
+    """What the raw file reader decodes of a .gz: to the end of its data where only zeros follow; the whole file
+    where it ends in a member (its length field's own zero bytes kept) or in bytes other than zeros."""
+    data = _members(3)
+    assert data.endswith(b"\0")  # a small member's length field: walked, and all of it is data
+    path = tmp_path / "train.csv.gz"
+    for tail, expected in [(b"", len(data)), (b"\0" * 512, len(data)), (b"\0junk", len(data) + 5)]:
+        path.write_bytes(data + tail)
+        assert gzip_data.data_size(path) == expected, tail

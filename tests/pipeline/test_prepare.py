@@ -17,7 +17,8 @@ from pipeline.schema import HOLIDAY_FLAGS, PREPARED_SALES_SCHEMA
 from pipeline.validate import DataValidationError
 
 from .conftest import (
-    ITEMS, N_DAYS, START, STOPPING_START, STORES, kaggle_sample_files, prepare_with, write_stores_that_stop,
+    ITEMS, N_DAYS, START, STOPPING_START, STORES, kaggle_sample_files, prepare_with, write_kaggle_sample,
+    write_stores_that_stop,
 )
 
 
@@ -455,3 +456,21 @@ def test_a_store_that_closed_is_not_zero_filled_to_the_end(tmp_path, capsys, gri
     assert ("prepare: warning: train.csv: store 2 (last row 2016-12-30, none on the 30 sales days after it): taken "
             "as closed, its rows end there (not zero-filled to 2017-01-29") in err, err
     assert "store 3 " not in err and "store 4 " not in err
+
+
+def test_a_gzip_padded_with_zero_bytes_in_data_raw_is_read_as_its_download_and_left_as_it_is(tmp_path):
+    """A user who puts their files in data/raw themselves skips download, which drops the zero padding after a
+    .gz's data (what `cat f.gz; head -c 512 /dev/zero` leaves; GNU gzip ignores it): prepare stopped on such a
+    train.csv.gz with 'unknown compression method (truncated or corrupt gzip?)'. It reads to where the data ends,
+    as download's copy would, and the user's file is not rewritten."""
+    raw = write_kaggle_sample(tmp_path / "raw", compress=("train", "oil"))
+    unpadded = tmp_path / "unpadded"
+    prepare(raw, unpadded, prepare_with(returns="zero", grid="from_first_sale"), progress=False)
+    padded = {}
+    for name in ("train.csv.gz", "oil.csv.gz"):
+        padded[name] = (raw / name).read_bytes() + b"\0" * 512
+        (raw / name).write_bytes(padded[name])
+    out = tmp_path / "prepared"
+    prepare(raw, out, prepare_with(returns="zero", grid="from_first_sale"), progress=False)
+    assert pd.read_parquet(out / "sales.parquet").equals(pd.read_parquet(unpadded / "sales.parquet"))
+    assert {name: (raw / name).read_bytes() for name in padded} == padded
