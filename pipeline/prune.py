@@ -29,6 +29,8 @@ Order: the kept runs deleted by hand are restored first (before any ``mlflow gc`
 are deleted, then runs (deleted, then ``mlflow gc`` on a local store, which removes their artifacts for good),
 then ``dvc gc`` of the cache, and of the remote when ``prune.dvc_remote`` is true. ``--dry-run`` lists all of it
 and deletes (and restores) nothing. One writer at a time: it holds ``models/``'s lock, as promote and release do.
+Two prunes of one store from two checkouts (two CI jobs) both plan the same deletions: a version or run the other
+deleted first (MLflow's RESOURCE_DOES_NOT_EXIST) is done, counted as deleted by another, not as this prune's.
 
     python -m pipeline.prune [--dry-run] [--models DIR]
 """
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -55,6 +58,10 @@ from pipeline.release_store import RELEASES, VARIANTS
 from pipeline.stage import StageError, run_stage
 
 CANDIDATE_DIR = "models/candidate"
+GONE = "RESOURCE_DOES_NOT_EXIST"  # MlflowException.error_code of a version or run that is not there (deleted for good)
+# What `mlflow gc` prints of each run it removes (MLflow 3's wording; unmatched, a run is taken as another's)
+GC_REMOVED = re.compile(r"Run with ID (\S+) has been permanently deleted")
+GC_ATTEMPTS = 4  # `mlflow gc` runs, while each failed one finds runs another prune removed meanwhile
 KEEP_FILE_PREFIX = ".prune-keep-"  # + version + .dvc: at the project root, where `dvc gc` reads .dvc files (it
 # never walks models/, which .gitignore's `/models/*` hides from it); written for one gc, removed after it
 
@@ -87,15 +94,21 @@ class Plan:
     restore: dict[str, str] = field(default_factory=dict)  # kept runs deleted by hand -> why kept
     freed: dict[str, int | None] = field(default_factory=dict)  # runs deleted by hand, kept by nothing: gc only
     unclaimed: int = 0  # training runs without REGISTERED_MODEL_TAG that are not this model's by its registry: left
+    versions_by_another: list[str] = field(default_factory=list)  # planned, found deleted by another prune
+    runs_by_another: list[str] = field(default_factory=list)  # planned (runs or freed), removed by another prune
 
     def summary(self) -> dict:
-        sizes = [size for size in [*self.runs.values(), *self.freed.values()] if size is not None]
-        gone = self.runs or self.freed
+        runs = {r: size for r, size in self.runs.items() if r not in self.runs_by_another}
+        freed = {r: size for r, size in self.freed.items() if r not in self.runs_by_another}
+        sizes = [size for size in [*runs.values(), *freed.values()] if size is not None]
+        gone = runs or freed
         return {"model": self.model_name,
                 "kept_versions": {v: ", ".join(why) for v, why in sorted(self.kept_versions.items(), key=_numeric)},
-                "deleted_versions": sorted(self.versions, key=int),
-                "kept_runs": len(self.kept_runs), "deleted_runs": sorted(self.runs),
-                "restored_runs": dict(sorted(self.restore.items())), "freed_deleted_runs": sorted(self.freed),
+                "deleted_versions": sorted(set(self.versions) - set(self.versions_by_another), key=int),
+                "kept_runs": len(self.kept_runs), "deleted_runs": sorted(runs),
+                "restored_runs": dict(sorted(self.restore.items())), "freed_deleted_runs": sorted(freed),
+                "versions_deleted_by_another": sorted(self.versions_by_another, key=int),
+                "runs_deleted_by_another": sorted(self.runs_by_another),
                 "untagged_runs_left": self.unclaimed,
                 "deleted_artifact_bytes": sum(sizes) if sizes else (None if gone else 0)}
 
@@ -167,7 +180,7 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
     try:
         model = client.get_registered_model(model_name)
     except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+        if exc.error_code != GONE:
             raise
         model = None
     versions = [] if model is None else tracking.model_versions(client, f"name='{model_name}'")
@@ -266,7 +279,7 @@ def _lifecycle(client, run_id: str) -> str | None:
     try:
         return client.get_run(run_id).info.lifecycle_stage
     except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+        if exc.error_code != GONE:
             raise
         return None  # gone for good already: nothing to restore
 
@@ -323,18 +336,33 @@ def restore_runs(root: Path, result: Plan) -> None:
 
 def delete_registry(root: Path, result: Plan) -> list[str]:
     """Delete the planned model versions and runs; returns the run ids to garbage-collect (those, and the runs
-    deleted by hand that nothing keeps)."""
+    deleted by hand that nothing keeps). One another prune deleted first (GONE) is done: recorded in
+    ``result.versions_by_another`` / ``runs_by_another``, and not collected."""
+    from mlflow.exceptions import MlflowException
+
     client = tracking.client(root, create=False)
     for version in result.versions:
-        client.delete_model_version(result.model_name, version)
+        try:
+            client.delete_model_version(result.model_name, version)
+        except MlflowException as exc:
+            if exc.error_code != GONE:
+                raise
+            result.versions_by_another.append(version)
     for run_id in result.runs:
-        client.delete_run(run_id)
-    return list(result.runs) + list(result.freed)
+        try:
+            client.delete_run(run_id)
+        except MlflowException as exc:  # a run deleted but not yet collected is deleted again without a word
+            if exc.error_code != GONE:
+                raise
+            result.runs_by_another.append(run_id)
+    return [run_id for run_id in [*result.runs, *result.freed] if run_id not in result.runs_by_another]
 
 
-def mlflow_gc(root: Path, run_ids: list[str]) -> str:
+def mlflow_gc(root: Path, run_ids: list[str], result: Plan | None = None) -> str:
     """``mlflow gc`` of the deleted runs on a local store (their artifacts go for good); on a server, the command
-    to run where its backend store is."""
+    to run where its backend store is. A gc that fails because another prune's gc removed some of the runs first
+    (MLflow's gc stops at the first run it cannot find) is run again for the rest; those are recorded in
+    ``result.runs_by_another``."""
     if not run_ids:
         return "no MLflow runs to garbage-collect"
     uri = tracking.tracking_uri(root)
@@ -343,14 +371,31 @@ def mlflow_gc(root: Path, run_ids: list[str]) -> str:
                 f"`mlflow gc --backend-store-uri <its database> --run-ids {','.join(run_ids)}` (with "
                 "MLFLOW_TRACKING_URI set to the server when it proxies artifacts) to free their artifacts")
     beside = Path(sys.executable).with_name("mlflow")
-    done = subprocess.run([str(beside) if beside.exists() else "mlflow", "gc", "--backend-store-uri", uri,
-                           "--tracking-uri", uri, "--run-ids", ",".join(run_ids)], cwd=root, capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        said = [line.strip() for line in (done.stderr or done.stdout or "").splitlines() if line.strip()]
-        raise StageError(f"`mlflow gc` failed ({said[-1] if said else f'exit status {done.returncode}'}); the runs "
-                         "are deleted, not yet removed: run prune again")
-    return f"mlflow gc removed {len(run_ids)} runs and their artifacts"
+    client = tracking.client(root, create=False)
+    pending, removed = list(run_ids), set()
+    for _ in range(GC_ATTEMPTS):
+        done = subprocess.run([str(beside) if beside.exists() else "mlflow", "gc", "--backend-store-uri", uri,
+                               "--tracking-uri", uri, "--run-ids", ",".join(pending)], cwd=root, capture_output=True,
+                              text=True)
+        removed |= set(GC_REMOVED.findall(done.stdout or ""))
+        if done.returncode == 0:
+            removed |= set(pending)
+            break
+        gone = [run_id for run_id in pending if _lifecycle(client, run_id) is None]
+        by_another = [run_id for run_id in gone if run_id not in removed]
+        if not by_another:  # not another prune's doing: as before
+            said = [line.strip() for line in (done.stderr or done.stdout or "").splitlines() if line.strip()]
+            raise StageError(f"`mlflow gc` failed ({said[-1] if said else f'exit status {done.returncode}'}); the "
+                             "runs are deleted, not yet removed: run prune again")
+        if result is not None:
+            result.runs_by_another.extend(by_another)
+        pending = [run_id for run_id in pending if run_id not in gone]
+        if not pending:
+            break
+    else:
+        raise StageError(f"`mlflow gc` failed {GC_ATTEMPTS} times while other prunes removed runs it was given; the "
+                         "runs are deleted, not yet removed: run prune again")
+    return f"mlflow gc removed {len(removed & set(run_ids))} runs and their artifacts"
 
 
 def remove_keep_files(root: Path) -> None:
@@ -406,12 +451,12 @@ def run(root: Path, dry_run: bool = False, models_dir: Path | None = None) -> di
     dirs = [models] + ([models_dir] if models_dir is not None and models_dir.resolve() != models.resolve() else [])
     with one_writer(models, "prune"):
         result = plan(root, params, name, dirs, pparams.alias)
-        summary = result.summary()
         if dry_run:
-            summary["mlflow"] = "dry run: nothing deleted"
+            summary = {**result.summary(), "mlflow": "dry run: nothing deleted"}
         else:
             restore_runs(root, result)  # first: no gc may run while a kept run is deleted
-            summary["mlflow"] = mlflow_gc(root, delete_registry(root, result))
+            collected = mlflow_gc(root, delete_registry(root, result), result)
+            summary = {**result.summary(), "mlflow": collected}  # what another prune deleted first is not ours
             if tracking.local_store_path(tracking.tracking_uri(root)) is not None:
                 remove_empty_run_folders(result.run_dirs)
         summary["dvc"] = dvc_gc(root, result, params.dvc_remote, dry_run)
@@ -435,6 +480,10 @@ def report(summary: dict) -> str:
                  + (f", and {'would free' if summary['dry_run'] else 'freed'} {len(earlier)} deleted by hand earlier"
                     if earlier else "")
                  + ("" if freed is None else f" ({freed / 1e6:.1f} MB of artifacts)"))
+    versions, runs = summary.get("versions_deleted_by_another", []), summary.get("runs_deleted_by_another", [])
+    if versions or runs:
+        lines.append(f"prune: found {len(versions)} model versions" + (f" ({', '.join(versions)})" if versions else "")
+                     + f" and {len(runs)} MLflow runs it was deleting already deleted by another prune (done)")
     if summary["untagged_runs_left"]:
         left = summary["untagged_runs_left"]
         runs = "1 training run that records" if left == 1 else f"{left} training runs that record"

@@ -8,6 +8,7 @@ registry_fetch.publish_serving_bundle), in a store of the test's own, then prune
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -413,3 +414,52 @@ def test_an_evaluation_recorded_after_a_rename_goes_with_the_training_run_it_is_
     done = prune.run(old_name)
     assert done["deleted_runs"] == sorted([run.run_id, evaluation.run_id])
     assert "mlflow gc removed 2 runs" in done["mlflow"]
+
+
+def _prune_command(root: Path) -> subprocess.Popen:
+    """``python -m pipeline.prune --json`` of ``root`` as a process of its own (a CI job's), on the shared store."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3]))
+    return subprocess.Popen([sys.executable, "-m", "pipeline.prune", "--root", str(root), "--quiet", "--json"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow  # two prune processes at once, up to three rounds: 25-50 s on 2 cores
+def test_two_prunes_at_once_take_what_the_other_deleted_as_done_and_say_so(tmp_path, monkeypatch):
+    """Two CI jobs, two checkouts, one tracking store: both plan the same deletions, and the second to reach a version
+    or run the first already deleted (or `mlflow gc` removed) stopped on MLflow's 'does not exist', its prune half
+    done. Deleted by another is done: each prune exits 0, says what it found so, and counts as its own only what it
+    deleted: every version once, by one of the two."""
+    first = _shared_store_project(tmp_path, monkeypatch, "ci-job-1")
+    second = _shared_store_project(tmp_path, monkeypatch, "ci-job-2")
+    client = tracking.client(first, create=False)
+    experiment = tracking.ensure_experiment(client, first)
+    for folder in (first, second):
+        (folder / "models/candidate").mkdir(parents=True)
+        (folder / "models/candidate/weights.bin").write_bytes(b"\0" * 64)
+        (folder / "results").mkdir()
+    client.create_registered_model(NAME)
+    collided = 0
+    for round_number in range(3):
+        made = [_training_run(client, experiment, first, f"{round_number * 100 + n:064x}") for n in range(8)]
+        runs = set(made) | {r.info.run_id for r in client.search_runs([experiment], "tags.stage = 'evaluate'")}
+        versions = {str(client.create_model_version(NAME, f"runs:/{run}/bundle", run_id=run).version) for run in made}
+        jobs = [_prune_command(first), _prune_command(second)]
+        outputs = [job.communicate(timeout=120) for job in jobs]
+        assert [job.returncode for job in jobs] == [0, 0], [err for _, err in outputs]
+        summaries = []
+        for out, _ in outputs:
+            summaries.append(json.loads(out[out.index("\n{") + 1:]))
+            assert "prune: found" in out or not (summaries[-1]["versions_deleted_by_another"]
+                                                 or summaries[-1]["runs_deleted_by_another"])
+        mine = [set(summary["deleted_versions"]) for summary in summaries]
+        assert not mine[0] & mine[1] and mine[0] | mine[1] == versions
+        theirs = [set(summary["deleted_runs"]) | set(summary["freed_deleted_runs"]) for summary in summaries]
+        assert theirs[0] | theirs[1] == runs
+        for this, other in ((0, 1), (1, 0)):
+            assert set(summaries[this]["versions_deleted_by_another"]) <= mine[other]
+            assert set(summaries[this]["runs_deleted_by_another"]) <= theirs[other]
+        assert _versions(client) == set() and all(prune._lifecycle(client, run) is None for run in runs)
+        collided += sum(len(s["versions_deleted_by_another"]) + len(s["runs_deleted_by_another"]) for s in summaries)
+        if collided:
+            break
+    assert collided, "the two prunes never reached the same version or run in three rounds: no race was tested"
