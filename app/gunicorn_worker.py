@@ -75,7 +75,6 @@ from gunicorn.http.errors import (
 )
 from gunicorn.http.message import Request
 from gunicorn.http.parser import RequestParser
-from gunicorn.workers.gthread import _DEFER as TO_THE_POLLER  # what handle() returns for a connection with no bytes yet
 from gunicorn.workers.gthread import ThreadWorker as GthreadWorker
 
 from app import SECURITY_HEADERS
@@ -89,6 +88,7 @@ LAST_CHANCE_S = 0.1
 # In a graceful exit, a kept-alive connection idle this long is closed (not after `keepalive`): a client sending
 # requests back to back has its next one in by then, and is answered `Connection: close`.
 EXIT_IDLE_GRACE_S = 0.25
+NOTHING_SENT_YET = object()  # handle()'s result for a new connection with no bytes in yet: it waits on the poller
 # What a client whose headers ran out of time is sent, if its socket takes it at once (never waited for).
 TIMED_OUT_BODY = b"the request's headers did not arrive in time\n"
 READ_SIZE = 8192  # the most gunicorn's parser reads from a socket at once (its SocketUnreader's mxchunk)
@@ -347,6 +347,9 @@ class ThreadWorker(GthreadWorker):
                     close()
 
             conn.close = close_elsewhere
+        if not fs.cancelled() and fs.exception() is None and fs.result() is NOTHING_SENT_YET:
+            self._wait_on_the_poller(conn)
+            return
         kept_alive = not fs.cancelled() and fs.exception() is None and fs.result() is True
         if kept_alive and _read_ahead(conn):
             # A pipelining client's next request, read with this one: the socket will not turn readable for it, and
@@ -365,6 +368,18 @@ class ThreadWorker(GthreadWorker):
                                                                                     conn))
             return
         super().finish_request(conn, fs)
+
+    def _wait_on_the_poller(self, conn):
+        """A new connection ``handle`` found with no bytes yet waits for them on gunicorn's poller (main thread),
+        holding no thread, until ``murder_pending`` closes it; in a graceful exit it is closed at once."""
+        if not self.alive:
+            self.nr_conns -= 1
+            conn.close()
+            return
+        conn.sock.setblocking(False)
+        self.pending_conns.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, functools.partial(self.on_pending_socket_readable,
+                                                                                conn))
 
     def enqueue_req(self, conn):
         """Overrides gunicorn's ``enqueue_req(conn)``, which hands a connection to the thread pool (main thread)
@@ -462,7 +477,7 @@ class ThreadWorker(GthreadWorker):
         completed by then is closed with nothing sent, counted once as a `tls_handshake_timeout`
         (``_handshake_ended``, which also takes the handshakes that failed)."""
         if not conn.initialized and not conn.data_ready and not conn.wait_for_data(0):
-            return TO_THE_POLLER  # gunicorn's wait (5 s) held this thread: see the docstring
+            return NOTHING_SENT_YET  # gunicorn's wait (5 s) held this thread: see the docstring
         now = time.monotonic()
         deadline = max(getattr(conn, "arrived", now) + self.header_timeout_s, now + LAST_CHANCE_S)
         conn.headers_due = READ_DEADLINES.watch(conn.sock, deadline, tls=self.cfg.is_ssl)
