@@ -45,8 +45,9 @@ def variant_statistics(events: list[dict[str, Any]],
     request, forecast.
 
     Counted by the release decision's own reader (pipeline.release.read_traffic, or its `traffic` of these
-    events), so the page shows the traffic `python -m pipeline.release decide` judges, the smoke test's answers
-    included (their nonce is the release commands', pipeline/release_smoke.py, not the app's). Errors are known for the
+    events), but with the release's smoke answers included: decide leaves those out by the nonce that signs them,
+    a secret of the release commands (pipeline/release_smoke.py, a 0600 file) that the network-facing app is not
+    given, and an id's prefix alone can be forged. Errors are known for the
     canary only (its failed attempts, which production answered, are logged with ``canary_failed``); a failed
     production request or shadow forecast writes no prediction event, so theirs are None."""
     traffic = read_traffic(events) if traffic is None else traffic
