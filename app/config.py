@@ -48,6 +48,7 @@ DEFAULT_SERIES_CACHE_ENTRIES = 4096
 MAX_TIMEOUT_S = 3600.0
 MAX_WORKERS = 256  # gunicorn worker processes, each loading the model
 DEFAULT_THREADS = 8  # connection threads per worker (app/gunicorn_conf.py)
+MAX_THREADS = 1024  # per worker: each a thread with its stack, none of them doing more than wait for a client
 
 
 @functools.cache
@@ -89,14 +90,14 @@ def worker_count(environ: Mapping[str, str] | None = None, cores: set[int] | Non
 
 
 def thread_count(environ: Mapping[str, str] | None = None) -> int:
-    """SHELFCAST_THREADS: each worker's connection threads, default 8; 0 counts as 1. SettingsError as
-    `worker_count`'s for one that is no whole number (a traceback before)."""
+    """SHELFCAST_THREADS: each worker's connection threads, default 8, else 1 to MAX_THREADS. SettingsError as
+    `worker_count`'s for any other value (no whole number was a traceback; 0 silently meant 1, 100000 was taken)."""
     env = os.environ if environ is None else environ
     text = env.get(ENV_THREADS, "").strip() or str(DEFAULT_THREADS)
-    if not (text.isascii() and text.isdigit()):
-        raise SettingsError(f"{ENV_THREADS}={text}: not a number of connection threads per worker; write a whole "
-                            f"number, e.g. {ENV_THREADS}={DEFAULT_THREADS} (the default)")
-    return max(1, int(text))
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_THREADS):
+        raise SettingsError(f"{ENV_THREADS}={text}: not a number of connection threads per worker (1 to "
+                            f"{MAX_THREADS}); write a whole number, e.g. {ENV_THREADS}={DEFAULT_THREADS} (the default)")
+    return int(text)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -342,11 +343,21 @@ def test_make_serve_refuses_a_bad_worker_count_in_one_line_naming_the_setting_an
                                      "it unset: one per core"], lines
 
 
-def test_a_bad_thread_count_is_refused_in_one_line(monkeypatch, tmp_path):
-    monkeypatch.setenv("SHELFCAST_THREADS", "eight")
-    with pytest.raises(SystemExit, match="^Error: SHELFCAST_THREADS=eight: not a number of connection threads per "
-                                         "worker; write a whole number, e.g. SHELFCAST_THREADS=8 "):
+@pytest.mark.parametrize("count", ["eight", "0", "-1", "2.5", "1025"])
+def test_a_bad_thread_count_is_refused_in_one_line(monkeypatch, tmp_path, count):
+    """0 silently meant one thread, 1025 and more were taken (a thread each, made as clients come)."""
+    monkeypatch.setenv("SHELFCAST_THREADS", count)
+    with pytest.raises(SystemExit, match=rf"^Error: SHELFCAST_THREADS={re.escape(count)}: not a number of connection "
+                                         r"threads per worker \(1 to 1024\); write a whole number, e\.g\. "
+                                         r"SHELFCAST_THREADS=8 "):
         gunicorn_conf(monkeypatch, tmp_path)
+
+
+@pytest.mark.parametrize("count, threads", [("1", 1), (" 16 ", 16), ("1024", 1024), ("", 8)])
+def test_a_thread_count_from_1_to_1024_is_taken(count, threads):
+    from app.config import thread_count
+
+    assert thread_count({"SHELFCAST_THREADS": count}) == threads
 
 
 def test_launch_refuses_a_bad_worker_count_as_gunicorn_does_starting_nothing(tmp_path):
