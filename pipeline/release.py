@@ -63,8 +63,8 @@ from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, 
                                     event_units, finite_number, is_closed_day, log_marks, prediction_log,
                                     read_jsonl_events)
 from pipeline.release_replay import ProductionReplay, request_key
-from pipeline.release_smoke import (SmokeAnswers, draw_nonce, installed_nonces, recorded_nonce, smoke_nonce,
-                                    smoke_request_id)
+from pipeline.release_smoke import (SmokeAnswers, draw_nonce, installed_nonces, nonce_private, recorded_nonce,
+                                    smoke_nonce, smoke_request_id)
 from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore, bundle_name, check_share
 
 # A test's hold point (tracking.hold): deploy's withdraw waits there, before it ends anything, for the file the
@@ -195,11 +195,13 @@ def install_candidate(root: Path, store: ReleaseStore, variant: str, version: st
     """Install ``version`` as a candidate; with ``events_log`` (the app's JSON-lines log), where that log ends is
     recorded first (``log_marks``, in LOG_MARKS_FILE) once the install changed what the variant serves: ``release
     decide`` then reads only the bytes logged since (read_jsonl_events' start_offsets), as deploy's polls do. Such an
-    install draws the candidate's smoke-id nonce too (pipeline/release_smoke.py), as does one that finds none."""
+    install draws the candidate's smoke-id nonce too (pipeline/release_smoke.py), as does one that finds none, or one
+    group or others could read (written 0644 before nonces were private)."""
     marks = None if events_log is None else log_marks(events_log)  # before the install: nothing logged between
     before = store.installed_at(variant)
     digest = install(root, store, variant, version, name)
-    if store.installed_at(variant) != before or recorded_nonce(store, variant) is None:
+    if (store.installed_at(variant) != before or recorded_nonce(store, variant) is None
+            or not nonce_private(store, variant)):  # one others could read (0644, from before) may have been read
         draw_nonce(store, variant)  # an earlier install's smoke ids (replayed by a client) are a user's now
     if marks is not None and store.installed_at(variant) != before:  # else the candidate went live earlier
         text = {str(path): [size, base64.b64encode(tail).decode("ascii")] for path, (size, tail) in marks.items()}

@@ -41,6 +41,15 @@ def recorded_nonce(store: ReleaseStore, variant: str) -> str | None:
     return text if len(text) == 2 * NONCE_BYTES and all(c in "0123456789abcdef" for c in text) else None
 
 
+def nonce_private(store: ReleaseStore, variant: str) -> bool:
+    """Whether ``variant``'s nonce file is readable by its owner alone (NONCE_MODE's bits, none for group or
+    others). One written 0644, before nonces were private, may have been read: an install redraws it."""
+    try:
+        return _nonce_path(store, variant).stat().st_mode & 0o077 == 0
+    except OSError:
+        return False
+
+
 def draw_nonce(store: ReleaseStore, variant: str) -> str:
     """A new nonce for ``variant``'s new install, recorded (atomically, NONCE_MODE from its first byte) before any
     smoke request can carry it. Before, it was written 0644 like the store's other files: any user with a shell on

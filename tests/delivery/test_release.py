@@ -860,6 +860,26 @@ def test_a_candidates_smoke_nonce_is_readable_by_its_owner_alone(host):
     assert stat.S_IMODE((store.root / RELEASE_FILE).stat().st_mode) == 0o644  # the share, the app reads it
 
 
+def test_a_nonce_others_could_read_is_redrawn_private_by_sync(host):
+    """Found by review: a nonce written 0644 before nonces were private (an operator upgrading with a canary
+    installed) stayed so, and stayed the candidate's, through every sync: any user of the host who had read it still
+    signed ids left out. A sync redraws such a nonce, 0600, as it draws a missing one; a private one it keeps."""
+    import stat
+
+    from pipeline.release_smoke import NONCE_FILE, recorded_nonce
+
+    root, store, _ = host
+    release.sync(root, store)
+    nonce = store.root / NONCE_FILE.format(variant=CANARY)
+    private = recorded_nonce(store, CANARY)
+    release.sync(root, store)
+    assert recorded_nonce(store, CANARY) == private
+    nonce.chmod(0o644)  # as every nonce was written before
+    release.sync(root, store)
+    assert recorded_nonce(store, CANARY) not in (None, private)
+    assert stat.S_IMODE(nonce.stat().st_mode) == 0o600, oct(nonce.stat().st_mode)
+
+
 def test_a_candidate_installed_without_a_nonce_is_said_and_sync_draws_one(host, capsys):
     """A canary installed before smoke ids carried a nonce has none: `release smoke` then sends ids nobody left out,
     whose answers count as users'. It says so (before its first request) and what records one."""
