@@ -47,8 +47,10 @@ RAW_NAMES = RAW_FILES + OPTIONAL_RAW_FILES
 # What a raw file in another format (train.parquet, oil.xlsx) is told: it is not read.
 ONLY_CSV = "only CSV files are read (export it as NAME.csv or NAME.csv.gz)"
 # A checksum or signature of another file, as data portals publish beside each file (oil.csv.sha256,
-# train.csv.gz.asc): no data of its own, so never taken for a raw file in another format (``is_side_file``).
-SIDE_FILE_SUFFIXES = (".md5", ".sha1", ".sha256", ".sha512", ".sig", ".asc")
+# train.csv.gz.asc; coreutils' oil.csv.sha256sum): no data of its own, so never taken for a raw file in another
+# format (``is_side_file``); one whose file is not there is (``check_raw_file_names``).
+SIDE_FILE_SUFFIXES = (".md5", ".sha1", ".sha256", ".sha512", ".md5sum", ".sha1sum", ".sha256sum", ".sha512sum",
+                      ".sig", ".asc")
 
 
 class SourceError(StageError):
@@ -126,6 +128,20 @@ def is_side_file(name: str) -> bool:
     return name.strip().lower().endswith(SIDE_FILE_SUFFIXES)
 
 
+def exact_raw_files(names) -> set[str]:
+    """The raw files ``names`` hold under an exact name (NAME + a CANDIDATE_SUFFIXES suffix)."""
+    return {base for base in RAW_NAMES if any(f"{base}{suffix}" in names for suffix in CANDIDATE_SUFFIXES)}
+
+
+def side_file_of(name: str) -> str:
+    """The file a side file ``name`` is the checksum or signature of: its name less SIDE_FILE_SUFFIXES
+    (``oil.csv.gz.sha256.asc`` -> ``oil.csv.gz``)."""
+    name = name.strip()
+    while is_side_file(name):
+        name = name[:name.lower().rfind(".")]
+    return name
+
+
 def _folded(text: str) -> str:
     return re.sub(r"[\s_\-.]", "", text.casefold())
 
@@ -155,7 +171,7 @@ def lookalike_raw_files(names, found=None) -> list[tuple[str, str, str | None]]:
     are those that open, which on a case-insensitive file system Train.csv does."""
     names = [name for name in names if not is_side_file(name)]
     if found is None:
-        found = {base for base in RAW_NAMES if any(f"{base}{suffix}" in names for suffix in CANDIDATE_SUFFIXES)}
+        found = exact_raw_files(names)
     wanted = {_folded(base): base for base in RAW_NAMES if base not in found}
     alike = []
     for name in sorted(names):
@@ -170,8 +186,9 @@ def lookalike_raw_files(names, found=None) -> list[tuple[str, str, str | None]]:
 
 def check_raw_file_names(where: str, names, error: type[StageError] | None = None, found=None) -> None:
     """SourceError (or ``error``) for a file of ``names`` (a folder's, a zip's members') named a raw file but for
-    case or separators (see ``lookalike_raw_files``), gzipped twice (``NAME.csv.gz.gz``: ``gzip`` run on a .gz), or
-    an optional raw file in another format (``oil.xlsx``); ``where``: the source as the error names it."""
+    case or separators (see ``lookalike_raw_files``), gzipped twice (``NAME.csv.gz.gz``: ``gzip`` run on a .gz), an
+    optional raw file in another format (``oil.xlsx``), or the checksum or signature of an optional raw file that is
+    not there (``oil.csv.sha256`` without ``oil.csv``); ``where``: the source as the error names it."""
     for name, base, exact in lookalike_raw_files(names, found):
         if exact is not None:
             raise (error or SourceError)(
@@ -185,6 +202,17 @@ def check_raw_file_names(where: str, names, error: type[StageError] | None = Non
             raise (error or SourceError)(
                 f"{where} has {name} but no {base} file: {ONLY_CSV.replace('NAME', base)}; or, if no {base} data "
                 "are meant, move it out of the folder (read past, it would be as if there were none)")
+    names = list(names)
+    if found is None:  # lookalike_raw_files' default, of all ``names``: not of the one name looked at below
+        found = exact_raw_files(names)
+    for name in sorted(name for name in names if is_side_file(name) and side_file_of(name) not in names):
+        for _, base, _ in lookalike_raw_files([side_file_of(name)], found):
+            if base in OPTIONAL_RAW_FILES:  # the checksum of a file not copied: its data would be silently absent
+                described = side_file_of(name)
+                raise (error or SourceError)(
+                    f"{where} has {name} but no {base} file: it is a checksum or signature of {described}, which is "
+                    f"not there: put {described} beside it; or, if no {base} data are meant, move it out of the "
+                    "folder (read past, it would be as if there were none)")
 
 
 def other_formats_note(names, found=None) -> str:

@@ -1129,8 +1129,8 @@ def test_checksum_and_signature_files_beside_the_data_are_read_past_and_oil_xlsx
 
     source = write_kaggle_sample(tmp_path / "src", compress=("train",))
     (source / "oil.csv").unlink()
-    sides = ["oil.csv.sha256", "oil.csv.MD5", "transactions.csv.sig", "oil.csv.gz.asc", "train.csv.gz.sha256",
-             "items.csv.sha512", "stores.csv.sha1"]
+    sides = ["transactions.csv.sig", "train.csv.gz.sha256", "TRAIN.CSV.GZ.SHA256", "items.csv.sha512",
+             "stores.csv.sha1", "test.csv.sha256sum", "SHA256SUMS", "checksums.txt"]
     for side in sides:
         (source / side).write_text(f"{'0' * 64}  {side.rsplit('.', 1)[0]}\n", encoding="utf-8")
     assert set(fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))["files"]) == {
@@ -1149,6 +1149,22 @@ def test_checksum_and_signature_files_beside_the_data_are_read_past_and_oil_xlsx
     _refused_by_source_download_and_zip(tmp_path / "xlsx", source, "has oil.xlsx but no oil file: only CSV files are "
                                         "read (export it as oil.csv or oil.csv.gz); or, if no oil data are meant, "
                                         "move it out of the folder (read past, it would be as if there were none)")
+
+
+@pytest.mark.parametrize("side", ["oil.csv.sha256", "oil.csv.MD5", "oil.csv.gz.asc", "oil.csv.sha256sum"])
+def test_a_checksum_of_an_optional_raw_file_that_is_not_there_is_one_line_naming_both(tmp_path, side):
+    """Found by review: a checksum or signature is read past, and so was one whose data file is missing: a folder
+    with oil.csv.sha256 and no oil.csv (the data not copied, its download failed) was read without oil prices, and
+    nobody told. It is refused as oil.xlsx is, naming the file the checksum is of; oil.csv.sha256sum (coreutils'
+    naming) is a checksum too, not oil data in another format."""
+    source = write_kaggle_sample(tmp_path / "src", compress=("train",))
+    (source / "oil.csv").unlink()
+    (source / side).write_text(f"{'0' * 64}  oil.csv\n", encoding="utf-8")
+    described = side.rsplit(".", 1)[0]
+    _refused_by_source_download_and_zip(tmp_path, source, f"has {side} but no oil file: it is a checksum or "
+                                        f"signature of {described}, which is not there: put {described} beside it; "
+                                        "or, if no oil data are meant, move it out of the folder (read past, it "
+                                        "would be as if there were none)")
 
 
 def test_a_plain_csv_named_csv_gz_is_said_for_what_it_is(tmp_path):
