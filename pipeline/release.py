@@ -978,7 +978,10 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
     rolls back the same way (:func:`withdraw`), then raises on with the interruption worded as what it did; so does
     one a library turned into its own error (interruption_behind). Any other exception once the candidate may be
     installed (a bug, an error no step expects) is withdrawn too, then raised unchanged, a note saying what deploy
-    did: before, only the errors named here were, and anything else left the canary serving users.
+    did: before, only the errors named here were, and anything else left the canary serving users. A failure once
+    promote has moved production to the candidate (or while the registry cannot say) withdraws nothing and is no
+    rollback: it is raised saying so (ReleaseError, or the error with a note), where before it reported "rolled
+    back", production "unchanged", while production served the candidate.
 
     With ``shadow_s`` > 0 a shadow phase comes first: the candidate mirrors every request that
     long (or until the rule decides); a rollback verdict there ends the release before any user
@@ -1054,10 +1057,17 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
             raise
         foreseen = isinstance(exc, (ReleaseError, BundleError, registry_fetch.FetchError, EventSourceError,
                                     OSError, tracking.TrackingError, MlflowException))  # MLflow: the registry refused
-        withdraw(root, store, url, version, ending, name, reload_timeout_s, report, say,
-                 "interrupted" if interruption is not None else
-                 tracking.store_error_text(exc) if isinstance(exc, MlflowException) else
-                 str(exc) if foreseen else f"{type(exc).__name__}: {exc}")
+        reason = ("interrupted" if interruption is not None else
+                  tracking.store_error_text(exc) if isinstance(exc, MlflowException) else
+                  str(exc) if foreseen else f"{type(exc).__name__}: {exc}")
+        now = _production_named(root, name) if promoting else None
+        if promoting and now in (str(version), None):  # production moved to it (or may have): no candidate's rollback
+            moved = _failed_promoting(version, report["production_before"], now)
+            if not foreseen:
+                exc.add_note(f"deploy: {moved}")
+                raise
+            raise ReleaseError(f"{reason}; {moved}") from exc
+        withdraw(root, store, url, version, ending, name, reload_timeout_s, report, say, reason)
         if interruption is not None:
             settled(interruption, withdrawn_line(report, version))
             raise
@@ -1067,6 +1077,25 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
         say(f"deploy: rolled back: {exc}" + (f" (candidate out of service after {report['rollback_s']} s)"
                                              if report["rollback_s"] is not None else ""))
     return report
+
+
+def _production_named(root: Path, name: str) -> str | None:
+    """The version production's alias names now, or None where the registry cannot say (or names none)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return variant_versions(root, name).get(PRODUCTION)
+    except (tracking.TrackingError, MlflowException, OSError):
+        return None
+
+
+def _failed_promoting(version: str, before: str | None, now: str | None) -> str:
+    """What deploy says of a failure once promote may have moved production to ``version``: not withdrawn, nor a
+    rollback (production is not where it was), and where to look."""
+    where = (f"version {version} is production (production version {before} before)" if now == str(version) else
+             f"deploy was promoting version {version} and the registry could not say whether production names it")
+    return (f"{where}: nothing was withdrawn; `python -m pipeline.release status` says what production names and "
+            "this host serves; `python -m pipeline.release sync` installs it")
 
 
 def withdraw(root: Path, store: ReleaseStore, url: str, version: str, ending: list[str], name: str,

@@ -442,6 +442,31 @@ def test_deploy_shadow_then_canary_with_reload_smoke_test_and_checks_then_promot
     assert served.statuses and set(served.statuses) == {200}  # no user request failed during the release
 
 
+def test_a_failure_once_production_names_the_candidate_is_not_reported_as_its_rollback(host, serve, tmp_path):
+    """Found by review: any failure after the install withdrew the candidate and reported "rolled back", production
+    "unchanged" (exit 2), also once promote had moved production to it (the app's reload of production timing out,
+    the registry refusing promote's last steps): CI and the operator read that the old version served while the
+    registry and this host served the new one. Such a failure is raised saying the candidate is production and what
+    says the rest; nothing is withdrawn."""
+    root, store, versions = host
+    production, candidate = versions["production"], versions["canary"]
+    release.end_candidate(root, store, CANARY)
+    served = serve(store, tmp_path / "events.jsonl")
+
+    def say(line: str) -> None:  # deploy's output (a public parameter): the failure comes after promote's move
+        if line.startswith(f"deploy: version {candidate} is production"):
+            raise release.ReleaseError("the app's reload of production timed out")
+
+    with pytest.raises(release.ReleaseError) as raised:
+        release.deploy(root, store, served.url, release.LoggedEvents(tmp_path / "events.jsonl"), candidate,
+                       share=0.5, observe_s=90, say=say)
+    assert str(raised.value).startswith(f"the app's reload of production timed out; version {candidate} is "
+                                        f"production (production version {production} before): "), raised.value
+    assert "`python -m pipeline.release status`" in str(raised.value), raised.value
+    assert str(tracking.client(root).get_registered_model(NAME).aliases[PRODUCTION]) == candidate
+    assert release.app_info(served.url)["digest"] == verify_bundle(store.variant_dir(PRODUCTION))
+
+
 @pytest.mark.slow
 def test_a_canary_worse_on_actual_sales_is_rolled_back_automatically(host, serve, tmp_path):
     from app.predictor import load_model
