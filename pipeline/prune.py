@@ -30,7 +30,9 @@ are deleted, then runs (deleted, then ``mlflow gc`` on a local store, which remo
 then ``dvc gc`` of the cache, and of the remote when ``prune.dvc_remote`` is true. ``--dry-run`` lists all of it
 and deletes (and restores) nothing. One writer at a time: it holds ``models/``'s lock, as promote and release do.
 Two prunes of one store from two checkouts (two CI jobs) both plan the same deletions: a version or run the other
-deleted first (MLflow's RESOURCE_DOES_NOT_EXIST) is done, counted as deleted by another, not as this prune's.
+deleted first (MLflow's RESOURCE_DOES_NOT_EXIST) is done, counted as deleted by another, not as this prune's. A
+version the registry names by the time it is reached (another checkout's promote or canary of it) is kept, with its
+runs and DVC entry (``_named_since``).
 
     python -m pipeline.prune [--dry-run] [--models DIR]
 """
@@ -95,6 +97,9 @@ class Plan:
     freed: dict[str, int | None] = field(default_factory=dict)  # runs deleted by hand, kept by nothing: gc only
     unclaimed: int = 0  # training runs without REGISTERED_MODEL_TAG that are not this model's by its registry: left
     versions_by_another: list[str] = field(default_factory=list)  # planned, found deleted by another prune
+    versions_named_since: list[str] = field(default_factory=list)  # planned, named by the registry when reached: kept
+    alias: str = "production"  # production's alias, whose move record names what a rollback returns to
+    parents: dict[str, str] = field(default_factory=dict)  # a planned nested run (an evaluation) -> its parent run
     runs_by_another: list[str] = field(default_factory=list)  # planned (runs or freed), removed by another prune
 
     def summary(self) -> dict:
@@ -104,7 +109,8 @@ class Plan:
         gone = runs or freed
         return {"model": self.model_name,
                 "kept_versions": {v: ", ".join(why) for v, why in sorted(self.kept_versions.items(), key=_numeric)},
-                "deleted_versions": sorted(set(self.versions) - set(self.versions_by_another), key=int),
+                "deleted_versions": sorted(set(self.versions) - set(self.versions_by_another)
+                                           - set(self.versions_named_since), key=int),
                 "kept_runs": len(self.kept_runs), "deleted_runs": sorted(runs),
                 "restored_runs": dict(sorted(self.restore.items())), "freed_deleted_runs": sorted(freed),
                 "versions_deleted_by_another": sorted(self.versions_by_another, key=int),
@@ -185,16 +191,12 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
         model = None
     versions = [] if model is None else tracking.model_versions(client, f"name='{model_name}'")
     by_number = {str(v.version): v for v in versions}
+    result.alias = production
     if model is not None:
-        for alias, version in (model.aliases or {}).items():
-            keep(version, f"alias {alias}")
-        previous = (model.tags or {}).get(tracking.PREVIOUS_PRODUCTION_TAG)
-        if previous in by_number:
-            keep(previous, f"{tracking.PREVIOUS_PRODUCTION_TAG}: a rollback returns to it")
-        serving = by_number.get(str((model.aliases or {}).get(production)))
-        recorded = None if serving is None else tracking.recorded_previous(serving)
-        if recorded in by_number:  # what rollback returns to while production's move is not marked done
-            keep(recorded, f"{production}'s {tracking.MOVE_TAG}: a rollback returns to it")
+        for version, why in registry_names(model, production, by_number.get).items():
+            if version in by_number:
+                for reason in why:
+                    keep(version, reason)
     for v in versions:
         tags = v.tags or {}
         if tags.get(registry_fetch.TAG_DIGEST) in on_host:
@@ -250,6 +252,8 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
                  and r.data.tags.get("stage") == "evaluate"}
     for r in runs:
         if r.info.run_id in prunable and r.info.run_id not in result.kept_runs:
+            if r.data.tags.get(tracking.PARENT_RUN_TAG):
+                result.parents[r.info.run_id] = r.data.tags[tracking.PARENT_RUN_TAG]
             deleted = r.info.lifecycle_stage == "deleted"  # by hand: only `mlflow gc` still has to free it
             (result.freed if deleted else result.runs)[r.info.run_id] = local_artifact_bytes(r.info.artifact_uri)
             if (folder := local_artifact_dir(r.info.artifact_uri)) is not None:
@@ -262,6 +266,24 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
         if stage == "deleted":
             result.restore[run_id] = why
     return result
+
+
+def registry_names(model, production: str, version_of) -> dict[str, list[str]]:
+    """The versions the registered ``model`` names, and why: its aliases, previous_production (a rollback returns
+    to it) and, while production's move is not marked done, what its move record says it replaced. ``version_of``:
+    a version number -> its ModelVersion (None if not there)."""
+    named: dict[str, list[str]] = {}
+    aliases = model.aliases or {}
+    for alias, version in aliases.items():
+        named.setdefault(str(version), []).append(f"alias {alias}")
+    previous = (model.tags or {}).get(tracking.PREVIOUS_PRODUCTION_TAG)
+    if previous:
+        named.setdefault(str(previous), []).append(f"{tracking.PREVIOUS_PRODUCTION_TAG}: a rollback returns to it")
+    serving = None if aliases.get(production) is None else version_of(str(aliases[production]))
+    recorded = None if serving is None else tracking.recorded_previous(serving)
+    if recorded:  # what rollback returns to while production's move is not marked done
+        named.setdefault(recorded, []).append(f"{production}'s {tracking.MOVE_TAG}: a rollback returns to it")
+    return named
 
 
 def own_run(run, model_name: str, registered: set) -> bool:
@@ -342,6 +364,8 @@ def delete_registry(root: Path, result: Plan) -> list[str]:
 
     client = tracking.client(root, create=False)
     for version in result.versions:
+        if _named_since(client, result, version):
+            continue
         try:
             client.delete_model_version(result.model_name, version)
         except MlflowException as exc:
@@ -356,6 +380,48 @@ def delete_registry(root: Path, result: Plan) -> list[str]:
                 raise
             result.runs_by_another.append(run_id)
     return [run_id for run_id in [*result.runs, *result.freed] if run_id not in result.runs_by_another]
+
+
+def _named_since(client, result: Plan, version: str) -> bool:
+    """Whether the registry names ``version`` now, judged again just before its deletion: another checkout's promote,
+    canary or shadow of it since the plan (MLflow deletes a version's aliases with it: the registry then named no
+    production). Such a version is kept, with its runs (a deleted one restored) and its DVC entry. The registry has
+    no compare-and-set: a move between this read and the deletion, milliseconds later, is still lost."""
+    from mlflow.exceptions import MlflowException
+
+    def version_of(number: str):
+        try:
+            return client.get_model_version(result.model_name, number)
+        except MlflowException as exc:
+            if exc.error_code != GONE:
+                raise
+            return None
+
+    try:
+        model = client.get_registered_model(result.model_name)
+    except MlflowException as exc:
+        if exc.error_code != GONE:
+            raise
+        return False
+    why = registry_names(model, result.alias, version_of).get(version)
+    now = version_of(version) if why else None
+    if now is None:
+        return False
+    result.versions_named_since.append(version)
+    result.kept_versions.setdefault(version, []).extend(f"named since prune planned: {reason}" for reason in why)
+    recorded = (now.tags or {}).get(registry_fetch.TAG_DVC)
+    if recorded:
+        result.dvc_keep[version] = dvc_entry(result.model_name, version, recorded)
+    spared = {now.run_id, (now.tags or {}).get("evaluation_run_id")} - {None}
+    spared |= {run_id for run_id, parent in result.parents.items() if parent in spared}
+    for run_id in spared:
+        if run_id in result.runs or run_id in result.freed:
+            result.kept_runs[run_id] = f"backs version {version}, named since prune planned"
+            if run_id in result.freed:  # deleted by hand: restored, as plan restores a kept run (restore_runs)
+                del result.freed[run_id]
+                client.restore_run(run_id)
+            result.runs.pop(run_id, None)
+    return True
 
 
 def mlflow_gc(root: Path, run_ids: list[str], result: Plan | None = None) -> str:

@@ -416,6 +416,41 @@ def test_an_evaluation_recorded_after_a_rename_goes_with_the_training_run_it_is_
     assert "mlflow gc removed 2 runs" in done["mlflow"]
 
 
+def test_a_version_an_alias_names_after_the_plan_is_kept_with_its_runs(tmp_path, monkeypatch):
+    """Found by review: prune judged the aliases once, when it planned, and another checkout's `release promote
+    --version 2` or `release canary --version 3` (a version older than keep_versions) landing before the deletion lost
+    that version, and with it the alias (MLflow deletes a version's aliases with it): the registry named no
+    production. Each version is judged again just before it is deleted; one an alias or previous_production names by
+    then is kept, with its runs, and said so."""
+    root = _shared_store_project(tmp_path, monkeypatch)
+    (root / "models/candidate").mkdir(parents=True)
+    (root / "models/candidate/weights.bin").write_bytes(b"\0" * 64)
+    (root / "results").mkdir()
+    client = tracking.client(root, create=False)
+    experiment = tracking.ensure_experiment(client, root)
+    client.create_registered_model(NAME)
+    made = {}
+    for n in range(1, 5):
+        run = _training_run(client, experiment, root, f"{n:064x}")
+        made[n] = (str(client.create_model_version(NAME, f"runs:/{run}/bundle", run_id=run).version), run)
+    client.set_registered_model_alias(NAME, "production", made[4][0])
+    planned = prune.plan(root, prune.prune_params(yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))),
+                         NAME, [root / "models"])
+    assert sorted(planned.versions) == [made[n][0] for n in (1, 2, 3)], planned.versions
+    client.set_registered_model_alias(NAME, "production", made[2][0])  # another checkout's promote, meanwhile
+    client.set_registered_model_alias(NAME, "canary", made[3][0])
+    collect = prune.delete_registry(root, planned)
+    assert _versions(client) == {made[n][0] for n in (1, 2, 3, 4)} - {made[1][0]}
+    aliases = client.get_registered_model(NAME).aliases
+    assert (str(aliases["production"]), str(aliases["canary"])) == (made[2][0], made[3][0]), aliases
+    for n in (2, 3):
+        assert client.get_run(made[n][1]).info.lifecycle_stage == "active" and made[n][1] not in collect
+    summary = planned.summary()
+    assert summary["deleted_versions"] == [made[1][0]], summary
+    assert "named since prune planned: alias production" in summary["kept_versions"][made[2][0]], summary
+    assert made[1][1] in summary["deleted_runs"] and made[2][1] not in summary["deleted_runs"], summary
+
+
 def _prune_command(root: Path) -> subprocess.Popen:
     """``python -m pipeline.prune --json`` of ``root`` as a process of its own (a CI job's), on the shared store."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3]))
