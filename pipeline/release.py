@@ -351,8 +351,10 @@ def set_candidate(root: Path, store: ReleaseStore, variant: str, version: str, s
 def end_candidate(root: Path, store: ReleaseStore, variant: str, name: str | None = None,
                   version: str | None = None) -> None:
     """Stop serving a candidate: alias deleted first (the registry's word), then the files. With ``version``, the
-    alias is deleted only while it still names that version: a newer candidate the ML pipeline registered under it
-    meanwhile (CI's promote to ``shadow`` during a canary's observation) keeps it, for its own release. When the
+    alias is deleted only while it still names that version, and the files removed only while they are that
+    version's (or no release's): a newer candidate the ML pipeline registered under it meanwhile (CI's promote to
+    ``shadow`` during a canary's observation) keeps both, for its own release; before, its files went and the host
+    stopped serving it until the next `release sync`. When the
     registry cannot be asked (gone, refusing), the files are removed all the same (a rolled-back candidate stops
     serving) and ReleaseError says the alias may still name it."""
     from mlflow.exceptions import MlflowException
@@ -369,9 +371,10 @@ def end_candidate(root: Path, store: ReleaseStore, variant: str, name: str | Non
                     raise
     except (tracking.TrackingError, MlflowException) as exc:
         left = tracking.store_error_text(exc) if isinstance(exc, MlflowException) else str(exc)
-    store.remove(variant)
-    if variant == CANARY:
-        store.set_canary_share(0.0)
+    if version is None or store.claimed_version(variant, name) in (None, str(version)):
+        store.remove(variant)
+        if variant == CANARY:
+            store.set_canary_share(0.0)
     if left is not None:
         raise ReleaseError(f"{variant} removed from this host, but its alias could not be deleted ({left}): the "
                            f"{variant} alias may still name {'it' if version is None else f'version {version}'}, "

@@ -119,7 +119,7 @@ class ReleaseStore:
         record, ``release status``), and a rollback record made while production was another model's is removed:
         its number is the other model's, and would keep this model's release of that number as the rollback's."""
         source, target = self.release_dir(version), self.variant_dir(variant)
-        leaving = self._claimed_version(PRODUCTION, name) if variant == PRODUCTION else None
+        leaving = self.claimed_version(PRODUCTION, name) if variant == PRODUCTION else None
         replacing_another_model = variant == PRODUCTION and _another_models(target, name)
         claimed = _manifest_digest(source)  # cheap: the whole check only when the two claim the same bundle
         if claimed is not None and claimed == _manifest_digest(target) and self.served_digest(variant) == claimed \
@@ -187,7 +187,7 @@ class ReleaseStore:
         except OSError:
             return None
 
-    def _claimed_version(self, variant: str, name: str | None = None) -> str | None:
+    def claimed_version(self, variant: str, name: str | None = None) -> str | None:
         """The release whose manifest the variant's claims (no file hashed: a bundle is verified when loaded); with
         ``name``, only a release of that model."""
         claimed = _manifest_digest(self.variant_dir(variant))

@@ -138,14 +138,16 @@ def test_the_canary_answers_a_sticky_share_and_every_event_names_its_variant(hos
 def test_ending_a_candidate_keeps_an_alias_moved_to_a_newer_version_meanwhile(host):
     """Noticed by the CI probe: a rolled-back deploy deleted the shadow alias whatever it named, so a newer model
     the ML pipeline promoted to shadow during the canary's observation lost it, and its own release then found
-    nothing to deploy."""
+    nothing to deploy. Its files went too (found by a review): the host stopped serving it until a `release sync`."""
     root, store, versions = host
     release.set_candidate(root, store, SHADOW, versions["canary"])  # the ML pipeline's newer shadow
+    served = store.served_digest(SHADOW)
     release.end_candidate(root, store, SHADOW, version=versions["production"])  # ending the older deploy's
     assert release.aliases(root).get(SHADOW) == versions["canary"]
-    assert not store.variant_dir(SHADOW).exists()  # this host stops serving it all the same: `sync` installs it
+    assert store.served_digest(SHADOW) == served and store.claimed_version(SHADOW) == versions["canary"]
     release.end_candidate(root, store, SHADOW, version=versions["canary"])
     assert SHADOW not in release.aliases(root)
+    assert not store.variant_dir(SHADOW).exists()
 
 
 def test_the_shadow_sees_every_request_and_is_never_returned(host, tmp_path):
