@@ -385,10 +385,10 @@ class ThreadWorker(GthreadWorker):
         """Overrides gunicorn's ``enqueue_req(conn)``, which hands a connection to the thread pool (main thread)
         once it is accepted, or once a kept-alive or idle one is readable again: the header deadline counts from
         then, not from when a thread is free, so clients stalled mid-headers that queued for a thread behind
-        others hold it only briefly (``handle``). A TLS connection's handshake counts from its acceptance however
-        often it comes back: one that sent nothing for 5 s (gunicorn's wait, then its poller) and then half a
-        ClientHello got a whole timeout more."""
-        if not (hasattr(conn, "arrived") and self._before_handshake(conn)):
+        others hold it only briefly (``handle``). A connection's first request (a TLS one's handshake) counts from
+        its acceptance however often it comes back: one that sent nothing for 0.9 of the timeout (on the poller,
+        ``_wait_on_the_poller``) and then a byte got a whole timeout more, as a TLS one did after half a ClientHello."""
+        if not (hasattr(conn, "arrived") and not conn.initialized):  # initialized: its first request was read
             conn.arrived = time.monotonic()
         super().enqueue_req(conn)
 

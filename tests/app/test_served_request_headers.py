@@ -184,6 +184,20 @@ def test_clients_that_connect_and_send_nothing_hold_no_thread(server):
             client.close()
 
 
+def test_a_connection_silent_on_the_poller_then_stalled_is_closed_at_the_timeout_from_its_connect(server):
+    """A client connects, sends nothing for 0.9 s (it waits on gunicorn's poller), then one byte, and stalls. Its
+    headers' deadline counts from the connect (README "Slow clients"): before, the byte's arrival restarted it, and
+    the connection was closed 1.9 s after its connect, a silent wait each time adding to what a thread is held."""
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
+        connected = time.monotonic()
+        time.sleep(0.9 * HEADER_TIMEOUT_S)
+        client.sendall(PARTIAL[:1])
+        reply = read_all(client, 10)
+        closed_s = time.monotonic() - connected
+    assert reply.startswith(b"HTTP/1.1 408 "), reply[:100]
+    assert closed_s < HEADER_TIMEOUT_S + 0.5, f"closed {closed_s:.2f} s after its connect"
+
+
 def test_a_kept_alive_connection_that_stalls_in_its_next_requests_headers_is_closed_within_the_timeout(server):
     """The headers of a kept-alive connection's next request are bounded too: 4 clients on 2 threads each get
     one answer, then send part of their next request on the same connection and stop."""
