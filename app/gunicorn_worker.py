@@ -85,8 +85,9 @@ CLOSING_THREADS = 4  # each close waits at most 2 s for its client: 2 closes a s
 MOST_WAITING = 256  # closes queued beyond this happen at once, without the wait (a flood of such clients)
 # A connection that waited for a thread past its header deadline still gets this long for headers it has sent.
 LAST_CHANCE_S = 0.1
-# In a graceful exit, a kept-alive connection idle this long is closed (not after `keepalive`): a client sending
-# requests back to back has its next one in by then, and is answered `Connection: close`.
+# In a graceful exit, a kept-alive connection idle this long is closed (not after `keepalive`), and a new one that has
+# sent nothing this long after its connect: a client sending requests back to back, or one that has just connected,
+# has its request in by then, and is answered `Connection: close`.
 EXIT_IDLE_GRACE_S = 0.25
 NOTHING_SENT_YET = object()  # handle()'s result for a new connection with no bytes in yet: it waits on the poller
 # What a client whose headers ran out of time is sent, if its socket takes it at once (never waited for).
@@ -371,11 +372,9 @@ class ThreadWorker(GthreadWorker):
 
     def _wait_on_the_poller(self, conn):
         """A new connection ``handle`` found with no bytes yet waits for them on gunicorn's poller (main thread),
-        holding no thread, until ``murder_pending`` closes it; in a graceful exit it is closed at once."""
-        if not self.alive:
-            self.nr_conns -= 1
-            conn.close()
-            return
+        holding no thread, until ``murder_pending`` closes it (``_pending_until``), in a graceful exit too: one
+        accepted there (``set_accept_enabled`` takes those queued) was closed at once, its request, sent an instant
+        after its connect, unanswered."""
         conn.sock.setblocking(False)
         self.pending_conns.append(conn)
         self.poller.register(conn.sock, selectors.EVENT_READ, functools.partial(self.on_pending_socket_readable,
@@ -396,15 +395,17 @@ class ThreadWorker(GthreadWorker):
         """Overrides gunicorn's ``murder_pending()`` (main thread, about once a second), which closes the new
         connections that sent nothing within gunicorn's 5 s wait and then nothing within `keepalive` (5 s) on its
         poller, where they hold no thread (``handle`` puts them there at once). Each is closed once
-        SHELFCAST_HEADER_TIMEOUT_S from its acceptance has passed (``_pending_until``), a TLS one counted and logged as
+        SHELFCAST_HEADER_TIMEOUT_S from its acceptance has passed (``_pending_until``; in a graceful exit,
+        EXIT_IDLE_GRACE_S), a TLS one counted and logged as
         a `tls_handshake_timeout` (``_handshake_timed_out``): before, it went after 10 s whatever the timeout, neither
         counted nor logged, while half a ClientHello was both (pending
         connections are queued by when their thread's wait began, not by when they arrived: ``_close_due``)."""
         self._close_due(self.pending_conns, self._pending_until, closing=self._count_a_handshake_not_begun)
 
     def _count_a_handshake_not_begun(self, conn) -> None:
-        """A pending connection ``murder_pending`` closes: counted and logged if it is TLS and sent nothing."""
-        if self._before_handshake(conn):
+        """A pending connection ``murder_pending`` closes: counted and logged if it is TLS and sent nothing within
+        SHELFCAST_HEADER_TIMEOUT_S (not one a graceful exit closes sooner)."""
+        if self._before_handshake(conn) and conn.arrived + self.header_timeout_s <= time.monotonic():
             self._handshake_timed_out(conn.client)
 
     def murder_keepalived(self):
@@ -458,8 +459,11 @@ class ThreadWorker(GthreadWorker):
 
     def _pending_until(self, conn) -> float:
         """When a connection waiting for its first bytes on gunicorn's poller is closed (``murder_pending``):
-        SHELFCAST_HEADER_TIMEOUT_S after it connected, as its headers would be."""
-        return conn.arrived + self.header_timeout_s
+        SHELFCAST_HEADER_TIMEOUT_S after it connected, as its headers would be; in a graceful exit EXIT_IDLE_GRACE_S
+        after it (a silent connection held every stop for the whole header timeout, 10 s)."""
+        if self.alive:
+            return conn.arrived + self.header_timeout_s
+        return conn.arrived + min(self.header_timeout_s, EXIT_IDLE_GRACE_S)
 
     def handle(self, conn):
         """Overrides gunicorn's ``handle(conn)``: one request on a connection, on a connection thread, from the

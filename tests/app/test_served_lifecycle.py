@@ -548,3 +548,41 @@ def test_a_stop_waits_for_the_request_in_flight_not_for_an_idle_kept_alive_conne
         served.stop()
     assert stopped_s < 5, f"the stop took {stopped_s:.1f} s: the idle keep-alive connection held it"
     assert idle.sock is not None and idle.sock.recv(1) == b"", "the idle connection was not closed"
+
+
+def test_a_stop_serves_a_request_sent_just_after_its_connect_and_closes_a_silent_connection_at_once(app_bundles,
+                                                                                                      tmp_path):
+    """SIGTERM while one client is connected and silent (on gunicorn's poller) and another has just connected (in
+    the listen queue, accepted in the graceful exit) and sends its request 0.1 s later. Before, the second was
+    closed unanswered at once (it had sent nothing yet: the exit took it for idle), and the silent one held the stop
+    until its header deadline, SHELFCAST_HEADER_TIMEOUT_S (10 s). Now each waits EXIT_IDLE_GRACE_S for its bytes,
+    as a kept-alive connection does: the request is answered, and the stop takes well under a second more."""
+    import socket
+
+    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                           "SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl"),
+                           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}, tmp_path / "gunicorn.log")
+    try:
+        [worker] = _children(served.process.pid)
+        silent = socket.create_connection(("127.0.0.1", served.port))
+        time.sleep(0.2)  # accepted, waiting on the poller
+        os.kill(worker, signal.SIGSTOP)  # the next connection stays in the listen queue until the exit
+        late = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+        stopping = time.monotonic()
+        served.process.terminate()
+        time.sleep(0.3)  # the master has passed its SIGTERM on to the stopped worker
+        os.kill(worker, signal.SIGCONT)
+        time.sleep(0.1)  # the worker is exiting: it has accepted `late`
+        try:
+            late.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = late.recv(65536)
+        except OSError as failed:  # reset: closed with its request unread
+            reply = repr(failed).encode()
+        served.process.wait(timeout=60)
+        stopped_s = time.monotonic() - stopping
+        silent.settimeout(1)
+        assert silent.recv(1) == b"", "the silent connection was not closed"
+    finally:
+        served.stop()
+    answered = reply.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in reply
+    assert answered and stopped_s < 3, f"answered {reply[:100]!r}; the stop took {stopped_s:.1f} s"

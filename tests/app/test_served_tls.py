@@ -268,7 +268,8 @@ def test_a_tls_client_that_sends_nothing_is_closed_at_the_header_timeout_and_cou
     (10 s after it connected: 20 s set, 10 s), with no count and no line, while half a ClientHello was closed at the
     timeout and counted; and one that sent nothing for those 5 s and then half a ClientHello got a whole timeout more
     (13 s, not 7). Both now go at the timeout from their connect, `tls_handshake_timeout` each; meanwhile they hold
-    no thread: with 3 threads and 3 such clients, a request is answered at once."""
+    no thread: with 3 threads and 3 such clients, a request is answered at once. A stop closes one sooner, uncounted:
+    its handshake's time was not up."""
     served = start_tls(app_bundles, tmp_path, threads=3, header_timeout_s=SLOW_HANDSHAKE_TIMEOUT_S)
     try:
         before_log, before = served.log_path.read_text(encoding="utf-8"), refusals(served)
@@ -307,5 +308,15 @@ def test_a_tls_client_that_sends_nothing_is_closed_at_the_header_timeout_and_cou
         assert logged.count("a TLS handshake did not complete within SHELFCAST_HEADER_TIMEOUT_S (7 s): connection "
                             "closed, nothing sent") == 3, logged
         assert "Traceback" not in logged and "[ERROR]" not in logged, logged
+        # A stop closes one more that sends nothing within EXIT_IDLE_GRACE_S: no handshake timed out, none counted
+        with socket.create_connection(("127.0.0.1", served.port), timeout=10) as raw:
+            time.sleep(0.2)  # on the poller
+            before_log, stopping = served.log_path.read_text(encoding="utf-8"), time.monotonic()
+            served.process.terminate()
+            served.process.wait(timeout=60)
+            stopped_s = time.monotonic() - stopping
+            assert raw.recv(1) == b"", "the silent connection was not closed"
+        logged = served.log_path.read_text(encoding="utf-8")[len(before_log):]
+        assert "TLS handshake" not in logged and stopped_s < 3, (stopped_s, logged)
     finally:
         served.stop()
