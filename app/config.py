@@ -48,7 +48,10 @@ DEFAULT_SERIES_CACHE_ENTRIES = 4096
 MAX_TIMEOUT_S = 3600.0
 MAX_WORKERS = 256  # gunicorn worker processes, each loading the model
 DEFAULT_THREADS = 8  # connection threads per worker (app/gunicorn_conf.py)
-MAX_THREADS = 1024  # per worker: each a thread with its stack, none of them doing more than wait for a client
+# per worker, below gunicorn's worker_connections (1000): it keeps alive at most worker_connections - threads
+# connections, so at 1000 threads and more keep-alive was silently off
+MAX_THREADS = 512
+MAX_COUNT_DIGITS = 18  # the longest worker or thread count read (a 64-bit integer's): longer is no count of anything
 
 
 @functools.cache
@@ -83,10 +86,11 @@ def worker_count(environ: Mapping[str, str] | None = None, cores: set[int] | Non
     text = env.get(ENV_WORKERS, "").strip()
     if not text:
         return engine_cores().usable_cores(cores)
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_WORKERS):
+    count = _whole_number(text)
+    if count is None or not 1 <= count <= MAX_WORKERS:
         raise SettingsError(f"{ENV_WORKERS}={text}: not a number of worker processes (1 to {MAX_WORKERS}, each loads "
                             f"the model); write a whole number, e.g. {ENV_WORKERS}=2, or leave it unset: one per core")
-    return int(text)
+    return count
 
 
 def thread_count(environ: Mapping[str, str] | None = None) -> int:
@@ -94,9 +98,18 @@ def thread_count(environ: Mapping[str, str] | None = None) -> int:
     `worker_count`'s for any other value (no whole number was a traceback; 0 silently meant 1, 100000 was taken)."""
     env = os.environ if environ is None else environ
     text = env.get(ENV_THREADS, "").strip() or str(DEFAULT_THREADS)
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_THREADS):
+    count = _whole_number(text)
+    if count is None or not 1 <= count <= MAX_THREADS:
         raise SettingsError(f"{ENV_THREADS}={text}: not a number of connection threads per worker (1 to "
                             f"{MAX_THREADS}); write a whole number, e.g. {ENV_THREADS}={DEFAULT_THREADS} (the default)")
+    return count
+
+
+def _whole_number(text: str) -> int | None:
+    """``text`` (ASCII digits, leading zeros allowed) as a whole number of at most MAX_COUNT_DIGITS; else None:
+    int() reads at most 4,300 digits, and past them raised ValueError, a traceback where a setting's line was due."""
+    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > MAX_COUNT_DIGITS:
+        return None
     return int(text)
 
 

@@ -343,21 +343,37 @@ def test_make_serve_refuses_a_bad_worker_count_in_one_line_naming_the_setting_an
                                      "it unset: one per core"], lines
 
 
-@pytest.mark.parametrize("count", ["eight", "0", "-1", "2.5", "1025"])
+@pytest.mark.parametrize("count", ["eight", "0", "-1", "2.5", "513"])
 def test_a_bad_thread_count_is_refused_in_one_line(monkeypatch, tmp_path, count):
     """0 silently meant one thread, 1025 and more were taken (a thread each, made as clients come)."""
     monkeypatch.setenv("SHELFCAST_THREADS", count)
     with pytest.raises(SystemExit, match=rf"^Error: SHELFCAST_THREADS={re.escape(count)}: not a number of connection "
-                                         r"threads per worker \(1 to 1024\); write a whole number, e\.g\. "
+                                         r"threads per worker \(1 to 512\); write a whole number, e\.g\. "
                                          r"SHELFCAST_THREADS=8 "):
         gunicorn_conf(monkeypatch, tmp_path)
 
 
-@pytest.mark.parametrize("count, threads", [("1", 1), (" 16 ", 16), ("1024", 1024), ("", 8)])
-def test_a_thread_count_from_1_to_1024_is_taken(count, threads):
+@pytest.mark.parametrize("count, threads", [("1", 1), (" 16 ", 16), ("512", 512), ("", 8)])
+def test_a_thread_count_from_1_to_512_is_taken(count, threads):
     from app.config import thread_count
 
     assert thread_count({"SHELFCAST_THREADS": count}) == threads
+
+
+def test_a_count_thousands_of_digits_long_is_refused_in_one_line_not_a_traceback(monkeypatch, tmp_path):
+    """Found by a probe: int() reads at most 4,300 digits, and SHELFCAST_WORKERS or SHELFCAST_THREADS of 5,000 nines
+    was its ValueError, "Failed to read config file" and a traceback. Leading zeros still read as before."""
+    many = "9" * 5000
+    monkeypatch.setenv("SHELFCAST_WORKERS", many)
+    with pytest.raises(SystemExit, match="^Error: SHELFCAST_WORKERS=9+: not a number of worker processes"):
+        gunicorn_conf(monkeypatch, tmp_path)
+    monkeypatch.setenv("SHELFCAST_WORKERS", "0002")
+    monkeypatch.setenv("SHELFCAST_THREADS", many)
+    with pytest.raises(SystemExit, match="^Error: SHELFCAST_THREADS=9+: not a number of connection threads"):
+        gunicorn_conf(monkeypatch, tmp_path)
+    monkeypatch.setenv("SHELFCAST_THREADS", "0016")
+    conf = gunicorn_conf(monkeypatch, tmp_path)
+    assert (conf.workers, conf.threads) == (2, 16)
 
 
 def test_launch_refuses_a_bad_worker_count_as_gunicorn_does_starting_nothing(tmp_path):
