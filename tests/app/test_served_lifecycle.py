@@ -271,10 +271,6 @@ def test_a_sighup_under_load_fails_no_request_and_holds_none_for_the_new_workers
     assert max(latencies) < 2.0, f"a request waited {max(latencies):.1f} s through the reload"
 
 
-def _children(pid: int) -> list[int]:
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
 def test_the_worker_class_brings_none_of_the_app_into_gunicorns_master(tmp_path):
     """gunicorn's master imports the worker class (app/gunicorn_worker.py), and its workers inherit what it
     imported as it was. Found by a probe: importing it imported app/__init__.py's whole app (the model code, NumPy,
