@@ -29,7 +29,7 @@ from app.config import SettingsError
 from eventlog.forward import MAX_MESSAGE_BYTES, FluentdAddress, Forwarder, oversized
 from eventlog.local_log import JsonLinesLog
 from eventlog.records import EventContentError, encode_line, prepare_event
-from eventlog.spool import Spool
+from eventlog.spool import SUFFIX as SPOOL_SUFFIX, Spool
 from pipeline.event_sources import DEFAULT_PREDICTION_LOG, prediction_log
 
 log = logging.getLogger(__name__)
@@ -288,6 +288,16 @@ class PredictionEventSink:
             if self._stopping.wait(LIMIT_CHECK_INTERVAL_S):
                 return
 
+    def _report_left_unsent(self) -> None:
+        """Say where unsent events wait at exit: only a process given this same folder sends them, so a server
+        restarted with another SHELFCAST_EVENT_SPOOL left them unsent and uncounted, with no line in any log."""
+        segments, size = self._spool.waiting()
+        if segments:
+            log.warning("prediction events: %d segment(s) (%d bytes) left unsent in the event spool %s; the next "
+                        "server given %s=%s sends them (one given another folder does not: move the *%s files into "
+                        "its spool)", segments, size, self.settings.spool_root.resolve(), ENV_EVENT_SPOOL,
+                        self.settings.spool_root, SPOOL_SUFFIX)
+
     def _deliver_until_closed(self) -> None:
         retry_at, backoff = 0.0, self.settings.sync_interval_s
         failed = FailureLog()
@@ -313,6 +323,7 @@ class PredictionEventSink:
             else:
                 self._spool.close()
                 self._forwarder.finish(time.monotonic() + self.settings.close_timeout_s)
+                self._report_left_unsent()
         except Exception:
             log.exception("prediction events: closing failed; unsent events stay in %s", self.settings.spool_root)
         finally:

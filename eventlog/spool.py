@@ -570,6 +570,18 @@ class Spool:
             must_free = False
         return dropped, not_events
 
+    def waiting(self) -> tuple[int, int]:
+        """(segments, bytes) in the spool now, as the limit counts them: what the next process here has to send."""
+        segments = size = 0
+        for path in self.segment_paths():
+            try:
+                status = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(status.st_mode) and status.st_nlink == 1 and path.name not in self._left_alone:
+                segments, size = segments + 1, size + status.st_size
+        return segments, size
+
     def segment_paths(self) -> list[Path]:
         """Sealed and open segments, oldest first (names start with the creation time; an older version's
         `segment-000000000001.jsonl` is placed by its last write: sorted by name, it came after every new segment,
