@@ -293,10 +293,10 @@ class PredictionEventSink:
         restarted with another SHELFCAST_EVENT_SPOOL left them unsent and uncounted, with no line in any log."""
         segments, size = self._spool.waiting()
         if segments:
-            log.warning("prediction events: %d segment(s) (%d bytes) left unsent in the event spool %s; the next "
-                        "server given %s=%s sends them (one given another folder does not: move the *%s files into "
-                        "its spool)", segments, size, self.settings.spool_root.resolve(), ENV_EVENT_SPOOL,
-                        self.settings.spool_root, SPOOL_SUFFIX)
+            log.warning("prediction events: %d segment(s) (%d bytes) left unsent in the event spool %s, held by no "
+                        "process; the next process given %s=%s sends them (a server given another folder does not: "
+                        "move the *%s files into its spool)", segments, size, self.settings.spool_root.resolve(),
+                        ENV_EVENT_SPOOL, self.settings.spool_root, SPOOL_SUFFIX)
 
     def _deliver_until_closed(self) -> None:
         retry_at, backoff = 0.0, self.settings.sync_interval_s

@@ -571,15 +571,16 @@ class Spool:
         return dropped, not_events
 
     def waiting(self) -> tuple[int, int]:
-        """(segments, bytes) in the spool now, as the limit counts them: what the next process here has to send."""
+        """(segments, bytes) in the spool that no process holds now: what is left for the next process given this
+        folder. A held one (another worker's open segment, or one it is sending) is that process's to send."""
         segments = size = 0
         for path in self.segment_paths():
-            try:
-                status = os.lstat(path)
-            except FileNotFoundError:
+            if path.name in self._left_alone:
                 continue
-            if stat.S_ISREG(status.st_mode) and status.st_nlink == 1 and path.name not in self._left_alone:
-                segments, size = segments + 1, size + status.st_size
+            segment = self._try_claim(path)  # a link, a hard link or no regular file is never claimed
+            if segment is not None:
+                segments, size = segments + 1, size + os.fstat(segment.fd).st_size
+                segment.release(delete=False)
         return segments, size
 
     def segment_paths(self) -> list[Path]:
