@@ -17,6 +17,7 @@ stage nothing (the dvc.yaml deps test checks every stage's imports).
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import os
@@ -135,6 +136,9 @@ def settled(interruption: KeyboardInterrupt, outcome: str) -> None:
     setattr(interruption, OUTCOME, outcome)
 
 
+REDELIVERY_DELAY_S = 0.05  # a signal lost in a finaliser is raised again this much later (StageSignals)
+
+
 class StageSignals:
     """Ctrl-C and SIGTERM while a stage runs: ``with StageSignals(name):`` around its body, ``reported`` after.
 
@@ -158,6 +162,8 @@ class StageSignals:
     def __init__(self, name: str):
         self.name = name
         self.taken: dict[int, object] = {}  # signal -> the handler to restore (the guard's stand-in resolved)
+        self.arrived: int | None = None  # the signal the block's handler last raised for
+        self.unraisable_hook = None  # sys.unraisablehook before the block (see _lost_in_a_finaliser)
 
     def __enter__(self) -> "StageSignals":
         if threading.current_thread() is not threading.main_thread():
@@ -168,15 +174,35 @@ class StageSignals:
                 continue  # ignored, set outside Python, or Ctrl-C given another meaning: not ours to take
             self.taken[signum] = previous
             signal.signal(signum, self._first)
+        if self.taken:
+            self.unraisable_hook, sys.unraisablehook = sys.unraisablehook, self._lost_in_a_finaliser
         return self
 
     def _first(self, signum, frame):
+        self.arrived = signum
         terminated = signum == signal.SIGTERM
         if running_as_command():
             self._second_ends(terminated)
         elif terminated:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # in-process, a second one kills, as it did
         raise Terminated() if terminated else KeyboardInterrupt()
+
+    def _lost_in_a_finaliser(self, unraisable) -> None:
+        """Python ignores an exception raised in a finaliser (a weakref callback, ``__del__``: the garbage collector
+        runs them wherever the main thread is), so a signal whose handler ran in one was lost: its "Exception
+        ignored" traceback, then the stage went on to its end (train, Ctrl-C'd as it opened its MLflow run: the whole
+        training, exit 0; 2 of 15 Ctrl-C's on a loaded machine, rare otherwise). It is raised again where the main
+        thread has gone on: simulated anew by another thread a moment later (at once, it ran in this hook and was
+        lost again), with this block's first handler back in place (a command's had become "end at once"); one
+        that lands in a finaliser again comes back here."""
+        if self.arrived is None or not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            self.unraisable_hook(unraisable)
+            return
+        for number in self.taken:
+            signal.signal(number, self._first)
+        resend = threading.Timer(REDELIVERY_DELAY_S, _thread.interrupt_main, args=(self.arrived,))
+        resend.daemon = True
+        resend.start()
 
     def _second_ends(self, terminated: bool) -> None:
         """From now on a signal writes the interruption's line and ends the command at once with its status."""
@@ -194,6 +220,8 @@ class StageSignals:
             signal.signal(signum, handler)
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.unraisable_hook is not None:
+            sys.unraisablehook, self.unraisable_hook = self.unraisable_hook, None
         interruption = interruption_behind(exc) if exc is not None else None
         if interruption is not None and running_as_command():  # the command ends: the handlers stay to its end
             self._second_ends(isinstance(interruption, Terminated))
