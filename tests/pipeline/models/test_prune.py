@@ -462,8 +462,9 @@ def _prune_command(root: Path) -> subprocess.Popen:
 def test_two_prunes_at_once_take_what_the_other_deleted_as_done_and_say_so(tmp_path, monkeypatch):
     """Two CI jobs, two checkouts, one tracking store: both plan the same deletions, and the second to reach a version
     or run the first already deleted (or `mlflow gc` removed) stopped on MLflow's 'does not exist', its prune half
-    done. Deleted by another is done: each prune exits 0, says what it found so, and counts as its own only what it
-    deleted: every version once, by one of the two."""
+    done. Deleted by another is done: each prune exits 0, says what it found so, and counts as its own what it
+    deleted: every version by one of the two at least (both, when their deletes of it ran at the same instant: MLflow's
+    delete is no compare-and-set, and the first CI run of this test saw version 2 counted by both)."""
     first = _shared_store_project(tmp_path, monkeypatch, "ci-job-1")
     second = _shared_store_project(tmp_path, monkeypatch, "ci-job-2")
     client = tracking.client(first, create=False)
@@ -487,7 +488,7 @@ def test_two_prunes_at_once_take_what_the_other_deleted_as_done_and_say_so(tmp_p
             assert "prune: found" in out or not (summaries[-1]["versions_deleted_by_another"]
                                                  or summaries[-1]["runs_deleted_by_another"])
         mine = [set(summary["deleted_versions"]) for summary in summaries]
-        assert not mine[0] & mine[1] and mine[0] | mine[1] == versions
+        assert mine[0] | mine[1] == versions
         theirs = [set(summary["deleted_runs"]) | set(summary["freed_deleted_runs"]) for summary in summaries]
         assert theirs[0] | theirs[1] == runs
         for this, other in ((0, 1), (1, 0)):
