@@ -30,7 +30,7 @@ are deleted, then runs (deleted, then ``mlflow gc`` on a local store, which remo
 then ``dvc gc`` of the cache, and of the remote when ``prune.dvc_remote`` is true. ``--dry-run`` lists all of it
 and deletes (and restores) nothing. One writer at a time: it holds ``models/``'s lock, as promote and release do.
 Two prunes of one store from two checkouts (two CI jobs) both plan the same deletions: a version or run the other
-deleted first (MLflow's RESOURCE_DOES_NOT_EXIST) is done, counted as deleted by another, not as this prune's. A
+deleted first (``tracking.is_gone``) is done, counted as deleted by another, not as this prune's. A
 version the registry names by the time it is reached (another checkout's promote or canary of it) is kept, with its
 runs and DVC entry (``_named_since``).
 
@@ -60,7 +60,6 @@ from pipeline.release_store import RELEASES, VARIANTS
 from pipeline.stage import StageError, run_stage
 
 CANDIDATE_DIR = "models/candidate"
-GONE = "RESOURCE_DOES_NOT_EXIST"  # MlflowException.error_code of a version or run that is not there (deleted for good)
 # What `mlflow gc` prints of each run it removes (MLflow 3's wording; unmatched, a run is taken as another's)
 GC_REMOVED = re.compile(r"Run with ID (\S+) has been permanently deleted")
 GC_ATTEMPTS = 4  # `mlflow gc` runs, while each failed one finds runs another prune removed meanwhile
@@ -186,7 +185,7 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
     try:
         model = client.get_registered_model(model_name)
     except MlflowException as exc:
-        if exc.error_code != GONE:
+        if not tracking.is_gone(exc):
             raise
         model = None
     versions = [] if model is None else tracking.model_versions(client, f"name='{model_name}'")
@@ -301,7 +300,7 @@ def _lifecycle(client, run_id: str) -> str | None:
     try:
         return client.get_run(run_id).info.lifecycle_stage
     except MlflowException as exc:
-        if exc.error_code != GONE:
+        if not tracking.is_gone(exc):
             raise
         return None  # gone for good already: nothing to restore
 
@@ -358,7 +357,7 @@ def restore_runs(root: Path, result: Plan) -> None:
 
 def delete_registry(root: Path, result: Plan) -> list[str]:
     """Delete the planned model versions and runs; returns the run ids to garbage-collect (those, and the runs
-    deleted by hand that nothing keeps). One another prune deleted first (GONE) is done: recorded in
+    deleted by hand that nothing keeps). One another prune deleted first (``tracking.is_gone``) is done: recorded in
     ``result.versions_by_another`` / ``runs_by_another``, and not collected."""
     from mlflow.exceptions import MlflowException
 
@@ -369,14 +368,14 @@ def delete_registry(root: Path, result: Plan) -> list[str]:
         try:
             client.delete_model_version(result.model_name, version)
         except MlflowException as exc:
-            if exc.error_code != GONE:
+            if not tracking.is_gone(exc):
                 raise
             result.versions_by_another.append(version)
     for run_id in result.runs:
         try:
             client.delete_run(run_id)
         except MlflowException as exc:  # a run deleted but not yet collected is deleted again without a word
-            if exc.error_code != GONE:
+            if not tracking.is_gone(exc):
                 raise
             result.runs_by_another.append(run_id)
     return [run_id for run_id in [*result.runs, *result.freed] if run_id not in result.runs_by_another]
@@ -393,14 +392,14 @@ def _named_since(client, result: Plan, version: str) -> bool:
         try:
             return client.get_model_version(result.model_name, number)
         except MlflowException as exc:
-            if exc.error_code != GONE:
+            if not tracking.is_gone(exc):
                 raise
             return None
 
     try:
         model = client.get_registered_model(result.model_name)
     except MlflowException as exc:
-        if exc.error_code != GONE:
+        if not tracking.is_gone(exc):
             raise
         return False
     why = registry_names(model, result.alias, version_of).get(version)

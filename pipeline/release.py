@@ -115,7 +115,7 @@ def _registered_model(root: Path, name: str):
         return _client(root).get_registered_model(name)
     except MlflowException as exc:
         reason = tracking.store_error_text(exc)
-        hint = NOTHING_REGISTERED_HINT if exc.error_code == "RESOURCE_DOES_NOT_EXIST" else ""
+        hint = NOTHING_REGISTERED_HINT if tracking.is_gone(exc) else ""
         raise ReleaseError(f"registered model {name} at {tracking.shown_uri(root)}: {reason}{hint}") from None
 
 

@@ -734,11 +734,20 @@ def metric_history(project_root: Path | str, run_id: str, key: str) -> list[tupl
     return [(m.step, m.value) for m in client(project_root).get_metric_history(run_id, key)]
 
 
+_GONE = "RESOURCE_DOES_NOT_EXIST"  # MlflowException.error_code of what the registry or store does not hold
+
+
+def is_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is MLflow's "that does not exist" (a registered model, version or run never made or deleted
+    for good), as a database store and a tracking server both answer it; any other error (refused, failing) is not:
+    the one place callers tell "gone" from "cannot say"."""
+    return getattr(exc, "error_code", None) == _GONE
+
+
 def no_such_alias(exc) -> bool:
-    """Whether MLflow's ``exc`` says the alias (or the registered model) does not exist: a database store's
-    RESOURCE_DOES_NOT_EXIST, a tracking server's INVALID_PARAMETER_VALUE "... alias X not found"."""
-    return exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (exc.error_code == "INVALID_PARAMETER_VALUE"
-                                                           and "not found" in str(exc))
+    """Whether MLflow's ``exc`` says the alias (or the registered model) does not exist: ``is_gone``, or a tracking
+    server's INVALID_PARAMETER_VALUE "... alias X not found"."""
+    return is_gone(exc) or (exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
 
 
 def _alias_version(mlflow_client, name: str, alias: str):
@@ -862,7 +871,7 @@ def register_production(project_root: Path | str, run_id: str, bundle_digest: st
         try:
             mlflow_client.get_registered_model(name)
         except MlflowException as missing:
-            if missing.error_code != "RESOURCE_DOES_NOT_EXIST":
+            if not is_gone(missing):
                 raise  # refused or failed: creating it would only fail with "already exists", hiding why
             try:
                 mlflow_client.create_registered_model(name,

@@ -105,3 +105,25 @@ def test_store_error_text_follows_the_cause_and_drops_sqlalchemys_appendix():
     assert tracking.store_error_text(MlflowException(message=str(database))) == f"(sqlite3.OperationalError) {FULL}"
     assert tracking.store_error_text(MlflowException("RESOURCE_DOES_NOT_EXIST:\n  no  such\nmodel")) == \
         "RESOURCE_DOES_NOT_EXIST: no such model"
+
+
+def test_is_gone_tells_what_a_real_store_does_not_hold_from_its_other_errors(tmp_path):
+    """One place says "the registry says it's gone" (tracking.is_gone): prune's counting of what another prune
+    deleted, release's "nothing registered yet" hint, promote's creation of the registered model and no_such_alias
+    all read it. Asked of a real sqlite store: a missing model, version and run are gone; a refusal of another kind
+    (a name taken) and an error that is no MLflow error are not."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking.sqlite_uri(tmp_path / "store.db")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("present")
+    asked = [lambda: client.get_registered_model("absent"), lambda: client.get_model_version("present", "7"),
+             lambda: client.get_run("0" * 32), lambda: client.create_registered_model("present")]
+    verdicts = []
+    for ask in asked:
+        with pytest.raises(MlflowException) as caught:
+            ask()
+        verdicts.append(tracking.is_gone(caught.value))
+    assert verdicts == [True, True, True, False]
+    assert not tracking.is_gone(OSError("Connection refused"))
