@@ -2,7 +2,8 @@
 
 Shared by the JSON API and the form, so both log the same events (inputs, features, output,
 model name/version/kind, latency, request id, and the readable family, store, horizon in days
-and release variant — production, canary or shadow — that dashboards group by) through the same sink.
+and release variant — production, canary or shadow — that dashboards group by, and the serving host's id)
+through the same sink.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ def readable_fields(model: LoadedModel, instance: Instance, variant: str) -> dic
 def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: PredictionEventSink, request_id: str,
                     started: float, source: str, variant: str = "production",
                     positions: Sequence[int] | None = None, batch_size: int | None = None,
-                    canary_failed: bool = False) -> list[dict]:
+                    canary_failed: bool = False, serving_host: str | None = None) -> list[dict]:
     """Predictions as JSON-ready dicts; emits one event per instance (never raises for logging).
 
     ``variant`` is the release variant that answers (production, canary, shadow: app/variants.py);
-    ``positions`` the instances' places in the request (of ``batch_size``) when it was split between variants."""
+    ``positions`` the instances' places in the request (of ``batch_size``) when it was split between variants;
+    ``serving_host`` the release store's id (pipeline.release_store.SERVING_HOST_FILE), named in each event."""
     result = forecast_instances(model, instances)
     units = [round(float(u), 4) for u in result.units]
     expected = None if result.expected_units is None else [round(float(u), 4) for u in result.expected_units]
@@ -69,6 +71,7 @@ def predict_and_log(model: LoadedModel, instances: Sequence[Instance], sink: Pre
             model_digest=model.bundle.digest, model_kind=model.kind, **readable_fields(model, instance, variant),
             **({} if model.catalog.has_history(instance.store_nbr, instance.item_nbr) else {"new_series": True}),
             **({"canary_failed": True} if canary_failed else {}),
+            **({"serving_host": serving_host} if serving_host else {}),
         ))
         predictions.append({**inputs, "unit_sales": value,
                             **({} if expected is None else {"expected_units": expected[index]}),

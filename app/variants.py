@@ -28,7 +28,7 @@ from app.events import PredictionEventSink
 from app.predictor import LoadedModel, Predictor, directory_head
 from app.service import predict_and_log
 from app.validation import InputError, Instance, check_forecastable
-from pipeline.release_store import CANARY, PRODUCTION, SHADOW, read_canary_share
+from pipeline.release_store import CANARY, PRODUCTION, SHADOW, read_canary_share, serving_host
 
 log = logging.getLogger(__name__)
 BUCKETS = 10_000
@@ -70,12 +70,15 @@ class Variants:
         self._share = 0.0
         self._share_error = ""
         self._share_checked = float("-inf")
+        self._host: str | None = None
+        self._host_checked = float("-inf")
 
     def check_now(self) -> None:
         """Load the installed candidates now (at start-up), so a series' variant does not change once they load."""
         self.canary.check_now()
         self.shadow.check_now()
         self.canary_share()
+        self.serving_host()
 
     def _installed(self, predictor: Predictor) -> LoadedModel | None:
         """The candidate's model while the directory it was loaded from is the one installed (the Predictor
@@ -112,6 +115,14 @@ class Variants:
                 self._share, self._share_error = 0.0, str(exc)
         return self._share
 
+    def serving_host(self) -> str | None:
+        """The store's id (release_store.SERVING_HOST_FILE), read again every ``reload_interval_s``: every event
+        names it, so a decision reading several hosts' events judges its own host's."""
+        now = self._clock()
+        if now - self._host_checked >= self.reload_interval_s:
+            self._host_checked, self._host = now, serving_host(self.models_dir)
+        return self._host
+
     def describe(self) -> dict:
         """What /api/v1/model reports about the candidates (the deploy's smoke test reads it)."""
         out: dict = {"canary_share": self.canary_share()}
@@ -138,13 +149,14 @@ def predict_with_variants(production: LoadedModel, variants: Variants | None, ca
     The shadow's work is returned, not done: the route runs it once the response has been sent
     (``response.call_on_close``), so a shadow never adds to a user's latency."""
     canary = candidates.canary
+    host = variants.serving_host() if variants is not None else None
     share = variants.canary_share() if canary is not None and variants is not None else 0.0
     to_canary = [i for i, inst in enumerate(instances)
                  if share > 0 and goes_to_canary(inst.store_nbr, inst.item_nbr, share)]
     if to_canary and not _forecastable([instances[i] for i in to_canary], canary):
         to_canary = []  # the canary cannot forecast these (another catalog or horizon): production answers
     if not to_canary:
-        answered = predict_and_log(production, instances, sink, request_id, started, source)
+        answered = predict_and_log(production, instances, sink, request_id, started, source, serving_host=host)
         used = {PRODUCTION: production}
     else:
         chosen = set(to_canary)
@@ -160,8 +172,8 @@ def predict_with_variants(production: LoadedModel, variants: Variants | None, ca
             # timed from the request's start, it would carry production's forecast and events too)
             group_started = time.perf_counter() - (split_at - started)
             try:
-                got = predict_and_log(model, group, sink, request_id, group_started, source,
-                                      variant=variant, positions=positions, batch_size=len(instances))
+                got = predict_and_log(model, group, sink, request_id, group_started, source, variant=variant,
+                                      positions=positions, batch_size=len(instances), serving_host=host)
             except Exception:
                 if variant != CANARY:
                     raise
@@ -169,7 +181,8 @@ def predict_with_variants(production: LoadedModel, variants: Variants | None, ca
                 log.exception("canary model %s failed on request %s; production answered", model.version, request_id)
                 variant, model = PRODUCTION, production
                 got = predict_and_log(production, group, sink, request_id, group_started, source, variant=variant,
-                                      positions=positions, batch_size=len(instances), canary_failed=True)
+                                      positions=positions, batch_size=len(instances), canary_failed=True,
+                                      serving_host=host)
             used[variant] = model
             for position, prediction in zip(positions, got):
                 answered[position] = prediction
@@ -182,7 +195,8 @@ def predict_with_variants(production: LoadedModel, variants: Variants | None, ca
             with _SHADOW_ONE_AT_A_TIME:
                 if not _forecastable(instances, shadow):
                     return
-                predict_and_log(shadow, instances, sink, request_id, time.perf_counter(), source, variant=SHADOW)
+                predict_and_log(shadow, instances, sink, request_id, time.perf_counter(), source, variant=SHADOW,
+                                serving_host=host)
         except Exception:  # noqa: BLE001 the shadow must never cost a user anything
             log.exception("shadow model %s failed on request %s", shadow.version, request_id)
 

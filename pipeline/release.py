@@ -65,7 +65,8 @@ from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, 
 from pipeline.release_replay import ProductionReplay, request_key
 from pipeline.release_smoke import (SmokeAnswers, draw_nonce, installed_nonces, nonce_private, recorded_nonce,
                                     smoke_nonce, smoke_request_id)
-from pipeline.release_store import CANARY, PRODUCTION, SHADOW, ReleaseStore, bundle_name, check_share
+from pipeline.release_store import (CANARY, PRODUCTION, SHADOW, ReleaseStore, bundle_name, check_share,
+                                    draw_serving_host, serving_host)
 
 # A test's hold point (tracking.hold): deploy's withdraw waits there, before it ends anything, for the file the
 # variable names (tests/delivery/test_release_interrupted.py sends the second signal there).
@@ -198,6 +199,7 @@ def install_candidate(root: Path, store: ReleaseStore, variant: str, version: st
     install draws the candidate's smoke-id nonce too (pipeline/release_smoke.py), as does one that finds none, or one
     group or others could read (written 0644 before nonces were private)."""
     marks = None if events_log is None else log_marks(events_log)  # before the install: nothing logged between
+    draw_serving_host(store.root)  # before the candidate can answer: the app names it in each event
     before = store.installed_at(variant)
     digest = install(root, store, variant, version, name)
     if (store.installed_at(variant) != before or recorded_nonce(store, variant) is None
@@ -500,6 +502,7 @@ class VariantTraffic:
     closed: set = field(default_factory=set)
     closed_answers: int = 0  # predictions answered so (counted in `predictions` too)
     smoke_predictions: int = 0  # the smoke test's answers (release_smoke.SmokeAnswers): left out of all above
+    other_hosts: int = 0  # events another serving host answered (their serving_host): left out of all above
 
 
 def _event_time(event: dict) -> float:
@@ -510,9 +513,11 @@ def _event_time(event: dict) -> float:
 
 
 def read_traffic(events: Iterable[dict], since: float | None = None,
-                 smoke_nonces: frozenset[str] = frozenset()) -> dict[str, VariantTraffic]:
+                 smoke_nonces: frozenset[str] = frozenset(), host: str | None = None) -> dict[str, VariantTraffic]:
     """Per-variant traffic of ``events``; those answering a smoke test signed under one of ``smoke_nonces`` (the
-    installed candidates', release_smoke.installed_nonces) are left out of all but a canary's errors."""
+    installed candidates', release_smoke.installed_nonces) are left out of all but a canary's errors. With ``host``
+    (this host's release_store.serving_host), an event naming another serving host is left out of everything: its
+    smoke ids are signed with a nonce this host does not hold, and its candidate is that host's install."""
     traffic: dict[str, VariantTraffic] = {}
     smoke = SmokeAnswers(smoke_nonces)
     for event in events:
@@ -524,6 +529,10 @@ def read_traffic(events: Iterable[dict], since: float | None = None,
         units = event_units(event)
         inputs = event.get("inputs") if isinstance(event.get("inputs"), dict) else {}
         t = traffic.setdefault(variant, VariantTraffic())
+        answered_by = event.get("serving_host")
+        if host is not None and isinstance(answered_by, str) and answered_by != host:
+            t.other_hosts += 1
+            continue
         if event.get("canary_failed") is True:  # whoever asked: the smoke test passes on production's fallback
             traffic.setdefault(CANARY, VariantTraffic()).errors += 1
         if smoke.left_out(event, variant):  # no user's request: its answers are no evidence for the candidate
@@ -587,10 +596,10 @@ class LoggedEvents:
         whole costs ~3 s of CPU a GB); the search indices are queried by time already."""
         return self if self.path is None else replace(self, marks=log_marks(self.path))
 
-    def traffic(self, since: float | None = None,
-                smoke_nonces: frozenset[str] = frozenset()) -> dict[str, VariantTraffic]:
+    def traffic(self, since: float | None = None, smoke_nonces: frozenset[str] = frozenset(),
+                host: str | None = None) -> dict[str, VariantTraffic]:
         """Per-variant traffic of the events logged at or after ``since`` (epoch seconds; None: all), the smoke
-        test's under ``smoke_nonces`` left out (read_traffic)."""
+        test's under ``smoke_nonces`` and other serving hosts' than ``host`` left out (read_traffic)."""
         import datetime as dt
 
         moment = None if since is None else dt.datetime.fromtimestamp(since, dt.timezone.utc)
@@ -599,7 +608,7 @@ class LoggedEvents:
             events = self.search.prediction_events(MAX_EVENTS, since=stamp).events
         else:  # a marked log (deploy's polls) from its marks on; lines older than `since` are not parsed
             events = read_jsonl_events(self.path, MAX_EVENTS, since=moment, start_offsets=self.marks).events
-        return read_traffic(events, since, smoke_nonces)
+        return read_traffic(events, since, smoke_nonces, host)
 
 
 @dataclass
@@ -665,6 +674,9 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     smoke = sum(t.smoke_predictions for t in traffic.values())
     if smoke:
         figures["smoke_predictions_left_out"] = smoke
+    others = sum(t.other_hosts for t in traffic.values())
+    if others:
+        figures["other_hosts_events_left_out"] = others
     reasons: list[str] = []
     attempts = cand.predictions + cand.errors
     if attempts and cand.errors:
@@ -960,13 +972,14 @@ class Observation:
 
 
 def observe(events: LoggedEvents, since: float, variant: str, seconds: float, actuals: dict | None,
-            replay: ProductionReplay | None = None, smoke_nonces: frozenset[str] = frozenset()) -> Observation:
+            replay: ProductionReplay | None = None, smoke_nonces: frozenset[str] = frozenset(),
+            host: str | None = None) -> Observation:
     """``judge`` on the traffic logged since ``since`` until it decides, or ``seconds`` are up (the smoke test's
-    under ``smoke_nonces`` left out)."""
+    under ``smoke_nonces``, and other serving hosts' than ``host``, left out)."""
     started = time.perf_counter()
     deadline = time.time() + seconds
     while True:
-        verdict = judge(events.traffic(since, smoke_nonces), variant, actuals, replay)
+        verdict = judge(events.traffic(since, smoke_nonces, host), variant, actuals, replay)
         if verdict.decision != "wait" or time.time() >= deadline:
             return Observation(verdict, time.perf_counter() - started, seconds)
         time.sleep(1.0)
@@ -1015,7 +1028,8 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
             digest = set_candidate(root, store, SHADOW, version, None, name, events.path)
             report["shadow_reload_s"] = round(wait_for_variant(url, SHADOW, digest, reload_timeout_s), 2)
             say(f"deploy: alias shadow -> version {version}; served as shadow after {report['shadow_reload_s']} s")
-            observed = observe(events, started, SHADOW, shadow_s, actuals, smoke_nonces=installed_nonces(store))
+            observed = observe(events, started, SHADOW, shadow_s, actuals, smoke_nonces=installed_nonces(store),
+                               host=serving_host(store.root))
             verdict = observed.verdict
             report["shadow_verdict"], report["shadow_observed"] = asdict(verdict), observed.record()
             say(f"deploy: {observed.line()}")
@@ -1033,7 +1047,7 @@ def deploy(root: Path, store: ReleaseStore, url: str, events: LoggedEvents, vers
             raise ReleaseError(f"smoke test: no request was answered by the canary ({report['smoke']})")
         say(f"deploy: smoke test passed, answered by {report['smoke']}")
         observed = observe(events, started, CANARY, observe_s, actuals, ProductionReplay(store.variant_dir(PRODUCTION)),
-                           installed_nonces(store))
+                           installed_nonces(store), serving_host(store.root))
         verdict = observed.verdict
         report["verdict"], report["canary_observed"] = asdict(verdict), observed.record()
         say(f"deploy: {observed.line()}")
@@ -1278,8 +1292,8 @@ def _release(argv) -> int:
                 marks = installed_log_marks(store, variant) if events.path is not None else None
                 if marks is not None:  # the log's bytes from where it ended at the install on: not the whole log
                     events = replace(events, marks=marks)
-                verdict = judge(events.traffic(since, installed_nonces(store)), variant, actuals,
-                                ProductionReplay(store.variant_dir(PRODUCTION)))
+                traffic = events.traffic(since, installed_nonces(store), serving_host(store.root))
+                verdict = judge(traffic, variant, actuals, ProductionReplay(store.variant_dir(PRODUCTION)))
                 if marks is not None:
                     verdict.figures["log_read_from"] = {str(path): size for path, (size, _) in marks.items()}
                 verdict.figures["judged_since"] = (None if since is None else

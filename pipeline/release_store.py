@@ -7,6 +7,7 @@ Layout under the models directory (default ``models/``)::
     production/           what the app answers with (a verified copy of one release)
     canary/  shadow/      candidates the app routes a share of traffic to / mirrors every request to
     release.json          {"canary_share": 0.1} — read by the app's variant router
+    .serving-host         this store's id (SERVING_HOST_FILE), named in every prediction event the app logs
 
 A release is marked good (``releases/<version>/.good``, a dotfile the bundle checksums
 ignore) once it has served as production, and unmarked when production is rolled back from
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -35,6 +37,11 @@ RELEASE_FILE = "release.json"
 GOOD_MARK = ".good"
 ROLLBACK_FILE = ".rollback"  # in releases/: the version production replaced last (kept by prune)
 KEEP_RELEASES = 5
+# The serving host's id: drawn once by the release commands (draw_serving_host), read by the app, which names it in
+# each prediction event (``serving_host``), so a decision reading indices several hosts write judges its own host's.
+# Not secret (0644, every event shows it): it marks which host answered, written by the app, never by a client.
+SERVING_HOST_FILE = ".serving-host"
+SERVING_HOST_HEX = 16
 
 
 def _version_key(path: Path) -> tuple[int, str]:
@@ -237,6 +244,24 @@ class ReleaseStore:
 
     def set_canary_share(self, share: float) -> None:
         write_text_atomic(self.root / RELEASE_FILE, json.dumps({"canary_share": check_share(share)}) + "\n")
+
+
+def serving_host(models_dir: Path | str) -> str | None:
+    """The id ``draw_serving_host`` recorded in this release store, or None (none drawn yet, or unreadable)."""
+    try:
+        text = (Path(models_dir) / SERVING_HOST_FILE).read_text(encoding="ascii").strip()
+    except (OSError, ValueError):
+        return None
+    return text if len(text) == SERVING_HOST_HEX and all(c in "0123456789abcdef" for c in text) else None
+
+
+def draw_serving_host(models_dir: Path | str) -> str:
+    """This store's id: the one recorded, or one drawn now and recorded (atomically) for good."""
+    found = serving_host(models_dir)
+    if found is None:
+        found = secrets.token_hex(SERVING_HOST_HEX // 2)
+        write_text_atomic(Path(models_dir) / SERVING_HOST_FILE, found + "\n")
+    return found
 
 
 def check_share(share: float) -> float:

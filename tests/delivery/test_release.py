@@ -401,6 +401,48 @@ def test_the_decision_reads_the_compose_stacks_search_indices_as_it_reads_the_lo
     assert sum(t.predictions for t in later.values()) < len(logged)  # since: only the later half
 
 
+def test_hosts_sharing_one_elasticsearch_judge_only_their_own_hosts_events(host, tmp_path, capsys):
+    """Found by review: two serving hosts whose Fluentd write one Elasticsearch each sign their smoke ids with their
+    own nonce, and `release decide --elasticsearch` on one read the other's smoke answers (signed with a nonce it
+    does not hold) as users' requests: host B's 80 smoke requests gave host A's canary B's answers to judge. Each
+    host's events name it now (serving_host: the id its release store drew, models/.serving-host), and a decision
+    judges only its own host's; the verdict from the shared indices is the one from its own log."""
+    import datetime as dt
+
+    from osmem_server import OsmemServer
+
+    from monitoring.setup_stack import install_index_templates
+    from pipeline.event_sources import ElasticsearchEvents
+    from pipeline.release_smoke import smoke_nonce, smoke_request_id
+    from pipeline.release_store import serving_host
+
+    root, store, _ = host
+    other = ReleaseStore(tmp_path / "host-b-models")
+    release.sync(root, other)  # host B: the same aliases, its own nonce
+    other.set_canary_share(store.canary_share())
+    mine = serve_one_row_requests(store, tmp_path / "host-a.jsonl")
+    app = make_app(other, tmp_path / "host-b.jsonl")
+    client, nonce = app.test_client(), smoke_nonce(other)
+    for n, instance in enumerate(all_series(app) * 2):
+        answer = client.post("/api/v1/predict", json={"instances": [instance]},
+                             headers={"X-Request-ID": smoke_request_id(nonce, "0b", n)})
+        assert answer.status_code == 200
+    app.extensions["shelfcast"].sink.close()
+    theirs = read_events(tmp_path / "host-b.jsonl")
+    assert sum(e["model_variant"] == CANARY for e in theirs) >= release.MIN_EVENTS
+    status, from_log = decide(root, store, capsys, "--events", str(tmp_path / "host-a.jsonl"))
+    with OsmemServer.start(japanese=False, addr="127.0.0.1:0") as server:
+        search = ElasticsearchEvents(server.url)
+        install_index_templates(search)
+        fluentd_out_elasticsearch()(search, [{"tag": "shelfcast.prediction", "record": event,
+                                              "time": dt.datetime.fromisoformat(event["timestamp"]).timestamp()}
+                                             for event in mine + theirs])
+        status, from_index = decide(root, store, capsys, "--elasticsearch", server.url)
+    assert from_index["figures"][f"{CANARY}_predictions"] == from_log["figures"][f"{CANARY}_predictions"], from_index
+    assert from_index["figures"]["other_hosts_events_left_out"] == len(theirs), from_index["figures"]
+    assert {e.get("serving_host") for e in mine} == {serving_host(store.root)} != {None}
+
+
 @pytest.fixture
 def serve(tmp_path):
     running = []
