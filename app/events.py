@@ -290,7 +290,8 @@ class PredictionEventSink:
 
     def _report_left_unsent(self) -> None:
         """Say where unsent events wait at exit: only a process given this same folder sends them, so a server
-        restarted with another SHELFCAST_EVENT_SPOOL left them unsent and uncounted, with no line in any log."""
+        restarted with another SHELFCAST_EVENT_SPOOL left them unsent and uncounted, with no line in any log.
+        Said by the last process to leave the spool only (Spool.last_to_leave): one line, not one per worker."""
         segments, size = self._spool.waiting()
         if segments:
             log.warning("prediction events: %d segment(s) (%d bytes) left unsent in the event spool %s, held by no "
@@ -323,7 +324,8 @@ class PredictionEventSink:
             else:
                 self._spool.close()
                 self._forwarder.finish(time.monotonic() + self.settings.close_timeout_s)
-                self._report_left_unsent()
+                if self._spool.last_to_leave():  # the others still running send what is left, or report it
+                    self._report_left_unsent()
         except Exception:
             log.exception("prediction events: closing failed; unsent events stay in %s", self.settings.spool_root)
         finally:

@@ -400,6 +400,22 @@ class Spool:
             if folder is not None:
                 os.close(folder)
 
+    def last_to_leave(self) -> bool:
+        """Whether this process, leaving, is the last one holding the spool for its destination (every worker of every
+        server that sends there holds it), so the one to report what is left unsent: each exiting worker walked the
+        spool, N workers stopping together logged N lines whose counts rose line to line. Once True, this process
+        holds it alone until release_destination. Of processes leaving together the last to let go of its shared
+        hold is told True (or one that took it meanwhile); rarely two, if the first released it before the second
+        looked. True with no destination held (a spool used on its own)."""
+        if self._destination < 0:
+            return True
+        fcntl.flock(self._destination, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(self._destination, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # another process still holds it: it sends these events, or reports them when it leaves
+        return True
+
     def release_destination(self) -> None:
         """Let another destination take the spool (once this process has sent what it will)."""
         if self._destination >= 0:

@@ -79,6 +79,21 @@ def test_a_spool_is_held_for_one_destination_while_a_process_sends_there(tmp_pat
     assert len(list(tmp_path.glob(".destination-*"))) == 1  # the stopped destination's file removed
 
 
+def test_only_the_last_process_to_leave_a_destination_is_told_it_is_last(tmp_path: Path) -> None:
+    """The one that reports what is left unsent (app/events.py): a worker, or a server sharing the spool, that
+    leaves while another still sends there says nothing; the other sends those events, or reports them."""
+    first, second = (Spool(tmp_path, 10**9, 10**6, Counts()) for _ in range(2))
+    for spool in (first, second):
+        spool.hold_destination("Fluentd at 127.0.0.1:1")
+    assert not first.last_to_leave()
+    first.release_destination()
+    assert second.last_to_leave()
+    with pytest.raises(SpoolInUse):  # held alone until released: still a live server's spool
+        Spool(tmp_path, 10**9, 10**6, Counts()).hold_destination("Fluentd at 127.0.0.1:2")
+    second.release_destination()
+    assert Spool(tmp_path, 10**9, 10**6, Counts()).last_to_leave()  # no destination held: a spool on its own
+
+
 def test_a_spool_folder_moved_away_is_held_again_where_its_path_now_points(tmp_path: Path) -> None:
     """Found by a review: a process follows its spool path to a new folder (follow_folder, after `mv logs logs.old`)
     but its .destination-* stayed in the folder moved away, so a server sending elsewhere started on the new folder

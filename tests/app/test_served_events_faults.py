@@ -196,3 +196,22 @@ def test_servers_sharing_a_spool_folder_must_send_to_one_fluentd(fluentd_receive
     fluentd_receiver.stop()
     lost, _ = report("two servers, one spool, one Fluentd", answered, received_by_request(fluentd_receiver))
     assert len(answered) > 50 and lost == 0
+
+
+def test_workers_stopping_together_with_fluentd_down_say_once_what_is_left_unsent(fluentd_receiver, app_bundles,
+                                                                                 tmp_path):
+    """Each exiting worker walked the spool and logged its own `left unsent` line: 3 workers, 3 lines, counts rising
+    line to line. Now only the last process to leave the spool says it, counting every segment left."""
+    fluentd_receiver.stop()
+    served = start_gunicorn(app_bundles[0], fluentd_receiver.port, tmp_path, workers=3)
+    try:
+        answered = load(served.port, 1.5, "left", clients=6)
+    finally:
+        served.stop()
+    segments = list((tmp_path / "spool").glob("*.jsonl"))
+    lines = [line for line in served.log_path.read_text(encoding="utf-8").splitlines() if "left unsent" in line]
+    assert len(answered) > 50 and len(segments) >= 2, (len(answered), segments)
+    assert len(lines) == 1, lines
+    size = sum(path.stat().st_size for path in segments)
+    spool = (tmp_path / "spool").resolve()
+    assert f"{len(segments)} segment(s) ({size} bytes) left unsent in the event spool {spool}" in lines[0]
