@@ -82,14 +82,16 @@ class ServedApp:
 
 
 def start(settings: Mapping[str, str], log_path: Path, cores: set[int] | None = None,
-          timeout_s: float = 120, wsgi_app: str = WSGI_APP, tls: ssl.SSLContext | None = None) -> ServedApp:
-    """The server on a free loopback port, answering /readyz; ``settings`` are environment variables
-    (SHELFCAST_*, PROMETHEUS_MULTIPROC_DIR, FLUENTD_*) over this process's environment; ``cores``: the cores
+          timeout_s: float = 120, wsgi_app: str = WSGI_APP, tls: ssl.SSLContext | None = None,
+          port: int | None = None) -> ServedApp:
+    """The server on a free loopback port (or ``port``: one of a range agreed on a shared machine), answering
+    /readyz; ``settings`` are environment variables (SHELFCAST_*, PROMETHEUS_MULTIPROC_DIR, FLUENTD_*) over this
+    process's environment; ``cores``: the cores
     it may use (Linux), as `taskset` would give them; ``wsgi_app``: another app under the same settings (it must
     answer GET /readyz); ``tls``: the client context that trusts its certificate, for a server given one
     (GUNICORN_CMD_ARGS="--certfile ... --keyfile ..."). ServerNotReady if it exits first or time runs out;
     app.config.SettingsError, nothing started, for a SHELFCAST_WORKERS gunicorn_conf would refuse."""
-    port = free_port()
+    port = free_port() if port is None else port
     env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     env.update(settings)
     env["SHELFCAST_BIND"] = f"127.0.0.1:{port}"

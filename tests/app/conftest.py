@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -22,6 +21,8 @@ from typing import Any, Iterator
 import prometheus_client  # noqa: F401 - see below
 import pytest
 
+from tests.fluentd_receiver.process import INSTALLED as RECEIVER_INSTALLED, RECEIVER_DIR, RECEIVER_SCRIPT
+from tests.fluentd_receiver.process import FluentdReceiver  # noqa: F401 - test_events_fluentd imports it from here
 from tests.node_packages import require_installed
 
 # prometheus_client picks its value class when first imported, for the process's life: multiprocess files when
@@ -29,7 +30,6 @@ from tests.node_packages import require_installed
 # of its own (removed after it); imported first there, every later app in that test process counted into files in a
 # deleted directory, and its error pages failed on it (a 500 'internal_server_error' instead of 'internal_error').
 
-RECEIVER_DIR = Path(__file__).resolve().parents[1] / "fluentd_receiver"
 
 
 class Counts(collections.Counter):
@@ -61,73 +61,8 @@ def receiver_command() -> list[str]:
     node = shutil.which("node")
     if node is None:
         pytest.skip("node not found on PATH: the Fluentd forward-protocol receiver tests need Node.js >= 18")
-    require_installed(RECEIVER_DIR / "node_modules" / "@fluent-org" / "logger", RECEIVER_DIR, "@fluent-org/logger")
-    return [node, str(RECEIVER_DIR / "receiver.js")]
-
-
-class FluentdReceiver:
-    """A receiver process that can be stopped and started again on the same port."""
-
-    def __init__(self, command: list[str], output: Path):
-        self.command = command
-        self.output = output
-        self.port = 0  # 0 until the first start picks a free one
-        self.process: subprocess.Popen[str] | None = None
-
-    def start(self, timeout_s: float = 20.0) -> None:
-        assert self.process is None, "receiver already running"
-        self.process = subprocess.Popen(
-            [*self.command, "--port", str(self.port), "--output", str(self.output)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        line = read_line(self.process, timeout_s)
-        if not line.startswith("ready "):
-            self.kill()
-            raise RuntimeError(f"Fluentd test receiver did not start (port {self.port}): {line!r}")
-        self.port = int(line.split()[1])
-
-    def stop(self) -> None:
-        """SIGTERM: the receiver exits between messages, having written all it acknowledged."""
-        assert self.process is not None, "receiver not running"
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=10)
-        stderr = self.process.stderr.read() if self.process.stderr else ""
-        self.process = None
-        assert code == 0, f"receiver exited with {code}: {stderr}"
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-
-    def events(self) -> list[dict[str, Any]]:
-        """Everything received, as {tag, time, record}; call it while the receiver is stopped.
-
-        FluentServer writes a message's acknowledgement before it hands the entries to
-        our listener, so a client can hold an ack for an entry not yet written; a stopped
-        receiver has written everything it acknowledged.
-        """
-        assert self.process is None, "stop() the receiver before reading what it received"
-        if not self.output.exists():
-            return []
-        with open(self.output, encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle]
-
-
-def read_line(process: subprocess.Popen[str], timeout_s: float) -> str:
-    """The first stdout line, or the process's stderr if it exits or stays silent."""
-    box: list[str] = []
-    reader = threading.Thread(target=lambda: box.append(process.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout_s)
-    if box and box[0]:
-        return box[0].strip()
-    process.kill()
-    process.wait(timeout=10)
-    return f"no 'ready' line within {timeout_s} s; stderr: {process.stderr.read() if process.stderr else ''}"
+    require_installed(RECEIVER_INSTALLED, RECEIVER_DIR, "@fluent-org/logger")
+    return [node, str(RECEIVER_SCRIPT)]
 
 
 @pytest.fixture

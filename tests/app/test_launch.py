@@ -69,3 +69,17 @@ def test_a_bug_at_start_keeps_its_traceback(tmp_path):
     assert started.returncode not in (0, Arbiter.WORKER_BOOT_ERROR)
     assert "Traceback" in started.stderr and "ValueError: invalid literal for int()" in started.stderr
     assert "cannot start" not in started.stderr
+
+
+def test_a_server_given_a_port_listens_there(app_bundles, tmp_path):
+    """On a shared machine a benchmark keeps to an agreed range (benchmarks/event_delivery.py --port-base)."""
+    port = launch.free_port()
+    served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
+                           "SHELFCAST_EVENT_SPOOL": str(tmp_path / "spool"),
+                           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}, tmp_path / "gunicorn.log",
+                          port=port)
+    try:
+        assert served.port == port and served.url == f"http://127.0.0.1:{port}"
+        assert launch.listening_sockets(port) in (1, None)  # None: no Linux /proc to look in
+    finally:
+        served.stop()
