@@ -12,8 +12,8 @@ import pytest
 
 from tests.benchmarks.conftest import BENCHMARKS_DIR, REPO_ROOT
 
-SCRIPTS = ["accuracy", "app_load", "drift_replay", "e1_hand_step", "engine_vs_torch", "event_fsync", "pipeline_scale",
-           "release_load"]
+SCRIPTS = ["accuracy", "app_load", "drift_replay", "e1_hand_step", "engine_vs_torch", "event_delivery", "event_fsync",
+           "pipeline_scale", "release_load"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
