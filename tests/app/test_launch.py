@@ -75,7 +75,7 @@ def test_a_server_given_a_port_listens_there(app_bundles, tmp_path):
     """On a shared machine a benchmark keeps to an agreed range (benchmarks/event_delivery.py --port-base)."""
     port = launch.free_port()
     served = launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
-                           "SHELFCAST_EVENT_SPOOL": str(tmp_path / "spool"),
+                           "SHELFCAST_PREDICTION_LOG": str(tmp_path / "predictions.jsonl"),
                            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}, tmp_path / "gunicorn.log",
                           port=port)
     try:
