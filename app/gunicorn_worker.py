@@ -51,6 +51,7 @@ import time
 from datetime import timedelta
 from http import HTTPStatus
 from pathlib import Path
+from typing import NamedTuple
 
 import gunicorn.http.wsgi
 from gunicorn import util
@@ -138,6 +139,20 @@ def own_answer(status: int, body: bytes, head_only: bool = False) -> bytes:
             f"Date: {util.http_date()}", "Connection: close", "Content-Type: text/plain; charset=utf-8",
             f"Content-Length: {len(body)}", *(f"{name}: {value}" for name, value in SECURITY_HEADERS.items())]
     return "\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + (b"" if head_only else body)
+
+
+class KeptAliveClose(NamedTuple):
+    """When ``murder_keepalived`` closes a kept-alive connection idle on gunicorn's poller."""
+
+    due: float
+
+
+class PendingClose(NamedTuple):
+    """When ``murder_pending`` closes a connection that has sent nothing, and whether its header deadline had passed
+    (a TLS one is then a `tls_handshake_timeout`): ``ThreadWorker._pending_close`` decides both."""
+
+    due: float
+    headers_timed_out: bool
 
 
 class GracefulCloser:
@@ -372,7 +387,7 @@ class ThreadWorker(GthreadWorker):
 
     def _wait_on_the_poller(self, conn):
         """A new connection ``handle`` found with no bytes yet waits for them on gunicorn's poller (main thread),
-        holding no thread, until ``murder_pending`` closes it (``_pending_until``), in a graceful exit too: one
+        holding no thread, until ``murder_pending`` closes it (``_pending_close``), in a graceful exit too: one
         accepted there (``set_accept_enabled`` takes those queued) was closed at once, its request, sent an instant
         after its connect, unanswered."""
         conn.sock.setblocking(False)
@@ -394,36 +409,39 @@ class ThreadWorker(GthreadWorker):
     def murder_pending(self):
         """Overrides gunicorn's ``murder_pending()`` (main thread, about once a second), which closes the new
         connections that sent nothing within gunicorn's 5 s wait and then nothing within `keepalive` (5 s) on its
-        poller, where they hold no thread (``handle`` puts them there at once). Each is closed once
-        SHELFCAST_HEADER_TIMEOUT_S from its acceptance has passed (``_pending_until``; in a graceful exit,
-        EXIT_IDLE_GRACE_S), a TLS one counted and logged as
-        a `tls_handshake_timeout` (``_handshake_timed_out``): before, it went after 10 s whatever the timeout, neither
-        counted nor logged, while half a ClientHello was both (pending
-        connections are queued by when their thread's wait began, not by when they arrived: ``_close_due``)."""
-        self._close_due(self.pending_conns, self._pending_until, closing=self._count_a_handshake_not_begun)
+        poller, where they hold no thread (``handle`` puts them there at once). Each is closed when
+        ``_pending_close`` says (SHELFCAST_HEADER_TIMEOUT_S from its acceptance; in a graceful exit, EXIT_IDLE_GRACE_S),
+        a TLS one whose header deadline had passed counted and logged as a `tls_handshake_timeout`
+        (``_handshake_timed_out``): before, it went after 10 s whatever the timeout, neither counted nor logged, while
+        half a ClientHello was both. Pending connections are queued by when their thread's wait began, not by when
+        they arrived: ``_close_due`` looks at each."""
+        self._close_due(self.pending_conns, self._pending_close, closing=self._count_a_handshake_not_begun)
 
-    def _count_a_handshake_not_begun(self, conn) -> None:
-        """A pending connection ``murder_pending`` closes: counted and logged if it is TLS and sent nothing within
-        SHELFCAST_HEADER_TIMEOUT_S (not one a graceful exit closes sooner)."""
-        if self._before_handshake(conn) and conn.arrived + self.header_timeout_s <= time.monotonic():
+    def _count_a_handshake_not_begun(self, conn, close: PendingClose) -> None:
+        """A pending connection ``murder_pending`` closes: counted and logged if it is TLS and ``_pending_close``
+        found its header deadline passed (not one a graceful exit closes sooner)."""
+        if close.headers_timed_out and self._before_handshake(conn):
             self._handshake_timed_out(conn.client)
 
     def murder_keepalived(self):
         """Overrides gunicorn's ``murder_keepalived()`` (main thread, after each wake-up of its loop), which closes
         the kept-alive connections idle for `keepalive` (5 s). In a graceful exit one idle for EXIT_IDLE_GRACE_S is
-        closed (``_kept_alive_until``): there is no more to wait for from a browser tab or nginx's upstream pool, and
+        closed (``_kept_alive_close``): there is no more to wait for from a browser tab or nginx's upstream pool, and
         each such connection held the exit for `keepalive`, or (``wait_for_and_dispatch_events``) the whole 30 s
         graceful_timeout. A request that arrived before the close is served first: the wake-up that this follows
         hands each readable connection to a thread."""
-        self._close_due(self.keepalived_conns, self._kept_alive_until)
+        self._close_due(self.keepalived_conns, self._kept_alive_close)
 
-    def _close_due(self, conns, until, closing=None) -> None:
+    def _close_due(self, conns, decide, closing=None) -> None:
         """Close each connection of ``conns`` (one of gunicorn's queues of connections idle on its poller) whose
-        ``until(conn)`` has passed, as gunicorn's murder_* methods do: out of the queue and the poller, uncounted,
-        closed, ``closing(conn)`` just before. Every one due, not only those up to the first one that is not
-        (gunicorn's order is when each was queued, not when each is due)."""
+        close ``decide(conn, now)`` says is due, as gunicorn's murder_* methods do: out of the queue and the poller,
+        uncounted, closed, ``closing(conn, close)`` just before, told what ``decide`` decided. Every one due, not
+        only those up to the first one that is not (gunicorn's order is when each was queued, not when each is
+        due)."""
         now = time.monotonic()
-        for conn in [conn for conn in conns if until(conn) <= now]:
+        for conn, close in [(conn, decide(conn, now)) for conn in conns]:
+            if close.due > now:
+                continue
             conns.remove(conn)
             try:
                 self.poller.unregister(conn.sock)
@@ -431,15 +449,16 @@ class ThreadWorker(GthreadWorker):
                 pass  # already unregistered
             self.nr_conns -= 1
             if closing is not None:
-                closing(conn)
+                closing(conn, close)
             conn.close()
 
-    def _kept_alive_until(self, conn) -> float:
-        """When a kept-alive connection idle on gunicorn's poller is closed (``murder_keepalived``)."""
+    def _kept_alive_close(self, conn, now: float) -> KeptAliveClose:
+        """When a kept-alive connection idle on gunicorn's poller is closed (``murder_keepalived``); ``now`` unused,
+        as ``_close_due`` asks every decision."""
         if self.alive:
-            return conn.timeout
+            return KeptAliveClose(conn.timeout)
         idle_since = conn.timeout - self.cfg.keepalive  # gunicorn's set_timeout, as the connection went idle
-        return min(conn.timeout, idle_since + EXIT_IDLE_GRACE_S)
+        return KeptAliveClose(min(conn.timeout, idle_since + EXIT_IDLE_GRACE_S))
 
     def wait_for_and_dispatch_events(self, timeout):
         """Overrides gunicorn's ``wait_for_and_dispatch_events(timeout)``. Its graceful exit waits for an event for
@@ -447,23 +466,25 @@ class ThreadWorker(GthreadWorker):
         kept-alive connection (which sends no event) held every SIGTERM stop for the whole 30 s (`docker stop` with
         a browser tab open; 0.5 s without it). In the exit the wait ends when the next idle connection is due."""
         if not self.alive:
-            due = [self._kept_alive_until(conn) for conn in self.keepalived_conns]
-            due += [self._pending_until(conn) for conn in self.pending_conns]
+            now = time.monotonic()
+            due = [self._kept_alive_close(conn, now).due for conn in self.keepalived_conns]
+            due += [self._pending_close(conn, now).due for conn in self.pending_conns]
             if due:
-                timeout = min(timeout, max(min(due) - time.monotonic(), 0))
+                timeout = min(timeout, max(min(due) - now, 0))
         super().wait_for_and_dispatch_events(timeout)
 
     def _before_handshake(self, conn) -> bool:
         """Whether ``conn`` is a TLS connection gunicorn has not begun to wrap (it does so once bytes arrive)."""
         return self.cfg.is_ssl and not conn.initialized
 
-    def _pending_until(self, conn) -> float:
+    def _pending_close(self, conn, now: float) -> PendingClose:
         """When a connection waiting for its first bytes on gunicorn's poller is closed (``murder_pending``):
         SHELFCAST_HEADER_TIMEOUT_S after it connected, as its headers would be; in a graceful exit EXIT_IDLE_GRACE_S
-        after it (a silent connection held every stop for the whole header timeout, 10 s)."""
-        if self.alive:
-            return conn.arrived + self.header_timeout_s
-        return conn.arrived + min(self.header_timeout_s, EXIT_IDLE_GRACE_S)
+        after it (a silent connection held every stop for the whole header timeout, 10 s). And whether its header
+        deadline has passed by ``now``: one closed then timed out, one a graceful exit closes sooner did not."""
+        headers_due = conn.arrived + self.header_timeout_s
+        due = headers_due if self.alive else min(headers_due, conn.arrived + EXIT_IDLE_GRACE_S)
+        return PendingClose(due, headers_timed_out=headers_due <= now)
 
     def handle(self, conn):
         """Overrides gunicorn's ``handle(conn)``: one request on a connection, on a connection thread, from the
