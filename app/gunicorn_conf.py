@@ -100,10 +100,11 @@ bind = setting("SHELFCAST_BIND", DEFAULT_BIND)
 
 
 def given_as(address: str) -> tuple[str, str]:
-    """How the server was given ``address``, for an error that names it, and the start of a corrected one:
-    SHELFCAST_BIND (`make serve`'s setting, "(the default)" when unset), or --bind where the command line or
-    GUNICORN_CMD_ARGS overrode it."""
-    if address != bind:
+    """How the server was given ``address``, for an error that names it, and the start of a corrected one: --bind
+    where the command line or GUNICORN_CMD_ARGS gives the addresses (`COMMAND_LINE_BINDS`: they replace
+    SHELFCAST_BIND whole, even where they repeat it) or the address is not SHELFCAST_BIND's; else SHELFCAST_BIND
+    (`make serve`'s setting, "(the default)" when unset)."""
+    if COMMAND_LINE_BINDS or address != bind:
         return f"--bind {address}", "--bind "
     unset = not os.environ.get("SHELFCAST_BIND", "").strip()
     return f"SHELFCAST_BIND={address}{' (the default)' if unset else ''}", "SHELFCAST_BIND="
@@ -153,7 +154,8 @@ def refuse_unusable_binds(addresses: list[str]) -> None:
 
 
 # gunicorn loads this file as "__config__" with its own command line in sys.argv; a test loading it has another
-refuse_unusable_binds(command_line_binds(sys.argv[1:] if __name__ == "__config__" else []) or [bind])
+COMMAND_LINE_BINDS = command_line_binds(sys.argv[1:] if __name__ == "__config__" else [])
+refuse_unusable_binds(COMMAND_LINE_BINDS or [bind])
 # One per usable core: the cores this process may run on, its cgroup's CPU limit counted (a container run with
 # --cpus 1 on a 16-core host started 16 workers, each loading the model, throttled to one core in all).
 try:

@@ -330,6 +330,36 @@ def test_a_refused_bind_address_names_the_setting_that_gave_it(monkeypatch, tmp_
         "--bind 127.0.0.1:5005"], done.stderr
 
 
+def test_a_refused_address_the_command_line_repeats_from_shelfcast_bind_names_the_command_line(tmp_path):
+    """--bind given the address SHELFCAST_BIND also holds is still the command line's: it replaces SHELFCAST_BIND,
+    and the fix is to change it there. Before, the refusal credited SHELFCAST_BIND (told by the address alone), so
+    changing SHELFCAST_BIND as it said changed nothing; both ways gunicorn reads a command line are tried."""
+    import socket
+    import subprocess
+
+    from app import launch
+
+    env = {**os.environ, "SHELFCAST_WORKERS": "1", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m"),
+           "SHELFCAST_CONTROL_SOCKET": str(tmp_path / "c")}
+    env.pop("GUNICORN_CMD_ARGS", None)
+    bad = "127.0.0.1:99999"
+    done = subprocess.run([*launch.gunicorn_command(), "--bind", bad], cwd=launch.REPO,
+                          env={**env, "SHELFCAST_BIND": bad}, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and [line for line in done.stderr.splitlines() if "rror" in line] == [
+        f"Error: --bind {bad}: '99999' is no port number (0 to 65535); write HOST:PORT, e.g. "
+        "--bind 127.0.0.1:5005"], done.stderr
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = f"127.0.0.1:{other.getsockname()[1]}"
+        done = subprocess.run(launch.gunicorn_command(), cwd=launch.REPO, capture_output=True, text=True, timeout=60,
+                              env={**env, "SHELFCAST_BIND": taken, "GUNICORN_CMD_ARGS": f"--bind {taken}"})
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if "ERROR" in line or "Error" in line]
+    assert done.returncode != 0 and len(errors) == 1 and f"Error: --bind {taken}: cannot serve there" in errors[0], (
+        done.stderr)
+    assert "e.g. --bind 127.0.0.1:" in errors[0], errors
+
+
 @pytest.mark.parametrize("count", ["abc", "-1", "0", "2.5", "257"])
 def test_make_serve_refuses_a_bad_worker_count_in_one_line_naming_the_setting_and_the_fix(tmp_path, count):
     """Before: "Failed to read config file" and a RuntimeError traceback (`abc`, `-1`, `2.5`), one per core (`0`)."""
