@@ -352,7 +352,12 @@ def _prepare(server):
 
 
 def when_ready(server):
-    """Say where it serves: with a socket per worker (SO_REUSEPORT) gunicorn's own "Listening at:" line is empty."""
+    """Say where it serves: with a socket per worker (SO_REUSEPORT) gunicorn's own "Listening at:" line is empty.
+    And, once per master (before its first fork; a SIGHUP does not run this again), release the stop signals pre_fork
+    holds as each fork returns in the master (app/gunicorn_worker.py hold_stop_signals): gunicorn has no hook there."""
+    from app.gunicorn_worker import release_stop_signals
+
+    os.register_at_fork(after_in_parent=release_stop_signals)
     for address in server.cfg.bind:
         server.log.info("Shelfcast serves at %s (%d workers)", shown(address, "https" if server.cfg.is_ssl else "http"),
                         server.cfg.workers)
@@ -372,7 +377,13 @@ def ssl_context(conf, default_ssl_context_factory):
 
 
 def pre_fork(server, worker):
-    """Master, before the fork: the core this worker is to run on (see the module docstring)."""
+    """Master, before the fork: the core this worker is to run on (see the module docstring); and the stop signals
+    held until the worker's own handlers are in (app/gunicorn_worker.py hold_stop_signals; only for a worker of that
+    class, which releases them: one of another class given --worker-class would never see a SIGTERM)."""
+    from app.gunicorn_worker import ThreadWorker, hold_stop_signals
+
+    if isinstance(worker, ThreadWorker):
+        hold_stop_signals()
     if PIN_WORKERS:
         core_of_worker[id(worker)] = least_used_core(sorted(os.sched_getaffinity(0)), core_of_worker.values())
 

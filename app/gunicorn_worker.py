@@ -44,6 +44,7 @@ import logging
 import os
 import queue
 import selectors
+import signal
 import socket
 import ssl
 import threading
@@ -102,6 +103,27 @@ HEAD_REQUEST = b"HEAD "  # how a plain HTTP HEAD request opens: its 400 on the T
 # What a TLS handshake read when its client went (or a header deadline shut the read side): a client that left.
 TLS_CLIENT_LEFT = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of a TLS ClientHello; no HTTP request (nor PROXY header) starts with it
+
+
+# The signals that stop a worker (gunicorn's handle_exit, handle_quit): held from the master's fork of a worker until
+# the worker's own handlers are in (`hold_stop_signals`).
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+
+
+def hold_stop_signals() -> None:
+    """Master, just before it forks a worker (app/gunicorn_conf.py pre_fork): the stop signals are held, not handled,
+    until ``release_stop_signals``. The child inherits them held. Before, a SIGTERM gunicorn's master passed on to a
+    worker between its fork and gunicorn's installing the worker's handlers (init_signals) ran the master's handler
+    in the child's copy of the master, which only queued it: the worker served on, and the stop waited the whole 30 s
+    graceful_timeout (5 of 17 stops sent 0.3-0.7 s after a start of 2 workers). Held, it is handled once the
+    worker's handler is in (``ThreadWorker.init_signals``). The master releases them the instant its fork returns
+    (os.register_at_fork, app/gunicorn_conf.py when_ready)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def release_stop_signals() -> None:
+    """The stop signals ``hold_stop_signals`` held: one that came meanwhile is handled now."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 class TLSOnPlainPort(ParseException):
@@ -247,7 +269,7 @@ class HeaderBoundRequest(Request):
 class ThreadWorker(GthreadWorker):
     """gthread, with each connection its main thread finishes closed by a GracefulCloser, and each request's
     headers read within SHELFCAST_HEADER_TIMEOUT_S and SHELFCAST_MAX_HEADER_BYTES. gunicorn (26.2, pinned) has a
-    setting for none of these, so this overrides eleven methods of its ThreadWorker: ``finish_request`` (the closes,
+    setting for none of these, so this overrides twelve methods of its ThreadWorker: ``finish_request`` (the closes,
     and a pipelined request already read handed on), ``enqueue_req``, ``handle`` and ``handle_request`` (the header
     deadline; a new connection with no bytes yet sent to the poller at once, not waited for on a thread),
     ``murder_pending`` (a connection that sends nothing held to the same deadline, a TLS one counted),
@@ -255,8 +277,9 @@ class ThreadWorker(GthreadWorker):
     once, and ends with the last request in flight, not after graceful_timeout), ``init_process``
     (the header bound: its parser's request class), ``set_accept_enabled`` (a graceful exit stops listening; with
     ``finish_request``'s kept-alive connections, no request fails at a SIGHUP),
-    ``handle_exit`` (a SIGHUP's old workers serve until the new ones listen) and ``handle_error`` (each request gunicorn
-    refuses counted in /metrics, as ``handle`` counts its 408s, and answered with the app's headers).
+    ``handle_exit`` (a SIGHUP's old workers serve until the new ones listen), ``init_signals`` (a stop sent while the
+    worker booted is not lost: `hold_stop_signals`) and ``handle_error`` (each request gunicorn refuses counted in
+    /metrics, as ``handle`` counts its 408s, and answered with the app's headers).
     tests/app/test_served_by_gunicorn.py, tests/app/test_served_request_headers.py, tests/app/test_served_tls.py and
     tests/app/test_served_lifecycle.py fail if an upgrade changes how gunicorn calls them."""
 
@@ -284,6 +307,12 @@ class ThreadWorker(GthreadWorker):
         HeaderBoundRequest.max_header_bytes = self.max_header_bytes
         RequestParser.mesg_class = HeaderBoundRequest
         super().init_process()
+
+    def init_signals(self):
+        """Overrides gunicorn's ``init_signals()``: its handlers installed, the stop signals held since the fork
+        (`hold_stop_signals`) are released, so a SIGTERM that came meanwhile stops this worker now."""
+        super().init_signals()
+        release_stop_signals()
 
     def handle_error(self, req, client, addr, exc):
         """Overrides gunicorn's ``handle_error(req, client, addr, exc)``: where its worker answers each request it
