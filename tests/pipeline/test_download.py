@@ -1167,6 +1167,45 @@ def test_a_checksum_of_an_optional_raw_file_that_is_not_there_is_one_line_naming
                                         "would be as if there were none)")
 
 
+@pytest.mark.parametrize("list_name, lines, listed", [
+    ("SHA256SUMS", [f"{'a' * 64}  train.csv.gz", f"{'b' * 64}  oil.csv"], "oil.csv"),
+    ("checksums.txt", ["# sha256sum -b, on Windows", f"{'c' * 64} *favorita\\train.csv.gz\r",
+                       f"{'d' * 64} *favorita\\holidays_events.csv\r"], "favorita\\holidays_events.csv"),
+    ("MD5SUMS", [f"MD5 (train.csv.gz) = {'e' * 32}", f"MD5 (transactions.csv) = {'f' * 32}"], "transactions.csv"),
+    ("sha256sums.txt", ["", f"{'0' * 64}  ./data/favorita/oil.csv", "-----BEGIN PGP SIGNATURE-----"],
+     "./data/favorita/oil.csv"),
+])
+def test_a_checksum_list_naming_an_optional_raw_file_that_is_not_there_is_one_line_naming_both(
+        tmp_path, list_name, lines, listed):
+    """Found by review: a lone oil.csv.sha256 was refused, but a SHA256SUMS naming oil.csv (what data portals and
+    sha256sum publish) was not read: the folder without oil.csv ran without oil prices, as if none were meant.
+    The list's lines are read (coreutils' `<hex>  <name>` and `<hex> *<name>`, BSD's `MD5 (<name>) = <hex>`; CRLF
+    lines, a Windows path, a subfolder: the file name counts) and it is refused as oil.csv.sha256 is, naming
+    both, in a folder and a zip alike."""
+    source = write_kaggle_sample(tmp_path / "src", compress=("train",))
+    base = listed.replace("\\", "/").rsplit("/", 1)[-1].split(".")[0]
+    (source / f"{base}.csv").unlink()
+    (source / list_name).write_bytes("\n".join(lines).encode() + b"\n")
+    _refused_by_source_download_and_zip(
+        tmp_path, source, f"has {list_name} but no {base} file: it lists a checksum of {listed}, which is not "
+        f"there: put {base}.csv beside it; or, if no {base} data are meant, delete its {listed} line (read past, it "
+        "would be as if there were none)")
+
+
+def test_a_checksum_list_whose_files_are_all_there_is_read_past(tmp_path):
+    """A SHA256SUMS of every file given, its optional ones too (in a zip, some under a folder), stops nothing; nor
+    does one naming a file under another of its names (oil.csv.gz listed, oil.csv given)."""
+    source = write_kaggle_sample(tmp_path / "src", compress=("train",))
+    (source / "SHA256SUMS").write_text("".join(f"{'a' * 64}  favorita/{entry.name}\n" for entry in source.iterdir())
+                                       + f"{'b' * 64}  oil.csv.gz\n", encoding="utf-8")
+    assert "7 files" in download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for entry in sorted(source.iterdir()):
+            zipped.write(entry, arcname=f"favorita/{entry.name}" if entry.name != "SHA256SUMS" else entry.name)
+    assert "7 files" in download(_params(str(archive)), tmp_path / "raw2", tmp_path / "partial", progress=False)
+
+
 def test_a_plain_csv_named_csv_gz_is_said_for_what_it_is(tmp_path):
     """A plain train.csv saved as train.csv.gz was 'corrupt or truncated gzip (Not a gzipped file (b'id'))': it is
     neither, and re-copying it (what 'truncated' suggests) changes nothing."""
