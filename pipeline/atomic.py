@@ -50,6 +50,7 @@ def atomic_file(target: Path | str, mode: int = 0o644) -> Iterator[Path]:
         os.chmod(tmp_path, mode)  # mkstemp's 0600 would make outputs private unless asked
         _fsync(tmp_path)  # the bytes are on disk before the name points at them (a power cut leaves old or new)
         os.replace(tmp_path, target)
+        fsync_directory(target.parent)  # the rename itself is on disk: a power cut cannot undo it
     except OSError as exc:
         raise _naming(exc, target) from exc.__cause__
     finally:
@@ -131,6 +132,23 @@ def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(folder: Path) -> None:
+    """Flush ``folder``'s entries to disk: a rename is a change of its directory, which fsync of the file does not
+    write; a power cut before the directory is written leaves the old file, or none. A platform where a directory
+    cannot be opened (Windows: PermissionError) or not flushed (EINVAL on some file systems) has no such step."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except PermissionError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
     finally:
         os.close(fd)
 

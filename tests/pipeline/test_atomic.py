@@ -1,0 +1,43 @@
+"""pipeline/atomic.py: what an atomic write leaves on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipeline import atomic
+from pipeline.atomic import write_text_atomic
+
+
+def test_an_atomic_write_flushes_its_directory_after_the_rename(tmp_path: Path, monkeypatch) -> None:
+    """Found by review: the file was fsynced and renamed, but the rename (a change of the directory) was never
+    flushed, so a power cut right after could leave the old content or no file. Each os.fsync (the real one still
+    runs) records what its descriptor is and what the target holds at that moment."""
+    target = tmp_path / "out" / "report.json"
+    write_text_atomic(target, "old\n")
+    real_fsync, flushed = os.fsync, []
+
+    def recording_fsync(fd: int) -> None:
+        flushed.append((os.readlink(f"/proc/self/fd/{fd}"), target.read_text(encoding="utf-8")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    write_text_atomic(target, "new\n")
+    assert flushed[-1] == (str(target.parent), "new\n")  # the directory, once the name points at the new bytes
+    assert flushed[0][0].startswith(str(target.parent / ".report.json.")) and flushed[0][1] == "old\n"
+
+
+def test_a_directory_that_cannot_be_opened_is_written_all_the_same(tmp_path: Path, monkeypatch) -> None:
+    """Windows refuses to open a directory (PermissionError): there the write goes on without the directory step,
+    as before it had one; a file's own open is not affected."""
+    real_open = os.open
+
+    def no_directories(path, flags, *args):
+        if Path(path).is_dir():
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_directories)
+    write_text_atomic(tmp_path / "a.txt", "text\n")
+    assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "text\n"
+    assert atomic.fsync_directory(tmp_path) is None
