@@ -153,6 +153,19 @@ def fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
+WRITABLE_PROBE = ".writable-probe"  # check_writable's file, written and deleted at once
+
+
+def check_writable(folder: Path | str) -> None:
+    """Write a file in ``folder`` as every atomic write does (a staging copy renamed into place) and delete it: an
+    OSError where that fails (a read-only folder or mount, another user's), before a long job finds out at its
+    first write."""
+    probe = Path(folder) / WRITABLE_PROBE
+    with atomic_file(probe) as staged:
+        staged.write_bytes(b"")
+    probe.unlink()
+
+
 def write_text_atomic(path: Path | str, text: str, mode: int = 0o644) -> None:
     """Replace ``path`` by ``text`` (UTF-8) in one step: readers see the old content or the new (``mode``:
     atomic_file's)."""

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import tracking
-from pipeline.atomic import DirectoryBusy, held_exclusively, remove_directory
+from pipeline.atomic import DirectoryBusy, check_writable, held_exclusively, remove_directory
 from pipeline.bundle import load_bundle, write_bundle
 from pipeline.cluster import ClusterError, dask_client, scheduler_address
 from pipeline.drift_stats import served_reference, training_statistics
@@ -362,7 +362,21 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
     model_name_param(raw)  # promote.model_name names the bundle: a bad one refused now, not after training
     validation_within_horizon(raw)
     with one_train(home):
+        checkpoints_writable(home / CHECKPOINT_DIR)
         return _run(root, home, raw, fparams, tparams, quiet, started)
+
+
+def checkpoints_writable(checkpoints: Path) -> None:
+    """TrainError, before the data are loaded, where the checkpoint folder (or, not there yet, the folder it is to be
+    made in) cannot be written: before, a read-only one failed train at its first checkpoint, ~12 steps in."""
+    folder = next(path for path in (checkpoints, *checkpoints.parents) if path.is_dir())
+    try:
+        check_writable(folder)
+    except OSError as exc:
+        made = "" if folder == checkpoints else f" (they go in {checkpoints}, made there)"
+        raise TrainError(f"{folder}: train's checkpoints cannot be written there{made}: {exc.strerror or exc}; "
+                         "make it writable by this user (or link it to a writable folder), then run train "
+                         "again") from None
 
 
 def _run(root: Path, home: Path, raw: dict, fparams: FeatureParams, tparams: TrainParams, quiet: bool,

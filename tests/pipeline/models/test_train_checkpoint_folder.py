@@ -1,0 +1,54 @@
+"""A checkpoint folder train cannot write is refused before training, not at its first checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipeline import tracking, train
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """``folder`` unwritable for this process for the block: mode 0555, or for root (whom modes do not stop) the
+    immutable attribute (chattr +i), skipped where the file system or the container does not allow it."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip("running as root, and chattr +i is not available here: no folder is read-only to root")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("read_only", ["models/checkpoints/train", "models/checkpoints"])
+def test_a_checkpoint_folder_train_cannot_write_is_one_line_before_training(tiny_project, capsys, read_only):
+    """Found by review: a read-only models/checkpoints/train failed train at its first checkpoint, after the data were
+    loaded, the MLflow run opened and ~12 steps trained. Now the folder (or the one it is to be made in) is tried with
+    a file written as checkpoints are, before anything else: one line naming it and the fix, no MLflow run."""
+    folder = tiny_project / read_only
+    folder.mkdir(parents=True)
+    with _read_only(folder):
+        assert train.main(["--root", str(tiny_project), "--quiet"]) == 1
+    printed = capsys.readouterr()
+    made = "" if read_only.endswith("train") else f" \\(they go in {re.escape(str(tiny_project / train.CHECKPOINT_DIR))}, made there\\)"
+    assert printed.out == ""
+    assert re.fullmatch(rf"train: error: {re.escape(str(folder))}: train's checkpoints cannot be written there{made}: "
+                        r"(Permission denied|Operation not permitted); make it writable by this user \(or link it to "
+                        r"a writable folder\), then run train again\n", printed.err), printed.err
+    assert not tracking.client(tiny_project).search_runs(
+        [e.experiment_id for e in tracking.client(tiny_project).search_experiments()])
+    assert [p.name for p in folder.iterdir()] == []  # the probe is gone: nothing was written
+    assert train.main(["--root", str(tiny_project), "--quiet"]) == 0  # writable again: train runs
