@@ -11,6 +11,7 @@ line, its cleanup or status 143). Imported any other way (the app, tests), this 
 only: it runs before the command's first import.
 """
 
+import atexit as _atexit
 import os as _os
 import signal as _signal
 import sys as _sys
@@ -82,7 +83,19 @@ def command_started() -> None:
             _signal.signal(signum, handler)
 
 
+def _status_decided() -> None:
+    """Ignore Ctrl-C and SIGTERM from the last atexit callback on: the command has ended and its status is decided.
+    Right after the atexit callbacks Python hands every signal it handles back to the default action and tears down
+    its modules (most of a second after train): a Ctrl-C there killed the process, -2 instead of the 130 its
+    'interrupted' line had said (9 of 10 second Ctrl-C's 0-0.2 s after the line), or instead of 0 after a train that
+    had written its candidate, which dvc then took for failed. One set outside Python (``getsignal``: None) is left."""
+    for signum in (_signal.SIGINT, _signal.SIGTERM):
+        if _signal.getsignal(signum) is not None:
+            _signal.signal(signum, _signal.SIG_IGN)
+
+
 if _AS_COMMAND:
+    _atexit.register(_status_decided)  # registered first, called last
     for _signum, _default in ((_signal.SIGINT, _signal.default_int_handler), (_signal.SIGTERM, _signal.SIG_DFL)):
         if _signal.getsignal(_signum) is _default:  # one ignored (a background job's SIGINT) stays ignored
             _before_start[_signum] = _default
