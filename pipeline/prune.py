@@ -31,8 +31,8 @@ then ``dvc gc`` of the cache, and of the remote when ``prune.dvc_remote`` is tru
 and deletes (and restores) nothing. One writer at a time: it holds ``models/``'s lock, as promote and release do.
 Two prunes of one store from two checkouts (two CI jobs) both plan the same deletions: a version or run the other
 deleted first (``tracking.is_gone``) is done, counted as deleted by another, not as this prune's. A
-version the registry names by the time its batch of NAMED_SINCE_BATCH deletions is reached (another checkout's
-promote or canary of it) is kept, with its runs and DVC entry (``_named_since``).
+version the registry names by the time it is reached (another checkout's promote or canary of it) is kept, with its
+runs and DVC entry (``_named_since``).
 
     python -m pipeline.prune [--dry-run] [--models DIR]
 """
@@ -62,7 +62,6 @@ from pipeline.stage import StageError, run_stage
 CANDIDATE_DIR = "models/candidate"
 # What `mlflow gc` prints of each run it removes (MLflow 3's wording; unmatched, a run is taken as another's)
 GC_REMOVED = re.compile(r"Run with ID (\S+) has been permanently deleted")
-NAMED_SINCE_BATCH = 10  # versions deleted per re-read of the registry (_named_since): the window a move is lost in
 GC_ATTEMPTS = 4  # `mlflow gc` runs, while each failed one finds runs another prune removed meanwhile
 KEEP_FILE_PREFIX = ".prune-keep-"  # + version + .dvc: at the project root, where `dvc gc` reads .dvc files (it
 # never walks models/, which .gitignore's `/models/*` hides from it); written for one gc, removed after it
@@ -363,18 +362,15 @@ def delete_registry(root: Path, result: Plan) -> list[str]:
     from mlflow.exceptions import MlflowException
 
     client = tracking.client(root, create=False)
-    for start in range(0, len(result.versions), NAMED_SINCE_BATCH):
-        batch = result.versions[start:start + NAMED_SINCE_BATCH]
-        named = _named_since(client, result, batch)
-        for version in batch:
-            if version in named:
-                continue
-            try:
-                client.delete_model_version(result.model_name, version)
-            except MlflowException as exc:
-                if not tracking.is_gone(exc):
-                    raise
-                result.versions_by_another.append(version)
+    for version in result.versions:
+        if _named_since(client, result, version):
+            continue
+        try:
+            client.delete_model_version(result.model_name, version)
+        except MlflowException as exc:
+            if not tracking.is_gone(exc):
+                raise
+            result.versions_by_another.append(version)
     for run_id in result.runs:
         try:
             client.delete_run(run_id)
@@ -385,13 +381,11 @@ def delete_registry(root: Path, result: Plan) -> list[str]:
     return [run_id for run_id in [*result.runs, *result.freed] if run_id not in result.runs_by_another]
 
 
-def _named_since(client, result: Plan, batch: list[str]) -> set[str]:
-    """Which of ``batch`` (the next NAMED_SINCE_BATCH versions to delete) the registry names now, judged again just
-    before their deletion: another checkout's promote, canary or shadow of one since the plan (MLflow deletes a
-    version's aliases with it: the registry then named no production). Such a version is kept, with its runs (a
-    deleted one restored) and its DVC entry. One read of the registered model (and of production's version, for its
-    move record) per batch, not per version: 1-2 registry calls each made a prune of many versions twice as long.
-    The registry has no compare-and-set: a move landing while the batch is deleted (after this read) is still lost."""
+def _named_since(client, result: Plan, version: str) -> bool:
+    """Whether the registry names ``version`` now, judged again just before its deletion: another checkout's promote,
+    canary or shadow of it since the plan (MLflow deletes a version's aliases with it: the registry then named no
+    production). Such a version is kept, with its runs (a deleted one restored) and its DVC entry. The registry has
+    no compare-and-set: a move between this read and the deletion, milliseconds later, is still lost."""
     from mlflow.exceptions import MlflowException
 
     def version_of(number: str):
@@ -407,21 +401,11 @@ def _named_since(client, result: Plan, batch: list[str]) -> set[str]:
     except MlflowException as exc:
         if not tracking.is_gone(exc):
             raise
-        return set()
-    names = registry_names(model, result.alias, version_of)
-    kept = set()
-    for version in batch:
-        why = names.get(version)
-        now = version_of(version) if why else None
-        if now is not None:
-            _keep_named_since(client, result, version, why, now)
-            kept.add(version)
-    return kept
-
-
-def _keep_named_since(client, result: Plan, version: str, why: list[str], now) -> None:
-    """Keep ``version`` (``now``: its ModelVersion), named since the plan for ``why``: its DVC entry and the runs
-    behind it (a deleted one restored, as plan restores a kept run: restore_runs)."""
+        return False
+    why = registry_names(model, result.alias, version_of).get(version)
+    now = version_of(version) if why else None
+    if now is None:
+        return False
     result.versions_named_since.append(version)
     result.kept_versions.setdefault(version, []).extend(f"named since prune planned: {reason}" for reason in why)
     recorded = (now.tags or {}).get(registry_fetch.TAG_DVC)
@@ -432,10 +416,11 @@ def _keep_named_since(client, result: Plan, version: str, why: list[str], now) -
     for run_id in spared:
         if run_id in result.runs or run_id in result.freed:
             result.kept_runs[run_id] = f"backs version {version}, named since prune planned"
-            if run_id in result.freed:
+            if run_id in result.freed:  # deleted by hand: restored, as plan restores a kept run (restore_runs)
                 del result.freed[run_id]
                 client.restore_run(run_id)
             result.runs.pop(run_id, None)
+    return True
 
 
 def mlflow_gc(root: Path, run_ids: list[str], result: Plan | None = None) -> str:

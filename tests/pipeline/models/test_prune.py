@@ -451,61 +451,46 @@ def test_a_version_an_alias_names_after_the_plan_is_kept_with_its_runs(tmp_path,
     assert made[1][1] in summary["deleted_runs"] and made[2][1] not in summary["deleted_runs"], summary
 
 
-class _CountingClient:
-    """The real MlflowClient, its calls counted by name; ``after_delete(n)`` runs after its n-th version deletion."""
+class _PromoteAfterDeletion:
+    """The real MlflowClient; after its ``after``-th version deletion, another checkout's promote of ``promoted``
+    lands (set_registered_model_alias on the same store)."""
 
-    def __init__(self, inner, counts, after_delete):
-        self._inner, self._counts, self._after_delete = inner, counts, after_delete
+    def __init__(self, inner, after: int, promoted: str):
+        self._inner, self._after, self._promoted, self._deleted = inner, after, promoted, 0
 
     def __getattr__(self, name):
-        attr = getattr(self._inner, name)
-        if not callable(attr):
-            return attr
+        return getattr(self._inner, name)
 
-        def counted(*args, **kwargs):
-            self._counts[name] = self._counts.get(name, 0) + 1
-            answer = attr(*args, **kwargs)
-            if name == "delete_model_version":
-                self._after_delete(self._counts[name])
-            return answer
-        return counted
+    def delete_model_version(self, name, version):
+        answer = self._inner.delete_model_version(name, version)
+        self._deleted += 1
+        if self._deleted == self._after:
+            self._inner.set_registered_model_alias(name, "production", self._promoted)
+        return answer
 
 
-def test_the_registry_is_read_again_once_per_batch_of_deletions_and_a_move_between_batches_is_kept(
-        tmp_path, monkeypatch):
-    """Found by review: each version about to be deleted cost 1-2 registry reads of its own (the registered model,
-    production's version): 50 versions, 100 reads besides the 50 deletions. The registry is read again once per
-    NAMED_SINCE_BATCH deletions; a promote landing between two batches (after the first batch is deleted) still
-    finds its version kept, as a promote before the first does (…names_after_the_plan…)."""
+def test_a_promote_landing_after_the_previous_deletion_keeps_its_version(tmp_path, monkeypatch):
+    """Found by review: judging the named versions once per batch of 10 deletions (to save 1-2 reads per version,
+    ~0.4 s of a 50-version prune) let a promote landing after the batch's read lose its version, and with it
+    production's alias, for up to 10 deletions. Each version is judged again just before its own deletion: a promote
+    landing right after the first deletion still finds the 9th version kept."""
     root = _shared_store_project(tmp_path, monkeypatch)
     client = tracking.client(root, create=False)
     experiment = tracking.ensure_experiment(client, root)
     client.create_registered_model(NAME)
-    batch = prune.NAMED_SINCE_BATCH
     made = [str(client.create_model_version(NAME, f"runs:/{run}/bundle", run_id=run).version)
-            for run in (client.create_run(experiment).info.run_id for _ in range(2 * batch + 6))]
+            for run in (client.create_run(experiment).info.run_id for _ in range(12))]
     client.set_registered_model_alias(NAME, "production", made[-1])
     planned = prune.plan(root, prune.prune_params(yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))),
                          NAME, [root / "models"])
-    assert len(planned.versions) == 2 * batch + 5
-    promoted = planned.versions[batch + 3]  # in the second batch: another checkout's promote after the first batch
-
-    def promote_after_first_batch(deleted: int) -> None:
-        if deleted == batch:
-            client.set_registered_model_alias(NAME, "production", promoted)
-
-    counts: dict[str, int] = {}
+    assert len(planned.versions) == 11
+    promoted = planned.versions[8]
     real = tracking.client
-    monkeypatch.setattr(tracking, "client",
-                        lambda *a, **k: _CountingClient(real(*a, **k), counts, promote_after_first_batch))
+    monkeypatch.setattr(tracking, "client", lambda *a, **k: _PromoteAfterDeletion(real(*a, **k), 1, promoted))
     prune.delete_registry(root, planned)
-    assert _versions(client) == {made[-1], promoted}
     assert str(client.get_registered_model(NAME).aliases["production"]) == promoted
+    assert _versions(client) == {made[-1], promoted}
     assert planned.versions_named_since == [promoted]
-    batches = 3  # 2 * batch + 5 versions
-    assert counts["get_registered_model"] == batches, counts
-    assert counts["get_model_version"] == batches + 1, counts  # production's, each batch; the kept one's, once
-    assert counts["delete_model_version"] == 2 * batch + 4, counts
 
 
 def _prune_command(root: Path) -> subprocess.Popen:
