@@ -355,6 +355,20 @@ def read_jsonl_events(path: Path | str, max_events: int, since: dt.datetime | No
                        unreadable=dict(unreadable))
 
 
+def _since_filter(since: str | None) -> list[dict[str, Any]]:
+    return [{"range": {"timestamp": {"gte": since}}}] if since else []
+
+
+def _host_query(host: str | None) -> dict[str, Any]:
+    """With ``host``, the events naming that serving host or none (an app from before the field): filtered by the
+    search, so other hosts' events sharing the indices do not crowd this host's out of the most recent ones read."""
+    if host is None:
+        return {}
+    return {"should": [{"term": {"serving_host": host}},
+                       {"bool": {"must_not": [{"exists": {"field": "serving_host"}}]}}],
+            "minimum_should_match": 1}
+
+
 class ElasticsearchEvents:
     """Reads events from an Elasticsearch/OpenSearch cluster over plain HTTP(S). A user and password in the URL
     (``https://user:password@host:9200``) are its login where none is given, part by part (``cluster_login``), and
@@ -410,30 +424,42 @@ class ElasticsearchEvents:
         except ValueError:
             raise EventSourceError(f"{method} {self.url}{path}: the answer is not JSON: {text[:200]!r}") from None
 
-    def events(self, max_events: int, since: str | None = None) -> list[dict[str, Any]]:
-        """The most recent `max_events` events (newest pages first, returned oldest first)."""
+    def events(self, max_events: int, since: str | None = None, host: str | None = None) -> list[dict[str, Any]]:
+        """The most recent `max_events` events (newest pages first, returned oldest first); with `host`, only those
+        naming that serving host or none (_host_query)."""
         found: list[dict[str, Any]] = []
-        for source in self._pages(max_events, since):
+        for source in self._pages(max_events, since, host):
             found.append(source)
         found.reverse()
         return found
 
-    def prediction_events(self, max_events: int, since: str | None = None) -> JsonlEvents:
+    def prediction_events(self, max_events: int, since: str | None = None, host: str | None = None) -> JsonlEvents:
         """`events`, with other senders' records (`other_sender`) skipped and counted as read_jsonl_events does: an
         index pattern that also matches monitoring's indices (shelfcast-*) returns drift's and metrics' own records,
         Fluentd's tag kept (they name the model, so drift judged them and stopped at `features: expected ...`)."""
-        read = self.events(max_events, since)
+        read = self.events(max_events, since, host)
         senders = [other_sender(record) for record in read]
         return JsonlEvents(events=[record for record, sender in zip(read, senders) if sender is None],
                            not_predictions=dict(Counter(sender for sender in senders if sender is not None)))
 
-    def _pages(self, max_events: int, since: str | None) -> Iterator[dict[str, Any]]:
-        query: dict[str, Any] = {"match_all": {}}
-        if since:
-            query = {"range": {"timestamp": {"gte": since}}}
+    def other_hosts_events(self, since: str | None, host: str) -> dict[str, int]:
+        """Per model_variant, how many events since `since` name a serving host other than `host`: counted by the
+        search, never read, so another host's traffic takes none of a decision's `max_events`."""
+        query = {"bool": {"filter": [{"exists": {"field": "serving_host"}}, *_since_filter(since)],
+                          "must_not": [{"term": {"serving_host": host}}]}}
+        answer = self.request("POST", self._search_path(), {
+            "size": 0, "query": query, "aggs": {"variant": {"terms": {"field": "model_variant", "size": 100}}}})
+        buckets = answer.get("aggregations", {}).get("variant", {}).get("buckets", [])
+        return {str(bucket.get("key")): int(bucket.get("doc_count", 0)) for bucket in buckets}
+
+    def _search_path(self) -> str:
+        return f"/{urllib.parse.quote(self.index, safe='*,-_.')}/_search?ignore_unavailable=true&allow_no_indices=true"
+
+    def _pages(self, max_events: int, since: str | None, host: str | None = None) -> Iterator[dict[str, Any]]:
+        query: dict[str, Any] = {"bool": {"filter": _since_filter(since), **_host_query(host)}}
         search_after = None
         remaining = max_events
-        path = f"/{urllib.parse.quote(self.index, safe='*,-_.')}/_search?ignore_unavailable=true&allow_no_indices=true"
+        path = self._search_path()
         while remaining > 0:
             body: dict[str, Any] = {"size": min(PAGE_SIZE, remaining), "query": query,
                                     "sort": [{"timestamp": "desc"}, {"event_id": "desc"}]}

@@ -605,9 +605,15 @@ class LoggedEvents:
         moment = None if since is None else dt.datetime.fromtimestamp(since, dt.timezone.utc)
         if self.search is not None:
             stamp = None if moment is None else moment.isoformat(timespec="milliseconds")
-            events = self.search.prediction_events(MAX_EVENTS, since=stamp).events
-        else:  # a marked log (deploy's polls) from its marks on; lines older than `since` are not parsed
-            events = read_jsonl_events(self.path, MAX_EVENTS, since=moment, start_offsets=self.marks).events
+            traffic = read_traffic(self.search.prediction_events(MAX_EVENTS, since=stamp, host=host).events, since,
+                                   smoke_nonces, host)
+            for variant, count in ({} if host is None else self.search.other_hosts_events(stamp, host)).items():
+                if variant not in (PRODUCTION, CANARY, SHADOW):
+                    variant = PRODUCTION  # as read_traffic counts an event of no known variant
+                traffic.setdefault(variant, VariantTraffic()).other_hosts += count
+            return traffic
+        # a marked log (deploy's polls) from its marks on; lines older than `since` are not parsed
+        events = read_jsonl_events(self.path, MAX_EVENTS, since=moment, start_offsets=self.marks).events
         return read_traffic(events, since, smoke_nonces, host)
 
 

@@ -401,7 +401,7 @@ def test_the_decision_reads_the_compose_stacks_search_indices_as_it_reads_the_lo
     assert sum(t.predictions for t in later.values()) < len(logged)  # since: only the later half
 
 
-def test_hosts_sharing_one_elasticsearch_judge_only_their_own_hosts_events(host, tmp_path, capsys):
+def test_hosts_sharing_one_elasticsearch_judge_only_their_own_hosts_events(host, tmp_path, capsys, monkeypatch):
     """Found by review: two serving hosts whose Fluentd write one Elasticsearch each sign their smoke ids with their
     own nonce, and `release decide --elasticsearch` on one read the other's smoke answers (signed with a nonce it
     does not hold) as users' requests: host B's 80 smoke requests gave host A's canary B's answers to judge. Each
@@ -438,8 +438,14 @@ def test_hosts_sharing_one_elasticsearch_judge_only_their_own_hosts_events(host,
                                               "time": dt.datetime.fromisoformat(event["timestamp"]).timestamp()}
                                              for event in mine + theirs])
         status, from_index = decide(root, store, capsys, "--elasticsearch", server.url)
+        # Found by review: the search read the most recent MAX_EVENTS of every host's events, then left the other
+        # hosts' out: host B's newer traffic crowded host A's out of what its decision read. The search filters by
+        # host now, and counts the rest without reading them.
+        monkeypatch.setattr(release, "MAX_EVENTS", len(mine))
+        status, capped = decide(root, store, capsys, "--elasticsearch", server.url)
     assert from_index["figures"][f"{CANARY}_predictions"] == from_log["figures"][f"{CANARY}_predictions"], from_index
     assert from_index["figures"]["other_hosts_events_left_out"] == len(theirs), from_index["figures"]
+    assert capped["figures"][f"{CANARY}_predictions"] == from_log["figures"][f"{CANARY}_predictions"], capped
     assert {e.get("serving_host") for e in mine} == {serving_host(store.root)} != {None}
 
 

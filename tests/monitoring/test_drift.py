@@ -841,7 +841,8 @@ def test_monitorings_own_records_read_from_elasticsearch_are_skipped_and_counted
     summary = {"tag": "shelfcast.drift", "timestamp": "2017-08-01T00:00:00+00:00",
                **drift.drift_summary_event({"status": "ok", "alarm": False, "events": 1, "features": {},
                                             "categorical": {}, "unseen": {}, "model": metadata})}
-    monkeypatch.setattr(ElasticsearchEvents, "events", lambda self, max_events, since=None: [summary, *events])
+    monkeypatch.setattr(ElasticsearchEvents, "events",
+                        lambda self, max_events, since=None, host=None: [summary, *events])
     code = drift.main(["--bundle", str(production_bundle), "--elasticsearch", "http://search.invalid:9200",
                        "--index", "shelfcast-*", "--params", str(tmp_path / "none.yaml"),
                        "--output-dir", str(tmp_path / "r")])
