@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -431,6 +432,11 @@ def test_hosts_sharing_one_elasticsearch_judge_only_their_own_hosts_events(host,
     theirs = read_events(tmp_path / "host-b.jsonl")
     assert sum(e["model_variant"] == CANARY for e in theirs) >= release.MIN_EVENTS
     status, from_log = decide(root, store, capsys, "--events", str(tmp_path / "host-a.jsonl"))
+    merged = tmp_path / "merged"  # a directory of both hosts' logs: read_traffic leaves the other host's out
+    merged.mkdir()
+    for name in ("host-a.jsonl", "host-b.jsonl"):
+        shutil.copyfile(tmp_path / name, merged / name)
+    status, from_merged = decide(root, store, capsys, "--events", str(merged))
     with OsmemServer.start(japanese=False, addr="127.0.0.1:0") as server:
         search = ElasticsearchEvents(server.url)
         install_index_templates(search)
@@ -446,6 +452,8 @@ def test_hosts_sharing_one_elasticsearch_judge_only_their_own_hosts_events(host,
     assert from_index["figures"][f"{CANARY}_predictions"] == from_log["figures"][f"{CANARY}_predictions"], from_index
     assert from_index["figures"]["other_hosts_events_left_out"] == len(theirs), from_index["figures"]
     assert capped["figures"][f"{CANARY}_predictions"] == from_log["figures"][f"{CANARY}_predictions"], capped
+    assert from_merged["figures"][f"{CANARY}_predictions"] == from_log["figures"][f"{CANARY}_predictions"]
+    assert from_merged["figures"]["other_hosts_events_left_out"] == len(theirs), from_merged["figures"]
     assert {e.get("serving_host") for e in mine} == {serving_host(store.root)} != {None}
 
 
