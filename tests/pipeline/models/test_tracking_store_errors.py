@@ -127,3 +127,35 @@ def test_is_gone_tells_what_a_real_store_does_not_hold_from_its_other_errors(tmp
         verdicts.append(tracking.is_gone(caught.value))
     assert verdicts == [True, True, True, False]
     assert not tracking.is_gone(OSError("Connection refused"))
+
+
+def test_is_gone_is_no_404_of_a_server_that_is_no_registry_nor_a_missing_alias(tmp_path):
+    """Found by review: a looser is_gone (any "not found" in the message) passed the test above, and would let
+    prune count versions of a registry it never reached as deleted by another. A tracking URI whose server answers
+    every path 404 (a wrong prefix, a proxy: MLflow's ENDPOINT_NOT_FOUND, "File not found") and a sqlite store's
+    missing alias (INVALID_PARAMETER_VALUE "... not found", no_such_alias's, not is_gone's) are not gone."""
+    import http.server
+    import threading
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    quiet = type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = tracking.sqlite_uri(tmp_path / "store.db")
+    local = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    local.create_registered_model("present")
+    try:
+        nowhere = f"http://127.0.0.1:{server.server_address[1]}/no-registry-here"
+        proxied = MlflowClient(tracking_uri=nowhere, registry_uri=nowhere)
+        asked = [lambda: proxied.delete_model_version("present", "1"),
+                 lambda: local.get_model_version_by_alias("present", "production")]
+        for ask in asked:
+            with pytest.raises(MlflowException) as caught:
+                ask()
+            assert not tracking.is_gone(caught.value), caught.value
+        assert tracking.no_such_alias(caught.value)
+    finally:
+        server.shutdown()
+        server.server_close()
