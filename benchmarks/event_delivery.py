@@ -42,11 +42,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import app_load  # noqa: E402 - benchmarks/ is on sys.path (the script's folder), the repository first (above)
-from app import launch  # noqa: E402
-from app.events import TAG  # noqa: E402
-from app.metrics_files import exposition  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from tests.fluentd_receiver.process import RECEIVER_SCRIPT, FluentdReceiver, why_unavailable  # noqa: E402
+from app import launch  # noqa: E402 - after sys.path
+from app.events import TAG  # noqa: E402 - after sys.path
+from app.metrics_files import exposition  # noqa: E402 - after sys.path
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402 - after sys.path
+from tests.fluentd_receiver.process import RECEIVER_SCRIPT, FluentdReceiver, why_unavailable  # noqa: E402 - after sys.path
 
 DRAIN_TIMEOUT_S = 60.0  # how long a server with Fluentd up may take to send what the spool holds
 ORPHAN_EXIT_TIMEOUT_S = 45.0  # a killed master's workers notice and exit (gunicorn checks its parent each second)
