@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import shutil
 import signal
@@ -99,6 +100,7 @@ class Case:
                                         workdir / "received.jsonl", port=ports() or 0)
         self.receiver.start()
         self.metrics_dirs: list[Path] = []
+        self.servers: list[launch.ServedApp] = []  # every server started, stopped again by `close`
         self.answered: set[str] = set()
         self._bodies: list[bytes] | None = None
         self._lock = threading.Lock()  # two servers' loads add their answers from two threads
@@ -114,9 +116,20 @@ class Case:
         if spool_max_bytes is not None:
             settings["SHELFCAST_EVENT_SPOOL_MAX_BYTES"] = str(spool_max_bytes)
         try:
-            return launch.start(settings, self.workdir / f"gunicorn-{len(self.metrics_dirs)}.log", port=self._ports())
+            served = launch.start(settings, self.workdir / f"gunicorn-{len(self.metrics_dirs)}.log", port=self._ports())
         except launch.ServerNotReady as exc:
             raise CannotRun(str(exc)) from None
+        self.servers.append(served)
+        return served
+
+    def close(self) -> None:
+        """Every server this case started stopped (those stopped already, at once), then the receiver killed, each
+        however the one before ended: a Ctrl-C 9 s into two-servers landed in the first server's stop, and the second
+        served on after the script exited, its spool in the work folder the script removed."""
+        with contextlib.ExitStack() as stopping:
+            stopping.callback(self.receiver.kill)
+            for served in self.servers:
+                stopping.callback(served.stop)
 
     def load(self, served: launch.ServedApp, seconds: float, during: Callable[[], None] | None = None,
              at_s: float = 0.0, clients: int | None = None) -> None:
@@ -299,9 +312,11 @@ def run_case(name: str, bundle: Path, seconds: float, clients: int, ports: Calla
         CASES[name](case, seconds)
         return case.figures()
     finally:
-        if case is not None:
-            case.receiver.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            if case is not None:
+                case.close()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def table(figures: Figures) -> str:
