@@ -126,17 +126,34 @@ def bind_refusal(address: str, refused: BindAddressError | CannotListenAt) -> st
             f"serve at a free port, e.g. {corrected}{free})")
 
 
-def command_line_binds(argv: list[str]) -> list[str]:
-    """The --bind (-b) addresses that replace this file's ``bind``, read by gunicorn's own parser as gunicorn reads
-    them: it applies this file, then GUNICORN_CMD_ARGS, then its command line, each replacing the one before
-    (gunicorn/app/base.py load_config). Empty where neither gives one. By the time gunicorn reads this file it has
-    parsed both already, so neither can fail here."""
+def command_line_setting(argv: list[str], name: str):
+    """What the command line (else GUNICORN_CMD_ARGS) sets gunicorn's setting ``name`` to, read by gunicorn's own
+    parser as gunicorn reads them: it applies this file, then GUNICORN_CMD_ARGS, then its command line, each replacing
+    the one before (gunicorn/app/base.py load_config). None where neither sets it. By the time gunicorn reads this
+    file it has parsed both already, so neither can fail here."""
     from gunicorn.config import Config
 
     config = Config()
     parser = config.parser()
-    return (parser.parse_known_args(argv)[0].bind or parser.parse_known_args(config.get_cmd_args_from_env())[0].bind
-            or [])
+    given = getattr(parser.parse_known_args(argv)[0], name)
+    return given if given is not None else getattr(parser.parse_known_args(config.get_cmd_args_from_env())[0], name)
+
+
+def command_line_binds(argv: list[str]) -> list[str]:
+    """The --bind (-b) addresses that replace this file's ``bind``; empty where neither way gives one."""
+    return command_line_setting(argv, "bind") or []
+
+
+def refuse_preload(argv: list[str]) -> None:
+    """SystemExit with one line where ``--preload`` is given: the app would be created in the master and forked,
+    its event sink's sending thread left behind in the master (threads do not survive a fork) and one sink shared by
+    every worker, whose spool and exit report assume one per process: prediction events would wait unsent. Each
+    worker loads the app itself (``preload_app = False`` below, which the command line would replace)."""
+    if command_line_setting(argv, "preload_app"):
+        raise SystemExit("Error: --preload: not supported; each worker loads the app after the fork, so it owns its "
+                         "model and its prediction-event sink (a sink created in the master is shared by every worker "
+                         "and its sending thread is not forked); remove --preload from the command line or "
+                         "GUNICORN_CMD_ARGS")
 
 
 def refuse_unusable_binds(addresses: list[str]) -> None:
@@ -154,7 +171,9 @@ def refuse_unusable_binds(addresses: list[str]) -> None:
 
 
 # gunicorn loads this file as "__config__" with its own command line in sys.argv; a test loading it has another
-COMMAND_LINE_BINDS = command_line_binds(sys.argv[1:] if __name__ == "__config__" else [])
+GUNICORN_ARGV = sys.argv[1:] if __name__ == "__config__" else []
+refuse_preload(GUNICORN_ARGV)
+COMMAND_LINE_BINDS = command_line_binds(GUNICORN_ARGV)
 refuse_unusable_binds(COMMAND_LINE_BINDS or [bind])
 # One per usable core: the cores this process may run on, its cgroup's CPU limit counted (a container run with
 # --cpus 1 on a 16-core host started 16 workers, each loading the model, throttled to one core in all).

@@ -571,3 +571,27 @@ def test_an_unexpected_error_on_the_form_page_shows_its_request_id(served, monke
     assert f'<p id="request-id">Request id: <code>{request_id}</code>' in page, page
     assert "secret internals" not in page and "Traceback" not in page
     assert 'id="request-id"' not in served.client.get("/no-such-page").get_data(as_text=True)  # a 404: no id
+
+
+@pytest.mark.parametrize("how", ["argv", "GUNICORN_CMD_ARGS"])
+def test_preload_is_refused_in_one_line_before_the_app_loads_in_the_master(tmp_path, how):
+    """--preload created the app, its event sink and the sink's sending thread in the master; the workers forked
+    from it shared one sink and had no sending thread (threads do not survive a fork), so events waited unsent."""
+    import subprocess
+
+    from app import launch
+
+    env = {**os.environ, "SHELFCAST_WORKERS": "1", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m"),
+           "SHELFCAST_CONTROL_SOCKET": str(tmp_path / "c"), "SHELFCAST_BIND": f"127.0.0.1:{launch.free_port()}",
+           "SHELFCAST_MODEL_DIR": str(tmp_path / "no-bundle-here")}
+    env.pop("GUNICORN_CMD_ARGS", None)
+    command = launch.gunicorn_command()
+    if how == "argv":
+        command = [*command, "--preload"]
+    else:
+        env["GUNICORN_CMD_ARGS"] = "--preload"
+    done = subprocess.run(command, cwd=launch.REPO, env=env, capture_output=True, text=True, timeout=60)
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if "rror" in line]
+    assert done.returncode != 0 and len(errors) == 1 and errors[0].startswith("Error: --preload: not supported"), (
+        done.stdout + done.stderr)
+    assert "remove --preload" in errors[0]
