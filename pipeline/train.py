@@ -368,12 +368,19 @@ def run(root: Path, quiet: bool = False, candidate_root: Path | None = None) -> 
 
 def checkpoints_writable(checkpoints: Path) -> None:
     """TrainError, before the data are loaded, where the checkpoint folder (or, not there yet, the folder it is to be
-    made in) cannot be written: before, a read-only one failed train at its first checkpoint, ~12 steps in."""
-    folder = next(path for path in (checkpoints, *checkpoints.parents) if path.is_dir())
+    made in) cannot be written: before, a read-only one failed train at its first checkpoint, ~12 steps in. A file or
+    a link to nothing on the way (``models/checkpoints``) is refused too; one at the checkpoint folder itself is not:
+    train deletes it (``models.clear_checkpoints``)."""
+    folder = next(path for path in (checkpoints, *checkpoints.parents)
+                  if path.is_dir() or (path != checkpoints and os.path.lexists(path)))
+    made = "" if folder == checkpoints else f" (they go in {checkpoints}, made there)"
+    if not folder.is_dir():
+        raise TrainError(f"{folder}: train's checkpoints cannot be written there{made}: it is "
+                         f"{'a link to nothing' if folder.is_symlink() else 'a file'}, not a folder; move it away (or "
+                         "link it to a writable folder), then run train again")
     try:
         check_writable(folder)
     except OSError as exc:
-        made = "" if folder == checkpoints else f" (they go in {checkpoints}, made there)"
         raise TrainError(f"{folder}: train's checkpoints cannot be written there{made}: {exc.strerror or exc}; "
                          "make it writable by this user (or link it to a writable folder), then run train "
                          "again") from None

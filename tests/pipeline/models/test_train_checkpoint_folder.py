@@ -43,7 +43,8 @@ def test_a_checkpoint_folder_train_cannot_write_is_one_line_before_training(tiny
     with _read_only(folder):
         assert train.main(["--root", str(tiny_project), "--quiet"]) == 1
     printed = capsys.readouterr()
-    made = "" if read_only.endswith("train") else f" \\(they go in {re.escape(str(tiny_project / train.CHECKPOINT_DIR))}, made there\\)"
+    checkpoints = re.escape(str(tiny_project / train.CHECKPOINT_DIR))
+    made = "" if read_only.endswith("train") else f" \\(they go in {checkpoints}, made there\\)"
     assert printed.out == ""
     assert re.fullmatch(rf"train: error: {re.escape(str(folder))}: train's checkpoints cannot be written there{made}: "
                         r"(Permission denied|Operation not permitted); make it writable by this user \(or link it to "
@@ -52,3 +53,29 @@ def test_a_checkpoint_folder_train_cannot_write_is_one_line_before_training(tiny
         [e.experiment_id for e in tracking.client(tiny_project).search_experiments()])
     assert [p.name for p in folder.iterdir()] == []  # the probe is gone: nothing was written
     assert train.main(["--root", str(tiny_project), "--quiet"]) == 0  # writable again: train runs
+
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_a_file_where_the_checkpoints_folder_goes_is_one_line_before_training(tiny_project, capsys, link):
+    """Found by review: the check walked up to the first folder and wrote its probe there, so a file (or a link to
+    nothing) at models/checkpoints passed, and train failed after loading the data and opening its MLflow run:
+    `models/checkpoints/train: Not a directory`. It is refused first, in one line naming it and the fix. (A file at
+    models/checkpoints/train itself is not refused: train deletes it, as it clears any checkpoint folder.)"""
+    blocker = tiny_project / "models/checkpoints"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        blocker.symlink_to(tiny_project / "nowhere")
+    else:
+        blocker.write_text("not a folder\n", encoding="utf-8")
+    assert train.main(["--root", str(tiny_project), "--quiet"]) == 1
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err == (f"train: error: {blocker}: train's checkpoints cannot be written there (they go in "
+                           f"{tiny_project / train.CHECKPOINT_DIR}, made there): it is "
+                           f"{'a link to nothing' if link else 'a file'}, not a folder; move it away (or link it to a "
+                           "writable folder), then run train again\n"), printed.err
+    assert not tracking.client(tiny_project).search_runs(
+        [e.experiment_id for e in tracking.client(tiny_project).search_experiments()])
+    blocker.unlink()
+    assert train.main(["--root", str(tiny_project), "--quiet"]) == 0  # moved away: train runs
