@@ -41,14 +41,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.checksum_lists import HEAD_BYTES
 from pipeline.cluster import ClusterError, dask_client, scheduler_address
 from pipeline.gzip_data import MAGIC, decoded_head, gzip_end
 from pipeline.io import atomic_directory
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
 from pipeline.source import (ABSENT_IN_FOLDER, CANDIDATE_SUFFIXES, check_raw_file_names, data_source, forbidden_note,
-                             head_in, is_single_file, join, local_path, located, login_note, missing_raw_files,
+                             is_single_file, join, local_path, located, login_note, missing_raw_files,
                              other_formats_note)
 from pipeline.stage import StageError, run_stage, stage_params
 from pipeline.synthetic import generate
@@ -446,8 +445,7 @@ def _zip_members(zipped: zipfile.ZipFile, name: str) -> dict[str, zipfile.ZipInf
     chosen: dict[str, list[zipfile.ZipInfo]] = {}
     members = [member for member in zipped.infolist()
                if not member.is_dir() and not member.filename.startswith("__MACOSX/")]
-    by_name = {Path(member.filename).name: member for member in reversed(members)}  # the first of a name
-    check_raw_file_names(name, list(by_name), DownloadError, read=lambda listed: _member_head(zipped, by_name[listed]))
+    check_raw_file_names(name, [Path(member.filename).name for member in members], DownloadError)
     for member in members:
         base = _wanted(Path(member.filename).name)
         if base is not None:
@@ -480,16 +478,6 @@ def _check_unpackable(member: zipfile.ZipInfo, name: str) -> None:
         return
     raise DownloadError(f"{name}: member {member.filename} {problem}; the archive is not corrupt: unpack it "
                         f"yourself (7-Zip, unzip) and point data.source at the folder, or zip the files again {again}")
-
-
-def _member_head(zipped: zipfile.ZipFile, member: zipfile.ZipInfo) -> bytes:
-    """A zip member's first HEAD_BYTES, for its checksum lines; nothing if it cannot be read (encrypted, damaged:
-    a data member's unpacking says so by name)."""
-    try:
-        with zipped.open(member) as handle:
-            return handle.read(HEAD_BYTES)
-    except (OSError, RuntimeError, zipfile.BadZipFile, zlib.error, EOFError):
-        return b""
 
 
 def install_zip(archive: Path, staging: Path, partial_dir: Path, name: str, remote: bool = True
@@ -585,7 +573,7 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
                                                             if entry.is_file()], DownloadError,
                                  found={base for base in RAW_FILES + OPTIONAL_RAW_FILES
                                         if any(local_path(join(source, f"{base}{suffix}")).is_file()
-                                               for suffix in CANDIDATE_SUFFIXES)}, read=head_in(local_path(source)))
+                                               for suffix in CANDIDATE_SUFFIXES)})
         for base in RAW_FILES + OPTIONAL_RAW_FILES:
             if not remote:  # a folder: two copies of one file (a .csv beside its .csv.gz) would leave one unread
                 present = [f"{base}{suffix}" for suffix in CANDIDATE_SUFFIXES

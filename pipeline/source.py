@@ -30,10 +30,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable
 
 from pipeline.atomic import file_digest, write_json_atomic
-from pipeline.checksum_lists import HEAD_BYTES, basename, is_checksum_list, listed_names
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
 from pipeline.stage import StageError, run_stage, stage_params
@@ -51,9 +49,8 @@ ONLY_CSV = "only CSV files are read (export it as NAME.csv or NAME.csv.gz)"
 # A checksum or signature of another file, as data portals publish beside each file (oil.csv.sha256,
 # train.csv.gz.asc; coreutils' oil.csv.sha256sum): no data of its own, so never taken for a raw file in another
 # format (``is_side_file``); one whose file is not there is (``check_raw_file_names``).
-SIGNATURES = (".sig", ".asc")
 SIDE_FILE_SUFFIXES = (".md5", ".sha1", ".sha256", ".sha512", ".md5sum", ".sha1sum", ".sha256sum", ".sha512sum",
-                      *SIGNATURES)
+                      ".sig", ".asc")
 
 
 class SourceError(StageError):
@@ -187,13 +184,11 @@ def lookalike_raw_files(names, found=None) -> list[tuple[str, str, str | None]]:
     return alike
 
 
-def check_raw_file_names(where: str, names, error: type[StageError] | None = None, found=None,
-                         read: Callable[[str], bytes] | None = None) -> None:
+def check_raw_file_names(where: str, names, error: type[StageError] | None = None, found=None) -> None:
     """SourceError (or ``error``) for a file of ``names`` (a folder's, a zip's members') named a raw file but for
     case or separators (see ``lookalike_raw_files``), gzipped twice (``NAME.csv.gz.gz``: ``gzip`` run on a .gz), an
     optional raw file in another format (``oil.xlsx``), or the checksum or signature of an optional raw file that is
-    not there (``oil.csv.sha256`` without ``oil.csv``; a SHA256SUMS or checksums.txt naming ``oil.csv``, its lines
-    read with ``read``: a name of ``names`` -> its first bytes); ``where``: the source as the error names it."""
+    not there (``oil.csv.sha256`` without ``oil.csv``); ``where``: the source as the error names it."""
     for name, base, exact in lookalike_raw_files(names, found):
         if exact is not None:
             raise (error or SourceError)(
@@ -210,39 +205,14 @@ def check_raw_file_names(where: str, names, error: type[StageError] | None = Non
     names = list(names)
     if found is None:  # lookalike_raw_files' default, of all ``names``: not of the one name looked at below
         found = exact_raw_files(names)
-    for name, described, listed in sorted(_checksummed(names, read)):
-        if described in names:
-            continue
-        for _, base, _ in lookalike_raw_files([described], found):
+    for name in sorted(name for name in names if is_side_file(name) and side_file_of(name) not in names):
+        for _, base, _ in lookalike_raw_files([side_file_of(name)], found):
             if base in OPTIONAL_RAW_FILES:  # the checksum of a file not copied: its data would be silently absent
-                what, away = ((f"it lists a checksum of {listed}", f"delete its {listed} line") if listed else
-                              (f"it is a checksum or signature of {described}", "move it out of the folder"))
+                described = side_file_of(name)
                 raise (error or SourceError)(
-                    f"{where} has {name} but no {base} file: {what}, which is not there: put {described} beside "
-                    f"it; or, if no {base} data are meant, {away} (read past, it would be as if there were none)")
-
-
-def _checksummed(names, read: Callable[[str], bytes] | None) -> set[tuple[str, str, str]]:
-    """(checksum file, a file it is of, as listed in it or "" where its name says it) for the side files of
-    ``names`` (``oil.csv.sha256``: oil.csv) and, given ``read``, the lines of their checksum lists (SHA256SUMS,
-    checksums.txt, a ``.sha256`` file of several lines; not a signature: ``.sig``, ``.asc``)."""
-    pairs = {(name, side_file_of(name), "") for name in names if is_side_file(name)}
-    if read is not None:
-        for name in names:
-            if is_checksum_list(name) or (is_side_file(name) and not name.strip().lower().endswith(SIGNATURES)):
-                pairs.update((name, basename(listed), listed) for listed in listed_names(read(name)))
-    return pairs
-
-
-def head_in(folder: Path) -> Callable[[str], bytes]:
-    """``check_raw_file_names``' ``read`` for a folder's files: the first HEAD_BYTES, nothing if unreadable."""
-    def read(name: str) -> bytes:
-        try:
-            with open(folder / name, "rb") as handle:
-                return handle.read(HEAD_BYTES)
-        except OSError:  # a list that cannot be read names nothing; the data files' own reads say why
-            return b""
-    return read
+                    f"{where} has {name} but no {base} file: it is a checksum or signature of {described}, which is "
+                    f"not there: put {described} beside it; or, if no {base} data are meant, move it out of the "
+                    "folder (read past, it would be as if there were none)")
 
 
 def other_formats_note(names, found=None) -> str:
@@ -373,7 +343,7 @@ def fingerprint(source: str, params: DataParams, cache: HashCache) -> dict:
         found = [path] if path.is_file() else [path / name for name in candidate_names() if (path / name).is_file()]
         if path.is_dir():
             check_raw_file_names(f"data.source: {source}", [entry.name for entry in path.iterdir() if entry.is_file()],
-                                 found={file.name.split(".")[0] for file in found}, read=head_in(path))
+                                 found={file.name.split(".")[0] for file in found})
         for file in found:
             try:
                 files[file.name] = {"sha256": cache.sha256(file), "size": file.stat().st_size}
