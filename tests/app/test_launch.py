@@ -27,7 +27,7 @@ def test_make_serve_and_the_container_run_the_command_line_launch_builds():
 def test_a_server_that_does_not_become_ready_is_stopped_and_its_log_shown(tmp_path):
     with pytest.raises(launch.ServerNotReady) as failed:
         launch.start({"SHELFCAST_WORKERS": "1", "SHELFCAST_MODEL_DIR": str(tmp_path / "no-model"),
-                      "SHELFCAST_LOG_LEVEL": "info"},
+                      "SHELFCAST_LOG_LEVEL": "info", "SHELFCAST_PREDICTION_LOG": str(tmp_path / "predictions.jsonl")},
                      tmp_path / "gunicorn.log", timeout_s=6)
     assert "did not answer /readyz within 6 s" in str(failed.value) and "Booting worker" in str(failed.value)
     with pytest.raises(ProcessLookupError):  # stopped and reaped: no gunicorn left behind
