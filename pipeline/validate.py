@@ -384,10 +384,10 @@ def _explain_conversion_failure(path: Path, spec: RawFile, header: Header, error
                     _fail_on_integer_overflow(path, column, values, offset)
             offset += batch.num_rows
     except pa.ArrowInvalid as text_error:
-        _explain_unreadable(path, text_error)
+        _explain_unreadable(path, text_error, spec.column_names)
     except (OSError, EOFError, zlib.error) as read_error:
         raise DataValidationError(f"{path.name}: cannot read: {read_error} (truncated or corrupt gzip?)") from None
-    _explain_unreadable(path, error)
+    _explain_unreadable(path, error, spec.column_names)
 
 
 def _fail_on_repeated_header(path: Path, spec: RawFile, header: Header, batch: pa.RecordBatch, offset: int) -> None:
@@ -463,19 +463,38 @@ def _locate_wrong_field_count(path: Path, expected: int) -> None:
             start, row[:] = reader.line_num + 1, []
 
 
-def _explain_unreadable(path: Path, error: Exception) -> None:
+def _fail_on_first_non_utf8_field(path: Path, read: tuple[str, ...]) -> None:
+    """Name the first line whose bytes are not UTF-8 in a column that is read (``read``; a column of the file's own
+    is never decoded, so cp1252 text there is fine), its column, and its value as Windows-1252 (what Excel's plain
+    'CSV' writes on Windows) reads it, which is most often the text meant."""
+    names = _header(path)
+    with _open_binary(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+                continue
+            except UnicodeDecodeError as exc:
+                start = exc.start
+            before = line[:start].decode("utf-8")  # valid up to there, by definition
+            text = before + line[start:].decode("cp1252", errors="replace").rstrip("\r\n")
+            index = len(next(csv.reader([before]), [""])) - 1
+            fields = next(csv.reader([text]), [])
+            name = names[index] if index < len(names) else None
+            if name not in read:
+                continue
+            shown = fields[index][:SHOWN_CHARS] if index < len(fields) else ""
+            raise DataValidationError(
+                f"{path.name}: line {number}, column '{name}': not UTF-8 text (byte {line[start:start + 1]!r}"
+                f" in {shown!r} as Windows-1252 reads it): save the file as CSV UTF-8 (Excel: 'CSV UTF-8 (Comma "
+                "delimited)'; or iconv -f cp1252 -t utf-8)")
+
+
+def _explain_unreadable(path: Path, error: Exception, read: tuple[str, ...]) -> None:
+    """``read``: the columns the CSV reader decodes (the schema's), so a bad byte is looked for only in them."""
     message = str(error)
     if "UTF8" in message or "UTF-8" in message or "utf-8" in message:
         try:
-            with _open_binary(path) as handle:
-                for number, line in enumerate(handle, start=1):
-                    try:
-                        line.decode("utf-8")
-                    except UnicodeDecodeError as exc:
-                        raise DataValidationError(
-                            f"{path.name}: line {number}: not UTF-8 text (byte {line[exc.start:exc.start + 1]!r} at "
-                            f"position {exc.start})"
-                        ) from None
+            _fail_on_first_non_utf8_field(path, read)
         except (OSError, EOFError, zlib.error):
             pass  # a gzip broken further on: the message below still names the file
     if "Empty CSV file" in message:
@@ -502,7 +521,7 @@ def read_batches(path: Path, spec: RawFile, block_size: int = BLOCK_SIZE) -> Ite
         except pa.ArrowInvalid as exc:
             if "conversion error" in str(exc) and "UTF8" not in str(exc):
                 _explain_conversion_failure(path, spec, header, exc)
-            _explain_unreadable(path, exc)
+            _explain_unreadable(path, exc, spec.column_names)
         except (OSError, EOFError, zlib.error) as exc:
             raise DataValidationError(f"{path.name}: cannot read after row {offset}: {exc} "
                                       "(truncated or corrupt gzip?)") from None

@@ -226,7 +226,34 @@ def test_non_utf8_bytes_are_located(tmp_path):
     raw = write_kaggle_sample(tmp_path / "raw")
     path = raw / "stores.csv"
     path.write_bytes(path.read_bytes().replace(b"Cuenca", b"Cu\xe9nca"))
-    with pytest.raises(DataValidationError, match=r"stores.csv: line 4: not UTF-8"):
+    with pytest.raises(DataValidationError, match=r"stores.csv: line 4, column 'city': not UTF-8"):
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
+
+
+def test_a_windows_1252_file_is_refused_naming_its_column_value_and_the_fix(tmp_path):
+    """Found by the bring-your-own-data probe: an items.csv saved by Excel as plain 'CSV' on Windows is cp1252
+    ('PANADERÍA', 'ÑAME'); the line said only 'not UTF-8 text (byte b'\\xcd' at position 14)': no column, no fix."""
+    raw = write_kaggle_sample(tmp_path / "raw")
+    path = raw / "items.csv"
+    path.write_bytes(path.read_text(encoding="utf-8").replace("BREAD/BAKERY", "PANADERÍA").encode("cp1252"))
+    with pytest.raises(DataValidationError) as refused:
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
+    message = str(refused.value)
+    assert message.startswith("items.csv: line 3, column 'family': not UTF-8 text"), message
+    assert "'PANADERÍA' as Windows-1252 reads it" in message and "save the file as CSV UTF-8" in message, message
+    assert "\n" not in message
+
+
+def test_non_utf8_bytes_in_a_column_of_the_files_own_are_read_past_and_not_named(tmp_path):
+    """A store's own column (read past, never decoded) may hold cp1252 text; the line named must be the first one
+    whose bad byte is in a column that is read, not the first non-UTF-8 line (which sent the user to a column
+    Shelfcast ignores)."""
+    raw = write_kaggle_sample(tmp_path / "raw")
+    lines = (raw / "items.csv").read_text(encoding="utf-8").splitlines()
+    lines = [lines[0] + ",nombre"] + [f"{line},artículo {n}" for n, line in enumerate(lines[1:])]
+    lines[4] = lines[4].replace("PRODUCE", "PRODUCTO FÍSICO")
+    (raw / "items.csv").write_bytes(("\n".join(lines) + "\n").encode("cp1252"))
+    with pytest.raises(DataValidationError, match=r"items.csv: line 5, column 'family': not UTF-8 text"):
         prepare(raw, tmp_path / "out", PARAMS, progress=False)
 
 
