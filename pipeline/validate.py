@@ -27,6 +27,7 @@ import pyarrow.csv as pacsv
 from pipeline.gzip_data import data_size
 from pipeline.names import probably_meant
 from pipeline.stage import StageError
+from pipeline.value_hints import value_hint
 from pipeline.schema import LATEST_DATE, RAW_SCHEMAS, RAW_SUFFIXES, Column, RawFile
 
 BLOCK_SIZE = 64 << 20
@@ -116,10 +117,12 @@ ID_HINT = ("the id column is Kaggle's row id, which no feature reads: a file may
            "a column of ids of your own")
 
 
-def fail(path: Path, column: str | None, problem: str, rows: np.ndarray | None = None, values=None) -> None:
+def fail(path: Path, column: str | None, problem: str, rows: np.ndarray | None = None, values=None,
+         hint: str = "") -> None:
+    """Raise naming the file, column and first offending lines; ``hint``: how to write the value, said last."""
     where = f"{path.name}: column '{column}'" if column else path.name
     detail = f"; first offending: {_lines(np.asarray(rows), values, path)}" if rows is not None and len(rows) else ""
-    hint = f" ({ID_HINT})" if column == "id" else ""
+    hint = f" ({ID_HINT})" if column == "id" else f": {hint}" if hint else ""
     raise DataValidationError(f"{where}: {problem}{detail}{hint}")
 
 
@@ -379,7 +382,8 @@ def _explain_conversion_failure(path: Path, spec: RawFile, header: Header, error
                         kind += (f" ({' / '.join(TRUE_VALUES)} or {' / '.join(FALSE_VALUES)}"
                                  f"{', or empty where unknown' if column.nullable else ''})")
                     shown = values.take(rows[:MAX_SHOWN]).to_pylist()
-                    fail(path, column.name, f"not a valid {kind}", rows + offset, shown)
+                    hint = value_hint(column.type, column.nullable, shown[0])
+                    fail(path, column.name, f"not a valid {kind}", rows + offset, shown, hint)
                 if pa.types.is_integer(column.type):
                     _fail_on_integer_overflow(path, column, values, offset)
             offset += batch.num_rows

@@ -658,3 +658,39 @@ def test_a_required_file_of_a_header_line_without_its_newline_has_no_data_rows(t
     _edit(raw, name, lambda t: t.splitlines()[0])
     with pytest.raises(DataValidationError, match=rf"^{name}\.csv: has no data rows \(header only\)$"):
         prepare(raw, tmp_path / "prepared", PARAMS, progress=False)
+
+
+def _set_cell(raw, name: str, line: int, column: str, value: str) -> None:
+    path = raw / f"{name}.csv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    index = lines[0].split(",").index(column)
+    lines[line - 1] = _with_field(lines[line - 1], index, value)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# Found by the bring-your-own-data probe: values as a spreadsheet or a database export writes them were refused as
+# 'not a valid date YYYY-MM-DD' / 'not a valid double' with no word of what about them is wrong or how to write them.
+@pytest.mark.parametrize("name, column, value, hint", [
+    ("train", "date", "2014-03-25 00:00:00", "a time of day after the date"),
+    ("train", "date", "2014-03-25T00:00:00", "a time of day after the date"),
+    ("holidays_events", "date", "2014-04-01 00:00:00", "a time of day after the date"),
+    ("train", "date", "25/03/2014", "which of day and month comes first cannot always be told"),
+    ("oil", "date", "3/25/2014", "which of day and month comes first cannot always be told"),
+    ("train", "date", "2014/03/25", "write it with '-'"),
+    ("oil", "dcoilwtico", '"99,50"', "a decimal comma or a thousands separator?"),
+    ("train", "unit_sales", '"1,234"', "a decimal comma or a thousands separator?"),
+    ("items", "item_nbr", "103.665", "a thousands separator?"),
+    ("train", "item_nbr", "1.03665E+05", "a whole number written as a decimal or in scientific notation"),
+    ("train", "item_nbr", "103665.0", "a whole number written as a decimal or in scientific notation"),
+    ("oil", "dcoilwtico", ".", "leave an unknown value empty"),
+    ("train", "onpromotion", "NA", "leave an unknown value empty"),
+    ("train", "onpromotion", "\\N", "leave an unknown value empty"),
+])
+def test_a_value_in_another_notation_is_refused_saying_how_to_write_it(tmp_path, name, column, value, hint):
+    raw = write_kaggle_sample(tmp_path / "raw")
+    _set_cell(raw, name, 3, column, value)
+    with pytest.raises(DataValidationError) as refused:
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
+    message = str(refused.value)
+    assert message.startswith(f"{name}.csv: column '{column}': not a valid"), message
+    assert "first offending: line 3 " in message and hint in message, message
