@@ -38,6 +38,10 @@ TRUE_VALUES = ["True", "true", "TRUE", "1"]
 FALSE_VALUES = ["False", "false", "FALSE", "0"]
 
 
+# A file in another encoding (Excel's plain "CSV" on Windows writes Windows-1252): what to do, said once.
+SAVE_AS_UTF8 = "save the file as CSV UTF-8 (Excel: 'CSV UTF-8 (Comma delimited)'; or iconv -f cp1252 -t utf-8)"
+
+
 class DataValidationError(StageError, ValueError):
     """A raw file that breaks the schema; the message names file, column and lines."""
 
@@ -186,7 +190,7 @@ def _header(path: Path, strip: bool = True) -> list[str]:
     try:
         text = first.decode("utf-8")  # its byte order mark is off; a second one is named by check_header
     except UnicodeDecodeError:
-        raise DataValidationError(f"{path.name}: header (line 1) is not UTF-8 text") from None
+        raise DataValidationError(f"{path.name}: header (line 1) is not UTF-8 text: {SAVE_AS_UTF8}") from None
     # split as the CSV reader splits it: a quoted name may hold a comma (a spreadsheet's "cost, EUR")
     names = next(csv.reader([text.strip() if strip else text]), [""])
     return [name.strip().strip('"') for name in names] if strip else names
@@ -468,29 +472,30 @@ def _locate_wrong_field_count(path: Path, expected: int) -> None:
 
 
 def _fail_on_first_non_utf8_field(path: Path, read: tuple[str, ...]) -> None:
-    """Name the first line whose bytes are not UTF-8 in a column that is read (``read``; a column of the file's own
-    is never decoded, so cp1252 text there is fine), its column, and its value as Windows-1252 (what Excel's plain
-    'CSV' writes on Windows) reads it, which is most often the text meant."""
+    """Name the first row whose bytes are not UTF-8 in a column that is read (``read``; a column of the file's own
+    is never decoded, so cp1252 text there is fine), by the line it starts on, its column, and its value as
+    Windows-1252 (what Excel's plain 'CSV' writes on Windows) reads it, which is most often the text meant.
+
+    Rows are split as the CSV reader splits them: lines end at \\n, \\r or \\r\\n, a quoted value may span lines."""
     names = _header(path)
     with _open_binary(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                line.decode("utf-8")
-                continue
-            except UnicodeDecodeError as exc:
-                start = exc.start
-            before = line[:start].decode("utf-8")  # valid up to there, by definition
-            text = before + line[start:].decode("cp1252", errors="replace").rstrip("\r\n")
-            index = len(next(csv.reader([before]), [""])) - 1
-            fields = next(csv.reader([text]), [])
-            name = names[index] if index < len(names) else None
-            if name not in read:
-                continue
-            shown = fields[index][:SHOWN_CHARS] if index < len(fields) else ""
-            raise DataValidationError(
-                f"{path.name}: line {number}, column '{name}': not UTF-8 text (byte {line[start:start + 1]!r}"
-                f" in {shown!r} as Windows-1252 reads it): save the file as CSV UTF-8 (Excel: 'CSV UTF-8 (Comma "
-                "delimited)'; or iconv -f cp1252 -t utf-8)")
+        text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="")
+        reader, start = csv.reader(text), 1
+        try:
+            for fields in reader:
+                for name, value in zip(names, fields):
+                    if name in read and (bad := _UNDECODED.search(value)):
+                        shown = value.encode("utf-8", errors="surrogateescape").decode("cp1252", errors="replace")
+                        raise DataValidationError(
+                            f"{path.name}: line {start}, column '{name}': not UTF-8 text (byte "
+                            f"{bytes([ord(bad.group()) - 0xDC00])!r} in {shown[:SHOWN_CHARS]!r} as Windows-1252 "
+                            f"reads it): {SAVE_AS_UTF8}")
+                start = reader.line_num + 1
+        except csv.Error:
+            return  # not splittable into rows here: the caller's message still names the file
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, as errors="surrogateescape" keeps it
 
 
 def _explain_unreadable(path: Path, error: Exception, read: tuple[str, ...]) -> None:

@@ -244,6 +244,29 @@ def test_a_windows_1252_file_is_refused_naming_its_column_value_and_the_fix(tmp_
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("line_end", ["\r", "\r\n"])
+def test_a_windows_1252_file_with_other_line_ends_and_a_value_over_lines_names_the_row_where_it_starts(
+        tmp_path, line_end):
+    """Excel for Mac's plain 'CSV' ends lines in \\r alone: looking for the bad byte line by line split that file at
+    no line end at all, and the csv module, handed its \\r, raised a traceback instead of the line."""
+    raw = write_kaggle_sample(tmp_path / "raw")
+    text = (raw / "items.csv").read_text(encoding="utf-8").replace("96995,GROCERY I", '96995,"GROCERY\nI"')
+    text = text.replace("BREAD/BAKERY", "PANADERÍA").replace("\n", line_end)
+    (raw / "items.csv").write_bytes(text.encode("cp1252"))
+    with pytest.raises(DataValidationError, match=r"items.csv: line 4, column 'family': not UTF-8 text \(byte "
+                                                  r"b'\\xcd' in 'PANADER.A' as Windows-1252 reads it\)"):
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
+
+
+def test_a_header_line_that_is_not_utf8_says_to_save_the_file_as_utf8(tmp_path):
+    raw = write_kaggle_sample(tmp_path / "raw")
+    text = (raw / "items.csv").read_text(encoding="utf-8").replace("perishable\n", "perishable,descripción\n", 1)
+    (raw / "items.csv").write_bytes(text.encode("cp1252"))
+    with pytest.raises(DataValidationError, match=r"^items.csv: header \(line 1\) is not UTF-8 text: save the file as "
+                                                  r"CSV UTF-8"):
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
+
+
 def test_non_utf8_bytes_in_a_column_of_the_files_own_are_read_past_and_not_named(tmp_path):
     """A store's own column (read past, never decoded) may hold cp1252 text; the line named must be the first one
     whose bad byte is in a column that is read, not the first non-UTF-8 line (which sent the user to a column
