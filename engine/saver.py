@@ -27,6 +27,7 @@ staged file while ``<prefix>.npz`` still holds the old data (a save killed betwe
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -73,12 +74,30 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_directory(directory)  # the rename itself is on disk: a power cut cannot undo it
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(exc, OSError) and exc.filename in (None, tmp):
             raise _named(exc, path) from exc
         raise
+
+
+def _fsync_directory(directory: str) -> None:
+    """Flush ``directory``'s entries (a rename is a change of its directory, which the file's fsync does not write);
+    a platform where a directory cannot be opened (Windows) or flushed (EINVAL on some file systems) has no such step.
+    pipeline/atomic.py's ``fsync_directory`` is the same step: the engine imports nothing of the pipeline's."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except PermissionError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _named(exc: OSError, path: str) -> OSError:

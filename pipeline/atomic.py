@@ -153,6 +153,16 @@ def fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(directory: Path) -> None:
+    """Flush every regular file and every folder under ``directory`` (links are left alone: not ours)."""
+    for folder, _, files in os.walk(directory):
+        for name in files:
+            path = Path(folder, name)
+            if path.is_file() and not path.is_symlink():
+                _fsync(path)
+        fsync_directory(Path(folder))
+
+
 WRITABLE_PROBE = ".writable-probe"  # check_writable's file, written and deleted at once
 
 
@@ -218,7 +228,10 @@ def swap_in_directory(staging: Path, target: Path) -> None:
     """Replace ``target`` by the complete ``staging`` directory (a reader sees the old or the new one).
 
     Ctrl-C and SIGTERM (an exception in a stage: pipeline/stage.py) wait for both renames: raised between them, the
-    caller's cleanup deleted ``staging`` with ``target`` moved aside, and the output was gone."""
+    caller's cleanup deleted ``staging`` with ``target`` moved aside, and the output was gone. Every file and folder
+    in ``staging`` is flushed before the renames and the parent after them, as ``atomic_file`` does for one file: a
+    power cut leaves the old directory or the complete new one, never the new name over empty files."""
+    fsync_tree(staging)
     previous = None
     if target.exists():
         previous = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -230,6 +243,7 @@ def swap_in_directory(staging: Path, target: Path) -> None:
                 os.replace(target, previous)
             os.replace(staging, target)
             swapped = True
+            fsync_directory(target.parent)
     finally:  # a signal held back is raised as the block ends: the old copy is deleted all the same
         if swapped and previous is not None:
             shutil.rmtree(previous, ignore_errors=True)

@@ -41,3 +41,48 @@ def test_a_directory_that_cannot_be_opened_is_written_all_the_same(tmp_path: Pat
     write_text_atomic(tmp_path / "a.txt", "text\n")
     assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "text\n"
     assert atomic.fsync_directory(tmp_path) is None
+
+
+def test_a_directory_swap_flushes_the_new_files_before_and_the_parent_after(tmp_path: Path, monkeypatch) -> None:
+    """Found by review (the last note left it alone): a model bundle swapped in by promote or release was renamed
+    into place with none of its files flushed, and the renames never written, so a power cut could leave
+    models/production naming empty files. Each os.fsync records what it flushed and what the target held then."""
+    target = tmp_path / "production"
+    with atomic.atomic_directory(target) as staging:
+        (staging / "bundle.json").write_text("old\n", encoding="utf-8")
+    real_fsync, flushed = os.fsync, []
+
+    def recording_fsync(fd: int) -> None:
+        held = (target / "bundle.json").read_text(encoding="utf-8")
+        flushed.append((os.readlink(f"/proc/self/fd/{fd}"), held))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    with atomic.atomic_directory(target) as staging:
+        (staging / "bundle.json").write_text("new\n", encoding="utf-8")
+        (staging / "weights").mkdir()
+        (staging / "weights" / "w.npz").write_bytes(b"w")
+        staged = staging
+    before = [path for path, held in flushed if held == "old\n"]
+    assert {str(staged / "bundle.json"), str(staged / "weights" / "w.npz"), str(staged / "weights"),
+            str(staged)} <= set(before)
+    assert flushed[-1] == (str(tmp_path), "new\n")  # the parent, once the name points at the new directory
+
+
+def test_the_engines_atomic_write_flushes_its_directory_after_the_rename(tmp_path: Path, monkeypatch) -> None:
+    """engine/saver.py keeps its own atomic write (the engine imports nothing of the pipeline's): a checkpoint's
+    manifest, the switch-over, was renamed into place and the rename never flushed."""
+    from engine import saver
+
+    target = tmp_path / "ckpt.json"
+    saver.atomic_write_bytes(str(target), b"old")
+    real_fsync, flushed = os.fsync, []
+
+    def recording_fsync(fd: int) -> None:
+        flushed.append((os.readlink(f"/proc/self/fd/{fd}"), target.read_bytes()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    saver.atomic_write_bytes(str(target), b"new")
+    assert flushed[-1] == (str(tmp_path), b"new")
+    assert flushed[0][0].startswith(str(tmp_path / ".tmp-")) and flushed[0][1] == b"old"
