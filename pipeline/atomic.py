@@ -164,16 +164,24 @@ def fsync_tree(directory: Path) -> None:
 
 
 WRITABLE_PROBE = ".writable-probe"  # check_writable's file, written and deleted at once
+WRITABLE_PROBE_BYTES = 1 << 20  # what it writes: a full disk (or quota) refuses it; an empty file takes no block
 
 
 def check_writable(folder: Path | str) -> None:
-    """Write a file in ``folder`` as every atomic write does (a staging copy renamed into place) and delete it: an
-    OSError where that fails (a read-only folder or mount, another user's), before a long job finds out at its
-    first write."""
+    """Write a file of WRITABLE_PROBE_BYTES in ``folder`` as every atomic write does (a staging copy, flushed, renamed
+    into place) and delete it: an OSError where that fails (a read-only folder or mount, another user's, a full disk
+    or quota), before a long job finds out at its first write. Less than that free still fails later."""
     probe = Path(folder) / WRITABLE_PROBE
-    with atomic_file(probe) as staged:
-        staged.write_bytes(b"")
-    probe.unlink()
+    try:
+        with atomic_file(probe) as staged:
+            staged.write_bytes(bytes(WRITABLE_PROBE_BYTES))
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+# A write the system refuses for want of room (a full disk, a quota, a file size limit): retrying cannot help
+# until room is made.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def write_text_atomic(path: Path | str, text: str, mode: int = 0o644) -> None:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.atomic import NO_SPACE_ERRNOS
 from pipeline.cluster import ClusterError, dask_client, scheduler_address
 from pipeline.gzip_data import MAGIC, decoded_head, gzip_end
 from pipeline.io import atomic_directory
@@ -58,9 +59,6 @@ PARTIAL_DIR = Path("data/.downloads")
 CHUNK = 1 << 20
 # What makes unpacking fail on a corrupt archive (the file is then deleted, not resumed).
 CORRUPT_ARCHIVE = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
-# A write the system refuses for want of room (a full disk, a quota, a file size limit): retrying at once cannot
-# help, as it can after a cut connection or a timeout; room made, the next run resumes the bytes kept.
-REFUSED_WRITES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # A folder the partial copies cannot be written to (its mode or owner: chmod 0500, another user's data/): as little
 # helped by retrying, and said of the folder, not of one copy in it.
 NOT_PERMITTED = (errno.EACCES, errno.EPERM)
@@ -239,7 +237,7 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> tu
                 raise DownloadError(f"{partial_dir}: {exc.strerror}: download cannot write its partial copies there "
                                     f"(while fetching {shown}): make the folder writable by this user, or remove "
                                     "it, and rerun") from None
-            if isinstance(exc, OSError) and exc.errno in REFUSED_WRITES:
+            if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:  # no retry: room made, the next run resumes
                 kept = part.stat().st_size if part.exists() else 0
                 raise DownloadError(f"{part}: {exc.strerror} (while fetching {shown}; the {kept:,} bytes fetched are "
                                     "kept there: make room and rerun, it resumes)") from None

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import tracking
-from pipeline.atomic import DirectoryBusy, check_writable, held_exclusively, remove_directory
+from pipeline.atomic import NO_SPACE_ERRNOS, DirectoryBusy, check_writable, held_exclusively, remove_directory
 from pipeline.bundle import load_bundle, write_bundle
 from pipeline.cluster import ClusterError, dask_client, scheduler_address
 from pipeline.drift_stats import served_reference, training_statistics
@@ -381,9 +381,10 @@ def checkpoints_writable(checkpoints: Path) -> None:
     try:
         check_writable(folder)
     except OSError as exc:
+        fix = ("free space on its disk (or link it to a folder on another)" if exc.errno in NO_SPACE_ERRNOS else
+               "make it writable by this user (or link it to a writable folder)")
         raise TrainError(f"{folder}: train's checkpoints cannot be written there{made}: {exc.strerror or exc}; "
-                         "make it writable by this user (or link it to a writable folder), then run train "
-                         "again") from None
+                         f"{fix}, then run train again") from None
 
 
 def _run(root: Path, home: Path, raw: dict, fparams: FeatureParams, tparams: TrainParams, quiet: bool,

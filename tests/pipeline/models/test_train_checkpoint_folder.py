@@ -56,6 +56,35 @@ def test_a_checkpoint_folder_train_cannot_write_is_one_line_before_training(tiny
 
 
 
+def test_a_disk_without_room_for_checkpoints_is_one_line_before_training(tiny_project):
+    """Found by review (the last note left it alone): the probe was an empty file, which a full disk still takes (it
+    needs no block), so train loaded the data, opened its MLflow run and failed there ("disk I/O error"). The probe
+    is 1 MiB now; every file train writes is capped below that (the kernel refuses the write, EFBIG, as a full disk
+    refuses one, ENOSPC, without root to mount a small disk): one line naming the folder and the fix, no MLflow
+    store made."""
+    import resource
+    import signal
+    import sys
+
+    from pipeline.atomic import WRITABLE_PROBE_BYTES
+
+    def cap():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (WRITABLE_PROBE_BYTES // 2,) * 2)
+
+    repo = Path(train.__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "pipeline.train", "--root", str(tiny_project), "--quiet"],
+                          capture_output=True, text=True, timeout=300, preexec_fn=cap,
+                          env=dict(os.environ, PYTHONPATH=str(repo)))
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert done.stderr == (f"train: error: {tiny_project}: train's checkpoints cannot be written there (they go in "
+                           f"{tiny_project / train.CHECKPOINT_DIR}, made there): File too large; free space on its "
+                           "disk (or link it to a folder on another), then run train again\n"), done.stderr
+    assert not (tiny_project / "mlflow.db").exists() and not (tiny_project / "mlruns").exists()
+    assert not list(tiny_project.glob(".writable-probe*"))  # the refused probe is not left behind
+
+
 @pytest.mark.parametrize("link", [False, True])
 def test_a_file_where_the_checkpoints_folder_goes_is_one_line_before_training(tiny_project, capsys, link):
     """Found by review: the check walked up to the first folder and wrote its probe there, so a file (or a link to
