@@ -100,7 +100,8 @@ TINY_PARAMS = {
                                  "city": 1, "store_type": 1, "cluster": 1},
               "baseline_weeks": 4},
     "evaluate": {"backtest_windows": 1, "min_improvement": 0.0, "min_series": 30, "confidence": 0.9,
-                 "bootstrap_resamples": 200, "max_nwrmsle": 0.9, "slice": {"max_nwrmsle": 2.0, "min_rows": 20}, "plot_rows": 200, "seed": 0},
+                 "bootstrap_resamples": 200, "max_nwrmsle": 0.9, "slice": {"max_nwrmsle": 2.0, "min_rows": 20},
+                 "plot_rows": 200, "seed": 0},
     "promote": {"model_name": "shelfcast-forecaster", "alias": "production", "max_regression": 0.0},
 }
 

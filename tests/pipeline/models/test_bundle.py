@@ -143,7 +143,8 @@ def test_a_bundle_file_that_is_no_regular_file_is_refused_without_reading_it(tra
     worker = threading.Thread(target=verify, daemon=True)  # without the fix it never ends
     worker.start()
     worker.join(10)
-    assert "history.npz: cannot be read (not a regular file" in outcome.get("error", "still reading after 10 s"), outcome
+    error = outcome.get("error", "still reading after 10 s")
+    assert "history.npz: cannot be read (not a regular file" in error, outcome
 
 
 def test_a_release_installs_over_a_production_whose_checksums_file_is_a_named_pipe(trained_project, tmp_path):

@@ -40,7 +40,8 @@ def _problem(n, seed):
 
 def _config(kind, matrix):
     mean, std, constant = models.normalization(matrix.dense)
-    return models.ModelConfig(kind=kind, dense_size=matrix.dense.shape[1], vocab_sizes={f: 6 for f in CATEGORICAL_FIELDS},
+    return models.ModelConfig(kind=kind, dense_size=matrix.dense.shape[1],
+                              vocab_sizes={f: 6 for f in CATEGORICAL_FIELDS},
                               embedding_dims={f: 2 for f in CATEGORICAL_FIELDS}, hidden_units=(16,),
                               dense_mean=mean, dense_std=std, dense_constant=constant, output_bias=1.0)
 
@@ -256,8 +257,8 @@ def _another_runs_checkpoint(directory, prefix):
     other = directory.parent / f"other-{prefix}"
     x, y, w = _problem(1000, 0)
     vx, vy, vw = _problem(300, 1)
-    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=other, identity=_identity("g"), seed=5, eval_every=20,
-           patience=50, batch_size=64, learning_rate=0.02)
+    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=other, identity=_identity("g"), seed=5,
+           eval_every=20, patience=50, batch_size=64, learning_rate=0.02)
     step = name.rsplit("-", 1)[1]
     for suffix in (".npz", ".json"):  # the other run's checkpoint of that step, under this run's name
         source = next(p for p in other.glob(f"{prefix}-*{suffix}") if p.name.startswith(f"{prefix}-"))

@@ -366,8 +366,8 @@ def test_a_bundle_the_dvc_remote_lost_is_pushed_again_when_promoted_again(traine
     capsys.readouterr()
     assert promote.main(["--root", str(root)]) == promote.REFUSED
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("promote: refused: `dvc status -c models/promoted-dvc-check.dvc"
-                                                         "` failed: ") and "Not a directory" in err, err
+    refused = "promote: refused: `dvc status -c models/promoted-dvc-check.dvc` failed: "
+    assert len(err.splitlines()) == 1 and err.startswith(refused) and "Not a directory" in err, err
     assert err.endswith("nothing moved: promote again once fixed"), err
     assert not list((root / "models").glob("promoted-*")) and str(tracking.production_version(root).version) == "1"
 

@@ -168,8 +168,8 @@ def test_a_duplicate_the_account_may_not_delete_is_marked_and_never_chosen(tmp_p
 
 
 @pytest.mark.slow
-def test_a_promote_overtaken_by_another_hosts_move_installs_what_production_names(two_candidates, tmp_path,
-                                                                                   monkeypatch):  # noqa: F811 (the fixture imported above)
+def test_a_promote_overtaken_by_another_hosts_move_installs_what_production_names(
+        two_candidates, tmp_path, monkeypatch):  # noqa: F811 (the fixture imported above)
     """This host promotes the second candidate (version 2): registers it, moves the alias; another host then moves
     production back to version 1 (its own promote or rollback) before this one has installed. This host then
     served version 2 while the registry named 1, until someone ran `release sync`; now it re-reads the alias after

@@ -73,7 +73,8 @@ def test_an_evaluate_killed_outright_is_closed_by_the_next_stage_run(quick_proje
     """The process of an evaluate is killed (SIGKILL) while its run is open: the run, tagged with its verdict, stays
     RUNNING; the next stage that opens a run (here an evaluate's) marks it KILLED and says so."""
     code = ("import os, sys; from pipeline import tracking; "
-            "run = tracking.TrainingRun(sys.argv[1], 'evaluate', {'stage': 'evaluate', tracking.VERDICT_TAG: 'passed'}); "
+            "run = tracking.TrainingRun(sys.argv[1], 'evaluate', "
+            "{'stage': 'evaluate', tracking.VERDICT_TAG: 'passed'}); "
             "print(run.run_id, flush=True); os.kill(os.getpid(), 9)")
     done = subprocess.run([sys.executable, "-c", code, str(quick_project)], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[3])
