@@ -34,8 +34,14 @@ BLOCK_SIZE = 64 << 20
 MAX_SHOWN = 5
 SHOWN_CHARS = 80  # a value longer than this is cut in a message: one 200 KB cell made a 200 KB error line
 HEADER_BYTES = 1 << 16  # the header line must end within this many bytes
-TRUE_VALUES = ["True", "true", "TRUE", "1"]
-FALSE_VALUES = ["False", "false", "FALSE", "0"]
+TRUE_VALUES = ["True", "true", "TRUE", "1", "t"]  # "t" and "f": PostgreSQL's boolean (COPY, psql's CSV)
+FALSE_VALUES = ["False", "false", "FALSE", "0", "f"]
+# A date with a time of day, as a database's or Spark's timestamp column writes it (``2017-08-15 00:00:00``): where a
+# file's first data row writes its dates so, its dates are read as timestamps and each must be at midnight (a time of
+# day belongs to a day that depends on its time zone: not guessed). The hours, minutes and seconds Arrow's reader
+# takes: it refuses 24:00 and a 60th second.
+TIMED_DATE = r"\d{4}-\d{2}-\d{2}[ T]([01]\d|2[0-3])(:[0-5]\d(:[0-5]\d)?)?"
+TIMESTAMP = pa.timestamp("s")
 
 
 # A file in another encoding (Excel's plain "CSV" on Windows writes Windows-1252): what to do, said once.
@@ -202,6 +208,7 @@ class Header(NamedTuple):
     names: list[str]  # the file's column names, in its order
     ignored: list[str]  # its columns the schema lacks, each once: left out when reading (prepare warns)
     left_out: frozenset[str]  # the schema's optional columns it lacks: read as empty on every row, not checked
+    timed_dates: bool = False  # its first data row writes a date with a time of day: dates are read as timestamps
 
 
 def check_header(path: Path, spec: RawFile) -> Header:
@@ -250,15 +257,32 @@ def check_header(path: Path, spec: RawFile) -> Header:
             raise DataValidationError(f"{path.name}: column '{name}': not part of the {spec.name} schema; is "
                                       f"'{meant}' meant? (column names are matched exactly: rename it '{meant}', "
                                       f"or, if it is a column of the file's own, to a name less like it)")
-    return Header(names, unknown, frozenset(c.name for c in spec.columns if c.optional and c.name not in names))
+    return Header(names, unknown, frozenset(c.name for c in spec.columns if c.optional and c.name not in names),
+                  _first_row_has_timed_dates(path, spec, names))
 
 
-def _convert_options(spec: RawFile, as_text: bool, header: list[str]) -> pacsv.ConvertOptions:
-    """The schema's types; the header's columns the schema lacks are left out (not even converted)."""
-    types = {c.name: (pa.string() if as_text else c.type) for c in spec.columns}
+def _first_row_has_timed_dates(path: Path, spec: RawFile, names: list[str]) -> bool:
+    """Whether the first data row writes one of its dates with a time of day (TIMED_DATE)."""
+    dates = [k for k, name in enumerate(names) if name in spec.column_names and spec.column(name).type == pa.date32()]
+    if not dates:
+        return False
+    with _open_binary(path) as handle:
+        head = handle.read(HEADER_BYTES)  # check_header has read the header line within it
+    text = head.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
+    rows = csv.reader(io.StringIO(text, newline=""))
+    next(rows, None)
+    first = next(rows, [])
+    return any(k < len(first) and re.fullmatch(TIMED_DATE, first[k]) for k in dates)
+
+
+def _convert_options(spec: RawFile, as_text: bool, header: Header) -> pacsv.ConvertOptions:
+    """The schema's types (a date as a timestamp where the file writes dates with a time of day); the header's
+    columns the schema lacks are left out (not even converted)."""
+    types = {c.name: (pa.string() if as_text else TIMESTAMP if header.timed_dates and c.type == pa.date32()
+                      else c.type) for c in spec.columns}
     return pacsv.ConvertOptions(column_types=types, true_values=TRUE_VALUES, false_values=FALSE_VALUES,
                                 null_values=[""], strings_can_be_null=not as_text,
-                                include_columns=[name for name in header if name in types])
+                                include_columns=[name for name in header.names if name in types])
 
 
 class _TailTracking:
@@ -324,7 +348,7 @@ def _batches(
             # newline, and one inside quotes at a block's end stopped the read ("parser got out of sync with chunker")
             reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block_size),
                                     parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                                    convert_options=_convert_options(spec, as_text, header.names))
+                                    convert_options=_convert_options(spec, as_text, header))
         except pa.ArrowKeyError:  # a column the header line has as we split it but the CSV reader does not
             raise DataValidationError(f"{path.name}: line 1: the header does not read as the columns "
                                       f"{', '.join(header.names)}") from None
@@ -341,6 +365,8 @@ def _batches(
                                       f"{', '.join(spec.column_names)} (got {', '.join(names)})")
         rows = 0
         for batch in reader:
+            if header.timed_dates and not as_text:
+                batch = _dates_at_midnight(path, batch, rows)
             rows += batch.num_rows
             if left_out:  # as if the column were there with every value empty
                 batch = pa.RecordBatch.from_arrays(
@@ -374,7 +400,7 @@ def _explain_conversion_failure(path: Path, spec: RawFile, header: Header, error
                 values = batch.column(column.name)
                 present = pc.invert(pc.equal(values, ""))
                 if column.type == pa.date32():
-                    bad = pc.and_(present, _not_a_date(values))
+                    bad = pc.and_(present, _not_a_date(values, header.timed_dates))
                 elif (pattern := _pattern_for(column)) is not None:
                     bad = pc.and_(present, pc.invert(pc.match_substring_regex(values, pattern)))
                 else:
@@ -413,8 +439,33 @@ def _fail_on_repeated_header(path: Path, spec: RawFile, header: Header, batch: p
              "remove it", rows + offset)
 
 
-def _not_a_date(values: pa.Array) -> pa.Array:
-    """Where a text value is no YYYY-MM-DD date the CSV reader would take (null where empty)."""
+def _dates_at_midnight(path: Path, batch: pa.RecordBatch, offset: int) -> pa.RecordBatch:
+    """``batch`` with its timestamp columns (a file's dates written with a time of day) as dates; refused naming the
+    lines where a time is not midnight."""
+    columns = batch.columns
+    for k, values in enumerate(columns):
+        if values.type != TIMESTAMP:
+            continue
+        day = pc.cast(values, pa.date32())
+        timed = pc.fill_null(pc.not_equal(values, pc.cast(day, TIMESTAMP)), False)
+        rows = np.flatnonzero(timed.to_numpy(zero_copy_only=False))
+        if len(rows):
+            shown = [str(value) for value in values.take(rows[:MAX_SHOWN]).to_pylist()]
+            fail(path, batch.schema.names[k], "not a date: a time of day other than midnight", rows + offset, shown,
+                 "which day a time belongs to depends on the time zone it was written in, so none is guessed: "
+                 "write each row's date alone, YYYY-MM-DD, the day its sales count for (dates with a time of day "
+                 "are read where every one is at midnight)")
+        columns[k] = day
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
+def _not_a_date(values: pa.Array, timed: bool = False) -> pa.Array:
+    """Where a text value is no YYYY-MM-DD date the CSV reader would take (null where empty); with ``timed``, no
+    date the reader takes as a timestamp either (TIMED_DATE: a time of day within range; midnight is checked on
+    the typed values)."""
+    if timed:
+        dated = pc.match_substring_regex(values, f"^{TIMED_DATE}$")
+        values = pc.if_else(dated, pc.utf8_slice_codeunits(values, 0, 10), values)
     parsed = pc.strptime(values, format="%Y-%m-%d", unit="s", error_is_null=True)
     # strptime also takes 2016-9-1 and 16-09-01, which Arrow's CSV reader refuses
     padded = pc.match_substring_regex(values, r"^\d{4}-\d{2}-\d{2}$")

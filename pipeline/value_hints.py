@@ -1,9 +1,10 @@
 """What a raw value that does not parse was probably written as, and how to write it instead.
 
 A spreadsheet or a database export writes dates, numbers and unknowns in its own notation (``2017-08-15
-00:00:00``, ``15/08/2017``, ``"93,14"``, ``1.03665E+05``, ``NA``). None is guessed at: a day/month order or a
-comma that is a decimal point or a thousands separator cannot always be told, so the value is refused, and this
-says what about it is wrong and how to write it.
+13:45:00``, ``15/08/2017``, ``"93,14"``, ``1.03665E+05``, ``NA``). None is guessed at: a day/month order, a
+comma that is a decimal point or a thousands separator, the day of a time of day cannot always be told, so the
+value is refused, and this says what about it is wrong and how to write it. (What can be told is read:
+pipeline/validate.py takes PostgreSQL's ``t``/``f`` and dates written at midnight, ``2017-08-15 00:00:00``.)
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import pyarrow as pa
 UNKNOWN_WORDS = ("NA", "N/A", "NULL", "null", "None", "\\N", ".", "-")  # R, SQL, pandas, MySQL, FRED, reports
 
 _DATE_HINTS = (
-    (r"\d{4}-\d{1,2}-\d{1,2}[ T]\d.*", "a time of day after the date (a timestamp from a database or pandas?): "
-                                       "write the date alone, YYYY-MM-DD"),
+    (r"\d{4}-\d{1,2}-\d{1,2}[ T]\d.*", "a time of day after the date (a database's timestamp?): dates are read "
+                                       "so where the first data row writes one too, as YYYY-MM-DD HH:MM:SS, and "
+                                       "every time is midnight; otherwise write the date alone, YYYY-MM-DD"),
     (r"\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}", "a spreadsheet's date: which of day and month comes first cannot always "
                                          "be told, so it is not guessed: write dates as YYYY-MM-DD (format the "
                                          "column as yyyy-mm-dd before saving)"),
