@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 from pathlib import Path
 
 from pipeline.atomic import file_digest, write_text_atomic
@@ -247,11 +248,22 @@ class ReleaseStore:
 
 
 def serving_host(models_dir: Path | str) -> str | None:
-    """The id ``draw_serving_host`` recorded in this release store, or None (none drawn yet, or unreadable)."""
+    """The id ``draw_serving_host`` recorded in this release store, or None (none drawn yet, or unreadable).
+
+    The app reads it in a request's thread every reload interval: so only a regular file, opened without waiting
+    (a FIFO put there hung the request), and only as many bytes as an id and its line end take (a file of another
+    kind's is no id, however long)."""
     try:
-        text = (Path(models_dir) / SERVING_HOST_FILE).read_text(encoding="ascii").strip()
-    except (OSError, ValueError):
+        fd = os.open(Path(models_dir) / SERVING_HOST_FILE, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
         return None
+    try:
+        head = os.read(fd, SERVING_HOST_HEX + 3) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    text = head.decode("ascii", errors="replace").strip()
     return text if len(text) == SERVING_HOST_HEX and all(c in "0123456789abcdef" for c in text) else None
 
 
