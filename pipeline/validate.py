@@ -38,10 +38,11 @@ TRUE_VALUES = ["True", "true", "TRUE", "1", "t"]  # "t" and "f": PostgreSQL's bo
 FALSE_VALUES = ["False", "false", "FALSE", "0", "f"]
 # A date with a time of day, as a database's or Spark's timestamp column writes it (``2017-08-15 00:00:00``): where a
 # file's first data row writes its dates so, its dates are read as timestamps and each must be at midnight (a time of
-# day belongs to a day that depends on its time zone: not guessed). The hours, minutes and seconds Arrow's reader
-# takes: it refuses 24:00 and a 60th second.
-TIMED_DATE = r"\d{4}-\d{2}-\d{2}[ T]([01]\d|2[0-3])(:[0-5]\d(:[0-5]\d)?)?"
-TIMESTAMP = pa.timestamp("s")
+# day belongs to a day that depends on its time zone: not guessed). The hours, minutes, seconds and fractions
+# (SQL Server's and Java's .000) Arrow's reader takes as a timestamp[us]: it refuses 24:00, a 60th second, a 7th
+# decimal, a zone offset.
+TIMED_DATE = r"\d{4}-\d{2}-\d{2}[ T]([01]\d|2[0-3])(:[0-5]\d(:[0-5]\d(\.\d{1,6})?)?)?"
+TIMESTAMP = pa.timestamp("us")
 
 
 # A file in another encoding (Excel's plain "CSV" on Windows writes Windows-1252): what to do, said once.

@@ -727,7 +727,7 @@ def _as_database_export(text: str, time: str = " 00:00:00") -> str:
     return re.sub(r"(?m),True(?=,|$)", ",t", re.sub(r"(?m),False(?=,|$)", ",f", text))
 
 
-@pytest.mark.parametrize("time", [" 00:00:00", "T00:00:00", " 00:00"])
+@pytest.mark.parametrize("time", [" 00:00:00", "T00:00:00", " 00:00", " 00:00:00.000"])
 def test_a_database_export_with_midnight_timestamps_and_t_f_prepares_as_the_plain_files(tmp_path, time):
     """Found in review (the last note left it alone): a database's export of the same data, dates as timestamps at
     midnight and bools as PostgreSQL's t/f, was refused on its first row ('a time of day after the date', 'not a
