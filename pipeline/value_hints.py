@@ -16,6 +16,10 @@ import pyarrow as pa
 UNKNOWN_WORDS = ("NA", "N/A", "NULL", "null", "None", "\\N", ".", "-")  # R, SQL, pandas, MySQL, FRED, reports
 
 _DATE_HINTS = (
+    (r"\d{4}-\d{1,2}-\d{1,2}[ T][\d:.]+ ?(Z|UTC|[+-]\d{2}(:?\d{2})?)", "a time with a time zone (a database's "
+                                                                    "timestamptz?): its day depends on the zone, so "
+                                                                    "none is guessed: write the date alone, "
+                                                                    "YYYY-MM-DD, the day its sales count for"),
     (r"\d{4}-\d{1,2}-\d{1,2}[ T]\d.*", "a time of day after the date (a database's timestamp?): dates are read "
                                        "so where the first data row writes one too, as YYYY-MM-DD HH:MM:SS, and "
                                        "every time is midnight; otherwise write the date alone, YYYY-MM-DD"),

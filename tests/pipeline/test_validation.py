@@ -697,6 +697,8 @@ def _set_cell(raw, name: str, line: int, column: str, value: str) -> None:
 @pytest.mark.parametrize("name, column, value, hint", [
     ("train", "date", "2014-03-25 00:00:00", "a time of day after the date"),
     ("train", "date", "2014-03-25T00:00:00", "a time of day after the date"),
+    ("train", "date", "2014-03-25 00:00:00+00", "a time with a time zone"),
+    ("train", "date", "2014-03-25T00:00:00Z", "a time with a time zone"),
     ("holidays_events", "date", "2014-04-01 00:00:00", "a time of day after the date"),
     ("train", "date", "25/03/2014", "which of day and month comes first cannot always be told"),
     ("oil", "date", "3/25/2014", "which of day and month comes first cannot always be told"),
