@@ -30,7 +30,7 @@ import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -357,11 +357,19 @@ def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
     naming it, at once: before, opening a pipe waited for a writer for ever and /dev/zero was read for ever (a
     planted models/production/checksums.json hung `release install`)."""
     digest = hashlib.new(algorithm)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a named pipe's open does not wait for a writer
-    with open(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        os.set_blocking(fd, True)
+    with open_regular_file(path) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def open_regular_file(path: Path | str) -> BinaryIO:
+    """``path`` opened for reading where it is a regular file (a symlink is followed), else an OSError naming it, at
+    once: a named pipe's open does not wait for a writer, and a device (/dev/zero) is never read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    handle = open(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        handle.close()
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return handle

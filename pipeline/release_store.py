@@ -24,10 +24,9 @@ import json
 import os
 import secrets
 import shutil
-import stat
 from pathlib import Path
 
-from pipeline.atomic import file_digest, write_text_atomic
+from pipeline.atomic import file_digest, open_regular_file, write_text_atomic
 from pipeline.bundle import CHECKSUMS_FILE, BundleError, copy_bundle, verify_bundle
 from pipeline.bundle_checks import load_servable
 
@@ -254,15 +253,10 @@ def serving_host(models_dir: Path | str) -> str | None:
     (a FIFO put there hung the request), and only as many bytes as an id and its line end take (a file of another
     kind's is no id, however long)."""
     try:
-        fd = os.open(Path(models_dir) / SERVING_HOST_FILE, os.O_RDONLY | os.O_NONBLOCK)
+        with open_regular_file(Path(models_dir) / SERVING_HOST_FILE) as handle:
+            head = handle.read(SERVING_HOST_HEX + 3)
     except OSError:
         return None
-    try:
-        head = os.read(fd, SERVING_HOST_HEX + 3) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
     text = head.decode("ascii", errors="replace").strip()
     return text if len(text) == SERVING_HOST_HEX and all(c in "0123456789abcdef" for c in text) else None
 
