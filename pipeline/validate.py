@@ -178,8 +178,9 @@ def _refuse_other_formats(path: Path, head: bytes) -> None:
             raise DataValidationError(f"{path.name}: is {what}, not CSV text: {fix}")
 
 
-def _header(path: Path, strip: bool = True) -> list[str]:
-    """The header's column names (quotes removed; with ``strip``, the spaces around them too)."""
+def _head(path: Path) -> bytes:
+    """The file's first HEADER_BYTES (decompressed), its UTF-8 byte order mark (Excel's "CSV UTF-8") off; a file in
+    another format refused."""
     try:
         with _open_binary(path) as handle:
             head = handle.read(HEADER_BYTES)  # not readline(): a file whose lines end in \r alone has no \n at all
@@ -188,7 +189,13 @@ def _header(path: Path, strip: bool = True) -> list[str]:
     except OSError as exc:  # no such file, a directory, no permission: the gzip hint would mislead
         raise DataValidationError(f"{path.name}: cannot read: {exc.strerror or exc}") from None
     _refuse_other_formats(path, head)
-    head = head.removeprefix(b"\xef\xbb\xbf")  # UTF-8's byte order mark (Excel's "CSV UTF-8"): no part of line 1
+    return head.removeprefix(b"\xef\xbb\xbf")  # no part of line 1
+
+
+def _header(path: Path, strip: bool = True, head: bytes | None = None) -> list[str]:
+    """The header's column names (quotes removed; with ``strip``, the spaces around them too); ``head``: the file's
+    ``_head``, where the caller has read it already."""
+    head = _head(path) if head is None else head
     first = re.split(rb"\r\n|\r|\n", head, maxsplit=1)[0]
     if not first.strip():
         if head.strip():
@@ -216,7 +223,8 @@ def check_header(path: Path, spec: RawFile) -> Header:
     """Check the header line against ``spec``. Columns the schema does not have are read past (a store's export
     often carries a column of its own), but a name that looks like one of the schema's columns the file lacks
     (``Unit_Sales``, ``onpromotions``) is refused: ignoring it would silently read that column as absent."""
-    names = _header(path)
+    head = _head(path)
+    names = _header(path, head=head)
     for name in names:  # prints as the column's name, is not: a second byte order mark, a zero-width space
         invisible = [char for char in name if unicodedata.category(char) == "Cf"]
         if invisible and "".join(c for c in name if c not in invisible) in spec.column_names:
@@ -244,7 +252,7 @@ def check_header(path: Path, spec: RawFile) -> Header:
         raise DataValidationError(
             f"{path.name}: line 1: the header ends in {len(empty)} empty column name(s) (a spreadsheet's empty "
             "columns?): delete them, and the empty fields they leave at the end of each line")
-    spaced = [raw for raw in _header(path, strip=False) if raw != raw.strip()]
+    spaced = [raw for raw in _header(path, strip=False, head=head) if raw != raw.strip()]
     if spaced:
         raise DataValidationError(f"{path.name}: line 1: column name {spaced[0]!r} has spaces around it: remove "
                                   "them (column names are matched exactly)")
@@ -259,18 +267,16 @@ def check_header(path: Path, spec: RawFile) -> Header:
                                       f"'{meant}' meant? (column names are matched exactly: rename it '{meant}', "
                                       f"or, if it is a column of the file's own, to a name less like it)")
     return Header(names, unknown, frozenset(c.name for c in spec.columns if c.optional and c.name not in names),
-                  _first_row_has_timed_dates(path, spec, names))
+                  _first_row_has_timed_dates(head, spec, names))
 
 
-def _first_row_has_timed_dates(path: Path, spec: RawFile, names: list[str]) -> bool:
-    """Whether the first data row writes one of its dates with a time of day (TIMED_DATE)."""
+def _first_row_has_timed_dates(head: bytes, spec: RawFile, names: list[str]) -> bool:
+    """Whether the first data row (within ``head``, the file's ``_head``) writes one of its dates with a time of day
+    (TIMED_DATE)."""
     dates = [k for k, name in enumerate(names) if name in spec.column_names and spec.column(name).type == pa.date32()]
     if not dates:
         return False
-    with _open_binary(path) as handle:
-        head = handle.read(HEADER_BYTES)  # check_header has read the header line within it
-    text = head.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
-    rows = csv.reader(io.StringIO(text, newline=""))
+    rows = csv.reader(io.StringIO(head.decode("utf-8", errors="replace"), newline=""))
     next(rows, None)
     first = next(rows, [])
     return any(k < len(first) and re.fullmatch(TIMED_DATE, first[k]) for k in dates)
