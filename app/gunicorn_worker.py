@@ -75,6 +75,7 @@ from gunicorn.http.errors import (
     ParseException,
     UnsupportedTransferCoding,
 )
+from gunicorn.http.body import Body, ChunkedReader
 from gunicorn.http.message import Request
 from gunicorn.http.parser import RequestParser
 from gunicorn.workers.gthread import ThreadWorker as GthreadWorker
@@ -264,6 +265,37 @@ class HeaderBoundRequest(Request):
             raise LimitRequestHeaders(f"the header fields are {len(data)} bytes, over SHELFCAST_MAX_HEADER_BYTES "
                                       f"({self.max_header_bytes})")
         return super().parse_headers(data, from_trailer)
+
+    def set_body_reader(self):
+        """gunicorn's, a chunked body read by `BoundedChunkedReader`."""
+        super().set_body_reader()
+        if isinstance(self.body.reader, ChunkedReader):
+            self.body = Body(BoundedChunkedReader(self, self.unreader, self.max_header_bytes))
+
+
+class ChunkFramingTooLong(ParseException):
+    """A chunked body's chunk-size line or trailer section ran past its bound (no errno: app/request_buffer.py
+    answers it 400 as a malformed body)."""
+
+
+class BoundedChunkedReader(ChunkedReader):
+    """gunicorn's reader of a chunked body (26.2, pinned), each chunk-size line (with its extensions) and the trailer
+    section bounded by SHELFCAST_MAX_HEADER_BYTES and one read more, as a head is (`HeaderBoundRequest`). gunicorn
+    reads each until its CRLF (the trailers: a blank line) with no bound, and searches all it holds at each read of
+    at most 8 KiB: none of those bytes is the body's, so SHELFCAST_MAX_BODY_BYTES never counted them, and a client
+    streaming one endless chunk-size line held a worker's core for all of SHELFCAST_BODY_TIMEOUT_S, buffering tens of
+    MB. ``get_data`` is the one read of both loops (`parse_chunk_size`, `parse_trailers`)."""
+
+    def __init__(self, req, unreader, max_header_bytes: int):
+        super().__init__(req, unreader)
+        self.max_framing_bytes = max_header_bytes + READ_SIZE  # a line's end may arrive with the next chunk's data
+
+    def get_data(self, unreader, buf):
+        super().get_data(unreader, buf)
+        if buf.tell() > self.max_framing_bytes:
+            raise ChunkFramingTooLong(f"a chunk-size line or the trailer fields ran past {self.max_framing_bytes} "
+                                      f"bytes without their end (SHELFCAST_MAX_HEADER_BYTES "
+                                      f"{self.max_framing_bytes - READ_SIZE} and one read)")
 
 
 class ThreadWorker(GthreadWorker):

@@ -150,6 +150,36 @@ def test_a_body_shorter_than_its_content_length_is_400_naming_the_mismatch(serve
     assert status.startswith("HTTP/1.1 200 "), (status, reply)  # the same body, whole: served
 
 
+@pytest.mark.parametrize("framing", [b"1" * (48 << 10), b"2;ext=" + b"x" * (48 << 10),
+                                     b"2\r\n{}\r\n0\r\nX-Trailer: " + b"a" * (48 << 10)],
+                         ids=["chunk-size line", "chunk extension", "trailer field"])
+def test_chunked_framing_past_the_header_bound_is_400_at_once(server, framing):
+    """Found by a probe: gunicorn reads a chunk-size line (its extensions included) and the trailer section until
+    their end with no bound, searching all it holds at each read, and none of it counts toward the body limit: one
+    client streaming an endless chunk-size line at a default server held its worker's core (5.7 s of CPU) for the
+    whole 10 s body timeout, buffering 13 MiB, then got a 408. Past SHELFCAST_MAX_HEADER_BYTES and one read
+    (32 KiB + 8 KiB by default) it is a malformed body now: 400 at once, long before the 1 s timeout."""
+    started = time.monotonic()
+    status, headers, body = exchange(server.port, HEADERS + b"Transfer-Encoding: chunked\r\n\r\n" + framing)
+    took = time.monotonic() - started
+    assert status.startswith("HTTP/1.1 400 "), (status, body[:300])
+    assert "ran past 40960 bytes without their end (SHELFCAST_MAX_HEADER_BYTES 32768" in json.loads(body)["message"]
+    assert headers["connection"] == "close" and took < BODY_TIMEOUT_S / 2, took
+
+
+def test_chunked_framing_within_the_header_bound_is_served(server):
+    """Trailer fields of 28 KiB in all and a 4 KiB chunk extension, within the bound: read and served as before."""
+    document = json.loads(exchange(server.port, b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: x\r\n"
+                                                b"Connection: close\r\n\r\n")[2])
+    example = document["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    body = json.dumps(example).encode()
+    chunks = b"%x;ext=%s\r\n%s\r\n0\r\n" % (len(body), b"x" * 4096, body) + \
+        b"".join(b"X-T%d: %s\r\n" % (k, b"t" * 7000) for k in range(4)) + b"\r\n"
+    status, _, reply = exchange(server.port, HEADERS + b"Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                + chunks)
+    assert status.startswith("HTTP/1.1 200 "), (status, reply[:300])
+
+
 
 @pytest.fixture(scope="module")
 def two_thread_server(app_bundles, tmp_path_factory):
