@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.bundle import EXPECTED_OUTPUT, PREDICTION_OUTPUT, BundleError, ModelBundle, load_bundle
 from pipeline.closed_days import ClosedDays
-from pipeline.features import CATEGORICAL_FIELDS, UNKNOWN_ID, FeatureMatrix, rows_from_snapshot
+from pipeline.features import CATEGORICAL_FIELDS, HOLIDAY_FLAGS, UNKNOWN_ID, FeatureMatrix, rows_from_snapshot
 from pipeline.served_features import ServedFeatures
 
 MAX_ABS_WEIGHT = 1e6  # trained weights are O(1..100); a larger one is a broken training run or a damaged file
@@ -188,19 +188,37 @@ def check_embeddings_fit(bundle: ModelBundle, path: Path) -> None:
 
 
 def check_history(bundle: ModelBundle, path: Path) -> None:
-    """BundleError unless every day of the history the bundle ships (its forecasts' input) is a finite, non-negative
-    number of units, as features require: one impossible day otherwise failed every forecast of its store×item (a
-    500), or the load itself with an error that was no BundleError (a worker that could not start)."""
+    """BundleError unless every day of the history the bundle ships (its forecasts' input) is a finite number of units
+    from 0 to MAX_UNITS, as features require, and every promotion and holiday flag (history.npz ``promo``,
+    calendar.npz ``holidays``) is 0 or 1: one impossible day otherwise failed every forecast of its store×item (a
+    500), or the load itself with an error that was no BundleError (a worker that could not start); a finite absurd
+    one (1e30 units, a flag of 255) loaded and served that series' forecasts from it, the sample check seeing only
+    the series it forecasts."""
     snapshot = bundle.snapshot
     sales = np.asarray(snapshot.sales)
-    bad = ~np.isfinite(sales) | (sales < 0)
+    bad = ~np.isfinite(sales) | (sales < 0) | (sales > MAX_UNITS)
     if bad.any():
         series, day = (int(k) for k in np.argwhere(bad)[0])
         count = int(bad.any(axis=1).sum())
         store, item = int(snapshot.store_nbr[series]), int(snapshot.item_nbr[series])
         raise BundleError(f"{path / 'history.npz'}: {count} store×item histor{'y holds' if count == 1 else 'ies hold'} "
                           f"impossible sales (e.g. store {store} item {item}, day {day} of {sales.shape[1]}: "
-                          f"{float(sales[series, day])!r}; expected finite, >= 0)")
+                          f"{float(sales[series, day])!r}; expected finite, 0..{MAX_UNITS:g})")
+    promo = np.asarray(snapshot.promo)
+    bad = (promo != 0) & (promo != 1)
+    if bad.any():
+        series, day = (int(k) for k in np.argwhere(bad)[0])
+        store, item = int(snapshot.store_nbr[series]), int(snapshot.item_nbr[series])
+        raise BundleError(f"{path / 'history.npz'}: promo holds {int(bad.sum())} value(s) that are no flag (e.g. "
+                          f"store {store} item {item}, day {day} of {promo.shape[1]}: {promo[series, day].item()!r}; "
+                          "expected 0 or 1)")
+    holidays = np.asarray(snapshot.calendar_holidays)
+    bad = (holidays != 0) & (holidays != 1)
+    if bad.any():
+        row, day, flag = (int(k) for k in np.argwhere(bad)[0])
+        raise BundleError(f"{path / 'calendar.npz'}: holidays holds {int(bad.sum())} value(s) that are no flag (e.g. "
+                          f"store {int(snapshot.stores['store_nbr'][row])}, {_as_date(snapshot.calendar_days[day])}, "
+                          f"{HOLIDAY_FLAGS[flag]}: {holidays[row, day, flag].item()!r}; expected 0 or 1)")
 
 
 def check_described(bundle: ModelBundle, path: Path) -> None:

@@ -111,14 +111,15 @@ def tampered_history(source: Path, target: Path, series: int, value: float) -> t
     return int(arrays["store_nbr"][series]), int(arrays["item_nbr"][series])
 
 
-@pytest.mark.parametrize("value", [np.nan, np.inf, -5.0])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -5.0, 1e30, 1.5e6])
 @pytest.mark.parametrize("series", [40, -1], ids=["a series the check's sample misses", "the last series"])
 def test_a_bundle_with_an_impossible_sales_figure_in_its_history_is_refused(served, production_dir, app_bundles,
                                                                              tmp_path, value, series):
     """Found by a probe: the history a bundle ships is its forecasts' input, and one NaN (or inf, or negative) day in
     one store×item's history either loaded, and every forecast of that series was a 500 (API and form), or raised
     from the plausibility check a FeatureInputError, not a BundleError: gunicorn stopped ("Worker failed to boot")
-    instead of answering /readyz 503, and a hot reload logged a traceback at every check."""
+    instead of answering /readyz 503, and a hot reload logged a traceback at every check. A finite absurd day (1e30
+    units, or above the 10^6 a forecast may be) loaded, and that series was forecast from it (78 units from 1e30)."""
     old = served.model
     store, item = tampered_history(app_bundles[1], tmp_path / "bad", series, value)
     copy_bundle(tmp_path / "bad", production_dir)
@@ -127,6 +128,42 @@ def test_a_bundle_with_an_impossible_sales_figure_in_its_history_is_refused(serv
     reason = served.state.predictor.last_error
     assert "history.npz" in reason and f"store {store} item {item}" in reason, reason
     assert served.state.predictor.check_now() is False and served.state.predictor.last_error == reason  # not retried
+
+
+def tampered_flag(source: Path, target: Path, file: str, array: str, at: tuple, value, dtype=None) -> None:
+    """A copy of ``source`` whose ``file`` has ``value`` at ``at`` of ``array`` (cast to ``dtype`` first, if given),
+    checksums made to match."""
+    copy_bundle(source, target)
+    with np.load(target / file, allow_pickle=False) as data:
+        arrays = {name: data[name].copy() for name in data.files}
+    if dtype is not None:
+        arrays[array] = arrays[array].astype(dtype)
+    arrays[array][at] = value
+    np.savez(target / file, **arrays)
+    manifest = json.loads((target / "checksums.json").read_text())
+    manifest["files"][file] = file_digest(target / file)
+    (target / "checksums.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("file, array, at, value, dtype, named", [
+    ("history.npz", "promo", (40, slice(None)), 255, None, "promo holds 56 value(s) that are no flag"),
+    ("history.npz", "promo", (-1, 3), -1, np.int8, "promo holds 1 value(s) that are no flag"),
+    ("history.npz", "promo", (0, 0), 2 ** 40, np.int64, "promo holds 1 value(s) that are no flag"),
+    ("calendar.npz", "holidays", (slice(None),), 255, None, "holidays holds 160 value(s) that are no flag"),
+    ("calendar.npz", "holidays", (-1, -1, 0), -5, np.int64, "holidays holds 1 value(s) that are no flag"),
+], ids=["promo 255", "promo -1", "promo 2**40", "holidays 255", "holidays -5"])
+def test_a_bundle_with_a_promotion_or_holiday_flag_that_is_no_flag_is_refused(served, production_dir, app_bundles,
+                                                                              tmp_path, file, array, at, value, dtype,
+                                                                              named):
+    """Found by a probe: a promotion flag of 255 in a store×item's history (the share of promotion days fed to the
+    model as 255) or a holiday flag of 255 or -5 loaded, the one series' or store's forecasts made from it."""
+    old = served.model
+    tampered_flag(app_bundles[1], tmp_path / "bad", file, array, at, value, dtype)
+    copy_bundle(tmp_path / "bad", production_dir)
+    assert served.state.predictor.check_now() is False  # refused, the old model serving
+    assert served.model is old
+    reason = served.state.predictor.last_error
+    assert f"{file}: {named}" in reason and "expected 0 or 1" in reason, reason
 
 
 def test_an_app_started_on_a_bundle_with_a_nan_in_its_history_is_not_ready(make_app, production_dir, app_bundles,
