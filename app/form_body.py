@@ -53,7 +53,7 @@ def read_form(body: bytes, mimetype: str, options: Mapping[str, str], max_parts:
     """The form fields of a POST body of ``mimetype`` (``options``: its Content-Type parameters); any other type
     (check_form_type has refused those with a body) is an empty form."""
     if mimetype == URLENCODED:
-        parts: Iterator[_Part] = urlencoded_parts(body)
+        parts: Iterator[_Part] = urlencoded_parts(body, max_parts)
     elif mimetype == MULTIPART:
         parts = _multipart(body, options.get("boundary", ""), max_parts, max_field_bytes)
     else:
@@ -85,14 +85,18 @@ def repeated_field(name: str) -> str:
     return f"The field {name!r} was sent more than once, so it was not read; send it once."
 
 
-def urlencoded_parts(body: bytes) -> Iterator[_Part]:
+def urlencoded_parts(body: bytes, max_parts: int | None = None) -> Iterator[_Part]:
     """name=value pairs of a urlencoded body or query string as urllib's parse_qsl splits them (``&``, a pair
     without ``=`` has an empty value), each decoded only from its %-escapes and ``+``: the text is decoded by the
-    caller, strictly."""
-    for pair in body.split(b"&"):
-        if pair:
-            name, _, value = pair.partition(b"=")
-            yield _Part(_unquote(name).decode("utf-8", "replace"), "utf-8", _unquote(value))
+    caller, strictly. More than ``max_parts`` pairs is RequestEntityTooLarge before any is decoded, as a multipart
+    body's parts are counted (Werkzeug counts only those): 350,000 empty fields within the 1 MiB body limit took
+    0.44 s of the worker's one-at-a-time turn to read, five 1,000-instance forecasts' time."""
+    pairs = [pair for pair in body.split(b"&") if pair]
+    if max_parts is not None and len(pairs) > max_parts:
+        raise RequestEntityTooLarge()
+    for pair in pairs:
+        name, _, value = pair.partition(b"=")
+        yield _Part(_unquote(name).decode("utf-8", "replace"), "utf-8", _unquote(value))
 
 
 def _unquote(text: bytes) -> bytes:
