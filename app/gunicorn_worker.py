@@ -81,8 +81,8 @@ from gunicorn.http.parser import RequestParser
 from gunicorn.workers.gthread import ThreadWorker as GthreadWorker
 
 from app import SECURITY_HEADERS
-from app.config import DEFAULT_MAX_HEADER_BYTES, AppSettings, SettingsError
-from app.request_buffer import READ_DEADLINES, own_handle
+from app.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES, AppSettings, SettingsError
+from app.request_buffer import READ_DEADLINES, DeclaredTooLarge, own_handle
 
 CLOSING_THREADS = 4  # each close waits at most 2 s for its client: 2 closes a second at the worst
 MOST_WAITING = 256  # closes queued beyond this happen at once, without the wait (a flood of such clients)
@@ -234,6 +234,7 @@ class HeaderBoundRequest(Request):
     ``ThreadWorker.init_process`` makes it the class gunicorn's parser builds requests with."""
 
     max_header_bytes = DEFAULT_MAX_HEADER_BYTES  # the worker's SHELFCAST_MAX_HEADER_BYTES (init_process)
+    max_body_bytes = DEFAULT_MAX_BODY_BYTES  # the worker's SHELFCAST_MAX_BODY_BYTES (init_process)
 
     @property
     def max_buffer_headers(self) -> int:
@@ -270,7 +271,7 @@ class HeaderBoundRequest(Request):
         """gunicorn's, a chunked body read by `BoundedChunkedReader`."""
         super().set_body_reader()
         if isinstance(self.body.reader, ChunkedReader):
-            self.body = Body(BoundedChunkedReader(self, self.unreader, self.max_header_bytes))
+            self.body = Body(BoundedChunkedReader(self, self.unreader, self.max_header_bytes, self.max_body_bytes))
 
 
 class ChunkFramingTooLong(ParseException):
@@ -284,11 +285,22 @@ class BoundedChunkedReader(ChunkedReader):
     reads each until its CRLF (the trailers: a blank line) with no bound, and searches all it holds at each read of
     at most 8 KiB: none of those bytes is the body's, so SHELFCAST_MAX_BODY_BYTES never counted them, and a client
     streaming one endless chunk-size line held a worker's core for all of SHELFCAST_BODY_TIMEOUT_S, buffering tens of
-    MB. ``get_data`` is the one read of both loops (`parse_chunk_size`, `parse_trailers`)."""
+    MB. ``get_data`` is the one read of both loops (`parse_chunk_size`, `parse_trailers`). The chunk sizes read so far
+    declaring more than SHELFCAST_MAX_BODY_BYTES in all is `DeclaredTooLarge`, the app's 413 at once, as a
+    Content-Length over it gets (before, the 413 came once the limit's worth had arrived, or a 408 after the body
+    timeout from a client that announced 2 MiB and waited)."""
 
-    def __init__(self, req, unreader, max_header_bytes: int):
+    def __init__(self, req, unreader, max_header_bytes: int, max_body_bytes: int):
         super().__init__(req, unreader)
         self.max_framing_bytes = max_header_bytes + READ_SIZE  # a line's end may arrive with the next chunk's data
+        self.max_body_bytes, self.declared = max_body_bytes, 0
+
+    def parse_chunk_size(self, unreader, data=None):
+        size, rest = super().parse_chunk_size(unreader, data)
+        self.declared += size
+        if self.declared > self.max_body_bytes:
+            raise DeclaredTooLarge(f"chunk sizes declare {self.declared} bytes, over {self.max_body_bytes}")
+        return size, rest
 
     def get_data(self, unreader, buf):
         super().get_data(unreader, buf)
@@ -337,6 +349,7 @@ class ThreadWorker(GthreadWorker):
         self.refused = {reason: labelled(REFUSED, reason) for reason in REFUSAL_REASONS}
         self.refusal_status = REFUSAL_REASONS
         HeaderBoundRequest.max_header_bytes = self.max_header_bytes
+        HeaderBoundRequest.max_body_bytes = self.max_body_bytes
         RequestParser.mesg_class = HeaderBoundRequest
         super().init_process()
 

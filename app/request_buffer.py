@@ -180,6 +180,8 @@ class BufferedRequests:
         body, timed_out, failure = None, False, None
         try:
             body = self._read_within_limit(environ["wsgi.input"], wanted, declared.isdigit())
+        except DeclaredTooLarge:
+            body = None  # over the limit (below), as a Content-Length over it is
         except (TimeoutError, socket.timeout):
             timed_out = True  # one recv() waited the whole timeout
         except (OSError, ParseException, IncompleteBody) as exc:
@@ -296,6 +298,12 @@ READ_DEADLINES = ReadDeadlines()
 
 class IncompleteBody(Exception):
     """The client ended the body before the length its Content-Length declares (RFC 9112 6.3)."""
+
+
+class DeclaredTooLarge(Exception):
+    """A chunked body's chunk sizes declare more than SHELFCAST_MAX_BODY_BYTES (raised by the server's reader,
+    app/gunicorn_worker.py `BoundedChunkedReader`, as it reads the size): 413 at once, as for a Content-Length over it,
+    not after the client has sent the limit's worth, or a 408 after the body timeout if it never does."""
 
 
 def malformed_body(reason: str) -> BadRequest:

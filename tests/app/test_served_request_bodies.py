@@ -167,6 +167,22 @@ def test_chunked_framing_past_the_header_bound_is_400_at_once(server, framing):
     assert headers["connection"] == "close" and took < BODY_TIMEOUT_S / 2, took
 
 
+@pytest.mark.parametrize("chunks", [b"200000\r\n", b"ffffffffffffffffffff\r\n" + b"{" * 100,
+                                    b"80000\r\n" + b" " * 0x80000 + b"\r\n80001\r\n"],
+                         ids=["one chunk of 2 MiB", "one chunk of 2**80 bytes", "two chunks of 512 KiB + 1 in all"])
+def test_chunk_sizes_declaring_more_than_the_body_limit_are_413_at_once(server, chunks):
+    """Found by a probe: a Content-Length over SHELFCAST_MAX_BODY_BYTES is 413 at once, unread; a chunk announcing
+    more was read until the limit's worth had arrived, so a client that announced 2 MiB (or 2**80 bytes) and sent
+    no more held its thread for the whole body timeout and got a 408. The sizes declared are counted as they are
+    read now: 413 at once, the connection closed, whatever the chunk's data."""
+    started = time.monotonic()
+    status, headers, body = exchange(server.port, HEADERS + b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
+    took = time.monotonic() - started
+    assert status.startswith("HTTP/1.1 413 "), (status, body[:300])
+    assert json.loads(body)["code"] == "body_too_large" and headers["connection"] == "close"
+    assert took < BODY_TIMEOUT_S / 2, took
+
+
 def test_chunked_framing_within_the_header_bound_is_served(server):
     """Trailer fields of 28 KiB in all and a 4 KiB chunk extension, within the bound: read and served as before."""
     document = json.loads(exchange(server.port, b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: x\r\n"
