@@ -162,7 +162,7 @@ def parse_instances(payload: Any, max_batch: int) -> list[Instance]:
     if not isinstance(payload, dict):
         raise InputError(400, "invalid_request", "the body must be a JSON object",
                          [FieldError("body",
-                                     f'expected an object {{"instances": [...]}}, got {type(payload).__name__}')])
+                                     f'expected an object {{"instances": [...]}}, got {_describe(payload)}')])
     # An unknown key beside "instances" leaves them readable: one answer names its errors and theirs. Missing,
     # not a list, empty or over the batch limit, they are not read (over the limit: reading them would be work,
     # and errors, without bound within the body size limit, for a request that is refused anyway).
@@ -171,7 +171,7 @@ def parse_instances(payload: Any, max_batch: int) -> list[Instance]:
     if "instances" not in payload:
         errors.append(FieldError("instances", "required"))
     elif not isinstance(instances, list):
-        errors.append(FieldError("instances", f"expected a list of instances, got {type(instances).__name__}"))
+        errors.append(FieldError("instances", f"expected a list of instances, got {_describe(instances)}"))
     elif not instances:
         errors.append(FieldError("instances", "expected at least one instance"))
     elif len(instances) > max_batch:
@@ -187,7 +187,7 @@ def parse_instances(payload: Any, max_batch: int) -> list[Instance]:
 def _parse_instance(item: Any, where: str, errors: list[FieldError]) -> Instance | None:
     if not isinstance(item, dict):
         errors.append(FieldError(where, f"expected an object with {', '.join(INSTANCE_FIELDS)}, "
-                                        f"got {type(item).__name__}"))
+                                        f"got {_describe(item)}"))
         return None
     before = len(errors)
     errors.extend(FieldError(f"{where}.{shorten(k)}", "unknown field") for k in item if k not in INSTANCE_FIELDS)

@@ -205,6 +205,28 @@ def test_a_refused_value_is_echoed_as_the_json_the_client_sent(served):
     assert deep == ["expected an integer, got " + "[" * 37 + "..."]  # written only as far as it is shown
 
 
+@pytest.mark.parametrize("body, field, message", [
+    ("[1]", "body", 'expected an object {"instances": [...]}, got [1]'),
+    ('"x"', "body", 'expected an object {"instances": [...]}, got "x"'),
+    ('{"instances": {"0": 1}}', "instances", 'expected a list of instances, got {"0": 1}'),
+    ('{"instances": null}', "instances", "expected a list of instances, got null"),
+    ('{"instances": [null]}', "instances[0]",
+     "expected an object with store_nbr, item_nbr, date, onpromotion, got null"),
+    ('{"instances": [[1, 2]]}', "instances[0]",
+     "expected an object with store_nbr, item_nbr, date, onpromotion, got [1, 2]"),
+    ('{"instances": [true]}', "instances[0]",
+     "expected an object with store_nbr, item_nbr, date, onpromotion, got true"),
+], ids=["body array", "body string", "instances object", "instances null", "instance null", "instance array",
+        "instance true"])
+def test_a_value_of_the_wrong_json_type_is_echoed_as_json_not_named_by_its_python_type(served, body, field, message):
+    """Found by a probe: a body, ``instances`` or an instance of the wrong JSON type was named by the Python type it
+    parsed to: "got NoneType" for null, "got dict" for an object, "got list", "got str", "got bool". Echoed as the
+    JSON sent now, as every other refused value is."""
+    response = served.client.post("/api/v1/predict", data=body, content_type="application/json")
+    assert response.status_code == 400, response.json
+    assert {"field": field, "message": message} in response.json["errors"], response.json
+
+
 def test_an_oversized_body_is_413(make_app, production_dir):
     served = make_app(production_dir, max_body_bytes=2000)
     body = json.dumps({"instances": [an_instance(served)] * 100})
