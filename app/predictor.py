@@ -29,7 +29,7 @@ import numpy as np
 from app.catalog import Catalog
 from app.config import DEFAULT_SERIES_CACHE_ENTRIES
 from pipeline.bundle import EXPECTED_OUTPUT, PREDICTION_OUTPUT, BundleError, ModelBundle, load_bundle
-from pipeline.bundle_checks import cannot_be_loaded, check_servable, served_forecast
+from pipeline.bundle_checks import ANSWERED_FIELDS, cannot_be_loaded, check_servable, served_forecast
 from pipeline.closed_days import ClosedDays
 from pipeline.features import CATEGORICAL_FIELDS, SMALL_BATCH_ROWS, FeatureMatrix, dense_feature_names
 from pipeline.models import CONSTANT_FEATURE_STD
@@ -178,15 +178,14 @@ class LoadedModel:
     def describe(self) -> dict:
         meta = self.bundle.metadata
         return {
-            "name": self.name, "version": self.version, "created": meta.get("created"),
+            "name": self.name, "version": self.version,
             "digest": self.bundle.digest, "loaded_at": self.loaded_at,
             "metrics": {name: value for name, value in (meta.get("metrics") or {}).items()  # NaN is not JSON
                         if not (isinstance(value, float) and not math.isfinite(value))},
             "origin": self.origin_date.isoformat(),
             "horizon": {"days": int(self.horizon_days.size), "first_date": self.first_date.isoformat(),
                         "last_date": self.last_date.isoformat()},
-            "code_version": meta.get("code_version"), "data_version": meta.get("data_version"),
-            "git_commit": meta.get("git_commit"), "mlflow_run_id": meta.get("mlflow_run_id"),
+            **{name: meta.get(name) for name in ANSWERED_FIELDS},  # as they are (pipeline/bundle_checks.py checks them)
             "stores": [store.to_json() for store in self.catalog.stores.values()], "items": len(self.catalog.items),
             "promotion_has_effect": self.promotion_has_effect,
         }

@@ -29,6 +29,9 @@ MAX_ABS_WEIGHT = 1e6  # trained weights are O(1..100); a larger one is a broken 
 MAX_UNITS = 1e6  # units of one item in one store on one day; Favorita's largest day is below 1e5
 PLAUSIBILITY_ROWS = 256  # rows of the sample forecast again with each categorical field at its unseen-value id
 NUMBER_COLUMNS = {"items": ("class", "perishable"), "stores": ("cluster",)}  # read as numbers by the app's catalog
+# bundle.json's fields GET /api/v1/model answers as they are (app/predictor.py describe), metrics aside: of those, a
+# top-level one that is no finite number is left out there, as training may write one NaN
+ANSWERED_FIELDS = ("created", "code_version", "data_version", "git_commit", "mlflow_run_id")
 
 
 def damaged_file(path: Path) -> Path | None:
@@ -224,7 +227,8 @@ def check_history(bundle: ModelBundle, path: Path) -> None:
 def check_described(bundle: ModelBundle, path: Path) -> None:
     """BundleError unless what the app builds its catalog and GET /api/v1/model from reads as it is read there: the
     item and store attributes it takes as numbers are finite whole numbers, the forecast origin and horizon are
-    calendar dates, and bundle.json's ``metrics`` is an object of name to value."""
+    calendar dates, bundle.json's ``metrics`` is an object of name to value, and no field GET /api/v1/model answers
+    holds a NaN or Infinity (a top-level metric aside: left out there) that would make its answer invalid JSON."""
     snapshot = bundle.snapshot
     for table, names in NUMBER_COLUMNS.items():
         for name in names:
@@ -242,6 +246,27 @@ def check_described(bundle: ModelBundle, path: Path) -> None:
     if metrics and not isinstance(metrics, Mapping):
         raise BundleError(f"{path / 'bundle.json'}: metrics is a {type(metrics).__name__}, expected an object of "
                           "metric name to value")
+    answered = {name: bundle.metadata.get(name) for name in ANSWERED_FIELDS}
+    answered["metrics"] = {name: value for name, value in (metrics or {}).items() if not isinstance(value, float)}
+    field = not_json_number(answered)
+    if field is not None:
+        raise BundleError(f"{path / 'bundle.json'}: {field} holds NaN or Infinity, which JSON cannot carry: GET "
+                          "/api/v1/model would answer invalid JSON (only a top-level metric that is no finite number "
+                          "is left out, as training may write one)")
+
+
+def not_json_number(value, path: str = "") -> str | None:
+    """The field path (``data_version.a``, ``metrics.m[0]``) of the first float in ``value`` that JSON cannot carry
+    (NaN, ±Infinity: Python's json writes them as bare tokens, which a strict parser refuses), if any."""
+    if isinstance(value, float):
+        return None if np.isfinite(value) else path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = not_json_number(item, f"{path}[{key}]" if isinstance(value, list) else
+                                f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def _as_date(day_number) -> dt.date:

@@ -48,6 +48,41 @@ def test_a_metric_that_is_not_a_finite_number_is_left_out_not_sent_as_invalid_js
     assert "inner_validation_nwrmsle" not in metrics and "train_examples" not in metrics
     assert metrics["best_step"] == meta["metrics"]["best_step"]  # the finite ones are all there
 
+@pytest.mark.parametrize("field, value, named", [
+    ("data_version", {"data/split/train.parquet": float("inf")}, "data_version.data/split/train.parquet"),
+    ("metrics", {"slices": {"GROCERY I": float("nan")}}, "metrics.slices.GROCERY I"),
+    ("metrics", {"per_window": [0.5, float("nan")]}, "metrics.per_window[1]"),
+    ("created", float("nan"), "created"),
+    ("mlflow_run_id", float("-inf"), "mlflow_run_id"),
+], ids=["data_version", "a nested metric", "a metric in a list", "created", "mlflow_run_id"])
+def test_a_nan_or_infinity_where_the_model_is_described_refuses_the_bundle(make_app, app_bundles, tmp_path, field,
+                                                                          value, named):
+    """Found by a probe: only a top-level metric that is no finite number was left out of GET /api/v1/model; a NaN
+    or Infinity anywhere else it answers from bundle.json (a nested metric, data_version, created, ...; checksums made
+    to match) loaded, and every GET /api/v1/model answered `NaN` or `Infinity`, which is not JSON. Such a bundle is
+    refused now, at the app's load (/readyz 503 naming the file and field) and by every install (check_servable)."""
+    from pipeline.atomic import file_digest
+    from pipeline.bundle import BundleError, copy_bundle
+    from pipeline.bundle_checks import load_servable
+
+    target = tmp_path / "models" / "production"
+    copy_bundle(app_bundles[0], target)
+    meta = json.loads((target / "bundle.json").read_text())
+    if field == "metrics":
+        meta["metrics"].update(value)
+    else:
+        meta[field] = value
+    (target / "bundle.json").write_text(json.dumps(meta))
+    manifest = json.loads((target / "checksums.json").read_text())
+    manifest["files"]["bundle.json"] = file_digest(target / "bundle.json")
+    (target / "checksums.json").write_text(json.dumps(manifest))
+    response = make_app(target).client.get("/readyz")
+    assert response.status_code == 503, response.json
+    assert f"bundle.json: {named} holds NaN or Infinity" in response.json["reason"], response.json
+    with pytest.raises(BundleError, match="which JSON cannot carry"):
+        load_servable(target)
+
+
 def test_model_without_a_bundle_is_503(make_app, tmp_path):
     response = make_app(tmp_path / "nothing").client.get("/api/v1/model")
     assert response.status_code == 503 and response.json["code"] == "model_unavailable"
