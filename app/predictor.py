@@ -29,7 +29,8 @@ import numpy as np
 from app.catalog import Catalog
 from app.config import DEFAULT_SERIES_CACHE_ENTRIES
 from pipeline.bundle import EXPECTED_OUTPUT, PREDICTION_OUTPUT, BundleError, ModelBundle, load_bundle
-from pipeline.bundle_checks import ANSWERED_FIELDS, cannot_be_loaded, check_servable, served_forecast
+from pipeline.bundle_checks import (ANSWERED_FIELDS, cannot_be_loaded, check_described, check_servable,
+                                    served_forecast)
 from pipeline.closed_days import ClosedDays
 from pipeline.features import CATEGORICAL_FIELDS, SMALL_BATCH_ROWS, FeatureMatrix, dense_feature_names
 from pipeline.models import CONSTANT_FEATURE_STD
@@ -207,6 +208,7 @@ def load_model(path: Path, series_cache_entries: int = DEFAULT_SERIES_CACHE_ENTR
     before = directory_signature(path)
     try:
         bundle = load_bundle(path)
+        check_described(bundle, path)  # what the catalog below reads, refused naming the file and field
         model = LoadedModel(bundle=bundle, signature=before, loaded_at=_utc_now(),
                             series_cache_entries=series_cache_entries)
     except BundleError:

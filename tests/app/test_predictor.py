@@ -123,9 +123,18 @@ def npz_changed(change):
      "history.npz: store_nbr must be whole numbers"),
     ("calendar.npz", npz_changed(lambda a: a.update({"days": a["days"][:3]})),
      "calendar.npz: days must be the"),  # loaded: 3 forecastable days, holidays of 16
+    # refused naming the directory alone ("cannot be loaded (ValueError: cannot convert float NaN to integer)"):
+    # the catalog, built before the check that names the column, failed on it first
+    ("history.npz", npz_changed(lambda a: a.update({"items.class": np.where(np.arange(a["items.class"].size) == 0,
+                                                                            np.nan, a["items.class"])})),
+     "history.npz: items.class must be whole numbers"),
+    ("history.npz", npz_changed(lambda a: a.update({"stores.cluster": np.where(
+        np.arange(a["stores.cluster"].size) == 0, np.inf, a["stores.cluster"])})),
+     "history.npz: stores.cluster must be whole numbers"),
 ], ids=["history.npz cut short", "calendar.npz empty", "bundle.json a list", "training_stats.json a list",
         "metrics a list", "bundle.json nested too deep", "training_stats.json nested too deep",
-        "an item column cut short", "series out of order", "store numbers not whole", "calendar days cut short"])
+        "an item column cut short", "series out of order", "store numbers not whole", "calendar days cut short",
+        "an item class NaN", "a store cluster infinite"])
 def test_a_damaged_file_with_a_matching_checksum_is_a_refusal_naming_it_never_a_crash(served, production_dir,
                                                                                       app_bundles, tmp_path, name,
                                                                                       damage, named):
