@@ -378,6 +378,18 @@ def check_snapshot(snapshot: HistorySnapshot, spec: FeatureSpec, path: Path) -> 
     late = [store for store, day in snapshot.closed_stores.items() if day > int(snapshot.origin_day)]
     need(not late, path / "bundle.json", f"{CLOSED_STORES_FIELD}: store {late[0] if late else ''} has its last sales "
          "date after the forecast origin: it had not closed by then")
+    window_start = int(snapshot.origin_day) - snapshot.sales.shape[1] + 1  # the day of the window's first column
+    for store, last in snapshot.closed_stores.items():  # no sales after a store's last one: every forecast is 0 there
+        series = np.flatnonzero(snapshot.store_nbr == store)
+        after = max(last + 1 - window_start, 0)
+        sold = snapshot.sales[series, after:] > 0
+        if sold.any():
+            row, column = (int(k) for k in np.argwhere(sold)[0])
+            item, units = int(snapshot.item_nbr[series[row]]), float(snapshot.sales[series[row], after + column])
+            need(False, path / "bundle.json", f"{CLOSED_STORES_FIELD}: store {store}'s last sales date "
+                 f"{np.datetime64(last, 'D')} is before sales in its history (item {item} on "
+                 f"{np.datetime64(window_start + after + column, 'D')}: {units:g} units): it would be answered "
+                 "closed for good")
     days = snapshot.calendar_days
     keys(days, "days", calendar)
     need(np.array_equal(days, int(snapshot.origin_day) + 1 + np.arange(spec.horizon)), calendar,

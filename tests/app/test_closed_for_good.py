@@ -167,6 +167,11 @@ def test_a_bundle_written_before_the_field_loads_with_no_store_closed(closing_pr
     ([{"store_nbr": 2, "last_sales_date": "July"}], "closed_stores entry .* is not a list of"),
     ([{"store_nbr": 2, "last_sales_date": "2017-07-01"}] * 2, "closed_stores names store 2 twice"),
     ([{"store_nbr": 2, "last_sales_date": "2017-09-01"}], "closed_stores: store 2 has its last sales date after"),
+    # found by a probe: loaded, and every forecast of a store that sold until the origin was 0, "closed for good"
+    ([{"store_nbr": OPEN, "last_sales_date": "0001-01-01"}],
+     f"closed_stores: store {OPEN}'s last sales date 0001-01-01 is before sales in its history"),
+    ([{"store_nbr": STOPPED_LATE, "last_sales_date": "2017-08-01"}],
+     f"closed_stores: store {STOPPED_LATE}'s last sales date 2017-08-01 is before sales in its history"),
 ])
 def test_a_malformed_closed_stores_field_is_refused_naming_it(closing_project, tmp_path, value, match):
     import shutil
