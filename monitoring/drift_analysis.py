@@ -4,7 +4,8 @@ The reference is the bundle's `served` statistics (pipeline/drift_stats.py): the
 of the requests the bundle can serve, at its own origin and horizon days. Every feature
 gets a verdict the report shows with its reason:
 
-* drift  -- PSI above drift.psi_alert and the KS / chi-square p-value below drift.p_value_alert;
+* drift  -- PSI above drift.psi_alert and the KS (a flag's: two-proportion z) / chi-square p-value below
+  drift.p_value_alert;
 * inconclusive -- PSI above the threshold, but too few events for the test to tell it from chance,
   or (categories) too few events to compare any category on its own;
 * follows -- a store's or item's attribute (city, type, cluster; family, class, perishable) whose alarm is
@@ -53,6 +54,7 @@ VERDICT_DRIFT, VERDICT_OK, VERDICT_INCONCLUSIVE, VERDICT_NOT_ALARMED = "drift", 
 MIN_LIVE_SERIES = 30  # series with known sales below which live accuracy (NWRMSLE, the baseline ratio) is shown,
 # never alarmed: one real, ordinary row scored 1.17 against the 0.9 bound; random real subsets of 20 rows
 # crossed it 2.5 % of the time
+TEST_NAMES = {"ks": "KS", "proportions": "two-proportion z", "chi2": "chi-square"}  # as a verdict's note names them
 VERDICT_FOLLOWS = "follows"  # a store's or item's attribute whose shift is its number's (see _follow_their_owner)
 OWNED_ATTRIBUTES = {"store_nbr": STORE_FIELDS, "item_nbr": ITEM_FIELDS}
 
@@ -169,7 +171,7 @@ def _shift_record(test: ShiftTest, params: DriftParams, psi_alert: float, role: 
     observations = events if observations is None else observations
     requests = events if requests is None else requests
     shifted = test.psi > psi_alert and test.p_value < params.p_value_alert
-    test_name = "KS" if test.test == "ks" else "chi-square"
+    test_name = TEST_NAMES.get(test.test, test.test)
     if not events:  # the tests of nothing come out "no shift, p=1": say there was nothing to judge
         verdict, note = VERDICT_INCONCLUSIVE, "no events to compare"
     elif role == ROLE_CALENDAR:

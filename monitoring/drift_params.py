@@ -18,7 +18,7 @@ class DriftParamsError(ValueError):
 @dataclass(frozen=True)
 class DriftParams:
     psi_alert: float = 0.25  # PSI above this on a feature is a shift worth acting on ...
-    p_value_alert: float = 0.001  # ... when its KS / chi-square p-value is also below this
+    p_value_alert: float = 0.001  # ... when its KS (a flag: z) / chi-square p-value is also below this
     unseen_share_alert: float = 0.05  # share of requests with a category never seen in training
     prediction_psi_alert: float = 0.1  # PSI of the served forecasts against the model's own, day by day (quantile bins)
     max_live_nwrmsle: float = 0.9  # live NWRMSLE when actual sales are supplied

@@ -196,3 +196,32 @@ def test_a_canary_of_the_same_bundle_is_promoted_on_its_traffic(project, tmp_pat
     assert verdict.decision == "promote", verdict
     assert verdict.figures["compared_pairs"] == traffic[CANARY].predictions > 0
     assert verdict.figures["forecast_log_shift"] == 0.0 and verdict.figures["forecast_volume_log_ratio"] == 0.0
+
+
+def test_a_single_stores_client_that_flags_no_promotion_raises_the_alarm(tmp_path_factory, tmp_path):
+    """The promotion flag is the one input a client sets besides what it asks for: a client that stops sending it
+    (every request `onpromotion: false`, an integration that never learnt the promotion calendar) is the
+    training-serving skew drift is for. A shop of one store and 300 items, 1,500 of its validation window's
+    requests (297 series): their real flags are `ok`, and the same requests unflagged were `inconclusive` ("PSI 0.428
+    > 0.25, but ... the KS test cannot tell it from chance (p=0.15)"): Kolmogorov's p-value, a continuous
+    variable's, on a flag, and a shop of 300 series could never reach its p < 0.001 (a flag repeated by a series
+    counts once). The flag's own test, two shares: p=5e-6, the alarm."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        root, source = _project(tmp_path_factory.mktemp("single_store"), "single_store")
+        _ingest_in_process(root, source, monkeypatch)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        assert train.main(["--root", str(root), "--quiet"]) == 0
+    bundle = root / "models/candidate"
+    requests = served_validation_requests(bundle, 1_500, seed=0, project=root)
+    assert any(r["onpromotion"] for r in requests)
+    serve(bundle, requests, tmp_path / "flagged.jsonl", batch=200)
+    status, report, _ = drift(root, bundle, tmp_path / "flagged", "--events", str(tmp_path / "flagged.jsonl"))
+    assert status == 0 and report["alarm"] is False, report["reasons"]
+    assert report["features"]["target_onpromotion"]["verdict"] == "ok"
+    serve(bundle, [{**r, "onpromotion": False} for r in requests], tmp_path / "unflagged.jsonl", batch=200)
+    status, report, html = drift(root, bundle, tmp_path / "unflagged", "--events", str(tmp_path / "unflagged.jsonl"))
+    assert status == 1 and report["alarm"] is True, report["features"]["target_onpromotion"]
+    assert [r for r in report["reasons"] if r.startswith("feature ")] == \
+        [f"feature target_onpromotion: {report['features']['target_onpromotion']['note']}"]
+    assert "two-proportion z p=" in report["reasons"][0] and "two-proportion z p=" in html
+    assert report["features"]["target_onpromotion"]["test"] == "proportions"

@@ -56,6 +56,40 @@ def test_numeric_shift_detects_a_moved_distribution():
     assert moved.psi > 0.25 and moved.p_value < 1e-10
 
 
+# The promotion flag's served reference of the single_store foreign shape (tests/pipeline/foreign_data.py): 52,313
+# rows, 6.5 % promoted, on drift_stats' 20 even bins over [0, 1]: every row in the first or the last bin.
+FLAG_REFERENCE = {"histogram": {"edges": np.linspace(0.0, 1.0, 21).tolist(), "counts": [48_887] + [0] * 18 + [3_426]}}
+
+
+def test_a_flag_is_tested_by_its_shares_not_by_kolmogorovs_continuous_p_value():
+    """A client that flags no promotion: 1,500 requests, 297 distinct observations (a series' flag repeated over its
+    days counts once), none promoted, where the reference has 6.5 %. Kolmogorov's p-value, a continuous variable's,
+    said 0.15 (the report: "cannot tell it from chance"), while 0 of 297 at 6.5 % has a chance of 0.935^297 = 2e-9."""
+    test = numeric_shift(np.zeros(1_500), FLAG_REFERENCE, effective=297)
+    assert test.psi > 0.25 and test.p_value < 1e-5, test.p_value
+    assert test.test == "proportions"
+    from monitoring.statistics import two_proportion_test
+
+    z, p_value = two_proportion_test(0.0, 297, 3_426 / 52_313, 52_313)  # the 2x2 chi-square's square root
+    assert (test.statistic, test.p_value) == (z, p_value)
+    assert two_proportion_test(0.3, 100, 0.3, 1_000) == (0.0, 1.0)
+    assert two_proportion_test(0.0, 100, 0.0, 1_000) == (0.0, 1.0)  # both all one value: nothing moved
+    assert two_proportion_test(0.5, 10**8, 0.5 + 1.959963984540054 * math.sqrt(0.25 * 2e-8), 10**8)[1] == \
+        pytest.approx(0.05, rel=1e-3)
+
+
+def test_a_flags_p_value_is_a_p_value_when_nothing_moved():
+    """Drawn at the reference's own share, 300 flags at a time, its p-value falls below 0.01 about 1 % of the time (not
+    a test that alarms on chance), and a continuous feature keeps its KS test."""
+    rng = np.random.default_rng(0)
+    share = 3_426 / 52_313
+    p_values = np.asarray([numeric_shift((rng.random(300) < share).astype(float), FLAG_REFERENCE).p_value
+                           for _ in range(4_000)])
+    assert 0.002 < np.mean(p_values < 0.01) < 0.02, np.mean(p_values < 0.01)
+    continuous = {"histogram": {"edges": np.linspace(0.0, 1.0, 21).tolist(), "counts": [100] * 20}}
+    assert numeric_shift(rng.random(300), continuous).test == "ks"
+
+
 @pytest.mark.parametrize("name", ["<other>", "<other> (not listed above)"])
 def test_a_value_named_like_the_rest_cell_keeps_its_own_cell(name):
     """A family called "<other>" shared its cell's name with the values the reference does not list: its live rows
