@@ -174,6 +174,9 @@ def summary_line(report: Mapping[str, Any], html_path: Path) -> str:
         counts = ", ".join(f"{sender}: {n}" for sender, n in sorted(set_aside["not_predictions"].items()))
         shown += f"; {sum(set_aside['not_predictions'].values())} record(s) that are not prediction events " \
                  f"skipped ({counts})"
+    live = report.get("live") or {}
+    if live and not live.get("rows") and live.get("note"):  # --actuals given, and no forecast could be scored
+        shown += f"; live accuracy not judged: {live['note']}"
     if (report.get("reference") or {}).get("forecast_note"):
         shown += f"; {report['reference']['forecast_note']}"
     if report["status"] == "insufficient_data":

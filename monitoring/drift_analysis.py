@@ -33,7 +33,7 @@ import numpy as np
 from monitoring.drift_params import DriftParams
 from monitoring.serving_data import UNKNOWN_LABEL, ServingData, collect
 from monitoring.statistics import MIN_EXPECTED, ShiftTest, categorical_shift, numeric_shift
-from pipeline.actuals import ActualsError
+from pipeline.actuals import ActualsError, SoldUnits
 from pipeline.drift_stats import ROLE_CALENDAR, ROLE_HISTORY, feature_role
 from pipeline.features import HORIZON_FEATURE, ITEM_FIELDS, STORE_FIELDS, horizon_days
 from pipeline.metrics import MetricInputError, improvement_interval, nwrmsle, perishable_weights
@@ -311,6 +311,20 @@ def live_accuracy(data: ServingData, actuals: Mapping[tuple[int, int, str], floa
     return live
 
 
+def unscored_note(data: ServingData, actuals: Mapping[tuple[int, int, str], float]) -> str:
+    """Why `--actuals` scored no forecast of these events ("" when there is none to score): said in the report and the
+    summary line, where a file of other days (a feed for days not yet asked for, or long past) had left live accuracy
+    unjudged without a word, the drift verdict `ok` and its exit 0."""
+    asked = sorted(date for (_, _, date), closed in zip(data.keys, data.closed.tolist()) if not closed)
+    if not asked:
+        return ""
+    span = actuals.day_span if isinstance(actuals, SoldUnits) else None
+    days = f", the file's days {span[0]} … {span[1]}" if span else ""
+    return (f"none of the {len(asked)} event(s), for {asked[0]} … {asked[-1]}, asks for a store, item and day the "
+            f"actuals know (a store×item from its first row in them{days}): pass the sales of the days asked for, "
+            "once they are in")
+
+
 def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, Any], training_stats: Mapping[str, Any],
             params: DriftParams, actuals: Mapping[tuple[str, str, str], float] | None = None,
             source: str = "", set_aside: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -472,6 +486,8 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
                                 f"{MIN_LIVE_SERIES}: too few to tell the model from the baseline")
             else:
                 live["note"] = "no baseline ratio: the baseline's NWRMSLE is 0"
+        if not live["rows"]:
+            live["note"] = unscored_note(data, actuals)
         if live["closed_rows"]:
             closed = (f"{live['closed_rows']} event(s) of a day the store is closed left out: answered 0 by the "
                       "closed-day rule, not the model, where the weekday baseline knows no closed day")

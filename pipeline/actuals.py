@@ -201,6 +201,13 @@ class SoldUnits(Mapping):
     def __len__(self) -> int:
         return int(len(self._days) * len(self._first) - np.searchsorted(self._days, self._first).sum())
 
+    @property
+    def day_span(self) -> tuple[str, str] | None:
+        """The file's first and last days with a row (ISO dates); None for a file without rows."""
+        if not len(self._days):
+            return None
+        return tuple((EPOCH + dt.timedelta(days=int(day))).isoformat() for day in (self._days[0], self._days[-1]))
+
 
 def _whole(value) -> int | None:
     """A whole number as an int (1, 1.0, numpy's int32(1)), else None ("1", None, 1.5, NaN)."""

@@ -201,6 +201,35 @@ def test_actuals_csv_is_read_and_checked(bundle_parts, stream, jsonl, production
                        str(tmp_path / "bad.csv"), "--output-dir", str(tmp_path / "r2")]) == drift.EXIT_ERROR
 
 
+def test_actuals_of_other_days_say_live_accuracy_was_not_judged(stream, jsonl, production_bundle, tmp_path, capsys):
+    """A cron passing the latest sales feed while the events ask for the days after it, or a file of long ago: no
+    forecast can be scored. The report said "NWRMSLE – over 0 forecasts with known sales" and nothing more, and the
+    summary line only `drift: ok: 200 events, no feature drifted`, exit 0: live accuracy unjudged without a word."""
+    events = stream(200, seed=4)
+    path = jsonl(tmp_path / "predictions.jsonl", events)
+    asked = sorted({e["inputs"]["date"] for e in events})
+    year_before = {(e["inputs"]["store_nbr"], e["inputs"]["item_nbr"],
+                    (dt.date.fromisoformat(e["inputs"]["date"]) - dt.timedelta(days=364)).isoformat()): 3.0
+                   for e in events}
+    rows = ["store_nbr,item_nbr,date,unit_sales"] + [f"{s},{i},{d},{units}" for (s, i, d), units in year_before.items()]
+    (tmp_path / "actuals.csv").write_text("\n".join(rows) + "\n")
+    days = sorted(d for _, _, d in year_before)
+    code, report, html = run_cli(tmp_path, production_bundle, path, "--actuals", str(tmp_path / "actuals.csv"))
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert code == drift.EXIT_OK and report["live"]["rows"] == 0 and report["live"]["nwrmsle"] is None
+    note = report["live"]["note"]
+    assert note.startswith(f"none of the 200 event(s), for {asked[0]} … {asked[-1]}, asks for a store, item and day "
+                           "the actuals know") and f"the file's days {days[0]} … {days[-1]}" in note, note
+    assert f"; live accuracy not judged: {note};" in line, line
+    assert html_escape(note) in html
+    # a file that scores them says nothing of the kind
+    sold = {(e["inputs"]["store_nbr"], e["inputs"]["item_nbr"], e["inputs"]["date"]): 3.0 for e in events}
+    rows = ["store_nbr,item_nbr,date,unit_sales"] + [f"{s},{i},{d},{units}" for (s, i, d), units in sold.items()]
+    (tmp_path / "actuals.csv").write_text("\n".join(rows) + "\n")
+    code, report, html = run_cli(tmp_path, production_bundle, path, "--actuals", str(tmp_path / "actuals.csv"))
+    assert report["live"]["rows"] == 200 and "not judged" not in capsys.readouterr().out
+
+
 def test_the_events_default_to_the_log_the_app_writes(bundle_parts, stream, jsonl, production_bundle, tmp_path,
                                                      monkeypatch):
     """SHELFCAST_PREDICTION_LOG moved the app's log, /monitoring's and release decide's, but not make drift's."""
