@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from monitoring.drift_params import DriftParams
-from monitoring.serving_data import UNKNOWN_LABEL, ServingData, collect
+from monitoring.serving_data import ServingData, collect
 from monitoring.statistics import MIN_EXPECTED, ShiftTest, categorical_shift, numeric_shift
 from pipeline.actuals import ActualsError, SoldUnits
 from pipeline.drift_stats import ROLE_CALENDAR, ROLE_HISTORY, feature_role
@@ -417,7 +417,7 @@ def analyse(events: Sequence[Mapping[str, Any]], bundle_metadata: Mapping[str, A
                                data.rows, effective, requests)
         record["observations"] = effective
         report["categorical"][name] = record
-        report["unseen"][name] = (sum(label == UNKNOWN_LABEL for label in labels) / len(labels)) if labels else 0.0
+        report["unseen"][name] = data.unseen.get(name, 0) / data.rows if data.rows else 0.0  # by id 0, not label
     followers = _follow_their_owner(report["categorical"], report["unseen"], params)
     for name, record in report["categorical"].items():
         also = ""

@@ -34,6 +34,9 @@ class ServingData:
     dense: dict[str, np.ndarray] = field(default_factory=dict)
     categorical: dict[str, list[str]] = field(default_factory=dict)
     unknown_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # any categorical id 0
+    # events per categorical field whose id is 0 (a value never seen in training): counted by the id, never by the
+    # label, which a vocabulary may hold too (a family called "<unknown>" in a user's items.csv)
+    unseen: dict[str, int] = field(default_factory=dict)
     predictions: np.ndarray = field(default_factory=lambda: np.zeros(0))
     closed: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # answered 0 as a closed store-day
     new_series: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # a store×item without history
@@ -86,6 +89,7 @@ def collect(events: Sequence[Mapping[str, Any]], dense_names: Sequence[str],
     labels = {name: sorted(str(v) for v in values) for name, values in vocabularies.items()}
     categorical: dict[str, list[str]] = {name: [] for name in labels}
     unknown = np.zeros(n, bool)
+    unseen = {name: 0 for name in labels}
     predictions = np.empty(n, np.float64)
     closed = np.zeros(n, bool)
     new_series = np.zeros(n, bool)
@@ -110,6 +114,7 @@ def collect(events: Sequence[Mapping[str, Any]], dense_names: Sequence[str],
                                       f"0..{len(vocabulary)}, got {code!r}")
             categorical[name].append(UNKNOWN_LABEL if code == 0 else vocabulary[code - 1])
             unknown[i] |= code == 0
+            unseen[name] += code == 0
         predictions[i] = forecast_units(event, i)
         closed[i] = is_closed_day(event)
         new_series[i] = event.get("new_series") is True
@@ -124,7 +129,7 @@ def collect(events: Sequence[Mapping[str, Any]], dense_names: Sequence[str],
         version = str(event.get("model_version", "unknown"))
         versions[version] = versions.get(version, 0) + 1
     stamps = sorted((moment, e["timestamp"]) for e in events if (moment := event_time(e)) is not None)  # instants
-    return ServingData(dense=dense, categorical=categorical, unknown_rows=unknown, predictions=predictions,
-                       closed=closed, new_series=new_series, keys=keys,
+    return ServingData(dense=dense, categorical=categorical, unknown_rows=unknown, unseen=unseen,
+                       predictions=predictions, closed=closed, new_series=new_series, keys=keys,
                        model_versions=versions, first_timestamp=stamps[0][1] if stamps else None,
                        last_timestamp=stamps[-1][1] if stamps else None)

@@ -655,6 +655,32 @@ def test_a_bundle_without_the_served_reference_says_what_it_compares_with(bundle
 
 # --- categorical inputs: PSI and verdict agree ---------------------------------------------------------------
 
+def test_a_value_named_like_the_unseen_label_is_not_counted_as_unseen(bundle_parts, stream):
+    """A family called "<unknown>" in a user's items.csv: drift labels a vocabulary id 0 (a value never seen in
+    training) so too, and counted the unseen share by that label, so every request for the family was "unseen":
+    an alarm on each run, `category family: 1.5% of requests have a value unseen in training`. Counted by the id."""
+    metadata, stats = copy.deepcopy(bundle_parts)
+    first = sorted(metadata["vocabularies"]["family"])[0]  # "<" sorts before letters: the family keeps its id
+    metadata["vocabularies"]["family"] = ["<unknown>" if f == first else f for f in metadata["vocabularies"]["family"]]
+    for reference in (stats["served"]["categorical"]["family"], stats["categorical"]["family"]):
+        reference["top"] = {("<unknown>" if label == first else label): share for label, share in
+                            reference["top"].items()}
+    events = stream(STREAM_EVENTS, seed=21)  # drawn from the reference: the family's requests at its share
+    asked = sum(e["features"]["categorical"]["family"] == 1 for e in events)
+    assert asked
+    params = DriftParams(unseen_share_alert=0.5 * asked / len(events))
+    report = analyse(events, metadata, stats, params)
+    assert report["unseen"]["family"] == 0.0 and report["unseen"]["any"] == 0.0
+    assert not report["alarm"] and not any("unseen" in reason for reason in report["reasons"]), report["reasons"]
+    bins = report["categorical"]["family"]["bins"]
+    assert dict(zip(bins["labels"], bins["live"]))["<unknown>"] == pytest.approx(asked / len(events))
+    for event in events[:100]:  # a family id the model never saw is still unseen, and alarms
+        event["features"]["categorical"]["family"] = 0
+    report = analyse(events, metadata, stats, params)
+    assert report["unseen"]["family"] == pytest.approx(100 / len(events))
+    assert any(r.startswith("category family: ") and "unseen in training" in r for r in report["reasons"])
+
+
 def test_no_categorical_psi_above_the_threshold_is_judged_ok(bundle_parts, stream):
     """Few events over many categories: PSI per category is noise (~(categories-1)/events), never an 'ok' 0.76."""
     metadata, stats = bundle_parts
