@@ -463,6 +463,10 @@ def test_requests_for_one_day_of_the_window_alarm_on_no_calendar_feature(bundle_
     assert set(report["not_alarmed"]["features"]) <= set(calendar)
     assert set(calendar) <= set(report["not_alarmed"]["features"]) | set(report["unweighted"]["features"])
     summary = drift.drift_summary_event(report)["drift"]  # what the Kibana drift panel plots
+    assert report["status"] == "insufficient_data"  # one day of 74 series: fewer distinct requests than min_events
+    assert "max_feature_psi" not in summary  # a run with no verdict plots no PSI (test_kibana_panels.py)
+    report["status"] = "ok"  # judged, a calendar feature's PSI is not the largest the panel plots
+    summary = drift.drift_summary_event(report)["drift"]
     assert summary["max_feature_psi_name"] not in calendar and summary["max_feature_psi"] < 1.0
 
 

@@ -519,3 +519,42 @@ def test_the_drift_panel_shows_requests_for_a_store_item_without_history(tiny_bu
     assert [metric_value(b, metric) for b in buckets] == [pytest.approx(share, rel=1e-6)]
     assert all(m["mappings"]["properties"]["drift"]["properties"]["new_series_share"]["type"] == "float"
                for m in mapping.values())
+
+
+def test_the_drift_panels_plot_no_figure_of_a_run_with_no_verdict(bundle_parts, stream):
+    """`drift --emit` on a quiet hour: a handful of events give no verdict, and the report shows their PSIs as not
+    judged. Its summary sent them all the same, and the drift panels, which plot the largest value of each time
+    bucket with no verdict beside it, drew 5 events' noise next to a judged run: on the single_store foreign shape a
+    largest feature PSI of 7.2 and a forecast PSI of 5.4 (30 to 50 times their alarms), here one unseen store in 5
+    requests as 20 % of requests unseen, and a largest feature PSI of 7.6 against the judged run's 0.023. A run with
+    no verdict now sends its status and counts only."""
+    from osmem_server import OsmemServer
+
+    from monitoring.drift import alarmable
+
+    metadata, stats = bundle_parts
+    judged = analyse(stream(1_500, seed=31), metadata, stats, DriftParams())
+    few = stream(5, seed=32)
+    few[0]["features"]["categorical"]["store_nbr"] = 0  # a store the model never saw
+    unjudged = analyse(few, metadata, stats, DriftParams())
+    assert (judged["status"], unjudged["status"]) == ("ok", "insufficient_data")
+    assert max(r["psi"] for r in alarmable(unjudged).values()) > 10 * max(r["psi"] for r in alarmable(judged).values())
+    now = dt.datetime.now(dt.timezone.utc)
+    summaries = [("shelfcast.drift", {**drift_summary_event(report), "event_id": f"drift-{i}",
+                                      "timestamp": (now - dt.timedelta(minutes=1 + i)).isoformat()})
+                 for i, report in enumerate((judged, unjudged))]
+    expected = summaries[0][1]["drift"]
+    assert summaries[1][1]["drift"]["status"] == "insufficient_data" and summaries[1][1]["drift"]["events"] == 5
+    window = ((now - dt.timedelta(days=7)).isoformat(), (now + dt.timedelta(minutes=1)).isoformat())
+    with OsmemServer.start(japanese=False, addr="127.0.0.1:0") as server:
+        search = ElasticsearchEvents(server.url)
+        install_index_templates(search)
+        bulk_as_fluentd(search, summaries)
+        for panel in (v for v in VISUALIZATIONS if v["id"] in ("shelfcast-drift-psi", "shelfcast-drift-unseen")):
+            state = json.loads(panel["attributes"]["visState"])
+            answer = search.request("POST", "/shelfcast-monitoring-*/_search", kibana_request(panel, *window))
+            buckets = innermost_buckets(answer, [a for a in state["aggs"] if a["schema"] != "metric"])
+            for metric in (a for a in state["aggs"] if a["schema"] == "metric"):
+                field = metric["params"]["field"].removeprefix("drift.")
+                drawn = [value for value in (metric_value(b, metric) for b in buckets) if value is not None]
+                assert drawn == [pytest.approx(expected[field], abs=1e-6)], (panel["id"], field, drawn)
