@@ -53,6 +53,10 @@ class DataValidationError(StageError, ValueError):
     """A raw file that breaks the schema; the message names file, column and lines."""
 
 
+class TruncatedFile(DataValidationError):
+    """A raw file that ends inside a line: cut short, said before any error of the line it cut."""
+
+
 def _file_lines(path: Path | None, rows: list[int]) -> dict[int, int]:
     """Data row (0-based, as the CSV reader counts them: blank lines skipped) -> its line in the file (1-based).
 
@@ -335,14 +339,46 @@ def _check_complete_last_line(path: Path, header: list[str], tail: bytes, rows_r
     column names, in its order, its own columns too)."""
     if not tail or tail.endswith((b"\n", b"\r")):  # \r alone: old Mac line endings, which the reader takes too
         return
-    last = re.split(rb"\r\n|\r|\n", tail)[-1].decode("utf-8", errors="replace")
     line = _file_lines(path, [rows_read - 1])[rows_read - 1]  # blank lines and values over lines before it count
-    raise DataValidationError(
+    raise _truncated(path, header, tail, line)
+
+
+def _truncated(path: Path, header: list[str], tail: bytes, line: int) -> TruncatedFile:
+    """The error for a file whose last line, ``line``, has no end-of-line (``tail``: the file's last bytes)."""
+    last = re.split(rb"\r\n|\r|\n", tail)[-1].decode("utf-8", errors="replace")
+    return TruncatedFile(
         f"{path.name}: line {line}, column '{header[min(last.count(','), len(header) - 1)]}': the file "
         "ends inside this line "
         f"({last[-60:]!r}, no end-of-line after it): it looks truncated; re-copy it "
         "(if the file is complete, add a newline at its end)"
     )
+
+
+def _last_line_number(path: Path) -> int:
+    """The number of the file's last line, as an editor numbers them (lines end at \\n, \\r or \\r\\n)."""
+    number, previous, stream = 1, b"", _TailTracking(path)  # a .gz read as the reader reads it, to its data's end
+    try:
+        for chunk in iter(lambda: bytes(stream.read(1 << 20)), b""):
+            number += chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")
+            if previous.endswith(b"\r") and chunk.startswith(b"\n"):
+                number -= 1  # a \r\n across two reads: one line end
+            previous = chunk
+    finally:
+        stream.close()
+    return number
+
+
+def _cut_instead(path: Path, header: Header, stream: "_TailTracking") -> None:
+    """Raise the file's truncation where the reader stopped on its last block and the file ends inside a line: the
+    cut line is short of fields or ends inside a value, and was named as that ('has 5 fields, the header has 6',
+    "not a valid bool ('Tru')"), not as what happened to the file. Returns where the file is not cut or the reader
+    stopped before its last block."""
+    try:
+        at_end = not stream.read(1)
+    except (OSError, EOFError, zlib.error):
+        return  # a broken gzip: said as that by the caller
+    if at_end and stream.tail and not stream.tail.endswith((b"\n", b"\r")):
+        raise _truncated(path, header.names, stream.tail, _last_line_number(path))
 
 
 def _batches(
@@ -364,6 +400,7 @@ def _batches(
             # finds no line end and calls the file empty, but check_header has read the header: no data rows
             if "Empty CSV file" in str(exc):
                 return
+            _cut_instead(path, header, stream)
             raise
         names = reader.schema.names
         left_out = [c for c in spec.columns if c.name in header.left_out]
@@ -371,7 +408,14 @@ def _batches(
             raise DataValidationError(f"{path.name}: line 1: the header does not read as the columns "
                                       f"{', '.join(spec.column_names)} (got {', '.join(names)})")
         rows = 0
-        for batch in reader:
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except pa.ArrowInvalid:  # a row short of fields, or a value that does not convert
+                _cut_instead(path, header, stream)
+                raise
             if header.timed_dates and not as_text:
                 batch = _dates_at_midnight(path, batch, rows)
             rows += batch.num_rows
@@ -576,27 +620,56 @@ def _explain_unreadable(path: Path, error: Exception, read: tuple[str, ...]) -> 
 
 
 def read_batches(path: Path, spec: RawFile, block_size: int = BLOCK_SIZE) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """Typed batches of a raw file with their first row number; structure and values checked."""
+    """Typed batches of a raw file with their first row number; structure and values checked.
+
+    One batch is read ahead, so a file that ends inside its last line is said as truncated before that batch's
+    values are checked (or a caller's checks run on it): a cut value ('Tru', '2014-04-2', an item number short of
+    digits) was named as a bad value."""
     header = check_header(path, spec)
-    offset = 0
+    offset, held = 0, None
+    batches = _explained_batches(path, spec, header, block_size)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except TruncatedFile:
+            raise
+        except DataValidationError:  # an error further on: the batch before it is checked first
+            if held is not None:
+                check_values(path, spec, held, offset, header.left_out)
+            raise
+        if held is not None:
+            check_values(path, spec, held, offset, header.left_out)
+            yield offset, held
+            offset += held.num_rows
+        held = batch
+    if held is not None:
+        check_values(path, spec, held, offset, header.left_out)
+        yield offset, held
+        offset += held.num_rows
+    if offset < spec.min_rows:
+        raise DataValidationError(f"{path.name}: has no data rows (header only)")
+
+
+def _explained_batches(path: Path, spec: RawFile, header: Header, block_size: int) -> Iterator[pa.RecordBatch]:
+    """``_batches``' typed batches; a failure of Arrow's reader raised as the DataValidationError naming its line."""
     iterator = _batches(path, spec, header, block_size=block_size)
+    rows = 0
     while True:
         try:
             batch = next(iterator)
         except StopIteration:
-            break
+            return
         except pa.ArrowInvalid as exc:
             if "conversion error" in str(exc) and "UTF8" not in str(exc):
                 _explain_conversion_failure(path, spec, header, exc)
             _explain_unreadable(path, exc, spec.column_names)
         except (OSError, EOFError, zlib.error) as exc:
-            raise DataValidationError(f"{path.name}: cannot read after row {offset}: {exc} "
+            raise DataValidationError(f"{path.name}: cannot read after row {rows}: {exc} "
                                       "(truncated or corrupt gzip?)") from None
-        check_values(path, spec, batch, offset, header.left_out)
-        yield offset, batch
-        offset += batch.num_rows
-    if offset < spec.min_rows:
-        raise DataValidationError(f"{path.name}: has no data rows (header only)")
+        rows += batch.num_rows
+        yield batch
 
 
 def check_values(path: Path, spec: RawFile, batch: pa.RecordBatch, offset: int,

@@ -67,7 +67,9 @@ def test_a_store_without_rows_on_a_day_other_stores_report_is_said(tmp_path, cap
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("actuals.csv", ROWS.encode()[:-12], "line 3: has 3 fields, the header has 4"),
+    # cut inside its last line: said as that, not as the cut line's "has 3 fields, the header has 4"
+    ("actuals.csv", ROWS.encode()[:-12], "line 3, column 'date': the file ends inside this line ('1,3,201', no "
+     "end-of-line after it): it looks truncated"),
     ("actuals.csv.gz", gzip.compress(ROWS.encode(), mtime=0)[:-6], "(corrupt or truncated gzip?)"),
     ("actuals.csv", b"store_nbr,item_nbr,date,unit_sales\n1,2,2017-08-01,\"" + b"x" * 200_000 + b"\"\n",
      "column 'unit_sales': not a valid double; first offending: line 2 ('xxxx"),

@@ -625,6 +625,61 @@ def test_a_wrong_field_count_after_a_quoted_value_over_lines_names_its_own_line(
                                        "the header has 6")
 
 
+# A download cut off (a server that closed the connection, a copy interrupted) ends anywhere in its last line; only
+# a cut inside the last field kept the line's field count and was said as truncated. Elsewhere the cut line was
+# named for what the cut left of it: 'has 5 fields, the header has 6', "not a valid bool ('Tru')", "column
+# 'transferred': empty value where one is required" (27 of 30 cut places in train.csv's last line, all of oil's).
+CUT_LINES = {
+    "inside the id": ("train", "291", "id"),
+    "inside the date": ("train", "291,2014-04-2", "date"),
+    "after the store": ("train", "291,2014-04-20,3,", "item_nbr"),
+    "inside the sales": ("train", "291,2014-04-20,3,114790,4.", "unit_sales"),
+    "inside the promotion flag": ("train", "291,2014-04-20,3,114790,4.0,Tru", "onpromotion"),
+    "inside oil's date": ("oil", "2014-04-2", "date"),
+    "after a required field's comma": ("holidays_events", "2014-04-20,Event,National,Ecuador,Dia de prueba evento,",
+                                       "transferred"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CUT_LINES))
+@pytest.mark.parametrize("block_size", [None, 2048])
+def test_a_file_cut_anywhere_in_its_last_line_is_said_as_truncated(tmp_path, monkeypatch, case, block_size):
+    import functools
+
+    from pipeline import prepare as prepare_module
+    from pipeline.validate import read_batches
+
+    name, kept, column = CUT_LINES[case]
+    raw = write_kaggle_sample(tmp_path / "raw")
+    text = (raw / f"{name}.csv").read_text()
+    last = text.rstrip("\n").rsplit("\n", 1)[1]
+    assert last.startswith(kept) and last != kept
+    (raw / f"{name}.csv").write_text(text[: len(text.rstrip("\n")) - len(last) + len(kept)])
+    if block_size:  # the cut in a later block than the first (train.csv's 9.5 KB in 2 KB blocks)
+        monkeypatch.setattr(prepare_module, "read_batches", functools.partial(read_batches, block_size=block_size))
+    line = text.count("\n")
+    with pytest.raises(DataValidationError, match=rf"^{name}.csv: line {line}, column '{column}': the file ends inside "
+                                                  rf"this line \({re.escape(repr(kept[-60:]))}, no end-of-line after "
+                                                  r"it\): it looks truncated; re-copy it"):
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_error_before_the_last_block_of_a_cut_file_is_still_named_first(tmp_path, monkeypatch):
+    """Reading one block ahead (to see the cut first) leaves an earlier block's bad value the first error named."""
+    import functools
+
+    from pipeline import prepare as prepare_module
+    from pipeline.validate import read_batches
+
+    raw = write_kaggle_sample(tmp_path / "raw")
+    _edit(raw, "train", lambda t: _replace_line(t, 9, _with_field(_train_line(9), 4, "2e7"))[:-5])
+    monkeypatch.setattr(prepare_module, "read_batches", functools.partial(read_batches, block_size=2048))
+    with pytest.raises(DataValidationError, match=r"^train.csv: column 'unit_sales': value out of range .*; first "
+                                                  r"offending: line 9 \(20000000.0\)$"):
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
+
+
 @pytest.mark.parametrize("before", ["blank lines", "a quoted value over two lines"])
 def test_a_cut_last_line_is_named_as_the_editor_numbers_it(tmp_path, before):
     """The truncation check named the last line as rows + 1: blank lines or a value spanning lines before it put
