@@ -296,17 +296,30 @@ def not_the_file(shown: str, page: str) -> DownloadError:
                          "Kaggle's, download the files yourself and point data.source at their folder)")
 
 
+# What an HTML page opens with, after white space, comments and an XML declaration: the MIME Sniffing Standard's
+# HTML signatures (https://mimesniff.spec.whatwg.org, "identifying a resource with an unknown MIME type"), each a whole
+# tag name (followed by white space, where the standard takes a space alone, or '>'). A raw file (CSV, gzip, 7z, zip)
+# opens with none of them.
+HTML_SIGNATURES = re.compile(rb"<(!doctype html|html|head|script|iframe|h1|div|font|table|a|style|title|b|body|br|p)"
+                             rb"[\s>]")
+# What may come before the first tag: a comment (a templated page's), an XHTML page's XML declaration (lighttpd's
+# error pages).
+_BEFORE_THE_FIRST_TAG = re.compile(rb"(\s|<!--.*?-->|<\?xml[^>]*\?>)*", re.DOTALL)
+
+
 def html_page(path: Path, coding: str = "") -> str | None:
-    """`` ('<title>')`` (or ``""``) when ``path`` holds an HTML page rather than data, else None: no raw file (CSV,
-    gzip, 7z, zip) starts with ``<!DOCTYPE html`` or ``<html``. ``coding``: the Content-Encoding of its bytes; a
-    page sent gzip-encoded (a proxy's error page) is read decoded."""
+    """`` ('<title>')`` (or ``""``) when ``path`` holds an HTML page rather than data, else None: its first tag, past
+    comments and an XML declaration, is one of ``HTML_SIGNATURES`` (before, only a page opening with ``<!DOCTYPE
+    html`` or ``<html`` was one). ``coding``: the Content-Encoding of its bytes; a page sent gzip-encoded (a proxy's
+    error page) is read decoded."""
     if coding in GZIP_CODINGS:
         head = decoded_head(path)
     else:
         with open(path, "rb") as handle:
             head = handle.read(4096)
-    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if not start.startswith((b"<!doctype html", b"<html")):
+    start = head.removeprefix(b"\xef\xbb\xbf").lower()
+    start = start[_BEFORE_THE_FIRST_TAG.match(start).end():]
+    if not HTML_SIGNATURES.match(start) and not start.startswith(b"<!--"):  # a comment cut by the head: a page too
         return None
     title = re.search(rb"<title[^>]*>([^<]{1,200})", head, re.IGNORECASE)
     text = " ".join(title.group(1).decode("utf-8", "replace").split()) if title else ""

@@ -1024,6 +1024,42 @@ def test_an_html_page_instead_of_the_file_is_said_for_what_it_is(tmp_path, path,
     assert not [p for p in (tmp_path / "partial").iterdir() if p.suffix == ".part"]  # nothing to resume into
 
 
+# Pages that do not open with <!DOCTYPE html> or <html>: a comment first (generated and templated pages), an XHTML
+# page's XML declaration (lighttpd's error pages), a fragment a proxy or a captive portal sends. Each was installed as
+# data and refused in prepare for its shape ('train.csv: line 1 is blank: the header line must come first',
+# "column 'date': missing (header has: <?xml ...)"), or, as NAME.csv.gz, "is not gzip-compressed (it starts '')".
+OTHER_PAGES = {
+    "a comment first": b"\n  <!-- served by portal 4.2 -->\n<!DOCTYPE html><html><head><title>Sign in - Data Portal"
+                       b"</title></head></html>\n",
+    "an XHTML page": b'<?xml version="1.0" encoding="iso-8859-1"?>\n<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 '
+                     b'Transitional//EN"\n "http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">\n<html xmlns='
+                     b'"http://www.w3.org/1999/xhtml"><head><title>Sign in - Data Portal</title></head></html>\n',
+    "a fragment": b"<HEAD>\n<TITLE>Sign in - Data Portal</TITLE>\n</HEAD><BODY><P>Your session has ended</BODY>\n",
+}
+
+
+@pytest.mark.parametrize("page", sorted(OTHER_PAGES))
+def test_an_html_page_that_does_not_open_with_its_doctype_is_said_for_what_it_is(tmp_path, page, monkeypatch):
+    monkeypatch.setattr(_LoginWallHandler, "_page", lambda self: OTHER_PAGES[page])
+    with _serving(_LoginWallHandler) as port, pytest.raises(DownloadError) as error:
+        url = f"http://127.0.0.1:{port}/data/"
+        download(_params(url), tmp_path / "raw", tmp_path / "partial", progress=False)
+    assert str(error.value).startswith(f"{url}train.csv.gz: the server answered with an HTML page ('Sign in - Data "
+                                       "Portal'), not the file"), error.value
+    assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize("start", [b"id,date,store_nbr,item_nbr", b"<id>,date", b"<pre>,date", b"<abbr,date",
+                                   b"<!-,date", b"<?xml,date"])
+def test_what_no_html_page_starts_with_is_not_taken_for_one(tmp_path, start):
+    """The HTML signatures are the MIME Sniffing Standard's, each a whole tag name, and a CSV starts with none."""
+    from pipeline.download import html_page
+
+    path = tmp_path / "train.csv"
+    path.write_bytes(start + b"\n1,2\n")
+    assert html_page(path) is None
+
+
 class _BucketHandler(_RangeHandler):
     """An S3 bucket whose objects are public but not its listing: a missing object answers 403 AccessDenied (both
     to HEAD and GET), as S3 does without s3:ListBucket."""
