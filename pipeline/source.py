@@ -184,6 +184,24 @@ def lookalike_raw_files(names, found=None) -> list[tuple[str, str, str | None]]:
     return alike
 
 
+# A raw file's name with a part or copy number: a file split in parts (train_1.csv, train-2017.csv, train.part2.csv,
+# train.csv.1, train.csv.7z.001) or a second copy (train (2).csv, a browser's second download beside the first).
+_PART_NAME = re.compile(r"(?P<base>{bases})(?:"
+                        r"(?:[\s_\-.]*(?:part|pt)?[\s_\-.]*\d+|\s*\(\d+\))\.csv(?:\.gz|\.7z)?"  # train_2.csv
+                        r"|\.csv(?:\.gz|\.7z)?[\s_\-.]*(?:part|pt)?[\s_\-.]*\d+)"  # train.csv.1
+                        .format(bases="|".join(RAW_NAMES)))
+
+
+def part_files(names) -> dict[str, list[str]]:
+    """Raw file -> the files among ``names`` that carry its name with a part or copy number (``_PART_NAME``): read
+    past, their rows would silently be absent (a train.csv beside train_2.csv, its second half)."""
+    parts: dict[str, list[str]] = {}
+    for name in sorted(names):
+        if not is_side_file(name) and (match := _PART_NAME.fullmatch(name.strip().lower())):
+            parts.setdefault(match.group("base"), []).append(name)
+    return parts
+
+
 def check_raw_file_names(where: str, names, error: type[StageError] | None = None, found=None) -> None:
     """SourceError (or ``error``) for a file of ``names`` (a folder's, a zip's members') named a raw file but for
     case or separators (see ``lookalike_raw_files``), gzipped twice (``NAME.csv.gz.gz``: ``gzip`` run on a .gz), an
@@ -205,6 +223,20 @@ def check_raw_file_names(where: str, names, error: type[StageError] | None = Non
     names = list(names)
     if found is None:  # lookalike_raw_files' default, of all ``names``: not of the one name looked at below
         found = exact_raw_files(names)
+    for base, parts in part_files(names).items():
+        shown = ", ".join(parts[:3]) + (f" and {len(parts) - 3} more" if len(parts) > 3 else "")
+        if base in found:  # the file and a part of it, or another copy: only the one named exactly would be read
+            exact = next((f"{base}{suffix}" for suffix in CANDIDATE_SUFFIXES if f"{base}{suffix}" in names),
+                         f"{base}.csv")
+            raise (error or SourceError)(
+                f"{where} has {exact} and {shown}: parts of one file, or other copies of it? Only {exact} is read, "
+                f"the rest would be read past, their rows absent: join the parts into one {exact} (with one header "
+                "line, at its top), or move the others out")
+        if base in OPTIONAL_RAW_FILES:  # a required one is named in the error that it is missing (other_formats_note)
+            raise (error or SourceError)(
+                f"{where} has {shown} but no {base} file: parts of one file? Only {base}.csv or {base}.csv.gz is "
+                f"read: join them into one {base}.csv (with one header line, at its top); read past, it would be as "
+                "if there were none")
     for name in sorted(name for name in names if is_side_file(name) and side_file_of(name) not in names):
         for _, base, _ in lookalike_raw_files([side_file_of(name)], found):
             if base in OPTIONAL_RAW_FILES:  # the checksum of a file not copied: its data would be silently absent
@@ -218,7 +250,10 @@ def check_raw_file_names(where: str, names, error: type[StageError] | None = Non
 def other_formats_note(names, found=None) -> str:
     """What a 'has no ...' error adds when the missing raw files are there in a format that is not read."""
     other = [name for name, base, exact in lookalike_raw_files(names, found) if exact is None and base in RAW_FILES]
-    return f"; found {', '.join(other)}: {ONLY_CSV}" if other else ""
+    parts = {base: files for base, files in part_files(names).items() if base in RAW_FILES}
+    joined = "".join(f"; found {', '.join(files)}: parts of one file? join them into one {base}.csv (with one header "
+                     "line, at its top)" for base, files in parts.items())
+    return (f"; found {', '.join(other)}: {ONLY_CSV}" if other else "") + joined
 
 
 def candidate_names() -> list[str]:

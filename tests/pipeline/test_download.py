@@ -1128,6 +1128,57 @@ def test_a_raw_file_named_but_for_case_or_separators_is_refused_not_read_past(tm
         download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
 
 
+@pytest.mark.parametrize("part", ["train_2.csv", "train-2017.csv", "train.part2.csv", "train.csv.1", "train (2).csv",
+                                  "train.csv.gz.002"])
+def test_a_second_part_or_copy_beside_a_raw_file_is_refused_not_read_past(tmp_path, part):
+    """A folder holding train.csv and train_2.csv (its second half: a file split to mail it, or an export in two
+    runs) prepared from train.csv alone, half the sales silently absent, as did a second download's train (2).csv
+    (a newer copy?) and split's train.csv.1: names beside the file were never looked at once it was found."""
+    from pipeline.source import HashCache, SourceError, fingerprint
+
+    source = write_kaggle_sample(tmp_path / "src")
+    lines = (source / "train.csv").read_text().splitlines(keepends=True)
+    (source / "train.csv").write_text("".join(lines[:150]))
+    (source / part).write_text("".join(lines[:1] + lines[150:]))
+    message = (rf"has train.csv and {re.escape(part)}: parts of one file, or other copies of it\? Only train.csv is "
+               r"read, the rest would be read past, their rows absent: join the parts into one train.csv \(with one "
+               r"header line, at its top\), or move the others out$")
+    with pytest.raises(SourceError, match=message):
+        fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))
+    with pytest.raises(DownloadError, match=message):
+        download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    assert not (tmp_path / "raw").exists()
+    archive = _zip_of(source, tmp_path / "data.zip")
+    with pytest.raises(DownloadError, match=rf"^data.zip {message}"):
+        download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
+
+
+def test_parts_without_their_file_are_named_and_a_checksum_or_other_name_is_no_part(tmp_path):
+    from pipeline.source import HashCache, SourceError, fingerprint
+
+    source = write_kaggle_sample(tmp_path / "src")
+    lines = (source / "train.csv").read_text().splitlines(keepends=True)
+    (source / "train.csv").unlink()
+    (source / "train-part-00000.csv").write_text("".join(lines[:150]))
+    (source / "train-part-00001.csv").write_text("".join(lines[:1] + lines[150:]))
+    with pytest.raises(DownloadError, match=r"has no train \(looked for .*\); found train-part-00000.csv, "
+                                            r"train-part-00001.csv: parts of one file\? join them into one train.csv"):
+        download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    (source / "train-part-00001.csv").unlink()
+    (source / "train-part-00000.csv").rename(source / "train.csv")
+    # an optional file's parts alone: read past, there would silently be no oil
+    oil = (source / "oil.csv").read_text()
+    (source / "oil.csv").unlink()
+    (source / "oil_2016.csv").write_text(oil)
+    with pytest.raises(SourceError, match=r"has oil_2016.csv but no oil file: parts of one file\?"):
+        fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))
+    (source / "oil_2016.csv").rename(source / "oil.csv")
+    # what carries no part number beside a raw file, or is a part's checksum, is read past as before
+    for other in ("train.csv.sha256", "train_notes.txt", "trainer.csv", "items_by_family.csv"):
+        (source / other).write_text("x\n")
+    assert "7 files" in download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+
+
 def test_a_required_raw_file_in_another_format_is_named_in_the_error(tmp_path):
     from pipeline.source import HashCache, SourceError, fingerprint
 
