@@ -492,13 +492,14 @@ def _check_unpackable(member: zipfile.ZipInfo, name: str) -> None:
 
 
 def install_zip(archive: Path, staging: Path, partial_dir: Path, name: str, remote: bool = True
-                ) -> tuple[set[str], list[str]]:
+                ) -> tuple[set[str], list[str], list[str]]:
     """Kaggle's archive: a zip whose members are NAME.csv.7z (or plain/gzip CSV).
 
     A corrupt archive (bad zip structure, deflate data or CRC) is an error naming
     the member, and leaves nothing in ``partial_dir``: neither the unpacked member
     nor the archive, which a later run then fetches afresh. Returns the raw files
-    installed and the .7z members left out.
+    installed, the .7z members left out and the names of the zip's files (for an
+    error about a raw file it lacks, as a folder's are named).
     """
     found: set[str] = set()
     left_out: list[str] = []
@@ -506,6 +507,8 @@ def install_zip(archive: Path, staging: Path, partial_dir: Path, name: str, remo
     member_name = None
     try:
         with zipfile.ZipFile(archive) as zipped:
+            names = [Path(member.filename).name for member in zipped.infolist()
+                     if not member.is_dir() and not member.filename.startswith("__MACOSX/")]
             for base, member in _zip_members(zipped, name).items():
                 file_name = Path(member.filename).name
                 member_name = member.filename
@@ -523,7 +526,7 @@ def install_zip(archive: Path, staging: Path, partial_dir: Path, name: str, remo
         if target is not None:
             discard(target)
     discard(archive)
-    return found, left_out
+    return found, left_out, names
 
 
 ACCEPTED = ("data.source must be 'synthetic', a directory (or its http(s)/file URL) holding NAME.csv, NAME.csv.gz "
@@ -573,12 +576,12 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
             raise DownloadError(f"data.source: {shown}: the server has no such file (HTTP 404/410)") from None
         fetched.add(name)
         try:
-            found, left_out = install_zip(archive, staging, partial_dir, name, remote=remote)
+            found, left_out, listed = install_zip(archive, staging, partial_dir, name, remote=remote)
         except DownloadError:
             discard(archive)
             raise
     else:
-        found = set()
+        found, listed = set(), [] if remote else [entry.name for entry in local_path(source).iterdir()]
         if not remote:  # Holidays_Events.csv would be read past: no holidays, without a word
             check_raw_file_names(f"data.source: {source}", [entry.name for entry in local_path(source).iterdir()
                                                             if entry.is_file()], DownloadError,
@@ -608,8 +611,7 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
                 found.add(base)
                 break
     missing = missing_raw_files({f"{base}.csv" for base in found})
-    if missing:
-        listed = [] if remote or is_single_file(source) else [entry.name for entry in local_path(source).iterdir()]
+    if missing:  # named with the files (a folder's, a zip's) that look meant as the missing one
         raise DownloadError(f"data.source: {shown} {missing}{forbidden_note(refused, fetched)}"
                             f"{other_formats_note(listed, found)}")
     unchecked = sorted(set(params.sha256) - fetched)

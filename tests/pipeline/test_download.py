@@ -1161,9 +1161,13 @@ def test_parts_without_their_file_are_named_and_a_checksum_or_other_name_is_no_p
     (source / "train.csv").unlink()
     (source / "train-part-00000.csv").write_text("".join(lines[:150]))
     (source / "train-part-00001.csv").write_text("".join(lines[:1] + lines[150:]))
-    with pytest.raises(DownloadError, match=r"has no train \(looked for .*\); found train-part-00000.csv, "
-                                            r"train-part-00001.csv: parts of one file\? join them into one train.csv"):
+    message = (r"has no train \(looked for .*\); found train-part-00000.csv, train-part-00001.csv: parts of one "
+               r"file\? join them into one train.csv")
+    with pytest.raises(DownloadError, match=message):
         download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    with pytest.raises(DownloadError, match=message):  # a zip's members are named as a folder's files are
+        download(_params(str(_zip_of(source, tmp_path / "data.zip"))), tmp_path / "raw", tmp_path / "partial",
+                 progress=False)
     (source / "train-part-00001.csv").unlink()
     (source / "train-part-00000.csv").rename(source / "train.csv")
     # an optional file's parts alone: read past, there would silently be no oil
@@ -1189,6 +1193,10 @@ def test_a_required_raw_file_in_another_format_is_named_in_the_error(tmp_path):
         fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))
     with pytest.raises(DownloadError, match=message):
         download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    # ... in a zip too (README: "a local folder's or zip's"): it was 'has no items (looked for ...)' alone
+    archive = _zip_of(source, tmp_path / "data.zip")
+    with pytest.raises(DownloadError, match=rf"^data.source: {re.escape(str(archive))} {message}"):
+        download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
     (source / "items.parquet").rename(source / "items.csv")
     assert "7 files" in download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
 
