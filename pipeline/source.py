@@ -46,6 +46,18 @@ CANDIDATE_SUFFIXES = (".csv.gz", ".csv", ".csv.7z")
 RAW_NAMES = RAW_FILES + OPTIONAL_RAW_FILES
 # What a raw file in another format (train.parquet, oil.xlsx) is told: it is not read.
 ONLY_CSV = "only CSV files are read (export it as NAME.csv or NAME.csv.gz)"
+# ... unless it is CSV already, compressed in a way that is not read (train.csv.xz, oil.csv.zip): then that is said.
+OTHER_COMPRESSIONS = {".xz": "xz", ".lzma": "lzma", ".bz2": "bzip2", ".zip": "zip", ".zst": "zstd", ".lz4": "lz4",
+                      ".z": "compress", ".br": "brotli"}
+
+
+def not_read_note(name: str, base: str) -> str:
+    """Why a raw file named ``name`` (``base``'s, in another format) is not read, and what to do."""
+    stem, dot, compression = name.strip().lower().rpartition(".")
+    if stem == f"{base}.csv" and f".{compression}" in OTHER_COMPRESSIONS:
+        return (f"CSV compressed with {OTHER_COMPRESSIONS[f'.{compression}']}, which is not read: decompress it into "
+                f"{base}.csv, or gzip that as {base}.csv.gz")
+    return ONLY_CSV.replace("NAME", base)
 # A checksum or signature of another file, as data portals publish beside each file (oil.csv.sha256,
 # train.csv.gz.asc; coreutils' oil.csv.sha256sum): no data of its own, so never taken for a raw file in another
 # format (``is_side_file``); one whose file is not there is (``check_raw_file_names``).
@@ -218,7 +230,7 @@ def check_raw_file_names(where: str, names, error: type[StageError] | None = Non
                 f"{base}.csv.gz (read past, it would be as if there were none)")
         if base in OPTIONAL_RAW_FILES:  # a required one is named in the error that it is missing (other_formats_note)
             raise (error or SourceError)(
-                f"{where} has {name} but no {base} file: {ONLY_CSV.replace('NAME', base)}; or, if no {base} data "
+                f"{where} has {name} but no {base} file: {not_read_note(name, base)}; or, if no {base} data "
                 "are meant, move it out of the folder (read past, it would be as if there were none)")
     names = list(names)
     if found is None:  # lookalike_raw_files' default, of all ``names``: not of the one name looked at below
@@ -249,11 +261,13 @@ def check_raw_file_names(where: str, names, error: type[StageError] | None = Non
 
 def other_formats_note(names, found=None) -> str:
     """What a 'has no ...' error adds when the missing raw files are there in a format that is not read."""
-    other = [name for name, base, exact in lookalike_raw_files(names, found) if exact is None and base in RAW_FILES]
+    other = [(name, base) for name, base, exact in lookalike_raw_files(names, found)
+             if exact is None and base in RAW_FILES]
     parts = {base: files for base, files in part_files(names).items() if base in RAW_FILES}
     joined = "".join(f"; found {', '.join(files)}: parts of one file? join them into one {base}.csv (with one header "
                      "line, at its top)" for base, files in parts.items())
-    return (f"; found {', '.join(other)}: {ONLY_CSV}" if other else "") + joined
+    notes = "".join(f"; found {name}: {not_read_note(name, base)}" for name, base in other)
+    return notes + joined
 
 
 def candidate_names() -> list[str]:

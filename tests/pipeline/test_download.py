@@ -1201,6 +1201,27 @@ def test_a_required_raw_file_in_another_format_is_named_in_the_error(tmp_path):
     assert "7 files" in download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
 
 
+@pytest.mark.parametrize("name, compression", [("train.csv.xz", "xz"), ("train.csv.zip", "zip"),
+                                               ("oil.csv.bz2", "bzip2"), ("oil.csv.zst", "zstd")])
+def test_a_csv_compressed_in_a_way_not_read_is_said_as_that(tmp_path, name, compression):
+    """A train.csv.xz was 'only CSV files are read (export it as NAME.csv or NAME.csv.gz)': it is CSV; its
+    compression is what is not read."""
+    from pipeline.source import HashCache, SourceError, fingerprint
+
+    source = write_kaggle_sample(tmp_path / "src")
+    base = name.split(".")[0]
+    (source / f"{base}.csv").rename(source / name)
+    found = f"; found {name}: " if base == "train" else f" has {name} but no {base} file: "
+    message = (f"{found}CSV compressed with {compression}, which is not read: decompress it into {base}.csv, or gzip "
+               f"that as {base}.csv.gz")
+    with pytest.raises(SourceError) as error:
+        fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))
+    assert message in str(error.value)
+    with pytest.raises(DownloadError) as error:
+        download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    assert message in str(error.value)
+
+
 @pytest.mark.parametrize("name", ["oil.xlsx", "holidays_events.parquet", "transactions.xls"])
 def test_an_optional_raw_file_in_another_format_is_one_line_naming_it(tmp_path, name):
     """An oil.xlsx was read past without a word: prepare ran without oil prices, as if the user had none, where a
