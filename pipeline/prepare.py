@@ -242,8 +242,9 @@ class IdTracker:
 
 def split_train_by_store(
     raw_dir: Path, reference: Reference, workdir: Path, progress: bool
-) -> tuple[StorePartitions, np.ndarray]:
-    """Pass 1: validate train.csv block by block; returns the partitions and the sales dates."""
+) -> tuple[StorePartitions, np.ndarray, dict[int, list[int]]]:
+    """Pass 1: validate train.csv block by block; returns the partitions, the sales dates and, for each (days since
+    1970-01-01), its rows and the first row that has it."""
     path = require_raw_file(raw_dir, "train")
     spec = RAW_SCHEMAS["train"]
     known_stores = pa.array(reference.stores["store_nbr"].to_numpy(dtype=np.int32))
@@ -270,7 +271,7 @@ def split_train_by_store(
     ids.check(path, [partitions.path(store) for store in sorted(partitions.rows)])
     check_stray_end_dates(path, day_rows)
     calendar = np.array(sorted(day_rows), dtype="datetime64[D]")
-    return partitions, calendar
+    return partitions, calendar, day_rows
 
 
 STRAY_DAY_SHARE = 0.05  # a first or last date with at most this share of a typical day's rows, after a gap: a typo
@@ -295,6 +296,31 @@ def check_stray_end_dates(path: Path, day_rows: dict[int, list[int]]) -> None:
             fail(path, "date", f"the {which} date, {when}, has {rows:,} row(s) where a typical day has {typical:,.0f}, "
                  f"and comes {gap:,} day(s) with no sales {side} the others ({np.datetime64(neighbour, 'D')}): a "
                  f"mistyped date? Fix or remove it: {why}", np.asarray([first_row]), [str(when)])
+
+
+PARTIAL_DAY_SHARE = 0.5  # a last date with fewer than this share of its weekday's rows: a day not over when exported
+
+
+def partial_last_day_warning(path: Path, day_rows: dict[int, list[int]]) -> str | None:
+    """One line when train.csv's last date has under PARTIAL_DAY_SHARE of the rows the same weekday had in the 4
+    weeks before it (median), or None. An export run during the day (up to 'today') ends on a part of a day: every
+    store×item without a row yet counts as selling nothing on it, and it is a day of the validation window and the
+    last day of the history a served model forecasts from. Not refused: a day most stores are closed (New Year's
+    Day) may end the data too. check_stray_end_dates refuses the clearer case, a few rows after days without any."""
+    days = sorted(day_rows)
+    last = days[-1]
+    before = [day_rows[last - 7 * weeks][0] for weeks in (1, 2, 3, 4) if last - 7 * weeks in day_rows]
+    if not before:
+        return None
+    typical, rows = float(np.median(before)), day_rows[last][0]
+    if rows >= PARTIAL_DAY_SHARE * typical:
+        return None
+    when = np.datetime64(last, "D")
+    return (f"{path.name}: the last date, {when}, has {rows:,} row(s) where the same weekday had {typical:,.0f} "
+            f"(median of the {len(before)} week(s) before it), first at {describe_rows(path, [day_rows[last][1]])}: "
+            "an export run before the day was over? Every store×item without a row counts as selling nothing that "
+            "day, a day of the validation window and the last of the history forecasts start from: end the export "
+            "at the last complete day (or, if most stores were closed that day, leave it)")
 
 
 def _category(values: np.ndarray, codes: np.ndarray, dictionary: list[str]) -> pa.Array:
@@ -619,8 +645,10 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool 
     total_rows = 0
     with atomic_directory(out_dir) as staging:
         workdir = staging / ".by_store"
-        partitions, calendar = split_train_by_store(raw_dir, reference, workdir, progress)
+        partitions, calendar, day_rows = split_train_by_store(raw_dir, reference, workdir, progress)
         if warning := sparse_days_warning(train_path, calendar):
+            print(f"prepare: warning: {warning}", file=sys.stderr, flush=True)
+        if warning := partial_last_day_warning(train_path, day_rows):
             print(f"prepare: warning: {warning}", file=sys.stderr, flush=True)
         if warning := closed_stores_warning(train_path, partitions.last_day, calendar, params.closed_after_days):
             print(f"prepare: warning: {warning}", file=sys.stderr, flush=True)

@@ -474,3 +474,29 @@ def test_a_gzip_padded_with_zero_bytes_in_data_raw_is_read_as_its_download_and_l
     prepare(raw, out, prepare_with(returns="zero", grid="from_first_sale"), progress=False)
     assert pd.read_parquet(out / "sales.parquet").equals(pd.read_parquet(unpadded / "sales.parquet"))
     assert {name: (raw / name).read_bytes() for name in padded} == padded
+
+
+@pytest.mark.parametrize("share, warned", [(0.4, True), (0.6, False), (1.0, False)])
+def test_a_last_day_exported_before_it_was_over_is_warned_about(tmp_path, capsys, share, warned):
+    """An export run during the day ends on part of it: 3 stores x 10 items every day for 60 days, the last with only
+    ``share`` of its rows, prepared without a word, though every store×item without a row counted as selling
+    nothing that day (18 of 30 rows false zeros at 0.4), a day of the validation window and the last of the served
+    history. No gap before it, so not the refused stray date; a weekday's usual rows are its own weekday's."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "stores.csv").write_text("store_nbr,city,state,type,cluster\n"
+                                    + "".join(f"{s},C,S,A,1\n" for s in (1, 2, 3)))
+    (raw / "items.csv").write_text("item_nbr,family,class,perishable\n"
+                                   + "".join(f"{i},F,1,0\n" for i in range(10, 20)))
+    kept = int(30 * share)
+    rows = [(START + dt.timedelta(days=d), s, i) for d in range(60) for s in (1, 2, 3) for i in range(10, 20)
+            if d < 59 or (s - 1) * 10 + i - 10 < kept]
+    (raw / "train.csv").write_text("id,date,store_nbr,item_nbr,unit_sales,onpromotion\n"
+                                   + "".join(f"{n},{d},{s},{i},3,False\n" for n, (d, s, i) in enumerate(rows)))
+    prepare(raw, tmp_path / "prepared", prepare_with(), progress=False)
+    err = capsys.readouterr().err
+    last = START + dt.timedelta(days=59)
+    assert (f"prepare: warning: train.csv: the last date, {last}, has {kept} row(s) where the same weekday had 30 "
+            f"(median of the 4 week(s) before it), first at line {59 * 30 + 2}: an export run before the day was "
+            "over?" in err) == warned, err
+    assert err.count("\n") == warned, err  # that line alone
