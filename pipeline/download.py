@@ -289,11 +289,31 @@ def _check_sha256(part: Path, name: str, wanted: str, inside_coding: bool) -> No
         raise DownloadError(f"{name}: sha256 {actual}{within} does not match data.sha256.{name} = {wanted}")
 
 
-def not_the_file(shown: str, page: str) -> DownloadError:
+class _Page(DownloadError):
+    """A URL answered with an HTML page instead of the file (``page``: its title as ``html_page`` gives it, or "")."""
+
+    def __init__(self, message: str, page: str):
+        super().__init__(message)
+        self.page = page
+
+
+SIGN_IN_HINT = ("data.source must be a direct download link (for a site that needs signing in, such as Kaggle's, "
+                "download the files yourself and point data.source at their folder)")
+
+
+def not_the_file(shown: str, page: str) -> _Page:
     """The error for a URL answered with an HTML page (``page``: its title as ``html_page`` gives it, or "")."""
-    return DownloadError(f"{shown}: the server answered with an HTML page{page}, not the file: a sign-in or error "
-                         "page? data.source must be a direct download link (for a site that needs signing in, such as "
-                         "Kaggle's, download the files yourself and point data.source at their folder)")
+    return _Page(f"{shown}: the server answered with an HTML page{page}, not the file: a sign-in or error page? "
+                 f"{SIGN_IN_HINT}", page)
+
+
+def pages_note(pages: list[tuple[str, str]], found) -> str:
+    """What a 'has no ...' error adds when the server answered the missing required files' names with HTML pages
+    (``pages``: (name, title) in the order asked; ``found``: the raw files found)."""
+    names = [name for name, _ in pages if name.split(".")[0] in RAW_FILES and name.split(".")[0] not in found]
+    titles = list(dict.fromkeys(page for name, page in pages if name in names and page))
+    return (f"; the server answered with an HTML page{titles[0] if titles else ''} for {', '.join(names)}, not a file: "
+            f"a sign-in page, or the site's page for a name it does not have? {SIGN_IN_HINT}") if names else ""
 
 
 # What an HTML page opens with, after white space, comments and an XML declaration: the MIME Sniffing Standard's
@@ -562,6 +582,7 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
         raise DownloadError(f"data.source: {source} does not exist")
     fetched: set[str] = set()  # what data.sha256 may name
     refused: list[str] = []  # a folder URL's names the server answered 403 for
+    pages: list[tuple[str, str]] = []  # ... and with an HTML page, and its title
     left_out: list[str] = []
     if is_single_file(source):
         if not remote:
@@ -605,6 +626,9 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
                     if missing.code == 403:
                         refused.append(f"{base}{suffix}")
                     continue
+                except _Page as answered:  # a site's page for a name it lacks (a web app's fallback, sent 200), or
+                    pages.append((f"{base}{suffix}", answered.page))  # its sign-in wall: said if nothing is found
+                    continue
                 sent = f"{base}{suffix}" + (" (sent gzip-encoded)" if held != f"{base}{suffix}" else "")
                 left_out += install(got, held, staging, label=sent)
                 fetched.add(f"{base}{suffix}")
@@ -613,7 +637,7 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
     missing = missing_raw_files({f"{base}.csv" for base in found})
     if missing:  # named with the files (a folder's, a zip's) that look meant as the missing one
         raise DownloadError(f"data.source: {shown} {missing}{forbidden_note(refused, fetched)}"
-                            f"{other_formats_note(listed, found)}")
+                            f"{pages_note(pages, found)}{other_formats_note(listed, found)}")
     unchecked = sorted(set(params.sha256) - fetched)
     if unchecked:  # a typo, or train.csv listed where train.csv.gz was fetched: nothing would have been verified
         raise DownloadError(f"data.sha256.{unchecked[0]}: no file of that name was fetched from {shown} "

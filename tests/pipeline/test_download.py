@@ -1044,8 +1044,8 @@ def test_an_html_page_that_does_not_open_with_its_doctype_is_said_for_what_it_is
     with _serving(_LoginWallHandler) as port, pytest.raises(DownloadError) as error:
         url = f"http://127.0.0.1:{port}/data/"
         download(_params(url), tmp_path / "raw", tmp_path / "partial", progress=False)
-    assert str(error.value).startswith(f"{url}train.csv.gz: the server answered with an HTML page ('Sign in - Data "
-                                       "Portal'), not the file"), error.value
+    assert "; the server answered with an HTML page ('Sign in - Data Portal') for train.csv.gz, train.csv, " \
+           "train.csv.7z, items.csv.gz" in str(error.value), error.value
     assert not (tmp_path / "raw").exists()
 
 
@@ -1058,6 +1058,46 @@ def test_what_no_html_page_starts_with_is_not_taken_for_one(tmp_path, start):
     path = tmp_path / "train.csv"
     path.write_bytes(start + b"\n1,2\n")
     assert html_page(path) is None
+
+
+class _WebAppHandler(_RangeHandler):
+    """A web app's host (a single-page app's fallback route, as Netlify, Vercel or a CDN rewrite serve it): a path it
+    has no file for is answered 200 with the app's page."""
+
+    PAGE = b"<!DOCTYPE html><html><head><title>Store app</title></head><body><div id=app></div></body></html>"
+
+    def send_error(self, code, message=None, explain=None):
+        if code != 404:
+            return super().send_error(code, message, explain)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(self.PAGE)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(self.PAGE)
+
+
+def test_a_folder_url_whose_server_answers_names_it_lacks_with_a_page_is_read_like_a_folder(kaggle_sample, tmp_path):
+    """Each raw file is looked for as NAME.csv.gz, NAME.csv, NAME.csv.7z: a host answering the names it lacks with its
+    app's page (200) stopped download at the first, items.csv.gz, 'the server answered with an HTML page ('Store
+    app'), not the file: a sign-in or error page?', though items.csv was there. Such a name counts as absent; a
+    required file found under no name says which names were pages."""
+    (kaggle_sample / "oil.csv").unlink()
+    assert not (kaggle_sample / "items.csv.gz").exists()
+    with _serving(_WebAppHandler, kaggle_sample) as port:
+        url = f"http://127.0.0.1:{port}/"
+        download(_params(url), tmp_path / "raw", tmp_path / "partial", progress=False)
+        assert _raw_names(tmp_path / "raw") == RAW_NAMES - {"oil"}
+        _prepares(tmp_path / "raw", tmp_path)
+        (kaggle_sample / "stores.csv").unlink()
+        with pytest.raises(DownloadError) as error:
+            download(_params(url), tmp_path / "raw2", tmp_path / "partial", progress=False)
+    assert str(error.value) == (
+        f"data.source: {url} has no stores (looked for NAME.csv.gz, NAME.csv, NAME.csv.7z); the server answered with "
+        "an HTML page ('Store app') for stores.csv.gz, stores.csv, stores.csv.7z, not a file: a sign-in page, or the "
+        "site's page for a name it does not have? data.source must be a direct download link (for a site that needs "
+        "signing in, such as Kaggle's, download the files yourself and point data.source at their folder)")
+    assert not (tmp_path / "raw2").exists()
 
 
 class _BucketHandler(_RangeHandler):
