@@ -337,7 +337,7 @@ class _TailTracking:
 def _check_complete_last_line(path: Path, header: list[str], tail: bytes, rows_read: int) -> None:
     """Every complete CSV file ends with an end-of-line; one that does not was cut short (``header``: the file's
     column names, in its order, its own columns too)."""
-    if not tail or tail.endswith((b"\n", b"\r")):  # \r alone: old Mac line endings, which the reader takes too
+    if not _ends_inside_a_line(tail):  # \r alone: old Mac line endings, which the reader takes too
         return
     line = _file_lines(path, [rows_read - 1])[rows_read - 1]  # blank lines and values over lines before it count
     raise _truncated(path, header, tail, line)
@@ -354,36 +354,12 @@ def _truncated(path: Path, header: list[str], tail: bytes, line: int) -> Truncat
     )
 
 
-def _last_line_number(path: Path) -> int:
-    """The number of the file's last line, as an editor numbers them (lines end at \\n, \\r or \\r\\n)."""
-    number, previous, stream = 1, b"", _TailTracking(path)  # a .gz read as the reader reads it, to its data's end
-    try:
-        for chunk in iter(lambda: bytes(stream.read(1 << 20)), b""):
-            number += chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")
-            if previous.endswith(b"\r") and chunk.startswith(b"\n"):
-                number -= 1  # a \r\n across two reads: one line end
-            previous = chunk
-    finally:
-        stream.close()
-    return number
-
-
-def _cut_instead(path: Path, header: Header, stream: "_TailTracking") -> None:
-    """Raise the file's truncation where the reader stopped on its last block and the file ends inside a line: the
-    cut line is short of fields or ends inside a value, and was named as that ('has 5 fields, the header has 6',
-    "not a valid bool ('Tru')"), not as what happened to the file. Returns where the file is not cut or the reader
-    stopped before its last block."""
-    try:
-        at_end = not stream.read(1)
-    except (OSError, EOFError, zlib.error):
-        return  # a broken gzip: said as that by the caller
-    if at_end and stream.tail and not stream.tail.endswith((b"\n", b"\r")):
-        raise _truncated(path, header.names, stream.tail, _last_line_number(path))
-
-
 def _batches(
-    path: Path, spec: RawFile, header: Header, as_text: bool = False, block_size: int = BLOCK_SIZE
+    path: Path, spec: RawFile, header: Header, as_text: bool = False, block_size: int = BLOCK_SIZE,
+    ended: list[bytes] | None = None
 ) -> Iterator[pa.RecordBatch]:
+    """The file's batches (``as_text``: every column a string); typed, a file cut inside its last line is refused
+    after its last batch; as text, the file's last bytes are appended to ``ended`` once it is read to its end."""
     stream = _TailTracking(path)
     try:
         try:
@@ -400,7 +376,6 @@ def _batches(
             # finds no line end and calls the file empty, but check_header has read the header: no data rows
             if "Empty CSV file" in str(exc):
                 return
-            _cut_instead(path, header, stream)
             raise
         names = reader.schema.names
         left_out = [c for c in spec.columns if c.name in header.left_out]
@@ -408,14 +383,7 @@ def _batches(
             raise DataValidationError(f"{path.name}: line 1: the header does not read as the columns "
                                       f"{', '.join(spec.column_names)} (got {', '.join(names)})")
         rows = 0
-        while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                break
-            except pa.ArrowInvalid:  # a row short of fields, or a value that does not convert
-                _cut_instead(path, header, stream)
-                raise
+        for batch in reader:
             if header.timed_dates and not as_text:
                 batch = _dates_at_midnight(path, batch, rows)
             rows += batch.num_rows
@@ -427,6 +395,8 @@ def _batches(
             yield batch
         if not as_text:
             _check_complete_last_line(path, header.names, stream.tail, rows)
+        elif ended is not None:
+            ended.append(stream.tail)
     finally:
         stream.close()
 
@@ -443,9 +413,9 @@ def _pattern_for(column: Column) -> str | None:
 
 def _explain_conversion_failure(path: Path, spec: RawFile, header: Header, error: Exception) -> None:
     """Re-read as text to find which column and lines could not be parsed, then fail."""
-    offset = 0
+    offset, ended = 0, []
     try:
-        for batch in _batches(path, spec, header, as_text=True):
+        for batch, last in _with_last(_batches(path, spec, header, as_text=True, ended=ended)):
             _fail_on_repeated_header(path, spec, header, batch, offset)
             for column in spec.columns:
                 values = batch.column(column.name)
@@ -457,6 +427,9 @@ def _explain_conversion_failure(path: Path, spec: RawFile, header: Header, error
                 else:
                     continue
                 rows = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
+                if len(rows) and last and rows[0] == batch.num_rows - 1 and ended and _ends_inside_a_line(ended[0]):
+                    row = offset + int(rows[0])  # the file's cut last line: a value cut short ('Tru', '2014-04-2')
+                    raise _truncated(path, header.names, ended[0], _file_lines(path, [row])[row])
                 if len(rows):
                     kind = "date YYYY-MM-DD" if column.type == pa.date32() else str(column.type)
                     if pa.types.is_boolean(column.type):  # 'yes', 'Y', 'x': say what is read
@@ -473,6 +446,25 @@ def _explain_conversion_failure(path: Path, spec: RawFile, header: Header, error
     except (OSError, EOFError, zlib.error) as read_error:
         raise DataValidationError(f"{path.name}: cannot read: {read_error} (truncated or corrupt gzip?)") from None
     _explain_unreadable(path, error, spec.column_names)
+
+
+def _with_last(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, bool]]:
+    """(batch, whether it is the last) for each of ``batches``, one read ahead; an error reading the next batch is
+    raised after the one before it has been yielded, so what is wrong there is found first."""
+    current = next(batches, None)
+    while current is not None:
+        try:
+            following = next(batches, None)
+        except Exception as error:
+            yield current, False
+            raise error
+        yield current, following is None
+        current = following
+
+
+def _ends_inside_a_line(tail: bytes) -> bool:
+    """Whether a file whose last bytes are ``tail`` ends without an end-of-line (\\n, \\r\\n or \\r)."""
+    return bool(tail) and not tail.endswith((b"\n", b"\r"))
 
 
 def _fail_on_repeated_header(path: Path, spec: RawFile, header: Header, batch: pa.RecordBatch, offset: int) -> None:
@@ -566,6 +558,8 @@ def _locate_wrong_field_count(path: Path, expected: int) -> None:
             except csv.Error as exc:
                 fields, found = None, f"cannot be split into fields ({exc})"
             if fields is None or (fields and len(fields) != expected):  # []: a blank line, which the reader skips
+                if row and _ends_inside_a_line(row[-1].encode("utf-8")):  # the file's end: its last line cut short
+                    raise _truncated(path, _header(path), "".join(row).encode("utf-8"), start)
                 found = found if fields is None else f"has {len(fields)} fields"
                 shown = "".join(row).rstrip("\r\n")
                 raise DataValidationError(f"{path.name}: line {start}: {found}, the header has {expected} "
@@ -622,9 +616,9 @@ def _explain_unreadable(path: Path, error: Exception, read: tuple[str, ...]) -> 
 def read_batches(path: Path, spec: RawFile, block_size: int = BLOCK_SIZE) -> Iterator[tuple[int, pa.RecordBatch]]:
     """Typed batches of a raw file with their first row number; structure and values checked.
 
-    One batch is read ahead, so a file that ends inside its last line is said as truncated before that batch's
-    values are checked (or a caller's checks run on it): a cut value ('Tru', '2014-04-2', an item number short of
-    digits) was named as a bad value."""
+    One batch is read ahead, so a file that ends inside its last line is said as truncated before that line's
+    values are checked (or a caller's checks run on it): a cut value ('Tru', an empty required field, an item number
+    short of digits) was named as a bad value. Every other line's error is named as before."""
     header = check_header(path, spec)
     offset, held = 0, None
     batches = _explained_batches(path, spec, header, block_size)
@@ -633,7 +627,9 @@ def read_batches(path: Path, spec: RawFile, block_size: int = BLOCK_SIZE) -> Ite
             batch = next(batches)
         except StopIteration:
             break
-        except TruncatedFile:
+        except TruncatedFile:  # the file ends inside the last line of ``held``: its other rows are checked first
+            if held is not None and held.num_rows > 1:
+                check_values(path, spec, held.slice(0, held.num_rows - 1), offset, header.left_out)
             raise
         except DataValidationError:  # an error further on: the batch before it is checked first
             if held is not None:

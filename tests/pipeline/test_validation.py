@@ -665,18 +665,26 @@ def test_a_file_cut_anywhere_in_its_last_line_is_said_as_truncated(tmp_path, mon
     assert not (tmp_path / "out").exists()
 
 
-def test_an_error_before_the_last_block_of_a_cut_file_is_still_named_first(tmp_path, monkeypatch):
-    """Reading one block ahead (to see the cut first) leaves an earlier block's bad value the first error named."""
+@pytest.mark.parametrize("line, field, value, expected", [
+    (9, 4, "2e7", "column 'unit_sales': value out of range .*; first offending: line 9 \\(20000000.0\\)$"),
+    (290, 4, "2e7", "column 'unit_sales': value out of range .*; first offending: line 290 \\(20000000.0\\)$"),
+    (9, 5, "True,extra", "line 9: has 7 fields, the header has 6"),
+])
+@pytest.mark.parametrize("block_size", [None, 2048])
+def test_another_lines_error_in_a_cut_file_is_still_named_first(tmp_path, monkeypatch, line, field, value, expected,
+                                                                 block_size):
+    """Only the cut line's own problems are said as the truncation: a bad value or field count on another line, in
+    an earlier block or the cut line's own, is named as before (reading a block ahead sees the cut first)."""
     import functools
 
     from pipeline import prepare as prepare_module
     from pipeline.validate import read_batches
 
     raw = write_kaggle_sample(tmp_path / "raw")
-    _edit(raw, "train", lambda t: _replace_line(t, 9, _with_field(_train_line(9), 4, "2e7"))[:-5])
-    monkeypatch.setattr(prepare_module, "read_batches", functools.partial(read_batches, block_size=2048))
-    with pytest.raises(DataValidationError, match=r"^train.csv: column 'unit_sales': value out of range .*; first "
-                                                  r"offending: line 9 \(20000000.0\)$"):
+    _edit(raw, "train", lambda t: _replace_line(t, line, _with_field(_train_line(line), field, value))[:-5])
+    if block_size:
+        monkeypatch.setattr(prepare_module, "read_batches", functools.partial(read_batches, block_size=block_size))
+    with pytest.raises(DataValidationError, match=rf"^train.csv: {expected}"):
         prepare(raw, tmp_path / "out", PARAMS, progress=False)
 
 
