@@ -436,7 +436,8 @@ def _explain_conversion_failure(path: Path, spec: RawFile, header: Header, error
                         kind += (f" ({' / '.join(TRUE_VALUES)} or {' / '.join(FALSE_VALUES)}"
                                  f"{', or empty where unknown' if column.nullable else ''})")
                     shown = values.take(rows[:MAX_SHOWN]).to_pylist()
-                    hint = value_hint(column.type, column.nullable, shown[0])
+                    hint = (PADDED if _reads_unpadded(column, shown[0], header.timed_dates)
+                            else value_hint(column.type, column.nullable, shown[0]))
                     fail(path, column.name, f"not a valid {kind}", rows + offset, shown, hint)
                 if pa.types.is_integer(column.type):
                     _fail_on_integer_overflow(path, column, values, offset)
@@ -446,6 +447,22 @@ def _explain_conversion_failure(path: Path, spec: RawFile, header: Header, error
     except (OSError, EOFError, zlib.error) as read_error:
         raise DataValidationError(f"{path.name}: cannot read: {read_error} (truncated or corrupt gzip?)") from None
     _explain_unreadable(path, error, spec.column_names)
+
+
+# What a value refused only for the spaces around it is told (a padded or fixed-width export's 'False '): the reader
+# takes spaces around a number or a date, not around a flag or a date with a time of day.
+PADDED = "spaces around the value (a padded or fixed-width export?): remove them"
+
+
+def _reads_unpadded(column: Column, value: str, timed: bool) -> bool:
+    """Whether ``value`` is refused for the spaces around it only: without them it reads as the column's type."""
+    text = value.strip()
+    if text == value or not text:
+        return False
+    if column.type == pa.date32():  # a timestamp: ' 2017-08-15 00:00:00'
+        return not _not_a_date(pa.array([text]), timed)[0].as_py()
+    pattern = _pattern_for(column)
+    return pattern is not None and re.search(pattern, text) is not None
 
 
 def _with_last(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, bool]]:
@@ -509,6 +526,8 @@ def _not_a_date(values: pa.Array, timed: bool = False) -> pa.Array:
     if timed:
         dated = pc.match_substring_regex(values, f"^{TIMED_DATE}$")
         values = pc.if_else(dated, pc.utf8_slice_codeunits(values, 0, 10), values)
+    else:  # the reader takes a date with spaces around it, ' 2017-08-15 ' (a timestamp it does not)
+        values = pc.utf8_trim_whitespace(values)
     parsed = pc.strptime(values, format="%Y-%m-%d", unit="s", error_is_null=True)
     # strptime also takes 2016-9-1 and 16-09-01, which Arrow's CSV reader refuses
     padded = pc.match_substring_regex(values, r"^\d{4}-\d{2}-\d{2}$")

@@ -97,6 +97,13 @@ CASES = {
     "a spreadsheet's empty columns": ("stores", lambda t: t.replace("\n", ",,\n"),
                                       ["stores.csv", "line 1", "the header ends in 2 empty column name(s)"]),
     # a team's own flags: what is read was not said
+    # a padded export (every field with spaces around it): the reader takes them around numbers and dates, not
+    # around a flag, which was refused with no word why, and the padded date on its line was named instead, though
+    # it had been read: the explanation's own date check took no spaces
+    "a padded line": ("train", lambda t: _replace_line(t, 200, ",".join(f" {v} " for v in _train_line(200).split(","))),
+                      ["train.csv: column 'onpromotion': not a valid bool (True / true / TRUE / 1 / t or False / "
+                       "false / FALSE / 0 / f, or empty where unknown); first offending: line 200 (' False '): spaces "
+                       "around the value (a padded or fixed-width export?): remove them"]),
     "promotion as yes/no": ("train", lambda t: _replace_line(t, 200, _with_field(_train_line(200), 5, "yes")),
                             ["train.csv: column 'onpromotion': not a valid bool (True / true / TRUE / 1 / t or "
                              "False / false / FALSE / 0 / f, or empty where unknown); first offending: line 200 "
@@ -823,6 +830,19 @@ def test_a_timestamp_other_than_midnight_is_refused_naming_its_line(tmp_path):
     assert str(refused.value).startswith(
         "train.csv: column 'date': not a date: a time of day other than midnight; first offending: line 5 "
         "('2014-03-25 23:30:00'): which day a time belongs to depends on the time zone"), refused.value
+
+
+def test_a_padded_timestamp_is_told_its_spaces(tmp_path):
+    """The reader takes spaces around a date but not around a date with a time of day: ' 2014-03-30 00:00:00 ' was
+    told 'a time of day after the date (a database's timestamp?) ...', the file's very notation."""
+    raw = write_kaggle_sample(tmp_path / "raw")
+    _edit(raw, "train", lambda t: "\n".join(
+        line if n == 0 else _with_field(line, 1, (" {} 00:00:00 " if n == 51 else "{} 00:00:00").format(
+            line.split(",")[1])) for n, line in enumerate(t.splitlines())) + "\n")
+    with pytest.raises(DataValidationError, match=r"^train.csv: column 'date': not a valid date YYYY-MM-DD; first "
+                                                  r"offending: line 52 \(' 2014-03-30 00:00:00 '\): spaces around the "
+                                                  r"value \(a padded or fixed-width export\?\): remove them$"):
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
 
 
 @pytest.mark.parametrize("column, value, problem", [
