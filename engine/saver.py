@@ -35,6 +35,7 @@ import math
 import os
 import re
 import secrets
+import stat
 import zipfile
 from functools import partial
 from typing import Mapping
@@ -53,9 +54,23 @@ GRAPH_FORMAT = "shelfcast-engine-graph"
 FORMAT_VERSION = 1
 
 
+def open_regular(path: str):
+    """``path`` opened for binary reading where it is a regular file (a symlink is followed), else an OSError naming
+    it, at once: a named pipe's ``open`` waited for a writer forever (a FIFO under a checkpoint's name hung every
+    rerun of train) and a device (/dev/zero) never ends a read. pipeline/atomic.py's ``open_regular_file`` is the
+    same step: the engine imports nothing of the pipeline's."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    handle = open(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        handle.close()
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return handle
+
+
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -128,34 +143,46 @@ def read_npz(path: str) -> dict:
     trusts each member's headers: a member inflating to GBs (a zip bomb), or a header declaring more data than follows,
     killed a worker for memory. Every ``.npz`` the engine and the bundle write is stored uncompressed (``np.savez``
     too), so a member must be stored and hold exactly the bytes its header declares: ValueError naming it otherwise."""
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise ValueError(f"member {info.filename} is compressed ({info.file_size} bytes from "
-                                 f"{info.compress_size}); arrays are stored uncompressed")
-            with archive.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                if version not in ((1, 0), (2, 0)):
-                    raise ValueError(f"member {info.filename} has .npy format version {version}; expected 1.0 or 2.0")
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                    np.lib.format.read_array_header_2_0
-                shape, _, dtype = read_header(member)
-                if dtype.hasobject:
-                    raise ValueError(f"member {info.filename} holds Python objects (dtype {dtype}): a pickle, which "
-                                     "is never loaded")
-                declared = member.tell() + math.prod(shape) * dtype.itemsize  # Python ints: no overflow
-            if declared != info.file_size:
-                raise ValueError(f"member {info.filename} declares shape {shape} {dtype} ({declared} bytes with its "
-                                 f"header), it holds {info.file_size}")
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+    with open_regular(path) as file:
+        with zipfile.ZipFile(file) as archive:
+            _check_members(archive)
+        file.seek(0)
+        with np.load(file, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+
+def _check_members(archive: zipfile.ZipFile) -> None:
+    """ValueError naming the first member of ``archive`` that is compressed, of Python objects, or not the size its
+    ``.npy`` header declares."""
+    for info in archive.infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(f"member {info.filename} is compressed ({info.file_size} bytes from "
+                             f"{info.compress_size}); arrays are stored uncompressed")
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"member {info.filename} has .npy format version {version}; expected 1.0 or 2.0")
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(member)
+            if dtype.hasobject:
+                raise ValueError(f"member {info.filename} holds Python objects (dtype {dtype}): a pickle, which "
+                                 "is never loaded")
+            declared = member.tell() + math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+        if declared != info.file_size:
+            raise ValueError(f"member {info.filename} declares shape {shape} {dtype} ({declared} bytes with its "
+                             f"header), it holds {info.file_size}")
 
 
 def _verified_npz(path: str, sha: str, manifest_path: str, what: str) -> dict:
     """The arrays of the ``.npz`` at ``path`` once its sha256 is ``sha``, the one ``manifest_path`` names."""
-    if not os.path.exists(path):
-        raise NotFoundError(f"{what} file {path} does not exist")
-    if sha256_file(path) != sha:
+    try:
+        digest = sha256_file(path)
+    except FileNotFoundError:
+        raise NotFoundError(f"{what} file {path} does not exist") from None
+    except OSError as e:  # a directory, a named pipe, a device, no permission: named, never waited on
+        raise DataLossError(f"{what} file {path} cannot be read ({e.strerror})") from None
+    if digest != sha:
         raise DataLossError(f"{what} file {path} is corrupt (sha256 does not match {manifest_path})")
     try:
         return read_npz(path)
@@ -171,12 +198,14 @@ def _load_json(path: str, what: str, fmt: str, max_bytes: int | None = None) -> 
         if max_bytes is not None and size > max_bytes:
             raise DataLossError(f"{what} {path} is {size} bytes; at most {max_bytes} are read (its structure only: "
                                 "the constants are in the weights file)")
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+        with open_regular(path) as f:
+            doc = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         raise NotFoundError(f"{what} manifest {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deep
-        raise DataLossError(f"{what} manifest {path} is not valid JSON: {e}") from None
+    except OSError as e:  # a directory, a named pipe, a device, no permission: named, never waited on
+        raise DataLossError(f"{what} manifest {path} cannot be read ({e.strerror})") from None
+    except (ValueError, RecursionError) as e:  # JSON, UTF-8, a number over int's digit limit; RecursionError: nested
+        raise DataLossError(f"{what} manifest {path} is not valid JSON: {e}") from None  # too deep
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         raise DataLossError(f"{path} is not a {fmt} file")
     if doc.get("version") != FORMAT_VERSION:
@@ -253,7 +282,7 @@ class Saver:
         manifest = _checked_manifest(_load_json(manifest_path, "checkpoint", CHECKPOINT_FORMAT), manifest_path)
         data_file = os.path.join(os.path.dirname(os.path.abspath(manifest_path)), manifest["data_file"])
         staged = _staged(data_file, manifest["data_sha256"])
-        if os.path.exists(staged) and sha256_file(staged) == manifest["data_sha256"]:
+        if _holds(staged, manifest["data_sha256"]):
             data_file = staged  # its save was killed before renaming it to data_file
         arrays = _verified_npz(data_file, manifest["data_sha256"], manifest_path, "checkpoint data")
         entries = {e["name"]: e for e in manifest["variables"]}
@@ -281,6 +310,14 @@ class Saver:
 
 def _staged(data_file: str, sha: str) -> str:
     return f"{data_file}-{sha[:16]}"
+
+
+def _holds(path: str, sha: str) -> bool:
+    """``path`` is a readable regular file whose sha256 is ``sha`` (anything else there is not a staged save)."""
+    try:
+        return sha256_file(path) == sha
+    except OSError:
+        return False
 
 
 def _need(what: str, ok: bool, field: str) -> None:

@@ -45,7 +45,7 @@ import numpy as np
 
 import engine as en
 from engine import data as en_data
-from pipeline.atomic import atomic_file
+from pipeline.atomic import atomic_file, open_regular_file
 from pipeline.blas import use_one_blas_thread
 from pipeline.bundle import (
     CATEGORICAL_INPUT,
@@ -390,7 +390,7 @@ class TrainingState:
         """
         path = directory / name
         try:
-            text = path.read_text(encoding="utf-8")
+            text = _read_regular(path).decode("utf-8")  # a named pipe there: refused, not waited on
             doc = json.loads(text)
         except FileNotFoundError:
             return None
@@ -459,8 +459,15 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def _read_regular(path: Path) -> bytes:
+    """The bytes of ``path``, a regular file, else an OSError naming it at once: a named pipe under a state's or a
+    checkpoint's name hung every rerun of train in its read, waiting for a writer."""
+    with open_regular_file(path) as handle:
+        return handle.read()
+
+
 def _manifest_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(_read_regular(path)).hexdigest()
 
 
 def _state_checksum(fields: dict) -> str:

@@ -52,3 +52,30 @@ def small_disk(folder, size: str):
             subprocess.run(["umount", "-l", str(where)], check=False)
 
     return mounted()
+
+
+def without_waiting(call, fifo, seconds=30):
+    """``call()``'s result or exception; AssertionError if it is still running after ``seconds`` (a read waiting on
+    the named pipe ``fifo`` for a writer: it is then released by opening the pipe for writing, and closing it)."""
+    import os
+    import threading
+
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = call()
+        except BaseException as e:  # noqa: BLE001  (handed to the test)
+            outcome["error"] = e
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the waiting reader gets end-of-file
+        worker.join(seconds)
+        raise AssertionError(f"still waiting on the named pipe {fifo} after {seconds} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+

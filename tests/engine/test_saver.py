@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import engine as en
+from tests.conftest import without_waiting
 
 
 def _model(seed=0):
@@ -493,3 +494,38 @@ def test_checkpoint_and_export_files_honour_the_umask(tmp_path):
     modes = {p.name: p.stat().st_mode & 0o777 for d in ("ckpt", "export") for p in (tmp_path / d).iterdir()}
     assert modes == {"m.json": 0o644, "m.npz": 0o644, "graph.json": 0o644, "weights.npz": 0o644}
     assert prefix == str(tmp_path / "ckpt" / "m") and (tmp_path / "private").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+@pytest.mark.parametrize("kind", ["a named pipe", "a directory"])
+def test_a_checkpoint_file_that_is_no_regular_file_is_data_loss_at_once(tmp_path, suffix, kind):
+    """Found by a probe: a named pipe under a checkpoint's manifest or data name made ``restore`` wait for a writer
+    forever (every rerun of a train resuming that folder hung), and a directory there was a bare IsADirectoryError.
+    Both are a DataLossError naming the file, at once; an inference graph's files are read the same way."""
+    v = en.Variable(np.arange(4, dtype=np.float32), name="v")
+    with en.Session() as s:
+        s.run(v.initializer)
+        prefix = en.train.Saver().save(s, str(tmp_path / "model"))
+        en.train.export_inference_graph(s, str(tmp_path / "export"), {}, {"y": v * 2.0})
+    targets = [prefix + suffix, str(tmp_path / "export" / ("graph.json" if suffix == ".json" else "weights.npz"))]
+    for target in targets:
+        os.unlink(target)
+        os.mkfifo(target) if kind == "a named pipe" else os.mkdir(target)
+    with en.Session() as s, pytest.raises(en.errors.DataLossError, match=rf"{targets[0]} cannot be read"):
+        without_waiting(lambda: en.train.Saver([v]).restore(s, prefix), targets[0])
+    with pytest.raises(en.errors.DataLossError, match=rf"{targets[1]} cannot be read"):
+        without_waiting(lambda: en.train.import_inference_graph(str(tmp_path / "export")), targets[1])
+
+
+def test_a_named_pipe_under_the_staged_data_name_is_passed_over(tmp_path):
+    """A restore looks for the staged data a killed save left (``<prefix>.npz-<sha256[:16]>``); something there that
+    is no regular file is not it: the checkpoint restores from its data file, without waiting on a pipe."""
+    v = en.Variable(np.arange(4, dtype=np.float32), name="v")
+    with en.Session() as s:
+        s.run(v.initializer)
+        prefix = en.train.Saver().save(s, str(tmp_path / "model"))
+    staged = f"{prefix}.npz-{json.load(open(prefix + '.json'))['data_sha256'][:16]}"
+    os.mkfifo(staged)
+    with en.Session() as s:
+        without_waiting(lambda: en.train.Saver([v]).restore(s, prefix), staged)
+        np.testing.assert_array_equal(s.run(v), np.arange(4, dtype=np.float32))

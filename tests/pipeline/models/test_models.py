@@ -513,3 +513,26 @@ def test_predictions_are_clipped_at_zero(tmp_path):
 def test_unknown_model_kind_is_refused():
     with pytest.raises(ValueError, match="train.model"):
         models.ModelConfig(kind="forest", dense_size=1, vocab_sizes={}, embedding_dims={}, hidden_units=())
+
+
+@pytest.mark.parametrize("name", ["state.json", "last-40.json", "last-40.npz", "best-40.npz"])
+def test_a_named_pipe_under_a_checkpoints_name_is_skipped_not_waited_on(tmp_path, name):
+    """Found by a probe: a named pipe where the newest state, manifest or data file was (a foreign file in the
+    folder) made the rerun wait in ``open`` for a writer forever, on every rerun. It is unreadable, at once: the run
+    skips that checkpoint for the one before it, says so, and ends on the bytes of an uninterrupted run."""
+    from tests.conftest import without_waiting
+
+    x, y, w = _problem(1000, 0)
+    vx, vy, vw = _problem(300, 1)
+    args = {"seed": 4, "eval_every": 20, "patience": 50, "batch_size": 64, "learning_rate": 0.01}
+    straight = _train("mlp", x, y, w, vx, vy, vw, max_steps=60, **args)
+    _train("mlp", x, y, w, vx, vy, vw, max_steps=40, checkpoint_dir=tmp_path, identity=_identity("f"), **args)
+    (tmp_path / name).unlink()
+    os.mkfifo(tmp_path / name)
+    said = []
+    again = without_waiting(lambda: _train("mlp", x, y, w, vx, vy, vw, max_steps=60, checkpoint_dir=tmp_path,
+                                           identity=_identity("f"), log=said.append, **args), tmp_path / name)
+    assert len(said) == 2 and f"{tmp_path / name}" in said[0] and "not a regular file" in said[0], said
+    assert said[0].endswith("); skipped for the one before it, at step 20")
+    assert again.resumed_at_step == 20
+    _same_model(again, straight)
