@@ -4,7 +4,11 @@ Checkpoint: ``<prefix>.npz`` (the variables' arrays) + the ``<prefix>.json`` man
 
     {"format": "shelfcast-engine-checkpoint", "version": 1, "data_file": "<prefix>.npz",
      "data_sha256": "...", "variables": [{"name": "dense/kernel", "key": "v0", "dtype": "float32",
-                                           "shape": [20, 256], "sha256": "..."}]}
+                                           "shape": [20, 256], "sha256": "..."}],
+     "random_streams": [{"op": "RandomUniform", "seed": [0, 5], "state": {<its bit generator's state>}}]}
+
+``random_streams``: where each random op that has drawn stands, so a restored session draws on from there (a run with
+dropout resumed ends as an uninterrupted one); a graph's random op it does not name starts at its seed.
 
 Inference graph: a directory of ``weights.npz`` and ``graph.json``::
 
@@ -266,7 +270,8 @@ class Saver:
                 raise
             raise _named(exc, data_file) from exc  # the file it is written for, not its staged name
         manifest = {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION,
-                    "data_file": os.path.basename(data_file), "data_sha256": sha, "variables": entries}
+                    "data_file": os.path.basename(data_file), "data_sha256": sha, "variables": entries,
+                    "random_streams": _random_streams(sess)}
         atomic_write_bytes(prefix + ".json", json.dumps(manifest, indent=1).encode())  # the switch-over
         os.replace(_staged(data_file, sha), data_file)
         directory, stem = os.path.split(os.path.abspath(data_file))
@@ -305,7 +310,48 @@ class Saver:
                 raise InvalidArgumentError(f"variable {name}: checkpoint {manifest_path} has dtype {arr.dtype},"
                                            f" the graph expects {var.dtype.name}", var.op.name)
             loaded[var.op.name] = np.array(arr, copy=True, order="C")
-        sess.state.update(loaded)  # all or nothing: nothing is changed when any variable fails
+        streams = _checked_streams(manifest, manifest_path, self._graph)
+        sess.state.update(loaded)  # all or nothing: nothing is changed when any variable or stream fails
+        sess.set_random_state(streams)
+
+
+def _random_streams(sess) -> list:
+    """Where each random op's stream stands (ops that have drawn): a restored session draws on from there, so a run
+    resumed from the checkpoint draws the dropout masks an uninterrupted run would (a new Session starts every stream
+    at its seed: resumed, a run with dropout repeated its first masks and ended on other weights)."""
+    graph_ops = {op.name: op for op in sess.graph.get_operations()}
+    return [{"op": name, "seed": [int(s) for s in graph_ops[name].attrs["seed"]], "state": state}
+            for name, state in sorted(sess.random_state().items()) if name in graph_ops]
+
+
+def _checked_streams(manifest: dict, path: str, graph) -> dict:
+    """{op name: stream state} of the checkpoint's ``random_streams`` (absent in a checkpoint of an engine that kept
+    none: every stream starts at its seed); DataLossError naming an entry that is malformed or not a stream,
+    InvalidArgumentError for a random op of the graph whose seeds are not those its stream was drawn with."""
+    need = partial(_need, f"checkpoint manifest {path}")
+    entries = manifest.get("random_streams", [])
+    need(isinstance(entries, list), f"random_streams must be a list, got {type(entries).__name__}")
+    streams = {}
+    for k, entry in enumerate(entries):
+        need(isinstance(entry, dict) and isinstance(entry.get("op"), str) and isinstance(entry.get("state"), dict)
+             and isinstance(entry.get("seed"), list), f"random_streams[{k}] must have the string op, the list seed "
+             "and the object state")
+        try:
+            np.random.default_rng(0).bit_generator.state = entry["state"]  # tried on a scratch generator first
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            raise DataLossError(f"checkpoint manifest {path} is corrupt: random_streams[{k}] ({entry['op']}) is not a "
+                                f"stream's state: {e}") from None
+        try:
+            op = graph.get_operation_by_name(entry["op"])
+        except NotFoundError:
+            continue  # a random op this graph does not have: its stream is not restored, as a variable is not
+        if not op.op_def.random:
+            continue
+        if [int(s) for s in op.attrs["seed"]] != entry["seed"]:
+            raise InvalidArgumentError(f"random op {op.name}: checkpoint {path} holds its stream of seeds "
+                                       f"{entry['seed']}, the graph's are {list(op.attrs['seed'])}", op.name)
+        streams[op.name] = entry["state"]
+    return streams
 
 
 def _staged(data_file: str, sha: str) -> str:

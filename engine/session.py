@@ -259,6 +259,19 @@ class Session:
             self._rngs[op.name] = np.random.default_rng(list(op.attrs["seed"]))
         return self._rngs[op.name]
 
+    def random_state(self) -> dict:
+        """{op name: its stream's bit-generator state} of each random op that has drawn: what a checkpoint keeps so
+        that a restored session draws on where the saved one stopped (engine/saver.py)."""
+        return {name: rng.bit_generator.state for name, rng in self._rngs.items()}
+
+    def set_random_state(self, states: Mapping) -> None:
+        """Move every random op's stream to ``states``' position for it (op name -> a state ``random_state`` gave),
+        or to its seed's start where it has none: the generators that plans hold are moved, not replaced."""
+        for op in self.graph.get_operations():
+            if op.op_def.random:
+                fresh = states.get(op.name) or np.random.default_rng(list(op.attrs["seed"])).bit_generator.state
+                self.rng(op).bit_generator.state = fresh
+
     def run(self, fetches, feed_dict=None, options=None, run_metadata=None):
         """Values of ``fetches`` (a tensor, op, name, or nested list/tuple/dict/namedtuple of them; an op's is None),
         ``feed_dict``'s values (keys: tensors or their names) replacing those tensors for this run. TensorFlow's

@@ -522,6 +522,9 @@ def train(config: ModelConfig, batches: BatchSource, val_x: FeatureMatrix, val_y
         if resumed is None:  # initialized only here: its random streams then draw what an uninterrupted run draws
             if directory is not None:  # another run's files must not stay beside this run's (a kill between this
                 clear_checkpoints(directory)  # run's first checkpoint and its state left them under that state)
+            # every random stream at its seed's start: a checkpoint restored before another failed to had moved
+            # them to where its session's stood (past the initializers' draws), and init drew other weights
+            sess.set_random_state({})
             sess.run(init)
             state, best_values = TrainingState(identity), sess.run(fetch_vars)
         else:

@@ -1,6 +1,7 @@
 """Seeded random ops: an op's stream is fixed by (graph seed, op seed), TensorFlow 1.x's seeding, the op seed being
 its creation index when not given. Unlike TensorFlow's, a graph without a seed is deterministic too (graph seed 0):
-every run of the project is reproducible. Each run draws the next values; a new Session starts the streams again.
+every run of the project is reproducible. Each run draws the next values; a new Session starts the streams again,
+and a checkpoint restored into it (``en.train.Saver``) moves them to where the saved session's stood.
 """
 
 from __future__ import annotations

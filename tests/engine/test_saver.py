@@ -529,3 +529,55 @@ def test_a_named_pipe_under_the_staged_data_name_is_passed_over(tmp_path):
     with en.Session() as s:
         without_waiting(lambda: en.train.Saver([v]).restore(s, prefix), staged)
         np.testing.assert_array_equal(s.run(v), np.arange(4, dtype=np.float32))
+
+
+def _dropout_training(seed=3):
+    """A graph whose train step draws (dropout): (graph, x, y, train_op, init, saver)."""
+    graph = en.Graph()
+    with graph.as_default():
+        en.set_random_seed(seed)
+        x, y = en.placeholder(en.float32, (None, 4), name="x"), en.placeholder(en.float32, (None, 1), name="y")
+        hidden = en.dropout(en.layers.Dense(8, activation="relu", seed=1)(x), 0.5, training=True)
+        loss = en.reduce_mean(en.square(en.layers.Dense(1, seed=2)(hidden) - y))
+        train_op = en.train.AdamOptimizer(0.01).minimize(loss)
+        return graph, x, y, train_op, en.global_variables_initializer(), en.train.Saver()
+
+
+def test_a_run_with_dropout_resumed_from_a_checkpoint_ends_as_an_uninterrupted_one(tmp_path):
+    """Found by a probe: a checkpoint kept the variables only, and a new Session starts every random stream at its
+    seed, so a run with dropout resumed after 10 of 20 steps drew its first 10 masks again and ended on other
+    weights (max difference 0.23). The checkpoint keeps each random op's stream position; restored, the run draws on
+    from there and ends bit for bit as the uninterrupted one."""
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(32, 4)).astype(np.float32)
+    feed = lambda x, y: {x: xs, y: xs.sum(1, keepdims=True)}  # noqa: E731
+    graph, x, y, train_op, init, _ = _dropout_training()
+    with en.Session(graph) as sess:
+        sess.run(init)
+        for _ in range(20):
+            sess.run(train_op, feed(x, y))
+        straight = dict(sess.state)
+    graph, x, y, train_op, init, saver = _dropout_training()
+    with en.Session(graph) as sess:
+        sess.run(init)
+        for _ in range(10):
+            sess.run(train_op, feed(x, y))
+        prefix = saver.save(sess, str(tmp_path / "ck"))
+    graph, x, y, train_op, init, saver = _dropout_training()
+    with en.Session(graph) as sess:
+        saver.restore(sess, prefix)
+        for _ in range(10):
+            sess.run(train_op, feed(x, y))
+        resumed = dict(sess.state)
+    assert sorted(resumed) == sorted(straight)
+    for name in straight:
+        np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+
+    other, *_, other_saver = _dropout_training(seed=4)  # the same variables, its dropout of other seeds: refused
+    with en.Session(other) as sess, pytest.raises(en.errors.InvalidArgumentError, match=r"random op .*dropout.* seeds"):
+        other_saver.restore(sess, prefix)
+    manifest = json.load(open(prefix + ".json"))
+    manifest["random_streams"][0]["state"] = {"bit_generator": "MT19937"}
+    json.dump(manifest, open(prefix + ".json", "w"))
+    with en.Session(graph) as sess, pytest.raises(en.errors.DataLossError, match=r"random_streams\[0\]"):
+        saver.restore(sess, prefix)
