@@ -146,13 +146,19 @@ def read_npz(path: str) -> dict:
     """The arrays of the ``.npz`` at ``path`` (no pickle), reading no more bytes than the file holds. ``np.load``
     trusts each member's headers: a member inflating to GBs (a zip bomb), or a header declaring more data than follows,
     killed a worker for memory. Every ``.npz`` the engine and the bundle write is stored uncompressed (``np.savez``
-    too), so a member must be stored and hold exactly the bytes its header declares: ValueError naming it otherwise."""
+    too), so a member must be stored and hold exactly the bytes its header declares: ValueError naming it otherwise.
+    A file that is no such archive (cut short, a byte changed) is a ValueError naming ``path`` too: zipfile's own
+    errors (BadZipFile, NotImplementedError, RuntimeError, EOFError) escaped the bundle's load as a traceback, and an
+    offset past the file's start was a bare "[Errno 22] Invalid argument"."""
     with open_regular(path) as file:
-        with zipfile.ZipFile(file) as archive:
-            _check_members(archive)
-        file.seek(0)
-        with np.load(file, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        try:
+            with zipfile.ZipFile(file) as archive:
+                _check_members(archive)
+            file.seek(0)
+            with np.load(file, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError) as e:
+            raise ValueError(f"{path} is not a readable .npz archive ({type(e).__name__}: {e})") from None
 
 
 def _check_members(archive: zipfile.ZipFile) -> None:

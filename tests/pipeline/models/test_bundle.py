@@ -280,3 +280,22 @@ def test_a_bundle_of_other_code_is_refused_saying_what_to_do(trained_project, ch
     assert message.startswith(f"{bundle_dir / 'bundle.json'}: ")
     assert "made by other code (git_commit 907d910705a9)" in message
     assert "`dvc repro`, then `make promote`" in message
+
+
+def test_a_data_file_that_is_no_archive_under_rewritten_checksums_is_one_bundle_error(trained_project, tmp_path):
+    """Found by a probe: history.npz replaced by bytes that are no zip archive, its digest rewritten in checksums.json
+    (a hand edit, or a bundle planted in a shared registry): the load raised zipfile.BadZipFile, a traceback where
+    every other damage is one BundleError naming the file (engine/saver.py read_npz: ValueError naming it)."""
+    import hashlib
+    import shutil
+
+    root, _ = trained_project
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(root / "models/candidate", bundle_dir)
+    damaged = b"PK\x03\x04" + bytes(300)
+    (bundle_dir / "history.npz").write_bytes(damaged)
+    manifest = json.loads((bundle_dir / "checksums.json").read_text())
+    manifest["files"]["history.npz"] = hashlib.sha256(damaged).hexdigest()
+    (bundle_dir / "checksums.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"history.npz: unreadable \(.*history.npz is not a readable .npz archive"):
+        load_bundle(bundle_dir)
