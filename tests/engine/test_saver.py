@@ -550,7 +550,10 @@ def test_a_run_with_dropout_resumed_from_a_checkpoint_ends_as_an_uninterrupted_o
     from there and ends bit for bit as the uninterrupted one."""
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(32, 4)).astype(np.float32)
-    feed = lambda x, y: {x: xs, y: xs.sum(1, keepdims=True)}  # noqa: E731
+
+    def feed(x, y):
+        return {x: xs, y: xs.sum(1, keepdims=True)}
+
     graph, x, y, train_op, init, _ = _dropout_training()
     with en.Session(graph) as sess:
         sess.run(init)
