@@ -136,6 +136,22 @@ def _refused_by_source_download_and_zip(tmp_path: Path, source: Path, message: s
         download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
 
 
+def _refused_in_process(tmp_path: Path, source: Path, pattern: str) -> None:
+    """``source`` (a folder) refused with a message matching ``pattern`` by the source stage's fingerprint, by
+    download (nothing installed) and as a zip of it: `_refused_by_source_download_and_zip` without the command's
+    process, for cases parametrized many times."""
+    from pipeline.source import HashCache, SourceError, fingerprint
+
+    with pytest.raises(SourceError, match=pattern):
+        fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))
+    with pytest.raises(DownloadError, match=pattern):
+        download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    assert not (tmp_path / "raw").exists()
+    archive = _zip_of(source, tmp_path / "data.zip")
+    with pytest.raises(DownloadError, match=rf"^data.zip {pattern}"):
+        download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
+
+
 @contextlib.contextmanager
 def _serving(handler_class, directory: Path | None = None):
     """A loopback HTTP server of ``handler_class`` (serving ``directory``, where given) on a thread: its port."""
@@ -1152,20 +1168,11 @@ def test_a_raw_file_named_but_for_case_or_separators_is_refused_not_read_past(tm
     oil.CSV with no oil); a Train.csv was 'has no train', with no word of the file beside it. So were a second
     download's holidays_events (1).csv and Notepad's holidays_events.csv.txt (Windows hides the extension), and
     train.csv.txt was 'only CSV files are read (export it as NAME.csv ...)', though it is CSV."""
-    from pipeline.source import HashCache, SourceError, fingerprint
-
     source = write_kaggle_sample(tmp_path / "src", compress=("holidays_events",) if name.endswith(".gz") else ())
     base = meant.split(".")[0]
     next(source.glob(f"{base}.csv*")).rename(source / name)
     message = rf"has {re.escape(name)} but no {base} file: is {meant} meant\? \(raw file names are matched exactly"
-    with pytest.raises(SourceError, match=message):
-        fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))
-    with pytest.raises(DownloadError, match=message):
-        download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
-    assert not (tmp_path / "raw").exists()
-    archive = _zip_of(source, tmp_path / "data.zip")
-    with pytest.raises(DownloadError, match=rf"^data.zip {message}"):
-        download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    _refused_in_process(tmp_path, source, message)
 
 
 @pytest.mark.parametrize("part", ["train_2.csv", "train-2017.csv", "train.part2.csv", "train.csv.1", "train (2).csv",
@@ -1174,8 +1181,6 @@ def test_a_second_part_or_copy_beside_a_raw_file_is_refused_not_read_past(tmp_pa
     """A folder holding train.csv and train_2.csv (its second half: a file split to mail it, or an export in two
     runs) prepared from train.csv alone, half the sales silently absent, as did a second download's train (2).csv
     (a newer copy?) and split's train.csv.1: names beside the file were never looked at once it was found."""
-    from pipeline.source import HashCache, SourceError, fingerprint
-
     source = write_kaggle_sample(tmp_path / "src")
     lines = (source / "train.csv").read_text().splitlines(keepends=True)
     (source / "train.csv").write_text("".join(lines[:150]))
@@ -1183,14 +1188,7 @@ def test_a_second_part_or_copy_beside_a_raw_file_is_refused_not_read_past(tmp_pa
     message = (rf"has train.csv and {re.escape(part)}: parts of one file, or other copies of it\? Only train.csv is "
                r"read, the rest would be read past, their rows absent: join the parts into one train.csv \(with one "
                r"header line, at its top\), or move the others out$")
-    with pytest.raises(SourceError, match=message):
-        fingerprint(str(source), _params(str(source)), HashCache(tmp_path / "hashes.json"))
-    with pytest.raises(DownloadError, match=message):
-        download(_params(str(source)), tmp_path / "raw", tmp_path / "partial", progress=False)
-    assert not (tmp_path / "raw").exists()
-    archive = _zip_of(source, tmp_path / "data.zip")
-    with pytest.raises(DownloadError, match=rf"^data.zip {message}"):
-        download(_params(str(archive)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    _refused_in_process(tmp_path, source, message)
 
 
 def test_parts_without_their_file_are_named_and_a_checksum_or_other_name_is_no_part(tmp_path):
