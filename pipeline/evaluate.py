@@ -163,7 +163,7 @@ def _write_json(path: Path, data) -> None:
 
 def evaluation_run_params(params: EvaluateParams, rule: str) -> dict:
     """The params an evaluate run records (``pipeline.promote`` records a skipped evaluation with the same)."""
-    return {"evaluate": {k: v for k, v in params.__dict__.items() if k != "slice_bound"}, "rule": rule}
+    return {"evaluate": params.to_json(), "rule": rule}
 
 
 def _write_csv(path: Path, header: list[str], rows) -> None:

@@ -10,7 +10,7 @@ import functools
 import inspect
 import re
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -72,6 +72,12 @@ class EvaluateParams:
     slice_bound: SliceBound
     plot_rows: int
     seed: int
+
+    def to_json(self) -> dict:
+        """Every field under its params.yaml key (``slice_bound`` as ``slice``, nested): what an evaluation's MLflow
+        run records, so that every param of the threshold test is a column there, as in ``dvc params diff``."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "slice_bound"}
+        return {**values, "slice": asdict(self.slice_bound)}
 
 
 @dataclass(frozen=True)

@@ -204,6 +204,22 @@ def test_an_improvement_is_said_in_words_that_its_interval_supports(improvement,
     assert evaluate.improvement_words is champion.improvement_words is improvement_words
 
 
+def test_the_evaluation_run_records_every_evaluate_param_under_its_params_yaml_key(trained_project, tiny_params,
+                                                                                 set_params):
+    """Two evaluations apart only in a slice bound differed in no MLflow param column: evaluate.slice.max_nwrmsle and
+    evaluate.slice.min_rows, threshold-test params as much as min_improvement, were left out of the run's params."""
+    root, _ = trained_project
+    tiny_params["evaluate"]["slice"] = {"max_nwrmsle": 1.75, "min_rows": 23}
+    set_params(root, tiny_params)
+    evaluate.run(root, quiet=True)
+    verdict = json.loads((root / "results/evaluation.json").read_text())
+    evaluation_run = tracking.run_of_bundle(root, verdict["bundle_digest"], "evaluate").info.run_id
+    params, _, _ = tracking.run_data(root, evaluation_run)
+    in_yaml = {f"evaluate.{key}" for key in tracking.flatten(tiny_params["evaluate"])}
+    assert {k for k in params if k.startswith("evaluate.")} == in_yaml
+    assert params["evaluate.slice.max_nwrmsle"] == "1.75" and params["evaluate.slice.min_rows"] == "23"
+
+
 def test_evaluating_without_a_candidate_is_a_clear_error(tiny_project, capsys):
     assert evaluate.main(["--root", str(tiny_project)]) == 1
     assert "no model bundle here" in capsys.readouterr().err
