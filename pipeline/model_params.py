@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 from pipeline.features import CATEGORICAL_FIELDS, FeatureInputError, FeatureSpec
-from pipeline.params import ParamsError, _Section, load_yaml, split_params
+from pipeline.params import ParamsError, _Section, load_yaml, names_file, split_params
 
 T = TypeVar("T")
 
@@ -96,6 +96,7 @@ def _int_list(section: _Section, name: str, minimum: int = 1) -> tuple[int, ...]
     return tuple(value)
 
 
+@names_file
 def feature_params(raw: Mapping[str, Any]) -> FeatureParams:
     s = _Section(raw.get("features"), "features", ("history_days", "mean_windows", "dow_weeks", "promo_windows",
                                                     "horizon", "yearly", "train_origins", "origin_stride_days",
@@ -116,6 +117,7 @@ def feature_params(raw: Mapping[str, Any]) -> FeatureParams:
                          in_memory_examples=s.integer("in_memory_examples", 1000, 1 << 40))
 
 
+@names_file
 def validation_within_horizon(raw: Mapping[str, Any]) -> None:
     """ParamsError unless ``split.validation_days`` <= ``features.horizon``: the models forecast at most
     ``horizon`` days after their origin, so a longer validation window could never be scored. The train stage
@@ -127,6 +129,7 @@ def validation_within_horizon(raw: Mapping[str, Any]) -> None:
                           f"the days after its origin a model forecasts; set split.validation_days <= {horizon}")
 
 
+@names_file
 def train_params(raw: Mapping[str, Any]) -> TrainParams:
     s = _Section(raw.get("train"), "train", ("model", "seed", "max_steps", "eval_every_steps", "patience",
                                              "batch_size", "learning_rate", "hidden_units", "embedding_dims",
@@ -143,6 +146,7 @@ def train_params(raw: Mapping[str, Any]) -> TrainParams:
     )
 
 
+@names_file
 def evaluate_params(raw: Mapping[str, Any]) -> EvaluateParams:
     s = _Section(raw.get("evaluate"), "evaluate", ("backtest_windows", "min_improvement", "min_series", "confidence",
                                                    "bootstrap_resamples", "max_nwrmsle", "slice", "plot_rows",
@@ -169,6 +173,7 @@ def evaluate_params(raw: Mapping[str, Any]) -> EvaluateParams:
 PROMOTE_KEYS = ("model_name", "alias", "max_regression")
 
 
+@names_file
 def model_name_param(raw: Mapping[str, Any]) -> str:
     """``promote.model_name`` alone, checked as promote_params checks it: the name train gives the bundle, and every
     command its registered model, need not wait on the rest of the section."""
@@ -178,6 +183,7 @@ def model_name_param(raw: Mapping[str, Any]) -> str:
     return name
 
 
+@names_file
 def promote_params(raw: Mapping[str, Any]) -> PromoteParams:
     s = _Section(raw.get("promote"), "promote", PROMOTE_KEYS)
     name = model_name_param(raw)
@@ -189,6 +195,7 @@ CANDIDATE_ALIASES = ("canary", "shadow")  # the release candidates' own aliases 
 SHIPPED_ALIAS = "production"  # params.yaml's promote.alias as shipped: only for a folder without params.yaml
 
 
+@names_file
 def production_alias_param(raw: Mapping[str, Any]) -> str:
     """``promote.alias`` alone: the registry alias of the version this project serves as production (promote moves
     and installs it; release, rollback, prune, the champion gate and fetch-model read it). A candidate's alias

@@ -9,11 +9,12 @@ to a default.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import yaml
 
@@ -29,6 +30,39 @@ _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # the one date form param
 
 class ParamsError(ValueError):
     """A missing, unknown or invalid value in params.yaml."""
+
+
+class ParamsFile(dict):
+    """The top-level mapping of a params file (what ``load_yaml`` returns), remembering the file (``path``): a refusal
+    of one of its values then names the file as well as the param (``names_file``). A plain dict (a test's, a sweep
+    candidate's) has no file, and its refusals name the param alone."""
+
+    def __init__(self, values: Mapping[str, Any], path: Path):
+        super().__init__(values)
+        self.path = path
+
+
+Reader = TypeVar("Reader", bound=Callable[..., Any])
+
+
+def names_file(reader: Reader) -> Reader:
+    """``reader`` (a section's reader, given the loaded params first) whose ParamsError names the params file the
+    values came from, ``params.yaml: train.batch_size: must be >= 1, got 0``: the one line a stage prints said the
+    param but not which file, though ``--root``, a sweep's candidate folder and a second project make it a question.
+    Said once, by the outermost reader, however readers nest."""
+    @functools.wraps(reader)
+    def read(raw, *args, **kwargs):
+        try:
+            return reader(raw, *args, **kwargs)
+        except ParamsError as exc:
+            path = getattr(raw, "path", None)
+            if path is None or getattr(exc, "file", None) is not None:
+                raise
+            located = ParamsError(f"{path}: {exc}")
+            located.file = path
+            raise located from None
+
+    return read  # type: ignore[return-value]
 
 
 class ParamsLoader(yaml.SafeLoader):
@@ -125,7 +159,7 @@ def load_yaml(path: Path | str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
             raise ParamsError(f"{path}: section '{section}': not one Shelfcast reads; is '{known}' meant? (its "
                               f"values would be ignored: rename it '{known}', or a section of your own stage to a "
                               "name less like it)")
-    return loaded
+    return ParamsFile(loaded, path)
 
 
 class _Section:
@@ -254,6 +288,7 @@ class SplitParams:
     validation_days: int
 
 
+@names_file
 def data_params(raw: Mapping[str, Any]) -> DataParams:
     section = _Section(raw.get("data"), "data", ("source", "sha256", "download", "synthetic"))
     dl = section.sub("download", ("retries", "timeout_s"))
@@ -280,6 +315,7 @@ def data_params(raw: Mapping[str, Any]) -> DataParams:
     )
 
 
+@names_file
 def prepare_params(raw: Mapping[str, Any]) -> PrepareParams:
     section = _Section(raw.get("prepare"), "prepare", ("returns", "grid", "closed_after_days"))
     return PrepareParams(
@@ -289,6 +325,7 @@ def prepare_params(raw: Mapping[str, Any]) -> PrepareParams:
     )
 
 
+@names_file
 def split_params(raw: Mapping[str, Any]) -> SplitParams:
     section = _Section(raw.get("split"), "split", ("validation_days",))
     return SplitParams(validation_days=section.integer("validation_days", 1, 3650))

@@ -55,7 +55,7 @@ from pipeline import dvc_remote, registry_fetch, tracking
 from pipeline.atomic import DirectoryBusy, one_writer
 from pipeline.bundle import BundleError, verify_bundle
 from pipeline.model_params import production_alias, promote_params
-from pipeline.params import ParamsError, _Section, load_yaml
+from pipeline.params import ParamsError, _Section, load_yaml, names_file
 from pipeline.release_store import RELEASES, VARIANTS
 from pipeline.stage import StageError, run_stage
 
@@ -74,6 +74,7 @@ class PruneParams:
     dvc_remote: bool  # also `dvc gc --cloud` the default remote
 
 
+@names_file
 def prune_params(raw: Mapping[str, Any]) -> PruneParams:
     s = _Section(raw.get("prune"), "prune", ("keep_versions", "keep_runs", "dvc_remote"))
     remote = s._get("dvc_remote")

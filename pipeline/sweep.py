@@ -53,7 +53,7 @@ from pipeline.history import HistoryError
 from pipeline.io import atomic_file
 from pipeline.model_params import evaluate_params, feature_params, train_params, validation_within_horizon
 from pipeline.models import TrainingDiverged
-from pipeline.params import ParamsError, _Section, load_yaml
+from pipeline.params import ParamsError, _Section, load_yaml, names_file
 from pipeline.stage import run_stage
 from pipeline.train import TrainError, weekdays_missed
 
@@ -97,6 +97,7 @@ def _check_key(raw: Mapping, key: Any) -> None:
         node = node[part]
 
 
+@names_file
 def sweep_grid(raw: Mapping[str, Any]) -> list[Candidate]:
     """The candidates of params.yaml's ``sweep.grid`` (every combination), each one's params validated."""
     section = _Section(raw.get("sweep"), "sweep", ("grid",))
@@ -227,7 +228,7 @@ def write_candidate_params(root: Path, home: Path, candidate: Candidate) -> None
     header = (f"# Written by python -m pipeline.sweep: {root.resolve() / 'params.yaml'} with the best candidate's\n"
               f"# values ({candidate.label}). Promote: python -m pipeline.promote --candidate {SWEEP_DIR}\n")
     with atomic_file(home / "params.yaml") as tmp:
-        tmp.write_text(header + yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+        tmp.write_text(header + yaml.safe_dump(dict(raw), sort_keys=False), encoding="utf-8")
 
 
 def run(root: Path, quiet: bool = False) -> dict:

@@ -8,6 +8,7 @@ import re
 from dataclasses import replace
 
 import pytest
+import yaml
 
 from pipeline.params import SECTIONS, ParamsError, data_params, load_yaml, prepare_params, split_params
 
@@ -257,3 +258,25 @@ def test_a_key_written_twice_is_refused_naming_it_and_its_line(tmp_path, section
 def test_a_merged_key_may_be_overridden_without_counting_as_twice(tmp_path):
     (tmp_path / "params.yaml").write_text("base: &b {a: 1, b: 2}\nx:\n  <<: *b\n  a: 3\n", encoding="utf-8")
     assert load_yaml(tmp_path / "params.yaml")["x"] == {"a": 3, "b": 2}
+
+
+def test_a_refused_value_of_a_params_file_names_the_file_as_well_as_the_param(tmp_path, capsys):
+    """A stage's one line said `split: error: split.validation_days: must be >= 1, got 0`: the param, not the file,
+    though --root, a sweep's candidate folder or a second project make "which params.yaml?" a real question. The
+    file is named once, however the readers nest (validation_within_horizon reads split's and features' sections);
+    a mapping not read from a file (a test's, a sweep candidate's) still names the param alone."""
+    from pipeline import split
+    from pipeline.model_params import validation_within_horizon
+
+    raw = default_params()
+    raw["split"]["validation_days"] = 0
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert split.main(["--root", str(tmp_path), "--quiet"]) == 1
+    assert capsys.readouterr().err == f"split: error: {path}: split.validation_days: must be >= 1, got 0\n"
+    with pytest.raises(ParamsError) as nested:
+        validation_within_horizon(load_yaml(path))
+    assert str(nested.value) == f"{path}: split.validation_days: must be >= 1, got 0"
+    with pytest.raises(ParamsError) as plain:
+        split_params(raw)
+    assert str(plain.value) == "split.validation_days: must be >= 1, got 0"

@@ -98,7 +98,7 @@ def test_an_alias_the_registry_refuses_is_refused_before_anything_is_installed(t
         monkeypatch.setenv("SHELFCAST_PROMOTE_ALIAS", alias)
     capsys.readouterr()
     assert promote.main(["--root", str(root)]) == 1
-    key = "promote.alias" if where == "params" else "SHELFCAST_PROMOTE_ALIAS"
+    key = f"{root / 'params.yaml'}: promote.alias" if where == "params" else "SHELFCAST_PROMOTE_ALIAS"
     assert capsys.readouterr().err.startswith(f"promote: error: {key}: {alias!r} is not a registry alias")
     # production's alias is promote.alias, refused here too: the shipped one's version is looked up by name
     assert tracking.production_version(root, alias="production") is None and not (root / "models/production").exists()

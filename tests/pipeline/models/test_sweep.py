@@ -149,8 +149,8 @@ def test_a_grid_value_whose_targets_miss_a_weekday_is_named_before_any_training(
 def test_a_bad_grid_key_stops_the_command_before_any_training(tiny_project, tiny_params, set_params, capsys):
     set_params(tiny_project, sweep_params(tiny_params, grid={"train.hiden_units": [[8]]}))
     assert sweep.main(["--root", str(tiny_project), "--quiet"]) == 1
-    assert "sweep: error: sweep.grid.train.hiden_units: unknown key: train has no 'hiden_units'" in \
-        capsys.readouterr().err
+    assert (f"sweep: error: {tiny_project / 'params.yaml'}: sweep.grid.train.hiden_units: unknown key: train has no "
+            "'hiden_units'") in capsys.readouterr().err
     assert not (tiny_project / "sweep").exists() and not (tiny_project / "mlflow.db").exists()
 
 
