@@ -180,6 +180,10 @@ def model_name_param(raw: Mapping[str, Any]) -> str:
     name = _Section(raw.get("promote"), "promote", PROMOTE_KEYS).text("model_name")
     if "'" in name or '"' in name:  # the registry is searched with name='...'
         raise ParamsError(f"promote.model_name: may not contain quotes, got {name!r}")
+    if unusable := [ch for ch in ("/", ":") if ch in name]:  # MLflow's registry refuses them in a model's name
+        raise ParamsError(f"promote.model_name: may not contain {' or '.join(map(repr, unusable))} (the MLflow "
+                          f"registry refuses them in a model's name), got {name!r}; e.g. "
+                          f"{re.sub(r'[/:]+', '-', name)!r}")
     return name
 
 

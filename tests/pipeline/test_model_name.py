@@ -59,3 +59,14 @@ def test_the_commands_functions_take_their_name_default_from_the_one_place(funct
     ``name or registered_model`` fallback; model_named supplies it."""
     assert function.__wrapped__ is not None and "name" in inspect.signature(function).parameters
     assert not re.search(r"\bregistered_model\(", inspect.getsource(function.__wrapped__))
+
+
+@pytest.mark.parametrize("name, refused", [("team/forecaster", "'/'"), ("acme:forecaster", "':'"),
+                                           ("a/b:c", "'/' or ':'")])
+def test_a_model_name_the_registry_refuses_is_refused_before_train_names_the_bundle(tmp_path, name, refused):
+    """MLflow's registry refuses '/' and ':' in a model's name; promote.model_name: team/forecaster passed train and
+    evaluate (the bundle named so) and failed only at promote's registration, in MLflow's words naming no param."""
+    with pytest.raises(ParamsError) as error:
+        registered_model(_project(tmp_path, name))
+    assert str(error.value).startswith(f"{tmp_path / 'params.yaml'}: promote.model_name: may not contain {refused} "
+                                       "(the MLflow registry refuses them in a model's name), got "), error.value
