@@ -83,7 +83,8 @@ def _set(params: dict, dotted: str, value: Any) -> None:
     params[name] = copy.deepcopy(value)
 
 
-def _check_key(raw: Mapping, key: Any) -> None:
+def _check_key(raw: Mapping, key: Any) -> Any:
+    """The value ``key`` (dotted) has in ``raw``; ParamsError unless it names a swept section's param."""
     where = f"sweep.grid.{key}"
     if not isinstance(key, str) or key.split(".")[0] not in SWEPT_SECTIONS or "." not in key:
         raise ParamsError(f"{where}: only features.<key> and train.<key> params can be swept (evaluate is the "
@@ -95,6 +96,7 @@ def _check_key(raw: Mapping, key: Any) -> None:
             known = ", ".join(sorted(node)) if isinstance(node, Mapping) else "none: it is not a mapping"
             raise ParamsError(f"{where}: unknown key: {parent} has no '{part}' (known: {known})")
         node = node[part]
+    return node
 
 
 @names_file
@@ -107,9 +109,12 @@ def sweep_grid(raw: Mapping[str, Any]) -> list[Candidate]:
         raise ParamsError(f"sweep.grid: expected a mapping of param -> list of values to try, {example}; "
                           f"got {grid!r}")
     for key, values in grid.items():
-        _check_key(raw, key)
+        current = _check_key(raw, key)
         if not isinstance(values, list) or not values:
             raise ParamsError(f"sweep.grid.{key}: expected a non-empty list of values to try, got {values!r}")
+        if isinstance(current, list) and not all(isinstance(value, list) for value in values):
+            raise ParamsError(f"sweep.grid.{key}: {key} is a list ({current!r}), so each value to try is one and "
+                              f"the grid a list of lists, e.g. [{current!r}, ...]; got {values!r}")
         seen = [json.dumps(v, sort_keys=True) for v in values]
         if len(set(seen)) < len(seen):
             raise ParamsError(f"sweep.grid.{key}: a value is listed twice in {values!r}")

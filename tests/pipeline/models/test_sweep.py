@@ -123,6 +123,12 @@ def test_the_grid_is_every_combination_with_its_values_set(tiny_params):
     ({"features.horizon": [16, 7]},
      "sweep.grid: candidate features.horizon=7: split.validation_days: 16 days are longer than features.horizon (7)"),
     ({}, "sweep.grid: expected a mapping of param -> list of values"),
+    # a list-valued param's grid written as one list: said as that, not as candidate hidden_units=32's "expected a
+    # list of integers, got 32", which named a value the user never wrote
+    ({"train.hidden_units": [32, 16]}, "sweep.grid.train.hidden_units: train.hidden_units is a list ([32, 16]), so "
+                                       "each value to try is one and the grid a list of lists, e.g. [[32, 16], ...]; "
+                                       "got [32, 16]"),
+    ({"features.mean_windows": [[7, 28], 14]}, "sweep.grid.features.mean_windows: features.mean_windows is a list"),
 ])
 def test_a_bad_grid_names_its_key(tiny_params, grid, message):
     with pytest.raises(ParamsError) as error:
