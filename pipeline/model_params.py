@@ -98,7 +98,7 @@ def _int_list(section: _Section, name: str, minimum: int = 1) -> tuple[int, ...]
 
 @names_file
 def feature_params(raw: Mapping[str, Any]) -> FeatureParams:
-    s = _Section(raw.get("features"), "features", ("history_days", "mean_windows", "dow_weeks", "promo_windows",
+    s = _Section.of(raw, "features", ("history_days", "mean_windows", "dow_weeks", "promo_windows",
                                                     "horizon", "yearly", "train_origins", "origin_stride_days",
                                                     "in_memory_examples"))
     yearly = s._get("yearly")
@@ -131,7 +131,7 @@ def validation_within_horizon(raw: Mapping[str, Any]) -> None:
 
 @names_file
 def train_params(raw: Mapping[str, Any]) -> TrainParams:
-    s = _Section(raw.get("train"), "train", ("model", "seed", "max_steps", "eval_every_steps", "patience",
+    s = _Section.of(raw, "train", ("model", "seed", "max_steps", "eval_every_steps", "patience",
                                              "batch_size", "learning_rate", "hidden_units", "embedding_dims",
                                              "baseline_weeks"))
     dims = s.sub("embedding_dims", CATEGORICAL_FIELDS)
@@ -148,7 +148,7 @@ def train_params(raw: Mapping[str, Any]) -> TrainParams:
 
 @names_file
 def evaluate_params(raw: Mapping[str, Any]) -> EvaluateParams:
-    s = _Section(raw.get("evaluate"), "evaluate", ("backtest_windows", "min_improvement", "min_series", "confidence",
+    s = _Section.of(raw, "evaluate", ("backtest_windows", "min_improvement", "min_series", "confidence",
                                                    "bootstrap_resamples", "max_nwrmsle", "slice", "plot_rows",
                                                    "seed"))
     sl = s.sub("slice", ("max_nwrmsle", "min_rows"))
@@ -177,7 +177,7 @@ PROMOTE_KEYS = ("model_name", "alias", "max_regression")
 def model_name_param(raw: Mapping[str, Any]) -> str:
     """``promote.model_name`` alone, checked as promote_params checks it: the name train gives the bundle, and every
     command its registered model, need not wait on the rest of the section."""
-    name = _Section(raw.get("promote"), "promote", PROMOTE_KEYS).text("model_name")
+    name = _Section.of(raw, "promote", PROMOTE_KEYS).text("model_name")
     if "'" in name or '"' in name:  # the registry is searched with name='...'
         raise ParamsError(f"promote.model_name: may not contain quotes, got {name!r}")
     if unusable := [ch for ch in ("/", ":") if ch in name]:  # MLflow's registry refuses them in a model's name
@@ -189,7 +189,7 @@ def model_name_param(raw: Mapping[str, Any]) -> str:
 
 @names_file
 def promote_params(raw: Mapping[str, Any]) -> PromoteParams:
-    s = _Section(raw.get("promote"), "promote", PROMOTE_KEYS)
+    s = _Section.of(raw, "promote", PROMOTE_KEYS)
     name = model_name_param(raw)
     max_regression = s.number("max_regression", 0.0)
     return PromoteParams(model_name=name, alias=production_alias_param(raw), max_regression=max_regression)
@@ -204,7 +204,7 @@ def production_alias_param(raw: Mapping[str, Any]) -> str:
     """``promote.alias`` alone: the registry alias of the version this project serves as production (promote moves
     and installs it; release, rollback, prune, the champion gate and fetch-model read it). A candidate's alias
     (``canary``, ``shadow``) is refused: release moves those itself, and production would be judged against itself."""
-    alias = registry_alias(_Section(raw.get("promote"), "promote", PROMOTE_KEYS).text("alias"), "promote.alias")
+    alias = registry_alias(_Section.of(raw, "promote", PROMOTE_KEYS).text("alias"), "promote.alias")
     if alias in CANDIDATE_ALIASES:
         raise ParamsError(f"promote.alias: {alias!r} is a release candidate's alias (canary, shadow); name the "
                           "production alias, e.g. production or champion (a candidate is promoted under "

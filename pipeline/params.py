@@ -165,15 +165,23 @@ def load_yaml(path: Path | str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
 class _Section:
     """Reads one mapping, remembering the dotted key for error messages."""
 
-    def __init__(self, values: Any, key: str, known: tuple[str, ...]):
-        if values is None:
+    def __init__(self, values: Any, key: str, known: tuple[str, ...], written: bool = True):
+        if values is None and not written:
             raise ParamsError(f"{key}: missing (a section of params.yaml)")
+        if values is None:  # `train:` with every line under it deleted or commented out: YAML reads it as null
+            raise ParamsError(f"{key}: written with nothing under it (its keys deleted or commented out?); it needs "
+                              f"{', '.join(known)}")
         if not isinstance(values, Mapping):
             raise ParamsError(f"{key}: expected a mapping, got {type(values).__name__}")
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ParamsError(f"{key}.{unknown[0]}: unknown key (known: {', '.join(known)})")
         self.values, self.key = values, key
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any], name: str, known: tuple[str, ...]) -> "_Section":
+        """The top-level section ``name`` of the loaded params ``raw``: absent and written empty are told apart."""
+        return cls(raw.get(name), name, known, written=name in raw)
 
     def _get(self, name: str) -> Any:
         if name not in self.values:
@@ -290,7 +298,7 @@ class SplitParams:
 
 @names_file
 def data_params(raw: Mapping[str, Any]) -> DataParams:
-    section = _Section(raw.get("data"), "data", ("source", "sha256", "download", "synthetic"))
+    section = _Section.of(raw, "data", ("source", "sha256", "download", "synthetic"))
     dl = section.sub("download", ("retries", "timeout_s"))
     syn = section.sub("synthetic", ("seed", "stores", "items", "start_date", "end_date", "test_days", "compression"))
     synthetic = SyntheticParams(
@@ -317,7 +325,7 @@ def data_params(raw: Mapping[str, Any]) -> DataParams:
 
 @names_file
 def prepare_params(raw: Mapping[str, Any]) -> PrepareParams:
-    section = _Section(raw.get("prepare"), "prepare", ("returns", "grid", "closed_after_days"))
+    section = _Section.of(raw, "prepare", ("returns", "grid", "closed_after_days"))
     return PrepareParams(
         returns=section.choice("returns", ("zero", "keep")),
         grid=section.choice("grid", ("from_first_sale", "full")),
@@ -327,5 +335,5 @@ def prepare_params(raw: Mapping[str, Any]) -> PrepareParams:
 
 @names_file
 def split_params(raw: Mapping[str, Any]) -> SplitParams:
-    section = _Section(raw.get("split"), "split", ("validation_days",))
+    section = _Section.of(raw, "split", ("validation_days",))
     return SplitParams(validation_days=section.integer("validation_days", 1, 3650))

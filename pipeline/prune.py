@@ -76,7 +76,7 @@ class PruneParams:
 
 @names_file
 def prune_params(raw: Mapping[str, Any]) -> PruneParams:
-    s = _Section(raw.get("prune"), "prune", ("keep_versions", "keep_runs", "dvc_remote"))
+    s = _Section.of(raw, "prune", ("keep_versions", "keep_runs", "dvc_remote"))
     remote = s._get("dvc_remote")
     if not isinstance(remote, bool):
         raise ParamsError(f"prune.dvc_remote: expected true or false, got {remote!r}")

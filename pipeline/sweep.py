@@ -102,7 +102,7 @@ def _check_key(raw: Mapping, key: Any) -> Any:
 @names_file
 def sweep_grid(raw: Mapping[str, Any]) -> list[Candidate]:
     """The candidates of params.yaml's ``sweep.grid`` (every combination), each one's params validated."""
-    section = _Section(raw.get("sweep"), "sweep", ("grid",))
+    section = _Section.of(raw, "sweep", ("grid",))
     grid = section._get("grid")
     example = "e.g. {train.learning_rate: [0.002, 0.004], train.hidden_units: [[128, 64], [64, 32]]}"
     if not isinstance(grid, Mapping) or not grid:

@@ -280,3 +280,18 @@ def test_a_refused_value_of_a_params_file_names_the_file_as_well_as_the_param(tm
     with pytest.raises(ParamsError) as plain:
         split_params(raw)
     assert str(plain.value) == "split.validation_days: must be >= 1, got 0"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("split:\n#  validation_days: 16\n",
+     "split: written with nothing under it (its keys deleted or commented out?); it needs validation_days"),
+    ("data: {}\n", "split: missing (a section of params.yaml)"),
+])
+def test_a_section_written_empty_is_told_apart_from_a_missing_one(tmp_path, text, message):
+    """`split:` with its lines commented out is read as null by YAML: it was refused as "split: missing", though the
+    section is there for anyone to see."""
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ParamsError) as error:
+        split_params(load_yaml(path))
+    assert str(error.value) == f"{path}: {message}"
