@@ -141,6 +141,23 @@ def params_text(path: Path) -> str:
                           "UTF-8") from None
 
 
+def yaml_error_line(exc: yaml.YAMLError, text: str) -> str:
+    """PyYAML's error as one line: where (line, column), what, while doing what, and the line as written. PyYAML's
+    own text took four to eight lines, drew a caret under a copy of the line and named the file "<unicode string>"."""
+    mark = getattr(exc, "problem_mark", None)
+    if not isinstance(exc, yaml.MarkedYAMLError) or mark is None:
+        return " ".join(str(exc).split())
+    said = exc.problem or "not YAML"
+    if exc.context:
+        context_mark = exc.context_mark
+        started = "" if context_mark is None or context_mark.line == mark.line else \
+            f" started at line {context_mark.line + 1}, column {context_mark.column + 1}"
+        said += f" ({exc.context}{started})"
+    lines = text.splitlines()
+    written = f": {lines[mark.line]!r}" if mark.line < len(lines) else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: {said}{written}"
+
+
 def load_yaml(path: Path | str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -151,7 +168,7 @@ def load_yaml(path: Path | str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
     try:
         loaded = yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+        raise ParamsError(f"{path}: not valid YAML: {yaml_error_line(exc, text)}") from None
     if not isinstance(loaded, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     for section in loaded:

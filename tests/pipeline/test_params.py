@@ -295,3 +295,22 @@ def test_a_section_written_empty_is_told_apart_from_a_missing_one(tmp_path, text
     with pytest.raises(ParamsError) as error:
         split_params(load_yaml(path))
     assert str(error.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("text, said", [
+    ("train:\n  model: mlp\n\tseed: 42\n",
+     "line 3, column 1: found character '\\t' that cannot start any token (while scanning for the next token): "
+     "'\\tseed: 42'"),
+    ("train:\n  hidden_units: [128, 64\n  seed: 42\n",
+     "line 3, column 7: expected ',' or ']', but got ':' (while parsing a flow sequence started at line 2, column "
+     "17): '  seed: 42'"),
+    ("train:\n  model: *mlp\n", "line 2, column 10: found undefined alias 'mlp': '  model: *mlp'"),
+])
+def test_a_file_that_is_not_yaml_is_one_line_naming_the_file_line_and_column(tmp_path, text, said):
+    """PyYAML's own message took four to eight lines, with a caret drawn under a copy of the line, and named the file
+    "<unicode string>": a stage's refusal was no longer one line."""
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ParamsError) as error:
+        load_yaml(path)
+    assert str(error.value) == f"{path}: not valid YAML: {said}"
