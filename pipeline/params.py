@@ -42,6 +42,11 @@ class ParamsFile(dict):
         self.path = path
 
 
+# yaml.safe_dump writes one as the mapping it is (PyYAML's safe representers match a type exactly: a dict subclass
+# was a RepresenterError)
+yaml.SafeDumper.add_representer(ParamsFile, yaml.SafeDumper.represent_dict)
+
+
 Reader = TypeVar("Reader", bound=Callable[..., Any])
 
 

@@ -233,7 +233,7 @@ def write_candidate_params(root: Path, home: Path, candidate: Candidate) -> None
     header = (f"# Written by python -m pipeline.sweep: {root.resolve() / 'params.yaml'} with the best candidate's\n"
               f"# values ({candidate.label}). Promote: python -m pipeline.promote --candidate {SWEEP_DIR}\n")
     with atomic_file(home / "params.yaml") as tmp:
-        tmp.write_text(header + yaml.safe_dump(dict(raw), sort_keys=False), encoding="utf-8")
+        tmp.write_text(header + yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
 
 
 def run(root: Path, quiet: bool = False) -> dict:

@@ -280,6 +280,7 @@ def test_a_refused_value_of_a_params_file_names_the_file_as_well_as_the_param(tm
     with pytest.raises(ParamsError) as plain:
         split_params(raw)
     assert str(plain.value) == "split.validation_days: must be >= 1, got 0"
+    assert yaml.safe_load(yaml.safe_dump(load_yaml(path))) == raw  # written back as the mapping it is
 
 
 @pytest.mark.parametrize("text, message", [
