@@ -217,7 +217,10 @@ class _Section:
     def integer(self, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
         value = self._get(name)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"{self.key}.{name}: expected an integer, got {value!r}")
+            # 1e4 and 1024.0 are read as numbers with a fraction (YAML 1.2, as DVC reads them): say how to write it
+            whole = isinstance(value, float) and value.is_integer() and abs(value) < 1e18
+            hint = f" (a whole number is written without a point or exponent: {int(value)})" if whole else ""
+            raise ParamsError(f"{self.key}.{name}: expected an integer, got {value!r}{hint}")
         if minimum is not None and value < minimum:
             raise ParamsError(f"{self.key}.{name}: must be >= {minimum}, got {value}")
         if maximum is not None and value > maximum:

@@ -30,6 +30,11 @@ def test_default_params_load():
     [
         ("split", "validation_days", 0, "split.validation_days: must be >= 1"),
         ("split", "validation_days", "16", "split.validation_days: expected an integer"),
+        # 1e4 / 16.0 are floats to YAML 1.2 (and DVC): the refusal says how to write the whole number
+        ("split", "validation_days", 16.0, "split.validation_days: expected an integer, got 16.0 (a whole number is "
+                                           "written without a point or exponent: 16)"),
+        ("synthetic", "items", 1e4, "data.synthetic.items: expected an integer, got 10000.0 (a whole number is "
+                                    "written without a point or exponent: 10000)"),
         ("prepare", "returns", "clip", "prepare.returns: must be one of zero, keep"),
         ("prepare", "grid", None, "prepare.grid: must be one of"),
         ("synthetic", "stores", 1001, "data.synthetic.stores: must be <= 1000"),
