@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from pipeline.params import ParamsError
+from pipeline.params import ParamsError, names_file
 
 SCHEDULER_ENV = "SHELFCAST_DASK_SCHEDULER"
 PARAMS_SECTION = "cluster"
@@ -132,7 +132,13 @@ def scheduler_address(raw_params: Mapping | None = None, environ: Mapping[str, s
     from_env = environ.get(SCHEDULER_ENV, "").strip()
     if from_env:
         return _checked_address(from_env, f"${SCHEDULER_ENV}")
-    section = (raw_params or {}).get(PARAMS_SECTION)
+    return _scheduler_param(raw_params or {})
+
+
+@names_file
+def _scheduler_param(raw_params: Mapping) -> str | None:
+    """params.yaml's ``cluster.scheduler`` (its refusal names the file; the variable's names the variable)."""
+    section = raw_params.get(PARAMS_SECTION)
     if section is None:
         return None
     if not isinstance(section, Mapping):

@@ -269,3 +269,18 @@ def test_a_worker_running_other_blas_kernels_is_refused_for_tasks_that_train(das
     with dask_client(dask_cluster) as client:  # workers started with this process's pinned kernels
         assert [v for v, _ in run_tasks(_square_with_pid, [3], client=client, progress=False,
                                         same_blas_kernels=True)] == [9]
+
+
+def test_a_refused_cluster_scheduler_names_params_yaml_and_the_variable_names_itself(tmp_path):
+    """cluster.scheduler's refusal named the param, not the file, where every other section's names both (11215b8);
+    $SHELFCAST_DASK_SCHEDULER's names the variable alone: it is not in the file."""
+    from pipeline.params import load_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text("cluster:\n  scheduler: notaurl\n", encoding="utf-8")
+    with pytest.raises(ParamsError) as refused:
+        scheduler_address(load_yaml(path), environ={})
+    assert str(refused.value) == (f"{path}: cluster.scheduler: 'notaurl' is not a scheduler address (expected e.g. "
+                                  "tcp://host:8786)")
+    with pytest.raises(ParamsError, match=rf"^\${SCHEDULER_ENV}: 'notaurl' is not a scheduler address"):
+        scheduler_address(load_yaml(path), environ={SCHEDULER_ENV: "notaurl"})
