@@ -14,8 +14,9 @@ Why this shape (the contract is in README.md, "Prediction logging"):
 - The spool is bounded: `enforce_limit()` deletes the oldest unclaimed segments, counting
   their events as dropped, until the directory is under `max_bytes`. A failed write (a
   full disk) drops that event, counted, and every event until the next check (at most a
-  second later), which first deletes the oldest unclaimed segment. Replay never writes
-  to disk, so a full disk cannot stop delivery.
+  second later), which first deletes the oldest unclaimed segment. A segment that reaches the
+  largest file this process may write (RLIMIT_FSIZE: EFBIG) is no full disk: it is sealed and the
+  event goes into a new one. Replay never writes to disk, so a full disk cannot stop delivery.
 - Oldest means first by name: a name starts with the wall clock in nanoseconds, but never before
   the newest name this process has seen in the spool, so a clock stepped back cannot make new
   events sort (and be dropped) as the oldest.
@@ -40,6 +41,7 @@ import json
 import logging
 import os
 import re
+import resource
 import stat
 import tempfile
 import threading
@@ -193,11 +195,23 @@ class Spool:
                     raise OSError(errno.ENOSPC, "out of space until the oldest events are dropped")
                 if self._fd < 0:
                     self._open_segment()
-                written = os.write(self._fd, line)
-                if written != len(line):
-                    os.ftruncate(self._fd, self._size)  # no torn line: the event is dropped whole
-                    raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)")
+                try:
+                    self._write_whole(line)
+                except OSError as exc:
+                    if exc.errno != errno.EFBIG or self._size == 0:
+                        raise
+                    # the segment reached the largest file this process may write (RLIMIT_FSIZE), not a full disk:
+                    # a new segment takes the event (before, dropped as on a full disk, each event until the next
+                    # check, which then deleted the oldest segment for room that deleting cannot make)
+                    self._seal_locked()
+                    self._open_segment()
+                    self._write_whole(line)
             except OSError as exc:
+                if exc.errno == errno.EFBIG:  # even an empty segment cannot take it: deleting segments frees nothing
+                    self._count("dropped", 1)
+                    self._warn(f"event spool {self.root}: an event of {len(line)} bytes is over the largest file this "
+                               f"process may write ({_file_size_limit()}); dropped", dropped=1)
+                    return False
                 self._disk_full = True
                 until = ("the oldest are deleted to make room" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
                          else "a write succeeds again (the oldest are deleted meanwhile)")
@@ -205,7 +219,7 @@ class Spool:
                 self._warn(f"event spool {self.root}: write failed ({exc}); events are dropped until {until}",
                            dropped=1)
                 return False
-            self._size += written
+            self._size += len(line)
             self._lines += 1
             self._unsynced = True
             if self._written is not None:
@@ -217,6 +231,22 @@ class Spool:
                 self._seal_locked()
         self._count("spooled", 1)
         return True
+
+    def _write_whole(self, line: bytes) -> None:
+        """Append `line` to the open segment whole, or raise leaving none of it (the caller holds the lock). A write
+        cut short (the disk filled, or the file reached RLIMIT_FSIZE) is followed by one of the rest, which raises
+        why (ENOSPC, EFBIG): the part written is cut off again, so no torn line is left for the next event to
+        continue."""
+        written = os.write(self._fd, line)
+        try:
+            while written < len(line):
+                more = os.write(self._fd, line[written:])
+                if more == 0:
+                    raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)")
+                written += more
+        except OSError:
+            os.ftruncate(self._fd, self._size)
+            raise
 
     def _open_segment(self) -> None:
         # Names sort oldest first: after the newest this process has seen, even if the wall clock stepped back.
@@ -747,6 +777,13 @@ def _check_writable(root: Path) -> None:
         raise OSError(exc.errno, f"event spool {root}: cannot create files in it ({exc.strerror})") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def _file_size_limit() -> str:
+    """The largest file this process may write, for a message: its RLIMIT_FSIZE (`ulimit -f`, systemd's LimitFSIZE,
+    docker's --ulimit fsize), or, with none, the filesystem's own largest file."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return "the filesystem's largest file" if soft == resource.RLIM_INFINITY else f"RLIMIT_FSIZE: {soft} bytes"
 
 
 def _folder_path(fd: int) -> str:

@@ -596,3 +596,57 @@ def test_after_the_wall_clock_steps_back_the_newest_events_are_still_the_last_dr
     dropped = restarted.enforce_limit()
     kept = drain(restarted)
     assert kept == list(range(90 - len(kept), 90)) and len(kept) + dropped == 90 and len(kept) > 30
+
+
+def _spool_under_file_size_limit(root: Path, limit: int, events: int, padding: int) -> tuple[dict, str]:
+    """Append `events` lines to a spool in a process whose files may grow to `limit` bytes at most (RLIMIT_FSIZE:
+    `ulimit -f`, systemd's LimitFSIZE, docker's --ulimit fsize), a limit check every 20 events as the app's thread
+    makes every second: (its counts, its log)."""
+    script = textwrap.dedent(f"""
+        import collections, json, logging, resource
+        from eventlog.records import encode_line
+        from eventlog.spool import Spool
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+        counts = collections.Counter()
+        spool = Spool({str(root)!r}, 10**9, 4 * 1024 * 1024, lambda name, n: counts.update({{name: n}}))
+        for i in range({events}):
+            spool.append(encode_line({{"event_id": f"e{{i}}", "i": i, "pad": "x" * {padding}}}))
+            if i % 20 == 19:
+                spool.enforce_limit()
+        spool.enforce_limit()
+        spool.close()
+        print(json.dumps(counts))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                          check=True)
+    return json.loads(done.stdout), done.stderr
+
+
+def test_a_segment_at_the_file_size_limit_is_sealed_and_the_event_goes_into_a_new_one(tmp_path: Path) -> None:
+    # A process may write files up to RLIMIT_FSIZE (Python ignores SIGXFSZ: the write is cut short, then EFBIG).
+    # Before, that was taken for a full disk: each event dropped until the next limit check, which then deleted
+    # the oldest segment to make room that deleting never makes (no disk was full): a 20 KB limit under 4 MiB
+    # segments lost 121 of this test's 200 events and the 10 waiting before them, each counted as dropped.
+    root = tmp_path / "spool"
+    earlier = Spool(root, 10**9, 10**6, Counts())  # events an outage left waiting
+    for i in range(1000, 1010):
+        earlier.append(line(i))
+    earlier.close()
+    counts, logged = _spool_under_file_size_limit(root, limit=20_000, events=200, padding=300)
+    assert counts == {"spooled": 200}, logged
+    assert all(path.stat().st_size <= 20_000 for path in root.glob("*.jsonl"))
+    assert drain(Spool(root, 10**9, 10**6, Counts())) == list(range(1000, 1010)) + list(range(200))
+
+
+def test_an_event_larger_than_the_file_size_limit_is_dropped_alone(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    earlier = Spool(root, 10**9, 10**6, Counts())
+    for i in range(1000, 1010):
+        earlier.append(line(i))
+    earlier.close()
+    counts, logged = _spool_under_file_size_limit(root, limit=200, events=3, padding=300)
+    assert counts == {"dropped": 3}
+    assert "over the largest file this process may write (RLIMIT_FSIZE: 200 bytes)" in logged
+    assert "oldest" not in logged  # no segment deleted for room that deleting cannot make
+    assert drain(Spool(root, 10**9, 10**6, Counts())) == list(range(1000, 1010))
