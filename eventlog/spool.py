@@ -423,7 +423,14 @@ class Spool:
                 raise SpoolLink(errno.EINVAL, f"event spool {self.root}: {mine}, the file that holds this spool for "
                                 f"{destination}, is not a regular file; it must be the spool's own file: remove it")
             fcntl.flock(fd, fcntl.LOCK_SH)
-            os.pwrite(fd, destination.encode(), 0)  # the same bytes by every process that holds it
+            try:  # the same bytes by every process that holds it; only a refusal's message reads them
+                os.pwrite(fd, destination.encode(), 0)
+            except OSError as exc:  # a full disk: the hold is the flock, held all the same; before, the app did not
+                # start at all ("cannot start: OSError: [Errno 28] No space left on device", naming no file), where a
+                # running one on a full disk drops events, counted, and serves
+                log.warning("event spool %s: cannot write %s's address into %s (%s); holding the spool for it all the "
+                            "same (a server sending elsewhere is refused without being told where this one sends)",
+                            self.root, destination, mine, exc.strerror or exc)
             self.release_destination()
             self._destination = fd
         finally:

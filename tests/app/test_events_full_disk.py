@@ -20,7 +20,7 @@ import pytest
 
 from app.events import TAG, PredictionEventSink
 from eventlog.records import encode_line
-from eventlog.spool import Spool
+from eventlog.spool import Spool, SpoolInUse
 from tests.app.conftest import Counts
 from tests.conftest import small_disk
 
@@ -216,3 +216,45 @@ def test_two_processes_on_one_full_disk_lose_only_counted_events(fluentd_receive
     print(f"two processes, full disk: {len(answered)} answered, {refused} refused, {dropped_after_writing} dropped "
           f"oldest, {lost} lost, {duplicated} duplicated")
     assert lost == dropped_after_writing and duplicated == 0
+
+
+def fill_disk(where: Path) -> Path:
+    """Fill the disk holding ``where`` with a file of its own (something else filled it); that file."""
+    filler = where / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:  # ENOSPC: the disk is full
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_server_starts_on_a_full_disk_and_its_events_go_once_there_is_room(fluentd_receiver,
+                                                                              tiny_disk: Path) -> None:
+    """The spool's .destination-* file (the hold for one Fluentd) is made at start and the address written in it:
+    on a full disk that write failed, and the app did not start at all, `cannot start: OSError: [Errno 28] No space
+    left on device`, naming no file, where a running one on a full disk drops events, counted, and serves."""
+    spool = tiny_disk / "spool"
+    spool.mkdir()
+    filler = fill_disk(tiny_disk)
+    sink = sink_for(fluentd_receiver.port, spool)
+    try:
+        assert sink.emit({"request_id": "full", "output": 1.0, "pad": "x" * 250}) is None  # no room: dropped
+        assert sink.stats.snapshot()["dropped"] == 1
+        with pytest.raises(SpoolInUse, match="another destination"):  # still held for its Fluentd, address or not
+            Spool(spool, 10**9, 10**6, Counts()).hold_destination("Fluentd at 127.0.0.1:1")
+        filler.unlink()  # room again
+        deadline = time.monotonic() + 10
+        while (event_id := sink.emit({"request_id": "room", "output": 1.0})) is None:  # the next check lets it try
+            assert time.monotonic() < deadline, f"the spool never took events again: {sink.stats.snapshot()}"
+            time.sleep(0.1)
+        while sink.stats.snapshot()["sent"] < 1:  # sent and confirmed while the server runs
+            assert time.monotonic() < deadline + 20, f"the event was never sent: {sink.stats.snapshot()}"
+            time.sleep(0.1)
+    finally:
+        sink.close()
+    fluentd_receiver.stop()
+    assert [e["record"]["event_id"] for e in fluentd_receiver.events() if e["tag"] == TAG] == [event_id]
