@@ -546,12 +546,10 @@ class Spool:
         if write_failed:
             with self._lock:
                 self._disk_full = False  # room was made, or there is none to make: let the next write try
-        if not_events:  # rare (junk put in a segment, a crash's tail of NULs): not throttled
-            self._count("not_events", not_events)
+        if not_events:  # rare (junk put in a segment, a crash's tail of NULs): not throttled; counted by _drop_oldest
             log.warning("event spool %s: %d line(s) that were no event went with the oldest segments; counted as "
                         "not_events, not as dropped", self.root, not_events)
-        if dropped:
-            self._count("dropped", dropped)
+        if dropped:  # counted by _drop_oldest, segment by segment
             self._warn(f"event spool {self.root}: over its limit of {self.max_bytes} bytes or out of disk; "
                        f"dropped the {dropped} oldest events", dropped=dropped)
         else:
@@ -584,8 +582,9 @@ class Spool:
             return None
 
     def _drop_oldest(self, must_free: bool) -> tuple[int, int]:
-        """Delete the oldest unclaimed segments while over max_bytes (or one, if `must_free`): (the events dropped,
-        the lines in them that were no event).
+        """Delete the oldest unclaimed segments while over max_bytes (or one, if `must_free`), counting each one's
+        events as dropped (and lines that are no event as not_events) as it goes: (the events dropped, the lines
+        in them that were no event).
 
         The spool's size is read again before each deletion, after the segment's lines were counted: a check far
         over the limit takes seconds (every segment it drops is parsed), so the others' checks give up waiting for
@@ -612,6 +611,12 @@ class Spool:
                 break
             with self._lock:
                 self._cached.pop(segment.path, None)
+            # counted as each segment goes: a check can run for seconds, and a worker killed in it (gunicorn's
+            # graceful_timeout, the OOM killer) had counted none of the segments it deleted (counted at the end)
+            if lines:
+                self._count("dropped", lines)
+            if segment.not_events:
+                self._count("not_events", segment.not_events)
             dropped += lines
             not_events += segment.not_events
             must_free = False

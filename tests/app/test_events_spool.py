@@ -683,3 +683,40 @@ def test_an_event_larger_than_the_file_size_limit_is_dropped_alone(tmp_path: Pat
     assert "over the largest file this process may write (RLIMIT_FSIZE: 200 bytes)" in logged
     assert "oldest" not in logged  # no segment deleted for room that deleting cannot make
     assert drain(Spool(root, 10**9, 10**6, Counts())) == list(range(1000, 1010))
+
+
+def test_a_check_killed_midway_has_counted_every_segment_it_deleted(tmp_path: Path) -> None:
+    """A check far over the limit runs for seconds (it reads each segment it drops), and a worker can be killed in
+    it: gunicorn's graceful_timeout, the OOM killer. Its drops were counted once at the check's end, so the events
+    of every segment it had deleted by then were lost uncounted, though /metrics' counts (prometheus_client's
+    multiprocess files) outlive the process. Now each segment is counted as it goes."""
+    import signal
+
+    root, counted = tmp_path / "spool", tmp_path / "counted"
+    writer = Spool(root, max_bytes=10**12, segment_max_bytes=200_000, count=Counts())
+    for i in range(16_000):  # ~16 MB in 80 segments of ~200 events
+        writer.append(line(i, padding=1_000))
+    writer.close()
+    script = textwrap.dedent(f"""
+        import os
+        from eventlog.spool import Spool
+        out = os.open({str(counted)!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND)  # as a multiprocess counter: at once
+        def count(name, n):
+            if name == "dropped":
+                os.write(out, f"{{n}}\\n".encode())
+        Spool({str(root)!r}, 1, 200_000, count).enforce_limit()
+    """)
+    check = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(root.glob("*.jsonl"))) > 70:  # killed once 10 segments are gone, before its end
+            assert check.poll() is None, "the check ended before it could be killed midway: make the spool larger"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        check.send_signal(signal.SIGKILL)
+    finally:
+        check.wait(60)
+    left = len(drain(Spool(root, 10**12, 10**6, Counts())))
+    deleted = 16_000 - left
+    counts = [int(n) for n in counted.read_text().split()] if counted.exists() else []
+    assert deleted - 200 <= sum(counts) <= deleted, (deleted, counts)  # all but, at worst, the one being deleted
