@@ -411,8 +411,17 @@ class Spool:
                         os.unlink(self.root / name)  # a stopped server's
                 finally:
                     os.close(fd)
+            writable = True
             try:  # O_NOFOLLOW: through a link, the address below was written over a file anywhere, or made one
                 fd = os.open(self.root / mine, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+            except PermissionError as refused:  # another user's (a server run once as root): its address is ours,
+                # the same bytes (its name is their digest), and a read-only descriptor takes the flock that holds the
+                # spool; before, the server did not start (`cannot start: PermissionError: ... .destination-...`)
+                try:
+                    fd = os.open(self.root / mine, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                except FileNotFoundError:  # none there to hold: the folder refused to make it
+                    raise refused from None
+                writable = False
             except OSError as exc:
                 if exc.errno != errno.ELOOP:
                     raise
@@ -425,7 +434,8 @@ class Spool:
                                 f"{destination}, is not a regular file; it must be the spool's own file: remove it")
             fcntl.flock(fd, fcntl.LOCK_SH)
             try:  # the same bytes by every process that holds it; only a refusal's message reads them
-                os.pwrite(fd, destination.encode(), 0)
+                if writable:
+                    os.pwrite(fd, destination.encode(), 0)
             except OSError as exc:  # a full disk: the hold is the flock, held all the same; before, the app did not
                 # start at all ("cannot start: OSError: [Errno 28] No space left on device", naming no file), where a
                 # running one on a full disk drops events, counted, and serves

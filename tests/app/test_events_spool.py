@@ -720,3 +720,42 @@ def test_a_check_killed_midway_has_counted_every_segment_it_deleted(tmp_path: Pa
     deleted = 16_000 - left
     counts = [int(n) for n in counted.read_text().split()] if counted.exists() else []
     assert deleted - 200 <= sum(counts) <= deleted, (deleted, counts)  # all but, at worst, the one being deleted
+
+
+def test_a_destination_file_another_user_made_holds_the_spool_for_this_server_too(tmp_path: Path) -> None:
+    """A server run once as root (`python -m app`, a container's default user) leaves .destination-<digest> owned by
+    root, 0644; the app's own user may read it, and delete and write segments in the shared folder, but opened it to
+    write: the server did not start, `cannot start: PermissionError: [Errno 13] Permission denied: '.../.destination-
+    ...'`. Its address is the same bytes (the name is its digest), and a hold is a flock, which a read-only
+    descriptor takes: it is held read-only."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a file of another user's is made as root, then read as nobody")
+    folder = Path(tempfile.mkdtemp(prefix="shelfcast-spool-"))  # not under tmp_path: nobody cannot pass its 0700
+    try:
+        folder.chmod(0o777)
+        root_server = Spool(folder, 10**9, 10**6, Counts())
+        root_server.hold_destination("Fluentd at 127.0.0.1:1")
+        root_server.append(line(0))
+        root_server.close()
+        root_server.release_destination()  # stopped: its .destination-* file stays, root's
+        script = textwrap.dedent(f"""
+            import os
+            from eventlog.spool import Spool, SpoolInUse
+            os.setgid(65534)
+            os.setuid(65534)  # nobody: the app's own user
+            spool = Spool({str(folder)!r}, 10**9, 10**6, lambda *a: None)
+            spool.hold_destination("Fluentd at 127.0.0.1:1")
+            other = Spool({str(folder)!r}, 10**9, 10**6, lambda *a: None)
+            try:
+                other.hold_destination("Fluentd at 127.0.0.1:2")
+            except SpoolInUse as exc:
+                print("refused:", exc)
+            print("last:", spool.last_to_leave())
+        """)
+        done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "sends its events to Fluentd at 127.0.0.1:1, this one to Fluentd at 127.0.0.1:2" in done.stdout
+        assert "last: True" in done.stdout
+    finally:
+        shutil.rmtree(folder)
