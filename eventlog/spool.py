@@ -163,6 +163,7 @@ class Spool:
         self._size = 0
         self._opened_at = 0.0
         self._unsynced = False
+        self._named = False  # a segment renamed into the folder since its last fsync: the folder to fsync too
         self._sealed: list[Path] = []  # sealed segments written since their last fsync
         self._written: list[dict[str, Any]] | None = None  # the open segment's records (None: not kept)
         self._cached: dict[Path, list[dict[str, Any]]] = {}  # sealed segments' records, oldest first
@@ -264,6 +265,7 @@ class Spool:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(opening, self.root / (name + SUFFIX))
+            self._named = True
         except OSError:
             os.close(fd)
             opening.unlink(missing_ok=True)
@@ -313,6 +315,7 @@ class Spool:
             if self._fd >= 0 and self._unsynced and self._path is not None:
                 paths.append(self._path)
             self._unsynced = False
+            named, self._named = self._named, False
         for path in paths:
             try:  # a descriptor of its own: a dup of the writer's would hold its lock through the fsync
                 fd = self._open_to_sync(path)
@@ -333,6 +336,27 @@ class Spool:
             except OSError as exc:
                 self._warn(f"event spool {self.root}: fsync failed ({exc})")
             finally:
+                os.close(fd)
+        if named:
+            self._sync_folder()
+
+    def _sync_folder(self) -> None:
+        """fsync the spool's folder (as this process opened it, wherever it is now): a segment's name, given by its
+        rename from ``.new``, is the folder's data, and a file's fsync makes its contents durable, not the name
+        (POSIX; ext4 and XFS happen to commit both). Before, a power cut could leave a fsynced segment's events under
+        its ``.new`` name, which a later start deletes as an abandoned opening, uncounted. Once per new segment."""
+        with self._follow_lock:
+            fd = os.dup(self._folder) if self._folder >= 0 else -1
+        try:
+            if fd < 0:
+                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            os.fsync(fd)
+        except FileNotFoundError:
+            pass  # the folder was removed: its segments went with it (counted where they are found missing)
+        except OSError as exc:
+            self._warn(f"event spool {self.root}: fsync of its folder failed ({exc})")
+        finally:
+            if fd >= 0:
                 os.close(fd)
 
     def _open_to_sync(self, path: Path) -> int:

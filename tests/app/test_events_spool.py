@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -466,6 +467,32 @@ def test_a_slow_fsync_does_not_keep_a_sealed_segment_from_being_sent(tmp_path: P
         syncer.join()
     spool.close()
 
+
+
+def test_a_new_segments_name_is_fsynced_with_its_folder_once(tmp_path: Path, monkeypatch) -> None:
+    """Found by a probe: the spool fsynced each segment's data but never its folder, so the segment's name (its rename
+    from .new) was not durable: a power cut could leave a fsynced segment under its .new name, which a later start
+    deletes after 60 s as an abandoned opening, its events lost uncounted. Now the first sync after a segment is
+    named fsyncs the folder after the data; later syncs of the same segment do not (one folder fsync a segment)."""
+    real_fsync, flushed = os.fsync, []
+
+    def recording_fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        flushed.append(("folder" if stat.S_ISDIR(info.st_mode) else "file", (info.st_dev, info.st_ino)))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    folder = os.stat(tmp_path)
+    spool = Spool(tmp_path, max_bytes=10**9, segment_max_bytes=10**6, count=Counts())
+    assert spool.append(line(0))
+    spool.sync()
+    assert [kind for kind, _ in flushed] == ["file", "folder"], flushed  # the data first, then the name
+    assert flushed[1][1] == (folder.st_dev, folder.st_ino)
+    flushed.clear()
+    assert spool.append(line(1))
+    spool.sync()
+    assert [kind for kind, _ in flushed] == ["file"], flushed  # the same segment: its name is durable already
+    spool.close()
 
 def refuse_to_open(monkeypatch, refused: Path) -> None:
     """os.open raises PermissionError for `refused` (a segment of another user: chmod cannot stop root)."""
