@@ -242,6 +242,8 @@ def sync(root: Path, store: ReleaseStore, name: str | None = None,
                     install(root, store, variant, current[variant], name)
                 else:
                     install_candidate(root, store, variant, current[variant], name, events_log)
+                    if variant == CANARY:
+                        give_canary_a_share(store, current[variant])
             except (ReleaseError, registry_fetch.FetchError, BundleError) as exc:
                 if variant == PRODUCTION:
                     raise
@@ -254,6 +256,23 @@ def sync(root: Path, store: ReleaseStore, name: str | None = None,
     if refused:
         raise ReleaseError(f"synced {done}; not synced, left as this host had it: {'; '.join(refused)}")
     return done
+
+
+def give_canary_a_share(store: ReleaseStore, version: str) -> None:
+    """A canary ``sync`` installs answers DEFAULT_SHARE of store×items where this host records no share for it
+    (no release.json: a fresh or wiped host; or 0, as an ended canary leaves it), said on stderr; a share recorded
+    above 0 is kept, and a malformed release.json left for `release status` to name. The share is the host's
+    (release.json), not the registry's: before, a host synced after a canary was registered served it to nobody
+    (share 0) while `release status` called it in sync, and `release decide` waited for events that never came."""
+    try:
+        if store.canary_share() > 0.0:
+            return
+    except ValueError:  # malformed: the app serves 0 meanwhile, which status says; not overwritten unread
+        return
+    store.set_canary_share(DEFAULT_SHARE)
+    print(f"release: canary version {version} answers {DEFAULT_SHARE:.0%} of store×items (this host recorded no "
+          f"canary share; `python -m pipeline.release canary --version {version} --share S` sets another)",
+          file=sys.stderr)
 
 
 def no_production(store: ReleaseStore, name: str, alias: str) -> str:

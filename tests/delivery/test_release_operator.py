@@ -461,3 +461,28 @@ def test_a_candidate_alias_naming_production_or_nothing_is_refused_naming_it(hos
     if variant == SHADOW:  # the canary's alias names a version that is not production's: it may be mirrored too
         assert release.main([*args, "--alias", CANARY]) == 0
         assert _aliases(root) == {**before, SHADOW: versions["canary"]}
+
+
+def test_a_canary_synced_onto_a_host_recording_no_share_answers_the_default_share(host, tmp_path, capsys):
+    """Found by a probe: `make release-sync` on a fresh or wiped host (no models/release.json), or on one whose last
+    canary was ended (share 0), installed the canary the registry names with a share of 0: the app sent it no
+    request, `release status` said in_sync, and `release decide` waited for canary events that never came. A share
+    the host recorded is kept."""
+    root, store, versions = host
+    fresh = release.ReleaseStore(tmp_path / "fresh-host-models")
+    assert release.main(["sync", "--root", str(root), "--models", str(fresh.root)]) == 0
+    assert fresh.served_version(CANARY) == versions["canary"]
+    assert fresh.canary_share() == release.DEFAULT_SHARE
+    assert f"canary version {versions['canary']} answers 10% of store×items" in capsys.readouterr().err
+    fresh.set_canary_share(0.0)  # as `release end` leaves it; the canary's files gone too
+    fresh.remove(CANARY)
+    assert release.main(["sync", "--root", str(root), "--models", str(fresh.root)]) == 0
+    assert fresh.canary_share() == release.DEFAULT_SHARE
+    fresh.set_canary_share(0.3)  # the operator's share is kept, installed again or not
+    fresh.remove(CANARY)
+    assert release.main(["sync", "--root", str(root), "--models", str(fresh.root)]) == 0
+    assert release.main(["sync", "--root", str(root), "--models", str(fresh.root)]) == 0
+    assert fresh.canary_share() == 0.3 and store.canary_share() == 0.5
+    (fresh.root / "release.json").write_text("{not json", encoding="utf-8")  # malformed: left for status to name
+    assert release.main(["sync", "--root", str(root), "--models", str(fresh.root)]) == 0
+    assert (fresh.root / "release.json").read_text(encoding="utf-8") == "{not json"
