@@ -279,10 +279,13 @@ def check_share(share: float) -> float:
 
 def read_canary_share(models_dir: Path) -> float:
     """The configured canary share (0 when release.json is absent); ValueError naming the file when it is
-    malformed or cannot be read."""
+    malformed or cannot be read, or is no file (a directory, a FIFO, a dangling link: before, read as absent, so
+    `release status` showed a share of 0 with no error and a write failed naming a temporary file)."""
     path = Path(models_dir) / RELEASE_FILE
     if not path.is_file():
-        return 0.0
+        if not os.path.lexists(path):
+            return 0.0
+        raise ValueError(f"{path}: is no regular file; expected one holding {{\"canary_share\": 0..1}}")
     try:
         share = json.loads(path.read_text(encoding="utf-8"))["canary_share"]
     except OSError as exc:

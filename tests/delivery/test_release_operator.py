@@ -486,3 +486,20 @@ def test_a_canary_synced_onto_a_host_recording_no_share_answers_the_default_shar
     (fresh.root / "release.json").write_text("{not json", encoding="utf-8")  # malformed: left for status to name
     assert release.main(["sync", "--root", str(root), "--models", str(fresh.root)]) == 0
     assert (fresh.root / "release.json").read_text(encoding="utf-8") == "{not json"
+
+
+def test_a_release_file_that_is_no_file_is_named_not_read_as_a_share_of_0(host, capsys):
+    """Found by a probe: a directory at models/release.json (a bind mount of a path that did not exist, a hand
+    mkdir) was read as no release.json: `release status` showed canary_share 0 with no error, and the next write of
+    the share failed naming a temporary file. It is named now, as a malformed one is."""
+    root, store, versions = host
+    (store.root / "release.json").unlink()
+    (store.root / "release.json").mkdir()
+    assert release.main(["status", "--root", str(root), "--models", str(store.root)]) == 0
+    out, err = capsys.readouterr()
+    status = json.loads(out)
+    assert status["canary_share"] == 0.0 and "release.json: is no regular file" in status["canary_share_error"]
+    assert "release.json: is no regular file" in err, err
+    assert release.main(["sync", "--root", str(root), "--models", str(store.root)]) == 0  # left for status to name
+    assert (store.root / "release.json").is_dir()
+    (store.root / "release.json").rmdir()
