@@ -361,10 +361,17 @@ def set_candidate(root: Path, store: ReleaseStore, variant: str, version: str, s
     if variant_versions(root, name).get(PRODUCTION) == str(version):
         raise ReleaseError(f"version {version} is production already: a {variant} of it would be judged against "
                            f"itself; name another version")
-    digest = install_candidate(root, store, variant, version, name, events_log)
-    if variant == CANARY:
-        store.set_canary_share(DEFAULT_SHARE if share is None else share)
-    _client(root).set_registered_model_alias(name, variant, str(version))
+    # a Ctrl-C or SIGTERM from the install to the alias move says what it may leave and what finishes or undoes it,
+    # not "rerun it (… none is half-written)": the host may serve what the registry does not name (deploy words its own)
+    leaves = (f"release {variant} was making version {version} the {variant}: this host may serve it as {variant} "
+              f"while the registry's {variant} alias names another version or none (`python -m pipeline.release "
+              f"status` says); `python -m pipeline.release {variant} --version {version}` finishes it, `python -m "
+              "pipeline.release sync` makes the host follow the registry")
+    with second_signal_leaves(leaves):
+        digest = install_candidate(root, store, variant, version, name, events_log)
+        if variant == CANARY:
+            store.set_canary_share(DEFAULT_SHARE if share is None else share)
+        _client(root).set_registered_model_alias(name, variant, str(version))
     return digest
 
 
@@ -410,12 +417,20 @@ def promote(root: Path, store: ReleaseStore, version: str | None = None, name: s
     version = version or current.get(CANARY) or current.get(SHADOW)
     if not version:
         raise ReleaseError("nothing to promote: no --version and no canary or shadow alias")
-    install(root, store, PRODUCTION, version, name)
-    alias = production_alias(root)
-    tracking.point_alias(_client(root), name, alias, version, production=alias)
-    for variant in (CANARY, SHADOW):
-        if current.get(variant) == str(version):
-            end_candidate(root, store, variant, name, version)
+    before = current.get(PRODUCTION)
+    # interrupted from the install on: the line says what it may leave (set_candidate's comment)
+    leaves = (f"release promote was making version {version} production (version {before or 'none'} before): this "
+              f"host may serve version {version} as production while the registry names version {before or 'none'}, "
+              "or the registry name it with its candidate alias still set (`python -m pipeline.release status` "
+              f"says); `python -m pipeline.release promote --version {version}` finishes it, `python -m "
+              "pipeline.release sync` makes the host follow the registry")
+    with second_signal_leaves(leaves):
+        install(root, store, PRODUCTION, version, name)
+        alias = production_alias(root)
+        tracking.point_alias(_client(root), name, alias, version, production=alias)
+        for variant in (CANARY, SHADOW):
+            if current.get(variant) == str(version):
+                end_candidate(root, store, variant, name, version)
     return follow_production(root, store, str(version), name)
 
 
@@ -457,13 +472,21 @@ def rollback(root: Path, store: ReleaseStore, name: str | None = None) -> tuple[
         raise ReleaseError(f"{name}'s previous production version ({PREVIOUS_TAG}) is {previous!r}, which the "
                            f"registry cannot give ({exc}); nothing to roll back to (`release promote --version N` "
                            "chooses one)") from None
-    install(root, store, PRODUCTION, previous, name)
-    # remembers current: a second rollback undoes
-    tracking.point_alias(_client(root), name, alias, previous, production=alias)
-    if current:
-        store.withdraw(current)  # judged bad: a worker that cannot load production must not fall back to it
-    for variant in (CANARY, SHADOW):
-        end_candidate(root, store, variant, name)
+    # interrupted from the install on: the line says what it may leave (set_candidate's comment); rerunning rollback
+    # once the alias moved would return to the version rolled back from, so it names promote --version instead
+    leaves = (f"release rollback was returning production from version {current} to version {previous}: this host "
+              f"may serve version {previous} as production while the registry names version {current}, or the "
+              f"registry name version {previous} with the candidates not yet ended (`python -m pipeline.release "
+              f"status` says); `python -m pipeline.release promote --version {previous}` finishes it, `python -m "
+              "pipeline.release sync` makes the host follow the registry")
+    with second_signal_leaves(leaves):
+        install(root, store, PRODUCTION, previous, name)
+        # remembers current: a second rollback undoes
+        tracking.point_alias(_client(root), name, alias, previous, production=alias)
+        if current:
+            store.withdraw(current)  # judged bad: a worker that cannot load production must not fall back to it
+        for variant in (CANARY, SHADOW):
+            end_candidate(root, store, variant, name)
     return str(current), follow_production(root, store, previous, name)
 
 

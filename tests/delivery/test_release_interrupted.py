@@ -172,3 +172,39 @@ def test_a_deploy_failing_otherwise_after_the_install_withdraws_its_canary_and_r
                 assert getattr(interruption, OUTCOME).startswith(withdrew), getattr(interruption, OUTCOME, None)
     finally:
         served.close()
+
+
+@pytest.mark.parametrize("command", ["promote", "rollback"])
+def test_a_promote_or_rollback_interrupted_between_its_install_and_the_alias_move_says_what_it_may_leave(
+        host, tmp_path, command):
+    """Found by a probe: `release promote --version 2` (or `rollback`) terminated once it had installed the version
+    as this host's production, before the registry's alias moved (held at tracking.HOLD_ALIAS_MOVE), ended
+    "release: terminated (SIGTERM); rerun it (an output is only ever replaced whole: none is half-written)" while
+    the host served a production the registry did not name. The line now says so and what finishes or undoes it;
+    the command it names finishes the move."""
+    root, store, versions = host
+    if command == "rollback":  # production 2, rolling back to 1
+        assert release.promote(root, store) == versions["canary"]
+    target = versions["production"] if command == "rollback" else versions["canary"]
+    before = versions["canary"] if command == "rollback" else versions["production"]
+    hold = tmp_path / "hold"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.release", command, "--root", str(root), "--models", str(store.root),
+         *(["--version", target] if command == "promote" else [])],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), tracking.HOLD_ALIAS_MOVE: str(hold)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not Path(f"{hold}.held").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    line = err.strip().splitlines()[-1]
+    assert "rerun it" not in line and "none is half-written" not in line, line
+    assert line.startswith(f"release: terminated (SIGTERM); release {command} was "), line
+    assert f"this host may serve version {target} as production while the registry names version {before}" in line
+    assert f"`python -m pipeline.release promote --version {target}` finishes it" in line, line
+    assert str(tracking.client(root).get_registered_model(NAME).aliases[PRODUCTION]) == before
+    assert release.main(["promote", "--version", target, "--root", str(root), "--models", str(store.root)]) == 0
+    assert str(tracking.client(root).get_registered_model(NAME).aliases[PRODUCTION]) == target
