@@ -277,8 +277,9 @@ def registry_names(model, production: str, version_of) -> dict[str, list[str]]:
     for alias, version in aliases.items():
         named.setdefault(str(version), []).append(f"alias {alias}")
     previous = (model.tags or {}).get(tracking.PREVIOUS_PRODUCTION_TAG)
-    if previous:
-        named.setdefault(str(previous), []).append(f"{tracking.PREVIOUS_PRODUCTION_TAG}: a rollback returns to it")
+    if previous:  # as rollback reads it: " 3" and "03" name version 3
+        named.setdefault(tracking.version_number(previous) or str(previous), []).append(
+            f"{tracking.PREVIOUS_PRODUCTION_TAG}: a rollback returns to it")
     serving = None if aliases.get(production) is None else version_of(str(aliases[production]))
     recorded = None if serving is None else tracking.recorded_previous(serving)
     if recorded:  # what rollback returns to while production's move is not marked done

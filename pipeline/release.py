@@ -463,6 +463,10 @@ def rollback(root: Path, store: ReleaseStore, name: str | None = None) -> tuple[
         previous = tracking.recorded_previous(production) or previous
     if not previous:
         raise ReleaseError(f"{name} records no previous production version ({PREVIOUS_TAG}); nothing to roll back to")
+    if tracking.version_number(previous) is None:  # edited by hand: no version the registry could give
+        raise ReleaseError(f"{name}'s previous production version ({PREVIOUS_TAG}) is {previous!r}, which is no "
+                           "version number; nothing to roll back to (`release promote --version N` chooses one)")
+    previous = tracking.version_number(previous)  # " 3", "03": version 3, installed as releases/3, not a second copy
     if previous == current:
         raise ReleaseError(f"{name}'s previous production version ({PREVIOUS_TAG}) is version {previous}, production "
                            "itself; nothing to roll back to (`release promote --version N` chooses one)")
@@ -1276,6 +1280,10 @@ def _release(argv) -> int:
         with tracking.mlflow_errors_named(root), (one_writer(store.root, f"release {args.command}") if writes
                                                   else contextlib.nullcontext()):
             version = args.version
+            if version is not None:  # "03" or " 3" is version 3 to MLflow: one name on disk too (releases/3)
+                version = tracking.version_number(args.version)
+                if version is None:
+                    raise ReleaseError(f"--version {args.version!r}: a model version is a whole number (1, 2, ...)")
             if args.alias:
                 if args.command not in (SHADOW, CANARY, "promote", "deploy"):
                     raise ReleaseError(f"--alias is for shadow, canary, promote and deploy, not {args.command}")

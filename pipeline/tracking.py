@@ -1015,6 +1015,17 @@ def _move_of(version) -> dict | None:
     return move if isinstance(move, dict) and isinstance(move.get("id"), str) else None
 
 
+def version_number(text) -> str | None:
+    """A model version as the registry writes it ("3"), from ``text`` a person or a tag gave ("3", " 3", "03"); None
+    when it is no whole number above 0. MLflow reads "03" and " 3" as version 3, so without this one release became
+    two directories on a host (releases/03 beside releases/3: a rollback unmarked one and the app could fall back to
+    the other) and prune did not see a hand-edited previous_production naming the version it keeps."""
+    text = str(text).strip()
+    if not (text.isascii() and text.isdigit()) or int(text) == 0:
+        return None
+    return str(int(text))
+
+
 def recorded_previous(version) -> str | None:
     """The version ``version``'s latest move to production replaced, as its record says (None: none recorded)."""
     found = (_move_of(version) or {}).get("from")

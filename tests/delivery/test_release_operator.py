@@ -224,8 +224,9 @@ def test_a_production_alias_deleted_by_hand_is_named_as_such_and_sync_changes_no
     assert not store.variant_dir(SHADOW).exists()  # nothing installed by a sync that cannot finish
 
 
-@pytest.mark.parametrize("previous", ["99", "abc"])
-def test_rollback_to_a_version_the_registry_no_longer_has_names_the_tag_it_read(host, capsys, previous):
+@pytest.mark.parametrize(("previous", "why"), [("99", "which the registry cannot give"),
+                                                ("abc", "which is no version number")])
+def test_rollback_to_a_version_the_registry_no_longer_has_names_the_tag_it_read(host, capsys, previous, why):
     """Found by a probe: with previous_production naming a version deleted since (or edited by hand), `release
     rollback` said only `shelfcast-forecaster version 99: RESOURCE_DOES_NOT_EXIST: ...`, not where 99 came from nor
     what to do instead."""
@@ -233,8 +234,8 @@ def test_rollback_to_a_version_the_registry_no_longer_has_names_the_tag_it_read(
     tracking.client(root).set_registered_model_tag(NAME, release.PREVIOUS_TAG, previous)
     assert release.main(["rollback", "--root", str(root), "--models", str(store.root)]) == 1
     err = capsys.readouterr().err
-    assert f"previous production version ({release.PREVIOUS_TAG}) is {previous!r}, which the registry cannot give" \
-        in err and "nothing to roll back to" in err and "release promote --version N" in err, err
+    assert f"previous production version ({release.PREVIOUS_TAG}) is {previous!r}, {why}" in err, err
+    assert "nothing to roll back to" in err and "release promote --version N" in err, err
     assert _aliases(root)[PRODUCTION] == versions["production"]
 
 
@@ -503,3 +504,36 @@ def test_a_release_file_that_is_no_file_is_named_not_read_as_a_share_of_0(host, 
     assert release.main(["sync", "--root", str(root), "--models", str(store.root)]) == 0  # left for status to name
     assert (store.root / "release.json").is_dir()
     (store.root / "release.json").rmdir()
+
+
+@pytest.mark.parametrize("given", ["02", " 2", "2\n"])
+def test_a_version_written_otherwise_is_one_release_on_the_host_and_its_rollback_unmarks_it(host, capsys, given):
+    """Found by a probe: MLflow reads `--version 02` (or " 2", or a previous_production tag edited to " 2") as version
+    2, but the host stored it as a second release directory (releases/02 beside releases/2), and marked that one
+    good: a rollback from version 2 unmarked releases/2 only, so a worker unable to load production could fall back
+    to the version rolled back from. The version is now the registry's number everywhere; one that is none is
+    refused in one line naming --version or the tag."""
+    root, store, versions = host
+    canary = versions["canary"]
+    assert canary == "2"
+    assert release.main(["promote", "--version", given.replace("2", canary), "--root", str(root),
+                         "--models", str(store.root)]) == 0
+    assert sorted(p.name for p in store.releases()) == ["1", "2"]
+    assert release.main(["rollback", "--root", str(root), "--models", str(store.root)]) == 0
+    assert [p.name for p in store.good_releases()] == [versions["production"]]  # 2 rolled back from: no fallback
+    client = tracking.client(root)
+    client.set_registered_model_tag(NAME, release.PREVIOUS_TAG, given)  # edited by hand: still version 2
+    assert release.main(["rollback", "--root", str(root), "--models", str(store.root)]) == 0
+    assert _aliases(root)[PRODUCTION] == "2" and sorted(p.name for p in store.releases()) == ["1", "2"]
+    from pipeline import prune  # prune reads the tag as rollback does: the version it names is kept as the rollback's
+    client.set_registered_model_tag(NAME, release.PREVIOUS_TAG, given.replace("2", versions["production"]))
+    named = prune.registry_names(client.get_registered_model(NAME), PRODUCTION,
+                                 lambda v: client.get_model_version(NAME, v))
+    assert any("previous_production" in why for why in named.get(versions["production"], [])), named
+    capsys.readouterr()
+    for bad in ("2.0", "two", "0"):
+        assert release.main(["canary", "--version", bad, "--root", str(root), "--models", str(store.root)]) == 1
+        assert f"--version {bad!r}: a model version is a whole number" in capsys.readouterr().err
+    client.set_registered_model_tag(NAME, release.PREVIOUS_TAG, "v1")
+    assert release.main(["rollback", "--root", str(root), "--models", str(store.root)]) == 1
+    assert "is 'v1', which is no version number; nothing to roll back to" in capsys.readouterr().err
