@@ -491,6 +491,13 @@ def rollback(root: Path, store: ReleaseStore, name: str | None = None) -> tuple[
             store.withdraw(current)  # judged bad: a worker that cannot load production must not fall back to it
         for variant in (CANARY, SHADOW):
             end_candidate(root, store, variant, name)
+    # said, not done silently: a candidate is judged beside the production it was installed with, so a rollback ends
+    # it, and a candidate the ML pipeline registered meanwhile is ended too; each can be started again
+    ended = [f"{variant} version {model.aliases[variant]}" for variant in (CANARY, SHADOW) if variant in model.aliases]
+    if ended:
+        print(f"release: the rollback ended {' and '.join(ended)} (aliases deleted, files removed): a candidate is "
+              "judged beside the production it was installed with; `python -m pipeline.release canary|shadow "
+              "--version V` starts one again", file=sys.stderr)
     return str(current), follow_production(root, store, previous, name)
 
 

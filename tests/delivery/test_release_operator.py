@@ -537,3 +537,21 @@ def test_a_version_written_otherwise_is_one_release_on_the_host_and_its_rollback
     client.set_registered_model_tag(NAME, release.PREVIOUS_TAG, "v1")
     assert release.main(["rollback", "--root", str(root), "--models", str(store.root)]) == 1
     assert "is 'v1', which is no version number; nothing to roll back to" in capsys.readouterr().err
+
+
+def test_a_rollback_says_which_candidates_it_ended(host, capsys):
+    """Found by a probe: `release rollback` ends the canary and the shadow (aliases deleted, files removed: each was
+    judged beside the production rolled back from), a shadow the ML pipeline had just registered included, and said
+    only `production rolled back from version 2 to 1`: the candidate's alias was gone with no word, and the next
+    `make deploy` found nothing to deploy. The rollback now names each candidate it ended."""
+    root, store, versions = host
+    assert release.promote(root, store) == versions["canary"]  # production 2; its canary alias ended with it
+    assert release.main(["shadow", "--version", versions["production"], "--root", str(root),
+                         "--models", str(store.root)]) == 0
+    capsys.readouterr()
+    assert release.main(["rollback", "--root", str(root), "--models", str(store.root)]) == 0
+    err = capsys.readouterr().err
+    assert f"the rollback ended shadow version {versions['production']} (aliases deleted, files removed)" in err, err
+    assert "canary version" not in err and SHADOW not in _aliases(root)
+    assert release.main(["rollback", "--root", str(root), "--models", str(store.root)]) == 0  # none to end: no line
+    assert "the rollback ended" not in capsys.readouterr().err
