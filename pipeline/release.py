@@ -65,7 +65,7 @@ from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, 
 from pipeline.release_replay import ProductionReplay, request_key
 from pipeline.release_smoke import (SmokeAnswers, draw_nonce, installed_nonces, nonce_private, recorded_nonce,
                                     smoke_nonce, smoke_request_id)
-from pipeline.release_store import (CANARY, PRODUCTION, SHADOW, ReleaseStore, bundle_name, check_share,
+from pipeline.release_store import (CANARY, GOOD_MARK, PRODUCTION, SHADOW, ReleaseStore, bundle_name, check_share,
                                     draw_serving_host, serving_host)
 
 # A test's hold point (tracking.hold): deploy's withdraw waits there, before it ends anything, for the file the
@@ -425,9 +425,21 @@ def promote(root: Path, store: ReleaseStore, version: str | None = None, name: s
               f"says); `python -m pipeline.release promote --version {version}` finishes it, `python -m "
               "pipeline.release sync` makes the host follow the registry")
     with second_signal_leaves(leaves):
+        was_good = (store.release_dir(version) / GOOD_MARK).exists()  # it served as production before
         install(root, store, PRODUCTION, version, name)
         alias = production_alias(root)
-        tracking.point_alias(_client(root), name, alias, version, production=alias)
+        try:
+            tracking.point_alias(_client(root), name, alias, version, production=alias)
+        except Exception:
+            # the registry refused the move (a locked store, a server gone between two calls): where it still names
+            # the production this host replaced, the host serves that again (from disk), so both agree; before, the
+            # host kept serving the new version to every user while the registry, and deploy's "production version
+            # N unchanged", named the old one
+            if before is not None and before != str(version) and _production_named(root, name) == before:
+                install(root, store, PRODUCTION, before, name)
+                if not was_good:
+                    store.withdraw(version)  # never production: no worker falls back to it
+            raise
         for variant in (CANARY, SHADOW):
             if current.get(variant) == str(version):
                 end_candidate(root, store, variant, name, version)

@@ -555,3 +555,44 @@ def test_a_rollback_says_which_candidates_it_ended(host, capsys):
     assert "canary version" not in err and SHADOW not in _aliases(root)
     assert release.main(["rollback", "--root", str(root), "--models", str(store.root)]) == 0  # none to end: no line
     assert "the rollback ended" not in capsys.readouterr().err
+
+
+@pytest.mark.slow  # the locked store's write waits out MLflow's retries: 40-45 s
+def test_a_promote_whose_alias_move_the_registry_refuses_puts_the_hosts_production_back(released, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """Found by a probe: `release promote` installs the version as this host's production, then moves the alias. A
+    registry refusing the move (here its store locked by another writer; a server gone between two calls) left the
+    host serving the new version to every user while the registry named the old one; inside `make deploy` the report
+    then said "rolled back … production version 1 unchanged". The host now serves what the registry still names."""
+    import sqlite3
+
+    _, uri, versions = released
+    registry = tmp_path / "registry.db"
+    shutil.copy(Path(uri.removeprefix("sqlite:///")), registry)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{registry.as_posix()}")
+    store = release.ReleaseStore(tmp_path / "models")
+    release.sync(tmp_path, store)
+    hold = tmp_path / "hold"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.release", "promote", "--version", versions["canary"], "--root",
+         str(tmp_path), "--models", str(store.root)],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), tracking.HOLD_ALIAS_MOVE: str(hold)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not Path(f"{hold}.held").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    assert store.served_version(PRODUCTION) == versions["canary"]  # installed before the alias move
+    writer = sqlite3.connect(registry, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # another writer holds the store: the move waits, then fails
+        hold.touch()
+        _, err = process.communicate(timeout=180)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert process.returncode == 1 and "locked" in err, err
+    assert _aliases(tmp_path)[PRODUCTION] == versions["production"]
+    assert store.served_version(PRODUCTION) == versions["production"]
+    assert [p.name for p in store.good_releases()] == [versions["production"]]
