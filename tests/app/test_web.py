@@ -98,6 +98,22 @@ def test_a_head_request_forecasts_and_logs_nothing(served):
     assert served.events() == []  # a GET of it does (test_submitting_shows_the_forecast_and_a_chart_and_logs_it)
 
 
+
+def test_a_head_of_a_forecast_states_no_size_other_than_the_forecast_pages(served):
+    """Found by a probe: a HEAD of a forecast's address said Content-Length 3266, the size of the form it renders
+    instead (nothing is forecast for a HEAD), where a GET of it sends the forecast's page, 67 KB with the tiny model.
+    RFC 9110 8.6: a HEAD's Content-Length is the size a GET would send, or absent. Now it is absent there; a HEAD of
+    the form alone, or of one with mistakes, renders what a GET does and keeps its size."""
+    query = form_for(served)
+    got = served.client.get("/", query_string=query)
+    head = served.client.head("/", query_string=query)
+    assert head.status_code == got.status_code == 200 and head.data == b""
+    assert head.headers.get("Content-Length") in (None, str(len(got.data))), (head.headers["Content-Length"],
+                                                                              len(got.data))
+    for same in ({}, form_for(served, date="2000-01-01")):
+        got, head = served.client.get("/", query_string=same), served.client.head("/", query_string=same)
+        assert head.status_code == got.status_code and head.headers["Content-Length"] == str(len(got.data))
+
 def day(model, offset: int) -> str:
     return (model.first_date + dt.timedelta(days=offset)).isoformat()
 
