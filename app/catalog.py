@@ -32,8 +32,9 @@ def search_fold(text: str) -> str:
 
 
 def shown_name(name: str) -> str:
-    """A store's city or an item's family as a label shows it: a name holding direction controls between FSI and PDI
-    (U+2068, U+2069), so they order the name alone. A right-to-left override (U+202E) in a family read the rest of
+    """A store's city or an item's family as a label shows it, and client-sent text as an error echoes it
+    (``app.validation.shorten``): a name holding direction controls between FSI and PDI (U+2068, U+2069), so they
+    order the name alone. A right-to-left override (U+202E) in a family read the rest of
     the sentence backwards on the page: "Item 5 (evil · class 1) at store 1 — Quito (type D, cluster 2)" showed as
     "(yadnoM no (2 retsulc ,D epyt) otiuQ — 1 erots ta". An isolate of the name's own could end ours early, so
     those are left out of the label. Any other name (right-to-left script included: it is ordered right already) is

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
+from app.catalog import shown_name
 from app.predictor import LoadedModel
 
 INSTANCE_FIELDS = ("store_nbr", "item_nbr", "date", "onpromotion")
@@ -55,8 +56,11 @@ class Instance:
 
 
 def shorten(text: str, limit: int = 40) -> str:
-    """Client-sent text as an error message echoes it: at most ``limit`` characters, so errors stay small."""
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    """Client-sent text as an error message echoes it: at most ``limit`` characters, so errors stay small, and a
+    direction control in it isolated as a name from the data is (``shown_name``), so it orders the echo alone: a link
+    to ``/%E2%80%AE...`` (U+202E, right-to-left override) made the error page's "no such path /...; see the pages
+    linked above" read backwards after the path, as a product typed with one did the form's error."""
+    return shown_name(text if len(text) <= limit else text[:limit - 3] + "...")
 
 
 class SentNumber(float):

@@ -540,3 +540,35 @@ def test_a_date_with_a_year_past_9999_says_the_year_is_out_of_range(served, date
         {"store_nbr": 1, "item_nbr": 1, "date": date, "onpromotion": False}]})
     assert api.status_code == 400
     assert api.json["errors"][0]["message"].startswith(f"year {year} is out of range")
+
+
+def controls_outside_isolates(text: str) -> list[str]:
+    """The Unicode direction controls in ``text`` that no FSI ... PDI pair (U+2068, U+2069) encloses: each reorders
+    the text after it."""
+    from app.catalog import DIRECTION_CONTROLS
+
+    outside, depth = [], 0
+    for char in text:
+        if char in "\u2066\u2067\u2068":
+            depth += 1
+        elif char == "\u2069" and depth:
+            depth -= 1
+        elif char in DIRECTION_CONTROLS and not depth:
+            outside.append(f"U+{ord(char):04X}")
+    return outside
+
+
+@pytest.mark.parametrize("path", ["/%E2%80%AEevil/path", "/%E2%81%A9%E2%80%AEevil/", "/api/v1/%E2%80%AEevil"])
+def test_a_direction_control_sent_in_a_path_orders_only_its_echo(served, path):
+    """Found by a probe: a link to /%E2%80%AE... (U+202E, right-to-left override) made the error page read
+    "no such path /‮evil/path; see the pages linked above" with everything after the path backwards, text of the
+    link's author's choosing on the app's own page. The echo of what was sent is isolated now (FSI ... PDI, an
+    isolate of the sender's own left out, as a name from the data is); the JSON error (the API's 404) likewise."""
+    response = served.client.get(path)
+    assert response.status_code == 404
+    shown = response.get_data(as_text=True)
+    if response.is_json:
+        shown = response.get_json()["errors"][0]["message"]
+    else:
+        shown = html_lib.unescape(re.search(r'class="panel error-page"><p>(.*?)</p>', shown, re.S).group(1))
+    assert "\u202eevil" in shown and controls_outside_isolates(shown) == [], ascii(shown)
