@@ -22,7 +22,7 @@ from app.form_body import PostedForm, read_form, repeated_field
 from app.predictor import LoadedModel
 from app.service import day_numbers, forecast_instances
 from app.state import serving_state
-from app.catalog import MAX_QUERY, Item
+from app.catalog import MAX_QUERY, Item, shown_name
 from app.validation import (FORM_FIELDS, FORM_VALUE_CHARS, LEADING_NUMBER, FormInput, Instance, check_form_type,
                             form_values, parse_form, shorten)
 from app.variants import installed_candidates, predict_with_variants
@@ -30,6 +30,7 @@ from pipeline.release_store import PRODUCTION
 
 web = Blueprint("web", __name__)
 web.add_app_template_filter(format_units, "units")  # the heading's number as the table and the chart write it
+web.add_app_template_filter(shown_name, "shown_name")  # a name from the data outside a label (the placeholder's)
 CHART_HISTORY_DAYS = 56
 FAVICON = "favicon.svg"  # in app/static; base.html links it
 RESULT_ANCHOR = "result"  # the forecast's section: a submitted form lands there (on a phone it is below the form)

@@ -572,3 +572,49 @@ def test_a_direction_control_sent_in_a_path_orders_only_its_echo(served, path):
     else:
         shown = html_lib.unescape(re.search(r'class="panel error-page"><p>(.*?)</p>', shown, re.S).group(1))
     assert "\u202eevil" in shown and controls_outside_isolates(shown) == [], ascii(shown)
+
+
+@pytest.fixture(scope="module")
+def overridden_names_bundle(tmp_path_factory):
+    """A real tiny bundle whose every family and city starts with U+202E (right-to-left override), as a team's own
+    items.csv and stores.csv may hold: trained by the pipeline from those files."""
+    import csv
+
+    from tests.app.tiny_bundle import build_tiny_project
+
+    def override(raw):
+        for name, column in (("items.csv", "family"), ("stores.csv", "city")):
+            with open(raw / name, newline="", encoding="utf-8") as file:
+                rows = list(csv.DictReader(file))
+            for row in rows:
+                row[column] = "\u202e" + row[column]
+            with open(raw / name, "w", newline="", encoding="utf-8") as file:
+                writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return build_tiny_project(tmp_path_factory.mktemp("overridden-names") / "project", edit_raw=override)
+
+
+def test_names_with_a_direction_control_reorder_nothing_around_them_on_the_form(make_app, overridden_names_bundle,
+                                                                                  tmp_path):
+    """Found by a probe with such files: labels isolated their names, but the product field's placeholder ("… e.g.
+    <the example's family word>, <its item number>") showed the family's word bare, so the item number after it
+    read backwards. Every direction control on the form page, and on its error page for a product typed as such a
+    word (the error echoes it), is now inside an isolate; the field's own typed value aside (an input orders its own
+    text)."""
+    from pipeline.bundle import copy_bundle
+
+    copy_bundle(overridden_names_bundle, tmp_path / "production")
+    served = make_app(tmp_path / "production")
+    form = served.client.get("/").get_data(as_text=True)
+    assert "\u202e" in html_lib.unescape(re.search(r'placeholder="([^"]*)"', form).group(1))
+    word = served.model.catalog.items[min(served.model.catalog.items)].family.split()[0].lower()
+    mistake = served.client.get("/", query_string=form_for(served, item=word))
+    assert mistake.status_code == 400 and "\u202e" in field_errors(mistake.get_data(as_text=True))["item"]
+    for page in (form, mistake.get_data(as_text=True)):
+        shown = html_lib.unescape(re.sub(r'\svalue="[^"]*"', "", page))
+        assert controls_outside_isolates(shown) == [], [line.strip() for line in shown.splitlines()
+                                                        if controls_outside_isolates(line)]

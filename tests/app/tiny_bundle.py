@@ -41,8 +41,9 @@ TINY_APP_PARAMS = {
 }
 
 
-def build_tiny_project(root: Path, params: dict | None = None) -> Path:
-    """Run download, prepare, split and train under ``root``; returns the candidate bundle directory."""
+def build_tiny_project(root: Path, params: dict | None = None, edit_raw=None) -> Path:
+    """Run download, prepare, split and train under ``root``; returns the candidate bundle directory. ``edit_raw``
+    (a function of the raw data folder) changes the downloaded CSVs first, as a team's own files differ."""
     from pipeline import download, prepare, split, train
     from pipeline.params import data_params, prepare_params, split_params
 
@@ -51,6 +52,8 @@ def build_tiny_project(root: Path, params: dict | None = None) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     data = root / "data"
     download.download(data_params(params), raw_dir=data / "raw", partial_dir=data / ".downloads", progress=False)
+    if edit_raw is not None:
+        edit_raw(data / "raw")
     prepare.prepare(data / "raw", data / "prepared", prepare_params(params), progress=False)
     split.split(data / "prepared" / "sales.parquet", data / "split", split_params(params), progress=False)
     summary = train.run(root, quiet=True)
