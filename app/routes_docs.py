@@ -13,6 +13,8 @@ from pathlib import Path
 from flask import Blueprint, abort, render_template, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
+from app.state import serving_state
+
 docs = Blueprint("docs", __name__)
 SWAGGER_UI_DIR = Path(str(swagger_ui_path))
 SWAGGER_UI_VERSION = SWAGGER_UI_DIR.name.removeprefix("swagger-ui-")  # the package names its folder by version
@@ -22,7 +24,9 @@ ASSET_MAX_AGE_S = 24 * 3600
 
 @docs.get("/docs")
 def api_docs():
-    return render_template("docs.html", swagger_ui_version=SWAGGER_UI_VERSION)
+    # without a model its examples are the README's defaults and every forecast is a 503: the page says so
+    return render_template("docs.html", swagger_ui_version=SWAGGER_UI_VERSION,
+                           model_loaded=serving_state().predictor.model is not None)
 
 
 @docs.get("/docs/swagger-ui/<name>")

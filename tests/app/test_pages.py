@@ -245,3 +245,24 @@ def test_the_charts_unit_ticks_are_distinct_and_read_their_value_whatever_the_sc
         step = values[1] - values[0]
         assert step > 0 and all(abs(b - a - step) <= step * 1e-6 for a, b in zip(values, values[1:])), (peak, labels)
         assert values[-1] >= peak, (peak, labels)  # the axis reaches the peak
+
+
+def test_the_docs_page_without_a_model_says_so_and_what_to_do(make_app, tmp_path):
+    """Found by a probe: with no model loaded /docs said its examples were "a store, an item and a date that the model
+    now serving knows", while they were the Favorita defaults and every "Execute" of a forecast answered 503. It
+    says what the form says now (one notice: no model, how to train and promote one), and what that means here."""
+    served = make_app(tmp_path / "nothing")
+    html = page(served, "/docs")
+    text = html_lib.unescape(re.sub(r"<[^>]+>", " ", html))
+    assert "No model is loaded yet" in text and "make run" in text and "answers 503" in text
+    assert "the model now serving knows" not in text
+    document = served.client.get("/api/v1/openapi.json").get_json()  # what the notice says: its examples, a 503
+    example = document["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    assert served.client.post("/api/v1/predict", json=example).status_code == 503
+    assert served.client.get("/api/v1/items", query_string={"q": "dairy"}).status_code == 503
+    assert re.search(r'id="no-model"', served.client.get("/").get_data(as_text=True))  # the form's, the same notice
+
+
+def test_the_docs_page_with_a_model_claims_its_examples_and_shows_no_notice(served):
+    html = page(served, "/docs")
+    assert "the model now serving knows" in html and 'id="no-model"' not in html
