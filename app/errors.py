@@ -49,12 +49,15 @@ def wants_json() -> bool:
 
 def routing_errors(exc: HTTPException) -> list[FieldError]:
     """What a 404 or 405 names: the path (and the one it matches without a trailing slash), or the method and the
-    ones the path takes. Werkzeug's own text says neither ("check your spelling", for a path spelled right)."""
+    ones the path takes. Werkzeug's own text says neither ("check your spelling", for a path spelled right). A 404
+    that a route raised with its own description (``abort(404, description=...)``) is left to say that."""
     path = shorten(request.path, 80)
     if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
         return [FieldError("method", f"{shorten(request.method)} is not allowed on {path}; it takes "
                                      f"{', '.join(exc.valid_methods)}")]
     if not isinstance(exc, NotFound):
+        return []
+    if exc.description != NotFound.description:  # a route's own 404 that says why (no drift report yet): it stands
         return []
     bare = request.path.rstrip("/")
     if bare and bare != request.path:

@@ -266,3 +266,18 @@ def test_the_docs_page_without_a_model_says_so_and_what_to_do(make_app, tmp_path
 def test_the_docs_page_with_a_model_claims_its_examples_and_shows_no_notice(served):
     html = page(served, "/docs")
     assert "the model now serving knows" in html and 'id="no-model"' not in html
+
+
+def test_the_drift_report_before_any_says_how_to_make_one_not_no_such_path(served, tmp_path, monkeypatch):
+    """Found by a probe: before `make drift` had run, GET /monitoring/drift-report (a route the app has) answered
+    "no such path /monitoring/drift-report; see the pages linked above": the app's 404 wording replaced the route's
+    own description, which says how to make one. A route's own 404 keeps its words now, on the page and in JSON."""
+    monkeypatch.setenv("SHELFCAST_DRIFT_DIR", str(tmp_path / "no-drift-yet"))
+    response = served.client.get("/monitoring/drift-report")
+    assert response.status_code == 404
+    text = html_lib.unescape(response.get_data(as_text=True))
+    assert "no drift report yet" in text and "monitoring.drift" in text and "no such path" not in text
+    assert "no such path /monitoring/nothing" in html_lib.unescape(served.client.get("/monitoring/nothing")
+                                                                   .get_data(as_text=True))
+    assert served.client.get("/docs/swagger-ui/index.html").status_code == 404  # abort(404) alone: "no such path"
+    assert "no such path" in served.client.get("/docs/swagger-ui/index.html").get_data(as_text=True)
