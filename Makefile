@@ -2,7 +2,9 @@
 # `make run`  : set up and run the pipeline on embedded defaults.
 # `make test` : set up and run the test suite (what .ci/run calls).
 
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The Python that makes .venv: python3.11 where one runs (pyenv's shim for a version not selected is on PATH and
+# does not), else python3. scripts/venv_python.py refuses one pyproject.toml's requires-python does not take.
+PYTHON ?= $(shell python3.11 -c '' 2>/dev/null && command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -41,6 +43,7 @@ comma := ,
 
 $(STAMP): pyproject.toml
 	@echo "venv: installing Shelfcast and its pinned dependencies into $(VENV) (the first time: a few minutes)"
+	$(PYTHON) scripts/venv_python.py $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python scripts/pip_install.py -e '$(VENV_INSTALL)'

@@ -303,3 +303,71 @@ def test_pip_install_says_the_step_it_is_on_while_a_download_is_silent(tmp_path)
     said = done.stdout.splitlines()
     assert said[-1].startswith("Successfully installed slow-wheel"), said
     assert any(line.startswith("venv: pip is still on: Collecting slow-wheel") for line in said), said
+
+
+def venv_python_module():
+    spec = importlib.util.spec_from_file_location("venv_python", REPO / "scripts" / "venv_python.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_pythons_make_venv_takes_are_pyproject_s_requires_python():
+    module = venv_python_module()
+    spec = module.requires_python(REPO / "pyproject.toml")
+    assert spec == ">=3.11,<3.12"
+    assert module.satisfies((3, 11, 0), spec) and module.satisfies((3, 11, 7), spec)
+    for other in ((3, 10, 13), (3, 12, 0), (3, 12, 1), (3, 13, 0)):
+        assert not module.satisfies(other, spec), other
+
+
+def make_venv_tree(tmp_path, requires):
+    """Makefile, its include, scripts/ and a pyproject.toml requiring `requires`: what `make venv` reads first.
+    PYTHON is this interpreter behind a wrapper that fails `-m venv` (marking that it was asked), so no run of
+    this test makes a virtual environment or reaches a package index."""
+    for name in ("Makefile", "monitoring/delivery.mk", "scripts/venv_python.py", "scripts/pip_install.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, tmp_path / name)
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    (tmp_path / "pyproject.toml").write_text(
+        pyproject.replace('requires-python = ">=3.11,<3.12"', f'requires-python = "{requires}"'), encoding="utf-8")
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = venv ]; then touch "{tmp_path}/venv-asked"; '
+                       f'exit 3; fi\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_make_venv_with_a_python_pyproject_does_not_take_says_so_before_making_anything(tmp_path):
+    """python3 of 3.12 or 3.13 and no python3.11: .venv was made, pip upgraded, and only then pip refused
+    ('requires a different Python: 3.12.1 not in ...'), naming neither what to install nor PYTHON=."""
+    mine = sys.version_info
+    wrapper = make_venv_tree(tmp_path, f">={mine.major}.{mine.minor + 1}")
+    done = subprocess.run(["make", "venv", f"PYTHON={wrapper}"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0
+    assert (f"make venv: Shelfcast needs Python >={mine.major}.{mine.minor + 1} (pyproject.toml requires-python); "
+            f"{sys.executable} is {mine.major}.{mine.minor}.{mine.micro}") in done.stderr, done.stderr
+    assert "make venv PYTHON=/path/to/python3.11" in done.stderr
+    assert not (tmp_path / "venv-asked").exists() and not (tmp_path / ".venv").exists()
+
+
+def test_make_venv_makes_again_a_venv_another_python_left(tmp_path):
+    """A .venv left by a Python pyproject does not take (or whose Python was removed): `python3.11 -m venv` over it
+    kept its `python`, and every `make venv` after Python 3.11 was installed failed as the first had."""
+    wrapper = make_venv_tree(tmp_path, ">=3.11,<3.12")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    stale = tmp_path / ".venv" / "bin" / "python"
+    stale.write_text("#!/bin/sh\necho 'python3.12: error while loading shared libraries' >&2; exit 127\n")
+    stale.chmod(0o755)
+    done = subprocess.run(["make", "venv", f"PYTHON={wrapper}"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert "venv: .venv was left without a Python that runs: making it again with" in done.stdout, done.stdout
+    assert not (tmp_path / ".venv").exists()
+    assert (tmp_path / "venv-asked").exists()  # then `python -m venv` makes it afresh
+    # a .venv of this Python (an interrupted install) is kept: pip goes on where it stopped
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / ".venv")], check=True)
+    done = subprocess.run(["make", "venv", f"PYTHON={wrapper}"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert "making it again" not in done.stdout and (tmp_path / ".venv" / "bin" / "python").exists()
