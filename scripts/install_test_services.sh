@@ -7,7 +7,7 @@
 # need the packages then skip, naming the reason (written to <folder>/.install-failed). With
 # SHELFCAST_REQUIRE_TEST_SERVICES=1 (.ci/run sets it) either is an error instead, and those tests fail.
 # Where npm's cache (~/.npm) cannot be written (a read-only or missing HOME, or a root-owned ~/.npm/_cacache), it
-# caches under TMPDIR instead.
+# caches under the temporary directory instead (TMPDIR, else /tmp, as Python's tempfile picks it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 required=${SHELFCAST_REQUIRE_TEST_SERVICES:-0}
@@ -40,6 +40,21 @@ unwritable_in_npm_cache() {
     find "$1/_cacache" \( -type d -o -type f -path '*/index-v5/*' \) ! -writable -print -quit 2>/dev/null || true
 }
 
+# The temporary directory as Python's tempfile.gettempdir() picks it, so the engine's kernel cache and npm's land
+# side by side: the first of TMPDIR, TEMP, TMP, /tmp, /var/tmp, /usr/tmp that is a folder this user can write.
+# Before, TMPDIR naming a missing folder (a runner's job folder not made yet) was used as it was: no cache folder
+# could be made there, npm ci failed with EACCES in ~/.npm and the tests skipped, while the engine cached in /tmp.
+temporary_directory() {
+    local where
+    for where in "${TMPDIR:-}" "${TEMP:-}" "${TMP:-}" /tmp /var/tmp /usr/tmp; do
+        if [ -n "$where" ] && [ -d "$where" ] && [ -w "$where" ] && [ -x "$where" ]; then
+            printf '%s\n' "$where"
+            return 0
+        fi
+    done
+    return 1
+}
+
 use_a_writable_npm_cache() {
     local cache unwritable why uid temporary fallback
     cache=$(npm config get cache 2>/dev/null) || return 0
@@ -50,7 +65,7 @@ use_a_writable_npm_cache() {
         why=" (its $unwritable is not writable: root-owned? \`chown -R $(id -u):$(id -g) $cache\` as root mends it)"
     fi
     uid=$(id -u)
-    temporary=${TMPDIR:-/tmp}
+    temporary=$(temporary_directory) || return 0
     fallback="$temporary/shelfcast-npm-$uid"
     if ! mkdir -m 700 "$fallback" 2>/dev/null &&
        { [ -L "$fallback" ] || [ ! -d "$fallback" ] || [ ! -O "$fallback" ]; }; then

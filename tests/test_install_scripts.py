@@ -181,6 +181,26 @@ def test_npm_ci_where_home_cannot_be_written_caches_under_the_temporary_director
                            f"caching in {cache} instead (set npm_config_cache to keep it elsewhere)\n")
 
 
+def test_npm_ci_where_home_cannot_be_written_and_tmpdir_names_a_missing_folder_caches_where_the_engine_does(
+        tmp_path, monkeypatch):
+    """TMPDIR naming a folder not made (a runner's job folder): Python's tempfile, and so the engine's kernel cache,
+    passes over it to /tmp; the script made its npm cache folder in it, failed, and npm ci failed with EACCES in the
+    unwritable ~/.npm (measured as a user with HOME=/nonexistent: both folders' tests skipped)."""
+    monkeypatch.delenv(REQUIRE_VARIABLE, raising=False)
+    missing = tmp_path / "not made"
+    picked = subprocess.run([sys.executable, "-c", "import tempfile; print(tempfile.gettempdir())"],
+                            env={"PATH": os.environ["PATH"], "TMPDIR": str(missing)}, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    ours = Path(picked) / f"shelfcast-npm-{os.getuid()}"
+    had = ours.exists() or ours.is_symlink()
+    try:
+        _, done = install_where_home_cannot_be_written(tmp_path, missing)
+        assert f"caching in {picked}/shelfcast-npm-" in done.stderr, done.stderr
+    finally:
+        if not had and ours.is_dir() and not ours.is_symlink():
+            shutil.rmtree(ours)
+
+
 def test_npm_ci_where_home_cannot_be_written_takes_no_cache_folder_it_does_not_own(tmp_path, monkeypatch):
     """A shared /tmp: another user could hold shelfcast-npm-<uid> first (here a link to a folder of theirs), and
     npm would have cached into it. The script makes a fresh folder of its own instead."""
