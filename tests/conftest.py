@@ -11,6 +11,15 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # DVC does the same unless a repository's config says `analytics = false` (ours does; the repositories tests `dvc
 # init` do not): each dvc command there left a report in the temp folder for a daemon that never reached its server.
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# The servers the tests start listen on loopback, and a runner behind a proxy (HTTP_PROXY / http_proxy set, as a
+# team's CI often is) sent their requests through it: urllib and requests bypass it only for the hosts NO_PROXY
+# names, so every test of a loopback server failed (tests/pipeline/test_download.py: "failed after 3 attempt(s):
+# Connection refused" with a proxy on a dead port). Loopback is added to both spellings, kept with what the runner
+# set, for this process and the stages, servers and clients it starts; npm still reaches its registry by the proxy.
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+for _name in ("NO_PROXY", "no_proxy"):
+    _hosts = [host.strip() for host in os.environ.get(_name, "").split(",") if host.strip()]
+    os.environ[_name] = ",".join(_hosts + [host for host in LOOPBACK if host not in _hosts])
 
 
 def honouring_file_modes(command: list[str]) -> list[str]:
