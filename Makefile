@@ -43,6 +43,8 @@ comma := ,
 
 $(STAMP): pyproject.toml
 	@echo "venv: installing Shelfcast and its pinned dependencies into $(VENV) (the first time: a few minutes)"
+	@[ -n "$(PYTHON)" ] || { echo "make venv: no python3.11 or python3 on PATH: install Python 3.11, or name one:" \
+	  "make venv PYTHON=/path/to/python3.11" >&2; exit 1; }
 	$(PYTHON) scripts/venv_python.py $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

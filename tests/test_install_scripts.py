@@ -391,3 +391,20 @@ def test_make_venv_makes_again_a_venv_another_python_left(tmp_path):
     done = subprocess.run(["make", "venv", f"PYTHON={wrapper}"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)
     assert "making it again" not in done.stdout and (tmp_path / ".venv" / "bin" / "python").exists()
+
+
+def test_make_venv_on_a_machine_without_python3_says_so(tmp_path):
+    """No python3.11 nor python3 on PATH: PYTHON was empty and make ran `scripts/venv_python.py .venv` itself
+    ('Permission denied'; before that script, `-m venv .venv`: 'No such file or directory')."""
+    make_venv_tree(tmp_path, ">=3.11,<3.12")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("make", "sh", "bash", "env", "tr", "printf", "git"):
+        found = shutil.which(tool)
+        if found:
+            (tools / tool).symlink_to(found)
+    done = subprocess.run([str(tools / "make"), "venv"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={"PATH": str(tools), "HOME": str(tmp_path)})
+    assert done.returncode != 0
+    assert ("make venv: no python3.11 or python3 on PATH: install Python 3.11, or name one: "
+            "make venv PYTHON=/path/to/python3.11") in done.stderr, done.stderr
