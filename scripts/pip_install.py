@@ -71,10 +71,23 @@ def main(pip_args: list[str]) -> int:
             progress.beat()
 
     threading.Thread(target=beating, daemon=True).start()
-    with subprocess.Popen([sys.executable, "-m", "pip", "install", "--progress-bar", "off", *pip_args],
-                          stdout=subprocess.PIPE, text=True, bufsize=1) as pip:
-        for line in pip.stdout:
-            progress.pip_said(line.rstrip("\n"))
+    pip = None
+    try:
+        with subprocess.Popen([sys.executable, "-m", "pip", "install", "--progress-bar", "off", *pip_args],
+                              stdout=subprocess.PIPE, text=True, bufsize=1) as pip:
+            for line in pip.stdout:
+                progress.pip_said(line.rstrip("\n"))
+    except KeyboardInterrupt:
+        # Ctrl-C reaches pip too (one process group): it stops and leaves what it installed, and a second
+        # `make venv` goes on from there. Before, this process ended in a KeyboardInterrupt traceback.
+        finished.set()
+        if pip is not None:
+            try:
+                pip.wait(timeout=30)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                pip.kill()
+        print("venv: interrupted; `make venv` again goes on where pip stopped", file=sys.stderr, flush=True)
+        return 130
     finished.set()
     return pip.returncode
 

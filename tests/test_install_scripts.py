@@ -5,6 +5,7 @@ says what it skips and how to install it; CI fails instead."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -13,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -287,15 +289,16 @@ def a_wheel(folder: Path) -> Path:
     return path
 
 
-def test_pip_install_says_the_step_it_is_on_while_a_download_is_silent(tmp_path):
-    """A real pip downloading a wheel from a server that takes 2 s to send it (a large wheel, its bar off): the
-    heartbeat names the step pip is on."""
+@contextlib.contextmanager
+def slow_wheel_index(tmp_path: Path, delay_s: float):
+    """A --find-links page on loopback offering a_wheel, whose download takes ``delay_s`` seconds: pip's
+    arguments to install it from there alone."""
     wheel = a_wheel(tmp_path)
 
     class SlowWheels(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name for it
             if self.path.endswith(".whl"):
-                time.sleep(2)
+                time.sleep(delay_s)
                 body, kind = wheel.read_bytes(), "application/octet-stream"
             else:
                 body, kind = f'<a href="/{wheel.name}">{wheel.name}</a>'.encode(), "text/html"
@@ -303,7 +306,8 @@ def test_pip_install_says_the_step_it_is_on_while_a_download_is_silent(tmp_path)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            with contextlib.suppress(OSError):
+                self.wfile.write(body)
 
         def log_message(self, *args):
             pass
@@ -311,18 +315,51 @@ def test_pip_install_says_the_step_it_is_on_while_a_download_is_silent(tmp_path)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowWheels)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        env = {**os.environ, "SHELFCAST_PIP_HEARTBEAT_S": "0.5", "PIP_CONFIG_FILE": os.devnull}
-        env.pop("PIP_FIND_LINKS", None)
-        done = subprocess.run([sys.executable, str(REPO / "scripts" / "pip_install.py"), "--no-index", "--no-cache-dir",
-                               "--find-links", f"http://127.0.0.1:{server.server_port}/", "--target",
-                               str(tmp_path / "target"), "slow-wheel"], capture_output=True, text=True, timeout=120,
-                              env=env)
+        yield [str(REPO / "scripts" / "pip_install.py"), "--no-index", "--no-cache-dir", "--find-links",
+               f"http://127.0.0.1:{server.server_port}/", "--target", str(tmp_path / "target"), "slow-wheel"]
     finally:
         server.shutdown()
+        server.server_close()
+
+
+def pip_environment() -> dict:
+    env = {**os.environ, "SHELFCAST_PIP_HEARTBEAT_S": "0.5", "PIP_CONFIG_FILE": os.devnull}
+    env.pop("PIP_FIND_LINKS", None)
+    return env
+
+
+def test_pip_install_says_the_step_it_is_on_while_a_download_is_silent(tmp_path):
+    """A real pip downloading a wheel from a server that takes 2 s to send it (a large wheel, its bar off): the
+    heartbeat names the step pip is on."""
+    with slow_wheel_index(tmp_path, 2) as arguments:
+        done = subprocess.run([sys.executable, *arguments], capture_output=True, text=True, timeout=120,
+                              env=pip_environment())
     assert done.returncode == 0, done.stdout + done.stderr
     said = done.stdout.splitlines()
     assert said[-1].startswith("Successfully installed slow-wheel"), said
     assert any(line.startswith("venv: pip is still on: Collecting slow-wheel") for line in said), said
+
+
+def test_make_venv_interrupted_mid_install_ends_in_one_line_not_a_traceback(tmp_path):
+    """Ctrl-C during `make venv` (to the whole process group, as a terminal sends it) while pip downloads: this
+    process ended in a KeyboardInterrupt traceback from pip_install.py's read of pip's output."""
+    with slow_wheel_index(tmp_path, 30) as arguments:
+        running = subprocess.Popen([sys.executable, *arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, env=pip_environment(), start_new_session=True)
+        try:
+            said = []
+            for line in running.stdout:  # wait until pip is at the download
+                said.append(line)
+                if line.startswith("venv: pip is still on"):
+                    break
+            os.killpg(running.pid, signal.SIGINT)
+            out, err = running.communicate(timeout=60)
+        finally:
+            if running.poll() is None:
+                os.killpg(running.pid, signal.SIGKILL)
+    assert running.returncode == 130, "".join(said) + out + err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "venv: interrupted; `make venv` again goes on where pip stopped" in err
 
 
 def venv_python_module():
