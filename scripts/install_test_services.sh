@@ -3,8 +3,9 @@
 # package-lock.json: the Fluentd forward-protocol receiver (tests/fluentd_receiver) and axe-core, the
 # accessibility checker the browser tests run in each page (tests/e2e/axe).
 # Idempotent: does nothing for a folder whose installed packages already match its lock file.
-# Without npm, or when `npm ci` fails (offline, a registry that refuses), it says so and exits 0: the tests that
-# need the packages then skip, naming the reason (written to <folder>/.install-failed). With
+# Without npm for a folder to install, or when `npm ci` fails (offline, a registry that refuses), it says so and
+# exits 0: the tests that need the packages then skip, naming the reason (npm's, written to
+# <folder>/.install-failed). With
 # SHELFCAST_REQUIRE_TEST_SERVICES=1 (.ci/run sets it) either is an error instead, and those tests fail.
 # Where npm's cache (~/.npm) cannot be written (a read-only or missing HOME, or a root-owned ~/.npm/_cacache), it
 # caches under the temporary directory instead (TMPDIR, else /tmp, as Python's tempfile picks it).
@@ -12,11 +13,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 required=${SHELFCAST_REQUIRE_TEST_SERVICES:-0}
 
-if ! command -v npm >/dev/null 2>&1; then
-    echo "install_test_services: npm not found; the Fluentd receiver and accessibility tests will be skipped" >&2
-    [ "$required" = 1 ] && { echo "install_test_services: SHELFCAST_REQUIRE_TEST_SERVICES=1: failing" >&2; exit 1; }
-    exit 0
-fi
 
 # npm caches every package it fetches in ~/.npm: with a read-only or missing HOME (CI runners, service accounts)
 # each `npm ci` failed with EACCES and the tests that need the packages skipped (.ci/run failed). Likewise where
@@ -83,6 +79,14 @@ for folder in tests/fluentd_receiver tests/e2e/axe; do
     wanted=$(sha256sum "$folder/package-lock.json" | cut -d' ' -f1)
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
         rm -f "$folder/.install-failed"
+        continue
+    fi
+    # npm is needed only for a folder to install: packages already installed to its lock (a runner's restored
+    # cache, on a host with Debian's nodejs but not its npm) are used as they are; before, no npm skipped their
+    # tests, and failed .ci/run, all the same.
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "install_test_services: npm not found; the tests that need $folder will be skipped" >&2
+        failed=1
         continue
     fi
     [ "$cache_checked" = 1 ] || { use_a_writable_npm_cache; cache_checked=1; }

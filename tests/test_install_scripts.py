@@ -445,3 +445,33 @@ def test_make_venv_on_a_machine_without_python3_says_so(tmp_path):
     assert done.returncode != 0
     assert ("make venv: no python3.11 or python3 on PATH: install Python 3.11, or name one: "
             "make venv PYTHON=/path/to/python3.11") in done.stderr, done.stderr
+
+
+def test_without_npm_packages_installed_to_their_lock_are_used_and_ci_goes_on(tmp_path):
+    """Debian's nodejs without its npm, and the packages restored from a runner's cache: the script said the
+    tests would be skipped (they are not: require_installed finds them) and, under .ci/run's
+    SHELFCAST_REQUIRE_TEST_SERVICES=1, failed the run. npm is needed only to install."""
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy2(REPO / "scripts" / "install_test_services.sh", root / "scripts")
+    for folder in PACKAGE_FOLDERS:
+        (root / folder).mkdir(parents=True)
+        shutil.copy2(REPO / folder / "package-lock.json", root / folder)
+        lock = hashlib.sha256((root / folder / "package-lock.json").read_bytes()).hexdigest()
+        (root / folder / "node_modules").mkdir()
+        (root / folder / "node_modules" / ".shelfcast-lock.sha256").write_text(lock + "\n", encoding="utf-8")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("bash", "env", "sha256sum", "cut", "cat", "rm", "dirname", "mkdir", "mktemp", "id"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    env = {"PATH": str(tools), "HOME": str(tmp_path), REQUIRE_VARIABLE: "1"}
+    done = subprocess.run([str(tools / "bash"), "scripts/install_test_services.sh"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, "")
+    # with a folder still to install, no npm is said, and fails CI as before
+    (root / PACKAGE_FOLDERS[1] / "node_modules" / ".shelfcast-lock.sha256").unlink()
+    done = subprocess.run([str(tools / "bash"), "scripts/install_test_services.sh"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == (f"install_test_services: npm not found; the tests that need {PACKAGE_FOLDERS[1]} will be "
+                           "skipped\ninstall_test_services: SHELFCAST_REQUIRE_TEST_SERVICES=1: failing\n")
