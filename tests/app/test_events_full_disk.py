@@ -88,14 +88,7 @@ def test_a_write_that_fails_during_a_check_is_not_forgotten(tiny_disk: Path, mon
     fill(spool)
     spool.enforce_limit()  # room made; the disk is filled up again below, by something else
     spool.sync()
-    filler = os.open(tiny_disk / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(filler, b"\0" * 4096):
-            pass
-    except OSError:  # ENOSPC: the disk is full
-        pass
-    finally:
-        os.close(filler)
+    fill_disk(tiny_disk)
     dropped_before = counts["dropped"]
     paths = spool.segment_paths
 

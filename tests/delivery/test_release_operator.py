@@ -373,12 +373,8 @@ def test_deploy_rolls_back_when_the_registry_refuses_the_alias_move(released, tm
 
     from .conftest import ServedWithUsers
 
-    _, uri, versions = released
+    store, versions = _host_on_a_copy_of_the_registry(released, tmp_path, monkeypatch)
     registry = tmp_path / "registry.db"
-    shutil.copy(Path(uri.removeprefix("sqlite:///")), registry)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{registry.as_posix()}")
-    store = release.ReleaseStore(tmp_path / "models")
-    release.sync(tmp_path, store)
     release.end_candidate(tmp_path, store, CANARY)
     served = ServedWithUsers(store, tmp_path / "events.jsonl", tmp_path, None)
     writer = sqlite3.connect(registry, isolation_level=None)
@@ -566,12 +562,8 @@ def test_a_promote_whose_alias_move_the_registry_refuses_puts_the_hosts_producti
     then said "rolled back … production version 1 unchanged". The host now serves what the registry still names."""
     import sqlite3
 
-    _, uri, versions = released
+    store, versions = _host_on_a_copy_of_the_registry(released, tmp_path, monkeypatch)
     registry = tmp_path / "registry.db"
-    shutil.copy(Path(uri.removeprefix("sqlite:///")), registry)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{registry.as_posix()}")
-    store = release.ReleaseStore(tmp_path / "models")
-    release.sync(tmp_path, store)
     hold = tmp_path / "hold"
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.release", "promote", "--version", versions["canary"], "--root",
@@ -596,3 +588,15 @@ def test_a_promote_whose_alias_move_the_registry_refuses_puts_the_hosts_producti
     assert _aliases(tmp_path)[PRODUCTION] == versions["production"]
     assert store.served_version(PRODUCTION) == versions["production"]
     assert [p.name for p in store.good_releases()] == [versions["production"]]
+
+
+def _host_on_a_copy_of_the_registry(released, tmp_path: Path, monkeypatch) -> tuple[release.ReleaseStore, dict]:
+    """A host (tmp_path/models, synced) on a copy of the released registry, tmp_path/registry.db, that the test may
+    lock: (its release store, {alias: version})."""
+    _, uri, versions = released
+    registry = tmp_path / "registry.db"
+    shutil.copy(Path(uri.removeprefix("sqlite:///")), registry)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{registry.as_posix()}")
+    store = release.ReleaseStore(tmp_path / "models")
+    release.sync(tmp_path, store)
+    return store, versions
