@@ -727,6 +727,24 @@ def test_a_check_through_many_small_segments_reads_the_spools_size_once_a_segmen
     assert dropped == counts["dropped"] and sum(p.stat().st_size for p in tmp_path.glob("*.jsonl")) <= 1_000
 
 
+def test_a_replay_of_many_segments_lists_the_folder_once_not_once_a_claim(tmp_path: Path, monkeypatch) -> None:
+    """Listed and sorted for every claim, a replay of N segments cost N listings: 5,000 small segments of an
+    outage took 81 s to claim. Claims now walk one listing; a segment sealed after it is found by the next."""
+    stamp = time.time_ns()
+    for i in range(300):
+        (tmp_path / f"{stamp + i:020d}-{100 + i % 4}-{i}.jsonl").write_bytes(line(i))
+    spool = Spool(tmp_path, 10**9, 10**6, Counts())
+    listings = []
+    listed = spool.segment_paths
+    monkeypatch.setattr(spool, "segment_paths", lambda: listings.append(1) or listed())
+    first = spool.claim_next(set())
+    assert first is not None and json.loads(first.path.read_bytes())["i"] == 0
+    (tmp_path / f"{stamp + 1000:020d}-100-1000.jsonl").write_bytes(line(1000))  # sealed after the listing
+    first.release(delete=True)
+    assert drain(spool) == list(range(1, 300)) + [1000]  # oldest first, the late one found by listing again
+    assert len(listings) <= 3, f"{len(listings)} listings for 301 claims"
+
+
 def test_a_check_killed_midway_has_counted_every_segment_it_deleted(tmp_path: Path) -> None:
     """A check far over the limit runs for seconds (it reads each segment it drops), and a worker can be killed in
     it: gunicorn's graceful_timeout, the OOM killer. Its drops were counted once at the check's end, so the events
