@@ -11,7 +11,8 @@ exit 1 unless all were), and each of its fields mapped otherwise (e.g. `family` 
 --reindex copies such an index into <index>-remapped with the template's mappings (a task on the cluster, followed
 with progress lines: monitoring/index_copy.py) and deletes it once the copy counts as many documents (run it with
 Fluentd stopped: writes to the index are blocked while it is copied; exit 1 if an index is still unmatched); an
-index that refuses a change (read-only) is named and setup goes on. Every request waits --request-timeout-s for its
+index that refuses a change (read-only) is named and setup goes on; so is one whose own name no template pattern
+matches, reached through an alias (someone else's index: left as it is). Every request waits --request-timeout-s for its
 answer (a big or starting cluster's may take longer than the 30 s it once had). docker-compose runs it as
 the `setup` service; without Docker, point it at any Elasticsearch/OpenSearch + Kibana.
 A secured cluster's user: $ELASTICSEARCH_USERNAME / $ELASTICSEARCH_PASSWORD (both services), else each URL's own,
@@ -21,6 +22,7 @@ part by part, as drift and release read them (event_sources.cluster_login); cred
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import math
 import os
@@ -129,12 +131,30 @@ def reconcile_existing_indices(elasticsearch: ElasticsearchEvents, reindex: bool
         patterns = ",".join(body["index_patterns"])
         found = elasticsearch.request("GET", f"/{patterns}/_mapping?ignore_unavailable=true&allow_no_indices=true")
         for index, mapping in sorted(found.items()):
+            if not any(fnmatch.fnmatchcase(index, pattern) for pattern in body["index_patterns"]):
+                lines.append(_foreign_index_line(elasticsearch, name, index, body["index_patterns"]))
+                continue
             try:
                 lines.extend(_reconcile_index(elasticsearch, name, index, mapping, wanted_properties, reindex, say,
                                               pace))
             except EventSourceError as exc:  # e.g. a read-only index (disk flood stage): the others, Kibana go on
                 lines.append(f"warning: index {index} does not match template {name} and could not be changed: {exc}")
     return lines
+
+
+def _foreign_index_line(elasticsearch: ElasticsearchEvents, name: str, index: str, patterns: list[str]) -> str:
+    """The warning for an index the template's patterns reach only through an alias (a wildcard matches aliases as
+    well as indices): someone else's index, left alone. Before, setup added the template's fields to it, indexed all
+    its documents again and, with --reindex, copied it into <index>-remapped and deleted it."""
+    try:
+        held = elasticsearch.request("GET", f"/{index}/_alias").get(index, {}).get("aliases", {})
+        aliases = sorted(alias for alias in held if any(fnmatch.fnmatchcase(alias, p) for p in patterns))
+    except EventSourceError:
+        aliases = []
+    named = f"alias {', '.join(aliases)}" if aliases else "an alias"
+    return (f"warning: index {index} is not one of template {name}'s ({', '.join(patterns)}): {named} on it "
+            f"matches them, so it was left as it is (not remapped, copied or deleted); Fluentd's events for "
+            f"that day may be written into it: remove the alias (POST /_aliases) if it is not Shelfcast's")
 
 
 def _reconcile_index(elasticsearch: ElasticsearchEvents, name: str, index: str, mapping: dict,

@@ -112,3 +112,29 @@ def test_a_copy_that_cannot_be_counted_deletes_nothing_and_leaves_the_index_writ
     search.request("POST", f"/{INDEX}/_doc/later?refresh=true", {"event_id": "later", "store": 2})  # writable
     assert search.request("GET", f"/{INDEX}/_count")["count"] == 11
     assert search.request("GET", f"/{TARGET}?ignore_unavailable=true")  # still there
+
+
+def test_an_index_reached_only_through_an_alias_is_left_alone(search, capsys):
+    """A wildcard matches aliases as well as indices: a team's own index `team-logs` with an alias named as a
+    Shelfcast daily index was answered by `GET /shelfcast-prediction-*/_mapping` under its own name, and setup added
+    the template's 74 fields to it, indexed its documents again, and with --reindex copied it into
+    team-logs-remapped and deleted it. Now an index whose own name no template pattern matches is named with its
+    alias and left as it is; the Shelfcast index beside it is still copied."""
+    from monitoring.setup_stack import main as setup
+
+    _index_made_before_the_template(search, 10)
+    team_mapping = {"properties": {"message": {"type": "text"}, "family": {"type": "text"}}}
+    search.request("PUT", "/team-logs", {"mappings": team_mapping})
+    search.request("POST", "/_bulk?refresh=true", ndjson="".join(
+        json.dumps({"index": {"_index": "team-logs"}}) + "\n" + json.dumps({"message": f"line {n}", "family": "x"})
+        + "\n" for n in range(5)))
+    alias = "shelfcast-prediction-2026.01.01"
+    search.request("POST", "/_aliases", {"actions": [{"add": {"index": "team-logs", "alias": alias}}]})
+    assert setup(["--elasticsearch", search.url, "--kibana", "none", "--wait-s", "5"]) == 0
+    assert setup(["--elasticsearch", search.url, "--kibana", "none", "--wait-s", "5", "--reindex"]) == 1
+    err = capsys.readouterr().err
+    assert (f"setup: warning: index team-logs is not one of template shelfcast-prediction's (shelfcast-prediction-*): "
+            f"alias {alias} on it matches them, so it was left as it is") in err
+    every = {row["index"]: int(row["docs.count"]) for row in search.request("GET", "/_cat/indices?format=json")}
+    assert every == {TARGET: 10, "team-logs": 5}  # the Shelfcast index copied and deleted, as before
+    assert search.request("GET", "/team-logs/_mapping")["team-logs"]["mappings"] == team_mapping
