@@ -238,9 +238,19 @@ def import_saved_objects(kibana_url: str, path: Path = SAVED_OBJECTS,
                                       "Content-Type": f"multipart/form-data; boundary={boundary}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            answer = json.loads(response.read().decode("utf-8"))
+            text = response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         raise SetupError(f"{shown}: saved-objects import: HTTP {exc.code}: {exc.read()[:300]!r}") from None
+    except (urllib.error.URLError, OSError) as exc:  # Kibana gone since its status, or slower than the timeout
+        raise SetupError(f"{shown}: saved-objects import failed: {getattr(exc, 'reason', exc)} (--request-timeout-s "
+                         f"{timeout_s:g}): it may not have been imported; run setup again (the import overwrites)"
+                         ) from None
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise SetupError(f"{shown}: saved-objects import: the answer is not Kibana's JSON object: {text[:200]!r}")
     if not answer.get("success"):
         raise SetupError(f"{shown}: saved-objects import failed: {answer.get('errors')}")
     return answer

@@ -42,3 +42,36 @@ def test_a_request_timeout_that_is_no_time_is_refused_naming_the_flag(capsys):
             setup(["--kibana", "none", "--request-timeout-s", given])
         assert refused.value.code == 2
         assert "--request-timeout-s: expected a number of seconds above 0" in capsys.readouterr().err, given
+
+
+def test_a_kibana_import_slower_than_the_request_timeout_is_one_error_line(capsys):
+    """Kibana answered its status, then took longer than --request-timeout-s over the saved-objects import (a busy
+    Kibana, a large import) or answered it with something not Kibana's JSON object (a proxy's page): setup ended in a
+    traceback (TimeoutError; AttributeError on a list), where every other request gives one `setup: error:` line."""
+    answers = {"import": (200, {"success": True, "successCount": 15})}
+
+    def rule(request) -> tuple[int, dict]:
+        if request.path == "/api/status":
+            return 200, {"status": {"overall": {"level": "available"}}}
+        if request.path.startswith("/api/saved_objects/_import"):
+            if "slow" in answers:
+                time.sleep(ANSWER_AFTER_S)
+            return answers["import"]
+        if request.path == "/_cluster/health":
+            return 200, {"status": "green"}
+        return (200, {"acknowledged": True}) if request.path.startswith("/_index_template/") else (200, {})
+
+    with json_cluster(rule) as url:
+        command = ["--elasticsearch", url, "--kibana", url, "--wait-s", "2", "--request-timeout-s", "2"]
+        assert setup(command) == 0
+        assert "setup: 15 saved objects imported" in capsys.readouterr().out
+        answers["slow"] = True
+        assert setup([*command[:-1], "0.3"]) == 1
+        err = capsys.readouterr().err
+        assert f"setup: error: {url}: saved-objects import failed: timed out (--request-timeout-s 0.3): it may not " \
+               "have been imported; run setup again" in err and "Traceback" not in err, err
+        del answers["slow"]
+        answers["import"] = (200, [])
+        assert setup(command) == 1
+        assert f"setup: error: {url}: saved-objects import: the answer is not Kibana's JSON object: '[]'" in \
+            capsys.readouterr().err
