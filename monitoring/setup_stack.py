@@ -13,7 +13,8 @@ with progress lines: monitoring/index_copy.py) and deletes it once the copy coun
 Fluentd stopped: writes to the index are blocked while it is copied; exit 1 if an index is still unmatched); an
 index that refuses a change (read-only) is named and setup goes on; so is one whose own name no template pattern
 matches, reached through an alias (someone else's index: left as it is). Every request waits --request-timeout-s for its
-answer (a big or starting cluster's may take longer than the 30 s it once had). docker-compose runs it as
+answer (a big or starting cluster's may take longer than the 30 s it once had); a busy answer to a template's install
+or the mappings' read is asked again for up to --wait-s. docker-compose runs it as
 the `setup` service; without Docker, point it at any Elasticsearch/OpenSearch + Kibana.
 A secured cluster's user: $ELASTICSEARCH_USERNAME / $ELASTICSEARCH_PASSWORD (both services), else each URL's own,
 part by part, as drift and release read them (event_sources.cluster_login); credentials refused end the wait at once.
@@ -32,11 +33,11 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from pipeline.event_sources import (CREDENTIALS_REFUSED, ElasticsearchEvents, EventSourceError, basic_authorization,
                                     cluster_login, environment_credentials)
-from monitoring.cluster_task import TaskPace
+from monitoring.cluster_task import BUSY_ANSWERS, TaskPace
 from monitoring.index_again import index_again
 from monitoring.index_copy import copy_index
 from pipeline.stage import output_any_terminal_can_take
@@ -46,6 +47,8 @@ TEMPLATE_DIR = HERE / "elasticsearch"
 SAVED_OBJECTS = HERE / "kibana" / "shelfcast.ndjson"
 TEMPLATE_SUFFIX = ".index-template.json"
 SETUP_REQUEST_TIMEOUT_S = 60.0  # how long setup waits for one answer of Elasticsearch or Kibana: --request-timeout-s
+BUSY_RETRY_S = 2.0  # between two askings of a request the cluster answered busy (as between health checks)
+Answer = TypeVar("Answer")
 
 
 class SetupError(RuntimeError):
@@ -80,10 +83,33 @@ def wait_until(check, what: str, wait_s: float, login_sent: bool) -> None:
         time.sleep(2)
 
 
-def install_index_templates(elasticsearch: ElasticsearchEvents) -> list[str]:
+def asked_while_busy(request: Callable[[], Answer], what: str, wait_s: float,
+                     say: Callable[[str], None] = print) -> Answer:
+    """`request()`'s answer, asked again while the cluster answers busy (429, a gateway's 502-504) or not in time,
+    for up to `wait_s` (--wait-s): a healthy cluster still starting or loaded answers so for a moment, and setup, a
+    one-shot service Fluentd waits on (docker-compose), ended at the first one. Any other error is raised at once."""
+    deadline, asked = time.monotonic() + wait_s, 0
+    while True:
+        try:
+            return request()
+        except EventSourceError as exc:
+            if exc.status not in (None, *BUSY_ANSWERS):
+                raise
+            asked += 1
+            if time.monotonic() >= deadline:
+                raise (EventSourceError(f"{exc} (asked {asked} times over --wait-s {wait_s:g} s)", exc.status)
+                       if asked > 1 else exc) from None
+            say(f"{what}: not answered this time ({exc}); asking again for up to --wait-s {wait_s:g} s")
+        time.sleep(BUSY_RETRY_S)
+
+
+def install_index_templates(elasticsearch: ElasticsearchEvents, wait_s: float = 0.0,
+                            say: Callable[[str], None] = print) -> list[str]:
+    """PUT each template (a busy answer asked again for up to `wait_s`): the names installed."""
     installed = []
     for name, body in index_templates().items():
-        answer = elasticsearch.request("PUT", f"/_index_template/{name}", body)
+        answer = asked_while_busy(lambda: elasticsearch.request("PUT", f"/_index_template/{name}", body),
+                                  f"index template {name}", wait_s, say)
         if not answer.get("acknowledged"):
             raise SetupError(f"{elasticsearch.url}: index template {name} not acknowledged: {answer}")
         installed.append(name)
@@ -120,16 +146,20 @@ def _subset(properties: dict, paths: set[str], prefix: str = "") -> dict:
 
 
 def reconcile_existing_indices(elasticsearch: ElasticsearchEvents, reindex: bool = False,
-                               say: Callable[[str], None] = print, pace: TaskPace = TaskPace()) -> list[str]:
+                               say: Callable[[str], None] = print, pace: TaskPace = TaskPace(),
+                               wait_s: float = 0.0) -> list[str]:
     """Bring indices created before their template in line with it, as far as a mapping can change: fields they lack
     are added; a field mapped as another kind cannot change in place, so each such index is named (one line each)
     or, with `reindex`, copied into <index>-remapped (created by the template; `say` gets the copy's progress lines
-    as it runs) and deleted once the copy counts as many documents. Returns the lines."""
+    as it runs) and deleted once the copy counts as many documents. Their mappings are read as the templates are
+    installed (a busy answer asked again for up to `wait_s`); an index's own errors are its line. Returns the lines."""
     lines = []
     for name, body in index_templates().items():
         wanted_properties = body["template"]["mappings"]["properties"]
         patterns = ",".join(body["index_patterns"])
-        found = elasticsearch.request("GET", f"/{patterns}/_mapping?ignore_unavailable=true&allow_no_indices=true")
+        found = asked_while_busy(lambda: elasticsearch.request(
+            "GET", f"/{patterns}/_mapping?ignore_unavailable=true&allow_no_indices=true"),
+            f"the mappings of {patterns}", wait_s, say)
         for index, mapping in sorted(found.items()):
             if not any(fnmatch.fnmatchcase(index, pattern) for pattern in body["index_patterns"]):
                 lines.append(_foreign_index_line(elasticsearch, name, index, body["index_patterns"]))
@@ -281,7 +311,9 @@ def main(argv=None) -> int:
     parser.add_argument("--stall-s", type=float, default=TaskPace.stall_s,
                         help="where a copy's or an update's task cannot be read (no tasks API, no monitor "
                              "privilege): one whose document count has not grown for this long is judged as it stands")
-    parser.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for each service")
+    parser.add_argument("--wait-s", type=float, default=300.0,
+                        help="how long to wait for each service, and to ask again a request it answers busy (429, "
+                             "502-504) or not in time while setup installs the templates and reads the indices")
     parser.add_argument("--request-timeout-s", type=float, default=SETUP_REQUEST_TIMEOUT_S,
                         help="how long to wait for one answer of Elasticsearch or Kibana (a health check while a "
                              "cluster starts, a mapping change, a refresh or count of a big index, the saved-objects "
@@ -294,12 +326,13 @@ def main(argv=None) -> int:
         elasticsearch = ElasticsearchEvents.from_environment(args.elasticsearch, timeout_s=args.request_timeout_s)
         wait_until(lambda: elasticsearch.request("GET", "/_cluster/health").get("status") in ("green", "yellow"),
                    f"Elasticsearch at {elasticsearch.url}", args.wait_s, elasticsearch.login_sent)
-        names = install_index_templates(elasticsearch)
+        names = install_index_templates(elasticsearch, args.wait_s, _progress)
         print(f"setup: index templates {', '.join(names)} installed in {elasticsearch.url}")
         unmatched = 0
         pace = TaskPace(poll_s=args.progress_s, stall_s=args.stall_s)
         failed = 0
-        for line in reconcile_existing_indices(elasticsearch, args.reindex, say=_progress, pace=pace):
+        for line in reconcile_existing_indices(elasticsearch, args.reindex, say=_progress, pace=pace,
+                                               wait_s=args.wait_s):
             unmatched += line.startswith("warning")
             failed += line.startswith("error")
             print(f"setup: {line}", file=sys.stderr if line.startswith(("warning", "error")) else sys.stdout)

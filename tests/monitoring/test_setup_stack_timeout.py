@@ -75,3 +75,35 @@ def test_a_kibana_import_slower_than_the_request_timeout_is_one_error_line(capsy
         assert setup(command) == 1
         assert f"setup: error: {url}: saved-objects import: the answer is not Kibana's JSON object: '[]'" in \
             capsys.readouterr().err
+
+
+def test_a_cluster_busy_for_a_moment_after_its_health_check_is_set_up(capsys):
+    """Healthy, then 503 (a cluster block while it recovers) or 429 (queues full) to the template installs and the
+    mappings read: setup ended at the first one with exit 1, and docker compose's Fluentd, which waits for setup to
+    succeed (`restart: "no"`), never started. A busy answer is asked again for up to --wait-s; one that outlasts it
+    is one error line; any other error is not retried."""
+    busy = {"/_index_template/shelfcast-monitoring": [503], "/shelfcast-monitoring-*/_mapping": [429]}
+
+    def rule(request) -> tuple[int, dict]:
+        if request.path == "/_cluster/health":
+            return 200, {"status": "green"}
+        left = busy.get(request.path.split("?")[0], [])
+        if left:
+            return left.pop(0) if left[0] != "forever" else 503, {"error": "busy"}
+        if request.path.startswith("/_index_template/"):
+            return 200, {"acknowledged": True}
+        return (200, {}) if "/_mapping" in request.path else (404, {})
+
+    with json_cluster(rule) as url:
+        command = ["--elasticsearch", url, "--kibana", "none", "--wait-s", "10"]
+        assert setup(command) == 0
+        out = capsys.readouterr().out
+        assert "setup: index template shelfcast-monitoring: not answered this time (PUT " in out
+        assert "setup: the mappings of shelfcast-monitoring-*: not answered this time (GET " in out
+        assert "installed in" in out
+        busy["/_index_template/shelfcast-monitoring"] = ["forever"]
+        started = time.monotonic()
+        assert setup([*command[:-1], "1"]) == 1
+        assert time.monotonic() - started < 10
+        err = capsys.readouterr().err
+        assert err.count("setup: error:") == 1 and "HTTP 503" in err and "asked 2 times over --wait-s 1 s" in err, err
