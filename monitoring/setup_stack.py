@@ -7,7 +7,8 @@ Waits until each service answers healthy, then installs; re-running replaces the
 templates and overwrites the saved objects (idempotent). A template applies only to indices created after it:
 an index that already exists (events indexed before setup, or a template changed by an upgrade) gets the fields
 it lacks added and its documents indexed again for them (a task followed with progress lines: monitoring/index_again.py;
-exit 1 unless all were), and each of its fields mapped otherwise (e.g. `family` as text, `store` as a number) is named;
+exit 1 unless all were; the fields recorded in its _meta until an update has run, so a run stopped first is
+completed by the next), and each of its fields mapped otherwise (e.g. `family` as text, `store` as a number) is named;
 --reindex copies such an index into <index>-remapped with the template's mappings (a task on the cluster, followed
 with progress lines: monitoring/index_copy.py) and deletes it once the copy counts as many documents (run it with
 Fluentd stopped: writes to the index are blocked while it is copied; exit 1 if an index is still unmatched); an
@@ -49,6 +50,8 @@ TEMPLATE_SUFFIX = ".index-template.json"
 SETUP_REQUEST_TIMEOUT_S = 60.0  # how long setup waits for one answer of Elasticsearch or Kibana: --request-timeout-s
 BUSY_RETRY_S = 2.0  # between two askings of a request the cluster answered busy (as between health checks)
 Answer = TypeVar("Answer")
+# in an index mapping's _meta: the fields setup added whose documents are not yet indexed again for them
+FIELDS_TO_INDEX_AGAIN = "shelfcast_fields_to_index_again"
 
 
 class SetupError(RuntimeError):
@@ -196,10 +199,16 @@ def _reconcile_index(elasticsearch: ElasticsearchEvents, name: str, index: str, 
     missing = {path for path in wanted if path not in have}
     differ = {path: have[path] for path in wanted if path in have
               and NUMBER_KINDS.get(have[path], have[path]) != NUMBER_KINDS.get(wanted[path], wanted[path])}
-    if missing:
-        elasticsearch.request("PUT", f"/{index}/_mapping", {"properties": _subset(wanted_properties, missing)})
+    meta = mapping.get("mappings", {}).get("_meta") or {}
+    earlier = set(meta.get(FIELDS_TO_INDEX_AGAIN) or ()) - missing  # added by a run that did not index them again
+    own_meta = {key: value for key, value in meta.items() if key != FIELDS_TO_INDEX_AGAIN}
+    if missing:  # recorded with the fields, in one request: a run stopped before indexing again leaves the record
+        elasticsearch.request("PUT", f"/{index}/_mapping", {
+            "_meta": {**own_meta, FIELDS_TO_INDEX_AGAIN: sorted(missing | earlier)},
+            "properties": _subset(wanted_properties, missing)})
+    if missing or earlier:
         # a field added to a mapping covers the documents indexed after it: the earlier ones are read again
-        lines.append(_indexed_again(elasticsearch, name, index, missing, say, pace))
+        lines.append(_indexed_again(elasticsearch, name, index, missing, earlier, own_meta, say, pace))
     if not differ:
         return lines
     fields = ", ".join(f"{path} is {kind}, the template maps {wanted[path]}" for path, kind in sorted(differ.items()))
@@ -227,17 +236,27 @@ def _reconcile_index(elasticsearch: ElasticsearchEvents, name: str, index: str, 
                     "template"]
 
 
-def _indexed_again(elasticsearch: ElasticsearchEvents, name: str, index: str, added: set[str],
-                   say: Callable[[str], None], pace: TaskPace) -> str:
-    """The line for fields added to `index`: its documents indexed again for them, or an error line (the next run
-    finds the fields mapped and will not index them again, so the line says what to run)."""
-    added_line = f"index {index}: {len(added)} field(s) of template {name} added to its mapping"
+def _indexed_again(elasticsearch: ElasticsearchEvents, name: str, index: str, added: set[str], earlier: set[str],
+                   own_meta: dict, say: Callable[[str], None], pace: TaskPace) -> str:
+    """The line for fields added to `index` (now, or by an `earlier` run that was interrupted or whose update could
+    not start: the index's _meta records them until an update has run): its documents indexed again for them, or an
+    error line. Before, a run stopped between adding the fields and indexing the documents again left them
+    unsearchable by those fields for good: the next run found the fields mapped and did nothing, exit 0."""
+    stopped = "by an earlier run, which stopped before indexing its documents again"
+    added_line = (f"index {index}: {len(added)} field(s) of template {name} added to its mapping"
+                  f"{f' (and {len(earlier)} {stopped})' if earlier else ''}" if added else
+                  f"index {index}: {len(earlier)} field(s) of template {name} added to its mapping {stopped}")
     rerun = (f"panels on those fields miss the rest of its events; index them again with POST /{index}/"
              "_update_by_query?conflicts=proceed&wait_for_completion=false")
     try:
         again = index_again(elasticsearch, index, say, pace)
-    except EventSourceError as exc:
-        return f"error: {added_line}, but indexing its documents again for them failed: {exc}; {rerun}"
+    except EventSourceError as exc:  # the record stays: the next run indexes them again
+        return (f"error: {added_line}, but indexing its documents again for them failed: {exc}; run setup again, "
+                "which does it (the index's mapping records the fields until then)")
+    try:  # the update ran to its end: what it did not take a rerun would not take either (the line says what is left)
+        elasticsearch.request("PUT", f"/{index}/_mapping", {"_meta": own_meta})
+    except EventSourceError:
+        pass  # the record stays, and the next run indexes the documents again: more work, nothing lost or doubled
     if again.complete:
         return (f"{added_line}, its {again.done} of {again.total} document(s) indexed again for them "
                 f"({again.measured_by})")
