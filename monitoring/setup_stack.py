@@ -41,7 +41,7 @@ from pipeline.event_sources import (CREDENTIALS_REFUSED, ElasticsearchEvents, Ev
 from monitoring.cluster_task import BUSY_ANSWERS, TaskPace
 from monitoring.index_again import index_again
 from monitoring.index_copy import copy_index
-from pipeline.stage import output_any_terminal_can_take
+from pipeline.stage import OUTCOME, output_any_terminal_can_take, run_interruptible, second_signal_leaves, settled
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE / "elasticsearch"
@@ -224,6 +224,9 @@ def _reconcile_index(elasticsearch: ElasticsearchEvents, name: str, index: str, 
         elasticsearch.request("PUT", f"/{index}/_settings", {"index.blocks.write": False})
         raise EventSourceError(f"copying it into {target} failed, so it is left as it was (writable, beside "
                                f"whatever {target} holds): {exc}") from None
+    except KeyboardInterrupt as interruption:  # Ctrl-C, SIGTERM: the block must not outlive setup (Fluentd refused)
+        _writable_again(elasticsearch, index, target, interruption)
+        raise
     if not copy.complete:  # never the source on a shortfall; nor the copy, which a task no one can read may still fill
         elasticsearch.request("PUT", f"/{index}/_settings", {"index.blocks.write": False})
         refused = f" (it refused {len(copy.failures)}, the first: {copy.failures[0]})" if copy.failures else ""
@@ -234,6 +237,23 @@ def _reconcile_index(elasticsearch: ElasticsearchEvents, name: str, index: str, 
     return [*lines, f"index {index} ({fields}) copied into {target} with template {name}'s mappings "
                     f"({copy.copied} of {copy.total} documents, counted) and deleted; new events to it get the "
                     "template"]
+
+
+def _writable_again(elasticsearch: ElasticsearchEvents, index: str, target: str,
+                    interruption: KeyboardInterrupt) -> None:
+    """Lift the write block of `index`, whose copy into `target` Ctrl-C or SIGTERM interrupted, and word the
+    interruption's line with what is left. Before, setup ended in a traceback and the index stayed blocked: Fluentd's
+    events to it were refused until someone lifted the block by hand."""
+    blocked = (f"index {index} is still blocked for writes (Fluentd's events to it refused): run setup --reindex "
+               f"again, or lift it: PUT /{index}/_settings {{\"index.blocks.write\": false}}")
+    with second_signal_leaves(blocked):
+        try:
+            elasticsearch.request("PUT", f"/{index}/_settings", {"index.blocks.write": False})
+        except EventSourceError as exc:
+            settled(interruption, f"{blocked} ({exc})")
+            return
+    settled(interruption, f"index {index} writable again; its copy into {target} may still be running on the "
+                          "cluster: run setup --reindex again (Fluentd stopped), which copies only what the copy lacks")
 
 
 def _indexed_again(elasticsearch: ElasticsearchEvents, name: str, index: str, added: set[str], earlier: set[str],
@@ -316,6 +336,12 @@ def _progress(line: str) -> None:
 
 
 def main(argv=None) -> int:
+    """Ctrl-C and SIGTERM (`docker compose stop`) end it in one line, 130 or 143, saying what is left (before: a
+    traceback, and an index being copied by --reindex left blocked for writes)."""
+    return run_interruptible("setup", lambda: _setup(argv))
+
+
+def _setup(argv) -> int:
     output_any_terminal_can_take()
     parser = argparse.ArgumentParser(prog="python -m monitoring.setup_stack", description=__doc__.splitlines()[0])
     parser.add_argument("--elasticsearch", default=os.environ.get("ELASTICSEARCH_URL", "http://localhost:9200"))
@@ -365,6 +391,10 @@ def main(argv=None) -> int:
     except (SetupError, EventSourceError) as exc:
         print(f"setup: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as interruption:  # Ctrl-C or SIGTERM: one line (run_interruptible), worded for setup
+        if getattr(interruption, OUTCOME, None) is None:
+            settled(interruption, "run setup again: it installs, adds and copies only what is still missing")
+        raise
     # without --reindex an index left as it was is a warning; documents not indexed again are an error either way
     return 1 if failed or (args.reindex and unmatched) else 0
 
