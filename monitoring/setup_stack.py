@@ -38,7 +38,7 @@ from typing import Callable, TypeVar
 
 from pipeline.event_sources import (CREDENTIALS_REFUSED, ElasticsearchEvents, EventSourceError, basic_authorization,
                                     cluster_login, environment_credentials)
-from monitoring.cluster_task import BUSY_ANSWERS, TaskPace
+from monitoring.cluster_task import BUSY_ANSWERS, REFUSED_TASK_READS, TaskPace
 from monitoring.index_again import index_again
 from monitoring.index_copy import copy_index
 from pipeline.stage import OUTCOME, output_any_terminal_can_take, run_interruptible, second_signal_leaves, settled
@@ -117,6 +117,35 @@ def install_index_templates(elasticsearch: ElasticsearchEvents, wait_s: float = 
             raise SetupError(f"{elasticsearch.url}: index template {name} not acknowledged: {answer}")
         installed.append(name)
     return installed
+
+
+def templates_outranking_ours(elasticsearch: ElasticsearchEvents, wait_s: float = 0.0,
+                              say: Callable[[str], None] = print) -> list[str]:
+    """One line per installed template of higher priority that matches our templates' index names: Elasticsearch
+    makes a new index from the one highest-priority composable template that matches it, so ours would never apply
+    (a team's `*` or `shelfcast-*` template at priority 500: each daily index mapped by it, `family` and `event_id`
+    as text, panels empty, drift's search refused). Before, setup said "installed", exit 0."""
+    ours = index_templates()
+    try:
+        answer = asked_while_busy(lambda: elasticsearch.request("GET", "/_index_template"), "the index templates",
+                                  wait_s, say)
+    except EventSourceError as exc:  # a user that may install templates but not list them: the check is skipped
+        if exc.status not in REFUSED_TASK_READS:
+            raise
+        say(f"the installed index templates cannot be read ({exc}): not checked for one that outranks Shelfcast's")
+        return []
+    lines = []
+    for installed in answer.get("index_templates", []):
+        other, body = installed.get("name"), installed.get("index_template", {})
+        priority, patterns = body.get("priority") or 0, body.get("index_patterns", [])
+        beaten = [name for name, template in ours.items() if other not in ours and priority > template["priority"]
+                  and any(fnmatch.fnmatchcase(template["index_patterns"][0].replace("*", "2099.01.01"), pattern)
+                          for pattern in patterns)]
+        if beaten:
+            lines.append(f"index template {other} (priority {priority}, patterns {', '.join(patterns)}) outranks "
+                         f"{', '.join(beaten)} (priority {max(ours[n]['priority'] for n in beaten)}): new indices "
+                         f"of theirs get its mappings, not Shelfcast's; lower its priority or narrow its patterns")
+    return lines
 
 
 NUMBER_KINDS = {**dict.fromkeys(("long", "integer", "short", "byte", "unsigned_long"), "whole number"),
@@ -372,6 +401,10 @@ def _setup(argv) -> int:
         wait_until(lambda: elasticsearch.request("GET", "/_cluster/health").get("status") in ("green", "yellow"),
                    f"Elasticsearch at {elasticsearch.url}", args.wait_s, elasticsearch.login_sent)
         names = install_index_templates(elasticsearch, args.wait_s, _progress)
+        outranking = templates_outranking_ours(elasticsearch, args.wait_s, _progress)
+        if outranking:  # nothing else setup does makes the next indices Shelfcast's (a copy would get theirs too)
+            raise SetupError(f"index templates {', '.join(names)} installed in {elasticsearch.url}, but they will not "
+                             f"apply: {'; '.join(outranking)}")
         print(f"setup: index templates {', '.join(names)} installed in {elasticsearch.url}")
         unmatched = 0
         pace = TaskPace(poll_s=args.progress_s, stall_s=args.stall_s)

@@ -195,3 +195,24 @@ def test_a_copy_interrupted_leaves_the_index_writable_and_one_line(signum, line)
                            "on the cluster: run setup --reindex again (Fluentd stopped), which copies only what the "
                            "copy lacks"), err
     assert blocks == [True, False]
+
+
+def test_a_template_that_outranks_shelfcasts_is_an_error_naming_it(search, capsys):
+    """Elasticsearch makes a new index from the one highest-priority template matching its name: a team's
+    `shelfcast-*` template at priority 500 took every daily index (family and event_id as text), while setup said
+    "installed" and exited 0. Now setup names it and exits 1; once its priority is lowered, setup succeeds."""
+    from monitoring.setup_stack import main as setup
+
+    team = {"index_patterns": ["shelfcast-*", "team-*"], "priority": 500,
+            "template": {"mappings": {"properties": {"family": {"type": "text"}}}}}
+    search.request("PUT", "/_index_template/team-all", team)
+    assert setup(["--elasticsearch", search.url, "--kibana", "none", "--wait-s", "5"]) == 1
+    err = capsys.readouterr().err
+    assert (f"setup: error: index templates shelfcast-monitoring, shelfcast-prediction installed in {search.url}, "
+            "but they will not apply: index template team-all (priority 500, patterns shelfcast-*, team-*) outranks "
+            "shelfcast-monitoring, shelfcast-prediction (priority 200): new indices of theirs get its mappings, not "
+            "Shelfcast's; lower its priority or narrow its patterns") in err, err
+    search.request("PUT", "/_index_template/team-all", {**team, "priority": 100})
+    assert setup(["--elasticsearch", search.url, "--kibana", "none", "--wait-s", "5"]) == 0
+    search.request("POST", f"/{INDEX}/_doc?refresh=true", {"family": "GROCERY I"})
+    assert search.request("GET", f"/{INDEX}/_mapping")[INDEX]["mappings"]["properties"]["family"]["type"] == "keyword"
