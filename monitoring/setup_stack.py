@@ -10,7 +10,8 @@ it lacks added and its documents indexed again for them (a task followed with pr
 exit 1 unless all were; the fields recorded in its _meta until an update has run, so a run stopped first is
 completed by the next), and each of its fields mapped otherwise (e.g. `family` as text, `store` as a number) is named;
 --reindex copies such an index into <index>-remapped with the template's mappings (a task on the cluster, followed
-with progress lines: monitoring/index_copy.py) and deletes it once the copy counts as many documents (run it with
+with progress lines: monitoring/index_copy.py) and deletes it once the copy counts as many documents, its name
+made an alias of the copy (events sent again overwrite their copied documents) (run it with
 Fluentd stopped: writes to the index are blocked while it is copied; exit 1 if an index is still unmatched); an
 index that refuses a change (read-only) is named and setup goes on; so is one whose own name no template pattern
 matches, reached through an alias (someone else's index: left as it is). Every request waits --request-timeout-s for its
@@ -262,10 +263,14 @@ def _reconcile_index(elasticsearch: ElasticsearchEvents, name: str, index: str, 
         return [*lines, f"warning: index {index}: its copy {target} holds {copy.copied} of its {copy.total} documents"
                         f"{refused}, so neither is deleted (the source writable again; their events count twice "
                         "until one goes): run setup --reindex again to complete the copy"]
-    elasticsearch.request("DELETE", f"/{index}")
+    # in one step, the name goes on as an alias of the copy: an event sent again (the app's delivery is at least
+    # once, Fluentd's buffer may hold a second copy) overwrites its document there, as the event_id _id promises;
+    # before, the index was deleted alone, the next event recreated it, and a second copy was a second document
+    elasticsearch.request("POST", "/_aliases", {"actions": [{"remove_index": {"index": index}},
+                                                            {"add": {"index": target, "alias": index}}]})
     return [*lines, f"index {index} ({fields}) copied into {target} with template {name}'s mappings "
-                    f"({copy.copied} of {copy.total} documents, counted) and deleted; new events to it get the "
-                    "template"]
+                    f"({copy.copied} of {copy.total} documents, counted) and deleted; its name is now an alias of "
+                    f"{target}, so events for it, new or sent again, go there"]
 
 
 def _writable_again(elasticsearch: ElasticsearchEvents, index: str, target: str,

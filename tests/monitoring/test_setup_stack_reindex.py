@@ -66,8 +66,8 @@ def test_a_copy_longer_than_the_request_timeout_is_followed_to_its_end_and_count
     said: list[str] = []
     lines = reconcile_existing_indices(short, reindex=True, say=said.append, pace=TaskPace(poll_s=0.2, stall_s=90))
     assert lines == [f"index {INDEX} (store is long, the template maps keyword) copied into {TARGET} with template "
-                     f"shelfcast-prediction's mappings ({EVENTS} of {EVENTS} documents, counted) and deleted; new "
-                     "events to it get the template"]
+                     f"shelfcast-prediction's mappings ({EVENTS} of {EVENTS} documents, counted) and deleted; its "
+                     f"name is now an alias of {TARGET}, so events for it, new or sent again, go there"]
     assert any("following" in line and f"{TARGET}'s document count" in line for line in said), said
     assert _indices(search) == {TARGET: EVENTS}
     mapping = search.request("GET", f"/{TARGET}/_mapping")[TARGET]["mappings"]["properties"]
@@ -93,6 +93,28 @@ def test_a_rerun_after_an_interrupted_copy_copies_what_is_missing_once(search, c
     ids = search.request("POST", f"/{TARGET}/_search", {"size": 0, "aggs": {"ids": {"cardinality": {
         "field": "event_id"}}}})["aggregations"]["ids"]["value"]
     assert ids == 1000
+
+
+def test_an_event_sent_again_after_the_copy_overwrites_its_document(search):
+    """The app's delivery is at least once and an event's _id is its event_id, so a copy sent again overwrites its
+    document (README "Prediction logging"). After --reindex deleted the index, the next event for that day recreated
+    it, and a second copy of an event already copied (Fluentd's buffer holds such copies while it is stopped for
+    the copy) became a second document: 11 documents for 10 events. The index's name now goes on, in the same step
+    as its deletion, as an alias of the copy, so the copy's document is overwritten; a new event lands there too."""
+    from monitoring.setup_stack import main as setup
+
+    _index_made_before_the_template(search, 10)
+    assert setup(["--elasticsearch", search.url, "--kibana", "none", "--wait-s", "5", "--reindex"]) == 0
+    sent_again = {"event_id": "event-3", "timestamp": "2026-01-05T10:00:00+00:00", "store": "4"}
+    new = {**sent_again, "event_id": "event-10"}
+    search.request("POST", "/_bulk?refresh=true", ndjson="".join(
+        json.dumps({"index": {"_index": INDEX, "_id": event["event_id"]}}) + "\n" + json.dumps(event) + "\n"
+        for event in (sent_again, new)))
+    assert search.request("POST", "/shelfcast-prediction-*/_count")["count"] == 11
+    assert _indices(search) == {TARGET: 11}
+    mapping = search.request("GET", f"/{INDEX}/_mapping")  # through the alias: the copy's, the template's
+    assert list(mapping) == [TARGET] and mapping[TARGET]["mappings"]["properties"]["store"]["type"] == "keyword"
+    assert setup(["--elasticsearch", search.url, "--kibana", "none", "--wait-s", "5", "--reindex"]) == 0
 
 
 def test_a_copy_that_cannot_be_counted_deletes_nothing_and_leaves_the_index_writable(search, capsys):
