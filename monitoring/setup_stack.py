@@ -266,8 +266,11 @@ def _reconcile_index(elasticsearch: ElasticsearchEvents, name: str, index: str, 
     # in one step, the name goes on as an alias of the copy: an event sent again (the app's delivery is at least
     # once, Fluentd's buffer may hold a second copy) overwrites its document there, as the event_id _id promises;
     # before, the index was deleted alone, the next event recreated it, and a second copy was a second document
-    elasticsearch.request("POST", "/_aliases", {"actions": [{"remove_index": {"index": index}},
-                                                            {"add": {"index": target, "alias": index}}]})
+    # (with the aliases it had: a day copied before by an older template's --reindex is an alias of this index)
+    held = elasticsearch.request("GET", f"/{index}/_alias").get(index, {}).get("aliases", {})
+    elasticsearch.request("POST", "/_aliases", {"actions": [
+        {"remove_index": {"index": index}},
+        *({"add": {"index": target, "alias": alias}} for alias in sorted({index, *held}))]})
     return [*lines, f"index {index} ({fields}) copied into {target} with template {name}'s mappings "
                     f"({copy.copied} of {copy.total} documents, counted) and deleted; its name is now an alias of "
                     f"{target}, so events for it, new or sent again, go there"]

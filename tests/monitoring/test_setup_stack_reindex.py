@@ -117,6 +117,20 @@ def test_an_event_sent_again_after_the_copy_overwrites_its_document(search):
     assert setup(["--elasticsearch", search.url, "--kibana", "none", "--wait-s", "5", "--reindex"]) == 0
 
 
+def test_the_aliases_of_a_copied_index_move_to_its_copy(search):
+    """An index copied by an earlier --reindex is the alias of its day's name; copied again (a later template
+    changed a field), its aliases go with it to the new copy: deleting the index alone dropped them, and the day's
+    next event recreated the day's index beside the copies."""
+    from monitoring.setup_stack import main as setup
+
+    _index_made_before_the_template(search, 10)
+    day = "shelfcast-prediction-2026.01.04"  # as a previous --reindex left it: an alias of INDEX
+    search.request("POST", "/_aliases", {"actions": [{"add": {"index": INDEX, "alias": day}}]})
+    assert setup(["--elasticsearch", search.url, "--kibana", "none", "--wait-s", "5", "--reindex"]) == 0
+    assert search.request("GET", f"/{TARGET}/_alias")[TARGET]["aliases"].keys() == {INDEX, day}
+    assert _indices(search) == {TARGET: 10}
+
+
 def test_a_copy_that_cannot_be_counted_deletes_nothing_and_leaves_the_index_writable(search, capsys):
     """A `-remapped` index the copy cannot be counted in (here one blocked for reads): before, setup deleted the
     source on the copy request's answer alone, never reading the copy back. Now a copy it cannot count deletes
