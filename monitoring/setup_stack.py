@@ -267,10 +267,16 @@ def _reconcile_index(elasticsearch: ElasticsearchEvents, name: str, index: str, 
     # once, Fluentd's buffer may hold a second copy) overwrites its document there, as the event_id _id promises;
     # before, the index was deleted alone, the next event recreated it, and a second copy was a second document
     # (with the aliases it had: a day copied before by an older template's --reindex is an alias of this index)
-    held = elasticsearch.request("GET", f"/{index}/_alias").get(index, {}).get("aliases", {})
-    elasticsearch.request("POST", "/_aliases", {"actions": [
-        {"remove_index": {"index": index}},
-        *({"add": {"index": target, "alias": alias}} for alias in sorted({index, *held}))]})
+    try:
+        held = elasticsearch.request("GET", f"/{index}/_alias").get(index, {}).get("aliases", {})
+        elasticsearch.request("POST", "/_aliases", {"actions": [
+            {"remove_index": {"index": index}},
+            *({"add": {"index": target, "alias": alias}} for alias in sorted({index, *held}))]})
+    except EventSourceError as exc:  # e.g. a user that may not delete indices: the source stays, writable
+        elasticsearch.request("PUT", f"/{index}/_settings", {"index.blocks.write": False})
+        raise EventSourceError(f"it was copied into {target} whole, but could not be replaced by it, so both are "
+                               f"left (the source writable again; their events count twice until one goes): {exc}"
+                               ) from None
     return [*lines, f"index {index} ({fields}) copied into {target} with template {name}'s mappings "
                     f"({copy.copied} of {copy.total} documents, counted) and deleted; its name is now an alias of "
                     f"{target}, so events for it, new or sent again, go there"]

@@ -252,3 +252,44 @@ def test_a_template_that_outranks_shelfcasts_is_an_error_naming_it(search, capsy
     assert setup(["--elasticsearch", search.url, "--kibana", "none", "--wait-s", "5"]) == 0
     search.request("POST", f"/{INDEX}/_doc?refresh=true", {"family": "GROCERY I"})
     assert search.request("GET", f"/{INDEX}/_mapping")[INDEX]["mappings"]["properties"]["family"]["type"] == "keyword"
+
+
+def test_a_copy_that_cannot_replace_its_index_leaves_it_writable(capsys):
+    """A whole copy whose index cannot be replaced by it (a user without the privilege to delete indices or manage
+    aliases: 403): the index stayed blocked for writes, Fluentd's events to it refused. Now the block is lifted and
+    the index named; both are kept. A loopback cluster: osmem-server grants every request."""
+    from monitoring.setup_stack import main as setup
+    from tests.monitoring.loopback_cluster import json_cluster, request_body
+
+    older = {"mappings": {"properties": {**index_templates()["shelfcast-prediction"]["template"]["mappings"][
+        "properties"], "store": {"type": "long"}}}}
+    blocks = []
+
+    def rule(request):
+        path = request.path.split("?")[0]
+        if path == "/_cluster/health":
+            return 200, {"status": "green"}
+        if path.startswith("/_index_template/"):
+            return 200, {"acknowledged": True}
+        if path == "/shelfcast-prediction-*/_mapping":
+            return 200, {INDEX: older}
+        if path == f"/{INDEX}/_settings":
+            blocks.append(request_body(request)["index.blocks.write"])
+            return 200, {"acknowledged": True}
+        if path.endswith("/_count"):
+            return 200, {"count": 10}
+        if path == "/_reindex":
+            return 200, {"total": 10, "created": 10, "failures": []}
+        if path == f"/{INDEX}/_alias":
+            return 200, {INDEX: {"aliases": {}}}
+        if path == "/_aliases":
+            return 403, {"error": "action [indices:admin/aliases] is unauthorized"}
+        return (200, {}) if path.endswith(("/_refresh", "/_mapping")) or path == f"/{TARGET}" else (404, {})
+
+    with json_cluster(rule) as url:
+        assert setup(["--elasticsearch", url, "--kibana", "none", "--wait-s", "5", "--reindex"]) == 1
+    err = capsys.readouterr().err
+    assert (f"setup: warning: index {INDEX} does not match template shelfcast-prediction and could not be changed: it "
+            f"was copied into {TARGET} whole, but could not be replaced by it, so both are left (the source writable "
+            "again") in err and "HTTP 403" in err, err
+    assert blocks == [True, False]
