@@ -328,6 +328,13 @@ def _indexed_again(elasticsearch: ElasticsearchEvents, name: str, index: str, ad
             f"({again.measured_by}{refused}); {rerun}")
 
 
+def saved_objects_version(path: Path = SAVED_OBJECTS) -> str:
+    """The Kibana version the saved objects were made by (their newest coreMigrationVersion): Kibana imports saved
+    objects of its own version or older only."""
+    versions = [json.loads(line).get("coreMigrationVersion", "0") for line in path.read_text().splitlines() if line]
+    return max(versions, key=lambda version: tuple(int(part) for part in version.split(".")))
+
+
 def kibana_request(kibana_url: str, path: str, **kwargs) -> urllib.request.Request:
     """A request to Kibana at `path`, logged in by the rule drift, release and setup's Elasticsearch requests follow
     (event_sources.cluster_login: the environment's user and password, else the URL's); before, Kibana's URL was
@@ -369,9 +376,21 @@ def import_saved_objects(kibana_url: str, path: Path = SAVED_OBJECTS,
 
 
 def kibana_available(kibana_url: str, timeout_s: float = SETUP_REQUEST_TIMEOUT_S) -> bool:
+    """Kibana 8's status says `overall.level`; Kibana 7 and OpenSearch Dashboards say `overall.state` instead, and
+    cannot import the dashboard's saved objects (made by Kibana 8.8): refused at once, naming the version (before,
+    setup waited out --wait-s, 300 s, and said "did not become healthy (not ready yet)")."""
     with urllib.request.urlopen(kibana_request(kibana_url, "/api/status"), timeout=timeout_s) as response:
         status = json.loads(response.read().decode("utf-8"))
-    return status.get("status", {}).get("overall", {}).get("level") == "available"
+    overall = status.get("status", {}).get("overall", {}) if isinstance(status, dict) else {}
+    if isinstance(overall, dict) and "level" not in overall and "state" in overall:
+        version = status.get("version", {})
+        name = f"{version.get('build_flavor') or 'Kibana'} {version.get('number', '(version not given)')}" \
+            if isinstance(version, dict) else "Kibana (version not given)"
+        raise SetupError(f"{cluster_login(kibana_url)[0]} answers its status as Kibana 7 and OpenSearch Dashboards do "
+                         f"({name}, overall state {overall.get('state')!r}): the dashboard's saved objects need Kibana "
+                         f"{saved_objects_version()} or later; give --kibana none to install the index templates "
+                         "alone")
+    return isinstance(overall, dict) and overall.get("level") == "available"
 
 
 def _progress(line: str) -> None:

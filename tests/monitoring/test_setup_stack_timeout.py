@@ -107,3 +107,30 @@ def test_a_cluster_busy_for_a_moment_after_its_health_check_is_set_up(capsys):
         assert time.monotonic() - started < 10
         err = capsys.readouterr().err
         assert err.count("setup: error:") == 1 and "HTTP 503" in err and "asked 2 times over --wait-s 1 s" in err, err
+
+
+@pytest.mark.parametrize("status", [
+    {"version": {"number": "7.17.25"}, "status": {"overall": {"state": "green"}}},  # Kibana 7
+    {"version": {"number": "2.18.0", "build_flavor": "OpenSearch Dashboards"},
+     "status": {"overall": {"state": "green"}}},
+])
+def test_a_kibana_that_cannot_import_the_dashboard_is_refused_at_once_naming_its_version(capsys, status):
+    """Kibana 7 and OpenSearch Dashboards answer /api/status with `overall.state`, not Kibana 8's `overall.level`, and
+    cannot import saved objects Kibana 8.8 made: setup waited out --wait-s and said "did not become healthy (not
+    ready yet)", though the server was up."""
+
+    def rule(request) -> tuple[int, dict]:
+        if request.path == "/api/status":
+            return 200, status
+        if request.path == "/_cluster/health":
+            return 200, {"status": "green"}
+        return (200, {"acknowledged": True}) if request.path.startswith("/_index_template/") else (200, {})
+
+    with json_cluster(rule) as url:
+        started = time.monotonic()
+        assert setup(["--elasticsearch", url, "--kibana", url, "--wait-s", "30"]) == 1
+        assert time.monotonic() - started < 20
+    err = capsys.readouterr().err
+    version = status["version"]["number"]
+    assert "answers its status as Kibana 7 and OpenSearch Dashboards do (" in err and version in err, err
+    assert "the dashboard's saved objects need Kibana 8.8.0 or later; give --kibana none" in err, err
