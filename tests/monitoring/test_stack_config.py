@@ -14,6 +14,7 @@ import re
 import pytest
 import yaml
 
+from eventlog.forward import MAX_MESSAGE_BYTES
 from monitoring.setup_stack import SAVED_OBJECTS, index_templates, leaf_types
 from pipeline.features import CATEGORICAL_FIELDS, FeatureSpec, dense_feature_names
 
@@ -69,6 +70,18 @@ def test_fluentd_routes_tags_to_indices_that_templates_cover(templates, repo_roo
         assert "include_tag_key true" in body and "tag_key tag" in body and "id_key event_id" in body
         assert re.search(r"<buffer tag, time>\s*@type file", body) and "retry_forever true" in body
         template_for(templates, f"{prefix}-*")
+
+
+def test_the_apps_largest_event_is_half_of_every_fluentd_buffer_chunk(repo_root):
+    """eventlog.forward.MAX_MESSAGE_BYTES is half the chunk_limit_size of the buffers prediction events reach (Fluentd
+    discards a record larger than a chunk after acknowledging it); the app's message names that figure. A chunk
+    limit changed in fluent.conf alone would let events be counted as sent and never stored."""
+    conf = (repo_root / "monitoring" / "fluentd" / "fluent.conf").read_text()
+    body = dict(re.findall(r"<match ([^>]+)>(.*?)\n</match>", conf, re.S))["shelfcast.prediction"]
+    limits = re.findall(r"chunk_limit_size (\d+)MB", body)
+    assert limits and all(int(mb) * 1024 * 1024 == 2 * MAX_MESSAGE_BYTES for mb in limits), limits
+    events_source = (repo_root / "app" / "events.py").read_text()
+    assert f"chunk_limit_size {2 * MAX_MESSAGE_BYTES // (1024 * 1024)}MB" in events_source
 
 
 def test_fluentd_image_pins_its_base_and_plugin(repo_root):
