@@ -71,7 +71,8 @@ def test_the_cluster_is_an_opt_in_profile_of_the_pipeline_image():
     assert worker[:3] == ["dask", "worker", f"tcp://dask-scheduler:{_option(scheduler, '--port')}"]
     assert _option(worker, "--nthreads") == "1" and _option(worker, "--memory-limit").endswith("GB")
     assert SERVICES["dask-worker"]["depends_on"]["dask-scheduler"]["condition"] == "service_healthy"
-    assert f"{_option(scheduler, '--port')}:{_option(scheduler, '--port')}" in SERVICES["dask-scheduler"]["ports"]
+    port = _option(scheduler, "--port")
+    assert f"127.0.0.1:{port}:{port}" in SERVICES["dask-scheduler"]["ports"]  # loopback: a scheduler runs clients' code
 
 
 def _wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 60) -> None:

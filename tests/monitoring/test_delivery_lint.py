@@ -99,3 +99,26 @@ def test_compose_services_are_pinned_healthchecked_and_wired(compose):
             if isinstance(volume, dict) and volume["type"] == "bind":
                 continue  # the app's host release store: tests/delivery/test_compose_release_store.py
             assert (volume["source"] if isinstance(volume, dict) else volume.split(":")[0]) in compose["volumes"]
+
+
+def published_address(port) -> str | None:
+    """The host address a compose `ports:` entry binds (None: every interface), short or long syntax."""
+    if isinstance(port, dict):
+        return port.get("host_ip") or None
+    parts = str(port).split("/")[0].rsplit(":", 2)
+    return (parts[0].strip("[]") or None) if len(parts) == 3 else None
+
+
+def test_only_the_proxy_is_published_beyond_this_host(compose):
+    """MLflow, Fluentd, Elasticsearch, Kibana and the Dask scheduler ask no login in this stack: they were published
+    on every interface (`"9200:9200"`), so whoever reached the serving host could move the registry's aliases, send
+    the events the canary check judges, delete the indices, or run code on the scheduler as a Dask client."""
+    published = {name: service.get("ports", []) for name, service in compose["services"].items()}
+    assert "5005:5005" in published["proxy"]
+    for name, ports in published.items():
+        for port in ports if name != "proxy" else ():
+            assert published_address(port) in ("127.0.0.1", "::1"), (
+                f"docker-compose.yml: service {name!r} publishes {port!r} on every interface: bind it to the "
+                "host's loopback (127.0.0.1:HOST:CONTAINER)")
+    assert published_address("9200:9200") is None and published_address({"target": 80}) is None
+    assert published_address("127.0.0.1:24224:24224/udp") == "127.0.0.1" and published_address("[::1]:1:1") == "::1"
