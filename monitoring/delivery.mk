@@ -20,6 +20,20 @@ IMAGE_TAG ?= $(IMAGE_COMMIT)$(IMAGE_MODEL)
 REGISTRY ?=
 DVC := PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc
 
+# Loopback never goes through a proxy. A self-hosted runner behind one (HTTP_PROXY/http_proxy set, NO_PROXY often
+# not) sent the release job's requests to the app at SHELFCAST_URL (http://127.0.0.1:5005), to the compose stack's
+# Elasticsearch and to a registry on the host through it: urllib and requests bypass a proxy only for the hosts
+# NO_PROXY names, loopback included, so `make deploy` said "Connection refused: is the app running there" of an app
+# that was serving. Every target here runs with 127.0.0.1, localhost and ::1 added to the runner's own entries, in
+# both spellings: urllib and requests read no_proxy before NO_PROXY, so either one alone would hide the other's.
+# `*` (no proxy for any host) stays `*` alone: urllib takes it only so.
+LOOPBACK_HOSTS := 127.0.0.1 localhost ::1
+delivery_comma := ,
+delivery_space := $(subst ,, )
+delivery_no_proxy := $(sort $(subst $(delivery_comma), ,$(NO_PROXY) $(no_proxy)) $(LOOPBACK_HOSTS))
+export NO_PROXY := $(if $(filter *,$(delivery_no_proxy)),*,$(subst $(delivery_space),$(delivery_comma),$(delivery_no_proxy)))
+export no_proxy := $(NO_PROXY)
+
 .PHONY: ml-pipeline threshold-test metrics-event promote dvc-push commit-lock fetch-model lint-docker \
         build-image publish-image deploy rollback release-status release-sync release-store-check registry-check \
         compose-up drift \

@@ -381,6 +381,57 @@ def test_a_failed_dvc_push_ends_in_one_line_saying_what_to_do(tmp_path):
     assert "rerun `make dvc-push` once fixed" in told[0] and "Having any troubles" not in done.stderr
 
 
+PROXY_PROBE = """
+import sys, urllib.request
+import requests
+url = sys.argv[1]
+with urllib.request.urlopen(url, timeout=10) as response:
+    print("urllib", response.status)
+print("requests", requests.get(url, timeout=10).status_code)
+print("runner's own entry kept:", urllib.request.proxy_bypass_environment("mlflow.corp.example"))
+"""
+
+
+def test_the_make_targets_reach_loopback_past_a_runner_s_proxy(tmp_path):
+    """The release job runs on a self-hosted runner, and one behind a proxy sets HTTP_PROXY/http_proxy, often without
+    NO_PROXY: urllib and requests then sent `make deploy`'s requests to the app at http://127.0.0.1:5005 (and to the
+    compose stack's Elasticsearch, or a registry on the host) through the proxy, and deploy said "Connection refused:
+    is the app running there" of a serving app. A recipe's environment now adds loopback to both spellings, keeping
+    the runner's own entries (urllib and requests read no_proxy first: loopback there alone would hide them)."""
+    import http.server
+    import socket
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_proxy = f"http://127.0.0.1:{probe.getsockname()[1]}"  # nothing listens: a proxy that refuses
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    script = tmp_path / "probe.py"
+    script.write_text(PROXY_PROBE, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "no_proxy")}
+    env.update(http_proxy=dead_proxy, HTTP_PROXY=dead_proxy, NO_PROXY="mlflow.corp.example")  # the runner's
+    try:
+        done = subprocess.run(["make", "--no-print-directory", "-s", "--eval",
+                               f"proxy-probe: ; @{sys.executable} {script} http://127.0.0.1:{server.server_port}/",
+                               "proxy-probe"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split("\n")[:3] == ["urllib 200", "requests 200", "runner's own entry kept: True"], done.stdout
+
+
 def test_compose_waits_for_the_apps_graceful_stop_before_killing_it():
     """`docker compose stop` kills a container `stop_grace_period` after SIGTERM (Docker's default: 10 s); gunicorn
     gives its workers graceful_timeout to send their spooled events. Shorter, and a stop with a backlog killed
