@@ -11,7 +11,9 @@ What stands in for GitHub:
   fresh clone each job gets (``checkout``; its ``ref:`` input, evaluated, is recorded in the step's ``inputs``
   and, given ``at_ref``, checked out), ``actions/setup-python`` / ``setup-node`` are the machine's
   interpreters, ``docker/login-action`` talks to a registry only; ``upload-artifact`` / ``download-artifact``
-  copy files between a run's jobs through ``artifacts`` when one is given (else they are recorded only);
+  copy files between a run's jobs through ``artifacts`` when one is given (else they are recorded only); a
+  name uploaded again in the same ``artifacts`` (a re-run job is the same run) fails as GitHub's 409 does, unless
+  the step sets ``overwrite: true``, which replaces it;
   any other ``uses:`` fails the run;
 - a ``run:`` step in ``not_run`` (command -> why) is not run, and says why (``make test``: the suite
   this runs inside).
@@ -245,6 +247,11 @@ def _hosted_action(action: str, inputs: dict, workdir: Path, at_ref: Callable[[P
         at_ref(workdir, inputs["ref"])
     elif action == "actions/upload-artifact" and artifacts is not None:
         store = artifacts / inputs["name"]
+        if store.exists():  # upload-artifact v4: a name is uploaded once per run, a re-run job's attempts included
+            if str(inputs.get("overwrite", "false")).lower() != "true":
+                raise WorkflowError(f"upload-artifact: an artifact named {inputs['name']!r} already exists on this run "
+                                    "(GitHub: 409 Conflict), as after a re-run of the job: set `overwrite: true`")
+            shutil.rmtree(store)  # overwrite: the earlier artifact is deleted, not merged into
         for pattern in filter(None, (line.strip() for line in inputs.get("path", "").splitlines())):
             source = workdir / pattern
             if source.is_dir():

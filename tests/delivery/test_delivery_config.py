@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -489,6 +490,40 @@ def test_only_a_successful_ml_pipeline_run_on_this_repository_s_main_is_released
         condition = str(job.get("if", ""))
         for name in ("conclusion", "head_branch", "event", "head_repository.full_name"):
             assert f"github.event.workflow_run.{name}" in condition, (job_name, name)
+
+
+def test_a_re_run_job_uploads_its_artifacts_again(tmp_path):
+    """upload-artifact v4 refuses a name the run already holds (409 Conflict), and a re-run job is the same run: after
+    train-evaluate-promote failed past its `if: always()` upload of `evaluation` (a dvc push the S3 store refused, a
+    registry that timed out), "Re-run failed jobs" failed again at that upload whatever the rest did, the `record`
+    job was skipped and the app pipeline released nothing; "Re-run all jobs" after a failed `record` failed at
+    `pipeline-record` the same way, and a pull request's re-run `gate` at `evaluation`. Each upload now overwrites."""
+    from .actions import WorkflowError, _hosted_action, run_workflow
+
+    runner, artifacts = tmp_path / "runner", tmp_path / "artifacts"
+    (runner / "results").mkdir(parents=True)
+    (runner / "results" / "evaluation.json").write_text("{}")
+    upload = {"name": "plain", "path": "results/"}
+    _hosted_action("actions/upload-artifact", upload, runner, None, artifacts)
+    try:  # the runner refuses a second upload of one name as GitHub does, or this test proves nothing
+        _hosted_action("actions/upload-artifact", upload, runner, None, artifacts)
+        raise AssertionError("a second upload of one artifact name was taken")
+    except WorkflowError as refused:
+        assert "409" in str(refused)
+    shutil.rmtree(artifacts)
+
+    commands = {command: "stubbed" for job in workflow("ml-pipeline.yml")["jobs"].values()
+                for command in run_steps(job)}
+    for contexts in ({**ML_CONTEXTS, "github.ref": "refs/heads/main"}, {**ML_CONTEXTS, **PULL_REQUEST}):
+        for attempt in ("first", "re-run"):
+            (runner / "dvc.lock").write_text(f"the {attempt} attempt's lock\n")
+            run = run_workflow(WORKFLOWS / "ml-pipeline.yml", contexts, lambda job: runner, lambda job: {},
+                               commands, say=lambda line: None, artifacts=artifacts)
+            assert set(run.jobs.values()) <= {"success", "skipped"}, (contexts["github.event_name"], run.jobs)
+        record = artifacts / "pipeline-record" / "dvc.lock"  # main only: what the record job commits
+        assert not record.exists() or record.read_text() == "the re-run attempt's lock\n"
+        assert (artifacts / "evaluation" / "results" / "evaluation.json").is_file()
+        shutil.rmtree(artifacts)
 
 
 # --- pull requests: tested and gated, with nothing to write to and no secrets ----------------------------------
