@@ -282,6 +282,21 @@ def test_write_permission_and_approval_where_they_are_used():
     assert [n for n, job in app["jobs"].items() if job.get("environment") == "production"] == ["release"]
 
 
+def test_every_deployment_environment_a_job_names_is_documented():
+    """ml-pipeline's train-evaluate-promote names the `model-registry` environment, which no document mentioned: a
+    team setting the workflows up knew of `production` alone, and not where that job's secrets could be scoped."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start = readme.index("The deployment environments the workflows name:")
+    sentence = readme[start:readme.index("train and gate there.", start)]
+    named = {name: (job["environment"] if isinstance(job["environment"], str) else job["environment"]["name"])
+             for workflow_name in ("ml-pipeline.yml", "app-pipeline.yml")
+             for name, job in workflow(workflow_name)["jobs"].items() if "environment" in job}
+    assert set(named.values()) == {"production", "model-registry"}, named
+    for job, environment in named.items():
+        assert f"`{environment}` (the `{job}` job" in sentence or f"`{environment}` (`{job}`" in sentence, \
+            (job, environment)
+
+
 def run_with_real_checks(name: str, contexts: dict, checks: tuple[str, ...]):
     """The workflow through the runner with every `run:` step stubbed but ``checks``, which run for real here (make
     targets that read only the environment), in a clean runner's environment."""
