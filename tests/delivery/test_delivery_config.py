@@ -297,6 +297,21 @@ def test_every_deployment_environment_a_job_names_is_documented():
             (job, environment)
 
 
+def test_every_action_is_pinned_to_a_commit_that_dependabot_keeps_current():
+    """Every `uses:` named a movable tag (`docker/login-action@v3`): whoever moves the tag runs other code in the job,
+    and build-publish's job-level env hands docker/login-action the registry's password and the DVC remote's keys
+    (with `packages: write`). A full commit SHA cannot be moved; its release is said in a comment, and Dependabot
+    proposes the next one."""
+    for name in ("ml-pipeline.yml", "app-pipeline.yml"):
+        text = (WORKFLOWS / name).read_text(encoding="utf-8")
+        uses = re.findall(r"^\s*(?:- )?uses:\s*(.*)$", text, re.M)
+        assert uses, name
+        for line in uses:
+            assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}\s+# v\d+\.\d+\.\d+", line), (name, line)
+    dependabot = yaml.safe_load((REPO / ".github" / "dependabot.yml").read_text(encoding="utf-8"))
+    assert {"package-ecosystem": "github-actions", "directory": "/"}.items() <= dependabot["updates"][0].items()
+
+
 def run_with_real_checks(name: str, contexts: dict, checks: tuple[str, ...]):
     """The workflow through the runner with every `run:` step stubbed but ``checks``, which run for real here (make
     targets that read only the environment), in a clean runner's environment."""

@@ -26,7 +26,8 @@ def make_targets_in(data: dict) -> list[str]:
                 assert match, f"step {step.get('name')!r} runs {step['run']!r}, not a single make target"
                 targets.append(match.group(1))
             else:
-                assert re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+", step["uses"]), f"unpinned action {step['uses']}"
+                # a full commit SHA, never a tag that can be moved (tests/delivery/test_delivery_config.py)
+                assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), f"unpinned action {step['uses']}"
     return targets
 
 
