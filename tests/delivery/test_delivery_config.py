@@ -312,6 +312,20 @@ def test_every_action_is_pinned_to_a_commit_that_dependabot_keeps_current():
     assert {"package-ecosystem": "github-actions", "directory": "/"}.items() <= dependabot["updates"][0].items()
 
 
+def test_only_the_record_job_keeps_the_token_in_its_checkout():
+    """actions/checkout writes the job's GITHUB_TOKEN into .git/config unless told not to, and every later step can
+    read it there: pipeline code and the packages `make venv` installs, in build-publish with `packages: write`.
+    The record job was made the only one that runs git with the token (it pushes the lock) and no pipeline code;
+    every other job now leaves it out of the checkout."""
+    for name in ("ml-pipeline.yml", "app-pipeline.yml"):
+        for job_name, job in workflow(name)["jobs"].items():
+            checkouts = [step.get("with") or {} for step in job["steps"]
+                         if step.get("uses", "").startswith("actions/checkout@")]
+            assert len(checkouts) == 1, (name, job_name)
+            keeps = checkouts[0].get("persist-credentials", True) is not False
+            assert keeps == ((name, job_name) == ("ml-pipeline.yml", "record")), (name, job_name, checkouts[0])
+
+
 def run_with_real_checks(name: str, contexts: dict, checks: tuple[str, ...]):
     """The workflow through the runner with every `run:` step stubbed but ``checks``, which run for real here (make
     targets that read only the environment), in a clean runner's environment."""
