@@ -14,12 +14,16 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # The servers the tests start listen on loopback, and a runner behind a proxy (HTTP_PROXY / http_proxy set, as a
 # team's CI often is) sent their requests through it: urllib and requests bypass it only for the hosts NO_PROXY
 # names, so every test of a loopback server failed (tests/pipeline/test_download.py: "failed after 3 attempt(s):
-# Connection refused" with a proxy on a dead port). Loopback is added to both spellings, kept with what the runner
-# set, for this process and the stages, servers and clients it starts; npm still reaches its registry by the proxy.
+# Connection refused" with a proxy on a dead port). Both spellings get the runner's entries of either one and loopback
+# (urllib and requests read no_proxy before NO_PROXY: loopback added to each apart left a runner's NO_PROXY=mirror.corp
+# hidden behind no_proxy=127.0.0.1,...), for this process and the stages, servers and clients it starts; npm still
+# reaches its registry by the proxy (monitoring/delivery.mk does the same for make's targets).
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-for _name in ("NO_PROXY", "no_proxy"):
-    _hosts = [host.strip() for host in os.environ.get(_name, "").split(",") if host.strip()]
-    os.environ[_name] = ",".join(_hosts + [host for host in LOOPBACK if host not in _hosts])
+_bypassed: list[str] = []
+for _host in [*os.environ.get("NO_PROXY", "").split(","), *os.environ.get("no_proxy", "").split(","), *LOOPBACK]:
+    if _host.strip() and _host.strip() not in _bypassed:
+        _bypassed.append(_host.strip())
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = ",".join(_bypassed)
 
 
 def honouring_file_modes(command: list[str]) -> list[str]:

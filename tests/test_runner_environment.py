@@ -2,8 +2,12 @@
 
 import contextlib
 import http.server
+import os
 import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 import urllib.request
 
 import pytest
@@ -26,6 +30,20 @@ def test_a_loopback_server_is_reached_directly_where_the_runner_sets_a_proxy(mon
         finally:
             server.shutdown()
             server.server_close()
+
+
+@pytest.mark.parametrize("variable", ["NO_PROXY", "no_proxy"])
+def test_the_hosts_a_runner_sends_past_its_proxy_still_go_past_it_with_loopback_added(variable):
+    """A runner that names its own mirror in one spelling only (NO_PROXY=mirror.corp.example): loopback was added to
+    each spelling apart, so no_proxy held loopback alone, and urllib, requests and pip, which read no_proxy first,
+    sent the mirror's requests to the proxy."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "no_proxy")}
+    env.update({"http_proxy": "http://127.0.0.1:9", variable: "mirror.corp.example"})
+    probe = ("import tests.conftest, urllib.request as u; "
+             "print([u.proxy_bypass_environment(h) for h in ('mirror.corp.example', '127.0.0.1', 'pypi.org')])")
+    answer = subprocess.run([sys.executable, "-c", probe], env=env, cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert answer.stdout.split() == ["[True,", "True,", "False]"], answer
 
 
 class Answering(http.server.BaseHTTPRequestHandler):
