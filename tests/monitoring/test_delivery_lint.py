@@ -101,6 +101,20 @@ def test_compose_services_are_pinned_healthchecked_and_wired(compose):
             assert (volume["source"] if isinstance(volume, dict) else volume.split(":")[0]) in compose["volumes"]
 
 
+def test_serving_starts_without_waiting_for_the_monitoring_stack(compose):
+    """The proxy and the app start on their own: the app waited for Fluentd, Fluentd for `setup`, `setup` for Kibana,
+    so an unhealthy Kibana on a first `up` kept the forecasts from being served at all, though the app spools its
+    events until Fluentd answers."""
+    services = compose["services"]
+
+    def waits_for(name: str) -> set[str]:
+        direct = set(services[name].get("depends_on", {}))
+        return direct.union(*(waits_for(other) for other in direct)) if direct else set()
+
+    assert waits_for("proxy") == {"app"}, waits_for("proxy")
+    assert waits_for("app") == set()
+
+
 def published_address(port) -> str | None:
     """The host address a compose `ports:` entry binds (None: every interface), short or long syntax."""
     if isinstance(port, dict):
