@@ -60,6 +60,14 @@ class Emitter:
     def unsupported(self, why: str):
         raise UnsupportedGraphError(f"{self.where}: {why}")
 
+    @staticmethod
+    def tuple_of(items) -> str:
+        """The source of a tuple of the expressions ``items``: ``()``, ``(a,)`` or ``(a, b)``. Every shape or operand
+        tuple an emitter writes is written by it: a gather's 0-d output of a vector wrote ``reshape((,))``, a
+        SyntaxError that escaped the serving callable (its interpreted plan ran it)."""
+        items = [str(item) for item in items]
+        return f"({', '.join(items)}{',' if len(items) == 1 else ''})"
+
     def storage(self) -> list:
         """The parameters' names after the feeds: the Consts' values, then the variables'."""
         return [f"c{i}" for i in range(len(self.consts))] + [f"w{i}" for i in range(len(self.variables))]

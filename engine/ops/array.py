@@ -154,8 +154,8 @@ def _reshape_static(in_shape, target):
 def _reshape_emit(c, op, ins):
     if op.inputs[0].ndim is None:
         c.unsupported("the input's rank is unknown")
-    target = ", ".join(str(operator.index(d)) for d in op.attrs["shape"])  # numbers only: this text is code
-    return f"np.ascontiguousarray({ins[0]}).reshape(({target}{',' if len(op.attrs['shape']) == 1 else ''}))"
+    target = c.tuple_of(operator.index(d) for d in op.attrs["shape"])  # numbers only: this text is code
+    return f"np.ascontiguousarray({ins[0]}).reshape({target})"
 
 
 register("Reshape", infer=lambda inputs, attrs: [(inputs[0].dtype, _reshape_static(inputs[0].shape, attrs["shape"]))],
@@ -316,7 +316,7 @@ def _concat_emit(c, op, ins):
     rank = op.outputs[0].ndim
     if rank is None or any(x.ndim != rank for x in op.inputs):
         c.unsupported("inputs need one known rank")
-    return f"np.concatenate(({', '.join(ins)},), axis={operator.index(op.attrs['axis']) % rank})"
+    return f"np.concatenate({c.tuple_of(ins)}, axis={operator.index(op.attrs['axis']) % rank})"
 
 
 register("ConcatV2", infer=_concat_infer,
@@ -413,13 +413,15 @@ def _gather_emit(c, op, ins):
         "            raise ValueError('gather index out of range')", "        for c in range(width):",
         "            out[r, c] = p2[j, c]", "    return out"]))
     c.check(f"{ins[0]}.shape[0] == 0", "empty params")
-    return f"_gather_rows({ins[0]}, {ins[1]}).reshape(({', '.join(shape)},))"
+    return f"_gather_rows({ins[0]}, {ins[1]}).reshape({c.tuple_of(shape)})"  # () for a vector's 0-d gather
 
 
 def _gather_examples(rng):
     return [Example((sample(rng, (5, 3), t), np.array(i, dtype=it)))
             for t in (F32, F64) for it in (I32, I64) for i in ([4, 0, 4, 2], [[1, 2], [3, 3]], [], [-1], [5])] + [
-        Example((np.zeros((0, 3), t), np.array([], I64))) for t in (F32, F64)]
+        Example((np.zeros((0, 3), t), np.array([], I64))) for t in (F32, F64)] + [
+        Example((sample(rng, (5,), t), np.array(i, I64))) for t in (F32, F64) for i in (3, [4, 0])]  # a vector's rows:
+    # a 0-d index gives a 0-d output (the compiled plan's reshape(()))
 
 
 def _gather_reference(params, indices):

@@ -135,6 +135,25 @@ def test_a_scalar_constant_keeps_its_shape_through_the_compiled_plan():
         assert [g.shape for g in got] == [(), ()] and [float(g) for g in got] == [2.0, 6.0]
 
 
+def test_a_0d_gather_reshape_and_one_part_concat_compile_to_their_shapes():
+    """A scalar index into a vector (a 0-d gather) emitted ``reshape((,))``: a SyntaxError raised by the serving
+    callable itself, though the interpreted plan runs the graph. Every tuple an emitter writes: ``Emitter.tuple_of``."""
+    i = en.placeholder(en.int64, shape=(), name="i")
+    x = en.placeholder(en.float32, shape=(None,), name="x")
+    table = en.constant(np.arange(5, dtype=np.float32) * 1.5)
+    fetches = [en.gather(table, i), en.reshape(en.gather(table, i), ()), en.reshape(x, (1, -1)), en.concat([x], 0)]
+    values = [np.array(3, np.int64), np.array([2.0, -1.0], np.float32)]
+    with en.Session() as sess:
+        plan = compiler.CompiledPlan(sess, fetches, [i, x])  # no interpreted fallback
+        got = plan(*values)
+        want = sess.run(fetches, dict(zip([i, x], values)))
+        assert [g.shape for g in got] == [w.shape for w in want] == [(), (), (1, 2), (2,)]
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+        fast = compiler.compile_callable(sess, fetches[0], [i])
+        assert float(fast(values[0])) == 4.5 and fast.uses_compiled, fast.compile_error
+
+
 def _elementwise_case(op_type):
     x = en.placeholder(en.float32, shape=(None, 4), name="x")
     z = en.placeholder(en.float32, shape=(None, 4), name="z")
