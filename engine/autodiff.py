@@ -86,7 +86,8 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
     pending: dict[Tensor, list] = {}
     with graph.name_scope(name):
         for y, gy in zip(ys, grad_ys):
-            gy = A.ones_like(y) if gy is None else convert_to_tensor(gy, dtype=y.dtype)
+            gy = A.ones_like(y) if gy is None else convert_to_tensor(gy, dtype=y.dtype, what=f"gradients: grad_ys "
+                                                                                               f"for {y.name}")
             try:  # a weight per element of y: another shape failed later, blaming a gradient op, or was returned
                 shapes.merge(gy.shape, y.shape)
             except ValueError:

@@ -336,9 +336,11 @@ def control_dependencies(control_inputs):
     return get_default_graph().control_dependencies(control_inputs)
 
 
-def convert_to_tensor(value, dtype=None, name: str | None = None, graph: Graph | None = None) -> Tensor:
+def convert_to_tensor(value, dtype=None, name: str | None = None, graph: Graph | None = None,
+                      what: str | None = None) -> Tensor:
     """A Tensor from a Tensor, Variable, IndexedSlices (densified, as TensorFlow) or a Python/NumPy value, which
-    becomes a constant of ``graph`` (default: the default graph); another dtype is an error, never silently cast."""
+    becomes a constant of ``graph`` (default: the default graph); another dtype is an error, never silently cast.
+    ``what``: who takes the value (``"Add op: operand 1 beside x:0"``), which an error names; else the constant."""
     if dtype is not None:
         dtype = _dt.as_dtype(dtype)
     if isinstance(value, IndexedSlices):
@@ -347,9 +349,10 @@ def convert_to_tensor(value, dtype=None, name: str | None = None, graph: Graph |
         t = value if isinstance(value, Tensor) else value._as_tensor()
         if dtype is not None and t.dtype != dtype:
             got = t.name if t is value else f"variable {t.op.name}"
-            raise TypeError(f"expected a {dtype.name} tensor, got {got} of dtype {t.dtype.name}")
+            raise TypeError(f"{what + ': ' if what else ''}expected a {dtype.name} tensor, got {got} of dtype "
+                            f"{t.dtype.name}")
         return t
-    return constant_tensor(python_value_to_array(value, dtype, what=f"constant {name or 'Const'}"),
+    return constant_tensor(python_value_to_array(value, dtype, what=what or f"constant {name or 'Const'}"),
                            name or "Const", graph)
 
 

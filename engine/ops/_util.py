@@ -20,14 +20,23 @@ FLOAT = ("float",)
 quiet = np.errstate(invalid="ignore", over="ignore")
 
 
-def tensors_for_binary(x, y, graph=None):
-    """Two tensors for a binary op; a Python/NumPy operand takes the tensor operand's dtype and graph."""
+def tensors_for_binary(x, y, graph=None, op="binary op", first=0):
+    """Two tensors for a binary op; a Python/NumPy operand takes the tensor operand's dtype and graph. One that cannot
+    (a float64 array beside a float32 tensor, 2**40 beside an int32 one) is an error naming ``op`` (``"Add op"``), the
+    input (``x`` is input ``first``, ``y`` the next) and the tensor beside it: it was "constant Const: ...", naming
+    neither."""
     graph = graph or graph_of(x, y)
     if is_tensor_like(y) and not is_tensor_like(x):
         y = convert_to_tensor(y)
-        return convert_to_tensor(x, dtype=y.dtype, graph=graph), y
-    x = convert_to_tensor(x, graph=graph)  # (a tensor-like x is itself, whatever graph says)
-    return x, convert_to_tensor(y) if is_tensor_like(y) else convert_to_tensor(y, dtype=x.dtype, graph=graph)
+        return convert_to_tensor(x, dtype=y.dtype, graph=graph, what=f"{op}: input {first} beside {y.name}"), y
+    x = convert_to_tensor(x, graph=graph, what=f"{op}: input {first}")  # (a tensor-like x is itself, whatever graph
+    return x, convert_to_tensor(y) if is_tensor_like(y) else convert_to_tensor(  # says)
+        y, dtype=x.dtype, graph=graph, what=f"{op}: input {first + 1} beside {x.name}")
+
+
+def op_description(op_type: str, name=None) -> str:
+    """How an error names an op not yet created: ``"Add op"``, ``"Add op 'total'"`` (its name when given)."""
+    return f"{op_type} op" + (f" {name!r}" if name else "")
 
 
 def same_dtype(inputs, kinds=None):
@@ -64,7 +73,7 @@ def constructor(op_type: str, python_name: str, doc: str = ""):
             return create(op_type, [convert_to_tensor(x)], name=name)
     else:
         def make(x, y, name=None):
-            return create(op_type, list(tensors_for_binary(x, y)), name=name)
+            return create(op_type, list(tensors_for_binary(x, y, op=op_description(op_type, name))), name=name)
     make.__name__ = make.__qualname__ = python_name
     make.__doc__ = doc or (f"The ``{op_type}`` op." if scalar is None else
                            f"The elementwise ``{op_type}`` op, NumPy broadcasting.")

@@ -13,8 +13,8 @@ from engine.graph import (IndexedSlices, constant_tensor, convert_to_tensor, gra
                           python_value_to_array)
 from engine.kernels import array as KA
 from engine.kernels import reduce as R
-from engine.ops._util import (FLOAT, NUMERIC, constructor, create, declared, elementwise, quiet, same_dtype, sample,
-                              tensors_for_binary, unbroadcast)
+from engine.ops._util import (FLOAT, NUMERIC, constructor, create, declared, elementwise, op_description, quiet,
+                              same_dtype, sample, tensors_for_binary, unbroadcast)
 from engine.registry import NUMPY_KERNEL, Example, register, simple_kernel
 
 F32, F64, I32, I64 = np.float32, np.float64, np.int32, np.int64
@@ -482,8 +482,10 @@ elementwise("Select", _select, np.where, NUMERIC, grad=lambda op, g: [None, *sel
 def where(condition, x, y, name=None):
     """Elementwise ``x if condition else y`` (NumPy broadcasting over all three)."""
     graph = graph_of(condition, x, y)
-    x, y = tensors_for_binary(x, y, graph)
-    return create("Select", [convert_to_tensor(condition, dtypes.bool_, graph=graph), x, y], name=name)
+    op = op_description("Select", name)
+    x, y = tensors_for_binary(x, y, graph, op=op, first=1)
+    return create("Select", [convert_to_tensor(condition, dtypes.bool_, graph=graph, what=f"{op}: input 0"), x, y],
+                  name=name)
 
 
 def _cast_grad(op, g):

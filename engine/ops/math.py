@@ -14,7 +14,7 @@ from engine import graph, shapes
 from engine.graph import convert_to_tensor
 from engine.kernels import array as KA
 from engine.kernels import reduce as R
-from engine.ops._util import (BOOL, FLOAT, NUMERIC, create, elementwise, quiet, same_dtype, sample,
+from engine.ops._util import (BOOL, FLOAT, NUMERIC, create, elementwise, op_description, quiet, same_dtype, sample,
                               tensors_for_binary, unbroadcast)
 from engine.ops.array import broadcast_reduced, cast, ones_like, select_grads, where, zeros_like
 from engine.registry import NUMPY_KERNEL, Example, register, simple_kernel
@@ -332,7 +332,7 @@ def add_n(inputs, name=None):
 
 
 def matmul(a, b, transpose_a=False, transpose_b=False, name=None):
-    a, b = tensors_for_binary(a, b)
+    a, b = tensors_for_binary(a, b, op=op_description("MatMul", name))
     return create("MatMul", [a, b], {"transpose_a": bool(transpose_a), "transpose_b": bool(transpose_b)}, name)
 
 

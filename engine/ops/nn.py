@@ -10,7 +10,7 @@ from engine import dtypes, shapes
 from engine.graph import convert_to_tensor, is_tensor_like
 from engine.kernels import nn as KN
 from engine.ops import math as M
-from engine.ops._util import FLOAT, create, quiet, same_dtype, sample, unbroadcast
+from engine.ops._util import FLOAT, create, op_description, quiet, same_dtype, sample, unbroadcast
 from engine.ops._util import elementwise as _elementwise
 from engine.ops.array import cast, where
 from engine.ops.random import random_uniform_like
@@ -106,7 +106,9 @@ register("Softmax", infer=_softmax_infer, kernel=lambda op, ctx: (lambda x: KN.s
 def leaky_relu(x, alpha=0.2, name=None):
     """``x`` where positive, ``alpha * x`` elsewhere (``alpha``: a number or a scalar tensor)."""
     x = convert_to_tensor(x)
-    return create("LeakyRelu", [x, convert_to_tensor(alpha, dtype=x.dtype, graph=x.graph)], name=name)
+    alpha = convert_to_tensor(alpha, dtype=x.dtype, graph=x.graph,
+                              what=f"{op_description('LeakyRelu', name)}: alpha beside {x.name}")
+    return create("LeakyRelu", [x, alpha], name=name)
 
 
 def softmax(logits, axis=-1, name=None):

@@ -137,7 +137,8 @@ class Variable(_OperatorsMixin):
             graph.add_to_collection(key, self)
 
     def _state_op(self, op_type, name, *values):
-        inputs = [convert_to_tensor(v, dtype=self._dtype, graph=self.op.graph) for v in values]
+        inputs = [convert_to_tensor(v, dtype=self._dtype, graph=self.op.graph,
+                                    what=f"{op_type} of variable {self.op.name}") for v in values]
         attrs = {"var": self.op.name, "dtype": self._dtype, "shape": self._shape}
         return self.op.graph.create_op(op_type, inputs, attrs, name=name).outputs[0]
 

@@ -106,6 +106,30 @@ def test_dtype_errors_are_not_silent():
     assert (f * 2).dtype == en.float32 and (i * 2).dtype == en.int32
 
 
+@pytest.mark.parametrize("build,said", [
+    (lambda f, i, v: f + np.array([1.0, 2.0]), r"Add op: input 1 beside f:0: array of dtype float64 .*float32"),
+    (lambda f, i, v: np.array([1.0, 2.0]) * f, r"Mul op: input 0 beside f:0: array of dtype float64 .*float32"),
+    (lambda f, i, v: i * 2 ** 40, r"Mul op: input 1 beside i:0: 1099511627776 is out of the range of int32"),
+    (lambda f, i, v: en.maximum(i, 2.5, name="cap"), r"Maximum op 'cap': input 1 beside i:0: 2.5 is not integral"),
+    (lambda f, i, v: en.matmul(en.reshape(f, (1, 2)), np.ones((2, 2))), r"MatMul op: input 1 beside Reshape:0"),
+    (lambda f, i, v: en.where([True, False], f, np.zeros(2)), r"Select op: input 2 beside f:0: .*float64"),
+    (lambda f, i, v: en.where([1, 0], f, f), r"Select op: input 0: .*not boolean"),
+    (lambda f, i, v: en.leaky_relu(f, np.float64(0.1)), r"LeakyRelu op: alpha beside f:0: .*float64"),
+    (lambda f, i, v: v.assign(np.zeros(2)), r"Assign of variable v: array of dtype float64 .*float32"),
+    (lambda f, i, v: v.assign_add(i), r"AssignAdd of variable v: expected a float32 tensor, got i:0 of dtype int32"),
+    (lambda f, i, v: en.gradients(f * 2.0, [f], grad_ys=[np.ones(2)]), r"gradients: grad_ys for Mul:0: .*float64"),
+])
+def test_a_value_refused_beside_a_tensor_names_the_op_and_the_tensor(build, said):
+    """A Python or NumPy operand that cannot take its tensor operand's dtype (NumPy's float64 beside a float32
+    tensor: the commonest mixed-dtype mistake) said "constant Const: array of dtype float64 cannot be used as
+    float32", naming neither the op nor the tensor; two tensors of different dtypes name both already."""
+    f = en.placeholder(en.float32, (2,), name="f")
+    i = en.placeholder(en.int32, (2,), name="i")
+    v = en.Variable(np.zeros(2, np.float32), name="v")
+    with pytest.raises((TypeError, ValueError), match=said):
+        build(f, i, v)
+
+
 def test_operators_build_the_expected_ops():
     x = en.placeholder(en.float32, (2,))
     types = [t.op.type for t in (x + 1, 1 - x, x * x, x / 2, x @ en.reshape(x, (2, 1)) if False else x ** 2, -x,
