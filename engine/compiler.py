@@ -241,8 +241,9 @@ class CompiledCheckFailed(RuntimeError):
 
 class SmallBatchCallable:
     """``session.make_callable`` with a compiled fast path for batches of at most ``max_rows`` rows, built on the first
-    small call (or :meth:`warm_up`). A plan that cannot be compiled (``compile_error``, logged once) and feeds that are
-    not exact arrays run interpreted: it converts them or refuses them with its clear errors."""
+    small call (or :meth:`warm_up`). A plan that cannot be compiled or whose source the cache directory cannot hold
+    (``compile_error``, logged once) and feeds that are not exact arrays run interpreted: it converts them or refuses
+    them with its clear errors."""
 
     def __init__(self, session, fetches, feed_list, max_rows: int | None = None):
         self.session = session
@@ -275,6 +276,9 @@ class SmallBatchCallable:
             except UnsupportedGraphError as e:
                 self.compile_error = str(e)
                 log.info("compiled fast path off, the interpreted plan runs every batch: %s", e)
+            except OSError as e:  # the plan's source cannot be written (a full disk, a read-only or damaged cache):
+                self.compile_error = f"cannot write the compiled plan under {config.CACHE_DIR}: {e}"  # as fusion's
+                log.warning("compiled fast path off, the interpreted plan runs every batch: %s", self.compile_error)
         return self.compiled is not None
 
     def __call__(self, *values):

@@ -214,6 +214,26 @@ def test_unsupported_op_falls_back_with_the_reason():
         compiler.generate([y], [x])
 
 
+def test_a_cache_that_cannot_hold_the_plan_leaves_the_interpreted_plan_serving(monkeypatch, tmp_path, caplog):
+    """The plan's source is written under the cache directory on the first small batch: where it could not be (here
+    its subdirectory's name is taken by a file; a full disk, ENOSPC, the same) the OSError came out of the serving
+    callable (and InferenceModel.warm_up), though the interpreted plan runs the batch. Fusion runs its ops unfused
+    there; the compiled path is off, its compile_error saying why."""
+    from engine import config
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))
+    (tmp_path / compiler.CACHE_SUBDIR).write_text("a file where the plans' directory goes")
+    x = en.placeholder(en.float32, shape=(None, 3), name="x")
+    y = en.matmul(x, en.constant(np.arange(6, dtype=np.float32).reshape(3, 2)))  # BLAS interpreted: no generated code
+    values = np.ones((2, 3), np.float32)
+    with en.Session() as sess:
+        fast = compiler.compile_callable(sess, y, [x])
+        with caplog.at_level("WARNING", logger="engine.compiler"):
+            np.testing.assert_array_equal(fast(values), sess.run(y, {x: values}))
+        assert not fast.uses_compiled and fast.warm_up() is False
+        assert fast.compile_error.startswith(f"cannot write the compiled plan under {tmp_path}")
+        assert compiler.CACHE_SUBDIR in caplog.text
+
+
 def test_stateful_ops_are_refused():
     v = en.Variable(np.zeros(2, np.float32), name="v")
     with pytest.raises(compiler.UnsupportedGraphError, match="stateful"):
