@@ -18,6 +18,15 @@ class InvalidArgumentError(OpError):
     """A value is wrong for the op (bad feed, bad shape at run time, NaN caught by check_numerics)."""
 
 
+def op_failed(label: str, op_name: str, error: Exception, inputs) -> InvalidArgumentError:
+    """The error a run raises when an op's kernel fails with ``error``: ``label`` (``"Add op 'total'"``) and the
+    inputs, ``(name, value)`` pairs, named. One wording for a plan's step (session.py) and for the member of a fused
+    group that failed when the group ran its ops one by one (passes/fusion.py)."""
+    described = ", ".join(f"{name} {value.dtype}{tuple(value.shape)}" for name, value in inputs
+                          if value is not None) or "none"
+    return InvalidArgumentError(f"{label} failed: {error} (inputs: {described})", op_name)
+
+
 class FailedPreconditionError(OpError):
     """The graph ran before something it needs exists (an uninitialized variable)."""
 

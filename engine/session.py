@@ -16,7 +16,7 @@ from functools import partial
 import numpy as np
 
 from engine import shapes
-from engine.errors import InvalidArgumentError, OpError
+from engine.errors import InvalidArgumentError, OpError, op_failed
 from engine.graph import (Graph, IndexedSlices, Operation, Tensor, UnfitValue, get_default_graph, is_tensor_like,
                           may_alias_storage, ops_needed, python_value_to_array)
 from engine.kernels import array as KA
@@ -133,9 +133,7 @@ class Plan:
     def step_error(self, i: int, vals, e: Exception) -> InvalidArgumentError:
         """The error a run raises when step ``i``'s kernel fails with ``e``: it names the op and its inputs."""
         node = self.nodes[i]
-        described = ", ".join(f"{self.labels[j]} {vals[j].dtype}{tuple(vals[j].shape)}"
-                              for j in node.inputs if vals[j] is not None) or "none"
-        return InvalidArgumentError(f"{node.label} failed: {e} (inputs: {described})", node.op.name)
+        return op_failed(node.label, node.op.name, e, [(self.labels[j], vals[j]) for j in node.inputs])
 
 
 def _runner(fn, ins, out, group, out_kernel):

@@ -17,6 +17,7 @@ from functools import partial
 import numpy as np
 
 from engine import config
+from engine.errors import OpError, op_failed
 from engine.kernels import elementwise as EW
 from engine.passes.ir import Node, PlanIR
 
@@ -128,11 +129,12 @@ def _fused_node(members, ir, summed=None):
     extra = list(summed.inputs[1:]) if summed is not None else []  # read only by the unfused path
 
     def make_kernel(ctx):
-        member_kernels = [(m.make_kernel(ctx), refs) for m, refs in fallback]
+        member_kernels = [(m.make_kernel(ctx), refs, m.op) for m, refs in fallback]
         if summed is not None:
             sum_kernel = summed.make_kernel(ctx)
             member_kernels.append((sum_kernel if not summed.out_kernel else partial(sum_kernel, None),
-                                   [("step", len(steps) - 1)] + [("leaf", len(leaves) + k) for k in range(len(extra))]))
+                                   [("step", len(steps) - 1)] + [("leaf", len(leaves) + k) for k in range(len(extra))],
+                                   summed.op))
         try:
             module = EW.chain_kernels(source)
         except OSError as error:  # cache dir not writable: run the members, and say why once
@@ -148,10 +150,18 @@ def _fused_node(members, ir, summed=None):
 
 
 def _run_members(member_kernels, xs, summed=False):
-    """The group's ops one by one (what the fused kernel matches); with a row sum: (the chain's value, its sum)."""
+    """The group's ops one by one (what the fused kernel matches); with a row sum: (the chain's value, its sum). A
+    member that fails is the op the error names, as with passes off (it named the group's last op, "fused op 'h'
+    (Add -> Relu)", for the Add whose inputs did not broadcast)."""
     vals = []
-    for kernel, refs in member_kernels:
-        vals.append(kernel(*[vals[k] if kind == "step" else xs[k] for kind, k in refs]))
+    for kernel, refs, op in member_kernels:
+        args = [vals[k] if kind == "step" else xs[k] for kind, k in refs]
+        try:
+            vals.append(kernel(*args))
+        except OpError:
+            raise
+        except Exception as e:  # noqa: BLE001  (a kernel's own check: its op and inputs named, as session.py does)
+            raise op_failed(f"{op.type} op '{op.name}'", op.name, e, zip((t.name for t in op.inputs), args)) from e
     return (vals[-2], vals[-1]) if summed else vals[-1]
 
 

@@ -99,6 +99,25 @@ def test_kernel_errors_name_the_op_with_buffers_and_fusion_on():
         sess.run(prod, {a: np.ones((2, 3), np.float32), b: np.ones((2, 3), np.float32)})
 
 
+def test_a_fused_groups_failing_member_is_the_op_the_error_names():
+    """A fused group whose operands do not fit runs its ops one by one; the one that failed was reported as the group's
+    last op ("fused op 'out' (Add -> Mul -> Exp)", op_name 'out'), where passes off name the Add and its inputs."""
+    x = en.placeholder(en.float32, (None,), name="x")
+    y = en.placeholder(en.float32, (None,), name="y")
+    out = en.exp(en.add(x, y, name="mismatch") * 2.0, name="out")
+    feed = {x: np.ones(2, np.float32), y: np.ones(3, np.float32)}
+    errors = []
+    for config in (en.SessionConfig(), en.SessionConfig(optimize=False)):
+        sess = en.Session(config=config)
+        with pytest.raises(en.errors.InvalidArgumentError) as failed:
+            sess.run(out, feed)
+        errors.append((str(failed.value), failed.value.op_name))
+    assert "FusedElementwise" in [s.type for s in en.Session().plan(out, [x, y]).steps]  # the group was fused
+    assert errors[0] == errors[1] and errors[0][1] == "mismatch"
+    assert errors[0][0].startswith("Add op 'mismatch' failed:") and "(inputs: x:0 float32(2,), y:0 float32(3,))" in \
+        errors[0][0]
+
+
 def test_concurrent_calls_of_one_callable_do_not_share_buffers():
     x, y = _mlp()
     sess = en.Session()
