@@ -452,10 +452,23 @@ def _as_named(tensors) -> dict:
     return {t.op.name: t for t in named}
 
 
+def _check_inputs_distinct(inputs: dict, what: str, error) -> None:
+    """``error`` naming the input names that share a tensor: a tensor is fed once (Session.plan), so a bundle whose
+    inputs did was written, and every import of it failed with "a tensor is fed twice"."""
+    by_tensor: dict = {}
+    for name, t in inputs.items():
+        by_tensor.setdefault(t, []).append(name)
+    shared = [f"{', '.join(map(repr, names))} name one tensor, {t.name}" for t, names in by_tensor.items()
+              if len(names) > 1]
+    if shared:
+        raise error(f"{what}: {'; '.join(shared)}; each input must be a tensor of its own (one name per tensor)")
+
+
 def export_inference_graph(sess, export_dir: str, inputs, outputs) -> dict:
     """Freeze and prune the graph of ``sess`` to ``outputs`` ({name: tensor}, or a list named by op) fed ``inputs``,
     write it to ``export_dir``; returns ``{"graph": path, "weights": path, "weights_sha256": hex}``."""
     inputs, outputs = _as_named(inputs), _as_named(outputs)
+    _check_inputs_distinct(inputs, "export_inference_graph: inputs", ValueError)
     for t in [*inputs.values(), *outputs.values()]:  # variables are frozen from the session's state, by name
         if t.graph is not sess.graph:
             raise ValueError(f"export_inference_graph: {t.name} is not in the session's graph")
@@ -560,6 +573,7 @@ def import_inference_graph(export_dir: str) -> InferenceModel:
         outputs = {k: graph.get_tensor_by_name(v) for k, v in doc["outputs"].items()}
     except (NotFoundError, ValueError) as e:
         raise DataLossError(f"{graph_path}: inputs or outputs name a tensor the graph does not have ({e})") from None
+    _check_inputs_distinct(inputs, f"inference graph {graph_path} is corrupt: inputs", DataLossError)
     needed = ops_needed(outputs.values(), inputs.values()) | {t.op for t in inputs.values()}
     unneeded = [op.name for op in graph.get_operations() if op not in needed]
     if unneeded:  # what an export writes: a placeholder per input, and what the outputs need of the rest

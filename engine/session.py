@@ -311,8 +311,10 @@ class Session:
         key = (tuple(leaves), tuple(feed_tensors))
         plan = self._plans.get(key)
         if plan is None:
-            if len(set(feed_tensors)) != len(feed_tensors):
-                raise ValueError("a tensor is fed twice")
+            twice = sorted({t.name for t in feed_tensors if feed_tensors.count(t) > 1})
+            if twice:
+                raise ValueError(f"a tensor is fed twice: {', '.join(twice)} (by itself and by its name, or twice "
+                                 "in a feed list)")
             plan = self._build_plan(leaves, feed_tensors)
             self._plans[key] = plan
         if plan.structure is not build:  # the same leaves in another structure share the plan's steps

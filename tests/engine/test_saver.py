@@ -134,6 +134,19 @@ def test_export_round_trip_is_bit_identical_in_a_fresh_process(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
 
 
+def test_an_export_whose_inputs_share_a_tensor_is_refused_before_anything_is_written(tmp_path):
+    """Two input names for one tensor were exported, and every import of the bundle failed ("a tensor is fed twice",
+    a ValueError naming neither): a tensor is fed once, so an input is a tensor of its own. The session's refusal of
+    a tensor fed twice names it."""
+    x = en.placeholder(en.float32, (None, 2), name="x")
+    with en.Session() as s:
+        with pytest.raises(ValueError, match=r"inputs: 'a', 'b' name one tensor, x:0"):
+            en.train.export_inference_graph(s, str(tmp_path / "model"), {"a": x, "b": x}, {"y": x * 2.0})
+        assert not (tmp_path / "model").exists()
+        with pytest.raises(ValueError, match="a tensor is fed twice: x:0"):
+            s.run(x * 2.0, {x: np.ones((1, 2), np.float32), "x:0": np.ones((1, 2), np.float32)})
+
+
 def test_export_refuses_stateful_graphs_and_import_refuses_corruption(tmp_path):
     x = en.placeholder(en.float32, (None, 2), name="x")
     noisy = en.dropout(x, 0.5, training=True)
@@ -163,6 +176,7 @@ def test_export_refuses_stateful_graphs_and_import_refuses_corruption(tmp_path):
     (lambda g: g["ops"][0].pop("attrs"), r"ops\[0\]"),
     (lambda g: g.update(outputs={"y": "ghost:0"}), "inputs or outputs name a tensor"),
     (lambda g: g.update(inputs=["x:0"]), "inputs must map"),
+    (lambda g: g["inputs"].update(again="x:0"), "corrupt: inputs: 'x', 'again' name one tensor, x:0"),  # fed twice
     (lambda g: g["ops"][-1]["attrs"].update(T={"no such encoding": 1}), "cannot be rebuilt"),
     (lambda g: g["ops"][0]["attrs"].update(dtype="float32"), "cannot be rebuilt"),  # not {"dtype": ...}
     (lambda g: g["ops"][1]["attrs"].update(value=2.0), "cannot be rebuilt"),  # not {"tensor": ...}
