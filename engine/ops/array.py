@@ -139,6 +139,10 @@ def _reshape_static(in_shape, target):
     known = [d for d in target if d != -1]
     if target.count(-1) > 1:
         raise ValueError(f"reshape target {target} has more than one -1")
+    # a -1 beside a 0: any size fits the -1 of an empty array, so NumPy refuses the target at every input size (and
+    # TensorFlow), while the compiled plan's Numba reshape gave (0, 0) for an empty batch: refused here, once
+    if -1 in target and 0 in known:
+        raise ValueError(f"reshape target {target} has a -1 beside a 0: no size can be inferred for the -1")
     if in_shape is not None and shapes.is_fully_defined(in_shape):
         total = int(np.prod(in_shape, dtype=np.int64))
         prod = int(np.prod(known, dtype=np.int64))
@@ -165,7 +169,7 @@ register("Reshape", infer=lambda inputs, attrs: [(inputs[0].dtype, _reshape_stat
 
 
 def reshape(x, shape, name=None):  # noqa: A002  (TensorFlow's name)
-    """NumPy-style reshape with at most one -1 (the result shares memory with ``x``)."""
+    """NumPy-style reshape with at most one -1, never beside a 0 (the result shares memory with ``x``)."""
     target = tuple(operator.index(d) for d in shape)  # a whole number each: int() made 2.5 a 2
     if any(d < -1 for d in target):
         raise ValueError(f"reshape target {target} has a negative dimension")

@@ -259,6 +259,17 @@ def test_a_fractional_axis_or_dimension_is_refused_not_truncated(build):
     assert en.reduce_sum(x, axis=np.int64(1)).shape == (2,) and en.reshape(x, [np.int32(3), -1]).shape == (3, 2)
 
 
+@pytest.mark.parametrize("target", [(0, -1), (-1, 0), (2, 0, -1)])
+def test_a_reshape_target_with_a_minus_one_beside_a_zero_is_refused_at_any_input_shape(target):
+    """NumPy (the interpreted kernel) refuses such a target at every input size, an empty batch's too (any size fits the
+    -1); the compiled plan's Numba reshape returned (0, 0) for an empty batch instead: the same graph gave a result
+    compiled and an error interpreted. Refused when the graph is built, whatever the input's static shape."""
+    for shape in [(None, 2), (0, 2), None]:
+        with pytest.raises(ValueError, match=r"Reshape op .*has a -1 beside a 0"):
+            en.reshape(en.placeholder(en.float32, shape), target)
+    assert en.reshape(en.placeholder(en.float32, (None, 2)), (0, 4)).shape == (0, 4)  # a 0 alone stays valid
+
+
 def test_a_layer_first_called_under_control_dependencies_initializes_without_them():
     """Dense's and Embedding's initial values (RandomUniform, zeros) took the block's control edge, so
     global_variables_initializer() ran the block's op: here a counter's increment, left at 1 after init."""
