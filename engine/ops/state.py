@@ -120,7 +120,8 @@ class Variable(_OperatorsMixin):
         # made as TensorFlow's init_scope makes them: no control edge of an enclosing control_dependencies block
         with graph.control_dependencies(None), graph.name_scope(var_name + "/"):
             value = initial_value() if callable(initial_value) else initial_value
-            init = convert_to_tensor(value, dtype=dtype, name="initial_value")
+            init = convert_to_tensor(value, dtype=dtype, name="initial_value",
+                                     what=f"Variable {var_name}: initial value")
         if not shapes.is_fully_defined(init.shape):
             raise ValueError(f"Variable {var_name}: initial value shape {init.shape} must be fully defined")
         self._dtype = init.dtype

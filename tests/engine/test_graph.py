@@ -118,6 +118,8 @@ def test_dtype_errors_are_not_silent():
     (lambda f, i, v: v.assign(np.zeros(2)), r"Assign of variable v: array of dtype float64 .*float32"),
     (lambda f, i, v: v.assign_add(i), r"AssignAdd of variable v: expected a float32 tensor, got i:0 of dtype int32"),
     (lambda f, i, v: en.gradients(f * 2.0, [f], grad_ys=[np.ones(2)]), r"gradients: grad_ys for Mul:0: .*float64"),
+    (lambda f, i, v: en.Variable(np.zeros(2), dtype=en.float32, name="w"), r"Variable w: initial value: .*float64"),
+    (lambda f, i, v: en.Variable(f, dtype=en.int32, name="w"), r"Variable w: initial value: expected a int32 tensor"),
 ])
 def test_a_value_refused_beside_a_tensor_names_the_op_and_the_tensor(build, said):
     """A Python or NumPy operand that cannot take its tensor operand's dtype (NumPy's float64 beside a float32
