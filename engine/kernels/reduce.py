@@ -77,6 +77,13 @@ def max_cols(x, out):
 _ZEROS = (np.float64(0.0), np.int64(0))  # the accumulators' types: float64 for floats, int64 for integers
 
 
+def accumulator(dtype) -> np.dtype:
+    """The type a sum of ``dtype`` values adds in, here and in the NumPy references (ops/math.py, ops/array.py):
+    float64 for floats, int64 for integers. A float32 sum rounds once, at the end (3e38 + 3e38 - 3e38 is 3e38, not
+    the inf a float32 accumulator reaches), and a mean divides before that rounding."""
+    return np.dtype(np.float64 if np.dtype(dtype).kind == "f" else np.int64)
+
+
 _LAYOUTS: dict = {}  # (shape, axes, keepdims) -> (out_shape, m, r, layout): worked out once per shape
 
 
@@ -110,6 +117,8 @@ def reduce(x: np.ndarray, axes: tuple, keepdims: bool, kind: str) -> np.ndarray:
     out = np.empty(m, dtype=x.dtype)
     if m == 0:
         return out.reshape(out_shape)
+    # a mean adds and divides in the accumulator's type, then rounds once: a float32 mean of [3e38, 3e38, 0] is 2e38
+    sums = np.empty(m, np.float64) if kind == "mean" and r and x.dtype != np.float64 else out
     big = x.size >= config.PARALLEL_MIN_ELEMENTS
     if layout == "rows":
         x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(m, r)
@@ -125,9 +134,12 @@ def reduce(x: np.ndarray, axes: tuple, keepdims: bool, kind: str) -> np.ndarray:
     elif kind == "max":
         largest(x2, out)
     else:
-        total(x2, out, _ZEROS[x.dtype.kind != "f"])
+        total(x2, sums, _ZEROS[x.dtype.kind != "f"])
     if kind == "mean" and r:
-        out /= r
+        sums /= r
+        if sums is not out:
+            with np.errstate(over="ignore"):  # a mean beyond float32's range is inf, as a sum's is
+                out[:] = sums
     return out.reshape(out_shape)
 
 

@@ -530,14 +530,16 @@ def _sum_to_shape_reference(g, like):
     axes = tuple(range(lead)) + stretched
     if not axes:  # nothing to sum: g itself, as the kernel (np.sum over no axes adds +0.0: -0.0 became 0.0)
         return g.copy()
-    return np.sum(g, axis=axes, dtype=g.dtype).reshape(like.shape)  # (int32 would sum to int64)
+    # in the kernels' accumulator (float64, int64), then g's dtype: a float32 one overflowed where the kernel does not
+    return np.sum(g, axis=axes, dtype=R.accumulator(g.dtype)).astype(g.dtype).reshape(like.shape)
 
 
 register("SumToShape", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[1].shape)],
          kernel=simple_kernel(lambda g, like: R.sum_to_shape(g, like.shape)),
          reference=simple_kernel(_sum_to_shape_reference),
-         examples=_float_examples((((3, 4), (4,)), {}), (((3, 4), (3, 1)), {}), (((2, 3, 4), (1, 4)), {}),
-                                  (((3, 4), (3, 4)), {})),
+         examples=lambda rng: _float_examples((((3, 4), (4,)), {}), (((3, 4), (3, 1)), {}), (((2, 3, 4), (1, 4)), {}),
+                                              (((3, 4), (3, 4)), {}))(rng) + [  # overflows a float32 accumulator:
+             Example((np.array([[3e38, 3e38], [3e38, 3e38], [-3e38, 0.0]], F32), np.zeros(2, F32)))],
          grad=lambda op, g: [create("Add", [zeros_like(op.inputs[0]), g]), None], shape_only_inputs=(1,),
          sums_broadcast=True, output_aliases="input")  # input 0 itself when there is nothing to sum
 

@@ -283,9 +283,16 @@ def _reduce_reference(fn):
     return make
 
 
+def _sum(x, axis, keepdims):
+    """``np.sum`` in the kernels' accumulator (float64, int64: ``kernels.reduce.accumulator``), rounded to ``x``'s
+    dtype by the caller: a float32 accumulator made 3e38 + 3e38 - 3e38 inf where the kernel gives 3e38."""
+    return np.sum(x, axis=axis, keepdims=keepdims, dtype=R.accumulator(x.dtype))
+
+
 def _mean(x, axis, keepdims):
-    """``np.mean``, whose "Mean of empty slice" is a ``warnings.warn`` that ``quiet`` cannot silence: NaN there."""
-    total = np.sum(x, axis=axis, keepdims=keepdims)
+    """``np.mean``, whose "Mean of empty slice" is a ``warnings.warn`` that ``quiet`` cannot silence: NaN there; added
+    and divided in the accumulator, as the kernel."""
+    total = _sum(x, axis, keepdims)
     return total / (x.size // max(total.size, 1))
 
 
@@ -293,8 +300,10 @@ def _reduce_examples(rng):
     cases = [((3, 4), None, False), ((3, 4), 0, False), ((3, 4), 1, True), ((2, 3, 4), (0, 2), False),
              ((2, 3, 4), (1,), True), ((2, 3, 4), -1, False), ((0, 3), 1, False), ((0, 3), 0, False),
              ((2, 3), (0, -2), False)]  # axis 0 twice: refused, by shape inference where the rank is known
+    huge = np.array([[3e38, 3e38, -3e38], [3e38, 3e38, 0.0]], np.float32)  # overflows a float32 accumulator
     return [Example((sample(rng, shape, t),), {"axis": axis, "keepdims": keep})
-            for t in (np.float32, np.float64, np.int32) for shape, axis, keep in cases]
+            for t in (np.float32, np.float64, np.int32) for shape, axis, keep in cases] + [
+        Example((huge,), {"axis": axis, "keepdims": False}) for axis in (1, None)]
 
 
 def _spread_grad(mean):
@@ -310,7 +319,7 @@ def _max_reduce_grad(op, g):
     return [multiply(broadcast_reduced(divide(g, count), x, axis, keepdims, mean=False), mask)]
 
 
-register("Sum", infer=_reduce_infer, kernel=_reduce_kernel("sum"), reference=_reduce_reference(np.sum),
+register("Sum", infer=_reduce_infer, kernel=_reduce_kernel("sum"), reference=_reduce_reference(_sum),
          examples=_reduce_examples, grad=_spread_grad(False))
 register("Mean", infer=lambda inputs, attrs: _reduce_infer(inputs, attrs, FLOAT),  # an int mean: no int value
          kernel=_reduce_kernel("mean"), reference=_reduce_reference(_mean),
