@@ -7,7 +7,8 @@ then compares the bundle directory's file signature (inodes, sizes, mtimes: prom
 replaces the directory atomically) with the served one's and, if it changed, loads the new
 bundle *fully* — checksums, graph, a warm-up prediction — before swapping the reference.
 A bundle that fails any of that is refused and logged, and the old model keeps serving;
-the same broken directory is not retried until it changes again.
+the same broken directory is not retried until it changes again. A directory replaced during its load is no
+refusal (the load read two bundles): the one there now is loaded again at once (``LOAD_ATTEMPTS``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ Signature = tuple
 
 
 class BundleChangedWhileLoading(BundleError):
-    """The directory was replaced during a load: not a broken bundle, just try again later."""
+    """The directory was replaced during a load: no verdict on any bundle; the one there now is loaded again."""
+
+
+LOAD_ATTEMPTS = 3  # loads of a directory replaced each time during its load, before the check gives up until the next
 
 
 def directory_signature(path: Path) -> Signature | None:
@@ -207,9 +211,24 @@ def load_model(path: Path, series_cache_entries: int = DEFAULT_SERIES_CACHE_ENTR
     ``series_cache_entries``: the store×items whose feature columns it keeps (SHELFCAST_SERIES_CACHE_ENTRIES)."""
     before = directory_signature(path)
     try:
+        model = _load_verified_model(path, before, series_cache_entries)
+    except BundleError as exc:
+        # A directory replaced during the load (a promote, or a deploy tool's symlink swap, racing the reload) is read
+        # partly from one bundle and partly from the other: a checksum "mismatch" or any other error of that mix says
+        # nothing about either bundle. Only a load of one unchanged directory may refuse it.
+        if not isinstance(exc, BundleChangedWhileLoading) and directory_signature(path) != before:
+            raise BundleChangedWhileLoading(f"{path}: the bundle changed while it was being loaded") from exc
+        raise
+    if directory_signature(path) != before:
+        raise BundleChangedWhileLoading(f"{path}: the bundle changed while it was being loaded")
+    return model
+
+
+def _load_verified_model(path: Path, signature: Signature | None, series_cache_entries: int) -> LoadedModel:
+    try:
         bundle = load_bundle(path)
         check_described(bundle, path)  # what the catalog below reads, refused naming the file and field
-        model = LoadedModel(bundle=bundle, signature=before, loaded_at=_utc_now(),
+        model = LoadedModel(bundle=bundle, signature=signature, loaded_at=_utc_now(),
                             series_cache_entries=series_cache_entries)
     except BundleError:
         raise
@@ -221,8 +240,6 @@ def load_model(path: Path, series_cache_entries: int = DEFAULT_SERIES_CACHE_ENTR
     except Exception as exc:
         raise BundleError(f"{path}: bundle.json/training_stats.json do not describe the model "
                           f"({type(exc).__name__}: {exc})") from exc
-    if directory_signature(path) != before:
-        raise BundleChangedWhileLoading(f"{path}: the bundle changed while it was being loaded; it will be tried again")
     return model
 
 
@@ -313,23 +330,33 @@ class Predictor:
         if self._replaced:
             self._replaced = False
             collect_replaced_models()
-        signature = directory_signature(self.path)
         current = self._model
-        if signature is None or signature == self._refused or (current is not None and signature == current.signature):
-            return False
-        try:
-            model = load_model(self.path, self.series_cache_entries)
-        except BundleError as exc:
-            if directory_signature(self.path) is None:  # removed while it loaded (a release ended a candidate)
-                log.info("model bundle %s was removed while it was being loaded", self.path)
+        for attempt in range(1, LOAD_ATTEMPTS + 1):
+            signature = directory_signature(self.path)
+            if signature is None or signature == self._refused or (current is not None
+                                                                    and signature == current.signature):
                 return False
-            self.last_error = str(exc)
-            self.last_error_at = _utc_now()
-            if not isinstance(exc, BundleChangedWhileLoading):
+            try:
+                model = load_model(self.path, self.series_cache_entries)
+                break
+            except BundleError as exc:
+                if directory_signature(self.path) is None:  # removed while it loaded (a release ended a candidate)
+                    log.info("model bundle %s was removed while it was being loaded", self.path)
+                    return False
+                if isinstance(exc, BundleChangedWhileLoading):  # no verdict on any bundle: the one there now is loaded
+                    if attempt == LOAD_ATTEMPTS:
+                        log.warning("model bundle %s kept changing while it was being loaded (%d times); it is loaded "
+                                    "at the next check", self.path, LOAD_ATTEMPTS)
+                        return False
+                    log.info("model bundle %s was replaced while it was being loaded (%s); loading it again",
+                             self.path, exc.__cause__ or exc)
+                    continue
+                self.last_error = str(exc)
+                self.last_error_at = _utc_now()
                 self._refused = signature
-            serving = f"still serving {current.name} {current.version}" if current else "no model is being served"
-            log.error("refusing model bundle %s: %s (%s)", self.path, exc, serving)
-            return False
+                serving = f"still serving {current.name} {current.version}" if current else "no model is being served"
+                log.error("refusing model bundle %s: %s (%s)", self.path, exc, serving)
+                return False
         self._refused = None
         self.last_error = self.last_error_at = None  # a good bundle is installed: an earlier refusal is over
         if current is not None and model.bundle.digest == current.bundle.digest:

@@ -15,7 +15,7 @@ import pytest
 
 from engine.saver import npz_bytes
 from pipeline.atomic import file_digest
-from pipeline.bundle import copy_bundle
+from pipeline.bundle import copy_bundle, verify_bundle
 
 
 def predict_body(model) -> dict:
@@ -422,3 +422,46 @@ def test_a_bundle_removed_while_it_loads_is_no_refusal(tmp_path, app_bundles, mo
     monkeypatch.setattr(predictor_module, "load_model", real)
     copy_bundle(app_bundles[0], candidate)  # installed again: loads
     assert predictor.check_now() is True
+
+
+def _replaced_during(function_name: str, directory, source):
+    """A profile hook that replaces ``directory`` by a copy of ``source`` (promote's atomic install) as the loader's
+    first call of ``function_name`` returns: a promote, or a deploy tool's swap, landing in the middle of a load."""
+    import sys
+
+    swapped = []
+
+    def hook(frame, event, arg):
+        if event == "return" and frame.f_code.co_name == function_name and not swapped:
+            swapped.append(True)
+            sys.setprofile(None)
+            copy_bundle(source, directory)
+
+    return hook, swapped
+
+
+@pytest.mark.parametrize("when", ["file_digest", "_verify_bundle"])
+def test_a_bundle_replaced_while_it_loads_is_loaded_again_never_refused(tmp_path, app_bundles, caplog, when):
+    """A promote racing a hot reload: the worker read part of one bundle and part of the other. Found by a probe
+    (15 s of installs back to back under a reloading Predictor): 76 'refusing model bundle' errors, 3 claiming a
+    'checksum mismatch ...; the bundle was modified or corrupted' or a corrupt weights file, for two good bundles;
+    /readyz reported the refusal, and a worker starting then served the fallback release or nothing."""
+    import sys
+
+    from app.predictor import Predictor
+
+    production = tmp_path / "models" / "production"
+    copy_bundle(app_bundles[0], production)
+    predictor = Predictor(production)
+    hook, swapped = _replaced_during(when, production, app_bundles[1])  # mid-verify, or between verify and load
+    sys.setprofile(hook)
+    try:
+        with caplog.at_level(logging.INFO, logger="app.predictor"):
+            assert predictor.check_now() is True
+    finally:
+        sys.setprofile(None)
+    assert swapped, "the directory was not replaced during the load: the test shows nothing"
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert predictor.last_error is None and predictor._refused is None
+    assert predictor.model.bundle.digest == verify_bundle(app_bundles[1])  # the bundle there now, read whole
+    assert "was replaced while it was being loaded" in caplog.text
