@@ -52,7 +52,7 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
     """The app, with the model loaded now if one is there (else /readyz answers 503 until it appears)."""
     from app.errors import register_error_handlers
     from app.events import PredictionEventSink
-    from app.metrics import REQUEST_DURATION, count_event, labelled, metrics_blueprint, observe_models
+    from app.metrics import REQUEST_DURATION, count_event, labelled, metrics_blueprint, observe_models, refusal_counter
     from app.model_store import ProductionWithFallback
     from app.predictor import Predictor
     from app.request_buffer import (ARRIVED, BODY_MALFORMED, BODY_TIMED_OUT, BODY_TOO_LARGE, TRANSFER_CODINGS,
@@ -65,7 +65,7 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
     from app.validation import check_body_encoding
     from app.variants import Variants, installed_candidates
     from monitoring.web import SERVING_MODEL, monitoring_blueprint
-    from pipeline.release_store import ReleaseStore
+    from pipeline.release_store import PRODUCTION, ReleaseStore
 
     settings = settings or AppSettings.from_environment()
     app = Flask(__name__)
@@ -77,9 +77,11 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
     if predictor is None:  # production, its last good releases, and the canary/shadow beside it (models/)
         models_dir = settings.model_dir.parent
         predictor = ProductionWithFallback(Predictor(settings.model_dir, settings.reload_interval_s,
-                                                     series_cache_entries=settings.series_cache_entries),
+                                                     series_cache_entries=settings.series_cache_entries,
+                                                     count_refusal=refusal_counter(PRODUCTION)),
                                            ReleaseStore(models_dir))
-        variants = Variants(models_dir, settings.reload_interval_s, series_cache_entries=settings.series_cache_entries)
+        variants = Variants(models_dir, settings.reload_interval_s, series_cache_entries=settings.series_cache_entries,
+                            count_refusal=refusal_counter)
         variants.check_now()
     predictor.check_now()
     if predictor.model is None:

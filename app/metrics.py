@@ -8,6 +8,7 @@ folds a dead worker's counts into one file, retired.json: app/metrics_files.py).
 variable (`python -m app`, tests) the process-local registry is served.
 
 Metrics: shelfcast_predictions_total{source}, shelfcast_request_duration_seconds{endpoint} (histogram),
+shelfcast_model_refusals_total{variant} (bundles refused at a load: a failed hot reload),
 shelfcast_prediction_events_total{outcome} (emitted, rejected, spooled, sent, dropped, not_events, send_failures:
 app/events.py COUNTS; see README "Prediction logging"), shelfcast_refused_requests_total{reason} (answered by the
 gunicorn worker itself, not the app: REFUSAL_REASONS), shelfcast_model_info{variant,version,kind} (1 for each model a
@@ -69,6 +70,10 @@ REFUSED = Counter(
     "header_timeout (408), headers_too_large (431), request_line_too_long, bad_request (400), expectation_failed "
     "(417), unsupported_transfer_coding (501), forbidden (403), server_error (500), tls_handshake_timeout and "
     "tls_error (closed, no answer), plain_http_to_tls_port, tls_to_plain_port (400)", ["reason"])
+MODEL_REFUSALS = Counter(
+    "shelfcast_model_refusals", "Model bundles a worker refused to load, by release variant (production, canary, "
+    "shadow): corrupt, unreadable or implausible; each worker counts each installed bundle it refused once, and the "
+    "model it served before keeps serving (GET /readyz says why production's was refused)", ["variant"])
 MODEL_INFO = "shelfcast_model_info"
 MODEL_INFO_HELP = ("1 for each model a live worker serves: its release variant (production, canary, shadow), version "
                    "and kind")
@@ -86,6 +91,11 @@ def labelled(metric, value: str):
     return child
 _served: dict = {"labels": frozenset()}
 _served_lock = threading.Lock()
+
+
+def refusal_counter(variant: str):
+    """The callback a variant's Predictor counts its refusals with; the series shows from a worker's start, at 0."""
+    return labelled(MODEL_REFUSALS, variant).inc
 
 
 def count_event(outcome: str, count: int) -> None:

@@ -260,8 +260,11 @@ class Predictor:
     """Holds the current model and replaces it when a valid new bundle appears at ``path``."""
 
     def __init__(self, path: Path | str, reload_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
-                 series_cache_entries: int = DEFAULT_SERIES_CACHE_ENTRIES):
+                 series_cache_entries: int = DEFAULT_SERIES_CACHE_ENTRIES,
+                 count_refusal: Callable[[], None] | None = None):
+        """``count_refusal``: called once for each refusal of a bundle at ``path`` (the app's /metrics counter)."""
         self.path = Path(path)
+        self._count_refusal = count_refusal
         self.reload_interval_s = reload_interval_s
         self.series_cache_entries = series_cache_entries  # each model it loads keeps so many store×items' features
         self._clock = clock
@@ -356,6 +359,8 @@ class Predictor:
                 self._refused = signature
                 serving = f"still serving {current.name} {current.version}" if current else "no model is being served"
                 log.error("refusing model bundle %s: %s (%s)", self.path, exc, serving)
+                if self._count_refusal is not None:
+                    self._count_refusal()
                 return False
         self._refused = None
         self.last_error = self.last_error_at = None  # a good bundle is installed: an earlier refusal is over

@@ -61,10 +61,14 @@ class Variants:
     """The canary and shadow predictors beside production's, and the canary share."""
 
     def __init__(self, models_dir: Path, reload_interval_s: float, clock=time.monotonic,
-                 series_cache_entries: int = DEFAULT_SERIES_CACHE_ENTRIES):
+                 series_cache_entries: int = DEFAULT_SERIES_CACHE_ENTRIES,
+                 count_refusal: Callable[[str], Callable[[], None]] | None = None):
+        """``count_refusal(variant)``: the callback each candidate's Predictor counts its refusals with (/metrics)."""
         self.models_dir = Path(models_dir)
-        self.canary = Predictor(self.models_dir / CANARY, reload_interval_s, series_cache_entries=series_cache_entries)
-        self.shadow = Predictor(self.models_dir / SHADOW, reload_interval_s, series_cache_entries=series_cache_entries)
+        self.canary, self.shadow = (
+            Predictor(self.models_dir / variant, reload_interval_s, series_cache_entries=series_cache_entries,
+                      count_refusal=None if count_refusal is None else count_refusal(variant))
+            for variant in (CANARY, SHADOW))
         self.reload_interval_s = reload_interval_s
         self._clock = clock
         self._share = 0.0

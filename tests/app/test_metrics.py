@@ -196,3 +196,32 @@ def test_a_retired_workers_counts_are_reported_as_its_files_reported_them(tmp_pa
     metrics_files.clear(folder)  # a new server's start: nothing of the last one's counts
     assert sorted(p.name for p in folder.iterdir()) == [metrics_files.LOCK_FILE]
     assert families(metrics_files.exposition(folder).decode()) == {}
+
+
+def test_a_refused_hot_reload_is_counted_by_variant_and_the_old_model_keeps_serving(make_app, production_dir,
+                                                                                    app_bundles):
+    """Found by a probe: a hot reload refused (a bundle installed with a file cut short, each of the 7 in turn)
+    kept the old model and logged the refusal, but /metrics had no series for it: an alert could not see a
+    promotion that never took. Each worker counts each installed bundle it refuses once, from 0 at its start."""
+    app = make_app(production_dir)
+    shutil.copytree(app_bundles[1], production_dir.parent / "canary")
+    old = app.model
+    text = app.client.get("/metrics").get_data(as_text=True)
+    assert re.search(r'^shelfcast_model_refusals_total\{variant="shadow"\} ', text, re.M), "no series from the start"
+    before = {v: sample("shelfcast_model_refusals_total", variant=v) for v in ("production", "canary", "shadow")}
+
+    def cut_short(directory: Path, name: str) -> None:
+        staged = directory.with_name(directory.name + ".new")
+        shutil.copytree(app_bundles[1], staged)
+        (staged / name).write_bytes((staged / name).read_bytes()[:100])
+        shutil.rmtree(directory)
+        staged.rename(directory)
+
+    cut_short(production_dir, "weights.npz")
+    cut_short(production_dir.parent / "canary", "history.npz")
+    for _ in range(2):  # the same refused directory is not loaded, nor counted, again
+        app.state.predictor.check_now()
+        app.state.variants.check_now()
+    assert app.model is old and app.state.predictor.last_error
+    counted = {v: sample("shelfcast_model_refusals_total", variant=v) - before[v] for v in before}
+    assert counted == {"production": 1, "canary": 1, "shadow": 0}, counted
