@@ -273,11 +273,7 @@ def load_bundle(path: Path | str) -> ModelBundle:
 
 
 def _load_verified(path: Path, digest: str) -> ModelBundle:
-    try:
-        metadata = json.loads((path / "bundle.json").read_text(encoding="utf-8"))
-        stats = json.loads((path / "training_stats.json").read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to parse
-        raise BundleError(f"{path}: bundle.json/training_stats.json is not valid JSON ({exc})") from None
+    metadata, stats = _read_json(path / "bundle.json"), _read_json(path / "training_stats.json")
     if metadata.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path / 'bundle.json'}: format {metadata.get('format')!r}, this code reads "
                           f"{BUNDLE_FORMAT}; {other_code_remedy(metadata)}")
@@ -308,6 +304,15 @@ def _load_verified(path: Path, digest: str) -> ModelBundle:
     check_snapshot(snapshot, spec, path)
     return ModelBundle(path=path, digest=digest, metadata=metadata, spec=spec, vocab=vocab, snapshot=snapshot,
                        training_stats=stats, model=_import_graph(path))
+
+
+def _read_json(path: Path) -> Any:
+    """A bundle's JSON file; BundleError naming it (not the other JSON file) when it is not valid JSON or not UTF-8:
+    a file damaged before its checksum was taken."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to parse; UnicodeDecodeError
+        raise BundleError(f"{path}: is not valid JSON ({exc})") from None
 
 
 def _closed_stores(metadata: Mapping[str, Any], where: Path) -> dict[int, int]:

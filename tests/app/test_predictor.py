@@ -115,6 +115,10 @@ def npz_changed(change):
     ("bundle.json", lambda data: json.dumps({**json.loads(data), "metrics": [1]}).encode(), "bundle.json"),
     ("bundle.json", lambda data: b"[" * 100_000 + b"]" * 100_000, "bundle.json"),  # RecursionError escaped
     ("training_stats.json", lambda data: b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "training_stats.json"),
+    # named 'bundle.json/training_stats.json is not valid JSON' before, whichever of the two it was
+    ("bundle.json", lambda data: data[: len(data) // 2], "/bundle.json: is not valid JSON"),
+    ("training_stats.json", lambda data: data[: len(data) // 2], "/training_stats.json: is not valid JSON"),
+    ("training_stats.json", lambda data: b"\xff" + data, "/training_stats.json: is not valid JSON"),
     ("history.npz", npz_changed(lambda a: a.update({"items.family": a["items.family"][:-1]})),
      "history.npz: items.family has shape"),  # loaded: its last item was left out of the catalog without a word
     ("history.npz", npz_changed(lambda a: a.update({k: a[k][::-1].copy() for k in ("store_nbr", "item_nbr")})),
@@ -133,6 +137,7 @@ def npz_changed(change):
      "history.npz: stores.cluster must be whole numbers"),
 ], ids=["history.npz cut short", "calendar.npz empty", "bundle.json a list", "training_stats.json a list",
         "metrics a list", "bundle.json nested too deep", "training_stats.json nested too deep",
+        "bundle.json cut short", "training_stats.json cut short", "training_stats.json not UTF-8",
         "an item column cut short", "series out of order", "store numbers not whole", "calendar days cut short",
         "an item class NaN", "a store cluster infinite"])
 def test_a_damaged_file_with_a_matching_checksum_is_a_refusal_naming_it_never_a_crash(served, production_dir,
