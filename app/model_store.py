@@ -7,7 +7,7 @@ it serves the newest good release until production loads again, and says so in /
 (``fallback``, and why production was refused) and the log. Once production serves, the release's
 model is let go (before, it stayed in memory for the worker's life, beside production's). It has the
 Predictor's interface (``model``, ``check_now``, ``path``, ``last_error``, ``last_error_at``), so routes use
-it unchanged.
+it unchanged (``absent_since`` too).
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ class ProductionWithFallback:
         return self.primary.last_error_at
 
     @property
+    def absent_since(self) -> str | None:
+        return self.primary.absent_since
+
+    @property
     def serving_fallback(self) -> bool:
         return self.primary.model is None and self._fallback is not None and self._fallback.model is not None
 
@@ -76,7 +80,7 @@ class ProductionWithFallback:
     def _pick_fallback(self) -> None:
         for release in self.store.good_releases():
             candidate = Predictor(release, self.primary.reload_interval_s,
-                                  series_cache_entries=self.primary.series_cache_entries)
+                                  series_cache_entries=self.primary.series_cache_entries, removal_ends_it=True)
             candidate.check_now()
             if candidate.model is not None:
                 self._fallback = candidate

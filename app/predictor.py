@@ -46,6 +46,7 @@ class BundleChangedWhileLoading(BundleError):
     """The directory was replaced during a load: no verdict on any bundle; the one there now is loaded again."""
 
 
+ABSENCE_GRACE_S = 0.1  # a served bundle's folder found gone is looked for again after this, before it is reported
 LOAD_ATTEMPTS = 3  # loads of a directory replaced each time during its load, before the check gives up until the next
 
 
@@ -261,10 +262,14 @@ class Predictor:
 
     def __init__(self, path: Path | str, reload_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
                  series_cache_entries: int = DEFAULT_SERIES_CACHE_ENTRIES,
-                 count_refusal: Callable[[], None] | None = None):
-        """``count_refusal``: called once for each refusal of a bundle at ``path`` (the app's /metrics counter)."""
+                 count_refusal: Callable[[], None] | None = None, removal_ends_it: bool = False):
+        """``count_refusal``: called once for each refusal of a bundle at ``path`` (the app's /metrics counter).
+        ``removal_ends_it``: ``path`` removed is an ordinary end (a release ended a candidate), not logged as a
+        warning as production's removal is."""
         self.path = Path(path)
         self._count_refusal = count_refusal
+        self._removal_ends_it = removal_ends_it
+        self.absent_since: str | None = None  # when a check first found nothing at ``path`` (UTC); None while there
         self.reload_interval_s = reload_interval_s
         self.series_cache_entries = series_cache_entries  # each model it loads keeps so many store×items' features
         self._clock = clock
@@ -328,6 +333,24 @@ class Predictor:
         finally:
             self._checking.release()
 
+    def _signature_noting_absence(self, current: LoadedModel | None) -> Signature | None:
+        """``directory_signature(path)``, recording when ``path`` went (``absent_since``, what /readyz reports) and
+        saying so once while its model serves: a worker started now (a SIGHUP, a crash's replacement) would serve
+        another model or none."""
+        signature = directory_signature(self.path)
+        if signature is None and self.absent_since is None and current is not None:
+            time.sleep(ABSENCE_GRACE_S)  # an install between its two renames (pipeline/atomic.py swap_in_directory)
+            signature = directory_signature(self.path)
+        if signature is not None:
+            self.absent_since = None
+        elif self.absent_since is None:
+            self.absent_since = _utc_now()
+            if current is not None and not self._removal_ends_it:
+                log.warning("model bundle %s is gone; still serving %s %s, loaded from it before; a worker started "
+                            "now would not serve it (it serves the newest good release, or nothing): install a bundle "
+                            "there", self.path, current.name, current.version)
+        return signature
+
     def _check(self) -> bool:
         self._next_check = self._clock() + self.reload_interval_s
         if self._replaced:
@@ -335,7 +358,7 @@ class Predictor:
             collect_replaced_models()
         current = self._model
         for attempt in range(1, LOAD_ATTEMPTS + 1):
-            signature = directory_signature(self.path)
+            signature = self._signature_noting_absence(current)
             if signature is None or signature == self._refused or (current is not None
                                                                     and signature == current.signature):
                 return False

@@ -24,7 +24,8 @@ def readyz():
     unreadable new bundle, the older model still serving) and the release served in production's place, if
     any, are reported too, so an operator sees why a promotion did not take; both go once a good bundle loads.
     Bundles are named as monitoring/public_paths.py says (``models/production``), never by the host's absolute
-    path: the probe is public behind the compose proxy; the server's log names them in full."""
+    path: the probe is public behind the compose proxy; the server's log names them in full. A model whose bundle was
+    removed since it loaded (models/production deleted) still serves from memory, and ``missing`` says so."""
     predictor = serving_state().predictor
     model = predictor.model
     # the model folder and its release store (releases/, the fallbacks) are what a refusal's reason can name
@@ -37,6 +38,10 @@ def readyz():
     fallback = predictor.fallback_path
     if fallback is not None:
         ready["fallback"] = {"serving": paths.path(fallback), "instead_of": paths.path(predictor.path)}
+    if fallback is None and predictor.absent_since:  # served from memory: a worker started now would not serve it
+        ready["missing"] = {"bundle": paths.path(predictor.path), "since": predictor.absent_since,
+                            "reason": "the bundle served was removed after it loaded; a worker started now serves the "
+                                      "newest good release, or nothing"}
     if predictor.last_error:
         ready["refused"] = {"bundle": paths.path(predictor.path), "reason": paths.text(predictor.last_error),
                             "at": predictor.last_error_at}

@@ -67,7 +67,7 @@ class Variants:
         self.models_dir = Path(models_dir)
         self.canary, self.shadow = (
             Predictor(self.models_dir / variant, reload_interval_s, series_cache_entries=series_cache_entries,
-                      count_refusal=None if count_refusal is None else count_refusal(variant))
+                      count_refusal=None if count_refusal is None else count_refusal(variant), removal_ends_it=True)
             for variant in (CANARY, SHADOW))
         self.reload_interval_s = reload_interval_s
         self._clock = clock

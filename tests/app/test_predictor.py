@@ -470,3 +470,29 @@ def test_a_bundle_replaced_while_it_loads_is_loaded_again_never_refused(tmp_path
     assert predictor.last_error is None and predictor._refused is None
     assert predictor.model.bundle.digest == verify_bundle(app_bundles[1])  # the bundle there now, read whole
     assert "was replaced while it was being loaded" in caplog.text
+
+
+def test_a_production_folder_deleted_while_serving_is_reported_and_its_model_keeps_serving(served, production_dir,
+                                                                                           app_bundles, caplog):
+    """Found by a probe under gunicorn: models/production deleted while serving, the workers kept serving the model
+    loaded from it (right) but said nothing anywhere: no log line, /readyz plain 'ready', though a worker started
+    then (a SIGHUP, a crash's replacement) would serve the newest good release or nothing. Now /readyz adds
+    ``missing`` and the log says so once, until a bundle is there again."""
+    import shutil
+
+    old = served.model
+    shutil.rmtree(production_dir)
+    with caplog.at_level(logging.INFO, logger="app.predictor"):
+        for _ in range(2):
+            assert served.state.predictor.check_now() is False
+    assert served.model is old
+    assert served.client.post("/api/v1/predict", json=predict_body(old)).status_code == 200
+    assert served.client.get("/api/v1/model").json["version"] == old.version
+    ready = served.client.get("/readyz")
+    assert ready.status_code == 200 and ready.json["status"] == "ready", ready.json
+    assert ready.json["missing"]["bundle"] == "models/production" and ready.json["missing"]["since"], ready.json
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "is gone; still serving" in warnings[0], warnings
+    copy_bundle(app_bundles[1], production_dir)  # restored: loaded, nothing missing
+    assert served.state.predictor.check_now() is True
+    assert "missing" not in served.client.get("/readyz").json
