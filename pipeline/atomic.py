@@ -73,12 +73,19 @@ def remove_abandoned_copies(target: Path) -> int:
         owner = match and (match["pid"] or match["old"])
         if match is None or (owner is not None and process_alive(int(owner))):
             continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        discard(path)
         removed += 1
     return removed
+
+
+def discard(path: Path) -> None:
+    """Delete ``path`` whatever it is, ignoring errors: a directory with what it holds, a file, or a symbolic link
+    alone, never what it points to (``shutil.rmtree`` refuses a link, and with ``ignore_errors`` left it there)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 # what follows ".<target name>." in a writer's copy: a staging copy (<pid>-<random>.tmp; <random>.tmp from before
@@ -238,12 +245,14 @@ def swap_in_directory(staging: Path, target: Path) -> None:
     Ctrl-C and SIGTERM (an exception in a stage: pipeline/stage.py) wait for both renames: raised between them, the
     caller's cleanup deleted ``staging`` with ``target`` moved aside, and the output was gone. Every file and folder
     in ``staging`` is flushed before the renames and the parent after them, as ``atomic_file`` does for one file: a
-    power cut leaves the old directory or the complete new one, never the new name over empty files."""
+    power cut leaves the old directory or the complete new one, never the new name over empty files. A ``target``
+    that is a symbolic link (a deploy tool's ``models/production -> releases/3``, swapped atomically) is replaced by
+    the directory, the link deleted and what it named left as it was."""
     fsync_tree(staging)
     previous = None
-    if target.exists():
+    if os.path.lexists(target):  # a symbolic link (a deploy tool's ``production -> releases/3``) is set aside too
         previous = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(previous, ignore_errors=True)
+        discard(previous)  # this process's earlier swap's, left if its deletion failed
     swapped = False
     try:
         with signals_deferred():
@@ -254,7 +263,7 @@ def swap_in_directory(staging: Path, target: Path) -> None:
             fsync_directory(target.parent)
     finally:  # a signal held back is raised as the block ends: the old copy is deleted all the same
         if swapped and previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
+            discard(previous)  # a link set aside goes alone: the release it named stays
 
 
 DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -86,3 +86,32 @@ def test_the_engines_atomic_write_flushes_its_directory_after_the_rename(tmp_pat
     saver.atomic_write_bytes(str(target), b"new")
     assert flushed[-1] == (str(tmp_path), b"new")
     assert flushed[0][0].startswith(str(tmp_path / ".tmp-")) and flushed[0][1] == b"old"
+
+
+def test_a_directory_swapped_in_over_a_symbolic_link_replaces_the_link_alone_every_time(tmp_path: Path) -> None:
+    """A deploy tool's layout, models/production -> releases/3, then promote installs twice in one process (a
+    promote and its follow_production, a release deploy and its rollback). Found by a probe: the first swap left
+    the link set aside (.production.old-<pid>: shutil.rmtree refuses a link, and ignore_errors hid it), and the
+    second failed renaming the new directory onto it: NotADirectoryError, a traceback, production not installed.
+    A dangling link failed the first swap the same way."""
+    release = tmp_path / "releases" / "3"
+    release.mkdir(parents=True)
+    (release / "bundle.json").write_text("3", encoding="utf-8")
+    models = tmp_path / "models"
+    models.mkdir()
+    target = models / "production"
+    os.symlink(release, target)
+    for version in ("4", "5"):
+        staging = models / f".production.{version}.tmp"
+        staging.mkdir()
+        (staging / "bundle.json").write_text(version, encoding="utf-8")
+        atomic.swap_in_directory(staging, target)
+        assert not target.is_symlink() and (target / "bundle.json").read_text(encoding="utf-8") == version
+        assert sorted(p.name for p in models.iterdir()) == ["production"], "something left beside it"
+    assert (release / "bundle.json").read_text(encoding="utf-8") == "3"  # what the link named is untouched
+    dangling = models / "canary"
+    os.symlink(tmp_path / "gone", dangling)
+    staging = models / ".canary.6.tmp"
+    staging.mkdir()
+    atomic.swap_in_directory(staging, dangling)
+    assert dangling.is_dir() and not dangling.is_symlink()
