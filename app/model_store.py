@@ -13,7 +13,9 @@ it unchanged (``absent_since`` too).
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
+from typing import Callable
 
 from app.predictor import LoadedModel, Predictor
 from pipeline.release_store import ReleaseStore
@@ -24,10 +26,17 @@ log = logging.getLogger(__name__)
 class ProductionWithFallback:
     """``primary`` (models/production) while it has a model, else the newest good release of ``store``."""
 
-    def __init__(self, primary: Predictor, store: ReleaseStore):
+    def __init__(self, primary: Predictor, store: ReleaseStore, clock: Callable[[], float] = time.monotonic):
         self.primary = primary
         self.store = store
+        self._clock = clock
         self._fallback: Predictor | None = None
+        # Releases tried and refused, by folder: their Predictor remembers the refused state, so one is loaded (and
+        # its refusal logged) again only once it changed; and a request looks for a fallback at most once per reload
+        # interval. Before, while production had no model, every request verified (hashed) each good release and
+        # loaded it again: two ERROR lines and a full load a request for a release this code refuses.
+        self._refused_releases: dict[Path, Predictor] = {}
+        self._next_pick = float("-inf")
 
     @property
     def path(self) -> Path:
@@ -67,7 +76,7 @@ class ProductionWithFallback:
                          self._fallback.path.name)
                 self._fallback = None  # its model collected (Predictor.forget), not kept for the worker's life
             return model
-        if self._fallback is None:
+        if self._fallback is None and self._clock() >= self._next_pick:
             self._pick_fallback()
         return self._fallback.model if self._fallback is not None else None
 
@@ -78,13 +87,19 @@ class ProductionWithFallback:
         return changed
 
     def _pick_fallback(self) -> None:
-        for release in self.store.good_releases():
-            candidate = Predictor(release, self.primary.reload_interval_s,
-                                  series_cache_entries=self.primary.series_cache_entries, removal_ends_it=True)
-            candidate.check_now()
-            if candidate.model is not None:
-                self._fallback = candidate
-                log.warning("%s cannot be served (%s); serving the last good release %s (version %s)",
-                            self.primary.path, self.primary.last_error or "absent", release.name,
-                            candidate.model.version)
-                return
+        self._next_pick = self._clock() + self.primary.reload_interval_s
+        releases = self.store.good_releases()
+        for gone in set(self._refused_releases) - set(releases):
+            del self._refused_releases[gone]
+        for release in releases:
+            candidate = self._refused_releases.pop(release, None) or Predictor(
+                release, self.primary.reload_interval_s, series_cache_entries=self.primary.series_cache_entries,
+                removal_ends_it=True)
+            candidate.check_now()  # a release refused before and unchanged since: not loaded again
+            if candidate.model is None:
+                self._refused_releases[release] = candidate
+                continue
+            self._fallback = candidate
+            log.warning("%s cannot be served (%s); serving the last good release %s (version %s)",
+                        self.primary.path, self.primary.last_error or "absent", release.name, candidate.model.version)
+            return

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 import zipfile
@@ -496,3 +497,36 @@ def test_a_production_folder_deleted_while_serving_is_reported_and_its_model_kee
     copy_bundle(app_bundles[1], production_dir)  # restored: loaded, nothing missing
     assert served.state.predictor.check_now() is True
     assert "missing" not in served.client.get("/readyz").json
+
+
+def test_a_good_release_this_code_refuses_is_not_loaded_again_at_every_request(make_app, tmp_path, app_bundles,
+                                                                               caplog):
+    """Found by a probe: models/production absent (a fresh host mid-install, a folder deleted before a restart) and
+    the only good release one this code refuses (another code's bundle format, after an upgrade): every request
+    verified (hashed) that release and loaded it again, each GET /readyz 17 ms for the tiny bundle and two ERROR
+    lines (50 requests: 103 lines); at Favorita's size, a full bundle load a request. Now a release refused stays
+    refused until its folder changes, and a fallback is looked for at most once per reload interval."""
+    from pipeline.release_store import ReleaseStore
+
+    production = tmp_path / "models" / "production"
+    store = ReleaseStore(production.parent)
+    store.add_release("1", app_bundles[0])
+    metadata = json.loads((store.release_dir("1") / "bundle.json").read_text())
+    rewritten(app_bundles[0], tmp_path / "other-code", "bundle.json", json.dumps({**metadata, "format": 2}).encode())
+    shutil.rmtree(store.release_dir("1"))
+    shutil.copytree(tmp_path / "other-code", store.release_dir("1"))
+    (store.release_dir("1") / ".good").touch()
+    with caplog.at_level(logging.INFO):
+        served = make_app(production, reload_interval_s=0.5)
+        for _ in range(20):
+            assert served.client.get("/readyz").status_code == 503
+    refusals = [r for r in caplog.records
+                if "refusing model bundle" in r.getMessage() and "releases/1" in r.getMessage()]
+    assert len(refusals) == 1, len(refusals)
+    shutil.rmtree(store.release_dir("1"))  # mended: a good release the app can serve
+    store.add_release("1", app_bundles[1])
+    (store.release_dir("1") / ".good").touch()
+    deadline = time.monotonic() + 10
+    while served.client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert served.state.predictor.serving_fallback and served.model.bundle.digest == verify_bundle(app_bundles[1])
