@@ -26,7 +26,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from pipeline.atomic import file_digest, open_regular_file, write_text_atomic
+from pipeline.atomic import discard, file_digest, open_regular_file, write_text_atomic
 from pipeline.bundle import CHECKSUMS_FILE, BundleError, copy_bundle, verify_bundle
 from pipeline.bundle_checks import load_servable
 
@@ -166,14 +166,17 @@ class ReleaseStore:
         directory = self.variant_dir(variant)
         # renamed away first: a worker verifying it sees the whole bundle or nothing, never a half-deleted one
         # (which it would refuse, logging an error, as a release ended the candidate)
+        # a symbolic link (a deploy tool's ``canary -> releases/4``) is renamed away and deleted alone, what it named
+        # left as it was: rmtree refuses a link, and each removal left one (.canary.removed-<pid>) beside it
         leaving = directory.with_name(f".{directory.name}.removed-{os.getpid()}")
+        discard(leaving)  # this process's earlier removal's, if its deletion failed
         try:
             os.replace(directory, leaving)
         except FileNotFoundError:
             return
         except OSError:
             leaving = directory
-        shutil.rmtree(leaving, ignore_errors=True)
+        discard(leaving)
 
     def good_releases(self) -> list[Path]:
         """Releases that have served as production and still verify, newest first."""

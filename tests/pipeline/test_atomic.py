@@ -115,3 +115,23 @@ def test_a_directory_swapped_in_over_a_symbolic_link_replaces_the_link_alone_eve
     staging.mkdir()
     atomic.swap_in_directory(staging, dangling)
     assert dangling.is_dir() and not dangling.is_symlink()
+
+
+def test_a_candidate_that_is_a_symbolic_link_is_removed_as_a_link_leaving_nothing_beside_it(tmp_path: Path) -> None:
+    """`release end` (ReleaseStore.remove) of a canary a deploy tool installed as a link, canary -> releases/4. Found
+    by a probe: the link was renamed to .canary.removed-<pid> and left there (shutil.rmtree refuses a link), one more
+    at every removal of such a candidate."""
+    from pipeline.release_store import CANARY, SHADOW, ReleaseStore
+
+    store = ReleaseStore(tmp_path / "models")
+    release = store.release_dir(4)
+    release.mkdir(parents=True)
+    (release / "bundle.json").write_text("4", encoding="utf-8")
+    for variant in (CANARY, SHADOW, CANARY):
+        os.symlink(release, store.variant_dir(variant))
+        store.remove(variant)
+        assert sorted(p.name for p in store.root.iterdir()) == ["releases"], "something left beside it"
+    assert (release / "bundle.json").read_text(encoding="utf-8") == "4"  # what the link named is untouched
+    store.variant_dir(CANARY).mkdir()  # a plain folder after them, as an install leaves it
+    store.remove(CANARY)
+    assert sorted(p.name for p in store.root.iterdir()) == ["releases"]
