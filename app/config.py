@@ -132,8 +132,9 @@ class AppSettings:
                 and self.max_header_bytes >= MIN_HEADER_BYTES):
             raise SettingsError(f"max_header_bytes: must be an integer >= {MIN_HEADER_BYTES}, "
                                 f"got {self.max_header_bytes!r}")
-        if not self.reload_interval_s >= 0:
-            raise SettingsError(f"reload_interval_s: must be >= 0, got {self.reload_interval_s!r}")
+        if not 0 <= self.reload_interval_s <= MAX_TIMEOUT_S:  # inf: never a promote nor a fallback looked for
+            raise SettingsError(f"reload_interval_s: must be >= 0 and <= {MAX_TIMEOUT_S:g}, "
+                                f"got {self.reload_interval_s!r}")
         for name, minimum in (("max_batch", 1), ("max_body_bytes", 1), ("series_cache_entries", 0)):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
@@ -146,7 +147,7 @@ class AppSettings:
         if env.get(ENV_MODEL_DIR, "").strip():
             values["model_dir"] = Path(env[ENV_MODEL_DIR].strip())
         if env.get(ENV_RELOAD_INTERVAL, "").strip():
-            values["reload_interval_s"] = _number(env, ENV_RELOAD_INTERVAL, float, 0)
+            values["reload_interval_s"] = _number(env, ENV_RELOAD_INTERVAL, float, 0, MAX_TIMEOUT_S)
         if env.get(ENV_MAX_BATCH, "").strip():
             values["max_batch"] = _number(env, ENV_MAX_BATCH, int, 1)
         if env.get(ENV_MAX_BODY, "").strip():

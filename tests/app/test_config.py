@@ -61,6 +61,11 @@ def test_the_header_bound_is_the_compose_proxys():
                                          ("SHELFCAST_HEADER_TIMEOUT_S", "inf"), ("SHELFCAST_BODY_TIMEOUT_S", "inf"),
                                          ("SHELFCAST_BODY_TIMEOUT_S", "1e10"), ("SHELFCAST_HEADER_TIMEOUT_S", "3601"),
                                          ("SHELFCAST_MAX_HEADER_BYTES", "32k"), ("SHELFCAST_MAX_HEADER_BYTES", "100"),
+                                         # taken before: the app never looked for a promote again, nor for
+                                         # a good release once production was refused
+                                         ("SHELFCAST_RELOAD_INTERVAL_S", "inf"),
+                                         ("SHELFCAST_RELOAD_INTERVAL_S", "1e400"),
+                                         ("SHELFCAST_RELOAD_INTERVAL_S", "3601"),
                                          ("SHELFCAST_SERIES_CACHE_ENTRIES", "-1"),
                                          ("SHELFCAST_SERIES_CACHE_ENTRIES", "4k"),
                                          ("SHELFCAST_SERIES_CACHE_ENTRIES", "2.5")])
