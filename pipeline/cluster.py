@@ -40,6 +40,9 @@ PARAMS_SECTION = "cluster"
 WATCH_S = 5.0  # while no task finishes, how often run_tasks asks whether the cluster has a worker at all
 SCHEDULER_LOST = "lost the Dask scheduler mid-stage (its tasks were cancelled); rerun once it is back"
 NO_WORKER_S = 60.0  # a cluster without any worker this long fails the stage instead of waiting forever
+HANDSHAKE_S = 5.0  # past the connection's timeout, how long a server that accepted it may take to answer as Dask
+NOT_DASK = (": not a Dask scheduler (an HTTP server? the scheduler's dashboard is on :8787, the scheduler on :8786 "
+            "by default)")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -184,6 +187,9 @@ def dask_client(address: str | None, timeout_s: float = 30.0) -> Iterator[Any]:
     if missing:
         raise ClusterError(f"{where} cannot be reached: {missing}")
     try:
+        not_scheduler = _not_a_scheduler(address, timeout_s)
+        if not_scheduler:
+            raise ClusterError(f"{where} cannot be reached: {not_scheduler}")
         client = Client(address, timeout=f"{timeout_s}s")
     except (OSError, ValueError, TypeError) as exc:  # TypeError: a transport Dask cannot set up (tls, ucx)
         raise ClusterError(f"{where} cannot be reached: "
@@ -192,6 +198,52 @@ def dask_client(address: str | None, timeout_s: float = 30.0) -> Iterator[Any]:
         yield client
     finally:
         client.close()
+
+
+def _not_a_scheduler(address: str, timeout_s: float) -> str | None:
+    """Why the server at ``address`` is not a Dask scheduler, in words; None when it is one (asked before the
+    ``Client`` connects). Raises OSError when nothing answers there, as ``Client`` does.
+
+    ``Client`` waits for Dask's handshake without a bound: a server that accepts the connection and never answers
+    in Dask's protocol (an HTTP server, such as the scheduler's own dashboard on :8787) held the stage forever, with
+    no output. A worker's or a nanny's address did answer, and the stage failed on a TypeError of theirs."""
+    import asyncio
+
+    from distributed.comm import connect
+    from distributed.comm.core import CommClosedError
+    from distributed.security import Security
+
+    async def identify() -> Any:
+        bound = asyncio.timeout(timeout_s + HANDSHAKE_S)
+        try:
+            async with bound:
+                # connect() bounds the connection by timeout_s (then raises OSError), not Dask's handshake after it
+                comm = await connect(address, timeout=timeout_s, **Security().get_connection_args("client"))
+                try:
+                    await comm.write({"op": "identity", "reply": True})
+                    return await comm.read()
+                finally:
+                    comm.abort()
+        except TimeoutError:
+            if bound.expired():  # connected, and no answer in Dask's protocol since
+                return None
+            raise
+
+    try:
+        identity = asyncio.run(identify())
+    except CommClosedError as exc:  # it hung up on Dask's handshake
+        return f"the server there closed the connection when spoken to in Dask's protocol ({exc}){NOT_DASK}"
+    if identity is None:
+        return (f"the server there accepts connections but gave no Dask handshake in {timeout_s + HANDSHAKE_S:.0f} s"
+                f"{NOT_DASK}")
+    kind = identity.get("type") if isinstance(identity, Mapping) else None
+    if kind == "Scheduler":
+        return None
+    if kind in ("Worker", "Nanny"):
+        scheduler = identity.get("scheduler")
+        return (f"it is a Dask {kind.lower()}'s address, not the scheduler's"
+                f"{f' (its scheduler: {scheduler})' if scheduler else ''}: give the scheduler's address")
+    return f"the Dask server there is not a scheduler ({f'a {kind}' if kind else 'it does not say what it is'})"
 
 
 def _missing_transport(address: str) -> str | None:

@@ -284,3 +284,50 @@ def test_a_refused_cluster_scheduler_names_params_yaml_and_the_variable_names_it
                                   "tcp://host:8786)")
     with pytest.raises(ParamsError, match=rf"^\${SCHEDULER_ENV}: 'notaurl' is not a scheduler address"):
         scheduler_address(load_yaml(path), environ={SCHEDULER_ENV: "notaurl"})
+
+
+def _connect_in_a_thread(address: str, timeout_s: float, bound_s: float) -> tuple[bool, list]:
+    """dask_client(address) on a thread, given ``bound_s``: (still waiting, [what it raised or 'connected'])."""
+    import threading
+
+    outcome: list = []
+
+    def connect() -> None:
+        try:
+            with dask_client(address, timeout_s=timeout_s):
+                outcome.append("connected")
+        except ClusterError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout=bound_s)
+    return thread.is_alive(), outcome
+
+
+def test_an_address_that_answers_but_is_not_a_dask_scheduler_is_one_line_not_a_wait_without_end(monkeypatch):
+    """The scheduler's dashboard port (tcp://host:8787, an HTTP server) given for the scheduler's: distributed's
+    Client waits for the handshake without a bound, so the stage waited with no output and no end (probed: still
+    waiting after 200 s, the Client's timeout of 30 s notwithstanding). A worker's address gave the worker's
+    TypeError ("Worker.identity() got an unexpected keyword argument 'n_workers'")."""
+    from distributed import LocalCluster
+
+    import pipeline.cluster as cluster
+
+    monkeypatch.setattr(cluster, "HANDSHAKE_S", 1.0, raising=False)  # absent before the fix
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as real:
+        dashboard = f"tcp://127.0.0.1:{real.scheduler.http_server.port}"
+        stuck, outcome = _connect_in_a_thread(dashboard, timeout_s=2, bound_s=30)
+        assert not stuck, "the stage still waits on an HTTP server's answer in Dask's protocol"
+        assert re.fullmatch(rf"Dask scheduler {dashboard} \(from .*\) cannot be reached: the server there accepts "
+                            r"connections but gave no Dask handshake in 3 s: not a Dask scheduler \(an HTTP server\? "
+                            r"the scheduler's dashboard is on :8787, the scheduler on :8786 by default\)",
+                            str(outcome[0])), outcome
+        worker = next(iter(real.scheduler_info["workers"]))
+        stuck, outcome = _connect_in_a_thread(worker, timeout_s=5, bound_s=30)
+        assert not stuck
+        assert str(outcome[0]).endswith(f"cannot be reached: it is a Dask worker's address, not the scheduler's (its "
+                                        f"scheduler: {real.scheduler_address}): give the scheduler's address"), outcome
+        stuck, outcome = _connect_in_a_thread(real.scheduler_address, timeout_s=5, bound_s=30)
+        assert not stuck and outcome == ["connected"]
