@@ -18,7 +18,9 @@ function and its inputs and get the results back in input order.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
 import re
 import sys
@@ -194,10 +196,25 @@ def dask_client(address: str | None, timeout_s: float = 30.0) -> Iterator[Any]:
     except (OSError, ValueError, TypeError) as exc:  # TypeError: a transport Dask cannot set up (tls, ucx)
         raise ClusterError(f"{where} cannot be reached: "
                            f"{exc if isinstance(exc, OSError) else f'{type(exc).__name__}: {exc}'}") from None
+    echoes, client_log = _SchedulerLossEchoes(), logging.getLogger("distributed.client")
+    client_log.addFilter(echoes)
     try:
         yield client
     finally:
         client.close()
+        client_log.removeFilter(echoes)
+
+
+class _SchedulerLossEchoes(logging.Filter):
+    """Drops distributed.client's records of its reconnection to a lost scheduler ending: run_tasks says the loss in
+    the stage's one line (SCHEDULER_LOST), and closing the client cut the reconnection short, so they came out
+    before it as a traceback of the cancelled reconnect or a "Failed to reconnect to scheduler after 30.00 seconds"
+    one second after the loss."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Failed to reconnect to scheduler"):
+            return False
+        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
 
 
 def _not_a_scheduler(address: str, timeout_s: float) -> str | None:
@@ -207,8 +224,6 @@ def _not_a_scheduler(address: str, timeout_s: float) -> str | None:
     ``Client`` waits for Dask's handshake without a bound: a server that accepts the connection and never answers
     in Dask's protocol (an HTTP server, such as the scheduler's own dashboard on :8787) held the stage forever, with
     no output. A worker's or a nanny's address did answer, and the stage failed on a TypeError of theirs."""
-    import asyncio
-
     from distributed.comm import connect
     from distributed.comm.core import CommClosedError
     from distributed.security import Security

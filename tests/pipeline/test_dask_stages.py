@@ -210,3 +210,56 @@ def test_a_worker_killed_mid_stage_changes_nothing(tmp_path, monkeypatch):
     assert killed, "no prepare task was seen on a worker"
     assert outcome == [0]
     assert _files(clustered) == _files(local)  # the same bytes, and no part or temporary file left in data/prepared
+
+
+def _scheduler_and_worker(directory: Path) -> tuple[subprocess.Popen, subprocess.Popen, str]:
+    """`dask scheduler` and one `dask worker` as a user starts them, on 127.0.0.1; and the scheduler's address."""
+    import json
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    scheduler_file = directory / "scheduler.json"
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                  "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (scheduler_file.exists() and scheduler_file.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    address = json.loads(scheduler_file.read_text())["address"]
+    worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                               "--no-dashboard", "--host", "127.0.0.1"], env=env, cwd=directory,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return scheduler, worker, address
+
+
+@pytest.mark.slow  # ~20 s: a scheduler and a worker of their own, one of them killed
+def test_a_scheduler_killed_mid_stage_is_the_stages_one_line_alone(tmp_path, monkeypatch):
+    """SIGKILL the scheduler while a prepare task runs: the stage said it in one line, after distributed's own log of
+    the client's reconnection ending — a 50-line traceback of its cancelled reconnect (asyncio.CancelledError), or
+    `distributed.client - ERROR - Failed to reconnect to scheduler after 30.00 seconds` one second after the loss."""
+    from distributed import Client
+
+    synthetic = dict(stores=4, items=600, start_date="2016-01-01", end_date="2016-06-30", test_days=0)
+    root = _project(tmp_path / "project", synthetic)
+    _run_stages(root, monkeypatch, None, (download,))
+    scheduler, worker, address = _scheduler_and_worker(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO), **{SCHEDULER_ENV: address})
+    try:
+        with Client(address, timeout="60s") as watcher:
+            watcher.wait_for_workers(1, timeout=60)
+            stage = subprocess.Popen([sys.executable, "-m", "pipeline.prepare", "--root", str(root), "--quiet"],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 120
+            while stage.poll() is None and time.monotonic() < deadline:
+                if any("build_store_grid" in str(key) for keys in watcher.processing().values() for key in keys):
+                    break
+                time.sleep(0.02)
+        scheduler.kill()
+        _, err = stage.communicate(timeout=120)
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait(timeout=30)
+    assert stage.returncode == 1
+    assert err == ("prepare: error: prepare: stores: lost the Dask scheduler mid-stage (its tasks were cancelled); "
+                   "rerun once it is back\n"), err
+    assert not (root / "data" / "prepared").exists() and [p.name for p in (root / "data").iterdir()] == ["raw"]
