@@ -295,7 +295,7 @@ def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: An
         for item in tqdm(items, desc=desc, unit="task", disable=not progress):
             results.append(fn(item, **kwargs))
         return results
-    from distributed import wait
+    from distributed import KilledWorker, wait
 
     kernels = None
     if same_blas_kernels:
@@ -343,12 +343,48 @@ def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: An
                 except WorkerMismatch as exc:  # not the task's input: the worker's code or BLAS kernels
                     _cancel(futures)
                     raise ClusterError(f"{desc}: {exc}") from None
+                except KilledWorker as exc:  # its workers died running it: the task's input did not fail
+                    _cancel(futures)
+                    raise ClusterError(f"{desc}: the task for {items[i]!r} {_workers_died(client, exc)}") from None
                 except Exception as exc:  # noqa: BLE001 - re-raised with the failing input named
                     _cancel(futures)
                     raise ClusterError(f"{desc}: the task for {items[i]!r} failed on a Dask worker: "
                                        f"{type(exc).__name__}: {exc}") from exc
                 bar.update(1)
     return results
+
+
+def _workers_died(client: Any, killed: Any) -> str:
+    """What Dask's KilledWorker means for the stage, in words: a task whose every worker died running it (after
+    distributed.scheduler.allowed-failures reruns), and whether the last one was restarted for memory, as the
+    scheduler's "worker-restart-memory" events say (its nanny restarts a worker past 95% of its --memory-limit).
+
+    Dask's own message ("Attempted to run task 'build_store_grid-…' on 4 different workers, but all those workers
+    died ... Inspecting worker logs is often a good next step") named neither the memory nor what to change."""
+    last = killed.last_worker
+    address = getattr(last, "address", last)
+    runs = killed.allowed_failures + 1
+    died = f"died with every Dask worker that ran it ({runs} run{'s' if runs > 1 else ''}, the last on {address})"
+    try:
+        events = client.get_events("worker-restart-memory")
+    except Exception:  # noqa: BLE001 - the cause is extra information: the line stands without it
+        events = ()
+    rss = [event.get("rss") for _, event in events if isinstance(event, Mapping) and event.get("worker") == address]
+    if not rss:
+        return (f"{died}, not restarted for memory by a nanny: see the workers' logs for why (a crash, or a process "
+                "killed from outside); rerun once it is fixed")
+    limit = getattr(last, "memory_limit", 0)
+    if not limit:
+        workers = (client.scheduler_info(n_workers=-1).get("workers") or {}).values()
+        limit = max((worker.get("memory_limit") or 0 for worker in workers), default=0)
+    held = f", holding {_mib(rss[-1])}" if rss[-1] else ""
+    return (f"{died}: its nanny restarted it for memory, past 95% of its --memory-limit "
+            f"({_mib(limit) if limit else 'unknown'}{held}): the task needs more memory than a worker has; give "
+            "the workers more (`dask worker --memory-limit`) and rerun")
+
+
+def _mib(size: float) -> str:
+    return f"{size / 2**20:,.0f} MiB"
 
 
 def _can_work(worker: Mapping) -> bool:

@@ -331,3 +331,51 @@ def test_an_address_that_answers_but_is_not_a_dask_scheduler_is_one_line_not_a_w
                                         f"scheduler: {real.scheduler_address}): give the scheduler's address"), outcome
         stuck, outcome = _connect_in_a_thread(real.scheduler_address, timeout_s=5, bound_s=30)
         assert not stuck and outcome == ["connected"]
+
+
+def _hog(megabytes: int) -> int:
+    """Holds ``megabytes`` of memory, 50 MB at a time, slowly enough for a nanny's memory monitor to see it grow."""
+    import time
+
+    import numpy as np
+
+    held = []
+    for _ in range(megabytes // 50):
+        held.append(np.ones(50 * 2**20, np.uint8))
+        time.sleep(0.05)
+    time.sleep(1)
+    return sum(block.size for block in held)
+
+
+def _die(value: int) -> int:
+    os.kill(os.getpid(), 9)  # a crash: the process is gone, nothing to do with memory
+    return value
+
+
+def test_a_task_that_kills_every_worker_that_runs_it_says_whether_it_was_memory():
+    """Workers whose --memory-limit is too small for one store's task: the stage ended in Dask's KilledWorker text
+    ("Attempted to run task 'build_store_grid-2757…' on 4 different workers, but all those workers died ...
+    Inspecting worker logs is often a good next step"), which names neither the memory nor what to change (probed:
+    prepare on two `dask worker --memory-limit 250MB`, a store of 4,100 items)."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="600MB", host="127.0.0.1",
+                         dashboard_address="127.0.0.1:0") as small:
+        with dask_client(small.scheduler_address) as client:
+            assert run_tasks(_hog, [50], client=client, progress=False) == [50 * 2**20]
+            with pytest.raises(ClusterError) as refused:
+                run_tasks(_hog, [2000], client=client, desc="prepare: stores", progress=False)
+            assert re.fullmatch(r"prepare: stores: the task for 2000 died with every Dask worker that ran it \(1 run, "
+                                r"the last on tcp://127\.0\.0\.1:\d+\): its nanny restarted it for memory, "
+                                r"past 95% of its --memory-limit \(572 MiB, holding [\d,]+ MiB\): the task needs more "
+                                r"memory than a worker has; give the workers more \(`dask worker --memory-limit`\) and "
+                                r"rerun", str(refused.value)), str(refused.value)
+            client.wait_for_workers(1, timeout=60)
+            with pytest.raises(ClusterError) as crashed:
+                run_tasks(_die, [7], client=client, desc="split: stores", progress=False)
+            assert re.fullmatch(r"split: stores: the task for 7 died with every Dask worker that ran it \(1 run, the "
+                                r"last on tcp://127\.0\.0\.1:\d+\), not restarted for memory by a nanny: "
+                                r"see the workers' logs for why \(a crash, or a process killed from outside\); rerun "
+                                r"once it is fixed", str(crashed.value)), str(crashed.value)
