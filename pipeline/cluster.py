@@ -199,10 +199,37 @@ def dask_client(address: str | None, timeout_s: float = 30.0) -> Iterator[Any]:
     echoes, client_log = _SchedulerLossEchoes(), logging.getLogger("distributed.client")
     client_log.addFilter(echoes)
     try:
+        lacking = _workers_without_project(client)
+        if lacking:
+            raise ClusterError(f"{where}: {lacking}")
         yield client
     finally:
         client.close()
         client_log.removeFilter(echoes)
+
+
+def _project_home() -> str:
+    """On a worker (``client.run``): where it imports this project from. Unpickling this function is the test."""
+    return str(PROJECT_ROOT)
+
+
+def _workers_without_project(client: Any) -> str | None:
+    """Which of the cluster's workers cannot import this project, in words (None: all of them can).
+
+    A task names its function by module (``pipeline.prepare.build_store_grid``): a worker whose environment lacks
+    the project fails to unpickle its first task, and Dask then closes that worker for good (nanny included), so
+    the stage waited NO_WORKER_S and said there was no worker, to a user who had started them. ``client.run``
+    unpickles its function in a request of its own, which fails alone and comes back here as the import error."""
+    homes = client.run(_project_home, on_error="return")
+    lacking = {address: home for address, home in homes.items() if isinstance(home, BaseException)}
+    if not lacking:
+        return None
+    first = next(iter(lacking.values()))
+    why = first if type(first) is Exception else f"{type(first).__name__}: {first}"  # Exception: Dask's wrapping
+    workers = ", ".join(sorted(lacking)[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else "")
+    return (f"{len(lacking)} of its {len(homes)} Dask worker(s) ({workers}) cannot import this project's code "
+            f"({why}): start them from an environment that has it (`pip install -e .` in the shared checkout, or the "
+            "checkout on their PYTHONPATH) and rerun; such a worker stops at its first task")
 
 
 class _SchedulerLossEchoes(logging.Filter):

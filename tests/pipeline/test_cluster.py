@@ -379,3 +379,45 @@ def test_a_task_that_kills_every_worker_that_runs_it_says_whether_it_was_memory(
                                 r"last on tcp://127\.0\.0\.1:\d+\), not restarted for memory by a nanny: "
                                 r"see the workers' logs for why \(a crash, or a process killed from outside\); rerun "
                                 r"once it is fixed", str(crashed.value)), str(crashed.value)
+
+
+def test_a_worker_that_cannot_import_the_project_is_named_not_taken_for_no_worker(tmp_path, monkeypatch):
+    """A `dask worker` started from an environment without the project (here: the interpreter's packages alone,
+    -S leaving out the .pth that installs the checkout) died unpickling its first task, its nanny with it, and the
+    stage waited, then said "no Dask worker at tcp://… for 60 s; start workers and rerun" to a user who had."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    from distributed import Client, LocalCluster
+
+    import pipeline.cluster as cluster
+
+    monkeypatch.setattr(cluster, "WATCH_S", 0.2)
+    monkeypatch.setattr(cluster, "NO_WORKER_S", 2.0)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DASK_", "PYTHON"))}
+    paths = sysconfig.get_paths()  # Dask and NumPy: the packages, not the project (an editable install's .pth)
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys((paths["purelib"], paths["platlib"])))
+    if subprocess.run([sys.executable, "-S", "-c", "import pipeline"], cwd=tmp_path, env=env,
+                      capture_output=True).returncode == 0:
+        pytest.skip("the project is installed into site-packages itself: no environment here lacks it")
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as bare:
+        worker = subprocess.Popen([sys.executable, "-S", "-m", "distributed.cli.dask_worker", bare.scheduler_address,
+                                   "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], cwd=tmp_path, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with Client(bare.scheduler_address) as watcher:
+                watcher.wait_for_workers(1, timeout=60)
+            with pytest.raises(ClusterError) as refused:
+                with dask_client(bare.scheduler_address) as client:
+                    run_tasks(_square_with_pid, [1, 2], client=client, desc="squares", progress=False)
+        finally:
+            worker.kill()
+            worker.wait(timeout=30)
+    assert re.fullmatch(rf"Dask scheduler {re.escape(bare.scheduler_address)} \(from .*\): 1 of its 1 Dask "
+                        r"worker\(s\) \(tcp://127\.0\.0\.1:\d+\) cannot import this project's code \(.*No module "
+                        r"named 'pipeline'.*\): "
+                        r"start them from an environment that has it \(`pip install -e \.` in the shared checkout, or "
+                        r"the checkout on their PYTHONPATH\) and rerun; such a worker stops at its first task",
+                        str(refused.value)), str(refused.value)
