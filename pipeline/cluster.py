@@ -275,6 +275,11 @@ def _not_a_scheduler(address: str, timeout_s: float) -> str | None:
         identity = asyncio.run(identify())
     except CommClosedError as exc:  # it hung up on Dask's handshake
         return f"the server there closed the connection when spoken to in Dask's protocol ({exc}){NOT_DASK}"
+    except OSError:  # nothing answers there: the Client would say the same
+        raise
+    except Exception as exc:  # noqa: BLE001 - its reply read as Dask frames: "HTTP/1.1" is a length of 3 EiB
+        return (f"the server there answers in another protocol than Dask's ({type(exc).__name__} reading its reply "
+                f"as Dask's){NOT_DASK}")
     if identity is None:
         return (f"the server there accepts connections but gave no Dask handshake in {timeout_s + HANDSHAKE_S:.0f} s"
                 f"{NOT_DASK}")

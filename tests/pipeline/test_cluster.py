@@ -333,6 +333,38 @@ def test_an_address_that_answers_but_is_not_a_dask_scheduler_is_one_line_not_a_w
         assert not stuck and outcome == ["connected"]
 
 
+
+def test_a_server_that_answers_in_http_is_one_line_not_a_traceback():
+    """A server that answers whatever it is sent with an HTTP error and hangs up (as nginx or a load balancer does):
+    Dask read "HTTP/1.1" as a frame length, and the stage ended in a 54-line traceback, "numpy._core._exceptions.
+    _ArrayMemoryError: Unable to allocate 3.07 EiB for an array with shape (3543824036068086856,)"."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with connection:
+                connection.recv(4096)
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    try:
+        with pytest.raises(ClusterError) as refused:
+            with dask_client(address, timeout_s=5):
+                pass
+    finally:
+        server.close()
+    assert re.fullmatch(rf"Dask scheduler {address} \(from .*\) cannot be reached: the server there answers in another "
+                        r"protocol than Dask's \(MemoryError reading its reply as Dask's\): not a Dask scheduler "
+                        r"\(an HTTP server\? .*\)", str(refused.value)), str(refused.value)
+
 def _hog(megabytes: int) -> int:
     """Holds ``megabytes`` of memory, 50 MB at a time, slowly enough for a nanny's memory monitor to see it grow."""
     import time
