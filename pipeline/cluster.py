@@ -389,7 +389,9 @@ def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: An
 def _workers_died(client: Any, killed: Any) -> str:
     """What Dask's KilledWorker means for the stage, in words: a task whose every worker died running it (after
     distributed.scheduler.allowed-failures reruns), and whether the last one was restarted for memory, as the
-    scheduler's "worker-restart-memory" events say (its nanny restarts a worker past 95% of its --memory-limit).
+    scheduler's "worker-restart-memory" events say (its nanny restarts a worker past
+    distributed.worker.memory.terminate of its --memory-limit: 95% by default, the worker's own setting, which
+    the stage cannot read).
 
     Dask's own message ("Attempted to run task 'build_store_grid-…' on 4 different workers, but all those workers
     died ... Inspecting worker logs is often a good next step") named neither the memory nor what to change."""
@@ -410,9 +412,9 @@ def _workers_died(client: Any, killed: Any) -> str:
         workers = (client.scheduler_info(n_workers=-1).get("workers") or {}).values()
         limit = max((worker.get("memory_limit") or 0 for worker in workers), default=0)
     held = f", holding {_mib(rss[-1])}" if rss[-1] else ""
-    return (f"{died}: its nanny restarted it for memory, past 95% of its --memory-limit "
-            f"({_mib(limit) if limit else 'unknown'}{held}): the task needs more memory than a worker has; give "
-            "the workers more (`dask worker --memory-limit`) and rerun")
+    return (f"{died}: its nanny restarted it for memory, past its terminate share (95% by default) of its "
+            f"--memory-limit ({_mib(limit) if limit else 'unknown'}{held}): the task needs more memory than a worker "
+            "has; give the workers more (`dask worker --memory-limit`) and rerun")
 
 
 def _mib(size: float) -> str:

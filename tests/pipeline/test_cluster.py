@@ -401,7 +401,8 @@ def test_a_task_that_kills_every_worker_that_runs_it_says_whether_it_was_memory(
                 run_tasks(_hog, [2000], client=client, desc="prepare: stores", progress=False)
             assert re.fullmatch(r"prepare: stores: the task for 2000 died with every Dask worker that ran it \(1 run, "
                                 r"the last on tcp://127\.0\.0\.1:\d+\): its nanny restarted it for memory, "
-                                r"past 95% of its --memory-limit \(572 MiB, holding [\d,]+ MiB\): the task needs more "
+                                r"past its terminate share \(95% by default\) of its --memory-limit "
+                                r"\(572 MiB, holding [\d,]+ MiB\): the task needs more "
                                 r"memory than a worker has; give the workers more \(`dask worker --memory-limit`\) and "
                                 r"rerun", str(refused.value)), str(refused.value)
             client.wait_for_workers(1, timeout=60)
