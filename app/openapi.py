@@ -112,8 +112,24 @@ def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEF
                        "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}},
                                       "total": {"type": "integer", "minimum": 0}}},
         "Status": {"type": "object", "required": ["status"],
-                   "properties": {"status": {"type": "string"}, "model": {"type": "object"},
-                                  "reason": {"type": "string"}}},
+                   "properties": {
+                       "status": {"type": "string", "enum": ["ok", "ready", "unavailable"]},
+                       "model": {"type": "object", "required": ["name", "version"],
+                                 "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
+                       "reason": {"type": "string", "description": "why no model is loaded (503)"},
+                       "fallback": {"type": "object", "required": ["serving", "instead_of"],
+                                    "description": "a good release served in place of a refused production bundle",
+                                    "properties": {"serving": {"type": "string"}, "instead_of": {"type": "string"}}},
+                       "missing": {"type": "object", "required": ["bundle", "since", "reason"],
+                                   "description": "the bundle served was removed after it loaded: served from memory",
+                                   "properties": {"bundle": {"type": "string"},
+                                                  "since": {"type": "string", "format": "date-time"},
+                                                  "reason": {"type": "string"}}},
+                       "refused": {"type": "object", "required": ["bundle", "reason", "at"],
+                                   "description": "the last refusal of the bundle at the model path (the model "
+                                                  "loaded before keeps serving)",
+                                   "properties": {"bundle": {"type": "string"}, "reason": {"type": "string"},
+                                                  "at": {"type": "string", "format": "date-time"}}}}},
         "Error": {
             "type": "object", "required": ["code", "message", "errors"],
             "properties": {

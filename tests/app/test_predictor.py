@@ -19,6 +19,22 @@ from pipeline.atomic import file_digest
 from pipeline.bundle import copy_bundle, verify_bundle
 
 
+def assert_documented_status(answer: dict) -> None:
+    """A /readyz answer holds only what the OpenAPI document's Status schema describes, each field of its type: the
+    route's fallback, missing and refused were answered, and documented nowhere."""
+    import copy
+
+    import jsonschema
+
+    from app.openapi import openapi_document
+
+    schema = copy.deepcopy(openapi_document(1000, 1 << 20)["components"]["schemas"]["Status"])
+    for node in [schema, *schema["properties"].values()]:
+        if node.get("type") == "object":
+            node["additionalProperties"] = False
+    jsonschema.validate(answer, schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
 def predict_body(model) -> dict:
     return {"instances": [{"store_nbr": next(iter(model.catalog.stores)), "item_nbr": next(iter(model.catalog.items)),
                            "date": model.first_date.isoformat(), "onpromotion": False}]}
@@ -317,6 +333,7 @@ def test_a_worker_starting_on_an_unreadable_bundle_serves_the_last_good_release(
     assert ready.json["fallback"]["serving"] == "models/releases/1"  # named from the store (a public probe)
     reason = ready.json["refused"]["reason"]
     assert "models/production/weights.npz" in reason and "cannot be read" in reason, reason
+    assert_documented_status(ready.json)
 
 
 def test_a_release_that_stood_in_for_production_is_let_go_once_production_serves(make_app, production_dir,
@@ -366,6 +383,7 @@ def test_readyz_says_why_a_bundle_was_refused_while_the_old_model_serves(served,
     refused = ready.json["refused"]
     assert refused["bundle"] == "models/production" and "weights.npz: checksum mismatch" in refused["reason"]
     assert dt.datetime.fromisoformat(refused["at"]) >= before
+    assert_documented_status(ready.json)
     copy_bundle(app_bundles[1], production_dir)  # a good bundle: the refusal is over
     assert served.state.predictor.check_now() is True
     assert "refused" not in served.client.get("/readyz").json
@@ -492,6 +510,7 @@ def test_a_production_folder_deleted_while_serving_is_reported_and_its_model_kee
     ready = served.client.get("/readyz")
     assert ready.status_code == 200 and ready.json["status"] == "ready", ready.json
     assert ready.json["missing"]["bundle"] == "models/production" and ready.json["missing"]["since"], ready.json
+    assert_documented_status(ready.json)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "is gone; still serving" in warnings[0], warnings
     copy_bundle(app_bundles[1], production_dir)  # restored: loaded, nothing missing
