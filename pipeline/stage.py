@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from pipeline import command_started, end_at_once, handler_before_start, interruption_line, running_as_command
-from pipeline.atomic import target_of_copy
+from pipeline.atomic import NO_SPACE_ERRNOS, target_of_copy
 from pipeline.params import ParamsError, load_yaml
 
 
@@ -82,15 +82,23 @@ def stage_params(args: argparse.Namespace) -> dict:
 
 
 def os_error_text(exc: OSError) -> str:
-    """``exc`` as one line that names the output it was writing (a staging copy's target, not its temporary name)."""
+    """``exc`` as one line that names the output it was writing (a staging copy's target, not its temporary name).
+
+    A copy that found no room (shutil names its source, then its destination) failed writing its destination: that
+    is the file named. Before, a train whose MLflow artifact store filled as it logged the bundle said
+    ``models/candidate/training_stats.json: No space left on device``, the file it was reading (and a candidate that
+    was not there yet), as if models/ were the disk to free."""
     reason = exc.strerror or str(exc)
     paths = [p for p in (exc.filename, exc.filename2) if p is not None]
     if not paths:
         return reason
-    target = target_of_copy(paths[0])
+    written = paths[-1] if exc.errno in NO_SPACE_ERRNOS else paths[0]
+    target = target_of_copy(written)
     where = " -> ".join(str(p) for p in paths)
     if target is not None:
         return f"{target}: {reason} (while writing {where})"
+    if len(paths) > 1 and written is paths[-1]:
+        return f"{written}: {reason} (while writing {where})"
     return f"{where}: {reason}"
 
 

@@ -35,6 +35,23 @@ def test_a_refused_write_inside_a_staged_folder_names_the_output_file():
     assert os_error_text(plain) == "data/raw/train.csv.gz: Permission denied"
 
 
+def test_a_copy_that_found_no_room_names_its_destination_not_the_staged_file_it_read():
+    """shutil's copy on a full disk names its source, then its destination. train logging its staged bundle to a
+    local MLflow artifact store that filled said `models/candidate/training_stats.json: No space left on device`: the
+    file it was reading, under a candidate not yet in place, as if models/ were the disk to free."""
+    staged = "/p/models/.candidate.18031-wrfwxhys.tmp/training_stats.json"
+    artifact = "/p/mlartifacts/0f3a/artifacts/bundle/training_stats.json"
+    for reason_errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        full = OSError(reason_errno, os.strerror(reason_errno), staged, None, artifact)
+        assert os_error_text(full) == (f"{artifact}: {os.strerror(reason_errno)} (while writing {staged} -> "
+                                       f"{artifact})")
+    into_staging = OSError(errno.ENOSPC, "No space left on device", "/p/models/candidate/history.npz", None,
+                           "/p/models/.production.7-ab.tmp/history.npz")
+    assert os_error_text(into_staging).startswith("/p/models/production/history.npz: No space left on device")
+    renamed = OSError(errno.EACCES, "Permission denied", "/p/models/.candidate.7-ab.tmp", None, "/p/models/candidate")
+    assert os_error_text(renamed).startswith("/p/models/candidate: Permission denied (while writing")
+
+
 @pytest.mark.parametrize("writer", [atomic_directory, atomic_file])
 def test_a_library_error_without_a_file_names_the_output_being_written(writer, tmp_path, capsys):
     """Arrow's write error on a full disk names no file ('Error writing bytes to file'): the output is named."""
