@@ -96,11 +96,16 @@ def origins(history: SalesHistory, fparams: FeatureParams) -> tuple[int, int, li
     train = [o for o in train if o >= earliest]
     if inner_origin < earliest or not train:
         days = history.days - first_known
+        room = days - 2 * spec.horizon  # the longest window the data leaves room for
+        fix = (f"shorten those windows to at most {room} days, or use more data" if room >= 1 else
+               # no window is shorter than a day: before, this said "shorten those windows to at most 0 days"
+               f"the two horizons alone take {2 * spec.horizon} days, so no window fits: use more data (at least "
+               f"{2 * spec.horizon + 1} days, with a window of 1 day), or a shorter features.horizon (and "
+               "split.validation_days, at most it)")
         raise TrainError(
             f"features: the training data has {days} days; the longest feature window ({spec.longest_window} days: "
             f"features.mean_windows, promo_windows, 7 x dow_weeks) plus two horizons of {spec.horizon} days need at "
-            f"least {spec.longest_window + 2 * spec.horizon}: shorten those windows to at most "
-            f"{max(days - 2 * spec.horizon, 0)} days, or use more data (features.history_days may stay: the days "
+            f"least {spec.longest_window + 2 * spec.horizon}: {fix} (features.history_days may stay: the days "
             "before the data count as unknown)")
     missed = weekdays_missed(train, fparams)
     if missed:

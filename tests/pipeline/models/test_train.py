@@ -42,6 +42,19 @@ def test_too_little_data_names_the_params(tiny_frame):
         train.origins(history, FeatureParams(spec, 3, 7))
 
 
+def test_data_shorter_than_two_horizons_is_not_told_to_shorten_its_windows_to_nothing(tiny_frame):
+    """24 days and a horizon of 16: the two horizons alone take 32. Before, the refusal said "shorten those windows to
+    at most 0 days", which no params.yaml can do (every window is at least a day)."""
+    history = build_history(tiny_frame[0][tiny_frame[0]["date"] < "2017-01-25"])
+    spec = FeatureSpec(history_days=56, mean_windows=(7, 56), dow_weeks=(4,), promo_windows=(14,))
+    with pytest.raises(train.TrainError) as refused:
+        train.origins(history, FeatureParams(spec, 4, 7))
+    message = str(refused.value)
+    assert "the training data has 24 days" in message and "at most 0 days" not in message, message
+    assert ("the two horizons alone take 32 days, so no window fits: use more data (at least 33 days, with a window "
+            "of 1 day), or a shorter features.horizon (and split.validation_days, at most it)") in message, message
+
+
 def test_a_train_is_an_mlflow_run_with_params_curves_metrics_tags_and_the_bundle(trained_project):
     root, summary = trained_project
     params, metrics, tags = tracking.run_data(root, summary["run_id"])
