@@ -86,6 +86,28 @@ THRESHOLD_FAILED = 2
 SCORE_CHUNK_ROWS = 65_536  # validation rows whose features are built at once
 
 
+# What an evaluation.json holds that promote reads, by field, as run() writes it: promote refuses one without them
+# (a hand edit, a bad merge of the git-tracked results/), naming the field, where it stopped with a traceback.
+VERDICT_FIELDS: dict[str, type] = {"passed": bool, "failures": list, "rule": str, "improvement_interval": dict,
+                                   "bundle_digest": str, "candidate_nwrmsle": float, "code_version": str,
+                                   "data_version": dict, "params_version": str}
+
+
+def verdict_problem(evaluation) -> str | None:
+    """What makes ``evaluation`` (an evaluation.json as read) no verdict promote can act on, or None."""
+    if not isinstance(evaluation, dict):
+        return f"not an evaluation (a JSON {type(evaluation).__name__}, not an object)"
+    checks = [(name, kind, evaluation.get(name)) for name, kind in VERDICT_FIELDS.items()]
+    interval = evaluation.get("improvement_interval")
+    if isinstance(interval, dict):
+        checks += [(f"improvement_interval.{name}", float, interval.get(name)) for name in ImprovementInterval._fields]
+    for name, kind, value in checks:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+        if not (number if kind is float else isinstance(value, kind)):
+            return f"field {name!r} is missing or not {'a finite number' if kind is float else 'a ' + kind.__name__}"
+    return None
+
+
 class EvaluateError(RuntimeError):
     """The candidate or the validation data cannot be evaluated (message names the file/field)."""
 

@@ -57,7 +57,7 @@ from pipeline.dvc_remote import dvc as _dvc
 from pipeline.dvc_remote import failure as dvc_failure
 from pipeline.dvc_remote import reason as dvc_reason
 from pipeline.evaluate import (BACKTEST_FILE, CANDIDATE_DIR, EVALUATION_FILE, METRICS_FILE, RESULT_FILES,
-                               current_versions, evaluation_run_params)
+                               current_versions, evaluation_run_params, verdict_problem)
 from pipeline.model_params import evaluate_params, promote_params
 from pipeline.params import load_yaml
 from pipeline.serving_bundle import roll_forward
@@ -87,12 +87,19 @@ def check_candidate(root: Path, raw_params, candidate_root: Path | None = None) 
         evaluation = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise PromotionRefused(f"{path}: unreadable ({exc})") from None
+    if not isinstance(evaluation, dict):
+        raise PromotionRefused(f"{path}: {verdict_problem(evaluation)}; run `dvc repro evaluate` to write it again")
     if evaluation.get("passed") is not True:
-        reasons = "; ".join(evaluation.get("failures") or ["no verdict recorded"])
+        failures = evaluation.get("failures")
+        failures = [failures] if isinstance(failures, str) else failures  # one rule written as itself, not a list
+        reasons = "; ".join(map(str, failures)) if isinstance(failures, list) and failures else "no verdict recorded"
         raise PromotionRefused(f"the candidate failed its evaluation: {reasons}")
     if not isinstance(evaluation.get("improvement_interval"), dict):
         raise PromotionRefused(f"{path}: a verdict without the backtest's improvement interval (an older evaluate's); "
                                "run `dvc repro evaluate` to judge the candidate by the current threshold test")
+    problem = verdict_problem(evaluation)
+    if problem is not None:
+        raise PromotionRefused(f"{path}: {problem}; run `dvc repro evaluate` to write it again")
     try:
         digest = verify_bundle(home / CANDIDATE_DIR)
     except BundleError as exc:
@@ -139,9 +146,10 @@ def evaluation_run(root: Path, home: Path, raw_params, evaluation: dict, digest:
 
     def results(name: str) -> dict:
         try:
-            return json.loads((home / name).read_text(encoding="utf-8"))
+            doc = json.loads((home / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
+        return doc if isinstance(doc, dict) else {}  # a hand-edited list or number: recorded without it
 
     headline = results(METRICS_FILE) or {k: v for k, v in evaluation.items() if isinstance(v, (int, float))}
     recorded = tracking.log_evaluation(

@@ -397,6 +397,40 @@ def test_a_verdict_without_the_backtest_interval_is_refused(tiny_project, capsys
     assert "without the backtest's improvement interval" in err and "dvc repro evaluate" in err
 
 
+def test_a_damaged_evaluation_json_is_refused_naming_the_file_and_field_not_a_traceback(trained_project, capsys):
+    """results/evaluation.json is git-tracked: a hand edit or a bad merge can leave valid JSON of another shape. Before,
+    promote stopped with a traceback (AttributeError on a list, KeyError on a missing score, after the champion
+    comparison); now it refuses in one line naming the file and the field, with nothing registered or installed."""
+    root, _ = trained_project
+    assert evaluate.main(["--root", str(root), "--quiet"]) == 0
+    path = root / "results/evaluation.json"
+    good = json.loads(path.read_text())
+    capsys.readouterr()
+
+    def without(field, inside=None):
+        damaged = json.loads(json.dumps(good))
+        (damaged[inside] if inside else damaged).pop(field)
+        return damaged
+
+    cases = {
+        "[1, 2]": "not an evaluation (a JSON list, not an object)",
+        json.dumps(without("candidate_nwrmsle")): "field 'candidate_nwrmsle' is missing or not a finite number",
+        json.dumps(without("series", "improvement_interval")):
+            "field 'improvement_interval.series' is missing or not a finite number",
+        json.dumps({**good, "rule": None}): "field 'rule' is missing or not a str",
+        json.dumps({**good, "passed": False, "failures": "evaluate.min_series"}):
+            "the candidate failed its evaluation: evaluate.min_series",
+    }
+    for text, said in cases.items():
+        path.write_text(text)
+        assert promote.main(["--root", str(root)]) == promote.REFUSED, text
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "passed" in text or str(path) in err, err
+    assert not (root / "models/production").exists()
+    assert tracking.client(root).search_model_versions(f"name='{MODEL_NAME}'") == []
+
+
 def test_the_version_links_the_evaluation_it_was_promoted_on_not_a_newer_one_of_the_same_bundle(trained_project):
     """promote linked the newest evaluate run of the bundle: after a stricter evaluation that failed (or a teammate's
     under other params), a version tagged 'passed' pointed at a run tagged 'failed'."""
