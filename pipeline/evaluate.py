@@ -118,6 +118,32 @@ def current_versions(root: Path, raw_params: Mapping) -> dict:
             "params_version": params_version({k: raw_params.get(k) for k in PARAM_SECTIONS})}
 
 
+def candidate_made_from_other_inputs(root: Path, metadata: Mapping, raw_params: Mapping) -> list[str]:
+    """Where a candidate (its bundle.json ``metadata``) was trained from other inputs than train would read now: its
+    ``features`` and ``train`` params, by key, and its training data, by file (empty: train makes it of these).
+
+    A verdict's hashes are those of params.yaml and the data at evaluation time, not the candidate's: `python -m
+    pipeline.evaluate` run after params.yaml changed, without train, judged the old model (its backtest windows
+    retrained with the new params) and promote registered it as the current params' model."""
+    from pipeline.models import mapping_changes
+    from pipeline.train import HOLIDAYS_DATA, TRAIN_DATA
+
+    parts = []
+    recorded = metadata.get("params")
+    if isinstance(recorded, Mapping):  # as train records them (through JSON: tuples are lists)
+        ours = json.loads(json.dumps({"features": feature_params(raw_params).to_json(),
+                                      "train": train_params(raw_params).to_json()}))
+        if recorded != ours:
+            parts.append(f"params ({', '.join(mapping_changes(recorded, ours))})")
+    recorded = metadata.get("data_version")
+    if isinstance(recorded, Mapping):
+        changed = [path for path, md5 in data_version(root, [TRAIN_DATA, HOLIDAYS_DATA]).items()
+                   if recorded.get(path) != md5]
+        if changed:
+            parts.append(f"data ({', '.join(changed)})")
+    return parts
+
+
 def score(actual, predicted, weights, family, store) -> dict:
     return {
         "nwrmsle": nwrmsle(actual, predicted, weights), "rmse": rmse(actual, predicted),

@@ -275,12 +275,7 @@ class CheckpointIdentity:
             if old == new:
                 continue
             if isinstance(old, Mapping) and isinstance(new, Mapping):
-                old, new = _flat(old), _flat(new)
-                keys = sorted(k for k in old.keys() | new.keys() if old.get(k, _ABSENT) != new.get(k, _ABSENT))
-                changes = [_change(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in keys]
-                if len(changes) > IDENTITY_CHANGES_SHOWN:
-                    changes[IDENTITY_CHANGES_SHOWN:] = [f"{len(changes) - IDENTITY_CHANGES_SHOWN} more"]
-                named.append(f"{label} ({', '.join(changes)})")
+                named.append(f"{label} ({', '.join(mapping_changes(old, new))})")
             else:
                 change = _change("", old, new)
                 named.append(f"{label} ({change})" if change else label)
@@ -291,6 +286,18 @@ IDENTITY_PARTS = tuple(f.name.replace("_", " ") for f in dataclasses.fields(Chec
 IDENTITY_CHANGES_SHOWN = 3  # changed keys a part names, then "N more": the message stays one line
 _SHOWN_LENGTH = 24  # a value up to this long is shown (a version, a param); a digest (32+ hex digits) is not
 _ABSENT = object()
+
+
+def mapping_changes(old: Mapping, new: Mapping) -> list[str]:
+    """The keys in which two nested mappings differ, as a message names them: ``train.learning_rate 0.01 -> 0.02`` (a
+    long value by its key alone), up to IDENTITY_CHANGES_SHOWN, then ``N more``. A checkpoint's params and libraries
+    (CheckpointIdentity.differences), and promote's candidate against params.yaml (evaluate.candidate_made_from)."""
+    old, new = _flat(old), _flat(new)
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, _ABSENT) != new.get(k, _ABSENT))
+    changes = [_change(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in keys]
+    if len(changes) > IDENTITY_CHANGES_SHOWN:
+        changes[IDENTITY_CHANGES_SHOWN:] = [f"{len(changes) - IDENTITY_CHANGES_SHOWN} more"]
+    return changes
 
 
 def _flat(mapping: Mapping, prefix: str = "") -> dict[str, Any]:

@@ -57,7 +57,8 @@ from pipeline.dvc_remote import dvc as _dvc
 from pipeline.dvc_remote import failure as dvc_failure
 from pipeline.dvc_remote import reason as dvc_reason
 from pipeline.evaluate import (BACKTEST_FILE, CANDIDATE_DIR, EVALUATION_FILE, METRICS_FILE, RESULT_FILES,
-                               current_versions, evaluation_run_params, verdict_problem)
+                               candidate_made_from_other_inputs, current_versions, evaluation_run_params,
+                               verdict_problem)
 from pipeline.model_params import evaluate_params, promote_params
 from pipeline.params import load_yaml
 from pipeline.serving_bundle import roll_forward
@@ -114,6 +115,12 @@ def check_candidate(root: Path, raw_params, candidate_root: Path | None = None) 
         if now[key] != evaluation.get(key):
             raise PromotionRefused(f"the {label} changed since the evaluation; run `dvc repro` to evaluate the "
                                    "current state before promoting")
+    metadata = json.loads((home / CANDIDATE_DIR / "bundle.json").read_text(encoding="utf-8"))  # verified above
+    other = candidate_made_from_other_inputs(root, metadata if isinstance(metadata, dict) else {}, raw_params)
+    if other:  # the verdict's hashes are of the inputs now, not of what the candidate was trained on
+        raise PromotionRefused(f"{home / CANDIDATE_DIR} was trained from other {' and '.join(other)} than train reads "
+                               "now: its evaluation judged a model these do not make; run `dvc repro` (train + "
+                               "evaluate) before promoting")
     named, name = evaluation.get("bundle_name"), promote_params(raw_params).model_name
     if named != name:  # the bundle says its name wherever it serves: registered under another, it would lie
         raise PromotionRefused(f"the candidate bundle is named {named!r}, promote.model_name is {name!r}; run `dvc "

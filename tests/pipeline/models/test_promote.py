@@ -17,6 +17,8 @@ import pandas as pd
 
 from pipeline.bundle import load_bundle, verify_bundle
 
+from .conftest import TINY_PARAMS
+
 MODEL_NAME = "shelfcast-forecaster"  # promote.model_name of the tiny projects' params.yaml
 
 
@@ -194,6 +196,33 @@ def test_changed_params_or_data_since_evaluation_are_refused(trained_project, ti
         handle.write(b"\0")
     assert promote.main(["--root", str(root)]) == promote.REFUSED
     assert "the data changed since the evaluation" in capsys.readouterr().err
+
+
+def test_a_candidate_trained_from_other_params_or_data_than_it_was_evaluated_with_is_refused(
+        trained_project, tiny_params, set_params, capsys):
+    """params.yaml changed, then `python -m pipeline.evaluate` without train: the verdict records the new params'
+    hash, the candidate is the old params' model (and its backtest windows retrain with the new ones). Before,
+    promote registered it as the current params' model; now it names what differs and refuses."""
+    root, _ = trained_project
+    tiny_params["train"]["learning_rate"] = 0.02
+    tiny_params["features"]["mean_windows"] = [3, 7, 14, 28]
+    set_params(root, tiny_params)
+    assert evaluate.main(["--root", str(root), "--quiet"]) == 0  # the old model, judged under the new params
+    capsys.readouterr()
+    assert promote.main(["--root", str(root)]) == promote.REFUSED
+    err = capsys.readouterr().err
+    assert (f"promote: refused: {root / 'models/candidate'} was trained from other params (features.mean_windows "
+            "[3, 7, 14, 28, 56] -> [3, 7, 14, 28], train.learning_rate 0.01 -> 0.02) than train reads now") in err, err
+    assert "run `dvc repro` (train + evaluate) before promoting" in err and len(err.splitlines()) == 1, err
+    set_params(root, TINY_PARAMS)  # the candidate's params again; the data the candidate was trained on changed
+    with open(root / "data/split/train.parquet", "ab") as handle:
+        handle.write(b"\0")
+    assert evaluate.main(["--root", str(root), "--quiet"]) == 0
+    capsys.readouterr()
+    assert promote.main(["--root", str(root)]) == promote.REFUSED
+    err = capsys.readouterr().err
+    assert "was trained from other data (data/split/train.parquet) than train reads now" in err, err
+    assert tracking.production_version(root) is None and not (root / "models/production").exists()
 
 
 def test_a_candidate_no_mlflow_run_made_is_refused(trained_project, capsys):
