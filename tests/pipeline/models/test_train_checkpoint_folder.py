@@ -108,3 +108,32 @@ def test_a_file_where_the_checkpoints_folder_goes_is_one_line_before_training(ti
         [e.experiment_id for e in tracking.client(tiny_project).search_experiments()])
     blocker.unlink()
     assert train.main(["--root", str(tiny_project), "--quiet"]) == 0  # moved away: train runs
+
+
+def test_a_bundle_file_past_a_file_size_limit_is_named_not_only_its_folder(tmp_path):
+    """Past the checkpoint probe, the candidate's files are written whole into a staging folder; a write refused for
+    want of room (a file size limit's EFBIG, a full disk's ENOSPC) names no file, and train said only
+    `models/candidate: File too large`. 4,800 series make history.npz 1.5 MB, every other file under 1 MiB: capped at
+    1.2 MB, the line names history.npz, and no candidate nor staging copy is left."""
+    import resource
+    import signal
+    import sys
+
+    from .conftest import TINY_PARAMS, write_params, write_tiny_project
+
+    root = write_tiny_project(tmp_path / "project", items=2400)
+    write_params(root, TINY_PARAMS)
+
+    def cap():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_200_000,) * 2)
+
+    repo = Path(train.__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "pipeline.train", "--root", str(root), "--quiet"],
+                          capture_output=True, text=True, timeout=300, preexec_fn=cap,
+                          env=dict(os.environ, PYTHONPATH=str(repo)))
+    assert done.returncode == 1, done.stderr
+    assert re.fullmatch(rf"train: error: {re.escape(str(root / train.CANDIDATE_DIR / 'history.npz'))}: File too large "
+                        rf"\(while writing {re.escape(str(root / 'models'))}/\.candidate\.[^/]+\.tmp/history\.npz\)\n",
+                        done.stderr), done.stderr
+    assert sorted(p.name for p in (root / "models").iterdir()) == ["checkpoints"]  # its checkpoint is kept to resume
