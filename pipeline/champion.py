@@ -24,7 +24,7 @@ import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -168,9 +168,11 @@ def production_bundle(root: Path, version, installed: Path, scratch: Path) -> Mo
     return load_bundle(into)
 
 
-def challenge(root: Path, home: Path, raw: Mapping, candidate_digest: str, installed: Path) -> Comparison:
+def challenge(root: Path, home: Path, raw: Mapping, candidate_digest: str, installed: Path,
+              say: Callable[[str], None] = lambda _: None) -> Comparison:
     """The candidate (``home``'s) against the registry's production version; WorseThanProduction when the rule
-    refuses it."""
+    refuses it. ``say`` is told when the scoring starts: both models forecast the whole validation window, which at
+    Favorita's size takes minutes, and promote said nothing meanwhile."""
     pparams, eparams = promote_params(raw), evaluate_params(raw)
     name, alias = pparams.model_name, pparams.alias
     version = tracking.production_version(root, name, alias)
@@ -181,6 +183,7 @@ def challenge(root: Path, home: Path, raw: Mapping, candidate_digest: str, insta
     if (version.tags or {}).get(tracking.BUNDLE_DIGEST_TAG) == candidate_digest:
         return Comparison(SAME_BUNDLE, f"the candidate is '{alias}' version {number} already: nothing to compare",
                           production_version=number)
+    say(f"promote: scoring the candidate against '{alias}' version {number} on the candidate's validation window ...")
     try:
         with tempfile.TemporaryDirectory(prefix="shelfcast-champion-") as scratch:
             production = production_bundle(root, version, installed, Path(scratch))

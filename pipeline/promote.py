@@ -411,7 +411,7 @@ def _promote(root: Path, quiet: bool, home: Path, raw: dict) -> dict:
     registered = tracking.version_of_bundle(root, digest, pparams.model_name)  # then installed, not uploaded again
     serving = None if registered is None else registered_serving_digest(registered, pparams.model_name, digest)
     try:
-        comparison = champion.challenge(root, home, raw, digest, root / PRODUCTION_DIR)
+        comparison = champion.challenge(root, home, raw, digest, root / PRODUCTION_DIR, say)
     except champion.WorseThanProduction as refused:  # nothing registered or installed; the run says why
         try:
             versions = tracking.model_versions(tracking.client(root), f"run_id='{trained.info.run_id}'")
