@@ -19,6 +19,19 @@ from monitoring.setup_stack import index_templates, install_index_templates, rec
 from pipeline.event_sources import ElasticsearchEvents
 
 INDEX = "shelfcast-prediction-2026.01.05"
+
+
+def an_older_index(path: str) -> tuple[int, dict] | None:
+    """What the loopback clusters below share: healthy, templates acknowledged, and INDEX mapped as an older Shelfcast
+    left it (store a number); None for any other request."""
+    if path == "/_cluster/health":
+        return 200, {"status": "green"}
+    if path.startswith("/_index_template/"):
+        return 200, {"acknowledged": True}
+    if path == "/shelfcast-prediction-*/_mapping":
+        older = index_templates()["shelfcast-prediction"]["template"]["mappings"]["properties"]
+        return 200, {INDEX: {"mappings": {"properties": {**older, "store": {"type": "long"}}}}}
+    return None
 TARGET = f"{INDEX}-remapped"
 EVENTS = 6000
 SHORT_TIMEOUT_S = 0.3
@@ -193,18 +206,12 @@ def test_a_copy_interrupted_leaves_the_index_writable_and_one_line(signum, line)
 
     from tests.monitoring.loopback_cluster import json_cluster, request_body
 
-    older = {"mappings": {"properties": {**index_templates()["shelfcast-prediction"]["template"]["mappings"][
-        "properties"], "store": {"type": "long"}}}}
     copying, blocks = threading.Event(), []
 
     def rule(request):
         path = request.path.split("?")[0]
-        if path == "/_cluster/health":
-            return 200, {"status": "green"}
-        if path.startswith("/_index_template/"):
-            return 200, {"acknowledged": True}
-        if path == "/shelfcast-prediction-*/_mapping":
-            return 200, {INDEX: older}
+        if (answer := an_older_index(path)) is not None:
+            return answer
         if path.endswith("/_mapping"):
             return 200, {}
         if path == f"/{INDEX}/_settings":
@@ -261,18 +268,12 @@ def test_a_copy_that_cannot_replace_its_index_leaves_it_writable(capsys):
     from monitoring.setup_stack import main as setup
     from tests.monitoring.loopback_cluster import json_cluster, request_body
 
-    older = {"mappings": {"properties": {**index_templates()["shelfcast-prediction"]["template"]["mappings"][
-        "properties"], "store": {"type": "long"}}}}
     blocks = []
 
     def rule(request):
         path = request.path.split("?")[0]
-        if path == "/_cluster/health":
-            return 200, {"status": "green"}
-        if path.startswith("/_index_template/"):
-            return 200, {"acknowledged": True}
-        if path == "/shelfcast-prediction-*/_mapping":
-            return 200, {INDEX: older}
+        if (answer := an_older_index(path)) is not None:
+            return answer
         if path == f"/{INDEX}/_settings":
             blocks.append(request_body(request)["index.blocks.write"])
             return 200, {"acknowledged": True}
