@@ -10,7 +10,7 @@ from app.catalog import MAX_QUERY
 from app.errors import ERROR_CODES, MAX_ERRORS_SHOWN
 from app.examples import DEFAULT_DATA_EXAMPLE, Example
 from app.validation import MAX_ID
-from pipeline.closed_days import CLOSED_DAY_MEANING, CLOSED_FOR_GOOD_MEANING
+from pipeline.closed_days import CLOSED_DAY_MEANING, CLOSED_FOR_GOOD_MEANING, WEEKLY_CLOSED_MEANING
 
 
 def _json(schema_ref: str, description: str) -> dict:
@@ -28,11 +28,13 @@ UNIT_SALES_MEANING = ("forecast units sold, median-like: expm1 of the predicted 
 EXPECTED_UNITS_MEANING = ("expected units sold (the bias-corrected mean: unit_sales + 1 times a factor fitted on "
                           "the model's inner validation, minus 1): sum these for orders and totals; absent when "
                           "the served model predates them")
-STORE_CLOSED_MEANING = (f"present (true) on {CLOSED_DAY_MEANING}; and on every day after the last sales date of "
-                        f"{CLOSED_FOR_GOOD_MEANING}: unit_sales and expected_units are then 0")
+STORE_CLOSED_MEANING = (f"present (true) on {CLOSED_DAY_MEANING}; on {WEEKLY_CLOSED_MEANING}; and on every day "
+                        f"after the last sales date of {CLOSED_FOR_GOOD_MEANING}: unit_sales and expected_units are "
+                        "then 0")
 CLOSED_REASON_MEANING = ("present with store_closed: why the store is closed that day, either the closed-day meaning "
-                         "above or, for a store closed for good, 'the store has closed for good: no sales since "
-                         "YYYY-MM-DD' (its last sales date)")
+                         "above, 'the store closes on <weekday>s: ...' for a weekday it closes every week, or, for a "
+                         "store closed for good, 'the store has closed for good: no sales since YYYY-MM-DD' (its last "
+                         "sales date)")
 
 
 def openapi_document(max_batch: int, max_body_bytes: int, example: Example = DEFAULT_DATA_EXAMPLE) -> dict:

@@ -16,6 +16,16 @@ earlier, so it is never a closed day. The year-ago date and the week around it m
 the bundle's history window (``features.history_days`` of at least 366 + ``WEEK_DAYS``; the
 default 392 does): a shorter window knows no closed days.
 
+A store that closes on a weekday every week (a chain closed on Sundays) has no rows on it, so, as on Christmas, no
+model trains on such a target, and its forecast was the model's guess for a day of the week it never saw sold: a
+probe's chain closed on Sundays was forecast 12.95 and 14.03 units on its two horizon Sundays where its open days
+got 2.4-6.3. So a horizon day is closed too when the store sold nothing on that weekday in each of the last
+``WEEKLY_WEEKS`` weeks of the history (up to the origin) while it sold on at least ``WEEKLY_OPEN_SHARE`` of the
+other days of those weeks on the weekdays it opens (a store that sells most days: a slow store's Sundays without a
+sale, a store shut for weeks or one not yet open are none); or when no store did, by the same rule over all stores
+together (a store opened since closes with the chain). A history window shorter than ``WEEKLY_WEEKS`` weeks knows
+no weekly closures.
+
 A store that has closed for good (the bundle's ``closed_stores``: prepare ended its grid at its last row, as it
 had no row on train.csv's last ``prepare.closed_after_days`` sales days; pipeline/history.py ``closed_stores``) is
 closed on every day after its last sales date, whatever it did a year earlier.
@@ -42,6 +52,20 @@ CLOSED_FOR_GOOD_MEANING = ("a store that has closed for good (no sales on the la
                            "days of the model's data)")
 
 
+WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+WEEKLY_WEEKS = 8  # a weekday without sales in each of the store's last this many weeks, up to the origin ...
+WEEKLY_OPEN_SHARE = 0.9  # ... while it sold on at least this share of the days of its other (open) weekdays
+WEEKLY_CLOSED_MEANING = (f"a weekday the store closes every week: it sold nothing on it in each of the last "
+                         f"{WEEKLY_WEEKS} weeks though it sold on nearly every other day, or no store did")
+
+
+def weekly_closed_reason(day: int) -> str:
+    """What a weekly closure's answer says, in the API's ``closed_reason`` and on the form (day: a day number)."""
+    weekday = WEEKDAY_NAMES[(int(day) + 3) % 7]  # 1970-01-01 was a Thursday
+    return (f"the store closes on {weekday}s: no sales on any of the last {WEEKLY_WEEKS} {weekday}s (by the store, "
+            f"or by any store) though sales on nearly every other day of those weeks")
+
+
 def closed_for_good_reason(last_sales_day: int) -> str:
     """What a closed-for-good answer says, in the API's ``closed_reason`` and on the form."""
     last = dt.date(1970, 1, 1) + dt.timedelta(days=int(last_sales_day))
@@ -63,13 +87,53 @@ def year_earlier(day: int) -> int | None:
         return None
 
 
-def closed_store_days(snapshot: HistorySnapshot) -> np.ndarray:
+def _store_totals(snapshot: HistorySnapshot, stores: np.ndarray, low: int, high: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Units each store sold on each of the window's columns ``low:high``: (by store [stores with series, span],
+    each of ``stores``' row in it, whether it has one). The snapshot's series must not be empty."""
+    series_store = np.asarray(snapshot.store_nbr, np.int64)  # sorted: each store's series are one run
+    starts = np.flatnonzero(np.r_[True, series_store[1:] != series_store[:-1]])
+    # one pass over the series: Favorita's 220 k x ~30-56 days
+    by_store = np.add.reduceat(np.ascontiguousarray(snapshot.sales[:, low:high]), starts, axis=0)  # >= 0: no cancelling
+    position = np.searchsorted(series_store[starts], stores)
+    has_series = (position < starts.size) & (series_store[starts[np.minimum(position, starts.size - 1)]] == stores)
+    return by_store, np.minimum(position, starts.size - 1), has_series
+
+
+def weekly_closed_store_days(snapshot: HistorySnapshot) -> np.ndarray:
+    """[K, H] bool as ``closed_store_days``: True on a horizon day of a weekday the store closes every week (module
+    docstring: no sales on it in each of the last WEEKLY_WEEKS weeks, sales on nearly every other day; or so for
+    the chain)."""
+    stores = np.asarray(snapshot.stores["store_nbr"], np.int64)
+    days = np.asarray(snapshot.calendar_days, np.int64)
+    closed = np.zeros((stores.size, days.size), bool)
+    width, span = snapshot.sales.shape[1], 7 * WEEKLY_WEEKS
+    if width < span or snapshot.store_nbr.size == 0 or days.size == 0:
+        return closed
+    by_store, position, has_series = _store_totals(snapshot, stores, width - span, width)
+    totals = np.vstack([by_store, by_store.sum(axis=0, keepdims=True)])  # each store's, then the chain's
+    sold = (totals > 0).reshape(totals.shape[0], WEEKLY_WEEKS, 7).sum(axis=1)  # [rows, 7]: weeks it sold on each
+    never = sold == 0
+    open_days = (~never).sum(axis=1) * WEEKLY_WEEKS
+    daily = (open_days > 0) & (sold.sum(axis=1) >= WEEKLY_OPEN_SHARE * open_days)
+    weekday_closed = np.zeros((totals.shape[0], 7), bool)  # by weekday, Monday 0
+    first_day = int(snapshot.origin_day) - span + 1
+    weekday_closed[:, (first_day + np.arange(7) + 3) % 7] = never & daily[:, None]
+    horizon_weekday = (days + 3) % 7
+    closed[:] = weekday_closed[-1, horizon_weekday][None, :]  # the chain's: every store, those opened since too
+    closed[has_series] |= weekday_closed[position[has_series]][:, horizon_weekday]
+    return closed
+
+
+def closed_store_days(snapshot: HistorySnapshot, weekly: np.ndarray | None = None) -> np.ndarray:
     """[K, H] bool, stores in ``snapshot.stores['store_nbr']`` order and the horizon's ``calendar_days``: True where
-    the store is taken to be closed (module docstring): on a date it was closed a year earlier, or on every day
-    after the last sales date of a store closed for good."""
+    the store is taken to be closed (module docstring): on a date it was closed a year earlier, on a weekday it closes
+    every week (``weekly``: ``weekly_closed_store_days``, computed here when not given), or on every day after the
+    last sales date of a store closed for good."""
     stores = np.asarray(snapshot.stores["store_nbr"], np.int64)
     days = np.asarray(snapshot.calendar_days, np.int64)
     closed = _closed_for_good(snapshot, stores, days) >= 0
+    closed |= weekly_closed_store_days(snapshot) if weekly is None else weekly
     width = snapshot.sales.shape[1]
     first_column_day = int(snapshot.origin_day) - width + 1
     columns = {}  # horizon position -> column of its year-ago date, where the guard days lie in the window
@@ -80,12 +144,7 @@ def closed_store_days(snapshot: HistorySnapshot) -> np.ndarray:
     if not columns or snapshot.store_nbr.size == 0:
         return closed
     low, high = min(columns.values()) - WEEK_DAYS, max(columns.values()) + WEEK_DAYS + 1
-    series_store = np.asarray(snapshot.store_nbr, np.int64)  # sorted: each store's series are one run
-    starts = np.flatnonzero(np.r_[True, series_store[1:] != series_store[:-1]])
-    # units each store sold on each day of the span (one pass over the series: Favorita's 220 k x ~30 days)
-    by_store = np.add.reduceat(np.ascontiguousarray(snapshot.sales[:, low:high]), starts, axis=0)  # >= 0: no cancelling
-    position = np.searchsorted(series_store[starts], stores)
-    has_series = (position < starts.size) & (series_store[starts[np.minimum(position, starts.size - 1)]] == stores)
+    by_store, position, has_series = _store_totals(snapshot, stores, low, high)  # units by store and day of the span
     chain = by_store.sum(axis=0)
     for h, column in columns.items():
         around = slice(column - WEEK_DAYS - low, column + WEEK_DAYS + 1 - low)
@@ -116,7 +175,8 @@ class ClosedDays:
     and the replay of production's answers (pipeline/release_replay.py) share."""
 
     def __init__(self, snapshot: HistorySnapshot):
-        self.table = closed_store_days(snapshot)  # [stores, horizon days]
+        self._weekly = weekly_closed_store_days(snapshot)  # [stores, horizon days]: its reason is its own
+        self.table = closed_store_days(snapshot, self._weekly)  # [stores, horizon days]
         self._stores = np.asarray(snapshot.stores["store_nbr"], np.int64)
         self._first_day = int(snapshot.origin_day) + 1
         # [stores, horizon days]: the last sales day of a store closed for good by then, else -1
@@ -130,8 +190,13 @@ class ClosedDays:
 
     def reasons(self, store_nbr, days) -> list[str | None]:
         """Why each row's store is closed on its day, as the API's ``closed_reason`` says it: closed for good since
-        its last sales date, or CLOSED_DAY_MEANING; None where it is open. Rows as for ``of``."""
+        its last sales date, closed on that weekday every week (``weekly_closed_reason``), or CLOSED_DAY_MEANING;
+        None where it is open. Rows as for ``of``."""
         rows = np.searchsorted(self._stores, np.asarray(store_nbr, np.int64))
         columns = np.asarray(days, np.int64) - self._first_day
-        return [None if not shut else closed_for_good_reason(last) if last >= 0 else CLOSED_DAY_MEANING
-                for shut, last in zip(self.table[rows, columns].tolist(), self._for_good[rows, columns].tolist())]
+        return [None if not shut else closed_for_good_reason(last) if last >= 0
+                else weekly_closed_reason(day) if weekly else CLOSED_DAY_MEANING
+                for shut, last, weekly, day in zip(self.table[rows, columns].tolist(),
+                                                   self._for_good[rows, columns].tolist(),
+                                                   self._weekly[rows, columns].tolist(),
+                                                   np.asarray(days, np.int64).tolist())]

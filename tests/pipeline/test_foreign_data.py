@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -233,6 +234,21 @@ def test_a_chain_closed_on_sundays_is_evaluated_on_its_validation_window(tmp_pat
     assert "outside the model's forecast window" not in err, err
     assert "evaluate: error" not in err, err
     assert "window(s)" in out, out
+
+    # served from the last sales day on, its horizon Sundays are closed days, answered 0: no model trained on a
+    # Sunday (before, the model's guess for a weekday it never saw sold was served)
+    from pipeline.bundle import load_bundle
+    from pipeline.closed_days import ClosedDays
+    from pipeline.serving_bundle import roll_forward
+
+    roll_forward(root, root / "models/candidate", root / "models/production", candidate_digest="test")
+    snapshot = load_bundle(root / "models/production").snapshot
+    days = np.asarray(snapshot.calendar_days, np.int64)
+    sundays = (days + 3) % 7 == 6
+    assert sundays.sum() == 2
+    stores = np.asarray(snapshot.stores["store_nbr"], np.int64)
+    for store in stores.tolist():
+        assert ClosedDays(snapshot).of(np.full(days.size, store), days).tolist() == sundays.tolist(), store
 
 
 @pytest.fixture(scope="module")
