@@ -90,6 +90,22 @@ def test_a_single_item_store_closed_on_the_date_and_sales_right_around_it():
     assert _closed(guard_edge) == {1: [], 2: []}  # closed on every guard day after it too: shut, not a day off
 
 
+def test_a_slow_stores_day_without_a_sale_a_year_ago_is_no_closure():
+    """A store whose days without a sale are common is not closed on each of their dates a year later: before, a
+    store selling every other day was answered closed (0 units, "such as Christmas") on half its horizon days, and
+    stores selling a Poisson 2 units a day in all on 13 % of theirs. A day without a sale is a closure only in a
+    daily seller: at most MAX_MISSED_DAYS days without a sale on its open weekdays in the last 8 weeks. Store 2 was
+    shut on 2015-12-28 and missed 3 days lately (still a daily seller): closed on 2016-12-28; store 3, the same with
+    4 missed days, and store 4, selling every other day, are not."""
+    days = ORIGIN - 400 + 1 + np.arange(400)
+    recent = days[-7 * 8:]
+    missed = [str(np.datetime64(int(d), "D")) for d in recent[[3, 17, 30, 44]]]  # 4 days, none of one weekday
+    every_other = np.where(days % 2 == 0, 3.0, 0.0)
+    snapshot = _snapshot({1: _daily(), 2: _daily(zero=("2015-12-28", *missed[:3])),
+                          3: _daily(zero=("2015-12-28", *missed)), 4: every_other})
+    assert _closed(snapshot) == {1: [], 2: ["2016-12-28"], 3: [], 4: []}
+
+
 def test_a_store_closed_on_one_weekday_every_week_is_not_closed_a_year_later():
     """A chain closed on Sundays is daily data (prepare says so). 2015-12-27 was a Sunday, 2016-12-27 a Tuesday:
     taken as a closed day, every date whose year-ago date was a Sunday (a seventh of them) was forecast 0. Store 2
