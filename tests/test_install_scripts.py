@@ -348,9 +348,9 @@ def test_make_venv_interrupted_mid_install_ends_in_one_line_not_a_traceback(tmp_
                                    text=True, env=pip_environment(), start_new_session=True)
         try:
             said = []
-            for line in running.stdout:  # wait until pip is at the download
-                said.append(line)
-                if line.startswith("venv: pip is still on"):
+            for line in running.stdout:  # wait until pip is at the download, not still importing itself (a
+                said.append(line)  # Ctrl-C then is Python's traceback of pip's imports, not pip's or ours)
+                if line.startswith("venv: pip is still on: Collecting"):
                     break
             os.killpg(running.pid, signal.SIGINT)
             out, err = running.communicate(timeout=60)
