@@ -31,6 +31,7 @@ from pipeline.features import (
 from pipeline.bundle import EXPECTED_OUTPUT, PREDICTION_OUTPUT
 from pipeline.history import SalesHistory, promotion_known, rows_for_pairs, target_rows
 from pipeline.metrics import perishable_weights
+from pipeline.stage import bars_drawn
 
 DEFAULT_CHUNK_ROWS = 32_768  # rows per feature chunk: ~0.5 GB of build_features temporaries at 392 days
 STATISTICS_ROWS = 1_000_000  # a streamed set's normalization and drift statistics come from a sample this size
@@ -129,7 +130,8 @@ class ExampleStream:
         """Examples chunk by chunk, pairs in ``order`` (default: as given)."""
         order = np.arange(self.pairs) if order is None else order
         starts = range(0, order.size, self.chunk_pairs)
-        for start in tqdm(starts, desc=f"{self.label}: features", unit="chunk", disable=not progress, leave=False):
+        for start in tqdm(starts, desc=f"{self.label}: features", unit="chunk",
+                          disable=not bars_drawn(progress), leave=False):
             yield self.build(order[start:start + self.chunk_pairs])
 
     def materialize(self, progress: bool = False) -> Examples:
@@ -153,7 +155,7 @@ class ExampleStream:
 
         def epoch_batches(epoch: int):
             batches = self.batches(batch_size, seed * 100_003 + epoch)
-            if progress:
+            if bars_drawn(progress):
                 batches = tqdm(batches, total=-(-self.count_rows() // batch_size), unit="batch", leave=False,
                                desc=f"{self.label}: epoch {epoch + 1}, streamed batches")
             return en_data.prefetch(batches)
@@ -213,7 +215,7 @@ def forecasts_at_origin(history: SalesHistory, spec: FeatureSpec, vocab: Vocabul
     per_chunk = max(1, chunk_rows // days)
     parts = []
     for start in tqdm(range(0, n_series, per_chunk), desc="forecasts: series chunks", unit="chunk",
-                      disable=not progress, leave=False):
+                      disable=not bars_drawn(progress), leave=False):
         index = np.arange(start, min(n_series, start + per_chunk))
         rows, units, perishable, series = rows_for_pairs(history, index, np.full(index.size, origin_col),
                                                          spec.history_days, days, categorical=categorical)

@@ -102,11 +102,26 @@ def os_error_text(exc: OSError) -> str:
     return f"{where}: {reason}"
 
 
+def bars_drawn(progress: bool) -> bool:
+    """Whether a progress bar is drawn: progress is wanted (no ``--quiet``) and stderr, where tqdm draws, is a
+    terminal. Every bar of every command asks this (``tqdm(..., disable=not bars_drawn(progress))``). Into a CI log,
+    a file or a pipe a bar is no progress anyone sees: tqdm redraws it with carriage returns up to 10 times a second,
+    one endless line of frames (``dvc repro > log 2>&1``: 4 bars' frames on train's stderr at the tiny scale, one per
+    0.1 s of a long prepare or download); the step lines and the summary line on stdout are the log's progress."""
+    if not progress:
+        return False
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a stream without isatty, or one closed
+        return False
+
+
 @contextlib.contextmanager
 def artifact_bars_off(quiet: bool) -> Iterator[None]:
-    """MLflow's download bars off while a quiet stage runs, unless the user set the switch; the environment is left
-    as it was found (a stage run in-process, by a test or pipeline.sweep, changes nothing after it)."""
-    ours = quiet and ARTIFACT_BARS_SWITCH not in os.environ
+    """MLflow's download bars off while a stage runs that draws none (--quiet, or stderr not a terminal:
+    :func:`bars_drawn`), unless the user set the switch; the environment is left as it was found (a stage run
+    in-process, by a test or pipeline.sweep, changes nothing after it)."""
+    ours = not bars_drawn(not quiet) and ARTIFACT_BARS_SWITCH not in os.environ
     if ours:
         os.environ[ARTIFACT_BARS_SWITCH] = "false"
     try:

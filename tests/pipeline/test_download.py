@@ -12,6 +12,7 @@ import http.server
 import os
 import re
 import struct
+import sys
 import threading
 import urllib.parse
 import zipfile
@@ -554,6 +555,7 @@ def test_a_folder_urls_token_is_in_no_line_source_or_download_prints(http_server
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
 
     def lines(main) -> tuple[int, str]:
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # capsys's stream as a terminal: bars are drawn
         status = main(["--root", str(tmp_path)])  # with progress bars
         out, err = capsys.readouterr()
         assert "S3CRET" not in out + err, out + err

@@ -132,11 +132,16 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_write(tmp_path):
     assert not (data / f".metrics.json.{dead}-q1w2e3.tmp").exists() and (data / "metrics.json").read_text() == "{}"
 
 
-@pytest.mark.parametrize("quiet", [True, False])
-def test_quiet_also_silences_mlflows_artifact_download_bars(quiet, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("quiet, terminal", [(True, True), (False, True), (False, False)])
+def test_quiet_also_silences_mlflows_artifact_download_bars(quiet, terminal, tmp_path, monkeypatch, capsys):
     """Found by a probe: `promote --quiet` fetching a registry version printed MLflow's 'Downloading artifacts'
-    bars. A real download from a sqlite store; without --quiet the bars stay (they are progress)."""
+    bars. A real download from a sqlite store; without --quiet the bars stay on a terminal (they are progress), and
+    into a CI log, where no bar is drawn (stage.bars_drawn), MLflow's are off too."""
+    import sys
+
     from pipeline import tracking
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)  # capsys's stream, as a terminal or a log
 
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "unset")
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")  # restored to its state before the test afterwards
@@ -157,7 +162,7 @@ def test_quiet_also_silences_mlflows_artifact_download_bars(quiet, tmp_path, mon
     (tmp_path / "fetched").mkdir()
     assert run_stage("promote", fetch, ["--quiet"] if quiet else []) == 0
     err = capsys.readouterr().err
-    assert ("Downloading artifacts" in err) is not quiet, err
+    assert ("Downloading artifacts" in err) is (terminal and not quiet), err
     assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # the stage left the environment as it found it
     assert sorted(p.name for p in (tmp_path / "fetched" / "bundle").iterdir()) == [f"part{k}.txt" for k in range(3)]
 
@@ -539,3 +544,58 @@ def test_a_signal_whose_handler_runs_in_a_finaliser_still_ends_the_stage(signal_
     assert (done.returncode, done.stderr) == (status, f"demo: {words}; rerun it (an output is only ever replaced "
                                                       "whole: none is half-written)\n")
     assert (tmp_path / "cleaned-up").read_text() == "yes"
+
+
+def _download_with_stderr_on(stderr_end, root):
+    """``python -m pipeline.download`` (synthetic, tiny) in ``root`` with its stderr on ``stderr_end``."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("SHELFCAST_DATA_SOURCE", None)
+    return subprocess.Popen([sys.executable, "-m", "pipeline.download"], cwd=root, stdout=subprocess.PIPE,
+                            stderr=stderr_end, env=env)
+
+
+def test_progress_bars_are_drawn_on_a_terminal_and_not_into_a_ci_log(tmp_path):
+    """Found by a probe: every stage drew its tqdm bars wherever stderr went, so `dvc repro > ci.log 2>&1` (a CI
+    job's log) held carriage-return frames, 10 a second on one endless line, with no --quiet given (which also drops
+    the step lines). A bar is drawn only where stderr is a terminal (stage.bars_drawn); the summary line stays."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    import yaml
+
+    from .conftest import tiny_params
+
+    for name in ("log", "terminal"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+
+    with _download_with_stderr_on(subprocess.PIPE, tmp_path / "log") as logged:
+        out, err = logged.communicate(timeout=120)
+    assert logged.returncode == 0 and out.decode().startswith("download: synthetic: "), out + err
+    assert b"\r" not in err and b"synthetic: months" not in err, err  # no frames in the log
+
+    terminal, their_end = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal's 100 columns
+    with _download_with_stderr_on(their_end, tmp_path / "terminal") as shown_on:
+        os.close(their_end)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # EIO: the other end closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+        out = shown_on.stdout.read()
+    os.close(terminal)
+    assert shown_on.wait(timeout=120) == 0 and out.decode().startswith("download: synthetic: "), out
+    assert b"synthetic: months" in shown and b"\r" in shown, shown  # a person at a terminal sees the bar
