@@ -11,6 +11,7 @@ refuses, and never says what to do: ``failure`` keeps its reason and adds the re
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import threading
 from pathlib import Path
 
 from pipeline import command_name
-from pipeline.stage import run_interruptible
+from pipeline.stage import output_any_terminal_can_take, run_interruptible
 
 CREDENTIALS = ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (an s3:// remote; CI: the secrets "
                "DVC_REMOTE_ACCESS_KEY_ID and DVC_REMOTE_SECRET_ACCESS_KEY)")
@@ -156,10 +157,13 @@ def push(root: Path) -> int:
 def main(argv=None) -> int:
     """Not a stage (no run_stage): Ctrl-C and SIGTERM end it as they end one (`dvc push` ended with it, not left
     running), then the one line and 130 / 143."""
-    args = sys.argv[1:] if argv is None else argv
-    if args != ["push"]:
-        print("usage: python -m pipeline.dvc_remote push", file=sys.stderr)
-        return 2
+    output_any_terminal_can_take()
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.dvc_remote",
+        description="make dvc-push: push the project's DVC-tracked data and models to its default DVC remote "
+                    "(nothing to push without one); a failure is one line saying what went wrong and what to do.")
+    parser.add_argument("command", choices=["push"], help="dvc push to the default remote (the only command)")
+    parser.parse_args(argv)  # --help: the help and 0; anything else: usage, the error and 2
     return run_interruptible(command_name("dvc_remote"), lambda: push(Path.cwd()))
 
 

@@ -142,3 +142,22 @@ def test_every_caller_of_dvc_remote_list_says_the_same_one_line_reason(tmp_path)
         assert "Traceback" not in said and said.strip().count("\n") == 0, said
     assert "not DVC-tracked or pushed" in published and "not checked in the remote" in checked
     assert "mend .dvc/config" in str(pruned.value) and "mend .dvc/config" in pushed.stderr  # what to do
+
+
+def test_dvc_push_help_is_its_help_and_a_wrong_command_its_usage(capsys):
+    """Found by a probe: `python -m pipeline.dvc_remote --help` printed only `usage: ... push` to stderr and exited
+    2, as for a mistake; every other command's --help is its help and 0. A missing or unknown command is argparse's
+    usage and error, exit 2."""
+    from pipeline.dvc_remote import main
+
+    with pytest.raises(SystemExit) as helped:
+        main(["--help"])
+    out, err = capsys.readouterr()
+    assert helped.value.code == 0 and err == "", err
+    assert out.startswith("usage: python -m pipeline.dvc_remote") and "make dvc-push" in out and "push" in out, out
+    for wrong, said in (([], "the following arguments are required: command"),
+                        (["pull"], "invalid choice: 'pull'"), (["push", "--bogus"], "unrecognized arguments: --bogus")):
+        with pytest.raises(SystemExit) as refused:
+            main(wrong)
+        out, err = capsys.readouterr()
+        assert refused.value.code == 2 and out == "" and said in err and err.startswith("usage: "), (wrong, err)
