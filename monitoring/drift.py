@@ -36,7 +36,7 @@ from monitoring.serving_data import EventShapeError
 from pipeline.atomic import write_json_atomic, write_text_atomic
 from pipeline.bundle import BundleError, verify_bundle
 from pipeline.drift_stats import ROLE_CALENDAR
-from pipeline.stage import output_any_terminal_can_take
+from pipeline.stage import output_any_terminal_can_take, stdout_closed, stopped_writing
 
 DEFAULT_BUNDLE = Path("models/production")
 DEFAULT_OUTPUT_DIR = Path("logs/drift")
@@ -262,8 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BundleError, EventSourceError, EventShapeError, ActualsError, DriftParamsError) as exc:
         print(f"drift: error: {exc}", file=sys.stderr)
     except Exception as exc:  # noqa: BLE001 a bug is still an error (2), never the alarm (1) cron acts on
-        if isinstance(exc, BrokenPipeError):  # stdout closed early (`| head`): nothing more can go there
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if stdout_closed(exc):  # stdout closed early (`| head`): the one line and 141, as every command
+            return stopped_writing("drift")
         traceback.print_exc()
         print(f"drift: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
     return EXIT_ERROR

@@ -57,7 +57,7 @@ from pipeline.actuals import read_actuals
 from pipeline.atomic import DirectoryBusy, one_writer, scratch_directory, write_text_atomic
 from pipeline.bundle import BundleError
 from pipeline.stage import (interruption_behind, output_any_terminal_can_take, run_interruptible, second_signal_leaves,
-                            settled)
+                            settled, stdout_closed)
 from pipeline.model_params import model_named, production_alias, registered_model
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, event_time,
                                     event_units, finite_number, is_closed_day, log_marks, prediction_log,
@@ -1400,6 +1400,8 @@ def _release(argv) -> int:
                 return deploy_exit_status(report)
     except (ReleaseError, BundleError, registry_fetch.FetchError, tracking.TrackingError, EventSourceError, ValueError,
             OSError, DirectoryBusy) as exc:  # an ActualsError is a ValueError
+        if stdout_closed(exc):
+            raise  # `release status | head -1`: run_interruptible's stop, not an error
         print(f"release: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -21,6 +21,7 @@ import _thread
 import argparse
 import contextlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -282,6 +283,42 @@ def output_any_terminal_can_take() -> None:
         stream.reconfigure(errors="backslashreplace")
 
 
+STDOUT_CLOSED_STATUS = 141  # 128 + SIGPIPE: what a shell reports for a writer whose pipe's reader has gone
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (``| head -1`` after its line): the write end polls as an
+    error. A BrokenPipeError of another pipe or socket (a server's, a child's) is that write's error, not this."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # none, closed, or not a file (a test's capture)
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def stdout_closed(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write's BrokenPipeError because stdout's reader has gone: :func:`stopped_writing`'s case,
+    not an error (a command that catches OSError for its one error line asks this first)."""
+    return isinstance(exc, BrokenPipeError) and stdout_reader_gone()
+
+
+def stopped_writing(name: str) -> int:
+    """A command whose stdout's reader has gone (``python -m pipeline.train | head -1``) ends as a Unix filter does
+    there, status 141, its ``finally`` blocks run (the print raised through them), with one line on stderr instead
+    of a BrokenPipeError traceback (the summary's print) or ``train: error: Broken pipe`` and 1 (a print in the
+    stage, taken for its error). Its stdout goes to /dev/null first: Python's flush of it at exit raised again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    with contextlib.suppress(OSError, ValueError):
+        print(f"{name}: stopped: stdout was closed (its reader ended, as `| head` does after its lines)",
+              file=sys.stderr, flush=True)
+    return STDOUT_CLOSED_STATUS
+
+
 def run_stage(name: str, body: Body, argv: list[str] | None = None,
               errors: tuple[type[BaseException], ...] = (), description: str | None = None,
               options: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
@@ -306,7 +343,7 @@ def run_stage(name: str, body: Body, argv: list[str] | None = None,
             with artifact_bars_off(args.quiet):
                 outcome = body(args)
         except Exception as exc:
-            if interruption_behind(exc) is not None:
+            if interruption_behind(exc) is not None or stdout_closed(exc):
                 raise  # run_interruptible's line and status, not an error's
             if isinstance(exc, USER_ERRORS + tuple(errors)):
                 label, code = getattr(exc, "label", "error"), getattr(exc, "exit_code", 1)
@@ -340,5 +377,7 @@ def run_interruptible(name: str, command: Callable[[], int]) -> int:
     except (KeyboardInterrupt, Exception) as exc:
         interruption = interruption_behind(exc)
         if interruption is None:
+            if stdout_closed(exc):
+                return stopped_writing(name)
             raise
         return signals.reported(isinstance(interruption, Terminated), getattr(interruption, OUTCOME, None))

@@ -1078,3 +1078,21 @@ def test_an_elasticsearch_url_whose_port_is_no_port_is_refused_in_one_line(monke
         with pytest.raises(EventSourceError, match="port") as refused:
             ElasticsearchEvents(url)
         assert "s3cret" not in str(refused.value) and "127.0.0.1" in str(refused.value), refused.value
+
+
+def test_drift_whose_stdout_reader_has_gone_stops_in_one_line_with_141(stream, jsonl, production_bundle, tmp_path,
+                                                                       monkeypatch, capsys):
+    """`make drift | head -1`: drift's reader gone before its summary was a BrokenPipeError traceback and
+    `drift: error: unexpected BrokenPipeError`, exit 2 (cron's "error"). Now every command's stop: 141, one line."""
+    import os
+    import sys
+
+    events = jsonl(tmp_path / "predictions.jsonl", stream(200, seed=1))
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    monkeypatch.setattr(sys, "stdout", open(write_end, "w", encoding="utf-8", buffering=1))  # as a print shows it
+    code = drift.main(["--bundle", str(production_bundle), "--events", str(events), "--params",
+                       str(tmp_path / "none.yaml"), "--output-dir", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert code == 141 and err == "drift: stopped: stdout was closed (its reader ended, as `| head` does after its " \
+                                  "lines)\n", err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -599,3 +600,65 @@ def test_progress_bars_are_drawn_on_a_terminal_and_not_into_a_ci_log(tmp_path):
     os.close(terminal)
     assert shown_on.wait(timeout=120) == 0 and out.decode().startswith("download: synthetic: "), out
     assert b"synthetic: months" in shown and b"\r" in shown, shown  # a person at a terminal sees the bar
+
+
+@contextlib.contextmanager
+def stdout_without_a_reader(monkeypatch):
+    """sys.stdout as a pipe whose reader has gone (``| head -1`` after its line): a write raises BrokenPipeError."""
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    stream = open(write_end, "w", encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", stream)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            stream.close()
+
+
+def test_a_stage_whose_stdout_reader_has_gone_stops_in_one_line_with_141(tmp_path):
+    """Found by a probe: `python -m pipeline.split | head -1`-like pipes whose reader ended before the summary line
+    was a BrokenPipeError traceback, exit 1; `python -m pipeline.train | head -1` was `train: error: Broken pipe`,
+    exit 1, as if training had failed. Now the Unix filter's status, 141, and one line on stderr saying why."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from .conftest import REPO, tiny_params
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("SHELFCAST_DATA_SOURCE", None)
+    done = subprocess.run([sys.executable, "-m", "pipeline.source"], cwd=tmp_path, stdout=write_end,
+                          stderr=subprocess.PIPE, env=env, timeout=120, text=True)
+    os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ("source: stopped: stdout was closed (its reader ended, as `| head` does after its "
+                           "lines)\n"), done.stderr
+
+
+def test_a_print_in_a_stage_to_a_stdout_without_reader_unwinds_the_stage_and_is_no_error(monkeypatch, capsys):
+    cleaned = []
+
+    def body(args):
+        try:
+            print("step 1", flush=True)
+        finally:
+            cleaned.append(True)  # the stage's cleanup (train's MLflow run marked FAILED) ran
+
+    with stdout_without_a_reader(monkeypatch):
+        assert run_stage("train", body, []) == 141
+    assert cleaned == [True]
+    assert capsys.readouterr().err.startswith("train: stopped: stdout was closed")
+
+
+def test_a_broken_pipe_of_another_channel_is_still_the_stages_error(capsys):
+    """Only stdout's reader gone is a stop: a server's or a child's closed pipe stays the stage's error."""
+    refused = BrokenPipeError(32, "Broken pipe")
+    assert run_stage("promote", stage_failing_with(refused), []) == 1
+    assert capsys.readouterr().err == "promote: error: Broken pipe\n"
