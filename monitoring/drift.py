@@ -36,7 +36,8 @@ from monitoring.serving_data import EventShapeError
 from pipeline.atomic import write_json_atomic, write_text_atomic
 from pipeline.bundle import BundleError, verify_bundle
 from pipeline.drift_stats import ROLE_CALENDAR
-from pipeline.stage import output_any_terminal_can_take, stdout_closed, stopped_writing
+from pipeline.stage import (interruption_behind, output_any_terminal_can_take, run_interruptible, stdout_closed,
+                            stopped_writing)
 
 DEFAULT_BUNDLE = Path("models/production")
 DEFAULT_OUTPUT_DIR = Path("logs/drift")
@@ -238,6 +239,12 @@ def run(bundle: Path, events_path: Path | None, elasticsearch: str | None, index
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Ctrl-C and SIGTERM end it as they end a stage: the one line and 130 / 143 (run_interruptible), not a
+    KeyboardInterrupt traceback and -2; its exit statuses 0 (ok), 1 (alarm) and 2 (error) are the report's alone."""
+    return run_interruptible("drift", lambda: _drift(argv))
+
+
+def _drift(argv: Sequence[str] | None) -> int:
     output_any_terminal_can_take()
     parser = argparse.ArgumentParser(prog="python -m monitoring.drift", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="model bundle (default: %(default)s)")
@@ -262,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BundleError, EventSourceError, EventShapeError, ActualsError, DriftParamsError) as exc:
         print(f"drift: error: {exc}", file=sys.stderr)
     except Exception as exc:  # noqa: BLE001 a bug is still an error (2), never the alarm (1) cron acts on
+        if interruption_behind(exc) is not None:
+            raise  # a Ctrl-C another error carries (an import's RuntimeError): run_interruptible's line
         if stdout_closed(exc):  # stdout closed early (`| head`): the one line and 141, as every command
             return stopped_writing("drift")
         traceback.print_exc()

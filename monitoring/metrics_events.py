@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from monitoring.monitoring_events import emit_monitoring_event
 from pipeline.bundle import BundleError, verify_bundle
-from pipeline.stage import output_any_terminal_can_take
+from pipeline.stage import output_any_terminal_can_take, run_interruptible
 
 TAG = "shelfcast.metrics"
 DEFAULT_METRICS = Path("results/metrics.json")
@@ -98,6 +98,12 @@ def emit_validation_metrics(metrics_path: Path | str = DEFAULT_METRICS,
 
 
 def main(argv=None) -> int:
+    """Ctrl-C and SIGTERM (a Fluentd that does not answer) end it as they end a stage: the one line and 130 / 143
+    (run_interruptible), not a KeyboardInterrupt traceback; a stdout whose reader has gone, one line and 141."""
+    return run_interruptible("metrics-event", lambda: _metrics_event(argv))
+
+
+def _metrics_event(argv) -> int:
     output_any_terminal_can_take()
     parser = argparse.ArgumentParser(prog="python -m monitoring.metrics_events", description=__doc__.splitlines()[0])
     parser.add_argument("--metrics", type=Path, default=DEFAULT_METRICS)

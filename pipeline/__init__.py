@@ -26,7 +26,8 @@ def interruption_line(command: str, terminated: bool, outcome: str | None = None
 
 
 # the commands that name themselves in their lines as their make target does, not as their module
-_NAMED_AS_TARGET = {"dvc_remote": "dvc-push", "registry_fetch": "fetch-model"}
+_NAMED_AS_TARGET = {"dvc_remote": "dvc-push", "registry_fetch": "fetch-model", "metrics_events": "metrics-event",
+                    "setup_stack": "setup"}
 
 
 def command_name(module: str) -> str:
