@@ -373,7 +373,8 @@ def run_interruptible(name: str, command: Callable[[], int]) -> int:
     try:
         with signals:  # Ctrl-C and SIGTERM go from the start guard's to this block's handlers, one step each
             command_started()
-            return command()
+            with artifact_bars_off(quiet=False):  # MLflow's download bars only on a terminal: release's, fetch-model's
+                return command()
     except (KeyboardInterrupt, Exception) as exc:
         interruption = interruption_behind(exc)
         if interruption is None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 
 import pytest
 
 from pipeline.atomic import atomic_directory, atomic_file
-from pipeline.stage import Terminated, os_error_text, run_stage
+from pipeline.stage import Terminated, os_error_text, run_interruptible, run_stage
 
 
 def stage_failing_with(error: BaseException):
@@ -164,6 +165,11 @@ def test_quiet_also_silences_mlflows_artifact_download_bars(quiet, terminal, tmp
     assert run_stage("promote", fetch, ["--quiet"] if quiet else []) == 0
     err = capsys.readouterr().err
     assert ("Downloading artifacts" in err) is (terminal and not quiet), err
+    if not quiet:  # a command that is not a stage (release sync, fetch-model): run_interruptible, the same rule
+        shutil.rmtree(tmp_path / "fetched" / "bundle")
+        assert run_interruptible("release", lambda: 0 if fetch(None) else 1) == 0
+        err = capsys.readouterr().err
+        assert ("Downloading artifacts" in err) is terminal, err  # into a log: 744 bytes, 9 frames of release sync
     assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # the stage left the environment as it found it
     assert sorted(p.name for p in (tmp_path / "fetched" / "bundle").iterdir()) == [f"part{k}.txt" for k in range(3)]
 
