@@ -76,7 +76,7 @@ MODEL_SOURCE ?= mlflow
 fetch-model: $(STAMP)                 ## models:/<params.yaml promote.model_name>@<promote.alias> (MODEL_ALIAS=) from the registry at MLFLOW_TRACKING_URI (MODEL_SOURCE=dvc: the DVC remote)
 	@if [ -n "$$MLFLOW_TRACKING_URI" ]; then \
 	  $(BIN)/python -m pipeline.registry_fetch $(if $(MODEL_ALIAS),--alias $(MODEL_ALIAS)) --from $(MODEL_SOURCE); \
-	else $(BIN)/python -c "from pipeline.bundle import verify_bundle; print('fetch-model: no MLFLOW_TRACKING_URI; local models/production', verify_bundle('models/production')[:12])"; fi
+	else $(BIN)/python -m pipeline.registry_fetch $(if $(MODEL_ALIAS),--alias $(MODEL_ALIAS)) --from local; fi
 
 lint-docker: $(STAMP)                 ## hadolint both Dockerfiles + compose-spec validation of docker-compose.yml
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/monitoring/test_delivery_lint.py

@@ -252,6 +252,19 @@ def _installed_digest(target: Path) -> str | None:
         return None  # damaged or partial: fetched again
 
 
+LOCAL = "local"  # --from local: no registry to fetch from, the bundle already installed is the one
+
+
+def installed_here(target: Path) -> int:
+    """``make fetch-model`` without MLFLOW_TRACKING_URI: the bundle already at ``target`` (a docker build copies it),
+    verified, named in one line; none there, or one damaged, is ``fetch-model: error: ...`` and 1 (BundleError, caught
+    by the caller). Before, the target ran ``python -c "...verify_bundle('models/production')"``: a fresh clone's
+    ``make fetch-model`` (and ``make build-image``, which needs it) was a BundleError traceback."""
+    digest = verify_bundle(target)
+    print(f"fetch-model: no MLFLOW_TRACKING_URI; local {target} {digest[:12]}", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     """Not a stage (no run_stage): Ctrl-C and SIGTERM end it as they end one, its scratch copy removed, then the one
     line and 130 / 143."""
@@ -266,11 +279,14 @@ def _fetch_model(argv) -> int:
                                          "params.yaml; canary, shadow)")
     parser.add_argument("--to", type=Path, help="where to install the bundle (default: models/production for "
                                                 "production's alias, else models/<alias>)")
-    parser.add_argument("--from", dest="via", choices=("mlflow", "dvc"), default="mlflow",
-                        help="the tracking server's artifact store (default) or the DVC remote")
+    parser.add_argument("--from", dest="via", choices=("mlflow", "dvc", LOCAL), default="mlflow",
+                        help="the tracking server's artifact store (default), the DVC remote, or local: no registry "
+                             "(make fetch-model without MLFLOW_TRACKING_URI), the bundle already at --to, verified")
     parser.add_argument("--name", help="registered model name (default: promote.model_name of --root's params.yaml)")
     args = parser.parse_args(argv)
     try:
+        if args.via == LOCAL:
+            return installed_here(args.to or Path("models") / (args.alias or PRODUCTION))
         root = args.root.resolve()
         production = production_alias(root)
         alias = args.alias or production
