@@ -65,9 +65,16 @@ def index_templates() -> dict[str, dict]:
             for p in sorted(TEMPLATE_DIR.glob(f"*{TEMPLATE_SUFFIX}"))}
 
 
-def wait_until(check, what: str, wait_s: float, login_sent: bool) -> None:
-    deadline = time.monotonic() + wait_s
-    last = ""
+WAITING_LINE_EVERY_S = 30.0  # while a service is not up yet, a line this often: setup is waiting, not hung
+
+
+def wait_until(check, what: str, wait_s: float, login_sent: bool, say: Callable[[str], None] | None = None) -> None:
+    """Until ``check()`` holds, for up to ``wait_s``: a service still starting (docker compose starts setup beside
+    it). While it waits, ``say`` is told so at once and every WAITING_LINE_EVERY_S, with why (before, a stack that was
+    not up was 300 s without a word, then the error)."""
+    started = time.monotonic()
+    deadline = started + wait_s
+    last, said_at = "", None
     while True:
         try:
             if check():
@@ -82,8 +89,13 @@ def wait_until(check, what: str, wait_s: float, login_sent: bool) -> None:
             last = str(exc)
         except (OSError, ValueError) as exc:
             last = str(exc)
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             raise SetupError(f"{what} did not become healthy within {wait_s:.0f} s ({last})")
+        if say is not None and (said_at is None or now - said_at >= WAITING_LINE_EVERY_S):
+            say(f"waiting for {what} ({last}): up to --wait-s {wait_s:g} s" if said_at is None
+                else f"still waiting for {what} after {now - started:.0f} s ({last})")
+            said_at = now
         time.sleep(2)
 
 
@@ -432,7 +444,7 @@ def _setup(argv) -> int:
     try:
         elasticsearch = ElasticsearchEvents.from_environment(args.elasticsearch, timeout_s=args.request_timeout_s)
         wait_until(lambda: elasticsearch.request("GET", "/_cluster/health").get("status") in ("green", "yellow"),
-                   f"Elasticsearch at {elasticsearch.url}", args.wait_s, elasticsearch.login_sent)
+                   f"Elasticsearch at {elasticsearch.url}", args.wait_s, elasticsearch.login_sent, _progress)
         names = install_index_templates(elasticsearch, args.wait_s, _progress)
         outranking = templates_outranking_ours(elasticsearch, args.wait_s, _progress)
         if outranking:  # nothing else setup does makes the next indices Shelfcast's (a copy would get theirs too)
@@ -450,7 +462,7 @@ def _setup(argv) -> int:
         if args.kibana.lower() != "none":
             kibana, kibana_user, _ = cluster_login(args.kibana, *environment_credentials())  # shown without login
             wait_until(lambda: kibana_available(args.kibana, args.request_timeout_s), f"Kibana at {kibana}",
-                       args.wait_s, kibana_user is not None)
+                       args.wait_s, kibana_user is not None, _progress)
             answer = import_saved_objects(args.kibana, timeout_s=args.request_timeout_s)
             print(f"setup: {answer.get('successCount')} saved objects imported into {kibana} "
                   "(dashboard: Shelfcast monitoring)")

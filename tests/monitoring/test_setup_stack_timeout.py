@@ -134,3 +134,26 @@ def test_a_kibana_that_cannot_import_the_dashboard_is_refused_at_once_naming_its
     version = status["version"]["number"]
     assert "answers its status as Kibana 7 and OpenSearch Dashboards do (" in err and version in err, err
     assert "the dashboard's saved objects need Kibana 8.8.0 or later; give --kibana none" in err, err
+
+
+def test_a_stack_that_is_not_up_yet_is_waited_for_aloud(capsys, monkeypatch):
+    """Found by a probe: `make monitoring-setup` with Elasticsearch not up (yet) printed nothing for its whole
+    --wait-s, 300 s by default, then the error: no telling a wait from a hang. It says at once what it waits for and
+    why, then again every WAITING_LINE_EVERY_S, and ends in the same error line."""
+    import socket
+
+    from monitoring import setup_stack
+
+    monkeypatch.setattr(setup_stack, "WAITING_LINE_EVERY_S", 2.0, raising=False)  # a line a poll
+    with socket.socket() as probe:  # a port nothing listens on: connection refused
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    started = time.monotonic()
+    assert setup(["--elasticsearch", url, "--kibana", "none", "--wait-s", "5"]) == 1
+    assert time.monotonic() - started < 30
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith(f"setup: waiting for Elasticsearch at {url} (GET {url}/_cluster/health: ") and \
+        lines[0].endswith("): up to --wait-s 5 s"), out
+    assert lines[1].startswith(f"setup: still waiting for Elasticsearch at {url} after "), out
+    assert err.startswith(f"setup: error: Elasticsearch at {url} did not become healthy within 5 s"), err
