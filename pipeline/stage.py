@@ -272,15 +272,23 @@ class StageSignals:
 
 
 def output_any_terminal_can_take() -> None:
-    """Let stdout write what its encoding cannot as ``\\uXXXX`` escapes, as Python's stderr already does.
+    """Let stdout write what its encoding cannot as ``\\uXXXX`` escapes, as Python's stderr already does, and each
+    line as it is printed, as stderr does.
 
     Help texts and summaries use a few characters beyond ASCII (—, ×, ±, …). Under a locale that is not UTF-8
     (``LC_ALL=tr_TR``: ISO-8859-9; ``en_US``: ISO-8859-1; ``PYTHONIOENCODING=ascii``), printing one raised
     UnicodeEncodeError: ``python -m pipeline.promote --help`` was a traceback instead of the help. (``LANG=C`` is
-    fine: Python reads it as UTF-8.) Called first by every command's ``main``."""
+    fine: Python reads it as UTF-8.) Into a pipe or a file (a CI log: ``make deploy`` in a workflow) Python holds
+    stdout in an 8 KiB buffer until the process ends: a deploy's lines (its shadow served, its canary's share, its
+    smoke test) all came at its end, 16 s after the first happened, and a job killed on its timeout lost them; the
+    lines of stderr came at once, out of order with them. Called first by every command's ``main``."""
     stream = sys.stdout
-    if stream is not None and getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
-        stream.reconfigure(errors="backslashreplace")
+    if stream is None or not hasattr(stream, "reconfigure"):
+        return
+    changes: dict[str, object] = {"line_buffering": True}
+    if getattr(stream, "errors", None) == "strict":
+        changes["errors"] = "backslashreplace"
+    stream.reconfigure(**changes)
 
 
 STDOUT_CLOSED_STATUS = 141  # 128 + SIGPIPE: what a shell reports for a writer whose pipe's reader has gone

@@ -668,3 +668,29 @@ def test_a_broken_pipe_of_another_channel_is_still_the_stages_error(capsys):
     refused = BrokenPipeError(32, "Broken pipe")
     assert run_stage("promote", stage_failing_with(refused), []) == 1
     assert capsys.readouterr().err == "promote: error: Broken pipe\n"
+
+
+def test_a_commands_lines_reach_a_pipe_as_they_are_printed():
+    """Found by a probe: without PYTHONUNBUFFERED (a CI runner's `make deploy`), Python held stdout in its buffer
+    until the process ended: every line of a 16 s `release deploy` (shadow served at 3 s, canary at 8 s, ...) reached
+    the log at 16.5 s, after its stderr lines. output_any_terminal_can_take, first in every command's main, makes
+    stdout write each line as it is printed: here one line is read from the pipe while the command still waits."""
+    import select
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("PYTHONUNBUFFERED", None)
+    script = ("from pipeline.stage import output_any_terminal_can_take\noutput_any_terminal_can_take()\n"
+              "print('deploy: alias canary -> version 3')\nimport sys\nsys.stdin.read()  # a canary observed\n")
+    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env) \
+            as command:
+        try:
+            readable, _, _ = select.select([command.stdout], [], [], 20)
+            line = os.read(command.stdout.fileno(), 4096) if readable else b""
+        finally:
+            command.stdin.close()
+        assert command.wait(timeout=60) == 0
+    assert line == b"deploy: alias canary -> version 3\n"
