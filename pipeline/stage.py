@@ -299,11 +299,11 @@ def stdout_reader_gone() -> bool:
     error. A BrokenPipeError of another pipe or socket (a server's, a child's) is that write's error, not this."""
     try:
         fd = sys.stdout.fileno()
-    except (AttributeError, ValueError, OSError):  # none, closed, or not a file (a test's capture)
+        poller = select.poll()
+    except (AttributeError, ValueError, OSError):  # none, closed, not a file (a test's capture), or no poll
         return False
-    poller = select.poll()
     poller.register(fd, select.POLLOUT)
-    return any(events & select.POLLERR for _, events in poller.poll(0))
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))  # Linux: ERR; BSDs: HUP
 
 
 def stdout_closed(exc: BaseException) -> bool:
