@@ -36,8 +36,8 @@ from monitoring.serving_data import EventShapeError
 from pipeline.atomic import write_json_atomic, write_text_atomic
 from pipeline.bundle import BundleError, verify_bundle
 from pipeline.drift_stats import ROLE_CALENDAR
-from pipeline.stage import (interruption_behind, output_any_terminal_can_take, run_interruptible, stdout_closed,
-                            stopped_writing)
+from pipeline.stage import (CommandParser, interruption_behind, output_any_terminal_can_take, run_interruptible,
+                            stdout_closed, stopped_writing)
 
 DEFAULT_BUNDLE = Path("models/production")
 DEFAULT_OUTPUT_DIR = Path("logs/drift")
@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _drift(argv: Sequence[str] | None) -> int:
     output_any_terminal_can_take()
-    parser = argparse.ArgumentParser(prog="python -m monitoring.drift", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m monitoring.drift", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="model bundle (default: %(default)s)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--events", type=Path, help="JSON-lines log or directory of them (default: "

@@ -9,7 +9,6 @@ Call `emit_validation_metrics()` at the end of evaluate, or run the command afte
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Mapping
 
 from monitoring.monitoring_events import emit_monitoring_event
 from pipeline.bundle import BundleError, verify_bundle
-from pipeline.stage import output_any_terminal_can_take, run_interruptible
+from pipeline.stage import CommandParser, output_any_terminal_can_take, run_interruptible
 
 TAG = "shelfcast.metrics"
 DEFAULT_METRICS = Path("results/metrics.json")
@@ -105,7 +104,7 @@ def main(argv=None) -> int:
 
 def _metrics_event(argv) -> int:
     output_any_terminal_can_take()
-    parser = argparse.ArgumentParser(prog="python -m monitoring.metrics_events", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m monitoring.metrics_events", description=__doc__.splitlines()[0])
     parser.add_argument("--metrics", type=Path, default=DEFAULT_METRICS)
     parser.add_argument("--evaluation", type=Path, default=DEFAULT_EVALUATION)
     parser.add_argument("--candidate", type=Path, default=DEFAULT_CANDIDATE,

@@ -24,7 +24,6 @@ part by part, as drift and release read them (event_sources.cluster_login); cred
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import json
 import math
@@ -42,7 +41,8 @@ from pipeline.event_sources import (CREDENTIALS_REFUSED, ElasticsearchEvents, Ev
 from monitoring.cluster_task import BUSY_ANSWERS, REFUSED_TASK_READS, TaskPace
 from monitoring.index_again import index_again
 from monitoring.index_copy import copy_index
-from pipeline.stage import OUTCOME, output_any_terminal_can_take, run_interruptible, second_signal_leaves, settled
+from pipeline.stage import (OUTCOME, CommandParser, output_any_terminal_can_take, run_interruptible,
+                            second_signal_leaves, settled)
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE / "elasticsearch"
@@ -417,7 +417,7 @@ def main(argv=None) -> int:
 
 def _setup(argv) -> int:
     output_any_terminal_can_take()
-    parser = argparse.ArgumentParser(prog="python -m monitoring.setup_stack", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m monitoring.setup_stack", description=__doc__.splitlines()[0])
     parser.add_argument("--elasticsearch", default=os.environ.get("ELASTICSEARCH_URL", "http://localhost:9200"))
     parser.add_argument("--kibana", default=os.environ.get("KIBANA_URL", "http://localhost:5601"),
                         help="Kibana URL; 'none' skips the saved objects")

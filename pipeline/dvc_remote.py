@@ -11,7 +11,6 @@ refuses, and never says what to do: ``failure`` keeps its reason and adds the re
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import threading
 from pathlib import Path
 
 from pipeline import command_name
-from pipeline.stage import output_any_terminal_can_take, run_interruptible
+from pipeline.stage import CommandParser, output_any_terminal_can_take, run_interruptible
 
 CREDENTIALS = ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (an s3:// remote; CI: the secrets "
                "DVC_REMOTE_ACCESS_KEY_ID and DVC_REMOTE_SECRET_ACCESS_KEY)")
@@ -158,7 +157,7 @@ def main(argv=None) -> int:
     """Not a stage (no run_stage): Ctrl-C and SIGTERM end it as they end one (`dvc push` ended with it, not left
     running), then the one line and 130 / 143."""
     output_any_terminal_can_take()
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m pipeline.dvc_remote",
         description="make dvc-push: push the project's DVC-tracked data and models to its default DVC remote "
                     "(nothing to push without one); a failure is one line saying what went wrong and what to do.")

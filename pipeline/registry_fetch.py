@@ -19,7 +19,6 @@ alias (``canary``, ``shadow``) at models/<alias>.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -35,7 +34,7 @@ from pipeline import command_name, dvc_remote, tracking
 from pipeline.atomic import scratch_directory
 from pipeline.bundle import BundleError, copy_bundle, verify_bundle
 from pipeline.bundle_checks import load_servable
-from pipeline.stage import output_any_terminal_can_take, run_interruptible
+from pipeline.stage import CommandParser, output_any_terminal_can_take, run_interruptible
 from pipeline.model_params import CANDIDATE_ALIASES, model_named, production_alias, registry_alias
 from pipeline.params import ParamsError
 from pipeline.release_store import PRODUCTION
@@ -273,7 +272,7 @@ def main(argv=None) -> int:
 
 def _fetch_model(argv) -> int:
     output_any_terminal_can_take()
-    parser = argparse.ArgumentParser(prog="python -m pipeline.registry_fetch", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m pipeline.registry_fetch", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
     parser.add_argument("--alias", help="registry alias (default: production's, promote.alias of --root's "
                                          "params.yaml; canary, shadow)")

@@ -56,8 +56,8 @@ from pipeline import registry_fetch, tracking
 from pipeline.actuals import read_actuals
 from pipeline.atomic import DirectoryBusy, one_writer, scratch_directory, write_text_atomic
 from pipeline.bundle import BundleError
-from pipeline.stage import (interruption_behind, output_any_terminal_can_take, run_interruptible, second_signal_leaves,
-                            settled, stdout_closed)
+from pipeline.stage import (CommandParser, interruption_behind, output_any_terminal_can_take, run_interruptible,
+                            second_signal_leaves, settled, stdout_closed)
 from pipeline.model_params import model_named, production_alias, registered_model
 from pipeline.event_sources import (DEFAULT_INDEX_PATTERN, ElasticsearchEvents, EventSourceError, event_time,
                                     event_units, finite_number, is_closed_day, log_marks, prediction_log,
@@ -1257,7 +1257,7 @@ def main(argv=None) -> int:
 
 def _release(argv) -> int:
     output_any_terminal_can_take()
-    parser = argparse.ArgumentParser(prog="python -m pipeline.release", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m pipeline.release", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("status", "shadow", "canary", "decide", "promote", "rollback", "deploy",
                                             "sync", "end", "smoke"))
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")

@@ -291,6 +291,16 @@ def output_any_terminal_can_take() -> None:
     stream.reconfigure(**changes)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """Every command's argument parser (run_stage's, release's, fetch-model's, dvc-push's, drift's, setup's,
+    metrics-event's): a wrong or missing argument is one line, ``<prog>: error: <what> (see <prog> --help)``, and
+    exit 2. argparse's own printed its usage first: 11 lines for ``python -m pipeline.release --bogus``, 6 for drift
+    and setup, the error last, under them."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 STDOUT_CLOSED_STATUS = 141  # 128 + SIGPIPE: what a shell reports for a writer whose pipe's reader has gone
 
 
@@ -338,7 +348,7 @@ def run_stage(name: str, body: Body, argv: list[str] | None = None,
     ``options`` adds a command's own options to the common ones.
     """
     output_any_terminal_can_take()
-    parser = argparse.ArgumentParser(prog=f"python -m pipeline.{name}", description=description)
+    parser = CommandParser(prog=f"python -m pipeline.{name}", description=description)
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     if options is not None:

@@ -694,3 +694,25 @@ def test_a_commands_lines_reach_a_pipe_as_they_are_printed():
             command.stdin.close()
         assert command.wait(timeout=60) == 0
     assert line == b"deploy: alias canary -> version 3\n"
+
+
+@pytest.mark.parametrize("command", ["pipeline.train", "pipeline.release", "pipeline.registry_fetch",
+                                     "pipeline.dvc_remote", "monitoring.drift", "monitoring.setup_stack",
+                                     "monitoring.metrics_events"])
+def test_a_wrong_argument_is_one_line_and_exit_2(command, capsys):
+    """Found by a probe: argparse printed a command's whole usage before its error: 11 lines for
+    `python -m pipeline.release --bogus`, 6 for drift and setup, 4 for fetch-model. Every command's parser is
+    stage.CommandParser: one line naming the argument and where the options are listed, exit 2."""
+    import importlib
+
+    main = importlib.import_module(command).main
+    with pytest.raises(SystemExit) as refused:
+        if command == "pipeline.train":
+            run_stage("train", lambda args: None, ["--bogus"])
+        else:
+            main(["push", "--bogus"] if command == "pipeline.dvc_remote" else ["status", "--bogus"]
+                 if command == "pipeline.release" else ["--bogus"])
+    out, err = capsys.readouterr()
+    assert refused.value.code == 2 and out == "", err
+    assert err == (f"python -m {command}: error: unrecognized arguments: --bogus (see python -m {command} "
+                   "--help)\n"), err
