@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from pipeline.params import ParamsError, names_file
-from pipeline.stage import bars_drawn
+from pipeline.stage import bar_options
 
 SCHEDULER_ENV = "SHELFCAST_DASK_SCHEDULER"
 PARAMS_SECTION = "cluster"
@@ -325,7 +325,7 @@ def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: An
     items = list(items)
     if client is None:
         results = []
-        for item in tqdm(items, desc=desc, unit="task", disable=not bars_drawn(progress)):
+        for item in tqdm(items, desc=desc, unit="task", **bar_options(progress)):
             results.append(fn(item, **kwargs))
         return results
     from distributed import KilledWorker, wait
@@ -340,7 +340,7 @@ def run_tasks(fn: Callable[..., R], items: Sequence[T] | Iterable[T], client: An
     index = {future.key: i for i, future in enumerate(futures)}
     results: list[Any] = [None] * len(items)
     pending, no_worker_since = set(futures), None
-    with tqdm(total=len(items), desc=f"{desc} (dask)", unit="task", disable=not bars_drawn(progress)) as bar:
+    with tqdm(total=len(items), desc=f"{desc} (dask)", unit="task", **bar_options(progress)) as bar:
         while pending:
             try:
                 with client.as_current():  # distributed.wait waits through the default client: make it this one

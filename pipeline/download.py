@@ -50,7 +50,7 @@ from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
 from pipeline.source import (ABSENT_IN_FOLDER, CANDIDATE_SUFFIXES, check_raw_file_names, data_source, forbidden_note,
                              is_single_file, join, local_path, located, login_note, missing_raw_files,
                              other_formats_note)
-from pipeline.stage import StageError, bars_drawn, run_stage, stage_params
+from pipeline.stage import StageError, bar_options, run_stage, stage_params
 from pipeline.synthetic import generate
 from pipeline.url_credentials import login_request, open_login_request, shown_url, source_identity
 
@@ -124,7 +124,7 @@ def _copy_resuming(source: Path, part: Path, progress: bool) -> int:
     with open(source, "rb") as src:  # opened before the record: an unreadable source leaves nothing in the folder
         meta_path.write_text(json.dumps(identity))
         with open(part, "ab") as dst, tqdm(total=total, initial=done, unit="B", unit_scale=True,
-                                           desc=f"download: {source.name}", disable=not bars_drawn(progress)) as bar:
+                                           desc=f"download: {source.name}", **bar_options(progress)) as bar:
             src.seek(done)
             for block in iter(lambda: src.read(CHUNK), b""):
                 dst.write(block)
@@ -200,7 +200,7 @@ def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> tu
         meta_path.write_text(json.dumps(meta))
         name = Path(urllib.parse.urlsplit(url).path).name  # not the query: it may hold a token
         with open(part, mode) as out, tqdm(total=total, initial=done, unit="B", unit_scale=True,
-                                           desc=f"download: {name}", disable=not bars_drawn(progress)) as bar:
+                                           desc=f"download: {name}", **bar_options(progress)) as bar:
             for block in iter(lambda: response.read(CHUNK), b""):
                 out.write(block)
                 bar.update(len(block))

@@ -70,7 +70,7 @@ from pipeline.model_params import (EvaluateParams, evaluate_params, feature_para
                                    validation_within_horizon)
 from pipeline.models import TrainingDiverged
 from pipeline.params import load_yaml
-from pipeline.stage import bars_drawn, run_stage
+from pipeline.stage import bar_options, run_stage
 from pipeline.versions import code_version, data_version, params_version, shown_source
 
 DATA_INPUTS = ("data/split/train.parquet", VALIDATION_DATA, "data/prepared/holidays.parquet")
@@ -260,7 +260,7 @@ def validation_window(root: Path, bundle, frame: pd.DataFrame, baseline_weeks: i
     candidate, expected, baseline = np.zeros(days.size), np.zeros(days.size), np.zeros(days.size)
     # In chunks: each row carries its series' whole feature window (Favorita: 3.5 M rows x 392 days).
     for start in tqdm(range(0, days.size, SCORE_CHUNK_ROWS), desc="evaluate: validation rows", unit="chunk",
-                      disable=not bars_drawn(not quiet), leave=False):
+                      **bar_options(not quiet), leave=False):
         part = slice(start, start + SCORE_CHUNK_ROWS)
         try:
             rows = rows_from_snapshot(bundle.snapshot, store[part], item[part], days[part], promo[part])

@@ -31,7 +31,7 @@ from pipeline.features import (
 from pipeline.bundle import EXPECTED_OUTPUT, PREDICTION_OUTPUT
 from pipeline.history import SalesHistory, promotion_known, rows_for_pairs, target_rows
 from pipeline.metrics import perishable_weights
-from pipeline.stage import bars_drawn
+from pipeline.stage import bar_options
 
 DEFAULT_CHUNK_ROWS = 32_768  # rows per feature chunk: ~0.5 GB of build_features temporaries at 392 days
 STATISTICS_ROWS = 1_000_000  # a streamed set's normalization and drift statistics come from a sample this size
@@ -131,7 +131,7 @@ class ExampleStream:
         order = np.arange(self.pairs) if order is None else order
         starts = range(0, order.size, self.chunk_pairs)
         for start in tqdm(starts, desc=f"{self.label}: features", unit="chunk",
-                          disable=not bars_drawn(progress), leave=False):
+                          **bar_options(progress), leave=False):
             yield self.build(order[start:start + self.chunk_pairs])
 
     def materialize(self, progress: bool = False) -> Examples:
@@ -155,9 +155,9 @@ class ExampleStream:
 
         def epoch_batches(epoch: int):
             batches = self.batches(batch_size, seed * 100_003 + epoch)
-            if bars_drawn(progress):
+            if progress:
                 batches = tqdm(batches, total=-(-self.count_rows() // batch_size), unit="batch", leave=False,
-                               desc=f"{self.label}: epoch {epoch + 1}, streamed batches")
+                               desc=f"{self.label}: epoch {epoch + 1}, streamed batches", **bar_options(progress))
             return en_data.prefetch(batches)
 
         return epoch_batches
@@ -215,7 +215,7 @@ def forecasts_at_origin(history: SalesHistory, spec: FeatureSpec, vocab: Vocabul
     per_chunk = max(1, chunk_rows // days)
     parts = []
     for start in tqdm(range(0, n_series, per_chunk), desc="forecasts: series chunks", unit="chunk",
-                      disable=not bars_drawn(progress), leave=False):
+                      **bar_options(progress), leave=False):
         index = np.arange(start, min(n_series, start + per_chunk))
         rows, units, perishable, series = rows_for_pairs(history, index, np.full(index.size, origin_col),
                                                          spec.history_days, days, categorical=categorical)

@@ -48,7 +48,7 @@ from pipeline.examples import DEFAULT_CHUNK_ROWS, Examples, ExampleStream, origi
 from pipeline.features import CATEGORICAL_FIELDS, FeatureMatrix, FeatureSpec, Vocabularies, dense_feature_names
 from pipeline.history import SalesHistory
 from pipeline.io import PARQUET_COMPRESSION
-from pipeline.stage import StageError, bars_drawn
+from pipeline.stage import StageError, bar_options
 from pipeline.versions import EXAMPLE_CODE, code_version
 
 SHARD_DIR = "models/checkpoints/train-features"  # outside the DVC output: removed once training finished
@@ -279,9 +279,9 @@ class ShardStream:
 
         def epoch_batches(epoch: int):
             batches = self.batches(batch_size, seed * 100_003 + epoch)
-            if bars_drawn(progress):
+            if progress:
                 batches = tqdm(batches, total=-(-self._rows // batch_size), unit="batch", leave=False,
-                               desc=f"{self.label}: epoch {epoch + 1}, streamed batches")
+                               desc=f"{self.label}: epoch {epoch + 1}, streamed batches", **bar_options(progress))
             return en_data.prefetch(batches)
 
         return epoch_batches

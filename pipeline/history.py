@@ -33,7 +33,7 @@ from pipeline.features import (
     HistorySnapshot,
 )
 from pipeline.io import TRAIN_LAST_DAY_KEY
-from pipeline.stage import bars_drawn
+from pipeline.stage import bar_options
 
 
 SALES_COLUMNS = ("date", "store_nbr", "item_nbr", "unit_sales", "onpromotion", "family", "class", "perishable",
@@ -295,7 +295,7 @@ def load_history(paths: Iterable[Path | str], days: int | None = None, progress:
 
     key_parts, first_seen = [], []
     for path, parquet, g in tqdm(groups, desc="history: series", unit="group",
-                                 disable=not bars_drawn(progress), leave=False):
+                                 **bar_options(progress), leave=False):
         table = parquet.read_row_group(g, columns=list(KEY_COLUMNS))
         day = _arrow_days(table.column("date"))
         keep = day >= floor
@@ -312,7 +312,7 @@ def load_history(paths: Iterable[Path | str], days: int | None = None, progress:
     columns = list(SALES_COLUMNS) + ([PROMO_KNOWN_COLUMN] if with_known else [])
 
     for path, parquet, g in tqdm(groups, desc="history: days", unit="group",
-                                 disable=not bars_drawn(progress), leave=False):
+                                 **bar_options(progress), leave=False):
         table = parquet.read_row_group(g, columns=columns)
         day = _arrow_days(table.column("date"))
         keep = np.flatnonzero(day >= floor)

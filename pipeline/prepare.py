@@ -47,7 +47,7 @@ from pipeline.holidays import lookalike_key, place_name, store_day_flags, unmatc
 from pipeline.io import atomic_directory, close_writers, parquet_writer, write_parquet
 from pipeline.params import PrepareParams, prepare_params
 from pipeline.schema import HOLIDAY_FLAGS, PREPARED_SALES_SCHEMA, RAW_SCHEMAS
-from pipeline.stage import StageError, bars_drawn, run_stage, stage_params
+from pipeline.stage import StageError, bar_options, run_stage, stage_params
 from pipeline.store_parts import append_part, write_part
 from pipeline.validate import (
     MAX_SHOWN, DataValidationError, check_header, check_references, describe_rows, fail, find_raw_file,
@@ -254,7 +254,7 @@ def split_train_by_store(
     day_rows: dict[int, list[int]] = {}  # day -> [rows, the first row that has it]
     try:
         with tqdm(unit="rows", unit_scale=True, desc=f"prepare: read {path.name}",
-                  disable=not bars_drawn(progress)) as bar:
+                  **bar_options(progress)) as bar:
             for offset, batch in read_batches(path, spec):
                 check_references(path, batch, offset, "store_nbr", known_stores, "stores")
                 check_references(path, batch, offset, "item_nbr", known_items, "items")
@@ -547,7 +547,7 @@ def _grids_on_cluster(client, raw_dir: Path, partitions: StorePartitions, calend
             raise DataValidationError(str(exc)) from None
         raise
     total = 0
-    for task in tqdm(tasks, desc="prepare: assemble", unit="store", disable=not bars_drawn(progress)):
+    for task in tqdm(tasks, desc="prepare: assemble", unit="store", **bar_options(progress)):
         total += append_part(task.grid, writer, row_group_size=ROW_GROUP_ROWS)
         Path(task.grid).unlink()
         Path(task.partition).unlink()
@@ -662,7 +662,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool 
             else:
                 builder = GridBuilder(reference, calendar, params)
                 for store in tqdm(sorted(partitions.rows), desc="prepare: stores", unit="store",
-                                  disable=not bars_drawn(progress)):
+                                  **bar_options(progress)):
                     rows = pq.read_table(partitions.path(store))
                     grid = builder.build(store, rows, train_path)
                     writer.write_table(grid, row_group_size=ROW_GROUP_ROWS)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from pipeline.cluster import ClusterError, dask_client, run_tasks, scheduler_address
 from pipeline.io import TRAIN_LAST_DAY_KEY, atomic_directory, close_writers, parquet_writer
 from pipeline.params import SplitParams, split_params
-from pipeline.stage import StageError, bars_drawn, run_stage, stage_params
+from pipeline.stage import StageError, bar_options, run_stage, stage_params
 from pipeline.store_parts import append_part, row_groups_by_store, write_part
 
 SALES_PATH = Path("data/prepared/sales.parquet")
@@ -108,7 +108,7 @@ def _split_on_cluster(client, sales_path: Path, sales: pq.ParquetFile, cutoff: n
     run_tasks(split_store, tasks, client=client, desc="split: stores", progress=progress,
               cutoff_ns=int(np.datetime64(cutoff, "ns").astype(np.int64)))
     counts = dict.fromkeys(SPLITS, 0)
-    for task in tqdm(tasks, desc="split: assemble", unit="store", disable=not bars_drawn(progress)):
+    for task in tqdm(tasks, desc="split: assemble", unit="store", **bar_options(progress)):
         for name, path in zip(SPLITS, task.parts):  # each file gets its writes in row-group order, as in one process
             counts[name] += append_part(path, writers[name])
             Path(path).unlink()
@@ -141,7 +141,7 @@ def split(sales_path: Path, out_dir: Path, params: SplitParams, progress: bool =
                 counts = _split_on_cluster(client, Path(sales_path), sales, cutoff, staging, writers, progress)
             else:
                 for group in tqdm(range(sales.num_row_groups), desc="split: row groups", unit="group",
-                                  disable=not bars_drawn(progress)):
+                                  **bar_options(progress)):
                     for name, part in _divide(sales.read_row_group(group), cutoff_scalar).items():
                         if part.num_rows:
                             writers[name].write_table(part)

@@ -104,17 +104,48 @@ def os_error_text(exc: OSError) -> str:
 
 
 def bars_drawn(progress: bool) -> bool:
-    """Whether a progress bar is drawn: progress is wanted (no ``--quiet``) and stderr, where tqdm draws, is a
-    terminal. Every bar of every command asks this (``tqdm(..., disable=not bars_drawn(progress))``). Into a CI log,
-    a file or a pipe a bar is no progress anyone sees: tqdm redraws it with carriage returns up to 10 times a second,
-    one endless line of frames (``dvc repro > log 2>&1``: 4 bars' frames on train's stderr at the tiny scale, one per
-    0.1 s of a long prepare or download); the step lines and the summary line on stdout are the log's progress."""
+    """Whether a progress bar is drawn as a bar: progress is wanted (no ``--quiet``) and stderr, where tqdm draws, is
+    a terminal. Into a CI log, a file or a pipe a bar is no progress anyone sees: tqdm redraws it with carriage
+    returns up to 10 times a second, one endless line of frames (``dvc repro > log 2>&1``: 4 bars' frames on train's
+    stderr at the tiny scale, one per 0.1 s of a long prepare or download): there :func:`bar_options` writes it as a
+    line now and then instead, and MLflow's download bars are off (:func:`artifact_bars_off`)."""
     if not progress:
         return False
     try:
         return sys.stderr is not None and sys.stderr.isatty()
     except (AttributeError, ValueError):  # a stream without isatty, or one closed
         return False
+
+
+LOG_PROGRESS_EVERY_S = 30.0  # into a log, a bar's state is a line this often (and as it starts, and ends if kept)
+
+
+class ProgressLines:
+    """tqdm's file where stderr is no terminal: each state tqdm writes is a line of its own, without the carriage
+    returns that redraw a bar in place (a bar cleared at its end, ``leave=False``, writes nothing)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def bar_options(progress: bool) -> dict:
+    """tqdm's options for a bar of a command, every bar's (``tqdm(..., **bar_options(progress))``): none drawn under
+    ``--quiet``; a bar on a terminal; into a CI log or a file, lines: the bar's state as it starts, every
+    LOG_PROGRESS_EVERY_S and as it ends, each a line of its own (a long download or prepare is not silent there)."""
+    if not progress:
+        return {"disable": True}
+    if bars_drawn(progress):
+        return {"disable": False}
+    return {"disable": False, "file": ProgressLines(sys.stderr), "mininterval": LOG_PROGRESS_EVERY_S,
+            "maxinterval": LOG_PROGRESS_EVERY_S, "ascii": True}
 
 
 @contextlib.contextmanager

@@ -75,7 +75,7 @@ from pipeline.holidays import store_day_flags
 from pipeline.io import CsvTableWriter, atomic_file, kaggle_bool_strings, open_csv_sink, write_frame_csv
 from pipeline.params import SyntheticParams
 from pipeline.schema import PROMOTION_KNOWN_FROM
-from pipeline.stage import bars_drawn
+from pipeline.stage import bar_options
 
 # (city, state, number of stores): 54 stores, 22 cities, 16 states, as in Favorita.
 CITIES = (
@@ -715,7 +715,7 @@ def generate(params: SyntheticParams, out_dir: Path, progress: bool = True, clie
         open_csv_sink(test_tmp, params.compression) as test_sink,
     ):
         test_writer = CsvTableWriter(test_sink, TEST_SCHEMA) if params.test_days else None
-        for lo, hi in tqdm(months, desc="synthetic: months", unit="month", disable=not bars_drawn(progress)):
+        for lo, hi in tqdm(months, desc="synthetic: months", unit="month", **bar_options(progress)):
             sales, promo, mu = process.draw(lo, hi, rng)
             days = process.days[lo:hi]
             train_part = min(hi, n_train_days) - lo

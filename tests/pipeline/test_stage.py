@@ -566,10 +566,11 @@ def _download_with_stderr_on(stderr_end, root):
                             stderr=stderr_end, env=env)
 
 
-def test_progress_bars_are_drawn_on_a_terminal_and_not_into_a_ci_log(tmp_path):
+def test_progress_bars_are_drawn_on_a_terminal_and_written_as_lines_into_a_ci_log(tmp_path):
     """Found by a probe: every stage drew its tqdm bars wherever stderr went, so `dvc repro > ci.log 2>&1` (a CI
     job's log) held carriage-return frames, 10 a second on one endless line, with no --quiet given (which also drops
-    the step lines). A bar is drawn only where stderr is a terminal (stage.bars_drawn); the summary line stays."""
+    the step lines). A bar is drawn only where stderr is a terminal (stage.bars_drawn); into a log its state is a
+    line of its own as it starts, every LOG_PROGRESS_EVERY_S and as it ends (stage.bar_options)."""
     import fcntl
     import pty
     import struct
@@ -587,7 +588,9 @@ def test_progress_bars_are_drawn_on_a_terminal_and_not_into_a_ci_log(tmp_path):
     with _download_with_stderr_on(subprocess.PIPE, tmp_path / "log") as logged:
         out, err = logged.communicate(timeout=120)
     assert logged.returncode == 0 and out.decode().startswith("download: synthetic: "), out + err
-    assert b"\r" not in err and b"synthetic: months" not in err, err  # no frames in the log
+    lines = err.decode().splitlines()
+    assert b"\r" not in err and lines and all(line.startswith("synthetic: months: ") for line in lines), err
+    assert " 0/" in lines[0] and "100%" in lines[-1], err  # its start and its end, each a line
 
     terminal, their_end = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal's 100 columns
@@ -716,3 +719,22 @@ def test_a_wrong_argument_is_one_line_and_exit_2(command, capsys):
     assert refused.value.code == 2 and out == "", err
     assert err == (f"python -m {command}: error: unrecognized arguments: --bogus (see python -m {command} "
                    "--help)\n"), err
+
+
+def test_a_long_bar_into_a_log_is_a_line_every_log_progress_interval(monkeypatch, capsys):
+    """Into a log (capsys's stream is no terminal) a bar's state is a line as it starts, every LOG_PROGRESS_EVERY_S
+    (30 s; 0.2 s here) and as it ends: a 10-minute prepare is not 10 minutes of silence, nor 6,000 frames."""
+    import time
+
+    from tqdm import tqdm
+
+    from pipeline import stage
+
+    monkeypatch.setattr(stage, "LOG_PROGRESS_EVERY_S", 0.2)
+    for _ in tqdm(range(4), desc="prepare: stores", unit="store", **stage.bar_options(True)):
+        time.sleep(0.3)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and len(lines) >= 4 and all(line.startswith("prepare: stores: ") for line in lines), err
+    assert " 0/4 " in lines[0] and lines[-1].startswith("prepare: stores: 100%|##########| 4/4 "), err
+    assert stage.bar_options(False) == {"disable": True}
