@@ -44,6 +44,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -569,13 +570,28 @@ def report(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def closing_line(summary: dict, seconds: float) -> str:
+    """The one line that ends a prune (each kept and deleted item is its own line above it)."""
+    verb = "would delete" if summary["dry_run"] else "deleted"
+    objects = summary["dvc"].get("objects")
+    freed = (summary["deleted_artifact_bytes"] or 0) + (summary["dvc"].get("bytes_on_local_disks") or 0)
+    return (f"prune: {'dry run ' if summary['dry_run'] else ''}done in {seconds:.0f} s: {verb} "
+            f"{len(summary['deleted_versions'])} model versions, {len(summary['deleted_runs'])} MLflow runs"
+            + ("" if objects is None else f" and {objects} DVC objects")
+            + f" ({freed / 1e6:.1f} MB on this machine's disks"
+            + ("" if summary["deleted_artifact_bytes"] is not None else ", artifacts of a remote store not counted")
+            + ")")
+
+
 def main(argv=None) -> int:
     def body(args) -> None:
+        started = time.monotonic()
         root = args.root.resolve()
         models = None if args.models is None else (args.models if args.models.is_absolute() else root / args.models)
         with tracking.mlflow_errors_named(root):
             summary = run(root, dry_run=args.dry_run, models_dir=models)
         print(report(summary), flush=True)
+        print(closing_line(summary, time.monotonic() - started), flush=True)
         if args.json:
             print(json.dumps(summary, indent=1))
 
