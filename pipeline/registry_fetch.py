@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import command_name, dvc_remote, tracking
-from pipeline.atomic import scratch_directory
+from pipeline.atomic import DirectoryBusy, one_writer, scratch_directory
 from pipeline.bundle import BundleError, copy_bundle, verify_bundle
 from pipeline.bundle_checks import load_servable
 from pipeline.stage import CommandParser, output_any_terminal_can_take, run_interruptible
@@ -231,16 +231,20 @@ def _dvc_pull(root: Path, version, name: str = "fetch"):
 
 @model_named
 def fetch(root: Path, alias: str, target: Path, name: str | None = None, via: str = "mlflow") -> Fetched:
-    """Install the bundle of ``models:/<name>@<alias>`` at ``target`` (verified; atomic)."""
+    """Install the bundle of ``models:/<name>@<alias>`` at ``target`` (verified; atomic), holding the writer lock of
+    ``target``'s folder (``atomic.one_writer``, promote's and release's: on a serving host, models/): a fetch that
+    ran beside a `release promote` swapped in the version it had resolved before the release moved the alias, and
+    the host served it while the registry named the release's; two fetches at once raced to swap one folder."""
     started = time.perf_counter()
-    version = resolve(root, alias, name)
     target = target if target.is_absolute() else root / target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    want = promoted_digest(version)
-    if target.is_dir() and _installed_digest(target) == want:
-        # already here (make build-image and publish-image fetch again in the same checkout): nothing to download
-        return Fetched(name, alias, str(version.version), want, ALREADY_INSTALLED, time.perf_counter() - started)
-    digest = download_version(root, version, target, via)
+    promoted_digest(resolve(root, alias, name))  # a refusal (no store, no such alias) writes nothing, no lock file
+    with one_writer(target.parent, "fetch-model"):
+        version = resolve(root, alias, name)  # again under the lock: a release that held it may have moved the alias
+        want = promoted_digest(version)
+        if target.is_dir() and _installed_digest(target) == want:
+            # already here (make build-image and publish-image fetch again in the same checkout): nothing to download
+            return Fetched(name, alias, str(version.version), want, ALREADY_INSTALLED, time.perf_counter() - started)
+        digest = download_version(root, version, target, via)
     return Fetched(name, alias, str(version.version), digest, via, time.perf_counter() - started)
 
 
@@ -291,7 +295,7 @@ def _fetch_model(argv) -> int:
         alias = args.alias or production
         args.to = args.to or Path("models") / (PRODUCTION if alias == production else alias)
         got = fetch(root, alias, args.to, args.name, args.via)
-    except (FetchError, BundleError, tracking.TrackingError, ParamsError) as exc:
+    except (FetchError, BundleError, tracking.TrackingError, ParamsError, DirectoryBusy) as exc:
         print(f"fetch-model: error: {exc}", file=sys.stderr)
         return 1
     how = "already installed at" if got.source == ALREADY_INSTALLED else f"from {got.source} ->"

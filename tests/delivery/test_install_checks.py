@@ -86,7 +86,8 @@ def test_fetch_model_refuses_it_and_keeps_what_was_installed(implausible, tmp_pa
     empty = a_clone(tmp_path / "empty")
     assert registry_fetch.main(["--root", str(empty), "--alias", IMPLAUSIBLE_ALIAS, "--to", "models/canary"]) == 1
     assert not (empty / "models/canary").exists()
-    assert sorted(p.name for p in (empty / "models").iterdir()) == []  # no scratch copy left either
+    # no scratch copy left either; the writer lock's file stays, as promote's and release's (atomic.one_writer)
+    assert sorted(p.name for p in (empty / "models").iterdir()) == [".writer.lock"]
 
 
 def test_release_sync_refuses_it_for_production_and_for_a_candidate(implausible, host, capsys):

@@ -47,6 +47,25 @@ def test_a_second_fetch_of_the_installed_version_downloads_nothing(released, reg
     assert verify_bundle(fresh / "models/production") == version.tags[registry_fetch.TAG_DIGEST]
 
 
+def test_a_fetch_refuses_while_a_release_writes_the_models_directory(released, registry_env, tmp_path, capsys):
+    """fetch-model holds the models directory's writer lock, as promote and release do: while a `release promote`
+    writes models/ it refuses in one line naming it and installs nothing (before, it swapped in the version it had
+    resolved, and the host served it while the release made another production), and fetches once it is done."""
+    from pipeline.atomic import one_writer
+
+    fresh = a_clone(tmp_path / "host")
+    args = ["--root", str(fresh), "--alias", "production"]
+    with one_writer(fresh / "models", "release promote"):
+        assert registry_fetch.main(args) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "fetch-model: error:" in err and "release promote (pid" in err, err
+        assert "run fetch-model again once it has finished" in err, err
+        assert sorted(p.name for p in (fresh / "models").iterdir()) == [".writer.lock"]
+    assert registry_fetch.main(args) == 0
+    version = tracking.client(fresh).get_model_version_by_alias(MODEL_NAME, "production")
+    assert verify_bundle(fresh / "models/production") == version.tags[registry_fetch.TAG_DIGEST]
+
+
 @pytest.mark.slow
 def test_a_fresh_clone_with_only_the_tracking_uri_fetches_and_can_serve(released, registry_env, tmp_path):
     from app.predictor import load_model
