@@ -32,7 +32,7 @@ import yaml
 
 from pipeline import command_name, dvc_remote, tracking
 from pipeline.atomic import DirectoryBusy, one_writer, scratch_directory
-from pipeline.bundle import BundleError, copy_bundle, verify_bundle
+from pipeline.bundle import CHECKSUMS_FILE, DATA_FILES, GRAPH_FILES, BundleError, copy_bundle, verify_bundle
 from pipeline.bundle_checks import load_servable
 from pipeline.stage import CommandParser, output_any_terminal_can_take, run_interruptible
 from pipeline.model_params import CANDIDATE_ALIASES, model_named, production_alias, registry_alias
@@ -168,9 +168,11 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
         raise FetchError(f"--from: expected mlflow or dvc, got {via!r}")
     artifact = tags.get(TAG_ARTIFACT, tracking.BUNDLE_ARTIFACT_PATH)
     where = f"runs:/{version.run_id}/{artifact}"
+    mlflow_client = tracking.client(root, create=False)
+    _check_listing(mlflow_client, version, artifact, where)
     with scratch_directory(into.parent, ".fetch.") as scratch:  # a killed fetch's is deleted by the next
         try:
-            local = tracking.client(root, create=False).download_artifacts(version.run_id, artifact, str(scratch))
+            local = mlflow_client.download_artifacts(version.run_id, artifact, str(scratch))
         except Exception as exc:  # noqa: BLE001 MlflowException or the artifact store's own error
             raise FetchError(f"version {version.version}: downloading {where}: "
                              f"{tracking.without_credentials(str(exc))}{tracking.access_hint(exc)}") from None
@@ -182,6 +184,30 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
         check(digest)
         servable(local, where)
         return copy_bundle(local, into)
+
+
+BUNDLE_FILES = frozenset(GRAPH_FILES + DATA_FILES + (CHECKSUMS_FILE,))  # all a serving bundle's folder holds
+
+
+def _check_listing(mlflow_client, version, artifact: str, where: str) -> None:
+    """Refuse, before anything is downloaded, a stored bundle folder that does not hold exactly a bundle's files:
+    MLflow downloads every file and folder under it, so one more (a 2 GB file, a tree logged there by hand, a named
+    pipe) was downloaded whole, filling the host's disk, before verify_bundle refused it as unlisted (probed: a 2 GB
+    extra file, 15 s and 2 GB written), and a folder with none of them (a serving_artifact tag edited to '', the
+    run's root) was the whole run's artifacts."""
+    try:
+        listed = mlflow_client.list_artifacts(version.run_id, artifact)
+    except Exception as exc:  # noqa: BLE001 MlflowException or the artifact store's own error
+        raise FetchError(f"version {version.version}: listing {where}: "
+                         f"{tracking.without_credentials(str(exc))}{tracking.access_hint(exc)}") from None
+    if not listed:
+        raise FetchError(f"version {version.version}: {where} holds no artifacts (deleted from the artifact store, "
+                         f"or its {TAG_ARTIFACT} tag names another folder); nothing downloaded")
+    names = {entry.path.rstrip("/").rpartition("/")[2] + ("/" if entry.is_dir else "") for entry in listed}
+    odd = sorted(names ^ BUNDLE_FILES)  # a folder's name ends in "/"
+    if odd:  # worded as verify_bundle words a bundle on disk
+        raise FetchError(f"version {version.version}: the registry's bundle {where} is damaged: {where}: missing or "
+                         f"unlisted file(s): {', '.join(odd)} (refused before downloading anything)")
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -64,6 +65,49 @@ def test_a_fetch_refuses_while_a_release_writes_the_models_directory(released, r
     assert registry_fetch.main(args) == 0
     version = tracking.client(fresh).get_model_version_by_alias(MODEL_NAME, "production")
     assert verify_bundle(fresh / "models/production") == version.tags[registry_fetch.TAG_DIGEST]
+
+
+def test_a_stored_bundle_folder_holding_more_than_a_bundle_is_refused_before_any_download(released, registry_env,
+                                                                                         tmp_path, capsys):
+    """Found by a probe against a real `mlflow server`: MLflow downloads every file and folder under the version's
+    serving_bundle/, so a 2 GB file logged there beside the bundle was downloaded whole (15 s, 2 GB on the host's
+    disk) before the bundle was refused as holding an unlisted file. The store's listing is checked first: here a
+    named pipe (which no download may open: it would wait for a writer) and a folder, refused by name, nothing
+    downloaded. A serving_artifact tag naming a folder with no artifacts is refused the same way."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    root, _, versions = released
+    client = tracking.client(root)
+    version = client.get_model_version(MODEL_NAME, versions["canary"])
+    stored = Path(url2pathname(urlparse(client.get_run(version.run_id).info.artifact_uri).path)) / "serving_bundle"
+    where = f"runs:/{version.run_id}/serving_bundle"
+    target = tmp_path / "models" / "canary"
+    args = ["--root", str(tmp_path), "--alias", "canary", "--to", str(target)]
+    os.mkfifo(stored / "extra.fifo")
+    (stored / "notes").mkdir()
+    (stored / "notes" / "readme.txt").write_text("logged by hand\n")
+    try:
+        assert registry_fetch.main(args) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert (f"version {version.version}: the registry's bundle {where} is damaged: {where}: missing or unlisted "
+                "file(s): extra.fifo, notes/ (refused before downloading anything)") in err, err
+        assert sorted(p.name for p in target.parent.iterdir()) == [".writer.lock"]  # no scratch copy, no install
+    finally:
+        (stored / "extra.fifo").unlink()
+        (stored / "notes" / "readme.txt").unlink()
+        (stored / "notes").rmdir()
+    client.set_model_version_tag(MODEL_NAME, version.version, registry_fetch.TAG_ARTIFACT, "no-such-folder")
+    try:
+        assert registry_fetch.main(args) == 1
+        err = capsys.readouterr().err
+        assert f"runs:/{version.run_id}/no-such-folder holds no artifacts" in err and err.count("\n") == 1, err
+    finally:
+        client.set_model_version_tag(MODEL_NAME, version.version, registry_fetch.TAG_ARTIFACT,
+                                     registry_fetch.SERVING_ARTIFACT)
+    assert registry_fetch.main(args) == 0
+    assert verify_bundle(target) == version.tags[registry_fetch.TAG_DIGEST]
 
 
 @pytest.mark.slow
