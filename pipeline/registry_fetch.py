@@ -168,14 +168,13 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
         raise FetchError(f"--from: expected mlflow or dvc, got {via!r}")
     artifact = tags.get(TAG_ARTIFACT, tracking.BUNDLE_ARTIFACT_PATH)
     where = f"runs:/{version.run_id}/{artifact}"
-    mlflow_client = tracking.client(root, create=False)
-    _check_listing(mlflow_client, version, artifact, where)
+    stored = _stored_bundle(root, version, artifact, where)
     with scratch_directory(into.parent, ".fetch.") as scratch:  # a killed fetch's is deleted by the next
         try:
-            local = mlflow_client.download_artifacts(version.run_id, artifact, str(scratch))
-        except Exception as exc:  # noqa: BLE001 MlflowException or the artifact store's own error
-            raise FetchError(f"version {version.version}: downloading {where}: "
-                             f"{tracking.without_credentials(str(exc))}{tracking.access_hint(exc)}") from None
+            local = stored.download_artifacts(artifact, str(scratch))
+        except Exception as exc:  # noqa: BLE001 MlflowException or the artifact store's own error (one line)
+            raise FetchError(f"version {version.version}: downloading {where}: {tracking.store_error_text(exc)}"
+                             ) from None
         try:
             digest = verify_bundle(local)
         except BundleError as exc:  # named by where it is stored, not by the scratch copy about to be deleted
@@ -189,17 +188,20 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
 BUNDLE_FILES = frozenset(GRAPH_FILES + DATA_FILES + (CHECKSUMS_FILE,))  # all a serving bundle's folder holds
 
 
-def _check_listing(mlflow_client, version, artifact: str, where: str) -> None:
-    """Refuse, before anything is downloaded, a stored bundle folder that does not hold exactly a bundle's files:
+def _stored_bundle(root: Path, version, artifact: str, where: str):
+    """The artifact repository of the version's run (tracking.run_artifacts: its download errors said as they are),
+    once its listing of ``artifact`` shows exactly a bundle's files. Refused, before anything is downloaded, a stored
+    bundle folder that does not hold exactly a bundle's files:
     MLflow downloads every file and folder under it, so one more (a 2 GB file, a tree logged there by hand, a named
     pipe) was downloaded whole, filling the host's disk, before verify_bundle refused it as unlisted (probed: a 2 GB
     extra file, 15 s and 2 GB written), and a folder with none of them (a serving_artifact tag edited to '', the
     run's root) was the whole run's artifacts."""
+    mlflow_client = tracking.client(root, create=False)
     try:
-        listed = mlflow_client.list_artifacts(version.run_id, artifact)
+        stored = tracking.run_artifacts(mlflow_client, version.run_id)
+        listed = stored.list_artifacts(artifact)
     except Exception as exc:  # noqa: BLE001 MlflowException or the artifact store's own error
-        raise FetchError(f"version {version.version}: listing {where}: "
-                         f"{tracking.without_credentials(str(exc))}{tracking.access_hint(exc)}") from None
+        raise FetchError(f"version {version.version}: listing {where}: {tracking.store_error_text(exc)}") from None
     if not listed:
         raise FetchError(f"version {version.version}: {where} holds no artifacts (deleted from the artifact store, "
                          f"or its {TAG_ARTIFACT} tag names another folder); nothing downloaded")
@@ -208,6 +210,7 @@ def _check_listing(mlflow_client, version, artifact: str, where: str) -> None:
     if odd:  # worded as verify_bundle words a bundle on disk
         raise FetchError(f"version {version.version}: the registry's bundle {where} is damaged: {where}: missing or "
                          f"unlisted file(s): {', '.join(odd)} (refused before downloading anything)")
+    return stored
 
 
 @contextlib.contextmanager

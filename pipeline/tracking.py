@@ -375,6 +375,19 @@ def client(project_root: Path | str = ".", create: bool = True):
         return _insert_races_retried(MlflowClient)(tracking_uri=uri, registry_uri=uri)
 
 
+def run_artifacts(mlflow_client, run_id: str):
+    """The artifact repository of run ``run_id``'s own artifact location (list_artifacts, download_artifacts), whose
+    errors say what failed. MlflowClient.download_artifacts goes through MLflow's runs:/ repository, which drops any
+    error of the run's download (a 500 or 502, a connection cut mid-file, a full disk, a store's missing client
+    library), tries a logged model's artifacts of the same path instead, and then says only "Failed to download
+    artifacts from path '…', please ensure that the path is correct" (probed: a 500 from the server answered so after
+    6.6 s, a connection cut mid-file after 25 s)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(mlflow_client.get_run(run_id).info.artifact_uri,
+                                   tracking_uri=mlflow_client.tracking_uri)
+
+
 # How a database says an insert lost a race to an equal one (SQLite, PostgreSQL, MySQL, SQL Server), in the text
 # MLflow passes on, from its own store or through a server's 400 (its SQLAlchemy error as the message).
 UNIQUE_RACE_MARKS = ("unique constraint", "uniqueviolation", "duplicate entry", "duplicate key")

@@ -110,6 +110,40 @@ def test_a_stored_bundle_folder_holding_more_than_a_bundle_is_refused_before_any
     assert verify_bundle(target) == version.tags[registry_fetch.TAG_DIGEST]
 
 
+def test_a_download_that_fails_says_why(released, registry_env, tmp_path, capsys):
+    """Found by a probe against a real `mlflow server` answering 500 for weights.npz (and cutting the connection
+    mid-file): fetch-model said only "Failed to download artifacts from path 'serving_bundle', please ensure that the
+    path is correct": MLflow's runs:/ repository drops the run's download error, tries a logged model's artifacts of
+    that path, then blames the path. The run's own artifact repository is read now, and its error is the line's, the
+    file named. Here a named pipe stored as weights.npz, which the store's copy refuses."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    root, _, versions = released
+    client = tracking.client(root)
+    version = client.get_model_version(MODEL_NAME, versions["canary"])
+    stored = Path(url2pathname(urlparse(client.get_run(version.run_id).info.artifact_uri).path)) / "serving_bundle"
+    target = tmp_path / "models" / "canary"
+    args = ["--root", str(tmp_path), "--alias", "canary", "--to", str(target)]
+    weights = stored / "weights.npz"
+    kept = weights.read_bytes()
+    weights.unlink()
+    os.mkfifo(weights)
+    try:
+        assert registry_fetch.main(args) == 1
+        err = capsys.readouterr().err
+    finally:
+        weights.unlink()
+        weights.write_bytes(kept)
+    [line] = [line for line in err.splitlines() if "fetch-model" in line]  # MLflow's progress bar is the rest
+    assert "please ensure that the path is correct" not in line, line
+    assert (line.startswith(f"fetch-model: error: version {version.version}: downloading runs:/{version.run_id}/"
+                            "serving_bundle: ") and "serving_bundle/weights.npz" in line and "named pipe" in line), line
+    assert sorted(p.name for p in target.parent.iterdir()) == [".writer.lock"]  # no scratch copy, no install
+    assert registry_fetch.main(args) == 0
+    assert verify_bundle(target) == version.tags[registry_fetch.TAG_DIGEST]
+
+
 @pytest.mark.slow
 def test_a_fresh_clone_with_only_the_tracking_uri_fetches_and_can_serve(released, registry_env, tmp_path):
     from app.predictor import load_model
