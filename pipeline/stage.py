@@ -297,9 +297,22 @@ class StageSignals:
             return status
         for number in self.taken:
             signal.signal(number, lambda *_: end_at_once(None, status))
-        if held:
+        if held or _threads_left_running():
+            for stream in (sys.stdout, sys.stderr):  # end_at_once flushes nothing
+                with contextlib.suppress(Exception):
+                    stream.flush()
             end_at_once(None, status)
         return status
+
+
+def _threads_left_running() -> bool:
+    """Whether a thread the command's unwinding did not end still runs (not a daemon), which Python's exit would wait
+    for after the interruption's line: MLflow downloads a bundle's files on a pool's threads, and one reading a
+    server that stalls (or a file that never ends) held `fetch-model` and `release` past Ctrl-C or SIGTERM until
+    MLflow's read timeout, or for good, still writing into the deleted scratch copy (probed: 20.5 s after SIGTERM,
+    143 and the line already written). Nothing of the command is left to unwind: such a process ends at once."""
+    return any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
+               if thread is not threading.main_thread())
 
 
 def output_any_terminal_can_take() -> None:

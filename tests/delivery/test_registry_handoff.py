@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -142,6 +143,62 @@ def test_a_download_that_fails_says_why(released, registry_env, tmp_path, capsys
     assert sorted(p.name for p in target.parent.iterdir()) == [".writer.lock"]  # no scratch copy, no install
     assert registry_fetch.main(args) == 0
     assert verify_bundle(target) == version.tags[registry_fetch.TAG_DIGEST]
+
+
+@pytest.mark.slow  # a real `mlflow server`: ~15 s
+def test_a_fetch_stopped_mid_download_ends_at_once(released, registry_env, tmp_path):
+    """Found by a probe: SIGTERM (or Ctrl-C) while a file's download stalls (a server that stops sending, a file that
+    never ends) printed fetch-model's line, then the process waited in Python's exit for MLflow's download thread
+    until the read timed out (20.5 s after the signal there; a never-ending file, for good), still writing into the
+    deleted scratch copy, as it downloaded a large file to its end. It ends at once now, 143 and the line, nothing
+    left in models/. Here a real `mlflow server` sends a stored weights.npz of 2 GiB."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    from mlflow import MlflowClient
+
+    from tests.mlflow_server import mlflow_server
+
+    root, _, versions = released
+    canary = tracking.client(root).get_model_version(MODEL_NAME, versions["canary"])
+    bundle = Path(url2pathname(urlparse(tracking.client(root).get_run(canary.run_id).info.artifact_uri).path))
+    host = a_clone(tmp_path / "host")
+    with mlflow_server(f"sqlite:///{(tmp_path / 'server.db').as_posix()}", "--artifacts-destination",
+                       str(tmp_path / "artifacts")) as (address, _):
+        client = MlflowClient(tracking_uri=address, registry_uri=address)
+        run = client.create_run("0").info.run_id
+        client.log_artifacts(run, str(bundle / "serving_bundle"), "serving_bundle")
+        client.set_terminated(run)
+        client.create_registered_model(MODEL_NAME)
+        version = client.create_model_version(MODEL_NAME, f"runs:/{run}/serving_bundle", run_id=run,
+                                              tags=canary.tags).version
+        client.set_registered_model_alias(MODEL_NAME, "canary", version)
+        [weights] = (tmp_path / "artifacts").rglob("serving_bundle/weights.npz")
+        os.truncate(weights, 2 * 1024 ** 3)  # sparse: 2 GiB to send, 15 s here, none of it on the server's disk
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
+            "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": address, "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+        fetching = subprocess.Popen([sys.executable, "-m", "pipeline.registry_fetch", "--root", str(host),
+                                     "--alias", "canary"], cwd=host, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not list((host / "models").glob(".fetch.*")):  # downloading
+                assert fetching.poll() is None and time.monotonic() < deadline, fetching.communicate()
+                time.sleep(0.1)
+            time.sleep(1.0)  # the other files in, weights.npz's on its way
+            assert fetching.poll() is None
+            fetching.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            out, err = fetching.communicate(timeout=30)
+            seconds = time.monotonic() - signalled
+        finally:
+            if fetching.poll() is None:
+                fetching.kill()
+                fetching.communicate()
+    assert fetching.returncode == 143, err
+    assert "fetch-model: terminated (SIGTERM); " in err and seconds < 10, (seconds, err)
+    assert sorted(p.name for p in (host / "models").iterdir()) == [".writer.lock"]
 
 
 @pytest.mark.slow
