@@ -37,7 +37,7 @@ from pipeline.bundle_checks import load_servable
 from pipeline.stage import CommandParser, output_any_terminal_can_take, run_interruptible
 from pipeline.model_params import CANDIDATE_ALIASES, model_named, production_alias, registry_alias
 from pipeline.params import ParamsError
-from pipeline.release_store import PRODUCTION
+from pipeline.release_store import PRODUCTION, bundle_name
 
 SERVING_ARTIFACT = "serving_bundle"
 ENV_PROMOTE_ALIAS = "SHELFCAST_PROMOTE_ALIAS"  # CI: promote registers a candidate (shadow, canary), not production
@@ -153,6 +153,13 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
         return digest
 
     def servable(bundle: Path, shown: str) -> None:  # what the app would refuse is never installed
+        carried = bundle_name(Path(bundle))
+        if carried is not None and carried != version.name:
+            raise FetchError(
+                f"version {version.version} of {version.name} holds a bundle of another model, {carried!r} ({shown}'s "
+                "bundle.json name; a version copied from that model's, as MLflow's copy_model_version does, keeps its "
+                f"bundle and tags): the app would serve and log it as {carried!r}; refusing it (train and promote "
+                f"with promote.model_name: {version.name})")
         try:
             load_servable(bundle)
         except BundleError as exc:  # named by where it is stored, not by the copy about to be deleted

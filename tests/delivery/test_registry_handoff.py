@@ -145,6 +145,39 @@ def test_a_download_that_fails_says_why(released, registry_env, tmp_path, capsys
     assert verify_bundle(target) == version.tags[registry_fetch.TAG_DIGEST]
 
 
+def test_a_version_copied_from_another_registered_model_is_refused_naming_it(released, registry_env, tmp_path,
+                                                                             capsys):
+    """Found by a probe: a version copied into another registered model (MLflow's copy_model_version, a team's way
+    from a 'dev' model to a 'prod' one) keeps the source's tags, serving_digest and threshold_test=passed included,
+    and its bundle, which names the source model. fetch-model --name installed it (the app then served and logged it
+    as the other model), and `release sync --name` failed "…/releases/1: no model bundle here (run the train stage,
+    or promote a model)": the store had deleted it at once as another model's release. Both now refuse it, naming
+    the model its bundle belongs to."""
+    from pipeline import release
+
+    root, _, versions = released
+    client = tracking.client(root)
+    copy = "shelfcast-copied"
+    copied = client.copy_model_version(f"models:/{MODEL_NAME}/{versions['canary']}", copy)
+    client.set_registered_model_alias(copy, "production", copied.version)
+    target = tmp_path / "models" / "production"
+    capsys.readouterr()  # MLflow's words on the copy
+    try:
+        assert registry_fetch.main(["--root", str(tmp_path), "--name", copy, "--to", str(target)]) == 1
+        [err] = [line for line in capsys.readouterr().err.splitlines() if "fetch-model" in line]  # + MLflow's bar
+        said = (f"version {copied.version} of {copy} holds a bundle of another model, '{MODEL_NAME}' "
+                f"(runs:/{copied.run_id}/serving_bundle's bundle.json name;")
+        assert said in err and err.endswith("promote.model_name: shelfcast-copied)"), err
+        assert not target.exists()
+        host = tmp_path / "host-models"
+        assert release.main(["sync", "--root", str(tmp_path), "--models", str(host), "--name", copy]) == 1
+        err = capsys.readouterr().err
+        assert said in err and "no model bundle here" not in err, err
+        assert not (host / "production").exists()
+    finally:
+        client.delete_registered_model(copy)
+
+
 @pytest.mark.slow  # a real `mlflow server`: ~15 s
 def test_a_fetch_stopped_mid_download_ends_at_once(released, registry_env, tmp_path):
     """Found by a probe: SIGTERM (or Ctrl-C) while a file's download stalls (a server that stops sending, a file that
