@@ -207,6 +207,12 @@ def _stored_bundle(root: Path, version, artifact: str, where: str):
     try:
         stored = tracking.run_artifacts(mlflow_client, version.run_id)
         listed = stored.list_artifacts(artifact)
+    except ModuleNotFoundError as exc:  # MLflow's client of that store (boto3 for s3://) is an extra not installed
+        stored_at = mlflow_client.get_run(version.run_id).info.artifact_uri
+        raise FetchError(f"version {version.version}: {where} is stored at {tracking.without_credentials(stored_at)}, "
+                         f"whose client library MLflow imports, {exc.name!r}, is not installed here: install it where "
+                         f"this runs (s3:// needs boto3, gs:// google-cloud-storage, wasbs:// azure-storage-blob), or "
+                         "fetch from the DVC remote (--from dvc, MODEL_SOURCE=dvc)") from None
     except Exception as exc:  # noqa: BLE001 MlflowException or the artifact store's own error
         raise FetchError(f"version {version.version}: listing {where}: {tracking.store_error_text(exc)}") from None
     if not listed:

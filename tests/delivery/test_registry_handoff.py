@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -176,6 +177,36 @@ def test_a_version_copied_from_another_registered_model_is_refused_naming_it(rel
         assert not (host / "production").exists()
     finally:
         client.delete_registered_model(copy)
+
+
+def test_a_version_stored_where_this_host_has_no_client_says_what_to_install(released, registry_env, tmp_path,
+                                                                             capsys):
+    """Found by a probe: a version whose run stores its artifacts on S3 (the experiment's artifact location), fetched
+    where boto3 is not installed (it is no dependency of the project), failed "listing runs:/…/serving_bundle: No
+    module named 'botocore'": neither where the bundle is nor what to install. The line names both, and DVC."""
+    if importlib.util.find_spec("botocore") is not None:
+        pytest.skip("botocore is installed here: MLflow would reach for S3")
+    root, _, versions = released
+    client = tracking.client(root)
+    canary = client.get_model_version(MODEL_NAME, versions["canary"])
+    experiment = client.create_experiment(f"s3-stored-{tmp_path.name}", artifact_location="s3://team-bucket/mlflow")
+    run = client.create_run(experiment).info.run_id
+    client.set_terminated(run)
+    version = client.create_model_version(MODEL_NAME, f"runs:/{run}/serving_bundle", run_id=run, tags=canary.tags)
+    client.set_registered_model_alias(MODEL_NAME, "probe-s3", version.version)
+    capsys.readouterr()
+    try:
+        assert registry_fetch.main(["--root", str(tmp_path), "--alias", "probe-s3", "--to",
+                                    str(tmp_path / "models/canary")]) == 1
+        err = capsys.readouterr().err
+    finally:
+        client.delete_registered_model_alias(MODEL_NAME, "probe-s3")
+        client.delete_model_version(MODEL_NAME, version.version)
+    assert err.count("\n") == 1, err
+    assert (f"version {version.version}: runs:/{run}/serving_bundle is stored at s3://team-bucket/mlflow/{run}/"
+            "artifacts, whose client library MLflow imports, 'botocore', is not installed here" in err), err
+    assert "s3:// needs boto3" in err and "--from dvc" in err, err
+    assert not (tmp_path / "models/canary").exists()
 
 
 @pytest.mark.slow  # a real `mlflow server`: ~15 s
