@@ -175,7 +175,7 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
         raise FetchError(f"--from: expected mlflow or dvc, got {via!r}")
     artifact = tags.get(TAG_ARTIFACT, tracking.BUNDLE_ARTIFACT_PATH)
     where = f"runs:/{version.run_id}/{artifact}"
-    stored = _stored_bundle(root, version, artifact, where)
+    stored = _stored_bundle(root, version, artifact, where, into.parent)
     with scratch_directory(into.parent, ".fetch.") as scratch:  # a killed fetch's is deleted by the next
         try:
             local = stored.download_artifacts(artifact, str(scratch))
@@ -195,7 +195,7 @@ def download_version(root: Path, version, into: Path, via: str = "mlflow") -> st
 BUNDLE_FILES = frozenset(GRAPH_FILES + DATA_FILES + (CHECKSUMS_FILE,))  # all a serving bundle's folder holds
 
 
-def _stored_bundle(root: Path, version, artifact: str, where: str):
+def _stored_bundle(root: Path, version, artifact: str, where: str, landing: Path):
     """The artifact repository of the version's run (tracking.run_artifacts: its download errors said as they are),
     once its listing of ``artifact`` shows exactly a bundle's files. Refused, before anything is downloaded, a stored
     bundle folder that does not hold exactly a bundle's files:
@@ -223,7 +223,25 @@ def _stored_bundle(root: Path, version, artifact: str, where: str):
     if odd:  # worded as verify_bundle words a bundle on disk
         raise FetchError(f"version {version.version}: the registry's bundle {where} is damaged: {where}: missing or "
                          f"unlisted file(s): {', '.join(odd)} (refused before downloading anything)")
+    _check_room(version, where, listed, landing)
     return stored
+
+
+def _check_room(version, where: str, listed, landing: Path) -> None:
+    """Refuse a bundle whose listed size needs more room than ``landing`` (where the scratch copy and the installed
+    one are written) has free: twice its size at least, the downloaded copy and the installed one. Before, a stored file
+    far larger than any real bundle (a weights.npz of 1 TiB listed) was downloaded until the disk was full, the host's
+    logs, event spool and database with it."""
+    sizes = {entry.path.rpartition("/")[2]: entry.file_size or 0 for entry in listed}
+    needed = 2 * sum(sizes.values())
+    landing.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(landing).free
+    if needed > free:
+        largest = max(sizes, key=sizes.get)
+        raise FetchError(f"version {version.version}: the registry's bundle {where} is {sum(sizes.values()):,} bytes "
+                         f"as stored ({largest}: {sizes[largest]:,}); {landing} has {free:,} bytes free and a fetch "
+                         "needs twice the bundle's size there (the downloaded copy and the installed one); nothing "
+                         "downloaded")
 
 
 @contextlib.contextmanager

@@ -209,6 +209,47 @@ def test_a_version_stored_where_this_host_has_no_client_says_what_to_install(rel
     assert not (tmp_path / "models/canary").exists()
 
 
+def _limited_file_size():  # in the child: a write past 64 MiB fails (EFBIG) instead of filling the disk
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, 64 << 20))
+
+
+def test_a_stored_bundle_larger_than_the_room_left_is_refused_before_any_download(released, registry_env, tmp_path):
+    """Found by a probe: a stored bundle file far larger than any real one was downloaded whole, or until the disk was
+    full (a 2 GiB file: 15 s, 2 GiB written). Its listed size is weighed against the room where it lands first:
+    twice the bundle (the downloaded copy and the installed one). Here a sparse weights.npz as large as the free
+    space; the fetch runs with a 64 MiB file-size limit, so code that downloads it fails early (EFBIG), not the disk."""
+    import shutil
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    root, _, versions = released
+    client = tracking.client(root)
+    version = client.get_model_version(MODEL_NAME, versions["canary"])
+    stored = Path(url2pathname(urlparse(client.get_run(version.run_id).info.artifact_uri).path)) / "serving_bundle"
+    host = a_clone(tmp_path / "host")
+    weights = stored / "weights.npz"
+    kept = weights.read_bytes()
+    huge = shutil.disk_usage(tmp_path).free
+    os.truncate(weights, huge)  # sparse: nothing written
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(REPO)}
+    try:
+        done = subprocess.run([sys.executable, "-m", "pipeline.registry_fetch", "--root", str(host), "--alias",
+                               "canary"], cwd=host, env=env, capture_output=True, text=True, timeout=120,
+                              preexec_fn=_limited_file_size)
+    finally:
+        weights.unlink()
+        weights.write_bytes(kept)
+    [line] = [line for line in done.stderr.splitlines() if "fetch-model" in line]
+    assert done.returncode == 1, done.stderr
+    assert line.startswith(f"fetch-model: error: version {version.version}: the registry's bundle "
+                           f"runs:/{version.run_id}/serving_bundle is "), line
+    assert f"(weights.npz: {huge:,}); {host / 'models'} has " in line and "nothing downloaded" in line, line
+    assert sorted(p.name for p in (host / "models").iterdir()) == [".writer.lock"]
+
+
 @pytest.mark.slow  # a real `mlflow server`: ~15 s
 def test_a_fetch_stopped_mid_download_ends_at_once(released, registry_env, tmp_path):
     """Found by a probe: SIGTERM (or Ctrl-C) while a file's download stalls (a server that stops sending, a file that
