@@ -2,6 +2,7 @@
 (pipeline/blas.py), as the stage processes the tests start do, so what each makes agrees."""
 
 import os
+from pathlib import Path
 
 import pipeline.blas  # noqa: F401 - first, before anything loads numpy
 
@@ -92,3 +93,20 @@ def without_waiting(call, fifo, seconds=30):
         raise outcome["error"]
     return outcome.get("value")
 
+
+def project_with_make(root: Path, tools: dict[str, str] | None = None) -> Path:
+    """A folder with the repository's Makefiles and a .venv whose python is this one (the install step is done),
+    and a script in .venv/bin for each of ``tools`` (name: its sh body), standing in for that command."""
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    (root / "monitoring").mkdir(parents=True)
+    for name in ("Makefile", "pyproject.toml", "monitoring/delivery.mk"):
+        (root / name).write_bytes((repo / name).read_bytes())
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for tool, body in {"python": f'exec "{sys.executable}" "$@"', **(tools or {})}.items():
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
+        (bin_dir / tool).chmod(0o755)
+    (root / ".venv" / ".installed").touch()
+    return root

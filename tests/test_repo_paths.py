@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import project_with_make
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("engine", "pipeline", "app", "monitoring", "benchmarks", "tests", "scripts", ".ci", ".github")
 ROOT_FILES = ("README.md", "ARCHITECTURE.md", "BENCHMARKS.md", "Makefile", "dvc.yaml", "params.yaml", "pyproject.toml",
@@ -146,19 +148,8 @@ def test_make_mlflow_ui_on_a_port_in_use_stops_at_once_in_one_line(tmp_path):
     now checks the port first (app/address.py, as gunicorn's master does) and mlflow is never started."""
     import os
     import socket
-    import sys
 
-    project = tmp_path / "project"
-    (project / "monitoring").mkdir(parents=True)
-    for name in ("Makefile", "pyproject.toml", "monitoring/delivery.mk"):
-        (project / name).write_bytes((REPO / name).read_bytes())
-    bin_dir = project / ".venv" / "bin"
-    bin_dir.mkdir(parents=True)
-    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
-    (bin_dir / "mlflow").write_text('#!/bin/sh\necho "mlflow started"\n', encoding="utf-8")
-    for tool in ("python", "mlflow"):
-        (bin_dir / tool).chmod(0o755)
-    (project / ".venv" / ".installed").touch()
+    project = project_with_make(tmp_path / "project", {"mlflow": 'echo "mlflow started"'})
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()

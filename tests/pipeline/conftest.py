@@ -232,3 +232,19 @@ def run_download_stage(root, source, prefix=()):
     env = dict(os.environ, PYTHONPATH=str(REPO), SHELFCAST_DATA_SOURCE=str(source))
     return subprocess.run([*prefix, sys.executable, "-m", "pipeline.download", "--quiet"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=120)
+
+
+def read_terminal(terminal: int) -> bytes:
+    """All a pseudo-terminal's other end wrote, read until it closed (EIO on Linux, or an empty read)."""
+    import os
+
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:  # EIO: the other end closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    return shown

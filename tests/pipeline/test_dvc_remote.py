@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import dvc_remote
+from tests.pipeline.conftest import read_terminal
 
 REPO = Path(__file__).resolve().parents[2]
 BLURB = "\n\nHaving any troubles? Hit us up at https://dvc.org/support, we are always happy to help!\n"
@@ -67,15 +68,7 @@ def push_on_a_terminal(project: Path) -> tuple[int, str, str]:
     with subprocess.Popen([sys.executable, "-m", "pipeline.dvc_remote", "push"], cwd=project, stdout=subprocess.PIPE,
                           stderr=their_end, env={**os.environ, "PYTHONPATH": str(REPO)}) as process:
         os.close(their_end)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(terminal, 65536)
-            except OSError:  # EIO: the other end closed
-                break
-            if not chunk:
-                break
-            shown += chunk
+        shown = read_terminal(terminal)
         stdout = process.stdout.read().decode()
     os.close(terminal)
     return process.wait(timeout=120), shown.decode("utf-8", "replace"), stdout

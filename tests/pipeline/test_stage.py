@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.atomic import atomic_directory, atomic_file
 from pipeline.stage import Terminated, os_error_text, run_interruptible, run_stage
+from tests.pipeline.conftest import read_terminal
 
 
 def stage_failing_with(error: BaseException):
@@ -596,15 +597,7 @@ def test_progress_bars_are_drawn_on_a_terminal_and_written_as_lines_into_a_ci_lo
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal's 100 columns
     with _download_with_stderr_on(their_end, tmp_path / "terminal") as shown_on:
         os.close(their_end)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(terminal, 65536)
-            except OSError:  # EIO: the other end closed
-                break
-            if not chunk:
-                break
-            shown += chunk
+        shown = read_terminal(terminal)
         out = shown_on.stdout.read()
     os.close(terminal)
     assert shown_on.wait(timeout=120) == 0 and out.decode().startswith("download: synthetic: "), out

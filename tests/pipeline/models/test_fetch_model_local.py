@@ -10,23 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+from tests.conftest import project_with_make
+
 REPO = Path(__file__).resolve().parents[3]
-
-
-def project_with_make(root: Path) -> Path:
-    """A folder with the repository's Makefiles and a .venv whose python is this one (the install step is done)."""
-    (root / "monitoring").mkdir(parents=True)
-    for name in ("Makefile", "pyproject.toml", "monitoring/delivery.mk"):
-        (root / name).write_bytes((REPO / name).read_bytes())
-    bin_dir = root / ".venv" / "bin"
-    bin_dir.mkdir(parents=True)
-    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
-    (bin_dir / "python").chmod(0o755)
-    (root / ".venv" / ".installed").touch()
-    return root
 
 
 def make_fetch_model(root: Path) -> subprocess.CompletedProcess:
