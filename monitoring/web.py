@@ -79,7 +79,47 @@ def latest_drift_report() -> dict[str, Any] | None:
     if not isinstance(report, dict):  # a list, a string, null: the page reads fields of an object
         return {"status": "unreadable", "reasons": [f"{path}: not a JSON object (a {type(report).__name__})"],
                 "events": 0}
+    misshapen = misshapen_field(report)
+    if misshapen is not None:
+        return {"status": "unreadable", "reasons": [f"{path}: {misshapen}"], "events": 0}
     return report
+
+
+# The fields of drift.json the pages read, with the type monitoring/drift.py writes (each may be absent or null):
+# objects the summary reads fields of, and numbers it formats ('%.3f'). Another tool's file or a hand-edited one with
+# a string there made /monitoring answer 500 (TypeError in the template; a "features" list, both pages). A feature's
+# PSI is always written (the page sorts by it); a p-value missing or null is shown as "–".
+REPORT_OBJECTS = ("model", "unseen", "prediction", "live", "features", "categorical")
+REPORT_NUMBERS = (("unseen", "any"), ("prediction", "psi"), ("live", "nwrmsle"))
+FEATURE_NUMBERS = (("psi", True), ("p_value", False))  # (field, required)
+
+
+def _is_number(value: object, required: bool = False) -> bool:
+    return (value is None and not required) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def misshapen_field(report: dict[str, Any]) -> str | None:
+    """The first field the pages read whose type is not the one drift.json has, named by its path, or None."""
+    for name in REPORT_OBJECTS:
+        if report.get(name) is not None and not isinstance(report[name], dict):
+            return f"field {name!r} is not an object (a {type(report[name]).__name__})"
+    if report.get("status") is not None and not isinstance(report["status"], str):
+        return f"field 'status' is not a string (a {type(report['status']).__name__})"
+    if report.get("reasons") is not None and not isinstance(report["reasons"], list):
+        return f"field 'reasons' is not a list (a {type(report['reasons']).__name__})"
+    for outer, inner in REPORT_NUMBERS:
+        value = (report.get(outer) or {}).get(inner)
+        if not _is_number(value):
+            return f"field '{outer}.{inner}' is not a number (a {type(value).__name__})"
+    for group in ("features", "categorical"):
+        for name, record in (report.get(group) or {}).items():
+            if not isinstance(record, dict):
+                return f"field '{group}.{name[:80]}' is not an object (a {type(record).__name__})"
+            for field, required in FEATURE_NUMBERS:
+                if not _is_number(record.get(field), required):
+                    return (f"field '{group}.{name[:80]}.{field}' is not a number "
+                            f"(a {type(record.get(field)).__name__})")
+    return None
 
 
 def serving_model() -> dict[str, Any] | None:

@@ -305,3 +305,38 @@ def test_a_drift_report_nested_too_deep_to_parse_is_reported_unreadable_not_a_50
         assert client.get("/monitoring").status_code == 200, text[:20]
         shown = client.get("/api/v1/monitoring").get_json()["drift"]
         assert shown["status"] == "unreadable" and "nested too deep" in shown["reasons"][0], shown
+
+
+def test_a_drift_report_whose_fields_have_other_types_is_reported_unreadable_naming_the_field(tmp_path, monkeypatch):
+    """Found by a probe of the values /monitoring shows: a drift.json that is an object, but with a string where
+    drift.py writes a number or an object (another tool's file, a hand-edited one, markup in every field) made
+    /monitoring answer 500 (TypeError formatting '%.1f' in the template), and a "features" list both pages."""
+    (tmp_path / "drift").mkdir()
+    client = client_for(tmp_path, monkeypatch)
+    markup = "<script>alert(1)</script>"
+    feature = {"psi": 0.5, "p_value": 0.01, "drifted": True, "verdict": markup}
+    cases = {"unseen.any": {"unseen": {"any": markup}}, "prediction.psi": {"prediction": {"psi": markup}},
+             "live.nwrmsle": {"live": {"nwrmsle": markup, "rows": 3}}, "'features'": {"features": [markup]},
+             "features.f.psi": {"features": {"f": {**feature, "psi": markup}}},
+             "features.f.p_value": {"features": {"f": {**feature, "p_value": "0.01"}}},
+             "features.f.psi'": {"features": {"f": {**feature, "psi": None}}},
+             "categorical.store_nbr": {"categorical": {"store_nbr": markup}},
+             "'model'": {"model": markup}, "'status'": {"status": [markup]}, "'reasons'": {"reasons": markup}}
+    for named, fields in cases.items():
+        (tmp_path / "drift" / drift.REPORT_JSON).write_text(json.dumps({"status": "ok", "events": 5, **fields}))
+        page = client.get("/monitoring")
+        assert page.status_code == 200 and markup.encode() not in page.data, named
+        shown = client.get("/api/v1/monitoring").get_json()["drift"]
+        assert shown["status"] == "unreadable" and named in shown["reasons"][0], (named, shown)
+    # the same fields with their types are shown, escaped
+    (tmp_path / "drift" / drift.REPORT_JSON).write_text(json.dumps(
+        {"status": markup, "events": 5, "model": {"name": markup, "version": markup}, "reasons": [markup],
+         "unseen": {"any": 0.25}, "prediction": {"psi": 0.5}, "features": {markup: feature}}))
+    page = client.get("/monitoring")
+    assert page.status_code == 200 and markup.encode() not in page.data and b"&lt;script&gt;" in page.data
+    assert client.get("/api/v1/monitoring").get_json()["drift"]["status"] == markup
+    # a feature without a p-value (a hand-written report): its cell is a dash, where the page answered 500
+    (tmp_path / "drift" / drift.REPORT_JSON).write_text(json.dumps(
+        {"status": "ok", "events": 5, "features": {"f": {"psi": 0.5, "verdict": "ok"}}}))
+    page = client.get("/monitoring")
+    assert page.status_code == 200 and "<td>0.500</td><td>–</td>" in page.get_data(as_text=True)
