@@ -39,6 +39,12 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
 }
+# Sent with every response that sets no Cache-Control of its own (static files and Swagger UI's set theirs): a page or
+# an answer holding data (a forecast with 56 days of a product's sales, /monitoring, /readyz) is never stored by a
+# shared cache (a CDN, a corporate proxy: Varnish keeps an answer without one 120 s), and a browser asks again before
+# reusing its copy, so a reload shows the model serving now; Back still shows the page it left (no-store would
+# forecast, and log, it again).
+CACHE_CONTROL = "private, no-cache"
 log = logging.getLogger(__name__)
 
 
@@ -131,6 +137,8 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
         for name, value in SECURITY_HEADERS.items():
             if name not in headers:
                 headers.add(name, value)  # as setdefault, without set()'s second scan of the headers
+        if "Cache-Control" not in headers:
+            headers["Cache-Control"] = CACHE_CONTROL
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         labelled(REQUEST_DURATION, rule).observe(time.perf_counter() - g.get("started", time.perf_counter()))
         candidates = g.get("candidates")  # what a forecast looked up: no second stat of the candidates

@@ -618,3 +618,23 @@ def test_names_with_a_direction_control_reorder_nothing_around_them_on_the_form(
         shown = html_lib.unescape(re.sub(r'\svalue="[^"]*"', "", page))
         assert controls_outside_isolates(shown) == [], [line.strip() for line in shown.splitlines()
                                                         if controls_outside_isolates(line)]
+
+
+def test_pages_and_answers_holding_data_are_kept_from_shared_caches_static_files_keep_their_own(served):
+    """Found by a probe of the cache headers: the forecast page (a product's 56 days of sales and its forecast),
+    /monitoring, /api/v1/monitoring, /readyz and the API's answers carried no Cache-Control, so a shared cache in front
+    (a CDN, a corporate proxy; Varnish keeps such an answer 120 s) could store one and serve it to others, or serve
+    an earlier model's forecast after a promotion. Static files and Swagger UI's keep the ones they set."""
+    client = served.client
+    answers = {"form": client.get("/"), "forecast": forecast_page(served), "monitoring": client.get("/monitoring"),
+               "monitoring json": client.get("/api/v1/monitoring"), "readyz": client.get("/readyz"),
+               "error": forecast_page(served, store="<b>"),
+               "predict": client.post("/api/v1/predict", json={"instances": [
+                   {"store_nbr": next(iter(served.model.catalog.stores)),
+                    "item_nbr": next(iter(served.model.catalog.items)), "date": served.model.first_date.isoformat(),
+                    "onpromotion": False}]})}
+    assert answers["forecast"].status_code == 200 and answers["predict"].status_code == 200, answers
+    for name, answer in answers.items():
+        assert answer.headers.get("Cache-Control") == "private, no-cache", (name, answer.headers)
+    assert client.get("/static/style.css").headers["Cache-Control"] == "no-cache"
+    assert "max-age=86400" in client.get("/docs/swagger-ui/swagger-ui.css").headers["Cache-Control"]
