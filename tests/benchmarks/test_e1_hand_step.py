@@ -86,3 +86,14 @@ def test_a_quick_split_run_reports_the_third_side(hand_step, engine_api, capsys)
     line = next(line for line in out.splitlines() if line.startswith("hand step on 2 row blocks"))
     assert float(line.split("-> E1 ")[1].split()[0]) > 0
     assert out.strip().splitlines()[-1].startswith("E1 reachable here: hand step")  # the summary stays last
+
+
+@pytest.mark.parametrize("flag, value", [("--rounds", "0"), ("--rounds", "-1"), ("--steps", "0"), ("--steps", "-3"),
+                                         ("--threads", "0")])
+def test_a_count_below_one_is_refused_naming_the_flag(hand_step, flag, value, capsys) -> None:
+    """--rounds 0 ended in a traceback (a median of no rounds), --steps 0 in a ZeroDivisionError, and --steps -3
+    printed negative step times and E1 -5926 with exit status 0; refused before any model is built."""
+    with pytest.raises(SystemExit) as stopped:
+        hand_step.main([flag, value])
+    assert stopped.value.code == 2
+    assert f"{flag} must be at least 1, got {value}" in capsys.readouterr().err
