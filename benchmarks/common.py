@@ -17,6 +17,7 @@ import json
 import math
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -214,6 +215,7 @@ class ChildRun:
     stdout: str
     stderr: str
     started_at: float  # time.time() just before the child was started
+    timeout_s: float | None = None  # set when the child ran past run_child's timeout and was killed
 
     def last_json_line(self, what: str) -> dict[str, Any]:
         """The child's result: the last stdout line that is a JSON object."""
@@ -225,7 +227,8 @@ class ChildRun:
 
     def failure_tail(self, lines: int = 25) -> str:
         tail = "\n".join(self.stderr.splitlines()[-lines:])
-        return f"exit status {self.returncode}; last stderr lines:\n{tail}"
+        killed = f"ran past its {self.timeout_s:g} s timeout and was killed; " if self.timeout_s is not None else ""
+        return f"{killed}exit status {self.returncode}; last stderr lines:\n{tail}"
 
 
 # A fork copies the parent's resident pages into the child's high-water mark, and Linux keeps
@@ -249,19 +252,25 @@ def run_child(
 ) -> ChildRun:
     """Run cmd to completion; measure its wall time and the peak RSS of that child alone.
 
-    Output goes through temporary files, so a chatty child cannot block on a full pipe.
+    Output goes through temporary files, so a chatty child cannot block on a full pipe. The launcher and the
+    child run in a session of their own: past ``timeout_s`` (or on Ctrl-C in the caller) the whole session is
+    killed. Before, only the launcher was: the measured child ran on, orphaned, taking the cores from the next
+    side's measurement, and the error said "exit status -9" without naming the timeout.
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
             tempfile.NamedTemporaryFile("r", suffix=".json") as report:
         started_at = time.time()
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, report.name, *cmd],
-                                stdout=out, stderr=err, env=env, cwd=cwd)
+                                stdout=out, stderr=err, env=env, cwd=cwd, start_new_session=True)
+        timed_out = None
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            timed_out = timeout_s
+        finally:
+            if proc.poll() is None or timed_out is not None:  # a timeout, or Ctrl-C / an error in this process
+                _kill_session(proc)
         wall = time.perf_counter() - start
         measured = json.loads(report.read() or '{"status": -9, "maxrss": 0}')
         out.seek(0)
@@ -273,7 +282,15 @@ def run_child(
             stdout=out.read(),
             stderr=err.read(),
             started_at=started_at,
+            timeout_s=timed_out,
         )
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher's session (the launcher and the measured child with it), then reap the launcher."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 # ---------------------------------------------------------------------------

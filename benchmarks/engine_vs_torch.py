@@ -737,6 +737,8 @@ def parse_args(argv: Sequence[str] | None = None):
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeats < 1:
         parser.error("--threads and --repeats must be at least 1")
+    if not args.timeout > 0:  # 0 or less killed every side at once: "the engine side failed ... exit status -9"
+        parser.error(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
     return args
 
 
@@ -749,6 +751,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError) as error:
         print(f"engine_vs_torch: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the measured side's session is killed by common.run_child on the way out
+        print("engine_vs_torch: interrupted (Ctrl-C); the side that was running was stopped, no figures",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

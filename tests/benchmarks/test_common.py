@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import sys
+import time
 
 import pytest
 
@@ -74,6 +77,31 @@ def test_run_child_measures_that_childs_own_peak_memory_and_output(common):
     assert small.returncode == 4 and small.peak_rss_bytes < 200 * 2**20
     with pytest.raises(RuntimeError, match="no JSON result"):
         small.last_json_line("child")
+
+
+def test_a_child_past_its_timeout_is_killed_with_its_launcher_and_the_error_says_so(common):
+    """Before, only the launcher was killed: the measured child (here a sleep of 60 s) ran on, orphaned, taking the
+    cores from the next side's measurement, and the error read "exit status -9" with nothing about the timeout."""
+    sleeper = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
+    run = common.run_child([sys.executable, "-c", sleeper], timeout_s=2)
+    child = int(run.stdout.split()[0])
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = _alive(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, "the measured child outlived its timeout"
+    assert run.timeout_s == 2 and run.failure_tail().startswith("ran past its 2 s timeout and was killed")
+    assert common.run_child([sys.executable, "-c", "pass"], timeout_s=30).timeout_s is None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_python_speed_is_a_rate_that_falls_when_python_runs_slower(common, monkeypatch):

@@ -90,3 +90,51 @@ def test_without_pytorch_the_hint_names_the_engine_alone(engine_api, tmp_path):
     line = done.stderr.strip().splitlines()[-1]
     assert "PyTorch is not installed" in line and "--sides engine runs the engine alone" in line, line
     assert "--sides torch" not in line
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_a_timeout_of_no_time_is_refused_naming_the_flag(bench, value, capsys) -> None:
+    """--timeout 0 or -5 started each side and killed it at once: "the engine side failed (W1): exit status -9"."""
+    with pytest.raises(SystemExit) as stopped:
+        bench.parse_args(["--timeout", value])
+    assert stopped.value.code == 2
+    assert f"--timeout must be more than 0 seconds, got {value}" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_the_running_side_and_ends_in_one_line(engine_api) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) printed a traceback, and a side killed by a timeout ran on
+    orphaned: now the side's session is killed, one line says so, exit status 130."""
+    import signal
+    import time
+
+    seed = str(900_000 + os.getpid() % 10_000)  # names this test's side process among others'
+    run = subprocess.Popen([sys.executable, str(SCRIPT), "--sides", "engine", "--only", "W1", "--seed", seed],
+                           cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+
+    def sides() -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    words = cmdline.read().split(b"\0")
+            except OSError:
+                continue
+            if b"--side" in words and seed.encode() in words and words[-2:] != [b"--first-step", b""]:
+                found.append(int(entry))
+        return found
+
+    deadline = time.monotonic() + 60
+    while not sides() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)
+    os.killpg(run.pid, signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    time.sleep(0.5)
+    left = sides()
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert run.returncode == 130, err
+    assert err.strip().splitlines() == [
+        "engine_vs_torch: interrupted (Ctrl-C); the side that was running was stopped, no figures"]
+    assert not left, "the measured side outlived the Ctrl-C"
