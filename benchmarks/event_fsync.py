@@ -36,6 +36,7 @@ LINE = (json.dumps({"event_id": "x" * 32, "request_id": "y" * 32, "timestamp": "
 
 
 def run(directory: Path, events: int, mode: str) -> np.ndarray:
+    took = np.empty(events)  # before the file: a bad count left a temporary .jsonl behind in --dir
     fd, name = tempfile.mkstemp(dir=directory, suffix=".jsonl")
     os.close(fd)
     fd = os.open(name, os.O_WRONLY | os.O_APPEND)
@@ -44,7 +45,6 @@ def run(directory: Path, events: int, mode: str) -> np.ndarray:
     if mode == "interval":
         syncer = threading.Thread(target=lambda: [os.fsync(fd) for _ in iter(lambda: stop.wait(SYNC_INTERVAL_S), True)])
         syncer.start()
-    took = np.empty(events)
     try:
         for n in range(events):
             started = time.perf_counter()
@@ -87,14 +87,20 @@ def probe_figures(directory: Path, seconds: float) -> dict:
             "max_ms": round(float(ms.max()), 3), "window_s": round(SYNC_INTERVAL_S + float(ms.max()) / 1000.0, 3)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("logs/spool"))
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--probe", type=float, metavar="SECONDS",
                         help="instead: fsync as the spool does for SECONDS and print each fsync's duration")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    # --events 0 and --probe -1 ended in an IndexError (a percentile of no timings), --events -2 in a ValueError
+    # that left a temporary file in --dir
+    if args.events < 1:
+        parser.error(f"--events must be at least 1, got {args.events}")
+    if args.probe is not None and not args.probe > 0:
+        parser.error(f"--probe must be more than 0 seconds, got {args.probe:g}")
     args.dir.mkdir(parents=True, exist_ok=True)
     if args.probe:
         figures = probe_figures(args.dir, args.probe)
