@@ -241,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--scale must be in (0, 1]")
     if args.stores is not None and not 1 <= args.stores <= MAX_SYNTHETIC_STORES:
         parser.error(f"--stores must be in 1 .. {MAX_SYNTHETIC_STORES}")
+    if args.workers < 1:  # 0 started a cluster with no workers: its download stage failed 60 s later
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.train_steps < 0:  # -1 was taken as a request to train, as any count but 0
+        parser.error(f"--train-steps must be 0 (none) or more, got {args.train_steps}")
     if args.default_scale and (args.start_date, args.end_date) != FULL_DATES:
         parser.error("--default-scale uses params.yaml's dates: drop --start-date/--end-date")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="shelfcast-p2-"))

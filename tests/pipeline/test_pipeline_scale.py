@@ -72,3 +72,16 @@ def test_p4_builds_the_features_on_two_workers_each_within_its_memory_limit():
     assert len(total["worker_peak_rss_gb"]) == 2 and code == 0, total
     assert all(0 < peak <= total["worker_memory_limit_gb"] for peak in total["worker_peak_rss_gb"])
     assert records[4]["train_step_ms"] > 0 and records[4]["read_rows_per_s"] > 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "0"], "--workers must be at least 1, got 0"),
+    (["--train-steps", "-1"], "--train-steps must be 0 (none) or more, got -1"),
+])
+def test_a_cluster_of_no_workers_or_a_negative_step_count_is_refused_at_once(flags, message, tmp_path):
+    """--workers 0 generated nothing for 60 s, then the download stage failed ("no Dask worker ... for 60 s")."""
+    result = subprocess.run([sys.executable, str(SCRIPT), "--through", "features", "--stores", "1",
+                             "--workdir", str(tmp_path / "w"), *flags], capture_output=True, text=True, timeout=20,
+                            cwd=REPO)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "w").exists()
