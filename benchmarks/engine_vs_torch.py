@@ -737,6 +737,8 @@ def parse_args(argv: Sequence[str] | None = None):
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeats < 1:
         parser.error("--threads and --repeats must be at least 1")
+    if args.seed < 0:  # numpy's SeedSequence refused it in each side: "the engine side failed ... expected
+        parser.error(f"--seed must be 0 or more, got {args.seed}")  # non-negative integer", no flag named
     if not args.timeout > 0:  # 0 or less killed every side at once: "the engine side failed ... exit status -9"
         parser.error(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
     return args

@@ -92,13 +92,18 @@ def test_without_pytorch_the_hint_names_the_engine_alone(engine_api, tmp_path):
     assert "--sides torch" not in line
 
 
-@pytest.mark.parametrize("value", ["0", "-5"])
-def test_a_timeout_of_no_time_is_refused_naming_the_flag(bench, value, capsys) -> None:
-    """--timeout 0 or -5 started each side and killed it at once: "the engine side failed (W1): exit status -9"."""
+@pytest.mark.parametrize("flags, message", [
+    (["--timeout", "0"], "--timeout must be more than 0 seconds, got 0"),
+    (["--timeout", "-5"], "--timeout must be more than 0 seconds, got -5"),
+    (["--seed", "-1"], "--seed must be 0 or more, got -1"),
+])
+def test_a_timeout_of_no_time_or_a_negative_seed_is_refused_naming_the_flag(bench, flags, message, capsys) -> None:
+    """--timeout 0 or -5 started each side and killed it at once: "the engine side failed (W1): exit status -9";
+    --seed -1 failed in each side with numpy's "expected non-negative integer", naming no flag."""
     with pytest.raises(SystemExit) as stopped:
-        bench.parse_args(["--timeout", value])
+        bench.parse_args(flags)
     assert stopped.value.code == 2
-    assert f"--timeout must be more than 0 seconds, got {value}" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_ctrl_c_stops_the_running_side_and_ends_in_one_line(engine_api) -> None:
