@@ -297,4 +297,8 @@ def _measure(args, engine, hand: HandStep, split: HandStep | None = None) -> int
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # a traceback from inside a round before
+        print("e1_hand_step: interrupted (Ctrl-C); no figures", file=sys.stderr)
+        sys.exit(130)

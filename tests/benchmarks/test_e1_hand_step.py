@@ -97,3 +97,25 @@ def test_a_count_below_one_is_refused_naming_the_flag(hand_step, flag, value, ca
         hand_step.main([flag, value])
     assert stopped.value.code == 2
     assert f"{flag} must be at least 1, got {value}" in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_in_one_line(engine_api) -> None:
+    """A Ctrl-C during the rounds printed a traceback from inside the timed loop."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.benchmarks.conftest import BENCHMARKS_DIR, REPO_ROOT
+
+    run = subprocess.Popen([sys.executable, str(BENCHMARKS_DIR / "e1_hand_step.py"), "--rounds", "50"],
+                           cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    deadline = time.monotonic() + 120
+    first = run.stdout.readline()  # the first round's line: past the imports, the build and the loss check
+    assert first.startswith("round 1/50") and time.monotonic() < deadline, first
+    os.killpg(run.pid, signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    assert err.strip().splitlines() == ["e1_hand_step: interrupted (Ctrl-C); no figures"]
