@@ -179,13 +179,16 @@ def client(index: int, host: str, port: int, bodies: list[bytes], start_at: floa
     results.put((latencies, errors, answered))
 
 
+CLIENTS_START_AFTER_S = 1.0  # run_clients' processes are forked, then all start together this long after the call
+
+
 def run_clients(url: str, bodies: list[bytes], clients: int, seconds: float,
                 prefix: str) -> tuple[list[float], int, set[str], float]:
     """(latencies, errors, answered request ids, client CPU seconds): `clients` processes, each one connection."""
     host, port = url.removeprefix("http://").split(":")
     context = multiprocessing.get_context("fork")
     results = context.Queue()
-    start_at = time.time() + 1.0
+    start_at = time.time() + CLIENTS_START_AFTER_S
     stop_at = start_at + seconds
     processes = [context.Process(target=client, args=(k, host, int(port), bodies, start_at, stop_at, prefix, results))
                  for k in range(clients)]

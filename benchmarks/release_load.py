@@ -70,6 +70,9 @@ def start_app(models: Path, workdir: Path, workers: int) -> launch.ServedApp:
         raise app_load.BenchmarkError(str(exc)) from None
 
 
+STEP_AFTER_S = 1.5  # each phase's release step starts this long after its clients are launched
+
+
 def run(clients: int, phase_s: float, workers: int) -> list[dict]:
     from pipeline import release
     from pipeline.release_store import CANARY, SHADOW, ReleaseStore
@@ -96,7 +99,7 @@ def run(clients: int, phase_s: float, workers: int) -> list[dict]:
                 took: dict = {}
 
                 def timed(step=step, took=took) -> None:
-                    time.sleep(1.5)  # the clients are running by then
+                    time.sleep(STEP_AFTER_S)  # the clients are running by then
                     began = time.perf_counter()
                     step()
                     took["s"] = time.perf_counter() - began
@@ -122,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    for flag, value in (("--clients", args.clients), ("--workers", args.workers)):
+        if value < 1:  # --clients 0 trained the registry, then failed on a percentile of no latencies
+            parser.error(f"{flag} must be at least 1, got {value}")
+    under_load = STEP_AFTER_S - app_load.CLIENTS_START_AFTER_S
+    if not args.phase_s > under_load:  # the clients stopped before the step began: "0 failed" measured nothing
+        parser.error(f"--phase-s must be more than {under_load:g} s (each release step starts {under_load:g} s into "
+                     f"its phase's load), got {args.phase_s:g}")
     from pipeline.stage import artifact_bars_off
 
     with artifact_bars_off(quiet=True):  # MLflow's download bars, drawn at each sync, between the phases' lines
