@@ -112,3 +112,27 @@ def test_no_bundle_is_one_line_saying_what_to_run_first(tmp_path, capsys, mode):
     assert len(err.splitlines()) == 1, err
     assert err.startswith("app_load: error: ") and "no model bundle here" in err
     assert "python -m pipeline.promote" in err and "--bundle" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--clients", "0"], "--clients must be at least 1, got 0"),
+    (["--workers", "0"], "--workers must be at least 1, got 0"),
+    (["--threads", "0"], "--threads must be at least 1, got 0"),
+    (["--cpu-per-request", "0"], "--cpu-per-request must be at least 1, got 0"),
+    (["--seconds", "0"], "--seconds must be more than 0 and --warm-up 0 or more, got 0 and 2"),
+    (["--warm-up", "-1"], "--seconds must be more than 0 and --warm-up 0 or more, got 30 and -1"),
+])
+def test_a_load_of_nothing_is_refused_before_the_server_starts(flags, message, monkeypatch, capsys):
+    """--clients 0 failed on a percentile of no latencies once the server was up, --seconds 0 on a division by zero,
+    and --cpu-per-request 0 (falsy) ran the 30 s S1 load instead of the one-process measure."""
+    app_load = _benchmark_module("app_load")
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("app_load started a measurement")
+
+    for name in ("measure", "cpu_per_request", "print_server_floor"):
+        monkeypatch.setattr(app_load, name, no_load)
+    with pytest.raises(SystemExit) as stopped:
+        app_load.main(flags)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
