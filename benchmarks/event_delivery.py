@@ -352,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-base", type=int, default=0,
                         help="take TCP ports from here upwards (default 0: free ports the kernel picks)")
     args = parser.parse_args(argv)
+    # no clients or no seconds: every case started its servers only to be judged "no request answered" at the end;
+    # a --port-base past the last port ended in StopIteration from the port counter
+    if args.clients < 1 or not args.seconds > 0:
+        parser.error(f"--clients must be at least 1 and --seconds more than 0, got {args.clients} and "
+                     f"{args.seconds:g}")
+    if not 0 <= args.port_base <= 65535:
+        parser.error(f"--port-base must be 0 (free ports) or a port, 1 to 65535, got {args.port_base}")
     names = [name.strip() for name in args.cases.split(",") if name.strip()]
     unknown = [name for name in names if name not in CASES]
     if unknown or not names:

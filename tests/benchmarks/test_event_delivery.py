@@ -42,3 +42,22 @@ def test_the_summary_names_the_broken_cases(delivery):
                delivery.Figures("restart", 10, 8, 0, 0, 0, 10, 8).judge()]
     assert delivery.summary(results).endswith("2 uncounted lost: BROKEN in restart")
     assert delivery.summary(results[:1]).endswith("as the README promises")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--clients", "0"], "--clients must be at least 1 and --seconds more than 0, got 0 and 3"),
+    (["--seconds", "0"], "--clients must be at least 1 and --seconds more than 0, got 4 and 0"),
+    (["--port-base", "70000"], "--port-base must be 0 (free ports) or a port, 1 to 65535, got 70000"),
+])
+def test_a_run_that_sends_nothing_is_refused_before_any_server(delivery, flags, message, monkeypatch, capsys):
+    """No clients or no seconds: every case started its servers only to be judged "no request answered" at the end;
+    a --port-base past 65535 ended in StopIteration. Now a usage error before any server."""
+    def no_case(*args):
+        raise AssertionError("event_delivery ran a case")
+
+    monkeypatch.setattr(delivery, "why_unavailable", lambda: None)
+    monkeypatch.setattr(delivery, "run_case", no_case)
+    with pytest.raises(SystemExit) as stopped:
+        delivery.main(flags)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
