@@ -171,3 +171,20 @@ def test_make_targets_run_with_dvc_analytics_and_mlflow_telemetry_off():
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.split() == ["1", "true"]
+
+
+def test_the_readme_retrains_beside_the_running_app_with_a_command_that_does_not_serve_again(tmp_path):
+    """README "What next" has the app serving from `make run` in one terminal, then has a parameter changed and the
+    model retrained for the running app to swap in. It said `make run` again: its pipeline and promotion ran, then
+    its own gunicorn found the address taken and make failed (`cannot serve there: Address already in use`, exit 2)
+    after a retrain that had worked. The command it names now runs the pipeline and promotion and serves nothing."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    bullet = re.search(r"^- Change a number in the `train:` section.*?(?=^- )", readme, re.S | re.M).group(0)
+    command = re.search(r"`(make [a-z][\w -]*)`", bullet).group(1)
+    project = project_with_make(tmp_path)
+    result = subprocess.run([*command.split()[:1], "-n", *command.split()[1:]], cwd=project, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"dvc repro\s*$", result.stdout, re.M), result.stdout
+    assert "-m pipeline.promote" in result.stdout, result.stdout
+    assert "gunicorn" not in result.stdout and "serve" not in result.stdout, f"`{command}` serves:\n{result.stdout}"
