@@ -173,6 +173,63 @@ def test_make_targets_run_with_dvc_analytics_and_mlflow_telemetry_off():
     assert shown.stdout.split() == ["1", "true"]
 
 
+DOCS = ("README.md", "ARCHITECTURE.md", "BENCHMARKS.md")
+# A command the docs show: `python -m pipeline.train ...`, `.venv/bin/python benchmarks/accuracy.py ...`, up to the
+# end of its code span, or of its line in a code block (whose `# comment` may name flags of the same command).
+DOC_COMMAND = re.compile(r"python3? (?:-m ((?:pipeline|monitoring|benchmarks|app|scripts)(?:\.\w+)*)|"
+                         r"((?:benchmarks|scripts|pipeline|monitoring)/\w+\.py))([^\n]*)")
+
+
+def _module_file(module: str) -> Path:
+    path = REPO / Path(*module.split("."))
+    return path / "__main__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _option_strings(source: Path) -> set[str]:
+    """The `--options` a program's source spells out, its own or those of the repository modules it imports."""
+    text = source.read_text(encoding="utf-8")
+    for imported in re.findall(r"^\s*from ((?:pipeline|monitoring|benchmarks|app|engine)(?:\.\w+)*) import", text,
+                               re.M):
+        if _module_file(imported).is_file():
+            text += _module_file(imported).read_text(encoding="utf-8")
+    return set(re.findall(r"""["'](--[a-z][\w-]*)["']""", text)) | {"--help"}
+
+
+def test_every_command_line_option_the_docs_show_exists():
+    """Every `--option` of a `python -m …` or `python benchmarks/….py` command the docs show is one the program
+    defines: a renamed or removed flag (`--skip-lightgbm`, `--actuals`) must not live on in a copy-paste line."""
+    unknown = []
+    for doc in DOCS:
+        for number, line in enumerate((REPO / doc).read_text(encoding="utf-8").splitlines(), 1):
+            in_block = re.match(r"\s*(?:\.venv/bin/)?python", line) is not None
+            for module, script, rest in DOC_COMMAND.findall(line):
+                rest = rest if in_block else rest.split("`")[0]
+                source = _module_file(module) if module else REPO / script
+                if not source.is_file():
+                    continue  # a path that does not exist is test_every_path_named_in_docs_and_comments_exists's
+                options = _option_strings(source)
+                unknown += [f"{doc}:{number}: {module or script} {flag}" for flag in
+                            re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest)
+                            if flag not in options and f"unrecognized arguments: {flag}" not in line]
+    assert not unknown, "options the docs show that their program does not define:\n" + "\n".join(unknown)
+
+
+def test_every_make_target_the_docs_show_exists():
+    """Every `make TARGET` the docs quote (`make metrics`, `TEST_WORKERS=1 make test`) is a target of the Makefiles."""
+    defined = set()
+    for makefile in (REPO / "Makefile", REPO / "monitoring" / "delivery.mk"):
+        defined |= set(re.findall(r"^([a-z][a-z0-9_-]*):(?!=)", makefile.read_text(encoding="utf-8"), re.M))
+    unknown = []
+    for doc in DOCS:
+        text = (REPO / doc).read_text(encoding="utf-8")
+        code = re.findall(r"`([^`\n]+)`", text) + re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M)
+        for span in code:
+            for target in re.findall(r"(?:^|[;&|(]\s*|\s)make (?:-\S+ )*(?:[A-Z_]+=\S* )*([a-z][\w-]*)", span, re.M):
+                if target not in defined:
+                    unknown.append(f"{doc}: make {target}")
+    assert not unknown, "make targets the docs show that no Makefile defines:\n" + "\n".join(sorted(set(unknown)))
+
+
 def test_the_readme_retrains_beside_the_running_app_with_a_command_that_does_not_serve_again(tmp_path):
     """README "What next" has the app serving from `make run` in one terminal, then has a parameter changed and the
     model retrained for the running app to swap in. It said `make run` again: its pipeline and promotion ran, then
