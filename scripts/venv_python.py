@@ -10,22 +10,26 @@ made; the second is made again by the Python given.
 
     python3 scripts/venv_python.py .venv      # exit 0: go on; 1: a line on stderr says why not
 
-Standard library only, and no syntax past Python 3.6: it is run by whatever `python3` a machine has.
+Standard library only, and no syntax past Python 3.6: it is run by whatever `python3` a machine has. Up to the
+version check it runs on Python 2.7 too (no pathlib there), so `make venv PYTHON=python` where `python` is 2.7 is
+refused in the same one line: before, `ImportError: No module named pathlib` and a traceback.
 """
 
+import io
+import os
 import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLAUSE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(\d+(?:\.\d+)*)\s*$")
 
 
 def requires_python(pyproject):
     """pyproject.toml's `requires-python` (one definition of the Pythons Shelfcast runs on)."""
-    text = Path(pyproject).read_text(encoding="utf-8")
+    with io.open(pyproject, encoding="utf-8") as file:
+        text = file.read()
     found = re.search(r'^\s*requires-python\s*=\s*"([^"]+)"', text, re.MULTILINE)
     if not found:
         raise SystemExit("make venv: {}: no requires-python in [project]".format(pyproject))
@@ -53,11 +57,11 @@ def satisfies(version, spec):
 def venv_version(venv):
     """The `major.minor` of the Python in `venv`, or None where it has none that runs (none yet, or its base
     Python removed)."""
-    python = Path(venv) / "bin" / "python"
-    if not python.exists():
+    python = os.path.join(venv, "bin", "python")
+    if not os.path.exists(python):
         return None
     try:
-        said = subprocess.run([str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        said = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True,
                               timeout=60)
     except (OSError, subprocess.TimeoutExpired):
@@ -66,8 +70,7 @@ def venv_version(venv):
 
 
 def main(argv):
-    venv = Path(argv[0]) if argv else ROOT / ".venv"
-    spec = requires_python(ROOT / "pyproject.toml")
+    spec = requires_python(os.path.join(ROOT, "pyproject.toml"))
     mine = "{}.{}.{}".format(*sys.version_info[:3])
     if not satisfies(tuple(sys.version_info[:3]), spec):
         sys.stderr.write(
@@ -75,13 +78,14 @@ def main(argv):
             "Python 3.11 (make uses python3.11 from PATH first) or name one: make venv PYTHON=/path/to/python3.11\n"
             .format(spec=spec, exe=sys.executable, mine=mine))
         return 1
+    venv = argv[0] if argv else os.path.join(ROOT, ".venv")
     wanted = "{}.{}".format(*sys.version_info[:2])
-    if venv.is_dir() and not venv.is_symlink():
+    if os.path.isdir(venv) and not os.path.islink(venv):
         had = venv_version(venv)
         if had != wanted:
             why = "made by Python {}".format(had) if had else "left without a Python that runs"
             print("venv: {} was {}: making it again with {} ({})".format(venv, why, sys.executable, mine))
-            shutil.rmtree(str(venv))
+            shutil.rmtree(venv)
     return 0
 
 

@@ -410,6 +410,30 @@ def test_make_venv_with_a_python_pyproject_does_not_take_says_so_before_making_a
     assert not (tmp_path / "venv-asked").exists() and not (tmp_path / ".venv").exists()
 
 
+def other_pythons() -> list[str]:
+    """Interpreters of another minor version than this one (2.7, an older or newer 3.x: pyenv's, the system's)
+    that run (a pyenv shim of a version not selected does not), if any."""
+    found = [shutil.which(name) for name in ("python2.7", "python2", "python3.10", "python3.9", "python3.8")]
+    found += sorted(str(p) for p in Path.home().glob(".pyenv/versions/[23].*/bin/python")
+                    if not p.parent.parent.name.startswith(f"{sys.version_info.major}.{sys.version_info.minor}."))
+    return sorted({p for p in found if p and subprocess.run([p, "-c", ""], capture_output=True).returncode == 0})
+
+
+@pytest.mark.skipif(not other_pythons(), reason="no Python 2.7 or older 3.x on this machine")
+def test_make_venv_refuses_a_python_2_in_the_same_one_line(tmp_path):
+    """`make venv PYTHON=python` where `python` is 2.7 (an old distribution's): venv_python.py imported pathlib
+    first, and the refusal was `ImportError: No module named pathlib` under a traceback, not the one line."""
+    make_venv_tree(tmp_path, ">=3.11,<3.12")
+    for python in other_pythons():
+        done = subprocess.run(["make", "venv", f"PYTHON={python}"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode != 0, python
+        refusal = [line for line in done.stderr.splitlines() if not line.startswith("make: ***")]
+        assert len(refusal) == 1 and refusal[0].startswith(
+            "make venv: Shelfcast needs Python >=3.11,<3.12 (pyproject.toml requires-python); "), done.stderr
+        assert not (tmp_path / ".venv").exists(), python
+
+
 def test_make_venv_makes_again_a_venv_another_python_left(tmp_path):
     """A .venv left by a Python pyproject does not take (or whose Python was removed): `python3.11 -m venv` over it
     kept its `python`, and every `make venv` after Python 3.11 was installed failed as the first had."""
