@@ -616,3 +616,38 @@ def test_a_stop_while_the_workers_boot_takes_no_graceful_timeout(app_bundles, tm
                 master.kill()
                 master.wait()
     assert max(stops) < 10, [round(took, 1) for took in stops]
+
+
+STOP_DURING_A_STOP = """
+import concurrent.futures, signal, sys, types
+from app.gunicorn_worker import ThreadWorker
+
+worker = ThreadWorker.__new__(ThreadWorker)  # the handler alone: no server, no app
+worker.alive, worker.cfg = True, types.SimpleNamespace(worker_int=lambda w: None)
+worker.tpool = concurrent.futures.ThreadPoolExecutor(2)  # no thread started: nothing submitted
+queue, nested = worker.tpool._work_queue, []
+
+class SecondSignalAtPut:  # the master's SIGQUIT, handled as shutdown() wakes the pool's threads under its lock
+    def put(self, item, *args, **kwargs):
+        queue.put(item, *args, **kwargs)
+        if not nested:
+            nested.append(1)
+            worker.handle_quit(signal.SIGQUIT, None)
+
+worker.tpool._work_queue = SecondSignalAtPut()
+try:
+    worker.handle_quit(signal.SIGINT, None)
+except SystemExit as stopped:
+    print("stopped", stopped.code)
+"""
+
+
+def test_a_stop_signal_handled_inside_another_stop_does_not_deadlock_the_worker():
+    """Ctrl-C on `make serve` sends SIGINT to the whole process group, then the master sends each worker SIGQUIT.
+    gunicorn's handler shuts the thread pool down under the pool's own Lock: a second stop handled while the first held
+    it waited for ever, and the master SIGKILLed the worker at graceful_timeout (30 s; its events' close never ran;
+    probed after two hot reloads under gunicorn). The second signal is injected at the point the race hit."""
+    done = subprocess.run([sys.executable, "-c", STOP_DURING_A_STOP], cwd=Path(__file__).resolve().parents[2],
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["stopped", "0"], (done.stdout, done.stderr)
