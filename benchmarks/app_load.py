@@ -450,10 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # --clients 0 failed on a percentile of no latencies after the server started, --seconds 0 on a division by
     # zero, and --cpu-per-request 0 ran the 30 s S1 load instead
-    for flag, value in (("--clients", args.clients), ("--workers", args.workers), ("--threads", args.threads),
-                        ("--cpu-per-request", 1 if args.cpu_per_request is None else args.cpu_per_request)):
-        if value < 1:
-            parser.error(f"{flag} must be at least 1, got {value}")
+    common.refuse_counts_below_one(parser, (
+        ("--clients", args.clients), ("--workers", args.workers), ("--threads", args.threads),
+        ("--cpu-per-request", 1 if args.cpu_per_request is None else args.cpu_per_request)))
     if not args.seconds > 0 or args.warm_up < 0:
         parser.error(f"--seconds must be more than 0 and --warm-up 0 or more, got {args.seconds:g} and "
                      f"{args.warm_up:g}")

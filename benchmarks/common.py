@@ -194,6 +194,14 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
 
 
+def refuse_counts_below_one(parser: Any, counts: Iterable[tuple[str, int]]) -> None:
+    """A usage error (exit 2) naming the first flag of ``counts`` (flag, value) below 1: a count of 0 or less measured
+    nothing (a median of no rounds, a percentile of no latencies, a division by zero, a negative E1)."""
+    for flag, value in counts:
+        if value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+
+
 # ---------------------------------------------------------------------------
 # Memory and child processes
 # ---------------------------------------------------------------------------

@@ -234,9 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the hand step on N row blocks, one thread each, BLAS on one thread (default 1: "
                              "no third side)")
     args = parser.parse_args(argv)
-    for flag, value in (("--threads", args.threads), ("--rounds", args.rounds), ("--steps", args.steps)):
-        if value < 1:  # --rounds 0 ended in a median of nothing, --steps 0 in a division by zero, --steps -3 in E1 < 0
-            parser.error(f"{flag} must be at least 1, got {value}")
+    common.refuse_counts_below_one(parser, (("--threads", args.threads), ("--rounds", args.rounds),
+                                            ("--steps", args.steps)))
     if not 1 <= args.split <= bench.TRAIN_BATCH:
         parser.error(f"--split must be 1 to {bench.TRAIN_BATCH}")
     weights = bench.initial_weights(0)

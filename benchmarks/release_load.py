@@ -125,9 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    for flag, value in (("--clients", args.clients), ("--workers", args.workers)):
-        if value < 1:  # --clients 0 trained the registry, then failed on a percentile of no latencies
-            parser.error(f"{flag} must be at least 1, got {value}")
+    # --clients 0 trained the registry, then failed on a percentile of no latencies
+    common.refuse_counts_below_one(parser, (("--clients", args.clients), ("--workers", args.workers)))
     under_load = STEP_AFTER_S - app_load.CLIENTS_START_AFTER_S
     if not args.phase_s > under_load:  # the clients stopped before the step began: "0 failed" measured nothing
         parser.error(f"--phase-s must be more than {under_load:g} s (each release step starts {under_load:g} s into "
