@@ -15,6 +15,11 @@ import tempfile
 from engine.cores import usable_cores
 
 
+class EnvironmentSettingError(ValueError):
+    """An environment variable the engine reads at import holds a value it cannot use: a setting for the user to
+    change, which ``python -m pipeline.<command>`` says in one line (``pipeline/__init__.py``), not a traceback."""
+
+
 def default_cache_dir() -> str:
     """Numba's on-disk kernel cache: shared by every clone, so a fresh process does not compile again."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -77,8 +82,9 @@ def _apply_environment_defaults() -> None:
     if not (threads.isascii() and threads.isdigit() and int(threads) >= 1):
         # Numba's own checks: 0 failed every `import engine` with a traceback from numba's internals naming no
         # variable; 'two' was a warning, then Numba's default (every core of the host) and OPENBLAS_NUM_THREADS='two'
-        raise ValueError(f"environment variable NUMBA_NUM_THREADS must be a whole number >= 1 (the engine's thread "
-                         f"pools; unset: the cores this process can use, {usable_cores()}), got {threads!r}")
+        raise EnvironmentSettingError(
+            f"environment variable NUMBA_NUM_THREADS must be a whole number >= 1 (the engine's thread pools; unset: "
+            f"the cores this process can use, {usable_cores()}), got {threads!r}")
     os.environ["NUMBA_NUM_THREADS"] = threads
     if "numpy" not in sys.modules:  # BLAS reads these once, when numpy loads it
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -86,13 +92,14 @@ def _apply_environment_defaults() -> None:
 
 
 def env_int(var: str, default: int) -> int:
-    """A whole number of at least 0 from ``var`` (unset or empty, as make and CI pass unset ones: ``default``); a
-    ValueError naming ``var`` for anything else (int() failed ``import engine`` on '' or '1e6', naming nothing)."""
+    """A whole number of at least 0 from ``var`` (unset or empty, as make and CI pass unset ones: ``default``); an
+    EnvironmentSettingError naming ``var`` for anything else (int() failed ``import engine`` on '' or '1e6', naming
+    nothing)."""
     text = os.environ.get(var, "").strip()
     if not text:
         return default
     if not text.isdigit():
-        raise ValueError(f"environment variable {var} must be a whole number >= 0, got {text!r}")
+        raise EnvironmentSettingError(f"environment variable {var} must be a whole number >= 0, got {text!r}")
     return int(text)
 
 

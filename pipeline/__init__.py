@@ -95,7 +95,21 @@ def _status_decided() -> None:
             _signal.signal(signum, _signal.SIG_IGN)
 
 
+_SETTING_ERROR = "engine.config.EnvironmentSettingError"
+
+
+def _setting_error_in_one_line(kind, error, trace) -> None:
+    """``sys.excepthook`` of a command: an environment setting the engine cannot use, met while the command's
+    imports run (``NUMBA_NUM_THREADS=0``), is the command's one line naming the variable, not a 10-line traceback
+    through the import machinery ending in that line. Known by name: the module that raised it failed to import."""
+    if f"{kind.__module__}.{kind.__qualname__}" == _SETTING_ERROR:
+        _sys.stderr.write(f"{_command_of(getattr(_sys, 'orig_argv', []))}: {error}\n")
+    else:
+        _sys.__excepthook__(kind, error, trace)
+
+
 if _AS_COMMAND:
+    _sys.excepthook = _setting_error_in_one_line
     _atexit.register(_status_decided)  # registered first, called last
     for _signum, _default in ((_signal.SIGINT, _signal.default_int_handler), (_signal.SIGTERM, _signal.SIG_DFL)):
         if _signal.getsignal(_signum) is _default:  # one ignored (a background job's SIGINT) stays ignored

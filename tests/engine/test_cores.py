@@ -138,9 +138,25 @@ def test_a_thread_count_numba_cannot_use_is_an_error_naming_the_variable(value):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
-    assert last == (f"ValueError: environment variable NUMBA_NUM_THREADS must be a whole number >= 1 (the engine's "
-                    f"thread pools; unset: the cores this process can use, {cores.usable_cores()}), got {value!r}")
+    assert last == (f"engine.config.EnvironmentSettingError: {thread_count_refusal(value)}")
     assert "site-packages/numba" not in done.stderr  # raised before Numba loads, not from inside it
+
+
+def thread_count_refusal(value: str) -> str:
+    return (f"environment variable NUMBA_NUM_THREADS must be a whole number >= 1 (the engine's thread pools; unset: "
+            f"the cores this process can use, {cores.usable_cores()}), got {value!r}")
+
+
+@pytest.mark.parametrize("module, command", [("pipeline.train", "train"), ("pipeline.registry_fetch", "fetch-model")])
+def test_a_command_says_an_unusable_engine_setting_in_one_line(module, command):
+    """Met while the command's imports ran, before run_stage: a 10-line traceback through the import machinery."""
+    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, NUMBA_NUM_THREADS="0"), timeout=120)
+    assert (done.returncode, done.stderr) == (1, f"{command}: {thread_count_refusal('0')}\n")
+    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, SHELFCAST_PARALLEL_MIN_ELEMENTS="1e6"), timeout=120)
+    assert (done.returncode, done.stderr) == (1, f"{command}: environment variable SHELFCAST_PARALLEL_MIN_ELEMENTS "
+                                                 "must be a whole number >= 0, got '1e6'\n")
 
 
 THREAD_COUNT_PROBE = """
