@@ -206,6 +206,9 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", type=int, default=None,
                         help="backtest windows, the validation window included (default: evaluate.backtest_windows)")
     args = parser.parse_args(argv)
+    # --windows 0 quietly became 1 window, --threads 0 LightGBM's own default (every core)
+    common.refuse_counts_below_one(parser, [("--threads", args.threads)]
+                                   + ([] if args.windows is None else [("--windows", args.windows)]))
     # both checked before minutes of training, each in one line saying what to do (the peer's import failed only
     # after the engine's fits, in a traceback; a fresh clone's missing data/ was a HistoryError traceback)
     if not args.skip_lightgbm and not _lightgbm_installed():
@@ -265,7 +268,7 @@ def main(argv=None) -> int:
                                                                                                 1e-9) - 1) <= 0.05)}))
     # every backtest window: window 0 from the learners above, earlier ones retrained on the days before them
     eparams = evaluate_params(raw)
-    windows = eparams.backtest_windows if args.windows is None else max(1, args.windows)
+    windows = eparams.backtest_windows if args.windows is None else args.windows
     length = int(keys[2].max() - keys[2].min() + 1)
     latest = {"baseline": baseline, "mlp": next(p for n, p, _, _ in learners if n == "engine mlp")}
     latest.update({short: p for n, p, _, _ in learners for short, name in (("lightgbm", "LightGBM 4.7 (peer)"),

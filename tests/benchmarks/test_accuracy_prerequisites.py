@@ -41,3 +41,12 @@ def test_no_lightgbm_is_said_before_anything_runs(accuracy, tmp_path, capsys, mo
     assert accuracy.main(["--root", str(tmp_path)]) == 1
     line = _one_error_line(capsys)
     assert "lightgbm==4.7.0" in line and "--skip-lightgbm" in line
+
+
+@pytest.mark.parametrize("flag, value", [("--windows", "0"), ("--windows", "-2"), ("--threads", "0")])
+def test_a_count_below_one_is_a_usage_error(accuracy, flag, value, capsys):
+    """--windows 0 quietly became 1 window after minutes of training; --threads 0 was LightGBM's every core."""
+    with pytest.raises(SystemExit) as ended:
+        accuracy.main([flag, value, "--skip-lightgbm"])
+    assert ended.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: {flag} must be at least 1, got {value}")
