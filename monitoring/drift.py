@@ -257,13 +257,20 @@ def _drift(argv: Sequence[str] | None) -> int:
     parser.add_argument("--since", type=since_time,
                         help="only events at or after this ISO-8601 time (UTC when it has no offset)")
     parser.add_argument("--actuals", type=Path, help="CSV of store_nbr,item_nbr,date,unit_sales for live NWRMSLE")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="thresholds (drift: section)")
+    parser.add_argument("--params", type=Path, default=None,
+                        help="thresholds, its drift: section (default: ./params.yaml where present, else the built-in "
+                             "thresholds)")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR, help="where drift.json/html go")
     parser.add_argument("--emit", action="store_true",
                         help=f"also send a {DRIFT_TAG} summary event (Fluentd if FLUENTD_HOST is set, else logs/)")
     args = parser.parse_args(argv)
     if args.events is not None:
         args.elasticsearch = None
+    if args.params is not None and not args.params.is_file():  # a misspelt path silently judged by the built-ins
+        print(f"drift: error: --params {args.params}: no such file (leave --params out for ./params.yaml, or the "
+              "built-in thresholds where there is none)", file=sys.stderr)
+        return EXIT_ERROR
+    args.params = args.params or Path("params.yaml")
     try:
         return report_and_verdict(args)
     except (BundleError, EventSourceError, EventShapeError, ActualsError, DriftParamsError) as exc:

@@ -110,3 +110,11 @@ def project_with_make(root: Path, tools: dict[str, str] | None = None) -> Path:
         (bin_dir / tool).chmod(0o755)
     (root / ".venv" / ".installed").touch()
     return root
+
+
+def builtin_drift_thresholds(folder: Path) -> str:
+    """A ``--params`` file for ``monitoring.drift`` with no ``drift:`` section: the built-in thresholds, whatever the
+    repository's params.yaml says (a file that does not exist is an error there)."""
+    path = Path(folder) / "builtin-thresholds.yaml"
+    path.write_text("")
+    return str(path)

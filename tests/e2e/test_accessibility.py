@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 from monitoring import drift
+from tests.conftest import builtin_drift_thresholds
 
 WIDTHS = (320, 1280)
 
@@ -36,7 +37,7 @@ def write_drift_report(server, tmp_path) -> None:
         assert time.monotonic() < deadline, "the forecast logged no prediction event"
         time.sleep(0.2)
     drift.main(["--bundle", str(server.model_dir), "--events", str(server.events_path),
-                "--params", str(tmp_path / "no-params.yaml"), "--output-dir", str(server.drift_dir)])
+                "--params", builtin_drift_thresholds(tmp_path), "--output-dir", str(server.drift_dir)])
 
 
 def test_every_page_passes_axe_and_reflows(gunicorn_server, browser, axe, tmp_path):

@@ -20,6 +20,7 @@ from monitoring.report_html import render_report
 from monitoring.serving_data import collect
 from pipeline.actuals import read_actuals
 from pipeline.drift_stats import distribution
+from tests.conftest import builtin_drift_thresholds
 
 STREAM_EVENTS = 1500
 
@@ -43,8 +44,8 @@ def inflated_forecasts(dense, categorical, predictions):
 
 def run_cli(tmp_path, bundle, events_path, *extra):
     out = tmp_path / "report"
-    code = drift.main(["--bundle", str(bundle), "--events", str(events_path), "--params", str(tmp_path / "none.yaml"),
-                       "--output-dir", str(out), *extra])
+    code = drift.main(["--bundle", str(bundle), "--events", str(events_path),
+                       "--params", builtin_drift_thresholds(tmp_path), "--output-dir", str(out), *extra])
     return code, json.loads((out / "drift.json").read_text()), (out / "drift.html").read_text()
 
 
@@ -237,8 +238,8 @@ def test_the_events_default_to_the_log_the_app_writes(bundle_parts, stream, json
     monkeypatch.setenv("SHELFCAST_PREDICTION_LOG", str(events))
     monkeypatch.chdir(tmp_path)  # no logs/predictions.jsonl here
     out = tmp_path / "report"
-    assert drift.main(["--bundle", str(production_bundle), "--params", str(tmp_path / "none.yaml"),
-                       "--output-dir", str(out)]) == 0
+    assert drift.main(["--bundle", str(production_bundle),
+                       "--params", builtin_drift_thresholds(tmp_path), "--output-dir", str(out)]) == 0
     assert json.loads((out / "drift.json").read_text())["events"] == STREAM_EVENTS
 
 
@@ -509,9 +510,9 @@ def test_one_days_traffic_is_judged_against_that_days_history_features(tiny_bund
     past at the target's weekday or year-ago week, and were compared with every horizon day alike. Here: the
     weekday means moved 0.19 and 0.32 on the tiny bundle. Each day's reference is now mixed as the requests ask."""
     requests = validation_requests_for(tiny_bundle, None, first_days=1)  # every series: 72 distinct requests
-    (tmp_path / "none.yaml").write_text("drift:\n  min_events: 50\n")  # the tiny catalog's one day is below 100
+    (tmp_path / "fifty.yaml").write_text("drift:\n  min_events: 50\n")  # the tiny catalog's one day is below 100
     log = replay(production_bundle, requests, tmp_path / "first-day.jsonl")
-    code, report, html = run_cli(tmp_path, production_bundle, log)
+    code, report, html = run_cli(tmp_path, production_bundle, log, "--params", str(tmp_path / "fifty.yaml"))
     assert code == drift.EXIT_OK and report["reasons"] == [], report["reasons"]
     history = {name: record for name, record in report["features"].items() if record["role"] == "history"}
     assert {"dow_mean_log1p_4w", "dow_mean_log1p_8w"} <= set(history)
@@ -882,7 +883,7 @@ def test_an_event_without_its_request_is_an_error_naming_it_not_one_request_repe
         else:
             event["inputs"] = copy.deepcopy(inputs)
     code = drift.main(["--bundle", str(production_bundle), "--events", str(jsonl(tmp_path / "p.jsonl", events)),
-                       "--params", str(tmp_path / "none.yaml"), "--output-dir", str(tmp_path / "r")])
+                       "--params", builtin_drift_thresholds(tmp_path), "--output-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == drift.EXIT_ERROR and "event 7 (event_id" in err and "inputs." in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -903,8 +904,8 @@ def test_monitorings_own_records_read_from_elasticsearch_are_skipped_and_counted
     monkeypatch.setattr(ElasticsearchEvents, "events",
                         lambda self, max_events, since=None, host=None: [summary, *events])
     code = drift.main(["--bundle", str(production_bundle), "--elasticsearch", "http://search.invalid:9200",
-                       "--index", "shelfcast-*", "--params", str(tmp_path / "none.yaml"),
-                       "--output-dir", str(tmp_path / "r")])
+                       "--index", "shelfcast-*",
+                       "--params", builtin_drift_thresholds(tmp_path), "--output-dir", str(tmp_path / "r")])
     out = capsys.readouterr()
     report = json.loads((tmp_path / "r" / "drift.json").read_text())
     assert code == drift.EXIT_OK, out.err
@@ -1022,7 +1023,7 @@ def test_a_login_in_the_elasticsearch_url_is_read_with_and_shown_nowhere(stream,
         host = server.url.split("://", 1)[1].rstrip("/")
         with_login = f"http://shelfcast:s%40cret-pw@{host}"
         code = drift.main(["--bundle", str(production_bundle), "--elasticsearch", with_login,
-                           "--params", str(tmp_path / "none.yaml"), "--output-dir", str(tmp_path / "r")])
+                           "--params", builtin_drift_thresholds(tmp_path), "--output-dir", str(tmp_path / "r")])
     out = capsys.readouterr()
     assert code == drift.EXIT_OK, out.err
     report = json.loads((tmp_path / "r" / "drift.json").read_text())
@@ -1092,7 +1093,20 @@ def test_drift_whose_stdout_reader_has_gone_stops_in_one_line_with_141(stream, j
     os.close(read_end)
     monkeypatch.setattr(sys, "stdout", open(write_end, "w", encoding="utf-8", buffering=1))  # as a print shows it
     code = drift.main(["--bundle", str(production_bundle), "--events", str(events), "--params",
-                       str(tmp_path / "none.yaml"), "--output-dir", str(tmp_path / "report")])
+                       builtin_drift_thresholds(tmp_path), "--output-dir", str(tmp_path / "report")])
     err = capsys.readouterr().err
     assert code == 141 and err == "drift: stopped: stdout was closed (its reader ended, as `| head` does after its " \
                                   "lines)\n", err
+
+
+def test_a_params_file_that_does_not_exist_is_an_error_not_the_builtin_thresholds(tmp_path, production_bundle,
+                                                                                  capsys):
+    """`--params /etc/shelfcast/parms.yaml` (misspelt) judged the traffic by the built-in thresholds, exit 0."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("")
+    code = drift.main(["--bundle", str(production_bundle), "--events", str(events),
+                       "--params", str(tmp_path / "parms.yaml"), "--output-dir", str(tmp_path / "r")])
+    assert code == drift.EXIT_ERROR and not (tmp_path / "r").exists()
+    assert capsys.readouterr().err == (f"drift: error: --params {tmp_path / 'parms.yaml'}: no such file (leave "
+                                       "--params out for ./params.yaml, or the built-in thresholds where there is "
+                                       "none)\n")

@@ -9,12 +9,13 @@ import pytest
 
 from monitoring import drift
 from monitoring.monitoring_events import ENV_MONITORING_LOG, emit_monitoring_event
+from tests.conftest import builtin_drift_thresholds
 
 
 def run_cli(tmp_path, bundle, events_path, *extra):
     out = tmp_path / "report"
-    code = drift.main(["--bundle", str(bundle), "--events", str(events_path), "--params", str(tmp_path / "none.yaml"),
-                       "--output-dir", str(out), *extra])
+    code = drift.main(["--bundle", str(bundle), "--events", str(events_path),
+                       "--params", builtin_drift_thresholds(tmp_path), "--output-dir", str(out), *extra])
     report = json.loads((out / "drift.json").read_text()) if (out / "drift.json").exists() else None
     return code, report
 

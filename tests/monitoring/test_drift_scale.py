@@ -14,6 +14,7 @@ import json
 import pytest
 
 from monitoring import drift
+from tests.conftest import builtin_drift_thresholds
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +37,8 @@ def mid_bundle(tmp_path_factory, repo_root):
 def test_validation_window_traffic_at_scale_raises_no_alarm(mid_bundle, validation_requests_for, replay, tmp_path,
                                                             requests):
     log = replay(mid_bundle, validation_requests_for(mid_bundle, requests, seed=1), tmp_path / "p.jsonl")
-    code = drift.main(["--bundle", str(mid_bundle), "--events", str(log), "--params", str(tmp_path / "none.yaml"),
-                       "--output-dir", str(tmp_path / "r")])
+    code = drift.main(["--bundle", str(mid_bundle), "--events", str(log),
+                       "--params", builtin_drift_thresholds(tmp_path), "--output-dir", str(tmp_path / "r")])
     report = json.loads((tmp_path / "r" / "drift.json").read_text())
     assert code == drift.EXIT_OK and not report["reasons"], report["reasons"]
     judged = [r for r in (*report["features"].values(), *report["categorical"].values()) if r["verdict"] == "ok"]
@@ -50,8 +51,8 @@ def test_shifted_traffic_at_scale_raises_the_alarm(mid_bundle, validation_reques
     requests = validation_requests_for(mid_bundle, 3000, seed=2)
     shifted = [{**r, "onpromotion": True} for r in requests if r["store_nbr"] == requests[0]["store_nbr"]]
     log = replay(mid_bundle, shifted, tmp_path / "p.jsonl")
-    code = drift.main(["--bundle", str(mid_bundle), "--events", str(log), "--params", str(tmp_path / "none.yaml"),
-                       "--output-dir", str(tmp_path / "r")])
+    code = drift.main(["--bundle", str(mid_bundle), "--events", str(log),
+                       "--params", builtin_drift_thresholds(tmp_path), "--output-dir", str(tmp_path / "r")])
     report = json.loads((tmp_path / "r" / "drift.json").read_text())
     assert code == drift.EXIT_ALARM
     assert {"target_onpromotion"} <= {n for n, r in report["features"].items() if r["drifted"]}
@@ -64,8 +65,8 @@ def test_next_day_traffic_at_scale_raises_no_alarm(mid_bundle, validation_reques
     references) the same traffic alarmed."""
     requests = validation_requests_for(mid_bundle, None, first_days=1)
     log = replay(mid_bundle, requests, tmp_path / "p.jsonl")
-    code = drift.main(["--bundle", str(mid_bundle), "--events", str(log), "--params", str(tmp_path / "none.yaml"),
-                       "--output-dir", str(tmp_path / "r")])
+    code = drift.main(["--bundle", str(mid_bundle), "--events", str(log),
+                       "--params", builtin_drift_thresholds(tmp_path), "--output-dir", str(tmp_path / "r")])
     report = json.loads((tmp_path / "r" / "drift.json").read_text())
     assert code == drift.EXIT_OK and not report["reasons"], report["reasons"]
     assert report["prediction"]["psi"] < 0.05, report["prediction"]

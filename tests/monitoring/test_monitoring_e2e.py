@@ -30,6 +30,7 @@ import pytest
 from monitoring import drift
 from pipeline.event_sources import ElasticsearchEvents
 from monitoring.setup_stack import install_index_templates
+from tests.conftest import builtin_drift_thresholds
 
 RECEIVER_DIR = Path(__file__).resolve().parents[1] / "fluentd_receiver"
 PREFIX = {"shelfcast.prediction": "shelfcast-prediction", "shelfcast.metrics": "shelfcast-monitoring",
@@ -172,7 +173,7 @@ def test_app_events_reach_the_search_server_and_drift_reads_every_one(
 
     out = tmp_path / "drift"
     code = drift.main(["--bundle", str(production_bundle), "--elasticsearch", search_server.url,
-                       "--params", str(tmp_path / "none.yaml"), "--output-dir", str(out)])
+                       "--params", builtin_drift_thresholds(tmp_path), "--output-dir", str(out)])
     report = json.loads((out / "drift.json").read_text())
     assert code in (drift.EXIT_OK, drift.EXIT_ALARM) and report["events"] == REQUESTS
     read_back = {e["event_id"] for e in search_server.events(10_000)}
