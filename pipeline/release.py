@@ -254,8 +254,14 @@ def sync(root: Path, store: ReleaseStore, name: str | None = None,
             store.remove(variant)
             done[variant] = None
     if refused:
-        raise ReleaseError(f"synced {done}; not synced, left as this host had it: {'; '.join(refused)}")
+        raise ReleaseError(f"synced {synced_text(done)}; not synced, left as this host had it: {'; '.join(refused)}")
     return done
+
+
+def synced_text(done: dict[str, str | None]) -> str:
+    """What ``sync`` did, as a line says it: ``production version 3, canary none (removed)``, not a Python dict."""
+    return ", ".join(f"{variant} " + (f"version {version}" if version else "none (removed)")
+                     for variant, version in done.items()) or "nothing"
 
 
 def give_canary_a_share(store: ReleaseStore, version: str) -> None:
@@ -1339,7 +1345,7 @@ def _release(argv) -> int:
                     print(f"release: this host does not serve what the registry names for {', '.join(apart)} (a "
                           "promote or release stopped half-way?): `make release-sync` installs it", file=sys.stderr)
             elif args.command == "sync":
-                print(f"release: synced {sync(root, store, args.name, events.path)}")
+                print(f"release: synced {synced_text(sync(root, store, args.name, events.path))}")
             elif args.command in (SHADOW, CANARY):
                 if not version:
                     raise ReleaseError(f"{args.command}: give --version or --alias")

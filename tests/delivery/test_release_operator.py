@@ -275,7 +275,7 @@ def test_status_shows_the_host_when_its_release_file_is_malformed(host, capsys):
     assert f"release canary --version {versions['canary']}" in err, err
 
 
-def test_a_sync_of_a_host_already_in_sync_reinstalls_nothing(host):
+def test_a_sync_of_a_host_already_in_sync_reinstalls_nothing(host, capsys):
     """Found by a probe: `make release-sync` on a host already in sync (the release job's first step, an operator
     making sure) copied every variant in again: the canary's install time moved, so `release decide` judged only the
     events since the sync (`judged_since`) and a canary's accumulated evidence was silently dropped; and each worker
@@ -286,6 +286,9 @@ def test_a_sync_of_a_host_already_in_sync_reinstalls_nothing(host):
     assert release.main(["sync", "--root", str(root), "--models", str(store.root)]) == 0
     after = {v: (store.variant_dir(v).stat().st_ino, store.installed_at(v)) for v in (PRODUCTION, CANARY)}
     assert after == before
+    # said as a line says it (it was a Python dict, `{'production': '1', 'canary': '2', 'shadow': None}`)
+    assert capsys.readouterr().out.splitlines()[-1] == (f"release: synced production version {versions['production']}, "
+                                                        f"canary version {versions['canary']}, shadow none (removed)")
     (store.variant_dir(CANARY) / "bundle.json").write_text("{}", encoding="utf-8")  # a damaged install: replaced
     assert release.main(["sync", "--root", str(root), "--models", str(store.root)]) == 0
     assert verify_bundle(store.variant_dir(CANARY)) == \
