@@ -181,9 +181,11 @@ def drift_report_page():
     response = current_app.response_class(public_paths().text(report), mimetype="text/html")
     response.headers["Cache-Control"] = "no-cache"
     # The report is one self-contained file (it is also opened from disk), so its styles are inline:
-    # allow those, and nothing else — no scripts, no other sources.
+    # allow those, and nothing else — no scripts, no other sources; base-uri and form-action do not fall back to
+    # default-src, so they are named (an injected <base> or <form> would have been allowed).
     response.headers["Content-Security-Policy"] = (
-        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'")
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'; base-uri 'none'; "
+        "form-action 'none'")
     return response
 
 

@@ -51,6 +51,8 @@ def test_page_shows_the_latest_report_and_recent_statistics(tmp_path, monkeypatc
     # Its inline styles are allowed by its own policy (the app's strict default would drop them); scripts are not.
     policy = report.headers["Content-Security-Policy"]
     assert "style-src 'unsafe-inline'" in policy and "default-src 'none'" in policy and "script" not in policy
+    # the two directives that do not fall back to default-src: an injected <base> or <form> is refused too
+    assert "base-uri 'none'" in policy and "form-action 'none'" in policy
 
 
 def test_traffic_is_split_by_release_variant(tmp_path, monkeypatch, jsonl):
