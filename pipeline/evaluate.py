@@ -412,11 +412,9 @@ def _log_to_mlflow(root: Path, evaluation: Mapping, metrics: Mapping, per_window
 
     try:
         training_run = tracking.run_of_bundle(root, evaluation["bundle_digest"])
-        if training_run is None:
-            if not quiet:
-                print(f"evaluate: note: no finished MLflow training run at {tracking.shown_uri(root)} made bundle "
-                      f"{evaluation['bundle_digest'][:12]}; the evaluation is not recorded in MLflow",
-                      file=sys.stderr)
+        if training_run is None:  # said under --quiet too (it drops progress, not what went unrecorded)
+            print(f"evaluate: note: no finished MLflow training run at {tracking.shown_uri(root)} made bundle "
+                  f"{evaluation['bundle_digest'][:12]}; the evaluation is not recorded in MLflow", file=sys.stderr)
             return None
         run_id = training_run.info.run_id
         recorded = tracking.log_evaluation(
@@ -428,9 +426,8 @@ def _log_to_mlflow(root: Path, evaluation: Mapping, metrics: Mapping, per_window
                 "validation_rows": metrics["validation"]["rows"],
                 "backtest_windows": len(per_window)}))
     except (MlflowException, tracking.TrackingError) as exc:
-        if not quiet:
-            print(f"evaluate: note: could not record the evaluation in MLflow: {tracking.store_error_text(exc)}",
-                  file=sys.stderr)
+        print(f"evaluate: note: could not record the evaluation in MLflow: {tracking.store_error_text(exc)}",
+              file=sys.stderr)
         return None
     for closed in [] if quiet else recorded.closed:
         print(f"evaluate: note: {tracking.closed_run_note(closed)}", file=sys.stderr)

@@ -251,6 +251,19 @@ def test_the_evaluation_is_an_mlflow_run_of_its_own_with_heldout_names(trained_p
     assert "heldout_validation_candidate_nwrmsle" in train_metrics
 
 
+def test_an_evaluation_left_unrecorded_in_mlflow_is_said_under_quiet_too(trained_project, capsys):
+    """--quiet drops progress; it hid that the evaluation went unrecorded (its training run deleted by hand)."""
+    root, summary = trained_project
+    tracking.client(root).delete_run(summary["run_id"])
+    try:
+        evaluate.run(root, quiet=True)
+        err = capsys.readouterr().err
+        assert "evaluate: note: no finished MLflow training run at" in err
+        assert "the evaluation is not recorded in MLflow" in err
+    finally:
+        tracking.client(root).restore_run(summary["run_id"])
+
+
 def test_re_evaluating_never_rewrites_a_promoted_runs_verdict(trained_project, tiny_params, set_params, capsys):
     from pipeline import promote
 
