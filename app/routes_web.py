@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
-from flask import Blueprint, Response, current_app, g, make_response, redirect, render_template, request, url_for
+from flask import (Blueprint, Response, abort, current_app, g, make_response, redirect, render_template, request,
+                   url_for)
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.chart import SIZES, format_units, sales_chart_svg
@@ -79,6 +80,8 @@ def index():
         return _page(model, form, status=400)
     if request.method == "HEAD":  # a link checker's or a preview's: nothing is shown, so nothing is forecast or logged
         return _head_without_length(_page(model, form))
+    if embedded_by_another_site(request.headers):
+        abort(403, description=EMBEDDED_REFUSAL)
     instance = form.instance
     # the release variant the API answers this store×item with (a canary's share), so a person and a program get
     # the same forecast, and a shadow sees the form's forecasts too
@@ -97,6 +100,20 @@ def index():
     if shadow is not None:
         response.call_on_close(shadow)  # after the page is sent, as the API does
     return response
+
+
+EMBEDDED_REFUSAL = ("a forecast is shown to a page opened in a browser's window or tab, not inside another site's "
+                    "page (an image, a frame, a script's fetch): nothing was forecast or logged; open the address "
+                    "itself")
+
+
+def embedded_by_another_site(headers) -> bool:
+    """Whether a browser sent this for another site's page as a resource of it (``<img src="https://shop/?store=1&…">``,
+    a frame, a ``fetch``), by its Fetch Metadata headers (``Sec-Fetch-Site: cross-site``, a ``Sec-Fetch-Dest`` other
+    than a window's ``document``). Every such load forecast and logged a prediction event nobody saw, which a page
+    anywhere on the web could send by the thousand to skew /monitoring and drift. A link followed from another site
+    (a top-level navigation), a program and a browser too old to send the headers are answered as before."""
+    return headers.get("Sec-Fetch-Site") == "cross-site" and headers.get("Sec-Fetch-Dest", "document") != "document"
 
 
 def _head_without_length(page) -> Response:

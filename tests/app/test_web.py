@@ -99,6 +99,30 @@ def test_a_head_request_forecasts_and_logs_nothing(served):
 
 
 
+@pytest.mark.parametrize("dest, mode", [("image", "no-cors"), ("iframe", "navigate"), ("empty", "cors"),
+                                        ("script", "no-cors")])
+def test_another_sites_page_embedding_a_forecast_forecasts_and_logs_nothing(served, dest, mode):
+    """Found by review: `<img src="https://shop/?store=1&item=…">` on any page of the web made a forecast and logged
+    a prediction event nobody saw, as many as that page asked for, skewing /monitoring and drift. Browsers say so in
+    their Fetch Metadata headers; such a request is refused, 403, with nothing forecast or logged."""
+    embedded = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Dest": dest, "Sec-Fetch-Mode": mode}
+    response = served.client.get("/", query_string=form_for(served), headers=embedded)
+    assert response.status_code == 403 and b"nothing was forecast or logged" in response.data
+    assert served.events() == []
+
+
+@pytest.mark.parametrize("headers", [
+    {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Dest": "document", "Sec-Fetch-Mode": "navigate"},  # a link followed
+    {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Dest": "document", "Sec-Fetch-Mode": "navigate"},  # the form sent
+    {"Sec-Fetch-Site": "none", "Sec-Fetch-Dest": "document"},  # typed, or a bookmark
+    {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Dest": "empty", "Sec-Fetch-Mode": "cors"},  # this site's own script
+    {},  # a program, or a browser that sends no Fetch Metadata
+])
+def test_a_forecast_opened_as_a_page_or_by_a_program_is_shown_and_logged(served, headers):
+    response = served.client.get("/", query_string=form_for(served), headers=headers)
+    assert response.status_code == 200 and len(served.events()) == 1
+
+
 def test_a_head_of_a_forecast_states_no_size_other_than_the_forecast_pages(served):
     """Found by a probe: a HEAD of a forecast's address said Content-Length 3266, the size of the form it renders
     instead (nothing is forecast for a HEAD), where a GET of it sends the forecast's page, 67 KB with the tiny model.
