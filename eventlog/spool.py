@@ -20,7 +20,8 @@ Why this shape (the contract is in README.md, "Prediction logging"):
   event goes into a new one. Replay never writes to disk, so a full disk cannot stop delivery.
 - Oldest means first by name: a name starts with the wall clock in nanoseconds, but never before
   the newest name this process has seen in the spool, so a clock stepped back cannot make new
-  events sort (and be dropped) as the oldest.
+  events sort (and be dropped) as the oldest. A name whose time is past EventTime's end
+  (NAME_STAMP_END_NS) is no clock's: placed by its last write, and not run on from.
 - A segment this process cannot open (another user's) is left alone: not sent, not dropped, not
   counted against the limit; so is a symbolic link (opened with O_NOFOLLOW, never followed: the file it
   names, anywhere, must not be sent as events, truncated or deleted), a hard link (a file with more than one
@@ -52,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from eventlog.records import EVENT_TIME_END_S
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl"
@@ -73,6 +76,11 @@ EVENT_LINE_START = re.compile(rb'\{\s*"event_id"\s*:')
 # ... and how it begins as written (eventlog/records.py encode_line): a segment's last line, no newline after it,
 # cut within these bytes is an event torn before its event_id: lost (before, counted as no event).
 EVENT_LINE_HEAD = b'{"event_id":'
+# A name's time is a clock's only below the end of the forward protocol's EventTime (2106-02-07): an event written
+# later cannot be sent, so no clock this app delivers under gets there. A name beyond it (made by hand, damaged, a
+# clock thousands of years ahead) is placed by its last write, and new names do not run on from it: from a name of
+# twenty 9s they ran to 21 digits, no segment's name, so every later event stayed in the spool unsent, uncounted.
+NAME_STAMP_END_NS = EVENT_TIME_END_S * 10**9
 
 
 @dataclass
@@ -878,9 +886,13 @@ def _folder_path(fd: int) -> str:
 
 
 def _name_stamp(name: str) -> int | None:
-    """The creation time a segment's name starts with (20 digits of nanoseconds); None for other names."""
+    """The creation time a segment's name starts with (20 digits of nanoseconds); None for other names, and for a
+    time no clock this app sends under gives (NAME_STAMP_END_NS): such a name is placed by its last write."""
     head = name.split("-", 1)[0]
-    return int(head) if len(head) == 20 and head.isascii() and head.isdigit() else None
+    if not (len(head) == 20 and head.isascii() and head.isdigit()):
+        return None
+    stamp = int(head)
+    return stamp if stamp < NAME_STAMP_END_NS else None
 
 
 def _mtime(path: Path) -> float:

@@ -658,6 +658,27 @@ def test_after_the_wall_clock_steps_back_the_newest_events_are_still_the_last_dr
     assert kept == list(range(90 - len(kept), 90)) and len(kept) + dropped == 90 and len(kept) > 30
 
 
+@pytest.mark.parametrize("stamp", ["99999999999999999999", "50000000000000000000"])
+def test_a_segment_named_beyond_any_clock_neither_stops_nor_leads_later_names(tmp_path: Path, stamp: str) -> None:
+    # Found by a probe: new names ran on from the newest name in the spool, so after one named with twenty 9s (by
+    # hand, damaged, a clock thousands of years ahead) they had 21 digits, which is no segment's name: every later
+    # event of every worker stayed in the spool, neither sent, dropped nor counted against its limit (20 of 20 here).
+    # A name's time past EventTime's end (2106) is no clock's: it is placed by its last write, and names go on from
+    # the clock.
+    far = tmp_path / f"{stamp}-1-0.jsonl"
+    far.write_bytes(line(-1))
+    os.utime(far, ns=(time.time_ns() - 10**9,) * 2)  # written a second ago: older than what comes next
+    counts = Counts()
+    spool = Spool(tmp_path, max_bytes=10**9, segment_max_bytes=200, count=counts)
+    for i in range(20):
+        spool.append(line(i, padding=40))
+    spool.close()
+    names = sorted(path.name for path in tmp_path.glob("*.jsonl"))
+    assert all(re.fullmatch(r"[0-9]{20}-[0-9]+-[0-9]+\.jsonl", name) for name in names), names
+    assert drain(spool) == list(range(-1, 20)) and counts == {"spooled": 20}
+    assert list(tmp_path.glob("*.jsonl")) == []
+
+
 def _spool_under_file_size_limit(root: Path, limit: int, events: int, padding: int) -> tuple[dict, str]:
     """Append `events` lines to a spool in a process whose files may grow to `limit` bytes at most (RLIMIT_FSIZE:
     `ulimit -f`, systemd's LimitFSIZE, docker's --ulimit fsize), a limit check every 20 events as the app's thread
