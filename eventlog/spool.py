@@ -69,6 +69,9 @@ SEGMENT_NAME = re.compile(r"[0-9]{20}-[0-9]+-[0-9]+\.jsonl|segment-[0-9]{12}\.js
 DESTINATION_PREFIX = ".destination-"  # + a digest of where its events go; held (flock, shared) by who sends there
 LIMIT_LOCK_WAIT_S = 1.0  # how long a limit check waits for another process's check before it runs all the same
 LISTING_REUSE_S = 1.0  # claims walk one listing of the folder this long at most (a segment sealed since waits so long)
+# A full disk: no room for a byte, or for a new file (out of inodes), or over a quota. Events are dropped, counted, and
+# the oldest segment deleted until there is room; never a reason not to start.
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 Count = Callable[[str, int], None]  # ("spooled" | "dropped" | "not_events", how many)
 # How every event line the spool's writers write begins (eventlog/records.py puts event_id first): a line that does
 # so and cannot be read is an event cut short (a crash's torn tail), lost; any other unreadable line is no event.
@@ -191,6 +194,7 @@ class Spool:
         self._follow_lock = threading.Lock()
         self._destination = -1  # the held .destination-* file (hold_destination)
         self._destination_name = ""
+        self._destination_wanted = False  # its file could not be made (out of inodes): each limit check tries again
         self._unclaimed: deque[Path] = deque()  # claim_next's listing, oldest first, not yet tried
         self._listed: tuple[Path, float] | None = None  # that listing's folder and monotonic time
         self.follow_folder()
@@ -227,7 +231,7 @@ class Spool:
                                f"process may write ({_file_size_limit()}); dropped", dropped=1)
                     return False
                 self._disk_full = True
-                until = ("the oldest are deleted to make room" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                until = ("the oldest are deleted to make room" if exc.errno in FULL_DISK
                          else "a write succeeds again (the oldest are deleted meanwhile)")
                 self._count("dropped", 1)
                 self._warn(f"event spool {self.root}: write failed ({exc}); events are dropped until {until}",
@@ -459,6 +463,14 @@ class Spool:
                     raise refused from None
                 writable = False
             except OSError as exc:
+                if exc.errno in FULL_DISK:  # no room for a new file (out of inodes): a full disk, which must not stop
+                    # the server (before: `cannot start: OSError: [Errno 28] No space left on device`); held once
+                    # there is room, by the next limit check that can make the file (each second)
+                    if not self._destination_wanted:
+                        log.warning("event spool %s: no room for %s, the file that holds this spool for %s (%s); "
+                                    "held once there is room", self.root, mine, destination, exc.strerror or exc)
+                    self._destination_wanted = True
+                    return
                 if exc.errno != errno.ELOOP:
                     raise
                 raise SpoolLink(errno.ELOOP, f"event spool {self.root}: {mine}, the file that holds this spool for "
@@ -479,7 +491,7 @@ class Spool:
                             "same (a server sending elsewhere is refused without being told where this one sends)",
                             self.root, destination, mine, exc.strerror or exc)
             self.release_destination()
-            self._destination = fd
+            self._destination, self._destination_wanted = fd, False
         finally:
             if folder is not None:
                 os.close(folder)
@@ -614,6 +626,12 @@ class Spool:
         else:
             self._warn("")  # reports drops the last messages held back, once 10 s have passed
         self._remove_orphans()
+        if self._destination_wanted:  # out of inodes at start: hold it now if there is room
+            try:
+                self.hold_destination(self._destination_name)
+            except (SpoolInUse, SpoolLink) as exc:  # another destination took it meanwhile, or a link is in the way
+                self._destination_wanted = False
+                self._warn(str(exc))
         return dropped
 
     def _lock_folder(self) -> int | None:
@@ -861,10 +879,15 @@ def _hard_link_text(names: int) -> str:
 
 def _check_writable(root: Path) -> None:
     """OSError naming ``root`` unless a file can be made in it: a spool that cannot be written would answer
-    every request and drop every event, so the process stops at start instead."""
+    every request and drop every event, so the process stops at start instead. No room for a new file (out of
+    inodes, a quota: FULL_DISK) is a full disk, logged: events are dropped, counted, until there is room."""
     try:
         fd, probe = tempfile.mkstemp(prefix=".writable-", dir=root)
     except OSError as exc:
+        if exc.errno in FULL_DISK:  # out of inodes: the folder may be written, there is no room now (a full disk)
+            log.warning("event spool %s: no room for a new file (%s); events are dropped, counted, until there is "
+                        "room", root, exc.strerror or exc)
+            return
         raise OSError(exc.errno, f"event spool {root}: cannot create files in it ({exc.strerror})") from None
     os.close(fd)
     os.unlink(probe)

@@ -43,9 +43,10 @@ def honouring_file_modes(command: list[str]) -> list[str]:
     return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", *command]
 
 
-def small_disk(folder, size: str):
-    """A context manager: a tmpfs of ``size`` (mount's size=, e.g. 256k) mounted at ``folder`` (made if missing)
-    and unmounted after, for tests that need a disk that fills up for real; a skip where mounting needs root."""
+def small_disk(folder, size: str, inodes: int | None = None):
+    """A context manager: a tmpfs of ``size`` (mount's size=, e.g. 256k) and, if given, room for ``inodes`` files and
+    folders (its root one of them) mounted at ``folder`` (made if missing) and unmounted after, for tests that need a
+    disk that fills up for real; a skip where mounting needs root."""
     import contextlib
     import subprocess
     from pathlib import Path
@@ -56,7 +57,8 @@ def small_disk(folder, size: str):
     def mounted():
         where = Path(folder)
         where.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        options = f"size={size}" + ("" if inodes is None else f",nr_inodes={inodes}")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
                               capture_output=True, text=True)
         if done.returncode != 0:
             pytest.skip(f"cannot mount a small tmpfs (needs root): {done.stderr.strip()}")

@@ -7,6 +7,7 @@ CAP_SYS_ADMIN; skips otherwise). Against the real Fluentd-protocol receiver.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import subprocess
@@ -249,5 +250,42 @@ def test_a_server_starts_on_a_full_disk_and_its_events_go_once_there_is_room(flu
             time.sleep(0.1)
     finally:
         sink.close()
+    fluentd_receiver.stop()
+    assert [e["record"]["event_id"] for e in fluentd_receiver.events() if e["tag"] == TAG] == [event_id]
+
+
+def test_a_server_starts_on_a_disk_out_of_inodes_and_holds_its_spool_once_there_is_room(fluentd_receiver,
+                                                                                        tmp_path: Path) -> None:
+    """Found by a probe: a disk with bytes free and no room for a new file (every inode taken: many small files, a
+    quota) is a full disk too, but the spool's check that it can make files in its folder, then its .destination-*
+    file, took it for a refusal: the server did not start, `cannot start: OSError: [Errno 28] event spool ...:
+    cannot create files in it (No space left on device)`. Now it starts, drops its events, counted, holds the spool
+    for its Fluentd once a file can be made, and sends again."""
+    with small_disk(tmp_path / "disk", "4m", inodes=8) as disk:
+        spool = disk / "spool"
+        spool.mkdir()
+        fillers = []
+        with contextlib.suppress(OSError):  # ENOSPC: every inode taken, by something else
+            while len(fillers) < 100:
+                (disk / f"filler-{len(fillers)}").touch()
+                fillers.append(disk / f"filler-{len(fillers)}")
+        assert 0 < len(fillers) < 100
+        sink = sink_for(fluentd_receiver.port, spool)
+        try:
+            assert sink.emit({"request_id": "full", "output": 1.0}) is None  # no room: dropped, counted
+            assert sink.stats.snapshot()["dropped"] == 1
+            for filler in fillers[:3]:
+                filler.unlink()  # room again
+            deadline = time.monotonic() + 10
+            while (event_id := sink.emit({"request_id": "room", "output": 1.0})) is None:
+                assert time.monotonic() < deadline, f"the spool never took events again: {sink.stats.snapshot()}"
+                time.sleep(0.1)
+            while sink.stats.snapshot()["sent"] < 1:  # sent and confirmed while the server runs
+                assert time.monotonic() < deadline + 20, f"the event was never sent: {sink.stats.snapshot()}"
+                time.sleep(0.1)
+            with pytest.raises(SpoolInUse, match=f"sends its events to Fluentd at 127.0.0.1:{fluentd_receiver.port},"):
+                Spool(spool, 10**9, 10**6, Counts()).hold_destination("Fluentd at 127.0.0.1:1")
+        finally:
+            sink.close()
     fluentd_receiver.stop()
     assert [e["record"]["event_id"] for e in fluentd_receiver.events() if e["tag"] == TAG] == [event_id]
