@@ -201,6 +201,9 @@ class CompiledPlan:
         for f in fetch_tensors:  # no op or IndexedSlices: inference returns arrays
             if not isinstance(f, Tensor):
                 raise UnsupportedGraphError(f"fetch {f!r} is not a tensor; compiled plans return arrays only")
+        if session.config.backend == "reference":  # else compile_callable ran small batches of such a session in Numba
+            raise UnsupportedGraphError("the session's backend is 'reference' (every op by its NumPy reference): "
+                                        "its plans are never compiled")
         self.session = session
         self.feed_tensors = list(feed_tensors)
         self.source, consts, self.variables, aliased = generate(fetch_tensors, self.feed_tensors)

@@ -434,6 +434,8 @@ class IndexedSlices:
     """A sparse gradient, ``gather``'s: rows ``indices`` of a tensor of shape ``dense_shape`` hold ``values``, so
     optimizers touch only those rows (``Session.run`` returns it densified)."""
 
+    DENSE_OP = "ScatterAddDense"  # the op that densifies one: dense()'s, and a fetch's by the session's backend
+
     def __init__(self, values: Tensor, indices: Tensor, dense_shape: Tensor, static_shape=None):
         self.values = values
         self.indices = indices
@@ -445,7 +447,7 @@ class IndexedSlices:
         """The dense tensor it stands for (one op, made on first use): what any op taking it reads."""
         if self._dense is None:  # shared by every use: none of their control_dependencies blocks' edges
             with self.graph.control_dependencies(None):
-                self._dense = self.graph.create_op("ScatterAddDense", [self.values, self.indices, self.dense_shape],
+                self._dense = self.graph.create_op(self.DENSE_OP, [self.values, self.indices, self.dense_shape],
                                                    {"shape": self.static_shape}).outputs[0]
         return self._dense
 

@@ -19,9 +19,9 @@ from engine import shapes
 from engine.errors import InvalidArgumentError, OpError, op_failed
 from engine.graph import (Graph, IndexedSlices, Operation, Tensor, UnfitValue, get_default_graph, is_tensor_like,
                           may_alias_storage, ops_needed, python_value_to_array)
-from engine.kernels import array as KA
 from engine.passes import PASS_NAMES, PlanIR, node_from_op, optimize
 from engine.passes.liveness import assign_buffer_groups
+from engine.registry import get_op_def
 
 BACKENDS = ("kernels", "reference")
 
@@ -346,6 +346,7 @@ class Session:
 
     def _build_plan(self, leaves, feed_tensors) -> Plan:
         resolved = [self._resolve_leaf(x) for x in leaves]
+        reference = self.config.backend == "reference"
         fed = set(feed_tensors)
         targets = [t for r in resolved
                    for t in ((r.values, r.indices, r.dense_shape) if isinstance(r, IndexedSlices) else (r,))]
@@ -363,7 +364,7 @@ class Session:
                 slots.setdefault(t, written[-1])
             controls = [node_of[c].id for c in op.control_inputs if c in node_of]
             node = node_from_op(op, ins, written[0] if written else -1, controls, self.config.buffers,
-                                self.config.backend == "reference", tuple(written[1:]))
+                                reference, tuple(written[1:]))
             node_of[op] = node
             nodes.append(node)
 
@@ -389,7 +390,11 @@ class Session:
                 getters.append(lambda vals: None)
             elif isinstance(r, IndexedSlices):
                 v, i, s = slots[r.values], slots[r.indices], slots[r.dense_shape]
-                getters.append(lambda vals, v=v, i=i, s=s: KA.scatter_add_dense(vals[v], vals[i], vals[s]))
+                # densified by the op that densifies one in a graph: its NumPy reference under the reference backend
+                # (a Numba kernel densified it there, whatever the backend); its factory reads no attributes
+                dense = get_op_def(IndexedSlices.DENSE_OP)
+                densify = (dense.reference_kernel if reference else dense.kernel)(None, self)
+                getters.append(lambda vals, v=v, i=i, s=s, densify=densify: densify(vals[v], vals[i], vals[s]))
             else:
                 j = slots[r]
                 if may_alias_storage(r, fed):

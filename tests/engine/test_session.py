@@ -492,3 +492,59 @@ def test_a_sparse_gradient_of_one_output_of_several_reaches_the_gradient_functio
     with en.Session() as s:
         want = 2 * (data - data.mean(1, keepdims=True)) / 4 * np.array([[1], [0], [2]]) + 0.25
         np.testing.assert_allclose(s.run(g, {x: data}), want)
+
+
+def _numba_kernels_entered(monkeypatch) -> list:
+    """Every Numba kernel of ``engine.kernels`` (each module's njit functions, through which every kernel and helper
+    there reaches them) replaced by one that records its name and refuses: the names a run entered."""
+    import importlib
+    import pkgutil
+
+    from numba.core.dispatcher import Dispatcher
+
+    import engine.kernels
+
+    entered = []
+    for info in pkgutil.iter_modules(engine.kernels.__path__):
+        module = importlib.import_module(f"engine.kernels.{info.name}")
+        for name, value in vars(module).items():
+            if isinstance(value, Dispatcher):
+                def refuse(*args, _name=f"{module.__name__}.{name}", **kwargs):
+                    entered.append(_name)
+                    raise AssertionError(f"a Numba kernel ran: {_name}")
+                monkeypatch.setattr(module, name, refuse)
+    return entered
+
+
+def test_the_reference_backend_enters_no_numba_kernel(monkeypatch):
+    """Found by a probe: a reference session ran every op by its NumPy reference, yet a fetched IndexedSlices (an
+    embedding's gradient) was densified by the Numba scatter kernel, and compile_callable ran its small batches as
+    one generated Numba function: what the kernels are checked against went through them. Forward, a dense and a
+    sparse gradient, Adam's dense and sparse updates, make_callable and compile_callable at 1 row now enter none."""
+    x = en.placeholder(en.float64, (None, 4), name="x")
+    ids = en.placeholder(en.int32, (None,), name="ids")
+    table = en.Variable(np.arange(20.0).reshape(5, 4) / 10, name="table")
+    w = en.Variable(np.linspace(-1, 1, 12).reshape(4, 3), name="w")
+    h = en.tanh(en.matmul(x + en.gather(table, ids), w))
+    loss = en.reduce_mean(en.reduce_sum(en.softmax(h) * 2.0 + en.sigmoid(h), axis=1))
+    d_table, d_w = en.gradients(loss, [table, w])
+    assert isinstance(d_table, en.IndexedSlices)
+    step = en.train.AdamOptimizer(0.01).minimize(loss)
+    init = en.global_variables_initializer()
+    feed = {x: np.ones((3, 4)), ids: np.array([0, 1, 1], np.int32)}
+    want = en.Session()
+    want.run(init)
+    expected = want.run([loss, d_table, d_w], feed)
+    entered = _numba_kernels_entered(monkeypatch)
+    sess = en.Session(config=en.SessionConfig(backend="reference"))
+    sess.run(init)
+    got = sess.run([loss, d_table, d_w], feed)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-15)
+    sess.run(step, feed)
+    one = (np.ones((1, 4)), np.array([4], np.int32))
+    np.testing.assert_array_equal(sess.make_callable(h, [x, ids])(*one), sess.run(h, dict(zip([x, ids], one))))
+    fast = compiler.compile_callable(sess, h, [x, ids])
+    np.testing.assert_array_equal(fast(*one), sess.run(h, dict(zip([x, ids], one))))
+    assert not fast.uses_compiled and "reference" in fast.compile_error, fast.compile_error
+    assert entered == []
