@@ -102,11 +102,11 @@ _SPECIAL = np.array([0.0, -0.0, np.inf, -np.inf, 1.0, np.nan])
 
 
 def sample(rng, shape, dtype, domain=(-3.0, 3.0)):
-    """Random values of ``dtype`` in ``domain`` (integers: the whole numbers in it)."""
+    """Random values of ``dtype`` in ``domain`` (integers: the whole numbers in it), always an array: a 0-d one too."""
     dtype = np.dtype(dtype)
     lo, hi = domain
-    if dtype.kind == "b":
-        return rng.random(shape) < 0.5
+    if dtype.kind == "b":  # (a comparison of a 0-d array is a NumPy scalar, which a compiled plan cannot be fed)
+        return np.asarray(rng.random(shape) < 0.5)
     if dtype.kind in "iu":
         return rng.integers(int(np.ceil(lo)), int(np.floor(hi)) + 1, size=shape).astype(dtype)
     return rng.uniform(lo, hi, size=shape).astype(dtype)

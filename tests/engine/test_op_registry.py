@@ -139,6 +139,10 @@ def test_op(op_type):
         f"{op_type}: register a gradient, or say why no gradient flows: not_differentiable='why'"
     examples = op_def.examples(np.random.default_rng(zlib.crc32(op_type.encode())))
     assert examples, f"{op_type}: register examples"
+    for k, example in enumerate(examples):  # a NumPy scalar (np.float64(2), a 0-d comparison) fed to a compiled
+        for j, a in enumerate(example.inputs):  # plan was a Numba TypingError out of this test, naming neither
+            assert isinstance(a, np.ndarray), (f"{op_type} example {k}: input {j} is a {type(a).__name__}, not an "
+                                               "array: give np.asarray(value) (a 0-d array for a scalar)")
     own = len(examples)
     examples = examples + _derived_examples(op_def, examples)
     compiled, gradient_checks, outputs = set(), 0, False  # compiled: the input shapes and attributes compiled so far
@@ -848,3 +852,20 @@ def test_an_op_with_an_int_output_beside_a_float_one_has_its_gradient_checked(sc
             test_op("Top1")
     else:
         test_op("Top1")
+
+
+def _logical_not(a):
+    return not a
+
+
+def test_an_elementwise_op_of_bool_operands_passes_the_registry_test(scratch_registry):
+    """Found by a probe: a contributor's LogicalNot (kinds ("bool",)) failed the registry test with a Numba
+    TypingError ("Unknown attribute 'size' of type bool") from the test itself: its generated 0-d example was
+    ``rng.random(()) < 0.5``, a NumPy bool scalar, not an array, and the compiled plan was fed it as it is (Equal's
+    bool examples hid it: a float example of the same shapes had been compiled first)."""
+    _util.elementwise("ProbeLogicalNot", _logical_not, np.logical_not, ("bool",), not_differentiable="bool output")
+    test_op("ProbeLogicalNot")
+    _util.elementwise("ProbeScalarExample", _logical_not, np.logical_not, ("bool",), not_differentiable="bool output",
+                      examples=lambda rng: [Example((np.bool_(True),))])  # an author's own example: said so, by name
+    with pytest.raises(AssertionError, match=r"ProbeScalarExample example \d+: input 0 is a bool_?, not an array"):
+        test_op("ProbeScalarExample")
