@@ -5,7 +5,7 @@ arrays, NaN), and each example derived from those (NaN, infinities and -0.0 in i
 dtypes: ``_derived_examples``): the kernel against the plain-NumPy reference backend, both against the op's own
 shape/dtype rule (the static dtype and every known dimension), passes on (fused, kept buffers)
 against passes off bit for bit, the compiled plan (where the op compiles; once per distinct input
-shapes and attributes) against the reference, and its gradient (every finite float64 example, so
+dtypes, shapes and attributes) against the reference, and its gradient (every finite float64 example, so
 every broadcasting pattern) against central finite differences of the reference, each input's
 gradient of that input's shape; an elementwise op's value summed over rows by each ``sums_broadcast`` op (a
 bias gradient, which fusion computes inside the op's kernel) fused against unfused bit for bit. What an op says
@@ -324,11 +324,13 @@ def _check_in_context(op_type, example, what):
 
 
 def _signature(example):
-    """What the generated code of an example's compiled plan depends on besides dtypes: input shapes, attributes;
-    and whether its values are all finite (a derived example's NaN and infinities are compiled too)."""
+    """What the compiled code of an example's plan depends on: input dtypes (an emitter writes them into its
+    source, MatMul's, and Numba types each anew: without them an emitter wrong for int32 alone passed, its int32
+    examples, derived from the float ones, of shapes compiled already) and shapes, attributes; and whether its
+    values are all finite (a derived example's NaN and infinities are compiled too)."""
     def key(v):
         return ("array", v.dtype.str, v.shape) if isinstance(v, np.ndarray) else repr(v)
-    return (tuple(a.shape for a in example.inputs),
+    return (tuple((a.dtype.str, a.shape) for a in example.inputs),
             tuple(sorted((k, key(v)) for k, v in (example.attrs or {}).items())),
             all(np.isfinite(a).all() for a in example.inputs if a.dtype.kind == "f"))
 
@@ -606,6 +608,12 @@ def _transpose_a_negated(c, op, ins):
     return f"(-{expr})" if op.attrs["transpose_a"] else expr
 
 
+def _negated_for_ints(c, op, ins):
+    """MatMul's emitter, wrong (negated) for integer products only: its float examples' shapes compile right."""
+    expr = get_op_def("MatMul").emit(c, op, ins)
+    return f"(-{expr})" if op.outputs[0].dtype.is_integer else expr
+
+
 def _mul_grad_wrong_for_a_scalar(op, g):
     """Mul's gradient, halved for operand 1 when that is a 0-d scalar (a broadcast example only shows it)."""
     gx, gy = get_op_def("Mul").grad(op, g)
@@ -622,12 +630,14 @@ def _mul_grad_wrong_for_a_scalar(op, g):
      r"gradient of FakeMul op 'subject' for input 0 has shape \(3, 4\)"),
     ("Mul", {"grad": _mul_grad_wrong_for_a_scalar}, r"float64\(3, 4\)', 'float64\(\)'.*gradient of input 1"),
     ("MatMul", {"emit": _transpose_a_negated}, r"'transpose_a': True.*compiled vs reference"),
+    ("MatMul", {"emit": _negated_for_ints}, r"derived example \d+ \(\['int32\(3, 4\)'.*compiled vs reference"),
     ("Greater", {"infer": lambda inputs, attrs: [(inputs[0].dtype, shapes.broadcast(*(t.shape for t in inputs)))]},
      r"float32\(3, 4\).*its NumPy reference gives bool, its dtype rule float32 \(a comparison needs out_dtype=BOOL"),
     ("Abs", {"infer": lambda inputs, attrs: [(en.float32, inputs[0].shape)]},
      r"float64\(3, 4\).*its NumPy reference gives float64, its dtype rule float32"),
 ], ids=["rule's dtype", "rule's shape", "rule ignores broadcasting", "gradient not summed back to a broadcast input",
         "gradient wrong for a scalar operand only", "compiled code wrong for one attribute only",
+        "compiled code wrong for one dtype only",
         "elementwise rule's dtype: a comparison's", "elementwise rule's dtype: float64 narrowed"])
 def test_the_registry_test_checks_every_example(monkeypatch, base, changes, message):
     """Each of these ops is right on its first examples and wrong on a later one (or where nothing ran the
