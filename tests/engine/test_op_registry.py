@@ -33,6 +33,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from numba import njit
+from numba.core.dispatcher import Dispatcher
 
 import engine as en
 from engine import compiler, shapes
@@ -248,7 +250,8 @@ def _derived_examples(op_def, examples) -> list:
 
 def _kernel_modules(factory, seen=None) -> set:
     """The engine.kernels modules (Numba kernels) a kernel factory reaches through the names its code uses and
-    its closures, followed through plain functions and wrappers such as lru_cache."""
+    its closures, followed through plain functions and wrappers such as lru_cache, and every Numba function it
+    reaches wherever it is defined (``module.name``: an ``@njit`` beside the op, in engine/ops, was unseen)."""
     seen = set() if seen is None else seen
     if not isinstance(factory, types.FunctionType) or id(factory) in seen:
         return set()
@@ -261,6 +264,9 @@ def _kernel_modules(factory, seen=None) -> set:
     values += [cell.cell_contents for cell in factory.__closure__ or () if cell.cell_contents is not None]
     found = set()
     for value in values:
+        if isinstance(value, Dispatcher):  # before unwrapping: its __wrapped__ is the plain Python function
+            found.add(f"{value.py_func.__module__}.{value.py_func.__name__}")
+            continue
         value = getattr(value, "__wrapped__", value)
         module = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
         if isinstance(module, str) and module.startswith("engine.kernels"):
@@ -879,3 +885,21 @@ def test_an_elementwise_op_of_bool_operands_passes_the_registry_test(scratch_reg
                       examples=lambda rng: [Example((np.bool_(True),))])  # an author's own example: said so, by name
     with pytest.raises(AssertionError, match=r"ProbeScalarExample example \d+: input 0 is a bool_?, not an array"):
         test_op("ProbeScalarExample")
+
+
+@njit(cache=False)
+def _twice_in_numba(x):
+    return x * 2
+
+
+def test_a_numba_kernel_beside_its_op_is_no_reference_of_itself(scratch_registry):
+    """Found by a probe: an op whose kernel is an ``@njit`` function defined beside it (in its ops module, not
+    engine.kernels) registered reference=NUMPY_KERNEL and passed: the check looked for engine.kernels modules only,
+    and a Numba function's ``__wrapped__`` led it to the plain Python function, so "kernel vs reference" compared
+    the Numba kernel with itself (a kernel off by one passed as well as this right one)."""
+    registry.register("ProbeTwice", infer=lambda inputs, attrs: [(inputs[0].dtype, inputs[0].shape)],
+                      kernel=simple_kernel(_twice_in_numba), reference=NUMPY_KERNEL, not_differentiable="a test op",
+                      examples=lambda rng: [Example((_util.sample(rng, (3, 4), t),)) for t in (np.float32, np.float64)])
+    with pytest.raises(AssertionError, match=r"ProbeTwice: says its kernel is plain NumPy .* calls "
+                                             r"\['[\w.]+\._twice_in_numba'\]: register a NumPy reference"):
+        test_op("ProbeTwice")
