@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import subprocess
+import sys
 import types
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -480,6 +483,21 @@ def _check_gradient(built, what, eps=1e-6):
         symbolic = np.zeros(inputs[k].shape) if g is None else value
         np.testing.assert_allclose(np.reshape(symbolic, -1), numeric, rtol=1e-4, atol=1e-6,
                                    err_msg=f"{what}: gradient of input {k}")
+
+
+def test_every_op_module_is_imported_by_import_engine():
+    """The ops this test runs are those ``import engine`` registers (``OPS``). A family module added under
+    engine/ops (a new ``linalg`` family of ops) that engine/ops/__init__.py does not import registers
+    nothing then: its ops were in no ``test_op[...]``, silently, or ran there only when another test module
+    happened to import it before this one was collected. Checked in a fresh interpreter, where no test imported it."""
+    code = ("import pkgutil, sys, engine, engine.ops; print(' '.join(sorted(m.name for m in "
+            "pkgutil.iter_modules(engine.ops.__path__) if 'engine.ops.' + m.name not in sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=str(Path(en.__file__).resolve().parents[1]))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [], (f"engine/ops module(s) {done.stdout.split()} are not imported by `import "
+                                       "engine`: add them to engine/ops/__init__.py, or their ops are never registered "
+                                       "(nor run by this test)")
 
 
 # --- random graphs of elementwise ops, run three ways --------------------------------------------------
