@@ -53,6 +53,9 @@ UNFUSED = en.SessionConfig(optimize=False, reuse_buffers=False)
 OPTIMIZED = en.SessionConfig()
 ROW_SUM_EXAMPLES = 2  # float examples of an elementwise op whose row sum is checked fused vs unfused
 IN_CONTEXT_EXAMPLES = 2  # examples of each op that _check_in_context runs (the flags it checks are the op's)
+# float64 central differences (eps 1e-6) are good to ~1e-9 here: every registered op passes at rtol 1e-7, atol 1e-8;
+# at rtol 1e-4 a gradient off by a factor 1.00002 (a constant written to 5 digits) passed
+GRADIENT_RTOL, GRADIENT_ATOL = 1e-6, 1e-7
 ROW_SUM_PRODUCER = "Relu"  # the elementwise op a sums_broadcast op is checked after (its fused kernel sums rows)
 
 
@@ -481,7 +484,7 @@ def _check_gradient(built, what, eps=1e-6):
                 shifted.append(reference.run(loss, dict(zip(built.feeds, inputs[:k] + [x] + inputs[k + 1:]))))
             numeric[j] = (shifted[0] - shifted[1]) / (2 * eps)
         symbolic = np.zeros(inputs[k].shape) if g is None else value
-        np.testing.assert_allclose(np.reshape(symbolic, -1), numeric, rtol=1e-4, atol=1e-6,
+        np.testing.assert_allclose(np.reshape(symbolic, -1), numeric, rtol=GRADIENT_RTOL, atol=GRADIENT_ATOL,
                                    err_msg=f"{what}: gradient of input {k}")
 
 
@@ -609,8 +612,10 @@ def test_an_op_without_reference_or_examples_cannot_be_registered(scratch_regist
     ({"examples": lambda rng: []}, "register examples"),
     ({"kernel": lambda op, ctx: (lambda x: np.maximum(x, 0) + x.dtype.type(1e-3))}, "kernel vs reference"),
     ({"grad": lambda op, g: [g]}, "gradient of input 0"),
+    ({"grad": lambda op, g: [M.multiply(get_op_def("Relu").grad(op, g)[0], 1.00002)]}, "gradient of input 0"),
     ({"reference": NUMPY_KERNEL}, r"calls \['engine.kernels.elementwise'\]: register a NumPy reference"),
-], ids=["no gradient", "no examples", "wrong kernel", "wrong gradient", "Numba kernel checked against itself"])
+], ids=["no gradient", "no examples", "wrong kernel", "wrong gradient", "gradient off by a factor 1.00002",
+        "Numba kernel checked against itself"])
 def test_the_registry_test_fails_for_an_unchecked_or_wrong_op(monkeypatch, changes, message):
     _fake_relu(monkeypatch, **changes)
     with pytest.raises(AssertionError, match=message):
