@@ -304,6 +304,10 @@ class HashCache:
 # these mean "not under this name"; a required file not found says which names were refused (forbidden_note).
 ABSENT = (404, 410)
 ABSENT_IN_FOLDER = (403, 404, 410)
+# What a server may answer a HEAD it will not take, where a GET of the same URL works: 403 (an S3 URL presigned for
+# GET signs the method), 405 Method Not Allowed (a web framework's GET-only route: FastAPI's, an API gateway's) and
+# 501 Not Implemented (Python's http.server.BaseHTTPRequestHandler with a do_GET alone).
+HEAD_REFUSED = (403, 405, 501)
 
 
 def forbidden_note(refused: list[str], found) -> str:
@@ -350,14 +354,16 @@ def _http_validators(url: str, timeout_s: float, absent: tuple[int, ...] = ABSEN
 
 
 def _validator_headers(url: str, timeout_s: float) -> tuple:
-    """A HEAD's headers and Content-Length; where HEAD is refused with 403, a GET of the first byte's, and the whole
-    size from its Content-Range: an S3 presigned URL signs its method, and one made for GET refuses HEAD."""
+    """A HEAD's headers and Content-Length; where HEAD is refused (``HEAD_REFUSED``), a GET of the first byte's, and
+    the whole size from its Content-Range: an S3 presigned URL signs its method, and one made for GET refuses HEAD
+    with 403; a GET-only route answers it 405, a handler without do_HEAD 501 (before, source stopped there on
+    'HTTP 405 Method Not Allowed', a folder download fetched)."""
     head = login_request(url, method="HEAD", headers={"User-Agent": "shelfcast-download"})
     try:
         with open_login_request(head, timeout_s) as response:
             return response.headers, response.headers.get("Content-Length")
     except urllib.error.HTTPError as exc:
-        if exc.code != 403:
+        if exc.code not in HEAD_REFUSED:
             raise
     first_byte = login_request(url, headers={"User-Agent": "shelfcast-download", "Range": "bytes=0-0"})
     with open_login_request(first_byte, timeout_s) as response:  # a 403 again: refused after all

@@ -456,11 +456,11 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     encoded: dict[str, str] = {}
     recompressed: set[str] = set()
     coding_on_206 = True  # False: a server (a CDN) that names the Content-Encoding on a 200 only
-    head_refused = False  # True: HEAD is answered 403, as S3 answers it on a URL presigned for GET
+    head_refused: int | None = None  # HEAD answered with this status: 403 as S3 on a URL presigned for GET
 
     def do_HEAD(self):  # noqa: N802 (http.server's naming)
         if self.head_refused:
-            self.send_error(403)
+            self.send_error(self.head_refused)
             return
         super().do_HEAD()
 
@@ -508,7 +508,7 @@ def http_server(kaggle_sample):
     _RangeHandler.encoded = {}
     _RangeHandler.recompressed = set()
     _RangeHandler.coding_on_206 = True
-    _RangeHandler.head_refused = False
+    _RangeHandler.head_refused = None
 
     with _serving(_RangeHandler, kaggle_sample) as port:
         yield f"http://127.0.0.1:{port}/"
@@ -606,11 +606,29 @@ def test_a_url_presigned_for_get_is_fingerprinted_though_head_is_refused(http_se
 
     _zip_of(write_kaggle_sample(tmp_path / "plain"), kaggle_sample / "favorita.zip")
     source = http_server + "favorita.zip?X-Amz-Signature=abc"
-    _RangeHandler.head_refused = True
+    _RangeHandler.head_refused = 403
     data = (kaggle_sample / "favorita.zip").read_bytes()
     assert fingerprint(source, _params(source), HashCache(tmp_path / "hashes.json"))["files"]["favorita.zip"] == {
         "etag": '"' + hashlib.sha256(data).hexdigest()[:16] + '"', "last_modified": None, "size": str(len(data))}
     assert _RangeHandler.requests == [("favorita.zip?X-Amz-Signature=abc", "bytes=0-0")]  # HEAD is not logged
+
+
+@pytest.mark.parametrize("status", [405, 501])
+def test_a_server_that_refuses_head_is_fingerprinted_by_a_get_of_the_first_byte(http_server, kaggle_sample, tmp_path,
+                                                                                 status):
+    """A server that takes GET but not HEAD: a GET-only route (FastAPI's, an API gateway's) answers 405, a handler
+    with a do_GET alone (http.server.BaseHTTPRequestHandler) 501. source stopped on 'HTTP 405 Method Not Allowed
+    (checking the source for changes)', so `dvc repro` did too, where download fetches every file; now its
+    fingerprint comes from a GET of each file's first byte, as for a URL presigned for GET."""
+    from pipeline.source import HashCache, fingerprint
+
+    _RangeHandler.head_refused = status
+    files = fingerprint(http_server, _params(http_server), HashCache(tmp_path / "hashes.json"))["files"]
+    assert set(files) == {path.name for path in kaggle_sample.iterdir()}
+    data = (kaggle_sample / "items.csv").read_bytes()
+    assert files["items.csv"] == {"etag": '"' + hashlib.sha256(data).hexdigest()[:16] + '"', "last_modified": None,
+                                  "size": str(len(data))}
+    assert ("items.csv", "bytes=0-0") in _RangeHandler.requests
 
 
 def test_a_csv_sent_gzip_encoded_is_installed_as_csv_gz_and_resumes(http_server, kaggle_sample, tmp_path):
