@@ -48,7 +48,7 @@ from pipeline.io import atomic_directory
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
 from pipeline.source import (ABSENT_IN_FOLDER, CANDIDATE_SUFFIXES, check_raw_file_names, data_source, forbidden_note,
-                             is_single_file, join, local_path, located, login_note, missing_raw_files,
+                             http_error, is_single_file, join, local_path, located, login_note, missing_raw_files,
                              other_formats_note)
 from pipeline.stage import StageError, bar_options, run_stage, stage_params
 from pipeline.synthetic import generate
@@ -174,7 +174,7 @@ def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> tu
         if exc.code == 416 and done:  # asked beyond the end: start again
             part.unlink()
             return _http_resuming(url, part, timeout_s, progress)
-        raise DownloadError(f"{shown_url(url)}: HTTP {exc.code} {exc.reason}"
+        raise DownloadError(f"{shown_url(url)}: {http_error(exc)}"
                             f"{login_note(url, exc.code, exc.url)}") from None
     with response:
         status = response.status

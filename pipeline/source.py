@@ -310,6 +310,17 @@ ABSENT_IN_FOLDER = (403, 404, 410)
 HEAD_REFUSED = (403, 405, 501)
 
 
+def http_error(exc: urllib.error.HTTPError) -> str:
+    """An HTTP error as one line: ``HTTP <code> <reason>``. urllib gives a redirect loop (or more than its 10
+    redirects) as a 30x whose reason is three lines, which became three lines of a one-line error."""
+    reason = str(exc.reason)
+    if reason.startswith(urllib.request.HTTPRedirectHandler.inf_msg):
+        return (f"HTTP {exc.code}: the server's redirects go round in a loop (or past urllib's limit of "
+                f"{urllib.request.HTTPRedirectHandler.max_redirections}): open the URL in a browser to see where it "
+                "leads, and point data.source at the file's own address")
+    return f"HTTP {exc.code} {' '.join(reason.split())}"
+
+
 def forbidden_note(refused: list[str], found) -> str:
     """What a 'has no ...' error adds when the server refused the missing required files' names with 403, which may
     be a permission rather than an absence (``found``: the raw file names found)."""
@@ -346,7 +357,7 @@ def _http_validators(url: str, timeout_s: float, absent: tuple[int, ...] = ABSEN
             if exc.code == 403 and refused is not None:
                 refused.append(Path(urllib.parse.urlparse(url).path).name)
             return None
-        raise SourceError(f"{shown_url(url)}: HTTP {exc.code} {exc.reason} (checking the source for changes)"
+        raise SourceError(f"{shown_url(url)}: {http_error(exc)} (checking the source for changes)"
                           f"{login_note(url, exc.code, exc.url)}") from None
     except (OSError, urllib.error.URLError) as exc:
         raise SourceError(f"{shown_url(url)}: cannot reach it to check for changes: {exc}") from None

@@ -631,6 +631,38 @@ def test_a_server_that_refuses_head_is_fingerprinted_by_a_get_of_the_first_byte(
     assert ("items.csv", "bytes=0-0") in _RangeHandler.requests
 
 
+class _RedirectLoop(http.server.BaseHTTPRequestHandler):
+    """Every path redirects to itself (a misconfigured rewrite rule, a sign-in redirect that loops)."""
+
+    def do_HEAD(self):  # noqa: N802 (http.server's naming)
+        self.send_response(302)
+        self.send_header("Location", self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD  # noqa: N815
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_redirect_loop_is_one_line_in_source_and_download(tmp_path):
+    """urllib gives up on a redirect loop with an HTTPError whose reason is three lines ('The HTTP server returned a
+    redirect error that would lead to an infinite loop.\nThe last 30x error message was:\nFound'), and source's
+    and download's one-line error were three lines."""
+    from pipeline.source import HashCache, SourceError, fingerprint
+
+    with _serving(_RedirectLoop) as port:
+        source = f"http://127.0.0.1:{port}/sales/"
+        with pytest.raises(SourceError) as checked:
+            fingerprint(source, _params(source), HashCache(tmp_path / "hashes.json"))
+        with pytest.raises(DownloadError) as fetched:
+            download(_params(source), tmp_path / "raw", tmp_path / "partial", progress=False)
+    for error in (checked.value, fetched.value):
+        assert "\n" not in str(error) and "train.csv.gz: HTTP 302: the server's redirects go round in a loop" in str(
+            error), str(error)
+
+
 def test_a_csv_sent_gzip_encoded_is_installed_as_csv_gz_and_resumes(http_server, kaggle_sample, tmp_path):
     """S3 sends an object uploaded with Content-Encoding: gzip as its gzip bytes; urllib does not decode them, and
     items.csv was installed holding gzip data, which prepare refused ('name it NAME.csv.gz'). The bytes are kept
