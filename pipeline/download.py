@@ -49,7 +49,7 @@ from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
 from pipeline.source import (ABSENT_IN_FOLDER, CANDIDATE_SUFFIXES, check_raw_file_names, data_source, forbidden_note,
                              http_error, is_single_file, join, local_path, located, login_note, missing_raw_files,
-                             other_formats_note)
+                             other_formats_note, url_itself_note)
 from pipeline.stage import StageError, bar_options, run_stage, stage_params
 from pipeline.synthetic import generate
 from pipeline.url_credentials import login_request, open_login_request, shown_url, source_identity
@@ -636,8 +636,9 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
                 break
     missing = missing_raw_files({f"{base}.csv" for base in found})
     if missing:  # named with the files (a folder's, a zip's) that look meant as the missing one
+        itself = url_itself_note(source, params.download.timeout_s) if remote else ""
         raise DownloadError(f"data.source: {shown} {missing}{forbidden_note(refused, fetched)}"
-                            f"{pages_note(pages, found)}{other_formats_note(listed, found)}")
+                            f"{pages_note(pages, found)}{other_formats_note(listed, found)}{itself}")
     unchecked = sorted(set(params.sha256) - fetched)
     if unchecked:  # a typo, or train.csv listed where train.csv.gz was fetched: nothing would have been verified
         raise DownloadError(f"data.sha256.{unchecked[0]}: no file of that name was fetched from {shown} "

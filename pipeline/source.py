@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -321,6 +322,35 @@ def http_error(exc: urllib.error.HTTPError) -> str:
     return f"HTTP {exc.code} {' '.join(reason.split())}"
 
 
+# A file's first bytes, for a folder URL that has no raw files beneath it but answers with a file itself.
+FILE_SIGNATURES = ((b"PK\x03\x04", "a zip archive"), (b"PK\x05\x06", "a zip archive"), (b"\x1f\x8b", "gzip data"),
+                   (b"7z\xbc\xaf\x27\x1c", "a 7z archive"))
+
+
+def url_itself_note(source: str, timeout_s: float) -> str:
+    """What a folder URL's 'has no train, items, stores' adds where the URL is a file itself: one naming a raw file
+    (``.../train.csv``), or a download link whose path does not end in .zip (figshare's ``.../ndownloader/files/123``,
+    Google Drive's ``...?export=download&id=...``), read as a folder as any URL not ending in .zip is: said from a GET
+    of its first bytes, as the file they start. Nothing where the URL does not answer with one."""
+    if Path(urllib.parse.urlsplit(source).path).name.lower().endswith(CANDIDATE_SUFFIXES):
+        return (": the URL names one raw file, not a folder: point data.source at the folder URL that holds the raw "
+                "files (or at a .zip of them)")
+    request = login_request(source, headers={"User-Agent": "shelfcast-download", "Range": "bytes=0-7"})
+    try:
+        with open_login_request(request, timeout_s) as response:
+            head = response.read(8)
+    except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError):
+        return ""
+    what = next((what for magic, what in FILE_SIGNATURES if head.startswith(magic)), None)
+    if what is None:
+        return ""
+    fix = ("download it and point data.source at the file, or at a URL of it whose path ends in .zip"
+           if what == "a zip archive" else "download it, unpack it into a folder of the raw files and point "
+           "data.source at that folder")
+    return (f": the URL itself answers with {what}, not a folder (a URL is read as a zip only where its path ends "
+            f"in .zip): {fix}")
+
+
 def forbidden_note(refused: list[str], found) -> str:
     """What a 'has no ...' error adds when the server refused the missing required files' names with 403, which may
     be a permission rather than an absence (``found``: the raw file names found)."""
@@ -418,8 +448,9 @@ def fingerprint(source: str, params: DataParams, cache: HashCache) -> dict:
     missing = None if is_single_file(source) else missing_raw_files(files)
     if missing:  # download would stop on it: say so now, not "0 file(s)" as if all were well
         listed = [] if is_remote(source) else [entry.name for entry in local_path(source).iterdir()]
+        itself = url_itself_note(source, params.download.timeout_s) if is_remote(source) else ""
         raise SourceError(f"data.source: {shown_url(source)} {missing}{forbidden_note(refused, files)}"
-                          f"{other_formats_note(listed, {name.split('.')[0] for name in files})}")
+                          f"{other_formats_note(listed, {name.split('.')[0] for name in files})}{itself}")
     return {"source": source, "files": files}
 
 

@@ -663,6 +663,28 @@ def test_a_redirect_loop_is_one_line_in_source_and_download(tmp_path):
             error), str(error)
 
 
+def test_a_url_that_is_a_file_not_a_folder_says_so(http_server, kaggle_sample, tmp_path):
+    """A URL is read as a zip only where its path ends in .zip; a download link (figshare's
+    .../ndownloader/files/123, Google Drive's ...?export=download&id=...) was read as a folder, and source and
+    download said only 'has no train, items, stores', of a URL that answers with the zip of all three. A local
+    file is read as a zip by its content; a URL's first bytes now say what it is in that error, as does a URL
+    naming one raw file (.../train.csv), which a local path naming one was refused as."""
+    from pipeline.source import HashCache, SourceError, fingerprint
+
+    _zip_of(write_kaggle_sample(tmp_path / "plain"), kaggle_sample / "download")
+    link = http_server + "download?id=7"
+    with pytest.raises(SourceError, match=r"has no train, items, stores .*: the URL itself answers with a zip "
+                                          r"archive, not a folder .*download it and point data.source at the file"):
+        fingerprint(link, _params(link), HashCache(tmp_path / "hashes.json"))
+    with pytest.raises(DownloadError, match=r"has no train, items, stores .*: the URL itself answers with a zip "
+                                            r"archive"):
+        download(_params(link), tmp_path / "raw", tmp_path / "partial", progress=False)
+    one_file = http_server + "train.csv.gz"
+    with pytest.raises(DownloadError, match=r"has no train, items, stores .*: the URL names one raw file, not a "
+                                            r"folder"):
+        download(_params(one_file), tmp_path / "raw", tmp_path / "partial", progress=False)
+
+
 def test_a_csv_sent_gzip_encoded_is_installed_as_csv_gz_and_resumes(http_server, kaggle_sample, tmp_path):
     """S3 sends an object uploaded with Content-Encoding: gzip as its gzip bytes; urllib does not decode them, and
     items.csv was installed holding gzip data, which prepare refused ('name it NAME.csv.gz'). The bytes are kept
