@@ -391,7 +391,29 @@ def _http_validators(url: str, timeout_s: float, absent: tuple[int, ...] = ABSEN
                           f"{login_note(url, exc.code, exc.url)}") from None
     except (OSError, urllib.error.URLError) as exc:
         raise SourceError(f"{shown_url(url)}: cannot reach it to check for changes: {exc}") from None
-    return {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"), "size": size}
+    validators = {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"), "size": size}
+    if validators["etag"] is None and validators["last_modified"] is None:
+        validators["sha256"] = _content_sha256(url, timeout_s)
+    return validators
+
+
+def _content_sha256(url: str, timeout_s: float) -> str:
+    """The SHA-256 of the bytes a GET of ``url`` sends (as sent: a gzip Content-Encoding kept), for a server that
+    gives no ETag or Last-Modified (a web app's route that writes the CSV, FastAPI's StreamingResponse): its size
+    alone was the fingerprint, and a corrected value of the same length (7.0 -> 8.0) did not rerun download, whose
+    previous data stayed in use. Fetched each run, as such a server says nothing else about a change."""
+    digest, request = hashlib.sha256(), login_request(url, headers={"User-Agent": "shelfcast-download"})
+    try:
+        with open_login_request(request, timeout_s) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                digest.update(block)
+    except urllib.error.HTTPError as exc:
+        raise SourceError(f"{shown_url(url)}: {http_error(exc)} (reading it to check for changes: the server gives "
+                          f"no ETag or Last-Modified){login_note(url, exc.code, exc.url)}") from None
+    except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
+        raise SourceError(f"{shown_url(url)}: cannot read it to check for changes (the server gives no ETag or "
+                          f"Last-Modified): {exc}") from None
+    return digest.hexdigest()
 
 
 def _validator_headers(url: str, timeout_s: float) -> tuple:

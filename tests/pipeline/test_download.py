@@ -685,6 +685,63 @@ def test_a_url_that_is_a_file_not_a_folder_says_so(http_server, kaggle_sample, t
         download(_params(one_file), tmp_path / "raw", tmp_path / "partial", progress=False)
 
 
+class _NoValidators(http.server.BaseHTTPRequestHandler):
+    """A web app's route that writes each file (a CSV export endpoint, FastAPI's StreamingResponse): 200 with the
+    bytes and their Content-Length, no ETag, no Last-Modified."""
+
+    directory: Path
+
+    def do_HEAD(self):  # noqa: N802 (http.server's naming)
+        self._send(body=False)
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        self._send(body=True)
+
+    def _send(self, body: bool):
+        path = self.directory / Path(urllib.parse.urlsplit(self.path).path).name
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_server_without_etag_or_last_modified_fingerprints_the_content(tmp_path):
+    """source fingerprinted a file over HTTP by its ETag, Last-Modified and Content-Length; from a server that gives
+    the size alone, a corrected value of the same length (unit_sales 7.0 -> 8.0) left data/source.json as it was,
+    so `dvc repro` did not rerun download and trained on the old rows. Such a file's fingerprint is the SHA-256 of
+    its bytes, read by source each run: changed content changes it, the same content keeps it."""
+    from pipeline.source import HashCache, fingerprint
+
+    folder = write_kaggle_sample(tmp_path / "served")
+    _NoValidators.directory = folder
+    with _serving(_NoValidators) as port:
+        source = f"http://127.0.0.1:{port}/sales/"
+
+        def files():
+            return fingerprint(source, _params(source), HashCache(tmp_path / "hashes.json"))["files"]
+
+        before = files()
+        train = (folder / "train.csv").read_text()
+        first = train.splitlines()[1]
+        assert first.endswith(",96995,2.0,"), first
+        (folder / "train.csv").write_text(train.replace(first, first.replace(",2.0,", ",9.0,"), 1))
+        after = files()
+        assert after["train.csv"]["size"] == before["train.csv"]["size"]
+        assert after["train.csv"] != before["train.csv"]
+        assert after["train.csv"]["sha256"] == hashlib.sha256((folder / "train.csv").read_bytes()).hexdigest()
+        assert {name: after[name] for name in after if name != "train.csv"} == {
+            name: before[name] for name in before if name != "train.csv"}
+        assert files() == after
+
+
 def test_a_csv_sent_gzip_encoded_is_installed_as_csv_gz_and_resumes(http_server, kaggle_sample, tmp_path):
     """S3 sends an object uploaded with Content-Encoding: gzip as its gzip bytes; urllib does not decode them, and
     items.csv was installed holding gzip data, which prepare refused ('name it NAME.csv.gz'). The bytes are kept
