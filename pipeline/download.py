@@ -260,8 +260,22 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> tu
             _check_sha256(part, name, wanted, inside_coding=content_name.endswith(".gz.gz"))
         part.with_suffix(".json").unlink(missing_ok=True)
         return part, content_name
-    raise DownloadError(f"{shown}: failed after {params.download.retries} attempt(s): {last_error} "
-                        f"(partial data kept in {part} for the next run)")
+    kept = f"partial data kept in {part} for the next run"
+    if parsed.scheme in ("http", "https") and part.exists() and not _resumable(part):
+        discard(part)  # no run could resume it: kept, it was said to be resumed, and refetched from zero
+        kept = ("nothing kept: the server sends no ETag or Last-Modified, so a cut copy cannot be resumed safely; "
+                "the next run fetches it from the start")
+    raise DownloadError(f"{shown}: failed after {params.download.retries} attempt(s): {last_error} ({kept})")
+
+
+def _resumable(part: Path) -> bool:
+    """Whether a cut HTTP copy can be resumed: its resume record has an ETag or Last-Modified for If-Range, without
+    which ``_http_resuming`` asks for the whole file again (a Range alone could join two versions of it)."""
+    try:
+        meta = json.loads(part.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(meta.get("etag") or meta.get("last_modified"))
 
 
 def _content_name(name: str, coding: str, part: Path) -> str:

@@ -690,6 +690,7 @@ class _NoValidators(http.server.BaseHTTPRequestHandler):
     bytes and their Content-Length, no ETag, no Last-Modified."""
 
     directory: Path
+    cut_after: int | None = None  # the body cut after this many bytes, the connection closed
 
     def do_HEAD(self):  # noqa: N802 (http.server's naming)
         self._send(body=False)
@@ -707,10 +708,28 @@ class _NoValidators(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if body:
-            self.wfile.write(data)
+            self.wfile.write(data if self.cut_after is None else data[:self.cut_after])
+            self.close_connection = self.cut_after is not None
 
     def log_message(self, *args):
         pass
+
+
+def test_a_cut_download_without_etag_or_last_modified_is_not_said_to_be_kept_for_resuming(tmp_path):
+    """A download cut short was '... (partial data kept in data/.downloads/... for the next run)'; from a server
+    without ETag or Last-Modified the next run cannot resume it (no If-Range: a Range alone could join two versions)
+    and fetched it from zero, the kept copy lying in between. It is said so and not kept."""
+    folder = write_kaggle_sample(tmp_path / "served")
+    _NoValidators.directory, _NoValidators.cut_after = folder, 100
+    partial = tmp_path / "partial"
+    try:
+        with _serving(_NoValidators) as port:
+            with pytest.raises(DownloadError, match=r"got 100 bytes, expected \d+ \(nothing kept: the server sends no "
+                                                    r"ETag or Last-Modified, so a cut copy cannot be resumed"):
+                fetch(f"http://127.0.0.1:{port}/train.csv", partial, _params("x"), progress=False)
+    finally:
+        _NoValidators.cut_after = None
+    assert list(partial.iterdir()) == []
 
 
 def test_a_server_without_etag_or_last_modified_fingerprints_the_content(tmp_path):
