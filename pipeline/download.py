@@ -49,7 +49,7 @@ from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
 from pipeline.source import (ABSENT_IN_FOLDER, CANDIDATE_SUFFIXES, check_raw_file_names, data_source, forbidden_note,
                              http_error, is_single_file, join, local_path, located, login_note, missing_raw_files,
-                             other_formats_note, url_itself_note)
+                             other_formats_note, url_itself_note, validator_headers)
 from pipeline.stage import StageError, bar_options, run_stage, stage_params
 from pipeline.synthetic import generate
 from pipeline.url_credentials import login_request, open_login_request, shown_url, source_identity
@@ -567,6 +567,25 @@ ACCEPTED = ("data.source must be 'synthetic', a directory (or its http(s)/file U
             "or NAME.csv.7z for train, items, stores and the optional files, or a .zip of them")
 
 
+def _refuse_two_copies(shown: str, present: list[str]) -> None:
+    """A folder (a local one, or a server's) holding one raw file under two names, ``train.csv`` beside
+    ``train.csv.gz``: one would be read and the other ignored, and which is meant cannot be told."""
+    if len(present) > 1:
+        raise DownloadError(f"data.source: {shown} has both {' and '.join(present)}: keep one (which is newer cannot "
+                            "be told, and the other would be ignored)")
+
+
+def _served(url: str, timeout_s: float) -> bool:
+    """Whether a folder URL's server holds a file under this name: its HEAD (or, where HEAD is refused, a GET of the
+    first byte) answered, and not with an HTML page (a web app's answer for every name it lacks). An error, absent
+    or not, counts as no file: this only looks for a second copy of a file already fetched."""
+    try:
+        headers, _size = validator_headers(url, timeout_s)
+    except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError):
+        return False
+    return headers.get_content_type() != "text/html"
+
+
 def _check_local_file_source(source: str, path: Path) -> None:
     """A local file as the source must be a zip archive: anything else is said for what it is."""
     lower = path.name.lower()
@@ -627,10 +646,8 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
             if not remote:  # a folder: two copies of one file (a .csv beside its .csv.gz) would leave one unread
                 present = [f"{base}{suffix}" for suffix in CANDIDATE_SUFFIXES
                            if local_path(join(source, f"{base}{suffix}")).is_file()]
-                if len(present) > 1:
-                    raise DownloadError(f"data.source: {source} has both {' and '.join(present)}: keep one (which "
-                                        "is newer cannot be told, and the other would be ignored)")
-            for suffix in CANDIDATE_SUFFIXES:
+                _refuse_two_copies(source, present)
+            for k, suffix in enumerate(CANDIDATE_SUFFIXES):
                 url = join(source, f"{base}{suffix}")
                 if not remote and not local_path(url).is_file():
                     continue
@@ -644,6 +661,10 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
                     pages.append((f"{base}{suffix}", answered.page))  # its sign-in wall: said if nothing is found
                     continue
                 sent = f"{base}{suffix}" + (" (sent gzip-encoded)" if held != f"{base}{suffix}" else "")
+                if remote:  # the names after it: a server's folder holding two copies too
+                    _refuse_two_copies(shown, [f"{base}{suffix}"] + [
+                        f"{base}{later}" for later in CANDIDATE_SUFFIXES[k + 1:]
+                        if _served(join(source, f"{base}{later}"), params.download.timeout_s)])
                 left_out += install(got, held, staging, label=sent)
                 fetched.add(f"{base}{suffix}")
                 found.add(base)

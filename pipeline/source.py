@@ -381,7 +381,7 @@ def _http_validators(url: str, timeout_s: float, absent: tuple[int, ...] = ABSEN
     """ETag / Last-Modified / Content-Length of a URL, or None when the server says it does not exist (a status of
     ``absent``; a 403 among them is appended to ``refused``)."""
     try:
-        headers, size = _validator_headers(url, timeout_s)
+        headers, size = validator_headers(url, timeout_s)
     except urllib.error.HTTPError as exc:
         if exc.code in absent:
             if exc.code == 403 and refused is not None:
@@ -416,7 +416,7 @@ def _content_sha256(url: str, timeout_s: float) -> str:
     return digest.hexdigest()
 
 
-def _validator_headers(url: str, timeout_s: float) -> tuple:
+def validator_headers(url: str, timeout_s: float) -> tuple:
     """A HEAD's headers and Content-Length; where HEAD is refused (``HEAD_REFUSED``), a GET of the first byte's, and
     the whole size from its Content-Range: an S3 presigned URL signs its method, and one made for GET refuses HEAD
     with 403; a GET-only route answers it 405, a handler without do_HEAD 501 (before, source stopped there on

@@ -663,6 +663,18 @@ def test_a_redirect_loop_is_one_line_in_source_and_download(tmp_path):
             error), str(error)
 
 
+def test_a_folder_url_holding_one_raw_file_under_two_names_is_refused(http_server, kaggle_sample, tmp_path):
+    """A local folder holding train.csv beside train.csv.gz is refused (which is meant cannot be told); a server's
+    folder was not: download fetched the first name it tried, train.csv.gz, and never looked further, so an old
+    train.csv.gz left beside a new train.csv (uploaded plain this time) was prepared without a word (probed: 99
+    rows of the old file where the new one held 2,578)."""
+    (kaggle_sample / "train.csv").write_text(kaggle_sample_files()["train"])
+    with pytest.raises(DownloadError, match=r"data.source: http://127.0.0.1:\d+/ has both train.csv.gz and "
+                                            r"train.csv: keep one"):
+        download(_params(http_server), tmp_path / "raw", tmp_path / "partial", progress=False)
+    assert not (tmp_path / "raw").exists()
+
+
 def test_a_url_that_is_a_file_not_a_folder_says_so(http_server, kaggle_sample, tmp_path):
     """A URL is read as a zip only where its path ends in .zip; a download link (figshare's
     .../ndownloader/files/123, Google Drive's ...?export=download&id=...) was read as a folder, and source and
