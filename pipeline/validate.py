@@ -538,6 +538,13 @@ def _not_a_date(values: pa.Array, timed: bool = False) -> pa.Array:
     return pc.or_(pc.or_(pc.is_null(parsed), pc.invert(padded)), pc.invert(pc.fill_null(same, False)))
 
 
+# What a store or item number too large for its column is told: a team's own codes (an item's EAN-13 barcode,
+# 7861234567890) do not fit the 32-bit ids the prepared data, the model's embeddings and the app key on.
+RENUMBER = {name: (f"codes of your own (an EAN barcode?): number each {what} within that range, the same number in "
+                   f"every file, and keep your code beside it in a column of your own, which is read past")
+            for name, what in (("item_nbr", "item"), ("store_nbr", "store"))}
+
+
 def _fail_on_integer_overflow(path: Path, column: Column, values: pa.Array, offset: int) -> None:
     """Whole numbers too large (or too negative) for the column's integer type."""
     info = np.iinfo(column.type.to_pandas_dtype())
@@ -550,8 +557,10 @@ def _fail_on_integer_overflow(path: Path, column: Column, values: pa.Array, offs
     same_but_larger = pc.and_(pc.equal(length, limit_length), pc.greater(magnitude, limit))
     rows = np.flatnonzero(pc.fill_null(pc.or_(longer, same_but_larger), False).to_numpy(zero_copy_only=False))
     if len(rows):
-        fail(path, column.name, f"whole number out of range for {column.type} ({int(info.min)} .. {int(info.max)})",
-             rows + offset, values.take(rows[:MAX_SHOWN]).to_pylist())
+        low = int(info.min) if column.min is None else int(column.min)
+        high = int(info.max) if column.max is None else int(column.max)
+        fail(path, column.name, f"whole number out of range for {column.type} (expected {low} .. {high})",
+             rows + offset, values.take(rows[:MAX_SHOWN]).to_pylist(), RENUMBER.get(column.name, ""))
 
 
 def _locate_wrong_field_count(path: Path, expected: int) -> None:

@@ -336,6 +336,18 @@ def test_id_beyond_int64_is_located(tmp_path):
         prepare(raw, tmp_path / "out", PARAMS, progress=False)
 
 
+def test_an_item_code_beyond_32_bits_says_the_column_range_and_what_to_do(tmp_path):
+    """A team's own item codes (EAN-13 barcodes) overflow item_nbr's int32: the refusal gave the type's range,
+    '(-2147483648 .. 2147483647)', where README's is 1 … 2,147,483,647, and no word of what to do."""
+    raw = write_kaggle_sample(tmp_path / "raw")
+    _edit(raw, "items", lambda t: t.replace("96995,GROCERY I", "7861234567890,GROCERY I"))
+    with pytest.raises(DataValidationError, match=r"^items.csv: column 'item_nbr': whole number out of range for "
+                                                  r"int32 \(expected 1 .. 2147483647\); first offending: line 2 "
+                                                  r"\('7861234567890'\): codes of your own \(an EAN barcode\?\): "
+                                                  r"number each item within that range"):
+        prepare(raw, tmp_path / "out", PARAMS, progress=False)
+
+
 @pytest.mark.parametrize("cut", ["after a comma", "inside a number"])
 def test_file_cut_inside_its_last_line_is_an_error(tmp_path, cut):
     """A cut last line still parses (an empty promotion, a shorter price): only the missing newline tells."""
