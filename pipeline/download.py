@@ -32,6 +32,7 @@ import http.client
 import json
 import re
 import shutil
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -47,9 +48,9 @@ from pipeline.gzip_data import MAGIC, decoded_head, gzip_end
 from pipeline.io import atomic_directory
 from pipeline.params import DataParams, data_params
 from pipeline.schema import OPTIONAL_RAW_FILES, RAW_FILES
-from pipeline.source import (ABSENT_IN_FOLDER, CANDIDATE_SUFFIXES, check_raw_file_names, data_source, forbidden_note,
-                             http_error, is_single_file, join, local_path, located, login_note, missing_raw_files,
-                             other_formats_note, url_itself_note, validator_headers)
+from pipeline.source import (ABSENT_IN_FOLDER, CANDIDATE_SUFFIXES, TRANSIENT, check_raw_file_names, data_source,
+                             forbidden_note, http_error, is_single_file, join, local_path, located, login_note,
+                             missing_raw_files, other_formats_note, retry_wait, url_itself_note, validator_headers)
 from pipeline.stage import StageError, bar_options, run_stage, stage_params
 from pipeline.synthetic import generate
 from pipeline.url_credentials import login_request, open_login_request, shown_url, source_identity
@@ -132,6 +133,14 @@ def _copy_resuming(source: Path, part: Path, progress: bool) -> int:
     return total
 
 
+class _Busy(Exception):
+    """The server answered a ``TRANSIENT`` status: ask again (``fetch``'s attempts), after ``retry_wait``."""
+
+    def __init__(self, error: urllib.error.HTTPError, line: str):
+        super().__init__(line)
+        self.error = error
+
+
 class _Missing(Exception):
     """The server says there is no such file (HTTP 404/410), or refuses it (403: see source.ABSENT_IN_FOLDER)."""
 
@@ -174,6 +183,8 @@ def _http_resuming(url: str, part: Path, timeout_s: float, progress: bool) -> tu
         if exc.code == 416 and done:  # asked beyond the end: start again
             part.unlink()
             return _http_resuming(url, part, timeout_s, progress)
+        if exc.code in TRANSIENT:
+            raise _Busy(exc, http_error(exc)) from None
         raise DownloadError(f"{shown_url(url)}: {http_error(exc)}"
                             f"{login_note(url, exc.code, exc.url)}") from None
     with response:
@@ -216,7 +227,9 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> tu
     parsed = urllib.parse.urlparse(url)
     shown = shown_url(url)
     last_error: Exception | None = None
-    for _attempt in range(params.download.retries):
+    for attempt in range(params.download.retries):
+        if isinstance(last_error, _Busy):  # the server is briefly unable: wait as it asks, then ask again
+            time.sleep(retry_wait(last_error.error, attempt - 1))
         try:
             if parsed.scheme in ("http", "https"):
                 expected, coding = _http_resuming(url, part, params.download.timeout_s, progress)
@@ -224,6 +237,9 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> tu
                 expected, coding = _copy_resuming(local_path(url), part, progress), ""
         except _Missing:
             raise
+        except _Busy as busy:
+            last_error = busy
+            continue
         except (OSError, urllib.error.URLError, TimeoutError, http.client.HTTPException) as exc:
             if isinstance(exc, OSError) and exc.errno == errno.EROFS:  # no room to make: the mount is the matter
                 raise DownloadError(f"{partial_dir}: {exc.strerror}: download cannot write its partial copies there "
@@ -261,7 +277,9 @@ def fetch(url: str, partial_dir: Path, params: DataParams, progress: bool) -> tu
         part.with_suffix(".json").unlink(missing_ok=True)
         return part, content_name
     kept = f"partial data kept in {part} for the next run"
-    if parsed.scheme in ("http", "https") and part.exists() and not _resumable(part):
+    if not part.exists():  # every attempt refused before a byte came (a server busy each time)
+        kept = "nothing fetched"
+    elif parsed.scheme in ("http", "https") and not _resumable(part):
         discard(part)  # no run could resume it: kept, it was said to be resumed, and refetched from zero
         kept = ("nothing kept: the server sends no ETag or Last-Modified, so a cut copy cannot be resumed safely; "
                 "the next run fetches it from the start")

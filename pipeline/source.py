@@ -27,6 +27,7 @@ import http.client
 import json
 import os
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -311,6 +312,23 @@ ABSENT_IN_FOLDER = (403, 404, 410)
 HEAD_REFUSED = (403, 405, 501)
 
 
+# What a server answers while it is briefly unable to serve (a proxy's or CDN's 502/504, S3's 503 SlowDown, a rate
+# limit's 429, a request timeout's 408, a 500): asked again, data.download.retries attempts in all, after its
+# Retry-After in seconds where it gives one, else 1, 2, 4 ... s; at most RETRY_WAIT_MAX_S a wait.
+TRANSIENT = (408, 429, 500, 502, 503, 504)
+RETRY_WAIT_MAX_S = 30.0
+
+
+def retry_wait(exc: urllib.error.HTTPError, attempt: int) -> float:
+    """Seconds to wait before asking again after a ``TRANSIENT`` answer to attempt ``attempt`` (0 the first)."""
+    after = exc.headers.get("Retry-After", "") if exc.headers is not None else ""
+    try:
+        wait = float(after)
+    except ValueError:  # none, or an HTTP date: the backoff's
+        wait = 2.0 ** attempt
+    return min(max(wait, 0.0), RETRY_WAIT_MAX_S)
+
+
 def http_error(exc: urllib.error.HTTPError) -> str:
     """An HTTP error as one line: ``HTTP <code> <reason>``. urllib gives a redirect loop (or more than its 10
     redirects) as a 30x whose reason is three lines, which became three lines of a one-line error."""
@@ -376,12 +394,24 @@ def login_note(url: str, status: int, answered_by: str | None = None) -> str:
             "(a CI secret) rather than params.yaml, which git commits")
 
 
+def _validator_headers_retrying(url: str, timeout_s: float, retries: int) -> tuple:
+    """``validator_headers``, asked again after a ``TRANSIENT`` answer, ``retries`` attempts in all."""
+    for attempt in range(retries):
+        try:
+            return validator_headers(url, timeout_s)
+        except urllib.error.HTTPError as exc:
+            if exc.code not in TRANSIENT or attempt == retries - 1:
+                raise
+            time.sleep(retry_wait(exc, attempt))
+    return validator_headers(url, timeout_s)  # retries < 1: asked once
+
+
 def _http_validators(url: str, timeout_s: float, absent: tuple[int, ...] = ABSENT,
-                     refused: list[str] | None = None) -> dict | None:
+                     refused: list[str] | None = None, retries: int = 1) -> dict | None:
     """ETag / Last-Modified / Content-Length of a URL, or None when the server says it does not exist (a status of
     ``absent``; a 403 among them is appended to ``refused``)."""
     try:
-        headers, size = validator_headers(url, timeout_s)
+        headers, size = _validator_headers_retrying(url, timeout_s, retries)
     except urllib.error.HTTPError as exc:
         if exc.code in absent:
             if exc.code == 403 and refused is not None:
@@ -449,7 +479,7 @@ def fingerprint(source: str, params: DataParams, cache: HashCache) -> dict:
         urls = [source] if archive else [join(source, name) for name in candidate_names()]
         for url in urls:
             validators = _http_validators(url, params.download.timeout_s, ABSENT if archive else ABSENT_IN_FOLDER,
-                                          refused)
+                                          refused, params.download.retries)
             if validators is not None:
                 files[Path(urllib.parse.urlparse(url).path).name] = validators
         if archive and not files:

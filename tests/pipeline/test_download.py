@@ -675,6 +675,55 @@ def test_a_folder_url_holding_one_raw_file_under_two_names_is_refused(http_serve
     assert not (tmp_path / "raw").exists()
 
 
+class _BusyAtFirst(http.server.SimpleHTTPRequestHandler):
+    """Answers each path's first ``busy_times`` requests (HEAD or GET) 503 with Retry-After: 0, as S3's SlowDown or
+    a CDN's overloaded edge does for a moment, then serves the folder."""
+
+    busy_times = 1
+    seen: dict[str, int] = {}
+
+    def _busy(self) -> bool:
+        count = self.seen.get(self.path, 0)
+        self.seen[self.path] = count + 1
+        if count >= self.busy_times:
+            return False
+        self.send_response(503)
+        self.send_header("Retry-After", "0")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
+
+    def do_HEAD(self):  # noqa: N802 (http.server's naming)
+        if not self._busy():
+            super().do_HEAD()
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        if not self._busy():
+            super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_server_briefly_unable_to_serve_is_asked_again(kaggle_sample, tmp_path):
+    """A 503 (S3's SlowDown, a CDN's overloaded edge), 502, 504, 429 or 408 stopped source ('HTTP 503 Service
+    Unavailable (checking the source for changes)') and download at once, where a cut connection is retried
+    data.download.retries times: now both ask again, after the Retry-After the server gives (else 1, 2, 4 ... s)."""
+    from pipeline.source import HashCache, fingerprint
+
+    _BusyAtFirst.seen, _BusyAtFirst.busy_times = {}, 1
+    with _serving(_BusyAtFirst, kaggle_sample) as port:
+        source = f"http://127.0.0.1:{port}/"
+        files = fingerprint(source, _params(source), HashCache(tmp_path / "hashes.json"))["files"]
+        assert set(files) == {path.name for path in kaggle_sample.iterdir()}
+        download(_params(source), tmp_path / "raw", tmp_path / "partial", progress=False)
+        assert (tmp_path / "raw" / "train.csv.gz").read_bytes() == (kaggle_sample / "train.csv.gz").read_bytes()
+        _BusyAtFirst.seen, _BusyAtFirst.busy_times = {}, 99  # busy for good: the attempts end, in one line
+        with pytest.raises(DownloadError, match=r"^http://127.0.0.1:\d+/train.csv.gz: failed after 3 attempt\(s\): "
+                                                r"HTTP 503 Service Unavailable \(nothing fetched\)$"):
+            fetch(source + "train.csv.gz", tmp_path / "partial", _params(source), progress=False)
+
+
 def test_a_url_that_is_a_file_not_a_folder_says_so(http_server, kaggle_sample, tmp_path):
     """A URL is read as a zip only where its path ends in .zip; a download link (figshare's
     .../ndownloader/files/123, Google Drive's ...?export=download&id=...) was read as a folder, and source and
