@@ -585,12 +585,21 @@ ACCEPTED = ("data.source must be 'synthetic', a directory (or its http(s)/file U
             "or NAME.csv.7z for train, items, stores and the optional files, or a .zip of them")
 
 
-def _refuse_two_copies(shown: str, present: list[str]) -> None:
-    """A folder (a local one, or a server's) holding one raw file under two names, ``train.csv`` beside
-    ``train.csv.gz``: one would be read and the other ignored, and which is meant cannot be told."""
-    if len(present) > 1:
-        raise DownloadError(f"data.source: {shown} has both {' and '.join(present)}: keep one (which is newer cannot "
-                            "be told, and the other would be ignored)")
+def _refuse_two_copies(shown: str, *present: list[str]) -> None:
+    """A folder (a local one, or a server's) holding a raw file under two names, ``train.csv`` beside
+    ``train.csv.gz``: one would be read and the other ignored, and which is meant cannot be told. ``present``: each
+    raw file's names found, all said in one line (Kaggle's per-file .7z archives left beside the CSV files unpacked
+    from them were refused one file a run, seven runs)."""
+    twice = [names for names in present if len(names) > 1]
+    if not twice:
+        return
+    unpacked = all(set(names) == {f"{base}.csv", f"{base}.csv.7z"}
+                   for names in twice for base in [names[0].split(".")[0]])
+    hint = (": .7z archives left beside the CSV files unpacked from them? delete the .csv.7z files (or the CSV files)"
+            if unpacked else "")
+    both = "; ".join(" and ".join(names) for names in twice)
+    raise DownloadError(f"data.source: {shown} has both {both}: keep one{' of each' if len(twice) > 1 else ''} (which "
+                        f"is newer cannot be told, and the other would be ignored){hint}")
 
 
 def _served(url: str, timeout_s: float) -> bool:
@@ -660,11 +669,11 @@ def fetch_source(source: str, staging: Path, partial_dir: Path, params: DataPara
                                  found={base for base in RAW_FILES + OPTIONAL_RAW_FILES
                                         if any(local_path(join(source, f"{base}{suffix}")).is_file()
                                                for suffix in CANDIDATE_SUFFIXES)})
+        if not remote:  # a folder: two copies of one file (a .csv beside its .csv.gz) would leave one unread
+            _refuse_two_copies(source, *([f"{base}{suffix}" for suffix in CANDIDATE_SUFFIXES
+                                          if local_path(join(source, f"{base}{suffix}")).is_file()]
+                                         for base in RAW_FILES + OPTIONAL_RAW_FILES))
         for base in RAW_FILES + OPTIONAL_RAW_FILES:
-            if not remote:  # a folder: two copies of one file (a .csv beside its .csv.gz) would leave one unread
-                present = [f"{base}{suffix}" for suffix in CANDIDATE_SUFFIXES
-                           if local_path(join(source, f"{base}{suffix}")).is_file()]
-                _refuse_two_copies(source, present)
             for k, suffix in enumerate(CANDIDATE_SUFFIXES):
                 url = join(source, f"{base}{suffix}")
                 if not remote and not local_path(url).is_file():

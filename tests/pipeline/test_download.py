@@ -663,6 +663,24 @@ def test_a_redirect_loop_is_one_line_in_source_and_download(tmp_path):
             error), str(error)
 
 
+def test_kaggles_7z_files_left_beside_the_csv_unpacked_from_them_are_all_named_at_once(tmp_path):
+    """Kaggle's zip unpacks to NAME.csv.7z files, and 7-Zip unpacks each beside itself: the folder then holds every
+    raw file twice. download refused the first, 'has both train.csv and train.csv.7z: keep one', and each of the
+    others on the next run, seven runs to learn what one line can say."""
+    py7zr = pytest.importorskip("py7zr")
+    folder = write_kaggle_sample(tmp_path / "favorita")
+    for csv in sorted(folder.iterdir()):
+        with py7zr.SevenZipFile(folder / f"{csv.name}.7z", "w") as writer:
+            writer.write(csv, arcname=csv.name)
+    with pytest.raises(DownloadError) as refused:
+        download(_params(str(folder)), tmp_path / "raw", tmp_path / "partial", progress=False)
+    message = str(refused.value)
+    assert all(f"{name}.csv and {name}.csv.7z" in message for name in RAW_NAMES), message
+    assert message.endswith("keep one of each (which is newer cannot be told, and the other would be ignored): .7z "
+                            "archives left beside the CSV files unpacked from them? delete the .csv.7z files (or the "
+                            "CSV files)"), message
+
+
 def test_a_folder_url_holding_one_raw_file_under_two_names_is_refused(http_server, kaggle_sample, tmp_path):
     """A local folder holding train.csv beside train.csv.gz is refused (which is meant cannot be told); a server's
     folder was not: download fetched the first name it tried, train.csv.gz, and never looked further, so an old
