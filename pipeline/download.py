@@ -299,9 +299,16 @@ def _resumable(part: Path) -> bool:
 def _content_name(name: str, coding: str, part: Path) -> str:
     """The file name the bytes fetched as ``name`` have: its own; under a gzip Content-Encoding (``GZIP_CODINGS``)
     NAME.csv.gz for a NAME.csv, and one more .gz where the decoded bytes are gzip again (a server compressing a
-    NAME.csv.gz it serves), which ``install`` decodes once, as any HTTP client would."""
+    NAME.csv.gz it serves), which ``install`` decodes once, as any HTTP client would. A NAME.csv whose bytes are no
+    gzip at all is its own name: the header is wrong, not the file (an S3 object uploaded with ``--content-encoding
+    gzip`` but not gzipped), and was refused as a .csv.gz 'not gzip-compressed', told to rename a file it had named
+    right."""
     if coding not in GZIP_CODINGS:
         return name
+    if not name.endswith(".gz"):
+        with open(part, "rb") as handle:
+            if not handle.read(len(MAGIC)).startswith(MAGIC):
+                return name
     held = name if name.endswith(".gz") else f"{name}.gz"
     return f"{held}.gz" if decoded_head(part, len(MAGIC)) == MAGIC else held
 

@@ -455,6 +455,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     requests: list[tuple[str, str | None]] = []
     encoded: dict[str, str] = {}
     recompressed: set[str] = set()
+    mislabelled: set[str] = set()  # sent under its Content-Encoding as it is, not encoded
     coding_on_206 = True  # False: a server (a CDN) that names the Content-Encoding on a 200 only
     head_refused: int | None = None  # HEAD answered with this status: 403 as S3 on a URL presigned for GET
 
@@ -475,7 +476,8 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
             return
         data = path.read_bytes()
         coding = self.encoded.get(path.name)
-        if coding == "gzip" and (not path.name.endswith(".gz") or path.name in self.recompressed):
+        if coding == "gzip" and path.name not in self.mislabelled and (not path.name.endswith(".gz")
+                                                                       or path.name in self.recompressed):
             data = gzip.compress(data, mtime=0)
         etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
         start = 0
@@ -507,6 +509,7 @@ def http_server(kaggle_sample):
     _RangeHandler.cut_after = {}
     _RangeHandler.encoded = {}
     _RangeHandler.recompressed = set()
+    _RangeHandler.mislabelled = set()
     _RangeHandler.coding_on_206 = True
     _RangeHandler.head_refused = None
 
@@ -838,6 +841,21 @@ def test_a_server_without_etag_or_last_modified_fingerprints_the_content(tmp_pat
         assert {name: after[name] for name in after if name != "train.csv"} == {
             name: before[name] for name in before if name != "train.csv"}
         assert files() == after
+
+
+def test_a_plain_csv_sent_under_a_gzip_content_encoding_is_installed_as_the_csv_it_is(http_server, kaggle_sample,
+                                                                                       tmp_path):
+    """An S3 object uploaded with --content-encoding gzip but not gzipped is served as its plain bytes under that
+    header: download named it NAME.csv.gz and refused it, 'items.csv (sent gzip-encoded): is not gzip-compressed
+    (it starts 'item_nbr,family,class,perishable'): name a plain CSV NAME.csv, without .gz, or gzip it', a fix for
+    a file that was named right. Bytes that are no gzip are the file: installed as NAME.csv."""
+    _RangeHandler.encoded = {"items.csv": "gzip"}
+    _RangeHandler.mislabelled = {"items.csv"}
+    raw = tmp_path / "raw"
+    download(_params(http_server), raw, tmp_path / "partial", progress=False)
+    assert (raw / "items.csv").read_bytes() == (kaggle_sample / "items.csv").read_bytes()
+    assert not (raw / "items.csv.gz").exists()
+    _prepares(raw, tmp_path)
 
 
 def test_a_csv_sent_gzip_encoded_is_installed_as_csv_gz_and_resumes(http_server, kaggle_sample, tmp_path):
