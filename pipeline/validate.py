@@ -282,7 +282,7 @@ def _first_row_has_timed_dates(head: bytes, spec: RawFile, names: list[str]) -> 
         return False
     rows = csv.reader(io.StringIO(head.decode("utf-8", errors="replace"), newline=""))
     next(rows, None)
-    first = next(rows, [])
+    first = next((row for row in rows if row), [])  # past blank lines, as the reader skips them: not line 2 as such
     return any(k < len(first) and re.fullmatch(TIMED_DATE, first[k]) for k in dates)
 
 

@@ -832,6 +832,22 @@ def test_a_database_export_with_midnight_timestamps_and_t_f_prepares_as_the_plai
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "exported" / path.name), pd.read_parquet(path))
 
 
+def test_midnight_timestamps_after_a_blank_line_are_read_as_the_file_writes_them(tmp_path):
+    """Blank lines are skipped, but the one that decides whether a file writes its dates with a time of day, the
+    first data row, was taken to be line 2 whatever it held: a blank line after the header (an export's, or a hand
+    edit's) made a file of midnight timestamps refused, 'not a valid date ... line 3 ('2014-03-25 00:00:00') ...
+    dates are read so where the first data row writes one too', which line 3, its first data row, does."""
+    import pandas as pd
+
+    raw = write_kaggle_sample(tmp_path / "raw")
+    prepare(raw, tmp_path / "plain", PARAMS, progress=False)
+    _edit(raw, "train", lambda t: _as_database_export(t).replace("\n", "\n\n", 1))
+    assert (raw / "train.csv").read_text().startswith("id,date,store_nbr,item_nbr,unit_sales,onpromotion\n\n0,2014-")
+    prepare(raw, tmp_path / "exported", PARAMS, progress=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "exported" / "sales.parquet"),
+                                  pd.read_parquet(tmp_path / "plain" / "sales.parquet"))
+
+
 def test_a_timestamp_other_than_midnight_is_refused_naming_its_line(tmp_path):
     """Which day 2014-03-25 23:30 belongs to depends on the time zone it was written in: not guessed."""
     raw = write_kaggle_sample(tmp_path / "raw")
