@@ -155,5 +155,7 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
     app.extensions[SERVING_MODEL] = lambda: serving_model_identity(predictor.model)  # /monitoring: a report on
     # another model than the one serving says so
     # The body is read in full (size and time limits) before Flask runs; see app/request_buffer.py.
-    app.wsgi_app = BufferedRequests(app.wsgi_app, settings.max_body_bytes, settings.body_timeout_s)
+    # Its health probes' paths (as routes_health.py declares them) take no turn behind the forecasts.
+    probes = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.startswith(f"{health.name}.")}
+    app.wsgi_app = BufferedRequests(app.wsgi_app, settings.max_body_bytes, settings.body_timeout_s, probes)
     return app

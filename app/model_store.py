@@ -13,6 +13,7 @@ it unchanged (``absent_since`` too).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -37,6 +38,9 @@ class ProductionWithFallback:
         # loaded it again: two ERROR lines and a full load a request for a release this code refuses.
         self._refused_releases: dict[Path, Predictor] = {}
         self._next_pick = float("-inf")
+        # a health probe asks for the model beside the request whose turn it is (app/request_buffer.py): the
+        # fallback is picked and let go by one thread at a time, and read once wherever it is used
+        self._fallback_lock = threading.Lock()
 
     @property
     def path(self) -> Path:
@@ -60,30 +64,38 @@ class ProductionWithFallback:
 
     @property
     def serving_fallback(self) -> bool:
-        return self.primary.model is None and self._fallback is not None and self._fallback.model is not None
+        fallback = self._fallback
+        return self.primary.model is None and fallback is not None and fallback.model is not None
 
     @property
     def fallback_path(self) -> Path | None:
         """The release served in production's place, None while production serves (or nothing does)."""
-        return self._fallback.path if self.serving_fallback else None
+        fallback = self._fallback
+        return fallback.path if fallback is not None and self.serving_fallback else None
 
     @property
     def model(self) -> LoadedModel | None:
         model = self.primary.model
         if model is not None:
-            if self._fallback is not None and self._fallback.forget():
-                log.info("%s serves again; the release %s it stood in for is let go", self.primary.path,
-                         self._fallback.path.name)
-                self._fallback = None  # its model collected (Predictor.forget), not kept for the worker's life
+            if self._fallback is not None:
+                with self._fallback_lock:
+                    fallback = self._fallback
+                    if fallback is not None and fallback.forget():
+                        log.info("%s serves again; the release %s it stood in for is let go", self.primary.path,
+                                 fallback.path.name)
+                        self._fallback = None  # its model collected (Predictor.forget), not kept for the worker's life
             return model
-        if self._fallback is None and self._clock() >= self._next_pick:
-            self._pick_fallback()
-        return self._fallback.model if self._fallback is not None else None
+        with self._fallback_lock:
+            if self._fallback is None and self._clock() >= self._next_pick:
+                self._pick_fallback()
+            fallback = self._fallback
+        return fallback.model if fallback is not None else None
 
     def check_now(self) -> bool:
         changed = self.primary.check_now()
         if self.primary.model is None:
-            self._pick_fallback()
+            with self._fallback_lock:
+                self._pick_fallback()
         return changed
 
     def _pick_fallback(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
@@ -339,3 +341,34 @@ def test_an_items_parameter_given_twice_is_400_naming_it_not_the_first_used(serv
                                         "message": "given more than once in the query string: give it once"}]
     parameters = served.client.get("/api/v1/openapi.json").json["paths"]["/api/v1/items"]["get"]["parameters"]
     assert all("given at most once" in parameter["description"] for parameter in parameters)
+
+
+def test_health_probes_are_answered_while_a_forecast_holds_the_turn(served):
+    """Found at Favorita's size: requests run one at a time per worker, in arrival order (app/request_buffer.py), and
+    /readyz and /healthz queued behind every forecast before them. 16 clients sending 1,000-row batches to 2 workers
+    made /readyz take 1.9 s (median) and up to 3.0 s: past the 2 s of the image's and compose's health check. A
+    probe only reads what the worker holds, so it is answered beside the request in its turn; others still wait."""
+    gate = served.app.wsgi_app._one_at_a_time  # the worker's turn (ArrivalOrder)
+    answers: dict[str, int] = {}
+
+    def ask(path: str, method: str = "GET") -> None:
+        answers[f"{method} {path}"] = served.client.open(path, method=method).status_code
+
+    gate.__enter__()  # a forecast being made: every request that is not a probe waits for its turn
+    try:
+        probes = [threading.Thread(target=ask, args=(path, method), daemon=True)
+                  for path in ("/healthz", "/readyz") for method in ("GET", "HEAD")]
+        for probe in probes:
+            probe.start()
+        deadline = time.monotonic() + 10
+        for probe in probes:
+            probe.join(max(0.0, deadline - time.monotonic()))
+        assert answers == {"GET /healthz": 200, "HEAD /healthz": 200, "GET /readyz": 200, "HEAD /readyz": 200}
+        waiting = threading.Thread(target=ask, args=("/api/v1/model",), daemon=True)
+        waiting.start()
+        waiting.join(0.5)
+        assert "GET /api/v1/model" not in answers  # anything else still waits its turn
+    finally:
+        gate.__exit__(None, None, None)
+    waiting.join(10)
+    assert answers["GET /api/v1/model"] == 200

@@ -52,7 +52,8 @@ def test_a_requests_latency_includes_its_wait_for_the_workers_turn(served, monke
     and the events' latency_ms were timed from when the request's turn began, so the wait behind others was
     left out: 8 keep-alive clients on `make serve`'s 2 workers measured a mean of 3.8 ms, the histogram 0.5 ms
     (96.6 % of requests under 1 ms, against 0.6 % for the clients). Here one forecast takes 0.4 s while two more
-    requests wait for their turn: each must say it took about as long as its client waited."""
+    requests wait for their turn: each must say it took about as long as its client waited (not a health
+    probe, which takes no turn: tests/app/test_api_info.py)."""
     model = served.model
     forecast, in_forecast = model.forecast, threading.Event()
 
@@ -65,8 +66,8 @@ def test_a_requests_latency_includes_its_wait_for_the_workers_turn(served, monke
     monkeypatch.setattr(model, "forecast", first_one_slow)
     before = {endpoint: (sample("shelfcast_request_duration_seconds_sum", endpoint=endpoint),
                          sample("shelfcast_request_duration_seconds_count", endpoint=endpoint))
-              for endpoint in ("/healthz", "/api/v1/predict")}
-    waited: dict[str, list[float]] = {"/healthz": [], "/api/v1/predict": []}
+              for endpoint in ("/api/v1/model", "/api/v1/predict")}
+    waited: dict[str, list[float]] = {"/api/v1/model": [], "/api/v1/predict": []}
 
     def send(path: str) -> None:
         started = time.perf_counter()
@@ -78,12 +79,12 @@ def test_a_requests_latency_includes_its_wait_for_the_workers_turn(served, monke
     slow = threading.Thread(target=send, args=("/api/v1/predict",))
     slow.start()
     assert in_forecast.wait(10)
-    waiting = [threading.Thread(target=send, args=(path,)) for path in ("/healthz", "/api/v1/predict")]
+    waiting = [threading.Thread(target=send, args=(path,)) for path in ("/api/v1/model", "/api/v1/predict")]
     for thread in waiting:
         thread.start()
     for thread in (slow, *waiting):
         thread.join(10)
-    assert min(waited["/healthz"] + waited["/api/v1/predict"]) > 0.2, waited  # each waited for the slow turn
+    assert min(waited["/api/v1/model"] + waited["/api/v1/predict"]) > 0.2, waited  # each waited for the slow turn
     for endpoint, (sum_before, count_before) in before.items():
         assert sample("shelfcast_request_duration_seconds_count", endpoint=endpoint) - count_before == \
             len(waited[endpoint])

@@ -370,6 +370,48 @@ def test_a_release_that_stood_in_for_production_is_let_go_once_production_serves
         gc.unfreeze()
 
 
+def test_two_threads_asking_for_the_model_as_production_returns_let_the_release_go_once(make_app, production_dir,
+                                                                                       app_bundles, monkeypatch):
+    """A health probe asks for the model beside the request whose turn it is (app/request_buffer.py), so two threads
+    may ask at once just as production loads again: the release that stood in for it is let go by one of them, once,
+    and neither fails (before, each let it go: the check and the use of the fallback were two reads of it)."""
+    from pipeline.release_store import ReleaseStore
+
+    store = ReleaseStore(production_dir.parent)
+    store.add_release("1", production_dir)
+    (store.release_dir("1") / ".good").touch()
+    corrupt_weights(production_dir)
+    served = make_app(production_dir)
+    predictor = served.state.predictor
+    assert predictor.serving_fallback
+    copy_bundle(app_bundles[1], production_dir)
+    assert predictor.primary.check_now() is True
+    fallback, let_go = predictor._fallback, []
+    forget = fallback.forget
+
+    def slow_forget() -> bool:
+        let_go.append(threading.get_ident())
+        time.sleep(0.3)  # both threads are past their look at the fallback by now
+        return forget()
+
+    monkeypatch.setattr(fallback, "forget", slow_forget)
+    models, failures = [], []
+
+    def ask() -> None:
+        try:
+            models.append(predictor.model)
+        except Exception as exc:  # noqa: BLE001 - any failure of either thread is the finding
+            failures.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert not failures and len(models) == 2 and all(m is predictor.primary.model for m in models)
+    assert len(let_go) == 1 and not predictor.serving_fallback and predictor.fallback_path is None
+
+
 def test_readyz_says_why_a_bundle_was_refused_while_the_old_model_serves(served, production_dir, app_bundles):
     import datetime as dt
 
