@@ -127,6 +127,11 @@ def bound_http_retries(environ=os.environ) -> None:
 def tracking_uri(project_root: Path | str = ".") -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if env:
+        db = local_store_path(env)
+        if db is not None and not db.is_absolute():
+            # a relative sqlite store (MLflow's own example, sqlite:///mlflow.db) is the project's: SQLAlchemy reads
+            # it from the working directory, which under `dvc exp run --temp` is the copy DVC deletes afterwards
+            return sqlite_uri(store_home(project_root) / db)
         return env
     return sqlite_uri(store_home(project_root) / "mlflow.db")
 
@@ -142,8 +147,13 @@ def shown_uri(project_root: Path | str = ".") -> str:
     return split_credentials(tracking_uri(project_root))[0]
 
 
-def artifact_root(project_root: Path | str = ".") -> str:
-    return (store_home(project_root) / "mlartifacts").as_uri()
+def artifact_root(project_root: Path | str = ".") -> str | None:
+    """Where a new experiment keeps its runs' artifacts: ``mlartifacts/`` beside a local sqlite store's database, the
+    default store's and one MLFLOW_TRACKING_URI names alike; None for any other store (a server decides). MLflow's own
+    default, ``./mlruns`` of the working directory, put a ``dvc exp run --temp`` experiment's artifacts in the copy
+    DVC deletes, and every later run of that experiment under the deleted copy's path."""
+    db = local_store_path(tracking_uri(project_root))
+    return None if db is None else (db.parent / "mlartifacts").as_uri()
 
 
 def store_home(project_root: Path | str = ".") -> Path:
@@ -467,9 +477,8 @@ def ensure_experiment(mlflow_client, project_root: Path | str = ".", name: str =
 
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is None:
-        location = None if os.environ.get("MLFLOW_TRACKING_URI") else artifact_root(project_root)
         try:
-            return mlflow_client.create_experiment(name, artifact_location=location,
+            return mlflow_client.create_experiment(name, artifact_location=artifact_root(project_root),
                                                    tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":

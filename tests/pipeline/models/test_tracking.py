@@ -115,6 +115,37 @@ def test_the_runs_of_a_dvc_temporary_experiment_go_to_the_project_store(tmp_path
     assert tracking.store_home(tmp_path / "project") == (tmp_path / "project").resolve()
 
 
+def test_a_sqlite_tracking_uri_keeps_a_dvc_temporary_experiments_runs_and_artifacts(tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI=sqlite:///… (MLflow's own example) made the experiment with MLflow's default artifact
+    root, ./mlruns of the stage's working directory: under `dvc exp run --temp` the copy DVC deletes afterwards, so
+    that run's bundle went with it and every later run of the experiment wrote its artifacts under the deleted copy's
+    path. A relative one (sqlite:///mlflow.db) put the whole store in the copy."""
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    project = tmp_path / "project"
+    copy = project / ".dvc" / "tmp" / "exps" / "standalone" / "tmpab12cd"
+    copy.mkdir(parents=True)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "bundle.json").write_text("{}")
+    team = tmp_path / "team store"  # a folder with a space: the file URIs of its artifacts escape it
+    team.mkdir()
+    monkeypatch.chdir(copy)  # DVC runs the experiment's stages in the copy
+    for uri, store in ((tracking.sqlite_uri(team / "mlflow.db"), team), ("sqlite:///mlflow.db", project.resolve())):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        assert tracking.tracking_uri(copy) == tracking.sqlite_uri(store / "mlflow.db")
+        with tracking.TrainingRun(copy, "train", {}) as run:
+            run.log_bundle(bundle)
+        client = tracking.client(copy)
+        artifacts = Path(url2pathname(urlsplit(client.get_run(run.run_id).info.artifact_uri).path))
+        assert store / "mlartifacts" in artifacts.parents, artifacts
+        assert (artifacts / "bundle" / "bundle.json").is_file()
+        assert [a.path for a in client.list_artifacts(run.run_id, "bundle")] == ["bundle/bundle.json"]
+    assert sorted(p.name for p in copy.iterdir()) == []  # nothing in the copy DVC deletes
+    assert (team / "mlflow.db").is_file() and (project / "mlflow.db").is_file()
+
+
 def test_an_unreachable_or_scheme_less_tracking_server_is_one_error_at_once(tmp_path, monkeypatch):
     """MLflow retried an unreachable server for about 4 minutes, then printed a traceback."""
     import socket
