@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from pipeline.atomic import process_alive
 from pipeline.model_params import model_named, production_alias, registered_model
@@ -102,6 +102,7 @@ class TrackingError(StageError):
     """The tracking store or registry refused an operation, or cannot be reached (the message says which and where)."""
 
 
+METRICS_PER_BATCH = 1000  # the most metrics MLflow takes in one log_batch (mlflow.utils.validation)
 REACH_TIMEOUT_S = 10.0  # how long a tracking server has to answer its first request (MLflow's retries take minutes)
 _reached: set[str] = set()  # tracking servers this process has reached
 
@@ -611,14 +612,20 @@ class TrainingRun:
             self.client.log_batch(self.run_id, params=items[start:start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.log_steps([(step or 0, metrics)])
+
+    def log_steps(self, points: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+        """Metrics by step (a training curve, evaluate's windows) in as few requests as MLflow takes, METRICS_PER_BATCH
+        each: a request per step cost a train that resumed at step 3,000 (150 evaluations) 34 s of its 45 against a
+        tracking server on the same machine, more over a network."""
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step or 0) for k, v in sorted(metrics.items())]
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+        batch = [Metric(k, float(v), now, int(step)) for step, metrics in points for k, v in sorted(metrics.items())]
+        for start in range(0, len(batch), METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=batch[start:start + METRICS_PER_BATCH])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
@@ -719,10 +726,10 @@ def log_evaluation(project_root: Path | str, training_run_id: str, *, passed: bo
         if data is not None:
             run.log_data(data, "evaluation")
         run.log_metrics(flat)
-        for window in windows:
-            run.log_metrics({f"{HELDOUT_PREFIX}window_{k}": float(v) for k, v in window.items()
-                             if k in ("candidate_nwrmsle", "baseline_nwrmsle", "improvement", "improvement_low",
-                                      "improvement_high")}, step=int(window["window"]))
+        run.log_steps([(int(window["window"]), {f"{HELDOUT_PREFIX}window_{k}": float(v) for k, v in window.items()
+                                                 if k in ("candidate_nwrmsle", "baseline_nwrmsle", "improvement",
+                                                          "improvement_low", "improvement_high")})
+                       for window in windows])
         for path in artifacts:
             run.client.log_artifact(run.run_id, str(path), "results")
         update = not is_registered(run.client, training_run_id)

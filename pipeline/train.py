@@ -437,9 +437,9 @@ def _run(root: Path, home: Path, raw: dict, fparams: FeatureParams, tparams: Tra
         mlflow_run.set_tags({CHECKPOINT_TAG: fingerprint})
         config, result = fit(tparams, data, spec, on_eval, checkpoint_dir=checkpoints, identity=identity,
                              log=say, on_resume=lambda step: link_resumed_run(mlflow_run, fingerprint, step, say))
-        for curve in result.curves:  # all of them, also those a resumed run had written before the interruption
-            mlflow_run.log_metrics({CURVE_PREFIX + k: v for k, v in curve.items() if k != "step"},
-                                   step=int(curve["step"]))
+        # all of them, also those a resumed run had written before the interruption
+        mlflow_run.log_steps([(int(curve["step"]), {CURVE_PREFIX + k: v for k, v in curve.items() if k != "step"})
+                              for curve in result.curves])
         inner_pred = models.predict_weights(config, result.weights, data.inner.matrix)
         inner_expected = models.predict_weights(config, result.weights, data.inner.matrix, result.expected_factor)
         metrics = {
