@@ -26,7 +26,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 from pipeline.atomic import process_alive
 from pipeline.model_params import model_named, production_alias, registered_model
 from pipeline.stage import StageError
-from pipeline.url_credentials import split_credentials, without_credentials  # noqa: F401 - tracking.without_credentials
+from pipeline.url_credentials import (refused_url_shown, split_credentials,  # noqa: F401 - tracking.without_credentials
+                                     without_credentials)
 
 EXPERIMENT_NAME = "shelfcast"
 # The registered model's name is no constant: params.yaml's promote.model_name (model_params.registered_model), nor is
@@ -178,6 +179,11 @@ def check_reachable(uri: str) -> None:
         return
     if re.fullmatch(r"[\w.-]+:\d+/?", uri):
         raise TrackingError(f"MLFLOW_TRACKING_URI={uri!r}: an address without its scheme; did you mean http://{uri}?")
+    mistyped = re.fullmatch(r"(https?)(:/|//|:)([^/].*)", uri, flags=re.IGNORECASE)
+    if mistyped:  # MLflow reads it as a folder: refused as a file store, or with MLFLOW_ALLOW_FILE_STORE made there
+        scheme, typed, rest = mistyped.groups()
+        raise TrackingError(f"MLFLOW_TRACKING_URI starts {scheme + typed!r}, not '{scheme}://': MLflow would read it "
+                            f"as a folder's path; did you mean {scheme.lower()}://{refused_url_shown(rest)}?")
     parts = urllib.parse.urlsplit(uri)
     if parts.scheme in ("http", "https") and parts.hostname:
         try:

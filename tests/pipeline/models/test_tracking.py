@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -171,6 +172,23 @@ def test_an_unreachable_or_scheme_less_tracking_server_is_one_error_at_once(tmp_
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         tracking.check_reachable(f"https://alice:s3cret@127.0.0.1:{listening.getsockname()[1]}/prefix")
+
+
+@pytest.mark.parametrize("typed, meant", [("http//127.0.0.1:5000", "http://127.0.0.1:5000"),
+                                           ("http:/127.0.0.1:5000/", "http://127.0.0.1:5000/"),
+                                           ("HTTPS//mlflow.example", "https://mlflow.example"),
+                                           ("http:alice:s3cret@mlflow.example:5000", "http://mlflow.example:5000")])
+def test_a_tracking_uri_with_a_mistyped_scheme_is_named_not_made_a_folder(tmp_path, monkeypatch, typed, meant):
+    """`http//127.0.0.1:5000` is a relative path to MLflow: MLflow 3.17 refused it as a file store, saying to set
+    MLFLOW_ALLOW_FILE_STORE=true, and with that set train recorded its run into ./http/127.0.0.1:5000/ of the project,
+    not the server, without a word."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", typed)
+    with pytest.raises(tracking.TrackingError, match=f"did you mean {re.escape(meant)}\\?$") as refused:
+        tracking.TrainingRun(tmp_path, "train", {})
+    assert "s3cret" not in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def _mlflow_http_settings_unset(monkeypatch) -> None:
