@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import socket
 import time
 import urllib.parse
@@ -497,11 +498,19 @@ def ensure_experiment(mlflow_client, project_root: Path | str = ".", name: str =
         # MLflow refuses a run in it ("must be in the 'active' state") and, until its store is garbage-collected,
         # a new experiment of that name: every later stage failed the same way, without saying the way out.
         eid = experiment.experiment_id
+        uri = shlex.quote(shown_uri(project_root))
+        # the commands as typed in any folder: a bare `mlflow experiments restore` reads MLflow's own default store
+        # (sqlite:///mlflow.db of the working directory: from a subfolder it made one there and failed), and
+        # `mlflow gc` wants --tracking-uri beside --backend-store-uri ("Tracking URL is not set")
+        gc = (f"`mlflow gc --backend-store-uri {uri} --tracking-uri {uri} --experiment-ids {eid}`"
+              if local_store_path(tracking_uri(project_root)) else
+              f"`mlflow gc --backend-store-uri <its database> --tracking-uri {uri} --experiment-ids {eid}` on the "
+              "tracking server's host")
         raise TrackingError(
             f"MLflow at {shown_uri(project_root)}: experiment {name!r} (id {eid}) was deleted, and runs cannot be "
-            f"recorded in a deleted experiment: restore it (`mlflow experiments restore --experiment-id {eid}` with "
-            f"this MLFLOW_TRACKING_URI, or the UI), or remove it for good (`mlflow gc --experiment-ids {eid}` "
-            "against the tracking server's backend store), after which the next run creates a new one")
+            f"recorded in a deleted experiment: restore it (`MLFLOW_TRACKING_URI={uri} mlflow experiments restore "
+            f"--experiment-id {eid}`, or the UI), or remove it for good ({gc}), after which the next run creates a "
+            "new one")
     if EXPERIMENT_KIND_TAG not in experiment.tags:
         mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     return experiment.experiment_id

@@ -602,6 +602,43 @@ def test_a_deleted_experiment_says_how_to_restore_or_remove_it(store):
     assert client.get_run(run.run_id).info.experiment_id == experiment_id
 
 
+def test_a_deleted_experiments_way_out_works_as_typed_in_any_folder(store):
+    """The message's commands, run as printed from another folder: before, a bare `mlflow experiments restore
+    --experiment-id 1` read MLflow's own default store there (it made a `mlflow.db` in that folder and failed, "No
+    Experiment with id=1 exists"), and `mlflow gc --experiment-ids 1` failed "Tracking URL is not set"."""
+    import os
+    import subprocess
+    import sys
+
+    root = store / "my project"  # a space: the commands quote the store's URI
+    elsewhere = store / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    client = tracking.client(root)
+    experiment_id = tracking.ensure_experiment(client, root)
+    bin_dir = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = bin_dir + os.pathsep + env["PATH"]
+
+    def way_out() -> list[str]:
+        client.delete_experiment(experiment_id)
+        with pytest.raises(tracking.TrackingError) as refused:
+            tracking.TrainingRun(root, "train-mlp", {})
+        return re.findall(r"`([^`]*mlflow [^`]*)`", str(refused.value))
+
+    restore, gc = way_out()
+    subprocess.run(restore, shell=True, cwd=elsewhere, env=env, check=True, capture_output=True, timeout=120)
+    assert client.get_experiment(experiment_id).lifecycle_stage == "active" and list(elsewhere.iterdir()) == []
+    with tracking.TrainingRun(root, "train-mlp", {}) as before:
+        pass
+    restore, gc = way_out()
+    subprocess.run(gc, shell=True, cwd=elsewhere, env=env, check=True, capture_output=True, timeout=120)
+    assert client.search_runs([experiment_id], run_view_type=3) == [] and list(elsewhere.iterdir()) == []  # all gone
+    with tracking.TrainingRun(root, "train-mlp", {}) as run:  # the next run makes a new experiment of the name
+        pass
+    assert client.get_experiment_by_name("shelfcast").lifecycle_stage == "active" and run.run_id != before.run_id
+
+
 def test_a_first_promote_racing_another_for_the_new_registered_model_registers_its_version(project, monkeypatch):
     """Found by a probe: two first promotes into a new registry (CI's shadow and a person's production, on two
     hosts) both found no registered model and both created it; the later one failed with "Registered Model
