@@ -108,11 +108,12 @@ MLFLOW_PORT ?= 5000
 # A port in use (another project's or user's MLflow UI on this host) stops the target at once, in one line: mlflow
 # itself took a minute to start its server, logged the bind error and exited 0, and the address printed above
 # opened the other UI's runs.
-# The store's URI is the stages' (pipeline.tracking): '?' and '%' in the project's path are escaped there.
+# The store's URI is the stages' (pipeline.tracking.ui_store_uri): '?' and '%' in the project's path are escaped
+# there; a sqlite store MLFLOW_TRACKING_URI names is served, a server's is not (it has its own UI).
 mlflow-ui: $(STAMP)   ## MLflow's web UI on http://127.0.0.1:5000: runs, curves, registered models (Ctrl-C stops it)
 	@$(BIN)/python -m app.address 127.0.0.1:$(MLFLOW_PORT) "choose another port: make mlflow-ui MLFLOW_PORT=5001"
-	@MLFLOW_TRACKING_URI= $(BIN)/python -c "from pipeline import tracking; print('MLflow UI: open', tracking.ui_address('http://127.0.0.1:$(MLFLOW_PORT)'), '(the model-training view)')"
-	@uri=$$(MLFLOW_TRACKING_URI= $(BIN)/python -c "from pipeline import tracking; print(tracking.tracking_uri())") \
+	@uri=$$($(BIN)/python -c "from pipeline import tracking; print(tracking.ui_store_uri())") \
+	  && MLFLOW_TRACKING_URI="$$uri" $(BIN)/python -c "from pipeline import tracking; print('MLflow UI: open', tracking.ui_address('http://127.0.0.1:$(MLFLOW_PORT)'), '(the model-training view)')" \
 	  && set -x && $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 clean:                ## remove .venv and pytest's cache (data, models and MLflow runs stay)

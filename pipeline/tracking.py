@@ -139,6 +139,13 @@ def tracking_uri(project_root: Path | str = ".") -> str:
     return sqlite_uri(store_home(project_root) / "mlflow.db")
 
 
+def ui_store_uri(project_root: Path | str = ".") -> str:
+    """The store ``make mlflow-ui`` serves: the stages' own where it is a local sqlite database (the project's, or
+    the one MLFLOW_TRACKING_URI names), else the project's (a tracking server's runs are in that server's UI)."""
+    uri = tracking_uri(project_root)
+    return uri if local_store_path(uri) is not None else sqlite_uri(store_home(project_root) / "mlflow.db")
+
+
 def sqlite_uri(db: Path) -> str:
     """``sqlite:///<db>`` with the two characters SQLAlchemy reads specially in it escaped: a project folder named
     ``runs?2`` put the store in a file ``runs`` beside it (the rest read as a query), and ``a%20b`` opened ``a b``."""

@@ -111,16 +111,20 @@ def test_ruff_checks_every_python_file_in_the_repository():
 
 
 @pytest.mark.slow  # make mlflow-ui with a real server, 12 s: make test stays under 10 min
-def test_make_mlflow_ui_opens_the_store_the_stages_write_in_a_folder_named_with_query_characters(tmp_path):
+@pytest.mark.parametrize("team_store", [False, True])
+def test_make_mlflow_ui_opens_the_store_the_stages_write_in_a_folder_named_with_query_characters(tmp_path, team_store):
     """The target built ``sqlite:///$(CURDIR)/mlflow.db`` itself: in a project folder named ``runs?2`` SQLAlchemy read
     ``?2/mlflow.db`` as a query and the UI opened (and created) a store ``runs`` beside it, and ``a%20b`` opened
-    ``a b``, while the stages (pipeline.tracking.sqlite_uri) escape both. The target asks pipeline.tracking."""
+    ``a b``, while the stages (pipeline.tracking.sqlite_uri) escape both. The target asks pipeline.tracking.
+    With MLFLOW_TRACKING_URI naming a sqlite store the stages write there, and the UI served the project's own, empty
+    store instead; a server's URI still leaves the UI on the project's store (the server has its own UI)."""
     import os
     import sys
 
     from pipeline import tracking
 
     project = tmp_path / "runs?2 100%20"
+    team = tmp_path / "team store" / "mlflow.db"
     (project / "monitoring").mkdir(parents=True)
     for name in ("Makefile", "pyproject.toml", "monitoring/delivery.mk"):
         (project / name).write_bytes((REPO / name).read_bytes())
@@ -132,13 +136,18 @@ def test_make_mlflow_ui_opens_the_store_the_stages_write_in_a_folder_named_with_
     for tool in ("python", "mlflow"):
         (bin_dir / tool).chmod(0o755)
     (project / ".venv" / ".installed").touch()
-    env = dict(os.environ, PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI="http://elsewhere.invalid:5000")
+    if team_store:
+        team.parent.mkdir()
+    store = team if team_store else project / "mlflow.db"
+    env = dict(os.environ, PYTHONPATH=str(REPO),
+               MLFLOW_TRACKING_URI=tracking.sqlite_uri(team) if team_store else "http://elsewhere.invalid:5000")
     done = subprocess.run(["make", "--no-print-directory", "-s", "mlflow-ui"], cwd=project, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     args = [line[len("arg: "):] for line in done.stdout.splitlines() if line.startswith("arg: ")]
     uri = args[args.index("--backend-store-uri") + 1]
-    assert uri == tracking.sqlite_uri(project / "mlflow.db") and tracking.local_store_path(uri) == project / "mlflow.db"
+    assert uri == tracking.sqlite_uri(store) and tracking.local_store_path(uri) == store
+    assert "MLflow UI: open http://127.0.0.1:5000/#/experiments" in done.stdout
 
 
 def test_make_mlflow_ui_on_a_port_in_use_stops_at_once_in_one_line(tmp_path):
