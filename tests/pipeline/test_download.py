@@ -696,14 +696,30 @@ def test_a_folder_url_holding_one_raw_file_under_two_names_is_refused(http_serve
     assert not (tmp_path / "raw").exists()
 
 
-class _BusyAtFirst(http.server.SimpleHTTPRequestHandler):
+class _AnswersSomeFirst:
+    """A test server's handler (mixed in before its base) that answers some requests itself, a 503 or a redirect,
+    in ``answered_first``; the others its base serves."""
+
+    def answered_first(self) -> bool:
+        raise NotImplementedError
+
+    def do_HEAD(self):  # noqa: N802 (http.server's naming)
+        if not self.answered_first():
+            super().do_HEAD()
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        if not self.answered_first():
+            super().do_GET()
+
+
+class _BusyAtFirst(_AnswersSomeFirst, http.server.SimpleHTTPRequestHandler):
     """Answers each path's first ``busy_times`` requests (HEAD or GET) 503 with Retry-After: 0, as S3's SlowDown or
     a CDN's overloaded edge does for a moment, then serves the folder."""
 
     busy_times = 1
     seen: dict[str, int] = {}
 
-    def _busy(self) -> bool:
+    def answered_first(self) -> bool:  # busy: 503
         count = self.seen.get(self.path, 0)
         self.seen[self.path] = count + 1
         if count >= self.busy_times:
@@ -713,14 +729,6 @@ class _BusyAtFirst(http.server.SimpleHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
         return True
-
-    def do_HEAD(self):  # noqa: N802 (http.server's naming)
-        if not self._busy():
-            super().do_HEAD()
-
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        if not self._busy():
-            super().do_GET()
 
     def log_message(self, *args):
         pass
@@ -1714,11 +1722,11 @@ def test_a_login_is_not_sent_on_to_the_host_a_redirect_names(login_server, tmp_p
     assert "p%40ss" not in str(refused.value) and "ann" not in str(refused.value)
 
 
-class _MovedLoginHandler(_LoginHandler):
+class _MovedLoginHandler(_AnswersSomeFirst, _LoginHandler):
     """The login server with its folder moved: /old/NAME redirects (301, before any login check, as nginx's
     `return 301` does) to /NAME on the same host and port."""
 
-    def _moved(self) -> bool:
+    def answered_first(self) -> bool:  # moved: 301
         if not self.path.startswith("/old/"):
             return False
         self.send_response(301)
@@ -1726,14 +1734,6 @@ class _MovedLoginHandler(_LoginHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
         return True
-
-    def do_HEAD(self):  # noqa: N802 (http.server's naming)
-        if not self._moved():
-            super().do_HEAD()
-
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        if not self._moved():
-            super().do_GET()
 
 
 def test_a_login_follows_a_redirect_on_its_own_host(kaggle_sample, tmp_path, capsys, monkeypatch):
