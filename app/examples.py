@@ -12,8 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from app.catalog import MAX_QUERY
-from app.predictor import LoadedModel
+
+if TYPE_CHECKING:  # a LoadedModel derives its example once, as it loads (app/predictor.py imports this module)
+    from app.predictor import LoadedModel
 
 RECENT_DAYS = 28  # "best-selling" over the last four weeks, so the example forecast is not 0
 
@@ -33,11 +37,14 @@ DEFAULT_DATA_EXAMPLE = Example(store_nbr=1, item_nbr=1838989, date="2017-08-16",
 
 
 def example_for(model: LoadedModel | None) -> Example:
+    """The example of the model served (derived once, as it loaded), or without a model the README's."""
+    return DEFAULT_DATA_EXAMPLE if model is None else model.example
+
+
+def derive_example(model: LoadedModel) -> Example:
     """The first store's best-selling item over the last four weeks, on the horizon's first day the store is open: a
     data set ending on December 31 starts its horizon on New Year's Day, which the app answers 0 (store_closed); a
     store closed for good is open on none, so the first store that has not closed is taken."""
-    if model is None:
-        return DEFAULT_DATA_EXAMPLE
     snapshot = model.bundle.snapshot
     open_stores = [n for n, s in model.catalog.stores.items() if s.closed_since is None]  # not closed for good
     store = min(open_stores or model.catalog.stores)

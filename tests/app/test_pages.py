@@ -281,3 +281,19 @@ def test_the_drift_report_before_any_says_how_to_make_one_not_no_such_path(serve
                                                                    .get_data(as_text=True))
     assert served.client.get("/docs/swagger-ui/index.html").status_code == 404  # abort(404) alone: "no such path"
     assert "no such path" in served.client.get("/docs/swagger-ui/index.html").get_data(as_text=True)
+
+
+def test_the_example_is_derived_once_per_model_not_per_page(served, monkeypatch):
+    """Found by a probe at Favorita's size (221,400 store x items): every form page, /docs and OpenAPI document
+    searched the first store's best seller again, ~10 ms each. The model derives it once, as it loads."""
+    import app.examples
+    import app.predictor
+
+    derived = []
+    monkeypatch.setattr(app.examples, "derive_example", lambda model: derived.append(model))
+    monkeypatch.setattr(app.predictor, "derive_example", lambda model: derived.append(model))
+    for path in ("/", "/docs", "/api/v1/openapi.json", "/"):
+        assert served.client.get(path).status_code == 200
+    assert derived == []
+    model = served.state.predictor.model
+    assert app.examples.example_for(model) is model.example
