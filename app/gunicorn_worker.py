@@ -38,6 +38,7 @@ TLS port answered 400 in plain text; a ClientHello on a plain port is refused at
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -47,6 +48,7 @@ import selectors
 import signal
 import socket
 import ssl
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -56,6 +58,7 @@ from typing import NamedTuple
 
 import gunicorn.http.wsgi
 from gunicorn import util
+from gunicorn.arbiter import Arbiter
 from gunicorn.http.errors import (
     ConfigurationProblem,
     ExpectationFailed,
@@ -104,6 +107,10 @@ HEAD_REQUEST = b"HEAD "  # how a plain HTTP HEAD request opens: its 400 on the T
 # What a TLS handshake read when its client went (or a header deadline shut the read side): a client that left.
 TLS_CLIENT_LEFT = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of a TLS ClientHello; no HTTP request (nor PROXY header) starts with it
+# A worker whose accept() found no file left (EMFILE; ENFILE: the system's) stops accepting this long: the connection
+# stays in the listen queue, and the poller, which would wake at once for it, does not spin meanwhile.
+ACCEPT_PAUSE_S = 0.2
+OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
 
 
 # The signals that stop a worker (gunicorn's handle_exit, handle_quit): held from the master's fork of a worker until
@@ -179,13 +186,15 @@ class PendingClose(NamedTuple):
 
 
 class GracefulCloser:
-    """Closes connections gracefully on daemon threads (a worker exits without waiting for its clients)."""
+    """Closes connections gracefully on daemon threads (a worker exits without waiting for its clients).
+    ``holding``: the connections handed to it and not closed yet, each still an open file (up to 2 s each)."""
 
     def __init__(self, threads: int = CLOSING_THREADS, most_waiting: int = MOST_WAITING):
         self._queue: queue.Queue = queue.Queue(maxsize=most_waiting)
         self._threads = threads
         self._started = False
         self._lock = threading.Lock()
+        self.holding = 0
 
     def close(self, close_connection) -> None:
         """``close_connection(graceful)`` (gunicorn's connection close) gracefully on a closing thread; at once
@@ -195,10 +204,14 @@ class GracefulCloser:
                 for k in range(self._threads):
                     threading.Thread(target=self._run, name=f"shelfcast-close-{k}", daemon=True).start()
                 self._started = True
+            self.holding += 1
         try:
             self._queue.put_nowait(close_connection)
         except queue.Full:
-            close_connection(False)
+            try:
+                close_connection(False)
+            finally:
+                self._closed()
 
     def _run(self) -> None:
         while True:
@@ -207,6 +220,12 @@ class GracefulCloser:
                 close_connection(True)
             except OSError:  # the client went away meanwhile: nothing left to close
                 pass
+            finally:
+                self._closed()
+
+    def _closed(self) -> None:
+        with self._lock:
+            self.holding -= 1
 
 
 class ClientTookTooLong(logging.Filter):
@@ -313,7 +332,7 @@ class BoundedChunkedReader(ChunkedReader):
 class ThreadWorker(GthreadWorker):
     """gthread, with each connection its main thread finishes closed by a GracefulCloser, and each request's
     headers read within SHELFCAST_HEADER_TIMEOUT_S and SHELFCAST_MAX_HEADER_BYTES. gunicorn (26.2, pinned) has a
-    setting for none of these, so this overrides twelve methods of its ThreadWorker: ``finish_request`` (the closes,
+    setting for none of these, so this overrides fourteen methods of its ThreadWorker: ``finish_request`` (the closes,
     and a pipelined request already read handed on), ``enqueue_req``, ``handle`` and ``handle_request`` (the header
     deadline; a new connection with no bytes yet sent to the poller at once, not waited for on a thread),
     ``murder_pending`` (a connection that sends nothing held to the same deadline, a TLS one counted),
@@ -322,8 +341,10 @@ class ThreadWorker(GthreadWorker):
     (the header bound: its parser's request class), ``set_accept_enabled`` (a graceful exit stops listening; with
     ``finish_request``'s kept-alive connections, no request fails at a SIGHUP),
     ``handle_exit`` (a SIGHUP's old workers serve until the new ones listen), ``init_signals`` (a stop sent while the
-    worker booted is not lost: `hold_stop_signals`) and ``handle_error`` (each request gunicorn refuses counted in
-    /metrics, as ``handle`` counts its 408s, and answered with the app's headers).
+    worker booted is not lost: `hold_stop_signals`), ``handle_error`` (each request gunicorn refuses counted in
+    /metrics, as ``handle`` counts its 408s, and answered with the app's headers), ``run`` (the connections taken at
+    once, those closing counted, bounded by the open-file limit: app/open_files.py, ``worker_connections``) and
+    ``accept`` (no file left for one: it waits queued, the worker lives).
     tests/app/test_served_by_gunicorn.py, tests/app/test_served_request_headers.py, tests/app/test_served_tls.py and
     tests/app/test_served_lifecycle.py fail if an upgrade changes how gunicorn calls them."""
 
@@ -352,6 +373,57 @@ class ThreadWorker(GthreadWorker):
         HeaderBoundRequest.max_body_bytes = self.max_body_bytes
         RequestParser.mesg_class = HeaderBoundRequest
         super().init_process()
+
+    @property
+    def worker_connections(self) -> int:
+        """What gunicorn's run loop compares its open connections with (``nr_conns``, which counts no connection
+        once its close is handed to the closer): the bound ``run`` sets, less the connections still closing, so
+        those it holds open count against the open-file limit too."""
+        return self.connection_bound - (self.closer.holding if hasattr(self, "closer") else 0)
+
+    @worker_connections.setter
+    def worker_connections(self, bound: int) -> None:  # gunicorn's __init__ sets it (to its worker_connections)
+        self.connection_bound = bound
+
+    def run(self):
+        """Overrides gunicorn's ``run()``, which it calls once the app is loaded (and post_worker_init has opened this
+        worker's socket): first, the connections it takes at once bounded by its open-file limit
+        (app/open_files.py); where that leaves none, one line and gunicorn's boot-error exit, which stops the server
+        rather than restarting a worker that would fail the same way."""
+        from app.open_files import TooFewOpenFiles, connections_within_limit  # in the worker: none of it in the master
+
+        self.accept_paused_until = 0.0
+        self.out_of_files_said = False
+        if not self.alive:  # told to stop while it booted: it ends now, whatever its limit
+            return super().run()
+        try:
+            bound, lowered = connections_within_limit(self.cfg.worker_connections, self.cfg.threads)
+        except TooFewOpenFiles as exc:
+            self.log.error("cannot start: %s", exc)
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        if lowered:
+            self.log.warning("worker %s %s", os.getpid(), lowered)
+        self.worker_connections = bound
+        self.max_keepalived = bound - self.cfg.threads  # as gunicorn sets it from worker_connections; <= 0: none
+        return super().run()
+
+    def accept(self, listener):
+        """Overrides gunicorn's ``accept(listener)``, which raised EMFILE (this process's open-file limit) or ENFILE
+        (the system's) out of the worker's loop: the worker died, resetting every connection it held. Now the
+        connection stays queued and the worker accepts again ACCEPT_PAUSE_S later, said once."""
+        try:
+            super().accept(listener)
+        except OSError as exc:
+            if exc.errno not in OUT_OF_FILES:
+                raise
+            if not self.out_of_files_said:
+                self.out_of_files_said = True
+                self.log.warning("worker %s: no file left to accept a connection with (%s) while it holds %d: "
+                                 "new ones wait; raise the open-file limit (`ulimit -n`) to take more at once",
+                                 os.getpid(), exc.strerror, self.nr_conns)
+            self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
+            if self._accepting:  # gunicorn's own: this class's also drains the queue at a graceful exit
+                GthreadWorker.set_accept_enabled(self, False)
 
     def init_signals(self):
         """Overrides gunicorn's ``init_signals()``: its handlers installed, the stop signals held since the fork
@@ -662,6 +734,8 @@ class ThreadWorker(GthreadWorker):
         closed after its last answer reconnected, often to that socket, and failed (4 of 4 clients at every
         SIGHUP). Now it takes what is queued (served before it exits, as gunicorn serves its open connections)
         and closes the socket, so new connections go to the workers that go on."""
+        if enabled and time.monotonic() < getattr(self, "accept_paused_until", 0.0):
+            return  # out of files a moment ago (``accept``): the run loop asks again at its next turn
         super().set_accept_enabled(enabled)
         if enabled or self.alive or not self.cfg.reuse_port:
             return

@@ -83,13 +83,14 @@ class ServedApp:
 
 def start(settings: Mapping[str, str], log_path: Path, cores: set[int] | None = None,
           timeout_s: float = 120, wsgi_app: str = WSGI_APP, tls: ssl.SSLContext | None = None,
-          port: int | None = None) -> ServedApp:
+          port: int | None = None, open_files: int | None = None) -> ServedApp:
     """The server on a free loopback port (or ``port``: one of a range agreed on a shared machine), answering
     /readyz; ``settings`` are environment variables (SHELFCAST_*, PROMETHEUS_MULTIPROC_DIR, FLUENTD_*) over this
     process's environment; ``cores``: the cores
     it may use (Linux), as `taskset` would give them; ``wsgi_app``: another app under the same settings (it must
     answer GET /readyz); ``tls``: the client context that trusts its certificate, for a server given one
-    (GUNICORN_CMD_ARGS="--certfile ... --keyfile ..."). ServerNotReady if it exits first or time runs out;
+    (GUNICORN_CMD_ARGS="--certfile ... --keyfile ..."); ``open_files``: its open-file limit, soft and hard, as
+    `ulimit -n` sets it. ServerNotReady if it exits first or time runs out;
     app.config.SettingsError, nothing started, for a SHELFCAST_WORKERS gunicorn_conf would refuse."""
     port = free_port() if port is None else port
     env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
@@ -99,8 +100,7 @@ def start(settings: Mapping[str, str], log_path: Path, cores: set[int] | None = 
     log = open(log_path, "w", encoding="utf-8")
     try:
         process = subprocess.Popen(gunicorn_command(wsgi_app), cwd=REPO, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT,
-                                   preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores))
+                                   stderr=subprocess.STDOUT, preexec_fn=process_limits(cores, open_files))
     except BaseException:  # e.g. no gunicorn next to this Python: the error as it is, no open log left behind
         log.close()
         raise
@@ -111,6 +111,22 @@ def start(settings: Mapping[str, str], log_path: Path, cores: set[int] | None = 
         served.stop(timeout_s=10)
         raise
     return served
+
+
+def process_limits(cores: set[int] | None, open_files: int | None):
+    """What the server's process is given before it runs: its cores, its open-file limit; None where neither."""
+    if cores is None and open_files is None:
+        return None
+
+    def limit() -> None:
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
+        if open_files is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
+    return limit
 
 
 LISTEN, ESTABLISHED = "0A", "01"  # TCP states as /proc/net/tcp writes them
