@@ -65,16 +65,44 @@ def interruption_behind(exc: BaseException) -> KeyboardInterrupt | None:
     it in RuntimeError when it arrives in a descriptor's ``__set_name__`` (``import mlflow`` has such classes), and
     a handler or ``finally`` that fails while it unwinds raises an error of its own: the stage was interrupted all
     the same, and says so in run_stage's one line, not a traceback."""
+    return behind(exc, KeyboardInterrupt)
+
+
+def behind(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The exception of ``kind`` that ``exc`` is, or was raised from or while handling (its ``__cause__`` and
+    ``__context__``, all the way), else None."""
     pending, seen = [exc], set()
     while pending:
         link = pending.pop()
         if link is None or id(link) in seen:
             continue
-        if isinstance(link, KeyboardInterrupt):
+        if isinstance(link, kind):
             return link
         seen.add(id(link))
         pending += [link.__context__, link.__cause__]
     return None
+
+
+# The limits a process's memory may have been refused under, as a MemoryError cannot tell: name, ulimit flag.
+MEMORY_LIMITS = (("RLIMIT_AS", "address space", "-v"), ("RLIMIT_DATA", "data segment", "-d"))
+
+
+def out_of_memory_line(name: str) -> str:
+    """What a command whose memory ran out (a MemoryError, however deep in a library's error it lies) says: the
+    limit it ran under, if one is set (`ulimit -v`, `ulimit -d`; systemd's LimitAS), else the machine's memory,
+    and what to do. Before, a train under `ulimit -v` 2 GB ended in a 60-line traceback, MemoryError at its
+    foot under an InvalidArgumentError of the engine (a kernel's compile found no memory)."""
+    import resource
+
+    limits = []
+    for limit, what, flag in MEMORY_LIMITS:
+        soft, _ = resource.getrlimit(getattr(resource, limit))
+        if soft != resource.RLIM_INFINITY:
+            limits.append(f"its {what} is limited to {soft / 2 ** 20:,.0f} MiB ({limit}: `ulimit {flag}`)")
+    where = ("; ".join(limits) + ": raise or remove that limit") if limits else (
+        "no memory limit is set on this process: the machine's memory ran out; free some, or run it on a larger one")
+    return (f"{name}: error: out of memory: {where}, then rerun it (an output is only ever replaced whole: none is "
+            "half-written)")
 
 
 def stage_params(args: argparse.Namespace) -> dict:
@@ -442,5 +470,9 @@ def run_interruptible(name: str, command: Callable[[], int]) -> int:
         if interruption is None:
             if stdout_closed(exc):
                 return stopped_writing(name)
+            if behind(exc, MemoryError) is not None:
+                del exc  # its frames (the data that filled the memory) go before the line is put together
+                print(out_of_memory_line(name), file=sys.stderr, flush=True)
+                return 1
             raise
         return signals.reported(isinstance(interruption, Terminated), getattr(interruption, OUTCOME, None))

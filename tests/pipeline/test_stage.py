@@ -731,3 +731,53 @@ def test_a_long_bar_into_a_log_is_a_line_every_log_progress_interval(monkeypatch
     assert "\r" not in err and len(lines) >= 4 and all(line.startswith("prepare: stores: ") for line in lines), err
     assert " 0/4 " in lines[0] and lines[-1].startswith("prepare: stores: 100%|##########| 4/4 "), err
     assert stage.bar_options(False) == {"disable": True}
+
+
+def _out_of_memory_deep_in_a_library():
+    """As train met it under `ulimit -v` 2 GB: a kernel's compile found no memory, and the engine raised its own
+    error from that MemoryError."""
+    from engine.errors import InvalidArgumentError
+
+    def body(args):
+        try:
+            raise MemoryError
+        except MemoryError as exc:
+            raise InvalidArgumentError("Mul op 'dense_0/kernel/Mul' failed: error return without exception set") \
+                from exc
+    return body
+
+
+def test_a_memory_error_behind_another_is_one_line_not_a_traceback(capsys):
+    import resource
+
+    assert run_stage("train", _out_of_memory_deep_in_a_library(), []) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("train: error: out of memory: "), err
+    assert "none is half-written" in err
+    if resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY:
+        assert "no memory limit is set on this process" in err
+
+
+def test_the_memory_limit_a_command_ran_under_is_named(tmp_path):
+    """`ulimit -v` (RLIMIT_AS) as a user sets it; a large one, so that only the line, not the test, runs out."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    script = ("import sys\nfrom pipeline.stage import run_stage\nfrom tests.pipeline.test_stage import "
+              "_out_of_memory_deep_in_a_library\n"
+              "sys.exit(run_stage('train', _out_of_memory_deep_in_a_library(), []))\n")
+    limit = 64 * 2 ** 30
+
+    def cap():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          preexec_fn=cap, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == ("train: error: out of memory: its address space is limited to 65,536 MiB (RLIMIT_AS: "
+                           "`ulimit -v`): raise or remove that limit, then rerun it (an output is only ever replaced "
+                           "whole: none is half-written)\n")
