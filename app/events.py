@@ -30,7 +30,7 @@ from eventlog.forward import MAX_MESSAGE_BYTES, FluentdAddress, Forwarder, overs
 from eventlog.local_log import JsonLinesLog
 from eventlog.records import EventContentError, encode_line, prepare_event
 from eventlog.spool import SUFFIX as SPOOL_SUFFIX, Spool
-from pipeline.event_sources import DEFAULT_PREDICTION_LOG, prediction_log
+from pipeline.event_sources import DEFAULT_PREDICTION_LOG, ENV_PREDICTION_LOG, prediction_log
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,17 @@ class SinkStats:
             return dict(self._counts)
 
 
+def cannot_write(exc: OSError, what: str, path: Path, fix: str) -> OSError:
+    """``exc``, met making the event sink's ``what`` at ``path`` (a read-only checkout's logs/, another user's
+    folder), as the one line the app's start prints: what, where, why, and the setting that moves it. Before, a
+    `make serve` of a read-only checkout said `PermissionError: [Errno 13] Permission denied: 'logs'`, no setting."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None and reason.startswith(f"{what} "):  # the spool's own check already names it
+        return type(exc)(exc.errno, f"{reason}; {fix}")
+    why = f"{reason}: {exc.filename}" if exc.filename is not None else reason
+    return type(exc)(exc.errno, f"{what} {path}: cannot write there ({why}); {fix}")
+
+
 class PredictionEventSink:
     """Writes each event before the request is answered; one delivery thread per process.
 
@@ -174,14 +185,23 @@ class PredictionEventSink:
         self._stopping = threading.Event()
         self._drops = DropLog()  # the local log's (the spool logs its own)
         if settings.fluentd is not None:
-            self._spool = Spool(settings.spool_root, settings.spool_max_bytes, settings.segment_max_bytes,
-                                self.stats.add)
+            try:
+                self._spool = Spool(settings.spool_root, settings.spool_max_bytes, settings.segment_max_bytes,
+                                    self.stats.add)
+            except OSError as exc:
+                raise cannot_write(exc, "event spool", settings.spool_root,
+                                   f"set {ENV_EVENT_SPOOL} to a folder this user can write") from None
             self._spool.hold_destination(str(settings.fluentd))
             self._forwarder: Forwarder | None = Forwarder(self._spool, TAG, settings.fluentd, self.stats.add,
                                                           settings.confirm_after_s)
             self.destination = f"{settings.fluentd} (spool {settings.spool_root})"
         else:
-            self._log = JsonLinesLog(settings.log_path)
+            try:
+                self._log = JsonLinesLog(settings.log_path)
+            except OSError as exc:
+                raise cannot_write(exc, "prediction log", settings.log_path,
+                                   f"set {ENV_PREDICTION_LOG} to a file in a folder this user can write, or "
+                                   "FLUENTD_HOST to send the events to Fluentd") from None
             self._forwarder = None
             self.destination = f"the local log {settings.log_path}"
         # Threads of their own: fsync (the crash-loss window) and the spool's limit never wait behind a slow send
