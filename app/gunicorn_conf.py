@@ -317,10 +317,39 @@ def inherits_its_sockets(environ=os.environ) -> bool:
     return bool(environ.get("LISTEN_FDS", "").strip() or environ.get("GUNICORN_FD", "").strip())
 
 
+def halt_once(server) -> None:
+    """gunicorn stops the master when a worker exits with its boot-error status (3), and reaps the other workers in
+    that stop: another that failed to boot too (every worker meets the same bad setting, unwritable folder or
+    open-file limit) raised the same HaltServer inside the stop, out of gunicorn's handling: a 30-line traceback
+    after the one line that said what to change (2 of 4 starts with 2 workers, 4 of 4 with 4). Once the master
+    stops, a worker's boot error has been said (its own line and gunicorn's "exited with code 3"): none is raised."""
+    from gunicorn.errors import HaltServer
+
+    if not (hasattr(server, "stop") and hasattr(server, "reap_workers")):
+        return  # not gunicorn's Arbiter (a test's stand-in for it): nothing reaps there
+    stop, reap = server.stop, server.reap_workers
+    stopping: list[bool] = []
+
+    def stop_and_remember(graceful=True):
+        stopping.append(True)
+        return stop(graceful)
+
+    def reap_workers():
+        try:
+            reap()
+        except HaltServer:
+            if not stopping:
+                raise
+
+    server.stop, server.reap_workers = stop_and_remember, reap_workers
+
+
 def on_starting(server):
     """Counts from an earlier run must not be added to this one's; the address must be free. A server refused here
     never runs on_exit: the metrics directory it made goes now (it names no master yet, so no later start would
-    take it for an orphan: each refused start left one in the temporary directory)."""
+    take it for an orphan: each refused start left one in the temporary directory). And the master halts once
+    (halt_once)."""
+    halt_once(server)
     try:
         _prepare(server)
     except BaseException:
