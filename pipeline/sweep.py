@@ -16,6 +16,11 @@ under one parent run for the sweep. So a worker needs the data (the same path:
 a shared file system or the same checkout) but no access to the tracking store,
 and a task that is retried on another worker logs nothing twice.
 
+A window whose training diverges (a learning rate far too high) is a result, not
+an error: its child run is FAILED with a ``diverged`` tag saying why, its
+candidate is left out of the ranking (``"diverged"`` in sweep.json) and the
+others go on; only a grid whose every candidate diverged stops, naming each.
+
 The best candidate (lowest NWRMSLE pooled over the windows) then goes through
 the same gate as ``dvc repro``'s: it is trained by ``pipeline.train`` and
 judged by ``pipeline.evaluate``'s threshold test, in a directory of its own
@@ -61,6 +66,7 @@ SWEEP_DIR = "sweep"  # the best candidate's params.yaml, models/candidate and re
 SUMMARY_FILE = "sweep.json"  # every candidate's scores per window and pooled, the MLflow runs, the verdict
 SWEPT_SECTIONS = ("features", "train")
 MAX_CANDIDATES = 1000
+DIVERGED = "diverged"  # a window's result when its training diverged: why, instead of scores
 
 
 @dataclass(frozen=True)
@@ -165,13 +171,22 @@ def train_window(run: WindowRun) -> dict:
     """
     started = time.time()
     fparams, tparams, eparams = feature_params(run.params), train_params(run.params), evaluate_params(run.params)
+    where = {"candidate": run.candidate, "window": run.window, "worker": f"{socket.gethostname()} pid {os.getpid()}",
+             "started_ms": int(started * 1000)}
     try:
         scores = window_from_files(run.window, run.root, fparams, tparams)
-    except TrainingDiverged as exc:  # the grid's value, not the project: named as a bad grid value is
-        raise ParamsError(f"sweep.grid: candidate {run.label}: {exc}") from None
-    return {**window_summary(scores, eparams), "candidate": run.candidate, "weight_sum": float(scores.weights.sum()),
-            "started_ms": int(started * 1000), "ended_ms": int(time.time() * 1000),
-            "worker": f"{socket.gethostname()} pid {os.getpid()}"}
+    except TrainingDiverged as exc:  # the grid's value, not the project: a result, so the other candidates go on
+        return {**where, DIVERGED: str(exc), "ended_ms": int(time.time() * 1000)}
+    return {**window_summary(scores, eparams), **where, "weight_sum": float(scores.weights.sum()),
+            "ended_ms": int(time.time() * 1000)}
+
+
+def diverged(results: list[dict]) -> str | None:
+    """Why a candidate is out of the ranking: its first window whose training diverged, named; None if none did."""
+    for result in results:
+        if DIVERGED in result:
+            return f"backtest window {result['window']}: {result[DIVERGED]}"
+    return None
 
 
 def pooled(results: list[dict]) -> dict:
@@ -203,15 +218,21 @@ def log_child_run(parent: tracking.TrainingRun, candidate: Candidate, result: di
     window = result["window"]
     tags = {tracking.PARENT_RUN_TAG: parent.run_id, "stage": "sweep", "sweep_candidate": candidate.label,
             "backtest_window": str(window), "worker": result["worker"], **parent.model_tag()}
+    if DIVERGED in result:
+        tags[DIVERGED] = result[DIVERGED][:5000]
     run = parent.client.create_run(parent.experiment_id, start_time=result["started_ms"], tags=tags,
                                    run_name=f"candidate-{candidate.index}-window-{window}")
     child = run.info.run_id
     flat = {**tracking.flatten({k: candidate.params[k] for k in SWEPT_SECTIONS}),
-            "sweep.candidate": str(candidate.index), "backtest.window": str(window),
-            "backtest.first_day": result["first_day"], "backtest.last_day": result["last_day"]}
+            "sweep.candidate": str(candidate.index), "backtest.window": str(window)}
+    if DIVERGED not in result:
+        flat.update({"backtest.first_day": result["first_day"], "backtest.last_day": result["last_day"]})
     items = [Param(k, str(v)[:6000]) for k, v in sorted(flat.items())]
     for start in range(0, len(items), 100):
         parent.client.log_batch(child, params=items[start:start + 100])
+    if DIVERGED in result:  # no scores: a failed run, its tag saying why
+        parent.client.set_terminated(child, status="FAILED", end_time=result["ended_ms"])
+        return child
     seconds = (result["ended_ms"] - result["started_ms"]) / 1000
     metrics = {**{name: float(result[key]) for name, key in CHILD_METRICS.items()}, "seconds": seconds}
     parent.client.log_batch(child, metrics=[Metric(k, v, result["ended_ms"], 0) for k, v in sorted(metrics.items())])
@@ -265,14 +286,24 @@ def run(root: Path, quiet: bool = False) -> dict:
             mine = [r for r in results if r["candidate"] == candidate.index]
             for result in mine:
                 result["mlflow_run_id"] = log_child_run(parent, candidate, result)
+            why = diverged(mine)
             board.append({"candidate": candidate.index, "values": candidate.values, "label": candidate.label,
-                          "pooled": pooled(mine), "windows": mine})
-            parent.log_metrics({BACKTEST_SCORE: board[-1]["pooled"]["candidate_nwrmsle"]}, step=candidate.index)
-        ranked = sorted(board, key=lambda entry: (entry["pooled"]["candidate_nwrmsle"], entry["candidate"]))
+                          "pooled": None if why else pooled(mine), DIVERGED: why, "windows": mine})
+            if not why:
+                parent.log_metrics({BACKTEST_SCORE: board[-1]["pooled"]["candidate_nwrmsle"]}, step=candidate.index)
+        out = [entry for entry in board if entry[DIVERGED]]
+        if out:
+            parent.set_tags({"diverged_candidates": str(len(out))})
+        if len(out) == len(board):  # nothing to rank: the grid's values, each named
+            raise ParamsError("sweep.grid: " + "; ".join(f"candidate {e['label']}: {e[DIVERGED]}" for e in out))
+        ranked = sorted((entry for entry in board if not entry[DIVERGED]),
+                        key=lambda entry: (entry["pooled"]["candidate_nwrmsle"], entry["candidate"]))
         for rank, entry in enumerate(ranked, start=1):
             p = entry["pooled"]
             say(f"  #{rank} {entry['label']}: backtest NWRMSLE {p['candidate_nwrmsle']:.4f} "
                 f"(baseline {p['baseline_nwrmsle']:.4f}, {p['improvement']:+.1%}) over {p['windows']} window(s)")
+        for entry in out:
+            say(f"  diverged, not ranked: {entry['label']}: {entry[DIVERGED]}")
         best = candidates[ranked[0]["candidate"]]
         parent.log_metrics({BEST_BACKTEST_SCORE: ranked[0]["pooled"]["candidate_nwrmsle"]})
         parent.set_tags({"best_candidate": best.label})

@@ -202,12 +202,37 @@ def test_evaluate_trains_its_backtest_windows_on_the_cluster_with_the_same_score
 
 def test_a_grid_value_that_makes_training_diverge_is_named_without_a_traceback(tiny_project, tiny_params, set_params,
                                                                              capsys):
-    """Before: a traceback from deep in the sweep (`MetricInputError: predicted: 752 non-finite value(s)`)."""
+    """Before: a traceback from deep in the sweep (`MetricInputError: predicted: 752 non-finite value(s)`). A grid whose
+    every candidate diverges has nothing to rank: one line naming each, and sweep/ is left alone."""
     params = sweep_params(tiny_params, {"train.learning_rate": [1e6]})
     params["evaluate"]["backtest_windows"] = 1
     set_params(tiny_project, params)
     assert sweep.main(["--root", str(tiny_project), "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("sweep: error: sweep.grid: candidate train.learning_rate=1000000.0: train.learning_rate: "
-                          "training diverged by step ") and "Traceback" not in err, err
+    assert err.startswith("sweep: error: sweep.grid: candidate train.learning_rate=1000000.0: backtest window 0: "
+                          "train.learning_rate: training diverged by step ") and "Traceback" not in err, err
     assert not (tiny_project / "sweep").exists()
+
+
+def test_a_candidate_that_diverges_is_reported_and_the_others_are_still_ranked_and_gated(tiny_project, tiny_params,
+                                                                                        set_params, capsys):
+    """Before: one learning rate too high of a grid stopped the whole sweep (`sweep: error: ... training diverged`),
+    the other candidates' trainings thrown away, nothing ranked and nothing in sweep/."""
+    params = sweep_params(tiny_params, {"train.learning_rate": [0.01, 1e6]})
+    params["evaluate"]["backtest_windows"] = 1
+    set_params(tiny_project, params)
+    assert sweep.main(["--root", str(tiny_project), "--quiet"]) == 0
+    assert "threshold test passed" in capsys.readouterr().out
+    summary = json.loads((tiny_project / "sweep" / "sweep.json").read_text())
+    good, bad = summary["candidates"]
+    assert summary["best"] == 0 and summary["threshold_test_passed"] and good["diverged"] is None
+    assert bad["pooled"] is None and bad["diverged"].startswith(
+        "backtest window 0: train.learning_rate: training diverged by step "), bad
+    parent, children = sweep_runs(tiny_project, summary["parent_run_id"])
+    runs = {r.data.tags["sweep_candidate"]: r for r in children}
+    assert runs["train.learning_rate=1000000.0"].info.status == "FAILED"
+    assert runs["train.learning_rate=1000000.0"].data.tags["diverged"] == bad["windows"][0]["diverged"]
+    assert runs["train.learning_rate=0.01"].info.status == "FINISHED"
+    assert parent.data.tags["best_candidate"] == "train.learning_rate=0.01"
+    assert parent.data.tags["diverged_candidates"] == "1"
+    assert yaml.safe_load((tiny_project / "sweep" / "params.yaml").read_text())["train"]["learning_rate"] == 0.01
