@@ -308,8 +308,11 @@ def run(root: Path, quiet: bool = False) -> dict:
         parent.log_metrics({BEST_BACKTEST_SCORE: ranked[0]["pooled"]["candidate_nwrmsle"]})
         parent.set_tags({"best_candidate": best.label})
         say(f"sweep: best {best.label}; training it as the train stage does into {home}, then the threshold test")
+        # no verdict or summary of an earlier sweep stands beside the new winner's params.yaml, even if this one
+        # is stopped before it writes its own: sweep.json, when there, describes what sweep/ holds
+        for stale in (SUMMARY_FILE, EVALUATION_FILE):
+            (home / stale).unlink(missing_ok=True)
         write_candidate_params(root, home, best)
-        (home / EVALUATION_FILE).unlink(missing_ok=True)  # no verdict of an earlier sweep stands beside the new one
         trained = train.run(root, quiet=quiet, candidate_root=home)
         tracking.client(root).set_tag(trained["run_id"], "sweep_run_id", parent.run_id)
         metrics, failures = evaluate.run(root, quiet=quiet, candidate_root=home)

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,6 +19,7 @@ from pipeline.bundle import verify_bundle
 from pipeline.cluster import SCHEDULER_ENV
 from pipeline.params import ParamsError
 
+REPO = Path(__file__).resolve().parents[3]
 GRID = {"train.learning_rate": [0.01, 0.003]}
 
 
@@ -236,3 +242,33 @@ def test_a_candidate_that_diverges_is_reported_and_the_others_are_still_ranked_a
     assert parent.data.tags["best_candidate"] == "train.learning_rate=0.01"
     assert parent.data.tags["diverged_candidates"] == "1"
     assert yaml.safe_load((tiny_project / "sweep" / "params.yaml").read_text())["train"]["learning_rate"] == 0.01
+
+
+def test_a_sweep_stopped_while_it_trains_its_best_leaves_no_summary_of_the_earlier_sweep(tiny_project, tiny_params,
+                                                                                        set_params, tmp_path):
+    """Before: a rerun stopped (SIGTERM) while training its best left sweep/params.yaml with the new winner's values
+    beside the earlier sweep's sweep.json, which named the earlier winner, its values and its MLflow runs as the
+    sweep's result."""
+    params = sweep_params(tiny_params, {"train.learning_rate": [0.01]})
+    params["evaluate"]["backtest_windows"] = 1
+    set_params(tiny_project, params)
+    assert sweep.run(tiny_project, quiet=True)["best_values"] == {"train.learning_rate": 0.01}
+    home = tiny_project / "sweep"
+    assert (home / "sweep.json").is_file()
+
+    params["sweep"]["grid"] = {"train.learning_rate": [0.003]}
+    set_params(tiny_project, params)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with open(tmp_path / "stderr", "w") as err, subprocess.Popen(
+            [sys.executable, "-m", "pipeline.sweep", "--root", str(tiny_project)], cwd=REPO, env=env,
+            stdout=subprocess.PIPE, stderr=err, text=True) as rerun:
+        for line in rerun.stdout:
+            if line.startswith("sweep: best "):
+                break
+        time.sleep(1.0)  # into the best candidate's training (seconds of it)
+        rerun.send_signal(signal.SIGTERM)
+        rerun.communicate(timeout=60)
+    assert rerun.returncode == 143, (tmp_path / "stderr").read_text()
+    assert yaml.safe_load((home / "params.yaml").read_text())["train"]["learning_rate"] == 0.003
+    assert not (home / "sweep.json").exists() and not (home / "results" / "evaluation.json").exists()
