@@ -1,7 +1,10 @@
 """Hyperparameter sweep: every grid point x backtest window is one training run, fanned out as Dask tasks.
 
 The grid is params.yaml's ``sweep.grid``: ``features.*`` / ``train.*`` params
-and the values to try; the candidates are every combination. Each candidate
+and the values to try; the candidates are every combination, less a grid point
+that trains the very model an earlier one trains (``training_identity``: with
+``train.model: linear`` hidden_units and embedding_dims are unused), which is
+named, listed under its twin's ``same_as`` and not run again. Each candidate
 is scored exactly as ``evaluate`` scores the training recipe: on
 ``evaluate.backtest_windows`` windows of ``split.validation_days`` days (window
 0 the validation window, window k the k-th before it), each by a model trained
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import pipeline.blas  # noqa: F401 - first: pins OpenBLAS's kernels before numpy loads it (pipeline/blas.py)
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -56,8 +60,9 @@ from pipeline.cluster import ClusterError, dask_client, run_tasks, scheduler_add
 from pipeline.evaluate import EVALUATION_FILE, THRESHOLD_FAILED, EvaluateError, window_summary
 from pipeline.history import HistoryError
 from pipeline.io import atomic_file
-from pipeline.model_params import evaluate_params, feature_params, train_params, validation_within_horizon
-from pipeline.models import TrainingDiverged
+from pipeline.model_params import (FeatureParams, TrainParams, evaluate_params, feature_params, train_params,
+                                   validation_within_horizon)
+from pipeline.models import ModelConfig, TrainingDiverged
 from pipeline.params import ParamsError, _Section, load_yaml, names_file
 from pipeline.stage import run_stage
 from pipeline.train import TrainError, weekdays_missed
@@ -76,10 +81,23 @@ class Candidate:
     index: int
     values: dict[str, Any]  # "train.learning_rate" -> 0.004
     params: dict[str, Any] = field(repr=False)  # the features, train and evaluate sections with the values set
+    same_as: tuple[str, ...] = ()  # labels of later grid points that train this very model: not run again
 
     @property
     def label(self) -> str:
         return ", ".join(f"{key}={json.dumps(value)}" for key, value in self.values.items())
+
+
+def training_identity(fparams: FeatureParams, tparams: TrainParams) -> str:
+    """What decides the model a candidate trains, as one string: two grid points with the same train one model.
+
+    The params as a checkpoint's fingerprint records them, with the architecture ``models.ModelConfig`` makes of
+    them (a linear model has no hidden layer and one weight per category value: its hidden_units and
+    embedding_dims are not used), and numbers as the params read them (1 and 1.0 are one learning rate)."""
+    config = ModelConfig(kind=tparams.model, dense_size=0, vocab_sizes={}, embedding_dims=dict(tparams.embedding_dims),
+                         hidden_units=tuple(tparams.hidden_units))
+    train = {**tparams.to_json(), "hidden_units": list(config.hidden_units), "embedding_dims": config.embedding_dims}
+    return json.dumps({"features": fparams.to_json(), "train": train}, sort_keys=True)
 
 
 def _set(params: dict, dotted: str, value: Any) -> None:
@@ -129,15 +147,16 @@ def sweep_grid(raw: Mapping[str, Any]) -> list[Candidate]:
         raise ParamsError(f"sweep.grid: {count} candidates (the product of the list lengths); at most "
                           f"{MAX_CANDIDATES}")
     base = {name: copy.deepcopy(raw.get(name)) for name in (*SWEPT_SECTIONS, "split", "evaluate")}
-    candidates = []
-    for index, combination in enumerate(itertools.product(*grid.values())):
+    candidates: list[Candidate] = []
+    trains: dict[str, int] = {}  # training_identity -> its candidate's position
+    for combination in itertools.product(*grid.values()):
         values = dict(zip(grid.keys(), combination))
         params = copy.deepcopy(base)
         for key, value in values.items():
             _set(params, key, value)
-        candidate = Candidate(index, values, params)
+        candidate = Candidate(len(candidates), values, params)
         try:
-            fparams, _, _ = feature_params(params), train_params(params), evaluate_params(params)
+            fparams, tparams, _ = feature_params(params), train_params(params), evaluate_params(params)
             validation_within_horizon(params)
         except ParamsError as exc:
             raise ParamsError(f"sweep.grid: candidate {candidate.label}: {exc}") from None
@@ -145,6 +164,12 @@ def sweep_grid(raw: Mapping[str, Any]) -> list[Candidate]:
         missed = weekdays_missed([-k * fparams.origin_stride_days for k in range(fparams.train_origins)], fparams)
         if missed:
             raise ParamsError(f"sweep.grid: candidate {candidate.label}: {missed}")
+        identity = training_identity(fparams, tparams)
+        if identity in trains:  # e.g. train.model linear with two hidden_units: one model, trained once
+            first = candidates[trains[identity]]
+            candidates[trains[identity]] = dataclasses.replace(first, same_as=(*first.same_as, candidate.label))
+            continue
+        trains[identity] = len(candidates)
         candidates.append(candidate)
     return candidates
 
@@ -273,6 +298,9 @@ def run(root: Path, quiet: bool = False) -> dict:
     runs = [WindowRun(str(root.resolve()), c.index, c.label, k, c.params) for c in candidates for k in range(windows)]
     where = f"on the Dask cluster at {address}" if address else "in this process (no Dask scheduler configured)"
     say(f"sweep: {len(candidates)} candidate(s) x {windows} backtest window(s) = {len(runs)} training runs, {where}")
+    for candidate in candidates:
+        for label in candidate.same_as:
+            say(f"  {label}: trains the same model as {candidate.label}; not run again")
     home = root / SWEEP_DIR
     with tracking.TrainingRun(root, "sweep", {"stage": "sweep"}) as parent:
         parent.log_params({"sweep": {"grid": {k: json.dumps(v) for k, v in raw["sweep"]["grid"].items()},
@@ -288,6 +316,7 @@ def run(root: Path, quiet: bool = False) -> dict:
                 result["mlflow_run_id"] = log_child_run(parent, candidate, result)
             why = diverged(mine)
             board.append({"candidate": candidate.index, "values": candidate.values, "label": candidate.label,
+                          "same_as": list(candidate.same_as),
                           "pooled": None if why else pooled(mine), DIVERGED: why, "windows": mine})
             if not why:
                 parent.log_metrics({BACKTEST_SCORE: board[-1]["pooled"]["candidate_nwrmsle"]}, step=candidate.index)
@@ -300,7 +329,8 @@ def run(root: Path, quiet: bool = False) -> dict:
                         key=lambda entry: (entry["pooled"]["candidate_nwrmsle"], entry["candidate"]))
         for rank, entry in enumerate(ranked, start=1):
             p = entry["pooled"]
-            say(f"  #{rank} {entry['label']}: backtest NWRMSLE {p['candidate_nwrmsle']:.4f} "
+            also = f" (also {'; '.join(entry['same_as'])})" if entry["same_as"] else ""
+            say(f"  #{rank} {entry['label']}{also}: backtest NWRMSLE {p['candidate_nwrmsle']:.4f} "
                 f"(baseline {p['baseline_nwrmsle']:.4f}, {p['improvement']:+.1%}) over {p['windows']} window(s)")
         for entry in out:
             say(f"  diverged, not ranked: {entry['label']}: {entry[DIVERGED]}")

@@ -119,6 +119,22 @@ def test_the_grid_is_every_combination_with_its_values_set(tiny_params):
     assert candidates[3].params["train"]["seed"] == tiny_params["train"]["seed"]  # the rest as params.yaml says
 
 
+@pytest.mark.parametrize("grid, trained, same_as", [
+    # a linear model has no hidden layer: its two hidden_units are one model, trained (and ranked) once
+    ({"train.model": ["mlp", "linear"], "train.hidden_units": [[8], [16]]},
+     [{"train.model": "mlp", "train.hidden_units": [8]}, {"train.model": "mlp", "train.hidden_units": [16]},
+      {"train.model": "linear", "train.hidden_units": [8]}],
+     [[], [], ['train.model="linear", train.hidden_units=[16]']]),
+    ({"train.learning_rate": [1, 1.0, 0.5]}, [{"train.learning_rate": 1}, {"train.learning_rate": 0.5}],
+     [["train.learning_rate=1.0"], []]),
+])
+def test_grid_points_that_train_the_same_model_are_one_candidate(tiny_params, grid, trained, same_as):
+    """Before: each was a candidate of its own, trained in every backtest window again and ranked beside its twin."""
+    candidates = sweep.sweep_grid(sweep_params(tiny_params, grid=grid))
+    assert [c.values for c in candidates] == trained and [c.index for c in candidates] == list(range(len(trained)))
+    assert [list(c.same_as) for c in candidates] == same_as
+
+
 @pytest.mark.parametrize("grid, message", [
     ({"train.learnin_rate": [0.01]}, "sweep.grid.train.learnin_rate: unknown key: train has no 'learnin_rate'"),
     ({"evaluate.min_improvement": [-1.0]}, "sweep.grid.evaluate.min_improvement: only features.<key> and train."),
