@@ -270,9 +270,12 @@ def _write_json(path: Path, data) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def write_candidate_params(root: Path, home: Path, candidate: Candidate) -> None:
-    """``home/params.yaml``: the project's params with the candidate's values (what train/evaluate/promote read)."""
-    raw = load_yaml(root / "params.yaml")
+def write_candidate_params(root: Path, home: Path, raw: Mapping[str, Any], candidate: Candidate) -> None:
+    """``home/params.yaml``: the project's params with the candidate's values (what train/evaluate/promote read).
+
+    ``raw`` is params.yaml as the sweep read it at its start, the params every candidate was scored with: not
+    read again, so an edit while the sweep runs (minutes to hours) never changes what its best is trained with."""
+    raw = copy.deepcopy(dict(raw))
     for key, value in candidate.values.items():
         _set(raw, key, value)
     home.mkdir(parents=True, exist_ok=True)
@@ -342,7 +345,7 @@ def run(root: Path, quiet: bool = False) -> dict:
         # is stopped before it writes its own: sweep.json, when there, describes what sweep/ holds
         for stale in (SUMMARY_FILE, EVALUATION_FILE):
             (home / stale).unlink(missing_ok=True)
-        write_candidate_params(root, home, best)
+        write_candidate_params(root, home, raw, best)
         trained = train.run(root, quiet=quiet, candidate_root=home)
         tracking.client(root).set_tag(trained["run_id"], "sweep_run_id", parent.run_id)
         metrics, failures = evaluate.run(root, quiet=quiet, candidate_root=home)

@@ -288,3 +288,28 @@ def test_a_sweep_stopped_while_it_trains_its_best_leaves_no_summary_of_the_earli
     assert rerun.returncode == 143, (tmp_path / "stderr").read_text()
     assert yaml.safe_load((home / "params.yaml").read_text())["train"]["learning_rate"] == 0.003
     assert not (home / "sweep.json").exists() and not (home / "results" / "evaluation.json").exists()
+
+
+def test_params_yaml_edited_while_the_sweep_runs_does_not_change_what_its_best_is_trained_with(
+        tiny_project, tiny_params, set_params, tmp_path, monkeypatch):
+    """Before: the sweep read params.yaml again once its training runs were done, so an edit made meanwhile (here
+    train.max_steps 120 -> 7) went into sweep/params.yaml: the best was trained and gated with other params than it
+    was scored with (and a half-saved file stopped the sweep after all its trainings)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = sweep_params(tiny_params, {"train.learning_rate": [0.01, 0.003]})
+    set_params(tiny_project, params)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with open(tmp_path / "stderr", "w") as err, subprocess.Popen(
+            [sys.executable, "-m", "pipeline.sweep", "--root", str(tiny_project)], cwd=REPO, env=env,
+            stdout=subprocess.PIPE, stderr=err, text=True) as run:
+        assert run.stdout.readline().startswith("sweep: 2 candidate(s) x 2 backtest window(s)")
+        edited = json.loads(json.dumps(params))
+        edited["train"]["max_steps"] = 7
+        set_params(tiny_project, edited)  # the next experiment's params, saved while this one trains
+        run.communicate(timeout=300)
+    assert run.returncode == 0, (tmp_path / "stderr").read_text()
+    home = tiny_project / "sweep"
+    written = yaml.safe_load((home / "params.yaml").read_text())
+    assert written["train"]["max_steps"] == 120 and written["train"]["learning_rate"] in (0.01, 0.003)
+    summary = json.loads((home / "sweep.json").read_text())
+    assert tracking.client(tiny_project).get_run(summary["candidate_run_id"]).data.params["train.max_steps"] == "120"
