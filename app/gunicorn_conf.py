@@ -298,6 +298,7 @@ if MADE_METRICS_DIR_NOW:
 METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 OWN_METRICS_DIR = os.environ.get(OWN_METRICS_DIR_ENV) == str(METRICS_DIR)
 held_metrics_dir: list[int] = []  # the descriptor holding METRICS_DIR's server.lock (app/metrics_files.py hold)
+HELD_METRICS_DIR_ENV = "SHELFCAST_HELD_METRICS_DIR"  # the directory this master holds (kept across SIGHUP's reads)
 GIL_SWITCH_INTERVAL_S = 0.001  # see the module docstring
 # Fewer workers than cores: not pinned, so a worker's other threads (event delivery, BLAS) keep the spare cores.
 PIN_WORKERS = (hasattr(os, "sched_setaffinity") and os.environ.get("SHELFCAST_PIN_WORKERS", "1") != "0"
@@ -379,6 +380,7 @@ def _prepare(server):
         METRICS_DIR.mkdir(parents=True, exist_ok=True)
         # one server per directory: a second one given it emptied it, deleting the first one's live counts
         held_metrics_dir.append(hold(METRICS_DIR))
+        os.environ[HELD_METRICS_DIR_ENV] = str(METRICS_DIR)
         clear(METRICS_DIR)
         (METRICS_DIR / RELOAD_MARKER).unlink(missing_ok=True)  # an earlier server's: pids that may be reused
         if OWN_METRICS_DIR:  # named for the master (after any daemonizing fork), which removes it on exit
@@ -430,10 +432,36 @@ def pre_fork(server, worker):
     class, which releases them: one of another class given --worker-class would never see a SIGTERM)."""
     from app.gunicorn_worker import ThreadWorker, hold_stop_signals
 
+    restore_metrics_dir(server)
     if isinstance(worker, ThreadWorker):
         hold_stop_signals()
     if PIN_WORKERS:
         core_of_worker[id(worker)] = least_used_core(sorted(os.sched_getaffinity(0)), core_of_worker.values())
+
+
+def restore_metrics_dir(server) -> None:
+    """Master, before each fork: METRICS_DIR made again, held and named as at start, where it was removed while the
+    server ran (by hand, or a /tmp cleaner; a worker may have made it again since: app/metrics.py labelled). Before,
+    the next worker could not make its metric files, failed to boot, and gunicorn stopped the whole server; the
+    counts so far are lost either way (/metrics answers 503 while the directory is missing)."""
+    from app.metrics_files import SERVER_LOCK, claim, disown, hold, restore
+
+    if os.environ.get(HELD_METRICS_DIR_ENV) != str(METRICS_DIR):  # not a master that took it at start (tests)
+        return
+    try:
+        restore(METRICS_DIR)
+        if (METRICS_DIR / SERVER_LOCK).exists():  # the one held since the start (whose file a SIGHUP's read forgot)
+            return
+        while held_metrics_dir:  # the lock file went with the old directory
+            os.close(held_metrics_dir.pop())
+        held_metrics_dir.append(hold(METRICS_DIR))
+        claim(METRICS_DIR, os.getpid()) if OWN_METRICS_DIR else disown(METRICS_DIR)
+    except (OSError, RuntimeError) as exc:  # DirectoryInUse among them: the worker's start says the rest
+        server.log.error("PROMETHEUS_MULTIPROC_DIR=%s was removed while the server ran and cannot be made again: %s",
+                         METRICS_DIR, exc)
+        return
+    server.log.warning("PROMETHEUS_MULTIPROC_DIR=%s was removed while the server ran: made again; /metrics counts "
+                       "from 0 in the workers started since (kill -HUP to restart them all now)", METRICS_DIR)
 
 
 def least_used_core(cores: list[int], taken) -> int:
@@ -519,7 +547,12 @@ def child_exit(server, worker):
     from app.metrics_files import retire_process
 
     core_of_worker.pop(id(worker), None)  # its core goes to the next worker started
-    retire_process(worker.pid, METRICS_DIR)  # its counts folded into retired.json (app/metrics_files.py)
+    try:
+        retire_process(worker.pid, METRICS_DIR)  # its counts folded into retired.json (app/metrics_files.py)
+    except OSError as exc:  # before: "Unhandled exception in main loop", and the master, so the server, stopped
+        server.log.error("worker %s: its metrics not folded into %s (%s: %s); its files stay and /metrics still "
+                         "counts them", worker.pid, METRICS_DIR / "retired.json", exc.strerror or exc,
+                         exc.filename or METRICS_DIR)
 
 
 def worker_exit(server, worker):

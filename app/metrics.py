@@ -87,7 +87,14 @@ def labelled(metric, value: str):
     """`metric.labels(value)`, looked up once per label value (metrics here have one label and are never cleared)."""
     child = _children.get((metric, value))
     if child is None:
-        child = _children[(metric, value)] = metric.labels(value)
+        try:
+            child = metric.labels(value)  # its process's file for the kind made with its first series
+        except FileNotFoundError:  # the folder removed while serving: made again, or the error as it is
+            directory = os.environ.get(ENV_MULTIPROC_DIR)
+            if not directory or not metrics_files.restore(directory):
+                raise
+            child = metric.labels(value)
+        _children[(metric, value)] = child
     return child
 _served: dict = {"labels": frozenset()}
 _served_lock = threading.Lock()
@@ -149,4 +156,7 @@ def exposition() -> bytes:
 
 @metrics_blueprint.get("/metrics")
 def metrics() -> Response:
-    return Response(exposition(), mimetype=None, content_type=CONTENT_TYPE_LATEST)
+    try:
+        return Response(exposition(), mimetype=None, content_type=CONTENT_TYPE_LATEST)
+    except metrics_files.DirectoryGone as gone:  # a 500 and a traceback a scrape, before
+        return Response(f"{gone}\n", status=503, content_type="text/plain; charset=utf-8")

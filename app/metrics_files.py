@@ -61,9 +61,24 @@ class DirectoryInUse(RuntimeError):
     """Another running server holds the directory (``hold()``)."""
 
 
+class DirectoryGone(RuntimeError):
+    """The directory was removed while the server ran (by hand, or a /tmp cleaner): the live workers' counts are in
+    files no longer in it, so there is nothing to sum until workers are started again (``restore()``)."""
+
+    def __init__(self, directory: Path):
+        super().__init__(f"PROMETHEUS_MULTIPROC_DIR {directory} was removed while the server ran: no counts to "
+                         "report; the server makes it again as it starts a worker, and counts from 0 in the workers "
+                         "started since (kill -HUP the master to restart them all now)")
+
+
 @contextlib.contextmanager
 def _locked(directory: Path, operation: int):
-    descriptor = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        descriptor = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+        if directory.is_dir():
+            raise
+        raise DirectoryGone(directory) from None
     try:
         fcntl.flock(descriptor, operation)
         yield
@@ -73,7 +88,8 @@ def _locked(directory: Path, operation: int):
 
 def exposition(directory: Path | str, *collectors) -> bytes:
     """/metrics in Prometheus text format, summed over every live worker's file in ``directory`` and the totals
-    of those gone (``retired.json``), with ``collectors``' metrics (read under the same lock)."""
+    of those gone (``retired.json``), with ``collectors``' metrics (read under the same lock). DirectoryGone where
+    ``directory`` no longer exists."""
     directory = Path(directory)
     with _locked(directory, fcntl.LOCK_SH):
         registry = CollectorRegistry()
@@ -211,7 +227,8 @@ def clear(directory: Path | str) -> None:
 
 def retire_process(pid: int, directory: Path | str) -> None:
     """After process ``pid`` exited: its live gauges removed, its counters' and histograms' samples added into
-    ``retired.json`` and its own files removed."""
+    ``retired.json`` and its own files removed. OSError where retired.json cannot be written (a full disk): then
+    nothing is changed, and the dead worker's files, left in place, are still summed by every scrape."""
     directory = Path(directory)
     mark_process_dead(pid, str(directory))
     if not directory.is_dir():  # no worker has started yet (the master makes it at start)
@@ -235,10 +252,27 @@ def retire_process(pid: int, directory: Path | str) -> None:
         retired = _read_retired(directory)
         _add_retired(retired, families)
         staging = directory / f"{RETIRED}.tmp"
-        staging.write_text(json.dumps(retired), encoding="utf-8")
-        os.replace(staging, directory / RETIRED)  # a scrape (after the lock) sees the old totals or the new
+        try:
+            staging.write_text(json.dumps(retired), encoding="utf-8")
+            os.replace(staging, directory / RETIRED)  # a scrape (after the lock) sees the old totals or the new
+        except OSError:  # a full disk: retired.json and the worker's files stay as they were, still summed
+            with contextlib.suppress(OSError):
+                staging.unlink(missing_ok=True)
+            raise
         for path in own:
             path.unlink()
+
+
+def restore(directory: Path | str) -> bool:
+    """Make ``directory`` again where it was removed while the server ran (True then): by the master before each
+    worker it starts, and by a worker making a metric file, so the file can be made (prometheus_client makes a
+    process's file with its first series of the kind: a worker that cannot failed to boot, and gunicorn then stopped
+    the whole server; a live worker answered 500 to each request)."""
+    directory = Path(directory)
+    if directory.is_dir():
+        return False
+    directory.mkdir(parents=True, exist_ok=True)
+    return True
 
 
 def _start_time(pid: int) -> str | None:
