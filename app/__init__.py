@@ -58,7 +58,7 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
     """The app, with the model loaded now if one is there (else /readyz answers 503 until it appears)."""
     from app.errors import register_error_handlers
     from app.events import PredictionEventSink
-    from app.metrics import REQUEST_DURATION, count_event, labelled, metrics_blueprint, observe_models, refusal_counter
+    from app.metrics import REQUEST_DURATION, count_event, labelled, metrics_blueprint, refusal_counter
     from app.model_store import ProductionWithFallback
     from app.predictor import Predictor
     from app.request_buffer import (ARRIVED, BODY_MALFORMED, BODY_TIMED_OUT, BODY_TOO_LARGE, TRANSFER_CODINGS,
@@ -69,7 +69,7 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
     from app.routes_web import web
     from app.state import EXTENSION_KEY, ServingState
     from app.validation import check_body_encoding
-    from app.variants import Variants, installed_candidates
+    from app.variants import Variants
     from monitoring.web import SERVING_MODEL, monitoring_blueprint
     from pipeline.release_store import PRODUCTION, ReleaseStore
 
@@ -93,8 +93,9 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
     if predictor.model is None:
         log.warning("no model served yet: %s", predictor.last_error or f"nothing at {settings.model_dir}")
     sink = sink or PredictionEventSink.from_environment(count=count_event)
-    observe_models(predictor.model, installed_candidates(variants))
-    app.extensions[EXTENSION_KEY] = ServingState(settings=settings, predictor=predictor, sink=sink, variants=variants)
+    state = app.extensions[EXTENSION_KEY] = ServingState(settings=settings, predictor=predictor, sink=sink,
+                                                         variants=variants)
+    state.note_served()
 
     # Request ids from a generator seeded once per process (create_app runs after gunicorn's fork):
     # as unique as uuid4, without an os.urandom system call on every request.
@@ -141,8 +142,7 @@ def create_app(settings: AppSettings | None = None, sink: PredictionEventSink | 
             headers["Cache-Control"] = CACHE_CONTROL
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         labelled(REQUEST_DURATION, rule).observe(time.perf_counter() - g.get("started", time.perf_counter()))
-        candidates = g.get("candidates")  # what a forecast looked up: no second stat of the candidates
-        observe_models(predictor.model, installed_candidates(variants) if candidates is None else candidates)
+        state.note_served(g.get("candidates"))  # what a forecast looked up: no second stat of the candidates
         return response
 
     register_error_handlers(app, settings.max_body_bytes)

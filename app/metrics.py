@@ -156,6 +156,13 @@ def exposition() -> bytes:
 
 @metrics_blueprint.get("/metrics")
 def metrics() -> Response:
+    from flask import current_app
+
+    from app.state import EXTENSION_KEY  # app.state imports, through the variants, this module
+
+    state = current_app.extensions.get(EXTENSION_KEY)
+    if state is not None:  # what it serves now: noted after each response, so a reload since showed a scrape late
+        state.note_served()
     try:
         return Response(exposition(), mimetype=None, content_type=CONTENT_TYPE_LATEST)
     except metrics_files.DirectoryGone as gone:  # a 500 and a traceback a scrape, before

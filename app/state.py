@@ -21,6 +21,15 @@ class ServingState:
     sink: PredictionEventSink
     variants: Variants | None = None  # canary and shadow (app/variants.py)
 
+    def note_served(self, candidates=None) -> None:
+        """Mark the models this process serves now for /metrics' shelfcast_model_info: after each response, and by
+        /metrics itself before it answers (a reload since the last request shows in that very scrape).
+        ``candidates``: what a forecast looked up (app.variants.Candidates), else looked up now."""
+        from app.metrics import observe_models
+        from app.variants import installed_candidates
+
+        observe_models(self.predictor.model, installed_candidates(self.variants) if candidates is None else candidates)
+
     def close(self) -> None:
         """Flush prediction events (called when a worker exits)."""
         self.sink.close()

@@ -226,3 +226,27 @@ def test_a_refused_hot_reload_is_counted_by_variant_and_the_old_model_keeps_serv
     assert app.model is old and app.state.predictor.last_error
     counted = {v: sample("shelfcast_model_refusals_total", variant=v) - before[v] for v in before}
     assert counted == {"production": 1, "canary": 1, "shadow": 0}, counted
+
+
+def test_the_first_scrape_after_a_reload_shows_the_model_served_now(make_app, production_dir, app_bundles):
+    """Found by a probe: a worker noted what it serves after each response, so a scrape answered by a worker whose
+    model had changed since its last request (a hot reload, a canary or shadow installed or removed: both load in
+    the background) reported the model it no longer served; with only Prometheus asking, every such change showed a
+    scrape late, and not at all in a worker that no other request reached."""
+    app = make_app(production_dir)
+    first = app.model.version
+    assert [s for s, _ in served_models(app.client.get("/metrics").get_data(as_text=True))] == [
+        {"variant": "production", "version": first, "kind": "mlp"}]
+    copy_bundle(app_bundles[1], production_dir)
+    copy_bundle(app_bundles[0], production_dir.parent / "shadow")
+    assert app.state.predictor.check_now()
+    app.state.variants.check_now()
+    second = app.model.version
+    assert second != first
+    served = [s for s, _ in served_models(app.client.get("/metrics").get_data(as_text=True))]
+    assert sorted(served, key=str) == sorted([{"variant": "production", "version": second, "kind": "mlp"},
+                                              {"variant": "shadow", "version": first, "kind": "mlp"}], key=str)
+    shutil.rmtree(production_dir.parent / "shadow")
+    app.state.variants.check_now()
+    served = [s for s, _ in served_models(app.client.get("/metrics").get_data(as_text=True))]
+    assert served == [{"variant": "production", "version": second, "kind": "mlp"}]
