@@ -572,6 +572,10 @@ class VariantTraffic:
     # model's, so never paired in the forecast comparison or scored in live accuracy (both answer 0 there)
     closed: set = field(default_factory=set)
     closed_answers: int = 0  # predictions answered so (counted in `predictions` too)
+    # answers of fewer than 0 units (counted in `predictions`): no sales forecast (a bundle's graph clips at 0, and
+    # RMSLE and log1p have none below -1), so never paired or scored; a candidate's are a reason to roll it back
+    negative_answers: int = 0
+    most_negative: float = 0.0
     smoke_predictions: int = 0  # the smoke test's answers (release_smoke.SmokeAnswers): left out of all above
     other_hosts: int = 0  # events another serving host answered (their serving_host): left out of all above
 
@@ -615,6 +619,10 @@ def read_traffic(events: Iterable[dict], since: float | None = None,
         latency = finite_number(event.get("latency_ms"))
         if latency is not None:
             t.latency.add(latency, event.get("batch_size"))
+        if units < 0:  # before: log1p's NaN promoted such a shadow, and live accuracy's math.log1p crashed decide
+            t.negative_answers += 1
+            t.most_negative = min(t.most_negative, units)
+            continue
         # the inputs too: clients may send one X-Request-ID with every request, and a key of id and place alone
         # paired a shadow's forecast with production's for another request
         request = _key(event.get("request_id"), event.get("instance_index"), inputs.get("store_nbr"),
@@ -736,6 +744,8 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     - live accuracy (only with actuals): the 95 % bootstrap interval of candidate RMSLE minus
       production RMSLE lies entirely above 0 (paired over the same series: a shadow's, or a canary's
       with ``replayed``; without it, over each variant's own series, resampled apart).
+    - forecasts: any candidate answer below 0 units (no sales forecast: a bundle clips at 0); such answers, either
+      variant's, are never paired or scored.
     The latency rule needs MIN_EVENTS (30) candidate requests, the distribution rule as many predictions (a p95
     of ten is their maximum); fewer than that and no rule broken: wait (no decision). A closed store-day's answer
     (0 units with store_closed, pipeline/closed_days.py) is the closed-day rule's, not a model's: it counts for the
@@ -755,6 +765,12 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
     if others:
         figures["other_hosts_events_left_out"] = others
     reasons: list[str] = []
+    if cand.negative_answers:  # no sales forecast: the candidate's model is broken whatever else its answers show
+        figures[f"{candidate}_negative_answers"] = cand.negative_answers
+        reasons.append(f"forecasts: {cand.negative_answers} of {cand.predictions} {candidate} answers are below 0 "
+                       f"units (lowest {cand.most_negative:g}): no sales forecast")
+    if base.negative_answers:  # left out of every pairing; production is what it is compared with, not judged
+        figures["production_negative_answers_left_out"] = base.negative_answers
     attempts = cand.predictions + cand.errors
     if attempts and cand.errors:
         rate = cand.errors / attempts

@@ -357,6 +357,30 @@ def test_a_canary_sharing_a_few_series_with_production_is_judged_on_its_forecast
     assert release.compare(release.read_traffic(same_level + [event(CANARY, 0, 1.1)]), CANARY).decision == "promote"
 
 
+def test_a_candidate_answering_below_zero_units_is_rolled_back_not_promoted_or_a_crash():
+    """A bundle's graph clips its forecasts at 0; a candidate answering -2 units is broken. Before, a shadow with one
+    such answer in 60 was promoted without actuals (the median log1p shift was NaN, and NaN > 0.5 is false; decide
+    printed NaN, which is no JSON), and with actuals decide stopped on `release: error: math domain error`."""
+    events = []
+    for n in range(60):
+        for variant, units in ((PRODUCTION, 3.0), (SHADOW, -2.0 if n == 0 else 3.0)):
+            events.append({"model_variant": variant, "request_id": f"r{n}", "instance_index": 0, "latency_ms": 5.0,
+                           "output": {"unit_sales": units},
+                           "inputs": {"store_nbr": 1, "item_nbr": n, "date": "2017-08-16"}})
+    actuals = {(1, n, "2017-08-16"): 3.0 for n in range(60)}
+    for given in (None, actuals):
+        verdict = release.compare(release.read_traffic(events), SHADOW, given)
+        assert verdict.decision == "rollback", verdict
+        assert verdict.reasons == ["forecasts: 1 of 60 shadow answers are below 0 units (lowest -2): no sales "
+                                   "forecast"], verdict
+        assert verdict.figures["compared_pairs"] == 59 and verdict.figures["forecast_log_shift"] == 0.0, verdict
+        json.dumps(verdict.figures, allow_nan=False)  # what decide prints
+    swapped = [{**e, "model_variant": SHADOW if e["model_variant"] == PRODUCTION else PRODUCTION} for e in events]
+    verdict = release.compare(release.read_traffic(swapped), SHADOW, actuals)  # production's: left out, counted
+    assert verdict.decision == "promote" and verdict.figures["production_negative_answers_left_out"] == 1, verdict
+    assert verdict.figures["live_series"] == [59, 59], verdict
+
+
 def fluentd_out_elasticsearch():
     """tests/monitoring's stand-in for Fluentd's elasticsearch output (what the compose stack's Fluentd does)."""
     import importlib.util
