@@ -277,32 +277,40 @@ def live_accuracy(data: ServingData, actuals: Mapping[tuple[int, int, str], floa
     baseline's NWRMSLE on the same rows and their ratio, with evaluate's paired bootstrap interval over series:
     which series clients ask for moves both scores, the ratio far less, so it tells a model that stopped
     beating the baseline from a harder mix."""
-    sold = {}  # event index -> its actual units: looked up by the events' keys, the file is never walked
+    sold, events = {}, {}  # request -> its actual units, and the indices of its events
     for i, (store, item, date) in enumerate(data.keys):
         if data.closed[i]:  # the closed-day rule's 0, not the model's forecast: the baseline knows no closed day
             continue
         try:
-            sold[i] = actuals[(int(store), int(item), date)]
-        except (KeyError, ValueError):
+            key = (int(store), int(item), date)
+            units = actuals[key]
+        except (KeyError, ValueError, TypeError):
             continue
+        sold[key] = units
+        events.setdefault(key, []).append(i)
+    # one row per store, item and day, as evaluate scores it: a request asked again (a client polling one forecast
+    # hourly) is one forecast of one day's sales, not more evidence; its events' forecasts averaged (units)
     matched = list(sold)
-    live: dict[str, Any] = {"rows": len(matched), "nwrmsle": None, "baseline_nwrmsle": None,
-                            "ratio_to_baseline": None, "ratio_interval": None, "closed_rows": int(data.closed.sum())}
+    live: dict[str, Any] = {"rows": len(matched), "events": sum(map(len, events.values())), "nwrmsle": None,
+                            "baseline_nwrmsle": None, "ratio_to_baseline": None, "ratio_interval": None,
+                            "closed_rows": int(data.closed.sum())}
     if not matched:
         return live
-    index = np.asarray(matched)
-    series = [f"{data.keys[i][0]}/{data.keys[i][1]}" for i in matched]
+    index = np.asarray([events[key][0] for key in matched])  # each request's first event: its perishable flag
+    predicted = np.asarray([data.predictions[events[key]].mean() for key in matched])
+    series = [f"{store}/{item}" for store, item, _ in matched]
     live["series"] = len(set(series))
-    actual = np.asarray([sold[i] for i in matched])
+    actual = np.asarray([sold[key] for key in matched])
     perishable = np.asarray(data.categorical.get("perishable", ["0"] * data.rows))[index] == "1"
     weights = perishable_weights(perishable)
     try:
-        live["nwrmsle"] = nwrmsle(actual, data.predictions[index], weights)
+        live["nwrmsle"] = nwrmsle(actual, predicted, weights)
         if baseline in data.dense:
-            forecast = np.expm1(np.asarray(data.dense[baseline], np.float64)[index])
+            logged = np.asarray(data.dense[baseline], np.float64)
+            forecast = np.asarray([np.expm1(logged[events[key]]).mean() for key in matched])
             live["baseline_nwrmsle"] = nwrmsle(actual, forecast, weights)
             if live["baseline_nwrmsle"] > 0 and live["series"] >= MIN_LIVE_SERIES:
-                interval = improvement_interval(series, actual, data.predictions[index], forecast, weights)
+                interval = improvement_interval(series, actual, predicted, forecast, weights)
                 live["ratio_to_baseline"] = live["nwrmsle"] / live["baseline_nwrmsle"]
                 # an end is None where it is unbounded: draws of series only the baseline forecast exactly
                 live["ratio_interval"] = [_finite_or_none(1.0 - interval.high), _finite_or_none(1.0 - interval.low)]

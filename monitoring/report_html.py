@@ -160,8 +160,10 @@ def render_report(report: Mapping[str, Any]) -> str:
                            "not the model)")
         elif live.get("note"):
             versus = f"; {escape(live['note'])}"
+        asked = live.get("events", live["rows"])  # a request asked again is scored once (drift_analysis.live_accuracy)
+        again = f" ({asked} events: a request asked again is scored once)" if asked > live["rows"] else ""
         live_html = (f"<h2>Live accuracy</h2><p>NWRMSLE {_number(live['nwrmsle'])} over {live['rows']} forecasts "
-                     f"with known sales{versus}.</p>")
+                     f"with known sales{again}{versus}.</p>")
     calendar = {n: r for n, r in report["features"].items() if r.get("role") == ROLE_CALENDAR}
     alarmable = {n: r for n, r in report["features"].items() if r.get("role") != ROLE_CALENDAR}
     versions = ", ".join(f"{escape(k)} ({v})" for k, v in sorted(report["served_model_versions"].items())) or "–"
