@@ -91,6 +91,7 @@ MAX_SLOW_SHARE_PROMOTED = 0.15  # promoted only when at most this share lies abo
 MAX_FORECAST_SHIFT = 0.5  # |median log1p(candidate) - log1p(production)| on the same requests (or series)
 MIN_VOLUME_SERIES = 10  # the total-units rule judges no fewer store×items (a canary at a small share has a few)
 NWRMSLE_MARGIN = 0.0  # with actuals: candidate NWRMSLE's 95 % bootstrap interval must not lie above production's + this
+MIN_LIVE_SERIES = 5  # live accuracy is judged on no fewer store×items a side
 
 
 class ReleaseError(RuntimeError):
@@ -743,7 +744,8 @@ def compare(traffic: dict[str, VariantTraffic], candidate: str, actuals: dict[tu
       two variants' median log1p forecasts over their own series;
     - live accuracy (only with actuals): the 95 % bootstrap interval of candidate RMSLE minus
       production RMSLE lies entirely above 0 (paired over the same series: a shadow's, or a canary's
-      with ``replayed``; without it, over each variant's own series, resampled apart).
+      with ``replayed``; without it, over each variant's own series, resampled apart; store×items drawn, each
+      with all its days, at least MIN_LIVE_SERIES of them a side).
     - forecasts: any candidate answer below 0 units (no sales forecast: a bundle clips at 0); such answers, either
       variant's, are never paired or scored.
     The latency rule needs MIN_EVENTS (30) candidate requests, the distribution rule as many predictions (a p95
@@ -933,25 +935,41 @@ def _live_accuracy(cand: VariantTraffic, base: VariantTraffic, actuals: dict[tup
                    seed: int, resamples: int = 1000) -> dict | None:
     """RMSLE of each variant against the actual sales, and a 95 % bootstrap interval of the difference.
 
-    ``paired``: the series both have (a shadow's, or a canary's with production's replayed forecasts), resampled
-    together. Else each variant's own series (a canary's sticky split: no series is answered by both), resampled
-    independently. None with fewer than 5 series a side.
+    ``paired``: the store×item×days both have (a shadow's, or a canary's with production's replayed forecasts),
+    resampled together. Else each variant's own (a canary's sticky split: no series is answered by both), resampled
+    independently. The bootstrap draws store×items, each with all its days, as _volume_log_ratio does: a model
+    misses one series by much the same factor every day, so its days are no independent evidence (drawn a day at a
+    time, a canary of the same model on 3 store×items for 30 days against production's 60 was rolled back 8 times
+    in 20 on which series it happened to be given). None with fewer than MIN_LIVE_SERIES store×items a side.
     """
     errors_c, errors_b = _log_errors(cand, actuals), _log_errors(base, actuals)
     if paired:
-        keys = sorted(errors_c.keys() & errors_b.keys(), key=str)
+        keys = errors_c.keys() & errors_b.keys()
         errors_c, errors_b = {k: errors_c[k] for k in keys}, {k: errors_b[k] for k in keys}
-    if len(errors_c) < 5 or len(errors_b) < 5:
+    (sums_c, days_c), (sums_b, days_b) = _by_series(errors_c), _by_series(errors_b)
+    if len(sums_c) < MIN_LIVE_SERIES or len(sums_b) < MIN_LIVE_SERIES:
         return None
-    c, b = np.asarray(list(errors_c.values())), np.asarray(list(errors_b.values()))
     rng = np.random.default_rng(seed)
-    pick_c = rng.integers(0, c.size, size=(resamples, c.size))
-    pick_b = pick_c if paired else rng.integers(0, b.size, size=(resamples, b.size))
-    diffs = np.sqrt(c[pick_c].mean(axis=1)) - np.sqrt(b[pick_b].mean(axis=1))
+    pick_c = rng.integers(0, sums_c.size, size=(resamples, sums_c.size))
+    pick_b = pick_c if paired else rng.integers(0, sums_b.size, size=(resamples, sums_b.size))  # paired: same order
+    diffs = (np.sqrt(sums_c[pick_c].sum(axis=1) / days_c[pick_c].sum(axis=1))
+             - np.sqrt(sums_b[pick_b].sum(axis=1) / days_b[pick_b].sum(axis=1)))
     low, high = (float(x) for x in np.percentile(diffs, [2.5, 97.5]))
-    return {"live_rmsle": round(float(np.sqrt(c.mean())), 4),
-            "production_live_rmsle": round(float(np.sqrt(b.mean())), 4),
-            "live_rmsle_diff_interval": [round(low, 4), round(high, 4)], "live_series": [int(c.size), int(b.size)]}
+    return {"live_rmsle": round(float(np.sqrt(sums_c.sum() / days_c.sum())), 4),
+            "production_live_rmsle": round(float(np.sqrt(sums_b.sum() / days_b.sum())), 4),
+            "live_rmsle_diff_interval": [round(low, 4), round(high, 4)],
+            "live_series": [len(errors_c), len(errors_b)], "live_store_items": [int(sums_c.size), int(sums_b.size)]}
+
+
+def _by_series(errors: dict[tuple, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Squared log errors summed per store×item, and its days, in key order (the same events, the same verdict)."""
+    sums: dict[tuple, float] = {}
+    days: dict[tuple, int] = {}
+    for key in sorted(errors, key=str):
+        series = key[:2]
+        sums[series] = sums.get(series, 0.0) + errors[key]
+        days[series] = days.get(series, 0) + 1
+    return np.fromiter(sums.values(), np.float64, len(sums)), np.fromiter(days.values(), np.float64, len(days))
 
 
 # --- deploy: alias move -> hot reload -> smoke -> canary check -> promote or roll back ------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -379,6 +380,36 @@ def test_a_candidate_answering_below_zero_units_is_rolled_back_not_promoted_or_a
     verdict = release.compare(release.read_traffic(swapped), SHADOW, actuals)  # production's: left out, counted
     assert verdict.decision == "promote" and verdict.figures["production_negative_answers_left_out"] == 1, verdict
     assert verdict.figures["live_series"] == [59, 59], verdict
+
+
+def test_live_accuracy_draws_store_items_not_days():
+    """One model for both arms misses each series by its own factor every day. Drawn a day at a time, a canary given
+    6 store×items (2 of them hard) for 30 days looked worse than production's 60 (15 hard) with 95 % confidence and
+    was rolled back (a probe: 20 of 40 such healthy canaries); its 180 days are 6 series' evidence. A canary 2.7x
+    further off on every series is still rolled back."""
+    def events(off):
+        out, actuals = [], {}
+        for item in range(66):
+            variant = CANARY if item < 6 else PRODUCTION
+            hard = item in (0, 1) or (item >= 6 and item % 4 == 0)
+            factor = math.exp((1.5 if hard else 0.1) + (off if variant == CANARY else 0.0))
+            for day in range(30):
+                date = f"2017-07-{day + 1:02d}"
+                actuals[(1, item, date)] = 10.0
+                out.append({"model_variant": variant, "request_id": f"{variant}{item}-{day}", "instance_index": 0,
+                            "latency_ms": 5.0, "output": {"unit_sales": 11.0 * factor * (1 + 0.01 * (day % 3)) - 1},
+                            "inputs": {"store_nbr": 1, "item_nbr": item, "date": date}})
+        return release.read_traffic(out), actuals
+
+    traffic, actuals = events(0.0)
+    verdict = release.compare(traffic, CANARY, actuals)
+    assert not [r for r in verdict.reasons if r.startswith("live accuracy")], verdict
+    assert verdict.figures["live_series"] == [180, 1800] and verdict.figures["live_store_items"] == [6, 60], verdict
+    low, high = verdict.figures["live_rmsle_diff_interval"]
+    assert low < 0 < high, verdict
+    traffic, actuals = events(1.0)
+    worse = release.compare(traffic, CANARY, actuals)
+    assert [r for r in worse.reasons if r.startswith("live accuracy")], worse
 
 
 def fluentd_out_elasticsearch():
