@@ -78,6 +78,9 @@ def forecast_units(event: Mapping[str, Any], index: int) -> float:
         output = output[0]
     if not is_finite_number(output):
         raise EventShapeError(f"{_where(event, index)}: output: expected a finite number of units, got {output!r}")
+    if output < 0:  # a bundle's graph clips its forecast at 0 (pipeline/models.py): no answer of it, as logged
+        raise EventShapeError(f"{_where(event, index)}: output: expected units of at least 0 (a bundle's forecast "
+                              f"is clipped at 0), got {output!r}")
     return float(output)
 
 

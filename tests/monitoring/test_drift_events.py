@@ -36,6 +36,28 @@ def test_a_non_finite_feature_is_an_error_naming_the_event_not_an_alarm(stream, 
            f"expected a finite number, got {value!r}" in err
 
 
+@pytest.mark.parametrize("actuals", [False, True])
+def test_a_forecast_below_zero_is_an_error_naming_the_event(stream, production_bundle, tmp_path, capsys, actuals):
+    """A bundle clips its forecasts at 0. Before, an event of -2 units passed unsaid without --actuals (drift: ok,
+    exit 0), and with them stopped on `live NWRMSLE: predicted: 1 negative value(s), first at row 7`: an error
+    of the actuals, naming a row of neither file."""
+    events = stream(300, seed=21)
+    events[7]["output"]["unit_sales"] = -2.0
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    extra = []
+    if actuals:
+        rows = {(e["inputs"]["store_nbr"], e["inputs"]["item_nbr"], e["inputs"]["date"]) for e in events}
+        (tmp_path / "sales.csv").write_text("store_nbr,item_nbr,date,unit_sales\n"
+                                            + "".join(f"{s},{i},{d},1\n" for s, i, d in sorted(rows)))
+        extra = ["--actuals", str(tmp_path / "sales.csv")]
+    code, report = run_cli(tmp_path, production_bundle, path, *extra)
+    err = capsys.readouterr().err
+    assert code == drift.EXIT_ERROR and report is None, err
+    assert f"drift: error: event 7 (event_id {events[7]['event_id']}): output: expected units of at least 0 " \
+           "(a bundle's forecast is clipped at 0), got -2.0" in err, err
+
+
 def test_an_unexpected_failure_exits_2_with_a_drift_error_line(stream, jsonl, production_bundle, tmp_path, capsys,
                                                                monkeypatch):
     def broken(*args, **kwargs):
