@@ -191,6 +191,17 @@ def install(root: Path, store: ReleaseStore, variant: str, version: str, name: s
 LOG_MARKS_FILE = ".log-marks-{variant}.json"  # in the models directory: where the event log ended at its install
 
 
+def judged_since(store: ReleaseStore, variant: str) -> float | None:
+    """Since when the candidate and the production it is compared with were both installed (epoch seconds): its
+    install, or production's where that came later (`release sync` following a production the registry moved, the
+    candidate kept). Before, decide judged from the candidate's install alone, so a canary was compared with the
+    events of two production versions at once, the earlier one's no longer served."""
+    candidate, production = store.installed_at(variant), store.installed_at(PRODUCTION)
+    if candidate is None or production is None:
+        return candidate
+    return max(candidate, production)
+
+
 @model_named
 def install_candidate(root: Path, store: ReleaseStore, variant: str, version: str,
                       name: str | None = None, events_log: Path | None = None) -> str:
@@ -1403,7 +1414,7 @@ def _release(argv) -> int:
                                        f"nothing to judge (`release {variant} --version V` starts one)")
                 judged = served_candidate(root, store, current, variant, args.name) if args.apply else None
                 actuals = read_actuals(args.actuals) if args.actuals else None
-                since = store.installed_at(variant)  # an earlier candidate's events are not this one's
+                since = judged_since(store, variant)  # an earlier candidate's events, or production's, are not these
                 marks = installed_log_marks(store, variant) if events.path is not None else None
                 if marks is not None:  # the log's bytes from where it ended at the install on: not the whole log
                     events = replace(events, marks=marks)

@@ -137,6 +137,24 @@ def test_the_canary_answers_a_sticky_share_and_every_event_names_its_variant(hos
     assert info["variants"]["canary_share"] == 0.5 and info["variants"]["shadow"] is None
 
 
+def test_decide_judges_the_canary_beside_the_production_installed_now(host, tmp_path, capsys):
+    """`release sync` follows a production the registry moved and keeps the canary. Before, decide judged from the
+    canary's install on, so production's events were two versions' (the one replaced among them); now from the
+    later of the two installs: none of the earlier production's events is judged."""
+    root, store, versions = host
+    events = tmp_path / "events.jsonl"
+    logged = serve_one_row_requests(store, events)
+    assert {e["model_variant"] for e in logged} == {PRODUCTION, CANARY}
+    status, verdict = decide(root, store, capsys, "--events", str(events))
+    assert verdict["figures"]["production_predictions"] > 0, verdict
+    time.sleep(0.05)
+    release.install(root, store, PRODUCTION, versions["canary"])  # as sync installs a production moved meanwhile
+    assert store.installed_at(PRODUCTION) > store.installed_at(CANARY)
+    status, verdict = decide(root, store, capsys, "--events", str(events))
+    assert verdict["figures"]["production_predictions"] == 0 and verdict["decision"] == "wait", verdict
+    assert release.judged_since(store, CANARY) == store.installed_at(PRODUCTION)
+
+
 def test_ending_a_candidate_keeps_an_alias_moved_to_a_newer_version_meanwhile(host):
     """Noticed by the CI probe: a rolled-back deploy deleted the shadow alias whatever it named, so a newer model
     the ML pipeline promoted to shadow during the canary's observation lost it, and its own release then found
