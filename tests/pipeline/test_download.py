@@ -643,7 +643,7 @@ class _RedirectLoop(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    do_GET = do_HEAD  # noqa: N815
+    do_GET = do_HEAD  # noqa: N815 (http.server's naming)
 
     def log_message(self, *args):
         pass
