@@ -32,7 +32,8 @@ and deletes (and restores) nothing. One writer at a time: it holds ``models/``'s
 Two prunes of one store from two checkouts (two CI jobs) both plan the same deletions: a version or run the other
 deleted first (``tracking.is_gone``) is done, counted as deleted by another, not as this prune's. A
 version the registry names by the time it is reached (another checkout's promote or canary of it) is kept, with its
-runs and DVC entry (``_named_since``).
+runs and DVC entry (``_named_since``); a version registered since the plan (another checkout's promote) keeps its
+runs and DVC entry (``keep_registered_since``).
 
     python -m pipeline.prune [--dry-run] [--models DIR]
 """
@@ -102,6 +103,8 @@ class Plan:
     alias: str = "production"  # production's alias, whose move record names what a rollback returns to
     parents: dict[str, str] = field(default_factory=dict)  # a planned nested run (an evaluation) -> its parent run
     runs_by_another: list[str] = field(default_factory=list)  # planned (runs or freed), removed by another prune
+    seen: set[tuple[str, str]] = field(default_factory=set)  # (model, version) of every version the plan read
+    registered_since: list[str] = field(default_factory=list)  # versions of any model registered after the plan
 
     def summary(self) -> dict:
         runs = {r: size for r, size in self.runs.items() if r not in self.runs_by_another}
@@ -116,7 +119,7 @@ class Plan:
                 "restored_runs": dict(sorted(self.restore.items())), "freed_deleted_runs": sorted(freed),
                 "versions_deleted_by_another": sorted(self.versions_by_another, key=int),
                 "runs_deleted_by_another": sorted(self.runs_by_another),
-                "untagged_runs_left": self.unclaimed,
+                "untagged_runs_left": self.unclaimed, "versions_registered_since": list(self.registered_since),
                 "deleted_artifact_bytes": sum(sizes) if sizes else (None if gone else 0)}
 
 
@@ -192,6 +195,7 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
         model = None
     versions = [] if model is None else tracking.model_versions(client, f"name='{model_name}'")
     by_number = {str(v.version): v for v in versions}
+    result.seen = {(model_name, number) for number in by_number}
     result.alias = production
     if model is not None:
         for version, why in registry_names(model, production, by_number.get).items():
@@ -216,6 +220,7 @@ def plan(root: Path, params: PruneParams, model_name: str, models_dirs: list[Pat
     runs = [] if experiment is None else _all_runs(client, experiment.experiment_id)
     backing = [(by_number.get(number), f"version {number}") for number in result.kept_versions]
     for index, v in enumerate(other_models_versions(client, model_name)):
+        result.seen.add((v.name, str(v.version)))
         # another registered model in this experiment (the name before promote.model_name changed, another
         # project's): not this prune's to judge, so all it names stays: its runs and its DVC entries
         backing.append((v, f"{v.name} version {v.version} (another registered model)"))
@@ -374,7 +379,8 @@ def delete_registry(root: Path, result: Plan) -> list[str]:
             if not tracking.is_gone(exc):
                 raise
             result.versions_by_another.append(version)
-    for run_id in result.runs:
+    keep_registered_since(client, result)  # a promote that landed meanwhile: its run and evaluation stay
+    for run_id in list(result.runs):
         try:
             client.delete_run(run_id)
         except MlflowException as exc:  # a run deleted but not yet collected is deleted again without a word
@@ -414,16 +420,47 @@ def _named_since(client, result: Plan, version: str) -> bool:
     recorded = (now.tags or {}).get(registry_fetch.TAG_DVC)
     if recorded:
         result.dvc_keep[version] = dvc_entry(result.model_name, version, recorded)
-    spared = {now.run_id, (now.tags or {}).get("evaluation_run_id")} - {None}
+    _spare_runs(client, result, now, f"backs version {version}, named since prune planned")
+    return True
+
+
+def _spare_runs(client, result: Plan, version, why: str) -> None:
+    """Take the runs behind ``version`` (its run, its evaluation, the runs nested under either) out of the planned
+    deletions; one deleted by hand is restored, as plan restores a kept run (restore_runs)."""
+    spared = {version.run_id, (version.tags or {}).get("evaluation_run_id")} - {None}
     spared |= {run_id for run_id, parent in result.parents.items() if parent in spared}
     for run_id in spared:
         if run_id in result.runs or run_id in result.freed:
-            result.kept_runs[run_id] = f"backs version {version}, named since prune planned"
-            if run_id in result.freed:  # deleted by hand: restored, as plan restores a kept run (restore_runs)
+            result.kept_runs[run_id] = why
+            if run_id in result.freed:
                 del result.freed[run_id]
                 client.restore_run(run_id)
             result.runs.pop(run_id, None)
-    return True
+
+
+def keep_registered_since(client, result: Plan, spare_runs: bool = True) -> None:
+    """Keep what a version registered after the plan needs (another checkout's promote landing while prune runs,
+    of this model or another): its runs, planned for deletion when older than ``prune.keep_runs``, and its DVC entry,
+    which no ``.dvc`` file here names, so ``dvc gc`` would delete its bundle from the cache and remote. Read again
+    just before the runs are deleted and again (``spare_runs`` False: they are gone) before ``dvc gc``. The
+    registry has no compare-and-set: a promote in the moment between a read and the deletion is still lost."""
+    for v in [*tracking.model_versions(client, f"name='{result.model_name}'"),
+              *other_models_versions(client, result.model_name)]:
+        key = (v.name, str(v.version))
+        if key in result.seen:
+            continue
+        result.seen.add(key)
+        mine = v.name == result.model_name
+        which = f"version {v.version}" if mine else f"{v.name} version {v.version} (another registered model)"
+        result.registered_since.append(f"{v.name} {v.version}")
+        if mine:
+            result.kept_versions.setdefault(str(v.version), []).append("registered since prune planned")
+        recorded = (v.tags or {}).get(registry_fetch.TAG_DVC)
+        if recorded:
+            slot = str(v.version) if mine else f"since-{len(result.registered_since)}"
+            result.dvc_keep[slot] = dvc_entry(v.name, str(v.version), recorded)
+        if spare_runs:
+            _spare_runs(client, result, v, f"backs {which}, registered since prune planned")
 
 
 def mlflow_gc(root: Path, run_ids: list[str], result: Plan | None = None) -> str:
@@ -524,6 +561,8 @@ def run(root: Path, dry_run: bool = False, models_dir: Path | None = None) -> di
         else:
             restore_runs(root, result)  # first: no gc may run while a kept run is deleted
             collected = mlflow_gc(root, delete_registry(root, result), result)
+            # a promote that landed since the runs were deleted: its bundle stays in the DVC cache and remote
+            keep_registered_since(tracking.client(root, create=False), result, spare_runs=False)
             summary = {**result.summary(), "mlflow": collected}  # what another prune deleted first is not ours
             if tracking.local_store_path(tracking.tracking_uri(root)) is not None:
                 remove_empty_run_folders(result.run_dirs)
@@ -552,6 +591,10 @@ def report(summary: dict) -> str:
     if versions or runs:
         lines.append(f"prune: found {len(versions)} model versions" + (f" ({', '.join(versions)})" if versions else "")
                      + f" and {len(runs)} MLflow runs it was deleting already deleted by another prune (done)")
+    since = summary.get("versions_registered_since", [])
+    if since:
+        lines.append(f"prune: keeps the runs and DVC entries of {len(since)} model versions registered since it "
+                     f"planned (another checkout's promote): {', '.join(since)}")
     if summary["untagged_runs_left"]:
         left = summary["untagged_runs_left"]
         runs = "1 training run that records" if left == 1 else f"{left} training runs that record"

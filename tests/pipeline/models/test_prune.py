@@ -545,3 +545,70 @@ def test_two_prunes_at_once_take_what_the_other_deleted_as_done_and_say_so(tmp_p
         if collided:
             break
     assert collided, "the two prunes never reached the same version or run in three rounds: no race was tested"
+
+
+class _PromoteDuringPrune:
+    """The real MlflowClient; after its first version deletion, another checkout's promote lands on the same store:
+    a version of ``name`` registered from ``run_id`` (the run prune planned to delete, older than keep_runs), with
+    the DVC entry promote records, made production."""
+
+    def __init__(self, inner, name: str, run_id: str):
+        self._inner, self._name, self._run_id, self.registered = inner, name, run_id, None
+
+    def __getattr__(self, attribute):
+        return getattr(self._inner, attribute)
+
+    def delete_model_version(self, name, version):
+        answer = self._inner.delete_model_version(name, version)
+        if self.registered is None:
+            if self._name not in {m.name for m in self._inner.search_registered_models()}:
+                self._inner.create_registered_model(self._name)
+            entry = json.dumps({"md5": "0" * 32 + ".dir", "size": 64, "nfiles": 1, "hash": "md5"})
+            self.registered = str(self._inner.create_model_version(
+                self._name, f"runs:/{self._run_id}/bundle", run_id=self._run_id,
+                tags={registry_fetch.TAG_DVC: entry}).version)
+            self._inner.set_registered_model_alias(self._name, "production", self.registered)
+        return answer
+
+
+@pytest.mark.parametrize("model", [NAME, "acme-forecaster"])
+def test_a_version_registered_from_a_planned_run_while_prune_runs_keeps_its_runs_and_dvc_entry(
+        tmp_path, monkeypatch, model):
+    """Found by review: a promote from another checkout (a CI job) landing while prune runs registers a version the
+    plan never read, from a training run older than keep_runs: prune deleted that run and its evaluation anyway and
+    `mlflow gc` removed the new production's bundle; nor did `dvc gc` keep its DVC entry. The versions are read again
+    before the runs are deleted (and before dvc gc): a version registered since keeps its runs and DVC entry. The
+    same for a version of another registered model registered from a run with no model tag."""
+    root = _shared_store_project(tmp_path, monkeypatch)
+    (root / "models/candidate").mkdir(parents=True)
+    (root / "models/candidate/weights.bin").write_bytes(b"\0" * 64)
+    (root / "results").mkdir()
+    client = tracking.client(root, create=False)
+    experiment = tracking.ensure_experiment(client, root)
+    client.create_registered_model(NAME)
+    old = _training_run(client, experiment, root, f"{1:064x}")
+    client.create_model_version(NAME, f"runs:/{old}/bundle", run_id=old)
+    current = _training_run(client, experiment, root, f"{2:064x}")
+    client.set_registered_model_alias(NAME, "production",
+                                      client.create_model_version(NAME, f"runs:/{current}/bundle",
+                                                                  run_id=current).version)
+    fresh = _training_run(client, experiment, root, f"{3:064x}", model=None if model != NAME else NAME)
+    evaluation = client.search_runs([experiment], f"tags.`{tracking.PARENT_RUN_TAG}` = '{fresh}'")[0].info.run_id
+    planned = prune.plan(root, prune.prune_params(yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))),
+                         NAME, [root / "models"])
+    if model == NAME:  # an untagged run no version claims is no prune's: only this model's own run is planned
+        assert {fresh, evaluation} <= set(planned.runs), planned.runs
+    promoting = _PromoteDuringPrune(tracking.client(root, create=False), model, fresh)
+    monkeypatch.setattr(tracking, "client", lambda *a, **k: promoting)
+    collect = prune.delete_registry(root, planned)
+    assert promoting.registered is not None
+    for run_id in (fresh, evaluation):
+        assert client.get_run(run_id).info.lifecycle_stage == "active" and run_id not in collect
+    assert old in collect
+    assert any(entry["md5"] == "0" * 32 + ".dir" for entry in planned.dvc_keep.values()), planned.dvc_keep
+    summary = planned.summary()
+    assert summary["versions_registered_since"] == [f"{model} {promoting.registered}"]
+    assert fresh not in summary["deleted_runs"] and old in summary["deleted_runs"]
+    if model == NAME:
+        assert summary["kept_versions"][promoting.registered] == "registered since prune planned", summary
+    assert "registered since it planned" in prune.report({**summary, "mlflow": "", "dvc": {}, "dry_run": False})
