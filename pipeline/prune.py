@@ -28,7 +28,9 @@ retrains" has the measured growth). This removes the old ones and never what the
 Order: the kept runs deleted by hand are restored first (before any ``mlflow gc`` can run), then model versions
 are deleted, then runs (deleted, then ``mlflow gc`` on a local store, which removes their artifacts for good),
 then ``dvc gc`` of the cache, and of the remote when ``prune.dvc_remote`` is true. ``--dry-run`` lists all of it
-and deletes (and restores) nothing. One writer at a time: it holds ``models/``'s lock, as promote and release do.
+and deletes (and restores) nothing; a prune that stops after deleting something (``dvc gc`` failing, Ctrl-C) says
+what it deleted so far (``stopped_line``) before its error. One writer at a time: it holds ``models/``'s lock, as
+promote and release do.
 Two prunes of one store from two checkouts (two CI jobs) both plan the same deletions: a version or run the other
 deleted first (``tracking.is_gone``) is done, counted as deleted by another, not as this prune's. A
 version the registry names by the time it is reached (another checkout's promote or canary of it) is kept, with its
@@ -105,6 +107,9 @@ class Plan:
     runs_by_another: list[str] = field(default_factory=list)  # planned (runs or freed), removed by another prune
     seen: set[tuple[str, str]] = field(default_factory=set)  # (model, version) of every version the plan read
     registered_since: list[str] = field(default_factory=list)  # versions of any model registered after the plan
+    done: dict[str, list[str]] = field(default_factory=lambda: {"versions": [], "runs": [], "restored": []})
+    # ^ what this prune has deleted (and restored) so far, each as it went: said when it stops before the end
+    collected: str | None = None  # what its `mlflow gc` did (or, on a server, the command to run), once it finished
 
     def summary(self) -> dict:
         runs = {r: size for r, size in self.runs.items() if r not in self.runs_by_another}
@@ -361,6 +366,7 @@ def restore_runs(root: Path, result: Plan) -> None:
     client = tracking.client(root, create=False)
     for run_id in result.restore:
         client.restore_run(run_id)
+        result.done["restored"].append(run_id)
 
 
 def delete_registry(root: Path, result: Plan) -> list[str]:
@@ -375,6 +381,7 @@ def delete_registry(root: Path, result: Plan) -> list[str]:
             continue
         try:
             client.delete_model_version(result.model_name, version)
+            result.done["versions"].append(version)
         except MlflowException as exc:
             if not tracking.is_gone(exc):
                 raise
@@ -383,6 +390,7 @@ def delete_registry(root: Path, result: Plan) -> list[str]:
     for run_id in list(result.runs):
         try:
             client.delete_run(run_id)
+            result.done["runs"].append(run_id)
         except MlflowException as exc:  # a run deleted but not yet collected is deleted again without a word
             if not tracking.is_gone(exc):
                 raise
@@ -559,16 +567,39 @@ def run(root: Path, dry_run: bool = False, models_dir: Path | None = None) -> di
         if dry_run:
             summary = {**result.summary(), "mlflow": "dry run: nothing deleted"}
         else:
-            restore_runs(root, result)  # first: no gc may run while a kept run is deleted
-            collected = mlflow_gc(root, delete_registry(root, result), result)
-            # a promote that landed since the runs were deleted: its bundle stays in the DVC cache and remote
-            keep_registered_since(tracking.client(root, create=False), result, spare_runs=False)
-            summary = {**result.summary(), "mlflow": collected}  # what another prune deleted first is not ours
-            if tracking.local_store_path(tracking.tracking_uri(root)) is not None:
-                remove_empty_run_folders(result.run_dirs)
+            try:
+                restore_runs(root, result)  # first: no gc may run while a kept run is deleted
+                collected = mlflow_gc(root, delete_registry(root, result), result)
+                result.collected = collected
+                # a promote that landed since the runs were deleted: its bundle stays in the DVC cache and remote
+                keep_registered_since(tracking.client(root, create=False), result, spare_runs=False)
+                summary = {**result.summary(), "mlflow": collected}  # what another prune deleted first is not ours
+                if tracking.local_store_path(tracking.tracking_uri(root)) is not None:
+                    remove_empty_run_folders(result.run_dirs)
+                summary["dvc"] = dvc_gc(root, result, params.dvc_remote, dry_run)
+            except BaseException:  # a failure (the DVC remote unreachable) or Ctrl-C after it deleted something
+                if any(result.done.values()):
+                    print(stopped_line(result), flush=True)
+                raise
+            summary["dry_run"] = dry_run
+            return summary
         summary["dvc"] = dvc_gc(root, result, params.dvc_remote, dry_run)
     summary["dry_run"] = dry_run
     return summary
+
+
+def stopped_line(result: Plan) -> str:
+    """What a prune that stops before its end (an error, Ctrl-C) has done already: its report never comes."""
+    versions, runs, restored = result.done["versions"], result.done["runs"], result.done["restored"]
+    return (f"prune: stopped before the end, after it deleted {len(versions)} model versions"
+            + (f" ({', '.join(sorted(versions, key=int))})" if versions else "")
+            + f" and {len(runs)} MLflow runs"
+            + (f" ({', '.join(sorted(runs))})" if runs else "")
+            + (f" and restored {len(restored)} kept runs deleted by hand ({', '.join(sorted(restored))})"
+               if restored else "")
+            + (f"; {result.collected}" if result.collected and runs else
+               "; those runs are deleted, not yet garbage-collected" if runs else "")
+            + "; DVC's cache and remote were not collected. Run prune again to finish: it keeps what this one kept")
 
 
 def report(summary: dict) -> str:

@@ -612,3 +612,44 @@ def test_a_version_registered_from_a_planned_run_while_prune_runs_keeps_its_runs
     if model == NAME:
         assert summary["kept_versions"][promoting.registered] == "registered since prune planned", summary
     assert "registered since it planned" in prune.report({**summary, "mlflow": "", "dvc": {}, "dry_run": False})
+
+
+@pytest.mark.slow  # mlflow gc and four dvc processes: 35 s on 2 busy cores
+def test_a_prune_stopped_by_an_unreachable_dvc_remote_says_what_it_deleted_and_a_rerun_finishes(
+        tmp_path, monkeypatch, capsys):
+    """Found by probing with the DVC remote unreachable (prune.dvc_remote: true, an http remote on a closed port):
+    prune deleted the old model versions and their runs, `mlflow gc` removed them, then `dvc gc --cloud` failed and
+    the command printed only that failure: what it had deleted for good was said nowhere. Now a prune that stops
+    after deleting anything says what it deleted, and that a rerun finishes (it does, once the remote answers)."""
+    root = _shared_store_project(tmp_path, monkeypatch)
+    if promote._dvc(root, "version").returncode != 0:
+        pytest.skip("dvc CLI not available")
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    params["prune"]["dvc_remote"] = True
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    _dvc(root, "init", "-q")
+    _dvc(root, "remote", "add", "-d", "shared", "http://127.0.0.1:1/unreachable")
+    (root / "models/candidate").mkdir(parents=True)
+    (root / "models/candidate/weights.bin").write_bytes(b"\0" * 64)
+    (root / "results").mkdir()
+    client = tracking.client(root, create=False)
+    experiment = tracking.ensure_experiment(client, root)
+    client.create_registered_model(NAME)
+    runs = [_training_run(client, experiment, root, f"{n:064x}") for n in (1, 2)]
+    made = [str(client.create_model_version(NAME, f"runs:/{run}/bundle", run_id=run).version) for run in runs]
+    client.set_registered_model_alias(NAME, "production", made[1])
+
+    assert prune.main(["--root", str(root), "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    assert "dvc gc" in err and "failed" in err, err
+    assert (f"prune: stopped before the end, after it deleted 1 model versions ({made[0]}) and 2 MLflow runs"
+            in out), out
+    assert runs[0] in out and "mlflow gc removed 2 runs" in out and "Run prune again to finish" in out, out
+    assert _versions(client) == {made[1]}
+
+    _dvc(root, "remote", "modify", "shared", "url", str(tmp_path / "remote"))  # the remote answers again
+    assert prune.main(["--root", str(root), "--quiet"]) == 0
+    out, _ = capsys.readouterr()
+    assert "deleted 0 model versions" in out and "stopped" not in out, out
+    assert _versions(client) == {made[1]}
