@@ -76,16 +76,20 @@ class PruneParams:
     keep_versions: int  # newest registered versions kept besides those something names
     keep_runs: int  # newest training runs kept besides those behind kept versions
     dvc_remote: bool  # also `dvc gc --cloud` the default remote
+    dvc_projects: tuple[str, ...] = ()  # other projects' folders whose data the shared remote keeps (dvc gc -p)
 
 
 @names_file
 def prune_params(raw: Mapping[str, Any]) -> PruneParams:
-    s = _Section.of(raw, "prune", ("keep_versions", "keep_runs", "dvc_remote"))
+    s = _Section.of(raw, "prune", ("keep_versions", "keep_runs", "dvc_remote", "dvc_projects"))
     remote = s._get("dvc_remote")
     if not isinstance(remote, bool):
         raise ParamsError(f"prune.dvc_remote: expected true or false, got {remote!r}")
+    projects = s.values.get("dvc_projects") or []  # optional: a params.yaml from before it keeps working
+    if not isinstance(projects, list) or not all(isinstance(p, str) and p.strip() for p in projects):
+        raise ParamsError(f"prune.dvc_projects: expected a list of project folders, got {projects!r}")
     return PruneParams(keep_versions=s.integer("keep_versions", 0), keep_runs=s.integer("keep_runs", 0),
-                       dvc_remote=remote)
+                       dvc_remote=remote, dvc_projects=tuple(p.strip() for p in projects))
 
 
 @dataclass
@@ -523,10 +527,11 @@ def _gc(root: Path, args: list[str]) -> subprocess.CompletedProcess:
     return done
 
 
-def dvc_gc(root: Path, result: Plan, cloud: bool, dry_run: bool) -> dict:
+def dvc_gc(root: Path, result: Plan, cloud: bool, dry_run: bool, projects: tuple[str, ...] = ()) -> dict:
     """``dvc gc`` keeping the workspace, all branch tips and tags, and every kept version's DVC entry. Run with
     ``--dry`` first, which names every object it would remove: their count and (where they are files on this
-    machine: the cache, a local remote) bytes, then for real unless ``dry_run``."""
+    machine: the cache, a local remote) bytes, then for real unless ``dry_run``. ``projects``: the folders of other
+    DVC projects sharing the remote, whose workspaces ``dvc gc --projects`` keeps too (prune.dvc_projects)."""
     if not (root / ".dvc").is_dir():
         return {"note": "not a DVC project: no DVC cache to collect"}
     note = None
@@ -544,6 +549,8 @@ def dvc_gc(root: Path, result: Plan, cloud: bool, dry_run: bool) -> dict:
             (root / f"{KEEP_FILE_PREFIX}{version}.dvc").write_text(yaml.safe_dump({"outs": [out]}, sort_keys=False),
                                                                     encoding="utf-8")
         args = ["gc", "--workspace", "--all-branches", "--all-tags", "--force"] + (["--cloud"] if cloud else [])
+        if cloud and projects:
+            args += ["--projects", *(str((root / project).resolve()) for project in projects)]
         listed = _gc(root, args + ["--dry"])
         doomed = [line[len("Removing "):].strip() for line in listed.stdout.splitlines()
                   if line.startswith("Removing ")]
@@ -576,14 +583,14 @@ def run(root: Path, dry_run: bool = False, models_dir: Path | None = None) -> di
                 summary = {**result.summary(), "mlflow": collected}  # what another prune deleted first is not ours
                 if tracking.local_store_path(tracking.tracking_uri(root)) is not None:
                     remove_empty_run_folders(result.run_dirs)
-                summary["dvc"] = dvc_gc(root, result, params.dvc_remote, dry_run)
+                summary["dvc"] = dvc_gc(root, result, params.dvc_remote, dry_run, params.dvc_projects)
             except BaseException:  # a failure (the DVC remote unreachable) or Ctrl-C after it deleted something
                 if any(result.done.values()):
                     print(stopped_line(result), flush=True)
                 raise
             summary["dry_run"] = dry_run
             return summary
-        summary["dvc"] = dvc_gc(root, result, params.dvc_remote, dry_run)
+        summary["dvc"] = dvc_gc(root, result, params.dvc_remote, dry_run, params.dvc_projects)
     summary["dry_run"] = dry_run
     return summary
 

@@ -653,3 +653,42 @@ def test_a_prune_stopped_by_an_unreachable_dvc_remote_says_what_it_deleted_and_a
     out, _ = capsys.readouterr()
     assert "deleted 0 model versions" in out and "stopped" not in out, out
     assert _versions(client) == {made[1]}
+
+
+@pytest.mark.slow  # four dvc processes: ~30 s on 2 busy cores
+def test_a_dvc_remote_shared_with_another_project_keeps_that_projects_data_it_names(tmp_path, monkeypatch):
+    """Found by probing two DVC projects on one remote (as two projects share one tracking server): with
+    prune.dvc_remote true, `dvc gc --cloud` deleted every object this project does not use, the other project's
+    committed data among them (its `dvc pull` then failed: missing files). prune.dvc_projects names the other
+    projects' folders, which `dvc gc --projects` keeps too."""
+    root = _shared_store_project(tmp_path, monkeypatch)
+    if promote._dvc(root, "version").returncode != 0:
+        pytest.skip("dvc CLI not available")
+    remote = tmp_path / "remote"
+    other = tmp_path / "other-project"
+    other.mkdir()
+    for folder in (root, other):
+        subprocess.run(["git", "init", "-q"], cwd=folder, check=True)
+        _dvc(folder, "init", "-q")
+        _dvc(folder, "remote", "add", "-d", "shared", str(remote))
+    (other / "sales.csv").write_bytes(os.urandom(4096))
+    _dvc(other, "add", "-q", "sales.csv")
+    subprocess.run(["git", "add", "-A"], cwd=other, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "data"], cwd=other,
+                   check=True)
+    _dvc(other, "push", "-q")
+    stored = sorted(p for p in remote.rglob("*") if p.is_file())
+    assert len(stored) == 1
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    params["prune"].update(dvc_remote=True, dvc_projects=["../other-project"])
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    tracking.ensure_experiment(tracking.client(root, create=False), root)
+
+    done = prune.run(root)
+    assert done["dvc"]["objects"] == 0 and done["dvc"]["remote"], done["dvc"]
+    assert sorted(p for p in remote.rglob("*") if p.is_file()) == stored
+
+    params["prune"]["dvc_projects"] = "../other-project"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    with pytest.raises(ParamsError, match="prune.dvc_projects: expected a list"):
+        prune.run(root)
