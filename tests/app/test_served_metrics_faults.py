@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -63,15 +64,20 @@ def test_a_scrape_of_a_removed_folder_says_so():
         metrics_files.exposition(missing)
 
 
+def _two_workers_counting_into(folder: Path, bundle: Path, tmp_path: Path):
+    """gunicorn with 2 workers serving ``bundle``, its metrics in ``folder``."""
+    return launch.start({"SHELFCAST_WORKERS": "2", "SHELFCAST_MODEL_DIR": str(bundle),
+                         "SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl"),
+                         "PROMETHEUS_MULTIPROC_DIR": str(folder)}, tmp_path / "gunicorn.log")
+
+
 @pytest.mark.slow  # a server started, a worker killed: ~8 s on 2 cores
 def test_a_metrics_folder_removed_while_serving_does_not_stop_the_server(app_bundles, tmp_path):
     """Found by a probe (a /tmp cleaner, or rm -r, taking the folder of a running server): every later scrape was a
     500, and the next worker started (a crash, --max-requests, a reload) could not make its metric files, failed to
     boot, and gunicorn stopped the whole server (exit 3). Now the folder is made again and the server goes on."""
     folder = tmp_path / "metrics"
-    served = launch.start({"SHELFCAST_WORKERS": "2", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
-                           "SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl"),
-                           "PROMETHEUS_MULTIPROC_DIR": str(folder)}, tmp_path / "gunicorn.log")
+    served = _two_workers_counting_into(folder, app_bundles[0], tmp_path)
     try:
         body = predict_body(served.port)
         shutil.rmtree(folder)
@@ -99,9 +105,7 @@ def test_a_dead_workers_counts_that_cannot_be_folded_stay_counted(app_bundles, t
     gunicorn's child_exit hook, "Unhandled exception in main loop", and the master stopped with every worker.
     Here its staging file cannot be written (a directory stands in its place): the worker's files stay, counted."""
     folder = tmp_path / "metrics"
-    served = launch.start({"SHELFCAST_WORKERS": "2", "SHELFCAST_MODEL_DIR": str(app_bundles[0]),
-                           "SHELFCAST_PREDICTION_LOG": str(tmp_path / "p.jsonl"),
-                           "PROMETHEUS_MULTIPROC_DIR": str(folder)}, tmp_path / "gunicorn.log")
+    served = _two_workers_counting_into(folder, app_bundles[0], tmp_path)
     try:
         body = predict_body(served.port)
         (folder / f"{metrics_files.RETIRED}.tmp").mkdir()

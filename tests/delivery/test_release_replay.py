@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -177,6 +179,10 @@ def test_a_production_bundle_that_did_not_answer_productions_traffic_is_not_repl
     root, store, versions = host
     serve_one_row_requests(store, tmp_path / "events.jsonl")
     store.install(PRODUCTION, versions["canary"])  # the host's production is now another bundle
+    # installed, as this host's records say, before the traffic (out of sync with what answered it): a production
+    # installed since would start decide's window there (release.judged_since), judging none of these events
+    installed = store.installed_at(CANARY)
+    os.utime(store.variant_dir(PRODUCTION), (installed, installed))
     status, verdict = decide(root, store, capsys, "--events", str(tmp_path / "events.jsonl"))
     assert "is not the one that answered production's traffic" in verdict["figures"]["production_replay_error"]
     assert not verdict["figures"].get("forecast_pairing", "").startswith("the canary's"), verdict

@@ -336,6 +336,16 @@ def _shared_store_project(tmp_path: Path, monkeypatch, folder: str = "ours", mod
     return root
 
 
+def _with_a_candidate(root: Path):
+    """``root`` as train leaves it for prune (a candidate's folder, results/): its MLflow client and the shelfcast
+    experiment's id."""
+    (root / "models/candidate").mkdir(parents=True)
+    (root / "models/candidate/weights.bin").write_bytes(b"\0" * 64)
+    (root / "results").mkdir()
+    client = tracking.client(root, create=False)
+    return client, tracking.ensure_experiment(client, root)
+
+
 def _stage_runs(root: Path, digest: str) -> tuple[str, str]:
     """A training run and its evaluation, recorded as train and evaluate record them (TrainingRun, log_evaluation),
     a file as the training run's bundle: (training run, evaluation run)."""
@@ -377,11 +387,7 @@ def test_runs_made_before_runs_recorded_their_model_are_pruned_only_when_its_reg
     (and its evaluation) is this project's and goes with its pruned version; one no version of it was registered
     from may be another project's on the same server: left, and the report says how many."""
     ours = _shared_store_project(tmp_path, monkeypatch)
-    client = tracking.client(ours, create=False)
-    experiment = tracking.ensure_experiment(client, ours)
-    (ours / "models/candidate").mkdir(parents=True)
-    (ours / "models/candidate/weights.bin").write_bytes(b"\0" * 64)
-    (ours / "results").mkdir()
+    client, experiment = _with_a_candidate(ours)
     old = _training_run(client, experiment, ours, f"{97:064x}", model=None)
     old_evaluation = client.search_runs([experiment], f"tags.`{tracking.PARENT_RUN_TAG}` = '{old}'")[0].info.run_id
     client.create_registered_model(NAME)
@@ -427,11 +433,7 @@ def test_a_version_an_alias_names_after_the_plan_is_kept_with_its_runs(tmp_path,
     production. Each version is judged again just before it is deleted; one an alias or previous_production names by
     then is kept, with its runs, and said so."""
     root = _shared_store_project(tmp_path, monkeypatch)
-    (root / "models/candidate").mkdir(parents=True)
-    (root / "models/candidate/weights.bin").write_bytes(b"\0" * 64)
-    (root / "results").mkdir()
-    client = tracking.client(root, create=False)
-    experiment = tracking.ensure_experiment(client, root)
+    client, experiment = _with_a_candidate(root)
     client.create_registered_model(NAME)
     made = {}
     for n in range(1, 5):
@@ -513,12 +515,8 @@ def test_two_prunes_at_once_take_what_the_other_deleted_as_done_and_say_so(tmp_p
     delete is no compare-and-set, and the first CI run of this test saw version 2 counted by both)."""
     first = _shared_store_project(tmp_path, monkeypatch, "ci-job-1")
     second = _shared_store_project(tmp_path, monkeypatch, "ci-job-2")
-    client = tracking.client(first, create=False)
-    experiment = tracking.ensure_experiment(client, first)
-    for folder in (first, second):
-        (folder / "models/candidate").mkdir(parents=True)
-        (folder / "models/candidate/weights.bin").write_bytes(b"\0" * 64)
-        (folder / "results").mkdir()
+    client, experiment = _with_a_candidate(first)
+    _with_a_candidate(second)
     client.create_registered_model(NAME)
     collided = 0
     for round_number in range(3):
@@ -580,11 +578,7 @@ def test_a_version_registered_from_a_planned_run_while_prune_runs_keeps_its_runs
     before the runs are deleted (and before dvc gc): a version registered since keeps its runs and DVC entry. The
     same for a version of another registered model registered from a run with no model tag."""
     root = _shared_store_project(tmp_path, monkeypatch)
-    (root / "models/candidate").mkdir(parents=True)
-    (root / "models/candidate/weights.bin").write_bytes(b"\0" * 64)
-    (root / "results").mkdir()
-    client = tracking.client(root, create=False)
-    experiment = tracking.ensure_experiment(client, root)
+    client, experiment = _with_a_candidate(root)
     client.create_registered_model(NAME)
     old = _training_run(client, experiment, root, f"{1:064x}")
     client.create_model_version(NAME, f"runs:/{old}/bundle", run_id=old)
@@ -630,11 +624,7 @@ def test_a_prune_stopped_by_an_unreachable_dvc_remote_says_what_it_deleted_and_a
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     _dvc(root, "init", "-q")
     _dvc(root, "remote", "add", "-d", "shared", "http://127.0.0.1:1/unreachable")
-    (root / "models/candidate").mkdir(parents=True)
-    (root / "models/candidate/weights.bin").write_bytes(b"\0" * 64)
-    (root / "results").mkdir()
-    client = tracking.client(root, create=False)
-    experiment = tracking.ensure_experiment(client, root)
+    client, experiment = _with_a_candidate(root)
     client.create_registered_model(NAME)
     runs = [_training_run(client, experiment, root, f"{n:064x}") for n in (1, 2)]
     made = [str(client.create_model_version(NAME, f"runs:/{run}/bundle", run_id=run).version) for run in runs]
