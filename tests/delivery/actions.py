@@ -10,7 +10,8 @@ What stands in for GitHub:
 - ``uses:`` steps of GitHub-hosted actions (``HOSTED_ACTIONS``) are not run: ``actions/checkout`` is the
   fresh clone each job gets (``checkout``; its ``ref:`` input, evaluated, is recorded in the step's ``inputs``
   and, given ``at_ref``, checked out), ``actions/setup-python`` / ``setup-node`` are the machine's
-  interpreters, ``docker/login-action`` talks to a registry only; ``upload-artifact`` / ``download-artifact``
+  interpreters, ``docker/login-action`` talks to a registry only, ``actions/cache`` keeps a folder between runs
+  (here the machine's own, which stays); ``upload-artifact`` / ``download-artifact``
   copy files between a run's jobs through ``artifacts`` when one is given (else they are recorded only); a
   name uploaded again in the same ``artifacts`` (a re-run job is the same run) fails as GitHub's 409 does, unless
   the step sets ``overwrite: true``, which replaces it;
@@ -35,7 +36,7 @@ from typing import Callable, Mapping
 import yaml
 
 HOSTED_ACTIONS = ("actions/checkout", "actions/setup-python", "actions/setup-node", "actions/upload-artifact",
-                  "actions/download-artifact", "docker/login-action")
+                  "actions/download-artifact", "docker/login-action", "actions/cache")
 EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 STATUS_CALL = re.compile(r"\b(?:success|failure|always|cancelled)\(\)")
 TOKEN = re.compile(r"\s*(?:(?P<string>'(?:[^']|'')*')|(?P<op>==|!=|&&|\|\||!|\(|\))|(?P<name>[A-Za-z_][\w.-]*)"
